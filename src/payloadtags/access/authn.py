@@ -1,0 +1,89 @@
+"""Who is calling: the authentication chain of k8s.io/apiserver, in its order."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import attrs
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+AUTHENTICATED = "system:authenticated"
+MASTERS = "system:masters"
+
+
+@attrs.frozen
+class UserInfo:
+    name: str
+    uid: str = ""
+    groups: tuple[str, ...] = ()
+    extra: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def with_authenticated_group(self) -> UserInfo:
+        # As Go's AuthenticatedGroupAdder: every authenticated identity is in system:authenticated.
+        if AUTHENTICATED in self.groups:
+            return self
+        return attrs.evolve(self, groups=(*self.groups, AUTHENTICATED))
+
+
+@attrs.frozen
+class Credentials:
+    """What a request brings that may identify its caller."""
+
+    peer_certificate: x509.Certificate | None
+    headers: dict[str, list[str]]  # lower-cased names
+
+    def header(self, name: str) -> list[str]:
+        return self.headers.get(name.lower(), [])
+
+
+class Authenticator(Protocol):
+    async def authenticate(self, credentials: Credentials) -> UserInfo | None: ...
+
+
+def issued_by(certificate: x509.Certificate, authorities: Sequence[x509.Certificate]) -> bool:
+    """Whether one of ``authorities`` signed ``certificate`` (the TLS handshake already checked the chain
+    and validity; this tells which trust root it chained to)."""
+    for authority in authorities:
+        if authority.subject != certificate.issuer:
+            continue
+        try:
+            certificate.verify_directly_issued_by(authority)
+        except (ValueError, TypeError, x509.InvalidSignature):
+            continue
+        return True
+    return False
+
+
+def load_pem_bundle(data: bytes) -> list[x509.Certificate]:
+    return x509.load_pem_x509_certificates(data) if data.strip() else []
+
+
+@attrs.define
+class ClientCertificateAuthenticator:
+    """A certificate signed by ``--client-ca-file``: user = CN, groups = O."""
+
+    authorities: list[x509.Certificate]
+
+    async def authenticate(self, credentials: Credentials) -> UserInfo | None:
+        cert = credentials.peer_certificate
+        if cert is None or not issued_by(cert, self.authorities):
+            return None
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        if not names or not str(names[0].value):
+            return None
+        groups = tuple(str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME))
+        return UserInfo(name=str(names[0].value), groups=groups)
+
+
+@attrs.define
+class AuthenticatorChain:
+    authenticators: list[Authenticator]
+
+    async def authenticate(self, credentials: Credentials) -> UserInfo | None:
+        for authenticator in self.authenticators:
+            user = await authenticator.authenticate(credentials)
+            if user is not None:
+                return user.with_authenticated_group()
+        return None

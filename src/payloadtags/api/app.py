@@ -1,0 +1,280 @@
+"""Klein routes: discovery, the payloadrepositorytags resource, health and version.
+
+Handlers are thin: they authenticate, parse, call the TagsService and render.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import attrs
+from klein import Klein
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from payloadtags import __version__
+from payloadtags.access.authn import Authenticator, Credentials, UserInfo
+from payloadtags.api import discovery
+from payloadtags.api.errors import ApiError, internal, method_not_allowed, path_not_found, unauthorized
+from payloadtags.api.health import HealthChecks
+from payloadtags.api.negotiation import JSON_TYPE, Form, negotiate
+from payloadtags.api.options import Query, delete_options, first, list_options
+from payloadtags.api.registry_errors import api_error_for
+from payloadtags.api.render import include_object, render_list, render_object
+from payloadtags.api.tags import TagsService
+from payloadtags.model import GROUP, GROUP_VERSION, RESOURCE, to_json
+from payloadtags.names import is_namespace
+from payloadtags.registry.errors import RegistryError
+
+log = Logger()
+
+BASE = f"/apis/{GROUP_VERSION}"
+HEALTH_ENDPOINTS = ("healthz", "livez", "readyz")
+MAX_BODY = 1 << 20
+
+
+def _query(request: IRequest) -> Query:
+    return parse_qs(urlsplit(request.uri.decode("utf-8", "replace")).query, keep_blank_values=True)
+
+
+def _header(request: IRequest, name: str) -> str | None:
+    value = request.getHeader(name)
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def _credentials(request: IRequest) -> Credentials:
+    certificate = None
+    transport = request.channel.transport if request.channel is not None else None
+    get_peer = getattr(transport, "getPeerCertificate", None)
+    if get_peer is not None:
+        peer = get_peer()
+        if peer is not None:
+            certificate = peer.to_cryptography()
+    headers: dict[str, list[str]] = {}
+    for name, values in request.requestHeaders.getAllRawHeaders():
+        headers[name.decode("latin-1").lower()] = [v.decode("latin-1") for v in values]
+    return Credentials(peer_certificate=certificate, headers=headers)
+
+
+def _write_json(request: IRequest, code: int, body: Any, content_type: str = JSON_TYPE) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", content_type.encode())
+    request.setHeader(b"cache-control", b"no-cache, private")
+    return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+
+
+def _write_error(request: IRequest, error: ApiError) -> bytes:
+    if error.retry_after is not None:
+        request.setHeader(b"retry-after", str(error.retry_after).encode())
+    return _write_json(request, error.code, to_json(error.status()))
+
+
+Handler = Callable[..., Awaitable[bytes]]
+
+
+@attrs.define
+class ApiServer:
+    service: TagsService
+    authenticator: Authenticator
+    health: HealthChecks
+    app: Klein = attrs.field(factory=Klein, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._routes()
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def _endpoint(self, fn: Callable[..., Awaitable[bytes]], anonymous: bool = False) -> Handler:
+        @functools.wraps(fn)
+        async def handler(request: IRequest, **kwargs: Any) -> bytes:
+            started = time.monotonic()
+            user: UserInfo | None = None
+            try:
+                if not anonymous:
+                    user = await self.authenticator.authenticate(_credentials(request))
+                    if user is None:
+                        raise unauthorized()
+                    kwargs["user"] = user
+                try:
+                    return await fn(request, **kwargs)
+                except RegistryError as error:
+                    raise api_error_for(error) from error
+            except ApiError as error:
+                return _write_error(request, error)
+            except Exception:
+                log.failure("unhandled error serving {method} {uri}", method=request.method, uri=request.uri)
+                return _write_error(request, internal("the server could not complete the request"))
+            finally:
+                log.debug(
+                    "{method} {uri} {code} user={user} {ms:.1f}ms",
+                    method=request.method.decode(),
+                    uri=request.uri.decode("utf-8", "replace"),
+                    code=request.code,
+                    user=user.name if user else "-",
+                    ms=(time.monotonic() - started) * 1000,
+                )
+
+        return handler
+
+    def _route(self, path: str, methods: list[str], fn: Callable[..., Awaitable[bytes]], anonymous: bool = False) -> None:
+        self.app.route(path, methods=methods, branch=False, strict_slashes=False)(self._endpoint(fn, anonymous))
+
+    def _routes(self) -> None:
+        for endpoint in HEALTH_ENDPOINTS:
+            self._route(f"/{endpoint}", ["GET"], functools.partial(self._health, endpoint=endpoint), anonymous=True)
+            self._route(
+                f"/{endpoint}/<check>", ["GET"], functools.partial(self._health, endpoint=endpoint), anonymous=True
+            )
+        self._route("/version", ["GET"], self._version)
+        self._route("/api", ["GET"], self._api)
+        self._route("/apis", ["GET"], self._apis)
+        self._route(f"/apis/{GROUP}", ["GET"], self._group)
+        self._route(BASE, ["GET"], self._resources)
+        collection = f"{BASE}/namespaces/<namespace>/{RESOURCE}"
+        item = f"{collection}/<name>"
+        self._route(collection, ["GET"], self._list)
+        self._route(f"{BASE}/{RESOURCE}", ["GET"], self._list)
+        self._route(collection, ["DELETE"], self._delete_collection)
+        self._route(item, ["GET"], self._get)
+        self._route(item, ["DELETE"], self._delete)
+        for path in (collection, item, f"{BASE}/{RESOURCE}"):
+            self._route(path, ["POST", "PUT", "PATCH"], self._immutable)
+        self._route(f"{BASE}/{RESOURCE}", ["DELETE"], self._immutable)
+
+        @self.app.handle_errors(NotFound)
+        def _not_found(request: IRequest, failure: Any) -> bytes:
+            return _write_error(request, path_not_found())
+
+        @self.app.handle_errors(MethodNotAllowed)
+        def _bad_method(request: IRequest, failure: Any) -> bytes:
+            return _write_error(request, method_not_allowed(request.method.decode("latin-1").lower()))
+
+    # -- discovery --------------------------------------------------------------------------------
+
+    def _cached(self, request: IRequest, body: Any, content_type: str = JSON_TYPE) -> bytes:
+        tag = discovery.etag(body)
+        request.setHeader(b"etag", tag.encode())
+        request.setHeader(b"vary", b"Accept")
+        if _header(request, "if-none-match") == tag:
+            request.setResponseCode(304)
+            return b""
+        return _write_json(request, 200, body, content_type)
+
+    def _discovery(self, request: IRequest, legacy: Any, with_group: bool) -> bytes:
+        version = discovery.aggregated_version(_header(request, "accept"))
+        if version is None:
+            return self._cached(request, legacy)
+        content_type = f"application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList"
+        return self._cached(request, discovery.aggregated(f"apidiscovery.k8s.io/{version}", with_group), content_type)
+
+    async def _api(self, request: IRequest, user: UserInfo) -> bytes:
+        return self._discovery(request, discovery.API_VERSIONS, with_group=False)
+
+    async def _apis(self, request: IRequest, user: UserInfo) -> bytes:
+        return self._discovery(request, discovery.API_GROUP_LIST, with_group=True)
+
+    async def _group(self, request: IRequest, user: UserInfo) -> bytes:
+        return self._cached(request, discovery.API_GROUP)
+
+    async def _resources(self, request: IRequest, user: UserInfo) -> bytes:
+        return self._cached(request, discovery.API_RESOURCE_LIST)
+
+    async def _version(self, request: IRequest, user: UserInfo) -> bytes:
+        major, minor, *_ = __version__.split(".")
+        return _write_json(
+            request,
+            200,
+            {
+                "major": major,
+                "minor": minor,
+                "gitVersion": f"v{__version__}",
+                "gitCommit": "",
+                "gitTreeState": "",
+                "buildDate": "",
+                "goVersion": "",
+                "compiler": "cpython",
+                "platform": "linux/amd64",
+            },
+        )
+
+    async def _health(self, request: IRequest, endpoint: str, check: str | None = None) -> bytes:
+        query = _query(request)
+        result = await self.health.run(endpoint, check, "verbose" in query, query.get("exclude", []))
+        if result is None:
+            return _write_error(request, path_not_found())
+        code, text = result
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        return text.encode()
+
+    # -- the resource -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _namespace(namespace: str | None) -> None:
+        if namespace is not None and not is_namespace(namespace):
+            raise path_not_found()
+
+    async def _list(self, request: IRequest, user: UserInfo, namespace: str | None = None) -> bytes:
+        self._namespace(namespace)
+        media = negotiate(_header(request, "accept"), collection=True)
+        query = _query(request)
+        include = include_object(first(query, "includeObject")) if media.form is Form.TABLE else "Metadata"
+        items, meta = await self.service.list(user, namespace, list_options(query))
+        return _write_json(request, 200, render_list(items, meta, media, include), media.content_type)
+
+    async def _get(self, request: IRequest, user: UserInfo, namespace: str, name: str) -> bytes:
+        self._namespace(namespace)
+        media = negotiate(_header(request, "accept"), collection=False)
+        query = _query(request)
+        include = include_object(first(query, "includeObject")) if media.form is Form.TABLE else "Metadata"
+        if query.get("watch") and first(query, "watch") in ("true", "1"):
+            raise method_not_allowed("watch")
+        obj = await self.service.get(user, namespace, name)
+        return _write_json(request, 200, render_object(obj, media, include), media.content_type)
+
+    def _body(self, request: IRequest) -> bytes:
+        body = request.content.read(MAX_BODY + 1) if request.content is not None else b""
+        if len(body) > MAX_BODY:
+            raise ApiError(413, "RequestEntityTooLarge", "the request body is too large")
+        return body
+
+    async def _delete(self, request: IRequest, user: UserInfo, namespace: str, name: str) -> bytes:
+        self._namespace(namespace)
+        options = delete_options(_query(request), self._body(request), _header(request, "content-type"))
+        obj = await self.service.delete(user, namespace, name, options)
+        media = negotiate(_header(request, "accept"), collection=False)
+        if media.form is Form.TABLE:
+            media = negotiate(None, collection=False)
+        if options.dry_run:
+            log.info("dry-run delete of {namespace}/{name} by {user}", namespace=namespace, name=name, user=user.name)
+        return _write_json(request, 200, render_object(obj, media), media.content_type)
+
+    async def _delete_collection(self, request: IRequest, user: UserInfo, namespace: str) -> bytes:
+        self._namespace(namespace)
+        query = _query(request)
+        options = delete_options(query, self._body(request), _header(request, "content-type"))
+        listing = list_options({k: v for k, v in query.items() if k not in ("dryRun", "propagationPolicy")})
+        items, meta = await self.service.delete_collection(user, namespace, listing, options)
+        media = negotiate(_header(request, "accept"), collection=True)
+        if media.form is Form.TABLE:
+            media = negotiate(None, collection=True)
+        return _write_json(request, 200, render_list(items, meta, media), media.content_type)
+
+    async def _immutable(self, request: IRequest, user: UserInfo, **_: str) -> bytes:
+        verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "deletecollection"}[
+            request.method.decode()
+        ]
+        raise method_not_allowed(verb)
+
+
+__all__ = ["RESOURCE", "ApiServer"]

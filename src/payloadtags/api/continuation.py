@@ -1,0 +1,59 @@
+"""The opaque ``continue`` token: where the previous page ended, so the next one resumes after it."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+
+import attrs
+
+from payloadtags.api.errors import bad_request
+from payloadtags.names import TagRef, is_namespace, is_repository_path
+
+_VERSION = 1
+
+
+@attrs.frozen
+class Continuation:
+    resource_version: str
+    scope: str  # the namespace the list was made in; "" for all namespaces
+    last: TagRef
+
+
+def encode(token: Continuation) -> str:
+    raw = json.dumps(
+        {
+            "v": _VERSION,
+            "rv": token.resource_version,
+            "scope": token.scope,
+            "last": [token.last.namespace, token.last.repository_path, token.last.tag],
+        },
+        separators=(",", ":"),
+    )
+    return base64.urlsafe_b64encode(raw.encode()).decode("ascii").rstrip("=")
+
+
+def decode(text: str, scope: str) -> Continuation:
+    """Decode a token for a list in ``scope``, or raise 400 as kube-apiserver does for a bad token."""
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        data = json.loads(raw)
+        ns, path, tag = data["last"]
+        resource_version = data["rv"]
+        valid = (
+            data["v"] == _VERSION
+            and isinstance(resource_version, str)
+            and resource_version.isdigit()
+            and all(isinstance(x, str) for x in (ns, path, tag))
+            and is_namespace(ns)
+            and is_repository_path(path)
+            and tag
+        )
+    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        valid = False
+    if not valid:
+        raise bad_request("continue key is not valid: the token is malformed")
+    if data["scope"] != scope or (scope and ns != scope):
+        raise bad_request("continue key is not valid: the token was issued for a different list")
+    return Continuation(resource_version, scope, TagRef(ns, path, tag))

@@ -1,0 +1,136 @@
+"""Kubernetes ``Status`` errors: every failure this server reports is one of these."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from payloadtags.model import GROUP, QUALIFIED_RESOURCE, RESOURCE, Status, StatusDetails
+
+
+class ApiError(Exception):
+    """Raised anywhere below a handler; the handler wrapper turns it into a Status reply."""
+
+    def __init__(
+        self,
+        code: int,
+        reason: str,
+        message: str,
+        details: StatusDetails | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.details = details
+        self.retry_after = retry_after
+
+    def status(self) -> Status:
+        return Status(
+            status="Failure", code=self.code, reason=self.reason, message=self.message, details=self.details
+        )
+
+
+def _resource_details(name: str | None = None, **more: Any) -> StatusDetails:
+    return StatusDetails(name=name or None, group=GROUP, kind=RESOURCE, **more)
+
+
+def not_found(name: str) -> ApiError:
+    return ApiError(404, "NotFound", f'{QUALIFIED_RESOURCE} "{name}" not found', _resource_details(name))
+
+
+def path_not_found() -> ApiError:
+    return ApiError(404, "NotFound", "the server could not find the requested resource", StatusDetails())
+
+
+def method_not_allowed(verb: str) -> ApiError:
+    return ApiError(
+        405,
+        "MethodNotAllowed",
+        f'{verb} is not supported on resources of kind "{QUALIFIED_RESOURCE}"',
+        _resource_details(),
+    )
+
+
+def bad_request(message: str) -> ApiError:
+    return ApiError(400, "BadRequest", message)
+
+
+def invalid(kind: str, group: str, message: str, causes: list[dict[str, str]]) -> ApiError:
+    detail = "; ".join(f"{c['field']}: {c['message']}" for c in causes)
+    return ApiError(
+        422,
+        "Invalid",
+        f"{kind} is invalid: {detail}" if detail else f"{kind} is invalid: {message}",
+        StatusDetails(group=group, kind=kind, causes=causes),
+    )
+
+
+def invalid_field(kind: str, group: str, field: str, value: str, message: str) -> ApiError:
+    cause = {"type": "FieldValueInvalid", "message": f'Invalid value: "{value}": {message}', "field": field}
+    return invalid(kind, group, message, [cause])
+
+
+def unauthorized() -> ApiError:
+    return ApiError(401, "Unauthorized", "Unauthorized")
+
+
+def forbidden(message: str, name: str | None = None) -> ApiError:
+    return ApiError(403, "Forbidden", message, _resource_details(name))
+
+
+def conflict(name: str, message: str) -> ApiError:
+    return ApiError(
+        409,
+        "Conflict",
+        f'Operation cannot be fulfilled on {QUALIFIED_RESOURCE} "{name}": {message}',
+        _resource_details(name),
+    )
+
+
+def not_acceptable(accept: str) -> ApiError:
+    return ApiError(
+        406,
+        "NotAcceptable",
+        f"only the following media types are accepted: application/json, "
+        f"application/json;as=Table;v=v1;g=meta.k8s.io (requested: {accept})",
+    )
+
+
+def unsupported_media_type(content_type: str) -> ApiError:
+    return ApiError(415, "UnsupportedMediaType", f'the body of the request was in an unknown format: "{content_type}"')
+
+
+def service_unavailable(message: str, retry_after: int = 5) -> ApiError:
+    return ApiError(
+        503,
+        "ServiceUnavailable",
+        message,
+        StatusDetails(retry_after_seconds=retry_after),
+        retry_after=retry_after,
+    )
+
+
+def timeout(message: str, retry_after: int = 5) -> ApiError:
+    return ApiError(
+        504, "Timeout", f"Timeout: {message}", StatusDetails(retry_after_seconds=retry_after), retry_after=retry_after
+    )
+
+
+def internal(message: str) -> ApiError:
+    return ApiError(500, "InternalError", f"Internal error occurred: {message}")
+
+
+def access_denied(user: str, verb: str, namespace: str, name: str | None, path: str | None) -> ApiError:
+    """403 in kube-apiserver's wording, with the PayloadRepositoryAccess reason appended."""
+    subject = f'{QUALIFIED_RESOURCE} "{name}"' if name else QUALIFIED_RESOURCE
+    where = f'in the namespace "{namespace}"' if namespace else "at the cluster scope"
+    message = (
+        f'{subject} is forbidden: User "{user}" cannot {verb} resource "{RESOURCE}" in API group "{GROUP}" {where}'
+    )
+    if path is not None:
+        access_verb = "delete" if verb in ("delete", "deletecollection") else "get"
+        message += (
+            f': no PayloadRepositoryAccess rule allows "{access_verb}" on repository path "{path}"'
+        )
+    return forbidden(message, name)

@@ -1,0 +1,157 @@
+"""ListOptions and DeleteOptions from the query string and body, validated as kube-apiserver does."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from payloadtags.api.errors import (
+    bad_request,
+    invalid,
+    invalid_field,
+    method_not_allowed,
+    unsupported_media_type,
+)
+from payloadtags.api.selectors import FieldSelector, LabelSelector, parse_field_selector, parse_label_selector
+
+Query = Mapping[str, list[str]]
+
+
+def first(query: Query, key: str) -> str | None:
+    values = query.get(key)
+    return values[0] if values else None
+
+
+def _bool(query: Query, key: str) -> bool:
+    value = first(query, key)
+    if value is None:
+        return False
+    if value.lower() in ("true", "1"):
+        return True
+    if value.lower() in ("false", "0", ""):
+        return False
+    raise bad_request(f'invalid value for {key}: "{value}" is not a boolean')
+
+
+@attrs.frozen
+class ListOptions:
+    labels: LabelSelector
+    fields: FieldSelector
+    limit: int | None
+    continue_: str | None
+    resource_version: str | None
+
+
+def list_options(query: Query) -> ListOptions:
+    if _bool(query, "watch"):
+        raise method_not_allowed("watch")
+    limit_text = first(query, "limit")
+    limit = None
+    if limit_text not in (None, ""):
+        try:
+            limit = int(limit_text)
+        except ValueError:
+            raise bad_request(f'invalid value for limit: "{limit_text}" is not an integer') from None
+        if limit < 0:
+            raise invalid_field("ListOptions", "meta.k8s.io", "limit", limit_text, "must be non-negative")
+        limit = limit or None  # limit=0 means no limit, as upstream
+    resource_version = first(query, "resourceVersion") or None
+    match = first(query, "resourceVersionMatch") or None
+    continue_ = first(query, "continue") or None
+    if match is not None:
+        if match not in ("Exact", "NotOlderThan"):
+            raise invalid_field(
+                "ListOptions", "meta.k8s.io", "resourceVersionMatch", match, 'must be "Exact" or "NotOlderThan"'
+            )
+        if resource_version is None:
+            raise invalid_field(
+                "ListOptions", "meta.k8s.io", "resourceVersionMatch", match,
+                "resourceVersionMatch is forbidden unless resourceVersion is provided",
+            )
+        if continue_ is not None:
+            raise invalid_field(
+                "ListOptions", "meta.k8s.io", "resourceVersionMatch", match,
+                "resourceVersionMatch is forbidden when continue is provided",
+            )
+        if match == "Exact" and resource_version == "0":
+            raise invalid_field(
+                "ListOptions", "meta.k8s.io", "resourceVersionMatch", match,
+                'resourceVersionMatch "exact" is forbidden for resourceVersion "0"',
+            )
+    if resource_version is not None and not resource_version.isdigit():
+        raise bad_request(f'invalid resource version "{resource_version}"')
+    if first(query, "sendInitialEvents") is not None:
+        raise invalid_field(
+            "ListOptions", "meta.k8s.io", "sendInitialEvents", first(query, "sendInitialEvents") or "",
+            "sendInitialEvents is forbidden for list",
+        )
+    return ListOptions(
+        labels=parse_label_selector(first(query, "labelSelector")),
+        fields=parse_field_selector(first(query, "fieldSelector")),
+        limit=limit,
+        continue_=continue_,
+        resource_version=resource_version,
+    )
+
+
+PROPAGATION = ("Foreground", "Background", "Orphan")
+
+
+@attrs.frozen
+class DeleteOptions:
+    dry_run: bool = False
+    uid: str | None = None
+    resource_version: str | None = None
+
+
+def _delete_invalid(field: str, value: Any, message: str) -> Exception:
+    return invalid_field("DeleteOptions", "meta.k8s.io", field, str(value), message)
+
+
+def delete_options(query: Query, body: bytes, content_type: str | None) -> DeleteOptions:
+    """Body wins over the query, as upstream; a dry run requested in either place is honoured."""
+    data: dict[str, Any] = {}
+    if body.strip():
+        if content_type and content_type.split(";")[0].strip().lower() not in ("application/json", ""):
+            raise unsupported_media_type(content_type)
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise bad_request("the body of the request is not valid JSON DeleteOptions") from None
+        if not isinstance(data, dict):
+            raise bad_request("the body of the request must be a DeleteOptions object")
+    dry_run = data.get("dryRun", query.get("dryRun", []))
+    if not isinstance(dry_run, list) or not all(isinstance(v, str) for v in dry_run):
+        raise _delete_invalid("dryRun", dry_run, "must be a list of strings")
+    for value in dry_run:
+        if value != "All":
+            raise _delete_invalid("dryRun", value, 'supported values: "All"')
+    propagation = data.get("propagationPolicy", first(query, "propagationPolicy"))
+    if propagation is not None and propagation not in PROPAGATION:
+        raise _delete_invalid("propagationPolicy", propagation, 'supported values: "Foreground", "Background", "Orphan"')
+    orphan = data.get("orphanDependents")
+    if orphan is not None and propagation is not None:
+        raise invalid(
+            "DeleteOptions", "meta.k8s.io", "orphanDependents and propagationPolicy are mutually exclusive",
+            [{"type": "FieldValueForbidden", "field": "orphanDependents",
+              "message": "Forbidden: orphanDependents and deletionPropagation cannot be both set"}],
+        )
+    grace = data.get("gracePeriodSeconds", first(query, "gracePeriodSeconds"))
+    if grace is not None:
+        try:
+            if int(grace) < 0:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise _delete_invalid("gracePeriodSeconds", grace, "must be a non-negative integer") from None
+    preconditions = data.get("preconditions") or {}
+    if not isinstance(preconditions, dict):
+        raise bad_request("preconditions must be an object")
+    uid, rv = preconditions.get("uid"), preconditions.get("resourceVersion")
+    if not isinstance(uid, str | None) or not isinstance(rv, str | None):
+        raise bad_request("preconditions.uid and preconditions.resourceVersion must be strings")
+    return DeleteOptions(
+        dry_run="All" in dry_run or "All" in query.get("dryRun", []), uid=uid or None, resource_version=rv or None
+    )

@@ -1,0 +1,178 @@
+"""Label and field selectors with kube-apiserver's grammar and error wording."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import attrs
+
+from payloadtags.api.errors import bad_request
+
+_KEY = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?\Z")
+_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?\Z")
+_TOKEN = re.compile(r"\s*(!=|==|=|!|,|\(|\)|[^\s!=,()]+)")
+
+
+@attrs.frozen
+class Requirement:
+    key: str
+    operator: str  # "=", "!=", "in", "notin", "exists", "!"
+    values: frozenset[str] = frozenset()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        present = self.key in labels
+        match self.operator:
+            case "=" | "in":
+                return present and labels[self.key] in self.values
+            case "!=" | "notin":
+                return not present or labels[self.key] not in self.values
+            case "exists":
+                return present
+            case _:
+                return not present
+
+
+@attrs.frozen
+class LabelSelector:
+    requirements: tuple[Requirement, ...] = ()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        return all(r.matches(labels) for r in self.requirements)
+
+
+def _tokens(text: str) -> list[str]:
+    tokens, position = [], 0
+    text = text.rstrip()
+    while position < len(text):
+        match = _TOKEN.match(text, position)
+        if not match:  # pragma: no cover - the pattern accepts every non-space run
+            raise bad_request(f"unable to parse requirement: {text!r}")
+        tokens.append(match.group(1))
+        position = match.end()
+    return tokens
+
+
+def _check_key(key: str, text: str) -> str:
+    if not _KEY.match(key) or len(key) > 317:
+        raise bad_request(f"unable to parse requirement: {text}: invalid label key \"{key}\"")
+    return key
+
+
+def _check_value(value: str, text: str) -> str:
+    if len(value) > 63 or not _VALUE.match(value):
+        raise bad_request(f"unable to parse requirement: {text}: invalid label value: \"{value}\"")
+    return value
+
+
+def parse_label_selector(text: str | None) -> LabelSelector:
+    """Parse ``a=b,c!=d,e in (f,g),h notin (i),j,!k`` or raise a 400 Status."""
+    if text is None or not text.strip():
+        return LabelSelector()
+    tokens = _tokens(text)
+    requirements: list[Requirement] = []
+    i = 0
+
+    def fail() -> None:
+        raise bad_request(f"unable to parse requirement: found '{tokens[i] if i < len(tokens) else ''}', "
+                          f"expected: identifier or operator in label selector \"{text}\"")
+
+    while i < len(tokens):
+        if tokens[i] == "!":
+            i += 1
+            if i >= len(tokens):
+                fail()
+            requirements.append(Requirement(_check_key(tokens[i], text), "!"))
+            i += 1
+        else:
+            key = _check_key(tokens[i], text)
+            i += 1
+            if i >= len(tokens) or tokens[i] == ",":
+                requirements.append(Requirement(key, "exists"))
+            elif tokens[i] in ("=", "==", "!="):
+                op = "!=" if tokens[i] == "!=" else "="
+                i += 1
+                value = ""
+                if i < len(tokens) and tokens[i] not in (",", "(", ")", "=", "==", "!=", "!"):
+                    value = tokens[i]
+                    i += 1
+                requirements.append(Requirement(key, op, frozenset({_check_value(value, text)})))
+            elif tokens[i] in ("in", "notin"):
+                op = tokens[i]
+                i += 1
+                if i >= len(tokens) or tokens[i] != "(":
+                    fail()
+                i += 1
+                values: set[str] = set()
+                expect_value = True
+                while i < len(tokens) and tokens[i] != ")":
+                    if tokens[i] == ",":
+                        if expect_value:
+                            values.add("")
+                        expect_value = True
+                    elif expect_value:
+                        values.add(_check_value(tokens[i], text))
+                        expect_value = False
+                    else:
+                        fail()
+                    i += 1
+                if i >= len(tokens):
+                    fail()
+                if expect_value and values:
+                    values.add("")
+                if not values:
+                    raise bad_request(f"unable to parse requirement: {text}: for 'in', 'notin' operators, "
+                                      "values set can't be empty")
+                i += 1
+                requirements.append(Requirement(key, op, frozenset(values)))
+            else:
+                fail()
+        if i < len(tokens):
+            if tokens[i] != ",":
+                fail()
+            i += 1
+            if i >= len(tokens):
+                fail()
+    return LabelSelector(tuple(requirements))
+
+
+FIELDS = ("metadata.name", "metadata.namespace")
+
+
+@attrs.frozen
+class FieldRequirement:
+    field: str
+    value: str
+    equal: bool
+
+
+@attrs.frozen
+class FieldSelector:
+    requirements: tuple[FieldRequirement, ...] = ()
+
+    def matches(self, fields: Mapping[str, str]) -> bool:
+        return all((fields.get(r.field) == r.value) == r.equal for r in self.requirements)
+
+    def required(self, field: str) -> str | None:
+        """The value the field must equal, when the selector pins it; for narrowing registry reads."""
+        values = {r.value for r in self.requirements if r.field == field and r.equal}
+        return values.pop() if len(values) == 1 else None
+
+
+def parse_field_selector(text: str | None) -> FieldSelector:
+    if text is None or not text.strip():
+        return FieldSelector()
+    requirements = []
+    for term in text.split(","):
+        term = term.strip()
+        for op in ("!=", "==", "="):
+            field, sep, value = term.partition(op)
+            if sep:
+                break
+        else:
+            raise bad_request(f"invalid selector: '{text}'; can't understand '{term}'")
+        field = field.strip()
+        if field not in FIELDS:
+            raise bad_request(f'"{field}" is not a known field selector: only "metadata.name", "metadata.namespace"')
+        requirements.append(FieldRequirement(field, value.strip(), op != "!="))
+    return FieldSelector(tuple(requirements))

@@ -1,0 +1,172 @@
+"""The payloadrepositorytags resource: list, get, delete and deletecollection over the inventory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+
+from payloadtags.access.authn import UserInfo
+from payloadtags.access.authz import Authorizer
+from payloadtags.api import continuation
+from payloadtags.api.errors import access_denied, conflict, not_found
+from payloadtags.api.options import DeleteOptions, ListOptions
+from payloadtags.inventory import Inventory, bounded_map
+from payloadtags.model import ListMeta, PayloadRepositoryTag, TagStatus, tag_object, uid_for
+from payloadtags.names import InvalidName, TagRef, ref_from_name
+from payloadtags.registry.errors import RegistryNotFound
+
+
+@attrs.define
+class ResourceVersions:
+    """List resourceVersions: decimal, never empty, increasing across calls and restarts (time-seeded)."""
+
+    clock: IReactorTime
+    _last: int = 0
+
+    def current(self) -> str:
+        self._last = max(int(self.clock.seconds() * 1_000_000), self._last + 1)
+        return str(self._last)
+
+
+@attrs.define
+class TagsService:
+    inventory: Inventory
+    registry_host: str
+    authorizer: Authorizer
+    versions: ResourceVersions
+    delete_concurrency: int = 4
+
+    def _object(self, ref: TagRef, status: TagStatus | None = None) -> PayloadRepositoryTag:
+        return tag_object(self.registry_host, ref, status)
+
+    def _visible(self, user: UserInfo, options: ListOptions, authorize: bool) -> Callable[[TagRef], bool]:
+        def accept(ref: TagRef) -> bool:
+            return (
+                options.labels.matches({})
+                and options.fields.matches({"metadata.name": ref.name, "metadata.namespace": ref.namespace})
+                and (not authorize or self.authorizer.allowed(user, "get", ref.namespace, ref.repository_path))
+            )
+
+        return accept
+
+    async def list(
+        self, user: UserInfo, namespace: str | None, options: ListOptions
+    ) -> tuple[list[PayloadRepositoryTag], ListMeta]:
+        refs, meta = await self._select(user, namespace, options)
+        return [self._object(ref) for ref in refs], meta
+
+    async def _select(
+        self, user: UserInfo, namespace: str | None, options: ListOptions, authorize: bool = True
+    ) -> tuple[list[TagRef], ListMeta]:
+        scope = namespace or ""
+        accept = self._visible(user, options, authorize)
+        pinned_namespace = options.fields.required("metadata.namespace")
+        if namespace is None and pinned_namespace is not None:
+            namespace = pinned_namespace
+        pinned_name = options.fields.required("metadata.name")
+        if namespace is not None and pinned_name is not None and options.continue_ is None:
+            # kubectl's delete-wait and single-object watches select by name: one tag-list read.
+            return await self._by_name(namespace, pinned_name, accept), ListMeta(
+                resource_version=self.versions.current()
+            )
+        after = None
+        resource_version = None
+        if options.continue_ is not None:
+            token = continuation.decode(options.continue_, scope)
+            after, resource_version = token.last, token.resource_version
+        page = await self.inventory.list(namespace, limit=options.limit, after=after, accept=accept)
+        resource_version = resource_version or self.versions.current()
+        meta = ListMeta(resource_version=resource_version)
+        if page.more:
+            meta.continue_ = continuation.encode(
+                continuation.Continuation(resource_version, scope, page.refs[-1])
+            )
+        return page.refs, meta
+
+    async def _by_name(self, namespace: str, name: str, accept: Callable[[TagRef], bool]) -> list[TagRef]:
+        try:
+            ref = ref_from_name(namespace, name)
+        except InvalidName:
+            return []
+        return [ref] if accept(ref) and await self.inventory.exists(ref) else []
+
+    def _resolve(self, user: UserInfo, verb: str, namespace: str, name: str) -> TagRef:
+        try:
+            ref = ref_from_name(namespace, name)
+        except InvalidName:
+            raise not_found(name) from None
+        access = "delete" if verb == "delete" else "get"
+        if not self.authorizer.allowed(user, access, namespace, ref.repository_path):
+            raise access_denied(user.name, verb, namespace, name, ref.repository_path)
+        return ref
+
+    async def get(self, user: UserInfo, namespace: str, name: str) -> PayloadRepositoryTag:
+        ref = self._resolve(user, "get", namespace, name)
+        try:
+            detail = await self.inventory.detail(ref)
+        except RegistryNotFound:
+            raise not_found(name) from None
+        status = TagStatus(
+            digest=detail.digest,
+            media_type=detail.media_type,
+            artifact_type=detail.artifact_type,
+            manifest=detail.manifest,
+            config=detail.config,
+        )
+        return self._object(ref, status)
+
+    def _check_preconditions(self, ref: TagRef, options: DeleteOptions) -> None:
+        uid = uid_for(ref)
+        if options.uid is not None and options.uid != uid:
+            raise conflict(
+                ref.name, f"Precondition failed: UID in precondition: {options.uid}, UID in object meta: {uid}"
+            )
+        if options.resource_version is not None:
+            # Tags carry no resourceVersion, so no precondition on one can hold.
+            raise conflict(
+                ref.name,
+                f"Precondition failed: ResourceVersion in precondition: {options.resource_version}, "
+                "ResourceVersion in object meta: ",
+            )
+
+    async def delete(self, user: UserInfo, namespace: str, name: str, options: DeleteOptions) -> PayloadRepositoryTag:
+        ref = self._resolve(user, "delete", namespace, name)
+        if not await self.inventory.exists(ref):
+            raise not_found(name)
+        self._check_preconditions(ref, options)
+        if options.dry_run:
+            return self._object(ref)
+        try:
+            digest = await self.inventory.delete(ref)
+        except RegistryNotFound:
+            raise not_found(name) from None
+        return self._object(ref, TagStatus(digest=digest))
+
+    async def delete_collection(
+        self, user: UserInfo, namespace: str, list_options: ListOptions, options: DeleteOptions
+    ) -> tuple[list[PayloadRepositoryTag], ListMeta]:
+        # Deletion must see every selected tag, including those the caller may not list, so that a
+        # denied one refuses the whole request before anything is removed.
+        unfiltered = attrs.evolve(list_options, limit=None, continue_=None)
+        refs, _ = await self._select(user, namespace, unfiltered, authorize=False)
+        for ref in refs:
+            if not self.authorizer.allowed(user, "delete", ref.namespace, ref.repository_path):
+                raise access_denied(user.name, "deletecollection", namespace, None, ref.repository_path)
+        if options.uid is not None or options.resource_version is not None:
+            for ref in refs:
+                self._check_preconditions(ref, options)
+        meta = ListMeta(resource_version=self.versions.current())
+        if options.dry_run:
+            return [self._object(ref) for ref in refs], meta
+
+        async def remove(ref: TagRef) -> PayloadRepositoryTag | None:
+            try:
+                return self._object(ref, TagStatus(digest=await self.inventory.delete(ref)))
+            except RegistryNotFound:
+                return None  # deleted by someone else meanwhile: the goal is reached
+
+        deleted = await bounded_map(remove, refs, self.delete_concurrency)
+        return [obj for obj in deleted if obj is not None], meta
+

@@ -1,0 +1,120 @@
+"""Command line: flags with k8s.io/apiserver names → Settings; ``payloadtags serve``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from payloadtags import __version__
+from payloadtags.registry import RegistrySettings
+from payloadtags.settings import AUTHORIZATION_MODES, Settings
+
+USERNAME_ENV = "PAYLOADTAGS_REGISTRY_USERNAME"
+PASSWORD_ENV = "PAYLOADTAGS_REGISTRY_PASSWORD"
+
+
+class UsageError(Exception):
+    """A configuration mistake, reported in one line without a traceback."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="payloadtags", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"payloadtags {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the aggregated API server")
+    serving = serve.add_argument_group("serving")
+    serving.add_argument("--bind-address", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    serving.add_argument("--secure-port", type=int, default=8443, help="HTTPS port (default 8443)")
+    serving.add_argument("--tls-cert-file", help="serving certificate (PEM, may include the chain)")
+    serving.add_argument("--tls-private-key-file", help="private key of --tls-cert-file")
+    auth = serve.add_argument_group("authentication and authorization")
+    auth.add_argument("--client-ca-file", help="CA bundle that signs client certificates (user = CN, groups = O)")
+    auth.add_argument("--kubeconfig", help="kubeconfig of the cluster API (default: in-cluster config when in a pod)")
+    auth.add_argument(
+        "--authorization-mode",
+        choices=AUTHORIZATION_MODES,
+        help="RBAC (default with a cluster API) or AlwaysAllow (required without one)",
+    )
+    registry = serve.add_argument_group("registry")
+    registry.add_argument("--registry-url", required=True, help="registry API endpoint, e.g. https://registry:5000")
+    registry.add_argument("--registry-host", help="host shown in addresses (default: host[:port] of --registry-url)")
+    registry.add_argument("--registry-ca-file", help="CA bundle for an HTTPS registry")
+    registry.add_argument(
+        "--registry-username-file", help=f"file holding the registry user name (or ${USERNAME_ENV})"
+    )
+    registry.add_argument(
+        "--registry-password-file", help=f"file holding the registry password or token (or ${PASSWORD_ENV})"
+    )
+    registry.add_argument("--registry-timeout", type=float, default=10.0, help="seconds per registry request")
+    registry.add_argument(
+        "--registry-concurrency", type=int, default=16, help="registry requests in flight for one list"
+    )
+    registry.add_argument("--delete-concurrency", type=int, default=4, help="tags deleted at once by deletecollection")
+    serve.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    return parser
+
+
+def _secret(file_path: str | None, env: str, what: str) -> str | None:
+    if file_path:
+        try:
+            with open(file_path, encoding="utf-8") as f:
+                return f.read().strip()
+        except OSError as error:
+            raise UsageError(f"cannot read the registry {what} file {file_path}: {error.strerror}") from None
+    return os.environ.get(env) or None
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    url = args.registry_url.rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UsageError(f"--registry-url must be an http:// or https:// URL, not {args.registry_url!r}")
+    if parts.username or parts.password:
+        raise UsageError("--registry-url must not carry credentials; use --registry-username-file/--registry-password-file")
+    if bool(args.tls_cert_file) != bool(args.tls_private_key_file):
+        raise UsageError("--tls-cert-file and --tls-private-key-file go together")
+    for name in ("registry_concurrency", "delete_concurrency"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.registry_timeout <= 0:
+        raise UsageError("--registry-timeout must be positive")
+    registry = RegistrySettings(
+        url=url,
+        username=_secret(args.registry_username_file, USERNAME_ENV, "user name"),
+        password=_secret(args.registry_password_file, PASSWORD_ENV, "password"),
+        ca_file=args.registry_ca_file,
+        timeout=args.registry_timeout,
+        max_connections=args.registry_concurrency,
+    )
+    return Settings(
+        registry=registry,
+        registry_host=args.registry_host or parts.netloc,
+        bind_address=args.bind_address,
+        secure_port=args.secure_port,
+        tls_cert_file=args.tls_cert_file,
+        tls_private_key_file=args.tls_private_key_file,
+        client_ca_file=args.client_ca_file,
+        kubeconfig=args.kubeconfig,
+        authorization_mode=args.authorization_mode,
+        registry_concurrency=args.registry_concurrency,
+        delete_concurrency=args.delete_concurrency,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = settings_from(args)
+    except UsageError as error:
+        print(f"payloadtags: {error}", file=sys.stderr)
+        return 2
+    from payloadtags.server import serve  # imported late: `--help` should not pay for Twisted
+
+    return serve(settings, verbose=args.verbose)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""The Kubernetes JSON shapes this server speaks, as attrs classes, and their one converter.
+
+Field names are snake_case here and camelCase on the wire; a field whose value is None is omitted.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_unstructure_fn, override
+
+from payloadtags.names import TagRef
+
+GROUP = "payload-registry.deckhouse.io"
+VERSION = "v1alpha1"
+GROUP_VERSION = f"{GROUP}/{VERSION}"
+KIND = "PayloadRepositoryTag"
+LIST_KIND = "PayloadRepositoryTagList"
+RESOURCE = "payloadrepositorytags"
+SINGULAR = "payloadrepositorytag"
+SHORT_NAMES = ("prt",)
+QUALIFIED_RESOURCE = f"{RESOURCE}.{GROUP}"
+VERBS = ("delete", "deletecollection", "get", "list")
+
+# A fixed namespace for name-based UUIDs, so a tag keeps its uid across restarts and replicas.
+_UID_NAMESPACE = uuid.UUID("6f1f7e2c-5d0b-4c55-9a43-2b1f8d4f0a17")
+
+JSON = dict[str, Any]
+
+
+@attrs.define(kw_only=True)
+class ObjectMeta:
+    name: str | None = None
+    namespace: str | None = None
+    uid: str | None = None
+    resource_version: str | None = None
+    creation_timestamp: str | None = None
+
+
+@attrs.define(kw_only=True)
+class ListMeta:
+    resource_version: str | None = None
+    continue_: str | None = None
+    remaining_item_count: int | None = None
+
+
+@attrs.define(kw_only=True)
+class TagSpec:
+    repository_path: str
+    tag: str
+    address: str
+
+
+@attrs.define(kw_only=True)
+class TagStatus:
+    digest: str
+    media_type: str | None = None
+    artifact_type: str | None = None
+    manifest: JSON | None = None
+    config: JSON | None = None
+
+
+@attrs.define(kw_only=True)
+class PayloadRepositoryTag:
+    api_version: str = GROUP_VERSION
+    kind: str = KIND
+    metadata: ObjectMeta
+    spec: TagSpec
+    status: TagStatus | None = None
+
+
+@attrs.define(kw_only=True)
+class PayloadRepositoryTagList:
+    api_version: str = GROUP_VERSION
+    kind: str = LIST_KIND
+    metadata: ListMeta
+    items: list[PayloadRepositoryTag]
+
+
+@attrs.define(kw_only=True)
+class PartialObjectMetadata:
+    api_version: str = "meta.k8s.io/v1"
+    kind: str = "PartialObjectMetadata"
+    metadata: ObjectMeta
+
+
+@attrs.define(kw_only=True)
+class PartialObjectMetadataList:
+    api_version: str = "meta.k8s.io/v1"
+    kind: str = "PartialObjectMetadataList"
+    metadata: ListMeta
+    items: list[PartialObjectMetadata]
+
+
+@attrs.define(kw_only=True)
+class StatusDetails:
+    kind: str | None = None
+    name: str | None = None
+    group: str | None = None
+    uid: str | None = None
+    causes: list[JSON] | None = None
+    retry_after_seconds: int | None = None
+
+
+@attrs.define(kw_only=True)
+class Status:
+    api_version: str = "v1"
+    kind: str = "Status"
+    status: str
+    code: int
+    message: str | None = None
+    reason: str | None = None
+    details: StatusDetails | None = None
+    metadata: JSON = attrs.Factory(dict)
+
+
+@attrs.define(kw_only=True)
+class TableColumnDefinition:
+    name: str
+    type: str
+    format: str
+    description: str
+    priority: int
+
+
+@attrs.define(kw_only=True)
+class TableRow:
+    cells: list[Any]
+    object: JSON | None = None
+
+
+@attrs.define(kw_only=True)
+class Table:
+    api_version: str = "meta.k8s.io/v1"
+    kind: str = "Table"
+    metadata: ListMeta
+    column_definitions: list[TableColumnDefinition]
+    rows: list[TableRow]
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.rstrip("_").split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _make_converter() -> cattrs.Converter:
+    converter = cattrs.Converter()
+
+    def factory(cls: type) -> Any:
+        overrides = {
+            field.name: override(rename=_camel(field.name), omit_if_default=field.default is None)
+            for field in attrs.fields(cls)
+        }
+        return make_dict_unstructure_fn(cls, converter, **overrides)
+
+    converter.register_unstructure_hook_factory(attrs.has, factory)
+    return converter
+
+
+converter = _make_converter()
+
+
+def to_json(value: Any) -> Any:
+    return converter.unstructure(value)
+
+
+def uid_for(ref: TagRef) -> str:
+    return str(uuid.uuid5(_UID_NAMESPACE, f"{ref.namespace}/{ref.repository_path}:{ref.tag}"))
+
+
+def address_for(registry_host: str, ref: TagRef) -> str:
+    return f"{registry_host}/{ref.namespace}/{ref.repository_path}:{ref.tag}"
+
+
+def object_meta(ref: TagRef) -> ObjectMeta:
+    return ObjectMeta(name=ref.name, namespace=ref.namespace, uid=uid_for(ref))
+
+
+def tag_object(registry_host: str, ref: TagRef, status: TagStatus | None = None) -> PayloadRepositoryTag:
+    spec = TagSpec(repository_path=ref.repository_path, tag=ref.tag, address=address_for(registry_host, ref))
+    return PayloadRepositoryTag(metadata=object_meta(ref), spec=spec, status=status)

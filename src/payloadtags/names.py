@@ -1,0 +1,92 @@
+"""Object names: ``metadata.name`` is the unpadded lowercase base32 of ``<repositoryPath>:<tag>``.
+
+The namespace is not part of the encoded string; it is the repository's first path segment.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+
+import attrs
+
+# The OCI distribution grammar for one path component and for a tag.
+_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*\Z")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
+_DNS_LABEL = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?\Z")
+_NAME_ALPHABET = re.compile(r"[a-z2-7]+\Z")
+
+
+class InvalidName(ValueError):
+    """A string that is not the name of any PayloadRepositoryTag."""
+
+
+@attrs.frozen(order=True)
+class TagRef:
+    """One tag of one repository, addressed the way the Kubernetes API addresses it."""
+
+    namespace: str
+    repository_path: str
+    tag: str
+
+    @property
+    def repository(self) -> str:
+        """The full registry repository name."""
+        return f"{self.namespace}/{self.repository_path}"
+
+    @property
+    def name(self) -> str:
+        return encode_name(self.repository_path, self.tag)
+
+    @property
+    def sort_key(self) -> tuple[str, tuple[str, ...], str]:
+        # The registry's catalog compares paths component by component ("a/b" < "a-b"); listing in the
+        # same order is what lets a continue token resume the catalog with `last`.
+        return (self.namespace, tuple(self.repository_path.split("/")), self.tag)
+
+
+def encode_name(repository_path: str, tag: str) -> str:
+    raw = f"{repository_path}:{tag}".encode()
+    return base64.b32encode(raw).decode("ascii").rstrip("=").lower()
+
+
+def decode_name(name: str) -> tuple[str, str]:
+    """Return ``(repositoryPath, tag)`` or raise InvalidName."""
+    if not name or not _NAME_ALPHABET.match(name):
+        raise InvalidName(name)
+    padded = name.upper() + "=" * (-len(name) % 8)
+    try:
+        raw = base64.b32decode(padded)
+        text = raw.decode("utf-8")
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidName(name) from exc
+    path, sep, tag = text.rpartition(":")
+    if not sep or not is_repository_path(path) or not _TAG.match(tag):
+        raise InvalidName(name)
+    # Base32 has several spellings of the same bytes when the last group has spare bits; only the
+    # canonical one names an object, so that each tag has exactly one name.
+    if encode_name(path, tag) != name:
+        raise InvalidName(name)
+    return path, tag
+
+
+def is_repository_path(path: str) -> bool:
+    return bool(path) and all(_COMPONENT.match(part) for part in path.split("/"))
+
+
+def is_namespace(name: str) -> bool:
+    return bool(_DNS_LABEL.match(name))
+
+
+def split_repository(repository: str) -> tuple[str, str] | None:
+    """``ns/path/...`` → ``(ns, "path/...")``; None when the repository cannot hold objects."""
+    namespace, sep, path = repository.partition("/")
+    if not sep or not is_namespace(namespace) or not is_repository_path(path):
+        return None
+    return namespace, path
+
+
+def ref_from_name(namespace: str, name: str) -> TagRef:
+    path, tag = decode_name(name)
+    return TagRef(namespace, path, tag)

@@ -1,0 +1,24 @@
+"""Everything the server is configured with, independent of where it came from (flags, environment)."""
+
+from __future__ import annotations
+
+import attrs
+
+from payloadtags.registry import RegistrySettings
+
+AUTHORIZATION_MODES = ("AlwaysAllow", "RBAC")
+
+
+@attrs.frozen
+class Settings:
+    registry: RegistrySettings
+    registry_host: str
+    bind_address: str = "0.0.0.0"
+    secure_port: int = 8443
+    tls_cert_file: str | None = None
+    tls_private_key_file: str | None = None
+    client_ca_file: str | None = None
+    kubeconfig: str | None = None
+    authorization_mode: str | None = None
+    registry_concurrency: int = 16
+    delete_concurrency: int = 4

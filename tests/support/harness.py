@@ -1,0 +1,74 @@
+"""Start payloadtags in-process on the test reactor, on 127.0.0.1, with test certificates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from payloadtags.registry import RegistrySettings
+from payloadtags.server import RunningServer, start
+from payloadtags.settings import Settings
+from tests.support.client import ApiClient
+from tests.support.pki import Authority, Issued
+
+REGISTRY_HOST = "payload-registry.example.com"
+
+
+@attrs.frozen
+class Pki:
+    server_ca: Authority
+    serving: Issued
+    client_ca: Authority
+    admin: Issued
+
+    @classmethod
+    def create(cls, directory: Path) -> Pki:
+        server_ca = Authority.create(directory / "server", "serving")
+        client_ca = Authority.create(directory / "clients", "clients")
+        return cls(
+            server_ca=server_ca,
+            serving=server_ca.server(),
+            client_ca=client_ca,
+            admin=client_ca.client("admin", ("admins",)),
+        )
+
+
+@attrs.define
+class ServerUnderTest:
+    running: RunningServer
+    pki: Pki
+    settings: Settings
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.running.port}"
+
+    def client(self, user: Issued | None = None, reactor: Any = None) -> ApiClient:
+        kwargs = {"reactor": reactor} if reactor is not None else {}
+        return ApiClient(self.url, str(self.pki.server_ca.cert_file), user, **kwargs)
+
+    async def stop(self) -> None:
+        await self.running.stop()
+
+
+def settings_for(pki: Pki, registry_url: str, **overrides: Any) -> Settings:
+    registry = overrides.pop("registry", None) or RegistrySettings(url=registry_url, timeout=5.0)
+    values: dict[str, Any] = {
+        "registry": registry,
+        "registry_host": REGISTRY_HOST,
+        "bind_address": "127.0.0.1",
+        "secure_port": 0,
+        "tls_cert_file": str(pki.serving.cert_file),
+        "tls_private_key_file": str(pki.serving.key_file),
+        "client_ca_file": str(pki.client_ca.cert_file),
+        "authorization_mode": "AlwaysAllow",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+async def start_server(reactor: Any, pki: Pki, registry_url: str, **overrides: Any) -> ServerUnderTest:
+    settings = settings_for(pki, registry_url, **overrides)
+    return ServerUnderTest(await start(reactor, settings), pki, settings)

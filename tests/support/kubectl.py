@@ -1,0 +1,67 @@
+"""Run the real kubectl binary against the server, without blocking the reactor it runs on."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import attrs
+from twisted.internet import utils
+
+from tests.support.pki import Issued
+
+KUBECTL = shutil.which("kubectl") or "kubectl"
+
+
+@attrs.frozen
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+    def lines(self) -> list[list[str]]:
+        return [line.split() for line in self.out.strip().splitlines()]
+
+
+@attrs.frozen
+class Kubectl:
+    kubeconfig: Path
+    cache_dir: Path
+
+    @classmethod
+    def write(cls, directory: Path, server_url: str, ca_file: Path, user: Issued, name: str = "admin") -> Kubectl:
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "payloadtags", "cluster": {"server": server_url, "certificate-authority": str(ca_file)}}],
+            "users": [
+                {
+                    "name": name,
+                    "user": {"client-certificate": str(user.cert_file), "client-key": str(user.key_file)},
+                }
+            ],
+            "contexts": [{"name": name, "context": {"cluster": "payloadtags", "user": name, "namespace": "default"}}],
+            "current-context": name,
+        }
+        path = directory / f"kubeconfig-{name}"
+        path.write_text(json.dumps(config))
+        return cls(path, directory / f"cache-{name}")
+
+    async def __call__(self, *args: str) -> Result:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.cache_dir),
+            "KUBECONFIG": str(self.kubeconfig),
+            "KUBECACHEDIR": str(self.cache_dir),
+        }
+        out, err, code = await utils.getProcessOutputAndValue(
+            KUBECTL, ["--cache-dir", str(self.cache_dir), "--request-timeout=20s", *args], env=env
+        )
+        return Result(code, out.decode(), err.decode())

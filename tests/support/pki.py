@@ -1,0 +1,112 @@
+"""Test certificates: a CA, serving and client certificates, written as PEM files."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from pathlib import Path
+
+import attrs
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+@attrs.frozen
+class Issued:
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey = attrs.field(repr=False)
+    cert_file: Path
+    key_file: Path
+
+
+@attrs.frozen
+class Authority:
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey = attrs.field(repr=False)
+    cert_file: Path
+    directory: Path
+
+    @classmethod
+    def create(cls, directory: Path, name: str) -> Authority:
+        directory.mkdir(parents=True, exist_ok=True)
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(_now() - datetime.timedelta(hours=1))
+            .not_valid_after(_now() + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True, content_commitment=False, key_encipherment=False,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                    encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        cert_file = directory / f"{name}-ca.crt"
+        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return cls(cert, key, cert_file, directory)
+
+    def _issue(
+        self, file_stem: str, subject: x509.Name, usage: x509.ObjectIdentifier, sans: list[x509.GeneralName] | None
+    ) -> Issued:
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(_now() - datetime.timedelta(hours=1))
+            .not_valid_after(_now() + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False
+            )
+        )
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        cert = builder.sign(self.key, hashes.SHA256())
+        cert_file = self.directory / f"{file_stem}.crt"
+        key_file = self.directory / f"{file_stem}.key"
+        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_file.write_bytes(_key_pem(key))
+        return Issued(cert, key, cert_file, key_file)
+
+    def client(self, common_name: str, organizations: tuple[str, ...] = (), stem: str | None = None) -> Issued:
+        """A client certificate; kubeadm-style (no SAN), like the front-proxy client's."""
+        attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org) for org in organizations]
+        attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+        stem = stem or f"client-{common_name.replace(':', '_')}"
+        return self._issue(stem, x509.Name(attributes), ExtendedKeyUsageOID.CLIENT_AUTH, None)
+
+    def server(self, hosts: tuple[str, ...] = ("localhost", "127.0.0.1"), stem: str = "serving") -> Issued:
+        sans: list[x509.GeneralName] = []
+        for host in hosts:
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                sans.append(x509.DNSName(host))
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
+        return self._issue(stem, subject, ExtendedKeyUsageOID.SERVER_AUTH, sans)
