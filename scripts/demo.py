@@ -1,0 +1,120 @@
+"""The demo: a local registry with sample images, payloadtags in front of it, and real kubectl output.
+
+Run by ``scripts/demo`` after setup. Everything it starts binds to 127.0.0.1 and is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support import images  # noqa: E402
+from tests.support.harness import Pki  # noqa: E402
+from tests.support.registry_server import RegistryServer, free_port  # noqa: E402
+
+REGISTRY_HOST = "payload-registry.PUBLIC.DOMAIN"
+
+
+def push_samples(registry: RegistryServer) -> None:
+    # The three repositories of the module's documentation, then a few more kinds of content.
+    for path in ("http-echo", "test/http-echo", "test/http-echo2"):
+        images.push_oci_image(registry, f"d8-system/{path}", "latest", seed=path, layers=2)
+    digest = images.push_docker_image(registry, "team-a/backend", "v1.0.0", seed="backend-1")
+    images.tag_manifest(registry, "team-a/backend", digest, "stable")
+    images.push_docker_image(registry, "team-a/backend", "v1.1.0", seed="backend-2")
+    images.push_oci_index(registry, "team-a/tools/multiarch", "1.0", architectures=("amd64", "arm64"))
+    images.push_artifact(registry, "team-b/charts/web", "0.3.0")
+
+
+def wait_ready(url: str, timeout: float = 15.0) -> None:
+    import ssl
+
+    context = ssl._create_unverified_context()  # the probe only waits for the port; kubectl verifies TLS
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", context=context, timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit("payloadtags did not become ready")
+
+
+def main() -> int:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        raise SystemExit("kubectl is not on PATH")
+    work = Path(tempfile.mkdtemp(prefix="payloadtags-demo-"))
+    pki = Pki.create(work / "pki")
+    port = free_port()
+    url = f"https://127.0.0.1:{port}"
+    with RegistryServer() as registry:
+        push_samples(registry)
+        server = subprocess.Popen(
+            [
+                str(ROOT / ".venv" / "bin" / "payloadtags"),
+                "serve",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={port}",
+                f"--tls-cert-file={pki.serving.cert_file}",
+                f"--tls-private-key-file={pki.serving.key_file}",
+                f"--client-ca-file={pki.client_ca.cert_file}",
+                "--authorization-mode=AlwaysAllow",
+                f"--registry-url={registry.url}",
+                f"--registry-host={REGISTRY_HOST}",
+            ],
+            stderr=open(work / "payloadtags.log", "w"),  # noqa: SIM115 - closed with the process
+        )
+        try:
+            wait_ready(url)
+            kubeconfig = work / "kubeconfig"
+            subprocess.run(
+                [kubectl, "config", "set-cluster", "demo", f"--server={url}",
+                 f"--certificate-authority={pki.server_ca.cert_file}", f"--kubeconfig={kubeconfig}"],
+                check=True, capture_output=True,
+            )
+            subprocess.run(
+                [kubectl, "config", "set-credentials", "admin", f"--client-certificate={pki.admin.cert_file}",
+                 f"--client-key={pki.admin.key_file}", f"--kubeconfig={kubeconfig}"],
+                check=True, capture_output=True,
+            )
+            subprocess.run(
+                [kubectl, "config", "set-context", "demo", "--cluster=demo", "--user=admin",
+                 "--namespace=d8-system", f"--kubeconfig={kubeconfig}"],
+                check=True, capture_output=True,
+            )
+            subprocess.run([kubectl, "config", "use-context", "demo", f"--kubeconfig={kubeconfig}"],
+                           check=True, capture_output=True)
+            env = {**os.environ, "KUBECONFIG": str(kubeconfig), "HOME": str(work)}
+            commands = [
+                ["api-resources", "--api-group=payload-registry.deckhouse.io"],
+                ["get", "payloadrepositorytags.payload-registry.deckhouse.io"],
+                ["get", "payloadrepositorytags.payload-registry.deckhouse.io", "-o", "wide"],
+                ["get", "prt", "-A"],
+                ["get", "payloadrepositorytags.payload-registry.deckhouse.io", "nb2hi4bnmvrwq3z2nrqxizltoq", "-o", "yaml"],
+                ["delete", "payloadrepositorytags.payload-registry.deckhouse.io", "nb2hi4bnmvrwq3z2nrqxizltoq"],
+                ["get", "prt"],
+            ]
+            for args in commands:
+                print(f"$ kubectl {' '.join(args)}", flush=True)
+                subprocess.run([kubectl, *args], env=env, check=False)
+                print(flush=True)
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
