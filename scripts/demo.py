@@ -73,36 +73,74 @@ def main() -> int:
                 f"--registry-url={registry.url}",
                 f"--registry-host={REGISTRY_HOST}",
             ],
-            stderr=open(work / "payloadtags.log", "w"),  # noqa: SIM115 - closed with the process
+            stderr=open(work / "payloadtags.log", "w"),
         )
         try:
             wait_ready(url)
             kubeconfig = work / "kubeconfig"
             subprocess.run(
-                [kubectl, "config", "set-cluster", "demo", f"--server={url}",
-                 f"--certificate-authority={pki.server_ca.cert_file}", f"--kubeconfig={kubeconfig}"],
-                check=True, capture_output=True,
+                [
+                    kubectl,
+                    "config",
+                    "set-cluster",
+                    "demo",
+                    f"--server={url}",
+                    f"--certificate-authority={pki.server_ca.cert_file}",
+                    f"--kubeconfig={kubeconfig}",
+                ],
+                check=True,
+                capture_output=True,
             )
             subprocess.run(
-                [kubectl, "config", "set-credentials", "admin", f"--client-certificate={pki.admin.cert_file}",
-                 f"--client-key={pki.admin.key_file}", f"--kubeconfig={kubeconfig}"],
-                check=True, capture_output=True,
+                [
+                    kubectl,
+                    "config",
+                    "set-credentials",
+                    "admin",
+                    f"--client-certificate={pki.admin.cert_file}",
+                    f"--client-key={pki.admin.key_file}",
+                    f"--kubeconfig={kubeconfig}",
+                ],
+                check=True,
+                capture_output=True,
             )
             subprocess.run(
-                [kubectl, "config", "set-context", "demo", "--cluster=demo", "--user=admin",
-                 "--namespace=d8-system", f"--kubeconfig={kubeconfig}"],
-                check=True, capture_output=True,
+                [
+                    kubectl,
+                    "config",
+                    "set-context",
+                    "demo",
+                    "--cluster=demo",
+                    "--user=admin",
+                    "--namespace=d8-system",
+                    f"--kubeconfig={kubeconfig}",
+                ],
+                check=True,
+                capture_output=True,
             )
-            subprocess.run([kubectl, "config", "use-context", "demo", f"--kubeconfig={kubeconfig}"],
-                           check=True, capture_output=True)
+            subprocess.run(
+                [kubectl, "config", "use-context", "demo", f"--kubeconfig={kubeconfig}"],
+                check=True,
+                capture_output=True,
+            )
             env = {**os.environ, "KUBECONFIG": str(kubeconfig), "HOME": str(work)}
             commands = [
                 ["api-resources", "--api-group=payload-registry.deckhouse.io"],
                 ["get", "payloadrepositorytags.payload-registry.deckhouse.io"],
                 ["get", "payloadrepositorytags.payload-registry.deckhouse.io", "-o", "wide"],
                 ["get", "prt", "-A"],
-                ["get", "payloadrepositorytags.payload-registry.deckhouse.io", "nb2hi4bnmvrwq3z2nrqxizltoq", "-o", "yaml"],
-                ["delete", "payloadrepositorytags.payload-registry.deckhouse.io", "nb2hi4bnmvrwq3z2nrqxizltoq"],
+                [
+                    "get",
+                    "payloadrepositorytags.payload-registry.deckhouse.io",
+                    "nb2hi4bnmvrwq3z2nrqxizltoq",
+                    "-o",
+                    "yaml",
+                ],
+                [
+                    "delete",
+                    "payloadrepositorytags.payload-registry.deckhouse.io",
+                    "nb2hi4bnmvrwq3z2nrqxizltoq",
+                ],
                 ["get", "prt"],
             ]
             for args in commands:

@@ -31,16 +31,24 @@ def _parser() -> argparse.ArgumentParser:
     serving.add_argument("--tls-cert-file", help="serving certificate (PEM, may include the chain)")
     serving.add_argument("--tls-private-key-file", help="private key of --tls-cert-file")
     auth = serve.add_argument_group("authentication and authorization")
-    auth.add_argument("--client-ca-file", help="CA bundle that signs client certificates (user = CN, groups = O)")
-    auth.add_argument("--kubeconfig", help="kubeconfig of the cluster API (default: in-cluster config when in a pod)")
+    auth.add_argument(
+        "--client-ca-file", help="CA bundle that signs client certificates (user = CN, groups = O)"
+    )
+    auth.add_argument(
+        "--kubeconfig", help="kubeconfig of the cluster API (default: in-cluster config when in a pod)"
+    )
     auth.add_argument(
         "--authorization-mode",
         choices=AUTHORIZATION_MODES,
         help="RBAC (default with a cluster API) or AlwaysAllow (required without one)",
     )
     registry = serve.add_argument_group("registry")
-    registry.add_argument("--registry-url", required=True, help="registry API endpoint, e.g. https://registry:5000")
-    registry.add_argument("--registry-host", help="host shown in addresses (default: host[:port] of --registry-url)")
+    registry.add_argument(
+        "--registry-url", required=True, help="registry API endpoint, e.g. https://registry:5000"
+    )
+    registry.add_argument(
+        "--registry-host", help="host shown in addresses (default: host[:port] of --registry-url)"
+    )
     registry.add_argument("--registry-ca-file", help="CA bundle for an HTTPS registry")
     registry.add_argument(
         "--registry-username-file", help=f"file holding the registry user name (or ${USERNAME_ENV})"
@@ -52,7 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     registry.add_argument(
         "--registry-concurrency", type=int, default=16, help="registry requests in flight for one list"
     )
-    registry.add_argument("--delete-concurrency", type=int, default=4, help="tags deleted at once by deletecollection")
+    registry.add_argument(
+        "--delete-concurrency", type=int, default=4, help="tags deleted at once by deletecollection"
+    )
     serve.add_argument("-v", "--verbose", action="store_true", help="log every request")
     return parser
 
@@ -73,7 +83,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise UsageError(f"--registry-url must be an http:// or https:// URL, not {args.registry_url!r}")
     if parts.username or parts.password:
-        raise UsageError("--registry-url must not carry credentials; use --registry-username-file/--registry-password-file")
+        raise UsageError(
+            "--registry-url must not carry credentials; use --registry-username-file/--registry-password-file"
+        )
     if bool(args.tls_cert_file) != bool(args.tls_private_key_file):
         raise UsageError("--tls-cert-file and --tls-private-key-file go together")
     for name in ("registry_concurrency", "delete_concurrency"):

@@ -21,7 +21,9 @@ R = TypeVar("R")
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-IMAGE_CONFIG_TYPES = frozenset({"application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"})
+IMAGE_CONFIG_TYPES = frozenset(
+    {"application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"}
+)
 EMPTY_CONFIG = "application/vnd.oci.empty.v1+json"
 MAX_CONFIG_BYTES = 4 << 20
 
@@ -157,7 +159,11 @@ class Inventory:
         if not isinstance(descriptor, dict) or not isinstance(descriptor.get("digest"), str):
             return None
         media_type = descriptor.get("mediaType", "")
-        is_json = media_type in IMAGE_CONFIG_TYPES or media_type.endswith("+json") or media_type == "application/json"
+        is_json = (
+            media_type in IMAGE_CONFIG_TYPES
+            or media_type.endswith("+json")
+            or media_type == "application/json"
+        )
         size = descriptor.get("size")
         if media_type == EMPTY_CONFIG or not is_json or not isinstance(size, int) or size > MAX_CONFIG_BYTES:
             return None

@@ -9,8 +9,14 @@ from typing import Any
 import attrs
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort
-from twisted.logger import FilteringLogObserver, Logger, LogLevel, LogLevelFilterPredicate, globalLogBeginner
-from twisted.logger import textFileLogObserver
+from twisted.logger import (
+    FilteringLogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
 from twisted.web.server import Site
 
 from payloadtags.access.authn import AuthenticatorChain, ClientCertificateAuthenticator
@@ -80,7 +86,9 @@ async def start(reactor: Any, settings: Settings) -> RunningServer:
     if isinstance(authorizer, AlwaysAllow):
         log.warn("authorization mode AlwaysAllow: every authenticated client may see and delete every tag")
     if settings.kubeconfig is None and not in_cluster():
-        log.info("standalone mode: no cluster API; client-certificate authentication only, no namespace cleanup")
+        log.info(
+            "standalone mode: no cluster API; client-certificate authentication only, no namespace cleanup"
+        )
     if not client_cas:
         log.warn("no --client-ca-file: no client can authenticate; only health endpoints will answer")
 
@@ -154,7 +162,9 @@ def serve(settings: Settings, verbose: bool = False) -> int:
             exit_code = 1
             return
         stopped: defer.Deferred[None] = defer.Deferred()
-        reactor.addSystemEventTrigger("before", "shutdown", lambda: defer.Deferred.fromCoroutine(running.stop()))
+        reactor.addSystemEventTrigger(
+            "before", "shutdown", lambda: defer.Deferred.fromCoroutine(running.stop())
+        )
         await stopped
 
     try:

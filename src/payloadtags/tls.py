@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL, crypto
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from zope.interface import implementer
 
 from payloadtags.access.authn import load_pem_bundle
 
@@ -85,14 +87,15 @@ def server_context(serving: ServingCertificate, client_cas: Sequence[x509.Certif
     return context
 
 
+@implementer(IOpenSSLServerConnectionCreator)
 @attrs.define
 class ContextFactory:
     """What Twisted's TLS listener asks for each connection; swapping ``context`` affects new ones."""
 
     context: SSL.Context
 
-    def getContext(self) -> SSL.Context:  # noqa: N802 - Twisted's interface name
-        return self.context
+    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        return SSL.Connection(self.context, None)
 
 
 def read_bundle(path: str | None) -> list[x509.Certificate]:

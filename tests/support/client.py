@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -22,7 +23,7 @@ class _Policy:
     ca_pem: bytes
     client: Issued | None
 
-    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:  # noqa: N802 - Twisted's name
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
         client_cert = None
         if self.client is not None:
             client_cert = PrivateCertificate.loadPEM(
@@ -68,8 +69,7 @@ class ApiClient:
     ) -> Response:
         if self._pool is None:
             self._pool = HTTPConnectionPool(self.reactor, persistent=False)
-        with open(self.ca_file, "rb") as f:
-            policy = _Policy(f.read(), self.client)
+        policy = _Policy(Path(self.ca_file).read_bytes(), self.client)  # noqa: ASYNC240 - a small local file
         agent = Agent(self.reactor, contextFactory=policy, pool=self._pool)
         http = treq.client.HTTPClient(agent)
         send_headers: dict[str, list[str]] = {}
@@ -89,5 +89,3 @@ class ApiClient:
 
     async def delete(self, path: str, **kwargs: Any) -> Response:
         return await self.request("DELETE", path, **kwargs)
-
-

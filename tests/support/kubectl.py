@@ -35,19 +35,28 @@ class Kubectl:
     cache_dir: Path
 
     @classmethod
-    def write(cls, directory: Path, server_url: str, ca_file: Path, user: Issued, name: str = "admin") -> Kubectl:
+    def write(
+        cls, directory: Path, server_url: str, ca_file: Path, user: Issued, name: str = "admin"
+    ) -> Kubectl:
         directory.mkdir(parents=True, exist_ok=True)
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "payloadtags", "cluster": {"server": server_url, "certificate-authority": str(ca_file)}}],
+            "clusters": [
+                {
+                    "name": "payloadtags",
+                    "cluster": {"server": server_url, "certificate-authority": str(ca_file)},
+                }
+            ],
             "users": [
                 {
                     "name": name,
                     "user": {"client-certificate": str(user.cert_file), "client-key": str(user.key_file)},
                 }
             ],
-            "contexts": [{"name": name, "context": {"cluster": "payloadtags", "user": name, "namespace": "default"}}],
+            "contexts": [
+                {"name": name, "context": {"cluster": "payloadtags", "user": name, "namespace": "default"}}
+            ],
             "current-context": name,
         }
         path = directory / f"kubeconfig-{name}"

@@ -54,9 +54,15 @@ class Authority:
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                    encipher_only=False, decipher_only=False,
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
                 ),
                 critical=True,
             )
@@ -68,7 +74,11 @@ class Authority:
         return cls(cert, key, cert_file, directory)
 
     def _issue(
-        self, file_stem: str, subject: x509.Name, usage: x509.ObjectIdentifier, sans: list[x509.GeneralName] | None
+        self,
+        file_stem: str,
+        subject: x509.Name,
+        usage: x509.ObjectIdentifier,
+        sans: list[x509.GeneralName] | None,
     ) -> Issued:
         key = ec.generate_private_key(ec.SECP256R1())
         builder = (
@@ -94,7 +104,9 @@ class Authority:
         key_file.write_bytes(_key_pem(key))
         return Issued(cert, key, cert_file, key_file)
 
-    def client(self, common_name: str, organizations: tuple[str, ...] = (), stem: str | None = None) -> Issued:
+    def client(
+        self, common_name: str, organizations: tuple[str, ...] = (), stem: str | None = None
+    ) -> Issued:
         """A client certificate; kubeadm-style (no SAN), like the front-proxy client's."""
         attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org) for org in organizations]
         attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))

@@ -125,14 +125,23 @@ class ApiServer:
 
         return handler
 
-    def _route(self, path: str, methods: list[str], fn: Callable[..., Awaitable[bytes]], anonymous: bool = False) -> None:
-        self.app.route(path, methods=methods, branch=False, strict_slashes=False)(self._endpoint(fn, anonymous))
+    def _route(
+        self, path: str, methods: list[str], fn: Callable[..., Awaitable[bytes]], anonymous: bool = False
+    ) -> None:
+        self.app.route(path, methods=methods, branch=False, strict_slashes=False)(
+            self._endpoint(fn, anonymous)
+        )
 
     def _routes(self) -> None:
         for endpoint in HEALTH_ENDPOINTS:
-            self._route(f"/{endpoint}", ["GET"], functools.partial(self._health, endpoint=endpoint), anonymous=True)
             self._route(
-                f"/{endpoint}/<check>", ["GET"], functools.partial(self._health, endpoint=endpoint), anonymous=True
+                f"/{endpoint}", ["GET"], functools.partial(self._health, endpoint=endpoint), anonymous=True
+            )
+            self._route(
+                f"/{endpoint}/<check>",
+                ["GET"],
+                functools.partial(self._health, endpoint=endpoint),
+                anonymous=True,
             )
         self._route("/version", ["GET"], self._version)
         self._route("/api", ["GET"], self._api)
@@ -174,7 +183,9 @@ class ApiServer:
         if version is None:
             return self._cached(request, legacy)
         content_type = f"application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList"
-        return self._cached(request, discovery.aggregated(f"apidiscovery.k8s.io/{version}", with_group), content_type)
+        return self._cached(
+            request, discovery.aggregated(f"apidiscovery.k8s.io/{version}", with_group), content_type
+        )
 
     async def _api(self, request: IRequest, user: UserInfo) -> bytes:
         return self._discovery(request, discovery.API_VERSIONS, with_group=False)
@@ -256,7 +267,12 @@ class ApiServer:
         if media.form is Form.TABLE:
             media = negotiate(None, collection=False)
         if options.dry_run:
-            log.info("dry-run delete of {namespace}/{name} by {user}", namespace=namespace, name=name, user=user.name)
+            log.info(
+                "dry-run delete of {namespace}/{name} by {user}",
+                namespace=namespace,
+                name=name,
+                user=user.name,
+            )
         return _write_json(request, 200, render_object(obj, media), media.content_type)
 
     async def _delete_collection(self, request: IRequest, user: UserInfo, namespace: str) -> bytes:

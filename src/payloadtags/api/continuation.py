@@ -40,10 +40,11 @@ def decode(text: str, scope: str) -> Continuation:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         data = json.loads(raw)
         ns, path, tag = data["last"]
-        resource_version = data["rv"]
+        resource_version, token_scope = data["rv"], data["scope"]
         valid = (
             data["v"] == _VERSION
             and isinstance(resource_version, str)
+            and resource_version.isascii()
             and resource_version.isdigit()
             and all(isinstance(x, str) for x in (ns, path, tag))
             and is_namespace(ns)
@@ -54,6 +55,6 @@ def decode(text: str, scope: str) -> Continuation:
         valid = False
     if not valid:
         raise bad_request("continue key is not valid: the token is malformed")
-    if data["scope"] != scope or (scope and ns != scope):
+    if token_scope != scope or (scope and ns != scope):
         raise bad_request("continue key is not valid: the token was issued for a different list")
     return Continuation(resource_version, scope, TagRef(ns, path, tag))

@@ -98,7 +98,9 @@ def not_acceptable(accept: str) -> ApiError:
 
 
 def unsupported_media_type(content_type: str) -> ApiError:
-    return ApiError(415, "UnsupportedMediaType", f'the body of the request was in an unknown format: "{content_type}"')
+    return ApiError(
+        415, "UnsupportedMediaType", f'the body of the request was in an unknown format: "{content_type}"'
+    )
 
 
 def service_unavailable(message: str, retry_after: int = 5) -> ApiError:
@@ -113,7 +115,11 @@ def service_unavailable(message: str, retry_after: int = 5) -> ApiError:
 
 def timeout(message: str, retry_after: int = 5) -> ApiError:
     return ApiError(
-        504, "Timeout", f"Timeout: {message}", StatusDetails(retry_after_seconds=retry_after), retry_after=retry_after
+        504,
+        "Timeout",
+        f"Timeout: {message}",
+        StatusDetails(retry_after_seconds=retry_after),
+        retry_after=retry_after,
     )
 
 
@@ -125,12 +131,9 @@ def access_denied(user: str, verb: str, namespace: str, name: str | None, path: 
     """403 in kube-apiserver's wording, with the PayloadRepositoryAccess reason appended."""
     subject = f'{QUALIFIED_RESOURCE} "{name}"' if name else QUALIFIED_RESOURCE
     where = f'in the namespace "{namespace}"' if namespace else "at the cluster scope"
-    message = (
-        f'{subject} is forbidden: User "{user}" cannot {verb} resource "{RESOURCE}" in API group "{GROUP}" {where}'
-    )
+    message = f'{subject} is forbidden: User "{user}" cannot {verb} resource "{RESOURCE}" '
+    message += f'in API group "{GROUP}" {where}'
     if path is not None:
         access_verb = "delete" if verb in ("delete", "deletecollection") else "get"
-        message += (
-            f': no PayloadRepositoryAccess rule allows "{access_verb}" on repository path "{path}"'
-        )
+        message += f': no PayloadRepositoryAccess rule allows "{access_verb}" on repository path "{path}"'
     return forbidden(message, name)

@@ -64,28 +64,44 @@ def list_options(query: Query) -> ListOptions:
     if match is not None:
         if match not in ("Exact", "NotOlderThan"):
             raise invalid_field(
-                "ListOptions", "meta.k8s.io", "resourceVersionMatch", match, 'must be "Exact" or "NotOlderThan"'
+                "ListOptions",
+                "meta.k8s.io",
+                "resourceVersionMatch",
+                match,
+                'must be "Exact" or "NotOlderThan"',
             )
         if resource_version is None:
             raise invalid_field(
-                "ListOptions", "meta.k8s.io", "resourceVersionMatch", match,
+                "ListOptions",
+                "meta.k8s.io",
+                "resourceVersionMatch",
+                match,
                 "resourceVersionMatch is forbidden unless resourceVersion is provided",
             )
         if continue_ is not None:
             raise invalid_field(
-                "ListOptions", "meta.k8s.io", "resourceVersionMatch", match,
+                "ListOptions",
+                "meta.k8s.io",
+                "resourceVersionMatch",
+                match,
                 "resourceVersionMatch is forbidden when continue is provided",
             )
         if match == "Exact" and resource_version == "0":
             raise invalid_field(
-                "ListOptions", "meta.k8s.io", "resourceVersionMatch", match,
+                "ListOptions",
+                "meta.k8s.io",
+                "resourceVersionMatch",
+                match,
                 'resourceVersionMatch "exact" is forbidden for resourceVersion "0"',
             )
-    if resource_version is not None and not resource_version.isdigit():
+    if resource_version is not None and not (resource_version.isascii() and resource_version.isdigit()):
         raise bad_request(f'invalid resource version "{resource_version}"')
     if first(query, "sendInitialEvents") is not None:
         raise invalid_field(
-            "ListOptions", "meta.k8s.io", "sendInitialEvents", first(query, "sendInitialEvents") or "",
+            "ListOptions",
+            "meta.k8s.io",
+            "sendInitialEvents",
+            first(query, "sendInitialEvents") or "",
             "sendInitialEvents is forbidden for list",
         )
     return ListOptions(
@@ -124,6 +140,8 @@ def delete_options(query: Query, body: bytes, content_type: str | None) -> Delet
         if not isinstance(data, dict):
             raise bad_request("the body of the request must be a DeleteOptions object")
     dry_run = data.get("dryRun", query.get("dryRun", []))
+    if dry_run is None:  # JSON null: unset, as upstream
+        dry_run = []
     if not isinstance(dry_run, list) or not all(isinstance(v, str) for v in dry_run):
         raise _delete_invalid("dryRun", dry_run, "must be a list of strings")
     for value in dry_run:
@@ -131,20 +149,29 @@ def delete_options(query: Query, body: bytes, content_type: str | None) -> Delet
             raise _delete_invalid("dryRun", value, 'supported values: "All"')
     propagation = data.get("propagationPolicy", first(query, "propagationPolicy"))
     if propagation is not None and propagation not in PROPAGATION:
-        raise _delete_invalid("propagationPolicy", propagation, 'supported values: "Foreground", "Background", "Orphan"')
+        raise _delete_invalid(
+            "propagationPolicy", propagation, 'supported values: "Foreground", "Background", "Orphan"'
+        )
     orphan = data.get("orphanDependents")
     if orphan is not None and propagation is not None:
         raise invalid(
-            "DeleteOptions", "meta.k8s.io", "orphanDependents and propagationPolicy are mutually exclusive",
-            [{"type": "FieldValueForbidden", "field": "orphanDependents",
-              "message": "Forbidden: orphanDependents and deletionPropagation cannot be both set"}],
+            "DeleteOptions",
+            "meta.k8s.io",
+            "orphanDependents and propagationPolicy are mutually exclusive",
+            [
+                {
+                    "type": "FieldValueForbidden",
+                    "field": "orphanDependents",
+                    "message": "Forbidden: orphanDependents and deletionPropagation cannot be both set",
+                }
+            ],
         )
     grace = data.get("gracePeriodSeconds", first(query, "gracePeriodSeconds"))
     if grace is not None:
         try:
             if int(grace) < 0:
                 raise ValueError
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise _delete_invalid("gracePeriodSeconds", grace, "must be a non-negative integer") from None
     preconditions = data.get("preconditions") or {}
     if not isinstance(preconditions, dict):
@@ -153,5 +180,7 @@ def delete_options(query: Query, body: bytes, content_type: str | None) -> Delet
     if not isinstance(uid, str | None) or not isinstance(rv, str | None):
         raise bad_request("preconditions.uid and preconditions.resourceVersion must be strings")
     return DeleteOptions(
-        dry_run="All" in dry_run or "All" in query.get("dryRun", []), uid=uid or None, resource_version=rv or None
+        dry_run="All" in dry_run or "All" in query.get("dryRun", []),
+        uid=uid or None,
+        resource_version=rv or None,
     )

@@ -31,5 +31,3 @@ def api_error_for(error: RegistryError) -> ApiError:
             return path_not_found()
         case _:
             return service_unavailable(message, retry_after=5)
-
-

@@ -76,8 +76,12 @@ def render_list(
             Table(api_version=media.meta_api_version, metadata=meta, column_definitions=COLUMNS, rows=rows)
         )
     if media.form is Form.PARTIAL:
-        partial = [PartialObjectMetadata(api_version=media.meta_api_version, metadata=o.metadata) for o in items]
-        return to_json(PartialObjectMetadataList(api_version=media.meta_api_version, metadata=meta, items=partial))
+        partial = [
+            PartialObjectMetadata(api_version=media.meta_api_version, metadata=o.metadata) for o in items
+        ]
+        return to_json(
+            PartialObjectMetadataList(api_version=media.meta_api_version, metadata=meta, items=partial)
+        )
     return to_json(PayloadRepositoryTagList(metadata=meta, items=items))
 
 

@@ -9,7 +9,9 @@ import attrs
 
 from payloadtags.api.errors import bad_request
 
-_KEY = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?\Z")
+_KEY = re.compile(
+    r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?\Z"
+)
 _VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?\Z")
 _TOKEN = re.compile(r"\s*(!=|==|=|!|,|\(|\)|[^\s!=,()]+)")
 
@@ -55,13 +57,13 @@ def _tokens(text: str) -> list[str]:
 
 def _check_key(key: str, text: str) -> str:
     if not _KEY.match(key) or len(key) > 317:
-        raise bad_request(f"unable to parse requirement: {text}: invalid label key \"{key}\"")
+        raise bad_request(f'unable to parse requirement: {text}: invalid label key "{key}"')
     return key
 
 
 def _check_value(value: str, text: str) -> str:
     if len(value) > 63 or not _VALUE.match(value):
-        raise bad_request(f"unable to parse requirement: {text}: invalid label value: \"{value}\"")
+        raise bad_request(f'unable to parse requirement: {text}: invalid label value: "{value}"')
     return value
 
 
@@ -74,8 +76,10 @@ def parse_label_selector(text: str | None) -> LabelSelector:
     i = 0
 
     def fail() -> None:
-        raise bad_request(f"unable to parse requirement: found '{tokens[i] if i < len(tokens) else ''}', "
-                          f"expected: identifier or operator in label selector \"{text}\"")
+        raise bad_request(
+            f"unable to parse requirement: found '{tokens[i] if i < len(tokens) else ''}', "
+            f'expected: identifier or operator in label selector "{text}"'
+        )
 
     while i < len(tokens):
         if tokens[i] == "!":
@@ -118,11 +122,8 @@ def parse_label_selector(text: str | None) -> LabelSelector:
                     i += 1
                 if i >= len(tokens):
                     fail()
-                if expect_value and values:
-                    values.add("")
-                if not values:
-                    raise bad_request(f"unable to parse requirement: {text}: for 'in', 'notin' operators, "
-                                      "values set can't be empty")
+                if expect_value:
+                    values.add("")  # "(x,)" and, as upstream, "()" hold the empty value
                 i += 1
                 requirements.append(Requirement(key, op, frozenset(values)))
             else:
@@ -165,6 +166,8 @@ def parse_field_selector(text: str | None) -> FieldSelector:
     requirements = []
     for term in text.split(","):
         term = term.strip()
+        if not term:
+            continue  # upstream skips empty terms: "metadata.name=x," is valid
         for op in ("!=", "==", "="):
             field, sep, value = term.partition(op)
             if sep:
@@ -173,6 +176,8 @@ def parse_field_selector(text: str | None) -> FieldSelector:
             raise bad_request(f"invalid selector: '{text}'; can't understand '{term}'")
         field = field.strip()
         if field not in FIELDS:
-            raise bad_request(f'"{field}" is not a known field selector: only "metadata.name", "metadata.namespace"')
+            raise bad_request(
+                f'"{field}" is not a known field selector: only "metadata.name", "metadata.namespace"'
+            )
         requirements.append(FieldRequirement(field, value.strip(), op != "!="))
     return FieldSelector(tuple(requirements))

@@ -46,7 +46,9 @@ class TagsService:
             return (
                 options.labels.matches({})
                 and options.fields.matches({"metadata.name": ref.name, "metadata.namespace": ref.namespace})
-                and (not authorize or self.authorizer.allowed(user, "get", ref.namespace, ref.repository_path))
+                and (
+                    not authorize or self.authorizer.allowed(user, "get", ref.namespace, ref.repository_path)
+                )
             )
 
         return accept
@@ -121,7 +123,8 @@ class TagsService:
         uid = uid_for(ref)
         if options.uid is not None and options.uid != uid:
             raise conflict(
-                ref.name, f"Precondition failed: UID in precondition: {options.uid}, UID in object meta: {uid}"
+                ref.name,
+                f"Precondition failed: UID in precondition: {options.uid}, UID in object meta: {uid}",
             )
         if options.resource_version is not None:
             # Tags carry no resourceVersion, so no precondition on one can hold.
@@ -131,7 +134,9 @@ class TagsService:
                 "ResourceVersion in object meta: ",
             )
 
-    async def delete(self, user: UserInfo, namespace: str, name: str, options: DeleteOptions) -> PayloadRepositoryTag:
+    async def delete(
+        self, user: UserInfo, namespace: str, name: str, options: DeleteOptions
+    ) -> PayloadRepositoryTag:
         ref = self._resolve(user, "delete", namespace, name)
         if not await self.inventory.exists(ref):
             raise not_found(name)
@@ -169,4 +174,3 @@ class TagsService:
 
         deleted = await bounded_map(remove, refs, self.delete_concurrency)
         return [obj for obj in deleted if obj is not None], meta
-

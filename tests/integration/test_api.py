@@ -1,0 +1,508 @@
+"""The API over HTTPS against the real registry: shapes, paging, selectors, deletes and errors."""
+
+from __future__ import annotations
+
+import pytest_twisted
+
+from payloadtags.names import encode_name
+from tests.support import images
+
+B = "/apis/payload-registry.deckhouse.io/v1alpha1"
+TABLE = (
+    "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,"
+    "application/json"
+)
+METADATA_LIST = (
+    "application/vnd.kubernetes.protobuf;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,"
+    "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+)
+
+
+def split(repo: str) -> tuple[str, str]:
+    namespace, path = repo.split("/", 1)
+    return namespace, path
+
+
+def collection(namespace: str) -> str:
+    return f"{B}/namespaces/{namespace}/payloadrepositorytags"
+
+
+def assert_status(reply, code: int, reason: str) -> dict:
+    assert reply.code == code, reply.body
+    assert reply.header("content-type") == "application/json"
+    status = reply.json()
+    assert status["kind"] == "Status"
+    assert status["apiVersion"] == "v1"
+    assert status["status"] == "Failure"
+    assert status["code"] == code
+    assert status["reason"] == reason
+    return status
+
+
+# --- lists ------------------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_namespace_list_is_sorted_and_scoped(api, registry, repo):
+    namespace, _ = split(repo)
+    images.push_oci_image(registry, f"{namespace}/b-app", "v2")
+    images.push_oci_image(registry, f"{namespace}/b-app", "v10", seed="other")
+    images.push_oci_image(registry, f"{namespace}/a/nested/app", "latest")
+    images.push_oci_image(registry, f"{namespace}-sibling/app", "latest")  # prefix sibling namespace
+    images.push_oci_image(registry, namespace, "only-namespace")  # no path below the namespace
+    reply = await api.client(api.pki.admin).get(collection(namespace))
+    assert reply.code == 200
+    body = reply.json()
+    assert body["kind"] == "PayloadRepositoryTagList"
+    assert body["apiVersion"] == "payload-registry.deckhouse.io/v1alpha1"
+    assert body["metadata"]["resourceVersion"].isdigit()
+    assert "continue" not in body["metadata"]
+    keys = [(i["spec"]["repositoryPath"], i["spec"]["tag"]) for i in body["items"]]
+    assert keys == [("a/nested/app", "latest"), ("b-app", "v10"), ("b-app", "v2")]
+    first = body["items"][0]
+    assert first["metadata"]["name"] == encode_name("a/nested/app", "latest")
+    assert first["metadata"]["namespace"] == namespace
+    assert first["spec"]["address"] == f"payload-registry.example.com/{namespace}/a/nested/app:latest"
+    assert "status" not in first
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_across_namespaces_and_namespace_field_selector(api, registry, repo):
+    namespace, path = split(repo)
+    images.push_oci_image(registry, repo, "v1")
+    images.push_oci_image(registry, f"{namespace}-x/{path}", "v1")
+    client = api.client(api.pki.admin)
+    everything = (await client.get(f"{B}/payloadrepositorytags")).json()["items"]
+    spaces = [item["metadata"]["namespace"] for item in everything]
+    assert namespace in spaces and f"{namespace}-x" in spaces
+    assert spaces == sorted(spaces)
+    narrowed = await client.get(f"{B}/payloadrepositorytags?fieldSelector=metadata.namespace%3D{namespace}")
+    assert [(i["metadata"]["namespace"], i["spec"]["repositoryPath"]) for i in narrowed.json()["items"]] == [
+        (namespace, path)
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_repository_whose_tags_were_all_deleted_has_no_objects(api, registry, repo):
+    namespace, _ = split(repo)
+    digest = images.push_oci_image(registry, repo, "gone")
+    assert images.delete_manifest(registry, repo, digest) == 202
+    reply = await api.client(api.pki.admin).get(collection(namespace))
+    assert reply.json()["items"] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_missing_namespace_lists_empty(api):
+    reply = await api.client(api.pki.admin).get(collection("no-such-namespace-here"))
+    assert reply.code == 200
+    assert reply.json()["items"] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_paging_visits_every_tag_once_in_order(api, registry, repo):
+    namespace, _ = split(repo)
+    for path in ("one", "two/deep", "three"):
+        for tag in ("a", "b"):
+            images.push_oci_image(registry, f"{namespace}/{path}", tag, seed=f"{path}{tag}")
+    client = api.client(api.pki.admin)
+    whole = [i["metadata"]["name"] for i in (await client.get(collection(namespace))).json()["items"]]
+    assert len(whole) == 6
+    seen, token, versions = [], None, set()
+    for _ in range(10):
+        query = "?limit=1" + (f"&continue={token}" if token else "")
+        page = (await client.get(collection(namespace) + query)).json()
+        seen += [i["metadata"]["name"] for i in page["items"]]
+        versions.add(page["metadata"]["resourceVersion"])
+        token = page["metadata"].get("continue")
+        if not token:
+            break
+    assert seen == whole
+    assert len(versions) == 1  # every page of one list reports the first page's snapshot version
+
+
+@pytest_twisted.ensureDeferred
+async def test_paging_resumes_after_a_concurrent_insert(api, registry, repo):
+    namespace, _ = split(repo)
+    for tag in ("a", "c"):
+        images.push_oci_image(registry, repo, tag, seed=tag)
+    client = api.client(api.pki.admin)
+    first = (await client.get(collection(namespace) + "?limit=1")).json()
+    images.push_oci_image(registry, repo, "b", seed="b")
+    rest = (
+        await client.get(collection(namespace) + f"?limit=5&continue={first['metadata']['continue']}")
+    ).json()
+    tags = [i["spec"]["tag"] for i in first["items"] + rest["items"]]
+    assert tags == ["a", "b", "c"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_continue_and_bad_parameters_are_400(api):
+    client = api.client(api.pki.admin)
+    assert_status(await client.get(collection("ns1") + "?continue=garbage!"), 400, "BadRequest")
+    assert_status(await client.get(collection("ns1") + "?limit=ten"), 400, "BadRequest")
+    assert_status(await client.get(collection("ns1") + "?labelSelector=a%20in%20"), 400, "BadRequest")
+    status = assert_status(
+        await client.get(collection("ns1") + "?fieldSelector=spec.tag%3Dx"), 400, "BadRequest"
+    )
+    assert (
+        status["message"]
+        == '"spec.tag" is not a known field selector: only "metadata.name", "metadata.namespace"'
+    )
+    assert_status(await client.get(collection("ns1") + "?resourceVersionMatch=Exact"), 422, "Invalid")
+
+
+@pytest_twisted.ensureDeferred
+async def test_token_from_another_namespace_is_rejected(api, registry, repo):
+    namespace, _ = split(repo)
+    for tag in ("a", "b"):
+        images.push_oci_image(registry, repo, tag, seed=tag)
+    client = api.client(api.pki.admin)
+    token = (await client.get(collection(namespace) + "?limit=1")).json()["metadata"]["continue"]
+    assert_status(await client.get(collection("other") + f"?limit=1&continue={token}"), 400, "BadRequest")
+
+
+@pytest_twisted.ensureDeferred
+async def test_selectors(api, registry, repo):
+    namespace, path = split(repo)
+    images.push_oci_image(registry, repo, "v1")
+    images.push_oci_image(registry, repo, "v2", seed="2")
+    client = api.client(api.pki.admin)
+    name = encode_name(path, "v2")
+    by_name = (await client.get(collection(namespace) + f"?fieldSelector=metadata.name%3D{name}")).json()
+    assert [i["spec"]["tag"] for i in by_name["items"]] == ["v2"]
+    not_name = (await client.get(collection(namespace) + f"?fieldSelector=metadata.name!%3D{name}")).json()
+    assert [i["spec"]["tag"] for i in not_name["items"]] == ["v1"]
+    labelled = (await client.get(collection(namespace) + "?labelSelector=app%3Dweb")).json()
+    assert labelled["items"] == []
+    unlabelled = (await client.get(collection(namespace) + "?labelSelector=!app")).json()
+    assert len(unlabelled["items"]) == 2
+
+
+# --- media types ----------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_table_for_kubectl(api, registry, repo):
+    namespace, path = split(repo)
+    images.push_oci_image(registry, repo, "v1")
+    reply = await api.client(api.pki.admin).get(
+        collection(namespace) + "?limit=500", headers={"Accept": TABLE}
+    )
+    assert reply.header("content-type") == "application/json;as=Table;v=v1;g=meta.k8s.io"
+    table = reply.json()
+    assert table["kind"] == "Table" and table["apiVersion"] == "meta.k8s.io/v1"
+    columns = [(c["name"], c["priority"]) for c in table["columnDefinitions"]]
+    assert columns == [("Name", 0), ("Repository", 0), ("Tag", 0), ("Address", 1)]
+    assert table["columnDefinitions"][0]["format"] == "name"
+    (row,) = table["rows"]
+    assert row["cells"] == [
+        encode_name(path, "v1"),
+        path,
+        "v1",
+        f"payload-registry.example.com/{namespace}/{path}:v1",
+    ]
+    assert row["object"]["kind"] == "PartialObjectMetadata"
+    assert row["object"]["metadata"]["namespace"] == namespace
+
+
+@pytest_twisted.ensureDeferred
+async def test_partial_object_metadata_for_metadata_clients(api, registry, repo):
+    namespace, path = split(repo)
+    images.push_oci_image(registry, repo, "v1")
+    client = api.client(api.pki.admin)
+    listed = await client.get(collection(namespace), headers={"Accept": METADATA_LIST})
+    assert listed.header("content-type") == "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io"
+    body = listed.json()
+    assert body["kind"] == "PartialObjectMetadataList"
+    assert [i["metadata"]["name"] for i in body["items"]] == [encode_name(path, "v1")]
+    assert "spec" not in body["items"][0]
+    single = await client.get(
+        f"{collection(namespace)}/{encode_name(path, 'v1')}",
+        headers={"Accept": "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"},
+    )
+    assert single.json()["kind"] == "PartialObjectMetadata"
+
+
+@pytest_twisted.ensureDeferred
+async def test_protobuf_only_is_406(api):
+    reply = await api.client(api.pki.admin).get(
+        collection("ns1"), headers={"Accept": "application/vnd.kubernetes.protobuf"}
+    )
+    assert_status(reply, 406, "NotAcceptable")
+
+
+# --- get ------------------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_oci_image_has_digest_manifest_and_config(api, registry, repo):
+    namespace, path = split(repo)
+    digest = images.push_oci_image(registry, repo, "v1", labels={"team": "a"})
+    reply = await api.client(api.pki.admin).get(f"{collection(namespace)}/{encode_name(path, 'v1')}")
+    obj = reply.json()
+    assert obj["status"]["digest"] == digest
+    assert obj["status"]["manifest"]["mediaType"] == images.OCI_MANIFEST
+    assert obj["status"]["config"]["config"]["Labels"] == {"team": "a"}
+    assert obj["metadata"]["uid"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_docker_image_keeps_the_pushed_digest(api, registry, repo):
+    namespace, path = split(repo)
+    digest = images.push_docker_image(registry, repo, "v1")
+    obj = (await api.client(api.pki.admin).get(f"{collection(namespace)}/{encode_name(path, 'v1')}")).json()
+    assert obj["status"]["digest"] == digest
+    assert obj["status"]["manifest"]["mediaType"] == images.DOCKER_MANIFEST
+    assert obj["status"]["config"]["architecture"] == "amd64"
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_index_and_artifact(api, registry, repo):
+    namespace, path = split(repo)
+    index = images.push_oci_index(registry, repo, "multi", architectures=("amd64", "arm64"))
+    images.push_artifact(registry, repo, "chart")
+    client = api.client(api.pki.admin)
+    got = (await client.get(f"{collection(namespace)}/{encode_name(path, 'multi')}")).json()["status"]
+    assert got["digest"] == index
+    assert got["mediaType"] == images.OCI_INDEX
+    assert len(got["manifest"]["manifests"]) == 2
+    assert "config" not in got
+    artifact = (await client.get(f"{collection(namespace)}/{encode_name(path, 'chart')}")).json()["status"]
+    assert artifact["manifest"]["config"]["mediaType"] != images.OCI_CONFIG
+    assert artifact["digest"].startswith("sha256:")
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_unknown_or_undecodable_names_is_404(api, registry, repo):
+    namespace, path = split(repo)
+    images.push_oci_image(registry, repo, "v1")
+    client = api.client(api.pki.admin)
+    status = assert_status(
+        await client.get(f"{collection(namespace)}/{encode_name(path, 'nope')}"), 404, "NotFound"
+    )
+    assert status["details"] == {
+        "name": encode_name(path, "nope"),
+        "group": "payload-registry.deckhouse.io",
+        "kind": "payloadrepositorytags",
+    }
+    for bad in ("not-base32", "MFYHAOTWGEXDE", "mfyhaotwgexde====", "a" * 300):
+        assert_status(await client.get(f"{collection(namespace)}/{bad}"), 404, "NotFound")
+    assert_status(await client.get(f"{B}/namespaces/Bad_NS/payloadrepositorytags"), 404, "NotFound")
+
+
+# --- delete ---------------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_removes_exactly_that_tag(api, registry, repo):
+    namespace, path = split(repo)
+    digest = images.push_oci_image(registry, repo, "v1")
+    images.tag_manifest(registry, repo, digest, "same-digest")
+    client = api.client(api.pki.admin)
+    url = f"{collection(namespace)}/{encode_name(path, 'v1')}"
+    reply = await client.delete(url, body={"propagationPolicy": "Background"})
+    assert reply.code == 200
+    assert reply.json()["spec"]["tag"] == "v1"
+    assert images.list_tags(registry, repo) == ["same-digest"]
+    assert images.resolve(registry, repo, "same-digest") == digest
+    assert_status(await client.get(url), 404, "NotFound")
+    assert_status(await client.delete(url), 404, "NotFound")
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_of_an_index_tag_keeps_children_and_their_tags(api, registry, repo):
+    namespace, path = split(repo)
+    index = images.push_oci_index(registry, repo, "multi", architectures=("amd64", "arm64"))
+    child = images.get_manifest(registry, repo, index).json()["manifests"][0]["digest"]
+    images.tag_manifest(registry, repo, child, "amd64-only")
+    reply = await api.client(api.pki.admin).delete(f"{collection(namespace)}/{encode_name(path, 'multi')}")
+    assert reply.code == 200
+    assert images.list_tags(registry, repo) == ["amd64-only"]
+    assert images.resolve(registry, repo, "amd64-only") == child
+    assert images.get_manifest(registry, repo, index) is not None  # the index itself is untouched too
+
+
+@pytest_twisted.ensureDeferred
+async def test_dry_run_in_body_or_query_changes_nothing(api, registry, repo):
+    namespace, path = split(repo)
+    images.push_oci_image(registry, repo, "v1")
+    client = api.client(api.pki.admin)
+    url = f"{collection(namespace)}/{encode_name(path, 'v1')}"
+    assert (await client.delete(url, body={"dryRun": ["All"]})).code == 200
+    assert (await client.delete(url + "?dryRun=All")).code == 200
+    assert images.list_tags(registry, repo) == ["v1"]
+    assert_status(await client.delete(url, body={"dryRun": ["Some"]}), 422, "Invalid")
+
+
+@pytest_twisted.ensureDeferred
+async def test_uid_precondition(api, registry, repo):
+    namespace, path = split(repo)
+    images.push_oci_image(registry, repo, "v1")
+    client = api.client(api.pki.admin)
+    url = f"{collection(namespace)}/{encode_name(path, 'v1')}"
+    uid = (await client.get(url)).json()["metadata"]["uid"]
+    status = assert_status(
+        await client.delete(url, body={"preconditions": {"uid": "wrong"}}), 409, "Conflict"
+    )
+    assert "Precondition failed: UID in precondition: wrong" in status["message"]
+    assert images.list_tags(registry, repo) == ["v1"]
+    assert (await client.delete(url, body={"preconditions": {"uid": uid}})).code == 200
+    assert images.list_tags(registry, repo) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_delete_bodies(api, registry, repo):
+    namespace, path = split(repo)
+    images.push_oci_image(registry, repo, "v1")
+    client = api.client(api.pki.admin)
+    url = f"{collection(namespace)}/{encode_name(path, 'v1')}"
+    assert_status(
+        await client.delete(url, body=b"{not json", headers={"Content-Type": "application/json"}),
+        400,
+        "BadRequest",
+    )
+    assert_status(await client.delete(url, body={"propagationPolicy": "Sideways"}), 422, "Invalid")
+    assert images.list_tags(registry, repo) == ["v1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_deletecollection_as_the_namespace_controller_sends_it(api, registry, repo):
+    namespace, _ = split(repo)
+    images.push_oci_image(registry, f"{namespace}/x", "a")
+    images.push_oci_image(registry, f"{namespace}/y/z", "b")
+    images.push_oci_image(registry, f"{namespace}-a/x", "keep")
+    client = api.client(api.pki.admin)
+    reply = await client.delete(
+        collection(namespace), body={"propagationPolicy": "Background"}, headers={"Accept": METADATA_LIST}
+    )
+    assert reply.code == 200, reply.body
+    assert len(reply.json()["items"]) == 2
+    again = await client.get(collection(namespace), headers={"Accept": METADATA_LIST})
+    assert again.json()["items"] == []
+    assert images.list_tags(registry, f"{namespace}-a/x") == ["keep"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_deletecollection_dry_run_and_selector(api, registry, repo):
+    namespace, path = split(repo)
+    images.push_oci_image(registry, repo, "a")
+    images.push_oci_image(registry, repo, "b", seed="b")
+    client = api.client(api.pki.admin)
+    dry = await client.delete(collection(namespace) + "?dryRun=All")
+    assert len(dry.json()["items"]) == 2
+    assert images.list_tags(registry, repo) == ["a", "b"]
+    name = encode_name(path, "a")
+    await client.delete(collection(namespace) + f"?fieldSelector=metadata.name%3D{name}")
+    assert images.list_tags(registry, repo) == ["b"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_writes_are_405(api):
+    client = api.client(api.pki.admin)
+    for method, path, verb in (
+        ("POST", collection("ns1"), "create"),
+        ("PUT", f"{collection('ns1')}/mfyhaotwgexde", "update"),
+        ("PATCH", f"{collection('ns1')}/mfyhaotwgexde", "patch"),
+        ("DELETE", f"{B}/payloadrepositorytags", "deletecollection"),
+    ):
+        status = assert_status(await client.request(method, path, body={}), 405, "MethodNotAllowed")
+        kind = "payloadrepositorytags.payload-registry.deckhouse.io"
+        assert status["message"] == f'{verb} is not supported on resources of kind "{kind}"'
+
+
+@pytest_twisted.ensureDeferred
+async def test_watch_is_not_offered(api):
+    assert_status(
+        await api.client(api.pki.admin).get(collection("ns1") + "?watch=true"), 405, "MethodNotAllowed"
+    )
+
+
+# --- discovery, identity, health --------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_discovery(api):
+    client = api.client(api.pki.admin)
+    v2 = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
+    reply = await client.get("/apis", headers={"Accept": v2})
+    assert (
+        reply.header("content-type") == "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+    )
+    (group,) = reply.json()["items"]
+    resource = group["versions"][0]["resources"][0]
+    assert resource["verbs"] == ["delete", "deletecollection", "get", "list"]
+    assert resource["shortNames"] == ["prt"]
+    etag = reply.header("etag")
+    cached = await client.get("/apis", headers={"Accept": v2, "If-None-Match": etag})
+    assert cached.code == 304
+    legacy = (await client.get("/apis")).json()
+    assert legacy["kind"] == "APIGroupList"
+    resources = (await client.get(B)).json()
+    assert resources["resources"][0]["name"] == "payloadrepositorytags"
+    assert (await client.get("/apis/payload-registry.deckhouse.io")).json()["kind"] == "APIGroup"
+    assert (await client.get("/version")).json()["gitVersion"].startswith("v")
+    assert_status(await client.get("/apis/other.group/v1"), 404, "NotFound")
+
+
+@pytest_twisted.ensureDeferred
+async def test_anonymous_requests_are_401_but_health_is_open(api):
+    anonymous = api.client(None)
+    status = assert_status(await anonymous.get(collection("ns1")), 401, "Unauthorized")
+    assert status["message"] == "Unauthorized"
+    assert_status(await anonymous.get("/apis"), 401, "Unauthorized")
+    for path in ("/healthz", "/livez", "/readyz"):
+        reply = await anonymous.get(path)
+        assert (reply.code, reply.body) == (200, b"ok")
+    verbose = await anonymous.get("/readyz?verbose")
+    assert verbose.body.decode().splitlines() == ["[+]ping ok", "[+]registry ok", "readyz check passed"]
+
+
+# --- a failing registry -----------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_registry_down_is_503_with_retry_after(make_server):
+    from tests.support.registry_server import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    server = await make_server(url)
+    client = server.client(server.pki.admin)
+    reply = await client.get(collection("ns1"))
+    status = assert_status(reply, 503, "ServiceUnavailable")
+    assert url.removeprefix("http://") in status["message"]
+    assert reply.header("retry-after") is not None
+    ready = await server.client(None).get("/readyz?verbose")
+    assert ready.code == 500
+    assert "[-]registry failed: reason withheld" in ready.body.decode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_slow_registry_is_504(make_server, reactor):
+    from twisted.internet.protocol import Factory, Protocol
+
+    class Silent(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            pass
+
+    listener = reactor.listenTCP(0, Factory.forProtocol(Silent), interface="127.0.0.1")
+    try:
+        from payloadtags.registry import RegistrySettings
+
+        url = f"http://127.0.0.1:{listener.getHost().port}"
+        server = await make_server(url, registry=RegistrySettings(url=url, timeout=0.3))
+        status = assert_status(await server.client(server.pki.admin).get(collection("ns1")), 504, "Timeout")
+        assert status["message"].startswith("Timeout: ")
+    finally:
+        await listener.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_read_only_registry_delete_is_503(make_server, registry, readonly_registry, repo):
+    namespace, path = split(repo)
+    images.push_oci_image(registry, repo, "v1")
+    server = await make_server(readonly_registry)
+    reply = await server.client(server.pki.admin).delete(f"{collection(namespace)}/{encode_name(path, 'v1')}")
+    status = assert_status(reply, 503, "ServiceUnavailable")
+    assert "read-only" in status["message"]
+    assert int(reply.header("retry-after")) > 0
+    assert images.list_tags(registry, repo) == ["v1"]
