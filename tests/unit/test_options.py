@@ -1,0 +1,386 @@
+"""ListOptions and DeleteOptions (reference §10, §12)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from payloadtags.api.errors import ApiError
+from payloadtags.api.options import DeleteOptions, delete_options, first, list_options
+from payloadtags.api.selectors import FieldRequirement, Requirement
+from payloadtags.model import to_json
+
+
+def _q(**values: str | list[str]) -> dict[str, list[str]]:
+    return {key: value if isinstance(value, list) else [value] for key, value in values.items()}
+
+
+def _error(call: Any, *args: Any) -> ApiError:
+    with pytest.raises(ApiError) as caught:
+        call(*args)
+    return caught.value
+
+
+def _body(error: ApiError) -> dict[str, Any]:
+    return json.loads(json.dumps(to_json(error.status())))
+
+
+def test_first() -> None:
+    assert first({"a": ["1", "2"]}, "a") == "1"
+    assert first({"a": []}, "a") is None
+    assert first({}, "a") is None
+
+
+# -- ListOptions ----------------------------------------------------------------------------------
+
+
+def test_defaults() -> None:
+    options = list_options({})
+    assert options.limit is None
+    assert options.continue_ is None
+    assert options.resource_version is None
+    assert options.labels.requirements == ()
+    assert options.fields.requirements == ()
+
+
+def test_kubectl_get_with_selectors() -> None:
+    # `kubectl get prt -l a=b --field-selector metadata.name=x` (reference §14).
+    options = list_options(_q(fieldSelector="metadata.name=x", labelSelector="a=b", limit="500"))
+    assert options.limit == 500
+    assert options.labels.requirements == (Requirement("a", "=", frozenset({"b"})),)
+    assert options.fields.requirements == (FieldRequirement("metadata.name", "x", True),)
+
+
+def test_continue_and_resource_version_are_passed_on() -> None:
+    options = list_options(_q(limit="1", resourceVersion="0", **{"continue": "tok"}))
+    assert (options.limit, options.continue_, options.resource_version) == (1, "tok", "0")
+
+
+@pytest.mark.parametrize("value", ["", "0"])
+def test_limit_zero_or_empty_means_no_limit(value: str) -> None:
+    assert list_options(_q(limit=value)).limit is None
+
+
+def test_empty_parameters_are_unset() -> None:
+    options = list_options(
+        _q(resourceVersion="", resourceVersionMatch="", labelSelector="", **{"continue": ""})
+    )
+    assert (options.resource_version, options.continue_) == (None, None)
+
+
+@pytest.mark.parametrize("value", ["abc", "1.5", "ten", "0x10"])
+def test_limit_not_an_integer_is_400(value: str) -> None:
+    error = _error(list_options, _q(limit=value))
+    assert (error.code, error.reason) == (400, "BadRequest")
+    assert value in error.message
+
+
+def test_negative_limit_is_422() -> None:
+    error = _error(list_options, _q(limit="-1"))
+    assert (error.code, error.reason) == (422, "Invalid")
+    details = _body(error)["details"]
+    assert (details["kind"], details["group"]) == ("ListOptions", "meta.k8s.io")
+    assert [cause["field"] for cause in details["causes"]] == ["limit"]
+
+
+@pytest.mark.parametrize("value", ["true", "1", "True", "TRUE"])
+def test_watch_is_not_offered(value: str) -> None:
+    error = _error(list_options, _q(watch=value))
+    assert (error.code, error.reason) == (405, "MethodNotAllowed")
+    assert error.message == (
+        'watch is not supported on resources of kind "payloadrepositorytags.payload-registry.deckhouse.io"'
+    )
+
+
+@pytest.mark.parametrize("value", ["false", "0", ""])
+def test_watch_false_is_a_list(value: str) -> None:
+    assert list_options(_q(watch=value, limit="5")).limit == 5
+
+
+def test_watch_not_a_boolean_is_400() -> None:
+    error = _error(list_options, _q(watch="maybe"))
+    assert (error.code, error.reason) == (400, "BadRequest")
+
+
+def test_kubectl_watch_request_is_405_before_anything_else() -> None:
+    # `kubectl get prt -n ns1 NAME -w` (reference §14).
+    query = _q(fieldSelector="metadata.name=abc", resourceVersion="0", watch="true")
+    assert _error(list_options, query).code == 405
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        pytest.param(
+            _q(resourceVersionMatch="NotOlderThan"),
+            "resourceVersionMatch is forbidden unless resourceVersion is provided",
+            id="match-without-resource-version",
+        ),
+        pytest.param(
+            _q(resourceVersionMatch="Exact"),
+            "resourceVersionMatch is forbidden unless resourceVersion is provided",
+            id="exact-without-resource-version",
+        ),
+        pytest.param(
+            _q(resourceVersionMatch="NotOlderThan", resourceVersion="5", **{"continue": "tok"}),
+            "resourceVersionMatch is forbidden when continue is provided",
+            id="match-with-continue",
+        ),
+        pytest.param(
+            _q(resourceVersionMatch="Exact", resourceVersion="0"),
+            'resourceVersionMatch "exact" is forbidden for resourceVersion "0"',
+            id="exact-with-zero",
+        ),
+        pytest.param(
+            _q(resourceVersionMatch="Newest", resourceVersion="5"),
+            'must be "Exact" or "NotOlderThan"',
+            id="unknown-match",
+        ),
+        pytest.param(
+            _q(resourceVersionMatch="exact", resourceVersion="5"),
+            'must be "Exact" or "NotOlderThan"',
+            id="match-is-case-sensitive",
+        ),
+    ],
+)
+def test_resource_version_match_violations_are_422(query: dict[str, list[str]], message: str) -> None:
+    error = _error(list_options, query)
+    assert (error.code, error.reason) == (422, "Invalid")
+    body = _body(error)
+    assert body["details"]["kind"] == "ListOptions"
+    assert body["details"]["group"] == "meta.k8s.io"
+    [cause] = body["details"]["causes"]
+    assert cause["field"] == "resourceVersionMatch"
+    assert message in cause["message"]
+    assert message in body["message"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        _q(resourceVersionMatch="NotOlderThan", resourceVersion="0"),
+        _q(resourceVersionMatch="NotOlderThan", resourceVersion="42"),
+        _q(resourceVersionMatch="Exact", resourceVersion="42"),
+    ],
+)
+def test_valid_resource_version_match(query: dict[str, list[str]]) -> None:
+    assert list_options(query).resource_version == query["resourceVersion"][0]
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "1.0", " 1", "\u00b2", "\u0661"])
+def test_resource_version_must_be_decimal(value: str) -> None:
+    error = _error(list_options, _q(resourceVersion=value))
+    assert (error.code, error.reason) == (400, "BadRequest")
+
+
+@pytest.mark.parametrize("value", ["true", "false", ""])
+def test_send_initial_events_is_422(value: str) -> None:
+    error = _error(list_options, _q(sendInitialEvents=value))
+    assert (error.code, error.reason) == (422, "Invalid")
+    [cause] = _body(error)["details"]["causes"]
+    assert cause["field"] == "sendInitialEvents"
+    assert "sendInitialEvents is forbidden for list" in cause["message"]
+
+
+def test_bad_selectors_are_400() -> None:
+    assert _error(list_options, _q(labelSelector="a in x")).code == 400
+    assert _error(list_options, _q(fieldSelector="spec.foo=x")).code == 400
+
+
+def test_unknown_parameters_are_ignored() -> None:
+    options = list_options(_q(timeoutSeconds="30", allowWatchBookmarks="true", pretty="true", limit="2"))
+    assert options.limit == 2
+
+
+# -- DeleteOptions ----------------------------------------------------------------------------------
+
+JSON_CT = "application/json"
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        # kubectl's observed bodies (reference §12).
+        (b'{"propagationPolicy":"Background"}', DeleteOptions()),
+        (b'{"propagationPolicy":"Background","dryRun":["All"]}', DeleteOptions(dry_run=True)),
+        (b'{"propagationPolicy":"Foreground"}', DeleteOptions()),
+        (b'{"gracePeriodSeconds":0,"propagationPolicy":"Background"}', DeleteOptions()),
+        (b'{"propagationPolicy":"Orphan"}', DeleteOptions()),
+        # Python DynamicClient's body.
+        (b'{"dryRun": ["All"], "preconditions": {"uid": "u-1"}}', DeleteOptions(dry_run=True, uid="u-1")),
+        (b"", DeleteOptions()),
+        (b"  \n", DeleteOptions()),
+        (b"{}", DeleteOptions()),
+        (b'{"kind":"DeleteOptions","apiVersion":"v1"}', DeleteOptions()),
+        (b'{"dryRun":[]}', DeleteOptions()),
+        (
+            b'{"dryRun":null,"propagationPolicy":null,"preconditions":null,"gracePeriodSeconds":null}',
+            DeleteOptions(),
+        ),
+        (b'{"orphanDependents":true}', DeleteOptions()),
+        (b'{"orphanDependents":false}', DeleteOptions()),
+        (
+            b'{"preconditions":{"uid":"u","resourceVersion":"7"}}',
+            DeleteOptions(uid="u", resource_version="7"),
+        ),
+        (b'{"preconditions":{"uid":"","resourceVersion":""}}', DeleteOptions()),
+        (b'{"preconditions":{"uid":null}}', DeleteOptions()),
+        (b'{"preconditions":{}}', DeleteOptions()),
+    ],
+)
+def test_delete_bodies(body: bytes, expected: DeleteOptions) -> None:
+    assert delete_options({}, body, JSON_CT) == expected
+
+
+@pytest.mark.parametrize(
+    "content_type", [None, "", "application/json", "application/json; charset=utf-8", "Application/JSON"]
+)
+def test_json_content_types_are_accepted(content_type: str | None) -> None:
+    assert delete_options({}, b'{"dryRun":["All"]}', content_type) == DeleteOptions(dry_run=True)
+
+
+def test_dry_run_from_the_query() -> None:
+    # Python DynamicClient puts options in the query string too.
+    assert delete_options(_q(dryRun="All"), b"", None) == DeleteOptions(dry_run=True)
+    assert delete_options(_q(dryRun="All", propagationPolicy="Foreground"), b"", None).dry_run
+
+
+def test_dry_run_in_either_place_is_honoured() -> None:
+    assert delete_options(_q(dryRun="All"), b'{"propagationPolicy":"Background"}', JSON_CT).dry_run
+    assert delete_options({}, b'{"dryRun":["All"]}', JSON_CT).dry_run
+    # The body names no dry run, the query does: still a dry run.
+    assert delete_options(_q(dryRun="All"), b'{"dryRun":[]}', JSON_CT).dry_run
+    assert not delete_options(
+        _q(propagationPolicy="Background"), b'{"propagationPolicy":"Background"}', JSON_CT
+    ).dry_run
+
+
+def test_body_wins_over_query_for_validation() -> None:
+    # The body is complete and valid; a bad dryRun value in the query is not looked at.
+    assert delete_options(_q(dryRun="bogus"), b'{"dryRun":["All"]}', JSON_CT) == DeleteOptions(dry_run=True)
+
+
+@pytest.mark.parametrize(
+    ("query", "body"),
+    [
+        pytest.param({}, b'{"dryRun":["Server"]}', id="body-unknown-value"),
+        pytest.param({}, b'{"dryRun":["All","x"]}', id="body-one-bad-value"),
+        pytest.param({}, b'{"dryRun":["all"]}', id="body-lowercase"),
+        pytest.param(_q(dryRun="true"), b"", id="query-true"),
+        pytest.param(_q(dryRun=""), b"", id="query-empty"),
+        pytest.param(_q(dryRun=["All", "Nope"]), b"", id="query-second-value"),
+    ],
+)
+def test_bad_dry_run_value_is_422(query: dict[str, list[str]], body: bytes) -> None:
+    error = _error(delete_options, query, body, JSON_CT)
+    assert (error.code, error.reason) == (422, "Invalid")
+    details = _body(error)["details"]
+    assert (details["kind"], details["group"]) == ("DeleteOptions", "meta.k8s.io")
+    assert [cause["field"] for cause in details["causes"]] == ["dryRun"]
+    assert 'supported values: "All"' in details["causes"][0]["message"]
+
+
+@pytest.mark.parametrize("body", [b'{"dryRun":"All"}', b'{"dryRun":[1]}', b'{"dryRun":{"All":1}}'])
+def test_dry_run_of_the_wrong_type_is_422(body: bytes) -> None:
+    error = _error(delete_options, {}, body, JSON_CT)
+    assert error.code == 422
+    assert _body(error)["details"]["causes"][0]["field"] == "dryRun"
+
+
+@pytest.mark.parametrize(
+    ("query", "body"),
+    [
+        pytest.param({}, b'{"propagationPolicy":"background"}', id="body-lowercase"),
+        pytest.param({}, b'{"propagationPolicy":"Cascade"}', id="body-unknown"),
+        pytest.param({}, b'{"propagationPolicy":""}', id="body-empty"),
+        pytest.param({}, b'{"propagationPolicy":1}', id="body-number"),
+        pytest.param(_q(propagationPolicy="Later"), b"", id="query-unknown"),
+    ],
+)
+def test_bad_propagation_policy_is_422(query: dict[str, list[str]], body: bytes) -> None:
+    error = _error(delete_options, query, body, JSON_CT)
+    assert (error.code, error.reason) == (422, "Invalid")
+    [cause] = _body(error)["details"]["causes"]
+    assert cause["field"] == "propagationPolicy"
+    assert '"Foreground", "Background", "Orphan"' in cause["message"]
+
+
+@pytest.mark.parametrize("policy", ["Foreground", "Background", "Orphan"])
+def test_propagation_policies_are_accepted_from_the_query(policy: str) -> None:
+    assert delete_options(_q(propagationPolicy=policy), b"", None) == DeleteOptions()
+
+
+@pytest.mark.parametrize("orphan", ["true", "false"])
+def test_orphan_dependents_with_propagation_policy_is_422(orphan: str) -> None:
+    body = f'{{"orphanDependents":{orphan},"propagationPolicy":"Background"}}'.encode()
+    error = _error(delete_options, {}, body, JSON_CT)
+    assert (error.code, error.reason) == (422, "Invalid")
+    details = _body(error)["details"]
+    assert details["kind"] == "DeleteOptions"
+    assert details["causes"][0]["field"] == "orphanDependents"
+    assert "cannot be both set" in details["causes"][0]["message"]
+
+
+@pytest.mark.parametrize("grace", [b"-1", b'"x"', b"1e400", b"Infinity", b"-Infinity", b"NaN", b"[1]", b"{}"])
+def test_bad_grace_period_is_422_never_a_crash(grace: bytes) -> None:
+    error = _error(delete_options, {}, b'{"gracePeriodSeconds":' + grace + b"}", JSON_CT)
+    assert (error.code, error.reason) == (422, "Invalid")
+    assert _body(error)["details"]["causes"][0]["field"] == "gracePeriodSeconds"
+
+
+def test_grace_period_from_the_query() -> None:
+    assert delete_options(_q(gracePeriodSeconds="30"), b"", None) == DeleteOptions()
+    assert _error(delete_options, _q(gracePeriodSeconds="-5"), b"", None).code == 422
+    assert _error(delete_options, _q(gracePeriodSeconds="soon"), b"", None).code == 422
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"not json", id="text"),
+        pytest.param(b"{", id="truncated"),
+        pytest.param(b"\xff\xfe\x00", id="not-utf8"),
+        pytest.param(b"[]", id="array"),
+        pytest.param(b'"All"', id="string"),
+        pytest.param(b"null", id="null"),
+        pytest.param(b"42", id="number"),
+    ],
+)
+def test_body_that_is_not_a_json_object_is_400(body: bytes) -> None:
+    error = _error(delete_options, {}, body, JSON_CT)
+    assert (error.code, error.reason) == (400, "BadRequest")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b'{"preconditions":"u"}', id="preconditions-string"),
+        pytest.param(b'{"preconditions":["u"]}', id="preconditions-array"),
+        pytest.param(b'{"preconditions":{"uid":5}}', id="uid-number"),
+        pytest.param(b'{"preconditions":{"resourceVersion":7}}', id="resource-version-number"),
+    ],
+)
+def test_malformed_preconditions_are_400(body: bytes) -> None:
+    assert _error(delete_options, {}, body, JSON_CT).code == 400
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/yaml",
+        "application/vnd.kubernetes.protobuf",
+        "application/merge-patch+json",
+        "text/plain",
+        "application/x-www-form-urlencoded",
+    ],
+)
+def test_wrong_content_type_is_415(content_type: str) -> None:
+    error = _error(delete_options, {}, b'{"propagationPolicy":"Background"}', content_type)
+    assert (error.code, error.reason) == (415, "UnsupportedMediaType")
+    assert content_type in error.message
+
+
+def test_content_type_is_irrelevant_without_a_body() -> None:
+    assert delete_options(_q(dryRun="All"), b"", "text/plain") == DeleteOptions(dry_run=True)

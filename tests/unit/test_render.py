@@ -1,0 +1,268 @@
+"""Objects, lists, Tables and PartialObjectMetadata (reference §7 to §9)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from payloadtags.api.errors import ApiError
+from payloadtags.api.negotiation import Form, MediaType, negotiate
+from payloadtags.api.render import include_object, render_list, render_object
+from payloadtags.model import ListMeta, TagStatus, tag_object, uid_for
+from payloadtags.names import TagRef
+
+HOST = "payload-registry.example.com"
+REFS = [
+    TagRef("d8-system", "http-echo", "latest"),
+    TagRef("d8-system", "test/http-echo", "latest"),
+    TagRef("team-b", "test/http-echo2", "latest"),
+]
+OBJECTS = [tag_object(HOST, ref) for ref in REFS]
+META = ListMeta(resource_version="1712345678000000", continue_="next-page")
+
+FULL = MediaType(Form.FULL, "application/json")
+TABLE = negotiate("application/json;as=Table;v=v1;g=meta.k8s.io,application/json", collection=True)
+TABLE_V1BETA1 = negotiate("application/json;as=Table;v=v1beta1;g=meta.k8s.io", collection=True)
+PARTIAL_LIST = negotiate("application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1", collection=True)
+PARTIAL = negotiate("application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1", collection=False)
+
+
+def _wire(body: Any) -> Any:
+    """What the client receives: rendering must produce plain JSON."""
+    return json.loads(json.dumps(body))
+
+
+def _meta(ref: TagRef) -> dict[str, str]:
+    return {"name": ref.name, "namespace": ref.namespace, "uid": uid_for(ref)}
+
+
+# -- Table ----------------------------------------------------------------------------------------
+
+
+def test_table_columns() -> None:
+    table = _wire(render_list(OBJECTS, META, TABLE))
+    columns = [(c["name"], c["type"], c["format"], c["priority"]) for c in table["columnDefinitions"]]
+    assert columns == [
+        ("Name", "string", "name", 0),
+        ("Repository", "string", "", 0),
+        ("Tag", "string", "", 0),
+        ("Address", "string", "", 1),
+    ]
+    assert all(c["description"] for c in table["columnDefinitions"])
+
+
+def test_table_shape_and_rows() -> None:
+    table = _wire(render_list(OBJECTS, META, TABLE))
+    assert table["kind"] == "Table"
+    assert table["apiVersion"] == "meta.k8s.io/v1"
+    assert table["metadata"] == {"resourceVersion": "1712345678000000", "continue": "next-page"}
+    assert [row["cells"] for row in table["rows"]] == [
+        ["nb2hi4bnmvrwq3z2nrqxizltoq", "http-echo", "latest", f"{HOST}/d8-system/http-echo:latest"],
+        [
+            "orsxg5bpnb2hi4bnmvrwq3z2nrqxizltoq",
+            "test/http-echo",
+            "latest",
+            f"{HOST}/d8-system/test/http-echo:latest",
+        ],
+        [
+            "orsxg5bpnb2hi4bnmvrwq3zshjwgc5dfon2a",
+            "test/http-echo2",
+            "latest",
+            f"{HOST}/team-b/test/http-echo2:latest",
+        ],
+    ]
+
+
+def test_cells_line_up_with_columns() -> None:
+    table = _wire(render_list(OBJECTS, META, TABLE))
+    assert all(len(row["cells"]) == len(table["columnDefinitions"]) for row in table["rows"])
+
+
+def test_rows_embed_partial_object_metadata_with_namespace_by_default() -> None:
+    # `kubectl get -A` takes the NAMESPACE column from row.object.metadata.namespace.
+    table = _wire(render_list(OBJECTS, META, TABLE))
+    assert [row["object"] for row in table["rows"]] == [
+        {"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": _meta(ref)}
+        for ref in REFS
+    ]
+
+
+def test_include_object_metadata_is_explicit_default() -> None:
+    assert render_list(OBJECTS, META, TABLE, "Metadata") == render_list(OBJECTS, META, TABLE)
+
+
+def test_include_object_none_omits_the_object() -> None:
+    table = _wire(render_list(OBJECTS, META, TABLE, "None"))
+    assert all("object" not in row for row in table["rows"])
+    assert [row["cells"][0] for row in table["rows"]] == [ref.name for ref in REFS]
+
+
+def test_include_object_object_embeds_the_full_object() -> None:
+    table = _wire(render_list(OBJECTS, META, TABLE, "Object"))
+    first = table["rows"][0]["object"]
+    assert first["apiVersion"] == "payload-registry.deckhouse.io/v1alpha1"
+    assert first["kind"] == "PayloadRepositoryTag"
+    assert first["metadata"] == _meta(REFS[0])
+    assert first["spec"] == {
+        "repositoryPath": "http-echo",
+        "tag": "latest",
+        "address": f"{HOST}/d8-system/http-echo:latest",
+    }
+
+
+def test_empty_table_has_rows_not_null() -> None:
+    table = _wire(render_list([], ListMeta(resource_version="3"), TABLE))
+    assert table["rows"] == []
+    assert len(table["columnDefinitions"]) == 4
+    assert table["metadata"] == {"resourceVersion": "3"}
+
+
+def test_v1beta1_table() -> None:
+    table = _wire(render_list(OBJECTS, META, TABLE_V1BETA1))
+    assert table["apiVersion"] == "meta.k8s.io/v1beta1"
+    assert {row["object"]["apiVersion"] for row in table["rows"]} == {"meta.k8s.io/v1beta1"}
+
+
+def test_single_object_table_has_one_row() -> None:
+    table = _wire(
+        render_object(OBJECTS[1], negotiate("application/json;as=Table;v=v1;g=meta.k8s.io", collection=False))
+    )
+    assert table["kind"] == "Table"
+    assert table["apiVersion"] == "meta.k8s.io/v1"
+    assert len(table["columnDefinitions"]) == 4
+    [row] = table["rows"]
+    assert row["cells"] == [
+        REFS[1].name,
+        "test/http-echo",
+        "latest",
+        f"{HOST}/d8-system/test/http-echo:latest",
+    ]
+    assert row["object"]["metadata"]["namespace"] == "d8-system"
+
+
+def test_single_object_table_honours_include_object() -> None:
+    assert "object" not in _wire(render_object(OBJECTS[0], TABLE, "None"))["rows"][0]
+    assert (
+        _wire(render_object(OBJECTS[0], TABLE, "Object"))["rows"][0]["object"]["kind"]
+        == "PayloadRepositoryTag"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, "Metadata"), ("", "Metadata"), ("Metadata", "Metadata"), ("Object", "Object"), ("None", "None")],
+)
+def test_include_object_values(value: str | None, expected: str) -> None:
+    assert include_object(value) == expected
+
+
+@pytest.mark.parametrize("value", ["metadata", "object", "none", "All", "true", " Object"])
+def test_include_object_invalid_is_400(value: str) -> None:
+    with pytest.raises(ApiError) as caught:
+        include_object(value)
+    assert (caught.value.code, caught.value.reason) == (400, "BadRequest")
+    assert value in caught.value.message
+
+
+# -- PartialObjectMetadata -----------------------------------------------------------------------
+
+
+def test_partial_object_metadata_list() -> None:
+    body = _wire(render_list(OBJECTS, META, PARTIAL_LIST))
+    assert body == {
+        "apiVersion": "meta.k8s.io/v1",
+        "kind": "PartialObjectMetadataList",
+        "metadata": {"resourceVersion": "1712345678000000", "continue": "next-page"},
+        "items": [
+            {"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": _meta(ref)}
+            for ref in REFS
+        ],
+    }
+
+
+def test_empty_partial_list_has_items_not_null() -> None:
+    body = _wire(render_list([], ListMeta(resource_version="9"), PARTIAL_LIST))
+    assert body["items"] == []
+    assert body["metadata"] == {"resourceVersion": "9"}
+
+
+def test_partial_object_metadata() -> None:
+    status = TagStatus(digest="sha256:abc", manifest={"schemaVersion": 2})
+    obj = tag_object(HOST, REFS[0], status)
+    assert _wire(render_object(obj, PARTIAL)) == {
+        "apiVersion": "meta.k8s.io/v1",
+        "kind": "PartialObjectMetadata",
+        "metadata": _meta(REFS[0]),
+    }
+
+
+def test_partial_v1beta1() -> None:
+    media = negotiate(
+        "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1beta1", collection=True
+    )
+    body = _wire(render_list(OBJECTS[:1], META, media))
+    assert body["apiVersion"] == "meta.k8s.io/v1beta1"
+    assert body["items"][0]["apiVersion"] == "meta.k8s.io/v1beta1"
+
+
+# -- full JSON --------------------------------------------------------------------------------------
+
+
+def test_full_list() -> None:
+    body = _wire(render_list(OBJECTS, META, FULL))
+    assert body["apiVersion"] == "payload-registry.deckhouse.io/v1alpha1"
+    assert body["kind"] == "PayloadRepositoryTagList"
+    assert body["metadata"] == {"resourceVersion": "1712345678000000", "continue": "next-page"}
+    assert [item["metadata"] for item in body["items"]] == [_meta(ref) for ref in REFS]
+    assert {item["kind"] for item in body["items"]} == {"PayloadRepositoryTag"}
+    assert {item["apiVersion"] for item in body["items"]} == {"payload-registry.deckhouse.io/v1alpha1"}
+    assert [item["spec"]["repositoryPath"] for item in body["items"]] == [ref.repository_path for ref in REFS]
+
+
+def test_full_list_items_carry_spec_only() -> None:
+    body = _wire(render_list(OBJECTS, META, FULL))
+    assert all("status" not in item for item in body["items"])
+
+
+def test_empty_full_list_is_items_empty_never_null() -> None:
+    body = _wire(render_list([], ListMeta(resource_version="42"), FULL))
+    assert body == {
+        "apiVersion": "payload-registry.deckhouse.io/v1alpha1",
+        "kind": "PayloadRepositoryTagList",
+        "metadata": {"resourceVersion": "42"},
+        "items": [],
+    }
+
+
+def test_last_page_has_no_continue() -> None:
+    body = _wire(render_list(OBJECTS, ListMeta(resource_version="42"), FULL))
+    assert "continue" not in body["metadata"]
+    assert body["metadata"]["resourceVersion"] == "42"
+
+
+def test_full_object_with_status() -> None:
+    status = TagStatus(
+        digest="sha256:abc",
+        media_type="application/vnd.oci.image.manifest.v1+json",
+        manifest={"schemaVersion": 2},
+        config={"os": "linux"},
+    )
+    body = _wire(render_object(tag_object(HOST, REFS[1], status), FULL))
+    assert body == {
+        "apiVersion": "payload-registry.deckhouse.io/v1alpha1",
+        "kind": "PayloadRepositoryTag",
+        "metadata": _meta(REFS[1]),
+        "spec": {
+            "repositoryPath": "test/http-echo",
+            "tag": "latest",
+            "address": f"{HOST}/d8-system/test/http-echo:latest",
+        },
+        "status": {
+            "digest": "sha256:abc",
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "manifest": {"schemaVersion": 2},
+            "config": {"os": "linux"},
+        },
+    }

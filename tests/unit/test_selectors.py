@@ -1,0 +1,288 @@
+"""Label and field selectors with kube-apiserver's grammar (reference §10)."""
+
+from __future__ import annotations
+
+import pytest
+
+from payloadtags.api.errors import ApiError
+from payloadtags.api.selectors import (
+    FieldRequirement,
+    FieldSelector,
+    LabelSelector,
+    Requirement,
+    parse_field_selector,
+    parse_label_selector,
+)
+
+
+def _requirements(text: str) -> set[tuple[str, str, frozenset[str]]]:
+    return {(r.key, r.operator, r.values) for r in parse_label_selector(text).requirements}
+
+
+def _bad_label(text: str) -> ApiError:
+    with pytest.raises(ApiError) as caught:
+        parse_label_selector(text)
+    assert caught.value.code == 400
+    assert caught.value.reason == "BadRequest"
+    return caught.value
+
+
+# -- label selector: parsing ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", [None, "", " ", "\t"])
+def test_empty_label_selector_matches_everything(text: str | None) -> None:
+    selector = parse_label_selector(text)
+    assert selector == LabelSelector()
+    assert selector.matches({})
+    assert selector.matches({"a": "b"})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a=b", {("a", "=", frozenset({"b"}))}),
+        ("a==b", {("a", "=", frozenset({"b"}))}),
+        ("a!=b", {("a", "!=", frozenset({"b"}))}),
+        ("a in (x,y)", {("a", "in", frozenset({"x", "y"}))}),
+        ("a notin (x)", {("a", "notin", frozenset({"x"}))}),
+        ("a", {("a", "exists", frozenset())}),
+        ("!a", {("a", "!", frozenset())}),
+        ("a=b,c!=d", {("a", "=", frozenset({"b"})), ("c", "!=", frozenset({"d"}))}),
+        (
+            "a=b,c!=d,e in (f,g),h notin (i),j,!k",
+            {
+                ("a", "=", frozenset({"b"})),
+                ("c", "!=", frozenset({"d"})),
+                ("e", "in", frozenset({"f", "g"})),
+                ("h", "notin", frozenset({"i"})),
+                ("j", "exists", frozenset()),
+                ("k", "!", frozenset()),
+            },
+        ),
+        # Spaces anywhere between tokens, as a Go re-encode turns "+" back into them.
+        ("  a = b , c  !=  d ", {("a", "=", frozenset({"b"})), ("c", "!=", frozenset({"d"}))}),
+        ("a in(x , y)", {("a", "in", frozenset({"x", "y"}))}),
+        ("a\tin\t(x)", {("a", "in", frozenset({"x"}))}),
+        ("! a", {("a", "!", frozenset())}),
+        # Empty values.
+        ("a=", {("a", "=", frozenset({""}))}),
+        ("a==", {("a", "=", frozenset({""}))}),
+        ("a!=", {("a", "!=", frozenset({""}))}),
+        ("a=,b", {("a", "=", frozenset({""})), ("b", "exists", frozenset())}),
+        ("a in (x,)", {("a", "in", frozenset({"x", ""}))}),
+        ("a in (,x)", {("a", "in", frozenset({"", "x"}))}),
+        ("a in (x,,y)", {("a", "in", frozenset({"x", "", "y"}))}),
+        ("a in (,)", {("a", "in", frozenset({""}))}),
+        # upstream: "()" is the set holding the empty value (labels.Parse's own example "z notin ()")
+        ("a in ()", {("a", "in", frozenset({""}))}),
+        (
+            "x in (foo,,baz),y,z notin ()",
+            {
+                ("x", "in", frozenset({"foo", "", "baz"})),
+                ("y", "exists", frozenset()),
+                ("z", "notin", frozenset({""})),
+            },
+        ),
+        # "in" and "notin" are values inside parentheses.
+        ("a in (in,notin)", {("a", "in", frozenset({"in", "notin"}))}),
+        # Qualified keys and the full value alphabet.
+        (
+            "app.kubernetes.io/name=my-app_1.2",
+            {("app.kubernetes.io/name", "=", frozenset({"my-app_1.2"}))},
+        ),
+        ("example.com/Key_1.x=V", {("example.com/Key_1.x", "=", frozenset({"V"}))}),
+        ("a=" + "v" * 63, {("a", "=", frozenset({"v" * 63}))}),
+        ("k" * 63, {("k" * 63, "exists", frozenset())}),
+    ],
+)
+def test_label_selector_grammar(text: str, expected: set[tuple[str, str, frozenset[str]]]) -> None:
+    assert _requirements(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("a=b,", id="trailing-comma"),
+        pytest.param(",a=b", id="leading-comma"),
+        pytest.param("a=b,,c=d", id="double-comma"),
+        pytest.param("a=b=c", id="two-operators"),
+        pytest.param("a=b c", id="two-values"),
+        pytest.param("a b", id="two-keys"),
+        pytest.param("!", id="bang-alone"),
+        pytest.param("!a=b", id="bang-with-operator"),
+        pytest.param("!a in (b)", id="bang-with-in"),
+        pytest.param("=b", id="missing-key"),
+        pytest.param("a in", id="in-without-set"),
+        pytest.param("a in x", id="in-without-parentheses"),
+        pytest.param("a in (x", id="unclosed-set"),
+        pytest.param("a in (x y)", id="values-without-comma"),
+        pytest.param("a in (x)y", id="garbage-after-set"),
+        pytest.param("a notin", id="notin-without-set"),
+        pytest.param("a (x)", id="set-without-operator"),
+        pytest.param("a=(x)", id="parenthesis-as-value"),
+        pytest.param("a=)", id="closing-parenthesis-as-value"),
+        pytest.param("a=!b", id="bang-as-value"),
+        pytest.param("a==b==c", id="double-equals-twice"),
+        pytest.param("A B=c", id="space-in-key"),
+        pytest.param("-a=b", id="key-starts-with-dash"),
+        pytest.param("a-=b", id="key-ends-with-dash"),
+        pytest.param("a/b/c=d", id="two-slashes"),
+        pytest.param("Example.com/a=b", id="uppercase-prefix"),
+        pytest.param("/a=b", id="empty-prefix"),
+        pytest.param("k" * 64, id="key-name-too-long"),
+        pytest.param("a=" + "v" * 64, id="value-too-long"),
+        pytest.param("a=-b", id="value-starts-with-dash"),
+        pytest.param("a=b-", id="value-ends-with-dash"),
+        pytest.param("a=b/c", id="slash-in-value"),
+        pytest.param("a in (b/c)", id="slash-in-set-value"),
+        pytest.param("a in (-b)", id="bad-set-value"),
+        pytest.param("a=b%20", id="percent-in-value"),
+    ],
+)
+def test_label_selector_errors_are_400(text: str) -> None:
+    error = _bad_label(text)
+    assert error.message.startswith("unable to parse requirement")
+
+
+def test_label_selector_error_names_the_selector() -> None:
+    assert "a in x" in _bad_label("a in x").message
+    assert '"-a"' in _bad_label("-a=b").message
+
+
+# -- label selector: matching -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "labels", "matches"),
+    [
+        ("a=b", {"a": "b"}, True),
+        ("a=b", {"a": "c"}, False),
+        ("a=b", {}, False),
+        ("a!=b", {"a": "b"}, False),
+        ("a!=b", {"a": "c"}, True),
+        ("a!=b", {}, True),
+        ("a in (x,y)", {"a": "y"}, True),
+        ("a in (x,y)", {"a": "z"}, False),
+        ("a in (x,y)", {}, False),
+        ("a notin (x)", {"a": "x"}, False),
+        ("a notin (x)", {"a": "y"}, True),
+        ("a notin (x)", {}, True),
+        ("a", {"a": ""}, True),
+        ("a", {"b": "a"}, False),
+        ("!a", {}, True),
+        ("!a", {"a": "x"}, False),
+        ("a=", {"a": ""}, True),
+        ("a=", {}, False),
+        ("a in ()", {"a": ""}, True),
+        ("a in ()", {"a": "x"}, False),
+        ("a=b,c", {"a": "b", "c": "d"}, True),
+        ("a=b,c", {"a": "b"}, False),
+    ],
+)
+def test_label_selector_matching(text: str, labels: dict[str, str], matches: bool) -> None:
+    assert parse_label_selector(text).matches(labels) is matches
+
+
+def test_tags_have_no_labels() -> None:
+    # Objects carry no labels, so only negative selectors can select them.
+    assert parse_label_selector("!app,env notin (prod),x!=y").matches({})
+    assert not parse_label_selector("app").matches({})
+
+
+def test_requirement_is_a_value() -> None:
+    assert Requirement("a", "=", frozenset({"b"})) == parse_label_selector("a==b").requirements[0]
+
+
+# -- field selector -----------------------------------------------------------------------------------
+
+
+def _bad_field(text: str) -> ApiError:
+    with pytest.raises(ApiError) as caught:
+        parse_field_selector(text)
+    assert caught.value.code == 400
+    assert caught.value.reason == "BadRequest"
+    return caught.value
+
+
+@pytest.mark.parametrize("text", [None, "", "  "])
+def test_empty_field_selector(text: str | None) -> None:
+    selector = parse_field_selector(text)
+    assert selector == FieldSelector()
+    assert selector.matches({"metadata.name": "x", "metadata.namespace": "y"})
+    assert selector.required("metadata.name") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("metadata.name=abc", [FieldRequirement("metadata.name", "abc", True)]),
+        ("metadata.name==abc", [FieldRequirement("metadata.name", "abc", True)]),
+        ("metadata.name!=abc", [FieldRequirement("metadata.name", "abc", False)]),
+        ("metadata.namespace=ns1", [FieldRequirement("metadata.namespace", "ns1", True)]),
+        ("metadata.namespace!=ns1", [FieldRequirement("metadata.namespace", "ns1", False)]),
+        (
+            "metadata.name=a,metadata.namespace!=b",
+            [
+                FieldRequirement("metadata.name", "a", True),
+                FieldRequirement("metadata.namespace", "b", False),
+            ],
+        ),
+        ("metadata.name=", [FieldRequirement("metadata.name", "", True)]),
+        # upstream skips empty terms
+        ("metadata.name=a,", [FieldRequirement("metadata.name", "a", True)]),
+        (",metadata.name=a", [FieldRequirement("metadata.name", "a", True)]),
+    ],
+)
+def test_field_selector_grammar(text: str, expected: list[FieldRequirement]) -> None:
+    assert list(parse_field_selector(text).requirements) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "fields", "matches"),
+    [
+        ("metadata.name=abc", {"metadata.name": "abc", "metadata.namespace": "ns"}, True),
+        ("metadata.name=abc", {"metadata.name": "abd", "metadata.namespace": "ns"}, False),
+        ("metadata.name==abc", {"metadata.name": "abc", "metadata.namespace": "ns"}, True),
+        ("metadata.name!=abc", {"metadata.name": "abc", "metadata.namespace": "ns"}, False),
+        ("metadata.name!=abc", {"metadata.name": "xyz", "metadata.namespace": "ns"}, True),
+        ("metadata.namespace=ns", {"metadata.name": "abc", "metadata.namespace": "ns"}, True),
+        ("metadata.namespace=ns", {"metadata.name": "abc", "metadata.namespace": "other"}, False),
+        (
+            "metadata.name=abc,metadata.namespace=ns",
+            {"metadata.name": "abc", "metadata.namespace": "ns"},
+            True,
+        ),
+        (
+            "metadata.name=abc,metadata.namespace=ns",
+            {"metadata.name": "abc", "metadata.namespace": "x"},
+            False,
+        ),
+    ],
+)
+def test_field_selector_matching(text: str, fields: dict[str, str], matches: bool) -> None:
+    assert parse_field_selector(text).matches(fields) is matches
+
+
+def test_field_selector_required_value() -> None:
+    selector = parse_field_selector("metadata.name=abc,metadata.namespace!=x")
+    assert selector.required("metadata.name") == "abc"
+    assert selector.required("metadata.namespace") is None
+    # Two different pinned values can match nothing; no single value to narrow to.
+    assert parse_field_selector("metadata.name=a,metadata.name=b").required("metadata.name") is None
+    assert parse_field_selector("metadata.name=a,metadata.name==a").required("metadata.name") == "a"
+
+
+@pytest.mark.parametrize("field", ["spec.foo", "metadata.labels", "status.digest", "name", "Metadata.name"])
+def test_unknown_field_uses_upstream_wording(field: str) -> None:
+    error = _bad_field(f"{field}=x")
+    assert (
+        error.message
+        == f'"{field}" is not a known field selector: only "metadata.name", "metadata.namespace"'
+    )
+
+
+@pytest.mark.parametrize("term", ["metadata.name", "abc", "metadata.name~x"])
+def test_term_without_operator(term: str) -> None:
+    error = _bad_field(f"metadata.namespace=a,{term}")
+    assert error.message == f"invalid selector: 'metadata.namespace=a,{term}'; can't understand '{term}'"
