@@ -67,6 +67,34 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _duration(text: str) -> float:
+    """Seconds, or a Go duration such as 10s, 1m30s, 500ms."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    total, number = 0.0, ""
+    rest = text.strip()
+    while rest:
+        digits = len(rest) - len(rest.lstrip("0123456789."))
+        number, rest = rest[:digits], rest[digits:]
+        unit = next((u for u in ("ms", "h", "m", "s") if rest.startswith(u)), None)
+        if not number or unit is None:
+            raise argparse.ArgumentTypeError(f"invalid duration {text!r} (use e.g. 10s, 1m, 500ms)")
+        total += float(number) * _UNITS[unit]
+        rest = rest[len(unit) :]
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty duration")
+    return total
+
+
 def _secret(file_path: str | None, env: str, what: str) -> str | None:
     if file_path:
         try:
@@ -109,6 +137,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
         tls_cert_file=args.tls_cert_file,
         tls_private_key_file=args.tls_private_key_file,
         client_ca_file=args.client_ca_file,
+        requestheader_client_ca_file=args.requestheader_client_ca_file,
+        requestheader_allowed_names=args.requestheader_allowed_names,
+        requestheader_username_headers=args.requestheader_username_headers,
+        requestheader_group_headers=args.requestheader_group_headers,
+        requestheader_extra_headers_prefix=args.requestheader_extra_headers_prefix,
+        requestheader_uid_headers=args.requestheader_uid_headers,
+        token_cache_ttl=args.authentication_token_webhook_cache_ttl,
+        token_failure_cache_ttl=args.authentication_token_webhook_failure_cache_ttl,
         kubeconfig=args.kubeconfig,
         authorization_mode=args.authorization_mode,
         registry_concurrency=args.registry_concurrency,

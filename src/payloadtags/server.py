@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
 import attrs
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.threads import deferToThread
 from twisted.logger import (
     FilteringLogObserver,
     Logger,
@@ -19,41 +19,58 @@ from twisted.logger import (
 )
 from twisted.web.server import Site
 
-from payloadtags.access.authn import AuthenticatorChain, ClientCertificateAuthenticator
+from payloadtags.access.authconfig import AuthenticationConfig, DynamicAuthentication, FlagConfig
 from payloadtags.access.authz import AlwaysAllow, Authorizer
+from payloadtags.access.rbac import RbacAuthorizer, RbacIndex
+from payloadtags.access.requestheader import RequestHeaderConfig
+from payloadtags.access.tokens import TokenReviewAuthenticator
 from payloadtags.api.app import ApiServer
 from payloadtags.api.health import HealthChecks
 from payloadtags.api.tags import ResourceVersions, TagsService
+from payloadtags.cluster import authentication_reflector, rbac_reflectors, token_reviewer
 from payloadtags.inventory import Inventory
+from payloadtags.kube import ClusterConfig, KubeClient, Reflector, load_cluster_config
+from payloadtags.kube import ConfigError as KubeConfigError
 from payloadtags.registry import RegistryClient
 from payloadtags.settings import Settings
 from payloadtags.tls import ContextFactory, ServingCertificate, read_bundle, server_context
 
 log = Logger()
 
-SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-
 
 class ConfigurationError(Exception):
     """The settings cannot make a working server; the message says what to change."""
 
 
-def in_cluster() -> bool:
-    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and os.path.exists(SERVICE_ACCOUNT_TOKEN)
-
-
-def _authorizer(settings: Settings) -> Authorizer:
-    cluster = settings.kubeconfig is not None or in_cluster()
-    mode = settings.authorization_mode or ("RBAC" if cluster else None)
-    if mode == "AlwaysAllow":
-        return AlwaysAllow()
-    if not cluster:
+def _authorization_mode(settings: Settings, cluster: ClusterConfig | None) -> str:
+    mode = settings.authorization_mode or ("RBAC" if cluster is not None else None)
+    if mode is None:
         raise ConfigurationError(
             "no cluster API is configured (no --kubeconfig, not in a pod), so PayloadRepositoryAccess rules "
             "cannot be read: pass --authorization-mode=AlwaysAllow to run standalone, where every "
             "authenticated client may see and delete every tag"
         )
-    raise ConfigurationError("--authorization-mode=RBAC is not available in this version; use AlwaysAllow")
+    if mode == "RBAC" and cluster is None:
+        raise ConfigurationError(
+            "--authorization-mode=RBAC needs the cluster API (--kubeconfig, or run in a pod) to read "
+            "Roles and RoleBindings"
+        )
+    return mode
+
+
+def _flag_authentication(settings: Settings) -> FlagConfig:
+    requestheader = None
+    if settings.requestheader_client_ca_file:
+        requestheader = RequestHeaderConfig(
+            authorities=tuple(read_bundle(settings.requestheader_client_ca_file)),
+            allowed_names=settings.requestheader_allowed_names,
+            username_headers=settings.requestheader_username_headers,
+            group_headers=settings.requestheader_group_headers,
+            extra_prefixes=settings.requestheader_extra_headers_prefix,
+            uid_headers=settings.requestheader_uid_headers,
+        )
+    client_cas = tuple(read_bundle(settings.client_ca_file)) if settings.client_ca_file else None
+    return FlagConfig(client_cas=client_cas, requestheader=requestheader)
 
 
 class _QuietSite(Site):
@@ -69,33 +86,86 @@ class RunningServer:
     listener: IListeningPort
     registry: RegistryClient
     api: ApiServer
+    kube: KubeClient | None = None
+    reflectors: list[Reflector] = attrs.Factory(list)
 
     async def stop(self) -> None:
         await self.listener.stopListening()
+        for reflector in self.reflectors:
+            await reflector.stop()
+        if self.kube is not None:
+            await self.kube.close()
         await self.registry.close()
 
 
-async def start(reactor: Any, settings: Settings) -> RunningServer:
-    authorizer = _authorizer(settings)
+def _synced(reflectors: list[Reflector], what: str):
+    async def check() -> None:
+        waiting = [r.name for r in reflectors if not r.has_synced]
+        if waiting:
+            raise RuntimeError(f"{what} not synced yet: {', '.join(waiting)}")
+
+    return check
+
+
+async def start(
+    reactor: Any, settings: Settings, reflector_options: dict[str, Any] | None = None
+) -> RunningServer:
+    try:
+        # Blocking (reads files, may run a credential plugin): off the reactor thread, once.
+        cluster = await deferToThread(load_cluster_config, settings.kubeconfig)
+    except KubeConfigError as error:
+        raise ConfigurationError(str(error)) from None
+    mode = _authorization_mode(settings, cluster)
     if settings.tls_cert_file and settings.tls_private_key_file:
         serving = ServingCertificate.from_files(settings.tls_cert_file, settings.tls_private_key_file)
     else:
         log.info("no --tls-cert-file: serving with a self-signed certificate for localhost")
         serving = ServingCertificate.self_signed()
-    client_cas = read_bundle(settings.client_ca_file)
-    if isinstance(authorizer, AlwaysAllow):
+
+    kube = KubeClient(reactor, cluster) if cluster is not None else None
+    reflectors: list[Reflector] = []
+    options = reflector_options or {}
+    token = None
+    if kube is not None:
+        token = TokenReviewAuthenticator(
+            token_reviewer(kube),
+            reactor,
+            success_ttl=settings.token_cache_ttl,
+            failure_ttl=settings.token_failure_cache_ttl,
+        )
+    authentication = DynamicAuthentication(_flag_authentication(settings), token=token)
+    context_factory = ContextFactory(server_context(serving, authentication.config.trusted_cas))
+
+    def trust_changed(config: AuthenticationConfig) -> None:
+        # New connections verify client certificates against the new CAs; open ones keep theirs.
+        context_factory.context = server_context(serving, config.trusted_cas)
+
+    authentication.listeners.append(trust_changed)
+    auth_reflectors: list[Reflector] = []
+    if kube is not None and not authentication.flags.complete:
+        auth_reflectors.append(authentication_reflector(kube, reactor, authentication, **options))
+
+    authorizer: Authorizer
+    rbac_sources: list[Reflector] = []
+    if mode == "RBAC":
+        assert kube is not None
+        index = RbacIndex()
+        rbac_sources = rbac_reflectors(kube, reactor, index, **options)
+        authorizer = RbacAuthorizer(index, ready=lambda: all(r.has_synced for r in rbac_sources))
+    else:
+        authorizer = AlwaysAllow()
         log.warn("authorization mode AlwaysAllow: every authenticated client may see and delete every tag")
-    if settings.kubeconfig is None and not in_cluster():
+    reflectors = auth_reflectors + rbac_sources
+    if kube is None:
         log.info(
             "standalone mode: no cluster API; client-certificate authentication only, no namespace cleanup"
         )
-    if not client_cas:
-        log.warn("no --client-ca-file: no client can authenticate; only health endpoints will answer")
+        if not authentication.config.trusted_cas:
+            log.warn("no --client-ca-file: no client can authenticate; only health endpoints will answer")
 
     registry = RegistryClient(reactor, settings.registry)
-    inventory = Inventory(registry, concurrency=settings.registry_concurrency)
     service = TagsService(
-        inventory=inventory,
+        inventory=Inventory(registry, concurrency=settings.registry_concurrency),
         registry_host=settings.registry_host,
         authorizer=authorizer,
         versions=ResourceVersions(reactor),
@@ -105,35 +175,34 @@ async def start(reactor: Any, settings: Settings) -> RunningServer:
     async def ping() -> None:
         return None
 
-    health = HealthChecks(
-        {
-            "healthz": [("ping", ping)],
-            "livez": [("ping", ping)],
-            "readyz": [("ping", ping), ("registry", registry.ping)],
-        }
-    )
-    api = ApiServer(
-        service=service,
-        authenticator=AuthenticatorChain([ClientCertificateAuthenticator(client_cas)]),
-        health=health,
-    )
-    site = _QuietSite(api.resource())
+    readiness = [("ping", ping), ("registry", registry.ping)]
+    if auth_reflectors:
+        readiness.append(("authentication-configmap", _synced(auth_reflectors, "authentication ConfigMap")))
+    if rbac_sources:
+        readiness.append(("rbac", _synced(rbac_sources, "RBAC objects")))
+    health = HealthChecks({"healthz": [("ping", ping)], "livez": [("ping", ping)], "readyz": readiness})
+    api = ApiServer(service=service, authenticator=authentication, health=health)
+    for reflector in reflectors:
+        reflector.start()
     endpoint = SSL4ServerEndpoint(
-        reactor,
-        settings.secure_port,
-        ContextFactory(server_context(serving, client_cas)),
-        interface=settings.bind_address,
+        reactor, settings.secure_port, context_factory, interface=settings.bind_address
     )
-    listener = await endpoint.listen(site)
+    try:
+        listener = await endpoint.listen(_QuietSite(api.resource()))
+    except Exception:
+        for reflector in reflectors:
+            await reflector.stop()
+        raise
     port = listener.getHost().port
     log.info(
-        "serving {group} on https://{address}:{port}, registry {registry}",
+        "serving {group} on https://{address}:{port}, registry {registry}, authorization {mode}",
         group="payload-registry.deckhouse.io/v1alpha1",
         address=settings.bind_address,
         port=port,
         registry=settings.registry.url,
+        mode=mode,
     )
-    return RunningServer(port=port, listener=listener, registry=registry, api=api)
+    return RunningServer(port, listener, registry, api, kube, reflectors)
 
 
 def _begin_logging(verbose: bool) -> None:

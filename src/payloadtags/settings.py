@@ -18,6 +18,14 @@ class Settings:
     tls_cert_file: str | None = None
     tls_private_key_file: str | None = None
     client_ca_file: str | None = None
+    requestheader_client_ca_file: str | None = None
+    requestheader_allowed_names: tuple[str, ...] = ()
+    requestheader_username_headers: tuple[str, ...] = ("X-Remote-User",)
+    requestheader_group_headers: tuple[str, ...] = ("X-Remote-Group",)
+    requestheader_extra_headers_prefix: tuple[str, ...] = ("X-Remote-Extra-",)
+    requestheader_uid_headers: tuple[str, ...] = ()
+    token_cache_ttl: float = 10.0
+    token_failure_cache_ttl: float = 10.0
     kubeconfig: str | None = None
     authorization_mode: str | None = None
     registry_concurrency: int = 16

@@ -9,6 +9,10 @@ import attrs
 from payloadtags.access.authn import UserInfo
 
 
+class AuthorizationNotReady(Exception):
+    """The access rules are not loaded yet (start-up); the request may be retried shortly."""
+
+
 class Authorizer(Protocol):
     def allowed(self, user: UserInfo, verb: str, namespace: str, repository_path: str) -> bool:
         """``verb`` is ``get`` (list and get) or ``delete`` (delete and deletecollection)."""

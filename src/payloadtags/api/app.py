@@ -20,8 +20,16 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from payloadtags import __version__
 from payloadtags.access.authn import Authenticator, Credentials, UserInfo
+from payloadtags.access.authz import AuthorizationNotReady
 from payloadtags.api import discovery
-from payloadtags.api.errors import ApiError, internal, method_not_allowed, path_not_found, unauthorized
+from payloadtags.api.errors import (
+    ApiError,
+    internal,
+    method_not_allowed,
+    path_not_found,
+    service_unavailable,
+    unauthorized,
+)
 from payloadtags.api.health import HealthChecks
 from payloadtags.api.negotiation import JSON_TYPE, Form, negotiate
 from payloadtags.api.options import Query, delete_options, first, list_options
@@ -100,7 +108,9 @@ class ApiServer:
             user: UserInfo | None = None
             try:
                 if not anonymous:
-                    user = await self.authenticator.authenticate(_credentials(request))
+                    credentials = _credentials(request)
+                    user = await self.authenticator.authenticate(credentials)
+                    self._strip_forged_identity(request, credentials)
                     if user is None:
                         raise unauthorized()
                     kwargs["user"] = user
@@ -108,6 +118,8 @@ class ApiServer:
                     return await fn(request, **kwargs)
                 except RegistryError as error:
                     raise api_error_for(error) from error
+                except AuthorizationNotReady as error:
+                    raise service_unavailable(str(error), retry_after=1) from error
             except ApiError as error:
                 return _write_error(request, error)
             except Exception:
@@ -124,6 +136,13 @@ class ApiServer:
                 )
 
         return handler
+
+    def _strip_forged_identity(self, request: IRequest, credentials: Credentials) -> None:
+        # Identity headers from anyone but the verified front proxy are forged: nothing after
+        # authentication may see them.
+        untrusted = getattr(self.authenticator, "untrusted_identity_headers", None)
+        for name in untrusted(credentials) if untrusted is not None else ():
+            request.requestHeaders.removeHeader(name.encode("latin-1"))
 
     def _route(
         self, path: str, methods: list[str], fn: Callable[..., Awaitable[bytes]], anonymous: bool = False

@@ -1,0 +1,161 @@
+"""Authentication configuration: from flags, or from ConfigMap kube-system/extension-apiserver-authentication.
+
+As in k8s.io/apiserver, each section (client certificates; request headers) comes from the flags when
+its CA flag is given and from the ConfigMap otherwise, and the ConfigMap is watched so that a rotated
+CA or allowed-name list applies to the next connection.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+
+import attrs
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from twisted.logger import Logger
+
+from payloadtags.access.authn import (
+    Authenticator,
+    AuthenticatorChain,
+    ClientCertificateAuthenticator,
+    Credentials,
+    UserInfo,
+    load_pem_bundle,
+)
+from payloadtags.access.requestheader import RequestHeaderAuthenticator, RequestHeaderConfig
+
+log = Logger()
+
+CONFIGMAP_NAMESPACE = "kube-system"
+CONFIGMAP_NAME = "extension-apiserver-authentication"
+
+
+class ConfigMapError(ValueError):
+    """The ConfigMap holds something unusable; the previous configuration stays in force."""
+
+
+@attrs.frozen
+class AuthenticationConfig:
+    client_cas: tuple[x509.Certificate, ...] = ()
+    requestheader: RequestHeaderConfig = attrs.field(factory=RequestHeaderConfig)
+
+    @property
+    def trusted_cas(self) -> tuple[x509.Certificate, ...]:
+        """Every CA a client certificate may chain to during the TLS handshake."""
+        seen: dict[bytes, x509.Certificate] = {}
+        for cert in (*self.client_cas, *self.requestheader.authorities):
+            seen.setdefault(cert.public_bytes(Encoding.DER), cert)
+        return tuple(seen.values())
+
+
+def _string_list(data: Mapping[str, str], key: str) -> tuple[str, ...] | None:
+    """A JSON-encoded string array; None when the key is absent or empty ("unset")."""
+    raw = data.get(key)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError as error:
+        raise ConfigMapError(f"{key} is not a JSON array: {error}") from None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigMapError(f"{key} must be a JSON array of strings")
+    return tuple(v for v in value if v)
+
+
+def _bundle(data: Mapping[str, str], key: str) -> tuple[x509.Certificate, ...]:
+    raw = data.get(key) or ""
+    try:
+        return tuple(load_pem_bundle(raw.encode()))
+    except ValueError as error:
+        raise ConfigMapError(f"{key} is not a PEM certificate bundle: {error}") from None
+
+
+def from_configmap(data: Mapping[str, str]) -> AuthenticationConfig:
+    defaults = RequestHeaderConfig()
+    requestheader = RequestHeaderConfig(
+        authorities=_bundle(data, "requestheader-client-ca-file"),
+        allowed_names=_string_list(data, "requestheader-allowed-names") or (),
+        username_headers=_string_list(data, "requestheader-username-headers") or defaults.username_headers,
+        group_headers=_string_list(data, "requestheader-group-headers") or defaults.group_headers,
+        extra_prefixes=_string_list(data, "requestheader-extra-headers-prefix") or defaults.extra_prefixes,
+        uid_headers=_string_list(data, "requestheader-uid-headers") or (),
+    )
+    return AuthenticationConfig(client_cas=_bundle(data, "client-ca-file"), requestheader=requestheader)
+
+
+@attrs.frozen
+class FlagConfig:
+    """What the command line fixed; a section left None is taken from the ConfigMap."""
+
+    client_cas: tuple[x509.Certificate, ...] | None = None
+    requestheader: RequestHeaderConfig | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.client_cas is not None and self.requestheader is not None
+
+    def over(self, base: AuthenticationConfig) -> AuthenticationConfig:
+        return AuthenticationConfig(
+            client_cas=self.client_cas if self.client_cas is not None else base.client_cas,
+            requestheader=self.requestheader if self.requestheader is not None else base.requestheader,
+        )
+
+
+@attrs.define
+class DynamicAuthentication:
+    """The authentication chain for the current configuration; ``update`` swaps it atomically."""
+
+    flags: FlagConfig
+    token: Authenticator | None = None
+    listeners: list[Callable[[AuthenticationConfig], None]] = attrs.field(factory=list)
+    config: AuthenticationConfig = attrs.field(init=False)
+    _requestheader: RequestHeaderAuthenticator = attrs.field(init=False)
+    _chain: AuthenticatorChain = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._install(self.flags.over(AuthenticationConfig()))
+
+    def _install(self, config: AuthenticationConfig) -> None:
+        self.config = config
+        self._requestheader = RequestHeaderAuthenticator(config.requestheader)
+        chain: list[Authenticator] = [
+            self._requestheader,
+            ClientCertificateAuthenticator(list(config.client_cas)),
+        ]
+        if self.token is not None:
+            chain.append(self.token)
+        self._chain = AuthenticatorChain(chain)
+
+    def update_from_configmap(self, data: Mapping[str, str]) -> None:
+        try:
+            config = self.flags.over(from_configmap(data))
+        except ConfigMapError as error:
+            log.error(
+                "{namespace}/{name}: {error}; keeping the previous authentication configuration",
+                namespace=CONFIGMAP_NAMESPACE,
+                name=CONFIGMAP_NAME,
+                error=str(error),
+            )
+            return
+        if config == self.config:
+            return
+        self._install(config)
+        log.info(
+            "authentication configuration updated: {clients} client CA(s), {proxies} requestheader CA(s), "
+            "allowed names {names}",
+            clients=len(config.client_cas),
+            proxies=len(config.requestheader.authorities),
+            names=list(config.requestheader.allowed_names) or "any",
+        )
+        for listener in self.listeners:
+            listener(config)
+
+    def untrusted_identity_headers(self, credentials: Credentials) -> list[str]:
+        """Identity headers on a request that did not come from a trusted front proxy."""
+        if self._requestheader.trusted(credentials):
+            return []
+        return self.config.requestheader.identity_headers(list(credentials.headers))
+
+    async def authenticate(self, credentials: Credentials) -> UserInfo | None:
+        return await self._chain.authenticate(credentials)

@@ -1,0 +1,280 @@
+"""PayloadRepositoryAccess decisions from RBAC objects held in memory.
+
+Roles, ClusterRoles, RoleBindings and ClusterRoleBindings arrive from list+watch reflectors; every
+change bumps a generation, and the derived index and per-user matchers are rebuilt lazily, so a
+decision costs dictionary lookups and, for a new path, one pass of a pattern set.
+
+Semantics are those of access-model.md §3.3: a rule counts when its apiGroups hold ``*`` or the group
+and its resources hold ``*`` or ``payloadrepositoryaccesses`` (case-insensitive); it allows a verb when
+its verbs hold the verb or ``*``; an empty resourceNames covers every path of the namespace, otherwise
+one of the patterns must match the path below the namespace. ClusterRoleBindings apply in every
+namespace, RoleBindings in their own. ``system:masters`` is always allowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import attrs
+from twisted.logger import Logger
+
+from payloadtags.access.authn import MASTERS, UserInfo
+from payloadtags.access.authz import AuthorizationNotReady
+from payloadtags.access.patterns import PathPattern, PatternError
+from payloadtags.model import GROUP
+
+log = Logger()
+
+ACCESS_RESOURCE = "payloadrepositoryaccesses"
+RBAC_GROUP = "rbac.authorization.k8s.io"
+_MAX_MEMO = 65536
+
+Obj = Mapping[str, Any]
+
+
+@attrs.frozen
+class Rule:
+    verbs: frozenset[str]
+    patterns: tuple[PathPattern, ...] | None  # None: every path
+
+    def allows_verb(self, verb: str) -> bool:
+        return verb in self.verbs or "*" in self.verbs
+
+
+@attrs.frozen
+class Subject:
+    kind: str
+    name: str
+    namespace: str
+
+
+@attrs.frozen
+class Binding:
+    namespace: str  # "" for a ClusterRoleBinding
+    subjects: tuple[Subject, ...]
+    role_kind: str
+    role_name: str
+
+    def applies_to(self, user: UserInfo) -> bool:
+        for subject in self.subjects:
+            if subject.kind == "User" and subject.name == user.name:
+                return True
+            if subject.kind == "Group" and subject.name in user.groups:
+                return True
+            if subject.kind == "ServiceAccount":
+                namespace = subject.namespace or self.namespace
+                if user.name == f"system:serviceaccount:{namespace}:{subject.name}":
+                    return True
+        return False
+
+
+@attrs.define
+class PathMatcher:
+    """Whether any of a user's rules for one verb in one namespace covers a path."""
+
+    allow_all: bool
+    patterns: tuple[PathPattern, ...]
+    _memo: dict[str, bool] = attrs.field(factory=dict, init=False)
+
+    def matches(self, path: str) -> bool:
+        if self.allow_all:
+            return True
+        if not path:
+            return False
+        known = self._memo.get(path)
+        if known is None:
+            known = any(p.matches(path) for p in self.patterns)
+            if len(self._memo) < _MAX_MEMO:
+                self._memo[path] = known
+        return known
+
+
+_DENY = PathMatcher(False, ())
+
+
+def _lower_set(values: Any) -> frozenset[str]:
+    return frozenset(str(v).lower() for v in values or () if isinstance(v, str))
+
+
+@attrs.define
+class RbacIndex:
+    """Fed by reflectors (``StoreListener``s built with ``listener()``); answers ``allowed``."""
+
+    roles: dict[str, Obj] = attrs.field(factory=dict)
+    cluster_roles: dict[str, Obj] = attrs.field(factory=dict)
+    role_bindings: dict[str, Obj] = attrs.field(factory=dict)
+    cluster_role_bindings: dict[str, Obj] = attrs.field(factory=dict)
+    generation: int = 0
+    _built: int = attrs.field(default=-1, init=False)
+    _role_rules: dict[tuple[str, str], tuple[Rule, ...]] = attrs.field(factory=dict, init=False)
+    _cluster_role_rules: dict[str, tuple[Rule, ...]] = attrs.field(factory=dict, init=False)
+    _cluster_bindings: tuple[Binding, ...] = attrs.field(default=(), init=False)
+    _namespace_bindings: dict[str, tuple[Binding, ...]] = attrs.field(factory=dict, init=False)
+    _matchers: dict[tuple[Any, ...], PathMatcher] = attrs.field(factory=dict, init=False)
+    _warned: set[str] = attrs.field(factory=set, init=False)
+
+    # -- feeding -----------------------------------------------------------------------------------
+
+    def replace(self, kind: str, objects: Iterable[Obj]) -> None:
+        store = self._store(kind)
+        store.clear()
+        for obj in objects:
+            store[_key(obj)] = obj
+        self.generation += 1
+
+    def upsert(self, kind: str, obj: Obj) -> None:
+        self._store(kind)[_key(obj)] = obj
+        self.generation += 1
+
+    def remove(self, kind: str, obj: Obj) -> None:
+        self._store(kind).pop(_key(obj), None)
+        self.generation += 1
+
+    def _store(self, kind: str) -> dict[str, Obj]:
+        return {
+            "Role": self.roles,
+            "ClusterRole": self.cluster_roles,
+            "RoleBinding": self.role_bindings,
+            "ClusterRoleBinding": self.cluster_role_bindings,
+        }[kind]
+
+    # -- deciding ----------------------------------------------------------------------------------
+
+    def allowed(self, user: UserInfo, verb: str, namespace: str, repository_path: str) -> bool:
+        if MASTERS in user.groups:
+            return True
+        return self.matcher(user, verb, namespace).matches(repository_path)
+
+    def matcher(self, user: UserInfo, verb: str, namespace: str) -> PathMatcher:
+        self._rebuild()
+        key = (user.name, user.groups, namespace, verb)
+        found = self._matchers.get(key)
+        if found is None:
+            found = self._compute(user, verb, namespace)
+            if len(self._matchers) >= _MAX_MEMO:
+                self._matchers.clear()
+            self._matchers[key] = found
+        return found
+
+    def _compute(self, user: UserInfo, verb: str, namespace: str) -> PathMatcher:
+        patterns: list[PathPattern] = []
+        for binding in (*self._cluster_bindings, *self._namespace_bindings.get(namespace, ())):
+            if not binding.applies_to(user):
+                continue
+            for rule in self._rules_of(binding):
+                if not rule.allows_verb(verb):
+                    continue
+                if rule.patterns is None:
+                    return PathMatcher(True, ())
+                patterns.extend(rule.patterns)
+        if not patterns:
+            return _DENY
+        unique = tuple({p.source: p for p in patterns}.values())
+        return PathMatcher(False, unique)
+
+    def _rules_of(self, binding: Binding) -> tuple[Rule, ...]:
+        if binding.role_kind == "ClusterRole":
+            return self._cluster_role_rules.get(binding.role_name, ())
+        if binding.role_kind == "Role" and binding.namespace:
+            return self._role_rules.get((binding.namespace, binding.role_name), ())
+        return ()
+
+    # -- the derived index -------------------------------------------------------------------------
+
+    def _rebuild(self) -> None:
+        if self._built == self.generation:
+            return
+        self._matchers.clear()
+        self._cluster_role_rules = {
+            _meta(obj).get("name", ""): self._compile_rules(obj) for obj in self.cluster_roles.values()
+        }
+        self._role_rules = {
+            (_meta(obj).get("namespace", ""), _meta(obj).get("name", "")): self._compile_rules(obj)
+            for obj in self.roles.values()
+        }
+        self._cluster_bindings = tuple(
+            b for b in (_binding(obj, "") for obj in self.cluster_role_bindings.values()) if b is not None
+        )
+        by_namespace: dict[str, list[Binding]] = {}
+        for obj in self.role_bindings.values():
+            namespace = _meta(obj).get("namespace", "")
+            binding = _binding(obj, namespace)
+            if binding is not None and namespace:
+                by_namespace.setdefault(namespace, []).append(binding)
+        self._namespace_bindings = {ns: tuple(bs) for ns, bs in by_namespace.items()}
+        self._built = self.generation
+
+    def _compile_rules(self, role: Obj) -> tuple[Rule, ...]:
+        rules = []
+        for raw in role.get("rules") or ():
+            if not isinstance(raw, Mapping):
+                continue
+            groups, resources = _lower_set(raw.get("apiGroups")), _lower_set(raw.get("resources"))
+            if not ({"*", GROUP} & groups and {"*", ACCESS_RESOURCE} & resources):
+                continue
+            names = [n for n in raw.get("resourceNames") or () if isinstance(n, str)]
+            patterns: tuple[PathPattern, ...] | None = None
+            if names:
+                compiled = []
+                for name in names:
+                    try:
+                        compiled.append(PathPattern.compile(name))
+                    except PatternError as error:
+                        self._warn_once(role, name, error)
+                patterns = tuple(compiled)
+            rules.append(Rule(_lower_set(raw.get("verbs")), patterns))
+        return tuple(rules)
+
+    def _warn_once(self, role: Obj, pattern: str, error: Exception) -> None:
+        meta = _meta(role)
+        name = "/".join(part for part in (meta.get("namespace"), meta.get("name")) if part)
+        where = f"{role.get('kind', 'Role')} {name}"
+        key = f"{where}\x00{pattern}"
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warn(
+                "{where}: resourceNames pattern {pattern!r} is malformed and matches nothing: {error}",
+                where=where,
+                pattern=pattern,
+                error=str(error),
+            )
+
+
+def _meta(obj: Obj) -> Mapping[str, Any]:
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, Mapping) else {}
+
+
+def _key(obj: Obj) -> str:
+    meta = _meta(obj)
+    namespace = meta.get("namespace")
+    return f"{namespace}/{meta.get('name', '')}" if namespace else str(meta.get("name", ""))
+
+
+def _binding(obj: Obj, namespace: str) -> Binding | None:
+    ref = obj.get("roleRef")
+    if not isinstance(ref, Mapping) or ref.get("apiGroup", RBAC_GROUP) != RBAC_GROUP:
+        return None
+    subjects = []
+    for raw in obj.get("subjects") or ():
+        if isinstance(raw, Mapping) and isinstance(raw.get("name"), str):
+            subjects.append(Subject(str(raw.get("kind", "")), raw["name"], str(raw.get("namespace") or "")))
+    return Binding(namespace, tuple(subjects), str(ref.get("kind", "")), str(ref.get("name", "")))
+
+
+@attrs.define
+class RbacAuthorizer:
+    """Decisions from the index, refused while the reflectors feeding it have not synced."""
+
+    index: RbacIndex
+    ready: Callable[[], bool]
+
+    def allowed(self, user: UserInfo, verb: str, namespace: str, repository_path: str) -> bool:
+        if MASTERS in user.groups:
+            return True
+        if not self.ready():
+            raise AuthorizationNotReady(
+                "PayloadRepositoryAccess rules are still loading from the cluster API; retry shortly"
+            )
+        return self.index.allowed(user, verb, namespace, repository_path)

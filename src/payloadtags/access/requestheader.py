@@ -1,0 +1,72 @@
+"""Front-proxy (request header) authentication: identity headers set by kube-apiserver's aggregator.
+
+The headers are believed only on a connection whose client certificate chains to the requestheader
+CA and, when allowed names are configured, whose CN is one of them. Anywhere else they are forged.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote
+
+import attrs
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from payloadtags.access.authn import Credentials, UserInfo, issued_by
+
+
+@attrs.frozen
+class RequestHeaderConfig:
+    authorities: tuple[x509.Certificate, ...] = ()
+    allowed_names: tuple[str, ...] = ()
+    username_headers: tuple[str, ...] = ("X-Remote-User",)
+    group_headers: tuple[str, ...] = ("X-Remote-Group",)
+    extra_prefixes: tuple[str, ...] = ("X-Remote-Extra-",)
+    uid_headers: tuple[str, ...] = ()
+
+    def identity_headers(self, names: list[str]) -> list[str]:
+        """Which of ``names`` (lower-case) carry identity and must be removed from an untrusted request."""
+        exact = {h.lower() for h in (*self.username_headers, *self.group_headers, *self.uid_headers)}
+        prefixes = tuple(p.lower() for p in self.extra_prefixes)
+        return [n for n in names if n in exact or (prefixes and n.startswith(prefixes))]
+
+
+def common_name(certificate: x509.Certificate) -> str | None:
+    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else None
+
+
+@attrs.define
+class RequestHeaderAuthenticator:
+    config: RequestHeaderConfig
+
+    def trusted(self, credentials: Credentials) -> bool:
+        cert = credentials.peer_certificate
+        if cert is None or not self.config.authorities or not issued_by(cert, self.config.authorities):
+            return False
+        return not self.config.allowed_names or common_name(cert) in self.config.allowed_names
+
+    async def authenticate(self, credentials: Credentials) -> UserInfo | None:
+        if not self.trusted(credentials):
+            return None
+        name = next(
+            (v for h in self.config.username_headers for v in credentials.header(h) if v),
+            None,
+        )
+        if not name:
+            return None
+        groups = tuple(v for h in self.config.group_headers for v in credentials.header(h))
+        uid = next((v for h in self.config.uid_headers for v in credentials.header(h) if v), "")
+        extra: dict[str, list[str]] = {}
+        for prefix in (p.lower() for p in self.config.extra_prefixes):
+            for header, values in credentials.headers.items():
+                if header.startswith(prefix) and len(header) > len(prefix):
+                    # Keys are sent lower-cased and percent-encoded by kube-apiserver.
+                    key = unquote(header[len(prefix) :].lower())
+                    extra.setdefault(key, []).extend(values)
+        return UserInfo(
+            name=name,
+            uid=uid,
+            groups=groups,
+            extra=tuple(sorted((k, tuple(v)) for k, v in extra.items())),
+        )

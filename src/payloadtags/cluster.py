@@ -1,0 +1,92 @@
+"""What payloadtags keeps from the cluster API: RBAC objects for access decisions and the
+authentication ConfigMap, each through a list+watch reflector."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+
+from payloadtags.access.authconfig import CONFIGMAP_NAME, CONFIGMAP_NAMESPACE, DynamicAuthentication
+from payloadtags.access.authn import UserInfo
+from payloadtags.access.rbac import RbacIndex
+from payloadtags.kube import KubeClient, Reflector, StoreListener
+
+RBAC = "/apis/rbac.authorization.k8s.io/v1"
+RBAC_COLLECTIONS = {
+    "Role": f"{RBAC}/roles",
+    "ClusterRole": f"{RBAC}/clusterroles",
+    "RoleBinding": f"{RBAC}/rolebindings",
+    "ClusterRoleBinding": f"{RBAC}/clusterrolebindings",
+}
+
+Obj = Mapping[str, Any]
+
+
+@attrs.define
+class _IndexFeed(StoreListener):
+    index: RbacIndex
+    kind: str
+
+    def on_add(self, obj: Obj) -> None:
+        self.index.upsert(self.kind, obj)
+
+    def on_update(self, old: Obj, new: Obj) -> None:
+        self.index.upsert(self.kind, new)
+
+    def on_delete(self, obj: Obj) -> None:
+        self.index.remove(self.kind, obj)
+
+    def on_replaced(self, objects: list[Obj]) -> None:
+        self.index.replace(self.kind, objects)
+
+
+def rbac_reflectors(
+    client: KubeClient, clock: IReactorTime, index: RbacIndex, **options: Any
+) -> list[Reflector]:
+    reflectors = []
+    for kind, path in RBAC_COLLECTIONS.items():
+        reflector = Reflector(client, path, clock, name=kind, **options)
+        reflector.add_listener(_IndexFeed(index, kind))
+        reflectors.append(reflector)
+    return reflectors
+
+
+@attrs.define
+class _ConfigMapFeed(StoreListener):
+    authentication: DynamicAuthentication
+
+    def on_add(self, obj: Obj) -> None:
+        self.authentication.update_from_configmap(obj.get("data") or {})
+
+    def on_update(self, old: Obj, new: Obj) -> None:
+        self.authentication.update_from_configmap(new.get("data") or {})
+
+
+def authentication_reflector(
+    client: KubeClient, clock: IReactorTime, authentication: DynamicAuthentication, **options: Any
+) -> Reflector:
+    # The reader Role is name-scoped, so the watch must select the ConfigMap by name.
+    reflector = Reflector(
+        client,
+        f"/api/v1/namespaces/{CONFIGMAP_NAMESPACE}/configmaps",
+        clock,
+        field_selector=f"metadata.name={CONFIGMAP_NAME}",
+        name="extension-apiserver-authentication",
+        **options,
+    )
+    reflector.add_listener(_ConfigMapFeed(authentication))
+    return reflector
+
+
+def token_reviewer(client: KubeClient) -> Callable[[str], Awaitable[UserInfo | None]]:
+    async def review(token: str) -> UserInfo | None:
+        user = await client.token_review(token)
+        if user is None:
+            return None
+        extra = tuple(sorted((k, tuple(v)) for k, v in user.extra.items()))
+        return UserInfo(name=user.username, uid=user.uid, groups=tuple(user.groups), extra=extra)
+
+    return review
