@@ -25,6 +25,13 @@ RBAC_COLLECTIONS = {
 Obj = Mapping[str, Any]
 
 
+def _own(options: dict[str, Any]) -> dict[str, Any]:
+    # A Backoff counts failures, so each reflector needs its own.
+    if "backoff" in options:
+        return {**options, "backoff": attrs.evolve(options["backoff"])}
+    return options
+
+
 @attrs.define
 class _IndexFeed(StoreListener):
     index: RbacIndex
@@ -48,7 +55,7 @@ def rbac_reflectors(
 ) -> list[Reflector]:
     reflectors = []
     for kind, path in RBAC_COLLECTIONS.items():
-        reflector = Reflector(client, path, clock, name=kind, **options)
+        reflector = Reflector(client, path, clock, name=kind, **_own(options))
         reflector.add_listener(_IndexFeed(index, kind))
         reflectors.append(reflector)
     return reflectors
@@ -75,7 +82,7 @@ def authentication_reflector(
         clock,
         field_selector=f"metadata.name={CONFIGMAP_NAME}",
         name="extension-apiserver-authentication",
-        **options,
+        **_own(options),
     )
     reflector.add_listener(_ConfigMapFeed(authentication))
     return reflector

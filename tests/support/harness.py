@@ -7,6 +7,7 @@ from typing import Any
 
 import attrs
 
+from payloadtags.kube import Backoff
 from payloadtags.registry import RegistrySettings
 from payloadtags.server import RunningServer, start
 from payloadtags.settings import Settings
@@ -69,6 +70,10 @@ def settings_for(pki: Pki, registry_url: str, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
+# Reflectors of a server under test reconnect fast: outages in tests last fractions of a second.
+FAST_REFLECTORS = {"watch_timeout": 30.0, "backoff": Backoff(initial=0.05, cap=0.5)}
+
+
 async def start_server(reactor: Any, pki: Pki, registry_url: str, **overrides: Any) -> ServerUnderTest:
     settings = settings_for(pki, registry_url, **overrides)
-    return ServerUnderTest(await start(reactor, settings), pki, settings)
+    return ServerUnderTest(await start(reactor, settings, reflector_options=FAST_REFLECTORS), pki, settings)

@@ -1,0 +1,156 @@
+"""Shared fixtures.
+
+Registries are session-scoped (each starts in well under a second, but there is no need to pay that per
+test); tests keep out of each other's way with unique repository names from the ``repo`` fixture.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+
+from payloadtags.registry import RegistryClient, RegistrySettings
+from tests.support.registry_server import (
+    RegistryServer,
+    TLSFiles,
+    TokenServer,
+    make_tls_files,
+    registry_available,
+)
+
+# --- registries -----------------------------------------------------------------------------------
+
+
+def _need_registry() -> None:
+    if not registry_available():
+        pytest.skip("docker-registry is not installed (apt-get install -y docker-registry)")
+
+
+@pytest.fixture(scope="session")
+def registry() -> Iterator[RegistryServer]:
+    """A running registry with deletes enabled, shared by the whole session."""
+    _need_registry()
+    with RegistryServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def readonly_registry(registry: RegistryServer) -> Iterator[RegistryServer]:
+    """The same storage as ``registry``, served in read-only (maintenance) mode."""
+    with RegistryServer(root=registry.root, readonly=True) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def nodelete_registry(registry: RegistryServer) -> Iterator[RegistryServer]:
+    """The same storage as ``registry``, served with storage deletes disabled."""
+    with RegistryServer(root=registry.root, delete_enabled=False) as server:
+        yield server
+
+
+BASIC_USER = ("pusher", "s3cret-basic")
+
+
+@pytest.fixture(scope="session")
+def htpasswd_registry() -> Iterator[RegistryServer]:
+    """A registry demanding HTTP basic auth (htpasswd, bcrypt) as BASIC_USER."""
+    _need_registry()
+    with RegistryServer(htpasswd=dict([BASIC_USER])) as server:
+        yield server
+
+
+TOKEN_USER = ("robot", "s3cret-token")
+
+
+@pytest.fixture(scope="session")
+def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenServer]:
+    """The token service of ``token_registry``; it wants TOKEN_USER's basic credentials."""
+    server = TokenServer(tmp_path_factory.mktemp("token"), users=dict([TOKEN_USER]))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def token_registry(token_server: TokenServer) -> Iterator[RegistryServer]:
+    """A registry with ``auth: token`` whose realm is ``token_server``."""
+    _need_registry()
+    username, password = TOKEN_USER
+    with RegistryServer(token_server=token_server, username=username, password=password) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def tls_registry(tls_files: TLSFiles) -> Iterator[RegistryServer]:
+    """A registry serving HTTPS with a certificate from a test CA (``tls_files.ca_file``)."""
+    _need_registry()
+    with RegistryServer(tls=tls_files) as server:
+        yield server
+
+
+# --- names and clients ------------------------------------------------------------------------------
+
+_counter = itertools.count()
+
+
+@pytest.fixture
+def repo(request: pytest.FixtureRequest) -> str:
+    """A repository name no other test uses: ``t<n>/<test name>``."""
+    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:60] or "test"
+    return f"t{next(_counter)}/{name}"
+
+
+@pytest.fixture
+def reactor() -> Any:
+    from twisted.internet import reactor as global_reactor
+
+    return global_reactor
+
+
+@pytest_twisted.async_yield_fixture
+async def make_client(reactor: Any) -> Any:
+    """make_client(server_or_url, **settings) -> RegistryClient, closed after the test."""
+    clients: list[RegistryClient] = []
+
+    def make(target: RegistryServer | str, **overrides: Any) -> RegistryClient:
+        if isinstance(target, str):
+            fields: dict[str, Any] = {"url": target}
+        else:
+            fields = {
+                "url": target.url,
+                "username": target.username,
+                "password": target.password,
+                "ca_file": target.ca_file,
+            }
+        fields.setdefault("timeout", 5.0)
+        fields.update(overrides)
+        client = RegistryClient(reactor, RegistrySettings(**fields))
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
+def registry_client(make_client: Callable[..., RegistryClient], registry: RegistryServer) -> RegistryClient:
+    return make_client(registry)
+
+
+from tests.support.kubeapi.fixtures import *  # noqa: E402, F403
+
+
+# --- payloadtags under test ---------------------------------------------------------------------------
+
+from tests.support.api_fixtures import api, kubectl_for, make_server, pki  # noqa: E402, F401
+from tests.support.kubeapi.fixtures import kube_api, kube_client, kube_kubeconfig  # noqa: E402, F401

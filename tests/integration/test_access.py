@@ -1,0 +1,402 @@
+"""Who may see and delete what, end to end over HTTPS: front proxy, client certificates, tokens, RBAC.
+
+The cluster API is the in-process test double; payloadtags reaches it through a kubeconfig, exactly as
+it reaches a real cluster.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet import task, utils
+
+from payloadtags.names import encode_name
+from tests.support import images
+from tests.support.kubeapi.resources import (
+    CLUSTERROLEBINDINGS,
+    CLUSTERROLES,
+    CONFIGMAPS,
+    NAMESPACES,
+    ROLEBINDINGS,
+    ROLES,
+)
+from tests.support.pki import Authority
+
+B = "/apis/payload-registry.deckhouse.io/v1alpha1"
+GROUP = "payload-registry.deckhouse.io"
+
+
+def collection(namespace: str) -> str:
+    return f"{B}/namespaces/{namespace}/payloadrepositorytags"
+
+
+def ensure_namespace(kube_api, name: str) -> None:
+    if not kube_api.store.exists(NAMESPACES, name):
+        kube_api.store.create(NAMESPACES, {"metadata": {"name": name}})
+
+
+def grant(kube_api, namespace: str, user: str, verbs: list[str], names: list[str] | None, role: str) -> None:
+    """A Role on payloadrepositoryaccesses and a RoleBinding of it to ``user``."""
+    ensure_namespace(kube_api, namespace)
+    rule = {"apiGroups": [GROUP], "resources": ["payloadrepositoryaccesses"], "verbs": verbs}
+    if names is not None:
+        rule["resourceNames"] = names
+    kube_api.store.create(ROLES, {"metadata": {"name": role}, "rules": [rule]}, namespace)
+    kube_api.store.create(
+        ROLEBINDINGS,
+        {
+            "metadata": {"name": role},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        },
+        namespace,
+    )
+
+
+async def eventually(check, timeout: float = 1.0, step: float = 0.05):
+    """Poll ``check`` (async, returns truthy when done) for at most ``timeout`` seconds."""
+    from twisted.internet import reactor
+
+    waited = 0.0
+    while True:
+        result = await check()
+        if result or waited >= timeout:
+            return result
+        await task.deferLater(reactor, step, lambda: None)
+        waited += step
+
+
+@pytest.fixture
+def namespace(repo: str) -> str:
+    return repo.split("/", 1)[0]
+
+
+@pytest_twisted.async_yield_fixture
+async def rbac_server(make_server, registry, kube_api, kube_kubeconfig):
+    yield await make_server(registry, kubeconfig=str(kube_kubeconfig), authorization_mode="RBAC")
+
+
+async def names_seen(client, namespace: str) -> list[tuple[str, str]]:
+    reply = await client.get(collection(namespace))
+    assert reply.code == 200, reply.body
+    return [(i["spec"]["repositoryPath"], i["spec"]["tag"]) for i in reply.json()["items"]]
+
+
+# --- RBAC enforcement ---------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_lists_show_only_allowed_paths(rbac_server, kube_api, registry, namespace, pki):
+    for path in ("app", "app/sub", "team/x", "other"):
+        images.push_oci_image(registry, f"{namespace}/{path}", "v1", seed=path)
+    alice = pki.client_ca.client("alice")
+    grant(kube_api, namespace, "alice", ["get"], ["app", "team/**"], "alice-read")
+    client = rbac_server.client(alice)
+    seen = await eventually(lambda: names_seen(client, namespace))
+    assert seen == [("app", "v1"), ("team/x", "v1")]
+    everything = (await client.get(f"{B}/payloadrepositorytags")).json()["items"]
+    assert sorted((i["metadata"]["namespace"], i["spec"]["repositoryPath"]) for i in everything) == [
+        (namespace, "app"),
+        (namespace, "team/x"),
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_user_without_rules_sees_nothing_and_gets_403(rbac_server, kube_api, registry, namespace, pki):
+    images.push_oci_image(registry, f"{namespace}/app", "v1")
+    bob = pki.client_ca.client("bob")
+    ensure_namespace(kube_api, namespace)
+    client = rbac_server.client(bob)
+    assert await eventually(lambda: names_seen(client, namespace), timeout=0.3) == []
+    name = encode_name("app", "v1")
+    reply = await client.get(f"{collection(namespace)}/{name}")
+    assert reply.code == 403
+    status = reply.json()
+    assert status["reason"] == "Forbidden"
+    assert status["message"] == (
+        f'payloadrepositorytags.payload-registry.deckhouse.io "{name}" is forbidden: User "bob" cannot get '
+        f'resource "payloadrepositorytags" in API group "payload-registry.deckhouse.io" in the namespace '
+        f'"{namespace}": no PayloadRepositoryAccess rule allows "get" on repository path "app"'
+    )
+    assert status["details"] == {"name": name, "group": GROUP, "kind": "payloadrepositorytags"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_needs_the_delete_verb(rbac_server, kube_api, registry, namespace, pki):
+    images.push_oci_image(registry, f"{namespace}/app", "v1")
+    carol = pki.client_ca.client("carol")
+    grant(kube_api, namespace, "carol", ["get"], None, "carol-read")
+    client = rbac_server.client(carol)
+    url = f"{collection(namespace)}/{encode_name('app', 'v1')}"
+    assert (await eventually(lambda: _code_is(client, url, 200))) is True
+    denied = await client.delete(url)
+    assert denied.code == 403
+    assert 'cannot delete resource "payloadrepositorytags"' in denied.json()["message"]
+    assert images.list_tags(registry, f"{namespace}/app") == ["v1"]
+    grant(kube_api, namespace, "carol", ["delete"], ["app"], "carol-delete")
+
+    async def deleted() -> bool:
+        return (await client.delete(url)).code == 200
+
+    assert await eventually(deleted) is True
+    assert images.list_tags(registry, f"{namespace}/app") == []
+
+
+async def _code_is(client, url: str, code: int) -> bool:
+    return (await client.get(url)).code == code
+
+
+@pytest_twisted.ensureDeferred
+async def test_deletecollection_with_a_denied_tag_deletes_nothing(
+    rbac_server, kube_api, registry, namespace, pki
+):
+    images.push_oci_image(registry, f"{namespace}/mine", "v1")
+    images.push_oci_image(registry, f"{namespace}/theirs", "v1")
+    dave = pki.client_ca.client("dave")
+    grant(kube_api, namespace, "dave", ["get", "delete"], ["mine"], "dave")
+    client = rbac_server.client(dave)
+    assert await eventually(lambda: names_seen(client, namespace)) == [("mine", "v1")]
+    reply = await client.delete(collection(namespace))
+    assert reply.code == 403
+    assert "deletecollection" in reply.json()["message"]
+    assert images.list_tags(registry, f"{namespace}/mine") == ["v1"]
+    assert images.list_tags(registry, f"{namespace}/theirs") == ["v1"]
+    selected = await client.delete(
+        collection(namespace) + f"?fieldSelector=metadata.name%3D{encode_name('mine', 'v1')}"
+    )
+    assert selected.code == 200
+    assert images.list_tags(registry, f"{namespace}/mine") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_rbac_edits_apply_within_a_second(rbac_server, kube_api, registry, namespace, pki):
+    images.push_oci_image(registry, f"{namespace}/app", "v1")
+    erin = pki.client_ca.client("erin")
+    ensure_namespace(kube_api, namespace)
+    client = rbac_server.client(erin)
+    assert await names_seen(client, namespace) == []
+    kube_api.store.create(
+        CLUSTERROLES,
+        {
+            "metadata": {"name": f"{namespace}-reader"},
+            "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["get"]}],
+        },
+    )
+    kube_api.store.create(
+        CLUSTERROLEBINDINGS,
+        {
+            "metadata": {"name": f"{namespace}-erin"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": f"{namespace}-reader",
+            },
+            "subjects": [{"kind": "Group", "name": "erin-team"}, {"kind": "User", "name": "erin"}],
+        },
+    )
+
+    async def visible() -> bool:
+        return await names_seen(client, namespace) == [("app", "v1")]
+
+    assert await eventually(visible, timeout=1.0) is True
+    kube_api.store.delete(CLUSTERROLEBINDINGS, f"{namespace}-erin")
+
+    async def hidden() -> bool:
+        return await names_seen(client, namespace) == []
+
+    assert await eventually(hidden, timeout=1.0) is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_system_masters_is_always_allowed(rbac_server, registry, namespace, pki):
+    images.push_oci_image(registry, f"{namespace}/app", "v1")
+    root = pki.client_ca.client("root", ("system:masters",))
+    assert await eventually(lambda: names_seen(rbac_server.client(root), namespace)) == [("app", "v1")]
+
+
+# --- front proxy -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def front_proxy(tmp_path: Path):
+    ca = Authority.create(tmp_path / "front-proxy", "front-proxy")
+    return (
+        ca,
+        ca.client("front-proxy-client", stem="front-proxy-client"),
+        ca.client("intruder", stem="intruder"),
+    )
+
+
+@pytest_twisted.async_yield_fixture
+async def proxied_server(make_server, registry, kube_api, kube_kubeconfig, front_proxy):
+    ca, _, _ = front_proxy
+    yield await make_server(
+        registry,
+        kubeconfig=str(kube_kubeconfig),
+        authorization_mode="RBAC",
+        requestheader_client_ca_file=str(ca.cert_file),
+        requestheader_allowed_names=("front-proxy-client",),
+    )
+
+
+def as_user(name: str, *groups: str, extra: dict[str, list[str]] | None = None) -> dict[str, str | list[str]]:
+    headers: dict[str, str | list[str]] = {"X-Remote-User": name}
+    if groups:
+        headers["X-Remote-Group"] = list(groups)
+    for key, values in (extra or {}).items():
+        headers[f"X-Remote-Extra-{key}"] = values
+    return headers
+
+
+@pytest_twisted.ensureDeferred
+async def test_front_proxy_identity_is_used(proxied_server, kube_api, registry, namespace, front_proxy):
+    _, proxy, _ = front_proxy
+    images.push_oci_image(registry, f"{namespace}/app", "v1")
+    ensure_namespace(kube_api, namespace)
+    kube_api.store.create(
+        ROLES,
+        {
+            "metadata": {"name": "readers"},
+            "rules": [{"apiGroups": [GROUP], "resources": ["payloadrepositoryaccesses"], "verbs": ["get"]}],
+        },
+        namespace,
+    )
+    kube_api.store.create(
+        ROLEBINDINGS,
+        {
+            "metadata": {"name": "readers"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "readers"},
+            "subjects": [{"kind": "Group", "name": "second-group"}],
+        },
+        namespace,
+    )
+    client = proxied_server.client(proxy)
+    headers = as_user("frank", "first-group", "second-group", extra={"Scopes": ["a", "b"]})
+
+    async def sees() -> bool:
+        reply = await client.get(collection(namespace), headers=headers)
+        return reply.code == 200 and len(reply.json()["items"]) == 1
+
+    # The second value of the repeated group header is what grants access.
+    assert await eventually(sees) is True
+    nobody = await client.get(collection(namespace), headers=as_user("frank", "first-group"))
+    assert nobody.json()["items"] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_forged_headers_are_never_trusted(proxied_server, front_proxy, pki):
+    _, _, intruder = front_proxy
+    forged = as_user("admin", "system:masters")
+    # No certificate at all: the headers alone identify nobody.
+    assert (await proxied_server.client(None).get(collection("ns1"), headers=forged)).code == 401
+    # A certificate from the front-proxy CA with a CN that is not allowed.
+    assert (await proxied_server.client(intruder).get(collection("ns1"), headers=forged)).code == 401
+    # A genuine user certificate (client CA): the user is the certificate's, not the header's.
+    mallory = pki.client_ca.client("mallory")
+    reply = await proxied_server.client(mallory).get(
+        f"{collection('ns1')}/{encode_name('x', 'y')}", headers=forged
+    )
+    assert reply.code == 403
+    assert 'User "mallory"' in reply.json()["message"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_certificate_from_an_unknown_ca_fails_the_handshake(proxied_server, tmp_path):
+    stranger = Authority.create(tmp_path / "stranger", "stranger").client("front-proxy-client")
+    with pytest.raises(Exception) as failure:
+        await proxied_server.client(stranger).get(collection("ns1"), headers=as_user("admin"))
+    assert "SSL" in repr(failure.value) or "ssl" in repr(failure.value).lower()
+
+
+# --- the authentication ConfigMap ------------------------------------------------------------------------
+
+
+def auth_configmap(requestheader_ca: Path, allowed: list[str]) -> dict:
+    return {
+        "metadata": {"name": "extension-apiserver-authentication"},
+        "data": {
+            "requestheader-client-ca-file": requestheader_ca.read_text(),
+            "requestheader-allowed-names": json.dumps(allowed),
+            "requestheader-username-headers": json.dumps(["X-Remote-User"]),
+            "requestheader-group-headers": json.dumps(["X-Remote-Group"]),
+            "requestheader-extra-headers-prefix": json.dumps(["X-Remote-Extra-"]),
+        },
+    }
+
+
+@pytest_twisted.ensureDeferred
+async def test_configmap_rotation_applies_without_restart(
+    make_server, registry, kube_api, kube_kubeconfig, tmp_path, namespace
+):
+    old = Authority.create(tmp_path / "old", "front-proxy-old")
+    new = Authority.create(tmp_path / "new", "front-proxy-new")
+    old_proxy = old.client("front-proxy-client", stem="old-proxy")
+    new_proxy = new.client("front-proxy-client", stem="new-proxy")
+    ensure_namespace(kube_api, "kube-system")
+    kube_api.store.create(CONFIGMAPS, auth_configmap(old.cert_file, ["front-proxy-client"]), "kube-system")
+    server = await make_server(registry, kubeconfig=str(kube_kubeconfig), authorization_mode="RBAC")
+    headers = as_user("root", "system:masters")
+
+    async def works(proxy) -> bool:
+        try:
+            return (await server.client(proxy).get(collection(namespace), headers=headers)).code == 200
+        except Exception:
+            return False
+
+    assert await eventually(lambda: works(old_proxy)) is True
+    assert await works(new_proxy) is False
+    current = kube_api.store.get(CONFIGMAPS, "extension-apiserver-authentication", "kube-system")
+    current["data"] = auth_configmap(new.cert_file, ["front-proxy-client"])["data"]
+    kube_api.store.update(CONFIGMAPS, current, namespace="kube-system")
+    assert await eventually(lambda: works(new_proxy)) is True
+    assert await works(old_proxy) is False
+    # The allowed names are live too.
+    current = kube_api.store.get(CONFIGMAPS, "extension-apiserver-authentication", "kube-system")
+    current["data"]["requestheader-allowed-names"] = json.dumps(["someone-else"])
+    kube_api.store.update(CONFIGMAPS, current, namespace="kube-system")
+
+    async def refused() -> bool:
+        return not await works(new_proxy)
+
+    assert await eventually(refused) is True
+
+
+# --- bearer tokens ---------------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_bearer_token_with_curl(rbac_server, kube_api, registry, namespace):
+    images.push_oci_image(registry, f"{namespace}/app", "v1")
+    kube_api.add_token("good-token-123", "system:serviceaccount:tools:reader", ("system:serviceaccounts",))
+    grant(kube_api, namespace, "system:serviceaccount:tools:reader", ["get"], None, "sa-read")
+
+    async def curl(token: str) -> tuple[int, dict]:
+        out, _err, code = await utils.getProcessOutputAndValue(
+            "curl",
+            [
+                "-sS",
+                "--cacert",
+                str(rbac_server.pki.server_ca.cert_file),
+                "-H",
+                f"Authorization: Bearer {token}",
+                "-w",
+                "\n%{http_code}",
+                rbac_server.url + collection(namespace),
+            ],
+        )
+        body, _, status = out.decode().rpartition("\n")
+        return int(status), json.loads(body)
+
+    async def allowed() -> bool:
+        status, body = await curl("good-token-123")
+        return status == 200 and len(body["items"]) == 1
+
+    assert await eventually(allowed) is True
+    status, body = await curl("forged-token")
+    assert status == 401
+    assert body["reason"] == "Unauthorized"
+    reviews = [r for r in kube_api.requests if "tokenreviews" in r.path]
+    assert len([r for r in reviews]) >= 2
