@@ -147,10 +147,7 @@ def registry_client(make_client: Callable[..., RegistryClient], registry: Regist
     return make_client(registry)
 
 
-from tests.support.kubeapi.fixtures import *  # noqa: E402, F403
-
-
 # --- payloadtags under test ---------------------------------------------------------------------------
-
 from tests.support.api_fixtures import api, kubectl_for, make_server, pki  # noqa: E402, F401
+from tests.support.kubeapi.fixtures import *  # noqa: E402, F403
 from tests.support.kubeapi.fixtures import kube_api, kube_client, kube_kubeconfig  # noqa: E402, F401

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import weakref
 from collections.abc import Sequence
 
 import attrs
@@ -62,8 +63,20 @@ class ServingCertificate:
         return cls((cert,), key)
 
 
+# Whether OpenSSL verified each connection's client certificate chain against the trusted CAs.
+_verified: weakref.WeakKeyDictionary[SSL.Connection, bool] = weakref.WeakKeyDictionary()
+
+
 def _verify(connection: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
-    return bool(ok)
+    # Never fail the handshake: like kube-apiserver, an untrusted certificate only means the request
+    # is not authenticated by it (401, or a bearer token may still identify the caller).
+    _verified[connection] = _verified.get(connection, True) and bool(ok)
+    return True
+
+
+def client_certificate_verified(connection: object) -> bool:
+    """Whether the peer presented a client certificate that chains to a trusted CA, valid now."""
+    return isinstance(connection, SSL.Connection) and _verified.get(connection, False)
 
 
 def server_context(serving: ServingCertificate, client_cas: Sequence[x509.Certificate]) -> SSL.Context:

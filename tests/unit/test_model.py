@@ -259,7 +259,7 @@ def test_conflict_wording() -> None:
     assert body["details"] == {"name": "abc", "group": GROUP, "kind": "payloadrepositorytags"}
 
 
-def test_service_unavailable_and_timeout_carry_retry_after() -> None:
+def test_service_unavailable_carries_retry_after_and_timeout_does_not() -> None:
     unavailable = errors.service_unavailable("registry down", retry_after=7)
     assert unavailable.retry_after == 7
     assert _body(unavailable)["details"] == {"retryAfterSeconds": 7}
@@ -269,8 +269,10 @@ def test_service_unavailable_and_timeout_carry_retry_after() -> None:
         504,
         "Timeout",
         "Timeout: registry slow",
-        5,
+        None,
     )
+    assert "details" not in _body(slow)
+    assert errors.service_unavailable("bad credentials", retry_after=None).retry_after is None
 
 
 def test_internal_error_wording() -> None:

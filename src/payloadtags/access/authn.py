@@ -7,6 +7,7 @@ from typing import Protocol
 
 import attrs
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
 AUTHENTICATED = "system:authenticated"
@@ -50,7 +51,7 @@ def issued_by(certificate: x509.Certificate, authorities: Sequence[x509.Certific
             continue
         try:
             certificate.verify_directly_issued_by(authority)
-        except (ValueError, TypeError, x509.InvalidSignature):
+        except (ValueError, TypeError, InvalidSignature):
             continue
         return True
     return False

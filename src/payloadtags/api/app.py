@@ -39,6 +39,7 @@ from payloadtags.api.tags import TagsService
 from payloadtags.model import GROUP, GROUP_VERSION, RESOURCE, to_json
 from payloadtags.names import is_namespace
 from payloadtags.registry.errors import RegistryError
+from payloadtags.tls import client_certificate_verified
 
 log = Logger()
 
@@ -60,7 +61,7 @@ def _credentials(request: IRequest) -> Credentials:
     certificate = None
     transport = request.channel.transport if request.channel is not None else None
     get_peer = getattr(transport, "getPeerCertificate", None)
-    if get_peer is not None:
+    if get_peer is not None and client_certificate_verified(transport.getHandle()):
         peer = get_peer()
         if peer is not None:
             certificate = peer.to_cryptography()

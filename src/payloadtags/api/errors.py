@@ -103,24 +103,14 @@ def unsupported_media_type(content_type: str) -> ApiError:
     )
 
 
-def service_unavailable(message: str, retry_after: int = 5) -> ApiError:
-    return ApiError(
-        503,
-        "ServiceUnavailable",
-        message,
-        StatusDetails(retry_after_seconds=retry_after),
-        retry_after=retry_after,
-    )
+def service_unavailable(message: str, retry_after: int | None = 1) -> ApiError:
+    details = StatusDetails(retry_after_seconds=retry_after) if retry_after is not None else None
+    return ApiError(503, "ServiceUnavailable", message, details, retry_after=retry_after)
 
 
-def timeout(message: str, retry_after: int = 5) -> ApiError:
-    return ApiError(
-        504,
-        "Timeout",
-        f"Timeout: {message}",
-        StatusDetails(retry_after_seconds=retry_after),
-        retry_after=retry_after,
-    )
+def timeout(message: str) -> ApiError:
+    # No Retry-After: client-go would repeat the slow request up to ten times.
+    return ApiError(504, "Timeout", f"Timeout: {message}")
 
 
 def internal(message: str) -> ApiError:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from payloadtags.api.errors import ApiError, path_not_found, service_unavailable, timeout
 from payloadtags.registry.errors import (
-    RegistryAuthFailed,
     RegistryDeleteDisabled,
     RegistryError,
     RegistryNotFound,
@@ -13,21 +12,23 @@ from payloadtags.registry.errors import (
     RegistryUnavailable,
 )
 
+# client-go retries a 5xx that carries Retry-After up to ten times, sleeping that long before each try,
+# so kubectl would hang for minutes on the registry's own estimate; one second rides over a blip and
+# then shows the user the message. Failures a retry cannot fix carry no Retry-After at all.
+CLIENT_RETRY_AFTER = 1
+
 
 def api_error_for(error: RegistryError) -> ApiError:
     message = str(error)
     match error:
         case RegistryTimeout():
             return timeout(message)
-        case RegistryReadOnly():
-            return service_unavailable(message, retry_after=getattr(error, "retry_after", 30) or 30)
-        case RegistryUnavailable():
-            return service_unavailable(message, retry_after=getattr(error, "retry_after", 5) or 5)
+        case RegistryReadOnly() | RegistryUnavailable():
+            return service_unavailable(message, retry_after=CLIENT_RETRY_AFTER)
         case RegistryDeleteDisabled():
             return ApiError(405, "MethodNotAllowed", message)
-        case RegistryAuthFailed():
-            return service_unavailable(message, retry_after=30)
         case RegistryNotFound():
             return path_not_found()
         case _:
-            return service_unavailable(message, retry_after=5)
+            # Rejected credentials, unexpected answers: the operator has to act, retrying will not help.
+            return service_unavailable(message, retry_after=None)

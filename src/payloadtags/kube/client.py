@@ -1,0 +1,519 @@
+"""A small asynchronous client for the Kubernetes API, over treq.
+
+Only what payloadtags needs: JSON CRUD on any path, watch streams, and TokenReview. Every request
+has a timeout; every failure is one of the `payloadtags.kube.errors` exceptions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Callable, Coroutine, Mapping
+from pathlib import Path
+from typing import Any, Final, TypeVar
+from urllib.parse import quote
+
+import attrs
+import cattrs
+import treq
+from OpenSSL import SSL
+from treq.client import HTTPClient
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectError, ConnectingCancelledError, ConnectionClosed, DNSLookupError
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    HTTPConnectionPool,
+    RequestNotSent,
+    RequestTransmissionFailed,
+    ResponseDone,
+    ResponseFailed,
+)
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import IResponse
+
+from payloadtags import __version__
+from payloadtags.kube.config import ClusterConfig
+from payloadtags.kube.errors import (
+    KubeApiError,
+    KubeProtocolError,
+    KubeStreamLost,
+    KubeTimeout,
+    KubeUnavailable,
+    status_from_body,
+)
+from payloadtags.kube.framing import LineFramer
+from payloadtags.kube.tls import ClusterTLSPolicy
+
+log = Logger()
+
+T = TypeVar("T")
+Obj = dict[str, Any]
+
+DEFAULT_REQUEST_TIMEOUT: Final = 30.0
+# client-go re-reads a service-account token file once a minute; kubelet rotates it well before
+# it expires, so a minute-old copy is always still valid.
+TOKEN_REREAD_PERIOD: Final = 60.0
+MERGE_PATCH: Final = "application/merge-patch+json"
+
+ADDED: Final = "ADDED"
+MODIFIED: Final = "MODIFIED"
+DELETED: Final = "DELETED"
+BOOKMARK: Final = "BOOKMARK"
+ERROR: Final = "ERROR"
+
+# Failures of the transport, as opposed to answers from the server.
+_CONNECTION_ERRORS = (
+    ConnectError,
+    ConnectingCancelledError,
+    ConnectionClosed,
+    DNSLookupError,
+    RequestNotSent,
+    RequestTransmissionFailed,
+    ResponseFailed,
+    SSL.Error,
+    OSError,
+)
+
+
+def resource_path(
+    group: str, version: str, plural: str, namespace: str | None = None, name: str | None = None
+) -> str:
+    """The API path of a collection or an object: core group ``""`` lives under ``/api``."""
+    parts = ["/api/" + version] if group == "" else [f"/apis/{group}/{version}"]
+    if namespace is not None:
+        parts.append("namespaces/" + quote(namespace, safe=""))
+    parts.append(plural)
+    if name is not None:
+        parts.append(quote(name, safe=""))
+    return "/".join(parts)
+
+
+@attrs.frozen
+class UserInfo:
+    """Who a token belongs to, as a TokenReview reports it."""
+
+    username: str
+    uid: str = ""
+    groups: tuple[str, ...] = ()
+    extra: dict[str, tuple[str, ...]] = attrs.field(factory=dict, hash=False)
+
+
+_converter = cattrs.Converter()
+
+
+@attrs.frozen
+class WatchEvent:
+    """One event of a watch stream: ``type`` is ADDED, MODIFIED, DELETED or BOOKMARK."""
+
+    type: str
+    object: Obj
+
+    @property
+    def resource_version(self) -> str | None:
+        rv = (self.object.get("metadata") or {}).get("resourceVersion")
+        return str(rv) if rv else None
+
+
+class KubeClient:
+    """Talks to one cluster API server. Create it once (building the TLS context reads files),
+    share it, and `close` it at shutdown."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        config: ClusterConfig,
+        *,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        connect_timeout: float = 10.0,
+        max_idle_connections: int = 16,
+        token_reread_period: float = TOKEN_REREAD_PERIOD,
+    ) -> None:
+        self._reactor = reactor
+        self._config = config
+        self._request_timeout = request_timeout
+        self._tokens = _TokenSource(config, reactor, token_reread_period)
+        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        # Idle connections kept for reuse. Open watches hold connections of their own on top; with
+        # several reflectors, the default of 2 would make most requests open a new connection.
+        self._pool.maxPersistentPerHost = max_idle_connections
+        policy = ClusterTLSPolicy.from_config(config) if config.uses_tls else BrowserLikePolicyForHTTPS()
+        agent = Agent(reactor, contextFactory=policy, connectTimeout=connect_timeout, pool=self._pool)
+        self._http = HTTPClient(agent)
+        self._streams: set[WatchStream] = set()
+        self._user_agent = f"payloadtags/{__version__}"
+
+    @property
+    def config(self) -> ClusterConfig:
+        return self._config
+
+    async def get(self, path: str, params: Mapping[str, str] | None = None) -> Obj:
+        return await self._call("GET", path, params=params)
+
+    async def list(self, path: str, params: Mapping[str, str] | None = None) -> Obj:
+        """One page of a list: pass ``limit`` and ``continue`` in `params` to paginate."""
+        return await self._call("GET", path, params=params)
+
+    async def create(self, path: str, body: Obj) -> Obj:
+        return await self._call("POST", path, body=body)
+
+    async def update(self, path: str, body: Obj) -> Obj:
+        """PUT; a ``metadata.resourceVersion`` in `body` makes it conditional (409 on mismatch)."""
+        return await self._call("PUT", path, body=body)
+
+    async def patch(self, path: str, patch: Obj, content_type: str = MERGE_PATCH) -> Obj:
+        return await self._call("PATCH", path, body=patch, content_type=content_type)
+
+    async def delete(self, path: str, options: Obj | None = None) -> Obj:
+        """DELETE with optional DeleteOptions (preconditions, propagationPolicy, dryRun)."""
+        return await self._call("DELETE", path, body=options)
+
+    async def watch(
+        self, path: str, params: Mapping[str, str] | None = None, *, stream_timeout: float | None = None
+    ) -> WatchStream:
+        """Open a watch; returns once the server has accepted it (HTTP 200).
+
+        The stream is cut if it outlives `stream_timeout`: by default the ``timeoutSeconds`` asked
+        of the server plus the request timeout, which guards against a connection that died
+        without either side noticing.
+        """
+        query = {**(params or {}), "watch": "true"}
+        if stream_timeout is None and "timeoutSeconds" in query:
+            stream_timeout = float(query["timeoutSeconds"]) + self._request_timeout
+        response = await self._bounded(self._send("GET", path, query), f"watch {path}")
+        if response.code != 200:
+            body = await self._bounded(_read_body(response, f"watch {path}"), f"watch {path}")
+            raise self._api_error(response, body)
+        stream = WatchStream(response, self._reactor, stream_timeout=stream_timeout)
+        self._streams.add(stream)
+        stream.on_close(self._streams.discard)
+        return stream
+
+    async def token_review(self, token: str, audiences: tuple[str, ...] = ()) -> UserInfo | None:
+        """Ask the API server whose `token` this is: the user, or None when it is not valid."""
+        spec: Obj = {"token": token}
+        if audiences:
+            spec["audiences"] = list(audiences)
+        review = await self.create(
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec},
+        )
+        status = review.get("status") or {}
+        user = status.get("user") or {}
+        if not status.get("authenticated") or not user.get("username"):
+            return None
+        # A token meant for another audience must not be accepted here (as in k8s.io/apiserver).
+        if audiences and status.get("audiences") and not set(audiences) & set(status["audiences"]):
+            return None
+        try:
+            return _converter.structure(user, UserInfo)
+        except (cattrs.BaseValidationError, ValueError, TypeError) as e:
+            raise KubeProtocolError(f"malformed TokenReview user: {e}") from e
+
+    async def close(self) -> None:
+        """Abort open watches and close pooled connections."""
+        for stream in list(self._streams):
+            stream.close()
+        await self._pool.closeCachedConnections()
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Obj | None = None,
+        content_type: str = "application/json",
+    ) -> Obj:
+        what = f"{method} {path}"
+
+        async def exchange() -> tuple[IResponse, bytes]:
+            data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+            response = await self._send(method, path, params, data, content_type)
+            return response, await _read_body(response, what)
+
+        response, raw = await self._bounded(exchange(), what)
+        if response.code >= 400:
+            raise self._api_error(response, raw)
+        try:
+            decoded = json.loads(raw)
+        except ValueError as e:
+            raise KubeProtocolError(f"{what}: reply is not JSON") from e
+        if not isinstance(decoded, dict):
+            raise KubeProtocolError(f"{what}: reply is not a JSON object")
+        return decoded
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str] | None,
+        data: bytes | None = None,
+        content_type: str = "application/json",
+    ) -> IResponse:
+        headers = {"Accept": "application/json", "User-Agent": self._user_agent}
+        if data is not None:
+            headers["Content-Type"] = content_type
+        token = self._tokens.current()
+        if token is not None:
+            headers["Authorization"] = "Bearer " + token
+        try:
+            return await self._http.request(
+                method,
+                self._config.server + path,
+                params=dict(params or {}),
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+                unbuffered=True,
+            )
+        except _CONNECTION_ERRORS as e:
+            _raise_if_cancelled(e)
+            raise KubeUnavailable(f"{method} {path}: {_describe(e)}") from e
+
+    async def _bounded(self, work: Coroutine[Any, Any, T], what: str) -> T:
+        """Run `work` under the request timeout, turning expiry into `KubeTimeout`."""
+        d = Deferred.fromCoroutine(work)
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            d.cancel()
+
+        call = self._reactor.callLater(self._request_timeout, expire)
+        try:
+            return await d
+        except Exception as e:
+            if expired:
+                raise KubeTimeout(f"{what}: no answer within {self._request_timeout:g}s") from e
+            raise
+        finally:
+            if call.active():
+                call.cancel()
+
+    def _api_error(self, response: IResponse, body: bytes) -> KubeApiError:
+        retry_after = response.headers.getRawHeaders(b"retry-after", [b""])[0].decode("latin-1")
+        if response.code == 401:
+            # A rotated token may have been revoked already: read it again before the next call.
+            self._tokens.invalidate()
+        return KubeApiError(status_from_body(response.code, body, retry_after), response.code)
+
+
+async def _read_body(response: IResponse, what: str) -> bytes:
+    try:
+        return await treq.content(response)
+    except _CONNECTION_ERRORS as e:
+        _raise_if_cancelled(e)
+        raise KubeUnavailable(f"{what}: reply cut short: {_describe(e)}") from e
+
+
+def _raise_if_cancelled(error: BaseException) -> None:
+    # Agent reports a cancelled request as a transport failure (wrapping CancelledError, or as
+    # ConnectingCancelledError); a cancellation must stay a cancellation so that callers stopping
+    # work are not told to retry.
+    if isinstance(error, ConnectingCancelledError):
+        raise CancelledError() from error
+    for reason in getattr(error, "reasons", ()):
+        if isinstance(reason, Failure) and reason.check(CancelledError):
+            raise CancelledError() from error
+
+
+def _describe(error: BaseException) -> str:
+    reasons = getattr(error, "reasons", None)
+    if reasons:
+        return "; ".join(str(r.value) if isinstance(r, Failure) else str(r) for r in reasons)
+    return str(error) or type(error).__name__
+
+
+class _TokenSource:
+    def __init__(self, config: ClusterConfig, clock: IReactorTime, period: float) -> None:
+        self._config = config
+        self._clock = clock
+        self._period = period
+        self._token: str | None = None
+        self._read_at = float("-inf")
+
+    def current(self) -> str | None:
+        if self._config.token_file is None:
+            return self._config.token
+        now = self._clock.seconds()
+        if self._token is None or now - self._read_at >= self._period:
+            self._read_at = now
+            try:
+                # A synchronous read on the reactor, on purpose: the projected token is a few
+                # hundred bytes on a tmpfs, read at most once a minute.
+                self._token = Path(self._config.token_file).read_text().strip() or self._token
+            except OSError as e:
+                if self._token is None:
+                    raise KubeUnavailable(f"cannot read token file {self._config.token_file}: {e}") from e
+                log.warn(
+                    "Keeping the previous token: cannot read {path}: {error}",
+                    path=self._config.token_file,
+                    error=e,
+                )
+        return self._token
+
+    def invalidate(self) -> None:
+        self._read_at = float("-inf")
+
+
+class WatchStream:
+    """The events of one watch response, as an async iterator of `WatchEvent`.
+
+    Iteration ends cleanly when the server ends the stream (``timeoutSeconds`` reached). It raises
+    `KubeApiError` for an ERROR event (410 Expired: relist), `KubeStreamLost` when the connection
+    breaks, `KubeTimeout` past the stream deadline, `KubeProtocolError` for undecodable lines.
+    Events are buffered; past `high_water` undelivered events the connection is paused, so a slow
+    consumer slows the server down instead of growing memory.
+    """
+
+    def __init__(
+        self,
+        response: IResponse,
+        clock: IReactorTime,
+        *,
+        stream_timeout: float | None = None,
+        high_water: int = 1000,
+    ) -> None:
+        self._framer = LineFramer()
+        self._events: deque[WatchEvent] = deque()
+        self._high_water = high_water
+        self._producer: IPushProducer | None = None
+        self._paused = False
+        self._finished = False
+        self._closed = False
+        self._error: Exception | None = None
+        self._waiter: Deferred[None] | None = None
+        self._close_callbacks: list[Callable[[WatchStream], object]] = []
+        self._deadline: IDelayedCall | None = None
+        if stream_timeout is not None:
+            self._deadline = clock.callLater(stream_timeout, self._expire, stream_timeout)
+        response.deliverBody(_StreamProtocol(self))
+
+    def __aiter__(self) -> WatchStream:
+        return self
+
+    async def __anext__(self) -> WatchEvent:
+        while True:
+            if self._events:
+                event = self._events.popleft()
+                if self._paused and len(self._events) <= self._high_water // 2 and self._producer:
+                    self._paused = False
+                    self._producer.resumeProducing()
+                if event.type == ERROR:
+                    self.close()
+                    status = event.object
+                    code = status.get("code")
+                    raise KubeApiError(status, code if isinstance(code, int) else 500)
+                return event
+            if self._error is not None:
+                raise self._error
+            if self._finished or self._closed:
+                raise StopAsyncIteration
+            self._waiter = Deferred(self._cancel_wait)
+            await self._waiter
+
+    def close(self) -> None:
+        """Stop receiving: the connection is dropped (a watch cannot go back to the pool)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_deadline()
+        if self._producer is not None and not self._finished:
+            self._producer.stopProducing()
+        self._wake()
+        self._run_close_callbacks()
+
+    def on_close(self, callback: Callable[[WatchStream], object]) -> None:
+        """Call `callback` once, when the stream is closed or the connection ends."""
+        self._close_callbacks.append(callback)
+
+    def _run_close_callbacks(self) -> None:
+        callbacks, self._close_callbacks = self._close_callbacks, []
+        for callback in callbacks:
+            callback(self)
+
+    def _cancel_wait(self, _d: Deferred[None]) -> None:
+        # Leave the Deferred to be errbacked with CancelledError by cancel() itself.
+        self._waiter = None
+        self.close()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.callback(None)
+
+    def _connected(self, producer: IPushProducer) -> None:
+        self._producer = producer
+
+    def _data(self, data: bytes) -> None:
+        if self._closed or self._error is not None:
+            return
+        try:
+            for line in self._framer.feed(data):
+                self._events.append(_decode_event(line))
+        except KubeProtocolError as e:
+            self._fail(e)
+            return
+        if not self._paused and len(self._events) >= self._high_water and self._producer is not None:
+            self._paused = True
+            self._producer.pauseProducing()
+        self._wake()
+
+    def _lost(self, reason: Failure) -> None:
+        self._finished = True
+        self._stop_deadline()
+        if not self._closed and self._error is None:
+            if not reason.check(ResponseDone, PotentialDataLoss):
+                self._error = KubeStreamLost(f"watch stream broken: {_describe(reason.value)}")
+            elif self._framer.pending.strip():
+                self._error = KubeStreamLost("watch stream ended inside an event")
+        self._wake()
+        self._run_close_callbacks()
+
+    def _expire(self, stream_timeout: float) -> None:
+        self._deadline = None
+        self._fail(KubeTimeout(f"watch stream still open after {stream_timeout:g}s"))
+
+    def _fail(self, error: Exception) -> None:
+        self._error = error
+        if self._producer is not None and not self._finished:
+            self._producer.stopProducing()
+        self._wake()
+
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+
+class _StreamProtocol(Protocol):
+    def __init__(self, stream: WatchStream) -> None:
+        self._stream = stream
+
+    def connectionMade(self) -> None:
+        self._stream._connected(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._stream._data(data)
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self._stream._lost(reason)
+
+
+def _decode_event(line: bytes) -> WatchEvent:
+    try:
+        raw = json.loads(line)
+    except ValueError as e:
+        raise KubeProtocolError(f"watch event is not JSON: {line[:200]!r}") from e
+    if (
+        not isinstance(raw, dict)
+        or not isinstance(raw.get("type"), str)
+        or not isinstance(raw.get("object"), dict)
+    ):
+        raise KubeProtocolError(f"watch event is not an event object: {line[:200]!r}")
+    return WatchEvent(raw["type"], raw["object"])

@@ -1,0 +1,182 @@
+"""Where the cluster API is and how to authenticate to it.
+
+`load_cluster_config` is **blocking**: it reads files, and a kubeconfig may run an exec credential
+plugin. Call it once at start-up, before the reactor runs (or from a thread), never from a request
+handler. Everything it returns is plain data that the reactor-side client uses without blocking.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import attrs
+
+if TYPE_CHECKING:
+    from kubernetes.client import Configuration
+
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+SERVICE_HOST_ENV = "KUBERNETES_SERVICE_HOST"
+
+
+class ConfigError(Exception):
+    """The cluster configuration is missing a piece or cannot be read."""
+
+
+def _redact(value: object) -> str:
+    return "None" if value is None else "'<redacted>'"
+
+
+_EXCLUSIVE = (
+    ("ca_file", "ca_data"),
+    ("client_cert_file", "client_cert_data"),
+    ("client_key_file", "client_key_data"),
+    ("token", "token_file"),
+)
+
+
+@attrs.frozen
+class ClusterConfig:
+    """How to reach the cluster API: URL, trust, and client credentials.
+
+    Credentials come either as file paths or as PEM bytes. A `token_file` is re-read periodically by
+    the client because in-cluster service-account tokens rotate; a `token` is used as it is. The
+    token never appears in ``repr``.
+    """
+
+    server: str = attrs.field()
+    ca_file: str | None = None
+    ca_data: bytes | None = attrs.field(default=None, repr=False)
+    client_cert_file: str | None = None
+    client_key_file: str | None = None
+    client_cert_data: bytes | None = attrs.field(default=None, repr=False)
+    client_key_data: bytes | None = attrs.field(default=None, repr=_redact)
+    token: str | None = attrs.field(default=None, repr=_redact)
+    token_file: str | None = None
+    insecure_skip_tls_verify: bool = False
+    tls_server_name: str | None = None
+    in_cluster: bool = False
+
+    @server.validator
+    def _check_server(self, _attribute: attrs.Attribute, value: str) -> None:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError(f"cluster server must be an http(s) URL, not {value!r}")
+
+    def __attrs_post_init__(self) -> None:
+        for a, b in _EXCLUSIVE:
+            if getattr(self, a) is not None and getattr(self, b) is not None:
+                raise ValueError(f"give {a} or {b}, not both")
+        has_cert = self.client_cert_file is not None or self.client_cert_data is not None
+        has_key = self.client_key_file is not None or self.client_key_data is not None
+        if has_cert != has_key:
+            raise ValueError("a client certificate needs its key, and a key its certificate")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.server.startswith("https://")
+
+    @property
+    def has_client_cert(self) -> bool:
+        return self.client_cert_file is not None or self.client_cert_data is not None
+
+
+def in_pod(environ: Mapping[str, str] = os.environ, service_account_dir: str = SERVICE_ACCOUNT_DIR) -> bool:
+    """Whether this process runs in a pod with a service account to talk to its cluster.
+
+    Both are needed: the service environment variables alone also appear in pods that opted out of
+    a token (``automountServiceAccountToken: false``), where there is nothing to authenticate with.
+    """
+    return bool(environ.get(SERVICE_HOST_ENV)) and (Path(service_account_dir) / "token").is_file()
+
+
+def load_cluster_config(
+    kubeconfig: str | None,
+    *,
+    context: str | None = None,
+    environ: Mapping[str, str] = os.environ,
+    service_account_dir: str = SERVICE_ACCOUNT_DIR,
+) -> ClusterConfig | None:
+    """Load the cluster configuration the way the process was deployed. Blocking: see the module doc.
+
+    - an explicit `kubeconfig` file wins (``--kubeconfig``);
+    - otherwise, in a pod, the service account's in-cluster configuration;
+    - otherwise None: standalone mode, no cluster API.
+
+    ``$KUBECONFIG`` and ``~/.kube/config`` are deliberately not consulted: a developer's personal
+    kubeconfig must not silently turn standalone mode into cluster mode.
+    """
+    if kubeconfig is not None:
+        return _from_kubeconfig(kubeconfig, context)
+    if in_pod(environ, service_account_dir):
+        return _from_service_account(environ, service_account_dir)
+    return None
+
+
+def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
+    # Imported here: the package takes seconds to import and standalone mode never needs it.
+    from kubernetes import config as kube_config
+    from kubernetes.client import Configuration
+
+    if not Path(path).is_file():
+        raise ConfigError(f"kubeconfig {path!r} does not exist")
+    configuration = Configuration()
+    try:
+        kube_config.load_kube_config(
+            config_file=path, context=context, client_configuration=configuration, persist_config=False
+        )
+    except (kube_config.ConfigException, OSError, ValueError, KeyError) as e:
+        raise ConfigError(f"cannot load kubeconfig {path!r}: {e}") from e
+    return _convert(configuration, token_file=None, in_cluster=False)
+
+
+def _from_service_account(environ: Mapping[str, str], service_account_dir: str) -> ClusterConfig:
+    from kubernetes.client import Configuration
+    from kubernetes.config import ConfigException
+    from kubernetes.config.incluster_config import InClusterConfigLoader
+
+    token_file = str(Path(service_account_dir) / "token")
+    configuration = Configuration()
+    loader = InClusterConfigLoader(
+        token_filename=token_file,
+        cert_filename=str(Path(service_account_dir) / "ca.crt"),
+        # Token rotation is handled by re-reading token_file in our own client.
+        try_refresh_token=False,
+        environ=environ,
+    )
+    try:
+        loader.load_and_set(configuration)
+    except (ConfigException, OSError) as e:
+        raise ConfigError(f"cannot load the in-cluster configuration: {e}") from e
+    return _convert(configuration, token_file=token_file, in_cluster=True)
+
+
+def _convert(configuration: Configuration, *, token_file: str | None, in_cluster: bool) -> ClusterConfig:
+    token = None
+    if token_file is None:
+        token = _bearer_token(
+            configuration.api_key.get("BearerToken") or configuration.api_key.get("authorization")
+        )
+    return ClusterConfig(
+        server=str(configuration.host).rstrip("/"),
+        ca_file=configuration.ssl_ca_cert or None,
+        client_cert_file=configuration.cert_file or None,
+        client_key_file=configuration.key_file or None,
+        token=token,
+        token_file=token_file,
+        insecure_skip_tls_verify=not configuration.verify_ssl,
+        tls_server_name=getattr(configuration, "tls_server_name", None) or None,
+        in_cluster=in_cluster,
+    )
+
+
+def _bearer_token(header: str | None) -> str | None:
+    """The token inside the loader's ready-made ``Authorization`` value."""
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        # Basic auth was removed from Kubernetes in 1.19; nothing else reaches this point.
+        raise ConfigError(f"unsupported kubeconfig credential scheme {scheme!r}")
+    return token.strip()

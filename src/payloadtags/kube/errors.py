@@ -1,0 +1,125 @@
+"""Errors raised by the cluster API client.
+
+Three families, because callers react to them differently:
+
+- `KubeApiError`: the API server answered, with a Kubernetes ``Status`` (a 4xx or 5xx reply, or an
+  ``ERROR`` event inside a watch stream). Look at `code` and `reason`.
+- `KubeUnavailable`: the server could not be reached or the connection broke (refused, reset, TLS
+  failure, a watch stream cut mid-way). Retrying later is the only remedy.
+- `KubeTimeout`: the server did not answer in time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+Status = dict[str, Any]
+
+# Reasons the API server uses for each code (apimachinery StatusReason), so that a reply that is
+# not a Status (a proxy's plain-text 503, say) still turns into something callers can dispatch on.
+_REASONS: Mapping[int, str] = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    406: "NotAcceptable",
+    409: "Conflict",
+    410: "Expired",
+    415: "UnsupportedMediaType",
+    422: "Invalid",
+    429: "TooManyRequests",
+    500: "InternalError",
+    503: "ServiceUnavailable",
+    504: "Timeout",
+}
+
+
+class KubeError(Exception):
+    """Base class of everything the cluster API client raises."""
+
+
+class KubeApiError(KubeError):
+    """The API server answered with a failure `Status`."""
+
+    def __init__(self, status: Status, code: int) -> None:
+        self.status = status
+        self.code = code
+        super().__init__(f"{code} {self.reason}: {self.message}")
+
+    @property
+    def reason(self) -> str:
+        return str(self.status.get("reason") or "")
+
+    @property
+    def message(self) -> str:
+        return str(self.status.get("message") or "")
+
+    @property
+    def retry_after(self) -> float | None:
+        """The server's hint, in seconds, of when to try again (429 and 503 replies)."""
+        details = self.status.get("details")
+        if isinstance(details, dict):
+            value = details.get("retryAfterSeconds")
+            if isinstance(value, int | float) and value > 0:
+                return float(value)
+        return None
+
+    @property
+    def expired(self) -> bool:
+        """True for 410: the resourceVersion or continue token is too old; a relist is needed."""
+        return self.code == 410
+
+
+class KubeUnavailable(KubeError):
+    """The API server could not be reached, or the connection to it broke."""
+
+
+class KubeStreamLost(KubeUnavailable):
+    """A watch stream ended abruptly (not a clean end of the chunked response)."""
+
+
+class KubeTimeout(KubeError):
+    """The API server did not answer within the request timeout."""
+
+
+class KubeProtocolError(KubeError):
+    """The API server sent something that is not valid Kubernetes JSON."""
+
+
+def make_status(code: int, message: str, reason: str | None = None) -> Status:
+    """A failure Status in the API server's shape."""
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason or _REASONS.get(code, "Unknown"),
+        "code": code,
+    }
+
+
+def status_from_body(code: int, body: bytes, retry_after: str | None = None) -> Status:
+    """Decode the body of a failed reply into a Status, synthesising one when it is not a Status."""
+    try:
+        decoded = json.loads(body)
+    except ValueError:
+        decoded = None
+    if isinstance(decoded, dict) and decoded.get("kind") == "Status":
+        status = decoded
+    else:
+        text = body.decode("utf-8", "replace").strip()[:500]
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "unexpected status"
+        status = make_status(code, text or phrase)
+    if retry_after and retry_after.isdigit():
+        details = status.setdefault("details", {})
+        if isinstance(details, dict):
+            details.setdefault("retryAfterSeconds", int(retry_after))
+    return status

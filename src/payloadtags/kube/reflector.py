@@ -1,0 +1,338 @@
+"""List+watch reflector: a local, continuously updated copy of one collection of the cluster API.
+
+It follows client-go's reflector: list (paginated), then watch from the list's resourceVersion with
+bookmarks; a watch that ends or breaks resumes from the last resourceVersion seen, so nothing is
+missed or seen twice; a 410 Expired (the server no longer remembers that version) forces a fresh
+list, after which the store is reconciled with it; every other failure is retried with capped,
+jittered exponential backoff. Time and randomness are injected so all of this is testable with
+`twisted.internet.task.Clock`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from payloadtags.kube.backoff import Backoff
+from payloadtags.kube.client import ADDED, BOOKMARK, DELETED, MODIFIED, Obj, WatchEvent
+from payloadtags.kube.errors import KubeApiError, KubeError
+
+log = Logger()
+
+
+class WatchSource(Protocol):
+    """The part of `KubeClient` a reflector uses (a fake in unit tests)."""
+
+    async def list(self, path: str, params: Mapping[str, str] | None = None) -> Obj: ...
+
+    async def watch(self, path: str, params: Mapping[str, str] | None = None) -> WatchEventStream: ...
+
+
+class WatchEventStream(Protocol):
+    def __aiter__(self) -> WatchEventStream: ...
+
+    async def __anext__(self) -> WatchEvent: ...
+
+    def close(self) -> None: ...
+
+
+class StoreListener:
+    """Receives the reflector's changes. Override what you need; the defaults do nothing.
+
+    The store is already updated when a method is called. After every list (the first one and
+    every relist after a 410) the differences to the previous contents arrive as add/update/delete
+    calls, then `on_replaced` with the full new contents, for consumers that rebuild an index.
+    """
+
+    def on_add(self, obj: Obj) -> None:
+        pass
+
+    def on_update(self, old: Obj, new: Obj) -> None:
+        pass
+
+    def on_delete(self, obj: Obj) -> None:
+        pass
+
+    def on_replaced(self, objects: list[Obj]) -> None:
+        pass
+
+
+def object_key(obj: Obj) -> str:
+    """client-go's key: ``namespace/name``, or ``name`` for cluster-scoped objects."""
+    meta = obj.get("metadata") or {}
+    namespace = meta.get("namespace")
+    name = meta.get("name", "")
+    return f"{namespace}/{name}" if namespace else name
+
+
+class _ShortWatch(Exception):
+    """A watch that closed at once without delivering anything: treat as a failure, or a server
+    that does this would be hammered in a tight loop."""
+
+
+@attrs.define(eq=False)
+class Reflector:
+    """Keeps `items` in sync with the collection at `path` (e.g. ``/api/v1/namespaces``).
+
+    `label_selector`/`field_selector` narrow the collection. Call `start`, then wait for
+    `wait_for_sync` before trusting the contents; `stop` at shutdown.
+    """
+
+    client: WatchSource
+    path: str
+    clock: IReactorTime
+    label_selector: str | None = None
+    field_selector: str | None = None
+    page_size: int = 500
+    # Each watch asks the server to end it after a random time in [watch_timeout, 2*watch_timeout),
+    # as client-go does, so that replicas' watches do not all reconnect together.
+    watch_timeout: float = 300.0
+    # A watch that ends sooner than this without any event counts as a failure.
+    min_watch_duration: float = 1.0
+    backoff: Backoff = attrs.field(factory=Backoff)
+    rng: random.Random = attrs.field(factory=random.Random)
+    name: str = ""
+
+    _items: dict[str, Obj] = attrs.field(factory=dict, init=False)
+    _listeners: list[StoreListener] = attrs.field(factory=list, init=False)
+    _resource_version: str | None = attrs.field(default=None, init=False)
+    _synced: bool = attrs.field(default=False, init=False)
+    _sync_waiters: list[Deferred[None]] = attrs.field(factory=list, init=False)
+    _task: Deferred[None] | None = attrs.field(default=None, init=False)
+    _stopping: bool = attrs.field(default=False, init=False)
+    _expired_streak: int = attrs.field(default=0, init=False)
+    lists: int = attrs.field(default=0, init=False)
+    watches: int = attrs.field(default=0, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.name:
+            self.name = self.path
+
+    # -- reading the store ---------------------------------------------------------------
+
+    @property
+    def has_synced(self) -> bool:
+        """True once the first complete list has been applied."""
+        return self._synced
+
+    @property
+    def resource_version(self) -> str | None:
+        """The last resourceVersion seen (list, event or bookmark); where a watch resumes."""
+        return self._resource_version
+
+    def get(self, name: str, namespace: str | None = None) -> Obj | None:
+        return self._items.get(f"{namespace}/{name}" if namespace else name)
+
+    def get_by_key(self, key: str) -> Obj | None:
+        return self._items.get(key)
+
+    def keys(self) -> list[str]:
+        return list(self._items)
+
+    def items(self) -> list[Obj]:
+        return list(self._items.values())
+
+    def __iter__(self) -> Iterator[Obj]:
+        return iter(list(self._items.values()))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add_listener(self, listener: StoreListener) -> None:
+        """Register for changes. A listener added after the sync does not get the past adds."""
+        self._listeners.append(listener)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is not None:
+            raise RuntimeError(f"reflector {self.name} already started")
+        self._task = Deferred.fromCoroutine(self._run())
+        self._task.addErrback(self._crashed)
+
+    def wait_for_sync(self) -> Deferred[None]:
+        """Fires when the first list is applied (at once if it already is)."""
+        d: Deferred[None] = Deferred()
+        if self._synced:
+            d.callback(None)
+        else:
+            self._sync_waiters.append(d)
+        return d
+
+    async def stop(self) -> None:
+        """Stop listing and watching; waits until the loop has exited. The store stays readable."""
+        self._stopping = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except CancelledError:
+                pass
+        waiters, self._sync_waiters = self._sync_waiters, []
+        for d in waiters:
+            d.cancel()
+
+    def _crashed(self, failure: Any) -> None:
+        if not failure.check(CancelledError):
+            log.failure("Reflector {name} stopped by a bug", failure, name=self.name)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        need_list = True
+        while not self._stopping:
+            try:
+                if need_list:
+                    await self._list()
+                    need_list = False
+                await self._watch()
+            except KubeApiError as e:
+                if self._stopping:
+                    return
+                if e.expired:
+                    log.info("Reflector {name}: {error}; relisting", name=self.name, error=e.message)
+                    need_list = True
+                    self._expired_streak += 1
+                    # Relisting at once is what a 410 asks for; a second 410 before any event got
+                    # through (a server whose history keeps vanishing) is slowed down like a failure.
+                    if self._expired_streak == 1:
+                        continue
+                else:
+                    log.warn("Reflector {name}: API error {error}", name=self.name, error=e)
+                await self._sleep(e.retry_after)
+            except (KubeError, _ShortWatch) as e:
+                if self._stopping:
+                    return
+                log.warn("Reflector {name}: {error}; retrying", name=self.name, error=e)
+                await self._sleep()
+
+    async def _sleep(self, at_least: float | None = None) -> None:
+        delay = self.backoff.next_delay()
+        if at_least is not None:
+            delay = max(delay, at_least)
+        await deferLater(self.clock, delay)
+
+    async def _list(self) -> None:
+        params = self._selectors()
+        params["limit"] = str(self.page_size)
+        items: list[Obj] = []
+        while True:
+            page = await self.client.list(self.path, params)
+            meta = page.get("metadata") or {}
+            items.extend(_with_type(item, page) for item in page.get("items") or ())
+            token = meta.get("continue")
+            if not token:
+                break
+            params["continue"] = token
+        self.lists += 1
+        self._replace(items, str(meta.get("resourceVersion") or ""))
+        self.backoff.reset()
+
+    async def _watch(self) -> None:
+        params = self._selectors()
+        params.update(
+            resourceVersion=self._resource_version or "",
+            allowWatchBookmarks="true",
+            timeoutSeconds=str(max(1, int(self.watch_timeout * (1 + self.rng.random())))),
+        )
+        started = self.clock.seconds()
+        stream = await self.client.watch(self.path, params)
+        self.watches += 1
+        received = 0
+        try:
+            async for event in stream:
+                received += 1
+                self._apply(event)
+                # Only progress proves the server healthy again; reset then, not on connect.
+                self.backoff.reset()
+                self._expired_streak = 0
+        finally:
+            stream.close()
+        if received == 0 and self.clock.seconds() - started < self.min_watch_duration:
+            raise _ShortWatch("watch ended at once without events")
+
+    def _selectors(self) -> dict[str, str]:
+        params = {}
+        if self.label_selector:
+            params["labelSelector"] = self.label_selector
+        if self.field_selector:
+            params["fieldSelector"] = self.field_selector
+        return params
+
+    # -- applying changes ----------------------------------------------------------------
+
+    def _replace(self, objects: list[Obj], resource_version: str) -> None:
+        old, new = self._items, {object_key(obj): obj for obj in objects}
+        self._items = new
+        self._resource_version = resource_version or self._resource_version
+        for key, obj in new.items():
+            previous = old.get(key)
+            if previous is None:
+                self._notify("on_add", obj)
+            elif _rv(previous) != _rv(obj):
+                self._notify("on_update", previous, obj)
+        for key, obj in old.items():
+            if key not in new:
+                self._notify("on_delete", obj)
+        self._notify("on_replaced", list(new.values()))
+        if not self._synced:
+            self._synced = True
+            waiters, self._sync_waiters = self._sync_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def _apply(self, event: WatchEvent) -> None:
+        obj = event.object
+        if event.resource_version:
+            self._resource_version = event.resource_version
+        if event.type == BOOKMARK:
+            return
+        key = object_key(obj)
+        if event.type in (ADDED, MODIFIED):
+            previous = self._items.get(key)
+            self._items[key] = obj
+            if previous is None:
+                self._notify("on_add", obj)
+            elif _rv(previous) != _rv(obj) or _rv(obj) is None:
+                # Equal versions are a replay of what we have (a server resending after a
+                # reconnect); consumers must not see it twice.
+                self._notify("on_update", previous, obj)
+        elif event.type == DELETED:
+            if self._items.pop(key, None) is not None:
+                self._notify("on_delete", obj)
+        else:
+            log.warn("Reflector {name}: ignoring watch event of type {type}", name=self.name, type=event.type)
+
+    def _notify(self, method: str, *args: Any) -> None:
+        for listener in self._listeners:
+            try:
+                getattr(listener, method)(*args)
+            except Exception:
+                # One faulty consumer must not stop the store, or the other consumers, updating.
+                log.failure(
+                    "Reflector {name}: listener {listener} failed in {method}",
+                    name=self.name,
+                    listener=listener,
+                    method=method,
+                )
+
+
+def _rv(obj: Obj) -> object:
+    return (obj.get("metadata") or {}).get("resourceVersion")
+
+
+def _with_type(item: Obj, page: Obj) -> Obj:
+    # A real API server leaves kind/apiVersion out of list items but puts them in watch events; fill
+    # them in so consumers see the same shape whichever way an object arrived.
+    if "kind" in item and "apiVersion" in item:
+        return item
+    kind = str(page.get("kind") or "")
+    return {"kind": kind.removesuffix("List"), "apiVersion": page.get("apiVersion"), **item}

@@ -1,0 +1,54 @@
+"""Client for the OCI distribution API of the registry whose tags payloadtags serves."""
+
+from .client import ACCEPT_MANIFESTS, DELETE_NONCE_ANNOTATION, RegistryClient, RegistrySettings
+from .content import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    INDEX_MEDIA_TYPES,
+    MANIFEST_MEDIA_TYPES,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    CatalogPage,
+    Manifest,
+    is_valid_digest,
+    is_valid_repository,
+    is_valid_tag,
+)
+from .errors import (
+    RegistryAuthFailed,
+    RegistryDeleteDisabled,
+    RegistryError,
+    RegistryInvalidName,
+    RegistryNotFound,
+    RegistryProtocolError,
+    RegistryReadOnly,
+    RegistryTimeout,
+    RegistryUnavailable,
+)
+
+__all__ = [
+    "ACCEPT_MANIFESTS",
+    "DELETE_NONCE_ANNOTATION",
+    "DOCKER_MANIFEST",
+    "DOCKER_MANIFEST_LIST",
+    "INDEX_MEDIA_TYPES",
+    "MANIFEST_MEDIA_TYPES",
+    "OCI_INDEX",
+    "OCI_MANIFEST",
+    "CatalogPage",
+    "Manifest",
+    "RegistryAuthFailed",
+    "RegistryClient",
+    "RegistryDeleteDisabled",
+    "RegistryError",
+    "RegistryInvalidName",
+    "RegistryNotFound",
+    "RegistryProtocolError",
+    "RegistryReadOnly",
+    "RegistrySettings",
+    "RegistryTimeout",
+    "RegistryUnavailable",
+    "is_valid_digest",
+    "is_valid_repository",
+    "is_valid_tag",
+]

@@ -1,0 +1,688 @@
+"""An asynchronous client for the OCI distribution API of one registry, over treq.
+
+It knows nothing of Kubernetes. Each HTTP exchange (including reading the body) is bounded by
+``settings.timeout`` on the injected reactor, and every failure becomes a RegistryError subclass whose
+message names the registry URL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+from OpenSSL import SSL
+from treq.client import HTTPClient
+from twisted.internet import error as net_errors
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    RequestTransmissionFailed,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+from twisted.web.iweb import IAgent
+
+from .auth import Authenticator, TokenAnswer, TokenRequest
+from .content import (
+    MANIFEST_MEDIA_TYPES,
+    CatalogPage,
+    Manifest,
+    compute_digest,
+    infer_media_type,
+    is_digest_reference,
+    is_valid_digest,
+    is_valid_repository,
+    is_valid_tag,
+)
+from .errors import (
+    RegistryAuthFailed,
+    RegistryDeleteDisabled,
+    RegistryError,
+    RegistryInvalidName,
+    RegistryNotFound,
+    RegistryProtocolError,
+    RegistryReadOnly,
+    RegistryTimeout,
+    RegistryUnavailable,
+)
+from .transport import BodyTooLarge, BytesProducer, TLSPolicy, read_body
+
+ACCEPT_MANIFESTS = ", ".join(MANIFEST_MEDIA_TYPES)
+DELETE_NONCE_ANNOTATION = "io.deckhouse.payloadtags.delete-nonce"
+MAX_CATALOG_PAGE = 1000
+MANIFEST_LIMIT = 8 << 20
+JSON_LIMIT = 32 << 20  # a tags list of a repository with very many tags
+ERROR_BODY_LIMIT = 64 << 10
+MAX_TAG_PAGES = 10_000
+DEFAULT_RETRY_AFTER = 5
+# Deleting this digest never deletes anything, yet the registry says whether deletes are possible:
+# 404 when they are, 405 UNSUPPORTED when storage deletes are off, a bare 405 when it is read-only.
+_PROBE_DIGEST = "sha256:" + "0" * 64
+_LINK_NEXT_RE = re.compile(r'<([^>]*)>\s*;[^,]*?rel\s*=\s*"?next"?', re.IGNORECASE)
+
+log = Logger()
+
+
+def _check_url(instance: Any, attribute: Any, value: str) -> None:
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"registry url must be http:// or https:// with a host, not {value!r}")
+    if parts.username or parts.password:
+        raise ValueError("registry url must not contain credentials; use username and password")
+
+
+def _positive(instance: Any, attribute: Any, value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, not {value!r}")
+
+
+@attrs.frozen
+class RegistrySettings:
+    url: str = attrs.field(validator=_check_url)  # the API endpoint, e.g. "http://127.0.0.1:5000"
+    username: str | None = None
+    password: str | None = attrs.field(default=None, repr=False)
+    ca_file: str | None = None  # CA bundle for an https registry, trusted besides the system CAs
+    timeout: float = attrs.field(default=10.0, validator=_positive)  # seconds per registry request
+    max_connections: int = attrs.field(default=16, validator=_positive)
+
+
+@attrs.frozen
+class _Reply:
+    method: str
+    url: str
+    status: int
+    headers: Any  # twisted.web.http_headers.Headers
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.getRawHeaders(name)  # a str name gives str values
+        return values[-1] if values else None
+
+    def error_codes(self) -> list[str]:
+        return [code for code, _ in self.errors()]
+
+    def errors(self) -> list[tuple[str, str]]:
+        """(code, message) pairs of the registry's JSON error body."""
+        try:
+            document = json.loads(self.body)
+        except ValueError:
+            return []
+        errors = document.get("errors") if isinstance(document, dict) else None
+        if not isinstance(errors, list):
+            return []
+        return [(str(e.get("code", "")), str(e.get("message", ""))) for e in errors if isinstance(e, dict)]
+
+
+def _retry_after(value: str | None, default: int = DEFAULT_RETRY_AFTER) -> int:
+    try:
+        seconds = int((value or "").strip())
+    except ValueError:
+        return default  # an HTTP date; not worth parsing for a hint
+    return min(max(seconds, 1), 3600)
+
+
+def _cause(error: BaseException) -> str:
+    """A short human reason for a transport failure, digging into Twisted's wrapped reasons."""
+    if isinstance(error, ResponseNeverReceived | ResponseFailed | RequestTransmissionFailed):
+        reasons = getattr(error, "reasons", None) or []
+        for reason in reasons:
+            value = getattr(reason, "value", None)
+            if value is not None and not isinstance(value, CancelledError):
+                return _cause(value)
+    if isinstance(error, net_errors.ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(error, net_errors.TimeoutError):
+        return "connection timed out"
+    if isinstance(error, net_errors.ConnectError):
+        return str(error).rstrip(".") or error.__class__.__name__
+    if isinstance(error, SSL.Error):
+        details = error.args[0] if error.args else ""
+        if isinstance(details, list) and details:
+            # OpenSSL's [(library, function, reason)]: the reason says what went wrong
+            return "TLS failure: " + ", ".join(str(item[-1]) for item in details if item)
+        return f"TLS failure: {details}"
+    return str(error) or error.__class__.__name__
+
+
+def _is_cancellation(error: BaseException) -> bool:
+    """Whether a failure is a cancellation, which Twisted may wrap in ResponseNeverReceived."""
+    if isinstance(error, CancelledError):
+        return True
+    reasons = getattr(error, "reasons", None) or []
+    return bool(reasons) and all(isinstance(reason.value, CancelledError) for reason in reasons)
+
+
+class RegistryClient:
+    """One registry's OCI distribution API. Create once; call close() when done."""
+
+    def __init__(self, reactor: Any, settings: RegistrySettings, *, agent: IAgent | None = None) -> None:
+        self._reactor = reactor
+        self._settings = settings
+        self._base = settings.url.rstrip("/")
+        self._name = self._base  # how messages name the registry: its URL, which holds no credentials
+        self._pool: HTTPConnectionPool | None = None
+        if agent is None:
+            self._pool = HTTPConnectionPool(reactor, persistent=True)
+            self._pool.maxPersistentPerHost = settings.max_connections
+            agent = Agent(
+                reactor,
+                contextFactory=TLSPolicy(settings.ca_file),
+                connectTimeout=settings.timeout,
+                pool=self._pool,
+            )
+        self._http = HTTPClient(agent, data_to_body_producer=BytesProducer)
+        # The pool keeps idle connections; this bounds the busy ones, so a burst of API requests
+        # queues here instead of opening hundreds of sockets to the registry.
+        self._slots = DeferredSemaphore(settings.max_connections)
+        self._auth = Authenticator(reactor, settings.username, settings.password, self._get_token, self._name)
+        # None: not known yet whether the registry deletes a single tag (OCI distribution 1.1).
+        self._delete_by_tag: bool | None = None
+
+    @property
+    def settings(self) -> RegistrySettings:
+        return self._settings
+
+    @property
+    def supports_delete_by_tag(self) -> bool | None:
+        return self._delete_by_tag
+
+    # --- public API -------------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        """GET /v2/, authenticating as needed. Raises a RegistryError when the registry is not usable."""
+        reply = await self._call("GET", "/v2/", scope="")
+        if reply.status != 200:
+            raise self._error(reply, "the API check (GET /v2/)")
+
+    async def catalog(self, last: str | None = None, n: int = MAX_CATALOG_PAGE) -> CatalogPage:
+        """One page of repository names after ``last`` (which need not exist).
+
+        distribution 2.8 orders the catalog path component by component (a depth-first walk of its
+        storage: "/" sorts below every other character), so "team/x" and "team/z/w" come before
+        "team-a/y", and ``last="team"`` seeks to the first repository under "team/". A namespace's
+        repositories are therefore one contiguous run starting right after ``last=<namespace>``.
+        """
+        if not 1 <= n <= MAX_CATALOG_PAGE:
+            raise ValueError(f"catalog page size must be 1..{MAX_CATALOG_PAGE}, not {n}")
+        query = {"n": str(n)}
+        if last:
+            query["last"] = last
+        reply = await self._call(
+            "GET", "/v2/_catalog?" + urllib.parse.urlencode(query), scope="registry:catalog:*"
+        )
+        if reply.status != 200:
+            raise self._error(reply, "the repository catalog")
+        document = self._json(reply, "the repository catalog")
+        names = document.get("repositories") or []
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            raise self._protocol(reply, "the repository catalog is not a list of names")
+        return CatalogPage(repositories=names, more=self._next_link(reply) is not None)
+
+    async def tags(self, repository: str) -> list[str]:
+        """All tags of a repository, sorted; [] when it is unknown or has no tags left."""
+        self._check_repository(repository)
+        found: set[str] = set()
+        path: str | None = f"/v2/{repository}/tags/list"
+        # distribution 2.8 answers everything in one page; other registries page with Link.
+        for _ in range(MAX_TAG_PAGES):
+            if path is None:
+                return sorted(found)
+            reply = await self._call("GET", path, scope=self._pull(repository), max_body=JSON_LIMIT)
+            if reply.status == 404 and "NAME_UNKNOWN" in reply.error_codes():
+                return sorted(found)
+            if reply.status != 200:
+                raise self._error(reply, f"the tags of {repository}")
+            tags = self._json(reply, f"the tags of {repository}").get("tags") or []
+            if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+                raise self._protocol(reply, f"the tags of {repository} are not a list of names")
+            found.update(tags)
+            path = self._next_link(reply)
+        raise self._protocol(None, f"the tags of {repository} span more than {MAX_TAG_PAGES} pages")
+
+    async def manifest(self, repository: str, reference: str) -> Manifest:
+        """The manifest a tag or digest names, exactly as stored."""
+        self._check_repository(repository)
+        self._check_reference(reference)
+        what = f"manifest {repository}{'@' if is_digest_reference(reference) else ':'}{reference}"
+        reply = await self._call(
+            "GET",
+            f"/v2/{repository}/manifests/{reference}",
+            scope=self._pull(repository),
+            headers={"Accept": ACCEPT_MANIFESTS},
+            max_body=MANIFEST_LIMIT,
+        )
+        if reply.status != 200:
+            raise self._error(reply, what)
+        document = self._json(reply, what)
+        digest = self._verified_digest(reply, reference, what)
+        return Manifest(
+            digest=digest,
+            media_type=infer_media_type(reply.header("Content-Type"), document),
+            content=reply.body,
+        )
+
+    async def resolve(self, repository: str, reference: str) -> str:
+        """The digest a tag names, by HEAD (no body); falls back to GET without a digest header."""
+        self._check_repository(repository)
+        self._check_reference(reference)
+        what = f"manifest {repository}:{reference}"
+        reply = await self._call(
+            "HEAD",
+            f"/v2/{repository}/manifests/{reference}",
+            scope=self._pull(repository),
+            headers={"Accept": ACCEPT_MANIFESTS},
+        )
+        if reply.status != 200:
+            raise self._error(reply, what)
+        digest = reply.header("Docker-Content-Digest")
+        if digest and is_valid_digest(digest):
+            return digest
+        return (await self.manifest(repository, reference)).digest
+
+    async def blob(self, repository: str, digest: str, max_bytes: int = 4 << 20) -> bytes:
+        """A blob's content (a config, say), checked against its digest; larger than max_bytes fails."""
+        self._check_repository(repository)
+        self._check_digest(digest)
+        what = f"blob {repository}@{digest}"
+        reply = await self._call(
+            "GET",
+            f"/v2/{repository}/blobs/{digest}",
+            scope=self._pull(repository),
+            max_body=max_bytes,
+            redirects=True,  # storage backends like S3 redirect blob downloads
+        )
+        if reply.status != 200:
+            raise self._error(reply, what)
+        algorithm = digest.partition(":")[0]
+        actual = compute_digest(reply.body, algorithm)
+        if actual is not None and actual != digest:
+            raise self._protocol(reply, f"{what} has content with digest {actual}")
+        return reply.body
+
+    async def delete_manifest(self, repository: str, digest: str) -> None:
+        """Delete a manifest by digest. The registry untags every tag that points at it."""
+        self._check_repository(repository)
+        self._check_digest(digest)
+        reply = await self._call(
+            "DELETE", f"/v2/{repository}/manifests/{digest}", scope=self._delete(repository)
+        )
+        if reply.status not in (200, 202, 204):
+            raise self._error(reply, f"deleting manifest {repository}@{digest}")
+
+    async def delete_tag(self, repository: str, tag: str) -> str:
+        """Remove exactly this tag and return the digest it pointed at.
+
+        Other tags on the same digest, and manifests an index or another tag needs, stay. Uses the
+        registry's delete-by-tag (OCI distribution 1.1) when it has it; otherwise (distribution 2.8)
+        points the tag at a unique copy of its manifest and deletes that copy by digest.
+        """
+        self._check_repository(repository)
+        self._check_tag(tag)
+        original = await self.manifest(repository, tag)
+        if self._delete_by_tag is not False:
+            reply = await self._call(
+                "DELETE", f"/v2/{repository}/manifests/{tag}", scope=self._delete(repository)
+            )
+            if reply.status in (200, 202, 204):
+                self._delete_by_tag = True
+                return original.digest
+            if reply.status not in (400, 405):
+                raise self._error(reply, f"deleting tag {repository}:{tag}")
+            # 400 (2.8: DIGEST_INVALID) or 405 can mean "no tag deletes here" or "no deletes at all";
+            # the probe below tells which without changing anything.
+            await self._probe_delete(repository, tag)
+            if self._delete_by_tag is None:
+                log.info(
+                    "Registry {registry} cannot delete a tag directly; using unique-manifest deletes",
+                    registry=self._name,
+                )
+            self._delete_by_tag = False
+        else:
+            await self._probe_delete(repository, tag)
+        await self._delete_tag_by_unique_manifest(repository, tag, original)
+        return original.digest
+
+    async def close(self) -> None:
+        """Close idle connections. Requests still running finish on their own."""
+        if self._pool is not None:
+            await self._pool.closeCachedConnections()
+
+    # --- delete helpers ---------------------------------------------------------------------------
+
+    async def _probe_delete(self, repository: str, tag: str) -> None:
+        reply = await self._call(
+            "DELETE", f"/v2/{repository}/manifests/{_PROBE_DIGEST}", scope=self._delete(repository)
+        )
+        if reply.status in (404, 400):
+            return  # deletes work here; this digest simply does not exist
+        raise self._error(reply, f"deleting tag {repository}:{tag}")
+
+    async def _delete_tag_by_unique_manifest(self, repository: str, tag: str, original: Manifest) -> None:
+        what = f"deleting tag {repository}:{tag}"
+        if original.media_type not in MANIFEST_MEDIA_TYPES:
+            raise RegistryProtocolError(
+                f"registry {self._name}: cannot delete only tag {repository}:{tag}: its manifest type "
+                f"{original.media_type} cannot be re-pushed, and deleting its digest "
+                f"{original.digest} would remove every tag that shares it"
+            )
+        document = original.json()
+        annotations = document.get("annotations")
+        annotations = dict(annotations) if isinstance(annotations, dict) else {}
+        annotations[DELETE_NONCE_ANNOTATION] = os.urandom(16).hex()
+        document["annotations"] = annotations
+        body = json.dumps(document, separators=(",", ":")).encode()
+        unique = await self._put_manifest(repository, tag, body, original.media_type, what)
+        try:
+            await self.delete_manifest(repository, unique)
+        except RegistryError as error:
+            # Put the tag back where it was, so a failed delete leaves the tag as it found it.
+            try:
+                await self._put_manifest(repository, tag, original.content, original.media_type, what)
+            except RegistryError as restore_error:
+                raise type(error)(
+                    f"{error.message}; the tag could not be restored ({restore_error.message}) and now "
+                    f"points at {unique}, a copy of {original.digest} with one extra annotation "
+                    f"{DELETE_NONCE_ANNOTATION}"
+                ) from error
+            raise
+
+    async def _put_manifest(
+        self, repository: str, reference: str, body: bytes, media_type: str, what: str
+    ) -> str:
+        reply = await self._call(
+            "PUT",
+            f"/v2/{repository}/manifests/{reference}",
+            scope=self._push(repository),
+            headers={"Content-Type": media_type},
+            body=body,
+        )
+        if reply.status not in (200, 201, 202, 204):
+            raise self._error(reply, what)
+        computed = compute_digest(body)
+        assert computed is not None
+        stored = reply.header("Docker-Content-Digest")
+        if stored and stored != computed:
+            raise self._protocol(reply, f"{what}: the registry stored {stored}, not {computed}")
+        return computed
+
+    # --- requests ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _pull(repository: str) -> str:
+        return f"repository:{repository}:pull"
+
+    @staticmethod
+    def _push(repository: str) -> str:
+        return f"repository:{repository}:pull,push"
+
+    @staticmethod
+    def _delete(repository: str) -> str:
+        return f"repository:{repository}:delete"
+
+    async def _call(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        scope: str,
+        headers: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+        max_body: int = JSON_LIMIT,
+        redirects: bool = False,
+    ) -> _Reply:
+        """One registry request, authenticated as the registry demands: at most one 401 round."""
+        url = path_or_url if "://" in path_or_url else self._base + path_or_url
+        sent = self._auth.authorization(scope)
+        reply = await self._exchange(method, url, headers, body, sent, max_body, redirects)
+        if reply.status != 401:
+            return reply
+        authorization = await self._auth.answer(reply.header("WWW-Authenticate"), scope, sent)
+        reply = await self._exchange(method, url, headers, body, authorization, max_body, redirects)
+        if reply.status == 401:
+            raise self._auth.rejected(reply.header("WWW-Authenticate"))
+        return reply
+
+    async def _get_token(self, request: TokenRequest) -> TokenAnswer:
+        separator = "&" if "?" in request.realm else "?"
+        url = request.realm + separator + urllib.parse.urlencode(request.params)
+        realm = request.realm.split("?", 1)[0]
+        reply = await self._exchange("GET", url, None, None, request.authorization, JSON_LIMIT, True)
+        if reply.status in (401, 403):
+            raise (
+                self._auth.rejected()
+                if request.authorization
+                else RegistryAuthFailed(
+                    f"the token service {realm} of registry {self._name} refused anonymous access; "
+                    "configure registry credentials"
+                )
+            )
+        if reply.status != 200:
+            raise self._error(reply, f"a token from {realm}")
+        document = self._json(reply, f"the token from {realm}")
+        token = document.get("token") or document.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise self._protocol(reply, f"the token service {realm} answered without a token")
+        return TokenAnswer(token=token, expires_in=document.get("expires_in"))
+
+    async def _exchange(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None,
+        body: bytes | None,
+        authorization: str | None,
+        max_body: int,
+        redirects: bool,
+    ) -> _Reply:
+        """One HTTP request and its body within settings.timeout, or a RegistryError."""
+        timed_out = False
+        attempt = Deferred.fromCoroutine(
+            self._roundtrip(method, url, headers, body, authorization, max_body, redirects)
+        )
+
+        def expire() -> None:
+            nonlocal timed_out
+            timed_out = True
+            attempt.cancel()
+
+        timer = self._reactor.callLater(self._settings.timeout, expire)
+        try:
+            return await attempt
+        except BodyTooLarge as error:
+            raise RegistryProtocolError(
+                f"registry {self._name}: the answer to {method} {_path(url)} is larger than "
+                f"{error.limit} bytes, more than this client reads"
+            ) from error
+        except Exception as error:
+            if timed_out:
+                raise RegistryTimeout(
+                    f"registry {self._name} did not answer {method} {_path(url)} within "
+                    f"{self._settings.timeout:g}s; it may be overloaded, retry later"
+                ) from error
+            if _is_cancellation(error):
+                raise CancelledError() from error
+            if isinstance(error, RegistryError):
+                raise
+            raise self._transport_error(error, url) from error
+        finally:
+            if timer.active():
+                timer.cancel()
+
+    async def _roundtrip(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None,
+        body: bytes | None,
+        authorization: str | None,
+        max_body: int,
+        redirects: bool,
+    ) -> _Reply:
+        await self._slots.acquire()
+        try:
+            request_headers = {"User-Agent": ["payloadtags"]}
+            for name, value in (headers or {}).items():
+                request_headers[name] = [value]
+            if authorization:
+                request_headers["Authorization"] = [authorization]
+            response = await self._http.request(
+                method,
+                url,
+                headers=request_headers,
+                data=body,
+                allow_redirects=redirects,
+                unbuffered=True,
+            )
+            ok = 200 <= response.code < 300
+            content = await read_body(response, max_body if ok else ERROR_BODY_LIMIT, truncate=not ok)
+            return _Reply(method, url, response.code, response.headers, content)
+        finally:
+            self._slots.release()
+
+    # --- answers ----------------------------------------------------------------------------------
+
+    def _transport_error(self, error: BaseException, url: str) -> RegistryError:
+        where = self._name if url.startswith(self._base) else f"{self._name} (via {_origin(url)})"
+        if isinstance(error, net_errors.DNSLookupError):
+            reason = f"cannot resolve the host name ({_cause(error)})"
+        else:
+            reason = _cause(error)
+        if isinstance(
+            error,
+            net_errors.ConnectError
+            | net_errors.DNSLookupError
+            | net_errors.ConnectionClosed
+            | ResponseNeverReceived
+            | ResponseFailed
+            | RequestTransmissionFailed
+            | OSError,
+        ):
+            return RegistryUnavailable(
+                f"registry {where} is unavailable: {reason}; check that it runs and is reachable",
+                retry_after=DEFAULT_RETRY_AFTER,
+            )
+        log.failure("Unexpected failure talking to registry {registry}", Failure(error), registry=where)
+        return RegistryProtocolError(f"registry {where}: unexpected failure: {reason}")
+
+    def _error(self, reply: _Reply, what: str) -> RegistryError:
+        """The RegistryError for an unexpected answer about ``what``."""
+        errors = reply.errors()
+        codes = [code for code, _ in errors]
+        detail = "; ".join(f"{code}: {message}" if message else code for code, message in errors)
+        status = reply.status
+        if status == 404:
+            code = codes[0] if codes else "NOT_FOUND"
+            return RegistryNotFound(f"{what} not found in registry {self._name} ({code})", code=code)
+        if status == 401:
+            return self._auth.rejected(reply.header("WWW-Authenticate"))
+        if status == 403:
+            return RegistryAuthFailed(
+                f"registry {self._name} denied {what}"
+                + (f" ({detail})" if detail else "")
+                + "; check the permissions of the configured registry account"
+            )
+        if status == 405 and reply.method in ("PUT", "POST", "PATCH", "DELETE"):
+            if "UNSUPPORTED" in codes:
+                if reply.method == "DELETE":
+                    return RegistryDeleteDisabled(
+                        f"registry {self._name} does not allow deletes (storage.delete.enabled is "
+                        f"false): {what} is not possible; ask the registry's administrator"
+                    )
+                return RegistryProtocolError(f"registry {self._name} does not support {what}")
+            # distribution answers a bare 405 (no JSON error) for every write in maintenance mode.
+            return RegistryReadOnly(
+                f"registry {self._name} is read-only (maintenance, e.g. garbage collection): "
+                f"{what} is not possible now, retry later",
+                retry_after=_retry_after(reply.header("Retry-After"), 60),
+            )
+        if status == 429 or status >= 500:
+            return RegistryUnavailable(
+                f"registry {self._name} failed {what} with HTTP {status}"
+                + (f" ({detail})" if detail else "")
+                + "; retry later",
+                retry_after=_retry_after(reply.header("Retry-After")),
+            )
+        return self._protocol(reply, f"{what}: unexpected HTTP {status}" + (f" ({detail})" if detail else ""))
+
+    def _protocol(self, reply: _Reply | None, message: str) -> RegistryProtocolError:
+        return RegistryProtocolError(f"registry {self._name}: {message}")
+
+    def _json(self, reply: _Reply, what: str) -> dict[str, Any]:
+        try:
+            document = json.loads(reply.body)
+        except ValueError:
+            document = None
+        if not isinstance(document, dict):
+            raise self._protocol(reply, f"{what} is not a JSON object")
+        return document
+
+    def _verified_digest(self, reply: _Reply, reference: str, what: str) -> str:
+        """The manifest's digest: the registry's header, checked against the bytes, else computed."""
+        header = reply.header("Docker-Content-Digest")
+        expected = reference if is_digest_reference(reference) else None
+        for claimed in (expected, header):
+            if not claimed:
+                continue
+            if not is_valid_digest(claimed):
+                raise self._protocol(reply, f"{what}: invalid digest {claimed!r}")
+            actual = compute_digest(reply.body, claimed.partition(":")[0])
+            if actual is not None and actual != claimed:
+                raise self._protocol(reply, f"{what}: content has digest {actual}, not {claimed}")
+        digest = expected or header or compute_digest(reply.body)
+        assert digest is not None
+        return digest
+
+    def _next_link(self, reply: _Reply) -> str | None:
+        """The next page's URL from a Link header, kept on the registry's own origin."""
+        header = ", ".join(reply.headers.getRawHeaders("Link") or [])
+        match = _LINK_NEXT_RE.search(header)
+        if match is None:
+            return None
+        target = urllib.parse.urljoin(reply.url, match.group(1))
+        if _origin(target) != _origin(self._base):
+            raise self._protocol(reply, f"the next page link points elsewhere: {target}")
+        return target
+
+    def _check_repository(self, repository: str) -> None:
+        if not is_valid_repository(repository):
+            raise RegistryInvalidName(f"invalid repository name {repository!r}", code="NAME_INVALID")
+
+    def _check_tag(self, tag: str) -> None:
+        if not is_valid_tag(tag):
+            raise RegistryInvalidName(f"invalid tag {tag!r}", code="TAG_INVALID")
+
+    def _check_digest(self, digest: str) -> None:
+        if not is_valid_digest(digest):
+            raise RegistryInvalidName(f"invalid digest {digest!r}", code="DIGEST_INVALID")
+
+    def _check_reference(self, reference: str) -> None:
+        if is_digest_reference(reference):
+            self._check_digest(reference)
+        else:
+            self._check_tag(reference)
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme, parts.netloc
+
+
+def _path(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return parts.path
+
+
+__all__ = [
+    "ACCEPT_MANIFESTS",
+    "DELETE_NONCE_ANNOTATION",
+    "RegistryClient",
+    "RegistrySettings",
+]

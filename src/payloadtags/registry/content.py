@@ -1,0 +1,112 @@
+"""What the registry hands out (manifests, catalog pages) and the grammar of its names."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+import attrs
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MANIFEST_MEDIA_TYPES = (OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST)
+INDEX_MEDIA_TYPES = (OCI_INDEX, DOCKER_MANIFEST_LIST)
+
+# Distribution's reference grammar. Checking names before they go into a URL path keeps user input
+# from ever reaching another endpoint ("..", "?", "%2F").
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REPOSITORY_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_DIGEST_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}")
+_HEX_LENGTHS = {"sha256": 64, "sha512": 128}
+MAX_REPOSITORY_LENGTH = 255
+
+
+def is_valid_repository(name: str) -> bool:
+    return len(name) <= MAX_REPOSITORY_LENGTH and _REPOSITORY_RE.fullmatch(name) is not None
+
+
+def is_valid_tag(tag: str) -> bool:
+    return _TAG_RE.fullmatch(tag) is not None
+
+
+def is_valid_digest(digest: str) -> bool:
+    if _DIGEST_RE.fullmatch(digest) is None:
+        return False
+    algorithm, _, encoded = digest.partition(":")
+    length = _HEX_LENGTHS.get(algorithm)
+    return length is None or (len(encoded) == length and re.fullmatch("[a-f0-9]+", encoded) is not None)
+
+
+def is_digest_reference(reference: str) -> bool:
+    return ":" in reference
+
+
+def compute_digest(data: bytes, algorithm: str = "sha256") -> str | None:
+    """The digest of data with the given algorithm, or None when this client cannot compute it."""
+    if algorithm not in _HEX_LENGTHS:
+        return None
+    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+
+
+@attrs.frozen
+class CatalogPage:
+    """One page of /v2/_catalog. ``more``: the registry sent a next-page link (2.8 sends one only when
+    names follow; other registries may end with an empty page)."""
+
+    repositories: list[str]
+    more: bool
+
+
+@attrs.frozen
+class Manifest:
+    """A manifest exactly as stored: its digest is that of ``content``, never of a conversion."""
+
+    digest: str
+    media_type: str
+    content: bytes = attrs.field(repr=lambda c: f"<{len(c)} bytes>")
+
+    def json(self) -> dict[str, Any]:
+        value = json.loads(self.content)
+        if not isinstance(value, dict):
+            raise ValueError("manifest is not a JSON object")
+        return value
+
+    @property
+    def is_index(self) -> bool:
+        return self.media_type in INDEX_MEDIA_TYPES
+
+
+def infer_media_type(content_type: str | None, document: dict[str, Any]) -> str:
+    """The manifest's type from Content-Type, else from the document (OCI allows omitting mediaType)."""
+    declared = (content_type or "").split(";", 1)[0].strip().lower()
+    if declared and declared not in ("application/json", "application/octet-stream", "text/plain"):
+        return declared
+    field = document.get("mediaType")
+    if isinstance(field, str) and field:
+        return field
+    if "manifests" in document:
+        return OCI_INDEX
+    return OCI_MANIFEST
+
+
+__all__ = [
+    "DOCKER_MANIFEST",
+    "DOCKER_MANIFEST_LIST",
+    "INDEX_MEDIA_TYPES",
+    "MANIFEST_MEDIA_TYPES",
+    "OCI_INDEX",
+    "OCI_MANIFEST",
+    "CatalogPage",
+    "Manifest",
+    "compute_digest",
+    "infer_media_type",
+    "is_digest_reference",
+    "is_valid_digest",
+    "is_valid_repository",
+    "is_valid_tag",
+]

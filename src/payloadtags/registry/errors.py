@@ -1,0 +1,83 @@
+"""Errors of the registry client.
+
+Every message names the registry (its URL without credentials) and says what the user can do, because
+the API layer passes it on to kubectl users as the Status message.
+"""
+
+from __future__ import annotations
+
+
+class RegistryError(Exception):
+    """Base of every error the registry client raises."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class RegistryUnavailable(RegistryError):
+    """The registry cannot be reached or failed (connection refused/reset, DNS, TLS, 429, 5xx)."""
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RegistryTimeout(RegistryError):
+    """A request took longer than the configured timeout and was cancelled."""
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RegistryReadOnly(RegistryError):
+    """The registry is in read-only (maintenance) mode, usually while garbage collection runs."""
+
+    def __init__(self, message: str, retry_after: int = 60) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RegistryDeleteDisabled(RegistryError):
+    """The registry's storage has deletes turned off (``storage.delete.enabled: false``)."""
+
+
+class RegistryNotFound(RegistryError):
+    """The repository, manifest, blob or tag does not exist. ``code`` is the registry's error code."""
+
+    def __init__(self, message: str, code: str = "NOT_FOUND") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RegistryInvalidName(RegistryNotFound):
+    """A repository name, tag or digest that the registry grammar does not allow.
+
+    Raised before any request. It is a RegistryNotFound because such a thing cannot exist in the
+    registry; ``code`` is NAME_INVALID, TAG_INVALID or DIGEST_INVALID as the registry would say.
+    """
+
+
+class RegistryAuthFailed(RegistryError):
+    """The registry or its token service rejected the credentials, or they grant too little."""
+
+
+class RegistryProtocolError(RegistryError):
+    """The registry answered something this client does not expect (bad JSON, status, oversize body)."""
+
+
+__all__ = [
+    "RegistryAuthFailed",
+    "RegistryDeleteDisabled",
+    "RegistryError",
+    "RegistryInvalidName",
+    "RegistryNotFound",
+    "RegistryProtocolError",
+    "RegistryReadOnly",
+    "RegistryTimeout",
+    "RegistryUnavailable",
+]

@@ -1,0 +1,192 @@
+"""HTTP plumbing under the registry client: TLS policy, request bodies, bounded response bodies."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from OpenSSL import SSL
+from service_identity import CertificateError, VerificationError
+from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IPolicyForHTTPS, IResponse
+from zope.interface import implementer
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _VerifyingCreator:
+    """TLS connections to one host: chain checked by OpenSSL, name checked by service_identity."""
+
+    def __init__(self, host: str, ca_file: str | None) -> None:
+        self._host = host
+        self._ip = _is_ip(host)
+        # Built from files only: pyOpenSSL 26 deprecates passing X509/PKey objects, and Twisted's own
+        # helpers still do, which fails under -W error.
+        context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        context.set_min_proto_version(SSL.TLS1_2_VERSION)
+        context.set_options(SSL.OP_NO_COMPRESSION)
+        context.set_default_verify_paths()
+        if ca_file:
+            context.load_verify_locations(ca_file)
+        context.set_verify(SSL.VERIFY_PEER)
+        context.set_info_callback(self._info)
+        self._context = context
+
+    def _info(self, connection: SSL.Connection, where: int, ret: int) -> None:
+        if not where & SSL.SSL_CB_HANDSHAKE_DONE:
+            return
+        # This runs inside an OpenSSL callback: an exception escaping it would be lost, so a mismatch
+        # is reported by failing the TLS transport instead.
+        try:
+            certificate = connection.get_peer_certificate(as_cryptography=True)
+            if certificate is None:
+                raise VerificationError(errors=[])
+            if self._ip:
+                verify_certificate_ip_address(certificate, self._host)
+            else:
+                verify_certificate_hostname(certificate, self._host)
+        except (VerificationError, CertificateError, ValueError):
+            failure = Failure(SSL.Error(f"the server's certificate does not match {self._host}"))
+            connection.get_app_data().failVerification(failure)
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        connection = SSL.Connection(self._context, None)
+        connection.set_app_data(tlsProtocol)
+        if not self._ip:
+            connection.set_tlsext_host_name(self._host.encode("idna"))
+        connection.set_connect_state()
+        return connection
+
+
+@implementer(IPolicyForHTTPS)
+class TLSPolicy:
+    """Trust the system CAs plus an optional CA bundle file; verify the host name or IP address."""
+
+    def __init__(self, ca_file: str | None = None) -> None:
+        self._ca_file = ca_file
+        self._creators: dict[str, _VerifyingCreator] = {}
+        if ca_file:
+            # Fail at start-up on an unreadable bundle rather than on the first request.
+            _VerifyingCreator("localhost", ca_file)
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> _VerifyingCreator:
+        host = hostname.decode("ascii").strip("[]")
+        creator = self._creators.get(host)
+        if creator is None:
+            creator = self._creators[host] = _VerifyingCreator(host, self._ca_file)
+        return creator
+
+
+@implementer(IBodyProducer)
+class BytesProducer:
+    """Writes the whole body at once. treq's default producer cooperates through the global reactor,
+    which an injected reactor (or a Clock in tests) would never drive."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        consumer.write(self._data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int, length: int | None = None) -> None:
+        super().__init__(f"response body larger than {limit} bytes")
+        self.limit = limit
+        self.length = length
+
+
+class _Collector(Protocol):
+    def __init__(self, finished: Deferred[bytes], limit: int, truncate: bool, length: int | None) -> None:
+        self._finished = finished
+        self._limit = limit
+        self._truncate = truncate
+        self._length = length
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._done = False
+
+    def connectionMade(self) -> None:
+        if self._length is not None and self._length > self._limit and not self._truncate:
+            self._stop(Failure(BodyTooLarge(self._limit, self._length)))
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._done:
+            return
+        room = self._limit - self._size
+        if len(data) > room:
+            if self._truncate:
+                self._chunks.append(data[:room])
+                self._stop(None)
+            else:
+                self._stop(Failure(BodyTooLarge(self._limit, self._length)))
+            return
+        self._chunks.append(data)
+        self._size += len(data)
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        if self._done:
+            return
+        self._done = True
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self._finished.callback(b"".join(self._chunks))
+        else:
+            self._finished.errback(reason)
+
+    def _stop(self, failure: Failure | None) -> None:
+        # Stop reading: the connection is dropped rather than drained, so a huge body costs nothing.
+        self._done = True
+        if self.transport is not None:
+            self.transport.stopProducing()
+        if failure is None:
+            self._finished.callback(b"".join(self._chunks))
+        else:
+            self._finished.errback(failure)
+
+    def cancel(self) -> None:
+        if not self._done:
+            self._done = True
+            if self.transport is not None:
+                self.transport.stopProducing()
+
+
+def read_body(response: IResponse, limit: int, truncate: bool = False) -> Deferred[bytes]:
+    """The response body, at most ``limit`` bytes: longer fails with BodyTooLarge, or is cut when
+    ``truncate`` (for error bodies, where the status matters more than the text)."""
+    length = response.length if response.length is not UNKNOWN_LENGTH else None
+    collector: _Collector
+
+    def cancel(_: Deferred[bytes]) -> None:
+        collector.cancel()
+
+    finished: Deferred[bytes] = Deferred(cancel)
+    collector = _Collector(finished, limit, truncate, length)
+    response.deliverBody(collector)
+    return finished
+
+
+__all__ = ["BodyTooLarge", "BytesProducer", "TLSPolicy", "read_body"]

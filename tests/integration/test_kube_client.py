@@ -1,0 +1,499 @@
+"""KubeClient against the Kubernetes API test double over real HTTPS, configured by kubeconfig."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.protocol import Factory, Protocol
+
+from payloadtags.kube import (
+    ClusterConfig,
+    KubeApiError,
+    KubeClient,
+    KubeStreamLost,
+    KubeTimeout,
+    KubeUnavailable,
+    UserInfo,
+    WatchEvent,
+    WatchStream,
+    load_cluster_config,
+    resource_path,
+)
+from tests.support.kubeapi import KubeApiDouble, RequestInfo, User, eventually, resources
+from tests.support.pki import Authority
+
+CM = "/api/v1/namespaces/default/configmaps"
+NS = "/api/v1/namespaces"
+
+
+def cm(name: str, namespace: str = "default", **data: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": data,
+    }
+
+
+async def error_of(awaitable: Any) -> KubeApiError:
+    with pytest.raises(KubeApiError) as info:
+        await awaitable
+    return info.value
+
+
+async def collect(stream: WatchStream, count: int) -> list[WatchEvent]:
+    events = []
+    async for event in stream:
+        events.append(event)
+        if len(events) == count:
+            break
+    return events
+
+
+@pytest_twisted.ensureDeferred
+async def test_crud_with_status_errors(kube_client: KubeClient) -> None:
+    created = await kube_client.create(CM, cm("a", x="1"))
+    meta = created["metadata"]
+    assert created["kind"] == "ConfigMap"
+    assert meta["uid"] and meta["creationTimestamp"].endswith("Z") and int(meta["resourceVersion"]) > 0
+
+    error = await error_of(kube_client.create(CM, cm("a")))
+    assert (error.code, error.reason) == (409, "AlreadyExists")
+    assert error.status["details"] == {"name": "a", "kind": "configmaps"}
+
+    fetched = await kube_client.get(CM + "/a")
+    assert fetched == created
+
+    updated = await kube_client.update(CM + "/a", {**fetched, "data": {"x": "2"}})
+    assert int(updated["metadata"]["resourceVersion"]) > int(meta["resourceVersion"])
+    assert updated["metadata"]["uid"] == meta["uid"]
+    # Writing with the old resourceVersion loses the optimistic-concurrency race.
+    error = await error_of(kube_client.update(CM + "/a", {**fetched, "data": {"x": "3"}}))
+    assert (error.code, error.reason) == (409, "Conflict")
+    assert "the object has been modified" in error.message
+
+    patched = await kube_client.patch(CM + "/a", {"data": {"y": "1", "x": None}})
+    assert patched["data"] == {"y": "1"}
+
+    error = await error_of(kube_client.delete(CM + "/a", {"preconditions": {"uid": "wrong"}}))
+    assert error.code == 409 and "Precondition failed: UID" in error.message
+    deleted = await kube_client.delete(CM + "/a", {"preconditions": {"uid": meta["uid"]}})
+    assert deleted["status"] == "Success" and deleted["details"]["uid"] == meta["uid"]
+
+    error = await error_of(kube_client.get(CM + "/a"))
+    assert error.status == {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": 'configmaps "a" not found',
+        "reason": "NotFound",
+        "details": {"name": "a", "kind": "configmaps"},
+        "code": 404,
+    }
+
+
+@pytest_twisted.ensureDeferred
+async def test_validation_and_namespace_errors(kube_client: KubeClient) -> None:
+    error = await error_of(kube_client.create(CM, cm("Bad_Name")))
+    assert (error.code, error.reason) == (422, "Invalid")
+    assert error.status["details"]["causes"][0]["field"] == "metadata.name"
+    error = await error_of(kube_client.create("/api/v1/namespaces/missing/configmaps", cm("a", "missing")))
+    assert (error.code, error.message) == (404, 'namespaces "missing" not found')
+    error = await error_of(kube_client.create(CM, cm("a", "other")))
+    assert (error.code, error.reason) == (400, "BadRequest")
+    error = await error_of(kube_client.get("/api/v1/nothing"))
+    assert (error.code, error.message) == (404, "the server could not find the requested resource")
+    error = await error_of(kube_client.list(CM, {"labelSelector": "a in (b"}))
+    assert error.code == 400
+    error = await error_of(kube_client.list(CM, {"fieldSelector": "spec.x=y"}))
+    assert (
+        error.message == '"spec.x" is not a known field selector: only "metadata.name", "metadata.namespace"'
+    )
+    error = await error_of(kube_client.patch(CM + "/nope", {"data": {}}))
+    assert error.code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_rbac_and_lease_resources(kube_client: KubeClient) -> None:
+    rbac = "rbac.authorization.k8s.io"
+    role = {
+        "metadata": {"name": "reader"},
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}],
+    }
+    await kube_client.create(resource_path(rbac, "v1", "roles", "default"), role)
+    await kube_client.create(
+        resource_path(rbac, "v1", "clusterroles"), {**role, "metadata": {"name": "system:r"}}
+    )
+    binding = {
+        "metadata": {"name": "b"},
+        "roleRef": {"apiGroup": rbac, "kind": "ClusterRole", "name": "system:r"},
+        "subjects": [{"kind": "User", "name": "alice"}],
+    }
+    await kube_client.create(resource_path(rbac, "v1", "rolebindings", "kube-system"), binding)
+    await kube_client.create(resource_path(rbac, "v1", "clusterrolebindings"), binding)
+    clusterrole = await kube_client.get(resource_path(rbac, "v1", "clusterroles", name="system:r"))
+    assert clusterrole["kind"] == "ClusterRole" and clusterrole["apiVersion"] == f"{rbac}/v1"
+    bindings = await kube_client.list(f"/apis/{rbac}/v1/rolebindings")
+    assert [(b["metadata"]["namespace"], b["metadata"]["name"]) for b in bindings["items"]] == [
+        ("kube-system", "b")
+    ]
+    assert bindings["kind"] == "RoleBindingList"
+
+    leases = resource_path("coordination.k8s.io", "v1", "leases", "kube-system")
+    lease = await kube_client.create(
+        leases, {"metadata": {"name": "payloadtags"}, "spec": {"holderIdentity": "a"}}
+    )
+    taken = await kube_client.update(leases + "/payloadtags", {**lease, "spec": {"holderIdentity": "b"}})
+    error = await error_of(
+        kube_client.update(leases + "/payloadtags", {**lease, "spec": {"holderIdentity": "c"}})
+    )
+    assert error.code == 409
+    assert (
+        (await kube_client.get(leases + "/payloadtags"))["spec"] == taken["spec"] == {"holderIdentity": "b"}
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_pagination_selectors_and_cross_namespace(
+    kube_api: KubeApiDouble, kube_client: KubeClient
+) -> None:
+    for name in ("a", "b", "c", "d", "e"):
+        body = cm(name)
+        body["metadata"]["labels"] = {"tier": "x" if name in "ace" else "y"}
+        await kube_client.create(CM, body)
+    await kube_client.create("/api/v1/namespaces/kube-system/configmaps", cm("z", "kube-system"))
+
+    first = await kube_client.list(CM, {"limit": "2"})
+    assert [i["metadata"]["name"] for i in first["items"]] == ["a", "b"]
+    assert first["metadata"]["remainingItemCount"] == 3
+    assert "kind" not in first["items"][0]  # like the real server's typed lists
+    # A change between pages does not show: pages come from the first page's snapshot.
+    await kube_client.delete(CM + "/c")
+    second = await kube_client.list(CM, {"limit": "2", "continue": first["metadata"]["continue"]})
+    assert [i["metadata"]["name"] for i in second["items"]] == ["c", "d"]
+    assert second["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
+
+    selected = await kube_client.list(CM, {"labelSelector": "tier=x"})
+    assert [i["metadata"]["name"] for i in selected["items"]] == ["a", "e"]
+    selected = await kube_client.list(CM, {"labelSelector": "tier notin (x),tier"})
+    assert [i["metadata"]["name"] for i in selected["items"]] == ["b", "d"]
+    everywhere = await kube_client.list("/api/v1/configmaps", {"fieldSelector": "metadata.name!=b"})
+    assert [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in everywhere["items"]] == [
+        ("default", "a"),
+        ("default", "d"),
+        ("default", "e"),
+        ("kube-system", "z"),
+    ]
+
+    kube_api.compact()
+    error = await error_of(kube_client.list(CM, {"limit": "2", "continue": first["metadata"]["continue"]}))
+    assert (error.code, error.reason) == (410, "Expired")
+
+
+@pytest_twisted.ensureDeferred
+async def test_namespace_deletion_is_two_phase(kube_api: KubeApiDouble, kube_client: KubeClient) -> None:
+    await kube_client.create(NS, {"metadata": {"name": "team-a"}})
+    await kube_client.create("/api/v1/namespaces/team-a/configmaps", cm("c", "team-a"))
+    listed = await kube_client.list(NS)
+    stream = await kube_client.watch(NS, {"resourceVersion": listed["metadata"]["resourceVersion"]})
+    try:
+        terminating = await kube_client.delete(NS + "/team-a")
+        assert terminating["status"] == {"phase": "Terminating"}
+        assert terminating["metadata"]["deletionTimestamp"]
+        [modified] = await collect(stream, 1)
+        assert modified.type == "MODIFIED" and modified.object["status"]["phase"] == "Terminating"
+        # Still visible; no new content; a second delete is a conflict.
+        assert (await kube_client.get(NS + "/team-a"))["metadata"]["deletionTimestamp"]
+        error = await error_of(kube_client.create("/api/v1/namespaces/team-a/configmaps", cm("d", "team-a")))
+        assert (error.code, error.status["details"]["causes"][0]["reason"]) == (403, "NamespaceTerminating")
+        assert (await error_of(kube_client.delete(NS + "/team-a"))).code == 409
+
+        kube_api.finalize_namespace("team-a")
+        [deleted] = await collect(stream, 1)
+        assert (deleted.type, deleted.object["metadata"]["name"]) == ("DELETED", "team-a")
+        assert (await error_of(kube_client.get(NS + "/team-a"))).code == 404
+        assert (await kube_client.list("/api/v1/namespaces/team-a/configmaps"))["items"] == []
+    finally:
+        stream.close()
+
+    kube_api.store.auto_finalize_namespaces = True
+    await kube_client.create(NS, {"metadata": {"name": "team-b"}})
+    await kube_client.delete(NS + "/team-b")
+    assert (await error_of(kube_client.get(NS + "/team-b"))).code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_watch_semantics(kube_api: KubeApiDouble, kube_client: KubeClient) -> None:
+    await kube_client.create(CM, cm("a"))
+    listed = await kube_client.list(CM)
+    rv = listed["metadata"]["resourceVersion"]
+    await kube_client.create(CM, cm("b"))
+
+    # Unset or "0": synthetic ADDED for what exists, then live events.
+    stream = await kube_client.watch(CM, {"resourceVersion": "0"})
+    events = await collect(stream, 2)
+    assert [(e.type, e.object["metadata"]["name"]) for e in events] == [("ADDED", "a"), ("ADDED", "b")]
+    await kube_client.patch(CM + "/a", {"data": {"k": "v"}})
+    [modified] = await collect(stream, 1)
+    assert modified.type == "MODIFIED" and modified.object["kind"] == "ConfigMap"
+    stream.close()
+
+    # "N": only what happened after N, no synthetic events.
+    stream = await kube_client.watch(CM, {"resourceVersion": rv})
+    events = await collect(stream, 2)
+    assert [(e.type, e.object["metadata"]["name"]) for e in events] == [("ADDED", "b"), ("MODIFIED", "a")]
+    stream.close()
+
+    # Leaving a label selection is a DELETED for that watch.
+    stream = await kube_client.watch(CM, {"labelSelector": "keep=yes", "resourceVersion": rv})
+    await kube_client.patch(CM + "/a", {"metadata": {"labels": {"keep": "yes"}}})
+    await kube_client.patch(CM + "/a", {"metadata": {"labels": {"keep": "no"}}})
+    events = await collect(stream, 2)
+    assert [e.type for e in events] == ["ADDED", "DELETED"]
+    stream.close()
+
+    # Too old after compaction: an ERROR event with a 410 Status, raised by the stream.
+    kube_api.compact()
+    stream = await kube_client.watch(CM, {"resourceVersion": rv})
+    with pytest.raises(KubeApiError) as info:
+        await collect(stream, 1)
+    assert info.value.code == 410
+    assert info.value.status["message"] == f"too old resource version: {rv} ({kube_api.store.compacted_rv})"
+
+    # A resourceVersion from the future.
+    error = await error_of(kube_client.watch(CM, {"resourceVersion": "999999"}))
+    assert (error.code, error.reason) == (504, "Timeout")
+
+
+@pytest_twisted.ensureDeferred
+async def test_bookmarks_and_timeout_seconds(kube_api: KubeApiDouble, kube_client: KubeClient) -> None:
+    kube_api.bookmark_interval = 0.05
+    listed = await kube_client.list(CM)
+    stream = await kube_client.watch(
+        CM,
+        {
+            "resourceVersion": listed["metadata"]["resourceVersion"],
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": "1",
+        },
+    )
+    await kube_client.create(NS, {"metadata": {"name": "elsewhere"}})
+    started = reactor.seconds()
+    events = [event async for event in stream]
+    # The stream ended by itself after timeoutSeconds, cleanly.
+    assert 0.9 <= reactor.seconds() - started < 3
+    assert len(events) >= 5 and {e.type for e in events} == {"BOOKMARK"}
+    # Bookmarks carry the global resourceVersion, so they move past changes to other resources.
+    assert events[-1].resource_version == str(kube_api.store.resource_version)
+    assert events[-1].object == {
+        "kind": "ConfigMap",
+        "apiVersion": "v1",
+        "metadata": {"resourceVersion": str(kube_api.store.resource_version)},
+    }
+
+
+@pytest_twisted.ensureDeferred
+async def test_cut_watches_break_the_stream(kube_api: KubeApiDouble, kube_client: KubeClient) -> None:
+    stream = await kube_client.watch(CM)
+    await eventually(lambda: kube_api.open_watches == 1)
+    await kube_client.create(CM, cm("a"))
+    [added] = await collect(stream, 1)
+    assert added.type == "ADDED"
+    assert kube_api.cut_watches() == 1
+    with pytest.raises(KubeStreamLost):
+        await collect(stream, 1)
+    # Plain requests keep working.
+    assert (await kube_client.get(CM + "/a"))["metadata"]["name"] == "a"
+
+
+@pytest_twisted.ensureDeferred
+async def test_outage_then_recovery_on_the_same_port(
+    kube_api: KubeApiDouble, kube_client: KubeClient
+) -> None:
+    await kube_client.get(NS + "/default")
+    port = kube_api.port
+    await kube_api.go_down()
+    with pytest.raises(KubeUnavailable):
+        await kube_client.get(NS + "/default")
+    kube_api.come_up()
+    assert kube_api.port == port
+    assert (await kube_client.get(NS + "/default"))["metadata"]["name"] == "default"
+
+
+@pytest_twisted.ensureDeferred
+async def test_token_authentication_and_token_review(kube_api: KubeApiDouble, tmp_path: Path) -> None:
+    kubeconfig = kube_api.write_kubeconfig(tmp_path / "kc", username="robot", groups=("bots",), auth="token")
+    config = load_cluster_config(str(kubeconfig))
+    assert config is not None and config.token and not config.has_client_cert
+    client = KubeClient(reactor, config, request_timeout=5)
+    try:
+        kube_api.add_token("user-token", "alice", ("dev",), uid="u-1", extra={"scopes": ["a"]})
+        user = await client.token_review("user-token")
+        assert user == UserInfo("alice", "u-1", ("dev", "system:authenticated"), {"scopes": ("a",)})
+        assert await client.token_review("bad-token") is None
+        # A token is good only for its audiences.
+        kube_api.add_token("audience-token", "bob", audiences=("payloadtags",))
+        assert await client.token_review("audience-token", audiences=("payloadtags", "other")) == UserInfo(
+            "bob", groups=("system:authenticated",)
+        )
+        assert await client.token_review("audience-token") is None
+        assert await client.token_review("user-token", audiences=("payloadtags",)) is None
+        review = kube_api.requests_for("/apis/authentication.k8s.io/v1/tokenreviews")
+        assert [r.user for r in review] == ["robot"] * 5
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_unauthenticated_and_forbidden(kube_api: KubeApiDouble, tmp_path: Path) -> None:
+    nobody = KubeClient(reactor, ClusterConfig(kube_api.url, ca_data=kube_api.ca_pem), request_timeout=5)
+    stranger = Authority.create(tmp_path / "stranger", "stranger").client("mallory", ("system:masters",))
+    impostor = KubeClient(
+        reactor,
+        ClusterConfig(
+            kube_api.url,
+            ca_data=kube_api.ca_pem,
+            client_cert_file=str(stranger.cert_file),
+            client_key_file=str(stranger.key_file),
+        ),
+        request_timeout=5,
+    )
+    alice_cert = kube_api.issue_client_cert("alice", ("dev",))
+    alice = KubeClient(
+        reactor,
+        ClusterConfig(
+            kube_api.url,
+            ca_data=kube_api.ca_pem,
+            client_cert_data=alice_cert.cert_file.read_bytes(),
+            client_key_data=alice_cert.key_file.read_bytes(),
+        ),
+        request_timeout=5,
+    )
+    try:
+        for client in (nobody, impostor):
+            error = await error_of(client.get(NS))
+            assert error.status == {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Failure",
+                "message": "Unauthorized",
+                "reason": "Unauthorized",
+                "code": 401,
+            }
+
+        def only_reads(user: User, info: RequestInfo) -> bool:
+            assert user.groups == ("dev", "system:authenticated")
+            return info.verb in ("get", "list", "watch")
+
+        kube_api.authorizer = only_reads
+        await alice.list(CM)
+        error = await error_of(alice.create(CM, cm("x")))
+        assert (error.code, error.reason) == (403, "Forbidden")
+        assert error.message == (
+            'configmaps is forbidden: User "alice" cannot create resource "configmaps" in API group "" '
+            'in the namespace "default"'
+        )
+        error = await error_of(
+            alice.delete(resource_path("rbac.authorization.k8s.io", "v1", "clusterroles", name="r"))
+        )
+        assert error.message.endswith(
+            'cannot delete resource "clusterroles" in API group "rbac.authorization.k8s.io" '
+            "at the cluster scope"
+        )
+    finally:
+        for client in (nobody, impostor, alice):
+            await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_verification(kube_api: KubeApiDouble, tmp_path: Path) -> None:
+    other_ca = Authority.create(tmp_path / "other", "other")
+    wrong_ca = KubeClient(
+        reactor, ClusterConfig(kube_api.url, ca_file=str(other_ca.cert_file), token="t"), request_timeout=5
+    )
+    wrong_name = KubeClient(
+        reactor,
+        ClusterConfig(
+            kube_api.url, ca_data=kube_api.ca_pem, token="t", tls_server_name="kubernetes.default.svc"
+        ),
+        request_timeout=5,
+    )
+    insecure = KubeClient(
+        reactor, ClusterConfig(kube_api.url, insecure_skip_tls_verify=True, token="t"), request_timeout=5
+    )
+    kube_api.add_token("t", "someone")
+    try:
+        for client in (wrong_ca, wrong_name):
+            with pytest.raises(KubeUnavailable):
+                await client.get(NS)
+        assert (await insecure.get(NS + "/default"))["metadata"]["name"] == "default"
+    finally:
+        for client in (wrong_ca, wrong_name, insecure):
+            await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_injected_errors_and_retry_after(kube_api: KubeApiDouble, kube_client: KubeClient) -> None:
+    kube_api.inject_error(503, "ServiceUnavailable", "etcd is sad", method="GET", path=NS, times=2)
+    for _ in range(2):
+        error = await error_of(kube_client.get(NS + "/default"))
+        assert (error.code, error.message) == (503, "etcd is sad")
+    assert (await kube_client.get(NS + "/default"))["metadata"]["name"] == "default"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_silent_server_times_out() -> None:
+    class Silent(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            pass
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Silent), interface="127.0.0.1")
+    client = KubeClient(
+        reactor, ClusterConfig(f"http://127.0.0.1:{port.getHost().port}"), request_timeout=0.2
+    )
+    try:
+        with pytest.raises(KubeTimeout):
+            await client.get(NS)
+        with pytest.raises(KubeTimeout):
+            await client.watch(NS)
+    finally:
+        await client.close()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_plain_http_double(tmp_path: Path) -> None:
+    double = KubeApiDouble(reactor, tmp_path, tls=False)
+    double.start()
+    double.add_token("t", "admin", ("system:masters",))
+    client = KubeClient(reactor, ClusterConfig(double.url, token="t"), request_timeout=5)
+    try:
+        assert double.url.startswith("http://")
+        assert [n["metadata"]["name"] for n in (await client.list(NS))["items"]] == [
+            "default",
+            "kube-node-lease",
+            "kube-public",
+            "kube-system",
+        ]
+    finally:
+        await client.close()
+        await double.stop()
+
+
+def test_resource_table_is_complete() -> None:
+    assert {r.qualified for r in resources.ALL} == {
+        "namespaces",
+        "configmaps",
+        "roles.rbac.authorization.k8s.io",
+        "rolebindings.rbac.authorization.k8s.io",
+        "clusterroles.rbac.authorization.k8s.io",
+        "clusterrolebindings.rbac.authorization.k8s.io",
+        "leases.coordination.k8s.io",
+        "tokenreviews.authentication.k8s.io",
+    }

@@ -1,0 +1,310 @@
+"""The reflector against the Kubernetes API test double over real HTTPS."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from payloadtags.kube import Backoff, KubeClient, Reflector, StoreListener
+from tests.support.kubeapi import KubeApiDouble, eventually
+from tests.support.kubeapi.resources import CONFIGMAPS, NAMESPACES
+
+CM = "/api/v1/namespaces/default/configmaps"
+
+
+class Journal(StoreListener):
+    """Every change the reflector reported, in order."""
+
+    def __init__(self) -> None:
+        self.changes: list[tuple[str, str]] = []
+        self.replacements = 0
+
+    def on_add(self, obj: dict[str, Any]) -> None:
+        self.changes.append(("add", obj["metadata"]["name"]))
+
+    def on_update(self, old: dict[str, Any], new: dict[str, Any]) -> None:
+        self.changes.append(("update", new["metadata"]["name"]))
+
+    def on_delete(self, obj: dict[str, Any]) -> None:
+        self.changes.append(("delete", obj["metadata"]["name"]))
+
+    def on_replaced(self, objects: list[dict[str, Any]]) -> None:
+        self.replacements += 1
+
+    def of(self, kind: str) -> list[str]:
+        return [name for k, name in self.changes if k == kind]
+
+
+def configmap(name: str, **labels: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": "default", "labels": labels}, "data": {"v": "0"}}
+
+
+def server_view(double: KubeApiDouble) -> dict[str, str]:
+    """name -> resourceVersion of the configmaps in default, as the server has them."""
+    return {
+        o["metadata"]["name"]: o["metadata"]["resourceVersion"]
+        for o in double.store.list(CONFIGMAPS, "default").items
+    }
+
+
+def local_view(reflector: Reflector) -> dict[str, str]:
+    return {o["metadata"]["name"]: o["metadata"]["resourceVersion"] for o in reflector.items()}
+
+
+@pytest.fixture
+def make_reflector(kube_client: KubeClient) -> Any:
+    made: list[Reflector] = []
+
+    def make(path: str = CM, **kwargs: Any) -> tuple[Reflector, Journal]:
+        kwargs.setdefault(
+            "backoff", Backoff(initial=0.02, factor=2.0, cap=0.2, jitter=0.5, rng=random.Random(1))
+        )
+        kwargs.setdefault("watch_timeout", 30.0)
+        reflector = Reflector(kube_client, path, reactor, rng=random.Random(2), **kwargs)
+        journal = Journal()
+        reflector.add_listener(journal)
+        made.append(reflector)
+        return reflector, journal
+
+    return make
+
+
+@pytest_twisted.async_yield_fixture
+async def stopper(make_reflector: Any) -> AsyncIterator[list[Reflector]]:
+    started: list[Reflector] = []
+    yield started
+    for reflector in started:
+        await reflector.stop()
+
+
+async def running(stopper: list[Reflector], reflector: Reflector, double: KubeApiDouble) -> Reflector:
+    """Start `reflector`; return once it has listed and its watch is open on the server."""
+    watches = double.open_watches
+    reflector.start()
+    stopper.append(reflector)
+    await reflector.wait_for_sync()
+    await eventually(lambda: double.open_watches == watches + 1)
+    return reflector
+
+
+@pytest_twisted.ensureDeferred
+async def test_initial_paginated_list_then_live_events(
+    kube_api: KubeApiDouble, kube_client: KubeClient, make_reflector: Any, stopper: list[Reflector]
+) -> None:
+    for name in "abcde":
+        kube_api.store.create(CONFIGMAPS, configmap(name))
+    reflector, journal = make_reflector(page_size=2)
+    listed_at = str(kube_api.store.resource_version)
+    await running(stopper, reflector, kube_api)
+    assert local_view(reflector) == server_view(kube_api)
+    lists = kube_api.requests_for(CM, verb="list")
+    assert [r.query.get("continue", "") != "" for r in lists] == [False, True, True]
+    assert reflector.get("a", "default")["kind"] == "ConfigMap"
+    assert journal.of("add") == list("abcde") and journal.replacements == 1
+
+    await kube_client.create(CM, configmap("f"))
+    await kube_client.patch(CM + "/a", {"data": {"v": "1"}})
+    await kube_client.delete(CM + "/b")
+    await eventually(lambda: local_view(reflector) == server_view(kube_api))
+    assert journal.changes[5:] == [("add", "f"), ("update", "a"), ("delete", "b")]
+    assert reflector.get("a", "default")["data"] == {"v": "1"}
+    assert reflector.resource_version == str(kube_api.store.resource_version)
+    [watch] = kube_api.requests_for(CM, verb="watch")
+    assert watch.query["allowWatchBookmarks"] == "true"
+    assert watch.query["resourceVersion"] == listed_at
+
+
+@pytest_twisted.ensureDeferred
+async def test_bookmarks_advance_the_resource_version(
+    kube_api: KubeApiDouble, make_reflector: Any, stopper: list[Reflector]
+) -> None:
+    kube_api.bookmark_interval = 0.05
+    reflector, journal = make_reflector()
+    await running(stopper, reflector, kube_api)
+    # Changes to another resource move the global resourceVersion; only bookmarks tell the reflector.
+    for name in ("x", "y", "z"):
+        kube_api.store.create(NAMESPACES, {"metadata": {"name": name}})
+    await eventually(lambda: reflector.resource_version == str(kube_api.store.resource_version))
+    assert journal.changes == []
+    # A reconnect now resumes from the bookmark's resourceVersion.
+    kube_api.cut_watches()
+    await eventually(lambda: len(kube_api.requests_for(CM, verb="watch")) == 2)
+    assert kube_api.requests_for(CM, verb="watch")[1].query["resourceVersion"] == str(
+        kube_api.store.resource_version
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cut_stream_resumes_without_missing_or_repeating_events(
+    kube_api: KubeApiDouble, make_reflector: Any, stopper: list[Reflector]
+) -> None:
+    reflector, journal = make_reflector()
+    await running(stopper, reflector, kube_api)
+    kube_api.store.create(CONFIGMAPS, configmap("before"))
+    await eventually(lambda: "before" in journal.of("add"))
+    last_seen = reflector.resource_version
+    for round_ in range(3):
+        assert kube_api.cut_watches() == 1
+        # These happen while the reflector is disconnected (it waits a backoff before reconnecting).
+        kube_api.store.create(CONFIGMAPS, configmap(f"gap{round_}"))
+        kube_api.store.patch(CONFIGMAPS, "before", {"data": {"v": str(round_ + 1)}}, "default")
+        await eventually(lambda: kube_api.open_watches == 1)
+    kube_api.store.delete(CONFIGMAPS, "gap0", "default")
+    await eventually(lambda: local_view(reflector) == server_view(kube_api))
+
+    assert journal.changes == [
+        ("add", "before"),
+        ("add", "gap0"),
+        ("update", "before"),
+        ("add", "gap1"),
+        ("update", "before"),
+        ("add", "gap2"),
+        ("update", "before"),
+        ("delete", "gap0"),
+    ]
+    assert reflector.lists == 1 and journal.replacements == 1
+    watches = kube_api.requests_for(CM, verb="watch")
+    assert len(watches) == 4
+    assert watches[1].query["resourceVersion"] == last_seen
+
+
+@pytest_twisted.ensureDeferred
+async def test_410_leads_to_a_relist_and_the_store_converges(
+    kube_api: KubeApiDouble, make_reflector: Any, stopper: list[Reflector]
+) -> None:
+    for name in ("keep", "change", "drop"):
+        kube_api.store.create(CONFIGMAPS, configmap(name))
+    reflector, journal = make_reflector()
+    await running(stopper, reflector, kube_api)
+    journal.changes.clear()
+
+    kube_api.cut_watches()
+    kube_api.store.patch(CONFIGMAPS, "change", {"data": {"v": "9"}}, "default")
+    kube_api.store.delete(CONFIGMAPS, "drop", "default")
+    kube_api.store.create(CONFIGMAPS, configmap("new"))
+    kube_api.compact()  # the reflector's resourceVersion is now too old to resume from
+
+    await eventually(lambda: reflector.lists == 2)
+    await eventually(lambda: local_view(reflector) == server_view(kube_api))
+    assert sorted(journal.changes) == [("add", "new"), ("delete", "drop"), ("update", "change")]
+    assert journal.replacements == 2
+    # The initial watch, the resume that got the 410 ERROR event, the watch after the relist.
+    await eventually(lambda: len(kube_api.requests_for(CM, verb="watch")) == 3)
+    watched_from = [r.query["resourceVersion"] for r in kube_api.requests_for(CM, verb="watch")]
+    assert watched_from[0] == watched_from[1] != watched_from[2]
+    # Live events flow again after the relist.
+    kube_api.store.create(CONFIGMAPS, configmap("after"))
+    await eventually(lambda: reflector.get("after", "default") is not None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_outage_then_recovery_applies_what_happened_meanwhile(
+    kube_api: KubeApiDouble, make_reflector: Any, stopper: list[Reflector]
+) -> None:
+    kube_api.store.create(CONFIGMAPS, configmap("a"))
+    reflector, journal = make_reflector()
+    await running(stopper, reflector, kube_api)
+    requests_before = len(kube_api.requests)
+
+    await kube_api.go_down()
+    kube_api.store.create(CONFIGMAPS, configmap("b"))
+    kube_api.store.patch(CONFIGMAPS, "a", {"data": {"v": "1"}}, "default")
+    # A few refused reconnects (each takes Twisted's HostnameEndpoint about 0.3 s to give up on).
+    await eventually(lambda: reflector.backoff.attempts >= 3)
+    assert len(kube_api.requests) == requests_before
+    assert reflector.keys() == ["default/a"]
+
+    kube_api.come_up()
+    await eventually(lambda: local_view(reflector) == server_view(kube_api))
+    assert reflector.lists == 1  # resumed from its resourceVersion; no relist needed
+    assert journal.changes[1:] == [("add", "b"), ("update", "a")]
+    await eventually(lambda: kube_api.open_watches == 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_outage_longer_than_the_history_relists(
+    kube_api: KubeApiDouble, make_reflector: Any, stopper: list[Reflector]
+) -> None:
+    kube_api.store.create(CONFIGMAPS, configmap("a"))
+    reflector, journal = make_reflector()
+    await running(stopper, reflector, kube_api)
+    await kube_api.go_down()
+    kube_api.store.delete(CONFIGMAPS, "a", "default")
+    kube_api.store.create(CONFIGMAPS, configmap("b"))
+    kube_api.compact()
+    kube_api.come_up()
+    await eventually(lambda: local_view(reflector) == server_view(kube_api))
+    assert reflector.lists == 2
+    assert journal.changes[1:] == [("add", "b"), ("delete", "a")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_api_errors_are_retried(
+    kube_api: KubeApiDouble, make_reflector: Any, stopper: list[Reflector]
+) -> None:
+    kube_api.inject_error(500, method="GET", path=CM, times=3)
+    reflector, _ = make_reflector()
+    await running(stopper, reflector, kube_api)
+    assert [r.code for r in kube_api.requests_for(CM)][:4] == [500, 500, 500, 200]
+
+
+@pytest_twisted.ensureDeferred
+async def test_watch_streams_roll_over_at_their_timeout(
+    kube_api: KubeApiDouble, make_reflector: Any, stopper: list[Reflector]
+) -> None:
+    reflector, journal = make_reflector(watch_timeout=0.5)
+    await running(stopper, reflector, kube_api)
+    await eventually(lambda: len(kube_api.requests_for(CM, verb="watch")) >= 2)
+    kube_api.store.create(CONFIGMAPS, configmap("late"))
+    await eventually(lambda: journal.of("add") == ["late"])
+    assert reflector.lists == 1
+    assert all(r.query["timeoutSeconds"] == "1" for r in kube_api.requests_for(CM, verb="watch"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_namespace_reflector_sees_termination_then_removal(
+    kube_api: KubeApiDouble, kube_client: KubeClient, make_reflector: Any, stopper: list[Reflector]
+) -> None:
+    reflector, journal = make_reflector("/api/v1/namespaces")
+    await running(stopper, reflector, kube_api)
+    await kube_client.create("/api/v1/namespaces", {"metadata": {"name": "team-a"}})
+    await kube_client.delete("/api/v1/namespaces/team-a")
+    await eventually(lambda: (reflector.get("team-a") or {}).get("status", {}).get("phase") == "Terminating")
+    assert reflector.get("team-a")["metadata"]["deletionTimestamp"]
+    kube_api.finalize_namespace("team-a")
+    await eventually(lambda: reflector.get("team-a") is None)
+    assert journal.changes[-3:] == [("add", "team-a"), ("update", "team-a"), ("delete", "team-a")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_field_selector_narrows_to_one_object(
+    kube_api: KubeApiDouble, make_reflector: Any, stopper: list[Reflector]
+) -> None:
+    path = "/api/v1/namespaces/kube-system/configmaps"
+    name = "extension-apiserver-authentication"
+    kube_api.store.create(CONFIGMAPS, {"metadata": {"name": "other", "namespace": "kube-system"}})
+    kube_api.store.create(
+        CONFIGMAPS, {"metadata": {"name": name, "namespace": "kube-system"}, "data": {"k": "1"}}
+    )
+    reflector, journal = make_reflector(path, field_selector=f"metadata.name={name}")
+    await running(stopper, reflector, kube_api)
+    assert reflector.keys() == [f"kube-system/{name}"]
+    kube_api.store.patch(CONFIGMAPS, "other", {"data": {"x": "y"}}, "kube-system")
+    kube_api.store.patch(CONFIGMAPS, name, {"data": {"k": "2"}}, "kube-system")
+    await eventually(lambda: reflector.get(name, "kube-system")["data"] == {"k": "2"})
+    assert journal.changes == [("add", name), ("update", name)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_closes_the_watch(kube_api: KubeApiDouble, make_reflector: Any) -> None:
+    reflector, _ = make_reflector()
+    reflector.start()
+    await reflector.wait_for_sync()
+    await eventually(lambda: kube_api.open_watches == 1)
+    await reflector.stop()
+    await eventually(lambda: kube_api.open_watches == 0)

@@ -1,0 +1,582 @@
+"""RegistryClient against the real registry (CNCF distribution 2.8, ``docker-registry``)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+import pytest_twisted
+
+from payloadtags.registry import (
+    DELETE_NONCE_ANNOTATION,
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    RegistryAuthFailed,
+    RegistryClient,
+    RegistryDeleteDisabled,
+    RegistryInvalidName,
+    RegistryNotFound,
+    RegistryProtocolError,
+    RegistryReadOnly,
+    RegistryTimeout,
+    RegistryUnavailable,
+)
+from tests.support import images
+from tests.support.registry_server import RegistryServer, TokenServer, free_port, make_tls_files
+
+pytestmark = pytest.mark.registry
+
+MakeClient = Callable[..., RegistryClient]
+
+
+# --- reading ----------------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_ping(registry_client: RegistryClient) -> None:
+    await registry_client.ping()
+
+
+@pytest_twisted.ensureDeferred
+async def test_not_listening_is_unavailable(make_client: MakeClient) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    client = make_client(url)
+    with pytest.raises(RegistryUnavailable) as caught:
+        await client.ping()
+    assert url in caught.value.message
+    assert caught.value.retry_after > 0
+    with pytest.raises(RegistryUnavailable):
+        await client.tags("some/repo")
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A TCP server that accepts connections and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join(2)
+    for connection in accepted:
+        connection.close()
+    listener.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_silent_registry_times_out(make_client: MakeClient, silent_server: str) -> None:
+    client = make_client(silent_server, timeout=0.3)
+    with pytest.raises(RegistryTimeout) as caught:
+        await client.manifest("some/repo", "latest")
+    assert silent_server in caught.value.message
+
+
+@pytest_twisted.ensureDeferred
+async def test_tags_are_sorted(registry: RegistryServer, registry_client: RegistryClient, repo: str) -> None:
+    images.push_oci_image(registry, repo, "v1")
+    wanted = ["v1", "b", "2", "c", "10", "a", "latest", "1.0.0", "Z"]
+    for tag in wanted[1:]:
+        images.tag_manifest(registry, repo, "v1", tag)
+    assert await registry_client.tags(repo) == sorted(wanted)
+
+
+@pytest_twisted.ensureDeferred
+async def test_tags_of_unknown_repository_are_empty(registry_client: RegistryClient, repo: str) -> None:
+    assert await registry_client.tags(repo) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_tags_of_emptied_repository_are_empty(
+    registry: RegistryServer, registry_client: RegistryClient, repo: str
+) -> None:
+    digest = images.push_oci_image(registry, repo, "only")
+    assert images.delete_manifest(registry, repo, digest) == 202
+    raw = images.Session(registry).request("GET", f"/v2/{repo}/tags/list")
+    assert json.loads(raw.body)["tags"] is None  # what 2.8 answers, and why tags() must cope
+    assert repo in images.catalog(registry)
+    assert await registry_client.tags(repo) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_invalid_names_never_reach_the_registry(registry_client: RegistryClient) -> None:
+    for call in (
+        registry_client.tags("../etc"),
+        registry_client.manifest("a/b", "bad tag"),
+        registry_client.manifest("a/b", "sha256:xyz"),
+        registry_client.blob("A/B", "sha256:" + "0" * 64),
+        registry_client.delete_tag("a/b", "-x"),
+    ):
+        with pytest.raises(RegistryInvalidName):
+            await call
+
+
+@pytest_twisted.ensureDeferred
+async def test_oci_image_manifest_and_config(
+    registry: RegistryServer, registry_client: RegistryClient, repo: str
+) -> None:
+    digest = images.push_oci_image(registry, repo, "v1", labels={"app": "demo"})
+    manifest = await registry_client.manifest(repo, "v1")
+    assert manifest.digest == digest
+    assert manifest.media_type == OCI_MANIFEST
+    assert images.sha256(manifest.content) == digest
+    config_descriptor = manifest.json()["config"]
+    config = await registry_client.blob(repo, config_descriptor["digest"])
+    assert json.loads(config)["config"]["Labels"] == {"app": "demo"}
+    by_digest = await registry_client.manifest(repo, digest)
+    assert by_digest == manifest
+    assert await registry_client.resolve(repo, "v1") == digest
+
+
+@pytest_twisted.ensureDeferred
+async def test_docker_v2_digest_is_the_pushed_one(
+    registry: RegistryServer, registry_client: RegistryClient, repo: str
+) -> None:
+    digest = images.push_docker_image(registry, repo, "v1")
+    manifest = await registry_client.manifest(repo, "v1")
+    # Without the Docker v2 Accept type, 2.8 would convert to schema1 and a different digest.
+    assert manifest.digest == digest
+    assert manifest.media_type == DOCKER_MANIFEST
+    assert manifest.content == images.get_manifest(registry, repo, "v1").content
+
+
+@pytest_twisted.ensureDeferred
+async def test_index_and_manifest_list(
+    registry: RegistryServer, registry_client: RegistryClient, repo: str
+) -> None:
+    index = images.push_oci_index(registry, repo, "index")
+    manifest_list = images.push_docker_manifest_list(registry, repo, "list")
+    got_index = await registry_client.manifest(repo, "index")
+    got_list = await registry_client.manifest(repo, "list")
+    assert (got_index.digest, got_index.media_type, got_index.is_index) == (index, OCI_INDEX, True)
+    assert (got_list.digest, got_list.media_type) == (manifest_list, DOCKER_MANIFEST_LIST)
+    child = got_index.json()["manifests"][0]["digest"]
+    assert (await registry_client.manifest(repo, child)).media_type == OCI_MANIFEST
+
+
+@pytest_twisted.ensureDeferred
+async def test_artifacts(registry: RegistryServer, registry_client: RegistryClient, repo: str) -> None:
+    thing = images.push_artifact(registry, repo, "thing")
+    sbom = images.push_artifact(
+        registry,
+        repo,
+        "sbom",
+        config_media_type=images.OCI_EMPTY,
+        artifact_type="application/vnd.example.sbom.v1+json",
+    )
+    got_thing = await registry_client.manifest(repo, "thing")
+    got_sbom = await registry_client.manifest(repo, "sbom")
+    assert got_thing.digest == thing
+    assert got_thing.json()["config"]["mediaType"] == "application/vnd.example.thing.v1+json"
+    assert got_sbom.digest == sbom
+    assert got_sbom.json()["artifactType"] == "application/vnd.example.sbom.v1+json"
+    assert await registry_client.blob(repo, got_sbom.json()["config"]["digest"]) == b"{}"
+
+
+@pytest_twisted.ensureDeferred
+async def test_missing_things_are_not_found(
+    registry: RegistryServer, registry_client: RegistryClient, repo: str
+) -> None:
+    with pytest.raises(RegistryNotFound) as caught:
+        await registry_client.manifest(repo, "v1")
+    assert caught.value.code == "MANIFEST_UNKNOWN"  # 2.8 says so even when the repository is unknown
+    assert registry.url in caught.value.message
+    images.push_oci_image(registry, repo, "v1")
+    with pytest.raises(RegistryNotFound) as caught:
+        await registry_client.manifest(repo, "nope")
+    assert caught.value.code == "MANIFEST_UNKNOWN"
+    with pytest.raises(RegistryNotFound) as caught:
+        await registry_client.blob(repo, "sha256:" + "1" * 64)
+    assert caught.value.code == "BLOB_UNKNOWN"
+    with pytest.raises(RegistryNotFound):
+        await registry_client.delete_manifest(repo, "sha256:" + "1" * 64)
+
+
+@pytest_twisted.ensureDeferred
+async def test_blob_larger_than_limit(
+    registry: RegistryServer, registry_client: RegistryClient, repo: str
+) -> None:
+    data = bytes(range(256)) * 64
+    digest = images.push_blob(registry, repo, data)["digest"]
+    assert await registry_client.blob(repo, digest, max_bytes=len(data)) == data
+    with pytest.raises(RegistryProtocolError) as caught:
+        await registry_client.blob(repo, digest, max_bytes=1000)
+    assert "1000 bytes" in caught.value.message
+    # The connection that was cut is not reused by mistake.
+    assert await registry_client.blob(repo, digest) == data
+
+
+# --- catalog ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def catalog_registry() -> Iterator[RegistryServer]:
+    """A registry of its own, so that the catalog holds exactly what the tests expect."""
+    with RegistryServer() as server:
+        names = [
+            "team/x",
+            "team/z/w",
+            "team-a/y",
+            "team",
+            "teamb/q",
+            "team.c/d",
+            "team_d/e",
+            "team/a-b",
+            "team/a/b",
+            "team0/x",
+            "a",
+            "team/zz",
+        ]
+        for name in names:
+            images.push_artifact(server, name, "v1")
+        yield server
+
+
+# distribution 2.8 walks its storage depth first: it compares names path component by path component,
+# so "/" sorts before every character and a namespace's repositories are contiguous.
+PATH_ORDER = [
+    "a",
+    "team",
+    "team/a/b",
+    "team/a-b",
+    "team/x",
+    "team/z/w",
+    "team/zz",
+    "team-a/y",
+    "team.c/d",
+    "team0/x",
+    "team_d/e",
+    "teamb/q",
+]
+
+
+@pytest_twisted.ensureDeferred
+async def test_catalog_order_is_path_component_wise(
+    catalog_registry: RegistryServer, make_client: MakeClient
+) -> None:
+    client = make_client(catalog_registry)
+    page = await client.catalog()
+    assert page.repositories == PATH_ORDER
+    assert page.repositories != sorted(PATH_ORDER)  # not plain string order
+    assert page.more is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_catalog_paging(catalog_registry: RegistryServer, make_client: MakeClient) -> None:
+    client = make_client(catalog_registry)
+    seen: list[str] = []
+    last = None
+    pages = 0
+    while True:
+        page = await client.catalog(last=last, n=5)
+        pages += 1
+        seen.extend(page.repositories)
+        if not page.more:
+            break
+        last = page.repositories[-1]
+    assert seen == PATH_ORDER
+    assert pages == 3  # 2.8 sends a next link only when more names follow: no empty last page
+    with pytest.raises(ValueError):
+        await client.catalog(n=1001)
+
+
+@pytest_twisted.ensureDeferred
+async def test_catalog_seek_to_namespace(catalog_registry: RegistryServer, make_client: MakeClient) -> None:
+    client = make_client(catalog_registry)
+
+    async def namespace(ns: str) -> list[str]:
+        # The namespace listing's method: seek to the namespace, stop at the first name outside it.
+        page = await client.catalog(last=ns, n=1000)
+        return list(itertools.takewhile(lambda name: name.startswith(ns + "/"), page.repositories))
+
+    # "team" is itself a repository here, but last need not name one ("tea", "team/z" do not exist).
+    assert await namespace("team") == ["team/a/b", "team/a-b", "team/x", "team/z/w", "team/zz"]
+    assert await namespace("team-a") == ["team-a/y"]
+    assert await namespace("nothing") == []
+    assert (await client.catalog(last="team/z", n=2)).repositories == ["team/z/w", "team/zz"]
+    assert (await client.catalog(last="tea", n=1)).repositories == ["team"]
+
+
+# --- deleting -------------------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_manifest_by_digest(
+    registry: RegistryServer, registry_client: RegistryClient, repo: str
+) -> None:
+    digest = images.push_oci_image(registry, repo, "a")
+    images.tag_manifest(registry, repo, "a", "b")
+    await registry_client.delete_manifest(repo, digest)
+    assert images.list_tags(registry, repo) == []  # every tag on that digest goes with it
+    assert images.resolve(registry, repo, digest) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_tag_keeps_sibling_tag_and_manifest(
+    registry: RegistryServer, registry_client: RegistryClient, repo: str
+) -> None:
+    digest = images.push_oci_image(registry, repo, "a")
+    images.tag_manifest(registry, repo, "a", "b")
+    before = images.get_manifest(registry, repo, "b")
+    assert await registry_client.delete_tag(repo, "a") == digest
+    assert images.list_tags(registry, repo) == ["b"]
+    assert images.get_manifest(registry, repo, "b") == before
+    assert images.resolve(registry, repo, "a") is None
+    # distribution 2.8 has no delete by tag; the client found out and remembers.
+    assert registry_client.supports_delete_by_tag is False
+
+
+@pytest.mark.parametrize(
+    "push",
+    [
+        images.push_oci_image,
+        images.push_docker_image,
+        images.push_oci_index,
+        images.push_docker_manifest_list,
+        images.push_artifact,
+    ],
+    ids=["oci", "docker", "oci-index", "docker-list", "artifact"],
+)
+@pytest_twisted.ensureDeferred
+async def test_delete_tag_of_every_manifest_type(
+    registry: RegistryServer,
+    registry_client: RegistryClient,
+    repo: str,
+    push: Callable[..., str],
+) -> None:
+    digest = push(registry, repo, "doomed")
+    images.tag_manifest(registry, repo, "doomed", "kept")
+    content = images.get_manifest(registry, repo, "kept")
+    # Two deletes: the first finds out how, the second uses what it learned.
+    images.tag_manifest(registry, repo, "doomed", "doomed-too")
+    assert await registry_client.delete_tag(repo, "doomed") == digest
+    assert await registry_client.delete_tag(repo, "doomed-too") == digest
+    assert images.list_tags(registry, repo) == ["kept"]
+    assert images.get_manifest(registry, repo, "kept") == content
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_tag_of_index_keeps_tagged_child(
+    registry: RegistryServer, registry_client: RegistryClient, repo: str
+) -> None:
+    amd64 = images.push_oci_image(registry, repo, "amd64", architecture="amd64")
+    arm64 = images.push_oci_image(registry, repo, None, architecture="arm64")
+    index = images.push_oci_index(registry, repo, "multi", children=[amd64, arm64])
+    assert await registry_client.delete_tag(repo, "multi") == index
+    assert images.list_tags(registry, repo) == ["amd64"]
+    assert images.resolve(registry, repo, amd64) == amd64
+    assert images.resolve(registry, repo, arm64) == arm64
+    assert images.resolve(registry, repo, index) == index  # untagged now; garbage collection's business
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_tag_of_child_keeps_index(
+    registry: RegistryServer, registry_client: RegistryClient, repo: str
+) -> None:
+    child = images.push_oci_image(registry, repo, "child")
+    index = images.push_oci_index(registry, repo, "multi", children=[child])
+    assert await registry_client.delete_tag(repo, "child") == child
+    assert images.list_tags(registry, repo) == ["multi"]
+    assert images.resolve(registry, repo, child) == child  # the index still needs it
+    assert images.resolve(registry, repo, "multi") == index
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_missing_tag_is_not_found(
+    registry: RegistryServer, registry_client: RegistryClient, repo: str
+) -> None:
+    with pytest.raises(RegistryNotFound):
+        await registry_client.delete_tag(repo, "ghost")
+    images.push_oci_image(registry, repo, "real")
+    with pytest.raises(RegistryNotFound) as caught:
+        await registry_client.delete_tag(repo, "ghost")
+    assert caught.value.code == "MANIFEST_UNKNOWN"
+    assert images.list_tags(registry, repo) == ["real"]
+
+
+def _snapshot(registry: RegistryServer, repo: str) -> dict[str, images.Fetched | None]:
+    return {tag: images.get_manifest(registry, repo, tag) for tag in images.list_tags(registry, repo)}
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_tag_on_read_only_registry(
+    registry: RegistryServer,
+    readonly_registry: RegistryServer,
+    make_client: MakeClient,
+    repo: str,
+) -> None:
+    images.push_oci_image(registry, repo, "a")
+    images.tag_manifest(registry, repo, "a", "b")
+    before = _snapshot(registry, repo)
+    client = make_client(readonly_registry)
+    for attempt in range(2):  # the first delete learns the method, the second uses it
+        with pytest.raises(RegistryReadOnly) as caught:
+            await client.delete_tag(repo, "a")
+        assert caught.value.retry_after > 0
+        assert readonly_registry.url in caught.value.message
+        assert _snapshot(registry, repo) == before, attempt
+    with pytest.raises(RegistryReadOnly):
+        await client.delete_manifest(repo, before["a"].digest)  # type: ignore[union-attr]
+    # Reads keep working.
+    assert await client.tags(repo) == ["a", "b"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_tag_with_deletes_disabled_changes_nothing(
+    registry: RegistryServer,
+    nodelete_registry: RegistryServer,
+    make_client: MakeClient,
+    repo: str,
+) -> None:
+    images.push_docker_image(registry, repo, "a")
+    images.tag_manifest(registry, repo, "a", "b")
+    before = _snapshot(registry, repo)
+    client = make_client(nodelete_registry)
+    with pytest.raises(RegistryDeleteDisabled) as caught:
+        await client.delete_tag(repo, "a")
+    assert nodelete_registry.url in caught.value.message
+    # Found out before anything was written: the tag still has its exact bytes, no nonce.
+    assert _snapshot(registry, repo) == before
+    assert DELETE_NONCE_ANNOTATION.encode() not in before["a"].content  # type: ignore[union-attr]
+    with pytest.raises(RegistryDeleteDisabled):
+        await client.delete_manifest(repo, before["a"].digest)  # type: ignore[union-attr]
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_tag_after_learning_then_deletes_disabled(
+    registry: RegistryServer,
+    nodelete_registry: RegistryServer,
+    make_client: MakeClient,
+    repo: str,
+) -> None:
+    """A client that already knows 2.8 lacks delete-by-tag still checks before it writes."""
+    images.push_oci_image(registry, repo, "a")
+    images.tag_manifest(registry, repo, "a", "b")
+    client = make_client(nodelete_registry)
+    client._delete_by_tag = False  # as if an earlier delete had taught it
+    before = _snapshot(registry, repo)
+    with pytest.raises(RegistryDeleteDisabled):
+        await client.delete_tag(repo, "a")
+    assert _snapshot(registry, repo) == before
+
+
+# --- authentication and TLS ---------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_basic_auth(htpasswd_registry: RegistryServer, make_client: MakeClient, repo: str) -> None:
+    digest = images.push_oci_image(htpasswd_registry, repo, "v1")
+    images.tag_manifest(htpasswd_registry, repo, "v1", "v2")
+    client = make_client(htpasswd_registry)
+    await client.ping()
+    assert await client.tags(repo) == ["v1", "v2"]
+    assert (await client.manifest(repo, "v1")).digest == digest
+    assert await client.delete_tag(repo, "v1") == digest
+    assert images.list_tags(htpasswd_registry, repo) == ["v2"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_basic_auth_rejected(htpasswd_registry: RegistryServer, make_client: MakeClient) -> None:
+    wrong = make_client(htpasswd_registry, password="wrong-password")
+    with pytest.raises(RegistryAuthFailed) as caught:
+        await wrong.ping()
+    assert "wrong-password" not in caught.value.message
+    assert htpasswd_registry.url in caught.value.message
+    anonymous = make_client(htpasswd_registry.url)
+    with pytest.raises(RegistryAuthFailed):
+        await anonymous.tags("a/b")
+
+
+@pytest_twisted.ensureDeferred
+async def test_token_auth(
+    token_registry: RegistryServer,
+    token_server: TokenServer,
+    make_client: MakeClient,
+    repo: str,
+) -> None:
+    digest = images.push_oci_image(token_registry, repo, "v1")
+    images.tag_manifest(token_registry, repo, "v1", "v2")
+    client = make_client(token_registry)
+    token_server.requests.clear()
+    await client.ping()
+    assert await client.tags(repo) == ["v1", "v2"]
+    assert (await client.manifest(repo, "v1")).digest == digest
+    assert await client.delete_tag(repo, "v1") == digest
+    assert images.list_tags(token_registry, repo) == ["v2"]
+    assert (await client.catalog()).repositories
+    asked = [request.scopes for request in token_server.requests]
+    assert {request.user for request in token_server.requests} == {"robot"}
+    assert {request.service for request in token_server.requests} == {token_server.service}
+    # One token per scope, reused while it lives.
+    count = len(token_server.requests)
+    assert await client.tags(repo) == ["v2"]
+    await client.manifest(repo, "v2")
+    assert len(token_server.requests) == count
+    assert (f"repository:{repo}:pull",) in asked
+    assert (f"repository:{repo}:delete",) in asked
+    assert (f"repository:{repo}:pull,push",) in asked
+    assert ("registry:catalog:*",) in asked
+
+
+@pytest_twisted.ensureDeferred
+async def test_token_auth_rejected(token_registry: RegistryServer, make_client: MakeClient) -> None:
+    wrong = make_client(token_registry, password="nope")
+    with pytest.raises(RegistryAuthFailed) as caught:
+        await wrong.ping()
+    assert "nope" not in caught.value.message
+    anonymous = make_client(token_registry.url)
+    with pytest.raises(RegistryAuthFailed):
+        await anonymous.tags("a/b")
+
+
+@pytest_twisted.ensureDeferred
+async def test_https_with_ca_file(tls_registry: RegistryServer, make_client: MakeClient, repo: str) -> None:
+    digest = images.push_oci_image(tls_registry, repo, "v1")
+    client = make_client(tls_registry)
+    await client.ping()
+    assert (await client.manifest(repo, "v1")).digest == digest
+
+
+@pytest_twisted.ensureDeferred
+async def test_https_untrusted_is_unavailable(tls_registry: RegistryServer, make_client: MakeClient) -> None:
+    client = make_client(tls_registry.url)  # no CA file: the test CA is not trusted
+    with pytest.raises(RegistryUnavailable) as caught:
+        await client.ping()
+    assert "TLS" in caught.value.message or "certificate" in caught.value.message
+
+
+@pytest.fixture(scope="module")
+def localhost_only_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    """HTTPS with a certificate for the DNS name localhost only, not for the address 127.0.0.1."""
+    tls = make_tls_files(tmp_path_factory.mktemp("tls-localhost"), hostnames=("localhost",))
+    with RegistryServer(tls=tls) as server:
+        yield server
+
+
+@pytest_twisted.ensureDeferred
+async def test_https_checks_the_host_name(
+    localhost_only_registry: RegistryServer, make_client: MakeClient
+) -> None:
+    with pytest.raises(RegistryUnavailable) as caught:
+        await make_client(localhost_only_registry).ping()
+    assert "does not match 127.0.0.1" in caught.value.message
+    by_name = localhost_only_registry.url.replace("127.0.0.1", "localhost")
+    await make_client(by_name, ca_file=localhost_only_registry.ca_file).ping()

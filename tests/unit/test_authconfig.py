@@ -1,0 +1,355 @@
+"""Authentication configuration from flags and from ConfigMap extension-apiserver-authentication."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import pytest_twisted
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from twisted.logger import Logger
+
+from payloadtags.access import authconfig
+from payloadtags.access.authconfig import (
+    AuthenticationConfig,
+    ConfigMapError,
+    DynamicAuthentication,
+    FlagConfig,
+    from_configmap,
+)
+from payloadtags.access.authn import Credentials, UserInfo
+from payloadtags.access.requestheader import RequestHeaderConfig
+from tests.support.pki import Authority
+
+
+def pem(*certs: x509.Certificate) -> str:
+    return "".join(c.public_bytes(Encoding.PEM).decode() for c in certs)
+
+
+def configmap(
+    *,
+    client: tuple[Authority, ...] = (),
+    front: tuple[Authority, ...] = (),
+    allowed: list[str] | None = None,
+    **more: str,
+) -> dict[str, str]:
+    """ConfigMap data as kube-apiserver writes it: PEM bundles and JSON-encoded string arrays."""
+    data = {
+        "client-ca-file": pem(*(a.cert for a in client)),
+        "requestheader-client-ca-file": pem(*(a.cert for a in front)),
+        "requestheader-allowed-names": json.dumps(["front-proxy-client"] if allowed is None else allowed),
+        "requestheader-username-headers": '["X-Remote-User"]',
+        "requestheader-group-headers": '["X-Remote-Group"]',
+        "requestheader-extra-headers-prefix": '["X-Remote-Extra-"]',
+    }
+    data.update(more)
+    return data
+
+
+@attrs.frozen
+class Cas:
+    client: Authority
+    front: Authority
+    front2: Authority
+
+
+@pytest.fixture
+def cas(tmp_path: Path) -> Cas:
+    return Cas(
+        Authority.create(tmp_path / "client", "kubernetes"),
+        Authority.create(tmp_path / "front", "front-proxy-ca"),
+        Authority.create(tmp_path / "front2", "front-proxy-ca-2"),
+    )
+
+
+def proxied(cert: x509.Certificate | None, user: str = "alice") -> Credentials:
+    return Credentials(
+        peer_certificate=cert,
+        headers={"x-remote-user": [user], "x-remote-group": ["devs"], "accept": ["*/*"]},
+    )
+
+
+# --- from_configmap -------------------------------------------------------------------------------
+
+
+def test_from_configmap_reads_every_key(cas: Cas) -> None:
+    config = from_configmap(
+        configmap(
+            client=(cas.client,),
+            front=(cas.front, cas.front2),
+            allowed=["front-proxy-client", "aggregator"],
+            **{
+                "requestheader-username-headers": '["X-Remote-User", "X-Proxy-User"]',
+                "requestheader-group-headers": '["X-Remote-Group"]',
+                "requestheader-extra-headers-prefix": '["X-Remote-Extra-", "X-Proxy-Extra-"]',
+                "requestheader-uid-headers": '["X-Remote-Uid"]',
+            },
+        )
+    )
+    assert config.client_cas == (cas.client.cert,)
+    assert config.requestheader == RequestHeaderConfig(
+        authorities=(cas.front.cert, cas.front2.cert),
+        allowed_names=("front-proxy-client", "aggregator"),
+        username_headers=("X-Remote-User", "X-Proxy-User"),
+        group_headers=("X-Remote-Group",),
+        extra_prefixes=("X-Remote-Extra-", "X-Proxy-Extra-"),
+        uid_headers=("X-Remote-Uid",),
+    )
+
+
+@pytest.mark.parametrize("unset", ["", None])
+def test_unset_values_take_the_defaults(unset: str | None) -> None:
+    keys = [
+        "client-ca-file",
+        "requestheader-client-ca-file",
+        "requestheader-allowed-names",
+        "requestheader-username-headers",
+        "requestheader-group-headers",
+        "requestheader-extra-headers-prefix",
+        "requestheader-uid-headers",
+    ]
+    data = {} if unset is None else dict.fromkeys(keys, unset)
+    config = from_configmap(data)
+    assert config.client_cas == ()
+    assert config.requestheader.authorities == ()
+    assert config.requestheader.allowed_names == ()  # any CN
+    assert config.requestheader.username_headers == ("X-Remote-User",)
+    assert config.requestheader.group_headers == ("X-Remote-Group",)
+    assert config.requestheader.extra_prefixes == ("X-Remote-Extra-",)
+    assert config.requestheader.uid_headers == ()
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "requestheader-allowed-names",
+        "requestheader-username-headers",
+        "requestheader-group-headers",
+        "requestheader-extra-headers-prefix",
+        "requestheader-uid-headers",
+    ],
+)
+@pytest.mark.parametrize(
+    "value",
+    [
+        "X-Remote-User",
+        '"X-Remote-User"',
+        '["X-Remote-User"',
+        '{"a": "b"}',
+        "[1]",
+        '["a", null]',
+        "null",
+        "42",
+    ],
+)
+def test_malformed_string_arrays_are_refused(key: str, value: str) -> None:
+    with pytest.raises(ConfigMapError):
+        from_configmap({key: value})
+
+
+@pytest.mark.parametrize("key", ["client-ca-file", "requestheader-client-ca-file"])
+def test_malformed_ca_bundles_are_refused(key: str) -> None:
+    with pytest.raises(ConfigMapError):
+        from_configmap({key: "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n"})
+
+
+# --- flags over the ConfigMap ---------------------------------------------------------------------
+
+
+def test_flags_fix_each_section_separately(cas: Cas) -> None:
+    base = AuthenticationConfig(
+        client_cas=(cas.client.cert,),
+        requestheader=RequestHeaderConfig(
+            authorities=(cas.front.cert,), allowed_names=("front-proxy-client",)
+        ),
+    )
+    flag_requestheader = RequestHeaderConfig(authorities=(cas.front2.cert,), allowed_names=("proxy",))
+
+    assert FlagConfig().over(base) == base
+    assert not FlagConfig().complete
+
+    only_clients = FlagConfig(client_cas=(cas.front2.cert,))
+    assert only_clients.over(base) == AuthenticationConfig((cas.front2.cert,), base.requestheader)
+    assert not only_clients.complete
+
+    only_proxy = FlagConfig(requestheader=flag_requestheader)
+    assert only_proxy.over(base) == AuthenticationConfig(base.client_cas, flag_requestheader)
+    assert not only_proxy.complete
+
+    # An explicitly empty client CA list is a choice, not "unset".
+    both = FlagConfig(client_cas=(), requestheader=flag_requestheader)
+    assert both.over(base) == AuthenticationConfig((), flag_requestheader)
+    assert both.complete
+
+
+# --- the dynamic chain ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def logged(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    monkeypatch.setattr(authconfig, "log", Logger(namespace="test.authconfig", observer=events.append))
+    return events
+
+
+@pytest_twisted.ensureDeferred
+async def test_update_swaps_the_requestheader_ca(cas: Cas, logged: list[dict[str, Any]]) -> None:
+    seen: list[AuthenticationConfig] = []
+    dynamic = DynamicAuthentication(FlagConfig(), listeners=[seen.append])
+    old_proxy = cas.front.client("front-proxy-client").cert
+    new_proxy = cas.front2.client("front-proxy-client").cert
+
+    # Nothing configured yet: nobody is believed.
+    assert await dynamic.authenticate(proxied(old_proxy)) is None
+
+    dynamic.update_from_configmap(configmap(front=(cas.front,)))
+    assert len(seen) == 1
+    assert await dynamic.authenticate(proxied(old_proxy)) == UserInfo(
+        name="alice", groups=("devs", "system:authenticated")
+    )
+    assert await dynamic.authenticate(proxied(new_proxy)) is None
+
+    dynamic.update_from_configmap(configmap(front=(cas.front2,)))
+    assert len(seen) == 2 and seen[-1] is dynamic.config
+    assert seen[-1].requestheader.authorities == (cas.front2.cert,)
+    user = await dynamic.authenticate(proxied(new_proxy, user="bob"))
+    assert user is not None and user.name == "bob"
+    assert await dynamic.authenticate(proxied(old_proxy)) is None
+
+    # The allowed names apply too.
+    dynamic.update_from_configmap(configmap(front=(cas.front2,), allowed=["aggregator"]))
+    assert len(seen) == 3
+    assert await dynamic.authenticate(proxied(new_proxy)) is None
+    assert await dynamic.authenticate(proxied(cas.front2.client("aggregator").cert)) is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_listeners_hear_only_of_real_changes(cas: Cas, logged: list[dict[str, Any]]) -> None:
+    seen: list[AuthenticationConfig] = []
+    dynamic = DynamicAuthentication(FlagConfig(), listeners=[seen.append])
+    data = configmap(client=(cas.client,), front=(cas.front,))
+    dynamic.update_from_configmap(data)
+    dynamic.update_from_configmap(dict(data))
+    # Same content, written differently (spacing in the JSON, an extra key nobody reads).
+    respaced = dict(data, **{"requestheader-allowed-names": '[ "front-proxy-client" ]', "unrelated": "x"})
+    dynamic.update_from_configmap(respaced)
+    assert len(seen) == 1
+    dynamic.update_from_configmap(configmap(client=(cas.client,), front=(cas.front,), allowed=[]))
+    assert len(seen) == 2
+    assert seen[-1].requestheader.allowed_names == ()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bad_configmap_keeps_the_previous_configuration(
+    cas: Cas, logged: list[dict[str, Any]]
+) -> None:
+    seen: list[AuthenticationConfig] = []
+    dynamic = DynamicAuthentication(FlagConfig(), listeners=[seen.append])
+    dynamic.update_from_configmap(configmap(front=(cas.front,)))
+    before = dynamic.config
+    proxy = cas.front.client("front-proxy-client").cert
+    assert len(seen) == 1
+
+    for bad in (
+        configmap(front=(cas.front2,), **{"requestheader-username-headers": "X-Remote-User"}),
+        configmap(front=(cas.front2,), **{"requestheader-allowed-names": '{"front-proxy-client": 1}'}),
+        dict(configmap(), **{"requestheader-client-ca-file": "-----BEGIN CERTIFICATE-----\nxx\n"}),
+    ):
+        dynamic.update_from_configmap(bad)
+        assert dynamic.config is before
+        assert await dynamic.authenticate(proxied(proxy)) is not None
+    assert len(seen) == 1
+    errors = [e for e in logged if e["log_level"].name == "error"]
+    assert len(errors) == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_flags_override_the_configmap(cas: Cas, logged: list[dict[str, Any]]) -> None:
+    seen: list[AuthenticationConfig] = []
+    flags = FlagConfig(requestheader=RequestHeaderConfig(authorities=(cas.front.cert,), allowed_names=()))
+    dynamic = DynamicAuthentication(flags, listeners=[seen.append])
+    proxy = cas.front.client("any-name").cert
+    assert await dynamic.authenticate(proxied(proxy)) is not None  # from the flags, before any ConfigMap
+
+    dynamic.update_from_configmap(configmap(front=(cas.front2,)))
+    assert seen == []  # only the overridden section differed
+    assert await dynamic.authenticate(proxied(proxy)) is not None
+    assert await dynamic.authenticate(proxied(cas.front2.client("front-proxy-client").cert)) is None
+
+    dynamic.update_from_configmap(configmap(client=(cas.client,), front=(cas.front2,)))
+    assert len(seen) == 1 and seen[0].client_cas == (cas.client.cert,)
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_certificates_and_tokens_in_the_chain(cas: Cas, logged: list[dict[str, Any]]) -> None:
+    token_calls: list[Credentials] = []
+
+    @attrs.define
+    class Token:
+        async def authenticate(self, credentials: Credentials) -> UserInfo | None:
+            token_calls.append(credentials)
+            return UserInfo(name="from-token") if credentials.header("authorization") else None
+
+    dynamic = DynamicAuthentication(FlagConfig(), token=Token())
+    dynamic.update_from_configmap(configmap(client=(cas.client,), front=(cas.front,)))
+
+    admin = cas.client.client("kubernetes-admin", ("system:masters",)).cert
+    user = await dynamic.authenticate(Credentials(admin, {}))
+    assert user == UserInfo(name="kubernetes-admin", groups=("system:masters", "system:authenticated"))
+    assert token_calls == []
+
+    # A front-proxy certificate is not a client certificate; headers on a client certificate are ignored.
+    assert await dynamic.authenticate(Credentials(cas.front.client("front-proxy-client").cert, {})) is None
+    user = await dynamic.authenticate(proxied(admin, user="mallory"))
+    assert user is not None and user.name == "kubernetes-admin"
+
+    bearer = Credentials(None, {"authorization": ["Bearer t"]})
+    assert await dynamic.authenticate(bearer) == UserInfo(name="from-token", groups=("system:authenticated",))
+    # The token authenticator survives an update.
+    dynamic.update_from_configmap(configmap(client=(cas.client,), front=(cas.front2,)))
+    assert await dynamic.authenticate(bearer) is not None
+
+
+def test_trusted_cas_has_no_duplicates(cas: Cas) -> None:
+    config = from_configmap(
+        configmap(client=(cas.client, cas.front, cas.client), front=(cas.front, cas.front2, cas.front))
+    )
+    trusted = config.trusted_cas
+    assert sorted(c.subject.rfc4514_string() for c in trusted) == [
+        "CN=front-proxy-ca",
+        "CN=front-proxy-ca-2",
+        "CN=kubernetes",
+    ]
+    assert AuthenticationConfig().trusted_cas == ()
+
+
+def test_untrusted_identity_headers(cas: Cas, logged: list[dict[str, Any]]) -> None:
+    dynamic = DynamicAuthentication(FlagConfig())
+    dynamic.update_from_configmap(
+        configmap(
+            client=(cas.client,), front=(cas.front,), **{"requestheader-uid-headers": '["X-Remote-Uid"]'}
+        )
+    )
+    headers = {
+        "x-remote-user": ["system:admin"],
+        "x-remote-group": ["system:masters"],
+        "x-remote-uid": ["0"],
+        "x-remote-extra-scopes": ["all"],
+        "authorization": ["Bearer t"],
+        "accept": ["application/json"],
+    }
+    forged = ["x-remote-user", "x-remote-group", "x-remote-uid", "x-remote-extra-scopes"]
+    proxy = cas.front.client("front-proxy-client").cert
+    assert dynamic.untrusted_identity_headers(Credentials(proxy, headers)) == []
+    for cert in (
+        None,
+        cas.client.client("alice").cert,
+        cas.front.client("not-the-proxy").cert,
+        cas.front2.client("front-proxy-client").cert,
+    ):
+        assert sorted(dynamic.untrusted_identity_headers(Credentials(cert, headers))) == sorted(forged)
+    assert dynamic.untrusted_identity_headers(Credentials(None, {"accept": ["*/*"]})) == []

@@ -1,0 +1,177 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from payloadtags.kube.config import ClusterConfig, ConfigError, in_pod, load_cluster_config
+from tests.support.kubeapi import write_kubeconfig
+from tests.support.pki import Authority
+
+SERVER = "https://127.0.0.1:6443"
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> Authority:
+    return Authority.create(tmp_path_factory.mktemp("pki"), "test")
+
+
+@pytest.fixture
+def service_account(tmp_path: Path, ca: Authority) -> Path:
+    directory = tmp_path / "serviceaccount"
+    directory.mkdir()
+    (directory / "token").write_text("sa-token-1\n")
+    (directory / "ca.crt").write_bytes(ca.cert_file.read_bytes())
+    (directory / "namespace").write_text("payloadtags")
+    return directory
+
+
+def test_repr_never_shows_the_token_or_the_key() -> None:
+    config = ClusterConfig(SERVER, token="s3cr3t-token", client_cert_data=b"CERT", client_key_data=b"K3Y")
+    text = repr(config)
+    assert "s3cr3t" not in text
+    assert "K3Y" not in text
+    assert "token='<redacted>'" in text
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"server": "127.0.0.1:6443"},
+        {"server": SERVER, "ca_file": "/ca", "ca_data": b"x"},
+        {"server": SERVER, "token": "t", "token_file": "/t"},
+        {"server": SERVER, "client_cert_file": "/c"},
+        {"server": SERVER, "client_key_data": b"k"},
+    ],
+)
+def test_inconsistent_configs_are_rejected(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        ClusterConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_standalone_without_kubeconfig_outside_a_pod(tmp_path: Path) -> None:
+    assert load_cluster_config(None, environ={}, service_account_dir=str(tmp_path)) is None
+
+
+def test_service_host_without_a_token_is_not_a_pod_we_can_use(tmp_path: Path) -> None:
+    environ = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    assert not in_pod(environ, str(tmp_path))
+    assert load_cluster_config(None, environ=environ, service_account_dir=str(tmp_path)) is None
+
+
+def test_in_cluster_config_uses_the_service_account(service_account: Path) -> None:
+    environ = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    config = load_cluster_config(None, environ=environ, service_account_dir=str(service_account))
+    assert config == ClusterConfig(
+        server="https://10.96.0.1:443",
+        ca_file=str(service_account / "ca.crt"),
+        token_file=str(service_account / "token"),
+        in_cluster=True,
+    )
+
+
+def test_in_cluster_ipv6_host_is_bracketed(service_account: Path) -> None:
+    environ = {"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "443"}
+    config = load_cluster_config(None, environ=environ, service_account_dir=str(service_account))
+    assert config is not None
+    assert config.server == "https://[fd00::1]:443"
+
+
+def test_an_explicit_kubeconfig_wins_over_the_pod(
+    tmp_path: Path, ca: Authority, service_account: Path
+) -> None:
+    path = write_kubeconfig(tmp_path / "kc", "https://127.0.0.1:1234", ca.cert_file.read_bytes(), token="abc")
+    environ = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    config = load_cluster_config(str(path), environ=environ, service_account_dir=str(service_account))
+    assert config is not None
+    assert config.server == "https://127.0.0.1:1234"
+    assert config.token == "abc"
+    assert not config.in_cluster
+
+
+def test_kubeconfig_with_inline_client_certificate(tmp_path: Path, ca: Authority) -> None:
+    client = ca.client("alice", ("dev",))
+    path = write_kubeconfig(tmp_path / "kc", SERVER, ca.cert_file.read_bytes(), client=client)
+    config = load_cluster_config(str(path))
+    assert config is not None
+    assert config.token is None
+    # The loader turns inline data into files; their content is what was embedded.
+    assert config.ca_file is not None and Path(config.ca_file).read_bytes() == ca.cert_file.read_bytes()
+    assert (
+        config.client_cert_file is not None
+        and Path(config.client_cert_file).read_bytes() == client.cert_file.read_bytes()
+    )
+    assert (
+        config.client_key_file is not None
+        and Path(config.client_key_file).read_bytes() == client.key_file.read_bytes()
+    )
+
+
+def test_kubeconfig_relative_file_paths_resolve_against_its_folder(tmp_path: Path, ca: Authority) -> None:
+    client = ca.client("alice")
+    path = write_kubeconfig(
+        tmp_path / "conf" / "kc", SERVER, ca.cert_file.read_bytes(), client=client, inline=False
+    )
+    config = load_cluster_config(str(path))
+    assert config is not None
+    assert config.ca_file == str(tmp_path / "conf" / "kc-ca.crt")
+    assert config.client_cert_file == str(tmp_path / "conf" / "kc-client.crt")
+    assert config.client_key_file == str(tmp_path / "conf" / "kc-client.key")
+
+
+def test_kubeconfig_insecure_and_tls_server_name(tmp_path: Path) -> None:
+    path = tmp_path / "kc"
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "c",
+                        "cluster": {
+                            "server": SERVER + "/",
+                            "insecure-skip-tls-verify": True,
+                            "tls-server-name": "kubernetes.default",
+                        },
+                    }
+                ],
+                "users": [{"name": "u", "user": {"token": "tok"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    config = load_cluster_config(str(path))
+    assert config == ClusterConfig(
+        SERVER, token="tok", insecure_skip_tls_verify=True, tls_server_name="kubernetes.default"
+    )
+
+
+def test_a_missing_kubeconfig_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_cluster_config(str(tmp_path / "nope"))
+
+
+def test_a_broken_kubeconfig_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "kc"
+    path.write_text('{"apiVersion": "v1", "kind": "Config", "clusters": [], "contexts": [], "users": []}')
+    with pytest.raises(ConfigError):
+        load_cluster_config(str(path))
+
+
+def test_basic_auth_is_not_supported(tmp_path: Path) -> None:
+    path = tmp_path / "kc"
+    path.write_text(
+        json.dumps(
+            {
+                "clusters": [{"name": "c", "cluster": {"server": "http://127.0.0.1:8080"}}],
+                "users": [{"name": "u", "user": {"username": "a", "password": "b"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    with pytest.raises(ConfigError, match="unsupported"):
+        load_cluster_config(str(path))

@@ -1,0 +1,390 @@
+"""The reflector's loop against a scripted fake API, with a Clock for time: no network, no sleeping."""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import Clock
+
+from payloadtags.kube import Backoff, Reflector, StoreListener, WatchEvent
+from payloadtags.kube.errors import KubeApiError, KubeStreamLost, KubeUnavailable, make_status
+
+PATH = "/api/v1/namespaces"
+
+
+def ns(name: str, rv: int, **labels: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "resourceVersion": str(rv), "labels": labels}}
+
+
+def page(items: list[dict[str, Any]], rv: int, token: str | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"resourceVersion": str(rv)}
+    if token:
+        meta["continue"] = token
+    return {"kind": "NamespaceList", "apiVersion": "v1", "metadata": meta, "items": items}
+
+
+def expired() -> KubeApiError:
+    return KubeApiError(make_status(410, "too old resource version: 1 (5)", "Expired"), 410)
+
+
+class FakeStream:
+    def __init__(self) -> None:
+        self.events: deque[WatchEvent] = deque()
+        self.error: Exception | None = None
+        self.ended = False
+        self.closed = False
+        self._waiter: Deferred[None] | None = None
+
+    def push(self, event_type: str, obj: dict[str, Any]) -> None:
+        self.events.append(WatchEvent(event_type, obj))
+        self._wake()
+
+    def end(self, error: Exception | None = None) -> None:
+        self.ended, self.error = True, error
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.callback(None)
+
+    def __aiter__(self) -> FakeStream:
+        return self
+
+    async def __anext__(self) -> WatchEvent:
+        while True:
+            if self.events:
+                return self.events.popleft()
+            if self.ended:
+                if self.error is not None:
+                    raise self.error
+                raise StopAsyncIteration
+            self._waiter = Deferred(lambda _d: self.close())
+            await self._waiter
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeSource:
+    """Each list/watch call takes the next scripted reply, or waits until the test adds one."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, str]]] = []
+        self._replies: dict[str, deque[Any]] = {"list": deque(), "watch": deque()}
+        self._pending: dict[str, Deferred[Any] | None] = {"list": None, "watch": None}
+        self.streams: list[FakeStream] = []
+
+    def reply(self, kind: str, value: Any) -> None:
+        pending = self._pending[kind]
+        if pending is not None:
+            self._pending[kind] = None
+            pending.callback(value)
+        else:
+            self._replies[kind].append(value)
+
+    def stream(self) -> FakeStream:
+        """Script a watch that opens; returns it so the test can feed it."""
+        stream = FakeStream()
+        self.reply("watch", stream)
+        return stream
+
+    async def _next(self, kind: str, params: Mapping[str, str] | None) -> Any:
+        self.calls.append((kind, dict(params or {})))
+        if self._replies[kind]:
+            value = self._replies[kind].popleft()
+        else:
+            d: Deferred[Any] = Deferred()
+            self._pending[kind] = d
+            value = await d
+        if isinstance(value, Exception):
+            raise value
+        if isinstance(value, FakeStream):
+            self.streams.append(value)
+        return value
+
+    async def list(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
+        assert path == PATH
+        return await self._next("list", params)
+
+    async def watch(self, path: str, params: Mapping[str, str] | None = None) -> FakeStream:
+        assert path == PATH
+        return await self._next("watch", params)
+
+    def of(self, kind: str) -> list[dict[str, str]]:
+        return [params for k, params in self.calls if k == kind]
+
+
+class Recorder(StoreListener):
+    def __init__(self) -> None:
+        self.seen: list[tuple[Any, ...]] = []
+
+    def on_add(self, obj: dict[str, Any]) -> None:
+        self.seen.append(("add", obj["metadata"]["name"]))
+
+    def on_update(self, old: dict[str, Any], new: dict[str, Any]) -> None:
+        self.seen.append(
+            (
+                "update",
+                new["metadata"]["name"],
+                old["metadata"]["resourceVersion"],
+                new["metadata"]["resourceVersion"],
+            )
+        )
+
+    def on_delete(self, obj: dict[str, Any]) -> None:
+        self.seen.append(("delete", obj["metadata"]["name"]))
+
+    def on_replaced(self, objects: list[dict[str, Any]]) -> None:
+        self.seen.append(("replaced", sorted(o["metadata"]["name"] for o in objects)))
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def source() -> FakeSource:
+    return FakeSource()
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def reflector(source: FakeSource, clock: Clock, recorder: Recorder) -> Reflector:
+    r = Reflector(
+        source,
+        PATH,
+        clock,
+        label_selector="team=a",
+        page_size=2,
+        backoff=Backoff(initial=1.0, factor=2.0, cap=8.0, jitter=0.0),
+        rng=random.Random(3),
+    )
+    r.add_listener(recorder)
+    return r
+
+
+def synced(reflector: Reflector, source: FakeSource, items: list[dict[str, Any]], rv: int) -> FakeStream:
+    """Start the reflector, answer its list with `items` in one page, open its watch."""
+    reflector.start()
+    source.reply("list", page(items, rv))
+    return source.stream()
+
+
+def test_initial_list_is_paginated_then_watched_from_its_resource_version(
+    reflector: Reflector, source: FakeSource, recorder: Recorder
+) -> None:
+    sync: list[None] = []
+    reflector.wait_for_sync().addCallback(sync.append)
+    reflector.start()
+    assert source.of("list") == [{"labelSelector": "team=a", "limit": "2"}]
+    source.reply("list", page([ns("a", 3), ns("b", 4)], 10, token="tok"))
+    assert source.of("list")[1] == {"labelSelector": "team=a", "limit": "2", "continue": "tok"}
+    assert not reflector.has_synced
+    source.reply("list", page([ns("c", 5)], 10))
+
+    assert reflector.has_synced and sync == [None]
+    assert reflector.resource_version == "10"
+    assert sorted(reflector.keys()) == ["a", "b", "c"]
+    # List items come without kind/apiVersion; the store fills them in.
+    assert reflector.get("a") == {"kind": "Namespace", "apiVersion": "v1", **ns("a", 3)}
+    assert recorder.seen == [("add", "a"), ("add", "b"), ("add", "c"), ("replaced", ["a", "b", "c"])]
+    [watch] = source.of("watch")
+    assert watch["resourceVersion"] == "10"
+    assert watch["allowWatchBookmarks"] == "true"
+    assert watch["labelSelector"] == "team=a"
+    assert 300 <= int(watch["timeoutSeconds"]) < 600
+
+
+def test_events_update_the_store_and_bookmarks_only_the_resource_version(
+    reflector: Reflector, source: FakeSource, recorder: Recorder
+) -> None:
+    stream = synced(reflector, source, [ns("a", 3)], 10)
+    recorder.seen.clear()
+    stream.push("ADDED", ns("b", 11))
+    stream.push("MODIFIED", ns("a", 12))
+    stream.push("DELETED", ns("b", 13))
+    stream.push("BOOKMARK", {"kind": "Namespace", "metadata": {"resourceVersion": "20"}})
+    assert recorder.seen == [("add", "b"), ("update", "a", "3", "12"), ("delete", "b")]
+    assert reflector.keys() == ["a"]
+    assert reflector.resource_version == "20"
+
+
+def test_a_cleanly_ended_watch_resumes_at_once_from_the_last_resource_version(
+    reflector: Reflector, source: FakeSource, clock: Clock
+) -> None:
+    stream = synced(reflector, source, [], 10)
+    stream.push("ADDED", ns("a", 11))
+    clock.advance(400)
+    stream.end()
+    assert stream.closed
+    assert [w["resourceVersion"] for w in source.of("watch")] == ["10", "11"]
+    assert len(source.of("list")) == 1
+
+
+def test_a_broken_stream_resumes_after_a_backoff_without_relisting(
+    reflector: Reflector, source: FakeSource, clock: Clock, recorder: Recorder
+) -> None:
+    stream = synced(reflector, source, [ns("a", 3)], 10)
+    stream.push("MODIFIED", ns("a", 11))
+    stream.end(KubeStreamLost("cut"))
+    assert len(source.of("watch")) == 1
+    clock.advance(0.99)
+    assert len(source.of("watch")) == 1
+    clock.advance(0.01)
+    assert [w["resourceVersion"] for w in source.of("watch")] == ["10", "11"]
+    assert len(source.of("list")) == 1
+    recorder.seen.clear()
+    source.stream().push("ADDED", ns("b", 12))
+    assert recorder.seen == [("add", "b")]
+
+
+def test_410_relists_at_once_and_reconciles_the_store(
+    reflector: Reflector, source: FakeSource, recorder: Recorder
+) -> None:
+    stream = synced(reflector, source, [ns("a", 3), ns("b", 4), ns("c", 5)], 10)
+    recorder.seen.clear()
+    stream.end(expired())
+    assert len(source.of("list")) == 2
+    assert "continue" not in source.of("list")[1]
+    # While we were not watching: b changed, c went away, d appeared; a is unchanged.
+    source.reply("list", page([ns("a", 3), ns("b", 40)], 50, token="p2"))
+    source.reply("list", page([ns("d", 45)], 50))
+    assert recorder.seen == [
+        ("update", "b", "4", "40"),
+        ("add", "d"),
+        ("delete", "c"),
+        ("replaced", ["a", "b", "d"]),
+    ]
+    assert source.of("watch")[-1]["resourceVersion"] == "50"
+
+
+def test_a_410_error_event_ends_the_stream_and_relists(reflector: Reflector, source: FakeSource) -> None:
+    stream = synced(reflector, source, [], 10)
+    stream.push("ADDED", ns("a", 11))
+    stream.end(expired())
+    assert stream.closed
+    assert len(source.of("list")) == 2
+
+
+def test_repeated_410_without_progress_backs_off(
+    reflector: Reflector, source: FakeSource, clock: Clock
+) -> None:
+    synced(reflector, source, [], 10).end(expired())
+    source.reply("list", page([], 20))
+    source.reply("watch", expired())
+    # Second 410 in a row with no event in between: wait before listing again.
+    assert len(source.of("list")) == 2
+    clock.advance(1.0)
+    assert len(source.of("list")) == 3
+
+
+def test_a_410_while_paginating_starts_the_list_over(reflector: Reflector, source: FakeSource) -> None:
+    reflector.start()
+    source.reply("list", page([ns("a", 1), ns("b", 2)], 5, token="old"))
+    source.reply("list", expired())
+    assert not reflector.has_synced
+    assert source.of("list")[2] == {"labelSelector": "team=a", "limit": "2"}
+    source.reply("list", page([ns("a", 1)], 9))
+    assert reflector.has_synced and reflector.keys() == ["a"]
+
+
+def test_failures_back_off_exponentially_up_to_the_cap(
+    reflector: Reflector, source: FakeSource, clock: Clock
+) -> None:
+    reflector.start()
+    delays = []
+    for _ in range(6):
+        calls = len(source.of("list"))
+        source.reply("list", KubeUnavailable("connection refused"))
+        waited = 0.0
+        while len(source.of("list")) == calls:
+            clock.advance(0.25)
+            waited += 0.25
+        delays.append(waited)
+    assert delays == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    source.reply("list", page([], 3))
+    assert reflector.has_synced
+    # Success resets the backoff.
+    source.reply("watch", KubeUnavailable("refused"))
+    clock.advance(1.0)
+    assert len(source.of("watch")) == 2
+
+
+def test_api_errors_are_retried_and_retry_after_is_honoured(
+    reflector: Reflector, source: FakeSource, clock: Clock
+) -> None:
+    reflector.start()
+    status = make_status(429, "slow down", "TooManyRequests")
+    status["details"] = {"retryAfterSeconds": 5}
+    source.reply("list", KubeApiError(status, 429))
+    clock.advance(4.9)
+    assert len(source.of("list")) == 1
+    clock.advance(0.1)
+    assert len(source.of("list")) == 2
+
+
+def test_a_watch_that_ends_at_once_without_events_counts_as_a_failure(
+    reflector: Reflector, source: FakeSource, clock: Clock
+) -> None:
+    synced(reflector, source, [], 10).end()
+    assert len(source.of("watch")) == 1
+    clock.advance(1.0)
+    assert len(source.of("watch")) == 2
+
+
+def test_a_failing_listener_does_not_stop_the_others(
+    reflector: Reflector, source: FakeSource, recorder: Recorder
+) -> None:
+    class Broken(StoreListener):
+        def on_add(self, obj: dict[str, Any]) -> None:
+            raise RuntimeError("bug")
+
+    reflector._listeners.insert(0, Broken())
+    stream = synced(reflector, source, [], 10)
+    stream.push("ADDED", ns("a", 11))
+    assert ("add", "a") in recorder.seen
+    assert reflector.keys() == ["a"]
+    stream.push("ADDED", ns("b", 12))
+    assert reflector.keys() == ["a", "b"]
+
+
+def test_stop_during_a_watch_closes_the_stream(reflector: Reflector, source: FakeSource) -> None:
+    stream = synced(reflector, source, [], 10)
+    done: list[None] = []
+    Deferred.fromCoroutine(reflector.stop()).addCallback(done.append)
+    assert done == [None]
+    assert stream.closed
+    assert reflector.keys() == []
+
+
+def test_stop_during_a_backoff_and_before_sync(
+    reflector: Reflector, source: FakeSource, clock: Clock
+) -> None:
+    failures: list[Any] = []
+    reflector.wait_for_sync().addErrback(failures.append)
+    reflector.start()
+    source.reply("list", KubeUnavailable("down"))
+    done: list[None] = []
+    Deferred.fromCoroutine(reflector.stop()).addCallback(done.append)
+    assert done == [None]
+    assert failures and failures[0].check(CancelledError)
+    assert clock.getDelayedCalls() == []
+    clock.advance(100)
+    assert len(source.of("list")) == 1
+
+
+def test_start_twice_is_a_bug(reflector: Reflector, source: FakeSource) -> None:
+    reflector.start()
+    with pytest.raises(RuntimeError):
+        reflector.start()

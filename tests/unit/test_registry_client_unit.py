@@ -1,0 +1,596 @@
+"""RegistryClient without a network: a scripted agent and a Clock, so time-based behaviour
+(timeouts, token lifetimes) is tested without sleeping."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import attrs
+import pytest
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IResponse
+from zope.interface import implementer
+
+from payloadtags.registry import (
+    DELETE_NONCE_ANNOTATION,
+    DOCKER_MANIFEST,
+    OCI_MANIFEST,
+    RegistryAuthFailed,
+    RegistryClient,
+    RegistryDeleteDisabled,
+    RegistryNotFound,
+    RegistryProtocolError,
+    RegistryReadOnly,
+    RegistrySettings,
+    RegistryTimeout,
+    RegistryUnavailable,
+)
+
+REGISTRY = "http://registry.test:5000"
+REALM = "http://auth.test/token"
+
+
+# --- a scripted agent ----------------------------------------------------------------------------------
+
+
+@attrs.define
+class Sent:
+    method: str
+    url: str
+    headers: Headers
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.getRawHeaders(name)
+        return values[-1] if values else None
+
+
+@attrs.define
+class Answer:
+    status: int = 200
+    headers: dict[str, str] = attrs.Factory(dict)
+    body: bytes = b""
+    finish: bool = True  # False: send the headers and part of the body, then hang
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+
+@implementer(IResponse)
+class _Response:
+    version = (b"HTTP", 1, 1)
+    phrase = b"OK"
+    request = None
+    previousResponse = None
+
+    def __init__(self, answer: Answer) -> None:
+        self.code = answer.status
+        self.headers = Headers({k: [v] for k, v in answer.headers.items()})
+        self.length = len(answer.body)
+        self._answer = answer
+        self.transport = _Transport()
+
+    def deliverBody(self, protocol: Any) -> None:
+        protocol.makeConnection(self.transport)
+        if self._answer.body:
+            protocol.dataReceived(self._answer.body)
+        if self._answer.finish:
+            protocol.connectionLost(Failure(ResponseDone()))
+
+    def setPreviousResponse(self, response: Any) -> None:
+        pass
+
+
+class _Collect:
+    def __init__(self) -> None:
+        self.data = b""
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+
+Handler = Callable[[Sent], "Answer | Deferred[Answer]"]
+
+
+@implementer(IAgent)
+class ScriptedAgent:
+    """Answers each request with handler(request): an Answer, or a Deferred of one (never fired: hang)."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.sent: list[Sent] = []
+        self.responses: list[_Response] = []
+
+    def request(self, method: bytes, uri: bytes, headers: Headers | None = None, bodyProducer: Any = None):
+        body = _Collect()
+        if bodyProducer is not None:
+            bodyProducer.startProducing(body)
+        sent = Sent(method.decode(), uri.decode(), headers or Headers(), body.data)
+        self.sent.append(sent)
+        answer = self.handler(sent)
+        deferred = answer if isinstance(answer, Deferred) else succeed(answer)
+
+        def respond(answer: Answer) -> _Response:
+            response = _Response(answer)
+            self.responses.append(response)
+            return response
+
+        return deferred.addCallback(respond)
+
+    def paths(self) -> list[str]:
+        return [f"{s.method} {s.url.removeprefix(REGISTRY)}" for s in self.sent]
+
+
+def make(
+    handler: Handler, clock: Clock | None = None, **settings: Any
+) -> tuple[RegistryClient, ScriptedAgent]:
+    agent = ScriptedAgent(handler)
+    client = RegistryClient(clock or Clock(), RegistrySettings(url=REGISTRY, **settings), agent=agent)
+    return client, agent
+
+
+def run(coroutine: Coroutine[Any, Any, Any]) -> Deferred[Any]:
+    return Deferred.fromCoroutine(coroutine)
+
+
+def result(coroutine: Coroutine[Any, Any, Any] | Deferred[Any]) -> Any:
+    """The result of something that, with a synchronous agent, has already finished."""
+    deferred = coroutine if isinstance(coroutine, Deferred) else run(coroutine)
+    outcome: list[Any] = []
+    deferred.addBoth(outcome.append)
+    assert outcome, "did not finish"
+    if isinstance(outcome[0], Failure):
+        outcome[0].raiseException()
+    return outcome[0]
+
+
+def json_answer(document: Any, status: int = 200, **headers: str) -> Answer:
+    return Answer(status, {"Content-Type": "application/json", **headers}, json.dumps(document).encode())
+
+
+def error_answer(status: int, code: str, **headers: str) -> Answer:
+    return json_answer({"errors": [{"code": code, "message": code.lower()}]}, status, **headers)
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# --- timeouts and connection limits ---------------------------------------------------------------------
+
+
+def test_request_times_out_on_the_injected_clock() -> None:
+    clock = Clock()
+    hanging: list[Deferred[Answer]] = []
+
+    def hang(request: Sent) -> Deferred[Answer]:
+        hanging.append(Deferred())
+        return hanging[-1]
+
+    client, _ = make(hang, clock, timeout=10.0)
+    outcome = run(client.manifest("team/app", "v1"))
+    clock.advance(9.9)
+    assert not outcome.called
+    clock.advance(0.2)
+    with pytest.raises(RegistryTimeout) as caught:
+        result(outcome)
+    assert REGISTRY in caught.value.message and "10s" in caught.value.message
+    assert hanging[0].called  # the request itself was cancelled, not left running
+    assert not clock.getDelayedCalls()
+
+
+def test_slow_body_times_out_and_drops_the_connection() -> None:
+    clock = Clock()
+    client, agent = make(lambda r: Answer(200, {}, b'{"tags":', finish=False), clock, timeout=3.0)
+    outcome = run(client.tags("team/app"))
+    clock.advance(3)
+    with pytest.raises(RegistryTimeout):
+        result(outcome)
+    assert agent.responses[0].transport.stopped
+
+
+def test_timer_is_cancelled_after_an_answer() -> None:
+    clock = Clock()
+    client, _ = make(lambda r: json_answer({"tags": ["b", "a"]}), clock)
+    assert result(client.tags("team/app")) == ["a", "b"]
+    assert not clock.getDelayedCalls()
+
+
+def test_max_connections_bounds_requests_in_flight() -> None:
+    clock = Clock()
+    pending: list[Deferred[Answer]] = []
+
+    def hang(request: Sent) -> Deferred[Answer]:
+        pending.append(Deferred())
+        return pending[-1]
+
+    client, agent = make(hang, clock, max_connections=2)
+    calls = [run(client.tags(f"team/app{i}")) for i in range(3)]
+    assert len(agent.sent) == 2
+    pending[0].callback(json_answer({"tags": ["x"]}))
+    assert result(calls[0]) == ["x"]
+    assert len(agent.sent) == 3  # the slot freed by the first went to the third
+
+
+# --- answers ---------------------------------------------------------------------------------------------
+
+
+def test_server_errors_are_unavailable_with_retry_after() -> None:
+    client, _ = make(lambda r: error_answer(503, "UNAVAILABLE", **{"Retry-After": "17"}))
+    with pytest.raises(RegistryUnavailable) as caught:
+        result(client.tags("team/app"))
+    assert caught.value.retry_after == 17
+    client, _ = make(lambda r: error_answer(429, "TOOMANYREQUESTS"))
+    with pytest.raises(RegistryUnavailable):
+        result(client.catalog())
+
+
+def test_unexpected_answers_are_protocol_errors() -> None:
+    client, _ = make(lambda r: Answer(200, {}, b"<html>"))
+    with pytest.raises(RegistryProtocolError) as caught:
+        result(client.catalog())
+    assert REGISTRY in caught.value.message
+    client, _ = make(lambda r: json_answer({"repositories": "nope"}))
+    with pytest.raises(RegistryProtocolError):
+        result(client.catalog())
+    client, _ = make(lambda r: error_answer(418, "TEAPOT"))
+    with pytest.raises(RegistryProtocolError) as caught:
+        result(client.tags("a/b"))
+    assert "418" in caught.value.message
+
+
+def test_tags_null_and_unknown() -> None:
+    client, _ = make(lambda r: json_answer({"name": "a/b", "tags": None}))
+    assert result(client.tags("a/b")) == []
+    client, _ = make(lambda r: error_answer(404, "NAME_UNKNOWN"))
+    assert result(client.tags("a/b")) == []
+
+
+def test_tags_follow_link_pages_of_other_registries() -> None:
+    def pages(request: Sent) -> Answer:
+        if "last=" not in request.url:
+            return json_answer({"tags": ["z", "m"]}, Link='</v2/a/b/tags/list?last=m&n=2>; rel="next"')
+        return json_answer({"tags": ["a"]})
+
+    client, agent = make(pages)
+    assert result(client.tags("a/b")) == ["a", "m", "z"]
+    assert agent.paths() == ["GET /v2/a/b/tags/list", "GET /v2/a/b/tags/list?last=m&n=2"]
+
+
+def test_link_to_another_origin_is_refused() -> None:
+    client, _ = make(lambda r: json_answer({"tags": ["a"]}, Link='<http://evil.test/v2/x>; rel="next"'))
+    with pytest.raises(RegistryProtocolError):
+        result(client.tags("a/b"))
+
+
+def test_catalog_page_and_more() -> None:
+    def catalog(request: Sent) -> Answer:
+        return json_answer(
+            {"repositories": ["team/a", "team/b"]}, Link='</v2/_catalog?last=team%2Fb&n=2>; rel="next"'
+        )
+
+    client, agent = make(catalog)
+    page = result(client.catalog(last="team", n=2))
+    assert page.repositories == ["team/a", "team/b"] and page.more
+    assert agent.paths() == ["GET /v2/_catalog?n=2&last=team"]
+    with pytest.raises(ValueError):
+        result(client.catalog(n=0))
+
+
+def test_manifest_digest_from_header_is_verified() -> None:
+    body = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST, "config": {}}).encode()
+    good = {"Content-Type": DOCKER_MANIFEST, "Docker-Content-Digest": digest_of(body)}
+    client, agent = make(lambda r: Answer(200, good, body))
+    manifest = result(client.manifest("a/b", "v1"))
+    assert (manifest.digest, manifest.media_type, manifest.content) == (
+        digest_of(body),
+        DOCKER_MANIFEST,
+        body,
+    )
+    accept = agent.sent[0].header("Accept") or ""
+    assert all(t in accept for t in (OCI_MANIFEST, DOCKER_MANIFEST, "oci.image.index", "manifest.list"))
+
+    lying = {**good, "Docker-Content-Digest": "sha256:" + "0" * 64}
+    client, _ = make(lambda r: Answer(200, lying, body))
+    with pytest.raises(RegistryProtocolError):
+        result(client.manifest("a/b", "v1"))
+    client, _ = make(lambda r: Answer(200, good, body))
+    with pytest.raises(RegistryProtocolError):
+        result(client.manifest("a/b", "sha256:" + "1" * 64))  # the bytes are not what was asked for
+
+
+def test_manifest_without_digest_header_or_type() -> None:
+    body = json.dumps({"schemaVersion": 2, "config": {}, "layers": []}).encode()
+    client, _ = make(lambda r: Answer(200, {"Content-Type": "application/json"}, body))
+    manifest = result(client.manifest("a/b", "v1"))
+    assert manifest.digest == digest_of(body)
+    assert manifest.media_type == OCI_MANIFEST
+
+
+def test_blob_digest_is_checked() -> None:
+    client, _ = make(lambda r: Answer(200, {}, b"not the content"))
+    with pytest.raises(RegistryProtocolError):
+        result(client.blob("a/b", digest_of(b"the content")))
+
+
+def test_oversize_blob_is_refused_from_its_length() -> None:
+    data = b"x" * 100
+    client, agent = make(lambda r: Answer(200, {}, data))
+    with pytest.raises(RegistryProtocolError) as caught:
+        result(client.blob("a/b", digest_of(data), max_bytes=10))
+    assert "10 bytes" in caught.value.message
+    assert agent.responses[0].transport.stopped
+
+
+def test_settings_hide_the_password() -> None:
+    settings = RegistrySettings(url=REGISTRY, username="u", password="hunter2")
+    assert "hunter2" not in repr(settings)
+    with pytest.raises(ValueError):
+        RegistrySettings(url="ftp://registry")
+    with pytest.raises(ValueError):
+        RegistrySettings(url="http://u:p@registry")
+    with pytest.raises(ValueError):
+        RegistrySettings(url=REGISTRY, timeout=0)
+
+
+# --- authentication ----------------------------------------------------------------------------------------
+
+
+class TokenRegistry:
+    """A registry that wants bearer tokens from REALM, and its token service."""
+
+    def __init__(self, expires_in: int | None = 60, users: dict[str, str] | None = None) -> None:
+        self.expires_in = expires_in
+        self.users = users
+        self.issued = 0
+        self.valid: set[str] = set()
+        self.token_requests: list[Sent] = []
+
+    def __call__(self, request: Sent) -> Answer:
+        if request.url.startswith(REALM):
+            return self.token(request)
+        scope = "registry:catalog:*" if "_catalog" in request.url else "repository:a/b:pull"
+        authorization = request.header("Authorization") or ""
+        if authorization.removeprefix("Bearer ") not in self.valid:
+            challenge = f'Bearer realm="{REALM}",service="reg",scope="{scope}"'
+            return error_answer(401, "UNAUTHORIZED", **{"WWW-Authenticate": challenge})
+        return json_answer({"tags": ["v1"], "repositories": ["a/b"]})
+
+    def token(self, request: Sent) -> Answer:
+        self.token_requests.append(request)
+        if self.users is not None:
+            import base64
+
+            authorization = request.header("Authorization") or ""
+            user, _, password = base64.b64decode(authorization.removeprefix("Basic ")).decode().partition(":")
+            if self.users.get(user) != password:
+                return Answer(401, {}, b"")
+        self.issued += 1
+        token = f"token-{self.issued}"
+        self.valid.add(token)
+        document: dict[str, Any] = {"access_token": token}
+        if self.expires_in is not None:
+            document["expires_in"] = self.expires_in
+        return json_answer(document)
+
+
+def test_token_is_cached_per_scope_until_shortly_before_expiry() -> None:
+    clock = Clock()
+    registry = TokenRegistry(expires_in=60)
+    client, agent = make(registry, clock)
+    assert result(client.tags("a/b")) == ["v1"]
+    assert registry.issued == 1
+    assert agent.paths()[0] == "GET /v2/a/b/tags/list"
+    token_url = registry.token_requests[0].url
+    assert "service=reg" in token_url and "scope=repository%3Aa%2Fb%3Apull" in token_url
+    assert registry.token_requests[0].header("Authorization") is None  # anonymous: no credentials
+
+    sent_before = len(agent.sent)
+    result(client.tags("a/b"))
+    assert len(agent.sent) == sent_before + 1  # the cached token goes up front: no 401 round trip
+    result(client.catalog())
+    assert registry.issued == 2  # another scope, another token
+
+    clock.advance(47)
+    result(client.tags("a/b"))
+    assert registry.issued == 2
+    clock.advance(2)  # 60 s less a 12 s margin have passed
+    result(client.tags("a/b"))
+    assert registry.issued == 3
+
+
+def test_token_default_lifetime_and_revocation() -> None:
+    clock = Clock()
+    registry = TokenRegistry(expires_in=None)
+    client, _ = make(registry, clock)
+    result(client.tags("a/b"))
+    registry.valid.clear()  # the registry no longer accepts it (rotated keys, say)
+    result(client.tags("a/b"))
+    assert registry.issued == 2
+    clock.advance(49)  # no expires_in means 60 s
+    result(client.tags("a/b"))
+    assert registry.issued == 3
+
+
+def test_token_with_credentials_and_rejection() -> None:
+    registry = TokenRegistry(users={"robot": "pw"})
+    client, _ = make(registry, username="robot", password="pw")
+    assert result(client.tags("a/b")) == ["v1"]
+    request = registry.token_requests[0]
+    assert (request.header("Authorization") or "").startswith("Basic ")
+    assert "account=robot" in request.url
+
+    client, _ = make(registry, username="robot", password="wrong")
+    with pytest.raises(RegistryAuthFailed) as caught:
+        result(client.tags("a/b"))
+    assert "wrong" not in caught.value.message and "robot" in caught.value.message
+    client, _ = make(registry)
+    with pytest.raises(RegistryAuthFailed):
+        result(client.tags("a/b"))
+
+
+def test_concurrent_requests_share_one_token_request() -> None:
+    registry = TokenRegistry()
+    held: list[Deferred[Answer]] = []
+
+    def handler(request: Sent) -> Answer | Deferred[Answer]:
+        if request.url.startswith(REALM):
+            held.append(Deferred())
+            return held[-1]
+        return registry(request)
+
+    client, _ = make(handler)
+    first = run(client.tags("a/b"))
+    second = run(client.tags("a/b"))
+    assert len(held) == 1
+    held[0].callback(registry.token(Sent("GET", REALM, Headers(), b"")))
+    assert result(first) == result(second) == ["v1"]
+    assert registry.issued == 1
+
+
+def test_basic_challenge_then_basic_up_front() -> None:
+    def handler(request: Sent) -> Answer:
+        if request.header("Authorization") != "Basic dTpw":  # u:p
+            return error_answer(401, "UNAUTHORIZED", **{"WWW-Authenticate": 'Basic realm="registry"'})
+        return json_answer({"tags": ["v1"]})
+
+    client, agent = make(handler, username="u", password="p")
+    assert result(client.tags("a/b")) == ["v1"]
+    assert result(client.tags("a/b")) == ["v1"]
+    assert len(agent.sent) == 3  # one 401, then basic auth on every request
+    client, _ = make(handler, username="u", password="wrong")
+    with pytest.raises(RegistryAuthFailed):
+        result(client.tags("a/b"))
+    client, _ = make(handler)
+    with pytest.raises(RegistryAuthFailed) as caught:
+        result(client.tags("a/b"))
+    assert "requires a username and password" in caught.value.message
+
+
+def test_insufficient_scope_says_so() -> None:
+    def handler(request: Sent) -> Answer:
+        if request.url.startswith(REALM):
+            return json_answer({"token": "t"})
+        challenge = f'Bearer realm="{REALM}",service="reg",scope="repository:a/b:delete"'
+        if request.header("Authorization"):
+            challenge += ',error="insufficient_scope"'
+        return error_answer(401, "DENIED", **{"WWW-Authenticate": challenge})
+
+    client, _ = make(handler)
+    with pytest.raises(RegistryAuthFailed) as caught:
+        result(client.delete_manifest("a/b", "sha256:" + "2" * 64))
+    assert "repository:a/b:delete" in caught.value.message
+
+
+# --- deleting a tag ----------------------------------------------------------------------------------
+
+MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": {}, "layers": []}).encode()
+MANIFEST_DIGEST = digest_of(MANIFEST)
+
+
+class DeleteRegistry:
+    """Scripted answers for delete_tag: a tag "v1" on MANIFEST."""
+
+    def __init__(self, tag_delete: Answer, probe: Answer | None = None, digest_delete: Answer | None = None):
+        self.tag_delete = tag_delete
+        self.probe = probe or error_answer(404, "MANIFEST_UNKNOWN")
+        self.digest_delete = digest_delete or Answer(202)
+        self.put_bodies: list[bytes] = []
+
+    def __call__(self, request: Sent) -> Answer:
+        path = request.url.removeprefix(REGISTRY)
+        if request.method == "GET" and path == "/v2/a/b/manifests/v1":
+            headers = {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": MANIFEST_DIGEST}
+            return Answer(200, headers, MANIFEST)
+        if request.method == "DELETE" and path == "/v2/a/b/manifests/v1":
+            return self.tag_delete
+        if request.method == "DELETE" and path.endswith("0" * 64):
+            return self.probe
+        if request.method == "PUT":
+            self.put_bodies.append(request.body)
+            return Answer(201, {"Docker-Content-Digest": digest_of(request.body)})
+        if request.method == "DELETE":
+            return self.digest_delete
+        raise AssertionError(f"unexpected {request.method} {path}")
+
+
+def test_delete_by_tag_where_the_registry_has_it() -> None:
+    client, agent = make(DeleteRegistry(tag_delete=Answer(202)))
+    assert result(client.delete_tag("a/b", "v1")) == MANIFEST_DIGEST
+    assert agent.paths() == ["GET /v2/a/b/manifests/v1", "DELETE /v2/a/b/manifests/v1"]
+    assert client.supports_delete_by_tag is True
+
+
+def test_unique_manifest_delete_on_distribution_2_8() -> None:
+    registry = DeleteRegistry(tag_delete=error_answer(400, "DIGEST_INVALID"))
+    client, agent = make(registry)
+    assert result(client.delete_tag("a/b", "v1")) == MANIFEST_DIGEST
+    unique = digest_of(registry.put_bodies[0])
+    assert agent.paths() == [
+        "GET /v2/a/b/manifests/v1",
+        "DELETE /v2/a/b/manifests/v1",
+        "DELETE /v2/a/b/manifests/sha256:" + "0" * 64,
+        "PUT /v2/a/b/manifests/v1",
+        f"DELETE /v2/a/b/manifests/{unique}",
+    ]
+    document = json.loads(registry.put_bodies[0])
+    assert DELETE_NONCE_ANNOTATION in document["annotations"]
+    assert agent.sent[3].header("Content-Type") == OCI_MANIFEST
+    assert client.supports_delete_by_tag is False
+    # Learned: the next delete does not try the tag delete again.
+    del agent.sent[:]
+    result(client.delete_tag("a/b", "v1"))
+    assert [p.split(" ")[0] for p in agent.paths()] == ["GET", "DELETE", "PUT", "DELETE"]
+    assert digest_of(registry.put_bodies[0]) != digest_of(registry.put_bodies[1])
+
+
+def test_read_only_and_delete_disabled_are_found_before_writing() -> None:
+    read_only = Answer(405, {"Content-Type": "text/plain", "Allow": "GET, HEAD"}, b"Method not allowed\n")
+    registry = DeleteRegistry(tag_delete=read_only, probe=read_only)
+    client, _ = make(registry)
+    with pytest.raises(RegistryReadOnly):
+        result(client.delete_tag("a/b", "v1"))
+    unsupported = error_answer(405, "UNSUPPORTED")
+    registry = DeleteRegistry(tag_delete=unsupported, probe=unsupported)
+    client, _ = make(registry)
+    with pytest.raises(RegistryDeleteDisabled):
+        result(client.delete_tag("a/b", "v1"))
+    assert registry.put_bodies == []
+    assert client.supports_delete_by_tag is None  # nothing learned about tag deletes
+
+
+def test_failed_delete_puts_the_tag_back() -> None:
+    registry = DeleteRegistry(
+        tag_delete=error_answer(400, "DIGEST_INVALID"), digest_delete=error_answer(500, "UNKNOWN")
+    )
+    client, agent = make(registry)
+    with pytest.raises(RegistryUnavailable):
+        result(client.delete_tag("a/b", "v1"))
+    assert [s.method for s in agent.sent][-2:] == ["DELETE", "PUT"]
+    assert registry.put_bodies[-1] == MANIFEST  # the original bytes: the tag's digest is as before
+
+
+def test_missing_tag_is_not_found_before_any_delete() -> None:
+    client, agent = make(lambda r: error_answer(404, "MANIFEST_UNKNOWN"))
+    with pytest.raises(RegistryNotFound) as caught:
+        result(client.delete_tag("a/b", "v1"))
+    assert caught.value.code == "MANIFEST_UNKNOWN"
+    assert [s.method for s in agent.sent] == ["GET"]

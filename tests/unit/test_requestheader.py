@@ -1,0 +1,243 @@
+"""Front-proxy authentication: identity headers believed only from the requestheader CA's allowed CNs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from cryptography import x509
+
+from payloadtags.access.authn import Credentials, UserInfo
+from payloadtags.access.requestheader import RequestHeaderAuthenticator, RequestHeaderConfig
+from tests.support.pki import Authority
+
+
+@pytest.fixture
+def front_ca(tmp_path: Path) -> Authority:
+    return Authority.create(tmp_path / "front", "front-proxy-ca")
+
+
+@pytest.fixture
+def proxy_cert(front_ca: Authority) -> x509.Certificate:
+    return front_ca.client("front-proxy-client").cert
+
+
+def credentials(cert: x509.Certificate | None, headers: dict[str, list[str]]) -> Credentials:
+    # As the HTTP layer builds them: header names lower-cased, every value of a repeated header kept.
+    return Credentials(peer_certificate=cert, headers={k.lower(): v for k, v in headers.items()})
+
+
+IDENTITY = {"X-Remote-User": ["alice"], "X-Remote-Group": ["devs"]}
+
+
+def authenticator(front_ca: Authority, **config: object) -> RequestHeaderAuthenticator:
+    config.setdefault("authorities", (front_ca.cert,))
+    config.setdefault("allowed_names", ("front-proxy-client",))
+    return RequestHeaderAuthenticator(RequestHeaderConfig(**config))  # type: ignore[arg-type]
+
+
+async def authenticate(auth: RequestHeaderAuthenticator, creds: Credentials) -> UserInfo | None:
+    return await auth.authenticate(creds)
+
+
+# --- whom to believe ------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_proxy_with_allowed_name_is_believed(front_ca: Authority, proxy_cert: x509.Certificate) -> None:
+    auth = authenticator(front_ca)
+    creds = credentials(proxy_cert, IDENTITY)
+    assert auth.trusted(creds)
+    assert await auth.authenticate(creds) == UserInfo(name="alice", groups=("devs",))
+
+
+@pytest_twisted.ensureDeferred
+async def test_other_common_name_from_the_same_ca_is_not(front_ca: Authority) -> None:
+    auth = authenticator(front_ca, allowed_names=("front-proxy-client", "aggregator"))
+    for cn in ("alice", "front-proxy-client-2", "Front-Proxy-Client", "aggregator-x"):
+        creds = credentials(front_ca.client(cn).cert, IDENTITY)
+        assert not auth.trusted(creds), cn
+        assert await auth.authenticate(creds) is None, cn
+    # Every name of the list is allowed.
+    assert await auth.authenticate(credentials(front_ca.client("aggregator").cert, IDENTITY)) is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_empty_allowed_names_accept_any_common_name_from_the_ca(front_ca: Authority) -> None:
+    auth = authenticator(front_ca, allowed_names=())
+    user = await auth.authenticate(credentials(front_ca.client("whatever").cert, IDENTITY))
+    assert user is not None and user.name == "alice"
+
+
+@pytest_twisted.ensureDeferred
+async def test_certificate_from_another_ca_is_not_believed(front_ca: Authority, tmp_path: Path) -> None:
+    auth = authenticator(front_ca, allowed_names=())
+    other = Authority.create(tmp_path / "other", "client-ca")
+    # Same subject as the real front-proxy CA, different key: the name alone must not be enough.
+    impostor = Authority.create(tmp_path / "impostor", "front-proxy-ca")
+    assert impostor.cert.subject == front_ca.cert.subject
+    for ca in (other, impostor):
+        creds = credentials(ca.client("front-proxy-client").cert, IDENTITY)
+        assert not auth.trusted(creds)
+        assert await auth.authenticate(creds) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_certificate_is_not_believed(front_ca: Authority) -> None:
+    for allowed in ((), ("front-proxy-client",)):
+        auth = authenticator(front_ca, allowed_names=allowed)
+        creds = credentials(None, IDENTITY)
+        assert not auth.trusted(creds)
+        assert await auth.authenticate(creds) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_requestheader_ca_believes_nobody(front_ca: Authority, proxy_cert: x509.Certificate) -> None:
+    auth = authenticator(front_ca, authorities=(), allowed_names=())
+    assert await auth.authenticate(credentials(proxy_cert, IDENTITY)) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_of_several_cas(front_ca: Authority, proxy_cert: x509.Certificate, tmp_path: Path) -> None:
+    other = Authority.create(tmp_path / "other", "other-ca")
+    auth = authenticator(front_ca, authorities=(other.cert, front_ca.cert))
+    assert await auth.authenticate(credentials(proxy_cert, IDENTITY)) is not None
+    # CA rotation: the old and the new CA share a subject; a certificate of the new one is checked
+    # against the old one first.
+    rotated = Authority.create(tmp_path / "rotated", "front-proxy-ca")
+    auth = authenticator(front_ca, authorities=(front_ca.cert, rotated.cert))
+    new_cert = rotated.client("front-proxy-client").cert
+    assert await auth.authenticate(credentials(new_cert, IDENTITY)) is not None
+
+
+# --- what the headers say -------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_user_name_from_the_first_non_empty_configured_header(
+    front_ca: Authority, proxy_cert: x509.Certificate
+) -> None:
+    auth = authenticator(front_ca, username_headers=("X-Remote-User", "X-Other-User"))
+
+    both = await auth.authenticate(credentials(proxy_cert, {"X-Remote-User": ["a"], "X-Other-User": ["b"]}))
+    assert both is not None and both.name == "a"
+    first_empty = await auth.authenticate(
+        credentials(proxy_cert, {"X-Remote-User": [""], "X-Other-User": ["b"]})
+    )
+    assert first_empty is not None and first_empty.name == "b"
+    second_only = await auth.authenticate(credentials(proxy_cert, {"X-Other-User": ["b"]}))
+    assert second_only is not None and second_only.name == "b"
+    # Without a user name this authenticator does not apply, whatever else is sent.
+    assert await auth.authenticate(credentials(proxy_cert, {"X-Remote-Group": ["g"]})) is None
+    assert await auth.authenticate(credentials(proxy_cert, {"X-Remote-User": [""]})) is None
+    # Only configured headers count.
+    auth = authenticator(front_ca, username_headers=("X-Proxy-User",))
+    assert await auth.authenticate(credentials(proxy_cert, {"X-Remote-User": ["a"]})) is None
+    named = await auth.authenticate(credentials(proxy_cert, {"X-Proxy-User": ["p"]}))
+    assert named is not None and named.name == "p"
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_value_of_every_group_header(front_ca: Authority, proxy_cert: x509.Certificate) -> None:
+    auth = authenticator(front_ca, group_headers=("X-Remote-Group", "X-More-Groups"))
+    user = await auth.authenticate(
+        credentials(
+            proxy_cert,
+            {
+                "X-Remote-User": ["alice"],
+                "X-Remote-Group": ["devs", "system:serviceaccounts", "ops"],
+                "X-More-Groups": ["extra"],
+                "X-Unrelated-Group": ["nope"],
+            },
+        )
+    )
+    assert user is not None
+    assert user.groups == ("devs", "system:serviceaccounts", "ops", "extra")
+    no_groups = await auth.authenticate(credentials(proxy_cert, {"X-Remote-User": ["alice"]}))
+    assert no_groups is not None and no_groups.groups == ()
+
+
+@pytest_twisted.ensureDeferred
+async def test_extra_keys_are_lower_cased_and_percent_decoded(
+    front_ca: Authority, proxy_cert: x509.Certificate
+) -> None:
+    auth = authenticator(front_ca)
+    user = await auth.authenticate(
+        credentials(
+            proxy_cert,
+            {
+                "X-Remote-User": ["alice"],
+                "X-Remote-Extra-Authentication.kubernetes.io%2fcredential-Id": ["JTI=abc"],
+                "X-Remote-Extra-Scopes": ["view", "edit"],
+                "X-Remote-Extra-": ["no key: ignored"],
+                "X-Remote-Extras": ["not the prefix"],
+            },
+        )
+    )
+    assert user is not None
+    assert dict(user.extra) == {
+        "authentication.kubernetes.io/credential-id": ("JTI=abc",),
+        "scopes": ("view", "edit"),
+    }
+
+
+@pytest_twisted.ensureDeferred
+async def test_extra_with_several_prefixes(front_ca: Authority, proxy_cert: x509.Certificate) -> None:
+    auth = authenticator(front_ca, extra_prefixes=("X-Remote-Extra-", "X-Proxy-Extra-"))
+    user = await auth.authenticate(
+        credentials(
+            proxy_cert,
+            {"X-Remote-User": ["alice"], "X-Remote-Extra-Team": ["a"], "X-Proxy-Extra-team": ["b"]},
+        )
+    )
+    assert user is not None and dict(user.extra) == {"team": ("a", "b")}
+
+
+@pytest_twisted.ensureDeferred
+async def test_uid_headers(front_ca: Authority, proxy_cert: x509.Certificate) -> None:
+    headers = {"X-Remote-User": ["alice"], "X-Remote-Uid": ["1234-abcd"]}
+    configured = authenticator(front_ca, uid_headers=("X-Remote-Uid",))
+    user = await configured.authenticate(credentials(proxy_cert, headers))
+    assert user is not None and user.uid == "1234-abcd"
+    unconfigured = authenticator(front_ca)
+    user = await unconfigured.authenticate(credentials(proxy_cert, headers))
+    assert user is not None and user.uid == ""
+    two = authenticator(front_ca, uid_headers=("X-Remote-Uid", "X-Other-Uid"))
+    user = await two.authenticate(
+        credentials(proxy_cert, {"X-Remote-User": ["a"], "X-Remote-Uid": [""], "X-Other-Uid": ["u2"]})
+    )
+    assert user is not None and user.uid == "u2"
+
+
+def test_identity_headers_lists_what_must_be_stripped() -> None:
+    config = RequestHeaderConfig(
+        username_headers=("X-Remote-User", "X-Other-User"),
+        group_headers=("X-Remote-Group",),
+        extra_prefixes=("X-Remote-Extra-",),
+        uid_headers=("X-Remote-Uid",),
+    )
+    names = [
+        "host",
+        "x-remote-user",
+        "x-other-user",
+        "x-remote-group",
+        "x-remote-uid",
+        "x-remote-extra-scopes",
+        "x-remote-extra-authentication.kubernetes.io%2fcredential-id",
+        "authorization",
+        "x-remote-users",
+        "accept",
+    ]
+    assert config.identity_headers(names) == [
+        "x-remote-user",
+        "x-other-user",
+        "x-remote-group",
+        "x-remote-uid",
+        "x-remote-extra-scopes",
+        "x-remote-extra-authentication.kubernetes.io%2fcredential-id",
+    ]
+    assert config.identity_headers(["host", "accept"]) == []
+    assert RequestHeaderConfig(uid_headers=()).identity_headers(["x-remote-uid", "x-remote-user"]) == [
+        "x-remote-user"
+    ]

@@ -1,0 +1,219 @@
+"""Bearer tokens: TokenReview results cached by hash, success and failure for separate times."""
+
+from __future__ import annotations
+
+import hashlib
+
+import attrs
+import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from payloadtags.access.authn import Credentials, UserInfo
+from payloadtags.access.tokens import TokenReviewAuthenticator
+
+GOOD = "eyJhbGciOiJSUzI1NiJ9.good-token.sig"
+BAD = "eyJhbGciOiJSUzI1NiJ9.bad-token.sig"
+ALICE = UserInfo(name="alice", uid="u-1", groups=("devs",))
+
+
+def bearer(token: str, scheme: str = "Bearer") -> Credentials:
+    return Credentials(peer_certificate=None, headers={"authorization": [f"{scheme} {token}"]})
+
+
+@attrs.define
+class FakeReview:
+    """A TokenReview stand-in: ``users`` maps the tokens it accepts; counts the reviews per token."""
+
+    users: dict[str, UserInfo] = attrs.field(factory=dict)
+    calls: list[str] = attrs.field(factory=list)
+
+    async def __call__(self, token: str) -> UserInfo | None:
+        self.calls.append(token)
+        return self.users.get(token)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def review() -> FakeReview:
+    return FakeReview({GOOD: ALICE})
+
+
+@pytest.fixture
+def auth(review: FakeReview, clock: Clock) -> TokenReviewAuthenticator:
+    return TokenReviewAuthenticator(review=review, clock=clock, success_ttl=60.0, failure_ttl=30.0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_success_is_cached_for_the_success_ttl(
+    auth: TokenReviewAuthenticator, review: FakeReview, clock: Clock
+) -> None:
+    assert await auth.authenticate(bearer(GOOD)) == ALICE
+    clock.advance(59.5)
+    assert await auth.authenticate(bearer(GOOD)) == ALICE
+    assert review.calls == [GOOD]
+    clock.advance(1.0)  # 60.5 s after the review
+    assert await auth.authenticate(bearer(GOOD)) == ALICE
+    assert review.calls == [GOOD, GOOD]
+    # The new result is cached from the time of the new review.
+    clock.advance(59.5)
+    assert await auth.authenticate(bearer(GOOD)) == ALICE
+    assert len(review.calls) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_failure_is_cached_for_the_failure_ttl(
+    auth: TokenReviewAuthenticator, review: FakeReview, clock: Clock
+) -> None:
+    assert await auth.authenticate(bearer(BAD)) is None
+    clock.advance(29.5)
+    assert await auth.authenticate(bearer(BAD)) is None
+    assert review.calls == [BAD]
+    clock.advance(1.0)  # 30.5 s: past the failure TTL, well within the success TTL
+    # The token has become valid meanwhile (say, it was just created): the new review says so.
+    review.users[BAD] = ALICE
+    assert await auth.authenticate(bearer(BAD)) == ALICE
+    assert review.calls == [BAD, BAD]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_revoked_token_is_noticed_after_the_success_ttl(
+    auth: TokenReviewAuthenticator, review: FakeReview, clock: Clock
+) -> None:
+    assert await auth.authenticate(bearer(GOOD)) == ALICE
+    del review.users[GOOD]
+    clock.advance(30.5)  # past the failure TTL, not past the success TTL
+    assert await auth.authenticate(bearer(GOOD)) == ALICE
+    clock.advance(30.0)
+    assert await auth.authenticate(bearer(GOOD)) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_tokens_are_cached_separately(auth: TokenReviewAuthenticator, review: FakeReview) -> None:
+    review.users["other"] = UserInfo(name="bob")
+    assert await auth.authenticate(bearer(GOOD)) == ALICE
+    assert await auth.authenticate(bearer("other")) == UserInfo(name="bob")
+    assert await auth.authenticate(bearer(BAD)) is None
+    assert await auth.authenticate(bearer(GOOD)) == ALICE
+    assert review.calls == [GOOD, "other", BAD]
+
+
+@pytest_twisted.ensureDeferred
+async def test_scheme_is_case_insensitive_and_whitespace_is_trimmed(
+    auth: TokenReviewAuthenticator, review: FakeReview
+) -> None:
+    assert await auth.authenticate(bearer(GOOD, scheme="bearer")) == ALICE
+    assert await auth.authenticate(bearer(GOOD + "  ", scheme="BEARER")) == ALICE
+    assert review.calls == [GOOD]
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_token_no_review(auth: TokenReviewAuthenticator, review: FakeReview) -> None:
+    for headers in (
+        {},
+        {"authorization": []},
+        {"authorization": ["Basic dXNlcjpwYXNz"]},
+        {"authorization": [f"Token {GOOD}"]},
+        {"authorization": ["Bearer"]},
+        {"authorization": ["Bearer    "]},
+        {"authorization": [GOOD]},
+        {"x-remote-user": ["alice"]},
+    ):
+        assert await auth.authenticate(Credentials(peer_certificate=None, headers=headers)) is None, headers
+    assert review.calls == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_requests_share_one_review(clock: Clock) -> None:
+    pending: list[Deferred[UserInfo | None]] = []
+
+    def review(token: str) -> Deferred[UserInfo | None]:
+        pending.append(Deferred())
+        return pending[-1]
+
+    auth = TokenReviewAuthenticator(review=review, clock=clock, success_ttl=60.0, failure_ttl=30.0)
+    waiting = [Deferred.fromCoroutine(auth.authenticate(bearer(GOOD))) for _ in range(3)]
+    other = Deferred.fromCoroutine(auth.authenticate(bearer(BAD)))
+    assert len(pending) == 2  # one review for GOOD, one for BAD
+    assert not any(d.called for d in [*waiting, other])
+
+    pending[0].callback(ALICE)
+    assert [await d for d in waiting] == [ALICE, ALICE, ALICE]
+    assert not other.called
+    pending[1].callback(None)
+    assert await other is None
+
+    # Both results are cached now.
+    assert await auth.authenticate(bearer(GOOD)) == ALICE
+    assert await auth.authenticate(bearer(BAD)) is None
+    assert len(pending) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_review_reaches_every_waiter_and_is_not_cached(clock: Clock) -> None:
+    pending: list[Deferred[UserInfo | None]] = []
+
+    def review(token: str) -> Deferred[UserInfo | None]:
+        pending.append(Deferred())
+        return pending[-1]
+
+    auth = TokenReviewAuthenticator(review=review, clock=clock, success_ttl=60.0, failure_ttl=30.0)
+    waiting = [Deferred.fromCoroutine(auth.authenticate(bearer(GOOD))) for _ in range(3)]
+    assert len(pending) == 1
+
+    failures: list[Failure] = []
+    for d in waiting:
+        d.addErrback(failures.append)
+    pending[0].errback(ConnectionRefusedError("cluster API down"))
+    assert len(failures) == 3
+    assert all(f.check(ConnectionRefusedError) for f in failures)
+
+    # Not cached: the next request reviews again (and no waiter list is left behind).
+    again = Deferred.fromCoroutine(auth.authenticate(bearer(GOOD)))
+    assert len(pending) == 2
+    pending[1].callback(ALICE)
+    assert await again == ALICE
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_token_is_never_a_cache_key(clock: Clock) -> None:
+    pending: list[Deferred[UserInfo | None]] = []
+
+    def review(token: str) -> Deferred[UserInfo | None]:
+        pending.append(Deferred())
+        return pending[-1]
+
+    auth = TokenReviewAuthenticator(review=review, clock=clock)
+    waiting = Deferred.fromCoroutine(auth.authenticate(bearer(GOOD)))
+    # While the review is in flight.
+    assert auth._waiting and all(GOOD not in key for key in auth._waiting)
+    assert GOOD not in repr(auth)
+    pending[0].callback(ALICE)
+    assert await waiting == ALICE
+    # Once it is cached.
+    assert list(auth._cache) == [hashlib.sha256(GOOD.encode()).hexdigest()]
+    assert GOOD not in repr(auth)
+
+
+@pytest_twisted.ensureDeferred
+async def test_least_recently_used_entries_go_first(review: FakeReview, clock: Clock) -> None:
+    review.users.update(
+        {"t1": UserInfo(name="one"), "t2": UserInfo(name="two"), "t3": UserInfo(name="three")}
+    )
+    auth = TokenReviewAuthenticator(review=review, clock=clock, success_ttl=60.0, max_entries=2)
+    await auth.authenticate(bearer("t1"))
+    await auth.authenticate(bearer("t2"))
+    await auth.authenticate(bearer("t1"))  # t1 is now the most recently used
+    await auth.authenticate(bearer("t3"))  # evicts t2
+    assert review.calls == ["t1", "t2", "t3"]
+    await auth.authenticate(bearer("t1"))
+    await auth.authenticate(bearer("t3"))
+    assert review.calls == ["t1", "t2", "t3"]
+    await auth.authenticate(bearer("t2"))
+    assert review.calls == ["t1", "t2", "t3", "t2"]
