@@ -63,7 +63,34 @@ def _parser() -> argparse.ArgumentParser:
     registry.add_argument(
         "--delete-concurrency", type=int, default=4, help="tags deleted at once by deletecollection"
     )
-    serve.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    ops = serve.add_argument_group("operations")
+    ops.add_argument(
+        "--metrics-allowed-groups",
+        type=_list,
+        default=("system:masters", "system:monitoring"),
+        help="groups allowed to read /metrics (default system:masters,system:monitoring)",
+    )
+    ops.add_argument("--metrics-anonymous", action="store_true", help="serve /metrics without authentication")
+    ops.add_argument(
+        "--cert-reload-period",
+        type=_duration,
+        default=10.0,
+        help="how often certificate and CA files are checked for rotation (default 10s)",
+    )
+    ops.add_argument(
+        "--shutdown-delay-duration",
+        type=_duration,
+        default=0.0,
+        help="after SIGTERM, keep serving (with readyz failing) this long before closing the listener",
+    )
+    ops.add_argument(
+        "--shutdown-grace-period",
+        type=_duration,
+        default=30.0,
+        help="after closing the listener, how long requests in flight may take to finish (default 30s)",
+    )
+    ops.add_argument("--log-format", choices=("text", "json"), default="text", help="log output format")
+    ops.add_argument("-v", "--verbose", action="store_true", help="log every request")
     return parser
 
 
@@ -149,6 +176,13 @@ def settings_from(args: argparse.Namespace) -> Settings:
         authorization_mode=args.authorization_mode,
         registry_concurrency=args.registry_concurrency,
         delete_concurrency=args.delete_concurrency,
+        metrics_allowed_groups=args.metrics_allowed_groups,
+        metrics_anonymous=args.metrics_anonymous,
+        cert_reload_period=args.cert_reload_period,
+        shutdown_delay=args.shutdown_delay_duration,
+        shutdown_grace_period=args.shutdown_grace_period,
+        log_format=args.log_format,
+        verbose=args.verbose,
     )
 
 
@@ -161,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from payloadtags.server import serve  # imported late: `--help` should not pay for Twisted
 
-    return serve(settings, verbose=args.verbose)
+    return serve(settings)
 
 
 if __name__ == "__main__":

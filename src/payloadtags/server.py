@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import attrs
+from twisted.internet import defer
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
-from twisted.logger import (
-    FilteringLogObserver,
-    Logger,
-    LogLevel,
-    LogLevelFilterPredicate,
-    globalLogBeginner,
-    textFileLogObserver,
-)
+from twisted.logger import Logger
 from twisted.web.server import Site
 
 from payloadtags.access.authconfig import AuthenticationConfig, DynamicAuthentication, FlagConfig
@@ -31,7 +25,10 @@ from payloadtags.cluster import authentication_reflector, rbac_reflectors, token
 from payloadtags.inventory import Inventory
 from payloadtags.kube import ClusterConfig, KubeClient, Reflector, load_cluster_config
 from payloadtags.kube import ConfigError as KubeConfigError
+from payloadtags.logs import begin_logging
+from payloadtags.metrics import CountingAuthorizer, InstrumentedRegistry, Metrics
 from payloadtags.registry import RegistryClient
+from payloadtags.reloader import FileWatcher
 from payloadtags.settings import Settings
 from payloadtags.tls import ContextFactory, ServingCertificate, read_bundle, server_context
 
@@ -84,18 +81,46 @@ class _QuietSite(Site):
 class RunningServer:
     port: int
     listener: IListeningPort
-    registry: RegistryClient
+    registry: Any
     api: ApiServer
+    settings: Settings
+    clock: Any
     kube: KubeClient | None = None
     reflectors: list[Reflector] = attrs.Factory(list)
+    watchers: list[FileWatcher] = attrs.Factory(list)
+    shutting_down: bool = False
 
     async def stop(self) -> None:
+        """Graceful: readyz fails at once, the listener closes after the shutdown delay, requests in
+        flight finish within the grace period, then everything else stops."""
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        log.info(
+            "shutting down: readyz now fails; {inflight} request(s) in flight", inflight=self.api.inflight
+        )
+        if self.settings.shutdown_delay > 0:
+            # Give endpoints controllers and load balancers time to stop sending new requests here.
+            await deferLater(self.clock, self.settings.shutdown_delay, lambda: None)
         await self.listener.stopListening()
+        idle = self.api.idle()
+        idle.addTimeout(self.settings.shutdown_grace_period, self.clock)
+        try:
+            await idle
+        except defer.TimeoutError:
+            log.warn(
+                "{inflight} request(s) still running after the {grace}s grace period; stopping anyway",
+                inflight=self.api.inflight,
+                grace=self.settings.shutdown_grace_period,
+            )
+        for watcher in self.watchers:
+            watcher.stop()
         for reflector in self.reflectors:
             await reflector.stop()
         if self.kube is not None:
             await self.kube.close()
         await self.registry.close()
+        log.info("stopped")
 
 
 def _synced(reflectors: list[Reflector], what: str):
@@ -121,6 +146,7 @@ async def start(
     else:
         log.info("no --tls-cert-file: serving with a self-signed certificate for localhost")
         serving = ServingCertificate.self_signed()
+    metrics = Metrics()
 
     kube = KubeClient(reactor, cluster) if cluster is not None else None
     reflectors: list[Reflector] = []
@@ -141,6 +167,36 @@ async def start(
         context_factory.context = server_context(serving, config.trusted_cas)
 
     authentication.listeners.append(trust_changed)
+    watchers: list[FileWatcher] = []
+    if settings.tls_cert_file and settings.tls_private_key_file:
+        cert_file, key_file = settings.tls_cert_file, settings.tls_private_key_file
+
+        def reload_serving() -> None:
+            nonlocal serving
+            fresh = ServingCertificate.from_files(cert_file, key_file)
+            context_factory.context = server_context(fresh, authentication.config.trusted_cas)
+            serving = fresh
+
+        watchers.append(
+            FileWatcher(
+                reactor,
+                [cert_file, key_file],
+                reload_serving,
+                "serving certificate",
+                settings.cert_reload_period,
+            )
+        )
+    ca_files = [f for f in (settings.client_ca_file, settings.requestheader_client_ca_file) if f]
+    if ca_files:
+        watchers.append(
+            FileWatcher(
+                reactor,
+                ca_files,
+                lambda: authentication.update_flags(_flag_authentication(settings)),
+                "client CA files",
+                settings.cert_reload_period,
+            )
+        )
     auth_reflectors: list[Reflector] = []
     if kube is not None and not authentication.flags.complete:
         auth_reflectors.append(authentication_reflector(kube, reactor, authentication, **options))
@@ -163,11 +219,11 @@ async def start(
         if not authentication.config.trusted_cas:
             log.warn("no --client-ca-file: no client can authenticate; only health endpoints will answer")
 
-    registry = RegistryClient(reactor, settings.registry)
+    registry = InstrumentedRegistry(RegistryClient(reactor, settings.registry), metrics)
     service = TagsService(
         inventory=Inventory(registry, concurrency=settings.registry_concurrency),
         registry_host=settings.registry_host,
-        authorizer=authorizer,
+        authorizer=CountingAuthorizer(authorizer, metrics),
         versions=ResourceVersions(reactor),
         delete_concurrency=settings.delete_concurrency,
     )
@@ -175,13 +231,26 @@ async def start(
     async def ping() -> None:
         return None
 
-    readiness = [("ping", ping), ("registry", registry.ping)]
+    running: RunningServer | None = None
+
+    async def not_shutting_down() -> None:
+        if running is not None and running.shutting_down:
+            raise RuntimeError("the server is shutting down")
+
+    readiness = [("ping", ping), ("shutdown", not_shutting_down), ("registry", registry.ping)]
     if auth_reflectors:
         readiness.append(("authentication-configmap", _synced(auth_reflectors, "authentication ConfigMap")))
     if rbac_sources:
         readiness.append(("rbac", _synced(rbac_sources, "RBAC objects")))
     health = HealthChecks({"healthz": [("ping", ping)], "livez": [("ping", ping)], "readyz": readiness})
-    api = ApiServer(service=service, authenticator=authentication, health=health)
+    api = ApiServer(
+        service=service,
+        authenticator=authentication,
+        health=health,
+        metrics=metrics,
+        metrics_groups=settings.metrics_allowed_groups,
+        metrics_anonymous=settings.metrics_anonymous,
+    )
     for reflector in reflectors:
         reflector.start()
     endpoint = SSL4ServerEndpoint(
@@ -202,20 +271,16 @@ async def start(
         registry=settings.registry.url,
         mode=mode,
     )
-    return RunningServer(port, listener, registry, api, kube, reflectors)
+    for watcher in watchers:
+        watcher.start()
+    running = RunningServer(port, listener, registry, api, settings, reactor, kube, reflectors, watchers)
+    return running
 
 
-def _begin_logging(verbose: bool) -> None:
-    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.debug if verbose else LogLevel.info)
-    globalLogBeginner.beginLoggingTo(
-        [FilteringLogObserver(textFileLogObserver(sys.stderr), [predicate])], redirectStandardIO=False
-    )
+def serve(settings: Settings) -> int:
+    from twisted.internet import task
 
-
-def serve(settings: Settings, verbose: bool = False) -> int:
-    from twisted.internet import defer, task
-
-    _begin_logging(verbose)
+    begin_logging(settings.log_format, settings.verbose)
     exit_code = 0
 
     async def main(reactor: Any) -> None:
@@ -230,11 +295,11 @@ def serve(settings: Settings, verbose: bool = False) -> int:
             log.error("payloadtags: cannot start: {error}", error=str(error))
             exit_code = 1
             return
-        stopped: defer.Deferred[None] = defer.Deferred()
+        # SIGTERM/SIGINT stop the reactor; this trigger runs the graceful stop before it does.
         reactor.addSystemEventTrigger(
             "before", "shutdown", lambda: defer.Deferred.fromCoroutine(running.stop())
         )
-        await stopped
+        await defer.Deferred()
 
     try:
         task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor)))

@@ -30,3 +30,10 @@ class Settings:
     authorization_mode: str | None = None
     registry_concurrency: int = 16
     delete_concurrency: int = 4
+    metrics_allowed_groups: tuple[str, ...] = ("system:masters", "system:monitoring")
+    metrics_anonymous: bool = False
+    cert_reload_period: float = 10.0
+    shutdown_delay: float = 0.0
+    shutdown_grace_period: float = 30.0
+    log_format: str = "text"
+    verbose: bool = False

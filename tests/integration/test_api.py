@@ -454,7 +454,12 @@ async def test_anonymous_requests_are_401_but_health_is_open(api):
         reply = await anonymous.get(path)
         assert (reply.code, reply.body) == (200, b"ok")
     verbose = await anonymous.get("/readyz?verbose")
-    assert verbose.body.decode().splitlines() == ["[+]ping ok", "[+]registry ok", "readyz check passed"]
+    assert verbose.body.decode().splitlines() == [
+        "[+]ping ok",
+        "[+]shutdown ok",
+        "[+]registry ok",
+        "readyz check passed",
+    ]
 
 
 # --- a failing registry -----------------------------------------------------------------------------

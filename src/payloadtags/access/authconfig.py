@@ -113,8 +113,10 @@ class DynamicAuthentication:
     _requestheader: RequestHeaderAuthenticator = attrs.field(init=False)
     _chain: AuthenticatorChain = attrs.field(init=False)
 
+    _base: AuthenticationConfig = attrs.field(factory=AuthenticationConfig, init=False)
+
     def __attrs_post_init__(self) -> None:
-        self._install(self.flags.over(AuthenticationConfig()))
+        self._install(self.flags.over(self._base))
 
     def _install(self, config: AuthenticationConfig) -> None:
         self.config = config
@@ -129,7 +131,7 @@ class DynamicAuthentication:
 
     def update_from_configmap(self, data: Mapping[str, str]) -> None:
         try:
-            config = self.flags.over(from_configmap(data))
+            base = from_configmap(data)
         except ConfigMapError as error:
             log.error(
                 "{namespace}/{name}: {error}; keeping the previous authentication configuration",
@@ -138,6 +140,15 @@ class DynamicAuthentication:
                 error=str(error),
             )
             return
+        self._base = base
+        self._apply(self.flags.over(base))
+
+    def update_flags(self, flags: FlagConfig) -> None:
+        """New CA files from the command line's paths (rotated on disk)."""
+        self.flags = flags
+        self._apply(flags.over(self._base))
+
+    def _apply(self, config: AuthenticationConfig) -> None:
         if config == self.config:
             return
         self._install(config)

@@ -14,12 +14,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import attrs
 from klein import Klein
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from payloadtags import __version__
-from payloadtags.access.authn import Authenticator, Credentials, UserInfo
+from payloadtags.access.authn import MASTERS, Authenticator, Credentials, UserInfo
 from payloadtags.access.authz import AuthorizationNotReady
 from payloadtags.api import discovery
 from payloadtags.api.errors import (
@@ -36,6 +37,7 @@ from payloadtags.api.options import Query, delete_options, first, list_options
 from payloadtags.api.registry_errors import api_error_for
 from payloadtags.api.render import include_object, render_list, render_object
 from payloadtags.api.tags import TagsService
+from payloadtags.metrics import CONTENT_TYPE, Metrics
 from payloadtags.model import GROUP, GROUP_VERSION, RESOURCE, to_json
 from payloadtags.names import is_namespace
 from payloadtags.registry.errors import RegistryError
@@ -71,6 +73,24 @@ def _credentials(request: IRequest) -> Credentials:
     return Credentials(peer_certificate=certificate, headers=headers)
 
 
+def _request_labels(request: IRequest) -> tuple[str, str]:
+    """Verb and resource as kube-apiserver's metrics name them; non-resource paths have no resource."""
+    path = urlsplit(request.uri.decode("utf-8", "replace")).path.rstrip("/")
+    method = request.method.decode("latin-1")
+    parts = path.split("/")
+    if not path.startswith(BASE + "/") or RESOURCE not in parts:
+        return method.lower(), ""
+    named = parts.index(RESOURCE) < len(parts) - 1
+    verbs = {
+        "GET": "get" if named else "list",
+        "DELETE": "delete" if named else "deletecollection",
+        "POST": "create",
+        "PUT": "update",
+        "PATCH": "patch",
+    }
+    return verbs.get(method, method.lower()), RESOURCE
+
+
 def _write_json(request: IRequest, code: int, body: Any, content_type: str = JSON_TYPE) -> bytes:
     request.setResponseCode(code)
     request.setHeader(b"content-type", content_type.encode())
@@ -92,13 +112,38 @@ class ApiServer:
     service: TagsService
     authenticator: Authenticator
     health: HealthChecks
+    metrics: Metrics = attrs.field(factory=Metrics)
+    metrics_groups: tuple[str, ...] = (MASTERS, "system:monitoring")
+    metrics_anonymous: bool = False
     app: Klein = attrs.field(factory=Klein, init=False)
+    _inflight: int = attrs.field(default=0, init=False)
+    _idle_waiters: list[Deferred[None]] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._routes()
 
     def resource(self) -> Any:
         return self.app.resource()
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    def idle(self) -> Deferred[None]:
+        """Fires once no request is being served (at once when none is)."""
+        waiter: Deferred[None] = Deferred()
+        if self._inflight == 0:
+            waiter.callback(None)
+        else:
+            self._idle_waiters.append(waiter)
+        return waiter
+
+    def _finished(self) -> None:
+        self._inflight -= 1
+        if self._inflight == 0:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -107,6 +152,7 @@ class ApiServer:
         async def handler(request: IRequest, **kwargs: Any) -> bytes:
             started = time.monotonic()
             user: UserInfo | None = None
+            self._inflight += 1
             try:
                 if not anonymous:
                     credentials = _credentials(request)
@@ -127,13 +173,16 @@ class ApiServer:
                 log.failure("unhandled error serving {method} {uri}", method=request.method, uri=request.uri)
                 return _write_error(request, internal("the server could not complete the request"))
             finally:
+                self._finished()
+                elapsed = time.monotonic() - started
+                self.metrics.observe_request(*_request_labels(request), request.code, elapsed)
                 log.debug(
                     "{method} {uri} {code} user={user} {ms:.1f}ms",
                     method=request.method.decode(),
                     uri=request.uri.decode("utf-8", "replace"),
                     code=request.code,
                     user=user.name if user else "-",
-                    ms=(time.monotonic() - started) * 1000,
+                    ms=elapsed * 1000,
                 )
 
         return handler
@@ -164,6 +213,7 @@ class ApiServer:
                 anonymous=True,
             )
         self._route("/version", ["GET"], self._version)
+        self._route("/metrics", ["GET"], self._metrics, anonymous=self.metrics_anonymous)
         self._route("/api", ["GET"], self._api)
         self._route("/apis", ["GET"], self._apis)
         self._route(f"/apis/{GROUP}", ["GET"], self._group)
@@ -236,6 +286,13 @@ class ApiServer:
                 "platform": "linux/amd64",
             },
         )
+
+    async def _metrics(self, request: IRequest, user: UserInfo | None = None) -> bytes:
+        if user is not None and not set(self.metrics_groups) & set(user.groups):
+            raise ApiError(403, "Forbidden", f'forbidden: User "{user.name}" cannot get path "/metrics"')
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", CONTENT_TYPE.encode())
+        return self.metrics.exposition()
 
     async def _health(self, request: IRequest, endpoint: str, check: str | None = None) -> bytes:
         query = _query(request)

@@ -1,0 +1,161 @@
+"""Prometheus metrics of one server: API requests, registry calls, authorization decisions.
+
+Each server has its own CollectorRegistry, so several servers in one process (tests) do not mix.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import attrs
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from payloadtags.access.authn import UserInfo
+from payloadtags.access.authz import Authorizer
+from payloadtags.registry.errors import (
+    RegistryDeleteDisabled,
+    RegistryError,
+    RegistryNotFound,
+    RegistryReadOnly,
+    RegistryTimeout,
+    RegistryUnavailable,
+)
+
+T = TypeVar("T")
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@attrs.define
+class Metrics:
+    registry: CollectorRegistry = attrs.field(factory=CollectorRegistry)
+    requests: Counter = attrs.field(init=False)
+    request_duration: Histogram = attrs.field(init=False)
+    registry_requests: Counter = attrs.field(init=False)
+    registry_duration: Histogram = attrs.field(init=False)
+    authorization: Counter = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.requests = Counter(
+            "payloadtags_apiserver_requests",
+            "API requests served, by verb, resource and HTTP status code.",
+            ["verb", "resource", "code"],
+            registry=self.registry,
+        )
+        self.request_duration = Histogram(
+            "payloadtags_apiserver_request_duration_seconds",
+            "Time to serve an API request, by verb and resource.",
+            ["verb", "resource"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry_requests = Counter(
+            "payloadtags_registry_operations",
+            "Registry operations, by operation and outcome.",
+            ["operation", "outcome"],
+            registry=self.registry,
+        )
+        self.registry_duration = Histogram(
+            "payloadtags_registry_operation_duration_seconds",
+            "Time a registry operation took, by operation.",
+            ["operation"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.authorization = Counter(
+            "payloadtags_authorization_decisions",
+            "PayloadRepositoryAccess decisions, by access verb and decision.",
+            ["verb", "decision"],
+            registry=self.registry,
+        )
+
+    def observe_request(self, verb: str, resource: str, code: int, seconds: float) -> None:
+        self.requests.labels(verb, resource, str(code)).inc()
+        self.request_duration.labels(verb, resource).observe(seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def outcome_of(error: BaseException | None) -> str:
+    match error:
+        case None:
+            return "ok"
+        case RegistryNotFound():
+            return "not_found"
+        case RegistryTimeout():
+            return "timeout"
+        case RegistryReadOnly():
+            return "read_only"
+        case RegistryUnavailable():
+            return "unavailable"
+        case RegistryDeleteDisabled():
+            return "delete_disabled"
+        case RegistryError():
+            return "error"
+        case _:
+            return "error"
+
+
+@attrs.define
+class InstrumentedRegistry:
+    """The registry client with every public operation counted and timed."""
+
+    inner: Any
+    metrics: Metrics
+    clock: Callable[[], float] = time.monotonic
+
+    async def _measure(self, operation: str, call: Awaitable[T]) -> T:
+        started = self.clock()
+        error: BaseException | None = None
+        try:
+            return await call
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self.metrics.registry_requests.labels(operation, outcome_of(error)).inc()
+            self.metrics.registry_duration.labels(operation).observe(self.clock() - started)
+
+    async def ping(self) -> None:
+        return await self._measure("ping", self.inner.ping())
+
+    async def catalog(self, last: str | None = None, n: int = 1000) -> Any:
+        return await self._measure("catalog", self.inner.catalog(last=last, n=n))
+
+    async def tags(self, repository: str) -> list[str]:
+        return await self._measure("tags", self.inner.tags(repository))
+
+    async def manifest(self, repository: str, reference: str) -> Any:
+        return await self._measure("manifest", self.inner.manifest(repository, reference))
+
+    async def resolve(self, repository: str, reference: str) -> str:
+        return await self._measure("resolve", self.inner.resolve(repository, reference))
+
+    async def blob(self, repository: str, digest: str, max_bytes: int = 4 << 20) -> bytes:
+        return await self._measure("blob", self.inner.blob(repository, digest, max_bytes=max_bytes))
+
+    async def delete_tag(self, repository: str, tag: str) -> str:
+        return await self._measure("delete_tag", self.inner.delete_tag(repository, tag))
+
+    async def delete_manifest(self, repository: str, digest: str) -> None:
+        return await self._measure("delete_manifest", self.inner.delete_manifest(repository, digest))
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+@attrs.define
+class CountingAuthorizer:
+    inner: Authorizer
+    metrics: Metrics
+
+    def allowed(self, user: UserInfo, verb: str, namespace: str, repository_path: str) -> bool:
+        decision = self.inner.allowed(user, verb, namespace, repository_path)
+        self.metrics.authorization.labels(verb, "allow" if decision else "deny").inc()
+        return decision

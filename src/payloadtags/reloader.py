@@ -1,0 +1,72 @@
+"""Re-read certificate and CA files when they change on disk, so rotation needs no restart.
+
+Files are polled (as k8s.io/apiserver also does, besides fsnotify): a mounted Secret is updated by
+swapping a symlink, which inotify on the file itself would miss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+log = Logger()
+
+
+def _fingerprint(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).digest()
+    except OSError:
+        return None
+
+
+@attrs.define
+class FileWatcher:
+    """Calls ``reload`` when any of ``paths`` has new content; ``reload`` raising keeps the old state."""
+
+    clock: IReactorTime
+    paths: Sequence[str]
+    reload: Callable[[], None]
+    what: str
+    period: float = 10.0
+    _seen: list[bytes | None] = attrs.field(factory=list, init=False)
+    _loop: LoopingCall | None = attrs.field(default=None, init=False)
+
+    def start(self) -> None:
+        self._seen = [_fingerprint(p) for p in self.paths]
+        self._loop = LoopingCall(self.check)
+        self._loop.clock = self.clock
+        self._loop.start(self.period, now=False)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+    def check(self) -> bool:
+        """Reload if something changed; True when a new state was installed."""
+        current = [_fingerprint(p) for p in self.paths]
+        if current == self._seen:
+            return False
+        if any(c is None for c in current):
+            # Mid-rotation (a file briefly missing): try again next period.
+            return False
+        try:
+            self.reload()
+        except Exception as error:
+            log.error(
+                "{what}: cannot load the changed files {paths}: {error}; keeping the previous ones",
+                what=self.what,
+                paths=", ".join(os.path.basename(p) for p in self.paths),
+                error=str(error),
+            )
+            self._seen = current  # do not retry the same broken content every period
+            return False
+        self._seen = current
+        log.info("{what}: reloaded {paths}", what=self.what, paths=", ".join(self.paths))
+        return True
