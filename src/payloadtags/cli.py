@@ -35,6 +35,42 @@ def _parser() -> argparse.ArgumentParser:
         "--client-ca-file", help="CA bundle that signs client certificates (user = CN, groups = O)"
     )
     auth.add_argument(
+        "--requestheader-client-ca-file",
+        help="CA bundle of the front proxy (kube-apiserver's aggregator); absent: read from ConfigMap "
+        "kube-system/extension-apiserver-authentication when a cluster API is configured",
+    )
+    auth.add_argument(
+        "--requestheader-allowed-names",
+        type=_list,
+        default=(),
+        help="front-proxy certificate CNs to accept, comma-separated (empty: any CN the CA signed)",
+    )
+    auth.add_argument(
+        "--requestheader-username-headers", type=_list, default=("X-Remote-User",), help="user name headers"
+    )
+    auth.add_argument(
+        "--requestheader-group-headers", type=_list, default=("X-Remote-Group",), help="group headers"
+    )
+    auth.add_argument(
+        "--requestheader-extra-headers-prefix",
+        type=_list,
+        default=("X-Remote-Extra-",),
+        help="prefixes of user extra headers",
+    )
+    auth.add_argument("--requestheader-uid-headers", type=_list, default=(), help="user UID headers")
+    auth.add_argument(
+        "--authentication-token-webhook-cache-ttl",
+        type=_duration,
+        default=10.0,
+        help="how long a successful TokenReview is cached, e.g. 10s or 2m (default 10s)",
+    )
+    auth.add_argument(
+        "--authentication-token-webhook-failure-cache-ttl",
+        type=_duration,
+        default=10.0,
+        help="how long a rejected token is cached (default 10s)",
+    )
+    auth.add_argument(
         "--kubeconfig", help="kubeconfig of the cluster API (default: in-cluster config when in a pod)"
     )
     auth.add_argument(

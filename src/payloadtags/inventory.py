@@ -71,12 +71,23 @@ class CatalogCursor:
     namespace: str | None
     last: str | None
     page_size: int
+    first_page_size: int = 100
     done: bool = False
+    _pages: int = 0
+
+    def _next_size(self) -> int:
+        # distribution fills a page by walking its storage past the namespace, so a namespace list
+        # starts small (most namespaces hold few repositories) and grows; an all-namespaces list
+        # reads whole pages from the start.
+        if self.namespace is None:
+            return self.page_size
+        return min(self.page_size, self.first_page_size * 4**self._pages)
 
     async def next(self) -> list[tuple[str, str, str]]:
         if self.done:
             return []
-        page = await self.client.catalog(last=self.last, n=self.page_size)
+        page = await self.client.catalog(last=self.last, n=self._next_size())
+        self._pages += 1
         batch = []
         self.done = not page.more or not page.repositories
         for repository in page.repositories:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 
 import attrs
@@ -46,6 +47,7 @@ class TagRef:
         return (self.namespace, tuple(self.repository_path.split("/")), self.tag)
 
 
+@functools.lru_cache(maxsize=65536)
 def encode_name(repository_path: str, tag: str) -> str:
     raw = f"{repository_path}:{tag}".encode()
     return base64.b32encode(raw).decode("ascii").rstrip("=").lower()

@@ -11,6 +11,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
+from twisted.protocols.policies import WrappingFactory
 from twisted.web.server import Site
 
 from payloadtags.access.authconfig import AuthenticationConfig, DynamicAuthentication, FlagConfig
@@ -81,6 +82,7 @@ class _QuietSite(Site):
 class RunningServer:
     port: int
     listener: IListeningPort
+    connections: WrappingFactory
     registry: Any
     api: ApiServer
     settings: Settings
@@ -103,6 +105,7 @@ class RunningServer:
             # Give endpoints controllers and load balancers time to stop sending new requests here.
             await deferLater(self.clock, self.settings.shutdown_delay, lambda: None)
         await self.listener.stopListening()
+        deadline = self.clock.seconds() + self.settings.shutdown_grace_period
         idle = self.api.idle()
         idle.addTimeout(self.settings.shutdown_grace_period, self.clock)
         try:
@@ -113,6 +116,7 @@ class RunningServer:
                 inflight=self.api.inflight,
                 grace=self.settings.shutdown_grace_period,
             )
+        await self._close_connections(deadline)
         for watcher in self.watchers:
             watcher.stop()
         for reflector in self.reflectors:
@@ -121,6 +125,14 @@ class RunningServer:
             await self.kube.close()
         await self.registry.close()
         log.info("stopped")
+
+    async def _close_connections(self, deadline: float) -> None:
+        # Close kept-alive connections cleanly, so responses already written are flushed to the
+        # clients before the reactor drops whatever is still open.
+        for connection in list(self.connections.protocols):
+            connection.transport.loseConnection()
+        while self.connections.protocols and self.clock.seconds() < deadline:
+            await deferLater(self.clock, 0.05, lambda: None)
 
 
 def _synced(reflectors: list[Reflector], what: str):
@@ -257,7 +269,8 @@ async def start(
         reactor, settings.secure_port, context_factory, interface=settings.bind_address
     )
     try:
-        listener = await endpoint.listen(_QuietSite(api.resource()))
+        connections = WrappingFactory(_QuietSite(api.resource()))
+        listener = await endpoint.listen(connections)
     except Exception:
         for reflector in reflectors:
             await reflector.stop()
@@ -273,7 +286,9 @@ async def start(
     )
     for watcher in watchers:
         watcher.start()
-    running = RunningServer(port, listener, registry, api, settings, reactor, kube, reflectors, watchers)
+    running = RunningServer(
+        port, listener, connections, registry, api, settings, reactor, kube, reflectors, watchers
+    )
     return running
 
 

@@ -74,9 +74,23 @@ def _verify(connection: SSL.Connection, cert: crypto.X509, errno: int, depth: in
     return True
 
 
-def client_certificate_verified(connection: object) -> bool:
-    """Whether the peer presented a client certificate that chains to a trusted CA, valid now."""
-    return isinstance(connection, SSL.Connection) and _verified.get(connection, False)
+_peer_certificates: weakref.WeakKeyDictionary[SSL.Connection, x509.Certificate] = weakref.WeakKeyDictionary()
+
+
+def verified_peer_certificate(connection: object) -> x509.Certificate | None:
+    """The client certificate of a connection if it chains to a trusted CA and is valid, else None.
+
+    Kept per connection: every request on a kept-alive connection presents the same certificate.
+    """
+    if not isinstance(connection, SSL.Connection) or not _verified.get(connection, False):
+        return None
+    certificate = _peer_certificates.get(connection)
+    if certificate is None:
+        peer = connection.get_peer_certificate(as_cryptography=True)
+        if peer is None:
+            return None
+        certificate = _peer_certificates[connection] = peer
+    return certificate
 
 
 def server_context(serving: ServingCertificate, client_cas: Sequence[x509.Certificate]) -> SSL.Context:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -46,15 +47,20 @@ class Authenticator(Protocol):
 def issued_by(certificate: x509.Certificate, authorities: Sequence[x509.Certificate]) -> bool:
     """Whether one of ``authorities`` signed ``certificate`` (the TLS handshake already checked the chain
     and validity; this tells which trust root it chained to)."""
-    for authority in authorities:
-        if authority.subject != certificate.issuer:
-            continue
-        try:
-            certificate.verify_directly_issued_by(authority)
-        except (ValueError, TypeError, InvalidSignature):
-            continue
-        return True
-    return False
+    return any(_signed_by(certificate, authority) for authority in authorities)
+
+
+@functools.lru_cache(maxsize=1024)
+def _signed_by(certificate: x509.Certificate, authority: x509.Certificate) -> bool:
+    # Cached: a kept-alive connection presents the same certificate on every request, and checking
+    # a signature costs more than the rest of authentication.
+    if authority.subject != certificate.issuer:
+        return False
+    try:
+        certificate.verify_directly_issued_by(authority)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def load_pem_bundle(data: bytes) -> list[x509.Certificate]:

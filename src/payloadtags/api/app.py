@@ -22,7 +22,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from payloadtags import __version__
 from payloadtags.access.authn import MASTERS, Authenticator, Credentials, UserInfo
 from payloadtags.access.authz import AuthorizationNotReady
-from payloadtags.api import discovery
+from payloadtags.api import discovery, openapi
 from payloadtags.api.errors import (
     ApiError,
     internal,
@@ -41,7 +41,7 @@ from payloadtags.metrics import CONTENT_TYPE, Metrics
 from payloadtags.model import GROUP, GROUP_VERSION, RESOURCE, to_json
 from payloadtags.names import is_namespace
 from payloadtags.registry.errors import RegistryError
-from payloadtags.tls import client_certificate_verified
+from payloadtags.tls import verified_peer_certificate
 
 log = Logger()
 
@@ -60,13 +60,9 @@ def _header(request: IRequest, name: str) -> str | None:
 
 
 def _credentials(request: IRequest) -> Credentials:
-    certificate = None
     transport = request.channel.transport if request.channel is not None else None
-    get_peer = getattr(transport, "getPeerCertificate", None)
-    if get_peer is not None and client_certificate_verified(transport.getHandle()):
-        peer = get_peer()
-        if peer is not None:
-            certificate = peer.to_cryptography()
+    handle = getattr(transport, "getHandle", None)
+    certificate = verified_peer_certificate(handle()) if handle is not None else None
     headers: dict[str, list[str]] = {}
     for name, values in request.requestHeaders.getAllRawHeaders():
         headers[name.decode("latin-1").lower()] = [v.decode("latin-1") for v in values]
@@ -153,6 +149,8 @@ class ApiServer:
             started = time.monotonic()
             user: UserInfo | None = None
             self._inflight += 1
+            # In flight until the response is written (or the client is gone), not merely computed.
+            request.notifyFinish().addBoth(lambda _: self._finished())
             try:
                 if not anonymous:
                     credentials = _credentials(request)
@@ -173,7 +171,6 @@ class ApiServer:
                 log.failure("unhandled error serving {method} {uri}", method=request.method, uri=request.uri)
                 return _write_error(request, internal("the server could not complete the request"))
             finally:
-                self._finished()
                 elapsed = time.monotonic() - started
                 self.metrics.observe_request(*_request_labels(request), request.code, elapsed)
                 log.debug(
@@ -214,6 +211,10 @@ class ApiServer:
             )
         self._route("/version", ["GET"], self._version)
         self._route("/metrics", ["GET"], self._metrics, anonymous=self.metrics_anonymous)
+        # OpenAPI v2/v3 for kubectl explain and the aggregator (documents: openapi.py)
+        self._route(openapi.V2_PATH, ["GET"], self._openapi_v2)
+        self._route(openapi.V3_PATH, ["GET"], self._openapi_v3)
+        self._route(openapi.V3_GROUP_VERSION_PATH, ["GET"], self._openapi_v3_group_version)
         self._route("/api", ["GET"], self._api)
         self._route("/apis", ["GET"], self._apis)
         self._route(f"/apis/{GROUP}", ["GET"], self._group)
@@ -268,6 +269,24 @@ class ApiServer:
 
     async def _resources(self, request: IRequest, user: UserInfo) -> bytes:
         return self._cached(request, discovery.API_RESOURCE_LIST)
+
+    # -- OpenAPI (static documents, ETag and If-None-Match as for discovery) ------------------------
+
+    async def _openapi_v2(self, request: IRequest, user: UserInfo) -> bytes:
+        openapi.check_accept(_header(request, "accept"))
+        return self._cached(request, openapi.V2)
+
+    async def _openapi_v3(self, request: IRequest, user: UserInfo) -> bytes:
+        openapi.check_accept(_header(request, "accept"))
+        return self._cached(request, openapi.V3_ROOT)
+
+    async def _openapi_v3_group_version(self, request: IRequest, user: UserInfo) -> bytes:
+        openapi.check_accept(_header(request, "accept"))
+        reply = self._cached(request, openapi.V3_GROUP_VERSION)
+        if first(_query(request), "hash") == openapi.V3_GROUP_VERSION_HASH:
+            # The content of a given hash never changes (kube-apiserver says the same).
+            request.setHeader(b"cache-control", b"public, immutable")
+        return reply
 
     async def _version(self, request: IRequest, user: UserInfo) -> bytes:
         major, minor, *_ = __version__.split(".")
@@ -343,13 +362,6 @@ class ApiServer:
         media = negotiate(_header(request, "accept"), collection=False)
         if media.form is Form.TABLE:
             media = negotiate(None, collection=False)
-        if options.dry_run:
-            log.info(
-                "dry-run delete of {namespace}/{name} by {user}",
-                namespace=namespace,
-                name=name,
-                user=user.name,
-            )
         return _write_json(request, 200, render_object(obj, media), media.content_type)
 
     async def _delete_collection(self, request: IRequest, user: UserInfo, namespace: str) -> bytes:

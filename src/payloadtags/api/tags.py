@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from payloadtags.access.authn import UserInfo
 from payloadtags.access.authz import Authorizer
@@ -16,6 +17,23 @@ from payloadtags.inventory import Inventory, bounded_map
 from payloadtags.model import ListMeta, PayloadRepositoryTag, TagStatus, tag_object, uid_for
 from payloadtags.names import InvalidName, TagRef, ref_from_name
 from payloadtags.registry.errors import RegistryNotFound
+
+audit_log = Logger(namespace="payloadtags.audit")
+
+
+def _audit(user: UserInfo, ref: TagRef, digest: str | None, dry_run: bool) -> None:
+    """One line per deleted tag: who deleted what (the digest it pointed at), or would have."""
+    audit_log.info(
+        "{verb} tag {repository}:{tag} ({digest}) by {user}",
+        verb="dry-run delete" if dry_run else "deleted",
+        user=user.name,
+        namespace=ref.namespace,
+        repository=ref.repository,
+        repositoryPath=ref.repository_path,
+        tag=ref.tag,
+        digest=digest or "-",
+        dryRun=dry_run,
+    )
 
 
 @attrs.define
@@ -42,14 +60,18 @@ class TagsService:
         return tag_object(self.registry_host, ref, status)
 
     def _visible(self, user: UserInfo, options: ListOptions, authorize: bool) -> Callable[[TagRef], bool]:
+        # Tags carry no labels, so the label selector decides once for all of them.
+        unlabelled = options.labels.matches({})
+        fields = options.fields if options.fields.requirements else None
+
         def accept(ref: TagRef) -> bool:
-            return (
-                options.labels.matches({})
-                and options.fields.matches({"metadata.name": ref.name, "metadata.namespace": ref.namespace})
-                and (
-                    not authorize or self.authorizer.allowed(user, "get", ref.namespace, ref.repository_path)
-                )
-            )
+            if not unlabelled:
+                return False
+            if fields is not None and not fields.matches(
+                {"metadata.name": ref.name, "metadata.namespace": ref.namespace}
+            ):
+                return False
+            return not authorize or self.authorizer.allowed(user, "get", ref.namespace, ref.repository_path)
 
         return accept
 
@@ -142,11 +164,13 @@ class TagsService:
             raise not_found(name)
         self._check_preconditions(ref, options)
         if options.dry_run:
+            _audit(user, ref, None, dry_run=True)
             return self._object(ref)
         try:
             digest = await self.inventory.delete(ref)
         except RegistryNotFound:
             raise not_found(name) from None
+        _audit(user, ref, digest, dry_run=False)
         return self._object(ref, TagStatus(digest=digest))
 
     async def delete_collection(
@@ -164,13 +188,17 @@ class TagsService:
                 self._check_preconditions(ref, options)
         meta = ListMeta(resource_version=self.versions.current())
         if options.dry_run:
+            for ref in refs:
+                _audit(user, ref, None, dry_run=True)
             return [self._object(ref) for ref in refs], meta
 
         async def remove(ref: TagRef) -> PayloadRepositoryTag | None:
             try:
-                return self._object(ref, TagStatus(digest=await self.inventory.delete(ref)))
+                digest = await self.inventory.delete(ref)
             except RegistryNotFound:
                 return None  # deleted by someone else meanwhile: the goal is reached
+            _audit(user, ref, digest, dry_run=False)
+            return self._object(ref, TagStatus(digest=digest))
 
         deleted = await bounded_map(remove, refs, self.delete_concurrency)
         return [obj for obj in deleted if obj is not None], meta

@@ -1,0 +1,242 @@
+"""Running it for months: metrics, certificate rotation, graceful shutdown, JSON and audit logs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest_twisted
+from twisted.internet import defer, task
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+
+from payloadtags.names import encode_name
+from tests.support import images
+from tests.support.client import ApiClient
+from tests.support.pki import Authority
+from tests.support.process import ServerProcess
+from tests.support.rbac import eventually
+from tests.support.registry_server import free_port
+
+B = "/apis/payload-registry.deckhouse.io/v1alpha1"
+
+
+def collection(namespace: str) -> str:
+    return f"{B}/namespaces/{namespace}/payloadrepositorytags"
+
+
+# --- metrics --------------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_count_requests_registry_calls_and_decisions(api, registry, repo, pki):
+    namespace = repo.split("/", 1)[0]
+    images.push_oci_image(registry, repo, "v1")
+    admin = api.client(api.pki.admin)
+    assert (await admin.get(collection(namespace))).code == 200
+    assert (await admin.get(f"{collection(namespace)}/{encode_name('nope', 'x')}")).code == 404
+    monitor = pki.client_ca.client("prometheus", ("system:monitoring",))
+    reply = await api.client(monitor).get("/metrics")
+    assert reply.code == 200
+    assert reply.header("content-type").startswith("text/plain")
+    text = reply.body.decode()
+    assert (
+        'payloadtags_apiserver_requests_total{code="200",resource="payloadrepositorytags",verb="list"} 1.0'
+        in text
+    )
+    assert (
+        'payloadtags_apiserver_requests_total{code="404",resource="payloadrepositorytags",verb="get"} 1.0'
+        in text
+    )
+    duration = "payloadtags_apiserver_request_duration_seconds_count"
+    assert f'{duration}{{resource="payloadrepositorytags",verb="list"}} 1.0' in text
+    assert 'payloadtags_registry_operations_total{operation="tags",outcome="ok"}' in text
+    assert 'payloadtags_registry_operations_total{operation="manifest",outcome="not_found"} 1.0' in text
+    assert 'payloadtags_authorization_decisions_total{decision="allow",verb="get"}' in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_need_an_allowed_group_unless_anonymous(api, make_server, registry):
+    # admin is in group "admins" only.
+    assert (await api.client(api.pki.admin).get("/metrics")).code == 403
+    assert (await api.client(None).get("/metrics")).code == 401
+    open_server = await make_server(registry, metrics_anonymous=True)
+    assert (await open_server.client(None).get("/metrics")).code == 200
+
+
+# --- certificate rotation ----------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_serving_certificate_and_client_ca_rotate_without_restart(make_server, registry, tmp_path, pki):
+    live = tmp_path / "live"
+    live.mkdir()
+    first_ca = Authority.create(tmp_path / "first", "serving-first")
+    second_ca = Authority.create(tmp_path / "second", "serving-second")
+    first, second = first_ca.server(stem="first"), second_ca.server(stem="second")
+    shutil.copy(first.cert_file, live / "tls.crt")
+    shutil.copy(first.key_file, live / "tls.key")
+    client_ca_file = live / "client-ca.crt"
+    shutil.copy(pki.client_ca.cert_file, client_ca_file)
+    server = await make_server(
+        registry,
+        tls_cert_file=str(live / "tls.crt"),
+        tls_private_key_file=str(live / "tls.key"),
+        client_ca_file=str(client_ca_file),
+        cert_reload_period=0.1,
+    )
+
+    def trusting(ca: Authority, user) -> ApiClient:
+        return ApiClient(server.url, str(ca.cert_file), user)
+
+    async def answers(client: ApiClient) -> bool:
+        try:
+            return (await client.get("/apis")).code == 200
+        except Exception:
+            return False
+
+    assert await answers(trusting(first_ca, pki.admin))
+    # A Secret update: new key and certificate from another CA.
+    shutil.copy(second.key_file, live / "tls.key")
+    shutil.copy(second.cert_file, live / "tls.crt")
+    assert await eventually(lambda: answers(trusting(second_ca, pki.admin)), within=5) is True
+    assert not await answers(trusting(first_ca, pki.admin))
+
+    # The client CA file is replaced: users of the new CA get in, the old CA's no longer do.
+    new_clients = Authority.create(tmp_path / "clients-new", "clients-new")
+    newcomer = new_clients.client("newcomer", ("admins",))
+    shutil.copy(new_clients.cert_file, client_ca_file)
+
+    async def newcomer_accepted() -> bool:
+        return (await trusting(second_ca, newcomer).get("/apis")).code == 200
+
+    assert await eventually(newcomer_accepted, within=5) is True
+    assert (await trusting(second_ca, pki.admin).get("/apis")).code == 401
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_broken_certificate_update_keeps_the_working_one(
+    make_server, registry, tmp_path, pki, reactor
+):
+    live = tmp_path / "live"
+    live.mkdir()
+    shutil.copy(pki.serving.cert_file, live / "tls.crt")
+    shutil.copy(pki.serving.key_file, live / "tls.key")
+    server = await make_server(
+        registry,
+        tls_cert_file=str(live / "tls.crt"),
+        tls_private_key_file=str(live / "tls.key"),
+        cert_reload_period=0.1,
+    )
+    (live / "tls.crt").write_text("not a certificate")
+    await task.deferLater(reactor, 0.5, lambda: None)
+    assert (await server.client(pki.admin).get("/apis")).code == 200
+
+
+# --- graceful shutdown, logs ----------------------------------------------------------------------------
+
+
+class _SlowRegistry(Resource):
+    """Just enough of a registry for a list: an empty catalog, answered after a delay."""
+
+    isLeaf = True
+
+    def __init__(self, reactor, delay: float) -> None:
+        super().__init__()
+        self.reactor, self.delay = reactor, delay
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", b"application/json")
+        if request.path == b"/v2/_catalog":
+
+            def answer() -> None:
+                request.write(b'{"repositories":[]}')
+                request.finish()
+
+            self.reactor.callLater(self.delay, answer)
+            return NOT_DONE_YET
+        return b"{}"
+
+
+def serve_args(pki, registry_url: str, port: int, *extra: str) -> list[str]:
+    return [
+        "--bind-address=127.0.0.1",
+        f"--secure-port={port}",
+        f"--tls-cert-file={pki.serving.cert_file}",
+        f"--tls-private-key-file={pki.serving.key_file}",
+        f"--client-ca-file={pki.client_ca.cert_file}",
+        "--authorization-mode=AlwaysAllow",
+        f"--registry-url={registry_url}",
+        *extra,
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigterm_fails_readyz_finishes_requests_and_exits_0(reactor, pki):
+    fake = reactor.listenTCP(0, Site(_SlowRegistry(reactor, delay=2.0)), interface="127.0.0.1")
+    port = free_port()
+    process = ServerProcess(
+        reactor,
+        serve_args(
+            pki,
+            f"http://127.0.0.1:{fake.getHost().port}",
+            port,
+            "--shutdown-delay-duration=1s",
+            "--shutdown-grace-period=10s",
+        ),
+    )
+    process.start()
+    try:
+        await process.wait_for_log("serving payload-registry.deckhouse.io/v1alpha1")
+        url = f"https://127.0.0.1:{port}"
+        admin = ApiClient(url, str(pki.server_ca.cert_file), pki.admin)
+        anonymous = ApiClient(url, str(pki.server_ca.cert_file), None)
+        assert (await anonymous.get("/readyz")).code == 200
+        slow = defer.Deferred.fromCoroutine(admin.get(collection("team")))  # in flight for two seconds
+        await task.deferLater(reactor, 0.3, lambda: None)
+        process.terminate()
+        await process.wait_for_log("shutting down")
+        ready = await anonymous.get("/readyz?verbose")
+        assert ready.code == 500
+        assert "[-]shutdown failed: reason withheld" in ready.body.decode()
+        finished = await slow
+        assert finished.code == 200
+        assert finished.json()["items"] == []
+        assert await process.wait() == 0
+        assert "stopped" in process.log
+    finally:
+        await process.kill()
+        await fake.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_json_logs_with_one_audit_line_per_deleted_tag_and_no_secrets(reactor, pki, registry, repo):
+    namespace, path = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "a")
+    digest = images.push_oci_image(registry, repo, "b", seed="b")
+    port = free_port()
+    secret = "s3cret-registry-password-value"
+    process = ServerProcess(
+        reactor,
+        serve_args(pki, registry.url, port, "--log-format=json", "-v"),
+        env={"PAYLOADTAGS_REGISTRY_USERNAME": "robot", "PAYLOADTAGS_REGISTRY_PASSWORD": secret},
+    )
+    process.start()
+    try:
+        await process.wait_for_log("serving payload-registry")
+        admin = ApiClient(f"https://127.0.0.1:{port}", str(pki.server_ca.cert_file), pki.admin)
+        url = f"{collection(namespace)}/{encode_name(path, 'b')}"
+        assert (await admin.delete(url, body={"dryRun": ["All"]})).code == 200
+        assert (await admin.delete(url)).code == 200
+        process.terminate()
+        assert await process.wait() == 0
+    finally:
+        await process.kill()
+    records = [json.loads(line) for line in process.log.splitlines() if line.strip()]
+    assert all({"time", "level", "logger", "msg"} <= set(r) for r in records)
+    audit = [r for r in records if r["logger"] == "payloadtags.audit"]
+    assert [(r["dryRun"], r["tag"], r["digest"]) for r in audit] == [(True, "b", "-"), (False, "b", digest)]
+    assert audit[1]["user"] == "admin"
+    assert audit[1]["namespace"] == namespace
+    assert audit[1]["repository"] == repo
+    assert secret not in process.log
