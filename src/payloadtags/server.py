@@ -35,6 +35,8 @@ from payloadtags.tls import ContextFactory, ServingCertificate, read_bundle, ser
 
 log = Logger()
 
+CLOSE_TIMEOUT = 2.0
+
 
 class ConfigurationError(Exception):
     """The settings cannot make a working server; the message says what to change."""
@@ -131,8 +133,12 @@ class RunningServer:
         # clients before the reactor drops whatever is still open.
         for connection in list(self.connections.protocols):
             connection.transport.loseConnection()
+        # A clean TLS close waits for the peer; a client that never reads would hold us forever.
+        deadline = min(deadline, self.clock.seconds() + CLOSE_TIMEOUT)
         while self.connections.protocols and self.clock.seconds() < deadline:
             await deferLater(self.clock, 0.05, lambda: None)
+        for connection in list(self.connections.protocols):
+            connection.transport.abortConnection()
 
 
 def _synced(reflectors: list[Reflector], what: str):
