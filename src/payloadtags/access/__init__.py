@@ -1,0 +1,1 @@
+"""Registry access control: who may see or change which repository paths."""
