@@ -405,7 +405,7 @@ def test_probes_are_livez_and_readyz_over_https_on_the_named_port(container: Obj
     (port,) = container["ports"]
     assert port == {"name": "https", "containerPort": 8443, "protocol": "TCP"}
     assert _args(container)["--secure-port"] == str(port["containerPort"])
-    for probe, path in (("livenessProbe", "/livez"), ("readinessProbe", "/readyz")):
+    for probe, path in (("livenessProbe", "/livez"), ("readinessProbe", "/readyz?exclude=registry")):
         assert container[probe]["httpGet"] == {"path": path, "port": "https", "scheme": "HTTPS"}, probe
         assert container[probe]["timeoutSeconds"] >= 1
 
