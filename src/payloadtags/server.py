@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from typing import Any
 
 import attrs
@@ -316,6 +318,10 @@ def serve(settings: Settings) -> int:
             log.error("payloadtags: cannot start: {error}", error=str(error))
             exit_code = 1
             return
+        # Everything imported and built so far lives as long as the process: moving it out of the
+        # collector's sight makes every later full collection (and so every request) cheaper.
+        gc.collect()
+        gc.freeze()
         # SIGTERM/SIGINT stop the reactor; this trigger runs the graceful stop before it does.
         reactor.addSystemEventTrigger(
             "before", "shutdown", lambda: defer.Deferred.fromCoroutine(running.stop())

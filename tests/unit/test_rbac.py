@@ -530,3 +530,47 @@ def test_authorizer_refuses_until_ready_except_for_masters() -> None:
     assert not authorizer.allowed(ALICE, "get", "team-a", "web")
     assert not authorizer.allowed(BOB, "get", "team-a", "app")
     assert not authorizer.allowed(ALICE, "delete", "team-a", "app")
+
+
+# --- keeping work across unrelated edits ------------------------------------------------------------
+
+
+def test_an_unrelated_edit_keeps_the_matcher_and_a_relevant_one_replaces_it() -> None:
+    index = index_of(
+        role("team-a", "reader", rule(names=["app/**", "lib"])),
+        role_binding("team-a", "alice-reads", role_ref("Role", "reader"), user_subject("alice")),
+    )
+    before = index.matcher(ALICE, "get", "team-a")
+    assert before.matches("app/x") and before.matches("LIB") and not before.matches("other")
+    index.upsert(
+        "RoleBinding", role_binding("team-b", "bob-reads", role_ref("Role", "reader"), user_subject("bob"))
+    )
+    assert index.matcher(ALICE, "get", "team-a") is before  # same rules: memoized decisions stay
+    index.upsert("Role", role("team-a", "reader", rule(names=["other"])))
+    after = index.matcher(ALICE, "get", "team-a")
+    assert after is not before
+    assert after.matches("other") and not after.matches("app/x") and not after.matches("lib")
+
+
+def test_compiled_patterns_are_reused_across_rebuilds_and_dropped_when_unused(monkeypatch) -> None:
+    compiled: list[str] = []
+    real = rbac.PathPattern.compile
+
+    def counting(source: str):
+        compiled.append(source)
+        return real(source)
+
+    monkeypatch.setattr(rbac.PathPattern, "compile", staticmethod(counting))
+    index = index_of(
+        role("team-a", "reader", rule(names=["app/**"])),
+        role_binding("team-a", "alice-reads", role_ref("Role", "reader"), user_subject("alice")),
+    )
+    assert index.allowed(ALICE, "get", "team-a", "app/x")
+    index.upsert("RoleBinding", role_binding("team-b", "x", role_ref("Role", "reader"), user_subject("bob")))
+    assert index.allowed(ALICE, "get", "team-a", "app/y")
+    assert compiled == ["app/**"]  # compiled once, not again after the unrelated edit
+    index.upsert("Role", role("team-a", "reader", rule(names=["lib/*"])))
+    assert index.allowed(ALICE, "get", "team-a", "lib/x")
+    index.upsert("Role", role("team-a", "reader", rule(names=["app/**"])))
+    assert index.allowed(ALICE, "get", "team-a", "app/x")
+    assert compiled == ["app/**", "lib/*", "app/**"]  # dropped while unused, compiled again when back

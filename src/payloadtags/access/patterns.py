@@ -438,6 +438,11 @@ class PathPattern:
         object.__setattr__(self, "_literal", literal)
         object.__setattr__(self, "_automaton", None if literal is not None else _Automaton(prog))
 
+    @property
+    def literal(self) -> str | None:
+        """The one (lower-case) path this pattern matches when it has no metacharacters, else None."""
+        return self._literal
+
     @classmethod
     def compile(cls, pattern: str) -> PathPattern:
         """Compile ``pattern``; raise :class:`PatternError` if it is malformed."""

@@ -69,22 +69,32 @@ class Binding:
         return False
 
 
-@attrs.define
+@attrs.define(eq=False)
 class PathMatcher:
     """Whether any of a user's rules for one verb in one namespace covers a path."""
 
     allow_all: bool
     patterns: tuple[PathPattern, ...]
+    _literals: frozenset[str] = attrs.field(init=False)
+    _globs: tuple[PathPattern, ...] = attrs.field(init=False)
     _memo: dict[str, bool] = attrs.field(factory=dict, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        # Literal paths are a set lookup; only real globs are run against the path.
+        self._literals = frozenset(p.literal for p in self.patterns if p.literal is not None)
+        self._globs = tuple(p for p in self.patterns if p.literal is None)
+
+    def same_rules(self, other: PathMatcher) -> bool:
+        return self.allow_all == other.allow_all and self.patterns == other.patterns
 
     def matches(self, path: str) -> bool:
         if self.allow_all:
             return True
-        if not path:
+        if not path or path.startswith("/"):
             return False
         known = self._memo.get(path)
         if known is None:
-            known = any(p.matches(path) for p in self.patterns)
+            known = path.lower() in self._literals or any(p.matches(path) for p in self._globs)
             if len(self._memo) < _MAX_MEMO:
                 self._memo[path] = known
         return known
@@ -111,8 +121,13 @@ class RbacIndex:
     _cluster_role_rules: dict[str, tuple[Rule, ...]] = attrs.field(factory=dict, init=False)
     _cluster_bindings: tuple[Binding, ...] = attrs.field(default=(), init=False)
     _namespace_bindings: dict[str, tuple[Binding, ...]] = attrs.field(factory=dict, init=False)
-    _matchers: dict[tuple[Any, ...], PathMatcher] = attrs.field(factory=dict, init=False)
+    # Per (user, groups, namespace, verb): the generation it was computed at and the matcher. A change
+    # elsewhere in RBAC keeps a matcher (and the decisions it memoized) whose patterns did not change.
+    _matchers: dict[tuple[Any, ...], tuple[int, PathMatcher]] = attrs.field(factory=dict, init=False)
+    # Compiled patterns by source, kept across rebuilds: one RBAC edit should not recompile them all.
+    _compiled: dict[str, PathPattern | PatternError] = attrs.field(factory=dict, init=False)
     _warned: set[str] = attrs.field(factory=set, init=False)
+    _used: set[str] = attrs.field(factory=set, init=False)
 
     # -- feeding -----------------------------------------------------------------------------------
 
@@ -150,12 +165,15 @@ class RbacIndex:
         self._rebuild()
         key = (user.name, user.groups, namespace, verb)
         found = self._matchers.get(key)
-        if found is None:
-            found = self._compute(user, verb, namespace)
-            if len(self._matchers) >= _MAX_MEMO:
-                self._matchers.clear()
-            self._matchers[key] = found
-        return found
+        if found is not None and found[0] == self._built:
+            return found[1]
+        fresh = self._compute(user, verb, namespace)
+        if found is not None and found[1].same_rules(fresh):
+            fresh = found[1]
+        if len(self._matchers) >= _MAX_MEMO:
+            self._matchers.clear()
+        self._matchers[key] = (self._built, fresh)
+        return fresh
 
     def _compute(self, user: UserInfo, verb: str, namespace: str) -> PathMatcher:
         patterns: list[PathPattern] = []
@@ -185,7 +203,8 @@ class RbacIndex:
     def _rebuild(self) -> None:
         if self._built == self.generation:
             return
-        self._matchers.clear()
+        used: set[str] = set()
+        self._used = used
         self._cluster_role_rules = {
             _meta(obj).get("name", ""): self._compile_rules(obj) for obj in self.cluster_roles.values()
         }
@@ -203,6 +222,7 @@ class RbacIndex:
             if binding is not None and namespace:
                 by_namespace.setdefault(namespace, []).append(binding)
         self._namespace_bindings = {ns: tuple(bs) for ns, bs in by_namespace.items()}
+        self._compiled = {source: self._compiled[source] for source in used}
         self._built = self.generation
 
     def _compile_rules(self, role: Obj) -> tuple[Rule, ...]:
@@ -218,13 +238,25 @@ class RbacIndex:
             if names:
                 compiled = []
                 for name in names:
-                    try:
-                        compiled.append(PathPattern.compile(name))
-                    except PatternError as error:
-                        self._warn_once(role, name, error)
+                    pattern = self._pattern(name)
+                    if isinstance(pattern, PatternError):
+                        self._warn_once(role, name, pattern)
+                    else:
+                        compiled.append(pattern)
                 patterns = tuple(compiled)
             rules.append(Rule(_lower_set(raw.get("verbs")), patterns))
         return tuple(rules)
+
+    def _pattern(self, source: str) -> PathPattern | PatternError:
+        self._used.add(source)
+        known = self._compiled.get(source)
+        if known is None:
+            try:
+                known = PathPattern.compile(source)
+            except PatternError as error:
+                known = error
+            self._compiled[source] = known
+        return known
 
     def _warn_once(self, role: Obj, pattern: str, error: Exception) -> None:
         meta = _meta(role)
