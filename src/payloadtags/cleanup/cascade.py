@@ -1,0 +1,301 @@
+"""The cascade: remove every tag of every repository under ``<namespace>/`` from the registry.
+
+A namespace that is gone (or Terminating) loses all of its content, so deleting each distinct
+manifest digest is right here: the registry untags every tag on a deleted digest, which takes one
+request per digest instead of the two or three a single-tag delete costs on distribution 2.8.
+
+A cascade repeats passes (enumerate, then delete) until a pass finds nothing left, so its success
+is a verified-empty listing, not the absence of errors. That makes it idempotent, safe to run twice
+at once (a digest someone else deleted first answers 404, which is progress, not an error), and
+robust to a registry that is down or read-only for a while: a failed pass is retried after a capped,
+jittered backoff, and read-only (maintenance) mode is waited out, never taken for done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import attrs
+from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, gatherResults
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from payloadtags.cleanup.metrics import CleanupMetrics
+from payloadtags.inventory import CatalogCursor
+from payloadtags.kube import Backoff
+from payloadtags.names import is_namespace
+from payloadtags.registry import RegistryClient
+from payloadtags.registry.errors import RegistryError, RegistryNotFound, RegistryReadOnly
+
+log = Logger()
+
+T = TypeVar("T")
+
+Guard = Callable[[], str | None]
+"""Called right before every delete: a reason to stop now, or None to go on. Synchronous and cheap."""
+
+Confirm = Callable[[], Awaitable[None]]
+"""Called before the deletes of each repository: returns when deleting is allowed, raises `Aborted`
+when it must never happen, `Unconfirmed` when it cannot be decided now (retried later)."""
+
+
+class Aborted(Exception):
+    """The cascade must stop without finishing: the namespace exists again, leadership was lost…"""
+
+
+class Unconfirmed(Exception):
+    """Whether the namespace is gone cannot be told now (the cluster API does not answer)."""
+
+
+def default_backoff() -> Backoff:
+    return Backoff(initial=1.0, factor=2.0, cap=30.0)
+
+
+@attrs.frozen
+class CascadeResult:
+    namespace: str
+    tags_deleted: int
+    manifests_deleted: int
+    passes: int
+    # Failed passes (each retried): registry errors and undecidable confirmations.
+    errors: int
+    last_error: str | None
+    duration: float
+    # Clock time of the pass that found the namespace's part of the registry empty.
+    finished: float
+
+
+@attrs.frozen
+class Contents:
+    """What a namespace holds in the registry (the dry-run view)."""
+
+    repositories: int
+    tags: int
+
+
+@attrs.define
+class _Pass:
+    found: int = 0  # tags listed at the start of each repository's work
+    progress: int = 0  # digests that are gone after this pass (deleted by us or by someone else)
+    tags_deleted: int = 0
+    manifests_deleted: int = 0
+    errors: list[Exception] = attrs.Factory(list)
+
+
+@attrs.define
+class Cascade:
+    registry: RegistryClient
+    clock: IReactorTime
+    # Registry requests in flight for one namespace.
+    concurrency: int = 4
+    page_size: int = 1000
+    backoff: Callable[[], Backoff] = default_backoff
+    metrics: CleanupMetrics = attrs.Factory(CleanupMetrics)
+
+    async def run(
+        self, namespace: str, *, guard: Guard | None = None, confirm: Confirm | None = None
+    ) -> CascadeResult:
+        """Empty ``<namespace>/``; returns once a full listing of it finds no tag.
+
+        Never gives up on registry errors (they are retried with backoff); raises `Aborted` when
+        `guard` or `confirm` says to stop, and CancelledError when cancelled.
+        """
+        if not is_namespace(namespace):
+            # Not a namespace name: nothing a namespace's deletion may touch.
+            raise ValueError(f"not a namespace name: {namespace!r}")
+        started = self.clock.seconds()
+        backoff = self.backoff()
+        passes = errors = tags = manifests = 0
+        last_error: str | None = None
+        while True:
+            _check(guard)
+            state = _Pass()
+            try:
+                await self._pass(namespace, state, guard, confirm)
+            except (RegistryError, Unconfirmed) as e:  # a catalog page failed
+                state.errors.append(e)
+            passes += 1
+            tags += state.tags_deleted
+            manifests += state.manifests_deleted
+            if state.errors:
+                errors += 1
+                last_error = str(state.errors[-1])
+                self._count_errors(state.errors)
+                delay = backoff.next_delay()
+                log.warn(
+                    "Cleanup of namespace {namespace}: {count} failure(s), e.g. {error}; "
+                    "retrying in {delay:.1f}s",
+                    namespace=namespace,
+                    count=len(state.errors),
+                    error=last_error,
+                    delay=delay,
+                )
+                # Checked before waiting too: a cancellation can surface as a registry error (a
+                # request cancelled during name resolution fails as a DNS error), and a stopped
+                # leader must not sit out a whole backoff before noticing.
+                _check(guard)
+                await deferLater(self.clock, delay)
+                continue
+            if state.found == 0:
+                now = self.clock.seconds()
+                return CascadeResult(
+                    namespace, tags, manifests, passes, errors, last_error, now - started, now
+                )
+            if state.progress == 0:
+                # Tags listed that resolve to nothing (deleted between the two reads, or a dangling
+                # tag link): no tight loop, look again after a while.
+                delay = backoff.next_delay()
+                log.info(
+                    "Cleanup of namespace {namespace}: {found} tag(s) listed but none deletable yet; "
+                    "looking again in {delay:.1f}s",
+                    namespace=namespace,
+                    found=state.found,
+                    delay=delay,
+                )
+                _check(guard)
+                await deferLater(self.clock, delay)
+                continue
+            # Progress and no error: verify at once with the next pass.
+            backoff.reset()
+
+    async def contents(self, namespace: str) -> Contents:
+        """Count the repositories and tags under ``<namespace>/`` without changing anything."""
+        limit = DeferredSemaphore(self.concurrency)
+        cursor = CatalogCursor(self.registry, namespace, namespace, self.page_size)
+        repositories = tags = 0
+        while not cursor.done:
+            batch = await cursor.next()
+            names = [repository for repository, _, _ in batch]
+            counts = await _gather([_limited(limit, self.registry.tags, repository) for repository in names])
+            repositories += sum(1 for found in counts if found)
+            tags += sum(len(found) for found in counts)
+        return Contents(repositories, tags)
+
+    # -- one pass ----------------------------------------------------------------------------------
+
+    async def _pass(self, namespace: str, state: _Pass, guard: Guard | None, confirm: Confirm | None) -> None:
+        limit = DeferredSemaphore(self.concurrency)
+        # `last=<namespace>` seeks to the first `<namespace>/…` repository and the cursor stops at
+        # the first name outside it, so a prefix sibling (`team-a` for `team`) is never listed.
+        cursor = CatalogCursor(self.registry, namespace, namespace, self.page_size)
+        while not cursor.done:
+            batch = await cursor.next()
+            await _gather(
+                [
+                    self._repository(repository, state, limit, guard, confirm)
+                    for repository, ns, _path in batch
+                    if ns == namespace
+                ]
+            )
+
+    async def _repository(
+        self,
+        repository: str,
+        state: _Pass,
+        limit: DeferredSemaphore,
+        guard: Guard | None,
+        confirm: Confirm | None,
+    ) -> None:
+        try:
+            tags = await _limited(limit, self.registry.tags, repository)
+            if not tags:
+                return
+            state.found += len(tags)
+            digests = await _gather([self._resolve(limit, repository, tag, state) for tag in tags])
+            per_digest: dict[str, int] = {}
+            for digest in digests:
+                if digest is not None:
+                    per_digest[digest] = per_digest.get(digest, 0) + 1
+            if not per_digest:
+                return
+            if confirm is not None:
+                await confirm()
+            await _gather(
+                [
+                    self._delete(limit, repository, digest, count, state, guard)
+                    for digest, count in sorted(per_digest.items())
+                ]
+            )
+        except (RegistryError, Unconfirmed) as e:
+            # One repository's failure does not stop the others; the pass is retried as a whole.
+            state.errors.append(e)
+
+    async def _resolve(self, limit: DeferredSemaphore, repository: str, tag: str, state: _Pass) -> str | None:
+        try:
+            return await _limited(limit, self.registry.resolve, repository, tag)
+        except RegistryNotFound:
+            return None  # untagged meanwhile (another cascade, or a delete through the API)
+        except RegistryError as e:
+            # Recorded here, not raised, so the other tags' requests go on; the pass is retried.
+            state.errors.append(e)
+            return None
+
+    async def _delete(
+        self,
+        limit: DeferredSemaphore,
+        repository: str,
+        digest: str,
+        tags: int,
+        state: _Pass,
+        guard: Guard | None,
+    ) -> None:
+        await limit.acquire()
+        try:
+            # Checked after waiting for a slot, i.e. right before the request leaves.
+            _check(guard)
+            try:
+                await self.registry.delete_manifest(repository, digest)
+            except RegistryNotFound:
+                state.progress += 1  # someone else deleted it first: the goal is reached all the same
+                return
+            except RegistryError as e:
+                state.errors.append(e)  # as in _resolve: the sibling deletes go on
+                return
+        finally:
+            limit.release()
+        state.progress += 1
+        state.manifests_deleted += 1
+        state.tags_deleted += tags
+        self.metrics.manifests_deleted_total += 1
+        self.metrics.tags_deleted_total += tags
+
+    def _count_errors(self, errors: list[Exception]) -> None:
+        for error in errors:
+            if isinstance(error, RegistryError):
+                self.metrics.registry_errors_total += 1
+                if isinstance(error, RegistryReadOnly):
+                    self.metrics.registry_readonly_waits_total += 1
+
+
+def _check(guard: Guard | None) -> None:
+    if guard is not None:
+        reason = guard()
+        if reason is not None:
+            raise Aborted(reason)
+
+
+async def _limited(limit: DeferredSemaphore, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    await limit.acquire()
+    try:
+        return await fn(*args)
+    finally:
+        limit.release()
+
+
+async def _gather(coroutines: list[Any]) -> list[Any]:
+    """Run coroutines concurrently; the first failure is raised as itself and the others cancelled."""
+    if not coroutines:
+        return []
+    pending = [Deferred.fromCoroutine(c) for c in coroutines]
+    try:
+        return await gatherResults(pending, consumeErrors=True)
+    except FirstError as error:
+        # Registry errors are caught per repository, so what gets here stops the whole pass (an
+        # abort, a bug): stop the siblings too rather than leave them running unobserved.
+        for d in pending:
+            if not d.called:
+                d.cancel()
+        error.subFailure.raiseException()
+        raise  # pragma: no cover - raiseException always raises

@@ -1,0 +1,343 @@
+"""The namespace cleanup controller: leader election, the namespace watch loop, cascades, sweeps.
+
+Every replica runs a `CleanupController`; only the one holding the Lease does anything: it runs the
+namespace reflector, a cascade for every namespace that is Terminating or gone, and the sweep at
+start and then periodically. When it stops leading, its work is cancelled before the Lease can pass
+on (and every delete checks leadership right before it leaves).
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from payloadtags.cleanup.cascade import Aborted, Cascade, CascadeResult, Unconfirmed
+from payloadtags.cleanup.leader import LeaderElectionOptions, LeaderElector
+from payloadtags.cleanup.metrics import CleanupMetrics
+from payloadtags.cleanup.sweep import ABSENT, EXISTS, TERMINATING, Sweep, SweepResult, namespace_state
+from payloadtags.cleanup.watcher import NAMESPACES_PATH, NamespaceTriggers, NamespaceView
+from payloadtags.kube import Backoff, KubeClient, Reflector
+from payloadtags.registry import RegistryClient
+from payloadtags.registry.errors import RegistryError
+
+log = Logger()
+
+SWEEP = "sweep"
+
+
+def _positive(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, not {value!r}")
+
+
+@attrs.frozen
+class CleanupOptions:
+    # Seconds between sweeps; 0 sweeps only when this replica starts leading.
+    sweep_period: float = 3600.0
+    # Report what the sweep would delete, delete nothing (cascades of deleted namespaces still run).
+    sweep_dry_run: bool = False
+    # Registry requests in flight for one namespace's cascade.
+    cascade_concurrency: int = attrs.field(default=4, validator=_positive)
+    # Namespaces cleaned at the same time.
+    namespace_concurrency: int = attrs.field(default=2, validator=_positive)
+    catalog_page_size: int = attrs.field(default=1000, validator=_positive)
+    # Backoff of a cascade whose pass failed (registry down, read-only, …), and of a failed sweep.
+    retry_initial: float = attrs.field(default=1.0, validator=_positive)
+    retry_cap: float = attrs.field(default=30.0, validator=_positive)
+    # Without leader election this replica always leads: for a single replica only.
+    leader_elect: bool = True
+    leader_election: LeaderElectionOptions = attrs.Factory(LeaderElectionOptions)
+    # The namespace reflector: watch length and reconnect backoff (see payloadtags.kube.Reflector).
+    watch_timeout: float = 300.0
+    watch_backoff: Backoff = attrs.Factory(Backoff)
+
+    def __attrs_post_init__(self) -> None:
+        if self.sweep_period < 0:
+            raise ValueError("the sweep period must not be negative")
+        if self.retry_cap < self.retry_initial:
+            raise ValueError("retry_cap must be at least retry_initial")
+
+
+class CleanupController:
+    """``CleanupController(reactor, kube, registry, options).start()``; ``await .stop()`` at shutdown."""
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        kube: KubeClient,
+        registry: RegistryClient,
+        options: CleanupOptions | None = None,
+        *,
+        metrics: CleanupMetrics | None = None,
+    ) -> None:
+        self._clock = reactor
+        self._kube = kube
+        self._registry = registry
+        self.options = options or CleanupOptions()
+        self.metrics = metrics or CleanupMetrics()
+        self.cascade = Cascade(
+            registry,
+            reactor,
+            concurrency=self.options.cascade_concurrency,
+            page_size=self.options.catalog_page_size,
+            backoff=self._retry_backoff,
+            metrics=self.metrics,
+        )
+        self.elector: LeaderElector | None = None
+        if self.options.leader_elect:
+            self.elector = LeaderElector(
+                kube,
+                reactor,
+                self.options.leader_election,
+                on_started_leading=self._start_leading,
+                on_stopped_leading=self._stop_leading,
+                metrics=self.metrics,
+            )
+        self._leading = False
+        self._started = False
+        self._reflector: Reflector | None = None
+        self._view: NamespaceView | None = None
+        self._lead_task: Deferred[None] | None = None
+        self._slots = DeferredSemaphore(self.options.namespace_concurrency)
+        # namespace -> its cascade task; a trigger for a namespace already being cleaned marks it
+        # to run once more (with the latest trigger) instead of starting a second cascade.
+        self._running: dict[str, Deferred[None]] = {}
+        self._again: dict[str, str] = {}
+        #: The most recent cascade results, newest last (for tests, benchmarks, debugging).
+        self.results: collections.deque[CascadeResult] = collections.deque(maxlen=200)
+        #: The most recent sweep result.
+        self.last_sweep: SweepResult | None = None
+
+    # -- public ----------------------------------------------------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        return self._leading
+
+    @property
+    def busy(self) -> bool:
+        """Cascades are running or queued."""
+        return bool(self._running)
+
+    @property
+    def synced(self) -> bool:
+        """This replica leads and its namespace store has completed its first list."""
+        return self._view is not None and self._view.synced
+
+    def start(self) -> None:
+        if self._started:
+            raise RuntimeError("cleanup controller already started")
+        self._started = True
+        if self.elector is not None:
+            self.elector.start()
+        else:
+            log.info("Namespace cleanup: leader election disabled; this replica cleans up alone")
+            self._start_leading()
+
+    async def stop(self, *, release: bool = True) -> None:
+        """Stop all work; a leader then releases its Lease so another replica takes over at once.
+
+        ``release=False`` leaves the Lease as it is, which is what a crash looks like to the other
+        replicas (they take over once it expires): for tests and failure drills."""
+        if not self._started:
+            return
+        self._started = False
+        if self.elector is not None:
+            await self.elector.stop(release=release)
+        await self._stop_leading()
+
+    async def check_health(self) -> None:
+        """A /healthz check (name it ``leaderElection``): fails only when the renew loop is stuck."""
+        if self.elector is not None:
+            await self.elector.check_health()
+
+    async def sweep_now(self) -> SweepResult:
+        """Run one sweep now (the leader only, with a synced namespace store)."""
+        if not self._leading or self._view is None:
+            raise RuntimeError("only the leader sweeps")
+        await self._wait_synced()
+        return await self._sweep_once()
+
+    # -- leadership ------------------------------------------------------------------------------
+
+    def _start_leading(self) -> None:
+        self._leading = True
+        options = self.options
+        self._reflector = Reflector(
+            self._kube,
+            NAMESPACES_PATH,
+            self._clock,
+            watch_timeout=options.watch_timeout,
+            backoff=attrs.evolve(options.watch_backoff),
+            name="namespaces (cleanup)",
+        )
+        self._view = NamespaceView(self._reflector)
+        self._reflector.add_listener(NamespaceTriggers(self._trigger))
+        self._reflector.start()
+        self._lead_task = Deferred.fromCoroutine(self._lead())
+        self._lead_task.addErrback(self._crashed, "sweep loop")
+
+    async def _stop_leading(self) -> None:
+        # Idempotent, and it cleans up whatever is left: `stop` calls it again after the elector's
+        # own call, which the elector's cancellation may have interrupted.
+        # Stop deciding first, then cancel what runs: every delete also checks `_leading`.
+        self._leading = False
+        tasks = [t for t in (self._lead_task, *self._running.values()) if t is not None]
+        self._lead_task = None
+        self._again.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            try:
+                await task
+            except CancelledError:
+                pass
+        reflector, self._reflector = self._reflector, None
+        if reflector is not None:
+            await reflector.stop()
+        self._view = None
+
+    def _crashed(self, failure: Any, what: str) -> None:
+        if not failure.check(CancelledError):
+            log.failure("Namespace cleanup: {what} stopped by a bug", failure, what=what)
+
+    # -- sweeps ----------------------------------------------------------------------------------
+
+    async def _lead(self) -> None:
+        await self._wait_synced()
+        backoff = self._retry_backoff()
+        while self._leading:
+            try:
+                await self._sweep_once()
+            except RegistryError as e:
+                if not self._leading:
+                    return  # stopped meanwhile (a cancellation can surface as a registry error)
+                self.metrics.sweeps_failed_total += 1
+                delay = backoff.next_delay()
+                log.warn("Sweep failed: {error}; next try in {delay:.1f}s", error=str(e), delay=delay)
+            else:
+                backoff.reset()
+                if self.options.sweep_period <= 0:
+                    return
+                delay = self.options.sweep_period
+            await deferLater(self._clock, delay)
+
+    async def _sweep_once(self) -> SweepResult:
+        assert self._view is not None
+        sweep = Sweep(
+            self._registry,
+            self._clock,
+            self._view,
+            check=self._check_namespace,
+            hand_over=lambda namespace: self._trigger(namespace, SWEEP),
+            cascade=self.cascade,
+            dry_run=self.options.sweep_dry_run,
+            page_size=self.options.catalog_page_size,
+            metrics=self.metrics,
+        )
+        self.last_sweep = await sweep.run()
+        return self.last_sweep
+
+    async def _check_namespace(self, namespace: str) -> tuple[str, str | None]:
+        return await namespace_state(self._kube, namespace)
+
+    # -- cascades --------------------------------------------------------------------------------
+
+    def _trigger(self, namespace: str, why: str) -> None:
+        if not self._leading:
+            return
+        if namespace in self._running:
+            # Keep the strongest reason: the watch's own word beats the sweep's inference.
+            if self._again.get(namespace, SWEEP) == SWEEP:
+                self._again[namespace] = why
+            return
+        task = Deferred.fromCoroutine(self._clean(namespace, why))
+        if not task.called:
+            self._running[namespace] = task
+        task.addErrback(self._crashed, f"cleanup of namespace {namespace}")
+
+    async def _clean(self, namespace: str, why: str) -> None:
+        queued = self._clock.seconds()
+        self.metrics.cascades_started_total += 1
+        self.metrics.cascades_in_progress += 1
+        try:
+            await self._slots.acquire()
+            try:
+                while True:
+                    await self._wait_synced()
+                    started = self._clock.seconds()
+                    result = await self.cascade.run(
+                        namespace,
+                        guard=lambda: self._guard(namespace),
+                        # The watch saw this namespace Terminating or deleted: that is final. The sweep
+                        # only inferred it, so each repository is confirmed with the API first.
+                        confirm=(lambda: self._confirm_gone(namespace)) if why == SWEEP else None,
+                    )
+                    self._report(result, why, self._clock.seconds() - started)
+                    again = self._again.pop(namespace, None)
+                    if again is None:
+                        break
+                    why = again
+            finally:
+                self._slots.release()
+        except Aborted as e:
+            self.metrics.cascades_aborted_total += 1
+            log.info("Cleanup of namespace {namespace} stopped: {reason}", namespace=namespace, reason=str(e))
+        except CancelledError:
+            self.metrics.cascades_aborted_total += 1
+            raise
+        else:
+            self.metrics.cascades_succeeded_total += 1
+            self.metrics.cascade_seconds_sum += self._clock.seconds() - queued
+            self.metrics.cascade_seconds_count += 1
+        finally:
+            self.metrics.cascades_in_progress -= 1
+            self._running.pop(namespace, None)
+            self._again.pop(namespace, None)
+
+    def _guard(self, namespace: str) -> str | None:
+        if not self._leading:
+            return "this replica no longer leads"
+        view = self._view
+        if view is None or not view.synced:
+            return "the namespace store is not available"
+        if view.live(namespace):
+            return "the namespace exists (again)"
+        return None
+
+    async def _confirm_gone(self, namespace: str) -> None:
+        state, why = await self._check_namespace(namespace)
+        if state == EXISTS:
+            raise Aborted("the cluster API says the namespace exists")
+        if state not in (ABSENT, TERMINATING):
+            raise Unconfirmed(f"cannot confirm that namespace {namespace} is gone: {why}")
+
+    async def _wait_synced(self) -> None:
+        reflector = self._reflector
+        if reflector is None:
+            raise Aborted("this replica no longer leads")
+        await reflector.wait_for_sync()
+
+    def _report(self, result: CascadeResult, why: str, duration: float) -> None:
+        self.results.append(result)
+        log.info(
+            "Namespace {namespace} cleaned ({trigger}): {tags_deleted} tag(s) in {manifests_deleted} "
+            "manifest(s) deleted in {duration:.3f}s, {passes} pass(es), {errors} failed pass(es)",
+            namespace=result.namespace,
+            trigger=why,
+            tags_deleted=result.tags_deleted,
+            manifests_deleted=result.manifests_deleted,
+            duration=duration,
+            passes=result.passes,
+            errors=result.errors,
+            last_error=result.last_error,
+        )
+
+    def _retry_backoff(self) -> Backoff:
+        return Backoff(initial=self.options.retry_initial, factor=2.0, cap=self.options.retry_cap)

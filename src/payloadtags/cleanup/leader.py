@@ -1,0 +1,405 @@
+"""Leader election on a ``coordination.k8s.io/v1`` Lease, with client-go's semantics.
+
+Every replica is a candidate. A candidate takes the Lease when it does not exist, when its holder is
+empty (released), or when the Lease has not changed for ``leaseDurationSeconds`` *as measured on the
+candidate's own clock* since the candidate last saw it change (client-go does not trust the
+holder's ``renewTime``, so clock skew between nodes does not matter). Writes are conditional on the
+resourceVersion, so of two candidates racing only one wins (the other gets 409 Conflict).
+
+The leader renews every ``retry_period``; when it could not renew for ``renew_deadline`` it stops
+leading (its work is stopped before anything else), and becomes a candidate again. As
+``renew_deadline < lease_duration``, a leader that cannot reach the API stops its work before any
+other replica may take over. On a clean shutdown the leader stops its work, then releases the Lease
+(empty holder, 1 s duration) so that another replica takes over at its next try, not after expiry.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import random
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, Final, Protocol, TypeVar
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from payloadtags.cleanup.metrics import CleanupMetrics
+from payloadtags.kube import KubeApiError, KubeError, resource_path
+
+log = Logger()
+
+T = TypeVar("T")
+
+# client-go's defaults (k8s.io/client-go/tools/leaderelection, and the component-base flags).
+DEFAULT_LEASE_DURATION: Final = 15.0
+DEFAULT_RENEW_DEADLINE: Final = 10.0
+DEFAULT_RETRY_PERIOD: Final = 2.0
+JITTER_FACTOR: Final = 1.2
+DEFAULT_LEASE_NAME: Final = "payloadtags-cleanup"
+SERVICE_ACCOUNT_NAMESPACE_FILE: Final = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+# client-go's HealthzAdaptor tolerance past the lease duration before /healthz fails.
+HEALTH_TOLERANCE: Final = 20.0
+
+
+def default_identity() -> str:
+    """client-go's usual identity: the host name (the pod name in a pod) and a unique suffix."""
+    return f"{socket.gethostname()}_{uuid.uuid4()}"
+
+
+def default_lease_namespace(namespace_file: str = SERVICE_ACCOUNT_NAMESPACE_FILE) -> str:
+    """The pod's own namespace when running in a pod, else ``default``. Blocking: call at start-up."""
+    try:
+        return Path(namespace_file).read_text().strip() or "default"
+    except OSError:
+        return "default"
+
+
+def _positive(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, not {value!r}")
+
+
+@attrs.frozen
+class LeaderElectionOptions:
+    lease_name: str = DEFAULT_LEASE_NAME
+    lease_namespace: str = "default"
+    identity: str = attrs.Factory(default_identity)
+    lease_duration: float = attrs.field(default=DEFAULT_LEASE_DURATION, validator=_positive)
+    renew_deadline: float = attrs.field(default=DEFAULT_RENEW_DEADLINE, validator=_positive)
+    retry_period: float = attrs.field(default=DEFAULT_RETRY_PERIOD, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        # The same rules as client-go's NewLeaderElector.
+        if self.lease_duration <= self.renew_deadline:
+            raise ValueError("the lease duration must be greater than the renew deadline")
+        if self.renew_deadline <= JITTER_FACTOR * self.retry_period:
+            raise ValueError(f"the renew deadline must be greater than {JITTER_FACTOR} x the retry period")
+        if not self.identity:
+            raise ValueError("the leader election identity must not be empty")
+
+    @property
+    def lease_path(self) -> str:
+        return resource_path("coordination.k8s.io", "v1", "leases", self.lease_namespace, self.lease_name)
+
+    @property
+    def collection_path(self) -> str:
+        return resource_path("coordination.k8s.io", "v1", "leases", self.lease_namespace)
+
+
+class LeaseClient(Protocol):
+    """The part of `KubeClient` the elector uses (a fake in unit tests)."""
+
+    async def get(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]: ...
+
+    async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def update(self, path: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
+
+Callback = Callable[[], Awaitable[None] | None]
+
+
+@attrs.frozen
+class LeaderRecord:
+    holder: str
+    lease_duration_seconds: int
+    acquire_time: str | None
+    renew_time: str | None
+    transitions: int
+
+    @classmethod
+    def from_lease(cls, lease: dict[str, Any]) -> LeaderRecord:
+        spec = lease.get("spec") or {}
+        duration = spec.get("leaseDurationSeconds")
+        transitions = spec.get("leaseTransitions")
+        return cls(
+            holder=str(spec.get("holderIdentity") or ""),
+            lease_duration_seconds=duration if isinstance(duration, int) else 0,
+            acquire_time=spec.get("acquireTime"),
+            renew_time=spec.get("renewTime"),
+            transitions=transitions if isinstance(transitions, int) else 0,
+        )
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "holderIdentity": self.holder,
+            "leaseDurationSeconds": self.lease_duration_seconds,
+            "acquireTime": self.acquire_time,
+            "renewTime": self.renew_time,
+            "leaseTransitions": self.transitions,
+        }
+
+
+class _AttemptTimedOut(Exception):
+    pass
+
+
+class LeaderElector:
+    """Campaigns for the Lease until `stop`; calls `on_started_leading`/`on_stopped_leading`.
+
+    `on_stopped_leading` may return an awaitable: the elector waits for it (the leader's work has
+    stopped) before it releases the Lease or campaigns again.
+    """
+
+    def __init__(
+        self,
+        client: LeaseClient,
+        clock: IReactorTime,
+        options: LeaderElectionOptions,
+        *,
+        on_started_leading: Callback,
+        on_stopped_leading: Callback,
+        on_new_leader: Callable[[str], object] | None = None,
+        metrics: CleanupMetrics | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._client = client
+        self._clock = clock
+        self.options = options
+        self._on_started = on_started_leading
+        self._on_stopped = on_stopped_leading
+        self._on_new_leader = on_new_leader
+        self.metrics = metrics or CleanupMetrics()
+        self._rng = rng or random.Random()
+        self._observed: LeaderRecord | None = None
+        self._observed_raw: dict[str, Any] | None = None
+        self._observed_rv: str | None = None
+        self._observed_time = float("-inf")
+        self._leading = False
+        self._last_renew = float("-inf")
+        self._task: Deferred[None] | None = None
+        self._stopping = False
+        self._reported_leader: str | None = None
+
+    # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        """True between `on_started_leading` and `on_stopped_leading`."""
+        return self._leading
+
+    @property
+    def leader(self) -> str:
+        """The holder identity last seen on the Lease ("" when none)."""
+        return self._observed.holder if self._observed is not None else ""
+
+    @property
+    def identity(self) -> str:
+        return self.options.identity
+
+    async def check_health(self) -> None:
+        """For /healthz (client-go's HealthzAdaptor): fails when this replica believes it leads but
+        has not renewed for well past the lease duration, i.e. its renew loop is stuck."""
+        if self._leading:
+            overdue = self._clock.seconds() - self._last_renew
+            if overdue > self.options.lease_duration + HEALTH_TOLERANCE:
+                raise RuntimeError(f"leader election: the lease was last renewed {overdue:.0f}s ago")
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is not None:
+            raise RuntimeError("leader elector already started")
+        self._stopping = False
+        self._task = Deferred.fromCoroutine(self._run())
+        self._task.addErrback(self._crashed)
+
+    async def stop(self, *, release: bool = True) -> None:
+        """Stop campaigning. A leader stops its work (`on_stopped_leading`), then releases the Lease
+        unless `release` is False (what a crash looks like to the other replicas)."""
+        self._stopping = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except CancelledError:
+                pass
+        if self._leading:
+            await self._stop_leading("shutting down")
+            if release:
+                await self._release()
+
+    def _crashed(self, failure: Any) -> None:
+        if not failure.check(CancelledError):
+            log.failure("Leader election stopped by a bug", failure)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        options = self.options
+        while not self._stopping:
+            # Candidate: try every retry period, jittered so that replicas spread out.
+            while not await self._attempt(options.renew_deadline):
+                await deferLater(self._clock, options.retry_period * (1 + JITTER_FACTOR * self._rng.random()))
+            self._leading = True
+            self._last_renew = self._clock.seconds()
+            self.metrics.is_leader = 1
+            self.metrics.leader_acquisitions_total += 1
+            log.info(
+                "Leader election: {identity} now leads (lease {namespace}/{name})",
+                identity=options.identity,
+                namespace=options.lease_namespace,
+                name=options.lease_name,
+            )
+            await _maybe_await(self._on_started())
+            # Leader: renew every retry period; give up after renew_deadline without success.
+            while not self._stopping:
+                await deferLater(self._clock, options.retry_period)
+                remaining = self._last_renew + options.renew_deadline - self._clock.seconds()
+                if remaining > 0 and await self._attempt(remaining):
+                    self._last_renew = self._clock.seconds()
+                    continue
+                if self._clock.seconds() - self._last_renew >= options.renew_deadline:
+                    await self._stop_leading(f"could not renew the lease for {options.renew_deadline:g}s")
+                    break
+
+    async def _stop_leading(self, why: str) -> None:
+        if not self._leading:
+            return
+        self._leading = False
+        self.metrics.is_leader = 0
+        self.metrics.leader_losses_total += 1
+        log.info("Leader election: {identity} stops leading: {why}", identity=self.options.identity, why=why)
+        await _maybe_await(self._on_stopped())
+
+    async def _attempt(self, within: float) -> bool:
+        """One try to acquire or renew, bounded by `within` seconds (never past the renew deadline)."""
+        try:
+            return await self._bounded(self._try_acquire_or_renew(), within)
+        except (KubeError, _AttemptTimedOut) as e:
+            if self._stopping:
+                # A request cancelled while its host name is resolved fails as a DNS error, not as a
+                # cancellation (Twisted's HostnameEndpoint): do not mistake `stop` for a failed try.
+                raise CancelledError() from e
+            log.debug("Leader election: attempt failed: {error}", error=e)
+            return False
+
+    async def _try_acquire_or_renew(self) -> bool:
+        options = self.options
+        now = self._clock.seconds()
+        stamp = _micro_time(now)
+        wanted = LeaderRecord(
+            holder=options.identity,
+            lease_duration_seconds=max(1, math.ceil(options.lease_duration)),
+            acquire_time=stamp,
+            renew_time=stamp,
+            transitions=0,
+        )
+        try:
+            lease = await self._client.get(options.lease_path)
+        except KubeApiError as e:
+            if e.code != 404:
+                raise
+            body = {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": options.lease_name, "namespace": options.lease_namespace},
+                "spec": wanted.spec(),
+            }
+            created = await self._client.create(options.collection_path, body)
+            self._observe(created, self._clock.seconds())
+            return True
+        raw_spec = lease.get("spec") or {}
+        if raw_spec != self._observed_raw:
+            self._observe(lease, now)
+        old = self._observed
+        assert old is not None
+        self._observed_rv = (lease.get("metadata") or {}).get("resourceVersion")
+        held_by_me = old.holder == options.identity
+        valid = self._observed_time + old.lease_duration_seconds > now
+        if old.holder and valid and not held_by_me:
+            return False
+        if held_by_me:
+            wanted = attrs.evolve(wanted, acquire_time=old.acquire_time, transitions=old.transitions)
+        else:
+            wanted = attrs.evolve(wanted, transitions=old.transitions + 1)
+        update = {**lease, "spec": {**raw_spec, **wanted.spec()}}
+        try:
+            updated = await self._client.update(options.lease_path, update)
+        except KubeApiError as e:
+            if e.code == 409:
+                return False  # someone else wrote first: look again next time
+            raise
+        self._observe(updated, self._clock.seconds())
+        return True
+
+    def _observe(self, lease: dict[str, Any], now: float) -> None:
+        self._observed_raw = lease.get("spec") or {}
+        self._observed = LeaderRecord.from_lease(lease)
+        self._observed_rv = (lease.get("metadata") or {}).get("resourceVersion")
+        self._observed_time = now
+        holder = self._observed.holder
+        if holder != self._reported_leader:
+            self._reported_leader = holder
+            if holder and holder != self.options.identity:
+                log.info("Leader election: the leader is {holder}", holder=holder)
+            if self._on_new_leader is not None:
+                self._on_new_leader(holder)
+
+    async def _release(self) -> None:
+        """Give the Lease up at once (client-go's ReleaseOnCancel)."""
+        options = self.options
+        if self._observed is None or self._observed.holder != options.identity:
+            return
+        stamp = _micro_time(self._clock.seconds())
+        released = LeaderRecord("", 1, stamp, stamp, self._observed.transitions)
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {
+                "name": options.lease_name,
+                "namespace": options.lease_namespace,
+                "resourceVersion": self._observed_rv,
+            },
+            "spec": released.spec(),
+        }
+        try:
+            update = self._client.update(options.lease_path, body)
+            updated = await self._bounded(update, options.renew_deadline)
+        except (KubeError, _AttemptTimedOut) as e:
+            log.warn("Leader election: could not release the lease: {error}", error=e)
+            return
+        self._observe(updated, self._clock.seconds())
+        log.info("Leader election: {identity} released the lease", identity=options.identity)
+
+    async def _bounded(self, work: Awaitable[T], seconds: float) -> T:
+        d = Deferred.fromCoroutine(_as_coroutine(work))
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            d.cancel()
+
+        call = self._clock.callLater(seconds, expire)
+        try:
+            return await d
+        except CancelledError:
+            if expired:
+                raise _AttemptTimedOut(f"no answer within {seconds:.2f}s") from None
+            raise
+        finally:
+            if call.active():
+                call.cancel()
+
+
+async def _as_coroutine(work: Awaitable[T]) -> T:
+    return await work
+
+
+async def _maybe_await(result: Awaitable[None] | None) -> None:
+    if result is not None:
+        await result
+
+
+def _micro_time(seconds: float) -> str:
+    """metav1.MicroTime: RFC 3339 with microseconds, UTC."""
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -1,0 +1,89 @@
+"""The namespace watch loop: which namespaces need their registry content removed, and which exist.
+
+The list+watch itself is `payloadtags.kube.Reflector` (list, watch from the list's resourceVersion
+with bookmarks, relist on 410, reconnect with capped jittered backoff, a timeout on every request).
+This module turns its store changes into cleanup triggers and answers "does this namespace exist?"
+from the synced store only.
+
+A namespace deleted while the stream was cut, or while the API was down, is not missed: the watch
+resumes from the last resourceVersion seen and gets its DELETED event, or, when that version is no
+longer remembered (410), the relist's difference to the previous store reports it as deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from payloadtags.kube import Reflector, StoreListener
+from payloadtags.names import is_namespace
+
+NAMESPACES_PATH = "/api/v1/namespaces"
+
+Obj = dict[str, Any]
+
+TERMINATING = "terminating"
+DELETED = "deleted"
+
+
+def is_terminating(obj: Obj | None) -> bool:
+    return bool(obj is not None and (obj.get("metadata") or {}).get("deletionTimestamp"))
+
+
+def _name(obj: Obj) -> str:
+    return str((obj.get("metadata") or {}).get("name") or "")
+
+
+@attrs.define
+class NamespaceTriggers(StoreListener):
+    """Calls `trigger(namespace, why)` for each namespace that starts terminating or disappears."""
+
+    trigger: Callable[[str, str], None]
+
+    def on_add(self, obj: Obj) -> None:
+        # Seen for the first time already Terminating (the initial list, or a relist).
+        if is_terminating(obj):
+            self._fire(obj, TERMINATING)
+
+    def on_update(self, old: Obj, new: Obj) -> None:
+        # Only the transition: a Terminating namespace gets status updates that need no new cleanup.
+        if is_terminating(new) and not is_terminating(old):
+            self._fire(new, TERMINATING)
+
+    def on_delete(self, obj: Obj) -> None:
+        self._fire(obj, DELETED)
+
+    def _fire(self, obj: Obj, why: str) -> None:
+        name = _name(obj)
+        if is_namespace(name):
+            self.trigger(name, why)
+
+
+class NamespaceView:
+    """Answers from the reflector's store, and refuses to answer before the first complete list."""
+
+    def __init__(self, reflector: Reflector) -> None:
+        self._reflector = reflector
+
+    @property
+    def synced(self) -> bool:
+        return self._reflector.has_synced
+
+    def get(self, name: str) -> Obj | None:
+        if not self._reflector.has_synced:
+            raise RuntimeError("the namespace store is not synced yet")
+        return self._reflector.get(name)
+
+    def live(self, name: str) -> bool:
+        """Exists and is not Terminating: its content must not be touched."""
+        obj = self.get(name)
+        return obj is not None and not is_terminating(obj)
+
+    def snapshot(self) -> tuple[str | None, frozenset[str]]:
+        """(resourceVersion, names): the store's consistent state at that version."""
+        if not self._reflector.has_synced:
+            raise RuntimeError("the namespace store is not synced yet")
+        names = frozenset(_name(obj) for obj in self._reflector.items())
+        return self._reflector.resource_version, names

@@ -1,0 +1,484 @@
+"""Namespace cleanup against the real registry and the Kubernetes API test double.
+
+"Two server processes" are two `CleanupController`s in this test process, each with its own
+`KubeClient` and `RegistryClient` (so their connections, watches and Lease writes are as separate
+as two processes' would be). In-process replicas let a test stop one cleanly (Lease released) or
+"crash" it (Lease left to expire) at an exact moment, and keep the whole file fast and
+deterministic; the Lease protocol between them goes over real HTTPS to the double all the same.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from payloadtags.registry import RegistryClient
+from tests.support import images
+from tests.support.cleanup_fixtures import *  # noqa: F403
+from tests.support.cleanup_fixtures import RegistryProxy, unique_namespace
+from tests.support.kubeapi import KubeApiDouble, eventually
+from tests.support.kubeapi.resources import LEASES, NAMESPACES
+from tests.support.registry_server import RegistryServer
+
+
+def create_namespace(api: KubeApiDouble, name: str) -> None:
+    api.store.create(NAMESPACES, {"metadata": {"name": name}})
+
+
+def fill(registry: Any, namespace: str, repositories: int = 2, tags: int = 2) -> dict[str, list[str]]:
+    """Push `repositories` repositories (one nested) of `tags` tags each; two tags share a digest."""
+    made: dict[str, list[str]] = {}
+    for r in range(repositories):
+        repository = f"{namespace}/app{r}" if r % 2 == 0 else f"{namespace}/group/app{r}"
+        images.push_oci_image(registry, repository, "t0", seed=f"{namespace}-{r}")
+        for t in range(1, tags):
+            images.tag_manifest(registry, repository, "t0", f"t{t}")
+        made[repository] = sorted(f"t{t}" for t in range(tags))
+    return made
+
+
+def content(registry: Any, namespace: str) -> dict[str, list[str]]:
+    """Tags per repository under `<namespace>/`, repositories with no tag left out."""
+    found = {}
+    for repository in images.catalog(registry):
+        if repository.startswith(namespace + "/"):
+            tags = images.list_tags(registry, repository)
+            if tags:
+                found[repository] = tags
+    return found
+
+
+async def leader_of(*replicas: Any, within: float = 5.0) -> Any:
+    await eventually(lambda: sum(r.controller.is_leader for r in replicas) == 1, within=within)
+    [leader] = [r for r in replicas if r.controller.is_leader]
+    await eventually(lambda: leader.controller.synced, within=within)
+    return leader
+
+
+async def sleep(seconds: float) -> None:
+    await deferLater(reactor, seconds)
+
+
+# -- the cascade on namespace deletion ----------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_deleting_a_namespace_removes_its_content_and_only_its_content(
+    kube_api: KubeApiDouble, fresh_registry: RegistryServer, make_controller: Any
+) -> None:
+    team = unique_namespace("team")
+    sibling, other = f"{team}-a", unique_namespace("other")
+    for name in (team, sibling, other):
+        create_namespace(kube_api, name)
+    fill(fresh_registry, team, repositories=3, tags=3)
+    images.push_oci_index(fresh_registry, f"{team}/multi", "v1", architectures=("amd64", "arm64"))
+    kept = {**fill(fresh_registry, sibling), **fill(fresh_registry, other)}
+    images.push_oci_image(fresh_registry, team, "root")  # no path below the namespace: not its content
+
+    replica = make_controller(fresh_registry.url)
+    await leader_of(replica)
+    kube_api.store.delete(NAMESPACES, team)  # Terminating, as after `kubectl delete namespace`
+
+    await eventually(lambda: not replica.controller.busy and replica.controller.results, within=10)
+    assert content(fresh_registry, team) == {}
+    assert {**content(fresh_registry, sibling), **content(fresh_registry, other)} == kept
+    assert images.list_tags(fresh_registry, team) == ["root"]
+    [result] = replica.controller.results
+    assert result.namespace == team
+    assert result.tags_deleted == 3 * 3 + 1 and result.errors == 0
+    metrics = replica.controller.metrics
+    assert metrics.cascades_succeeded_total == 1 and metrics.tags_deleted_total == 10
+
+    # The namespace controller finishes: the DELETED event triggers one more (verifying) cascade.
+    kube_api.finalize_namespace(team)
+    await eventually(lambda: len(replica.controller.results) == 2 and not replica.controller.busy)
+    assert replica.controller.results[-1].tags_deleted == 0
+    assert {**content(fresh_registry, sibling), **content(fresh_registry, other)} == kept
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_watch_stream_cut_midway_misses_nothing(
+    kube_api: KubeApiDouble, fresh_registry: RegistryServer, make_controller: Any
+) -> None:
+    doomed, kept = unique_namespace("cut"), unique_namespace("kept")
+    create_namespace(kube_api, doomed)
+    create_namespace(kube_api, kept)
+    fill(fresh_registry, doomed)
+    kept_content = fill(fresh_registry, kept)
+    replica = make_controller(fresh_registry.url)
+    await leader_of(replica)
+    await eventually(lambda: kube_api.open_watches >= 1)
+    watches, lists = replica.controller._reflector.watches, replica.controller._reflector.lists
+    assert kube_api.cut_watches() >= 1
+    # Deleted while the reflector is reconnecting: the resumed watch delivers the event.
+    kube_api.store.delete(NAMESPACES, doomed)
+    kube_api.finalize_namespace(doomed)
+    await eventually(lambda: content(fresh_registry, doomed) == {}, within=10)
+    assert replica.controller._reflector.watches > watches
+    assert replica.controller._reflector.lists == lists  # resumed from its resourceVersion, no relist
+    assert content(fresh_registry, kept) == kept_content
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_410_relists_and_still_finds_the_deleted_namespace(
+    kube_api: KubeApiDouble, fresh_registry: RegistryServer, make_controller: Any
+) -> None:
+    doomed, kept = unique_namespace("gone"), unique_namespace("kept")
+    create_namespace(kube_api, doomed)
+    create_namespace(kube_api, kept)
+    fill(fresh_registry, doomed)
+    kept_content = fill(fresh_registry, kept)
+    replica = make_controller(fresh_registry.url)
+    await leader_of(replica)
+    await eventually(lambda: kube_api.open_watches >= 1)
+    lists = replica.controller._reflector.lists
+    kube_api.cut_watches()
+    kube_api.store.delete(NAMESPACES, doomed)
+    kube_api.finalize_namespace(doomed)
+    kube_api.compact()  # the resumed watch now gets 410 Expired: only a relist shows the deletion
+    await eventually(lambda: content(fresh_registry, doomed) == {}, within=10)
+    assert replica.controller._reflector.lists > lists  # the 410 forced a fresh list
+    assert content(fresh_registry, kept) == kept_content
+
+
+@pytest_twisted.ensureDeferred
+async def test_cluster_api_down_for_a_while_then_back(
+    kube_api: KubeApiDouble, fresh_registry: RegistryServer, make_controller: Any
+) -> None:
+    terminating, gone, kept = unique_namespace("term"), unique_namespace("gone"), unique_namespace("kept")
+    for name in (terminating, gone, kept):
+        create_namespace(kube_api, name)
+    fill(fresh_registry, terminating)
+    fill(fresh_registry, gone)
+    kept_content = fill(fresh_registry, kept)
+    replica = make_controller(fresh_registry.url)
+    await leader_of(replica)
+
+    await kube_api.go_down()
+    kube_api.store.delete(NAMESPACES, terminating)
+    kube_api.store.delete(NAMESPACES, gone)
+    kube_api.finalize_namespace(gone)  # gone without a trace by the time the API is back
+    # Longer than the renew deadline: the replica stops leading, and must start again by itself.
+    await eventually(lambda: not replica.controller.is_leader, within=5)
+    assert content(fresh_registry, terminating) and content(fresh_registry, gone)
+    kube_api.come_up()
+
+    await eventually(lambda: content(fresh_registry, terminating) == {}, within=10)
+    await eventually(lambda: content(fresh_registry, gone) == {}, within=10)
+    assert content(fresh_registry, kept) == kept_content
+    # The Terminating one came from the namespace list, the vanished one from the start-up sweep.
+    assert replica.controller.last_sweep is not None and gone in replica.controller.last_sweep.orphans
+
+
+@pytest_twisted.ensureDeferred
+async def test_short_api_outage_resumes_the_watch_without_losing_the_lease(
+    kube_api: KubeApiDouble, fresh_registry: RegistryServer, make_controller: Any
+) -> None:
+    doomed = unique_namespace("short")
+    create_namespace(kube_api, doomed)
+    fill(fresh_registry, doomed)
+    replica = make_controller(fresh_registry.url, leader_elect=False)
+    await leader_of(replica)
+    lists = replica.controller._reflector.lists
+    await kube_api.go_down()
+    kube_api.store.delete(NAMESPACES, doomed)
+    await sleep(0.3)
+    kube_api.come_up()
+    await eventually(lambda: content(fresh_registry, doomed) == {}, within=10)
+    assert replica.controller._reflector.lists == lists  # resumed from its resourceVersion
+
+
+# -- the registry misbehaving during a cascade ----------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_registry_down_during_a_cascade(
+    kube_api: KubeApiDouble, fresh_registry: RegistryServer, make_controller: Any
+) -> None:
+    doomed, kept = unique_namespace("down"), unique_namespace("kept")
+    create_namespace(kube_api, doomed)
+    create_namespace(kube_api, kept)
+    fill(fresh_registry, doomed, repositories=4)
+    kept_content = fill(fresh_registry, kept)
+    proxy = RegistryProxy(reactor, fresh_registry)
+    replica = make_controller(proxy.url)
+    await leader_of(replica)
+    await proxy.go_down()
+    kube_api.store.delete(NAMESPACES, doomed)
+    await eventually(lambda: replica.controller.metrics.registry_errors_total >= 3, within=10)
+    assert content(fresh_registry, doomed)  # nothing could be deleted, and it is not taken as done
+    assert replica.controller.busy and not replica.controller.results
+    proxy.come_up()
+    await eventually(lambda: replica.controller.results, within=10)
+    assert content(fresh_registry, doomed) == {}
+    assert content(fresh_registry, kept) == kept_content
+    [result] = replica.controller.results
+    assert result.errors >= 3 and result.tags_deleted == 8
+    await proxy.go_down()
+
+
+@pytest_twisted.ensureDeferred
+async def test_registry_read_only_is_waited_out(
+    kube_api: KubeApiDouble, fresh_registry: RegistryServer, make_controller: Any
+) -> None:
+    doomed = unique_namespace("ro")
+    create_namespace(kube_api, doomed)
+    made = fill(fresh_registry, doomed)
+    readonly = RegistryServer(root=fresh_registry.root, readonly=True)
+    try:
+        proxy = RegistryProxy(reactor, readonly)  # garbage collection is running
+        replica = make_controller(proxy.url)
+        await leader_of(replica)
+        kube_api.store.delete(NAMESPACES, doomed)
+        await eventually(lambda: replica.controller.metrics.registry_readonly_waits_total >= 3, within=10)
+        assert content(fresh_registry, doomed) == made
+        assert replica.controller.busy and not replica.controller.results
+        proxy.point_at(fresh_registry)  # maintenance over
+        await eventually(lambda: replica.controller.results, within=10)
+        assert content(fresh_registry, doomed) == {}
+        await proxy.go_down()
+    finally:
+        readonly.stop()
+
+
+# -- several replicas --------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_replicas_one_leader_and_failover(
+    kube_api: KubeApiDouble, fresh_registry: RegistryServer, make_controller: Any
+) -> None:
+    first, second, kept = unique_namespace("first"), unique_namespace("second"), unique_namespace("kept")
+    for name in (first, second, kept):
+        create_namespace(kube_api, name)
+    fill(fresh_registry, first)
+    fill(fresh_registry, second)
+    kept_content = fill(fresh_registry, kept)
+    a = make_controller(fresh_registry.url, identity="replica-a")
+    b = make_controller(fresh_registry.url, identity="replica-b")
+    leader = await leader_of(a, b)
+    follower = b if leader is a else a
+    await sleep(0.5)
+    assert not follower.controller.is_leader and not follower.controller.synced
+    lease = kube_api.store.get(LEASES, "payloadtags-cleanup", "default")["spec"]
+    assert lease["holderIdentity"] == leader.controller.options.leader_election.identity
+    assert lease["leaseDurationSeconds"] == 2 and lease["leaseTransitions"] == 0
+    assert lease["acquireTime"] and lease["renewTime"]
+
+    kube_api.store.delete(NAMESPACES, first)
+    await eventually(lambda: content(fresh_registry, first) == {}, within=10)
+    assert follower.controller.metrics.cascades_started_total == 0
+
+    # A crash: the Lease is not released, the follower takes over once it expires (2 s).
+    crashed_at = reactor.seconds()
+    await leader.stop(release=False)
+    successor = await leader_of(follower, within=10)
+    assert reactor.seconds() - crashed_at >= 1.5
+    lease = kube_api.store.get(LEASES, "payloadtags-cleanup", "default")["spec"]
+    assert lease["holderIdentity"] == successor.controller.options.leader_election.identity
+    assert lease["leaseTransitions"] == 1
+
+    kube_api.store.delete(NAMESPACES, second)
+    await eventually(lambda: content(fresh_registry, second) == {}, within=10)
+    assert content(fresh_registry, kept) == kept_content
+
+    # A clean stop releases the Lease: a new replica takes it at its next try, not after expiry.
+    c = make_controller(fresh_registry.url, identity="replica-c")
+    await sleep(0.5)
+    assert not c.controller.is_leader
+    stopped_at = reactor.seconds()
+    await successor.stop()
+    assert kube_api.store.get(LEASES, "payloadtags-cleanup", "default")["spec"]["holderIdentity"] == ""
+    await leader_of(c, within=5)
+    assert reactor.seconds() - stopped_at < 1.5  # well before the 2 s lease could expire
+
+
+# -- the sweep -----------------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_sweep_removes_orphans_only(
+    kube_api: KubeApiDouble, fresh_registry: RegistryServer, make_controller: Any
+) -> None:
+    live, orphan = unique_namespace("live"), unique_namespace("orphan")
+    create_namespace(kube_api, live)
+    live_content = fill(fresh_registry, live)
+    fill(fresh_registry, orphan, repositories=3)
+    # Not namespace names, so never a namespace's content: a dot, an underscore, too long.
+    odd = ["with.dot/app", "under_score/app", "x" * 64 + "/app"]
+    for repository in odd:
+        images.push_oci_image(fresh_registry, repository, "v1")
+    images.push_oci_image(fresh_registry, "lonely", "v1")  # one segment: no path below a namespace
+
+    dry = make_controller(fresh_registry.url, identity="dry", leader_elect=False, sweep_dry_run=True)
+    await eventually(lambda: dry.controller.last_sweep is not None, within=10)
+    assert dry.controller.last_sweep.orphans == (orphan,)
+    assert content(fresh_registry, orphan)  # a dry run deletes nothing
+    assert dry.controller.metrics.sweep_orphans_found_total == 1
+    await dry.stop()
+
+    replica = make_controller(fresh_registry.url, leader_elect=False)
+    await eventually(lambda: replica.controller.results, within=10)
+    sweep = replica.controller.last_sweep
+    assert sweep is not None and sweep.orphans == (orphan,) and not sweep.dry_run
+    assert content(fresh_registry, orphan) == {}
+    assert content(fresh_registry, live) == live_content
+    for repository in [*odd, "lonely"]:
+        assert images.list_tags(fresh_registry, repository) == ["v1"]
+    # Namespaces the double starts with (default, kube-system…) have no content: no candidates.
+    assert sweep.candidates == (orphan,)
+
+
+@pytest_twisted.ensureDeferred
+async def test_periodic_sweep(
+    kube_api: KubeApiDouble, fresh_registry: RegistryServer, make_controller: Any
+) -> None:
+    replica = make_controller(fresh_registry.url, leader_elect=False, sweep_period=0.3)
+    await eventually(lambda: replica.controller.metrics.sweeps_total >= 1)
+    orphan = unique_namespace("later")
+    fill(fresh_registry, orphan, repositories=1)
+    await eventually(lambda: content(fresh_registry, orphan) == {}, within=5)
+    assert replica.controller.metrics.sweeps_total >= 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_sweep_racing_a_namespace_creation(
+    kube_api: KubeApiDouble, fresh_registry: RegistryServer, make_controller: Any
+) -> None:
+    """The namespace appears after the sweep's snapshot, while it reads the catalog."""
+    late = unique_namespace("late")
+    made = fill(fresh_registry, late)
+    replica = make_controller(fresh_registry.url, leader_elect=False, start=False)
+    registry: RegistryClient = replica.registry
+    real_catalog = registry.catalog
+
+    async def catalog_then_create(*args: Any, **kwargs: Any) -> Any:
+        if not kube_api.store.exists(NAMESPACES, late):
+            create_namespace(kube_api, late)  # `kubectl create namespace` lands right now
+        return await real_catalog(*args, **kwargs)
+
+    registry.catalog = catalog_then_create  # type: ignore[method-assign]
+    replica.controller.start()
+    await eventually(lambda: replica.controller.last_sweep is not None, within=10)
+    sweep = replica.controller.last_sweep
+    assert late in sweep.candidates  # absent from the snapshot…
+    assert late in sweep.skipped_existing and not sweep.orphans  # …but confirmed existing
+    await sleep(0.3)
+    assert content(fresh_registry, late) == made
+    assert replica.controller.metrics.cascades_started_total == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_namespace_created_during_the_orphan_cascade_stops_it(
+    kube_api: KubeApiDouble, fresh_registry: RegistryServer, make_controller: Any
+) -> None:
+    """Created after the checks, while its content is being deleted: the next delete does not happen."""
+    late = unique_namespace("late")
+    fill(fresh_registry, late, repositories=4, tags=1)
+    replica = make_controller(fresh_registry.url, leader_elect=False, cascade_concurrency=1, start=False)
+    registry: RegistryClient = replica.registry
+    real_delete = registry.delete_manifest
+    deleted: list[str] = []
+
+    async def delete_then_create(repository: str, digest: str) -> None:
+        await real_delete(repository, digest)
+        deleted.append(repository)
+        if len(deleted) == 1:
+            create_namespace(kube_api, late)
+            await eventually(lambda: replica.controller._view.live(late))
+
+    registry.delete_manifest = delete_then_create  # type: ignore[method-assign]
+    replica.controller.start()
+    await eventually(lambda: replica.controller.metrics.cascades_aborted_total == 1, within=10)
+    assert len(deleted) == 1
+    assert len(content(fresh_registry, late)) == 3
+
+
+# -- the namespace controller's path --------------------------------------------------------------------
+
+B = "/apis/payload-registry.deckhouse.io/v1alpha1"
+METADATA_LIST = (
+    "application/vnd.kubernetes.protobuf;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,"
+    "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+)
+
+
+async def ready(client: Any, collection: str) -> None:
+    """Until its RBAC reflectors have synced the server answers 503; the namespace controller retries."""
+    for _ in range(100):
+        reply = await client.get(collection, headers={"Accept": METADATA_LIST})
+        if reply.code == 200:
+            return
+        await sleep(0.05)
+    raise AssertionError(f"server not ready: {reply.code} {reply.body!r}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_namespace_controller_deletecollection_empties_the_namespace(
+    kube_api: KubeApiDouble, kube_kubeconfig: Any, fresh_registry: RegistryServer, make_server: Any
+) -> None:
+    team = unique_namespace("team")
+    sibling = f"{team}-a"
+    for name in (team, sibling):
+        create_namespace(kube_api, name)
+    fill(fresh_registry, team, repositories=3, tags=2)
+    kept = fill(fresh_registry, sibling)
+    server = await make_server(fresh_registry, kubeconfig=str(kube_kubeconfig), authorization_mode="RBAC")
+    kcm = server.client(server.pki.client_ca.client("kcm", ("system:masters",)))
+    collection = f"{B}/namespaces/{team}/payloadrepositorytags"
+    await ready(kcm, collection)
+    # The namespace controller first deletes the collection (metadata client, Background)…
+    reply = await kcm.delete(
+        collection, body={"propagationPolicy": "Background"}, headers={"Accept": METADATA_LIST}
+    )
+    assert reply.code == 200, reply.body
+    assert len(reply.json()["items"]) == 6
+    # …then lists again and expects nothing.
+    again = await kcm.get(collection, headers={"Accept": METADATA_LIST})
+    assert again.code == 200
+    assert again.json()["kind"] == "PartialObjectMetadataList"
+    assert again.json()["items"] == []
+    assert content(fresh_registry, team) == {}
+    assert content(fresh_registry, sibling) == kept
+
+
+@pytest_twisted.ensureDeferred
+async def test_namespace_controller_and_watch_loop_converge(
+    kube_api: KubeApiDouble,
+    kube_kubeconfig: Any,
+    fresh_registry: RegistryServer,
+    make_server: Any,
+    make_controller: Any,
+) -> None:
+    """Both paths at once on the same namespace: neither fails, and the namespace lists empty."""
+    team = unique_namespace("both")
+    create_namespace(kube_api, team)
+    fill(fresh_registry, team, repositories=6, tags=2)
+    server = await make_server(fresh_registry, kubeconfig=str(kube_kubeconfig), authorization_mode="RBAC")
+    kcm = server.client(server.pki.client_ca.client("kcm", ("system:masters",)))
+    replica = make_controller(fresh_registry.url)
+    await leader_of(replica)
+    collection = f"{B}/namespaces/{team}/payloadrepositorytags"
+    await ready(kcm, collection)
+    kube_api.store.delete(NAMESPACES, team)
+    reply = await kcm.delete(
+        collection, body={"propagationPolicy": "Background"}, headers={"Accept": METADATA_LIST}
+    )
+    assert reply.code == 200, reply.body
+    await eventually(lambda: replica.controller.results and not replica.controller.busy, within=10)
+
+    listed: list[Any] = []
+
+    async def empty() -> bool:
+        listed.append(await kcm.get(collection, headers={"Accept": METADATA_LIST}))
+        return listed[-1].json()["items"] == []
+
+    for _ in range(20):  # what the namespace controller does: list until empty
+        if await empty():
+            break
+        await sleep(0.1)
+    assert listed[-1].json()["items"] == []
+    assert content(fresh_registry, team) == {}

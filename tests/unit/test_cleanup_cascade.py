@@ -1,0 +1,273 @@
+"""The cascade against an in-memory registry with a Clock: retries, read-only waits, guards, races."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict, deque
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from payloadtags.cleanup.cascade import Aborted, Cascade, CascadeResult, Unconfirmed
+from payloadtags.cleanup.metrics import CleanupMetrics
+from payloadtags.cleanup.watcher import NamespaceTriggers
+from payloadtags.kube import Backoff
+from payloadtags.registry import CatalogPage
+from payloadtags.registry.errors import (
+    RegistryNotFound,
+    RegistryReadOnly,
+    RegistryUnavailable,
+)
+
+
+def digest(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+class FakeRegistry:
+    """Repositories of tag -> digest, the catalog in distribution 2.8's component-wise order."""
+
+    def __init__(self) -> None:
+        self.repos: dict[str, dict[str, str]] = {}
+        self.failures: dict[str, deque[Exception]] = defaultdict(deque)
+        self.deletes: list[tuple[str, str]] = []
+
+    def push(self, repository: str, tag: str, content: str | None = None) -> None:
+        self.repos.setdefault(repository, {})[tag] = digest(content or f"{repository}:{tag}")
+
+    def fail(self, operation: str, error: Exception, times: int = 1) -> None:
+        self.failures[operation].extend([error] * times)
+
+    def _gate(self, operation: str) -> None:
+        if self.failures[operation]:
+            raise self.failures[operation].popleft()
+
+    async def catalog(self, last: str | None = None, n: int = 1000) -> CatalogPage:
+        self._gate("catalog")
+        names = sorted(self.repos, key=lambda name: name.split("/"))
+        after = [name for name in names if last is None or name.split("/") > last.split("/")]
+        return CatalogPage(repositories=after[:n], more=len(after) > n)
+
+    async def tags(self, repository: str) -> list[str]:
+        self._gate("tags")
+        return sorted(self.repos.get(repository, {}))
+
+    async def resolve(self, repository: str, tag: str) -> str:
+        self._gate("resolve")
+        try:
+            return self.repos[repository][tag]
+        except KeyError:
+            raise RegistryNotFound(f"{repository}:{tag}") from None
+
+    async def delete_manifest(self, repository: str, manifest: str) -> None:
+        self._gate("delete")
+        tags = self.repos.get(repository, {})
+        doomed = [tag for tag, d in tags.items() if d == manifest]
+        if not doomed:
+            raise RegistryNotFound(f"{repository}@{manifest}")
+        for tag in doomed:
+            del tags[tag]
+        self.deletes.append((repository, manifest))
+
+    def remaining(self, prefix: str) -> dict[str, list[str]]:
+        return {r: sorted(t) for r, t in self.repos.items() if r.startswith(prefix) and t}
+
+
+def make_cascade(registry: FakeRegistry, clock: Clock, **kwargs: Any) -> Cascade:
+    kwargs.setdefault("backoff", lambda: Backoff(initial=1.0, factor=2.0, cap=4.0, jitter=0.0))
+    return Cascade(registry, clock, **kwargs)  # type: ignore[arg-type]
+
+
+def run(cascade: Cascade, namespace: str, **kwargs: Any) -> list[Any]:
+    outcome: list[Any] = []
+    Deferred.fromCoroutine(cascade.run(namespace, **kwargs)).addBoth(outcome.append)
+    return outcome
+
+
+def fill(registry: FakeRegistry) -> None:
+    registry.push("team/app", "v1", "same")
+    registry.push("team/app", "latest", "same")  # shares v1's digest: one delete removes both
+    registry.push("team/app", "v2")
+    registry.push("team/deep/nested/repo", "x")
+    registry.push("team-a/app", "keep")  # prefix sibling
+    registry.push("team", "root")  # no path below the namespace: never a tag of it
+    registry.push("tea/app", "keep")
+    registry.push("teamz/app", "keep")
+
+
+def test_empties_the_namespace_and_nothing_else() -> None:
+    registry, clock, metrics = FakeRegistry(), Clock(), CleanupMetrics()
+    fill(registry)
+    outcome = run(make_cascade(registry, clock, metrics=metrics), "team")
+    [result] = outcome
+    assert isinstance(result, CascadeResult)
+    assert registry.remaining("team/") == {}
+    assert registry.remaining("team-a/") == {"team-a/app": ["keep"]}
+    assert registry.repos["team"] == {"root": digest("team:root")}
+    assert registry.repos["tea/app"] and registry.repos["teamz/app"]
+    assert (result.tags_deleted, result.manifests_deleted, result.errors) == (4, 3, 0)
+    assert result.passes == 2  # one that deletes, one that verifies the namespace lists empty
+    assert (metrics.tags_deleted_total, metrics.manifests_deleted_total) == (4, 3)
+
+
+def test_an_empty_namespace_takes_one_pass() -> None:
+    registry, clock = FakeRegistry(), Clock()
+    registry.push("other/app", "v1")
+    [result] = run(make_cascade(registry, clock), "team")
+    assert (result.passes, result.tags_deleted) == (1, 0)
+
+
+def test_registry_errors_are_retried_with_capped_backoff() -> None:
+    registry, clock, metrics = FakeRegistry(), Clock(), CleanupMetrics()
+    fill(registry)
+    registry.fail("catalog", RegistryUnavailable("down"), times=4)
+    outcome = run(make_cascade(registry, clock, metrics=metrics), "team")
+    # Delays 1, 2, 4, 4 (capped): not done a moment before their sum, done right after.
+    for delay in (1.0, 2.0, 4.0):
+        clock.advance(delay)
+        assert outcome == []
+    clock.advance(3.9)
+    assert outcome == []
+    clock.advance(0.1)
+    [result] = outcome
+    assert result.errors == 4 and "down" in (result.last_error or "")
+    assert registry.remaining("team/") == {}
+    assert metrics.registry_errors_total == 4
+
+
+def test_one_failing_repository_does_not_stop_the_others() -> None:
+    registry, clock = FakeRegistry(), Clock()
+    fill(registry)
+    registry.fail("delete", RegistryUnavailable("reset"), times=1)
+    outcome = run(make_cascade(registry, clock), "team")
+    assert outcome == []
+    # Everything but the one failed delete happened in the first pass.
+    assert sum(len(t) for t in registry.remaining("team/").values()) in (1, 2)
+    clock.advance(1.0)
+    [result] = outcome
+    assert registry.remaining("team/") == {}
+    assert result.errors == 1
+
+
+def test_read_only_mode_is_waited_out_not_taken_for_done() -> None:
+    registry, clock, metrics = FakeRegistry(), Clock(), CleanupMetrics()
+    fill(registry)
+    registry.fail("delete", RegistryReadOnly("maintenance"), times=30)
+    outcome = run(make_cascade(registry, clock, metrics=metrics), "team")
+    clock.advance(30.0)
+    assert outcome == []
+    assert registry.remaining("team/")  # nothing could go yet, and the cascade knows it
+    clock.pump([4.0] * 20)
+    [result] = outcome
+    assert registry.remaining("team/") == {}
+    assert metrics.registry_readonly_waits_total == 30
+    assert result.errors > 0
+
+
+def test_the_guard_is_checked_before_every_delete() -> None:
+    registry, clock = FakeRegistry(), Clock()
+    fill(registry)
+    allowed = [2]
+
+    def guard() -> str | None:
+        if allowed[0] == 0:
+            return "the namespace exists again"
+        allowed[0] -= 1
+        return None
+
+    outcome = run(make_cascade(registry, clock, concurrency=1), "team", guard=guard)
+    [failure] = outcome
+    assert failure.check(Aborted)
+    assert "exists again" in str(failure.value)
+    assert len(registry.deletes) == 1  # one guard check per pass start, then one per delete
+
+
+def test_confirmation_unknown_retries_and_denied_aborts() -> None:
+    registry, clock = FakeRegistry(), Clock()
+    fill(registry)
+    answers = deque(["unknown", "unknown", "ok", "ok", "ok"])
+
+    async def confirm() -> None:
+        answer = answers.popleft() if answers else "ok"
+        if answer == "unknown":
+            raise Unconfirmed("the cluster API does not answer")
+
+    outcome = run(make_cascade(registry, clock), "team", confirm=confirm)
+    assert outcome == [] and registry.deletes == []
+    clock.pump([1.0, 2.0, 4.0])
+    [result] = outcome
+    assert registry.remaining("team/") == {} and result.errors >= 1
+
+    registry2 = FakeRegistry()
+    fill(registry2)
+
+    async def deny() -> None:
+        raise Aborted("the cluster API says the namespace exists")
+
+    [failure] = run(make_cascade(registry2, clock), "team", confirm=deny)
+    assert failure.check(Aborted)
+    assert registry2.deletes == []
+
+
+def test_two_cascades_at_once_both_finish_without_errors() -> None:
+    registry, clock = FakeRegistry(), Clock()
+    for i in range(20):
+        registry.push(f"team/app{i}", "v1")
+        registry.push(f"team/app{i}", "v2", "shared")
+    first = run(make_cascade(registry, clock, concurrency=3), "team")
+    second = run(make_cascade(registry, clock, concurrency=2), "team")
+    assert registry.remaining("team/") == {}
+    [a], [b] = first, second
+    assert a.errors == b.errors == 0
+    assert a.manifests_deleted + b.manifests_deleted == 40
+
+
+def test_contents_counts_without_deleting() -> None:
+    registry, clock = FakeRegistry(), Clock()
+    fill(registry)
+    outcome: list[Any] = []
+    Deferred.fromCoroutine(make_cascade(registry, clock).contents("team")).addBoth(outcome.append)
+    [contents] = outcome
+    assert (contents.repositories, contents.tags) == (2, 4)
+    assert registry.deletes == []
+
+
+def test_not_a_namespace_name_is_refused() -> None:
+    [failure] = run(make_cascade(FakeRegistry(), Clock()), "Not_A_Namespace")
+    assert failure.check(ValueError)
+
+
+def test_triggers_fire_on_termination_and_deletion_only() -> None:
+    fired: list[tuple[str, str]] = []
+    triggers = NamespaceTriggers(lambda ns, why: fired.append((ns, why)))
+
+    def ns(name: str, terminating: bool = False) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": name}
+        if terminating:
+            meta["deletionTimestamp"] = "2024-01-01T00:00:00Z"
+        return {"metadata": meta}
+
+    triggers.on_add(ns("live"))
+    triggers.on_add(ns("dying", terminating=True))
+    triggers.on_update(ns("a"), ns("a", terminating=True))
+    triggers.on_update(ns("a", terminating=True), ns("a", terminating=True))  # status churn
+    triggers.on_delete(ns("a", terminating=True))
+    triggers.on_delete(ns("Not_Valid"))
+    assert fired == [("dying", "terminating"), ("a", "terminating"), ("a", "deleted")]
+
+
+def test_options_and_metric_names() -> None:
+    from payloadtags.cleanup import CleanupOptions
+
+    options = CleanupOptions()
+    assert (options.sweep_period, options.sweep_dry_run, options.leader_elect) == (3600.0, False, True)
+    election = options.leader_election
+    assert (election.lease_duration, election.renew_deadline, election.retry_period) == (15.0, 10.0, 2.0)
+    for bad in ({"sweep_period": -1}, {"cascade_concurrency": 0}, {"retry_initial": 5, "retry_cap": 1}):
+        with pytest.raises(ValueError):
+            CleanupOptions(**bad)
+    samples = CleanupMetrics(tags_deleted_total=3).samples()
+    assert samples["payloadtags_cleanup_tags_deleted_total"] == 3.0
+    assert all(name.startswith("payloadtags_cleanup_") for name in samples)
