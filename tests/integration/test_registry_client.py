@@ -344,6 +344,25 @@ async def test_delete_tag_keeps_sibling_tag_and_manifest(
     assert registry_client.supports_delete_by_tag is False
 
 
+@pytest_twisted.ensureDeferred
+async def test_delete_tag_racing_another_delete_does_not_bring_the_tag_back(
+    registry: RegistryServer, registry_client: RegistryClient, repo: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    digest = images.push_oci_image(registry, repo, "a")
+    images.tag_manifest(registry, repo, "a", "keep")
+    real_delete = registry_client.delete_manifest
+
+    async def someone_else_first(repository: str, unique: str) -> None:
+        # Another deleter (a namespace cascade) removes the unique copy, and the tag with it, first.
+        assert images.delete_manifest(registry, repository, unique) == 202
+        await real_delete(repository, unique)
+
+    monkeypatch.setattr(registry_client, "delete_manifest", someone_else_first)
+    assert await registry_client.delete_tag(repo, "a") == digest
+    assert images.list_tags(registry, repo) == ["keep"]
+    assert images.resolve(registry, repo, "keep") == digest
+
+
 @pytest.mark.parametrize(
     "push",
     [

@@ -382,6 +382,10 @@ class RegistryClient:
         unique = await self._put_manifest(repository, tag, body, original.media_type, what)
         try:
             await self.delete_manifest(repository, unique)
+        except RegistryNotFound:
+            # Someone else deleted the unique copy, and the tag with it: the tag is gone, as asked.
+            # Restoring it here would bring back a tag that a concurrent delete had removed.
+            return
         except RegistryError as error:
             # Put the tag back where it was, so a failed delete leaves the tag as it found it.
             try:

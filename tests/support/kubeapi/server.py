@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IOpenSSLServerConnectionCreator
 from twisted.protocols.policies import WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -210,7 +210,7 @@ class KubeApiDouble:
         port, self._port = self._port, None
         if port is None:
             return succeed(None)
-        return port.stopListening()
+        return maybeDeferred(port.stopListening)
 
     def come_up(self) -> None:
         """Listen again on the same port, with the same state."""
