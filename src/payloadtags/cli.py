@@ -99,6 +99,49 @@ def _parser() -> argparse.ArgumentParser:
     registry.add_argument(
         "--delete-concurrency", type=int, default=4, help="tags deleted at once by deletecollection"
     )
+    cleanup = serve.add_argument_group("namespace cleanup (with a cluster API)")
+    cleanup.add_argument(
+        "--namespace-cleanup",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="delete a namespace's registry content when the namespace is deleted (default on)",
+    )
+    cleanup.add_argument(
+        "--namespace-sweep-period",
+        type=_duration,
+        default=3600.0,
+        help="how often to delete content whose namespace does not exist (default 1h; 0: only at start)",
+    )
+    cleanup.add_argument(
+        "--namespace-sweep-dry-run",
+        action="store_true",
+        help="the sweep only reports what it would delete",
+    )
+    cleanup.add_argument(
+        "--namespace-cleanup-concurrency",
+        type=int,
+        default=4,
+        help="registry requests in flight per namespace",
+    )
+    cleanup.add_argument(
+        "--namespace-cleanup-workers", type=int, default=2, help="namespaces cleaned at once"
+    )
+    cleanup.add_argument(
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="elect one replica (a coordination.k8s.io Lease) to run the cleanup (default on)",
+    )
+    cleanup.add_argument("--leader-elect-lease-duration", type=_duration, default=15.0, help="default 15s")
+    cleanup.add_argument("--leader-elect-renew-deadline", type=_duration, default=10.0, help="default 10s")
+    cleanup.add_argument("--leader-elect-retry-period", type=_duration, default=2.0, help="default 2s")
+    cleanup.add_argument(
+        "--leader-elect-resource-name", default="payloadtags-cleanup", help="the Lease's name"
+    )
+    cleanup.add_argument(
+        "--leader-elect-resource-namespace",
+        help="the Lease's namespace (default: the pod's namespace, else default)",
+    )
     ops = serve.add_argument_group("operations")
     ops.add_argument(
         "--metrics-allowed-groups",
@@ -179,7 +222,12 @@ def settings_from(args: argparse.Namespace) -> Settings:
         )
     if bool(args.tls_cert_file) != bool(args.tls_private_key_file):
         raise UsageError("--tls-cert-file and --tls-private-key-file go together")
-    for name in ("registry_concurrency", "delete_concurrency"):
+    for name in (
+        "registry_concurrency",
+        "delete_concurrency",
+        "namespace_cleanup_concurrency",
+        "namespace_cleanup_workers",
+    ):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
     if args.registry_timeout <= 0:
@@ -219,6 +267,17 @@ def settings_from(args: argparse.Namespace) -> Settings:
         shutdown_grace_period=args.shutdown_grace_period,
         log_format=args.log_format,
         verbose=args.verbose,
+        namespace_cleanup=args.namespace_cleanup,
+        namespace_sweep_period=args.namespace_sweep_period,
+        namespace_sweep_dry_run=args.namespace_sweep_dry_run,
+        namespace_cleanup_concurrency=args.namespace_cleanup_concurrency,
+        namespace_cleanup_workers=args.namespace_cleanup_workers,
+        leader_elect=args.leader_elect,
+        leader_elect_lease_duration=args.leader_elect_lease_duration,
+        leader_elect_renew_deadline=args.leader_elect_renew_deadline,
+        leader_elect_retry_period=args.leader_elect_retry_period,
+        leader_elect_resource_name=args.leader_elect_resource_name,
+        leader_elect_resource_namespace=args.leader_elect_resource_namespace,
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import attrs
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from payloadtags.access.authn import UserInfo
@@ -77,6 +78,10 @@ class Metrics:
     def observe_request(self, verb: str, resource: str, code: int, seconds: float) -> None:
         self.requests.labels(verb, resource, str(code)).inc()
         self.request_duration.labels(verb, resource).observe(seconds)
+
+    def add_cleanup(self, counters: Any) -> None:
+        """Expose the namespace cleanup's counters (``CleanupMetrics``) with the rest."""
+        self.registry.register(_CleanupCollector(counters))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -159,3 +164,18 @@ class CountingAuthorizer:
         decision = self.inner.allowed(user, verb, namespace, repository_path)
         self.metrics.authorization.labels(verb, "allow" if decision else "deny").inc()
         return decision
+
+
+@attrs.define(eq=False)  # the prometheus registry keeps collectors in a set
+class _CleanupCollector:
+    counters: Any
+
+    def collect(self) -> Any:
+        for name, value in self.counters.samples().items():
+            if name.endswith("_total"):
+                yield CounterMetricFamily(name.removesuffix("_total"), _HELP, value=value)
+            else:
+                yield GaugeMetricFamily(name, _HELP, value=value)
+
+
+_HELP = "Namespace cleanup (see docs/namespace-cleanup.md)."

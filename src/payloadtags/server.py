@@ -23,6 +23,12 @@ from payloadtags.access.tokens import TokenReviewAuthenticator
 from payloadtags.api.app import ApiServer
 from payloadtags.api.health import HealthChecks
 from payloadtags.api.tags import ResourceVersions, TagsService
+from payloadtags.cleanup import (
+    CleanupController,
+    CleanupOptions,
+    LeaderElectionOptions,
+    default_lease_namespace,
+)
 from payloadtags.cluster import authentication_reflector, rbac_reflectors, token_reviewer
 from payloadtags.inventory import Inventory
 from payloadtags.kube import ClusterConfig, KubeClient, Reflector, load_cluster_config
@@ -93,6 +99,7 @@ class RunningServer:
     kube: KubeClient | None = None
     reflectors: list[Reflector] = attrs.Factory(list)
     watchers: list[FileWatcher] = attrs.Factory(list)
+    cleanup: CleanupController | None = None
     shutting_down: bool = False
 
     async def stop(self) -> None:
@@ -122,6 +129,8 @@ class RunningServer:
         await self._close_connections(deadline)
         for watcher in self.watchers:
             watcher.stop()
+        if self.cleanup is not None:
+            await self.cleanup.stop()  # releases the Lease, so another replica takes over at once
         for reflector in self.reflectors:
             await reflector.stop()
         if self.kube is not None:
@@ -140,6 +149,42 @@ class RunningServer:
             await deferLater(self.clock, 0.05, lambda: None)
         for connection in list(self.connections.protocols):
             connection.transport.abortConnection()
+
+
+async def _cleanup(
+    reactor: Any,
+    settings: Settings,
+    kube: KubeClient | None,
+    registry: Any,
+    reflector_options: dict[str, Any],
+) -> CleanupController | None:
+    if kube is None or not settings.namespace_cleanup:
+        return None
+    lease_namespace = settings.leader_elect_resource_namespace or await deferToThread(default_lease_namespace)
+    watch: dict[str, Any] = {}
+    if "watch_timeout" in reflector_options:
+        watch["watch_timeout"] = reflector_options["watch_timeout"]
+    if "backoff" in reflector_options:
+        watch["watch_backoff"] = reflector_options["backoff"]
+    try:
+        options = CleanupOptions(
+            sweep_period=settings.namespace_sweep_period,
+            sweep_dry_run=settings.namespace_sweep_dry_run,
+            cascade_concurrency=settings.namespace_cleanup_concurrency,
+            namespace_concurrency=settings.namespace_cleanup_workers,
+            leader_elect=settings.leader_elect,
+            leader_election=LeaderElectionOptions(
+                lease_name=settings.leader_elect_resource_name,
+                lease_namespace=lease_namespace,
+                lease_duration=settings.leader_elect_lease_duration,
+                renew_deadline=settings.leader_elect_renew_deadline,
+                retry_period=settings.leader_elect_retry_period,
+            ),
+            **watch,
+        )
+    except ValueError as error:
+        raise ConfigurationError(f"namespace cleanup: {error}") from None
+    return CleanupController(reactor, kube, registry, options)
 
 
 def _synced(reflectors: list[Reflector], what: str):
@@ -261,7 +306,12 @@ async def start(
         readiness.append(("authentication-configmap", _synced(auth_reflectors, "authentication ConfigMap")))
     if rbac_sources:
         readiness.append(("rbac", _synced(rbac_sources, "RBAC objects")))
-    health = HealthChecks({"healthz": [("ping", ping)], "livez": [("ping", ping)], "readyz": readiness})
+    liveness: list[tuple[str, Any]] = [("ping", ping)]
+    cleanup = await _cleanup(reactor, settings, kube, registry, options)
+    if cleanup is not None:
+        metrics.add_cleanup(cleanup.metrics)
+        liveness.append(("leaderElection", cleanup.check_health))
+    health = HealthChecks({"healthz": liveness, "livez": liveness, "readyz": readiness})
     api = ApiServer(
         service=service,
         authenticator=authentication,
@@ -293,8 +343,10 @@ async def start(
     )
     for watcher in watchers:
         watcher.start()
+    if cleanup is not None:
+        cleanup.start()
     running = RunningServer(
-        port, listener, connections, registry, api, settings, reactor, kube, reflectors, watchers
+        port, listener, connections, registry, api, settings, reactor, kube, reflectors, watchers, cleanup
     )
     return running
 

@@ -37,3 +37,14 @@ class Settings:
     shutdown_grace_period: float = 30.0
     log_format: str = "text"
     verbose: bool = False
+    namespace_cleanup: bool = True
+    namespace_sweep_period: float = 3600.0
+    namespace_sweep_dry_run: bool = False
+    namespace_cleanup_concurrency: int = 4
+    namespace_cleanup_workers: int = 2
+    leader_elect: bool = True
+    leader_elect_lease_duration: float = 15.0
+    leader_elect_renew_deadline: float = 10.0
+    leader_elect_retry_period: float = 2.0
+    leader_elect_resource_name: str = "payloadtags-cleanup"
+    leader_elect_resource_namespace: str | None = None  # the pod's namespace, else "default"

@@ -453,6 +453,11 @@ async def test_anonymous_requests_are_401_but_health_is_open(api):
     for path in ("/healthz", "/livez", "/readyz"):
         reply = await anonymous.get(path)
         assert (reply.code, reply.body) == (200, b"ok")
+    for endpoint in ("healthz", "livez"):
+        lines = (await anonymous.get(f"/{endpoint}?verbose")).body.decode().splitlines()
+        assert lines == ["[+]ping ok", f"{endpoint} check passed"]
+    assert (await anonymous.get("/livez/ping")).body == b"ok"
+    assert (await anonymous.get("/livez/registry")).code == 404  # not a liveness check
     verbose = await anonymous.get("/readyz?verbose")
     assert verbose.body.decode().splitlines() == [
         "[+]ping ok",

@@ -65,6 +65,9 @@ def settings_for(pki: Pki, registry_url: str, **overrides: Any) -> Settings:
         "tls_private_key_file": str(pki.serving.key_file),
         "client_ca_file": str(pki.client_ca.cert_file),
         "authorization_mode": "AlwaysAllow",
+        # Most tests share one registry; a sweep would delete every namespace the API double does not
+        # know. The cleanup tests turn it on against registries of their own.
+        "namespace_cleanup": False,
     }
     values.update(overrides)
     return Settings(**values)

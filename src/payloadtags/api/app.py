@@ -194,7 +194,10 @@ class ApiServer:
     def _route(
         self, path: str, methods: list[str], fn: Callable[..., Awaitable[bytes]], anonymous: bool = False
     ) -> None:
-        self.app.route(path, methods=methods, branch=False, strict_slashes=False)(
+        # Klein names endpoints after the function by default; handlers made from one function (the
+        # health endpoints) would then all run the last one registered.
+        endpoint = f"{' '.join(methods)} {path}"
+        self.app.route(path, methods=methods, branch=False, strict_slashes=False, endpoint=endpoint)(
             self._endpoint(fn, anonymous)
         )
 
