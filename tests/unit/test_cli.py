@@ -24,6 +24,12 @@ def test_defaults():
     assert (settings.token_cache_ttl, settings.token_failure_cache_ttl) == (10.0, 10.0)
     assert (settings.shutdown_delay, settings.shutdown_grace_period) == (0.0, 30.0)
     assert settings.log_format == "text"
+    assert (settings.namespace_cleanup, settings.leader_elect) == (True, True)
+    assert (settings.namespace_sweep_period, settings.leader_elect_resource_name) == (
+        3600.0,
+        "payloadtags-cleanup",
+    )
+    assert settings.leader_elect_resource_namespace is None
 
 
 def test_every_flag_reaches_the_settings(tmp_path):
@@ -55,6 +61,17 @@ def test_every_flag_reaches_the_settings(tmp_path):
         "--shutdown-grace-period=1m",
         "--log-format=json",
         "-v",
+        "--no-namespace-cleanup",
+        "--namespace-sweep-period=30m",
+        "--namespace-sweep-dry-run",
+        "--namespace-cleanup-concurrency=8",
+        "--namespace-cleanup-workers=3",
+        "--no-leader-elect",
+        "--leader-elect-lease-duration=30s",
+        "--leader-elect-renew-deadline=20s",
+        "--leader-elect-retry-period=4s",
+        "--leader-elect-resource-name=cleanup",
+        "--leader-elect-resource-namespace=payloadtags-system",
     )
     assert (settings.bind_address, settings.secure_port) == ("127.0.0.1", 9443)
     assert (settings.tls_cert_file, settings.tls_private_key_file) == ("/c.crt", "/c.key")
@@ -74,6 +91,17 @@ def test_every_flag_reaches_the_settings(tmp_path):
     assert settings.cert_reload_period == 0.5
     assert (settings.shutdown_delay, settings.shutdown_grace_period) == (5.0, 60.0)
     assert (settings.log_format, settings.verbose) == ("json", True)
+    assert settings.namespace_cleanup is False
+    assert (settings.namespace_sweep_period, settings.namespace_sweep_dry_run) == (1800.0, True)
+    assert (settings.namespace_cleanup_concurrency, settings.namespace_cleanup_workers) == (8, 3)
+    assert settings.leader_elect is False
+    assert (
+        settings.leader_elect_lease_duration,
+        settings.leader_elect_renew_deadline,
+        settings.leader_elect_retry_period,
+    ) == (30.0, 20.0, 4.0)
+    assert settings.leader_elect_resource_name == "cleanup"
+    assert settings.leader_elect_resource_namespace == "payloadtags-system"
 
 
 def test_credentials_come_from_files_or_environment_and_stay_out_of_repr(tmp_path, monkeypatch):
