@@ -187,6 +187,65 @@ async def _cleanup(
     return CleanupController(reactor, kube, registry, options)
 
 
+def _rotation_watchers(
+    reactor: Any,
+    settings: Settings,
+    serving: ServingCertificate,
+    context_factory: ContextFactory,
+    authentication: DynamicAuthentication,
+) -> list[FileWatcher]:
+    """Watchers that swap in rotated certificate files, and CA files given as flags."""
+
+    def trust_changed(config: AuthenticationConfig) -> None:
+        # New connections verify client certificates against the new CAs; open ones keep theirs.
+        context_factory.context = server_context(serving, config.trusted_cas)
+
+    authentication.listeners.append(trust_changed)
+    watchers: list[FileWatcher] = []
+    if settings.tls_cert_file and settings.tls_private_key_file:
+        cert_file, key_file = settings.tls_cert_file, settings.tls_private_key_file
+
+        def reload_serving() -> None:
+            nonlocal serving
+            fresh = ServingCertificate.from_files(cert_file, key_file)
+            context_factory.context = server_context(fresh, authentication.config.trusted_cas)
+            serving = fresh
+
+        watchers.append(
+            FileWatcher(
+                reactor,
+                [cert_file, key_file],
+                reload_serving,
+                "serving certificate",
+                settings.cert_reload_period,
+            )
+        )
+    ca_files = [f for f in (settings.client_ca_file, settings.requestheader_client_ca_file) if f]
+    if ca_files:
+        watchers.append(
+            FileWatcher(
+                reactor,
+                ca_files,
+                lambda: authentication.update_flags(_flag_authentication(settings)),
+                "client CA files",
+                settings.cert_reload_period,
+            )
+        )
+    return watchers
+
+
+def _authorization(
+    mode: str, kube: KubeClient | None, reactor: Any, options: dict[str, Any]
+) -> tuple[Authorizer, list[Reflector]]:
+    if mode == "AlwaysAllow":
+        log.warn("authorization mode AlwaysAllow: every authenticated client may see and delete every tag")
+        return AlwaysAllow(), []
+    assert kube is not None
+    index = RbacIndex()
+    sources = rbac_reflectors(kube, reactor, index, **options)
+    return RbacAuthorizer(index, ready=lambda: all(r.has_synced for r in sources)), sources
+
+
 def _synced(reflectors: list[Reflector], what: str):
     async def check() -> None:
         waiting = [r.name for r in reflectors if not r.has_synced]
@@ -226,55 +285,12 @@ async def start(
     authentication = DynamicAuthentication(_flag_authentication(settings), token=token)
     context_factory = ContextFactory(server_context(serving, authentication.config.trusted_cas))
 
-    def trust_changed(config: AuthenticationConfig) -> None:
-        # New connections verify client certificates against the new CAs; open ones keep theirs.
-        context_factory.context = server_context(serving, config.trusted_cas)
-
-    authentication.listeners.append(trust_changed)
-    watchers: list[FileWatcher] = []
-    if settings.tls_cert_file and settings.tls_private_key_file:
-        cert_file, key_file = settings.tls_cert_file, settings.tls_private_key_file
-
-        def reload_serving() -> None:
-            nonlocal serving
-            fresh = ServingCertificate.from_files(cert_file, key_file)
-            context_factory.context = server_context(fresh, authentication.config.trusted_cas)
-            serving = fresh
-
-        watchers.append(
-            FileWatcher(
-                reactor,
-                [cert_file, key_file],
-                reload_serving,
-                "serving certificate",
-                settings.cert_reload_period,
-            )
-        )
-    ca_files = [f for f in (settings.client_ca_file, settings.requestheader_client_ca_file) if f]
-    if ca_files:
-        watchers.append(
-            FileWatcher(
-                reactor,
-                ca_files,
-                lambda: authentication.update_flags(_flag_authentication(settings)),
-                "client CA files",
-                settings.cert_reload_period,
-            )
-        )
+    watchers = _rotation_watchers(reactor, settings, serving, context_factory, authentication)
     auth_reflectors: list[Reflector] = []
     if kube is not None and not authentication.flags.complete:
         auth_reflectors.append(authentication_reflector(kube, reactor, authentication, **options))
 
-    authorizer: Authorizer
-    rbac_sources: list[Reflector] = []
-    if mode == "RBAC":
-        assert kube is not None
-        index = RbacIndex()
-        rbac_sources = rbac_reflectors(kube, reactor, index, **options)
-        authorizer = RbacAuthorizer(index, ready=lambda: all(r.has_synced for r in rbac_sources))
-    else:
-        authorizer = AlwaysAllow()
-        log.warn("authorization mode AlwaysAllow: every authenticated client may see and delete every tag")
+    authorizer, rbac_sources = _authorization(mode, kube, reactor, options)
     reflectors = auth_reflectors + rbac_sources
     if kube is None:
         log.info(
