@@ -149,5 +149,5 @@ def registry_client(make_client: Callable[..., RegistryClient], registry: Regist
 
 # --- payloadtags under test ---------------------------------------------------------------------------
 from tests.support.api_fixtures import api, kubectl_for, make_server, pki  # noqa: E402, F401
-from tests.support.kubeapi.fixtures import *  # noqa: E402, F403
+from tests.support.cleanup_fixtures import fresh_registry, make_controller, registry_reaper  # noqa: E402, F401
 from tests.support.kubeapi.fixtures import kube_api, kube_client, kube_kubeconfig  # noqa: E402, F401

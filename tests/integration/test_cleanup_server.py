@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest_twisted
 
 from tests.support import images
-from tests.support.cleanup_fixtures import fresh_registry, registry_reaper, unique_namespace  # noqa: F401
+from tests.support.cleanup_fixtures import unique_namespace
 from tests.support.kubeapi.resources import LEASES, NAMESPACES
 from tests.support.rbac import ensure_namespace, eventually
 
@@ -24,7 +24,7 @@ async def test_the_server_cleans_a_deleted_namespace_and_reports_it(
     fresh_registry,
     kube_api,
     kube_kubeconfig,
-    pki,  # noqa: F811
+    pki,
 ):
     doomed, kept = unique_namespace("doomed"), unique_namespace("kept")
     for name in (doomed, kept):
