@@ -136,6 +136,7 @@ def main() -> int:
                     "-o",
                     "yaml",
                 ],
+                ["explain", "prt.spec"],
                 [
                     "delete",
                     "payloadrepositorytags.payload-registry.deckhouse.io",
