@@ -240,3 +240,33 @@ async def test_json_logs_with_one_audit_line_per_deleted_tag_and_no_secrets(reac
     assert audit[1]["namespace"] == namespace
     assert audit[1]["repository"] == repo
     assert secret not in process.log
+
+
+@pytest_twisted.ensureDeferred
+async def test_requestheader_ca_file_rotates_without_restart(make_server, registry, tmp_path, pki):
+    old_ca = Authority.create(tmp_path / "proxy-old", "proxy-old")
+    new_ca = Authority.create(tmp_path / "proxy-new", "proxy-new")
+    old_proxy = old_ca.client("front-proxy-client", stem="old-proxy")
+    new_proxy = new_ca.client("front-proxy-client", stem="new-proxy")
+    ca_file = tmp_path / "requestheader-ca.crt"
+    shutil.copy(old_ca.cert_file, ca_file)
+    server = await make_server(
+        registry,
+        requestheader_client_ca_file=str(ca_file),
+        requestheader_allowed_names=("front-proxy-client",),
+        cert_reload_period=0.1,
+    )
+    as_root = {"X-Remote-User": "root", "X-Remote-Group": "admins"}
+
+    async def proxied(proxy) -> int:
+        return (await server.client(proxy).get("/apis", headers=as_root)).code
+
+    assert await proxied(old_proxy) == 200
+    assert await proxied(new_proxy) == 401
+    shutil.copy(new_ca.cert_file, ca_file)
+
+    async def rotated() -> bool:
+        return await proxied(new_proxy) == 200
+
+    assert await eventually(rotated, within=5) is True
+    assert await proxied(old_proxy) == 401
