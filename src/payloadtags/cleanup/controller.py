@@ -217,7 +217,10 @@ class CleanupController:
                 await self._sweep_once()
             except RegistryError as e:
                 if not self._leading:
-                    return  # stopped meanwhile (a cancellation can surface as a registry error)
+                    # Stopped meanwhile: the clients report a cancellation as CancelledError, but
+                    # whatever else turns one into a registry error must not stall the stop with a
+                    # failed sweep's backoff.
+                    return
                 self.metrics.sweeps_failed_total += 1
                 delay = backoff.next_delay()
                 log.warn("Sweep failed: {error}; next try in {delay:.1f}s", error=str(e), delay=delay)

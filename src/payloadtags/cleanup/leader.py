@@ -276,8 +276,9 @@ class LeaderElector:
             return await self._bounded(self._try_acquire_or_renew(), within)
         except (KubeError, _AttemptTimedOut) as e:
             if self._stopping:
-                # A request cancelled while its host name is resolved fails as a DNS error, not as a
-                # cancellation (Twisted's HostnameEndpoint): do not mistake `stop` for a failed try.
+                # KubeClient reports a cancelled request as CancelledError, but a LeaseClient may
+                # report it as a failure: `stop` must not look like a failed try, or the loop would
+                # wait a retry period and campaign again instead of ending.
                 raise CancelledError() from e
             log.debug("Leader election: attempt failed: {error}", error=e)
             return False

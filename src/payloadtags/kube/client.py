@@ -37,6 +37,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 
 from payloadtags import __version__
+from payloadtags.deferreds import noting_cancel
 from payloadtags.kube.config import ClusterConfig
 from payloadtags.kube.errors import (
     KubeApiError,
@@ -276,18 +277,30 @@ class KubeClient:
             raise KubeUnavailable(f"{method} {path}: {_describe(e)}") from e
 
     async def _bounded(self, work: Coroutine[Any, Any, T], what: str) -> T:
-        """Run `work` under the request timeout, turning expiry into `KubeTimeout`."""
+        """Run `work` under the request timeout, turning expiry into `KubeTimeout`.
+
+        A caller that cancels gets CancelledError, whatever `work` then fails with: the failure alone
+        does not tell (a request cancelled while HostnameEndpoint resolves the host name fails with
+        DNSLookupError, as if the name did not resolve), so the cancellation is noted as it comes in.
+        """
         d = Deferred.fromCoroutine(work)
-        expired: list[bool] = []
+        expired = cancelled = False
 
         def expire() -> None:
-            expired.append(True)
+            nonlocal expired
+            expired = True
             d.cancel()
+
+        def note_cancel() -> None:
+            nonlocal cancelled
+            cancelled = True
 
         call = self._reactor.callLater(self._request_timeout, expire)
         try:
-            return await d
+            return await noting_cancel(d, note_cancel)
         except Exception as e:
+            if cancelled:
+                raise CancelledError() from e
             if expired:
                 raise KubeTimeout(f"{what}: no answer within {self._request_timeout:g}s") from e
             raise
@@ -314,7 +327,8 @@ async def _read_body(response: IResponse, what: str) -> bytes:
 def _raise_if_cancelled(error: BaseException) -> None:
     # Agent reports a cancelled request as a transport failure (wrapping CancelledError, or as
     # ConnectingCancelledError); a cancellation must stay a cancellation so that callers stopping
-    # work are not told to retry.
+    # work are not told to retry. `_bounded` also notes the caller's cancellation itself: some
+    # failures carry no trace of it (HostnameEndpoint's DNSLookupError).
     if isinstance(error, ConnectingCancelledError):
         raise CancelledError() from error
     for reason in getattr(error, "reasons", ()):

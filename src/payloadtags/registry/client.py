@@ -12,7 +12,7 @@ import os
 import re
 import urllib.parse
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 from OpenSSL import SSL
@@ -29,6 +29,8 @@ from twisted.web.client import (
     ResponseNeverReceived,
 )
 from twisted.web.iweb import IAgent
+
+from payloadtags.deferreds import noting_cancel
 
 from .auth import Authenticator, TokenAnswer, TokenRequest
 from .content import (
@@ -69,6 +71,8 @@ _PROBE_DIGEST = "sha256:" + "0" * 64
 _LINK_NEXT_RE = re.compile(r'<([^>]*)>\s*;[^,]*?rel\s*=\s*"?next"?', re.IGNORECASE)
 
 log = Logger()
+
+T = TypeVar("T")
 
 
 def _check_url(instance: Any, attribute: Any, value: str) -> None:
@@ -153,7 +157,10 @@ def _cause(error: BaseException) -> str:
 
 
 def _is_cancellation(error: BaseException) -> bool:
-    """Whether a failure is a cancellation, which Twisted may wrap in ResponseNeverReceived."""
+    """Whether a failure is a cancellation, which Twisted may wrap in ResponseNeverReceived.
+
+    Not every cancelled request says so (HostnameEndpoint's DNSLookupError does not): `_exchange`
+    also notes the caller's cancellation as it comes in."""
     if isinstance(error, CancelledError):
         return True
     reasons = getattr(error, "reasons", None) or []
@@ -486,8 +493,14 @@ class RegistryClient:
         max_body: int,
         redirects: bool,
     ) -> _Reply:
-        """One HTTP request and its body within settings.timeout, or a RegistryError."""
-        timed_out = False
+        """One HTTP request and its body within settings.timeout, or a RegistryError.
+
+        A caller that cancels gets CancelledError, whatever the request then fails with: the failure
+        alone does not tell (a request cancelled while HostnameEndpoint resolves the host name fails
+        with DNSLookupError, as if the name did not resolve), so the cancellation is noted as it
+        comes in.
+        """
+        timed_out = cancelled = False
         attempt = Deferred.fromCoroutine(
             self._roundtrip(method, url, headers, body, authorization, max_body, redirects)
         )
@@ -497,15 +510,21 @@ class RegistryClient:
             timed_out = True
             attempt.cancel()
 
+        def note_cancel() -> None:
+            nonlocal cancelled
+            cancelled = True
+
         timer = self._reactor.callLater(self._settings.timeout, expire)
         try:
-            return await attempt
-        except BodyTooLarge as error:
-            raise RegistryProtocolError(
-                f"registry {self._name}: the answer to {method} {_path(url)} is larger than "
-                f"{error.limit} bytes, more than this client reads"
-            ) from error
+            return await noting_cancel(attempt, note_cancel)
         except Exception as error:
+            if cancelled:
+                raise CancelledError() from error
+            if isinstance(error, BodyTooLarge):
+                raise RegistryProtocolError(
+                    f"registry {self._name}: the answer to {method} {_path(url)} is larger than "
+                    f"{error.limit} bytes, more than this client reads"
+                ) from error
             if timed_out:
                 raise RegistryTimeout(
                     f"registry {self._name} did not answer {method} {_path(url)} within "
