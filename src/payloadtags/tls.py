@@ -74,23 +74,24 @@ def _verify(connection: SSL.Connection, cert: crypto.X509, errno: int, depth: in
     return True
 
 
-_peer_certificates: weakref.WeakKeyDictionary[SSL.Connection, x509.Certificate] = weakref.WeakKeyDictionary()
+_peer_chains: weakref.WeakKeyDictionary[SSL.Connection, tuple[x509.Certificate, ...]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def verified_peer_certificate(connection: object) -> x509.Certificate | None:
-    """The client certificate of a connection if it chains to a trusted CA and is valid, else None.
+def verified_peer_chain(connection: object) -> tuple[x509.Certificate, ...]:
+    """The client certificate chain a connection's handshake verified (leaf first, trusted CA last),
+    or () when the peer sent none or it did not verify.
 
     Kept per connection: every request on a kept-alive connection presents the same certificate.
     """
     if not isinstance(connection, SSL.Connection) or not _verified.get(connection, False):
-        return None
-    certificate = _peer_certificates.get(connection)
-    if certificate is None:
-        peer = connection.get_peer_certificate(as_cryptography=True)
-        if peer is None:
-            return None
-        certificate = _peer_certificates[connection] = peer
-    return certificate
+        return ()
+    chain = _peer_chains.get(connection)
+    if chain is None:
+        verified = connection.get_verified_chain(as_cryptography=True) or []
+        chain = _peer_chains[connection] = tuple(verified)
+    return chain
 
 
 def server_context(serving: ServingCertificate, client_cas: Sequence[x509.Certificate]) -> SSL.Context:

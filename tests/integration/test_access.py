@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import utils
+from twisted.internet import threads, utils
 
 from payloadtags.names import encode_name
 from tests.support import images
@@ -275,6 +275,48 @@ async def test_unknown_ca_certificate_is_401_and_a_token_still_works(proxied_ser
     kube_api.add_token("stranger-token", "someone", ("system:masters",))
     with_token = await client.get(collection("ns1"), headers={"Authorization": "Bearer stranger-token"})
     assert with_token.code == 200
+
+
+def _get_with_chain(url: str, ca_file: str, chain_file: str, key_file: str, headers: dict[str, str]) -> int:
+    """One HTTPS GET with the standard library, which sends the whole client certificate chain."""
+    import http.client
+    import ssl
+    from urllib.parse import urlsplit
+
+    context = ssl.create_default_context(cafile=ca_file)
+    context.load_cert_chain(chain_file, key_file)
+    parts = urlsplit(url)
+    connection = http.client.HTTPSConnection(parts.hostname, parts.port, context=context, timeout=10)
+    try:
+        connection.request("GET", parts.path, headers=headers)
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_front_proxy_certificate_through_an_intermediate_ca(make_server, registry, tmp_path, pki):
+    root = Authority.create(tmp_path / "proxy-root", "proxy-root")
+    intermediate = root.intermediate("proxy-intermediate")
+    proxy = intermediate.client("front-proxy-client", stem="chained-proxy")
+    chain_file = tmp_path / "chained-proxy-chain.crt"
+    chain_file.write_bytes(proxy.cert_file.read_bytes() + intermediate.cert_file.read_bytes())
+    server = await make_server(
+        registry,
+        requestheader_client_ca_file=str(root.cert_file),  # only the root is configured
+        requestheader_allowed_names=("front-proxy-client",),
+    )
+    url = server.url + collection("ns1")
+    ca = str(pki.server_ca.cert_file)
+    status = await threads.deferToThread(
+        _get_with_chain, url, ca, str(chain_file), str(proxy.key_file), {"X-Remote-User": "root"}
+    )
+    assert status == 200
+    # The same leaf without its intermediate cannot be verified: no identity.
+    alone = await threads.deferToThread(
+        _get_with_chain, url, ca, str(proxy.cert_file), str(proxy.key_file), {"X-Remote-User": "root"}
+    )
+    assert alone == 401
 
 
 # --- the authentication ConfigMap ------------------------------------------------------------------------

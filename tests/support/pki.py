@@ -73,6 +73,42 @@ class Authority:
         cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return cls(cert, key, cert_file, directory)
 
+    def intermediate(self, name: str) -> Authority:
+        """A CA signed by this one (its certificate file holds only itself)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(_now() - datetime.timedelta(hours=1))
+            .not_valid_after(_now() + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+        cert_file = self.directory / f"{name}-ca.crt"
+        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return Authority(cert, key, cert_file, self.directory)
+
     def _issue(
         self,
         file_stem: str,

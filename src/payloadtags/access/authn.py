@@ -35,6 +35,18 @@ class Credentials:
 
     peer_certificate: x509.Certificate | None
     headers: dict[str, list[str]]  # lower-cased names
+    # The chain the TLS handshake verified, leaf first, ending at the trusted CA it chained to.
+    peer_chain: tuple[x509.Certificate, ...] = ()
+
+    def chains_to(self, authorities: Sequence[x509.Certificate]) -> bool:
+        """Whether the peer certificate was verified up to one of ``authorities`` (through
+        intermediates too), or, without a recorded chain, was issued by one of them directly."""
+        cert = self.peer_certificate
+        if cert is None or not authorities:
+            return False
+        if len(self.peer_chain) > 1 and self.peer_chain[0] == cert:
+            return any(link in authorities for link in self.peer_chain[1:])
+        return issued_by(cert, authorities)
 
     def header(self, name: str) -> list[str]:
         return self.headers.get(name.lower(), [])
@@ -75,7 +87,7 @@ class ClientCertificateAuthenticator:
 
     async def authenticate(self, credentials: Credentials) -> UserInfo | None:
         cert = credentials.peer_certificate
-        if cert is None or not issued_by(cert, self.authorities):
+        if cert is None or not credentials.chains_to(self.authorities):
             return None
         names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         if not names or not str(names[0].value):

@@ -12,7 +12,7 @@ import attrs
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from payloadtags.access.authn import Credentials, UserInfo, issued_by
+from payloadtags.access.authn import Credentials, UserInfo
 
 
 @attrs.frozen
@@ -42,7 +42,7 @@ class RequestHeaderAuthenticator:
 
     def trusted(self, credentials: Credentials) -> bool:
         cert = credentials.peer_certificate
-        if cert is None or not self.config.authorities or not issued_by(cert, self.config.authorities):
+        if cert is None or not credentials.chains_to(self.config.authorities):
             return False
         return not self.config.allowed_names or common_name(cert) in self.config.allowed_names
 

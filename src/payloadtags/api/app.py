@@ -41,7 +41,7 @@ from payloadtags.metrics import CONTENT_TYPE, Metrics
 from payloadtags.model import GROUP, GROUP_VERSION, RESOURCE, to_json
 from payloadtags.names import is_namespace
 from payloadtags.registry.errors import RegistryError
-from payloadtags.tls import verified_peer_certificate
+from payloadtags.tls import verified_peer_chain
 
 log = Logger()
 
@@ -62,11 +62,11 @@ def _header(request: IRequest, name: str) -> str | None:
 def _credentials(request: IRequest) -> Credentials:
     transport = request.channel.transport if request.channel is not None else None
     handle = getattr(transport, "getHandle", None)
-    certificate = verified_peer_certificate(handle()) if handle is not None else None
+    chain = verified_peer_chain(handle()) if handle is not None else ()
     headers: dict[str, list[str]] = {}
     for name, values in request.requestHeaders.getAllRawHeaders():
         headers[name.decode("latin-1").lower()] = [v.decode("latin-1") for v in values]
-    return Credentials(peer_certificate=certificate, headers=headers)
+    return Credentials(peer_certificate=chain[0] if chain else None, headers=headers, peer_chain=chain)
 
 
 def _request_labels(request: IRequest) -> tuple[str, str]:
