@@ -17,13 +17,14 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     UV_LINK_MODE=copy
 RUN pip install --no-cache-dir uv==0.13.9
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements-runtime.lock ./
 COPY src/ src/
 # The wheel's metadata carries the exact pins of pyproject.toml's dependencies.
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv build --wheel --out-dir /dist . \
  && uv venv --python python3.11 /opt/payloadtags \
- && uv pip install --python /opt/payloadtags/bin/python /dist/payloadtags-*.whl \
+ && uv pip install --python /opt/payloadtags/bin/python --require-hashes -r requirements-runtime.lock \
+ && uv pip install --python /opt/payloadtags/bin/python --no-deps /dist/payloadtags-*.whl \
  && /opt/payloadtags/bin/payloadtags --version
 
 # --- runtime: the venv and the interpreter, no uv, pip, setuptools or compilers

@@ -175,10 +175,12 @@ def build_context(destination: Path) -> list[str]:
 
 def test_build_context_is_only_what_the_build_needs(tmp_path: Path) -> None:
     sent = build_context(tmp_path)
-    assert "pyproject.toml" in sent and "README.md" in sent
+    assert "pyproject.toml" in sent and "README.md" in sent and "requirements-runtime.lock" in sent
     assert "src/payloadtags/cli.py" in sent and "src/payloadtags/__init__.py" in sent
     for path in sent:
-        assert path in ("pyproject.toml", "README.md") or path.startswith("src/payloadtags/"), path
+        assert path in ("pyproject.toml", "README.md", "requirements-runtime.lock") or path.startswith(
+            "src/payloadtags/"
+        ), path
         assert "__pycache__" not in path and ".egg-info" not in path and not path.endswith(".pyc"), path
 
 
@@ -219,8 +221,13 @@ def test_build_stage_installs_the_project_wheel_with_a_pinned_uv(dockerfile: lis
     assert any(UV_BOOTSTRAP.match(run) for run in runs), runs
     install = " ".join(runs)
     assert "uv build --wheel" in install and f"uv venv --python python3.11 {VENV}" in install
-    assert f"uv pip install --python {VENV}/bin/python /dist/payloadtags-" in install
-    assert {c.rest for c in build.all("COPY")} == {"pyproject.toml README.md ./", "src/ src/"}
+    # Every dependency at its locked, hash-checked version; then the project alone.
+    assert f"uv pip install --python {VENV}/bin/python --require-hashes -r requirements-runtime.lock" in install
+    assert f"uv pip install --python {VENV}/bin/python --no-deps /dist/payloadtags-" in install
+    assert {c.rest for c in build.all("COPY")} == {
+        "pyproject.toml README.md requirements-runtime.lock ./",
+        "src/ src/",
+    }
 
 
 def test_runtime_stage_has_no_build_tools(dockerfile: list[Stage]) -> None:
