@@ -222,7 +222,8 @@ def test_build_stage_installs_the_project_wheel_with_a_pinned_uv(dockerfile: lis
     install = " ".join(runs)
     assert "uv build --wheel" in install and f"uv venv --python python3.11 {VENV}" in install
     # Every dependency at its locked, hash-checked version; then the project alone.
-    assert f"uv pip install --python {VENV}/bin/python --require-hashes -r requirements-runtime.lock" in install
+    locked = "--require-hashes -r requirements-runtime.lock"
+    assert f"uv pip install --python {VENV}/bin/python {locked}" in install
     assert f"uv pip install --python {VENV}/bin/python --no-deps /dist/payloadtags-" in install
     assert {c.rest for c in build.all("COPY")} == {
         "pyproject.toml README.md requirements-runtime.lock ./",
