@@ -756,6 +756,32 @@ def summarize(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+Run = Callable[[Any, RegistryServer, Path, list[subprocess.Popen[bytes]]], Awaitable[dict[str, Any]]]
+
+
+def run_with_registry(prefix: str, body: Run) -> dict[str, Any] | None:
+    """Run ``body(reactor, registry, work dir, started processes)`` on a fresh registry; stop everything
+    it started, even on error. None when interrupted."""
+    began = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        with RegistryServer() as registry:
+            try:
+                results = run_reactor(lambda reactor: body(reactor, registry, work, started))
+            finally:
+                for process in started:
+                    stop_process(process)
+    except KeyboardInterrupt:
+        print("interrupted; everything this run started is stopped", file=sys.stderr)
+        return None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    results["total_seconds"] = time.monotonic() - began
+    results["machine"] = machine()
+    return results
+
+
 def machine() -> str:
     model = ""
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
@@ -796,23 +822,12 @@ def main(argv: list[str] | None = None) -> int:
         print(".venv/bin/payloadtags is missing (scripts/setup)", file=sys.stderr)
         return 2
 
-    started = time.monotonic()
-    work = Path(tempfile.mkdtemp(prefix="payloadtags-bench-"))
-    started_processes: list[subprocess.Popen[bytes]] = []
-    try:
-        with RegistryServer() as registry:
-            try:
-                results = run_reactor(lambda reactor: run(reactor, args, registry, work, started_processes))
-            finally:
-                for process in started_processes:
-                    stop_process(process)
-    except KeyboardInterrupt:
-        print("interrupted; everything this run started is stopped", file=sys.stderr)
+    results = run_with_registry(
+        "payloadtags-bench-",
+        lambda reactor, registry, work, started: run(reactor, args, registry, work, started),
+    )
+    if results is None:
         return 130
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    results["total_seconds"] = time.monotonic() - started
-    results["machine"] = machine()
     print()
     print(f"Machine: {results['machine']}")
     print(summarize(results))

@@ -45,7 +45,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -72,10 +71,9 @@ from list_latency import (  # noqa: E402
     _Policy,
     _pool,
     cpu_seconds,
-    machine,
     percentile,
     proc_status,
-    run_reactor,
+    run_with_registry,
     stop_process,
     wait_ready,
 )
@@ -927,27 +925,16 @@ def main(argv: list[str] | None = None) -> int:
         print("docker-registry is not on PATH (apt-get install -y docker-registry)", file=sys.stderr)
         return 2
 
-    began = time.monotonic()
-    work = Path(tempfile.mkdtemp(prefix="payloadtags-rbac-bench-"))
-    started: list[subprocess.Popen[bytes]] = []
-    try:
-        with RegistryServer() as registry:
-            try:
-                results = run_reactor(lambda reactor: run(reactor, args, registry, work, started))
-            finally:
-                for process in started:
-                    stop_process(process)
-    except KeyboardInterrupt:
-        print("interrupted; everything this run started is stopped", file=sys.stderr)
+    results = run_with_registry(
+        "payloadtags-rbac-bench-",
+        lambda reactor, registry, work, started: run(reactor, args, registry, work, started),
+    )
+    if results is None:
         return 130
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    results["total_seconds"] = time.monotonic() - began
-    results["machine"] = machine()
     print()
     print(f"Machine: {results['machine']}")
     if args.what_if_gc_freeze:
-        print("WHAT-IF: both servers called gc.freeze() after start-up (not what payloadtags does)")
+        print("WHAT-IF: both servers called gc.freeze() after start-up")
     print(summarize(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
