@@ -118,10 +118,15 @@ class Inventory:
         limit: int | None = None,
         after: TagRef | None = None,
         accept: Callable[[TagRef], bool] = lambda ref: True,
+        readable: Callable[[str, str], bool] = lambda namespace, path: True,
     ) -> Page:
-        """Tags in ``namespace`` (all namespaces when None), sorted, starting after ``after``."""
+        """Tags in ``namespace`` (all namespaces when None), sorted, starting after ``after``.
+
+        ``readable(namespace, path)`` drops whole repositories before their tags are read (access is
+        decided per repository path); ``accept`` then selects single tags.
+        """
         refs: list[TagRef] = []
-        if after is not None:
+        if after is not None and readable(after.namespace, after.repository_path):
             tags = await self.client.tags(after.repository)
             refs.extend(
                 r
@@ -135,7 +140,7 @@ class Inventory:
         # tag-list request for every repository of a catalog page.
         step = self.concurrency * 2 if limit is not None else None
         while not cursor.done and (limit is None or len(refs) <= limit):
-            batch = await cursor.next()
+            batch = [entry for entry in await cursor.next() if readable(entry[1], entry[2])]
             for lo in range(0, len(batch), step or max(len(batch), 1)):
                 if limit is not None and len(refs) > limit:
                     break

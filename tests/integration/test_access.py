@@ -408,3 +408,24 @@ async def test_bearer_token_with_curl(rbac_server, kube_api, registry, namespace
     assert body["reason"] == "Unauthorized"
     reviews = [r for r in kube_api.requests if "tokenreviews" in r.path]
     assert len([r for r in reviews]) >= 2
+
+
+def _tag_reads(text: str) -> float:
+    prefix = 'payloadtags_registry_operations_total{operation="tags",outcome="ok"} '
+    line = next((line for line in text.splitlines() if line.startswith(prefix)), prefix + "0")
+    return float(line.removeprefix(prefix))
+
+
+@pytest_twisted.ensureDeferred
+async def test_denied_repositories_are_not_read(rbac_server, kube_api, registry, namespace, pki):
+    for path in ("mine", "theirs-1", "theirs-2", "theirs-3"):
+        images.push_oci_image(registry, f"{namespace}/{path}", "v1", seed=path)
+    grant(kube_api, namespace, "gina", ["get"], ["mine"], "gina")
+    gina = rbac_server.client(pki.client_ca.client("gina"))
+    monitor = rbac_server.client(pki.client_ca.client("prometheus", ("system:monitoring",)))
+    assert await eventually(lambda: names_seen(gina, namespace)) == [("mine", "v1")]
+    before = _tag_reads((await monitor.get("/metrics")).body.decode())
+    assert await names_seen(gina, namespace) == [("mine", "v1")]
+    after = _tag_reads((await monitor.get("/metrics")).body.decode())
+    # Access is per repository path: the tag lists of the three denied repositories are never fetched.
+    assert after - before == 1

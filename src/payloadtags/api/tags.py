@@ -59,7 +59,7 @@ class TagsService:
     def _object(self, ref: TagRef, status: TagStatus | None = None) -> PayloadRepositoryTag:
         return tag_object(self.registry_host, ref, status)
 
-    def _visible(self, user: UserInfo, options: ListOptions, authorize: bool) -> Callable[[TagRef], bool]:
+    def _selected(self, options: ListOptions) -> Callable[[TagRef], bool]:
         # Tags carry no labels, so the label selector decides once for all of them.
         unlabelled = options.labels.matches({})
         fields = options.fields if options.fields.requirements else None
@@ -67,13 +67,16 @@ class TagsService:
         def accept(ref: TagRef) -> bool:
             if not unlabelled:
                 return False
-            if fields is not None and not fields.matches(
+            return fields is None or fields.matches(
                 {"metadata.name": ref.name, "metadata.namespace": ref.namespace}
-            ):
-                return False
-            return not authorize or self.authorizer.allowed(user, "get", ref.namespace, ref.repository_path)
+            )
 
         return accept
+
+    def _readable(self, user: UserInfo, authorize: bool) -> Callable[[str, str], bool]:
+        if not authorize:
+            return lambda namespace, path: True
+        return lambda namespace, path: self.authorizer.allowed(user, "get", namespace, path)
 
     async def list(
         self, user: UserInfo, namespace: str | None, options: ListOptions
@@ -85,14 +88,15 @@ class TagsService:
         self, user: UserInfo, namespace: str | None, options: ListOptions, authorize: bool = True
     ) -> tuple[list[TagRef], ListMeta]:
         scope = namespace or ""
-        accept = self._visible(user, options, authorize)
+        accept = self._selected(options)
+        readable = self._readable(user, authorize)
         pinned_namespace = options.fields.required("metadata.namespace")
         if namespace is None and pinned_namespace is not None:
             namespace = pinned_namespace
         pinned_name = options.fields.required("metadata.name")
         if namespace is not None and pinned_name is not None and options.continue_ is None:
             # kubectl's delete-wait and single-object watches select by name: one tag-list read.
-            return await self._by_name(namespace, pinned_name, accept), ListMeta(
+            return await self._by_name(namespace, pinned_name, accept, readable), ListMeta(
                 resource_version=self.versions.current()
             )
         after = None
@@ -100,7 +104,9 @@ class TagsService:
         if options.continue_ is not None:
             token = continuation.decode(options.continue_, scope)
             after, resource_version = token.last, token.resource_version
-        page = await self.inventory.list(namespace, limit=options.limit, after=after, accept=accept)
+        page = await self.inventory.list(
+            namespace, limit=options.limit, after=after, accept=accept, readable=readable
+        )
         resource_version = resource_version or self.versions.current()
         meta = ListMeta(resource_version=resource_version)
         if page.more:
@@ -109,12 +115,20 @@ class TagsService:
             )
         return page.refs, meta
 
-    async def _by_name(self, namespace: str, name: str, accept: Callable[[TagRef], bool]) -> list[TagRef]:
+    async def _by_name(
+        self,
+        namespace: str,
+        name: str,
+        accept: Callable[[TagRef], bool],
+        readable: Callable[[str, str], bool],
+    ) -> list[TagRef]:
         try:
             ref = ref_from_name(namespace, name)
         except InvalidName:
             return []
-        return [ref] if accept(ref) and await self.inventory.exists(ref) else []
+        if not (accept(ref) and readable(ref.namespace, ref.repository_path)):
+            return []
+        return [ref] if await self.inventory.exists(ref) else []
 
     def _resolve(self, user: UserInfo, verb: str, namespace: str, name: str) -> TagRef:
         try:
