@@ -28,7 +28,7 @@ from tests.support.registry_server import (
 
 def _need_registry() -> None:
     if not registry_available():
-        pytest.skip("docker-registry is not installed (apt-get install -y docker-registry)")
+        pytest.fail("docker-registry is not installed (scripts/setup installs it with apt-get)")
 
 
 @pytest.fixture(scope="session")

@@ -81,7 +81,7 @@ def registry_reaper() -> Iterator[list[RegistryServer]]:
 @pytest.fixture
 def fresh_registry(registry_reaper: list[RegistryServer]) -> Iterator[RegistryServer]:
     if not registry_available():
-        pytest.skip("docker-registry is not installed (apt-get install -y docker-registry)")
+        pytest.fail("docker-registry is not installed (scripts/setup installs it with apt-get)")
     server = RegistryServer()
     registry_reaper.append(server)
     yield server
