@@ -23,7 +23,12 @@ own registry client. The ratio payloadtags/direct therefore measures what payloa
 hop with a client certificate, authentication, building and rendering Kubernetes objects), not the
 difference between two HTTP stacks; the threads variant shows what that stack itself costs.
 
-Usage: .venv/bin/python bench/list_latency.py [--quick] [--reps N] [--scales 10,1000,5000] [--json FILE]
+With ``--index`` the server runs with ``--registry-events-token-file`` (the repository index): it fills
+the index from the catalog once at start, and after each scale's push the script POSTs the pushed names
+to ``/registry/events`` as push events, as the registry's notifications would.
+
+Usage: .venv/bin/python bench/list_latency.py [--quick] [--reps N] [--scales 10,1000,5000] [--index]
+       [--json FILE]
 """
 
 from __future__ import annotations
@@ -525,10 +530,53 @@ sys.exit(serve(Settings(registry=registry, **values)))
 """
 
 
+EVENTS_TOKEN = "bench-events-token"
+
+
+def wait_index_filled(process: subprocess.Popen[bytes], log_file: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if "repository index refreshed" in log_file.read_text(errors="replace"):
+            return
+        if process.poll() is not None:
+            raise RuntimeError(f"payloadtags exited with {process.returncode}")
+        time.sleep(0.05)
+    raise RuntimeError("the repository index was not filled")
+
+
+def post_push_events(url: str, ca_file: str, repositories: list[str], batch: int = 500) -> None:
+    """What the registry's notifications would send for these pushes, in envelopes of ``batch``."""
+    import ssl
+
+    parts = urllib.parse.urlsplit(url)
+    context = ssl.create_default_context(cafile=ca_file)
+    connection = http.client.HTTPSConnection(parts.hostname, parts.port, context=context, timeout=30)
+    try:
+        for lo in range(0, len(repositories), batch):
+            events = [
+                {"action": "push", "target": {"repository": r, "tag": OTHER_TAG, "mediaType": OCI_MANIFEST}}
+                for r in repositories[lo : lo + batch]
+            ]
+            headers = {
+                "Authorization": f"Bearer {EVENTS_TOKEN}",
+                "Content-Type": "application/vnd.docker.distribution.events.v1+json",
+            }
+            connection.request("POST", "/registry/events", json.dumps({"events": events}), headers)
+            answer = connection.getresponse()
+            answer.read()
+            if answer.status != 200:
+                raise RuntimeError(f"/registry/events answered {answer.status}")
+    finally:
+        connection.close()
+
+
 def start_server(
-    work: Path, pki: Pki, registry_url: str, launch: str = "cli"
+    work: Path, pki: Pki, registry_url: str, launch: str = "cli", index: bool = False
 ) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
+    token_file = work / "events.token"
+    if index:
+        token_file.write_text(EVENTS_TOKEN + "\n")
     if launch == "cli":
         command = [
             str(ROOT / ".venv" / "bin" / "payloadtags"),
@@ -543,6 +591,8 @@ def start_server(
             f"--registry-host={REGISTRY_HOST}",
             f"--registry-concurrency={CONCURRENCY}",
         ]
+        if index:
+            command.append(f"--registry-events-token-file={token_file}")
     else:
         values = {
             "registry": {"url": registry_url, "max_connections": CONCURRENCY},
@@ -555,6 +605,8 @@ def start_server(
             "authorization_mode": "AlwaysAllow",
             "registry_concurrency": CONCURRENCY,
         }
+        if index:
+            values["registry_events_token_file"] = str(token_file)
         command = [str(ROOT / ".venv" / "bin" / "python"), "-c", _SETTINGS_LAUNCHER, json.dumps(values)]
     log = (work / "payloadtags.log").open("wb")
     try:
@@ -598,9 +650,11 @@ async def run(
         expected = frozenset((r.split("/", 1)[1], t) for r in namespace_repos for t in NAMESPACE_TAGS)
 
         pki = await deferToThread(Pki.create, work / "pki")
-        server, url = start_server(work, pki, registry.url, args.launch)
+        server, url = start_server(work, pki, registry.url, args.launch, args.index)
         started_processes.append(server)  # stopped by main() too, should the reactor stop first
         await deferToThread(wait_ready, url, str(pki.server_ca.cert_file), server, work / "payloadtags.log")
+        if args.index:
+            await deferToThread(wait_index_filled, server, work / "payloadtags.log")
         results["rss_kib_at_start"] = proc_status(server.pid)
         results["setup_seconds"]["namespace+server"] = time.monotonic() - started
 
@@ -622,6 +676,9 @@ async def run(
             names = other_repositories(scale)
             known = set(other_repositories(pushed))
             await deferToThread(filler.push_all, [(n, (OTHER_TAG,)) for n in names if n not in known])
+            if args.index:
+                new = [n for n in names if n not in known]
+                await deferToThread(post_push_events, url, str(pki.server_ca.cert_file), new)
             pushed = scale
             fill_seconds = time.monotonic() - started
             print(f"# {scale} other repositories pushed in {fill_seconds:.1f}s; measuring", flush=True)
@@ -809,6 +866,11 @@ def main(argv: list[str] | None = None) -> int:
         choices=("cli", "settings"),
         default="cli",
         help="start the server with `payloadtags serve` flags (default) or from Settings directly",
+    )
+    parser.add_argument(
+        "--index",
+        action="store_true",
+        help="run the server with the repository index (--registry-events-token-file)",
     )
     parser.add_argument("--json", type=Path, help="also write raw samples and results here")
     args = parser.parse_args(argv)

@@ -99,6 +99,17 @@ def _parser() -> argparse.ArgumentParser:
     registry.add_argument(
         "--delete-concurrency", type=int, default=4, help="tags deleted at once by deletecollection"
     )
+    registry.add_argument(
+        "--registry-events-token-file",
+        help="file holding the bearer token the registry's notifications send to POST /registry/events; "
+        "enables the repository index that namespace lists use instead of seeking the catalog",
+    )
+    registry.add_argument(
+        "--registry-index-refresh-period",
+        type=_duration,
+        default=300.0,
+        help="how often the repository index rereads the whole catalog to repair missed events (default 5m)",
+    )
     cleanup = serve.add_argument_group("namespace cleanup (with a cluster API)")
     cleanup.add_argument(
         "--namespace-cleanup",
@@ -232,6 +243,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
     if args.registry_timeout <= 0:
         raise UsageError("--registry-timeout must be positive")
+    if args.registry_index_refresh_period <= 0:
+        raise UsageError("--registry-index-refresh-period must be positive")
     registry = RegistrySettings(
         url=url,
         username=_secret(args.registry_username_file, USERNAME_ENV, "user name"),
@@ -260,6 +273,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         authorization_mode=args.authorization_mode,
         registry_concurrency=args.registry_concurrency,
         delete_concurrency=args.delete_concurrency,
+        registry_events_token_file=args.registry_events_token_file,
+        registry_index_refresh_period=args.registry_index_refresh_period,
         metrics_allowed_groups=args.metrics_allowed_groups,
         metrics_anonymous=args.metrics_anonymous,
         cert_reload_period=args.cert_reload_period,

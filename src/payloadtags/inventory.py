@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, gath
 from payloadtags.names import TagRef, split_repository
 from payloadtags.registry import Manifest, RegistryClient
 from payloadtags.registry.errors import RegistryError, RegistryNotFound
+from payloadtags.repoindex import RepositoryIndex
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -103,10 +104,33 @@ class CatalogCursor:
 
 
 @attrs.define
+class IndexCursor:
+    """A namespace's repositories from the repository index, in one batch: no catalog request."""
+
+    index: RepositoryIndex
+    namespace: str
+    last: str | None
+    done: bool = False
+
+    async def next(self) -> list[tuple[str, str, str]]:
+        if self.done:
+            return []
+        self.done = True
+        batch = []
+        for repository in self.index.namespace_repositories(self.namespace, after=self.last):
+            parts = split_repository(repository)
+            if parts is not None:
+                batch.append((repository, *parts))
+        return batch
+
+
+@attrs.define
 class Inventory:
     client: RegistryClient
     concurrency: int = 16
     page_size: int = 1000
+    # When given and ready, namespace lists take their repositories from it instead of the catalog.
+    index: RepositoryIndex | None = None
 
     async def _tags_of(self, repositories: Sequence[str]) -> list[list[str]]:
         return await bounded_map(self.client.tags, repositories, self.concurrency)
@@ -133,9 +157,13 @@ class Inventory:
                 for r in (TagRef(after.namespace, after.repository_path, t) for t in tags if t > after.tag)
                 if accept(r)
             )
-        cursor = CatalogCursor(
-            self.client, namespace, after.repository if after is not None else namespace, self.page_size
-        )
+        cursor: CatalogCursor | IndexCursor
+        if namespace is not None and self.index is not None and self.index.ready:
+            cursor = IndexCursor(self.index, namespace, after.repository if after is not None else None)
+        else:
+            cursor = CatalogCursor(
+                self.client, namespace, after.repository if after is not None else namespace, self.page_size
+            )
         # A limited page reads tag lists a slice at a time, so `--chunk-size=1` does not cost a
         # tag-list request for every repository of a catalog page.
         step = self.concurrency * 2 if limit is not None else None

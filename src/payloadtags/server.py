@@ -9,7 +9,7 @@ import attrs
 from twisted.internet import defer
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.task import deferLater
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
@@ -37,6 +37,7 @@ from payloadtags.logs import begin_logging
 from payloadtags.metrics import CountingAuthorizer, InstrumentedRegistry, Metrics
 from payloadtags.registry import RegistryClient
 from payloadtags.reloader import FileWatcher
+from payloadtags.repoindex import RepositoryIndex
 from payloadtags.settings import Settings
 from payloadtags.tls import ContextFactory, ServingCertificate, read_bundle, server_context
 
@@ -101,6 +102,8 @@ class RunningServer:
     watchers: list[FileWatcher] = attrs.Factory(list)
     cleanup: CleanupController | None = None
     shutting_down: bool = False
+    index: RepositoryIndex | None = None
+    index_refresh: LoopingCall | None = None
 
     async def stop(self) -> None:
         """Graceful: readyz fails at once, the listener closes after the shutdown delay, requests in
@@ -129,6 +132,8 @@ class RunningServer:
         await self._close_connections(deadline)
         for watcher in self.watchers:
             watcher.stop()
+        if self.index_refresh is not None and self.index_refresh.running:
+            self.index_refresh.stop()
         if self.cleanup is not None:
             await self.cleanup.stop()  # releases the Lease, so another replica takes over at once
         for reflector in self.reflectors:
@@ -234,6 +239,35 @@ def _rotation_watchers(
     return watchers
 
 
+def _events_token(settings: Settings) -> str | None:
+    if not settings.registry_events_token_file:
+        return None
+    try:
+        with open(settings.registry_events_token_file, encoding="utf-8") as f:
+            token = f.read().strip()
+    except OSError as error:
+        path = settings.registry_events_token_file
+        raise ConfigurationError(
+            f"cannot read --registry-events-token-file {path}: {error.strerror}"
+        ) from None
+    if not token:
+        raise ConfigurationError("--registry-events-token-file is empty")
+    return token
+
+
+def _index_refresh(reactor: Any, index: RepositoryIndex, registry: Any) -> LoopingCall:
+    async def refresh() -> None:
+        try:
+            await index.refresh(registry)
+        except Exception as error:
+            # Until a first refresh succeeds, namespace lists keep seeking the catalog.
+            log.warn("repository index refresh failed: {error}", error=str(error) or repr(error))
+
+    loop = LoopingCall(lambda: defer.Deferred.fromCoroutine(refresh()))
+    loop.clock = reactor
+    return loop
+
+
 def _authorization(
     mode: str, kube: KubeClient | None, reactor: Any, options: dict[str, Any]
 ) -> tuple[Authorizer, list[Reflector]]:
@@ -300,8 +334,10 @@ async def start(
             log.warn("no --client-ca-file: no client can authenticate; only health endpoints will answer")
 
     registry = InstrumentedRegistry(RegistryClient(reactor, settings.registry), metrics)
+    events_token = _events_token(settings)
+    index = RepositoryIndex() if events_token else None
     service = TagsService(
-        inventory=Inventory(registry, concurrency=settings.registry_concurrency),
+        inventory=Inventory(registry, concurrency=settings.registry_concurrency, index=index),
         registry_host=settings.registry_host,
         authorizer=CountingAuthorizer(authorizer, metrics),
         versions=ResourceVersions(reactor),
@@ -335,6 +371,8 @@ async def start(
         metrics=metrics,
         metrics_groups=settings.metrics_allowed_groups,
         metrics_anonymous=settings.metrics_anonymous,
+        repository_index=index,
+        events_token=events_token,
     )
     for reflector in reflectors:
         reflector.start()
@@ -361,8 +399,29 @@ async def start(
         watcher.start()
     if cleanup is not None:
         cleanup.start()
+    index_refresh = None
+    if index is not None:
+        log.info(
+            "repository index enabled: namespace lists read it instead of the catalog once filled; "
+            "registry events at POST /registry/events, full refresh every {period}s",
+            period=settings.registry_index_refresh_period,
+        )
+        index_refresh = _index_refresh(reactor, index, registry)
+        index_refresh.start(settings.registry_index_refresh_period, now=True)
     running = RunningServer(
-        port, listener, connections, registry, api, settings, reactor, kube, reflectors, watchers, cleanup
+        port,
+        listener,
+        connections,
+        registry,
+        api,
+        settings,
+        reactor,
+        kube,
+        reflectors,
+        watchers,
+        cleanup,
+        index=index,
+        index_refresh=index_refresh,
     )
     return running
 

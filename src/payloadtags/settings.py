@@ -30,6 +30,8 @@ class Settings:
     authorization_mode: str | None = None
     registry_concurrency: int = 16
     delete_concurrency: int = 4
+    registry_events_token_file: str | None = None  # enables the repository index and /registry/events
+    registry_index_refresh_period: float = 300.0
     metrics_allowed_groups: tuple[str, ...] = ("system:masters", "system:monitoring")
     metrics_anonymous: bool = False
     cert_reload_period: float = 10.0

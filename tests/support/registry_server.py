@@ -361,6 +361,7 @@ class RegistryServer:
         username: str | None = None,
         password: str | None = None,
         extra_config: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
         start_timeout: float = 15.0,
     ) -> None:
         self._workdir = Path(tempfile.mkdtemp(prefix="payloadtags-registry-", dir=_scratch_parent()))
@@ -380,6 +381,8 @@ class RegistryServer:
         self._htpasswd = dict(htpasswd) if htpasswd else None
         self._tls = tls
         self._extra = dict(extra_config or {})
+        # e.g. SSL_CERT_FILE: Go's TLS client (notification endpoints) trusts the CAs named there.
+        self._env = {**os.environ, **env} if env else None
         last_error: Exception | None = None
         # A free port can be taken by someone else before the registry binds it: try another.
         for _attempt in range(3):
@@ -451,6 +454,7 @@ class RegistryServer:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
+                env=self._env,
                 preexec_fn=_die_with_parent(),
             )
         finally:

@@ -30,6 +30,7 @@ def test_defaults():
         "payloadtags-cleanup",
     )
     assert settings.leader_elect_resource_namespace is None
+    assert (settings.registry_events_token_file, settings.registry_index_refresh_period) == (None, 300.0)
 
 
 def test_every_flag_reaches_the_settings(tmp_path):
@@ -54,6 +55,8 @@ def test_every_flag_reaches_the_settings(tmp_path):
         "--registry-timeout=2.5",
         "--registry-concurrency=8",
         "--delete-concurrency=2",
+        "--registry-events-token-file=/events.token",
+        "--registry-index-refresh-period=2m",
         "--metrics-allowed-groups=ops",
         "--metrics-anonymous",
         "--cert-reload-period=500ms",
@@ -87,6 +90,8 @@ def test_every_flag_reaches_the_settings(tmp_path):
     assert (settings.registry.ca_file, settings.registry.timeout) == ("/registry-ca.crt", 2.5)
     assert (settings.registry.max_connections, settings.registry_concurrency) == (8, 8)
     assert settings.delete_concurrency == 2
+    assert settings.registry_events_token_file == "/events.token"
+    assert settings.registry_index_refresh_period == 120.0
     assert (settings.metrics_allowed_groups, settings.metrics_anonymous) == (("ops",), True)
     assert settings.cert_reload_period == 0.5
     assert (settings.shutdown_delay, settings.shutdown_grace_period) == (5.0, 60.0)

@@ -6,6 +6,7 @@ Handlers are thin: they authenticate, parse, call the TagsService and render.
 from __future__ import annotations
 
 import functools
+import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -40,7 +41,9 @@ from payloadtags.api.tags import TagsService
 from payloadtags.metrics import CONTENT_TYPE, Metrics
 from payloadtags.model import GROUP, GROUP_VERSION, RESOURCE, to_json
 from payloadtags.names import is_namespace
+from payloadtags.registry import is_valid_repository
 from payloadtags.registry.errors import RegistryError
+from payloadtags.repoindex import RepositoryIndex
 from payloadtags.tls import verified_peer_chain
 
 log = Logger()
@@ -111,6 +114,9 @@ class ApiServer:
     metrics: Metrics = attrs.field(factory=Metrics)
     metrics_groups: tuple[str, ...] = (MASTERS, "system:monitoring")
     metrics_anonymous: bool = False
+    # With both: POST /registry/events (registry notifications, bearer token) feeds the index.
+    repository_index: RepositoryIndex | None = None
+    events_token: str | None = attrs.field(default=None, repr=False)
     app: Klein = attrs.field(factory=Klein, init=False)
     _inflight: int = attrs.field(default=0, init=False)
     _idle_waiters: list[Deferred[None]] = attrs.field(factory=list, init=False)
@@ -232,6 +238,8 @@ class ApiServer:
         for path in (collection, item, f"{BASE}/{RESOURCE}"):
             self._route(path, ["POST", "PUT", "PATCH"], self._immutable)
         self._route(f"{BASE}/{RESOURCE}", ["DELETE"], self._immutable)
+        if self.repository_index is not None and self.events_token:
+            self._route("/registry/events", ["POST"], self._registry_events, anonymous=True)
 
         @self.app.handle_errors(NotFound)
         def _not_found(request: IRequest, failure: Any) -> bytes:
@@ -326,6 +334,29 @@ class ApiServer:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         request.setHeader(b"x-content-type-options", b"nosniff")
         return text.encode()
+
+    async def _registry_events(self, request: IRequest) -> bytes:
+        """Registry notifications: push events add their repository to the repository index."""
+        assert self.repository_index is not None and self.events_token
+        scheme, _, token = (_header(request, "authorization") or "").partition(" ")
+        expected = self.events_token.encode()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+            raise unauthorized()
+        try:
+            events = json.loads(self._body(request))["events"]
+            repositories = [
+                event["target"]["repository"]
+                for event in events
+                if event.get("action") == "push" and isinstance(event.get("target"), dict)
+            ]
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as error:
+            raise ApiError(400, "BadRequest", "the body is not a registry notification envelope") from error
+        if not all(isinstance(name, str) and is_valid_repository(name) for name in repositories):
+            raise ApiError(400, "BadRequest", "a push event names an invalid repository")
+        added = [name for name in repositories if self.repository_index.add(name)]
+        if added:
+            log.info("repository index: {added} added by registry events", added=", ".join(added))
+        return _write_json(request, 200, {"accepted": len(events)})
 
     # -- the resource -----------------------------------------------------------------------------
 

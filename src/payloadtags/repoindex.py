@@ -1,0 +1,103 @@
+"""The registry's repository names kept in memory, fed by registry notifications.
+
+distribution 2.8 answers ``/v2/_catalog?last=<namespace>`` by walking its storage from the first
+repository, so seeking a namespace costs as much as the catalog before it. The index answers a namespace's
+repositories from memory instead: a full catalog read fills it (and, periodically, repairs missed
+events), push notifications add new repositories between reads. Names are never removed: the registry
+keeps repositories whose tags were all deleted in its catalog too (their tag list is empty).
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from typing import Any
+
+from twisted.logger import Logger
+
+log = Logger()
+
+CATALOG_PAGE = 1000
+
+Key = tuple[str, ...]
+
+
+def catalog_key(repository: str) -> Key:
+    """The registry's catalog order: component by component ("team/x/y" < "team/z" < "team-a/b")."""
+    return tuple(repository.split("/"))
+
+
+class RepositoryIndex:
+    """A sorted set of repository names, in catalog order."""
+
+    def __init__(self) -> None:
+        self._keys: list[Key] = []
+        self._members: set[str] = set()
+        self.ready = False
+        # Names added while a refresh reads the catalog: the catalog may have been read past them
+        # before they were pushed, and the refresh must not drop them.
+        self._added_during_refresh: set[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, repository: object) -> bool:
+        return repository in self._members
+
+    def add(self, repository: str) -> bool:
+        """Adds a name; True when it was new."""
+        if self._added_during_refresh is not None:
+            self._added_during_refresh.add(repository)
+        if repository in self._members:
+            return False
+        bisect.insort(self._keys, catalog_key(repository))
+        self._members.add(repository)
+        return True
+
+    def replace(self, repositories: list[str]) -> None:
+        self._members = set(repositories)
+        self._keys = sorted(catalog_key(name) for name in self._members)
+
+    def namespace_repositories(self, namespace: str, after: str | None = None) -> list[str]:
+        """Full names under ``<namespace>/`` in catalog order, only those after ``after`` when given."""
+        start = (namespace,) if after is None else max((namespace,), catalog_key(after))
+        lo = bisect.bisect_right(self._keys, start)
+        # Every key whose first component is `namespace` sorts before (namespace + "\0",).
+        hi = bisect.bisect_left(self._keys, (namespace + "\0",), lo)
+        return ["/".join(key) for key in self._keys[lo:hi]]
+
+    def after(self, repository: str | None, limit: int | None = None) -> list[str]:
+        """Names after ``repository`` (from the first when None), all namespaces, in catalog order."""
+        lo = 0 if repository is None else bisect.bisect_right(self._keys, catalog_key(repository))
+        hi = len(self._keys) if limit is None else lo + limit
+        return ["/".join(key) for key in self._keys[lo:hi]]
+
+    async def refresh(self, client: Any) -> int:
+        """Reads the whole catalog and replaces the contents; returns the number of names."""
+        started = time.monotonic()
+        self._added_during_refresh = set()
+        try:
+            names: list[str] = []
+            last: str | None = None
+            while True:
+                page = await client.catalog(last=last, n=CATALOG_PAGE)
+                names.extend(page.repositories)
+                if not page.more or not page.repositories:
+                    break
+                last = page.repositories[-1]
+            names.extend(self._added_during_refresh)
+        finally:
+            added, self._added_during_refresh = self._added_during_refresh, None
+        self.replace(names)
+        self.ready = True
+        log.info(
+            "repository index refreshed: {count} repositories in {ms:.0f}ms "
+            "({added} added by events meanwhile)",
+            count=len(self._keys),
+            ms=(time.monotonic() - started) * 1000,
+            added=len(added),
+        )
+        return len(self._keys)
+
+
+__all__ = ["RepositoryIndex", "catalog_key"]

@@ -1,0 +1,159 @@
+"""The repository index fed by the real registry's notifications (HTTPS to POST /registry/events)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+
+from tests.support import images
+from tests.support.harness import Pki
+from tests.support.rbac import eventually
+from tests.support.registry_server import RegistryServer, free_port, registry_available
+
+B = "/apis/payload-registry.deckhouse.io/v1alpha1"
+TOKEN = "events-token-0123456789abcdef"
+EVENTS_TYPE = "application/vnd.docker.distribution.events.v1+json"
+
+
+def collection(namespace: str) -> str:
+    return f"{B}/namespaces/{namespace}/payloadrepositorytags"
+
+
+@pytest.fixture
+def notifying(tmp_path: Path, pki: Pki) -> Iterator[tuple[RegistryServer, int, Path]]:
+    """A registry whose notifications go to https://127.0.0.1:<port>/registry/events, the port the
+    server under test will listen on; the registry trusts the server's CA through SSL_CERT_FILE."""
+    if not registry_available():
+        pytest.skip("docker-registry is not installed (apt-get install -y docker-registry)")
+    port = free_port()
+    token_file = tmp_path / "events.token"
+    token_file.write_text(TOKEN + "\n")
+    endpoint = {
+        "name": "payloadtags",
+        "url": f"https://127.0.0.1:{port}/registry/events",
+        "headers": {"Authorization": [f"Bearer {TOKEN}"]},
+        "timeout": "2s",
+        "threshold": 5,
+        "backoff": "200ms",
+        "ignore": {"actions": ["pull"]},
+    }
+    with RegistryServer(
+        extra_config={"notifications": {"endpoints": [endpoint]}},
+        env={"SSL_CERT_FILE": str(pki.server_ca.cert_file)},
+    ) as registry:
+        yield registry, port, token_file
+
+
+def catalog_requests(metrics: str) -> float:
+    pattern = r'^payloadtags_registry_operations_total\{operation="catalog",outcome="[a-z_]+"\} (\S+)$'
+    return sum(float(value) for value in re.findall(pattern, metrics, re.MULTILINE))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pushed_repository_reaches_the_namespace_list_through_a_registry_event(
+    notifying: Any, make_server: Any, pki: Pki
+):
+    registry, port, token_file = notifying
+    images.push_oci_image(registry, "idx/before", "v1")
+    server = await make_server(
+        registry,
+        secure_port=port,
+        registry_events_token_file=str(token_file),
+        registry_index_refresh_period=3600.0,
+    )
+    index = server.running.index
+    assert index is not None
+
+    async def index_ready() -> bool:
+        return index.ready
+
+    assert await eventually(index_ready, within=10)
+    assert index.namespace_repositories("idx") == ["idx/before"]
+
+    admin = server.client(pki.admin)
+    monitor = server.client(pki.client_ca.client("prometheus", ("system:monitoring",)))
+    images.push_oci_image(registry, "idx/after-start", "v2")
+
+    async def listed() -> list[tuple[str, str]]:
+        reply = await admin.get(collection("idx"))
+        assert reply.code == 200, reply.body
+        return [(i["spec"]["repositoryPath"], i["spec"]["tag"]) for i in reply.json()["items"]]
+
+    async def event_arrived() -> bool:
+        return "idx/after-start" in index
+
+    assert await eventually(event_arrived, within=15), registry.log_tail()
+    before = catalog_requests((await monitor.get("/metrics")).body.decode())
+    assert before >= 1  # the first refresh read the catalog
+    assert await listed() == [("after-start", "v2"), ("before", "v1")]
+    after = catalog_requests((await monitor.get("/metrics")).body.decode())
+    assert after == before, "a namespace list with a ready index must not read the catalog"
+
+
+@pytest_twisted.ensureDeferred
+async def test_registry_events_need_the_token_and_a_well_formed_body(
+    tmp_path: Path, make_server: Any, registry: RegistryServer, pki: Pki
+):
+    token_file = tmp_path / "events.token"
+    token_file.write_text(TOKEN)
+    server = await make_server(registry, registry_events_token_file=str(token_file))
+    index = server.running.index
+    anonymous = server.client()  # the registry presents no client certificate
+    # A body as distribution 2.8 sends it (fields trimmed to those payloadtags reads, plus a few).
+    event = {
+        "id": "5d2d6b8e-0000-4000-8000-000000000000",
+        "timestamp": "2025-01-01T00:00:00Z",
+        "action": "push",
+        "target": {
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": "sha256:" + "0" * 64,
+            "repository": "direct/pushed",
+            "tag": "v1",
+        },
+        "request": {"method": "PUT", "useragent": "test"},
+        "source": {"addr": "registry:5000"},
+    }
+    envelope = json.dumps({"events": [event, {**event, "action": "delete"}]}).encode()
+    events = "/registry/events"
+    headers = {"Content-Type": EVENTS_TYPE}
+
+    reply = await anonymous.request("POST", events, headers=headers, body=envelope)
+    assert reply.code == 401
+    wrong = {**headers, "Authorization": "Bearer not-the-token"}
+    assert (await anonymous.request("POST", events, headers=wrong, body=envelope)).code == 401
+    basic = {**headers, "Authorization": f"Basic {TOKEN}"}
+    assert (await anonymous.request("POST", events, headers=basic, body=envelope)).code == 401
+    assert "direct/pushed" not in index
+
+    good = {**headers, "Authorization": f"Bearer {TOKEN}"}
+    for garbage in (
+        b"not json",
+        b"\xff\xfe",
+        b"[]",
+        b'{"events": 3}',
+        b'{"events": ["x"]}',
+        b'{"events": [{"action": "push", "target": {"repository": 7}}]}',
+        b'{"events": [{"action": "push", "target": {"repository": "../etc"}}]}',
+        b'{"events": [{"action": "push", "target": {}}]}',
+    ):
+        reply = await anonymous.request("POST", events, headers=good, body=garbage)
+        assert reply.code == 400, (garbage, reply.code, reply.body)
+
+    reply = await anonymous.request("POST", events, headers=good, body=envelope)
+    assert reply.code == 200, reply.body
+    assert "direct/pushed" in index
+    # A delete event removes nothing: the registry keeps the repository in its catalog too.
+    assert index.namespace_repositories("direct") == ["direct/pushed"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_a_token_file_there_is_no_index_and_no_events_route(api: Any):
+    assert api.running.index is None
+    reply = await api.client().request("POST", "/registry/events", body=b'{"events": []}')
+    assert reply.code == 404

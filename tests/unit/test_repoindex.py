@@ -1,0 +1,142 @@
+"""RepositoryIndex: catalog order, namespace runs, paging, refresh; Inventory lists from it."""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from payloadtags.inventory import Inventory
+from payloadtags.names import TagRef
+from payloadtags.registry import CatalogPage
+from payloadtags.repoindex import RepositoryIndex, catalog_key
+
+# Catalog order as distribution 2.8 sends it: component by component, so "team/x/y" < "team/z" and
+# everything under "team/" comes before "team-a".
+CATALOG = ["a/one", "team/api", "team/x/y", "team/z", "team-a/api", "team0/b", "zeta/q"]
+
+
+def run(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """Runs a coroutine that never waits on the reactor (fake clients answer at once)."""
+    results: list[Any] = []
+    Deferred.fromCoroutine(coroutine).addBoth(results.append)
+    [result] = results
+    if hasattr(result, "raiseException"):
+        result.raiseException()
+    return result
+
+
+class FakeClient:
+    """A registry with a fixed catalog, paged like distribution 2.8; every tag list is ["v1"]."""
+
+    def __init__(self, repositories: list[str]) -> None:
+        self.repositories = sorted(repositories, key=catalog_key)
+        self.catalog_calls: list[tuple[str | None, int]] = []
+        self.tag_calls: list[str] = []
+
+    async def catalog(self, last: str | None = None, n: int = 1000) -> CatalogPage:
+        self.catalog_calls.append((last, n))
+        names = [r for r in self.repositories if last is None or catalog_key(r) > catalog_key(last)]
+        return CatalogPage(names[:n], more=len(names) > n)
+
+    async def tags(self, repository: str) -> list[str]:
+        self.tag_calls.append(repository)
+        return ["v1"]
+
+
+def filled(names: list[str]) -> RepositoryIndex:
+    index = RepositoryIndex()
+    for name in reversed(names):
+        index.add(name)
+    return index
+
+
+def test_names_are_kept_in_catalog_order():
+    assert filled(CATALOG).after(None) == CATALOG
+    assert sorted(CATALOG, key=catalog_key) == CATALOG
+
+
+def test_a_namespace_does_not_include_its_prefix_siblings():
+    index = filled(CATALOG)
+    assert index.namespace_repositories("team") == ["team/api", "team/x/y", "team/z"]
+    assert index.namespace_repositories("team-a") == ["team-a/api"]
+    assert index.namespace_repositories("team0") == ["team0/b"]
+    assert index.namespace_repositories("te") == []
+    assert index.namespace_repositories("nothing") == []
+
+
+def test_a_repository_named_like_the_namespace_is_not_inside_it():
+    index = filled(["team", "team/api"])
+    assert index.namespace_repositories("team") == ["team/api"]
+
+
+def test_paging_after_a_repository():
+    index = filled(CATALOG)
+    assert index.namespace_repositories("team", after="team/api") == ["team/x/y", "team/z"]
+    assert index.namespace_repositories("team", after="team/x") == ["team/x/y", "team/z"]
+    assert index.namespace_repositories("team", after="team/x/y") == ["team/z"]
+    assert index.namespace_repositories("team", after="team/z") == []
+    # A repository that is gone (or never was) still positions the page.
+    assert index.namespace_repositories("team", after="team/b") == ["team/x/y", "team/z"]
+    assert index.after("team/z") == ["team-a/api", "team0/b", "zeta/q"]
+    assert index.after("team/api", limit=2) == ["team/x/y", "team/z"]
+
+
+def test_add_is_idempotent():
+    index = filled(CATALOG)
+    assert index.add("team/new") is True
+    assert index.add("team/new") is False
+    assert index.namespace_repositories("team") == ["team/api", "team/new", "team/x/y", "team/z"]
+    assert len(index) == len(CATALOG) + 1 and "team/new" in index
+
+
+def test_refresh_reads_every_catalog_page_and_replaces_the_contents():
+    names = [f"ns-{i:04d}/repo" for i in range(2500)] + CATALOG
+    client = FakeClient(names)
+    index = filled(["stale/gone"])
+    assert not index.ready
+    assert run(index.refresh(client)) == len(names)
+    assert index.ready
+    assert index.after(None) == client.repositories
+    assert "stale/gone" not in index
+    assert [n for _, n in client.catalog_calls] == [1000, 1000, 1000]
+    assert client.catalog_calls[0][0] is None
+
+
+def test_a_push_during_a_refresh_survives_it():
+    index = RepositoryIndex()
+    client = FakeClient(CATALOG)
+    inner = client.catalog
+
+    async def catalog(last: str | None = None, n: int = 1000) -> CatalogPage:
+        page = await inner(last, n)
+        index.add("team/pushed-meanwhile")  # the catalog was read before the push
+        return page
+
+    client.catalog = catalog  # type: ignore[method-assign]
+    run(index.refresh(client))
+    assert "team/pushed-meanwhile" in index.namespace_repositories("team")
+
+
+def test_inventory_lists_a_namespace_from_a_ready_index_without_the_catalog():
+    client = FakeClient(CATALOG)
+    index = RepositoryIndex()
+    inventory = Inventory(client, index=index)  # type: ignore[arg-type]
+    # Not ready yet: the catalog is sought as before.
+    page = run(inventory.list("team"))
+    assert [r.repository_path for r in page.refs] == ["api", "x/y", "z"]
+    assert client.catalog_calls
+    run(index.refresh(client))
+    client.catalog_calls.clear()
+    index.add("team/new")
+    page = run(inventory.list("team"))
+    assert [r.repository_path for r in page.refs] == ["api", "new", "x/y", "z"]
+    assert client.catalog_calls == []
+    # Paging: after a tag of "team/new", the next repositories follow.
+    page = run(inventory.list("team", limit=1, after=TagRef("team", "new", "v1")))
+    assert ([r.repository_path for r in page.refs], page.more) == (["x/y"], True)
+    assert client.catalog_calls == []
+    # All namespaces keep reading the catalog.
+    run(inventory.list(None))
+    assert client.catalog_calls
