@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, gath
 
 from payloadtags.names import TagRef, split_repository
 from payloadtags.registry import Manifest, RegistryClient
-from payloadtags.registry.errors import RegistryError, RegistryNotFound
+from payloadtags.registry.errors import RegistryNotFound
 from payloadtags.repoindex import RepositoryIndex
 
 T = TypeVar("T")
@@ -230,4 +230,4 @@ def _json_or_none(content: bytes) -> Any:
         return None
 
 
-__all__ = ["Inventory", "Page", "RegistryError", "TagDetail", "bounded_map"]
+__all__ = ["CatalogCursor", "IndexCursor", "Inventory", "Page", "TagDetail", "bounded_map"]

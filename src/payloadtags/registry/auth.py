@@ -120,10 +120,6 @@ class Authenticator:
         self._tokens: dict[str, tuple[str, float]] = {}  # scope -> (token, expiry on the clock)
         self._pending: dict[str, list[Deferred[str]]] = {}
 
-    @property
-    def has_credentials(self) -> bool:
-        return self._username is not None
-
     def authorization(self, scope: str) -> str | None:
         """The header to send up front, when one is known to be needed."""
         if self._basic and self._username is not None:
