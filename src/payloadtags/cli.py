@@ -1,35 +1,286 @@
-"""Command line: flags with k8s.io/apiserver names → Settings; ``payloadtags serve``."""
+"""Command line: flags with k8s.io/apiserver names → Settings; ``payloadtags serve``.
+
+Start-up runs in four steps, as Kubernetes components do: the flags are parsed, validated as a whole
+(every mistake found is reported, one line each, naming the flag), completed (files read and checked,
+kubeconfig loaded: payloadtags.startup) and only then run (payloadtags.server).
+"""
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
+
+import attrs
 
 from payloadtags import __version__
 from payloadtags.registry import RegistrySettings
-from payloadtags.settings import AUTHORIZATION_MODES, Settings
+from payloadtags.settings import (
+    AUTHORIZATION_MODES,
+    DEFAULT_ALWAYS_ALLOW_PATHS,
+    LOGGING_FORMATS,
+    TLS_VERSIONS,
+    Settings,
+)
+from payloadtags.tls import CIPHER_SUITES
 
 USERNAME_ENV = "PAYLOADTAGS_REGISTRY_USERNAME"
 PASSWORD_ENV = "PAYLOADTAGS_REGISTRY_PASSWORD"
 
+# client-go's leader election refuses a renew deadline within this factor of the retry period.
+JITTER_FACTOR = 1.2
+# What the deprecated -v/--verbose switched on: every request logged (kube-apiserver logs them at 3).
+REQUEST_LOG_VERBOSITY = 3
+
 
 class UsageError(Exception):
-    """A configuration mistake, reported in one line without a traceback."""
+    """Configuration mistakes, each reported in one line naming the flag, without a traceback."""
+
+    def __init__(self, *errors: str) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = list(errors)
+
+
+@attrs.frozen
+class Invalid:
+    """A flag value that did not convert; kept so that every bad flag is reported, not only the first."""
+
+    text: str
+    reason: str
+
+
+T = TypeVar("T")
+
+
+def _lenient(convert: Callable[[str], T]) -> Callable[[str], T | Invalid]:
+    def lenient(text: str) -> T | Invalid:
+        try:
+            return convert(text)
+        except (ValueError, argparse.ArgumentTypeError) as error:
+            return Invalid(text, str(error))
+
+    lenient.__name__ = convert.__name__.lstrip("_")
+    return lenient
+
+
+# -- value types ------------------------------------------------------------------------------------
+
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_COMPONENT = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+
+
+def _duration(text: str) -> float:
+    """A Go duration (``500ms``, ``10s``, ``1m30s``, ``0``), or plain seconds; never negative."""
+    value = text.strip()
+    if not value:
+        raise argparse.ArgumentTypeError("empty duration (use e.g. 10s, 1m30s, 500ms)")
+    if value.startswith("-"):
+        raise argparse.ArgumentTypeError(f"duration {text!r} is negative")
+    value = value.removeprefix("+")
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        if seconds != seconds or seconds in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"invalid duration {text!r}")
+        return seconds
+    total, position = 0.0, 0
+    for match in _COMPONENT.finditer(value):
+        if match.start() != position:
+            break
+        total += float(match.group(1)) * _UNITS[match.group(2)]
+        position = match.end()
+    if position != len(value) or position == 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (use e.g. 10s, 1m30s, 500ms)")
+    return total
+
+
+def _positive_duration(text: str) -> float:
+    seconds = _duration(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"duration {text!r} must be greater than zero")
+    return seconds
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range 0-65535")
+    return port
+
+
+def _count(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{number} must be at least 1")
+    return number
+
+
+def _level(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{number} must not be negative")
+    return number
+
+
+def _ip(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
+
+
+def _bool(text: str) -> bool:
+    # Go's strconv.ParseBool, which is what `--leader-elect=false` goes through in Kubernetes.
+    if text in ("1", "t", "T", "true", "TRUE", "True"):
+        return True
+    if text in ("0", "f", "F", "false", "FALSE", "False"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean (true or false)")
+
+
+def _list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _one_of(choices: Sequence[str]) -> Callable[[str], str]:
+    def one_of(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(choices)}")
+        return text
+
+    return one_of
+
+
+def _cipher_suites(text: str) -> tuple[str, ...]:
+    suites = _list(text)
+    unknown = [suite for suite in suites if suite not in CIPHER_SUITES]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown or insecure cipher suite(s) {', '.join(unknown)}; known: {', '.join(CIPHER_SUITES)}"
+        )
+    return suites
+
+
+def _paths(text: str) -> tuple[str, ...]:
+    paths = _list(text)
+    bad = [path for path in paths if not path.startswith("/")]
+    if bad:
+        raise argparse.ArgumentTypeError(f"paths must start with '/': {', '.join(bad)}")
+    return paths
+
+
+# -- the parser --------------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """Mistakes argparse finds itself (unknown flag, missing value) end like every other: one line, 1."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(1, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+class _Help(argparse.HelpFormatter):
+    """Every flag's default in --help, as Kubernetes components show it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "(default" in text or default is None or default is False or not action.option_strings:
+            return text
+        if isinstance(default, tuple | list):
+            default = ",".join(str(v) for v in default)
+        if default == "" or default == argparse.SUPPRESS:
+            return text
+        return f"{text} (default {default})"
+
+
+class _GoBool(argparse.Action):
+    """`--flag`, `--flag=true` and `--flag=false`, as Go's flag package spells booleans."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        kwargs.setdefault("metavar", "true|false")
+        super().__init__(option_strings, dest, nargs="?", const=True, type=_lenient(_bool), **kwargs)
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: Any = None
+    ) -> None:
+        setattr(namespace, self.dest, values)
+
+
+_DEPRECATED: dict[str, str] = {}
+
+
+def _deprecated(group: Any, *names: str, instead: str, **kwargs: Any) -> None:
+    """A flag kept working under its old spelling; using it prints Kubernetes' deprecation warning."""
+    dest = "deprecated_" + names[-1].lstrip("-").replace("-", "_")
+    _DEPRECATED[dest] = f"Flag {names[0]} has been deprecated, use {instead} instead"
+    group.add_argument(*names, dest=dest, help=argparse.SUPPRESS, default=None, **kwargs)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="payloadtags", description=__doc__)
+    parser = _Parser(prog="payloadtags", description=__doc__, allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"payloadtags {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the aggregated API server")
-    serving = serve.add_argument_group("serving")
-    serving.add_argument("--bind-address", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
-    serving.add_argument("--secure-port", type=int, default=8443, help="HTTPS port (default 8443)")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    serve = commands.add_parser(
+        "serve",
+        help="run the aggregated API server",
+        formatter_class=_Help,
+        allow_abbrev=False,
+        usage="payloadtags serve --registry-url=URL [flags]",
+        description="Run the payloadtags aggregated API server. Durations: Go syntax (500ms, 10s, 1m30s).",
+    )
+    serving = serve.add_argument_group("secure serving")
+    serving.add_argument(
+        "--bind-address",
+        type=_lenient(_ip),
+        default="0.0.0.0",
+        help="address to listen on; 0.0.0.0 or :: listen on every address of both IP families",
+    )
+    serving.add_argument("--secure-port", type=_lenient(_port), default=8443, help="HTTPS port")
     serving.add_argument("--tls-cert-file", help="serving certificate (PEM, may include the chain)")
     serving.add_argument("--tls-private-key-file", help="private key of --tls-cert-file")
+    serving.add_argument(
+        "--cert-dir",
+        default="",
+        help="without --tls-cert-file: directory where a self-signed pair (apiserver.crt, apiserver.key) is "
+        "written at first start and reused after (empty: generated in memory at every start)",
+    )
+    serving.add_argument(
+        "--tls-min-version",
+        type=_lenient(_one_of(TLS_VERSIONS)),
+        default="VersionTLS12",
+        metavar="|".join(TLS_VERSIONS),
+        help="lowest TLS version accepted",
+    )
+    serving.add_argument(
+        "--tls-cipher-suites",
+        type=_lenient(_cipher_suites),
+        default=(),
+        help="TLS 1.2 cipher suites allowed, comma-separated IANA names (empty: OpenSSL's secure defaults; "
+        "TLS 1.3 suites are not configurable)",
+    )
+    serving.add_argument(
+        "--cert-reload-period",
+        type=_lenient(_positive_duration),
+        default="10s",
+        help="how often certificate and CA files are checked for rotation",
+    )
     auth = serve.add_argument_group("authentication and authorization")
     auth.add_argument(
         "--client-ca-file", help="CA bundle that signs client certificates (user = CN, groups = O)"
@@ -60,44 +311,65 @@ def _parser() -> argparse.ArgumentParser:
     auth.add_argument("--requestheader-uid-headers", type=_list, default=(), help="user UID headers")
     auth.add_argument(
         "--authentication-token-webhook-cache-ttl",
-        type=_duration,
-        default=10.0,
-        help="how long a successful TokenReview is cached, e.g. 10s or 2m (default 10s)",
+        type=_lenient(_duration),
+        default="10s",
+        help="how long a successful TokenReview is cached",
     )
     auth.add_argument(
         "--authentication-token-webhook-failure-cache-ttl",
-        type=_duration,
-        default=10.0,
-        help="how long a rejected token is cached (default 10s)",
+        type=_lenient(_duration),
+        default="10s",
+        help="how long a rejected token is cached",
     )
     auth.add_argument(
         "--kubeconfig", help="kubeconfig of the cluster API (default: in-cluster config when in a pod)"
     )
     auth.add_argument(
         "--authorization-mode",
-        choices=AUTHORIZATION_MODES,
+        type=_lenient(_one_of(AUTHORIZATION_MODES)),
+        metavar="|".join(AUTHORIZATION_MODES),
         help="RBAC (default with a cluster API) or AlwaysAllow (required without one)",
+    )
+    auth.add_argument(
+        "--authorization-always-allow-paths",
+        type=_lenient(_paths),
+        default=DEFAULT_ALWAYS_ALLOW_PATHS,
+        help="paths served to anyone, without authentication or authorization, comma-separated",
     )
     registry = serve.add_argument_group("registry")
     registry.add_argument(
-        "--registry-url", required=True, help="registry API endpoint, e.g. https://registry:5000"
+        "--registry-url",
+        required=True,
+        help="registry API endpoint, scheme and host only, e.g. https://registry:5000",
     )
     registry.add_argument(
-        "--registry-host", help="host shown in addresses (default: host[:port] of --registry-url)"
+        "--registry-host",
+        help="host[:port] shown in image addresses (default: host[:port] of --registry-url)",
     )
-    registry.add_argument("--registry-ca-file", help="CA bundle for an HTTPS registry")
+    registry.add_argument("--registry-ca-file", help="CA bundle for an HTTPS registry (default: system CAs)")
     registry.add_argument(
         "--registry-username-file", help=f"file holding the registry user name (or ${USERNAME_ENV})"
     )
     registry.add_argument(
         "--registry-password-file", help=f"file holding the registry password or token (or ${PASSWORD_ENV})"
     )
-    registry.add_argument("--registry-timeout", type=float, default=10.0, help="seconds per registry request")
     registry.add_argument(
-        "--registry-concurrency", type=int, default=16, help="registry requests in flight for one list"
+        "--registry-timeout",
+        type=_lenient(_positive_duration),
+        default="10s",
+        help="how long one registry request may take",
     )
     registry.add_argument(
-        "--delete-concurrency", type=int, default=4, help="tags deleted at once by deletecollection"
+        "--registry-concurrency",
+        type=_lenient(_count),
+        default=16,
+        help="registry requests in flight for one list",
+    )
+    registry.add_argument(
+        "--delete-concurrency",
+        type=_lenient(_count),
+        default=4,
+        help="tags deleted at once by deletecollection",
     )
     registry.add_argument(
         "--registry-events-token-file",
@@ -106,160 +378,267 @@ def _parser() -> argparse.ArgumentParser:
     )
     registry.add_argument(
         "--registry-index-refresh-period",
-        type=_duration,
-        default=300.0,
-        help="how often the repository index rereads the whole catalog to repair missed events (default 5m)",
+        type=_lenient(_positive_duration),
+        default="5m",
+        help="how often the repository index rereads the whole catalog to repair missed events",
     )
     cleanup = serve.add_argument_group("namespace cleanup (with a cluster API)")
     cleanup.add_argument(
         "--namespace-cleanup",
-        action=argparse.BooleanOptionalAction,
+        action=_GoBool,
         default=True,
-        help="delete a namespace's registry content when the namespace is deleted (default on)",
+        help="delete a namespace's registry content when the namespace is deleted (default true)",
+    )
+    _deprecated(
+        cleanup,
+        "--no-namespace-cleanup",
+        instead="--namespace-cleanup=false",
+        action="store_const",
+        const=False,
     )
     cleanup.add_argument(
         "--namespace-sweep-period",
-        type=_duration,
-        default=3600.0,
-        help="how often to delete content whose namespace does not exist (default 1h; 0: only at start)",
+        type=_lenient(_duration),
+        default="1h",
+        help="how often to delete content whose namespace does not exist (0: only when elected)",
     )
     cleanup.add_argument(
         "--namespace-sweep-dry-run",
-        action="store_true",
-        help="the sweep only reports what it would delete",
+        action=_GoBool,
+        default=False,
+        help="the sweep only reports what it would delete (default false)",
     )
     cleanup.add_argument(
         "--namespace-cleanup-concurrency",
-        type=int,
+        type=_lenient(_count),
         default=4,
         help="registry requests in flight per namespace",
     )
     cleanup.add_argument(
-        "--namespace-cleanup-workers", type=int, default=2, help="namespaces cleaned at once"
+        "--namespace-cleanup-workers", type=_lenient(_count), default=2, help="namespaces cleaned at once"
     )
-    cleanup.add_argument(
+    election = serve.add_argument_group("leader election (with a cluster API)")
+    election.add_argument(
         "--leader-elect",
-        action=argparse.BooleanOptionalAction,
+        action=_GoBool,
         default=True,
-        help="elect one replica (a coordination.k8s.io Lease) to run the cleanup (default on)",
+        help="elect one replica (a coordination.k8s.io Lease) to run the cleanup (default true)",
     )
-    cleanup.add_argument("--leader-elect-lease-duration", type=_duration, default=15.0, help="default 15s")
-    cleanup.add_argument("--leader-elect-renew-deadline", type=_duration, default=10.0, help="default 10s")
-    cleanup.add_argument("--leader-elect-retry-period", type=_duration, default=2.0, help="default 2s")
-    cleanup.add_argument(
+    _deprecated(
+        election, "--no-leader-elect", instead="--leader-elect=false", action="store_const", const=False
+    )
+    election.add_argument(
+        "--leader-elect-lease-duration",
+        type=_lenient(_positive_duration),
+        default="15s",
+        help="how long non-leaders wait before taking over an unrenewed lease",
+    )
+    election.add_argument(
+        "--leader-elect-renew-deadline",
+        type=_lenient(_positive_duration),
+        default="10s",
+        help="how long the leader retries renewing before it steps down",
+    )
+    election.add_argument(
+        "--leader-elect-retry-period",
+        type=_lenient(_positive_duration),
+        default="2s",
+        help="how long to wait between attempts to acquire or renew",
+    )
+    election.add_argument(
         "--leader-elect-resource-name", default="payloadtags-cleanup", help="the Lease's name"
     )
-    cleanup.add_argument(
+    election.add_argument(
         "--leader-elect-resource-namespace",
-        help="the Lease's namespace (default: the pod's namespace, else default)",
+        help="the Lease's namespace (default: the pod's namespace, else $POD_NAMESPACE, else the "
+        "kubeconfig context's namespace, else default)",
     )
     ops = serve.add_argument_group("operations")
     ops.add_argument(
         "--metrics-allowed-groups",
         type=_list,
         default=("system:masters", "system:monitoring"),
-        help="groups allowed to read /metrics (default system:masters,system:monitoring)",
+        help="groups allowed to read /metrics",
     )
-    ops.add_argument("--metrics-anonymous", action="store_true", help="serve /metrics without authentication")
     ops.add_argument(
-        "--cert-reload-period",
-        type=_duration,
-        default=10.0,
-        help="how often certificate and CA files are checked for rotation (default 10s)",
+        "--metrics-anonymous",
+        action=_GoBool,
+        default=False,
+        help="serve /metrics without authentication or authorization (default false)",
     )
     ops.add_argument(
         "--shutdown-delay-duration",
-        type=_duration,
-        default=0.0,
+        type=_lenient(_duration),
+        default="0s",
         help="after SIGTERM, keep serving (with readyz failing) this long before closing the listener",
     )
     ops.add_argument(
         "--shutdown-grace-period",
-        type=_duration,
-        default=30.0,
-        help="after closing the listener, how long requests in flight may take to finish (default 30s)",
+        type=_lenient(_duration),
+        default="30s",
+        help="after closing the listener, how long requests in flight may take to finish",
     )
-    ops.add_argument("--log-format", choices=("text", "json"), default="text", help="log output format")
-    ops.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    ops.add_argument(
+        "--v",
+        dest="verbosity",
+        type=_lenient(_level),
+        default=0,
+        metavar="N",
+        help=f"log verbosity; {REQUEST_LOG_VERBOSITY} or more logs every request",
+    )
+    ops.add_argument(
+        "--logging-format",
+        type=_lenient(_one_of(LOGGING_FORMATS)),
+        default="text",
+        metavar="|".join(LOGGING_FORMATS),
+        help="log output: text, or json (one object per line, as klog's JSON)",
+    )
+    _deprecated(ops, "-v", "--verbose", instead=f"--v={REQUEST_LOG_VERBOSITY}", action="store_true")
+    _deprecated(ops, "--log-format", instead="--logging-format", type=_lenient(_one_of(LOGGING_FORMATS)))
     return parser
 
 
-def _list(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
+def _serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices["serve"]  # type: ignore[no-any-return]
+    raise AssertionError("no serve command")
 
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+def deprecation_warnings(args: argparse.Namespace) -> list[str]:
+    return [message for dest, message in _DEPRECATED.items() if getattr(args, dest, None) is not None]
 
 
-def _duration(text: str) -> float:
-    """Seconds, or a Go duration such as 10s, 1m30s, 500ms."""
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    total, number = 0.0, ""
-    rest = text.strip()
-    while rest:
-        digits = len(rest) - len(rest.lstrip("0123456789."))
-        number, rest = rest[:digits], rest[digits:]
-        unit = next((u for u in ("ms", "h", "m", "s") if rest.startswith(u)), None)
-        if not number or unit is None:
-            raise argparse.ArgumentTypeError(f"invalid duration {text!r} (use e.g. 10s, 1m, 500ms)")
-        total += float(number) * _UNITS[unit]
-        rest = rest[len(unit) :]
-    if not text.strip():
-        raise argparse.ArgumentTypeError("empty duration")
-    return total
+# -- validation ------------------------------------------------------------------------------------
 
 
-def _secret(file_path: str | None, env: str, what: str) -> str | None:
+def _flag_of(parser: argparse.ArgumentParser) -> dict[str, str]:
+    return {
+        action.dest: max(action.option_strings, key=len)
+        for action in parser._actions
+        if action.option_strings
+    }
+
+
+def _secret(file_path: str | None, env: str, flag: str, errors: list[str]) -> str | None:
     if file_path:
         try:
             with open(file_path, encoding="utf-8") as f:
                 return f.read().strip()
         except OSError as error:
-            raise UsageError(f"cannot read the registry {what} file {file_path}: {error.strerror}") from None
+            errors.append(f"{flag} {file_path}: cannot read: {error.strerror}")
+            return None
     return os.environ.get(env) or None
 
 
-def settings_from(args: argparse.Namespace) -> Settings:
-    url = args.registry_url.rstrip("/")
+def _check_registry_url(text: str, errors: list[str]) -> str:
+    url = text.strip().rstrip("/")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise UsageError(f"--registry-url must be an http:// or https:// URL, not {args.registry_url!r}")
+        errors.append(f"--registry-url must be an http:// or https:// URL, not {text!r}")
+        return url
     if parts.username or parts.password:
-        raise UsageError(
+        errors.append(
             "--registry-url must not carry credentials; use --registry-username-file/--registry-password-file"
         )
+    if parts.query or parts.fragment:
+        errors.append(f"--registry-url {text!r} must not have a query or fragment")
+    if parts.path in ("/v2", "/v2/") or parts.path.endswith("/v2"):
+        errors.append(
+            f"--registry-url {text!r} ends with /v2: give the registry's root, "
+            f"{parts.scheme}://{parts.netloc} (payloadtags adds /v2/ itself)"
+        )
+    elif parts.path:
+        errors.append(
+            f"--registry-url {text!r} has a path {parts.path!r}: the registry API is served at /v2/ on the "
+            f"host's root, so give {parts.scheme}://{parts.netloc}"
+        )
+    try:
+        parts.port  # noqa: B018 - raises for a port out of range
+    except ValueError as error:
+        errors.append(f"--registry-url {text!r}: {error}")
+    return url
+
+
+def _check_registry_host(text: str | None, errors: list[str]) -> None:
+    if text is None:
+        return
+    if "://" in text:
+        errors.append(
+            f"--registry-host {text!r} must be host[:port] without a scheme, e.g. "
+            f"{urlsplit(text).netloc or 'registry.example.com'}"
+        )
+    elif not text.strip() or any(c.isspace() for c in text) or text.startswith("/"):
+        errors.append(f"--registry-host {text!r} must be host[:port], e.g. registry.example.com")
+
+
+def settings_from(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> Settings:
+    """Validate the parsed flags as a whole: every mistake is collected, then all are raised at once."""
+    flags = _flag_of(_serve_parser(parser or _parser()))
+    errors: list[str] = []
+    for dest, value in vars(args).items():
+        if isinstance(value, Invalid):
+            flag = flags.get(dest, "--" + dest.removeprefix("deprecated_").replace("_", "-"))
+            errors.append(f"{flag}={value.text}: {value.reason}")
+    return _settings(args, errors)
+
+
+def _settings(args: argparse.Namespace, errors: list[str]) -> Settings:
+    url = _check_registry_url(args.registry_url, errors)
+    _check_registry_host(args.registry_host, errors)
     if bool(args.tls_cert_file) != bool(args.tls_private_key_file):
-        raise UsageError("--tls-cert-file and --tls-private-key-file go together")
-    for name in (
-        "registry_concurrency",
-        "delete_concurrency",
-        "namespace_cleanup_concurrency",
-        "namespace_cleanup_workers",
-    ):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.registry_timeout <= 0:
-        raise UsageError("--registry-timeout must be positive")
-    if args.registry_index_refresh_period <= 0:
-        raise UsageError("--registry-index-refresh-period must be positive")
+        errors.append("--tls-cert-file and --tls-private-key-file go together")
+    if args.tls_cert_file and args.cert_dir:
+        errors.append("--cert-dir is for the self-signed pair: give it or --tls-cert-file, not both")
+    lease, renew, retry = (
+        args.leader_elect_lease_duration,
+        args.leader_elect_renew_deadline,
+        args.leader_elect_retry_period,
+    )
+    if isinstance(lease, float) and isinstance(renew, float) and lease <= renew:
+        errors.append(
+            f"--leader-elect-lease-duration ({lease:g}s) must be greater than "
+            f"--leader-elect-renew-deadline ({renew:g}s)"
+        )
+    if isinstance(renew, float) and isinstance(retry, float) and renew <= JITTER_FACTOR * retry:
+        errors.append(
+            f"--leader-elect-renew-deadline ({renew:g}s) must be greater than "
+            f"{JITTER_FACTOR} x --leader-elect-retry-period ({retry:g}s)"
+        )
+    username = _secret(args.registry_username_file, USERNAME_ENV, "--registry-username-file", errors)
+    password = _secret(args.registry_password_file, PASSWORD_ENV, "--registry-password-file", errors)
+    if errors:
+        raise UsageError(*errors)
+    namespace_cleanup = args.namespace_cleanup
+    if args.deprecated_no_namespace_cleanup is False:
+        namespace_cleanup = False
+    leader_elect = args.leader_elect
+    if args.deprecated_no_leader_elect is False:
+        leader_elect = False
+    verbosity = args.verbosity
+    if args.deprecated_verbose:
+        verbosity = max(verbosity, REQUEST_LOG_VERBOSITY)
+    logging_format = args.logging_format
+    if args.deprecated_log_format is not None and logging_format == "text":
+        logging_format = args.deprecated_log_format
     registry = RegistrySettings(
         url=url,
-        username=_secret(args.registry_username_file, USERNAME_ENV, "user name"),
-        password=_secret(args.registry_password_file, PASSWORD_ENV, "password"),
+        username=username,
+        password=password,
         ca_file=args.registry_ca_file,
         timeout=args.registry_timeout,
         max_connections=args.registry_concurrency,
     )
     return Settings(
         registry=registry,
-        registry_host=args.registry_host or parts.netloc,
+        registry_host=args.registry_host or urlsplit(url).netloc,
         bind_address=args.bind_address,
         secure_port=args.secure_port,
         tls_cert_file=args.tls_cert_file,
         tls_private_key_file=args.tls_private_key_file,
+        cert_dir=args.cert_dir or None,
+        tls_min_version=args.tls_min_version,
+        tls_cipher_suites=args.tls_cipher_suites,
         client_ca_file=args.client_ca_file,
         requestheader_client_ca_file=args.requestheader_client_ca_file,
         requestheader_allowed_names=args.requestheader_allowed_names,
@@ -271,6 +650,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         token_failure_cache_ttl=args.authentication_token_webhook_failure_cache_ttl,
         kubeconfig=args.kubeconfig,
         authorization_mode=args.authorization_mode,
+        always_allow_paths=args.authorization_always_allow_paths,
         registry_concurrency=args.registry_concurrency,
         delete_concurrency=args.delete_concurrency,
         registry_events_token_file=args.registry_events_token_file,
@@ -280,14 +660,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
         cert_reload_period=args.cert_reload_period,
         shutdown_delay=args.shutdown_delay_duration,
         shutdown_grace_period=args.shutdown_grace_period,
-        log_format=args.log_format,
-        verbose=args.verbose,
-        namespace_cleanup=args.namespace_cleanup,
+        log_format=logging_format,
+        verbosity=verbosity,
+        namespace_cleanup=namespace_cleanup,
         namespace_sweep_period=args.namespace_sweep_period,
         namespace_sweep_dry_run=args.namespace_sweep_dry_run,
         namespace_cleanup_concurrency=args.namespace_cleanup_concurrency,
         namespace_cleanup_workers=args.namespace_cleanup_workers,
-        leader_elect=args.leader_elect,
+        leader_elect=leader_elect,
         leader_elect_lease_duration=args.leader_elect_lease_duration,
         leader_elect_renew_deadline=args.leader_elect_renew_deadline,
         leader_elect_retry_period=args.leader_elect_retry_period,
@@ -296,16 +676,31 @@ def settings_from(args: argparse.Namespace) -> Settings:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        settings = settings_from(args)
-    except UsageError as error:
+def _report(errors: Sequence[str]) -> int:
+    for error in errors:
         print(f"payloadtags: {error}", file=sys.stderr)
-        return 2
-    from payloadtags.server import serve  # imported late: `--help` should not pay for Twisted
+    return 1
 
-    return serve(settings)
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    for warning in deprecation_warnings(args):
+        print(warning, file=sys.stderr)
+    try:
+        settings = settings_from(args, parser)
+    except UsageError as error:
+        return _report(error.errors)
+    # Imported late: `--help` and flag mistakes should not pay for Twisted.
+    from payloadtags.startup import ConfigurationError, complete
+
+    try:
+        completed = complete(settings)
+    except ConfigurationError as error:
+        return _report(error.errors)
+    from payloadtags.server import serve
+
+    return serve(settings, completed)
 
 
 if __name__ == "__main__":

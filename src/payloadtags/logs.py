@@ -1,9 +1,15 @@
-"""Log output: human-readable text, or one JSON object per line for log collectors (--log-format=json)."""
+"""Log output: human-readable text, or one JSON object per line shaped like klog's JSON (--logging-format).
+
+A JSON line holds ``ts`` (seconds since the epoch), ``msg``, ``v`` (the verbosity of an info line;
+error lines have ``err`` instead), ``logger`` and the event's key/values, all named in lowerCamelCase
+as Kubernetes' structured logging does. Twisted's factory and port start/stop chatter is dropped, and
+no value is ever written as an object's repr (with its memory address).
+"""
 
 from __future__ import annotations
 
-import datetime
 import json
+import re
 import sys
 from typing import IO, Any
 
@@ -12,6 +18,7 @@ from twisted.logger import (
     ILogObserver,
     LogLevel,
     LogLevelFilterPredicate,
+    PredicateResult,
     formatEvent,
     globalLogBeginner,
     textFileLogObserver,
@@ -19,40 +26,74 @@ from twisted.logger import (
 from zope.interface import provider
 
 FORMATS = ("text", "json")
+# Verbosity from which debug events (one line per request) are written, as kube-apiserver's --v=3.
+DEBUG_VERBOSITY = 3
+
+_NOISE = re.compile(r"^(Starting|Stopping) factory|\bstarting on \d+$|^\(.*Port \d+ Closed\)$")
+_ADDRESS = re.compile(r" at 0x[0-9a-f]+")
+_SKIPPED = frozenset(("format", "message", "time", "system", "isError", "failure", "why"))
+
+
+def _camel(key: str) -> str:
+    head, *rest = key.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
 
 
 def _plain(value: Any) -> Any:
     if isinstance(value, str | int | float | bool) or value is None:
         return value
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple | set | frozenset):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
-    return str(value)
+    return _ADDRESS.sub("", str(value))
+
+
+def _quiet(event: dict[str, Any]) -> PredicateResult:
+    if _NOISE.search(formatEvent(event)):
+        return PredicateResult.no
+    return PredicateResult.maybe
+
+
+def klog_record(event: dict[str, Any]) -> dict[str, Any]:
+    level = event.get("log_level", LogLevel.info)
+    record: dict[str, Any] = {"ts": round(float(event.get("log_time", 0.0)), 6)}
+    record["msg"] = _ADDRESS.sub("", formatEvent(event))
+    if level in (LogLevel.error, LogLevel.critical):
+        failure = event.get("log_failure")
+        error = event.get("error")
+        record["err"] = (
+            _plain(error) if error is not None else failure.getErrorMessage() if failure else record["msg"]
+        )
+        if failure is not None:
+            record["stacktrace"] = failure.getTraceback()
+    else:
+        record["v"] = DEBUG_VERBOSITY if level == LogLevel.debug else 0
+        if level == LogLevel.warn:
+            record["level"] = "warning"
+    record["logger"] = event.get("log_namespace", "")
+    for key, value in event.items():
+        if key.startswith("log_") or key in _SKIPPED or (key == "error" and "err" in record):
+            continue
+        record.setdefault(_camel(key), _plain(value))
+    return record
 
 
 def json_observer(out: IO[str]) -> ILogObserver:
     @provider(ILogObserver)
     def observe(event: dict[str, Any]) -> None:
-        record: dict[str, Any] = {
-            "time": datetime.datetime.fromtimestamp(event.get("log_time", 0), datetime.UTC).isoformat(),
-            "level": getattr(event.get("log_level"), "name", "info"),
-            "logger": event.get("log_namespace", ""),
-            "msg": formatEvent(event),
-        }
-        for key, value in event.items():
-            if not key.startswith("log_") and key not in ("format", "message", "time", "system", "isError"):
-                record.setdefault(key, _plain(value))
-        failure = event.get("log_failure")
-        if failure is not None:
-            record["error"] = failure.getTraceback()
-        out.write(json.dumps(record, separators=(",", ":")) + "\n")
+        out.write(json.dumps(klog_record(event), separators=(",", ":"), ensure_ascii=False) + "\n")
         out.flush()
 
     return observe
 
 
-def begin_logging(log_format: str = "text", verbose: bool = False, out: IO[str] = sys.stderr) -> None:
-    observer = json_observer(out) if log_format == "json" else textFileLogObserver(out)
-    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.debug if verbose else LogLevel.info)
-    globalLogBeginner.beginLoggingTo([FilteringLogObserver(observer, [predicate])], redirectStandardIO=False)
+def observer(log_format: str = "text", verbosity: int = 0, out: IO[str] = sys.stderr) -> ILogObserver:
+    """What begin_logging installs: the format's observer behind the verbosity and noise filters."""
+    inner = json_observer(out) if log_format == "json" else textFileLogObserver(out)
+    level = LogLevel.debug if verbosity >= DEBUG_VERBOSITY else LogLevel.info
+    return FilteringLogObserver(inner, [LogLevelFilterPredicate(defaultLogLevel=level), _quiet])
+
+
+def begin_logging(log_format: str = "text", verbosity: int = 0, out: IO[str] = sys.stderr) -> None:
+    globalLogBeginner.beginLoggingTo([observer(log_format, verbosity, out)], redirectStandardIO=False)

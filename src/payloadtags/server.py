@@ -7,12 +7,12 @@ from typing import Any
 
 import attrs
 from twisted.internet import defer
-from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.server import Site
 
 from payloadtags.access.authconfig import AuthenticationConfig, DynamicAuthentication, FlagConfig
@@ -27,43 +27,23 @@ from payloadtags.cleanup import (
     CleanupController,
     CleanupOptions,
     LeaderElectionOptions,
-    default_lease_namespace,
 )
 from payloadtags.cluster import authentication_reflector, rbac_reflectors, token_reviewer
 from payloadtags.inventory import Inventory
-from payloadtags.kube import ClusterConfig, KubeClient, Reflector, load_cluster_config
-from payloadtags.kube import ConfigError as KubeConfigError
+from payloadtags.kube import KubeClient, Reflector
+from payloadtags.listen import listen
 from payloadtags.logs import begin_logging
 from payloadtags.metrics import CountingAuthorizer, InstrumentedRegistry, Metrics
 from payloadtags.registry import RegistryClient
 from payloadtags.reloader import FileWatcher
 from payloadtags.repoindex import RepositoryIndex
 from payloadtags.settings import Settings
-from payloadtags.tls import ContextFactory, ServingCertificate, read_bundle, server_context
+from payloadtags.startup import Completed, ConfigurationError, complete
+from payloadtags.tls import ContextFactory, ServingCertificate, TlsOptions, read_bundle, server_context
 
 log = Logger()
 
 CLOSE_TIMEOUT = 2.0
-
-
-class ConfigurationError(Exception):
-    """The settings cannot make a working server; the message says what to change."""
-
-
-def _authorization_mode(settings: Settings, cluster: ClusterConfig | None) -> str:
-    mode = settings.authorization_mode or ("RBAC" if cluster is not None else None)
-    if mode is None:
-        raise ConfigurationError(
-            "no cluster API is configured (no --kubeconfig, not in a pod), so PayloadRepositoryAccess rules "
-            "cannot be read: pass --authorization-mode=AlwaysAllow to run standalone, where every "
-            "authenticated client may see and delete every tag"
-        )
-    if mode == "RBAC" and cluster is None:
-        raise ConfigurationError(
-            "--authorization-mode=RBAC needs the cluster API (--kubeconfig, or run in a pod) to read "
-            "Roles and RoleBindings"
-        )
-    return mode
 
 
 def _flag_authentication(settings: Settings) -> FlagConfig:
@@ -156,16 +136,16 @@ class RunningServer:
             connection.transport.abortConnection()
 
 
-async def _cleanup(
+def _cleanup(
     reactor: Any,
     settings: Settings,
     kube: KubeClient | None,
     registry: Any,
     reflector_options: dict[str, Any],
+    lease_namespace: str,
 ) -> CleanupController | None:
     if kube is None or not settings.namespace_cleanup:
         return None
-    lease_namespace = settings.leader_elect_resource_namespace or await deferToThread(default_lease_namespace)
     watch: dict[str, Any] = {}
     if "watch_timeout" in reflector_options:
         watch["watch_timeout"] = reflector_options["watch_timeout"]
@@ -198,12 +178,13 @@ def _rotation_watchers(
     serving: ServingCertificate,
     context_factory: ContextFactory,
     authentication: DynamicAuthentication,
+    tls_options: TlsOptions,
 ) -> list[FileWatcher]:
     """Watchers that swap in rotated certificate files, and CA files given as flags."""
 
     def trust_changed(config: AuthenticationConfig) -> None:
         # New connections verify client certificates against the new CAs; open ones keep theirs.
-        context_factory.context = server_context(serving, config.trusted_cas)
+        context_factory.context = server_context(serving, config.trusted_cas, tls_options)
 
     authentication.listeners.append(trust_changed)
     watchers: list[FileWatcher] = []
@@ -213,7 +194,7 @@ def _rotation_watchers(
         def reload_serving() -> None:
             nonlocal serving
             fresh = ServingCertificate.from_files(cert_file, key_file)
-            context_factory.context = server_context(fresh, authentication.config.trusted_cas)
+            context_factory.context = server_context(fresh, authentication.config.trusted_cas, tls_options)
             serving = fresh
 
         watchers.append(
@@ -237,22 +218,6 @@ def _rotation_watchers(
             )
         )
     return watchers
-
-
-def _events_token(settings: Settings) -> str | None:
-    if not settings.registry_events_token_file:
-        return None
-    try:
-        with open(settings.registry_events_token_file, encoding="utf-8") as f:
-            token = f.read().strip()
-    except OSError as error:
-        path = settings.registry_events_token_file
-        raise ConfigurationError(
-            f"cannot read --registry-events-token-file {path}: {error.strerror}"
-        ) from None
-    if not token:
-        raise ConfigurationError("--registry-events-token-file is empty")
-    return token
 
 
 def _index_refresh(reactor: Any, index: RepositoryIndex, registry: Any) -> LoopingCall:
@@ -290,20 +255,18 @@ def _synced(reflectors: list[Reflector], what: str):
 
 
 async def start(
-    reactor: Any, settings: Settings, reflector_options: dict[str, Any] | None = None
+    reactor: Any,
+    settings: Settings,
+    reflector_options: dict[str, Any] | None = None,
+    completed: Completed | None = None,
 ) -> RunningServer:
-    try:
+    if completed is None:
         # Blocking (reads files, may run a credential plugin): off the reactor thread, once.
-        cluster = await deferToThread(load_cluster_config, settings.kubeconfig)
-    except KubeConfigError as error:
-        raise ConfigurationError(str(error)) from None
-    mode = _authorization_mode(settings, cluster)
-    if settings.tls_cert_file and settings.tls_private_key_file:
-        serving = ServingCertificate.from_files(settings.tls_cert_file, settings.tls_private_key_file)
-    else:
-        log.info("no --tls-cert-file: serving with a self-signed certificate for localhost")
-        serving = ServingCertificate.self_signed()
+        completed = await deferToThread(complete, settings)
+    cluster, mode, serving = completed.cluster, completed.authorization_mode, completed.serving
+    log.info("serving certificate: {origin}", origin=completed.serving_origin)
     metrics = Metrics()
+    tls_options = TlsOptions(settings.tls_min_version, settings.tls_cipher_suites)
 
     kube = KubeClient(reactor, cluster) if cluster is not None else None
     reflectors: list[Reflector] = []
@@ -317,9 +280,9 @@ async def start(
             failure_ttl=settings.token_failure_cache_ttl,
         )
     authentication = DynamicAuthentication(_flag_authentication(settings), token=token)
-    context_factory = ContextFactory(server_context(serving, authentication.config.trusted_cas))
+    context_factory = ContextFactory(server_context(serving, authentication.config.trusted_cas, tls_options))
 
-    watchers = _rotation_watchers(reactor, settings, serving, context_factory, authentication)
+    watchers = _rotation_watchers(reactor, settings, serving, context_factory, authentication, tls_options)
     auth_reflectors: list[Reflector] = []
     if kube is not None and not authentication.flags.complete:
         auth_reflectors.append(authentication_reflector(kube, reactor, authentication, **options))
@@ -334,7 +297,7 @@ async def start(
             log.warn("no --client-ca-file: no client can authenticate; only health endpoints will answer")
 
     registry = InstrumentedRegistry(RegistryClient(reactor, settings.registry), metrics)
-    events_token = _events_token(settings)
+    events_token = completed.events_token
     index = RepositoryIndex() if events_token else None
     service = TagsService(
         inventory=Inventory(registry, concurrency=settings.registry_concurrency, index=index),
@@ -359,7 +322,7 @@ async def start(
     if rbac_sources:
         readiness.append(("rbac", _synced(rbac_sources, "RBAC objects")))
     liveness: list[tuple[str, Any]] = [("ping", ping)]
-    cleanup = await _cleanup(reactor, settings, kube, registry, options)
+    cleanup = _cleanup(reactor, settings, kube, registry, options, completed.lease_namespace)
     if cleanup is not None:
         metrics.add_cleanup(cleanup.metrics)
         liveness.append(("leaderElection", cleanup.check_health))
@@ -376,21 +339,25 @@ async def start(
     )
     for reflector in reflectors:
         reflector.start()
-    endpoint = SSL4ServerEndpoint(
-        reactor, settings.secure_port, context_factory, interface=settings.bind_address
-    )
+
+    connections = WrappingFactory(_QuietSite(api.resource()))
     try:
-        connections = WrappingFactory(_QuietSite(api.resource()))
-        listener = await endpoint.listen(connections)
-    except Exception:
+        listener = listen(
+            reactor,
+            settings.bind_address,
+            settings.secure_port,
+            TLSMemoryBIOFactory(context_factory, False, connections),
+        )
+    except ConfigurationError:
         for reflector in reflectors:
             await reflector.stop()
         raise
     port = listener.getHost().port
+    host = listener.getHost()
     log.info(
         "serving {group} on https://{address}:{port}, registry {registry}, authorization {mode}",
         group="payload-registry.deckhouse.io/v1alpha1",
-        address=settings.bind_address,
+        address=f"[{host.host}]" if ":" in host.host else host.host,
         port=port,
         registry=settings.registry.url,
         mode=mode,
@@ -426,22 +393,20 @@ async def start(
     return running
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, completed: Completed) -> int:
+    """Run until SIGTERM/SIGINT; 0 after a graceful stop, 1 when the server cannot start."""
     from twisted.internet import task
 
-    begin_logging(settings.log_format, settings.verbose)
+    begin_logging(settings.log_format, settings.verbosity)
     exit_code = 0
 
     async def main(reactor: Any) -> None:
         nonlocal exit_code
         try:
-            running = await start(reactor, settings)
+            running = await start(reactor, settings, completed=completed)
         except ConfigurationError as error:
-            log.error("payloadtags: {error}", error=str(error))
-            exit_code = 2
-            return
-        except OSError as error:
-            log.error("payloadtags: cannot start: {error}", error=str(error))
+            for line in error.errors:
+                log.error("payloadtags: {error}", error=line)
             exit_code = 1
             return
         # Everything imported and built so far lives as long as the process: moving it out of the

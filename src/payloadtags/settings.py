@@ -7,6 +7,12 @@ import attrs
 from payloadtags.registry import RegistrySettings
 
 AUTHORIZATION_MODES = ("AlwaysAllow", "RBAC")
+LOGGING_FORMATS = ("text", "json")
+TLS_VERSIONS = ("VersionTLS12", "VersionTLS13")
+# k8s.io/apiserver's default for --authorization-always-allow-paths.
+DEFAULT_ALWAYS_ALLOW_PATHS = ("/healthz", "/readyz", "/livez")
+# An unspecified --bind-address listens on every address of both IP families, as Go servers do.
+UNSPECIFIED_ADDRESSES = ("0.0.0.0", "::", "")
 
 
 @attrs.frozen
@@ -17,6 +23,9 @@ class Settings:
     secure_port: int = 8443
     tls_cert_file: str | None = None
     tls_private_key_file: str | None = None
+    cert_dir: str | None = None  # where the self-signed pair is kept; None: in memory
+    tls_min_version: str = "VersionTLS12"
+    tls_cipher_suites: tuple[str, ...] = ()  # IANA names; () = OpenSSL's defaults
     client_ca_file: str | None = None
     requestheader_client_ca_file: str | None = None
     requestheader_allowed_names: tuple[str, ...] = ()
@@ -28,6 +37,7 @@ class Settings:
     token_failure_cache_ttl: float = 10.0
     kubeconfig: str | None = None
     authorization_mode: str | None = None
+    always_allow_paths: tuple[str, ...] = DEFAULT_ALWAYS_ALLOW_PATHS
     registry_concurrency: int = 16
     delete_concurrency: int = 4
     registry_events_token_file: str | None = None  # enables the repository index and /registry/events
@@ -38,7 +48,7 @@ class Settings:
     shutdown_delay: float = 0.0
     shutdown_grace_period: float = 30.0
     log_format: str = "text"
-    verbose: bool = False
+    verbosity: int = 0
     namespace_cleanup: bool = True
     namespace_sweep_period: float = 3600.0
     namespace_sweep_dry_run: bool = False
@@ -49,4 +59,5 @@ class Settings:
     leader_elect_renew_deadline: float = 10.0
     leader_elect_retry_period: float = 2.0
     leader_elect_resource_name: str = "payloadtags-cleanup"
-    leader_elect_resource_namespace: str | None = None  # the pod's namespace, else "default"
+    # None: the pod's namespace, else $POD_NAMESPACE, else the kubeconfig context's, else "default"
+    leader_elect_resource_namespace: str | None = None

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import attrs
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -22,6 +23,73 @@ from zope.interface import implementer
 
 from payloadtags.access.authn import load_pem_bundle
 
+# The TLS 1.2 suites Go (and so --tls-cipher-suites in Kubernetes) names, by their OpenSSL names. TLS 1.3
+# suites are accepted and, as in Go, not configurable.
+CIPHER_SUITES: dict[str, str | None] = {
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
+    "TLS_RSA_WITH_AES_128_GCM_SHA256": "AES128-GCM-SHA256",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384": "AES256-GCM-SHA384",
+    "TLS_RSA_WITH_AES_128_CBC_SHA": "AES128-SHA",
+    "TLS_RSA_WITH_AES_256_CBC_SHA": "AES256-SHA",
+    "TLS_AES_128_GCM_SHA256": None,
+    "TLS_AES_256_GCM_SHA384": None,
+    "TLS_CHACHA20_POLY1305_SHA256": None,
+}
+_MIN_VERSIONS = {"VersionTLS12": SSL.TLS1_2_VERSION, "VersionTLS13": SSL.TLS1_3_VERSION}
+
+
+class CertificateError(Exception):
+    """A certificate or key file that cannot serve: the message names the file and what is wrong."""
+
+
+@attrs.frozen
+class TlsOptions:
+    min_version: str = "VersionTLS12"
+    cipher_suites: tuple[str, ...] = ()
+
+    def apply(self, context: SSL.Context) -> None:
+        context.set_min_proto_version(_MIN_VERSIONS[self.min_version])
+        ciphers = [name for suite in self.cipher_suites if (name := CIPHER_SUITES[suite])]
+        if ciphers:
+            context.set_cipher_list(":".join(ciphers).encode())
+
+
+def _read(path: str, flag: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as error:
+        raise CertificateError(f"{flag} {path}: cannot read: {error.strerror}") from None
+
+
+def load_certificates(path: str, flag: str) -> list[x509.Certificate]:
+    """Every certificate of a PEM file; an error names the flag and the file."""
+    data = _read(path, flag)
+    try:
+        certificates = load_pem_bundle(data)
+    except ValueError:
+        raise CertificateError(f"{flag} {path}: not a PEM certificate bundle (cannot parse it)") from None
+    if not certificates:
+        raise CertificateError(f"{flag} {path}: holds no PEM certificate")
+    return certificates
+
+
+def _public(key: object) -> bytes:
+    return key.public_bytes(  # type: ignore[attr-defined,no-any-return]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
 
 @attrs.frozen
 class ServingCertificate:
@@ -29,12 +97,39 @@ class ServingCertificate:
     key: ec.EllipticCurvePrivateKey | object = attrs.field(repr=False)
 
     @classmethod
-    def from_files(cls, cert_file: str, key_file: str) -> ServingCertificate:
-        with open(cert_file, "rb") as f:
-            chain = tuple(x509.load_pem_x509_certificates(f.read()))
-        with open(key_file, "rb") as f:
-            key = serialization.load_pem_private_key(f.read(), password=None)
+    def from_files(
+        cls,
+        cert_file: str,
+        key_file: str,
+        cert_flag: str = "--tls-cert-file",
+        key_flag: str = "--tls-private-key-file",
+    ) -> ServingCertificate:
+        """The pair, checked: both parse, and the key is the certificate's (errors name the files)."""
+        chain = tuple(load_certificates(cert_file, cert_flag))
+        data = _read(key_file, key_flag)
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except TypeError:
+            raise CertificateError(
+                f"{key_flag} {key_file}: the key is encrypted; give it unencrypted"
+            ) from None
+        except (ValueError, UnsupportedAlgorithm):
+            raise CertificateError(
+                f"{key_flag} {key_file}: not a PEM private key (cannot parse it)"
+            ) from None
+        if _public(key.public_key()) != _public(chain[0].public_key()):
+            raise CertificateError(
+                f"{key_flag} {key_file} does not match the certificate in {cert_flag} {cert_file}"
+            )
         return cls(chain, key)
+
+    def pem(self) -> tuple[bytes, bytes]:
+        """Certificate chain and (unencrypted PKCS#8) key as PEM."""
+        certificates = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in self.chain)
+        key = self.key.private_bytes(  # type: ignore[attr-defined]
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        return certificates, key
 
     @classmethod
     def self_signed(cls, hosts: Sequence[str] = ("localhost", "127.0.0.1")) -> ServingCertificate:
@@ -94,10 +189,12 @@ def verified_peer_chain(connection: object) -> tuple[x509.Certificate, ...]:
     return chain
 
 
-def server_context(serving: ServingCertificate, client_cas: Sequence[x509.Certificate]) -> SSL.Context:
+def server_context(
+    serving: ServingCertificate, client_cas: Sequence[x509.Certificate], options: TlsOptions | None = None
+) -> SSL.Context:
     """Request, but do not require, a client certificate, as Go servers do; the authenticators decide."""
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
-    context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    (options or TlsOptions()).apply(context)
     context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
     context.use_certificate(serving.chain[0])
     for intermediate in serving.chain[1:]:

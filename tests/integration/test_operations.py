@@ -218,7 +218,7 @@ async def test_json_logs_with_one_audit_line_per_deleted_tag_and_no_secrets(reac
     secret = "s3cret-registry-password-value"
     process = ServerProcess(
         reactor,
-        serve_args(pki, registry.url, port, "--log-format=json", "-v"),
+        serve_args(pki, registry.url, port, "--logging-format=json", "--v=3"),
         env={"PAYLOADTAGS_REGISTRY_USERNAME": "robot", "PAYLOADTAGS_REGISTRY_PASSWORD": secret},
     )
     process.start()
@@ -233,7 +233,13 @@ async def test_json_logs_with_one_audit_line_per_deleted_tag_and_no_secrets(reac
     finally:
         await process.kill()
     records = [json.loads(line) for line in process.log.splitlines() if line.strip()]
-    assert all({"time", "level", "logger", "msg"} <= set(r) for r in records)
+    # Shaped like klog's JSON: ts, msg, then v for info lines or err for errors; key/values in lowerCamelCase.
+    assert all(isinstance(r["ts"], float) and isinstance(r["msg"], str) for r in records)
+    assert all(("v" in r) != ("err" in r) for r in records)
+    assert all("_" not in key for r in records for key in r)
+    assert any(r["v"] == 3 and r["msg"].startswith("DELETE ") for r in records if "v" in r)
+    assert " at 0x" not in process.log
+    assert "Starting factory" not in process.log and "Stopping factory" not in process.log
     audit = [r for r in records if r["logger"] == "payloadtags.audit"]
     assert [(r["dryRun"], r["tag"], r["digest"]) for r in audit] == [(True, "b", "-"), (False, "b", digest)]
     assert audit[1]["user"] == "admin"

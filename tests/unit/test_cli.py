@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from payloadtags.cli import PASSWORD_ENV, USERNAME_ENV, UsageError, _duration, _parser, main, settings_from
+from payloadtags.cli import (
+    PASSWORD_ENV,
+    USERNAME_ENV,
+    UsageError,
+    _duration,
+    _parser,
+    deprecation_warnings,
+    main,
+    settings_from,
+)
 
 
 def parse(*argv: str):
@@ -23,7 +32,14 @@ def test_defaults():
     assert settings.metrics_allowed_groups == ("system:masters", "system:monitoring")
     assert (settings.token_cache_ttl, settings.token_failure_cache_ttl) == (10.0, 10.0)
     assert (settings.shutdown_delay, settings.shutdown_grace_period) == (0.0, 30.0)
-    assert settings.log_format == "text"
+    assert (settings.log_format, settings.verbosity) == ("text", 0)
+    assert (settings.tls_min_version, settings.tls_cipher_suites, settings.cert_dir) == (
+        "VersionTLS12",
+        (),
+        None,
+    )
+    assert settings.always_allow_paths == ("/healthz", "/readyz", "/livez")
+    assert (settings.cert_reload_period, settings.registry.timeout) == (10.0, 10.0)
     assert (settings.namespace_cleanup, settings.leader_elect) == (True, True)
     assert (settings.namespace_sweep_period, settings.leader_elect_resource_name) == (
         3600.0,
@@ -52,7 +68,7 @@ def test_every_flag_reaches_the_settings(tmp_path):
         "--authorization-mode=RBAC",
         "--registry-host=registry.example.com",
         "--registry-ca-file=/registry-ca.crt",
-        "--registry-timeout=2.5",
+        "--registry-timeout=2500ms",
         "--registry-concurrency=8",
         "--delete-concurrency=2",
         "--registry-events-token-file=/events.token",
@@ -60,16 +76,19 @@ def test_every_flag_reaches_the_settings(tmp_path):
         "--metrics-allowed-groups=ops",
         "--metrics-anonymous",
         "--cert-reload-period=500ms",
+        "--tls-min-version=VersionTLS13",
+        "--tls-cipher-suites=TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_AES_128_GCM_SHA256",
+        "--authorization-always-allow-paths=/healthz,/metrics",
         "--shutdown-delay-duration=5s",
         "--shutdown-grace-period=1m",
-        "--log-format=json",
-        "-v",
-        "--no-namespace-cleanup",
+        "--logging-format=json",
+        "--v=4",
+        "--namespace-cleanup=false",
         "--namespace-sweep-period=30m",
-        "--namespace-sweep-dry-run",
+        "--namespace-sweep-dry-run=true",
         "--namespace-cleanup-concurrency=8",
         "--namespace-cleanup-workers=3",
-        "--no-leader-elect",
+        "--leader-elect=false",
         "--leader-elect-lease-duration=30s",
         "--leader-elect-renew-deadline=20s",
         "--leader-elect-retry-period=4s",
@@ -95,7 +114,10 @@ def test_every_flag_reaches_the_settings(tmp_path):
     assert (settings.metrics_allowed_groups, settings.metrics_anonymous) == (("ops",), True)
     assert settings.cert_reload_period == 0.5
     assert (settings.shutdown_delay, settings.shutdown_grace_period) == (5.0, 60.0)
-    assert (settings.log_format, settings.verbose) == ("json", True)
+    assert (settings.log_format, settings.verbosity) == ("json", 4)
+    assert settings.tls_min_version == "VersionTLS13"
+    assert settings.tls_cipher_suites == ("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "TLS_AES_128_GCM_SHA256")
+    assert settings.always_allow_paths == ("/healthz", "/metrics")
     assert settings.namespace_cleanup is False
     assert (settings.namespace_sweep_period, settings.namespace_sweep_dry_run) == (1800.0, True)
     assert (settings.namespace_cleanup_concurrency, settings.namespace_cleanup_workers) == (8, 3)
@@ -128,33 +150,166 @@ def test_credentials_come_from_files_or_environment_and_stay_out_of_repr(tmp_pat
     [
         (["--registry-url=ftp://x"], "--registry-url must be an http:// or https:// URL"),
         (["--registry-url=http://user:pw@x"], "must not carry credentials"),
+        (
+            ["--registry-url=https://r.example.com/v2"],
+            "ends with /v2: give the registry's root, https://r.example.com",
+        ),
+        (["--registry-url=https://r.example.com/v2/"], "ends with /v2"),
+        (["--registry-url=https://r.example.com/team"], "has a path '/team'"),
+        (["--registry-host=https://r.example.com"], "--registry-host 'https://r.example.com' must be host"),
         (["--tls-cert-file=/c.crt"], "--tls-cert-file and --tls-private-key-file go together"),
-        (["--registry-concurrency=0"], "--registry-concurrency must be at least 1"),
-        (["--registry-timeout=0"], "--registry-timeout must be positive"),
-        (["--registry-password-file=/does/not/exist"], "cannot read the registry password file"),
+        (["--registry-concurrency=0"], "--registry-concurrency=0: 0 must be at least 1"),
+        (["--registry-timeout=0"], "--registry-timeout=0: duration '0' must be greater than zero"),
+        (["--cert-reload-period=0"], "--cert-reload-period=0: duration '0' must be greater than zero"),
+        (["--cert-reload-period=0s"], "--cert-reload-period=0s: .* must be greater than zero"),
+        (["--shutdown-grace-period=-5s"], "--shutdown-grace-period=-5s: duration '-5s' is negative"),
+        (["--namespace-sweep-period=-1"], "is negative"),
+        (["--secure-port=70000"], "--secure-port=70000: port 70000 is out of range 0-65535"),
+        (["--secure-port=https"], "--secure-port=https: 'https' is not a port number"),
+        (["--bind-address=localhost"], "--bind-address=localhost: 'localhost' is not an IP address"),
+        (["--v=-1"], "--v=-1: -1 must not be negative"),
+        (["--logging-format=yaml"], "--logging-format=yaml: 'yaml' is not one of text, json"),
+        (["--tls-min-version=VersionTLS10"], "--tls-min-version=VersionTLS10"),
+        (["--tls-cipher-suites=TLS_RSA_WITH_RC4_128_SHA"], "unknown or insecure cipher suite"),
+        (["--authorization-always-allow-paths=healthz"], "paths must start with '/'"),
+        (["--leader-elect=maybe"], "--leader-elect=maybe: 'maybe' is not a boolean"),
+        (
+            ["--leader-elect-renew-deadline=20s"],
+            "--leader-elect-lease-duration \\(15s\\) must be greater than",
+        ),
+        (["--leader-elect-retry-period=9s"], "1.2 x --leader-elect-retry-period \\(9s\\)"),
+        (["--tls-cert-file=/c", "--tls-private-key-file=/k", "--cert-dir=/d"], "give it or --tls-cert-file"),
+        (
+            ["--registry-password-file=/does/not/exist"],
+            "--registry-password-file /does/not/exist: cannot read",
+        ),
     ],
 )
 def test_usage_errors(argv, message):
     args = _parser().parse_args(["serve", "--registry-url=http://127.0.0.1:5000", *argv])
-    with pytest.raises(UsageError, match=message):
+    with pytest.raises(UsageError, match=message) as raised:
         settings_from(args)
+    assert len(raised.value.errors) == 1
+
+
+def test_every_mistake_is_reported_at_once_one_line_each(capsys):
+    argv = [
+        "serve",
+        "--registry-url=https://r.example.com/v2",
+        "--registry-host=https://r.example.com",
+        "--secure-port=70000",
+        "--cert-reload-period=0",
+        "--registry-timeout=-1s",
+        "--leader-elect-retry-period=1m",
+    ]
+    assert main(argv) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[1].split("=")[0].split()[0] for line in lines] == [
+        "--secure-port",
+        "--cert-reload-period",
+        "--registry-timeout",
+        "--registry-url",
+        "--registry-host",
+        "--leader-elect-renew-deadline",
+    ]
+    assert all(line.startswith("payloadtags: ") for line in lines)
 
 
 def test_main_reports_usage_errors_in_one_line(capsys):
-    assert main(["serve", "--registry-url=ftp://x"]) == 2
+    assert main(["serve", "--registry-url=ftp://x"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("payloadtags: --registry-url must be")
     assert "Traceback" not in err
 
 
+def test_unknown_flags_and_missing_values_exit_1_in_one_line(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["serve", "--registry-url=http://x", "--bogus"])
+    assert done.value.code == 1
+    assert (
+        capsys.readouterr().err == "payloadtags: unrecognized arguments: --bogus (see payloadtags --help)\n"
+    )
+
+
+def test_deprecated_spellings_still_work_and_warn(capsys):
+    args = _parser().parse_args(
+        [
+            "serve",
+            "--registry-url=http://x",
+            "-v",
+            "--log-format=json",
+            "--no-leader-elect",
+            "--no-namespace-cleanup",
+        ]
+    )
+    settings = settings_from(args)
+    assert (settings.verbosity, settings.log_format) == (3, "json")
+    assert (settings.leader_elect, settings.namespace_cleanup) == (False, False)
+    assert deprecation_warnings(args) == [
+        "Flag --no-namespace-cleanup has been deprecated, use --namespace-cleanup=false instead",
+        "Flag --no-leader-elect has been deprecated, use --leader-elect=false instead",
+        "Flag -v has been deprecated, use --v=3 instead",
+        "Flag --log-format has been deprecated, use --logging-format instead",
+    ]
+    assert deprecation_warnings(_parser().parse_args(["serve", "--registry-url=http://x"])) == []
+
+
+@pytest.mark.parametrize("value", ["", "=true", "=True", "=1", "=t"])
+def test_go_booleans_true(value):
+    assert (
+        parse(f"--leader-elect{value}", f"--namespace-sweep-dry-run{value}").namespace_sweep_dry_run is True
+    )
+
+
+@pytest.mark.parametrize("value", ["=false", "=False", "=0", "=f"])
+def test_go_booleans_false(value):
+    assert parse(f"--leader-elect{value}").leader_elect is False
+
+
+def test_help_shows_every_default(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["serve", "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in (
+        "(default 0.0.0.0)",
+        "(default 8443)",
+        "(default 10s)",
+        "(default VersionTLS12)",
+        "(default /healthz,/readyz,/livez)",
+        "(default 5m)",
+        "(default 1h)",
+        "(default 15s)",
+        "(default payloadtags-cleanup)",
+        "(default 30s)",
+        "(default 0)",
+        "(default text)",
+        "(default true)",
+        "(default false)",
+    ):
+        assert shown in text, shown
+
+
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("10", 10.0), ("10s", 10.0), ("1m30s", 90.0), ("500ms", 0.5), ("1h", 3600.0)]
+    ("text", "seconds"),
+    [
+        ("10", 10.0),
+        ("0", 0.0),
+        ("10s", 10.0),
+        ("1m30s", 90.0),
+        ("500ms", 0.5),
+        ("1h", 3600.0),
+        ("1.5h", 5400.0),
+        ("2h45m", 9900.0),
+        ("300us", 0.0003),
+        ("1h0m0s", 3600.0),
+    ],
 )
 def test_durations(text, seconds):
-    assert _duration(text) == seconds
+    assert _duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "ten", "10x", "s"])
+@pytest.mark.parametrize("text", ["", "ten", "10x", "s", "1m30", "m1", "-1s", "nan", "1s 2s"])
 def test_bad_durations(text):
     with pytest.raises(Exception, match="duration"):
         _duration(text)

@@ -58,6 +58,8 @@ class ClusterConfig:
     insecure_skip_tls_verify: bool = False
     tls_server_name: str | None = None
     in_cluster: bool = False
+    # The namespace of the kubeconfig's context, or the pod's: where namespaced objects of our own go.
+    namespace: str | None = None
 
     @server.validator
     def _check_server(self, _attribute: attrs.Attribute, value: str) -> None:
@@ -121,14 +123,34 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
 
     if not Path(path).is_file():
         raise ConfigError(f"kubeconfig {path!r} does not exist")
+    import yaml
+
+    try:
+        document = yaml.safe_load(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read kubeconfig {path!r}: {e}") from e
+    if not isinstance(document, dict) or not document.get("clusters"):
+        raise ConfigError(f"{path!r} is not a kubeconfig (a YAML document with clusters, users and contexts)")
     configuration = Configuration()
     try:
         kube_config.load_kube_config(
             config_file=path, context=context, client_configuration=configuration, persist_config=False
         )
-    except (kube_config.ConfigException, OSError, ValueError, KeyError) as e:
+    except (kube_config.ConfigException, OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ConfigError(f"cannot load kubeconfig {path!r}: {e}") from e
-    return _convert(configuration, token_file=None, in_cluster=False)
+    return attrs.evolve(
+        _convert(configuration, token_file=None, in_cluster=False),
+        namespace=_context_namespace(path, context),
+    )
+
+
+def _context_namespace(path: str, context: str | None) -> str | None:
+    from kubernetes import config as kube_config
+
+    contexts, active = kube_config.list_kube_config_contexts(config_file=path)
+    chosen = next((c for c in contexts if c.get("name") == context), None) if context else active
+    namespace = ((chosen or {}).get("context") or {}).get("namespace")
+    return str(namespace) if namespace else None
 
 
 def _from_service_account(environ: Mapping[str, str], service_account_dir: str) -> ClusterConfig:
@@ -149,7 +171,11 @@ def _from_service_account(environ: Mapping[str, str], service_account_dir: str) 
         loader.load_and_set(configuration)
     except (ConfigException, OSError) as e:
         raise ConfigError(f"cannot load the in-cluster configuration: {e}") from e
-    return _convert(configuration, token_file=token_file, in_cluster=True)
+    try:
+        namespace = (Path(service_account_dir) / "namespace").read_text().strip() or None
+    except OSError:
+        namespace = None
+    return attrs.evolve(_convert(configuration, token_file=token_file, in_cluster=True), namespace=namespace)
 
 
 def _convert(configuration: Configuration, *, token_file: str | None, in_cluster: bool) -> ClusterConfig:

@@ -1,0 +1,77 @@
+"""The listening socket: an unspecified --bind-address listens on both IP families, as a Go server does.
+
+Twisted's own TCP ports are single-family. For ``0.0.0.0`` and ``::`` one IPv6 socket with
+IPV6_V6ONLY turned off takes IPv4 connections as well (as IPv4-mapped addresses); a host without
+IPv6 falls back to IPv4 only.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Any
+
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from payloadtags.settings import UNSPECIFIED_ADDRESSES
+from payloadtags.startup import ConfigurationError
+
+log = Logger()
+
+BACKLOG = 128
+
+
+def dual_stack_socket() -> socket.socket | None:
+    """An IPv6 TCP socket that also accepts IPv4, not yet bound; None where the host has no IPv6."""
+    if not socket.has_ipv6:
+        return None
+    try:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    except OSError:
+        return None
+    try:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def _in_use(address: str, port: int, reason: str) -> ConfigurationError:
+    shown = f"[{address}]" if ":" in address else address
+    return ConfigurationError(
+        f"--secure-port {port}: cannot listen on {shown}:{port}: {reason} "
+        "(another process holds the port; choose another --secure-port or --bind-address)"
+    )
+
+
+def listen(reactor: Any, address: str, port: int, factory: Factory) -> IListeningPort:
+    """Listen now; a port that cannot be had is a ConfigurationError naming the flag."""
+    if address in UNSPECIFIED_ADDRESSES:
+        sock = dual_stack_socket()
+        if sock is not None:
+            try:
+                sock.bind(("::", port))
+                sock.listen(BACKLOG)
+                sock.setblocking(False)
+                return reactor.adoptStreamPort(sock.fileno(), socket.AF_INET6, factory)  # type: ignore[no-any-return]
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    raise _in_use("::", port, "address already in use") from None
+                if error.errno not in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                    raise _in_use("::", port, error.strerror or str(error)) from None
+                log.info("no IPv6 on this host: listening on IPv4 only")
+            finally:
+                # The reactor's port holds its own duplicate of the descriptor.
+                sock.close()
+        address = "0.0.0.0"
+    try:
+        return reactor.listenTCP(port, factory, backlog=BACKLOG, interface=address)  # type: ignore[no-any-return]
+    except CannotListenError as error:
+        socket_error = error.socketError
+        reason = getattr(socket_error, "strerror", None) or str(socket_error)
+        raise _in_use(address, port, reason.lower() if reason else "unknown error") from None

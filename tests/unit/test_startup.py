@@ -1,0 +1,224 @@
+"""Completion: files read and checked, kubeconfig loaded, every problem one line naming the flag or file."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from payloadtags.kube import ClusterConfig
+from payloadtags.listen import dual_stack_socket
+from payloadtags.registry import RegistrySettings
+from payloadtags.settings import Settings
+from payloadtags.startup import CERT_DIR_CERT, CERT_DIR_KEY, ConfigurationError, complete, lease_namespace
+from tests.support.kubeapi import write_kubeconfig
+from tests.support.pki import Authority
+from tests.support.process import ROOT
+
+NO_POD: dict[str, str] = {}
+
+
+def settings(**values: object) -> Settings:
+    base: dict[str, object] = {
+        "registry": RegistrySettings(url="http://127.0.0.1:5000"),
+        "registry_host": "r",
+        "authorization_mode": "AlwaysAllow",
+    }
+    base.update(values)
+    return Settings(**base)  # type: ignore[arg-type]
+
+
+def errors_of(**values: object) -> list[str]:
+    with pytest.raises(ConfigurationError) as raised:
+        complete(settings(**values), environ=NO_POD)
+    return raised.value.errors
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> Authority:
+    return Authority.create(tmp_path / "ca", "serving")
+
+
+def test_a_key_that_is_not_the_certificates_names_both_files(ca: Authority) -> None:
+    one, other = ca.server(stem="one"), ca.server(stem="other")
+    assert errors_of(tls_cert_file=str(one.cert_file), tls_private_key_file=str(other.key_file)) == [
+        f"--tls-private-key-file {other.key_file} does not match the certificate in "
+        f"--tls-cert-file {one.cert_file}"
+    ]
+
+
+def test_unparsable_pem_names_the_file(ca: Authority, tmp_path: Path) -> None:
+    good = ca.server()
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    empty = tmp_path / "empty.pem"
+    empty.write_text("")
+    assert errors_of(tls_cert_file=str(garbage), tls_private_key_file=str(good.key_file)) == [
+        f"--tls-cert-file {garbage}: not a PEM certificate bundle (cannot parse it)"
+    ]
+    assert errors_of(tls_cert_file=str(good.cert_file), tls_private_key_file=str(garbage)) == [
+        f"--tls-private-key-file {garbage}: not a PEM private key (cannot parse it)"
+    ]
+    assert errors_of(client_ca_file=str(empty)) == [f"--client-ca-file {empty}: holds no PEM certificate"]
+
+
+def test_an_encrypted_key_says_so(ca: Authority, tmp_path: Path) -> None:
+    issued = ca.server()
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(
+        issued.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    assert errors_of(tls_cert_file=str(issued.cert_file), tls_private_key_file=str(encrypted)) == [
+        f"--tls-private-key-file {encrypted}: the key is encrypted; give it unencrypted"
+    ]
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("just: [a, list\n")
+    token = tmp_path / "token"
+    token.write_text("\n")
+    errors = errors_of(
+        tls_cert_file=str(tmp_path / "missing.crt"),
+        tls_private_key_file=str(tmp_path / "missing.key"),
+        requestheader_client_ca_file=str(tmp_path / "missing-ca.crt"),
+        registry=RegistrySettings(url="https://r", ca_file=str(tmp_path / "registry-ca.crt")),
+        registry_events_token_file=str(token),
+        kubeconfig=str(kubeconfig),
+    )
+    assert errors == [
+        f"--tls-cert-file {tmp_path / 'missing.crt'}: cannot read: No such file or directory",
+        f"--requestheader-client-ca-file {tmp_path / 'missing-ca.crt'}: cannot read: "
+        "No such file or directory",
+        f"--registry-ca-file {tmp_path / 'registry-ca.crt'}: cannot read: No such file or directory",
+        f"--registry-events-token-file {token} is empty",
+        errors[4],
+    ]
+    assert errors[4].startswith(f"--kubeconfig: cannot read kubeconfig '{kubeconfig}'")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("- a\n- b\n", "is not a kubeconfig"),
+        ("apiVersion: v1\nkind: Config\n", "is not a kubeconfig"),
+        ("{unclosed", "cannot read kubeconfig"),
+    ],
+)
+def test_a_bad_kubeconfig_names_the_flag(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "kubeconfig"
+    path.write_text(content)
+    (error,) = errors_of(kubeconfig=str(path), authorization_mode=None)
+    assert error.startswith("--kubeconfig: ") and message in error and str(path) in error
+
+
+def test_standalone_without_always_allow_is_refused() -> None:
+    (error,) = errors_of(authorization_mode=None)
+    assert "pass --authorization-mode=AlwaysAllow to run standalone" in error
+
+
+def test_cert_dir_pair_is_written_once_and_reused(tmp_path: Path) -> None:
+    directory = tmp_path / "certs"
+    first = complete(settings(cert_dir=str(directory)), environ=NO_POD)
+    assert first.serving_origin == f"a new self-signed pair written to --cert-dir {directory}"
+    assert os.stat(directory / CERT_DIR_KEY).st_mode & 0o777 == 0o600
+    second = complete(settings(cert_dir=str(directory)), environ=NO_POD)
+    assert second.serving_origin == f"the self-signed pair in --cert-dir {directory}"
+    assert second.serving.chain == first.serving.chain
+    (directory / CERT_DIR_CERT).write_text("garbage")
+    (error,) = errors_of(cert_dir=str(directory))
+    assert error.startswith(f"--cert-dir {directory / CERT_DIR_CERT}: ")
+    assert error.endswith("(delete both files to have a new pair generated)")
+
+
+def test_lease_namespace_flag_pod_environment_kubeconfig_default() -> None:
+    out_of_pod = ClusterConfig(server="https://k", namespace="from-context")
+    in_pod = ClusterConfig(server="https://k", namespace="pods-own", in_cluster=True)
+    env = {"POD_NAMESPACE": "from-env"}
+    flagged = settings(leader_elect_resource_namespace="flagged")
+    assert lease_namespace(flagged, in_pod, env) == "flagged"
+    assert lease_namespace(settings(), in_pod, env) == "pods-own"
+    assert lease_namespace(settings(), out_of_pod, env) == "from-env"
+    assert lease_namespace(settings(), out_of_pod, {}) == "from-context"
+    assert lease_namespace(settings(), ClusterConfig(server="https://k"), {}) == "default"
+
+
+def test_kubeconfig_context_namespace_is_read(tmp_path: Path, ca: Authority) -> None:
+    path = write_kubeconfig(tmp_path / "kc", "https://127.0.0.1:1", ca.cert_file.read_bytes(), token="t")
+    text = path.read_text().replace(
+        '"cluster": "kubeapi-double"', '"cluster": "kubeapi-double", "namespace": "ops"'
+    )
+    assert '"namespace": "ops"' in text
+    path.write_text(text)
+    completed = complete(settings(kubeconfig=str(path)), environ=NO_POD)
+    assert completed.cluster is not None and completed.cluster.namespace == "ops"
+    assert completed.lease_namespace == "ops"
+
+
+def test_the_unspecified_address_socket_takes_both_families() -> None:
+    sock = dual_stack_socket()
+    if not socket.has_ipv6:  # the IPv4 fallback
+        assert sock is None
+        return
+    assert sock is not None
+    try:
+        assert sock.family == socket.AF_INET6
+        assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+    finally:
+        sock.close()
+
+
+def test_without_ipv6_the_socket_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket, "has_ipv6", False)
+    assert dual_stack_socket() is None
+
+
+def _serve(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run(
+        [sys.executable, "-m", "payloadtags.cli", "serve", "--registry-url=http://127.0.0.1:1", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def test_port_in_use_is_one_line_exit_1() -> None:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    try:
+        result = _serve(
+            "--authorization-mode=AlwaysAllow", "--bind-address=127.0.0.1", f"--secure-port={port}"
+        )
+    finally:
+        holder.close()
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if "payloadtags:" in line]
+    assert len(errors) == 1, result.stderr
+    assert f"--secure-port {port}: cannot listen on 127.0.0.1:{port}: address already in use" in errors[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_completion_errors_exit_1_without_traceback(ca: Authority) -> None:
+    one, other = ca.server(stem="one"), ca.server(stem="other")
+    result = _serve(f"--tls-cert-file={one.cert_file}", f"--tls-private-key-file={other.key_file}")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"payloadtags: --tls-private-key-file {other.key_file} does not match the certificate in "
+        f"--tls-cert-file {one.cert_file}",
+        "payloadtags: no cluster API is configured (no --kubeconfig, not in a pod), so "
+        "PayloadRepositoryAccess rules cannot be read: pass --authorization-mode=AlwaysAllow to run "
+        "standalone, where every authenticated client may see and delete every tag",
+    ]
