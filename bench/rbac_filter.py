@@ -358,7 +358,7 @@ def census(signum, frame):
 
 
 async def main(reactor):
-    begin_logging(settings.log_format, settings.verbose)
+    begin_logging(settings.log_format, settings.verbosity)
     running = await start(reactor, settings)
     reactor.addSystemEventTrigger("before", "shutdown", lambda: defer.Deferred.fromCoroutine(running.stop()))
     authorizer = getattr(running.api.service, "authorizer", None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 from typing import Any
 
 import attrs
@@ -393,10 +394,17 @@ async def start(
     return running
 
 
-def serve(settings: Settings, completed: Completed) -> int:
+def serve(settings: Settings, completed: Completed | None = None) -> int:
     """Run until SIGTERM/SIGINT; 0 after a graceful stop, 1 when the server cannot start."""
     from twisted.internet import task
 
+    if completed is None:
+        try:
+            completed = complete(settings)
+        except ConfigurationError as error:
+            for line in error.errors:
+                print(f"payloadtags: {line}", file=sys.stderr)
+            return 1
     begin_logging(settings.log_format, settings.verbosity)
     exit_code = 0
 

@@ -68,6 +68,7 @@ def test_in_cluster_config_uses_the_service_account(service_account: Path) -> No
         ca_file=str(service_account / "ca.crt"),
         token_file=str(service_account / "token"),
         in_cluster=True,
+        namespace="payloadtags",
     )
 
 
