@@ -454,17 +454,18 @@ def _parser() -> argparse.ArgumentParser:
         "kubeconfig context's namespace, else default)",
     )
     ops = serve.add_argument_group("operations")
-    ops.add_argument(
+    _deprecated(
+        ops,
         "--metrics-allowed-groups",
+        instead="RBAC (get on the non-resource URL /metrics)",
         type=_list,
-        default=("system:masters", "system:monitoring"),
-        help="groups allowed to read /metrics",
     )
     ops.add_argument(
         "--metrics-anonymous",
         action=_GoBool,
         default=False,
-        help="serve /metrics without authentication or authorization (default false)",
+        help="serve /metrics without authentication or authorization (default false); otherwise RBAC "
+        "decides: get on the non-resource URL /metrics",
     )
     ops.add_argument(
         "--shutdown-delay-duration",
@@ -655,7 +656,7 @@ def _settings(args: argparse.Namespace, errors: list[str]) -> Settings:
         delete_concurrency=args.delete_concurrency,
         registry_events_token_file=args.registry_events_token_file,
         registry_index_refresh_period=args.registry_index_refresh_period,
-        metrics_allowed_groups=args.metrics_allowed_groups,
+        metrics_allowed_groups=args.deprecated_metrics_allowed_groups or (),
         metrics_anonymous=args.metrics_anonymous,
         cert_reload_period=args.cert_reload_period,
         shutdown_delay=args.shutdown_delay_duration,

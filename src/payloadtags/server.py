@@ -17,7 +17,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.server import Site
 
 from payloadtags.access.authconfig import AuthenticationConfig, DynamicAuthentication, FlagConfig
-from payloadtags.access.authz import AlwaysAllow, Authorizer
+from payloadtags.access.authz import AlwaysAllow
 from payloadtags.access.rbac import RbacAuthorizer, RbacIndex
 from payloadtags.access.requestheader import RequestHeaderConfig
 from payloadtags.access.tokens import TokenReviewAuthenticator
@@ -236,7 +236,7 @@ def _index_refresh(reactor: Any, index: RepositoryIndex, registry: Any) -> Loopi
 
 def _authorization(
     mode: str, kube: KubeClient | None, reactor: Any, options: dict[str, Any]
-) -> tuple[Authorizer, list[Reflector]]:
+) -> tuple[AlwaysAllow | RbacAuthorizer, list[Reflector]]:
     if mode == "AlwaysAllow":
         log.warn("authorization mode AlwaysAllow: every authenticated client may see and delete every tag")
         return AlwaysAllow(), []
@@ -333,6 +333,8 @@ async def start(
         authenticator=authentication,
         health=health,
         metrics=metrics,
+        path_authorizer=authorizer,
+        always_allow_paths=settings.always_allow_paths,
         metrics_groups=settings.metrics_allowed_groups,
         metrics_anonymous=settings.metrics_anonymous,
         repository_index=index,

@@ -42,7 +42,7 @@ class Settings:
     delete_concurrency: int = 4
     registry_events_token_file: str | None = None  # enables the repository index and /registry/events
     registry_index_refresh_period: float = 300.0
-    metrics_allowed_groups: tuple[str, ...] = ("system:masters", "system:monitoring")
+    metrics_allowed_groups: tuple[str, ...] = ()  # deprecated: /metrics is authorized by RBAC
     metrics_anonymous: bool = False
     cert_reload_period: float = 10.0
     shutdown_delay: float = 0.0

@@ -422,10 +422,52 @@ async def test_denied_repositories_are_not_read(rbac_server, kube_api, registry,
         images.push_oci_image(registry, f"{namespace}/{path}", "v1", seed=path)
     grant(kube_api, namespace, "gina", ["get"], ["mine"], "gina")
     gina = rbac_server.client(pki.client_ca.client("gina"))
-    monitor = rbac_server.client(pki.client_ca.client("prometheus", ("system:monitoring",)))
+    monitor = rbac_server.client(pki.client_ca.client("prometheus", ("system:masters",)))
     assert await eventually(lambda: names_seen(gina, namespace)) == [("mine", "v1")]
     before = _tag_reads((await monitor.get("/metrics")).body.decode())
     assert await names_seen(gina, namespace) == [("mine", "v1")]
     after = _tag_reads((await monitor.get("/metrics")).body.decode())
     # Access is per repository path: the tag lists of the three denied repositories are never fetched.
     assert after - before == 1
+
+
+# --- non-resource URLs --------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_are_authorized_by_rbac_non_resource_rules(rbac_server, kube_api, pki):
+    """A Prometheus ServiceAccount is granted /metrics the usual way: a ClusterRole with nonResourceURLs."""
+    scraper, stranger = pki.client_ca.client("scraper"), pki.client_ca.client("stranger")
+
+    async def synced() -> bool:  # 503 until the RBAC objects are loaded
+        return (await rbac_server.client(scraper).get("/metrics")).code != 503
+
+    assert await eventually(synced, within=5) is True
+    assert (await rbac_server.client(scraper).get("/metrics")).code == 403
+    kube_api.store.create(
+        CLUSTERROLES,
+        {
+            "metadata": {"name": "metrics-reader"},
+            "rules": [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}],
+        },
+    )
+    kube_api.store.create(
+        CLUSTERROLEBINDINGS,
+        {
+            "metadata": {"name": "scraper-metrics"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "metrics-reader",
+            },
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "scraper"}],
+        },
+    )
+
+    async def scraped() -> bool:
+        return (await rbac_server.client(scraper).get("/metrics")).code == 200
+
+    assert await eventually(scraped, within=5) is True
+    reply = await rbac_server.client(stranger).get("/metrics")
+    assert reply.code == 403
+    assert reply.json()["message"] == 'forbidden: User "stranger" cannot get path "/metrics"'

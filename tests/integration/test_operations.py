@@ -56,12 +56,23 @@ async def test_metrics_count_requests_registry_calls_and_decisions(api, registry
 
 
 @pytest_twisted.ensureDeferred
-async def test_metrics_need_an_allowed_group_unless_anonymous(api, make_server, registry):
-    # admin is in group "admins" only.
-    assert (await api.client(api.pki.admin).get("/metrics")).code == 403
+async def test_metrics_under_always_allow_need_only_authentication(api, make_server, registry):
+    # Like kube-apiserver: AlwaysAllow allows the non-resource URL /metrics to any authenticated caller.
+    assert (await api.client(api.pki.admin).get("/metrics")).code == 200
     assert (await api.client(None).get("/metrics")).code == 401
     open_server = await make_server(registry, metrics_anonymous=True)
     assert (await open_server.client(None).get("/metrics")).code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_always_allow_paths_decide_which_paths_skip_authentication(make_server, registry):
+    server = await make_server(registry, always_allow_paths=("/livez", "/metrics"))
+    anonymous = server.client(None)
+    assert (await anonymous.get("/livez")).code == 200
+    assert (await anonymous.get("/metrics")).code == 200
+    assert (await anonymous.get("/readyz")).code == 401
+    assert (await anonymous.get("/healthz/ping")).code == 401
+    assert (await server.client(server.pki.admin).get("/readyz")).code == 200
 
 
 # --- certificate rotation ----------------------------------------------------------------------------
@@ -276,3 +287,53 @@ async def test_requestheader_ca_file_rotates_without_restart(make_server, regist
 
     assert await eventually(rotated, within=5) is True
     assert await proxied(old_proxy) == 401
+
+
+# --- TLS settings ------------------------------------------------------------------------------------
+
+
+def _handshake(
+    port: int, ca_file: str, maximum: object = None, ciphers: str | None = None
+) -> tuple[str, str]:
+    import socket
+    import ssl
+
+    context = ssl.create_default_context(cafile=ca_file)
+    context.check_hostname = False
+    if maximum is not None:
+        context.maximum_version = maximum  # type: ignore[assignment]
+    if ciphers is not None:
+        context.set_ciphers(ciphers)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw) as tls:
+            version, cipher = tls.version(), tls.cipher()
+            return str(version), cipher[0] if cipher else ""
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_min_version_and_cipher_suites(make_server, registry, pki):
+    import ssl
+
+    from twisted.internet import threads
+
+    ca = str(pki.server_ca.cert_file)
+    strict = await make_server(registry, tls_min_version="VersionTLS13")
+    assert (await threads.deferToThread(_handshake, strict.running.port, ca))[0] == "TLSv1.3"
+    try:
+        await threads.deferToThread(_handshake, strict.running.port, ca, ssl.TLSVersion.TLSv1_2)
+    except ssl.SSLError:
+        pass
+    else:
+        raise AssertionError("a TLS 1.2 client was accepted with --tls-min-version=VersionTLS13")
+    # The test CA issues ECDSA certificates, so an ECDSA suite is the one that can be chosen.
+    chosen = await make_server(registry, tls_cipher_suites=("TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",))
+    version, cipher = await threads.deferToThread(_handshake, chosen.running.port, ca, ssl.TLSVersion.TLSv1_2)
+    assert (version, cipher) == ("TLSv1.2", "ECDHE-ECDSA-AES256-GCM-SHA384")
+    try:
+        await threads.deferToThread(
+            _handshake, chosen.running.port, ca, ssl.TLSVersion.TLSv1_2, "ECDHE-ECDSA-AES128-GCM-SHA256"
+        )
+    except ssl.SSLError:
+        pass
+    else:
+        raise AssertionError("a cipher suite outside --tls-cipher-suites was negotiated")

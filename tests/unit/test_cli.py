@@ -29,7 +29,7 @@ def test_defaults():
     assert settings.requestheader_username_headers == ("X-Remote-User",)
     assert settings.requestheader_group_headers == ("X-Remote-Group",)
     assert settings.requestheader_extra_headers_prefix == ("X-Remote-Extra-",)
-    assert settings.metrics_allowed_groups == ("system:masters", "system:monitoring")
+    assert settings.metrics_allowed_groups == ()
     assert (settings.token_cache_ttl, settings.token_failure_cache_ttl) == (10.0, 10.0)
     assert (settings.shutdown_delay, settings.shutdown_grace_period) == (0.0, 30.0)
     assert (settings.log_format, settings.verbosity) == ("text", 0)

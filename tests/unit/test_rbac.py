@@ -574,3 +574,35 @@ def test_compiled_patterns_are_reused_across_rebuilds_and_dropped_when_unused(mo
     index.upsert("Role", role("team-a", "reader", rule(names=["app/**"])))
     assert index.allowed(ALICE, "get", "team-a", "app/x")
     assert compiled == ["app/**", "lib/*", "app/**"]  # dropped while unused, compiled again when back
+
+
+def test_non_resource_urls_count_only_through_cluster_role_bindings() -> None:
+    from payloadtags.access.authn import UserInfo
+    from payloadtags.access.rbac import RbacIndex
+
+    index = RbacIndex()
+    rules = [{"nonResourceURLs": ["/metrics", "/debug/*"], "verbs": ["get"]}]
+    index.replace("ClusterRole", [{"metadata": {"name": "reader"}, "rules": rules}])
+    index.replace("Role", [{"metadata": {"name": "reader", "namespace": "ns"}, "rules": rules}])
+    ref = {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "reader"}
+    index.replace(
+        "ClusterRoleBinding",
+        [{"metadata": {"name": "b"}, "roleRef": ref, "subjects": [{"kind": "Group", "name": "monitoring"}]}],
+    )
+    index.replace(
+        "RoleBinding",
+        [
+            {
+                "metadata": {"name": "b", "namespace": "ns"},
+                "roleRef": ref,
+                "subjects": [{"kind": "User", "name": "local"}],
+            }
+        ],
+    )
+    scraper = UserInfo(name="prom", groups=("monitoring",))
+    assert index.allowed_path(scraper, "get", "/metrics")
+    assert index.allowed_path(scraper, "get", "/debug/pprof")
+    assert not index.allowed_path(scraper, "get", "/metricsx")
+    assert not index.allowed_path(scraper, "delete", "/metrics")
+    assert not index.allowed_path(UserInfo(name="local"), "get", "/metrics")
+    assert index.allowed_path(UserInfo(name="root", groups=("system:masters",)), "get", "/anything")

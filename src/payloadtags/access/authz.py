@@ -19,7 +19,24 @@ class Authorizer(Protocol):
         ...
 
 
+class PathAuthorizer(Protocol):
+    def allowed_path(self, user: UserInfo, verb: str, path: str) -> bool:
+        """A non-resource URL such as ``/metrics``, as RBAC's ``nonResourceURLs`` rules decide it."""
+        ...
+
+
 @attrs.frozen
 class AlwaysAllow:
     def allowed(self, user: UserInfo, verb: str, namespace: str, repository_path: str) -> bool:
         return True
+
+    def allowed_path(self, user: UserInfo, verb: str, path: str) -> bool:
+        return True
+
+
+def path_matches(pattern: str, path: str) -> bool:
+    """RBAC's nonResourceURLs (and --authorization-always-allow-paths) matching: exact, or a prefix
+    ending in ``*``."""
+    if pattern == "*" or pattern == path:
+        return True
+    return pattern.endswith("*") and path.startswith(pattern[:-1])

@@ -20,7 +20,7 @@ import attrs
 from twisted.logger import Logger
 
 from payloadtags.access.authn import MASTERS, UserInfo
-from payloadtags.access.authz import AuthorizationNotReady
+from payloadtags.access.authz import AuthorizationNotReady, path_matches
 from payloadtags.access.patterns import PathPattern, PatternError
 from payloadtags.model import GROUP
 
@@ -120,6 +120,7 @@ class RbacIndex:
     _role_rules: dict[tuple[str, str], tuple[Rule, ...]] = attrs.field(factory=dict, init=False)
     _cluster_role_rules: dict[str, tuple[Rule, ...]] = attrs.field(factory=dict, init=False)
     _cluster_bindings: tuple[Binding, ...] = attrs.field(default=(), init=False)
+    _cluster_roles_by_name: dict[str, Obj] = attrs.field(factory=dict, init=False)
     _namespace_bindings: dict[str, tuple[Binding, ...]] = attrs.field(factory=dict, init=False)
     # Per (user, groups, namespace, verb): the generation it was computed at and the matcher. A change
     # elsewhere in RBAC keeps a matcher (and the decisions it memoized) whose patterns did not change.
@@ -160,6 +161,27 @@ class RbacIndex:
         if MASTERS in user.groups:
             return True
         return self.matcher(user, verb, namespace).matches(repository_path)
+
+    def allowed_path(self, user: UserInfo, verb: str, path: str) -> bool:
+        """A non-resource URL: nonResourceURLs rules of ClusterRoles bound by ClusterRoleBindings (the only
+        place Kubernetes honours them)."""
+        if MASTERS in user.groups:
+            return True
+        self._rebuild()
+        for binding in self._cluster_bindings:
+            if binding.role_kind != "ClusterRole" or not binding.applies_to(user):
+                continue
+            role = self._cluster_roles_by_name.get(binding.role_name)
+            for raw in (role or {}).get("rules") or ():
+                if not isinstance(raw, Mapping):
+                    continue
+                verbs = _lower_set(raw.get("verbs"))
+                if not ({"*", verb} & verbs):
+                    continue
+                urls = [u for u in raw.get("nonResourceURLs") or () if isinstance(u, str)]
+                if any(path_matches(url, path) for url in urls):
+                    return True
+        return False
 
     def matcher(self, user: UserInfo, verb: str, namespace: str) -> PathMatcher:
         self._rebuild()
@@ -212,6 +234,7 @@ class RbacIndex:
             (_meta(obj).get("namespace", ""), _meta(obj).get("name", "")): self._compile_rules(obj)
             for obj in self.roles.values()
         }
+        self._cluster_roles_by_name = {_meta(obj).get("name", ""): obj for obj in self.cluster_roles.values()}
         self._cluster_bindings = tuple(
             b for b in (_binding(obj, "") for obj in self.cluster_role_bindings.values()) if b is not None
         )
@@ -310,3 +333,10 @@ class RbacAuthorizer:
                 "PayloadRepositoryAccess rules are still loading from the cluster API; retry shortly"
             )
         return self.index.allowed(user, verb, namespace, repository_path)
+
+    def allowed_path(self, user: UserInfo, verb: str, path: str) -> bool:
+        if MASTERS in user.groups:
+            return True
+        if not self.ready():
+            raise AuthorizationNotReady("RBAC rules are still loading from the cluster API; retry shortly")
+        return self.index.allowed_path(user, verb, path)

@@ -21,8 +21,8 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from payloadtags import __version__
-from payloadtags.access.authn import MASTERS, Authenticator, Credentials, UserInfo
-from payloadtags.access.authz import AuthorizationNotReady
+from payloadtags.access.authn import Authenticator, Credentials, UserInfo
+from payloadtags.access.authz import AlwaysAllow, AuthorizationNotReady, PathAuthorizer, path_matches
 from payloadtags.api import discovery, openapi
 from payloadtags.api.errors import (
     ApiError,
@@ -112,7 +112,12 @@ class ApiServer:
     authenticator: Authenticator
     health: HealthChecks
     metrics: Metrics = attrs.field(factory=Metrics)
-    metrics_groups: tuple[str, ...] = (MASTERS, "system:monitoring")
+    # Non-resource URLs (/metrics, health paths outside always_allow_paths) are authorized like
+    # kube-apiserver's: RBAC nonResourceURLs rules, or everything under AlwaysAllow.
+    path_authorizer: PathAuthorizer = attrs.field(factory=AlwaysAllow)
+    always_allow_paths: tuple[str, ...] = ("/healthz", "/readyz", "/livez")
+    # Deprecated --metrics-allowed-groups: groups that may read /metrics whatever RBAC says.
+    metrics_groups: tuple[str, ...] = ()
     metrics_anonymous: bool = False
     # With both: POST /registry/events (registry notifications, bearer token) feeds the index.
     repository_index: RepositoryIndex | None = None
@@ -207,19 +212,31 @@ class ApiServer:
             self._endpoint(fn, anonymous)
         )
 
+    def _always_allowed(self, path: str) -> bool:
+        return any(path_matches(pattern, path) for pattern in self.always_allow_paths)
+
     def _routes(self) -> None:
         for endpoint in HEALTH_ENDPOINTS:
             self._route(
-                f"/{endpoint}", ["GET"], functools.partial(self._health, endpoint=endpoint), anonymous=True
+                f"/{endpoint}",
+                ["GET"],
+                functools.partial(self._health, endpoint=endpoint),
+                anonymous=self._always_allowed(f"/{endpoint}"),
             )
             self._route(
                 f"/{endpoint}/<check>",
                 ["GET"],
                 functools.partial(self._health, endpoint=endpoint),
-                anonymous=True,
+                # k8s.io/apiserver: "/healthz" also covers "/healthz/<check>".
+                anonymous=self._always_allowed(f"/{endpoint}"),
             )
         self._route("/version", ["GET"], self._version)
-        self._route("/metrics", ["GET"], self._metrics, anonymous=self.metrics_anonymous)
+        self._route(
+            "/metrics",
+            ["GET"],
+            self._metrics,
+            anonymous=self.metrics_anonymous or self._always_allowed("/metrics"),
+        )
         # OpenAPI v2/v3 for kubectl explain and the aggregator (documents: openapi.py)
         self._route(openapi.V2_PATH, ["GET"], self._openapi_v2)
         self._route(openapi.V3_PATH, ["GET"], self._openapi_v3)
@@ -317,14 +334,24 @@ class ApiServer:
             },
         )
 
+    def _authorize_path(self, request: IRequest, user: UserInfo | None) -> None:
+        if user is None:  # served anonymously: always allowed
+            return
+        path = request.path.decode("utf-8", "replace")
+        if not self.path_authorizer.allowed_path(user, "get", path):
+            raise ApiError(403, "Forbidden", f'forbidden: User "{user.name}" cannot get path "{path}"')
+
     async def _metrics(self, request: IRequest, user: UserInfo | None = None) -> bytes:
-        if user is not None and not set(self.metrics_groups) & set(user.groups):
-            raise ApiError(403, "Forbidden", f'forbidden: User "{user.name}" cannot get path "/metrics"')
+        if user is None or not set(self.metrics_groups) & set(user.groups):
+            self._authorize_path(request, user)
         request.setResponseCode(200)
         request.setHeader(b"content-type", CONTENT_TYPE.encode())
         return self.metrics.exposition()
 
-    async def _health(self, request: IRequest, endpoint: str, check: str | None = None) -> bytes:
+    async def _health(
+        self, request: IRequest, endpoint: str, check: str | None = None, user: UserInfo | None = None
+    ) -> bytes:
+        self._authorize_path(request, user)
         query = _query(request)
         result = await self.health.run(endpoint, check, "verbose" in query, query.get("exclude", []))
         if result is None:
