@@ -53,7 +53,7 @@ async def test_the_server_cleans_a_deleted_namespace_and_reports_it(
     assert await eventually(lambda: _now(images.list_tags(fresh_registry, f"{doomed}/app") == []), within=5)
     assert images.list_tags(fresh_registry, f"{kept}/app") == ["v1"]
 
-    monitor = pki.client_ca.client("prometheus", ("system:monitoring",))
+    monitor = pki.client_ca.client("prometheus", ("system:masters",))
     text = (await server.client(monitor).get("/metrics")).body.decode()
     assert "payloadtags_cleanup_is_leader 1.0" in text
     assert "payloadtags_cleanup_sweep_orphans_cleaned_total 1.0" in text
