@@ -3,7 +3,7 @@ authentication ConfigMap, each through a list+watch reflector."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -12,6 +12,7 @@ from twisted.internet.interfaces import IReactorTime
 from payloadtags.access.authconfig import CONFIGMAP_NAME, CONFIGMAP_NAMESPACE, DynamicAuthentication
 from payloadtags.access.authn import UserInfo
 from payloadtags.access.rbac import RbacIndex
+from payloadtags.jsontypes import JsonObject
 from payloadtags.kube import KubeClient, Reflector, StoreListener
 
 RBAC = "/apis/rbac.authorization.k8s.io/v1"
@@ -21,8 +22,6 @@ RBAC_COLLECTIONS = {
     "RoleBinding": f"{RBAC}/rolebindings",
     "ClusterRoleBinding": f"{RBAC}/clusterrolebindings",
 }
-
-Obj = Mapping[str, Any]
 
 
 def _own(options: dict[str, Any]) -> dict[str, Any]:
@@ -37,16 +36,16 @@ class _IndexFeed(StoreListener):
     index: RbacIndex
     kind: str
 
-    def on_add(self, obj: Obj) -> None:
+    def on_add(self, obj: JsonObject) -> None:
         self.index.upsert(self.kind, obj)
 
-    def on_update(self, old: Obj, new: Obj) -> None:
+    def on_update(self, old: JsonObject, new: JsonObject) -> None:
         self.index.upsert(self.kind, new)
 
-    def on_delete(self, obj: Obj) -> None:
+    def on_delete(self, obj: JsonObject) -> None:
         self.index.remove(self.kind, obj)
 
-    def on_replaced(self, objects: list[Obj]) -> None:
+    def on_replaced(self, objects: list[JsonObject]) -> None:
         self.index.replace(self.kind, objects)
 
 
@@ -65,10 +64,10 @@ def rbac_reflectors(
 class _ConfigMapFeed(StoreListener):
     authentication: DynamicAuthentication
 
-    def on_add(self, obj: Obj) -> None:
+    def on_add(self, obj: JsonObject) -> None:
         self.authentication.update_from_configmap(obj.get("data") or {})
 
-    def on_update(self, old: Obj, new: Obj) -> None:
+    def on_update(self, old: JsonObject, new: JsonObject) -> None:
         self.authentication.update_from_configmap(new.get("data") or {})
 
 

@@ -1,14 +1,22 @@
-"""Deferred helpers shared by the HTTP clients."""
+"""The async primitives: timeouts, cancellation, gathering. Everything that waits uses these.
+
+- `within` bounds an awaitable by a deadline on an injected clock and tells a caller's cancel apart
+  from the deadline and from the work's own failures;
+- `noting_cancel` relays a Deferred while noting that its caller cancelled it;
+- `gather` and `bounded_map` run coroutines concurrently, failing as the first failure.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Final, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, FirstError, gatherResults
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 _WAIT_FOR_WORK: Final = object()
 
@@ -41,3 +49,85 @@ def noting_cancel(work: Deferred[T], on_cancel: Callable[[], object]) -> Deferre
     outer.addCallback(lambda result: work if result is _WAIT_FOR_WORK else result)
     work.addBoth(relay)
     return outer
+
+
+class DeadlineExpired(Exception):
+    """`within`'s deadline passed; the work was cancelled. ``__cause__`` is what the work failed with."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no answer within {seconds:g}s")
+        self.seconds = seconds
+
+
+async def within(clock: IReactorTime, seconds: float, work: Awaitable[T]) -> T:
+    """The result of `work`, which is cancelled if it has not ended `seconds` after the call.
+
+    Raises DeadlineExpired when the deadline cancelled the work, and CancelledError when the caller
+    cancelled: whatever `work` then fails with (a transport may report a cancel as a lookup or
+    connection failure), the cancel is noted as it comes in. Other failures pass through unchanged.
+    """
+    d = Deferred.fromCoroutine(_as_coroutine(work))
+    expired = cancelled = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        d.cancel()
+
+    def note_cancel() -> None:
+        nonlocal cancelled
+        cancelled = True
+
+    call = clock.callLater(seconds, expire)
+    try:
+        return await noting_cancel(d, note_cancel)
+    except Exception as error:
+        if cancelled:
+            raise CancelledError() from error
+        if expired:
+            raise DeadlineExpired(seconds) from error
+        raise
+    finally:
+        if call.active():
+            call.cancel()
+
+
+async def _as_coroutine(work: Awaitable[T]) -> T:
+    return await work
+
+
+async def gather(coroutines: Iterable[Coroutine[Any, Any, T]], *, cancel_rest: bool = True) -> list[T]:
+    """Run coroutines concurrently; results in input order.
+
+    The first failure is raised as itself (not as Twisted's FirstError). With ``cancel_rest`` the
+    siblings still running are cancelled, so that nothing the operation started is left running
+    unobserved; without it they run to their end (a registry delete cut short halfway could leave
+    the tag on a placeholder manifest).
+    """
+    pending = [Deferred.fromCoroutine(c) for c in coroutines]
+    if not pending:
+        return []
+    try:
+        return await gatherResults(pending, consumeErrors=True)
+    except FirstError as error:
+        for d in pending if cancel_rest else ():
+            if not d.called:
+                d.cancel()
+        error.subFailure.raiseException()
+        raise  # pragma: no cover - raiseException always raises
+
+
+async def limited(semaphore: DeferredSemaphore, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """``fn(*args)`` once ``semaphore`` has a slot, holding the slot until it ends."""
+    await semaphore.acquire()
+    try:
+        return await fn(*args)
+    finally:
+        semaphore.release()
+
+
+async def bounded_map(fn: Callable[[T], Awaitable[R]], items: Iterable[T], limit: int) -> list[R]:
+    """``fn`` over ``items`` with at most ``limit`` in flight; results in input order. The first
+    failure is raised as itself; the calls already started run to their end."""
+    semaphore = DeferredSemaphore(limit)
+    return await gather((limited(semaphore, fn, item) for item in items), cancel_rest=False)

@@ -6,14 +6,14 @@ It knows namespaces (a repository's first path segment) but nothing of HTTP or K
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, gatherResults
 
+from payloadtags.deferreds import bounded_map
 from payloadtags.names import TagRef, split_repository
-from payloadtags.registry import Manifest, RegistryClient
+from payloadtags.registry import Catalog, Manifest, Registry
 from payloadtags.registry.errors import RegistryNotFound
 from payloadtags.repoindex import RepositoryIndex
 
@@ -45,20 +45,6 @@ class Page:
     more: bool
 
 
-async def bounded_map(fn: Callable[[T], Awaitable[R]], items: Iterable[T], limit: int) -> list[R]:
-    """Run ``fn`` over ``items`` with at most ``limit`` in flight; results in input order."""
-    semaphore = DeferredSemaphore(limit)
-    try:
-        return await gatherResults(
-            [semaphore.run(lambda item=item: Deferred.fromCoroutine(fn(item))) for item in items],
-            consumeErrors=True,
-        )
-    except FirstError as error:
-        # Callers handle the registry's own error types, not the gathering wrapper.
-        error.subFailure.raiseException()
-        raise  # pragma: no cover - raiseException always raises
-
-
 @attrs.define
 class CatalogCursor:
     """Reads the catalog a page at a time, as ``(repository, namespace, path)`` triples.
@@ -68,7 +54,7 @@ class CatalogCursor:
     are contiguous and come right after the namespace's own name.
     """
 
-    client: RegistryClient
+    client: Catalog
     namespace: str | None
     last: str | None
     page_size: int
@@ -82,7 +68,8 @@ class CatalogCursor:
         # reads whole pages from the start.
         if self.namespace is None:
             return self.page_size
-        return min(self.page_size, self.first_page_size * 4**self._pages)
+        growth: int = 4**self._pages  # typeshed types int ** int as Any (a negative power is a float)
+        return min(self.page_size, self.first_page_size * growth)
 
     async def next(self) -> list[tuple[str, str, str]]:
         if self.done:
@@ -126,7 +113,7 @@ class IndexCursor:
 
 @attrs.define
 class Inventory:
-    client: RegistryClient
+    client: Registry
     concurrency: int = 16
     page_size: int = 1000
     # When given and ready, namespace lists take their repositories from it instead of the catalog.
@@ -230,4 +217,4 @@ def _json_or_none(content: bytes) -> Any:
         return None
 
 
-__all__ = ["CatalogCursor", "IndexCursor", "Inventory", "Page", "TagDetail", "bounded_map"]
+__all__ = ["CatalogCursor", "IndexCursor", "Inventory", "Page", "TagDetail"]

@@ -12,8 +12,7 @@ import socket
 from typing import Any
 
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import Logger
 
 from payloadtags.settings import UNSPECIFIED_ADDRESSES
@@ -49,7 +48,7 @@ def _in_use(address: str, port: int, reason: str) -> ConfigurationError:
     )
 
 
-def listen(reactor: Any, address: str, port: int, factory: Factory) -> IListeningPort:
+def listen(reactor: Any, address: str, port: int, factory: IProtocolFactory) -> IListeningPort:
     """Listen now; a port that cannot be had is a ConfigurationError naming the flag."""
     if address in UNSPECIFIED_ADDRESSES:
         sock = dual_stack_socket()

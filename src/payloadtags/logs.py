@@ -15,6 +15,7 @@ from typing import IO, Any
 
 from twisted.logger import (
     FilteringLogObserver,
+    ILogFilterPredicate,
     ILogObserver,
     LogLevel,
     LogLevelFilterPredicate,
@@ -23,7 +24,7 @@ from twisted.logger import (
     globalLogBeginner,
     textFileLogObserver,
 )
-from zope.interface import provider
+from zope.interface import implementer
 
 FORMATS = ("text", "json")
 # Verbosity from which debug events (one line per request) are written, as kube-apiserver's --v=3.
@@ -49,10 +50,15 @@ def _plain(value: Any) -> Any:
     return _ADDRESS.sub("", str(value))
 
 
-def _quiet(event: dict[str, Any]) -> PredicateResult:
-    if _NOISE.search(formatEvent(event)):
-        return PredicateResult.no
-    return PredicateResult.maybe
+@implementer(ILogFilterPredicate)
+class _Quiet:
+    """Drops Twisted's factory start/stop chatter."""
+
+    def __call__(self, event: dict[str, Any]) -> PredicateResult:
+        answer: PredicateResult = (
+            PredicateResult.no if _NOISE.search(formatEvent(event)) else PredicateResult.maybe
+        )
+        return answer
 
 
 def klog_record(event: dict[str, Any]) -> dict[str, Any]:
@@ -79,20 +85,25 @@ def klog_record(event: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def json_observer(out: IO[str]) -> ILogObserver:
-    @provider(ILogObserver)
-    def observe(event: dict[str, Any]) -> None:
-        out.write(json.dumps(klog_record(event), separators=(",", ":"), ensure_ascii=False) + "\n")
-        out.flush()
+@implementer(ILogObserver)
+class _JsonObserver:
+    def __init__(self, out: IO[str]) -> None:
+        self.out = out
 
-    return observe
+    def __call__(self, event: dict[str, Any]) -> None:
+        self.out.write(json.dumps(klog_record(event), separators=(",", ":"), ensure_ascii=False) + "\n")
+        self.out.flush()
+
+
+def json_observer(out: IO[str]) -> ILogObserver:
+    return _JsonObserver(out)
 
 
 def observer(log_format: str = "text", verbosity: int = 0, out: IO[str] = sys.stderr) -> ILogObserver:
     """What begin_logging installs: the format's observer behind the verbosity and noise filters."""
     inner = json_observer(out) if log_format == "json" else textFileLogObserver(out)
     level = LogLevel.debug if verbosity >= DEBUG_VERBOSITY else LogLevel.info
-    return FilteringLogObserver(inner, [LogLevelFilterPredicate(defaultLogLevel=level), _quiet])
+    return FilteringLogObserver(inner, [LogLevelFilterPredicate(defaultLogLevel=level), _Quiet()])
 
 
 def begin_logging(log_format: str = "text", verbosity: int = 0, out: IO[str] = sys.stderr) -> None:

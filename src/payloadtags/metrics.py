@@ -16,6 +16,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from payloadtags.access.authn import UserInfo
 from payloadtags.access.authz import Authorizer
+from payloadtags.registry import CatalogPage, Manifest, Registry
+from payloadtags.registry.client import MAX_CATALOG_PAGE
 from payloadtags.registry.errors import (
     RegistryDeleteDisabled,
     RegistryError,
@@ -111,7 +113,7 @@ def outcome_of(error: BaseException | None) -> str:
 class InstrumentedRegistry:
     """The registry client with every public operation counted and timed."""
 
-    inner: Any
+    inner: Registry
     metrics: Metrics
     clock: Callable[[], float] = time.monotonic
 
@@ -130,13 +132,13 @@ class InstrumentedRegistry:
     async def ping(self) -> None:
         return await self._measure("ping", self.inner.ping())
 
-    async def catalog(self, last: str | None = None, n: int = 1000) -> Any:
+    async def catalog(self, last: str | None = None, n: int = MAX_CATALOG_PAGE) -> CatalogPage:
         return await self._measure("catalog", self.inner.catalog(last=last, n=n))
 
     async def tags(self, repository: str) -> list[str]:
         return await self._measure("tags", self.inner.tags(repository))
 
-    async def manifest(self, repository: str, reference: str) -> Any:
+    async def manifest(self, repository: str, reference: str) -> Manifest:
         return await self._measure("manifest", self.inner.manifest(repository, reference))
 
     async def resolve(self, repository: str, reference: str) -> str:

@@ -12,6 +12,7 @@ import attrs
 import cattrs
 from cattrs.gen import make_dict_unstructure_fn, override
 
+from payloadtags.jsontypes import JsonObject
 from payloadtags.names import TagRef
 
 GROUP = "payload-registry.deckhouse.io"
@@ -27,8 +28,6 @@ VERBS = ("delete", "deletecollection", "get", "list")
 
 # A fixed namespace for name-based UUIDs, so a tag keeps its uid across restarts and replicas.
 _UID_NAMESPACE = uuid.UUID("6f1f7e2c-5d0b-4c55-9a43-2b1f8d4f0a17")
-
-JSON = dict[str, Any]
 
 
 @attrs.define(kw_only=True)
@@ -59,8 +58,8 @@ class TagStatus:
     digest: str
     media_type: str | None = None
     artifact_type: str | None = None
-    manifest: JSON | None = None
-    config: JSON | None = None
+    manifest: JsonObject | None = None
+    config: JsonObject | None = None
 
 
 @attrs.define(kw_only=True)
@@ -101,7 +100,7 @@ class StatusDetails:
     name: str | None = None
     group: str | None = None
     uid: str | None = None
-    causes: list[JSON] | None = None
+    causes: list[JsonObject] | None = None
     retry_after_seconds: int | None = None
 
 
@@ -114,7 +113,7 @@ class Status:
     message: str | None = None
     reason: str | None = None
     details: StatusDetails | None = None
-    metadata: JSON = attrs.Factory(dict)
+    metadata: JsonObject = attrs.Factory(dict)
 
 
 @attrs.define(kw_only=True)
@@ -129,7 +128,7 @@ class TableColumnDefinition:
 @attrs.define(kw_only=True)
 class TableRow:
     cells: list[Any]
-    object: JSON | None = None
+    object: JsonObject | None = None
 
 
 @attrs.define(kw_only=True)
@@ -150,7 +149,8 @@ def _make_converter() -> cattrs.Converter:
     converter = cattrs.Converter()
 
     def factory(cls: type) -> Any:
-        overrides = {
+        # Typed loosely: cattrs declares these overrides as **kwargs beside its own keyword options.
+        overrides: dict[str, Any] = {
             field.name: override(rename=_camel(field.name), omit_if_default=field.default is None)
             for field in attrs.fields(cls)
         }

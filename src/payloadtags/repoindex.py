@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import bisect
 import time
-from typing import Any
 
 from twisted.logger import Logger
+
+from payloadtags.registry import Catalog
 
 log = Logger()
 
@@ -72,7 +73,7 @@ class RepositoryIndex:
         hi = len(self._keys) if limit is None else lo + limit
         return ["/".join(key) for key in self._keys[lo:hi]]
 
-    async def refresh(self, client: Any) -> int:
+    async def refresh(self, client: Catalog) -> int:
         """Reads the whole catalog and replaces the contents; returns the number of names."""
         started = time.monotonic()
         self._added_during_refresh = set()

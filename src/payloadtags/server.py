@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import gc
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.threads import deferToThread
@@ -35,7 +37,7 @@ from payloadtags.kube import KubeClient, Reflector
 from payloadtags.listen import listen
 from payloadtags.logs import begin_logging
 from payloadtags.metrics import CountingAuthorizer, InstrumentedRegistry, Metrics
-from payloadtags.registry import RegistryClient
+from payloadtags.registry import Registry, RegistryClient
 from payloadtags.reloader import FileWatcher
 from payloadtags.repoindex import RepositoryIndex
 from payloadtags.settings import Settings
@@ -74,7 +76,7 @@ class RunningServer:
     port: int
     listener: IListeningPort
     connections: WrappingFactory
-    registry: Any
+    registry: Registry
     api: ApiServer
     settings: Settings
     clock: Any
@@ -98,7 +100,9 @@ class RunningServer:
         if self.settings.shutdown_delay > 0:
             # Give endpoints controllers and load balancers time to stop sending new requests here.
             await deferLater(self.clock, self.settings.shutdown_delay, lambda: None)
-        await self.listener.stopListening()
+        stopped = self.listener.stopListening()
+        if stopped is not None:
+            await stopped
         deadline = self.clock.seconds() + self.settings.shutdown_grace_period
         idle = self.api.idle()
         idle.addTimeout(self.settings.shutdown_grace_period, self.clock)
@@ -141,7 +145,7 @@ def _cleanup(
     reactor: Any,
     settings: Settings,
     kube: KubeClient | None,
-    registry: Any,
+    registry: Registry,
     reflector_options: dict[str, Any],
     lease_namespace: str,
 ) -> CleanupController | None:
@@ -221,7 +225,7 @@ def _rotation_watchers(
     return watchers
 
 
-def _index_refresh(reactor: Any, index: RepositoryIndex, registry: Any) -> LoopingCall:
+def _index_refresh(reactor: Any, index: RepositoryIndex, registry: Registry) -> LoopingCall:
     async def refresh() -> None:
         try:
             await index.refresh(registry)
@@ -246,7 +250,7 @@ def _authorization(
     return RbacAuthorizer(index, ready=lambda: all(r.has_synced for r in sources)), sources
 
 
-def _synced(reflectors: list[Reflector], what: str):
+def _synced(reflectors: list[Reflector], what: str) -> Callable[[], Awaitable[None]]:
     async def check() -> None:
         waiting = [r.name for r in reflectors if not r.has_synced]
         if waiting:
@@ -317,7 +321,11 @@ async def start(
         if running is not None and running.shutting_down:
             raise RuntimeError("the server is shutting down")
 
-    readiness = [("ping", ping), ("shutdown", not_shutting_down), ("registry", registry.ping)]
+    readiness: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+        ("ping", ping),
+        ("shutdown", not_shutting_down),
+        ("registry", registry.ping),
+    ]
     if auth_reflectors:
         readiness.append(("authentication-configmap", _synced(auth_reflectors, "authentication ConfigMap")))
     if rbac_sources:
@@ -355,8 +363,9 @@ async def start(
         for reflector in reflectors:
             await reflector.stop()
         raise
-    port = listener.getHost().port
     host = listener.getHost()
+    assert isinstance(host, IPv4Address | IPv6Address), host  # a TCP port
+    port = host.port
     log.info(
         "serving {group} on https://{address}:{port}, registry {registry}, authorization {mode}",
         group="payload-registry.deckhouse.io/v1alpha1",

@@ -21,12 +21,15 @@ from typing import Any
 import attrs
 import pytest
 import pytest_twisted
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, ITCPTransport
+from twisted.internet.protocol import connectionDone
 from twisted.protocols import portforward
+from twisted.python.failure import Failure
 
 from payloadtags.cleanup import CleanupController, CleanupOptions, LeaderElectionOptions
 from payloadtags.kube import Backoff, KubeClient, load_cluster_config
 from payloadtags.registry import RegistryClient, RegistrySettings
+from tests.support.listening import stop_listening, tcp_port
 from tests.support.registry_server import RegistryServer, registry_available, stop_all
 
 __all__ = [
@@ -50,10 +53,10 @@ def unique_namespace(stem: str = "ns") -> str:
 # Lease 2 s, renew deadline 1.2 s, retry period 0.25 s: failover within about two seconds and a
 # half. Shorter deadlines make a leader on a busy 2-core machine (CI, several replicas and the API
 # double in one process) miss renewals and flap, which is not what the tests are about.
-FAST_LEADER_ELECTION = {"lease_duration": 2.0, "renew_deadline": 1.2, "retry_period": 0.25}
+FAST_LEADER_ELECTION: dict[str, Any] = {"lease_duration": 2.0, "renew_deadline": 1.2, "retry_period": 0.25}
 
 
-def fast_options(identity: str, election: dict[str, float] | None = None, **overrides: Any) -> CleanupOptions:
+def fast_options(identity: str, election: dict[str, Any] | None = None, **overrides: Any) -> CleanupOptions:
     election_options = LeaderElectionOptions(identity=identity, **(election or FAST_LEADER_ELECTION))
     values: dict[str, Any] = {
         "sweep_period": 0.0,
@@ -89,11 +92,13 @@ def fresh_registry(registry_reaper: list[RegistryServer]) -> Iterator[RegistrySe
 
 
 class _Forward(portforward.ProxyServer):
+    factory: _ForwardFactory
+
     def connectionMade(self) -> None:
         self.factory.open.add(self)
         super().connectionMade()
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.factory.open.discard(self)
         super().connectionLost(reason)
 
@@ -127,14 +132,14 @@ class RegistryProxy:
     def come_up(self) -> None:
         if self._listener is None:
             self._listener = self.reactor.listenTCP(self.port, self._factory, interface="127.0.0.1")
-            self.port = self._listener.getHost().port
+            self.port = tcp_port(self._listener)
 
     async def go_down(self) -> None:
         """Connection refused from now on; open connections are reset."""
         self._drop()
         listener, self._listener = self._listener, None
         if listener is not None:
-            await listener.stopListening()
+            await stop_listening(listener)
 
     def point_at(self, target: RegistryServer) -> None:
         """Forward new connections to `target`; open ones are reset so none stays on the old one."""
@@ -147,7 +152,7 @@ class RegistryProxy:
         assert self._factory is not None
         for connection in list(self._factory.open):
             if connection.transport is not None:
-                connection.transport.abortConnection()
+                ITCPTransport(connection.transport).abortConnection()
 
 
 # -- controllers -------------------------------------------------------------------------------------

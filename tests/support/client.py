@@ -72,9 +72,9 @@ class ApiClient:
         policy = _Policy(Path(self.ca_file).read_bytes(), self.client)  # noqa: ASYNC240 - a small local file
         agent = Agent(self.reactor, contextFactory=policy, pool=self._pool)
         http = treq.client.HTTPClient(agent)
-        send_headers: dict[str, list[str]] = {}
+        send_headers: dict[bytes | str, list[bytes | str]] = {}
         for key, value in (headers or {}).items():
-            send_headers[key] = value if isinstance(value, list) else [value]
+            send_headers[key] = [*value] if isinstance(value, list) else [value]
         data = body
         if isinstance(body, dict):
             data = json.dumps(body).encode()

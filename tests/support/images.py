@@ -139,7 +139,8 @@ class Session:
         if answer.status != 200:
             raise PushError(f"token server answered {answer.status}: {answer.body[:200]!r}")
         token = json.loads(answer.body)
-        return "Bearer " + (token.get("token") or token["access_token"])
+        bearer: str = token.get("token") or token["access_token"]
+        return "Bearer " + bearer
 
     def expect(self, response: Response, *statuses: int, what: str) -> Response:
         if response.status not in statuses:
@@ -264,7 +265,7 @@ def push_oci_image(
     """An OCI image manifest with a real image config; pushed by digest when tag is None."""
     session = _session(target)
     seed = seed if seed is not None else f"{repository}:{tag}:{architecture}"
-    manifest = {"mediaType": OCI_MANIFEST}
+    manifest: dict[str, Any] = {"mediaType": OCI_MANIFEST}
     manifest |= _image_parts(
         session,
         repository,

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 from twisted.internet import task
 
 from tests.support.kubeapi.resources import NAMESPACES, ROLEBINDINGS, ROLES
+from tests.support.kubeapi.server import KubeApiDouble
+
+T = TypeVar("T")
 
 GROUP = "payload-registry.deckhouse.io"
 
 
-def ensure_namespace(kube_api, name: str) -> None:
+def ensure_namespace(kube_api: KubeApiDouble, name: str) -> None:
     if not kube_api.store.exists(NAMESPACES, name):
         kube_api.store.create(NAMESPACES, {"metadata": {"name": name}})
 
 
-def grant(kube_api, namespace: str, user: str, verbs: list[str], names: list[str] | None, role: str) -> None:
+def grant(
+    kube_api: KubeApiDouble, namespace: str, user: str, verbs: list[str], names: list[str] | None, role: str
+) -> None:
     """A Role on payloadrepositoryaccesses and a RoleBinding of it to ``user``."""
     ensure_namespace(kube_api, namespace)
     rule = {"apiGroups": [GROUP], "resources": ["payloadrepositoryaccesses"], "verbs": verbs}
@@ -32,7 +40,7 @@ def grant(kube_api, namespace: str, user: str, verbs: list[str], names: list[str
     )
 
 
-async def eventually(check, within: float = 1.0, step: float = 0.05):
+async def eventually(check: Callable[[], Awaitable[T]], within: float = 1.0, step: float = 0.05) -> T:
     """Poll ``check`` (async, returns truthy when done) for at most ``within`` seconds."""
     from twisted.internet import reactor
 

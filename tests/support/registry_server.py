@@ -48,7 +48,8 @@ def registry_available() -> bool:
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 # --- htpasswd -------------------------------------------------------------------------------------
@@ -63,7 +64,8 @@ def bcrypt_hash(password: str, rounds: int = 4) -> str:
     try:
         import bcrypt  # optional: the libcrypt fallback below needs no package
 
-        return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).decode()
+        hashed_by_package: bytes = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds))
+        return hashed_by_package.decode()
     except ImportError:
         pass
     lib = ctypes.CDLL("libcrypt.so.1")
@@ -72,7 +74,7 @@ def bcrypt_hash(password: str, rounds: int = 4) -> str:
     lib.crypt.restype = ctypes.c_char_p
     lib.crypt.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
     salt = lib.crypt_gensalt(b"$2b$", max(rounds, 4), None, 0)
-    hashed = lib.crypt(password.encode(), salt) if salt else None
+    hashed: bytes | None = lib.crypt(password.encode(), salt) if salt else None
     if not hashed or not hashed.startswith(b"$2"):
         raise RuntimeError("no bcrypt implementation: install the 'bcrypt' package or libcrypt1")
     return hashed.decode()
@@ -85,7 +87,9 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def _self_signed(common_name: str, key: ec.EllipticCurvePrivateKey, sans: list[x509.GeneralName]):
+def _self_signed(
+    common_name: str, key: ec.EllipticCurvePrivateKey, sans: list[x509.GeneralName]
+) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.UTC)
     builder = (

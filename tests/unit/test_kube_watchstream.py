@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed
+from zope.interface import implementer
 
 from payloadtags.kube import ClusterConfig, WatchEvent, resource_path
 from payloadtags.kube.client import WatchStream, _TokenSource
@@ -23,6 +25,7 @@ from payloadtags.kube.errors import (
 )
 
 
+@implementer(IPushProducer)
 class FakeBodyTransport:
     def __init__(self) -> None:
         self.calls: list[str] = []

@@ -11,6 +11,7 @@ from typing import Any
 import attrs
 import pytest
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
@@ -60,6 +61,7 @@ class Answer:
     finish: bool = True  # False: send the headers and part of the body, then hang
 
 
+@implementer(IPushProducer)
 class _Transport:
     def __init__(self) -> None:
         self.stopped = False

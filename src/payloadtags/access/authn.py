@@ -53,7 +53,26 @@ class Credentials:
 
 
 class Authenticator(Protocol):
-    async def authenticate(self, credentials: Credentials) -> UserInfo | None: ...
+    """One way of telling who is calling (a client certificate, a bearer token, front-proxy headers)."""
+
+    async def authenticate(self, credentials: Credentials) -> UserInfo | None:
+        """The caller, or None when these credentials do not identify anyone this way."""
+        ...
+
+
+class RequestAuthenticator(Authenticator, Protocol):
+    """What the HTTP layer needs: who is calling, and which headers it must not let through.
+
+    The front-proxy identity headers (``X-Remote-User``, ``X-Remote-Group``, ``X-Remote-Extra-*``, or
+    the names configured for them) are believed only from a verified front proxy. From any other
+    caller they are forged: the HTTP layer removes every header that `untrusted_identity_headers`
+    names right after authentication, before any handler reads the request. See docs/access.md.
+    """
+
+    def untrusted_identity_headers(self, credentials: Credentials) -> list[str]:
+        """The lower-cased names, among ``credentials.headers``, that claim an identity the
+        connection is not trusted to assert; empty for a trusted front proxy."""
+        ...
 
 
 def issued_by(certificate: x509.Certificate, authorities: Sequence[x509.Certificate]) -> bool:

@@ -79,6 +79,8 @@ look-up per path character.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
+from typing import Any
 
 import attrs
 
@@ -113,6 +115,10 @@ _GMID = 3  # inside the whole-segment "**/" at pc, within a path segment
 _GALL = 4  # inside the final whole-segment "**" at pc: everything else matches
 
 _State = tuple[int, int, bool]
+# One instruction of the program above: its opcode, then operands whose types depend on the opcode.
+_Instruction = tuple[Any, ...]
+# A rest of the pattern as token kinds (see below).
+_Rest = tuple[str, ...]
 
 # What the rest of the pattern may literally be, when the path is used up, for it to match the
 # empty string: doublestar's rule, less "/**/" (deviation 6.).  Token kinds: "/" unescaped, "*"
@@ -131,11 +137,12 @@ _DFA_CACHE_BUDGET = 200_000
 _TRANSITIONS_LIMIT = 256
 
 
-def _parse(source: str) -> list[tuple]:
+def _parse(source: str) -> list[_Instruction]:
     """Compile the (already lowercased) pattern text into a program; raise PatternError."""
-    prog: list = []
+    # Built with mutable lists for "{" and "," (patched once the group closes), then frozen.
+    prog: list[Any] = []
     # One frame per open "{": (its _SPLIT instruction, the _JMP instructions ending alternatives).
-    groups: list[tuple[list, list[list]]] = []
+    groups: list[tuple[list[Any], list[list[Any]]]] = []
     i, n = 0, len(source)
     while i < n:
         c = source[i]
@@ -158,14 +165,14 @@ def _parse(source: str) -> list[tuple]:
             instruction, i = _parse_class(source, i, in_group=bool(groups))
             prog.append(instruction)
         elif c == "{":
-            split: list = [_SPLIT, []]
+            split: list[Any] = [_SPLIT, []]
             prog.append(split)
             groups.append((split, []))
             split[1].append(len(prog))
             i += 1
         elif c == "," and groups:
             split, jumps = groups[-1]
-            jump: list = [_JMP, -1]
+            jump: list[Any] = [_JMP, -1]
             prog.append(jump)
             jumps.append(jump)
             split[1].append(len(prog))
@@ -195,7 +202,7 @@ def _parse(source: str) -> list[tuple]:
     return prog
 
 
-def _parse_class(source: str, start: int, *, in_group: bool) -> tuple[tuple, int]:
+def _parse_class(source: str, start: int, *, in_group: bool) -> tuple[_Instruction, int]:
     """Parse the class opening at source[start] == "["; return its instruction and the next index."""
     n = len(source)
 
@@ -238,7 +245,7 @@ def _parse_class(source: str, start: int, *, in_group: bool) -> tuple[tuple, int
         last = c
 
 
-def _classify_double_star(prog: list[tuple], pc: int) -> tuple:
+def _classify_double_star(prog: list[_Instruction], pc: int) -> _Instruction:
     """Decide what follows the "**" at pc: an unescaped "/", the end of the pattern, or other."""
     nxt = pc + 1
     while prog[nxt][0] == _JMP:
@@ -251,7 +258,7 @@ def _classify_double_star(prog: list[tuple], pc: int) -> tuple:
     return (_DSTAR, _F_OTHER, 0)
 
 
-def _empty_rest_table(prog: list[tuple], allowed: frozenset) -> list[bool]:
+def _empty_rest_table(prog: list[_Instruction], allowed: frozenset[_Rest]) -> list[bool]:
     """For each pc: may the pattern from pc on match the empty string once the path is used up?
 
     ``allowed`` is the set of rests (as token kinds) that may; the program only jumps forwards, so
@@ -259,7 +266,7 @@ def _empty_rest_table(prog: list[tuple], allowed: frozenset) -> list[bool]:
     pc on completes an allowed rest.
     """
     prefixes = frozenset(rest[:i] for rest in allowed for i in range(len(rest) + 1))
-    ok: list[frozenset] = [frozenset()] * len(prog)
+    ok: list[frozenset[_Rest]] = [frozenset()] * len(prog)
     for pc in range(len(prog) - 1, -1, -1):
         instruction = prog[pc]
         op = instruction[0]
@@ -296,7 +303,7 @@ class _DfaState:
 class _Automaton:
     """The compiled matcher of one (lowercased, well-formed) pattern."""
 
-    def __init__(self, prog: list[tuple]) -> None:
+    def __init__(self, prog: list[_Instruction]) -> None:
         self.prog = prog
         self.empty_rest = _empty_rest_table(prog, _EMPTY_RESTS)
         self.empty_rest_mid_segment = _empty_rest_table(prog, _EMPTY_RESTS_MID_SEGMENT)
@@ -333,7 +340,7 @@ class _Automaton:
             state.transitions[ch] = nxt
         return nxt
 
-    def _closure(self, states) -> frozenset[_State]:
+    def _closure(self, states: Iterable[_State]) -> frozenset[_State]:
         """Follow every move that consumes nothing; keep the states that consume a character."""
         prog = self.prog
         consuming: set[_State] = set()
@@ -417,7 +424,7 @@ class _Automaton:
         return False
 
 
-def _literal_text(prog: list[tuple]) -> str | None:
+def _literal_text(prog: list[_Instruction]) -> str | None:
     """The text a pattern without any metacharacter stands for, or None."""
     if all(instruction[0] in (_CHAR, _END) for instruction in prog):
         return "".join(instruction[1] for instruction in prog[:-1])

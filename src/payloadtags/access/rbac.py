@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from payloadtags.access.authn import MASTERS, UserInfo
 from payloadtags.access.authz import AuthorizationNotReady, path_matches
 from payloadtags.access.patterns import PathPattern, PatternError
+from payloadtags.jsontypes import JsonObject
 from payloadtags.model import GROUP
 
 log = Logger()
@@ -29,8 +30,6 @@ log = Logger()
 ACCESS_RESOURCE = "payloadrepositoryaccesses"
 RBAC_GROUP = "rbac.authorization.k8s.io"
 _MAX_MEMO = 65536
-
-Obj = Mapping[str, Any]
 
 
 @attrs.frozen
@@ -111,16 +110,16 @@ def _lower_set(values: Any) -> frozenset[str]:
 class RbacIndex:
     """Fed by reflectors (``StoreListener``s built with ``listener()``); answers ``allowed``."""
 
-    roles: dict[str, Obj] = attrs.field(factory=dict)
-    cluster_roles: dict[str, Obj] = attrs.field(factory=dict)
-    role_bindings: dict[str, Obj] = attrs.field(factory=dict)
-    cluster_role_bindings: dict[str, Obj] = attrs.field(factory=dict)
+    roles: dict[str, JsonObject] = attrs.field(factory=dict)
+    cluster_roles: dict[str, JsonObject] = attrs.field(factory=dict)
+    role_bindings: dict[str, JsonObject] = attrs.field(factory=dict)
+    cluster_role_bindings: dict[str, JsonObject] = attrs.field(factory=dict)
     generation: int = 0
     _built: int = attrs.field(default=-1, init=False)
     _role_rules: dict[tuple[str, str], tuple[Rule, ...]] = attrs.field(factory=dict, init=False)
     _cluster_role_rules: dict[str, tuple[Rule, ...]] = attrs.field(factory=dict, init=False)
     _cluster_bindings: tuple[Binding, ...] = attrs.field(default=(), init=False)
-    _cluster_roles_by_name: dict[str, Obj] = attrs.field(factory=dict, init=False)
+    _cluster_roles_by_name: dict[str, JsonObject] = attrs.field(factory=dict, init=False)
     _namespace_bindings: dict[str, tuple[Binding, ...]] = attrs.field(factory=dict, init=False)
     # Per (user, groups, namespace, verb): the generation it was computed at and the matcher. A change
     # elsewhere in RBAC keeps a matcher (and the decisions it memoized) whose patterns did not change.
@@ -132,22 +131,22 @@ class RbacIndex:
 
     # -- feeding -----------------------------------------------------------------------------------
 
-    def replace(self, kind: str, objects: Iterable[Obj]) -> None:
+    def replace(self, kind: str, objects: Iterable[JsonObject]) -> None:
         store = self._store(kind)
         store.clear()
         for obj in objects:
             store[_key(obj)] = obj
         self.generation += 1
 
-    def upsert(self, kind: str, obj: Obj) -> None:
+    def upsert(self, kind: str, obj: JsonObject) -> None:
         self._store(kind)[_key(obj)] = obj
         self.generation += 1
 
-    def remove(self, kind: str, obj: Obj) -> None:
+    def remove(self, kind: str, obj: JsonObject) -> None:
         self._store(kind).pop(_key(obj), None)
         self.generation += 1
 
-    def _store(self, kind: str) -> dict[str, Obj]:
+    def _store(self, kind: str) -> dict[str, JsonObject]:
         return {
             "Role": self.roles,
             "ClusterRole": self.cluster_roles,
@@ -248,7 +247,7 @@ class RbacIndex:
         self._compiled = {source: self._compiled[source] for source in used}
         self._built = self.generation
 
-    def _compile_rules(self, role: Obj) -> tuple[Rule, ...]:
+    def _compile_rules(self, role: JsonObject) -> tuple[Rule, ...]:
         rules = []
         for raw in role.get("rules") or ():
             if not isinstance(raw, Mapping):
@@ -281,7 +280,7 @@ class RbacIndex:
             self._compiled[source] = known
         return known
 
-    def _warn_once(self, role: Obj, pattern: str, error: Exception) -> None:
+    def _warn_once(self, role: JsonObject, pattern: str, error: Exception) -> None:
         meta = _meta(role)
         name = "/".join(part for part in (meta.get("namespace"), meta.get("name")) if part)
         where = f"{role.get('kind', 'Role')} {name}"
@@ -296,18 +295,18 @@ class RbacIndex:
             )
 
 
-def _meta(obj: Obj) -> Mapping[str, Any]:
+def _meta(obj: JsonObject) -> Mapping[str, Any]:
     meta = obj.get("metadata")
     return meta if isinstance(meta, Mapping) else {}
 
 
-def _key(obj: Obj) -> str:
+def _key(obj: JsonObject) -> str:
     meta = _meta(obj)
     namespace = meta.get("namespace")
     return f"{namespace}/{meta.get('name', '')}" if namespace else str(meta.get("name", ""))
 
 
-def _binding(obj: Obj, namespace: str) -> Binding | None:
+def _binding(obj: JsonObject, namespace: str) -> Binding | None:
     ref = obj.get("roleRef")
     if not isinstance(ref, Mapping) or ref.get("apiGroup", RBAC_GROUP) != RBAC_GROUP:
         return None

@@ -18,10 +18,11 @@ from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from payloadtags import __version__
-from payloadtags.access.authn import Authenticator, Credentials, UserInfo
+from payloadtags.access.authn import Credentials, RequestAuthenticator, UserInfo
 from payloadtags.access.authz import AlwaysAllow, AuthorizationNotReady, PathAuthorizer, path_matches
 from payloadtags.api import discovery, openapi
 from payloadtags.api.errors import (
@@ -62,7 +63,7 @@ def _header(request: IRequest, name: str) -> str | None:
     return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
-def _credentials(request: IRequest) -> Credentials:
+def _credentials(request: Request) -> Credentials:
     transport = request.channel.transport if request.channel is not None else None
     handle = getattr(transport, "getHandle", None)
     chain = verified_peer_chain(handle()) if handle is not None else ()
@@ -109,7 +110,7 @@ Handler = Callable[..., Awaitable[bytes]]
 @attrs.define
 class ApiServer:
     service: TagsService
-    authenticator: Authenticator
+    authenticator: RequestAuthenticator
     health: HealthChecks
     metrics: Metrics = attrs.field(factory=Metrics)
     # Non-resource URLs (/metrics, health paths outside always_allow_paths) are authorized like
@@ -156,7 +157,8 @@ class ApiServer:
 
     def _endpoint(self, fn: Callable[..., Awaitable[bytes]], anonymous: bool = False) -> Handler:
         @functools.wraps(fn)
-        async def handler(request: IRequest, **kwargs: Any) -> bytes:
+        # Klein hands over twisted.web's Request, whose channel, code and notifyFinish IRequest lacks.
+        async def handler(request: Request, **kwargs: Any) -> bytes:
             started = time.monotonic()
             user: UserInfo | None = None
             self._inflight += 1
@@ -198,8 +200,7 @@ class ApiServer:
     def _strip_forged_identity(self, request: IRequest, credentials: Credentials) -> None:
         # Identity headers from anyone but the verified front proxy are forged: nothing after
         # authentication may see them.
-        untrusted = getattr(self.authenticator, "untrusted_identity_headers", None)
-        for name in untrusted(credentials) if untrusted is not None else ():
+        for name in self.authenticator.untrusted_identity_headers(credentials):
             request.requestHeaders.removeHeader(name.encode("latin-1"))
 
     def _route(

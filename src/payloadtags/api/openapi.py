@@ -19,9 +19,8 @@ import attrs
 from payloadtags import __version__
 from payloadtags.api.discovery import etag
 from payloadtags.api.errors import ApiError
+from payloadtags.jsontypes import JsonObject
 from payloadtags.model import GROUP, GROUP_VERSION, KIND, LIST_KIND, RESOURCE, VERSION
-
-JSON = dict[str, Any]
 
 BASE = f"/apis/{GROUP_VERSION}"
 V2_PATH = "/openapi/v2"
@@ -57,11 +56,11 @@ _V3_REF = "#/components/schemas/"
 _V2_REF = "#/definitions/"
 
 
-def _ref(name: str) -> JSON:
+def _ref(name: str) -> JsonObject:
     return {"$ref": _V3_REF + name}
 
 
-def _field(name: str, description: str) -> JSON:
+def _field(name: str, description: str) -> JsonObject:
     """A property whose type is another schema, with its own description.
 
     In OpenAPI 3.0 a ``$ref`` ignores its siblings, so the reference is wrapped in ``allOf`` (as
@@ -70,11 +69,11 @@ def _field(name: str, description: str) -> JSON:
     return {"allOf": [_ref(name)], "description": description}
 
 
-def _string(description: str, **more: Any) -> JSON:
+def _string(description: str, **more: Any) -> JsonObject:
     return {"type": "string", "description": description, **more}
 
 
-def _free_form(description: str) -> JSON:
+def _free_form(description: str) -> JsonObject:
     return {"type": "object", "description": description, "x-kubernetes-preserve-unknown-fields": True}
 
 
@@ -86,7 +85,7 @@ _API_VERSION = (
 )
 
 
-def _schemas() -> dict[str, JSON]:
+def _schemas() -> dict[str, JsonObject]:
     return {
         TAG: {
             "description": (
@@ -365,15 +364,15 @@ class _Param:
     type: str = "string"
     required: bool = False
 
-    def v3(self) -> JSON:
-        out: JSON = {"name": self.name, "in": self.where, "description": self.description}
+    def v3(self) -> JsonObject:
+        out: JsonObject = {"name": self.name, "in": self.where, "description": self.description}
         if self.required:
             out["required"] = True
         out["schema"] = {"type": self.type}
         return out
 
-    def v2(self) -> JSON:
-        out: JSON = {"name": self.name, "in": self.where, "description": self.description}
+    def v2(self) -> JsonObject:
+        out: JsonObject = {"name": self.name, "in": self.where, "description": self.description}
         if self.required:
             out["required"] = True
         out["type"] = self.type
@@ -549,8 +548,8 @@ _BODY = (
 )
 
 
-def _operation_v3(op: _Operation) -> JSON:
-    out: JSON = {
+def _operation_v3(op: _Operation) -> JsonObject:
+    out: JsonObject = {
         "tags": [_TAG_GROUP],
         "description": op.description,
         "operationId": op.operation_id,
@@ -572,8 +571,8 @@ def _operation_v3(op: _Operation) -> JSON:
     return out
 
 
-def _operation_v2(op: _Operation) -> JSON:
-    out: JSON = {
+def _operation_v2(op: _Operation) -> JsonObject:
+    out: JsonObject = {
         "description": op.description,
         "consumes": ["application/json"] if op.body is not None else ["*/*"],
         "produces": ["application/json"],
@@ -617,10 +616,10 @@ def _to_v2(schema: Any) -> Any:
 _INFO = {"title": "payloadtags", "version": f"v{__version__}"}
 
 
-def build_v3_group_version() -> JSON:
-    paths: JSON = {}
+def build_v3_group_version() -> JsonObject:
+    paths: JsonObject = {}
     for item in _PATHS:
-        entry: JSON = {op.method: _operation_v3(op) for op in item.operations}
+        entry: JsonObject = {op.method: _operation_v3(op) for op in item.operations}
         if item.params:
             entry["parameters"] = [p.v3() for p in item.params]
         paths[item.path] = entry
@@ -632,10 +631,10 @@ def build_v3_group_version() -> JSON:
     }
 
 
-def build_v2() -> JSON:
-    paths: JSON = {}
+def build_v2() -> JsonObject:
+    paths: JsonObject = {}
     for item in _PATHS:
-        entry: JSON = {op.method: _operation_v2(op) for op in item.operations}
+        entry: JsonObject = {op.method: _operation_v2(op) for op in item.operations}
         if item.params:
             entry["parameters"] = [p.v2() for p in item.params]
         paths[item.path] = entry
@@ -647,21 +646,21 @@ def build_v2() -> JSON:
     }
 
 
-def build_v3_root(group_version_hash: str) -> JSON:
+def build_v3_root(group_version_hash: str) -> JsonObject:
     url = f"{V3_GROUP_VERSION_PATH}?hash={group_version_hash}"
     return {"paths": {V3_GROUP_VERSION_KEY: {"serverRelativeURL": url}}}
 
 
-def content_hash(document: JSON) -> str:
+def content_hash(document: JsonObject) -> str:
     """The hash the server sends as ETag (without quotes) and in the v3 root's ``?hash=``."""
     return etag(document).strip('"')
 
 
 # Built once: every request serves these same objects.
-V2: JSON = build_v2()
-V3_GROUP_VERSION: JSON = build_v3_group_version()
+V2: JsonObject = build_v2()
+V3_GROUP_VERSION: JsonObject = build_v3_group_version()
 V3_GROUP_VERSION_HASH: str = content_hash(V3_GROUP_VERSION)
-V3_ROOT: JSON = build_v3_root(V3_GROUP_VERSION_HASH)
+V3_ROOT: JsonObject = build_v3_root(V3_GROUP_VERSION_HASH)
 
 
 def check_accept(accept: str | None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 
 import attrs
@@ -13,7 +14,8 @@ from payloadtags.access.authz import Authorizer
 from payloadtags.api import continuation
 from payloadtags.api.errors import access_denied, conflict, not_found
 from payloadtags.api.options import DeleteOptions, ListOptions
-from payloadtags.inventory import Inventory, bounded_map
+from payloadtags.deferreds import bounded_map
+from payloadtags.inventory import Inventory
 from payloadtags.model import ListMeta, PayloadRepositoryTag, TagStatus, tag_object, uid_for
 from payloadtags.names import InvalidName, TagRef, ref_from_name
 from payloadtags.registry.errors import RegistryNotFound
@@ -78,6 +80,7 @@ class TagsService:
             return lambda namespace, path: True
         return lambda namespace, path: self.authorizer.allowed(user, "get", namespace, path)
 
+    # `list` names the Kubernetes verb; below it, annotations say `builtins.list`.
     async def list(
         self, user: UserInfo, namespace: str | None, options: ListOptions
     ) -> tuple[list[PayloadRepositoryTag], ListMeta]:
@@ -86,7 +89,7 @@ class TagsService:
 
     async def _select(
         self, user: UserInfo, namespace: str | None, options: ListOptions, authorize: bool = True
-    ) -> tuple[list[TagRef], ListMeta]:
+    ) -> tuple[builtins.list[TagRef], ListMeta]:
         scope = namespace or ""
         accept = self._selected(options)
         readable = self._readable(user, authorize)
@@ -121,7 +124,7 @@ class TagsService:
         name: str,
         accept: Callable[[TagRef], bool],
         readable: Callable[[str, str], bool],
-    ) -> list[TagRef]:
+    ) -> builtins.list[TagRef]:
         try:
             ref = ref_from_name(namespace, name)
         except InvalidName:
@@ -189,7 +192,7 @@ class TagsService:
 
     async def delete_collection(
         self, user: UserInfo, namespace: str, list_options: ListOptions, options: DeleteOptions
-    ) -> tuple[list[PayloadRepositoryTag], ListMeta]:
+    ) -> tuple[builtins.list[PayloadRepositoryTag], ListMeta]:
         # Deletion must see every selected tag, including those the caller may not list, so that a
         # denied one refuses the whole request before anything is removed.
         unfiltered = attrs.evolve(list_options, limit=None, continue_=None)

@@ -14,19 +14,20 @@ jittered backoff, and read-only (maintenance) mode is waited out, never taken fo
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Protocol, TypeVar
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, gatherResults
+from twisted.internet.defer import DeferredSemaphore
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from payloadtags.cleanup.metrics import CleanupMetrics
+from payloadtags.deferreds import gather, limited
 from payloadtags.inventory import CatalogCursor
 from payloadtags.kube import Backoff
 from payloadtags.names import is_namespace
-from payloadtags.registry import RegistryClient
+from payloadtags.registry import Catalog
 from payloadtags.registry.errors import RegistryError, RegistryNotFound, RegistryReadOnly
 
 log = Logger()
@@ -84,9 +85,17 @@ class _Pass:
     errors: list[Exception] = attrs.Factory(list)
 
 
+class CascadeRegistry(Catalog, Protocol):
+    """The part of the registry a cascade uses (a fake in unit tests)."""
+
+    async def resolve(self, repository: str, reference: str, /) -> str: ...
+
+    async def delete_manifest(self, repository: str, digest: str, /) -> None: ...
+
+
 @attrs.define
 class Cascade:
-    registry: RegistryClient
+    registry: CascadeRegistry
     clock: IReactorTime
     # Registry requests in flight for one namespace.
     concurrency: int = 4
@@ -167,7 +176,7 @@ class Cascade:
         while not cursor.done:
             batch = await cursor.next()
             names = [repository for repository, _, _ in batch]
-            counts = await _gather([_limited(limit, self.registry.tags, repository) for repository in names])
+            counts = await gather([limited(limit, self.registry.tags, repository) for repository in names])
             repositories += sum(1 for found in counts if found)
             tags += sum(len(found) for found in counts)
         return Contents(repositories, tags)
@@ -181,7 +190,7 @@ class Cascade:
         cursor = CatalogCursor(self.registry, namespace, namespace, self.page_size)
         while not cursor.done:
             batch = await cursor.next()
-            await _gather(
+            await gather(
                 [
                     self._repository(repository, state, limit, guard, confirm)
                     for repository, ns, _path in batch
@@ -198,11 +207,11 @@ class Cascade:
         confirm: Confirm | None,
     ) -> None:
         try:
-            tags = await _limited(limit, self.registry.tags, repository)
+            tags = await limited(limit, self.registry.tags, repository)
             if not tags:
                 return
             state.found += len(tags)
-            digests = await _gather([self._resolve(limit, repository, tag, state) for tag in tags])
+            digests = await gather([self._resolve(limit, repository, tag, state) for tag in tags])
             per_digest: dict[str, int] = {}
             for digest in digests:
                 if digest is not None:
@@ -211,7 +220,7 @@ class Cascade:
                 return
             if confirm is not None:
                 await confirm()
-            await _gather(
+            await gather(
                 [
                     self._delete(limit, repository, digest, count, state, guard)
                     for digest, count in sorted(per_digest.items())
@@ -223,7 +232,7 @@ class Cascade:
 
     async def _resolve(self, limit: DeferredSemaphore, repository: str, tag: str, state: _Pass) -> str | None:
         try:
-            return await _limited(limit, self.registry.resolve, repository, tag)
+            return await limited(limit, self.registry.resolve, repository, tag)
         except RegistryNotFound:
             return None  # untagged meanwhile (another cascade, or a delete through the API)
         except RegistryError as e:
@@ -273,28 +282,3 @@ def _check(guard: Guard | None) -> None:
         reason = guard()
         if reason is not None:
             raise Aborted(reason)
-
-
-async def _limited(limit: DeferredSemaphore, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-    await limit.acquire()
-    try:
-        return await fn(*args)
-    finally:
-        limit.release()
-
-
-async def _gather(coroutines: list[Any]) -> list[Any]:
-    """Run coroutines concurrently; the first failure is raised as itself and the others cancelled."""
-    if not coroutines:
-        return []
-    pending = [Deferred.fromCoroutine(c) for c in coroutines]
-    try:
-        return await gatherResults(pending, consumeErrors=True)
-    except FirstError as error:
-        # Registry errors are caught per repository, so what gets here stops the whole pass (an
-        # abort, a bug): stop the siblings too rather than leave them running unobserved.
-        for d in pending:
-            if not d.called:
-                d.cancel()
-        error.subFailure.raiseException()
-        raise  # pragma: no cover - raiseException always raises

@@ -17,13 +17,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from payloadtags.cleanup.cascade import Aborted, Cascade, CascadeResult, Unconfirmed
+from payloadtags.cleanup.cascade import Aborted, Cascade, CascadeRegistry, CascadeResult, Unconfirmed
 from payloadtags.cleanup.leader import LeaderElectionOptions, LeaderElector
 from payloadtags.cleanup.metrics import CleanupMetrics
 from payloadtags.cleanup.sweep import ABSENT, EXISTS, TERMINATING, Sweep, SweepResult, namespace_state
 from payloadtags.cleanup.watcher import NAMESPACES_PATH, NamespaceTriggers, NamespaceView
 from payloadtags.kube import Backoff, KubeClient, Reflector
-from payloadtags.registry import RegistryClient
 from payloadtags.registry.errors import RegistryError
 
 log = Logger()
@@ -31,7 +30,7 @@ log = Logger()
 SWEEP = "sweep"
 
 
-def _positive(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
+def _positive(_instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
     if value <= 0:
         raise ValueError(f"{attribute.name} must be positive, not {value!r}")
 
@@ -71,7 +70,7 @@ class CleanupController:
         self,
         reactor: IReactorTime,
         kube: KubeClient,
-        registry: RegistryClient,
+        registry: CascadeRegistry,
         options: CleanupOptions | None = None,
         *,
         metrics: CleanupMetrics | None = None,

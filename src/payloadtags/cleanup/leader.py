@@ -30,7 +30,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from payloadtags import deferreds
 from payloadtags.cleanup.metrics import CleanupMetrics
+from payloadtags.deferreds import DeadlineExpired
 from payloadtags.kube import KubeApiError, KubeError, resource_path
 
 log = Logger()
@@ -61,7 +63,7 @@ def default_lease_namespace(namespace_file: str = SERVICE_ACCOUNT_NAMESPACE_FILE
         return "default"
 
 
-def _positive(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
+def _positive(_instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
     if value <= 0:
         raise ValueError(f"{attribute.name} must be positive, not {value!r}")
 
@@ -135,10 +137,6 @@ class LeaderRecord:
             "renewTime": self.renew_time,
             "leaseTransitions": self.transitions,
         }
-
-
-class _AttemptTimedOut(Exception):
-    pass
 
 
 class LeaderElector:
@@ -274,7 +272,7 @@ class LeaderElector:
         """One try to acquire or renew, bounded by `within` seconds (never past the renew deadline)."""
         try:
             return await self._bounded(self._try_acquire_or_renew(), within)
-        except (KubeError, _AttemptTimedOut) as e:
+        except (KubeError, DeadlineExpired) as e:
             if self._stopping:
                 # KubeClient reports a cancelled request as CancelledError, but a LeaseClient may
                 # report it as a failure: `stop` must not look like a failed try, or the loop would
@@ -365,34 +363,14 @@ class LeaderElector:
         try:
             update = self._client.update(options.lease_path, body)
             updated = await self._bounded(update, options.renew_deadline)
-        except (KubeError, _AttemptTimedOut) as e:
+        except (KubeError, DeadlineExpired) as e:
             log.warn("Leader election: could not release the lease: {error}", error=e)
             return
         self._observe(updated, self._clock.seconds())
         log.info("Leader election: {identity} released the lease", identity=options.identity)
 
     async def _bounded(self, work: Awaitable[T], seconds: float) -> T:
-        d = Deferred.fromCoroutine(_as_coroutine(work))
-        expired: list[bool] = []
-
-        def expire() -> None:
-            expired.append(True)
-            d.cancel()
-
-        call = self._clock.callLater(seconds, expire)
-        try:
-            return await d
-        except CancelledError:
-            if expired:
-                raise _AttemptTimedOut(f"no answer within {seconds:.2f}s") from None
-            raise
-        finally:
-            if call.active():
-                call.cancel()
-
-
-async def _as_coroutine(work: Awaitable[T]) -> T:
-    return await work
+        return await deferreds.within(self._clock, seconds, work)
 
 
 async def _maybe_await(result: Awaitable[None] | None) -> None:

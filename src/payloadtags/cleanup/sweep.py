@@ -31,7 +31,7 @@ from payloadtags.cleanup.metrics import CleanupMetrics
 from payloadtags.cleanup.watcher import NamespaceView, is_terminating
 from payloadtags.inventory import CatalogCursor
 from payloadtags.kube import KubeApiError, KubeClient, KubeError, resource_path
-from payloadtags.registry import RegistryClient
+from payloadtags.registry import Catalog
 
 log = Logger()
 
@@ -70,7 +70,7 @@ class SweepResult:
 
 @attrs.define
 class Sweep:
-    registry: RegistryClient
+    registry: Catalog
     clock: IReactorTime
     view: NamespaceView
     # The authoritative check: `namespace_state` bound to a KubeClient.

@@ -13,26 +13,25 @@ longer remembered (410), the relist's difference to the previous store reports i
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import attrs
 
+from payloadtags.jsontypes import JsonObject
 from payloadtags.kube import Reflector, StoreListener
 from payloadtags.names import is_namespace
 
 NAMESPACES_PATH = "/api/v1/namespaces"
 
-Obj = dict[str, Any]
 
 TERMINATING = "terminating"
 DELETED = "deleted"
 
 
-def is_terminating(obj: Obj | None) -> bool:
+def is_terminating(obj: JsonObject | None) -> bool:
     return bool(obj is not None and (obj.get("metadata") or {}).get("deletionTimestamp"))
 
 
-def _name(obj: Obj) -> str:
+def _name(obj: JsonObject) -> str:
     return str((obj.get("metadata") or {}).get("name") or "")
 
 
@@ -42,20 +41,20 @@ class NamespaceTriggers(StoreListener):
 
     trigger: Callable[[str, str], None]
 
-    def on_add(self, obj: Obj) -> None:
+    def on_add(self, obj: JsonObject) -> None:
         # Seen for the first time already Terminating (the initial list, or a relist).
         if is_terminating(obj):
             self._fire(obj, TERMINATING)
 
-    def on_update(self, old: Obj, new: Obj) -> None:
+    def on_update(self, old: JsonObject, new: JsonObject) -> None:
         # Only the transition: a Terminating namespace gets status updates that need no new cleanup.
         if is_terminating(new) and not is_terminating(old):
             self._fire(new, TERMINATING)
 
-    def on_delete(self, obj: Obj) -> None:
+    def on_delete(self, obj: JsonObject) -> None:
         self._fire(obj, DELETED)
 
-    def _fire(self, obj: Obj, why: str) -> None:
+    def _fire(self, obj: JsonObject, why: str) -> None:
         name = _name(obj)
         if is_namespace(name):
             self.trigger(name, why)
@@ -71,7 +70,7 @@ class NamespaceView:
     def synced(self) -> bool:
         return self._reflector.has_synced
 
-    def get(self, name: str) -> Obj | None:
+    def get(self, name: str) -> JsonObject | None:
         if not self._reflector.has_synced:
             raise RuntimeError("the namespace store is not synced yet")
         return self._reflector.get(name)

@@ -37,7 +37,8 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 
 from payloadtags import __version__
-from payloadtags.deferreds import noting_cancel
+from payloadtags.deferreds import DeadlineExpired, within
+from payloadtags.jsontypes import JsonObject
 from payloadtags.kube.config import ClusterConfig
 from payloadtags.kube.errors import (
     KubeApiError,
@@ -53,7 +54,6 @@ from payloadtags.kube.tls import ClusterTLSPolicy
 log = Logger()
 
 T = TypeVar("T")
-Obj = dict[str, Any]
 
 DEFAULT_REQUEST_TIMEOUT: Final = 30.0
 # client-go re-reads a service-account token file once a minute; kubelet rotates it well before
@@ -112,7 +112,7 @@ class WatchEvent:
     """One event of a watch stream: ``type`` is ADDED, MODIFIED, DELETED or BOOKMARK."""
 
     type: str
-    object: Obj
+    object: JsonObject
 
     @property
     def resource_version(self) -> str | None:
@@ -152,24 +152,24 @@ class KubeClient:
     def config(self) -> ClusterConfig:
         return self._config
 
-    async def get(self, path: str, params: Mapping[str, str] | None = None) -> Obj:
+    async def get(self, path: str, params: Mapping[str, str] | None = None) -> JsonObject:
         return await self._call("GET", path, params=params)
 
-    async def list(self, path: str, params: Mapping[str, str] | None = None) -> Obj:
+    async def list(self, path: str, params: Mapping[str, str] | None = None) -> JsonObject:
         """One page of a list: pass ``limit`` and ``continue`` in `params` to paginate."""
         return await self._call("GET", path, params=params)
 
-    async def create(self, path: str, body: Obj) -> Obj:
+    async def create(self, path: str, body: JsonObject) -> JsonObject:
         return await self._call("POST", path, body=body)
 
-    async def update(self, path: str, body: Obj) -> Obj:
+    async def update(self, path: str, body: JsonObject) -> JsonObject:
         """PUT; a ``metadata.resourceVersion`` in `body` makes it conditional (409 on mismatch)."""
         return await self._call("PUT", path, body=body)
 
-    async def patch(self, path: str, patch: Obj, content_type: str = MERGE_PATCH) -> Obj:
+    async def patch(self, path: str, patch: JsonObject, content_type: str = MERGE_PATCH) -> JsonObject:
         return await self._call("PATCH", path, body=patch, content_type=content_type)
 
-    async def delete(self, path: str, options: Obj | None = None) -> Obj:
+    async def delete(self, path: str, options: JsonObject | None = None) -> JsonObject:
         """DELETE with optional DeleteOptions (preconditions, propagationPolicy, dryRun)."""
         return await self._call("DELETE", path, body=options)
 
@@ -196,7 +196,7 @@ class KubeClient:
 
     async def token_review(self, token: str, audiences: tuple[str, ...] = ()) -> UserInfo | None:
         """Ask the API server whose `token` this is: the user, or None when it is not valid."""
-        spec: Obj = {"token": token}
+        spec: JsonObject = {"token": token}
         if audiences:
             spec["audiences"] = list(audiences)
         review = await self.create(
@@ -227,9 +227,9 @@ class KubeClient:
         path: str,
         *,
         params: Mapping[str, str] | None = None,
-        body: Obj | None = None,
+        body: JsonObject | None = None,
         content_type: str = "application/json",
-    ) -> Obj:
+    ) -> JsonObject:
         what = f"{method} {path}"
 
         async def exchange() -> tuple[IResponse, bytes]:
@@ -256,7 +256,10 @@ class KubeClient:
         data: bytes | None = None,
         content_type: str = "application/json",
     ) -> IResponse:
-        headers = {"Accept": "application/json", "User-Agent": self._user_agent}
+        headers: dict[bytes | str, bytes | str] = {
+            "Accept": "application/json",
+            "User-Agent": self._user_agent,
+        }
         if data is not None:
             headers["Content-Type"] = content_type
         token = self._tokens.current()
@@ -277,36 +280,12 @@ class KubeClient:
             raise KubeUnavailable(f"{method} {path}: {_describe(e)}") from e
 
     async def _bounded(self, work: Coroutine[Any, Any, T], what: str) -> T:
-        """Run `work` under the request timeout, turning expiry into `KubeTimeout`.
-
-        A caller that cancels gets CancelledError, whatever `work` then fails with: the failure alone
-        does not tell (a request cancelled while HostnameEndpoint resolves the host name fails with
-        DNSLookupError, as if the name did not resolve), so the cancellation is noted as it comes in.
-        """
-        d = Deferred.fromCoroutine(work)
-        expired = cancelled = False
-
-        def expire() -> None:
-            nonlocal expired
-            expired = True
-            d.cancel()
-
-        def note_cancel() -> None:
-            nonlocal cancelled
-            cancelled = True
-
-        call = self._reactor.callLater(self._request_timeout, expire)
+        """Run `work` under the request timeout, turning expiry into `KubeTimeout`; a caller's
+        cancel stays CancelledError (see `within`)."""
         try:
-            return await noting_cancel(d, note_cancel)
-        except Exception as e:
-            if cancelled:
-                raise CancelledError() from e
-            if expired:
-                raise KubeTimeout(f"{what}: no answer within {self._request_timeout:g}s") from e
-            raise
-        finally:
-            if call.active():
-                call.cancel()
+            return await within(self._reactor, self._request_timeout, work)
+        except DeadlineExpired as e:
+            raise KubeTimeout(f"{what}: no answer within {self._request_timeout:g}s") from e.__cause__
 
     def _api_error(self, response: IResponse, body: bytes) -> KubeApiError:
         retry_after = response.headers.getRawHeaders(b"retry-after", [b""])[0].decode("latin-1")
@@ -336,7 +315,9 @@ def _raise_if_cancelled(error: BaseException) -> None:
             raise CancelledError() from error
 
 
-def _describe(error: BaseException) -> str:
+def _describe(error: BaseException | None) -> str:
+    if error is None:  # a Failure's value, which Twisted types as optional
+        return "unknown error"
     reasons = getattr(error, "reasons", None)
     if reasons:
         return "; ".join(str(r.value) if isinstance(r, Failure) else str(r) for r in reasons)
@@ -461,7 +442,7 @@ class WatchStream:
         if waiter is not None:
             waiter.callback(None)
 
-    def _connected(self, producer: IPushProducer) -> None:
+    def _connected(self, producer: IPushProducer | None) -> None:
         self._producer = producer
 
     def _data(self, data: bytes) -> None:
@@ -510,7 +491,8 @@ class _StreamProtocol(Protocol):
         self._stream = stream
 
     def connectionMade(self) -> None:
-        self._stream._connected(self.transport)
+        # deliverBody gives a body's protocol the response's producer as its transport.
+        self._stream._connected(IPushProducer(self.transport) if self.transport is not None else None)
 
     def dataReceived(self, data: bytes) -> None:
         self._stream._data(data)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -62,7 +62,7 @@ class ClusterConfig:
     namespace: str | None = None
 
     @server.validator
-    def _check_server(self, _attribute: attrs.Attribute, value: str) -> None:
+    def _check_server(self, _attribute: attrs.Attribute[Any], value: str) -> None:
         if not value.startswith(("https://", "http://")):
             raise ValueError(f"cluster server must be an http(s) URL, not {value!r}")
 

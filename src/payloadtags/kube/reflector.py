@@ -20,8 +20,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from payloadtags.jsontypes import JsonObject
 from payloadtags.kube.backoff import Backoff
-from payloadtags.kube.client import ADDED, BOOKMARK, DELETED, MODIFIED, Obj, WatchEvent
+from payloadtags.kube.client import ADDED, BOOKMARK, DELETED, MODIFIED, WatchEvent
 from payloadtags.kube.errors import KubeApiError, KubeError
 
 log = Logger()
@@ -30,7 +31,7 @@ log = Logger()
 class WatchSource(Protocol):
     """The part of `KubeClient` a reflector uses (a fake in unit tests)."""
 
-    async def list(self, path: str, params: Mapping[str, str] | None = None) -> Obj: ...
+    async def list(self, path: str, params: Mapping[str, str] | None = None) -> JsonObject: ...
 
     async def watch(self, path: str, params: Mapping[str, str] | None = None) -> WatchEventStream: ...
 
@@ -51,20 +52,20 @@ class StoreListener:
     calls, then `on_replaced` with the full new contents, for consumers that rebuild an index.
     """
 
-    def on_add(self, obj: Obj) -> None:
+    def on_add(self, obj: JsonObject) -> None:
         pass
 
-    def on_update(self, old: Obj, new: Obj) -> None:
+    def on_update(self, old: JsonObject, new: JsonObject) -> None:
         pass
 
-    def on_delete(self, obj: Obj) -> None:
+    def on_delete(self, obj: JsonObject) -> None:
         pass
 
-    def on_replaced(self, objects: list[Obj]) -> None:
+    def on_replaced(self, objects: list[JsonObject]) -> None:
         pass
 
 
-def object_key(obj: Obj) -> str:
+def object_key(obj: JsonObject) -> str:
     """client-go's key: ``namespace/name``, or ``name`` for cluster-scoped objects."""
     meta = obj.get("metadata") or {}
     namespace = meta.get("namespace")
@@ -100,7 +101,7 @@ class Reflector:
     rng: random.Random = attrs.field(factory=random.Random)
     name: str = ""
 
-    _items: dict[str, Obj] = attrs.field(factory=dict, init=False)
+    _items: dict[str, JsonObject] = attrs.field(factory=dict, init=False)
     _listeners: list[StoreListener] = attrs.field(factory=list, init=False)
     _resource_version: str | None = attrs.field(default=None, init=False)
     _synced: bool = attrs.field(default=False, init=False)
@@ -127,19 +128,19 @@ class Reflector:
         """The last resourceVersion seen (list, event or bookmark); where a watch resumes."""
         return self._resource_version
 
-    def get(self, name: str, namespace: str | None = None) -> Obj | None:
+    def get(self, name: str, namespace: str | None = None) -> JsonObject | None:
         return self._items.get(f"{namespace}/{name}" if namespace else name)
 
-    def get_by_key(self, key: str) -> Obj | None:
+    def get_by_key(self, key: str) -> JsonObject | None:
         return self._items.get(key)
 
     def keys(self) -> list[str]:
         return list(self._items)
 
-    def items(self) -> list[Obj]:
+    def items(self) -> list[JsonObject]:
         return list(self._items.values())
 
-    def __iter__(self) -> Iterator[Obj]:
+    def __iter__(self) -> Iterator[JsonObject]:
         return iter(list(self._items.values()))
 
     def __len__(self) -> int:
@@ -223,7 +224,7 @@ class Reflector:
     async def _list(self) -> None:
         params = self._selectors()
         params["limit"] = str(self.page_size)
-        items: list[Obj] = []
+        items: list[JsonObject] = []
         while True:
             page = await self.client.list(self.path, params)
             meta = page.get("metadata") or {}
@@ -269,7 +270,7 @@ class Reflector:
 
     # -- applying changes ----------------------------------------------------------------
 
-    def _replace(self, objects: list[Obj], resource_version: str) -> None:
+    def _replace(self, objects: list[JsonObject], resource_version: str) -> None:
         old, new = self._items, {object_key(obj): obj for obj in objects}
         self._items = new
         self._resource_version = resource_version or self._resource_version
@@ -325,11 +326,11 @@ class Reflector:
                 )
 
 
-def _rv(obj: Obj) -> object:
+def _rv(obj: JsonObject) -> object:
     return (obj.get("metadata") or {}).get("resourceVersion")
 
 
-def _with_type(item: Obj, page: Obj) -> Obj:
+def _with_type(item: JsonObject, page: JsonObject) -> JsonObject:
     # A real API server leaves kind/apiVersion out of list items but puts them in watch events; fill
     # them in so consumers see the same shape whichever way an object arrived.
     if "kind" in item and "apiVersion" in item:

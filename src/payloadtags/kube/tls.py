@@ -11,6 +11,7 @@ import ipaddress
 from collections.abc import Callable
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from OpenSSL import SSL, crypto
 from service_identity import VerificationError
@@ -21,6 +22,15 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from payloadtags.kube.config import ClusterConfig
+
+# The private keys that pyOpenSSL accepts for a client certificate.
+_SIGNING_KEYS = (
+    dsa.DSAPrivateKey,
+    ec.EllipticCurvePrivateKey,
+    ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey,
+    rsa.RSAPrivateKey,
+)
 
 
 def build_client_context(config: ClusterConfig) -> SSL.Context:
@@ -49,7 +59,10 @@ def build_client_context(config: ClusterConfig) -> SSL.Context:
         ctx.use_certificate(leaf)
         for cert in chain:
             ctx.add_extra_chain_cert(cert)
-        ctx.use_privatekey(load_pem_private_key(config.client_key_data, password=None))
+        key = load_pem_private_key(config.client_key_data, password=None)
+        if not isinstance(key, _SIGNING_KEYS):
+            raise ValueError(f"client key data: a {type(key).__name__} cannot sign a TLS handshake")
+        ctx.use_privatekey(key)
         ctx.check_privatekey()
     return ctx
 

@@ -25,6 +25,7 @@ from .errors import (
     RegistryTimeout,
     RegistryUnavailable,
 )
+from .interface import Catalog, Registry
 
 __all__ = [
     "ACCEPT_MANIFESTS",
@@ -35,8 +36,10 @@ __all__ = [
     "MANIFEST_MEDIA_TYPES",
     "OCI_INDEX",
     "OCI_MANIFEST",
+    "Catalog",
     "CatalogPage",
     "Manifest",
+    "Registry",
     "RegistryAuthFailed",
     "RegistryClient",
     "RegistryDeleteDisabled",

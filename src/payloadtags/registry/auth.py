@@ -74,8 +74,9 @@ def token_lifetime(expires_in: Any) -> float:
     """Seconds to keep a token: its lifetime less a margin for clock skew and request latency."""
     if isinstance(expires_in, bool) or not isinstance(expires_in, int | float) or expires_in <= 0:
         expires_in = DEFAULT_TOKEN_LIFETIME
-    margin = min(30.0, expires_in * 0.2)
-    return max(0.0, float(expires_in) - margin)
+    lifetime = float(expires_in)
+    margin = min(30.0, lifetime * 0.2)
+    return max(0.0, lifetime - margin)
 
 
 @attrs.frozen

@@ -18,7 +18,7 @@ import attrs
 from OpenSSL import SSL
 from treq.client import HTTPClient
 from twisted.internet import error as net_errors
-from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
+from twisted.internet.defer import CancelledError, DeferredSemaphore
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (
@@ -28,9 +28,10 @@ from twisted.web.client import (
     ResponseFailed,
     ResponseNeverReceived,
 )
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 
-from payloadtags.deferreds import noting_cancel
+from payloadtags.deferreds import DeadlineExpired, within
 
 from .auth import Authenticator, TokenAnswer, TokenRequest
 from .content import (
@@ -103,7 +104,7 @@ class _Reply:
     method: str
     url: str
     status: int
-    headers: Any  # twisted.web.http_headers.Headers
+    headers: Headers
     body: bytes
 
     def header(self, name: str) -> str | None:
@@ -500,44 +501,27 @@ class RegistryClient:
         with DNSLookupError, as if the name did not resolve), so the cancellation is noted as it
         comes in.
         """
-        timed_out = cancelled = False
-        attempt = Deferred.fromCoroutine(
-            self._roundtrip(method, url, headers, body, authorization, max_body, redirects)
-        )
-
-        def expire() -> None:
-            nonlocal timed_out
-            timed_out = True
-            attempt.cancel()
-
-        def note_cancel() -> None:
-            nonlocal cancelled
-            cancelled = True
-
-        timer = self._reactor.callLater(self._settings.timeout, expire)
+        attempt = self._roundtrip(method, url, headers, body, authorization, max_body, redirects)
         try:
-            return await noting_cancel(attempt, note_cancel)
+            return await within(self._reactor, self._settings.timeout, attempt)
+        except CancelledError:
+            raise
+        except DeadlineExpired as error:
+            raise RegistryTimeout(
+                f"registry {self._name} did not answer {method} {_path(url)} within "
+                f"{self._settings.timeout:g}s; it may be overloaded, retry later"
+            ) from error.__cause__
         except Exception as error:
-            if cancelled:
-                raise CancelledError() from error
             if isinstance(error, BodyTooLarge):
                 raise RegistryProtocolError(
                     f"registry {self._name}: the answer to {method} {_path(url)} is larger than "
                     f"{error.limit} bytes, more than this client reads"
-                ) from error
-            if timed_out:
-                raise RegistryTimeout(
-                    f"registry {self._name} did not answer {method} {_path(url)} within "
-                    f"{self._settings.timeout:g}s; it may be overloaded, retry later"
                 ) from error
             if _is_cancellation(error):
                 raise CancelledError() from error
             if isinstance(error, RegistryError):
                 raise
             raise self._transport_error(error, url) from error
-        finally:
-            if timer.active():
-                timer.cancel()
 
     async def _roundtrip(
         self,
@@ -551,7 +535,7 @@ class RegistryClient:
     ) -> _Reply:
         await self._slots.acquire()
         try:
-            request_headers = {"User-Agent": ["payloadtags"]}
+            request_headers: dict[bytes | str, list[bytes | str]] = {"User-Agent": ["payloadtags"]}
             for name, value in (headers or {}).items():
                 request_headers[name] = [value]
             if authorization:
@@ -669,7 +653,8 @@ class RegistryClient:
         match = _LINK_NEXT_RE.search(header)
         if match is None:
             return None
-        target = urllib.parse.urljoin(reply.url, match.group(1))
+        link: str = match.group(1)
+        target = urllib.parse.urljoin(reply.url, link)
         if _origin(target) != _origin(self._base):
             raise self._protocol(reply, f"the next page link points elsewhere: {target}")
         return target

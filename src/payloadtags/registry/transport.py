@@ -9,7 +9,7 @@ from OpenSSL import SSL
 from service_identity import CertificateError, VerificationError
 from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
@@ -160,8 +160,7 @@ class _Collector(Protocol):
     def _stop(self, failure: Failure | None) -> None:
         # Stop reading: the connection is dropped rather than drained, so a huge body costs nothing.
         self._done = True
-        if self.transport is not None:
-            self.transport.stopProducing()
+        self._stop_reading()
         if failure is None:
             self._finished.callback(b"".join(self._chunks))
         else:
@@ -170,8 +169,12 @@ class _Collector(Protocol):
     def cancel(self) -> None:
         if not self._done:
             self._done = True
-            if self.transport is not None:
-                self.transport.stopProducing()
+            self._stop_reading()
+
+    def _stop_reading(self) -> None:
+        # deliverBody gives a body's protocol the response's producer as its transport.
+        if self.transport is not None:
+            IPushProducer(self.transport).stopProducing()
 
 
 def read_body(response: IResponse, limit: int, truncate: bool = False) -> Deferred[bytes]:

@@ -28,8 +28,26 @@ class _Requirement:
     test: Callable[[str | None], bool]
 
 
+def _equals(value: str) -> Callable[[str | None], bool]:
+    return lambda v: v == value
+
+
+def _differs(value: str) -> Callable[[str | None], bool]:
+    return lambda v: v != value
+
+
+def _member(values: set[str]) -> Callable[[str | None], bool]:
+    return lambda v: v in values
+
+
+def _not_member(values: set[str]) -> Callable[[str | None], bool]:
+    return lambda v: v not in values
+
+
 def _split_top_level(text: str) -> list[str]:
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
     for char in text:
         if char == "(":
             depth += 1
@@ -54,23 +72,23 @@ class LabelSelector:
     def parse(cls, text: str | None) -> LabelSelector:
         if not text or not text.strip():
             return cls()
-        requirements = []
+        requirements: list[_Requirement] = []
         for part in _split_top_level(text):
             if m := _EQUALITY.match(part):
                 key, op, value = m.groups()
                 if op == "!=":
-                    requirements.append(_Requirement(key, lambda v, value=value: v != value))
+                    requirements.append(_Requirement(key, _differs(value)))
                 else:
-                    requirements.append(_Requirement(key, lambda v, value=value: v == value))
+                    requirements.append(_Requirement(key, _equals(value)))
             elif m := _SET.match(part):
                 key, op, raw = m.groups()
-                values = {v.strip() for v in raw.split(",")} if raw.strip() else set()
+                values: set[str] = {v.strip() for v in raw.split(",")} if raw.strip() else set()
                 if not values or any(not re.fullmatch(_VALUE, v) for v in values):
                     raise SelectorError(f"unable to parse requirement: invalid values in {part!r}")
                 if op == "in":
-                    requirements.append(_Requirement(key, lambda v, values=values: v in values))
+                    requirements.append(_Requirement(key, _member(values)))
                 else:
-                    requirements.append(_Requirement(key, lambda v, values=values: v not in values))
+                    requirements.append(_Requirement(key, _not_member(values)))
             elif m := _EXISTS.match(part):
                 negate, key = m.groups()
                 if negate:

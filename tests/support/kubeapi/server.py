@@ -22,8 +22,13 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IListeningPort, IOpenSSLServerConnectionCreator
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IListeningPort,
+    IOpenSSLServerConnectionCreator,
+    ITCPTransport,
+)
 from twisted.protocols.policies import WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -37,6 +42,7 @@ from tests.support.kubeapi.resources import NAMESPACES, TOKENREVIEWS, ResourceTy
 from tests.support.kubeapi.selectors import FieldSelector, LabelSelector, SelectorError
 from tests.support.kubeapi.statuses import ApiError
 from tests.support.kubeapi.store import Event, Obj, ObjectStore
+from tests.support.listening import stop_listening, tcp_port
 from tests.support.pki import Authority, Issued
 
 AUTHENTICATED = "system:authenticated"
@@ -189,7 +195,7 @@ class KubeApiDouble:
     def start(self, port: int = 0) -> None:
         """Listen on 127.0.0.1 (`port` 0: any free port; `port` keeps it for `come_up`)."""
         self._port = self.reactor.listenTCP(port, self._connections, interface="127.0.0.1")
-        self.port = self._port.getHost().port
+        self.port = tcp_port(self._port)
 
     async def stop(self) -> None:
         await self.go_down()
@@ -206,11 +212,11 @@ class KubeApiDouble:
         """Stop listening and drop every connection: clients now get connection refused."""
         self.cut_watches()
         for wrapper in list(self._connections.protocols):
-            wrapper.transport.abortConnection()
+            ITCPTransport(wrapper.transport).abortConnection()
         port, self._port = self._port, None
         if port is None:
             return succeed(None)
-        return maybeDeferred(port.stopListening)
+        return Deferred.fromCoroutine(stop_listening(port))
 
     def come_up(self) -> None:
         """Listen again on the same port, with the same state."""
@@ -769,7 +775,7 @@ class _Watch:
         if self._done:
             return
         self._cleanup()
-        self._request.channel.transport.abortConnection()
+        ITCPTransport(self._request.channel.transport).abortConnection()
 
     def _selected(self, obj: Obj) -> bool:
         if self._namespace is not None and (obj.get("metadata") or {}).get("namespace") != self._namespace:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import copy
 import json
 import secrets
@@ -158,7 +159,7 @@ class ObjectStore:
             return False
         return field_selector is None or field_selector.matches(obj)
 
-    def events_since(self, resource: ResourceType, rv: int) -> list[Event]:
+    def events_since(self, resource: ResourceType, rv: int) -> builtins.list[Event]:
         """The retained events after `rv`; 410 Expired when some of them are gone."""
         if rv < self._compacted_rv:
             raise statuses.too_old(rv, self._compacted_rv)

@@ -1,0 +1,63 @@
+"""What the rest of payloadtags may ask of the registry: the seam between it and `RegistryClient`.
+
+`RegistryClient` speaks the OCI distribution API; `metrics.InstrumentedRegistry` wraps it with
+counters; the unit tests' fakes stand in for it. All of them are checked against these protocols by
+the type checker. Consumers that need less declare less (`Catalog`, `cleanup.cascade.CascadeRegistry`),
+so that a fake only has to provide what its consumer uses.
+
+Every method raises a `RegistryError` subclass when the registry fails or refuses (see
+`payloadtags.registry.errors`) and `CancelledError` when its caller cancelled it.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .content import CatalogPage, Manifest
+
+
+class Catalog(Protocol):
+    """Repository names and their tags."""
+
+    async def catalog(self, last: str | None = ..., n: int = ...) -> CatalogPage:
+        """One page of at most ``n`` repository names after ``last``, in the registry's catalog order."""
+        ...
+
+    async def tags(self, repository: str, /) -> list[str]:
+        """The tags of ``repository``, sorted; empty for an unknown repository."""
+        ...
+
+
+class Registry(Catalog, Protocol):
+    """Everything payloadtags does with the registry."""
+
+    async def ping(self) -> None:
+        """Whether the registry is usable (reachable, and our credentials accepted)."""
+        ...
+
+    async def manifest(self, repository: str, reference: str, /) -> Manifest:
+        """The manifest a tag or digest names, with its digest."""
+        ...
+
+    async def resolve(self, repository: str, reference: str, /) -> str:
+        """The digest a tag names (a HEAD request)."""
+        ...
+
+    async def blob(self, repository: str, digest: str, /, max_bytes: int = ...) -> bytes:
+        """A blob's content, at most ``max_bytes`` long."""
+        ...
+
+    async def delete_tag(self, repository: str, tag: str, /) -> str:
+        """Remove exactly one tag, never a sibling sharing its manifest; returns the digest it named."""
+        ...
+
+    async def delete_manifest(self, repository: str, digest: str, /) -> None:
+        """Remove a manifest and every tag that names it."""
+        ...
+
+    async def close(self) -> None:
+        """Drop the pooled connections."""
+        ...
+
+
+__all__ = ["Catalog", "Registry"]
