@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +23,24 @@ from tests.support.registry_server import (
     make_tls_files,
     registry_available,
 )
+
+# --- tiers ----------------------------------------------------------------------------------------
+
+TESTS = Path(__file__).resolve().parent
+TIERS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its tier, the directory it lives in, so that `scripts/test -m unit` runs
+    the fast tier. Packaging tests stay out of the unit tier wherever they live."""
+    for item in items:
+        parts = item.path.resolve().relative_to(TESTS).parts
+        tier = parts[0] if len(parts) > 1 else ""
+        if tier == "unit" and item.get_closest_marker("packaging") is not None:
+            continue
+        if tier in TIERS:
+            item.add_marker(tier)
+
 
 # --- registries -----------------------------------------------------------------------------------
 

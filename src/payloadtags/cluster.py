@@ -13,7 +13,7 @@ from payloadtags.access.authconfig import CONFIGMAP_NAME, CONFIGMAP_NAMESPACE, D
 from payloadtags.access.authn import UserInfo
 from payloadtags.access.rbac import RbacIndex
 from payloadtags.jsontypes import JsonObject
-from payloadtags.kube import KubeClient, Reflector, StoreListener
+from payloadtags.kube import ClusterClient, Reflector, StoreListener
 
 RBAC = "/apis/rbac.authorization.k8s.io/v1"
 RBAC_COLLECTIONS = {
@@ -50,7 +50,7 @@ class _IndexFeed(StoreListener):
 
 
 def rbac_reflectors(
-    client: KubeClient, clock: IReactorTime, index: RbacIndex, **options: Any
+    client: ClusterClient, clock: IReactorTime, index: RbacIndex, **options: Any
 ) -> list[Reflector]:
     reflectors = []
     for kind, path in RBAC_COLLECTIONS.items():
@@ -72,7 +72,7 @@ class _ConfigMapFeed(StoreListener):
 
 
 def authentication_reflector(
-    client: KubeClient, clock: IReactorTime, authentication: DynamicAuthentication, **options: Any
+    client: ClusterClient, clock: IReactorTime, authentication: DynamicAuthentication, **options: Any
 ) -> Reflector:
     # The reader Role is name-scoped, so the watch must select the ConfigMap by name.
     reflector = Reflector(
@@ -87,7 +87,7 @@ def authentication_reflector(
     return reflector
 
 
-def token_reviewer(client: KubeClient) -> Callable[[str], Awaitable[UserInfo | None]]:
+def token_reviewer(client: ClusterClient) -> Callable[[str], Awaitable[UserInfo | None]]:
     async def review(token: str) -> UserInfo | None:
         user = await client.token_review(token)
         if user is None:

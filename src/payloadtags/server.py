@@ -33,7 +33,7 @@ from payloadtags.cleanup import (
 )
 from payloadtags.cluster import authentication_reflector, rbac_reflectors, token_reviewer
 from payloadtags.inventory import Inventory
-from payloadtags.kube import KubeClient, Reflector
+from payloadtags.kube import ClusterClient, KubeClient, Reflector
 from payloadtags.listen import listen
 from payloadtags.logs import begin_logging
 from payloadtags.metrics import CountingAuthorizer, InstrumentedRegistry, Metrics
@@ -80,7 +80,7 @@ class RunningServer:
     api: ApiServer
     settings: Settings
     clock: Any
-    kube: KubeClient | None = None
+    kube: ClusterClient | None = None
     reflectors: list[Reflector] = attrs.Factory(list)
     watchers: list[FileWatcher] = attrs.Factory(list)
     cleanup: CleanupController | None = None
@@ -144,7 +144,7 @@ class RunningServer:
 def _cleanup(
     reactor: Any,
     settings: Settings,
-    kube: KubeClient | None,
+    kube: ClusterClient | None,
     registry: Registry,
     reflector_options: dict[str, Any],
     lease_namespace: str,
@@ -239,7 +239,7 @@ def _index_refresh(reactor: Any, index: RepositoryIndex, registry: Registry) -> 
 
 
 def _authorization(
-    mode: str, kube: KubeClient | None, reactor: Any, options: dict[str, Any]
+    mode: str, kube: ClusterClient | None, reactor: Any, options: dict[str, Any]
 ) -> tuple[AlwaysAllow | RbacAuthorizer, list[Reflector]]:
     if mode == "AlwaysAllow":
         log.warn("authorization mode AlwaysAllow: every authenticated client may see and delete every tag")

@@ -23,6 +23,7 @@ from payloadtags.access.authconfig import (
 )
 from payloadtags.access.authn import Credentials, UserInfo
 from payloadtags.access.requestheader import RequestHeaderConfig
+from tests.support.logcapture import Collect
 from tests.support.pki import Authority
 
 
@@ -192,7 +193,7 @@ def test_flags_fix_each_section_separately(cas: Cas) -> None:
 @pytest.fixture
 def logged(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
-    monkeypatch.setattr(authconfig, "log", Logger(namespace="test.authconfig", observer=events.append))
+    monkeypatch.setattr(authconfig, "log", Logger(namespace="test.authconfig", observer=Collect(events)))
     return events
 
 
@@ -255,8 +256,8 @@ async def test_a_bad_configmap_keeps_the_previous_configuration(
     assert len(seen) == 1
 
     for bad in (
-        configmap(front=(cas.front2,), **{"requestheader-username-headers": "X-Remote-User"}),
-        configmap(front=(cas.front2,), **{"requestheader-allowed-names": '{"front-proxy-client": 1}'}),
+        dict(configmap(front=(cas.front2,)), **{"requestheader-username-headers": "X-Remote-User"}),
+        dict(configmap(front=(cas.front2,)), **{"requestheader-allowed-names": '{"front-proxy-client": 1}'}),
         dict(configmap(), **{"requestheader-client-ca-file": "-----BEGIN CERTIFICATE-----\nxx\n"}),
     ):
         dynamic.update_from_configmap(bad)
@@ -330,8 +331,9 @@ def test_trusted_cas_has_no_duplicates(cas: Cas) -> None:
 def test_untrusted_identity_headers(cas: Cas, logged: list[dict[str, Any]]) -> None:
     dynamic = DynamicAuthentication(FlagConfig())
     dynamic.update_from_configmap(
-        configmap(
-            client=(cas.client,), front=(cas.front,), **{"requestheader-uid-headers": '["X-Remote-Uid"]'}
+        dict(
+            configmap(client=(cas.client,), front=(cas.front,)),
+            **{"requestheader-uid-headers": '["X-Remote-Uid"]'},
         )
     )
     headers = {

@@ -77,7 +77,7 @@ class FakeRegistry:
 
 def make_cascade(registry: FakeRegistry, clock: Clock, **kwargs: Any) -> Cascade:
     kwargs.setdefault("backoff", lambda: Backoff(initial=1.0, factor=2.0, cap=4.0, jitter=0.0))
-    return Cascade(registry, clock, **kwargs)  # type: ignore[arg-type]
+    return Cascade(registry, clock, **kwargs)
 
 
 def run(cascade: Cascade, namespace: str, **kwargs: Any) -> list[Any]:
@@ -265,7 +265,12 @@ def test_options_and_metric_names() -> None:
     assert (options.sweep_period, options.sweep_dry_run, options.leader_elect) == (3600.0, False, True)
     election = options.leader_election
     assert (election.lease_duration, election.renew_deadline, election.retry_period) == (15.0, 10.0, 2.0)
-    for bad in ({"sweep_period": -1}, {"cascade_concurrency": 0}, {"retry_initial": 5, "retry_cap": 1}):
+    bads: list[dict[str, Any]] = [
+        {"sweep_period": -1},
+        {"cascade_concurrency": 0},
+        {"retry_initial": 5, "retry_cap": 1},
+    ]
+    for bad in bads:
         with pytest.raises(ValueError):
             CleanupOptions(**bad)
     samples = CleanupMetrics(tags_deleted_total=3).samples()

@@ -70,7 +70,7 @@ class FakeLeases:
 
 
 class Candidate:
-    def __init__(self, api: FakeLeases, clock: Clock, identity: str, **durations: float) -> None:
+    def __init__(self, api: FakeLeases, clock: Clock, identity: str, **durations: Any) -> None:
         self.events: list[str] = []
         options = LeaderElectionOptions(identity=identity, **durations)
         self.elector = LeaderElector(

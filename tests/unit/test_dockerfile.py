@@ -270,6 +270,7 @@ def _requirement(spec: str) -> tuple[str, str]:
     return re.sub(r"[-_.]+", "-", match[1]).lower(), match[2]
 
 
+@pytest.mark.packaging  # builds a virtual environment: seconds, not milliseconds
 def test_build_steps_install_a_working_venv(dockerfile: list[Stage], tmp_path: Path) -> None:
     if shutil.which("uv") is None:
         pytest.fail("uv must be on PATH (scripts/setup installs it)")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -85,7 +86,7 @@ def test_backoff_never_overflows() -> None:
     "kwargs",
     [{"initial": 0}, {"factor": 0.5}, {"initial": 5, "cap": 1}, {"jitter": 1.0}, {"jitter": -0.1}],
 )
-def test_backoff_rejects_nonsense(kwargs: dict[str, float]) -> None:
+def test_backoff_rejects_nonsense(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         Backoff(**kwargs)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import random
 from collections import deque
 from collections.abc import Mapping
@@ -116,7 +117,7 @@ class FakeSource:
         assert path == PATH
         return await self._next("watch", params)
 
-    def of(self, kind: str) -> list[dict[str, str]]:
+    def of(self, kind: str) -> builtins.list[dict[str, str]]:
         return [params for k, params in self.calls if k == kind]
 
 

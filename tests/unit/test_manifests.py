@@ -716,6 +716,7 @@ def test_examples_mean_what_they_say(
 # --- the CI script ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.packaging  # renders and validates every tree with kubectl and the schemas
 def test_check_deploy_script_passes() -> None:
     env_bin = Path(sys.executable).parent  # the environment running the tests has the tools
     result = subprocess.run(

@@ -11,6 +11,7 @@ from payloadtags.access import rbac
 from payloadtags.access.authn import UserInfo
 from payloadtags.access.authz import AuthorizationNotReady
 from payloadtags.access.rbac import RbacAuthorizer, RbacIndex
+from tests.support.logcapture import Collect
 
 GROUP = "payload-registry.deckhouse.io"
 RESOURCE = "payloadrepositoryaccesses"
@@ -412,7 +413,7 @@ def test_system_masters_is_always_allowed() -> None:
 @pytest.fixture
 def warnings(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
-    monkeypatch.setattr(rbac, "log", Logger(namespace="test.rbac", observer=events.append))
+    monkeypatch.setattr(rbac, "log", Logger(namespace="test.rbac", observer=Collect(events)))
     return events
 
 

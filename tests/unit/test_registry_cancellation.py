@@ -159,7 +159,12 @@ def test_a_connection_error_on_cancel_is_a_cancellation() -> None:
 def test_the_same_connection_error_without_a_cancel_is_unavailable() -> None:
     clock = MemoryReactorClock()
     pending: list[Deferred[Any]] = []
-    agent = Agent(lambda method, url: pending.append(Deferred()) or pending[-1])
+
+    def request(method: str, url: str) -> Deferred[Any]:
+        pending.append(Deferred())
+        return pending[-1]
+
+    agent = Agent(request)
     client = RegistryClient(clock, RegistrySettings(url=REGISTRY, timeout=10), agent=agent)
     results = track(Deferred.fromCoroutine(client.manifest("team/app", "v1")))
     pending[0].errback(ConnectionRefusedError("connection refused"))

@@ -115,7 +115,7 @@ async def test_scheme_is_case_insensitive_and_whitespace_is_trimmed(
 
 @pytest_twisted.ensureDeferred
 async def test_no_token_no_review(auth: TokenReviewAuthenticator, review: FakeReview) -> None:
-    for headers in (
+    cases: list[dict[str, list[str]]] = [
         {},
         {"authorization": []},
         {"authorization": ["Basic dXNlcjpwYXNz"]},
@@ -124,7 +124,8 @@ async def test_no_token_no_review(auth: TokenReviewAuthenticator, review: FakeRe
         {"authorization": ["Bearer    "]},
         {"authorization": [GOOD]},
         {"x-remote-user": ["alice"]},
-    ):
+    ]
+    for headers in cases:
         assert await auth.authenticate(Credentials(peer_certificate=None, headers=headers)) is None, headers
     assert review.calls == []
 

@@ -22,7 +22,7 @@ from payloadtags.cleanup.leader import LeaderElectionOptions, LeaderElector
 from payloadtags.cleanup.metrics import CleanupMetrics
 from payloadtags.cleanup.sweep import ABSENT, EXISTS, TERMINATING, Sweep, SweepResult, namespace_state
 from payloadtags.cleanup.watcher import NAMESPACES_PATH, NamespaceTriggers, NamespaceView
-from payloadtags.kube import Backoff, KubeClient, Reflector
+from payloadtags.kube import Backoff, ClusterClient, Reflector
 from payloadtags.registry.errors import RegistryError
 
 log = Logger()
@@ -69,7 +69,7 @@ class CleanupController:
     def __init__(
         self,
         reactor: IReactorTime,
-        kube: KubeClient,
+        kube: ClusterClient,
         registry: CascadeRegistry,
         options: CleanupOptions | None = None,
         *,

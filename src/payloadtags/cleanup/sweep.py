@@ -30,7 +30,7 @@ from payloadtags.cleanup.cascade import Cascade
 from payloadtags.cleanup.metrics import CleanupMetrics
 from payloadtags.cleanup.watcher import NamespaceView, is_terminating
 from payloadtags.inventory import CatalogCursor
-from payloadtags.kube import KubeApiError, KubeClient, KubeError, resource_path
+from payloadtags.kube import ClusterClient, KubeApiError, KubeError, resource_path
 from payloadtags.registry import Catalog
 
 log = Logger()
@@ -41,7 +41,7 @@ EXISTS = "exists"
 UNKNOWN = "unknown"
 
 
-async def namespace_state(kube: KubeClient, name: str) -> tuple[str, str | None]:
+async def namespace_state(kube: ClusterClient, name: str) -> tuple[str, str | None]:
     """Ask the cluster API: (ABSENT | TERMINATING | EXISTS | UNKNOWN, why when UNKNOWN)."""
     try:
         obj = await kube.get(resource_path("", "v1", "namespaces", name=name))

@@ -28,6 +28,7 @@ from payloadtags.kube.errors import (
     KubeUnavailable,
     Status,
 )
+from payloadtags.kube.interface import ClusterClient
 from payloadtags.kube.reflector import Reflector, StoreListener, object_key
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "MERGE_PATCH",
     "MODIFIED",
     "Backoff",
+    "ClusterClient",
     "ClusterConfig",
     "ConfigError",
     "KubeApiError",
