@@ -1,4 +1,4 @@
-"""The opaque ``continue`` token (reference §10): round trip, and 400 for anything malformed."""
+"""The opaque ``continue`` token (docs/api.md, "List options"): round trip, and 400 for anything malformed."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Discovery documents (reference §5, §14): aggregated v2/v2beta1, legacy shapes, ETags."""
+"""Discovery documents (docs/api.md, "Discovery"): aggregated v2/v2beta1, legacy shapes, ETags."""
 
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ from payloadtags.api.discovery import (
 GROUP = "payload-registry.deckhouse.io"
 VERBS = {"get", "list", "delete", "deletecollection"}
 
-# kubectl 1.32 for /api and /apis (reference §14).
+# kubectl 1.32 for /api and /apis (docs/api.md, "What kubectl sends").
 KUBECTL = (
     "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,"
     "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json"
 )
-# The aggregator's discovery manager (reference §0.4).
+# The aggregator's discovery manager (docs/api.md, "Callers that are not kubectl").
 AGGREGATOR = (
     "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,"
     "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList"

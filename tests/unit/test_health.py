@@ -1,4 +1,4 @@
-"""healthz/livez/readyz bodies in k8s.io/apiserver's format (reference §16)."""
+"""healthz/livez/readyz bodies in k8s.io/apiserver's format (docs/api.md, "Health, version and OpenAPI")."""
 
 from __future__ import annotations
 

@@ -622,7 +622,7 @@ def test_serving_certificate_matches_service_deployment_and_apiservice(with_cert
     deployment = one(with_cert_manager, "Deployment", "payloadtags")
     (tls,) = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "tls"]
     assert serving["secretName"] == tls["secret"]["secretName"]
-    # The name kube-apiserver verifies (reference §1), and the usual aliases.
+    # The name kube-apiserver verifies (docs/api.md, "Authentication"), and the usual aliases.
     assert f"{SERVICE}.{NAMESPACE}.svc" in serving["dnsNames"]
     assert f"{SERVICE}.{NAMESPACE}.svc.cluster.local" in serving["dnsNames"]
     assert "server auth" in serving["usages"] and not serving.get("isCA", False)

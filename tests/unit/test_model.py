@@ -186,7 +186,7 @@ def test_status_details_retry_after_seconds() -> None:
     assert to_json(StatusDetails(retry_after_seconds=5, causes=[])) == {"causes": [], "retryAfterSeconds": 5}
 
 
-# -- Status errors (reference §13), through the same converter -------------------------------------
+# -- Status errors (docs/api.md, "Status errors"), through the same converter ---------------------
 
 
 def _body(error: errors.ApiError) -> dict:

@@ -1,4 +1,4 @@
-"""Object names: unpadded lowercase base32 of ``<repositoryPath>:<tag>`` (access-model.md §2.2)."""
+"""Object names: unpadded lowercase base32 of ``<repositoryPath>:<tag>`` (docs/access.md, "Object names")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Accept negotiation (reference §7, §14): Table, PartialObjectMetadata(List) or the full JSON form."""
+"""Accept negotiation: Table, PartialObjectMetadata(List) or the full JSON form.
+
+See docs/api.md, "Content negotiation".
+"""
 
 from __future__ import annotations
 
@@ -10,13 +13,13 @@ from payloadtags.api.render import render_list, render_object
 from payloadtags.model import ListMeta, tag_object
 from payloadtags.names import TagRef
 
-# What kubectl 1.32 sends for `kubectl get` (reference §14).
+# What kubectl 1.32 sends for `kubectl get` (docs/api.md, "What kubectl sends").
 KUBECTL_TABLE = (
     "application/json;as=Table;v=v1;g=meta.k8s.io,"
     "application/json;as=Table;v=v1beta1;g=meta.k8s.io,"
     "application/json"
 )
-# What client-go's metadata client (GC, namespace controller) sends (reference §7).
+# What client-go's metadata client (GC, namespace controller) sends (docs/api.md, "Content negotiation").
 METADATA_LIST = (
     "application/vnd.kubernetes.protobuf;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,"
     "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"

@@ -1,4 +1,7 @@
-"""OpenAPI v2 and v3 documents (reference §14, §16): what kubectl explain and the aggregator rely on."""
+"""OpenAPI v2 and v3 documents: what kubectl explain and the aggregator rely on.
+
+See docs/api.md, "Health, version and OpenAPI".
+"""
 
 from __future__ import annotations
 
@@ -186,7 +189,8 @@ def test_every_operation_has_the_group_version_kind(document, prefix):
 
 
 def test_explain_finds_the_kind_through_the_item_path():
-    # Reference §14: without this exact entry kubectl explain says "GVR ... not found in OpenAPI schema".
+    # Without this exact entry kubectl explain says "GVR ... not found in OpenAPI schema"
+    # (docs/api.md, "Health, version and OpenAPI").
     assert V3["paths"][ITEM]["get"]["x-kubernetes-group-version-kind"] == GVK
 
 

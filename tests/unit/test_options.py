@@ -1,4 +1,4 @@
-"""ListOptions and DeleteOptions (reference §10, §12)."""
+"""ListOptions and DeleteOptions (docs/api.md, "List options" and "Delete")."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def test_defaults() -> None:
 
 
 def test_kubectl_get_with_selectors() -> None:
-    # `kubectl get prt -l a=b --field-selector metadata.name=x` (reference §14).
+    # `kubectl get prt -l a=b --field-selector metadata.name=x` (docs/api.md, "What kubectl sends").
     options = list_options(_q(fieldSelector="metadata.name=x", labelSelector="a=b", limit="500"))
     assert options.limit == 500
     assert options.labels.requirements == (Requirement("a", "=", frozenset({"b"})),)
@@ -105,7 +105,7 @@ def test_watch_not_a_boolean_is_400() -> None:
 
 
 def test_kubectl_watch_request_is_405_before_anything_else() -> None:
-    # `kubectl get prt -n ns1 NAME -w` (reference §14).
+    # `kubectl get prt -n ns1 NAME -w` (docs/api.md, "What kubectl sends").
     query = _q(fieldSelector="metadata.name=abc", resourceVersion="0", watch="true")
     assert _error(list_options, query).code == 405
 
@@ -202,7 +202,7 @@ JSON_CT = "application/json"
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        # kubectl's observed bodies (reference §12).
+        # kubectl's observed bodies (docs/api.md, "Delete").
         (b'{"propagationPolicy":"Background"}', DeleteOptions()),
         (b'{"propagationPolicy":"Background","dryRun":["All"]}', DeleteOptions(dry_run=True)),
         (b'{"propagationPolicy":"Foreground"}', DeleteOptions()),

@@ -17,7 +17,7 @@ def check(pattern: str, path: str, expected: bool) -> None:
     assert match(pattern, path) is expected, (pattern, path)
 
 
-# access-model.md §3.4, the edge-case table, row by row.
+# docs/access.md, the edge-case table, row by row.
 EDGE_CASES = [
     ("app", "app", True),
     ("app", "app/x", False),
@@ -49,7 +49,7 @@ def test_the_empty_path_never_matches(pattern: str) -> None:
     check(pattern, "", False)
 
 
-# access-model.md §3.4, the table of meanings.
+# docs/access.md, the syntax table.
 MEANINGS = {
     "star": [
         ("a*c", "abbc", True),

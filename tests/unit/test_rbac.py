@@ -1,4 +1,7 @@
-"""PayloadRepositoryAccess decisions from in-memory RBAC objects (access-model.md §3.3-3.4)."""
+"""PayloadRepositoryAccess decisions from in-memory RBAC objects.
+
+See docs/access.md, "How a decision is made".
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Objects, lists, Tables and PartialObjectMetadata (reference §7 to §9)."""
+"""Objects, lists, Tables and PartialObjectMetadata.
+
+See docs/api.md, "Content negotiation" and "Objects, lists and tables".
+"""
 
 from __future__ import annotations
 

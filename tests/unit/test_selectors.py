@@ -1,4 +1,4 @@
-"""Label and field selectors with kube-apiserver's grammar (reference §10)."""
+"""Label and field selectors with kube-apiserver's grammar (docs/api.md, "List options")."""
 
 from __future__ import annotations
 

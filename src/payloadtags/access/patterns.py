@@ -1,9 +1,9 @@
 r"""Path patterns of registry access rules (the ``resourceNames`` of RBAC rules).
 
 A rule's ``resourceNames`` hold glob patterns over the repository path *after* the namespace (see
-access-model.md §3.3-3.4).  The module this project re-implements matches them with Go's
-``bmatcuk/doublestar`` v4 ``Match`` (separator ``/``), after lowercasing both the pattern and the
-path.  :class:`PathPattern` does the same.
+the syntax and edge-case tables in docs/access.md).  The module this project re-implements matches
+them with Go's ``bmatcuk/doublestar`` v4 ``Match`` (separator ``/``), after lowercasing both the
+pattern and the path.  :class:`PathPattern` does the same.
 
 Syntax (applied to the lowercased pattern):
 

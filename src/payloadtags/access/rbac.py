@@ -4,7 +4,7 @@ Roles, ClusterRoles, RoleBindings and ClusterRoleBindings arrive from list+watch
 change bumps a generation, and the derived index and per-user matchers are rebuilt lazily, so a
 decision costs dictionary lookups and, for a new path, one pass of a pattern set.
 
-Semantics are those of access-model.md §3.3: a rule counts when its apiGroups hold ``*`` or the group
+Semantics (docs/access.md, "How a decision is made"): a rule counts when its apiGroups hold ``*`` or the group
 and its resources hold ``*`` or ``payloadrepositoryaccesses`` (case-insensitive); it allows a verb when
 its verbs hold the verb or ``*``; an empty resourceNames covers every path of the namespace, otherwise
 one of the patterns must match the path below the namespace. ClusterRoleBindings apply in every
