@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from payloadtags import __version__
+from payloadtags.http.limits import HttpLimits
 from payloadtags.registry import RegistrySettings
 from payloadtags.settings import (
     AUTHORIZATION_MODES,
@@ -496,7 +497,42 @@ def _parser() -> argparse.ArgumentParser:
     )
     _deprecated(ops, "-v", "--verbose", instead=f"--v={REQUEST_LOG_VERBOSITY}", action="store_true")
     _deprecated(ops, "--log-format", instead="--logging-format", type=_lenient(_one_of(LOGGING_FORMATS)))
+    # Bounds against hostile or broken clients (docs/hardening.md).
+    limits = serve.add_argument_group("request limits")
+    limits.add_argument(
+        "--request-timeout",
+        type=_lenient(_positive_duration),
+        default="60s",
+        help="deadline of every request; past it the work is cancelled and 504 is answered",
+    )
+    limits.add_argument(
+        "--max-requests-inflight",
+        type=_lenient(_count),
+        default=400,
+        help="requests served at once (health probes aside); more get 429 with Retry-After",
+    )
+    limits.add_argument(
+        "--max-connections",
+        type=_lenient(_count),
+        default=1000,
+        help="open client connections; at the limit a new one evicts the oldest idle or slow one",
+    )
+    limits.add_argument(
+        "--max-request-body-bytes",
+        type=_lenient(_count),
+        default=3 << 20,
+        help="largest request body; a larger one gets 413 before it is read",
+    )
     return parser
+
+
+def _limits(args: argparse.Namespace) -> HttpLimits:
+    return HttpLimits(
+        max_request_body_bytes=args.max_request_body_bytes,
+        max_requests_inflight=args.max_requests_inflight,
+        max_connections=args.max_connections,
+        request_timeout=args.request_timeout,
+    )
 
 
 def _serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -674,6 +710,7 @@ def _settings(args: argparse.Namespace, errors: list[str]) -> Settings:
         leader_elect_retry_period=args.leader_elect_retry_period,
         leader_elect_resource_name=args.leader_elect_resource_name,
         leader_elect_resource_namespace=args.leader_elect_resource_namespace,
+        http=_limits(args),
     )
 
 

@@ -15,12 +15,12 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import Logger
 
+from payloadtags.http.limits import listen_backlog
 from payloadtags.settings import UNSPECIFIED_ADDRESSES
 from payloadtags.startup import ConfigurationError
 
 log = Logger()
 
-BACKLOG = 128
 
 
 def dual_stack_socket() -> socket.socket | None:
@@ -55,7 +55,7 @@ def listen(reactor: Any, address: str, port: int, factory: IProtocolFactory) -> 
         if sock is not None:
             try:
                 sock.bind(("::", port))
-                sock.listen(BACKLOG)
+                sock.listen(listen_backlog())
                 sock.setblocking(False)
                 return reactor.adoptStreamPort(sock.fileno(), socket.AF_INET6, factory)  # type: ignore[no-any-return]
             except OSError as error:
@@ -69,7 +69,7 @@ def listen(reactor: Any, address: str, port: int, factory: IProtocolFactory) -> 
                 sock.close()
         address = "0.0.0.0"
     try:
-        return reactor.listenTCP(port, factory, backlog=BACKLOG, interface=address)  # type: ignore[no-any-return]
+        return reactor.listenTCP(port, factory, backlog=listen_backlog(), interface=address)  # type: ignore[no-any-return]
     except CannotListenError as error:
         socket_error = error.socketError
         reason = getattr(socket_error, "strerror", None) or str(socket_error)

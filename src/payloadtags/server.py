@@ -14,9 +14,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
-from twisted.protocols.policies import WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.web.server import Site
 
 from payloadtags.access.authconfig import AuthenticationConfig, DynamicAuthentication, FlagConfig
 from payloadtags.access.authz import AlwaysAllow
@@ -32,6 +30,7 @@ from payloadtags.cleanup import (
     LeaderElectionOptions,
 )
 from payloadtags.cluster import authentication_reflector, rbac_reflectors, token_reviewer
+from payloadtags.http.channel import GuardedSite, LimitedConnections
 from payloadtags.inventory import Inventory
 from payloadtags.kube import ClusterClient, KubeClient, Reflector
 from payloadtags.listen import listen
@@ -64,18 +63,11 @@ def _flag_authentication(settings: Settings) -> FlagConfig:
     return FlagConfig(client_cas=client_cas, requestheader=requestheader)
 
 
-class _QuietSite(Site):
-    """Request logging is done by the API layer, with the user; Site's own access log is noise."""
-
-    def log(self, request: Any) -> None:
-        pass
-
-
 @attrs.define
 class RunningServer:
     port: int
     listener: IListeningPort
-    connections: WrappingFactory
+    connections: LimitedConnections
     registry: Registry
     api: ApiServer
     settings: Settings
@@ -347,11 +339,15 @@ async def start(
         metrics_anonymous=settings.metrics_anonymous,
         repository_index=index,
         events_token=events_token,
+        clock=reactor,
+        request_timeout=settings.http.request_timeout,
+        max_inflight=settings.http.max_requests_inflight,
+        max_body=settings.http.max_request_body_bytes,
     )
     for reflector in reflectors:
         reflector.start()
-
-    connections = WrappingFactory(_QuietSite(api.resource()))
+    site = GuardedSite(api.resource(), settings.http, api, reactor=reactor)
+    connections = LimitedConnections(site, settings.http.max_connections)
     try:
         listener = listen(
             reactor,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import attrs
 
+from payloadtags.http.limits import HttpLimits
 from payloadtags.registry import RegistrySettings
 
 AUTHORIZATION_MODES = ("AlwaysAllow", "RBAC")
@@ -61,3 +62,4 @@ class Settings:
     leader_elect_resource_name: str = "payloadtags-cleanup"
     # None: the pod's namespace, else $POD_NAMESPACE, else the kubeconfig context's, else "default"
     leader_elect_resource_namespace: str | None = None
+    http: HttpLimits = attrs.Factory(HttpLimits)  # bounds on what clients may make the server hold

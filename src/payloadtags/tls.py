@@ -201,7 +201,11 @@ def server_context(
         context.add_extra_chain_cert(crypto.X509.from_cryptography(intermediate))
     context.use_privatekey(serving.key)  # type: ignore[arg-type]
     context.check_privatekey()
-    context.set_session_id(b"payloadtags")
+    # No session resumption, by session ID or ticket, in TLS 1.2 or 1.3: a resumed session skips the
+    # certificate verification that authenticates the client, so its requests would lose their
+    # identity; and trust may have changed (rotated CA files) since the session was made.
+    context.set_options(SSL.OP_NO_TICKET)
+    context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     if client_cas:
         store = context.get_cert_store()
         assert store is not None

@@ -9,17 +9,20 @@ import functools
 import hmac
 import json
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import attrs
 from klein import Klein
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
 from twisted.web.server import Request
-from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from payloadtags import __version__
 from payloadtags.access.authn import Credentials, RequestAuthenticator, UserInfo
@@ -27,10 +30,13 @@ from payloadtags.access.authz import AlwaysAllow, AuthorizationNotReady, PathAut
 from payloadtags.api import discovery, openapi
 from payloadtags.api.errors import (
     ApiError,
+    bad_request,
     internal,
     method_not_allowed,
     path_not_found,
     service_unavailable,
+    timeout,
+    too_many_requests,
     unauthorized,
 )
 from payloadtags.api.health import HealthChecks
@@ -51,7 +57,7 @@ log = Logger()
 
 BASE = f"/apis/{GROUP_VERSION}"
 HEALTH_ENDPOINTS = ("healthz", "livez", "readyz")
-MAX_BODY = 1 << 20
+MAX_BODY = 3 << 20
 
 
 def _query(request: IRequest) -> Query:
@@ -107,6 +113,25 @@ def _write_error(request: IRequest, error: ApiError) -> bytes:
 Handler = Callable[..., Awaitable[bytes]]
 
 
+class _Utf8Paths(Resource):
+    """Klein answers a path or Host that is not UTF-8 with a bare text 400: refuse it as a Status first."""
+
+    isLeaf = True
+
+    def __init__(self, routes: Resource) -> None:
+        super().__init__()
+        self.routes = routes
+
+    def render(self, request: IRequest) -> bytes | int:
+        try:
+            b"/".join(request.postpath or []).decode("utf-8")
+            b"/".join(request.prepath or []).decode("utf-8")
+            request.getRequestHostname().decode("utf-8")
+        except UnicodeDecodeError:
+            return _write_error(request, bad_request("the request path is not valid UTF-8"))
+        return self.routes.render(request)  # type: ignore[no-any-return]
+
+
 @attrs.define
 class ApiServer:
     service: TagsService
@@ -123,15 +148,24 @@ class ApiServer:
     # With both: POST /registry/events (registry notifications, bearer token) feeds the index.
     repository_index: RepositoryIndex | None = None
     events_token: str | None = attrs.field(default=None, repr=False)
+    # Deadline of every request, and how many requests (health probes aside) may be served at once.
+    clock: IReactorTime | None = None
+    request_timeout: float = 60.0
+    max_inflight: int = 400
+    max_body: int = MAX_BODY
     app: Klein = attrs.field(factory=Klein, init=False)
     _inflight: int = attrs.field(default=0, init=False)
     _idle_waiters: list[Deferred[None]] = attrs.field(factory=list, init=False)
+    _limited: int = attrs.field(default=0, init=False)
+    _admitted: weakref.WeakKeyDictionary[IRequest, UserInfo] = attrs.field(
+        factory=weakref.WeakKeyDictionary, init=False
+    )
 
     def __attrs_post_init__(self) -> None:
         self._routes()
 
-    def resource(self) -> Any:
-        return self.app.resource()
+    def resource(self) -> Resource:
+        return _Utf8Paths(self.app.resource())
 
     @property
     def inflight(self) -> int:
@@ -146,7 +180,9 @@ class ApiServer:
             self._idle_waiters.append(waiter)
         return waiter
 
-    def _finished(self) -> None:
+    def _finished(self, limited: bool) -> None:
+        if limited:
+            self._limited -= 1
         self._inflight -= 1
         if self._inflight == 0:
             waiters, self._idle_waiters = self._idle_waiters, []
@@ -155,29 +191,38 @@ class ApiServer:
 
     # -- plumbing ---------------------------------------------------------------------------------
 
-    def _endpoint(self, fn: Callable[..., Awaitable[bytes]], anonymous: bool = False) -> Handler:
+    def _clock(self) -> IReactorTime:
+        if self.clock is None:
+            from twisted.internet import reactor
+
+            return reactor  # type: ignore[return-value]
+        return self.clock
+
+    def _endpoint(
+        self, fn: Callable[..., Awaitable[bytes]], anonymous: bool = False, limited: bool = True
+    ) -> Handler:
         @functools.wraps(fn)
         # Klein hands over twisted.web's Request, whose channel, code and notifyFinish IRequest lacks.
         async def handler(request: Request, **kwargs: Any) -> bytes:
             started = time.monotonic()
             user: UserInfo | None = None
             self._inflight += 1
+            counted = limited and self._limited < self.max_inflight
+            if counted:
+                self._limited += 1
             # In flight until the response is written (or the client is gone), not merely computed.
-            request.notifyFinish().addBoth(lambda _: self._finished())
+            request.notifyFinish().addBoth(lambda _: self._finished(counted))
             try:
-                if not anonymous:
-                    credentials = _credentials(request)
-                    user = await self.authenticator.authenticate(credentials)
-                    self._strip_forged_identity(request, credentials)
-                    if user is None:
-                        raise unauthorized()
-                    kwargs["user"] = user
+                if limited and not counted:
+                    raise too_many_requests()
+                work = Deferred.fromCoroutine(self._serve(fn, request, anonymous, kwargs))
+                # Past the deadline the work is cancelled where it waits (registry calls included).
+                work.addTimeout(self.request_timeout, self._clock())
                 try:
-                    return await fn(request, **kwargs)
-                except RegistryError as error:
-                    raise api_error_for(error) from error
-                except AuthorizationNotReady as error:
-                    raise service_unavailable(str(error), retry_after=1) from error
+                    user, body = await work
+                except TimeoutError:
+                    raise timeout(f"the request did not complete within {self.request_timeout:g}s") from None
+                return body
             except ApiError as error:
                 return _write_error(request, error)
             except Exception:
@@ -197,6 +242,56 @@ class ApiServer:
 
         return handler
 
+    async def _serve(
+        self, fn: Callable[..., Awaitable[bytes]], request: IRequest, anonymous: bool, kwargs: dict[str, Any]
+    ) -> tuple[UserInfo | None, bytes]:
+        user: UserInfo | None = None
+        if not anonymous:
+            user = self._admitted.pop(request, None) or await self._authenticate(request)
+            if user is None:
+                raise unauthorized()
+            kwargs["user"] = user
+        try:
+            return user, await fn(request, **kwargs)
+        except RegistryError as error:
+            raise api_error_for(error) from error
+        except AuthorizationNotReady as error:
+            raise service_unavailable(str(error), retry_after=1) from error
+        except RecursionError:
+            raise bad_request("the request is nested too deeply") from None
+
+    async def _authenticate(self, request: IRequest) -> UserInfo | None:
+        credentials = _credentials(request)
+        try:
+            user = await self.authenticator.authenticate(credentials)
+        except CancelledError:
+            raise
+        except Exception as error:
+            # As kube-apiserver: an authenticator that fails (a TokenReview that cannot be made)
+            # authenticates nobody.
+            log.warn("authentication failed: {error}", error=str(error) or repr(error))
+            user = None
+        self._strip_forged_identity(request, credentials)
+        return user
+
+    def admit(self, request: IRequest) -> Deferred[ApiError | None]:
+        """Before any byte of a body is read: authenticate (or check the events token) the request."""
+        return Deferred.fromCoroutine(self._admit(request))
+
+    async def _admit(self, request: IRequest) -> ApiError | None:
+        path = urlsplit(request.uri.decode("utf-8", "replace")).path.rstrip("/")
+        if path.split("/")[1:2] and path.split("/")[1] in HEALTH_ENDPOINTS:
+            return bad_request("health endpoints take no request body")
+        if path == "/registry/events" and self.repository_index is not None and self.events_token:
+            return None if self._events_token_valid(request) else unauthorized()
+        if (path == "/metrics" and self.metrics_anonymous) or self._always_allowed(path):
+            return None
+        user = await self._authenticate(request)
+        if user is None:
+            return unauthorized()
+        self._admitted[request] = user
+        return None
+
     def _strip_forged_identity(self, request: IRequest, credentials: Credentials) -> None:
         # Identity headers from anyone but the verified front proxy are forged: nothing after
         # authentication may see them.
@@ -204,13 +299,18 @@ class ApiServer:
             request.requestHeaders.removeHeader(name.encode("latin-1"))
 
     def _route(
-        self, path: str, methods: list[str], fn: Callable[..., Awaitable[bytes]], anonymous: bool = False
+        self,
+        path: str,
+        methods: list[str],
+        fn: Callable[..., Awaitable[bytes]],
+        anonymous: bool = False,
+        limited: bool = True,
     ) -> None:
         # Klein names endpoints after the function by default; handlers made from one function (the
         # health endpoints) would then all run the last one registered.
         endpoint = f"{' '.join(methods)} {path}"
         self.app.route(path, methods=methods, branch=False, strict_slashes=False, endpoint=endpoint)(
-            self._endpoint(fn, anonymous)
+            self._endpoint(fn, anonymous, limited)
         )
 
     def _always_allowed(self, path: str) -> bool:
@@ -218,11 +318,13 @@ class ApiServer:
 
     def _routes(self) -> None:
         for endpoint in HEALTH_ENDPOINTS:
+            # Probes are never turned away by the in-flight limit: a busy server is not a dead one.
             self._route(
                 f"/{endpoint}",
                 ["GET"],
                 functools.partial(self._health, endpoint=endpoint),
                 anonymous=self._always_allowed(f"/{endpoint}"),
+                limited=False,
             )
             self._route(
                 f"/{endpoint}/<check>",
@@ -230,6 +332,7 @@ class ApiServer:
                 functools.partial(self._health, endpoint=endpoint),
                 # k8s.io/apiserver: "/healthz" also covers "/healthz/<check>".
                 anonymous=self._always_allowed(f"/{endpoint}"),
+                limited=False,
             )
         self._route("/version", ["GET"], self._version)
         self._route(
@@ -266,6 +369,19 @@ class ApiServer:
         @self.app.handle_errors(MethodNotAllowed)
         def _bad_method(request: IRequest, failure: Any) -> bytes:
             return _write_error(request, method_not_allowed(request.method.decode("latin-1").lower()))
+
+        @self.app.handle_errors(HTTPException)
+        def _http_error(request: IRequest, failure: Any) -> bytes:
+            # Whatever else routing refuses (an undecodable path, ...) is answered as a Status too.
+            error: HTTPException = failure.value
+            code = error.code or 400
+            reason = "BadRequest" if code == 400 else (error.name or "BadRequest").replace(" ", "")
+            return _write_error(request, ApiError(code, reason, error.description or "bad request"))
+
+        @self.app.handle_errors(Exception)
+        def _unexpected(request: IRequest, failure: Any) -> bytes:
+            log.failure("unhandled error routing {uri}", failure=failure, uri=request.uri)
+            return _write_error(request, internal("the server could not complete the request"))
 
     # -- discovery --------------------------------------------------------------------------------
 
@@ -365,10 +481,8 @@ class ApiServer:
 
     async def _registry_events(self, request: IRequest) -> bytes:
         """Registry notifications: push events add their repository to the repository index."""
-        assert self.repository_index is not None and self.events_token
-        scheme, _, token = (_header(request, "authorization") or "").partition(" ")
-        expected = self.events_token.encode()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+        assert self.repository_index is not None
+        if not self._events_token_valid(request):
             raise unauthorized()
         try:
             events = json.loads(self._body(request))["events"]
@@ -377,14 +491,21 @@ class ApiServer:
                 for event in events
                 if event.get("action") == "push" and isinstance(event.get("target"), dict)
             ]
-        except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as error:
-            raise ApiError(400, "BadRequest", "the body is not a registry notification envelope") from error
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError, RecursionError):
+            raise ApiError(400, "BadRequest", "the body is not a registry notification envelope") from None
         if not all(isinstance(name, str) and is_valid_repository(name) for name in repositories):
             raise ApiError(400, "BadRequest", "a push event names an invalid repository")
         added = [name for name in repositories if self.repository_index.add(name)]
         if added:
             log.info("repository index: {added} added by registry events", added=", ".join(added))
         return _write_json(request, 200, {"accepted": len(events)})
+
+    def _events_token_valid(self, request: IRequest) -> bool:
+        if not self.events_token:
+            return False
+        scheme, _, token = (_header(request, "authorization") or "").partition(" ")
+        expected = self.events_token.encode()
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected)
 
     # -- the resource -----------------------------------------------------------------------------
 
@@ -412,8 +533,8 @@ class ApiServer:
         return _write_json(request, 200, render_object(obj, media, include), media.content_type)
 
     def _body(self, request: IRequest) -> bytes:
-        body = request.content.read(MAX_BODY + 1) if request.content is not None else b""
-        if len(body) > MAX_BODY:
+        body = request.content.read(self.max_body + 1) if request.content is not None else b""
+        if len(body) > self.max_body:
             raise ApiError(413, "RequestEntityTooLarge", "the request body is too large")
         return body
 

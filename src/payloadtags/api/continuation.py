@@ -51,7 +51,7 @@ def decode(text: str, scope: str) -> Continuation:
             and is_repository_path(path)
             and tag
         )
-    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
         valid = False
     if not valid:
         raise bad_request("continue key is not valid: the token is malformed")

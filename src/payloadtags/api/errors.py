@@ -113,6 +113,16 @@ def timeout(message: str) -> ApiError:
     return ApiError(504, "Timeout", f"Timeout: {message}")
 
 
+def too_many_requests(retry_after: int = 1) -> ApiError:
+    return ApiError(
+        429,
+        "TooManyRequests",
+        "Too many requests, please try again later.",
+        StatusDetails(retry_after_seconds=retry_after),
+        retry_after=retry_after,
+    )
+
+
 def internal(message: str) -> ApiError:
     return ApiError(500, "InternalError", f"Internal error occurred: {message}")
 

@@ -135,7 +135,7 @@ def delete_options(query: Query, body: bytes, content_type: str | None) -> Delet
             raise unsupported_media_type(content_type)
         try:
             data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise bad_request("the body of the request is not valid JSON DeleteOptions") from None
         if not isinstance(data, dict):
             raise bad_request("the body of the request must be a DeleteOptions object")

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import attrs
 
 from payloadtags.api.errors import bad_request
+from payloadtags.names import is_namespace
 
 _KEY = re.compile(
     r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?\Z"
@@ -179,5 +180,12 @@ def parse_field_selector(text: str | None) -> FieldSelector:
             raise bad_request(
                 f'"{field}" is not a known field selector: only "metadata.name", "metadata.namespace"'
             )
-        requirements.append(FieldRequirement(field, value.strip(), op != "!="))
+        value = value.strip()
+        if field == "metadata.namespace" and value and not is_namespace(value):
+            # Refused before anything is read: a value no namespace can have must not be looked up in
+            # the registry, where the answer would depend on paths the caller may not see.
+            raise bad_request(
+                f'invalid field selector value "{value}" for metadata.namespace: not a valid namespace name'
+            )
+        requirements.append(FieldRequirement(field, value, op != "!="))
     return FieldSelector(tuple(requirements))

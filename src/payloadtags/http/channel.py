@@ -1,0 +1,343 @@
+"""Twisted's HTTP/1.1 server, held to bounds a hostile client cannot push past.
+
+What Twisted does on its own and what is changed here:
+
+* a request body of 100 kB or more goes to a temporary file: here every body is kept in memory and
+  refused (413) as soon as it passes ``max_request_body_bytes``, whether declared or chunked;
+* the body is read whatever the headers say: here reading stops after the headers, the site's
+  ``Admission`` (authentication) decides, and only an admitted request's body is read;
+* the response to a pipelined request is written whether or not the client reads: here the next
+  pipelined request waits until the transport has sent the previous response, so one connection holds
+  at most one response and 16 kB of requests;
+* errors found by the HTTP parser are a bare ``400`` with no body: here every refusal is a Kubernetes
+  ``Status`` in JSON;
+* a client may dribble a request head or body forever: here the head must arrive within
+  ``header_timeout`` and the body within ``request_timeout``; an idle connection is closed after
+  ``idle_timeout`` and one whose client stops reading after the same time.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
+from twisted.web import http
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+from twisted.web.server import Request, Site
+
+from payloadtags.api.errors import ApiError, bad_request, internal
+from payloadtags.http.limits import LINGER, HttpLimits
+from payloadtags.model import to_json
+
+log = Logger()
+
+# After a clean close is asked for, a peer that does not read gets this long before the connection is
+# dropped.
+CLOSE_GRACE = 2.0
+
+
+class Admission(Protocol):
+    """Decides, from the head of a request with a body, whether its body may be read."""
+
+    def admit(self, request: IRequest) -> Deferred[ApiError | None]: ...
+
+
+def status_body(error: ApiError) -> bytes:
+    return json.dumps(to_json(error.status()), separators=(",", ":")).encode() + b"\n"
+
+
+def too_large(limit: int) -> ApiError:
+    return ApiError(
+        413, "RequestEntityTooLarge", f"the request body is larger than the limit of {limit} bytes"
+    )
+
+
+def read_timeout(what: str) -> ApiError:
+    return ApiError(408, "Timeout", f"Timeout: the {what} did not arrive in time")
+
+
+class GuardedRequest(Request):
+    """Keeps the body in memory, counted against the limit as it arrives; errors are Status JSON."""
+
+    channel: GuardedChannel
+    _body_bytes = 0
+
+    def __init__(self, channel: GuardedChannel, *args: Any, **kwargs: Any) -> None:
+        super().__init__(channel, *args, parsePOSTFormSubmission=False, **kwargs)
+
+    def gotLength(self, length: int | None) -> None:
+        self.content = io.BytesIO()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._body_bytes += len(data)
+        limit = self.channel.limits.max_request_body_bytes
+        if self._body_bytes > limit:
+            self.channel.refuse(too_large(limit))
+            return
+        self.content.write(data)
+
+    def processingFailed(self, reason: Failure) -> None:  # type: ignore[override]
+        log.failure("unhandled error serving {uri}", failure=reason, uri=self.uri)
+        body = status_body(internal("the server could not complete the request"))
+        self.setResponseCode(500)
+        self.setHeader(b"content-type", b"application/json")
+        self.setHeader(b"content-length", str(len(body)).encode())
+        self.write(body)
+        self.finish()
+
+
+class GuardedChannel(http.HTTPChannel):
+    site: GuardedSite
+    _refusing = False
+    _admitting = False
+    _lost = False
+    _replay_pending = False
+    _deadline: IDelayedCall | None = None
+    _deadline_kind = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._held: list[bytes] = []
+
+    @property
+    def limits(self) -> HttpLimits:
+        return self.site.limits
+
+    @property
+    def serving(self) -> bool:
+        """Whether a request of this connection is being answered (eviction spares such ones)."""
+        return bool(self._handlingRequest) and not self._replay_pending
+
+    # -- deadlines ----------------------------------------------------------------------------------
+
+    def _arm(self, seconds: float, kind: str) -> None:
+        self._disarm()
+        self._deadline_kind = kind
+        self._deadline = self.callLater(seconds, self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+        self._deadline_kind = ""
+
+    def _expired(self) -> None:
+        kind, self._deadline = self._deadline_kind, None
+        if kind == "head" and not self.requests:
+            self._close()  # nothing of a request arrived: nobody to answer
+        elif kind == "head":
+            self.refuse(read_timeout("request head"))
+        elif kind == "body":
+            self.refuse(read_timeout("request body"))
+        else:  # idle, or a client that stopped reading its responses
+            self._close()
+
+    # -- the connection -----------------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # Covers the TLS handshake too: the head of the first request is due this long after connecting.
+        self._arm(self.limits.header_timeout, "head")
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self._lost = True
+        self._disarm()
+        self._held = []
+        super().connectionLost(reason)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._refusing:
+            return  # read and dropped while lingering
+        if self._deadline_kind == "idle" and not self._handlingRequest:
+            self._arm(self.limits.header_timeout, "head")
+        super().dataReceived(data)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self._refusing:
+            return
+        if self._admitting:
+            # What arrived with the head; reading is paused, so nothing more comes until admission.
+            self._held.append(data)
+            return
+        super().rawDataReceived(data)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.refuse(ApiError(431, "BadRequest", "a request header line is too long"))
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        self.refuse(bad_request("the request is not valid HTTP/1.1"))
+
+    # -- the head and the body ----------------------------------------------------------------------
+
+    def allHeadersReceived(self) -> None:
+        request = self.requests[-1]
+        request.parseCookies()
+        self.persistent = self.checkPersistence(request, self._version)
+        limit = self.limits.max_request_body_bytes
+        if self.length is not None and self.length > limit:
+            self.refuse(too_large(limit))
+            return
+        request.gotLength(self.length)
+        if self.length == 0:
+            self._disarm()
+            return
+        self._arm(self.limits.request_timeout, "body")
+        self._admitting = True
+        self._networkProducer.pauseProducing()
+        # Twisted sets these once the body is in; admission needs them before.
+        request.method, request.uri = self._command, self._path
+        admitted = self.site.admit(request)
+        admitted.addCallbacks(self._admitted, self._admission_failed)
+
+    def _admitted(self, error: ApiError | None) -> None:
+        if self._lost or self._refusing:
+            return
+        self._admitting = False
+        if error is not None:
+            self.refuse(error)
+            return
+        request = self.requests[-1]
+        expect = request.requestHeaders.getRawHeaders(b"expect")
+        if expect and expect[0].lower() == b"100-continue" and self._version == b"HTTP/1.1":
+            self._send100Continue()
+        held, self._held = b"".join(self._held), []
+        self._networkProducer.resumeProducing()
+        if held:
+            self.rawDataReceived(held)
+
+    def _admission_failed(self, failure: Failure) -> None:
+        log.failure("admission of a request failed", failure=failure)
+        self._admitting = False
+        if not self._lost:
+            self.refuse(internal("the server could not admit the request"))
+
+    def allContentReceived(self) -> None:
+        self._disarm()
+        super().allContentReceived()
+
+    # -- responses ----------------------------------------------------------------------------------
+
+    def requestDone(self, request: http.Request) -> None:
+        if self.persistent and self._waitingForTransport:
+            # The client has not read this response yet: the next pipelined request waits for it.
+            if request is not self.requests[0]:
+                raise TypeError
+            del self.requests[0]
+            self._replay_pending = True
+            self._arm(self.limits.idle_timeout, "stalled")
+            return
+        self._arm(self.limits.idle_timeout, "idle")
+        super().requestDone(request)
+
+    def resumeProducing(self) -> None:
+        if not self._replay_pending:
+            super().resumeProducing()
+            return
+        self._replay_pending = False
+        self._waitingForTransport = False
+        self._handlingRequest = False
+        self._arm(self.limits.idle_timeout, "idle")
+        data, self._dataBuffer = b"".join(self._dataBuffer), []
+        self._networkProducer.resumeProducing()
+        self.setLineMode(data)
+
+    def refuse(self, error: ApiError) -> None:
+        """Answer with a Status and close; whatever the client still sends is read and dropped for a
+        moment, so that it sees this answer rather than a reset connection."""
+        if self._refusing or self._lost:
+            return
+        self._refusing = True
+        self._admitting = False
+        self._held = []
+        self.paused = True  # stops the line parser on the rest of what is buffered
+        self.clearLineBuffer()
+        self._dataBuffer = []
+        self._disarm()
+        if not self._handlingRequest:
+            body = status_body(error)
+            reason = http.RESPONSES.get(error.code, b"Error")
+            head = [
+                b"HTTP/1.1 %d %s" % (error.code, reason),
+                b"content-type: application/json",
+                b"cache-control: no-cache, private",
+                b"content-length: %d" % len(body),
+                b"connection: close",
+            ]
+            if error.retry_after is not None:
+                head.append(b"retry-after: %d" % error.retry_after)
+            self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        self._networkProducer.resumeProducing()
+        self.callLater(LINGER, self._close)
+
+    def _close(self) -> None:
+        if self._lost:
+            return
+        self._disarm()
+        self.loseConnection()
+        self.callLater(CLOSE_GRACE, self._abort)
+
+    def _abort(self) -> None:
+        if not self._lost and self.transport is not None:
+            self.transport.abortConnection()
+
+
+class GuardedSite(Site):
+    """A Site whose channels are GuardedChannels; no access log (the API layer logs with the user)."""
+
+    protocol = GuardedChannel  # type: ignore[assignment]
+    requestFactory = GuardedRequest
+    _parsePOSTFormSubmission = False
+
+    def __init__(
+        self, resource: IResource, limits: HttpLimits, admission: Admission, reactor: Any = None
+    ) -> None:
+        # Twisted's own idle timer would fire in the middle of a long response: the channel keeps its own.
+        super().__init__(resource, timeout=None, reactor=reactor)
+        self.limits = limits
+        self.admission = admission
+
+    def admit(self, request: IRequest) -> Deferred[ApiError | None]:
+        return self.admission.admit(request)
+
+    def log(self, request: Any) -> None:
+        pass
+
+
+class LimitedConnections(WrappingFactory):
+    """Holds at most ``limit`` connections. At the limit, a new connection evicts the oldest one that
+    is not being answered (idle, or still sending its request); when every one is being answered, the
+    new connection is closed at once."""
+
+    def __init__(self, site: GuardedSite, limit: int, on_refused: Callable[[str], None] | None = None):
+        super().__init__(site)
+        self.limit = limit
+        self.on_refused = on_refused
+        self._evicted: set[ProtocolWrapper] = set()
+
+    def buildProtocol(self, addr: Any) -> ProtocolWrapper | None:
+        self._evicted &= set(self.protocols)
+        if len(self.protocols) - len(self._evicted) >= self.limit and not self._evict():
+            if self.on_refused is not None:
+                self.on_refused("refused")
+            return None
+        return super().buildProtocol(addr)
+
+    def _evict(self) -> bool:
+        for wrapper in self.protocols:
+            channel = wrapper.wrappedProtocol
+            if wrapper in self._evicted or getattr(channel, "serving", True):
+                continue
+            self._evicted.add(wrapper)
+            if self.on_refused is not None:
+                self.on_refused("evicted")
+            wrapper.transport.abortConnection()
+            return True
+        return False

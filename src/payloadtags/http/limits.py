@@ -1,0 +1,43 @@
+"""Bounds on what one client may make the server hold: every one is a flag (see docs/hardening.md)."""
+
+from __future__ import annotations
+
+import attrs
+
+MiB = 1 << 20
+
+# As kube-apiserver's HTTP server: the head of a request must arrive within this many seconds of the
+# connection or of the previous response, and an idle kept-alive connection is closed after IDLE_TIMEOUT.
+HEADER_TIMEOUT = 32.0
+IDLE_TIMEOUT = 90.0
+# After refusing a request whose body is still arriving, keep reading (and dropping) it this long before
+# closing, so the client sees the answer rather than a reset of a connection with unread data.
+LINGER = 0.5
+
+
+def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"--{attribute.name.replace('_', '-')} must be positive")
+
+
+@attrs.frozen
+class HttpLimits:
+    max_request_body_bytes: int = attrs.field(default=3 * MiB, validator=_positive)
+    max_requests_inflight: int = attrs.field(default=400, validator=_positive)
+    max_connections: int = attrs.field(default=1000, validator=_positive)
+    request_timeout: float = attrs.field(default=60.0, validator=_positive)
+    header_timeout: float = attrs.field(default=HEADER_TIMEOUT, validator=_positive)
+    idle_timeout: float = attrs.field(default=IDLE_TIMEOUT, validator=_positive)
+
+
+SOMAXCONN = "/proc/sys/net/core/somaxconn"
+
+
+def listen_backlog(path: str = SOMAXCONN, fallback: int = 4096) -> int:
+    """The largest listen queue the kernel allows (the kernel caps larger values at it anyway)."""
+    try:
+        with open(path, encoding="ascii") as f:
+            value = int(f.read().strip())
+    except (OSError, ValueError):
+        return fallback
+    return max(value, 1)

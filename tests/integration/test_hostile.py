@@ -1,0 +1,444 @@
+"""Hostile clients over real sockets: bodies before and after authentication, pipelining, floods of
+connections, slow heads, deep JSON, broken escapes and headers, TLS session resumption.
+
+Every refusal must be a Kubernetes Status in JSON, come quickly, and leave the server serving others.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, task
+from twisted.internet.threads import deferToThread
+from twisted.web import resource, server
+
+from payloadtags.http.limits import HttpLimits
+from tests.support import images
+from tests.support.raw import Reply, Target, closed_within, exchange, read_reply, request_bytes
+
+B = "/apis/payload-registry.deckhouse.io/v1alpha1"
+
+
+def target(api: Any) -> Target:
+    return Target(api.running.port, str(api.pki.server_ca.cert_file))
+
+
+def item_path(namespace: str, name: str = "nb2hi4bnmvrwq3z2nrqxizltoq") -> str:
+    return f"{B}/namespaces/{namespace}/payloadrepositorytags/{name}"
+
+
+async def in_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    return await deferToThread(fn, *args, **kwargs)
+
+
+def head_only(t: Target, raw_head: bytes, user: Any = None) -> tuple[Reply, float]:
+    """Send a request head that announces a body, never send the body, read the answer."""
+    started = time.monotonic()
+    with t.connect(user, timeout=5) as sock:
+        sock.sendall(raw_head)
+        reply = read_reply(sock)
+    return reply, time.monotonic() - started
+
+
+# --- bodies -----------------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_unauthenticated_body_is_refused_before_it_is_sent(api):
+    # The head announces 2 MB that never come: only a server that decides on the head can answer.
+    head = request_bytes("DELETE", item_path("ns"), {"Content-Length": str(2 << 20)})
+    reply, elapsed = await in_thread(head_only, target(api), head)
+    assert reply.is_status(401), reply
+    assert elapsed < 5
+
+
+@pytest_twisted.ensureDeferred
+async def test_unauthenticated_client_streaming_a_body_sees_the_401(api):
+    def stream() -> tuple[Reply, int]:
+        with target(api).connect(timeout=5) as sock:
+            sock.sendall(request_bytes("DELETE", item_path("ns"), {"Content-Length": str(3 << 20)}))
+            sent = 0
+            chunk = b"x" * 65536
+            try:
+                while sent < 3 << 20:
+                    sock.sendall(chunk)
+                    sent += len(chunk)
+            except OSError:
+                pass  # the server closed: what was sent so far was read and dropped
+            return read_reply(sock), sent
+
+    reply, _ = await in_thread(stream)
+    assert reply.is_status(401), reply
+
+
+@pytest_twisted.ensureDeferred
+async def test_declared_oversized_body_gets_413_before_it_is_sent(api):
+    head = request_bytes("DELETE", item_path("ns"), {"Content-Length": str((3 << 20) + 1)})
+    reply, _ = await in_thread(head_only, target(api), head, api.pki.admin)
+    assert reply.is_status(413), reply
+    assert "3145728" in reply.json()["message"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_chunked_body_is_cut_at_the_limit(make_server, registry):
+    api = await make_server(registry, http=HttpLimits(max_request_body_bytes=100_000))
+
+    def chunked() -> Reply:
+        with target(api).connect(api.pki.admin, timeout=5) as sock:
+            sock.sendall(request_bytes("DELETE", item_path("ns"), {"Transfer-Encoding": "chunked"}))
+            try:
+                for _ in range(100):
+                    sock.sendall(b"2710\r\n" + b" " * 10_000 + b"\r\n")  # 10 000 bytes a chunk
+            except OSError:
+                pass
+            return read_reply(sock)
+
+    reply = await in_thread(chunked)
+    assert reply.is_status(413), reply
+
+
+@pytest_twisted.ensureDeferred
+async def test_bodies_are_never_spooled_to_disk(api, registry, repo, monkeypatch):
+    namespace, path = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "v1")
+
+    def no_disk(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("request data written to a temporary file")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", no_disk)
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", no_disk)
+    # A 200 kB DeleteOptions (padding in a field the server ignores): Twisted would spool it.
+    body = json.dumps({"kind": "DeleteOptions", "dryRun": ["All"], "padding": "x" * 200_000}).encode()
+    from payloadtags.names import encode_name
+
+    reply = await api.client(api.pki.admin).delete(
+        item_path(namespace, encode_name(path, "v1")),
+        body=body,
+        headers={"Content-Type": "application/json"},
+    )
+    assert reply.code == 200, reply.body
+
+
+@pytest_twisted.ensureDeferred
+async def test_expect_100_continue_comes_only_after_authentication(api):
+    def ask(user: Any) -> bytes:
+        with target(api).connect(user, timeout=5) as sock:
+            sock.sendall(
+                request_bytes("DELETE", item_path("ns"), {"Content-Length": "10", "Expect": "100-continue"})
+            )
+            return sock.recv(100)
+
+    assert (await in_thread(ask, api.pki.admin)).startswith(b"HTTP/1.1 100 Continue")
+    assert (await in_thread(ask, None)).startswith(b"HTTP/1.1 401 ")
+
+
+# --- bad requests, at every layer -----------------------------------------------------------------------
+
+
+BAD_REQUESTS = {
+    "invalid percent-escape in the path": (b"GET /apis/%zz HTTP/1.1\r\nHost: x\r\n\r\n", (400, 404)),
+    "invalid utf-8 in the path": (b"GET /apis/%ff%fe HTTP/1.1\r\nHost: x\r\n\r\n", (400, 404)),
+    "garbage request line": (b"\x16\x03\x01 nonsense\r\n\r\n", (400,)),
+    "header without a colon": (b"GET /version HTTP/1.1\r\nHost x\r\n\r\n", (400,)),
+    "NUL in a header": (b"GET /version HTTP/1.1\r\nX-A: a\x00b\r\n\r\n", (400,)),
+    "two lengths": (
+        b"DELETE /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        (400,),
+    ),
+    "non-numeric length": (b"DELETE /x HTTP/1.1\r\nContent-Length: -1\r\n\r\n", (400,)),
+    "unknown transfer coding": (b"DELETE /x HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", (400,)),
+    "malformed chunk": (b"DELETE /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", (400,)),
+    "header line too long": (b"GET /version HTTP/1.1\r\nX-A: " + b"a" * 70_000 + b"\r\n\r\n", (400, 431)),
+    "headers too many bytes": (
+        b"GET /version HTTP/1.1\r\n"
+        + b"".join(b"X-%d: %s\r\n" % (i, b"a" * 1000) for i in range(40))
+        + b"\r\n",
+        (400, 431),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+@pytest_twisted.ensureDeferred
+async def test_bad_requests_get_a_status(api, case):
+    data, codes = BAD_REQUESTS[case]
+    reply = await in_thread(exchange, target(api), data, api.pki.admin)
+    assert any(reply.is_status(code) for code in codes), (case, reply)
+
+
+@pytest_twisted.ensureDeferred
+async def test_deep_json_in_a_body_or_a_token_is_a_400(api):
+    deep = b"[" * 100_000 + b"]" * 100_000
+    body_reply = await in_thread(
+        exchange,
+        target(api),
+        request_bytes("DELETE", item_path("ns"), {"Content-Type": "application/json"}, deep),
+        api.pki.admin,
+    )
+    assert body_reply.is_status(400), body_reply
+    import base64
+
+    token = base64.urlsafe_b64encode(b'{"v":1,"last":' + b"[" * 3000 + b"]" * 3000 + b"}").decode()
+    token_reply = await in_thread(
+        exchange,
+        target(api),
+        request_bytes("GET", f"{B}/namespaces/ns/payloadrepositorytags?limit=1&continue={token}"),
+        api.pki.admin,
+    )
+    assert token_reply.is_status(400), token_reply
+
+
+@pytest_twisted.ensureDeferred
+async def test_namespace_selector_that_no_namespace_can_match_is_a_400(api, registry, repo):
+    images.push_oci_image(registry, repo, "v1")
+    # "team/app" exists under the namespace "t<n>"; a namespace value with a "/" must not probe it.
+    value = repo.replace("/", "%2F")
+    reply = await api.client(api.pki.admin).get(
+        f"{B}/payloadrepositorytags?fieldSelector=metadata.namespace%3D{value}"
+    )
+    assert reply.code == 400, reply.body
+    assert reply.json()["reason"] == "BadRequest"
+
+
+# --- pipelining and output ---------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_pipelined_requests_are_answered_in_order_one_at_a_time(api):
+    def pipeline() -> list[Reply]:
+        with target(api).connect(api.pki.admin, timeout=10) as sock:
+            sock.sendall(
+                b"".join(request_bytes("GET", p) for p in ["/version", "/apis", "/nope", "/version"])
+            )
+            buffer = bytearray()
+            return [read_reply(sock, buffer) for _ in range(4)]
+
+    replies = await in_thread(pipeline)
+    assert [r.code for r in replies] == [200, 200, 404, 200]
+    assert replies[2].is_status(404)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_does_not_read_holds_one_response_at_most(api, reactor):
+    """Pipelined requests whose responses are not read: once the socket's buffers are full the
+    server stops taking requests, instead of answering every buffered one into its own memory."""
+    served_before = _served(api)
+    largest = 0
+
+    def sample() -> None:
+        nonlocal largest
+        largest = max([largest, *(_unsent_bytes(w) for w in api.running.connections.protocols)])
+
+    sampler = task.LoopingCall(sample)
+    sampler.clock = reactor
+    sampler.start(0.02)
+
+    def flood() -> None:
+        with target(api).connect(api.pki.admin, timeout=10, receive_buffer=4096) as sock:
+            request = request_bytes("GET", "/openapi/v2")  # 20 kB a response
+            sock.setblocking(False)
+            for _ in range(2000):
+                try:
+                    sock.send(request)
+                except (ssl.SSLWantWriteError, BlockingIOError):
+                    break
+            sock.setblocking(True)
+            time.sleep(1.0)
+
+    try:
+        await in_thread(flood)
+    finally:
+        sampler.stop()
+    served = _served(api) - served_before
+    # What the kernel's buffers take (4 MB of send buffer at most here: about 200 responses) and no
+    # more. Twisted alone went on answering into its own memory: about 1 000 in the same second.
+    assert served < 300, served
+    assert largest < 256 * 1024, largest
+
+
+def _unsent_bytes(wrapper: Any) -> int:
+    tcp = getattr(wrapper.transport, "transport", None)
+    if tcp is None:
+        return 0
+    return len(getattr(tcp, "dataBuffer", b"")) + int(getattr(tcp, "_tempDataLen", 0))
+
+
+def _served(api: Any) -> int:
+    return int(
+        sum(
+            s.value
+            for m in api.running.api.metrics.requests.collect()
+            for s in m.samples
+            if s.name.endswith("_total")
+        )
+    )
+
+
+# --- limits on work -------------------------------------------------------------------------------------
+
+
+class _EndlessCatalog(resource.Resource):
+    """A registry whose catalog pages never end: each page names one more repository and links on."""
+
+    isLeaf = True
+
+    def __init__(self, reactor: Any) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.pages = 0
+        self.open_requests = 0
+
+    def render_GET(self, request: Any) -> Any:
+        path = request.path.decode()
+        request.setHeader(b"content-type", b"application/json")
+        if path == "/v2/":
+            return b"{}"
+        if path.endswith("/tags/list"):
+            return b'{"tags": []}'
+        self.pages += 1
+        self.open_requests += 1
+        request.notifyFinish().addBoth(lambda _: setattr(self, "open_requests", self.open_requests - 1))
+        page = self.pages
+        request.setHeader(b"link", f'</v2/_catalog?n=1&last=ns/r{page:08d}>; rel="next"'.encode())
+
+        def answer() -> None:
+            if not request._disconnected:
+                request.write(json.dumps({"repositories": [f"ns/r{page:08d}"]}).encode())
+                request.finish()
+
+        self.reactor.callLater(0.01, answer)
+        return server.NOT_DONE_YET
+
+
+@pytest.fixture
+def endless_registry(reactor: Any) -> Iterator[tuple[str, _EndlessCatalog]]:
+    catalog = _EndlessCatalog(reactor)
+    port = reactor.listenTCP(0, server.Site(catalog), interface="127.0.0.1")
+    yield f"http://127.0.0.1:{port.getHost().port}", catalog
+    port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_request_deadline_cancels_the_work_and_answers_504(make_server, endless_registry, reactor):
+    url, catalog = endless_registry
+    api = await make_server(url, http=HttpLimits(request_timeout=1.0))
+    started = time.monotonic()
+    reply = await api.client(api.pki.admin).get(f"{B}/payloadrepositorytags")
+    assert reply.code == 504, reply.body
+    assert reply.json()["reason"] == "Timeout"
+    assert time.monotonic() - started < 5
+    pages = catalog.pages
+    await task.deferLater(reactor, 0.3, lambda: None)
+    assert catalog.pages == pages  # nothing goes on asking the registry after the deadline
+
+
+@pytest_twisted.ensureDeferred
+async def test_inflight_limit_answers_429_and_probes_still_pass(make_server, endless_registry, reactor):
+    url, _ = endless_registry
+    api = await make_server(url, http=HttpLimits(max_requests_inflight=2, request_timeout=3.0))
+    client = api.client(api.pki.admin)
+    slow = [defer.ensureDeferred(client.get(f"{B}/payloadrepositorytags")) for _ in range(2)]
+    await task.deferLater(reactor, 0.2, lambda: None)
+    refused = await client.get("/version")
+    assert refused.code == 429, refused.body
+    assert refused.header("retry-after") == "1"
+    assert refused.json()["reason"] == "TooManyRequests"
+    live = await client.get("/livez")
+    assert live.code == 200
+    for reply in slow:
+        assert (await reply).code == 504
+
+
+@pytest_twisted.ensureDeferred
+async def test_slow_request_head_gets_408(make_server, registry):
+    api = await make_server(registry, http=HttpLimits(header_timeout=0.5))
+
+    def dribble() -> tuple[Reply, float]:
+        started = time.monotonic()
+        with target(api).connect(api.pki.admin, timeout=5) as sock:
+            sock.sendall(b"GET /version HTTP/1.1\r\nX-Slow: ")
+            return read_reply(sock), time.monotonic() - started
+
+    reply, elapsed = await in_thread(dribble)
+    assert reply.is_status(408), reply
+    assert elapsed < 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_slow_body_after_authentication_gets_408(make_server, registry):
+    api = await make_server(registry, http=HttpLimits(request_timeout=0.5))
+
+    def dribble() -> Reply:
+        with target(api).connect(api.pki.admin, timeout=5) as sock:
+            sock.sendall(request_bytes("DELETE", item_path("ns"), {"Content-Length": "100"}) + b"{")
+            return read_reply(sock)
+
+    assert (await in_thread(dribble)).is_status(408)
+
+
+@pytest_twisted.ensureDeferred
+async def test_connection_flood_evicts_idle_connections_and_new_clients_get_in(make_server, registry):
+    api = await make_server(registry, http=HttpLimits(max_connections=4))
+    t = target(api)
+
+    def flood() -> tuple[int, Reply]:
+        idle = [t.connect(api.pki.admin, timeout=5) for _ in range(8)]
+        try:
+            reply = exchange(t, request_bytes("GET", "/livez"))
+            closed = sum(closed_within(sock, 0.5) for sock in idle)
+        finally:
+            for sock in idle:
+                sock.close()
+        return closed, reply
+
+    closed, reply = await in_thread(flood)
+    assert reply.code == 200
+    assert closed >= 5  # 8 idle + 1 new connection, at most 4 open at once
+
+
+# --- TLS ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+@pytest_twisted.ensureDeferred
+async def test_a_second_connection_keeps_its_identity(api, version):
+    """A client that offers its previous session back is not resumed (resumption would skip the
+    certificate check that identifies it): it gets a full handshake, and is still authenticated."""
+    t = target(api)
+
+    def twice() -> list[tuple[int, bool]]:
+        context = t.context(api.pki.admin, version)
+        results = []
+        session = None
+        for _ in range(2):
+            with t.connect(context=context, session=session, timeout=5) as sock:
+                sock.sendall(request_bytes("GET", "/version"))
+                reply = read_reply(sock)
+                results.append((reply.code, sock.session_reused))
+                session = sock.session
+        return results
+
+    results = await in_thread(twice)
+    assert results == [(200, False), (200, False)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_plain_http_on_the_tls_port_is_dropped(api):
+    def plain() -> bytes:
+        import socket
+
+        with socket.create_connection(("127.0.0.1", api.running.port), timeout=5) as sock:
+            sock.sendall(b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n")
+            try:
+                return sock.recv(100)
+            except OSError:
+                return b""
+
+    assert not (await in_thread(plain)).startswith(b"HTTP/1.1 200")
