@@ -471,3 +471,14 @@ async def test_metrics_are_authorized_by_rbac_non_resource_rules(rbac_server, ku
     reply = await rbac_server.client(stranger).get("/metrics")
     assert reply.code == 403
     assert reply.json()["message"] == 'forbidden: User "stranger" cannot get path "/metrics"'
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failing_token_review_is_a_401_not_a_500(rbac_server, kube_api, namespace):
+    kube_api.inject_error(500, method="POST", path="/apis/authentication.k8s.io/v1/tokenreviews", times=20)
+    reply = await rbac_server.client().get(
+        collection(namespace), headers={"Authorization": "Bearer review-will-fail"}
+    )
+    assert reply.code == 401, reply.body
+    assert reply.json()["reason"] == "Unauthorized"
+    assert [r for r in kube_api.requests if "tokenreviews" in r.path]  # the review was tried

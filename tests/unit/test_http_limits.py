@@ -1,0 +1,70 @@
+"""Request limits: flags and defaults, the listen backlog, and input refused before it is looked up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from payloadtags.api.errors import ApiError
+from payloadtags.api.selectors import parse_field_selector
+from payloadtags.cli import UsageError, _parser, settings_from
+from payloadtags.http.limits import HttpLimits, listen_backlog
+
+
+def parse(*argv: str) -> HttpLimits:
+    args = _parser().parse_args(["serve", "--registry-url=http://127.0.0.1:5000", *argv])
+    return settings_from(args).http
+
+
+def test_defaults_are_kube_apiservers_where_it_has_one() -> None:
+    limits = parse()
+    assert limits.max_request_body_bytes == 3 * 1024 * 1024
+    assert limits.max_requests_inflight == 400
+    assert limits.request_timeout == 60.0
+    assert limits.max_connections == 1000
+    assert (limits.header_timeout, limits.idle_timeout) == (32.0, 90.0)
+
+
+def test_every_limit_flag_reaches_the_settings() -> None:
+    limits = parse(
+        "--request-timeout=1m30s",
+        "--max-requests-inflight=20",
+        "--max-connections=50",
+        "--max-request-body-bytes=1024",
+    )
+    assert limits == HttpLimits(
+        max_request_body_bytes=1024, max_requests_inflight=20, max_connections=50, request_timeout=90.0
+    )
+
+
+@pytest.mark.parametrize(
+    "flag",
+    ["--request-timeout=0", "--max-requests-inflight=0", "--max-connections=-1", "--max-request-body-bytes=0"],
+)
+def test_limits_must_be_positive(flag: str) -> None:
+    name = flag.split("=")[0]
+    with pytest.raises(UsageError, match=f"{name} must be positive"):
+        parse(flag)
+
+
+def test_listen_backlog_is_the_kernels_largest(tmp_path: Path) -> None:
+    somaxconn = tmp_path / "somaxconn"
+    somaxconn.write_text("4096\n")
+    assert listen_backlog(str(somaxconn)) == 4096
+    assert listen_backlog(str(tmp_path / "absent"), fallback=128) == 128
+    somaxconn.write_text("garbage")
+    assert listen_backlog(str(somaxconn), fallback=511) == 511
+
+
+@pytest.mark.parametrize("value", ["a/b", "A", "-x", "x" * 64, "ns/../other", "é"])
+def test_namespace_selector_values_no_namespace_has_are_refused(value: str) -> None:
+    for op in ("=", "==", "!="):
+        with pytest.raises(ApiError) as caught:
+            parse_field_selector(f"metadata.namespace{op}{value}")
+        assert caught.value.code == 400
+
+
+def test_valid_namespace_selector_values_pass() -> None:
+    selector = parse_field_selector("metadata.namespace=team-a,metadata.name!=x")
+    assert selector.required("metadata.namespace") == "team-a"
