@@ -65,8 +65,9 @@ def _query(request: IRequest) -> Query:
 
 
 def _header(request: IRequest, name: str) -> str | None:
-    value = request.getHeader(name)
-    return value.decode("latin-1") if isinstance(value, bytes) else value
+    # As bytes: Twisted decodes str look-ups as UTF-8, and a header that is not would raise.
+    values = request.requestHeaders.getRawHeaders(name.encode("latin-1"))
+    return values[-1].decode("latin-1") if values else None
 
 
 def _credentials(request: Request) -> Credentials:

@@ -84,10 +84,20 @@ class GuardedRequest(Request):
             return
         self.content.write(data)
 
+    def process(self) -> None:
+        if self.path == b"*" and self.method != b"OPTIONS":
+            # Twisted answers these itself, with an empty 405.
+            self.write_status(ApiError(405, "MethodNotAllowed", "only OPTIONS applies to the target *"))
+            return
+        super().process()
+
     def processingFailed(self, reason: Failure) -> None:  # type: ignore[override]
         log.failure("unhandled error serving {uri}", failure=reason, uri=self.uri)
-        body = status_body(internal("the server could not complete the request"))
-        self.setResponseCode(500)
+        self.write_status(internal("the server could not complete the request"))
+
+    def write_status(self, error: ApiError) -> None:
+        body = status_body(error)
+        self.setResponseCode(error.code)
         self.setHeader(b"content-type", b"application/json")
         self.setHeader(b"content-length", str(len(body)).encode())
         self.write(body)
