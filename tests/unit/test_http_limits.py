@@ -40,7 +40,12 @@ def test_every_limit_flag_reaches_the_settings() -> None:
 
 @pytest.mark.parametrize(
     "flag",
-    ["--request-timeout=0", "--max-requests-inflight=0", "--max-connections=-1", "--max-request-body-bytes=0"],
+    [
+        "--request-timeout=0",
+        "--max-requests-inflight=0",
+        "--max-connections=-1",
+        "--max-request-body-bytes=0",
+    ],
 )
 def test_limits_must_be_positive(flag: str) -> None:
     name = flag.split("=")[0]
