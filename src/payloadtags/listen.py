@@ -22,7 +22,6 @@ from payloadtags.startup import ConfigurationError
 log = Logger()
 
 
-
 def dual_stack_socket() -> socket.socket | None:
     """An IPv6 TCP socket that also accepts IPv4, not yet bound; None where the host has no IPv6."""
     if not socket.has_ipv6:
