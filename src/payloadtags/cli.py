@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from payloadtags import __version__
-from payloadtags.http.limits import HttpLimits
+from payloadtags.limits import HttpLimits
 from payloadtags.registry import RegistrySettings
 from payloadtags.settings import (
     AUTHORIZATION_MODES,

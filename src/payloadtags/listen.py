@@ -15,7 +15,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import Logger
 
-from payloadtags.http.limits import listen_backlog
+from payloadtags.limits import listen_backlog
 from payloadtags.settings import UNSPECIFIED_ADDRESSES
 from payloadtags.startup import ConfigurationError
 

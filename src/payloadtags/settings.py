@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 
-from payloadtags.http.limits import HttpLimits
+from payloadtags.limits import HttpLimits
 from payloadtags.registry import RegistrySettings
 
 AUTHORIZATION_MODES = ("AlwaysAllow", "RBAC")

@@ -19,7 +19,7 @@ from twisted.internet import defer, task
 from twisted.internet.threads import deferToThread
 from twisted.web import resource, server
 
-from payloadtags.http.limits import HttpLimits
+from payloadtags.limits import HttpLimits
 from tests.support import images
 from tests.support.raw import Reply, Target, closed_within, exchange, read_reply, request_bytes
 

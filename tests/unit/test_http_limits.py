@@ -9,7 +9,7 @@ import pytest
 from payloadtags.api.errors import ApiError
 from payloadtags.api.selectors import parse_field_selector
 from payloadtags.cli import UsageError, _parser, settings_from
-from payloadtags.http.limits import HttpLimits, listen_backlog
+from payloadtags.limits import HttpLimits, listen_backlog
 
 
 def parse(*argv: str) -> HttpLimits:

@@ -196,7 +196,7 @@ class ApiServer:
         if self.clock is None:
             from twisted.internet import reactor
 
-            return reactor  # type: ignore[return-value]
+            return reactor
         return self.clock
 
     def _endpoint(
@@ -244,7 +244,7 @@ class ApiServer:
         return handler
 
     async def _serve(
-        self, fn: Callable[..., Awaitable[bytes]], request: IRequest, anonymous: bool, kwargs: dict[str, Any]
+        self, fn: Callable[..., Awaitable[bytes]], request: Request, anonymous: bool, kwargs: dict[str, Any]
     ) -> tuple[UserInfo | None, bytes]:
         user: UserInfo | None = None
         if not anonymous:
@@ -261,7 +261,7 @@ class ApiServer:
         except RecursionError:
             raise bad_request("the request is nested too deeply") from None
 
-    async def _authenticate(self, request: IRequest) -> UserInfo | None:
+    async def _authenticate(self, request: Request) -> UserInfo | None:
         credentials = _credentials(request)
         try:
             user = await self.authenticator.authenticate(credentials)
@@ -275,11 +275,11 @@ class ApiServer:
         self._strip_forged_identity(request, credentials)
         return user
 
-    def admit(self, request: IRequest) -> Deferred[ApiError | None]:
+    def admit(self, request: Request) -> Deferred[ApiError | None]:
         """Before any byte of a body is read: authenticate (or check the events token) the request."""
         return Deferred.fromCoroutine(self._admit(request))
 
-    async def _admit(self, request: IRequest) -> ApiError | None:
+    async def _admit(self, request: Request) -> ApiError | None:
         path = urlsplit(request.uri.decode("utf-8", "replace")).path.rstrip("/")
         if path.split("/")[1:2] and path.split("/")[1] in HEALTH_ENDPOINTS:
             return bad_request("health endpoints take no request body")

@@ -29,12 +29,11 @@ from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web import http
-from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from payloadtags.api.errors import ApiError, bad_request, internal
-from payloadtags.http.limits import LINGER, HttpLimits
+from payloadtags.limits import LINGER, HttpLimits
 from payloadtags.model import to_json
 
 log = Logger()
@@ -47,7 +46,7 @@ CLOSE_GRACE = 2.0
 class Admission(Protocol):
     """Decides, from the head of a request with a body, whether its body may be read."""
 
-    def admit(self, request: IRequest) -> Deferred[ApiError | None]: ...
+    def admit(self, request: Request) -> Deferred[ApiError | None]: ...
 
 
 def status_body(error: ApiError) -> bytes:
@@ -82,6 +81,7 @@ class GuardedRequest(Request):
         if self._body_bytes > limit:
             self.channel.refuse(too_large(limit))
             return
+        assert self.content is not None  # set by gotLength, before any chunk
         self.content.write(data)
 
     def process(self) -> None:
@@ -91,7 +91,7 @@ class GuardedRequest(Request):
             return
         super().process()
 
-    def processingFailed(self, reason: Failure) -> None:  # type: ignore[override]
+    def processingFailed(self, reason: Failure) -> None:
         log.failure("unhandled error serving {uri}", failure=reason, uri=self.uri)
         self.write_status(internal("the server could not complete the request"))
 
@@ -283,6 +283,7 @@ class GuardedChannel(http.HTTPChannel):
             ]
             if error.retry_after is not None:
                 head.append(b"retry-after: %d" % error.retry_after)
+            assert self.transport is not None
             self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
         self._networkProducer.resumeProducing()
         self.callLater(LINGER, self._close)
@@ -295,8 +296,9 @@ class GuardedChannel(http.HTTPChannel):
         self.callLater(CLOSE_GRACE, self._abort)
 
     def _abort(self) -> None:
-        if not self._lost and self.transport is not None:
-            self.transport.abortConnection()
+        abort = getattr(self.transport, "abortConnection", None)
+        if not self._lost and abort is not None:
+            abort()
 
 
 class GuardedSite(Site):
@@ -314,7 +316,7 @@ class GuardedSite(Site):
         self.limits = limits
         self.admission = admission
 
-    def admit(self, request: IRequest) -> Deferred[ApiError | None]:
+    def admit(self, request: Request) -> Deferred[ApiError | None]:
         return self.admission.admit(request)
 
     def log(self, request: Any) -> None:
@@ -332,7 +334,7 @@ class LimitedConnections(WrappingFactory):
         self.on_refused = on_refused
         self._evicted: set[ProtocolWrapper] = set()
 
-    def buildProtocol(self, addr: Any) -> ProtocolWrapper | None:
+    def buildProtocol(self, addr: Any) -> ProtocolWrapper | None:  # type: ignore[override]
         self._evicted &= set(self.protocols)
         if len(self.protocols) - len(self._evicted) >= self.limit and not self._evict():
             if self.on_refused is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
 MiB = 1 << 20
@@ -15,7 +17,7 @@ IDLE_TIMEOUT = 90.0
 LINGER = 0.5
 
 
-def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if value <= 0:
         raise ValueError(f"--{attribute.name.replace('_', '-')} must be positive")
 
