@@ -147,7 +147,7 @@ class InstrumentedRegistry:
     async def blob(self, repository: str, digest: str, max_bytes: int = 4 << 20) -> bytes:
         return await self._measure("blob", self.inner.blob(repository, digest, max_bytes=max_bytes))
 
-    async def delete_tag(self, repository: str, tag: str) -> str:
+    async def delete_tag(self, repository: str, tag: str) -> str | None:
         return await self._measure("delete_tag", self.inner.delete_tag(repository, tag))
 
     async def delete_manifest(self, repository: str, digest: str) -> None:

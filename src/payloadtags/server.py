@@ -29,6 +29,7 @@ from payloadtags.cleanup import (
     CleanupOptions,
     LeaderElectionOptions,
 )
+from payloadtags.cleanup.removal import namespace_remover
 from payloadtags.cluster import authentication_reflector, rbac_reflectors, token_reviewer
 from payloadtags.http.channel import GuardedSite, LimitedConnections
 from payloadtags.inventory import Inventory
@@ -302,6 +303,11 @@ async def start(
         authorizer=CountingAuthorizer(authorizer, metrics),
         versions=ResourceVersions(reactor),
         delete_concurrency=settings.delete_concurrency,
+        removal=(
+            namespace_remover(reactor, kube, registry, settings.namespace_cleanup_concurrency)
+            if kube is not None
+            else None
+        ),
     )
 
     async def ping() -> None:

@@ -23,8 +23,10 @@ from payloadtags.registry import (
     DELETE_NONCE_ANNOTATION,
     DOCKER_MANIFEST,
     OCI_MANIFEST,
+    REPAIR_ANNOTATION,
     RegistryAuthFailed,
     RegistryClient,
+    RegistryConflict,
     RegistryDeleteDisabled,
     RegistryNotFound,
     RegistryProtocolError,
@@ -33,6 +35,7 @@ from payloadtags.registry import (
     RegistryTimeout,
     RegistryUnavailable,
 )
+from payloadtags.registry.client import PROBE_VALIDITY
 
 REGISTRY = "http://registry.test:5000"
 REALM = "http://auth.test/token"
@@ -509,28 +512,73 @@ MANIFEST_DIGEST = digest_of(MANIFEST)
 
 
 class DeleteRegistry:
-    """Scripted answers for delete_tag: a tag "v1" on MANIFEST."""
+    """Scripted answers for delete_tag, with state: a tag "v1" on MANIFEST that PUTs move and digest
+    DELETEs untag. ``before(request)`` runs first, e.g. to push something else meanwhile."""
 
-    def __init__(self, tag_delete: Answer, probe: Answer | None = None, digest_delete: Answer | None = None):
+    def __init__(
+        self,
+        tag_delete: Answer,
+        probe: Answer | None = None,
+        digest_delete: Answer | None = None,
+        before: Callable[[Sent], None] | None = None,
+    ):
         self.tag_delete = tag_delete
         self.probe = probe or error_answer(404, "MANIFEST_UNKNOWN")
         self.digest_delete = digest_delete or Answer(202)
+        self.before = before
         self.put_bodies: list[bytes] = []
+        self.manifests: dict[str, bytes] = {MANIFEST_DIGEST: MANIFEST}
+        self.tag: str | None = MANIFEST_DIGEST  # what v1's link names; None: no tag v1
+        self.blobs: set[str] = set()
+
+    def push(self, body: bytes) -> str:
+        """Another client pushes ``body`` to v1."""
+        digest = digest_of(body)
+        self.manifests[digest] = body
+        self.tag = digest
+        return digest
+
+    def dangle(self) -> None:
+        """v1's link stays, its manifest revision goes (2.8 after a failed concurrent delete)."""
+        assert self.tag is not None
+        self.manifests.pop(self.tag)
 
     def __call__(self, request: Sent) -> Answer:
-        path = request.url.removeprefix(REGISTRY)
-        if request.method == "GET" and path == "/v2/a/b/manifests/v1":
-            headers = {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": MANIFEST_DIGEST}
-            return Answer(200, headers, MANIFEST)
+        if self.before is not None:
+            self.before(request)
+        path = request.url.removeprefix(REGISTRY).split("?")[0]
+        if request.method in ("GET", "HEAD") and path == "/v2/a/b/manifests/v1":
+            if self.tag is None or self.tag not in self.manifests:
+                return error_answer(404, "MANIFEST_UNKNOWN")
+            headers = {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": self.tag}
+            return Answer(200, headers, self.manifests[self.tag] if request.method == "GET" else b"")
+        if request.method == "GET" and path == "/v2/a/b/tags/list":
+            return json_answer({"name": "a/b", "tags": ["v1"] if self.tag is not None else []})
         if request.method == "DELETE" and path == "/v2/a/b/manifests/v1":
             return self.tag_delete
         if request.method == "DELETE" and path.endswith("0" * 64):
             return self.probe
-        if request.method == "PUT":
+        if request.method == "PUT" and path == "/v2/a/b/manifests/v1":
             self.put_bodies.append(request.body)
+            self.push(request.body)
             return Answer(201, {"Docker-Content-Digest": digest_of(request.body)})
         if request.method == "DELETE":
+            digest = path.rsplit("/", 1)[-1]
+            if self.digest_delete.status != 202:
+                return self.digest_delete
+            if digest not in self.manifests:
+                return error_answer(404, "MANIFEST_UNKNOWN")
+            del self.manifests[digest]
+            if self.tag == digest:
+                self.tag = None
             return self.digest_delete
+        if request.method == "HEAD" and "/blobs/" in path:
+            return Answer(200) if path.rsplit("/", 1)[-1] in self.blobs else Answer(404)
+        if request.method == "POST" and path == "/v2/a/b/blobs/uploads/":
+            return Answer(202, {"Location": "/v2/a/b/blobs/uploads/u1?_state=x"})
+        if request.method == "PUT" and path == "/v2/a/b/blobs/uploads/u1":
+            self.blobs.add(request.url.split("digest=")[1].replace("%3A", ":"))
+            return Answer(201)
         raise AssertionError(f"unexpected {request.method} {path}")
 
 
@@ -543,25 +591,35 @@ def test_delete_by_tag_where_the_registry_has_it() -> None:
 
 def test_unique_manifest_delete_on_distribution_2_8() -> None:
     registry = DeleteRegistry(tag_delete=error_answer(400, "DIGEST_INVALID"))
-    client, agent = make(registry)
+    clock = Clock()
+    client, agent = make(registry, clock)
     assert result(client.delete_tag("a/b", "v1")) == MANIFEST_DIGEST
     unique = digest_of(registry.put_bodies[0])
     assert agent.paths() == [
         "GET /v2/a/b/manifests/v1",
         "DELETE /v2/a/b/manifests/v1",
         "DELETE /v2/a/b/manifests/sha256:" + "0" * 64,
+        # The read the re-tag is conditional on comes last, right before the write.
+        "GET /v2/a/b/manifests/v1",
         "PUT /v2/a/b/manifests/v1",
         f"DELETE /v2/a/b/manifests/{unique}",
     ]
     document = json.loads(registry.put_bodies[0])
     assert DELETE_NONCE_ANNOTATION in document["annotations"]
-    assert agent.sent[3].header("Content-Type") == OCI_MANIFEST
+    assert agent.sent[4].header("Content-Type") == OCI_MANIFEST
     assert client.supports_delete_by_tag is False
-    # Learned: the next delete does not try the tag delete again.
+    assert registry.tag is None and MANIFEST_DIGEST in registry.manifests
+    # Learned: the next delete does not try the tag delete again, and the probe holds for a while.
+    registry.push(MANIFEST)
     del agent.sent[:]
     result(client.delete_tag("a/b", "v1"))
-    assert [p.split(" ")[0] for p in agent.paths()] == ["GET", "DELETE", "PUT", "DELETE"]
+    assert [p.split(" ")[0] for p in agent.paths()] == ["GET", "PUT", "DELETE"]
     assert digest_of(registry.put_bodies[0]) != digest_of(registry.put_bodies[1])
+    clock.advance(PROBE_VALIDITY)
+    registry.push(MANIFEST)
+    del agent.sent[:]
+    result(client.delete_tag("a/b", "v1"))
+    assert [p.split(" ")[0] for p in agent.paths()] == ["DELETE", "GET", "PUT", "DELETE"]
 
 
 def test_read_only_and_delete_disabled_are_found_before_writing() -> None:
@@ -584,10 +642,125 @@ def test_failed_delete_puts_the_tag_back() -> None:
         tag_delete=error_answer(400, "DIGEST_INVALID"), digest_delete=error_answer(500, "UNKNOWN")
     )
     client, agent = make(registry)
-    with pytest.raises(RegistryUnavailable):
+    with pytest.raises(RegistryUnavailable) as caught:
         result(client.delete_tag("a/b", "v1"))
-    assert [s.method for s in agent.sent][-2:] == ["DELETE", "PUT"]
+    # The restore is conditional too: a fresh read shows our copy before the original goes back.
+    assert [s.method for s in agent.sent][-3:] == ["DELETE", "HEAD", "PUT"]
     assert registry.put_bodies[-1] == MANIFEST  # the original bytes: the tag's digest is as before
+    assert registry.tag == MANIFEST_DIGEST
+    assert f"left as it was, on {MANIFEST_DIGEST}" in caught.value.message
+
+
+OTHER = json.dumps(
+    {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": {}, "layers": [], "x": 1}
+).encode()
+
+
+def test_a_push_before_the_retag_is_a_conflict_not_overwritten() -> None:
+    pushed: list[str] = []
+
+    def push_once(request: Sent) -> None:
+        # Another client pushes between the first read and the re-tag's conditional read.
+        if request.method == "DELETE" and request.url.endswith("0" * 64) and not pushed:
+            pushed.append(registry.push(OTHER))
+
+    registry = DeleteRegistry(tag_delete=error_answer(400, "DIGEST_INVALID"), before=push_once)
+    client, _ = make(registry)
+    # The re-read right before the write sees the push: the delete goes ahead on what it read,
+    # which is the push (a delete of this tag is what was asked), and never writes the old copy.
+    assert result(client.delete_tag("a/b", "v1")) == pushed[0]
+    assert json.loads(registry.put_bodies[0])["x"] == 1
+
+
+def test_a_push_during_a_failed_delete_is_never_reverted() -> None:
+    def push_after_retag(request: Sent) -> None:
+        if (
+            request.method == "DELETE"
+            and registry.put_bodies
+            and request.url.endswith(digest_of(registry.put_bodies[-1]))
+        ):
+            registry.push(OTHER)  # lands right before the digest delete, which then fails
+
+    registry = DeleteRegistry(
+        tag_delete=error_answer(400, "DIGEST_INVALID"),
+        digest_delete=error_answer(500, "UNKNOWN"),
+        before=push_after_retag,
+    )
+    client, _ = make(registry)
+    with pytest.raises(RegistryConflict) as caught:
+        result(client.delete_tag("a/b", "v1"))
+    assert registry.tag == digest_of(OTHER)  # the push stands: no restore over it
+    assert caught.value.current == digest_of(OTHER)
+    assert f"now points at {digest_of(OTHER)}" in caught.value.message
+    assert len(registry.put_bodies) == 1  # only the re-tag, no restore
+
+
+def test_a_push_while_the_restore_is_prepared_is_a_conflict() -> None:
+    registry = DeleteRegistry(
+        tag_delete=error_answer(400, "DIGEST_INVALID"), digest_delete=error_answer(503, "UNAVAILABLE")
+    )
+
+    def push_before_check(request: Sent) -> None:
+        if request.method == "HEAD" and registry.put_bodies:
+            registry.push(OTHER)
+
+    registry.before = push_before_check
+    client, _ = make(registry)
+    with pytest.raises(RegistryConflict):
+        result(client.delete_tag("a/b", "v1"))
+    assert registry.tag == digest_of(OTHER)
+
+
+def test_a_delete_whose_answer_was_lost_is_a_success() -> None:
+    registry = DeleteRegistry(tag_delete=error_answer(400, "DIGEST_INVALID"))
+
+    def lose_answer(request: Sent) -> None:
+        if request.method == "DELETE" and registry.put_bodies and not request.url.endswith("0" * 64):
+            registry.digest_delete = Answer(202)
+
+    registry.before = lose_answer
+    inner = registry
+
+    def handler(request: Sent) -> Answer:
+        answer = inner(request)
+        if request.method == "DELETE" and answer.status == 202:
+            return error_answer(502, "BAD_GATEWAY")  # it happened, the answer did not come back
+        return answer
+
+    client, _ = make(handler)
+    assert result(client.delete_tag("a/b", "v1")) == MANIFEST_DIGEST
+    assert registry.tag is None
+
+
+def test_a_dangling_tag_is_repaired_and_deleted() -> None:
+    registry = DeleteRegistry(tag_delete=error_answer(400, "DIGEST_INVALID"))
+    registry.dangle()
+    client, agent = make(registry)
+    assert result(client.delete_tag("a/b", "v1")) is None
+    assert registry.tag is None
+    placeholder = json.loads(registry.put_bodies[0])
+    assert REPAIR_ANNOTATION in placeholder["annotations"]
+    assert placeholder["config"]["digest"] in registry.blobs
+    # The placeholder is written only after a read that still finds the tag pointing at nothing.
+    methods = [p.split(" ")[0] + " " + p.split(" ")[1].rsplit("/", 1)[-1] for p in agent.paths()]
+    put = methods.index("PUT v1")
+    assert methods[put - 1] == "HEAD v1"
+
+
+def test_a_push_onto_a_dangling_tag_is_kept() -> None:
+    registry = DeleteRegistry(tag_delete=error_answer(400, "DIGEST_INVALID"))
+    registry.dangle()
+
+    def push_during_upload(request: Sent) -> None:
+        if request.method == "POST":
+            registry.push(OTHER)
+
+    registry.before = push_during_upload
+    client, _ = make(registry)
+    with pytest.raises(RegistryConflict):
+        result(client.delete_tag("a/b", "v1"))
+    assert registry.tag == digest_of(OTHER)
+    assert registry.put_bodies == []  # nothing written over the push
 
 
 def test_missing_tag_is_not_found_before_any_delete() -> None:
@@ -595,4 +768,4 @@ def test_missing_tag_is_not_found_before_any_delete() -> None:
     with pytest.raises(RegistryNotFound) as caught:
         result(client.delete_tag("a/b", "v1"))
     assert caught.value.code == "MANIFEST_UNKNOWN"
-    assert [s.method for s in agent.sent] == ["GET"]
+    assert [s.method for s in agent.sent] == ["GET", "GET"]  # the manifest, then the tag list

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from payloadtags.api.errors import ApiError, path_not_found, service_unavailable, timeout
 from payloadtags.registry.errors import (
+    RegistryConflict,
     RegistryDeleteDisabled,
     RegistryError,
     RegistryNotFound,
@@ -25,6 +26,8 @@ def api_error_for(error: RegistryError) -> ApiError:
             return timeout(message)
         case RegistryReadOnly() | RegistryUnavailable():
             return service_unavailable(message, retry_after=CLIENT_RETRY_AFTER)
+        case RegistryConflict():
+            return ApiError(409, "Conflict", message)
         case RegistryDeleteDisabled():
             return ApiError(405, "MethodNotAllowed", message)
         case RegistryNotFound():

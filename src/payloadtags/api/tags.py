@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Callable
+from typing import Protocol
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -12,15 +13,60 @@ from twisted.logger import Logger
 from payloadtags.access.authn import UserInfo
 from payloadtags.access.authz import Authorizer
 from payloadtags.api import continuation
-from payloadtags.api.errors import access_denied, conflict, not_found
+from payloadtags.api.errors import ApiError, access_denied, conflict, not_found
 from payloadtags.api.options import DeleteOptions, ListOptions
 from payloadtags.deferreds import bounded_map
 from payloadtags.inventory import Inventory
-from payloadtags.model import ListMeta, PayloadRepositoryTag, TagStatus, tag_object, uid_for
+from payloadtags.model import (
+    GROUP,
+    QUALIFIED_RESOURCE,
+    RESOURCE,
+    ListMeta,
+    PayloadRepositoryTag,
+    StatusDetails,
+    TagStatus,
+    tag_object,
+    uid_for,
+)
 from payloadtags.names import InvalidName, TagRef, ref_from_name
-from payloadtags.registry.errors import RegistryNotFound
+from payloadtags.registry.errors import RegistryConflict, RegistryError, RegistryNotFound
 
 audit_log = Logger(namespace="payloadtags.audit")
+
+
+# How many of the tags a deletecollection left behind its error message names one by one.
+NAMED_LEFT = 10
+
+
+def _collection_incomplete(
+    namespace: str, total: int, left: list[TagRef], why: dict[TagRef, str]
+) -> ApiError:
+    """503 with Retry-After: the namespace controller (and kubectl) retry, and the next try resumes."""
+    named = [
+        f'"{ref.name}" ({ref.repository}:{ref.tag}: {why.get(ref, "still listed after its delete")})'
+        for ref in left[:NAMED_LEFT]
+    ]
+    more = f" and {len(left) - NAMED_LEFT} more" if len(left) > NAMED_LEFT else ""
+    message = (
+        f"deletecollection of {QUALIFIED_RESOURCE} in namespace {namespace} is not finished: "
+        f"{len(left)} of {total} selected tag(s) are still there: {'; '.join(named)}{more}; retry"
+    )
+    causes = [
+        {"type": "ResourceLeft", "field": ref.name, "message": why.get(ref, "still listed after its delete")}
+        for ref in left[:NAMED_LEFT]
+    ]
+    details = StatusDetails(group=GROUP, kind=RESOURCE, causes=causes, retry_after_seconds=1)
+    return ApiError(503, "ServiceUnavailable", message, details, retry_after=1)
+
+
+def _across_repositories(refs: list[TagRef]) -> list[TagRef]:
+    """Round robin over repositories: the deletes of one repository wait for each other in the
+    registry client's queue, so the ones in flight together should be in different repositories."""
+    by_repository: dict[str, list[TagRef]] = {}
+    for ref in refs:
+        by_repository.setdefault(ref.repository, []).append(ref)
+    lanes = list(by_repository.values())
+    return [lane[i] for i in range(max(map(len, lanes), default=0)) for lane in lanes if i < len(lane)]
 
 
 def _audit(user: UserInfo, ref: TagRef, digest: str | None, dry_run: bool) -> None:
@@ -36,6 +82,19 @@ def _audit(user: UserInfo, ref: TagRef, digest: str | None, dry_run: bool) -> No
         digest=digest or "-",
         dryRun=dry_run,
     )
+
+
+class NamespaceRemoval(Protocol):
+    """How deletecollection empties a namespace that is being deleted (`payloadtags.cleanup.removal`)."""
+
+    async def deleting(self, namespace: str) -> bool:
+        """The cluster API says the namespace is Terminating or gone."""
+        ...
+
+    async def remove(self, namespace: str, within: float) -> None:
+        """Delete everything under ``<namespace>/``; returns once a listing finds nothing, raises a
+        RegistryError when that does not happen within ``within`` seconds."""
+        ...
 
 
 @attrs.define
@@ -57,6 +116,10 @@ class TagsService:
     authorizer: Authorizer
     versions: ResourceVersions
     delete_concurrency: int = 4
+    # With it, a deletecollection of a whole namespace that is being deleted deletes by digest.
+    removal: NamespaceRemoval | None = None
+    # Seconds such a deletecollection works before it answers 503 (the namespace controller retries).
+    removal_budget: float = 40.0
 
     def _object(self, ref: TagRef, status: TagStatus | None = None) -> PayloadRepositoryTag:
         return tag_object(self.registry_host, ref, status)
@@ -187,8 +250,10 @@ class TagsService:
             digest = await self.inventory.delete(ref)
         except RegistryNotFound:
             raise not_found(name) from None
+        except RegistryConflict as error:
+            raise conflict(ref.name, str(error)) from None
         _audit(user, ref, digest, dry_run=False)
-        return self._object(ref, TagStatus(digest=digest))
+        return self._object(ref, TagStatus(digest=digest) if digest is not None else None)
 
     async def delete_collection(
         self, user: UserInfo, namespace: str, list_options: ListOptions, options: DeleteOptions
@@ -209,13 +274,60 @@ class TagsService:
                 _audit(user, ref, None, dry_run=True)
             return [self._object(ref) for ref in refs], meta
 
+        failed: dict[TagRef, str] = {}
+        if (
+            self.removal is not None
+            and not list_options.fields.requirements
+            and await self.removal.deleting(namespace)
+        ):
+            return await self._remove_namespace(user, namespace, refs, unfiltered, meta)
+
         async def remove(ref: TagRef) -> PayloadRepositoryTag | None:
             try:
                 digest = await self.inventory.delete(ref)
             except RegistryNotFound:
                 return None  # deleted by someone else meanwhile: the goal is reached
+            except RegistryError as error:
+                # The others go on; what is left is named below and the caller retries.
+                failed[ref] = str(error)
+                return None
             _audit(user, ref, digest, dry_run=False)
-            return self._object(ref, TagStatus(digest=digest))
+            return self._object(ref, TagStatus(digest=digest) if digest is not None else None)
 
-        deleted = await bounded_map(remove, refs, self.delete_concurrency)
+        order = _across_repositories(refs)
+        outcome = dict(zip(order, await bounded_map(remove, order, self.delete_concurrency), strict=True))
+        deleted = [outcome[ref] for ref in refs]
+        # 200 says the selection is gone, so look: the namespace controller takes it as done. A tag
+        # listed again (a failed delete, a push of the same name meanwhile) makes it a retriable 503;
+        # tags first pushed after the selection was read are not part of this request.
+        again, _ = await self._select(user, namespace, unfiltered, authorize=False)
+        selected = set(refs)
+        left = [ref for ref in again if ref in selected]
+        if left:
+            raise _collection_incomplete(namespace, len(refs), left, failed)
         return [obj for obj in deleted if obj is not None], meta
+
+    async def _remove_namespace(
+        self,
+        user: UserInfo,
+        namespace: str,
+        refs: builtins.list[TagRef],
+        selection: ListOptions,
+        meta: ListMeta,
+    ) -> tuple[builtins.list[PayloadRepositoryTag], ListMeta]:
+        assert self.removal is not None
+        why = ""
+        try:
+            await self.removal.remove(namespace, self.removal_budget)
+        except RegistryError as error:
+            why = str(error)
+        again, _ = await self._select(user, namespace, selection, authorize=False)
+        selected = set(refs)
+        left = [ref for ref in again if ref in selected]
+        if left:
+            raise _collection_incomplete(
+                namespace, len(refs), left, dict.fromkeys(left, why or "still listed")
+            )
+        for ref in refs:
+            _audit(user, ref, None, dry_run=False)
+        return [self._object(ref) for ref in refs], meta

@@ -4,6 +4,11 @@ A namespace that is gone (or Terminating) loses all of its content, so deleting 
 manifest digest is right here: the registry untags every tag on a deleted digest, which takes one
 request per digest instead of the two or three a single-tag delete costs on distribution 2.8.
 
+A tag listed whose manifest the registry no longer has (a dangling tag: distribution 2.8 leaves
+them when a digest DELETE fails half-way, as concurrent writes in one repository make it do) cannot
+be deleted by digest: it is repaired (pointed at a placeholder manifest, which is then deleted) by
+`RegistryClient.delete_tag`, never skipped.
+
 A cascade repeats passes (enumerate, then delete) until a pass finds nothing left, so its success
 is a verified-empty listing, not the absence of errors. That makes it idempotent, safe to run twice
 at once (a digest someone else deleted first answers 404, which is progress, not an error), and
@@ -28,7 +33,7 @@ from payloadtags.inventory import CatalogCursor
 from payloadtags.kube import Backoff
 from payloadtags.names import is_namespace
 from payloadtags.registry import Catalog
-from payloadtags.registry.errors import RegistryError, RegistryNotFound, RegistryReadOnly
+from payloadtags.registry.errors import RegistryConflict, RegistryError, RegistryNotFound, RegistryReadOnly
 
 log = Logger()
 
@@ -83,6 +88,8 @@ class _Pass:
     tags_deleted: int = 0
     manifests_deleted: int = 0
     errors: list[Exception] = attrs.Factory(list)
+    # "repository:tag" of tags listed that resolved to nothing, for the log when nothing moves.
+    unresolved: list[str] = attrs.Factory(list)
 
 
 class CascadeRegistry(Catalog, Protocol):
@@ -91,6 +98,8 @@ class CascadeRegistry(Catalog, Protocol):
     async def resolve(self, repository: str, reference: str, /) -> str: ...
 
     async def delete_manifest(self, repository: str, digest: str, /) -> None: ...
+
+    async def delete_tag(self, repository: str, tag: str, /) -> str | None: ...
 
 
 @attrs.define
@@ -152,14 +161,16 @@ class Cascade:
                     namespace, tags, manifests, passes, errors, last_error, now - started, now
                 )
             if state.progress == 0:
-                # Tags listed that resolve to nothing (deleted between the two reads, or a dangling
-                # tag link): no tight loop, look again after a while.
+                # Tags listed, none removed and no error to show for it. Dangling tags are repaired,
+                # so this should not happen; if it does, say so loudly, with names, and keep trying.
                 delay = backoff.next_delay()
-                log.info(
-                    "Cleanup of namespace {namespace}: {found} tag(s) listed but none deletable yet; "
-                    "looking again in {delay:.1f}s",
+                self.metrics.stuck_passes_total += 1
+                log.warn(
+                    "Cleanup of namespace {namespace}: {found} tag(s) listed but none could be "
+                    "removed (e.g. {examples}); looking again in {delay:.1f}s",
                     namespace=namespace,
                     found=state.found,
+                    examples=", ".join(state.unresolved[:10]) or "-",
                     delay=delay,
                 )
                 _check(guard)
@@ -213,19 +224,25 @@ class Cascade:
             state.found += len(tags)
             digests = await gather([self._resolve(limit, repository, tag, state) for tag in tags])
             per_digest: dict[str, int] = {}
-            for digest in digests:
+            unresolved: list[str] = []
+            for tag, digest in zip(tags, digests, strict=True):
                 if digest is not None:
                     per_digest[digest] = per_digest.get(digest, 0) + 1
-            if not per_digest:
+                else:
+                    unresolved.append(tag)
+            if not per_digest and not unresolved:
                 return
             if confirm is not None:
                 await confirm()
-            await gather(
-                [
-                    self._delete(limit, repository, digest, count, state, guard)
-                    for digest, count in sorted(per_digest.items())
-                ]
-            )
+            # One after the other: the registry client queues one repository's mutations anyway
+            # (concurrent deletes in one repository are what leave 2.8 with dangling tags), and a
+            # delete waiting in that queue must not hold a slot another repository could use.
+            for digest, count in sorted(per_digest.items()):
+                await self._delete(limit, repository, digest, count, state, guard)
+            # After the digest deletes: a tag that did not resolve was either untagged meanwhile
+            # (delete_tag finds it unlisted: progress) or is dangling (repaired and deleted).
+            for tag in unresolved:
+                await self._repair(limit, repository, tag, state, guard)
         except (RegistryError, Unconfirmed) as e:
             # One repository's failure does not stop the others; the pass is retried as a whole.
             state.errors.append(e)
@@ -234,7 +251,9 @@ class Cascade:
         try:
             return await limited(limit, self.registry.resolve, repository, tag)
         except RegistryNotFound:
-            return None  # untagged meanwhile (another cascade, or a delete through the API)
+            # Untagged meanwhile (another cascade, a delete through the API) or dangling.
+            state.unresolved.append(f"{repository}:{tag}")
+            return None
         except RegistryError as e:
             # Recorded here, not raised, so the other tags' requests go on; the pass is retried.
             state.errors.append(e)
@@ -268,6 +287,35 @@ class Cascade:
         state.tags_deleted += tags
         self.metrics.manifests_deleted_total += 1
         self.metrics.tags_deleted_total += tags
+
+    async def _repair(
+        self, limit: DeferredSemaphore, repository: str, tag: str, state: _Pass, guard: Guard | None
+    ) -> None:
+        await limit.acquire()
+        try:
+            _check(guard)
+            try:
+                digest = await self.registry.delete_tag(repository, tag)
+            except (RegistryNotFound, RegistryConflict):
+                # Gone meanwhile, or pushed again (the next pass deletes that by digest): either way
+                # the tag no longer blocks anything.
+                state.progress += 1
+                return
+            except RegistryError as e:
+                state.errors.append(e)
+                return
+        finally:
+            limit.release()
+        state.progress += 1
+        state.tags_deleted += 1
+        self.metrics.tags_deleted_total += 1
+        if digest is None:
+            self.metrics.dangling_tags_repaired_total += 1
+            log.info(
+                "Cleanup: repaired and deleted dangling tag {repository}:{tag}",
+                repository=repository,
+                tag=tag,
+            )
 
     def _count_errors(self, errors: list[Exception]) -> None:
         for error in errors:

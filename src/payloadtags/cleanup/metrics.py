@@ -25,6 +25,10 @@ class CleanupMetrics:
     # Registry failures during cascades (each is retried with backoff), and the read-only subset.
     registry_errors_total: int = 0
     registry_readonly_waits_total: int = 0
+    # Dangling tags (listed, their manifest revision gone) pointed at a placeholder and deleted.
+    dangling_tags_repaired_total: int = 0
+    # Passes that found tags and could remove none of them without an error to show for it.
+    stuck_passes_total: int = 0
     # Seconds from the moment a cascade was queued to the verified-empty listing, summed and counted.
     cascade_seconds_sum: float = 0.0
     cascade_seconds_count: int = 0

@@ -1,6 +1,12 @@
 """Client for the OCI distribution API of the registry whose tags payloadtags serves."""
 
-from .client import ACCEPT_MANIFESTS, DELETE_NONCE_ANNOTATION, RegistryClient, RegistrySettings
+from .client import (
+    ACCEPT_MANIFESTS,
+    DELETE_NONCE_ANNOTATION,
+    REPAIR_ANNOTATION,
+    RegistryClient,
+    RegistrySettings,
+)
 from .content import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
@@ -16,6 +22,7 @@ from .content import (
 )
 from .errors import (
     RegistryAuthFailed,
+    RegistryConflict,
     RegistryDeleteDisabled,
     RegistryError,
     RegistryInvalidName,
@@ -26,6 +33,7 @@ from .errors import (
     RegistryUnavailable,
 )
 from .interface import Catalog, Registry
+from .queue import RepositoryQueue
 
 __all__ = [
     "ACCEPT_MANIFESTS",
@@ -36,12 +44,14 @@ __all__ = [
     "MANIFEST_MEDIA_TYPES",
     "OCI_INDEX",
     "OCI_MANIFEST",
+    "REPAIR_ANNOTATION",
     "Catalog",
     "CatalogPage",
     "Manifest",
     "Registry",
     "RegistryAuthFailed",
     "RegistryClient",
+    "RegistryConflict",
     "RegistryDeleteDisabled",
     "RegistryError",
     "RegistryInvalidName",
@@ -51,6 +61,7 @@ __all__ = [
     "RegistrySettings",
     "RegistryTimeout",
     "RegistryUnavailable",
+    "RepositoryQueue",
     "is_valid_digest",
     "is_valid_repository",
     "is_valid_tag",

@@ -7,11 +7,12 @@ message names the registry URL.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import attrs
@@ -36,6 +37,7 @@ from payloadtags.deferreds import DeadlineExpired, within
 from .auth import Authenticator, TokenAnswer, TokenRequest
 from .content import (
     MANIFEST_MEDIA_TYPES,
+    OCI_MANIFEST,
     CatalogPage,
     Manifest,
     compute_digest,
@@ -47,6 +49,7 @@ from .content import (
 )
 from .errors import (
     RegistryAuthFailed,
+    RegistryConflict,
     RegistryDeleteDisabled,
     RegistryError,
     RegistryInvalidName,
@@ -56,16 +59,22 @@ from .errors import (
     RegistryTimeout,
     RegistryUnavailable,
 )
+from .queue import RepositoryQueue
 from .transport import BodyTooLarge, BytesProducer, TLSPolicy, read_body
 
 ACCEPT_MANIFESTS = ", ".join(MANIFEST_MEDIA_TYPES)
 DELETE_NONCE_ANNOTATION = "io.deckhouse.payloadtags.delete-nonce"
+# Marks the placeholder manifest written under a dangling tag to delete it; deleted right after.
+REPAIR_ANNOTATION = "io.deckhouse.payloadtags.dangling-repair"
+EMPTY_JSON = b"{}"
+EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
 MAX_CATALOG_PAGE = 1000
 MANIFEST_LIMIT = 8 << 20
 JSON_LIMIT = 32 << 20  # a tags list of a repository with very many tags
 ERROR_BODY_LIMIT = 64 << 10
 MAX_TAG_PAGES = 10_000
 DEFAULT_RETRY_AFTER = 5
+PROBE_VALIDITY = 10.0  # seconds
 # Deleting this digest never deletes anything, yet the registry says whether deletes are possible:
 # 404 when they are, 405 UNSUPPORTED when storage deletes are off, a bare 405 when it is read-only.
 _PROBE_DIGEST = "sha256:" + "0" * 64
@@ -171,7 +180,14 @@ def _is_cancellation(error: BaseException) -> bool:
 class RegistryClient:
     """One registry's OCI distribution API. Create once; call close() when done."""
 
-    def __init__(self, reactor: Any, settings: RegistrySettings, *, agent: IAgent | None = None) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        settings: RegistrySettings,
+        *,
+        agent: IAgent | None = None,
+        queue: RepositoryQueue | None = None,
+    ) -> None:
         self._reactor = reactor
         self._settings = settings
         self._base = settings.url.rstrip("/")
@@ -193,10 +209,22 @@ class RegistryClient:
         self._auth = Authenticator(reactor, settings.username, settings.password, self._get_token, self._name)
         # None: not known yet whether the registry deletes a single tag (OCI distribution 1.1).
         self._delete_by_tag: bool | None = None
+        # Until when the last probe's "deletes work here" is believed (reactor seconds).
+        self._probe_valid_until = 0.0
+        # Every mutation of a repository waits for the earlier ones of this process to finish.
+        self._queue = queue if queue is not None else RepositoryQueue()
+        #: Called with (kind, "repository:tag", read, answered) for each conditional write: from the
+        #: read it is conditional on to the write's answer (reactor seconds), the time in which another
+        #: client's push to that tag can be overwritten. kind: retag, restore or repair.
+        self.on_window: Callable[[str, str, float, float], None] | None = None
 
     @property
     def settings(self) -> RegistrySettings:
         return self._settings
+
+    @property
+    def queue(self) -> RepositoryQueue:
+        return self._queue
 
     @property
     def supports_delete_by_tag(self) -> bool | None:
@@ -316,47 +344,61 @@ class RegistryClient:
         return reply.body
 
     async def delete_manifest(self, repository: str, digest: str) -> None:
-        """Delete a manifest by digest. The registry untags every tag that points at it."""
+        """Delete a manifest by digest. The registry untags every tag that points at it.
+
+        Queued behind the other mutations of the repository in this process (`RepositoryQueue`)."""
         self._check_repository(repository)
         self._check_digest(digest)
-        reply = await self._call(
-            "DELETE", f"/v2/{repository}/manifests/{digest}", scope=self._delete(repository)
-        )
-        if reply.status not in (200, 202, 204):
-            raise self._error(reply, f"deleting manifest {repository}@{digest}")
+        async with self._queue.hold(repository):
+            await self._delete_manifest(repository, digest)
 
-    async def delete_tag(self, repository: str, tag: str) -> str:
-        """Remove exactly this tag and return the digest it pointed at.
+    async def delete_tag(self, repository: str, tag: str) -> str | None:
+        """Remove exactly this tag and return the digest it pointed at (None: a dangling tag).
 
         Other tags on the same digest, and manifests an index or another tag needs, stay. Uses the
         registry's delete-by-tag (OCI distribution 1.1) when it has it; otherwise (distribution 2.8)
-        points the tag at a unique copy of its manifest and deletes that copy by digest.
+        points the tag at a unique copy of its manifest and deletes that copy by digest. That re-tag
+        is conditional: the tag is read right before it is written, and every later write (a restore,
+        a repair) is preceded by a fresh read that must show what this delete left there. A tag that
+        moved meanwhile (a push) raises RegistryConflict and is left as the push made it.
+
+        A dangling tag (listed, but its link names a manifest revision the registry no longer has) is
+        re-pointed at a fresh placeholder manifest, which is then deleted by digest.
+
+        Raises RegistryNotFound when the tag does not exist. Any other failure leaves the tag as it
+        was, or says in its message exactly where the tag points now.
         """
         self._check_repository(repository)
         self._check_tag(tag)
-        original = await self.manifest(repository, tag)
-        if self._delete_by_tag is not False:
-            reply = await self._call(
-                "DELETE", f"/v2/{repository}/manifests/{tag}", scope=self._delete(repository)
-            )
-            if reply.status in (200, 202, 204):
-                self._delete_by_tag = True
-                return original.digest
-            if reply.status not in (400, 405):
-                raise self._error(reply, f"deleting tag {repository}:{tag}")
-            # 400 (2.8: DIGEST_INVALID) or 405 can mean "no tag deletes here" or "no deletes at all";
-            # the probe below tells which without changing anything.
-            await self._probe_delete(repository, tag)
-            if self._delete_by_tag is None:
-                log.info(
-                    "Registry {registry} cannot delete a tag directly; using unique-manifest deletes",
-                    registry=self._name,
+        async with self._queue.hold(repository):
+            if self._delete_by_tag is not False:
+                original = await self._read_tag(repository, tag)
+                reply = await self._call(
+                    "DELETE", f"/v2/{repository}/manifests/{tag}", scope=self._delete(repository)
                 )
-            self._delete_by_tag = False
-        else:
-            await self._probe_delete(repository, tag)
-        await self._delete_tag_by_unique_manifest(repository, tag, original)
-        return original.digest
+                if reply.status in (200, 202, 204):
+                    self._delete_by_tag = True
+                    return original.digest if original is not None else None
+                if reply.status not in (400, 405):
+                    raise self._error(reply, f"deleting tag {repository}:{tag}")
+                # 400 (2.8: DIGEST_INVALID) or 405 can mean "no tag deletes here" or "no deletes at
+                # all"; the probe below tells which without changing anything.
+                await self._probe_delete(repository, tag)
+                if self._delete_by_tag is None:
+                    log.info(
+                        "Registry {registry} cannot delete a tag directly; using unique-manifest deletes",
+                        registry=self._name,
+                    )
+                self._delete_by_tag = False
+            elif self._reactor.seconds() >= self._probe_valid_until:
+                await self._probe_delete(repository, tag)
+            # The read the re-tag is conditional on: the last request before the write.
+            original = await self._read_tag(repository, tag)
+            if original is None:
+                await self._repair_dangling(repository, tag)
+                return None
+            await self._delete_tag_by_unique_manifest(repository, tag, original)
+            return original.digest
 
     async def close(self) -> None:
         """Close idle connections. Requests still running finish on their own."""
@@ -365,15 +407,48 @@ class RegistryClient:
 
     # --- delete helpers ---------------------------------------------------------------------------
 
+    async def _delete_manifest(self, repository: str, digest: str) -> None:
+        reply = await self._call(
+            "DELETE", f"/v2/{repository}/manifests/{digest}", scope=self._delete(repository)
+        )
+        if reply.status not in (200, 202, 204):
+            raise self._error(reply, f"deleting manifest {repository}@{digest}")
+
     async def _probe_delete(self, repository: str, tag: str) -> None:
         reply = await self._call(
             "DELETE", f"/v2/{repository}/manifests/{_PROBE_DIGEST}", scope=self._delete(repository)
         )
         if reply.status in (404, 400):
-            return  # deletes work here; this digest simply does not exist
+            # Deletes work here; this digest simply does not exist. Believed for a while: a registry
+            # that turns read-only or delete-disabled meanwhile refuses the re-tag or the digest
+            # delete instead, and the tag is left (or put back) as it was.
+            self._probe_valid_until = self._reactor.seconds() + PROBE_VALIDITY
+            return
+        self._probe_valid_until = 0.0
         raise self._error(reply, f"deleting tag {repository}:{tag}")
 
+    async def _read_tag(self, repository: str, tag: str) -> Manifest | None:
+        """The tag's manifest; None when the tag is dangling; RegistryNotFound when there is no tag."""
+        try:
+            return await self.manifest(repository, tag)
+        except RegistryNotFound:
+            if tag in await self.tags(repository):
+                return None
+            raise
+
+    async def _current(self, repository: str, tag: str) -> str | None:
+        """The digest the tag points at now; None when it points at nothing (gone or dangling)."""
+        try:
+            return await self.resolve(repository, tag)
+        except RegistryNotFound:
+            return None
+
+    def _window(self, kind: str, repository: str, tag: str, since: float) -> None:
+        if self.on_window is not None:
+            self.on_window(kind, f"{repository}:{tag}", since, self._reactor.seconds())
+
     async def _delete_tag_by_unique_manifest(self, repository: str, tag: str, original: Manifest) -> None:
+        read_at = self._reactor.seconds()
         what = f"deleting tag {repository}:{tag}"
         if original.media_type not in MANIFEST_MEDIA_TYPES:
             raise RegistryProtocolError(
@@ -387,24 +462,161 @@ class RegistryClient:
         annotations[DELETE_NONCE_ANNOTATION] = os.urandom(16).hex()
         document["annotations"] = annotations
         body = json.dumps(document, separators=(",", ":")).encode()
-        unique = await self._put_manifest(repository, tag, body, original.media_type, what)
+        unique = compute_digest(body)
+        assert unique is not None
         try:
-            await self.delete_manifest(repository, unique)
+            await self._put_manifest(repository, tag, body, original.media_type, what)
+        except RegistryError as error:
+            self._window("retag", repository, tag, read_at)
+            await self._settle(repository, tag, error, unique, original)
+            return
+        self._window("retag", repository, tag, read_at)
+        try:
+            await self._delete_manifest(repository, unique)
         except RegistryNotFound:
             # Someone else deleted the unique copy, and the tag with it: the tag is gone, as asked.
             # Restoring it here would bring back a tag that a concurrent delete had removed.
             return
         except RegistryError as error:
-            # Put the tag back where it was, so a failed delete leaves the tag as it found it.
+            await self._settle(repository, tag, error, unique, original)
+
+    async def _settle(
+        self, repository: str, tag: str, error: RegistryError, ours: str, original: Manifest | None
+    ) -> None:
+        """After a failed write or delete: look where the tag points and act on what is there.
+
+        Returns when the tag is gone (the delete happened after all, e.g. its answer was lost);
+        otherwise raises ``error`` (amended to say where the tag points) or a RegistryConflict.
+        ``ours`` is the manifest this delete pointed the tag at; ``original`` what it pointed at
+        before (None: the tag was dangling)."""
+        where = f"{repository}:{tag}"
+        try:
+            current = await self._current(repository, tag)
+            gone = current is None and tag not in await self.tags(repository)
+        except RegistryError as check_error:
+            raise _amend(
+                error,
+                f"; where tag {where} points now could not be checked ({check_error.message}): it may "
+                f"point at {ours}, a copy payloadtags wrote to delete it; retry the delete",
+            ) from error
+        if gone:
+            return
+        if current is None:
+            # The registry removed our copy's revision and failed before untagging (2.8's 500
+            # "invalid checksum digest format" under concurrent writes): finish the delete.
+            if original is None:
+                raise _amend(error, f"; tag {where} is still dangling; retry the delete") from error
             try:
-                await self._put_manifest(repository, tag, original.content, original.media_type, what)
-            except RegistryError as restore_error:
-                raise type(error)(
-                    f"{error.message}; the tag could not be restored ({restore_error.message}) and now "
-                    f"points at {unique}, a copy of {original.digest} with one extra annotation "
-                    f"{DELETE_NONCE_ANNOTATION}"
+                await self._repair_dangling(repository, tag)
+            except RegistryConflict:
+                raise
+            except RegistryError as repair_error:
+                raise _amend(
+                    error,
+                    f"; tag {where} was left dangling (it names a manifest the registry no longer "
+                    f"has) and repairing it failed ({repair_error.message}); retry the delete",
                 ) from error
-            raise
+            return
+        if current == ours:
+            if original is None:
+                raise _amend(
+                    error,
+                    f"; tag {where} now points at {ours}, an empty placeholder manifest payloadtags "
+                    "wrote to repair it (it was dangling); retry the delete",
+                ) from error
+            # Our copy is in place and the delete did not happen. Put the tag back: conditional on
+            # the read just above, which showed our copy, not someone's push.
+            restore_at = self._reactor.seconds()
+            try:
+                await self._put_manifest(
+                    repository, tag, original.content, original.media_type, f"restoring tag {where}"
+                )
+            except RegistryError as restore_error:
+                raise _amend(
+                    error,
+                    f"; the tag could not be restored ({restore_error.message}) and now points at "
+                    f"{ours}, a copy of {original.digest} with one extra annotation "
+                    f"{DELETE_NONCE_ANNOTATION}",
+                ) from error
+            finally:
+                self._window("restore", repository, tag, restore_at)
+            raise _amend(error, f"; tag {where} was left as it was, on {original.digest}") from error
+        if original is not None and current == original.digest:
+            raise _amend(error, f"; tag {where} was left as it was, on {original.digest}") from error
+        raise RegistryConflict(
+            f"registry {self._name}: tag {where} now points at {current}, pushed while it was being "
+            f"deleted (it pointed at {original.digest if original is not None else 'nothing'}); the "
+            f"delete failed ({error.message}) and the tag was left as the push made it",
+            current=current,
+        ) from error
+
+    async def _repair_dangling(self, repository: str, tag: str) -> None:
+        """Point a dangling tag at a fresh placeholder manifest and delete that by digest."""
+        where = f"{repository}:{tag}"
+        what = f"repairing dangling tag {where}"
+        empty = await self._ensure_blob(repository, EMPTY_JSON, what)
+        descriptor = {"mediaType": EMPTY_MEDIA_TYPE, "digest": empty, "size": len(EMPTY_JSON)}
+        document = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptor,
+            "layers": [descriptor],
+            "annotations": {REPAIR_ANNOTATION: os.urandom(16).hex()},
+        }
+        body = json.dumps(document, separators=(",", ":")).encode()
+        fresh = compute_digest(body)
+        assert fresh is not None
+        # Conditional, as every write here: right before it, the tag must still point at nothing.
+        read_at = self._reactor.seconds()
+        current = await self._current(repository, tag)
+        if current is not None:
+            raise RegistryConflict(
+                f"registry {self._name}: tag {where} was dangling and now points at {current}, pushed "
+                "meanwhile; the delete was abandoned and the tag left as the push made it",
+                current=current,
+            )
+        try:
+            await self._put_manifest(repository, tag, body, OCI_MANIFEST, what)
+        except RegistryError as error:
+            self._window("repair", repository, tag, read_at)
+            await self._settle(repository, tag, error, fresh, None)
+            return
+        self._window("repair", repository, tag, read_at)
+        try:
+            await self._delete_manifest(repository, fresh)
+        except RegistryNotFound:
+            return
+        except RegistryError as error:
+            await self._settle(repository, tag, error, fresh, None)
+
+    async def _ensure_blob(self, repository: str, data: bytes, what: str) -> str:
+        """Upload a small blob into the repository unless it is there; its digest."""
+        digest = compute_digest(data)
+        assert digest is not None
+        path = f"/v2/{repository}/blobs/{digest}"
+        reply = await self._call("HEAD", path, scope=self._push(repository))
+        if reply.status == 200:
+            return digest
+        if reply.status != 404:
+            raise self._error(reply, what)
+        started = await self._call("POST", f"/v2/{repository}/blobs/uploads/", scope=self._push(repository))
+        location = started.header("Location")
+        if started.status != 202 or not location:
+            raise self._error(started, what)
+        target = urllib.parse.urljoin(started.url, location)
+        if _origin(target) != _origin(self._base):
+            raise self._protocol(started, f"{what}: the upload location points elsewhere: {target}")
+        separator = "&" if "?" in target else "?"
+        done = await self._call(
+            "PUT",
+            f"{target}{separator}digest={urllib.parse.quote(digest)}",
+            scope=self._push(repository),
+            headers={"Content-Type": "application/octet-stream"},
+            body=data,
+        )
+        if done.status not in (201, 204):
+            raise self._error(done, what)
+        return digest
 
     async def _put_manifest(
         self, repository: str, reference: str, body: bytes, media_type: str, what: str
@@ -678,6 +890,14 @@ class RegistryClient:
             self._check_tag(reference)
 
 
+def _amend(error: RegistryError, more: str) -> RegistryError:
+    """The same error (class and attributes such as retry_after) with ``more`` added to its message."""
+    amended = copy.copy(error)
+    amended.message = error.message + more
+    amended.args = (amended.message,)
+    return amended
+
+
 def _origin(url: str) -> tuple[str, str]:
     parts = urllib.parse.urlsplit(url)
     return parts.scheme, parts.netloc
@@ -691,6 +911,7 @@ def _path(url: str) -> str:
 __all__ = [
     "ACCEPT_MANIFESTS",
     "DELETE_NONCE_ANNOTATION",
+    "REPAIR_ANNOTATION",
     "RegistryClient",
     "RegistrySettings",
 ]

@@ -62,6 +62,15 @@ class RegistryInvalidName(RegistryNotFound):
     """
 
 
+class RegistryConflict(RegistryError):
+    """A tag changed under a write that was conditional on it: payloadtags gave up instead of
+    overwriting. ``current`` is the digest the tag points at now (None: it is gone or dangling)."""
+
+    def __init__(self, message: str, current: str | None = None) -> None:
+        super().__init__(message)
+        self.current = current
+
+
 class RegistryAuthFailed(RegistryError):
     """The registry or its token service rejected the credentials, or they grant too little."""
 
@@ -72,6 +81,7 @@ class RegistryProtocolError(RegistryError):
 
 __all__ = [
     "RegistryAuthFailed",
+    "RegistryConflict",
     "RegistryDeleteDisabled",
     "RegistryError",
     "RegistryInvalidName",

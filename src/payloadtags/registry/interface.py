@@ -47,8 +47,10 @@ class Registry(Catalog, Protocol):
         """A blob's content, at most ``max_bytes`` long."""
         ...
 
-    async def delete_tag(self, repository: str, tag: str, /) -> str:
-        """Remove exactly one tag, never a sibling sharing its manifest; returns the digest it named."""
+    async def delete_tag(self, repository: str, tag: str, /) -> str | None:
+        """Remove exactly one tag, never a sibling sharing its manifest; returns the digest it named
+        (None for a dangling tag, whose manifest the registry no longer has). A write that a push
+        meanwhile would make overwrite it raises RegistryConflict instead."""
         ...
 
     async def delete_manifest(self, repository: str, digest: str, /) -> None:

@@ -1,0 +1,266 @@
+"""Registry mutations under concurrency and faults, against the real registry (distribution 2.8).
+
+Faults come from a proxy in front of the registry (`tests.support.faultproxy`); concurrent pushes
+from another client go straight to the registry at the exact moment a fault is decided.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import pytest_twisted
+
+from payloadtags.api.errors import ApiError
+from payloadtags.api.options import DeleteOptions, list_options
+from payloadtags.names import TagRef
+from payloadtags.registry import (
+    DELETE_NONCE_ANNOTATION,
+    RegistryNotFound,
+    RegistryUnavailable,
+)
+from tests.support import images
+from tests.support.dangling import dangling_tags, make_dangling, race_dangling
+from tests.support.faultproxy import ERROR_AFTER, ERROR_BEFORE, FaultProxy
+from tests.support.interleaving import USER, Replica
+from tests.support.registry_server import RegistryServer
+
+ZEROS = "0" * 64
+
+
+@pytest_twisted.async_yield_fixture
+async def proxied(reactor: Any, registry: RegistryServer) -> Any:
+    """proxied(decide) -> (FaultProxy, Replica) in front of the session registry."""
+    made: list[tuple[FaultProxy, Replica]] = []
+
+    def make(decide: Callable[[str, str], str | None], **options: Any) -> tuple[FaultProxy, Replica]:
+        proxy = FaultProxy(reactor, registry.url, decide)
+        replica = Replica.make(reactor, proxy.url, timeout=5.0, **options)
+        made.append((proxy, replica))
+        return proxy, replica
+
+    yield make
+    for proxy, replica in made:
+        await replica.close()
+        await proxy.stop()
+
+
+def unique_delete(method: str, path: str) -> bool:
+    """The digest DELETE of the unique copy (not the probe, not a tag)."""
+    return method == "DELETE" and "/manifests/sha256:" in path and not path.endswith(ZEROS)
+
+
+# --- conditional writes ------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_delete_leaves_the_tag_as_it_was(registry, repo, proxied) -> None:
+    digest = images.push_oci_image(registry, repo, "v1")
+    images.tag_manifest(registry, repo, "v1", "sibling")
+    _, replica = proxied(lambda method, path: ERROR_BEFORE if unique_delete(method, path) else None)
+    with pytest.raises(RegistryUnavailable) as caught:
+        await replica.client.delete_tag(repo, "v1")
+    assert f"left as it was, on {digest}" in caught.value.message
+    assert images.resolve(registry, repo, "v1") == digest
+    assert images.resolve(registry, repo, "sibling") == digest
+
+
+@pytest_twisted.ensureDeferred
+async def test_push_during_failed_delete_kept_409(registry, repo, proxied) -> None:
+    namespace, path = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "v1", seed="old")
+    pushed: list[str] = []
+
+    def decide(method: str, path: str) -> str | None:
+        if unique_delete(method, path) and not pushed:
+            # Another client pushes a new image to the tag right before our digest delete fails.
+            pushed.append(images.push_oci_image(registry, repo, "v1", seed="new"))
+            return ERROR_BEFORE
+        return None
+
+    _, replica = proxied(decide)
+    ref = TagRef(namespace, path, "v1")
+    with pytest.raises(ApiError) as caught:
+        await replica.service.delete(USER, namespace, ref.name, DeleteOptions())
+    assert caught.value.code == 409 and caught.value.reason == "Conflict"
+    assert f"now points at {pushed[0]}" in caught.value.message and f"{repo}:v1" in caught.value.message
+    assert images.resolve(registry, repo, "v1") == pushed[0]  # the push stands, nothing restored over it
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_delete_whose_answer_was_lost_succeeds(registry, repo, proxied) -> None:
+    digest = images.push_oci_image(registry, repo, "v1")
+    images.tag_manifest(registry, repo, "v1", "sibling")
+    proxy, replica = proxied(lambda method, path: ERROR_AFTER if unique_delete(method, path) else None)
+    assert await replica.client.delete_tag(repo, "v1") == digest
+    assert proxy.injected[ERROR_AFTER] == 1
+    assert images.list_tags(registry, repo) == ["sibling"]
+    assert images.resolve(registry, repo, "sibling") == digest
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_restore_that_fails_says_where_the_tag_points(registry, repo, proxied) -> None:
+    digest = images.push_oci_image(registry, repo, "v1")
+    puts: list[str] = []
+
+    def decide(method: str, path: str) -> str | None:
+        if method == "PUT" and "/manifests/" in path:
+            puts.append(path)
+            return ERROR_BEFORE if len(puts) > 1 else None  # the re-tag lands, the restore fails
+        return ERROR_BEFORE if unique_delete(method, path) else None
+
+    _, replica = proxied(decide)
+    with pytest.raises(RegistryUnavailable) as caught:
+        await replica.client.delete_tag(repo, "v1")
+    now = images.get_manifest(registry, repo, "v1")
+    assert now is not None and now.digest != digest
+    assert f"now points at {now.digest}, a copy of {digest}" in caught.value.message
+    assert DELETE_NONCE_ANNOTATION in now.json()["annotations"]
+
+
+# --- dangling tags ----------------------------------------------------------------------------------
+
+
+def dangling_fixture(registry: RegistryServer, repo: str) -> tuple[str, str]:
+    """t0 and t1 on one digest (left dangling), t2 on another: (dangling digest, t2's digest)."""
+    gone = images.push_oci_image(registry, repo, "t0", seed=f"{repo}-a")
+    images.tag_manifest(registry, repo, "t0", "t1")
+    kept = images.push_oci_image(registry, repo, "t2", seed=f"{repo}-b")
+    make_dangling(registry, repo, gone)
+    return gone, kept
+
+
+def test_the_dangling_state_is_what_a_half_failed_delete_leaves(registry, repo) -> None:
+    # The same three observations as on the tags the race leaves (test_the_race_leaves_dangling_tags).
+    gone, _ = dangling_fixture(registry, repo)
+    assert images.list_tags(registry, repo) == ["t0", "t1", "t2"]
+    assert dangling_tags(registry.url, repo) == ["t0", "t1"]
+    assert images.delete_manifest(registry, repo, gone) == 404  # undeletable by digest
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_single_delete_repairs_a_dangling_tag_and_nothing_else(registry, repo, proxied) -> None:
+    _, kept = dangling_fixture(registry, repo)
+    _, replica = proxied(lambda method, path: None)
+    assert await replica.client.delete_tag(repo, "t0") is None
+    assert images.list_tags(registry, repo) == ["t1", "t2"]  # t1 dangles still: nobody asked
+    assert images.resolve(registry, repo, "t2") == kept
+    with pytest.raises(RegistryNotFound):
+        await replica.client.delete_tag(repo, "t0")
+
+
+@pytest_twisted.ensureDeferred
+async def test_deletecollection_repairs_dangling_tags(registry, repo, proxied) -> None:
+    namespace = repo.split("/", 1)[0]
+    dangling_fixture(registry, repo)
+    _, replica = proxied(lambda method, path: None)
+    items, _ = await replica.service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
+    assert sorted(item.spec.tag for item in items) == ["t0", "t1", "t2"]
+    assert images.list_tags(registry, repo) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_cascade_repairs_dangling_tags(registry, repo, proxied) -> None:
+    namespace = repo.split("/", 1)[0]
+    dangling_fixture(registry, repo)
+    _, replica = proxied(lambda method, path: None)
+    result = await replica.cascade.run(namespace)
+    assert images.list_tags(registry, repo) == []
+    assert replica.cascade.metrics.dangling_tags_repaired_total == 2
+    assert result.tags_deleted == 3
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_the_race_leaves_dangling_tags_and_deletes_repair_them(registry, reactor) -> None:
+    from twisted.internet.threads import deferToThread
+
+    repository, left, _errors = await deferToThread(race_dangling, registry.url, "race")
+    session = images.Session(registry.url)
+    for tag in left:
+        assert tag in images.list_tags(registry, repository)
+        head = session.request("HEAD", f"/v2/{repository}/manifests/{tag}", headers={"Accept": images.ACCEPT})
+        assert head.status == 404
+    replica = Replica.make(reactor, registry.url, timeout=5.0)
+    try:
+        for tag in left:
+            assert await replica.client.delete_tag(repository, tag) is None
+    finally:
+        await replica.close()
+    assert not set(left) & set(images.list_tags(registry, repository))
+    assert dangling_tags(registry.url, repository) == []
+
+
+# --- deletecollection answers 200 only when the selection is gone ------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_deletecollection_names_what_is_left_and_finishes_on_retry(registry, repo, proxied) -> None:
+    namespace = repo.split("/", 1)[0]
+    for tag in ("a", "b", "c"):
+        images.push_oci_image(registry, repo, tag, seed=f"{repo}-{tag}")
+    failing = {"on": True}
+
+    def decide(method: str, path: str) -> str | None:
+        # Every write to tag b fails while `on`: its re-tag never lands.
+        return ERROR_BEFORE if failing["on"] and method == "PUT" and path.endswith("/manifests/b") else None
+
+    _, replica = proxied(decide)
+    with pytest.raises(ApiError) as caught:
+        await replica.service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
+    error = caught.value
+    assert error.code == 503 and error.retry_after == 1
+    assert (
+        f'1 of 3 selected tag(s) are still there: "{TagRef(namespace, repo.split("/", 1)[1], "b").name}"'
+        in (error.message)
+    )
+    assert f"{repo}:b" in error.message and "HTTP 500" in error.message
+    assert images.list_tags(registry, repo) == ["b"]
+    failing["on"] = False
+    items, _ = await replica.service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
+    assert [item.spec.tag for item in items] == ["b"]
+    assert images.list_tags(registry, repo) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_deletecollection_of_a_deleting_namespace_deletes_by_digest(registry, repo, proxied) -> None:
+    namespace = repo.split("/", 1)[0]
+    dangling_fixture(registry, repo)
+    other = f"{namespace}/more/app"
+    images.push_oci_image(registry, other, "a", seed=f"{other}-a")
+    images.tag_manifest(registry, other, "a", "b")
+    methods: list[str] = []
+
+    def count(method: str, path: str) -> None:
+        methods.append(method)
+
+    _, replica = proxied(count, deleting=lambda ns: ns == namespace)
+    items, _ = await replica.service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
+    assert sorted(item.spec.tag for item in items) == ["a", "b", "t0", "t1", "t2"]
+    assert images.list_tags(registry, repo) == [] and images.list_tags(registry, other) == []
+    # No unique copy per tag: one PUT per dangling tag (its repair), the rest digest deletes.
+    assert methods.count("PUT") == 2 + 1  # two placeholders, and the empty config blob's upload
+
+
+@pytest_twisted.ensureDeferred
+async def test_deletecollection_of_a_deleting_namespace_is_503_when_it_cannot_finish(
+    registry, repo, proxied
+) -> None:
+    namespace = repo.split("/", 1)[0]
+    images.push_oci_image(registry, repo, "a")
+    _, replica = proxied(
+        lambda method, path: ERROR_BEFORE if method == "DELETE" else None, deleting=lambda ns: True
+    )
+    with pytest.raises(ApiError) as caught:
+        await replica.service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
+    assert caught.value.code == 503 and caught.value.retry_after == 1
+    assert f"{repo}:a" in caught.value.message and "not finished within" in caught.value.message
+    assert images.list_tags(registry, repo) == ["a"]
+
+
+def test_fault_proxy_error_body_is_registry_json() -> None:
+    from tests.support import faultproxy
+
+    assert json.loads(faultproxy._ERROR_BODY)["errors"][0]["code"] == "UNKNOWN"

@@ -1,0 +1,499 @@
+"""A seeded randomized interleaving of everything that writes to the registry, and its invariants.
+
+One run, against a real registry:
+
+- two *replicas* of payloadtags (`Replica`: its own RegistryClient, hence its own connections and
+  per-repository queue, an Inventory, a TagsService and a Cascade), both behind one fault-injecting
+  proxy (`tests.support.faultproxy`): seeded registry 500s before or after the work, and stalls
+  longer than the client timeout;
+- other clients pushing straight to the registry in threads: new digests to existing tags, a tag
+  copied onto another (shared digests), new tags. Pushes to one tag are sequential (one writer per
+  tag), so "the last acknowledged push" of a tag is well defined;
+- single deletes through either replica's TagsService, and *doomed* namespaces removed the way a
+  namespace deletion removes them: deletecollection repeated until it answers 200, through both
+  replicas at once, and a cascade on each replica;
+- kills: an operation in flight is cancelled, its connections dropped mid-request, as a process
+  killed at that moment leaves them (what it sent may or may not have landed); a killed
+  deletecollection or cascade is started again, as a restarted replica would.
+
+Invariants, checked against the registry directly once everything has settled:
+
+1. every tag of a live namespace whose last acknowledged push no delete of that tag overlapped or
+   followed is present, on that push's digest: no acknowledged push lost, no sibling lost;
+2. no tag points at anything but its last acknowledged push (never reverted to an older digest),
+   except a copy that a failed delete reported in its error;
+3. no dangling tag anywhere;
+4. every doomed namespace is empty, and every deletecollection that answered 200 left nothing of
+   its namespace at that moment.
+
+The seed fixes the plan (operations, targets, kills, fault decisions in order); thread and network
+timing still vary, so a failing seed is re-run with the command the failure prints.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock, gatherResults
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+
+from payloadtags.access.authn import UserInfo
+from payloadtags.access.authz import AlwaysAllow
+from payloadtags.api.errors import ApiError
+from payloadtags.api.options import DeleteOptions, list_options
+from payloadtags.api.registry_errors import api_error_for
+from payloadtags.api.tags import ResourceVersions, TagsService
+from payloadtags.cleanup.cascade import Cascade
+from payloadtags.cleanup.removal import NamespaceRemover
+from payloadtags.cleanup.sweep import EXISTS, TERMINATING
+from payloadtags.inventory import Inventory
+from payloadtags.kube import Backoff
+from payloadtags.names import TagRef, encode_name
+from payloadtags.registry import DELETE_NONCE_ANNOTATION, RegistryClient, RegistryError, RegistrySettings
+from tests.support import images
+from tests.support.dangling import dangling_tags
+from tests.support.faultproxy import FAULTS, FaultProxy
+from tests.support.registry_server import RegistryServer
+
+USER = UserInfo(name="interleaving")
+
+
+@attrs.define
+class Replica:
+    """What one payloadtags process holds: its own client (connections, queue), service, cascade."""
+
+    client: RegistryClient
+    service: TagsService
+    cascade: Cascade
+
+    @classmethod
+    def make(
+        cls,
+        reactor: Any,
+        url: str,
+        timeout: float = 1.0,
+        deleting: Callable[[str], bool] | None = None,
+        removal_budget: float = 2.0,
+    ) -> Replica:
+        """``deleting``: which namespaces the cluster API would call Terminating; with it, the
+        replica's deletecollection of those deletes by digest (`NamespaceRemover`), as in a cluster."""
+        client = RegistryClient(reactor, RegistrySettings(url=url, timeout=timeout))
+        cascade = Cascade(
+            client, reactor, concurrency=4, backoff=lambda: Backoff(initial=0.02, factor=2.0, cap=0.2)
+        )
+        removal = None
+        if deleting is not None:
+
+            async def check(namespace: str) -> tuple[str, str | None]:
+                return (TERMINATING if deleting(namespace) else EXISTS), None
+
+            removal = NamespaceRemover(
+                Cascade(client, reactor, concurrency=4, backoff=lambda: Backoff(initial=0.02, cap=0.2)),
+                reactor,
+                check,
+            )
+        service = TagsService(
+            inventory=Inventory(client),
+            registry_host="registry.test",
+            authorizer=AlwaysAllow(),
+            versions=ResourceVersions(reactor),
+            removal=removal,
+            removal_budget=removal_budget,
+        )
+        return cls(client, service, cascade)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+@attrs.frozen
+class Config:
+    seed: int
+    live_namespaces: int = 2
+    doomed_namespaces: int = 1
+    repositories: int = 2  # per namespace
+    tags: int = 4  # per repository at the start
+    operations: int = 40
+    fault_rate: float = 0.08  # of registry requests through the proxy
+    kill_rate: float = 0.08  # of operations started
+    timeout: float = 0.6  # the replicas' registry timeout; a stall lasts twice as long
+
+    def describe(self) -> str:
+        fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in attrs.fields(Config))
+        return f"Config({fields})"
+
+
+@attrs.define
+class Push:
+    start: float
+    end: float
+    digest: str
+    content: bytes
+
+
+@attrs.define
+class Delete:
+    start: float
+    end: float = float("inf")
+    outcome: str = "running"  # ok | not-found | conflict | error | killed
+
+
+@attrs.define
+class Report:
+    config: Config
+    operations: collections.Counter[str] = attrs.Factory(collections.Counter)
+    faults: collections.Counter[str] = attrs.Factory(collections.Counter)
+    kills: int = 0
+    violations: list[str] = attrs.Factory(list)
+    # Seconds from the first deletecollection of a doomed namespace to its verified-empty end.
+    doomed_seconds: list[float] = attrs.Factory(list)
+    windows: list[float] = attrs.Factory(list)
+    # Tags left on a content-equal copy (one extra annotation) by a failed delete that said so, and
+    # by a delete killed between its re-tag and its digest delete.
+    reported_copies: int = 0
+    interrupted_copies: int = 0
+    # Hits of the residual windows (docs/consistency.md), counted rather than failed: a push reverted
+    # inside a restore's read-to-write window, and a push that copied a delete's transient copy.
+    restore_window_hits: int = 0
+    transient_copy_losses: int = 0
+
+    def reproduce(self) -> str:
+        return (
+            f"{self.config.describe()}: reproduce with `INTERLEAVING_SEED={self.config.seed} "
+            "scripts/test -m slow tests/integration/test_interleaving.py::test_one_seed`"
+        )
+
+
+class Run:
+    def __init__(self, reactor: Any, registry: RegistryServer, config: Config, stem: str) -> None:
+        self.reactor = reactor
+        self.registry = registry
+        self.config = config
+        self.rng = random.Random(config.seed)
+        fault_rng = random.Random(config.seed * 7919 + 1)
+
+        def decide(method: str, path: str) -> str | None:
+            # Reads fail less often than writes: a run must make progress to say anything.
+            rate = self.config.fault_rate * (1.0 if method in ("PUT", "DELETE", "POST") else 0.3)
+            if not self.faulting or fault_rng.random() >= rate:
+                return None
+            return fault_rng.choice(FAULTS)
+
+        self.faulting = True
+        self.proxy = FaultProxy(reactor, registry.url, decide, stall=config.timeout * 2)
+        # One replica knows the doomed namespaces are Terminating (deletes them by digest), the other
+        # deletes them tag by tag, as a replica without a cluster API answer would.
+        self.replicas = [
+            Replica.make(reactor, self.proxy.url, config.timeout, deleting=lambda ns: ns in self.doomed),
+            Replica.make(reactor, self.proxy.url, config.timeout),
+        ]
+        self.report = Report(config)
+        for replica in self.replicas:
+            replica.client.on_window = self._window
+        self.live = [f"{stem}l{i}" for i in range(config.live_namespaces)]
+        self.doomed = [f"{stem}d{i}" for i in range(config.doomed_namespaces)]
+        self.pushes: dict[tuple[str, str], list[Push]] = collections.defaultdict(list)
+        self.deletes: dict[tuple[str, str], list[Delete]] = collections.defaultdict(list)
+        self.failed_deletes: dict[tuple[str, str], list[str]] = collections.defaultdict(list)
+        self.push_locks: dict[tuple[str, str], DeferredLock] = collections.defaultdict(DeferredLock)
+        self.inflight: list[Deferred[Any]] = []
+        self.repositories = {
+            namespace: [
+                f"{namespace}/app{r}" if r % 2 == 0 else f"{namespace}/grp/app{r}"
+                for r in range(config.repositories)
+            ]
+            for namespace in self.live + self.doomed
+        }
+        self.counter = 0
+        self.windows: dict[str, list[tuple[str, float, float]]] = collections.defaultdict(list)
+
+    # -- bookkeeping ---------------------------------------------------------------------------------
+
+    def _window(self, kind: str, where: str, since: float, until: float) -> None:
+        self.windows[where].append((kind, since, until))
+        self.report.windows.append(until - since)
+
+    def now(self) -> float:
+        return float(self.reactor.seconds())
+
+    def tags_of(self, repository: str) -> list[str]:
+        return sorted({tag for (repo, tag) in self.pushes if repo == repository})
+
+    # -- other clients' pushes (straight to the registry, in threads) -----------------------------------
+
+    async def push(self, repository: str, tag: str, source: str | None = None) -> None:
+        lock = self.push_locks[(repository, tag)]
+        await lock.acquire()
+        try:
+            start = self.now()
+            self.counter += 1
+            seed = f"{repository}:{tag}:{self.config.seed}:{self.counter}"
+
+            def blocking() -> tuple[float, str, bytes]:
+                # Blobs (and the manifest by digest) first; the tag is written by the last request
+                # alone, so the push's [start, end] is that PUT's and nothing earlier.
+                fetched = None
+                if source is not None:
+                    fetched = images.get_manifest(self.registry.url, repository, source)
+                if fetched is None:
+                    made = images.push_oci_image(self.registry.url, repository, None, seed=seed)
+                    fetched = images.get_manifest(self.registry.url, repository, made)
+                    assert fetched is not None
+                put_at = float(self.reactor.seconds())
+                digest = images.push_manifest(
+                    self.registry.url, repository, tag, fetched.content, fetched.media_type
+                )
+                return put_at, digest, fetched.content
+
+            start, digest, content = await deferToThread(blocking)
+            self.pushes[(repository, tag)].append(Push(start, self.now(), digest, content))
+            self.report.operations["push-shared" if source else "push"] += 1
+        finally:
+            lock.release()
+
+    # -- payloadtags operations ---------------------------------------------------------------------------
+
+    def replica(self) -> Replica:
+        return self.rng.choice(self.replicas)
+
+    async def delete_one(self, namespace: str, repository: str, tag: str) -> None:
+        record = Delete(self.now())
+        self.deletes[(repository, tag)].append(record)
+        ref = TagRef(namespace, repository.split("/", 1)[1], tag)
+        replica = self.replica()
+        self.report.operations["delete"] += 1
+        try:
+            try:
+                await self._maybe_killed(replica.service.delete(USER, namespace, ref.name, DeleteOptions()))
+            except RegistryError as error:
+                raise api_error_for(error) from error  # as the API's handler wrapper does
+            record.outcome = "ok"
+        except ApiError as error:
+            record.outcome = {404: "not-found", 409: "conflict"}.get(error.code, "error")
+            if error.code not in (404, 409):
+                self.failed_deletes[(repository, tag)].append(error.message)
+        except CancelledError:
+            record.outcome = "killed"
+        finally:
+            record.end = self.now()
+
+    async def _maybe_killed(self, work: Awaitable[Any]) -> Any:
+        """Run ``work``; with probability kill_rate cancel it part-way, as a killed process stops."""
+        task = Deferred.fromCoroutine(work) if not isinstance(work, Deferred) else work
+        if self.rng.random() < self.config.kill_rate:
+            delay = self.rng.uniform(0.0, 0.05)
+            self.report.kills += 1
+            killer = self.reactor.callLater(delay, task.cancel)
+            try:
+                return await task
+            finally:
+                if killer.active():
+                    killer.cancel()
+        return await task
+
+    async def remove_namespace(self, namespace: str) -> None:
+        """What a namespace deletion does: deletecollection until 200, on both replicas, and the cascades."""
+        started = self.now()
+        for repository in self.repositories[namespace]:
+            for tag in self.tags_of(repository):
+                self.deletes[(repository, tag)].append(Delete(started, outcome="namespace"))
+
+        async def collection(replica: Replica) -> None:
+            options = list_options({})
+            for _attempt in range(200):
+                self.report.operations["deletecollection"] += 1
+                try:
+                    await self._maybe_killed(
+                        replica.service.delete_collection(USER, namespace, options, DeleteOptions())
+                    )
+                except (ApiError, RegistryError, CancelledError):
+                    await deferLater(self.reactor, 0.02, lambda: None)
+                    continue
+                left = await deferToThread(self.content, namespace)
+                if left:
+                    self.report.violations.append(
+                        f"deletecollection of {namespace} answered 200 with {left} left"
+                    )
+                return
+            self.report.violations.append(f"deletecollection of {namespace} never answered 200")
+
+        async def cascade(replica: Replica) -> None:
+            for _attempt in range(50):
+                self.report.operations["cascade"] += 1
+                try:
+                    await self._maybe_killed(replica.cascade.run(namespace))
+                    return
+                except CancelledError:
+                    continue  # restarted, as the next leader (or the restarted one) would
+            self.report.violations.append(f"the cascade of {namespace} never finished")
+
+        await gatherResults(
+            [Deferred.fromCoroutine(collection(r)) for r in self.replicas]
+            + [Deferred.fromCoroutine(cascade(r)) for r in self.replicas]
+        )
+        self.report.doomed_seconds.append(self.now() - started)
+
+    def content(self, namespace: str) -> dict[str, list[str]]:
+        found = {}
+        for repository in self.repositories[namespace]:
+            tags = images.list_tags(self.registry.url, repository)
+            if tags:
+                found[repository] = tags
+        return found
+
+    # -- the run ----------------------------------------------------------------------------------
+
+    async def fill(self) -> None:
+        jobs = []
+        for namespace in self.live + self.doomed:
+            for repository in self.repositories[namespace]:
+                for t in range(self.config.tags):
+                    source = f"t{t - 1}" if t % 2 == 1 else None  # every other tag shares a digest
+                    jobs.append((repository, f"t{t}", source))
+
+        async def fill_repository(items: list[tuple[str, str, str | None]]) -> None:
+            for repository, tag, source in items:
+                await self.push(repository, tag, source)
+
+        by_repository: dict[str, list[tuple[str, str, str | None]]] = collections.defaultdict(list)
+        for job in jobs:
+            by_repository[job[0]].append(job)
+        await gatherResults(
+            [Deferred.fromCoroutine(fill_repository(items)) for items in by_repository.values()]
+        )
+        self.report.operations.clear()
+
+    def plan_step(self) -> Callable[[], Awaitable[None]]:
+        namespace = self.rng.choice(self.live)
+        repository = self.rng.choice(self.repositories[namespace])
+        tags = self.tags_of(repository)
+        roll = self.rng.random()
+        if roll < 0.30 or not tags:
+            tag = (
+                self.rng.choice(tags) if tags and self.rng.random() < 0.7 else f"n{self.rng.randrange(1000)}"
+            )
+            return lambda: self.push(repository, tag)
+        if roll < 0.45:
+            source, tag = self.rng.choice(tags), self.rng.choice([*tags, f"s{self.rng.randrange(1000)}"])
+            return lambda: self.push(repository, tag, source)
+        tag = self.rng.choice(tags)
+        if roll < 0.65:
+            # A push to the very tag being deleted, a moment later: lands somewhere in the delete.
+            delay = self.rng.uniform(0.0, 0.08)
+
+            async def both() -> None:
+                later = deferLater(self.reactor, delay, lambda: None)
+                later.addCallback(lambda _: Deferred.fromCoroutine(self.push(repository, tag)))
+                await gatherResults(
+                    [Deferred.fromCoroutine(self.delete_one(namespace, repository, tag)), later]
+                )
+
+            return both
+        return lambda: self.delete_one(namespace, repository, tag)
+
+    async def go(self) -> Report:
+        try:
+            self.faulting = False
+            await self.fill()
+            self.faulting = True
+            doom_at = {self.rng.randrange(self.config.operations): namespace for namespace in self.doomed}
+            running: list[Deferred[None]] = []
+            for step in range(self.config.operations):
+                if step in doom_at:
+                    running.append(Deferred.fromCoroutine(self.remove_namespace(doom_at[step])))
+                running.append(Deferred.fromCoroutine(self.plan_step()()))
+                await deferLater(self.reactor, self.rng.uniform(0.0, 0.01), lambda: None)
+            for namespace in self.doomed:
+                if namespace not in doom_at.values():
+                    running.append(Deferred.fromCoroutine(self.remove_namespace(namespace)))
+            await gatherResults(running, consumeErrors=True)
+            self.faulting = False
+            await deferLater(self.reactor, self.config.timeout * 2.5, lambda: None)  # stalled requests land
+            self.report.faults.update(self.proxy.injected)
+            await deferToThread(self.check)
+            return self.report
+        finally:
+            for replica in self.replicas:
+                await replica.close()
+            await self.proxy.stop()
+
+    # -- invariants ------------------------------------------------------------------------------------
+
+    def check(self) -> None:
+        url = self.registry.url
+        violations = self.report.violations
+        for namespace in self.doomed:
+            left = self.content(namespace)
+            if left:
+                violations.append(f"doomed namespace {namespace} is not empty: {left}")
+        for namespace in self.live:
+            for repository in self.repositories[namespace]:
+                listed = set(images.list_tags(url, repository))
+                for tag in dangling_tags(url, repository):
+                    violations.append(f"dangling tag {repository}:{tag}")
+                for tag in self.tags_of(repository):
+                    self._check_tag(repository, tag, tag in listed)
+
+    def _check_tag(self, repository: str, tag: str, listed: bool) -> None:
+        pushes = self.pushes[(repository, tag)]
+        if not pushes:
+            return
+        last = pushes[-1]
+        deleted_later = [d for d in self.deletes[(repository, tag)] if d.end > last.start]
+        fetched = images.get_manifest(self.registry.url, repository, tag) if listed else None
+        where = f"{repository}:{tag}"
+        if fetched is None:
+            if not deleted_later:
+                if DELETE_NONCE_ANNOTATION.encode() in last.content:
+                    # The pushing client copied the tag it read while a delete had it on its
+                    # transient copy, and that copy's digest delete took this tag along.
+                    self.report.transient_copy_losses += 1
+                    return
+                self.report.violations.append(
+                    f"{where}: acknowledged push {last.digest} lost (no delete of this tag after it)"
+                )
+            return
+        if fetched.digest == last.digest:
+            return
+        document = fetched.json()
+        annotations = document.get("annotations") or {}
+        if DELETE_NONCE_ANNOTATION in annotations:
+            annotations.pop(DELETE_NONCE_ANNOTATION)
+            if not annotations:
+                document.pop("annotations")
+            if json.loads(last.content) == document:
+                # The same content under the copy a delete of this tag wrote: allowed when that delete
+                # said so in its error, digest and all, or was killed before it could say anything.
+                if any(fetched.digest in message for message in self.failed_deletes[(repository, tag)]):
+                    self.report.reported_copies += 1
+                    return
+                if any(d.outcome == "killed" and d.end > last.start for d in self.deletes[(repository, tag)]):
+                    self.report.interrupted_copies += 1
+                    return
+        older = [p.digest for p in pushes[:-1]]
+        if fetched.digest in older and any(
+            kind in ("retag", "restore") and since <= last.end and last.start <= until
+            for kind, since, until in self.windows[where]
+        ):
+            # The push landed inside a conditional write's read-to-write window (the re-tag's, then
+            # restored over by the failed delete, or the restore's): the documented residual windows,
+            # which the protocol cannot close.
+            self.report.restore_window_hits += 1
+            return
+        kind = "reverted to an older push" if fetched.digest in older else "overwritten"
+        self.report.violations.append(
+            f"{where}: points at {fetched.digest}, not its last acknowledged push {last.digest} ({kind})"
+        )
+
+
+async def run_seed(reactor: Any, registry: RegistryServer, config: Config, stem: str | None = None) -> Report:
+    return await Run(reactor, registry, config, stem or f"il{config.seed}x").go()
+
+
+__all__ = ["Config", "Replica", "Report", "encode_name", "run_seed"]
