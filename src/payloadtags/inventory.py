@@ -206,7 +206,7 @@ class Inventory:
         config = _json_or_none(content)
         return config if isinstance(config, dict) else None
 
-    async def delete(self, ref: TagRef) -> str:
+    async def delete(self, ref: TagRef) -> str | None:
         return await self.client.delete_tag(ref.repository, ref.tag)
 
 

@@ -19,7 +19,9 @@ import json
 import os
 import random
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 from tests.support import images
@@ -77,8 +79,8 @@ def race_dangling(url: str, namespace: str, *, rounds: int = 60, seed: int = 0) 
             path = f"/v2/{repository}/manifests/w{i}"
             return session.request("PUT", path, body, {"Content-Type": base.media_type}).status
 
-        jobs = [lambda d=d, r=repository: images.delete_manifest(url, r, d) for d in digests]
-        jobs += [lambda i=i: retag(i) for i in range(32)]
+        jobs: list[Callable[[], int]] = [partial(images.delete_manifest, url, repository, d) for d in digests]
+        jobs += [partial(retag, i) for i in range(32)]
         rng.shuffle(jobs)
         with ThreadPoolExecutor(12) as pool:
             statuses = list(pool.map(lambda job: job(), jobs))

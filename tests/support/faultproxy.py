@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import treq
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
@@ -56,6 +57,7 @@ class _Forward(Resource):
         self._proxy = proxy
 
     def render(self, request: IRequest) -> Any:
+        assert isinstance(request, server.Request)
         Deferred.fromCoroutine(self._proxy._handle(request))
         return server.NOT_DONE_YET
 
@@ -78,15 +80,19 @@ class FaultProxy:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._port.getHost().port}"
+        address = self._port.getHost()
+        assert isinstance(address, IPv4Address)
+        return f"http://127.0.0.1:{address.port}"
 
     async def stop(self) -> None:
         for waiting in list(self._stalled):
             waiting.cancel()
-        await self._port.stopListening()
+        stopped = self._port.stopListening()
+        if stopped is not None:
+            await stopped
         await self._pool.closeCachedConnections()
 
-    async def _handle(self, request: IRequest) -> None:
+    async def _handle(self, request: server.Request) -> None:
         method = request.method.decode()
         path = request.uri.decode()
         fault = self.decide(method, path.split("?")[0])
@@ -115,7 +121,7 @@ class FaultProxy:
                 request.setResponseCode(502)
                 request.finish()
 
-    async def _send(self, request: IRequest, method: str, path: str) -> tuple[int, Headers, bytes]:
+    async def _send(self, request: server.Request, method: str, path: str) -> tuple[int, Headers, bytes]:
         headers = Headers()
         for name, values in request.requestHeaders.getAllRawHeaders():
             if name.lower() not in _HOP_BY_HOP:
@@ -133,10 +139,10 @@ class FaultProxy:
         content = await treq.content(response)
         return response.code, response.headers, content
 
-    def _error(self, request: IRequest) -> None:
+    def _error(self, request: server.Request) -> None:
         self._answer(request, 500, Headers({b"Content-Type": [b"application/json"]}), _ERROR_BODY)
 
-    def _answer(self, request: IRequest, code: int, headers: Headers, body: bytes) -> None:
+    def _answer(self, request: server.Request, code: int, headers: Headers, body: bytes) -> None:
         if request.finished or getattr(request, "_disconnected", False):
             return
         request.setResponseCode(code)

@@ -35,7 +35,7 @@ from __future__ import annotations
 import collections
 import json
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import attrs
@@ -283,9 +283,9 @@ class Run:
         finally:
             record.end = self.now()
 
-    async def _maybe_killed(self, work: Awaitable[Any]) -> Any:
+    async def _maybe_killed(self, work: Coroutine[Any, Any, Any]) -> Any:
         """Run ``work``; with probability kill_rate cancel it part-way, as a killed process stops."""
-        task = Deferred.fromCoroutine(work) if not isinstance(work, Deferred) else work
+        task = Deferred.fromCoroutine(work)
         if self.rng.random() < self.config.kill_rate:
             delay = self.rng.uniform(0.0, 0.05)
             self.report.kills += 1
@@ -369,7 +369,7 @@ class Run:
         )
         self.report.operations.clear()
 
-    def plan_step(self) -> Callable[[], Awaitable[None]]:
+    def plan_step(self) -> Callable[[], Coroutine[Any, Any, None]]:
         namespace = self.rng.choice(self.live)
         repository = self.rng.choice(self.repositories[namespace])
         tags = self.tags_of(repository)

@@ -71,6 +71,14 @@ class FakeRegistry:
             del tags[tag]
         self.deletes.append((repository, manifest))
 
+    async def delete_tag(self, repository: str, tag: str) -> str | None:
+        """Only reached for tags that resolve to nothing: gone, as this fake has no dangling tags."""
+        self._gate("delete")
+        digest = self.repos.get(repository, {}).pop(tag, None)
+        if digest is None:
+            raise RegistryNotFound(f"{repository}:{tag}")
+        return digest
+
     def remaining(self, prefix: str) -> dict[str, list[str]]:
         return {r: sorted(t) for r, t in self.repos.items() if r.startswith(prefix) and t}
 
