@@ -1,0 +1,643 @@
+"""Lists of 1,000 to 100,000 tags: payloadtags against a minimal direct registry client, in one run.
+
+What it does (all on 127.0.0.1; everything it starts is stopped at the end, also on error or SIGTERM):
+
+1. starts a real ``docker-registry`` (distribution 2.8, filesystem storage, access log on, so that the
+   script can count the requests the registry served) and fills it. One repository is pushed over
+   the HTTP API; every other repository and tag is written into the registry's storage tree as the
+   registry itself lays it out (a tag is two small link files), because pushing 100,000 tags over
+   HTTP takes too long to repeat. The registry reads that tree on every catalog and tags/list request.
+   Per size N (1,000, 10,000 and, with ``--sizes``, 100,000) namespace ``sN`` holds 100 repositories of
+   N/100 tags; namespace ``oneN`` holds one repository of N tags (10,000 by default);
+2. runs ``.venv/bin/payloadtags serve`` (standalone, client certificates, AlwaysAllow,
+   ``--registry-concurrency=16``) in front of that registry;
+3. per namespace, interleaving repetitions, measures against **the floor**: a treq client on Twisted
+   that reads ``/v2/_catalog?last=<ns>`` and each repository's ``tags/list``, 16 in flight (the same
+   HTTP stack, pool and concurrency as payloadtags' registry client):
+   - one unpaged JSON list and one unpaged Table list (wall, server CPU);
+   - ``kubectl get prt -n <ns>`` (kubectl 1.32, default chunks of 500, Table output): wall against
+     the floor and against the floor plus kubectl's own CPU time;
+   - a paginated JSON walk with ``limit=500``: server CPU against one unpaged list, and the registry
+     requests of the walk (``tags/list`` requests per repository, catalog requests);
+   - 50 identical lists at once: registry requests against one list's;
+   - 10 concurrent lists: lists per second against the floor's 10 concurrent lists;
+   - ``/livez`` latency, polled every 10 ms by a separate process while one list is served;
+   - the server's peak RSS (VmHWM) and its RSS after the lists;
+   and reports growth exponents k (cost ~ tags^k) between sizes for wall, server CPU and peak RSS.
+   Every answer is checked against the tags written.
+
+Usage: .venv/bin/python bench/list_scale.py [--sizes 1000,10000[,100000]] [--one 10000] [--reps 5]
+       [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+from treq.client import HTTPClient
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.threads import deferToThread
+from twisted.web.client import Agent
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from list_latency import (  # noqa: E402
+    DirectClient,
+    Filler,
+    _ClientTLS,
+    _get,
+    _Policy,
+    _pool,
+    cpu_seconds,
+    machine,
+    proc_status,
+    start_server,
+    stop_process,
+    wait_ready,
+)
+from tests.support.harness import Pki  # noqa: E402
+from tests.support.kubectl import KUBECTL, Kubectl  # noqa: E402
+from tests.support.registry_server import RegistryServer  # noqa: E402
+
+GROUP_PATH = "/apis/payload-registry.deckhouse.io/v1alpha1"
+TABLE_ACCEPT = (
+    "application/json;as=Table;v=v1;g=meta.k8s.io,"
+    "application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
+)
+REPOSITORIES = 100
+PAGE = 500
+CONCURRENT_SAME = 50
+CONCURRENT_THROUGHPUT = 10
+
+Pairs = frozenset[tuple[str, str]]
+
+
+# --- filling -----------------------------------------------------------------------------------------
+
+
+def _link(path: Path, digest: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "link").write_text(digest)
+
+
+def write_repository(
+    storage: Path, repository: str, tags: list[str], blobs: list[str], manifest: str
+) -> None:
+    """One repository as distribution's filesystem driver stores it: tags are links to one manifest."""
+    base = storage / "docker/registry/v2/repositories" / repository
+    for digest in blobs:
+        _link(base / "_layers/sha256" / digest.removeprefix("sha256:"), digest)
+    hex_ = manifest.removeprefix("sha256:")
+    _link(base / "_manifests/revisions/sha256" / hex_, manifest)
+    tags_dir = base / "_manifests/tags"
+    for tag in tags:
+        _link(tags_dir / tag / "current", manifest)
+        _link(tags_dir / tag / "index/sha256" / hex_, manifest)
+
+
+def tag_names(count: int) -> list[str]:
+    return [f"v{i:06d}" for i in range(count)]
+
+
+@attrs.frozen
+class Layout:
+    namespace: str
+    repositories: dict[str, list[str]]  # path below the namespace -> tags
+
+    @property
+    def tags(self) -> int:
+        return sum(len(t) for t in self.repositories.values())
+
+    def pairs(self) -> Pairs:
+        return frozenset((path, tag) for path, tags in self.repositories.items() for tag in tags)
+
+
+def layouts(sizes: list[int], one: int) -> list[Layout]:
+    result = []
+    for size in sizes:
+        per = size // REPOSITORIES
+        repos = {f"app-{i:03d}": tag_names(per) for i in range(REPOSITORIES)}
+        result.append(Layout(f"s{size}", repos))
+    if one:
+        result.append(Layout(f"one{one}", {"app": tag_names(one)}))
+    return result
+
+
+# --- clients -----------------------------------------------------------------------------------------
+
+
+class Server:
+    """payloadtags as kube-apiserver sees it: HTTPS with a client certificate, kept-alive connections."""
+
+    def __init__(self, reactor: Any, url: str, pki: Pki, connections: int = CONCURRENT_SAME) -> None:
+        self._reactor = reactor
+        self.url = url
+        self.pool = _pool(reactor, connections)
+        creator = _ClientTLS(str(pki.server_ca.cert_file), str(pki.admin.cert_file), str(pki.admin.key_file))
+        self._http = HTTPClient(Agent(reactor, contextFactory=_Policy(creator), pool=self.pool))
+
+    async def page(
+        self, namespace: str, table: bool = False, limit: int | None = None, token: str | None = None
+    ) -> tuple[Pairs, str | None]:
+        query = {}
+        if limit is not None:
+            query["limit"] = str(limit)
+        if token:
+            query["continue"] = token
+        path = f"{GROUP_PATH}/namespaces/{namespace}/payloadrepositorytags"
+        if query:
+            path += "?" + urllib.parse.urlencode(query)
+        accept = TABLE_ACCEPT if table else "application/json"
+        code, _, body = await _get(self._http, self._reactor, self.url + path, {"Accept": accept})
+        if code != 200:
+            raise RuntimeError(f"payloadtags answered {code}: {body[:300]!r}")
+        document = json.loads(body)
+        if table:
+            pairs = frozenset((row["cells"][1], row["cells"][2]) for row in document["rows"])
+        else:
+            pairs = frozenset((i["spec"]["repositoryPath"], i["spec"]["tag"]) for i in document["items"])
+        return pairs, document["metadata"].get("continue")
+
+    async def list(self, namespace: str, table: bool = False) -> Pairs:
+        return (await self.page(namespace, table))[0]
+
+    async def walk(self, namespace: str, limit: int = PAGE) -> Pairs:
+        found: set[tuple[str, str]] = set()
+        token: str | None = None
+        while True:
+            pairs, token = await self.page(namespace, limit=limit, token=token)
+            found |= pairs
+            if not token:
+                return frozenset(found)
+
+
+class Floor:
+    def __init__(self, reactor: Any, registry_url: str) -> None:
+        self.client = DirectClient(reactor, registry_url)
+
+    async def list(self, namespace: str) -> Pairs:
+        return await self.client.list(namespace)
+
+
+class AccessLog:
+    """Counts the registry's requests from its access log, between two marks."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._offset = 0
+
+    def mark(self) -> None:
+        self._offset = self._path.stat().st_size
+
+    def counts(self) -> dict[str, int]:
+        with self._path.open("rb") as f:
+            f.seek(self._offset)
+            text = f.read().decode(errors="replace")
+        tags = catalog = other = 0
+        for line in text.splitlines():
+            if '"GET /v2/' not in line:
+                continue
+            if "/tags/list" in line:
+                tags += 1
+            elif "/_catalog" in line:
+                catalog += 1
+            else:
+                other += 1
+        return {"tags/list": tags, "catalog": catalog, "other": other}
+
+
+LIVEZ_POLLER = r"""
+import http.client, ssl, sys, time, threading
+url_host, url_port, ca = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+context = ssl.create_default_context(cafile=ca)
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
+connection = http.client.HTTPSConnection(url_host, url_port, context=context, timeout=60)
+worst, times = 0.0, []
+print("ready", flush=True)
+while not stop.is_set():
+    started = time.perf_counter()
+    connection.request("GET", "/livez")
+    connection.getresponse().read()
+    elapsed = time.perf_counter() - started
+    times.append(elapsed)
+    time.sleep(0.01)
+times.sort()
+print(max(times), times[int(0.99 * (len(times) - 1))], len(times), flush=True)
+"""
+
+
+async def with_livez(reactor: Any, server_url: str, ca_file: str, fn: Callable[[], Awaitable[Any]]) -> float:
+    """The longest /livez answer seen while ``fn`` runs (seconds), from a separate process."""
+    parts = urllib.parse.urlsplit(server_url)
+    poller = subprocess.Popen(  # noqa: ASYNC220 - started and read without waiting on the reactor
+        [sys.executable, "-c", LIVEZ_POLLER, parts.hostname or "", str(parts.port), ca_file],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert poller.stdout is not None and poller.stdin is not None
+        await deferToThread(poller.stdout.readline)
+        await fn()
+        poller.stdin.write("stop\n")
+        poller.stdin.flush()
+        line = await deferToThread(poller.stdout.readline)
+        return float(line.split()[0])
+    finally:
+        if poller.poll() is None:
+            poller.kill()
+        poller.wait()
+
+
+def run_kubectl(kubectl: Kubectl, namespace: str) -> tuple[float, float, int]:
+    """Wall and CPU seconds of one ``kubectl get prt -n <namespace>``, and the rows it printed."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(kubectl.cache_dir),
+        "KUBECONFIG": str(kubectl.kubeconfig),
+    }
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [
+            KUBECTL,
+            "--cache-dir",
+            str(kubectl.cache_dir),
+            "--request-timeout=120s",
+            "get",
+            "prt",
+            "-n",
+            namespace,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    out, err = process.communicate()
+    wall = time.perf_counter() - started
+    if process.returncode != 0:
+        raise RuntimeError(f"kubectl failed: {err[-500:]!r}")
+    return wall, 0.0, max(out.count(b"\n") - 1, 0)
+
+
+def run_kubectl_rusage(kubectl: Kubectl, namespace: str) -> tuple[float, float, int]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall, _, rows = run_kubectl(kubectl, namespace)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, rows
+
+
+# --- measuring ---------------------------------------------------------------------------------------
+
+
+@attrs.define
+class Cost:
+    wall: float
+    server_cpu: float
+    registry_cpu: float
+    own_cpu: float
+
+
+async def cost(fn: Callable[[], Awaitable[Pairs]], expected: Pairs, pids: dict[str, int], what: str) -> Cost:
+    before = {k: cpu_seconds(p) for k, p in pids.items()}
+    own = time.process_time()
+    started = time.perf_counter()
+    pairs = await fn()
+    wall = time.perf_counter() - started
+    own = time.process_time() - own
+    after = {k: cpu_seconds(p) for k, p in pids.items()}
+    if pairs != expected:
+        raise RuntimeError(
+            f"{what}: {len(pairs)} tags, expected {len(expected)}; "
+            f"missing {sorted(expected - pairs)[:3]}, extra {sorted(pairs - expected)[:3]}"
+        )
+    return Cost(wall, after["server"] - before["server"], after["registry"] - before["registry"], own)
+
+
+async def _outcome(work: Awaitable[Pairs]) -> Pairs | str:
+    """The tags a list saw, or its error as text (a busy server may answer 5xx)."""
+    try:
+        return await work
+    except Exception as error:
+        return str(error)[:200]
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def spread(values: list[float]) -> str:
+    m = med(values)
+    if not m:
+        return "±0%"
+    return f"±{max(abs(v - m) for v in values) / m * 100:.0f}%"
+
+
+async def measure_layout(
+    reactor: Any,
+    layout: Layout,
+    server: Server,
+    floor: Floor,
+    kubectl: Kubectl,
+    access: AccessLog,
+    pids: dict[str, int],
+    ca_file: str,
+    reps: int,
+    concurrent: bool = True,
+) -> dict[str, Any]:
+    ns, expected = layout.namespace, layout.pairs()
+    variants: dict[str, Callable[[], Awaitable[Pairs]]] = {
+        "floor": lambda: floor.list(ns),
+        "json": lambda: server.list(ns),
+        "table": lambda: server.list(ns, table=True),
+        "walk": lambda: server.walk(ns),
+    }
+    for name, fn in variants.items():  # warm-up: connections, the registry's page cache
+        await cost(fn, expected, pids, name)
+    samples: dict[str, list[Cost]] = {name: [] for name in variants}
+    samples["kubectl"] = []
+    kubectl_cpu: list[float] = []
+    names = list(variants)
+    await deferToThread(run_kubectl_rusage, kubectl, ns)  # discovery cache
+    for i in range(reps):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            samples[name].append(await cost(variants[name], expected, pids, name))
+        wall, cpu, rows = await deferToThread(run_kubectl_rusage, kubectl, ns)
+        if rows != layout.tags:
+            raise RuntimeError(f"kubectl printed {rows} rows, expected {layout.tags}")
+        samples["kubectl"].append(Cost(wall, 0.0, 0.0, 0.0))
+        kubectl_cpu.append(cpu)
+
+    stalls = {
+        "json": await with_livez(reactor, server.url, ca_file, lambda: server.list(ns)),
+        "table": await with_livez(reactor, server.url, ca_file, lambda: server.list(ns, table=True)),
+    }
+    status = proc_status(pids["server"])  # peak so far: single lists only, in ascending sizes
+
+    # Registry requests: one list, one walk, 50 identical lists at once.
+    access.mark()
+    await server.list(ns)
+    one = access.counts()
+    access.mark()
+    await server.walk(ns)
+    walk = access.counts()
+    if not concurrent:
+        return {
+            "namespace": ns,
+            "tags": layout.tags,
+            "repositories": len(layout.repositories),
+            "samples": {k: [attrs.asdict(c) for c in v] for k, v in samples.items()},
+            "kubectl_cpu": kubectl_cpu,
+            "registry_requests": {"one": one, "walk": walk},
+            "livez_stall": stalls,
+            "rss_kib": status,
+        }
+    access.mark()
+    outcomes = await gatherResults(
+        [Deferred.fromCoroutine(_outcome(server.list(ns))) for _ in range(CONCURRENT_SAME)]
+    )
+    if any(r != expected for r in outcomes if not isinstance(r, str)):
+        raise RuntimeError("a concurrent list saw different tags")
+    same = access.counts()
+    same_errors = sorted({r for r in outcomes if isinstance(r, str)})
+    same["failed lists"] = sum(isinstance(r, str) for r in outcomes)
+    access.mark()
+    await floor.list(ns)
+    floor_requests = access.counts()
+
+    # Throughput: 10 lists at once, payloadtags and the floor, alternating.
+    rates: dict[str, list[float]] = {"json": [], "floor": []}
+    for i in range(3):
+        for name in ["json", "floor"] if i % 2 == 0 else ["floor", "json"]:
+            fn = variants[name]
+            started = time.perf_counter()
+            done = await gatherResults(
+                [Deferred.fromCoroutine(_outcome(fn())) for _ in range(CONCURRENT_THROUGHPUT)]
+            )
+            ok = sum(r == expected for r in done)
+            rates[name].append(ok / (time.perf_counter() - started))
+
+    return {
+        "namespace": ns,
+        "tags": layout.tags,
+        "repositories": len(layout.repositories),
+        "samples": {k: [attrs.asdict(c) for c in v] for k, v in samples.items()},
+        "kubectl_cpu": kubectl_cpu,
+        "registry_requests": {"one": one, "walk": walk, "50 at once": same, "floor": floor_requests},
+        "50 at once errors": same_errors,
+        "lists_per_second": rates,
+        "livez_stall": stalls,
+        "rss_kib": status,
+    }
+
+
+def exponent(lo: tuple[int, float], hi: tuple[int, float]) -> float:
+    if lo[1] <= 0 or hi[1] <= 0:
+        return float("nan")
+    return math.log(hi[1] / lo[1]) / math.log(hi[0] / lo[0])
+
+
+def summarize(results: dict[str, Any]) -> str:
+    lines = [f"Machine: {results['machine']}", ""]
+    lines += [
+        "| namespace | tags | repos | floor wall (ms) | JSON / floor | Table / floor | kubectl / floor "
+        "| kubectl / (floor + kubectl CPU) | JSON server CPU / floor client CPU "
+        "| walk(500) / unpaged, server CPU | tags/list per repo in a walk "
+        "| 50 lists: registry requests / one | 10 concurrent: lists/s / floor "
+        "| /livez stall JSON, Table (s) | peak RSS (MiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results["layouts"]:
+        s = {k: [Cost(**c) for c in v] for k, v in r["samples"].items()}
+        floor_wall = [c.wall for c in s["floor"]]
+        fw = med(floor_wall)
+
+        def ratio(name: str, s: dict[str, list[Cost]] = s, base: float = fw) -> str:
+            values = [c.wall for c in s[name]]
+            return f"{med(values) / base:.2f} ({spread(values)})"
+
+        kube = med([c.wall for c in s["kubectl"]])
+        kcpu = med(r["kubectl_cpu"])
+        floor_cpu = med([c.own_cpu for c in s["floor"]])
+        json_cpu = med([c.server_cpu for c in s["json"]])
+        walk_cpu = med([c.server_cpu for c in s["walk"]])
+        req = r["registry_requests"]
+        one_total = req["one"]["tags/list"] + req["one"]["catalog"]
+        if "50 at once" in req:
+            same_total = req["50 at once"]["tags/list"] + req["50 at once"]["catalog"]
+            failed = req["50 at once"]["failed lists"]
+            same = f"{same_total / one_total:.2f}" + (f" ({failed} failed)" if failed else "")
+            rates = r["lists_per_second"]
+            throughput = f"{med(rates['json']) / med(rates['floor']):.2f}"
+        else:
+            same = throughput = "-"
+        lines.append(
+            f"| {r['namespace']} | {r['tags']:,} | {r['repositories']} "
+            f"| {fw * 1000:.0f} ({spread(floor_wall)}) "
+            f"| {ratio('json')} | {ratio('table')} | {kube / fw:.2f} | {kube / (fw + kcpu):.2f} "
+            f"| {json_cpu / floor_cpu if floor_cpu else float('nan'):.2f} "
+            f"| {walk_cpu / json_cpu if json_cpu else float('nan'):.2f} "
+            f"| {req['walk']['tags/list'] / r['repositories']:.2f} "
+            f"| {same} | {throughput} "
+            f"| {r['livez_stall']['json']:.3f}, {r['livez_stall']['table']:.3f} "
+            f"| {r['rss_kib']['VmHWM'] / 1024:.0f} |"
+        )
+    lines.append("")
+    lines.append(
+        f"Server RSS: {results['rss_kib_at_start']['VmRSS'] / 1024:.0f} MiB at start, "
+        f"{results['rss_kib_after']['VmRSS'] / 1024:.0f} MiB after the last list "
+        f"(peak {results['rss_kib_after']['VmHWM'] / 1024:.0f} MiB)"
+    )
+    spread_layouts = [r for r in results["layouts"] if r["repositories"] == REPOSITORIES]
+    if len(spread_layouts) > 1:
+        lines.append("")
+        lines.append("Growth exponents k (cost ~ tags^k), 100-repository namespaces:")
+
+        def k_of(lo: dict[str, Any], hi: dict[str, Any], name: str, attr: str) -> float:
+            def m(r: dict[str, Any]) -> float:
+                return med([c[attr] for c in r["samples"][name]])
+
+            return exponent((lo["tags"], m(lo)), (hi["tags"], m(hi)))
+
+        for lo, hi in itertools.pairwise(spread_layouts):
+            ks = []
+            for name in ("floor", "json", "table", "kubectl"):
+                ks.append(f"{name} wall {k_of(lo, hi, name, 'wall'):.2f}")
+            for name in ("json", "table", "walk"):
+                ks.append(f"{name} server CPU {k_of(lo, hi, name, 'server_cpu'):.2f}")
+            idle = results["rss_kib_at_start"]["VmRSS"]
+            rss = exponent(
+                (lo["tags"], lo["rss_kib"]["VmHWM"] - idle), (hi["tags"], hi["rss_kib"]["VmHWM"] - idle)
+            )
+            ks.append(f"peak RSS above idle {rss:.2f}")
+            lines.append(f"- {lo['tags']:,} -> {hi['tags']:,}: " + "; ".join(ks))
+    lines.append("")
+    lines.append(f"Fill: {results['fill_seconds']:.1f}s; total {results['total_seconds']:.0f}s")
+    return "\n".join(lines)
+
+
+async def run(
+    reactor: Any, args: argparse.Namespace, registry: RegistryServer, work: Path, started: list[Any]
+) -> dict[str, Any]:
+    assert registry.process is not None
+    results: dict[str, Any] = {"layouts": []}
+    began = time.monotonic()
+    filler = Filler(registry.url)
+    await deferToThread(filler.seed, "seed/app", ("v1",))
+    filler.close()
+    manifest = "sha256:" + hashlib.sha256(filler.manifest).hexdigest()
+    blobs = ["sha256:" + hashlib.sha256(d).hexdigest() for _, d in filler._blobs]
+    chosen = layouts(args.sizes, args.one)
+
+    def fill() -> None:
+        for layout in chosen:
+            for path, tags in layout.repositories.items():
+                write_repository(registry.root, f"{layout.namespace}/{path}", tags, blobs, manifest)
+
+    await deferToThread(fill)
+    results["fill_seconds"] = time.monotonic() - began
+    print(
+        f"# filled {sum(layout.tags for layout in chosen):,} tags in {results['fill_seconds']:.1f}s",
+        flush=True,
+    )
+
+    pki = await deferToThread(Pki.create, work / "pki")
+    process, url = start_server(work, pki, registry.url)
+    started.append(process)
+    ca_file = str(pki.server_ca.cert_file)
+    await deferToThread(wait_ready, url, ca_file, process, work / "payloadtags.log")
+    results["rss_kib_at_start"] = proc_status(process.pid)
+    server = Server(reactor, url, pki)
+    floor = Floor(reactor, registry.url)
+    kubectl = Kubectl.write(work / "kubectl", url, pki.server_ca.cert_file, pki.admin)
+    access = AccessLog(registry.log_file)
+    pids = {"server": process.pid, "registry": registry.process.pid}
+    try:
+        for layout in chosen:
+            print(f"# measuring {layout.namespace} ({layout.tags:,} tags)", flush=True)
+            results["layouts"].append(
+                await measure_layout(
+                    reactor,
+                    layout,
+                    server,
+                    floor,
+                    kubectl,
+                    access,
+                    pids,
+                    ca_file,
+                    args.reps,
+                    concurrent=layout.tags <= args.concurrent_up_to,
+                )
+            )
+        results["rss_kib_after"] = proc_status(process.pid)
+    finally:
+        await server.pool.closeCachedConnections()
+        await floor.client.pool.closeCachedConnections()
+        await deferToThread(stop_process, process)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    from list_latency import run_reactor
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1000, 10000])
+    parser.add_argument(
+        "--one", type=int, default=10000, help="tags of the one-repository namespace (0: none)"
+    )
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument(
+        "--concurrent-up-to",
+        type=int,
+        default=20_000,
+        help="measure 50 identical and 10 concurrent lists only for namespaces of at most this many tags",
+    )
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    import shutil
+    import tempfile
+
+    began = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="payloadtags-scale-"))
+    started: list[Any] = []
+    try:
+        with RegistryServer(
+            extra_config={"log": {"level": "warn", "accesslog": {"disabled": False}}}
+        ) as registry:
+            try:
+                results = run_reactor(lambda reactor: run(reactor, args, registry, work, started))
+            finally:
+                for process in started:
+                    stop_process(process)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    results["total_seconds"] = time.monotonic() - began
+    results["machine"] = machine()
+    print(summarize(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
