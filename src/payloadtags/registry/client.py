@@ -30,11 +30,12 @@ from twisted.web.client import (
     ResponseNeverReceived,
 )
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent
+from twisted.web.iweb import IAgent, IResponse
 
 from payloadtags.deferreds import DeadlineExpired, within
 
 from .auth import Authenticator, TokenAnswer, TokenRequest
+from .coalesce import Coalescer
 from .content import (
     MANIFEST_MEDIA_TYPES,
     OCI_MANIFEST,
@@ -202,11 +203,14 @@ class RegistryClient:
                 connectTimeout=settings.timeout,
                 pool=self._pool,
             )
+        self._agent = agent
         self._http = HTTPClient(agent, data_to_body_producer=BytesProducer)
         # The pool keeps idle connections; this bounds the busy ones, so a burst of API requests
         # queues here instead of opening hundreds of sockets to the registry.
         self._slots = DeferredSemaphore(settings.max_connections)
         self._auth = Authenticator(reactor, settings.username, settings.password, self._get_token, self._name)
+        # Identical reads (catalog pages, tag lists) not yet sent are made once for every caller.
+        self._reads = Coalescer()
         # None: not known yet whether the registry deletes a single tag (OCI distribution 1.1).
         self._delete_by_tag: bool | None = None
         # Until when the last probe's "deletes work here" is believed (reactor seconds).
@@ -248,12 +252,17 @@ class RegistryClient:
         """
         if not 1 <= n <= MAX_CATALOG_PAGE:
             raise ValueError(f"catalog page size must be 1..{MAX_CATALOG_PAGE}, not {n}")
+        page: CatalogPage = await self._reads.join(
+            ("catalog", last or "", n), lambda on_send: self._catalog(last, n, on_send)
+        )
+        return page
+
+    async def _catalog(self, last: str | None, n: int, on_send: Callable[[], object]) -> CatalogPage:
         query = {"n": str(n)}
         if last:
             query["last"] = last
-        reply = await self._call(
-            "GET", "/v2/_catalog?" + urllib.parse.urlencode(query), scope="registry:catalog:*"
-        )
+        path = "/v2/_catalog?" + urllib.parse.urlencode(query)
+        reply = await self._call("GET", path, scope="registry:catalog:*", on_send=on_send)
         if reply.status != 200:
             raise self._error(reply, "the repository catalog")
         document = self._json(reply, "the repository catalog")
@@ -265,13 +274,21 @@ class RegistryClient:
     async def tags(self, repository: str) -> list[str]:
         """All tags of a repository, sorted; [] when it is unknown or has no tags left."""
         self._check_repository(repository)
+        tags: list[str] = await self._reads.join(
+            ("tags", repository), lambda on_send: self._tags(repository, on_send)
+        )
+        return list(tags)  # the shared answer stays unchanged whatever a caller does with its copy
+
+    async def _tags(self, repository: str, on_send: Callable[[], object]) -> list[str]:
         found: set[str] = set()
         path: str | None = f"/v2/{repository}/tags/list"
         # distribution 2.8 answers everything in one page; other registries page with Link.
         for _ in range(MAX_TAG_PAGES):
             if path is None:
                 return sorted(found)
-            reply = await self._call("GET", path, scope=self._pull(repository), max_body=JSON_LIMIT)
+            reply = await self._call(
+                "GET", path, scope=self._pull(repository), max_body=JSON_LIMIT, on_send=on_send
+            )
             if reply.status == 404 and "NAME_UNKNOWN" in reply.error_codes():
                 return sorted(found)
             if reply.status != 200:
@@ -661,11 +678,12 @@ class RegistryClient:
         body: bytes | None = None,
         max_body: int = JSON_LIMIT,
         redirects: bool = False,
+        on_send: Callable[[], object] | None = None,
     ) -> _Reply:
         """One registry request, authenticated as the registry demands: at most one 401 round."""
         url = path_or_url if "://" in path_or_url else self._base + path_or_url
         sent = self._auth.authorization(scope)
-        reply = await self._exchange(method, url, headers, body, sent, max_body, redirects)
+        reply = await self._exchange(method, url, headers, body, sent, max_body, redirects, on_send)
         if reply.status != 401:
             return reply
         authorization = await self._auth.answer(reply.header("WWW-Authenticate"), scope, sent)
@@ -705,14 +723,36 @@ class RegistryClient:
         authorization: str | None,
         max_body: int,
         redirects: bool,
+        on_send: Callable[[], object] | None = None,
     ) -> _Reply:
         """One HTTP request and its body within settings.timeout, or a RegistryError.
 
         A caller that cancels gets CancelledError, whatever the request then fails with: the failure
         alone does not tell (a request cancelled while HostnameEndpoint resolves the host name fails
         with DNSLookupError, as if the name did not resolve), so the cancellation is noted as it
-        comes in.
+        comes in. ``on_send`` runs once a connection slot is held, just before the request goes out.
         """
+        # The wait for a connection slot is not the registry's doing: the timeout starts once the
+        # request can go out. The semaphore serves waiters in arrival order, so every request gets
+        # its turn however many tag lists a big list has queued.
+        await self._slots.acquire()
+        try:
+            if on_send is not None:
+                on_send()
+            return await self._timed_exchange(method, url, headers, body, authorization, max_body, redirects)
+        finally:
+            self._slots.release()
+
+    async def _timed_exchange(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None,
+        body: bytes | None,
+        authorization: str | None,
+        max_body: int,
+        redirects: bool,
+    ) -> _Reply:
         attempt = self._roundtrip(method, url, headers, body, authorization, max_body, redirects)
         try:
             return await within(self._reactor, self._settings.timeout, attempt)
@@ -745,13 +785,19 @@ class RegistryClient:
         max_body: int,
         redirects: bool,
     ) -> _Reply:
-        await self._slots.acquire()
-        try:
-            request_headers: dict[bytes | str, list[bytes | str]] = {"User-Agent": ["payloadtags"]}
-            for name, value in (headers or {}).items():
-                request_headers[name] = [value]
-            if authorization:
-                request_headers["Authorization"] = [authorization]
+        request_headers: dict[bytes | str, list[bytes | str]] = {"User-Agent": ["payloadtags"]}
+        for name, value in (headers or {}).items():
+            request_headers[name] = [value]
+        if authorization:
+            request_headers["Authorization"] = [authorization]
+        response: IResponse
+        if body is None and not redirects and url.isascii():
+            # Reads go straight to the Agent: treq's URL and cookie handling cost more CPU than the
+            # rest of a small tags/list exchange, and a read needs neither.
+            response = await self._agent.request(
+                method.encode("ascii"), url.encode("ascii"), Headers(request_headers), None
+            )
+        else:
             response = await self._http.request(
                 method,
                 url,
@@ -760,11 +806,9 @@ class RegistryClient:
                 allow_redirects=redirects,
                 unbuffered=True,
             )
-            ok = 200 <= response.code < 300
-            content = await read_body(response, max_body if ok else ERROR_BODY_LIMIT, truncate=not ok)
-            return _Reply(method, url, response.code, response.headers, content)
-        finally:
-            self._slots.release()
+        ok = 200 <= response.code < 300
+        content = await read_body(response, max_body if ok else ERROR_BODY_LIMIT, truncate=not ok)
+        return _Reply(method, url, response.code, response.headers, content)
 
     # --- answers ----------------------------------------------------------------------------------
 

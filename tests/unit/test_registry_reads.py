@@ -1,0 +1,191 @@
+"""The registry client's read path: identical reads coalesced, connection slots outside the timeout."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.testing import MemoryReactorClock
+
+from payloadtags.registry import RegistryClient, RegistrySettings, RegistryTimeout, RegistryUnavailable
+from payloadtags.registry.coalesce import Coalescer
+from tests.unit.test_registry_cancellation import REGISTRY, Agent, _Response, failure_of, track
+
+
+def tags_reply(*tags: str) -> _Response:
+    return _Response(200, {"Content-Type": "application/json"}, json.dumps({"tags": list(tags)}).encode())
+
+
+class Held:
+    """An agent whose every request waits until the test answers it."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[str, Deferred[Any]]] = []
+        self.agent = Agent(self._answer)
+
+    def _answer(self, method: str, url: str) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.pending.append((url, d))
+        return d
+
+    def urls(self) -> list[str]:
+        return [url for url, _ in self.pending]
+
+
+def client_for(held: Held, clock: MemoryReactorClock, slots: int = 1, timeout: float = 10) -> RegistryClient:
+    settings = RegistrySettings(url=REGISTRY, timeout=timeout, max_connections=slots)
+    return RegistryClient(clock, settings, agent=held.agent)
+
+
+# --- coalescing ---------------------------------------------------------------------------------------
+
+
+def test_identical_reads_waiting_for_a_slot_are_made_once() -> None:
+    clock, held = MemoryReactorClock(), Held()
+    client = client_for(held, clock, slots=1)
+    busy = track(Deferred.fromCoroutine(client.tags("team/busy")))  # holds the only slot
+    waiting = [track(Deferred.fromCoroutine(client.tags("team/app"))) for _ in range(5)]
+    other = track(Deferred.fromCoroutine(client.tags("team/other")))
+    held.pending[0][1].callback(tags_reply("x"))
+    assert busy == [["x"]]
+    assert held.urls()[1:] == [f"{REGISTRY}/v2/team/app/tags/list"]  # one request for five callers
+    held.pending[1][1].callback(tags_reply("v2", "v1"))
+    assert all(result == [["v1", "v2"]] for result in waiting)
+    # Each caller owns its copy: changing one does not change what the others got.
+    waiting[0][0].append("mine")
+    assert waiting[1] == [["v1", "v2"]]
+    held.pending[2][1].callback(tags_reply())
+    assert other == [[]]
+
+
+def test_a_read_already_sent_is_not_joined() -> None:
+    """A caller that asks after the request went out may be asking because of a push the registry
+    answered before it: it gets a read of its own, never an answer older than its request."""
+    clock, held = MemoryReactorClock(), Held()
+    client = client_for(held, clock, slots=2)
+    first = track(Deferred.fromCoroutine(client.tags("team/app")))
+    second = track(Deferred.fromCoroutine(client.tags("team/app")))
+    assert len(held.pending) == 2
+    held.pending[0][1].callback(tags_reply("v1"))
+    held.pending[1][1].callback(tags_reply("v1", "v2"))
+    assert (first, second) == ([["v1"]], [["v1", "v2"]])
+
+
+def test_catalog_pages_are_coalesced_by_position_and_size() -> None:
+    clock, held = MemoryReactorClock(), Held()
+    client = client_for(held, clock, slots=1)
+    track(Deferred.fromCoroutine(client.tags("team/busy")))
+    pages = [track(Deferred.fromCoroutine(client.catalog(last="team", n=100))) for _ in range(3)]
+    bigger = track(Deferred.fromCoroutine(client.catalog(last="team", n=1000)))
+    held.pending[0][1].callback(tags_reply())
+    held.pending[1][1].callback(_Response(200, {}, b'{"repositories":["team/a"]}'))
+    assert [page[0].repositories for page in pages] == [["team/a"]] * 3
+    assert len(held.pending) == 3 and bigger == []  # another page size is another read
+
+
+def test_a_failure_reaches_every_caller() -> None:
+    clock, held = MemoryReactorClock(), Held()
+    client = client_for(held, clock, slots=1)
+    track(Deferred.fromCoroutine(client.tags("team/busy")))
+    waiting = [track(Deferred.fromCoroutine(client.tags("team/app"))) for _ in range(3)]
+    held.pending[0][1].callback(tags_reply())
+    held.pending[1][1].callback(_Response(503, {}, b""))
+    for results in waiting:
+        failure_of(results, RegistryUnavailable)
+
+
+def test_one_caller_giving_up_leaves_the_read_to_the_others() -> None:
+    clock, held = MemoryReactorClock(), Held()
+    client = client_for(held, clock, slots=1)
+    track(Deferred.fromCoroutine(client.tags("team/busy")))
+    leaving = Deferred.fromCoroutine(client.tags("team/app"))
+    left = track(leaving)
+    staying = track(Deferred.fromCoroutine(client.tags("team/app")))
+    leaving.cancel()
+    failure_of(left, CancelledError)
+    held.pending[0][1].callback(tags_reply())
+    held.pending[1][1].callback(tags_reply("v1"))
+    assert staying == [["v1"]]
+
+
+def test_when_every_caller_gives_up_the_read_is_cancelled() -> None:
+    clock, held = MemoryReactorClock(), Held()
+    client = client_for(held, clock, slots=1)
+    track(Deferred.fromCoroutine(client.tags("team/busy")))
+    callers = [Deferred.fromCoroutine(client.tags("team/app")) for _ in range(2)]
+    outcomes = [track(d) for d in callers]
+    for d in callers:
+        d.cancel()
+    for results in outcomes:
+        failure_of(results, CancelledError)
+    held.pending[0][1].callback(tags_reply())
+    assert len(held.pending) == 1  # the cancelled read never went out
+    # A later caller starts afresh.
+    later = track(Deferred.fromCoroutine(client.tags("team/app")))
+    held.pending[1][1].callback(tags_reply("v3"))
+    assert later == [["v3"]]
+
+
+def test_the_coalescer_forgets_a_read_once_it_is_sent() -> None:
+    coalescer = Coalescer()
+    sends: list[Any] = []
+    gates: list[Deferred[str]] = []
+
+    async def read(on_send: Any) -> str:
+        sends.append(on_send)
+        gates.append(Deferred())
+        return await gates[-1]
+
+    a = track(coalescer.join("k", read))
+    b = track(coalescer.join("k", read))
+    assert len(sends) == 1 and len(coalescer) == 1
+    sends[0]()
+    assert len(coalescer) == 0
+    c = track(coalescer.join("k", read))
+    assert len(sends) == 2
+    gates[0].callback("first")
+    gates[1].callback("second")
+    assert (a, b, c) == (["first"], ["first"], ["second"])
+
+
+# --- connection slots and the timeout ----------------------------------------------------------------
+
+
+def test_the_wait_for_a_slot_does_not_count_against_the_registry_timeout() -> None:
+    clock, held = MemoryReactorClock(), Held()
+    client = client_for(held, clock, slots=1, timeout=10)
+    slow = track(Deferred.fromCoroutine(client.tags("team/slow")))
+    queued = track(Deferred.fromCoroutine(client.tags("team/queued")))
+    clock.advance(9)
+    held.pending[0][1].callback(tags_reply("v1"))  # the slot frees after 9 s
+    assert slow == [["v1"]]
+    assert held.urls()[1] == f"{REGISTRY}/v2/team/queued/tags/list"
+    clock.advance(9)  # 18 s after it asked, 9 s after it was sent: not timed out
+    assert queued == []
+    held.pending[1][1].callback(tags_reply("v2"))
+    assert queued == [["v2"]]
+
+
+def test_the_registry_timeout_still_covers_the_answer() -> None:
+    clock, held = MemoryReactorClock(), Held()
+    client = client_for(held, clock, slots=1, timeout=10)
+    track(Deferred.fromCoroutine(client.tags("team/slow")))
+    queued = track(Deferred.fromCoroutine(client.tags("team/queued")))
+    clock.advance(10.5)  # the first times out and frees the slot; the second is sent now
+    assert len(held.pending) == 2 and queued == []
+    clock.advance(10.5)
+    failure_of(queued, RegistryTimeout)
+
+
+def test_slots_are_served_in_arrival_order() -> None:
+    """A big list queues many tag lists; a single read that comes later waits its turn, not theirs."""
+    clock, held = MemoryReactorClock(), Held()
+    client = client_for(held, clock, slots=2)
+    for i in range(6):
+        track(Deferred.fromCoroutine(client.tags(f"team/list-{i}")))
+    single = track(Deferred.fromCoroutine(client.manifest("team/single", "v1")))
+    for i in range(5):
+        held.pending[i][1].callback(tags_reply())
+    assert held.urls()[6:] == [f"{REGISTRY}/v2/team/single/manifests/v1"]
+    assert single == []
