@@ -5,7 +5,9 @@ It knows namespaces (a repository's first path segment) but nothing of HTTP or K
 
 from __future__ import annotations
 
+import bisect
 import json
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -40,9 +42,32 @@ class TagDetail:
 
 
 @attrs.frozen
+class Run:
+    """Consecutive tags of one repository in a page, sorted."""
+
+    namespace: str
+    repository_path: str
+    tags: Sequence[str]
+
+
+@attrs.frozen
 class Page:
-    refs: list[TagRef]
+    runs: list[Run]
     more: bool
+
+    def __len__(self) -> int:
+        return sum(len(run.tags) for run in self.runs)
+
+    @property
+    def refs(self) -> list[TagRef]:
+        return [TagRef(run.namespace, run.repository_path, tag) for run in self.runs for tag in run.tags]
+
+    @property
+    def last(self) -> TagRef | None:
+        for run in reversed(self.runs):
+            if run.tags:
+                return TagRef(run.namespace, run.repository_path, run.tags[-1])
+        return None
 
 
 @attrs.define
@@ -92,19 +117,28 @@ class CatalogCursor:
 
 @attrs.define
 class IndexCursor:
-    """A namespace's repositories from the repository index, in one batch: no catalog request."""
+    """Repositories from the repository index, no catalog request: a namespace's in one batch, all
+    namespaces' a page at a time."""
 
     index: RepositoryIndex
-    namespace: str
+    namespace: str | None
     last: str | None
+    page_size: int = 1000
     done: bool = False
 
     async def next(self) -> list[tuple[str, str, str]]:
         if self.done:
             return []
-        self.done = True
+        if self.namespace is None:
+            names = self.index.after(self.last, limit=self.page_size)
+            self.done = len(names) < self.page_size
+            if names:
+                self.last = names[-1]
+        else:
+            names = self.index.namespace_repositories(self.namespace, after=self.last)
+            self.done = True
         batch = []
-        for repository in self.index.namespace_repositories(self.namespace, after=self.last):
+        for repository in names:
             parts = split_repository(repository)
             if parts is not None:
                 batch.append((repository, *parts))
@@ -116,11 +150,17 @@ class Inventory:
     client: Registry
     concurrency: int = 16
     page_size: int = 1000
-    # When given and ready, namespace lists take their repositories from it instead of the catalog.
+    # When given and ready, lists take their repositories from it instead of the catalog.
     index: RepositoryIndex | None = None
 
     async def _tags_of(self, repositories: Sequence[str]) -> list[list[str]]:
         return await bounded_map(self.client.tags, repositories, self.concurrency)
+
+    def _cursor(self, namespace: str | None, after: TagRef | None) -> CatalogCursor | IndexCursor:
+        last = after.repository if after is not None else None
+        if self.index is not None and self.index.ready:
+            return IndexCursor(self.index, namespace, last, self.page_size)
+        return CatalogCursor(self.client, namespace, last or namespace, self.page_size)
 
     async def list(
         self,
@@ -128,44 +168,47 @@ class Inventory:
         *,
         limit: int | None = None,
         after: TagRef | None = None,
-        accept: Callable[[TagRef], bool] = lambda ref: True,
+        accept: Callable[[TagRef], bool] | None = None,
         readable: Callable[[str, str], bool] = lambda namespace, path: True,
     ) -> Page:
         """Tags in ``namespace`` (all namespaces when None), sorted, starting after ``after``.
 
         ``readable(namespace, path)`` drops whole repositories before their tags are read (access is
-        decided per repository path); ``accept`` then selects single tags.
+        decided per repository path); ``accept`` then selects single tags (None: all).
+
+        A page reads the tag lists of the repositories it shows, and a slice more at most: every
+        page reads the registry's current lists (a tag pushed after the previous page shows up in
+        the next one if it sorts after that page), so nothing is kept between pages.
         """
-        refs: list[TagRef] = []
+        page = _PageBuilder(limit, accept)
+        seen = 0  # tags in the repositories read so far, to guess how many more a page needs
+        repositories_read = 0
         if after is not None and readable(after.namespace, after.repository_path):
             tags = await self.client.tags(after.repository)
-            refs.extend(
-                r
-                for r in (TagRef(after.namespace, after.repository_path, t) for t in tags if t > after.tag)
-                if accept(r)
-            )
-        cursor: CatalogCursor | IndexCursor
-        if namespace is not None and self.index is not None and self.index.ready:
-            cursor = IndexCursor(self.index, namespace, after.repository if after is not None else None)
-        else:
-            cursor = CatalogCursor(
-                self.client, namespace, after.repository if after is not None else namespace, self.page_size
-            )
-        # A limited page reads tag lists a slice at a time, so `--chunk-size=1` does not cost a
-        # tag-list request for every repository of a catalog page.
-        step = self.concurrency * 2 if limit is not None else None
-        while not cursor.done and (limit is None or len(refs) <= limit):
+            page.add(after.namespace, after.repository_path, tags, after.tag)
+            seen, repositories_read = len(tags), 1
+        cursor = self._cursor(namespace, after)
+        while not cursor.done and not page.full:
             batch = [entry for entry in await cursor.next() if readable(entry[1], entry[2])]
-            for lo in range(0, len(batch), step or max(len(batch), 1)):
-                if limit is not None and len(refs) > limit:
-                    break
-                chunk = batch[lo : lo + step] if step else batch
+            position = 0
+            while position < len(batch) and not page.full:
+                if limit is None:
+                    step = len(batch)
+                else:
+                    # A limited page reads tag lists a slice at a time, sized from the tags per
+                    # repository seen so far, so that a page reads few lists past its end.
+                    per_repository = seen / repositories_read if repositories_read else 1.0
+                    wanted = math.ceil(page.missing / max(per_repository, 1.0))
+                    step = max(1, min(wanted, self.concurrency))
+                chunk = batch[position : position + step]
+                position += step
                 tag_lists = await self._tags_of([repository for repository, _, _ in chunk])
                 for (_, ns, path), tags in zip(chunk, tag_lists, strict=True):
-                    refs.extend(r for r in (TagRef(ns, path, t) for t in tags) if accept(r))
-        if limit is not None and len(refs) > limit:
-            return Page(refs[:limit], more=True)
-        return Page(refs, more=False)
+                    seen += len(tags)
+                    repositories_read += 1
+                    if not page.full:
+                        page.add(ns, path, tags, None)
+        return page.result()
 
     async def exists(self, ref: TagRef) -> bool:
         return ref.tag in await self.client.tags(ref.repository)
@@ -217,4 +260,57 @@ def _json_or_none(content: bytes) -> Any:
         return None
 
 
-__all__ = ["CatalogCursor", "IndexCursor", "Inventory", "Page", "TagDetail"]
+class _PageBuilder:
+    """Collects runs of tags until ``limit`` plus one are found (the one more says there are more)."""
+
+    def __init__(self, limit: int | None, accept: Callable[[TagRef], bool] | None) -> None:
+        self._limit = limit
+        self._accept = accept
+        self._runs: list[Run] = []
+        self._count = 0
+
+    @property
+    def full(self) -> bool:
+        return self._limit is not None and self._count > self._limit
+
+    @property
+    def missing(self) -> int:
+        return 0 if self._limit is None else max(self._limit + 1 - self._count, 0)
+
+    def add(self, namespace: str, path: str, tags: Sequence[str], after: str | None) -> None:
+        start = bisect.bisect_right(tags, after) if after is not None else 0
+        room = None if self._limit is None else self._limit + 1 - self._count
+        if self._accept is None:
+            chosen: Sequence[str] = tags[start:] if room is None else tags[start : start + room]
+        else:
+            accept = self._accept
+            selected: list[str] = []
+            for index in range(start, len(tags)):
+                if room is not None and len(selected) >= room:
+                    break
+                if accept(TagRef(namespace, path, tags[index])):
+                    selected.append(tags[index])
+            chosen = selected
+        if chosen:
+            self._runs.append(Run(namespace, path, chosen))
+            self._count += len(chosen)
+
+    def result(self) -> Page:
+        if not self.full:
+            return Page(self._runs, more=False)
+        # Drop the one tag past the limit: it only told that the list goes on.
+        last = self._runs[-1]
+        runs = self._runs[:-1]
+        if len(last.tags) > 1:
+            runs.append(Run(last.namespace, last.repository_path, last.tags[:-1]))
+        return Page(runs, more=True)
+
+
+__all__ = [
+    "CatalogCursor",
+    "IndexCursor",
+    "Inventory",
+    "Page",
+    "Run",
+    "TagDetail",
+]

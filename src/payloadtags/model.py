@@ -5,6 +5,7 @@ Field names are snake_case here and camelCase on the wire; a field whose value i
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Any
 
@@ -167,8 +168,30 @@ def to_json(value: Any) -> Any:
     return converter.unstructure(value)
 
 
+_UID_SEED = hashlib.sha1(_UID_NAMESPACE.bytes, usedforsecurity=False)
+# uuid5 keeps the two high bits of byte 8 as the variant (0b10): the hex digit at 16 becomes 8-b.
+_VARIANT_DIGIT = {f"{d:x}": f"{(d & 0x3) | 0x8:x}" for d in range(16)}
+
+
+def uid_hasher(namespace: str, repository_path: str) -> Any:
+    """A SHA-1 state over everything of a uid's name up to the tag, to be copied for each tag."""
+    hasher = _UID_SEED.copy()
+    hasher.update(f"{namespace}/{repository_path}:".encode())
+    return hasher
+
+
+def uid_from(hasher: Any, tag: str) -> str:
+    """The uuid5 of ``<namespace>/<repositoryPath>:<tag>`` in the fixed uid namespace, spelled as
+    ``str(uuid.uuid5(...))`` spells it, from ``uid_hasher(namespace, repositoryPath)``."""
+    h = hasher.copy()
+    h.update(tag.encode())
+    x = h.hexdigest()
+    return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT_DIGIT[x[16]]}{x[17:20]}-{x[20:32]}"
+
+
 def uid_for(ref: TagRef) -> str:
-    return str(uuid.uuid5(_UID_NAMESPACE, f"{ref.namespace}/{ref.repository_path}:{ref.tag}"))
+    # Stable across restarts and replicas: a name-based uuid5, computed without building UUID objects.
+    return uid_from(uid_hasher(ref.namespace, ref.repository_path), ref.tag)
 
 
 def address_for(registry_host: str, ref: TagRef) -> str:

@@ -9,6 +9,7 @@ import base64
 import binascii
 import functools
 import re
+from collections.abc import Sequence
 
 import attrs
 
@@ -47,10 +48,48 @@ class TagRef:
         return (self.namespace, tuple(self.repository_path.split("/")), self.tag)
 
 
+def _base32(data: bytes) -> str:
+    """Lowercase base32 without padding."""
+    return base64.b32encode(data).decode("ascii").rstrip("=").lower()
+
+
 @functools.lru_cache(maxsize=65536)
 def encode_name(repository_path: str, tag: str) -> str:
-    raw = f"{repository_path}:{tag}".encode()
-    return base64.b32encode(raw).decode("ascii").rstrip("=").lower()
+    return _base32(f"{repository_path}:{tag}".encode())
+
+
+class NameEncoder:
+    """``encode_name`` for many tags of one repository path.
+
+    Base32 encodes each 5-byte group on its own, so the whole groups of ``<repositoryPath>:`` are
+    encoded once, and each tag costs only the encoding of the few bytes after them.
+    """
+
+    __slots__ = ("_head", "_rest")
+
+    def __init__(self, repository_path: str) -> None:
+        prefix = f"{repository_path}:".encode()
+        cut = len(prefix) - len(prefix) % 5
+        self._head = _base32(prefix[:cut])
+        self._rest = prefix[cut:]
+
+    def __call__(self, tag: str) -> str:
+        return self._head + _base32(self._rest + tag.encode())
+
+    def many(self, tags: Sequence[str]) -> list[str]:
+        """The names of ``tags``, with one base32 call for all of them: each tail is padded with zero
+        bytes to whole groups, so it starts a group of the joined text and its digits are its own."""
+        rest, head = self._rest, self._head
+        tails = [rest + tag.encode() for tag in tags]
+        joined = b"".join(tail + bytes(-len(tail) % 5) for tail in tails)
+        digits = base64.b32encode(joined).decode("ascii").lower()
+        names = []
+        start = 0
+        for tail in tails:
+            size = len(tail)
+            names.append(head + digits[start : start + (size * 8 + 4) // 5])
+            start += (size + 4) // 5 * 8
+        return names
 
 
 def decode_name(name: str) -> tuple[str, str]:

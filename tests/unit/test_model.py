@@ -6,6 +6,8 @@ import json
 import uuid
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from payloadtags.api import errors
 from payloadtags.model import (
@@ -27,8 +29,13 @@ from payloadtags.model import (
     tag_object,
     to_json,
     uid_for,
+    uid_from,
+    uid_hasher,
 )
 from payloadtags.names import TagRef
+
+# The uid namespace every version has used: uids must never change for the same tag.
+_UID_NAMESPACE = uuid.UUID("6f1f7e2c-5d0b-4c55-9a43-2b1f8d4f0a17")
 
 REF = TagRef("d8-system", "http-echo", "latest")
 
@@ -47,6 +54,7 @@ def test_constants() -> None:
 
 def test_uid_is_a_stable_name_based_uuid() -> None:
     uid = uid_for(REF)
+    assert uid == "474507c3-2bb1-5b5f-8a64-8ca57cc17912"  # what earlier versions gave this tag
     assert uuid.UUID(uid).version == 5
     assert uid == uid_for(TagRef("d8-system", "http-echo", "latest"))
 
@@ -339,3 +347,17 @@ def test_invalid_lists_causes_in_the_message() -> None:
             }
         ],
     }
+
+
+_namespaces = st.from_regex(r"[a-z0-9]([-a-z0-9]{0,20}[a-z0-9])?", fullmatch=True)
+_component = st.from_regex(r"[a-z0-9]{1,8}([._-][a-z0-9]{1,8}){0,2}", fullmatch=True)
+_paths = st.lists(_component, min_size=1, max_size=4)
+_tags = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", fullmatch=True)
+
+
+@given(namespace=_namespaces, path=_paths.map("/".join), tag=_tags)
+def test_uid_is_uuid5_of_the_name_computed_without_uuid_objects(namespace: str, path: str, tag: str) -> None:
+    # The fast spelling must give exactly the uid every earlier version gave for the same tag.
+    expected = str(uuid.uuid5(_UID_NAMESPACE, f"{namespace}/{path}:{tag}"))
+    assert uid_for(TagRef(namespace, path, tag)) == expected
+    assert uid_from(uid_hasher(namespace, path), tag) == expected

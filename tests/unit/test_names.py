@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from payloadtags.names import (
     InvalidName,
+    NameEncoder,
     TagRef,
     decode_name,
     encode_name,
@@ -291,3 +292,23 @@ def test_tag_ref_is_frozen_and_hashable() -> None:
     assert {ref, TagRef("ns", "app", "v1")} == {ref}
     with pytest.raises(AttributeError):
         ref.tag = "v2"  # type: ignore[misc]
+
+
+@given(
+    path=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789._-/", min_size=1, max_size=40),
+    tags=st.lists(st.text(alphabet="ABCXYZabcxyz0123456789_.-", min_size=1, max_size=30), max_size=5),
+)
+def test_a_name_encoder_spells_names_as_encode_name_does(path: str, tags: list[str]) -> None:
+    # Every prefix length modulo 5 is covered: the encoder splits the path at a 5-byte group boundary.
+    encoder = NameEncoder(path)
+    for tag in tags:
+        expected = base64.b32encode(f"{path}:{tag}".encode()).decode().rstrip("=").lower()
+        assert encoder(tag) == encode_name(path, tag) == expected
+
+
+@given(
+    path=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789._-/", min_size=1, max_size=40),
+    tags=st.lists(st.text(min_size=1, max_size=30), max_size=8),
+)
+def test_names_of_many_tags_at_once_are_each_tags_name(path: str, tags: list[str]) -> None:
+    assert NameEncoder(path).many(tags) == [encode_name(path, tag) for tag in tags]

@@ -9,10 +9,13 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from payloadtags.api.errors import ApiError
 from payloadtags.api.negotiation import Form, MediaType, negotiate
-from payloadtags.api.render import include_object, render_list, render_object
+from payloadtags.api.render import include_object, list_chunks, render_list, render_object
+from payloadtags.inventory import Run
 from payloadtags.model import ListMeta, TagStatus, tag_object, uid_for
 from payloadtags.names import TagRef
 
@@ -269,3 +272,55 @@ def test_full_object_with_status() -> None:
             "config": {"os": "linux"},
         },
     }
+
+
+# -- streamed lists -------------------------------------------------------------------------------
+
+_MEDIA = {
+    "full": FULL,
+    "table": TABLE,
+    "table-v1beta1": TABLE_V1BETA1,
+    "partial": PARTIAL_LIST,
+}
+
+
+def _runs(refs: list[TagRef]) -> list[Run]:
+    runs: list[Run] = []
+    for ref in refs:
+        if runs and (runs[-1].namespace, runs[-1].repository_path) == (ref.namespace, ref.repository_path):
+            runs[-1] = Run(ref.namespace, ref.repository_path, [*runs[-1].tags, ref.tag])
+        else:
+            runs.append(Run(ref.namespace, ref.repository_path, [ref.tag]))
+    return runs
+
+
+def _reference(refs: list[TagRef], meta: ListMeta, media: MediaType, include: str) -> bytes:
+    """What a list was before it was streamed: objects, the converter, one json.dumps."""
+    document = render_list([tag_object(HOST, ref) for ref in refs], meta, media, include)
+    return json.dumps(document, separators=(",", ":")).encode() + b"\n"
+
+
+@pytest.mark.parametrize("media", list(_MEDIA), ids=list(_MEDIA))
+@pytest.mark.parametrize("include", ["Metadata", "Object", "None"])
+@pytest.mark.parametrize("chunk_items", [1, 2, 500])
+def test_streamed_list_equals_rendered_list(media: str, include: str, chunk_items: int) -> None:
+    refs = [*REFS, TagRef("team-b", "test/http-echo2", "v2"), TagRef("team-b", "x", "latest")]
+    for meta in (META, ListMeta(resource_version="5")):
+        for chosen in (refs, refs[:1], []):
+            chunks = list(list_chunks(_runs(chosen), meta, _MEDIA[media], HOST, include, chunk_items))
+            assert b"".join(chunks) == _reference(chosen, meta, _MEDIA[media], include)
+            # A chunk holds at most chunk_items items (plus the envelope): memory follows the chunk.
+            assert len(chunks) >= max(len(chosen) // chunk_items, 1)
+
+
+@given(
+    tags=st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=6, unique=True),
+    host=st.sampled_from([HOST, 'odd"host\\name', "hôte:5000"]),
+)
+def test_a_streamed_list_escapes_like_json_dumps(tags: list[str], host: str) -> None:
+    # Tag lists come from the registry: whatever it answers is escaped as json.dumps escapes it.
+    refs = [TagRef("ns", "app", tag) for tag in sorted(tags)]
+    for media in (FULL, TABLE):
+        document = render_list([tag_object(host, ref) for ref in refs], META, media, "Metadata")
+        expected = json.dumps(document, separators=(",", ":")).encode() + b"\n"
+        assert b"".join(list_chunks(_runs(refs), META, media, host)) == expected

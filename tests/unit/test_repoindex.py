@@ -137,6 +137,12 @@ def test_inventory_lists_a_namespace_from_a_ready_index_without_the_catalog():
     page = run(inventory.list("team", limit=1, after=TagRef("team", "new", "v1")))
     assert ([r.repository_path for r in page.refs], page.more) == (["x/y"], True)
     assert client.catalog_calls == []
-    # All namespaces keep reading the catalog.
-    run(inventory.list(None))
-    assert client.catalog_calls
+    # All namespaces (-A) are served from the index too, in catalog order, paged like the catalog.
+    everything = run(inventory.list(None))
+    assert client.catalog_calls == []
+    assert [r.repository for r in everything.refs] == sorted([*CATALOG, "team/new"], key=catalog_key)
+    small = Inventory(client, index=index, page_size=2)  # type: ignore[arg-type]
+    assert run(small.list(None)).refs == everything.refs
+    page = run(small.list(None, limit=2, after=TagRef("team", "x/y", "v1")))
+    assert ([r.repository for r in page.refs], page.more) == (["team/z", "team-a/api"], True)
+    assert client.catalog_calls == []

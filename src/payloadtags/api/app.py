@@ -43,7 +43,8 @@ from payloadtags.api.health import HealthChecks
 from payloadtags.api.negotiation import JSON_TYPE, Form, negotiate
 from payloadtags.api.options import Query, delete_options, first, list_options
 from payloadtags.api.registry_errors import api_error_for
-from payloadtags.api.render import include_object, render_list, render_object
+from payloadtags.api.render import include_object, list_chunks, render_list, render_object
+from payloadtags.api.streaming import write_incrementally
 from payloadtags.api.tags import TagsService
 from payloadtags.metrics import CONTENT_TYPE, Metrics
 from payloadtags.model import GROUP, GROUP_VERSION, RESOURCE, to_json
@@ -520,8 +521,13 @@ class ApiServer:
         media = negotiate(_header(request, "accept"), collection=True)
         query = _query(request)
         include = include_object(first(query, "includeObject")) if media.form is Form.TABLE else "Metadata"
-        items, meta = await self.service.list(user, namespace, list_options(query))
-        return _write_json(request, 200, render_list(items, meta, media, include), media.content_type)
+        page, meta = await self.service.list(user, namespace, list_options(query))
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", media.content_type.encode())
+        request.setHeader(b"cache-control", b"no-cache, private")
+        chunks = list_chunks(page.runs, meta, media, self.service.registry_host, include)
+        await write_incrementally(request, chunks, self._clock())
+        return b""
 
     async def _get(self, request: IRequest, user: UserInfo, namespace: str, name: str) -> bytes:
         self._namespace(namespace)

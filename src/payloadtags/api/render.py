@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable, Iterator
+from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
 from payloadtags.api.errors import bad_request
 from payloadtags.api.negotiation import Form, MediaType
+from payloadtags.inventory import Run
 from payloadtags.model import (
+    GROUP_VERSION,
+    KIND,
     ListMeta,
     PartialObjectMetadata,
     PartialObjectMetadataList,
@@ -16,7 +22,10 @@ from payloadtags.model import (
     TableColumnDefinition,
     TableRow,
     to_json,
+    uid_from,
+    uid_hasher,
 )
+from payloadtags.names import NameEncoder
 
 COLUMNS = [
     TableColumnDefinition(
@@ -98,3 +107,94 @@ def render_object(obj: PayloadRepositoryTag, media: MediaType, include: str = "M
     if media.form is Form.PARTIAL:
         return to_json(PartialObjectMetadata(api_version=media.meta_api_version, metadata=obj.metadata))
     return to_json(obj)
+
+
+# -- lists, streamed --------------------------------------------------------------------------------
+#
+# A list is written a chunk of items at a time, each chunk formatted straight from the tags of a run:
+# no objects, no converter, one copy of the text. The result is byte for byte what json.dumps of
+# render_list's document gives (tests compare the two); render_list stays for small lists.
+
+CHUNK_ITEMS = 500
+
+
+def _envelope(meta: ListMeta, media: MediaType) -> tuple[bytes, bytes]:
+    """The list's text before its first item and after its last one."""
+    if media.form is Form.TABLE:
+        document = to_json(
+            Table(api_version=media.meta_api_version, metadata=meta, column_definitions=COLUMNS, rows=[])
+        )
+    elif media.form is Form.PARTIAL:
+        document = to_json(
+            PartialObjectMetadataList(api_version=media.meta_api_version, metadata=meta, items=[])
+        )
+    else:
+        document = to_json(PayloadRepositoryTagList(metadata=meta, items=[]))
+    text = json.dumps(document, separators=(",", ":"))
+    assert text.endswith("[]}"), text  # the items (rows) are the document's last field
+    return text[:-2].encode(), b"]}\n"
+
+
+def _items(run: Run, registry_host: str, media: MediaType, include: str) -> Iterator[str]:
+    namespace, path = run.namespace, run.repository_path
+    name_of = NameEncoder(path)
+    hasher = uid_hasher(namespace, path)
+    ns_json, path_json = _quote(namespace), _quote(path)
+    address_head = _quote(f"{registry_host}/{namespace}/{path}:")[:-1]
+    meta_head = f'{{"apiVersion":{_quote(media.meta_api_version)},"kind":"PartialObjectMetadata","metadata":'
+    object_head = f'{{"apiVersion":{_quote(GROUP_VERSION)},"kind":{_quote(KIND)},"metadata":'
+    form = media.form
+    tags = run.tags
+    names: list[str] = []
+    for index, tag in enumerate(tags):
+        if index % CHUNK_ITEMS == 0:
+            # Names a chunk at a time: one base32 call for many tags, memory bounded by the chunk.
+            names = name_of.many(tags[index : index + CHUNK_ITEMS])
+        name = names[index % CHUNK_ITEMS]
+        tag_json = _quote(tag)
+        metadata = f'{{"name":"{name}","namespace":{ns_json},"uid":"{uid_from(hasher, tag)}"}}'
+        address = address_head + tag_json[1:]
+        if form is Form.FULL or (form is Form.TABLE and include == "Object"):
+            full = (
+                f'{object_head}{metadata},"spec":{{"repositoryPath":{path_json},"tag":{tag_json},'
+                f'"address":{address}}}}}'
+            )
+            if form is Form.FULL:
+                yield full
+                continue
+            embedded = full
+        elif form is Form.PARTIAL:
+            yield f"{meta_head}{metadata}}}"
+            continue
+        else:
+            embedded = f"{meta_head}{metadata}}}" if include == "Metadata" else ""
+        cells = f'["{name}",{path_json},{tag_json},{address}]'
+        yield f'{{"cells":{cells},"object":{embedded}}}' if embedded else f'{{"cells":{cells}}}'
+
+
+def list_chunks(
+    runs: Iterable[Run],
+    meta: ListMeta,
+    media: MediaType,
+    registry_host: str,
+    include: str = "Metadata",
+    chunk_items: int = CHUNK_ITEMS,
+) -> Iterator[bytes]:
+    """The list document in pieces of about ``chunk_items`` items, ending with a newline."""
+    head, tail = _envelope(meta, media)
+    pending: list[str] = []
+    first = True
+    for run in runs:
+        for item in _items(run, registry_host, media, include):
+            pending.append(item)
+            if len(pending) >= chunk_items:
+                text = ",".join(pending).encode()
+                yield (head + text) if first else (b"," + text)
+                first, pending = False, []
+    text = ",".join(pending).encode()
+    if first:
+        yield head + text + tail
+    elif pending:
+        yield b"," + text + tail
+    else:
+        yield tail

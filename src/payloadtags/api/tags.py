@@ -16,7 +16,7 @@ from payloadtags.api import continuation
 from payloadtags.api.errors import ApiError, access_denied, conflict, not_found
 from payloadtags.api.options import DeleteOptions, ListOptions
 from payloadtags.deferreds import bounded_map
-from payloadtags.inventory import Inventory
+from payloadtags.inventory import Inventory, Page, Run
 from payloadtags.model import (
     GROUP,
     QUALIFIED_RESOURCE,
@@ -124,10 +124,13 @@ class TagsService:
     def _object(self, ref: TagRef, status: TagStatus | None = None) -> PayloadRepositoryTag:
         return tag_object(self.registry_host, ref, status)
 
-    def _selected(self, options: ListOptions) -> Callable[[TagRef], bool]:
+    def _selected(self, options: ListOptions) -> Callable[[TagRef], bool] | None:
+        """Which tags the selectors keep; None when they keep every tag."""
         # Tags carry no labels, so the label selector decides once for all of them.
         unlabelled = options.labels.matches({})
         fields = options.fields if options.fields.requirements else None
+        if unlabelled and fields is None:
+            return None
 
         def accept(ref: TagRef) -> bool:
             if not unlabelled:
@@ -146,13 +149,19 @@ class TagsService:
     # `list` names the Kubernetes verb; below it, annotations say `builtins.list`.
     async def list(
         self, user: UserInfo, namespace: str | None, options: ListOptions
-    ) -> tuple[list[PayloadRepositoryTag], ListMeta]:
-        refs, meta = await self._select(user, namespace, options)
-        return [self._object(ref) for ref in refs], meta
+    ) -> tuple[Page, ListMeta]:
+        """The tags a list shows, as runs of one repository's tags (api.render streams them)."""
+        return await self._select(user, namespace, options)
+
+    async def list_objects(
+        self, user: UserInfo, namespace: str | None, options: ListOptions
+    ) -> tuple[builtins.list[PayloadRepositoryTag], ListMeta]:
+        page, meta = await self._select(user, namespace, options)
+        return [self._object(ref) for ref in page.refs], meta
 
     async def _select(
         self, user: UserInfo, namespace: str | None, options: ListOptions, authorize: bool = True
-    ) -> tuple[builtins.list[TagRef], ListMeta]:
+    ) -> tuple[Page, ListMeta]:
         scope = namespace or ""
         accept = self._selected(options)
         readable = self._readable(user, authorize)
@@ -162,9 +171,9 @@ class TagsService:
         pinned_name = options.fields.required("metadata.name")
         if namespace is not None and pinned_name is not None and options.continue_ is None:
             # kubectl's delete-wait and single-object watches select by name: one tag-list read.
-            return await self._by_name(namespace, pinned_name, accept, readable), ListMeta(
-                resource_version=self.versions.current()
-            )
+            refs = await self._by_name(namespace, pinned_name, accept, readable)
+            runs = [Run(ref.namespace, ref.repository_path, [ref.tag]) for ref in refs]
+            return Page(runs, more=False), ListMeta(resource_version=self.versions.current())
         after = None
         resource_version = None
         if options.continue_ is not None:
@@ -175,24 +184,23 @@ class TagsService:
         )
         resource_version = resource_version or self.versions.current()
         meta = ListMeta(resource_version=resource_version)
-        if page.more:
-            meta.continue_ = continuation.encode(
-                continuation.Continuation(resource_version, scope, page.refs[-1])
-            )
-        return page.refs, meta
+        last = page.last
+        if page.more and last is not None:
+            meta.continue_ = continuation.encode(continuation.Continuation(resource_version, scope, last))
+        return page, meta
 
     async def _by_name(
         self,
         namespace: str,
         name: str,
-        accept: Callable[[TagRef], bool],
+        accept: Callable[[TagRef], bool] | None,
         readable: Callable[[str, str], bool],
     ) -> builtins.list[TagRef]:
         try:
             ref = ref_from_name(namespace, name)
         except InvalidName:
             return []
-        if not (accept(ref) and readable(ref.namespace, ref.repository_path)):
+        if not ((accept is None or accept(ref)) and readable(ref.namespace, ref.repository_path)):
             return []
         return [ref] if await self.inventory.exists(ref) else []
 
@@ -261,7 +269,7 @@ class TagsService:
         # Deletion must see every selected tag, including those the caller may not list, so that a
         # denied one refuses the whole request before anything is removed.
         unfiltered = attrs.evolve(list_options, limit=None, continue_=None)
-        refs, _ = await self._select(user, namespace, unfiltered, authorize=False)
+        refs = (await self._select(user, namespace, unfiltered, authorize=False))[0].refs
         for ref in refs:
             if not self.authorizer.allowed(user, "delete", ref.namespace, ref.repository_path):
                 raise access_denied(user.name, "deletecollection", namespace, None, ref.repository_path)
@@ -300,7 +308,7 @@ class TagsService:
         # 200 says the selection is gone, so look: the namespace controller takes it as done. A tag
         # listed again (a failed delete, a push of the same name meanwhile) makes it a retriable 503;
         # tags first pushed after the selection was read are not part of this request.
-        again, _ = await self._select(user, namespace, unfiltered, authorize=False)
+        again = (await self._select(user, namespace, unfiltered, authorize=False))[0].refs
         selected = set(refs)
         left = [ref for ref in again if ref in selected]
         if left:
@@ -321,7 +329,7 @@ class TagsService:
             await self.removal.remove(namespace, self.removal_budget)
         except RegistryError as error:
             why = str(error)
-        again, _ = await self._select(user, namespace, selection, authorize=False)
+        again = (await self._select(user, namespace, selection, authorize=False))[0].refs
         selected = set(refs)
         left = [ref for ref in again if ref in selected]
         if left:

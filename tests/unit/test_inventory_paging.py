@@ -1,0 +1,208 @@
+"""Paginated walks of the inventory against unpaged lists: same tags, same order, each page O(page).
+
+The registry here is a double of distribution 2.8's listing behaviour (catalog paged with n and last,
+in its component-by-component order; tags/list whole and unsorted); the real registry is in the
+integration and e2e tests.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from payloadtags.inventory import Inventory, Page
+from payloadtags.names import TagRef
+from payloadtags.registry import CatalogPage
+from payloadtags.repoindex import catalog_key
+from tests.unit.test_repoindex import run
+
+
+class Registry:
+    def __init__(self, content: dict[str, set[str]]) -> None:
+        self.content = {name: set(tags) for name, tags in content.items()}
+        self.tag_reads: list[str] = []
+
+    async def catalog(self, last: str | None = None, n: int = 1000) -> CatalogPage:
+        names = sorted(self.content, key=catalog_key)
+        if last is not None:
+            names = [name for name in names if catalog_key(name) > catalog_key(last)]
+        return CatalogPage(names[:n], more=len(names) > n)
+
+    async def tags(self, repository: str) -> list[str]:
+        self.tag_reads.append(repository)
+        found = list(self.content.get(repository, ()))
+        random.shuffle(found)  # distribution answers in storage order
+        return sorted(found)  # as RegistryClient.tags does
+
+
+def walk(
+    inventory: Inventory,
+    namespace: str | None,
+    limit: int,
+    between: Callable[[], None] = lambda: None,
+    accept: Callable[[TagRef], bool] | None = None,
+) -> tuple[list[TagRef], int]:
+    """Every page of a walk, as a client with continue tokens makes it; and the number of pages."""
+    refs: list[TagRef] = []
+    after: TagRef | None = None
+    pages = 0
+    while True:
+        page: Page = run(inventory.list(namespace, limit=limit, after=after, accept=accept))
+        pages += 1
+        assert len(page) <= limit
+        refs.extend(page.refs)
+        if not page.more:
+            return refs, pages
+        assert page.last is not None and len(page) == limit
+        after = page.last
+        between()
+
+
+_component = st.from_regex(r"[a-z0-9]{1,3}([-_.][a-z0-9]{1,2})?", fullmatch=True)
+_repository = st.tuples(
+    st.sampled_from(["a", "team", "team-a", "team0", "z"]), st.lists(_component, min_size=1, max_size=3)
+).map(lambda parts: "/".join([parts[0], *parts[1]]))
+_tags = st.sets(st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,5}", fullmatch=True), max_size=12)
+_content = st.dictionaries(_repository, _tags, max_size=12)
+
+
+def key(ref: TagRef) -> tuple[Any, ...]:
+    return (catalog_key(ref.repository), ref.tag)
+
+
+def check_walks_equal_unpaged(content: dict[str, set[str]], namespace: str | None, limit: int) -> None:
+    registry = Registry(content)
+    inventory = Inventory(registry, concurrency=4, page_size=3)  # type: ignore[arg-type]
+    unpaged = run(inventory.list(namespace))
+    assert not unpaged.more
+    expected = sorted(
+        (
+            TagRef(name.partition("/")[0], name.partition("/")[2], tag)
+            for name, tags in content.items()
+            for tag in tags
+            if namespace is None or name.startswith(namespace + "/")
+        ),
+        key=key,
+    )
+    assert unpaged.refs == expected
+    registry.tag_reads.clear()
+    refs, pages = walk(inventory, namespace, limit)
+    assert refs == expected
+    # Each repository's tag list is read about once per walk: once when the walk reaches it, once
+    # more for each page that starts inside it, and a few read past a page's end.
+    repositories = len({r for r in registry.tag_reads})
+    assert len(registry.tag_reads) <= repositories + 2 * pages + 4
+
+
+_namespaces = st.sampled_from([None, "team", "team-a", "z", "none"])
+
+
+@given(content=_content, namespace=_namespaces, limit=st.integers(1, 7))
+@settings(max_examples=60, deadline=None)
+def test_a_paginated_walk_equals_the_unpaged_list(
+    content: dict[str, set[str]], namespace: str | None, limit: int
+) -> None:
+    check_walks_equal_unpaged(content, namespace, limit)
+
+
+@pytest.mark.slow
+@given(content=_content, namespace=_namespaces, limit=st.integers(1, 30))
+@settings(max_examples=1500, deadline=None)
+def test_a_paginated_walk_equals_the_unpaged_list_many(
+    content: dict[str, set[str]], namespace: str | None, limit: int
+) -> None:
+    check_walks_equal_unpaged(content, namespace, limit)
+
+
+def test_a_walk_with_a_field_selector_equals_the_selected_unpaged_list() -> None:
+    content = {f"team/app-{i}": {f"v{j}" for j in range(7)} for i in range(5)}
+    inventory = Inventory(Registry(content), concurrency=4)  # type: ignore[arg-type]
+
+    def accept(ref: TagRef) -> bool:
+        return ref.tag.endswith(("1", "4"))
+
+    unpaged = run(inventory.list("team", accept=accept)).refs
+    assert len(unpaged) == 10
+    for limit in (1, 2, 3, 11):
+        assert walk(inventory, "team", limit, accept=accept)[0] == unpaged
+
+
+def test_a_page_reads_the_tag_lists_it_needs_not_a_whole_slice() -> None:
+    # 100 repositories of 100 tags, pages of 500: the old fixed slice read 32 lists for every page.
+    content = {f"team/app-{i:03d}": {f"v{j:03d}" for j in range(100)} for i in range(100)}
+    registry = Registry(content)
+    inventory = Inventory(registry, concurrency=16)  # type: ignore[arg-type]
+    refs, pages = walk(inventory, "team", 500)
+    assert len(refs) == 10_000 and pages == 20
+    # 100 first reads; per page, the re-read of the repository the previous page ended in
+    # (distribution 2.8 has no tags/list paging) and the one read past its end that tells whether
+    # more follow; the first page, knowing no tags per repository yet, reads a slice of 16.
+    assert len(registry.tag_reads) <= 100 + 2 * pages + 16
+
+
+@st.composite
+def _changes(draw: st.DrawFn) -> list[tuple[str, str, str]]:
+    return draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["push", "delete"]),
+                st.sampled_from(["team/a", "team/b/c", "team/d", "team-x/e"]),
+                st.sampled_from(["v1", "v2", "v3", "latest", "x9"]),
+            ),
+            max_size=20,
+        )
+    )
+
+
+def check_walk_under_changes(
+    content: dict[str, set[str]], changes: list[tuple[str, str, str]], limit: int
+) -> None:
+    """Pushes and deletes between pages: the walk stays sorted without repeats, shows every tag that
+    was there throughout, and nothing that never was."""
+    registry = Registry(content)
+    inventory = Inventory(registry, concurrency=2, page_size=2)  # type: ignore[arg-type]
+    ever = {(name, tag) for name, tags in registry.content.items() for tag in tags}
+    always = set(ever)
+    pending = list(changes)
+
+    def between() -> None:
+        for _ in range(2):
+            if not pending:
+                return
+            action, name, tag = pending.pop(0)
+            if action == "push":
+                registry.content.setdefault(name, set()).add(tag)
+                ever.add((name, tag))
+            else:
+                registry.content.get(name, set()).discard(tag)
+                always.discard((name, tag))
+
+    refs, _ = walk(inventory, "team", limit, between)
+    keys = [key(ref) for ref in refs]
+    assert keys == sorted(keys) and len(set(keys)) == len(keys)
+    seen = {(ref.repository, ref.tag) for ref in refs}
+    in_namespace = {(name, tag) for name, tag in always if name.startswith("team/")}
+    assert in_namespace <= seen
+    assert seen <= ever
+
+
+@given(content=_content, changes=_changes(), limit=st.integers(1, 5))
+@settings(max_examples=60, deadline=None)
+def test_a_walk_under_concurrent_pushes_and_deletes(
+    content: dict[str, set[str]], changes: list[tuple[str, str, str]], limit: int
+) -> None:
+    check_walk_under_changes(content, changes, limit)
+
+
+@pytest.mark.slow
+@given(content=_content, changes=_changes(), limit=st.integers(1, 12))
+@settings(max_examples=1500, deadline=None)
+def test_a_walk_under_concurrent_pushes_and_deletes_many(
+    content: dict[str, set[str]], changes: list[tuple[str, str, str]], limit: int
+) -> None:
+    check_walk_under_changes(content, changes, limit)
