@@ -42,7 +42,8 @@ def start(request: Request, count: int, clock: Clock, made: list[int]) -> list[A
 
 
 def test_one_chunk_per_reactor_turn() -> None:
-    clock, request, made = Clock(), Request(), []
+    clock, request = Clock(), Request()
+    made: list[int] = []
     done = start(request, 3, clock, made)
     # The first chunk is written, the next waits for the reactor: other work runs in between.
     assert request.written == [b"0"] and made == [0]
@@ -53,7 +54,8 @@ def test_one_chunk_per_reactor_turn() -> None:
 
 
 def test_a_paused_transport_stops_the_writer_until_it_resumes() -> None:
-    clock, request, made = Clock(), Request(), []
+    clock, request = Clock(), Request()
+    made: list[int] = []
     done = start(request, 5, clock, made)
     request.producer.pauseProducing()
     clock.advance(0)
@@ -68,7 +70,8 @@ def test_a_paused_transport_stops_the_writer_until_it_resumes() -> None:
 
 
 def test_a_client_that_goes_away_ends_the_writing() -> None:
-    clock, request, made = Clock(), Request(), []
+    clock, request = Clock(), Request()
+    made: list[int] = []
     done = start(request, 1000, clock, made)
     request.producer.stopProducing()
     clock.advance(0)

@@ -516,7 +516,7 @@ class ApiServer:
         if namespace is not None and not is_namespace(namespace):
             raise path_not_found()
 
-    async def _list(self, request: IRequest, user: UserInfo, namespace: str | None = None) -> bytes:
+    async def _list(self, request: Request, user: UserInfo, namespace: str | None = None) -> bytes:
         self._namespace(namespace)
         media = negotiate(_header(request, "accept"), collection=True)
         query = _query(request)

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.task import deferLater
-from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 from zope.interface import implementer
 
 
@@ -46,7 +46,7 @@ class _Pacer:
             waiter.callback(None)
 
 
-async def write_incrementally(request: IRequest, chunks: Iterable[bytes], clock: IReactorTime) -> None:
+async def write_incrementally(request: Request, chunks: Iterable[bytes], clock: IReactorTime) -> None:
     """Writes ``chunks`` to ``request``, yielding to the reactor after each one; stops early when the
     client goes away. The caller finishes the request."""
     pacer = _Pacer()

@@ -13,7 +13,7 @@ import os
 import re
 import urllib.parse
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import attrs
 from OpenSSL import SSL
@@ -795,7 +795,10 @@ class RegistryClient:
             # Reads go straight to the Agent: treq's URL and cookie handling cost more CPU than the
             # rest of a small tags/list exchange, and a read needs neither.
             response = await self._agent.request(
-                method.encode("ascii"), url.encode("ascii"), Headers(request_headers), None
+                method.encode("ascii"),
+                url.encode("ascii"),
+                Headers(cast("dict[str, list[str]]", request_headers)),  # all str, as built above
+                None,
             )
         else:
             response = await self._http.request(
