@@ -16,6 +16,11 @@ class Request:
         self.written: list[bytes] = []
         self.producer: Any = None
         self.registrations = 0
+        self.channel = self
+        self.aborted = False
+
+    def forceAbortClient(self) -> None:
+        self.aborted = True
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         assert streaming and self.producer is None
@@ -77,3 +82,25 @@ def test_a_client_that_goes_away_ends_the_writing() -> None:
     clock.advance(0)
     assert request.written == [b"0"] and made == [0]
     assert done == [None] and request.producer is None
+
+
+def test_a_list_cut_short_by_the_deadline_drops_the_connection() -> None:
+    """Finishing the response would end the chunked body like a complete list: the client must see a
+    broken response instead."""
+    clock, request = Clock(), Request()
+    made: list[int] = []
+    writing = Deferred.fromCoroutine(write_incrementally(request, chunks(1000, made), clock))  # type: ignore[arg-type]
+    results: list[Any] = []
+    writing.addBoth(results.append)
+    writing.cancel()
+    assert request.aborted and request.written == [b"0"] and request.producer is None
+    assert len(results) == 1
+
+
+def test_a_client_already_gone_is_not_aborted_again() -> None:
+    clock, request = Clock(), Request()
+    made: list[int] = []
+    writing = Deferred.fromCoroutine(write_incrementally(request, chunks(1000, made), clock))  # type: ignore[arg-type]
+    request.producer.stopProducing()
+    writing.cancel()
+    assert not request.aborted

@@ -64,7 +64,12 @@ async def write_incrementally(request: Request, chunks: Iterable[bytes], clock: 
                 # One reactor turn: health checks and other requests are served between chunks.
                 await deferLater(clock, 0, lambda: None)
     except CancelledError:
-        return  # the client went away; there is no one left to answer
+        # The client went away, or the request's deadline passed mid-list. In the second case the
+        # client must not mistake the part it got for the whole list: finishing the response would
+        # end it like a complete one, so the connection is dropped instead.
+        if not pacer.stopped and request.channel is not None:
+            request.channel.forceAbortClient()
+        return
     finally:
         request.unregisterProducer()
 
