@@ -442,3 +442,89 @@ async def test_plain_http_on_the_tls_port_is_dropped(api):
                 return b""
 
     assert not (await in_thread(plain)).startswith(b"HTTP/1.1 200")
+
+
+# --- floods (slow tier) ----------------------------------------------------------------------------------
+
+
+def _rss() -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def _probe_while(api: Any, flood: Any, seconds: float) -> list[float]:
+    """Run ``flood`` in threads for ``seconds`` and time /livez on a fresh connection all along."""
+    import threading
+
+    stop = time.monotonic() + seconds
+    threads = [threading.Thread(target=flood, args=(stop,), daemon=True) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    waits = []
+    while time.monotonic() < stop:
+        started = time.monotonic()
+        reply = exchange(target(api), request_bytes("GET", "/livez"))
+        waits.append(time.monotonic() - started)
+        assert reply.code == 200
+        time.sleep(0.1)
+    for thread in threads:
+        thread.join(30)
+    return waits
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_probes_answer_and_memory_stays_flat_while_clients_flood(make_server, registry):
+    api = await make_server(registry, http=HttpLimits(max_connections=200))
+    t = target(api)
+
+    def bodies(stop: float) -> None:  # unauthenticated 3 MiB bodies
+        while time.monotonic() < stop:
+            try:
+                with t.connect(timeout=10) as sock:
+                    sock.sendall(
+                        request_bytes("DELETE", item_path("ns"), {"Content-Length": str((3 << 20) - 1)})
+                    )
+                    for _ in range(48):
+                        sock.sendall(b"x" * 65536)
+            except OSError:
+                pass
+
+    def pipelines(stop: float) -> None:  # responses never read
+        while time.monotonic() < stop:
+            try:
+                with t.connect(api.pki.admin, timeout=10, receive_buffer=4096) as sock:
+                    sock.setblocking(False)
+                    try:
+                        for _ in range(200):
+                            sock.send(request_bytes("GET", "/openapi/v2") * 50)
+                    except (ssl.SSLWantWriteError, BlockingIOError):
+                        pass
+                    time.sleep(1)
+            except OSError:
+                pass
+
+    def connections(stop: float) -> None:  # idle connections past the limit
+        held = []
+        while time.monotonic() < stop:
+            try:
+                held.append(t.connect(timeout=5))
+            except OSError:
+                time.sleep(0.05)
+            if len(held) > 100:
+                held.pop(0).close()
+        for sock in held:
+            sock.close()
+
+    def everything(stop: float) -> None:
+        import random
+
+        random.choice([bodies, pipelines, connections])(stop)
+
+    before = _rss()
+    waits = await in_thread(_probe_while, api, everything, 15.0)
+    grown = _rss() - before
+    assert len(waits) > 10
+    assert max(waits) < 5.0, sorted(waits)[-5:]  # a stall, not a speed check: figures are in bench/
+    # 18 flooding threads each announcing 3 MiB bodies and pipelining 20 kB answers: none of it is held.
+    assert grown < 100 * 2**20, grown

@@ -101,26 +101,29 @@ def _line(sock: ssl.SSLSocket, data: bytearray) -> bytes:
     return line
 
 
-def read_reply(sock: ssl.SSLSocket, buffer: bytearray | None = None) -> Reply:
-    """Read one response; ``buffer`` carries bytes read past it (pipelined responses) between calls."""
+def read_reply(sock: ssl.SSLSocket, buffer: bytearray | None = None, head: bool = False) -> Reply:
+    """Read one response; ``buffer`` carries bytes read past it (pipelined responses) between calls.
+    The answer to a HEAD request (``head``) has no body, whatever its headers say."""
     data = buffer if buffer is not None else bytearray()
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
         if not chunk:
             raise ConnectionError(f"closed before a response head: {bytes(data[:200])!r}")
         data += chunk
-    head, _, rest = bytes(data).partition(b"\r\n\r\n")
+    top, _, rest = bytes(data).partition(b"\r\n\r\n")
     data[:] = rest
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    status_line, *header_lines = top.decode("latin-1").split("\r\n")
     code = int(status_line.split(" ")[1])
     headers = {}
     for line in header_lines:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
     if code == 100:
-        return read_reply(sock, data)
+        return read_reply(sock, data, head)
     body = bytearray()
-    if headers.get("transfer-encoding", "").lower() == "chunked":
+    if head or code in (204, 304):
+        pass
+    elif headers.get("transfer-encoding", "").lower() == "chunked":
         while True:
             size = int(_line(sock, data).split(b";")[0], 16)
             _fill(sock, data, size + 2)
@@ -139,7 +142,7 @@ def read_reply(sock: ssl.SSLSocket, buffer: bytearray | None = None) -> Reply:
 def exchange(target: Target, raw: bytes, user: Issued | None = None) -> Reply:
     with target.connect(user) as sock:
         sock.sendall(raw)
-        return read_reply(sock)
+        return read_reply(sock, head=raw.startswith(b"HEAD "))
 
 
 def closed_within(sock: ssl.SSLSocket, seconds: float) -> bool:

@@ -159,6 +159,7 @@ class ApiServer:
     _inflight: int = attrs.field(default=0, init=False)
     _idle_waiters: list[Deferred[None]] = attrs.field(factory=list, init=False)
     _limited: int = attrs.field(default=0, init=False)
+    _documents: dict[int, tuple[Any, str, bytes]] = attrs.field(factory=dict, init=False)
     _admitted: weakref.WeakKeyDictionary[IRequest, UserInfo] = attrs.field(
         factory=weakref.WeakKeyDictionary, init=False
     )
@@ -388,13 +389,27 @@ class ApiServer:
     # -- discovery --------------------------------------------------------------------------------
 
     def _cached(self, request: IRequest, body: Any, content_type: str = JSON_TYPE) -> bytes:
-        tag = discovery.etag(body)
+        tag, rendered = self._rendered(body)
         request.setHeader(b"etag", tag.encode())
         request.setHeader(b"vary", b"Accept")
         if _header(request, "if-none-match") == tag:
             request.setResponseCode(304)
             return b""
-        return _write_json(request, 200, body, content_type)
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", content_type.encode())
+        request.setHeader(b"cache-control", b"no-cache, private")
+        return rendered
+
+    def _rendered(self, body: Any) -> tuple[str, bytes]:
+        """ETag and JSON of a static document, computed once: discovery and OpenAPI documents are
+        asked for often (and cheaply, by a client that pipelines them) and never change."""
+        cached = self._documents.get(id(body))
+        if cached is None or cached[0] is not body:
+            rendered = json.dumps(body, separators=(",", ":")).encode() + b"\n"
+            cached = self._documents[id(body)] = (body, discovery.etag(body), rendered)
+            while len(self._documents) > 32:
+                del self._documents[next(iter(self._documents))]
+        return cached[1], cached[2]
 
     def _discovery(self, request: IRequest, legacy: Any, with_group: bool) -> bytes:
         version = discovery.aggregated_version(_header(request, "accept"))

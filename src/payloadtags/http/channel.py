@@ -236,25 +236,41 @@ class GuardedChannel(http.HTTPChannel):
     # -- responses ----------------------------------------------------------------------------------
 
     def requestDone(self, request: http.Request) -> None:
-        if self.persistent and self._waitingForTransport:
+        if not self.persistent:
+            super().requestDone(request)
+            return
+        if request is not self.requests[0]:
+            raise TypeError
+        del self.requests[0]
+        if self._waitingForTransport:
             # The client has not read this response yet: the next pipelined request waits for it.
-            if request is not self.requests[0]:
-                raise TypeError
-            del self.requests[0]
             self._replay_pending = True
             self._arm(self.limits.idle_timeout, "stalled")
             return
         self._arm(self.limits.idle_timeout, "idle")
-        super().requestDone(request)
+        # The next pipelined request is parsed on the reactor's next turn, not in this call: a client
+        # that pipelines hundreds of requests takes turns with every other connection instead of
+        # holding the reactor until all of them are answered.
+        self._replay_pending = True
+        self.callLater(0, self._replay)
 
     def resumeProducing(self) -> None:
         if not self._replay_pending:
             super().resumeProducing()
             return
-        self._replay_pending = False
         self._waitingForTransport = False
-        self._handlingRequest = False
         self._arm(self.limits.idle_timeout, "idle")
+        self._replay()
+
+    def _replay(self) -> None:
+        """Go on with the requests that arrived while the previous one was being answered."""
+        if not self._replay_pending or self._lost or self._refusing:
+            return
+        if self._waitingForTransport:
+            self._arm(self.limits.idle_timeout, "stalled")  # resumeProducing goes on
+            return
+        self._replay_pending = False
+        self._handlingRequest = False
         data, self._dataBuffer = b"".join(self._dataBuffer), []
         self._networkProducer.resumeProducing()
         self.setLineMode(data)
