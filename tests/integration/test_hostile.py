@@ -388,19 +388,28 @@ async def test_connection_flood_evicts_idle_connections_and_new_clients_get_in(m
     api = await make_server(registry, http=HttpLimits(max_connections=4))
     t = target(api)
 
-    def flood() -> tuple[int, Reply]:
-        idle = [t.connect(api.pki.admin, timeout=5) for _ in range(8)]
-        try:
-            reply = exchange(t, request_bytes("GET", "/livez"))
-            closed = sum(closed_within(sock, 0.5) for sock in idle)
-        finally:
-            for sock in idle:
-                sock.close()
-        return closed, reply
+    def flood() -> tuple[int, Reply, Reply]:
+        # A client that uses its kept-alive connection, as kube-apiserver does.
+        with t.connect(api.pki.admin, timeout=5) as kept:
+            buffer = bytearray()
+            kept.sendall(request_bytes("GET", "/version"))
+            read_reply(kept, buffer)
+            idle = [t.connect(api.pki.admin, timeout=5) for _ in range(8)]
+            try:
+                reply = exchange(t, request_bytes("GET", "/livez"))
+                closed = sum(closed_within(sock, 0.5) for sock in idle)
+            finally:
+                for sock in idle:
+                    sock.close()
+            kept.settimeout(5)
+            kept.sendall(request_bytes("GET", "/version"))
+            again = read_reply(kept, buffer)
+        return closed, reply, again
 
-    closed, reply = await in_thread(flood)
+    closed, reply, again = await in_thread(flood)
     assert reply.code == 200
-    assert closed >= 5  # 8 idle + 1 new connection, at most 4 open at once
+    assert closed >= 5  # 8 idle + 1 new + 1 kept connection, at most 4 open at once
+    assert again.code == 200  # the connection that had been used was evicted last
 
 
 # --- TLS ---------------------------------------------------------------------------------------------
@@ -442,6 +451,23 @@ async def test_plain_http_on_the_tls_port_is_dropped(api):
                 return b""
 
     assert not (await in_thread(plain)).startswith(b"HTTP/1.1 200")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_that_never_completes_its_handshake_is_closed(make_server, registry):
+    api = await make_server(registry, http=HttpLimits(header_timeout=0.5))
+
+    def silent() -> bool:
+        import socket
+
+        with socket.create_connection(("127.0.0.1", api.running.port), timeout=5) as sock:
+            sock.sendall(b"\x16\x03\x01")  # the start of a ClientHello, and nothing more
+            try:
+                return sock.recv(100) == b""
+            except ConnectionResetError:
+                return True
+
+    assert await in_thread(silent)
 
 
 # --- floods (slow tier) ----------------------------------------------------------------------------------

@@ -110,6 +110,7 @@ class GuardedChannel(http.HTTPChannel):
     _admitting = False
     _lost = False
     _replay_pending = False
+    answered = 0  # requests answered on this connection: eviction spares proven clients
     _deadline: IDelayedCall | None = None
     _deadline_kind = ""
 
@@ -236,6 +237,7 @@ class GuardedChannel(http.HTTPChannel):
     # -- responses ----------------------------------------------------------------------------------
 
     def requestDone(self, request: http.Request) -> None:
+        self.answered += 1
         if not self.persistent:
             super().requestDone(request)
             return
@@ -341,8 +343,10 @@ class GuardedSite(Site):
 
 class LimitedConnections(WrappingFactory):
     """Holds at most ``limit`` connections. At the limit, a new connection evicts the oldest one that
-    is not being answered (idle, or still sending its request); when every one is being answered, the
-    new connection is closed at once."""
+    never had a request answered and is not being answered (a connection of a flood, idle or dribbling
+    its head), else the oldest one idle between requests; when every one is being answered, the new
+    connection is closed at once. Clients that keep a connection open and use it (kube-apiserver) are
+    the last to go."""
 
     def __init__(self, site: GuardedSite, limit: int, on_refused: Callable[[str], None] | None = None):
         super().__init__(site)
@@ -359,13 +363,18 @@ class LimitedConnections(WrappingFactory):
         return super().buildProtocol(addr)
 
     def _evict(self) -> bool:
-        for wrapper in self.protocols:
-            channel = wrapper.wrappedProtocol
-            if wrapper in self._evicted or getattr(channel, "serving", True):
-                continue
-            self._evicted.add(wrapper)
-            if self.on_refused is not None:
-                self.on_refused("evicted")
-            wrapper.transport.abortConnection()
-            return True
+        # First the connections that never had a request answered (a flood of idle or slow
+        # connections), then those idle between requests; the oldest first in each.
+        for proven in (False, True):
+            for wrapper in self.protocols:
+                channel = wrapper.wrappedProtocol
+                if wrapper in self._evicted or getattr(channel, "serving", True):
+                    continue
+                if (getattr(channel, "answered", 0) > 0) != proven:
+                    continue
+                self._evicted.add(wrapper)
+                if self.on_refused is not None:
+                    self.on_refused("evicted")
+                wrapper.transport.abortConnection()
+                return True
         return False
