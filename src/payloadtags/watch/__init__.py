@@ -1,0 +1,19 @@
+"""Watches of PayloadRepositoryTags: resourceVersions, per-scope event sources, fan-out to watchers."""
+
+from payloadtags.watch.hub import TooManyWatches, WatchHub, WatchLimits
+from payloadtags.watch.source import Event, EventType, ScopeReader, ScopeSource
+from payloadtags.watch.versions import ReplicaVersions
+from payloadtags.watch.watcher import Sink, Watcher
+
+__all__ = [
+    "Event",
+    "EventType",
+    "ReplicaVersions",
+    "ScopeReader",
+    "ScopeSource",
+    "Sink",
+    "TooManyWatches",
+    "WatchHub",
+    "WatchLimits",
+    "Watcher",
+]

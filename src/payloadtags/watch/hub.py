@@ -1,0 +1,241 @@
+"""The watch hub: one source per watched scope, shared by all its watchers, and the watchers' limits.
+
+Lists go through ``list_version`` first: it makes sure the list's scope has a source whose baseline was
+read before the list reads the registry, so every change after the list is an event after the list's
+resourceVersion. A source outlives its last watcher by ``idle_scope_ttl`` (the gap between a list and
+its watch, or a reflector's reconnect); a watch from before a source's baseline gets 410 Gone.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+
+import attrs
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from payloadtags.inventory import Inventory
+from payloadtags.names import TagRef, split_repository
+from payloadtags.watch.source import Event, EventType, ScopeReader, ScopeSource
+from payloadtags.watch.versions import ReplicaVersions
+from payloadtags.watch.watcher import Watcher
+
+log = Logger()
+
+
+@attrs.frozen
+class WatchLimits:
+    max_watches: int = 10000
+    max_watches_per_user: int = 1000
+    resync_period: float = 30.0
+    idle_scope_ttl: float = 300.0
+    history: int = 10000
+    send_buffer: int = 1000
+    bookmark_interval: float = 60.0
+    access_check_interval: float = 1.0
+    # Without timeoutSeconds a stream lasts this long (kube-apiserver picks 30 to 60 minutes).
+    default_timeout: float = 1800.0
+    max_timeout: float = 3600.0
+
+
+class TooManyWatches(Exception):
+    pass
+
+
+@attrs.define
+class InventoryReader:
+    """A source's reads through the inventory: unfiltered, every tag of the scope."""
+
+    inventory: Inventory
+
+    async def scope_tags(self, namespace: str | None) -> list[TagRef]:
+        return (await self.inventory.list(namespace)).refs
+
+    async def repository_tags(self, repository: str) -> list[str]:
+        return await self.inventory.client.tags(repository)
+
+
+@attrs.define(eq=False)
+class WatchHub:
+    reader: ScopeReader
+    clock: IReactorTime
+    limits: WatchLimits = WatchLimits()
+    versions: ReplicaVersions = attrs.field(factory=ReplicaVersions)
+    # Bumped by the access rules on every change; watchers then re-decide what they were shown.
+    access_generation: Callable[[], int] = lambda: 0
+    sources: dict[str | None, ScopeSource] = attrs.field(factory=dict)
+    watchers: set[Watcher] = attrs.field(factory=set)
+    per_user: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    _loops: dict[str | None, LoopingCall] = attrs.field(factory=dict)
+    _touched: dict[str | None, float] = attrs.field(factory=dict)
+    _timers: dict[Watcher, IDelayedCall] = attrs.field(factory=dict)
+    _generation: int = 0
+    _housekeeping: list[LoopingCall] = attrs.field(factory=list)
+    stopped: bool = False
+
+    # -- resourceVersions -------------------------------------------------------------------------
+
+    def current(self) -> str:
+        """The newest resourceVersion (what a list reports)."""
+        return self.versions.latest()
+
+    async def list_version(self, namespace: str | None) -> str:
+        """Before a list of a scope: its source is ready, and stays so for a while."""
+        await self.source(namespace)
+        return self.current()
+
+    # -- sources ----------------------------------------------------------------------------------
+
+    async def source(self, namespace: str | None) -> ScopeSource:
+        source = self.sources.get(namespace)
+        if source is None:
+            source = ScopeSource(namespace, self.reader, self.versions, history=self.limits.history)
+            self.sources[namespace] = source
+            loop = LoopingCall(source.resync)
+            loop.clock = self.clock
+            # The first read is the baseline, made by when_ready below; the loop resyncs after it.
+            loop.start(self.limits.resync_period, now=False)
+            self._loops[namespace] = loop
+        self._touched[namespace] = self.clock.seconds()
+        await source.when_ready()
+        return source
+
+    def repository_changed(self, repository: str) -> None:
+        """A registry notification (push or delete) for one repository."""
+        parts = split_repository(repository)
+        if parts is None:
+            return
+        for scope in (parts[0], None):
+            source = self.sources.get(scope)
+            if source is not None:
+                source.repository_changed(repository)
+
+    def reap(self) -> None:
+        """Drops sources nobody watches and nobody listed for ``idle_scope_ttl``."""
+        now = self.clock.seconds()
+        for scope, source in list(self.sources.items()):
+            if source.subscribers or now - self._touched.get(scope, now) < self.limits.idle_scope_ttl:
+                continue
+            loop = self._loops.pop(scope)
+            if loop.running:
+                loop.stop()
+            del self.sources[scope]
+            self._touched.pop(scope, None)
+
+    # -- watchers ---------------------------------------------------------------------------------
+
+    def admit(self, user: str) -> None:
+        if self.stopped:
+            raise TooManyWatches("the server is shutting down")
+        if len(self.watchers) >= self.limits.max_watches:
+            raise TooManyWatches(f"too many watches on this server ({self.limits.max_watches})")
+        if self.per_user[user] >= self.limits.max_watches_per_user:
+            raise TooManyWatches(
+                f"too many watches for user {user} on this server ({self.limits.max_watches_per_user})"
+            )
+
+    def sequence_of(self, resource_version: str) -> int | None:
+        return self.versions.parse(resource_version)
+
+    def start(
+        self,
+        watcher: Watcher,
+        source: ScopeSource,
+        since: int | None,
+        timeout: float | None,
+        initial_events_end: bool = False,
+    ) -> bool:
+        """Attaches a watcher to a ready source.
+
+        ``since=None``: first an ADDED for every visible tag of the snapshot (then, with
+        ``initial_events_end``, a bookmark saying so); otherwise the retained events after ``since``.
+        False when those are no longer retained (the caller answers 410 Gone).
+        """
+        self.admit(watcher.user)
+        backlog = None
+        if since is not None:
+            backlog = source.since(since)
+            if backlog is None:
+                return False
+        self.watchers.add(watcher)
+        self.per_user[watcher.user] += 1
+        if backlog is None:
+            sequence = self.versions.current
+            for ref in source.refs():
+                watcher.deliver(Event(sequence, EventType.ADDED, ref))
+            if initial_events_end and watcher.bookmark is not None:
+                watcher.send(watcher.bookmark(sequence, True))
+        else:
+            for event in backlog:
+                watcher.deliver(event)
+        source.subscribers.add(watcher)
+        lifetime = min(timeout if timeout else self.limits.default_timeout, self.limits.max_timeout)
+        self._timers[watcher] = self.clock.callLater(lifetime, self._expire, watcher)
+
+        def closed(w: Watcher) -> None:
+            source.subscribers.discard(w)
+            self.watchers.discard(w)
+            self.per_user[w.user] -= 1
+            if self.per_user[w.user] <= 0:
+                del self.per_user[w.user]
+            timer = self._timers.pop(w, None)
+            if timer is not None and timer.active():
+                timer.cancel()
+            self._touched[source.namespace] = self.clock.seconds()
+
+        watcher.on_close.append(closed)
+        return True
+
+    def _expire(self, watcher: Watcher) -> None:
+        self._timers.pop(watcher, None)
+        if watcher.bookmark is not None:
+            # Just before the stream ends, so that the reflector resumes from here without a relist.
+            watcher.send(watcher.bookmark(self.versions.current, False))
+        watcher.end("timeout")
+
+    def bookmarks(self) -> None:
+        for watcher in list(self.watchers):
+            if watcher.bookmark is not None:
+                watcher.send(watcher.bookmark(self.versions.current, False))
+
+    def check_access(self) -> None:
+        generation = self.access_generation()
+        if generation == self._generation:
+            return
+        self._generation = generation
+        for watcher in list(self.watchers):
+            if watcher.access_changed():
+                # Its client's cache may hold tags it may no longer see, or lack ones it now may:
+                # ending the stream makes the client relist under the new rules.
+                watcher.end("access rules changed")
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self._generation = self.access_generation()
+        for period, work in (
+            (self.limits.idle_scope_ttl / 2, self.reap),
+            (self.limits.bookmark_interval, self.bookmarks),
+            (self.limits.access_check_interval, self.check_access),
+        ):
+            loop = LoopingCall(work)
+            loop.clock = self.clock
+            loop.start(period, now=False)
+            self._housekeeping.append(loop)
+
+    def stop(self) -> None:
+        """Ends every watch cleanly (clients reconnect elsewhere) and stops the resyncs."""
+        self.stopped = True
+        for watcher in list(self.watchers):
+            watcher.end("shutting down")
+        for loop in [*self._housekeeping, *self._loops.values()]:
+            if loop.running:
+                loop.stop()
+        self._housekeeping.clear()
+        self._loops.clear()
+        self.sources.clear()
+
+
+__all__ = ["InventoryReader", "TooManyWatches", "WatchHub", "WatchLimits"]

@@ -1,0 +1,233 @@
+"""One watched scope (a namespace, or all namespaces): its tags as last read, and the changes seen.
+
+A periodic resync reads the whole scope and diffs it against the snapshot; a registry notification for
+one repository re-reads just that repository's tag list. Every difference becomes an event numbered by
+the replica's sequence and kept in a bounded history, from which watches resume. The snapshot holds every
+tag of the scope, whoever may read it: each watcher filters for its own user.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+from collections.abc import Iterator
+from typing import Protocol
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from payloadtags.names import TagRef, split_repository
+from payloadtags.registry.errors import RegistryNotFound
+from payloadtags.watch.versions import ReplicaVersions
+
+log = Logger()
+
+
+class EventType(enum.Enum):
+    ADDED = "ADDED"
+    DELETED = "DELETED"
+
+
+@attrs.frozen
+class Event:
+    sequence: int
+    type: EventType
+    ref: TagRef
+
+
+class ScopeReader(Protocol):
+    """Reads the registry for a source: every tag of a scope, or one repository's tags."""
+
+    async def scope_tags(self, namespace: str | None) -> list[TagRef]: ...
+
+    async def repository_tags(self, repository: str) -> list[str]: ...
+
+
+class Subscriber(Protocol):
+    def deliver(self, event: Event) -> None: ...
+
+
+@attrs.define(eq=False)
+class ScopeSource:
+    namespace: str | None
+    reader: ScopeReader
+    versions: ReplicaVersions
+    history: int = 1000
+    # repository (full name) -> its tags as last read
+    tags: dict[str, frozenset[str]] = attrs.field(factory=dict)
+    # Watches can resume from any sequence at or above the floor: every event after it is retained.
+    floor: int = 0
+    ready: bool = False
+    subscribers: set[Subscriber] = attrs.field(factory=set)
+    ring: collections.deque[Event] = attrs.field(factory=collections.deque)
+    # Reads are numbered when they start; a read older than the one a repository last took is stale.
+    _reads: int = 0
+    _marks: dict[str, int] = attrs.field(factory=dict)
+    _resyncing: bool = False
+    _joined: list[Deferred[None]] = attrs.field(factory=list)
+    _ready_waiters: list[Deferred[None]] = attrs.field(factory=list)
+    _reading: set[str] = attrs.field(factory=set)
+    _again: set[str] = attrs.field(factory=set)
+    _dirty_before_ready: set[str] = attrs.field(factory=set)
+    resyncs: int = 0
+    failures: int = 0
+
+    def covers(self, repository: str) -> bool:
+        parts = split_repository(repository)
+        return parts is not None and (self.namespace is None or parts[0] == self.namespace)
+
+    def refs(self) -> Iterator[TagRef]:
+        """The snapshot as references, in list order."""
+        refs: list[TagRef] = []
+        for repository, tags in self.tags.items():
+            parts = split_repository(repository)
+            if parts is not None:
+                refs.extend(TagRef(parts[0], parts[1], tag) for tag in tags)
+        return iter(sorted(refs, key=lambda ref: ref.sort_key))
+
+    def when_ready(self) -> Deferred[None]:
+        waiter: Deferred[None] = Deferred()
+        if self.ready:
+            waiter.callback(None)
+        else:
+            self._ready_waiters.append(waiter)
+            if not self._resyncing:
+                self.resync()
+        return waiter
+
+    def fail_waiters(self, error: Exception) -> None:
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for waiter in waiters:
+            waiter.errback(error)
+
+    def resync(self) -> Deferred[None]:
+        """Reads the scope and applies the differences; joins the resync already running, if any."""
+        joined: Deferred[None] = Deferred()
+        self._joined.append(joined)
+        if not self._resyncing:
+            self._resyncing = True
+            Deferred.fromCoroutine(self._run_resync())
+        return joined
+
+    async def fresh(self) -> None:
+        """Returns after a resync that started after this call."""
+        if self._resyncing:
+            await self.resync()
+        await self.resync()
+
+    async def _run_resync(self) -> None:
+        try:
+            await self._resync_once()
+        finally:
+            self._resyncing = False
+            joined, self._joined = self._joined, []
+            for waiter in joined:
+                waiter.callback(None)
+
+    async def _resync_once(self) -> None:
+        mark = self._next_mark()
+        try:
+            refs = await self.reader.scope_tags(self.namespace)
+        except Exception as error:
+            # The snapshot stays as it was: an unreadable registry must not look like deleted tags.
+            self.failures += 1
+            log.warn(
+                "watch resync of {scope} failed: {error}",
+                scope=self.namespace or "all namespaces",
+                error=str(error) or repr(error),
+            )
+            if not self.ready:
+                self.fail_waiters(error)
+            return
+        self.resyncs += 1
+        seen: dict[str, set[str]] = {}
+        for ref in refs:
+            seen.setdefault(ref.repository, set()).add(ref.tag)
+        for repository in set(self.tags) | set(seen):
+            self._apply(repository, frozenset(seen.get(repository, ())), mark)
+        if not self.ready:
+            self.ready = True
+            self.floor = self.versions.current
+            waiters, self._ready_waiters = self._ready_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+            dirty, self._dirty_before_ready = self._dirty_before_ready, set()
+            for repository in sorted(dirty):
+                self.repository_changed(repository)
+
+    def _next_mark(self) -> int:
+        self._reads += 1
+        return self._reads
+
+    def repository_changed(self, repository: str) -> None:
+        """A notification: re-read one repository (coalesced while a read of it runs)."""
+        if not self.covers(repository):
+            return
+        if not self.ready:
+            self._dirty_before_ready.add(repository)
+            return
+        if repository in self._reading:
+            self._again.add(repository)
+            return
+        Deferred.fromCoroutine(self._read_repository(repository))
+
+    async def _read_repository(self, repository: str) -> None:
+        self._reading.add(repository)
+        try:
+            while True:
+                mark = self._next_mark()
+                try:
+                    tags = await self.reader.repository_tags(repository)
+                except RegistryNotFound:
+                    tags = []
+                except Exception as error:
+                    log.warn(
+                        "watch read of {repository} failed: {error}; the next resync covers it",
+                        repository=repository,
+                        error=str(error) or repr(error),
+                    )
+                    return
+                self._apply(repository, frozenset(tags), mark)
+                if repository not in self._again:
+                    return
+                self._again.discard(repository)
+        finally:
+            self._reading.discard(repository)
+
+    def _apply(self, repository: str, tags: frozenset[str], mark: int) -> None:
+        if self._marks.get(repository, 0) > mark:
+            return  # a newer read of this repository was applied already
+        self._marks[repository] = mark
+        old = self.tags.get(repository, frozenset())
+        if tags:
+            self.tags[repository] = tags
+        else:
+            self.tags.pop(repository, None)
+        if not self.ready or old == tags:
+            return  # the first read is the baseline: no events
+        parts = split_repository(repository)
+        if parts is None:
+            return
+        namespace, path = parts
+        for tag in sorted(old - tags):
+            self._emit(EventType.DELETED, TagRef(namespace, path, tag))
+        for tag in sorted(tags - old):
+            self._emit(EventType.ADDED, TagRef(namespace, path, tag))
+
+    def _emit(self, kind: EventType, ref: TagRef) -> None:
+        event = Event(self.versions.next(), kind, ref)
+        self.ring.append(event)
+        while len(self.ring) > self.history:
+            self.floor = self.ring.popleft().sequence
+        for subscriber in list(self.subscribers):
+            subscriber.deliver(event)
+
+    def since(self, sequence: int) -> list[Event] | None:
+        """Events after ``sequence``, or None when some of them are no longer retained."""
+        if sequence < self.floor:
+            return None
+        return [event for event in self.ring if event.sequence > sequence]
+
+
+__all__ = ["Event", "EventType", "ScopeReader", "ScopeSource", "Subscriber"]

@@ -1,0 +1,337 @@
+"""The watch core on a fake registry and a fake clock: resourceVersions, sources, fan-out, limits."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from payloadtags.names import TagRef, split_repository
+from payloadtags.watch import ReplicaVersions, ScopeSource, TooManyWatches, Watcher, WatchHub, WatchLimits
+from payloadtags.watch.source import Event, EventType
+from payloadtags.watch.versions import EPOCH_MAX
+
+
+@attrs.define
+class FakeReader:
+    repositories: dict[str, set[str]] = attrs.field(factory=dict)
+    scope_reads: int = 0
+    broken: bool = False
+    repository_reads: list[str] = attrs.field(factory=list)
+
+    async def scope_tags(self, namespace: str | None) -> list[TagRef]:
+        self.scope_reads += 1
+        if self.broken:
+            raise ConnectionError("registry down")
+        refs: list[TagRef] = []
+        for repository, tags in sorted(self.repositories.items()):
+            parts = split_repository(repository)
+            assert parts is not None
+            if namespace is None or parts[0] == namespace:
+                refs.extend(TagRef(parts[0], parts[1], tag) for tag in sorted(tags))
+        return refs
+
+    async def repository_tags(self, repository: str) -> list[str]:
+        self.repository_reads.append(repository)
+        return sorted(self.repositories.get(repository, set()))
+
+
+@attrs.define
+class FakeSink:
+    lines: list[bytes] = attrs.field(factory=list)
+    closed: bool = False
+    aborted: bool = False
+
+    def write(self, data: bytes) -> None:
+        self.lines.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def render(event: Event) -> bytes:
+    return f"{event.type.value} {event.ref.repository}:{event.ref.tag} {event.sequence}".encode()
+
+
+def bookmark(sequence: int, initial_end: bool) -> bytes:
+    return f"BOOKMARK {sequence} {initial_end}".encode()
+
+
+def watcher(
+    user: str = "alice",
+    readable: set[str] | None = None,
+    max_buffered: int = 1000,
+    bookmarks: bool = False,
+) -> tuple[Watcher, FakeSink]:
+    sink = FakeSink()
+    w = Watcher(
+        user=user,
+        sink=sink,
+        render=render,
+        accept=lambda ref: True,
+        readable=lambda ns, path: readable is None or f"{ns}/{path}" in readable,
+        max_buffered=max_buffered,
+        bookmark=bookmark if bookmarks else None,
+    )
+    return w, sink
+
+
+def ready(hub: WatchHub, namespace: str | None) -> ScopeSource:
+    result: list[str] = []
+    Deferred.fromCoroutine(hub.list_version(namespace)).addCallback(result.append)
+    assert result, "the source became ready without waiting on the fake reader"
+    return hub.sources[namespace]
+
+
+def make_hub(reader: FakeReader, clock: Clock, **limits: float) -> WatchHub:
+    return WatchHub(reader, clock, WatchLimits(**limits))  # type: ignore[arg-type]
+
+
+# -- resourceVersions --------------------------------------------------------------------------------
+
+
+def test_versions_round_trip_and_refuse_foreign_ones() -> None:
+    mine, other = ReplicaVersions(epoch=12_345_678), ReplicaVersions(epoch=12_345_679)
+    for _ in range(5):
+        mine.next()
+        other.next()
+    assert mine.parse(mine.latest()) == 6
+    assert mine.parse(mine.format(3)) == 3
+    assert mine.parse(other.latest()) is None  # another replica, or an earlier run
+    assert mine.parse(mine.format(7)) is None  # not issued yet: from the future
+    assert mine.parse("12a") is None and mine.parse("") is None
+    assert int(ReplicaVersions(epoch=EPOCH_MAX, current=10**11 - 1).latest()) < 2**64
+    with pytest.raises(ValueError):
+        ReplicaVersions(epoch=5)
+
+
+# -- sources -----------------------------------------------------------------------------------------
+
+
+def test_baseline_has_no_events_then_resync_diffs() -> None:
+    reader = FakeReader({"team/app": {"v1", "v2"}, "other/x": {"a"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=10)
+    source = ready(hub, "team")
+    assert not source.ring and source.ready
+    w, sink = watcher()
+    assert hub.start(w, source, since=hub.versions.current, timeout=None)
+    reader.repositories["team/app"] = {"v2", "v3"}
+    reader.repositories["other/x"] = {"b"}  # another scope: not this source's business
+    clock.advance(10)
+    assert [line.rsplit(b" ", 1)[0] for line in sink.lines] == [b"DELETED team/app:v1", b"ADDED team/app:v3"]
+    sequences = [int(line.rsplit(b" ", 1)[1]) for line in sink.lines]
+    assert sequences == sorted(sequences) and len(set(sequences)) == 2
+
+
+def test_one_resync_per_scope_whatever_the_number_of_watchers() -> None:
+    reader = FakeReader({f"ns{i}/repo": {"t"} for i in range(3)})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=10)
+    source = ready(hub, "ns0")
+    for _ in range(100):
+        assert hub.start(watcher()[0], source, since=None, timeout=None) or True
+    baseline = reader.scope_reads
+    clock.advance(10)
+    clock.advance(10)
+    assert reader.scope_reads - baseline == 2
+
+
+def test_notification_rereads_one_repository_only() -> None:
+    reader = FakeReader({"team/app": {"v1"}, "team/web": {"x"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=1000)
+    source = ready(hub, "team")
+    all_ns = ready(hub, None)
+    w, sink = watcher()
+    hub.start(w, source, since=hub.versions.current, timeout=None)
+    w_all, sink_all = watcher()
+    hub.start(w_all, all_ns, since=hub.versions.current, timeout=None)
+    scope_reads = reader.scope_reads
+    reader.repositories["team/app"].add("v2")
+    hub.repository_changed("team/app")
+    hub.repository_changed("elsewhere/app")  # only the all-namespaces source covers it
+    assert reader.repository_reads == ["team/app", "team/app", "elsewhere/app"]
+    assert reader.scope_reads == scope_reads
+    assert [line.split(b" ")[:2] for line in sink.lines] == [[b"ADDED", b"team/app:v2"]]
+    assert [line.split(b" ")[:2] for line in sink_all.lines] == [[b"ADDED", b"team/app:v2"]]
+
+
+def test_stale_read_does_not_undo_a_newer_one() -> None:
+    reader = FakeReader({"team/app": {"v1"}})
+    source = ScopeSource("team", reader, ReplicaVersions())
+    source.when_ready()
+    assert source.ready
+    source._apply("team/app", frozenset({"v1", "v2"}), mark=10)
+    source._apply("team/app", frozenset({"v1"}), mark=5)  # started before the one above
+    assert source.tags["team/app"] == {"v1", "v2"}
+
+
+def test_a_failed_resync_keeps_the_snapshot() -> None:
+    reader = FakeReader({"team/app": {"v1"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=10)
+    source = ready(hub, "team")
+    w, sink = watcher()
+    hub.start(w, source, since=hub.versions.current, timeout=None)
+    reader.broken = True
+    reader.repositories.clear()
+    clock.advance(10)
+    assert sink.lines == [] and source.tags == {"team/app": frozenset({"v1"})} and source.failures == 1
+
+
+# -- history and resuming ----------------------------------------------------------------------------
+
+
+def test_resume_replays_retained_events_and_refuses_older_ones() -> None:
+    reader = FakeReader({"team/app": set()})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=1, history=3)
+    source = ready(hub, "team")
+    start = hub.versions.current
+    for tag in ("a", "b", "c", "d"):
+        reader.repositories["team/app"].add(tag)
+        clock.advance(1)
+    w, sink = watcher()
+    assert not hub.start(w, source, since=start, timeout=None)  # "a" left the history: 410
+    assert not hub.watchers
+    w, sink = watcher()
+    assert hub.start(w, source, since=start + 1, timeout=None)
+    assert [line.split(b" ")[1] for line in sink.lines] == [b"team/app:b", b"team/app:c", b"team/app:d"]
+
+
+def test_initial_events_then_bookmark_then_live() -> None:
+    reader = FakeReader({"team/app": {"v1", "v2"}, "team/secret": {"s"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=10)
+    source = ready(hub, "team")
+    w, sink = watcher(readable={"team/app"}, bookmarks=True)
+    assert hub.start(w, source, since=None, timeout=None, initial_events_end=True)
+    rv = hub.versions.current
+    assert sink.lines == [
+        f"ADDED team/app:v1 {rv}".encode(),
+        f"ADDED team/app:v2 {rv}".encode(),
+        f"BOOKMARK {rv} True".encode(),
+    ]
+    reader.repositories["team/secret"].add("t")  # not readable by this watcher
+    reader.repositories["team/app"].add("v3")
+    clock.advance(10)
+    assert sink.lines[-1].startswith(b"ADDED team/app:v3") and len(sink.lines) == 4
+
+
+def test_a_source_nobody_uses_is_dropped_and_old_versions_get_gone() -> None:
+    reader = FakeReader({"team/app": {"v1"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=10, idle_scope_ttl=60)
+    hub.run()
+    ready(hub, "team")
+    listed = hub.versions.current
+    hub.versions.next()  # other scopes move the sequence meanwhile
+    clock.advance(61)
+    clock.advance(30)
+    assert "team" not in hub.sources
+    source = ready(hub, "team")
+    assert not hub.start(watcher()[0], source, since=listed, timeout=None)
+    hub.stop()
+
+
+# -- watchers ----------------------------------------------------------------------------------------
+
+
+def test_a_slow_watcher_is_disconnected_not_buffered_without_bound() -> None:
+    reader = FakeReader({"team/app": set()})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=1)
+    source = ready(hub, "team")
+    slow, slow_sink = watcher(max_buffered=2)
+    fast, fast_sink = watcher()
+    hub.start(slow, source, since=hub.versions.current, timeout=None)
+    hub.start(fast, source, since=hub.versions.current, timeout=None)
+    slow.pauseProducing()
+    for tag in ("a", "b"):
+        reader.repositories["team/app"].add(tag)
+        clock.advance(1)
+    assert len(slow.buffer) == 2 and not slow.closed
+    slow.resumeProducing()
+    assert len(slow_sink.lines) == 2 and not slow.buffer
+    slow.pauseProducing()
+    for tag in ("c", "d", "e"):
+        reader.repositories["team/app"].add(tag)
+        clock.advance(1)
+    assert slow.closed and slow_sink.aborted and slow.reason == "slow" and not slow.buffer
+    assert slow not in source.subscribers and hub.per_user["alice"] == 1
+    assert len(fast_sink.lines) == 5 and not fast.closed
+
+
+def test_watch_limits_per_user_and_in_total() -> None:
+    reader = FakeReader({"team/app": {"v1"}})
+    hub = make_hub(reader, Clock(), max_watches=3, max_watches_per_user=2)
+    source = ready(hub, "team")
+    hub.start(watcher("alice")[0], source, since=None, timeout=None)
+    hub.start(watcher("alice")[0], source, since=None, timeout=None)
+    with pytest.raises(TooManyWatches, match="user alice"):
+        hub.start(watcher("alice")[0], source, since=None, timeout=None)
+    bob, _ = watcher("bob")
+    hub.start(bob, source, since=None, timeout=None)
+    with pytest.raises(TooManyWatches, match="on this server"):
+        hub.start(watcher("carol")[0], source, since=None, timeout=None)
+    bob.end("done")
+    hub.start(watcher("carol")[0], source, since=None, timeout=None)
+
+
+def test_timeout_ends_with_a_bookmark_and_bookmarks_are_periodic() -> None:
+    reader = FakeReader({"team/app": {"v1"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=1000, bookmark_interval=60)
+    hub.run()
+    source = ready(hub, "team")
+    w, sink = watcher(bookmarks=True)
+    plain, plain_sink = watcher()
+    hub.start(w, source, since=hub.versions.current, timeout=90)
+    hub.start(plain, source, since=hub.versions.current, timeout=90)
+    clock.advance(60)
+    assert sink.lines == [f"BOOKMARK {hub.versions.current} False".encode()]
+    clock.advance(30)
+    assert len(sink.lines) == 2 and sink.closed and w.reason == "timeout"
+    assert plain_sink.lines == [] and plain_sink.closed
+    assert not hub.watchers
+    hub.stop()
+
+
+def test_access_change_ends_only_the_watches_it_affects() -> None:
+    reader = FakeReader({"team/app": {"v1"}, "team/web": {"w"}})
+    clock = Clock()
+    generation = [0]
+    allowed = {"alice": {"team/app"}, "bob": {"team/web"}}
+    hub = WatchHub(reader, clock, WatchLimits(), access_generation=lambda: generation[0])
+    hub.run()
+    source = ready(hub, "team")
+    watchers = {}
+    for user in allowed:
+        sink = FakeSink()
+        w = Watcher(
+            user=user,
+            sink=sink,
+            render=render,
+            accept=lambda ref: True,
+            readable=lambda ns, path, user=user: f"{ns}/{path}" in allowed[user],  # type: ignore[misc]
+        )
+        hub.start(w, source, since=None, timeout=None)
+        watchers[user] = w
+    allowed["bob"] = {"team/web", "team/app"}
+    generation[0] += 1
+    clock.advance(1)
+    assert watchers["bob"].closed and watchers["bob"].reason == "access rules changed"
+    assert not watchers["alice"].closed
+    hub.stop()
+    assert watchers["alice"].closed and watchers["alice"].reason == "shutting down"
+    with pytest.raises(TooManyWatches):
+        hub.admit("alice")
+
+
+def test_event_type_values_are_the_wire_names() -> None:
+    assert {t.value for t in EventType} == {"ADDED", "DELETED"}
