@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from payloadtags import __version__
-from payloadtags.limits import HttpLimits
+from payloadtags.limits import HttpLimits, WatchLimits
 from payloadtags.registry import RegistrySettings
 from payloadtags.settings import (
     AUTHORIZATION_MODES,
@@ -523,7 +523,57 @@ def _parser() -> argparse.ArgumentParser:
         default=3 << 20,
         help="largest request body; a larger one gets 413 before it is read",
     )
+    watch = serve.add_argument_group("watch (docs/watch.md)")
+    watch.add_argument(
+        "--max-watches",
+        type=_lenient(_count),
+        default=10000,
+        help="watch streams open at once on this replica; more get 429",
+    )
+    watch.add_argument(
+        "--max-watches-per-user",
+        type=_lenient(_count),
+        default=1000,
+        help="watch streams one user may hold open at once on this replica; more get 429",
+    )
+    watch.add_argument(
+        "--watch-resync-period",
+        type=_lenient(_positive_duration),
+        default="30s",
+        help="how often each watched scope (a namespace, or all) is reread and diffed, whatever the "
+        "number of its watchers; registry notifications bring changes sooner",
+    )
+    watch.add_argument(
+        "--watch-scope-idle-timeout",
+        type=_lenient(_positive_duration),
+        default="2m",
+        help="how long a scope keeps being reread after its last list or watch; a watch from a "
+        "resourceVersion older than the scope's reread gets 410 and relists",
+    )
+    watch.add_argument(
+        "--watch-history",
+        type=_lenient(_count),
+        default=10000,
+        help="events kept per watched scope for watches that resume from a resourceVersion",
+    )
+    watch.add_argument(
+        "--watch-send-buffer",
+        type=_lenient(_count),
+        default=1000,
+        help="events one watch may have waiting for a slow client before it is disconnected",
+    )
     return parser
+
+
+def _watch_limits(args: argparse.Namespace) -> WatchLimits:
+    return WatchLimits(
+        max_watches=args.max_watches,
+        max_watches_per_user=args.max_watches_per_user,
+        resync_period=args.watch_resync_period,
+        idle_scope_ttl=args.watch_scope_idle_timeout,
+        history=args.watch_history,
+        send_buffer=args.watch_send_buffer,
+    )
 
 
 def _limits(args: argparse.Namespace) -> HttpLimits:
@@ -711,6 +761,7 @@ def _settings(args: argparse.Namespace, errors: list[str]) -> Settings:
         leader_elect_resource_name=args.leader_elect_resource_name,
         leader_elect_resource_namespace=args.leader_elect_resource_namespace,
         http=_limits(args),
+        watch=_watch_limits(args),
     )
 
 

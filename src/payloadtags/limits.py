@@ -32,6 +32,23 @@ class HttpLimits:
     idle_timeout: float = attrs.field(default=IDLE_TIMEOUT, validator=_positive)
 
 
+@attrs.frozen
+class WatchLimits:
+    """Watches: how many, how much each may hold, how often scopes are reread (docs/watch.md)."""
+
+    max_watches: int = 10000
+    max_watches_per_user: int = 1000
+    resync_period: float = 30.0
+    idle_scope_ttl: float = 120.0
+    history: int = 10000
+    send_buffer: int = 1000
+    bookmark_interval: float = 60.0
+    access_check_interval: float = 1.0
+    # Without timeoutSeconds a stream lasts this long (kube-apiserver picks 30 to 60 minutes).
+    default_timeout: float = 1800.0
+    max_timeout: float = 3600.0
+
+
 SOMAXCONN = "/proc/sys/net/core/somaxconn"
 
 

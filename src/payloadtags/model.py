@@ -25,7 +25,7 @@ RESOURCE = "payloadrepositorytags"
 SINGULAR = "payloadrepositorytag"
 SHORT_NAMES = ("prt",)
 QUALIFIED_RESOURCE = f"{RESOURCE}.{GROUP}"
-VERBS = ("delete", "deletecollection", "get", "list")
+VERBS = ("delete", "deletecollection", "get", "list", "watch")
 
 # A fixed namespace for name-based UUIDs, so a tag keeps its uid across restarts and replicas.
 _UID_NAMESPACE = uuid.UUID("6f1f7e2c-5d0b-4c55-9a43-2b1f8d4f0a17")

@@ -23,7 +23,7 @@ from payloadtags.access.requestheader import RequestHeaderConfig
 from payloadtags.access.tokens import TokenReviewAuthenticator
 from payloadtags.api.app import ApiServer
 from payloadtags.api.health import HealthChecks
-from payloadtags.api.tags import ResourceVersions, TagsService
+from payloadtags.api.tags import TagsService
 from payloadtags.cleanup import (
     CleanupController,
     CleanupOptions,
@@ -43,6 +43,8 @@ from payloadtags.repoindex import RepositoryIndex
 from payloadtags.settings import Settings
 from payloadtags.startup import Completed, ConfigurationError, complete
 from payloadtags.tls import ContextFactory, ServingCertificate, TlsOptions, read_bundle, server_context
+from payloadtags.watch import WatchHub
+from payloadtags.watch.hub import InventoryReader
 
 log = Logger()
 
@@ -96,6 +98,10 @@ class RunningServer:
         stopped = self.listener.stopListening()
         if stopped is not None:
             await stopped
+        if self.api.watch_hub is not None:
+            # Watches would hold the drain for their whole lifetime: end them now; clients
+            # re-watch on another replica.
+            self.api.watch_hub.stop()
         deadline = self.clock.seconds() + self.settings.shutdown_grace_period
         idle = self.api.idle()
         idle.addTimeout(self.settings.shutdown_grace_period, self.clock)
@@ -243,6 +249,13 @@ def _authorization(
     return RbacAuthorizer(index, ready=lambda: all(r.has_synced for r in sources)), sources
 
 
+def _access_generation(authorizer: AlwaysAllow | RbacAuthorizer) -> Callable[[], int]:
+    if isinstance(authorizer, RbacAuthorizer):
+        index = authorizer.index
+        return lambda: index.generation
+    return lambda: 0
+
+
 def _synced(reflectors: list[Reflector], what: str) -> Callable[[], Awaitable[None]]:
     async def check() -> None:
         waiting = [r.name for r in reflectors if not r.has_synced]
@@ -297,11 +310,18 @@ async def start(
     registry = InstrumentedRegistry(RegistryClient(reactor, settings.registry), metrics)
     events_token = completed.events_token
     index = RepositoryIndex() if events_token else None
+    inventory = Inventory(registry, concurrency=settings.registry_concurrency, index=index)
+    watch_hub = WatchHub(
+        InventoryReader(inventory),
+        reactor,
+        settings.watch,
+        access_generation=_access_generation(authorizer),
+    )
     service = TagsService(
-        inventory=Inventory(registry, concurrency=settings.registry_concurrency, index=index),
+        inventory=inventory,
         registry_host=settings.registry_host,
         authorizer=CountingAuthorizer(authorizer, metrics),
-        versions=ResourceVersions(reactor),
+        versions=watch_hub,
         delete_concurrency=settings.delete_concurrency,
         removal=(
             namespace_remover(reactor, kube, registry, settings.namespace_cleanup_concurrency)
@@ -349,7 +369,9 @@ async def start(
         request_timeout=settings.http.request_timeout,
         max_inflight=settings.http.max_requests_inflight,
         max_body=settings.http.max_request_body_bytes,
+        watch_hub=watch_hub,
     )
+    watch_hub.run()
     for reflector in reflectors:
         reflector.start()
     site = GuardedSite(api.resource(), settings.http, api, reactor=reactor)

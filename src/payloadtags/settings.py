@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 
-from payloadtags.limits import HttpLimits
+from payloadtags.limits import HttpLimits, WatchLimits
 from payloadtags.registry import RegistrySettings
 
 AUTHORIZATION_MODES = ("AlwaysAllow", "RBAC")
@@ -63,3 +63,4 @@ class Settings:
     # None: the pod's namespace, else $POD_NAMESPACE, else the kubeconfig context's, else "default"
     leader_elect_resource_namespace: str | None = None
     http: HttpLimits = attrs.Factory(HttpLimits)  # bounds on what clients may make the server hold
+    watch: WatchLimits = attrs.Factory(WatchLimits)  # watches: counts, buffers, resync period

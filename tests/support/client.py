@@ -9,7 +9,10 @@ from typing import Any
 import attrs
 import treq
 from twisted.internet import reactor as global_reactor
+from twisted.internet.defer import Deferred, DeferredQueue
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
@@ -89,3 +92,60 @@ class ApiClient:
 
     async def delete(self, path: str, **kwargs: Any) -> Response:
         return await self.request("DELETE", path, **kwargs)
+
+
+class _Lines(Protocol):
+    def __init__(self, sink: Stream) -> None:
+        self.sink = sink
+
+    def dataReceived(self, data: bytes) -> None:
+        self.sink.feed(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self.sink.ended.called:
+            self.sink.ended.callback(None)
+
+
+@attrs.define(eq=False)
+class Stream:
+    """A response read as it arrives, one line at a time (watch streams)."""
+
+    code: int
+    headers: dict[str, list[str]]
+    lines: DeferredQueue[bytes] = attrs.field(factory=DeferredQueue)
+    ended: Deferred[None] = attrs.field(factory=Deferred)
+    protocol: _Lines | None = None
+    _partial: bytes = b""
+
+    def feed(self, data: bytes) -> None:
+        self._partial += data
+        *complete, self._partial = self._partial.split(b"\n")
+        for line in complete:
+            self.lines.put(line)
+
+    async def next(self, within: float = 10.0) -> Any:
+        """The next line, decoded as JSON; fails after ``within`` seconds without one."""
+        from twisted.internet import reactor
+
+        waiting = self.lines.get()
+        waiting.addTimeout(within, reactor)
+        return json.loads(await waiting)
+
+    def close(self) -> None:
+        """Drops the connection, as a client that goes away."""
+        if self.protocol is not None and self.protocol.transport is not None:
+            self.protocol.transport.stopProducing()  # type: ignore[attr-defined]  # a TransportProxyProducer
+
+
+async def stream(client: ApiClient, path: str, headers: dict[str, str] | None = None) -> Stream:
+    """Opens ``path`` and returns once the response head arrived; lines come in ``Stream.lines``."""
+    policy = _Policy(Path(client.ca_file).read_bytes(), client.client)  # noqa: ASYNC240 - a small local file
+    pool = HTTPConnectionPool(client.reactor, persistent=False)
+    agent = Agent(client.reactor, contextFactory=policy, pool=pool)
+    send: dict[bytes | str, list[bytes | str]] = {k: [v] for k, v in (headers or {}).items()}
+    response = await treq.client.HTTPClient(agent).request("GET", client.base_url + path, headers=send)
+    raw = {k.decode().lower(): [v.decode() for v in vs] for k, vs in response.headers.getAllRawHeaders()}
+    result = Stream(response.code, raw)
+    result.protocol = _Lines(result)
+    response.deliverBody(result.protocol)
+    return result

@@ -20,7 +20,7 @@ from payloadtags.api.discovery import (
 )
 
 GROUP = "payload-registry.deckhouse.io"
-VERBS = {"get", "list", "delete", "deletecollection"}
+VERBS = {"get", "list", "watch", "delete", "deletecollection"}
 
 # kubectl 1.32 for /api and /apis (docs/api.md, "What kubectl sends").
 KUBECTL = (
@@ -146,12 +146,10 @@ def _legacy_resource() -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("resource", [_aggregated_resource, _legacy_resource], ids=["aggregated", "legacy"])
-def test_verbs_are_exactly_get_list_delete_deletecollection(resource: Any) -> None:
+def test_verbs_are_exactly_get_list_watch_delete_deletecollection(resource: Any) -> None:
     verbs = resource()["verbs"]
-    assert sorted(verbs) == sorted(VERBS)
+    assert sorted(verbs) == sorted(VERBS) == ["delete", "deletecollection", "get", "list", "watch"]
     assert len(verbs) == len(set(verbs))
-    # Advertising watch together with list and delete would make the garbage collector hold a watch.
-    assert "watch" not in verbs
     assert not {"create", "update", "patch"} & set(verbs)
 
 
@@ -167,8 +165,8 @@ def test_short_name_prt(resource: Any) -> None:
 
 def test_aggregated_documents_do_not_share_mutable_state() -> None:
     first = aggregated("apidiscovery.k8s.io/v2")
-    first["items"][0]["versions"][0]["resources"][0]["verbs"].append("watch")
-    assert "watch" not in _aggregated_resource()["verbs"]
+    first["items"][0]["versions"][0]["resources"][0]["verbs"].append("patch")
+    assert "patch" not in _aggregated_resource()["verbs"]
 
 
 # -- legacy documents --------------------------------------------------------------------------------
@@ -231,7 +229,7 @@ def test_etag_ignores_key_order() -> None:
 
 def test_etag_changes_with_content() -> None:
     changed = copy.deepcopy(API_RESOURCE_LIST)
-    changed["resources"][0]["verbs"].append("watch")
+    changed["resources"][0]["verbs"].append("patch")
     assert etag(changed) != etag(API_RESOURCE_LIST)
     assert etag(aggregated("apidiscovery.k8s.io/v2")) != etag(aggregated("apidiscovery.k8s.io/v2beta1"))
     assert etag(API_GROUP_LIST) != etag(API_GROUP)

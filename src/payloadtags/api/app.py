@@ -40,12 +40,13 @@ from payloadtags.api.errors import (
     unauthorized,
 )
 from payloadtags.api.health import HealthChecks
-from payloadtags.api.negotiation import JSON_TYPE, Form, negotiate
+from payloadtags.api.negotiation import JSON_TYPE, Form, MediaType, negotiate
 from payloadtags.api.options import Query, delete_options, first, list_options
 from payloadtags.api.registry_errors import api_error_for
 from payloadtags.api.render import include_object, list_chunks, render_list, render_object
 from payloadtags.api.streaming import write_incrementally
 from payloadtags.api.tags import TagsService
+from payloadtags.api.watch import EventRenderer, ResponseSink, expired, is_watch, watch_options
 from payloadtags.metrics import CONTENT_TYPE, Metrics
 from payloadtags.model import GROUP, GROUP_VERSION, RESOURCE, to_json
 from payloadtags.names import is_namespace
@@ -53,6 +54,7 @@ from payloadtags.registry import is_valid_repository
 from payloadtags.registry.errors import RegistryError
 from payloadtags.repoindex import RepositoryIndex
 from payloadtags.tls import verified_peer_chain
+from payloadtags.watch import TooManyWatches, Watcher, WatchHub
 
 log = Logger()
 
@@ -97,6 +99,15 @@ def _request_labels(request: IRequest) -> tuple[str, str]:
         "PATCH": "patch",
     }
     return verbs.get(method, method.lower()), RESOURCE
+
+
+def _is_watch_request(request: IRequest) -> bool:
+    if request.method != b"GET":
+        return False
+    try:
+        return is_watch(_query(request))
+    except ApiError:
+        return False
 
 
 def _write_json(request: IRequest, code: int, body: Any, content_type: str = JSON_TYPE) -> bytes:
@@ -155,6 +166,8 @@ class ApiServer:
     request_timeout: float = 60.0
     max_inflight: int = 400
     max_body: int = MAX_BODY
+    # Serves watch=true on the collection; without it a watch is 405.
+    watch_hub: WatchHub | None = None
     app: Klein = attrs.field(factory=Klein, init=False)
     _inflight: int = attrs.field(default=0, init=False)
     _idle_waiters: list[Deferred[None]] = attrs.field(factory=list, init=False)
@@ -210,17 +223,22 @@ class ApiServer:
             started = time.monotonic()
             user: UserInfo | None = None
             self._inflight += 1
-            counted = limited and self._limited < self.max_inflight
+            # Watches are long-running: neither the deadline nor the in-flight limit applies (their
+            # own limits do: WatchLimits).
+            watching = self.watch_hub is not None and _is_watch_request(request)
+            bounded = limited and not watching
+            counted = bounded and self._limited < self.max_inflight
             if counted:
                 self._limited += 1
             # In flight until the response is written (or the client is gone), not merely computed.
             request.notifyFinish().addBoth(lambda _: self._finished(counted))
             try:
-                if limited and not counted:
+                if bounded and not counted:
                     raise too_many_requests()
                 work = Deferred.fromCoroutine(self._serve(fn, request, anonymous, kwargs))
                 # Past the deadline the work is cancelled where it waits (registry calls included).
-                work.addTimeout(self.request_timeout, self._clock())
+                if not watching:
+                    work.addTimeout(self.request_timeout, self._clock())
                 try:
                     user, body = await work
                 except TimeoutError:
@@ -503,15 +521,20 @@ class ApiServer:
             raise unauthorized()
         try:
             events = json.loads(self._body(request))["events"]
-            repositories = [
-                event["target"]["repository"]
+            changes = [
+                (event["action"], event["target"]["repository"])
                 for event in events
-                if event.get("action") == "push" and isinstance(event.get("target"), dict)
+                if event.get("action") in ("push", "delete") and isinstance(event.get("target"), dict)
             ]
         except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError, RecursionError):
             raise ApiError(400, "BadRequest", "the body is not a registry notification envelope") from None
-        if not all(isinstance(name, str) and is_valid_repository(name) for name in repositories):
-            raise ApiError(400, "BadRequest", "a push event names an invalid repository")
+        if not all(isinstance(name, str) and is_valid_repository(name) for _, name in changes):
+            raise ApiError(400, "BadRequest", "an event names an invalid repository")
+        repositories = [name for action, name in changes if action == "push"]
+        if self.watch_hub is not None:
+            # Watched scopes re-read just these repositories' tag lists.
+            for name in dict.fromkeys(name for _, name in changes):
+                self.watch_hub.repository_changed(name)
         added = [name for name in repositories if self.repository_index.add(name)]
         if added:
             log.info("repository index: {added} added by registry events", added=", ".join(added))
@@ -536,7 +559,14 @@ class ApiServer:
         media = negotiate(_header(request, "accept"), collection=True)
         query = _query(request)
         include = include_object(first(query, "includeObject")) if media.form is Form.TABLE else "Metadata"
-        page, meta = await self.service.list(user, namespace, list_options(query))
+        if is_watch(query) and self.watch_hub is not None:
+            return await self._watch(request, user, namespace, query, media, include)
+        options = list_options(query)
+        if self.watch_hub is not None and options.continue_ is None:
+            # The scope's watch source reads its baseline before this list reads the registry, so a
+            # watch from this list's resourceVersion misses nothing that happened after it.
+            await self.watch_hub.list_version(namespace)
+        page, meta = await self.service.list(user, namespace, options)
         request.setResponseCode(200)
         request.setHeader(b"content-type", media.content_type.encode())
         request.setHeader(b"cache-control", b"no-cache, private")
@@ -549,10 +579,76 @@ class ApiServer:
         media = negotiate(_header(request, "accept"), collection=False)
         query = _query(request)
         include = include_object(first(query, "includeObject")) if media.form is Form.TABLE else "Metadata"
-        if query.get("watch") and first(query, "watch") in ("true", "1"):
-            raise method_not_allowed("watch")
+        if is_watch(query):
+            if self.watch_hub is None:
+                raise method_not_allowed("watch")
+            # The older form of a watch of one object: the collection's watch, narrowed to its name.
+            selector = first(query, "fieldSelector")
+            pinned = f"metadata.name={name}" + (f",{selector}" if selector else "")
+            media = negotiate(_header(request, "accept"), collection=True)
+            narrowed = {**query, "fieldSelector": [pinned]}
+            return await self._watch(request, user, namespace, narrowed, media, include)
         obj = await self.service.get(user, namespace, name)
         return _write_json(request, 200, render_object(obj, media, include), media.content_type)
+
+    async def _watch(
+        self,
+        request: IRequest,
+        user: UserInfo,
+        namespace: str | None,
+        query: Query,
+        media: MediaType,
+        include: str,
+    ) -> bytes:
+        hub = self.watch_hub
+        assert hub is not None
+        assert isinstance(request, Request)
+        options = watch_options(query)
+        try:
+            hub.admit(user.name)
+        except TooManyWatches as error:
+            raise too_many_requests(retry_after=1, message=str(error)) from None
+        source = await hub.source(namespace)
+        since: int | None = None
+        rv = options.resource_version
+        initial_end = bool(options.send_initial_events)
+        if options.send_initial_events is not None:
+            # NotOlderThan: a fresh read is newer than any resourceVersion any replica issued before
+            # this request, so it serves foreign ones too; "0" takes the snapshot as it is.
+            if rv != "0":
+                await source.fresh()
+            if not options.send_initial_events:
+                since = hub.versions.current
+        elif rv == "":
+            await source.fresh()  # "most recent": a read that started after this request
+        elif rv != "0":
+            since = hub.sequence_of(rv)
+            if since is None:
+                since = -1  # foreign, future or from an earlier run: 410 below
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", media.content_type.encode())
+        request.setHeader(b"cache-control", b"no-cache, private")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        renderer = EventRenderer(media, include, self.service.registry_host, hub.versions.format)
+        readable = self.service.readable(user)
+        watcher = Watcher(
+            user=user.name,
+            sink=ResponseSink(request),
+            render=renderer.event,
+            accept=options.accept(),
+            readable=readable,
+            bookmark=renderer.bookmark if options.bookmarks else None,
+            max_buffered=hub.limits.send_buffer,
+        )
+        if since == -1 or not hub.start(watcher, source, since, options.timeout_seconds, initial_end):
+            request.write(expired(rv))
+            return b""
+        request.write(b"")  # the head goes out now: clients wait for it before reading events
+        request.registerProducer(watcher, True)
+        request.notifyFinish().addBoth(lambda _: watcher.stopProducing())
+        await watcher.done
+        request.unregisterProducer()
+        return b""
 
     def _body(self, request: IRequest) -> bytes:
         body = request.content.read(self.max_body + 1) if request.content is not None else b""

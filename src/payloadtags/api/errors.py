@@ -113,11 +113,13 @@ def timeout(message: str) -> ApiError:
     return ApiError(504, "Timeout", f"Timeout: {message}")
 
 
-def too_many_requests(retry_after: int = 1) -> ApiError:
+def too_many_requests(
+    retry_after: int = 1, message: str = "Too many requests, please try again later."
+) -> ApiError:
     return ApiError(
         429,
         "TooManyRequests",
-        "Too many requests, please try again later.",
+        message,
         StatusDetails(retry_after_seconds=retry_after),
         retry_after=retry_after,
     )

@@ -419,7 +419,9 @@ _CONTINUE = _Param(
 _RESOURCE_VERSION = _Param(
     "resourceVersion",
     "query",
-    "Accepted for compatibility: a decimal value. Lists always reflect the registry as it is now.",
+    "Lists always reflect the registry as it is now. A watch starts after this resourceVersion "
+    '(from a list or an event of this server); unset: the current tags first, then changes; "0": '
+    "the same, from the last reread.",
 )
 _RESOURCE_VERSION_MATCH = _Param(
     "resourceVersionMatch",
@@ -443,6 +445,33 @@ _PROPAGATION = _Param(
     "Accepted for compatibility: Foreground, Background or Orphan. Tags have no dependents.",
 )
 
+_WATCH = _Param(
+    "watch",
+    "query",
+    "Watch for changes instead of listing: a stream of ADDED, DELETED, BOOKMARK and ERROR events, "
+    "one JSON object per line, from resourceVersion on.",
+    type="boolean",
+)
+_ALLOW_WATCH_BOOKMARKS = _Param(
+    "allowWatchBookmarks",
+    "query",
+    "With watch: send BOOKMARK events (about once a minute, and before the stream ends).",
+    type="boolean",
+)
+_TIMEOUT_SECONDS = _Param(
+    "timeoutSeconds",
+    "query",
+    "With watch: end the stream cleanly after this many seconds.",
+    type="integer",
+)
+_SEND_INITIAL_EVENTS = _Param(
+    "sendInitialEvents",
+    "query",
+    "With watch, resourceVersionMatch=NotOlderThan and allowWatchBookmarks=true: first an ADDED "
+    "event per tag, then a BOOKMARK annotated k8s.io/initial-events-end.",
+    type="boolean",
+)
+
 _LIST_PARAMS = (
     _LABEL_SELECTOR,
     _FIELD_SELECTOR,
@@ -450,6 +479,10 @@ _LIST_PARAMS = (
     _CONTINUE,
     _RESOURCE_VERSION,
     _RESOURCE_VERSION_MATCH,
+    _WATCH,
+    _ALLOW_WATCH_BOOKMARKS,
+    _TIMEOUT_SECONDS,
+    _SEND_INITIAL_EVENTS,
 )
 _DELETE_PARAMS = (_DRY_RUN, _GRACE_PERIOD, _PROPAGATION)
 

@@ -63,7 +63,7 @@ def include_object(value: str | None) -> str:
     return value
 
 
-def _row(obj: PayloadRepositoryTag, media: MediaType, include: str) -> TableRow:
+def row(obj: PayloadRepositoryTag, media: MediaType, include: str) -> TableRow:
     embedded: dict[str, Any] | None
     if include == "None":
         embedded = None
@@ -80,7 +80,7 @@ def render_list(
     items: list[PayloadRepositoryTag], meta: ListMeta, media: MediaType, include: str = "Metadata"
 ) -> Any:
     if media.form is Form.TABLE:
-        rows = [_row(obj, media, include) for obj in items]
+        rows = [row(obj, media, include) for obj in items]
         return to_json(
             Table(api_version=media.meta_api_version, metadata=meta, column_definitions=COLUMNS, rows=rows)
         )
@@ -101,7 +101,7 @@ def render_object(obj: PayloadRepositoryTag, media: MediaType, include: str = "M
                 api_version=media.meta_api_version,
                 metadata=ListMeta(),
                 column_definitions=COLUMNS,
-                rows=[_row(obj, media, include)],
+                rows=[row(obj, media, include)],
             )
         )
     if media.form is Form.PARTIAL:

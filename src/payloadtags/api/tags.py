@@ -109,12 +109,18 @@ class ResourceVersions:
         return str(self._last)
 
 
+class VersionSource(Protocol):
+    """Where lists take their resourceVersion: the watch hub's sequence when watches are served."""
+
+    def current(self) -> str: ...
+
+
 @attrs.define
 class TagsService:
     inventory: Inventory
     registry_host: str
     authorizer: Authorizer
-    versions: ResourceVersions
+    versions: VersionSource
     delete_concurrency: int = 4
     # With it, a deletecollection of a whole namespace that is being deleted deletes by digest.
     removal: NamespaceRemoval | None = None
@@ -140,6 +146,10 @@ class TagsService:
             )
 
         return accept
+
+    def readable(self, user: UserInfo) -> Callable[[str, str], bool]:
+        """Whether ``user`` may see the tags of (namespace, repository path)."""
+        return self._readable(user, authorize=True)
 
     def _readable(self, user: UserInfo, authorize: bool) -> Callable[[str, str], bool]:
         if not authorize:

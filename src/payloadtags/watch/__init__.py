@@ -1,6 +1,7 @@
 """Watches of PayloadRepositoryTags: resourceVersions, per-scope event sources, fan-out to watchers."""
 
-from payloadtags.watch.hub import TooManyWatches, WatchHub, WatchLimits
+from payloadtags.limits import WatchLimits
+from payloadtags.watch.hub import TooManyWatches, WatchHub
 from payloadtags.watch.source import Event, EventType, ScopeReader, ScopeSource
 from payloadtags.watch.versions import ReplicaVersions
 from payloadtags.watch.watcher import Sink, Watcher

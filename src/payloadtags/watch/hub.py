@@ -17,27 +17,13 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from payloadtags.inventory import Inventory
+from payloadtags.limits import WatchLimits
 from payloadtags.names import TagRef, split_repository
 from payloadtags.watch.source import Event, EventType, ScopeReader, ScopeSource
 from payloadtags.watch.versions import ReplicaVersions
 from payloadtags.watch.watcher import Watcher
 
 log = Logger()
-
-
-@attrs.frozen
-class WatchLimits:
-    max_watches: int = 10000
-    max_watches_per_user: int = 1000
-    resync_period: float = 30.0
-    idle_scope_ttl: float = 300.0
-    history: int = 10000
-    send_buffer: int = 1000
-    bookmark_interval: float = 60.0
-    access_check_interval: float = 1.0
-    # Without timeoutSeconds a stream lasts this long (kube-apiserver picks 30 to 60 minutes).
-    default_timeout: float = 1800.0
-    max_timeout: float = 3600.0
 
 
 class TooManyWatches(Exception):
@@ -61,7 +47,7 @@ class InventoryReader:
 class WatchHub:
     reader: ScopeReader
     clock: IReactorTime
-    limits: WatchLimits = WatchLimits()
+    limits: WatchLimits = attrs.field(factory=WatchLimits)
     versions: ReplicaVersions = attrs.field(factory=ReplicaVersions)
     # Bumped by the access rules on every change; watchers then re-decide what they were shown.
     access_generation: Callable[[], int] = lambda: 0

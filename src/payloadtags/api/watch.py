@@ -1,0 +1,218 @@
+"""The watch verb over HTTP: its options, its event lines, the response as a watcher's sink.
+
+One JSON object per line (``{"type":…,"object":…}``), written as the events happen on a chunked 200
+response. The event objects have the form the list has for the same Accept header (full object,
+PartialObjectMetadata, or a one-row Table), with the event's resourceVersion in their metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.web.server import Request
+
+from payloadtags.api.errors import bad_request, invalid_field
+from payloadtags.api.negotiation import Form, MediaType
+from payloadtags.api.options import Query, first
+from payloadtags.api.render import COLUMNS, row
+from payloadtags.api.selectors import FieldSelector, LabelSelector, parse_field_selector, parse_label_selector
+from payloadtags.model import (
+    GROUP_VERSION,
+    KIND,
+    ListMeta,
+    PartialObjectMetadata,
+    Status,
+    Table,
+    tag_object,
+    to_json,
+)
+from payloadtags.names import TagRef
+from payloadtags.watch import Event
+
+INITIAL_EVENTS_END = "k8s.io/initial-events-end"
+
+
+def _flag(query: Query, key: str) -> bool | None:
+    value = first(query, key)
+    if value is None:
+        return None
+    if value.lower() in ("true", "1"):
+        return True
+    if value.lower() in ("false", "0", ""):
+        return False
+    raise bad_request(f'invalid value for {key}: "{value}" is not a boolean')
+
+
+def is_watch(query: Query) -> bool:
+    return bool(_flag(query, "watch"))
+
+
+@attrs.frozen
+class WatchOptions:
+    labels: LabelSelector
+    fields: FieldSelector
+    resource_version: str
+    timeout_seconds: int | None
+    bookmarks: bool
+    send_initial_events: bool | None
+
+    def accept(self) -> Callable[[TagRef], bool]:
+        # Tags carry no labels: the label selector decides once for all of them.
+        if not self.labels.matches({}):
+            return lambda ref: False
+        fields = self.fields
+        return lambda ref: fields.matches({"metadata.name": ref.name, "metadata.namespace": ref.namespace})
+
+
+def _invalid(field: str, value: str, message: str) -> Exception:
+    return invalid_field("ListOptions", "meta.k8s.io", field, value, message)
+
+
+def watch_options(query: Query) -> WatchOptions:
+    """The options of a watch, validated as kube-apiserver validates them."""
+    resource_version = first(query, "resourceVersion") or ""
+    match = first(query, "resourceVersionMatch") or None
+    send_initial = _flag(query, "sendInitialEvents")
+    bookmarks = bool(_flag(query, "allowWatchBookmarks"))
+    if first(query, "continue"):
+        raise bad_request(
+            "continue is not supported for watch: start the watch from the list's resourceVersion"
+        )
+    if match is not None and match not in ("Exact", "NotOlderThan"):
+        raise _invalid("resourceVersionMatch", match, 'must be "Exact" or "NotOlderThan"')
+    if send_initial is None and match is not None:
+        raise _invalid(
+            "resourceVersionMatch",
+            match,
+            "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+        )
+    if send_initial is not None:
+        if match != "NotOlderThan":
+            raise _invalid(
+                "sendInitialEvents",
+                str(send_initial).lower(),
+                "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+            )
+        if send_initial and not bookmarks:
+            raise _invalid(
+                "sendInitialEvents",
+                "true",
+                "sendInitialEvents requires setting allowWatchBookmarks to true",
+            )
+    timeout_text = first(query, "timeoutSeconds")
+    timeout = None
+    if timeout_text not in (None, ""):
+        try:
+            timeout = int(timeout_text)
+        except ValueError:
+            raise bad_request(
+                f'invalid value for timeoutSeconds: "{timeout_text}" is not an integer'
+            ) from None
+        if timeout < 0:
+            raise _invalid("timeoutSeconds", timeout_text, "must be non-negative")
+    if resource_version and not (resource_version.isascii() and resource_version.isdigit()):
+        raise bad_request(f'invalid resource version "{resource_version}"')
+    return WatchOptions(
+        labels=parse_label_selector(first(query, "labelSelector")),
+        fields=parse_field_selector(first(query, "fieldSelector")),
+        resource_version=resource_version,
+        timeout_seconds=timeout or None,
+        bookmarks=bookmarks,
+        send_initial_events=send_initial,
+    )
+
+
+def _line(kind: str, obj: Any) -> bytes:
+    return json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n"
+
+
+@attrs.frozen
+class EventRenderer:
+    """Event lines in the negotiated form."""
+
+    media: MediaType
+    include: str
+    registry_host: str
+    format_version: Callable[[int], str]
+
+    def event(self, event: Event) -> bytes:
+        obj = tag_object(self.registry_host, event.ref)
+        obj.metadata.resource_version = self.format_version(event.sequence)
+        body: Any
+        if self.media.form is Form.TABLE:
+            body = to_json(
+                Table(
+                    api_version=self.media.meta_api_version,
+                    metadata=ListMeta(resource_version=obj.metadata.resource_version),
+                    column_definitions=COLUMNS,
+                    rows=[row(obj, self.media, self.include)],
+                )
+            )
+        elif self.media.form is Form.PARTIAL:
+            body = to_json(
+                PartialObjectMetadata(api_version=self.media.meta_api_version, metadata=obj.metadata)
+            )
+        else:
+            body = to_json(obj)
+        return _line(event.type.value, body)
+
+    def bookmark(self, sequence: int, initial_events_end: bool) -> bytes:
+        metadata: dict[str, Any] = {"resourceVersion": self.format_version(sequence)}
+        if initial_events_end:
+            metadata["annotations"] = {INITIAL_EVENTS_END: "true"}
+        if self.media.form is Form.TABLE:
+            body: dict[str, Any] = {
+                "kind": "Table",
+                "apiVersion": self.media.meta_api_version,
+                "metadata": metadata,
+                "columnDefinitions": [],
+                "rows": [],
+            }
+        elif self.media.form is Form.PARTIAL:
+            body = {
+                "kind": "PartialObjectMetadata",
+                "apiVersion": self.media.meta_api_version,
+                "metadata": metadata,
+            }
+        else:
+            body = {"kind": KIND, "apiVersion": GROUP_VERSION, "metadata": metadata}
+        return _line("BOOKMARK", body)
+
+
+def expired(resource_version: str) -> bytes:
+    """The ERROR event for a resourceVersion this replica cannot serve a watch from."""
+    status = Status(
+        status="Failure",
+        code=410,
+        reason="Expired",
+        message=f"too old resource version: {resource_version} "
+        "(not retained by this server, or issued by another replica or an earlier run; relist)",
+    )
+    return _line("ERROR", to_json(status))
+
+
+@attrs.define
+class ResponseSink:
+    """A watcher's lines on the HTTP response."""
+
+    request: Request
+
+    def write(self, data: bytes) -> None:
+        self.request.write(data)
+
+    def close(self) -> None:
+        """The handler returns once the watcher is done, and the response completes then."""
+
+    def abort(self) -> None:
+        transport = self.request.channel.transport if self.request.channel is not None else None
+        abort = getattr(transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+        elif transport is not None:
+            transport.loseConnection()
+
+
+__all__ = ["EventRenderer", "ResponseSink", "WatchOptions", "expired", "is_watch", "watch_options"]

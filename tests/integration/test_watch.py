@@ -1,0 +1,184 @@
+"""Watches over HTTPS against the real registry: list then watch, events, options, 410, limits."""
+
+from __future__ import annotations
+
+import pytest_twisted
+from twisted.internet import task
+
+from payloadtags.limits import WatchLimits
+from payloadtags.names import encode_name
+from tests.support import images
+from tests.support.client import stream
+
+B = "/apis/payload-registry.deckhouse.io/v1alpha1"
+TABLE = (
+    "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,"
+    "application/json"
+)
+
+
+def collection(namespace: str) -> str:
+    return f"{B}/namespaces/{namespace}/payloadrepositorytags"
+
+
+def events_body(*changes: tuple[str, str]) -> dict:
+    return {
+        "events": [
+            {"action": action, "target": {"repository": repository, "tag": "x"}}
+            for action, repository in changes
+        ]
+    }
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_then_watch_sees_a_push_and_a_delete(make_server, registry, repo, reactor):
+    namespace, path = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "v1")
+    api = await make_server(registry, watch=WatchLimits(resync_period=0.2))
+    client = api.client(api.pki.admin)
+    listing = (await client.get(collection(namespace))).json()
+    rv = listing["metadata"]["resourceVersion"]
+    assert [i["spec"]["tag"] for i in listing["items"]] == ["v1"]
+    watch = await stream(client, f"{collection(namespace)}?watch=true&resourceVersion={rv}")
+    assert watch.code == 200 and watch.headers["content-type"] == ["application/json"]
+    images.push_oci_image(registry, repo, "v2", seed="two")
+    added = await watch.next()
+    assert added["type"] == "ADDED"
+    obj = added["object"]
+    assert obj["kind"] == "PayloadRepositoryTag" and obj["spec"]["tag"] == "v2"
+    assert obj["metadata"]["name"] == encode_name(path, "v2") and obj["metadata"]["namespace"] == namespace
+    assert int(obj["metadata"]["resourceVersion"]) > int(rv)
+    assert set(obj) == {"apiVersion", "kind", "metadata", "spec"}  # the list's spec-only shape
+    reply = await client.delete(f"{collection(namespace)}/{encode_name(path, 'v1')}")
+    assert reply.code == 200
+    deleted = await watch.next()
+    assert deleted["type"] == "DELETED" and deleted["object"]["spec"]["tag"] == "v1"
+    assert int(deleted["object"]["metadata"]["resourceVersion"]) > int(obj["metadata"]["resourceVersion"])
+    # Resuming from the first event's resourceVersion replays what followed it.
+    again = await stream(
+        client, f"{collection(namespace)}?watch=1&resourceVersion={obj['metadata']['resourceVersion']}"
+    )
+    assert (await again.next())["type"] == "DELETED"
+    watch.close()
+    again.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_notifications_bring_events_without_waiting_for_the_resync(
+    make_server, registry, repo, tmp_path
+):
+    namespace, _ = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "v1")
+    token = tmp_path / "token"
+    token.write_text("secret\n")
+    api = await make_server(
+        registry, watch=WatchLimits(resync_period=3600), registry_events_token_file=str(token)
+    )
+    client = api.client(api.pki.admin)
+    watch = await stream(client, f"{collection(namespace)}?watch=true&resourceVersion=0", {"Accept": TABLE})
+    first = await watch.next()
+    assert first["type"] == "ADDED" and first["object"]["kind"] == "Table"
+    assert first["object"]["rows"][0]["cells"][1:3] == [repo.split("/", 1)[1], "v1"]
+    assert first["object"]["rows"][0]["object"]["kind"] == "PartialObjectMetadata"
+    images.push_oci_image(registry, repo, "v2", seed="two")
+    posted = await client.request(
+        "POST",
+        "/registry/events",
+        headers={"Authorization": "Bearer secret"},
+        body=events_body(("push", repo)),
+    )
+    assert posted.code == 200, posted.body
+    added = await watch.next()
+    assert added["type"] == "ADDED" and added["object"]["rows"][0]["cells"][2] == "v2"
+    watch.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_initial_events_bookmarks_timeout_and_selectors(make_server, registry, repo):
+    namespace, path = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "a")
+    images.push_oci_image(registry, repo, "b")
+    api = await make_server(registry)
+    client = api.client(api.pki.admin)
+    query = "watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true"
+    watch = await stream(client, f"{collection(namespace)}?{query}&timeoutSeconds=1")
+    kinds = [await watch.next() for _ in range(3)]
+    assert [(e["type"], e["object"].get("spec", {}).get("tag")) for e in kinds] == [
+        ("ADDED", "a"),
+        ("ADDED", "b"),
+        ("BOOKMARK", None),
+    ]
+    assert kinds[2]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+    # timeoutSeconds: a last bookmark, then the stream ends cleanly.
+    last = await watch.next(within=5)
+    assert last["type"] == "BOOKMARK"
+    await watch.ended
+    one = encode_name(path, "b")
+    selected = await stream(
+        client, f"{collection(namespace)}?watch=true&resourceVersion=0&fieldSelector=metadata.name%3D{one}"
+    )
+    assert (await selected.next())["object"]["metadata"]["name"] == one
+    selected.close()
+    labelled = await stream(
+        client, f"{collection(namespace)}?watch=true&resourceVersion=0&labelSelector=app%3Dx&timeoutSeconds=1"
+    )
+    await labelled.ended
+    assert labelled.lines.pending == []  # tags carry no labels: nothing matches
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_resource_version_from_elsewhere_is_gone(make_server, registry, repo):
+    namespace, _ = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "v1")
+    first = await make_server(registry)
+    second = await make_server(registry)
+    listed = (await first.client(first.pki.admin).get(collection(namespace))).json()["metadata"][
+        "resourceVersion"
+    ]
+    watch = await stream(
+        second.client(second.pki.admin), f"{collection(namespace)}?watch=true&resourceVersion={listed}"
+    )
+    assert watch.code == 200
+    error = await watch.next()
+    assert error["type"] == "ERROR"
+    assert error["object"]["code"] == 410 and error["object"]["reason"] == "Expired"
+    assert error["object"]["kind"] == "Status" and error["object"]["message"]
+    await watch.ended
+
+
+@pytest_twisted.ensureDeferred
+async def test_watch_options_refused_with_a_status(api, repo):
+    namespace, _ = repo.split("/", 1)
+    client = api.client(api.pki.admin)
+    for query, code in (
+        ("watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan", 422),  # no bookmarks
+        ("watch=true&sendInitialEvents=true&allowWatchBookmarks=true", 422),  # no NotOlderThan
+        ("watch=true&resourceVersionMatch=NotOlderThan&resourceVersion=5", 422),
+        ("watch=true&timeoutSeconds=abc", 400),
+        ("watch=true&resourceVersion=x1", 400),
+        ("watch=true&continue=abc", 400),
+        ("watch=maybe", 400),
+    ):
+        reply = await client.get(f"{collection(namespace)}?{query}")
+        assert reply.code == code, (query, reply.body)
+        assert reply.json()["kind"] == "Status"
+
+
+@pytest_twisted.ensureDeferred
+async def test_watches_are_limited_per_user_and_exempt_from_the_deadline(
+    make_server, registry, repo, reactor
+):
+    namespace, _ = repo.split("/", 1)
+    api = await make_server(registry, watch=WatchLimits(max_watches_per_user=1))
+    client = api.client(api.pki.admin)
+    held = await stream(client, f"{collection(namespace)}?watch=true&resourceVersion=0")
+    assert held.code == 200
+    refused = await client.get(f"{collection(namespace)}?watch=true")
+    assert refused.code == 429 and refused.json()["reason"] == "TooManyRequests"
+    assert "too many watches for user" in refused.json()["message"]
+    held.close()
+    await task.deferLater(reactor, 0.2, lambda: None)
+    assert not api.running.api.watch_hub.watchers
+    again = await stream(client, f"{collection(namespace)}?watch=true&resourceVersion=0")
+    assert again.code == 200
+    again.close()
