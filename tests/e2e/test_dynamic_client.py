@@ -64,7 +64,7 @@ async def test_discovery_finds_the_resource(dynamic, tmp_path):
     assert resource.group_version == API_VERSION
     assert resource.namespaced is True
     assert resource.short_names == ["prt"]
-    assert sorted(resource.verbs) == ["delete", "deletecollection", "get", "list"]
+    assert sorted(resource.verbs) == ["delete", "deletecollection", "get", "list", "watch"]
     assert (tmp_path / "discovery.json").exists()
 
 

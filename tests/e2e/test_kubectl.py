@@ -558,8 +558,8 @@ async def test_delete_removes_only_that_tag_and_returns_promptly(kubectl, regist
     digest = push(registry, ns, "app", "v1", "v1-copy")
     target = name("app", "v1")
 
-    # kubectl waits until a GET answers 404 (a watch would be refused: watch is not offered), so it
-    # succeeds within its --timeout only because the tag is gone when DELETE answers.
+    # kubectl waits until a GET answers 404 (or, failing that, for a DELETED event of a watch by
+    # name); it returns at once because the tag is gone when DELETE answers.
     result = ok(await kubectl("delete", "prt", "-n", ns, target, "--timeout=15s"))
 
     assert result.out == f'{SINGULAR} "{target}" deleted\n'

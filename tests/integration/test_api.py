@@ -410,13 +410,6 @@ async def test_writes_are_405(api):
         assert status["message"] == f'{verb} is not supported on resources of kind "{kind}"'
 
 
-@pytest_twisted.ensureDeferred
-async def test_watch_is_not_offered(api):
-    assert_status(
-        await api.client(api.pki.admin).get(collection("ns1") + "?watch=true"), 405, "MethodNotAllowed"
-    )
-
-
 # --- discovery, identity, health --------------------------------------------------------------------
 
 
@@ -430,7 +423,7 @@ async def test_discovery(api):
     )
     (group,) = reply.json()["items"]
     resource = group["versions"][0]["resources"][0]
-    assert resource["verbs"] == ["delete", "deletecollection", "get", "list"]
+    assert resource["verbs"] == ["delete", "deletecollection", "get", "list", "watch"]
     assert resource["shortNames"] == ["prt"]
     etag = reply.header("etag")
     cached = await client.get("/apis", headers={"Accept": v2, "If-None-Match": etag})

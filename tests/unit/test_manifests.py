@@ -251,7 +251,7 @@ def test_tags_are_available_to_all_authenticated_users(base: list[Obj]) -> None:
     role = one(base, "ClusterRole", "payloadtags:payloadrepositorytags")
     # Exactly the verbs the API serves; access per path is PayloadRepositoryAccess's business.
     assert _rules(role) == [
-        _rule([GROUP], ["payloadrepositorytags"], ["get", "list", "delete", "deletecollection"])
+        _rule([GROUP], ["payloadrepositorytags"], ["get", "list", "watch", "delete", "deletecollection"])
     ]
     binding = one(base, "ClusterRoleBinding", "payloadtags:payloadrepositorytags")
     assert binding["roleRef"] == {

@@ -335,3 +335,35 @@ def test_access_change_ends_only_the_watches_it_affects() -> None:
 
 def test_event_type_values_are_the_wire_names() -> None:
     assert {t.value for t in EventType} == {"ADDED", "DELETED"}
+
+
+@attrs.define
+class HangingReader:
+    pending: list[Deferred[list[TagRef]]] = attrs.field(factory=list)
+
+    async def scope_tags(self, namespace: str | None) -> list[TagRef]:
+        d: Deferred[list[TagRef]] = Deferred()
+        self.pending.append(d)
+        return await d
+
+    async def repository_tags(self, repository: str) -> list[str]:
+        return []
+
+
+def test_a_baseline_nobody_waits_for_any_more_is_cancelled_and_resyncs_are_bounded() -> None:
+    reader = HangingReader()
+    clock = Clock()
+    hub = WatchHub(reader, clock, WatchLimits(resync_period=10))
+    listing = Deferred.fromCoroutine(hub.list_version("team"))
+    assert len(reader.pending) == 1
+    listing.cancel()  # the list's deadline, or its client gone
+    assert reader.pending[0].called  # the registry read was cancelled with it
+    listing.addErrback(lambda failure: None)
+    source = hub.sources["team"]
+    assert not source.ready
+    # A resync that never answers is cut after its timeout, so the loop goes on.
+    clock.advance(10)
+    assert len(reader.pending) == 2
+    clock.advance(10 * 4 + 60)
+    assert reader.pending[1].called
+    hub.stop()

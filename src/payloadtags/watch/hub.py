@@ -77,7 +77,14 @@ class WatchHub:
     async def source(self, namespace: str | None) -> ScopeSource:
         source = self.sources.get(namespace)
         if source is None:
-            source = ScopeSource(namespace, self.reader, self.versions, history=self.limits.history)
+            source = ScopeSource(
+                namespace,
+                self.reader,
+                self.versions,
+                history=self.limits.history,
+                clock=self.clock,
+                timeout=self.limits.resync_period * 4 + 60,
+            )
             self.sources[namespace] = source
             loop = LoopingCall(source.resync)
             loop.clock = self.clock

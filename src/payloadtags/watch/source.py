@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from typing import Protocol
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from payloadtags.names import TagRef, split_repository
@@ -64,7 +65,11 @@ class ScopeSource:
     # Reads are numbered when they start; a read older than the one a repository last took is stale.
     _reads: int = 0
     _marks: dict[str, int] = attrs.field(factory=dict)
+    # Bounds every resync (a registry that answers forever must not hold the loop).
+    clock: IReactorTime | None = None
+    timeout: float | None = None
     _resyncing: bool = False
+    _running: Deferred[None] | None = None
     _joined: list[Deferred[None]] = attrs.field(factory=list)
     _ready_waiters: list[Deferred[None]] = attrs.field(factory=list)
     _reading: set[str] = attrs.field(factory=set)
@@ -87,7 +92,16 @@ class ScopeSource:
         return iter(sorted(refs, key=lambda ref: ref.sort_key))
 
     def when_ready(self) -> Deferred[None]:
-        waiter: Deferred[None] = Deferred()
+        """Fires once the baseline is read. When every waiter gave up (their requests were cancelled)
+        before it was, the baseline read is cancelled too: nobody is left to serve."""
+
+        def give_up(waiter: Deferred[None]) -> None:
+            if waiter in self._ready_waiters:
+                self._ready_waiters.remove(waiter)
+            if not self._ready_waiters and not self.ready and self._running is not None:
+                self._running.cancel()
+
+        waiter: Deferred[None] = Deferred(give_up)
         if self.ready:
             waiter.callback(None)
         else:
@@ -99,7 +113,8 @@ class ScopeSource:
     def fail_waiters(self, error: Exception) -> None:
         waiters, self._ready_waiters = self._ready_waiters, []
         for waiter in waiters:
-            waiter.errback(error)
+            if not waiter.called:
+                waiter.errback(error)
 
     def resync(self) -> Deferred[None]:
         """Reads the scope and applies the differences; joins the resync already running, if any."""
@@ -107,7 +122,10 @@ class ScopeSource:
         self._joined.append(joined)
         if not self._resyncing:
             self._resyncing = True
-            Deferred.fromCoroutine(self._run_resync())
+            running = Deferred.fromCoroutine(self._run_resync())
+            if self.clock is not None and self.timeout is not None:
+                running.addTimeout(self.timeout, self.clock)
+            self._running = running if not running.called else None
         return joined
 
     async def fresh(self) -> None:
@@ -121,14 +139,20 @@ class ScopeSource:
             await self._resync_once()
         finally:
             self._resyncing = False
+            self._running = None
             joined, self._joined = self._joined, []
             for waiter in joined:
-                waiter.callback(None)
+                if not waiter.called:  # a waiter whose request was cancelled meanwhile
+                    waiter.callback(None)
 
     async def _resync_once(self) -> None:
         mark = self._next_mark()
         try:
             refs = await self.reader.scope_tags(self.namespace)
+        except CancelledError as error:
+            if not self.ready:
+                self.fail_waiters(error)
+            return
         except Exception as error:
             # The snapshot stays as it was: an unreadable registry must not look like deleted tags.
             self.failures += 1
@@ -151,7 +175,8 @@ class ScopeSource:
             self.floor = self.versions.current
             waiters, self._ready_waiters = self._ready_waiters, []
             for waiter in waiters:
-                waiter.callback(None)
+                if not waiter.called:
+                    waiter.callback(None)
             dirty, self._dirty_before_ready = self._dirty_before_ready, set()
             for repository in sorted(dirty):
                 self.repository_changed(repository)

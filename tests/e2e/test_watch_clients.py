@@ -1,0 +1,207 @@
+"""Watches end to end: the real kubectl (`get -w`, `get -A -w`, `wait --for=delete`) and the Python
+``kubernetes`` package's ``watch.Watch()`` loop, against the real registry, with a push and a delete
+made while they watch. Changes are found by the scope's periodic reread (0.3 s here)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import pytest
+import pytest_twisted
+from kubernetes import client as k8s
+from kubernetes import watch as k8s_watch
+from twisted.internet import reactor as global_reactor
+from twisted.internet import task
+from twisted.internet.defer import Deferred, DeferredQueue
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
+
+from payloadtags.limits import WatchLimits
+from payloadtags.names import encode_name
+from tests.support import images
+from tests.support.kubectl import KUBECTL, Kubectl
+
+pytestmark = [pytest.mark.kubectl, pytest.mark.registry]
+
+GROUP = "payload-registry.deckhouse.io"
+
+
+@attrs.define(eq=False)
+class Running(ProcessProtocol):
+    """A kubectl that keeps running (a watch): its stdout a line at a time, its exit code when done."""
+
+    lines: DeferredQueue[str] = attrs.field(factory=DeferredQueue)
+    err: list[bytes] = attrs.field(factory=list)
+    exited: Deferred[int] = attrs.field(factory=Deferred)
+    _partial: bytes = b""
+
+    def outReceived(self, data: bytes) -> None:
+        self._partial += data
+        *complete, self._partial = self._partial.split(b"\n")
+        for line in complete:
+            self.lines.put(line.decode())
+
+    def errReceived(self, data: bytes) -> None:
+        self.err.append(data)
+
+    def processEnded(self, reason: Failure) -> None:
+        value = reason.value
+        code = value.exitCode if isinstance(value, ProcessDone | ProcessTerminated) else -1
+        self.exited.callback(code if code is not None else -1)
+
+    async def line(self, within: float = 15.0) -> str:
+        waiting = self.lines.get()
+        waiting.addTimeout(within, global_reactor)
+        return await waiting
+
+    async def until(self, predicate: Callable[[str], bool], within: float = 15.0) -> str:
+        while True:
+            line = await self.line(within)
+            if predicate(line):
+                return line
+
+    def stop(self) -> None:
+        if not self.exited.called and self.transport is not None:
+            self.transport.signalProcess(signal.SIGKILL)
+
+    @property
+    def stderr(self) -> str:
+        return b"".join(self.err).decode()
+
+
+def start_kubectl(kubectl: Kubectl, *args: str) -> Running:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(kubectl.cache_dir),
+        "KUBECONFIG": str(kubectl.kubeconfig),
+    }
+    protocol = Running()
+    global_reactor.spawnProcess(
+        protocol, KUBECTL, [KUBECTL, "--cache-dir", str(kubectl.cache_dir), *args], env=env
+    )
+    return protocol
+
+
+@pytest_twisted.async_yield_fixture
+async def watched(make_server: Any, registry: Any) -> Any:
+    yield await make_server(registry, watch=WatchLimits(resync_period=0.3))
+
+
+@pytest.fixture
+def kubectl(watched: Any, kubectl_for: Any) -> Kubectl:
+    return kubectl_for(watched)
+
+
+def delete_tag(registry: Any, repository: str, digest: str) -> None:
+    assert images.delete_manifest(registry, repository, digest) == 202
+
+
+@pytest_twisted.ensureDeferred
+async def test_kubectl_get_w_prints_a_pushed_tag_and_a_deleted_one(kubectl, registry, repo):
+    namespace, path = repo.split("/", 1)
+    old = images.push_oci_image(registry, repo, "old")
+    running = start_kubectl(kubectl, "get", "prt", "-n", namespace, "-w", "--output-watch-events")
+    try:
+        assert (await running.line()).split() == ["EVENT", "NAME", "REPOSITORY", "TAG"]
+        assert (await running.line()).split() == ["ADDED", encode_name(path, "old"), path, "old"]
+        images.push_oci_image(registry, repo, "new", seed="new")
+        assert (await running.line()).split() == ["ADDED", encode_name(path, "new"), path, "new"]
+        delete_tag(registry, repo, old)  # straight in the registry, not through payloadtags
+        assert (await running.line()).split() == ["DELETED", encode_name(path, "old"), path, "old"]
+        assert not running.exited.called, running.stderr
+    finally:
+        running.stop()
+    await running.exited
+    assert "error" not in running.stderr.lower(), running.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_kubectl_get_all_namespaces_w(kubectl, registry, repo):
+    namespace, path = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "one")
+    running = start_kubectl(kubectl, "get", "prt", "-A", "-w")
+    try:
+        assert (await running.line()).split()[:2] == ["NAMESPACE", "NAME"]
+        await running.until(lambda line: line.split()[:2] == [namespace, encode_name(path, "one")])
+        images.push_oci_image(registry, f"{namespace}-other/app", "two", seed="two")
+        row = await running.until(lambda line: line.split()[0] == f"{namespace}-other")
+        assert row.split() == [f"{namespace}-other", encode_name("app", "two"), "app", "two"]
+    finally:
+        running.stop()
+    await running.exited
+    assert "error" not in running.stderr.lower(), running.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_kubectl_wait_for_delete_returns_when_the_tag_goes(kubectl, registry, repo):
+    namespace, path = repo.split("/", 1)
+    digest = images.push_oci_image(registry, repo, "doomed")
+    name = encode_name(path, "doomed")
+    waiting = start_kubectl(kubectl, "wait", "--for=delete", f"prt/{name}", "-n", namespace, "--timeout=30s")
+    # kubectl first GETs the tag, then lists and watches by name: give it time to be watching.
+    await task.deferLater(global_reactor, 1.5, lambda: None)
+    assert not waiting.exited.called, waiting.stderr
+    delete_tag(registry, repo, digest)
+    line = await waiting.line(within=20)
+    assert line == f"payloadrepositorytag.{GROUP}/{name} condition met"
+    assert await waiting.exited == 0
+    assert waiting.stderr == ""  # no fallback noise
+
+
+@pytest_twisted.ensureDeferred
+async def test_python_watch_loop_sees_push_and_delete(watched, pki, registry, repo):
+    namespace, path = repo.split("/", 1)
+    old = images.push_oci_image(registry, repo, "old")
+    configuration = k8s.Configuration()
+    configuration.host = watched.url
+    configuration.ssl_ca_cert = str(pki.server_ca.cert_file)
+    configuration.cert_file = str(pki.admin.cert_file)
+    configuration.key_file = str(pki.admin.key_file)
+    api_client = k8s.ApiClient(configuration)
+    custom = k8s.CustomObjectsApi(api_client)
+    listed = await deferToThread(
+        custom.list_namespaced_custom_object, GROUP, "v1alpha1", namespace, "payloadrepositorytags"
+    )
+    assert [i["spec"]["tag"] for i in listed["items"]] == ["old"]
+    seen: list[tuple[str, str]] = []
+    cache = {i["metadata"]["name"]: i for i in listed["items"]}
+
+    def informer() -> None:
+        watcher = k8s_watch.Watch()
+        for event in watcher.stream(
+            custom.list_namespaced_custom_object,
+            GROUP,
+            "v1alpha1",
+            namespace,
+            "payloadrepositorytags",
+            resource_version=listed["metadata"]["resourceVersion"],
+            timeout_seconds=20,
+        ):
+            obj = event["object"]
+            seen.append((event["type"], obj["spec"]["tag"]))
+            if event["type"] == "DELETED":
+                cache.pop(obj["metadata"]["name"], None)
+                watcher.stop()
+            else:
+                cache[obj["metadata"]["name"]] = obj
+
+    loop = deferToThread(informer)
+    await task.deferLater(global_reactor, 1.0, lambda: None)
+    images.push_oci_image(registry, repo, "new", seed="new")
+    await task.deferLater(global_reactor, 1.0, lambda: None)
+    delete_tag(registry, repo, old)
+    await loop
+    await deferToThread(api_client.close)
+    assert seen == [("ADDED", "new"), ("DELETED", "old")]
+    fresh = await deferToThread(
+        custom.list_namespaced_custom_object, GROUP, "v1alpha1", namespace, "payloadrepositorytags"
+    )
+    assert (
+        sorted(cache) == sorted(i["metadata"]["name"] for i in fresh["items"]) == [encode_name(path, "new")]
+    )
