@@ -179,11 +179,14 @@ class TagsService:
         if namespace is None and pinned_namespace is not None:
             namespace = pinned_namespace
         pinned_name = options.fields.required("metadata.name")
+        # Taken before the registry is read: a watch from it then replays every change found by a
+        # read that may have come after this list's (docs/watch.md, "Guarantees").
+        current = self.versions.current()
         if namespace is not None and pinned_name is not None and options.continue_ is None:
             # kubectl's delete-wait and single-object watches select by name: one tag-list read.
             refs = await self._by_name(namespace, pinned_name, accept, readable)
             runs = [Run(ref.namespace, ref.repository_path, [ref.tag]) for ref in refs]
-            return Page(runs, more=False), ListMeta(resource_version=self.versions.current())
+            return Page(runs, more=False), ListMeta(resource_version=current)
         after = None
         resource_version = None
         if options.continue_ is not None:
@@ -192,7 +195,7 @@ class TagsService:
         page = await self.inventory.list(
             namespace, limit=options.limit, after=after, accept=accept, readable=readable
         )
-        resource_version = resource_version or self.versions.current()
+        resource_version = resource_version or current
         meta = ListMeta(resource_version=resource_version)
         last = page.last
         if page.more and last is not None:
