@@ -432,6 +432,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             stdout=log,
             stderr=log,
             start_new_session=True,
+            env=_server_env(args.server_src),
         )
         try:
             target = Target(port, str(pki.server_ca.cert_file))
@@ -481,6 +482,13 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             log.close()
 
 
+def _server_env(source: str | None) -> dict[str, str] | None:
+    """With --server-src, the server runs another tree's code (e.g. an older commit, for a before/after)."""
+    if not source:
+        return None
+    return {**os.environ, "PYTHONPATH": str(Path(source).resolve())}
+
+
 def _line(name: str, figures: dict[str, float], idle: dict[str, float], peak: int) -> str:
     return (
         f"{name:24s} list p50 {figures['list_p50_ms']:7.1f} ms  p99 {figures['list_p99_ms']:7.1f} ms "
@@ -499,6 +507,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=None, help="how long each flood runs")
     parser.add_argument("--requests", type=int, default=None, help="small lists measured per phase")
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument(
+        "--server-src", help="run the server from this src/ directory (another commit's, for a before/after)"
+    )
     parser.add_argument("--flood", choices=FLOODS, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--pki", help=argparse.SUPPRESS)

@@ -145,6 +145,11 @@ async def test_expect_100_continue_comes_only_after_authentication(api):
 BAD_REQUESTS = {
     "invalid percent-escape in the path": (b"GET /apis/%zz HTTP/1.1\r\nHost: x\r\n\r\n", (400, 404)),
     "invalid utf-8 in the path": (b"GET /apis/%ff%fe HTTP/1.1\r\nHost: x\r\n\r\n", (400, 404)),
+    "path that reads as a host": (b"GET //[x HTTP/1.1\r\nHost: x\r\n\r\n", (400, 404)),
+    "path that reads as a host, with a body": (
+        b"DELETE //[x/y?z HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
+        (400, 404, 405),
+    ),
     "garbage request line": (b"\x16\x03\x01 nonsense\r\n\r\n", (400,)),
     "header without a colon": (b"GET /version HTTP/1.1\r\nHost x\r\n\r\n", (400,)),
     "NUL in a header": (b"GET /version HTTP/1.1\r\nX-A: a\x00b\r\n\r\n", (400,)),

@@ -12,7 +12,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 import attrs
 from klein import Klein
@@ -64,7 +64,14 @@ MAX_BODY = 3 << 20
 
 
 def _query(request: IRequest) -> Query:
-    return parse_qs(urlsplit(request.uri.decode("utf-8", "replace")).query, keep_blank_values=True)
+    return parse_qs(_target(request)[1], keep_blank_values=True)
+
+
+def _target(request: IRequest) -> tuple[str, str]:
+    """Path and query of the request target. Not urlsplit: a path starting with "//" would be read as
+    a host (and "//[" raise), where the server must only ever see a path."""
+    path, _, query = request.uri.decode("utf-8", "replace").partition("?")
+    return path.partition("#")[0], query.partition("#")[0]
 
 
 def _header(request: IRequest, name: str) -> str | None:
@@ -85,7 +92,7 @@ def _credentials(request: Request) -> Credentials:
 
 def _request_labels(request: IRequest) -> tuple[str, str]:
     """Verb and resource as kube-apiserver's metrics name them; non-resource paths have no resource."""
-    path = urlsplit(request.uri.decode("utf-8", "replace")).path.rstrip("/")
+    path = _target(request)[0].rstrip("/")
     method = request.method.decode("latin-1")
     parts = path.split("/")
     if not path.startswith(BASE + "/") or RESOURCE not in parts:
@@ -300,7 +307,7 @@ class ApiServer:
         return Deferred.fromCoroutine(self._admit(request))
 
     async def _admit(self, request: Request) -> ApiError | None:
-        path = urlsplit(request.uri.decode("utf-8", "replace")).path.rstrip("/")
+        path = _target(request)[0].rstrip("/")
         if path.split("/")[1:2] and path.split("/")[1] in HEALTH_ENDPOINTS:
             return bad_request("health endpoints take no request body")
         if path == "/registry/events" and self.repository_index is not None and self.events_token:
