@@ -141,7 +141,8 @@ class Table:
     rows: list[TableRow]
 
 
-def _camel(name: str) -> str:
+def json_name(name: str) -> str:
+    """A field's name in JSON: lowerCamelCase, without the trailing _ that avoids a Python keyword."""
     head, *rest = name.rstrip("_").split("_")
     return head + "".join(part.title() for part in rest)
 
@@ -152,7 +153,7 @@ def _make_converter() -> cattrs.Converter:
     def factory(cls: type) -> Any:
         # Typed loosely: cattrs declares these overrides as **kwargs beside its own keyword options.
         overrides: dict[str, Any] = {
-            field.name: override(rename=_camel(field.name), omit_if_default=field.default is None)
+            field.name: override(rename=json_name(field.name), omit_if_default=field.default is None)
             for field in attrs.fields(cls)
         }
         return make_dict_unstructure_fn(cls, converter, **overrides)

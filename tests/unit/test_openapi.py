@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import attrs
 import pytest
 
 from payloadtags.api import discovery, openapi
@@ -29,6 +30,7 @@ from payloadtags.model import (
     StatusDetails,
     TagSpec,
     TagStatus,
+    json_name,
     to_json,
 )
 
@@ -387,6 +389,66 @@ def test_descriptions_agree_with_the_seed():
     tag = V3_SCHEMAS[TAG]["description"]
     assert "cannot be created or changed" in tag
     assert "PayloadRepositoryAccess" in tag
+
+
+# --- the schemas are generated from the model --------------------------------------------------------
+
+MODEL_CLASSES = {
+    PayloadRepositoryTag: TAG,
+    PayloadRepositoryTagList: TAG_LIST,
+    TagSpec: TAG_SPEC,
+    TagStatus: TAG_STATUS,
+    ObjectMeta: "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
+    ListMeta: "io.k8s.apimachinery.pkg.apis.meta.v1.ListMeta",
+    Status: STATUS,
+    StatusDetails: "io.k8s.apimachinery.pkg.apis.meta.v1.StatusDetails",
+}
+
+
+@pytest.mark.parametrize("cls", list(MODEL_CLASSES), ids=lambda cls: cls.__name__)
+def test_each_schema_has_exactly_the_fields_of_its_model_class(cls):
+    schema = V3_SCHEMAS[MODEL_CLASSES[cls]]
+    fields = {json_name(field.name): field for field in attrs.fields(cls)}
+    assert set(schema["properties"]) == set(fields)
+    required = {name for name, field in fields.items() if field.default is attrs.NOTHING} - {"metadata"}
+    if MODEL_CLASSES[cls].startswith("io.deckhouse."):
+        assert set(schema.get("required", ())) == required
+    else:  # the meta types, as Kubernetes publishes them, require nothing
+        assert "required" not in schema
+    for name, field in fields.items():
+        if field.type in ("str", "str | None"):
+            assert schema["properties"][name]["type"] == "string", name
+
+
+def test_the_published_classes_are_the_model_classes():
+    assert {cls: name for cls, (name, _, _) in openapi.MODEL_SCHEMAS.items()} == MODEL_CLASSES
+
+
+def test_a_model_field_without_a_description_stops_the_documents():
+    @attrs.define(kw_only=True)
+    class GrownSpec(TagSpec):
+        platform: str
+
+    name, description, docs = openapi.MODEL_SCHEMAS[TagSpec]
+    with pytest.raises(openapi.SchemaDrift, match="platform"):
+        openapi.model_schema(GrownSpec, name, description, docs)
+
+
+def test_a_description_of_a_field_the_model_lacks_stops_the_documents():
+    name, description, docs = openapi.MODEL_SCHEMAS[TagSpec]
+    with pytest.raises(openapi.SchemaDrift, match="digest"):
+        openapi.model_schema(TagSpec, name, description, {**docs, "digest": "the digest"})
+
+
+def test_field_types_and_formats():
+    status = V3_SCHEMAS[STATUS]["properties"]
+    assert (status["code"]["type"], status["code"]["format"]) == ("integer", "int32")
+    details = V3_SCHEMAS["io.k8s.apimachinery.pkg.apis.meta.v1.StatusDetails"]["properties"]
+    assert details["causes"]["items"] == {
+        "$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.StatusCause"
+    }
+    meta = V3_SCHEMAS["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"]["properties"]
+    assert meta["creationTimestamp"]["format"] == "date-time"
 
 
 # --- the schemas describe what the server sends -----------------------------------------------------

@@ -12,11 +12,13 @@ the subset this server reads or writes, described as this server uses them.
 
 from __future__ import annotations
 
+import types
+import typing
 from typing import Any
 
 import attrs
 
-from payloadtags import __version__
+from payloadtags import __version__, model
 from payloadtags.api.discovery import etag
 from payloadtags.api.errors import ApiError
 from payloadtags.jsontypes import JsonObject
@@ -85,272 +87,347 @@ _API_VERSION = (
 )
 
 
-def _schemas() -> dict[str, JsonObject]:
-    return {
-        TAG: {
-            "description": (
-                "One tag of a repository in the payload registry, shown as a Kubernetes object. The "
-                "object is virtual: it is computed from the registry on every request, it cannot be "
-                "created or changed through the Kubernetes API, and deleting it deletes the tag from "
-                "the registry (never another tag that points to the same image). It lives in the "
-                "namespace that is the first segment of the repository's path in the registry. Every "
-                "authenticated user may call the API; which repositories a user sees and may delete "
-                "tags in is decided by PayloadRepositoryAccess rules."
-            ),
-            "type": "object",
-            "required": ["spec"],
-            "properties": {
-                "apiVersion": _string(_API_VERSION),
-                "kind": _string(f"The type of this object; always {KIND}."),
-                "metadata": _field(
-                    OBJECT_META,
-                    "Standard object metadata: the name and namespace that identify the tag.",
-                ),
-                "spec": _field(TAG_SPEC, "Which tag this object stands for."),
-                "status": _field(TAG_STATUS, "What the tag points to in the registry."),
-            },
-            "x-kubernetes-group-version-kind": [GVK],
+class SchemaDrift(Exception):
+    """The descriptions below and the attrs model disagree: a field without a description, or a
+    description of a field the model does not have."""
+
+
+@attrs.frozen
+class _Replace:
+    """A property schema that is not derived from the field's type (the model keeps a plain JSON
+    object where the API documents a structure)."""
+
+    schema: JsonObject
+
+
+# A field's entry: its description; or a dict of keywords laid over the derived schema (a format);
+# or a _Replace.
+_Doc = str | JsonObject | _Replace
+
+# The model's classes, the schema names they are published under, and their descriptions. Field
+# names and types, and which fields are required, come from the attrs classes in payloadtags.model:
+# `model_schema` refuses a class whose fields and descriptions differ, so neither can drift.
+MODEL_SCHEMAS: dict[type, tuple[str, str, dict[str, _Doc]]] = {
+    model.PayloadRepositoryTag: (
+        TAG,
+        (
+            "One tag of a repository in the payload registry, shown as a Kubernetes object. The "
+            "object is virtual: it is computed from the registry on every request, it cannot be "
+            "created or changed through the Kubernetes API, and deleting it deletes the tag from "
+            "the registry (never another tag that points to the same image). It lives in the "
+            "namespace that is the first segment of the repository's path in the registry. Every "
+            "authenticated user may call the API; which repositories a user sees and may delete "
+            "tags in is decided by PayloadRepositoryAccess rules."
+        ),
+        {
+            "apiVersion": _API_VERSION,
+            "kind": f"The type of this object; always {KIND}.",
+            "metadata": "Standard object metadata: the name and namespace that identify the tag.",
+            "spec": "Which tag this object stands for.",
+            "status": "What the tag points to in the registry.",
         },
-        TAG_LIST: {
-            "description": f"A list of {KIND} objects.",
-            "type": "object",
-            "required": ["items"],
-            "properties": {
-                "apiVersion": _string(_API_VERSION),
-                "kind": _string(f"The type of this object; always {LIST_KIND}."),
-                "metadata": _field(
-                    LIST_META,
-                    "Standard list metadata: the resource version of the listing and, when more "
-                    "items follow, the token for the next page.",
-                ),
-                "items": {
-                    "type": "array",
-                    "description": (
-                        "The tags, sorted by namespace, then repository path, then tag. Items carry "
-                        "metadata and spec only; read one tag to see its status."
-                    ),
-                    "items": _ref(TAG),
-                },
-            },
-            "x-kubernetes-group-version-kind": [LIST_GVK],
-        },
-        TAG_SPEC: {
-            "description": (
-                "The repository the tag belongs to, the tag's name, and the address to pull it "
-                "from. kubectl get shows them as the REPOSITORY and TAG columns, and ADDRESS with "
-                "-o wide."
+    ),
+    model.PayloadRepositoryTagList: (
+        TAG_LIST,
+        f"A list of {KIND} objects.",
+        {
+            "apiVersion": _API_VERSION,
+            "kind": f"The type of this object; always {LIST_KIND}.",
+            "metadata": (
+                "Standard list metadata: the resource version of the listing and, when more "
+                "items follow, the token for the next page."
             ),
-            "type": "object",
-            "required": ["repositoryPath", "tag", "address"],
-            "properties": {
-                "repositoryPath": _string(
-                    "Path to the repository within the namespace: the repository's name in the "
-                    "registry without the leading namespace segment. For the repository "
-                    "team-a/tools/http-echo in namespace team-a it is tools/http-echo. Shown as "
-                    "the REPOSITORY column."
-                ),
-                "tag": _string("Name of the tag within the repository. Shown as the TAG column."),
-                "address": _string(
-                    "The full reference to pull the image by this tag: "
-                    "<registry host>/<namespace>/<repositoryPath>:<tag>. Shown as the ADDRESS "
-                    "column of kubectl get -o wide."
-                ),
-            },
-        },
-        TAG_STATUS: {
-            "description": (
-                "Filled in when a single tag is read; lists leave it out, and a delete returns the "
-                "digest only. The manifest and config are the registry's own documents, passed "
-                "through unchanged."
+            "items": (
+                "The tags, sorted by namespace, then repository path, then tag. Items carry "
+                "metadata and spec only; read one tag to see its status."
             ),
-            "type": "object",
-            "required": ["digest"],
-            "properties": {
-                "digest": _string(
-                    "Digest of the manifest the tag points to, such as sha256:<64 hex digits>. "
-                    "After a delete, the digest the tag pointed to."
-                ),
-                "mediaType": _string(
-                    "Media type of that manifest: an OCI or Docker image manifest, or an image index "
-                    "(manifest list) when the tag names a multi-platform image."
-                ),
-                "artifactType": _string(
-                    "The artifact type the manifest declares, for OCI artifacts that are not "
-                    "container images (signatures, SBOMs, Helm charts and the like); absent for "
-                    "ordinary images."
-                ),
-                "manifest": _free_form(
-                    "The image manifest (or image index) the tag points to, as stored in the "
-                    "registry: schema version, media type, config and layer descriptors, "
-                    "annotations."
-                ),
-                "config": _free_form(
-                    "The image build configuration the manifest refers to: platform, entrypoint, "
-                    "environment, labels, build history and layer diff IDs. Present when the "
-                    "manifest has a JSON configuration; absent for image indexes and for artifacts "
-                    "whose configuration is not JSON."
-                ),
-            },
         },
-        OBJECT_META: {
-            "description": (
-                "The name is derived from the repository path and the tag, the namespace from the "
-                "repository's place in the registry; neither is chosen by a client. A tag has no "
-                "labels, annotations, owners or finalizers."
+    ),
+    model.TagSpec: (
+        TAG_SPEC,
+        (
+            "The repository the tag belongs to, the tag's name, and the address to pull it "
+            "from. kubectl get shows them as the REPOSITORY and TAG columns, and ADDRESS with "
+            "-o wide."
+        ),
+        {
+            "repositoryPath": (
+                "Path to the repository within the namespace: the repository's name in the "
+                "registry without the leading namespace segment. For the repository "
+                "team-a/tools/http-echo in namespace team-a it is tools/http-echo. Shown as "
+                "the REPOSITORY column."
             ),
-            "type": "object",
-            "properties": {
-                "name": _string(
-                    "Name of the object, unique within its namespace: the lowercase base32 "
-                    "encoding, without padding, of <repositoryPath>:<tag>. Use it to get or delete "
-                    "the tag."
-                ),
-                "namespace": _string(
-                    "Namespace of the object: the first segment of the repository's path in the "
-                    "registry. All tags under <namespace>/ are removed when the namespace is "
-                    "deleted."
-                ),
-                "uid": _string(
-                    "Unique identifier of the tag, derived from its namespace, repository path and "
-                    "tag, so it is the same on every read, replica and restart. Usable as a delete "
-                    "precondition."
-                ),
-                "resourceVersion": _string(
-                    "An opaque value that identifies a version of the object. Clients must not "
-                    "interpret it; it may be absent, as tags are computed from the registry."
-                ),
-                "creationTimestamp": _string(
+            "tag": "Name of the tag within the repository. Shown as the TAG column.",
+            "address": (
+                "The full reference to pull the image by this tag: "
+                "<registry host>/<namespace>/<repositoryPath>:<tag>. Shown as the ADDRESS "
+                "column of kubectl get -o wide."
+            ),
+        },
+    ),
+    model.TagStatus: (
+        TAG_STATUS,
+        (
+            "Filled in when a single tag is read; lists leave it out, and a delete returns the "
+            "digest only. The manifest and config are the registry's own documents, passed "
+            "through unchanged."
+        ),
+        {
+            "digest": (
+                "Digest of the manifest the tag points to, such as sha256:<64 hex digits>. "
+                "After a delete, the digest the tag pointed to."
+            ),
+            "mediaType": (
+                "Media type of that manifest: an OCI or Docker image manifest, or an image index "
+                "(manifest list) when the tag names a multi-platform image."
+            ),
+            "artifactType": (
+                "The artifact type the manifest declares, for OCI artifacts that are not "
+                "container images (signatures, SBOMs, Helm charts and the like); absent for "
+                "ordinary images."
+            ),
+            "manifest": (
+                "The image manifest (or image index) the tag points to, as stored in the "
+                "registry: schema version, media type, config and layer descriptors, "
+                "annotations."
+            ),
+            "config": (
+                "The image build configuration the manifest refers to: platform, entrypoint, "
+                "environment, labels, build history and layer diff IDs. Present when the "
+                "manifest has a JSON configuration; absent for image indexes and for artifacts "
+                "whose configuration is not JSON."
+            ),
+        },
+    ),
+    model.ObjectMeta: (
+        OBJECT_META,
+        (
+            "The name is derived from the repository path and the tag, the namespace from the "
+            "repository's place in the registry; neither is chosen by a client. A tag has no "
+            "labels, annotations, owners or finalizers."
+        ),
+        {
+            "name": (
+                "Name of the object, unique within its namespace: the lowercase base32 "
+                "encoding, without padding, of <repositoryPath>:<tag>. Use it to get or delete "
+                "the tag."
+            ),
+            "namespace": (
+                "Namespace of the object: the first segment of the repository's path in the "
+                "registry. All tags under <namespace>/ are removed when the namespace is "
+                "deleted."
+            ),
+            "uid": (
+                "Unique identifier of the tag, derived from its namespace, repository path and "
+                "tag, so it is the same on every read, replica and restart. Usable as a delete "
+                "precondition."
+            ),
+            "resourceVersion": (
+                "An opaque value that identifies a version of the object. Clients must not "
+                "interpret it; it may be absent, as tags are computed from the registry."
+            ),
+            "creationTimestamp": {
+                "description": (
                     "When the object was created, in RFC 3339 form, UTC. It may be absent: the "
-                    "registry does not record when a tag was pushed.",
-                    format="date-time",
+                    "registry does not record when a tag was pushed."
                 ),
+                "format": "date-time",
             },
         },
-        LIST_META: {
-            "description": "Metadata of a list.",
-            "type": "object",
-            "properties": {
-                "resourceVersion": _string(
-                    "An opaque value that identifies the point in time the list reflects. Clients "
-                    "must not interpret it."
-                ),
-                "continue": _string(
-                    "Present when the list was cut short by limit: pass it as the continue "
-                    "parameter to get the next page. It is opaque to clients."
-                ),
-                "remainingItemCount": {
-                    "type": "integer",
-                    "format": "int64",
-                    "description": (
-                        "How many items follow this page, when known. An estimate: the registry "
-                        "may change between pages."
-                    ),
-                },
-            },
-        },
-        STATUS: {
-            "description": (
-                "The result of a request that does not return an object; every error of this API "
-                "is reported as a Status."
+    ),
+    model.ListMeta: (
+        LIST_META,
+        "Metadata of a list.",
+        {
+            "resourceVersion": (
+                "An opaque value that identifies the point in time the list reflects. Clients "
+                "must not interpret it."
             ),
-            "type": "object",
-            "properties": {
-                "apiVersion": _string("The version of the schema of this object; always v1."),
-                "kind": _string("The type of this object; always Status."),
-                "metadata": _field(LIST_META, "Standard list metadata; empty for errors."),
-                "status": _string('Outcome of the request: "Success" or "Failure".'),
-                "message": _string("What happened, in words meant for a person."),
-                "reason": _string(
-                    "Why the request failed, as a machine-readable CamelCase word (NotFound, "
-                    "Forbidden, MethodNotAllowed, ServiceUnavailable and so on)."
+            "continue": (
+                "Present when the list was cut short by limit: pass it as the continue "
+                "parameter to get the next page. It is opaque to clients."
+            ),
+            "remainingItemCount": {
+                "format": "int64",
+                "description": (
+                    "How many items follow this page, when known. An estimate: the registry "
+                    "may change between pages."
                 ),
-                "details": _field(
-                    STATUS_DETAILS, "More about the failure: the object concerned and the causes."
-                ),
-                "code": {
-                    "type": "integer",
-                    "format": "int32",
-                    "description": "The HTTP status code of the reply.",
-                },
             },
         },
-        STATUS_DETAILS: {
-            "description": "The object a failure concerns, and its causes.",
-            "type": "object",
-            "properties": {
-                "name": _string("Name of the object concerned, when there is one."),
-                "group": _string("API group of the object concerned."),
-                "kind": _string("Kind or resource of the object concerned."),
-                "uid": _string("UID of the object concerned, when known."),
-                "causes": {
+    ),
+    model.Status: (
+        STATUS,
+        (
+            "The result of a request that does not return an object; every error of this API "
+            "is reported as a Status."
+        ),
+        {
+            "apiVersion": "The version of the schema of this object; always v1.",
+            "kind": "The type of this object; always Status.",
+            "metadata": _Replace(_field(LIST_META, "Standard list metadata; empty for errors.")),
+            "status": 'Outcome of the request: "Success" or "Failure".',
+            "message": "What happened, in words meant for a person.",
+            "reason": (
+                "Why the request failed, as a machine-readable CamelCase word (NotFound, "
+                "Forbidden, MethodNotAllowed, ServiceUnavailable and so on)."
+            ),
+            "details": "More about the failure: the object concerned and the causes.",
+            "code": {"format": "int32", "description": "The HTTP status code of the reply."},
+        },
+    ),
+    model.StatusDetails: (
+        STATUS_DETAILS,
+        "The object a failure concerns, and its causes.",
+        {
+            "name": "Name of the object concerned, when there is one.",
+            "group": "API group of the object concerned.",
+            "kind": "Kind or resource of the object concerned.",
+            "uid": "UID of the object concerned, when known.",
+            "causes": _Replace(
+                {
                     "type": "array",
                     "description": "The individual problems found, such as each invalid field.",
                     "items": _ref(STATUS_CAUSE),
-                },
-                "retryAfterSeconds": {
-                    "type": "integer",
-                    "format": "int32",
-                    "description": (
-                        "How many seconds to wait before trying again, for temporary failures such "
-                        "as a registry in read-only mode."
-                    ),
-                },
-            },
-        },
-        STATUS_CAUSE: {
-            "description": "One problem behind a failure.",
-            "type": "object",
-            "properties": {
-                "reason": _string("The kind of problem, machine-readable (such as FieldValueInvalid)."),
-                "message": _string("The problem, in words meant for a person."),
-                "field": _string("The field the problem is in, as a dotted path, when there is one."),
-            },
-        },
-        DELETE_OPTIONS: {
-            "description": "Options of a delete, sent as the request body or as query parameters.",
-            "type": "object",
-            "properties": {
-                "apiVersion": _string("The version of the schema of this object, such as v1."),
-                "kind": _string("The type of this object; DeleteOptions."),
-                "dryRun": {
-                    "type": "array",
-                    "description": (
-                        'With the single value "All", check the request (existence, access, '
-                        "preconditions) but delete nothing."
-                    ),
-                    "items": {"type": "string"},
-                },
-                "gracePeriodSeconds": {
-                    "type": "integer",
-                    "format": "int64",
-                    "description": "Accepted for compatibility; a tag is always deleted at once.",
-                },
-                "preconditions": _field(
-                    PRECONDITIONS, "Conditions the tag must meet for the delete to go ahead."
-                ),
-                "propagationPolicy": _string(
-                    "Accepted for compatibility (Foreground, Background or Orphan); a tag has no dependents."
-                ),
-                "orphanDependents": {
-                    "type": "boolean",
-                    "description": (
-                        "Accepted for compatibility; a tag has no dependents. Cannot be combined "
-                        "with propagationPolicy."
-                    ),
-                },
-            },
-        },
-        PRECONDITIONS: {
-            "description": "Conditions that must hold for a delete to go ahead.",
-            "type": "object",
-            "properties": {
-                "uid": _string("The tag is deleted only if its metadata.uid equals this value."),
-                "resourceVersion": _string(
-                    "The tag is deleted only if its metadata.resourceVersion equals this value."
+                }
+            ),
+            "retryAfterSeconds": {
+                "format": "int32",
+                "description": (
+                    "How many seconds to wait before trying again, for temporary failures such "
+                    "as a registry in read-only mode."
                 ),
             },
         },
+    ),
+}
+
+_SCHEMA_NAMES = {cls: name for cls, (name, _, _) in MODEL_SCHEMAS.items()}
+_GVKS = {model.PayloadRepositoryTag: [GVK], model.PayloadRepositoryTagList: [LIST_GVK]}
+
+
+def _json_name(field: attrs.Attribute[Any]) -> str:
+    # The converter's renaming (model.to_json): snake_case to lowerCamelCase, a trailing _ dropped.
+    return model.json_name(field.name)
+
+
+def _property(annotation: Any, description: str) -> JsonObject:
+    """The schema of a field of type ``annotation`` (``X | None`` is ``X``, not required)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (types.UnionType, typing.Union) and len(args) == 1:
+        return _property(args[0], description)
+    if annotation is str:
+        return _string(description)
+    if annotation is int:
+        return {"type": "integer", "description": description}
+    if annotation is bool:
+        return {"type": "boolean", "description": description}
+    if annotation in _SCHEMA_NAMES:
+        return _field(_SCHEMA_NAMES[annotation], description)
+    origin, params = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is dict:
+        return _free_form(description)
+    if origin is list and len(params) == 1 and params[0] in _SCHEMA_NAMES:
+        return {"type": "array", "description": description, "items": _ref(_SCHEMA_NAMES[params[0]])}
+    raise SchemaDrift(f"no OpenAPI form for the field type {annotation!r}; describe it with _Replace")
+
+
+def model_schema(cls: type, name: str, description: str, docs: dict[str, _Doc]) -> JsonObject:
+    """The OpenAPI schema of an attrs class of the model: its fields, their types and descriptions.
+
+    Required are the fields without a default, except ``metadata`` (which a client never sends), in
+    our own schemas; the meta types declare none, as Kubernetes' own documents do."""
+    fields = {_json_name(field): field for field in attrs.fields(cls)}
+    if set(fields) != set(docs):
+        raise SchemaDrift(
+            f"{name}: fields without a description {sorted(set(fields) - set(docs))}, "
+            f"descriptions without a field {sorted(set(docs) - set(fields))}"
+        )
+    hints = typing.get_type_hints(cls)
+    properties: JsonObject = {}
+    for json_name, field in fields.items():
+        doc = docs[json_name]
+        if isinstance(doc, _Replace):
+            properties[json_name] = doc.schema
+        elif isinstance(doc, str):
+            properties[json_name] = _property(hints[field.name], doc)
+        else:
+            properties[json_name] = {**_property(hints[field.name], doc["description"]), **doc}
+    schema: JsonObject = {"description": description, "type": "object"}
+    required = [n for n, f in fields.items() if f.default is attrs.NOTHING and n != "metadata"]
+    if required and name.startswith(OURS):
+        schema["required"] = required
+    schema["properties"] = properties
+    if cls in _GVKS:
+        schema["x-kubernetes-group-version-kind"] = _GVKS[cls]
+    return schema
+
+
+def _schemas() -> dict[str, JsonObject]:
+    schemas = {
+        name: model_schema(cls, name, description, docs)
+        for cls, (name, description, docs) in MODEL_SCHEMAS.items()
     }
+    # What clients send and this server only reads: written out here, as there is no model class.
+    schemas.update(_REQUEST_SCHEMAS)
+    return schemas
+
+
+_REQUEST_SCHEMAS: dict[str, JsonObject] = {
+    STATUS_CAUSE: {
+        "description": "One problem behind a failure.",
+        "type": "object",
+        "properties": {
+            "reason": _string("The kind of problem, machine-readable (such as FieldValueInvalid)."),
+            "message": _string("The problem, in words meant for a person."),
+            "field": _string("The field the problem is in, as a dotted path, when there is one."),
+        },
+    },
+    DELETE_OPTIONS: {
+        "description": "Options of a delete, sent as the request body or as query parameters.",
+        "type": "object",
+        "properties": {
+            "apiVersion": _string("The version of the schema of this object, such as v1."),
+            "kind": _string("The type of this object; DeleteOptions."),
+            "dryRun": {
+                "type": "array",
+                "description": (
+                    'With the single value "All", check the request (existence, access, '
+                    "preconditions) but delete nothing."
+                ),
+                "items": {"type": "string"},
+            },
+            "gracePeriodSeconds": {
+                "type": "integer",
+                "format": "int64",
+                "description": "Accepted for compatibility; a tag is always deleted at once.",
+            },
+            "preconditions": _field(
+                PRECONDITIONS, "Conditions the tag must meet for the delete to go ahead."
+            ),
+            "propagationPolicy": _string(
+                "Accepted for compatibility (Foreground, Background or Orphan); a tag has no dependents."
+            ),
+            "orphanDependents": {
+                "type": "boolean",
+                "description": (
+                    "Accepted for compatibility; a tag has no dependents. Cannot be combined "
+                    "with propagationPolicy."
+                ),
+            },
+        },
+    },
+    PRECONDITIONS: {
+        "description": "Conditions that must hold for a delete to go ahead.",
+        "type": "object",
+        "properties": {
+            "uid": _string("The tag is deleted only if its metadata.uid equals this value."),
+            "resourceVersion": _string(
+                "The tag is deleted only if its metadata.resourceVersion equals this value."
+            ),
+        },
+    },
+}
 
 
 # --- operations ------------------------------------------------------------------------------------
