@@ -89,10 +89,6 @@ def authentication_reflector(
 
 def token_reviewer(client: ClusterClient) -> Callable[[str], Awaitable[UserInfo | None]]:
     async def review(token: str) -> UserInfo | None:
-        user = await client.token_review(token)
-        if user is None:
-            return None
-        extra = tuple(sorted((k, tuple(v)) for k, v in user.extra.items()))
-        return UserInfo(name=user.username, uid=user.uid, groups=tuple(user.groups), extra=extra)
+        return await client.token_review(token)
 
     return review

@@ -335,7 +335,7 @@ async def test_token_authentication_and_token_review(kube_api: KubeApiDouble, tm
     try:
         kube_api.add_token("user-token", "alice", ("dev",), uid="u-1", extra={"scopes": ["a"]})
         user = await client.token_review("user-token")
-        assert user == UserInfo("alice", "u-1", ("dev", "system:authenticated"), {"scopes": ("a",)})
+        assert user == UserInfo("alice", "u-1", ("dev", "system:authenticated"), (("scopes", ("a",)),))
         assert await client.token_review("bad-token") is None
         # A token is good only for its audiences.
         kube_api.add_token("audience-token", "bob", audiences=("payloadtags",))

@@ -11,22 +11,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
-AUTHENTICATED = "system:authenticated"
-MASTERS = "system:masters"
-
-
-@attrs.frozen
-class UserInfo:
-    name: str
-    uid: str = ""
-    groups: tuple[str, ...] = ()
-    extra: tuple[tuple[str, tuple[str, ...]], ...] = ()
-
-    def with_authenticated_group(self) -> UserInfo:
-        # As Go's AuthenticatedGroupAdder: every authenticated identity is in system:authenticated.
-        if AUTHENTICATED in self.groups:
-            return self
-        return attrs.evolve(self, groups=(*self.groups, AUTHENTICATED))
+from payloadtags.identity import AUTHENTICATED, MASTERS, UserInfo
 
 
 @attrs.frozen
@@ -125,3 +110,17 @@ class AuthenticatorChain:
             if user is not None:
                 return user.with_authenticated_group()
         return None
+
+
+__all__ = [
+    "AUTHENTICATED",
+    "MASTERS",
+    "Authenticator",
+    "AuthenticatorChain",
+    "ClientCertificateAuthenticator",
+    "Credentials",
+    "RequestAuthenticator",
+    "UserInfo",
+    "issued_by",
+    "load_pem_bundle",
+]

@@ -24,15 +24,11 @@ from payloadtags.cleanup.sweep import ABSENT, EXISTS, TERMINATING, Sweep, SweepR
 from payloadtags.cleanup.watcher import NAMESPACES_PATH, NamespaceTriggers, NamespaceView
 from payloadtags.kube import Backoff, ClusterClient, Reflector
 from payloadtags.registry.errors import RegistryError
+from payloadtags.validators import positive
 
 log = Logger()
 
 SWEEP = "sweep"
-
-
-def _positive(_instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be positive, not {value!r}")
 
 
 @attrs.frozen
@@ -42,13 +38,13 @@ class CleanupOptions:
     # Report what the sweep would delete, delete nothing (cascades of deleted namespaces still run).
     sweep_dry_run: bool = False
     # Registry requests in flight for one namespace's cascade.
-    cascade_concurrency: int = attrs.field(default=4, validator=_positive)
+    cascade_concurrency: int = attrs.field(default=4, validator=positive)
     # Namespaces cleaned at the same time.
-    namespace_concurrency: int = attrs.field(default=2, validator=_positive)
-    catalog_page_size: int = attrs.field(default=1000, validator=_positive)
+    namespace_concurrency: int = attrs.field(default=2, validator=positive)
+    catalog_page_size: int = attrs.field(default=1000, validator=positive)
     # Backoff of a cascade whose pass failed (registry down, read-only, …), and of a failed sweep.
-    retry_initial: float = attrs.field(default=1.0, validator=_positive)
-    retry_cap: float = attrs.field(default=30.0, validator=_positive)
+    retry_initial: float = attrs.field(default=1.0, validator=positive)
+    retry_cap: float = attrs.field(default=30.0, validator=positive)
     # Without leader election this replica always leads: for a single replica only.
     leader_elect: bool = True
     leader_election: LeaderElectionOptions = attrs.Factory(LeaderElectionOptions)

@@ -34,6 +34,7 @@ from payloadtags import deferreds
 from payloadtags.cleanup.metrics import CleanupMetrics
 from payloadtags.deferreds import DeadlineExpired
 from payloadtags.kube import KubeApiError, KubeError, resource_path
+from payloadtags.validators import positive
 
 log = Logger()
 
@@ -63,19 +64,14 @@ def default_lease_namespace(namespace_file: str = SERVICE_ACCOUNT_NAMESPACE_FILE
         return "default"
 
 
-def _positive(_instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be positive, not {value!r}")
-
-
 @attrs.frozen
 class LeaderElectionOptions:
     lease_name: str = DEFAULT_LEASE_NAME
     lease_namespace: str = "default"
     identity: str = attrs.Factory(default_identity)
-    lease_duration: float = attrs.field(default=DEFAULT_LEASE_DURATION, validator=_positive)
-    renew_deadline: float = attrs.field(default=DEFAULT_RENEW_DEADLINE, validator=_positive)
-    retry_period: float = attrs.field(default=DEFAULT_RETRY_PERIOD, validator=_positive)
+    lease_duration: float = attrs.field(default=DEFAULT_LEASE_DURATION, validator=positive)
+    renew_deadline: float = attrs.field(default=DEFAULT_RENEW_DEADLINE, validator=positive)
+    retry_period: float = attrs.field(default=DEFAULT_RETRY_PERIOD, validator=positive)
 
     def __attrs_post_init__(self) -> None:
         # The same rules as client-go's NewLeaderElector.

@@ -38,6 +38,7 @@ from twisted.web.iweb import IResponse
 
 from payloadtags import __version__
 from payloadtags.deferreds import DeadlineExpired, within
+from payloadtags.identity import UserInfo
 from payloadtags.jsontypes import JsonObject
 from payloadtags.kube.config import ClusterConfig
 from payloadtags.kube.errors import (
@@ -95,8 +96,8 @@ def resource_path(
 
 
 @attrs.frozen
-class UserInfo:
-    """Who a token belongs to, as a TokenReview reports it."""
+class _ReviewedUser:
+    """``status.user`` of a TokenReview, as the cluster API sends it."""
 
     username: str
     uid: str = ""
@@ -211,9 +212,15 @@ class KubeClient:
         if audiences and status.get("audiences") and not set(audiences) & set(status["audiences"]):
             return None
         try:
-            return _converter.structure(user, UserInfo)
+            reviewed = _converter.structure(user, _ReviewedUser)
         except (cattrs.BaseValidationError, ValueError, TypeError) as e:
             raise KubeProtocolError(f"malformed TokenReview user: {e}") from e
+        return UserInfo(
+            name=reviewed.username,
+            uid=reviewed.uid,
+            groups=reviewed.groups,
+            extra=tuple(sorted(reviewed.extra.items())),
+        )
 
     async def close(self) -> None:
         """Abort open watches and close pooled connections."""

@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
+from payloadtags.identity import UserInfo
 from payloadtags.jsontypes import JsonObject
-from payloadtags.kube.client import MERGE_PATCH, UserInfo
+from payloadtags.kube.client import MERGE_PATCH
 from payloadtags.kube.reflector import WatchSource
 
 

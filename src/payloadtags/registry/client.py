@@ -33,6 +33,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 
 from payloadtags.deferreds import DeadlineExpired, within
+from payloadtags.validators import positive
 
 from .auth import Authenticator, TokenAnswer, TokenRequest
 from .coalesce import Coalescer
@@ -94,19 +95,14 @@ def _check_url(instance: Any, attribute: Any, value: str) -> None:
         raise ValueError("registry url must not contain credentials; use username and password")
 
 
-def _positive(instance: Any, attribute: Any, value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be positive, not {value!r}")
-
-
 @attrs.frozen
 class RegistrySettings:
     url: str = attrs.field(validator=_check_url)  # the API endpoint, e.g. "http://127.0.0.1:5000"
     username: str | None = None
     password: str | None = attrs.field(default=None, repr=False)
     ca_file: str | None = None  # CA bundle for an https registry, trusted besides the system CAs
-    timeout: float = attrs.field(default=10.0, validator=_positive)  # seconds per registry request
-    max_connections: int = attrs.field(default=16, validator=_positive)
+    timeout: float = attrs.field(default=10.0, validator=positive)  # seconds per registry request
+    max_connections: int = attrs.field(default=16, validator=positive)
 
 
 @attrs.frozen

@@ -1,0 +1,30 @@
+"""Who is calling: the one record of an identity, however it was established.
+
+Client certificates, front-proxy headers and TokenReviews (`payloadtags.access`, `payloadtags.kube`)
+all produce a `UserInfo`; authorization and the audit log read it.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+AUTHENTICATED = "system:authenticated"
+MASTERS = "system:masters"
+
+
+@attrs.frozen
+class UserInfo:
+    name: str
+    uid: str = ""
+    groups: tuple[str, ...] = ()
+    # Sorted by key; a tuple of pairs rather than a dict so that the record is hashable (it keys caches).
+    extra: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def with_authenticated_group(self) -> UserInfo:
+        # As Go's AuthenticatedGroupAdder: every authenticated identity is in system:authenticated.
+        if AUTHENTICATED in self.groups:
+            return self
+        return attrs.evolve(self, groups=(*self.groups, AUTHENTICATED))
+
+
+__all__ = ["AUTHENTICATED", "MASTERS", "UserInfo"]
