@@ -2,7 +2,8 @@
 
 - `within` bounds an awaitable by a deadline on an injected clock and tells a caller's cancel apart
   from the deadline and from the work's own failures;
-- `noting_cancel` relays a Deferred while noting that its caller cancelled it;
+- `noting_cancel` relays a Deferred while noting that its caller cancelled it; `is_cancellation`
+  tells a cancellation that a transport reported as a failure;
 - `gather` and `bounded_map` run coroutines concurrently, failing as the first failure.
 """
 
@@ -12,6 +13,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Final, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, FirstError, gatherResults
+from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
@@ -49,6 +51,21 @@ def noting_cancel(work: Deferred[T], on_cancel: Callable[[], object]) -> Deferre
     outer.addCallback(lambda result: work if result is _WAIT_FOR_WORK else result)
     work.addBoth(relay)
     return outer
+
+
+def is_cancellation(error: BaseException) -> bool:
+    """Whether a failure says it is a cancellation: CancelledError itself, Agent's
+    ConnectingCancelledError, or a transport failure (ResponseNeverReceived, ResponseFailed) whose
+    reasons include a CancelledError.
+
+    A cancellation must stay a cancellation, so that callers stopping work are not told to retry. Not
+    every cancelled request says so (HostnameEndpoint's DNSLookupError does not): `within` also notes
+    the caller's cancel as it comes in.
+    """
+    if isinstance(error, CancelledError | ConnectingCancelledError):
+        return True
+    reasons = getattr(error, "reasons", None) or ()
+    return any(isinstance(reason, Failure) and reason.check(CancelledError) for reason in reasons)
 
 
 class DeadlineExpired(Exception):

@@ -37,7 +37,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 
 from payloadtags import __version__
-from payloadtags.deferreds import DeadlineExpired, within
+from payloadtags.deferreds import DeadlineExpired, is_cancellation, within
 from payloadtags.identity import UserInfo
 from payloadtags.jsontypes import JsonObject
 from payloadtags.kube.config import ClusterConfig
@@ -311,15 +311,9 @@ async def _read_body(response: IResponse, what: str) -> bytes:
 
 
 def _raise_if_cancelled(error: BaseException) -> None:
-    # Agent reports a cancelled request as a transport failure (wrapping CancelledError, or as
-    # ConnectingCancelledError); a cancellation must stay a cancellation so that callers stopping
-    # work are not told to retry. `_bounded` also notes the caller's cancellation itself: some
-    # failures carry no trace of it (HostnameEndpoint's DNSLookupError).
-    if isinstance(error, ConnectingCancelledError):
+    # Agent reports a cancelled request as a transport failure; see `deferreds.is_cancellation`.
+    if is_cancellation(error):
         raise CancelledError() from error
-    for reason in getattr(error, "reasons", ()):
-        if isinstance(reason, Failure) and reason.check(CancelledError):
-            raise CancelledError() from error
 
 
 def _describe(error: BaseException | None) -> str:

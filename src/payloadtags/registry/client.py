@@ -32,7 +32,7 @@ from twisted.web.client import (
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 
-from payloadtags.deferreds import DeadlineExpired, within
+from payloadtags.deferreds import DeadlineExpired, is_cancellation, within
 from payloadtags.validators import positive
 
 from .auth import Authenticator, TokenAnswer, TokenRequest
@@ -161,17 +161,6 @@ def _cause(error: BaseException) -> str:
             return "TLS failure: " + ", ".join(str(item[-1]) for item in details if item)
         return f"TLS failure: {details}"
     return str(error) or error.__class__.__name__
-
-
-def _is_cancellation(error: BaseException) -> bool:
-    """Whether a failure is a cancellation, which Twisted may wrap in ResponseNeverReceived.
-
-    Not every cancelled request says so (HostnameEndpoint's DNSLookupError does not): `_exchange`
-    also notes the caller's cancellation as it comes in."""
-    if isinstance(error, CancelledError):
-        return True
-    reasons = getattr(error, "reasons", None) or []
-    return bool(reasons) and all(isinstance(reason.value, CancelledError) for reason in reasons)
 
 
 class RegistryClient:
@@ -765,7 +754,7 @@ class RegistryClient:
                     f"registry {self._name}: the answer to {method} {_path(url)} is larger than "
                     f"{error.limit} bytes, more than this client reads"
                 ) from error
-            if _is_cancellation(error):
+            if is_cancellation(error):
                 raise CancelledError() from error
             if isinstance(error, RegistryError):
                 raise

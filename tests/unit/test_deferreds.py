@@ -1,0 +1,126 @@
+"""The async primitives every client and the cleanup use: deadlines, cancellation, gathering."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
+from twisted.internet.error import ConnectingCancelledError, DNSLookupError
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseNeverReceived
+
+from payloadtags.deferreds import DeadlineExpired, bounded_map, gather, is_cancellation, limited, within
+
+
+def run(coroutine: Any) -> Deferred[Any]:
+    return Deferred.fromCoroutine(coroutine)
+
+
+def failure_of(d: Deferred[Any]) -> BaseException:
+    failures: list[Failure] = []
+    d.addErrback(failures.append)
+    assert failures, "still running or succeeded"
+    assert failures[0].value is not None
+    return failures[0].value
+
+
+def test_within_passes_the_result_and_cancels_its_timer() -> None:
+    clock = Clock()
+    work: Deferred[str] = Deferred()
+    d = run(within(clock, 5, work))
+    work.callback("done")
+    assert d.result == "done"
+    assert clock.getDelayedCalls() == []
+
+
+def test_within_cancels_the_work_at_the_deadline() -> None:
+    clock = Clock()
+    work: Deferred[str] = Deferred()
+    d = run(within(clock, 5, work))
+    clock.advance(4.9)
+    assert not d.called
+    clock.advance(0.1)
+    error = failure_of(d)
+    assert isinstance(error, DeadlineExpired) and error.seconds == 5
+    assert isinstance(error.__cause__, CancelledError)
+
+
+def test_a_callers_cancel_stays_a_cancel_whatever_the_work_fails_with() -> None:
+    clock = Clock()
+    # A transport that reports a cancel as something else (HostnameEndpoint's DNSLookupError).
+    work: Deferred[str] = Deferred(lambda d: d.errback(DNSLookupError("no such host")))
+    d = run(within(clock, 5, work))
+    d.cancel()
+    assert isinstance(failure_of(d), CancelledError)
+    assert clock.getDelayedCalls() == []
+
+
+def test_other_failures_pass_through_unchanged() -> None:
+    work: Deferred[str] = Deferred()
+    d = run(within(Clock(), 5, work))
+    work.errback(ValueError("boom"))
+    assert isinstance(failure_of(d), ValueError)
+
+
+@pytest.mark.parametrize(
+    "error, expected",
+    [
+        (CancelledError(), True),
+        (ConnectingCancelledError(None), True),
+        (ResponseNeverReceived([Failure(CancelledError())]), True),
+        (ResponseNeverReceived([Failure(ConnectionError()), Failure(CancelledError())]), True),
+        (ResponseNeverReceived([Failure(ConnectionError())]), False),
+        (DNSLookupError("x"), False),
+    ],
+)
+def test_is_cancellation(error: BaseException, expected: bool) -> None:
+    assert is_cancellation(error) is expected
+
+
+def test_gather_keeps_the_order_and_raises_the_first_failure_as_itself() -> None:
+    first: Deferred[int] = Deferred()
+    second: Deferred[int] = Deferred()
+
+    async def wait(d: Deferred[int]) -> int:
+        return await d
+
+    d = run(gather([wait(first), wait(second)]))
+    second.callback(2)
+    first.callback(1)
+    assert d.result == [1, 2]
+
+    failing: Deferred[int] = Deferred()
+    running: Deferred[int] = Deferred()
+    d = run(gather([wait(failing), wait(running)]))
+    failing.errback(KeyError("k"))
+    assert isinstance(failure_of(d), KeyError)
+    assert running.called  # cancelled (cancel_rest): nothing else fires it
+
+
+def test_bounded_map_limits_concurrency_and_lets_started_calls_finish() -> None:
+    pending: list[Deferred[int]] = []
+
+    async def call(item: int) -> int:
+        d: Deferred[int] = Deferred()
+        pending.append(d)
+        return await d + item
+
+    d = run(bounded_map(call, [10, 20, 30], limit=2))
+    assert len(pending) == 2
+    pending[0].callback(1)
+    assert len(pending) == 3
+    pending[1].errback(KeyError("k"))
+    assert isinstance(failure_of(d), KeyError)
+    assert not pending[2].called  # not cancelled: a delete cut short could leave a half-done change
+
+
+def test_limited_releases_its_slot_on_failure() -> None:
+    semaphore = DeferredSemaphore(1)
+
+    async def fail() -> None:
+        raise ValueError("boom")
+
+    failure_of(run(limited(semaphore, fail)))
+    assert semaphore.tokens == 1
