@@ -310,6 +310,11 @@ async def start(
     registry = InstrumentedRegistry(RegistryClient(reactor, settings.registry), metrics)
     events_token = completed.events_token
     index = RepositoryIndex() if events_token else None
+    remover = (
+        namespace_remover(reactor, kube, registry, settings.namespace_cleanup_concurrency)
+        if kube is not None
+        else None
+    )
     inventory = Inventory(registry, concurrency=settings.registry_concurrency, index=index)
     watch_hub = WatchHub(
         InventoryReader(inventory),
@@ -323,11 +328,7 @@ async def start(
         authorizer=CountingAuthorizer(authorizer, metrics),
         versions=watch_hub,
         delete_concurrency=settings.delete_concurrency,
-        removal=(
-            namespace_remover(reactor, kube, registry, settings.namespace_cleanup_concurrency)
-            if kube is not None
-            else None
-        ),
+        removal=remover,
     )
 
     async def ping() -> None:
@@ -352,6 +353,8 @@ async def start(
     cleanup = _cleanup(reactor, settings, kube, registry, options, completed.lease_namespace)
     if cleanup is not None:
         metrics.add_cleanup(cleanup.metrics)
+        if remover is not None:
+            remover.running = cleanup.cleaning  # deletecollection waits for the leader's cascade
         liveness.append(("leaderElection", cleanup.check_health))
     health = HealthChecks({"healthz": liveness, "livez": liveness, "readyz": readiness})
     api = ApiServer(

@@ -7,9 +7,11 @@ that runs it again: `INTERLEAVING_SEED=<seed> scripts/test -m slow <this file>::
 
 from __future__ import annotations
 
+import collections
 import os
 from typing import Any
 
+import attrs
 import pytest
 import pytest_twisted
 
@@ -37,17 +39,27 @@ async def test_interleaving(seed: int, reactor: Any, fresh_registry: RegistrySer
 @pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_one_seed(reactor: Any, fresh_registry: RegistryServer) -> None:
-    """The seed in INTERLEAVING_SEED (default: the first default seed), for reproducing a failure."""
+    """The seed in INTERLEAVING_SEED (default: the first default seed), for reproducing a failure;
+    INTERLEAVING_OPERATIONS as the failing run had it (the slow tier runs 60)."""
     seed = int(os.environ.get("INTERLEAVING_SEED", DEFAULT_SEEDS[0]))
-    verdict(await run_seed(reactor, fresh_registry, Config(seed=seed)))
+    operations = int(os.environ.get("INTERLEAVING_OPERATIONS", attrs.fields(Config).operations.default))
+    verdict(await run_seed(reactor, fresh_registry, Config(seed=seed, operations=operations)))
 
 
 @pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_interleaving_many_seeds(reactor: Any, fresh_registry: RegistryServer) -> None:
     failures = []
-    for seed in SLOW_SEEDS:
+    totals: collections.Counter[str] = collections.Counter()
+    # INTERLEAVING_SLOW_SEEDS=<n> runs the first n of them.
+    for seed in SLOW_SEEDS[: int(os.environ.get("INTERLEAVING_SLOW_SEEDS", len(SLOW_SEEDS)))]:
         report = await run_seed(reactor, fresh_registry, Config(seed=seed, operations=60))
         if report.violations or not report.operations["deletecollection"]:
             failures.append("\n".join([report.reproduce(), *report.violations]))
+        totals.update(report.operations)
+        totals.update({f"fault {kind}": n for kind, n in report.faults.items()})
+        totals["kills"] += report.kills
+        totals["residual window hits"] += report.restore_window_hits + report.transient_copy_losses
+        totals["violations"] += len(report.violations)
+        print(f"seed {seed}: {report.violations or 'no violation'}; so far {dict(sorted(totals.items()))}")
     assert not failures, "\n\n".join(failures)

@@ -55,13 +55,21 @@ from payloadtags.cleanup.sweep import EXISTS, TERMINATING
 from payloadtags.inventory import Inventory
 from payloadtags.kube import Backoff
 from payloadtags.names import TagRef, encode_name
-from payloadtags.registry import DELETE_NONCE_ANNOTATION, RegistryClient, RegistryError, RegistrySettings
+from payloadtags.registry import (
+    DELETE_NONCE_ANNOTATION,
+    REPAIR_ANNOTATION,
+    RegistryClient,
+    RegistryError,
+    RegistrySettings,
+)
 from tests.support import images
 from tests.support.dangling import dangling_tags
 from tests.support.faultproxy import FAULTS, FaultProxy
 from tests.support.registry_server import RegistryServer
 
 USER = UserInfo(name="interleaving")
+# Seconds within which a request in flight when its operation is killed still reaches the registry.
+KILLED_WRITE_LANDS_WITHIN = 1.0
 
 
 @attrs.define
@@ -71,6 +79,7 @@ class Replica:
     client: RegistryClient
     service: TagsService
     cascade: Cascade
+    remover: NamespaceRemover | None = None
 
     @classmethod
     def make(
@@ -106,7 +115,7 @@ class Replica:
             removal=removal,
             removal_budget=removal_budget,
         )
-        return cls(client, service, cascade)
+        return cls(client, service, cascade, removal)
 
     async def close(self) -> None:
         await self.client.close()
@@ -166,6 +175,7 @@ class Report:
     def reproduce(self) -> str:
         return (
             f"{self.config.describe()}: reproduce with `INTERLEAVING_SEED={self.config.seed} "
+            f"INTERLEAVING_OPERATIONS={self.config.operations} "
             "scripts/test -m slow tests/integration/test_interleaving.py::test_one_seed`"
         )
 
@@ -461,6 +471,8 @@ class Run:
             return
         if fetched.digest == last.digest:
             return
+        written = fetched.json().get("annotations") or {}
+        ours = sorted(set(written) & {DELETE_NONCE_ANNOTATION, REPAIR_ANNOTATION})
         document = fetched.json()
         annotations = document.get("annotations") or {}
         if DELETE_NONCE_ANNOTATION in annotations:
@@ -477,18 +489,28 @@ class Run:
                     self.report.interrupted_copies += 1
                     return
         older = [p.digest for p in pushes[:-1]]
-        if fetched.digest in older and any(
-            kind in ("retag", "restore") and since <= last.end and last.start <= until
-            for kind, since, until in self.windows[where]
+        # A killed delete's write may still be in flight when it is killed and land later, as a
+        # killed process's does: its window is open from its start until shortly after the kill.
+        killed = [
+            ("killed", d.start, d.end + KILLED_WRITE_LANDS_WITHIN)
+            for d in self.deletes[(repository, tag)]
+            if d.outcome == "killed"
+        ]
+        if (fetched.digest in older or ours) and any(
+            kind in ("retag", "restore", "repair", "killed") and since <= last.end and last.start <= until
+            for kind, since, until in self.windows[where] + killed
         ):
-            # The push landed inside a conditional write's read-to-write window (the re-tag's, then
-            # restored over by the failed delete, or the restore's): the documented residual windows,
-            # which the protocol cannot close.
+            # The push landed inside a conditional write's read-to-write window (the re-tag's, the
+            # restore's, a repair's), and what that write put there stayed (a failed delete then
+            # restored the older push, or could not remove its copy): the documented residual
+            # windows, which the protocol cannot close.
             self.report.restore_window_hits += 1
             return
         kind = "reverted to an older push" if fetched.digest in older else "overwritten"
+        what = f", a manifest payloadtags wrote ({', '.join(ours)})" if ours else ""
         self.report.violations.append(
-            f"{where}: points at {fetched.digest}, not its last acknowledged push {last.digest} ({kind})"
+            f"{where}: points at {fetched.digest}{what}, not its last acknowledged push "
+            f"{last.digest} ({kind})"
         )
 
 

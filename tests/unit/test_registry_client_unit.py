@@ -644,8 +644,9 @@ def test_failed_delete_puts_the_tag_back() -> None:
     client, agent = make(registry)
     with pytest.raises(RegistryUnavailable) as caught:
         result(client.delete_tag("a/b", "v1"))
-    # The restore is conditional too: a fresh read shows our copy before the original goes back.
-    assert [s.method for s in agent.sent][-3:] == ["DELETE", "HEAD", "PUT"]
+    # The copy's delete is tried once more; then the restore, conditional too: a fresh read shows
+    # our copy before the original goes back.
+    assert [s.method for s in agent.sent][-5:] == ["DELETE", "HEAD", "DELETE", "HEAD", "PUT"]
     assert registry.put_bodies[-1] == MANIFEST  # the original bytes: the tag's digest is as before
     assert registry.tag == MANIFEST_DIGEST
     assert f"left as it was, on {MANIFEST_DIGEST}" in caught.value.message
@@ -769,3 +770,19 @@ def test_missing_tag_is_not_found_before_any_delete() -> None:
         result(client.delete_tag("a/b", "v1"))
     assert caught.value.code == "MANIFEST_UNKNOWN"
     assert [s.method for s in agent.sent] == ["GET", "GET"]  # the manifest, then the tag list
+
+
+def test_a_failed_copy_delete_is_tried_once_more_before_any_restore() -> None:
+    registry = DeleteRegistry(tag_delete=error_answer(400, "DIGEST_INVALID"))
+    failures = [error_answer(500, "UNKNOWN")]
+
+    def handler(request: Sent) -> Answer:
+        if request.method == "DELETE" and registry.put_bodies and failures:
+            return failures.pop()  # the first delete of the copy fails, nothing happened
+        return registry(request)
+
+    client, agent = make(handler)
+    assert result(client.delete_tag("a/b", "v1")) == MANIFEST_DIGEST
+    assert registry.tag is None
+    assert len(registry.put_bodies) == 1  # the re-tag only: nothing was restored over the tag
+    assert [s.method for s in agent.sent][-3:] == ["DELETE", "HEAD", "DELETE"]

@@ -120,6 +120,11 @@ class CleanupController:
         """Cascades are running or queued."""
         return bool(self._running)
 
+    def cleaning(self, namespace: str) -> Deferred[None] | None:
+        """The task cleaning this namespace now (this replica leads and runs one), else None.
+        Waiting on it must not cancel it: follow it with another Deferred."""
+        return self._running.get(namespace)
+
     @property
     def synced(self) -> bool:
         """This replica leads and its namespace store has completed its first list."""

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 
 from payloadtags.cleanup.cascade import Aborted, Cascade
@@ -35,6 +36,10 @@ class NamespaceRemover:
         state, _why = await self.check(namespace)
         return state in (ABSENT, TERMINATING)
 
+    # The leader's cascade of a namespace, when this replica runs one (`CleanupController.cleaning`).
+    running: Callable[[str], Deferred[None] | None] = lambda namespace: None
+    _inflight: dict[str, Deferred[Any]] = attrs.Factory(dict)
+
     async def remove(self, namespace: str, within: float) -> None:
         deadline = self.clock.seconds() + within
 
@@ -43,13 +48,42 @@ class NamespaceRemover:
                 return f"not finished within {within:g}s"
             return None
 
+        # Work under way in this process on the same namespace (another deletecollection, the
+        # leader's cascade) is waited for, not duplicated: reading every tag is most of a cascade's
+        # cost. Our own cascade then only verifies (or finishes) what is left.
+        for other in (self._inflight.get(namespace), self.running(namespace)):
+            if other is not None:
+                await self._follow(other, deadline - self.clock.seconds())
+        mine = Deferred.fromCoroutine(self.cascade.run(namespace, guard=guard))
+        self._inflight[namespace] = mine
         try:
-            await self.cascade.run(namespace, guard=guard)
+            await mine
         except Aborted as stopped:
             # The caller answers a retriable 503 that names what is left; the next call resumes.
             raise RegistryUnavailable(
                 f"removing the content of namespace {namespace}: {stopped}", retry_after=1
             ) from None
+        finally:
+            if self._inflight.get(namespace) is mine:
+                del self._inflight[namespace]
+
+    async def _follow(self, other: Deferred[Any], within: float) -> None:
+        """Wait until ``other`` ends or ``within`` seconds pass, whatever its outcome; never cancel it."""
+        if within <= 0:
+            return
+        waiter: Deferred[None] = Deferred()
+
+        def ended(result: object) -> object:
+            if not waiter.called:
+                waiter.callback(None)
+            return result  # ``other``'s own callers see what they would have seen
+
+        other.addBoth(ended)
+        waiter.addTimeout(within, self.clock)
+        try:
+            await waiter
+        except (CancelledError, TimeoutError):
+            pass
 
 
 def namespace_remover(

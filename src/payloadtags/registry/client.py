@@ -483,7 +483,13 @@ class RegistryClient:
             await self._settle(repository, tag, error, unique, original)
 
     async def _settle(
-        self, repository: str, tag: str, error: RegistryError, ours: str, original: Manifest | None
+        self,
+        repository: str,
+        tag: str,
+        error: RegistryError,
+        ours: str,
+        original: Manifest | None,
+        retried: bool = False,
     ) -> None:
         """After a failed write or delete: look where the tag points and act on what is there.
 
@@ -518,6 +524,15 @@ class RegistryClient:
                     f"; tag {where} was left dangling (it names a manifest the registry no longer "
                     f"has) and repairing it failed ({repair_error.message}); retry the delete",
                 ) from error
+            return
+        if current == ours and not retried:
+            # Our copy is in place: delete it once more before putting anything back. Finishing the
+            # delete that was asked for writes nothing over the tag, where a restore could revert a
+            # push landing between its read and its write (or bring back a tag deleted meanwhile).
+            try:
+                await self._delete_manifest(repository, ours)
+            except RegistryError as again:
+                await self._settle(repository, tag, again, ours, original, retried=True)
             return
         if current == ours:
             if original is None:
