@@ -104,3 +104,11 @@ def test_a_client_already_gone_is_not_aborted_again() -> None:
     request.producer.stopProducing()
     writing.cancel()
     assert not request.aborted
+
+
+def test_nothing_is_written_for_a_client_already_gone() -> None:
+    clock, request = Clock(), Request()
+    request.channel = None  # type: ignore[assignment]
+    made: list[int] = []
+    done = start(request, 3, clock, made)
+    assert done == [None] and request.written == [] and made == [] and request.registrations == 0

@@ -49,6 +49,8 @@ class _Pacer:
 async def write_incrementally(request: Request, chunks: Iterable[bytes], clock: IReactorTime) -> None:
     """Writes ``chunks`` to ``request``, yielding to the reactor after each one; stops early when the
     client goes away. The caller finishes the request."""
+    if request.channel is None:
+        return  # the client is gone (Twisted drops the channel on disconnect): nothing to write to
     pacer = _Pacer()
     request.registerProducer(pacer, True)
     try:
