@@ -9,6 +9,7 @@ from payloadtags.limits import WatchLimits
 from payloadtags.names import encode_name
 from tests.support import images
 from tests.support.client import stream
+from tests.support.rbac import eventually, grant
 
 B = "/apis/payload-registry.deckhouse.io/v1alpha1"
 TABLE = (
@@ -182,3 +183,43 @@ async def test_watches_are_limited_per_user_and_exempt_from_the_deadline(
     again = await stream(client, f"{collection(namespace)}?watch=true&resourceVersion=0")
     assert again.code == 200
     again.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_watchers_see_only_readable_repositories_and_an_access_change_ends_the_stream(
+    make_server, registry, repo, pki, kube_api, kube_kubeconfig, reactor
+):
+    namespace, _ = repo.split("/", 1)
+    images.push_oci_image(registry, f"{namespace}/app", "v1", seed="app")
+    images.push_oci_image(registry, f"{namespace}/secret", "v1", seed="secret")
+    api = await make_server(
+        registry,
+        kubeconfig=str(kube_kubeconfig),
+        authorization_mode="RBAC",
+        watch=WatchLimits(resync_period=0.2),
+    )
+    alice = api.client(pki.client_ca.client("alice"))
+    grant(kube_api, namespace, "alice", ["get"], ["app"], "alice-read")
+
+    async def listed() -> list[str]:
+        reply = await alice.get(collection(namespace))
+        items = reply.json()["items"]
+        assert items
+        return [i["spec"]["repositoryPath"] for i in items]
+
+    assert await eventually(listed) == ["app"]
+    watch = await stream(alice, f"{collection(namespace)}?watch=true&resourceVersion=0")
+    first = await watch.next()
+    assert (first["type"], first["object"]["spec"]["repositoryPath"]) == ("ADDED", "app")
+    images.push_oci_image(registry, f"{namespace}/secret", "v2", seed="secret2")  # not hers: no event
+    images.push_oci_image(registry, f"{namespace}/app", "v2", seed="app2")
+    second = await watch.next()
+    assert (second["type"], second["object"]["spec"]["repositoryPath"]) == ("ADDED", "app")
+    assert second["object"]["spec"]["tag"] == "v2"
+    # Granting her `secret` changes what she may see: the stream ends, so her client relists.
+    grant(kube_api, namespace, "alice", ["get"], ["app", "secret"], "alice-read-more")
+    ended = watch.ended
+    ended.addTimeout(10, reactor)
+    await ended
+    assert watch.lines.pending == []
+    assert sorted(set(await listed())) == ["app", "secret"]
