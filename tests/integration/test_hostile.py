@@ -145,6 +145,16 @@ async def test_expect_100_continue_comes_only_after_authentication(api):
 BAD_REQUESTS = {
     "invalid percent-escape in the path": (b"GET /apis/%zz HTTP/1.1\r\nHost: x\r\n\r\n", (400, 404)),
     "invalid utf-8 in the path": (b"GET /apis/%ff%fe HTTP/1.1\r\nHost: x\r\n\r\n", (400, 404)),
+    "too many headers": (
+        b"GET /version HTTP/1.1\r\n" + b"".join(b"X-%d: a\r\n" % i for i in range(600)) + b"\r\n",
+        (400,),
+    ),
+    "length and chunked together": (
+        b"DELETE /x HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        (400,),
+    ),
+    "length with a sign": (b"DELETE /x HTTP/1.1\r\nContent-Length: +5\r\n\r\nhello", (400,)),
+    "HTTP/2 preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", (400, 405)),
     "path that reads as a host": (b"GET //[x HTTP/1.1\r\nHost: x\r\n\r\n", (400, 404)),
     "path that reads as a host, with a body": (
         b"DELETE //[x/y?z HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
