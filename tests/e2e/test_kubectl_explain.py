@@ -303,12 +303,28 @@ async def test_documents_need_an_identity(server, path, document):
 
 @pytest.mark.parametrize(("path", "document"), DOCUMENTS)
 @pytest_twisted.ensureDeferred
-async def test_protobuf_only_is_not_acceptable(server, path, document):
+async def test_protobuf_only_is_not_acceptable_except_for_v2(server, path, document):
     reply = await server.client(server.pki.admin).get(path, headers={"Accept": PROTOBUF_V2})
+    if path == openapi.V2_PATH:
+        # As kube-apiserver: the v2 document in gnostic's protobuf, under the dotted media type.
+        assert reply.code == 200
+        assert reply.header("content-type") == "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
+        assert reply.body == openapi.V2_PROTOBUF
+        return
     assert reply.code == 406
     assert reply.header("content-type") == "application/json"
     status = reply.json()
     assert (status["kind"], status["reason"], status["code"]) == ("Status", "NotAcceptable", 406)
+
+
+@pytest_twisted.ensureDeferred
+async def test_v2_follows_the_first_acceptable_media_type(server):
+    client = server.client(server.pki.admin)
+    json_first = await client.get(openapi.V2_PATH, headers={"Accept": f"application/json, {PROTOBUF_V2}"})
+    assert json_first.json() == openapi.V2
+    proto_first = await client.get(openapi.V2_PATH, headers={"Accept": f"{PROTOBUF_V2}, application/json"})
+    assert proto_first.body == openapi.V2_PROTOBUF
+    assert (await client.get(openapi.V2_PATH, headers={"Accept": "text/html"})).code == 406
 
 
 @pytest_twisted.ensureDeferred

@@ -33,10 +33,17 @@ class Result:
 class Kubectl:
     kubeconfig: Path
     cache_dir: Path
+    binary: str = KUBECTL
 
     @classmethod
     def write(
-        cls, directory: Path, server_url: str, ca_file: Path, user: Issued, name: str = "admin"
+        cls,
+        directory: Path,
+        server_url: str,
+        ca_file: Path,
+        user: Issued,
+        name: str = "admin",
+        binary: str = KUBECTL,
     ) -> Kubectl:
         directory.mkdir(parents=True, exist_ok=True)
         config = {
@@ -61,7 +68,7 @@ class Kubectl:
         }
         path = directory / f"kubeconfig-{name}"
         path.write_text(json.dumps(config))
-        return cls(path, directory / f"cache-{name}")
+        return cls(path, directory / f"cache-{name}", binary)
 
     async def __call__(self, *args: str) -> Result:
         env = {
@@ -71,6 +78,6 @@ class Kubectl:
             "KUBECACHEDIR": str(self.cache_dir),
         }
         out, err, code = await utils.getProcessOutputAndValue(
-            KUBECTL, ["--cache-dir", str(self.cache_dir), "--request-timeout=20s", *args], env=env
+            self.binary, ["--cache-dir", str(self.cache_dir), "--request-timeout=20s", *args], env=env
         )
         return Result(code, out.decode(), err.decode())

@@ -460,8 +460,16 @@ class ApiServer:
     # -- OpenAPI (static documents, ETag and If-None-Match as for discovery) ------------------------
 
     async def _openapi_v2(self, request: IRequest, user: UserInfo) -> bytes:
-        openapi.check_accept(_header(request, "accept"))
-        return self._cached(request, openapi.V2)
+        if not openapi.v2_wants_protobuf(_header(request, "accept")):
+            return self._cached(request, openapi.V2)
+        request.setHeader(b"etag", openapi.V2_PROTOBUF_ETAG.encode())
+        request.setHeader(b"vary", b"Accept")
+        if _header(request, "if-none-match") == openapi.V2_PROTOBUF_ETAG:
+            request.setResponseCode(304)
+            return b""
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", openapi.PROTOBUF_CONTENT_TYPE.encode())
+        return openapi.V2_PROTOBUF
 
     async def _openapi_v3(self, request: IRequest, user: UserInfo) -> bytes:
         openapi.check_accept(_header(request, "accept"))

@@ -12,6 +12,7 @@ the subset this server reads or writes, described as this server uses them.
 
 from __future__ import annotations
 
+import hashlib
 import types
 import typing
 from typing import Any
@@ -21,6 +22,9 @@ import attrs
 from payloadtags import __version__, model
 from payloadtags.api.discovery import etag
 from payloadtags.api.errors import ApiError
+from payloadtags.api.openapi_proto import CONTENT_TYPE as PROTOBUF_CONTENT_TYPE
+from payloadtags.api.openapi_proto import MEDIA_TYPES as PROTOBUF_MEDIA_TYPES
+from payloadtags.api.openapi_proto import encode_document
 from payloadtags.jsontypes import JsonObject
 from payloadtags.model import GROUP, GROUP_VERSION, KIND, LIST_KIND, RESOURCE, VERSION
 
@@ -49,8 +53,8 @@ PRECONDITIONS = f"{META}.Preconditions"
 GVK = {"group": GROUP, "version": VERSION, "kind": KIND}
 LIST_GVK = {"group": GROUP, "version": VERSION, "kind": LIST_KIND}
 
-# Media types a client may name when it wants these documents as JSON; kube-apiserver also offers
-# protobuf (``application/com.github.proto-openapi.spec.v2@v1.0+protobuf``), which this server does not.
+# Media types a client may name when it wants these documents as JSON; /openapi/v2 is also offered as
+# protobuf (openapi_proto), as kube-apiserver does.
 _JSON_MEDIA = ("application/json", "application/*", "*/*")
 
 # Schemas are written once with v3 references; v2 rewrites them (see _to_v2).
@@ -771,6 +775,27 @@ V2: JsonObject = build_v2()
 V3_GROUP_VERSION: JsonObject = build_v3_group_version()
 V3_GROUP_VERSION_HASH: str = content_hash(V3_GROUP_VERSION)
 V3_ROOT: JsonObject = build_v3_root(V3_GROUP_VERSION_HASH)
+V2_PROTOBUF: bytes = encode_document(V2)
+V2_PROTOBUF_ETAG: str = '"' + hashlib.sha512(V2_PROTOBUF).hexdigest()[:32].upper() + '"'
+
+
+def v2_wants_protobuf(accept: str | None) -> bool:
+    """Whether /openapi/v2 answers in protobuf: the first media type of the Accept list that the server
+    has decides (kubectl 1.27 and 1.28 name only protobuf); none of them is 406."""
+    if accept is None or not accept.strip():
+        return False
+    for entry in accept.split(","):
+        media = entry.split(";", 1)[0].strip().lower()
+        if media in PROTOBUF_MEDIA_TYPES:
+            return True
+        if media in _JSON_MEDIA:
+            return False
+    raise ApiError(
+        406,
+        "NotAcceptable",
+        f"only the following media types are accepted: application/json, {PROTOBUF_CONTENT_TYPE} "
+        f"(requested: {accept})",
+    )
 
 
 def check_accept(accept: str | None) -> None:
@@ -790,6 +815,8 @@ def check_accept(accept: str | None) -> None:
 __all__ = [
     "V2",
     "V2_PATH",
+    "V2_PROTOBUF",
+    "V2_PROTOBUF_ETAG",
     "V3_GROUP_VERSION",
     "V3_GROUP_VERSION_HASH",
     "V3_GROUP_VERSION_PATH",
@@ -797,4 +824,5 @@ __all__ = [
     "V3_ROOT",
     "check_accept",
     "content_hash",
+    "v2_wants_protobuf",
 ]
