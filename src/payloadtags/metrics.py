@@ -116,6 +116,8 @@ class InstrumentedRegistry:
     inner: Registry
     metrics: Metrics
     clock: Callable[[], float] = time.monotonic
+    # Told of every failed operation (payloadtags.registry_diagnosis.FailureLog logs them).
+    on_failure: Callable[[str, BaseException], None] | None = None
 
     async def _measure(self, operation: str, call: Awaitable[T]) -> T:
         started = self.clock()
@@ -124,6 +126,8 @@ class InstrumentedRegistry:
             return await call
         except BaseException as exc:
             error = exc
+            if self.on_failure is not None:
+                self.on_failure(operation, exc)
             raise
         finally:
             self.metrics.registry_requests.labels(operation, outcome_of(error)).inc()

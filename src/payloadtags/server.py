@@ -15,6 +15,7 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 
 from payloadtags.access.authconfig import AuthenticationConfig, DynamicAuthentication, FlagConfig
 from payloadtags.access.authz import AlwaysAllow
@@ -38,6 +39,7 @@ from payloadtags.listen import listen
 from payloadtags.logs import begin_logging
 from payloadtags.metrics import CountingAuthorizer, InstrumentedRegistry, Metrics
 from payloadtags.registry import Registry, RegistryClient
+from payloadtags.registry_diagnosis import FailureLog, probe
 from payloadtags.reloader import FileWatcher
 from payloadtags.repoindex import RepositoryIndex
 from payloadtags.settings import Settings
@@ -82,6 +84,7 @@ class RunningServer:
     shutting_down: bool = False
     index: RepositoryIndex | None = None
     index_refresh: LoopingCall | None = None
+    registry_probe: defer.Deferred[None] | None = None
 
     async def stop(self) -> None:
         """Graceful: readyz fails at once, the listener closes after the shutdown delay, requests in
@@ -114,6 +117,8 @@ class RunningServer:
                 grace=self.settings.shutdown_grace_period,
             )
         await self._close_connections(deadline)
+        if self.registry_probe is not None and not self.registry_probe.called:
+            self.registry_probe.cancel()
         for watcher in self.watchers:
             watcher.stop()
         if self.index_refresh is not None and self.index_refresh.running:
@@ -307,7 +312,8 @@ async def start(
         if not authentication.config.trusted_cas:
             log.warn("no --client-ca-file: no client can authenticate; only health endpoints will answer")
 
-    registry = InstrumentedRegistry(RegistryClient(reactor, settings.registry), metrics)
+    registry_client = RegistryClient(reactor, settings.registry)
+    registry = InstrumentedRegistry(registry_client, metrics, on_failure=FailureLog(reactor.seconds))
     events_token = completed.events_token
     index = RepositoryIndex() if events_token else None
     remover = (
@@ -401,6 +407,8 @@ async def start(
         registry=settings.registry.url,
         mode=mode,
     )
+    registry_probe = defer.Deferred.fromCoroutine(probe(registry_client, settings.registry.url))
+    registry_probe.addErrback(_probe_failed)
     for watcher in watchers:
         watcher.start()
     if cleanup is not None:
@@ -428,8 +436,14 @@ async def start(
         cleanup,
         index=index,
         index_refresh=index_refresh,
+        registry_probe=registry_probe,
     )
     return running
+
+
+def _probe_failed(failure: Failure) -> None:
+    if not failure.check(defer.CancelledError):
+        log.failure("the registry probe failed unexpectedly", failure)
 
 
 def serve(settings: Settings, completed: Completed | None = None) -> int:

@@ -163,6 +163,13 @@ def _cause(error: BaseException) -> str:
     return str(error) or error.__class__.__name__
 
 
+@attrs.frozen
+class RootAnswer:
+    status: int
+    api_version: str | None
+    challenge: str | None
+
+
 class RegistryClient:
     """One registry's OCI distribution API. Create once; call close() when done."""
 
@@ -227,6 +234,15 @@ class RegistryClient:
         if reply.status != 200:
             raise self._error(reply, "the API check (GET /v2/)")
 
+    async def root(self) -> RootAnswer:
+        """GET /v2/ without credentials: what the registry says about itself (for start-up diagnosis)."""
+        reply = await self._exchange("GET", self._base + "/v2/", None, None, None, JSON_LIMIT, False)
+        return RootAnswer(
+            status=reply.status,
+            api_version=reply.header("Docker-Distribution-API-Version"),
+            challenge=reply.header("WWW-Authenticate"),
+        )
+
     async def catalog(self, last: str | None = None, n: int = MAX_CATALOG_PAGE) -> CatalogPage:
         """One page of repository names after ``last`` (which need not exist).
 
@@ -248,6 +264,14 @@ class RegistryClient:
             query["last"] = last
         path = "/v2/_catalog?" + urllib.parse.urlencode(query)
         reply = await self._call("GET", path, scope="registry:catalog:*", on_send=on_send)
+        if reply.status == 404:
+            # A registry always has a catalog (maybe empty): this is not one, whatever the user asked.
+            # Said as a configuration error, not as NotFound (which kubectl would show as "no such tag").
+            raise self._protocol(
+                reply,
+                "GET /v2/_catalog answered 404: --registry-url does not point at an OCI distribution API "
+                "with a catalog; give the registry's root",
+            )
         if reply.status != 200:
             raise self._error(reply, "the repository catalog")
         document = self._json(reply, "the repository catalog")

@@ -1,0 +1,117 @@
+"""Saying what is wrong with the registry: one probe at start, and rate-limited failure lines after.
+
+The probe never stops the server (the registry may come up later); it logs either what it found
+(reachable, API version, whether authentication is needed, whether the catalog may be read) or what is
+wrong and which flag fixes it. During operation every registry failure but "not found" is logged with
+the operation and the registry's answer, at most once per period for each kind of failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import attrs
+from twisted.logger import Logger
+
+from payloadtags.registry import RegistryAuthFailed, RegistryError, RegistryNotFound
+from payloadtags.registry.client import RootAnswer
+
+log = Logger()
+
+CREDENTIAL_FLAGS = "--registry-username-file/--registry-password-file"
+TLS_WORDS = ("certificate", "ssl", "tls", "handshake")
+
+
+class Probed(Protocol):
+    async def root(self) -> RootAnswer: ...
+
+    async def ping(self) -> None: ...
+
+    async def catalog(self, last: str | None = None, n: int = ...) -> Any: ...
+
+
+def _hint(error: RegistryError) -> str:
+    text = str(error)
+    lowered = text.lower()
+    if any(word in lowered for word in TLS_WORDS):
+        return (
+            f"{text}; if the registry's certificate is signed by a private CA, give that CA with "
+            "--registry-ca-file (and check that --registry-url names a host in the certificate)"
+        )
+    if isinstance(error, RegistryAuthFailed):
+        return f"{text} (the credentials come from {CREDENTIAL_FLAGS} or their environment variables)"
+    return text
+
+
+async def probe(registry: Probed, url: str) -> str:
+    """Probe the registry once; log and return the line (for tests)."""
+    try:
+        root = await registry.root()
+    except RegistryError as error:
+        line = f"registry {url} cannot be used: {_hint(error)}"
+        log.error("{line}", line=line, registryUrl=url)
+        return line
+    if root.status == 404:
+        line = (
+            f"registry {url} answered 404 to GET /v2/: --registry-url does not point at an OCI distribution "
+            "API; give the registry's root (scheme and host[:port]), not a path or a web UI"
+        )
+        log.error("{line}", line=line, registryUrl=url)
+        return line
+    if root.status not in (200, 401):
+        line = (
+            f"registry {url} answered HTTP {root.status} to GET /v2/; is --registry-url the registry's API?"
+        )
+        log.error("{line}", line=line, registryUrl=url)
+        return line
+    auth = "none" if root.status == 200 else (root.challenge or "").split(" ", 1)[0].lower() or "unknown"
+    try:
+        await registry.ping()
+    except RegistryError as error:
+        line = f"registry {url} is reachable but refuses this server: {_hint(error)}"
+        log.error("{line}", line=line, registryUrl=url)
+        return line
+    try:
+        await registry.catalog(n=1)
+        catalog = "allowed"
+    except RegistryError as error:
+        catalog = f"denied ({error}); namespace lists need the catalog"
+    line = (
+        f"registry {url} reachable: API version {root.api_version or 'not announced'}, "
+        f"authentication {auth}, catalog {catalog}"
+    )
+    if catalog == "allowed":
+        log.info("{line}", line=line, registryUrl=url, apiVersion=root.api_version, auth=auth)
+    else:
+        log.warn("{line}", line=line, registryUrl=url, apiVersion=root.api_version, auth=auth)
+    return line
+
+
+@attrs.define
+class FailureLog:
+    """Logs registry failures with the operation and the registry's answer, rate-limited per kind."""
+
+    seconds: Callable[[], float]
+    period: float = 30.0
+    _last: dict[tuple[str, str], float] = attrs.field(factory=dict, init=False)
+    _suppressed: dict[tuple[str, str], int] = attrs.field(factory=dict, init=False)
+
+    def __call__(self, operation: str, error: BaseException) -> None:
+        if not isinstance(error, RegistryError) or isinstance(error, RegistryNotFound):
+            return  # not found is an answer, not a failure; cancellations are the caller's
+        key = (operation, type(error).__name__)
+        now = self.seconds()
+        last = self._last.get(key)
+        if last is not None and now - last < self.period:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        self._last[key] = now
+        suppressed = self._suppressed.pop(key, 0)
+        log.warn(
+            "registry {operation} failed: {error}{more}",
+            operation=operation,
+            error=_hint(error),
+            more=f" ({suppressed} more like it in the last {self.period:g}s)" if suppressed else "",
+            kind=type(error).__name__,
+        )

@@ -1,0 +1,112 @@
+"""The start-up probe against real registries, and rate-limited failure lines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest_twisted
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel, globalLogPublisher
+from twisted.web.pages import notFound
+from twisted.web.server import Site
+
+from payloadtags.registry import RegistryAuthFailed, RegistryNotFound, RegistryUnavailable
+from payloadtags.registry_diagnosis import FailureLog, probe
+from tests.support.registry_server import free_port
+
+
+class Captured:
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "payloadtags.registry_diagnosis":
+            self.events.append(event)
+
+    def __enter__(self) -> Captured:
+        globalLogPublisher.addObserver(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        globalLogPublisher.removeObserver(self)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_healthy_registry_is_described(make_client, registry):
+    with Captured() as captured:
+        line = await probe(make_client(registry), registry.url)
+    assert line == (
+        f"registry {registry.url} reachable: API version registry/2.0, authentication none, catalog allowed"
+    )
+    assert [e["log_level"] for e in captured.events] == [LogLevel.info]
+
+
+@pytest_twisted.ensureDeferred
+async def test_basic_auth_is_named_and_wrong_credentials_name_the_flags(make_client, htpasswd_registry):
+    good = await probe(make_client(htpasswd_registry), htpasswd_registry.url)
+    assert "authentication basic, catalog allowed" in good
+    with Captured() as captured:
+        bad = await probe(make_client(htpasswd_registry, password="wrong"), htpasswd_registry.url)
+    assert bad.startswith(f"registry {htpasswd_registry.url} is reachable but refuses this server: ")
+    assert "--registry-username-file/--registry-password-file" in bad
+    assert captured.events[0]["log_level"] == LogLevel.error
+
+
+@pytest_twisted.ensureDeferred
+async def test_token_auth_is_named(make_client, token_registry):
+    assert "authentication bearer, catalog allowed" in await probe(
+        make_client(token_registry), token_registry.url
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_untrusted_certificate_names_the_ca_flag(make_client, tls_registry):
+    line = await probe(make_client(tls_registry, ca_file=None), tls_registry.url)
+    assert line.startswith(f"registry {tls_registry.url} cannot be used: ")
+    assert "give that CA with --registry-ca-file" in line
+
+
+@pytest_twisted.ensureDeferred
+async def test_nothing_listening_says_unavailable(make_client):
+    url = f"http://127.0.0.1:{free_port()}"
+    line = await probe(make_client(url), url)
+    assert line.startswith(
+        f"registry {url} cannot be used: registry {url} is unavailable: connection refused"
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_web_server_that_is_not_a_registry_says_so(make_client, reactor):
+    port = reactor.listenTCP(0, Site(notFound()), interface="127.0.0.1")
+    url = f"http://127.0.0.1:{port.getHost().port}"
+    try:
+        line = await probe(make_client(url), url)
+    finally:
+        await port.stopListening()
+    assert line == (
+        f"registry {url} answered 404 to GET /v2/: --registry-url does not point at an OCI distribution "
+        "API; give the registry's root (scheme and host[:port]), not a path or a web UI"
+    )
+
+
+def test_failures_are_logged_with_the_operation_once_per_period():
+    clock = Clock()
+    failures = FailureLog(clock.seconds, period=30.0)
+    down = RegistryUnavailable("registry http://r is unavailable: connection refused")
+    with Captured() as captured:
+        failures("tags", down)
+        failures("tags", down)
+        failures("tags", down)
+        failures("catalog", down)  # another operation: its own line
+        failures("manifest", RegistryNotFound("manifest not found"))  # an answer, not a failure
+        clock.advance(31)
+        failures("tags", RegistryAuthFailed("registry http://r rejected the credentials"))
+        failures("tags", down)
+    lines = [(e["operation"], e["kind"], e["more"]) for e in captured.events]
+    assert lines == [
+        ("tags", "RegistryUnavailable", ""),
+        ("catalog", "RegistryUnavailable", ""),
+        ("tags", "RegistryAuthFailed", ""),
+        ("tags", "RegistryUnavailable", " (2 more like it in the last 30s)"),
+    ]
+    assert "--registry-username-file/--registry-password-file" in captured.events[2]["error"]
