@@ -84,7 +84,7 @@ class RunningServer:
     shutting_down: bool = False
     index: RepositoryIndex | None = None
     index_refresh: LoopingCall | None = None
-    registry_probe: defer.Deferred[None] | None = None
+    registry_probe: defer.Deferred[str] | None = None
 
     async def stop(self) -> None:
         """Graceful: readyz fails at once, the listener closes after the shutdown delay, requests in

@@ -17,6 +17,7 @@ def fields(data: bytes) -> list[tuple[int, Any]]:
     while position < len(data):
         key, position = _varint(data, position)
         number, wire = key >> 3, key & 7
+        value: Any
         if wire == 0:
             value, position = _varint(data, position)
         elif wire == 1:
