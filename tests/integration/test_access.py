@@ -39,7 +39,13 @@ def namespace(repo: str) -> str:
 
 @pytest_twisted.async_yield_fixture
 async def rbac_server(make_server, registry, kube_api, kube_kubeconfig):
-    yield await make_server(registry, kubeconfig=str(kube_kubeconfig), authorization_mode="RBAC")
+    server = await make_server(registry, kubeconfig=str(kube_kubeconfig), authorization_mode="RBAC")
+
+    async def synced() -> bool:  # until then every decision is 503, whatever a test waits for
+        return (await server.client(None).get("/readyz/rbac")).code == 200
+
+    assert await eventually(synced, within=30) is True
+    yield server
 
 
 async def names_seen(client, namespace: str) -> list[tuple[str, str]]:
