@@ -40,6 +40,7 @@ GROUP = "payload-registry.deckhouse.io"
 APISERVICE = f"v1alpha1.{GROUP}"
 POD_LABELS = {"app.kubernetes.io/name": "payloadtags", "app.kubernetes.io/component": "apiserver"}
 CERT_MANAGER = "cert-manager.io/v1"
+PROMETHEUS_OPERATOR = "monitoring.coreos.com/v1"  # no schema in kubernetes-validate either
 
 Obj = dict[str, Any]
 
@@ -110,14 +111,25 @@ def test_strict_validation_rejects_unknown_fields() -> None:
         kubernetes_validate.validate(typo, K8S_VERSION, strict=True)
 
 
-@pytest.mark.parametrize("tree", ["", "cert-manager", "examples"], ids=["base", "cert-manager", "examples"])
+@pytest.mark.parametrize(
+    "tree",
+    [
+        "",
+        "cert-manager",
+        "apiservice",
+        "cert-manager/apiservice",
+        "examples/overlay",
+        "examples/overlay/apiservice",
+        "examples",
+    ],
+)
 def test_every_object_validates(tree: str) -> None:
     objects = examples() if tree == "examples" else kustomize(tree)
     assert objects
     problems = []
     for obj in objects:
-        if obj["apiVersion"] == CERT_MANAGER:
-            continue  # test_cert_manager_objects_are_well_formed
+        if obj["apiVersion"] in (CERT_MANAGER, PROMETHEUS_OPERATOR):
+            continue  # test_cert_manager_objects_are_well_formed; scripts/check-deploy's install checks
         try:
             kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
         except kubernetes_validate.ValidationError as error:
@@ -149,9 +161,20 @@ def test_base_installs_exactly_these_objects(base: list[Obj]) -> None:
             ("Service", NAMESPACE, SERVICE),
             ("Deployment", NAMESPACE, "payloadtags"),
             ("PodDisruptionBudget", NAMESPACE, "payloadtags"),
-            ("APIService", "", APISERVICE),
         ]
     )
+
+
+def test_the_apiservice_is_a_tree_of_its_own(base: list[Obj], with_cert_manager: list[Obj]) -> None:
+    # Applied only once the server is ready (scripts/install): an APIService whose service is not ready
+    # stalls namespace deletion in the whole cluster.
+    assert not of_kind(base, "APIService") and not of_kind(with_cert_manager, "APIService")
+    for tree in ("apiservice", "cert-manager/apiservice", "examples/overlay/apiservice"):
+        assert [key(o) for o in kustomize(tree)] == [("APIService", "", APISERVICE)], tree
+
+
+def test_pods_are_system_cluster_critical(pod: Obj) -> None:
+    assert pod["priorityClassName"] == "system-cluster-critical"
 
 
 def test_no_secret_is_shipped(base: list[Obj], with_cert_manager: list[Obj]) -> None:
@@ -490,8 +513,8 @@ def test_disruption_budget_keeps_one_replica(base: list[Obj], deployment: Obj) -
     assert spec["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
 
 
-def test_apiservice_points_at_the_service(base: list[Obj]) -> None:
-    apiservice = one(base, "APIService", APISERVICE)
+def test_apiservice_points_at_the_service() -> None:
+    apiservice = one(kustomize("apiservice"), "APIService", APISERVICE)
     assert apiservice["apiVersion"] == "apiregistration.k8s.io/v1"
     spec = apiservice["spec"]
     assert (spec["group"], spec["version"]) == (GROUP, "v1alpha1")
@@ -626,7 +649,9 @@ def test_serving_certificate_matches_service_deployment_and_apiservice(with_cert
     assert f"{SERVICE}.{NAMESPACE}.svc" in serving["dnsNames"]
     assert f"{SERVICE}.{NAMESPACE}.svc.cluster.local" in serving["dnsNames"]
     assert "server auth" in serving["usages"] and not serving.get("isCA", False)
-    annotations = one(with_cert_manager, "APIService", APISERVICE)["metadata"]["annotations"]
+    annotations = one(kustomize("cert-manager/apiservice"), "APIService", APISERVICE)["metadata"][
+        "annotations"
+    ]
     assert annotations == {"cert-manager.io/inject-ca-from": f"{NAMESPACE}/payloadtags-serving"}
 
 
@@ -646,8 +671,6 @@ def test_cert_manager_overlay_only_adds_tls(base: list[Obj], with_cert_manager: 
     rest = [o for o in with_cert_manager if o["apiVersion"] != CERT_MANAGER]
     assert len(added) == 4
     for obj in rest:
-        if obj["kind"] == "APIService":
-            obj = {**obj, "metadata": {k: v for k, v in obj["metadata"].items() if k != "annotations"}}
         assert obj in base, key(obj)
     assert len(rest) == len(base)
 
@@ -762,7 +785,8 @@ def test_install_doc_overlay_sets_image_registry_and_ca(tmp_path: Path) -> None:
     overlay = _doc_yaml_blocks()[0]
     objects = _render_overlay(tmp_path, overlay)
     (container,) = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
-    assert container["image"] == f"registry.example.com/tools/payloadtags:{project_version()}"
+    image, _, digest = container["image"].partition("@sha256:")
+    assert image == "registry.example.com/tools/payloadtags" and re.fullmatch("[0-9a-f]{64}", digest)
     assert _args(container)["--registry-ca-file"] == "/etc/payloadtags/registry/ca.crt"
     configmap = one(objects, "ConfigMap")
     assert configmap["data"] == {
@@ -775,9 +799,10 @@ def test_install_doc_overlay_sets_image_registry_and_ca(tmp_path: Path) -> None:
 
 
 def test_install_doc_own_ca_overlay_sets_the_ca_bundle(tmp_path: Path) -> None:
-    patch = _doc_yaml_blocks()[1].replace("<output of: base64 -w0 ca.crt>", "Y2EgYnVuZGxl")
+    patch = _doc_yaml_blocks()[2].replace("<output of: base64 -w0 ca.crt>", "Y2EgYnVuZGxl")
     overlay = (
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- ../manifests\n"
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        "resources:\n- ../manifests/apiservice\n"
         + "\n".join(line for line in patch.splitlines() if not line.startswith("#"))
     )
     objects = _render_overlay(tmp_path, overlay)
