@@ -32,11 +32,11 @@ TIERS = ("unit", "integration", "e2e")
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark each test with its tier, the directory it lives in, so that `scripts/test -m unit` runs
-    the fast tier. Packaging builds and slow runs stay out of the unit tier wherever they live."""
+    the fast tier. Packaging builds, randomized model comparisons and slow runs stay out of it."""
     for item in items:
         parts = item.path.resolve().relative_to(TESTS).parts
         tier = parts[0] if len(parts) > 1 else ""
-        if tier == "unit" and any(item.get_closest_marker(m) is not None for m in ("packaging", "slow")):
+        if tier == "unit" and any(item.get_closest_marker(m) for m in ("packaging", "property", "slow")):
             continue
         if tier in TIERS:
             item.add_marker(tier)

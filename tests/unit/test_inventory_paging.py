@@ -102,6 +102,7 @@ def check_walks_equal_unpaged(content: dict[str, set[str]], namespace: str | Non
 _namespaces = st.sampled_from([None, "team", "team-a", "z", "none"])
 
 
+@pytest.mark.property
 @given(content=_content, namespace=_namespaces, limit=st.integers(1, 7))
 @settings(max_examples=60, deadline=None)
 def test_a_paginated_walk_equals_the_unpaged_list(
@@ -191,6 +192,7 @@ def check_walk_under_changes(
     assert seen <= ever
 
 
+@pytest.mark.property
 @given(content=_content, changes=_changes(), limit=st.integers(1, 5))
 @settings(max_examples=60, deadline=None)
 def test_a_walk_under_concurrent_pushes_and_deletes(

@@ -27,7 +27,8 @@ import yaml
 from payloadtags.access.authn import UserInfo
 from payloadtags.access.rbac import RbacIndex
 
-pytestmark = pytest.mark.kubectl
+# Renders and validates the deployment trees with kubectl and the schemas: packaging, not the unit tier.
+pytestmark = [pytest.mark.kubectl, pytest.mark.packaging]
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"

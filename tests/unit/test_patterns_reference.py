@@ -13,10 +13,14 @@ from __future__ import annotations
 import functools
 import itertools
 
+import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from payloadtags.access.patterns import PathPattern, PatternError, match
+
+# Thousands of patterns and paths against a model of doublestar: in the default suite, not the unit tier.
+pytestmark = pytest.mark.property
 
 # --- the reference matcher ---------------------------------------------------------------------
 
