@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import attrs
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -42,6 +42,9 @@ class Metrics:
     registry_requests: Counter = attrs.field(init=False)
     registry_duration: Histogram = attrs.field(init=False)
     authorization: Counter = attrs.field(init=False)
+    watches: Gauge = attrs.field(init=False)
+    watch_scopes: Gauge = attrs.field(init=False)
+    watches_ended: Counter = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.requests = Counter(
@@ -76,6 +79,26 @@ class Metrics:
             ["verb", "decision"],
             registry=self.registry,
         )
+
+        self.watches = Gauge(
+            "payloadtags_watches", "Watch streams open on this replica.", registry=self.registry
+        )
+        self.watch_scopes = Gauge(
+            "payloadtags_watch_scopes",
+            "Scopes (namespaces, or all namespaces) reread periodically for watches and lists.",
+            registry=self.registry,
+        )
+        self.watches_ended = Counter(
+            "payloadtags_watches_ended",
+            "Watch streams ended, by reason: timeout, client gone, slow (send buffer full), access rules "
+            "changed, shutting down.",
+            ["reason"],
+            registry=self.registry,
+        )
+
+    def track_watches(self, open_watches: Callable[[], int], scopes: Callable[[], int]) -> None:
+        self.watches.set_function(open_watches)
+        self.watch_scopes.set_function(scopes)
 
     def observe_request(self, verb: str, resource: str, code: int, seconds: float) -> None:
         self.requests.labels(verb, resource, str(code)).inc()

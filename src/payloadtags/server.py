@@ -327,7 +327,9 @@ async def start(
         reactor,
         settings.watch,
         access_generation=_access_generation(authorizer),
+        on_end=lambda reason: metrics.watches_ended.labels(reason).inc(),
     )
+    metrics.track_watches(lambda: len(watch_hub.watchers), lambda: len(watch_hub.sources))
     service = TagsService(
         inventory=inventory,
         registry_host=settings.registry_host,

@@ -223,3 +223,29 @@ async def test_watchers_see_only_readable_repositories_and_an_access_change_ends
     await ended
     assert watch.lines.pending == []
     assert sorted(set(await listed())) == ["app", "secret"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_watch_metrics(api, repo, reactor):
+    namespace, _ = repo.split("/", 1)
+    client = api.client(api.pki.admin)
+
+    async def metric(line_start: str) -> float:
+        text = (await client.get("/metrics")).body.decode()
+        values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start)]
+        return sum(values)
+
+    before = await metric('payloadtags_watches_ended_total{reason="client gone"}')
+    watch = await stream(client, f"{collection(namespace)}?watch=true&resourceVersion=0")
+    assert await metric("payloadtags_watches ") == 1
+    assert await metric("payloadtags_watch_scopes ") >= 1
+    watch.close()
+    await task.deferLater(reactor, 0.3, lambda: None)
+    assert await metric("payloadtags_watches ") == 0
+    assert await metric('payloadtags_watches_ended_total{reason="client gone"}') == before + 1
+    assert (
+        await metric(
+            'payloadtags_apiserver_requests_total{code="200",resource="payloadrepositorytags",verb="watch"}'
+        )
+        == 1
+    )

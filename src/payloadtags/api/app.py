@@ -98,6 +98,8 @@ def _request_labels(request: IRequest) -> tuple[str, str]:
     if not path.startswith(BASE + "/") or RESOURCE not in parts:
         return method.lower(), ""
     named = parts.index(RESOURCE) < len(parts) - 1
+    if method == "GET" and _is_watch_request(request):
+        return "watch", RESOURCE
     verbs = {
         "GET": "get" if named else "list",
         "DELETE": "delete" if named else "deletecollection",

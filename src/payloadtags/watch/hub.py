@@ -51,6 +51,8 @@ class WatchHub:
     versions: ReplicaVersions = attrs.field(factory=ReplicaVersions)
     # Bumped by the access rules on every change; watchers then re-decide what they were shown.
     access_generation: Callable[[], int] = lambda: 0
+    # Told the reason each watch ended (metrics).
+    on_end: Callable[[str], None] = lambda reason: None
     sources: dict[str | None, ScopeSource] = attrs.field(factory=dict)
     watchers: set[Watcher] = attrs.field(factory=set)
     per_user: collections.Counter[str] = attrs.field(factory=collections.Counter)
@@ -177,6 +179,7 @@ class WatchHub:
             if timer is not None and timer.active():
                 timer.cancel()
             self._touched[source.namespace] = self.clock.seconds()
+            self.on_end(w.reason or "")
 
         watcher.on_close.append(closed)
         return True
