@@ -581,13 +581,7 @@ def start_server(
         command = [
             str(ROOT / ".venv" / "bin" / "payloadtags"),
             "serve",
-            "--bind-address=127.0.0.1",
-            f"--secure-port={port}",
-            f"--tls-cert-file={pki.serving.cert_file}",
-            f"--tls-private-key-file={pki.serving.key_file}",
-            f"--client-ca-file={pki.client_ca.cert_file}",
-            "--authorization-mode=AlwaysAllow",
-            f"--registry-url={registry_url}",
+            *pki.standalone_args(port, registry_url),
             f"--registry-host={REGISTRY_HOST}",
             f"--registry-concurrency={CONCURRENCY}",
         ]

@@ -34,13 +34,7 @@ def replica(reactor: Any, pki: Any, registry_url: str) -> tuple[ServerProcess, A
     process = ServerProcess(
         reactor,
         [
-            "--bind-address=127.0.0.1",
-            f"--secure-port={port}",
-            f"--tls-cert-file={pki.serving.cert_file}",
-            f"--tls-private-key-file={pki.serving.key_file}",
-            f"--client-ca-file={pki.client_ca.cert_file}",
-            "--authorization-mode=AlwaysAllow",
-            f"--registry-url={registry_url}",
+            *pki.standalone_args(port, registry_url),
             "--watch-resync-period=0.3s",
         ],
     )

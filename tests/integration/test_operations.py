@@ -171,13 +171,7 @@ class _SlowRegistry(Resource):
 
 def serve_args(pki, registry_url: str, port: int, *extra: str) -> list[str]:
     return [
-        "--bind-address=127.0.0.1",
-        f"--secure-port={port}",
-        f"--tls-cert-file={pki.serving.cert_file}",
-        f"--tls-private-key-file={pki.serving.key_file}",
-        f"--client-ca-file={pki.client_ca.cert_file}",
-        "--authorization-mode=AlwaysAllow",
-        f"--registry-url={registry_url}",
+        *pki.standalone_args(port, registry_url),
         *extra,
     ]
 

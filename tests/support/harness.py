@@ -35,6 +35,18 @@ class Pki:
             admin=client_ca.client("admin", ("admins",)),
         )
 
+    def standalone_args(self, port: int, registry_url: str) -> list[str]:
+        """`payloadtags serve` flags for standalone mode on 127.0.0.1 with these certificates."""
+        return [
+            "--bind-address=127.0.0.1",
+            f"--secure-port={port}",
+            f"--tls-cert-file={self.serving.cert_file}",
+            f"--tls-private-key-file={self.serving.key_file}",
+            f"--client-ca-file={self.client_ca.cert_file}",
+            "--authorization-mode=AlwaysAllow",
+            f"--registry-url={registry_url}",
+        ]
+
 
 @attrs.define
 class ServerUnderTest:
