@@ -35,6 +35,7 @@ from payloadtags.cluster import authentication_reflector, rbac_reflectors, token
 from payloadtags.http.channel import GuardedSite, LimitedConnections
 from payloadtags.inventory import Inventory
 from payloadtags.kube import ClusterClient, KubeClient, Reflector
+from payloadtags.lifecycle import OrderedServices, Part
 from payloadtags.listen import listen
 from payloadtags.logs import begin_logging
 from payloadtags.metrics import CountingAuthorizer, InstrumentedRegistry, Metrics
@@ -69,6 +70,75 @@ def _flag_authentication(settings: Settings) -> FlagConfig:
 
 
 @attrs.define
+class Serving:
+    """The TLS listener and the drain that ends it: the part started last and stopped first."""
+
+    reactor: Any
+    settings: Settings
+    factory: TLSMemoryBIOFactory
+    connections: LimitedConnections
+    api: ApiServer
+    mode: str
+    listener: IListeningPort | None = None
+    port: int = 0
+
+    def start(self) -> None:
+        settings = self.settings
+        self.listener = listen(self.reactor, settings.bind_address, settings.secure_port, self.factory)
+        host = self.listener.getHost()
+        assert isinstance(host, IPv4Address | IPv6Address), host  # a TCP port
+        self.port = host.port
+        log.info(
+            "serving {group} on https://{address}:{port}, registry {registry}, authorization {mode}",
+            group="payload-registry.deckhouse.io/v1alpha1",
+            address=f"[{host.host}]" if ":" in host.host else host.host,
+            port=self.port,
+            registry=settings.registry.url,
+            mode=self.mode,
+        )
+
+    async def drain(self) -> None:
+        """readyz already fails; the listener closes after the shutdown delay, requests in flight
+        finish within the grace period, then the connections close."""
+        clock, settings = self.reactor, self.settings
+        if settings.shutdown_delay > 0:
+            # Give endpoints controllers and load balancers time to stop sending new requests here.
+            await deferLater(clock, settings.shutdown_delay, lambda: None)
+        if self.listener is not None:
+            stopped = self.listener.stopListening()
+            if stopped is not None:
+                await stopped
+        if self.api.watch_hub is not None:
+            # Watches would hold the drain for their whole lifetime: end them now; clients
+            # re-watch on another replica.
+            self.api.watch_hub.stop()
+        deadline = clock.seconds() + settings.shutdown_grace_period
+        idle = self.api.idle()
+        idle.addTimeout(settings.shutdown_grace_period, clock)
+        try:
+            await idle
+        except defer.TimeoutError:
+            log.warn(
+                "{inflight} request(s) still running after the {grace}s grace period; stopping anyway",
+                inflight=self.api.inflight,
+                grace=settings.shutdown_grace_period,
+            )
+        await self._close_connections(deadline)
+
+    async def _close_connections(self, deadline: float) -> None:
+        # Close kept-alive connections cleanly, so responses already written are flushed to the
+        # clients before the reactor drops whatever is still open.
+        for connection in list(self.connections.protocols):
+            connection.transport.loseConnection()
+        # A clean TLS close waits for the peer; a client that never reads would hold us forever.
+        deadline = min(deadline, self.reactor.seconds() + CLOSE_TIMEOUT)
+        while self.connections.protocols and self.reactor.seconds() < deadline:
+            await deferLater(self.reactor, 0.05, lambda: None)
+        for connection in list(self.connections.protocols):
+            connection.transport.abortConnection()
+
+
+@attrs.define
 class RunningServer:
     port: int
     listener: IListeningPort
@@ -77,6 +147,7 @@ class RunningServer:
     api: ApiServer
     settings: Settings
     clock: Any
+    services: OrderedServices
     kube: ClusterClient | None = None
     reflectors: list[Reflector] = attrs.Factory(list)
     watchers: list[FileWatcher] = attrs.Factory(list)
@@ -87,62 +158,16 @@ class RunningServer:
     registry_probe: defer.Deferred[str] | None = None
 
     async def stop(self) -> None:
-        """Graceful: readyz fails at once, the listener closes after the shutdown delay, requests in
-        flight finish within the grace period, then everything else stops."""
+        """Graceful: readyz fails at once, then the parts stop in the reverse of their start order
+        (`start` lists it): serving drains first, the registry client closes last."""
         if self.shutting_down:
             return
         self.shutting_down = True
         log.info(
             "shutting down: readyz now fails; {inflight} request(s) in flight", inflight=self.api.inflight
         )
-        if self.settings.shutdown_delay > 0:
-            # Give endpoints controllers and load balancers time to stop sending new requests here.
-            await deferLater(self.clock, self.settings.shutdown_delay, lambda: None)
-        stopped = self.listener.stopListening()
-        if stopped is not None:
-            await stopped
-        if self.api.watch_hub is not None:
-            # Watches would hold the drain for their whole lifetime: end them now; clients
-            # re-watch on another replica.
-            self.api.watch_hub.stop()
-        deadline = self.clock.seconds() + self.settings.shutdown_grace_period
-        idle = self.api.idle()
-        idle.addTimeout(self.settings.shutdown_grace_period, self.clock)
-        try:
-            await idle
-        except defer.TimeoutError:
-            log.warn(
-                "{inflight} request(s) still running after the {grace}s grace period; stopping anyway",
-                inflight=self.api.inflight,
-                grace=self.settings.shutdown_grace_period,
-            )
-        await self._close_connections(deadline)
-        if self.registry_probe is not None and not self.registry_probe.called:
-            self.registry_probe.cancel()
-        for watcher in self.watchers:
-            watcher.stop()
-        if self.index_refresh is not None and self.index_refresh.running:
-            self.index_refresh.stop()
-        if self.cleanup is not None:
-            await self.cleanup.stop()  # releases the Lease, so another replica takes over at once
-        for reflector in self.reflectors:
-            await reflector.stop()
-        if self.kube is not None:
-            await self.kube.close()
-        await self.registry.close()
+        await self.services.stopService()
         log.info("stopped")
-
-    async def _close_connections(self, deadline: float) -> None:
-        # Close kept-alive connections cleanly, so responses already written are flushed to the
-        # clients before the reactor drops whatever is still open.
-        for connection in list(self.connections.protocols):
-            connection.transport.loseConnection()
-        # A clean TLS close waits for the peer; a client that never reads would hold us forever.
-        deadline = min(deadline, self.clock.seconds() + CLOSE_TIMEOUT)
-        while self.connections.protocols and self.clock.seconds() < deadline:
-            await deferLater(self.clock, 0.05, lambda: None)
-        for connection in list(self.connections.protocols):
-            connection.transport.abortConnection()
 
 
 def _cleanup(
@@ -382,56 +407,85 @@ async def start(
         max_body=settings.http.max_request_body_bytes,
         watch_hub=watch_hub,
     )
-    watch_hub.run()
-    for reflector in reflectors:
-        reflector.start()
     site = GuardedSite(api.resource(), settings.http, api, reactor=reactor)
     connections = LimitedConnections(site, settings.http.max_connections)
-    try:
-        listener = listen(
-            reactor,
-            settings.bind_address,
-            settings.secure_port,
-            TLSMemoryBIOFactory(context_factory, False, connections),
-        )
-    except ConfigurationError:
+    front = Serving(
+        reactor, settings, TLSMemoryBIOFactory(context_factory, False, connections), connections, api, mode
+    )
+    registry_probe: defer.Deferred[str] | None = None
+
+    def begin_probe() -> None:
+        nonlocal registry_probe
+        registry_probe = defer.Deferred.fromCoroutine(probe(registry_client, settings.registry.url))
+        registry_probe.addErrback(_probe_failed)
+
+    def end_probe() -> None:
+        if registry_probe is not None and not registry_probe.called:
+            registry_probe.cancel()
+
+    def start_reflectors() -> None:
+        for reflector in reflectors:
+            reflector.start()
+
+    async def stop_reflectors() -> None:
         for reflector in reflectors:
             await reflector.stop()
-        raise
-    host = listener.getHost()
-    assert isinstance(host, IPv4Address | IPv6Address), host  # a TCP port
-    port = host.port
-    log.info(
-        "serving {group} on https://{address}:{port}, registry {registry}, authorization {mode}",
-        group="payload-registry.deckhouse.io/v1alpha1",
-        address=f"[{host.host}]" if ":" in host.host else host.host,
-        port=port,
-        registry=settings.registry.url,
-        mode=mode,
-    )
-    registry_probe = defer.Deferred.fromCoroutine(probe(registry_client, settings.registry.url))
-    registry_probe.addErrback(_probe_failed)
-    for watcher in watchers:
-        watcher.start()
-    if cleanup is not None:
-        cleanup.start()
-    index_refresh = None
-    if index is not None:
+
+    def start_watchers() -> None:
+        for watcher in watchers:
+            watcher.start()
+
+    def stop_watchers() -> None:
+        for watcher in watchers:
+            watcher.stop()
+
+    index_refresh = _index_refresh(reactor, index, registry) if index is not None else None
+
+    def begin_index() -> None:
+        assert index_refresh is not None
         log.info(
             "repository index enabled: namespace lists read it instead of the catalog once filled; "
             "registry events at POST /registry/events, full refresh every {period}s",
             period=settings.registry_index_refresh_period,
         )
-        index_refresh = _index_refresh(reactor, index, registry)
         index_refresh.start(settings.registry_index_refresh_period, now=True)
+
+    def end_index() -> None:
+        if index_refresh is not None and index_refresh.running:
+            index_refresh.stop()
+
+    # The start order; stop runs it backwards, one part after the other, so the drain comes first
+    # and the clients that requests in flight still use close last.
+    parts = [
+        Part("registry-client", stop=registry.close),
+        Part("cluster-client", stop=kube.close) if kube is not None else None,
+        Part("watch", start=watch_hub.run, stop=watch_hub.stop),
+        Part("reflectors", start=start_reflectors, stop=stop_reflectors),
+        Part("registry-probe", start=begin_probe, stop=end_probe),
+        Part("file-watchers", start=start_watchers, stop=stop_watchers),
+        Part("namespace-cleanup", start=cleanup.start, stop=cleanup.stop) if cleanup is not None else None,
+        Part("repository-index", start=begin_index, stop=end_index) if index_refresh is not None else None,
+        Part("serving", start=front.start, stop=front.drain),
+    ]
+    services = OrderedServices()
+    for part in parts:
+        if part is not None:
+            part.setServiceParent(services)
+    try:
+        services.startService()
+    except ConfigurationError:
+        await services.stopService()
+        raise
+    assert front.listener is not None
     running = RunningServer(
-        port,
-        listener,
+        front.port,
+        front.listener,
         connections,
         registry,
         api,
         settings,
         reactor,
+        services,
         kube,
         reflectors,
         watchers,
