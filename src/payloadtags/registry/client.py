@@ -490,21 +490,39 @@ class RegistryClient:
         body = json.dumps(document, separators=(",", ":")).encode()
         unique = compute_digest(body)
         assert unique is not None
+        await self._put_then_delete(
+            "retag", repository, tag, body, original.media_type, unique, original, read_at, what
+        )
+
+    async def _put_then_delete(
+        self,
+        kind: str,
+        repository: str,
+        tag: str,
+        body: bytes,
+        media_type: str,
+        ours: str,
+        original: Manifest | None,
+        read_at: float,
+        what: str,
+    ) -> None:
+        """Point the tag at `body` (digest `ours`, on no other tag), then delete that digest: the tag
+        goes and nothing else with it. A failed step is settled by re-reading the tag."""
         try:
-            await self._put_manifest(repository, tag, body, original.media_type, what)
+            await self._put_manifest(repository, tag, body, media_type, what)
         except RegistryError as error:
-            self._window("retag", repository, tag, read_at)
-            await self._settle(repository, tag, error, unique, original)
+            self._window(kind, repository, tag, read_at)
+            await self._settle(repository, tag, error, ours, original)
             return
-        self._window("retag", repository, tag, read_at)
+        self._window(kind, repository, tag, read_at)
         try:
-            await self._delete_manifest(repository, unique)
+            await self._delete_manifest(repository, ours)
         except RegistryNotFound:
-            # Someone else deleted the unique copy, and the tag with it: the tag is gone, as asked.
+            # Someone else deleted our copy, and the tag with it: the tag is gone, as asked.
             # Restoring it here would bring back a tag that a concurrent delete had removed.
             return
         except RegistryError as error:
-            await self._settle(repository, tag, error, unique, original)
+            await self._settle(repository, tag, error, ours, original)
 
     async def _settle(
         self,
@@ -616,19 +634,7 @@ class RegistryClient:
                 "meanwhile; the delete was abandoned and the tag left as the push made it",
                 current=current,
             )
-        try:
-            await self._put_manifest(repository, tag, body, OCI_MANIFEST, what)
-        except RegistryError as error:
-            self._window("repair", repository, tag, read_at)
-            await self._settle(repository, tag, error, fresh, None)
-            return
-        self._window("repair", repository, tag, read_at)
-        try:
-            await self._delete_manifest(repository, fresh)
-        except RegistryNotFound:
-            return
-        except RegistryError as error:
-            await self._settle(repository, tag, error, fresh, None)
+        await self._put_then_delete("repair", repository, tag, body, OCI_MANIFEST, fresh, None, read_at, what)
 
     async def _ensure_blob(self, repository: str, data: bytes, what: str) -> str:
         """Upload a small blob into the repository unless it is there; its digest."""
