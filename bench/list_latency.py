@@ -440,9 +440,18 @@ class Samples:
     cpu: dict[str, float] = attrs.Factory(lambda: {"server": 0.0, "registry": 0.0, "load generator": 0.0})
 
 
-async def timed(
-    name: str, fn: Callable[[], Awaitable[Pairs]], expected: Pairs, pids: dict[str, int], into: Samples | None
-) -> None:
+@attrs.frozen
+class Measured:
+    """One call: its wall time, the load generator's CPU, and the CPU it cost each process."""
+
+    wall: float
+    own_cpu: float
+    cpu: dict[str, float]
+
+
+async def measured(
+    name: str, fn: Callable[[], Awaitable[Pairs]], expected: Pairs, pids: dict[str, int]
+) -> Measured:
     before = {who: cpu_seconds(pid) for who, pid in pids.items()}
     own = time.process_time()
     started = time.perf_counter()
@@ -452,12 +461,21 @@ async def timed(
     after = {who: cpu_seconds(pid) for who, pid in pids.items()}
     if pairs != expected:
         missing, extra = sorted(expected - pairs)[:5], sorted(pairs - expected)[:5]
-        raise RuntimeError(f"{name} saw different tags: missing {missing}, extra {extra}")
+        raise RuntimeError(
+            f"{name} saw {len(pairs)} tags, expected {len(expected)}: missing {missing}, extra {extra}"
+        )
+    return Measured(elapsed, own, {who: after[who] - before[who] for who in pids})
+
+
+async def timed(
+    name: str, fn: Callable[[], Awaitable[Pairs]], expected: Pairs, pids: dict[str, int], into: Samples | None
+) -> None:
+    call = await measured(name, fn, expected, pids)
     if into is not None:
-        into.wall.append(elapsed)
-        into.cpu["load generator"] += own
-        for who in pids:
-            into.cpu[who] += after[who] - before[who]
+        into.wall.append(call.wall)
+        into.cpu["load generator"] += call.own_cpu
+        for who, seconds in call.cpu.items():
+            into.cpu[who] += seconds
 
 
 async def measure_scale(

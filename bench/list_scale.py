@@ -65,8 +65,8 @@ from list_latency import (  # noqa: E402
     _get,
     _Policy,
     _pool,
-    cpu_seconds,
     machine,
+    measured,
     proc_status,
     start_server,
     stop_process,
@@ -317,19 +317,8 @@ class Cost:
 
 
 async def cost(fn: Callable[[], Awaitable[Pairs]], expected: Pairs, pids: dict[str, int], what: str) -> Cost:
-    before = {k: cpu_seconds(p) for k, p in pids.items()}
-    own = time.process_time()
-    started = time.perf_counter()
-    pairs = await fn()
-    wall = time.perf_counter() - started
-    own = time.process_time() - own
-    after = {k: cpu_seconds(p) for k, p in pids.items()}
-    if pairs != expected:
-        raise RuntimeError(
-            f"{what}: {len(pairs)} tags, expected {len(expected)}; "
-            f"missing {sorted(expected - pairs)[:3]}, extra {sorted(pairs - expected)[:3]}"
-        )
-    return Cost(wall, after["server"] - before["server"], after["registry"] - before["registry"], own)
+    call = await measured(what, fn, expected, pids)
+    return Cost(call.wall, call.cpu["server"], call.cpu["registry"], call.own_cpu)
 
 
 async def _outcome(work: Awaitable[Pairs]) -> Pairs | str:
