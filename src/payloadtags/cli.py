@@ -119,21 +119,22 @@ def _port(text: str) -> int:
     return port
 
 
-def _count(text: str) -> int:
+def _whole(text: str) -> int:
     try:
-        number = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def _count(text: str) -> int:
+    number = _whole(text)
     if number < 1:
         raise argparse.ArgumentTypeError(f"{number} must be at least 1")
     return number
 
 
 def _level(text: str) -> int:
-    try:
-        number = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    number = _whole(text)
     if number < 0:
         raise argparse.ArgumentTypeError(f"{number} must not be negative")
     return number
