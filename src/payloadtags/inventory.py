@@ -170,6 +170,7 @@ class Inventory:
         after: TagRef | None = None,
         accept: Callable[[TagRef], bool] | None = None,
         readable: Callable[[str, str], bool] = lambda namespace, path: True,
+        observe: Callable[[str, Sequence[str]], None] | None = None,
     ) -> Page:
         """Tags in ``namespace`` (all namespaces when None), sorted, starting after ``after``.
 
@@ -179,12 +180,16 @@ class Inventory:
         A page reads the tag lists of the repositories it shows, and a slice more at most: every
         page reads the registry's current lists (a tag pushed after the previous page shows up in
         the next one if it sorts after that page), so nothing is kept between pages.
+
+        ``observe(repository, tags)`` is told every tag list read, whole (the watch hub records them).
         """
         page = _PageBuilder(limit, accept)
         seen = 0  # tags in the repositories read so far, to guess how many more a page needs
         repositories_read = 0
         if after is not None and readable(after.namespace, after.repository_path):
             tags = await self.client.tags(after.repository)
+            if observe is not None:
+                observe(after.repository, tags)
             page.add(after.namespace, after.repository_path, tags, after.tag)
             seen, repositories_read = len(tags), 1
         cursor = self._cursor(namespace, after)
@@ -203,15 +208,20 @@ class Inventory:
                 chunk = batch[position : position + step]
                 position += step
                 tag_lists = await self._tags_of([repository for repository, _, _ in chunk])
-                for (_, ns, path), tags in zip(chunk, tag_lists, strict=True):
+                for (repository, ns, path), tags in zip(chunk, tag_lists, strict=True):
+                    if observe is not None:
+                        observe(repository, tags)
                     seen += len(tags)
                     repositories_read += 1
                     if not page.full:
                         page.add(ns, path, tags, None)
         return page.result()
 
-    async def exists(self, ref: TagRef) -> bool:
-        return ref.tag in await self.client.tags(ref.repository)
+    async def exists(self, ref: TagRef, observe: Callable[[str, Sequence[str]], None] | None = None) -> bool:
+        tags = await self.client.tags(ref.repository)
+        if observe is not None:
+            observe(ref.repository, tags)
+        return ref.tag in tags
 
     async def detail(self, ref: TagRef) -> TagDetail:
         """One tag with its manifest and, for images and JSON-configured artifacts, its config."""

@@ -64,6 +64,44 @@ async def test_list_then_watch_sees_a_push_and_a_delete(make_server, registry, r
     again.close()
 
 
+async def _metric(client, line_start: str) -> float:
+    text = (await client.get("/metrics")).body.decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_list_reads_once_and_its_watch_starts_with_the_changes_since(
+    make_server, registry, repo, reactor
+):
+    namespace, path = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "v1")
+    images.push_oci_image(registry, repo, "v2", seed="two")
+    api = await make_server(registry, watch=WatchLimits(resync_period=0.2))
+    client = api.client(api.pki.admin)
+    tag_reads = 'payloadtags_registry_operations_total{operation="tags"'
+    before = await _metric(client, tag_reads)
+    listing = (await client.get(collection(namespace))).json()
+    assert [i["spec"]["tag"] for i in listing["items"]] == ["v1", "v2"]
+    # A plain list: one tag-list read, no watch source, so no rereads after it either.
+    await task.deferLater(reactor, 0.6, lambda: None)
+    assert await _metric(client, tag_reads) == before + 1
+    assert await _metric(client, "payloadtags_watch_scopes ") == 0
+    # Changes between the list and its watch come first, as events after the list's resourceVersion.
+    images.push_oci_image(registry, repo, "v3", seed="three")
+    assert (await client.delete(f"{collection(namespace)}/{encode_name(path, 'v1')}")).code == 200
+    rv = listing["metadata"]["resourceVersion"]
+    watch = await stream(client, f"{collection(namespace)}?watch=true&resourceVersion={rv}")
+    first, second = await watch.next(), await watch.next()
+    assert (first["type"], first["object"]["spec"]["tag"]) == ("DELETED", "v1")
+    assert (second["type"], second["object"]["spec"]["tag"]) == ("ADDED", "v3")
+    assert int(first["object"]["metadata"]["resourceVersion"]) > int(rv)
+    # Then the scope is watched: later changes come from its rereads.
+    images.push_oci_image(registry, repo, "v4", seed="four")
+    added = await watch.next()
+    assert (added["type"], added["object"]["spec"]["tag"]) == ("ADDED", "v4")
+    watch.close()
+
+
 @pytest_twisted.ensureDeferred
 async def test_notifications_bring_events_without_waiting_for_the_resync(
     make_server, registry, repo, tmp_path

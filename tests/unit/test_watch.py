@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import attrs
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from payloadtags.names import TagRef, split_repository
-from payloadtags.watch import ReplicaVersions, ScopeSource, TooManyWatches, Watcher, WatchHub, WatchLimits
+from payloadtags.watch import (
+    ListedScopes,
+    ReplicaVersions,
+    ScopeSource,
+    TooManyWatches,
+    Watcher,
+    WatchHub,
+    WatchLimits,
+)
 from payloadtags.watch.source import Event, EventType
 from payloadtags.watch.versions import EPOCH_MAX
 
@@ -81,8 +91,8 @@ def watcher(
 
 
 def ready(hub: WatchHub, namespace: str | None) -> ScopeSource:
-    result: list[str] = []
-    Deferred.fromCoroutine(hub.list_version(namespace)).addCallback(result.append)
+    result: list[ScopeSource] = []
+    Deferred.fromCoroutine(hub.source(namespace)).addCallback(result.append)
     assert result, "the source became ready without waiting on the fake reader"
     return hub.sources[namespace]
 
@@ -239,6 +249,112 @@ def test_a_source_nobody_uses_is_dropped_and_old_versions_get_gone() -> None:
     hub.stop()
 
 
+# -- lists of scopes nobody watches -----------------------------------------------------------------
+
+
+def listing(hub: WatchHub, namespace: str | None) -> tuple[int, Callable[[str, Sequence[str]], None]]:
+    """A list's first page: its resourceVersion's sequence and where it reports its reads."""
+    rv: list[str] = []
+    Deferred.fromCoroutine(hub.list_version(namespace)).addCallback(rv.append)
+    assert rv, "a list of a scope without a source waits for nothing"
+    observe = hub.observer(namespace, rv[0])
+    sequence = hub.versions.parse(rv[0])
+    assert observe is not None and sequence is not None
+    return sequence, observe
+
+
+def test_a_list_of_an_unwatched_scope_starts_no_source_and_nothing_rereads_it() -> None:
+    reader = FakeReader({"team/app": {"v1"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=10, idle_scope_ttl=60)
+    hub.run()
+    sequence, observe = listing(hub, "team")
+    observe("team/app", ["v1"])
+    assert hub.listed_at("team", sequence) is not None
+    clock.advance(10 * 20)
+    assert reader.scope_reads == 0 and not hub.sources
+    assert hub.listed_at("team", sequence) is None  # dropped with nobody using it
+    hub.stop()
+
+
+def test_a_list_of_a_watched_scope_waits_for_its_source_and_records_nothing() -> None:
+    reader = FakeReader({"team/app": {"v1"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=10)
+    ready(hub, "team")
+    rv: list[str] = []
+    Deferred.fromCoroutine(hub.list_version("team")).addCallback(rv.append)
+    assert rv and hub.observer("team", rv[0]) is None and reader.scope_reads == 1
+
+
+def test_a_watch_from_an_unwatched_list_starts_with_the_changes_since_its_reads() -> None:
+    reader = FakeReader({"team/app": {"v1", "v2"}, "team/gone": {"g"}, "other/x": {"o"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=10)
+    sequence, observe = listing(hub, "team")
+    for repository in ("team/app", "team/gone"):
+        observe(repository, sorted(reader.repositories[repository]))
+    reader.repositories["team/app"] = {"v2", "v3"}
+    del reader.repositories["team/gone"]
+    reader.repositories["team/new"] = {"n"}
+    source = ready(hub, "team")  # the watch starts the source: its baseline is read after the list
+    assert sequence < source.floor
+    assert not hub.start(watcher()[0], source, since=sequence, timeout=None)  # no record: 410
+    w, sink = watcher()
+    assert hub.start(w, source, since=sequence, timeout=None, listed=hub.listed_at("team", sequence))
+    rv = hub.versions.current
+    assert sink.lines == [
+        f"DELETED team/app:v1 {rv}".encode(),
+        f"ADDED team/app:v3 {rv}".encode(),
+        f"DELETED team/gone:g {rv}".encode(),
+        f"ADDED team/new:n {rv}".encode(),
+    ]
+    reader.repositories["team/app"].add("v4")
+    clock.advance(10)
+    assert sink.lines[4:] == [f"ADDED team/app:v4 {rv + 1}".encode()]
+
+
+def test_reads_that_disagree_send_whatever_any_of_them_may_have_shown_wrongly() -> None:
+    reader = FakeReader({"team/app": {"b", "c"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=10)
+    sequence, observe = listing(hub, "team")
+    observe("team/app", ["a", "b"])  # page 1
+    observe("team/app", ["b", "c"])  # the next page rereads the repository it resumes in
+    again, observe_again = listing(hub, "team")  # another list at the same sequence shares the record
+    assert again == sequence
+    observe_again("team/app", ["b", "c"])
+    source = ready(hub, "team")
+    w, sink = watcher()
+    assert hub.start(w, source, since=sequence, timeout=None, listed=hub.listed_at("team", sequence))
+    rv = hub.versions.current
+    # "a" may have been shown and is gone; "c" may have been missed and is there; "b" was in every read.
+    assert sink.lines == [f"DELETED team/app:a {rv}".encode(), f"ADDED team/app:c {rv}".encode()]
+
+
+def test_records_past_their_bound_are_dropped_and_their_watches_get_gone() -> None:
+    reader = FakeReader({"a/x": {"1", "2"}, "b/y": {"1", "2"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=10)
+    hub.listed = ListedScopes(max_tags=3)
+    first, observe_a = listing(hub, "a")
+    observe_a("a/x", ["1", "2"])
+    clock.advance(1)
+    second, observe_b = listing(hub, "b")
+    assert second == first
+    observe_b("b/y", ["1", "2"])  # 4 tags > 3: the oldest record goes
+    assert hub.listed_at("a", first) is None and hub.listed_at("b", second) is not None
+    assert hub.versions.current > first  # later lists never add to the dropped record's key
+    assert listing(hub, "a")[0] > first
+    source = ready(hub, "a")
+    assert not hub.start(watcher()[0], source, since=first, timeout=None, listed=None)
+    big, observe_big = listing(hub, "b")
+    record = hub.listed_at("b", big)
+    observe_big("b/y", ["1", "2", "3", "4"])  # alone over the bound
+    assert record is not None and record.dropped
+    assert not hub.start(watcher()[0], ready(hub, "b"), since=big, timeout=None, listed=record)
+
+
 # -- watchers ----------------------------------------------------------------------------------------
 
 
@@ -354,7 +470,7 @@ def test_a_baseline_nobody_waits_for_any_more_is_cancelled_and_resyncs_are_bound
     reader = HangingReader()
     clock = Clock()
     hub = WatchHub(reader, clock, WatchLimits(resync_period=10))
-    listing = Deferred.fromCoroutine(hub.list_version("team"))
+    listing = Deferred.fromCoroutine(hub.source("team"))
     assert len(reader.pending) == 1
     listing.cancel()  # the list's deadline, or its client gone
     assert reader.pending[0].called  # the registry read was cancelled with it

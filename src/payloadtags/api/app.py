@@ -54,7 +54,7 @@ from payloadtags.registry import is_valid_repository
 from payloadtags.registry.errors import RegistryError
 from payloadtags.repoindex import RepositoryIndex
 from payloadtags.tls import verified_peer_chain
-from payloadtags.watch import TooManyWatches, Watcher, WatchHub
+from payloadtags.watch import Listed, TooManyWatches, Watcher, WatchHub
 
 log = Logger()
 
@@ -625,8 +625,10 @@ class ApiServer:
             hub.admit(user.name)
         except TooManyWatches as error:
             raise too_many_requests(retry_after=1, message=str(error)) from None
+        warm = namespace in hub.sources
         source = await hub.source(namespace)
         since: int | None = None
+        listed: Listed | None = None
         rv = options.resource_version
         initial_end = bool(options.send_initial_events)
         if options.send_initial_events is not None:
@@ -642,6 +644,12 @@ class ApiServer:
             since = hub.sequence_of(rv)
             if since is None:
                 since = -1  # foreign, future or from an earlier run: 410 below
+            elif since < source.floor:
+                # A list made while the scope had no source: its reads were recorded. The scope is
+                # compared with them as read after this request (a new source's baseline is).
+                listed = hub.listed_at(namespace, since)
+                if listed is not None and warm:
+                    await source.fresh()
         request.setResponseCode(200)
         request.setHeader(b"content-type", media.content_type.encode())
         request.setHeader(b"cache-control", b"no-cache, private")
@@ -657,7 +665,9 @@ class ApiServer:
             bookmark=renderer.bookmark if options.bookmarks else None,
             max_buffered=hub.limits.send_buffer,
         )
-        if since == -1 or not hub.start(watcher, source, since, options.timeout_seconds, initial_end):
+        if since == -1 or not hub.start(
+            watcher, source, since, options.timeout_seconds, initial_end, listed=listed
+        ):
             request.write(expired(rv))
             return b""
         request.write(b"")  # the head goes out now: clients wait for it before reading events

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import attrs
@@ -108,11 +108,22 @@ class ResourceVersions:
         self._last = max(int(self.clock.seconds() * 1_000_000), self._last + 1)
         return str(self._last)
 
+    def observer(self, scope: str | None, resource_version: str) -> Observe | None:
+        return None
+
+
+Observe = Callable[[str, Sequence[str]], None]
+
 
 class VersionSource(Protocol):
     """Where lists take their resourceVersion: the watch hub's sequence when watches are served."""
 
     def current(self) -> str: ...
+
+    def observer(self, scope: str | None, resource_version: str) -> Observe | None:
+        """Where a list of ``scope`` at ``resource_version`` reports each tag list it reads from the
+        registry (repository, tags), so that a watch from it can start later; None: nowhere."""
+        ...
 
 
 @attrs.define
@@ -173,6 +184,7 @@ class TagsService:
         self, user: UserInfo, namespace: str | None, options: ListOptions, authorize: bool = True
     ) -> tuple[Page, ListMeta]:
         scope = namespace or ""
+        watch_scope = namespace
         accept = self._selected(options)
         readable = self._readable(user, authorize)
         pinned_namespace = options.fields.required("metadata.namespace")
@@ -184,7 +196,8 @@ class TagsService:
         current = self.versions.current()
         if namespace is not None and pinned_name is not None and options.continue_ is None:
             # kubectl's delete-wait and single-object watches select by name: one tag-list read.
-            refs = await self._by_name(namespace, pinned_name, accept, readable)
+            observe = self.versions.observer(watch_scope, current)
+            refs = await self._by_name(namespace, pinned_name, accept, readable, observe)
             runs = [Run(ref.namespace, ref.repository_path, [ref.tag]) for ref in refs]
             return Page(runs, more=False), ListMeta(resource_version=current)
         after = None
@@ -192,10 +205,15 @@ class TagsService:
         if options.continue_ is not None:
             token = continuation.decode(options.continue_, scope)
             after, resource_version = token.last, token.resource_version
-        page = await self.inventory.list(
-            namespace, limit=options.limit, after=after, accept=accept, readable=readable
-        )
         resource_version = resource_version or current
+        page = await self.inventory.list(
+            namespace,
+            limit=options.limit,
+            after=after,
+            accept=accept,
+            readable=readable,
+            observe=self.versions.observer(watch_scope, resource_version),
+        )
         meta = ListMeta(resource_version=resource_version)
         last = page.last
         if page.more and last is not None:
@@ -208,6 +226,7 @@ class TagsService:
         name: str,
         accept: Callable[[TagRef], bool] | None,
         readable: Callable[[str, str], bool],
+        observe: Observe | None = None,
     ) -> builtins.list[TagRef]:
         try:
             ref = ref_from_name(namespace, name)
@@ -215,7 +234,7 @@ class TagsService:
             return []
         if not ((accept is None or accept(ref)) and readable(ref.namespace, ref.repository_path)):
             return []
-        return [ref] if await self.inventory.exists(ref) else []
+        return [ref] if await self.inventory.exists(ref, observe) else []
 
     def _resolve(self, user: UserInfo, verb: str, namespace: str, name: str) -> TagRef:
         try:

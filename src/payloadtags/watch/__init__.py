@@ -2,6 +2,7 @@
 
 from payloadtags.limits import WatchLimits
 from payloadtags.watch.hub import TooManyWatches, WatchHub
+from payloadtags.watch.listed import Listed, ListedScopes
 from payloadtags.watch.source import Event, EventType, ScopeReader, ScopeSource
 from payloadtags.watch.versions import ReplicaVersions
 from payloadtags.watch.watcher import Sink, Watcher
@@ -9,6 +10,8 @@ from payloadtags.watch.watcher import Sink, Watcher
 __all__ = [
     "Event",
     "EventType",
+    "Listed",
+    "ListedScopes",
     "ReplicaVersions",
     "ScopeReader",
     "ScopeSource",

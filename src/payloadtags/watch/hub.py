@@ -1,15 +1,17 @@
 """The watch hub: one source per watched scope, shared by all its watchers, and the watchers' limits.
 
-Lists go through ``list_version`` first: it makes sure the list's scope has a source whose baseline was
-read before the list reads the registry, so every change after the list is an event after the list's
-resourceVersion. A source outlives its last watcher by ``idle_scope_ttl`` (the gap between a list and
-its watch, or a reflector's reconnect); a watch from before a source's baseline gets 410 Gone.
+Lists go through ``list_version`` first. When the list's scope has a source, it waits for the source's
+baseline, so every change after the list is an event after the list's resourceVersion. When it has
+none, no source is started (a plain list costs one read of the registry, no rereads after it): the list
+records what it reads (``watch.listed``), and a watch from its resourceVersion starts the source and is
+first sent the differences from that record. A source outlives its last watcher by ``idle_scope_ttl``
+(a reflector's reconnect); a watch from before a source's baseline with no record gets 410 Gone.
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -19,6 +21,7 @@ from twisted.logger import Logger
 from payloadtags.inventory import Inventory
 from payloadtags.limits import WatchLimits
 from payloadtags.names import TagRef, split_repository
+from payloadtags.watch.listed import Listed, ListedScopes
 from payloadtags.watch.source import Event, EventType, ScopeReader, ScopeSource
 from payloadtags.watch.versions import ReplicaVersions
 from payloadtags.watch.watcher import Watcher
@@ -62,6 +65,7 @@ class WatchHub:
     _generation: int = 0
     _housekeeping: list[LoopingCall] = attrs.field(factory=list)
     stopped: bool = False
+    listed: ListedScopes = attrs.field(factory=ListedScopes)
 
     # -- resourceVersions -------------------------------------------------------------------------
 
@@ -70,9 +74,37 @@ class WatchHub:
         return self.versions.latest()
 
     async def list_version(self, namespace: str | None) -> str:
-        """Before a list of a scope: its source is ready, and stays so for a while."""
-        await self.source(namespace)
+        """Before the first page of a list of a scope: a source's baseline is read, or, when the scope
+        has no source, a record is opened for the list's reads (see ``observer``)."""
+        if namespace in self.sources:
+            await self.source(namespace)
+        else:
+            self.listed.open(namespace, self.versions.current, self.clock.seconds())
         return self.current()
+
+    def observer(
+        self, scope: str | None, resource_version: str
+    ) -> Callable[[str, Sequence[str]], None] | None:
+        """Where a page of a list of ``scope`` at ``resource_version`` reports the tag lists it reads:
+        the record its first page opened, while it is kept; None when nothing is to be recorded."""
+        sequence = self.versions.parse(resource_version)
+        if sequence is None:
+            return None
+        record = self.listed.get(scope, sequence, self.clock.seconds())
+        if record is None:
+            return None
+
+        def observe(repository: str, tags: Sequence[str]) -> None:
+            if not self.listed.observe(record, repository, tags):
+                # Records were dropped: lists from now on take a new sequence, so that a dropped
+                # record's key never collects the reads of other lists (its watches get 410).
+                self.versions.next()
+
+        return observe
+
+    def listed_at(self, scope: str | None, sequence: int) -> Listed | None:
+        """The record of the lists of ``scope`` at ``sequence``, if it is still kept."""
+        return self.listed.get(scope, sequence, self.clock.seconds())
 
     # -- sources ----------------------------------------------------------------------------------
 
@@ -108,8 +140,10 @@ class WatchHub:
                 source.repository_changed(repository)
 
     def reap(self) -> None:
-        """Drops sources nobody watches and nobody listed for ``idle_scope_ttl``."""
+        """Drops sources nobody watches and nobody listed for ``idle_scope_ttl``, and list records
+        nobody used for as long."""
         now = self.clock.seconds()
+        self.listed.expire(now - self.limits.idle_scope_ttl)
         for scope, source in list(self.sources.items()):
             if source.subscribers or now - self._touched.get(scope, now) < self.limits.idle_scope_ttl:
                 continue
@@ -141,16 +175,24 @@ class WatchHub:
         since: int | None,
         timeout: float | None,
         initial_events_end: bool = False,
+        listed: Listed | None = None,
     ) -> bool:
         """Attaches a watcher to a ready source.
 
         ``since=None``: first an ADDED for every visible tag of the snapshot (then, with
         ``initial_events_end``, a bookmark saying so); otherwise the retained events after ``since``.
-        False when those are no longer retained (the caller answers 410 Gone).
+        False when those are no longer retained (the caller answers 410 Gone). With ``listed`` (a
+        watch from a list made while the scope had no source, whose source has since read the scope
+        after the watch arrived): the differences between the list's reads and the snapshot.
         """
         self.admit(watcher.user)
         backlog = None
-        if since is not None:
+        if listed is not None:
+            if listed.dropped:
+                return False
+            sequence = self.versions.current
+            backlog = [Event(sequence, kind, ref) for kind, ref in listed.changes(source.tags)]
+        elif since is not None:
             backlog = source.since(since)
             if backlog is None:
                 return False

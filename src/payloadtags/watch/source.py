@@ -172,7 +172,10 @@ class ScopeSource:
             self._apply(repository, frozenset(seen.get(repository, ())), mark)
         if not self.ready:
             self.ready = True
-            self.floor = self.versions.current
+            # A number of its own: a resourceVersion issued before the baseline (a list of the scope
+            # while it had no source) is below the floor, so a watch from it is not served from a
+            # history that does not go back that far.
+            self.floor = self.versions.next()
             waiters, self._ready_waiters = self._ready_waiters, []
             for waiter in waiters:
                 if not waiter.called:

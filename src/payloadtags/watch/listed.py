@@ -1,0 +1,130 @@
+"""What lists of an unwatched scope read, kept briefly, so that a watch from their resourceVersion can
+start without the scope having had a source (and its rereads) while nobody watched.
+
+A list of a scope without a source takes the replica's current sequence N and records, for each
+repository it read, the tags it saw. Every list of that scope at the same N (and every later page of
+their walks) adds to the same record. A watch from N then reads the scope once and is sent, as its first
+events, the differences between that read and the record. Several reads of one repository are kept as
+the tags every read saw and the tags any read saw: a tag missing from any read is sent as ``ADDED``
+when it is there now, a tag seen by any read as ``DELETED`` when it is gone. Whatever a client was shown
+by any of these reads, the events bring it to the state read for the watch; the cost is that a change
+may arrive twice (an ``ADDED`` for a tag the client has, a ``DELETED`` for one it has not), which
+informers and kubectl take in their stride.
+
+Records are bounded in total tags; the oldest go first. A watch whose record is gone is answered
+410 Gone and its client relists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+
+import attrs
+
+from payloadtags.names import TagRef, split_repository
+from payloadtags.watch.source import EventType
+
+
+@attrs.define(eq=False)
+class Listed:
+    """The reads of one scope's lists at one sequence, per repository: (in every read, in any read)."""
+
+    scope: str | None
+    sequence: int
+    touched: float
+    reads: dict[str, tuple[frozenset[str], frozenset[str]]] = attrs.field(factory=dict)
+    size: int = 0
+    dropped: bool = False
+
+    def observe(self, repository: str, tags: Sequence[str]) -> int:
+        """Records one read; returns how many tags the record grew by."""
+        if self.dropped:
+            return 0
+        seen = frozenset(tags)
+        old = self.reads.get(repository)
+        if old is None:
+            self.reads[repository] = (seen, seen)
+            self.size += len(seen)
+            return len(seen)
+        if old[0] == seen and old[1] == seen:
+            return 0  # the common case: the same tags again, nothing new to keep
+        new = (old[0] & seen, old[1] | seen)
+        self.reads[repository] = new
+        grown = _kept(new) - _kept(old)
+        self.size += grown
+        return grown
+
+    def changes(self, now: Mapping[str, frozenset[str]]) -> Iterator[tuple[EventType, TagRef]]:
+        """The events that bring a client shown any of the recorded reads to ``now``, in list order."""
+        for repository in sorted(set(self.reads) | set(now)):
+            parts = split_repository(repository)
+            if parts is None:
+                continue
+            namespace, path = parts
+            if self.scope is not None and namespace != self.scope:
+                continue
+            current = now.get(repository, frozenset())
+            every, some = self.reads.get(repository, (frozenset(), frozenset()))
+            for tag in sorted(some - current):
+                yield EventType.DELETED, TagRef(namespace, path, tag)
+            for tag in sorted(current - every):
+                yield EventType.ADDED, TagRef(namespace, path, tag)
+
+
+def _kept(reads: tuple[frozenset[str], frozenset[str]]) -> int:
+    every, some = reads
+    return len(some) if every is some else len(every) + len(some)
+
+
+@attrs.define(eq=False)
+class ListedScopes:
+    """The records of lists of unwatched scopes, bounded by ``max_tags`` in total."""
+
+    max_tags: int = 250_000
+    records: dict[tuple[str | None, int], Listed] = attrs.field(factory=dict)
+    size: int = 0
+
+    def open(self, scope: str | None, sequence: int, now: float) -> Listed:
+        """The record lists of ``scope`` at ``sequence`` add to (created by the first one)."""
+        record = self.records.get((scope, sequence))
+        if record is None:
+            record = self.records[(scope, sequence)] = Listed(scope, sequence, now)
+        record.touched = now
+        return record
+
+    def get(self, scope: str | None, sequence: int, now: float | None = None) -> Listed | None:
+        record = self.records.get((scope, sequence))
+        if record is not None and now is not None:
+            record.touched = now
+        return record
+
+    def observe(self, record: Listed, repository: str, tags: Sequence[str]) -> bool:
+        """Adds a read to a record; False when the bound dropped records (their keys must not be
+        reused: the caller moves the sequence on)."""
+        self.size += record.observe(repository, tags)
+        if self.size <= self.max_tags:
+            return True
+        # Oldest first; a record larger than the bound on its own goes too.
+        for key, other in sorted(self.records.items(), key=lambda item: item[1].touched):
+            if self.size <= self.max_tags:
+                break
+            self._drop(key, other)
+        if self.size > self.max_tags:
+            self._drop((record.scope, record.sequence), record)
+        return False
+
+    def _drop(self, key: tuple[str | None, int], record: Listed) -> None:
+        if self.records.get(key) is record:
+            del self.records[key]
+        if not record.dropped:
+            record.dropped = True
+            self.size -= record.size
+            record.reads.clear()
+
+    def expire(self, before: float) -> None:
+        for key, record in list(self.records.items()):
+            if record.touched < before:
+                self._drop(key, record)
+
+
+__all__ = ["Listed", "ListedScopes"]
