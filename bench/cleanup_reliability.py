@@ -146,7 +146,7 @@ class Replicas:
         return [r for c, _, _ in self.all for r in c.results]
 
     def metric(self, name: str) -> float:
-        return sum(getattr(c.metrics, name) for c, _, _ in self.all)
+        return float(sum(getattr(c.metrics, name) for c, _, _ in self.all))
 
     async def stop(self, controller: CleanupController, *, release: bool = True) -> None:
         for c, kube, registry in self.all:
@@ -347,7 +347,11 @@ async def timing_run(
                     count = len(controller.results)
                     t0 = reactor.seconds()
                     api.store.delete(NAMESPACES, cleaned[i])
-                    await until(reactor, lambda c=count: len(controller.results) > c, 30, cleaned[i])
+
+                    def grew(before: int = count) -> bool:
+                        return len(controller.results) > before
+
+                    await until(reactor, grew, 30, cleaned[i])
                     times["cleanup"].append(controller.results[-1].finished - t0)
                 elif variant == "direct":
                     t0 = reactor.seconds()

@@ -36,6 +36,7 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred, DeferredSemaphore, ensureDeferred, gatherResults
 from twisted.internet.threads import deferToThread
 from twisted.web.client import HTTPConnectionPool
+from twisted.web.http_headers import Headers
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -95,7 +96,7 @@ async def direct_delete(reactor: Any, url: str, namespace: str) -> float:
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 16
     limit = DeferredSemaphore(CONCURRENCY)
-    accept = {"Accept": [images.ACCEPT]}
+    accept = Headers({"Accept": [images.ACCEPT]})
 
     async def call(method: str, path: str) -> Any:
         await limit.acquire()
@@ -171,9 +172,13 @@ async def contended_delete(reactor: Any, url: str, namespace: str, live: str) ->
 
     noise = Deferred.fromCoroutine(background())
     started = time.monotonic()
+
     # Replica 0 holds the Lease: its cascade runs, and its deletecollection waits for that cascade
     # rather than reading every tag a second time (as `CleanupController.cleaning` wires it).
-    leader = Deferred.fromCoroutine(replicas[0].cascade.run(namespace))
+    async def lead() -> None:
+        await replicas[0].cascade.run(namespace)
+
+    leader = Deferred.fromCoroutine(lead())
     assert replicas[0].remover is not None
     replicas[0].remover.running = lambda ns: leader if ns == namespace else None
     await gatherResults([Deferred.fromCoroutine(collection(r)) for r in replicas] + [leader])

@@ -50,7 +50,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -62,7 +62,9 @@ from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
@@ -105,7 +107,7 @@ def _digest(data: bytes) -> str:
 def other_repositories(count: int) -> list[str]:
     """The first ``count`` other repositories: half in ``a-team-…`` (before ``bench``), half after it."""
     half = count // 2
-    names = []
+    names: list[str] = []
     for prefix, n in (("a", count - half), ("z", half)):
         names.extend(f"{prefix}-team-{i // 10:04d}/svc-{i % 10}" for i in range(n))
     return names
@@ -287,7 +289,7 @@ async def _get(
     http: HTTPClient, reactor: Any, url: str, headers: dict[str, str] | None = None
 ) -> tuple[int, Any, bytes]:
     """GET with the whole exchange, body included, bounded by REQUEST_TIMEOUT."""
-    attempt = http.get(url, headers={k: [v] for k, v in (headers or {}).items()})
+    attempt = http.get(url, headers=Headers({k: [v] for k, v in (headers or {}).items()}))
     attempt.addTimeout(REQUEST_TIMEOUT, reactor)
     response = await attempt
     body = treq.content(response)
@@ -360,7 +362,7 @@ class DirectClient:
             return sorted(document.get("tags") or [])
 
         lists = await gatherResults(
-            [semaphore.run(lambda r=r: Deferred.fromCoroutine(tags(r))) for r in repositories],
+            [semaphore.run(tags, r) for r in repositories],
             consumeErrors=True,
         )
         prefix = len(namespace) + 1
@@ -568,7 +570,7 @@ def post_push_events(url: str, ca_file: str, repositories: list[str], batch: int
 
     parts = urllib.parse.urlsplit(url)
     context = ssl.create_default_context(cafile=ca_file)
-    connection = http.client.HTTPSConnection(parts.hostname, parts.port, context=context, timeout=30)
+    connection = http.client.HTTPSConnection(parts.netloc, context=context, timeout=30)
     try:
         for lo in range(0, len(repositories), batch):
             events = [
@@ -719,7 +721,7 @@ async def run(
     return results
 
 
-def run_reactor(main: Callable[[Any], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+def run_reactor(main: Callable[[Any], Coroutine[Any, Any, dict[str, Any]]]) -> dict[str, Any]:
     """Run ``main`` on the global reactor; Ctrl-C stops the reactor and the caller cleans up."""
     from twisted.internet import reactor
 
@@ -733,9 +735,9 @@ def run_reactor(main: Callable[[Any], Awaitable[dict[str, Any]]]) -> dict[str, A
     reactor.run()
     if not outcome:
         raise KeyboardInterrupt
-    result = outcome[0]
-    if hasattr(result, "raiseException"):
-        result.raiseException()
+    if isinstance(outcome[0], Failure):
+        outcome[0].raiseException()
+    result: dict[str, Any] = outcome[0]
     return result
 
 
@@ -771,12 +773,12 @@ def summarize(results: dict[str, Any]) -> str:
         "|---:|---:|---:|---:|---:|",
     ]
     for n in med:
-        cells = [
+        ratios = [
             f"{med[n][pt] / med[n][d]:.2f}, {p90[n][pt] / p90[n][d]:.2f}"
             for d in ("direct", "direct threads")
             for pt in ("payloadtags json", "payloadtags table")
         ]
-        lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
+        lines.append(f"| {n:,} | " + " | ".join(ratios) + " |")
     scales = sorted(med)
     if len(scales) > 1:
         low, high = scales[0], scales[-1]
@@ -799,17 +801,17 @@ def summarize(results: dict[str, Any]) -> str:
         s = scale["samples"]
         both = [s["payloadtags json"], s["payloadtags table"]]
         count = sum(len(v["wall"]) for v in both)
-        cells = [
+        cpu: list[float] = [
             sum(v["cpu"]["server"] for v in both) / count,
             sum(v["cpu"]["registry"] for v in both) / count,
         ]
         for k in ("direct", "direct threads"):
-            cells += [
+            cpu += [
                 s[k]["cpu"]["load generator"] / len(s[k]["wall"]),
                 s[k]["cpu"]["registry"] / len(s[k]["wall"]),
             ]
         lines.append(
-            f"| {scale['other_repositories']:,} | " + " | ".join(f"{c * ms:.1f}" for c in cells) + " |"
+            f"| {scale['other_repositories']:,} | " + " | ".join(f"{c * ms:.1f}" for c in cpu) + " |"
         )
     lines += ["", "One catalog page sought with last=bench, by page size n (median, ms, treq):"]
     for scale in results["scales"]:
@@ -825,7 +827,9 @@ def summarize(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-Run = Callable[[Any, RegistryServer, Path, list[subprocess.Popen[bytes]]], Awaitable[dict[str, Any]]]
+Run = Callable[
+    [Any, RegistryServer, Path, list[subprocess.Popen[bytes]]], Coroutine[Any, Any, dict[str, Any]]
+]
 
 
 def run_with_registry(prefix: str, body: Run) -> dict[str, Any] | None:

@@ -393,7 +393,7 @@ class Server:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             try:
-                state = json.loads(self.snapshot_file.read_text())
+                state: dict[str, Any] = json.loads(self.snapshot_file.read_text())
             except (OSError, ValueError):
                 state = {}
             if state.get("seq", 0) >= self._seq and state.get("generation") is not None:
@@ -409,7 +409,8 @@ class Server:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             try:
-                return json.loads(target.read_text())
+                census: dict[str, Any] = json.loads(target.read_text())
+                return census
             except (OSError, ValueError):
                 await deferLater(reactor, 0.01, lambda: None)
         raise RuntimeError(f"{self.name} wrote no census within {within}s")

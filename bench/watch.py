@@ -40,6 +40,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
@@ -132,7 +133,7 @@ class Client:
         response = await self.http.post(
             self.url + "/registry/events",
             data=json.dumps(body).encode(),
-            headers={"Authorization": [f"Bearer {TOKEN}"], "Content-Type": ["application/json"]},
+            headers=Headers({"Authorization": [f"Bearer {TOKEN}"], "Content-Type": ["application/json"]}),
         )
         await treq.content(response)
 
@@ -314,7 +315,7 @@ async def _first(waiting: Deferred[dict[str, Any]], ended: Deferred[None]) -> di
     done: Deferred[Any] = Deferred()
     waiting.addCallback(lambda value: done.callback(value) if not done.called else None)
     ended.addCallback(lambda _: done.callback(None) if not done.called else None)
-    result = await done
+    result: dict[str, Any] | None = await done
     if result is None and not waiting.called:
         waiting.cancel()
         waiting.addErrback(lambda _: None)
@@ -429,7 +430,9 @@ async def main(
     # 3: informers under churn, with a restart
     port = free_port()
     flags = ("--watch-resync-period=2s",)
-    state = {"process": await deferToThread(start_server, work, pki, registry.url, port, *flags)}
+    state: dict[str, Any] = {
+        "process": await deferToThread(start_server, work, pki, registry.url, port, *flags)
+    }
     state["client"] = Client(reactor, f"https://127.0.0.1:{port}", pki)
     try:
         results["churn"] = await churn(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from twisted.internet import utils
 
 from payloadtags.names import encode_name
 from tests.support import images
+from tests.support.harness import ServerUnderTest
 from tests.support.kubectl import KUBECTL, Kubectl, Result
 from tests.support.pki import Authority
 from tests.support.registry_server import free_port
@@ -124,7 +125,7 @@ def seed_shaped(item: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def kubectl(api: Any, kubectl_for: Any) -> Kubectl:
+def kubectl(api: ServerUnderTest, kubectl_for: Callable[..., Kubectl]) -> Kubectl:
     return kubectl_for(api)
 
 
@@ -343,7 +344,8 @@ async def get_yaml_as_json(kubectl: Kubectl, ns: str, object_name: str) -> dict[
     as_yaml = ok(await kubectl("get", "prt", "-n", ns, object_name, "-o", "yaml"))
     assert as_yaml.out.startswith(f"apiVersion: {GROUP}/v1alpha1\nkind: PayloadRepositoryTag\nmetadata:\n")
     assert "\nstatus:\n" in as_yaml.out
-    return ok(await kubectl("get", "prt", "-n", ns, object_name, "-o", "json")).json()
+    obj: dict[str, Any] = ok(await kubectl("get", "prt", "-n", ns, object_name, "-o", "json")).json()
+    return obj
 
 
 @pytest_twisted.ensureDeferred

@@ -7,6 +7,7 @@ import pytest_twisted
 
 from payloadtags.names import encode_name
 from tests.support import images
+from tests.support.kubectl import Kubectl
 from tests.support.rbac import eventually, grant
 
 
@@ -27,7 +28,7 @@ async def test_two_users_see_different_lists_and_get_403(
     alice = kubectl_for(rbac_server, pki.client_ca.client("alice"), "alice")
     bob = kubectl_for(rbac_server, pki.client_ca.client("bob"), "bob")
 
-    async def rows(kubectl):
+    async def rows(kubectl: Kubectl) -> list[list[str]] | None:
         result = await kubectl("get", "prt", "-n", namespace)
         return [line.split() for line in result.out.strip().splitlines()[1:]] if result.code == 0 else None
 

@@ -8,6 +8,7 @@ re-wraps them at 80 columns, so whitespace is normalised before comparing).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -15,6 +16,7 @@ import pytest
 import pytest_twisted
 
 from payloadtags.api import openapi
+from tests.support.harness import ServerUnderTest
 from tests.support.kubectl import Kubectl, Result
 from tests.support.registry_server import free_port
 
@@ -94,7 +96,7 @@ async def server(make_server: Any) -> Any:
 
 
 @pytest.fixture
-def kubectl(server: Any, kubectl_for: Any) -> Kubectl:
+def kubectl(server: ServerUnderTest, kubectl_for: Callable[..., Kubectl]) -> Kubectl:
     return kubectl_for(server)
 
 

@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from payloadtags.limits import WatchLimits
 from payloadtags.names import encode_name
 from tests.support import images
+from tests.support.harness import ServerUnderTest
 from tests.support.kubectl import KUBECTL, Kubectl
 
 pytestmark = [pytest.mark.kubectl, pytest.mark.registry]
@@ -94,7 +95,7 @@ async def watched(make_server: Any, registry: Any) -> Any:
 
 
 @pytest.fixture
-def kubectl(watched: Any, kubectl_for: Any) -> Kubectl:
+def kubectl(watched: ServerUnderTest, kubectl_for: Callable[..., Kubectl]) -> Kubectl:
     return kubectl_for(watched)
 
 
@@ -168,6 +169,7 @@ async def test_python_watch_loop_sees_push_and_delete(watched, pki, registry, re
     listed = await deferToThread(
         custom.list_namespaced_custom_object, GROUP, "v1alpha1", namespace, "payloadrepositorytags"
     )
+    assert isinstance(listed, dict), listed
     assert [i["spec"]["tag"] for i in listed["items"]] == ["old"]
     seen: list[tuple[str, str]] = []
     cache = {i["metadata"]["name"]: i for i in listed["items"]}
@@ -202,6 +204,7 @@ async def test_python_watch_loop_sees_push_and_delete(watched, pki, registry, re
     fresh = await deferToThread(
         custom.list_namespaced_custom_object, GROUP, "v1alpha1", namespace, "payloadrepositorytags"
     )
+    assert isinstance(fresh, dict), fresh
     assert (
         sorted(cache) == sorted(i["metadata"]["name"] for i in fresh["items"]) == [encode_name(path, "new")]
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -15,6 +16,8 @@ from twisted.internet import threads, utils
 
 from payloadtags.names import encode_name
 from tests.support import images
+from tests.support.client import ApiClient
+from tests.support.harness import ServerUnderTest
 from tests.support.kubeapi.resources import (
     CLUSTERROLEBINDINGS,
     CLUSTERROLES,
@@ -22,7 +25,7 @@ from tests.support.kubeapi.resources import (
     ROLEBINDINGS,
     ROLES,
 )
-from tests.support.pki import Authority
+from tests.support.pki import Authority, Issued
 from tests.support.rbac import GROUP, ensure_namespace, eventually, grant
 
 B = "/apis/payload-registry.deckhouse.io/v1alpha1"
@@ -39,7 +42,9 @@ def namespace(repo: str) -> str:
 
 @pytest_twisted.async_yield_fixture
 async def rbac_server(make_server, registry, kube_api, kube_kubeconfig):
-    server = await make_server(registry, kubeconfig=str(kube_kubeconfig), authorization_mode="RBAC")
+    server: ServerUnderTest = await make_server(
+        registry, kubeconfig=str(kube_kubeconfig), authorization_mode="RBAC"
+    )
 
     async def synced() -> bool:  # until then every decision is 503, whatever a test waits for
         return (await server.client(None).get("/readyz/rbac")).code == 200
@@ -48,7 +53,7 @@ async def rbac_server(make_server, registry, kube_api, kube_kubeconfig):
     yield server
 
 
-async def names_seen(client, namespace: str) -> list[tuple[str, str]]:
+async def names_seen(client: ApiClient, namespace: str) -> list[tuple[str, str]]:
     reply = await client.get(collection(namespace))
     assert reply.code == 200, reply.body
     return [(i["spec"]["repositoryPath"], i["spec"]["tag"]) for i in reply.json()["items"]]
@@ -94,7 +99,7 @@ async def test_user_without_rules_sees_nothing_and_gets_403(rbac_server, kube_ap
 
 
 @pytest_twisted.ensureDeferred
-async def test_delete_needs_the_delete_verb(rbac_server, kube_api, registry, namespace, pki):
+async def test_delete_needs_the_delete_verb(rbac_server: ServerUnderTest, kube_api, registry, namespace, pki):
     images.push_oci_image(registry, f"{namespace}/app", "v1")
     carol = pki.client_ca.client("carol")
     grant(kube_api, namespace, "carol", ["get"], None, "carol-read")
@@ -114,7 +119,7 @@ async def test_delete_needs_the_delete_verb(rbac_server, kube_api, registry, nam
     assert images.list_tags(registry, f"{namespace}/app") == []
 
 
-async def _code_is(client, url: str, code: int) -> bool:
+async def _code_is(client: ApiClient, url: str, code: int) -> bool:
     return (await client.get(url)).code == code
 
 
@@ -292,7 +297,7 @@ def _get_with_chain(url: str, ca_file: str, chain_file: str, key_file: str, head
     context = ssl.create_default_context(cafile=ca_file)
     context.load_cert_chain(chain_file, key_file)
     parts = urlsplit(url)
-    connection = http.client.HTTPSConnection(parts.hostname, parts.port, context=context, timeout=10)
+    connection = http.client.HTTPSConnection(parts.netloc, context=context, timeout=10)
     try:
         connection.request("GET", parts.path, headers=headers)
         return connection.getresponse().status
@@ -328,7 +333,7 @@ async def test_front_proxy_certificate_through_an_intermediate_ca(make_server, r
 # --- the authentication ConfigMap ------------------------------------------------------------------------
 
 
-def auth_configmap(requestheader_ca: Path, allowed: list[str]) -> dict:
+def auth_configmap(requestheader_ca: Path, allowed: list[str]) -> dict[str, Any]:
     return {
         "metadata": {"name": "extension-apiserver-authentication"},
         "data": {
@@ -351,10 +356,12 @@ async def test_configmap_rotation_applies_without_restart(
     new_proxy = new.client("front-proxy-client", stem="new-proxy")
     ensure_namespace(kube_api, "kube-system")
     kube_api.store.create(CONFIGMAPS, auth_configmap(old.cert_file, ["front-proxy-client"]), "kube-system")
-    server = await make_server(registry, kubeconfig=str(kube_kubeconfig), authorization_mode="RBAC")
+    server: ServerUnderTest = await make_server(
+        registry, kubeconfig=str(kube_kubeconfig), authorization_mode="RBAC"
+    )
     headers = as_user("root", "system:masters")
 
-    async def works(proxy) -> bool:
+    async def works(proxy: Issued) -> bool:
         try:
             return (await server.client(proxy).get(collection(namespace), headers=headers)).code == 200
         except Exception:
@@ -387,7 +394,7 @@ async def test_bearer_token_with_curl(rbac_server, kube_api, registry, namespace
     kube_api.add_token("good-token-123", "system:serviceaccount:tools:reader", ("system:serviceaccounts",))
     grant(kube_api, namespace, "system:serviceaccount:tools:reader", ["get"], None, "sa-read")
 
-    async def curl(token: str) -> tuple[int, dict]:
+    async def curl(token: str) -> tuple[int, dict[str, Any]]:
         out, _err, _code = await utils.getProcessOutputAndValue(
             "curl",
             [
@@ -441,7 +448,7 @@ async def test_denied_repositories_are_not_read(rbac_server, kube_api, registry,
 
 
 @pytest_twisted.ensureDeferred
-async def test_metrics_are_authorized_by_rbac_non_resource_rules(rbac_server, kube_api, pki):
+async def test_metrics_are_authorized_by_rbac_non_resource_rules(rbac_server: ServerUnderTest, kube_api, pki):
     """A Prometheus ServiceAccount is granted /metrics the usual way: a ClusterRole with nonResourceURLs."""
     scraper, stranger = pki.client_ca.client("scraper"), pki.client_ca.client("stranger")
 

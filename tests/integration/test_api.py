@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest_twisted
 
 from payloadtags.names import encode_name
 from tests.support import images
+from tests.support.client import Response
 
 B = "/apis/payload-registry.deckhouse.io/v1alpha1"
 TABLE = (
@@ -27,10 +30,10 @@ def collection(namespace: str) -> str:
     return f"{B}/namespaces/{namespace}/payloadrepositorytags"
 
 
-def assert_status(reply, code: int, reason: str) -> dict:
+def assert_status(reply: Response, code: int, reason: str) -> dict[str, Any]:
     assert reply.code == code, reply.body
     assert reply.header("content-type") == "application/json"
-    status = reply.json()
+    status: dict[str, Any] = reply.json()
     assert status["kind"] == "Status"
     assert status["apiVersion"] == "v1"
     assert status["status"] == "Failure"
@@ -313,7 +316,9 @@ async def test_delete_removes_exactly_that_tag(api, registry, repo):
 async def test_delete_of_an_index_tag_keeps_children_and_their_tags(api, registry, repo):
     namespace, path = split(repo)
     index = images.push_oci_index(registry, repo, "multi", architectures=("amd64", "arm64"))
-    child = images.get_manifest(registry, repo, index).json()["manifests"][0]["digest"]
+    stored = images.get_manifest(registry, repo, index)
+    assert stored is not None
+    child = stored.json()["manifests"][0]["digest"]
     images.tag_manifest(registry, repo, child, "amd64-only")
     reply = await api.client(api.pki.admin).delete(f"{collection(namespace)}/{encode_name(path, 'multi')}")
     assert reply.code == 200

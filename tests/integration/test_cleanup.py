@@ -477,7 +477,8 @@ async def test_namespace_controller_and_watch_loop_converge(
 
     async def empty() -> bool:
         listed.append(await kcm.get(collection, headers={"Accept": METADATA_LIST}))
-        return listed[-1].json()["items"] == []
+        items: list[Any] = listed[-1].json()["items"]
+        return items == []
 
     for _ in range(20):  # what the namespace controller does: list until empty
         if await empty():

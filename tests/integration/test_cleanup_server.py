@@ -44,7 +44,10 @@ async def test_the_server_cleans_a_deleted_namespace_and_reports_it(
     def lease_holder() -> str | None:
         if not kube_api.store.exists(LEASES, "payloadtags-cleanup", "kube-system"):
             return None
-        return kube_api.store.get(LEASES, "payloadtags-cleanup", "kube-system")["spec"].get("holderIdentity")
+        holder: str | None = kube_api.store.get(LEASES, "payloadtags-cleanup", "kube-system")["spec"].get(
+            "holderIdentity"
+        )
+        return holder
 
     assert await eventually(lambda: _now(lease_holder() is not None), within=5) is True
     assert await eventually(lambda: _now(images.list_tags(fresh_registry, f"{orphan}/app") == []), within=5)

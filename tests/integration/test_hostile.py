@@ -437,7 +437,7 @@ async def test_a_second_connection_keeps_its_identity(api, version):
     certificate check that identifies it): it gets a full handshake, and is still authenticated."""
     t = target(api)
 
-    def twice() -> list[tuple[int, bool]]:
+    def twice() -> list[tuple[int, bool | None]]:
         context = t.context(api.pki.admin, version)
         results = []
         session = None

@@ -11,7 +11,6 @@ import collections
 import os
 from typing import Any
 
-import attrs
 import pytest
 import pytest_twisted
 
@@ -42,8 +41,9 @@ async def test_one_seed(reactor: Any, fresh_registry: RegistryServer) -> None:
     """The seed in INTERLEAVING_SEED (default: the first default seed), for reproducing a failure;
     INTERLEAVING_OPERATIONS as the failing run had it (the slow tier runs 60)."""
     seed = int(os.environ.get("INTERLEAVING_SEED", DEFAULT_SEEDS[0]))
-    operations = int(os.environ.get("INTERLEAVING_OPERATIONS", attrs.fields(Config).operations.default))
-    verdict(await run_seed(reactor, fresh_registry, Config(seed=seed, operations=operations)))
+    operations = os.environ.get("INTERLEAVING_OPERATIONS")
+    config = Config(seed=seed) if operations is None else Config(seed=seed, operations=int(operations))
+    verdict(await run_seed(reactor, fresh_registry, config))
 
 
 @pytest.mark.slow

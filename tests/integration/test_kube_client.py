@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol, ServerFactory
 
 from payloadtags.kube import (
     ClusterConfig,
@@ -24,6 +24,7 @@ from payloadtags.kube import (
     resource_path,
 )
 from tests.support.kubeapi import KubeApiDouble, RequestInfo, User, eventually, resources
+from tests.support.listening import stop_listening, tcp_port
 from tests.support.pki import Authority
 
 CM = "/api/v1/namespaces/default/configmaps"
@@ -454,10 +455,10 @@ async def test_a_silent_server_times_out() -> None:
         def dataReceived(self, data: bytes) -> None:
             pass
 
-    port = reactor.listenTCP(0, Factory.forProtocol(Silent), interface="127.0.0.1")
-    client = KubeClient(
-        reactor, ClusterConfig(f"http://127.0.0.1:{port.getHost().port}"), request_timeout=0.2
-    )
+    factory = ServerFactory()
+    factory.protocol = Silent
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    client = KubeClient(reactor, ClusterConfig(f"http://127.0.0.1:{tcp_port(port)}"), request_timeout=0.2)
     try:
         with pytest.raises(KubeTimeout):
             await client.get(NS)
@@ -465,7 +466,7 @@ async def test_a_silent_server_times_out() -> None:
             await client.watch(NS)
     finally:
         await client.close()
-        await port.stopListening()
+        await stop_listening(port)
 
 
 @pytest_twisted.ensureDeferred

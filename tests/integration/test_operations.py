@@ -7,13 +7,15 @@ import shutil
 
 import pytest_twisted
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from payloadtags.names import encode_name
 from tests.support import images
 from tests.support.client import ApiClient
-from tests.support.pki import Authority
+from tests.support.harness import Pki, ServerUnderTest
+from tests.support.pki import Authority, Issued
 from tests.support.process import ServerProcess
 from tests.support.rbac import eventually
 from tests.support.registry_server import free_port
@@ -97,7 +99,7 @@ async def test_serving_certificate_and_client_ca_rotate_without_restart(make_ser
         cert_reload_period=0.1,
     )
 
-    def trusting(ca: Authority, user) -> ApiClient:
+    def trusting(ca: Authority, user: Issued) -> ApiClient:
         return ApiClient(server.url, str(ca.cert_file), user)
 
     async def answers(client: ApiClient) -> bool:
@@ -152,11 +154,11 @@ class _SlowRegistry(Resource):
 
     isLeaf = True
 
-    def __init__(self, reactor, delay: float) -> None:
+    def __init__(self, reactor: IReactorTime, delay: float) -> None:
         super().__init__()
         self.reactor, self.delay = reactor, delay
 
-    def render_GET(self, request):
+    def render_GET(self, request: Request) -> bytes | int:
         request.setHeader(b"content-type", b"application/json")
         if request.path == b"/v2/_catalog":
 
@@ -169,7 +171,7 @@ class _SlowRegistry(Resource):
         return b"{}"
 
 
-def serve_args(pki, registry_url: str, port: int, *extra: str) -> list[str]:
+def serve_args(pki: Pki, registry_url: str, port: int, *extra: str) -> list[str]:
     return [
         *pki.standalone_args(port, registry_url),
         *extra,
@@ -261,7 +263,7 @@ async def test_requestheader_ca_file_rotates_without_restart(make_server, regist
     new_proxy = new_ca.client("front-proxy-client", stem="new-proxy")
     ca_file = tmp_path / "requestheader-ca.crt"
     shutil.copy(old_ca.cert_file, ca_file)
-    server = await make_server(
+    server: ServerUnderTest = await make_server(
         registry,
         requestheader_client_ca_file=str(ca_file),
         requestheader_allowed_names=("front-proxy-client",),
@@ -269,7 +271,7 @@ async def test_requestheader_ca_file_rotates_without_restart(make_server, regist
     )
     as_root = {"X-Remote-User": "root", "X-Remote-Group": "admins"}
 
-    async def proxied(proxy) -> int:
+    async def proxied(proxy: Issued) -> int:
         return (await server.client(proxy).get("/apis", headers=as_root)).code
 
     assert await proxied(old_proxy) == 200

@@ -155,7 +155,9 @@ async def test_docker_v2_digest_is_the_pushed_one(
     # Without the Docker v2 Accept type, 2.8 would convert to schema1 and a different digest.
     assert manifest.digest == digest
     assert manifest.media_type == DOCKER_MANIFEST
-    assert manifest.content == images.get_manifest(registry, repo, "v1").content
+    stored = images.get_manifest(registry, repo, "v1")
+    assert stored is not None
+    assert manifest.content == stored.content
 
 
 @pytest_twisted.ensureDeferred

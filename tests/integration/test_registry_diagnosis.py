@@ -6,15 +6,17 @@ from typing import Any
 
 import pytest_twisted
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 from twisted.web.pages import notFound
 from twisted.web.server import Site
+from zope.interface import implementer
 
 from payloadtags.registry import RegistryAuthFailed, RegistryNotFound, RegistryUnavailable
 from payloadtags.registry_diagnosis import FailureLog, probe
 from tests.support.registry_server import free_port
 
 
+@implementer(ILogObserver)
 class Captured:
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []

@@ -12,7 +12,7 @@ import pytest
 import pytest_twisted
 
 from tests.support import images
-from tests.support.harness import Pki
+from tests.support.harness import Pki, ServerUnderTest
 from tests.support.rbac import eventually
 from tests.support.registry_server import RegistryServer, free_port, registry_available
 
@@ -61,7 +61,7 @@ async def test_a_pushed_repository_reaches_the_namespace_list_through_a_registry
 ):
     registry, port, token_file = notifying
     images.push_oci_image(registry, "idx/before", "v1")
-    server = await make_server(
+    server: ServerUnderTest = await make_server(
         registry,
         secure_port=port,
         registry_events_token_file=str(token_file),

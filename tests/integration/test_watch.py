@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest_twisted
 from twisted.internet import task
 
@@ -22,7 +24,7 @@ def collection(namespace: str) -> str:
     return f"{B}/namespaces/{namespace}/payloadrepositorytags"
 
 
-def events_body(*changes: tuple[str, str]) -> dict:
+def events_body(*changes: tuple[str, str]) -> dict[str, Any]:
     return {
         "events": [
             {"action": action, "target": {"repository": repository, "tag": "x"}}
