@@ -32,10 +32,13 @@ TIERS = ("unit", "integration", "e2e")
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark each test with its tier, the directory it lives in, so that `scripts/test -m unit` runs
-    the fast tier. Packaging builds, randomized model comparisons and slow runs stay out of it."""
+    the fast tier. Packaging builds, property checks and slow runs stay out of it."""
+    tiers: dict[Path, str] = {}  # one resolve() per file, not per test
     for item in items:
-        parts = item.path.resolve().relative_to(TESTS).parts
-        tier = parts[0] if len(parts) > 1 else ""
+        if item.path not in tiers:
+            parts = item.path.resolve().relative_to(TESTS).parts
+            tiers[item.path] = parts[0] if len(parts) > 1 else ""
+        tier = tiers[item.path]
         if tier == "unit" and any(item.get_closest_marker(m) for m in ("packaging", "property", "slow")):
             continue
         if tier in TIERS:

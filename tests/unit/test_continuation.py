@@ -59,6 +59,7 @@ def test_the_hand_built_spelling_is_understood() -> None:
 _component = st.from_regex(r"[a-z0-9]{1,5}([._-][a-z0-9]{1,5}){0,2}", fullmatch=True)
 
 
+@pytest.mark.property
 @given(
     rv=st.integers(0, 2**64 - 1).map(str),
     namespace=st.from_regex(r"[a-z0-9]([-a-z0-9]{0,10}[a-z0-9])?", fullmatch=True),

@@ -44,6 +44,7 @@ lines = st.lists(
 )
 
 
+@pytest.mark.property
 @given(lines=lines, cuts=st.lists(st.integers(min_value=0, max_value=1000), max_size=15))
 def test_any_chunking_yields_the_same_lines(lines: list[bytes], cuts: list[int]) -> None:
     stream = b"".join(line + b"\n" for line in lines)

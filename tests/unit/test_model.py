@@ -355,6 +355,7 @@ _paths = st.lists(_component, min_size=1, max_size=4)
 _tags = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", fullmatch=True)
 
 
+@pytest.mark.property
 @given(namespace=_namespaces, path=_paths.map("/".join), tag=_tags)
 def test_uid_is_uuid5_of_the_name_computed_without_uuid_objects(namespace: str, path: str, tag: str) -> None:
     # The fast spelling must give exactly the uid every earlier version gave for the same tag.

@@ -81,6 +81,7 @@ tags = st.builds(
 )
 
 
+@pytest.mark.property
 @given(repository_paths, tags)
 def test_round_trip(path: str, tag: str) -> None:
     name = encode_name(path, tag)
@@ -90,6 +91,7 @@ def test_round_trip(path: str, tag: str) -> None:
     assert ref_from_name("ns", name) == TagRef("ns", path, tag)
 
 
+@pytest.mark.property
 @given(st.text(max_size=40))
 def test_decode_rejects_or_round_trips_any_text(text: str) -> None:
     try:
@@ -99,6 +101,7 @@ def test_decode_rejects_or_round_trips_any_text(text: str) -> None:
     assert encode_name(path, tag) == text
 
 
+@pytest.mark.property
 @given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz234567", min_size=1, max_size=40))
 def test_decode_of_any_base32_spelling_is_canonical_or_rejected(text: str) -> None:
     try:
@@ -294,6 +297,7 @@ def test_tag_ref_is_frozen_and_hashable() -> None:
         ref.tag = "v2"  # type: ignore[misc]
 
 
+@pytest.mark.property
 @given(
     path=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789._-/", min_size=1, max_size=40),
     tags=st.lists(st.text(alphabet="ABCXYZabcxyz0123456789_.-", min_size=1, max_size=30), max_size=5),
@@ -306,6 +310,7 @@ def test_a_name_encoder_spells_names_as_encode_name_does(path: str, tags: list[s
         assert encoder(tag) == encode_name(path, tag) == expected
 
 
+@pytest.mark.property
 @given(
     path=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789._-/", min_size=1, max_size=40),
     tags=st.lists(st.text(min_size=1, max_size=30), max_size=8),

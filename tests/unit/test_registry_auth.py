@@ -32,6 +32,7 @@ def test_other_challenges() -> None:
     assert parse_challenge("  ") is None
 
 
+@pytest.mark.property
 @given(st.text(max_size=200))
 def test_parse_challenge_never_raises(header: str) -> None:
     parse_challenge(header)

@@ -313,6 +313,7 @@ def test_streamed_list_equals_rendered_list(media: str, include: str, chunk_item
             assert len(chunks) >= max(len(chosen) // chunk_items, 1)
 
 
+@pytest.mark.property
 @given(
     tags=st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=6, unique=True),
     host=st.sampled_from([HOST, 'odd"host\\name', "hôte:5000"]),
