@@ -133,6 +133,16 @@ def _count(text: str) -> int:
     return number
 
 
+def _positive_number(text: str) -> float:
+    try:
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < number < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+    return number
+
+
 def _level(text: str) -> int:
     number = _whole(text)
     if number < 0:
@@ -519,6 +529,26 @@ def _parser() -> argparse.ArgumentParser:
         help="open client connections; at the limit a new one evicts the oldest idle or slow one",
     )
     limits.add_argument(
+        "--max-connections-per-client",
+        type=_lenient(_count),
+        default=100,
+        help="open connections from one source address without a verified client certificate; "
+        "more are closed before their TLS handshake",
+    )
+    limits.add_argument(
+        "--unauthenticated-rate-per-client",
+        type=_lenient(_positive_number),
+        default=20.0,
+        help="unauthenticated work one source address may cause a second (TLS handshakes without a "
+        "verified client certificate, 401 answers); beyond it its handshakes and requests wait",
+    )
+    limits.add_argument(
+        "--unauthenticated-burst-per-client",
+        type=_lenient(_count),
+        default=40,
+        help="how much of that work one source address may cause at once",
+    )
+    limits.add_argument(
         "--max-request-body-bytes",
         type=_lenient(_count),
         default=3 << 20,
@@ -583,6 +613,9 @@ def _limits(args: argparse.Namespace) -> HttpLimits:
         max_requests_inflight=args.max_requests_inflight,
         max_connections=args.max_connections,
         request_timeout=args.request_timeout,
+        max_connections_per_client=args.max_connections_per_client,
+        unauthenticated_rate_per_client=args.unauthenticated_rate_per_client,
+        unauthenticated_burst_per_client=args.unauthenticated_burst_per_client,
     )
 
 

@@ -408,7 +408,9 @@ async def start(
         watch_hub=watch_hub,
     )
     site = GuardedSite(api.resource(), settings.http, api, reactor=reactor)
-    connections = LimitedConnections(site, settings.http.max_connections)
+    connections = LimitedConnections(
+        site, settings.http.max_connections, front_proxy=authentication.is_front_proxy
+    )
     front = Serving(
         reactor, settings, TLSMemoryBIOFactory(context_factory, False, connections), connections, api, mode
     )

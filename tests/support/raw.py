@@ -60,9 +60,14 @@ class Target:
         session: ssl.SSLSession | None = None,
         timeout: float = 10.0,
         receive_buffer: int | None = None,
+        source: str | None = None,
     ) -> ssl.SSLSocket:
+        """``source``: the local address to connect from (127.0.0.2, 127.0.0.3, ... are distinct
+        source addresses on Linux)."""
         raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
+            if source is not None:
+                raw.bind((source, 0))
             if receive_buffer is not None:
                 # Before connecting, so that the window the server sees stays this small.
                 raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)

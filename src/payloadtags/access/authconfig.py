@@ -162,6 +162,13 @@ class DynamicAuthentication:
         for listener in self.listeners:
             listener(config)
 
+    def is_front_proxy(self, chain: tuple[x509.Certificate, ...]) -> bool:
+        """Whether a verified client certificate chain (leaf first) is the front proxy's."""
+        if not chain:
+            return False
+        credentials = Credentials(peer_certificate=chain[0], headers={}, peer_chain=chain)
+        return self._requestheader.trusted(credentials)
+
     def untrusted_identity_headers(self, credentials: Credentials) -> list[str]:
         """Identity headers on a request that did not come from a trusted front proxy."""
         if self._requestheader.trusted(credentials):

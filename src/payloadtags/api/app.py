@@ -304,6 +304,11 @@ class ApiServer:
         self._strip_forged_identity(request, credentials)
         return user
 
+    def is_probe(self, path: bytes) -> bool:
+        """Whether a request target is a health endpoint's (``/livez``, ``/readyz?verbose``, ...)."""
+        first = path.split(b"?", 1)[0].split(b"/")[1:2]
+        return bool(first) and first[0].decode("latin-1") in HEALTH_ENDPOINTS
+
     def admit(self, request: Request) -> Deferred[ApiError | None]:
         """Before any byte of a body is read: authenticate (or check the events token) the request."""
         return Deferred.fromCoroutine(self._admit(request))

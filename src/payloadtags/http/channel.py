@@ -13,7 +13,9 @@ What Twisted does on its own and what is changed here:
   ``Status`` in JSON;
 * a client may dribble a request head or body forever: here the head must arrive within
   ``header_timeout`` and the body within ``request_timeout``; an idle connection is closed after
-  ``idle_timeout`` and one whose client stops reading after the same time.
+  ``idle_timeout`` and one whose client stops reading after the same time;
+* every request runs as soon as it is whole: here requests take turns between clients, and one
+  source address is held to its share of connections and of unauthenticated work (clients.py).
 """
 
 from __future__ import annotations
@@ -23,18 +25,23 @@ import json
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from cryptography import x509
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IHandshakeListener
+from twisted.internet.protocol import Protocol as BaseProtocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
+from zope.interface import implementer
 
 from payloadtags.api.errors import ApiError, bad_request, internal
+from payloadtags.http.clients import ClientKey, Clients, FairScheduler, address_key, connection_key
 from payloadtags.limits import LINGER, HttpLimits
 from payloadtags.model import to_json
+from payloadtags.tls import verified_peer_chain
 
 log = Logger()
 
@@ -47,6 +54,10 @@ class Admission(Protocol):
     """Decides, from the head of a request with a body, whether its body may be read."""
 
     def admit(self, request: Request) -> Deferred[ApiError | None]: ...
+
+    def is_probe(self, path: bytes) -> bool:
+        """Whether the request target is a health probe's (never queued nor throttled)."""
+        ...
 
 
 def status_body(error: ApiError) -> bytes:
@@ -84,6 +95,20 @@ class GuardedRequest(Request):
         assert self.content is not None  # set by gotLength, before any chunk
         self.content.write(data)
 
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """The whole request is in: it runs at its client's turn (probes at once)."""
+        run = super().requestReceived
+        channel = self.channel
+        if channel.site.admission.is_probe(path):
+            run(command, path, version)
+            return
+
+        def start() -> None:
+            if not channel._lost:
+                run(command, path, version)
+
+        channel.site.scheduler.submit(channel.client_key, start)
+
     def process(self) -> None:
         if self.path == b"*" and self.method != b"OPTIONS":
             # Twisted answers these itself, with an empty 405.
@@ -111,6 +136,8 @@ class GuardedChannel(http.HTTPChannel):
     _lost = False
     _replay_pending = False
     answered = 0  # requests answered on this connection: eviction spares proven clients
+    host = ""  # the source address
+    client_key: ClientKey = ("address", "")  # whose turn a request of this connection takes
     _deadline: IDelayedCall | None = None
     _deadline_kind = ""
 
@@ -238,6 +265,8 @@ class GuardedChannel(http.HTTPChannel):
 
     def requestDone(self, request: http.Request) -> None:
         self.answered += 1
+        if request.code == 401 and self.client_key[0] == "address":
+            self.site.clients.unauthenticated(self.host)
         if not self.persistent:
             super().requestDone(request)
             return
@@ -333,12 +362,70 @@ class GuardedSite(Site):
         super().__init__(resource, timeout=None, reactor=reactor)
         self.limits = limits
         self.admission = admission
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.clients = Clients(limits, reactor)
+        self.scheduler = FairScheduler(reactor, self.clients.ready_in)
 
     def admit(self, request: Request) -> Deferred[ApiError | None]:
         return self.admission.admit(request)
 
     def log(self, request: Any) -> None:
         pass
+
+
+@implementer(IHandshakeListener)
+class ClientConnection(ProtocolWrapper):
+    """One connection as its source address's limits see it: its TLS handshake waits for the
+    address's token, and once done, a verified client certificate takes it out of the address's
+    count (and a front-proxy one makes it a client of its own for the turns)."""
+
+    factory: LimitedConnections
+    wrappedProtocol: GuardedChannel
+    host = ""
+    verified = False
+    _lost = False
+
+    def connectionMade(self) -> None:
+        if not self.factory.clients.handshake(self.host, self._start):
+            self.pauseProducing()  # the TLS handshake waits: nothing is read
+
+    def _start(self) -> bool:
+        if self._lost:
+            return False
+        self.resumeProducing()
+        return True
+
+    def handshakeCompleted(self) -> None:
+        handle = getattr(self.transport, "getHandle", None)
+        chain = verified_peer_chain(handle()) if handle is not None else ()
+        if chain and not self._lost:
+            self.verified = True
+            self.factory.clients.verified(self.host)
+            if self.factory.front_proxy(chain):
+                self.wrappedProtocol.client_key = connection_key()
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        if not self._lost:
+            self._lost = True
+            self.factory.clients.closed(self.host, self.verified)
+        super().connectionLost(reason)
+
+
+def _no_front_proxy(chain: tuple[x509.Certificate, ...]) -> bool:
+    return False
+
+
+class Refused(BaseProtocol):
+    """A connection closed as soon as it is made, before any TLS byte: what a refused connection
+    gets (the TLS layer around it needs a protocol to wrap)."""
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        abort = getattr(self.transport, "abortConnection", self.transport.loseConnection)
+        abort()
 
 
 class LimitedConnections(WrappingFactory):
@@ -348,19 +435,38 @@ class LimitedConnections(WrappingFactory):
     connection is closed at once. Clients that keep a connection open and use it (kube-apiserver) are
     the last to go."""
 
-    def __init__(self, site: GuardedSite, limit: int, on_refused: Callable[[str], None] | None = None):
+    protocol = ClientConnection
+
+    def __init__(
+        self,
+        site: GuardedSite,
+        limit: int,
+        on_refused: Callable[[str], None] | None = None,
+        front_proxy: Callable[[tuple[x509.Certificate, ...]], bool] = _no_front_proxy,
+    ):
         super().__init__(site)
         self.limit = limit
         self.on_refused = on_refused
+        self.front_proxy = front_proxy
+        self.clients = site.clients
         self._evicted: set[ProtocolWrapper] = set()
 
-    def buildProtocol(self, addr: Any) -> ProtocolWrapper | None:  # type: ignore[override]
+    def buildProtocol(self, addr: Any) -> BaseProtocol:  # type: ignore[override]
         self._evicted &= set(self.protocols)
         if len(self.protocols) - len(self._evicted) >= self.limit and not self._evict():
             if self.on_refused is not None:
                 self.on_refused("refused")
-            return None
-        return super().buildProtocol(addr)
+            return Refused()
+        host = str(getattr(addr, "host", addr))
+        if not self.clients.opened(host):
+            if self.on_refused is not None:
+                self.on_refused("client-limit")
+            return Refused()
+        wrapper = super().buildProtocol(addr)
+        assert isinstance(wrapper, ClientConnection)
+        wrapper.host = wrapper.wrappedProtocol.host = host
+        wrapper.wrappedProtocol.client_key = address_key(host)
+        return wrapper
 
     def _evict(self) -> bool:
         # First the connections that never had a request answered (a flood of idle or slow

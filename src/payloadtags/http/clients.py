@@ -1,0 +1,253 @@
+"""One client among many: what one source address may take of the server, and whose turn it is.
+
+* Connections from one address that have not presented a verified client certificate are capped
+  (``max_connections_per_client``); over the cap a new one is closed before its TLS handshake.
+* Unauthenticated work is paid from a token bucket per address (``unauthenticated_rate_per_client``
+  a second, up to ``unauthenticated_burst_per_client``): a TLS handshake takes a token before it
+  starts, given back when the client presents a verified certificate; a request answered 401 takes
+  one. An address out of tokens waits: its new handshakes until a token is there, its requests until
+  the bucket is out of debt.
+* The server's work is shared in turns (:class:`FairScheduler`): a request is run when it is whole,
+  but at most one request per client per turn of the reactor; the others wait for the next turn, in
+  round-robin order. A client is an address, except that each connection of the verified front
+  proxy (kube-apiserver, which carries many users over a few addresses) is a client of its own.
+
+Health probes bypass all of it (they are cheap, and a busy server is not a dead one).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+
+from payloadtags.limits import HttpLimits
+
+log = Logger()
+
+# ("address", "10.1.2.3") for a source address, ("connection", n) for one front-proxy connection.
+ClientKey = tuple[str, str | int]
+_connection_numbers = itertools.count(1)
+
+
+def address_key(host: str) -> ClientKey:
+    return ("address", host)
+
+
+def connection_key() -> ClientKey:
+    return ("connection", next(_connection_numbers))
+
+
+@attrs.define
+class Bucket:
+    rate: float
+    burst: float
+    tokens: float
+    stamp: float
+
+    def refill(self, now: float) -> float:
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        return self.tokens
+
+    def wait_for(self, level: float, now: float) -> float:
+        """Seconds until the bucket holds ``level`` tokens."""
+        missing = level - self.refill(now)
+        return max(0.0, missing / self.rate)
+
+
+@attrs.define(eq=False)
+class Address:
+    host: str
+    bucket: Bucket
+    open: int = 0  # connections open from it
+    unverified: int = 0  # of them, those without a verified client certificate
+    waiting: deque[Callable[[], bool]] = attrs.Factory(deque)  # handshakes waiting for a token
+    release: IDelayedCall | None = None
+    forget: IDelayedCall | None = None
+
+
+class Clients:
+    """Per source address: open connections, the bucket of unauthenticated work, waiting handshakes."""
+
+    def __init__(self, limits: HttpLimits, clock: Any) -> None:
+        self.limits = limits
+        self.clock = clock
+        self.addresses: dict[str, Address] = {}
+        self.refused = 0  # connections closed at the per-client cap
+        self.delayed = 0  # handshakes that had to wait for a token
+
+    def _address(self, host: str) -> Address:
+        found = self.addresses.get(host)
+        if found is None:
+            burst = float(self.limits.unauthenticated_burst_per_client)
+            bucket = Bucket(self.limits.unauthenticated_rate_per_client, burst, burst, self.clock.seconds())
+            found = self.addresses[host] = Address(host, bucket)
+        return found
+
+    # -- connections --------------------------------------------------------------------------------
+
+    def opened(self, host: str) -> bool:
+        """A new connection from ``host``; False when the address is at its cap (close it)."""
+        address = self._address(host)
+        if address.unverified >= self.limits.max_connections_per_client:
+            self.refused += 1
+            self._forget_later(address)
+            return False
+        address.open += 1
+        address.unverified += 1
+        return True
+
+    def handshake(self, host: str, start: Callable[[], bool]) -> bool:
+        """Whether the handshake of a connection from ``host`` may start now. If not, ``start`` is
+        called when a token is there; it answers whether the connection was still open to take it."""
+        address = self._address(host)
+        if not address.waiting and address.bucket.refill(self.clock.seconds()) >= 1:
+            address.bucket.tokens -= 1
+            return True
+        self.delayed += 1
+        address.waiting.append(start)
+        self._release_later(address)
+        return False
+
+    def verified(self, host: str) -> None:
+        """The connection presented a verified client certificate: not counted against the cap, and
+        its handshake token is given back."""
+        address = self._address(host)
+        address.unverified -= 1
+        bucket = address.bucket
+        bucket.refill(self.clock.seconds())
+        bucket.tokens = min(bucket.burst, bucket.tokens + 1)
+        self._release(address)
+
+    def closed(self, host: str, verified: bool) -> None:
+        address = self._address(host)
+        address.open -= 1
+        if not verified:
+            address.unverified -= 1
+        self._forget_later(address)
+
+    # -- requests -----------------------------------------------------------------------------------
+
+    def unauthenticated(self, host: str) -> None:
+        """A request from ``host`` was answered 401."""
+        address = self._address(host)
+        address.bucket.refill(self.clock.seconds())
+        address.bucket.tokens -= 1
+
+    def ready_in(self, key: ClientKey) -> float:
+        """Seconds until this client's next request may run (0: now)."""
+        kind, host = key
+        if kind != "address":
+            return 0.0
+        address = self.addresses.get(str(host))
+        if address is None:
+            return 0.0
+        return address.bucket.wait_for(0.0, self.clock.seconds())
+
+    # -- waiting handshakes and forgetting addresses -----------------------------------------------
+
+    def _release(self, address: Address) -> None:
+        now = self.clock.seconds()
+        while address.waiting and address.bucket.refill(now) >= 1:
+            start = address.waiting.popleft()
+            if start():  # a connection closed while waiting takes no token
+                address.bucket.tokens -= 1
+        if address.waiting:
+            self._release_later(address)
+
+    def _release_later(self, address: Address) -> None:
+        if address.release is not None:
+            return
+        wait = address.bucket.wait_for(1.0, self.clock.seconds())
+
+        def release() -> None:
+            address.release = None
+            self._release(address)
+
+        address.release = self.clock.callLater(max(wait, 0.001), release)
+
+    def _forget_later(self, address: Address) -> None:
+        """Drop the address's record once nothing is open and its bucket is full again."""
+        if address.open > 0 or address.waiting or address.forget is not None:
+            return
+        wait = address.bucket.wait_for(address.bucket.burst, self.clock.seconds())
+        if wait == 0:
+            if self.addresses.get(address.host) is address:
+                del self.addresses[address.host]
+            return
+
+        def forget() -> None:
+            address.forget = None
+            self._forget_later(address)
+
+        address.forget = self.clock.callLater(wait, forget)
+
+
+class FairScheduler:
+    """Runs whole requests in turns: at most one per client per turn of the reactor, round-robin."""
+
+    def __init__(self, clock: Any, ready_in: Callable[[ClientKey], float]) -> None:
+        self.clock = clock
+        self.ready_in = ready_in
+        self._queues: dict[ClientKey, deque[Callable[[], None]]] = {}
+        self._turns: deque[ClientKey] = deque()  # clients with work waiting, in turn order
+        self._parked: dict[ClientKey, IDelayedCall] = {}  # clients out of tokens, until they are not
+        self._served: set[ClientKey] = set()  # clients that had their turn in this round
+        self._round: IDelayedCall | None = None
+        self.deferred = 0  # requests that waited for a later turn
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(queue) for queue in self._queues.values())
+
+    def submit(self, key: ClientKey, work: Callable[[], None]) -> None:
+        if key not in self._queues and key not in self._served and self.ready_in(key) <= 0:
+            self._served.add(key)
+            self._next_round()
+            work()
+            return
+        self.deferred += 1
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = deque()
+            self._turns.append(key)
+        queue.append(work)
+        self._next_round()
+
+    def _next_round(self) -> None:
+        if self._round is None:
+            self._round = self.clock.callLater(0, self._run_round)
+
+    def _run_round(self) -> None:
+        self._round = None
+        self._served.clear()
+        for _ in range(len(self._turns)):
+            key = self._turns.popleft()
+            wait = self.ready_in(key)
+            if wait > 0:
+                self._parked[key] = self.clock.callLater(wait, self._unpark, key)
+                continue
+            queue = self._queues[key]
+            work = queue.popleft()
+            if queue:
+                self._turns.append(key)
+            else:
+                del self._queues[key]
+            self._served.add(key)
+            try:
+                work()
+            except Exception:
+                log.failure("a request failed to start")
+        if self._turns or self._served:
+            self._next_round()
+
+    def _unpark(self, key: ClientKey) -> None:
+        del self._parked[key]
+        self._turns.append(key)
+        self._next_round()

@@ -1,0 +1,173 @@
+"""One client among many, over real sockets: a flood from one source address (127.0.0.2) and what
+another address (127.0.0.3) sees meanwhile. On Linux every 127.x.y.z is a local address a client
+socket can be bound to, so the server sees two clients."""
+
+from __future__ import annotations
+
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest_twisted
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+
+from payloadtags.http.clients import address_key
+from payloadtags.limits import HttpLimits
+from tests.support.pki import Issued
+from tests.support.raw import Reply, Target, read_reply, request_bytes
+
+FLOOD, OTHER = "127.0.0.2", "127.0.0.3"
+LIST = "/apis/payload-registry.deckhouse.io/v1alpha1/namespaces/ns/payloadrepositorytags"
+
+
+def target(api: Any) -> Target:
+    return Target(api.running.port, str(api.pki.server_ca.cert_file))
+
+
+def ask(t: Target, path: str, user: Issued | None = None, source: str = OTHER, **headers: str) -> Reply:
+    with t.connect(user, source=source, timeout=10) as sock:
+        sock.sendall(request_bytes("GET", path, headers))
+        return read_reply(sock)
+
+
+async def until(condition: Callable[[], bool], reactor: Any) -> None:
+    deadline = time.monotonic() + 10.0
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await deferLater(reactor, 0.02, lambda: None)
+
+
+def handshake_refused(t: Target, source: str) -> bool:
+    try:
+        t.connect(source=source, timeout=5).close()
+    except (ssl.SSLError, OSError):
+        return True
+    return False
+
+
+@pytest_twisted.ensureDeferred
+async def test_unverified_connections_from_one_address_are_capped_and_others_get_in(
+    make_server: Any, registry: Any, reactor: Any
+) -> None:
+    api = await make_server(registry, http=HttpLimits(max_connections_per_client=5))
+    t = target(api)
+    held = [await deferToThread(t.connect, source=FLOOD) for _ in range(5)]
+    try:
+        # The sixth from the same address is closed before its handshake ...
+        assert await deferToThread(handshake_refused, t, FLOOD)
+        # ... another address is not concerned, nor is a verified client certificate once verified.
+        assert (await deferToThread(ask, t, "/livez")).code == 200
+        assert api.running.connections.clients.refused == 1
+        held.pop().close()
+        await until(lambda: api.running.connections.clients.addresses[FLOOD].unverified == 4, reactor)
+        assert (await deferToThread(ask, t, "/livez", source=FLOOD)).code == 200
+    finally:
+        for sock in held:
+            sock.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_with_a_verified_certificate_do_not_count(
+    make_server: Any, registry: Any, reactor: Any
+) -> None:
+    api = await make_server(registry, http=HttpLimits(max_connections_per_client=3))
+    t = target(api)
+    held: list[ssl.SSLSocket] = []
+    try:
+        for _ in range(8):  # kube-apiserver keeps many connections from one address
+            sock = await deferToThread(t.connect, api.pki.admin, source=FLOOD)
+            held.append(sock)
+            sock.sendall(request_bytes("GET", "/version"))
+            assert (await deferToThread(read_reply, sock)).code == 200
+        for _ in range(3):
+            held.append(await deferToThread(t.connect, source=FLOOD))
+        await until(lambda: api.running.connections.clients.addresses[FLOOD].unverified == 3, reactor)
+        assert await deferToThread(handshake_refused, t, FLOOD)
+    finally:
+        for sock in held:
+            sock.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_handshake_flood_waits_for_its_tokens_and_another_address_does_not(
+    make_server: Any, registry: Any, reactor: Any
+) -> None:
+    limits = HttpLimits(unauthenticated_rate_per_client=0.5, unauthenticated_burst_per_client=3)
+    api = await make_server(registry, http=limits)
+    t = target(api)
+    clients = api.running.connections.clients
+    for _ in range(3):  # the burst: no certificate, so each handshake keeps its token
+        (await deferToThread(t.connect, source=FLOOD)).close()
+    fourth = deferToThread(t.connect, source=FLOOD)
+    await until(lambda: FLOOD in clients.addresses and len(clients.addresses[FLOOD].waiting) == 1, reactor)
+    # While the flood's fourth handshake waits (2 s: half a token a second), another address is served.
+    assert (await deferToThread(ask, t, "/livez")).code == 200
+    assert len(clients.addresses[FLOOD].waiting) == 1
+    assert clients.delayed == 1
+    (await fourth).close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_401_answers_slow_down_their_address_and_probes_are_exempt(
+    make_server: Any, registry: Any, reactor: Any
+) -> None:
+    limits = HttpLimits(unauthenticated_rate_per_client=1.0, unauthenticated_burst_per_client=2)
+    api = await make_server(registry, http=limits)
+    t = target(api)
+    clients = api.running.connections.clients
+
+    def pipelined(requests: int) -> tuple[list[int], float]:
+        with t.connect(source=FLOOD, timeout=20) as sock:
+            started = time.monotonic()
+            sock.sendall(request_bytes("GET", LIST) * requests)
+            buffer = bytearray()
+            codes = [read_reply(sock, buffer).code for _ in range(requests)]
+            return codes, time.monotonic() - started
+
+    prober = await deferToThread(t.connect, source=FLOOD)  # opened before the address is in debt
+    try:
+        flood = deferToThread(pipelined, 6)
+        await until(lambda: clients.ready_in(address_key(FLOOD)) > 0, reactor)
+        # In debt: a probe from that address still answers at once; another address is not in debt.
+        prober.sendall(request_bytes("GET", "/livez"))
+        assert (await deferToThread(read_reply, prober)).code == 200
+        assert clients.ready_in(address_key(FLOOD)) > 0
+        assert clients.ready_in(address_key(OTHER)) == 0
+    finally:
+        prober.close()
+    codes, elapsed = await flood
+    assert codes == [401] * 6
+    # Tokens: 2 at once, then 1 a second; each handshake and each 401 takes one, and a request waits
+    # while the address is in debt: the last four 401s wait about a second each.
+    assert elapsed > 2.5, elapsed
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pipelining_flood_from_one_address_takes_its_turn(api: Any, reactor: Any) -> None:
+    """Many connections of one address pipelining requests: each turn runs one of them, so the
+    other address's requests do not wait behind the whole batch."""
+    t = target(api)
+    scheduler = api.running.connections.wrappedFactory.scheduler
+    stop = threading.Event()
+
+    def flood() -> None:
+        socks = [t.connect(api.pki.admin, source=FLOOD, timeout=10) for _ in range(4)]
+        try:
+            for sock in socks:
+                sock.sendall(request_bytes("GET", "/version") * 100)
+            stop.wait(10)
+        finally:
+            for sock in socks:
+                sock.close()
+
+    flooding = deferToThread(flood)
+    try:
+        await until(lambda: scheduler.deferred > 10, reactor)
+        for _ in range(5):
+            assert (await deferToThread(ask, t, "/version", api.pki.admin)).code == 200
+    finally:
+        stop.set()
+        await flooding

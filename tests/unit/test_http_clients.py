@@ -1,0 +1,146 @@
+"""Per-client limits on a Clock: the bucket of unauthenticated work, waiting handshakes, turns."""
+
+from __future__ import annotations
+
+import functools
+
+from twisted.internet.task import Clock
+
+from payloadtags.http.clients import ClientKey, Clients, FairScheduler, address_key, connection_key
+from payloadtags.limits import HttpLimits
+
+LIMITS = HttpLimits(
+    max_connections_per_client=3, unauthenticated_rate_per_client=2.0, unauthenticated_burst_per_client=2
+)
+
+
+def test_unverified_connections_of_one_address_are_capped_others_are_not() -> None:
+    clients = Clients(LIMITS, Clock())
+    assert all(clients.opened("10.0.0.1") for _ in range(3))
+    assert not clients.opened("10.0.0.1")
+    assert clients.opened("10.0.0.2")
+    clients.verified("10.0.0.1")  # a verified certificate does not count against the cap
+    assert clients.opened("10.0.0.1")
+    assert not clients.opened("10.0.0.1")
+    clients.closed("10.0.0.1", verified=False)
+    assert clients.opened("10.0.0.1")
+    assert clients.refused == 2
+
+
+def test_handshakes_beyond_the_burst_wait_for_tokens_in_order() -> None:
+    clock = Clock()
+    clients = Clients(LIMITS, clock)
+    started: list[int] = []
+
+    def start(n: int) -> bool:
+        started.append(n)
+        return True
+
+    assert clients.handshake("a", lambda: start(0)) and clients.handshake("a", lambda: start(1))
+    assert not clients.handshake("a", lambda: start(2))
+    assert not clients.handshake("a", lambda: start(3))
+    assert clients.handshake("b", lambda: start(9))  # another address has its own bucket
+    clock.advance(0.49)
+    assert started == []
+    clock.advance(0.02)  # 2 a second: one token after 0.5 s
+    assert started == [2]
+    clock.advance(0.5)
+    assert started == [2, 3]
+    assert clients.delayed == 2
+
+
+def test_a_verified_certificate_gives_its_token_back_and_releases_a_waiting_handshake() -> None:
+    clock = Clock()
+    clients = Clients(LIMITS, clock)
+    started: list[str] = []
+
+    def third() -> bool:
+        started.append("third")
+        return True
+
+    for _ in range(2):
+        clients.opened("a")
+        assert clients.handshake("a", lambda: True)
+    clients.opened("a")
+    assert not clients.handshake("a", third)
+    clients.verified("a")  # e.g. kube-apiserver: its handshakes cost it nothing
+    assert started == ["third"]
+
+
+def test_a_connection_closed_while_waiting_takes_no_token() -> None:
+    clock = Clock()
+    clients = Clients(LIMITS, clock)
+    clients.handshake("a", lambda: True)
+    clients.handshake("a", lambda: True)
+    started: list[str] = []
+
+    def following() -> bool:
+        started.append("next")
+        return True
+
+    assert not clients.handshake("a", lambda: False)  # closed meanwhile
+    assert not clients.handshake("a", following)
+    clock.advance(0.5)
+    assert started == ["next"]
+
+
+def test_401_answers_put_the_address_in_debt_and_its_requests_wait() -> None:
+    clock = Clock()
+    clients = Clients(LIMITS, clock)
+    clients.opened("a")
+    key = address_key("a")
+    assert clients.ready_in(key) == 0
+    for _ in range(4):
+        clients.unauthenticated("a")
+    assert clients.ready_in(key) == 1.0  # 2 tokens of debt at 2 a second
+    assert clients.ready_in(connection_key()) == 0
+    assert clients.ready_in(address_key("b")) == 0
+    clock.advance(1.0)
+    assert clients.ready_in(key) == 0
+
+
+def test_an_address_is_forgotten_once_closed_and_its_bucket_is_full() -> None:
+    clock = Clock()
+    clients = Clients(LIMITS, clock)
+    clients.opened("a")
+    clients.handshake("a", lambda: True)
+    clients.closed("a", verified=False)
+    assert "a" in clients.addresses
+    clock.advance(0.5)
+    assert "a" not in clients.addresses
+    assert not clock.getDelayedCalls()
+
+
+def test_turns_give_each_client_one_request_a_round() -> None:
+    clock = Clock()
+    scheduler = FairScheduler(clock, lambda key: 0.0)
+    ran: list[str] = []
+    flood, other = address_key("flood"), address_key("other")
+    for n in range(4):
+        scheduler.submit(flood, functools.partial(ran.append, f"flood{n}"))
+    scheduler.submit(other, lambda: ran.append("other0"))
+    # In the same turn: the first of each client runs at once, the flood's others wait.
+    assert ran == ["flood0", "other0"]
+    assert scheduler.waiting == 3
+    scheduler.submit(other, lambda: ran.append("other1"))
+    # Rounds follow one another (a Clock runs them all in one advance; the reactor one a turn).
+    clock.advance(0)
+    assert ran == ["flood0", "other0", "flood1", "other1", "flood2", "flood3"]
+    assert scheduler.waiting == 0 and not clock.getDelayedCalls()
+
+
+def test_a_client_in_debt_is_parked_and_the_others_go_on() -> None:
+    clock = Clock()
+    debt: dict[ClientKey, float] = {address_key("bad"): 2.0}
+    scheduler = FairScheduler(clock, lambda key: debt.get(key, 0.0))
+    ran: list[str] = []
+    scheduler.submit(address_key("bad"), lambda: ran.append("bad"))
+    scheduler.submit(address_key("good"), lambda: ran.append("good"))
+    assert ran == ["good"]
+    clock.advance(0)
+    clock.advance(1.0)
+    assert ran == ["good"]
+    debt.clear()
+    clock.advance(1.0)
+    clock.advance(0)
+    assert ran == ["good", "bad"]
