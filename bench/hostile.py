@@ -4,12 +4,15 @@ What it does (all on 127.0.0.1; everything it starts is stopped at the end, also
 
 1. starts a real ``docker-registry`` and pushes the namespace ``bench``: 5 repositories of 2 tags;
 2. runs ``.venv/bin/payloadtags serve`` as a subprocess with the default limits (standalone, client
-   certificates, ``--authorization-mode=AlwaysAllow``);
+   certificates and a front proxy, ``--authorization-mode=AlwaysAllow``);
 3. measures the small list (``GET …/namespaces/bench/payloadrepositorytags``, 10 tags, over one
-   kept-alive connection with a client certificate, as kube-apiserver keeps its connection) and
-   ``/livez`` on an idle server, then again while each flood runs, then with all floods at once;
+   kept-alive connection with the front proxy's certificate and ``X-Remote-User``, as kube-apiserver's
+   aggregator keeps its connection) and ``/livez`` on an idle server, from 127.0.0.1, then again while
+   each flood runs, then with all floods at once;
 4. each flood runs in processes of its own (this script with ``--flood KIND``), so that its CPU does not
-   slow down the measuring client:
+   slow down the measuring client, and from a source address of its own (127.0.0.2, 127.0.0.3, ...: an
+   attacker pod is another address than the aggregator; ``--flood-address 127.0.0.1`` floods from the
+   measuring client's address instead):
      - ``unauthenticated-bodies``: clients without a certificate send DELETE heads announcing 3 MiB and
        stream the body;
      - ``oversized-bodies``: authenticated clients announce 100 MiB;
@@ -27,7 +30,8 @@ What it does (all on 127.0.0.1; everything it starts is stopped at the end, also
 Reported per phase: p50 and p99 of the small list and of ``/livez`` and their ratio to the idle figures
 (the goal: p99 within 2x of idle), peak RSS, and the flood's own counts.
 
-Usage: .venv/bin/python bench/hostile.py [--quick] [--seconds S] [--json FILE]
+Usage: .venv/bin/python bench/hostile.py [--quick] [--seconds S] [--json FILE] [--server-src DIR]
+       [--flood-address ADDRESS] [--only FLOOD ...]
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support import images  # noqa: E402
 from tests.support.harness import Pki  # noqa: E402
+from tests.support.pki import Authority  # noqa: E402
 from tests.support.raw import Reply, Target, read_reply, request_bytes  # noqa: E402
 from tests.support.registry_server import RegistryServer, free_port  # noqa: E402
 
@@ -220,7 +225,7 @@ def bad_inputs() -> list[tuple[str, bytes]]:
         ("bad namespace", request_bytes("GET", f"{B}/namespaces/BAD_NS/payloadrepositorytags")),
         ("bad name", request_bytes("GET", f"{LIST}/not-base32!")),
         ("star target", b"GET * HTTP/1.1\r\nHost: x\r\n\r\n"),
-        ("watch", request_bytes("GET", f"{LIST}?watch=true")),
+        ("watch with a negative timeout", request_bytes("GET", f"{LIST}?watch=true&timeoutSeconds=-1")),
         ("create", request_bytes("POST", LIST, {"Content-Type": "application/json"}, b"{}")),
         (
             "bad delete options",
@@ -278,6 +283,9 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+PROXIED = {"X-Remote-User": "admin", "X-Remote-Group": "system:masters"}
+
+
 def measure(target: Target, user: Any, requests: int) -> dict[str, float]:
     """The small list and /livez, alternating, each over a kept-alive connection (reopened, and
     counted, if the server closes it)."""
@@ -286,7 +294,7 @@ def measure(target: Target, user: Any, requests: int) -> dict[str, float]:
     reconnects = 0
     connections: dict[str, tuple[ssl.SSLSocket, bytearray] | None] = {"list": None, "probe": None}
 
-    def ask(which: str, path: str, who: Any) -> tuple[Reply, float]:
+    def ask(which: str, path: str, who: Any, headers: dict[str, str] | None = None) -> tuple[Reply, float]:
         nonlocal reconnects
         for attempt in range(3):
             current = connections[which]
@@ -296,7 +304,7 @@ def measure(target: Target, user: Any, requests: int) -> dict[str, float]:
             sock, buffer = current
             started = time.monotonic()
             try:
-                sock.sendall(request_bytes("GET", path))
+                sock.sendall(request_bytes("GET", path, headers))
                 return read_reply(sock, buffer), time.monotonic() - started
             except (OSError, ConnectionError):
                 sock.close()
@@ -305,7 +313,7 @@ def measure(target: Target, user: Any, requests: int) -> dict[str, float]:
 
     try:
         for _ in range(requests):
-            reply, elapsed = ask("list", LIST, user)
+            reply, elapsed = ask("list", LIST, user, PROXIED)
             lists.append(elapsed)
             if reply.code != 200 or len(reply.json()["items"]) != 10:
                 raise RuntimeError(f"the small list answered {reply.code}: {reply.body[:200]!r}")
@@ -362,13 +370,22 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def start_flood(kind: str, target: Target, pki_dir: Path, seconds: float) -> subprocess.Popen[bytes]:
+def flood_address(kind: str, args: argparse.Namespace) -> str:
+    """Each flood from an address of its own (127.0.0.2, ...), unless --flood-address says one."""
+    return args.flood_address or f"127.0.0.{2 + FLOODS.index(kind)}"
+
+
+def start_flood(
+    kind: str, target: Target, pki_dir: Path, seconds: float, source: str
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
             sys.executable,
             __file__,
             "--flood",
             kind,
+            "--source",
+            source,
             "--port",
             str(target.port),
             "--pki",
@@ -414,6 +431,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             for tag in ("v1", "v2"):
                 images.push_oci_image(registry, f"bench/app-{i}", tag, seed=f"{i}-{tag}")
         pki = Pki.create(work / "pki")
+        proxy_ca = Authority.create(work / "pki" / "front-proxy", "front-proxy")
+        proxy = proxy_ca.client("front-proxy-client", stem="front-proxy-client")
         port = free_port()
         log = (work / "payloadtags.log").open("wb")
         server = subprocess.Popen(
@@ -421,6 +440,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 str(ROOT / ".venv" / "bin" / "payloadtags"),
                 "serve",
                 *pki.standalone_args(port, registry.url),
+                f"--requestheader-client-ca-file={proxy_ca.cert_file}",
+                "--requestheader-allowed-names=front-proxy-client",
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -431,21 +452,25 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         try:
             target = Target(port, str(pki.server_ca.cert_file))
             wait_ready(target, server)
-            measure(target, pki.admin, 20)  # warm-up
+            measure(target, proxy, 20)  # warm-up
             time.sleep(1.0)
             fds_before, rss_before = open_fds(server.pid), rss(server.pid)
             report: dict[str, Any] = {"phases": {}}
             with Sampler(server.pid) as sampler:
-                idle = measure(target, pki.admin, args.requests)
+                idle = measure(target, proxy, args.requests)
             report["phases"]["idle"] = {**idle, "peak_rss_mib": sampler.peak / 2**20}
             print(_line("idle", idle, idle, sampler.peak), flush=True)
-            phases = [[kind] for kind in FLOODS] + [FLOODS]
+            chosen = args.only or FLOODS
+            phases = [[kind] for kind in chosen] + ([chosen] if len(chosen) > 1 else [])
             for kinds in phases:
                 name = kinds[0] if len(kinds) == 1 else "all at once"
-                floods = [start_flood(kind, target, work / "pki", args.seconds) for kind in kinds]
+                floods = [
+                    start_flood(kind, target, work / "pki", args.seconds, flood_address(kind, args))
+                    for kind in kinds
+                ]
                 time.sleep(min(3.0, args.seconds / 3))  # let the flood build up
                 with Sampler(server.pid) as sampler:
-                    figures = measure(target, pki.admin, args.requests)
+                    figures = measure(target, proxy, args.requests)
                 results = {kind: flood_result(p, args.seconds) for kind, p in zip(kinds, floods, strict=True)}
                 report["phases"][name] = {**figures, "peak_rss_mib": sampler.peak / 2**20, "floods": results}
                 print(_line(name, figures, idle, sampler.peak), flush=True)
@@ -504,13 +529,19 @@ def main() -> int:
     parser.add_argument(
         "--server-src", help="run the server from this src/ directory (another commit's, for a before/after)"
     )
+    parser.add_argument(
+        "--flood-address",
+        help="source address of every flood (default: 127.0.0.2, 127.0.0.3, ..., one per kind)",
+    )
+    parser.add_argument("--only", nargs="+", choices=FLOODS, help="these floods only")
     parser.add_argument("--flood", choices=FLOODS, help=argparse.SUPPRESS)
+    parser.add_argument("--source", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--pki", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.flood:
         pki_dir = Path(args.pki)
-        target = Target(args.port, str(pki_dir / "server" / "serving-ca.crt"))
+        target = Target(args.port, str(pki_dir / "server" / "serving-ca.crt"), source=args.source)
         user = _admin(pki_dir)
         print(json.dumps(FLOOD_FUNCTIONS[args.flood](target, user, args.seconds)), flush=True)
         return 0

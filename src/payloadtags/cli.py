@@ -532,18 +532,18 @@ def _parser() -> argparse.ArgumentParser:
         "--max-connections-per-client",
         type=_lenient(_count),
         default=100,
-        help="open connections from one source address without a verified client certificate; "
-        "more are closed before their TLS handshake",
+        help="open connections from one source address (the verified front proxy's aside); more are "
+        "closed before their TLS handshake",
     )
     limits.add_argument(
-        "--unauthenticated-rate-per-client",
+        "--handshake-rate-per-client",
         type=_lenient(_positive_number),
         default=20.0,
-        help="unauthenticated work one source address may cause a second (TLS handshakes without a "
-        "verified client certificate, 401 answers); beyond it its handshakes and requests wait",
+        help="TLS handshakes (the front proxy's aside) and 401 answers one source address may cause a "
+        "second; beyond it its handshakes and requests wait",
     )
     limits.add_argument(
-        "--unauthenticated-burst-per-client",
+        "--handshake-burst-per-client",
         type=_lenient(_count),
         default=40,
         help="how much of that work one source address may cause at once",
@@ -614,8 +614,8 @@ def _limits(args: argparse.Namespace) -> HttpLimits:
         max_connections=args.max_connections,
         request_timeout=args.request_timeout,
         max_connections_per_client=args.max_connections_per_client,
-        unauthenticated_rate_per_client=args.unauthenticated_rate_per_client,
-        unauthenticated_burst_per_client=args.unauthenticated_burst_per_client,
+        handshake_rate_per_client=args.handshake_rate_per_client,
+        handshake_burst_per_client=args.handshake_burst_per_client,
     )
 
 

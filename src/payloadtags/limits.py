@@ -30,11 +30,11 @@ class HttpLimits:
     request_timeout: float = attrs.field(default=60.0, validator=_positive)
     header_timeout: float = attrs.field(default=HEADER_TIMEOUT, validator=_positive)
     idle_timeout: float = attrs.field(default=IDLE_TIMEOUT, validator=_positive)
-    # Per source address (docs/hardening.md, "One client among many"): connections without a verified
-    # client certificate, and the rate of unauthenticated work (handshakes without one, 401 answers).
+    # Per source address (docs/hardening.md, "One client among many"): connections (the verified
+    # front proxy's aside), and the rate of TLS handshakes (the front proxy's aside) and 401 answers.
     max_connections_per_client: int = attrs.field(default=100, validator=_positive)
-    unauthenticated_rate_per_client: float = attrs.field(default=20.0, validator=_positive)
-    unauthenticated_burst_per_client: int = attrs.field(default=40, validator=_positive)
+    handshake_rate_per_client: float = attrs.field(default=20.0, validator=_positive)
+    handshake_burst_per_client: int = attrs.field(default=40, validator=_positive)
 
 
 @attrs.frozen

@@ -8,15 +8,17 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from payloadtags.http.clients import address_key
 from payloadtags.limits import HttpLimits
-from tests.support.pki import Issued
+from tests.support.pki import Authority, Issued
 from tests.support.raw import Reply, Target, read_reply, request_bytes
 
 FLOOD, OTHER = "127.0.0.2", "127.0.0.3"
@@ -49,7 +51,7 @@ def handshake_refused(t: Target, source: str) -> bool:
 
 
 @pytest_twisted.ensureDeferred
-async def test_unverified_connections_from_one_address_are_capped_and_others_get_in(
+async def test_connections_from_one_address_are_capped_and_others_get_in(
     make_server: Any, registry: Any, reactor: Any
 ) -> None:
     api = await make_server(registry, http=HttpLimits(max_connections_per_client=5))
@@ -58,33 +60,51 @@ async def test_unverified_connections_from_one_address_are_capped_and_others_get
     try:
         # The sixth from the same address is closed before its handshake ...
         assert await deferToThread(handshake_refused, t, FLOOD)
-        # ... another address is not concerned, nor is a verified client certificate once verified.
+        # ... another address is not concerned.
         assert (await deferToThread(ask, t, "/livez")).code == 200
         assert api.running.connections.clients.refused == 1
         held.pop().close()
-        await until(lambda: api.running.connections.clients.addresses[FLOOD].unverified == 4, reactor)
+        await until(lambda: api.running.connections.clients.addresses[FLOOD].counted == 4, reactor)
         assert (await deferToThread(ask, t, "/livez", source=FLOOD)).code == 200
     finally:
         for sock in held:
             sock.close()
 
 
+@pytest.fixture
+def front_proxy(tmp_path: Path) -> tuple[Authority, Issued]:
+    ca = Authority.create(tmp_path / "front-proxy", "front-proxy")
+    return ca, ca.client("front-proxy-client", stem="front-proxy-client")
+
+
 @pytest_twisted.ensureDeferred
-async def test_connections_with_a_verified_certificate_do_not_count(
-    make_server: Any, registry: Any, reactor: Any
+async def test_the_front_proxys_connections_do_not_count_a_client_certificates_do(
+    make_server: Any, registry: Any, reactor: Any, front_proxy: tuple[Authority, Issued]
 ) -> None:
-    api = await make_server(registry, http=HttpLimits(max_connections_per_client=3))
+    ca, proxy = front_proxy
+    api = await make_server(
+        registry,
+        http=HttpLimits(max_connections_per_client=3),
+        requestheader_client_ca_file=str(ca.cert_file),
+        requestheader_allowed_names=("front-proxy-client",),
+    )
     t = target(api)
+    clients = api.running.connections.clients
     held: list[ssl.SSLSocket] = []
     try:
         for _ in range(8):  # kube-apiserver keeps many connections from one address
-            sock = await deferToThread(t.connect, api.pki.admin, source=FLOOD)
+            sock = await deferToThread(t.connect, proxy, source=FLOOD)
             held.append(sock)
-            sock.sendall(request_bytes("GET", "/version"))
+            sock.sendall(request_bytes("GET", "/version", {"X-Remote-User": "alice"}))
             assert (await deferToThread(read_reply, sock)).code == 200
-        for _ in range(3):
+        await until(lambda: clients.addresses[FLOOD].counted == 0, reactor)
+        keys = {w.wrappedProtocol.client_key for w in api.running.connections.protocols}
+        assert len(keys) == 8 and all(kind == "connection" for kind, _ in keys)  # a client each
+        # A client certificate that is not the front proxy's counts, as does no certificate.
+        held.append(await deferToThread(t.connect, api.pki.admin, source=FLOOD))
+        for _ in range(2):
             held.append(await deferToThread(t.connect, source=FLOOD))
-        await until(lambda: api.running.connections.clients.addresses[FLOOD].unverified == 3, reactor)
+        await until(lambda: clients.addresses[FLOOD].counted == 3, reactor)
         assert await deferToThread(handshake_refused, t, FLOOD)
     finally:
         for sock in held:
@@ -95,7 +115,7 @@ async def test_connections_with_a_verified_certificate_do_not_count(
 async def test_a_handshake_flood_waits_for_its_tokens_and_another_address_does_not(
     make_server: Any, registry: Any, reactor: Any
 ) -> None:
-    limits = HttpLimits(unauthenticated_rate_per_client=0.5, unauthenticated_burst_per_client=3)
+    limits = HttpLimits(handshake_rate_per_client=0.5, handshake_burst_per_client=3)
     api = await make_server(registry, http=limits)
     t = target(api)
     clients = api.running.connections.clients
@@ -114,7 +134,7 @@ async def test_a_handshake_flood_waits_for_its_tokens_and_another_address_does_n
 async def test_401_answers_slow_down_their_address_and_probes_are_exempt(
     make_server: Any, registry: Any, reactor: Any
 ) -> None:
-    limits = HttpLimits(unauthenticated_rate_per_client=1.0, unauthenticated_burst_per_client=2)
+    limits = HttpLimits(handshake_rate_per_client=1.0, handshake_burst_per_client=2)
     api = await make_server(registry, http=limits)
     t = target(api)
     clients = api.running.connections.clients

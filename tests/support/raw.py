@@ -43,6 +43,9 @@ class Reply:
 class Target:
     port: int
     ca_file: str
+    # The local address to connect from (127.0.0.2, 127.0.0.3, ... are distinct source addresses on
+    # Linux): the server's per-client limits tell clients apart by it.
+    source: str | None = None
 
     def context(self, user: Issued | None = None, version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=self.ca_file)
@@ -62,12 +65,11 @@ class Target:
         receive_buffer: int | None = None,
         source: str | None = None,
     ) -> ssl.SSLSocket:
-        """``source``: the local address to connect from (127.0.0.2, 127.0.0.3, ... are distinct
-        source addresses on Linux)."""
+        """``source``: the local address to connect from, instead of the target's ``source``."""
         raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
-            if source is not None:
-                raw.bind((source, 0))
+            if (source or self.source) is not None:
+                raw.bind((source or self.source, 0))
             if receive_buffer is not None:
                 # Before connecting, so that the window the server sees stays this small.
                 raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)

@@ -9,20 +9,18 @@ from twisted.internet.task import Clock
 from payloadtags.http.clients import ClientKey, Clients, FairScheduler, address_key, connection_key
 from payloadtags.limits import HttpLimits
 
-LIMITS = HttpLimits(
-    max_connections_per_client=3, unauthenticated_rate_per_client=2.0, unauthenticated_burst_per_client=2
-)
+LIMITS = HttpLimits(max_connections_per_client=3, handshake_rate_per_client=2.0, handshake_burst_per_client=2)
 
 
-def test_unverified_connections_of_one_address_are_capped_others_are_not() -> None:
+def test_connections_of_one_address_are_capped_others_are_not() -> None:
     clients = Clients(LIMITS, Clock())
     assert all(clients.opened("10.0.0.1") for _ in range(3))
     assert not clients.opened("10.0.0.1")
     assert clients.opened("10.0.0.2")
-    clients.verified("10.0.0.1")  # a verified certificate does not count against the cap
+    clients.front_proxy("10.0.0.1")  # the front proxy's connections do not count against the cap
     assert clients.opened("10.0.0.1")
     assert not clients.opened("10.0.0.1")
-    clients.closed("10.0.0.1", verified=False)
+    clients.closed("10.0.0.1", counted=True)
     assert clients.opened("10.0.0.1")
     assert clients.refused == 2
 
@@ -49,7 +47,7 @@ def test_handshakes_beyond_the_burst_wait_for_tokens_in_order() -> None:
     assert clients.delayed == 2
 
 
-def test_a_verified_certificate_gives_its_token_back_and_releases_a_waiting_handshake() -> None:
+def test_the_front_proxy_gives_its_token_back_and_releases_a_waiting_handshake() -> None:
     clock = Clock()
     clients = Clients(LIMITS, clock)
     started: list[str] = []
@@ -63,7 +61,7 @@ def test_a_verified_certificate_gives_its_token_back_and_releases_a_waiting_hand
         assert clients.handshake("a", lambda: True)
     clients.opened("a")
     assert not clients.handshake("a", third)
-    clients.verified("a")  # e.g. kube-apiserver: its handshakes cost it nothing
+    clients.front_proxy("a")  # e.g. kube-apiserver: its handshakes cost it nothing
     assert started == ["third"]
 
 
@@ -104,7 +102,7 @@ def test_an_address_is_forgotten_once_closed_and_its_bucket_is_full() -> None:
     clients = Clients(LIMITS, clock)
     clients.opened("a")
     clients.handshake("a", lambda: True)
-    clients.closed("a", verified=False)
+    clients.closed("a", counted=True)
     assert "a" in clients.addresses
     clock.advance(0.5)
     assert "a" not in clients.addresses

@@ -25,7 +25,7 @@ def test_defaults_are_kube_apiservers_where_it_has_one() -> None:
     assert limits.max_connections == 1000
     assert (limits.header_timeout, limits.idle_timeout) == (32.0, 90.0)
     assert limits.max_connections_per_client == 100
-    assert (limits.unauthenticated_rate_per_client, limits.unauthenticated_burst_per_client) == (20.0, 40)
+    assert (limits.handshake_rate_per_client, limits.handshake_burst_per_client) == (20.0, 40)
 
 
 def test_every_limit_flag_reaches_the_settings() -> None:
@@ -35,8 +35,8 @@ def test_every_limit_flag_reaches_the_settings() -> None:
         "--max-connections=50",
         "--max-request-body-bytes=1024",
         "--max-connections-per-client=7",
-        "--unauthenticated-rate-per-client=2.5",
-        "--unauthenticated-burst-per-client=9",
+        "--handshake-rate-per-client=2.5",
+        "--handshake-burst-per-client=9",
     )
     assert limits == HttpLimits(
         max_request_body_bytes=1024,
@@ -44,8 +44,8 @@ def test_every_limit_flag_reaches_the_settings() -> None:
         max_connections=50,
         request_timeout=90.0,
         max_connections_per_client=7,
-        unauthenticated_rate_per_client=2.5,
-        unauthenticated_burst_per_client=9,
+        handshake_rate_per_client=2.5,
+        handshake_burst_per_client=9,
     )
 
 
@@ -57,9 +57,9 @@ def test_every_limit_flag_reaches_the_settings() -> None:
         "--max-connections=-1",
         "--max-request-body-bytes=0",
         "--max-connections-per-client=0",
-        "--unauthenticated-rate-per-client=0",
-        "--unauthenticated-rate-per-client=inf",
-        "--unauthenticated-burst-per-client=0",
+        "--handshake-rate-per-client=0",
+        "--handshake-rate-per-client=inf",
+        "--handshake-burst-per-client=0",
     ],
 )
 def test_limits_must_be_positive(flag: str) -> None:

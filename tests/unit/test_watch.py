@@ -483,3 +483,38 @@ def test_a_baseline_nobody_waits_for_any_more_is_cancelled_and_resyncs_are_bound
     clock.advance(10 * 4 + 60)
     assert reader.pending[1].called
     hub.stop()
+
+
+@attrs.define
+class PushingBackSink(FakeSink):
+    """A transport whose buffer is full after every 4 lines."""
+
+    watcher: Watcher | None = None
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if len(self.lines) % 4 == 0 and self.watcher is not None:
+            self.watcher.pauseProducing()
+
+
+def test_what_a_watch_starts_with_is_paced_by_the_client_not_buffered() -> None:
+    """A snapshot far larger than the send buffer, to a client that reads slowly: written a line at a
+    time as the transport takes it (never cut), and live events wait behind it, in order."""
+    reader = FakeReader({"team/app": {f"v{i:03d}" for i in range(50)}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=1)
+    source = ready(hub, "team")
+    w, _ = watcher(max_buffered=3, bookmarks=True)
+    sink = PushingBackSink(watcher=w)
+    w.sink = sink
+    assert hub.start(w, source, since=None, timeout=None, initial_events_end=True)
+    assert len(sink.lines) == 4 and w.paused and not w.closed
+    reader.repositories["team/app"].add("z")  # a live event while the snapshot waits
+    clock.advance(1)
+    assert len(w.buffer) == 1 and len(sink.lines) == 4
+    for _ in range(20):  # the client reads, a little at a time
+        w.resumeProducing()
+    lines = [line.decode() for line in sink.lines]
+    assert [line.split()[1] for line in lines[:50]] == [f"team/app:v{i:03d}" for i in range(50)]
+    assert lines[50].startswith("BOOKMARK") and lines[51].startswith("ADDED team/app:z")
+    assert len(lines) == 52 and not w.closed and not w.buffer

@@ -670,13 +670,21 @@ class ApiServer:
             bookmark=renderer.bookmark if options.bookmarks else None,
             max_buffered=hub.limits.send_buffer,
         )
-        if since == -1 or not hub.start(
-            watcher, source, since, options.timeout_seconds, initial_end, listed=listed
-        ):
+        if since == -1:
             request.write(expired(rv))
             return b""
         request.write(b"")  # the head goes out now: clients wait for it before reading events
+        # The producer before the first event: the transport paces what the watch starts with.
         request.registerProducer(watcher, True)
+        try:
+            started = hub.start(watcher, source, since, options.timeout_seconds, initial_end, listed=listed)
+        except BaseException:
+            request.unregisterProducer()
+            raise
+        if not started:
+            request.unregisterProducer()
+            request.write(expired(rv))
+            return b""
         request.notifyFinish().addBoth(lambda _: watcher.stopProducing())
         await watcher.done
         request.unregisterProducer()

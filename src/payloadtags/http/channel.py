@@ -379,13 +379,13 @@ class GuardedSite(Site):
 @implementer(IHandshakeListener)
 class ClientConnection(ProtocolWrapper):
     """One connection as its source address's limits see it: its TLS handshake waits for the
-    address's token, and once done, a verified client certificate takes it out of the address's
-    count (and a front-proxy one makes it a client of its own for the turns)."""
+    address's token; once done, the front proxy's verified certificate takes it out of the address's
+    count and makes it a client of its own for the turns."""
 
     factory: LimitedConnections
     wrappedProtocol: GuardedChannel
     host = ""
-    verified = False
+    front_proxy = False
     _lost = False
 
     def connectionMade(self) -> None:
@@ -401,16 +401,15 @@ class ClientConnection(ProtocolWrapper):
     def handshakeCompleted(self) -> None:
         handle = getattr(self.transport, "getHandle", None)
         chain = verified_peer_chain(handle()) if handle is not None else ()
-        if chain and not self._lost:
-            self.verified = True
-            self.factory.clients.verified(self.host)
-            if self.factory.front_proxy(chain):
-                self.wrappedProtocol.client_key = connection_key()
+        if chain and not self._lost and self.factory.front_proxy(chain):
+            self.front_proxy = True
+            self.factory.clients.front_proxy(self.host)
+            self.wrappedProtocol.client_key = connection_key()
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         if not self._lost:
             self._lost = True
-            self.factory.clients.closed(self.host, self.verified)
+            self.factory.clients.closed(self.host, counted=not self.front_proxy)
         super().connectionLost(reason)
 
 

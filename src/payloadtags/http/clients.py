@@ -2,8 +2,8 @@
 
 * Connections from one address that have not presented a verified client certificate are capped
   (``max_connections_per_client``); over the cap a new one is closed before its TLS handshake.
-* Unauthenticated work is paid from a token bucket per address (``unauthenticated_rate_per_client``
-  a second, up to ``unauthenticated_burst_per_client``): a TLS handshake takes a token before it
+* Unauthenticated work is paid from a token bucket per address (``handshake_rate_per_client``
+  a second, up to ``handshake_burst_per_client``): a TLS handshake takes a token before it
   starts, given back when the client presents a verified certificate; a request answered 401 takes
   one. An address out of tokens waits: its new handshakes until a token is there, its requests until
   the bucket is out of debt.
@@ -66,7 +66,7 @@ class Address:
     host: str
     bucket: Bucket
     open: int = 0  # connections open from it
-    unverified: int = 0  # of them, those without a verified client certificate
+    counted: int = 0  # of them, those counted against the cap (all but the front proxy's)
     waiting: deque[Callable[[], bool]] = attrs.Factory(deque)  # handshakes waiting for a token
     release: IDelayedCall | None = None
     forget: IDelayedCall | None = None
@@ -85,8 +85,8 @@ class Clients:
     def _address(self, host: str) -> Address:
         found = self.addresses.get(host)
         if found is None:
-            burst = float(self.limits.unauthenticated_burst_per_client)
-            bucket = Bucket(self.limits.unauthenticated_rate_per_client, burst, burst, self.clock.seconds())
+            burst = float(self.limits.handshake_burst_per_client)
+            bucket = Bucket(self.limits.handshake_rate_per_client, burst, burst, self.clock.seconds())
             found = self.addresses[host] = Address(host, bucket)
         return found
 
@@ -95,12 +95,12 @@ class Clients:
     def opened(self, host: str) -> bool:
         """A new connection from ``host``; False when the address is at its cap (close it)."""
         address = self._address(host)
-        if address.unverified >= self.limits.max_connections_per_client:
+        if address.counted >= self.limits.max_connections_per_client:
             self.refused += 1
             self._forget_later(address)
             return False
         address.open += 1
-        address.unverified += 1
+        address.counted += 1
         return True
 
     def handshake(self, host: str, start: Callable[[], bool]) -> bool:
@@ -115,21 +115,21 @@ class Clients:
         self._release_later(address)
         return False
 
-    def verified(self, host: str) -> None:
-        """The connection presented a verified client certificate: not counted against the cap, and
-        its handshake token is given back."""
+    def front_proxy(self, host: str) -> None:
+        """The connection presented the front proxy's verified certificate: not counted against the
+        cap, and its handshake token is given back (kube-apiserver's connections cost it nothing)."""
         address = self._address(host)
-        address.unverified -= 1
+        address.counted -= 1
         bucket = address.bucket
         bucket.refill(self.clock.seconds())
         bucket.tokens = min(bucket.burst, bucket.tokens + 1)
         self._release(address)
 
-    def closed(self, host: str, verified: bool) -> None:
+    def closed(self, host: str, counted: bool) -> None:
         address = self._address(host)
         address.open -= 1
-        if not verified:
-            address.unverified -= 1
+        if counted:
+            address.counted -= 1
         self._forget_later(address)
 
     # -- requests -----------------------------------------------------------------------------------

@@ -198,15 +198,6 @@ class WatchHub:
                 return False
         self.watchers.add(watcher)
         self.per_user[watcher.user] += 1
-        if backlog is None:
-            sequence = self.versions.current
-            for ref in source.refs():
-                watcher.deliver(Event(sequence, EventType.ADDED, ref))
-            if initial_events_end and watcher.bookmark is not None:
-                watcher.send(watcher.bookmark(sequence, True))
-        else:
-            for event in backlog:
-                watcher.deliver(event)
         source.subscribers.add(watcher)
         lifetime = min(timeout if timeout else self.limits.default_timeout, self.limits.max_timeout)
         self._timers[watcher] = self.clock.callLater(lifetime, self._expire, watcher)
@@ -223,7 +214,18 @@ class WatchHub:
             self._touched[source.namespace] = self.clock.seconds()
             self.on_end(w.reason or "")
 
+        # Before the first line: a watcher may end (its client gone) while it starts.
         watcher.on_close.append(closed)
+        if backlog is None:
+            # Events that happen while the snapshot is being written wait behind it (subscribed above).
+            sequence = self.versions.current
+            snapshot = (Event(sequence, EventType.ADDED, ref) for ref in list(source.refs()))
+            end: list[bytes] = []
+            if initial_events_end and watcher.bookmark is not None:
+                end.append(watcher.bookmark(sequence, True))
+            watcher.begin(snapshot, end)
+        else:
+            watcher.begin(list(backlog))
         return True
 
     def _expire(self, watcher: Watcher) -> None:

@@ -3,12 +3,17 @@
 Events are written to the connection as they come while the transport takes them. When the transport
 pushes back (a slow client), events wait in a buffer of at most ``max_buffered`` lines; one more and the
 watcher is disconnected: memory per watcher stays bounded, and the client's reflector relists.
+
+What a watch starts with (an ADDED for every tag of a namespace, or the retained events since a
+resourceVersion) can be far more than that buffer: it is rendered a line at a time as the transport
+takes it (``begin``), so a client that reads it slowly is paced, not cut, and holds one line of it in
+the server's memory; live events that come meanwhile wait in the buffer, after it.
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 import attrs
@@ -48,6 +53,8 @@ class Watcher:
     max_buffered: int = 1000
     buffer: collections.deque[bytes] = attrs.field(factory=collections.deque)
     paused: bool = False
+    # The lines the watch starts with, not yet written; live events wait behind them.
+    opening: Iterator[bytes] | None = None
     closed: bool = False
     reason: str | None = None
     done: Deferred[str] = attrs.field(factory=Deferred)
@@ -70,10 +77,17 @@ class Watcher:
             return
         self.send(self.render(event))
 
+    def begin(self, events: Iterable[Event], then: Iterable[bytes] = ()) -> None:
+        """Start with ``events`` (those visible, rendered one at a time) and then the lines ``then``,
+        written as the transport takes them, before any live event."""
+        visible = (self.render(event) for event in events if self.visible(event.ref))
+        self.opening = _chain(visible, iter(then))
+        self._pump()
+
     def send(self, line: bytes) -> None:
         if self.closed:
             return
-        if self.paused or self.buffer:
+        if self.paused or self.buffer or self.opening is not None:
             if len(self.buffer) >= self.max_buffered:
                 self.end("slow", abort=True)
                 return
@@ -87,7 +101,16 @@ class Watcher:
 
     def resumeProducing(self) -> None:
         self.paused = False
-        while self.buffer and not self.paused and not self.closed:
+        self._pump()
+
+    def _pump(self) -> None:
+        while self.opening is not None and not self.paused and not self.closed:
+            line = next(self.opening, None)
+            if line is None:
+                self.opening = None
+            else:
+                self.sink.write(line)
+        while self.opening is None and self.buffer and not self.paused and not self.closed:
             self.sink.write(self.buffer.popleft())
 
     def stopProducing(self) -> None:
@@ -100,6 +123,7 @@ class Watcher:
         self.closed = True
         self.reason = reason
         self.buffer.clear()
+        self.opening = None
         for callback in self.on_close:
             callback(self)
         if write:
@@ -108,6 +132,11 @@ class Watcher:
             else:
                 self.sink.close()
         self.done.callback(reason)
+
+
+def _chain(first: Iterator[bytes], second: Iterator[bytes]) -> Iterator[bytes]:
+    yield from first
+    yield from second
 
 
 __all__ = ["Render", "Sink", "Watcher"]

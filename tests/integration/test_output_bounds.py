@@ -1,0 +1,130 @@
+"""A client that does not read a huge response holds a bounded part of it in the server's memory.
+
+A namespace of 20,000 tags (a list of more than 8 MB, more than the kernel's socket buffers take) is
+asked for by a client whose receive window is 4 kB and that does not read for two seconds. Meanwhile
+the bytes the server holds for its connections outside the kernel (what Twisted's TCP transport has
+not handed to the socket yet) are sampled every 20 ms: they must stay under one chunk of the list and
+the transport's own buffer, far below the response's size. Then the client reads everything, and gets
+the whole list: the server paused, it did not cut.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import task
+from twisted.internet.threads import deferToThread
+
+from tests.support import images
+from tests.support.raw import Reply, Target, read_reply, request_bytes
+
+B = "/apis/payload-registry.deckhouse.io/v1alpha1"
+TAGS = 20_000
+BOUND = 1 << 20  # one chunk of 500 items and Twisted's 64 kB, with room to spare
+TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"
+
+
+def many_tags(registry: Any, repository: str, count: int) -> None:
+    """``count`` tags on one image, written straight into the registry's storage (as its filesystem
+    driver lays tags out) because pushing them one by one over HTTP takes minutes."""
+    digest = images.push_oci_image(registry, repository, "v000000")
+    tags = Path(registry.root) / "docker/registry/v2/repositories" / repository / "_manifests/tags"
+    hex_digest = digest.removeprefix("sha256:")
+    for i in range(1, count):
+        for link in (tags / f"v{i:06d}" / "current", tags / f"v{i:06d}" / "index/sha256" / hex_digest):
+            link.mkdir(parents=True)
+            (link / "link").write_text(digest)
+
+
+def unsent_bytes(wrapper: Any) -> int:
+    """What the server holds for one connection outside the kernel: Twisted's TCP write buffer."""
+    tcp = getattr(wrapper.transport, "transport", None)
+    if tcp is None:
+        return 0
+    return len(getattr(tcp, "dataBuffer", b"")) + int(getattr(tcp, "_tempDataLen", 0))
+
+
+class Largest:
+    """The largest unsent buffer of any connection, sampled every 20 ms on the reactor."""
+
+    def __init__(self, api: Any, reactor: Any) -> None:
+        self.api = api
+        self.value = 0
+        self.loop = task.LoopingCall(self.sample)
+        self.loop.clock = reactor
+
+    def sample(self) -> None:
+        connections = self.api.running.connections.protocols
+        self.value = max([self.value, *(unsent_bytes(w) for w in connections)])
+
+    def __enter__(self) -> Largest:
+        self.loop.start(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.stop()
+
+
+@pytest.fixture
+def big_namespace(registry: Any, repo: str) -> str:
+    many_tags(registry, repo, TAGS)
+    return repo.split("/", 1)[0]
+
+
+@pytest.mark.parametrize("accept", ["application/json", TABLE])
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_does_not_read_a_huge_list_holds_one_chunk(
+    api: Any, reactor: Any, big_namespace: str, accept: str
+) -> None:
+    t = Target(api.running.port, str(api.pki.server_ca.cert_file))
+    path = f"{B}/namespaces/{big_namespace}/payloadrepositorytags"
+
+    def slow_reader() -> tuple[Reply, int]:
+        with t.connect(api.pki.admin, timeout=60, receive_buffer=4096) as sock:
+            sock.sendall(request_bytes("GET", path, {"Accept": accept}))
+            time.sleep(2.0)  # not reading: the server must stop producing
+            reply = read_reply(sock)
+            return reply, len(reply.body)
+
+    with Largest(api, reactor) as largest:
+        reply, size = await deferToThread(slow_reader)
+    assert reply.code == 200, reply.body[:300]
+    document = json.loads(reply.body)
+    rows = document["rows"] if accept == TABLE else document["items"]
+    assert len(rows) == TAGS  # the whole list, once read
+    assert size > 8 * BOUND
+    assert largest.value < BOUND, (largest.value, size)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_watch_that_is_not_read_is_paced_and_holds_little(
+    api: Any, reactor: Any, big_namespace: str
+) -> None:
+    """A watch starting with the 20,000 tags (initial events) to a client that does not read for two
+    seconds: the server writes them as the client takes them, never holding more than a little."""
+    t = Target(api.running.port, str(api.pki.server_ca.cert_file))
+    path = f"{B}/namespaces/{big_namespace}/payloadrepositorytags?watch=true&sendInitialEvents=true"
+    path += "&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true"
+    end = b"k8s.io/initial-events-end"
+
+    def slow_reader() -> tuple[int, int]:
+        with t.connect(api.pki.admin, timeout=60, receive_buffer=4096) as sock:
+            sock.sendall(request_bytes("GET", path))
+            time.sleep(2.0)
+            data = bytearray()
+            while end not in data[-4096:]:
+                chunk = sock.recv(1 << 16)
+                assert chunk, "the watch was cut"
+                data += chunk
+            return data.count(b'"type":"ADDED"'), len(data)
+
+    with Largest(api, reactor) as largest:
+        added, size = await deferToThread(slow_reader)
+    assert added == TAGS
+    assert size > 8 * BOUND
+    assert largest.value < BOUND, (largest.value, size)
