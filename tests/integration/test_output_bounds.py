@@ -1,6 +1,7 @@
 """A client that does not read a huge response holds a bounded part of it in the server's memory.
 
-A namespace of 20,000 tags (a list of more than 8 MB, more than the kernel's socket buffers take) is
+A namespace of 20,000 tags (a list of more than 8 MB, more than the kernel's socket buffers take: at most
+4 MB here, so a server that did not pause would hold megabytes) is
 asked for by a client whose receive window is 4 kB and that does not read for two seconds. Meanwhile
 the bytes the server holds for its connections outside the kernel (what Twisted's TCP transport has
 not handed to the socket yet) are sampled every 20 ms: they must stay under one chunk of the list and
@@ -34,11 +35,10 @@ def many_tags(registry: Any, repository: str, count: int) -> None:
     driver lays tags out) because pushing them one by one over HTTP takes minutes."""
     digest = images.push_oci_image(registry, repository, "v000000")
     tags = Path(registry.root) / "docker/registry/v2/repositories" / repository / "_manifests/tags"
-    hex_digest = digest.removeprefix("sha256:")
-    for i in range(1, count):
-        for link in (tags / f"v{i:06d}" / "current", tags / f"v{i:06d}" / "index/sha256" / hex_digest):
-            link.mkdir(parents=True)
-            (link / "link").write_text(digest)
+    for i in range(1, count):  # the tag's current link is all that listing and reading it need
+        link = tags / f"v{i:06d}" / "current"
+        link.mkdir(parents=True)
+        (link / "link").write_text(digest)
 
 
 def unsent_bytes(wrapper: Any) -> int:
@@ -70,13 +70,16 @@ class Largest:
         self.loop.stop()
 
 
-@pytest.fixture
-def big_namespace(registry: Any, repo: str) -> str:
-    many_tags(registry, repo, TAGS)
-    return repo.split("/", 1)[0]
+@pytest.fixture(scope="module")
+def big_namespace(registry: Any) -> str:
+    """One namespace for the module's tests: filling it takes seconds."""
+    many_tags(registry, "big-output/app", TAGS)
+    return "big-output"
 
 
-@pytest.mark.parametrize("accept", ["application/json", TABLE])
+@pytest.mark.parametrize(
+    "accept", ["application/json", pytest.param(TABLE, marks=pytest.mark.slow)]
+)  # the same paced writer: Table in the slow tier
 @pytest_twisted.ensureDeferred
 async def test_a_client_that_does_not_read_a_huge_list_holds_one_chunk(
     api: Any, reactor: Any, big_namespace: str, accept: str
@@ -97,7 +100,7 @@ async def test_a_client_that_does_not_read_a_huge_list_holds_one_chunk(
     document = json.loads(reply.body)
     rows = document["rows"] if accept == TABLE else document["items"]
     assert len(rows) == TAGS  # the whole list, once read
-    assert size > 8 * BOUND
+    assert size > 5 * BOUND
     assert largest.value < BOUND, (largest.value, size)
 
 
@@ -126,5 +129,5 @@ async def test_a_watch_that_is_not_read_is_paced_and_holds_little(
     with Largest(api, reactor) as largest:
         added, size = await deferToThread(slow_reader)
     assert added == TAGS
-    assert size > 8 * BOUND
+    assert size > 6 * BOUND
     assert largest.value < BOUND, (largest.value, size)
