@@ -33,7 +33,7 @@ Reported per phase: p50 and p99 of the small list and of ``/livez`` and their ra
 (the goal: p99 within 2x of idle), peak RSS, and the flood's own counts.
 
 Usage: .venv/bin/python bench/hostile.py [--quick] [--seconds S] [--json FILE] [--server-src DIR]
-       [--flood-address ADDRESS] [--only FLOOD ...]
+       [--flood-address ADDRESS] [--only FLOOD ...] [--profile FILE]
 """
 
 from __future__ import annotations
@@ -437,8 +437,10 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         proxy = proxy_ca.client("front-proxy-client", stem="front-proxy-client")
         port = free_port()
         log = (work / "payloadtags.log").open("wb")
+        profile = ["-m", "cProfile", "-o", str(Path(args.profile).resolve())] if args.profile else []
         server = subprocess.Popen(
             [
+                *([sys.executable, *profile] if profile else []),
                 str(ROOT / ".venv" / "bin" / "payloadtags"),
                 "serve",
                 *pki.standalone_args(port, registry.url),
@@ -541,6 +543,9 @@ def main() -> int:
         help="source address of every flood (default: 127.0.0.2, 127.0.0.3, ..., one per kind)",
     )
     parser.add_argument("--only", nargs="+", choices=FLOODS, help="these floods only")
+    parser.add_argument(
+        "--profile", help="run the server under cProfile and write its profile here (pstats format)"
+    )
     parser.add_argument("--flood", choices=FLOODS, help=argparse.SUPPRESS)
     parser.add_argument("--source", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
