@@ -16,7 +16,11 @@ What it does (all on 127.0.0.1; everything it starts is stopped at the end, also
    HTTP stack, pool and concurrency as payloadtags' registry client):
    - one unpaged JSON list and one unpaged Table list (wall, server CPU);
    - ``kubectl get prt -n <ns>`` (kubectl 1.32, default chunks of 500, Table output): wall against
-     the floor and against the floor plus kubectl's own CPU time;
+     the floor and against the floor plus kubectl's own CPU time, and against **kubectl's floor**: the
+     same kubectl reading the same Table pages (recorded from payloadtags, byte for byte) from a server
+     that answers them from memory (``Replay``), which is what kubectl costs by itself, its CPU and its
+     client-side rate limit (client-go's default 5 requests/s after a burst of 10) included; the time
+     kubectl reports waiting for that limit (``-v=3``) is kept too;
    - a paginated JSON walk with ``limit=500``: server CPU against one unpaged list, and the registry
      requests of the walk (``tags/list`` requests per repository, catalog requests);
    - 50 identical lists at once: registry requests against one list's;
@@ -38,7 +42,9 @@ import itertools
 import json
 import math
 import os
+import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -50,9 +56,12 @@ from typing import Any
 
 import attrs
 from treq.client import HTTPClient
+from twisted.internet import ssl
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.threads import deferToThread
 from twisted.web.client import Agent
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -178,6 +187,24 @@ class Server:
     async def list(self, namespace: str, table: bool = False) -> Pairs:
         return (await self.page(namespace, table))[0]
 
+    async def record_walk(self, namespace: str, replay: Replay, limit: int = PAGE) -> int:
+        """Walks ``namespace`` as ``kubectl get`` does (Table, chunks of ``limit``) into ``replay``."""
+        path = f"{GROUP_PATH}/namespaces/{namespace}/payloadrepositorytags"
+        token = ""
+        pages = 0
+        while True:
+            query = {"limit": str(limit), **({"continue": token} if token else {})}
+            url = self.url + path + "?" + urllib.parse.urlencode(query)
+            code, headers, body = await _get(self._http, self._reactor, url, {"Accept": TABLE_ACCEPT})
+            if code != 200:
+                raise RuntimeError(f"payloadtags answered {code}: {body[:300]!r}")
+            content_type = (headers.getRawHeaders(b"content-type") or [b"application/json"])[0]
+            replay.pages[(path.encode(), token.encode())] = (content_type, body)
+            pages += 1
+            token = json.loads(body)["metadata"].get("continue") or ""
+            if not token:
+                return pages
+
     async def walk(self, namespace: str, limit: int = PAGE) -> Pairs:
         found: set[tuple[str, str]] = set()
         token: str | None = None
@@ -194,6 +221,44 @@ class Floor:
 
     async def list(self, namespace: str) -> Pairs:
         return await self.client.list(namespace)
+
+
+class Replay(Resource):
+    """kubectl's floor: Table pages recorded from payloadtags, answered from memory, over TLS."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        # (path, continue token) -> (content type, body)
+        self.pages: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
+        self.url = ""
+
+    def render_GET(self, request: Request) -> bytes:
+        token = (request.args.get(b"continue") or [b""])[0]
+        found = self.pages.get((request.path, token))
+        if found is None:
+            request.setResponseCode(404)
+            return b""
+        content_type, body = found
+        request.setHeader(b"content-type", content_type)
+        return body
+
+
+def listen_replay(reactor: Any, replay: Replay, pki: Pki) -> Any:
+    pem = pki.serving.cert_file.read_text() + pki.serving.key_file.read_text()
+    options = ssl.PrivateCertificate.loadPEM(pem).options()
+    return reactor.listenSSL(0, Site(replay), options, interface="127.0.0.1")
+
+
+def share_discovery(kubectl: Kubectl, server_url: str, replayed: Kubectl, replay_url: str) -> None:
+    """Gives the replay's kubectl the discovery kubectl cached for payloadtags (the replay serves
+    only the pages)."""
+    served, replaying = urllib.parse.urlsplit(server_url), urllib.parse.urlsplit(replay_url)
+    source = kubectl.cache_dir / "discovery" / f"{served.hostname}_{served.port}"
+    target = replayed.cache_dir / "discovery" / f"{replaying.hostname}_{replaying.port}"
+    if not target.exists():
+        shutil.copytree(source, target)
 
 
 class AccessLog:
@@ -267,8 +332,20 @@ async def with_livez(reactor: Any, server_url: str, ca_file: str, fn: Callable[[
         poller.wait()
 
 
-def run_kubectl(kubectl: Kubectl, namespace: str) -> tuple[float, float, int]:
-    """Wall and CPU seconds of one ``kubectl get prt -n <namespace>``, and the rows it printed."""
+def throttled(stderr: bytes) -> float:
+    """Seconds kubectl logged waiting for its client-side rate limit (each wait over 50 ms, at -v=3)."""
+    total = 0.0
+    for match in re.finditer(rb"Waited for ([0-9.]+)(ms|s|\xc2\xb5s|us)", stderr):
+        value, unit = float(match.group(1)), match.group(2)
+        total += value / 1000 if unit == b"ms" else value if unit == b"s" else value / 1e6
+    return total
+
+
+def run_kubectl(
+    kubectl: Kubectl, namespace: str, waits: list[float] | None = None
+) -> tuple[float, float, int]:
+    """Wall and CPU seconds of one ``kubectl get prt -n <namespace>``, and the rows it printed; the
+    seconds it waited for its client-side rate limit are appended to ``waits``."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(kubectl.cache_dir),
@@ -281,6 +358,7 @@ def run_kubectl(kubectl: Kubectl, namespace: str) -> tuple[float, float, int]:
             "--cache-dir",
             str(kubectl.cache_dir),
             "--request-timeout=120s",
+            "-v=3",
             "get",
             "prt",
             "-n",
@@ -294,12 +372,16 @@ def run_kubectl(kubectl: Kubectl, namespace: str) -> tuple[float, float, int]:
     wall = time.perf_counter() - started
     if process.returncode != 0:
         raise RuntimeError(f"kubectl failed: {err[-500:]!r}")
+    if waits is not None:
+        waits.append(throttled(err))
     return wall, 0.0, max(out.count(b"\n") - 1, 0)
 
 
-def run_kubectl_rusage(kubectl: Kubectl, namespace: str) -> tuple[float, float, int]:
+def run_kubectl_rusage(
+    kubectl: Kubectl, namespace: str, waits: list[float] | None = None
+) -> tuple[float, float, int]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    wall, _, rows = run_kubectl(kubectl, namespace)
+    wall, _, rows = run_kubectl(kubectl, namespace, waits)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return wall, cpu, rows
@@ -351,6 +433,8 @@ async def measure_layout(
     ca_file: str,
     reps: int,
     concurrent: bool = True,
+    replay: Replay | None = None,
+    replayed: Kubectl | None = None,
 ) -> dict[str, Any]:
     ns, expected = layout.namespace, layout.pairs()
     variants: dict[str, Callable[[], Awaitable[Pairs]]] = {
@@ -363,17 +447,29 @@ async def measure_layout(
         await cost(fn, expected, pids, name)
     samples: dict[str, list[Cost]] = {name: [] for name in variants}
     samples["kubectl"] = []
+    samples["kubectl floor"] = []
     kubectl_cpu: list[float] = []
+    kubectl_floor_cpu: list[float] = []
+    waits: dict[str, list[float]] = {"kubectl": [], "kubectl floor": []}
     names = list(variants)
     await deferToThread(run_kubectl_rusage, kubectl, ns)  # discovery cache
+    pages = 0
+    if replay is not None and replayed is not None:
+        share_discovery(kubectl, server.url, replayed, replay.url)
+        pages = await server.record_walk(ns, replay)
+        await deferToThread(run_kubectl_rusage, replayed, ns)
     for i in range(reps):
         for name in names[i % len(names) :] + names[: i % len(names)]:
             samples[name].append(await cost(variants[name], expected, pids, name))
-        wall, cpu, rows = await deferToThread(run_kubectl_rusage, kubectl, ns)
-        if rows != layout.tags:
-            raise RuntimeError(f"kubectl printed {rows} rows, expected {layout.tags}")
-        samples["kubectl"].append(Cost(wall, 0.0, 0.0, 0.0))
-        kubectl_cpu.append(cpu)
+        runs = [("kubectl", kubectl, kubectl_cpu)]
+        if replayed is not None:
+            runs.append(("kubectl floor", replayed, kubectl_floor_cpu))
+        for name, client, cpus in runs if i % 2 == 0 else runs[::-1]:
+            wall, cpu, rows = await deferToThread(run_kubectl_rusage, client, ns, waits[name])
+            if rows != layout.tags:
+                raise RuntimeError(f"{name} printed {rows} rows, expected {layout.tags}")
+            samples[name].append(Cost(wall, 0.0, 0.0, 0.0))
+            cpus.append(cpu)
 
     stalls = {
         "json": await with_livez(reactor, server.url, ca_file, lambda: server.list(ns)),
@@ -395,6 +491,9 @@ async def measure_layout(
             "repositories": len(layout.repositories),
             "samples": {k: [attrs.asdict(c) for c in v] for k, v in samples.items()},
             "kubectl_cpu": kubectl_cpu,
+            "kubectl_floor_cpu": kubectl_floor_cpu,
+            "kubectl_waits": waits,
+            "kubectl_pages": pages,
             "registry_requests": {"one": one, "walk": walk},
             "livez_stall": stalls,
             "rss_kib": status,
@@ -430,6 +529,9 @@ async def measure_layout(
         "repositories": len(layout.repositories),
         "samples": {k: [attrs.asdict(c) for c in v] for k, v in samples.items()},
         "kubectl_cpu": kubectl_cpu,
+        "kubectl_floor_cpu": kubectl_floor_cpu,
+        "kubectl_waits": waits,
+        "kubectl_pages": pages,
         "registry_requests": {"one": one, "walk": walk, "50 at once": same, "floor": floor_requests},
         "50 at once errors": same_errors,
         "lists_per_second": rates,
@@ -489,6 +591,27 @@ def summarize(results: dict[str, Any]) -> str:
             f"| {r['livez_stall']['json']:.3f}, {r['livez_stall']['table']:.3f} "
             f"| {r['rss_kib']['VmHWM'] / 1024:.0f} |"
         )
+    lines += [
+        "",
+        "kubectl get (chunks of 500, Table): against payloadtags and against its floor, the same pages "
+        "answered from memory (client-side rate limit: the seconds kubectl logged waiting for it)",
+        "",
+        "| namespace | pages | kubectl wall (s) | kubectl CPU (s) | rate-limit wait (s) | floor: wall (s) "
+        "| floor: CPU (s) | floor: rate-limit wait (s) | kubectl / kubectl floor |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results["layouts"]:
+        if not r.get("kubectl_pages"):
+            continue
+        walls = [c["wall"] for c in r["samples"]["kubectl"]]
+        floor_walls = [c["wall"] for c in r["samples"]["kubectl floor"]]
+        waits = r["kubectl_waits"]
+        lines.append(
+            f"| {r['namespace']} | {r['kubectl_pages']} | {med(walls):.2f} ({spread(walls)}) "
+            f"| {med(r['kubectl_cpu']):.2f} | {med(waits['kubectl']):.2f} "
+            f"| {med(floor_walls):.2f} ({spread(floor_walls)}) | {med(r['kubectl_floor_cpu']):.2f} "
+            f"| {med(waits['kubectl floor']):.2f} | {med(walls) / med(floor_walls):.2f} |"
+        )
     lines.append("")
     lines.append(
         f"Server RSS: {results['rss_kib_at_start']['VmRSS'] / 1024:.0f} MiB at start, "
@@ -508,8 +631,9 @@ def summarize(results: dict[str, Any]) -> str:
 
         for lo, hi in itertools.pairwise(spread_layouts):
             ks = []
-            for name in ("floor", "json", "table", "kubectl"):
-                ks.append(f"{name} wall {k_of(lo, hi, name, 'wall'):.2f}")
+            for name in ("floor", "json", "table", "kubectl", "kubectl floor"):
+                if lo["samples"].get(name) and hi["samples"].get(name):
+                    ks.append(f"{name} wall {k_of(lo, hi, name, 'wall'):.2f}")
             for name in ("json", "table", "walk"):
                 ks.append(f"{name} server CPU {k_of(lo, hi, name, 'server_cpu'):.2f}")
             idle = results["rss_kib_at_start"]["VmRSS"]
@@ -559,6 +683,10 @@ async def run(
     kubectl = Kubectl.write(work / "kubectl", url, pki.server_ca.cert_file, pki.admin)
     access = AccessLog(registry.log_file)
     pids = {"server": process.pid, "registry": registry.process.pid}
+    replay = Replay()
+    replay_port = listen_replay(reactor, replay, pki)
+    replay.url = f"https://127.0.0.1:{replay_port.getHost().port}"
+    replayed = Kubectl.write(work / "kubectl-replay", replay.url, pki.server_ca.cert_file, pki.admin)
     try:
         for layout in chosen:
             print(f"# measuring {layout.namespace} ({layout.tags:,} tags)", flush=True)
@@ -574,12 +702,15 @@ async def run(
                     ca_file,
                     args.reps,
                     concurrent=layout.tags <= args.concurrent_up_to,
+                    replay=replay,
+                    replayed=replayed,
                 )
             )
         results["rss_kib_after"] = proc_status(process.pid)
     finally:
         await server.pool.closeCachedConnections()
         await floor.client.pool.closeCachedConnections()
+        await replay_port.stopListening()
         await deferToThread(stop_process, process)
     return results
 
