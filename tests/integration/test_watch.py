@@ -10,7 +10,7 @@ from twisted.internet import task
 from payloadtags.limits import WatchLimits
 from payloadtags.names import encode_name
 from tests.support import images
-from tests.support.client import stream
+from tests.support.client import ApiClient, stream
 from tests.support.rbac import eventually, grant
 
 B = "/apis/payload-registry.deckhouse.io/v1alpha1"
@@ -66,7 +66,7 @@ async def test_list_then_watch_sees_a_push_and_a_delete(make_server, registry, r
     again.close()
 
 
-async def _metric(client, line_start: str) -> float:
+async def _metric(client: ApiClient, line_start: str) -> float:
     text = (await client.get("/metrics")).body.decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start))
 
