@@ -4,7 +4,8 @@
   from the deadline and from the work's own failures;
 - `noting_cancel` relays a Deferred while noting that its caller cancelled it; `is_cancellation`
   tells a cancellation that a transport reported as a failure;
-- `gather` and `bounded_map` run coroutines concurrently, failing as the first failure.
+- `gather` and `bounded_map` run coroutines concurrently, failing as the first failure;
+- `cancel_and_wait` stops background tasks and waits until they have ended.
 """
 
 from __future__ import annotations
@@ -51,6 +52,18 @@ def noting_cancel(work: Deferred[T], on_cancel: Callable[[], object]) -> Deferre
     outer.addCallback(lambda result: work if result is _WAIT_FOR_WORK else result)
     work.addBoth(relay)
     return outer
+
+
+async def cancel_and_wait(*tasks: Deferred[Any]) -> None:
+    """Cancel every task, then wait until each has ended, so that nothing it started outlives the
+    caller's stop. A task's cancellation is the expected end and is not raised; any other failure is."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        try:
+            await task
+        except CancelledError:
+            pass
 
 
 def is_cancellation(error: BaseException) -> bool:

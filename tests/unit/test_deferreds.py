@@ -11,7 +11,15 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseNeverReceived
 
-from payloadtags.deferreds import DeadlineExpired, bounded_map, gather, is_cancellation, limited, within
+from payloadtags.deferreds import (
+    DeadlineExpired,
+    bounded_map,
+    cancel_and_wait,
+    gather,
+    is_cancellation,
+    limited,
+    within,
+)
 
 
 def run(coroutine: Any) -> Deferred[Any]:
@@ -124,3 +132,37 @@ def test_limited_releases_its_slot_on_failure() -> None:
 
     failure_of(run(limited(semaphore, fail)))
     assert semaphore.tokens == 1
+
+
+def test_cancel_and_wait_cancels_every_task_before_waiting_and_swallows_only_cancellation() -> None:
+    order: list[str] = []
+    cleanup: Deferred[None] = Deferred()
+
+    async def stubborn() -> None:
+        # Ends only after its own cleanup once cancelled: the other task must be cancelled meanwhile.
+        try:
+            await Deferred()
+        except CancelledError:
+            order.append("slow cancelled")
+            await cleanup
+            raise
+
+    slow = run(stubborn())
+    quick: Deferred[None] = Deferred(lambda d: order.append("quick cancelled"))
+    d = run(cancel_and_wait(slow, quick))
+    assert order == ["slow cancelled", "quick cancelled"]
+    assert not d.called  # `slow` is still cleaning up
+    cleanup.callback(None)
+    assert d.called and d.result is None
+
+
+def test_cancel_and_wait_raises_a_failure_that_is_not_a_cancellation() -> None:
+    broken: Deferred[None] = Deferred(lambda d: d.errback(ValueError("cleanup failed")))
+    assert isinstance(failure_of(run(cancel_and_wait(broken))), ValueError)
+
+
+def test_cancel_and_wait_of_finished_tasks_returns_at_once() -> None:
+    done: Deferred[None] = Deferred()
+    done.callback(None)
+    d = run(cancel_and_wait(done))
+    assert d.called and d.result is None

@@ -22,6 +22,7 @@ from payloadtags.cleanup.leader import LeaderElectionOptions, LeaderElector
 from payloadtags.cleanup.metrics import CleanupMetrics
 from payloadtags.cleanup.sweep import ABSENT, EXISTS, TERMINATING, Sweep, SweepResult, namespace_state
 from payloadtags.cleanup.watcher import NAMESPACES_PATH, NamespaceTriggers, NamespaceView
+from payloadtags.deferreds import cancel_and_wait
 from payloadtags.kube import Backoff, ClusterClient, Reflector
 from payloadtags.registry.errors import RegistryError
 from payloadtags.validators import positive
@@ -191,13 +192,7 @@ class CleanupController:
         tasks = [t for t in (self._lead_task, *self._running.values()) if t is not None]
         self._lead_task = None
         self._again.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            try:
-                await task
-            except CancelledError:
-                pass
+        await cancel_and_wait(*tasks)
         reflector, self._reflector = self._reflector, None
         if reflector is not None:
             await reflector.stop()

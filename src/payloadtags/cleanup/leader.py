@@ -211,11 +211,7 @@ class LeaderElector:
         self._stopping = True
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            try:
-                await task
-            except CancelledError:
-                pass
+            await deferreds.cancel_and_wait(task)
         if self._leading:
             await self._stop_leading("shutting down")
             if release:

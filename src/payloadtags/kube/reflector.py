@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from payloadtags.deferreds import cancel_and_wait
 from payloadtags.jsontypes import JsonObject
 from payloadtags.kube.backoff import Backoff
 from payloadtags.kube.client import ADDED, BOOKMARK, DELETED, MODIFIED, WatchEvent
@@ -172,11 +173,7 @@ class Reflector:
         self._stopping = True
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            try:
-                await task
-            except CancelledError:
-                pass
+            await cancel_and_wait(task)
         waiters, self._sync_waiters = self._sync_waiters, []
         for d in waiters:
             d.cancel()
