@@ -39,6 +39,19 @@ class Reply:
         )
 
 
+def _close_abandoned_tls_socket(error: BaseException) -> None:
+    # When the server resets the connection before the handshake (a refused client), CPython's
+    # SSLSocket constructor raises from its pre-handshake check without closing the socket it made,
+    # which already owns the descriptor: its ResourceWarning at garbage collection would fail whatever
+    # test runs then. It is still reachable from the traceback, as the constructor's `self`.
+    tb = error.__traceback__
+    while tb is not None:
+        made = tb.tb_frame.f_locals.get("self")
+        if isinstance(made, ssl.SSLSocket):
+            made.close()
+        tb = tb.tb_next
+
+
 @attrs.frozen
 class Target:
     port: int
@@ -78,8 +91,9 @@ class Target:
             return (context or self.context(user)).wrap_socket(
                 raw, server_hostname="localhost", session=session
             )
-        except BaseException:
+        except BaseException as error:
             raw.close()
+            _close_abandoned_tls_socket(error)
             raise
 
 
