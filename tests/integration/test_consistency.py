@@ -19,11 +19,12 @@ from payloadtags.names import TagRef
 from payloadtags.registry import (
     DELETE_NONCE_ANNOTATION,
     RegistryNotFound,
+    RegistryTimeout,
     RegistryUnavailable,
 )
 from tests.support import images
 from tests.support.dangling import dangling_tags, make_dangling, race_dangling
-from tests.support.faultproxy import ERROR_AFTER, ERROR_BEFORE, FaultProxy
+from tests.support.faultproxy import ERROR_AFTER, ERROR_BEFORE, LATE, FaultProxy
 from tests.support.interleaving import USER, Replica
 from tests.support.registry_server import RegistryServer
 
@@ -98,6 +99,41 @@ async def test_a_delete_whose_answer_was_lost_succeeds(registry, repo, proxied) 
     assert proxy.injected[ERROR_AFTER] == 1
     assert images.list_tags(registry, repo) == ["sibling"]
     assert images.resolve(registry, repo, "sibling") == digest
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_retag_the_registry_carries_out_late_is_named_in_the_error(reactor, registry, repo) -> None:
+    """The re-tag reaches the registry only after the client gave up on it: the delete cannot know
+    whether it will land, so its error says where the tag would then point, and it does."""
+    digest = images.push_oci_image(registry, repo, "v1")
+    images.tag_manifest(registry, repo, "v1", "sibling")
+    late: list[str] = []
+
+    def decide(method: str, path: str) -> str | None:
+        if method == "PUT" and path.endswith("/manifests/v1") and not late:
+            late.append(path)
+            return LATE
+        return None
+
+    proxy = FaultProxy(reactor, registry.url, decide, stall=1.0)
+    replica = Replica.make(reactor, proxy.url, timeout=0.3)
+    try:
+        with pytest.raises(RegistryTimeout) as caught:
+            await replica.client.delete_tag(repo, "v1")
+        message = caught.value.message
+        assert f"left as it was, on {digest}" in message
+        assert "may still carry it out" in message
+        await proxy.settled()
+        now = images.get_manifest(registry, repo, "v1")
+        assert now is not None and now.digest != digest  # the late re-tag landed
+        assert f"the tag would then point at {now.digest}, a copy of {digest}" in message
+        assert DELETE_NONCE_ANNOTATION in now.json()["annotations"]
+        assert images.resolve(registry, repo, "sibling") == digest
+        assert await replica.client.delete_tag(repo, "v1") == now.digest  # deleting again removes it
+        assert images.list_tags(registry, repo) == ["sibling"]
+    finally:
+        await replica.close()
+        await proxy.stop()
 
 
 @pytest_twisted.ensureDeferred

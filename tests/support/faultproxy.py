@@ -6,6 +6,9 @@ Faults, as a client sees them from a registry that is failing for real:
 - ``ERROR_AFTER``: the registry did the work, the answer is lost on the way back (500 instead).
 - ``STALL``: the request reaches the registry (the work may happen) and the answer comes only after
   ``stall`` seconds, longer than the client's timeout: a timeout with an unknown outcome.
+- ``LATE``: the request reaches the registry only after ``stall`` seconds, when the client has long
+  given up on it (a timeout), and the work happens then: what a slow network or an overloaded
+  registry does to a request the client no longer waits for.
 
 It runs on the test's reactor: whoever sends requests through it must not block that reactor.
 """
@@ -17,6 +20,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import treq
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -31,10 +35,27 @@ from twisted.web.resource import Resource
 ERROR_BEFORE = "error-before"
 ERROR_AFTER = "error-after"
 STALL = "stall"
-FAULTS = (ERROR_BEFORE, ERROR_AFTER, STALL)
+LATE = "late"
+FAULTS = (ERROR_BEFORE, ERROR_AFTER, STALL, LATE)
 
 Decide = Callable[[str, str], str | None]
 """(method, path) -> a fault to inject into this request, or None to pass it through."""
+
+
+@attrs.frozen
+class Exchange:
+    """One request as the registry saw it: it was sent at ``sent`` and answered at ``answered`` (the
+    proxy's reactor clock), whatever the client then got. A write took effect inside that span,
+    however late after the client gave up on it; ``answered`` is None when the registry never
+    answered (the effect, if any, is then unknown)."""
+
+    method: str
+    path: str
+    sent: float
+    answered: float | None
+    status: int | None
+    fault: str | None
+
 
 _HOP_BY_HOP = {
     b"connection",
@@ -73,6 +94,10 @@ class FaultProxy:
         #: Faults injected so far, by kind.
         self.injected: collections.Counter[str] = collections.Counter()
         self.forwarded = 0
+        #: Every request forwarded to the registry, in the order they were sent.
+        self.exchanges: list[Exchange] = []
+        #: Requests being handled (waiting, forwarded, or being answered).
+        self.in_flight = 0
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = 32
         self._stalled: set[Deferred[None]] = set()
@@ -96,38 +121,65 @@ class FaultProxy:
         method = request.method.decode()
         path = request.uri.decode()
         fault = self.decide(method, path.split("?")[0])
+        self.in_flight += 1
+        # Taken now: a late request is forwarded after its client has gone, and its Request with it.
+        sent_headers = Headers()
+        for name, values in request.requestHeaders.getAllRawHeaders():
+            if name.lower() not in _HOP_BY_HOP:
+                sent_headers.setRawHeaders(name, values)
+        sent_body = request.content.read() if request.content is not None else b""
         try:
             if fault == ERROR_BEFORE:
                 self.injected[fault] += 1
                 self._error(request)
                 return
-            code, headers, body = await self._send(request, method, path)
+            if fault == LATE:
+                self.injected[fault] += 1
+                await self._wait(self.stall)
+            code, headers, body = await self._send(method, path, sent_headers, sent_body, fault)
             if fault == ERROR_AFTER:
                 self.injected[fault] += 1
                 self._error(request)
                 return
             if fault == STALL:
                 self.injected[fault] += 1
-                waiting = deferLater(self.reactor, self.stall, lambda: None)
-                self._stalled.add(waiting)
-                try:
-                    await waiting
-                finally:
-                    self._stalled.discard(waiting)
+                await self._wait(self.stall)
             self._answer(request, code, headers, body)
         except Exception:
             # The registry or the client went away: answer what a broken gateway answers.
             if not request.finished and not getattr(request, "_disconnected", False):
                 request.setResponseCode(502)
                 request.finish()
+        finally:
+            self.in_flight -= 1
 
-    async def _send(self, request: server.Request, method: str, path: str) -> tuple[int, Headers, bytes]:
-        headers = Headers()
-        for name, values in request.requestHeaders.getAllRawHeaders():
-            if name.lower() not in _HOP_BY_HOP:
-                headers.setRawHeaders(name, values)
-        body = request.content.read() if request.content is not None else b""
+    async def settled(self, within: float = 60.0) -> None:
+        """Wait until every request it holds has been through the registry and answered (stalled and
+        late ones too), however slow the machine is; AssertionError after ``within`` seconds."""
+        waited = 0.0
+        while self.in_flight:
+            if waited >= within:
+                raise AssertionError(
+                    f"{self.in_flight} request(s) still in the fault proxy after {within:g}s"
+                )
+            await deferLater(self.reactor, 0.05, lambda: None)
+            waited += 0.05
+
+    async def _wait(self, seconds: float) -> None:
+        waiting = deferLater(self.reactor, seconds, lambda: None)
+        self._stalled.add(waiting)
+        try:
+            await waiting
+        finally:
+            self._stalled.discard(waiting)
+
+    async def _send(
+        self, method: str, path: str, headers: Headers, body: bytes, fault: str | None
+    ) -> tuple[int, Headers, bytes]:
         self.forwarded += 1
+        sent = float(self.reactor.seconds())
+        index = len(self.exchanges)
+        self.exchanges.append(Exchange(method, path.split("?")[0], sent, None, None, fault))
         response = await treq.request(
             method,
             self.target + path,
@@ -137,6 +189,9 @@ class FaultProxy:
             pool=self._pool,
         )
         content = await treq.content(response)
+        self.exchanges[index] = attrs.evolve(
+            self.exchanges[index], answered=float(self.reactor.seconds()), status=response.code
+        )
         return response.code, response.headers, content
 
     def _error(self, request: server.Request) -> None:
@@ -155,4 +210,4 @@ class FaultProxy:
         request.finish()
 
 
-__all__ = ["ERROR_AFTER", "ERROR_BEFORE", "FAULTS", "STALL", "FaultProxy"]
+__all__ = ["ERROR_AFTER", "ERROR_BEFORE", "FAULTS", "LATE", "STALL", "Exchange", "FaultProxy"]

@@ -68,8 +68,6 @@ from tests.support.faultproxy import FAULTS, FaultProxy
 from tests.support.registry_server import RegistryServer
 
 USER = UserInfo(name="interleaving")
-# Seconds within which a request in flight when its operation is killed still reaches the registry.
-KILLED_WRITE_LANDS_WITHIN = 1.0
 
 
 @attrs.define
@@ -196,13 +194,15 @@ class Run:
             return fault_rng.choice(FAULTS)
 
         self.faulting = True
-        self.proxy = FaultProxy(reactor, registry.url, decide, stall=config.timeout * 2)
+        # One proxy per replica, so that every request the registry saw is known to be whose.
+        self.proxies = [FaultProxy(reactor, registry.url, decide, stall=config.timeout * 2) for _ in range(2)]
         # One replica knows the doomed namespaces are Terminating (deletes them by digest), the other
         # deletes them tag by tag, as a replica without a cluster API answer would.
         self.replicas = [
-            Replica.make(reactor, self.proxy.url, config.timeout, deleting=lambda ns: ns in self.doomed),
-            Replica.make(reactor, self.proxy.url, config.timeout),
+            Replica.make(reactor, self.proxies[0].url, config.timeout, deleting=lambda ns: ns in self.doomed),
+            Replica.make(reactor, self.proxies[1].url, config.timeout),
         ]
+        self.began = self.now()
         self.report = Report(config)
         for replica in self.replicas:
             replica.client.on_window = self._window
@@ -424,14 +424,17 @@ class Run:
                     running.append(Deferred.fromCoroutine(self.remove_namespace(namespace)))
             await gatherResults(running, consumeErrors=True)
             self.faulting = False
-            await deferLater(self.reactor, self.config.timeout * 2.5, lambda: None)  # stalled requests land
-            self.report.faults.update(self.proxy.injected)
+            for proxy in self.proxies:  # stalled and late requests land before anything is checked
+                await proxy.settled()
+            for proxy in self.proxies:
+                self.report.faults.update(proxy.injected)
             await deferToThread(self.check)
             return self.report
         finally:
             for replica in self.replicas:
                 await replica.close()
-            await self.proxy.stop()
+            for proxy in self.proxies:
+                await proxy.stop()
 
     # -- invariants ------------------------------------------------------------------------------------
 
@@ -460,19 +463,31 @@ class Run:
         where = f"{repository}:{tag}"
         if fetched is None:
             if not deleted_later:
-                if DELETE_NONCE_ANNOTATION.encode() in last.content:
+                if _ours(last.content):
                     # The pushing client copied the tag it read while a delete had it on its
-                    # transient copy, and that copy's digest delete took this tag along.
+                    # transient copy (or a repair on its placeholder), and that manifest's digest
+                    # delete took this tag along.
                     self.report.transient_copy_losses += 1
                     return
                 self.report.violations.append(
-                    f"{where}: acknowledged push {last.digest} lost (no delete of this tag after it)"
+                    f"{where}: acknowledged push {last.digest} lost (no delete of this tag after it)\n"
+                    f"{self.timeline(repository, tag)}"
                 )
             return
         if fetched.digest == last.digest:
             return
         written = fetched.json().get("annotations") or {}
         ours = sorted(set(written) & {DELETE_NONCE_ANNOTATION, REPAIR_ANNOTATION})
+        after_push = [d for d in self.deletes[(repository, tag)] if d.end > last.start]
+        if REPAIR_ANNOTATION in written:
+            # A repair's placeholder (the tag was dangling: a delete of it had half-failed) that a
+            # delete of this tag said it may leave there, digest and all, or was killed before saying.
+            if any(fetched.digest in message for message in self.failed_deletes[(repository, tag)]):
+                self.report.reported_copies += 1
+                return
+            if any(d.outcome == "killed" for d in after_push):
+                self.report.interrupted_copies += 1
+                return
         document = fetched.json()
         annotations = document.get("annotations") or {}
         if DELETE_NONCE_ANNOTATION in annotations:
@@ -489,16 +504,8 @@ class Run:
                     self.report.interrupted_copies += 1
                     return
         older = [p.digest for p in pushes[:-1]]
-        # A killed delete's write may still be in flight when it is killed and land later, as a
-        # killed process's does: its window is open from its start until shortly after the kill.
-        killed = [
-            ("killed", d.start, d.end + KILLED_WRITE_LANDS_WITHIN)
-            for d in self.deletes[(repository, tag)]
-            if d.outcome == "killed"
-        ]
         if (fetched.digest in older or ours) and any(
-            kind in ("retag", "restore", "repair", "killed") and since <= last.end and last.start <= until
-            for kind, since, until in self.windows[where] + killed
+            since <= last.end and last.start <= until for since, until in self.write_windows(repository, tag)
         ):
             # The push landed inside a conditional write's read-to-write window (the re-tag's, the
             # restore's, a repair's), and what that write put there stayed (a failed delete then
@@ -510,8 +517,68 @@ class Run:
         what = f", a manifest payloadtags wrote ({', '.join(ours)})" if ours else ""
         self.report.violations.append(
             f"{where}: points at {fetched.digest}{what}, not its last acknowledged push "
-            f"{last.digest} ({kind})"
+            f"{last.digest} ({kind})\n{self.timeline(repository, tag)}"
         )
+
+    def write_windows(self, repository: str, tag: str) -> list[tuple[float, float]]:
+        """Each write payloadtags made to the tag, as the registry saw it: from the read it was
+        conditional on (that replica's last read of the tag before it, with no write of the tag in
+        between) to the registry's answer, however late after the client gave up on the write (a
+        timeout, a kill). A write with no read of its own just before it (a blind write) has no
+        window but its own span."""
+        path = f"/v2/{repository}/manifests/{tag}"
+        spans = []
+        for proxy in self.proxies:
+            read_sent: float | None = None
+            for exchange in proxy.exchanges:
+                if exchange.path != path:
+                    continue
+                if exchange.method in ("GET", "HEAD"):
+                    read_sent = exchange.sent
+                elif exchange.method == "PUT":
+                    since = exchange.sent if read_sent is None else read_sent
+                    spans.append((since, float("inf") if exchange.answered is None else exchange.answered))
+                    read_sent = None
+        return spans
+
+    def timeline(self, repository: str, tag: str) -> str:
+        """What happened to one tag, in order: for a failure message (times from the run's start)."""
+        where = f"{repository}:{tag}"
+        events: list[tuple[float, str]] = []
+        for push in self.pushes[(repository, tag)]:
+            copied = " (a copy of a transient manifest of ours)" if _ours(push.content) else ""
+            events.append(
+                (push.start, f"push {push.digest[:19]}{copied} acknowledged at {push.end - self.began:.3f}")
+            )
+        for delete in self.deletes[(repository, tag)]:
+            events.append(
+                (delete.start, f"delete asked, ended {delete.end - self.began:.3f}: {delete.outcome}")
+            )
+        for kind, since, until in self.windows[where]:
+            events.append((since, f"{kind} window until {until - self.began:.3f}"))
+        for index, proxy in enumerate(self.proxies):
+            for exchange in proxy.exchanges:
+                on_tag = exchange.path == f"/v2/{repository}/manifests/{tag}"
+                by_digest = exchange.path.startswith(f"/v2/{repository}/manifests/sha256:")
+                if on_tag or (by_digest and exchange.method == "DELETE"):
+                    answered = (
+                        "never" if exchange.answered is None else f"{exchange.answered - self.began:.3f}"
+                    )
+                    events.append(
+                        (
+                            exchange.sent,
+                            f"replica {index}: {exchange.method} {exchange.path.rsplit('/', 1)[1][:19]} "
+                            f"answered {answered} {exchange.status} {exchange.fault or ''}",
+                        )
+                    )
+        return "\n".join(
+            f"  {at - self.began:8.3f} {text}" for at, text in sorted(events, key=lambda e: e[0])
+        )
+
+
+def _ours(content: bytes) -> bool:
+    """Whether a manifest is one payloadtags writes only for a moment: a delete's copy, a placeholder."""
+    return any(mark.encode() in content for mark in (DELETE_NONCE_ANNOTATION, REPAIR_ANNOTATION))
 
 
 async def run_seed(reactor: Any, registry: RegistryServer, config: Config, stem: str | None = None) -> Report:

@@ -512,7 +512,7 @@ class RegistryClient:
             await self._put_manifest(repository, tag, body, media_type, what)
         except RegistryError as error:
             self._window(kind, repository, tag, read_at)
-            await self._settle(repository, tag, error, ours, original)
+            await self._settle(repository, tag, error, ours, original, write_pending=error.unanswered)
             return
         self._window(kind, repository, tag, read_at)
         try:
@@ -532,14 +532,32 @@ class RegistryClient:
         ours: str,
         original: Manifest | None,
         retried: bool = False,
+        write_pending: bool = False,
     ) -> None:
         """After a failed write or delete: look where the tag points and act on what is there.
 
         Returns when the tag is gone (the delete happened after all, e.g. its answer was lost);
         otherwise raises ``error`` (amended to say where the tag points) or a RegistryConflict.
         ``ours`` is the manifest this delete pointed the tag at; ``original`` what it pointed at
-        before (None: the tag was dangling)."""
+        before (None: the tag was dangling). ``write_pending``: the write of ``ours`` under the tag
+        went unanswered, so the registry may still carry it out after this read."""
         where = f"{repository}:{tag}"
+        # Said whenever the tag is reported as this delete found it: nothing can stop a write the
+        # registry received and has not carried out yet, so the user learns where it would leave it.
+        if write_pending and original is not None:
+            late = (
+                f"; the registry did not answer the re-tag in time and may still carry it out: "
+                f"the tag would then point at {ours}, a copy of {original.digest} with one extra "
+                f"annotation {DELETE_NONCE_ANNOTATION}; deleting the tag again removes it"
+            )
+        elif write_pending:
+            late = (
+                f"; the registry did not answer the repair in time and may still carry it out: the tag "
+                f"would then point at {ours}, an empty placeholder manifest; deleting the tag again "
+                "removes it"
+            )
+        else:
+            late = ""
         try:
             current = await self._current(repository, tag)
             gone = current is None and tag not in await self.tags(repository)
@@ -555,7 +573,7 @@ class RegistryClient:
             # The registry removed our copy's revision and failed before untagging (2.8's 500
             # "invalid checksum digest format" under concurrent writes): finish the delete.
             if original is None:
-                raise _amend(error, f"; tag {where} is still dangling; retry the delete") from error
+                raise _amend(error, f"; tag {where} is still dangling; retry the delete{late}") from error
             try:
                 await self._repair_dangling(repository, tag)
             except RegistryConflict:
@@ -601,11 +619,11 @@ class RegistryClient:
                 self._window("restore", repository, tag, restore_at)
             raise _amend(error, f"; tag {where} was left as it was, on {original.digest}") from error
         if original is not None and current == original.digest:
-            raise _amend(error, f"; tag {where} was left as it was, on {original.digest}") from error
+            raise _amend(error, f"; tag {where} was left as it was, on {original.digest}{late}") from error
         raise RegistryConflict(
             f"registry {self._name}: tag {where} now points at {current}, pushed while it was being "
             f"deleted (it pointed at {original.digest if original is not None else 'nothing'}); the "
-            f"delete failed ({error.message}) and the tag was left as the push made it",
+            f"delete failed ({error.message}) and the tag was left as the push made it{late}",
             current=current,
         ) from error
 
@@ -861,10 +879,15 @@ class RegistryClient:
             | RequestTransmissionFailed
             | OSError,
         ):
-            return RegistryUnavailable(
+            unavailable = RegistryUnavailable(
                 f"registry {where} is unavailable: {reason}; check that it runs and is reachable",
                 retry_after=DEFAULT_RETRY_AFTER,
             )
+            # Sent (maybe only in part) and the connection lost before the answer: maybe done later.
+            unavailable.unanswered = not isinstance(
+                error, net_errors.ConnectError | net_errors.DNSLookupError
+            )
+            return unavailable
         log.failure("Unexpected failure talking to registry {registry}", Failure(error), registry=where)
         return RegistryProtocolError(f"registry {where}: unexpected failure: {reason}")
 

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 
 class RegistryError(Exception):
-    """Base of every error the registry client raises."""
+    """Base of every error the registry client raises.
+
+    ``unanswered``: the request went out and no answer came (a timeout, a connection lost on the
+    way): the registry may still carry it out later, after the client has moved on."""
+
+    unanswered: bool = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -28,6 +33,8 @@ class RegistryUnavailable(RegistryError):
 
 class RegistryTimeout(RegistryError):
     """A request took longer than the configured timeout and was cancelled."""
+
+    unanswered = True
 
     def __init__(self, message: str, retry_after: int = 5) -> None:
         super().__init__(message)
