@@ -137,6 +137,38 @@ async def test_a_retag_the_registry_carries_out_late_is_named_in_the_error(react
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_late_retag_after_someone_else_deleted_the_tag_is_no_success(reactor, registry, repo) -> None:
+    """Another client deletes the tag while our re-tag is held: the tag is gone when the delete
+    looks, but the held re-tag still lands and brings it back. The delete must not claim success."""
+    digest = images.push_oci_image(registry, repo, "v1")
+    held: list[str] = []
+
+    def decide(method: str, path: str) -> str | None:
+        if method == "PUT" and path.endswith("/manifests/v1") and not held:
+            held.append(path)
+            assert images.delete_manifest(registry, repo, digest) == 202  # the other client's delete
+            return LATE
+        return None
+
+    proxy = FaultProxy(reactor, registry.url, decide, stall=1.0)
+    replica = Replica.make(reactor, proxy.url, timeout=0.3)
+    try:
+        with pytest.raises(RegistryTimeout) as caught:
+            await replica.client.delete_tag(repo, "v1")
+        message = caught.value.message
+        assert f"tag {repo}:v1 is gone now" in message and "may still carry it out" in message
+        await proxy.settled()
+        back = images.get_manifest(registry, repo, "v1")
+        assert back is not None  # the held re-tag landed after all
+        assert f"the tag would then point at {back.digest}, a copy of {digest}" in message
+        assert await replica.client.delete_tag(repo, "v1") == back.digest
+        assert images.list_tags(registry, repo) == []
+    finally:
+        await replica.close()
+        await proxy.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_restore_that_fails_says_where_the_tag_points(registry, repo, proxied) -> None:
     digest = images.push_oci_image(registry, repo, "v1")
     puts: list[str] = []

@@ -60,6 +60,7 @@ async def test_interleaving_many_seeds(reactor: Any, fresh_registry: RegistrySer
         totals.update({f"fault {kind}": n for kind, n in report.faults.items()})
         totals["kills"] += report.kills
         totals["residual window hits"] += report.restore_window_hits + report.transient_copy_losses
+        totals["of which late writes"] += report.late_write_hits
         totals["violations"] += len(report.violations)
         print(f"seed {seed}: {report.violations or 'no violation'}; so far {dict(sorted(totals.items()))}")
     assert not failures, "\n\n".join(failures)

@@ -44,13 +44,14 @@ Decide = Callable[[str, str], str | None]
 
 @attrs.frozen
 class Exchange:
-    """One request as the registry saw it: it was sent at ``sent`` and answered at ``answered`` (the
-    proxy's reactor clock), whatever the client then got. A write took effect inside that span,
-    however late after the client gave up on it; ``answered`` is None when the registry never
-    answered (the effect, if any, is then unknown)."""
+    """One request: the client sent it by ``received`` (when the proxy had it); it reached the
+    registry at ``sent`` and was answered at ``answered`` (the proxy's reactor clock), whatever the
+    client then got. A write took effect inside [sent, answered], however late after the client
+    gave up on it; ``answered`` is None when the registry never answered (the effect is unknown)."""
 
     method: str
     path: str
+    received: float
     sent: float
     answered: float | None
     status: int | None
@@ -94,7 +95,7 @@ class FaultProxy:
         #: Faults injected so far, by kind.
         self.injected: collections.Counter[str] = collections.Counter()
         self.forwarded = 0
-        #: Every request forwarded to the registry, in the order they were sent.
+        #: Every request forwarded to the registry, in the order they reached it.
         self.exchanges: list[Exchange] = []
         #: Requests being handled (waiting, forwarded, or being answered).
         self.in_flight = 0
@@ -121,6 +122,7 @@ class FaultProxy:
         method = request.method.decode()
         path = request.uri.decode()
         fault = self.decide(method, path.split("?")[0])
+        received = float(self.reactor.seconds())
         self.in_flight += 1
         # Taken now: a late request is forwarded after its client has gone, and its Request with it.
         sent_headers = Headers()
@@ -136,7 +138,7 @@ class FaultProxy:
             if fault == LATE:
                 self.injected[fault] += 1
                 await self._wait(self.stall)
-            code, headers, body = await self._send(method, path, sent_headers, sent_body, fault)
+            code, headers, body = await self._send(method, path, sent_headers, sent_body, fault, received)
             if fault == ERROR_AFTER:
                 self.injected[fault] += 1
                 self._error(request)
@@ -174,12 +176,12 @@ class FaultProxy:
             self._stalled.discard(waiting)
 
     async def _send(
-        self, method: str, path: str, headers: Headers, body: bytes, fault: str | None
+        self, method: str, path: str, headers: Headers, body: bytes, fault: str | None, received: float
     ) -> tuple[int, Headers, bytes]:
         self.forwarded += 1
         sent = float(self.reactor.seconds())
         index = len(self.exchanges)
-        self.exchanges.append(Exchange(method, path.split("?")[0], sent, None, None, fault))
+        self.exchanges.append(Exchange(method, path.split("?")[0], received, sent, None, None, fault))
         response = await treq.request(
             method,
             self.target + path,

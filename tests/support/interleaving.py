@@ -169,6 +169,9 @@ class Report:
     # inside a restore's read-to-write window, and a push that copied a delete's transient copy.
     restore_window_hits: int = 0
     transient_copy_losses: int = 0
+    # Of the window hits: a write that reached the registry after its client had given up on it (a
+    # timeout), so its window lasted until the registry carried it out.
+    late_write_hits: int = 0
 
     def reproduce(self) -> str:
         return (
@@ -504,14 +507,18 @@ class Run:
                     self.report.interrupted_copies += 1
                     return
         older = [p.digest for p in pushes[:-1]]
-        if (fetched.digest in older or ours) and any(
-            since <= last.end and last.start <= until for since, until in self.write_windows(repository, tag)
-        ):
+        hits = [
+            late
+            for since, until, late in self.write_windows(repository, tag)
+            if since <= last.end and last.start <= until
+        ]
+        if (fetched.digest in older or ours) and hits:
             # The push landed inside a conditional write's read-to-write window (the re-tag's, the
             # restore's, a repair's), and what that write put there stayed (a failed delete then
             # restored the older push, or could not remove its copy): the documented residual
             # windows, which the protocol cannot close.
             self.report.restore_window_hits += 1
+            self.report.late_write_hits += any(hits)
             return
         kind = "reverted to an older push" if fetched.digest in older else "overwritten"
         what = f", a manifest payloadtags wrote ({', '.join(ours)})" if ours else ""
@@ -520,24 +527,28 @@ class Run:
             f"{last.digest} ({kind})\n{self.timeline(repository, tag)}"
         )
 
-    def write_windows(self, repository: str, tag: str) -> list[tuple[float, float]]:
+    def write_windows(self, repository: str, tag: str) -> list[tuple[float, float, bool]]:
         """Each write payloadtags made to the tag, as the registry saw it: from the read it was
         conditional on (that replica's last read of the tag before it, with no write of the tag in
         between) to the registry's answer, however late after the client gave up on the write (a
         timeout, a kill). A write with no read of its own just before it (a blind write) has no
-        window but its own span."""
+        window but its own span. The flag: the write reached the registry only after its client's
+        timeout."""
         path = f"/v2/{repository}/manifests/{tag}"
         spans = []
         for proxy in self.proxies:
             read_sent: float | None = None
-            for exchange in proxy.exchanges:
+            # In the order the replica sent them: a late write reaches the registry after reads
+            # the replica sent later.
+            for exchange in sorted(proxy.exchanges, key=lambda e: e.received):
                 if exchange.path != path:
                     continue
                 if exchange.method in ("GET", "HEAD"):
-                    read_sent = exchange.sent
+                    read_sent = exchange.received
                 elif exchange.method == "PUT":
-                    since = exchange.sent if read_sent is None else read_sent
-                    spans.append((since, float("inf") if exchange.answered is None else exchange.answered))
+                    since = exchange.received if read_sent is None else read_sent
+                    until = float("inf") if exchange.answered is None else exchange.answered
+                    spans.append((since, until, exchange.sent - exchange.received > self.config.timeout))
                     read_sent = None
         return spans
 
@@ -566,9 +577,10 @@ class Run:
                     )
                     events.append(
                         (
-                            exchange.sent,
+                            exchange.received,
                             f"replica {index}: {exchange.method} {exchange.path.rsplit('/', 1)[1][:19]} "
-                            f"answered {answered} {exchange.status} {exchange.fault or ''}",
+                            f"reached the registry {exchange.sent - self.began:.3f}, answered {answered} "
+                            f"{exchange.status} {exchange.fault or ''}",
                         )
                     )
         return "\n".join(

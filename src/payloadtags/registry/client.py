@@ -567,6 +567,10 @@ class RegistryClient:
                 f"; where tag {where} points now could not be checked ({check_error.message}): it may "
                 f"point at {ours}, a copy payloadtags wrote to delete it; retry the delete",
             ) from error
+        if gone and write_pending:
+            # Gone (another delete took it), but our write is still out there: success now could be
+            # followed by the tag coming back, so the user hears both.
+            raise _amend(error, f"; tag {where} is gone now{late}") from error
         if gone:
             return
         if current is None:
