@@ -169,15 +169,30 @@ class Report:
     # inside a restore's read-to-write window, and a push that copied a delete's transient copy.
     restore_window_hits: int = 0
     transient_copy_losses: int = 0
+    # The test that reruns one seed.
+    rerun: str = "tests/integration/test_interleaving.py::test_one_seed"
     # Of the window hits: a write that reached the registry after its client had given up on it (a
     # timeout), so its window lasted until the registry carried it out.
     late_write_hits: int = 0
+
+    def summary(self) -> str:
+        counts = {
+            **self.operations,
+            **{f"fault {kind}": n for kind, n in self.faults.items()},
+            "kills": self.kills,
+            "violations": len(self.violations),
+            "window hits": self.restore_window_hits + self.transient_copy_losses,
+            "of which late writes": self.late_write_hits,
+            "reported copies": self.reported_copies,
+            "interrupted copies": self.interrupted_copies,
+        }
+        return f"seed {self.config.seed}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
 
     def reproduce(self) -> str:
         return (
             f"{self.config.describe()}: reproduce with `INTERLEAVING_SEED={self.config.seed} "
             f"INTERLEAVING_OPERATIONS={self.config.operations} "
-            "scripts/test -m slow tests/integration/test_interleaving.py::test_one_seed`"
+            f"scripts/test -m slow {self.rerun}`"
         )
 
 
@@ -199,12 +214,7 @@ class Run:
         self.faulting = True
         # One proxy per replica, so that every request the registry saw is known to be whose.
         self.proxies = [FaultProxy(reactor, registry.url, decide, stall=config.timeout * 2) for _ in range(2)]
-        # One replica knows the doomed namespaces are Terminating (deletes them by digest), the other
-        # deletes them tag by tag, as a replica without a cluster API answer would.
-        self.replicas = [
-            Replica.make(reactor, self.proxies[0].url, config.timeout, deleting=lambda ns: ns in self.doomed),
-            Replica.make(reactor, self.proxies[1].url, config.timeout),
-        ]
+        self.replicas = self.make_replicas()
         self.began = self.now()
         self.report = Report(config)
         for replica in self.replicas:
@@ -225,6 +235,31 @@ class Run:
         }
         self.counter = 0
         self.windows: dict[str, list[tuple[str, float, float]]] = collections.defaultdict(list)
+
+    def make_replicas(self) -> list[Replica]:
+        # One replica knows the doomed namespaces are Terminating (deletes them by digest), the other
+        # deletes them tag by tag, as a replica without a cluster API answer would.
+        return [
+            Replica.make(
+                self.reactor, self.proxies[0].url, self.config.timeout, deleting=lambda ns: ns in self.doomed
+            ),
+            Replica.make(self.reactor, self.proxies[1].url, self.config.timeout),
+        ]
+
+    async def start(self) -> None:
+        """Before anything is pushed: what the replicas need (nothing, in this process)."""
+
+    async def stop(self) -> None:
+        for replica in self.replicas:
+            await replica.close()
+
+    def at_step(self, step: int) -> list[Deferred[None]]:
+        """Work a run variant adds at a step of the plan (process kills); none here: kills are
+        decided per operation."""
+        return []
+
+    def step_pause(self) -> float:
+        return self.rng.uniform(0.0, 0.01)
 
     # -- bookkeeping ---------------------------------------------------------------------------------
 
@@ -413,6 +448,7 @@ class Run:
     async def go(self) -> Report:
         try:
             self.faulting = False
+            await self.start()
             await self.fill()
             self.faulting = True
             doom_at = {self.rng.randrange(self.config.operations): namespace for namespace in self.doomed}
@@ -420,8 +456,9 @@ class Run:
             for step in range(self.config.operations):
                 if step in doom_at:
                     running.append(Deferred.fromCoroutine(self.remove_namespace(doom_at[step])))
+                running.extend(self.at_step(step))
                 running.append(Deferred.fromCoroutine(self.plan_step()()))
-                await deferLater(self.reactor, self.rng.uniform(0.0, 0.01), lambda: None)
+                await deferLater(self.reactor, self.step_pause(), lambda: None)
             for namespace in self.doomed:
                 if namespace not in doom_at.values():
                     running.append(Deferred.fromCoroutine(self.remove_namespace(namespace)))
@@ -434,8 +471,7 @@ class Run:
             await deferToThread(self.check)
             return self.report
         finally:
-            for replica in self.replicas:
-                await replica.close()
+            await self.stop()
             for proxy in self.proxies:
                 await proxy.stop()
 
@@ -447,7 +483,14 @@ class Run:
         for namespace in self.doomed:
             left = self.content(namespace)
             if left:
-                violations.append(f"doomed namespace {namespace} is not empty: {left}")
+                timelines = [
+                    f"{repository}:{tag}:\n{self.timeline(repository, tag)}"
+                    for repository, tags in left.items()
+                    for tag in tags
+                ]
+                violations.append(
+                    f"doomed namespace {namespace} is not empty: {left}\n" + "\n".join(timelines)
+                )
         for namespace in self.live:
             for repository in self.repositories[namespace]:
                 listed = set(images.list_tags(url, repository))
@@ -597,4 +640,4 @@ async def run_seed(reactor: Any, registry: RegistryServer, config: Config, stem:
     return await Run(reactor, registry, config, stem or f"il{config.seed}x").go()
 
 
-__all__ = ["Config", "Replica", "Report", "encode_name", "run_seed"]
+__all__ = ["Config", "Delete", "Push", "Replica", "Report", "Run", "encode_name", "run_seed"]

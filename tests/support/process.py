@@ -46,6 +46,10 @@ class ServerProcess:
         )
 
     @property
+    def running(self) -> bool:
+        return self._transport is not None and not self._collector.ended.called
+
+    @property
     def log(self) -> str:
         return self._collector.stderr.decode("utf-8", "replace")
 

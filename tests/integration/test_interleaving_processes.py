@@ -1,0 +1,82 @@
+"""Seeded randomized interleavings through two `payloadtags serve` processes: users' deletes over HTTPS,
+the namespace controller's deletecollection (parallel and repeated) through the front proxy, the
+elected leader's cascade, registry faults, and SIGKILL of a replica mid-request with a restart
+(`tests.support.process_interleaving`).
+
+One seed runs by default; the slow tier runs many. A failing seed prints the command that reruns it:
+`INTERLEAVING_SEED=<seed> scripts/test -m slow <this file>::test_one_process_seed`.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet.interfaces import IReactorTime
+
+from tests.support.harness import Pki
+from tests.support.interleaving import Config, Report
+from tests.support.kubeapi.server import KubeApiDouble
+from tests.support.process_interleaving import run_process_seed
+from tests.support.registry_server import RegistryServer
+
+DEFAULT_SEED = 7
+SLOW_SEEDS = range(2000, 2100)
+# Fewer operations than in one process: two processes start, and each kill restarts one.
+OPERATIONS = 30
+# Registry requests are fewer per operation than in one process (no cascade per call): more faults.
+FAULT_RATE = 0.15
+
+
+def verdict(report: Report) -> None:
+    print(report.summary())
+    assert not report.violations, "\n".join([report.reproduce(), *report.violations])
+    # The run did what it claims: deletes and deletecollection answered, a process was killed.
+    assert report.operations["delete"] and report.operations["deletecollection"], report.reproduce()
+    assert report.kills > 0 and sum(report.faults.values()) > 0, report.reproduce()
+
+
+@pytest_twisted.ensureDeferred
+async def test_process_interleaving(
+    reactor: IReactorTime, fresh_registry: RegistryServer, kube_api: KubeApiDouble, pki: Pki, tmp_path: Path
+) -> None:
+    config = Config(seed=DEFAULT_SEED, operations=OPERATIONS, fault_rate=FAULT_RATE)
+    verdict(await run_process_seed(reactor, fresh_registry, config, kube_api, pki, tmp_path / "run"))
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_one_process_seed(
+    reactor: IReactorTime, fresh_registry: RegistryServer, kube_api: KubeApiDouble, pki: Pki, tmp_path: Path
+) -> None:
+    """The seed in INTERLEAVING_SEED (default: the default tier's), with INTERLEAVING_OPERATIONS."""
+    seed = int(os.environ.get("INTERLEAVING_SEED", DEFAULT_SEED))
+    operations = int(os.environ.get("INTERLEAVING_OPERATIONS", OPERATIONS))
+    config = Config(seed=seed, operations=operations, fault_rate=FAULT_RATE)
+    verdict(await run_process_seed(reactor, fresh_registry, config, kube_api, pki, tmp_path / "run"))
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_process_interleaving_many_seeds(
+    reactor: IReactorTime, fresh_registry: RegistryServer, kube_api: KubeApiDouble, pki: Pki, tmp_path: Path
+) -> None:
+    failures = []
+    totals: collections.Counter[str] = collections.Counter()
+    # INTERLEAVING_SLOW_SEEDS=<n> runs the first n of them.
+    for seed in SLOW_SEEDS[: int(os.environ.get("INTERLEAVING_SLOW_SEEDS", len(SLOW_SEEDS)))]:
+        config = Config(seed=seed, operations=OPERATIONS, fault_rate=FAULT_RATE)
+        report = await run_process_seed(reactor, fresh_registry, config, kube_api, pki, tmp_path / str(seed))
+        if report.violations or not report.operations["deletecollection"] or not report.kills:
+            failures.append("\n".join([report.reproduce(), *report.violations]))
+        totals.update(report.operations)
+        totals.update({f"fault {kind}": n for kind, n in report.faults.items()})
+        totals["kills"] += report.kills
+        totals["residual window hits"] += report.restore_window_hits + report.transient_copy_losses
+        totals["of which late writes"] += report.late_write_hits
+        totals["violations"] += len(report.violations)
+        print(f"seed {seed}: {report.violations or 'no violation'}; so far {dict(sorted(totals.items()))}")
+    assert not failures, "\n\n".join(failures)
