@@ -102,7 +102,9 @@ async def test_a_delete_whose_answer_was_lost_succeeds(registry, repo, proxied) 
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_retag_the_registry_carries_out_late_is_named_in_the_error(reactor, registry, repo) -> None:
+async def test_a_retag_the_registry_carries_out_late_is_named_in_the_error(
+    reactor: Any, registry: RegistryServer, repo: str
+) -> None:
     """The re-tag reaches the registry only after the client gave up on it: the delete cannot know
     whether it will land, so its error says where the tag would then point, and it does."""
     digest = images.push_oci_image(registry, repo, "v1")
@@ -137,7 +139,9 @@ async def test_a_retag_the_registry_carries_out_late_is_named_in_the_error(react
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_late_retag_after_someone_else_deleted_the_tag_is_no_success(reactor, registry, repo) -> None:
+async def test_a_late_retag_after_someone_else_deleted_the_tag_is_no_success(
+    reactor: Any, registry: RegistryServer, repo: str
+) -> None:
     """Another client deletes the tag while our re-tag is held: the tag is gone when the delete
     looks, but the held re-tag still lands and brings it back. The delete must not claim success."""
     digest = images.push_oci_image(registry, repo, "v1")

@@ -53,7 +53,9 @@ async def test_interleaving_many_seeds(reactor: Any, fresh_registry: RegistrySer
     totals: collections.Counter[str] = collections.Counter()
     # INTERLEAVING_SLOW_SEEDS=<n> runs the first n of them.
     for seed in SLOW_SEEDS[: int(os.environ.get("INTERLEAVING_SLOW_SEEDS", len(SLOW_SEEDS)))]:
+        began = reactor.seconds()
         report = await run_seed(reactor, fresh_registry, Config(seed=seed, operations=60))
+        totals["seconds"] += round(reactor.seconds() - began)
         if report.violations or not report.operations["deletecollection"]:
             failures.append("\n".join([report.reproduce(), *report.violations]))
         totals.update(report.operations)

@@ -69,7 +69,9 @@ async def test_process_interleaving_many_seeds(
     # INTERLEAVING_SLOW_SEEDS=<n> runs the first n of them.
     for seed in SLOW_SEEDS[: int(os.environ.get("INTERLEAVING_SLOW_SEEDS", len(SLOW_SEEDS)))]:
         config = Config(seed=seed, operations=OPERATIONS, fault_rate=FAULT_RATE)
+        began = reactor.seconds()
         report = await run_process_seed(reactor, fresh_registry, config, kube_api, pki, tmp_path / str(seed))
+        totals["seconds"] += round(reactor.seconds() - began)
         if report.violations or not report.operations["deletecollection"] or not report.kills:
             failures.append("\n".join([report.reproduce(), *report.violations]))
         totals.update(report.operations)

@@ -550,6 +550,12 @@ class Run:
                     self.report.interrupted_copies += 1
                     return
         older = [p.digest for p in pushes[:-1]]
+        if _ours(last.content) and fetched.digest in older:
+            # The pushing client copied the tag onto itself (or another tag on the same transient
+            # manifest) while a delete had it on its copy: the push changed nothing in the registry,
+            # and the delete's conditional restore put back what it had read.
+            self.report.transient_copy_losses += 1
+            return
         hits = [
             late
             for since, until, late in self.write_windows(repository, tag)

@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, DeferredLock, gatherResults
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
@@ -74,6 +74,9 @@ class ProcessRun(Run):
         self.front_proxy: Issued = self.front_proxy_ca.client("front-proxy-client")
         self.ports = [free_port() for _ in self.proxies]
         self.processes: list[ServerProcess | None] = [None for _ in self.proxies]
+        # A replica is killed only once it serves, and one kill at a time: never while starting.
+        self.serving = [False for _ in self.proxies]
+        self.restarts = [DeferredLock() for _ in self.proxies]
         self.logs: list[str] = []  # of processes killed or stopped
         # Kills planned at steps of the plan: the step, and which replica.
         self.kill_at: dict[int, int] = {}
@@ -106,6 +109,7 @@ class ProcessRun(Run):
         process.start()
         self.processes[slot] = process
         await process.wait_for_log(SERVING, within=60.0)
+        self.serving[slot] = True
 
     async def start(self) -> None:
         for namespace in self.live + self.doomed:
@@ -121,7 +125,7 @@ class ProcessRun(Run):
 
     def alive(self, slot: int) -> bool:
         process = self.processes[slot]
-        return process is not None and process.running
+        return self.serving[slot] and process is not None and process.running
 
     def at_step(self, step: int) -> list[Deferred[None]]:
         if step not in self.kill_at:
@@ -131,19 +135,21 @@ class ProcessRun(Run):
     async def kill_and_restart(self, slot: int, down_for: float) -> None:
         """SIGKILL the replica while one of its registry requests is in flight (or after a while),
         then start it again, as a node failure and the Deployment's restart do."""
-        for _ in range(100):
-            if self.proxies[slot].in_flight:
-                break
-            await deferLater(self.reactor, 0.01, lambda: None)
-        process = self.processes[slot]
-        if process is None or not process.running:
-            return
-        self.report.kills += 1
-        await process.kill()
-        self.logs.append(process.log)
-        self.processes[slot] = None
-        await deferLater(self.reactor, down_for, lambda: None)
-        await self.launch(slot)
+        async with self.restarts[slot]:
+            for _ in range(100):
+                if self.proxies[slot].in_flight:
+                    break
+                await deferLater(self.reactor, 0.01, lambda: None)
+            process = self.processes[slot]
+            if process is None or not self.serving[slot]:
+                return
+            self.report.kills += 1
+            self.serving[slot] = False
+            await process.kill()
+            self.logs.append(process.log)
+            self.processes[slot] = None
+            await deferLater(self.reactor, down_for, lambda: None)
+            await self.launch(slot)
 
     def step_pause(self) -> float:
         # Slower than in one process: operations spread over the kills and restarts.
