@@ -3,7 +3,7 @@
 Two parts, one run, one real ``docker-registry`` (distribution 2.8) on 127.0.0.1:
 
 1. **Safety**: the seeded randomized interleaving of tests/support/interleaving.py (two replicas
-   behind a fault-injecting proxy, other clients pushing, single deletes, deletecollection repeated
+   behind fault-injecting proxies, other clients pushing, single deletes, deletecollection repeated
    and parallel, cascades, kills) for ``--seeds`` seeds. Reports operations run, faults injected,
    kills, invariant violations (must be 0) and the conditional-write windows it measured.
 2. **Contention timing**: a namespace of ``--tags`` tags (10 repositories, every two tags on one
@@ -221,6 +221,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
             copies += report.reported_copies + report.interrupted_copies
             residual["restore_window_hits"] += report.restore_window_hits
             residual["transient_copy_losses"] += report.transient_copy_losses
+            residual["of_which_late_writes"] += report.late_write_hits
             windows.extend(report.windows)
             violations.extend(f"seed {10_000 + seed}: {v}" for v in report.violations)
         result["safety"] = {
