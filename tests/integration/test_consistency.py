@@ -102,6 +102,31 @@ async def test_a_delete_whose_answer_was_lost_succeeds(registry, repo, proxied) 
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_retag_landing_soon_after_timeout_finishes(
+    reactor: Any, registry: RegistryServer, repo: str
+) -> None:
+    """The re-tag reaches the registry a moment after the client gave up on it: the delete watches
+    the tag for that, sees its copy land, and finishes; the sibling stays."""
+    digest = images.push_oci_image(registry, repo, "v1")
+    images.tag_manifest(registry, repo, "v1", "sibling")
+
+    def decide(method: str, path: str) -> str | None:
+        return LATE if method == "PUT" and path.endswith("/manifests/v1") else None
+
+    proxy = FaultProxy(reactor, registry.url, decide, stall=0.6)
+    replica = Replica.make(reactor, proxy.url, timeout=0.4)
+    try:
+        assert await replica.client.delete_tag(repo, "v1") == digest
+        assert proxy.injected[LATE] == 1
+        await proxy.settled()
+        assert images.list_tags(registry, repo) == ["sibling"]
+        assert images.resolve(registry, repo, "sibling") == digest
+    finally:
+        await replica.close()
+        await proxy.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_retag_the_registry_carries_out_late_is_named_in_the_error(
     reactor: Any, registry: RegistryServer, repo: str
 ) -> None:
@@ -117,7 +142,7 @@ async def test_a_retag_the_registry_carries_out_late_is_named_in_the_error(
             return LATE
         return None
 
-    proxy = FaultProxy(reactor, registry.url, decide, stall=1.0)
+    proxy = FaultProxy(reactor, registry.url, decide, stall=2.0)  # past the wait for it
     replica = Replica.make(reactor, proxy.url, timeout=0.3)
     try:
         with pytest.raises(RegistryTimeout) as caught:
@@ -154,7 +179,7 @@ async def test_a_late_retag_after_someone_else_deleted_the_tag_is_no_success(
             return LATE
         return None
 
-    proxy = FaultProxy(reactor, registry.url, decide, stall=1.0)
+    proxy = FaultProxy(reactor, registry.url, decide, stall=2.0)  # past the wait for it
     replica = Replica.make(reactor, proxy.url, timeout=0.3)
     try:
         with pytest.raises(RegistryTimeout) as caught:

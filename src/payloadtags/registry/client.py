@@ -20,6 +20,7 @@ from OpenSSL import SSL
 from treq.client import HTTPClient
 from twisted.internet import error as net_errors
 from twisted.internet.defer import CancelledError, DeferredSemaphore
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (
@@ -77,6 +78,9 @@ ERROR_BODY_LIMIT = 64 << 10
 MAX_TAG_PAGES = 10_000
 DEFAULT_RETRY_AFTER = 5
 PROBE_VALIDITY = 10.0  # seconds
+# After a write of ours under a tag goes unanswered, the tag is watched this many timeouts long for
+# the write to land, so that the delete can finish instead of reporting a write in doubt.
+LATE_WRITE_GRACE = 2.0
 # Deleting this digest never deletes anything, yet the registry says whether deletes are possible:
 # 404 when they are, 405 UNSUPPORTED when storage deletes are off, a bare 405 when it is read-only.
 _PROBE_DIGEST = "sha256:" + "0" * 64
@@ -512,6 +516,8 @@ class RegistryClient:
             await self._put_manifest(repository, tag, body, media_type, what)
         except RegistryError as error:
             self._window(kind, repository, tag, read_at)
+            if error.unanswered:
+                await self._await_landing(repository, tag, ours, original)
             await self._settle(repository, tag, error, ours, original, write_pending=error.unanswered)
             return
         self._window(kind, repository, tag, read_at)
@@ -523,6 +529,23 @@ class RegistryClient:
             return
         except RegistryError as error:
             await self._settle(repository, tag, error, ours, original)
+
+    async def _await_landing(self, repository: str, tag: str, ours: str, original: Manifest | None) -> None:
+        """Our write of ``ours`` under the tag went unanswered: the registry may carry it out late.
+        Watch the tag for a while, as long as it shows what this delete found (or nothing), until the
+        write lands; then the settle finishes the delete instead of reporting a write in doubt. A
+        push seen meanwhile ends the wait: the settle reports it."""
+        deadline = self._reactor.seconds() + LATE_WRITE_GRACE * self._settings.timeout
+        interval = min(1.0, max(0.05, self._settings.timeout / 4))
+        expected = {None, original.digest if original is not None else None}
+        while self._reactor.seconds() < deadline:
+            try:
+                current = await self._current(repository, tag)
+            except RegistryError:
+                return  # the settle reads again and says what it can
+            if current == ours or current not in expected:
+                return
+            await deferLater(self._reactor, interval, lambda: None)
 
     async def _settle(
         self,
