@@ -41,9 +41,12 @@ async def test_one_seed(reactor: Any, fresh_registry: RegistryServer) -> None:
     """The seed in INTERLEAVING_SEED (default: the first default seed), for reproducing a failure;
     INTERLEAVING_OPERATIONS as the failing run had it (the slow tier runs 60)."""
     seed = int(os.environ.get("INTERLEAVING_SEED", DEFAULT_SEEDS[0]))
-    operations = os.environ.get("INTERLEAVING_OPERATIONS")
-    config = Config(seed=seed) if operations is None else Config(seed=seed, operations=int(operations))
-    verdict(await run_seed(reactor, fresh_registry, config))
+    defaults = Config(seed=seed)
+    operations = int(os.environ.get("INTERLEAVING_OPERATIONS", defaults.operations))
+    kill_rate = float(os.environ.get("INTERLEAVING_KILL_RATE", defaults.kill_rate))
+    verdict(
+        await run_seed(reactor, fresh_registry, Config(seed=seed, operations=operations, kill_rate=kill_rate))
+    )
 
 
 @pytest.mark.slow

@@ -25,8 +25,11 @@ from tests.support.registry_server import RegistryServer
 
 DEFAULT_SEED = 7
 SLOW_SEEDS = range(2000, 2100)
-# Fewer operations than in one process: two processes start, and each kill restarts one.
-OPERATIONS = 30
+# Fewer operations than in one process: two processes start, and each kill restarts one. The
+# default tier's seed kills once; the slow tier's seeds three times.
+OPERATIONS = 20
+SLOW_OPERATIONS = 30
+SLOW_KILL_RATE = 0.2
 # Registry requests are fewer per operation than in one process (no cascade per call): more faults.
 FAULT_RATE = 0.15
 
@@ -55,7 +58,8 @@ async def test_one_process_seed(
     """The seed in INTERLEAVING_SEED (default: the default tier's), with INTERLEAVING_OPERATIONS."""
     seed = int(os.environ.get("INTERLEAVING_SEED", DEFAULT_SEED))
     operations = int(os.environ.get("INTERLEAVING_OPERATIONS", OPERATIONS))
-    config = Config(seed=seed, operations=operations, fault_rate=FAULT_RATE)
+    kill_rate = float(os.environ.get("INTERLEAVING_KILL_RATE", Config(seed=seed).kill_rate))
+    config = Config(seed=seed, operations=operations, fault_rate=FAULT_RATE, kill_rate=kill_rate)
     verdict(await run_process_seed(reactor, fresh_registry, config, kube_api, pki, tmp_path / "run"))
 
 
@@ -68,7 +72,9 @@ async def test_process_interleaving_many_seeds(
     totals: collections.Counter[str] = collections.Counter()
     # INTERLEAVING_SLOW_SEEDS=<n> runs the first n of them.
     for seed in SLOW_SEEDS[: int(os.environ.get("INTERLEAVING_SLOW_SEEDS", len(SLOW_SEEDS)))]:
-        config = Config(seed=seed, operations=OPERATIONS, fault_rate=FAULT_RATE)
+        config = Config(
+            seed=seed, operations=SLOW_OPERATIONS, fault_rate=FAULT_RATE, kill_rate=SLOW_KILL_RATE
+        )
         began = reactor.seconds()
         report = await run_process_seed(reactor, fresh_registry, config, kube_api, pki, tmp_path / str(seed))
         totals["seconds"] += round(reactor.seconds() - began)

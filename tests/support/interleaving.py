@@ -192,6 +192,7 @@ class Report:
         return (
             f"{self.config.describe()}: reproduce with `INTERLEAVING_SEED={self.config.seed} "
             f"INTERLEAVING_OPERATIONS={self.config.operations} "
+            f"INTERLEAVING_KILL_RATE={self.config.kill_rate} "
             f"scripts/test -m slow {self.rerun}`"
         )
 

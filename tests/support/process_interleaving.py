@@ -80,7 +80,7 @@ class ProcessRun(Run):
         self.logs: list[str] = []  # of processes killed or stopped
         # Kills planned at steps of the plan: the step, and which replica.
         self.kill_at: dict[int, int] = {}
-        kills = max(2, round(config.operations * config.kill_rate / 2))
+        kills = max(1, round(config.operations * config.kill_rate / 2))
         for _ in range(kills):
             self.kill_at[self.rng.randrange(config.operations)] = self.rng.randrange(len(self.proxies))
 
