@@ -766,3 +766,37 @@ async def test_registry_down_is_service_unavailable_promptly(make_server, kubect
         f"Error from server (ServiceUnavailable): registry http://127.0.0.1:{port} is unavailable: "
         "connection refused; check that it runs and is reachable"
     ), f"after {elapsed:.1f}s"
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_raw_with_preconditions_conflicts_or_deletes(
+    kubectl: Kubectl, registry: Any, repo: str, tmp_path: Path
+) -> None:
+    """DeleteOptions.preconditions as kubectl sends them (`delete --raw URI -f body`): a wrong uid
+    or any resourceVersion (tags have none) is kube-apiserver's 409, and nothing is deleted; the
+    tag's own uid deletes it."""
+    ns = namespace_of(repo)
+    push(registry, ns, "app", "v1")
+    target = name("app", "v1")
+    path = f"/apis/payload-registry.deckhouse.io/v1alpha1/namespaces/{ns}/payloadrepositorytags/{target}"
+    uid = ok(await kubectl("get", "prt", "-n", ns, target, "-o", "json")).json()["metadata"]["uid"]
+
+    def options(preconditions: dict[str, str]) -> str:
+        body = tmp_path / f"options-{len(list(tmp_path.iterdir()))}.json"
+        body.write_text(
+            json.dumps({"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": preconditions})
+        )
+        return str(body)
+
+    wrong_uid = failed(await kubectl("delete", "--raw", path, "-f", options({"uid": "not-" + uid})))
+    assert error_line(wrong_uid) == (
+        f'Error from server (Conflict): Operation cannot be fulfilled on {RESOURCE} "{target}": '
+        f"Precondition failed: UID in precondition: not-{uid}, UID in object meta: {uid}"
+    )
+    any_version = failed(await kubectl("delete", "--raw", path, "-f", options({"resourceVersion": "1"})))
+    assert "Precondition failed: ResourceVersion in precondition: 1" in any_version.err
+    assert images.list_tags(registry, f"{ns}/app") == ["v1"]
+
+    deleted = ok(await kubectl("delete", "--raw", path, "-f", options({"uid": uid})))
+    assert json.loads(deleted.out)["metadata"]["name"] == target
+    assert images.list_tags(registry, f"{ns}/app") == []
