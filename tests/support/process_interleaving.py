@@ -209,9 +209,9 @@ class ProcessRun(Run):
 
         async def controller(slot: int) -> None:
             for _attempt in range(400):
-                if not self.alive(slot):
+                # A replica being restarted is waited for, however slowly the machine starts it.
+                while not self.alive(slot):
                     await deferLater(self.reactor, 0.1, lambda: None)
-                    continue
                 self.report.operations["deletecollection"] += 1
                 try:
                     response = await self.client(slot, controller=True).delete(
