@@ -108,7 +108,7 @@ class ProcessRun(Run):
         process = ServerProcess(self.reactor, self.args(slot))
         process.start()
         self.processes[slot] = process
-        await process.wait_for_log(SERVING, within=60.0)
+        await process.wait_for_log(SERVING, within=180.0)
         self.serving[slot] = True
 
     async def start(self) -> None:
@@ -210,8 +210,13 @@ class ProcessRun(Run):
         async def controller(slot: int) -> None:
             for _attempt in range(400):
                 # A replica being restarted is waited for, however slowly the machine starts it.
-                while not self.alive(slot):
+                down = 0
+                while not self.alive(slot) and down < 3000:
                     await deferLater(self.reactor, 0.1, lambda: None)
+                    down += 1
+                if not self.alive(slot):
+                    self.report.violations.append(f"replica {slot} did not come back within 300s")
+                    return
                 self.report.operations["deletecollection"] += 1
                 try:
                     response = await self.client(slot, controller=True).delete(
