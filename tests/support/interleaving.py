@@ -364,11 +364,7 @@ class Run:
                 except (ApiError, RegistryError, CancelledError):
                     await deferLater(self.reactor, 0.02, lambda: None)
                     continue
-                left = await deferToThread(self.content, namespace)
-                if left:
-                    self.report.violations.append(
-                        f"deletecollection of {namespace} answered 200 with {left} left"
-                    )
+                await self.after_200(namespace)
                 return
             self.report.violations.append(f"deletecollection of {namespace} never answered 200")
 
@@ -387,6 +383,54 @@ class Run:
             + [Deferred.fromCoroutine(cascade(r)) for r in self.replicas]
         )
         self.report.doomed_seconds.append(self.now() - started)
+
+    async def after_200(self, namespace: str) -> None:
+        """What a deletecollection's 200 left of the namespace: nothing, or only tags on a manifest
+        of ours that a write carried out late (by another replica) put back, which its own delete
+        then removes (the final check says whether it did)."""
+        at = self.now()
+        left = await deferToThread(self.content, namespace)
+        if not left:
+            return
+        ours = await deferToThread(self._on_ours, left)
+        late = all(
+            ours[(repository, tag)] and self._late_write_before(repository, tag, at)
+            for repository, tags in left.items()
+            for tag in tags
+        )
+        if late:
+            self.report.late_write_hits += 1
+            self.report.restore_window_hits += 1
+            return
+        timelines = [
+            f"{repository}:{tag}:\n{self.timeline(repository, tag)}"
+            for repository, tags in left.items()
+            for tag in tags
+        ]
+        self.report.violations.append(
+            f"deletecollection of {namespace} answered 200 with {left} left\n" + "\n".join(timelines)
+        )
+
+    def _on_ours(self, left: dict[str, list[str]]) -> dict[tuple[str, str], bool]:
+        found = {}
+        for repository, tags in left.items():
+            for tag in tags:
+                fetched = images.get_manifest(self.registry.url, repository, tag)
+                found[(repository, tag)] = fetched is not None and _ours(fetched.content)
+        return found
+
+    def _late_write_before(self, repository: str, tag: str, at: float) -> bool:
+        """Whether a replica's write under the tag reached the registry after its client's timeout,
+        before ``at``."""
+        path = f"/v2/{repository}/manifests/{tag}"
+        return any(
+            exchange.path == path
+            and exchange.method == "PUT"
+            and exchange.sent - exchange.received > self.config.timeout
+            and exchange.sent <= at
+            for proxy in self.proxies
+            for exchange in proxy.exchanges
+        )
 
     def content(self, namespace: str) -> dict[str, list[str]]:
         found = {}

@@ -25,7 +25,6 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredLock, gatherResults
 from twisted.internet.task import deferLater
-from twisted.internet.threads import deferToThread
 
 from payloadtags.names import TagRef
 from tests.support.client import ApiClient
@@ -229,11 +228,7 @@ class ProcessRun(Run):
                 if response.code != 200:
                     await deferLater(self.reactor, 0.05, lambda: None)
                     continue
-                left = await deferToThread(self.content, namespace)
-                if left:
-                    self.report.violations.append(
-                        f"deletecollection of {namespace} answered 200 with {left} left"
-                    )
+                await self.after_200(namespace)
                 return
             self.report.violations.append(f"deletecollection of {namespace} never answered 200")
 
