@@ -325,7 +325,7 @@ class Run:
             record.outcome = "ok"
         except ApiError as error:
             record.outcome = {404: "not-found", 409: "conflict"}.get(error.code, "error")
-            if error.code not in (404, 409):
+            if error.code != 404:  # what a failed or conflicting delete told its user
                 self.failed_deletes[(repository, tag)].append(error.message)
         except CancelledError:
             record.outcome = "killed"

@@ -191,7 +191,7 @@ class ProcessRun(Run):
         else:
             record.outcome = {200: "ok", 404: "not-found", 409: "conflict"}.get(response.code, "error")
             message = self.answered(response.code, response.body, f"DELETE {repository}:{tag}")
-            if record.outcome == "error":
+            if record.outcome in ("error", "conflict"):  # what the delete told its user
                 self.failed_deletes[(repository, tag)].append(message)
         finally:
             record.end = self.now()
