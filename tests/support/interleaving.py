@@ -142,6 +142,9 @@ class Push:
     end: float
     digest: str
     content: bytes
+    # False: the registry failed the tag's PUT (distribution 2.8 answers 500 when a concurrent delete
+    # removes the tag's directories under it); the tag may or may not have moved.
+    acknowledged: bool = True
 
 
 @attrs.define
@@ -284,25 +287,36 @@ class Run:
             self.counter += 1
             seed = f"{repository}:{tag}:{self.config.seed}:{self.counter}"
 
-            def blocking() -> tuple[float, str, bytes]:
+            def blocking() -> tuple[float, str, bytes, bool] | None:
                 # Blobs (and the manifest by digest) first; the tag is written by the last request
                 # alone, so the push's [start, end] is that PUT's and nothing earlier.
-                fetched = None
-                if source is not None:
-                    fetched = images.get_manifest(self.registry.url, repository, source)
-                if fetched is None:
-                    made = images.push_oci_image(self.registry.url, repository, None, seed=seed)
-                    fetched = images.get_manifest(self.registry.url, repository, made)
-                    assert fetched is not None
+                try:
+                    fetched = None
+                    if source is not None:
+                        fetched = images.get_manifest(self.registry.url, repository, source)
+                    if fetched is None:
+                        made = images.push_oci_image(self.registry.url, repository, None, seed=seed)
+                        fetched = images.get_manifest(self.registry.url, repository, made)
+                        assert fetched is not None
+                except images.PushError:
+                    return None  # the registry failed the push before its tag was written
                 put_at = float(self.reactor.seconds())
-                digest = images.push_manifest(
-                    self.registry.url, repository, tag, fetched.content, fetched.media_type
-                )
-                return put_at, digest, fetched.content
+                try:
+                    digest = images.push_manifest(
+                        self.registry.url, repository, tag, fetched.content, fetched.media_type
+                    )
+                except images.PushError:
+                    return put_at, images.sha256(fetched.content), fetched.content, False
+                return put_at, digest, fetched.content, True
 
-            start, digest, content = await deferToThread(blocking)
-            self.pushes[(repository, tag)].append(Push(start, self.now(), digest, content))
-            self.report.operations["push-shared" if source else "push"] += 1
+            done = await deferToThread(blocking)
+            if done is None:
+                self.report.operations["push failed"] += 1
+                return
+            start, digest, content, acknowledged = done
+            self.pushes[(repository, tag)].append(Push(start, self.now(), digest, content, acknowledged))
+            kind = "push-shared" if source else "push"
+            self.report.operations[kind if acknowledged else "push failed at the tag"] += 1
         finally:
             lock.release()
 
@@ -545,10 +559,15 @@ class Run:
                     self._check_tag(repository, tag, tag in listed)
 
     def _check_tag(self, repository: str, tag: str, listed: bool) -> None:
-        pushes = self.pushes[(repository, tag)]
-        if not pushes:
+        attempts = self.pushes[(repository, tag)]
+        acknowledged = [p for p in attempts if p.acknowledged]
+        if not acknowledged:
             return
-        last = pushes[-1]
+        last = acknowledged[-1]
+        # A push the registry failed at the tag's PUT after the last acknowledged one may have moved
+        # the tag all the same: its digest is as good as the acknowledged one.
+        unsure = [p.digest for p in attempts[attempts.index(last) + 1 :]]
+        pushes = acknowledged
         deleted_later = [d for d in self.deletes[(repository, tag)] if d.end > last.start]
         fetched = images.get_manifest(self.registry.url, repository, tag) if listed else None
         where = f"{repository}:{tag}"
@@ -565,7 +584,7 @@ class Run:
                     f"{self.timeline(repository, tag)}"
                 )
             return
-        if fetched.digest == last.digest:
+        if fetched.digest == last.digest or fetched.digest in unsure:
             return
         written = fetched.json().get("annotations") or {}
         ours = sorted(set(written) & {DELETE_NONCE_ANNOTATION, REPAIR_ANNOTATION})
@@ -652,8 +671,9 @@ class Run:
         events: list[tuple[float, str]] = []
         for push in self.pushes[(repository, tag)]:
             copied = " (a copy of a transient manifest of ours)" if _ours(push.content) else ""
+            outcome = "acknowledged" if push.acknowledged else "failed by the registry"
             events.append(
-                (push.start, f"push {push.digest[:19]}{copied} acknowledged at {push.end - self.began:.3f}")
+                (push.start, f"push {push.digest[:19]}{copied} {outcome} at {push.end - self.began:.3f}")
             )
         for delete in self.deletes[(repository, tag)]:
             events.append(
