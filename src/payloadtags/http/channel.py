@@ -389,14 +389,24 @@ class ClientConnection(ProtocolWrapper):
     _lost = False
 
     def connectionMade(self) -> None:
-        if not self.factory.clients.handshake(self.host, self._start):
-            self.pauseProducing()  # the TLS handshake waits: nothing is read
+        # Nothing is read, so no handshake is made, until the address has a token and then its turn:
+        # a burst of connections from one address costs at most one handshake a turn of the reactor.
+        self.pauseProducing()
+        if self.factory.clients.handshake(self.host, self._start):
+            self._take_turn()
 
     def _start(self) -> bool:
         if self._lost:
             return False
-        self.resumeProducing()
+        self._take_turn()
         return True
+
+    def _take_turn(self) -> None:
+        self.factory.scheduler.submit(address_key(self.host), self._read)
+
+    def _read(self) -> None:
+        if not self._lost:
+            self.resumeProducing()
 
     def handshakeCompleted(self) -> None:
         handle = getattr(self.transport, "getHandle", None)
@@ -448,6 +458,7 @@ class LimitedConnections(WrappingFactory):
         self.on_refused = on_refused
         self.front_proxy = front_proxy
         self.clients = site.clients
+        self.scheduler = site.scheduler
         self._evicted: set[ProtocolWrapper] = set()
 
     def buildProtocol(self, addr: Any) -> BaseProtocol:  # type: ignore[override]
