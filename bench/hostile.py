@@ -33,7 +33,7 @@ Reported per phase: p50 and p99 of the small list and of ``/livez`` and their ra
 (the goal: p99 within 2x of idle), peak RSS, and the flood's own counts.
 
 Usage: .venv/bin/python bench/hostile.py [--quick] [--seconds S] [--json FILE] [--server-src DIR]
-       [--flood-address ADDRESS] [--only FLOOD ...] [--profile FILE]
+       [--flood-address ADDRESS] [--only FLOOD ...] [--all-only] [--profile FILE]
 """
 
 from __future__ import annotations
@@ -338,26 +338,49 @@ def measure(target: Target, user: Any, requests: int) -> dict[str, float]:
 
 
 class Sampler:
-    """The server's RSS every 0.1 s, from /proc."""
+    """The server's RSS every 0.1 s, from /proc; and over the whole phase, the server's CPU (share of
+    one core) and the machine's (share of all cores), to tell the server's own work from contention."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.peak = 0
+        self.server_cpu = 0.0
+        self.machine_busy = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> Sampler:
+        self._started = (time.monotonic(), cpu_seconds(self.pid), machine_ticks())
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(2)
+        wall0, cpu0, (busy0, total0) = self._started
+        wall, cpu, (busy, total) = time.monotonic() - wall0, cpu_seconds(self.pid) - cpu0, machine_ticks()
+        self.server_cpu = cpu / wall if wall > 0 else 0.0
+        self.machine_busy = (busy - busy0) / max(total - total0, 1)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self.peak = max(self.peak, rss(self.pid))
             time.sleep(0.1)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU the process has used (/proc/PID/stat, fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_ticks() -> tuple[int, int]:
+    """Busy and total CPU ticks of the machine, all cores (/proc/stat)."""
+    with open("/proc/stat", encoding="ascii") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle, iowait
+    return sum(values) - idle, sum(values)
 
 
 def rss(pid: int) -> int:
@@ -462,10 +485,11 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             report: dict[str, Any] = {"phases": {}}
             with Sampler(server.pid) as sampler:
                 idle = measure(target, proxy, args.requests)
-            report["phases"]["idle"] = {**idle, "peak_rss_mib": sampler.peak / 2**20}
-            print(_line("idle", idle, idle, sampler.peak), flush=True)
+            report["phases"]["idle"] = {**idle, **_cpu(sampler), "peak_rss_mib": sampler.peak / 2**20}
+            print(_line("idle", idle, idle, sampler), flush=True)
             chosen = args.only or FLOODS
-            phases = [[kind] for kind in chosen] + ([chosen] if len(chosen) > 1 else [])
+            phases = [] if args.all_only else [[kind] for kind in chosen]
+            phases += [chosen] if len(chosen) > 1 else []
             for kinds in phases:
                 name = kinds[0] if len(kinds) == 1 else "all at once"
                 floods = [
@@ -476,8 +500,13 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 with Sampler(server.pid) as sampler:
                     figures = measure(target, proxy, args.requests)
                 results = {kind: flood_result(p, args.seconds) for kind, p in zip(kinds, floods, strict=True)}
-                report["phases"][name] = {**figures, "peak_rss_mib": sampler.peak / 2**20, "floods": results}
-                print(_line(name, figures, idle, sampler.peak), flush=True)
+                report["phases"][name] = {
+                    **figures,
+                    **_cpu(sampler),
+                    "peak_rss_mib": sampler.peak / 2**20,
+                    "floods": results,
+                }
+                print(_line(name, figures, idle, sampler), flush=True)
                 for kind, result in results.items():
                     print(f"    {kind}: {json.dumps(result)}", flush=True)
                 time.sleep(1.0)
@@ -517,12 +546,17 @@ def _server_env(source: str | None) -> dict[str, str] | None:
     return {**os.environ, "PYTHONPATH": str(Path(source).resolve())}
 
 
-def _line(name: str, figures: dict[str, float], idle: dict[str, float], peak: int) -> str:
+def _cpu(sampler: Sampler) -> dict[str, float]:
+    return {"server_cpu_core_share": sampler.server_cpu, "machine_busy_share": sampler.machine_busy}
+
+
+def _line(name: str, figures: dict[str, float], idle: dict[str, float], sampler: Sampler) -> str:
     return (
         f"{name:24s} list p50 {figures['list_p50_ms']:7.1f} ms  p99 {figures['list_p99_ms']:7.1f} ms "
         f"({figures['list_p99_ms'] / idle['list_p99_ms']:4.2f}x idle)  livez p99 "
         f"{figures['livez_p99_ms']:6.1f} ms ({figures['livez_p99_ms'] / idle['livez_p99_ms']:4.2f}x)  "
-        f"peak RSS {peak / 2**20:5.0f} MiB (limit {MEMORY_LIMIT / 2**20:.0f})"
+        f"peak RSS {sampler.peak / 2**20:5.0f} MiB (limit {MEMORY_LIMIT / 2**20:.0f})  "
+        f"server CPU {sampler.server_cpu:4.0%} of a core, machine {sampler.machine_busy:4.0%} busy"
         + (f"  {figures['reconnects']:.0f} reconnects" if figures.get("reconnects") else "")
     )
 
@@ -543,6 +577,9 @@ def main() -> int:
         help="source address of every flood (default: 127.0.0.2, 127.0.0.3, ..., one per kind)",
     )
     parser.add_argument("--only", nargs="+", choices=FLOODS, help="these floods only")
+    parser.add_argument(
+        "--all-only", action="store_true", help="only the phase with every flood at once (after idle)"
+    )
     parser.add_argument(
         "--profile", help="run the server under cProfile and write its profile here (pstats format)"
     )

@@ -4,6 +4,7 @@ socket can be bound to, so the server sees two clients."""
 
 from __future__ import annotations
 
+import socket
 import ssl
 import threading
 import time
@@ -17,7 +18,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from payloadtags.http.clients import address_key
-from payloadtags.limits import HttpLimits
+from payloadtags.limits import SEND_BUFFER, HttpLimits
 from tests.support.pki import Authority, Issued
 from tests.support.raw import Reply, Target, read_reply, request_bytes
 
@@ -191,3 +192,27 @@ async def test_a_pipelining_flood_from_one_address_takes_its_turn(api: Any, reac
     finally:
         stop.set()
         await flooding
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_401_on_a_head_costs_a_token_and_the_send_buffer_is_capped(
+    make_server: Any, registry: Any, reactor: Any
+) -> None:
+    limits = HttpLimits(handshake_rate_per_client=0.01, handshake_burst_per_client=10)
+    api = await make_server(registry, http=limits)
+    t = target(api)
+    clients = api.running.connections.clients
+    sock = await deferToThread(t.connect, source=FLOOD)
+    try:
+        await until(lambda: len(api.running.connections.protocols) == 1, reactor)
+        (wrapper,) = api.running.connections.protocols
+        server_socket = wrapper.transport.transport.getHandle()
+        # The kernel doubles what is asked: 256 kB, not the 4 MB autotuning would reach.
+        assert server_socket.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) <= 2 * SEND_BUFFER
+        # An unauthenticated DELETE announcing a body is refused on its head: a token, as any 401.
+        sock.sendall(request_bytes("DELETE", f"{LIST}/x", {"Content-Length": "1000"}))
+        assert (await deferToThread(read_reply, sock)).code == 401
+    finally:
+        sock.close()
+    tokens = clients.addresses[FLOOD].bucket.tokens
+    assert 7.9 < tokens < 8.1, tokens  # 10, less the handshake's token and the 401's

@@ -20,8 +20,10 @@ What Twisted does on its own and what is changed here:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import socket
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -39,7 +41,7 @@ from zope.interface import implementer
 
 from payloadtags.api.errors import ApiError, bad_request, internal
 from payloadtags.http.clients import ClientKey, Clients, FairScheduler, address_key, connection_key
-from payloadtags.limits import LINGER, HttpLimits
+from payloadtags.limits import LINGER, SEND_BUFFER, HttpLimits
 from payloadtags.model import to_json
 from payloadtags.tls import verified_peer_chain
 
@@ -311,6 +313,8 @@ class GuardedChannel(http.HTTPChannel):
         moment, so that it sees this answer rather than a reset connection."""
         if self._refusing or self._lost:
             return
+        if error.code == 401 and self.client_key[0] == "address":
+            self.site.clients.unauthenticated(self.host)  # as a 401 answered the ordinary way
         self._refusing = True
         self._admitting = False
         self._held = []
@@ -389,6 +393,7 @@ class ClientConnection(ProtocolWrapper):
     _lost = False
 
     def connectionMade(self) -> None:
+        _limit_send_buffer(self.transport)
         # Nothing is read, so no handshake is made, until the address has a token and then its turn:
         # a burst of connections from one address costs at most one handshake a turn of the reactor.
         self.pauseProducing()
@@ -421,6 +426,16 @@ class ClientConnection(ProtocolWrapper):
             self._lost = True
             self.factory.clients.closed(self.host, counted=not self.front_proxy)
         super().connectionLost(reason)
+
+
+def _limit_send_buffer(transport: object) -> None:
+    """Caps the kernel's send buffer of the TCP connection under the TLS layer (see SEND_BUFFER)."""
+    tcp = getattr(transport, "transport", None)
+    handle = getattr(tcp, "getHandle", None)
+    sock = handle() if handle is not None else None
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
 
 
 def _no_front_proxy(chain: tuple[x509.Certificate, ...]) -> bool:
