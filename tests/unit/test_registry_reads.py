@@ -9,7 +9,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.testing import MemoryReactorClock
 
 from payloadtags.registry import RegistryClient, RegistrySettings, RegistryTimeout, RegistryUnavailable
-from payloadtags.registry.coalesce import Coalescer
+from payloadtags.registry.coalesce import Coalescer, asking
 from tests.unit.test_registry_cancellation import REGISTRY, Agent, _Response, failure_of, track
 
 
@@ -127,7 +127,10 @@ def test_when_every_caller_gives_up_the_read_is_cancelled() -> None:
     assert later == [["v3"]]
 
 
-def test_the_coalescer_forgets_a_read_once_it_is_sent() -> None:
+def test_a_sent_read_is_shared_only_with_requests_that_began_before_it_went_out() -> None:
+    """A request marks its start (``asking``); a read sent after that answers with the registry's
+    state after the request began, so the request may share it. A read sent before the mark may
+    predate a push the request's client made just before: the request gets a read of its own."""
     coalescer = Coalescer()
     sends: list[Any] = []
     gates: list[Deferred[str]] = []
@@ -137,16 +140,27 @@ def test_the_coalescer_forgets_a_read_once_it_is_sent() -> None:
         gates.append(Deferred())
         return await gates[-1]
 
-    a = track(coalescer.join("k", read))
-    b = track(coalescer.join("k", read))
-    assert len(sends) == 1 and len(coalescer) == 1
-    sends[0]()
+    async def request(ready: Deferred[None] | None = None) -> str:
+        asking()
+        if ready is not None:
+            await ready  # began, and reads only later
+        return await coalescer.join("k", read)
+
+    first = track(Deferred.fromCoroutine(request()))
+    ready: Deferred[None] = Deferred()
+    during = track(Deferred.fromCoroutine(request(ready)))
+    sends[0]()  # the first read goes out
+    ready.callback(None)
+    assert len(sends) == 1  # began before it went out: shares it
+    after = track(Deferred.fromCoroutine(request()))
+    assert len(sends) == 2  # began after: its own read
+    sends[1]()
+    unmarked = track(coalescer.join("k", read))  # no mark: only a read not sent yet could serve it
+    assert len(sends) == 3 and len(coalescer) == 1
+    for gate, answer in zip(gates, ("first", "second", "third"), strict=True):
+        gate.callback(answer)
+    assert (first, during, after, unmarked) == (["first"], ["first"], ["second"], ["third"])
     assert len(coalescer) == 0
-    c = track(coalescer.join("k", read))
-    assert len(sends) == 2
-    gates[0].callback("first")
-    gates[1].callback("second")
-    assert (a, b, c) == (["first"], ["first"], ["second"])
 
 
 # --- connection slots and the timeout ----------------------------------------------------------------

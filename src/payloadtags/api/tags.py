@@ -29,6 +29,7 @@ from payloadtags.model import (
     uid_for,
 )
 from payloadtags.names import InvalidName, TagRef, ref_from_name
+from payloadtags.registry import asking
 from payloadtags.registry.errors import RegistryConflict, RegistryError, RegistryNotFound
 
 audit_log = Logger(namespace="payloadtags.audit")
@@ -191,6 +192,9 @@ class TagsService:
         if namespace is None and pinned_namespace is not None:
             namespace = pinned_namespace
         pinned_name = options.fields.required("metadata.name")
+        # Registry reads that go out from now on may be shared with this request (a list arriving
+        # while an identical one is being read joins its reads that were not sent yet when it came).
+        asking()
         # Taken before the registry is read: a watch from it then replays every change found by a
         # read that may have come after this list's (docs/watch.md, "Guarantees").
         current = self.versions.current()

@@ -7,6 +7,7 @@ from .client import (
     RegistryClient,
     RegistrySettings,
 )
+from .coalesce import asking
 from .content import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
@@ -62,6 +63,7 @@ __all__ = [
     "RegistryTimeout",
     "RegistryUnavailable",
     "RepositoryQueue",
+    "asking",
     "is_valid_digest",
     "is_valid_repository",
     "is_valid_tag",

@@ -1,14 +1,18 @@
 """Identical registry reads made once for every caller who asks before the read goes out.
 
-A read joins another only while that one still waits for a connection slot: the registry then answers
+A read is shared with a caller only when it goes out after the caller asked: the registry then answers
 with its state at or after the moment every joiner asked, so a caller never gets an answer older than
-its own request (a tag pushed before a list started is in that list). Results are the registry's
-answer under the one identity the client has; what each caller may see is decided above, per caller.
+its own request (a tag pushed before a list started is in that list). That holds for a read still
+waiting for a connection slot, and for a read already sent when the caller's request had marked itself
+as asking before it was sent (``asking``: an API request marks its start, and a read sent after that
+serves it). Results are the registry's answer under the one identity the client has; what each caller
+may see is decided above, per caller.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Hashable
+from contextvars import ContextVar
 from typing import Any, Generic, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -21,6 +25,18 @@ OnSend = Callable[[], object]
 
 _WAIT_FOR_READ: Any = object()
 
+# Reads sent so far, process-wide: orders each read's sending against each request's start.
+_sent = [0]
+# Where the current request (its coroutine and those it starts) began, in reads sent; None: unknown,
+# only reads not sent yet may be shared with it.
+_asked: ContextVar[int | None] = ContextVar("payloadtags_registry_asked", default=None)
+
+
+def asking() -> None:
+    """Marks the current request as asking from now on: reads sent after this may serve it. Called
+    at the start of a request's work (a coroutine's context is inherited by those it starts)."""
+    _asked.set(_sent[0])
+
 
 class _Shared(Generic[T]):
     """One read and the callers waiting for it; cancelled when the last of them gives up."""
@@ -30,12 +46,20 @@ class _Shared(Generic[T]):
         self._waiters: list[Deferred[T]] = []
         self._last: Deferred[T] | None = None
         self.work: Deferred[T] | None = None
-        self.sent = False
+        # The number of reads sent when this one went out; None while it waits for a slot.
+        self.sent_at: int | None = None
+        self.cancelling = False
 
     def send(self) -> None:
-        if not self.sent:
-            self.sent = True
-            self._release()
+        if self.sent_at is None:
+            _sent[0] += 1
+            self.sent_at = _sent[0]
+
+    def serves(self, asked: int | None) -> bool:
+        """Whether its answer is no older than a request that asked at ``asked``."""
+        if self.cancelling:
+            return False
+        return self.sent_at is None or (asked is not None and self.sent_at > asked)
 
     def follow(self) -> Deferred[T]:
         waiter: Deferred[T] = Deferred(self._leave)
@@ -49,7 +73,8 @@ class _Shared(Generic[T]):
             return  # Deferred.cancel fails `waiter` with CancelledError; the read goes on for the rest
         # The last caller cancels the read and, like any cancelled request, waits for it to end: what
         # it started (a request holding a connection slot) is not left running unobserved.
-        self.send()  # nobody may join a read that is being cancelled
+        self.cancelling = True  # nobody may join a read that is being cancelled
+        self._release()
         self._last = Deferred()
         self.work.cancel()
         if not waiter.called:
@@ -57,6 +82,7 @@ class _Shared(Generic[T]):
 
     def settle(self, result: T | Failure) -> None:
         self.send()
+        self._release()
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if isinstance(result, Failure):
@@ -72,7 +98,8 @@ class _Shared(Generic[T]):
 
 
 class Coalescer:
-    """In-flight reads by key; ``join`` starts a read or follows the unsent one with the same key."""
+    """In-flight reads by key; ``join`` starts a read or follows one with the same key that is no older
+    than the caller's request (see ``asking``)."""
 
     def __init__(self) -> None:
         self._pending: dict[Hashable, _Shared[Any]] = {}
@@ -81,10 +108,11 @@ class Coalescer:
         return len(self._pending)
 
     def join(self, key: Hashable, read: Callable[[OnSend], Awaitable[T]]) -> Deferred[T]:
-        """The outcome of ``read(on_send)``, shared with every caller of the same key until the read
-        calls ``on_send`` (once it holds a connection slot, just before the request goes out)."""
+        """The outcome of ``read(on_send)``, shared with every caller of the same key who asked before
+        the read calls ``on_send`` (once it holds a connection slot, just before the request goes out),
+        and with every caller while it waits for that."""
         shared: _Shared[T] | None = self._pending.get(key)
-        if shared is not None:
+        if shared is not None and shared.serves(_asked.get()):
             return shared.follow()
         fresh: _Shared[T] = _Shared(lambda: self._forget(key, fresh))
         self._pending[key] = fresh
@@ -102,4 +130,4 @@ class Coalescer:
             del self._pending[key]
 
 
-__all__ = ["Coalescer"]
+__all__ = ["Coalescer", "asking"]
