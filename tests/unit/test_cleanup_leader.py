@@ -66,7 +66,8 @@ class FakeLeases:
     @property
     def spec(self) -> dict[str, Any]:
         assert self.lease is not None
-        return self.lease["spec"]
+        spec: dict[str, Any] = self.lease["spec"]
+        return spec
 
 
 class Candidate:

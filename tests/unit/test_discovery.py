@@ -137,10 +137,12 @@ def test_aggregated_for_the_core_group_is_empty() -> None:
 
 
 def _aggregated_resource() -> dict[str, Any]:
-    return aggregated("apidiscovery.k8s.io/v2")["items"][0]["versions"][0]["resources"][0]
+    resource: dict[str, Any] = aggregated("apidiscovery.k8s.io/v2")["items"][0]["versions"][0]["resources"][0]
+    return resource
 
 
 def _legacy_resource() -> dict[str, Any]:
+    resource: dict[str, Any]
     [resource] = API_RESOURCE_LIST["resources"]
     return resource
 

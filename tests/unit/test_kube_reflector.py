@@ -111,11 +111,14 @@ class FakeSource:
 
     async def list(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
         assert path == PATH
-        return await self._next("list", params)
+        listed: dict[str, Any] = await self._next("list", params)
+        return listed
 
     async def watch(self, path: str, params: Mapping[str, str] | None = None) -> FakeStream:
         assert path == PATH
-        return await self._next("watch", params)
+        stream = await self._next("watch", params)
+        assert isinstance(stream, FakeStream)
+        return stream
 
     def of(self, kind: str) -> builtins.list[dict[str, str]]:
         return [params for k, params in self.calls if k == kind]

@@ -93,7 +93,7 @@ def of_kind(objects: list[Obj], kind: str) -> list[Obj]:
 
 
 def project_version() -> str:
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    return str(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"])
 
 
 # --- schemas ------------------------------------------------------------------------------------------
@@ -333,11 +333,13 @@ def deployment(base: list[Obj]) -> Obj:
 
 @pytest.fixture(scope="module")
 def pod(deployment: Obj) -> Obj:
-    return deployment["spec"]["template"]["spec"]
+    spec: Obj = deployment["spec"]["template"]["spec"]
+    return spec
 
 
 @pytest.fixture(scope="module")
 def container(pod: Obj) -> Obj:
+    only: Obj
     (only,) = pod["containers"]
     assert "initContainers" not in pod and "ephemeralContainers" not in pod
     return only

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -197,8 +198,9 @@ def test_status_details_retry_after_seconds() -> None:
 # -- Status errors (docs/api.md, "Status errors"), through the same converter ---------------------
 
 
-def _body(error: errors.ApiError) -> dict:
-    return json.loads(json.dumps(to_json(error.status())))
+def _body(error: errors.ApiError) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(json.dumps(to_json(error.status())))
+    return body
 
 
 def test_not_found() -> None:

@@ -63,7 +63,10 @@ DOCUMENTS = [
 
 
 def schemas_of(document: dict[str, Any]) -> dict[str, Any]:
-    return document["components"]["schemas"] if "openapi" in document else document["definitions"]
+    schemas: dict[str, Any] = (
+        document["components"]["schemas"] if "openapi" in document else document["definitions"]
+    )
+    return schemas
 
 
 def operations(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
@@ -260,9 +263,10 @@ def test_query_parameters_per_action(document, prefix):
 
 
 def _response_ref(document: dict[str, Any], response: dict[str, Any]) -> str:
-    if "openapi" in document:
-        return response["content"]["application/json"]["schema"]["$ref"]
-    return response["schema"]["$ref"]
+    schema = (
+        response["content"]["application/json"]["schema"] if "openapi" in document else response["schema"]
+    )
+    return str(schema["$ref"])
 
 
 @pytest.mark.parametrize(("document", "prefix"), DOCUMENTS)
@@ -455,7 +459,7 @@ def test_field_types_and_formats():
 
 
 def _full_object() -> dict[str, Any]:
-    return to_json(
+    obj: dict[str, Any] = to_json(
         PayloadRepositoryTag(
             metadata=ObjectMeta(
                 name="nb2hi4bnmvrwq3z2nrqxizltoq",
@@ -476,6 +480,7 @@ def _full_object() -> dict[str, Any]:
             ),
         )
     )
+    return obj
 
 
 @pytest.mark.parametrize("schemas", [V3_SCHEMAS, V2_DEFINITIONS], ids=["v3", "v2"])

@@ -24,7 +24,8 @@ def _error(call: Any, *args: Any) -> ApiError:
 
 
 def _body(error: ApiError) -> dict[str, Any]:
-    return json.loads(json.dumps(to_json(error.status())))
+    body: dict[str, Any] = json.loads(json.dumps(to_json(error.status())))
+    return body
 
 
 def test_first() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+from typing import Any
 
 import pytest
 from hypothesis import event, given, settings
@@ -31,17 +32,18 @@ class RefMalformed(Exception):
 
 # Tree nodes: ("lit", char, escaped) ("any",) ("class", negated, singles, ranges) ("star",)
 # ("dstar",) ("group", [alternative, ...]); an alternative is a list of nodes.
+Node = tuple[Any, ...]
 
 
-def ref_parse(text: str) -> list[tuple]:
+def ref_parse(text: str) -> list[Node]:
     nodes, pos = _ref_sequence(text, 0, depth=0)
     if pos != len(text):  # only a stray "}" stops the top level early
         raise RefMalformed("unbalanced }")
     return nodes
 
 
-def _ref_sequence(text: str, pos: int, depth: int) -> tuple[list[tuple], int]:
-    nodes: list[tuple] = []
+def _ref_sequence(text: str, pos: int, depth: int) -> tuple[list[Node], int]:
+    nodes: list[Node] = []
     while pos < len(text):
         ch = text[pos]
         if depth and ch in ",}":
@@ -83,7 +85,7 @@ def _ref_sequence(text: str, pos: int, depth: int) -> tuple[list[tuple], int]:
     return nodes, pos
 
 
-def _ref_class(text: str, pos: int, inside_braces: bool) -> tuple[tuple, int]:
+def _ref_class(text: str, pos: int, inside_braces: bool) -> tuple[Node, int]:
     negated = pos < len(text) and text[pos] in "!^"
     pos += negated
     # First cut the body into (char, escaped) pieces up to the closing "]".
@@ -122,14 +124,14 @@ def _ref_class(text: str, pos: int, inside_braces: bool) -> tuple[tuple, int]:
         singles.add(ch)
         previous = ch
         k += 1
-    return ("class", negated, frozenset(singles), tuple(ranges)), pos
+    return ("class", negated, frozenset(singles), Node(ranges)), pos
 
 
 MARK = ("mark",)  # where a group opened, in an expanded token list
 
 
-def ref_expand(nodes: list[tuple]) -> list[list[tuple]]:
-    choices: list[list[list[tuple]]] = []
+def ref_expand(nodes: list[Node]) -> list[list[Node]]:
+    choices: list[list[list[Node]]] = []
     for node in nodes:
         if node[0] == "group":
             choices.append([[MARK, *tokens] for alt in node[1] for tokens in ref_expand(alt)])
@@ -138,25 +140,25 @@ def ref_expand(nodes: list[tuple]) -> list[list[tuple]]:
     return [[token for part in combination for token in part] for combination in itertools.product(*choices)]
 
 
-def _is_slash(token: tuple | None, *, escaped_ok: bool) -> bool:
+def _is_slash(token: Node | None, *, escaped_ok: bool) -> bool:
     return token is not None and token[0] == "lit" and token[1] == "/" and (escaped_ok or not token[2])
 
 
-def _fits(token: tuple, ch: str) -> bool:
+def _fits(token: Node, ch: str) -> bool:
     if token[0] == "lit":
-        return token[1] == ch
+        return bool(ch == token[1])
     if ch == "/":
         return False
     if token[0] == "any":
         return True
     _kind, negated, singles, ranges = token
-    return (ch in singles or any(lo <= ch <= hi for lo, hi in ranges)) != negated
+    return (ch in singles or any(lo <= ch <= hi for lo, hi in ranges)) is not bool(negated)
 
 
-def ref_match_tokens(tokens: list[tuple], path: str) -> bool:
+def ref_match_tokens(tokens: list[Node], path: str) -> bool:
     n = len(path)
 
-    def previous(i: int) -> tuple | None:
+    def previous(i: int) -> Node | None:
         for token in reversed(tokens[:i]):
             if token is not MARK:
                 return token
@@ -278,7 +280,7 @@ PATHS = st.text(alphabet="ab-/A", max_size=8)
 RAW_PATTERNS = st.text(alphabet="ab/*?[]{},^!-\\", max_size=10)
 
 
-def _instance(nodes: list[tuple]) -> st.SearchStrategy[str]:
+def _instance(nodes: list[Node]) -> st.SearchStrategy[str]:
     """Paths shaped like the pattern, so that many of them match."""
     parts: list[st.SearchStrategy[str]] = []
     for node in nodes:
