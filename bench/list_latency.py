@@ -832,14 +832,17 @@ Run = Callable[
 ]
 
 
-def run_with_registry(prefix: str, body: Run) -> dict[str, Any] | None:
-    """Run ``body(reactor, registry, work dir, started processes)`` on a fresh registry; stop everything
-    it started, even on error. None when interrupted."""
+def run_with_registry(
+    prefix: str, body: Run, registry_config: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """Run ``body(reactor, registry, work dir, started processes)`` on a fresh registry (with
+    ``registry_config`` merged into its configuration); stop everything it started, even on error.
+    None when interrupted."""
     began = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix=prefix))
     started: list[subprocess.Popen[bytes]] = []
     try:
-        with RegistryServer() as registry:
+        with RegistryServer(extra_config=registry_config) as registry:
             try:
                 results = run_reactor(lambda reactor: body(reactor, registry, work, started))
             finally:

@@ -74,7 +74,6 @@ from list_latency import (  # noqa: E402
     _get,
     _Policy,
     _pool,
-    machine,
     measured,
     proc_status,
     start_server,
@@ -716,7 +715,7 @@ async def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from list_latency import run_reactor
+    from list_latency import run_with_registry
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1000, 10000])
@@ -732,27 +731,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    import shutil
-    import tempfile
-
-    began = time.monotonic()
-    work = Path(tempfile.mkdtemp(prefix="payloadtags-scale-"))
-    started: list[Any] = []
-    try:
-        with RegistryServer(
-            extra_config={"log": {"level": "warn", "accesslog": {"disabled": False}}}
-        ) as registry:
-            try:
-                results = run_reactor(lambda reactor: run(reactor, args, registry, work, started))
-            finally:
-                for process in started:
-                    stop_process(process)
-    except KeyboardInterrupt:
+    results = run_with_registry(
+        "payloadtags-scale-",
+        lambda reactor, registry, work, started: run(reactor, args, registry, work, started),
+        registry_config={"log": {"level": "warn", "accesslog": {"disabled": False}}},
+    )
+    if results is None:
         return 130
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    results["total_seconds"] = time.monotonic() - began
-    results["machine"] = machine()
     print(summarize(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
