@@ -33,7 +33,7 @@ Reported per phase: p50 and p99 of the small list and of ``/livez`` and their ra
 (the goal: p99 within 2x of idle), peak RSS, and the flood's own counts.
 
 Usage: .venv/bin/python bench/hostile.py [--quick] [--seconds S] [--json FILE] [--server-src DIR]
-       [--flood-address ADDRESS] [--only FLOOD ...] [--all-only] [--profile FILE]
+       [--flood-address ADDRESS] [--only FLOOD ...] [--all-only] [--profile FILE] [--server-cpus LIST]
 """
 
 from __future__ import annotations
@@ -461,8 +461,14 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         port = free_port()
         log = (work / "payloadtags.log").open("wb")
         profile = ["-m", "cProfile", "-o", str(Path(args.profile).resolve())] if args.profile else []
+        pinned = ["taskset", "-c", args.server_cpus] if args.server_cpus else []
+        if args.server_cpus:
+            # Floods and the measuring client (this process and its children) keep off those CPUs.
+            others = set(range(os.cpu_count() or 1)) - _cpus(args.server_cpus)
+            os.sched_setaffinity(0, others or {0})
         server = subprocess.Popen(
             [
+                *pinned,
                 *([sys.executable, *profile] if profile else []),
                 str(ROOT / ".venv" / "bin" / "payloadtags"),
                 "serve",
@@ -546,6 +552,15 @@ def _server_env(source: str | None) -> dict[str, str] | None:
     return {**os.environ, "PYTHONPATH": str(Path(source).resolve())}
 
 
+def _cpus(spec: str) -> set[int]:
+    """A taskset CPU list ("0", "0,2", "1-3") as a set."""
+    cpus: set[int] = set()
+    for part in spec.split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
 def _cpu(sampler: Sampler) -> dict[str, float]:
     return {"server_cpu_core_share": sampler.server_cpu, "machine_busy_share": sampler.machine_busy}
 
@@ -577,6 +592,10 @@ def main() -> int:
         help="source address of every flood (default: 127.0.0.2, 127.0.0.3, ..., one per kind)",
     )
     parser.add_argument("--only", nargs="+", choices=FLOODS, help="these floods only")
+    parser.add_argument(
+        "--server-cpus",
+        help="run the server on these CPUs only (taskset list, e.g. 0) and everything else on the others",
+    )
     parser.add_argument(
         "--all-only", action="store_true", help="only the phase with every flood at once (after idle)"
     )
