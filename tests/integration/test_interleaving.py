@@ -7,14 +7,13 @@ that runs it again: `INTERLEAVING_SEED=<seed> scripts/test -m slow <this file>::
 
 from __future__ import annotations
 
-import collections
 import os
 from typing import Any
 
 import pytest
 import pytest_twisted
 
-from tests.support.interleaving import Config, Report, run_seed
+from tests.support.interleaving import Config, Report, run_many_seeds, run_seed
 from tests.support.registry_server import RegistryServer
 
 DEFAULT_SEEDS = (1, 2, 3)
@@ -52,21 +51,8 @@ async def test_one_seed(reactor: Any, fresh_registry: RegistryServer) -> None:
 @pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_interleaving_many_seeds(reactor: Any, fresh_registry: RegistryServer) -> None:
-    failures = []
-    totals: collections.Counter[str] = collections.Counter()
-    # INTERLEAVING_SLOW_SEEDS=<n> runs the first n of them; INTERLEAVING_SLOW_SKIP=<k> skips k first.
-    skip = int(os.environ.get("INTERLEAVING_SLOW_SKIP", 0))
-    for seed in SLOW_SEEDS[skip : int(os.environ.get("INTERLEAVING_SLOW_SEEDS", len(SLOW_SEEDS)))]:
-        began = reactor.seconds()
-        report = await run_seed(reactor, fresh_registry, Config(seed=seed, operations=60))
-        totals["seconds"] += round(reactor.seconds() - began)
-        if report.violations or not report.operations["deletecollection"]:
-            failures.append("\n".join([report.reproduce(), *report.violations]))
-        totals.update(report.operations)
-        totals.update({f"fault {kind}": n for kind, n in report.faults.items()})
-        totals["kills"] += report.kills
-        totals["residual window hits"] += report.restore_window_hits + report.transient_copy_losses
-        totals["of which late writes"] += report.late_write_hits
-        totals["violations"] += len(report.violations)
-        print(f"seed {seed}: {report.violations or 'no violation'}; so far {dict(sorted(totals.items()))}")
+    async def run(seed: int) -> Report:
+        return await run_seed(reactor, fresh_registry, Config(seed=seed, operations=60))
+
+    failures = await run_many_seeds(reactor, SLOW_SEEDS, run, kills_required=False)
     assert not failures, "\n\n".join(failures)

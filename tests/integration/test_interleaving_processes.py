@@ -9,7 +9,6 @@ One seed runs by default; the slow tier runs many. A failing seed prints the com
 
 from __future__ import annotations
 
-import collections
 import os
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest_twisted
 from twisted.internet.interfaces import IReactorTime
 
 from tests.support.harness import Pki
-from tests.support.interleaving import Config, Report
+from tests.support.interleaving import Config, Report, run_many_seeds
 from tests.support.kubeapi.server import KubeApiDouble
 from tests.support.process_interleaving import run_process_seed
 from tests.support.registry_server import RegistryServer
@@ -68,24 +67,11 @@ async def test_one_process_seed(
 async def test_process_interleaving_many_seeds(
     reactor: IReactorTime, fresh_registry: RegistryServer, kube_api: KubeApiDouble, pki: Pki, tmp_path: Path
 ) -> None:
-    failures = []
-    totals: collections.Counter[str] = collections.Counter()
-    # INTERLEAVING_SLOW_SEEDS=<n> runs the first n of them; INTERLEAVING_SLOW_SKIP=<k> skips k first.
-    skip = int(os.environ.get("INTERLEAVING_SLOW_SKIP", 0))
-    for seed in SLOW_SEEDS[skip : int(os.environ.get("INTERLEAVING_SLOW_SEEDS", len(SLOW_SEEDS)))]:
+    async def run(seed: int) -> Report:
         config = Config(
             seed=seed, operations=SLOW_OPERATIONS, fault_rate=FAULT_RATE, kill_rate=SLOW_KILL_RATE
         )
-        began = reactor.seconds()
-        report = await run_process_seed(reactor, fresh_registry, config, kube_api, pki, tmp_path / str(seed))
-        totals["seconds"] += round(reactor.seconds() - began)
-        if report.violations or not report.operations["deletecollection"] or not report.kills:
-            failures.append("\n".join([report.reproduce(), *report.violations]))
-        totals.update(report.operations)
-        totals.update({f"fault {kind}": n for kind, n in report.faults.items()})
-        totals["kills"] += report.kills
-        totals["residual window hits"] += report.restore_window_hits + report.transient_copy_losses
-        totals["of which late writes"] += report.late_write_hits
-        totals["violations"] += len(report.violations)
-        print(f"seed {seed}: {report.violations or 'no violation'}; so far {dict(sorted(totals.items()))}")
+        return await run_process_seed(reactor, fresh_registry, config, kube_api, pki, tmp_path / str(seed))
+
+    failures = await run_many_seeds(reactor, SLOW_SEEDS, run, kills_required=True)
     assert not failures, "\n\n".join(failures)

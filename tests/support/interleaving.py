@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import random
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import attrs
@@ -722,3 +723,32 @@ async def run_seed(reactor: Any, registry: RegistryServer, config: Config, stem:
 
 
 __all__ = ["Config", "Delete", "Push", "Replica", "Report", "Run", "encode_name", "run_seed"]
+
+
+async def run_many_seeds(
+    reactor: Any, seeds: Sequence[int], run: Callable[[int], Awaitable[Report]], *, kills_required: bool
+) -> list[str]:
+    """The slow tier's loop over seeds: runs each, prints running totals, and returns one failure text
+    per seed that broke an invariant or did not exercise what it claims (each with its rerun command).
+    INTERLEAVING_SLOW_SEEDS=<n> runs the first n seeds; INTERLEAVING_SLOW_SKIP=<k> skips k first."""
+    failures = []
+    totals: collections.Counter[str] = collections.Counter()
+    skip = int(os.environ.get("INTERLEAVING_SLOW_SKIP", 0))
+    for seed in seeds[skip : int(os.environ.get("INTERLEAVING_SLOW_SEEDS", len(seeds)))]:
+        began = reactor.seconds()
+        report = await run(seed)
+        totals["seconds"] += round(reactor.seconds() - began)
+        if (
+            report.violations
+            or not report.operations["deletecollection"]
+            or (kills_required and not report.kills)
+        ):
+            failures.append("\n".join([report.reproduce(), *report.violations]))
+        totals.update(report.operations)
+        totals.update({f"fault {kind}": n for kind, n in report.faults.items()})
+        totals["kills"] += report.kills
+        totals["residual window hits"] += report.restore_window_hits + report.transient_copy_losses
+        totals["of which late writes"] += report.late_write_hits
+        totals["violations"] += len(report.violations)
+        print(f"seed {seed}: {report.violations or 'no violation'}; so far {dict(sorted(totals.items()))}")
+    return failures
