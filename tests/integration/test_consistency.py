@@ -33,12 +33,14 @@ ZEROS = "0" * 64
 
 @pytest_twisted.async_yield_fixture
 async def proxied(reactor: Any, registry: RegistryServer) -> Any:
-    """proxied(decide) -> (FaultProxy, Replica) in front of the session registry."""
+    """proxied(decide, stall=, timeout=) -> (FaultProxy, Replica) in front of the session registry."""
     made: list[tuple[FaultProxy, Replica]] = []
 
-    def make(decide: Callable[[str, str], str | None], **options: Any) -> tuple[FaultProxy, Replica]:
-        proxy = FaultProxy(reactor, registry.url, decide)
-        replica = Replica.make(reactor, proxy.url, timeout=5.0, **options)
+    def make(
+        decide: Callable[[str, str], str | None], stall: float = 3.0, timeout: float = 5.0, **options: Any
+    ) -> tuple[FaultProxy, Replica]:
+        proxy = FaultProxy(reactor, registry.url, decide, stall=stall)
+        replica = Replica.make(reactor, proxy.url, timeout=timeout, **options)
         made.append((proxy, replica))
         return proxy, replica
 
@@ -103,7 +105,7 @@ async def test_a_delete_whose_answer_was_lost_succeeds(registry, repo, proxied) 
 
 @pytest_twisted.ensureDeferred
 async def test_a_retag_landing_soon_after_timeout_finishes(
-    reactor: Any, registry: RegistryServer, repo: str
+    registry: RegistryServer, repo: str, proxied: Any
 ) -> None:
     """The re-tag reaches the registry a moment after the client gave up on it: the delete watches
     the tag for that, sees its copy land, and finishes; the sibling stays."""
@@ -113,22 +115,17 @@ async def test_a_retag_landing_soon_after_timeout_finishes(
     def decide(method: str, path: str) -> str | None:
         return LATE if method == "PUT" and path.endswith("/manifests/v1") else None
 
-    proxy = FaultProxy(reactor, registry.url, decide, stall=0.6)
-    replica = Replica.make(reactor, proxy.url, timeout=0.4)
-    try:
-        assert await replica.client.delete_tag(repo, "v1") == digest
-        assert proxy.injected[LATE] == 1
-        await proxy.settled()
-        assert images.list_tags(registry, repo) == ["sibling"]
-        assert images.resolve(registry, repo, "sibling") == digest
-    finally:
-        await replica.close()
-        await proxy.stop()
+    proxy, replica = proxied(decide, stall=0.6, timeout=0.4)
+    assert await replica.client.delete_tag(repo, "v1") == digest
+    assert proxy.injected[LATE] == 1
+    await proxy.settled()
+    assert images.list_tags(registry, repo) == ["sibling"]
+    assert images.resolve(registry, repo, "sibling") == digest
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_retag_the_registry_carries_out_late_is_named_in_the_error(
-    reactor: Any, registry: RegistryServer, repo: str
+    registry: RegistryServer, repo: str, proxied: Any
 ) -> None:
     """The re-tag reaches the registry only after the client gave up on it: the delete cannot know
     whether it will land, so its error says where the tag would then point, and it does."""
@@ -142,30 +139,25 @@ async def test_a_retag_the_registry_carries_out_late_is_named_in_the_error(
             return LATE
         return None
 
-    proxy = FaultProxy(reactor, registry.url, decide, stall=2.0)  # past the wait for it
-    replica = Replica.make(reactor, proxy.url, timeout=0.3)
-    try:
-        with pytest.raises(RegistryTimeout) as caught:
-            await replica.client.delete_tag(repo, "v1")
-        message = caught.value.message
-        assert f"left as it was, on {digest}" in message
-        assert "may still carry it out" in message
-        await proxy.settled()
-        now = images.get_manifest(registry, repo, "v1")
-        assert now is not None and now.digest != digest  # the late re-tag landed
-        assert f"the tag would then point at {now.digest}, a copy of {digest}" in message
-        assert DELETE_NONCE_ANNOTATION in now.json()["annotations"]
-        assert images.resolve(registry, repo, "sibling") == digest
-        assert await replica.client.delete_tag(repo, "v1") == now.digest  # deleting again removes it
-        assert images.list_tags(registry, repo) == ["sibling"]
-    finally:
-        await replica.close()
-        await proxy.stop()
+    proxy, replica = proxied(decide, stall=2.0, timeout=0.3)  # past the wait for it
+    with pytest.raises(RegistryTimeout) as caught:
+        await replica.client.delete_tag(repo, "v1")
+    message = caught.value.message
+    assert f"left as it was, on {digest}" in message
+    assert "may still carry it out" in message
+    await proxy.settled()
+    now = images.get_manifest(registry, repo, "v1")
+    assert now is not None and now.digest != digest  # the late re-tag landed
+    assert f"the tag would then point at {now.digest}, a copy of {digest}" in message
+    assert DELETE_NONCE_ANNOTATION in now.json()["annotations"]
+    assert images.resolve(registry, repo, "sibling") == digest
+    assert await replica.client.delete_tag(repo, "v1") == now.digest  # deleting again removes it
+    assert images.list_tags(registry, repo) == ["sibling"]
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_late_retag_after_someone_else_deleted_the_tag_is_no_success(
-    reactor: Any, registry: RegistryServer, repo: str
+    registry: RegistryServer, repo: str, proxied: Any
 ) -> None:
     """Another client deletes the tag while our re-tag is held: the tag is gone when the delete
     looks, but the held re-tag still lands and brings it back. The delete must not claim success."""
@@ -179,22 +171,17 @@ async def test_a_late_retag_after_someone_else_deleted_the_tag_is_no_success(
             return LATE
         return None
 
-    proxy = FaultProxy(reactor, registry.url, decide, stall=2.0)  # past the wait for it
-    replica = Replica.make(reactor, proxy.url, timeout=0.3)
-    try:
-        with pytest.raises(RegistryTimeout) as caught:
-            await replica.client.delete_tag(repo, "v1")
-        message = caught.value.message
-        assert f"tag {repo}:v1 is gone now" in message and "may still carry it out" in message
-        await proxy.settled()
-        back = images.get_manifest(registry, repo, "v1")
-        assert back is not None  # the held re-tag landed after all
-        assert f"the tag would then point at {back.digest}, a copy of {digest}" in message
-        assert await replica.client.delete_tag(repo, "v1") == back.digest
-        assert images.list_tags(registry, repo) == []
-    finally:
-        await replica.close()
-        await proxy.stop()
+    proxy, replica = proxied(decide, stall=2.0, timeout=0.3)  # past the wait for it
+    with pytest.raises(RegistryTimeout) as caught:
+        await replica.client.delete_tag(repo, "v1")
+    message = caught.value.message
+    assert f"tag {repo}:v1 is gone now" in message and "may still carry it out" in message
+    await proxy.settled()
+    back = images.get_manifest(registry, repo, "v1")
+    assert back is not None  # the held re-tag landed after all
+    assert f"the tag would then point at {back.digest}, a copy of {digest}" in message
+    assert await replica.client.delete_tag(repo, "v1") == back.digest
+    assert images.list_tags(registry, repo) == []
 
 
 @pytest_twisted.ensureDeferred
