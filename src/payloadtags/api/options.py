@@ -25,10 +25,12 @@ def first(query: Query, key: str) -> str | None:
     return values[0] if values else None
 
 
-def _bool(query: Query, key: str) -> bool:
+def flag(query: Query, key: str) -> bool | None:
+    """A boolean query parameter as kube-apiserver reads it; None when absent (some options tell
+    absent from false, e.g. sendInitialEvents)."""
     value = first(query, key)
     if value is None:
-        return False
+        return None
     if value.lower() in ("true", "1"):
         return True
     if value.lower() in ("false", "0", ""):
@@ -46,7 +48,7 @@ class ListOptions:
 
 
 def list_options(query: Query) -> ListOptions:
-    if _bool(query, "watch"):
+    if flag(query, "watch"):
         raise method_not_allowed("watch")
     limit_text = first(query, "limit")
     limit = None

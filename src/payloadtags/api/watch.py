@@ -16,7 +16,7 @@ from twisted.web.server import Request
 
 from payloadtags.api.errors import bad_request, invalid_field
 from payloadtags.api.negotiation import Form, MediaType
-from payloadtags.api.options import Query, first
+from payloadtags.api.options import Query, first, flag
 from payloadtags.api.render import COLUMNS, row
 from payloadtags.api.selectors import FieldSelector, LabelSelector, parse_field_selector, parse_label_selector
 from payloadtags.model import (
@@ -35,19 +35,8 @@ from payloadtags.watch import Event
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 
 
-def _flag(query: Query, key: str) -> bool | None:
-    value = first(query, key)
-    if value is None:
-        return None
-    if value.lower() in ("true", "1"):
-        return True
-    if value.lower() in ("false", "0", ""):
-        return False
-    raise bad_request(f'invalid value for {key}: "{value}" is not a boolean')
-
-
 def is_watch(query: Query) -> bool:
-    return bool(_flag(query, "watch"))
+    return bool(flag(query, "watch"))
 
 
 @attrs.frozen
@@ -75,8 +64,8 @@ def watch_options(query: Query) -> WatchOptions:
     """The options of a watch, validated as kube-apiserver validates them."""
     resource_version = first(query, "resourceVersion") or ""
     match = first(query, "resourceVersionMatch") or None
-    send_initial = _flag(query, "sendInitialEvents")
-    bookmarks = bool(_flag(query, "allowWatchBookmarks"))
+    send_initial = flag(query, "sendInitialEvents")
+    bookmarks = bool(flag(query, "allowWatchBookmarks"))
     if first(query, "continue"):
         raise bad_request(
             "continue is not supported for watch: start the watch from the list's resourceVersion"
