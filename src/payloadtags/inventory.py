@@ -8,7 +8,7 @@ from __future__ import annotations
 import bisect
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -17,7 +17,7 @@ from payloadtags.deferreds import bounded_map
 from payloadtags.names import TagRef, split_repository
 from payloadtags.registry import Catalog, Manifest, Registry
 from payloadtags.registry.errors import RegistryNotFound
-from payloadtags.repoindex import RepositoryIndex
+from payloadtags.repoindex import RepositoryIndex, catalog_key
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -54,6 +54,10 @@ class Run:
 class Page:
     runs: list[Run]
     more: bool
+    # The whole tag lists read for this page (or given to it) of the repositories it has not finished
+    # showing: the one it ended in and those read past its end. The next page of the walk may take
+    # them instead of reading them again. Empty when nothing follows.
+    held: Mapping[str, Sequence[str]] = attrs.field(factory=dict)
 
     def __len__(self) -> int:
         return sum(len(run.tags) for run in self.runs)
@@ -171,25 +175,41 @@ class Inventory:
         accept: Callable[[TagRef], bool] | None = None,
         readable: Callable[[str, str], bool] = lambda namespace, path: True,
         observe: Callable[[str, Sequence[str]], None] | None = None,
+        held: Mapping[str, Sequence[str]] | None = None,
     ) -> Page:
         """Tags in ``namespace`` (all namespaces when None), sorted, starting after ``after``.
 
         ``readable(namespace, path)`` drops whole repositories before their tags are read (access is
         decided per repository path); ``accept`` then selects single tags (None: all).
 
-        A page reads the tag lists of the repositories it shows, and a slice more at most: every
-        page reads the registry's current lists (a tag pushed after the previous page shows up in
-        the next one if it sorts after that page), so nothing is kept between pages.
+        A page reads the tag lists of the repositories it shows, and a slice more at most, except
+        those given in ``held`` (the previous page's ``Page.held``: tag lists its walk read before
+        and has not finished showing), which it takes as they are. Without ``held`` every list is
+        the registry's current one.
 
-        ``observe(repository, tags)`` is told every tag list read, whole (the watch hub records them).
+        ``observe(repository, tags)`` is told every tag list the page uses, whole, read or held (the
+        watch hub records them; a held list is one it was told before).
         """
         page = _PageBuilder(limit, accept)
+        known = held or {}
+        used: dict[str, Sequence[str]] = {}  # every tag list this page used, read or held
         seen = 0  # tags in the repositories read so far, to guess how many more a page needs
         repositories_read = 0
+
+        async def tags_of(repositories: Sequence[str]) -> list[Sequence[str]]:
+            missing = [repository for repository in repositories if repository not in known]
+            fresh = dict(zip(missing, await self._tags_of(missing), strict=True)) if missing else {}
+            found = [
+                fresh[repository] if repository in fresh else known[repository] for repository in repositories
+            ]
+            for repository, tags in zip(repositories, found, strict=True):
+                used[repository] = tags
+                if observe is not None:
+                    observe(repository, tags)
+            return found
+
         if after is not None and readable(after.namespace, after.repository_path):
-            tags = await self.client.tags(after.repository)
-            if observe is not None:
-                observe(after.repository, tags)
+            (tags,) = await tags_of([after.repository])
             page.add(after.namespace, after.repository_path, tags, after.tag)
             seen, repositories_read = len(tags), 1
         cursor = self._cursor(namespace, after)
@@ -207,15 +227,16 @@ class Inventory:
                     step = max(1, min(wanted, self.concurrency))
                 chunk = batch[position : position + step]
                 position += step
-                tag_lists = await self._tags_of([repository for repository, _, _ in chunk])
-                for (repository, ns, path), tags in zip(chunk, tag_lists, strict=True):
-                    if observe is not None:
-                        observe(repository, tags)
+                tag_lists = await tags_of([repository for repository, _, _ in chunk])
+                for (_, ns, path), tags in zip(chunk, tag_lists, strict=True):
                     seen += len(tags)
                     repositories_read += 1
                     if not page.full:
                         page.add(ns, path, tags, None)
-        return page.result()
+        result = page.result()
+        if not result.more:
+            return result
+        return attrs.evolve(result, held=_unfinished(result.last, known, used))
 
     async def exists(self, ref: TagRef, observe: Callable[[str, Sequence[str]], None] | None = None) -> bool:
         tags = await self.client.tags(ref.repository)
@@ -261,6 +282,20 @@ class Inventory:
 
     async def delete(self, ref: TagRef) -> str | None:
         return await self.client.delete_tag(ref.repository, ref.tag)
+
+
+def _unfinished(
+    last: TagRef | None, known: Mapping[str, Sequence[str]], used: Mapping[str, Sequence[str]]
+) -> dict[str, Sequence[str]]:
+    """The tag lists a walk keeps after a page that ended at ``last``: the repository it ended in and
+    those after it (catalog order), taken from what the page used and, unreached, what it was given;
+    repositories the walk has passed are finished with."""
+    if last is None:
+        return {}
+    end = catalog_key(last.repository)
+    kept = {repository: tags for repository, tags in known.items() if catalog_key(repository) >= end}
+    kept.update((repository, tags) for repository, tags in used.items() if catalog_key(repository) >= end)
+    return kept
 
 
 def _json_or_none(content: bytes) -> Any:

@@ -45,6 +45,8 @@ class Metrics:
     watches: Gauge = attrs.field(init=False)
     watch_scopes: Gauge = attrs.field(init=False)
     watches_ended: Counter = attrs.field(init=False)
+    walk_cache_lookups: Counter = attrs.field(init=False)
+    walk_cache_tags: Gauge = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.requests = Counter(
@@ -95,6 +97,24 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.walk_cache_lookups = Counter(
+            "payloadtags_list_walk_cache_lookups",
+            "Continued list pages that looked for their walk's kept tag lists, by outcome: hit (found), "
+            "miss (expired, evicted, or kept by another replica: the page read the registry).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.walk_cache_tags = Gauge(
+            "payloadtags_list_walk_cache_tags",
+            "Tags kept for the next pages of paginated walks, all walks together.",
+            registry=self.registry,
+        )
+
+    def track_walks(self, tags: Callable[[], int]) -> None:
+        self.walk_cache_tags.set_function(tags)
+
+    def walk_lookup(self, hit: bool) -> None:
+        self.walk_cache_lookups.labels("hit" if hit else "miss").inc()
 
     def track_watches(self, open_watches: Callable[[], int], scopes: Callable[[], int]) -> None:
         self.watches.set_function(open_watches)

@@ -25,6 +25,7 @@ from payloadtags.access.tokens import TokenReviewAuthenticator
 from payloadtags.api.app import ApiServer
 from payloadtags.api.health import HealthChecks
 from payloadtags.api.tags import TagsService
+from payloadtags.api.walks import WalkCache
 from payloadtags.cleanup import (
     CleanupController,
     CleanupOptions,
@@ -355,6 +356,8 @@ async def start(
         on_end=lambda reason: metrics.watches_ended.labels(reason).inc(),
     )
     metrics.track_watches(lambda: len(watch_hub.watchers), lambda: len(watch_hub.sources))
+    walks = WalkCache(reactor, on_lookup=metrics.walk_lookup)
+    metrics.track_walks(lambda: walks.size)
     service = TagsService(
         inventory=inventory,
         registry_host=settings.registry_host,
@@ -362,6 +365,7 @@ async def start(
         versions=watch_hub,
         delete_concurrency=settings.delete_concurrency,
         removal=remover,
+        walks=walks,
     )
 
     async def ping() -> None:

@@ -6,7 +6,9 @@ from typing import Any
 
 import pytest_twisted
 
+from payloadtags.api import continuation
 from payloadtags.names import encode_name
+from tests.integration.test_output_bounds import many_tags
 from tests.support import images
 from tests.support.client import Response
 
@@ -123,19 +125,90 @@ async def test_paging_visits_every_tag_once_in_order(api, registry, repo):
     assert len(versions) == 1  # every page of one list reports the first page's snapshot version
 
 
+async def _walk(client: Any, url: str, limit: int, token: str | None = None) -> list[str]:
+    """The rest of a walk from ``token`` (from the start when None): ``path:tag`` of every item."""
+    shown: list[str] = []
+    for _ in range(1000):
+        query = f"?limit={limit}" + (f"&continue={token}" if token else "")
+        page = (await client.get(url + query)).json()
+        shown += [f"{i['spec']['repositoryPath']}:{i['spec']['tag']}" for i in page["items"]]
+        token = page["metadata"].get("continue")
+        if not token:
+            return shown
+    raise AssertionError("the walk did not end")
+
+
+def _without_walk(token: str, namespace: str) -> str:
+    """The same position as an older replica spelled it: no walk id."""
+    old = continuation.decode(token, namespace)
+    assert old.walk is not None
+    return continuation.encode(continuation.Continuation(old.resource_version, old.scope, old.last))
+
+
 @pytest_twisted.ensureDeferred
-async def test_paging_resumes_after_a_concurrent_insert(api, registry, repo):
+async def test_a_continued_walk_shows_the_repositories_it_read_as_it_read_them(
+    api, make_server, registry, repo
+):
     namespace, _ = split(repo)
-    for tag in ("a", "c"):
-        images.push_oci_image(registry, repo, tag, seed=tag)
+    url = collection(namespace)
+    for path, tags in (("a", ("a", "c")), ("b", ("x",)), ("c", ("x",))):
+        for tag in tags:
+            images.push_oci_image(registry, f"{namespace}/{path}", tag, seed=path + tag)
     client = api.client(api.pki.admin)
-    first = (await client.get(collection(namespace) + "?limit=1")).json()
-    images.push_oci_image(registry, repo, "b", seed="b")
-    rest = (
-        await client.get(collection(namespace) + f"?limit=5&continue={first['metadata']['continue']}")
-    ).json()
-    tags = [i["spec"]["tag"] for i in first["items"] + rest["items"]]
-    assert tags == ["a", "b", "c"]
+    first = (await client.get(url + "?limit=1")).json()
+    assert [i["spec"]["tag"] for i in first["items"]] == ["a"]
+    token = first["metadata"]["continue"]
+    # The first page read a (and, to learn whether more follow, b); c is not reached yet.
+    images.push_oci_image(registry, f"{namespace}/a", "b", seed="ab")
+    images.push_oci_image(registry, f"{namespace}/c", "y", seed="cy")
+    # The walk goes on with a as its first page read it: a:b, pushed since, is not in it; c, read
+    # when the walk reaches it, is the registry's current list.
+    assert await _walk(client, url, 10, token) == ["a:c", "b:x", "c:x", "c:y"]
+    # A fresh list shows everything.
+    assert await _walk(client, url, 10) == ["a:a", "a:b", "a:c", "b:x", "c:x", "c:y"]
+    # Where the walk's lists are not kept (a token without a walk id, as an older replica issued;
+    # another replica or a restart), the continued page reads live and shows a:b.
+    assert await _walk(client, url, 10, _without_walk(token, namespace)) == [
+        "a:b",
+        "a:c",
+        "b:x",
+        "c:x",
+        "c:y",
+    ]
+    other = await make_server(registry)
+    assert await _walk(other.client(other.pki.admin), url, 10, token) == [
+        "a:b",
+        "a:c",
+        "b:x",
+        "c:x",
+        "c:y",
+    ]
+
+
+async def _tag_list_reads(client: Any) -> float:
+    text = (await client.get("/metrics")).body.decode()
+    start = 'payloadtags_registry_operations_total{operation="tags"'
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(start))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_walk_reads_each_repositorys_tag_list_once(api, registry, repo):
+    namespace, _ = split(repo)
+    many_tags(registry, f"{namespace}/big", 1200)
+    client = api.client(api.pki.admin)
+    before = await _tag_list_reads(client)
+    shown = await _walk(client, collection(namespace), 100)
+    assert shown == [f"big:v{i:06d}" for i in range(1200)]
+    # Twelve pages resume inside one repository, whose list distribution answers whole: one read.
+    assert await _tag_list_reads(client) - before == 1
+    other = f"{namespace}-many"
+    for index in range(6):
+        for tag in range(5):
+            images.push_oci_image(registry, f"{other}/r{index}", f"t{tag}", seed="same")
+    before = await _tag_list_reads(client)
+    shown = await _walk(client, collection(other), 4)
+    assert shown == [f"r{index}:t{tag}" for index in range(6) for tag in range(5)]
+    assert await _tag_list_reads(client) - before == 6  # each of the six repositories once
 
 
 @pytest_twisted.ensureDeferred

@@ -1,4 +1,6 @@
-"""Paginated walks of the inventory against unpaged lists: same tags, same order, each page O(page).
+"""Paginated walks of the inventory against unpaged lists: same tags, same order, each page O(page),
+and, with the tag lists a page holds passed to the next (as the walk cache does), each repository's
+tag list read once per walk.
 
 The registry here is a double of distribution 2.8's listing behaviour (catalog paged with n and last,
 in its component-by-component order; tags/list whole and unsorted); the real registry is in the
@@ -8,7 +10,7 @@ integration and e2e tests.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -46,20 +48,30 @@ def walk(
     limit: int,
     between: Callable[[], None] = lambda: None,
     accept: Callable[[TagRef], bool] | None = None,
+    carry: bool = False,
 ) -> tuple[list[TagRef], int]:
-    """Every page of a walk, as a client with continue tokens makes it; and the number of pages."""
+    """Every page of a walk, as a client with continue tokens makes it; and the number of pages.
+
+    ``carry``: each page gets the lists the previous one held, as when the walk cache has them;
+    without, every page reads live, as when it has not (expired, another replica)."""
     refs: list[TagRef] = []
     after: TagRef | None = None
+    held: Mapping[str, Sequence[str]] | None = None
     pages = 0
     while True:
-        page: Page = run(inventory.list(namespace, limit=limit, after=after, accept=accept))
+        page: Page = run(inventory.list(namespace, limit=limit, after=after, accept=accept, held=held))
         pages += 1
         assert len(page) <= limit
         refs.extend(page.refs)
         if not page.more:
+            assert not page.held
             return refs, pages
         assert page.last is not None and len(page) == limit
+        # What a page holds is the repository it ended in and those after it, never one it passed.
+        assert page.last.repository in page.held
+        assert all(catalog_key(name) >= catalog_key(page.last.repository) for name in page.held)
         after = page.last
+        held = page.held if carry else None
         between()
 
 
@@ -93,10 +105,15 @@ def check_walks_equal_unpaged(content: dict[str, set[str]], namespace: str | Non
     registry.tag_reads.clear()
     refs, pages = walk(inventory, namespace, limit)
     assert refs == expected
-    # Each repository's tag list is read about once per walk: once when the walk reaches it, once
-    # more for each page that starts inside it, and a few read past a page's end.
+    # Reading live, each repository's tag list is read about once per walk: once when the walk
+    # reaches it, once more for each page that starts inside it, and a few read past a page's end.
     repositories = len({r for r in registry.tag_reads})
     assert len(registry.tag_reads) <= repositories + 2 * pages + 4
+    # With what each page holds passed on, exactly once.
+    registry.tag_reads.clear()
+    refs, pages = walk(inventory, namespace, limit, carry=True)
+    assert refs == expected
+    assert sorted(registry.tag_reads) == sorted(set(registry.tag_reads))
 
 
 _namespaces = st.sampled_from([None, "team", "team-a", "z", "none"])
@@ -131,6 +148,7 @@ def test_a_walk_with_a_field_selector_equals_the_selected_unpaged_list() -> None
     assert len(unpaged) == 10
     for limit in (1, 2, 3, 11):
         assert walk(inventory, "team", limit, accept=accept)[0] == unpaged
+        assert walk(inventory, "team", limit, accept=accept, carry=True)[0] == unpaged
 
 
 def test_a_page_reads_the_tag_lists_it_needs_not_a_whole_slice() -> None:
@@ -144,6 +162,24 @@ def test_a_page_reads_the_tag_lists_it_needs_not_a_whole_slice() -> None:
     # (distribution 2.8 has no tags/list paging) and the one read past its end that tells whether
     # more follow; the first page, knowing no tags per repository yet, reads a slice of 16.
     assert len(registry.tag_reads) <= 100 + 2 * pages + 16
+    # With what each page holds passed on (the walk cache): every list once.
+    registry.tag_reads.clear()
+    refs, pages = walk(inventory, "team", 500, carry=True)
+    assert len(refs) == 10_000 and pages == 20
+    assert sorted(registry.tag_reads) == sorted(content)
+
+
+def test_one_large_repository_is_read_once_per_walk_not_once_per_page() -> None:
+    content = {"team/big": {f"v{j:05d}" for j in range(1200)}, "team/next": {"a", "b"}}
+    registry = Registry(content)
+    inventory = Inventory(registry, concurrency=16)  # type: ignore[arg-type]
+    refs, pages = walk(inventory, "team", 100)
+    assert len(refs) == 1202 and pages == 13
+    assert registry.tag_reads.count("team/big") == 13  # live: once per page that shows it
+    registry.tag_reads.clear()
+    refs, pages = walk(inventory, "team", 100, carry=True)
+    assert len(refs) == 1202 and pages == 13
+    assert registry.tag_reads == ["team/big", "team/next"]
 
 
 @st.composite
@@ -161,10 +197,11 @@ def _changes(draw: st.DrawFn) -> list[tuple[str, str, str]]:
 
 
 def check_walk_under_changes(
-    content: dict[str, set[str]], changes: list[tuple[str, str, str]], limit: int
+    content: dict[str, set[str]], changes: list[tuple[str, str, str]], limit: int, carry: bool
 ) -> None:
     """Pushes and deletes between pages: the walk stays sorted without repeats, shows every tag that
-    was there throughout, and nothing that never was."""
+    was there throughout, and nothing that never was; whether its pages read live or take the lists
+    earlier pages read (docs/api.md, "List options")."""
     registry = Registry(content)
     inventory = Inventory(registry, concurrency=2, page_size=2)  # type: ignore[arg-type]
     ever = {(name, tag) for name, tags in registry.content.items() for tag in tags}
@@ -183,7 +220,7 @@ def check_walk_under_changes(
                 registry.content.get(name, set()).discard(tag)
                 always.discard((name, tag))
 
-    refs, _ = walk(inventory, "team", limit, between)
+    refs, _ = walk(inventory, "team", limit, between, carry=carry)
     keys = [key(ref) for ref in refs]
     assert keys == sorted(keys) and len(set(keys)) == len(keys)
     seen = {(ref.repository, ref.tag) for ref in refs}
@@ -193,18 +230,18 @@ def check_walk_under_changes(
 
 
 @pytest.mark.property
-@given(content=_content, changes=_changes(), limit=st.integers(1, 5))
+@given(content=_content, changes=_changes(), limit=st.integers(1, 5), carry=st.booleans())
 @settings(max_examples=60, deadline=None)
 def test_a_walk_under_concurrent_pushes_and_deletes(
-    content: dict[str, set[str]], changes: list[tuple[str, str, str]], limit: int
+    content: dict[str, set[str]], changes: list[tuple[str, str, str]], limit: int, carry: bool
 ) -> None:
-    check_walk_under_changes(content, changes, limit)
+    check_walk_under_changes(content, changes, limit, carry)
 
 
 @pytest.mark.slow
-@given(content=_content, changes=_changes(), limit=st.integers(1, 12))
+@given(content=_content, changes=_changes(), limit=st.integers(1, 12), carry=st.booleans())
 @settings(max_examples=1500, deadline=None)
 def test_a_walk_under_concurrent_pushes_and_deletes_many(
-    content: dict[str, set[str]], changes: list[tuple[str, str, str]], limit: int
+    content: dict[str, set[str]], changes: list[tuple[str, str, str]], limit: int, carry: bool
 ) -> None:
-    check_walk_under_changes(content, changes, limit)
+    check_walk_under_changes(content, changes, limit, carry)

@@ -1,4 +1,5 @@
-"""The opaque ``continue`` token: where the previous page ended, so the next one resumes after it."""
+"""The opaque ``continue`` token: where the previous page ended, so the next one resumes after it, and
+which walk it belongs to (the id under which its tag lists are kept, api/walks.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import attrs
 
 from payloadtags.api.errors import bad_request
+from payloadtags.api.walks import is_walk_id
 from payloadtags.names import TagRef, is_namespace, is_repository_path
 
 _VERSION = 1
@@ -19,18 +21,20 @@ class Continuation:
     resource_version: str
     scope: str  # the namespace the list was made in; "" for all namespaces
     last: TagRef
+    # Minted by a walk's first page, carried by all its tokens; None in tokens of older replicas.
+    walk: str | None = None
 
 
 def encode(token: Continuation) -> str:
-    raw = json.dumps(
-        {
-            "v": _VERSION,
-            "rv": token.resource_version,
-            "scope": token.scope,
-            "last": [token.last.namespace, token.last.repository_path, token.last.tag],
-        },
-        separators=(",", ":"),
-    )
+    data: dict[str, object] = {
+        "v": _VERSION,
+        "rv": token.resource_version,
+        "scope": token.scope,
+        "last": [token.last.namespace, token.last.repository_path, token.last.tag],
+    }
+    if token.walk is not None:
+        data["w"] = token.walk
+    raw = json.dumps(data, separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).decode("ascii").rstrip("=")
 
 
@@ -41,6 +45,7 @@ def decode(text: str, scope: str) -> Continuation:
         data = json.loads(raw)
         ns, path, tag = data["last"]
         resource_version, token_scope = data["rv"], data["scope"]
+        walk = data.get("w")
         valid = (
             data["v"] == _VERSION
             and isinstance(resource_version, str)
@@ -50,6 +55,7 @@ def decode(text: str, scope: str) -> Continuation:
             and is_namespace(ns)
             and is_repository_path(path)
             and tag
+            and (walk is None or is_walk_id(walk))
         )
     except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
         valid = False
@@ -57,4 +63,4 @@ def decode(text: str, scope: str) -> Continuation:
         raise bad_request("continue key is not valid: the token is malformed")
     if token_scope != scope or (scope and ns != scope):
         raise bad_request("continue key is not valid: the token was issued for a different list")
-    return Continuation(resource_version, scope, TagRef(ns, path, tag))
+    return Continuation(resource_version, scope, TagRef(ns, path, tag), walk)

@@ -15,6 +15,7 @@ from payloadtags.access.authz import Authorizer
 from payloadtags.api import continuation
 from payloadtags.api.errors import ApiError, access_denied, conflict, not_found
 from payloadtags.api.options import DeleteOptions, ListOptions
+from payloadtags.api.walks import WalkCache, new_walk_id
 from payloadtags.deferreds import bounded_map
 from payloadtags.inventory import Inventory, Page, Run
 from payloadtags.model import (
@@ -138,6 +139,8 @@ class TagsService:
     removal: NamespaceRemoval | None = None
     # Seconds such a deletecollection works before it answers 503 (the namespace controller retries).
     removal_budget: float = 40.0
+    # Where paginated walks keep the tag lists their next pages show; None: every page reads them.
+    walks: WalkCache | None = None
 
     def _object(self, ref: TagRef, status: TagStatus | None = None) -> PayloadRepositoryTag:
         return tag_object(self.registry_host, ref, status)
@@ -206,9 +209,15 @@ class TagsService:
             return Page(runs, more=False), ListMeta(resource_version=current)
         after = None
         resource_version = None
+        walk = None
+        held = None
         if options.continue_ is not None:
             token = continuation.decode(options.continue_, scope)
-            after, resource_version = token.last, token.resource_version
+            after, resource_version, walk = token.last, token.resource_version, token.walk
+            if walk is not None and self.walks is not None:
+                # Registry data only, read for this same caller's walk: access and selectors below
+                # are decided again on this page.
+                held = self.walks.held(user, walk)
         resource_version = resource_version or current
         page = await self.inventory.list(
             namespace,
@@ -217,11 +226,20 @@ class TagsService:
             accept=accept,
             readable=readable,
             observe=self.versions.observer(watch_scope, resource_version),
+            held=held,
         )
         meta = ListMeta(resource_version=resource_version)
         last = page.last
         if page.more and last is not None:
-            meta.continue_ = continuation.encode(continuation.Continuation(resource_version, scope, last))
+            if self.walks is not None:
+                # A walk whose token carried no id (an older replica's) gets one from here on.
+                walk = walk or new_walk_id()
+                self.walks.keep(user, walk, page.held)
+            meta.continue_ = continuation.encode(
+                continuation.Continuation(resource_version, scope, last, walk)
+            )
+        elif walk is not None and self.walks is not None:
+            self.walks.forget(user, walk)
         return page, meta
 
     async def _by_name(

@@ -1,0 +1,114 @@
+"""Tag lists a paginated walk has read and not finished showing, kept briefly for its next pages.
+
+distribution 2.8 answers tags/list whole (it ignores ``n`` and ``last``), so a page that resumes inside
+a repository would read that repository's whole list again, and a page that ends at the end of one
+reads the next ones only to learn whether the list goes on. Kept here per walk, those lists are read
+once per walk: the continue token carries a random walk id, and a continued page takes the lists its
+walk read before instead of reading them again (docs/api.md, "List options").
+
+Only registry data is kept (whole tag lists); access and selectors are applied on every page. Entries
+are keyed by the caller's identity as well as the walk id, so nothing is shared between users. A walk
+is dropped once its last page is served, when it was not continued for ``ttl`` seconds, and, least
+recently continued first, when all walks together hold more than ``max_tags`` tags. A page that finds
+nothing kept (dropped, another replica, a restart, an older token) reads the registry, as a first page
+does.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+
+from payloadtags.identity import UserInfo
+
+# A walk id: random, URL-safe, carried in the (opaque) continue token.
+WALK_ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+WALK_ID_MAX = 64
+
+# kubectl asks for the next page as soon as it has the previous one; a minute covers a slow client
+# and costs at most the bound below.
+DEFAULT_TTL = 60.0
+# About 15 MiB of tag names with the lists' own overhead.
+DEFAULT_MAX_TAGS = 250_000
+
+
+def new_walk_id() -> str:
+    return secrets.token_urlsafe(12)
+
+
+def is_walk_id(text: object) -> bool:
+    return (
+        isinstance(text, str)
+        and 0 < len(text) <= WALK_ID_MAX
+        and all(character in WALK_ID_ALPHABET for character in text)
+    )
+
+
+@attrs.define(eq=False)
+class _Walk:
+    lists: Mapping[str, Sequence[str]]
+    size: int
+    touched: float
+
+
+Key = tuple[UserInfo, str]
+
+
+@attrs.define(eq=False)
+class WalkCache:
+    clock: IReactorTime
+    max_tags: int = DEFAULT_MAX_TAGS
+    ttl: float = DEFAULT_TTL
+    # Told of each continued page's lookup: True when its walk's lists were found (metrics).
+    on_lookup: Callable[[bool], None] | None = None
+    _walks: OrderedDict[Key, _Walk] = attrs.field(factory=OrderedDict)  # least recently used first
+    size: int = 0  # tags kept, all walks
+
+    def __len__(self) -> int:
+        return len(self._walks)
+
+    def held(self, who: UserInfo, walk: str) -> Mapping[str, Sequence[str]] | None:
+        """The lists ``who``'s walk ``walk`` kept from its previous pages; None when none are kept."""
+        self._expire()
+        entry = self._walks.get((who, walk))
+        if entry is not None:
+            entry.touched = self.clock.seconds()
+            self._walks.move_to_end((who, walk))
+        if self.on_lookup is not None:
+            self.on_lookup(entry is not None)
+        return entry.lists if entry is not None else None
+
+    def keep(self, who: UserInfo, walk: str, lists: Mapping[str, Sequence[str]]) -> None:
+        """What the walk keeps after a page, replacing what it kept before."""
+        self.forget(who, walk)
+        self._expire()
+        size = sum(len(tags) for tags in lists.values())
+        if not lists or size > self.max_tags:
+            return
+        self._walks[(who, walk)] = _Walk(dict(lists), size, self.clock.seconds())
+        self.size += size
+        while self.size > self.max_tags:
+            self._drop(next(iter(self._walks)))
+
+    def forget(self, who: UserInfo, walk: str) -> None:
+        """The walk is over: its last page was served."""
+        if (who, walk) in self._walks:
+            self._drop((who, walk))
+
+    def _expire(self) -> None:
+        before = self.clock.seconds() - self.ttl
+        while self._walks:
+            key, oldest = next(iter(self._walks.items()))
+            if oldest.touched >= before:
+                return
+            self._drop(key)
+
+    def _drop(self, key: Key) -> None:
+        self.size -= self._walks.pop(key).size
+
+
+__all__ = ["DEFAULT_MAX_TAGS", "DEFAULT_TTL", "WalkCache", "is_walk_id", "new_walk_id"]

@@ -1,0 +1,258 @@
+"""The walk cache (api/walks.py): what a paginated walk keeps for its next pages, for how long, for whom.
+
+On a twisted Clock; the service-level tests walk a double of distribution 2.8's listing
+(tests/unit/test_inventory_paging.py) through TagsService with continue tokens, as a client does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import pytest
+from twisted.internet.task import Clock
+
+from payloadtags.access.authz import AlwaysAllow
+from payloadtags.api import continuation
+from payloadtags.api.errors import ApiError
+from payloadtags.api.options import list_options
+from payloadtags.api.tags import ResourceVersions, TagsService
+from payloadtags.api.walks import WalkCache, is_walk_id, new_walk_id
+from payloadtags.identity import UserInfo
+from payloadtags.inventory import Inventory
+from payloadtags.metrics import Metrics
+from payloadtags.names import TagRef, encode_name
+from tests.unit.test_inventory_paging import Registry
+from tests.unit.test_repoindex import run
+
+ALICE = UserInfo("alice", groups=("devs",))
+BOB = UserInfo("bob", groups=("devs",))
+
+
+@attrs.frozen
+class Only:
+    """Allows one repository path of one namespace, to anyone."""
+
+    namespace: str
+    path: str
+
+    def allowed(self, user: UserInfo, verb: str, namespace: str, path: str) -> bool:
+        return (namespace, path) == (self.namespace, self.path)
+
+
+def lists(**repositories: int) -> dict[str, list[str]]:
+    return {name: [f"v{i}" for i in range(count)] for name, count in repositories.items()}
+
+
+# --- the cache on its own ---------------------------------------------------------------------------
+
+
+def test_a_walk_is_kept_until_it_was_not_continued_for_the_ttl() -> None:
+    clock = Clock()
+    cache = WalkCache(clock, ttl=60)
+    cache.keep(ALICE, "w", lists(a=3))
+    clock.advance(59)
+    assert cache.held(ALICE, "w") == lists(a=3)  # a lookup is a page: it restarts the ttl
+    clock.advance(59)
+    cache.keep(ALICE, "w", lists(b=2))  # the page's end replaces what the walk keeps
+    clock.advance(60)
+    assert cache.held(ALICE, "w") == lists(b=2)
+    clock.advance(60.5)
+    assert cache.held(ALICE, "w") is None
+    assert cache.size == 0 and len(cache) == 0
+
+
+def test_expired_walks_are_dropped_when_any_walk_is_used() -> None:
+    clock = Clock()
+    cache = WalkCache(clock, ttl=60)
+    cache.keep(ALICE, "old", lists(a=5))
+    clock.advance(61)
+    cache.keep(ALICE, "new", lists(b=1))
+    assert len(cache) == 1 and cache.size == 1
+
+
+def test_past_the_total_bound_the_least_recently_continued_walks_go() -> None:
+    clock = Clock()
+    cache = WalkCache(clock, max_tags=10)
+    cache.keep(ALICE, "w1", lists(a=4))
+    clock.advance(1)
+    cache.keep(ALICE, "w2", lists(b=4))
+    clock.advance(1)
+    assert cache.held(ALICE, "w1") is not None  # w1 is now the more recently used
+    cache.keep(ALICE, "w3", lists(c=4))  # 12 tags > 10: w2 goes
+    assert cache.held(ALICE, "w2") is None
+    assert cache.held(ALICE, "w1") == lists(a=4)
+    assert cache.held(ALICE, "w3") == lists(c=4)
+    assert cache.size == 8
+    cache.keep(BOB, "huge", lists(d=11))  # larger than the bound on its own: not kept, nothing evicted
+    assert cache.held(BOB, "huge") is None
+    assert cache.size == 8 and len(cache) == 2
+
+
+def test_walks_are_kept_per_caller() -> None:
+    cache = WalkCache(Clock())
+    cache.keep(ALICE, "w", lists(a=2))
+    assert cache.held(BOB, "w") is None
+    assert cache.held(UserInfo("alice", groups=("admins",)), "w") is None  # same name, other identity
+    assert cache.held(ALICE, "w") == lists(a=2)
+
+
+def test_a_finished_walk_is_forgotten() -> None:
+    cache = WalkCache(Clock())
+    cache.keep(ALICE, "w", lists(a=2))
+    cache.forget(ALICE, "w")
+    assert cache.held(ALICE, "w") is None and cache.size == 0
+
+
+def test_walk_ids_are_random_and_token_safe() -> None:
+    ids = {new_walk_id() for _ in range(100)}
+    assert len(ids) == 100
+    assert all(is_walk_id(walk) for walk in ids)
+    assert not is_walk_id("") and not is_walk_id("a/b") and not is_walk_id("x" * 65) and not is_walk_id(7)
+
+
+# --- walks through the service ----------------------------------------------------------------------
+
+
+def service(registry: Registry, clock: Clock, metrics: Metrics | None = None) -> TagsService:
+    return TagsService(
+        inventory=Inventory(registry, concurrency=4),  # type: ignore[arg-type]
+        registry_host="registry.test",
+        authorizer=AlwaysAllow(),
+        versions=ResourceVersions(clock),
+        walks=WalkCache(clock, on_lookup=metrics.walk_lookup if metrics is not None else None),
+    )
+
+
+def page(tags: TagsService, who: UserInfo, token: str | None, limit: int = 3) -> tuple[list[str], str | None]:
+    query = {"limit": [str(limit)], **({"continue": [token]} if token else {})}
+    result, meta = run(tags.list(who, "team", list_options(query)))
+    return [f"{ref.repository_path}:{ref.tag}" for ref in result.refs], meta.continue_
+
+
+def walk_id(token: str) -> str | None:
+    return continuation.decode(token, "team").walk
+
+
+def test_a_continued_page_shows_the_repository_as_its_walk_read_it() -> None:
+    content = {"team/a": {"v1", "v3", "v5", "v7"}, **{f"team/{name}": {"x"} for name in "bcdez"}}
+    registry = Registry(content)
+    clock = Clock()
+    tags = service(registry, clock)
+    shown, token = page(tags, ALICE, None)
+    assert shown == ["a:v1", "a:v3", "a:v5"] and token is not None
+    # The first page read a and, past its end, a slice of the repositories after it (b to d).
+    assert registry.tag_reads == ["team/a", "team/b", "team/c", "team/d"]
+    registry.content["team/a"] |= {"v4", "v6", "v8"}  # pushed after the first page read a
+    registry.content["team/b"].add("y")  # and b
+    registry.content["team/z"].add("y")  # into a repository the walk has not read yet
+    registry.tag_reads.clear()
+    rest, end = page(tags, ALICE, token, limit=10)
+    assert rest == ["a:v7", "b:x", "c:x", "d:x", "e:x", "z:x", "z:y"] and end is None
+    assert registry.tag_reads == ["team/e", "team/z"]
+    everything = page(tags, ALICE, None, limit=20)[0]
+    assert everything[:9] == [f"a:v{i}" for i in (1, 3, 4, 5, 6, 7, 8)] + ["b:x", "b:y"]
+
+
+def test_without_its_walk_kept_a_page_reads_live() -> None:
+    registry = Registry({"team/a": {"v1", "v3", "v5", "v7"}})
+    clock = Clock()
+    tags = service(registry, clock)
+    _, token = page(tags, ALICE, None)
+    assert token is not None and walk_id(token) is not None
+    registry.content["team/a"].add("v6")
+    # Expired, evicted, another replica: the page reads the registry and shows the new tag.
+    clock.advance(61)
+    assert page(tags, ALICE, token)[0] == ["a:v6", "a:v7"]
+    # Another caller with the same token does not get alice's lists either.
+    _, token = page(tags, ALICE, None)
+    assert token is not None
+    registry.content["team/a"].add("v8")
+    assert page(tags, BOB, token)[0] == ["a:v6", "a:v7", "a:v8"]
+    assert page(tags, ALICE, token)[0] == ["a:v6", "a:v7"]
+
+
+def test_a_token_without_a_walk_id_reads_live_and_its_next_token_has_one() -> None:
+    registry = Registry({"team/a": {f"v{i}" for i in range(8)}})
+    clock = Clock()
+    tags = service(registry, clock)
+    _, token = page(tags, ALICE, None)
+    assert token is not None
+    old = continuation.decode(token, "team")
+    older = continuation.encode(continuation.Continuation(old.resource_version, old.scope, old.last))
+    registry.content["team/a"].add("v31")
+    registry.tag_reads.clear()
+    shown, token = page(tags, ALICE, older)
+    assert shown == ["a:v3", "a:v31", "a:v4"] and registry.tag_reads == ["team/a"]
+    assert token is not None and walk_id(token) is not None
+    registry.tag_reads.clear()
+    assert page(tags, ALICE, token)[0] == ["a:v5", "a:v6", "a:v7"]
+    assert registry.tag_reads == []
+
+
+def test_a_walk_keeps_only_the_repositories_it_has_not_passed_and_nothing_after_its_end() -> None:
+    registry = Registry({f"team/r{i}": {"a", "b"} for i in range(4)})
+    clock = Clock()
+    tags = service(registry, clock)
+    walks = tags.walks
+    assert walks is not None
+    shown, token = page(tags, ALICE, None)  # r0:a r0:b r1:a, and r1 read to the end
+    assert shown == ["r0:a", "r0:b", "r1:a"] and token is not None
+    walk = walk_id(token)
+    assert walk is not None
+    kept = walks.held(ALICE, walk)
+    assert kept is not None and "team/r0" not in kept and "team/r1" in kept
+    shown, token = page(tags, ALICE, token)
+    assert shown == ["r1:b", "r2:a", "r2:b"] and token is not None and walk_id(token) == walk
+    kept = walks.held(ALICE, walk)
+    assert kept is not None and set(kept) <= {"team/r2", "team/r3"} and "team/r2" in kept
+    shown, token = page(tags, ALICE, token)
+    assert shown == ["r3:a", "r3:b"] and token is None
+    assert walks.held(ALICE, walk) is None and walks.size == 0
+    assert sorted(registry.tag_reads) == [f"team/r{i}" for i in range(4)]  # each read once
+
+
+def test_the_selectors_and_access_are_applied_to_kept_lists_on_every_page() -> None:
+    registry = Registry({"team/a": {f"v{i}" for i in range(6)}, "team/b": {"x"}})
+    clock = Clock()
+    tags = service(registry, clock)
+    _, token = page(tags, ALICE, None, limit=1)
+    assert token is not None
+    # The page holds a's whole list; a field selector given with the continue token applies to it.
+    query = {
+        "limit": ["3"],
+        "continue": [token],
+        "fieldSelector": [f"metadata.name!={encode_name('a', 'v3')}"],
+    }
+    result, meta = run(tags.list(ALICE, "team", list_options(query)))
+    assert [ref.tag for ref in result.refs] == ["v1", "v2", "v4"]
+    # Access is decided on every page: once a is denied, its kept list shows nothing.
+    tags.authorizer = Only("team", "b")
+    assert page(tags, ALICE, meta.continue_)[0] == ["b:x"]
+
+
+def test_lookups_are_counted_as_hits_and_misses() -> None:
+    registry = Registry({"team/a": {f"v{i}" for i in range(8)}})
+    clock = Clock()
+    metrics = Metrics()
+    tags = service(registry, clock, metrics)
+    _, token = page(tags, ALICE, None)
+    _, token = page(tags, ALICE, token)
+    clock.advance(120)
+    page(tags, ALICE, token)
+
+    def count(outcome: str) -> Any:
+        return metrics.registry.get_sample_value(
+            "payloadtags_list_walk_cache_lookups_total", {"outcome": outcome}
+        )
+
+    assert (count("hit"), count("miss")) == (1.0, 1.0)
+
+
+def test_a_malformed_walk_id_is_a_bad_token() -> None:
+    token = continuation.encode(
+        continuation.Continuation("5", "team", TagRef("team", "a", "v1"), walk="no/slashes")
+    )
+    with pytest.raises(ApiError) as caught:
+        continuation.decode(token, "team")
+    assert caught.value.code == 400
