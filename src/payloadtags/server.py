@@ -466,6 +466,7 @@ async def start(
         Part("registry-client", stop=registry.close),
         Part("cluster-client", stop=kube.close) if kube is not None else None,
         Part("watch", start=watch_hub.run, stop=watch_hub.stop),
+        Part("list-walks", start=walks.run, stop=walks.stop),
         Part("reflectors", start=start_reflectors, stop=stop_reflectors),
         Part("registry-probe", start=begin_probe, stop=end_probe),
         Part("file-watchers", start=start_watchers, stop=stop_watchers),

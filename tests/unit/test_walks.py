@@ -71,6 +71,20 @@ def test_expired_walks_are_dropped_when_any_walk_is_used() -> None:
     assert len(cache) == 1 and cache.size == 1
 
 
+def test_abandoned_walks_are_freed_without_another_list() -> None:
+    clock = Clock()
+    cache = WalkCache(clock, ttl=60)
+    cache.run()
+    cache.keep(ALICE, "w", lists(a=5))
+    clock.advance(30)
+    clock.advance(30)
+    assert cache.size == 5  # not expired yet: a page could still come
+    clock.advance(30)
+    assert cache.size == 0 and len(cache) == 0
+    cache.stop()
+    assert not clock.getDelayedCalls()
+
+
 def test_past_the_total_bound_the_least_recently_continued_walks_go() -> None:
     clock = Clock()
     cache = WalkCache(clock, max_tags=10)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 
 from payloadtags.identity import UserInfo
 
@@ -67,6 +68,18 @@ class WalkCache:
     on_lookup: Callable[[bool], None] | None = None
     _walks: OrderedDict[Key, _Walk] = attrs.field(factory=OrderedDict)  # least recently used first
     size: int = 0  # tags kept, all walks
+    _sweep: LoopingCall | None = None
+
+    def run(self) -> None:
+        """Frees abandoned walks within ``ttl`` and a half, also when no list comes to notice them."""
+        self._sweep = LoopingCall(self._expire)
+        self._sweep.clock = self.clock
+        self._sweep.start(self.ttl / 2, now=False)
+
+    def stop(self) -> None:
+        if self._sweep is not None and self._sweep.running:
+            self._sweep.stop()
+        self._sweep = None
 
     def __len__(self) -> int:
         return len(self._walks)
