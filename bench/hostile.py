@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import signal
 import ssl
@@ -77,14 +78,38 @@ FLOODS = [
 
 # --- floods (each runs in a process of its own) ------------------------------------------------------
 
+# Set by SIGTERM: the measuring process stops a flood when its measuring window is over.
+STOP = threading.Event()
+
+
+def lowest_priority() -> str:
+    """Make this flood process (and the threads it starts) take only CPU nobody else wants.
+
+    In a cluster the attackers run in other pods, on other CPUs: their own CPU is not the server's.
+    Here they share 2 cores with the server and the measuring client, so without this the phases would
+    measure the load generator competing for CPU, not the server's work for each hostile request
+    (which still counts in full). Returns the policy obtained."""
+    os.nice(19)
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (OSError, AttributeError):
+        return "nice 19"
+    return "SCHED_IDLE, nice 19"
+
+
+def _wait_for_stop(limit: float) -> None:
+    deadline = time.monotonic() + limit
+    while not STOP.is_set() and time.monotonic() < deadline:
+        STOP.wait(0.1)
+    STOP.set()
+
 
 def _loop(seconds: float, workers: int, work: Any) -> list[Any]:
-    stop = time.monotonic() + seconds
     results: list[Any] = []
     lock = threading.Lock()
 
     def run() -> None:
-        while time.monotonic() < stop:
+        while not STOP.is_set():
             try:
                 outcome = work()
             except OSError as error:
@@ -95,9 +120,11 @@ def _loop(seconds: float, workers: int, work: Any) -> list[Any]:
     threads = [threading.Thread(target=run, daemon=True) for _ in range(workers)]
     for thread in threads:
         thread.start()
+    _wait_for_stop(seconds)
     for thread in threads:
-        thread.join(seconds + 30)
-    return results
+        thread.join(12)
+    with lock:
+        return list(results)
 
 
 def flood_unauthenticated_bodies(target: Target, user: Any, seconds: float) -> dict[str, Any]:
@@ -135,7 +162,7 @@ def flood_pipelining(target: Target, user: Any, seconds: float) -> dict[str, Any
                 for _ in range(20):
                     sock.send(burst)
             sock.setblocking(True)
-            time.sleep(min(2.0, seconds))
+            STOP.wait(2.0)
         return "held"
 
     results = _loop(seconds, 8, one)
@@ -147,9 +174,9 @@ def flood_connections(target: Target, user: Any, seconds: float) -> dict[str, An
     held: list[ssl.SSLSocket] = []
     opened = failed = 0
     stop = time.monotonic() + seconds
-    while time.monotonic() < stop:
+    while time.monotonic() < stop and not STOP.is_set():
         held = [sock for sock in held if _open(sock)]
-        while len(held) < 1500 and time.monotonic() < stop:
+        while len(held) < 1500 and time.monotonic() < stop and not STOP.is_set():
             try:
                 held.append(target.connect(context=context, timeout=5))
                 opened += 1
@@ -180,22 +207,25 @@ def flood_slowloris(target: Target, user: Any, seconds: float) -> dict[str, Any]
     head = b"GET /version HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 1000
     socks: list[ssl.SSLSocket] = []
     for _ in range(300):
+        if STOP.is_set():
+            break
         with contextlib.suppress(OSError):
             socks.append(target.connect(user, timeout=5))
+    opened = len(socks)
     sent = 0
     stop = time.monotonic() + seconds
-    while time.monotonic() < stop and socks:
+    while time.monotonic() < stop and socks and not STOP.is_set():
         for sock in list(socks):
             try:
                 sock.sendall(head[sent % len(head) : sent % len(head) + 1])
             except OSError:
                 socks.remove(sock)
         sent += 1
-        time.sleep(1.0)
+        STOP.wait(1.0)
     survivors = len(socks)
     for sock in socks:
         sock.close()
-    return {"connections": 300, "still_open_at_end": survivors}
+    return {"opened": opened, "bytes_sent_per_connection": sent, "still_open_at_end": survivors}
 
 
 def bad_inputs() -> list[tuple[str, bytes]]:
@@ -245,7 +275,7 @@ def flood_bad_inputs(target: Target, user: Any, seconds: float) -> dict[str, Any
     leaks: list[str] = []
     tried = 0
     stop = time.monotonic() + seconds
-    while time.monotonic() < stop:
+    while time.monotonic() < stop and not STOP.is_set():
         for name, data in cases:
             tried += 1
             started = time.monotonic()
@@ -277,20 +307,56 @@ def _count(results: list[Any]) -> dict[str, int]:
     return counts
 
 
+# What each flood's rate counts (its result's key), per second of the flood's life.
+RATE_OF = {
+    "unauthenticated-bodies": "requests",  # each a new connection: a TLS handshake and a 401
+    "oversized-bodies": "requests",  # each a new connection: a handshake and a 413
+    "pipelining": "connections",  # each pipelining 10,000 requests it never reads
+    "connections": "opened",
+    "slowloris": "opened",
+    "bad-inputs": "tried",  # each a new connection and a 4xx
+}
+
+
 # --- measuring ----------------------------------------------------------------------------------------
 
 
-def _percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank q-quantile."""
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def quantile_interval(values: list[float], q: float, z: float = 1.96) -> tuple[float, float]:
+    """A distribution-free 95 % confidence interval of the q-quantile: the order statistics whose ranks
+    bound the binomial count of samples below it (normal approximation). With 1,000 samples the p99 lies
+    between the 984th and the 997th smallest; with 300, between the 292nd and the 300th (the largest),
+    which is why a few hundred samples say little about a p99."""
+    ordered = sorted(values)
+    n = len(ordered)
+    spread = z * math.sqrt(n * q * (1 - q))
+    low = max(0, math.floor(n * q - spread) - 1)
+    high = min(n - 1, math.ceil(n * q + spread) - 1)
+    return ordered[low], ordered[high]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    low, high = quantile_interval(values, 0.99)
+    return {
+        "n": len(values),
+        "p50_ms": statistics.median(values) * 1000,
+        "p99_ms": percentile(values, 0.99) * 1000,
+        "p99_low_ms": low * 1000,
+        "p99_high_ms": high * 1000,
+    }
 
 
 PROXIED = {"X-Remote-User": "admin", "X-Remote-Group": "system:masters"}
 
 
-def measure(target: Target, user: Any, requests: int) -> dict[str, float]:
+def measure(target: Target, user: Any, requests: int) -> dict[str, Any]:
     """The small list and /livez, alternating, each over a kept-alive connection (reopened, and
-    counted, if the server closes it)."""
+    counted, if the server closes it). Returns every sample, in seconds."""
     lists: list[float] = []
     probes: list[float] = []
     reconnects = 0
@@ -323,44 +389,58 @@ def measure(target: Target, user: Any, requests: int) -> dict[str, float]:
             probes.append(elapsed)
             if reply.code != 200:
                 raise RuntimeError("/livez failed")
-            time.sleep(0.01)
+            time.sleep(0.002)
     finally:
         for current in connections.values():
             if current is not None:
                 current[0].close()
-    return {
-        "list_p50_ms": statistics.median(lists) * 1000,
-        "list_p99_ms": _percentile(lists, 0.99) * 1000,
-        "livez_p50_ms": statistics.median(probes) * 1000,
-        "livez_p99_ms": _percentile(probes, 0.99) * 1000,
-        "reconnects": reconnects,
-    }
+    return {"list": lists, "livez": probes, "reconnects": reconnects}
 
 
 class Sampler:
-    """The server's RSS every 0.1 s, from /proc; and over the whole phase, the server's CPU (share of
-    one core) and the machine's (share of all cores), to tell the server's own work from contention."""
+    """The server's RSS every 0.1 s, from /proc; and over the whole window, the CPU (share of one core)
+    of the server, of the flood processes and of this measuring process, the machine's (share of all
+    cores) and its load average, to tell the server's own work from contention."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, floods: list[int] | None = None) -> None:
         self.pid = pid
+        self.floods = floods or []
         self.peak = 0
-        self.server_cpu = 0.0
-        self.machine_busy = 0.0
+        self.figures: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _now(self) -> tuple[float, float, float, float, tuple[int, int]]:
+        mine = os.times()
+        return (
+            time.monotonic(),
+            cpu_seconds(self.pid),
+            sum(cpu_seconds(pid) for pid in self.floods),
+            mine.user + mine.system,
+            machine_ticks(),
+        )
+
     def __enter__(self) -> Sampler:
-        self._started = (time.monotonic(), cpu_seconds(self.pid), machine_ticks())
+        self._load = os.getloadavg()[0]
+        self._started = self._now()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(2)
-        wall0, cpu0, (busy0, total0) = self._started
-        wall, cpu, (busy, total) = time.monotonic() - wall0, cpu_seconds(self.pid) - cpu0, machine_ticks()
-        self.server_cpu = cpu / wall if wall > 0 else 0.0
-        self.machine_busy = (busy - busy0) / max(total - total0, 1)
+        wall0, server0, floods0, mine0, (busy0, total0) = self._started
+        wall1, server1, floods1, mine1, (busy1, total1) = self._now()
+        wall = max(wall1 - wall0, 1e-9)
+        self.figures = {
+            "seconds": wall,
+            "server_cpu_core_share": (server1 - server0) / wall,
+            "floods_cpu_core_share": (floods1 - floods0) / wall,
+            "client_cpu_core_share": (mine1 - mine0) / wall,
+            "machine_busy_share": (busy1 - busy0) / max(total1 - total0, 1),
+            "load_average_before": self._load,
+            "peak_rss_mib": self.peak / 2**20,
+        }
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -369,9 +449,12 @@ class Sampler:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User and system CPU the process has used (/proc/PID/stat, fields 14 and 15)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    """User and system CPU the process has used (/proc/PID/stat, fields 14 and 15), all its threads."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -400,9 +483,7 @@ def flood_address(kind: str, args: argparse.Namespace) -> str:
     return args.flood_address or f"127.0.0.{2 + FLOODS.index(kind)}"
 
 
-def start_flood(
-    kind: str, target: Target, pki_dir: Path, seconds: float, source: str
-) -> subprocess.Popen[bytes]:
+def start_flood(kind: str, target: Target, pki_dir: Path, source: str, nice: bool) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
             sys.executable,
@@ -415,25 +496,30 @@ def start_flood(
             str(target.port),
             "--pki",
             str(pki_dir),
-            "--seconds",
-            str(seconds),
+            "--nice-floods" if nice else "--no-nice-floods",
         ],
         stdout=subprocess.PIPE,
         start_new_session=True,
     )
 
 
-def flood_result(process: subprocess.Popen[bytes], seconds: float) -> dict[str, Any]:
+def stop_flood(process: subprocess.Popen[bytes]) -> dict[str, Any]:
+    """Stop a flood (SIGTERM: it finishes what it is doing, at most a socket timeout) and read its report."""
+    cpu = cpu_seconds(process.pid)
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGTERM)
     try:
-        out, _ = process.communicate(timeout=seconds + 60)
+        out, _ = process.communicate(timeout=40)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         out, _ = process.communicate()
         return {"error": "did not finish"}
     try:
-        return json.loads(out.decode().strip().splitlines()[-1])  # type: ignore[no-any-return]
+        result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
     except (ValueError, IndexError):
         return {"error": out.decode(errors="replace")[-300:]}
+    result["cpu_core_share"] = cpu / max(result.get("seconds", 0.0), 1e-9)
+    return result
 
 
 def wait_ready(target: Target, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
@@ -448,6 +534,15 @@ def wait_ready(target: Target, process: subprocess.Popen[bytes], timeout: float 
                     return
         time.sleep(0.2)
     raise RuntimeError("payloadtags did not become ready")
+
+
+def settle(pid: int, fds_before: int, limit: float) -> float:
+    """Wait (up to ``limit`` s) until the server has closed what the floods left, so that the next idle
+    window measures an idle server. Returns how long that took."""
+    started = time.monotonic()
+    while open_fds(pid) > fds_before + 2 and time.monotonic() - started < limit:
+        time.sleep(0.2)
+    return time.monotonic() - started
 
 
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -485,55 +580,64 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         try:
             target = Target(port, str(pki.server_ca.cert_file))
             wait_ready(target, server)
-            measure(target, proxy, 20)  # warm-up
+            measure(target, proxy, 50)  # warm-up
             time.sleep(1.0)
             fds_before, rss_before = open_fds(server.pid), rss(server.pid)
-            report: dict[str, Any] = {"phases": {}}
-            with Sampler(server.pid) as sampler:
-                idle = measure(target, proxy, args.requests)
-            report["phases"]["idle"] = {**idle, **_cpu(sampler), "peak_rss_mib": sampler.peak / 2**20}
-            print(_line("idle", idle, idle, sampler), flush=True)
+            windows: list[dict[str, Any]] = []
+
+            def idle_window() -> None:
+                with Sampler(server.pid) as sampler:
+                    samples = measure(target, proxy, args.requests)
+                windows.append({"phase": "idle", **samples, **sampler.figures})
+                print(_line(windows[-1]), flush=True)
+
             chosen = args.only or FLOODS
             phases = [] if args.all_only else [[kind] for kind in chosen]
             phases += [chosen] if len(chosen) > 1 else []
-            for kinds in phases:
-                name = kinds[0] if len(kinds) == 1 else "all at once"
-                floods = [
-                    start_flood(kind, target, work / "pki", args.seconds, flood_address(kind, args))
-                    for kind in kinds
-                ]
-                time.sleep(min(3.0, args.seconds / 3))  # let the flood build up
-                with Sampler(server.pid) as sampler:
-                    figures = measure(target, proxy, args.requests)
-                results = {kind: flood_result(p, args.seconds) for kind, p in zip(kinds, floods, strict=True)}
-                report["phases"][name] = {
-                    **figures,
-                    **_cpu(sampler),
-                    "peak_rss_mib": sampler.peak / 2**20,
-                    "floods": results,
-                }
-                print(_line(name, figures, idle, sampler), flush=True)
-                for kind, result in results.items():
-                    print(f"    {kind}: {json.dumps(result)}", flush=True)
-                time.sleep(1.0)
+            idle_window()
+            for _ in range(args.repeat):
+                for kinds in phases:
+                    name = kinds[0] if len(kinds) == 1 else "all at once"
+                    floods = [
+                        start_flood(kind, target, work / "pki", flood_address(kind, args), args.nice_floods)
+                        for kind in kinds
+                    ]
+                    try:
+                        time.sleep(args.ramp)  # let the flood build up
+                        with Sampler(server.pid, [p.pid for p in floods]) as sampler:
+                            samples = measure(target, proxy, args.requests)
+                    finally:
+                        results = {kind: stop_flood(p) for kind, p in zip(kinds, floods, strict=True)}
+                    windows.append({"phase": name, **samples, **sampler.figures, "floods": results})
+                    print(_line(windows[-1]), flush=True)
+                    for kind, result in results.items():
+                        print(f"    {kind}: {json.dumps(result)}", flush=True)
+                    windows[-1]["settle_seconds"] = settle(server.pid, fds_before, 15.0)
+                    idle_window()
             # Connections the server still has to notice are closed (a handshake waiting for its
             # address's token does not read until then; a head is due within 32 s) close by then.
-            settled = time.monotonic() + 40
-            time.sleep(3.0)
-            while open_fds(server.pid) > fds_before and time.monotonic() < settled:
-                time.sleep(1.0)
+            settle(server.pid, fds_before, 40.0)
             fds_after, rss_after = open_fds(server.pid), rss(server.pid)
-            report["leaks"] = {
-                "fds_before": fds_before,
-                "fds_after": fds_after,
-                "rss_before_mib": rss_before / 2**20,
-                "rss_after_mib": rss_after / 2**20,
-                "bad_answers": sum(
-                    phase.get("floods", {}).get("bad-inputs", {}).get("leaks", 0)
-                    for phase in report["phases"].values()
-                ),
+            report: dict[str, Any] = {
+                "settings": {
+                    "requests_per_window": args.requests,
+                    "repeat": args.repeat,
+                    "nice_floods": args.nice_floods,
+                    "ramp_seconds": args.ramp,
+                },
+                "phases": summarize(windows),
+                "windows": windows,
+                "leaks": {
+                    "fds_before": fds_before,
+                    "fds_after": fds_after,
+                    "rss_before_mib": rss_before / 2**20,
+                    "rss_after_mib": rss_after / 2**20,
+                    "bad_answers": sum(
+                        w.get("floods", {}).get("bad-inputs", {}).get("leaks", 0) for w in windows
+                    ),
+                },
             }
-            print(f"leaks: {json.dumps(report['leaks'])}", flush=True)
+            print_summary(report)
             return report
         finally:
             server.send_signal(signal.SIGTERM)
@@ -543,6 +647,76 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 server.kill()
                 server.wait(5)
             log.close()
+
+
+def summarize(windows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per phase, its samples pooled over its windows, against the idle windows just before and just
+    after each of them (pooled too): the idle baseline is measured around every flood, not once."""
+    phases: dict[str, Any] = {}
+    names = list(dict.fromkeys(w["phase"] for w in windows))
+    for name in names:
+        spots = [i for i, w in enumerate(windows) if w["phase"] == name]
+        if name == "idle":
+            neighbours = spots
+        else:
+            neighbours = sorted({j for i in spots for j in (i - 1, i + 1) if 0 <= j < len(windows)})
+        flooded = [s for i in spots for s in windows[i]["list"]]
+        quiet = [s for j in neighbours if windows[j]["phase"] == "idle" for s in windows[j]["list"]]
+        probes = [s for i in spots for s in windows[i]["livez"]]
+        quiet_probes = [s for j in neighbours if windows[j]["phase"] == "idle" for s in windows[j]["livez"]]
+        entry: dict[str, Any] = {
+            "list": summary(flooded),
+            "idle_list": summary(quiet),
+            "livez": summary(probes),
+            "idle_livez": summary(quiet_probes),
+            "windows": len(spots),
+            "per_window_p99_ms": [percentile(windows[i]["list"], 0.99) * 1000 for i in spots],
+        }
+        entry["ratio"] = entry["list"]["p99_ms"] / entry["idle_list"]["p99_ms"]
+        # The ratio's interval: the flood's interval over the idle one's, both ways round.
+        entry["ratio_low"] = entry["list"]["p99_low_ms"] / entry["idle_list"]["p99_high_ms"]
+        entry["ratio_high"] = entry["list"]["p99_high_ms"] / entry["idle_list"]["p99_low_ms"]
+        entry["livez_ratio"] = entry["livez"]["p99_ms"] / entry["idle_livez"]["p99_ms"]
+        for key in ("server_cpu_core_share", "floods_cpu_core_share", "machine_busy_share"):
+            entry[key] = statistics.fmean(windows[i][key] for i in spots)
+        entry["load_average"] = [windows[i]["load_average_before"] for i in spots]
+        entry["peak_rss_mib"] = max(windows[i]["peak_rss_mib"] for i in spots)
+        if name != "idle":
+            entry["flood_rates_per_second"] = {
+                kind: [
+                    windows[i]["floods"][kind].get(RATE_OF[kind], 0)
+                    / max(windows[i]["floods"][kind].get("seconds", 0.0), 1e-9)
+                    for i in spots
+                ]
+                for kind in windows[spots[0]]["floods"]
+            }
+        phases[name] = entry
+    return phases
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    print(
+        "\nsmall list p99 per phase, against the idle windows around it (95 % interval in brackets):",
+        flush=True,
+    )
+    for name, entry in report["phases"].items():
+        flood, idle = entry["list"], entry["idle_list"]
+        rates = ", ".join(
+            f"{kind} {statistics.fmean(values):.0f} {RATE_OF[kind]}/s"
+            for kind, values in entry.get("flood_rates_per_second", {}).items()
+        )
+        loads = "/".join(f"{v:.1f}" for v in entry["load_average"])
+        print(
+            f"{name:24s} p99 {flood['p99_ms']:6.1f} ms [{flood['p99_low_ms']:.1f}-{flood['p99_high_ms']:.1f}]"
+            f" n={flood['n']}  idle p99 {idle['p99_ms']:6.1f} ms [{idle['p99_low_ms']:.1f}-"
+            f"{idle['p99_high_ms']:.1f}] n={idle['n']}  ratio {entry['ratio']:4.2f}x "
+            f"[{entry['ratio_low']:.2f}-{entry['ratio_high']:.2f}]  livez {entry['livez_ratio']:4.2f}x  "
+            f"server CPU {entry['server_cpu_core_share']:4.0%}  "
+            f"floods CPU {entry['floods_cpu_core_share']:4.0%}  machine {entry['machine_busy_share']:4.0%}  "
+            f"load {loads}" + (f"\n{'':26s}{rates}" if rates else ""),
+            flush=True,
+        )
+    print(f"leaks: {json.dumps(report['leaks'])}", flush=True)
 
 
 def _server_env(source: str | None) -> dict[str, str] | None:
@@ -561,18 +735,16 @@ def _cpus(spec: str) -> set[int]:
     return cpus
 
 
-def _cpu(sampler: Sampler) -> dict[str, float]:
-    return {"server_cpu_core_share": sampler.server_cpu, "machine_busy_share": sampler.machine_busy}
-
-
-def _line(name: str, figures: dict[str, float], idle: dict[str, float], sampler: Sampler) -> str:
+def _line(window: dict[str, Any]) -> str:
+    lists, probes = summary(window["list"]), summary(window["livez"])
     return (
-        f"{name:24s} list p50 {figures['list_p50_ms']:7.1f} ms  p99 {figures['list_p99_ms']:7.1f} ms "
-        f"({figures['list_p99_ms'] / idle['list_p99_ms']:4.2f}x idle)  livez p99 "
-        f"{figures['livez_p99_ms']:6.1f} ms ({figures['livez_p99_ms'] / idle['livez_p99_ms']:4.2f}x)  "
-        f"peak RSS {sampler.peak / 2**20:5.0f} MiB (limit {MEMORY_LIMIT / 2**20:.0f})  "
-        f"server CPU {sampler.server_cpu:4.0%} of a core, machine {sampler.machine_busy:4.0%} busy"
-        + (f"  {figures['reconnects']:.0f} reconnects" if figures.get("reconnects") else "")
+        f"{window['phase']:24s} list p50 {lists['p50_ms']:6.1f} ms  p99 {lists['p99_ms']:6.1f} ms "
+        f"[{lists['p99_low_ms']:.1f}-{lists['p99_high_ms']:.1f}] n={lists['n']}  livez p99 "
+        f"{probes['p99_ms']:5.1f} ms  RSS {window['peak_rss_mib']:4.0f} MiB  server CPU "
+        f"{window['server_cpu_core_share']:4.0%}  floods {window['floods_cpu_core_share']:4.0%}  client "
+        f"{window['client_cpu_core_share']:4.0%}  machine {window['machine_busy_share']:4.0%}  load "
+        f"{window['load_average_before']:.1f}"
+        + (f"  {window['reconnects']} reconnects" if window.get("reconnects") else "")
     )
 
 
@@ -580,10 +752,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="fewer requests and shorter floods")
-    parser.add_argument("--seconds", type=float, default=None, help="how long each flood runs")
-    parser.add_argument("--requests", type=int, default=None, help="small lists measured per phase")
-    parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--quick", action="store_true", help="300 samples a window instead of 1,000")
+    parser.add_argument("--requests", type=int, default=None, help="small lists measured per window")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run the flood phases this many times (samples pooled)"
+    )
+    parser.add_argument(
+        "--nice-floods",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the flood processes at the lowest CPU priority (SCHED_IDLE, nice 19; default on)",
+    )
+    parser.add_argument("--json", help="write the figures (and every sample) here")
     parser.add_argument(
         "--server-src", help="run the server from this src/ directory (another commit's, for a before/after)"
     )
@@ -597,7 +777,7 @@ def main() -> int:
         help="run the server on these CPUs only (taskset list, e.g. 0) and everything else on the others",
     )
     parser.add_argument(
-        "--all-only", action="store_true", help="only the phase with every flood at once (after idle)"
+        "--all-only", action="store_true", help="only the phase with every flood at once (between idles)"
     )
     parser.add_argument(
         "--profile", help="run the server under cProfile and write its profile here (pstats format)"
@@ -608,19 +788,35 @@ def main() -> int:
     parser.add_argument("--pki", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.flood:
-        pki_dir = Path(args.pki)
-        target = Target(args.port, str(pki_dir / "server" / "serving-ca.crt"), source=args.source)
-        user = _admin(pki_dir)
-        print(json.dumps(FLOOD_FUNCTIONS[args.flood](target, user, args.seconds)), flush=True)
-        return 0
-    args.seconds = args.seconds or (6.0 if args.quick else 20.0)
-    args.requests = args.requests or (100 if args.quick else 300)
+        return run_flood(args)
+    args.requests = args.requests or (300 if args.quick else 1000)
+    args.ramp = 2.0 if args.quick else 3.0
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="bench-hostile-") as directory:
         report = run(args, Path(directory))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def run_flood(args: argparse.Namespace) -> int:
+    """A flood process: floods until SIGTERM (or 10 minutes), then prints what it did as JSON."""
+    priority = lowest_priority() if args.nice_floods else "normal"
+    stopped: list[float] = []
+
+    def stop(*_: object) -> None:
+        stopped.append(time.monotonic())
+        STOP.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    pki_dir = Path(args.pki)
+    target = Target(args.port, str(pki_dir / "server" / "serving-ca.crt"), source=args.source)
+    started = time.monotonic()
+    result = FLOOD_FUNCTIONS[args.flood](target, _admin(pki_dir), 600.0)
+    result["seconds"] = (stopped[0] if stopped else time.monotonic()) - started
+    result["priority"] = priority
+    print(json.dumps(result), flush=True)
     return 0
 
 
