@@ -34,6 +34,7 @@ Reported per phase: p50 and p99 of the small list and of ``/livez`` and their ra
 
 Usage: .venv/bin/python bench/hostile.py [--quick] [--seconds S] [--json FILE] [--server-src DIR]
        [--flood-address ADDRESS] [--only FLOOD ...] [--all-only] [--profile FILE] [--server-cpus LIST]
+       [--repeat N] [--no-nice-floods] [--pool JSON ...]
 """
 
 from __future__ import annotations
@@ -649,11 +650,15 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             log.close()
 
 
+# Between the windows of two runs pooled by --pool: no idle window is next to one of another run.
+SEPARATOR = "-"
+
+
 def summarize(windows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per phase, its samples pooled over its windows, against the idle windows just before and just
     after each of them (pooled too): the idle baseline is measured around every flood, not once."""
     phases: dict[str, Any] = {}
-    names = list(dict.fromkeys(w["phase"] for w in windows))
+    names = [name for name in dict.fromkeys(w["phase"] for w in windows) if name != SEPARATOR]
     for name in names:
         spots = [i for i, w in enumerate(windows) if w["phase"] == name]
         if name == "idle":
@@ -682,6 +687,21 @@ def summarize(windows: list[dict[str, Any]]) -> dict[str, Any]:
         entry["load_average"] = [windows[i]["load_average_before"] for i in spots]
         entry["peak_rss_mib"] = max(windows[i]["peak_rss_mib"] for i in spots)
         if name != "idle":
+            # The server's CPU beyond what it spends on the measuring client (at the idle windows'
+            # CPU per sample), per flood request: the server's own cost of a hostile request.
+            per_sample = statistics.fmean(
+                w["server_cpu_core_share"] * w["seconds"] / len(w["list"])
+                for w in windows
+                if w["phase"] == "idle"
+            )
+            excess = sum(
+                windows[i]["server_cpu_core_share"] * windows[i]["seconds"]
+                - per_sample * len(windows[i]["list"])
+                for i in spots
+            )
+            entry["server_cpu_beyond_the_measuring_client_core_share"] = excess / sum(
+                windows[i]["seconds"] for i in spots
+            )
             entry["flood_rates_per_second"] = {
                 kind: [
                     windows[i]["floods"][kind].get(RATE_OF[kind], 0)
@@ -690,6 +710,13 @@ def summarize(windows: list[dict[str, Any]]) -> dict[str, Any]:
                 ]
                 for kind in windows[spots[0]]["floods"]
             }
+        if name != "idle":
+            # Per what the flood's rate counts (a request, a connection...), single floods only.
+            rates = [statistics.fmean(v) for v in entry["flood_rates_per_second"].values()]
+            if len(rates) == 1 and rates[0] > 0:
+                entry["server_cpu_ms_per_flood_unit"] = (
+                    1000 * entry["server_cpu_beyond_the_measuring_client_core_share"] / rates[0]
+                )
         phases[name] = entry
     return phases
 
@@ -702,9 +729,16 @@ def print_summary(report: dict[str, Any]) -> None:
     for name, entry in report["phases"].items():
         flood, idle = entry["list"], entry["idle_list"]
         rates = ", ".join(
-            f"{kind} {statistics.fmean(values):.0f} {RATE_OF[kind]}/s"
+            f"{kind} {statistics.fmean(values):.1f} {RATE_OF[kind]}/s"
             for kind, values in entry.get("flood_rates_per_second", {}).items()
         )
+        if rates:
+            rates += (
+                f"; server CPU beyond the measuring client "
+                f"{entry['server_cpu_beyond_the_measuring_client_core_share']:.0%} of a core"
+            )
+            if "server_cpu_ms_per_flood_unit" in entry:
+                rates += f" ({entry['server_cpu_ms_per_flood_unit']:.1f} ms each)"
         loads = "/".join(f"{v:.1f}" for v in entry["load_average"])
         print(
             f"{name:24s} p99 {flood['p99_ms']:6.1f} ms [{flood['p99_low_ms']:.1f}-{flood['p99_high_ms']:.1f}]"
@@ -716,7 +750,8 @@ def print_summary(report: dict[str, Any]) -> None:
             f"load {loads}" + (f"\n{'':26s}{rates}" if rates else ""),
             flush=True,
         )
-    print(f"leaks: {json.dumps(report['leaks'])}", flush=True)
+    if report["leaks"]:
+        print(f"leaks: {json.dumps(report['leaks'])}", flush=True)
 
 
 def _server_env(source: str | None) -> dict[str, str] | None:
@@ -786,9 +821,21 @@ def main() -> int:
     parser.add_argument("--source", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--pki", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--pool",
+        nargs="+",
+        metavar="JSON",
+        help="measure nothing: summarize the windows of these --json reports together (repetitions pooled)",
+    )
     args = parser.parse_args()
     if args.flood:
         return run_flood(args)
+    if args.pool:
+        windows: list[dict[str, Any]] = []
+        for path in args.pool:
+            windows += [*json.loads(Path(path).read_text())["windows"], {"phase": SEPARATOR}]
+        print_summary({"phases": summarize(windows), "leaks": {}})
+        return 0
     args.requests = args.requests or (300 if args.quick else 1000)
     args.ramp = 2.0 if args.quick else 3.0
     import tempfile
