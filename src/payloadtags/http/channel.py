@@ -33,6 +33,7 @@ from twisted.internet.interfaces import IDelayedCall, IHandshakeListener
 from twisted.internet.protocol import Protocol as BaseProtocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import IResource
@@ -336,6 +337,7 @@ class GuardedChannel(http.HTTPChannel):
                 head.append(b"retry-after: %d" % error.retry_after)
             assert self.transport is not None
             self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        _drop_before_decrypting(self.transport)
         self._networkProducer.resumeProducing()
         self.callLater(LINGER, self._close)
 
@@ -350,6 +352,24 @@ class GuardedChannel(http.HTTPChannel):
         abort = getattr(self.transport, "abortConnection", None)
         if not self._lost and abort is not None:
             abort()
+
+
+def _drop_before_decrypting(transport: object) -> None:
+    """From now on, what the client sends is dropped as it arrives, before the TLS layer under this
+    connection decrypts it. Lingering after a refusal reads what the client still sends only so that
+    the connection is not reset under the answer; decrypting it was most of the server's cost of a
+    refused request (an unauthenticated client streaming a 3 MiB body after its 401: about 10 ms).
+    What the server writes is not affected."""
+    for _ in range(3):  # the channel, the per-client wrapper, then TLS
+        if isinstance(transport, TLSMemoryBIOProtocol):
+            # The TCP transport looks its protocol's dataReceived up on every read.
+            setattr(transport, "dataReceived", _discard)  # noqa: B010
+            return
+        transport = getattr(transport, "transport", None)
+
+
+def _discard(data: bytes) -> None:
+    pass
 
 
 class GuardedSite(Site):
