@@ -7,12 +7,15 @@ What it does (all on 127.0.0.1; everything it starts is stopped at the end, also
    certificates and a front proxy, ``--authorization-mode=AlwaysAllow``);
 3. measures the small list (``GET …/namespaces/bench/payloadrepositorytags``, 10 tags, over one
    kept-alive connection with the front proxy's certificate and ``X-Remote-User``, as kube-apiserver's
-   aggregator keeps its connection) and ``/livez`` on an idle server, from 127.0.0.1, then again while
-   each flood runs, then with all floods at once;
-4. each flood runs in processes of its own (this script with ``--flood KIND``), so that its CPU does not
-   slow down the measuring client, and from a source address of its own (127.0.0.2, 127.0.0.3, ...: an
+   aggregator keeps its connection) and ``/livez``, from 127.0.0.1, in windows of 1,000 samples each
+   (``--quick``: 300): on the idle server, then while each flood runs, then with all floods at once, with
+   an idle window between every two flood windows; each flood phase is compared with the idle windows
+   just before and after it, pooled;
+4. each flood runs in processes of its own (this script with ``--flood KIND``), at the lowest CPU
+   priority (SCHED_IDLE, nice 19: attackers in a cluster use other machines' CPU, not the server's;
+   ``--no-nice-floods`` to compare), from a source address of its own (127.0.0.2, 127.0.0.3, ...: an
    attacker pod is another address than the aggregator; ``--flood-address 127.0.0.1`` floods from the
-   measuring client's address instead):
+   measuring client's address instead), from 3 s before its window until the window is measured:
      - ``unauthenticated-bodies``: clients without a certificate send DELETE heads announcing 3 MiB and
        stream the body;
      - ``oversized-bodies``: authenticated clients announce 100 MiB;
@@ -29,8 +32,10 @@ What it does (all on 127.0.0.1; everything it starts is stopped at the end, also
    floods count as leaks: a connection whose handshake waits for its address's token, or whose head is
    due within 32 s, is closed by then).
 
-Reported per phase: p50 and p99 of the small list and of ``/livez`` and their ratio to the idle figures
-(the goal: p99 within 2x of idle), peak RSS, and the flood's own counts.
+Reported per phase: p50 and p99 of the small list and of ``/livez``, the p99's 95 % interval (order
+statistics), the ratio to the idle windows around it with the interval both allow (the goal: p99 within
+2x of idle), peak RSS, the floods' own counts and rates, and the CPU of the server, the floods, the
+measuring client and the machine, with the load average.
 
 Usage: .venv/bin/python bench/hostile.py [--quick] [--seconds S] [--json FILE] [--server-src DIR]
        [--flood-address ADDRESS] [--only FLOOD ...] [--all-only] [--profile FILE] [--server-cpus LIST]
