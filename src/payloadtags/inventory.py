@@ -16,6 +16,8 @@ import attrs
 from payloadtags.deferreds import bounded_map
 from payloadtags.names import TagRef, split_repository
 from payloadtags.registry import Catalog, Manifest, Registry
+from payloadtags.registry.blobcache import BlobCache
+from payloadtags.registry.content import compute_digest
 from payloadtags.registry.errors import RegistryNotFound
 from payloadtags.repoindex import RepositoryIndex, catalog_key
 
@@ -156,6 +158,8 @@ class Inventory:
     page_size: int = 1000
     # When given and ready, lists take their repositories from it instead of the catalog.
     index: RepositoryIndex | None = None
+    # Image configs already read: a tag's GET then reads only its manifest from the registry.
+    configs: BlobCache = attrs.Factory(BlobCache)
 
     async def _tags_of(self, repositories: Sequence[str]) -> list[list[str]]:
         return await bounded_map(self.client.tags, repositories, self.concurrency)
@@ -272,11 +276,16 @@ class Inventory:
         size = descriptor.get("size")
         if media_type == EMPTY_CONFIG or not is_json or not isinstance(size, int) or size > MAX_CONFIG_BYTES:
             return None
-        try:
-            content = await self.client.blob(ref.repository, descriptor["digest"], max_bytes=MAX_CONFIG_BYTES)
-        except RegistryNotFound:
-            # A config blob already garbage-collected or never pushed should not hide the tag itself.
-            return None
+        digest = descriptor["digest"]
+        content = self.configs.get(ref.repository, digest)
+        if content is None:
+            try:
+                content = await self.client.blob(ref.repository, digest, max_bytes=MAX_CONFIG_BYTES)
+            except RegistryNotFound:
+                # A config blob already garbage-collected or never pushed should not hide the tag itself.
+                return None
+            if compute_digest(content, digest.partition(":")[0]) == digest:  # kept only when verified
+                self.configs.put(ref.repository, digest, content)
         config = _json_or_none(content)
         return config if isinstance(config, dict) else None
 

@@ -345,6 +345,24 @@ def test_oversize_blob_is_refused_from_its_length() -> None:
     assert agent.responses[0].transport.stopped
 
 
+def test_a_redirected_blob_is_fetched_without_the_registrys_credentials() -> None:
+    data = b'{"architecture": "amd64"}'
+    storage = "http://storage.test/blobs/1?signature=x"
+
+    def handler(request: Sent) -> Answer:
+        if request.url == storage:
+            return Answer(200, {}, data)
+        if request.header("Authorization") != "Basic dTpw":  # u:p
+            return error_answer(401, "UNAUTHORIZED", **{"WWW-Authenticate": 'Basic realm="registry"'})
+        return Answer(307, {"Location": storage})
+
+    client, agent = make(handler, username="u", password="p")
+    assert result(client.blob("a/b", digest_of(data))) == data
+    assert [s.url for s in agent.sent] == [f"{REGISTRY}/v2/a/b/blobs/{digest_of(data)}"] * 2 + [storage]
+    assert agent.sent[1].header("Authorization") == "Basic dTpw"
+    assert agent.sent[2].header("Authorization") is None  # another origin: no registry credentials
+
+
 def test_settings_hide_the_password() -> None:
     settings = RegistrySettings(url=REGISTRY, username="u", password="hunter2")
     assert "hunter2" not in repr(settings)

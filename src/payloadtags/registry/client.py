@@ -27,6 +27,7 @@ from twisted.web.client import (
     Agent,
     HTTPConnectionPool,
     RequestTransmissionFailed,
+    RedirectAgent,
     ResponseFailed,
     ResponseNeverReceived,
 )
@@ -200,6 +201,9 @@ class RegistryClient:
                 pool=self._pool,
             )
         self._agent = agent
+        # Blob reads follow redirects (storage backends like S3 answer with one) on the Agent too;
+        # the Authorization header is dropped when a redirect leads to another origin.
+        self._redirecting = RedirectAgent(agent)
         self._http = HTTPClient(agent, data_to_body_producer=BytesProducer)
         # The pool keeps idle connections; this bounds the busy ones, so a burst of API requests
         # queues here instead of opening hundreds of sockets to the registry.
@@ -866,10 +870,12 @@ class RegistryClient:
         if authorization:
             request_headers["Authorization"] = [authorization]
         response: IResponse
-        if body is None and not redirects and url.isascii():
+        if body is None and url.isascii():
             # Reads go straight to the Agent: treq's URL and cookie handling cost more CPU than the
-            # rest of a small tags/list exchange, and a read needs neither.
-            response = await self._agent.request(
+            # rest of a small tags/list exchange (its IDNA checks alone a tenth of a single-tag GET's
+            # CPU, through the config blob), and a read needs neither.
+            agent = self._redirecting if redirects else self._agent
+            response = await agent.request(
                 method.encode("ascii"),
                 url.encode("ascii"),
                 Headers(cast("dict[str, list[str]]", request_headers)),  # all str, as built above
