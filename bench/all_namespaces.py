@@ -1,0 +1,287 @@
+"""``kubectl get prt -A`` over 2,000 repositories: payloadtags with and without the repository index,
+against a minimal client reading the registry directly, in one run.
+
+What it does (all on 127.0.0.1; everything it starts is stopped at the end, also on error or Ctrl-C):
+
+1. starts a real ``docker-registry`` (access log on) and writes 2,000 repositories of 3 tags each into
+   its storage tree, 10 per namespace (``ns-NNN/app-N``), as ``bench/list_scale.py`` does (one
+   repository is pushed over the HTTP API for the blobs and the manifest the others link to);
+2. runs two ``.venv/bin/payloadtags serve`` in front of it (standalone, client certificates,
+   AlwaysAllow, ``--registry-concurrency=16``): one without the repository index, one with it
+   (``--registry-events-token-file``; it fills the index from the catalog at start);
+3. interleaves repetitions (rotating which goes first) of
+   - ``no index`` and ``index``: one unpaged all-namespaces JSON list
+     (``GET /apis/payload-registry.deckhouse.io/v1alpha1/payloadrepositorytags``) over a kept-alive
+     HTTPS connection with a client certificate;
+   - **the floor**: a treq client reading the whole catalog (pages of 1,000, following ``last``) and
+     each repository's ``tags/list``, 16 in flight, over a kept-alive pool: the same HTTP stack, page
+     size and concurrency as payloadtags' own registry client;
+   checks that all three see exactly the 6,000 (namespace, repository, tag) triples written, and counts
+   the registry requests of each (catalog, ``tags/list``) in its access log.
+
+Reported: median wall time and its spread, the ratio to the floor (goal: <= 1.2x), server CPU per list,
+and catalog and ``tags/list`` requests per list (the index's list asks for no catalog page).
+
+Usage: .venv/bin/python bench/all_namespaces.py [--quick] [--reps N] [--repositories 2000] [--tags 3]
+       [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from treq.client import HTTPClient
+from twisted.internet.defer import DeferredSemaphore, gatherResults
+from twisted.internet.threads import deferToThread
+from twisted.web.client import Agent
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from list_latency import (  # noqa: E402
+    CATALOG_PAGE,
+    CONCURRENCY,
+    Filler,
+    _ClientTLS,
+    _get,
+    _Policy,
+    _pool,
+    cpu_seconds,
+    run_with_registry,
+    start_server,
+    stop_process,
+    wait_index_filled,
+    wait_ready,
+)
+from list_scale import AccessLog, tag_names, write_repository  # noqa: E402
+from tests.support.harness import Pki  # noqa: E402
+from tests.support.registry_server import RegistryServer  # noqa: E402
+
+LIST_PATH = "/apis/payload-registry.deckhouse.io/v1alpha1/payloadrepositorytags"
+PER_NAMESPACE = 10
+
+Triples = frozenset[tuple[str, str, str]]  # namespace, repository path, tag
+
+
+class Server:
+    """One payloadtags over one kept-alive HTTPS connection with a client certificate."""
+
+    def __init__(self, reactor: Any, url: str, pki: Pki) -> None:
+        self._reactor = reactor
+        self.url = url
+        self.pool = _pool(reactor, 1)
+        creator = _ClientTLS(str(pki.server_ca.cert_file), str(pki.admin.cert_file), str(pki.admin.key_file))
+        self._http = HTTPClient(Agent(reactor, contextFactory=_Policy(creator), pool=self.pool))
+
+    async def list(self) -> Triples:
+        code, _, body = await _get(
+            self._http, self._reactor, self.url + LIST_PATH, {"Accept": "application/json"}
+        )
+        if code != 200:
+            raise RuntimeError(f"payloadtags answered {code}: {body[:300]!r}")
+        items = json.loads(body)["items"]
+        return frozenset(
+            (i["metadata"]["namespace"], i["spec"]["repositoryPath"], i["spec"]["tag"]) for i in items
+        )
+
+
+class Floor:
+    """The whole catalog, then every repository's tags: what any client must read for ``-A``."""
+
+    def __init__(self, reactor: Any, registry_url: str) -> None:
+        self._reactor = reactor
+        self._base = registry_url.rstrip("/")
+        self.pool = _pool(reactor, CONCURRENCY)
+        self._http = HTTPClient(Agent(reactor, pool=self.pool))
+
+    async def _json(self, path: str) -> dict[str, Any]:
+        code, _, body = await _get(self._http, self._reactor, self._base + path)
+        if code != 200:
+            raise RuntimeError(f"registry answered {code} to {path}: {body[:300]!r}")
+        document: dict[str, Any] = json.loads(body)
+        return document
+
+    async def list(self) -> Triples:
+        repositories: list[str] = []
+        query = {"n": str(CATALOG_PAGE)}
+        while True:
+            names = (await self._json("/v2/_catalog?" + urllib.parse.urlencode(query))).get(
+                "repositories"
+            ) or []
+            repositories.extend(names)
+            if len(names) < CATALOG_PAGE:
+                break
+            query["last"] = names[-1]
+        semaphore = DeferredSemaphore(CONCURRENCY)
+
+        async def tags(repository: str) -> list[str]:
+            return (await self._json(f"/v2/{repository}/tags/list")).get("tags") or []
+
+        lists = await gatherResults([semaphore.run(tags, r) for r in repositories], consumeErrors=True)
+        found: set[tuple[str, str, str]] = set()
+        for repository, names in zip(repositories, lists, strict=True):
+            namespace, _, path = repository.partition("/")
+            found.update((namespace, path, tag) for tag in names)
+        return frozenset(found)
+
+
+async def run(
+    reactor: Any,
+    args: argparse.Namespace,
+    registry: RegistryServer,
+    work: Path,
+    started: list[subprocess.Popen[bytes]],
+) -> dict[str, Any]:
+    assert registry.process is not None
+    began = time.monotonic()
+    filler = Filler(registry.url)
+    await deferToThread(filler.seed, "ns-000/app-0", tuple(tag_names(args.tags)))
+    filler.close()
+    manifest = "sha256:" + hashlib.sha256(filler.manifest).hexdigest()
+    blobs = ["sha256:" + hashlib.sha256(d).hexdigest() for _, d in filler._blobs]
+    repositories = [f"ns-{i // PER_NAMESPACE:03d}/app-{i % PER_NAMESPACE}" for i in range(args.repositories)]
+
+    def fill() -> None:
+        for repository in repositories[1:]:
+            write_repository(registry.root, repository, tag_names(args.tags), blobs, manifest)
+
+    await deferToThread(fill)
+    expected = frozenset(
+        (r.partition("/")[0], r.partition("/")[2], tag) for r in repositories for tag in tag_names(args.tags)
+    )
+    pki = await deferToThread(Pki.create, work / "pki")
+    servers: dict[str, Server] = {}
+    pids = {"registry": registry.process.pid}
+    try:
+        for name, index in (("no index", False), ("index", True)):
+            home = work / name.replace(" ", "-")
+            home.mkdir()
+            process, url = start_server(home, pki, registry.url, index=index)
+            started.append(process)
+            await deferToThread(
+                wait_ready, url, str(pki.server_ca.cert_file), process, home / "payloadtags.log"
+            )
+            if index:
+                await deferToThread(wait_index_filled, process, home / "payloadtags.log")
+            servers[name] = Server(reactor, url, pki)
+            pids[name] = process.pid
+        floor = Floor(reactor, registry.url)
+        print(f"# {len(repositories):,} repositories written, servers up in {time.monotonic() - began:.1f}s")
+        variants: dict[str, Callable[[], Awaitable[Triples]]] = {
+            "floor": floor.list,
+            "no index": servers["no index"].list,
+            "index": servers["index"].list,
+        }
+        access = AccessLog(registry.log_file)
+        samples: dict[str, dict[str, list[float]]] = {
+            name: {"wall": [], "server_cpu": [], "registry_cpu": [], "catalog": [], "tags/list": []}
+            for name in variants
+        }
+        for name, fn in variants.items():  # connections, the registry's page cache
+            for _ in range(2):
+                if await fn() != expected:
+                    raise RuntimeError(f"{name} saw other tags than were written")
+        names = list(variants)
+        for i in range(args.reps):
+            for name in names[i % len(names) :] + names[: i % len(names)]:
+                cpu = {who: cpu_seconds(pid) for who, pid in pids.items()}
+                access.mark()
+                start = time.perf_counter()
+                found = await variants[name]()
+                wall = time.perf_counter() - start
+                counts = access.counts()
+                if found != expected:
+                    missing = sorted(expected - found)[:3]
+                    raise RuntimeError(f"{name} saw {len(found)} tags, expected {len(expected)}: {missing}")
+                s = samples[name]
+                s["wall"].append(wall)
+                s["server_cpu"].append(cpu_seconds(pids[name]) - cpu[name] if name in pids else 0.0)
+                s["registry_cpu"].append(cpu_seconds(pids["registry"]) - cpu["registry"])
+                s["catalog"].append(counts["catalog"])
+                s["tags/list"].append(counts["tags/list"])
+    finally:
+        for server in servers.values():
+            await server.pool.closeCachedConnections()
+        for process in started:
+            await deferToThread(stop_process, process)
+    return {
+        "repositories": len(repositories),
+        "tags": len(expected),
+        "reps": args.reps,
+        "samples": samples,
+    }
+
+
+def summarize(results: dict[str, Any]) -> str:
+    samples = results["samples"]
+    floor = statistics.median(samples["floor"]["wall"])
+    lines = [
+        f"Machine: {results['machine']}; load average {results['load']}",
+        f"-A over {results['repositories']:,} repositories ({results['tags']:,} tags), unpaged JSON, "
+        f"{results['reps']} repetitions",
+        "",
+        "| variant | wall, median (ms) | spread | / floor | server CPU per list (ms) | registry CPU (ms) "
+        "| catalog requests | tags/list requests |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, s in samples.items():
+        wall = statistics.median(s["wall"])
+        spread = max(abs(w - wall) for w in s["wall"]) / wall * 100
+        server = f"{statistics.median(s['server_cpu']) * 1000:.0f}" if name != "floor" else "-"
+        lines.append(
+            f"| {name} | {wall * 1000:.0f} | ±{spread:.0f}% | {wall / floor:.2f} | {server} "
+            f"| {statistics.median(s['registry_cpu']) * 1000:.0f} | {statistics.median(s['catalog']):g} "
+            f"| {statistics.median(s['tags/list']):g} |"
+        )
+    ratios = {
+        name: [w / f for w, f in zip(samples[name]["wall"], samples["floor"]["wall"], strict=True)]
+        for name in ("no index", "index")
+    }
+    lines += [
+        "",
+        "Per repetition, / the floor of the same repetition: "
+        + "; ".join(f"{name} {', '.join(f'{r:.2f}' for r in rs)}" for name, rs in ratios.items()),
+        "Goal: <= 1.2x the floor; the index serves -A (no catalog request).",
+        f"total {results['total_seconds']:.0f}s",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="5 repetitions (about a minute)")
+    parser.add_argument("--reps", type=int, help="repetitions (default 11, quick 5)")
+    parser.add_argument("--repositories", type=int, default=2000)
+    parser.add_argument("--tags", type=int, default=3, help="tags per repository")
+    parser.add_argument("--json", type=Path, help="also write raw samples here")
+    args = parser.parse_args(argv)
+    args.reps = args.reps or (5 if args.quick else 11)
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    results = run_with_registry(
+        "payloadtags-all-",
+        lambda reactor, registry, work, started: run(reactor, args, registry, work, started),
+        registry_config={"log": {"level": "warn", "accesslog": {"disabled": False}}},
+    )
+    if results is None:
+        return 130
+    results["load"] = f"{load} at start, " + " ".join(f"{x:.1f}" for x in os.getloadavg()) + " at end"
+    print(summarize(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
