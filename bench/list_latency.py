@@ -591,7 +591,12 @@ def post_push_events(url: str, ca_file: str, repositories: list[str], batch: int
 
 
 def start_server(
-    work: Path, pki: Pki, registry_url: str, launch: str = "cli", index: bool = False
+    work: Path,
+    pki: Pki,
+    registry_url: str,
+    launch: str = "cli",
+    index: bool = False,
+    extra_args: tuple[str, ...] = (),
 ) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     token_file = work / "events.token"
@@ -607,6 +612,7 @@ def start_server(
         ]
         if index:
             command.append(f"--registry-events-token-file={token_file}")
+        command += extra_args
     else:
         values = {
             "registry": {"url": registry_url, "max_connections": CONCURRENCY},

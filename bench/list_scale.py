@@ -82,6 +82,7 @@ from list_latency import (  # noqa: E402
 )
 from tests.support.harness import Pki  # noqa: E402
 from tests.support.kubectl import KUBECTL, Kubectl  # noqa: E402
+from tests.support.pki import Authority, Issued  # noqa: E402
 from tests.support.registry_server import RegistryServer  # noqa: E402
 
 GROUP_PATH = "/apis/payload-registry.deckhouse.io/v1alpha1"
@@ -95,6 +96,7 @@ CONCURRENT_SAME = 50
 CONCURRENT_THROUGHPUT = 10
 
 Pairs = frozenset[tuple[str, str]]
+PROXIED = {"X-Remote-User": "admin", "X-Remote-Group": "system:masters"}
 
 
 # --- filling -----------------------------------------------------------------------------------------
@@ -151,15 +153,46 @@ def layouts(sizes: list[int], one: int) -> list[Layout]:
 # --- clients -----------------------------------------------------------------------------------------
 
 
+class _CountingTLS(_ClientTLS):
+    """Counts the TLS connections it makes (each one a handshake)."""
+
+    connections = 0
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> Any:
+        self.connections += 1
+        return super().clientConnectionForTLS(tlsProtocol)
+
+
 class Server:
     """payloadtags as kube-apiserver sees it: HTTPS with a client certificate, kept-alive connections."""
 
-    def __init__(self, reactor: Any, url: str, pki: Pki, connections: int = CONCURRENT_SAME) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        url: str,
+        pki: Pki,
+        connections: int = CONCURRENT_SAME,
+        proxy: Issued | None = None,
+    ) -> None:
         self._reactor = reactor
         self.url = url
         self.pool = _pool(reactor, connections)
-        creator = _ClientTLS(str(pki.server_ca.cert_file), str(pki.admin.cert_file), str(pki.admin.key_file))
-        self._http = HTTPClient(Agent(reactor, contextFactory=_Policy(creator), pool=self.pool))
+        # With ``proxy``: as kube-apiserver forwards its users' requests, with the front proxy's
+        # certificate and the user in headers (each of its connections is a client of its own).
+        identity = proxy or pki.admin
+        self._headers = PROXIED if proxy is not None else {}
+        self.tls = _CountingTLS(str(pki.server_ca.cert_file), str(identity.cert_file), str(identity.key_file))
+        self._http = HTTPClient(Agent(reactor, contextFactory=_Policy(self.tls), pool=self.pool))
+
+    async def open_connections(self, count: int) -> None:
+        """``count`` kept-alive connections in the pool, handshaken: ``count`` requests at once."""
+
+        async def livez() -> None:
+            code, _, body = await _get(self._http, self._reactor, self.url + "/livez")
+            if code != 200:
+                raise RuntimeError(f"/livez answered {code}: {body[:200]!r}")
+
+        await gatherResults([Deferred.fromCoroutine(livez()) for _ in range(count)])
 
     async def page(
         self, namespace: str, table: bool = False, limit: int | None = None, token: str | None = None
@@ -173,7 +206,8 @@ class Server:
         if query:
             path += "?" + urllib.parse.urlencode(query)
         accept = TABLE_ACCEPT if table else "application/json"
-        code, _, body = await _get(self._http, self._reactor, self.url + path, {"Accept": accept})
+        headers = {"Accept": accept, **self._headers}
+        code, _, body = await _get(self._http, self._reactor, self.url + path, headers)
         if code != 200:
             raise RuntimeError(f"payloadtags answered {code}: {body[:300]!r}")
         document = json.loads(body)
@@ -434,8 +468,10 @@ async def measure_layout(
     concurrent: bool = True,
     replay: Replay | None = None,
     replayed: Kubectl | None = None,
+    crowd: Server | None = None,
 ) -> dict[str, Any]:
     ns, expected = layout.namespace, layout.pairs()
+    crowd = crowd or server
     variants: dict[str, Callable[[], Awaitable[Pairs]]] = {
         "floor": lambda: floor.list(ns),
         "json": lambda: server.list(ns),
@@ -497,13 +533,19 @@ async def measure_layout(
             "livez_stall": stalls,
             "rss_kib": status,
         }
+    # The 50 connections open and handshaken first, then the 50 lists sent in one reactor turn: they
+    # reach the server together, as 50 clients' lists of the same moment would, and not spread over
+    # the handshakes (which would measure those, not the sharing of reads).
+    await crowd.open_connections(CONCURRENT_SAME)
+    handshakes = crowd.tls.connections
     access.mark()
     outcomes = await gatherResults(
-        [Deferred.fromCoroutine(_outcome(server.list(ns))) for _ in range(CONCURRENT_SAME)]
+        [Deferred.fromCoroutine(_outcome(crowd.list(ns))) for _ in range(CONCURRENT_SAME)]
     )
     if any(r != expected for r in outcomes if not isinstance(r, str)):
         raise RuntimeError("a concurrent list saw different tags")
     same = access.counts()
+    same["new connections"] = crowd.tls.connections - handshakes
     same_errors = sorted({r for r in outcomes if isinstance(r, str)})
     same["failed lists"] = sum(isinstance(r, str) for r in outcomes)
     access.mark()
@@ -537,6 +579,62 @@ async def measure_layout(
         "livez_stall": stalls,
         "rss_kib": status,
     }
+
+
+async def measure_coalescing(layout: Layout, server: Server, access: AccessLog, reps: int) -> dict[str, Any]:
+    """``--coalescing``: one list's registry requests, and those of 50 identical lists sent at once
+    over 50 connections opened beforehand, ``reps`` times."""
+    ns, expected = layout.namespace, layout.pairs()
+    if await server.list(ns) != expected:  # warm-up
+        raise RuntimeError(f"a list of {ns} saw different tags")
+    access.mark()
+    await server.list(ns)
+    one = access.counts()
+    runs = []
+    for _ in range(reps):
+        await server.open_connections(CONCURRENT_SAME)
+        handshakes = server.tls.connections
+        access.mark()
+        outcomes = await gatherResults(
+            [Deferred.fromCoroutine(_outcome(server.list(ns))) for _ in range(CONCURRENT_SAME)]
+        )
+        if any(r != expected for r in outcomes):
+            raise RuntimeError(f"a concurrent list failed or saw different tags: {outcomes[:3]!r}")
+        same = access.counts()
+        same["new connections"] = server.tls.connections - handshakes
+        runs.append(same)
+    return {
+        "namespace": ns,
+        "tags": layout.tags,
+        "repositories": len(layout.repositories),
+        "registry_requests": {"one": one, "50 at once": runs},
+    }
+
+
+def summarize_coalescing(results: dict[str, Any]) -> str:
+    lines = [
+        f"Machine: {results['machine']}; load average {results['load']}",
+        "",
+        "50 identical lists at once over 50 open connections: registry requests (tags/list + catalog)",
+        "",
+        "| namespace | tags | repos | one list | 50 lists, each run | / one list, each run "
+        "| new connections |",
+        "|---|---:|---:|---:|---|---|---:|",
+    ]
+    for r in results["layouts"]:
+        one = r["registry_requests"]["one"]
+        runs = r["registry_requests"]["50 at once"]
+        one_total = one["tags/list"] + one["catalog"]
+        totals = [f"{x['tags/list']} + {x['catalog']}" for x in runs]
+        ratios = [f"{(x['tags/list'] + x['catalog']) / one_total:.2f}" for x in runs]
+        lines.append(
+            f"| {r['namespace']} | {r['tags']:,} | {r['repositories']} "
+            f"| {one['tags/list']} + {one['catalog']} | {', '.join(totals)} | {', '.join(ratios)} "
+            f"| {sum(x['new connections'] for x in runs)} |"
+        )
+    lines.append("")
+    lines.append(f"Fill: {results['fill_seconds']:.1f}s; total {results['total_seconds']:.0f}s")
+    return "\n".join(lines)
 
 
 def exponent(lo: tuple[int, float], hi: tuple[int, float]) -> float:
@@ -575,6 +673,7 @@ def summarize(results: dict[str, Any]) -> str:
             same_total = req["50 at once"]["tags/list"] + req["50 at once"]["catalog"]
             failed = req["50 at once"]["failed lists"]
             same = f"{same_total / one_total:.2f}" + (f" ({failed} failed)" if failed else "")
+            same += f" ({req['50 at once'].get('new connections', 0)} new connections)"
             rates = r["lists_per_second"]
             throughput = f"{med(rates['json']) / med(rates['floor']):.2f}"
         else:
@@ -672,12 +771,19 @@ async def run(
     )
 
     pki = await deferToThread(Pki.create, work / "pki")
-    process, url = start_server(work, pki, registry.url)
+    proxy_ca = await deferToThread(Authority.create, work / "pki" / "front-proxy", "front-proxy")
+    proxy = await deferToThread(proxy_ca.client, "front-proxy-client", (), "front-proxy-client")
+    front_proxy = (
+        f"--requestheader-client-ca-file={proxy_ca.cert_file}",
+        "--requestheader-allowed-names=front-proxy-client",
+    )
+    process, url = start_server(work, pki, registry.url, extra_args=front_proxy)
     started.append(process)
     ca_file = str(pki.server_ca.cert_file)
     await deferToThread(wait_ready, url, ca_file, process, work / "payloadtags.log")
     results["rss_kib_at_start"] = proc_status(process.pid)
     server = Server(reactor, url, pki)
+    crowd = Server(reactor, url, pki, proxy=proxy)  # the 50 identical lists, as the aggregator sends them
     floor = Floor(reactor, registry.url)
     kubectl = Kubectl.write(work / "kubectl", url, pki.server_ca.cert_file, pki.admin)
     access = AccessLog(registry.log_file)
@@ -689,6 +795,9 @@ async def run(
     try:
         for layout in chosen:
             print(f"# measuring {layout.namespace} ({layout.tags:,} tags)", flush=True)
+            if args.coalescing:
+                results["layouts"].append(await measure_coalescing(layout, crowd, access, args.reps))
+                continue
             results["layouts"].append(
                 await measure_layout(
                     reactor,
@@ -703,11 +812,13 @@ async def run(
                     concurrent=layout.tags <= args.concurrent_up_to,
                     replay=replay,
                     replayed=replayed,
+                    crowd=crowd,
                 )
             )
         results["rss_kib_after"] = proc_status(process.pid)
     finally:
         await server.pool.closeCachedConnections()
+        await crowd.pool.closeCachedConnections()
         await floor.client.pool.closeCachedConnections()
         await replay_port.stopListening()
         await deferToThread(stop_process, process)
@@ -729,8 +840,15 @@ def main(argv: list[str] | None = None) -> int:
         default=20_000,
         help="measure 50 identical and 10 concurrent lists only for namespaces of at most this many tags",
     )
+    parser.add_argument(
+        "--coalescing",
+        action="store_true",
+        help="measure only the registry requests of one list and of 50 identical lists sent at once "
+        "(--reps runs of them; about a minute with --sizes 10000)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     results = run_with_registry(
         "payloadtags-scale-",
         lambda reactor, registry, work, started: run(reactor, args, registry, work, started),
@@ -738,7 +856,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if results is None:
         return 130
-    print(summarize(results))
+    results["load"] = f"{load} at start, " + " ".join(f"{x:.1f}" for x in os.getloadavg()) + " at end"
+    print(summarize_coalescing(results) if args.coalescing else summarize(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
     return 0

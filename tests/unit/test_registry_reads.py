@@ -61,15 +61,38 @@ def test_identical_reads_waiting_for_a_slot_are_made_once() -> None:
 
 def test_a_read_already_sent_is_not_joined() -> None:
     """A caller that asks after the request went out may be asking because of a push the registry
-    answered before it: it gets a read of its own, never an answer older than its request."""
+    answered before it: it gets a read of its own, never an answer older than its request. That read
+    goes out once the one in flight has ended, and the callers who ask meanwhile share it."""
     clock, held = MemoryReactorClock(), Held()
     client = client_for(held, clock, slots=2)
     first = track(Deferred.fromCoroutine(client.tags("team/app")))
     second = track(Deferred.fromCoroutine(client.tags("team/app")))
-    assert len(held.pending) == 2
+    third = track(Deferred.fromCoroutine(client.tags("team/app")))
+    assert len(held.pending) == 1  # the second read waits for the first, though a slot is free
     held.pending[0][1].callback(tags_reply("v1"))
+    assert first == [["v1"]] and second == third == []
+    assert len(held.pending) == 2  # then goes out, once for both callers
     held.pending[1][1].callback(tags_reply("v1", "v2"))
-    assert (first, second) == ([["v1"]], [["v1", "v2"]])
+    assert second == third == [["v1", "v2"]]
+
+
+def test_a_read_waiting_for_an_identical_one_goes_out_whatever_that_one_ends_with() -> None:
+    clock, held = MemoryReactorClock(), Held()
+    client = client_for(held, clock, slots=2)
+    first = track(Deferred.fromCoroutine(client.tags("team/app")))
+    second = track(Deferred.fromCoroutine(client.tags("team/app")))
+    held.pending[0][1].callback(_Response(503, {}, b""))
+    failure_of(first, RegistryUnavailable)
+    held.pending[1][1].callback(tags_reply("v1"))
+    assert second == [["v1"]]
+    # Callers who give up while their read waits: it never goes out.
+    track(Deferred.fromCoroutine(client.tags("team/app")))
+    waiting = Deferred.fromCoroutine(client.tags("team/app"))
+    gave_up = track(waiting)
+    waiting.cancel()
+    failure_of(gave_up, CancelledError)
+    held.pending[2][1].callback(tags_reply("v1"))
+    assert len(held.pending) == 3
 
 
 def test_catalog_pages_are_coalesced_by_position_and_size() -> None:
@@ -153,14 +176,41 @@ def test_a_sent_read_is_shared_only_with_requests_that_began_before_it_went_out(
     ready.callback(None)
     assert len(sends) == 1  # began before it went out: shares it
     after = track(Deferred.fromCoroutine(request()))
-    assert len(sends) == 2  # began after: its own read
+    assert len(sends) == 1  # began after: a read of its own, once the one out has ended
+    unmarked = track(coalescer.join("k", read))  # no mark: joins the read that has not gone out
+    gates[0].callback("first")
+    assert len(sends) == 2 and len(coalescer) == 1
     sends[1]()
-    unmarked = track(coalescer.join("k", read))  # no mark: only a read not sent yet could serve it
-    assert len(sends) == 3 and len(coalescer) == 1
-    for gate, answer in zip(gates, ("first", "second", "third"), strict=True):
-        gate.callback(answer)
-    assert (first, during, after, unmarked) == (["first"], ["first"], ["second"], ["third"])
+    late = track(coalescer.join("k", read))  # no mark, and that read is out: the next one
+    gates[1].callback("second")
+    assert len(sends) == 3
+    sends[2]()
+    gates[2].callback("third")
+    assert (first, during, after, unmarked, late) == (["first"], ["first"], ["second"], ["second"], ["third"])
     assert len(coalescer) == 0
+
+
+def test_reads_at_turn_end_are_shared_by_the_requests_handled_in_that_turn() -> None:
+    """The server's client sends shared reads at the end of the reactor turn: requests handled later
+    in the turn (lists that arrived together) began before the read went out, and share it."""
+    clock, held = MemoryReactorClock(), Held()
+    settings = RegistrySettings(url=REGISTRY, timeout=10, max_connections=4)
+    client = RegistryClient(clock, settings, agent=held.agent, reads_at_turn_end=True)
+
+    async def request() -> list[str]:
+        asking()
+        return await client.tags("team/app")
+
+    together = [track(Deferred.fromCoroutine(request())) for _ in range(3)]
+    assert held.pending == []  # not out before the turn ends
+    clock.advance(0)
+    assert len(held.pending) == 1
+    later = track(Deferred.fromCoroutine(request()))  # began after it went out: the next read
+    held.pending[0][1].callback(tags_reply("v1"))
+    assert together == [[["v1"]]] * 3 and later == []
+    clock.advance(0)
+    held.pending[1][1].callback(tags_reply("v1", "v2"))
+    assert later == [["v1", "v2"]]
 
 
 # --- connection slots and the timeout ----------------------------------------------------------------

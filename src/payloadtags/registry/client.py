@@ -26,8 +26,8 @@ from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
     HTTPConnectionPool,
-    RequestTransmissionFailed,
     RedirectAgent,
+    RequestTransmissionFailed,
     ResponseFailed,
     ResponseNeverReceived,
 )
@@ -185,8 +185,13 @@ class RegistryClient:
         *,
         agent: IAgent | None = None,
         queue: RepositoryQueue | None = None,
+        reads_at_turn_end: bool = False,
     ) -> None:
+        """``reads_at_turn_end``: a shared read (catalog page, tag list) that gets a connection slot
+        goes out at the end of the reactor turn instead of at once, so that the requests handled later
+        in that turn (lists that arrived together) join it: they began before it went out."""
         self._reactor = reactor
+        self._reads_at_turn_end = reads_at_turn_end
         self._settings = settings
         self._base = settings.url.rstrip("/")
         self._name = self._base  # how messages name the registry: its URL, which holds no credentials
@@ -817,6 +822,8 @@ class RegistryClient:
         await self._slots.acquire()
         try:
             if on_send is not None:
+                if self._reads_at_turn_end:
+                    await deferLater(self._reactor, 0, lambda: None)
                 on_send()
             return await self._timed_exchange(method, url, headers, body, authorization, max_body, redirects)
         finally:

@@ -6,7 +6,8 @@ its own request (a tag pushed before a list started is in that list). That holds
 waiting for a connection slot, and for a read already sent when the caller's request had marked itself
 as asking before it was sent (``asking``: an API request marks its start, and a read sent after that
 serves it). Results are the registry's answer under the one identity the client has; what each caller
-may see is decided above, per caller.
+may see is decided above, per caller. A read asked for while an identical one that cannot serve the
+caller is out waits for that one to end before it goes out, gathering the callers who ask meanwhile.
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ class _Shared(Generic[T]):
         # The number of reads sent when this one went out; None while it waits for a slot.
         self.sent_at: int | None = None
         self.cancelling = False
+        self._ended: list[Deferred[None]] = []
+
+    def ended(self) -> Deferred[None]:
+        """Fires (with None, whatever the outcome) once the read has ended."""
+        done: Deferred[None] = Deferred()
+        self._ended.append(done)
+        return done
 
     def send(self) -> None:
         if self.sent_at is None:
@@ -89,6 +97,10 @@ class _Shared(Generic[T]):
                 waiter.errback(result)
             else:
                 waiter.callback(result)
+        ended, self._ended = self._ended, []
+        for done in ended:
+            if not done.called:  # a cancelled wait is already called
+                done.callback(None)
         if self._last is not None:
             # The cancelled caller learns of its cancel, whatever the read failed with meanwhile.
             if isinstance(result, Failure):
@@ -117,8 +129,15 @@ class Coalescer:
         fresh: _Shared[T] = _Shared(lambda: self._forget(key, fresh))
         self._pending[key] = fresh
         waiter = fresh.follow()  # before the read starts: it may end at once
+        # An identical read already sent (before this caller asked) is still out: this one goes out
+        # once that one has ended, and the callers who ask meanwhile join it. Identical requests
+        # arriving one after the other (50 lists of one namespace, each started a little later by
+        # the server's own work on the others) then make a read per round trip, not one each.
+        in_flight = shared if shared is not None and not shared.cancelling else None
 
         async def run() -> T:
+            if in_flight is not None:
+                await in_flight.ended()
             return await read(fresh.send)
 
         fresh.work = Deferred.fromCoroutine(run())
