@@ -7,6 +7,7 @@ Every refusal must be a Kubernetes Status in JSON, come quickly, and leave the s
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 import tempfile
 import time
@@ -76,6 +77,66 @@ async def test_unauthenticated_client_streaming_a_body_sees_the_401(api):
 
     reply, _ = await in_thread(stream)
     assert reply.is_status(401), reply
+
+
+def refused_then_sent_garbage(t: Target) -> tuple[bytes, str]:
+    """Over TLS driven by hand: announce an unauthenticated body, read the 401, then write bytes that are
+    no TLS record at all straight onto the TCP connection. Returns the answer and how the server's side
+    of TLS ended: "close_notify" (a clean close) or the error the client's TLS layer saw."""
+    deadline = time.monotonic() + 10
+    raw = socket.create_connection(("127.0.0.1", t.port), timeout=5)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = t.context().wrap_bio(incoming, outgoing, server_hostname="localhost")
+
+    def receive() -> None:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the exchange took over 10 s")
+        data = raw.recv(65536)
+        if data:
+            incoming.write(data)
+        else:
+            incoming.write_eof()
+
+    with raw:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                raw.sendall(outgoing.read())
+                receive()
+        tls.write(request_bytes("DELETE", item_path("ns"), {"Content-Length": str(3 << 20)}))
+        raw.sendall(outgoing.read())
+        answer = b""
+        while not answer.endswith(b"}\n"):
+            try:
+                data = tls.read(65536)
+            except ssl.SSLWantReadError:
+                receive()
+                continue
+            if not data:
+                raise ConnectionError(f"closed before the whole answer: {answer!r}")
+            answer += data
+        raw.sendall(b"\x00" * 4096)  # record type 0 does not exist
+        while True:
+            try:
+                if tls.read(65536) == b"":  # what reading gives once close_notify has come
+                    return answer, "close_notify"
+            except ssl.SSLWantReadError:
+                receive()
+            except (ssl.SSLError, OSError) as error:
+                return answer, f"{type(error).__name__}: {error}"
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_a_refused_client_still_sends_is_dropped_undecrypted(api):
+    # After a refusal the server reads on, so that the answer is not lost to a reset, but drops what
+    # arrives before its TLS layer decrypts it (decrypting a streamed 3 MiB body was most of the cost of
+    # a 401). Bytes that are not TLS then change nothing: the connection ends with the linger's clean
+    # close, where decrypting them ends it at once with a TLS alert (unexpected message).
+    answer, ending = await in_thread(refused_then_sent_garbage, target(api))
+    assert answer.startswith(b"HTTP/1.1 401 "), answer
+    assert ending == "close_notify", ending
 
 
 @pytest_twisted.ensureDeferred
