@@ -8,10 +8,12 @@ from __future__ import annotations
 import bisect
 import json
 import math
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import attrs
+from twisted.internet.defer import Deferred
 
 from payloadtags.deferreds import bounded_map
 from payloadtags.names import TagRef, split_repository
@@ -151,6 +153,91 @@ class IndexCursor:
         return batch
 
 
+class Runs(Protocol):
+    """A list's runs, a repository at a time: `RunReader`, or a page read before."""
+
+    async def next(self) -> Run | None:
+        """The next run; None once the list has ended."""
+        ...
+
+    def stop(self) -> None:
+        """No more runs are wanted: what is under way for them is cancelled."""
+        ...
+
+
+@attrs.define(eq=False)
+class RunReader:
+    """A whole list's runs in catalog order, each handed out as soon as its repository's tag list is
+    read, with the reads of up to ``window`` repositories after it already under way.
+
+    So the registry reads the next repositories while the caller formats and writes the one it was
+    handed, and what is held is the window's tag lists, not the list. ``stop`` cancels the reads
+    under way and starts no more (the client went away, the deadline passed, a read failed).
+    """
+
+    cursor: CatalogCursor | IndexCursor
+    read: Callable[[str], Deferred[list[str]]]
+    window: int
+    accept: Callable[[TagRef], bool] | None = None
+    readable: Callable[[str, str], bool] = lambda namespace, path: True
+    observe: Callable[[str, Sequence[str]], None] | None = None
+    _listed: deque[tuple[str, str, str]] = attrs.field(factory=deque)  # from the catalog, not read yet
+    _reads: deque[tuple[str, str, str, Deferred[list[str]]]] = attrs.field(factory=deque)
+    _stopped: bool = False
+
+    async def next(self) -> Run | None:
+        """The next repository's run of selected tags; None once the list has ended."""
+        while not self._stopped:
+            await self._fill()
+            if not self._reads:
+                return None
+            repository, namespace, path, reading = self._reads.popleft()
+            # The next read starts now, not when the caller has written this run.
+            await self._fill()
+            try:
+                tags = await reading
+            except BaseException:
+                self.stop()
+                raise
+            if self.observe is not None:
+                self.observe(repository, tags)
+            chosen = _select(namespace, path, tags, self.accept)
+            if chosen:
+                return Run(namespace, path, chosen)
+        return None
+
+    async def _fill(self) -> None:
+        while not self._stopped and len(self._reads) < self.window:
+            if not self._listed:
+                if self.cursor.done:
+                    return
+                try:
+                    batch = await self.cursor.next()
+                except BaseException:
+                    self.stop()
+                    raise
+                self._listed.extend(entry for entry in batch if self.readable(entry[1], entry[2]))
+                continue
+            repository, namespace, path = self._listed.popleft()
+            self._reads.append((repository, namespace, path, self.read(repository)))
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._listed.clear()
+        reads, self._reads = self._reads, deque()
+        for *_, reading in reads:
+            reading.addErrback(lambda _: None)  # what a cancelled read fails with is nobody's concern
+            reading.cancel()
+
+
+def _select(
+    namespace: str, path: str, tags: Sequence[str], accept: Callable[[TagRef], bool] | None
+) -> Sequence[str]:
+    if accept is None:
+        return tags
+    return [tag for tag in tags if accept(TagRef(namespace, path, tag))]
+
+
 @attrs.define
 class Inventory:
     client: Registry
@@ -169,6 +256,22 @@ class Inventory:
         if self.index is not None and self.index.ready:
             return IndexCursor(self.index, namespace, last, self.page_size)
         return CatalogCursor(self.client, namespace, last or namespace, self.page_size)
+
+    def reader(
+        self,
+        namespace: str | None,
+        *,
+        accept: Callable[[TagRef], bool] | None = None,
+        readable: Callable[[str, str], bool] = lambda namespace, path: True,
+        observe: Callable[[str, Sequence[str]], None] | None = None,
+    ) -> RunReader:
+        """The whole list of ``namespace`` (all namespaces when None), a repository at a time, with
+        ``concurrency`` tag lists read ahead; ``accept``, ``readable`` and ``observe`` as for ``list``."""
+
+        def read(repository: str) -> Deferred[list[str]]:
+            return Deferred.fromCoroutine(self.client.tags(repository))
+
+        return RunReader(self._cursor(namespace, None), read, self.concurrency, accept, readable, observe)
 
     async def list(
         self,
@@ -194,6 +297,12 @@ class Inventory:
         ``observe(repository, tags)`` is told every tag list the page uses, whole, read or held (the
         watch hub records them; a held list is one it was told before).
         """
+        if limit is None and after is None and not held:
+            reader = self.reader(namespace, accept=accept, readable=readable, observe=observe)
+            runs = []
+            while (run := await reader.next()) is not None:
+                runs.append(run)
+            return Page(runs, more=False)
         page = _PageBuilder(limit, accept)
         known = held or {}
         used: dict[str, Sequence[str]] = {}  # every tag list this page used, read or held
@@ -366,5 +475,7 @@ __all__ = [
     "Inventory",
     "Page",
     "Run",
+    "RunReader",
+    "Runs",
     "TagDetail",
 ]

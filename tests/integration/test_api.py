@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import pytest
 import pytest_twisted
+from twisted.web.client import ResponseFailed
 
 from payloadtags.api import continuation
-from payloadtags.names import encode_name
+from payloadtags.api.negotiation import negotiate
+from payloadtags.api.render import render_list
+from payloadtags.model import ListMeta, tag_object
+from payloadtags.names import TagRef, encode_name
 from tests.integration.test_output_bounds import many_tags
 from tests.support import images
 from tests.support.client import Response
+from tests.support.faultproxy import ERROR_BEFORE, FaultProxy
 
 B = "/apis/payload-registry.deckhouse.io/v1alpha1"
 TABLE = (
@@ -209,6 +216,63 @@ async def test_a_walk_reads_each_repositorys_tag_list_once(api, registry, repo):
     shown = await _walk(client, collection(other), 4)
     assert shown == [f"r{index}:t{tag}" for index in range(6) for tag in range(5)]
     assert await _tag_list_reads(client) - before == 6  # each of the six repositories once
+
+
+def _rendered_whole(namespace: str, tags: dict[str, list[str]], accept: str, resource_version: str) -> bytes:
+    """An unpaged list as it was written before it was streamed: objects, the converter, json.dumps."""
+    refs = [TagRef(namespace, path, tag) for path in tags for tag in tags[path]]
+    media = negotiate(accept, collection=True)
+    document = render_list(
+        [tag_object("payload-registry.example.com", ref) for ref in refs],
+        ListMeta(resource_version=resource_version),
+        media,
+    )
+    return json.dumps(document, separators=(",", ":")).encode() + b"\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unpaged_list_streamed_as_it_is_read_is_the_same_bytes(api, registry, repo):
+    namespace, _ = split(repo)
+    many_tags(registry, f"{namespace}/big", 1200)  # more than two chunks of 500
+    images.push_oci_image(registry, f"{namespace}/a/nested/app", "v1")
+    images.push_oci_image(registry, f"{namespace}/a/nested/app", "v2", seed="2")
+    for index in range(20):  # more repositories than are read at once
+        images.push_oci_image(registry, f"{namespace}/r{index:02d}", "latest", seed="same")
+    tags = {
+        "a/nested/app": ["v1", "v2"],
+        "big": [f"v{i:06d}" for i in range(1200)],
+        **{f"r{index:02d}": ["latest"] for index in range(20)},
+    }
+    client = api.client(api.pki.admin)
+    for accept in ("application/json", TABLE, METADATA_LIST):
+        reply = await client.get(collection(namespace), headers={"Accept": accept})
+        assert reply.code == 200
+        version = reply.json()["metadata"]["resourceVersion"]
+        assert reply.body == _rendered_whole(namespace, tags, accept, version), accept
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_registry_failure_while_a_list_is_written_drops_the_connection(
+    make_server, reactor, registry, repo
+):
+    namespace, _ = split(repo)
+    many_tags(registry, f"{namespace}/big", 1200)
+    images.push_oci_image(registry, f"{namespace}/zz", "v1")
+    failing = {f"/v2/{namespace}/zz/tags/list"}
+    proxy = FaultProxy(reactor, registry.url, lambda method, path: ERROR_BEFORE if path in failing else None)
+    try:
+        server = await make_server(proxy.url)
+        client = server.client(server.pki.admin)
+        # The first chunk went out before zz failed: the client must not get an ended list.
+        with pytest.raises(ResponseFailed):
+            await client.get(collection(namespace))
+        # A failure before anything was written is a Status, as before.
+        failing.add(f"/v2/{namespace}/big/tags/list")
+        assert_status(await client.get(collection(namespace)), 503, "ServiceUnavailable")
+        failing.clear()
+        assert len((await client.get(collection(namespace))).json()["items"]) == 1201
+    finally:
+        await proxy.stop()
 
 
 @pytest_twisted.ensureDeferred

@@ -43,8 +43,8 @@ from payloadtags.api.health import HealthChecks
 from payloadtags.api.negotiation import JSON_TYPE, Form, MediaType, negotiate
 from payloadtags.api.options import Query, delete_options, first, list_options
 from payloadtags.api.registry_errors import api_error_for
-from payloadtags.api.render import include_object, list_chunks, render_list, render_object
-from payloadtags.api.streaming import write_incrementally
+from payloadtags.api.render import include_object, render_list, render_object, streamed_list_chunks
+from payloadtags.api.streaming import write_streamed
 from payloadtags.api.tags import TagsService
 from payloadtags.api.watch import EventRenderer, ResponseSink, expired, is_watch, watch_options
 from payloadtags.metrics import CONTENT_TYPE, Metrics
@@ -588,12 +588,18 @@ class ApiServer:
             # The scope's watch source reads its baseline before this list reads the registry, so a
             # watch from this list's resourceVersion misses nothing that happened after it.
             await self.watch_hub.list_version(namespace)
-        page, meta = await self.service.list(user, namespace, options)
-        request.setResponseCode(200)
-        request.setHeader(b"content-type", media.content_type.encode())
-        request.setHeader(b"cache-control", b"no-cache, private")
-        chunks = list_chunks(page.runs, meta, media, self.service.registry_host, include)
-        await write_incrementally(request, chunks, self._clock())
+        runs, meta = await self.service.list_runs(user, namespace, options)
+
+        def begin() -> None:
+            request.setResponseCode(200)
+            request.setHeader(b"content-type", media.content_type.encode())
+            request.setHeader(b"cache-control", b"no-cache, private")
+
+        # A whole list is formatted and written as its repositories are read (docs/api.md, "Large
+        # lists"): its first chunk goes out once read, so a registry failure before it is a Status,
+        # one after it drops the connection.
+        chunks = streamed_list_chunks(runs, meta, media, self.service.registry_host, include)
+        await write_streamed(request, chunks, self._clock(), begin)
         return b""
 
     async def _get(self, request: IRequest, user: UserInfo, namespace: str, name: str) -> bytes:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncGenerator, Iterable, Iterator
 from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
 from payloadtags.api.errors import bad_request
 from payloadtags.api.negotiation import Form, MediaType
-from payloadtags.inventory import Run
+from payloadtags.inventory import Run, Runs
 from payloadtags.model import (
     GROUP_VERSION,
     KIND,
@@ -172,6 +172,44 @@ def _items(run: Run, registry_host: str, media: MediaType, include: str) -> Iter
         yield f'{{"cells":{cells},"object":{embedded}}}' if embedded else f'{{"cells":{cells}}}'
 
 
+class ListText:
+    """A list document made a run at a time: ``add`` gives the chunks each run completes, ``end`` the
+    rest. Their concatenation is the document, however the runs arrive."""
+
+    def __init__(
+        self,
+        meta: ListMeta,
+        media: MediaType,
+        registry_host: str,
+        include: str = "Metadata",
+        chunk_items: int = CHUNK_ITEMS,
+    ) -> None:
+        self._head, self._tail = _envelope(meta, media)
+        self._media, self._host, self._include, self._chunk_items = media, registry_host, include, chunk_items
+        self._pending: list[str] = []
+        self._first = True
+
+    def add(self, run: Run) -> Iterator[bytes]:
+        """Formats ``run`` lazily, a chunk of about ``chunk_items`` items per step."""
+        for item in _items(run, self._host, self._media, self._include):
+            self._pending.append(item)
+            if len(self._pending) >= self._chunk_items:
+                yield self._take()
+
+    def end(self) -> bytes:
+        if self._first:
+            return self._take() + self._tail
+        return (self._take() if self._pending else b"") + self._tail
+
+    def _take(self) -> bytes:
+        text = ",".join(self._pending).encode()
+        self._pending = []
+        if self._first:
+            self._first = False
+            return self._head + text
+        return b"," + text
+
+
 def list_chunks(
     runs: Iterable[Run],
     meta: ListMeta,
@@ -181,20 +219,27 @@ def list_chunks(
     chunk_items: int = CHUNK_ITEMS,
 ) -> Iterator[bytes]:
     """The list document in pieces of about ``chunk_items`` items, ending with a newline."""
-    head, tail = _envelope(meta, media)
-    pending: list[str] = []
-    first = True
+    text = ListText(meta, media, registry_host, include, chunk_items)
     for run in runs:
-        for item in _items(run, registry_host, media, include):
-            pending.append(item)
-            if len(pending) >= chunk_items:
-                text = ",".join(pending).encode()
-                yield (head + text) if first else (b"," + text)
-                first, pending = False, []
-    text = ",".join(pending).encode()
-    if first:
-        yield head + text + tail
-    elif pending:
-        yield b"," + text + tail
-    else:
-        yield tail
+        yield from text.add(run)
+    yield text.end()
+
+
+async def streamed_list_chunks(
+    runs: Runs,
+    meta: ListMeta,
+    media: MediaType,
+    registry_host: str,
+    include: str = "Metadata",
+    chunk_items: int = CHUNK_ITEMS,
+) -> AsyncGenerator[bytes, None]:
+    """As `list_chunks`, formatting each run as it arrives; the runs are stopped when this stops
+    early (the client went away, the deadline passed)."""
+    text = ListText(meta, media, registry_host, include, chunk_items)
+    try:
+        while (run := await runs.next()) is not None:
+            for chunk in text.add(run):
+                yield chunk
+        yield text.end()
+    finally:
+        runs.stop()

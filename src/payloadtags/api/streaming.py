@@ -1,19 +1,23 @@
 """Writing a long response a chunk at a time, with the reactor free between chunks.
 
-The chunks come from a generator that formats each one when asked, so the server holds one chunk of
-text at a time; while the client reads slower than the server writes, the transport pauses the
-writer (a push producer), so unsent text does not pile up in memory either.
+The chunks come from an asynchronous generator that formats each one when asked (a list's, as its
+registry reads arrive), so the server holds one chunk of text at a time; while the client reads slower
+than the server writes, the transport pauses the writer (a push producer), so unsent text does not pile
+up in memory either.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.task import deferLater
+from twisted.logger import Logger
 from twisted.web.server import Request
 from zope.interface import implementer
+
+log = Logger()
 
 
 @implementer(IPushProducer)
@@ -46,34 +50,66 @@ class _Pacer:
             waiter.callback(None)
 
 
-async def write_incrementally(request: Request, chunks: Iterable[bytes], clock: IReactorTime) -> None:
-    """Writes ``chunks`` to ``request``, yielding to the reactor after each one; stops early when the
-    client goes away. The caller finishes the request."""
-    if request.channel is None:
-        return  # the client is gone (Twisted drops the channel on disconnect): nothing to write to
+async def _next(chunks: AsyncIterator[bytes]) -> bytes | None:
+    return await anext(chunks, None)
+
+
+async def write_streamed(
+    request: Request, chunks: AsyncGenerator[bytes, None], clock: IReactorTime, begin: Callable[[], None]
+) -> None:
+    """Writes ``chunks``, each as soon as it is made, yielding to the reactor after each one and
+    waiting while the transport is paused; ``begin`` sets the status and headers just before the first
+    byte. The caller finishes the request.
+
+    A failure before the first byte is raised (the caller answers it with a Status). After it, the
+    status line has gone out, so a failure, like the deadline, drops the connection: the client sees a
+    broken response, never a partial list ended like a whole one. A client that goes away cancels the
+    chunk being made, and with it whatever it waits for (registry reads)."""
     pacer = _Pacer()
-    request.registerProducer(pacer, True)
+    making: Deferred[bytes | None] | None = None
+    gone = False
+
+    def lost(_: object) -> None:
+        nonlocal gone
+        gone = True
+        if making is not None:
+            making.cancel()
+
+    started = False
     try:
-        pieces = iter(chunks)
-        while not pacer.stopped:
-            chunk = next(pieces, None)
+        if request.channel is None:
+            return  # the client is gone: nothing to make, nothing to write to
+        request.notifyFinish().addErrback(lost)
+        while not (pacer.stopped or gone):
+            making = Deferred.fromCoroutine(_next(chunks))
+            try:
+                chunk = await making
+            finally:
+                making = None
             if chunk is None:
                 return
+            if not started:
+                started = True
+                begin()
+                request.registerProducer(pacer, True)
             request.write(chunk)
             if pacer.paused:
                 await pacer.resumed()
             else:
-                # One reactor turn: health checks and other requests are served between chunks.
                 await deferLater(clock, 0, lambda: None)
-    except CancelledError:
-        # The client went away, or the request's deadline passed mid-list. In the second case the
-        # client must not mistake the part it got for the whole list: finishing the response would
-        # end it like a complete one, so the connection is dropped instead.
-        if not pacer.stopped and request.channel is not None:
+    except Exception as error:
+        if gone or pacer.stopped:
+            return  # nobody to tell
+        if not started:
+            raise  # nothing written yet: the caller answers with a Status (504 past the deadline)
+        if not isinstance(error, CancelledError):
+            log.failure("a streamed list failed after its first byte; the connection is dropped")
+        if request.channel is not None:
             request.channel.forceAbortClient()
-        return
     finally:
-        request.unregisterProducer()
+        if started:
+            request.unregisterProducer()
+        await chunks.aclose()
 
 
-__all__ = ["write_incrementally"]
+__all__ = ["write_streamed"]

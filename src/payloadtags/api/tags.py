@@ -17,7 +17,7 @@ from payloadtags.api.errors import ApiError, access_denied, conflict, not_found
 from payloadtags.api.options import DeleteOptions, ListOptions
 from payloadtags.api.walks import WalkCache, new_walk_id
 from payloadtags.deferreds import bounded_map
-from payloadtags.inventory import Inventory, Page, Run
+from payloadtags.inventory import Inventory, Page, Run, Runs
 from payloadtags.model import (
     GROUP,
     QUALIFIED_RESOURCE,
@@ -128,6 +128,23 @@ class VersionSource(Protocol):
         ...
 
 
+@attrs.define(eq=False)
+class PageRuns:
+    """The runs of a page read before."""
+
+    runs: Sequence[Run]
+    _at: int = 0
+
+    async def next(self) -> Run | None:
+        if self._at >= len(self.runs):
+            return None
+        self._at += 1
+        return self.runs[self._at - 1]
+
+    def stop(self) -> None:
+        self._at = len(self.runs)
+
+
 @attrs.define
 class TagsService:
     inventory: Inventory
@@ -177,6 +194,30 @@ class TagsService:
     ) -> tuple[Page, ListMeta]:
         """The tags a list shows, as runs of one repository's tags (api.render streams them)."""
         return await self._select(user, namespace, options)
+
+    async def list_runs(
+        self, user: UserInfo, namespace: str | None, options: ListOptions
+    ) -> tuple[Runs, ListMeta]:
+        """The tags a list shows, a repository at a time. A whole list (no limit, no continue) is
+        read as it is written (`Inventory.reader`); a page is read first, whole."""
+        if (
+            options.limit is not None
+            or options.continue_ is not None
+            or options.fields.required("metadata.name")
+        ):
+            page, meta = await self._select(user, namespace, options)
+            return PageRuns(page.runs), meta
+        scope = namespace
+        namespace = namespace or options.fields.required("metadata.namespace")
+        asking()
+        current = self.versions.current()
+        reader = self.inventory.reader(
+            namespace,
+            accept=self._selected(options),
+            readable=self.readable(user),
+            observe=self.versions.observer(scope, current),
+        )
+        return reader, ListMeta(resource_version=current)
 
     async def list_objects(
         self, user: UserInfo, namespace: str | None, options: ListOptions

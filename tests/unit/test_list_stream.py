@@ -1,0 +1,217 @@
+"""A whole list written as its repositories are read (Inventory.reader, render.streamed_list_chunks,
+streaming.write_streamed, as api.app serves an unpaged list), on a Clock with a registry double whose
+every tag-list read takes a second: formatting starts before the last read ends, reads run a bounded
+window ahead, and nothing is read once the client has gone or the list has failed."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from payloadtags.access.authz import AlwaysAllow
+from payloadtags.api.options import list_options
+from payloadtags.api.render import render_list, streamed_list_chunks
+from payloadtags.api.streaming import write_streamed
+from payloadtags.api.tags import Observe, TagsService
+from payloadtags.identity import UserInfo
+from payloadtags.inventory import Inventory
+from payloadtags.model import ListMeta, tag_object
+from payloadtags.names import TagRef
+from payloadtags.registry import CatalogPage
+from payloadtags.registry.errors import RegistryUnavailable
+from tests.unit.test_render import FULL, HOST, PARTIAL_LIST, TABLE
+from tests.unit.test_repoindex import run
+from tests.unit.test_streaming import Request
+from tests.unit.test_walks import Only
+
+ALICE = UserInfo("alice", groups=("devs",))
+WINDOW = 4
+REPOSITORIES = [f"team/r{index:02d}" for index in range(12)]
+TAGS = 500  # a chunk's worth: each repository is written as soon as it is handed out
+
+
+class SlowRegistry:
+    """Every tags/list takes a second on ``clock``; the catalog answers at once."""
+
+    def __init__(self, clock: Clock, repositories: list[str], failing: str | None = None) -> None:
+        self.clock = clock
+        self.content = {name: [f"v{i:04d}" for i in range(TAGS)] for name in repositories}
+        self.failing = failing
+        self.started: list[str] = []
+        self.finished: list[str] = []
+        self.cancelled: list[str] = []
+        self.most_in_flight = 0
+
+    async def catalog(self, last: str | None = None, n: int = 1000) -> CatalogPage:
+        names = sorted(name for name in self.content if last is None or name > last)
+        return CatalogPage(names[:n], more=len(names) > n)
+
+    async def tags(self, repository: str) -> list[str]:
+        self.started.append(repository)
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+
+        def cancel(_: Deferred[None]) -> None:
+            self.cancelled.append(repository)
+            call.cancel()
+
+        answered: Deferred[None] = Deferred(cancel)
+        call = self.clock.callLater(1.0, answered.callback, None)
+        await answered
+        self.finished.append(repository)
+        if repository == self.failing:
+            raise RegistryUnavailable("the registry failed")
+        return list(self.content[repository])
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.started) - len(self.finished) - len(self.cancelled)
+
+
+@attrs.define
+class Recorded:
+    """A version source whose lists report their reads here (as the watch hub's record)."""
+
+    observed: list[tuple[str | None, str, str, int]] = attrs.field(factory=list)
+
+    def current(self) -> str:
+        return "7"
+
+    def observer(self, scope: str | None, resource_version: str) -> Observe | None:
+        return lambda repository, tags: self.observed.append((scope, resource_version, repository, len(tags)))
+
+
+def start(
+    registry: SlowRegistry,
+    clock: Clock,
+    query: dict[str, list[str]] | None = None,
+    media: Any = FULL,
+    versions: Recorded | None = None,
+    authorizer: Any = None,
+) -> tuple[Request, Deferred[None], list[Any]]:
+    service = TagsService(
+        inventory=Inventory(registry, concurrency=WINDOW),  # type: ignore[arg-type]
+        registry_host=HOST,
+        authorizer=authorizer or AlwaysAllow(),
+        versions=versions or Recorded(),
+    )
+    runs, meta = run(service.list_runs(ALICE, "team", list_options(query or {})))
+    request = Request()
+
+    def begin() -> None:
+        request.code = 200
+
+    chunks = streamed_list_chunks(runs, meta, media, HOST)
+    writing = Deferred.fromCoroutine(write_streamed(request, chunks, clock, begin))  # type: ignore[arg-type]
+    results: list[Any] = []
+    writing.addBoth(results.append)
+    return request, writing, results
+
+
+def reference(repositories: list[str], media: Any = FULL, skip: TagRef | None = None) -> bytes:
+    refs = [TagRef("team", name.split("/", 1)[1], f"v{i:04d}") for name in repositories for i in range(TAGS)]
+    objects = [tag_object(HOST, ref) for ref in refs if ref != skip]
+    document = render_list(objects, ListMeta(resource_version="7"), media)
+    return json.dumps(document, separators=(",", ":")).encode() + b"\n"
+
+
+def finish(clock: Clock, results: list[Any]) -> None:
+    for _ in range(100):
+        if results:
+            return
+        clock.advance(1)
+
+
+def test_the_first_repositories_are_written_while_the_rest_are_read() -> None:
+    clock = Clock()
+    registry = SlowRegistry(clock, REPOSITORIES)
+    versions = Recorded()
+    request, _, results = start(registry, clock, versions=versions)
+    assert request.written == [] and registry.in_flight == WINDOW + 1  # the window and the one awaited
+    clock.advance(1)
+    # The first repository is formatted and written; the registry is still reading later ones.
+    assert request.written and len(registry.finished) < len(REPOSITORIES)
+    assert registry.in_flight > 0
+    finish(clock, results)
+    assert results == [None] and not request.aborted
+    assert b"".join(request.written) == reference(REPOSITORIES)
+    assert registry.started == REPOSITORIES and registry.most_in_flight <= WINDOW + 1
+    # The watch record is told every list read, in list order, under the list's resourceVersion.
+    assert versions.observed == [("team", "7", name, TAGS) for name in REPOSITORIES]
+
+
+def test_tables_and_metadata_lists_are_the_same_bytes_as_rendered_whole() -> None:
+    for media in (TABLE, PARTIAL_LIST):
+        clock = Clock()
+        request, _, results = start(SlowRegistry(clock, REPOSITORIES[:3]), clock, media=media)
+        finish(clock, results)
+        assert b"".join(request.written) == reference(REPOSITORIES[:3], media)
+
+
+def test_selectors_and_access_apply_as_they_did() -> None:
+    clock = Clock()
+    registry = SlowRegistry(clock, REPOSITORIES[:3])
+    skip = TagRef("team", "r01", "v0003")
+    request, _, results = start(registry, clock, {"fieldSelector": [f"metadata.name!={skip.name}"]})
+    finish(clock, results)
+    assert b"".join(request.written) == reference(REPOSITORIES[:3], skip=skip)
+    clock = Clock()
+    registry = SlowRegistry(clock, REPOSITORIES[:3])
+    request, _, results = start(registry, clock, authorizer=Only("team", "r02"))
+    finish(clock, results)
+    assert b"".join(request.written) == reference(["team/r02"])
+    assert registry.started == ["team/r02"]  # a repository the caller may not see is not read
+
+
+def test_a_client_that_goes_away_stops_the_reads() -> None:
+    clock = Clock()
+    registry = SlowRegistry(clock, REPOSITORIES)
+    request, _, results = start(registry, clock)
+    clock.advance(1)
+    assert request.written
+    written, started = len(request.written), len(registry.started)
+    request.lose()
+    clock.advance(0)
+    assert results == [None] and not request.aborted
+    # What was being read is cancelled, and nothing more is asked for.
+    assert registry.in_flight == 0 and registry.cancelled
+    clock.advance(60)
+    assert len(registry.started) == started and len(request.written) == written
+
+
+def test_a_list_past_its_deadline_is_dropped_and_stops_the_reads() -> None:
+    clock = Clock()
+    registry = SlowRegistry(clock, REPOSITORIES)
+    request, writing, results = start(registry, clock)
+    clock.advance(1)
+    started = len(registry.started)
+    writing.cancel()  # what the request's deadline does
+    assert results == [None] and request.aborted
+    assert registry.in_flight == 0
+    clock.advance(60)
+    assert len(registry.started) == started
+
+
+def test_a_registry_failure_after_the_first_byte_drops_the_connection() -> None:
+    clock = Clock()
+    registry = SlowRegistry(clock, REPOSITORIES, failing="team/r05")
+    request, _, results = start(registry, clock)
+    finish(clock, results)
+    assert results == [None] and request.aborted
+    assert b"".join(request.written).startswith(reference(REPOSITORIES)[:100])
+    assert len(request.written) == 5  # r00..r04, then the failure: no end of the list was sent
+    assert registry.in_flight == 0 and "team/r11" not in registry.started
+
+
+def test_a_registry_failure_before_the_first_byte_is_raised_for_its_status() -> None:
+    clock = Clock()
+    registry = SlowRegistry(clock, REPOSITORIES, failing="team/r00")
+    request, _, results = start(registry, clock)
+    finish(clock, results)
+    assert len(results) == 1 and results[0].check(RegistryUnavailable)
+    results[0].trap(RegistryUnavailable)
+    assert request.written == [] and request.code is None and not request.aborted
+    assert registry.in_flight == 0
