@@ -62,6 +62,10 @@ class Page:
     # showing: the one it ended in and those read past its end. The next page of the walk may take
     # them instead of reading them again. Empty when nothing follows.
     held: Mapping[str, Sequence[str]] = attrs.field(factory=dict)
+    # The catalog names the page read past the repository it ended in, and where the catalog goes on
+    # after them: the next page of the walk may start from them instead of seeking the catalog. None
+    # when nothing follows or the names came from the repository index.
+    rest: CatalogRest | None = None
 
     def __len__(self) -> int:
         return sum(len(run.tags) for run in self.runs)
@@ -76,6 +80,24 @@ class Page:
             if run.tags:
                 return TagRef(run.namespace, run.repository_path, run.tags[-1])
         return None
+
+
+Entry = tuple[str, str, str]  # (repository, namespace, path)
+
+
+@attrs.frozen
+class CatalogRest:
+    """Catalog names a page read after ``after``, the repository it ended in (whatever access says of
+    them), and where the catalog goes on after them."""
+
+    after: str
+    entries: tuple[Entry, ...]
+    last: str | None
+    done: bool
+    pages: int
+
+    def __len__(self) -> int:
+        return len(self.entries)
 
 
 @attrs.define
@@ -94,6 +116,24 @@ class CatalogCursor:
     first_page_size: int = 100
     done: bool = False
     _pages: int = 0
+    # Names read before (a previous page's rest), handed out before the catalog is read again.
+    _ahead: list[Entry] = attrs.field(factory=list)
+    _done_after: bool = False
+
+    @classmethod
+    def resuming(
+        cls, client: Catalog, namespace: str | None, rest: CatalogRest, page_size: int
+    ) -> CatalogCursor:
+        cursor = cls(client, namespace, rest.last, page_size, done=rest.done and not rest.entries)
+        cursor._pages, cursor._ahead, cursor._done_after = rest.pages, list(rest.entries), rest.done
+        return cursor
+
+    def rest(self, after: str, seen: Sequence[Entry]) -> CatalogRest:
+        """What a page that ended in repository ``after`` leaves for the next one: of the entries it
+        was handed (``seen``) those after ``after``, and those it was not handed yet."""
+        key = catalog_key(after)
+        ahead = tuple(entry for entry in seen if catalog_key(entry[0]) > key)
+        return CatalogRest(after, (*ahead, *self._ahead), self.last, self.done, self._pages)
 
     def _next_size(self) -> int:
         # distribution fills a page by walking its storage past the namespace, so a namespace list
@@ -105,6 +145,10 @@ class CatalogCursor:
         return min(self.page_size, self.first_page_size * growth)
 
     async def next(self) -> list[tuple[str, str, str]]:
+        if self._ahead:
+            batch, self._ahead = self._ahead, []
+            self.done = self._done_after
+            return batch
         if self.done:
             return []
         page = await self.client.catalog(last=self.last, n=self._next_size())
@@ -251,10 +295,14 @@ class Inventory:
     async def _tags_of(self, repositories: Sequence[str]) -> list[list[str]]:
         return await bounded_map(self.client.tags, repositories, self.concurrency)
 
-    def _cursor(self, namespace: str | None, after: TagRef | None) -> CatalogCursor | IndexCursor:
+    def _cursor(
+        self, namespace: str | None, after: TagRef | None, rest: CatalogRest | None = None
+    ) -> CatalogCursor | IndexCursor:
         last = after.repository if after is not None else None
         if self.index is not None and self.index.ready:
             return IndexCursor(self.index, namespace, last, self.page_size)
+        if rest is not None:
+            return CatalogCursor.resuming(self.client, namespace, rest, self.page_size)
         return CatalogCursor(self.client, namespace, last or namespace, self.page_size)
 
     def reader(
@@ -283,6 +331,8 @@ class Inventory:
         readable: Callable[[str, str], bool] = lambda namespace, path: True,
         observe: Callable[[str, Sequence[str]], None] | None = None,
         held: Mapping[str, Sequence[str]] | None = None,
+        observe_held: bool = True,
+        rest: CatalogRest | None = None,
     ) -> Page:
         """Tags in ``namespace`` (all namespaces when None), sorted, starting after ``after``.
 
@@ -292,10 +342,13 @@ class Inventory:
         A page reads the tag lists of the repositories it shows, and a slice more at most, except
         those given in ``held`` (the previous page's ``Page.held``: tag lists its walk read before
         and has not finished showing), which it takes as they are. Without ``held`` every list is
-        the registry's current one.
+        the registry's current one. With ``rest`` (the previous page's ``Page.rest``, ``after`` being
+        where that page ended) the catalog is not sought again while names it read remain.
 
         ``observe(repository, tags)`` is told every tag list the page uses, whole, read or held (the
-        watch hub records them; a held list is one it was told before).
+        watch hub records them; a held list is one it was told before); held ones only with
+        ``observe_held`` (the caller knows that ``observe`` was told them before), and then also those
+        the page keeps without using them: every list in ``Page.held`` has gone to ``observe``.
         """
         if limit is None and after is None and not held:
             reader = self.reader(namespace, accept=accept, readable=readable, observe=observe)
@@ -317,7 +370,7 @@ class Inventory:
             ]
             for repository, tags in zip(repositories, found, strict=True):
                 used[repository] = tags
-                if observe is not None:
+                if observe is not None and (observe_held or repository in fresh):
                     observe(repository, tags)
             return found
 
@@ -325,9 +378,14 @@ class Inventory:
             (tags,) = await tags_of([after.repository])
             page.add(after.namespace, after.repository_path, tags, after.tag)
             seen, repositories_read = len(tags), 1
-        cursor = self._cursor(namespace, after)
+        if rest is not None and (after is None or after.repository != rest.after):
+            rest = None  # another page's (a token of the walk given again): seek
+        cursor = self._cursor(namespace, after, rest)
+        seen_entries: list[Entry] = []
         while not cursor.done and not page.full:
-            batch = [entry for entry in await cursor.next() if readable(entry[1], entry[2])]
+            entries = await cursor.next()
+            seen_entries.extend(entries)
+            batch = [entry for entry in entries if readable(entry[1], entry[2])]
             position = 0
             while position < len(batch) and not page.full:
                 if limit is None:
@@ -349,7 +407,16 @@ class Inventory:
         result = page.result()
         if not result.more:
             return result
-        return attrs.evolve(result, held=_unfinished(result.last, known, used))
+        kept = _unfinished(result.last, known, used)
+        if observe is not None and observe_held:
+            # So that every list a page keeps has gone to ``observe``: the next page may then skip them.
+            for repository, tags in kept.items():
+                if repository not in used:
+                    observe(repository, tags)
+        ahead = None
+        if isinstance(cursor, CatalogCursor) and result.last is not None:
+            ahead = cursor.rest(result.last.repository, seen_entries)
+        return attrs.evolve(result, held=kept, rest=ahead)
 
     async def exists(self, ref: TagRef, observe: Callable[[str, Sequence[str]], None] | None = None) -> bool:
         tags = await self.client.tags(ref.repository)
@@ -471,6 +538,7 @@ class _PageBuilder:
 
 __all__ = [
     "CatalogCursor",
+    "CatalogRest",
     "IndexCursor",
     "Inventory",
     "Page",

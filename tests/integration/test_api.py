@@ -192,9 +192,9 @@ async def test_a_continued_walk_shows_the_repositories_it_read_as_it_read_them(
     ]
 
 
-async def _tag_list_reads(client: Any) -> float:
+async def _registry_operations(client: Any, operation: str = "tags") -> float:
     text = (await client.get("/metrics")).body.decode()
-    start = 'payloadtags_registry_operations_total{operation="tags"'
+    start = f'payloadtags_registry_operations_total{{operation="{operation}"'
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(start))
 
 
@@ -203,19 +203,22 @@ async def test_a_walk_reads_each_repositorys_tag_list_once(api, registry, repo):
     namespace, _ = split(repo)
     many_tags(registry, f"{namespace}/big", 1200)
     client = api.client(api.pki.admin)
-    before = await _tag_list_reads(client)
+    before = await _registry_operations(client)
     shown = await _walk(client, collection(namespace), 100)
     assert shown == [f"big:v{i:06d}" for i in range(1200)]
     # Twelve pages resume inside one repository, whose list distribution answers whole: one read.
-    assert await _tag_list_reads(client) - before == 1
+    assert await _registry_operations(client) - before == 1
     other = f"{namespace}-many"
     for index in range(6):
         for tag in range(5):
             images.push_oci_image(registry, f"{other}/r{index}", f"t{tag}", seed="same")
-    before = await _tag_list_reads(client)
+    before = await _registry_operations(client)
+    catalog_before = await _registry_operations(client, "catalog")
     shown = await _walk(client, collection(other), 4)
     assert shown == [f"r{index}:t{tag}" for index in range(6) for tag in range(5)]
-    assert await _tag_list_reads(client) - before == 6  # each of the six repositories once
+    assert await _registry_operations(client) - before == 6  # each of the six repositories once
+    # The eight pages go on from the catalog names the first page read: the catalog is read once.
+    assert await _registry_operations(client, "catalog") - catalog_before == 1
 
 
 def _rendered_whole(namespace: str, tags: dict[str, list[str]], accept: str, resource_version: str) -> bytes:

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from payloadtags.inventory import Inventory, Page
+from payloadtags.inventory import CatalogRest, Inventory, Page
 from payloadtags.names import TagRef
 from payloadtags.registry import CatalogPage
 from payloadtags.repoindex import catalog_key
@@ -28,8 +28,10 @@ class Registry:
     def __init__(self, content: dict[str, set[str]]) -> None:
         self.content = {name: set(tags) for name, tags in content.items()}
         self.tag_reads: list[str] = []
+        self.catalog_reads = 0
 
     async def catalog(self, last: str | None = None, n: int = 1000) -> CatalogPage:
+        self.catalog_reads += 1
         names = sorted(self.content, key=catalog_key)
         if last is not None:
             names = [name for name in names if catalog_key(name) > catalog_key(last)]
@@ -52,14 +54,18 @@ def walk(
 ) -> tuple[list[TagRef], int]:
     """Every page of a walk, as a client with continue tokens makes it; and the number of pages.
 
-    ``carry``: each page gets the lists the previous one held, as when the walk cache has them;
-    without, every page reads live, as when it has not (expired, another replica)."""
+    ``carry``: each page gets the lists the previous one held and the catalog names it read past its
+    end, as when the walk cache has them; without, every page reads live, as when it has not (expired,
+    another replica)."""
     refs: list[TagRef] = []
     after: TagRef | None = None
     held: Mapping[str, Sequence[str]] | None = None
+    rest: CatalogRest | None = None
     pages = 0
     while True:
-        page: Page = run(inventory.list(namespace, limit=limit, after=after, accept=accept, held=held))
+        page: Page = run(
+            inventory.list(namespace, limit=limit, after=after, accept=accept, held=held, rest=rest)
+        )
         pages += 1
         assert len(page) <= limit
         refs.extend(page.refs)
@@ -70,8 +76,14 @@ def walk(
         # What a page holds is the repository it ended in and those after it, never one it passed.
         assert page.last.repository in page.held
         assert all(catalog_key(name) >= catalog_key(page.last.repository) for name in page.held)
+        if page.rest is not None:  # and the catalog names after that repository only
+            assert page.rest.after == page.last.repository
+            assert all(
+                catalog_key(name) > catalog_key(page.last.repository) for name, _, _ in page.rest.entries
+            )
         after = page.last
         held = page.held if carry else None
+        rest = page.rest if carry else None
         between()
 
 
@@ -167,6 +179,45 @@ def test_a_page_reads_the_tag_lists_it_needs_not_a_whole_slice() -> None:
     refs, pages = walk(inventory, "team", 500, carry=True)
     assert len(refs) == 10_000 and pages == 20
     assert sorted(registry.tag_reads) == sorted(content)
+
+
+def test_a_walk_seeks_the_catalog_again_only_when_the_names_it_read_run_out() -> None:
+    content = {f"team/app-{i:03d}": {f"v{j}" for j in range(5)} for i in range(150)}
+    content.update({"z/other": {"a"}, "a/before": {"a"}})
+    registry = Registry(content)
+    inventory = Inventory(registry, concurrency=16)  # type: ignore[arg-type]
+    refs, pages = walk(inventory, "team", 50)
+    assert len(refs) == 750 and pages == 15
+    live = registry.catalog_reads
+    assert live >= pages  # every page seeks the catalog from the repository it resumes in
+    registry.catalog_reads = 0
+    refs, pages = walk(inventory, "team", 50, carry=True)
+    assert len(refs) == 750 and pages == 15
+    # The first page's catalog pages (100 names, then 400) carry the whole walk.
+    assert registry.catalog_reads == 2
+
+
+def test_a_page_given_names_another_page_read_seeks_the_catalog() -> None:
+    """A token of the walk given again (a client retrying an earlier page) resumes elsewhere than the
+    kept names start: they are not used, no repository is skipped."""
+    content = {f"team/r{i}": {"a", "b"} for i in range(6)}
+    inventory = Inventory(Registry(content), concurrency=2)  # type: ignore[arg-type]
+    first = run(inventory.list("team", limit=2))
+    second = run(inventory.list("team", limit=2, after=first.last, held=first.held, rest=first.rest))
+    assert second.rest is not None and first.last is not None
+    again = run(inventory.list("team", limit=20, after=first.last, held=second.held, rest=second.rest))
+    assert [ref.repository_path for ref in again.refs] == [
+        "r1",
+        "r1",
+        "r2",
+        "r2",
+        "r3",
+        "r3",
+        "r4",
+        "r4",
+        "r5",
+        "r5",
+    ]
 
 
 def test_one_large_repository_is_read_once_per_walk_not_once_per_page() -> None:

@@ -16,7 +16,7 @@ from payloadtags.access.authz import AlwaysAllow
 from payloadtags.api import continuation
 from payloadtags.api.errors import ApiError
 from payloadtags.api.options import list_options
-from payloadtags.api.tags import ResourceVersions, TagsService
+from payloadtags.api.tags import Observe, ResourceVersions, TagsService
 from payloadtags.api.walks import WalkCache, is_walk_id, new_walk_id
 from payloadtags.identity import UserInfo
 from payloadtags.inventory import Inventory
@@ -270,3 +270,58 @@ def test_a_malformed_walk_id_is_a_bad_token() -> None:
     with pytest.raises(ApiError) as caught:
         continuation.decode(token, "team")
     assert caught.value.code == 400
+
+
+@attrs.define
+class Records:
+    """A version source whose record takes reports through one callable until it is made anew (as
+    the watch hub's record of an unwatched scope's lists)."""
+
+    reports: list[tuple[int, str, int]] = attrs.field(factory=list)
+    generation: int = 0
+    _report: Observe | None = None
+
+    def current(self) -> str:
+        return "5"
+
+    def observer(self, scope: str | None, resource_version: str) -> Observe | None:
+        if self._report is None:
+            generation = self.generation
+            self._report = lambda repository, tags: self.reports.append((generation, repository, len(tags)))
+        return self._report
+
+    def remake(self) -> None:
+        self.generation += 1
+        self._report = None
+
+
+def test_a_walk_reports_each_list_to_the_watch_record_once_and_again_to_a_new_record() -> None:
+    clock = Clock()
+    registry = Registry({"team/big": {f"v{i:04d}" for i in range(1200)}, "team/small": {"a", "b"}})
+    records = Records()
+    tags = TagsService(
+        inventory=Inventory(registry, concurrency=4),  # type: ignore[arg-type]
+        registry_host="registry.test",
+        authorizer=AlwaysAllow(),
+        versions=records,
+        walks=WalkCache(clock),
+    )
+    token: str | None = None
+    pages = 0
+    while pages == 0 or token:
+        _, token = page(tags, ALICE, token, limit=100)
+        pages += 1
+    assert pages == 13
+    # The kept list of big went to the record when read, not again on each of the 12 pages after.
+    assert records.reports == [(0, "team/big", 1200), (0, "team/small", 2)]
+    records.reports.clear()
+    token = None
+    for _ in range(3):
+        _, token = page(tags, ALICE, token, limit=100)
+    records.remake()  # the record expired, and one was made under the same resourceVersion
+    while token:
+        _, token = page(tags, ALICE, token, limit=100)
+    # The first page read both (a slice of reads); the new record learns the kept lists from the page
+    # after it was made, once.
+    first = [(0, "team/big", 1200), (0, "team/small", 2)]
+    assert records.reports == [*first, (1, "team/big", 1200), (1, "team/small", 2)]

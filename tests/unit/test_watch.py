@@ -277,6 +277,25 @@ def test_a_list_of_an_unwatched_scope_starts_no_source_and_nothing_rereads_it() 
     hub.stop()
 
 
+def test_a_record_takes_its_reports_through_one_callable_and_a_new_record_through_another() -> None:
+    """A walk tells by the callable that its kept lists went to this record already (api/tags.py)."""
+    clock = Clock()
+    hub = make_hub(FakeReader({}), clock, idle_scope_ttl=60)
+    sequence, observe = listing(hub, "team")
+    version = hub.versions.format(sequence)
+    assert hub.observer("team", version) is observe
+    observe("team/app", ["v1"])
+    clock.advance(61)
+    hub.reap()  # the record expired; a list at the same sequence makes a new one under the same key
+    assert hub.observer("team", version) is None
+    hub.listed.open("team", sequence, clock.seconds())
+    again = hub.observer("team", version)
+    assert again is not None and again is not observe
+    again("team/app", ["v1"])
+    record = hub.listed_at("team", sequence)
+    assert record is not None and record.reads["team/app"] == (frozenset({"v1"}), frozenset({"v1"}))
+
+
 def test_a_list_of_a_watched_scope_waits_for_its_source_and_records_nothing() -> None:
     reader = FakeReader({"team/app": {"v1"}})
     clock = Clock()

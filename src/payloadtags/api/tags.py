@@ -124,7 +124,9 @@ class VersionSource(Protocol):
 
     def observer(self, scope: str | None, resource_version: str) -> Observe | None:
         """Where a list of ``scope`` at ``resource_version`` reports each tag list it reads from the
-        registry (repository, tags), so that a watch from it can start later; None: nowhere."""
+        registry (repository, tags), so that a watch from it can start later; None: nowhere. The same
+        callable for as long as the same place takes the reports (a walk whose kept lists went there
+        does not report them again)."""
         ...
 
 
@@ -252,6 +254,7 @@ class TagsService:
         resource_version = None
         walk = None
         held = None
+        rest = None
         if options.continue_ is not None:
             token = continuation.decode(options.continue_, scope)
             after, resource_version, walk = token.last, token.resource_version, token.walk
@@ -259,15 +262,25 @@ class TagsService:
                 # Registry data only, read for this same caller's walk: access and selectors below
                 # are decided again on this page.
                 held = self.walks.held(user, walk)
+                rest = self.walks.rest(user, walk)
         resource_version = resource_version or current
+        observe = self.versions.observer(watch_scope, resource_version)
+        # The walk's earlier pages reported its kept lists to this same record already (a 10,000-tag
+        # list costs milliseconds to compare again); a record made anew under the same
+        # resourceVersion (the old one expired) is a new callable, and learns them on this page.
+        reported = (
+            held is not None and self.walks is not None and self.walks.reported_to(user, walk) is observe
+        )
         page = await self.inventory.list(
             namespace,
             limit=options.limit,
             after=after,
             accept=accept,
             readable=readable,
-            observe=self.versions.observer(watch_scope, resource_version),
+            observe=observe,
             held=held,
+            observe_held=not reported,
+            rest=rest,
         )
         meta = ListMeta(resource_version=resource_version)
         last = page.last
@@ -275,7 +288,7 @@ class TagsService:
             if self.walks is not None:
                 # A walk whose token carried no id (an older replica's) gets one from here on.
                 walk = walk or new_walk_id()
-                self.walks.keep(user, walk, page.held)
+                self.walks.keep(user, walk, page.held, reported_to=observe, rest=page.rest)
             meta.continue_ = continuation.encode(
                 continuation.Continuation(resource_version, scope, last, walk)
             )

@@ -4,7 +4,8 @@ distribution 2.8 answers tags/list whole (it ignores ``n`` and ``last``), so a p
 a repository would read that repository's whole list again, and a page that ends at the end of one
 reads the next ones only to learn whether the list goes on. Kept here per walk, those lists are read
 once per walk: the continue token carries a random walk id, and a continued page takes the lists its
-walk read before instead of reading them again (docs/api.md, "List options").
+walk read before instead of reading them again (docs/api.md, "List options"). The catalog names a page
+read past its end are kept too, so the next page does not seek the catalog again while they last.
 
 Only registry data is kept (whole tag lists); access and selectors are applied on every page. Entries
 are keyed by the caller's identity as well as the walk id, so nothing is shared between users. A walk
@@ -25,6 +26,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
 from payloadtags.identity import UserInfo
+from payloadtags.inventory import CatalogRest
 
 # A walk id: random, URL-safe, carried in the (opaque) continue token.
 WALK_ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -54,6 +56,8 @@ class _Walk:
     lists: Mapping[str, Sequence[str]]
     size: int
     touched: float
+    reported_to: object = None
+    rest: CatalogRest | None = None
 
 
 Key = tuple[UserInfo, str]
@@ -95,14 +99,33 @@ class WalkCache:
             self.on_lookup(entry is not None)
         return entry.lists if entry is not None else None
 
-    def keep(self, who: UserInfo, walk: str, lists: Mapping[str, Sequence[str]]) -> None:
-        """What the walk keeps after a page, replacing what it kept before."""
+    def reported_to(self, who: UserInfo, walk: str | None) -> object:
+        """Where the page that kept the walk's lists reported them (the watch hub's record), or None."""
+        entry = self._walks.get((who, walk)) if walk is not None else None
+        return entry.reported_to if entry is not None else None
+
+    def rest(self, who: UserInfo, walk: str | None) -> CatalogRest | None:
+        """The catalog names the walk's last page read past its end (`inventory.Page.rest`), or None."""
+        entry = self._walks.get((who, walk)) if walk is not None else None
+        return entry.rest if entry is not None else None
+
+    def keep(
+        self,
+        who: UserInfo,
+        walk: str,
+        lists: Mapping[str, Sequence[str]],
+        reported_to: object = None,
+        rest: CatalogRest | None = None,
+    ) -> None:
+        """What the walk keeps after a page, replacing what it kept before; ``reported_to``: where
+        that page reported every one of them (`reported_to`); ``rest``: the catalog names it read
+        past its end (a name counts as a tag towards the bound)."""
         self.forget(who, walk)
         self._expire()
-        size = sum(len(tags) for tags in lists.values())
-        if not lists or size > self.max_tags:
+        size = sum(len(tags) for tags in lists.values()) + (len(rest) if rest is not None else 0)
+        if size == 0 or size > self.max_tags:
             return
-        self._walks[(who, walk)] = _Walk(dict(lists), size, self.clock.seconds())
+        self._walks[(who, walk)] = _Walk(dict(lists), size, self.clock.seconds(), reported_to, rest)
         self.size += size
         while self.size > self.max_tags:
             self._drop(next(iter(self._walks)))

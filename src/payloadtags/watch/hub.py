@@ -93,6 +93,9 @@ class WatchHub:
         record = self.listed.get(scope, sequence, self.clock.seconds())
         if record is None:
             return None
+        if record.report is not None:
+            # One callable per record: a walk tells by it that its kept lists were reported here.
+            return record.report
 
         def observe(repository: str, tags: Sequence[str]) -> None:
             if not self.listed.observe(record, repository, tags):
@@ -100,6 +103,7 @@ class WatchHub:
                 # record's key never collects the reads of other lists (its watches get 410).
                 self.versions.next()
 
+        record.report = observe
         return observe
 
     def listed_at(self, scope: str | None, sequence: int) -> Listed | None:

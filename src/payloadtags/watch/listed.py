@@ -17,7 +17,7 @@ Records are bounded in total tags; the oldest go first. A watch whose record is 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import attrs
 
@@ -35,6 +35,8 @@ class Listed:
     reads: dict[str, tuple[frozenset[str], frozenset[str]]] = attrs.field(factory=dict)
     size: int = 0
     dropped: bool = False
+    # The one callable lists report to this record through (`WatchHub.observer`).
+    report: Callable[[str, Sequence[str]], None] | None = None
 
     def observe(self, repository: str, tags: Sequence[str]) -> int:
         """Records one read; returns how many tags the record grew by."""
