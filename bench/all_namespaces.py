@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -59,6 +58,7 @@ from list_latency import (  # noqa: E402
     _Policy,
     _pool,
     cpu_seconds,
+    report,
     run_with_registry,
     start_server,
     stop_process,
@@ -268,19 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write raw samples here")
     args = parser.parse_args(argv)
     args.reps = args.reps or (5 if args.quick else 11)
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     results = run_with_registry(
         "payloadtags-all-",
         lambda reactor, registry, work, started: run(reactor, args, registry, work, started),
         registry_config={"log": {"level": "warn", "accesslog": {"disabled": False}}},
     )
-    if results is None:
-        return 130
-    results["load"] = f"{load} at start, " + " ".join(f"{x:.1f}" for x in os.getloadavg()) + " at end"
-    print(summarize(results))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
-    return 0
+    return report(results, summarize, args.json)
 
 
 if __name__ == "__main__":

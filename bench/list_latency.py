@@ -843,8 +843,9 @@ def run_with_registry(
 ) -> dict[str, Any] | None:
     """Run ``body(reactor, registry, work dir, started processes)`` on a fresh registry (with
     ``registry_config`` merged into its configuration); stop everything it started, even on error.
-    None when interrupted."""
+    None when interrupted. The results also tell the load average at the start and at the end."""
     began = time.monotonic()
+    load = _load()
     work = Path(tempfile.mkdtemp(prefix=prefix))
     started: list[subprocess.Popen[bytes]] = []
     try:
@@ -861,7 +862,25 @@ def run_with_registry(
         shutil.rmtree(work, ignore_errors=True)
     results["total_seconds"] = time.monotonic() - began
     results["machine"] = machine()
+    results["load"] = f"{load} at start, {_load()} at end"
     return results
+
+
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def report(
+    results: dict[str, Any] | None, summary: Callable[[dict[str, Any]], str], json_file: Path | None
+) -> int:
+    """Prints a run's summary and writes its raw results to ``json_file``; the exit status (130 when
+    the run was interrupted)."""
+    if results is None:
+        return 130
+    print(summary(results))
+    if json_file:
+        json_file.write_text(json.dumps(results, indent=1, default=str))
+    return 0
 
 
 def machine() -> str:

@@ -76,6 +76,7 @@ from list_latency import (  # noqa: E402
     _pool,
     measured,
     proc_status,
+    report,
     start_server,
     stop_process,
     wait_ready,
@@ -848,19 +849,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     results = run_with_registry(
         "payloadtags-scale-",
         lambda reactor, registry, work, started: run(reactor, args, registry, work, started),
         registry_config={"log": {"level": "warn", "accesslog": {"disabled": False}}},
     )
-    if results is None:
-        return 130
-    results["load"] = f"{load} at start, " + " ".join(f"{x:.1f}" for x in os.getloadavg()) + " at end"
-    print(summarize_coalescing(results) if args.coalescing else summarize(results))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1, default=str))
-    return 0
+    return report(results, summarize_coalescing if args.coalescing else summarize, args.json)
 
 
 if __name__ == "__main__":

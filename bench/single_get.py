@@ -54,6 +54,7 @@ from list_latency import (  # noqa: E402
     _pool,
     cpu_seconds,
     percentile,
+    report,
     run_with_registry,
     stop_process,
     wait_ready,
@@ -331,19 +332,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.seconds = args.seconds or (8.0 if args.quick else 15.0)
     args.reps = args.reps or (3 if args.quick else 5)
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     print(HEADER, flush=True)
     results = run_with_registry(
         "payloadtags-get-",
         lambda reactor, registry, work, started: run(reactor, args, registry, work, started),
     )
-    if results is None:
-        return 130
-    results["load"] = f"{load} at start, " + " ".join(f"{x:.1f}" for x in os.getloadavg()) + " at end"
-    print(summarize(results))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
-    return 0
+    return report(results, summarize, args.json)
 
 
 if __name__ == "__main__":
