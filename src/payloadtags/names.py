@@ -53,6 +53,38 @@ def _base32(data: bytes) -> str:
     return base64.b32encode(data).decode("ascii").rstrip("=").lower()
 
 
+_DIGITS = bytes.maketrans(bytes(range(32)), b"abcdefghijklmnopqrstuvwxyz234567")
+
+
+def _base32_groups(data: bytes) -> str:
+    """Lowercase base32 of ``data``, whose length is a multiple of 5, as ``_base32`` spells it.
+
+    Python 3.11's ``base64.b32encode`` is a Python loop over 5-byte groups, and the names of a list
+    are most of the CPU of formatting it. Here the work is done on whole columns at once: the k-th
+    bytes of all groups as one big integer, their bits shifted and masked into the eight digit columns,
+    which are interleaved and mapped to the alphabet with C-level slice assignment and translate.
+    """
+    count = len(data) // 5
+    if count == 0:
+        return ""
+    b0, b1, b2, b3, b4 = (int.from_bytes(data[k::5], "big") for k in range(5))
+    ones = int.from_bytes(b"\x01" * count, "big")  # a mask value times ones: that mask in every byte
+    columns = (
+        b0 >> 3 & ones * 31,
+        (b0 & ones * 7) << 2 | b1 >> 6 & ones * 3,
+        b1 >> 1 & ones * 31,
+        (b1 & ones) << 4 | b2 >> 4 & ones * 15,
+        (b2 & ones * 15) << 1 | b3 >> 7 & ones,
+        b3 >> 2 & ones * 31,
+        (b3 & ones * 3) << 3 | b4 >> 5 & ones * 7,
+        b4 & ones * 31,
+    )
+    digits = bytearray(8 * count)
+    for k, column in enumerate(columns):
+        digits[k::8] = column.to_bytes(count, "big")
+    return digits.translate(_DIGITS).decode("ascii")
+
+
 @functools.lru_cache(maxsize=65536)
 def encode_name(repository_path: str, tag: str) -> str:
     return _base32(f"{repository_path}:{tag}".encode())
@@ -82,7 +114,7 @@ class NameEncoder:
         rest, head = self._rest, self._head
         tails = [rest + tag.encode() for tag in tags]
         joined = b"".join(tail + bytes(-len(tail) % 5) for tail in tails)
-        digits = base64.b32encode(joined).decode("ascii").lower()
+        digits = _base32_groups(joined)
         names = []
         start = 0
         for tail in tails:

@@ -13,6 +13,7 @@ from payloadtags.names import (
     InvalidName,
     NameEncoder,
     TagRef,
+    _base32_groups,
     decode_name,
     encode_name,
     is_namespace,
@@ -317,3 +318,16 @@ def test_a_name_encoder_spells_names_as_encode_name_does(path: str, tags: list[s
 )
 def test_names_of_many_tags_at_once_are_each_tags_name(path: str, tags: list[str]) -> None:
     assert NameEncoder(path).many(tags) == [encode_name(path, tag) for tag in tags]
+
+
+@pytest.mark.property
+@given(data=st.binary(max_size=400).map(lambda data: data[: len(data) - len(data) % 5]))
+def test_base32_of_whole_groups_is_the_standard_librarys(data: bytes) -> None:
+    assert _base32_groups(data) == base64.b32encode(data).decode().lower()
+
+
+def test_base32_of_whole_groups_covers_every_digit_in_every_column() -> None:
+    # Each of the 32 digit values in each of the 8 positions of a group, and long inputs.
+    data = bytes(range(256)) * 5 + bytes(255 - b for b in range(256)) * 5
+    assert _base32_groups(data) == base64.b32encode(data).decode().lower()
+    assert _base32_groups(b"") == ""
