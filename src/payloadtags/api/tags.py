@@ -147,6 +147,17 @@ class PageRuns:
         self._at = len(self.runs)
 
 
+@attrs.frozen
+class _Listing:
+    """A list's decisions made before it reads: its scope, selectors, access and resourceVersion."""
+
+    watch_scope: str | None  # the namespace asked for (None: all namespaces)
+    namespace: str | None  # that, or the one a metadata.namespace selector pins
+    accept: Callable[[TagRef], bool] | None
+    readable: Callable[[str, str], bool]
+    current: str
+
+
 @attrs.define
 class TagsService:
     inventory: Inventory
@@ -209,17 +220,14 @@ class TagsService:
         ):
             page, meta = await self._select(user, namespace, options)
             return PageRuns(page.runs), meta
-        scope = namespace
-        namespace = namespace or options.fields.required("metadata.namespace")
-        asking()
-        current = self.versions.current()
+        listing = self._begin(user, namespace, options)
         reader = self.inventory.reader(
-            namespace,
-            accept=self._selected(options),
-            readable=self.readable(user),
-            observe=self.versions.observer(scope, current),
+            listing.namespace,
+            accept=listing.accept,
+            readable=listing.readable,
+            observe=self.versions.observer(listing.watch_scope, listing.current),
         )
-        return reader, ListMeta(resource_version=current)
+        return reader, ListMeta(resource_version=listing.current)
 
     async def list_objects(
         self, user: UserInfo, namespace: str | None, options: ListOptions
@@ -227,29 +235,37 @@ class TagsService:
         page, meta = await self._select(user, namespace, options)
         return [self._object(ref) for ref in page.refs], meta
 
+    def _begin(
+        self, user: UserInfo, namespace: str | None, options: ListOptions, authorize: bool = True
+    ) -> _Listing:
+        """What every list decides before it reads the registry."""
+        pinned_namespace = options.fields.required("metadata.namespace")
+        # Registry reads that go out from now on may be shared with this request (a list arriving
+        # while an identical one is being read joins its reads that were not sent yet when it came).
+        asking()
+        return _Listing(
+            watch_scope=namespace,
+            namespace=namespace if namespace is not None else pinned_namespace,
+            accept=self._selected(options),
+            readable=self._readable(user, authorize),
+            # Taken before the registry is read: a watch from it then replays every change found by
+            # a read that may have come after this list's (docs/watch.md, "Guarantees").
+            current=self.versions.current(),
+        )
+
     async def _select(
         self, user: UserInfo, namespace: str | None, options: ListOptions, authorize: bool = True
     ) -> tuple[Page, ListMeta]:
         scope = namespace or ""
-        watch_scope = namespace
-        accept = self._selected(options)
-        readable = self._readable(user, authorize)
-        pinned_namespace = options.fields.required("metadata.namespace")
-        if namespace is None and pinned_namespace is not None:
-            namespace = pinned_namespace
+        listing = self._begin(user, namespace, options, authorize)
+        namespace = listing.namespace
         pinned_name = options.fields.required("metadata.name")
-        # Registry reads that go out from now on may be shared with this request (a list arriving
-        # while an identical one is being read joins its reads that were not sent yet when it came).
-        asking()
-        # Taken before the registry is read: a watch from it then replays every change found by a
-        # read that may have come after this list's (docs/watch.md, "Guarantees").
-        current = self.versions.current()
         if namespace is not None and pinned_name is not None and options.continue_ is None:
             # kubectl's delete-wait and single-object watches select by name: one tag-list read.
-            observe = self.versions.observer(watch_scope, current)
-            refs = await self._by_name(namespace, pinned_name, accept, readable, observe)
+            observe = self.versions.observer(listing.watch_scope, listing.current)
+            refs = await self._by_name(namespace, pinned_name, listing.accept, listing.readable, observe)
             runs = [Run(ref.namespace, ref.repository_path, [ref.tag]) for ref in refs]
-            return Page(runs, more=False), ListMeta(resource_version=current)
+            return Page(runs, more=False), ListMeta(resource_version=listing.current)
         after = None
         resource_version = None
         walk = None
@@ -263,8 +279,8 @@ class TagsService:
                 # are decided again on this page.
                 held = self.walks.held(user, walk)
                 rest = self.walks.rest(user, walk)
-        resource_version = resource_version or current
-        observe = self.versions.observer(watch_scope, resource_version)
+        resource_version = resource_version or listing.current
+        observe = self.versions.observer(listing.watch_scope, resource_version)
         # The walk's earlier pages reported its kept lists to this same record already (a 10,000-tag
         # list costs milliseconds to compare again); a record made anew under the same
         # resourceVersion (the old one expired) is a new callable, and learns them on this page.
@@ -275,8 +291,8 @@ class TagsService:
             namespace,
             limit=options.limit,
             after=after,
-            accept=accept,
-            readable=readable,
+            accept=listing.accept,
+            readable=listing.readable,
             observe=observe,
             held=held,
             observe_held=not reported,
