@@ -6,10 +6,13 @@ import itertools
 import json
 import socket
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.protocols import portforward
 
 from payloadtags.registry import (
     DELETE_NONCE_ANNOTATION,
@@ -609,3 +612,55 @@ async def test_https_checks_the_host_name(
     assert "does not match 127.0.0.1" in caught.value.message
     by_name = localhost_only_registry.url.replace("127.0.0.1", "localhost")
     await make_client(by_name, ca_file=localhost_only_registry.ca_file).ping()
+
+
+class _CountingForwarder(portforward.ProxyFactory):
+    """A TCP forwarder to the registry that counts its connections and keeps what clients sent."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(host, port)
+        self.connections = 0
+        self.sent = bytearray()
+
+    def buildProtocol(self, addr: Any) -> portforward.ProxyServer:
+        self.connections += 1
+        protocol = super().buildProtocol(addr)
+        assert isinstance(protocol, portforward.ProxyServer)
+        received = protocol.dataReceived
+
+        def keep(data: bytes) -> None:
+            self.sent += data
+            received(data)
+
+        protocol.dataReceived = keep  # type: ignore[method-assign]
+        return protocol
+
+
+@pytest_twisted.ensureDeferred
+async def test_reads_and_other_requests_share_one_kept_alive_connection(
+    reactor: Any, registry: RegistryServer, make_client: MakeClient, repo: str
+) -> None:
+    """Tag lists and catalog pages go out by path (not through Agent's URL handling), on the same
+    pooled connections as manifests and blobs, with the Host header Agent would send."""
+    digest = images.push_oci_image(registry, repo, "v1")
+    images.tag_manifest(registry, repo, "v1", "v2")
+    target = urllib.parse.urlsplit(registry.url)
+    assert target.hostname is not None and target.port is not None
+    forwarder = _CountingForwarder(target.hostname, target.port)
+    port = reactor.listenTCP(0, forwarder, interface="127.0.0.1")
+    try:
+        client = make_client(f"http://127.0.0.1:{port.getHost().port}", max_connections=1)
+        for _ in range(3):
+            assert await client.tags(repo) == ["v1", "v2"]
+            manifest = await client.manifest(repo, "v1")
+            assert manifest.digest == digest
+            config = json.loads(manifest.content)["config"]["digest"]
+            assert images.sha256(await client.blob(repo, config)) == config
+            assert repo in (await client.catalog(n=1000)).repositories
+        assert forwarder.connections == 1
+        requests = [line for line in bytes(forwarder.sent).split(b"\r\n") if line.startswith(b"GET ")]
+        assert len(requests) == 12
+        host = f"host: 127.0.0.1:{port.getHost().port}".encode()
+        assert bytes(forwarder.sent).lower().count(host) == 12
+    finally:
+        await port.stopListening()

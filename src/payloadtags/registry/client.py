@@ -64,7 +64,7 @@ from .errors import (
     RegistryUnavailable,
 )
 from .queue import RepositoryQueue
-from .transport import BodyTooLarge, BytesProducer, TLSPolicy, read_body
+from .transport import BodyTooLarge, BytesProducer, KeptEndpoints, OriginRequests, TLSPolicy, read_body
 
 ACCEPT_MANIFESTS = ", ".join(MANIFEST_MEDIA_TYPES)
 DELETE_NONCE_ANNOTATION = "io.deckhouse.payloadtags.delete-nonce"
@@ -196,15 +196,17 @@ class RegistryClient:
         self._base = settings.url.rstrip("/")
         self._name = self._base  # how messages name the registry: its URL, which holds no credentials
         self._pool: HTTPConnectionPool | None = None
+        # Reads from the registry's own origin skip Agent's per-request URL handling (set when this
+        # client makes its own Agent; an injected one gets every request).
+        self._origin: OriginRequests | None = None
         if agent is None:
             self._pool = HTTPConnectionPool(reactor, persistent=True)
             self._pool.maxPersistentPerHost = settings.max_connections
-            agent = Agent(
-                reactor,
-                contextFactory=TLSPolicy(settings.ca_file),
-                connectTimeout=settings.timeout,
-                pool=self._pool,
-            )
+            endpoints = KeptEndpoints(reactor, TLSPolicy(settings.ca_file), settings.timeout)
+            agent = Agent.usingEndpointFactory(reactor, endpoints, pool=self._pool)
+            parts = urllib.parse.urlsplit(self._base)
+            if self._base.isascii():
+                self._origin = OriginRequests(self._pool, endpoints, f"{parts.scheme}://{parts.netloc}")
         self._agent = agent
         # Blob reads follow redirects (storage backends like S3 answer with one) on the Agent too;
         # the Authorization header is dropped when a redirect leads to another origin.
@@ -877,7 +879,21 @@ class RegistryClient:
         if authorization:
             request_headers["Authorization"] = [authorization]
         response: IResponse
-        if body is None and url.isascii():
+        origin = self._origin
+        if (
+            origin is not None
+            and body is None
+            and not redirects
+            and url.startswith(origin.origin)
+            and url[len(origin.origin) : len(origin.origin) + 1] == "/"
+            and url.isascii()
+        ):
+            response = await origin.request(
+                method.encode("ascii"),
+                url[len(origin.origin) :].encode("ascii"),
+                Headers(cast("dict[str, list[str]]", request_headers)),
+            )
+        elif body is None and url.isascii():
             # Reads go straight to the Agent: treq's URL and cookie handling cost more CPU than the
             # rest of a small tags/list exchange (its IDNA checks alone a tenth of a single-tag GET's
             # CPU, through the config blob), and a read needs neither.
