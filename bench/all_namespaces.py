@@ -23,7 +23,7 @@ Reported: median wall time and its spread, the ratio to the floor (goal: <= 1.2x
 and catalog and ``tags/list`` requests per list (the index's list asks for no catalog page).
 
 Usage: .venv/bin/python bench/all_namespaces.py [--quick] [--reps N] [--repositories 2000] [--tags 3]
-       [--json FILE]
+       [--json FILE] [--server-src DIR]
 """
 
 from __future__ import annotations
@@ -165,10 +165,13 @@ async def run(
     servers: dict[str, Server] = {}
     pids = {"registry": registry.process.pid}
     try:
-        for name, index in (("no index", False), ("index", True)):
-            home = work / name.replace(" ", "-")
+        kinds = [("no index", False, None), ("index", True, None)]
+        if args.server_src:
+            kinds.append(("no index, before", False, args.server_src))
+        for name, index, src in kinds:
+            home = work / name.replace(" ", "-").replace(",", "")
             home.mkdir()
-            process, url = start_server(home, pki, registry.url, index=index)
+            process, url = start_server(home, pki, registry.url, index=index, server_src=src)
             started.append(process)
             await deferToThread(
                 wait_ready, url, str(pki.server_ca.cert_file), process, home / "payloadtags.log"
@@ -179,11 +182,8 @@ async def run(
             pids[name] = process.pid
         floor = Floor(reactor, registry.url)
         print(f"# {len(repositories):,} repositories written, servers up in {time.monotonic() - began:.1f}s")
-        variants: dict[str, Callable[[], Awaitable[Triples]]] = {
-            "floor": floor.list,
-            "no index": servers["no index"].list,
-            "index": servers["index"].list,
-        }
+        variants: dict[str, Callable[[], Awaitable[Triples]]] = {"floor": floor.list}
+        variants.update((name, server.list) for name, server in servers.items())
         access = AccessLog(registry.log_file)
         samples: dict[str, dict[str, list[float]]] = {
             name: {"wall": [], "server_cpu": [], "registry_cpu": [], "catalog": [], "tags/list": []}
@@ -247,7 +247,8 @@ def summarize(results: dict[str, Any]) -> str:
         )
     ratios = {
         name: [w / f for w, f in zip(samples[name]["wall"], samples["floor"]["wall"], strict=True)]
-        for name in ("no index", "index")
+        for name in samples
+        if name != "floor"
     }
     lines += [
         "",
@@ -266,6 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repositories", type=int, default=2000)
     parser.add_argument("--tags", type=int, default=3, help="tags per repository")
     parser.add_argument("--json", type=Path, help="also write raw samples here")
+    parser.add_argument(
+        "--server-src",
+        help="also run a third server (no index) from this src/ directory (another commit's, for a "
+        "before/after in one run)",
+    )
     args = parser.parse_args(argv)
     args.reps = args.reps or (5 if args.quick else 11)
     results = run_with_registry(

@@ -597,7 +597,9 @@ def start_server(
     launch: str = "cli",
     index: bool = False,
     extra_args: tuple[str, ...] = (),
+    server_src: str | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
+    """``server_src``: run another tree's server code (its src/ directory first on PYTHONPATH)."""
     port = free_port()
     token_file = work / "events.token"
     if index:
@@ -630,8 +632,9 @@ def start_server(
         command = [str(ROOT / ".venv" / "bin" / "python"), "-c", _SETTINGS_LAUNCHER, json.dumps(values)]
     log = (work / "payloadtags.log").open("wb")
     try:
+        env = {**os.environ, "PYTHONPATH": str(Path(server_src).resolve())} if server_src else None
         process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, env=env
         )
     finally:
         log.close()

@@ -14,6 +14,7 @@ from typing import Any, Protocol, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from payloadtags.deferreds import bounded_map
 from payloadtags.names import TagRef, split_repository
@@ -210,13 +211,32 @@ class Runs(Protocol):
 
 
 @attrs.define(eq=False)
+class _Read:
+    """One repository's tag list being read for a RunReader, and once ended, its outcome."""
+
+    repository: str
+    namespace: str
+    path: str
+    reading: Deferred[Any] | None = None
+    ended: bool = False
+    outcome: Any = None  # the tags, or the Failure
+
+
+@attrs.define(eq=False)
 class RunReader:
     """A whole list's runs in catalog order, each handed out as soon as its repository's tag list is
-    read, with the reads of up to ``window`` repositories after it already under way.
+    read, with the reads of the repositories after it already under way.
 
     So the registry reads the next repositories while the caller formats and writes the one it was
-    handed, and what is held is the window's tag lists, not the list. ``stop`` cancels the reads
-    under way and starts no more (the client went away, the deadline passed, a read failed).
+    handed. At most ``window + 1`` reads are under way at once, and a new one starts as soon as one
+    ends, not only when the caller takes the next run: a slow read at the head of the list does not
+    stall the others. Tag lists read ahead and not handed out yet are bounded too (``held``), so
+    what is held is a few windows' tag lists, not the list. The next catalog page is read while the
+    last names of the one before are still being read. ``stop`` cancels the reads under way and
+    starts no more (the client went away, the deadline passed, a read failed).
+
+    Reads and catalog pages are started only from ``next``, in its caller's context (a request's
+    coalescing start, see ``registry.asking``, goes with it).
     """
 
     cursor: CatalogCursor | IndexCursor
@@ -225,53 +245,110 @@ class RunReader:
     accept: Callable[[TagRef], bool] | None = None
     readable: Callable[[str, str], bool] = lambda namespace, path: True
     observe: Callable[[str, Sequence[str]], None] | None = None
-    _listed: deque[tuple[str, str, str]] = attrs.field(factory=deque)  # from the catalog, not read yet
-    _reads: deque[tuple[str, str, str, Deferred[list[str]]]] = attrs.field(factory=deque)
+    _listed: deque[Entry] = attrs.field(factory=deque)  # from the catalog, not read yet
+    _reads: deque[_Read] = attrs.field(factory=deque)  # in list order
+    _running: int = 0  # reads started that have not ended
+    _page: Deferred[None] | None = None  # a catalog page being read
+    _arrived: list[Entry] | None = None  # the page read, not filtered by ``readable`` yet
+    _page_failed: Failure | None = None
+    _woken: Deferred[None] | None = None
     _stopped: bool = False
+
+    @property
+    def held(self) -> int:
+        """How many tag lists may be read ahead of the caller at most, ended or not."""
+        return 2 * (self.window + 1)
 
     async def next(self) -> Run | None:
         """The next repository's run of selected tags; None once the list has ended."""
-        while not self._stopped:
-            await self._fill()
-            if not self._reads:
-                return None
-            repository, namespace, path, reading = self._reads.popleft()
-            # The next read starts now, not when the caller has written this run.
-            await self._fill()
-            try:
-                tags = await reading
-            except BaseException:
-                self.stop()
-                raise
-            if self.observe is not None:
-                self.observe(repository, tags)
-            chosen = _select(namespace, path, tags, self.accept)
-            if chosen:
-                return Run(namespace, path, chosen)
+        try:
+            while not self._stopped:
+                self._start()
+                if self._page_failed is not None:
+                    self._page_failed.raiseException()
+                if self._reads and self._reads[0].ended:
+                    head = self._reads.popleft()
+                    self._start()
+                    if isinstance(head.outcome, Failure):
+                        head.outcome.raiseException()
+                    tags: list[str] = head.outcome
+                    if self.observe is not None:
+                        self.observe(head.repository, tags)
+                    chosen = _select(head.namespace, head.path, tags, self.accept)
+                    if chosen:
+                        return Run(head.namespace, head.path, chosen)
+                elif self._reads or self._page is not None:
+                    self._woken = Deferred()
+                    await self._woken  # a read or a catalog page has ended
+                else:
+                    return None
+        except BaseException:
+            self.stop()
+            raise
         return None
 
-    async def _fill(self) -> None:
-        while not self._stopped and len(self._reads) < self.window:
-            if not self._listed:
-                if self.cursor.done:
-                    return
-                try:
-                    batch = await self.cursor.next()
-                except BaseException:
-                    self.stop()
-                    raise
+    def _start(self) -> None:
+        """Starts what may start now: reads of listed repositories, the next catalog page."""
+        while not self._stopped:
+            if self._arrived is not None:
+                batch, self._arrived = self._arrived, None
                 self._listed.extend(entry for entry in batch if self.readable(entry[1], entry[2]))
-                continue
-            repository, namespace, path = self._listed.popleft()
-            self._reads.append((repository, namespace, path, self.read(repository)))
+            while self._listed and self._running <= self.window and len(self._reads) < self.held:
+                read = _Read(*self._listed.popleft())
+                self._running += 1
+                self._reads.append(read)
+                reading = self.read(read.repository)
+                read.reading = reading
+                reading.addBoth(self._ended, read)
+            if (
+                self._page is not None
+                or self._page_failed is not None
+                or self.cursor.done
+                or len(self._listed) > self.window
+            ):
+                return
+            page = Deferred.fromCoroutine(self._read_page())
+            page.addErrback(lambda _: None)  # a stop's cancel; what else fails is kept by _read_page
+            if not page.called:
+                self._page = page
+                return
+            # read at once (the repository index, names kept from an earlier page): taken above
+
+    async def _read_page(self) -> None:
+        try:
+            batch = await self.cursor.next()
+        except BaseException:
+            if not self._stopped:
+                self._page_failed = Failure()
+        else:
+            if self._arrived is None:
+                self._arrived = batch
+            else:
+                self._arrived.extend(batch)
+        finally:
+            self._page = None
+            self._wake()
+
+    def _ended(self, outcome: Any, read: _Read) -> None:
+        read.ended, read.outcome = True, outcome  # a failure is raised by next() in its turn
+        self._running -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        woken, self._woken = self._woken, None
+        if woken is not None and not woken.called:  # called: the caller's cancel
+            woken.callback(None)
 
     def stop(self) -> None:
         self._stopped = True
         self._listed.clear()
+        self._arrived = None
         reads, self._reads = self._reads, deque()
-        for *_, reading in reads:
-            reading.addErrback(lambda _: None)  # what a cancelled read fails with is nobody's concern
-            reading.cancel()
+        for read in reads:
+            if read.reading is not None:
+                read.reading.cancel()  # what it then fails with is nobody's concern
+        if self._page is not None:
+            self._page.cancel()
 
 
 def _select(

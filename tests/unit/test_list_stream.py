@@ -215,3 +215,117 @@ def test_a_registry_failure_before_the_first_byte_is_raised_for_its_status() -> 
     results[0].trap(RegistryUnavailable)
     assert request.written == [] and request.code is None and not request.aborted
     assert registry.in_flight == 0
+
+
+class PagedRegistry(SlowRegistry):
+    """SlowRegistry with a chosen read time per repository and a catalog that answers in pages of
+    ``page`` names after ``catalog_delay`` seconds each."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        repositories: list[str],
+        seconds: dict[str, float],
+        page: int,
+        catalog_delay: float,
+    ) -> None:
+        super().__init__(clock, repositories)
+        self.seconds = seconds
+        self.page = page
+        self.catalog_delay = catalog_delay
+        self.catalog_reads: list[tuple[float, int]] = []  # (when asked, how many tag reads started)
+        self.started_when: dict[str, int] = {}  # repository -> tag reads started when it ended
+        self.catalog_cancelled = 0
+
+    async def catalog(self, last: str | None = None, n: int = 1000) -> CatalogPage:
+        self.catalog_reads.append((self.clock.seconds(), len(self.started)))
+
+        def cancel(_: Deferred[None]) -> None:
+            self.catalog_cancelled += 1
+            call.cancel()
+
+        answered: Deferred[None] = Deferred(cancel)
+        call = self.clock.callLater(self.catalog_delay, answered.callback, None)
+        await answered
+        return await super().catalog(last, min(n, self.page))
+
+    async def tags(self, repository: str) -> list[str]:
+        self.started.append(repository)
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+
+        def cancel(_: Deferred[None]) -> None:
+            self.cancelled.append(repository)
+            call.cancel()
+
+        answered: Deferred[None] = Deferred(cancel)
+        call = self.clock.callLater(self.seconds.get(repository, 1.0), answered.callback, None)
+        await answered
+        self.finished.append(repository)
+        self.started_when[repository] = len(self.started)
+        return list(self.content[repository])
+
+
+def read_all(registry: PagedRegistry, clock: Clock, window: int = WINDOW) -> tuple[list[str], list[float]]:
+    """Every run of the list of all namespaces, taken as soon as it is handed out: the repositories
+    in order, and when each was handed out."""
+    reader = Inventory(registry, concurrency=window).reader(None)  # type: ignore[arg-type]
+    order: list[str] = []
+    times: list[float] = []
+
+    async def take() -> None:
+        while (run_ := await reader.next()) is not None:
+            order.append(f"{run_.namespace}/{run_.repository_path}")
+            times.append(clock.seconds())
+
+    done = Deferred.fromCoroutine(take())
+    for _ in range(1000):
+        if done.called:
+            break
+        clock.advance(0.5)
+    assert done.called
+    return order, times
+
+
+def test_a_slow_read_at_the_head_does_not_hold_up_the_reads_after_it() -> None:
+    """While the first repository's read takes 10 s, the reads after it go on (each ends in 1 s) up
+    to the bound of lists read ahead; the runs are still handed out in list order."""
+    names = [f"team/r{index:02d}" for index in range(40)]
+    clock = Clock()
+    registry = PagedRegistry(clock, names, {"team/r00": 10.0}, page=1000, catalog_delay=0)
+    order, times = read_all(registry, clock)
+    assert order == names
+    assert registry.most_in_flight <= WINDOW + 1
+    # When the head ended, the reads after it had gone on up to 2 * (window + 1) lists read ahead
+    # (a window at a time, before: window + 1), not beyond.
+    assert registry.finished.index("team/r00") == 2 * (WINDOW + 1) - 1
+    assert registry.started_when["team/r00"] == 2 * (WINDOW + 1)
+    assert times == sorted(times)
+
+
+def test_the_next_catalog_page_is_read_while_the_last_names_are() -> None:
+    """Pages of 20 names that take 2 s each: the next page is asked for while the last `window`
+    names of the one before are still to be read, not once they all have been."""
+    names = [f"team/r{index:02d}" for index in range(60)]
+    clock = Clock()
+    registry = PagedRegistry(clock, names, {}, page=20, catalog_delay=2.0)
+    order, _ = read_all(registry, clock)
+    assert order == names
+    assert len(registry.catalog_reads) == 3
+    for page, (_, started) in enumerate(registry.catalog_reads[1:], start=1):
+        assert page * 20 - WINDOW <= started < page * 20
+
+
+def test_a_stopped_reader_cancels_the_catalog_page_it_is_reading() -> None:
+    names = [f"team/r{index:02d}" for index in range(30)]
+    clock = Clock()
+    registry = PagedRegistry(clock, names, {}, page=10, catalog_delay=5.0)
+    reader = Inventory(registry, concurrency=WINDOW).reader(None)  # type: ignore[arg-type]
+    first = Deferred.fromCoroutine(reader.next())
+    clock.advance(5)  # the first page; its reads start, and the next page is asked for at once
+    clock.advance(1)
+    assert first.called and len(registry.catalog_reads) == 2 and registry.in_flight > 0
+    started = len(registry.started)
+    reader.stop()
+    assert registry.in_flight == 0 and registry.catalog_cancelled == 1
+    clock.advance(60)  # the cancelled page's answer never arrives, nothing more is read
+    assert len(registry.catalog_reads) == 2 and len(registry.started) == started
