@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Final, TypeVar
 
@@ -96,7 +97,9 @@ async def within(clock: IReactorTime, seconds: float, work: Awaitable[T]) -> T:
     cancelled: whatever `work` then fails with (a transport may report a cancel as a lookup or
     connection failure), the cancel is noted as it comes in. Other failures pass through unchanged.
     """
-    d = Deferred.fromCoroutine(_as_coroutine(work))
+    # A coroutine is run as it is; another awaitable (a Deferred the caller may hold) is awaited by
+    # one of ours, so that the callbacks below are not added to it.
+    d = Deferred.fromCoroutine(work if inspect.iscoroutine(work) else _as_coroutine(work))
     expired = cancelled = False
 
     def expire() -> None:

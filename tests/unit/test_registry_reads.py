@@ -213,6 +213,46 @@ def test_reads_at_turn_end_are_shared_by_the_requests_handled_in_that_turn() -> 
     assert later == [["v1", "v2"]]
 
 
+def test_reads_waiting_for_the_turn_end_go_out_together_in_order_and_a_cancelled_one_never() -> None:
+    """All reads of one turn wait for one delayed call; one cancelled meanwhile is not sent and
+    frees its connection slot, the others go out in the order they asked."""
+    clock, held = MemoryReactorClock(), Held()
+    settings = RegistrySettings(url=REGISTRY, timeout=10, max_connections=3)
+    client = RegistryClient(clock, settings, agent=held.agent, reads_at_turn_end=True)
+    reads = [track(Deferred.fromCoroutine(client.tags(f"team/r{i}"))) for i in range(3)]
+    queued = track(Deferred.fromCoroutine(client.tags("team/queued")))  # no slot yet
+    assert len(clock.getDelayedCalls()) == 1 and held.pending == []
+    joined = Deferred.fromCoroutine(client.tags("team/r1"))  # joins r1's read...
+    cancelled = track(joined)
+    joined.cancel()  # ...and leaves it: r1 still has a caller
+    clock.advance(0)
+    assert held.urls() == [f"{REGISTRY}/v2/team/r{i}/tags/list" for i in range(3)]
+    held.pending[0][1].callback(tags_reply("a"))
+    clock.advance(0)  # r0's slot went to the queued read, which waits for its own turn end
+    assert held.urls()[3:] == [f"{REGISTRY}/v2/team/queued/tags/list"]
+    held.pending[1][1].callback(tags_reply("b"))
+    held.pending[2][1].callback(tags_reply("c"))
+    held.pending[3][1].callback(tags_reply("q"))
+    assert reads == [[["a"]], [["b"]], [["c"]]] and queued == [["q"]]
+    failure_of(cancelled, CancelledError)
+
+
+def test_a_read_cancelled_while_it_waits_for_the_turn_end_is_never_sent_and_frees_its_slot() -> None:
+    clock, held = MemoryReactorClock(), Held()
+    settings = RegistrySettings(url=REGISTRY, timeout=10, max_connections=1)
+    client = RegistryClient(clock, settings, agent=held.agent, reads_at_turn_end=True)
+    going = Deferred.fromCoroutine(client.tags("team/gone"))
+    gone = track(going)
+    after = track(Deferred.fromCoroutine(client.tags("team/after")))  # waits for the only slot
+    going.cancel()
+    failure_of(gone, CancelledError)
+    clock.advance(0)
+    clock.advance(0)
+    assert held.urls() == [f"{REGISTRY}/v2/team/after/tags/list"]
+    held.pending[0][1].callback(tags_reply("v1"))
+    assert after == [["v1"]]
+
+
 # --- connection slots and the timeout ----------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ import attrs
 from OpenSSL import SSL
 from treq.client import HTTPClient
 from twisted.internet import error as net_errors
-from twisted.internet.defer import CancelledError, DeferredSemaphore
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -192,6 +192,7 @@ class RegistryClient:
         in that turn (lists that arrived together) join it: they began before it went out."""
         self._reactor = reactor
         self._reads_at_turn_end = reads_at_turn_end
+        self._turn_waiters: list[Deferred[None]] | None = None
         self._settings = settings
         self._base = settings.url.rstrip("/")
         self._name = self._base  # how messages name the registry: its URL, which holds no credentials
@@ -825,11 +826,28 @@ class RegistryClient:
         try:
             if on_send is not None:
                 if self._reads_at_turn_end:
-                    await deferLater(self._reactor, 0, lambda: None)
+                    await self._turn_end()
                 on_send()
             return await self._timed_exchange(method, url, headers, body, authorization, max_body, redirects)
         finally:
             self._slots.release()
+
+    def _turn_end(self) -> Deferred[None]:
+        """Fires at the end of this reactor turn: one delayed call for every read that waits for it
+        in the turn (a list starts up to --registry-concurrency of them at once), in the order they
+        asked. Cancelling it (no canceller) fails it with CancelledError and leaves the others."""
+        waiting: Deferred[None] = Deferred()
+        if self._turn_waiters is None:
+            self._turn_waiters = []
+            self._reactor.callLater(0, self._end_turn)
+        self._turn_waiters.append(waiting)
+        return waiting
+
+    def _end_turn(self) -> None:
+        waiters, self._turn_waiters = self._turn_waiters or [], None
+        for waiting in waiters:
+            if not waiting.called:
+                waiting.callback(None)
 
     async def _timed_exchange(
         self,

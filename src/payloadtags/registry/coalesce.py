@@ -12,7 +12,7 @@ caller is out waits for that one to end before it goes out, gathering the caller
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Callable, Coroutine, Hashable
 from contextvars import ContextVar
 from typing import Any, Generic, TypeVar
 
@@ -119,7 +119,7 @@ class Coalescer:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def join(self, key: Hashable, read: Callable[[OnSend], Awaitable[T]]) -> Deferred[T]:
+    def join(self, key: Hashable, read: Callable[[OnSend], Coroutine[Any, Any, T]]) -> Deferred[T]:
         """The outcome of ``read(on_send)``, shared with every caller of the same key who asked before
         the read calls ``on_send`` (once it holds a connection slot, just before the request goes out),
         and with every caller while it waits for that."""
@@ -135,12 +135,12 @@ class Coalescer:
         # the server's own work on the others) then make a read per round trip, not one each.
         in_flight = shared if shared is not None and not shared.cancelling else None
 
-        async def run() -> T:
-            if in_flight is not None:
-                await in_flight.ended()
+        async def after_in_flight(in_flight: _Shared[Any]) -> T:
+            await in_flight.ended()
             return await read(fresh.send)
 
-        fresh.work = Deferred.fromCoroutine(run())
+        reading = read(fresh.send) if in_flight is None else after_in_flight(in_flight)
+        fresh.work = Deferred.fromCoroutine(reading)
         fresh.work.addBoth(fresh.settle)
         return waiter
 
