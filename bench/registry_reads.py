@@ -10,6 +10,9 @@ What it does (all on 127.0.0.1; the registry it starts is stopped at the end, al
      (catalog pages of 1,000, every ``tags/list``, 16 in flight), every run taken;
    - ``floor``: the same requests from a treq client (bench/list_latency.py's ``DirectClient`` way:
      ``HTTPClient`` on an ``Agent`` with a kept-alive pool of 16, 16 in flight, ``json.loads``);
+   - ``bare``: the least Twisted's HTTP client does for them: requests by path on the pool (as
+     payloadtags' ``OriginRequests``), ``readBody``, ``json.loads``, 16 in flight; no timeout,
+     metrics, coalescing or checks: what is left above it is payloadtags' own per-read work;
    and measures this process's CPU time (user + system) for each: the registry runs in its own process,
    so the figure is the client side's CPU per read alone.
 
@@ -40,7 +43,8 @@ from typing import Any
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.internet.threads import deferToThread
-from twisted.web.client import Agent
+from twisted.web.client import Agent, readBody
+from twisted.web.http_headers import Headers
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
@@ -62,6 +66,7 @@ from tests.support.registry_server import RegistryServer  # noqa: E402
 from payloadtags.inventory import Inventory  # noqa: E402
 from payloadtags.metrics import InstrumentedRegistry, Metrics  # noqa: E402
 from payloadtags.registry import RegistryClient, RegistrySettings, asking  # noqa: E402
+from payloadtags.registry.transport import KeptEndpoints, OriginRequests, TLSPolicy  # noqa: E402
 
 PER_NAMESPACE = 10
 
@@ -122,6 +127,49 @@ class Floor:
         return frozenset(found)
 
 
+class Bare:
+    """The least this HTTP stack can do per read: requests by path on the pool (as payloadtags'
+    OriginRequests), readBody, json.loads; no timeout, no metrics, no coalescing, no checks."""
+
+    def __init__(self, reactor: Any, registry_url: str) -> None:
+        self.pool = _pool(reactor, CONCURRENCY)
+        parts = urllib.parse.urlsplit(registry_url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        endpoints = KeptEndpoints(reactor, TLSPolicy(), None)
+        self._requests = OriginRequests(self.pool, endpoints, origin)
+
+    async def _json(self, path: str) -> dict[str, Any]:
+        response = await self._requests.request(b"GET", path.encode(), Headers())
+        body = await readBody(response)
+        if response.code != 200:
+            raise RuntimeError(f"registry answered {response.code} to {path}: {body[:300]!r}")
+        document: dict[str, Any] = json.loads(body)
+        return document
+
+    async def list(self) -> Triples:
+        repositories: list[str] = []
+        query = {"n": str(CATALOG_PAGE)}
+        while True:
+            names = (await self._json("/v2/_catalog?" + urllib.parse.urlencode(query))).get(
+                "repositories"
+            ) or []
+            repositories.extend(names)
+            if len(names) < CATALOG_PAGE:
+                break
+            query["last"] = names[-1]
+        semaphore = DeferredSemaphore(CONCURRENCY)
+
+        async def tags(repository: str) -> list[str]:
+            return sorted((await self._json(f"/v2/{repository}/tags/list")).get("tags") or [])
+
+        lists = await gatherResults([semaphore.run(tags, r) for r in repositories], consumeErrors=True)
+        found: set[tuple[str, str, str]] = set()
+        for repository, names in zip(repositories, lists, strict=True):
+            namespace, _, path = repository.partition("/")
+            found.update((namespace, path, tag) for tag in names)
+        return frozenset(found)
+
+
 def _cpu() -> float:
     times = os.times()
     return times.user + times.system
@@ -149,8 +197,12 @@ async def run(
     expected = frozenset(
         (r.partition("/")[0], r.partition("/")[2], tag) for r in repositories for tag in tag_names(args.tags)
     )
-    ours, floor = Ours(reactor, registry.url), Floor(reactor, registry.url)
-    variants: dict[str, Callable[[], Awaitable[Triples]]] = {"floor": floor.list, "payloadtags": ours.list}
+    ours, floor, bare = Ours(reactor, registry.url), Floor(reactor, registry.url), Bare(reactor, registry.url)
+    variants: dict[str, Callable[[], Awaitable[Triples]]] = {
+        "floor": floor.list,
+        "payloadtags": ours.list,
+        "bare": bare.list,
+    }
     samples: dict[str, list[float]] = {name: [] for name in variants}
     reads = len(repositories) + (len(repositories) // CATALOG_PAGE + 1)
     try:
@@ -173,6 +225,7 @@ async def run(
             profile.dump_stats(str(args.profile))
     finally:
         await floor.pool.closeCachedConnections()
+        await bare.pool.closeCachedConnections()
         await ours.client.close()
     return {"repositories": len(repositories), "reads": reads, "reps": args.reps, "samples": samples}
 
@@ -189,11 +242,14 @@ def summarize(results: dict[str, Any]) -> str:
     ]
     for name, s in samples.items():
         lines.append(f"| {name} | {statistics.median(s) * 1e6:.0f} | {min(s) * 1e6:.0f}-{max(s) * 1e6:.0f} |")
-    ratios = [o / f for o, f in zip(samples["payloadtags"], samples["floor"], strict=True)]
+    lines.append("")
+    for name in ("payloadtags", "bare"):
+        ratios = [o / f for o, f in zip(samples[name], samples["floor"], strict=True)]
+        lines.append(
+            f"{name} / floor per repetition: {', '.join(f'{r:.2f}' for r in ratios)} "
+            f"(median {statistics.median(ratios):.2f})"
+        )
     lines += [
-        "",
-        f"payloadtags / floor per repetition: {', '.join(f'{r:.2f}' for r in ratios)} "
-        f"(median {statistics.median(ratios):.2f})",
         f"total {results['total_seconds']:.0f}s",
     ]
     return "\n".join(lines)
