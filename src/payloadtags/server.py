@@ -38,7 +38,7 @@ from payloadtags.inventory import Inventory
 from payloadtags.kube import ClusterClient, KubeClient, Reflector
 from payloadtags.lifecycle import OrderedServices, Part
 from payloadtags.listen import listen
-from payloadtags.logs import begin_logging
+from payloadtags.logs import DEBUG_VERBOSITY, begin_logging
 from payloadtags.metrics import CountingAuthorizer, InstrumentedRegistry, Metrics
 from payloadtags.registry import Registry, RegistryClient
 from payloadtags.registry_diagnosis import FailureLog, probe
@@ -410,6 +410,7 @@ async def start(
         max_inflight=settings.http.max_requests_inflight,
         max_body=settings.http.max_request_body_bytes,
         watch_hub=watch_hub,
+        request_log=settings.verbosity >= DEBUG_VERBOSITY,
     )
     site = GuardedSite(api.resource(), settings.http, api, reactor=reactor)
     connections = LimitedConnections(

@@ -30,6 +30,9 @@ METADATA_LIST = (
 )
 
 
+HEADS = ("content-type", "cache-control", "transfer-encoding", "content-length")
+
+
 def split(repo: str) -> tuple[str, str]:
     namespace, path = repo.split("/", 1)
     return namespace, path
@@ -252,6 +255,45 @@ async def test_an_unpaged_list_streamed_as_it_is_read_is_the_same_bytes(api, reg
         assert reply.code == 200
         version = reply.json()["metadata"]["resourceVersion"]
         assert reply.body == _rendered_whole(namespace, tags, accept, version), accept
+
+
+@pytest_twisted.ensureDeferred
+async def test_pages_written_at_once_or_streamed_are_the_same_bytes_and_headers(api, registry, repo):
+    # A page of at most 500 items is formatted and written in one go; a longer one a chunk at a time
+    # as whole lists are. Either way each page is the document the converter and json.dumps make.
+    namespace, _ = split(repo)
+    many_tags(registry, f"{namespace}/big", 1200)
+    images.push_oci_image(registry, f"{namespace}/a/nested/app", "v1")
+    images.push_oci_image(registry, f"{namespace}/a/nested/app", "v2", seed="2")
+    images.push_oci_image(registry, f"{namespace}/r00", "latest", seed="same")
+    tags = {"a/nested/app": ["v1", "v2"], "big": [f"v{i:06d}" for i in range(1200)], "r00": ["latest"]}
+    refs = [TagRef(namespace, path, tag) for path in tags for tag in tags[path]]
+    client = api.client(api.pki.admin)
+    heads = set()
+    for limit in (500, 499, 700):  # at once; at once; streamed (more than a chunk)
+        for accept in ("application/json", TABLE, METADATA_LIST):
+            media = negotiate(accept, collection=True)
+            seen: list[TagRef] = []
+            token = ""
+            while True:
+                query = f"?limit={limit}" + (f"&continue={token}" if token else "")
+                reply = await client.get(collection(namespace) + query, headers={"Accept": accept})
+                assert reply.code == 200
+                meta = reply.json()["metadata"]
+                page = refs[len(seen) : len(seen) + limit]
+                expected = render_list(
+                    [tag_object("payload-registry.example.com", ref) for ref in page],
+                    ListMeta(resource_version=meta["resourceVersion"], continue_=meta.get("continue")),
+                    media,
+                )
+                assert reply.body == json.dumps(expected, separators=(",", ":")).encode() + b"\n"
+                heads.add(tuple((name, tuple(reply.headers.get(name, ()))) for name in HEADS))
+                seen += page
+                token = meta.get("continue", "")
+                if not token:
+                    break
+            assert seen == refs
+    assert len(heads) == 3, heads  # one per media type, whichever way the pages were written
 
 
 @pytest_twisted.ensureDeferred

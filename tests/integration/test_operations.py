@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+from typing import Any
 
 import pytest_twisted
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -15,6 +17,7 @@ from payloadtags.names import encode_name
 from tests.support import images
 from tests.support.client import ApiClient
 from tests.support.harness import Pki, ServerUnderTest
+from tests.support.logcapture import Collect
 from tests.support.pki import Authority, Issued
 from tests.support.process import ServerProcess
 from tests.support.rbac import eventually
@@ -55,6 +58,32 @@ async def test_metrics_count_requests_registry_calls_and_decisions(api, registry
     assert 'payloadtags_registry_operations_total{operation="tags",outcome="ok"}' in text
     assert 'payloadtags_registry_operations_total{operation="manifest",outcome="not_found"} 1.0' in text
     assert 'payloadtags_authorization_decisions_total{decision="allow",verb="get"}' in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_request_is_logged_from_verbosity_3_only(make_server, registry, repo):
+    namespace = repo.split("/", 1)[0]
+    images.push_oci_image(registry, repo, "v1")
+    events: list[dict[str, Any]] = []
+    observer = Collect(events)
+    globalLogPublisher.addObserver(observer)
+    try:
+        for verbosity in (3, 0):
+            server = await make_server(registry, verbosity=verbosity)
+            events.clear()
+            assert (await server.client(server.pki.admin).get(collection(namespace) + "?limit=1")).code == 200
+            lines = [
+                formatEvent(event)
+                for event in events
+                if event.get("log_level") == LogLevel.debug and "user=" in event.get("log_format", "")
+            ]
+            if verbosity:
+                assert len(lines) == 1, lines
+                assert lines[0].startswith(f"GET {collection(namespace)}?limit=1 200 user=admin ")
+            else:
+                assert lines == []
+    finally:
+        globalLogPublisher.removeObserver(observer)
 
 
 @pytest_twisted.ensureDeferred

@@ -1,0 +1,330 @@
+"""The server's own CPU per HTTPS request on one kept-alive connection, for cheap requests.
+
+What it does (all on 127.0.0.1; everything it starts is stopped at the end, also on error or Ctrl-C):
+
+1. starts a real ``docker-registry`` and writes the namespace ``bench`` into its storage: one repository
+   ``app`` of ``--tags`` tags (all links to one manifest), and pushes one real OCI image ``bench-get/img:v1``;
+2. runs ``payloadtags serve`` (client certificates, a front proxy, ``--authorization-mode=AlwaysAllow``)
+   from this tree, and with ``--before DIR`` a second one from another tree's ``src`` (``PYTHONPATH``);
+3. per repetition, for each server (alternating which goes first), sends ``--requests`` requests of each
+   kind one after another on one kept-alive HTTPS connection (Python's ``http.client``), and reads the
+   server's CPU time (user + system, ``/proc/<pid>/stat``) before and after:
+   - ``discovery``: ``GET /apis/<group>/<version>`` with the front proxy's certificate and
+     ``X-Remote-User`` (authentication, routing, a response cached by the server: no registry read);
+   - ``discovery-cert``: the same with a client certificate as the identity;
+   - ``get``: ``GET …/payloadrepositorytags/<name>`` of ``bench-get/img:v1``, front-proxied (one manifest
+     read from the registry per GET; the image config is kept by the server);
+   - ``page``: walks of the namespace ``bench`` with ``limit=--limit`` (front-proxied), page after
+     page, counted per page; a walk's pages after its first are served from the walk cache (no
+     registry read);
+   - ``list``: the whole namespace ``bench`` unpaged (as many tags in all as the pages had), per list.
+
+With ``page`` and ``list`` both, the summary also gives a walk's server CPU over an unpaged list's
+(``page`` times pages per walk / ``list``).
+
+Reported per kind and server: the median of the repetitions' server CPU per request (ms) and their
+spread, and the ratio of the two servers. CPU time, not wall time: other processes' turns on a busy
+machine are not charged to the server. The clock tick is 10 ms, so a kind's CPU per repetition is only
+read to within 10 ms: ``--requests`` keeps that a small part.
+
+Usage: .venv/bin/python bench/request_cpu.py [--requests 1000] [--reps 3] [--tags 2000] [--limit 500]
+       [--kinds discovery,get,page] [--before SRC] [--profile FILE] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import json
+import os
+import ssl
+import statistics
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.threads import deferToThread
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from list_latency import (  # noqa: E402
+    Filler,
+    cpu_seconds,
+    report,
+    run_with_registry,
+    wait_ready,
+)
+from list_scale import tag_names, write_repository  # noqa: E402
+from tests.support import images  # noqa: E402
+from tests.support.harness import Pki  # noqa: E402
+from tests.support.pki import Authority, Issued  # noqa: E402
+from tests.support.registry_server import RegistryServer, free_port  # noqa: E402
+
+from payloadtags.names import encode_name  # noqa: E402
+
+GROUP_PATH = "/apis/payload-registry.deckhouse.io/v1alpha1"
+NAMESPACE = "bench"
+GET_NAMESPACE = "bench-get"
+KINDS = ("discovery", "discovery-cert", "get", "page", "list")
+PROXIED = {"X-Remote-User": "admin", "X-Remote-Group": "system:masters", "Accept": "application/json"}
+PROFILER = """
+import cProfile, sys, time
+out, sys.argv = sys.argv[1], ["payloadtags", *sys.argv[2:]]
+from payloadtags.cli import main
+profile = cProfile.Profile(time.process_time)
+profile.enable()
+try:
+    main()
+finally:
+    profile.disable()
+    profile.dump_stats(out)
+"""
+
+
+class Connection:
+    """One kept-alive HTTPS connection with a client certificate (blocking; used from a thread)."""
+
+    def __init__(self, url: str, ca_file: str, identity: Issued) -> None:
+        context = ssl.create_default_context(cafile=ca_file)
+        context.check_hostname = False
+        context.load_cert_chain(str(identity.cert_file), str(identity.key_file))
+        target = urllib.parse.urlsplit(url)
+        assert target.hostname is not None and target.port is not None
+        self._connection = http.client.HTTPSConnection(target.hostname, target.port, context=context)
+
+    def get(self, path: str, headers: dict[str, str]) -> bytes:
+        self._connection.request("GET", path, headers=headers)
+        response = self._connection.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"GET {path}: {response.status} {body[:300]!r}")
+        return body
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+def requests_of(kind: str, connection: Connection, limit: int, tags: int) -> Callable[[int], int]:
+    """A function sending ``n`` requests of ``kind``; it returns how many requests it sent."""
+    collection = f"{GROUP_PATH}/namespaces/{NAMESPACE}/payloadrepositorytags"
+    if kind in ("discovery", "discovery-cert"):
+        headers = PROXIED if kind == "discovery" else {"Accept": "application/json"}
+
+        def discovery(n: int) -> int:
+            for _ in range(n):
+                connection.get(GROUP_PATH, headers)
+            return n
+
+        return discovery
+    if kind == "get":
+        path = f"{GROUP_PATH}/namespaces/{GET_NAMESPACE}/payloadrepositorytags/{encode_name('img', 'v1')}"
+
+        def get(n: int) -> int:
+            for _ in range(n):
+                if json.loads(connection.get(path, PROXIED))["spec"]["tag"] != "v1":
+                    raise RuntimeError("the GET answered another tag")
+            return n
+
+        return get
+    if kind == "page":
+
+        def pages(n: int) -> int:
+            sent = 0
+            token = ""
+            while sent < n or token:
+                query = f"?limit={limit}"
+                if token:
+                    query += "&continue=" + urllib.parse.quote(token)
+                document = json.loads(connection.get(collection + query, PROXIED))
+                token = document["metadata"].get("continue", "")
+                sent += 1
+            return sent
+
+        return pages
+    if kind == "list":
+
+        def lists(n: int) -> int:
+            for _ in range(n):
+                if len(json.loads(connection.get(collection, PROXIED))["items"]) != tags:
+                    raise RuntimeError("the list is not the whole repository")
+            return n
+
+        return lists
+    raise ValueError(kind)
+
+
+def start_server(
+    work: Path,
+    name: str,
+    pki: Pki,
+    proxy_ca: Authority,
+    registry_url: str,
+    src: str | None,
+    profile: str | None,
+) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())} if src else None
+    runner = [sys.executable, "-c", PROFILER, str(Path(profile).resolve())] if profile else []
+    log = (work / f"{name}.log").open("wb")
+    try:
+        process = subprocess.Popen(
+            [
+                *(runner or [str(ROOT / ".venv" / "bin" / "payloadtags")]),
+                "serve",
+                *pki.standalone_args(port, registry_url),
+                f"--requestheader-client-ca-file={proxy_ca.cert_file}",
+                "--requestheader-allowed-names=front-proxy-client",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            env=env,
+        )
+    finally:
+        log.close()
+    return process, f"https://127.0.0.1:{port}"
+
+
+def system_seconds(pid: int) -> float:
+    """Kernel CPU time of a process (TLS records go out and come in through loopback sockets there)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rpartition(")")[2].split()[12]) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(pid: int, send: Callable[[int], int], n: int) -> tuple[float, float]:
+    """Server CPU per request (ms) for ``n`` requests, and the kernel's part of it."""
+    before, system = cpu_seconds(pid), system_seconds(pid)
+    sent = send(n)
+    return (
+        (cpu_seconds(pid) - before) * 1000 / sent,
+        (system_seconds(pid) - system) * 1000 / sent,
+    )
+
+
+async def run(
+    reactor: Any,
+    args: argparse.Namespace,
+    registry: RegistryServer,
+    work: Path,
+    started: list[subprocess.Popen[bytes]],
+) -> dict[str, Any]:
+    filler = Filler(registry.url)
+    await deferToThread(filler.seed, "seed/app", ("v1",))
+    filler.close()
+    manifest = "sha256:" + hashlib.sha256(filler.manifest).hexdigest()
+    blobs = ["sha256:" + hashlib.sha256(d).hexdigest() for _, d in filler._blobs]
+    await deferToThread(
+        write_repository, registry.root, f"{NAMESPACE}/app", tag_names(args.tags), blobs, manifest
+    )
+    await deferToThread(images.push_oci_image, registry.url, f"{GET_NAMESPACE}/img", "v1", seed="request-cpu")
+    pki = await deferToThread(Pki.create, work / "pki")
+    proxy_ca = await deferToThread(Authority.create, work / "pki" / "front-proxy", "front-proxy")
+    proxy = await deferToThread(proxy_ca.client, "front-proxy-client", (), "front-proxy-client")
+    ca_file = str(pki.server_ca.cert_file)
+    servers: dict[str, tuple[int, str]] = {}
+    variants = {"after": None, **({"before": args.before} if args.before else {})}
+    for name, src in variants.items():
+        process, url = start_server(
+            work, name, pki, proxy_ca, registry.url, src, args.profile if name == "after" else None
+        )
+        started.append(process)
+        await deferToThread(wait_ready, url, ca_file, process, work / f"{name}.log")
+        servers[name] = (process.pid, url)
+    kinds = args.kinds.split(",")
+    results: dict[str, Any] = {"requests": args.requests, "tags": args.tags, "limit": args.limit, "reps": []}
+
+    def one_rep(i: int) -> dict[str, dict[str, float]]:
+        rep: dict[str, dict[str, float]] = {}  # kind -> server -> CPU per request, ms
+        order = list(servers) if i % 2 == 0 else list(servers)[::-1]
+        for kind in kinds:
+            for name in order:
+                pid, url = servers[name]
+                connection = Connection(url, ca_file, pki.admin if kind == "discovery-cert" else proxy)
+                try:
+                    send = requests_of(kind, connection, args.limit, args.tags)
+                    n = args.requests if kind != "list" else max(1, args.requests * args.limit // args.tags)
+                    send(max(2, n // 20))  # handshake, caches and the walk cache warm
+                    total, system = measure(pid, send, n)
+                    rep.setdefault(kind, {})[name] = total
+                    rep.setdefault(f"{kind} (kernel)", {})[name] = system
+                finally:
+                    connection.close()
+        return rep
+
+    for i in range(args.reps):
+        rep = await deferToThread(one_rep, i)
+        results["reps"].append(rep)
+        print(
+            f"# rep {i + 1}: "
+            + "; ".join(f"{k} " + ", ".join(f"{n} {v:.3f}" for n, v in r.items()) for k, r in rep.items()),
+            flush=True,
+        )
+    return results
+
+
+def summarize(results: dict[str, Any]) -> str:
+    reps = results["reps"]
+    names = list(reps[0][next(iter(reps[0]))])
+    lines = [
+        f"Machine: {results['machine']}; load average {results['load']}",
+        f"{results['requests']} requests per kind, server and repetition; {len(reps)} repetitions; "
+        f"pages of {results['limit']} from a repository of {results['tags']} tags",
+        "",
+        "| kind | "
+        + " | ".join(f"{n}: server CPU per request, ms (range)" for n in names)
+        + (" | after / before |" if len(names) > 1 else " |"),
+        "|---|" + "---:|" * (len(names) + (1 if len(names) > 1 else 0)),
+    ]
+    for kind in reps[0]:
+        cells = []
+        medians = {}
+        for name in names:
+            values = [rep[kind][name] for rep in reps]
+            medians[name] = statistics.median(values)
+            cells.append(f"{medians[name]:.3f} ({min(values):.3f}-{max(values):.3f})")
+        if len(names) > 1:
+            cells.append(f"{medians['after'] / medians['before']:.2f}")
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    if "page" in reps[0] and "list" in reps[0]:
+        pages = -(-results["tags"] // results["limit"])
+        for name in names:
+            ratios = [pages * rep["page"][name] / rep["list"][name] for rep in reps]
+            lines.append(
+                f"- {name}: a walk's server CPU / an unpaged list's: median {statistics.median(ratios):.2f} "
+                f"({min(ratios):.2f}-{max(ratios):.2f})"
+            )
+    lines.append(f"total {results['total_seconds']:.0f}s")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=1000, help="per kind, server and repetition")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--tags", type=int, default=2000, help="tags of the walked repository")
+    parser.add_argument("--limit", type=int, default=500, help="page size of the walks")
+    parser.add_argument("--kinds", default=",".join(KINDS), help=f"some of {','.join(KINDS)}")
+    parser.add_argument("--before", help="also run another tree's server code (its src, as PYTHONPATH)")
+    parser.add_argument("--profile", help="run this tree's server under cProfile (CPU time), stats here")
+    parser.add_argument("--json", type=Path, help="also write raw figures here")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    results = run_with_registry(
+        "payloadtags-request-cpu-",
+        lambda reactor, registry, work, processes: run(reactor, args, registry, work, processes),
+    )
+    if results is not None:
+        results["wall_seconds"] = time.monotonic() - started
+    return report(results, summarize, args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
