@@ -3,7 +3,8 @@
 What it does (all on 127.0.0.1; everything it starts is stopped at the end, also on error or Ctrl-C):
 
 1. starts a real ``docker-registry`` and writes the namespace ``bench`` into its storage: one repository
-   ``app`` of ``--tags`` tags (all links to one manifest), and pushes one real OCI image ``bench-get/img:v1``;
+   ``app`` of ``--tags`` tags (all links to one manifest; or ``--repositories`` repositories
+   ``app-NNN`` sharing them), and pushes one real OCI image ``bench-get/img:v1``;
 2. runs ``payloadtags serve`` (client certificates, a front proxy, ``--authorization-mode=AlwaysAllow``)
    from this tree, and with ``--before DIR`` a second one from another tree's ``src`` (``PYTHONPATH``);
 3. per repetition, for each server (alternating which goes first), sends ``--requests`` requests of each
@@ -27,8 +28,9 @@ spread, and the ratio of the two servers. CPU time, not wall time: other process
 machine are not charged to the server. The clock tick is 10 ms, so a kind's CPU per repetition is only
 read to within 10 ms: ``--requests`` keeps that a small part.
 
-Usage: .venv/bin/python bench/request_cpu.py [--requests 1000] [--reps 3] [--tags 2000] [--limit 500]
-       [--kinds discovery,get,page] [--before SRC] [--profile FILE] [--json FILE]
+Usage: .venv/bin/python bench/request_cpu.py [--requests 1000] [--reps 3] [--tags 2000] [--repositories 1]
+       [--limit 500] [--kinds discovery,discovery-cert,get,page,list] [--before SRC] [--after SRC]
+       [--profile FILE] [--json FILE]
 """
 
 from __future__ import annotations
@@ -221,16 +223,20 @@ async def run(
     filler.close()
     manifest = "sha256:" + hashlib.sha256(filler.manifest).hexdigest()
     blobs = ["sha256:" + hashlib.sha256(d).hexdigest() for _, d in filler._blobs]
-    await deferToThread(
-        write_repository, registry.root, f"{NAMESPACE}/app", tag_names(args.tags), blobs, manifest
-    )
+    per = args.tags // args.repositories
+    for index in range(args.repositories):
+        path = "app" if args.repositories == 1 else f"app-{index:03d}"
+        await deferToThread(
+            write_repository, registry.root, f"{NAMESPACE}/{path}", tag_names(per), blobs, manifest
+        )
+    args.tags = per * args.repositories
     await deferToThread(images.push_oci_image, registry.url, f"{GET_NAMESPACE}/img", "v1", seed="request-cpu")
     pki = await deferToThread(Pki.create, work / "pki")
     proxy_ca = await deferToThread(Authority.create, work / "pki" / "front-proxy", "front-proxy")
     proxy = await deferToThread(proxy_ca.client, "front-proxy-client", (), "front-proxy-client")
     ca_file = str(pki.server_ca.cert_file)
     servers: dict[str, tuple[int, str]] = {}
-    variants = {"after": None, **({"before": args.before} if args.before else {})}
+    variants = {"after": args.after, **({"before": args.before} if args.before else {})}
     for name, src in variants.items():
         process, url = start_server(
             work, name, pki, proxy_ca, registry.url, src, args.profile if name == "after" else None
@@ -239,7 +245,13 @@ async def run(
         await deferToThread(wait_ready, url, ca_file, process, work / f"{name}.log")
         servers[name] = (process.pid, url)
     kinds = args.kinds.split(",")
-    results: dict[str, Any] = {"requests": args.requests, "tags": args.tags, "limit": args.limit, "reps": []}
+    results: dict[str, Any] = {
+        "requests": args.requests,
+        "tags": args.tags,
+        "repositories": args.repositories,
+        "limit": args.limit,
+        "reps": [],
+    }
 
     def one_rep(i: int) -> dict[str, dict[str, float]]:
         rep: dict[str, dict[str, float]] = {}  # kind -> server -> CPU per request, ms
@@ -276,7 +288,8 @@ def summarize(results: dict[str, Any]) -> str:
     lines = [
         f"Machine: {results['machine']}; load average {results['load']}",
         f"{results['requests']} requests per kind, server and repetition; {len(reps)} repetitions; "
-        f"pages of {results['limit']} from a repository of {results['tags']} tags",
+        f"pages of {results['limit']} from {results['tags']} tags in {results['repositories']} "
+        "repositories",
         "",
         "| kind | "
         + " | ".join(f"{n}: server CPU per request, ms (range)" for n in names)
@@ -310,9 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1000, help="per kind, server and repetition")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--tags", type=int, default=2000, help="tags of the walked repository")
+    parser.add_argument("--repositories", type=int, default=1, help="the tags spread over this many")
     parser.add_argument("--limit", type=int, default=500, help="page size of the walks")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"some of {','.join(KINDS)}")
     parser.add_argument("--before", help="also run another tree's server code (its src, as PYTHONPATH)")
+    parser.add_argument("--after", help="run another tree's server code as the one measured (its src)")
     parser.add_argument("--profile", help="run this tree's server under cProfile (CPU time), stats here")
     parser.add_argument("--json", type=Path, help="also write raw figures here")
     args = parser.parse_args(argv)
