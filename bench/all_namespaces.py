@@ -23,7 +23,7 @@ Reported: median wall time and its spread, the ratio to the floor (goal: <= 1.2x
 and catalog and ``tags/list`` requests per list (the index's list asks for no catalog page).
 
 Usage: .venv/bin/python bench/all_namespaces.py [--quick] [--reps N] [--repositories 2000] [--tags 3]
-       [--json FILE] [--server-src DIR]
+       [--json FILE] [--server-src DIR] [--profile FILE]
 """
 
 from __future__ import annotations
@@ -171,7 +171,8 @@ async def run(
         for name, index, src in kinds:
             home = work / name.replace(" ", "-").replace(",", "")
             home.mkdir()
-            process, url = start_server(home, pki, registry.url, index=index, server_src=src)
+            profile = args.profile if name == "no index" else None
+            process, url = start_server(home, pki, registry.url, index=index, server_src=src, profile=profile)
             started.append(process)
             await deferToThread(
                 wait_ready, url, str(pki.server_ca.cert_file), process, home / "payloadtags.log"
@@ -267,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repositories", type=int, default=2000)
     parser.add_argument("--tags", type=int, default=3, help="tags per repository")
     parser.add_argument("--json", type=Path, help="also write raw samples here")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="run the server without the index under cProfile (CPU time), stats to FILE",
+    )
     parser.add_argument(
         "--server-src",
         help="also run a third server (no index) from this src/ directory (another commit's, for a "

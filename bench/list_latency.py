@@ -590,6 +590,22 @@ def post_push_events(url: str, ca_file: str, repositories: list[str], batch: int
         connection.close()
 
 
+# Runs ``payloadtags`` under cProfile (CPU time, not wall time: on a busy machine wall time charges
+# other processes' turns to whichever call the server was in); the stats are written at its end.
+PROFILER = """
+import cProfile, sys, time
+out, sys.argv = sys.argv[1], ["payloadtags", *sys.argv[2:]]
+from payloadtags.cli import main
+profile = cProfile.Profile(time.process_time)
+profile.enable()
+try:
+    main()
+finally:
+    profile.disable()
+    profile.dump_stats(out)
+"""
+
+
 def start_server(
     work: Path,
     pki: Pki,
@@ -598,15 +614,18 @@ def start_server(
     index: bool = False,
     extra_args: tuple[str, ...] = (),
     server_src: str | None = None,
+    profile: Path | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """``server_src``: run another tree's server code (its src/ directory first on PYTHONPATH)."""
+    """``server_src``: run another tree's server code (its src/ directory first on PYTHONPATH);
+    ``profile``: run the server (``launch="cli"``) under cProfile, its stats written there at its end."""
     port = free_port()
     token_file = work / "events.token"
     if index:
         token_file.write_text(EVENTS_TOKEN + "\n")
     if launch == "cli":
+        program = [sys.executable, "-c", PROFILER, str(profile.resolve())] if profile else []
         command = [
-            str(ROOT / ".venv" / "bin" / "payloadtags"),
+            *(program or [str(ROOT / ".venv" / "bin" / "payloadtags")]),
             "serve",
             *pki.standalone_args(port, registry_url),
             f"--registry-host={REGISTRY_HOST}",

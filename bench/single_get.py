@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from list_latency import (  # noqa: E402
+    PROFILER,
     _ClientTLS,
     _get,
     _Policy,
@@ -175,20 +176,6 @@ def figures(latencies: list[float]) -> dict[str, float]:
         "max_ms": max(latencies) * ms,
         "n": len(latencies),
     }
-
-
-PROFILER = """
-import cProfile, sys, time
-out, sys.argv = sys.argv[1], ["payloadtags", *sys.argv[2:]]
-from payloadtags.cli import main
-profile = cProfile.Profile(time.process_time)
-profile.enable()
-try:
-    main()
-finally:
-    profile.disable()
-    profile.dump_stats(out)
-"""
 
 
 def start_server(

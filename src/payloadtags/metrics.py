@@ -235,10 +235,16 @@ class InstrumentedRegistry:
 class CountingAuthorizer:
     inner: Authorizer
     metrics: Metrics
+    # The labelled children by (verb, decision): a list asks once per repository.
+    _counted: dict[tuple[str, bool], Any] = attrs.field(factory=dict, init=False, repr=False)
 
     def allowed(self, user: UserInfo, verb: str, namespace: str, repository_path: str) -> bool:
         decision = self.inner.allowed(user, verb, namespace, repository_path)
-        self.metrics.authorization.labels(verb, "allow" if decision else "deny").inc()
+        counted = self._counted.get((verb, decision))
+        if counted is None:
+            label = "allow" if decision else "deny"
+            counted = self._counted[verb, decision] = self.metrics.authorization.labels(verb, label)
+        counted.inc()
         return decision
 
 
