@@ -462,19 +462,27 @@ class Inventory:
         while not cursor.done and not page.full:
             entries = await cursor.next()
             seen_entries.extend(entries)
-            batch = [entry for entry in entries if readable(entry[1], entry[2])]
+            # Access is decided as the page reaches each repository: a walk's page that carries the
+            # catalog names read before (up to a thousand) and shows one or two of them asks about
+            # those, not about every name it carries.
             position = 0
-            while position < len(batch) and not page.full:
+            while position < len(entries) and not page.full:
                 if limit is None:
-                    step = len(batch)
+                    step = len(entries)
                 else:
                     # A limited page reads tag lists a slice at a time, sized from the tags per
                     # repository seen so far, so that a page reads few lists past its end.
                     per_repository = seen / repositories_read if repositories_read else 1.0
                     wanted = math.ceil(page.missing / max(per_repository, 1.0))
                     step = max(1, min(wanted, self.concurrency))
-                chunk = batch[position : position + step]
-                position += step
+                chunk: list[Entry] = []
+                while position < len(entries) and len(chunk) < step:
+                    entry = entries[position]
+                    position += 1
+                    if readable(entry[1], entry[2]):
+                        chunk.append(entry)
+                if not chunk:
+                    break
                 tag_lists = await tags_of([repository for repository, _, _ in chunk])
                 for (_, ns, path), tags in zip(chunk, tag_lists, strict=True):
                     seen += len(tags)

@@ -325,3 +325,39 @@ def test_a_walk_reports_each_list_to_the_watch_record_once_and_again_to_a_new_re
     # after it was made, once.
     first = [(0, "team/big", 1200), (0, "team/small", 2)]
     assert records.reports == [*first, (1, "team/big", 1200), (1, "team/small", 2)]
+
+
+@attrs.define
+class Counting:
+    """Allows every repository path but those in ``denied``; counts what it was asked."""
+
+    denied: frozenset[str]
+    asked: list[str] = attrs.field(factory=list)
+
+    def allowed(self, user: UserInfo, verb: str, namespace: str, path: str) -> bool:
+        self.asked.append(path)
+        return path not in self.denied
+
+
+def test_a_walk_asks_about_each_repository_as_it_reaches_it_not_about_every_name_it_carries() -> None:
+    """Pages of a walk carry the catalog names read before; access is decided for the repositories a
+    page reaches, so a walk of P pages over R repositories asks about R + P of them at most, not
+    about R on every page; the pages are the unpaged list of the readable repositories."""
+    names = [f"r{i:02d}" for i in range(40)]
+    registry = Registry({f"team/{name}": {f"v{j}" for j in range(3)} for name in names})
+    tags = service(registry, Clock())
+    denied = frozenset(names[5::7])
+    tags.authorizer = Counting(denied)
+    shown: list[str] = []
+    token: str | None = None
+    pages = 0
+    while True:
+        items, token = page(tags, ALICE, token, limit=2)
+        shown += items
+        pages += 1
+        if token is None:
+            break
+    expected = [f"{name}:v{j}" for name in names if name not in denied for j in range(3)]
+    assert shown == expected
+    assert pages == -(-len(expected) // 2)
+    assert len(tags.authorizer.asked) <= len(names) + 2 * pages
