@@ -14,7 +14,6 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from payloadtags.access.authconfig import AuthenticationConfig, DynamicAuthentication, FlagConfig
@@ -33,7 +32,7 @@ from payloadtags.cleanup import (
 )
 from payloadtags.cleanup.removal import namespace_remover
 from payloadtags.cluster import authentication_reflector, rbac_reflectors, token_reviewer
-from payloadtags.http.channel import GuardedSite, LimitedConnections
+from payloadtags.http.channel import GuardedSite, GuardedTLSFactory, LimitedConnections
 from payloadtags.inventory import Inventory
 from payloadtags.kube import ClusterClient, KubeClient, Reflector
 from payloadtags.lifecycle import OrderedServices, Part
@@ -76,7 +75,7 @@ class Serving:
 
     reactor: Any
     settings: Settings
-    factory: TLSMemoryBIOFactory
+    factory: GuardedTLSFactory
     connections: LimitedConnections
     api: ApiServer
     mode: str
@@ -417,7 +416,7 @@ async def start(
         site, settings.http.max_connections, front_proxy=authentication.is_front_proxy
     )
     front = Serving(
-        reactor, settings, TLSMemoryBIOFactory(context_factory, False, connections), connections, api, mode
+        reactor, settings, GuardedTLSFactory(context_factory, False, connections), connections, api, mode
     )
     registry_probe: defer.Deferred[str] | None = None
 

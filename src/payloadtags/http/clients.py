@@ -206,10 +206,16 @@ class FairScheduler:
     def waiting(self) -> int:
         return sum(len(queue) for queue in self._queues.values())
 
+    def claim(self, key: ClientKey) -> bool:
+        """Whether this client may run work now, in this turn; if so, this was its turn."""
+        if key in self._queues or key in self._served or self.ready_in(key) > 0:
+            return False
+        self._served.add(key)
+        self._next_round()
+        return True
+
     def submit(self, key: ClientKey, work: Callable[[], None]) -> None:
-        if key not in self._queues and key not in self._served and self.ready_in(key) <= 0:
-            self._served.add(key)
-            self._next_round()
+        if self.claim(key):
             work()
             return
         self.deferred += 1
