@@ -107,7 +107,9 @@ def _system_seconds(pid: int) -> float:
 
 
 class Server:
-    def __init__(self, name: str, source: str | None, pki: Pki, registry_url: str, work: Path, profile: str | None):
+    def __init__(
+        self, name: str, source: str | None, pki: Pki, registry_url: str, work: Path, profile: str | None
+    ):
         self.name = name
         port = free_port()
         env = {**os.environ, "PYTHONPATH": str(Path(source).resolve())} if source else None
@@ -156,7 +158,9 @@ class Server:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--connections", type=int, default=200, help="connections per batch")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS))
@@ -179,7 +183,9 @@ def main() -> int:
             for server in servers:  # warm-up
                 for kind in args.kinds:
                     server.batch(kind, 20, user)
-            figures: dict[str, dict[str, list[float]]] = {s.name: {k: [] for k in args.kinds} for s in servers}
+            figures: dict[str, dict[str, list[float]]] = {
+                s.name: {k: [] for k in args.kinds} for s in servers
+            }
             kernel: dict[str, dict[str, list[float]]] = {s.name: {k: [] for k in args.kinds} for s in servers}
             loads: list[float] = []
             for round_number in range(args.rounds):
@@ -199,8 +205,10 @@ def main() -> int:
         finally:
             for server in servers:
                 server.stop()
-    print(f"\nserver CPU per connection, ms (median of {args.rounds} rounds [min-max]); load average "
-          f"{min(loads):.1f}-{max(loads):.1f}")
+    print(
+        f"\nserver CPU per connection, ms (median of {args.rounds} rounds [min-max]); load average "
+        f"{min(loads):.1f}-{max(loads):.1f}"
+    )
     for kind in args.kinds:
         cells = []
         for name, by_kind in figures.items():
@@ -211,7 +219,9 @@ def main() -> int:
             )
         print(f"  {kind:18s} " + "   ".join(cells))
     if args.json:
-        Path(args.json).write_text(json.dumps({"figures": figures, "kernel": kernel, "load_averages": loads}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"figures": figures, "kernel": kernel, "load_averages": loads}, indent=2)
+        )
     return 0
 
 
