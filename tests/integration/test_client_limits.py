@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
+from zope.interface import providedBy
 
 from payloadtags.http.clients import address_key
 from payloadtags.limits import SEND_BUFFER, HttpLimits
@@ -67,6 +69,37 @@ async def test_connections_from_one_address_are_capped_and_others_get_in(
         held.pop().close()
         await until(lambda: api.running.connections.clients.addresses[FLOOD].counted == 4, reactor)
         assert (await deferToThread(ask, t, "/livez", source=FLOOD)).code == 200
+    finally:
+        for sock in held:
+            sock.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_refused_at_the_cap_gets_no_tls_layer(
+    make_server: Any, registry: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = await make_server(registry, http=HttpLimits(max_connections_per_client=2))
+    t = target(api)
+    factory = api.running.listener.factory
+    built: list[object] = []
+    make = factory.protocol
+
+    def counted(tls_factory: Any, inner: Any) -> Any:
+        built.append(inner)
+        return make(tls_factory, inner)
+
+    monkeypatch.setattr(factory, "protocol", counted)
+    held = [await deferToThread(t.connect, source=FLOOD) for _ in range(2)]
+    try:
+        assert await deferToThread(handshake_refused, t, FLOOD)
+        assert api.running.connections.clients.refused == 1
+        assert len(built) == 2  # the held ones: no OpenSSL connection was made for the refused one
+        # The layers provide what the TCP connection provides, with one declaration for all.
+        wrappers = list(api.running.connections.protocols)
+        assert all(ITCPTransport.providedBy(w) and ITCPTransport.providedBy(w.transport) for w in wrappers)
+        assert len({id(providedBy(w.transport)) for w in wrappers}) == 1
+        assert (await deferToThread(ask, t, "/livez")).code == 200
+        assert len(built) == 3
     finally:
         for sock in held:
             sock.close()

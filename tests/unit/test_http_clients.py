@@ -142,3 +142,20 @@ def test_a_client_in_debt_is_parked_and_the_others_go_on() -> None:
     clock.advance(1.0)
     clock.advance(0)
     assert ran == ["good", "bad"]
+
+
+def test_a_claimed_turn_is_the_clients_turn_until_the_next_round() -> None:
+    # What a new connection asks before it reads on at once (its handshake takes the turn).
+    clock = Clock()
+    scheduler = FairScheduler(clock, lambda key: 0.0)
+    a, b = address_key("a"), address_key("b")
+    assert scheduler.claim(a)
+    assert not scheduler.claim(a)  # one turn a round
+    ran: list[str] = []
+    scheduler.submit(a, lambda: ran.append("a"))  # waits for the next round
+    assert scheduler.claim(b)  # another client is not concerned
+    assert ran == []
+    assert not scheduler.claim(a)  # its request waits: no claim goes before it
+    clock.advance(0)
+    assert ran == ["a"]
+    assert scheduler.claim(a)  # a later round

@@ -612,7 +612,7 @@ class GuardedTLSFactory(TLSMemoryBIOFactory):
         inner = self.wrappedFactory.buildProtocol(addr)
         if inner is None:
             return None
-        return GuardedTLS(self, inner)
+        return self.protocol(self, inner)
 
 
 # What a wrapper provides (what its transport provides) for each pair of wrapper type and transport
