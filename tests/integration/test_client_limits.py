@@ -96,7 +96,7 @@ async def test_a_connection_refused_at_the_cap_gets_no_tls_layer(
         assert len(built) == 2  # the held ones: no OpenSSL connection was made for the refused one
         # The layers provide what the TCP connection provides, with one declaration for all.
         wrappers = list(api.running.connections.protocols)
-        assert all(ITCPTransport.providedBy(w) and ITCPTransport.providedBy(w.transport) for w in wrappers)
+        assert all(ITCPTransport.providedBy(w.transport) and ITCPTransport.providedBy(w) for w in wrappers)
         assert len({id(providedBy(w.transport)) for w in wrappers}) == 1
         assert (await deferToThread(ask, t, "/livez")).code == 200
         assert len(built) == 3
