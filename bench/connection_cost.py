@@ -47,8 +47,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.hostile import LIST, cpu_seconds, wait_ready  # noqa: E402
-from bench.single_get import PROFILER  # noqa: E402
+from hostile import LIST, cpu_seconds, wait_ready  # noqa: E402 (bench/ is on sys.path: run as a script)
+from single_get import PROFILER  # noqa: E402
 from tests.support import images  # noqa: E402
 from tests.support.harness import Pki  # noqa: E402
 from tests.support.raw import Target, read_reply, request_bytes  # noqa: E402

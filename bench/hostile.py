@@ -716,11 +716,14 @@ def summarize(windows: list[dict[str, Any]]) -> dict[str, Any]:
                 for kind in windows[spots[0]]["floods"]
             }
         if name != "idle":
-            # Per what the flood's rate counts (a request, a connection...), single floods only.
-            rates = [statistics.fmean(v) for v in entry["flood_rates_per_second"].values()]
-            if len(rates) == 1 and rates[0] > 0:
+            # Per what the floods' rates count, each a new connection of theirs (a request on a
+            # connection of its own, a connection held): with all floods at once, the server's CPU per
+            # flood connection, a figure the floods' own pace (they get the CPU nobody else wants)
+            # moves less than the CPU share.
+            total = sum(statistics.fmean(v) for v in entry["flood_rates_per_second"].values())
+            if total > 0:
                 entry["server_cpu_ms_per_flood_unit"] = (
-                    1000 * entry["server_cpu_beyond_the_measuring_client_core_share"] / rates[0]
+                    1000 * entry["server_cpu_beyond_the_measuring_client_core_share"] / total
                 )
         phases[name] = entry
     return phases
@@ -743,7 +746,7 @@ def print_summary(report: dict[str, Any]) -> None:
                 f"{entry['server_cpu_beyond_the_measuring_client_core_share']:.0%} of a core"
             )
             if "server_cpu_ms_per_flood_unit" in entry:
-                rates += f" ({entry['server_cpu_ms_per_flood_unit']:.1f} ms each)"
+                rates += f" ({entry['server_cpu_ms_per_flood_unit']:.2f} ms per flood connection)"
         loads = "/".join(f"{v:.1f}" for v in entry["load_average"])
         print(
             f"{name:24s} p99 {flood['p99_ms']:6.1f} ms [{flood['p99_low_ms']:.1f}-{flood['p99_high_ms']:.1f}]"

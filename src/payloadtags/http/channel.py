@@ -25,6 +25,7 @@ import functools
 import io
 import json
 import socket
+import sys
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -401,8 +402,10 @@ def _discard(data: bytes) -> None:
     pass
 
 
-# Where lingering connections' input goes; nobody reads it.
+# Where lingering connections' input goes; nobody reads it. On Linux, MSG_TRUNC on a TCP socket drops
+# what it reads without even copying it here (so these pages are never touched).
 _SCRATCH = memoryview(bytearray(1 << 20))
+_DROP = socket.MSG_TRUNC if sys.platform == "linux" else 0
 
 
 def _drain(sock: socket.socket) -> ConnectionLost | ConnectionDone | None:
@@ -410,7 +413,7 @@ def _drain(sock: socket.socket) -> ConnectionLost | ConnectionDone | None:
     to the reactor (None: go on reading; CONNECTION_DONE: the client closed; CONNECTION_LOST)."""
     for _ in range(8):  # at most 8 MiB a turn
         try:
-            count = sock.recv_into(_SCRATCH)
+            count = sock.recv_into(_SCRATCH, len(_SCRATCH), _DROP)
         except (BlockingIOError, InterruptedError):
             return None
         except OSError:
@@ -458,6 +461,7 @@ class ClientConnection(ProtocolWrapper):
 
     factory: LimitedConnections
     wrappedProtocol: GuardedChannel
+    transport: Any  # the TLS layer (GuardedTLS), or a test's stand-in
     host = ""
     front_proxy = False
     _lost = False
@@ -468,6 +472,20 @@ class ClientConnection(ProtocolWrapper):
         BaseProtocol.makeConnection(self, transport)
         self.factory.registerProtocol(self)
         self.wrappedProtocol.makeConnection(self)
+
+    # What the channel asks its transport most, forwarded without ProtocolWrapper.__getattr__ (which
+    # Python reaches only after a failed lookup).
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.transport.stopProducing()
+
+    def abortConnection(self) -> None:
+        self.transport.abortConnection()
 
     def connectionMade(self) -> None:
         _limit_send_buffer(self.transport)
@@ -600,6 +618,16 @@ class GuardedTLS(BufferingTLSTransport):
         self.factory.registerProtocol(self)
         self.wrappedProtocol.makeConnection(self)
         self._checkHandshakeStatus()
+
+    # Reading from the TCP connection, paused and resumed, forwarded without ProtocolWrapper.__getattr__.
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def stopProducing(self) -> None:
+        self.transport.stopProducing()  # type: ignore[union-attr]
 
 
 class GuardedTLSFactory(TLSMemoryBIOFactory):
