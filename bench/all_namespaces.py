@@ -113,6 +113,10 @@ class Floor:
         document: dict[str, Any] = json.loads(body)
         return document
 
+    async def tags(self, repository: str) -> list[str]:
+        tags: list[str] = (await self._json(f"/v2/{repository}/tags/list")).get("tags") or []
+        return tags
+
     async def list(self) -> Triples:
         repositories: list[str] = []
         query = {"n": str(CATALOG_PAGE)}
@@ -125,11 +129,7 @@ class Floor:
                 break
             query["last"] = names[-1]
         semaphore = DeferredSemaphore(CONCURRENCY)
-
-        async def tags(repository: str) -> list[str]:
-            return (await self._json(f"/v2/{repository}/tags/list")).get("tags") or []
-
-        lists = await gatherResults([semaphore.run(tags, r) for r in repositories], consumeErrors=True)
+        lists = await gatherResults([semaphore.run(self.tags, r) for r in repositories], consumeErrors=True)
         found: set[tuple[str, str, str]] = set()
         for repository, names in zip(repositories, lists, strict=True):
             namespace, _, path = repository.partition("/")

@@ -40,10 +40,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from treq.client import HTTPClient
-from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
-from twisted.web.client import Agent, readBody
+from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,11 +50,11 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from all_namespaces import Floor as NamespacesFloor  # noqa: E402
 from list_latency import (  # noqa: E402
     CATALOG_PAGE,
     CONCURRENCY,
     Filler,
-    _get,
     _pool,
     report,
     run_with_registry,
@@ -89,45 +88,14 @@ class Ours:
         return frozenset(found)
 
 
-class Floor:
-    def __init__(self, reactor: Any, registry_url: str) -> None:
-        self._reactor = reactor
-        self._base = registry_url.rstrip("/")
-        self.pool = _pool(reactor, CONCURRENCY)
-        self._http = HTTPClient(Agent(reactor, pool=self.pool))
+class Floor(NamespacesFloor):
+    """The floor of ``-A`` (bench/all_namespaces.py), with each tag list sorted as payloadtags sorts it."""
 
-    async def _json(self, path: str) -> dict[str, Any]:
-        code, _, body = await _get(self._http, self._reactor, self._base + path)
-        if code != 200:
-            raise RuntimeError(f"registry answered {code} to {path}: {body[:300]!r}")
-        document: dict[str, Any] = json.loads(body)
-        return document
-
-    async def list(self) -> Triples:
-        repositories: list[str] = []
-        query = {"n": str(CATALOG_PAGE)}
-        while True:
-            names = (await self._json("/v2/_catalog?" + urllib.parse.urlencode(query))).get(
-                "repositories"
-            ) or []
-            repositories.extend(names)
-            if len(names) < CATALOG_PAGE:
-                break
-            query["last"] = names[-1]
-        semaphore = DeferredSemaphore(CONCURRENCY)
-
-        async def tags(repository: str) -> list[str]:
-            return sorted((await self._json(f"/v2/{repository}/tags/list")).get("tags") or [])
-
-        lists = await gatherResults([semaphore.run(tags, r) for r in repositories], consumeErrors=True)
-        found: set[tuple[str, str, str]] = set()
-        for repository, names in zip(repositories, lists, strict=True):
-            namespace, _, path = repository.partition("/")
-            found.update((namespace, path, tag) for tag in names)
-        return frozenset(found)
+    async def tags(self, repository: str) -> list[str]:
+        return sorted(await super().tags(repository))
 
 
-class Bare:
+class Bare(Floor):
     """The least this HTTP stack can do per read: requests by path on the pool (as payloadtags'
     OriginRequests), readBody, json.loads; no timeout, no metrics, no coalescing, no checks."""
 
@@ -145,29 +113,6 @@ class Bare:
             raise RuntimeError(f"registry answered {response.code} to {path}: {body[:300]!r}")
         document: dict[str, Any] = json.loads(body)
         return document
-
-    async def list(self) -> Triples:
-        repositories: list[str] = []
-        query = {"n": str(CATALOG_PAGE)}
-        while True:
-            names = (await self._json("/v2/_catalog?" + urllib.parse.urlencode(query))).get(
-                "repositories"
-            ) or []
-            repositories.extend(names)
-            if len(names) < CATALOG_PAGE:
-                break
-            query["last"] = names[-1]
-        semaphore = DeferredSemaphore(CONCURRENCY)
-
-        async def tags(repository: str) -> list[str]:
-            return sorted((await self._json(f"/v2/{repository}/tags/list")).get("tags") or [])
-
-        lists = await gatherResults([semaphore.run(tags, r) for r in repositories], consumeErrors=True)
-        found: set[tuple[str, str, str]] = set()
-        for repository, names in zip(repositories, lists, strict=True):
-            namespace, _, path = repository.partition("/")
-            found.update((namespace, path, tag) for tag in names)
-        return frozenset(found)
 
 
 def _cpu() -> float:
