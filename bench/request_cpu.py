@@ -64,10 +64,11 @@ from list_latency import (  # noqa: E402
     wait_ready,
 )
 from list_scale import tag_names, write_repository  # noqa: E402
+from single_get import start_server  # noqa: E402
 from tests.support import images  # noqa: E402
 from tests.support.harness import Pki  # noqa: E402
 from tests.support.pki import Authority, Issued  # noqa: E402
-from tests.support.registry_server import RegistryServer, free_port  # noqa: E402
+from tests.support.registry_server import RegistryServer  # noqa: E402
 
 from payloadtags.names import encode_name  # noqa: E402
 
@@ -76,18 +77,6 @@ NAMESPACE = "bench"
 GET_NAMESPACE = "bench-get"
 KINDS = ("discovery", "discovery-cert", "get", "page", "list")
 PROXIED = {"X-Remote-User": "admin", "X-Remote-Group": "system:masters", "Accept": "application/json"}
-PROFILER = """
-import cProfile, sys, time
-out, sys.argv = sys.argv[1], ["payloadtags", *sys.argv[2:]]
-from payloadtags.cli import main
-profile = cProfile.Profile(time.process_time)
-profile.enable()
-try:
-    main()
-finally:
-    profile.disable()
-    profile.dump_stats(out)
-"""
 
 
 class Connection:
@@ -162,39 +151,6 @@ def requests_of(kind: str, connection: Connection, limit: int, tags: int) -> Cal
     raise ValueError(kind)
 
 
-def start_server(
-    work: Path,
-    name: str,
-    pki: Pki,
-    proxy_ca: Authority,
-    registry_url: str,
-    src: str | None,
-    profile: str | None,
-) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())} if src else None
-    runner = [sys.executable, "-c", PROFILER, str(Path(profile).resolve())] if profile else []
-    log = (work / f"{name}.log").open("wb")
-    try:
-        process = subprocess.Popen(
-            [
-                *(runner or [str(ROOT / ".venv" / "bin" / "payloadtags")]),
-                "serve",
-                *pki.standalone_args(port, registry_url),
-                f"--requestheader-client-ca-file={proxy_ca.cert_file}",
-                "--requestheader-allowed-names=front-proxy-client",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            env=env,
-        )
-    finally:
-        log.close()
-    return process, f"https://127.0.0.1:{port}"
-
-
 def system_seconds(pid: int) -> float:
     """Kernel CPU time of a process (TLS records go out and come in through loopback sockets there)."""
     with open(f"/proc/{pid}/stat") as f:
@@ -239,7 +195,7 @@ async def run(
     variants = {"after": args.after, **({"before": args.before} if args.before else {})}
     for name, src in variants.items():
         process, url = start_server(
-            work, name, pki, proxy_ca, registry.url, src, args.profile if name == "after" else None
+            work, pki, proxy_ca, registry.url, src, args.profile if name == "after" else None, name
         )
         started.append(process)
         await deferToThread(wait_ready, url, ca_file, process, work / f"{name}.log")
@@ -304,12 +260,16 @@ def summarize(results: dict[str, Any]) -> str:
             medians[name] = statistics.median(values)
             cells.append(f"{medians[name]:.3f} ({min(values):.3f}-{max(values):.3f})")
         if len(names) > 1:
-            cells.append(f"{medians['after'] / medians['before']:.2f}")
+            # Below one clock tick a kind's CPU reads 0: no ratio then.
+            ratio = medians["after"] / medians["before"] if medians["before"] else None
+            cells.append("-" if ratio is None else f"{ratio:.2f}")
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
     if "page" in reps[0] and "list" in reps[0]:
         pages = -(-results["tags"] // results["limit"])
         for name in names:
-            ratios = [pages * rep["page"][name] / rep["list"][name] for rep in reps]
+            ratios = [pages * rep["page"][name] / rep["list"][name] for rep in reps if rep["list"][name]]
+            if not ratios:
+                continue
             lines.append(
                 f"- {name}: a walk's server CPU / an unpaged list's: median {statistics.median(ratios):.2f} "
                 f"({min(ratios):.2f}-{max(ratios):.2f})"

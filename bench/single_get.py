@@ -179,18 +179,26 @@ def figures(latencies: list[float]) -> dict[str, float]:
 
 
 def start_server(
-    work: Path, pki: Pki, proxy_ca: Authority, registry_url: str, args: argparse.Namespace
+    work: Path,
+    pki: Pki,
+    proxy_ca: Authority,
+    registry_url: str,
+    src: str | None = None,
+    profile: str | None = None,
+    name: str = "payloadtags",
 ) -> tuple[subprocess.Popen[bytes], str]:
+    """payloadtags behind the front proxy (AlwaysAllow), its output in ``work/<name>.log``. ``src``: run
+    another tree's server code (its src, first on PYTHONPATH); ``profile``: run it under cProfile."""
     port = free_port()
     # CPU time, not wall time: on a busy machine wall time charges other processes' turns to
     # whichever call the server was in (a socket send, say).
-    profile = [sys.executable, "-c", PROFILER, str(Path(args.profile).resolve())] if args.profile else []
-    env = {**os.environ, "PYTHONPATH": str(Path(args.server_src).resolve())} if args.server_src else None
-    log = (work / "payloadtags.log").open("wb")
+    runner = [sys.executable, "-c", PROFILER, str(Path(profile).resolve())] if profile else []
+    env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())} if src else None
+    log = (work / f"{name}.log").open("wb")
     try:
         process = subprocess.Popen(
             [
-                *(profile or [str(ROOT / ".venv" / "bin" / "payloadtags")]),
+                *(runner or [str(ROOT / ".venv" / "bin" / "payloadtags")]),
                 "serve",
                 *pki.standalone_args(port, registry_url),
                 f"--requestheader-client-ca-file={proxy_ca.cert_file}",
@@ -229,7 +237,7 @@ async def run(
     pki = await deferToThread(Pki.create, work / "pki")
     proxy_ca = await deferToThread(Authority.create, work / "pki" / "front-proxy", "front-proxy")
     proxy = await deferToThread(proxy_ca.client, "front-proxy-client", (), "front-proxy-client")
-    process, url = start_server(work, pki, proxy_ca, registry.url, args)
+    process, url = start_server(work, pki, proxy_ca, registry.url, args.server_src, args.profile)
     started.append(process)
     ca_file = str(pki.server_ca.cert_file)
     await deferToThread(wait_ready, url, ca_file, process, work / "payloadtags.log")
