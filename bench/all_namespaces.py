@@ -137,6 +137,26 @@ class Floor:
         return frozenset(found)
 
 
+async def fill_namespaces(registry: RegistryServer, count: int, tags: int) -> Triples:
+    """``count`` repositories of ``tags`` tags, ``PER_NAMESPACE`` to a namespace: the first pushed, the
+    others written into the registry's storage as distribution lays them out. Gives what a list reads."""
+    filler = Filler(registry.url)
+    await deferToThread(filler.seed, "ns-000/app-0", tuple(tag_names(tags)))
+    filler.close()
+    manifest = "sha256:" + hashlib.sha256(filler.manifest).hexdigest()
+    blobs = ["sha256:" + hashlib.sha256(d).hexdigest() for _, d in filler._blobs]
+    repositories = [f"ns-{i // PER_NAMESPACE:03d}/app-{i % PER_NAMESPACE}" for i in range(count)]
+
+    def fill() -> None:
+        for repository in repositories[1:]:
+            write_repository(registry.root, repository, tag_names(tags), blobs, manifest)
+
+    await deferToThread(fill)
+    return frozenset(
+        (r.partition("/")[0], r.partition("/")[2], tag) for r in repositories for tag in tag_names(tags)
+    )
+
+
 async def run(
     reactor: Any,
     args: argparse.Namespace,
@@ -146,21 +166,7 @@ async def run(
 ) -> dict[str, Any]:
     assert registry.process is not None
     began = time.monotonic()
-    filler = Filler(registry.url)
-    await deferToThread(filler.seed, "ns-000/app-0", tuple(tag_names(args.tags)))
-    filler.close()
-    manifest = "sha256:" + hashlib.sha256(filler.manifest).hexdigest()
-    blobs = ["sha256:" + hashlib.sha256(d).hexdigest() for _, d in filler._blobs]
-    repositories = [f"ns-{i // PER_NAMESPACE:03d}/app-{i % PER_NAMESPACE}" for i in range(args.repositories)]
-
-    def fill() -> None:
-        for repository in repositories[1:]:
-            write_repository(registry.root, repository, tag_names(args.tags), blobs, manifest)
-
-    await deferToThread(fill)
-    expected = frozenset(
-        (r.partition("/")[0], r.partition("/")[2], tag) for r in repositories for tag in tag_names(args.tags)
-    )
+    expected = await fill_namespaces(registry, args.repositories, args.tags)
     pki = await deferToThread(Pki.create, work / "pki")
     servers: dict[str, Server] = {}
     pids = {"registry": registry.process.pid}
@@ -182,7 +188,7 @@ async def run(
             servers[name] = Server(reactor, url, pki)
             pids[name] = process.pid
         floor = Floor(reactor, registry.url)
-        print(f"# {len(repositories):,} repositories written, servers up in {time.monotonic() - began:.1f}s")
+        print(f"# {args.repositories:,} repositories written, servers up in {time.monotonic() - began:.1f}s")
         variants: dict[str, Callable[[], Awaitable[Triples]]] = {"floor": floor.list}
         variants.update((name, server.list) for name, server in servers.items())
         access = AccessLog(registry.log_file)
@@ -218,7 +224,7 @@ async def run(
         for process in started:
             await deferToThread(stop_process, process)
     return {
-        "repositories": len(repositories),
+        "repositories": args.repositories,
         "tags": len(expected),
         "reps": args.reps,
         "samples": samples,

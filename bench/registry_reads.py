@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import hashlib
 import json
 import os
 import statistics
@@ -41,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThread
 from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
 
@@ -51,23 +49,20 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from all_namespaces import Floor as NamespacesFloor  # noqa: E402
+from all_namespaces import fill_namespaces  # noqa: E402
 from list_latency import (  # noqa: E402
     CATALOG_PAGE,
     CONCURRENCY,
-    Filler,
     _pool,
     report,
     run_with_registry,
 )
-from list_scale import tag_names, write_repository  # noqa: E402
 from tests.support.registry_server import RegistryServer  # noqa: E402
 
 from payloadtags.inventory import Inventory  # noqa: E402
 from payloadtags.metrics import InstrumentedRegistry, Metrics  # noqa: E402
 from payloadtags.registry import RegistryClient, RegistrySettings, asking  # noqa: E402
 from payloadtags.registry.transport import KeptEndpoints, OriginRequests, TLSPolicy  # noqa: E402
-
-PER_NAMESPACE = 10
 
 Triples = frozenset[tuple[str, str, str]]
 
@@ -127,21 +122,7 @@ async def run(
     work: Path,
     started: list[subprocess.Popen[bytes]],
 ) -> dict[str, Any]:
-    filler = Filler(registry.url)
-    await deferToThread(filler.seed, "ns-000/app-0", tuple(tag_names(args.tags)))
-    filler.close()
-    manifest = "sha256:" + hashlib.sha256(filler.manifest).hexdigest()
-    blobs = ["sha256:" + hashlib.sha256(d).hexdigest() for _, d in filler._blobs]
-    repositories = [f"ns-{i // PER_NAMESPACE:03d}/app-{i % PER_NAMESPACE}" for i in range(args.repositories)]
-
-    def fill() -> None:
-        for repository in repositories[1:]:
-            write_repository(registry.root, repository, tag_names(args.tags), blobs, manifest)
-
-    await deferToThread(fill)
-    expected = frozenset(
-        (r.partition("/")[0], r.partition("/")[2], tag) for r in repositories for tag in tag_names(args.tags)
-    )
+    expected = await fill_namespaces(registry, args.repositories, args.tags)
     ours, floor, bare = Ours(reactor, registry.url), Floor(reactor, registry.url), Bare(reactor, registry.url)
     variants: dict[str, Callable[[], Awaitable[Triples]]] = {
         "floor": floor.list,
@@ -149,7 +130,7 @@ async def run(
         "bare": bare.list,
     }
     samples: dict[str, list[float]] = {name: [] for name in variants}
-    reads = len(repositories) + (len(repositories) // CATALOG_PAGE + 1)
+    reads = args.repositories + (args.repositories // CATALOG_PAGE + 1)
     try:
         for name, fn in variants.items():  # connections, the registry's page cache
             if await fn() != expected:
@@ -172,7 +153,7 @@ async def run(
         await floor.pool.closeCachedConnections()
         await bare.pool.closeCachedConnections()
         await ours.client.close()
-    return {"repositories": len(repositories), "reads": reads, "reps": args.reps, "samples": samples}
+    return {"repositories": args.repositories, "reads": reads, "reps": args.reps, "samples": samples}
 
 
 def summarize(results: dict[str, Any]) -> str:

@@ -59,12 +59,15 @@ class SlowRegistry:
             call.cancel()
 
         answered: Deferred[None] = Deferred(cancel)
-        call = self.clock.callLater(1.0, answered.callback, None)
+        call = self.clock.callLater(self.seconds_for(repository), answered.callback, None)
         await answered
         self.finished.append(repository)
         if repository == self.failing:
             raise RegistryUnavailable("the registry failed")
         return list(self.content[repository])
+
+    def seconds_for(self, repository: str) -> float:
+        return 1.0
 
     @property
     def in_flight(self) -> int:
@@ -249,20 +252,13 @@ class PagedRegistry(SlowRegistry):
         await answered
         return await super().catalog(last, min(n, self.page))
 
+    def seconds_for(self, repository: str) -> float:
+        return self.seconds.get(repository, 1.0)
+
     async def tags(self, repository: str) -> list[str]:
-        self.started.append(repository)
-        self.most_in_flight = max(self.most_in_flight, self.in_flight)
-
-        def cancel(_: Deferred[None]) -> None:
-            self.cancelled.append(repository)
-            call.cancel()
-
-        answered: Deferred[None] = Deferred(cancel)
-        call = self.clock.callLater(self.seconds.get(repository, 1.0), answered.callback, None)
-        await answered
-        self.finished.append(repository)
+        tags = await super().tags(repository)
         self.started_when[repository] = len(self.started)
-        return list(self.content[repository])
+        return tags
 
 
 def read_all(registry: PagedRegistry, clock: Clock, window: int = WINDOW) -> tuple[list[str], list[float]]:
