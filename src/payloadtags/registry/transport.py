@@ -10,13 +10,11 @@ from service_identity import CertificateError, VerificationError
 from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web._newclient import Request
-from twisted.web.client import URI, HTTPConnectionPool, ResponseDone
-from twisted.web.error import SchemeNotSupported
+from twisted.web.client import URI, HTTPConnectionPool, ResponseDone, _StandardEndpointFactory
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS, IResponse
@@ -97,7 +95,8 @@ class TLSPolicy:
 
 @implementer(IAgentEndpointFactory)
 class KeptEndpoints:
-    """TCP for http, TCP+TLS for https, as Agent's own endpoints, but made once per origin.
+    """Agent's own endpoints (TCP for http, TCP+TLS for https: Twisted's standard endpoint factory),
+    but made once per origin.
 
     Agent asks for an endpoint on every request, even one that a kept-alive connection will carry,
     and making one (``HostnameEndpoint`` checks its host name with IDNA) cost about a seventh of a
@@ -109,31 +108,16 @@ class KeptEndpoints:
     MAX_KEPT = 16
 
     def __init__(self, reactor: Any, policy: IPolicyForHTTPS, connect_timeout: float | None) -> None:
-        self._reactor = reactor
-        self._policy = policy
-        self._timeout = connect_timeout
+        self._make = _StandardEndpointFactory(reactor, policy, connect_timeout, None)
         self._endpoints: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
         key = (uri.scheme, uri.host, uri.port)
         endpoint = self._endpoints.get(key)
         if endpoint is None:
-            endpoint = self._make(uri)
+            endpoint = self._make.endpointForURI(uri)
             if len(self._endpoints) < self.MAX_KEPT:
                 self._endpoints[key] = endpoint
-        return endpoint
-
-    def _make(self, uri: URI) -> IStreamClientEndpoint:
-        if uri.scheme not in (b"http", b"https"):
-            raise SchemeNotSupported(f"Unsupported scheme: {uri.scheme!r}")
-        try:
-            host = uri.host.decode("ascii")
-        except UnicodeDecodeError:
-            raise ValueError(f"the host of {uri.toBytes()!r} is not ASCII") from None
-        kwargs: dict[str, Any] = {} if self._timeout is None else {"timeout": self._timeout}
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(self._reactor, host, uri.port, **kwargs)
-        if uri.scheme == b"https":
-            endpoint = wrapClientTLS(self._policy.creatorForNetloc(uri.host, uri.port), endpoint)
         return endpoint
 
 
