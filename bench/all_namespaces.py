@@ -29,7 +29,6 @@ Usage: .venv/bin/python bench/all_namespaces.py [--quick] [--reps N] [--reposito
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
 import subprocess
@@ -52,7 +51,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 from list_latency import (  # noqa: E402
     CATALOG_PAGE,
     CONCURRENCY,
-    Filler,
     _ClientTLS,
     _get,
     _Policy,
@@ -65,7 +63,7 @@ from list_latency import (  # noqa: E402
     wait_index_filled,
     wait_ready,
 )
-from list_scale import AccessLog, tag_names, write_repository  # noqa: E402
+from list_scale import AccessLog, seed_image, tag_names, write_repository  # noqa: E402
 from tests.support.harness import Pki  # noqa: E402
 from tests.support.registry_server import RegistryServer  # noqa: E402
 
@@ -140,11 +138,7 @@ class Floor:
 async def fill_namespaces(registry: RegistryServer, count: int, tags: int) -> Triples:
     """``count`` repositories of ``tags`` tags, ``PER_NAMESPACE`` to a namespace: the first pushed, the
     others written into the registry's storage as distribution lays them out. Gives what a list reads."""
-    filler = Filler(registry.url)
-    await deferToThread(filler.seed, "ns-000/app-0", tuple(tag_names(tags)))
-    filler.close()
-    manifest = "sha256:" + hashlib.sha256(filler.manifest).hexdigest()
-    blobs = ["sha256:" + hashlib.sha256(d).hexdigest() for _, d in filler._blobs]
+    manifest, blobs = await seed_image(registry.url, "ns-000/app-0", tuple(tag_names(tags)))
     repositories = [f"ns-{i // PER_NAMESPACE:03d}/app-{i % PER_NAMESPACE}" for i in range(count)]
 
     def fill() -> None:

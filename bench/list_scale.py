@@ -108,6 +108,18 @@ def _link(path: Path, digest: str) -> None:
     (path / "link").write_text(digest)
 
 
+async def seed_image(
+    registry_url: str, repository: str = "seed/app", tags: tuple[str, ...] = ("v1",)
+) -> tuple[str, list[str]]:
+    """One image pushed to ``repository`` under ``tags``: its manifest's and blobs' digests, for
+    write_repository to link more repositories to."""
+    filler = Filler(registry_url)
+    await deferToThread(filler.seed, repository, tags)
+    filler.close()
+    manifest = "sha256:" + hashlib.sha256(filler.manifest).hexdigest()
+    return manifest, ["sha256:" + hashlib.sha256(d).hexdigest() for _, d in filler._blobs]
+
+
 def write_repository(
     storage: Path, repository: str, tags: list[str], blobs: list[str], manifest: str
 ) -> None:
@@ -752,11 +764,7 @@ async def run(
     assert registry.process is not None
     results: dict[str, Any] = {"layouts": []}
     began = time.monotonic()
-    filler = Filler(registry.url)
-    await deferToThread(filler.seed, "seed/app", ("v1",))
-    filler.close()
-    manifest = "sha256:" + hashlib.sha256(filler.manifest).hexdigest()
-    blobs = ["sha256:" + hashlib.sha256(d).hexdigest() for _, d in filler._blobs]
+    manifest, blobs = await seed_image(registry.url)
     chosen = layouts(args.sizes, args.one)
 
     def fill() -> None:

@@ -19,7 +19,6 @@ Usage: .venv/bin/python bench/list_watch_cost.py [--tags 10000] [--idle 65] [--j
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -35,13 +34,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from list_latency import Filler, _get, run_reactor, start_server, stop_process, wait_ready  # noqa: E402
+from list_latency import _get, run_reactor, start_server, stop_process, wait_ready  # noqa: E402
 from list_scale import (  # noqa: E402
     GROUP_PATH,
     AccessLog,
     Layout,
     Server,
     run_kubectl,
+    seed_image,
     tag_names,
     write_repository,
 )
@@ -53,11 +53,7 @@ from tests.support.registry_server import RegistryServer  # noqa: E402
 async def measure(
     reactor: Any, args: argparse.Namespace, registry: RegistryServer, work: Path
 ) -> dict[str, Any]:
-    filler = Filler(registry.url)
-    await deferToThread(filler.seed, "seed/app", ("v1",))
-    filler.close()
-    manifest = "sha256:" + hashlib.sha256(filler.manifest).hexdigest()
-    blobs = ["sha256:" + hashlib.sha256(d).hexdigest() for _, d in filler._blobs]
+    manifest, blobs = await seed_image(registry.url)
     per = args.tags // 100
     chosen = [
         Layout(name, {f"app-{i:03d}": tag_names(per) for i in range(100)}) for name in ("c1", "c2", "c3")

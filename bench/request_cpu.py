@@ -36,7 +36,6 @@ Usage: .venv/bin/python bench/request_cpu.py [--requests 1000] [--reps 3] [--tag
 from __future__ import annotations
 
 import argparse
-import hashlib
 import http.client
 import json
 import os
@@ -57,13 +56,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from list_latency import (  # noqa: E402
-    Filler,
     cpu_seconds,
     report,
     run_with_registry,
     wait_ready,
 )
-from list_scale import tag_names, write_repository  # noqa: E402
+from list_scale import seed_image, tag_names, write_repository  # noqa: E402
 from single_get import start_server  # noqa: E402
 from tests.support import images  # noqa: E402
 from tests.support.harness import Pki  # noqa: E402
@@ -174,11 +172,7 @@ async def run(
     work: Path,
     started: list[subprocess.Popen[bytes]],
 ) -> dict[str, Any]:
-    filler = Filler(registry.url)
-    await deferToThread(filler.seed, "seed/app", ("v1",))
-    filler.close()
-    manifest = "sha256:" + hashlib.sha256(filler.manifest).hexdigest()
-    blobs = ["sha256:" + hashlib.sha256(d).hexdigest() for _, d in filler._blobs]
+    manifest, blobs = await seed_image(registry.url)
     per = args.tags // args.repositories
     for index in range(args.repositories):
         path = "app" if args.repositories == 1 else f"app-{index:03d}"
