@@ -127,10 +127,15 @@ def _is_watch_request(request: IRequest) -> bool:
         return False
 
 
-def _write_json(request: IRequest, code: int, body: Any, content_type: str = JSON_TYPE) -> bytes:
+def _head(request: IRequest, code: int, content_type: str) -> None:
+    """The status and headers every answer with a body has."""
     request.setResponseCode(code)
     request.setHeader(b"content-type", content_type.encode())
     request.setHeader(b"cache-control", b"no-cache, private")
+
+
+def _write_json(request: IRequest, code: int, body: Any, content_type: str = JSON_TYPE) -> bytes:
+    _head(request, code, content_type)
     return json.dumps(body, separators=(",", ":")).encode() + b"\n"
 
 
@@ -440,9 +445,7 @@ class ApiServer:
         if _header(request, "if-none-match") == tag:
             request.setResponseCode(304)
             return b""
-        request.setResponseCode(200)
-        request.setHeader(b"content-type", content_type.encode())
-        request.setHeader(b"cache-control", b"no-cache, private")
+        _head(request, 200, content_type)
         return rendered
 
     def _rendered(self, body: Any) -> tuple[str, bytes]:
@@ -606,15 +609,11 @@ class ApiServer:
             # A page read before and no longer than one chunk: formatted and written at once, in
             # this reactor turn (one TLS record and one send for the whole response, instead of one
             # per chunk and one for its end, each a reactor turn apart). The same bytes either way.
-            request.setResponseCode(200)
-            request.setHeader(b"content-type", media.content_type.encode())
-            request.setHeader(b"cache-control", b"no-cache, private")
+            _head(request, 200, media.content_type)
             return b"".join(list_chunks(runs.runs, meta, media, self.service.registry_host, include))
 
         def begin() -> None:
-            request.setResponseCode(200)
-            request.setHeader(b"content-type", media.content_type.encode())
-            request.setHeader(b"cache-control", b"no-cache, private")
+            _head(request, 200, media.content_type)
 
         # A whole list is formatted and written as its repositories are read (docs/api.md, "Large
         # lists"): its first chunk goes out once read, so a registry failure before it is a Status,
@@ -682,9 +681,7 @@ class ApiServer:
                 listed = hub.listed_at(namespace, since)
                 if listed is not None and warm:
                     await source.fresh()
-        request.setResponseCode(200)
-        request.setHeader(b"content-type", media.content_type.encode())
-        request.setHeader(b"cache-control", b"no-cache, private")
+        _head(request, 200, media.content_type)
         request.setHeader(b"x-content-type-options", b"nosniff")
         renderer = EventRenderer(media, include, self.service.registry_host, hub.versions.format)
         readable = self.service.readable(user)
