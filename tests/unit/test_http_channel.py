@@ -1,18 +1,26 @@
-"""The connection layers under the HTTP channel: what a lingering connection reads, and how the TLS
-layer and the per-client wrapper declare what their transport provides."""
+"""The connection layers under the HTTP channel: what a lingering connection reads, how the TLS
+layer and the per-client wrapper declare what their transport provides, and a connection's deadlines."""
 
 from __future__ import annotations
 
 import socket
 
 import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import Request
 from zope.interface import Interface, implementer, providedBy
 
-from payloadtags.http.channel import _drain, _provide_as
+from payloadtags.api.errors import ApiError
+from payloadtags.http.channel import CLOSE_GRACE, GuardedChannel, GuardedSite, _drain, _provide_as
+from payloadtags.limits import LINGER, HttpLimits
 
 
 def _tcp_pair() -> tuple[socket.socket, socket.socket]:
@@ -61,3 +69,61 @@ def test_wrappers_provide_what_their_transport_does_with_one_declaration() -> No
     other = _Wrapper()
     _provide_as(other, StringTransport())  # another declaration for another transport type
     assert not IMarked.providedBy(other) and IConsumer.providedBy(other)
+
+
+# --- deadlines: one delayed call per connection --------------------------------------------------
+
+
+class _Refusing:
+    """Admission that refuses every body (as for a client without credentials)."""
+
+    def admit(self, request: Request) -> Deferred[ApiError | None]:
+        return succeed(ApiError(401, "Unauthorized", "Unauthorized"))
+
+    def is_probe(self, path: bytes) -> bool:
+        return False
+
+
+def _channel(clock: Clock) -> tuple[GuardedChannel, StringTransport]:
+    site = GuardedSite(Resource(), HttpLimits(), _Refusing(), reactor=clock)
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.9", 5555))
+    assert isinstance(channel, GuardedChannel)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    return channel, transport
+
+
+def _calls_of(clock: Clock, channel: GuardedChannel) -> list[IDelayedCall]:
+    return [
+        call
+        for call in clock.getDelayedCalls()
+        if getattr(getattr(call, "func", None), "__self__", None) is channel
+    ]
+
+
+def test_a_refused_connection_holds_one_delayed_call_moved_from_state_to_state() -> None:
+    clock = Clock()
+    channel, transport = _channel(clock)
+    (armed,) = _calls_of(clock, channel)  # the head is due
+    channel.dataReceived(b"DELETE /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 401 ")
+    assert _calls_of(clock, channel) == [armed]  # now lingering: the same call, moved
+    clock.advance(LINGER)
+    assert transport.disconnecting  # closed after lingering, with one call for the close's grace
+    (grace,) = _calls_of(clock, channel)
+    channel.connectionLost(Failure(ConnectionDone()))
+    assert _calls_of(clock, channel) == []  # nothing left in the reactor's heap once closed
+    assert not grace.active()
+
+
+def test_the_close_is_forced_after_its_grace_and_an_idle_connection_closes() -> None:
+    clock = Clock()
+    channel, transport = _channel(clock)
+    aborted: list[bool] = []
+    transport.abortConnection = lambda: aborted.append(True)  # type: ignore[method-assign]
+    clock.advance(HttpLimits().header_timeout)  # no head came: closed
+    assert transport.disconnecting and not aborted
+    assert len(_calls_of(clock, channel)) == 1
+    clock.advance(CLOSE_GRACE)  # the peer never closed its side
+    assert aborted == [True]
+    assert _calls_of(clock, channel) == []

@@ -190,28 +190,36 @@ class GuardedChannel(http.HTTPChannel):
         return bool(self._handlingRequest) and not self._replay_pending
 
     # -- deadlines ----------------------------------------------------------------------------------
+    # A connection has one delayed call, kept for its life and moved as its deadline changes (the head
+    # due, the body due, idle, lingering after a refusal, the grace of a close): Twisted's reactor
+    # keeps a heap of them, and a call made and cancelled per request or state of each of a thousand
+    # connections is work for nothing.
 
     def _arm(self, seconds: float, kind: str) -> None:
-        self._disarm()
         self._deadline_kind = kind
-        self._deadline = self.callLater(seconds, self._expired)
+        deadline = self._deadline
+        if deadline is not None and deadline.active():
+            deadline.reset(seconds)
+        else:
+            self._deadline = self.callLater(seconds, self._expired)
 
     def _disarm(self) -> None:
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
+        """No deadline applies for now; the call stays, to be moved by the next _arm (when it fires
+        meanwhile, it does nothing)."""
         self._deadline_kind = ""
 
     def _expired(self) -> None:
-        kind, self._deadline = self._deadline_kind, None
+        kind, self._deadline, self._deadline_kind = self._deadline_kind, None, ""
         if kind == "head" and not self.requests:
             self._close()  # nothing of a request arrived: nobody to answer
         elif kind == "head":
             self.refuse(read_timeout("request head"))
         elif kind == "body":
             self.refuse(read_timeout("request body"))
-        else:  # idle, or a client that stopped reading its responses
+        elif kind in ("idle", "stalled", "linger"):  # idle, not reading its answers, done lingering
             self._close()
+        elif kind == "grace":
+            self._abort()
 
     # -- the connection -----------------------------------------------------------------------------
 
@@ -222,7 +230,10 @@ class GuardedChannel(http.HTTPChannel):
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self._lost = True
-        self._disarm()
+        self._deadline_kind = ""
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
         self._held = []
         super().connectionLost(reason)
 
@@ -360,14 +371,13 @@ class GuardedChannel(http.HTTPChannel):
             self.transport.write(refusal_bytes(error))
         _drop_before_decrypting(self.transport)
         self._networkProducer.resumeProducing()
-        self.callLater(LINGER, self._close)
+        self._arm(LINGER, "linger")
 
     def _close(self) -> None:
         if self._lost:
             return
-        self._disarm()
+        self._arm(CLOSE_GRACE, "grace")
         self.loseConnection()
-        self.callLater(CLOSE_GRACE, self._abort)
 
     def _abort(self) -> None:
         abort = getattr(self.transport, "abortConnection", None)
