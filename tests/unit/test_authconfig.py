@@ -21,7 +21,7 @@ from payloadtags.access.authconfig import (
     FlagConfig,
     from_configmap,
 )
-from payloadtags.access.authn import Credentials, UserInfo
+from payloadtags.access.authn import ChainDecisions, Credentials, UserInfo
 from payloadtags.access.requestheader import RequestHeaderConfig
 from tests.support.logcapture import Collect
 from tests.support.pki import Authority
@@ -355,3 +355,88 @@ def test_untrusted_identity_headers(cas: Cas, logged: list[dict[str, Any]]) -> N
     ):
         assert sorted(dynamic.untrusted_identity_headers(Credentials(cert, headers))) == sorted(forged)
     assert dynamic.untrusted_identity_headers(Credentials(None, {"accept": ["*/*"]})) == []
+
+
+# --- decisions kept per connection -----------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_decisions_kept_for_a_connection_end_with_a_ca_change_and_are_never_shared(
+    cas: Cas, logged: list[dict[str, Any]]
+) -> None:
+    dynamic = DynamicAuthentication(FlagConfig())
+    dynamic.update_from_configmap(configmap(client=(cas.client,), front=(cas.front,)))
+    # As the TLS layer hands them over: the same chain objects on every request of a connection.
+    proxy = cas.front.client("front-proxy-client").cert
+    proxy_chain = (proxy, cas.front.cert)
+    impostor = cas.front.client("not-the-proxy").cert
+    impostor_chain = (impostor, cas.front.cert)
+    alice = cas.client.client("alice", ("devs",)).cert
+    alice_chain = (alice, cas.client.cert)
+    bob = cas.client.client("bob").cert
+    bob_chain = (bob, cas.client.cert)
+    identity = {"x-remote-user": ["carol"], "x-remote-group": ["ops"]}
+    for _ in range(3):
+        assert dynamic.is_front_proxy(proxy_chain)
+        assert await dynamic.authenticate(Credentials(proxy, identity, proxy_chain)) == UserInfo(
+            name="carol", groups=("ops", "system:authenticated")
+        )
+        assert dynamic.untrusted_identity_headers(Credentials(proxy, identity, proxy_chain)) == []
+        # Same CA, another name: its own decision, never the proxy's.
+        assert not dynamic.is_front_proxy(impostor_chain)
+        assert await dynamic.authenticate(Credentials(impostor, identity, impostor_chain)) is None
+        assert sorted(
+            dynamic.untrusted_identity_headers(Credentials(impostor, identity, impostor_chain))
+        ) == [
+            "x-remote-group",
+            "x-remote-user",
+        ]
+        assert await dynamic.authenticate(Credentials(alice, {}, alice_chain)) == UserInfo(
+            name="alice", groups=("devs", "system:authenticated")
+        )
+        assert await dynamic.authenticate(Credentials(bob, {}, bob_chain)) == UserInfo(
+            name="bob", groups=("system:authenticated",)
+        )
+
+    # The CAs change: what was decided for these very objects is not believed any more.
+    dynamic.update_from_configmap(configmap(client=(cas.front2,), front=(cas.front2,)))
+    assert not dynamic.is_front_proxy(proxy_chain)
+    assert await dynamic.authenticate(Credentials(proxy, identity, proxy_chain)) is None
+    assert sorted(dynamic.untrusted_identity_headers(Credentials(proxy, identity, proxy_chain))) == [
+        "x-remote-group",
+        "x-remote-user",
+    ]
+    assert await dynamic.authenticate(Credentials(alice, {}, alice_chain)) is None
+    # And back: believed again.
+    dynamic.update_from_configmap(configmap(client=(cas.client,), front=(cas.front,)))
+    assert dynamic.is_front_proxy(proxy_chain)
+    assert await dynamic.authenticate(Credentials(alice, {}, alice_chain)) is not None
+
+
+def test_chain_decisions_are_kept_by_the_objects_and_bounded(cas: Cas) -> None:
+    decided: list[x509.Certificate | None] = []
+
+    def decide(credentials: Credentials) -> str:
+        decided.append(credentials.peer_certificate)
+        return f"decision {len(decided)}"
+
+    kept: ChainDecisions[str] = ChainDecisions(size=2)
+    cert = cas.client.client("alice").cert
+    chain = (cert, cas.client.cert)
+    first = kept.get(Credentials(cert, {}, chain), decide)
+    assert kept.get(Credentials(cert, {"accept": ["*/*"]}, chain), decide) == first
+    assert len(decided) == 1
+    # An equal chain in other objects (another connection) is decided on its own.
+    same_again = x509.load_pem_x509_certificate(cert.public_bytes(Encoding.PEM))
+    assert same_again == cert
+    assert kept.get(Credentials(same_again, {}, (same_again, cas.client.cert)), decide) != first
+    assert len(decided) == 2
+    # Nothing is kept without a certificate.
+    kept.get(Credentials(None, {}), decide)
+    kept.get(Credentials(None, {}), decide)
+    assert len(decided) == 4
+    # At most ``size`` chains: the oldest goes first.
+    other = cas.client.client("bob").cert
+    kept.get(Credentials(other, {}, (other, cas.client.cert)), decide)
+    assert kept.get(Credentials(cert, {}, chain), decide) != first
+    assert len(decided) == 6

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from payloadtags.api.errors import ApiError
 from payloadtags.api.negotiation import Form, MediaType, negotiate
-from payloadtags.api.render import include_object, list_chunks, render_list, render_object
+from payloadtags.api.render import include_object, list_chunks, list_text, render_list, render_object
 from payloadtags.inventory import Run
 from payloadtags.model import ListMeta, TagStatus, tag_object, uid_for
 from payloadtags.names import TagRef
@@ -309,6 +309,8 @@ def test_streamed_list_equals_rendered_list(media: str, include: str, chunk_item
         for chosen in (refs, refs[:1], []):
             chunks = list(list_chunks(_runs(chosen), meta, _MEDIA[media], HOST, include, chunk_items))
             assert b"".join(chunks) == _reference(chosen, meta, _MEDIA[media], include)
+            # A page is written at once: the same text.
+            assert list_text(_runs(chosen), meta, _MEDIA[media], HOST, include) == b"".join(chunks)
             # A chunk holds at most chunk_items items (plus the envelope): memory follows the chunk.
             assert len(chunks) >= max(len(chosen) // chunk_items, 1)
 
@@ -325,3 +327,4 @@ def test_a_streamed_list_escapes_like_json_dumps(tags: list[str], host: str) -> 
         document = render_list([tag_object(host, ref) for ref in refs], META, media, "Metadata")
         expected = json.dumps(document, separators=(",", ":")).encode() + b"\n"
         assert b"".join(list_chunks(_runs(refs), META, media, host)) == expected
+        assert list_text(_runs(refs), META, media, host) == expected

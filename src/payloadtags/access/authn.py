@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Generic, Protocol, TypeVar
 
 import attrs
 from cryptography import x509
@@ -12,6 +12,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
 from payloadtags.identity import AUTHENTICATED, MASTERS, UserInfo
+
+T = TypeVar("T")
 
 
 @attrs.frozen
@@ -79,17 +81,51 @@ def _signed_by(certificate: x509.Certificate, authority: x509.Certificate) -> bo
     return True
 
 
+class ChainDecisions(Generic[T]):
+    """What an authenticator decided about a connection's certificate chain, kept by the identity of
+    the chain's objects (the TLS layer keeps one chain per connection, so every request of a
+    kept-alive connection brings the same objects). Not by value: a certificate's hash costs about
+    as much as the decision itself.
+
+    Each entry holds its certificate and chain, so their ids cannot be reused by other objects while
+    it is kept; a different certificate is a different key, so no decision is shared between callers.
+    An authenticator keeps its own, made anew with it on every configuration (CA) change."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._size = size
+        self._kept: dict[tuple[int, int], tuple[x509.Certificate, tuple[x509.Certificate, ...], T]] = {}
+
+    def get(self, credentials: Credentials, decide: Callable[[Credentials], T]) -> T:
+        cert, chain = credentials.peer_certificate, credentials.peer_chain
+        key = (id(cert), id(chain))
+        kept = self._kept.get(key)
+        if kept is not None and kept[0] is cert and kept[1] is chain:
+            return kept[2]
+        decided = decide(credentials)
+        if cert is not None:
+            if len(self._kept) >= self._size:
+                del self._kept[next(iter(self._kept))]  # the oldest
+            self._kept[key] = (cert, chain, decided)
+        return decided
+
+
 def load_pem_bundle(data: bytes) -> list[x509.Certificate]:
     return x509.load_pem_x509_certificates(data) if data.strip() else []
 
 
-@attrs.define
+@attrs.frozen
 class ClientCertificateAuthenticator:
     """A certificate signed by ``--client-ca-file``: user = CN, groups = O."""
 
     authorities: list[x509.Certificate]
+    _users: ChainDecisions[UserInfo | None] = attrs.field(
+        factory=ChainDecisions, init=False, eq=False, repr=False
+    )
 
     async def authenticate(self, credentials: Credentials) -> UserInfo | None:
+        return self._users.get(credentials, self._user)
+
+    def _user(self, credentials: Credentials) -> UserInfo | None:
         cert = credentials.peer_certificate
         if cert is None or not credentials.chains_to(self.authorities):
             return None
@@ -117,6 +153,7 @@ __all__ = [
     "MASTERS",
     "Authenticator",
     "AuthenticatorChain",
+    "ChainDecisions",
     "ClientCertificateAuthenticator",
     "Credentials",
     "RequestAuthenticator",

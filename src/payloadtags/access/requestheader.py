@@ -12,7 +12,7 @@ import attrs
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from payloadtags.access.authn import Credentials, UserInfo
+from payloadtags.access.authn import ChainDecisions, Credentials, UserInfo
 
 
 @attrs.frozen
@@ -36,11 +36,16 @@ def common_name(certificate: x509.Certificate) -> str | None:
     return str(names[0].value) if names else None
 
 
-@attrs.define
+@attrs.frozen
 class RequestHeaderAuthenticator:
     config: RequestHeaderConfig
+    # Asked twice per request (who is calling; which headers to strip) and once per connection.
+    _trust: ChainDecisions[bool] = attrs.field(factory=ChainDecisions, init=False, eq=False, repr=False)
 
     def trusted(self, credentials: Credentials) -> bool:
+        return self._trust.get(credentials, self._trusted)
+
+    def _trusted(self, credentials: Credentials) -> bool:
         cert = credentials.peer_certificate
         if cert is None or not credentials.chains_to(self.config.authorities):
             return False

@@ -11,6 +11,7 @@ import json
 import time
 import weakref
 from collections.abc import Awaitable, Callable
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -46,7 +47,7 @@ from payloadtags.api.registry_errors import api_error_for
 from payloadtags.api.render import (
     CHUNK_ITEMS,
     include_object,
-    list_chunks,
+    list_text,
     render_list,
     render_object,
     streamed_list_chunks,
@@ -70,15 +71,30 @@ HEALTH_ENDPOINTS = ("healthz", "livez", "readyz")
 MAX_BODY = 3 << 20
 
 
+# Where a request keeps its parsed target and query: the handler, the watch check and the metrics
+# labels each need them, and parsing them again costs more than the look-up.
+_TARGET = "_payloadtags_target"
+_QUERY = "_payloadtags_query"
+
+
 def _query(request: IRequest) -> Query:
-    return parse_qs(_target(request)[1], keep_blank_values=True)
+    query: Query | None = getattr(request, _QUERY, None)
+    if query is None:
+        # Read-only: every reader of the request shares it.
+        query = MappingProxyType(parse_qs(_target(request)[1], keep_blank_values=True))
+        setattr(request, _QUERY, query)
+    return query
 
 
 def _target(request: IRequest) -> tuple[str, str]:
     """Path and query of the request target. Not urlsplit: a path starting with "//" would be read as
     a host (and "//[" raise), where the server must only ever see a path."""
-    path, _, query = request.uri.decode("utf-8", "replace").partition("?")
-    return path.partition("#")[0], query.partition("#")[0]
+    target: tuple[str, str] | None = getattr(request, _TARGET, None)
+    if target is None:
+        path, _, query = request.uri.decode("utf-8", "replace").partition("?")
+        target = (path.partition("#")[0], query.partition("#")[0])
+        setattr(request, _TARGET, target)
+    return target
 
 
 def _header(request: IRequest, name: str) -> str | None:
@@ -263,7 +279,9 @@ class ApiServer:
                     raise too_many_requests()
                 work = Deferred.fromCoroutine(self._serve(fn, request, anonymous, kwargs))
                 # Past the deadline the work is cancelled where it waits (registry calls included).
-                if not watching:
+                # Work done already (a page from the walk cache, discovery) has no deadline to keep:
+                # its timer would be made and cancelled in the same turn.
+                if not watching and not work.called:
                     work.addTimeout(self.request_timeout, self._clock())
                 try:
                     user, body = await work
@@ -610,7 +628,7 @@ class ApiServer:
             # this reactor turn (one TLS record and one send for the whole response, instead of one
             # per chunk and one for its end, each a reactor turn apart). The same bytes either way.
             _head(request, 200, media.content_type)
-            return b"".join(list_chunks(runs.runs, meta, media, self.service.registry_host, include))
+            return list_text(runs.runs, meta, media, self.service.registry_host, include)
 
         def begin() -> None:
             _head(request, 200, media.content_type)

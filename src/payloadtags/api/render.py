@@ -210,6 +210,16 @@ class ListText:
         return b"," + text
 
 
+def list_text(
+    runs: Iterable[Run], meta: ListMeta, media: MediaType, registry_host: str, include: str = "Metadata"
+) -> bytes:
+    """The whole list document at once, as `list_chunks` gives it in pieces: for a short list (a
+    page), with no chunk bookkeeping per item and one copy of the text fewer."""
+    head, tail = _envelope(meta, media)
+    items = ",".join([item for run in runs for item in _items(run, registry_host, media, include)])
+    return b"".join((head, items.encode(), tail))
+
+
 def list_chunks(
     runs: Iterable[Run],
     meta: ListMeta,
