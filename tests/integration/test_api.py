@@ -698,3 +698,78 @@ async def test_read_only_registry_delete_is_503(make_server, registry, readonly_
     assert "read-only" in status["message"]
     assert int(reply.header("retry-after")) > 0
     assert images.list_tags(registry, repo) == ["v1"]
+
+
+# --- routes served directly -------------------------------------------------------------------------
+
+
+def _escaped(path: str) -> str:
+    """The same target with the "i" of its first segment ("api"/"apis") percent-escaped: Twisted
+    unquotes it, so Klein's routing sees the same path, but the direct routes leave it to Klein."""
+    head, sep, rest = path.partition("?")
+    assert head.startswith("/api")
+    return "/ap%69" + head[len("/api") :] + sep + rest
+
+
+def _walk_id_aside(body: dict[str, Any], scope: str) -> dict[str, Any]:
+    token = body.get("metadata", {}).get("continue")
+    if token:  # a walk's id is random: everything else in the token must agree
+        decoded = continuation.decode(token, scope)
+        body["metadata"]["continue"] = [decoded.resource_version, decoded.scope, decoded.last]
+    return body
+
+
+@pytest_twisted.ensureDeferred
+async def test_routes_served_without_klein_answer_as_klein_does(api, registry, repo, monkeypatch):
+    # The GET routes asked for most are matched without Klein's routing; the same request spelled
+    # with a percent-escape goes through Klein. Status, headers (the date aside) and body agree.
+    from payloadtags.api.app import ApiServer
+
+    direct: list[str] = []
+    run_direct = ApiServer._run_direct
+
+    def counting(self: ApiServer, request: Any, *args: Any) -> int:
+        direct.append(request.path.decode())
+        return run_direct(self, request, *args)
+
+    monkeypatch.setattr(ApiServer, "_run_direct", counting)
+    namespace, _ = split(repo)
+    images.push_oci_image(registry, f"{namespace}/app", "v1")
+    images.push_oci_image(registry, f"{namespace}/app", "v2", seed="2")
+    client = api.client(api.pki.admin)
+    item = f"{collection(namespace)}/{encode_name('app', 'v1')}"
+    targets = [
+        ("/api", ""),
+        ("/apis", ""),
+        ("/apis/payload-registry.deckhouse.io", ""),
+        (B, ""),
+        (collection(namespace), namespace),
+        (collection(namespace) + "?limit=1", namespace),
+        (f"{B}/payloadrepositorytags?fieldSelector=metadata.namespace%3D{namespace}", ""),
+        (item, namespace),
+        (f"{collection(namespace)}/{encode_name('app', 'nope')}", namespace),
+        (f"{collection(namespace)}/not-a-name", namespace),
+        (collection("Not_A_Namespace"), ""),
+        (collection(namespace) + "?limit=-1", namespace),
+        (collection(namespace) + "?continue=garbage", namespace),
+    ]
+    for accept in ("application/json", TABLE):
+        for target, scope in targets:
+            count = len(direct)
+            plain = await client.get(target, headers={"Accept": accept})
+            assert direct[count:] == [target.partition("?")[0]], target
+            routed = await client.get(_escaped(target), headers={"Accept": accept})
+            assert len(direct) == count + 1, target  # Klein's
+            assert plain.code == routed.code, target
+            assert {k: v for k, v in plain.headers.items() if k != "date"} == {
+                k: v for k, v in routed.headers.items() if k != "date"
+            }, target
+            if (plain.header("content-type") or "").startswith("application/json") and plain.code == 200:
+                assert _walk_id_aside(plain.json(), scope) == _walk_id_aside(routed.json(), scope), target
+            else:
+                assert plain.body == routed.body, target
+    # What the direct routes leave to Klein is answered by it: a trailing slash, other methods.
+    count = len(direct)
+    assert (await client.get(collection(namespace) + "/")).code == 200
+    assert_status(await client.request("POST", collection(namespace), body={}), 405, "MethodNotAllowed")
+    assert len(direct) == count

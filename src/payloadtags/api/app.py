@@ -10,7 +10,7 @@ import hmac
 import json
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qs
@@ -20,9 +20,10 @@ from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from payloadtags import __version__
@@ -169,18 +170,49 @@ class _Utf8Paths(Resource):
 
     isLeaf = True
 
-    def __init__(self, routes: Resource) -> None:
+    def __init__(self, routes: Resource, direct: Callable[[Request], int | None]) -> None:
         super().__init__()
         self.routes = routes
+        self.direct = direct
 
-    def render(self, request: IRequest) -> bytes | int:
+    def render(self, request: Request) -> bytes | int:
         try:
             b"/".join(request.postpath or []).decode("utf-8")
             b"/".join(request.prepath or []).decode("utf-8")
             request.getRequestHostname().decode("utf-8")
         except UnicodeDecodeError:
             return _write_error(request, bad_request("the request path is not valid UTF-8"))
+        served = self.direct(request)
+        if served is not None:
+            return served
         return self.routes.render(request)  # type: ignore[no-any-return]
+
+
+@attrs.frozen
+class _DirectRoute:
+    """A GET route served without Klein's routing: its path's segments, None where a segment is a
+    variable (named in ``names``, in order)."""
+
+    parts: tuple[str | None, ...]
+    names: tuple[str, ...]
+    handler: Callable[..., Coroutine[Any, Any, bytes]]
+
+    @classmethod
+    def of(cls, path: str, handler: Callable[..., Coroutine[Any, Any, bytes]]) -> _DirectRoute:
+        parts = tuple(None if part.startswith("<") else part for part in path[1:].split("/"))
+        names = tuple(part[1:-1] for part in path[1:].split("/") if part.startswith("<"))
+        return cls(parts, names, handler)
+
+    def match(self, segments: list[str]) -> dict[str, str] | None:
+        values = []
+        for part, segment in zip(self.parts, segments, strict=True):
+            if part is None:
+                if not segment:
+                    return None
+                values.append(segment)
+            elif part != segment:
+                return None
+        return dict(zip(self.names, values, strict=True))
 
 
 @attrs.define
@@ -217,12 +249,14 @@ class ApiServer:
     _admitted: weakref.WeakKeyDictionary[IRequest, UserInfo] = attrs.field(
         factory=weakref.WeakKeyDictionary, init=False
     )
+    # The GET routes asked for most (lists, pages, single tags, discovery), by number of segments.
+    _direct: dict[int, list[_DirectRoute]] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._routes()
 
     def resource(self) -> Resource:
-        return _Utf8Paths(self.app.resource())
+        return _Utf8Paths(self.app.resource(), self._serve_direct)
 
     @property
     def inflight(self) -> int:
@@ -257,7 +291,7 @@ class ApiServer:
 
     def _endpoint(
         self, fn: Callable[..., Awaitable[bytes]], anonymous: bool = False, limited: bool = True
-    ) -> Handler:
+    ) -> Callable[..., Coroutine[Any, Any, bytes]]:
         @functools.wraps(fn)
         # Klein hands over twisted.web's Request, whose channel, code and notifyFinish IRequest lacks.
         async def handler(request: Request, **kwargs: Any) -> bytes:
@@ -376,13 +410,84 @@ class ApiServer:
         fn: Callable[..., Awaitable[bytes]],
         anonymous: bool = False,
         limited: bool = True,
+        direct: bool = False,
     ) -> None:
         # Klein names endpoints after the function by default; handlers made from one function (the
         # health endpoints) would then all run the last one registered.
         endpoint = f"{' '.join(methods)} {path}"
-        self.app.route(path, methods=methods, branch=False, strict_slashes=False, endpoint=endpoint)(
-            self._endpoint(fn, anonymous, limited)
+        handler = self._endpoint(fn, anonymous, limited)
+        self.app.route(path, methods=methods, branch=False, strict_slashes=False, endpoint=endpoint)(handler)
+        if direct:
+            assert methods == ["GET"], methods
+            route = _DirectRoute.of(path, handler)
+            # Routes with fewer variables first, as werkzeug prefers static segments.
+            routes = self._direct.setdefault(len(route.parts), [])
+            routes.append(route)
+            routes.sort(key=lambda r: len(r.names))
+
+    def _serve_direct(self, request: Request) -> int | None:
+        """Serves a request for a direct route as Klein would, without its per-request routing
+        (URL parts, a werkzeug adapter, matching, two Deferreds, ...): None for every request it
+        does not serve, which Klein then routes.
+
+        Served only where Klein's match is plain: a GET whose path has no percent-escapes, empty or
+        dot segments or trailing slash (Twisted unquotes segments and werkzeug merges slashes and
+        redirects; those go through Klein)."""
+        path = request.path
+        if (
+            request.method != b"GET"
+            or not path.startswith(b"/")
+            or b"%" in path
+            or b"//" in path
+            or b"/." in path
+            or path.endswith(b"/")
+        ):
+            return None
+        segments = path[1:].decode("utf-8").split("/")  # UTF-8: checked by _Utf8Paths
+        for route in self._direct.get(len(segments), ()):
+            kwargs = route.match(segments)
+            if kwargs is not None:
+                return self._run_direct(request, route, kwargs, len(segments))
+        return None
+
+    def _run_direct(
+        self, request: Request, route: _DirectRoute, kwargs: dict[str, str], segments: int
+    ) -> int:
+        # What KleinResource.render does for a matched route whose handler gives bytes (_endpoint's
+        # handlers answer every Exception themselves): the path moves to prepath, the work is
+        # cancelled if the client goes away, the bytes are written and the request finished.
+        postpath = request.postpath or []
+        request.prepath = [*(request.prepath or []), *postpath[:segments]]
+        request.postpath = postpath[segments:]
+        finished = False
+        work: Deferred[bytes] | None = None
+
+        def ended(reason: object) -> None:
+            nonlocal finished
+            finished = True
+            if isinstance(reason, Failure) and work is not None:
+                work.cancel()
+
+        request.notifyFinish().addBoth(ended)
+        work = Deferred.fromCoroutine(route.handler(request, **kwargs))
+
+        def write(body: bytes) -> None:
+            request.write(body)
+            if not finished:
+                request.finish()
+
+        def failed(failure: Failure) -> None:
+            if finished:
+                if not failure.check(CancelledError):
+                    log.failure("unhandled error serving {uri}", failure=failure, uri=request.uri)
+                return
+            log.failure("unhandled error routing {uri}", failure=failure, uri=request.uri)
+            write(_write_error(request, internal("the server could not complete the request")))
+
+        work.addCallbacks(write, failed).addErrback(
+            lambda failure: log.failure("unhandled error writing the response", failure=failure)
         )
+        return NOT_DONE_YET
 
     def _always_allowed(self, path: str) -> bool:
         return any(path_matches(pattern, path) for pattern in self.always_allow_paths)
@@ -416,16 +521,16 @@ class ApiServer:
         self._route(openapi.V2_PATH, ["GET"], self._openapi_v2)
         self._route(openapi.V3_PATH, ["GET"], self._openapi_v3)
         self._route(openapi.V3_GROUP_VERSION_PATH, ["GET"], self._openapi_v3_group_version)
-        self._route("/api", ["GET"], self._api)
-        self._route("/apis", ["GET"], self._apis)
-        self._route(f"/apis/{GROUP}", ["GET"], self._group)
-        self._route(BASE, ["GET"], self._resources)
+        self._route("/api", ["GET"], self._api, direct=True)
+        self._route("/apis", ["GET"], self._apis, direct=True)
+        self._route(f"/apis/{GROUP}", ["GET"], self._group, direct=True)
+        self._route(BASE, ["GET"], self._resources, direct=True)
         collection = f"{BASE}/namespaces/<namespace>/{RESOURCE}"
         item = f"{collection}/<name>"
-        self._route(collection, ["GET"], self._list)
-        self._route(f"{BASE}/{RESOURCE}", ["GET"], self._list)
+        self._route(collection, ["GET"], self._list, direct=True)
+        self._route(f"{BASE}/{RESOURCE}", ["GET"], self._list, direct=True)
         self._route(collection, ["DELETE"], self._delete_collection)
-        self._route(item, ["GET"], self._get)
+        self._route(item, ["GET"], self._get, direct=True)
         self._route(item, ["DELETE"], self._delete)
         for path in (collection, item, f"{BASE}/{RESOURCE}"):
             self._route(path, ["POST", "PUT", "PATCH"], self._immutable)
