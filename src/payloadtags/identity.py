@@ -12,7 +12,8 @@ AUTHENTICATED = "system:authenticated"
 MASTERS = "system:masters"
 
 
-@attrs.frozen
+# The hash is kept: a user keys the walk cache and the access caches, looked up several times a request.
+@attrs.frozen(cache_hash=True)
 class UserInfo:
     name: str
     uid: str = ""
