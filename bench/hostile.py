@@ -35,7 +35,8 @@ What it does (all on 127.0.0.1; everything it starts is stopped at the end, also
 Reported per phase: p50 and p99 of the small list and of ``/livez``, the p99's 95 % interval (order
 statistics), the ratio to the idle windows around it with the interval both allow (the goal: p99 within
 2x of idle), peak RSS, the floods' own counts and rates, and the CPU of the server, the floods, the
-measuring client and the machine, with the load average.
+measuring client, the registry and the machine, with the load average and the CPU the machine spent on
+anything else (other jobs: contention the ratio does not owe to the server).
 
 Usage: .venv/bin/python bench/hostile.py [--quick] [--seconds S] [--json FILE] [--server-src DIR]
        [--flood-address ADDRESS] [--only FLOOD ...] [--all-only] [--profile FILE] [--server-cpus LIST]
@@ -405,24 +406,27 @@ def measure(target: Target, user: Any, requests: int) -> dict[str, Any]:
 
 class Sampler:
     """The server's RSS every 0.1 s, from /proc; and over the whole window, the CPU (share of one core)
-    of the server, of the flood processes and of this measuring process, the machine's (share of all
-    cores) and its load average, to tell the server's own work from contention."""
+    of the server, of the registry, of the flood processes and of this measuring process, the
+    machine's (share of all cores), what is left of it for everything else on the machine (in cores),
+    and its load average, to tell the server's own work from contention."""
 
-    def __init__(self, pid: int, floods: list[int] | None = None) -> None:
+    def __init__(self, pid: int, floods: list[int] | None = None, registry: int | None = None) -> None:
         self.pid = pid
         self.floods = floods or []
+        self.registry = registry
         self.peak = 0
         self.figures: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _now(self) -> tuple[float, float, float, float, tuple[int, int]]:
+    def _now(self) -> tuple[float, float, float, float, float, tuple[int, int]]:
         mine = os.times()
         return (
             time.monotonic(),
             cpu_seconds(self.pid),
             sum(cpu_seconds(pid) for pid in self.floods),
             mine.user + mine.system,
+            cpu_seconds(self.registry) if self.registry else 0.0,
             machine_ticks(),
         )
 
@@ -435,15 +439,21 @@ class Sampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(2)
-        wall0, server0, floods0, mine0, (busy0, total0) = self._started
-        wall1, server1, floods1, mine1, (busy1, total1) = self._now()
+        wall0, server0, floods0, mine0, registry0, (busy0, total0) = self._started
+        wall1, server1, floods1, mine1, registry1, (busy1, total1) = self._now()
         wall = max(wall1 - wall0, 1e-9)
+        machine = (busy1 - busy0) / max(total1 - total0, 1)
+        ours = (server1 - server0 + floods1 - floods0 + mine1 - mine0 + registry1 - registry0) / wall
         self.figures = {
             "seconds": wall,
             "server_cpu_core_share": (server1 - server0) / wall,
             "floods_cpu_core_share": (floods1 - floods0) / wall,
             "client_cpu_core_share": (mine1 - mine0) / wall,
-            "machine_busy_share": (busy1 - busy0) / max(total1 - total0, 1),
+            "registry_cpu_core_share": (registry1 - registry0) / wall,
+            # CPU the machine spent on anything but this bench's processes (other jobs, the kernel's
+            # own threads), in cores: contention the ratio does not owe to the server.
+            "others_cpu_cores": max(0.0, machine * (os.cpu_count() or 1) - ours),
+            "machine_busy_share": machine,
             "load_average_before": self._load,
             "peak_rss_mib": self.peak / 2**20,
         }
@@ -589,10 +599,11 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             measure(target, proxy, 50)  # warm-up
             time.sleep(1.0)
             fds_before, rss_before = open_fds(server.pid), rss(server.pid)
+            registry_pid = registry.process.pid if registry.process is not None else None
             windows: list[dict[str, Any]] = []
 
             def idle_window() -> None:
-                with Sampler(server.pid) as sampler:
+                with Sampler(server.pid, registry=registry_pid) as sampler:
                     samples = measure(target, proxy, args.requests)
                 windows.append({"phase": "idle", **samples, **sampler.figures})
                 print(_line(windows[-1]), flush=True)
@@ -610,7 +621,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     ]
                     try:
                         time.sleep(args.ramp)  # let the flood build up
-                        with Sampler(server.pid, [p.pid for p in floods]) as sampler:
+                        with Sampler(server.pid, [p.pid for p in floods], registry_pid) as sampler:
                             samples = measure(target, proxy, args.requests)
                     finally:
                         results = {kind: stop_flood(p) for kind, p in zip(kinds, floods, strict=True)}
@@ -689,6 +700,9 @@ def summarize(windows: list[dict[str, Any]]) -> dict[str, Any]:
         entry["livez_ratio"] = entry["livez"]["p99_ms"] / entry["idle_livez"]["p99_ms"]
         for key in ("server_cpu_core_share", "floods_cpu_core_share", "machine_busy_share"):
             entry[key] = statistics.fmean(windows[i][key] for i in spots)
+        for key in ("registry_cpu_core_share", "others_cpu_cores"):  # not in older reports
+            if all(key in windows[i] for i in spots):
+                entry[key] = statistics.fmean(windows[i][key] for i in spots)
         entry["load_average"] = [windows[i]["load_average_before"] for i in spots]
         entry["peak_rss_mib"] = max(windows[i]["peak_rss_mib"] for i in spots)
         if name != "idle":
@@ -755,7 +769,14 @@ def print_summary(report: dict[str, Any]) -> None:
             f"[{entry['ratio_low']:.2f}-{entry['ratio_high']:.2f}]  livez {entry['livez_ratio']:4.2f}x  "
             f"server CPU {entry['server_cpu_core_share']:4.0%}  "
             f"floods CPU {entry['floods_cpu_core_share']:4.0%}  machine {entry['machine_busy_share']:4.0%}  "
-            f"load {loads}" + (f"\n{'':26s}{rates}" if rates else ""),
+            + (
+                f"registry CPU {entry['registry_cpu_core_share']:4.0%}  "
+                f"others {entry['others_cpu_cores']:.2f} cores  "
+                if "others_cpu_cores" in entry
+                else ""
+            )
+            + f"load {loads}"
+            + (f"\n{'':26s}{rates}" if rates else ""),
             flush=True,
         )
     if report["leaks"]:
@@ -785,8 +806,10 @@ def _line(window: dict[str, Any]) -> str:
         f"[{lists['p99_low_ms']:.1f}-{lists['p99_high_ms']:.1f}] n={lists['n']}  livez p99 "
         f"{probes['p99_ms']:5.1f} ms  RSS {window['peak_rss_mib']:4.0f} MiB  server CPU "
         f"{window['server_cpu_core_share']:4.0%}  floods {window['floods_cpu_core_share']:4.0%}  client "
-        f"{window['client_cpu_core_share']:4.0%}  machine {window['machine_busy_share']:4.0%}  load "
-        f"{window['load_average_before']:.1f}"
+        f"{window['client_cpu_core_share']:4.0%}  registry {window.get('registry_cpu_core_share', 0):4.0%}  "
+        f"machine {window['machine_busy_share']:4.0%} "
+        f"(others {window.get('others_cpu_cores', 0):.2f} cores)  "
+        f"load {window['load_average_before']:.1f}"
         + (f"  {window['reconnects']} reconnects" if window.get("reconnects") else "")
     )
 
