@@ -240,7 +240,7 @@ class RunReader:
     """
 
     cursor: CatalogCursor | IndexCursor
-    read: Callable[[str], Deferred[list[str]]]
+    read: Callable[[str], Deferred[tuple[str, ...]]]
     window: int
     accept: Callable[[TagRef], bool] | None = None
     readable: Callable[[str, str], bool] = lambda namespace, path: True
@@ -271,7 +271,7 @@ class RunReader:
                     self._start()
                     if isinstance(head.outcome, Failure):
                         head.outcome.raiseException()
-                    tags: list[str] = head.outcome
+                    tags: tuple[str, ...] = head.outcome
                     if self.observe is not None:
                         self.observe(head.repository, tags)
                     chosen = _select(head.namespace, head.path, tags, self.accept)
@@ -369,7 +369,7 @@ class Inventory:
     # Image configs already read: a tag's GET then reads only its manifest from the registry.
     configs: BlobCache = attrs.Factory(BlobCache)
 
-    async def _tags_of(self, repositories: Sequence[str]) -> list[list[str]]:
+    async def _tags_of(self, repositories: Sequence[str]) -> list[tuple[str, ...]]:
         return await bounded_map(self.client.tags, repositories, self.concurrency)
 
     def _cursor(
@@ -393,7 +393,7 @@ class Inventory:
         """The whole list of ``namespace`` (all namespaces when None), a repository at a time, with
         ``concurrency`` tag lists read ahead; ``accept``, ``readable`` and ``observe`` as for ``list``."""
 
-        def read(repository: str) -> Deferred[list[str]]:
+        def read(repository: str) -> Deferred[tuple[str, ...]]:
             return Deferred.fromCoroutine(self.client.tags(repository))
 
         return RunReader(self._cursor(namespace, None), read, self.concurrency, accept, readable, observe)

@@ -209,7 +209,7 @@ class InstrumentedRegistry:
     async def catalog(self, last: str | None = None, n: int = MAX_CATALOG_PAGE) -> CatalogPage:
         return await self._measure("catalog", self.inner.catalog(last=last, n=n))
 
-    async def tags(self, repository: str) -> list[str]:
+    async def tags(self, repository: str) -> tuple[str, ...]:
         return await self._measure("tags", self.inner.tags(repository))
 
     async def manifest(self, repository: str, reference: str) -> Manifest:

@@ -99,12 +99,12 @@ async def test_tags_are_sorted(registry: RegistryServer, registry_client: Regist
     wanted = ["v1", "b", "2", "c", "10", "a", "latest", "1.0.0", "Z"]
     for tag in wanted[1:]:
         images.tag_manifest(registry, repo, "v1", tag)
-    assert await registry_client.tags(repo) == sorted(wanted)
+    assert await registry_client.tags(repo) == tuple(sorted(wanted))
 
 
 @pytest_twisted.ensureDeferred
 async def test_tags_of_unknown_repository_are_empty(registry_client: RegistryClient, repo: str) -> None:
-    assert await registry_client.tags(repo) == []
+    assert await registry_client.tags(repo) == ()
 
 
 @pytest_twisted.ensureDeferred
@@ -116,7 +116,7 @@ async def test_tags_of_emptied_repository_are_empty(
     raw = images.Session(registry).request("GET", f"/v2/{repo}/tags/list")
     assert json.loads(raw.body)["tags"] is None  # what 2.8 answers, and why tags() must cope
     assert repo in images.catalog(registry)
-    assert await registry_client.tags(repo) == []
+    assert await registry_client.tags(repo) == ()
 
 
 @pytest_twisted.ensureDeferred
@@ -460,7 +460,7 @@ async def test_delete_tag_on_read_only_registry(
     with pytest.raises(RegistryReadOnly):
         await client.delete_manifest(repo, before["a"].digest)  # type: ignore[union-attr]
     # Reads keep working.
-    assert await client.tags(repo) == ["a", "b"]
+    assert await client.tags(repo) == ("a", "b")
 
 
 @pytest_twisted.ensureDeferred
@@ -511,7 +511,7 @@ async def test_basic_auth(htpasswd_registry: RegistryServer, make_client: MakeCl
     images.tag_manifest(htpasswd_registry, repo, "v1", "v2")
     client = make_client(htpasswd_registry)
     await client.ping()
-    assert await client.tags(repo) == ["v1", "v2"]
+    assert await client.tags(repo) == ("v1", "v2")
     assert (await client.manifest(repo, "v1")).digest == digest
     assert await client.delete_tag(repo, "v1") == digest
     assert images.list_tags(htpasswd_registry, repo) == ["v2"]
@@ -541,7 +541,7 @@ async def test_token_auth(
     client = make_client(token_registry)
     token_server.requests.clear()
     await client.ping()
-    assert await client.tags(repo) == ["v1", "v2"]
+    assert await client.tags(repo) == ("v1", "v2")
     assert (await client.manifest(repo, "v1")).digest == digest
     assert await client.delete_tag(repo, "v1") == digest
     assert images.list_tags(token_registry, repo) == ["v2"]
@@ -551,7 +551,7 @@ async def test_token_auth(
     assert {request.service for request in token_server.requests} == {token_server.service}
     # One token per scope, reused while it lives.
     count = len(token_server.requests)
-    assert await client.tags(repo) == ["v2"]
+    assert await client.tags(repo) == ("v2",)
     await client.manifest(repo, "v2")
     assert len(token_server.requests) == count
     assert (_scope(f"repository:{repo}:pull"),) in asked
@@ -651,7 +651,7 @@ async def test_reads_and_other_requests_share_one_kept_alive_connection(
     try:
         client = make_client(f"http://127.0.0.1:{port.getHost().port}", max_connections=1)
         for _ in range(3):
-            assert await client.tags(repo) == ["v1", "v2"]
+            assert await client.tags(repo) == ("v1", "v2")
             manifest = await client.manifest(repo, "v1")
             assert manifest.digest == digest
             config = json.loads(manifest.content)["config"]["digest"]

@@ -50,9 +50,9 @@ class FakeRegistry:
         after = [name for name in names if last is None or name.split("/") > last.split("/")]
         return CatalogPage(repositories=after[:n], more=len(after) > n)
 
-    async def tags(self, repository: str) -> list[str]:
+    async def tags(self, repository: str) -> tuple[str, ...]:
         self._gate("tags")
-        return sorted(self.repos.get(repository, {}))
+        return tuple(sorted(self.repos.get(repository, {})))
 
     async def resolve(self, repository: str, tag: str) -> str:
         self._gate("resolve")

@@ -236,4 +236,4 @@ def test_an_answer_that_comes_despite_a_cancel_is_kept() -> None:
     results = track(d)
     d.cancel()
     after.callback(_Response(200, {"Content-Type": "application/json"}, b'{"tags":["b","a"]}'))
-    assert results == [["a", "b"]]
+    assert results == [("a", "b")]

@@ -48,15 +48,16 @@ def test_identical_reads_waiting_for_a_slot_are_made_once() -> None:
     waiting = [track(Deferred.fromCoroutine(client.tags("team/app"))) for _ in range(5)]
     other = track(Deferred.fromCoroutine(client.tags("team/other")))
     held.pending[0][1].callback(tags_reply("x"))
-    assert busy == [["x"]]
+    assert busy == [("x",)]
     assert held.urls()[1:] == [f"{REGISTRY}/v2/team/app/tags/list"]  # one request for five callers
     held.pending[1][1].callback(tags_reply("v2", "v1"))
-    assert all(result == [["v1", "v2"]] for result in waiting)
-    # Each caller owns its copy: changing one does not change what the others got.
-    waiting[0][0].append("mine")
-    assert waiting[1] == [["v1", "v2"]]
+    assert all(result == [("v1", "v2")] for result in waiting)
+    # Every caller gets the same answer, immutable: nobody's use of it changes what the others got,
+    # and lists that show it whole can tell that they show the same thing (api.render.SharedText).
+    assert isinstance(waiting[0][0], tuple)
+    assert all(result[0] is waiting[0][0] for result in waiting)
     held.pending[2][1].callback(tags_reply())
-    assert other == [[]]
+    assert other == [()]
 
 
 def test_a_read_already_sent_is_not_joined() -> None:
@@ -70,10 +71,10 @@ def test_a_read_already_sent_is_not_joined() -> None:
     third = track(Deferred.fromCoroutine(client.tags("team/app")))
     assert len(held.pending) == 1  # the second read waits for the first, though a slot is free
     held.pending[0][1].callback(tags_reply("v1"))
-    assert first == [["v1"]] and second == third == []
+    assert first == [("v1",)] and second == third == []
     assert len(held.pending) == 2  # then goes out, once for both callers
     held.pending[1][1].callback(tags_reply("v1", "v2"))
-    assert second == third == [["v1", "v2"]]
+    assert second == third == [("v1", "v2")]
 
 
 def test_a_read_waiting_for_an_identical_one_goes_out_whatever_that_one_ends_with() -> None:
@@ -84,7 +85,7 @@ def test_a_read_waiting_for_an_identical_one_goes_out_whatever_that_one_ends_wit
     held.pending[0][1].callback(_Response(503, {}, b""))
     failure_of(first, RegistryUnavailable)
     held.pending[1][1].callback(tags_reply("v1"))
-    assert second == [["v1"]]
+    assert second == [("v1",)]
     # Callers who give up while their read waits: it never goes out.
     track(Deferred.fromCoroutine(client.tags("team/app")))
     waiting = Deferred.fromCoroutine(client.tags("team/app"))
@@ -129,7 +130,7 @@ def test_one_caller_giving_up_leaves_the_read_to_the_others() -> None:
     failure_of(left, CancelledError)
     held.pending[0][1].callback(tags_reply())
     held.pending[1][1].callback(tags_reply("v1"))
-    assert staying == [["v1"]]
+    assert staying == [("v1",)]
 
 
 def test_when_every_caller_gives_up_the_read_is_cancelled() -> None:
@@ -147,7 +148,7 @@ def test_when_every_caller_gives_up_the_read_is_cancelled() -> None:
     # A later caller starts afresh.
     later = track(Deferred.fromCoroutine(client.tags("team/app")))
     held.pending[1][1].callback(tags_reply("v3"))
-    assert later == [["v3"]]
+    assert later == [("v3",)]
 
 
 def test_a_sent_read_is_shared_only_with_requests_that_began_before_it_went_out() -> None:
@@ -197,7 +198,7 @@ def test_reads_at_turn_end_are_shared_by_the_requests_handled_in_that_turn() -> 
     settings = RegistrySettings(url=REGISTRY, timeout=10, max_connections=4)
     client = RegistryClient(clock, settings, agent=held.agent, reads_at_turn_end=True)
 
-    async def request() -> list[str]:
+    async def request() -> tuple[str, ...]:
         asking()
         return await client.tags("team/app")
 
@@ -207,10 +208,10 @@ def test_reads_at_turn_end_are_shared_by_the_requests_handled_in_that_turn() -> 
     assert len(held.pending) == 1
     later = track(Deferred.fromCoroutine(request()))  # began after it went out: the next read
     held.pending[0][1].callback(tags_reply("v1"))
-    assert together == [[["v1"]]] * 3 and later == []
+    assert together == [[("v1",)]] * 3 and later == []
     clock.advance(0)
     held.pending[1][1].callback(tags_reply("v1", "v2"))
-    assert later == [["v1", "v2"]]
+    assert later == [("v1", "v2")]
 
 
 def test_reads_waiting_for_the_turn_end_go_out_together_in_order_and_a_cancelled_one_never() -> None:
@@ -233,7 +234,7 @@ def test_reads_waiting_for_the_turn_end_go_out_together_in_order_and_a_cancelled
     held.pending[1][1].callback(tags_reply("b"))
     held.pending[2][1].callback(tags_reply("c"))
     held.pending[3][1].callback(tags_reply("q"))
-    assert reads == [[["a"]], [["b"]], [["c"]]] and queued == [["q"]]
+    assert reads == [[("a",)], [("b",)], [("c",)]] and queued == [("q",)]
     failure_of(cancelled, CancelledError)
 
 
@@ -250,7 +251,7 @@ def test_a_read_cancelled_while_it_waits_for_the_turn_end_is_never_sent_and_free
     clock.advance(0)
     assert held.urls() == [f"{REGISTRY}/v2/team/after/tags/list"]
     held.pending[0][1].callback(tags_reply("v1"))
-    assert after == [["v1"]]
+    assert after == [("v1",)]
 
 
 # --- connection slots and the timeout ----------------------------------------------------------------
@@ -263,12 +264,12 @@ def test_the_wait_for_a_slot_does_not_count_against_the_registry_timeout() -> No
     queued = track(Deferred.fromCoroutine(client.tags("team/queued")))
     clock.advance(9)
     held.pending[0][1].callback(tags_reply("v1"))  # the slot frees after 9 s
-    assert slow == [["v1"]]
+    assert slow == [("v1",)]
     assert held.urls()[1] == f"{REGISTRY}/v2/team/queued/tags/list"
     clock.advance(9)  # 18 s after it asked, 9 s after it was sent: not timed out
     assert queued == []
     held.pending[1][1].callback(tags_reply("v2"))
-    assert queued == [["v2"]]
+    assert queued == [("v2",)]
 
 
 def test_the_registry_timeout_still_covers_the_answer() -> None:

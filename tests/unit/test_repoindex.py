@@ -40,9 +40,9 @@ class FakeClient:
         names = [r for r in self.repositories if last is None or catalog_key(r) > catalog_key(last)]
         return CatalogPage(names[:n], more=len(names) > n)
 
-    async def tags(self, repository: str) -> list[str]:
+    async def tags(self, repository: str) -> tuple[str, ...]:
         self.tag_calls.append(repository)
-        return ["v1"]
+        return ("v1",)
 
 
 def filled(names: list[str]) -> RepositoryIndex:

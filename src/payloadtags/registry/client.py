@@ -296,26 +296,30 @@ class RegistryClient:
             raise self._protocol(reply, "the repository catalog is not a list of names")
         return CatalogPage(repositories=names, more=self._next_link(reply) is not None)
 
-    async def tags(self, repository: str) -> list[str]:
-        """All tags of a repository, sorted; [] when it is unknown or has no tags left."""
+    async def tags(self, repository: str) -> tuple[str, ...]:
+        """All tags of a repository, sorted; () when it is unknown or has no tags left.
+
+        Callers whose reads were coalesced get the same tuple: immutable, so nobody's use of it
+        changes another's, and one object, so the lists that show it whole can tell that they show
+        the same thing and format it once (`api.render.SharedText`)."""
         self._check_repository(repository)
-        tags: list[str] = await self._reads.join(
+        tags: tuple[str, ...] = await self._reads.join(
             ("tags", repository), lambda on_send: self._tags(repository, on_send)
         )
-        return list(tags)  # the shared answer stays unchanged whatever a caller does with its copy
+        return tags
 
-    async def _tags(self, repository: str, on_send: Callable[[], object]) -> list[str]:
+    async def _tags(self, repository: str, on_send: Callable[[], object]) -> tuple[str, ...]:
         found: set[str] = set()
         path: str | None = f"/v2/{repository}/tags/list"
         # distribution 2.8 answers everything in one page; other registries page with Link.
         for _ in range(MAX_TAG_PAGES):
             if path is None:
-                return sorted(found)
+                return tuple(sorted(found))
             reply = await self._call(
                 "GET", path, scope=self._pull(repository), max_body=JSON_LIMIT, on_send=on_send
             )
             if reply.status == 404 and "NAME_UNKNOWN" in reply.error_codes():
-                return sorted(found)
+                return tuple(sorted(found))
             if reply.status != 200:
                 raise self._error(reply, f"the tags of {repository}")
             tags = self._json(reply, f"the tags of {repository}").get("tags") or []

@@ -23,8 +23,9 @@ class Catalog(Protocol):
         """One page of at most ``n`` repository names after ``last``, in the registry's catalog order."""
         ...
 
-    async def tags(self, repository: str, /) -> list[str]:
-        """The tags of ``repository``, sorted; empty for an unknown repository."""
+    async def tags(self, repository: str, /) -> tuple[str, ...]:
+        """The tags of ``repository``, sorted; empty for an unknown repository. Immutable: callers
+        whose reads were shared get the same tuple."""
         ...
 
 

@@ -42,7 +42,7 @@ class InventoryReader:
     async def scope_tags(self, namespace: str | None) -> list[TagRef]:
         return (await self.inventory.list(namespace)).refs
 
-    async def repository_tags(self, repository: str) -> list[str]:
+    async def repository_tags(self, repository: str) -> tuple[str, ...]:
         return await self.inventory.client.tags(repository)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 import enum
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import attrs
@@ -42,7 +42,7 @@ class ScopeReader(Protocol):
 
     async def scope_tags(self, namespace: str | None) -> list[TagRef]: ...
 
-    async def repository_tags(self, repository: str) -> list[str]: ...
+    async def repository_tags(self, repository: str) -> Sequence[str]: ...
 
 
 class Subscriber(Protocol):
