@@ -47,6 +47,7 @@ from payloadtags.api.options import Query, delete_options, first, list_options
 from payloadtags.api.registry_errors import api_error_for
 from payloadtags.api.render import (
     CHUNK_ITEMS,
+    SharedText,
     include_object,
     list_text,
     render_list,
@@ -241,6 +242,9 @@ class ApiServer:
     # Whether each request's line is logged (at debug level): off, the line is not even built (the
     # log's level filter would drop it only after a good deal of work on every request).
     request_log: bool = True
+    # The text of runs that lists in flight together show whole (one coalesced registry read): made
+    # once for all of them, kept only while they write it.
+    shared_text: SharedText = attrs.field(factory=SharedText)
     app: Klein = attrs.field(factory=Klein, init=False)
     _inflight: int = attrs.field(default=0, init=False)
     _idle_waiters: list[Deferred[None]] = attrs.field(factory=list, init=False)
@@ -741,7 +745,9 @@ class ApiServer:
         # A whole list is formatted and written as its repositories are read (docs/api.md, "Large
         # lists"): its first chunk goes out once read, so a registry failure before it is a Status,
         # one after it drops the connection.
-        chunks = streamed_list_chunks(runs, meta, media, self.service.registry_host, include)
+        chunks = streamed_list_chunks(
+            runs, meta, media, self.service.registry_host, include, shared=self.shared_text
+        )
         await write_streamed(request, chunks, self._clock(), begin)
         return b""
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, Iterable, Iterator
+from collections.abc import AsyncGenerator, Generator, Iterable, Iterator
+from contextlib import closing
+from itertools import islice
 from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
@@ -172,9 +174,154 @@ def _items(run: Run, registry_host: str, media: MediaType, include: str) -> Iter
         yield f'{{"cells":{cells},"object":{embedded}}}' if embedded else f'{{"cells":{cells}}}'
 
 
+# -- a run shown by several lists at once ----------------------------------------------------------
+#
+# Lists in flight together (ten kubectl's at once) read a repository once (registry.coalesce) and get
+# one tuple, the same object, for it. A run that is that tuple whole (no selector made a list of its
+# own) is the same text in every list of the same form: it is formatted once, in blocks of
+# ``chunk_items`` items, and each list takes the blocks as it writes them. Whether a caller may see the
+# repository was decided before its run existed, so sharing a run's text shares nothing a caller
+# could not see. What is kept lives as long as a list is in the run: a block until every list in it
+# has passed it, and at most ``max_blocks`` of them (the rest are formatted again by the list that
+# lags, for itself); with one list in it, the block it is writing only.
+
+SHARED_BLOCKS = 8
+
+_Key = tuple[int, str, str, str, MediaType, str, int]
+
+
+class SharedText:
+    """The text of runs several lists are writing at once, formatted once for all of them.
+
+    ``formatted`` and ``taken`` count blocks made here and blocks a list took that another list had
+    made: what the tests and the metrics look at."""
+
+    def __init__(self, max_blocks: int = SHARED_BLOCKS) -> None:
+        self.max_blocks = max_blocks
+        self._runs: dict[_Key, _SharedRun] = {}
+        self.formatted = 0
+        self.taken = 0
+
+    def __len__(self) -> int:
+        """Runs being shared now."""
+        return len(self._runs)
+
+    @property
+    def held(self) -> int:
+        """Blocks kept now, over every run."""
+        return sum(len(shared.blocks) for shared in self._runs.values())
+
+    def join(
+        self, run: Run, registry_host: str, media: MediaType, include: str, chunk_items: int
+    ) -> _Place | None:
+        """A list's place in ``run``'s shared text; None when the run is not a registry answer whole
+        (only an immutable tuple may be told apart by identity)."""
+        if type(run.tags) is not tuple or not run.tags:
+            return None
+        key = (id(run.tags), run.namespace, run.repository_path, registry_host, media, include, chunk_items)
+        shared = self._runs.get(key)
+        if shared is None:
+            shared = _SharedRun(self, key, run, registry_host, media, include, chunk_items)
+            self._runs[key] = shared
+        return shared.join()
+
+    def _end(self, key: _Key) -> None:
+        del self._runs[key]
+
+
+class _SharedRun:
+    def __init__(
+        self,
+        owner: SharedText,
+        key: _Key,
+        run: Run,
+        registry_host: str,
+        media: MediaType,
+        include: str,
+        chunk_items: int,
+    ) -> None:
+        self.owner, self.key, self.run = owner, key, run  # the run holds the tuple: its id stays its own
+        self.host, self.media, self.include, self.chunk_items = registry_host, media, include, chunk_items
+        self.count = -(-len(run.tags) // chunk_items)
+        self.blocks: dict[int, bytes] = {}  # block index -> its items, each after a comma
+        self.made = 0  # blocks made in order so far (by ``_items`` below, where the first list is)
+        self._items = _items(run, registry_host, media, include)
+        self.places: list[_Place] = []
+
+    def join(self) -> _Place:
+        place = _Place(self)
+        self.places.append(place)
+        return place
+
+    def block(self, place: _Place, index: int) -> bytes:
+        text = self.blocks.get(index)
+        if text is not None:
+            self.owner.taken += 1
+        elif index == self.made:
+            # The first list this far: the next block of the run's one formatting, kept for the others.
+            text = ("," + ",".join(islice(self._items, self.chunk_items))).encode()
+            self.made += 1
+            self.blocks[index] = text
+            self.owner.formatted += 1
+        else:
+            # Passed by the others and dropped (this list lags by more than ``max_blocks``): formatted
+            # again, for this list only.
+            start = index * self.chunk_items
+            part = Run(
+                self.run.namespace, self.run.repository_path, self.run.tags[start : start + self.chunk_items]
+            )
+            text = ("," + ",".join(_items(part, self.host, self.media, self.include))).encode()
+            self.owner.formatted += 1
+        place.at = index + 1
+        self._trim()
+        return text
+
+    def leave(self, place: _Place) -> None:
+        self.places.remove(place)
+        if not self.places:
+            self.blocks.clear()
+            self.owner._end(self.key)
+        else:
+            self._trim()
+
+    def _trim(self) -> None:
+        # Kept: what a list in the run has still to take, and the block made last (a list joining now
+        # starts there together with the others), at most ``max_blocks`` of them, the latest.
+        lowest = min(place.at for place in self.places)
+        latest = self.made - 1
+        oldest = latest - self.owner.max_blocks + 1
+        for index in [i for i in self.blocks if (i < lowest and i != latest) or i < oldest]:
+            del self.blocks[index]
+
+
+class _Place:
+    """Where one list is in a shared run."""
+
+    def __init__(self, shared: _SharedRun) -> None:
+        self.shared = shared
+        self.at = 0  # the next block it takes
+        self.left = False
+
+    @property
+    def count(self) -> int:
+        return self.shared.count
+
+    def items_in(self, index: int) -> int:
+        return min(self.shared.chunk_items, len(self.shared.run.tags) - index * self.shared.chunk_items)
+
+    def block(self, index: int) -> bytes:
+        return self.shared.block(self, index)
+
+    def leave(self) -> None:
+        if not self.left:
+            self.left = True
+            self.shared.leave(self)
+
+
 class ListText:
     """A list document made a run at a time: ``add`` gives the chunks each run completes, ``end`` the
-    rest. Their concatenation is the document, however the runs arrive."""
+    rest. Their concatenation is the document, however the runs arrive. With ``shared``, a run that
+    other lists are writing at the same time is formatted once for all of them."""
 
     def __init__(
         self,
@@ -183,31 +330,87 @@ class ListText:
         registry_host: str,
         include: str = "Metadata",
         chunk_items: int = CHUNK_ITEMS,
+        shared: SharedText | None = None,
     ) -> None:
         self._head, self._tail = _envelope(meta, media)
         self._media, self._host, self._include, self._chunk_items = media, registry_host, include, chunk_items
-        self._pending: list[str] = []
+        self._shared = shared
+        self._pending: list[str] = []  # items not encoded yet
+        self._done: list[bytes] = []  # encoded items (shared blocks), each part after a comma
+        self._done_items = 0
         self._first = True
+        # Shared runs this list has written to the end, in the chunk being made and in the one made
+        # before it: it stays in them until it makes the chunk after, so that the lists that come to
+        # them in the same reactor turn (a list passes many small runs in one chunk) still find
+        # their text. What it keeps so is the text of two chunks at most.
+        self._passed: list[_Place] = []
+        self._releasing: list[_Place] = []
 
-    def add(self, run: Run) -> Iterator[bytes]:
+    def add(self, run: Run) -> Generator[bytes, None, None]:
         """Formats ``run`` lazily, a chunk of about ``chunk_items`` items per step."""
-        for item in _items(run, self._host, self._media, self._include):
-            self._pending.append(item)
-            if len(self._pending) >= self._chunk_items:
-                yield self._take()
+        place = None
+        if self._shared is not None:
+            place = self._shared.join(run, self._host, self._media, self._include, self._chunk_items)
+        if place is None:
+            room = self._chunk_items - self._done_items
+            for item in _items(run, self._host, self._media, self._include):
+                self._pending.append(item)
+                if len(self._pending) >= room:
+                    yield self._take()
+                    room = self._chunk_items
+            return
+        passed = False
+        try:
+            for index in range(place.count):
+                if self._pending:
+                    self._done.append(("," + ",".join(self._pending)).encode())
+                    self._done_items += len(self._pending)
+                    self._pending = []
+                self._done.append(place.block(index))
+                self._done_items += place.items_in(index)
+                if self._done_items >= self._chunk_items:
+                    yield self._take()
+            passed = True
+            self._passed.append(place)
+        finally:
+            if not passed:
+                # Stopped in the run (the client went away, the deadline passed): the others go on
+                # without this list, and what only it still needed is let go.
+                place.leave()
+
+    def close(self) -> None:
+        """Lets go of the shared runs this list is still in: once it has ended, or stopped early."""
+        places = self._releasing + self._passed
+        self._releasing, self._passed = [], []
+        for place in places:
+            place.leave()
 
     def end(self) -> bytes:
         if self._first:
             return self._take() + self._tail
-        return (self._take() if self._pending else b"") + self._tail
+        return (self._take() if self._pending or self._done else b"") + self._tail
 
     def _take(self) -> bytes:
-        text = ",".join(self._pending).encode()
-        self._pending = []
+        if self._releasing or self._passed:
+            releasing, self._releasing, self._passed = self._releasing, self._passed, []
+            for place in releasing:
+                place.leave()
+        if not self._done:
+            text = ",".join(self._pending).encode()
+            self._pending = []
+            if self._first:
+                self._first = False
+                return self._head + text
+            return b"," + text
+        parts = self._done
+        if self._pending:
+            parts.append(("," + ",".join(self._pending)).encode())
+        self._pending, self._done, self._done_items = [], [], 0
+        body = b"".join(parts)  # one part (a shared block) is taken as it is, not copied
         if self._first:
             self._first = False
-            return self._head + text
-        return b"," + text
+            return b"".join((self._head, memoryview(body)[1:]))
+        return body
 
 
 def list_text(
@@ -227,12 +430,17 @@ def list_chunks(
     registry_host: str,
     include: str = "Metadata",
     chunk_items: int = CHUNK_ITEMS,
-) -> Iterator[bytes]:
+    shared: SharedText | None = None,
+) -> Generator[bytes, None, None]:
     """The list document in pieces of about ``chunk_items`` items, ending with a newline."""
-    text = ListText(meta, media, registry_host, include, chunk_items)
-    for run in runs:
-        yield from text.add(run)
-    yield text.end()
+    text = ListText(meta, media, registry_host, include, chunk_items, shared)
+    try:
+        for run in runs:
+            with closing(text.add(run)) as chunks:
+                yield from chunks
+        yield text.end()
+    finally:
+        text.close()
 
 
 async def streamed_list_chunks(
@@ -242,14 +450,18 @@ async def streamed_list_chunks(
     registry_host: str,
     include: str = "Metadata",
     chunk_items: int = CHUNK_ITEMS,
+    shared: SharedText | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """As `list_chunks`, formatting each run as it arrives; the runs are stopped when this stops
     early (the client went away, the deadline passed)."""
-    text = ListText(meta, media, registry_host, include, chunk_items)
+    text = ListText(meta, media, registry_host, include, chunk_items, shared)
     try:
         while (run := await runs.next()) is not None:
-            for chunk in text.add(run):
-                yield chunk
+            # Closed here, not when collected: a list stopped in a shared run leaves it at once.
+            with closing(text.add(run)) as chunks:
+                for chunk in chunks:
+                    yield chunk
         yield text.end()
     finally:
+        text.close()
         runs.stop()
