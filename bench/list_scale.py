@@ -24,7 +24,13 @@ What it does (all on 127.0.0.1; everything it starts is stopped at the end, also
    - a paginated JSON walk with ``limit=500``: server CPU against one unpaged list, and the registry
      requests of the walk (``tags/list`` requests per repository, catalog requests);
    - 50 identical lists at once: registry requests against one list's;
-   - 10 concurrent lists: lists per second against the floor's 10 concurrent lists;
+   - 10 concurrent lists: lists per second against the floor's 10 concurrent lists, twice: with
+     every answer parsed in the bench process (``every answer parsed``), and with each answer compared
+     byte for byte with a reference answer that was parsed and checked against the tags written, and
+     parsed only when it differs (``answers compared``: payloadtags' list items, the envelope with its
+     resourceVersion parsed on its own; the floor's catalog pages and tags/list answers), so that
+     neither side's figure is the bench's own JSON parsing on the same cores. Rounds alternate the
+     four; the compared column gives the median ratio and the per-round range;
    - ``/livez`` latency, polled every 10 ms by a separate process while one list is served;
    - the server's peak RSS (VmHWM) and its RSS after the lists;
    and reports growth exponents k (cost ~ tags^k) between sizes for wall, server CPU and peak RSS.
@@ -57,7 +63,7 @@ from typing import Any
 import attrs
 from treq.client import HTTPClient
 from twisted.internet import ssl
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.internet.threads import deferToThread
 from twisted.web.client import Agent
 from twisted.web.resource import Resource
@@ -68,6 +74,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from list_latency import (  # noqa: E402
+    CATALOG_PAGE,
     DirectClient,
     Filler,
     _ClientTLS,
@@ -196,6 +203,7 @@ class Server:
         self._headers = PROXIED if proxy is not None else {}
         self.tls = _CountingTLS(str(pki.server_ca.cert_file), str(identity.cert_file), str(identity.key_file))
         self._http = HTTPClient(Agent(reactor, contextFactory=_Policy(self.tls), pool=self.pool))
+        self._reference: dict[str, bytes] = {}  # namespace -> a checked list's items, as text
 
     async def open_connections(self, count: int) -> None:
         """``count`` kept-alive connections in the pool, handshaken: ``count`` requests at once."""
@@ -233,6 +241,33 @@ class Server:
     async def list(self, namespace: str, table: bool = False) -> Pairs:
         return (await self.page(namespace, table))[0]
 
+    async def learn(self, namespace: str, expected: Pairs) -> None:
+        """Takes one unpaged JSON list, parsed and checked against the tags written, as the answer
+        `list_compared` compares later ones with."""
+        path = f"{GROUP_PATH}/namespaces/{namespace}/payloadrepositorytags"
+        code, _, body = await _get(self._http, self._reactor, self.url + path, {"Accept": "application/json"})
+        document = json.loads(body)
+        pairs = frozenset((i["spec"]["repositoryPath"], i["spec"]["tag"]) for i in document["items"])
+        if code != 200 or pairs != expected:
+            raise RuntimeError(f"payloadtags' reference list of {namespace} is wrong ({code})")
+        self._reference[namespace] = _items_part(body)
+
+    async def list_compared(self, namespace: str, expected: Pairs) -> Pairs:
+        """An unpaged JSON list whose items are compared byte for byte with the reference's (the
+        envelope, its resourceVersion, is parsed on its own); parsed and checked only when they differ."""
+        path = f"{GROUP_PATH}/namespaces/{namespace}/payloadrepositorytags"
+        code, _, body = await _get(self._http, self._reactor, self.url + path, {"Accept": "application/json"})
+        if code != 200:
+            raise RuntimeError(f"payloadtags answered {code}: {body[:300]!r}")
+        head, items = body.split(_ITEMS, 1) if _ITEMS in body else (body, b"")
+        envelope = json.loads(head + b"}")
+        if envelope.get("kind") != "PayloadRepositoryTagList":
+            raise RuntimeError(f"expected a PayloadRepositoryTagList, got {envelope.get('kind')}")
+        if _ITEMS + items == self._reference.get(namespace):
+            return expected
+        document = json.loads(body)
+        return frozenset((i["spec"]["repositoryPath"], i["spec"]["tag"]) for i in document["items"])
+
     async def record_walk(self, namespace: str, replay: Replay, limit: int = PAGE) -> int:
         """Walks ``namespace`` as ``kubectl get`` does (Table, chunks of ``limit``) into ``replay``."""
         path = f"{GROUP_PATH}/namespaces/{namespace}/payloadrepositorytags"
@@ -261,12 +296,78 @@ class Server:
                 return frozenset(found)
 
 
+_ITEMS = b',"items":['
+
+
+def _items_part(body: bytes) -> bytes:
+    return _ITEMS + body.split(_ITEMS, 1)[1]
+
+
 class Floor:
     def __init__(self, reactor: Any, registry_url: str) -> None:
         self.client = DirectClient(reactor, registry_url)
+        self.compared = ComparingClient(reactor, registry_url)
 
     async def list(self, namespace: str) -> Pairs:
         return await self.client.list(namespace)
+
+
+class ComparingClient(DirectClient):
+    """The floor's client for the throughput phase: each catalog page and tags/list answer is
+    compared byte for byte with the one a checked list got (``learn``), and parsed only when it
+    differs; a list whose answers all match is the checked list's tags."""
+
+    def __init__(self, reactor: Any, registry_url: str) -> None:
+        super().__init__(reactor, registry_url)
+        self._known: dict[str, tuple[bytes, dict[str, Any]]] = {}
+        self._pairs: dict[str, Pairs] = {}
+        self.parsed = 0
+
+    async def _answer(self, path: str, learning: bool) -> tuple[dict[str, Any], bool, bool]:
+        """The document at ``path``, whether a next page is linked, whether it matched the known one."""
+        code, headers, body = await _get(self._http, self._reactor, self._base + path)
+        if code != 200:
+            raise RuntimeError(f"registry answered {code} to {path}: {body[:300]!r}")
+        more = bool(headers.getRawHeaders("link"))
+        known = self._known.get(path)
+        if not learning and known is not None and known[0] == body:
+            return known[1], more, True
+        self.parsed += 1
+        document = json.loads(body)
+        if learning:
+            self._known[path] = (body, document)
+        return document, more, False
+
+    async def learn(self, namespace: str, expected: Pairs) -> None:
+        pairs = await self.list_compared(namespace, expected, learning=True)
+        if pairs != expected:
+            raise RuntimeError(f"the floor's reference list of {namespace} is wrong")
+        self._pairs[namespace] = pairs
+
+    async def list_compared(self, namespace: str, expected: Pairs, learning: bool = False) -> Pairs:
+        prefix, last, repositories, page = namespace + "/", namespace, [], CATALOG_PAGE
+        matched = True
+        while True:
+            query = urllib.parse.urlencode({"n": str(page), "last": last})
+            document, more, same = await self._answer(f"/v2/_catalog?{query}", learning)
+            matched = matched and same
+            names = document.get("repositories") or []
+            inside = [name for name in names if name.startswith(prefix)]
+            repositories.extend(inside)
+            if len(inside) < len(names) or not more or not names:
+                break
+            last = names[-1]
+        semaphore = DeferredSemaphore(self._concurrency)
+
+        async def tags(repository: str) -> tuple[dict[str, Any], bool, bool]:
+            return await self._answer(f"/v2/{repository}/tags/list", learning)
+
+        answers = await gatherResults([semaphore.run(tags, r) for r in repositories], consumeErrors=True)
+        if matched and all(same for _, _, same in answers) and namespace in self._pairs:
+            return self._pairs[namespace]
+        lists = [sorted(document.get("tags") or []) for document, _, _ in answers]
+        cut = len(prefix)
+        return frozenset((r[cut:], t) for r, ts in zip(repositories, lists, strict=True) for t in ts)
 
 
 class Replay(Resource):
@@ -565,17 +666,30 @@ async def measure_layout(
     await floor.list(ns)
     floor_requests = access.counts()
 
-    # Throughput: 10 lists at once, payloadtags and the floor, alternating.
-    rates: dict[str, list[float]] = {"json": [], "floor": []}
+    # Throughput: 10 lists at once, payloadtags and the floor, alternating; once with every answer
+    # parsed in this process, once with answers compared with a checked reference (parsed only when
+    # they differ), so that the bench's own JSON parsing, on the same cores, is not what is measured.
+    await server.learn(ns, expected)
+    await floor.compared.learn(ns, expected)
+    throughput: dict[str, Callable[[], Awaitable[Pairs]]] = {
+        "json": variants["json"],
+        "floor": variants["floor"],
+        "json compared": lambda: server.list_compared(ns, expected),
+        "floor compared": lambda: floor.compared.list_compared(ns, expected),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in throughput}
+    parsed_before = floor.compared.parsed
     for i in range(3):
-        for name in ["json", "floor"] if i % 2 == 0 else ["floor", "json"]:
-            fn = variants[name]
+        order = ["json", "floor", "json compared", "floor compared"]
+        for name in order if i % 2 == 0 else order[::-1]:
+            fn = throughput[name]
             started = time.perf_counter()
             done = await gatherResults(
                 [Deferred.fromCoroutine(_outcome(fn())) for _ in range(CONCURRENT_THROUGHPUT)]
             )
             ok = sum(r == expected for r in done)
             rates[name].append(ok / (time.perf_counter() - started))
+    floor_reparsed = floor.compared.parsed - parsed_before
 
     return {
         "namespace": ns,
@@ -589,6 +703,7 @@ async def measure_layout(
         "registry_requests": {"one": one, "walk": walk, "50 at once": same, "floor": floor_requests},
         "50 at once errors": same_errors,
         "lists_per_second": rates,
+        "floor_answers_reparsed": floor_reparsed,
         "livez_stall": stalls,
         "rss_kib": status,
     }
@@ -662,9 +777,10 @@ def summarize(results: dict[str, Any]) -> str:
         "| namespace | tags | repos | floor wall (ms) | JSON / floor | Table / floor | kubectl / floor "
         "| kubectl / (floor + kubectl CPU) | JSON server CPU / floor client CPU "
         "| walk(500) / unpaged, server CPU | tags/list per repo in a walk "
-        "| 50 lists: registry requests / one | 10 concurrent: lists/s / floor "
+        "| 50 lists: registry requests / one | 10 concurrent, answers compared: lists/s / floor "
+        "| 10 concurrent, every answer parsed: lists/s / floor "
         "| /livez stall JSON, Table (s) | peak RSS (MiB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results["layouts"]:
         s = {k: [Cost(**c) for c in v] for k, v in r["samples"].items()}
@@ -688,9 +804,15 @@ def summarize(results: dict[str, Any]) -> str:
             same = f"{same_total / one_total:.2f}" + (f" ({failed} failed)" if failed else "")
             same += f" ({req['50 at once'].get('new connections', 0)} new connections)"
             rates = r["lists_per_second"]
-            throughput = f"{med(rates['json']) / med(rates['floor']):.2f}"
+            parsed = f"{med(rates['json']) / med(rates['floor']):.2f}"
+            if "json compared" in rates:
+                values = [j / f for j, f in zip(rates["json compared"], rates["floor compared"], strict=True)]
+                throughput = f"{med(rates['json compared']) / med(rates['floor compared']):.2f}"
+                throughput += f" ({min(values):.2f}-{max(values):.2f})"
+            else:
+                throughput = "-"
         else:
-            same = throughput = "-"
+            same = throughput = parsed = "-"
         lines.append(
             f"| {r['namespace']} | {r['tags']:,} | {r['repositories']} "
             f"| {fw * 1000:.0f} ({spread(floor_wall)}) "
@@ -698,7 +820,7 @@ def summarize(results: dict[str, Any]) -> str:
             f"| {json_cpu / floor_cpu if floor_cpu else float('nan'):.2f} "
             f"| {walk_cpu / json_cpu if json_cpu else float('nan'):.2f} "
             f"| {req['walk']['tags/list'] / r['repositories']:.2f} "
-            f"| {same} | {throughput} "
+            f"| {same} | {throughput} | {parsed} "
             f"| {r['livez_stall']['json']:.3f}, {r['livez_stall']['table']:.3f} "
             f"| {r['rss_kib']['VmHWM'] / 1024:.0f} |"
         )
