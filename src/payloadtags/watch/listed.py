@@ -37,11 +37,18 @@ class Listed:
     dropped: bool = False
     # The one callable lists report to this record through (`WatchHub.observer`).
     report: Callable[[str, Sequence[str]], None] | None = None
+    # Per repository, the registry answer recorded last: an immutable tuple that lists sharing one read
+    # (coalescing) all report; the same one again adds nothing, and is not turned into a set again.
+    last: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
 
     def observe(self, repository: str, tags: Sequence[str]) -> int:
         """Records one read; returns how many tags the record grew by."""
         if self.dropped:
             return 0
+        if isinstance(tags, tuple):
+            if self.last.get(repository) is tags:
+                return 0
+            self.last[repository] = tags
         seen = frozenset(tags)
         old = self.reads.get(repository)
         if old is None:
@@ -122,6 +129,7 @@ class ListedScopes:
             record.dropped = True
             self.size -= record.size
             record.reads.clear()
+            record.last.clear()
 
     def expire(self, before: float) -> None:
         for key, record in list(self.records.items()):
