@@ -183,7 +183,9 @@ def _items(run: Run, registry_host: str, media: MediaType, include: str) -> Iter
 # repository was decided before its run existed, so sharing a run's text shares nothing a caller
 # could not see. What is kept lives as long as a list is in the run: a block until every list in it
 # has passed it, and at most ``max_blocks`` of them (the rest are formatted again by the list that
-# lags, for itself); with one list in it, the block it is writing only.
+# lags, for itself); with one list in it, the block it is writing only. A list stays in the runs it
+# finished until it makes the chunk after next (`ListText`): a list alone holds the text of its last
+# two chunks at most.
 
 SHARED_BLOCKS = 8
 
@@ -193,8 +195,8 @@ _Key = tuple[int, str, str, str, MediaType, str, int]
 class SharedText:
     """The text of runs several lists are writing at once, formatted once for all of them.
 
-    ``formatted`` and ``taken`` count blocks made here and blocks a list took that another list had
-    made: what the tests and the metrics look at."""
+    ``formatted`` counts the blocks formatted (shared or, for a list that lagged, again), ``taken``
+    the blocks a list took that another list had formatted: what the tests look at."""
 
     def __init__(self, max_blocks: int = SHARED_BLOCKS) -> None:
         self.max_blocks = max_blocks
