@@ -5,8 +5,10 @@ Field names are snake_case here and camelCase on the wire; a field whose value i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -186,8 +188,58 @@ def uid_from(hasher: Any, tag: str) -> str:
     ``str(uuid.uuid5(...))`` spells it, from ``uid_hasher(namespace, repositoryPath)``."""
     h = hasher.copy()
     h.update(tag.encode())
-    x = h.hexdigest()
+    return _spelled(h.hexdigest())
+
+
+def _spelled(x: str) -> str:
+    """A uuid5's text from its name's SHA-1 in hex."""
     return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT_DIGIT[x[16]]}{x[17:20]}-{x[20:32]}"
+
+
+# Many uids at once (uids_of): each tag's SHA-1 from C-level maps, then the text of all of them from
+# one hex with a "-" after every 2 bytes. A digest is 20 bytes, 50 characters there (10 groups of 4
+# hex digits and their dashes); of those, a uuid keeps the first 8 groups as 8-4-4-4-12, so the
+# dashes after groups 1, 6 and 7 and everything after group 8 go, and the dash after group 8
+# becomes the separator between uids.
+def _uid_hash() -> Callable[[bytes], Any]:
+    try:
+        # A keyword argument through functools.partial doubles a small hash's cost: without it
+        # wherever the default works (everywhere but OpenSSL in FIPS mode, which refuses SHA-1
+        # unless told it is not for security).
+        hashlib.sha1(b"")
+    except ValueError:
+        return functools.partial(hashlib.sha1, usedforsecurity=False)
+    return hashlib.sha1
+
+
+_sha1 = _uid_hash()
+_digest = type(_UID_SEED).digest
+_VERSION_BYTE = bytes((b & 0x0F) | 0x50 for b in range(256))  # version 5
+_VARIANT_BYTE = bytes((b & 0x3F) | 0x80 for b in range(256))  # RFC 4122 variant
+_GONE = (4, 29, 34, *range(40, 50))  # offsets in a digest's 50 characters that a uid drops
+_SEPARATOR = 39
+_FEW = 16  # fewer uids are spelled one by one: the fixed cost of the slices is more than theirs
+
+
+def uid_prefix(namespace: str, repository_path: str) -> bytes:
+    """What every uid's name in a repository starts with, hashed before the tag (for uids_of)."""
+    return _UID_NAMESPACE.bytes + f"{namespace}/{repository_path}:".encode()
+
+
+def uids_of(prefix: bytes, tags: Sequence[str]) -> list[str]:
+    """``uid_from`` of each of ``tags``, from ``uid_prefix(namespace, repositoryPath)``, at once."""
+    count = len(tags)
+    if count < _FEW:
+        return [_spelled(_sha1(prefix + tag.encode()).hexdigest()) for tag in tags]
+    digests = bytearray(b"".join(map(_digest, map(_sha1, map(prefix.__add__, map(str.encode, tags))))))
+    digests[6::20] = digests[6::20].translate(_VERSION_BYTE)
+    digests[8::20] = digests[8::20].translate(_VARIANT_BYTE)
+    text = bytearray(digests.hex("-", 2), "ascii")
+    size = len(text)  # 50 per digest but the last one's final dash
+    for offset in _GONE:
+        text[offset::50] = b"@" * len(range(offset, size, 50))
+    text[_SEPARATOR::50] = b"," * count
+    return text.translate(None, b"@").decode("ascii").split(",")[:-1]
 
 
 def uid_for(ref: TagRef) -> str:

@@ -56,20 +56,17 @@ def _base32(data: bytes) -> str:
 _DIGITS = bytes.maketrans(bytes(range(32)), b"abcdefghijklmnopqrstuvwxyz234567")
 
 
-def _base32_groups(data: bytes) -> str:
-    """Lowercase base32 of ``data``, whose length is a multiple of 5, as ``_base32`` spells it.
+def _digit_columns(data: bytes, count: int) -> tuple[int, ...]:
+    """The eight digit columns of the base32 of ``data`` (``count`` 5-byte groups): column k holds
+    the k-th digit value of every group, one per byte, as one big integer.
 
     Python 3.11's ``base64.b32encode`` is a Python loop over 5-byte groups, and the names of a list
     are most of the CPU of formatting it. Here the work is done on whole columns at once: the k-th
-    bytes of all groups as one big integer, their bits shifted and masked into the eight digit columns,
-    which are interleaved and mapped to the alphabet with C-level slice assignment and translate.
+    bytes of all groups as one big integer, their bits shifted and masked into the digit columns.
     """
-    count = len(data) // 5
-    if count == 0:
-        return ""
     b0, b1, b2, b3, b4 = (int.from_bytes(data[k::5], "big") for k in range(5))
     ones = int.from_bytes(b"\x01" * count, "big")  # a mask value times ones: that mask in every byte
-    columns = (
+    return (
         b0 >> 3 & ones * 31,
         (b0 & ones * 7) << 2 | b1 >> 6 & ones * 3,
         b1 >> 1 & ones * 31,
@@ -79,10 +76,47 @@ def _base32_groups(data: bytes) -> str:
         (b3 & ones * 3) << 3 | b4 >> 5 & ones * 7,
         b4 & ones * 31,
     )
+
+
+def _interleave(columns: Sequence[int], count: int) -> bytearray:
+    """The digit values of ``count`` groups in text order, from their columns (C-level slices)."""
     digits = bytearray(8 * count)
     for k, column in enumerate(columns):
         digits[k::8] = column.to_bytes(count, "big")
-    return digits.translate(_DIGITS).decode("ascii")
+    return digits
+
+
+def _base32_groups(data: bytes) -> str:
+    """Lowercase base32 of ``data``, whose length is a multiple of 5, as ``_base32`` spells it."""
+    count = len(data) // 5
+    if count == 0:
+        return ""
+    return _interleave(_digit_columns(data, count), count).translate(_DIGITS).decode("ascii")
+
+
+# Many names at once (NameEncoder.tails). Each tail (the bytes of a name after the encoder's whole
+# groups) is padded with 1 to 5 zero bytes to whole groups, so it has at least one digit of padding
+# only; a mark byte per group says how many of its 5 bytes are the tail's (5, and 0 to 4 in its last
+# group). In digit column k a group's mark is translated to 0 for a digit of the tail, to _END for
+# the first digit after it and to _DROP for the rest, and ORed onto the digit values (which are
+# below 32, and 0 where they are padding only). Then one translate spells the digits, turns each
+# _END into a separator and deletes each _DROP, and one split gives the tails: no Python step per
+# name beyond building the padded text, which is C-level maps too.
+_END, _DROP = 32, 64
+_OWN_DIGITS = (0, 2, 4, 5, 7, 8)  # digits of a group whose first m bytes are the tail's (m = 0..5)
+_MARK_COLUMNS = [
+    bytes(0 if k < own else _END if k == own else _DROP for own in _OWN_DIGITS) + bytes(250) for k in range(8)
+]
+_SPELL = bytearray(_DIGITS)
+_SPELL[_END] = ord(",")
+_FEW = 8
+_MAX_TAIL = 300  # longer tags (the grammar allows 128) take the general path
+# Per length of the encoder's rest (0..4), per tag length: the tag's zero padding, and its marks.
+_PADDING = [["\0" * (5 - (rest + size) % 5) for size in range(_MAX_TAIL)] for rest in range(5)]
+_MARKS = [
+    [b"\x05" * ((rest + size) // 5) + bytes(((rest + size) % 5,)) for size in range(_MAX_TAIL)]
+    for rest in range(5)
+]
 
 
 @functools.lru_cache(maxsize=65536)
@@ -94,34 +128,56 @@ class NameEncoder:
     """``encode_name`` for many tags of one repository path.
 
     Base32 encodes each 5-byte group on its own, so the whole groups of ``<repositoryPath>:`` are
-    encoded once, and each tag costs only the encoding of the few bytes after them.
+    encoded once (``head``), and each tag costs only the encoding of the few bytes after them.
     """
 
-    __slots__ = ("_head", "_rest")
+    __slots__ = ("_marks", "_padding", "_rest", "_rest_text", "head")
 
     def __init__(self, repository_path: str) -> None:
         prefix = f"{repository_path}:".encode()
         cut = len(prefix) - len(prefix) % 5
-        self._head = _base32(prefix[:cut])
+        self.head = _base32(prefix[:cut])
         self._rest = prefix[cut:]
+        self._rest_text = self._rest.decode("latin-1")
+        self._padding = _PADDING[len(self._rest)]
+        self._marks = _MARKS[len(self._rest)]
 
     def __call__(self, tag: str) -> str:
-        return self._head + _base32(self._rest + tag.encode())
+        return self.head + _base32(self._rest + tag.encode())
 
     def many(self, tags: Sequence[str]) -> list[str]:
-        """The names of ``tags``, with one base32 call for all of them: each tail is padded with zero
-        bytes to whole groups, so it starts a group of the joined text and its digits are its own."""
-        rest, head = self._rest, self._head
-        tails = [rest + tag.encode() for tag in tags]
-        joined = b"".join(tail + bytes(-len(tail) % 5) for tail in tails)
-        digits = _base32_groups(joined)
-        names = []
-        start = 0
-        for tail in tails:
-            size = len(tail)
-            names.append(head + digits[start : start + (size * 8 + 4) // 5])
-            start += (size + 4) // 5 * 8
-        return names
+        """The names of ``tags``."""
+        head = self.head
+        return [head + tail for tail in self.tails(tags)]
+
+    def tails(self, tags: Sequence[str]) -> list[str]:
+        """The names of ``tags`` without ``head``, computed for all of them at once."""
+        if len(tags) < _FEW:  # the fixed cost of the column work is more than theirs one by one
+            return self._tails_one_by_one(tags)
+        sizes = list(map(len, tags))
+        rest = self._rest_text
+        parts = [rest] * (3 * len(tags))  # rest, tag, its padding; for each tag
+        parts[1::3] = tags
+        try:
+            parts[2::3] = map(self._padding.__getitem__, sizes)
+            marks = b"".join(map(self._marks.__getitem__, sizes))
+        except IndexError:  # a tag longer than the tables
+            return self._tails_one_by_one(tags)
+        padded = "".join(parts)
+        if not padded.isascii():  # lengths in characters are lengths in bytes for ASCII only
+            return self._tails_one_by_one(tags)
+        data = padded.encode("ascii")
+        count = len(marks)
+        columns = [
+            column | int.from_bytes(marks.translate(table), "big")
+            for column, table in zip(_digit_columns(data, count), _MARK_COLUMNS, strict=True)
+        ]
+        digits = _interleave(columns, count).translate(_SPELL, bytes((_DROP,)))
+        return digits.decode("ascii").split(",")[:-1]
+
+    def _tails_one_by_one(self, tags: Sequence[str]) -> list[str]:
+        rest = self._rest
+        return [_base32(rest + tag.encode()) for tag in tags]
 
 
 def decode_name(name: str) -> tuple[str, str]:

@@ -32,6 +32,8 @@ from payloadtags.model import (
     uid_for,
     uid_from,
     uid_hasher,
+    uid_prefix,
+    uids_of,
 )
 from payloadtags.names import TagRef
 
@@ -364,3 +366,22 @@ def test_uid_is_uuid5_of_the_name_computed_without_uuid_objects(namespace: str, 
     expected = str(uuid.uuid5(_UID_NAMESPACE, f"{namespace}/{path}:{tag}"))
     assert uid_for(TagRef(namespace, path, tag)) == expected
     assert uid_from(uid_hasher(namespace, path), tag) == expected
+
+
+@pytest.mark.property
+@given(
+    namespace=_namespaces,
+    path=_paths.map("/".join),
+    tags=st.lists(st.one_of(_tags, st.text(min_size=1, max_size=12)), max_size=40),
+)
+def test_uids_of_many_tags_at_once_are_each_tags_uuid5(namespace: str, path: str, tags: list[str]) -> None:
+    # Sixteen tags and more are spelled from one hex of all their digests, fewer one by one.
+    expected = [str(uuid.uuid5(_UID_NAMESPACE, f"{namespace}/{path}:{tag}")) for tag in tags]
+    assert uids_of(uid_prefix(namespace, path), tags) == expected
+    assert uids_of(uid_prefix(namespace, path), tuple(tags)) == expected
+
+
+def test_uids_of_a_whole_chunk_are_each_tags_uuid5() -> None:
+    tags = [f"v{i}.{i % 7}" for i in range(500)]
+    expected = [uid_for(TagRef("team", "apps/web", tag)) for tag in tags]
+    assert uids_of(uid_prefix("team", "apps/web"), tags) == expected

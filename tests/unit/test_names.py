@@ -321,6 +321,34 @@ def test_names_of_many_tags_at_once_are_each_tags_name(path: str, tags: list[str
 
 
 @pytest.mark.property
+@given(
+    path=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789._-/", min_size=1, max_size=40),
+    tags=st.lists(
+        st.one_of(
+            st.text(alphabet="ABCXYZabcxyz0123456789_.-", min_size=1, max_size=40),
+            st.text(min_size=0, max_size=12),  # what a registry could answer: any text, even ""
+            st.text(alphabet="ab", min_size=290, max_size=320),  # longer than the grammar allows
+        ),
+        min_size=8,
+        max_size=60,
+    ),
+)
+def test_names_of_a_chunk_spelled_column_by_column_are_each_tags_name(path: str, tags: list[str]) -> None:
+    # Eight tags and more are encoded together (every tail length modulo 5 next to every other),
+    # fewer one by one; either way each name is the standard library's base32 of its text.
+    encoder = NameEncoder(path)
+    expected = [base64.b32encode(f"{path}:{tag}".encode()).decode().rstrip("=").lower() for tag in tags]
+    assert encoder.many(tags) == expected
+    assert [encoder.head + tail for tail in encoder.tails(tuple(tags))] == expected
+
+
+def test_names_of_a_chunk_of_every_tail_length() -> None:
+    tags = [f"t{'x' * size}" for size in range(0, 140)]
+    for path in ("a", "ab", "abc", "abcd", "abcde"):  # every length of the encoder's rest
+        assert NameEncoder(path).many(tags) == [encode_name(path, tag) for tag in tags]
+
+
+@pytest.mark.property
 @given(data=st.binary(max_size=400).map(lambda data: data[: len(data) - len(data) % 5]))
 def test_base32_of_whole_groups_is_the_standard_librarys(data: bytes) -> None:
     assert _base32_groups(data) == base64.b32encode(data).decode().lower()

@@ -328,3 +328,36 @@ def test_a_streamed_list_escapes_like_json_dumps(tags: list[str], host: str) -> 
         expected = json.dumps(document, separators=(",", ":")).encode() + b"\n"
         assert b"".join(list_chunks(_runs(refs), META, media, host)) == expected
         assert list_text(_runs(refs), META, media, host) == expected
+
+
+_ODD_TAGS = ["latest", 'quote"d', "back\\slash", "tab\t", "nul\0", "hôte", "snow☃", "", "a" * 300]
+
+
+@pytest.mark.parametrize("media", list(_MEDIA), ids=list(_MEDIA))
+@pytest.mark.parametrize("include", ["Metadata", "Object", "None"])
+def test_long_runs_with_odd_tags_are_the_same_bytes_as_rendered_whole(media: str, include: str) -> None:
+    # Runs longer than a chunk and than the lengths below which names and uids are made one by one;
+    # odd tags (escapes, non-ASCII, empty, over-long) in some chunks, plain ones in others.
+    plain = [f"v1.{i}-{'rc' * (i % 4)}" for i in range(1100)]
+    refs = [
+        *(TagRef("ns", "apps/web", tag) for tag in sorted(plain[:600] + _ODD_TAGS)),
+        *(TagRef("ns", "b", tag) for tag in sorted(plain[600:])),
+        TagRef("ns", "c", "only"),
+    ]
+    expected = _reference(refs, META, _MEDIA[media], include)
+    assert b"".join(list_chunks(_runs(refs), META, _MEDIA[media], HOST, include)) == expected
+    assert list_text(_runs(refs), META, _MEDIA[media], HOST, include) == expected
+
+
+@pytest.mark.property
+@given(
+    tags=st.lists(st.text(min_size=1, max_size=12), min_size=16, max_size=40, unique=True),
+    host=st.sampled_from([HOST, 'odd"host\\name', "hôte:5000"]),
+)
+def test_a_long_run_escapes_like_json_dumps(tags: list[str], host: str) -> None:
+    # As the test above with more tags: names, uids and escapes are made for the chunk at once.
+    refs = [TagRef("ns", "app", tag) for tag in sorted(tags)]
+    for media in (FULL, TABLE, PARTIAL_LIST):
+        document = render_list([tag_object(host, ref) for ref in refs], META, media, "Metadata")
+        expected = json.dumps(document, separators=(",", ":")).encode() + b"\n"
+        assert b"".join(list_chunks(_runs(refs), META, media, host)) == expected

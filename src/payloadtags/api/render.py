@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, Generator, Iterable, Iterator
+from collections.abc import AsyncGenerator, Generator, Iterable, Iterator, Sequence
 from contextlib import closing
 from itertools import islice
 from json.encoder import encode_basestring_ascii as _quote
@@ -24,8 +24,8 @@ from payloadtags.model import (
     TableColumnDefinition,
     TableRow,
     to_json,
-    uid_from,
-    uid_hasher,
+    uid_prefix,
+    uids_of,
 )
 from payloadtags.names import NameEncoder
 
@@ -137,41 +137,94 @@ def _envelope(meta: ListMeta, media: MediaType) -> tuple[bytes, bytes]:
     return text[:-2].encode(), b"]}\n"
 
 
-def _items(run: Run, registry_host: str, media: MediaType, include: str) -> Iterator[str]:
-    namespace, path = run.namespace, run.repository_path
-    name_of = NameEncoder(path)
-    hasher = uid_hasher(namespace, path)
-    ns_json, path_json = _quote(namespace), _quote(path)
-    address_head = _quote(f"{registry_host}/{namespace}/{path}:")[:-1]
-    meta_head = f'{{"apiVersion":{_quote(media.meta_api_version)},"kind":"PartialObjectMetadata","metadata":'
-    object_head = f'{{"apiVersion":{_quote(GROUP_VERSION)},"kind":{_quote(KIND)},"metadata":'
-    form = media.form
-    tags = run.tags
-    names: list[str] = []
-    for index, tag in enumerate(tags):
-        if index % CHUNK_ITEMS == 0:
-            # Names a chunk at a time: one base32 call for many tags, memory bounded by the chunk.
-            names = name_of.many(tags[index : index + CHUNK_ITEMS])
-        name = names[index % CHUNK_ITEMS]
-        tag_json = _quote(tag)
-        metadata = f'{{"name":"{name}","namespace":{ns_json},"uid":"{uid_from(hasher, tag)}"}}'
-        address = address_head + tag_json[1:]
-        if form is Form.FULL or (form is Form.TABLE and include == "Object"):
-            full = (
-                f'{object_head}{metadata},"spec":{{"repositoryPath":{path_json},"tag":{tag_json},'
-                f'"address":{address}}}}}'
-            )
-            if form is Form.FULL:
-                yield full
-                continue
-            embedded = full
-        elif form is Form.PARTIAL:
-            yield f"{meta_head}{metadata}}}"
-            continue
+# An item is its form's constant text with four fields in between: a run's items are made a chunk
+# at a time by laying the constants and the fields' columns into one list of pieces (C-level slice
+# assignments), joining it once and splitting it at a separator no JSON text of ours holds (the
+# quoted strings are ASCII, with control characters escaped), instead of formatting item by item.
+_NAME, _UID, _TAG = range(3)  # a name without its run's head, a uid, a tag escaped without quotes
+_SEPARATOR = "\0"
+_QUOTED_SEPARATOR = _quote(_SEPARATOR)[1:-1]
+Template = list["str | int"]
+
+
+def _template(run: Run, head: str, registry_host: str, media: MediaType, include: str) -> Template:
+    """The pieces of an item of ``run`` in ``media``: constant text and field numbers, alternating."""
+    ns_json, path_json = _quote(run.namespace), _quote(run.repository_path)
+    address = _quote(f"{registry_host}/{run.namespace}/{run.repository_path}:")[:-1]
+    metadata: Template = [f'{{"name":"{head}', _NAME, f'","namespace":{ns_json},"uid":"', _UID, '"}']
+    partial: Template = [
+        f'{{"apiVersion":{_quote(media.meta_api_version)},"kind":"PartialObjectMetadata","metadata":',
+        *metadata,
+        "}",
+    ]
+    full: Template = [
+        f'{{"apiVersion":{_quote(GROUP_VERSION)},"kind":{_quote(KIND)},"metadata":',
+        *metadata,
+        f',"spec":{{"repositoryPath":{path_json},"tag":"',
+        _TAG,
+        f'","address":{address}',
+        _TAG,
+        '"}}',
+    ]
+    if media.form is Form.FULL:
+        return full
+    if media.form is Form.PARTIAL:
+        return partial
+    row: Template = ['{"cells":["' + head, _NAME, f'",{path_json},"', _TAG, f'",{address}', _TAG, '"]']
+    if include == "None":
+        return [*row, "}"]
+    return [*row, ',"object":', *(full if include == "Object" else partial), "}"]
+
+
+def _merged(template: Template) -> tuple[list[str], list[tuple[int, int]]]:
+    """The template as one list of pieces (fields as "") and where each field goes in it."""
+    pieces: list[str] = []
+    fields: list[tuple[int, int]] = []
+    for piece in template:
+        if isinstance(piece, int):
+            fields.append((len(pieces), piece))
+            pieces.append("")
+        elif pieces and not (fields and fields[-1][0] == len(pieces) - 1):
+            pieces[-1] += piece  # after constant text
         else:
-            embedded = f"{meta_head}{metadata}}}" if include == "Metadata" else ""
-        cells = f'["{name}",{path_json},{tag_json},{address}]'
-        yield f'{{"cells":{cells},"object":{embedded}}}' if embedded else f'{{"cells":{cells}}}'
+            pieces.append(piece)
+    pieces[-1] += _SEPARATOR
+    return pieces, fields
+
+
+def _escaped(tags: Sequence[str]) -> list[str]:
+    """The tags as JSON strings spell them, without their quotes.
+
+    One escape of all of them, split where the separators went: exact when the separators are the
+    only escapes (a tag with a backslash or a control character, never seen from a registry, is
+    escaped on its own)."""
+    text = _quote(_SEPARATOR.join(tags))
+    if text.count("\\") == len(tags) - 1:
+        return text[1:-1].split(_QUOTED_SEPARATOR)
+    return [quoted[1:-1] for quoted in map(_quote, tags)]
+
+
+def _items(run: Run, registry_host: str, media: MediaType, include: str) -> Iterator[str]:
+    tags = run.tags
+    if not tags:
+        return
+    name_of = NameEncoder(run.repository_path)
+    prefix = uid_prefix(run.namespace, run.repository_path)
+    pieces, fields = _merged(_template(run, name_of.head, registry_host, media, include))
+    width = len(pieces)
+    needed = {field for _, field in fields}
+    for start in range(0, len(tags), CHUNK_ITEMS):
+        chunk = tags[start : start + CHUNK_ITEMS]
+        # Memory bounded by the chunk: its names (one base32 call), uids and quoted tags.
+        columns = {
+            _NAME: name_of.tails(chunk),
+            _UID: uids_of(prefix, chunk) if _UID in needed else [],
+            _TAG: _escaped(chunk) if _TAG in needed else [],
+        }
+        laid = pieces * len(chunk)
+        for offset, field in fields:
+            laid[offset::width] = columns[field]
+        yield from "".join(laid).split(_SEPARATOR)[:-1]
 
 
 # -- a run shown by several lists at once ----------------------------------------------------------
