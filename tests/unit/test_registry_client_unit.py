@@ -280,6 +280,28 @@ def test_tags_follow_link_pages_of_other_registries() -> None:
     assert agent.paths() == ["GET /v2/a/b/tags/list", "GET /v2/a/b/tags/list?last=m&n=2"]
 
 
+def test_tags_of_pages_that_overlap_are_listed_once() -> None:
+    def pages(request: Sent) -> Answer:
+        if "last=" not in request.url:
+            return json_answer({"tags": ["m", "z", "b"]}, Link='</v2/a/b/tags/list?last=m&n=3>; rel="next"')
+        return json_answer({"tags": ["z", "a", "m"]})
+
+    client, _ = make(pages)
+    assert result(client.tags("a/b")) == ("a", "b", "m", "z")
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [["a", 1], ["a", None], [["a"]], [{"a": 1}], ["a", True], "a", {"a": "b"}, 7],
+    ids=["number", "null", "list", "object", "boolean", "string", "object-not-list", "number-not-list"],
+)
+def test_tags_that_are_not_a_list_of_names_are_a_protocol_error(tags: object) -> None:
+    client, _ = make(lambda r: json_answer({"name": "a/b", "tags": tags}))
+    with pytest.raises(RegistryProtocolError) as caught:
+        result(client.tags("a/b"))
+    assert "not a list of names" in caught.value.message
+
+
 def test_link_to_another_origin_is_refused() -> None:
     client, _ = make(lambda r: json_answer({"tags": ["a"]}, Link='<http://evil.test/v2/x>; rel="next"'))
     with pytest.raises(RegistryProtocolError):

@@ -8,7 +8,9 @@ message names the registry URL.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
+import operator
 import os
 import re
 import urllib.parse
@@ -309,23 +311,24 @@ class RegistryClient:
         return tags
 
     async def _tags(self, repository: str, on_send: Callable[[], object]) -> tuple[str, ...]:
-        found: set[str] = set()
+        found: list[str] = []
         path: str | None = f"/v2/{repository}/tags/list"
         # distribution 2.8 answers everything in one page; other registries page with Link.
         for _ in range(MAX_TAG_PAGES):
             if path is None:
-                return tuple(sorted(found))
+                return _sorted_once(found)
             reply = await self._call(
                 "GET", path, scope=self._pull(repository), max_body=JSON_LIMIT, on_send=on_send
             )
             if reply.status == 404 and "NAME_UNKNOWN" in reply.error_codes():
-                return tuple(sorted(found))
+                return _sorted_once(found)
             if reply.status != 200:
                 raise self._error(reply, f"the tags of {repository}")
             tags = self._json(reply, f"the tags of {repository}").get("tags") or []
-            if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+            # One C-level pass: json.loads makes exactly str for a JSON string.
+            if type(tags) is not list or not _TEXT.issuperset(map(type, tags)):
                 raise self._protocol(reply, f"the tags of {repository} are not a list of names")
-            found.update(tags)
+            found += tags
             path = self._next_link(reply)
         raise self._protocol(None, f"the tags of {repository} span more than {MAX_TAG_PAGES} pages")
 
@@ -1093,3 +1096,15 @@ __all__ = [
     "RegistryClient",
     "RegistrySettings",
 ]
+
+
+_TEXT = frozenset((str,))
+
+
+def _sorted_once(tags: list[str]) -> tuple[str, ...]:
+    """``sorted(set(tags))``. A list rarely holds a tag twice (pages that overlap could): duplicates
+    are looked for next to each other in the sorted list, which costs a fraction of a set."""
+    ordered = sorted(tags)
+    if any(map(operator.eq, ordered, itertools.islice(ordered, 1, None))):
+        return tuple(sorted(set(ordered)))
+    return tuple(ordered)
