@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.threads import deferToThread
 from twisted.web.client import ResponseFailed
 
 from payloadtags.api import continuation
@@ -18,6 +19,7 @@ from tests.integration.test_output_bounds import many_tags
 from tests.support import images
 from tests.support.client import Response
 from tests.support.faultproxy import ERROR_BEFORE, FaultProxy
+from tests.support.raw import Target, exchange, request_bytes
 
 B = "/apis/payload-registry.deckhouse.io/v1alpha1"
 TABLE = (
@@ -28,9 +30,6 @@ METADATA_LIST = (
     "application/vnd.kubernetes.protobuf;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,"
     "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 )
-
-
-HEADS = ("content-type", "cache-control", "transfer-encoding", "content-length")
 
 
 def split(repo: str) -> tuple[str, str]:
@@ -259,8 +258,9 @@ async def test_an_unpaged_list_streamed_as_it_is_read_is_the_same_bytes(api, reg
 
 @pytest_twisted.ensureDeferred
 async def test_pages_written_at_once_or_streamed_are_the_same_bytes_and_headers(api, registry, repo):
-    # A page of at most 500 items is formatted and written in one go; a longer one a chunk at a time
-    # as whole lists are. Either way each page is the document the converter and json.dumps make.
+    # A page of at most 500 items is formatted and written in one go, framed by its length; a longer
+    # one a chunk at a time as whole lists are, chunked. Either way each page is the document the
+    # converter and json.dumps make, with the same headers but for the framing.
     namespace, _ = split(repo)
     many_tags(registry, f"{namespace}/big", 1200)
     images.push_oci_image(registry, f"{namespace}/a/nested/app", "v1")
@@ -268,7 +268,8 @@ async def test_pages_written_at_once_or_streamed_are_the_same_bytes_and_headers(
     images.push_oci_image(registry, f"{namespace}/r00", "latest", seed="same")
     tags = {"a/nested/app": ["v1", "v2"], "big": [f"v{i:06d}" for i in range(1200)], "r00": ["latest"]}
     refs = [TagRef(namespace, path, tag) for path in tags for tag in tags[path]]
-    client = api.client(api.pki.admin)
+    # A client on raw sockets: treq keeps the framing headers to itself.
+    server = Target(api.running.port, str(api.pki.server_ca.cert_file))
     heads = set()
     for limit in (500, 499, 700):  # at once; at once; streamed (more than a chunk)
         for accept in ("application/json", TABLE, METADATA_LIST):
@@ -277,7 +278,8 @@ async def test_pages_written_at_once_or_streamed_are_the_same_bytes_and_headers(
             token = ""
             while True:
                 query = f"?limit={limit}" + (f"&continue={token}" if token else "")
-                reply = await client.get(collection(namespace) + query, headers={"Accept": accept})
+                sent = request_bytes("GET", collection(namespace) + query, {"Accept": accept})
+                reply = await deferToThread(exchange, server, sent, api.pki.admin)
                 assert reply.code == 200
                 meta = reply.json()["metadata"]
                 page = refs[len(seen) : len(seen) + limit]
@@ -287,7 +289,12 @@ async def test_pages_written_at_once_or_streamed_are_the_same_bytes_and_headers(
                     media,
                 )
                 assert reply.body == json.dumps(expected, separators=(",", ":")).encode() + b"\n"
-                heads.add(tuple((name, tuple(reply.headers.get(name, ()))) for name in HEADS))
+                framing = {name: reply.headers.get(name) for name in ("transfer-encoding", "content-length")}
+                if len(page) <= 500:
+                    assert framing == {"transfer-encoding": None, "content-length": str(len(reply.body))}
+                else:
+                    assert framing == {"transfer-encoding": "chunked", "content-length": None}
+                heads.add((reply.headers.get("content-type"), reply.headers.get("cache-control")))
                 seen += page
                 token = meta.get("continue", "")
                 if not token:
