@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -361,3 +362,28 @@ def test_a_long_run_escapes_like_json_dumps(tags: list[str], host: str) -> None:
         document = render_list([tag_object(host, ref) for ref in refs], META, media, "Metadata")
         expected = json.dumps(document, separators=(",", ":")).encode() + b"\n"
         assert b"".join(list_chunks(_runs(refs), META, media, host)) == expected
+
+
+@pytest.mark.property
+@given(
+    resource_version=st.one_of(st.none(), st.text(max_size=20)),
+    continue_=st.one_of(st.none(), st.text(max_size=40)),
+    remaining=st.one_of(st.none(), st.integers(min_value=0, max_value=10**12)),
+)
+def test_a_list_envelope_is_the_converters(
+    resource_version: str | None, continue_: str | None, remaining: int | None
+) -> None:
+    # The metadata of a list is spelled without the converter; it must spell it as the converter does.
+    meta = ListMeta(resource_version=resource_version, continue_=continue_, remaining_item_count=remaining)
+    for media in _MEDIA.values():
+        expected = _reference([], meta, media, "Metadata")
+        assert list_text([], meta, media, HOST) == expected
+
+
+def test_list_metadata_has_the_fields_spelled_without_the_converter() -> None:
+    # A field added to ListMeta must be added to the envelope's spelling too.
+    assert [field.name for field in attrs.fields(ListMeta)] == [
+        "resource_version",
+        "continue_",
+        "remaining_item_count",
+    ]

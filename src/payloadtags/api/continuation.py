@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from json.encoder import encode_basestring_ascii as _quote
 
 import attrs
 
@@ -26,16 +27,15 @@ class Continuation:
 
 
 def encode(token: Continuation) -> str:
-    data: dict[str, object] = {
-        "v": _VERSION,
-        "rv": token.resource_version,
-        "scope": token.scope,
-        "last": [token.last.namespace, token.last.repository_path, token.last.tag],
-    }
-    if token.walk is not None:
-        data["w"] = token.walk
-    raw = json.dumps(data, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode("ascii").rstrip("=")
+    # The JSON json.dumps(..., separators=(",", ":")) gives for {"v", "rv", "scope", "last"[, "w"]},
+    # spelled directly: a token is made for every page.
+    last = token.last
+    raw = (
+        f'{{"v":{_VERSION},"rv":{_quote(token.resource_version)},"scope":{_quote(token.scope)},'
+        f'"last":[{_quote(last.namespace)},{_quote(last.repository_path)},{_quote(last.tag)}]'
+        + ("}" if token.walk is None else f',"w":{_quote(token.walk)}}}')
+    )
+    return base64.urlsafe_b64encode(raw.encode("ascii")).decode("ascii").rstrip("=")
 
 
 def decode(text: str, scope: str) -> Continuation:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncGenerator, Generator, Iterable, Iterator, Sequence
 from contextlib import closing
@@ -122,19 +123,39 @@ CHUNK_ITEMS = 500
 
 def _envelope(meta: ListMeta, media: MediaType) -> tuple[bytes, bytes]:
     """The list's text before its first item and after its last one."""
-    if media.form is Form.TABLE:
+    before, after = _envelope_text(media.form, media.meta_api_version)
+    return f"{before}{_list_meta_json(meta)}{after}".encode(), b"]}\n"
+
+
+@functools.lru_cache(maxsize=16)
+def _envelope_text(form: Form, meta_api_version: str) -> tuple[str, str]:
+    """A list's text around its metadata, up to its items, made once per form by the converter."""
+    meta = ListMeta()
+    if form is Form.TABLE:
         document = to_json(
-            Table(api_version=media.meta_api_version, metadata=meta, column_definitions=COLUMNS, rows=[])
+            Table(api_version=meta_api_version, metadata=meta, column_definitions=COLUMNS, rows=[])
         )
-    elif media.form is Form.PARTIAL:
-        document = to_json(
-            PartialObjectMetadataList(api_version=media.meta_api_version, metadata=meta, items=[])
-        )
+    elif form is Form.PARTIAL:
+        document = to_json(PartialObjectMetadataList(api_version=meta_api_version, metadata=meta, items=[]))
     else:
         document = to_json(PayloadRepositoryTagList(metadata=meta, items=[]))
     text = json.dumps(document, separators=(",", ":"))
     assert text.endswith("[]}"), text  # the items (rows) are the document's last field
-    return text[:-2].encode(), b"]}\n"
+    before, empty, after = text[:-2].partition('"metadata":{}')
+    assert empty, text
+    return before + '"metadata":', after
+
+
+def _list_meta_json(meta: ListMeta) -> str:
+    """``json.dumps(to_json(meta))``, without the converter (once per page)."""
+    fields = []
+    if meta.resource_version is not None:
+        fields.append(f'"resourceVersion":{_quote(meta.resource_version)}')
+    if meta.continue_ is not None:
+        fields.append(f'"continue":{_quote(meta.continue_)}')
+    if meta.remaining_item_count is not None:
+        fields.append(f'"remainingItemCount":{int(meta.remaining_item_count)}')
+    return "{" + ",".join(fields) + "}"
 
 
 # An item is its form's constant text with four fields in between: a run's items are made a chunk
