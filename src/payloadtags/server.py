@@ -32,6 +32,7 @@ from payloadtags.cleanup import (
 )
 from payloadtags.cleanup.removal import namespace_remover
 from payloadtags.cluster import authentication_reflector, rbac_reflectors, token_reviewer
+from payloadtags.heap import keep_freed_heap
 from payloadtags.http.channel import GuardedSite, GuardedTLSFactory, LimitedConnections
 from payloadtags.inventory import Inventory
 from payloadtags.kube import ClusterClient, KubeClient, Reflector
@@ -521,6 +522,8 @@ def serve(settings: Settings, completed: Completed | None = None) -> int:
                 print(f"payloadtags: {line}", file=sys.stderr)
             return 1
     begin_logging(settings.log_format, settings.verbosity)
+    # Before the heap takes shape: pages and chunks free what the next one takes again.
+    keep_freed_heap()
     exit_code = 0
 
     async def main(reactor: Any) -> None:

@@ -1,0 +1,49 @@
+"""glibc's heap, told to keep what a request frees for the next one.
+
+A page of 500 objects and a chunk of a list make a few text buffers of 100-300 kB each and free them
+before the next request. glibc serves such buffers from the top of its heap (once its mmap threshold
+has grown past them) and gives the top back to the kernel whenever more than its trim threshold lies
+free there (by default twice the mmap threshold, adjusted as the process runs). Whether a server's
+requests cross that line depends on the heap's layout, so one server process shrinks and regrows its
+heap several times per page (brk calls and page faults: a kernel time per page two to three times as
+large) and another, running the same code, never does. Fixed thresholds take that chance away:
+buffers under ``MMAP_THRESHOLD`` come from the heap, and up to ``TRIM_THRESHOLD`` of free heap is
+kept rather than given back and taken again (docs/benchmarks.md, "Seventh round").
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+# mallopt's parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+MMAP_THRESHOLD = 1 << 20
+TRIM_THRESHOLD = 8 << 20
+
+# What an operator may have set for glibc's allocator already: that is left as it is.
+_OPERATOR_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")
+
+
+def keep_freed_heap(environ: dict[str, str] | None = None) -> bool:
+    """Sets glibc's mmap and trim thresholds; False where the C library is not glibc or the
+    operator tuned its allocator already (``MALLOC_*_`` variables or a ``glibc.malloc`` tunable)."""
+    environ = dict(os.environ) if environ is None else environ
+    if any(name in environ for name in _OPERATOR_SETTINGS) or "glibc.malloc" in environ.get(
+        "GLIBC_TUNABLES", ""
+    ):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+        libc.gnu_get_libc_version  # noqa: B018 (glibc's mallopt only: musl has none of this)
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    )

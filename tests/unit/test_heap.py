@@ -1,0 +1,57 @@
+"""glibc's heap keeps what a request frees for the next one (payloadtags/heap.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from payloadtags.heap import keep_freed_heap
+
+# Runs in a process of its own (mallopt is process-wide): takes and frees a 600 kB buffer, as a page
+# of a Table does, and reports glibc's heap (mallinfo2: `arena` is the brk heap, `hblkhd` the bytes in
+# mmap'd blocks) while it is held and after it is freed.
+_PROBE = """
+import ctypes, json, sys
+from payloadtags.heap import keep_freed_heap
+
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+kept = keep_freed_heap({}) if sys.argv[1] == "keep" else None
+before = libc.mallinfo2()
+buffer = bytearray(600_000)
+held = libc.mallinfo2()
+del buffer
+freed = libc.mallinfo2()
+print(json.dumps({"kept": kept, "mmapped": held.hblkhd - before.hblkhd,
+                  "heap_held": held.arena - before.arena, "heap_freed": freed.arena - before.arena}))
+"""
+
+
+def _probe(mode: str) -> dict[str, int]:
+    answer = subprocess.run(
+        [sys.executable, "-c", _PROBE, mode], check=True, capture_output=True, text=True, timeout=60
+    )
+    result: dict[str, int] = json.loads(answer.stdout)
+    return result
+
+
+def test_a_freed_buffer_stays_in_the_heap_for_the_next_request() -> None:
+    default = _probe("default")
+    kept = _probe("keep")
+    assert kept["kept"] is True
+    # By default a fresh process mmaps a buffer this large and unmaps it when freed.
+    assert default["mmapped"] >= 600_000 and default["heap_held"] < 600_000
+    # Kept: it comes from the heap, and the heap keeps the room once it is freed.
+    assert kept["mmapped"] < 600_000 and kept["heap_held"] >= 600_000
+    assert kept["heap_freed"] >= 600_000
+
+
+def test_an_operators_allocator_settings_are_left_alone() -> None:
+    assert keep_freed_heap({"MALLOC_TRIM_THRESHOLD_": "131072"}) is False
+    assert keep_freed_heap({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=131072"}) is False
