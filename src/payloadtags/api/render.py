@@ -6,7 +6,7 @@ import functools
 import json
 from collections.abc import AsyncGenerator, Generator, Iterable, Iterator, Sequence
 from contextlib import closing
-from itertools import islice
+from itertools import chain, islice
 from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
@@ -226,6 +226,12 @@ def _escaped(tags: Sequence[str]) -> list[str]:
 
 
 def _items(run: Run, registry_host: str, media: MediaType, include: str) -> Iterator[str]:
+    for chunk in _item_chunks(run, registry_host, media, include):
+        yield from chunk
+
+
+def _item_chunks(run: Run, registry_host: str, media: MediaType, include: str) -> Iterator[list[str]]:
+    """The items of ``run``, ``CHUNK_ITEMS`` at a time."""
     tags = run.tags
     if not tags:
         return
@@ -245,7 +251,7 @@ def _items(run: Run, registry_host: str, media: MediaType, include: str) -> Iter
         laid = pieces * len(chunk)
         for offset, field in fields:
             laid[offset::width] = columns[field]
-        yield from "".join(laid).split(_SEPARATOR)[:-1]
+        yield "".join(laid).split(_SEPARATOR)[:-1]
 
 
 # -- a run shown by several lists at once ----------------------------------------------------------
@@ -495,7 +501,12 @@ def list_text(
     """The whole list document at once, as `list_chunks` gives it in pieces: for a short list (a
     page), with no chunk bookkeeping per item and one copy of the text fewer."""
     head, tail = _envelope(meta, media)
-    items = ",".join([item for run in runs for item in _items(run, registry_host, media, include)])
+    # Whole chunks, joined in C: a page's 500 items are not passed one by one through a generator.
+    items = ",".join(
+        chain.from_iterable(
+            chunk for run in runs for chunk in _item_chunks(run, registry_host, media, include)
+        )
+    )
     return b"".join((head, items.encode(), tail))
 
 
