@@ -171,29 +171,8 @@ def to_json(value: Any) -> Any:
     return converter.unstructure(value)
 
 
-_UID_SEED = hashlib.sha1(_UID_NAMESPACE.bytes, usedforsecurity=False)
 # uuid5 keeps the two high bits of byte 8 as the variant (0b10): the hex digit at 16 becomes 8-b.
 _VARIANT_DIGIT = {f"{d:x}": f"{(d & 0x3) | 0x8:x}" for d in range(16)}
-
-
-def uid_hasher(namespace: str, repository_path: str) -> Any:
-    """A SHA-1 state over everything of a uid's name up to the tag, to be copied for each tag."""
-    hasher = _UID_SEED.copy()
-    hasher.update(f"{namespace}/{repository_path}:".encode())
-    return hasher
-
-
-def uid_from(hasher: Any, tag: str) -> str:
-    """The uuid5 of ``<namespace>/<repositoryPath>:<tag>`` in the fixed uid namespace, spelled as
-    ``str(uuid.uuid5(...))`` spells it, from ``uid_hasher(namespace, repositoryPath)``."""
-    h = hasher.copy()
-    h.update(tag.encode())
-    return _spelled(h.hexdigest())
-
-
-def _spelled(x: str) -> str:
-    """A uuid5's text from its name's SHA-1 in hex."""
-    return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT_DIGIT[x[16]]}{x[17:20]}-{x[20:32]}"
 
 
 # Many uids at once (uids_of): each tag's SHA-1 from C-level maps, then the text of all of them from
@@ -213,7 +192,7 @@ def _uid_hash() -> Callable[[bytes], Any]:
 
 
 _sha1 = _uid_hash()
-_digest = type(_UID_SEED).digest
+_digest = type(_sha1(b"")).digest
 _VERSION_BYTE = bytes((b & 0x0F) | 0x50 for b in range(256))  # version 5
 _VARIANT_BYTE = bytes((b & 0x3F) | 0x80 for b in range(256))  # RFC 4122 variant
 _GONE = (4, 29, 34, *range(40, 50))  # offsets in a digest's 50 characters that a uid drops
@@ -226,11 +205,18 @@ def uid_prefix(namespace: str, repository_path: str) -> bytes:
     return _UID_NAMESPACE.bytes + f"{namespace}/{repository_path}:".encode()
 
 
+def _uid(prefix: bytes, tag: str) -> str:
+    """The uuid5 of ``<namespace>/<repositoryPath>:<tag>`` in the fixed uid namespace, spelled as
+    ``str(uuid.uuid5(...))`` spells it, from ``uid_prefix(namespace, repositoryPath)``."""
+    x = _sha1(prefix + tag.encode()).hexdigest()
+    return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT_DIGIT[x[16]]}{x[17:20]}-{x[20:32]}"
+
+
 def uids_of(prefix: bytes, tags: Sequence[str]) -> list[str]:
-    """``uid_from`` of each of ``tags``, from ``uid_prefix(namespace, repositoryPath)``, at once."""
+    """``_uid`` of each of ``tags``, from ``uid_prefix(namespace, repositoryPath)``, at once."""
     count = len(tags)
     if count < _FEW:
-        return [_spelled(_sha1(prefix + tag.encode()).hexdigest()) for tag in tags]
+        return [_uid(prefix, tag) for tag in tags]
     digests = bytearray(b"".join(map(_digest, map(_sha1, map(prefix.__add__, map(str.encode, tags))))))
     digests[6::20] = digests[6::20].translate(_VERSION_BYTE)
     digests[8::20] = digests[8::20].translate(_VARIANT_BYTE)
@@ -244,7 +230,7 @@ def uids_of(prefix: bytes, tags: Sequence[str]) -> list[str]:
 
 def uid_for(ref: TagRef) -> str:
     # Stable across restarts and replicas: a name-based uuid5, computed without building UUID objects.
-    return uid_from(uid_hasher(ref.namespace, ref.repository_path), ref.tag)
+    return _uid(uid_prefix(ref.namespace, ref.repository_path), ref.tag)
 
 
 def address_for(registry_host: str, ref: TagRef) -> str:
