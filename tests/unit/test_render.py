@@ -323,8 +323,12 @@ def test_streamed_list_equals_rendered_list(media: str, include: str, chunk_item
 )
 def test_a_streamed_list_escapes_like_json_dumps(tags: list[str], host: str) -> None:
     # Tag lists come from the registry: whatever it answers is escaped as json.dumps escapes it.
+    _assert_escaped_as_json_dumps(tags, host, (FULL, TABLE))
+
+
+def _assert_escaped_as_json_dumps(tags: list[str], host: str, medias: tuple[MediaType, ...]) -> None:
     refs = [TagRef("ns", "app", tag) for tag in sorted(tags)]
-    for media in (FULL, TABLE):
+    for media in medias:
         document = render_list([tag_object(host, ref) for ref in refs], META, media, "Metadata")
         expected = json.dumps(document, separators=(",", ":")).encode() + b"\n"
         assert b"".join(list_chunks(_runs(refs), META, media, host)) == expected
@@ -357,11 +361,7 @@ def test_long_runs_with_odd_tags_are_the_same_bytes_as_rendered_whole(media: str
 )
 def test_a_long_run_escapes_like_json_dumps(tags: list[str], host: str) -> None:
     # As the test above with more tags: names, uids and escapes are made for the chunk at once.
-    refs = [TagRef("ns", "app", tag) for tag in sorted(tags)]
-    for media in (FULL, TABLE, PARTIAL_LIST):
-        document = render_list([tag_object(host, ref) for ref in refs], META, media, "Metadata")
-        expected = json.dumps(document, separators=(",", ":")).encode() + b"\n"
-        assert b"".join(list_chunks(_runs(refs), META, media, host)) == expected
+    _assert_escaped_as_json_dumps(tags, host, (FULL, TABLE, PARTIAL_LIST))
 
 
 @pytest.mark.property
