@@ -320,6 +320,15 @@ class PayloadTags:
         return frozenset((item["spec"]["repositoryPath"], item["spec"]["tag"]) for item in document["items"])
 
 
+def namespace_part(names: list[str], more: bool, prefix: str) -> tuple[list[str], str | None]:
+    """The names of one catalog page under ``prefix`` (a namespace's repositories, which the catalog
+    lists together), and the name to read the next page after; None once the namespace has ended."""
+    inside = [name for name in names if name.startswith(prefix)]
+    if len(inside) < len(names) or not more or not names:
+        return inside, None
+    return inside, names[-1]
+
+
 class DirectClient:
     """The baseline: what any client must do to enumerate one namespace from the registry itself."""
 
@@ -347,11 +356,11 @@ class DirectClient:
         while True:
             names, more = await self.catalog_page(last, page)
             page = CATALOG_PAGE
-            inside = [name for name in names if name.startswith(prefix)]
+            inside, after = namespace_part(names, more, prefix)
             found.extend(inside)
-            if len(inside) < len(names) or not more or not names:
+            if after is None:
                 return found
-            last = names[-1]
+            last = after
 
     async def list(self, namespace: str = NAMESPACE, first_page: int = CATALOG_PAGE) -> Pairs:
         repositories = await self.repositories(namespace, first_page)
@@ -393,12 +402,11 @@ class DirectThreads:
         while True:
             query = urllib.parse.urlencode({"n": str(CATALOG_PAGE), "last": last})
             document, more = self._json(f"/v2/_catalog?{query}")
-            names = document.get("repositories") or []
-            inside = [name for name in names if name.startswith(prefix)]
+            inside, after = namespace_part(document.get("repositories") or [], more, prefix)
             repositories.extend(inside)
-            if len(inside) < len(names) or not more or not names:
+            if after is None:
                 break
-            last = names[-1]
+            last = after
         lists = self._executor.map(self._tags, repositories)
         return frozenset((r[len(prefix) :], t) for r, ts in zip(repositories, lists, strict=True) for t in ts)
 

@@ -82,6 +82,7 @@ from list_latency import (  # noqa: E402
     _Policy,
     _pool,
     measured,
+    namespace_part,
     proc_status,
     report,
     start_server,
@@ -351,12 +352,11 @@ class ComparingClient(DirectClient):
             query = urllib.parse.urlencode({"n": str(page), "last": last})
             document, more, same = await self._answer(f"/v2/_catalog?{query}", learning)
             matched = matched and same
-            names = document.get("repositories") or []
-            inside = [name for name in names if name.startswith(prefix)]
+            inside, after = namespace_part(document.get("repositories") or [], more, prefix)
             repositories.extend(inside)
-            if len(inside) < len(names) or not more or not names:
+            if after is None:
                 break
-            last = names[-1]
+            last = after
         semaphore = DeferredSemaphore(self._concurrency)
 
         async def tags(repository: str) -> tuple[dict[str, Any], bool, bool]:
