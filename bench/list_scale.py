@@ -36,13 +36,21 @@ What it does (all on 127.0.0.1; everything it starts is stopped at the end, also
    and reports growth exponents k (cost ~ tags^k) between sizes for wall, server CPU and peak RSS.
    Every answer is checked against the tags written.
 
+With ``--server-src DIR`` it measures only the unpaged JSON list and the 10 concurrent lists (answers
+compared), of two servers on the same registry: this tree's (after) and one run from DIR (before, e.g.
+``git archive main src | tar -x -C /tmp/before`` and ``--server-src /tmp/before/src``), each repetition
+and round taking the floor, after and before in a rotating order. ``--profile FILE``: this tree's
+server runs under cProfile, its stats written to FILE when it stops.
+
 Usage: .venv/bin/python bench/list_scale.py [--sizes 1000,10000[,100000]] [--one 10000] [--reps 5]
-       [--json FILE]
+       [--server-src DIR] [--profile FILE] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import gc
 import hashlib
 import itertools
 import json
@@ -64,6 +72,7 @@ import attrs
 from treq.client import HTTPClient
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.web.client import Agent
 from twisted.web.resource import Resource
@@ -81,6 +90,7 @@ from list_latency import (  # noqa: E402
     _get,
     _Policy,
     _pool,
+    cpu_seconds,
     measured,
     namespace_part,
     proc_status,
@@ -260,11 +270,20 @@ class Server:
         code, _, body = await _get(self._http, self._reactor, self.url + path, {"Accept": "application/json"})
         if code != 200:
             raise RuntimeError(f"payloadtags answered {code}: {body[:300]!r}")
-        head, items = body.split(_ITEMS, 1) if _ITEMS in body else (body, b"")
-        envelope = json.loads(head + b"}")
+        # Compared in place (no copy of the 3.3 MB of a 10,000-tag list: the bench's own work on the
+        # two cores it shares with the server): the items are the reference's when the body ends
+        # with them right after its envelope.
+        at = body.find(_ITEMS)
+        envelope = json.loads(body[: at if at >= 0 else len(body)] + b"}")
         if envelope.get("kind") != "PayloadRepositoryTagList":
             raise RuntimeError(f"expected a PayloadRepositoryTagList, got {envelope.get('kind')}")
-        if _ITEMS + items == self._reference.get(namespace):
+        reference = self._reference.get(namespace)
+        if (
+            at >= 0
+            and reference is not None
+            and len(body) - at == len(reference)
+            and body.endswith(reference)
+        ):
             return expected
         document = json.loads(body)
         return frozenset((i["spec"]["repositoryPath"], i["spec"]["tag"]) for i in document["items"])
@@ -558,6 +577,24 @@ async def _outcome(work: Awaitable[Pairs]) -> Pairs | str:
         return str(error)[:200]
 
 
+async def concurrent_round(fn: Callable[[], Awaitable[Pairs]], expected: Pairs) -> tuple[int, float]:
+    """``CONCURRENT_THROUGHPUT`` lists at once: how many saw ``expected``, and the lists per second."""
+    started = time.perf_counter()
+    done = await gatherResults([Deferred.fromCoroutine(_outcome(fn())) for _ in range(CONCURRENT_THROUGHPUT)])
+    ok = sum(r == expected for r in done)
+    return ok, ok / (time.perf_counter() - started)
+
+
+def described(layout: Layout, samples: dict[str, list[Cost]]) -> dict[str, Any]:
+    """What every layout's results begin with."""
+    return {
+        "namespace": layout.namespace,
+        "tags": layout.tags,
+        "repositories": len(layout.repositories),
+        "samples": {k: [attrs.asdict(c) for c in v] for k, v in samples.items()},
+    }
+
+
 def med(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -635,10 +672,7 @@ async def measure_layout(
     walk = access.counts()
     if not concurrent:
         return {
-            "namespace": ns,
-            "tags": layout.tags,
-            "repositories": len(layout.repositories),
-            "samples": {k: [attrs.asdict(c) for c in v] for k, v in samples.items()},
+            **described(layout, samples),
             "kubectl_cpu": kubectl_cpu,
             "kubectl_floor_cpu": kubectl_floor_cpu,
             "kubectl_waits": waits,
@@ -682,20 +716,12 @@ async def measure_layout(
     for i in range(3):
         order = ["json", "floor", "json compared", "floor compared"]
         for name in order if i % 2 == 0 else order[::-1]:
-            fn = throughput[name]
-            started = time.perf_counter()
-            done = await gatherResults(
-                [Deferred.fromCoroutine(_outcome(fn())) for _ in range(CONCURRENT_THROUGHPUT)]
-            )
-            ok = sum(r == expected for r in done)
-            rates[name].append(ok / (time.perf_counter() - started))
+            _, rate = await concurrent_round(throughput[name], expected)
+            rates[name].append(rate)
     floor_reparsed = floor.compared.parsed - parsed_before
 
     return {
-        "namespace": ns,
-        "tags": layout.tags,
-        "repositories": len(layout.repositories),
-        "samples": {k: [attrs.asdict(c) for c in v] for k, v in samples.items()},
+        **described(layout, samples),
         "kubectl_cpu": kubectl_cpu,
         "kubectl_floor_cpu": kubectl_floor_cpu,
         "kubectl_waits": waits,
@@ -737,6 +763,111 @@ async def measure_coalescing(layout: Layout, server: Server, access: AccessLog, 
         "repositories": len(layout.repositories),
         "registry_requests": {"one": one, "50 at once": runs},
     }
+
+
+async def measure_before_after(
+    reactor: Any,
+    layout: Layout,
+    servers: dict[str, Server],
+    floor: Floor,
+    pids: dict[str, int],
+    reps: int,
+) -> dict[str, Any]:
+    """``--server-src``: the one-list and 10-concurrent-lists rows of two servers (this tree's, "after",
+    and another tree's, "before") against the floor, in one run: every repetition and round takes the
+    three in a rotating order, forwards and backwards in turn (each follows each as often), so that a
+    change of the machine's load falls on all of them; before each, this process collects its garbage
+    and the servers are given a moment to end what the one before left them (a list's memory)."""
+    ns, expected = layout.namespace, layout.pairs()
+    names = ["floor", *servers]
+
+    def order(i: int) -> list[str]:
+        turned = names[i % len(names) :] + names[: i % len(names)]
+        return turned if (i // len(names)) % 2 == 0 else turned[::-1]
+
+    async def settle() -> None:
+        gc.collect()
+        await deferLater(reactor, 0.05, lambda: None)
+
+    def whose(name: str) -> dict[str, int]:  # whose CPU is the server's
+        return {"server": pids[name if name in servers else "after"], "registry": pids["registry"]}
+
+    singles: dict[str, Callable[[], Awaitable[Pairs]]] = {"floor": lambda: floor.list(ns)}
+    compared: dict[str, Callable[[], Awaitable[Pairs]]] = {
+        "floor": lambda: floor.compared.list_compared(ns, expected)
+    }
+    for name, server in servers.items():
+        singles[name] = functools.partial(server.list, ns)
+        compared[name] = functools.partial(server.list_compared, ns, expected)
+    for name in names:  # warm-up: connections, the registry's page cache
+        await cost(singles[name], expected, whose(name), name)
+    samples: dict[str, list[Cost]] = {name: [] for name in names}
+    for i in range(reps):
+        for name in order(i):
+            await settle()
+            samples[name].append(await cost(singles[name], expected, whose(name), name))
+
+    for server in servers.values():
+        await server.learn(ns, expected)
+    await floor.compared.learn(ns, expected)
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    round_cpu: dict[str, list[float]] = {name: [] for name in servers}  # the server's, per round
+    client_cpu: dict[str, list[float]] = {name: [] for name in names}  # this process's, per round
+    failed = 0
+    for i in range(2 * reps):
+        for name in order(i):
+            await settle()
+            cpu = cpu_seconds(pids[name]) if name in servers else 0.0
+            own = time.process_time()
+            ok, rate = await concurrent_round(compared[name], expected)
+            failed += CONCURRENT_THROUGHPUT - ok
+            rates[name].append(rate)
+            client_cpu[name].append(time.process_time() - own)
+            if name in servers:
+                round_cpu[name].append(cpu_seconds(pids[name]) - cpu)
+    return {
+        **described(layout, samples),
+        "lists_per_second": rates,
+        "round_cpu": round_cpu,
+        "client_cpu": client_cpu,
+        "failed lists": failed,
+    }
+
+
+def summarize_before_after(results: dict[str, Any]) -> str:
+    lines = [
+        f"Machine: {results['machine']}; load average {results['load']}",
+        "",
+        "Before (--server-src) and after, alternated with the floor in one run: one unpaged JSON list "
+        "(wall / floor's, median and range of the repetitions; server CPU), and 10 concurrent lists with "
+        "answers compared (lists/s / the floor's in the same round, median and range of the rounds)",
+        "",
+        "| namespace | server | JSON wall / floor | server CPU (ms) | 10 concurrent: lists/s / floor "
+        "| lists/s (floor) | server CPU per 10 lists, mean (ms) | client CPU per 10 lists (ms) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results["layouts"]:
+        walls = {k: [c["wall"] for c in v] for k, v in r["samples"].items()}
+        floor_wall = med(walls["floor"])
+        rates = r["lists_per_second"]
+        for name in [n for n in walls if n != "floor"]:
+            ratios = [w / floor_wall for w in walls[name]]
+            rounds = [s / f for s, f in zip(rates[name], rates["floor"], strict=True)]
+            cpu = med([c["server_cpu"] for c in r["samples"][name]]) * 1000
+            lines.append(
+                f"| {r['namespace']} | {name} | {med(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) "
+                f"| {cpu:.0f} | {med(rounds):.2f} ({min(rounds):.2f}-{max(rounds):.2f}) "
+                f"| {med(rates[name]):.1f} ({med(rates['floor']):.1f}) "
+                f"| {sum(r['round_cpu'][name]) / len(r['round_cpu'][name]) * 1000:.0f} "
+                f"| {med(r['client_cpu'][name]) * 1000:.0f} |"
+            )
+        lines.append(
+            f"| {r['namespace']} | floor | {floor_wall * 1000:.0f} ms ({spread(walls['floor'])}) | | "
+            f"| failed lists: {r['failed lists']} | | {med(r['client_cpu']['floor']) * 1000:.0f} |"
+        )
+    lines.append("")
+    lines.append(f"Fill: {results['fill_seconds']:.1f}s; total {results['total_seconds']:.0f}s")
+    return "\n".join(lines)
 
 
 def summarize_coalescing(results: dict[str, Any]) -> str:
@@ -908,10 +1039,17 @@ async def run(
         f"--requestheader-client-ca-file={proxy_ca.cert_file}",
         "--requestheader-allowed-names=front-proxy-client",
     )
-    process, url = start_server(work, pki, registry.url, extra_args=front_proxy)
+    process, url = start_server(work, pki, registry.url, extra_args=front_proxy, profile=args.profile)
     started.append(process)
     ca_file = str(pki.server_ca.cert_file)
     await deferToThread(wait_ready, url, ca_file, process, work / "payloadtags.log")
+    servers: dict[str, Server] = {}
+    if args.server_src:
+        (work / "before").mkdir()
+        before, before_url = start_server(work / "before", pki, registry.url, server_src=args.server_src)
+        started.append(before)
+        await deferToThread(wait_ready, before_url, ca_file, before, work / "before" / "payloadtags.log")
+        servers = {"after": Server(reactor, url, pki), "before": Server(reactor, before_url, pki)}
     results["rss_kib_at_start"] = proc_status(process.pid)
     server = Server(reactor, url, pki)
     crowd = Server(reactor, url, pki, proxy=proxy)  # the 50 identical lists, as the aggregator sends them
@@ -928,6 +1066,12 @@ async def run(
             print(f"# measuring {layout.namespace} ({layout.tags:,} tags)", flush=True)
             if args.coalescing:
                 results["layouts"].append(await measure_coalescing(layout, crowd, access, args.reps))
+                continue
+            if servers:
+                server_pids = {"after": process.pid, "before": started[-1].pid, **pids}
+                results["layouts"].append(
+                    await measure_before_after(reactor, layout, servers, floor, server_pids, args.reps)
+                )
                 continue
             results["layouts"].append(
                 await measure_layout(
@@ -950,6 +1094,8 @@ async def run(
     finally:
         await server.pool.closeCachedConnections()
         await crowd.pool.closeCachedConnections()
+        for compared in servers.values():
+            await compared.pool.closeCachedConnections()
         await floor.client.pool.closeCachedConnections()
         await replay_port.stopListening()
         await deferToThread(stop_process, process)
@@ -960,7 +1106,7 @@ def main(argv: list[str] | None = None) -> int:
     from list_latency import run_with_registry
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1000, 10000])
+    parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",") if x], default=[1000, 10000])
     parser.add_argument(
         "--one", type=int, default=10000, help="tags of the one-repository namespace (0: none)"
     )
@@ -977,6 +1123,12 @@ def main(argv: list[str] | None = None) -> int:
         help="measure only the registry requests of one list and of 50 identical lists sent at once "
         "(--reps runs of them; about a minute with --sizes 10000)",
     )
+    parser.add_argument(
+        "--server-src",
+        help="another tree's src/ directory: measure only the unpaged JSON and 10-concurrent-lists rows, "
+        "of that tree's server (before) and this one's (after) alternated with the floor",
+    )
+    parser.add_argument("--profile", type=Path, help="run this tree's server under cProfile, stats there")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     results = run_with_registry(
@@ -984,7 +1136,8 @@ def main(argv: list[str] | None = None) -> int:
         lambda reactor, registry, work, started: run(reactor, args, registry, work, started),
         registry_config={"log": {"level": "warn", "accesslog": {"disabled": False}}},
     )
-    return report(results, summarize_coalescing if args.coalescing else summarize, args.json)
+    summary = summarize_coalescing if args.coalescing else summarize
+    return report(results, summarize_before_after if args.server_src else summary, args.json)
 
 
 if __name__ == "__main__":
