@@ -10,7 +10,7 @@ written by write_streamed (a chunk per reactor turn); the last test sends them t
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -117,16 +117,15 @@ class Lists:
 
 @pytest.fixture
 def counted(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """How many items ``render._items`` formats, whichever list asks."""
+    """How many items ``render._ItemMaker`` makes, whichever list asks."""
     count = [0]
-    original = render._items
+    original = render._ItemMaker.laid
 
-    def counting(run: Run, registry_host: str, media: MediaType, include: str) -> Iterator[str]:
-        for item in original(run, registry_host, media, include):
-            count[0] += 1
-            yield item
+    def counting(self: render._ItemMaker, tags: Sequence[str], pieces: list[str]) -> list[str]:
+        count[0] += len(tags)
+        return original(self, tags, pieces)
 
-    monkeypatch.setattr(render, "_items", counting)
+    monkeypatch.setattr(render._ItemMaker, "laid", counting)
     yield count
 
 
@@ -207,4 +206,72 @@ async def test_the_server_shares_formatting_between_lists_and_keeps_nothing_afte
         key = "rows" if accept == table else "items"
         assert len(documents[0][key]) == APP + SECRET
     shared = server.running.api.shared_text
+    assert len(shared) == 0 and shared.held == 0
+
+
+@attrs.define
+class ReadBefore:
+    """A list's runs, all read before it begins writing."""
+
+    runs: list[Run]
+
+    async def next(self) -> Run | None:
+        return self.runs.pop(0) if self.runs else None
+
+    def stop(self) -> None:
+        self.runs.clear()
+
+
+@pytest_twisted.ensureDeferred
+async def test_lists_that_read_equal_answers_apart_share_one_formatting(
+    reactor: Any, make_client: Any, registry: RegistryServer, namespace: str, counted: list[int]
+) -> None:
+    # Two groups of lists read the namespace apart (two clients: no read shared between them, as
+    # lists that come after a read went out read again): equal answers in other tuples, formatted
+    # once for both groups; bob still gets nothing of the repository he may not see, and a list that
+    # goes away after its first chunk leaves the others whole.
+    shared = SharedText()
+    media = _MEDIA["full"]
+    groups = [
+        (make_client(registry), [(ALICE, Leaving()), (ALICE, Leaving())]),
+        (make_client(registry), [(ALICE, Leaving()), (BOB, Leaving()), (ALICE, Leaving(after=1))]),
+    ]
+    go: Deferred[None] = Deferred()
+    answers: dict[str, list[tuple[str, ...]]] = {}
+
+    async def one(client: RegistryClient, user: UserInfo, request: Leaving, ready: Deferred[None]) -> None:
+        service = TagsService(Inventory(client), HOST, NotSecret(), Recorded())
+        runs, meta = await service.list_runs(user, NAMESPACE, list_options({}))
+        read = []
+        while (run := await runs.next()) is not None:
+            read.append(run)
+            answers.setdefault(run.repository_path, []).append(tuple(run.tags))
+        ready.callback(None)
+        await go
+
+        def begin() -> None:
+            request.code = 200
+
+        chunks = streamed_list_chunks(ReadBefore(read), meta, media, HOST, "Metadata", shared=shared)
+        await write_streamed(request, chunks, reactor, begin)  # type: ignore[arg-type]
+
+    entries = [
+        (client, user, request, Deferred[None]()) for client, lists in groups for user, request in lists
+    ]
+    ready = [entry[3] for entry in entries]
+    writing = [Deferred.fromCoroutine(one(*entry)) for entry in entries]
+    await gatherResults(ready)
+    go.callback(None)
+    await gatherResults(writing)
+    # Equal answers, two of them (one per group), not one shared read.
+    assert len({id(answer) for answer in answers["app"]}) >= 2 and len(set(answers["app"])) == 1
+    for _, lists in groups:
+        for user, request in lists:
+            if request.after is not None:
+                assert len(request.written) == 1
+                continue
+            body = b"".join(request.written)
+            assert body == reference(media, "Metadata", with_secret=user is ALICE)
+            assert (b'"repositoryPath":"secret"' in body) is (user is ALICE)
+    assert counted[0] == APP + SECRET  # once for both groups
     assert len(shared) == 0 and shared.held == 0

@@ -8,7 +8,7 @@ registry and the real server."""
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Sequence
 
 import pytest
 
@@ -53,18 +53,17 @@ def _interleave(lists: list[Generator[bytes, None, None]], steps: list[int] | No
 
 
 class Counted:
-    """Counts the items ``render._items`` formats, whoever calls it."""
+    """Counts the items ``render._ItemMaker`` makes, whoever asks."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.items = 0
-        original = render._items
+        original = render._ItemMaker.laid
 
-        def counting(run: Run, registry_host: str, media: MediaType, include: str) -> Iterator[str]:
-            for item in original(run, registry_host, media, include):
-                self.items += 1
-                yield item
+        def counting(maker: render._ItemMaker, tags: Sequence[str], pieces: list[str]) -> list[str]:
+            self.items += len(tags)
+            return original(maker, tags, pieces)
 
-        monkeypatch.setattr(render, "_items", counting)
+        monkeypatch.setattr(render._ItemMaker, "laid", counting)
 
 
 @pytest.mark.parametrize("media", list(_MEDIA), ids=list(_MEDIA))
@@ -148,7 +147,7 @@ def test_a_list_stopped_half_way_leaves_the_others_whole() -> None:
             if index == 1 and turn >= 3:
                 continue
             bodies[index].append(next(chunks))
-    assert len(shared) == 1 and len(shared._runs[next(iter(shared._runs))].places) == 3
+    assert len(shared) == 1 and len(next(iter(shared._runs.values()))[0].places) == 3
     for index, chunks in enumerate(lists):
         if index != 1:
             bodies[index].extend(chunks)
@@ -170,12 +169,13 @@ def test_the_last_list_to_stop_lets_everything_go() -> None:
     assert len(shared) == 0 and shared.held == 0
 
 
-def test_equal_answers_that_are_not_the_same_answer_are_not_shared(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Two registry reads that answered the same tags are two answers: sharing goes by the object
-    # (one coalesced read), never by content.
+def test_equal_answers_read_apart_are_formatted_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two registry reads that answered the same tags (lists that came after the first read went out
+    # read again): other tuples, the same text, formatted once.
     counted = Counted(monkeypatch)
     shared = SharedText()
     first, second = Run("team", "app", _tags(3 * CHUNK)), Run("team", "app", _tags(3 * CHUNK))
+    assert first.tags is not second.tags
     bodies = _interleave(
         [
             list_chunks([first], META, _MEDIA["full"], HOST, "Metadata", CHUNK, shared),
@@ -183,7 +183,87 @@ def test_equal_answers_that_are_not_the_same_answer_are_not_shared(monkeypatch: 
         ]
     )
     assert bodies[0] == bodies[1] == _reference(_refs([first]), META, _MEDIA["full"], "Metadata")
-    assert counted.items == 2 * 3 * CHUNK
+    assert counted.items == 3 * CHUNK
+    assert len(shared) == 0 and shared.held == 0
+
+
+def test_answers_that_differ_are_formatted_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A tag pushed between two reads: each list shows its own answer.
+    counted = Counted(monkeypatch)
+    shared = SharedText()
+    runs = [
+        Run("team", "app", _tags(3 * CHUNK)),
+        Run("team", "app", _tags(3 * CHUNK + 1)),
+        Run("team", "app", (*_tags(3 * CHUNK - 1), "w")),
+    ]
+    bodies = _interleave(
+        [list_chunks([run], META, _MEDIA["full"], HOST, "Metadata", CHUNK, shared) for run in runs]
+    )
+    assert bodies == [_reference(_refs([run]), META, _MEDIA["full"], "Metadata") for run in runs]
+    assert counted.items == sum(len(run.tags) for run in runs)
+    assert len(shared) == 0 and shared.held == 0
+
+
+def test_lists_that_come_later_to_an_equal_answer_take_what_is_kept_and_share_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Three lists are four blocks into a run when three more come with an equal answer (read after
+    # theirs): the late ones format the four dropped blocks once among themselves and take the others
+    # from the first ones; one of them goes away half way. What is kept stays within max_blocks.
+    counted = Counted(monkeypatch)
+    shared = SharedText(max_blocks=12)
+    early = [Run("team", "app", _tags(12 * CHUNK)) for _ in range(3)]
+    late = [Run("team", "app", _tags(12 * CHUNK)) for _ in range(3)]
+    lists = [list_chunks([run], META, _MEDIA["table"], HOST, "Object", CHUNK, shared) for run in early]
+    bodies: list[list[bytes]] = [[] for _ in range(6)]
+    for _ in range(4):
+        for index, chunks in enumerate(lists):
+            bodies[index].append(next(chunks))
+    lists += [list_chunks([run], META, _MEDIA["table"], HOST, "Object", CHUNK, shared) for run in late]
+    most, turn, running = 0, 0, set(range(6))
+    while running:
+        for index in sorted(running):
+            if index == 4 and turn == 3:
+                lists[index].close()  # the client went away
+                running.discard(index)
+                continue
+            chunk = next(lists[index], None)
+            if chunk is None:
+                running.discard(index)
+            else:
+                bodies[index].append(chunk)
+            most = max(most, shared.held)
+        turn += 1
+    expected = _reference(_refs(early[:1]), META, _MEDIA["table"], "Object")
+    assert [b"".join(bodies[i]) for i in (0, 1, 2, 3, 5)] == [expected] * 5
+    assert counted.items == (12 + 4) * CHUNK  # the whole run once, its first four blocks again
+    assert most <= 12
+    assert len(shared) == 0 and shared.held == 0
+
+
+def test_lists_far_apart_on_an_equal_answer_keep_max_blocks_at_most(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The late lists need every block the early ones make from where they joined: what is kept is
+    # still bounded, and what was dropped is formatted again, once for the late lists together.
+    counted = Counted(monkeypatch)
+    shared = SharedText(max_blocks=3)
+    runs = [Run("team", "app", _tags(20 * CHUNK)) for _ in range(4)]
+    lists = [list_chunks([run], META, _MEDIA["full"], HOST, "Metadata", CHUNK, shared) for run in runs]
+    bodies: list[list[bytes]] = [[] for _ in lists]
+    for _ in range(5):
+        for index in (0, 1):
+            bodies[index].append(next(lists[index]))
+    most = 0
+    for _ in range(40):
+        for index, chunks in enumerate(lists):
+            chunk = next(chunks, None)
+            if chunk is not None:
+                bodies[index].append(chunk)
+            most = max(most, shared.held)
+    expected = _reference(_refs(runs[:1]), META, _MEDIA["full"], "Metadata")
+    assert [b"".join(body) for body in bodies] == [expected] * 4
+    assert most <= 3
+    assert 20 * CHUNK < counted.items < 2 * 20 * CHUNK
+    assert len(shared) == 0 and shared.held == 0
 
 
 def test_other_forms_of_the_same_answer_are_formatted_apart() -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+from bisect import bisect_right
 from collections.abc import AsyncGenerator, Generator, Iterable, Iterator, Sequence
 from contextlib import closing
-from itertools import chain, islice
+from itertools import chain
 from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
@@ -197,8 +199,11 @@ def _template(run: Run, head: str, registry_host: str, media: MediaType, include
     return [*row, ',"object":', *(full if include == "Object" else partial), "}"]
 
 
-def _merged(template: Template) -> tuple[list[str], list[tuple[int, int]]]:
-    """The template as one list of pieces (fields as "") and where each field goes in it."""
+def _merged(
+    template: Template, before: str = "", after: str = _SEPARATOR
+) -> tuple[list[str], list[tuple[int, int]]]:
+    """The template as one list of pieces (fields as ""), ``before`` and ``after`` around each item,
+    and where each field goes in it."""
     pieces: list[str] = []
     fields: list[tuple[int, int]] = []
     for piece in template:
@@ -209,7 +214,9 @@ def _merged(template: Template) -> tuple[list[str], list[tuple[int, int]]]:
             pieces[-1] += piece  # after constant text
         else:
             pieces.append(piece)
-    pieces[-1] += _SEPARATOR
+    assert not fields or fields[0][0] > 0, template  # an item starts with constant text
+    pieces[0] = before + pieces[0]
+    pieces[-1] += after
     return pieces, fields
 
 
@@ -235,80 +242,113 @@ def _item_chunks(run: Run, registry_host: str, media: MediaType, include: str) -
     tags = run.tags
     if not tags:
         return
-    name_of = NameEncoder(run.repository_path)
-    prefix = uid_prefix(run.namespace, run.repository_path)
-    pieces, fields = _merged(_template(run, name_of.head, registry_host, media, include))
-    width = len(pieces)
-    needed = {field for _, field in fields}
+    made = _ItemMaker(run, registry_host, media, include)
     for start in range(0, len(tags), CHUNK_ITEMS):
-        chunk = tags[start : start + CHUNK_ITEMS]
-        # Memory bounded by the chunk: its names (one base32 call), uids and quoted tags.
+        yield made.items(tags[start : start + CHUNK_ITEMS])
+
+
+class _ItemMaker:
+    """Makes the items of one run in one form from a slice of its tags at a time: its template, names'
+    encoder and uids' prefix made once."""
+
+    def __init__(self, run: Run, registry_host: str, media: MediaType, include: str) -> None:
+        self._name_of = NameEncoder(run.repository_path)
+        self._prefix = uid_prefix(run.namespace, run.repository_path)
+        template = _template(run, self._name_of.head, registry_host, media, include)
+        self._pieces, self._fields = _merged(template)
+        # The same with a comma before each item and nothing after it: a shared block's text, joined
+        # once, without splitting it into items and joining them again.
+        self._block_pieces, _ = _merged(template, before=",", after="")
+        self._needed = {field for _, field in self._fields}
+
+    def items(self, tags: Sequence[str]) -> list[str]:
+        """The items of ``tags``."""
+        return "".join(self.laid(tags, self._pieces)).split(_SEPARATOR)[:-1]
+
+    def block(self, tags: Sequence[str]) -> bytes:
+        """The items of ``tags`` as one text, each after a comma."""
+        return "".join(self.laid(tags, self._block_pieces)).encode()
+
+    def laid(self, tags: Sequence[str], pieces: list[str]) -> list[str]:
+        """``pieces`` once per tag, each tag's fields in their places (C-level slice assignments)."""
+        # Memory bounded by the slice: its names (one base32 call), uids and quoted tags.
         columns = {
-            _NAME: name_of.tails(chunk),
-            _UID: uids_of(prefix, chunk) if _UID in needed else [],
-            _TAG: _escaped(chunk) if _TAG in needed else [],
+            _NAME: self._name_of.tails(tags),
+            _UID: uids_of(self._prefix, tags) if _UID in self._needed else [],
+            _TAG: _escaped(tags) if _TAG in self._needed else [],
         }
-        laid = pieces * len(chunk)
-        for offset, field in fields:
+        width = len(pieces)
+        laid = pieces * len(tags)
+        for offset, field in self._fields:
             laid[offset::width] = columns[field]
-        yield "".join(laid).split(_SEPARATOR)[:-1]
+        return laid
 
 
 # -- a run shown by several lists at once ----------------------------------------------------------
 #
 # Lists in flight together (ten kubectl's at once) read a repository once (registry.coalesce) and get
-# one tuple, the same object, for it. A run that is that tuple whole (no selector made a list of its
-# own) is the same text in every list of the same form: it is formatted once, in blocks of
-# ``chunk_items`` items, and each list takes the blocks as it writes them. Whether a caller may see the
-# repository was decided before its run existed, so sharing a run's text shares nothing a caller
-# could not see. What is kept lives as long as a list is in the run: a block until every list in it
-# has passed it, and at most ``max_blocks`` of them (the rest are formatted again by the list that
-# lags, for itself); with one list in it, the block it is writing only. A list stays in the runs it
-# finished until it makes the chunk after next (`ListText`): a list alone holds the text of its last
-# two chunks at most.
+# one tuple, the same object, for it; lists that came after that read went out read it again and get
+# another tuple, most often equal to the first. A run that is a registry answer whole (a tuple: no
+# selector made a list of its own) is the same text in every list of the same form that shows equal
+# tags: it is formatted once, in blocks of ``chunk_items`` items, and each list takes the blocks as it
+# writes them. Whether a caller may see the repository was decided before its run existed, and the
+# text is made from the tags alone, so sharing a run's text shares nothing a caller could not see.
+# What is kept lives as long as a list is in the run: a block while a list in it has still to take
+# it, and at most ``max_blocks`` of them (those most lists still need; a list that comes to a block
+# no longer kept formats it again, and keeps it for the lists behind it); with one list in it, the
+# block it is writing only. A list stays in the runs it finished until it makes the chunk after next
+# (`ListText`): a list alone holds the text of its last two chunks at most.
 
 SHARED_BLOCKS = 8
 
-_Key = tuple[int, str, str, str, MediaType, str, int]
+_Key = tuple[str, str, str, MediaType, str, int]
 
 
 class SharedText:
     """The text of runs several lists are writing at once, formatted once for all of them.
 
-    ``formatted`` counts the blocks formatted (shared or, for a list that lagged, again), ``taken``
-    the blocks a list took that another list had formatted: what the tests look at."""
+    ``formatted`` counts the blocks formatted (once for all, or again for a list that came to one
+    no longer kept), ``taken`` the blocks a list took that another list had formatted: what the tests
+    look at."""
 
     def __init__(self, max_blocks: int = SHARED_BLOCKS) -> None:
         self.max_blocks = max_blocks
-        self._runs: dict[_Key, _SharedRun] = {}
+        self._runs: dict[_Key, list[_SharedRun]] = {}  # runs of equal tags are one; unequal ones apart
         self.formatted = 0
         self.taken = 0
 
     def __len__(self) -> int:
         """Runs being shared now."""
-        return len(self._runs)
+        return sum(len(runs) for runs in self._runs.values())
 
     @property
     def held(self) -> int:
         """Blocks kept now, over every run."""
-        return sum(len(shared.blocks) for shared in self._runs.values())
+        return sum(len(shared.blocks) for runs in self._runs.values() for shared in runs)
 
     def join(
         self, run: Run, registry_host: str, media: MediaType, include: str, chunk_items: int
     ) -> _Place | None:
-        """A list's place in ``run``'s shared text; None when the run is not a registry answer whole
-        (only an immutable tuple may be told apart by identity)."""
+        """A list's place in the shared text of ``run`` (or of a run of equal tags being written now);
+        None when the run is not a registry answer whole (only an immutable tuple is shared)."""
         if type(run.tags) is not tuple or not run.tags:
             return None
-        key = (id(run.tags), run.namespace, run.repository_path, registry_host, media, include, chunk_items)
-        shared = self._runs.get(key)
-        if shared is None:
-            shared = _SharedRun(self, key, run, registry_host, media, include, chunk_items)
-            self._runs[key] = shared
+        key = (run.namespace, run.repository_path, registry_host, media, include, chunk_items)
+        runs = self._runs.setdefault(key, [])
+        for shared in runs:
+            # The same coalesced answer, or an equal one read again (tuples of str compare in C, and
+            # unequal ones most often at their lengths).
+            if shared.tags is run.tags or shared.tags == run.tags:
+                return shared.join()
+        shared = _SharedRun(self, key, run, registry_host, media, include, chunk_items)
+        runs.append(shared)
         return shared.join()
 
-    def _end(self, key: _Key) -> None:
-        del self._runs[key]
+    def _end(self, shared: _SharedRun) -> None:
+        runs = self._runs[shared.key]
+        runs.remove(shared)
+        if not runs:
+            del self._runs[shared.key]
 
 
 class _SharedRun:
@@ -322,12 +362,13 @@ class _SharedRun:
         include: str,
         chunk_items: int,
     ) -> None:
-        self.owner, self.key, self.run = owner, key, run  # the run holds the tuple: its id stays its own
-        self.host, self.media, self.include, self.chunk_items = registry_host, media, include, chunk_items
-        self.count = -(-len(run.tags) // chunk_items)
+        self.owner, self.key = owner, key
+        self.tags: tuple[str, ...] = tuple(run.tags)  # a tuple already: the same object
+        self.chunk_items = chunk_items
+        self.count = -(-len(self.tags) // chunk_items)
         self.blocks: dict[int, bytes] = {}  # block index -> its items, each after a comma
-        self.made = 0  # blocks made in order so far (by ``_items`` below, where the first list is)
-        self._items = _items(run, registry_host, media, include)
+        self.last = -1  # the block formatted last
+        self._maker = _ItemMaker(run, registry_host, media, include)
         self.places: list[_Place] = []
 
     def join(self) -> _Place:
@@ -339,20 +380,12 @@ class _SharedRun:
         text = self.blocks.get(index)
         if text is not None:
             self.owner.taken += 1
-        elif index == self.made:
-            # The first list this far: the next block of the run's one formatting, kept for the others.
-            text = ("," + ",".join(islice(self._items, self.chunk_items))).encode()
-            self.made += 1
-            self.blocks[index] = text
-            self.owner.formatted += 1
         else:
-            # Passed by the others and dropped (this list lags by more than ``max_blocks``): formatted
-            # again, for this list only.
+            # The first list to come to it, or the first since it was dropped: kept for the others.
             start = index * self.chunk_items
-            part = Run(
-                self.run.namespace, self.run.repository_path, self.run.tags[start : start + self.chunk_items]
-            )
-            text = ("," + ",".join(_items(part, self.host, self.media, self.include))).encode()
+            text = self._maker.block(self.tags[start : start + self.chunk_items])
+            self.blocks[index] = text
+            self.last = index
             self.owner.formatted += 1
         place.at = index + 1
         self._trim()
@@ -362,18 +395,28 @@ class _SharedRun:
         self.places.remove(place)
         if not self.places:
             self.blocks.clear()
-            self.owner._end(self.key)
+            self.owner._end(self)
         else:
             self._trim()
 
     def _trim(self) -> None:
-        # Kept: what a list in the run has still to take, and the block made last (a list joining now
-        # starts there together with the others), at most ``max_blocks`` of them, the latest.
+        # Kept: what a list in the run has still to take, and the block formatted last (the lists
+        # that join in the same reactor turn, as those of one coalesced read do, take it too); past
+        # ``max_blocks``, those a list comes to soonest (the fewest blocks ahead of the nearest list
+        # behind them), then those more lists need.
+        blocks = self.blocks
         lowest = min(place.at for place in self.places)
-        latest = self.made - 1
-        oldest = latest - self.owner.max_blocks + 1
-        for index in [i for i in self.blocks if (i < lowest and i != latest) or i < oldest]:
-            del self.blocks[index]
+        for index in [i for i in blocks if i < lowest and i != self.last]:
+            del blocks[index]
+        if len(blocks) > self.owner.max_blocks:
+            ats = sorted(place.at for place in self.places)
+
+            def need(index: int) -> tuple[float, int]:
+                behind = bisect_right(ats, index)  # the lists that have still to take it
+                return (index - ats[behind - 1] if behind else math.inf), -behind
+
+            for index in sorted(blocks, key=need)[self.owner.max_blocks :]:
+                del blocks[index]
 
 
 class _Place:
@@ -389,7 +432,7 @@ class _Place:
         return self.shared.count
 
     def items_in(self, index: int) -> int:
-        return min(self.shared.chunk_items, len(self.shared.run.tags) - index * self.shared.chunk_items)
+        return min(self.shared.chunk_items, len(self.shared.tags) - index * self.shared.chunk_items)
 
     def block(self, index: int) -> bytes:
         return self.shared.block(self, index)
