@@ -12,10 +12,12 @@ What it does (all on 127.0.0.1; everything it starts is stopped at the end, also
    an idle window between every two flood windows; each flood phase is compared with the idle windows
    just before and after it, pooled;
 4. each flood runs in processes of its own (this script with ``--flood KIND``), at the lowest CPU
-   priority (SCHED_IDLE, nice 19: attackers in a cluster use other machines' CPU, not the server's;
+   priority from its first instruction (SCHED_IDLE, nice 19, set by ``chrt`` and ``nice`` before the
+   interpreter starts: attackers in a cluster use other machines' CPU, not the server's;
    ``--no-nice-floods`` to compare), from a source address of its own (127.0.0.2, 127.0.0.3, ...: an
    attacker pod is another address than the aggregator; ``--flood-address 127.0.0.1`` floods from the
-   measuring client's address instead), from 3 s before its window until the window is measured:
+   measuring client's address instead), from 3 s after every flood process has started (imports done,
+   about to flood) until the window is measured:
      - ``unauthenticated-bodies``: clients without a certificate send DELETE heads announcing 3 MiB and
        stream the body;
      - ``oversized-bodies``: authenticated clients announce 100 MiB;
@@ -50,6 +52,8 @@ import contextlib
 import json
 import math
 import os
+import select
+import shutil
 import signal
 import ssl
 import statistics
@@ -499,9 +503,18 @@ def flood_address(kind: str, args: argparse.Namespace) -> str:
     return args.flood_address or f"127.0.0.{2 + FLOODS.index(kind)}"
 
 
+# Runs a flood process at the lowest priority from its first instruction: its interpreter's start and
+# imports (about half a second of CPU each, six at once) are the load generator's, not the server's work.
+IDLE_FROM_EXEC = (
+    ["chrt", "--idle", "0", "nice", "-n", "19"] if shutil.which("chrt") and shutil.which("nice") else []
+)
+READY = b"ready\n"
+
+
 def start_flood(kind: str, target: Target, pki_dir: Path, source: str, nice: bool) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
+            *(IDLE_FROM_EXEC if nice else []),
             sys.executable,
             __file__,
             "--flood",
@@ -517,6 +530,28 @@ def start_flood(kind: str, target: Target, pki_dir: Path, source: str, nice: boo
         stdout=subprocess.PIPE,
         start_new_session=True,
     )
+
+
+def wait_flooding(floods: list[subprocess.Popen[bytes]], limit: float = 60.0) -> float:
+    """Wait until every flood process has started (imports done, priority set: it says so on its first
+    line) and is about to flood; returns the seconds waited. The ramp counts from there, so that every
+    flood has run for the whole ramp when its window starts, however long the processes took to start."""
+    started = time.monotonic()
+    deadline = started + limit
+    for process in floods:
+        assert process.stdout is not None
+        fd, line = process.stdout.fileno(), b""
+        while not line.endswith(b"\n") and time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            byte = os.read(fd, 1)  # byte by byte: what follows is the flood's report, read at its end
+            if not byte:
+                break
+            line += byte
+        if line != READY:
+            raise RuntimeError(f"a flood did not start: {line!r}")
+    return time.monotonic() - started
 
 
 def stop_flood(process: subprocess.Popen[bytes]) -> dict[str, Any]:
@@ -620,13 +655,25 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                         for kind in kinds
                     ]
                     try:
+                        started_in = wait_flooding(floods)
                         time.sleep(args.ramp)  # let the flood build up
                         with Sampler(server.pid, [p.pid for p in floods], registry_pid) as sampler:
                             samples = measure(target, proxy, args.requests)
                     finally:
                         results = {kind: stop_flood(p) for kind, p in zip(kinds, floods, strict=True)}
-                    windows.append({"phase": name, **samples, **sampler.figures, "floods": results})
+                    windows.append(
+                        {
+                            "phase": name,
+                            **samples,
+                            **sampler.figures,
+                            "floods": results,
+                            "floods_started_in_seconds": started_in,
+                        }
+                    )
                     print(_line(windows[-1]), flush=True)
+                    print(
+                        f"    floods started in {started_in:.1f} s, then {args.ramp:g} s of ramp", flush=True
+                    )
                     for kind, result in results.items():
                         print(f"    {kind}: {json.dumps(result)}", flush=True)
                     windows[-1]["settle_seconds"] = settle(server.pid, fds_before, 15.0)
@@ -890,6 +937,8 @@ def run_flood(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     pki_dir = Path(args.pki)
     target = Target(args.port, str(pki_dir / "server" / "serving-ca.crt"), source=args.source)
+    sys.stdout.buffer.write(READY)
+    sys.stdout.flush()
     started = time.monotonic()
     result = FLOOD_FUNCTIONS[args.flood](target, _admin(pki_dir), 600.0)
     result["seconds"] = (stopped[0] if stopped else time.monotonic()) - started
