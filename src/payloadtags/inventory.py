@@ -86,6 +86,10 @@ class Page:
 Entry = tuple[str, str, str]  # (repository, namespace, path)
 
 
+def _entry_key(entry: Entry) -> tuple[str, ...]:
+    return catalog_key(entry[0])
+
+
 @attrs.frozen
 class CatalogRest:
     """Catalog names a page read after ``after``, the repository it ended in (whatever access says of
@@ -131,10 +135,11 @@ class CatalogCursor:
 
     def rest(self, after: str, seen: Sequence[Entry]) -> CatalogRest:
         """What a page that ended in repository ``after`` leaves for the next one: of the entries it
-        was handed (``seen``) those after ``after``, and those it was not handed yet."""
-        key = catalog_key(after)
-        ahead = tuple(entry for entry in seen if catalog_key(entry[0]) > key)
-        return CatalogRest(after, (*ahead, *self._ahead), self.last, self.done, self._pages)
+        was handed (``seen``, in catalog order) those after ``after``, and those it was not handed yet."""
+        # A page ends near the start of the names it carries (a walk's pages carry up to a thousand
+        # and show one or two of them): a search, not a key per name on every page.
+        start = bisect.bisect_right(seen, catalog_key(after), key=_entry_key)
+        return CatalogRest(after, (*seen[start:], *self._ahead), self.last, self.done, self._pages)
 
     def _next_size(self) -> int:
         # distribution fills a page by walking its storage past the namespace, so a namespace list

@@ -53,6 +53,7 @@ class Metrics:
     _request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = attrs.field(
         factory=dict, init=False
     )
+    _walk_children: dict[bool, Counter] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.requests = Counter(
@@ -120,7 +121,11 @@ class Metrics:
         self.walk_cache_tags.set_function(tags)
 
     def walk_lookup(self, hit: bool) -> None:
-        self.walk_cache_lookups.labels("hit" if hit else "miss").inc()
+        # Once per continued page: the labelled child is looked up once (as in observe_request).
+        child = self._walk_children.get(hit)
+        if child is None:
+            child = self._walk_children[hit] = self.walk_cache_lookups.labels("hit" if hit else "miss")
+        child.inc()
 
     def track_watches(self, open_watches: Callable[[], int], scopes: Callable[[], int]) -> None:
         self.watches.set_function(open_watches)
