@@ -6,10 +6,10 @@ import functools
 import json
 import math
 from bisect import bisect_right
-from collections.abc import AsyncGenerator, Generator, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import closing
 from json.encoder import encode_basestring_ascii as _quote
-from typing import Any
+from typing import Any, TypeVar
 
 from payloadtags.api.errors import bad_request
 from payloadtags.api.negotiation import Form, MediaType
@@ -120,6 +120,8 @@ def render_object(obj: PayloadRepositoryTag, media: MediaType, include: str = "M
 # render_list's document gives (tests compare the two); render_list stays for small lists.
 
 CHUNK_ITEMS = 500
+
+_Made = TypeVar("_Made")  # what an `_ItemMaker` makes of a chunk: its items, or their text
 
 
 def _envelope(meta: ListMeta, media: MediaType) -> tuple[bytes, bytes]:
@@ -238,12 +240,23 @@ def _items(run: Run, registry_host: str, media: MediaType, include: str) -> Iter
 
 def _item_chunks(run: Run, registry_host: str, media: MediaType, include: str) -> Iterator[list[str]]:
     """The items of ``run``, ``CHUNK_ITEMS`` at a time."""
+    return _in_chunks(_ItemMaker.items, run, registry_host, media, include)
+
+
+def _in_chunks(
+    make: Callable[[_ItemMaker, Sequence[str]], _Made],
+    run: Run,
+    registry_host: str,
+    media: MediaType,
+    include: str,
+) -> Iterator[_Made]:
+    """``make`` of each ``CHUNK_ITEMS`` of ``run``'s tags, with one `_ItemMaker` for the run."""
     tags = run.tags
     if not tags:
         return
-    made = _ItemMaker(run, registry_host, media, include)
+    maker = _ItemMaker(run, registry_host, media, include)
     for start in range(0, len(tags), CHUNK_ITEMS):
-        yield made.items(tags[start : start + CHUNK_ITEMS])
+        yield make(maker, tags[start : start + CHUNK_ITEMS])
 
 
 class _ItemMaker:
@@ -553,12 +566,7 @@ def list_text(
 
 def _blocks(run: Run, registry_host: str, media: MediaType, include: str) -> Iterator[bytes]:
     """The items of ``run``, ``CHUNK_ITEMS`` at a time, each chunk as one text (`_ItemMaker.block`)."""
-    tags = run.tags
-    if not tags:
-        return
-    made = _ItemMaker(run, registry_host, media, include)
-    for start in range(0, len(tags), CHUNK_ITEMS):
-        yield made.block(tags[start : start + CHUNK_ITEMS])
+    return _in_chunks(_ItemMaker.block, run, registry_host, media, include)
 
 
 def list_chunks(
