@@ -200,11 +200,8 @@ def _template(run: Run, head: str, registry_host: str, media: MediaType, include
     return [*row, ',"object":', *(full if include == "Object" else partial), "}"]
 
 
-def _merged(
-    template: Template, before: str = "", after: str = _SEPARATOR
-) -> tuple[list[str], list[tuple[int, int]]]:
-    """The template as one list of pieces (fields as ""), ``before`` and ``after`` around each item,
-    and where each field goes in it."""
+def _merged(template: Template) -> tuple[list[str], list[tuple[int, int]]]:
+    """The template as one list of pieces (fields as "") and where each field goes in it."""
     pieces: list[str] = []
     fields: list[tuple[int, int]] = []
     for piece in template:
@@ -215,9 +212,9 @@ def _merged(
             pieces[-1] += piece  # after constant text
         else:
             pieces.append(piece)
-    assert not fields or fields[0][0] > 0, template  # an item starts with constant text
-    pieces[0] = before + pieces[0]
-    pieces[-1] += after
+    # An item starts and ends with constant text, which `_ItemMaker` puts a comma before or a
+    # separator after.
+    assert not fields or (fields[0][0] > 0 and fields[-1][0] < len(pieces) - 1), template
     return pieces, fields
 
 
@@ -267,10 +264,12 @@ class _ItemMaker:
         self._name_of = NameEncoder(run.repository_path)
         self._prefix = uid_prefix(run.namespace, run.repository_path)
         template = _template(run, self._name_of.head, registry_host, media, include)
-        self._pieces, self._fields = _merged(template)
-        # The same with a comma before each item and nothing after it: a shared block's text, joined
-        # once, without splitting it into items and joining them again.
-        self._block_pieces, _ = _merged(template, before=",", after="")
+        pieces, self._fields = _merged(template)
+        # Each item followed by a separator, to split the chunk's text into items; or preceded by a
+        # comma, a shared block's or a page's text, joined once without splitting it and joining the
+        # items again. The same pieces, so the fields' places are the same.
+        self._pieces = [*pieces[:-1], pieces[-1] + _SEPARATOR]
+        self._block_pieces = ["," + pieces[0], *pieces[1:]]
         self._needed = {field for _, field in self._fields}
 
     def items(self, tags: Sequence[str]) -> list[str]:
