@@ -1043,20 +1043,21 @@ async def run(
     started.append(process)
     ca_file = str(pki.server_ca.cert_file)
     await deferToThread(wait_ready, url, ca_file, process, work / "payloadtags.log")
-    servers: dict[str, Server] = {}
+    server = Server(reactor, url, pki)
+    pids = {"server": process.pid, "registry": registry.process.pid}
+    servers: dict[str, Server] = {}  # --server-src: this tree's server and the other's, by their names
     if args.server_src:
         (work / "before").mkdir()
         before, before_url = start_server(work / "before", pki, registry.url, server_src=args.server_src)
         started.append(before)
         await deferToThread(wait_ready, before_url, ca_file, before, work / "before" / "payloadtags.log")
-        servers = {"after": Server(reactor, url, pki), "before": Server(reactor, before_url, pki)}
+        servers = {"after": server, "before": Server(reactor, before_url, pki)}
+        pids |= {"after": process.pid, "before": before.pid}
     results["rss_kib_at_start"] = proc_status(process.pid)
-    server = Server(reactor, url, pki)
     crowd = Server(reactor, url, pki, proxy=proxy)  # the 50 identical lists, as the aggregator sends them
     floor = Floor(reactor, registry.url)
     kubectl = Kubectl.write(work / "kubectl", url, pki.server_ca.cert_file, pki.admin)
     access = AccessLog(registry.log_file)
-    pids = {"server": process.pid, "registry": registry.process.pid}
     replay = Replay()
     replay_port = listen_replay(reactor, replay, pki)
     replay.url = f"https://127.0.0.1:{replay_port.getHost().port}"
@@ -1068,9 +1069,8 @@ async def run(
                 results["layouts"].append(await measure_coalescing(layout, crowd, access, args.reps))
                 continue
             if servers:
-                server_pids = {"after": process.pid, "before": started[-1].pid, **pids}
                 results["layouts"].append(
-                    await measure_before_after(reactor, layout, servers, floor, server_pids, args.reps)
+                    await measure_before_after(reactor, layout, servers, floor, pids, args.reps)
                 )
                 continue
             results["layouts"].append(
