@@ -288,19 +288,21 @@ class Server:
         document = json.loads(body)
         return frozenset((i["spec"]["repositoryPath"], i["spec"]["tag"]) for i in document["items"])
 
-    async def record_walk(self, namespace: str, replay: Replay, limit: int = PAGE) -> int:
-        """Walks ``namespace`` as ``kubectl get`` does (Table, chunks of ``limit``) into ``replay``."""
+    async def record_walk(self, namespace: str, replay: Replay, limit: int | None = PAGE) -> int:
+        """Walks ``namespace`` as ``kubectl get`` does (Table, chunks of ``limit``; None: the whole
+        list in one answer, as ``--chunk-size=0`` asks for it) into ``replay``."""
         path = f"{GROUP_PATH}/namespaces/{namespace}/payloadrepositorytags"
+        asked = b"" if limit is None else str(limit).encode()
         token = ""
         pages = 0
         while True:
-            query = {"limit": str(limit), **({"continue": token} if token else {})}
+            query = {**({"limit": str(limit)} if limit else {}), **({"continue": token} if token else {})}
             url = self.url + path + "?" + urllib.parse.urlencode(query)
             code, headers, body = await _get(self._http, self._reactor, url, {"Accept": TABLE_ACCEPT})
             if code != 200:
                 raise RuntimeError(f"payloadtags answered {code}: {body[:300]!r}")
             content_type = (headers.getRawHeaders(b"content-type") or [b"application/json"])[0]
-            replay.pages[(path.encode(), token.encode())] = (content_type, body)
+            replay.pages[(path.encode(), asked, token.encode())] = (content_type, body)
             pages += 1
             token = json.loads(body)["metadata"].get("continue") or ""
             if not token:
@@ -396,13 +398,14 @@ class Replay(Resource):
 
     def __init__(self) -> None:
         super().__init__()
-        # (path, continue token) -> (content type, body)
-        self.pages: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
+        # (path, limit, continue token) -> (content type, body)
+        self.pages: dict[tuple[bytes, bytes, bytes], tuple[bytes, bytes]] = {}
         self.url = ""
 
     def render_GET(self, request: Request) -> bytes:
+        limit = (request.args.get(b"limit") or [b""])[0]
         token = (request.args.get(b"continue") or [b""])[0]
-        found = self.pages.get((request.path, token))
+        found = self.pages.get((request.path, limit, token))
         if found is None:
             request.setResponseCode(404)
             return b""
@@ -508,10 +511,11 @@ def throttled(stderr: bytes) -> float:
 
 
 def run_kubectl(
-    kubectl: Kubectl, namespace: str, waits: list[float] | None = None
+    kubectl: Kubectl, namespace: str, waits: list[float] | None = None, chunk_size: int | None = None
 ) -> tuple[float, float, int]:
-    """Wall and CPU seconds of one ``kubectl get prt -n <namespace>``, and the rows it printed; the
-    seconds it waited for its client-side rate limit are appended to ``waits``."""
+    """Wall and CPU seconds of one ``kubectl get prt -n <namespace>`` (with ``--chunk-size`` when
+    given), and the rows it printed; the seconds it waited for its client-side rate limit are appended
+    to ``waits``."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(kubectl.cache_dir),
@@ -529,6 +533,7 @@ def run_kubectl(
             "prt",
             "-n",
             namespace,
+            *([] if chunk_size is None else [f"--chunk-size={chunk_size}"]),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -544,10 +549,10 @@ def run_kubectl(
 
 
 def run_kubectl_rusage(
-    kubectl: Kubectl, namespace: str, waits: list[float] | None = None
+    kubectl: Kubectl, namespace: str, waits: list[float] | None = None, chunk_size: int | None = None
 ) -> tuple[float, float, int]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    wall, _, rows = run_kubectl(kubectl, namespace, waits)
+    wall, _, rows = run_kubectl(kubectl, namespace, waits, chunk_size)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return wall, cpu, rows
@@ -632,30 +637,31 @@ async def measure_layout(
     for name, fn in variants.items():  # warm-up: connections, the registry's page cache
         await cost(fn, expected, pids, name)
     samples: dict[str, list[Cost]] = {name: [] for name in variants}
-    samples["kubectl"] = []
-    samples["kubectl floor"] = []
-    kubectl_cpu: list[float] = []
-    kubectl_floor_cpu: list[float] = []
-    waits: dict[str, list[float]] = {"kubectl": [], "kubectl floor": []}
-    names = list(variants)
-    await deferToThread(run_kubectl_rusage, kubectl, ns)  # discovery cache
+    # kubectl as users run it (chunks of 500), and asked for the whole list in one request
+    # (--chunk-size=0: one request, so client-go's rate limit never waits); each against its floor.
+    runs: list[tuple[str, Kubectl, int | None]] = [("kubectl", kubectl, None), ("kubectl whole", kubectl, 0)]
     pages = 0
+    await deferToThread(run_kubectl_rusage, kubectl, ns)  # discovery cache
     if replay is not None and replayed is not None:
         share_discovery(kubectl, server.url, replayed, replay.url)
         pages = await server.record_walk(ns, replay)
+        await server.record_walk(ns, replay, limit=None)
         await deferToThread(run_kubectl_rusage, replayed, ns)
+        runs += [("kubectl floor", replayed, None), ("kubectl whole floor", replayed, 0)]
+    kubectl_cpu: dict[str, list[float]] = {name: [] for name, _, _ in runs}
+    waits: dict[str, list[float]] = {name: [] for name, _, _ in runs}
+    names = list(variants)
+    for name, _, _ in runs:
+        samples[name] = []
     for i in range(reps):
         for name in names[i % len(names) :] + names[: i % len(names)]:
             samples[name].append(await cost(variants[name], expected, pids, name))
-        runs = [("kubectl", kubectl, kubectl_cpu)]
-        if replayed is not None:
-            runs.append(("kubectl floor", replayed, kubectl_floor_cpu))
-        for name, client, cpus in runs if i % 2 == 0 else runs[::-1]:
-            wall, cpu, rows = await deferToThread(run_kubectl_rusage, client, ns, waits[name])
+        for name, client, chunk_size in runs[i % len(runs) :] + runs[: i % len(runs)]:
+            wall, cpu, rows = await deferToThread(run_kubectl_rusage, client, ns, waits[name], chunk_size)
             if rows != layout.tags:
                 raise RuntimeError(f"{name} printed {rows} rows, expected {layout.tags}")
             samples[name].append(Cost(wall, 0.0, 0.0, 0.0))
-            cpus.append(cpu)
+            kubectl_cpu[name].append(cpu)
 
     stalls = {
         "json": await with_livez(reactor, server.url, ca_file, lambda: server.list(ns)),
@@ -674,7 +680,6 @@ async def measure_layout(
         return {
             **described(layout, samples),
             "kubectl_cpu": kubectl_cpu,
-            "kubectl_floor_cpu": kubectl_floor_cpu,
             "kubectl_waits": waits,
             "kubectl_pages": pages,
             "registry_requests": {"one": one, "walk": walk},
@@ -723,7 +728,6 @@ async def measure_layout(
     return {
         **described(layout, samples),
         "kubectl_cpu": kubectl_cpu,
-        "kubectl_floor_cpu": kubectl_floor_cpu,
         "kubectl_waits": waits,
         "kubectl_pages": pages,
         "registry_requests": {"one": one, "walk": walk, "50 at once": same, "floor": floor_requests},
@@ -923,7 +927,7 @@ def summarize(results: dict[str, Any]) -> str:
             return f"{med(values) / base:.2f} ({spread(values)})"
 
         kube = med([c.wall for c in s["kubectl"]])
-        kcpu = med(r["kubectl_cpu"])
+        kcpu = med(r["kubectl_cpu"]["kubectl"])
         floor_cpu = med([c.own_cpu for c in s["floor"]])
         json_cpu = med([c.server_cpu for c in s["json"]])
         walk_cpu = med([c.server_cpu for c in s["walk"]])
@@ -957,25 +961,30 @@ def summarize(results: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "kubectl get (chunks of 500, Table): against payloadtags and against its floor, the same pages "
-        "answered from memory (client-side rate limit: the seconds kubectl logged waiting for it)",
+        "kubectl get (Table): against payloadtags and against its floor, the same pages answered from "
+        "memory (client-side rate limit: the seconds kubectl logged waiting for it); in chunks of 500 as "
+        "kubectl asks by default, and whole with --chunk-size=0 (one request)",
         "",
-        "| namespace | pages | kubectl wall (s) | kubectl CPU (s) | rate-limit wait (s) | floor: wall (s) "
-        "| floor: CPU (s) | floor: rate-limit wait (s) | kubectl / kubectl floor |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| namespace | chunks | pages | kubectl wall (s) | kubectl CPU (s) | rate-limit wait (s) "
+        "| floor: wall (s) | floor: CPU (s) | floor: rate-limit wait (s) | kubectl / kubectl floor "
+        "| kubectl / (floor + kubectl CPU) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results["layouts"]:
         if not r.get("kubectl_pages"):
             continue
-        walls = [c["wall"] for c in r["samples"]["kubectl"]]
-        floor_walls = [c["wall"] for c in r["samples"]["kubectl floor"]]
-        waits = r["kubectl_waits"]
-        lines.append(
-            f"| {r['namespace']} | {r['kubectl_pages']} | {med(walls):.2f} ({spread(walls)}) "
-            f"| {med(r['kubectl_cpu']):.2f} | {med(waits['kubectl']):.2f} "
-            f"| {med(floor_walls):.2f} ({spread(floor_walls)}) | {med(r['kubectl_floor_cpu']):.2f} "
-            f"| {med(waits['kubectl floor']):.2f} | {med(walls) / med(floor_walls):.2f} |"
-        )
+        fw = med([c["wall"] for c in r["samples"]["floor"]])
+        for name, chunks, pages in (("kubectl", "500", r["kubectl_pages"]), ("kubectl whole", "0", 1)):
+            walls = [c["wall"] for c in r["samples"][name]]
+            floor_walls = [c["wall"] for c in r["samples"][f"{name} floor"]]
+            cpu, waits = r["kubectl_cpu"], r["kubectl_waits"]
+            lines.append(
+                f"| {r['namespace']} | {chunks} | {pages} | {med(walls):.2f} ({spread(walls)}) "
+                f"| {med(cpu[name]):.2f} | {med(waits[name]):.2f} "
+                f"| {med(floor_walls):.2f} ({spread(floor_walls)}) | {med(cpu[f'{name} floor']):.2f} "
+                f"| {med(waits[f'{name} floor']):.2f} | {med(walls) / med(floor_walls):.2f} "
+                f"| {med(walls) / (fw + med(cpu[name])):.2f} |"
+            )
     lines.append("")
     lines.append(
         f"Server RSS: {results['rss_kib_at_start']['VmRSS'] / 1024:.0f} MiB at start, "
@@ -995,7 +1004,7 @@ def summarize(results: dict[str, Any]) -> str:
 
         for lo, hi in itertools.pairwise(spread_layouts):
             ks = []
-            for name in ("floor", "json", "table", "kubectl", "kubectl floor"):
+            for name in ("floor", "json", "table", "kubectl", "kubectl floor", "kubectl whole"):
                 if lo["samples"].get(name) and hi["samples"].get(name):
                     ks.append(f"{name} wall {k_of(lo, hi, name, 'wall'):.2f}")
             for name in ("json", "table", "walk"):

@@ -501,6 +501,33 @@ async def test_chunked_listing_shows_every_tag_once_in_order(kubectl, registry, 
 
 
 @pytest_twisted.ensureDeferred
+async def test_chunk_size_0_lists_everything_in_one_request(kubectl, registry, repo):
+    # What docs/troubleshooting.md tells users of big namespaces: one request, so kubectl's own rate
+    # limit never waits, and the same rows as pages of one.
+    ns = namespace_of(repo)
+    push(registry, ns, "one", "a", "b")
+    push(registry, ns, "one/deeper", "x")
+    push(registry, ns, "two", "c")
+
+    whole = ok(await kubectl("get", "prt", "-n", ns, "--chunk-size=0", "-v=6"))
+    paged = ok(await kubectl("get", "prt", "-n", ns, "--chunk-size=1", "-v=6"))
+
+    def lists(result):
+        return [line for line in result.err.splitlines() if f"/namespaces/{ns}/payloadrepositorytags" in line]
+
+    assert len(lists(whole)) == 1 and "limit=" not in lists(whole)[0]
+    assert len(lists(paged)) == 4  # a page per tag, and kubectl asks with limit=1 each time
+    assert all("limit=1" in line for line in lists(paged))
+    assert whole.out == paged.out
+    assert whole.out == kubectl_table(
+        [
+            HEADER,
+            *[(name(p, t), p, t) for p, t in [("one", "a"), ("one", "b"), ("one/deeper", "x"), ("two", "c")]],
+        ]
+    )
+
+
+@pytest_twisted.ensureDeferred
 async def test_chunked_listing_across_namespaces_matches_the_unchunked_one(kubectl, registry, repo):
     ns = namespace_of(repo)
     push(registry, ns, "a", "1", "2")
