@@ -990,6 +990,12 @@ def summarize(results: dict[str, Any]) -> str:
         f"Server RSS: {results['rss_kib_at_start']['VmRSS'] / 1024:.0f} MiB at start, "
         f"{results['rss_kib_after']['VmRSS'] / 1024:.0f} MiB after the last list "
         f"(peak {results['rss_kib_after']['VmHWM'] / 1024:.0f} MiB)"
+        + (
+            f", {results['rss_kib_settled']['VmRSS'] / 1024:.0f} MiB after "
+            f"{results['settle_seconds']:.0f} s idle"
+            if "rss_kib_settled" in results
+            else ""
+        )
     )
     spread_layouts = [r for r in results["layouts"] if r["repositories"] == REPOSITORIES]
     if len(spread_layouts) > 1:
@@ -1100,6 +1106,12 @@ async def run(
                 )
             )
         results["rss_kib_after"] = proc_status(process.pid)
+        if args.settle:
+            # Idle until the lists' caches have expired: what the server gives back afterwards.
+            print(f"# idle for {args.settle:.0f} s", flush=True)
+            results["settle_seconds"] = args.settle
+            await deferLater(reactor, args.settle, lambda: None)
+            results["rss_kib_settled"] = proc_status(process.pid)
     finally:
         await server.pool.closeCachedConnections()
         await crowd.pool.closeCachedConnections()
@@ -1138,6 +1150,13 @@ def main(argv: list[str] | None = None) -> int:
         "of that tree's server (before) and this one's (after) alternated with the floor",
     )
     parser.add_argument("--profile", type=Path, help="run this tree's server under cProfile, stats there")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        help="then leave the server idle this many seconds and report its RSS (the caches of lists, walks "
+        "and list records expire within 130 s)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     results = run_with_registry(
