@@ -20,7 +20,8 @@ What it does (all on 127.0.0.1; everything it starts is stopped at the end, also
      same kubectl reading the same Table pages (recorded from payloadtags, byte for byte) from a server
      that answers them from memory (``Replay``), which is what kubectl costs by itself, its CPU and its
      client-side rate limit (client-go's default 5 requests/s after a burst of 10) included; the time
-     kubectl reports waiting for that limit (``-v=3``) is kept too;
+     kubectl reports waiting for that limit (``-v=3``) is kept too; the same again with ``--chunk-size=0``
+     (the whole list in one request, which that limit never delays), against the same two floors;
    - a paginated JSON walk with ``limit=500``: server CPU against one unpaged list, and the registry
      requests of the walk (``tags/list`` requests per repository, catalog requests);
    - 50 identical lists at once: registry requests against one list's;
@@ -43,7 +44,7 @@ and round taking the floor, after and before in a rotating order. ``--profile FI
 server runs under cProfile, its stats written to FILE when it stops.
 
 Usage: .venv/bin/python bench/list_scale.py [--sizes 1000,10000[,100000]] [--one 10000] [--reps 5]
-       [--server-src DIR] [--profile FILE] [--json FILE]
+       [--server-src DIR] [--profile FILE] [--settle SECONDS] [--json FILE]
 """
 
 from __future__ import annotations
@@ -1155,7 +1156,7 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=0.0,
         help="then leave the server idle this many seconds and report its RSS (the caches of lists, walks "
-        "and list records expire within 130 s)",
+        "and list records are gone within 180 s)",
     )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
