@@ -486,14 +486,19 @@ async def test_get_name_that_is_no_tag_name_is_not_found(kubectl, registry, repo
 # --- list options ---------------------------------------------------------------------------------------
 
 
-@pytest_twisted.ensureDeferred
-async def test_chunked_listing_shows_every_tag_once_in_order(kubectl, registry, repo):
-    ns = namespace_of(repo)
+def push_sorting_sample(registry, ns):
+    """Tags pushed out of order, nested paths among them; returns the (path, tag) pairs in list order."""
     push(registry, ns, "one", "a", "b")
     push(registry, ns, "one/deeper", "x")
     push(registry, ns, "two", "c")
     push(registry, ns, "zz", "b", "a")
-    expected = [("one", "a"), ("one", "b"), ("one/deeper", "x"), ("two", "c"), ("zz", "a"), ("zz", "b")]
+    return [("one", "a"), ("one", "b"), ("one/deeper", "x"), ("two", "c"), ("zz", "a"), ("zz", "b")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_chunked_listing_shows_every_tag_once_in_order(kubectl, registry, repo):
+    ns = namespace_of(repo)
+    expected = push_sorting_sample(registry, ns)
 
     result = ok(await kubectl("get", "prt", "-n", ns, "--chunk-size=1"))
 
@@ -505,9 +510,7 @@ async def test_chunk_size_0_lists_everything_in_one_request(kubectl, registry, r
     # What docs/troubleshooting.md tells users of big namespaces: one request, so kubectl's own rate
     # limit never waits, and the same rows as pages of one.
     ns = namespace_of(repo)
-    push(registry, ns, "one", "a", "b")
-    push(registry, ns, "one/deeper", "x")
-    push(registry, ns, "two", "c")
+    expected = push_sorting_sample(registry, ns)
 
     whole = ok(await kubectl("get", "prt", "-n", ns, "--chunk-size=0", "-v=6"))
     paged = ok(await kubectl("get", "prt", "-n", ns, "--chunk-size=1", "-v=6"))
@@ -516,15 +519,9 @@ async def test_chunk_size_0_lists_everything_in_one_request(kubectl, registry, r
         return [line for line in result.err.splitlines() if f"/namespaces/{ns}/payloadrepositorytags" in line]
 
     assert len(lists(whole)) == 1 and "limit=" not in lists(whole)[0]
-    assert len(lists(paged)) == 4  # a page per tag, and kubectl asks with limit=1 each time
+    assert len(lists(paged)) == len(expected)  # a page per tag, each asked with limit=1
     assert all("limit=1" in line for line in lists(paged))
-    assert whole.out == paged.out
-    assert whole.out == kubectl_table(
-        [
-            HEADER,
-            *[(name(p, t), p, t) for p, t in [("one", "a"), ("one", "b"), ("one/deeper", "x"), ("two", "c")]],
-        ]
-    )
+    assert whole.out == paged.out == kubectl_table([HEADER, *[(name(p, t), p, t) for p, t in expected]])
 
 
 @pytest_twisted.ensureDeferred
