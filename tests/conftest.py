@@ -127,7 +127,8 @@ _counter = itertools.count()
 @pytest.fixture
 def repo(request: pytest.FixtureRequest) -> str:
     """A repository name no other test uses: ``t<n>/<test name>``."""
-    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:60] or "test"
+    # Cut first, then trimmed: a name cut at a dash would end in one, which no repository name may.
+    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:60].strip("-") or "test"
     return f"t{next(_counter)}/{name}"
 
 

@@ -124,6 +124,36 @@ async def test_a_retag_landing_soon_after_timeout_finishes(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_failed_read_while_the_retag_is_late_does_not_end_the_wait(
+    registry: RegistryServer, repo: str, proxied: Any
+) -> None:
+    """The first read of the tag after the re-tag timed out fails: that says nothing about the
+    re-tag, so the delete keeps watching, sees its copy land and finishes. (Ending the wait there
+    reported the tag as it was, and the re-tag then landed after the delete had ended: a tag that
+    a namespace's cleanup had already found gone came back.)"""
+    digest = images.push_oci_image(registry, repo, "v1")
+    images.tag_manifest(registry, repo, "v1", "sibling")
+    late: list[str] = []
+    failed: list[str] = []
+
+    def decide(method: str, path: str) -> str | None:
+        if method == "PUT" and path.endswith("/manifests/v1") and not late:
+            late.append(path)
+            return LATE
+        if late and not failed and method == "HEAD" and path.endswith("/manifests/v1"):
+            failed.append(path)
+            return ERROR_BEFORE
+        return None
+
+    proxy, replica = proxied(decide, stall=0.6, timeout=0.4)
+    assert await replica.client.delete_tag(repo, "v1") == digest
+    assert proxy.injected[LATE] == 1 and proxy.injected[ERROR_BEFORE] == 1
+    await proxy.settled()
+    assert images.list_tags(registry, repo) == ["sibling"]
+    assert images.resolve(registry, repo, "sibling") == digest
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_retag_the_registry_carries_out_late_is_named_in_the_error(
     registry: RegistryServer, repo: str, proxied: Any
 ) -> None:

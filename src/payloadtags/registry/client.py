@@ -553,7 +553,9 @@ class RegistryClient:
         """Our write of ``ours`` under the tag went unanswered: the registry may carry it out late.
         Watch the tag for a while, as long as it shows what this delete found (or nothing), until the
         write lands; then the settle finishes the delete instead of reporting a write in doubt. A
-        push seen meanwhile ends the wait: the settle reports it."""
+        push seen meanwhile ends the wait: the settle reports it. A read that fails says nothing
+        about the write, so the wait goes on: ending it there let the write land after a delete
+        that had reported the tag gone."""
         deadline = self._reactor.seconds() + LATE_WRITE_GRACE * self._settings.timeout
         interval = min(1.0, max(0.05, self._settings.timeout / 4))
         expected = {None, original.digest if original is not None else None}
@@ -561,7 +563,7 @@ class RegistryClient:
             try:
                 current = await self._current(repository, tag)
             except RegistryError:
-                return  # the settle reads again and says what it can
+                current = None  # not known: read again after the interval, until the deadline
             if current == ours or current not in expected:
                 return
             await deferLater(self._reactor, interval, lambda: None)
