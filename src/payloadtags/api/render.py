@@ -231,13 +231,8 @@ def _escaped(tags: Sequence[str]) -> list[str]:
 
 
 def _items(run: Run, registry_host: str, media: MediaType, include: str) -> Iterator[str]:
-    for chunk in _item_chunks(run, registry_host, media, include):
+    for chunk in _in_chunks(_ItemMaker.items, run, registry_host, media, include):
         yield from chunk
-
-
-def _item_chunks(run: Run, registry_host: str, media: MediaType, include: str) -> Iterator[list[str]]:
-    """The items of ``run``, ``CHUNK_ITEMS`` at a time."""
-    return _in_chunks(_ItemMaker.items, run, registry_host, media, include)
 
 
 def _in_chunks(
@@ -557,15 +552,12 @@ def list_text(
     head, tail = _envelope(meta, media)
     # Each chunk's items as one text, a comma before each (`_ItemMaker.block`): not split into 500
     # strings and joined again, nor passed one by one through a generator; only the first comma goes.
-    blocks = [block for run in runs for block in _blocks(run, registry_host, media, include)]
+    blocks = [
+        block for run in runs for block in _in_chunks(_ItemMaker.block, run, registry_host, media, include)
+    ]
     if not blocks:
         return head + tail
     return b"".join((head, memoryview(blocks[0])[1:], *blocks[1:], tail))
-
-
-def _blocks(run: Run, registry_host: str, media: MediaType, include: str) -> Iterator[bytes]:
-    """The items of ``run``, ``CHUNK_ITEMS`` at a time, each chunk as one text (`_ItemMaker.block`)."""
-    return _in_chunks(_ItemMaker.block, run, registry_host, media, include)
 
 
 def list_chunks(
