@@ -30,7 +30,10 @@ read to within 10 ms: ``--requests`` keeps that a small part.
 
 Usage: .venv/bin/python bench/request_cpu.py [--requests 1000] [--reps 3] [--tags 2000] [--repositories 1]
        [--limit 500] [--kinds discovery,discovery-cert,get,page,list] [--before SRC] [--after SRC]
-       [--profile FILE] [--json FILE]
+       [--profile FILE] [--json FILE] [--pin]
+
+``--pin`` puts the servers on the first CPU and the registry and this client on the others, as a
+deployment separates them (the server's pod, the registry, kube-apiserver).
 """
 
 from __future__ import annotations
@@ -194,12 +197,24 @@ async def run(
         started.append(process)
         await deferToThread(wait_ready, url, ca_file, process, work / f"{name}.log")
         servers[name] = (process.pid, url)
+    if args.pin:
+        # As deployed, the server has its CPU to itself: the registry and the client are elsewhere.
+        # Here they share two CPUs, and their turns between the server's evict its caches.
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise SystemExit("--pin needs two CPUs")
+        for pid, _url in servers.values():
+            pin(pid, {cpus[0]})
+        assert registry.process is not None
+        for pid in (registry.process.pid, os.getpid()):
+            pin(pid, set(cpus[1:]))
     kinds = args.kinds.split(",")
     results: dict[str, Any] = {
         "requests": args.requests,
         "tags": args.tags,
         "repositories": args.repositories,
         "limit": args.limit,
+        "pinned": args.pin,
         "reps": [],
     }
 
@@ -232,6 +247,12 @@ async def run(
     return results
 
 
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` onto ``cpus`` (an affinity is per thread; new threads inherit it)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
+
+
 def summarize(results: dict[str, Any]) -> str:
     reps = results["reps"]
     names = list(reps[0][next(iter(reps[0]))])
@@ -239,7 +260,7 @@ def summarize(results: dict[str, Any]) -> str:
         f"Machine: {results['machine']}; load average {results['load']}",
         f"{results['requests']} requests per kind, server and repetition; {len(reps)} repetitions; "
         f"pages of {results['limit']} from {results['tags']} tags in {results['repositories']} "
-        "repositories",
+        "repositories" + ("; the servers on a CPU of their own (--pin)" if results.get("pinned") else ""),
         "",
         "| kind | "
         + " | ".join(f"{n}: server CPU per request, ms (range)" for n in names)
@@ -284,6 +305,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--after", help="run another tree's server code as the one measured (its src)")
     parser.add_argument("--profile", help="run this tree's server under cProfile (CPU time), stats here")
     parser.add_argument("--json", type=Path, help="also write raw figures here")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="the servers on the first CPU, the registry and the client on the others",
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
     results = run_with_registry(
