@@ -198,8 +198,8 @@ async def run(
         await deferToThread(wait_ready, url, ca_file, process, work / f"{name}.log")
         servers[name] = (process.pid, url)
     if args.pin:
-        # As deployed, the server has its CPU to itself: the registry and the client are elsewhere.
-        # Here they share two CPUs, and their turns between the server's evict its caches.
+        # Deployed, the server does not share its CPU with the registry or the client (kube-apiserver);
+        # here all three share the machine's CPUs unless pinned apart.
         cpus = sorted(os.sched_getaffinity(0))
         if len(cpus) < 2:
             raise SystemExit("--pin needs two CPUs")
