@@ -24,7 +24,7 @@ from payloadtags.registry import (
 )
 from tests.support import images
 from tests.support.dangling import dangling_tags, make_dangling, race_dangling
-from tests.support.faultproxy import ERROR_AFTER, ERROR_BEFORE, LATE, FaultProxy
+from tests.support.faultproxy import ERROR_AFTER, ERROR_BEFORE, LATE, STALL, FaultProxy
 from tests.support.interleaving import USER, Replica
 from tests.support.registry_server import RegistryServer
 
@@ -236,6 +236,9 @@ async def test_a_restore_that_fails_says_where_the_tag_points(registry, repo, pr
 
 # --- dangling tags ----------------------------------------------------------------------------------
 
+# The digest the client DELETEs to learn whether deletes are possible (it never names a manifest).
+PROBE_DIGEST = "sha256:" + "0" * 64
+
 
 def dangling_fixture(registry: RegistryServer, repo: str) -> tuple[str, str]:
     """t0 and t1 on one digest (left dangling), t2 on another: (dangling digest, t2's digest)."""
@@ -263,6 +266,39 @@ async def test_a_single_delete_repairs_a_dangling_tag_and_nothing_else(registry,
     assert images.resolve(registry, repo, "t2") == kept
     with pytest.raises(RegistryNotFound):
         await replica.client.delete_tag(repo, "t0")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_delete_left_dangling_by_the_registry_finishes_past_a_failed_check(
+    registry: RegistryServer, repo: str, proxied: Any
+) -> None:
+    """The registry removes the delete's copy and fails before untagging the tag (2.8's half-failed
+    DELETE: the tag dangles), and the read that finds where the tag points then stalls. The read is
+    tried again, the delete repairs the tag and finishes. (Giving up at the stall left the tag
+    dangling, with an error asking the user to retry: found by the slow tier's seed 1111.)"""
+    digest = images.push_oci_image(registry, repo, "v1")
+    images.tag_manifest(registry, repo, "v1", "sibling")
+    half_done: list[str] = []
+    stalled: list[str] = []
+
+    def decide(method: str, path: str) -> str | None:
+        copy = path.rpartition("/manifests/")[2]
+        if method == "DELETE" and copy.startswith("sha256:") and copy != PROBE_DIGEST and not half_done:
+            half_done.append(copy)
+            make_dangling(registry, repo, copy)
+            return ERROR_BEFORE  # the registry's own 500, after it removed the revision
+        if half_done and not stalled and method == "HEAD" and path.endswith("/manifests/v1"):
+            stalled.append(path)
+            return STALL
+        return None
+
+    proxy, replica = proxied(decide, stall=0.6, timeout=0.4)
+    assert await replica.client.delete_tag(repo, "v1") == digest
+    assert half_done and stalled
+    await proxy.settled()
+    assert images.list_tags(registry, repo) == ["sibling"]
+    assert dangling_tags(registry.url, repo) == []
+    assert images.resolve(registry, repo, "sibling") == digest
 
 
 @pytest_twisted.ensureDeferred

@@ -14,7 +14,7 @@ import operator
 import os
 import re
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar, cast
 
 import attrs
@@ -84,6 +84,11 @@ PROBE_VALIDITY = 10.0  # seconds
 # After a write of ours under a tag goes unanswered, the tag is watched this many timeouts long for
 # the write to land, so that the delete can finish instead of reporting a write in doubt.
 LATE_WRITE_GRACE = 2.0
+# After a failed step of a delete, the reads that find where the tag points (and the repair's steps
+# before its write) are tried this many times: giving up there leaves the tag half deleted (dangling,
+# or on a copy of ours) with only an error to say so, where a read that hit a 500 or a stall most
+# often succeeds the next time. Reads and content-addressed uploads are safe to repeat.
+SETTLE_TRIES = 3
 # Deleting this digest never deletes anything, yet the registry says whether deletes are possible:
 # 404 when they are, 405 UNSUPPORTED when storage deletes are off, a bare 405 when it is read-only.
 _PROBE_DIGEST = "sha256:" + "0" * 64
@@ -492,6 +497,22 @@ class RegistryClient:
         except RegistryNotFound:
             return None
 
+    async def _again(self, step: Callable[[], Awaitable[T]]) -> T:
+        """``step`` (a read, or an upload of content by its digest), tried up to SETTLE_TRIES times
+        while it fails with a 5xx or a timeout."""
+        interval = min(1.0, max(0.05, self._settings.timeout / 4))
+        for _ in range(SETTLE_TRIES - 1):
+            try:
+                return await step()
+            except (RegistryUnavailable, RegistryTimeout):
+                await deferLater(self._reactor, interval, lambda: None)
+        return await step()
+
+    async def _where(self, repository: str, tag: str) -> tuple[str | None, bool]:
+        """Where the tag points (None: nowhere) and whether it is gone (not listed either)."""
+        current = await self._current(repository, tag)
+        return current, current is None and tag not in await self.tags(repository)
+
     def _window(self, kind: str, repository: str, tag: str, since: float) -> None:
         if self.on_window is not None:
             self.on_window(kind, f"{repository}:{tag}", since, self._reactor.seconds())
@@ -603,8 +624,7 @@ class RegistryClient:
         else:
             late = ""
         try:
-            current = await self._current(repository, tag)
-            gone = current is None and tag not in await self.tags(repository)
+            current, gone = await self._again(lambda: self._where(repository, tag))
         except RegistryError as check_error:
             raise _amend(
                 error,
@@ -679,7 +699,7 @@ class RegistryClient:
         """Point a dangling tag at a fresh placeholder manifest and delete that by digest."""
         where = f"{repository}:{tag}"
         what = f"repairing dangling tag {where}"
-        empty = await self._ensure_blob(repository, EMPTY_JSON, what)
+        empty = await self._again(lambda: self._ensure_blob(repository, EMPTY_JSON, what))
         descriptor = {"mediaType": EMPTY_MEDIA_TYPE, "digest": empty, "size": len(EMPTY_JSON)}
         document = {
             "schemaVersion": 2,
@@ -693,7 +713,7 @@ class RegistryClient:
         assert fresh is not None
         # Conditional, as every write here: right before it, the tag must still point at nothing.
         read_at = self._reactor.seconds()
-        current = await self._current(repository, tag)
+        current = await self._again(lambda: self._current(repository, tag))
         if current is not None:
             raise RegistryConflict(
                 f"registry {self._name}: tag {where} was dangling and now points at {current}, pushed "
