@@ -153,6 +153,7 @@ class Delete:
     start: float
     end: float = float("inf")
     outcome: str = "running"  # ok | not-found | conflict | error | killed
+    message: str = ""  # what a failed or conflicting delete told its user
 
 
 @attrs.define
@@ -342,6 +343,7 @@ class Run:
             record.outcome = {404: "not-found", 409: "conflict"}.get(error.code, "error")
             if error.code != 404:  # what a failed or conflicting delete told its user
                 self.failed_deletes[(repository, tag)].append(error.message)
+                record.message = error.message
         except CancelledError:
             record.outcome = "killed"
         finally:
@@ -687,8 +689,9 @@ class Run:
                 (push.start, f"push {push.digest[:19]}{copied} {outcome} at {push.end - self.began:.3f}")
             )
         for delete in self.deletes[(repository, tag)]:
+            told = f" ({delete.message})" if delete.message else ""
             events.append(
-                (delete.start, f"delete asked, ended {delete.end - self.began:.3f}: {delete.outcome}")
+                (delete.start, f"delete asked, ended {delete.end - self.began:.3f}: {delete.outcome}{told}")
             )
         for kind, since, until in self.windows[where]:
             events.append((since, f"{kind} window until {until - self.began:.3f}"))
@@ -696,14 +699,23 @@ class Run:
             for exchange in proxy.exchanges:
                 on_tag = exchange.path == f"/v2/{repository}/manifests/{tag}"
                 by_digest = exchange.path.startswith(f"/v2/{repository}/manifests/sha256:")
-                if on_tag or (by_digest and exchange.method == "DELETE"):
+                # The repository's tag lists and blobs: what a delete's settle and repair read.
+                listing = exchange.path.startswith(
+                    (f"/v2/{repository}/tags/list", f"/v2/{repository}/blobs/")
+                )
+                if on_tag or listing or (by_digest and exchange.method == "DELETE"):
+                    what = (
+                        exchange.path.removeprefix(f"/v2/{repository}/")
+                        if listing
+                        else exchange.path.rsplit("/", 1)[1][:19]
+                    )
                     answered = (
                         "never" if exchange.answered is None else f"{exchange.answered - self.began:.3f}"
                     )
                     events.append(
                         (
                             exchange.received,
-                            f"replica {index}: {exchange.method} {exchange.path.rsplit('/', 1)[1][:19]} "
+                            f"replica {index}: {exchange.method} {what[:30]} "
                             f"reached the registry {exchange.sent - self.began:.3f}, answered {answered} "
                             f"{exchange.status} {exchange.fault or ''}",
                         )
