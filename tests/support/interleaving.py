@@ -612,12 +612,10 @@ class Run:
                 self.report.interrupted_copies += 1
                 return
         document = fetched.json()
-        annotations = document.get("annotations") or {}
-        if DELETE_NONCE_ANNOTATION in annotations:
-            annotations.pop(DELETE_NONCE_ANNOTATION)
-            if not annotations:
-                document.pop("annotations")
-            if json.loads(last.content) == document:
+        if DELETE_NONCE_ANNOTATION in (document.get("annotations") or {}):
+            # Both without the nonce: the last push may itself be a copy of a delete's transient
+            # manifest (a tag copied while a delete had it on its copy), whose nonce this copy replaced.
+            if _without_nonce(json.loads(last.content)) == _without_nonce(document):
                 # The same content under the copy a delete of this tag wrote: allowed when that delete
                 # said so in its error, digest and all, or was killed before it could say anything.
                 if any(fetched.digest in message for message in self.failed_deletes[(repository, tag)]):
@@ -723,6 +721,15 @@ class Run:
         return "\n".join(
             f"  {at - self.began:8.3f} {text}" for at, text in sorted(events, key=lambda e: e[0])
         )
+
+
+def _without_nonce(document: Any) -> Any:
+    """A manifest document as it was before a delete added its nonce annotation to it."""
+    annotations = {
+        k: v for k, v in (document.get("annotations") or {}).items() if k != DELETE_NONCE_ANNOTATION
+    }
+    rest = {k: v for k, v in document.items() if k != "annotations"}
+    return {**rest, "annotations": annotations} if annotations else rest
 
 
 def _ours(content: bytes) -> bool:
