@@ -236,9 +236,6 @@ async def test_a_restore_that_fails_says_where_the_tag_points(registry, repo, pr
 
 # --- dangling tags ----------------------------------------------------------------------------------
 
-# The digest the client DELETEs to learn whether deletes are possible (it never names a manifest).
-PROBE_DIGEST = "sha256:" + "0" * 64
-
 
 def dangling_fixture(registry: RegistryServer, repo: str) -> tuple[str, str]:
     """t0 and t1 on one digest (left dangling), t2 on another: (dangling digest, t2's digest)."""
@@ -282,8 +279,8 @@ async def test_a_delete_left_dangling_by_the_registry_finishes_past_a_failed_che
     stalled: list[str] = []
 
     def decide(method: str, path: str) -> str | None:
-        copy = path.rpartition("/manifests/")[2]
-        if method == "DELETE" and copy.startswith("sha256:") and copy != PROBE_DIGEST and not half_done:
+        if unique_delete(method, path) and not half_done:
+            copy = path.rpartition("/manifests/")[2]
             half_done.append(copy)
             make_dangling(registry, repo, copy)
             return ERROR_BEFORE  # the registry's own 500, after it removed the revision

@@ -229,7 +229,6 @@ class Run:
         self.doomed = [f"{stem}d{i}" for i in range(config.doomed_namespaces)]
         self.pushes: dict[tuple[str, str], list[Push]] = collections.defaultdict(list)
         self.deletes: dict[tuple[str, str], list[Delete]] = collections.defaultdict(list)
-        self.failed_deletes: dict[tuple[str, str], list[str]] = collections.defaultdict(list)
         self.push_locks: dict[tuple[str, str], DeferredLock] = collections.defaultdict(DeferredLock)
         self.inflight: list[Deferred[Any]] = []
         self.repositories = {
@@ -342,7 +341,6 @@ class Run:
         except ApiError as error:
             record.outcome = {404: "not-found", 409: "conflict"}.get(error.code, "error")
             if error.code != 404:  # what a failed or conflicting delete told its user
-                self.failed_deletes[(repository, tag)].append(error.message)
                 record.message = error.message
         except CancelledError:
             record.outcome = "killed"
@@ -605,7 +603,7 @@ class Run:
         if REPAIR_ANNOTATION in written:
             # A repair's placeholder (the tag was dangling: a delete of it had half-failed) that a
             # delete of this tag said it may leave there, digest and all, or was killed before saying.
-            if any(fetched.digest in message for message in self.failed_deletes[(repository, tag)]):
+            if self.told(repository, tag, fetched.digest):
                 self.report.reported_copies += 1
                 return
             if any(d.outcome == "killed" for d in after_push):
@@ -618,7 +616,7 @@ class Run:
             if _without_nonce(json.loads(last.content)) == _without_nonce(document):
                 # The same content under the copy a delete of this tag wrote: allowed when that delete
                 # said so in its error, digest and all, or was killed before it could say anything.
-                if any(fetched.digest in message for message in self.failed_deletes[(repository, tag)]):
+                if self.told(repository, tag, fetched.digest):
                     self.report.reported_copies += 1
                     return
                 if any(d.outcome == "killed" and d.end > last.start for d in self.deletes[(repository, tag)]):
@@ -650,6 +648,10 @@ class Run:
             f"{where}: points at {fetched.digest}{what}, not its last acknowledged push "
             f"{last.digest} ({kind})\n{self.timeline(repository, tag)}"
         )
+
+    def told(self, repository: str, tag: str, text: str) -> bool:
+        """Whether a failed or conflicting delete of the tag named ``text`` to its user."""
+        return any(text in delete.message for delete in self.deletes[(repository, tag)])
 
     def write_windows(self, repository: str, tag: str) -> list[tuple[float, float, bool]]:
         """Each write payloadtags made to the tag, as the registry saw it: from the read it was

@@ -192,7 +192,7 @@ class ProcessRun(Run):
             record.outcome = {200: "ok", 404: "not-found", 409: "conflict"}.get(response.code, "error")
             message = self.answered(response.code, response.body, f"DELETE {repository}:{tag}")
             if record.outcome in ("error", "conflict"):  # what the delete told its user
-                self.failed_deletes[(repository, tag)].append(message)
+                record.message = message
         finally:
             record.end = self.now()
 

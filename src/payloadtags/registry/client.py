@@ -500,13 +500,17 @@ class RegistryClient:
     async def _again(self, step: Callable[[], Awaitable[T]]) -> T:
         """``step`` (a read, or an upload of content by its digest), tried up to SETTLE_TRIES times
         while it fails with a 5xx or a timeout."""
-        interval = min(1.0, max(0.05, self._settings.timeout / 4))
         for _ in range(SETTLE_TRIES - 1):
             try:
                 return await step()
             except (RegistryUnavailable, RegistryTimeout):
-                await deferLater(self._reactor, interval, lambda: None)
+                await self._pause()
         return await step()
+
+    def _pause(self) -> Deferred[None]:
+        """The wait between two reads of a tag while a delete settles: a quarter of the registry
+        timeout, within 0.05 to 1 s."""
+        return deferLater(self._reactor, min(1.0, max(0.05, self._settings.timeout / 4)), lambda: None)
 
     async def _where(self, repository: str, tag: str) -> tuple[str | None, bool]:
         """Where the tag points (None: nowhere) and whether it is gone (not listed either)."""
@@ -578,7 +582,6 @@ class RegistryClient:
         about the write, so the wait goes on: ending it there let the write land after a delete
         that had reported the tag gone."""
         deadline = self._reactor.seconds() + LATE_WRITE_GRACE * self._settings.timeout
-        interval = min(1.0, max(0.05, self._settings.timeout / 4))
         expected = {None, original.digest if original is not None else None}
         while self._reactor.seconds() < deadline:
             try:
@@ -587,7 +590,7 @@ class RegistryClient:
                 current = None  # not known: read again after the interval, until the deadline
             if current == ours or current not in expected:
                 return
-            await deferLater(self._reactor, interval, lambda: None)
+            await self._pause()
 
     async def _settle(
         self,
