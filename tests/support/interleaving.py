@@ -751,10 +751,15 @@ async def run_many_seeds(
 ) -> list[str]:
     """The slow tier's loop over seeds: runs each, prints running totals, and returns one failure text
     per seed that broke an invariant or did not exercise what it claims (each with its rerun command).
-    INTERLEAVING_SLOW_SEEDS=<n> runs the first n seeds; INTERLEAVING_SLOW_SKIP=<k> skips k first."""
+    INTERLEAVING_SLOW_SEEDS=<n> runs the first n seeds; INTERLEAVING_SLOW_SKIP=<k> skips k first;
+    INTERLEAVING_SLOW_FIRST=<s> shifts the whole range to start at seed s: the fixed seeds have been
+    run many times, new ones explore interleavings they never made."""
     failures = []
     totals: collections.Counter[str] = collections.Counter()
     skip = int(os.environ.get("INTERLEAVING_SLOW_SKIP", 0))
+    first = os.environ.get("INTERLEAVING_SLOW_FIRST")
+    if first is not None:
+        seeds = range(int(first), int(first) + len(seeds))
     for seed in seeds[skip : int(os.environ.get("INTERLEAVING_SLOW_SEEDS", len(seeds)))]:
         began = reactor.seconds()
         report = await run(seed)
