@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from payloadtags.access.authz import AlwaysAllow  # noqa: E402
 from payloadtags.api.negotiation import negotiate  # noqa: E402
 from payloadtags.api.options import list_options  # noqa: E402
 from payloadtags.api.render import list_chunks, list_text  # noqa: E402
@@ -64,11 +65,6 @@ class MemoryCatalog:
     async def tags(self, repository: str, /) -> tuple[str, ...]:
         self.reads += 1
         return tuple(self.tag_names)
-
-
-class AllowAll:
-    def allowed(self, user: UserInfo, verb: str, namespace: str, repository_path: str) -> bool:
-        return True
 
 
 def done(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -116,7 +112,7 @@ def main() -> None:
     # Lists use only the Catalog part of the Registry protocol (catalog and tags).
     inventory = Inventory(registry)  # type: ignore[arg-type]
     service = TagsService(
-        inventory, REGISTRY_HOST, AllowAll(), ResourceVersions(clock), walks=WalkCache(clock)
+        inventory, REGISTRY_HOST, AlwaysAllow(), ResourceVersions(clock), walks=WalkCache(clock)
     )
     walk(service, args.limit)  # warm-up: imports, caches
     unpaged(service)
