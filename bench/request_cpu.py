@@ -13,6 +13,9 @@ What it does (all on 127.0.0.1; everything it starts is stopped at the end, also
    - ``discovery``: ``GET /apis/<group>/<version>`` with the front proxy's certificate and
      ``X-Remote-User`` (authentication, routing, a response cached by the server: no registry read);
    - ``discovery-cert``: the same with a client certificate as the identity;
+   - ``pipelined``: ``discovery`` sent ``PIPELINED`` at a time before any answer is read (HTTP/1.1
+     pipelining): the server's own work per request, without the round trip and the wait between
+     requests that each of the others has;
    - ``get``: ``GET …/payloadrepositorytags/<name>`` of ``bench-get/img:v1``, front-proxied (one manifest
      read from the registry per GET; the image config is kept by the server);
    - ``page``: walks of the namespace ``bench`` with ``limit=--limit`` (front-proxied), page after
@@ -29,7 +32,7 @@ machine are not charged to the server. The clock tick is 10 ms, so a kind's CPU 
 read to within 10 ms: ``--requests`` keeps that a small part.
 
 Usage: .venv/bin/python bench/request_cpu.py [--requests 1000] [--reps 3] [--tags 2000] [--repositories 1]
-       [--limit 500] [--kinds discovery,discovery-cert,get,page,list] [--before SRC] [--after SRC]
+       [--limit 500] [--kinds discovery,discovery-cert,pipelined,get,page,list] [--before SRC] [--after SRC]
        [--profile FILE] [--json FILE] [--pin]
 
 ``--pin`` puts the servers on the first CPU and the registry and this client on the others, as a
@@ -76,7 +79,8 @@ from payloadtags.names import encode_name  # noqa: E402
 GROUP_PATH = "/apis/payload-registry.deckhouse.io/v1alpha1"
 NAMESPACE = "bench"
 GET_NAMESPACE = "bench-get"
-KINDS = ("discovery", "discovery-cert", "get", "page", "list")
+KINDS = ("discovery", "discovery-cert", "pipelined", "get", "page", "list")
+PIPELINED = 32  # requests sent at once by the pipelined kind (the server holds up to 16 kB of them)
 PROXIED = {"X-Remote-User": "admin", "X-Remote-Group": "system:masters", "Accept": "application/json"}
 
 
@@ -90,6 +94,7 @@ class Connection:
         target = urllib.parse.urlsplit(url)
         assert target.hostname is not None and target.port is not None
         self._connection = http.client.HTTPSConnection(target.hostname, target.port, context=context)
+        self._reader: _KeptOpen | None = None
 
     def get(self, path: str, headers: dict[str, str]) -> bytes:
         self._connection.request("GET", path, headers=headers)
@@ -99,8 +104,42 @@ class Connection:
             raise RuntimeError(f"GET {path}: {response.status} {body[:300]!r}")
         return body
 
+    def pipelined(self, path: str, headers: dict[str, str], count: int) -> None:
+        """``count`` GETs of ``path`` written at once, then their answers read in order."""
+        connection = self._connection
+        if connection.sock is None:
+            connection.connect()
+        fields = [f"Host: {connection.host}", *(f"{k}: {v}" for k, v in headers.items())]
+        lines = [f"GET {path} HTTP/1.1", *fields]
+        connection.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() * count)
+        if self._reader is None:
+            self._reader = _KeptOpen(connection.sock.makefile("rb"))
+        for _ in range(count):
+            response = http.client.HTTPResponse(self._reader)  # type: ignore[arg-type]
+            response.begin()
+            body = response.read()
+            if response.status != 200:
+                raise RuntimeError(f"GET {path}: {response.status} {body[:300]!r}")
+
     def close(self) -> None:
         self._connection.close()
+
+
+class _KeptOpen:
+    """One reader of a connection for answer after answer: HTTPResponse asks its socket for a reader
+    (``makefile``) and closes it once the answer is read."""
+
+    def __init__(self, reader: Any) -> None:
+        self._reader = reader
+
+    def makefile(self, mode: str) -> _KeptOpen:
+        return self
+
+    def close(self) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reader, name)
 
 
 def requests_of(kind: str, connection: Connection, limit: int, tags: int) -> Callable[[int], int]:
@@ -115,6 +154,14 @@ def requests_of(kind: str, connection: Connection, limit: int, tags: int) -> Cal
             return n
 
         return discovery
+    if kind == "pipelined":
+
+        def pipelined(n: int) -> int:
+            for sent in range(0, n, PIPELINED):
+                connection.pipelined(GROUP_PATH, PROXIED, min(PIPELINED, n - sent))
+            return n
+
+        return pipelined
     if kind == "get":
         path = f"{GROUP_PATH}/namespaces/{GET_NAMESPACE}/payloadrepositorytags/{encode_name('img', 'v1')}"
 
