@@ -252,6 +252,9 @@ class CountingAuthorizer:
         counted.inc()
         return decision
 
+    def allowed_everywhere(self, user: UserInfo, verb: str, namespace: str) -> bool:
+        return self.inner.allowed_everywhere(user, verb, namespace)
+
 
 @attrs.define(eq=False)  # the prometheus registry keeps collectors in a set
 class _CleanupCollector:

@@ -22,6 +22,7 @@ from tests.support.kubeapi.resources import (
     CLUSTERROLEBINDINGS,
     CLUSTERROLES,
     CONFIGMAPS,
+    NAMESPACES,
     ROLEBINDINGS,
     ROLES,
 )
@@ -124,25 +125,79 @@ async def _code_is(client: ApiClient, url: str, code: int) -> bool:
 
 
 @pytest_twisted.ensureDeferred
-async def test_deletecollection_with_a_denied_tag_deletes_nothing(
+async def test_deletecollection_selects_what_the_caller_sees_and_needs_delete_on_all_of_it(
     rbac_server, kube_api, registry, namespace, pki
 ):
     images.push_oci_image(registry, f"{namespace}/mine", "v1")
     images.push_oci_image(registry, f"{namespace}/theirs", "v1")
-    dave = pki.client_ca.client("dave")
+    erin = rbac_server.client(pki.client_ca.client("erin"))
+    grant(kube_api, namespace, "erin", ["get"], None, "erin-read")
+    grant(kube_api, namespace, "erin", ["delete"], ["mine"], "erin-delete")
+    assert await eventually(lambda: names_seen(erin, namespace)) == [("mine", "v1"), ("theirs", "v1")]
+    refused = await erin.delete(collection(namespace))
+    assert refused.code == 403
+    assert 'cannot deletecollection resource "payloadrepositorytags"' in refused.json()["message"]
+    assert 'on repository path "theirs"' in refused.json()["message"]
+    assert images.list_tags(registry, f"{namespace}/mine") == ["v1"]  # one denied tag: nothing goes
+    dave = rbac_server.client(pki.client_ca.client("dave"))
     grant(kube_api, namespace, "dave", ["get", "delete"], ["mine"], "dave")
-    client = rbac_server.client(dave)
-    assert await eventually(lambda: names_seen(client, namespace)) == [("mine", "v1")]
-    reply = await client.delete(collection(namespace))
-    assert reply.code == 403
-    assert "deletecollection" in reply.json()["message"]
-    assert images.list_tags(registry, f"{namespace}/mine") == ["v1"]
-    assert images.list_tags(registry, f"{namespace}/theirs") == ["v1"]
-    selected = await client.delete(
-        collection(namespace) + f"?fieldSelector=metadata.name%3D{encode_name('mine', 'v1')}"
-    )
-    assert selected.code == 200
+    assert await eventually(lambda: names_seen(dave, namespace)) == [("mine", "v1")]
+    # What dave cannot see is not part of his selection: neither refused nor deleted.
+    reply = await dave.delete(collection(namespace))
+    assert reply.code == 200, reply.body
+    assert [i["spec"]["repositoryPath"] for i in reply.json()["items"]] == ["mine"]
     assert images.list_tags(registry, f"{namespace}/mine") == []
+    assert images.list_tags(registry, f"{namespace}/theirs") == ["v1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_deletecollection_answers_alike_whether_a_hidden_tag_exists_or_not(
+    rbac_server, kube_api, registry, namespace, pki
+):
+    images.push_oci_image(registry, f"{namespace}/hidden", "v1")
+    frank = rbac_server.client(pki.client_ca.client("frank"))
+    ensure_namespace(kube_api, namespace)
+    assert await eventually(lambda: names_seen(frank, namespace), within=0.3) == []
+    answers = []
+    for tag in ("v1", "absent"):
+        name = encode_name("hidden", tag)
+        query = f"?dryRun=All&fieldSelector=metadata.name%3D{name}"
+        reply = await frank.delete(collection(namespace) + query)
+        answers.append((reply.code, reply.json()["items"]))
+    assert answers == [(200, []), (200, [])]
+    assert (await frank.delete(collection(namespace))).json()["items"] == []
+    assert images.list_tags(registry, f"{namespace}/hidden") == ["v1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_deleted_namespace_goes_wholesale_only_when_all_of_it_is_asked_for_by_whom_may_delete_it(
+    rbac_server, kube_api, registry, namespace, pki
+):
+    """deletecollection in a namespace the cluster API reports gone removes everything under it by
+    digest, pushes made meanwhile included: only for a request without selectors from a caller who
+    may see and delete every path there. Anyone else gets their selection deleted tag by tag."""
+    for path in ("app", "other"):
+        images.push_oci_image(registry, f"{namespace}/{path}", "v1", seed=path)
+    grant(kube_api, namespace, "gina", ["get", "delete"], ["app"], "gina")
+    admin = rbac_server.client(pki.client_ca.client("admin", ("system:masters",)))
+    gina = rbac_server.client(pki.client_ca.client("gina"))
+    mallory = rbac_server.client(pki.client_ca.client("mallory"))
+    assert await eventually(lambda: names_seen(gina, namespace)) == [("app", "v1")]
+    kube_api.store.delete(NAMESPACES, namespace)  # the namespace is gone; its content is not yet
+
+    def left() -> list[str]:
+        return [p for p in ("app", "other") if images.list_tags(registry, f"{namespace}/{p}")]
+
+    for client, query in ((mallory, "?labelSelector=x%3Dy"), (mallory, ""), (admin, "?labelSelector=x%3Dy")):
+        reply = await client.delete(collection(namespace) + query)
+        assert (reply.code, reply.json()["items"]) == (200, []), reply.body
+        assert left() == ["app", "other"]
+    reply = await gina.delete(collection(namespace))
+    assert reply.code == 200, reply.body
+    assert left() == ["other"]
+    reply = await admin.delete(collection(namespace))
+    assert reply.code == 200, reply.body
+    assert left() == []
 
 
 @pytest_twisted.ensureDeferred

@@ -63,3 +63,41 @@ def test_a_stuck_leader_cascade_is_not_waited_for_beyond_the_budget_nor_cancelle
     assert len(done) == 1 and done[0].check(RegistryUnavailable)
     assert "not finished within 5s" in str(done[0].value)
     assert not leader.called  # never cancelled by a deletecollection that gave up waiting
+
+
+def test_a_namespace_created_anew_meanwhile_stops_the_removal() -> None:
+    """Once an earlier call emptied it, the namespace may be created again while this call runs:
+    what its new owner pushes is not this call's to remove."""
+    states = {"team": ABSENT}
+    remover, registry, clock = make(states)
+    first, *rest = sorted(registry.remaining("team/"))
+    read = registry.tags
+
+    async def tags(repository: str) -> tuple[str, ...]:
+        found = await read(repository)
+        if repository == first and states["team"] == ABSENT:
+            states["team"] = EXISTS
+            for other in rest:
+                registry.push(other, "new", "the new namespace's content")
+        return found
+
+    registry.tags = tags  # type: ignore[method-assign]
+    done = outcome(remover.remove("team", 40.0))
+    for _ in range(10):
+        clock.advance(1.0)
+    assert len(done) == 1 and done[0].check(RegistryUnavailable)
+    assert "the cluster API says the namespace exists" in str(done[0].value)
+    left = registry.remaining("team/")
+    assert rest and all("new" in left.get(other, ()) for other in rest)
+
+
+def test_a_cluster_api_that_cannot_tell_holds_the_removal_within_its_budget() -> None:
+    states = {"team": ABSENT}
+    remover, registry, clock = make(states)
+    before = registry.remaining("team/")
+    states["team"] = UNKNOWN
+    done = outcome(remover.remove("team", 5.0))
+    for _ in range(20):
+        clock.advance(1.0)
+    assert len(done) == 1 and done[0].check(RegistryUnavailable)
+    assert registry.remaining("team/") == before  # nothing deleted while the namespace's fate is unknown

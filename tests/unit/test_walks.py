@@ -39,6 +39,9 @@ class Only:
     def allowed(self, user: UserInfo, verb: str, namespace: str, path: str) -> bool:
         return (namespace, path) == (self.namespace, self.path)
 
+    def allowed_everywhere(self, user: UserInfo, verb: str, namespace: str) -> bool:
+        return False  # one path only
+
 
 def lists(**repositories: int) -> dict[str, list[str]]:
     return {name: [f"v{i}" for i in range(count)] for name, count in repositories.items()}
@@ -337,6 +340,9 @@ class Counting:
     def allowed(self, user: UserInfo, verb: str, namespace: str, path: str) -> bool:
         self.asked.append(path)
         return path not in self.denied
+
+    def allowed_everywhere(self, user: UserInfo, verb: str, namespace: str) -> bool:
+        return not self.denied
 
 
 def test_a_walk_asks_about_each_repository_as_it_reaches_it_not_about_every_name_it_carries() -> None:

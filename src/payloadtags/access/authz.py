@@ -18,6 +18,11 @@ class Authorizer(Protocol):
         """``verb`` is ``get`` (list and get) or ``delete`` (delete and deletecollection)."""
         ...
 
+    def allowed_everywhere(self, user: UserInfo, verb: str, namespace: str) -> bool:
+        """Whether ``verb`` is allowed on every repository path of ``namespace``, those that do not
+        exist yet included (a rule without path patterns)."""
+        ...
+
 
 class PathAuthorizer(Protocol):
     def allowed_path(self, user: UserInfo, verb: str, path: str) -> bool:
@@ -28,6 +33,9 @@ class PathAuthorizer(Protocol):
 @attrs.frozen
 class AlwaysAllow:
     def allowed(self, user: UserInfo, verb: str, namespace: str, repository_path: str) -> bool:
+        return True
+
+    def allowed_everywhere(self, user: UserInfo, verb: str, namespace: str) -> bool:
         return True
 
     def allowed_path(self, user: UserInfo, verb: str, path: str) -> bool:

@@ -390,10 +390,11 @@ class TagsService:
     async def delete_collection(
         self, user: UserInfo, namespace: str, list_options: ListOptions, options: DeleteOptions
     ) -> tuple[builtins.list[PayloadRepositoryTag], ListMeta]:
-        # Deletion must see every selected tag, including those the caller may not list, so that a
-        # denied one refuses the whole request before anything is removed.
+        # The selection is what the caller's own list shows, as `kubectl delete --all` sees it: an
+        # answer that depended on tags the caller may not see would tell whether they exist. One
+        # selected tag the caller may not delete refuses the whole request before anything goes.
         unfiltered = attrs.evolve(list_options, limit=None, continue_=None)
-        refs = (await self._select(user, namespace, unfiltered, authorize=False))[0].refs
+        refs = (await self._select(user, namespace, unfiltered))[0].refs
         for ref in refs:
             if not self.authorizer.allowed(user, "delete", ref.namespace, ref.repository_path):
                 raise access_denied(user.name, "deletecollection", namespace, None, ref.repository_path)
@@ -409,7 +410,7 @@ class TagsService:
         failed: dict[TagRef, str] = {}
         if (
             self.removal is not None
-            and not list_options.fields.requirements
+            and self._asks_whole_namespace(user, namespace, list_options)
             and await self.removal.deleting(namespace)
         ):
             return await self._remove_namespace(user, namespace, refs, unfiltered, meta)
@@ -438,6 +439,17 @@ class TagsService:
         if left:
             raise _collection_incomplete(namespace, len(refs), left, failed)
         return [obj for obj in deleted if obj is not None], meta
+
+    def _asks_whole_namespace(self, user: UserInfo, namespace: str, selection: ListOptions) -> bool:
+        """Whether a deletecollection asks for all of ``namespace`` and may have it: no selector, and a
+        caller who may see and delete every path there. Only then may its content go wholesale
+        (`_remove_namespace`), which takes tags pushed after the selection was read as well."""
+        return (
+            not selection.labels.requirements
+            and not selection.fields.requirements
+            and self.authorizer.allowed_everywhere(user, "get", namespace)
+            and self.authorizer.allowed_everywhere(user, "delete", namespace)
+        )
 
     async def _remove_namespace(
         self,

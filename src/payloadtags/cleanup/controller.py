@@ -17,10 +17,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from payloadtags.cleanup.cascade import Aborted, Cascade, CascadeRegistry, CascadeResult, Unconfirmed
+from payloadtags.cleanup.cascade import Aborted, Cascade, CascadeRegistry, CascadeResult
 from payloadtags.cleanup.leader import LeaderElectionOptions, LeaderElector
 from payloadtags.cleanup.metrics import CleanupMetrics
-from payloadtags.cleanup.sweep import ABSENT, EXISTS, TERMINATING, Sweep, SweepResult, namespace_state
+from payloadtags.cleanup.sweep import Sweep, SweepResult, namespace_state, require_gone
 from payloadtags.cleanup.watcher import NAMESPACES_PATH, NamespaceTriggers, NamespaceView
 from payloadtags.deferreds import cancel_and_wait
 from payloadtags.kube import Backoff, ClusterClient, Reflector
@@ -310,11 +310,7 @@ class CleanupController:
         return None
 
     async def _confirm_gone(self, namespace: str) -> None:
-        state, why = await self._check_namespace(namespace)
-        if state == EXISTS:
-            raise Aborted("the cluster API says the namespace exists")
-        if state not in (ABSENT, TERMINATING):
-            raise Unconfirmed(f"cannot confirm that namespace {namespace} is gone: {why}")
+        require_gone(namespace, *await self._check_namespace(namespace))
 
     async def _wait_synced(self) -> None:
         reflector = self._reflector

@@ -4,8 +4,9 @@ The namespace controller empties a Terminating namespace with one deletecollecti
 retries until the list is empty. Deleting tag by tag costs three or four registry requests per tag
 on distribution 2.8; a namespace that is going away loses all of its tags, so deleting each
 distinct digest once (what the cascade does) is both right and several times cheaper. Only a
-namespace the cluster API itself reports Terminating or absent gets this; any other deletecollection
-deletes its selection tag by tag.
+request without selectors, from a caller who may see and delete every path of the namespace, in a
+namespace the cluster API itself reports Terminating or absent (asked again before each
+repository) gets this; any other deletecollection deletes its selection tag by tag.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 
 from payloadtags.cleanup.cascade import Aborted, Cascade
-from payloadtags.cleanup.sweep import ABSENT, TERMINATING, namespace_state
+from payloadtags.cleanup.sweep import ABSENT, TERMINATING, namespace_state, require_gone
 from payloadtags.kube import Backoff, KubeClient
 from payloadtags.registry.errors import RegistryUnavailable
 
@@ -54,7 +55,13 @@ class NamespaceRemover:
         for other in (self._inflight.get(namespace), self.running(namespace)):
             if other is not None:
                 await self._follow(other, deadline - self.clock.seconds())
-        mine = Deferred.fromCoroutine(self.cascade.run(namespace, guard=guard))
+
+        async def confirm() -> None:
+            # Asked again before each repository's deletes: once an earlier call has emptied the
+            # namespace, it may be created anew while this one runs, and its new content is not ours.
+            require_gone(namespace, *await self.check(namespace))
+
+        mine = Deferred.fromCoroutine(self.cascade.run(namespace, guard=guard, confirm=confirm))
         self._inflight[namespace] = mine
         try:
             await mine

@@ -26,7 +26,7 @@ import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from payloadtags.cleanup.cascade import Cascade
+from payloadtags.cleanup.cascade import Aborted, Cascade, Unconfirmed
 from payloadtags.cleanup.metrics import CleanupMetrics
 from payloadtags.cleanup.watcher import NamespaceView, is_terminating
 from payloadtags.inventory import CatalogCursor
@@ -52,6 +52,15 @@ async def namespace_state(kube: ClusterClient, name: str) -> tuple[str, str | No
     except KubeError as e:
         return UNKNOWN, str(e)
     return (TERMINATING if is_terminating(obj) else EXISTS), None
+
+
+def require_gone(namespace: str, state: str, why: str | None) -> None:
+    """A cascade's `Confirm` on the cluster API's answer (`namespace_state`): deleting goes on only
+    while the namespace is Terminating or absent."""
+    if state == EXISTS:
+        raise Aborted("the cluster API says the namespace exists")
+    if state not in (ABSENT, TERMINATING):
+        raise Unconfirmed(f"cannot confirm that namespace {namespace} is gone: {why}")
 
 
 @attrs.frozen
