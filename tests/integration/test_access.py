@@ -103,7 +103,8 @@ async def test_user_without_rules_sees_nothing_and_gets_403(rbac_server, kube_ap
 async def test_delete_needs_the_delete_verb(rbac_server: ServerUnderTest, kube_api, registry, namespace, pki):
     images.push_oci_image(registry, f"{namespace}/app", "v1")
     carol = pki.client_ca.client("carol")
-    grant(kube_api, namespace, "carol", ["get"], None, "carol-read")
+    # Verbs compare exactly, as Kubernetes RBAC compares them: "DELETE" allows no delete.
+    grant(kube_api, namespace, "carol", ["get", "DELETE"], None, "carol-read")
     client = rbac_server.client(carol)
     url = f"{collection(namespace)}/{encode_name('app', 'v1')}"
     assert (await eventually(lambda: _code_is(client, url, 200))) is True

@@ -545,6 +545,29 @@ async def test_uid_precondition(api, registry, repo):
 
 
 @pytest_twisted.ensureDeferred
+async def test_an_empty_uid_precondition_is_compared(api, registry, repo):
+    # kube-apiserver compares a uid that is there, "" too; a resourceVersion "" equals a tag's (none).
+    namespace, path = split(repo)
+    images.push_oci_image(registry, repo, "v1")
+    client = api.client(api.pki.admin)
+    name = encode_name(path, "v1")
+    url = f"{collection(namespace)}/{name}"
+    uid = (await client.get(url)).json()["metadata"]["uid"]
+    for target in (url, collection(namespace)):
+        status = assert_status(
+            await client.delete(target, body={"preconditions": {"uid": ""}}), 409, "Conflict"
+        )
+        assert status["message"] == (
+            f'Operation cannot be fulfilled on payloadrepositorytags.payload-registry.deckhouse.io "{name}": '
+            f"Precondition failed: UID in precondition: , UID in object meta: {uid}"
+        )
+    assert images.list_tags(registry, repo) == ["v1"]
+    reply = await client.delete(url, body={"preconditions": {"uid": uid, "resourceVersion": ""}})
+    assert reply.code == 200
+    assert images.list_tags(registry, repo) == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_bad_delete_bodies(api, registry, repo):
     namespace, path = split(repo)
     images.push_oci_image(registry, repo, "v1")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import string
@@ -9,6 +10,7 @@ from urllib.parse import quote
 
 import pytest_twisted
 
+from payloadtags.names import encode_name
 from tests.support import images
 
 B = "/apis/payload-registry.deckhouse.io/v1alpha1"
@@ -123,3 +125,41 @@ async def test_random_requests_never_give_500(api, registry, repo):
             assert json.loads(reply.body)["kind"] == "Status"
     # The walk reached successes and several kinds of refusal, not one error over and over.
     assert {200, 400, 404, 405} <= set(seen)
+
+
+@pytest_twisted.ensureDeferred
+async def test_numbers_out_of_range_are_400(api, registry, repo):
+    # kube-apiserver reads limit and timeoutSeconds as int64 and resourceVersions as uint64; past that
+    # (and past the 4300 digits Python's int() takes) the answer is a 400, never a 500.
+    namespace, path = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "v1")
+    images.push_oci_image(registry, repo + "x", "v1")
+    client = api.client(api.pki.admin)
+    collection = f"{B}/namespaces/{namespace}/payloadrepositorytags"
+    huge = "9" * 5000
+    token = json.dumps({"v": 1, "rv": huge, "scope": namespace, "last": [namespace, path, "v1"]})
+    continue_ = base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
+    for target in (
+        f"{collection}?limit=1{'0' * 307}",
+        f"{collection}?limit=1{'0' * 309}",
+        f"{collection}?limit=9223372036854775808",
+        f"{collection}?limit={huge}",
+        f"{collection}?resourceVersion=18446744073709551616",
+        f"{collection}?limit=1&resourceVersion={huge}",
+        f"{collection}?limit=1&continue={continue_}",
+        f"{collection}?watch=1&timeoutSeconds=1&resourceVersion={huge}",
+        f"{B}/payloadrepositorytags?watch=1&timeoutSeconds=1&resourceVersion={huge}",
+        f"{collection}?watch=1&sendInitialEvents=false&resourceVersionMatch=NotOlderThan&resourceVersion={huge}",
+        f"{collection}?watch=1&timeoutSeconds={huge}",
+    ):
+        reply = await client.get(target)
+        assert reply.code == 400, (target[:120], reply.body[:300])
+        assert json.loads(reply.body)["reason"] == "BadRequest"
+    # A limit larger than any list, within int64, is the whole list.
+    reply = await client.get(f"{collection}?limit=9223372036854775807")
+    assert reply.code == 200, reply.body[:300]
+    assert "continue" not in reply.json()["metadata"]
+    assert [item["metadata"]["name"] for item in reply.json()["items"]] == [
+        encode_name(path, "v1"),
+        encode_name(path + "x", "v1"),
+    ]

@@ -100,6 +100,9 @@ def test_round_trip_property(rv: str, namespace: str, path: str, tag: str, all_n
         pytest.param(_raw(_good(rv="abc")), id="rv-letters"),
         pytest.param(_raw(_good(rv="\u00b2")), id="rv-superscript-digit"),
         pytest.param(_raw(_good(rv="\u0661")), id="rv-arabic-digit"),
+        # Beyond what kube-apiserver parses as a resourceVersion (uint64), and past int()'s 4300 digits.
+        pytest.param(_raw(_good(rv="18446744073709551616")), id="rv-beyond-uint64"),
+        pytest.param(_raw(_good(rv="9" * 5000)), id="rv-5000-digits"),
         pytest.param(_raw(_good(last=["ns", "app"])), id="last-too-short"),
         pytest.param(_raw(_good(last=["ns", "app", "v1", "x"])), id="last-too-long"),
         pytest.param(_raw(_good(last="ns/app:v1")), id="last-string"),

@@ -10,6 +10,7 @@ import pytest
 from payloadtags.api.errors import ApiError
 from payloadtags.api.options import DeleteOptions, delete_options, first, list_options
 from payloadtags.api.selectors import FieldRequirement, Requirement
+from payloadtags.api.watch import watch_options
 from payloadtags.model import to_json
 
 
@@ -76,6 +77,47 @@ def test_limit_not_an_integer_is_400(value: str) -> None:
     error = _error(list_options, _q(limit=value))
     assert (error.code, error.reason) == (400, "BadRequest")
     assert value in error.message
+
+
+@pytest.mark.parametrize(
+    ("value", "limit"),
+    [
+        ("9223372036854775807", 9223372036854775807),  # the largest int64: larger than any list
+        ("+7", 7),
+        ("0" * 5000 + "1", 1),
+        ("1" + "0" * 307, None),
+    ],
+)
+def test_limit_within_int64(value: str, limit: int | None) -> None:
+    if limit is None:
+        assert _error(list_options, _q(limit=value)).code == 400
+    else:
+        assert list_options(_q(limit=value)).limit == limit
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "9223372036854775808",
+        "-9223372036854775809",
+        "1" + "0" * 309,
+        "9" * 4300,
+        "9" * 5000,
+        "-" + "9" * 5000,
+    ],
+)
+def test_limit_beyond_int64_is_400(value: str) -> None:
+    # kube-apiserver parses limit as an int64 (Go's strconv.ParseInt).
+    error = _error(list_options, _q(limit=value))
+    assert (error.code, error.reason) == (400, "BadRequest")
+    assert error.message == f'invalid value for limit: "{value}" is out of range for a 64-bit integer'
+
+
+@pytest.mark.parametrize("value", [" 1", "1 ", "1_000", "\u0661", "\uff11", "--1", "+"])
+def test_limit_is_read_as_go_reads_an_integer(value: str) -> None:
+    error = _error(list_options, _q(limit=value))
+    assert (error.code, error.reason) == (400, "BadRequest")
+    assert error.message == f'invalid value for limit: "{value}" is not an integer'
 
 
 def test_negative_limit_is_422() -> None:
@@ -176,6 +218,19 @@ def test_resource_version_must_be_decimal(value: str) -> None:
     assert (error.code, error.reason) == (400, "BadRequest")
 
 
+@pytest.mark.parametrize("value", ["18446744073709551616", "9" * 309, "9" * 4301, "9" * 5000])
+def test_resource_version_beyond_uint64_is_400(value: str) -> None:
+    # kube-apiserver's storage parses resourceVersions as uint64 (Go's strconv.ParseUint).
+    error = _error(list_options, _q(resourceVersion=value))
+    assert (error.code, error.reason) == (400, "BadRequest")
+    assert error.message == f'invalid resource version "{value}"'
+
+
+@pytest.mark.parametrize("value", ["18446744073709551615", "0" * 5000 + "7"])
+def test_resource_version_within_uint64(value: str) -> None:
+    assert list_options(_q(resourceVersion=value)).resource_version == value
+
+
 @pytest.mark.parametrize("value", ["true", "false", ""])
 def test_send_initial_events_is_422(value: str) -> None:
     error = _error(list_options, _q(sendInitialEvents=value))
@@ -193,6 +248,40 @@ def test_bad_selectors_are_400() -> None:
 def test_unknown_parameters_are_ignored() -> None:
     options = list_options(_q(timeoutSeconds="30", allowWatchBookmarks="true", pretty="true", limit="2"))
     assert options.limit == 2
+
+
+# -- the options of a watch (docs/watch.md) --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ({"timeoutSeconds": "9223372036854775808"}, "out of range for a 64-bit integer"),
+        ({"timeoutSeconds": "9" * 5000}, "out of range for a 64-bit integer"),
+        ({"timeoutSeconds": "1e3"}, "is not an integer"),
+        ({"resourceVersion": "18446744073709551616"}, "invalid resource version"),
+        ({"resourceVersion": "9" * 5000}, "invalid resource version"),
+        (
+            {
+                "resourceVersion": "9" * 5000,
+                "sendInitialEvents": "false",
+                "resourceVersionMatch": "NotOlderThan",
+            },
+            "invalid resource version",
+        ),
+    ],
+)
+def test_watch_numbers_out_of_range_are_400(query: dict[str, str], message: str) -> None:
+    error = _error(watch_options, _q(watch="true", **query))
+    assert (error.code, error.reason) == (400, "BadRequest")
+    assert message in error.message
+
+
+def test_watch_numbers_in_range() -> None:
+    options = watch_options(
+        _q(watch="true", timeoutSeconds="9223372036854775807", resourceVersion="18446744073709551615")
+    )
+    assert (options.timeout_seconds, options.resource_version) == (2**63 - 1, "18446744073709551615")
 
 
 # -- DeleteOptions ----------------------------------------------------------------------------------
@@ -226,7 +315,9 @@ JSON_CT = "application/json"
             b'{"preconditions":{"uid":"u","resourceVersion":"7"}}',
             DeleteOptions(uid="u", resource_version="7"),
         ),
-        (b'{"preconditions":{"uid":"","resourceVersion":""}}', DeleteOptions()),
+        # A uid that is there is compared, "" too; tags carry no resourceVersion, so "" always holds.
+        (b'{"preconditions":{"uid":"","resourceVersion":""}}', DeleteOptions(uid="")),
+        (b'{"preconditions":{"resourceVersion":""}}', DeleteOptions()),
         (b'{"preconditions":{"uid":null}}', DeleteOptions()),
         (b'{"preconditions":{}}', DeleteOptions()),
     ],
@@ -335,6 +426,13 @@ def test_grace_period_from_the_query() -> None:
     assert delete_options(_q(gracePeriodSeconds="30"), b"", None) == DeleteOptions()
     assert _error(delete_options, _q(gracePeriodSeconds="-5"), b"", None).code == 422
     assert _error(delete_options, _q(gracePeriodSeconds="soon"), b"", None).code == 422
+
+
+@pytest.mark.parametrize("grace", ["9223372036854775808", "9" * 400, "9" * 5000])
+def test_grace_period_beyond_int64_is_422(grace: str) -> None:
+    assert _error(delete_options, _q(gracePeriodSeconds=grace), b"", None).code == 422
+    body = b'{"gracePeriodSeconds":' + grace[:4000].encode() + b"}"  # json refuses over 4300 digits
+    assert _error(delete_options, {}, body, JSON_CT).code == 422
 
 
 @pytest.mark.parametrize(

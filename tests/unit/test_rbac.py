@@ -273,7 +273,6 @@ def test_several_subjects_in_one_binding() -> None:
         (rule(resources=("pods", RESOURCE)), True),
         (rule(groups=("Payload-Registry.Deckhouse.IO",)), True),
         (rule(resources=("PayloadRepositoryAccesses",)), True),
-        (rule(verbs=("GET",)), True),
         (rule(verbs=("list", "watch", "get")), True),
         (rule(groups=("",)), False),
         (rule(groups=("apps",)), False),
@@ -285,6 +284,10 @@ def test_several_subjects_in_one_binding() -> None:
         (rule(resources=()), False),
         (rule(verbs=("list", "watch")), False),
         (rule(verbs=("create",)), False),
+        # Verbs compare exactly, as Kubernetes RBAC compares them.
+        (rule(verbs=("GET",)), False),
+        (rule(verbs=("Get",)), False),
+        (rule(verbs=(" get",)), False),
         (rule(verbs=()), False),
     ],
 )
@@ -400,6 +403,15 @@ def test_get_and_delete_are_separate_verbs() -> None:
     assert index.allowed(ALICE, "delete", "team-a", "app/old")
     assert index.allowed(ALICE, "delete", "team-b", "anything")
     assert not index.allowed(ALICE, "get", "team-b", "anything")  # delete does not imply get
+
+
+def test_a_verb_in_another_case_allows_nothing() -> None:
+    index = index_of(
+        role("team-a", "r", rule(verbs=("DELETE", "Get"))),
+        role_binding("team-a", "b", role_ref("Role", "r"), user_subject("alice")),
+    )
+    assert not index.allowed(ALICE, "delete", "team-a", "app/x")
+    assert not index.allowed(ALICE, "get", "team-a", "app/x")
 
 
 def test_system_masters_is_always_allowed() -> None:
@@ -610,3 +622,9 @@ def test_non_resource_urls_count_only_through_cluster_role_bindings() -> None:
     assert not index.allowed_path(scraper, "delete", "/metrics")
     assert not index.allowed_path(UserInfo(name="local"), "get", "/metrics")
     assert index.allowed_path(UserInfo(name="root", groups=("system:masters",)), "get", "/anything")
+    # Verbs compare exactly here too.
+    index.replace(
+        "ClusterRole",
+        [{"metadata": {"name": "reader"}, "rules": [{"nonResourceURLs": ["/metrics"], "verbs": ["GET"]}]}],
+    )
+    assert not index.allowed_path(scraper, "get", "/metrics")

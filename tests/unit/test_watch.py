@@ -114,6 +114,10 @@ def test_versions_round_trip_and_refuse_foreign_ones() -> None:
     assert mine.parse(other.latest()) is None  # another replica, or an earlier run
     assert mine.parse(mine.format(7)) is None  # not issued yet: from the future
     assert mine.parse("12a") is None and mine.parse("") is None
+    # Numbers no replica issues, up to past int()'s 4300 digits: foreign, never an exception.
+    for text in ("18446744073709551616", "9" * 309, "9" * 4301, "9" * 5000):
+        assert mine.parse(text) is None
+    assert mine.parse("0" * 5000 + mine.latest()) == 6  # as strconv.ParseUint reads leading zeros
     assert int(ReplicaVersions(epoch=EPOCH_MAX, current=10**11 - 1).latest()) < 2**64
     with pytest.raises(ValueError):
         ReplicaVersions(epoch=5)

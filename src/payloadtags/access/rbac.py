@@ -106,6 +106,11 @@ def _lower_set(values: Any) -> frozenset[str]:
     return frozenset(str(v).lower() for v in values or () if isinstance(v, str))
 
 
+def _verbs(rule: Mapping[str, Any]) -> frozenset[str]:
+    # Exact, as Kubernetes RBAC compares verbs: "DELETE" in a rule does not allow delete.
+    return frozenset(v for v in rule.get("verbs") or () if isinstance(v, str))
+
+
 @attrs.define
 class RbacIndex:
     """Fed by reflectors (``StoreListener``s built with ``listener()``); answers ``allowed``."""
@@ -179,7 +184,7 @@ class RbacIndex:
             for raw in (role or {}).get("rules") or ():
                 if not isinstance(raw, Mapping):
                     continue
-                verbs = _lower_set(raw.get("verbs"))
+                verbs = _verbs(raw)
                 if not ({"*", verb} & verbs):
                     continue
                 urls = [u for u in raw.get("nonResourceURLs") or () if isinstance(u, str)]
@@ -271,7 +276,7 @@ class RbacIndex:
                     else:
                         compiled.append(pattern)
                 patterns = tuple(compiled)
-            rules.append(Rule(_lower_set(raw.get("verbs")), patterns))
+            rules.append(Rule(_verbs(raw), patterns))
         return tuple(rules)
 
     def _pattern(self, source: str) -> PathPattern | PatternError:

@@ -13,6 +13,7 @@ import attrs
 from payloadtags.api.errors import bad_request
 from payloadtags.api.walks import is_walk_id
 from payloadtags.names import TagRef, is_namespace, is_repository_path
+from payloadtags.watch import parse_version
 
 _VERSION = 1
 
@@ -49,8 +50,7 @@ def decode(text: str, scope: str) -> Continuation:
         valid = (
             data["v"] == _VERSION
             and isinstance(resource_version, str)
-            and resource_version.isascii()
-            and resource_version.isdigit()
+            and parse_version(resource_version) is not None
             and all(isinstance(x, str) for x in (ns, path, tag))
             and is_namespace(ns)
             and is_repository_path(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,8 +17,12 @@ from payloadtags.api.errors import (
     unsupported_media_type,
 )
 from payloadtags.api.selectors import FieldSelector, LabelSelector, parse_field_selector, parse_label_selector
+from payloadtags.watch import parse_version
 
 Query = Mapping[str, list[str]]
+
+INT64_MAX = 2**63 - 1
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 def first(query: Query, key: str) -> str | None:
@@ -38,6 +43,23 @@ def flag(query: Query, key: str) -> bool | None:
     raise bad_request(f'invalid value for {key}: "{value}" is not a boolean')
 
 
+def integer(query: Query, key: str) -> int | None:
+    """An integer query parameter as kube-apiserver reads one (Go's strconv.ParseInt into 64 bits);
+    None when absent or empty."""
+    text = first(query, key)
+    if text is None or text == "":
+        return None
+    if not _INTEGER.fullmatch(text):
+        raise bad_request(f'invalid value for {key}: "{text}" is not an integer')
+    # Leading zeros go first: int() refuses a string of over 4300 digits with a ValueError.
+    digits = text.lstrip("+-").lstrip("0") or "0"
+    if len(digits) <= len(str(INT64_MAX)):
+        value = -int(digits) if text[0] == "-" else int(digits)
+        if -INT64_MAX - 1 <= value <= INT64_MAX:
+            return value
+    raise bad_request(f'invalid value for {key}: "{text}" is out of range for a 64-bit integer')
+
+
 @attrs.frozen
 class ListOptions:
     labels: LabelSelector
@@ -50,16 +72,12 @@ class ListOptions:
 def list_options(query: Query) -> ListOptions:
     if flag(query, "watch"):
         raise method_not_allowed("watch")
-    limit_text = first(query, "limit")
-    limit = None
-    if limit_text not in (None, ""):
-        try:
-            limit = int(limit_text)
-        except ValueError:
-            raise bad_request(f'invalid value for limit: "{limit_text}" is not an integer') from None
-        if limit < 0:
-            raise invalid_field("ListOptions", "meta.k8s.io", "limit", limit_text, "must be non-negative")
-        limit = limit or None  # limit=0 means no limit, as upstream
+    limit = integer(query, "limit")
+    if limit is not None and limit < 0:
+        raise invalid_field(
+            "ListOptions", "meta.k8s.io", "limit", first(query, "limit") or "", "must be non-negative"
+        )
+    limit = limit or None  # limit=0 means no limit, as upstream
     resource_version = first(query, "resourceVersion") or None
     match = first(query, "resourceVersionMatch") or None
     continue_ = first(query, "continue") or None
@@ -96,7 +114,7 @@ def list_options(query: Query) -> ListOptions:
                 match,
                 'resourceVersionMatch "exact" is forbidden for resourceVersion "0"',
             )
-    if resource_version is not None and not (resource_version.isascii() and resource_version.isdigit()):
+    if resource_version is not None and parse_version(resource_version) is None:
         raise bad_request(f'invalid resource version "{resource_version}"')
     if first(query, "sendInitialEvents") is not None:
         raise invalid_field(
@@ -171,7 +189,7 @@ def delete_options(query: Query, body: bytes, content_type: str | None) -> Delet
     grace = data.get("gracePeriodSeconds", first(query, "gracePeriodSeconds"))
     if grace is not None:
         try:
-            if int(grace) < 0:
+            if not 0 <= int(grace) <= INT64_MAX:
                 raise ValueError
         except (TypeError, ValueError, OverflowError):
             raise _delete_invalid("gracePeriodSeconds", grace, "must be a non-negative integer") from None
@@ -183,6 +201,8 @@ def delete_options(query: Query, body: bytes, content_type: str | None) -> Delet
         raise bad_request("preconditions.uid and preconditions.resourceVersion must be strings")
     return DeleteOptions(
         dry_run="All" in dry_run or "All" in query.get("dryRun", []),
-        uid=uid or None,
+        # As kube-apiserver, a uid that is there ("" too) is compared with the tag's. A resourceVersion
+        # is compared with the object's, and tags carry none: "" holds, as no precondition does.
+        uid=uid,
         resource_version=rv or None,
     )

@@ -16,7 +16,7 @@ from twisted.web.server import Request
 
 from payloadtags.api.errors import bad_request, invalid_field
 from payloadtags.api.negotiation import Form, MediaType
-from payloadtags.api.options import Query, first, flag
+from payloadtags.api.options import Query, first, flag, integer
 from payloadtags.api.render import COLUMNS, row
 from payloadtags.api.selectors import FieldSelector, LabelSelector, parse_field_selector, parse_label_selector
 from payloadtags.model import (
@@ -30,7 +30,7 @@ from payloadtags.model import (
     to_json,
 )
 from payloadtags.names import TagRef
-from payloadtags.watch import Event
+from payloadtags.watch import Event, parse_version
 
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 
@@ -91,18 +91,10 @@ def watch_options(query: Query) -> WatchOptions:
                 "true",
                 "sendInitialEvents requires setting allowWatchBookmarks to true",
             )
-    timeout_text = first(query, "timeoutSeconds")
-    timeout = None
-    if timeout_text not in (None, ""):
-        try:
-            timeout = int(timeout_text)
-        except ValueError:
-            raise bad_request(
-                f'invalid value for timeoutSeconds: "{timeout_text}" is not an integer'
-            ) from None
-        if timeout < 0:
-            raise _invalid("timeoutSeconds", timeout_text, "must be non-negative")
-    if resource_version and not (resource_version.isascii() and resource_version.isdigit()):
+    timeout = integer(query, "timeoutSeconds")
+    if timeout is not None and timeout < 0:
+        raise _invalid("timeoutSeconds", first(query, "timeoutSeconds") or "", "must be non-negative")
+    if resource_version and parse_version(resource_version) is None:
         raise bad_request(f'invalid resource version "{resource_version}"')
     return WatchOptions(
         labels=parse_label_selector(first(query, "labelSelector")),

@@ -4,7 +4,7 @@ from payloadtags.limits import WatchLimits
 from payloadtags.watch.hub import TooManyWatches, WatchHub
 from payloadtags.watch.listed import Listed, ListedScopes
 from payloadtags.watch.source import Event, EventType, ScopeReader, ScopeSource
-from payloadtags.watch.versions import ReplicaVersions
+from payloadtags.watch.versions import ReplicaVersions, parse_version
 from payloadtags.watch.watcher import Sink, Watcher
 
 __all__ = [
@@ -20,4 +20,5 @@ __all__ = [
     "WatchHub",
     "WatchLimits",
     "Watcher",
+    "parse_version",
 ]

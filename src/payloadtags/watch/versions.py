@@ -19,6 +19,20 @@ SEQUENCE_DIGITS = 11
 _SPAN = 10**SEQUENCE_DIGITS
 EPOCH_MIN = 10_000_000
 EPOCH_MAX = 18_446_743
+MAX_VERSION = 2**64 - 1
+
+
+def parse_version(text: str) -> int | None:
+    """``text`` as a number when it is a resourceVersion kube-apiserver's storage would parse (decimal
+    digits within 64 bits unsigned, as Go's strconv.ParseUint); None otherwise."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    # Leading zeros go first: int() refuses a string of over 4300 digits with a ValueError.
+    digits = text.lstrip("0")
+    if len(digits) > len(str(MAX_VERSION)):
+        return None
+    value = int(digits or "0")
+    return value if value <= MAX_VERSION else None
 
 
 def random_epoch() -> int:
@@ -47,12 +61,13 @@ class ReplicaVersions:
 
     def parse(self, text: str) -> int | None:
         """The sequence of a resourceVersion this run issued, or None (foreign, future or not one)."""
-        if not (text.isascii() and text.isdigit()):
+        number = parse_version(text)
+        if number is None:
             return None
-        epoch, sequence = divmod(int(text), _SPAN)
+        epoch, sequence = divmod(number, _SPAN)
         if epoch != self.epoch or sequence > self.current:
             return None
         return int(sequence)
 
 
-__all__ = ["EPOCH_MAX", "EPOCH_MIN", "ReplicaVersions", "random_epoch"]
+__all__ = ["EPOCH_MAX", "EPOCH_MIN", "MAX_VERSION", "ReplicaVersions", "parse_version", "random_epoch"]
