@@ -4,6 +4,7 @@
   from the deadline and from the work's own failures;
 - `noting_cancel` relays a Deferred while noting that its caller cancelled it; `is_cancellation`
   tells a cancellation that a transport reported as a failure;
+- `carried_through` lets work that must not stop half-way go on when its caller stops waiting;
 - `gather` and `bounded_map` run coroutines concurrently, failing as the first failure;
 - `cancel_and_wait` stops background tasks and waits until they have ended.
 """
@@ -51,6 +52,31 @@ def noting_cancel(work: Deferred[T], on_cancel: Callable[[], object]) -> Deferre
 
     outer: Deferred[Any] = Deferred(cancel)
     outer.addCallback(lambda result: work if result is _WAIT_FOR_WORK else result)
+    work.addBoth(relay)
+    return outer
+
+
+def carried_through(
+    work: Deferred[T], begun: Callable[[], bool], orphaned: Callable[[Any], object]
+) -> Deferred[T]:
+    """A Deferred with the outcome of ``work``. Cancelling it cancels ``work`` as long as ``begun()``
+    is false; once it is true, ``work`` goes on to its own end, the returned Deferred alone fails
+    with CancelledError at once, and ``orphaned`` gets what ``work`` ends with (a Failure or not)."""
+
+    def cancel(outer: Deferred[Any]) -> None:
+        if not begun():
+            work.cancel()
+        # Otherwise `outer` fails with CancelledError as it returns (Deferred.cancel does that).
+
+    def relay(result: Any) -> None:
+        if outer.called:
+            orphaned(result)
+        elif isinstance(result, Failure):
+            outer.errback(result)
+        else:
+            outer.callback(result)
+
+    outer: Deferred[Any] = Deferred(cancel)
     work.addBoth(relay)
     return outer
 

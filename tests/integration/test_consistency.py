@@ -12,9 +12,13 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 
 from payloadtags.api.errors import ApiError
 from payloadtags.api.options import DeleteOptions, list_options
+from payloadtags.limits import HttpLimits
 from payloadtags.names import TagRef
 from payloadtags.registry import (
     DELETE_NONCE_ANNOTATION,
@@ -26,6 +30,8 @@ from tests.support import images
 from tests.support.dangling import dangling_tags, make_dangling, race_dangling
 from tests.support.faultproxy import ERROR_AFTER, ERROR_BEFORE, LATE, STALL, FaultProxy
 from tests.support.interleaving import USER, Replica
+from tests.support.kubeapi import eventually
+from tests.support.logcapture import Collect
 from tests.support.registry_server import RegistryServer
 
 ZEROS = "0" * 64
@@ -411,3 +417,93 @@ def test_fault_proxy_error_body_is_registry_json() -> None:
     from tests.support import faultproxy
 
     assert json.loads(faultproxy._ERROR_BODY)["errors"][0]["code"] == "UNKNOWN"
+
+
+# --- a delete whose caller stops waiting -------------------------------------------------------------
+
+
+def stalled_retag(tag: str) -> Callable[[str, str], str | None]:
+    return lambda method, path: STALL if method == "PUT" and path.endswith(f"/manifests/{tag}") else None
+
+
+async def retag_sent(proxy: FaultProxy) -> None:
+    await eventually(lambda: any(e.method == "PUT" for e in proxy.exchanges), within=10)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_delete_whose_caller_stops_waiting_after_its_retag_is_finished(
+    registry: RegistryServer, repo: str, proxied: Any
+) -> None:
+    """The caller (a request's deadline, a client gone) cancels the delete once its re-tag is out: it
+    is told at once, the delete goes on to its end in its repository's turn, and only the tag goes.
+    Cut short there, it left the tag on its copy (same content, another digest), and nobody told."""
+    digest = images.push_oci_image(registry, repo, "v1")
+    for other in ("sibling", "next"):
+        images.tag_manifest(registry, repo, "v1", other)
+    proxy, replica = proxied(stalled_retag("v1"), stall=0.5, timeout=5.0, finish_begun_deletes=True)
+    first = Deferred.fromCoroutine(replica.client.delete_tag(repo, "v1"))
+    await retag_sent(proxy)
+    first.cancel()
+    told: list[Failure] = []
+    first.addErrback(told.append)
+    assert told and told[0].check(CancelledError)
+    # The next delete in the repository waits until the carried one is done with it.
+    assert await replica.client.delete_tag(repo, "next") == digest
+    await replica.client.close()  # returns once the carried delete has ended
+    assert images.list_tags(registry, repo) == ["sibling"]
+    assert images.resolve(registry, repo, "sibling") == digest
+    copy_deleted = next(e for e in proxy.exchanges if unique_delete(e.method, e.path))
+    next_retag = next(e for e in proxy.exchanges if e.method == "PUT" and e.path.endswith("/manifests/next"))
+    assert copy_deleted.answered is not None and copy_deleted.answered <= next_retag.sent
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_delete_cancelled_before_its_turn_does_nothing(
+    registry: RegistryServer, repo: str, proxied: Any
+) -> None:
+    digest = images.push_oci_image(registry, repo, "v1")
+    images.tag_manifest(registry, repo, "v1", "waiting")
+    proxy, replica = proxied(stalled_retag("v1"), stall=0.5, timeout=5.0, finish_begun_deletes=True)
+    first = Deferred.fromCoroutine(replica.client.delete_tag(repo, "v1"))
+    waiting = Deferred.fromCoroutine(replica.client.delete_tag(repo, "waiting"))
+    await retag_sent(proxy)
+    waiting.cancel()
+    told: list[Failure] = []
+    waiting.addErrback(told.append)
+    assert told and told[0].check(CancelledError)
+    assert await first == digest
+    await proxy.settled()
+    assert images.list_tags(registry, repo) == ["waiting"]
+    assert not any("/manifests/waiting" in e.path for e in proxy.exchanges)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_delete_request_past_its_deadline_answers_504_and_the_delete_is_finished(
+    reactor: Any, registry: RegistryServer, repo: str, make_server: Any
+) -> None:
+    """Over HTTPS: the request deadline passes while the re-tag waits for its answer. The client gets
+    504 at the deadline, the server finishes the delete, and the audit log says who asked."""
+    namespace, path = repo.split("/", 1)
+    digest = images.push_oci_image(registry, repo, "v1")
+    images.tag_manifest(registry, repo, "v1", "sibling")
+    proxy = FaultProxy(reactor, registry.url, stalled_retag("v1"), stall=1.5)
+    events: list[dict[str, Any]] = []
+    observer = Collect(events)
+    globalLogPublisher.addObserver(observer)
+    try:
+        server = await make_server(proxy.url, http=HttpLimits(request_timeout=0.5))
+        name = TagRef(namespace, path, "v1").name
+        reply = await server.client(server.pki.admin).delete(
+            f"/apis/payload-registry.deckhouse.io/v1alpha1/namespaces/{namespace}/payloadrepositorytags/{name}"
+        )
+        assert reply.code == 504, reply.body
+        assert reply.json()["reason"] == "Timeout"
+        await proxy.settled()
+        await eventually(lambda: images.list_tags(registry, repo) == ["sibling"], within=10, interval=0.1)
+        assert images.resolve(registry, repo, "sibling") == digest
+        said = [formatEvent(e) for e in events]
+        assert any(f"{repo}:v1" in line and "after its caller had stopped waiting" in line for line in said)
+        assert any(f"{repo}:v1 by admin" in line and "request ended" in line for line in said)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+        await proxy.stop()

@@ -88,10 +88,16 @@ class Replica:
         timeout: float = 1.0,
         deleting: Callable[[str], bool] | None = None,
         removal_budget: float = 2.0,
+        finish_begun_deletes: bool = False,
     ) -> Replica:
         """``deleting``: which namespaces the cluster API would call Terminating; with it, the
-        replica's deletecollection of those deletes by digest (`NamespaceRemover`), as in a cluster."""
-        client = RegistryClient(reactor, RegistrySettings(url=url, timeout=timeout))
+        replica's deletecollection of those deletes by digest (`NamespaceRemover`), as in a cluster.
+
+        A cancel stands for the death of the process here (the kills), so deletes stop wherever they
+        are, unless ``finish_begun_deletes`` (what a live server does when a request ends)."""
+        client = RegistryClient(
+            reactor, RegistrySettings(url=url, timeout=timeout), finish_begun_deletes=finish_begun_deletes
+        )
         cascade = Cascade(
             client, reactor, concurrency=4, backoff=lambda: Backoff(initial=0.02, factor=2.0, cap=0.2)
         )

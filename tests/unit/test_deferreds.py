@@ -15,6 +15,7 @@ from payloadtags.deferreds import (
     DeadlineExpired,
     bounded_map,
     cancel_and_wait,
+    carried_through,
     gather,
     is_cancellation,
     limited,
@@ -166,3 +167,40 @@ def test_cancel_and_wait_of_finished_tasks_returns_at_once() -> None:
     done.callback(None)
     d = run(cancel_and_wait(done))
     assert d.called and d.result is None
+
+
+# --- carried_through -----------------------------------------------------------------------------------
+
+
+def test_carried_through_cancels_work_that_has_not_begun() -> None:
+    work: Deferred[str] = Deferred()
+    orphaned: list[Any] = []
+    outer = carried_through(work, lambda: False, orphaned.append)
+    outer.cancel()
+    assert isinstance(failure_of(outer), CancelledError)
+    assert work.called and not orphaned  # the work itself was cancelled, and its end went to the caller
+
+
+def test_carried_through_lets_begun_work_end_on_its_own_and_reports_how() -> None:
+    work: Deferred[str] = Deferred()
+    orphaned: list[Any] = []
+    outer = carried_through(work, lambda: True, orphaned.append)
+    outer.cancel()
+    assert isinstance(failure_of(outer), CancelledError)  # the caller is told at once
+    assert not work.called
+    work.callback("done")
+    assert orphaned == ["done"]
+    failed: Deferred[str] = Deferred()
+    reported: list[Any] = []
+    outer = carried_through(failed, lambda: True, reported.append)
+    outer.cancel()
+    failure_of(outer)
+    failed.errback(ValueError("registry down"))
+    assert len(reported) == 1 and reported[0].check(ValueError)
+
+
+def test_carried_through_relays_what_work_ends_with_when_nobody_cancels() -> None:
+    work: Deferred[str] = Deferred()
+    outer = carried_through(work, lambda: True, lambda outcome: pytest.fail("not orphaned"))
+    work.callback("done")
+    assert outer.result == "done"

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import attrs
+from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -379,13 +380,30 @@ class TagsService:
             _audit(user, ref, None, dry_run=True)
             return self._object(ref)
         try:
-            digest = await self.inventory.delete(ref)
+            digest = await self._delete_audited(user, ref)
         except RegistryNotFound:
             raise not_found(name) from None
         except RegistryConflict as error:
             raise conflict(ref.name, str(error)) from None
-        _audit(user, ref, digest, dry_run=False)
         return self._object(ref, TagStatus(digest=digest) if digest is not None else None)
+
+    async def _delete_audited(self, user: UserInfo, ref: TagRef) -> str | None:
+        try:
+            digest = await self.inventory.delete(ref)
+        except CancelledError:
+            # The registry client finishes a delete that had begun writing and logs how it ended;
+            # this line says who asked for it.
+            audit_log.info(
+                "delete of tag {repository}:{tag} by {user}: its request ended before the delete did",
+                user=user.name,
+                namespace=ref.namespace,
+                repository=ref.repository,
+                repositoryPath=ref.repository_path,
+                tag=ref.tag,
+            )
+            raise
+        _audit(user, ref, digest, dry_run=False)
+        return digest
 
     async def delete_collection(
         self, user: UserInfo, namespace: str, list_options: ListOptions, options: DeleteOptions
@@ -417,14 +435,13 @@ class TagsService:
 
         async def remove(ref: TagRef) -> PayloadRepositoryTag | None:
             try:
-                digest = await self.inventory.delete(ref)
+                digest = await self._delete_audited(user, ref)
             except RegistryNotFound:
                 return None  # deleted by someone else meanwhile: the goal is reached
             except RegistryError as error:
                 # The others go on; what is left is named below and the caller retries.
                 failed[ref] = str(error)
                 return None
-            _audit(user, ref, digest, dry_run=False)
             return self._object(ref, TagStatus(digest=digest) if digest is not None else None)
 
         order = _across_repositories(refs)

@@ -21,7 +21,7 @@ import attrs
 from OpenSSL import SSL
 from treq.client import HTTPClient
 from twisted.internet import error as net_errors
-from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredSemaphore
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -36,7 +36,7 @@ from twisted.web.client import (
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 
-from payloadtags.deferreds import DeadlineExpired, is_cancellation, within
+from payloadtags.deferreds import DeadlineExpired, carried_through, is_cancellation, within
 from payloadtags.validators import positive
 
 from .auth import Authenticator, TokenAnswer, TokenRequest
@@ -193,12 +193,18 @@ class RegistryClient:
         agent: IAgent | None = None,
         queue: RepositoryQueue | None = None,
         reads_at_turn_end: bool = False,
+        finish_begun_deletes: bool = True,
     ) -> None:
         """``reads_at_turn_end``: a shared read (catalog page, tag list) that gets a connection slot
         goes out at the end of the reactor turn instead of at once, so that the requests handled later
-        in that turn (lists that arrived together) join it: they began before it went out."""
+        in that turn (lists that arrived together) join it: they began before it went out.
+
+        ``finish_begun_deletes=False``: cancelling a delete stops it wherever it is, as the death of
+        the process would (tests that stand a cancel for a crash)."""
         self._reactor = reactor
         self._reads_at_turn_end = reads_at_turn_end
+        self._finish_begun_deletes = finish_begun_deletes
+        self._carried: set[Deferred[Any]] = set()  # deletes going on after their callers stopped waiting
         self._turn_waiters: list[Deferred[None]] | None = None
         self._settings = settings
         self._base = settings.url.rstrip("/")
@@ -421,12 +427,35 @@ class RegistryClient:
 
         Raises RegistryNotFound when the tag does not exist. Any other failure leaves the tag as it
         was, or says in its message exactly where the tag points now.
+
+        Once it has begun writing, a delete goes on to its end (the tag gone, or put back) when its
+        caller stops waiting for it (a request's deadline, a client gone), and the log gets the
+        outcome: cut short between its writes, it would leave the tag on the copy it wrote, and
+        nobody told. Cancelled before that, it stops.
         """
         self._check_repository(repository)
         self._check_tag(tag)
+        writing: Deferred[None] = Deferred()
+        work = Deferred.fromCoroutine(self._delete_tag_in_turn(repository, tag, writing))
+        if not self._finish_begun_deletes:
+            return await work
+        self._carried.add(work)
+
+        def done(result: object) -> object:
+            self._carried.discard(work)
+            return result
+
+        work.addBoth(done)
+        return await carried_through(
+            work, lambda: writing.called, lambda outcome: self._finished_alone(repository, tag, outcome)
+        )
+
+    async def _delete_tag_in_turn(self, repository: str, tag: str, writing: Deferred[None]) -> str | None:
+        """`delete_tag`'s work, in the repository's turn; fires ``writing`` before its first write."""
         async with self._queue.hold(repository):
             if self._delete_by_tag is not False:
                 original = await self._read_tag(repository, tag)
+                writing.callback(None)
                 reply = await self._call(
                     "DELETE", f"/v2/{repository}/manifests/{tag}", scope=self._delete(repository)
                 )
@@ -448,14 +477,34 @@ class RegistryClient:
                 await self._probe_delete(repository, tag)
             # The read the re-tag is conditional on: the last request before the write.
             original = await self._read_tag(repository, tag)
+            if not writing.called:
+                writing.callback(None)
             if original is None:
                 await self._repair_dangling(repository, tag)
                 return None
             await self._delete_tag_by_unique_manifest(repository, tag, original)
             return original.digest
 
+    def _finished_alone(self, repository: str, tag: str, outcome: object) -> None:
+        where = f"{repository}:{tag}"
+        if not isinstance(outcome, Failure):
+            log.info("Deleted tag {where} after its caller had stopped waiting", where=where)
+        elif outcome.check(RegistryError):
+            log.warn(
+                "Deleting tag {where}, carried on after its caller had stopped waiting, failed: {error}",
+                where=where,
+                error=outcome.getErrorMessage(),
+            )
+        else:
+            log.failure(
+                "Deleting tag {where}, carried on after its caller had stopped waiting", outcome, where=where
+            )
+
     async def close(self) -> None:
-        """Close idle connections. Requests still running finish on their own."""
+        """Wait for the deletes carried on after their callers stopped waiting (`delete_tag`), then
+        close idle connections. Requests still running finish on their own."""
+        if self._carried:
+            await DeferredList(list(self._carried))
         if self._pool is not None:
             await self._pool.closeCachedConnections()
 
