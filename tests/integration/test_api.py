@@ -583,6 +583,23 @@ async def test_bad_delete_bodies(api, registry, repo):
 
 
 @pytest_twisted.ensureDeferred
+async def test_an_accept_a_delete_cannot_answer_is_406_with_nothing_deleted(api, registry, repo):
+    # The media type is chosen before anything is deleted: an error means that nothing happened.
+    namespace, path = split(repo)
+    images.push_oci_image(registry, repo, "v1")
+    images.push_oci_image(registry, repo, "v2", seed="v2")
+    client = api.client(api.pki.admin)
+    url = f"{collection(namespace)}/{encode_name(path, 'v1')}"
+    for accept in ("application/vnd.kubernetes.protobuf", "application/yaml"):
+        headers = {"Accept": accept}
+        assert_status(await client.delete(url, headers=headers), 406, "NotAcceptable")
+        assert_status(await client.delete(collection(namespace), headers=headers), 406, "NotAcceptable")
+        assert images.list_tags(registry, repo) == ["v1", "v2"]
+    assert (await client.delete(url, headers={"Accept": TABLE})).code == 200
+    assert images.list_tags(registry, repo) == ["v2"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_deletecollection_as_the_namespace_controller_sends_it(api, registry, repo):
     namespace, _ = split(repo)
     images.push_oci_image(registry, f"{namespace}/x", "a")
@@ -611,6 +628,32 @@ async def test_deletecollection_dry_run_and_selector(api, registry, repo):
     name = encode_name(path, "a")
     await client.delete(collection(namespace) + f"?fieldSelector=metadata.name%3D{name}")
     assert images.list_tags(registry, repo) == ["b"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_head_of_the_resource_is_405_as_on_kube_apiserver(api, registry, repo):
+    # kube-apiserver routes no HEAD to its resources. A HEAD of a watch, served as a GET, held a
+    # stream with no body until the request deadline cut it (with a traceback).
+    namespace, path = split(repo)
+    images.push_oci_image(registry, repo, "v1")
+    item = f"{collection(namespace)}/{encode_name(path, 'v1')}"
+    target = Target(api.running.port, str(api.pki.server_ca.cert_file))
+    for url in (
+        collection(namespace),
+        f"{collection(namespace)}?watch=1",
+        f"{collection(namespace)}?watch=true&timeoutSeconds=1",
+        f"{B}/payloadrepositorytags?watch=1",
+        item,
+        f"{item}?watch=1",
+    ):
+        reply = await deferToThread(exchange, target, request_bytes("HEAD", url), api.pki.admin)
+        assert reply.code == 405, (url, reply.code)
+        assert reply.headers.get("content-type") == "application/json"
+        anonymous = await deferToThread(exchange, target, request_bytes("HEAD", url), None)
+        assert anonymous.code == 401, (url, anonymous.code)  # authenticated first, as there
+    assert (await api.client(api.pki.admin).get(item)).code == 200
+    version = await deferToThread(exchange, target, request_bytes("HEAD", "/version"), api.pki.admin)
+    assert version.code == 200  # non-resource paths still serve HEAD
 
 
 @pytest_twisted.ensureDeferred

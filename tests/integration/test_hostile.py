@@ -20,13 +20,16 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, task
 from twisted.internet.threads import deferToThread
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.web import resource, server
 
 from payloadtags.limits import HttpLimits
 from tests.support import images
+from tests.support.logcapture import Collect
 from tests.support.raw import Reply, Target, closed_within, exchange, read_reply, request_bytes
 
 B = "/apis/payload-registry.deckhouse.io/v1alpha1"
+ERROR_LEVELS = (LogLevel.error, LogLevel.critical)
 
 
 def target(api: Any) -> Target:
@@ -415,6 +418,45 @@ async def test_request_deadline_cancels_the_work_and_answers_504(make_server, en
     pages = catalog.pages
     await task.deferLater(reactor, 0.3, lambda: None)
     assert catalog.pages == pages  # nothing goes on asking the registry after the deadline
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_gone_during_a_slow_read_is_counted_499_and_logs_no_error(
+    make_server, endless_registry, reactor
+):
+    url, catalog = endless_registry
+    api = await make_server(url)
+    events: list[dict[str, Any]] = []
+    observer = Collect(events)
+    paths = (
+        f"{B}/payloadrepositorytags",
+        f"{B}/namespaces/ns/payloadrepositorytags?limit=5000",
+        f"{B}/namespaces/ns/payloadrepositorytags/",  # through Klein's routing, not a direct route
+    )
+    requests = "payloadtags_apiserver_requests_total"
+    labels = {"verb": "list", "resource": "payloadrepositorytags"}
+    metrics = api.running.api.metrics.registry
+    globalLogPublisher.addObserver(observer)
+    try:
+        for path in paths:
+            pages = catalog.pages
+            sock = await in_thread(target(api).connect, api.pki.admin)
+            await in_thread(sock.sendall, request_bytes("GET", path))
+            for _ in range(500):  # until the list is reading the registry
+                if catalog.pages > pages:
+                    break
+                await task.deferLater(reactor, 0.01, lambda: None)
+            sock.close()
+        for _ in range(500):  # until the server has counted every request
+            if metrics.get_sample_value(requests, {**labels, "code": "499"}) == len(paths):
+                break
+            await task.deferLater(reactor, 0.01, lambda: None)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert metrics.get_sample_value(requests, {**labels, "code": "499"}) == len(paths)
+    assert metrics.get_sample_value(requests, {**labels, "code": "500"}) is None
+    errors = [e for e in events if e.get("log_failure") is not None or e.get("log_level") in ERROR_LEVELS]
+    assert errors == []
 
 
 @pytest_twisted.ensureDeferred

@@ -7,7 +7,7 @@ import hashlib
 import attrs
 import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
@@ -183,6 +183,55 @@ async def test_a_failed_review_reaches_every_waiter_and_is_not_cached(clock: Clo
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_waiter_that_cancels_leaves_the_others_their_result(clock: Clock) -> None:
+    # A request whose client goes away (or whose deadline passes) while it waits on a shared review
+    # fails nobody else: the review goes on for the others.
+    pending: list[Deferred[UserInfo | None]] = []
+
+    def review(token: str) -> Deferred[UserInfo | None]:
+        pending.append(Deferred())
+        return pending[-1]
+
+    auth = TokenReviewAuthenticator(review=review, clock=clock, success_ttl=60.0, failure_ttl=30.0)
+    first, *others = [Deferred.fromCoroutine(auth.authenticate(bearer(GOOD))) for _ in range(3)]
+    cancelled: list[Failure] = []
+    first.addErrback(cancelled.append)
+    first.cancel()
+    assert len(cancelled) == 1 and cancelled[0].check(CancelledError)
+    assert not pending[0].called  # the review was not cancelled
+    assert not any(d.called for d in others)
+    pending[0].callback(ALICE)
+    assert [await d for d in others] == [ALICE, ALICE]
+    assert await auth.authenticate(bearer(GOOD)) == ALICE  # and cached
+    assert len(pending) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_review_is_cancelled_once_nobody_waits_for_it(clock: Clock) -> None:
+    pending: list[Deferred[UserInfo | None]] = []
+    cancels: list[int] = []
+
+    def review(token: str) -> Deferred[UserInfo | None]:
+        index = len(pending)
+        pending.append(Deferred(lambda _: cancels.append(index)))
+        return pending[-1]
+
+    auth = TokenReviewAuthenticator(review=review, clock=clock, success_ttl=60.0, failure_ttl=30.0)
+    waiting = [Deferred.fromCoroutine(auth.authenticate(bearer(GOOD))) for _ in range(2)]
+    for d in waiting:
+        d.addErrback(lambda failure: failure.trap(CancelledError))
+    waiting[0].cancel()
+    assert cancels == []
+    waiting[1].cancel()
+    assert cancels == [0]
+    # Nothing cached, nothing left in flight: the next request reviews anew.
+    again = Deferred.fromCoroutine(auth.authenticate(bearer(GOOD)))
+    assert len(pending) == 2
+    pending[1].callback(ALICE)
+    assert await again == ALICE
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_token_is_never_a_cache_key(clock: Clock) -> None:
     pending: list[Deferred[UserInfo | None]] = []
 
@@ -193,7 +242,7 @@ async def test_the_token_is_never_a_cache_key(clock: Clock) -> None:
     auth = TokenReviewAuthenticator(review=review, clock=clock)
     waiting = Deferred.fromCoroutine(auth.authenticate(bearer(GOOD)))
     # While the review is in flight.
-    assert auth._waiting and all(GOOD not in key for key in auth._waiting)
+    assert auth._reviews and all(GOOD not in key for key in auth._reviews)
     assert GOOD not in repr(auth)
     pending[0].callback(ALICE)
     assert await waiting == ALICE

@@ -57,6 +57,7 @@ from payloadtags.api.render import (
 from payloadtags.api.streaming import write_streamed
 from payloadtags.api.tags import PageRuns, TagsService
 from payloadtags.api.watch import EventRenderer, ResponseSink, expired, is_watch, watch_options
+from payloadtags.deferreds import is_cancellation
 from payloadtags.metrics import CONTENT_TYPE, Metrics
 from payloadtags.model import GROUP, GROUP_VERSION, RESOURCE, to_json
 from payloadtags.names import is_namespace
@@ -71,6 +72,9 @@ log = Logger()
 BASE = f"/apis/{GROUP_VERSION}"
 HEALTH_ENDPOINTS = ("healthz", "livez", "readyz")
 MAX_BODY = 3 << 20
+# The code requests are counted with whose client went away before their answer: nginx's "client
+# closed request" (kube-apiserver counts them as 500s, kubernetes/kubernetes#139256).
+CLIENT_CLOSED_REQUEST = 499
 
 
 # Where a request keeps its parsed target and query: the handler, the watch check and the metrics
@@ -137,12 +141,18 @@ def _request_labels(request: IRequest, watch: bool | None = None) -> tuple[str, 
 
 
 def _is_watch_request(request: IRequest) -> bool:
+    # HEAD never reaches a watch: the resource's routes answer it 405 (ApiServer._route).
     if request.method != b"GET":
         return False
     try:
         return is_watch(_query(request))
     except ApiError:
         return False
+
+
+def _client_gone(request: Request) -> bool:
+    """Whether the client went away before the head of its answer was written."""
+    return request.channel is None and not request.startedWriting
 
 
 def _head(request: IRequest, code: int, content_type: str) -> None:
@@ -294,7 +304,11 @@ class ApiServer:
         return self.clock
 
     def _endpoint(
-        self, fn: Callable[..., Awaitable[bytes]], anonymous: bool = False, limited: bool = True
+        self,
+        fn: Callable[..., Awaitable[bytes]],
+        anonymous: bool = False,
+        limited: bool = True,
+        head: bool = True,
     ) -> Callable[..., Coroutine[Any, Any, bytes]]:
         @functools.wraps(fn)
         # Klein hands over twisted.web's Request, whose channel, code and notifyFinish IRequest lacks.
@@ -315,7 +329,7 @@ class ApiServer:
             try:
                 if bounded and not counted:
                     raise too_many_requests()
-                work = Deferred.fromCoroutine(self._serve(fn, request, anonymous, kwargs))
+                work = Deferred.fromCoroutine(self._serve(fn, request, anonymous, head, kwargs))
                 # Past the deadline the work is cancelled where it waits (registry calls included).
                 # Work done already (a page from the walk cache, discovery) has no deadline to keep:
                 # its timer would be made and cancelled in the same turn.
@@ -328,18 +342,26 @@ class ApiServer:
                 return body
             except ApiError as error:
                 return _write_error(request, error)
-            except Exception:
+            except Exception as error:
+                if request.channel is None and is_cancellation(error):
+                    # The client went away, and its work was cancelled: nothing went wrong, and nobody
+                    # is left to answer (counted as 499 below).
+                    log.debug("{method} {uri}: the client went away", method=request.method, uri=request.uri)
+                    return b""
                 log.failure("unhandled error serving {method} {uri}", method=request.method, uri=request.uri)
                 return _write_error(request, internal("the server could not complete the request"))
             finally:
                 elapsed = time.monotonic() - started
-                self.metrics.observe_request(*_request_labels(request, watch), request.code, elapsed)
+                # A client gone before the head of its answer is counted apart from the codes it could
+                # have been sent, so that it raises no 5xx alert (docs/metrics.md).
+                code = CLIENT_CLOSED_REQUEST if _client_gone(request) else request.code
+                self.metrics.observe_request(*_request_labels(request, watch), code, elapsed)
                 if self.request_log:
                     log.debug(
                         "{method} {uri} {code} user={user} {ms:.1f}ms",
                         method=request.method.decode(),
                         uri=request.uri.decode("utf-8", "replace"),
-                        code=request.code,
+                        code=code,
                         user=user.name if user else "-",
                         ms=elapsed * 1000,
                     )
@@ -347,7 +369,12 @@ class ApiServer:
         return handler
 
     async def _serve(
-        self, fn: Callable[..., Awaitable[bytes]], request: Request, anonymous: bool, kwargs: dict[str, Any]
+        self,
+        fn: Callable[..., Awaitable[bytes]],
+        request: Request,
+        anonymous: bool,
+        head: bool,
+        kwargs: dict[str, Any],
     ) -> tuple[UserInfo | None, bytes]:
         user: UserInfo | None = None
         if not anonymous:
@@ -355,6 +382,8 @@ class ApiServer:
             if user is None:
                 raise unauthorized()
             kwargs["user"] = user
+        if not head and request.method == b"HEAD":
+            raise method_not_allowed("head")
         try:
             return user, await fn(request, **kwargs)
         except RegistryError as error:
@@ -415,11 +444,14 @@ class ApiServer:
         anonymous: bool = False,
         limited: bool = True,
         direct: bool = False,
+        head: bool = True,
     ) -> None:
+        """``head``: whether a GET route serves HEAD too (what werkzeug routes it to), as the head of
+        its GET; without, HEAD is 405 once the request is authenticated."""
         # Klein names endpoints after the function by default; handlers made from one function (the
         # health endpoints) would then all run the last one registered.
         endpoint = f"{' '.join(methods)} {path}"
-        handler = self._endpoint(fn, anonymous, limited)
+        handler = self._endpoint(fn, anonymous, limited, head)
         self.app.route(path, methods=methods, branch=False, strict_slashes=False, endpoint=endpoint)(handler)
         if direct:
             assert methods == ["GET"], methods
@@ -531,10 +563,12 @@ class ApiServer:
         self._route(BASE, ["GET"], self._resources, direct=True)
         collection = f"{BASE}/namespaces/<namespace>/{RESOURCE}"
         item = f"{collection}/<name>"
-        self._route(collection, ["GET"], self._list, direct=True)
-        self._route(f"{BASE}/{RESOURCE}", ["GET"], self._list, direct=True)
+        # The resource's GET routes answer HEAD 405, as kube-apiserver's do (its router matches the
+        # method exactly): a HEAD of a watch would otherwise hold a stream nobody can read.
+        self._route(collection, ["GET"], self._list, direct=True, head=False)
+        self._route(f"{BASE}/{RESOURCE}", ["GET"], self._list, direct=True, head=False)
         self._route(collection, ["DELETE"], self._delete_collection)
-        self._route(item, ["GET"], self._get, direct=True)
+        self._route(item, ["GET"], self._get, direct=True, head=False)
         self._route(item, ["DELETE"], self._delete)
         for path in (collection, item, f"{BASE}/{RESOURCE}"):
             self._route(path, ["POST", "PUT", "PATCH"], self._immutable)
@@ -856,10 +890,11 @@ class ApiServer:
     async def _delete(self, request: IRequest, user: UserInfo, namespace: str, name: str) -> bytes:
         self._namespace(namespace)
         options = delete_options(_query(request), self._body(request), _header(request, "content-type"))
-        obj = await self.service.delete(user, namespace, name, options)
+        # Before the delete: a 406 must mean that nothing was deleted.
         media = negotiate(_header(request, "accept"), collection=False)
         if media.form is Form.TABLE:
             media = negotiate(None, collection=False)
+        obj = await self.service.delete(user, namespace, name, options)
         return _write_json(request, 200, render_object(obj, media), media.content_type)
 
     async def _delete_collection(self, request: IRequest, user: UserInfo, namespace: str) -> bytes:
@@ -867,10 +902,11 @@ class ApiServer:
         query = _query(request)
         options = delete_options(query, self._body(request), _header(request, "content-type"))
         listing = list_options({k: v for k, v in query.items() if k not in ("dryRun", "propagationPolicy")})
-        items, meta = await self.service.delete_collection(user, namespace, listing, options)
+        # Before the deletes: a 406 must mean that nothing was deleted.
         media = negotiate(_header(request, "accept"), collection=True)
         if media.form is Form.TABLE:
             media = negotiate(None, collection=True)
+        items, meta = await self.service.delete_collection(user, namespace, listing, options)
         return _write_json(request, 200, render_list(items, meta, media), media.content_type)
 
     async def _immutable(self, request: IRequest, user: UserInfo, **_: str) -> bytes:
