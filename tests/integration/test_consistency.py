@@ -22,6 +22,7 @@ from payloadtags.limits import HttpLimits
 from payloadtags.names import TagRef
 from payloadtags.registry import (
     DELETE_NONCE_ANNOTATION,
+    RegistryError,
     RegistryNotFound,
     RegistryTimeout,
     RegistryUnavailable,
@@ -238,6 +239,41 @@ async def test_a_restore_that_fails_says_where_the_tag_points(registry, repo, pr
     assert now is not None and now.digest != digest
     assert f"now points at {now.digest}, a copy of {digest}" in caught.value.message
     assert DELETE_NONCE_ANNOTATION in now.json()["annotations"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_restore_carried_out_late_is_waited_for_even_after_the_copy_was_deleted(
+    registry, repo, proxied
+) -> None:
+    """The copy cannot be deleted, so the delete puts the tag back; that restore reaches the registry
+    only after the client's timeout, and meanwhile another replica's namespace removal deletes the
+    copy (the tag reads as gone). The delete waits for the restore to land and says the tag is
+    there: a namespace removal then sees it and goes on. Reporting the copy (or nothing) at the
+    timeout let the restore bring the tag back after the removal had answered 200 (seed 16010)."""
+    digest = images.push_oci_image(registry, repo, "v1")
+    puts: list[str] = []
+    copies: list[str] = []
+
+    def decide(method: str, path: str) -> str | None:
+        if method == "PUT" and path.endswith("/manifests/v1"):
+            puts.append(path)
+            if len(puts) == 1:
+                return None  # the re-tag lands
+            copy = images.resolve(registry, repo, "v1")
+            assert copy is not None and copy != digest
+            copies.append(copy)
+            assert images.delete_manifest(registry, repo, copy) == 202  # the other replica's delete
+            return LATE  # the restore
+        return ERROR_BEFORE if unique_delete(method, path) else None
+
+    proxy, replica = proxied(decide, stall=0.6, timeout=0.4)
+    with pytest.raises(RegistryError) as caught:
+        await replica.client.delete_tag(repo, "v1")
+    assert proxy.injected[LATE] == 1 and copies
+    assert f"left as it was, on {digest}" in caught.value.message, caught.value.message
+    assert images.resolve(registry, repo, "v1") == digest  # there when the delete said so, not later
+    await proxy.settled()
+    assert images.resolve(registry, repo, "v1") == digest
 
 
 # --- dangling tags ----------------------------------------------------------------------------------

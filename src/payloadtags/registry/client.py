@@ -610,7 +610,9 @@ class RegistryClient:
         except RegistryError as error:
             self._window(kind, repository, tag, read_at)
             if error.unanswered:
-                await self._await_landing(repository, tag, ours, original)
+                await self._await_landing(
+                    repository, tag, ours, {None, original.digest if original else None}
+                )
             await self._settle(repository, tag, error, ours, original, write_pending=error.unanswered)
             return
         self._window(kind, repository, tag, read_at)
@@ -623,23 +625,26 @@ class RegistryClient:
         except RegistryError as error:
             await self._settle(repository, tag, error, ours, original)
 
-    async def _await_landing(self, repository: str, tag: str, ours: str, original: Manifest | None) -> None:
-        """Our write of ``ours`` under the tag went unanswered: the registry may carry it out late.
-        Watch the tag for a while, as long as it shows what this delete found (or nothing), until the
-        write lands; then the settle finishes the delete instead of reporting a write in doubt. A
-        push seen meanwhile ends the wait: the settle reports it. A read that fails says nothing
-        about the write, so the wait goes on: ending it there let the write land after a delete
-        that had reported the tag gone."""
+    async def _await_landing(
+        self, repository: str, tag: str, written: str, before: set[str | None]
+    ) -> str | None:
+        """Our write of ``written`` under the tag went unanswered: the registry may carry it out late.
+        Watch the tag for a while, as long as it shows what was there before the write (``before``;
+        or nothing), until the write lands; then the caller acts on that instead of reporting a
+        write in doubt. A push seen meanwhile ends the wait. A read that fails says nothing about
+        the write, so the wait goes on: ending it there let the write land after a delete that had
+        reported the tag gone. Returns the digest the tag showed last (None: nothing, or unknown)."""
         deadline = self._reactor.seconds() + LATE_WRITE_GRACE * self._settings.timeout
-        expected = {None, original.digest if original is not None else None}
+        current: str | None = None
         while self._reactor.seconds() < deadline:
             try:
                 current = await self._current(repository, tag)
             except RegistryError:
                 current = None  # not known: read again after the interval, until the deadline
-            if current == ours or current not in expected:
-                return
+            if current == written or current not in before:
+                return current
             await self._pause()
+        return current
 
     async def _settle(
         self,
@@ -724,20 +729,40 @@ class RegistryClient:
             # Our copy is in place and the delete did not happen. Put the tag back: conditional on
             # the read just above, which showed our copy, not someone's push.
             restore_at = self._reactor.seconds()
+            restore_error: RegistryError | None = None
             try:
                 await self._put_manifest(
                     repository, tag, original.content, original.media_type, f"restoring tag {where}"
                 )
-            except RegistryError as restore_error:
-                raise _amend(
-                    error,
-                    f"; the tag could not be restored ({restore_error.message}) and now points at "
-                    f"{ours}, a copy of {original.digest} with one extra annotation "
-                    f"{DELETE_NONCE_ANNOTATION}",
-                ) from error
+            except RegistryError as failed:
+                restore_error = failed
             finally:
                 self._window("restore", repository, tag, restore_at)
-            raise _amend(error, f"; tag {where} was left as it was, on {original.digest}") from error
+            now: str | None = original.digest if restore_error is None else ours
+            if restore_error is not None and restore_error.unanswered:
+                # As for the re-tag: the registry may carry the restore out late, and then the tag
+                # comes back, even after another delete took our copy. Wait for it, so that the answer
+                # says where the tag is (a namespace removal then sees it there, and retries).
+                now = await self._await_landing(repository, tag, original.digest, {None, ours})
+            if now == original.digest:
+                raise _amend(error, f"; tag {where} was left as it was, on {original.digest}") from error
+            assert restore_error is not None
+            if now == ours:
+                now_at = (
+                    f"now points at {ours}, a copy of {original.digest} with one extra annotation "
+                    f"{DELETE_NONCE_ANNOTATION}"
+                )
+            else:
+                now_at = f"now points at {now}" if now is not None else "was last read as gone"
+            pending = (
+                f"; the registry did not answer the restore in time and may still carry it out: the tag "
+                f"would then point at {original.digest} again"
+                if restore_error.unanswered
+                else ""
+            )
+            raise _amend(
+                error, f"; the tag could not be restored ({restore_error.message}) and {now_at}{pending}"
+            ) from error
         if original is not None and current == original.digest:
             raise _amend(error, f"; tag {where} was left as it was, on {original.digest}{late}") from error
         raise RegistryConflict(
