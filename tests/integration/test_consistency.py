@@ -534,6 +534,7 @@ async def test_a_delete_request_past_its_deadline_answers_504_and_the_delete_is_
         )
         assert reply.code == 504, reply.body
         assert reply.json()["reason"] == "Timeout"
+        assert "a delete already under way is finished by the server" in reply.json()["message"]
         await proxy.settled()
         await eventually(lambda: images.list_tags(registry, repo) == ["sibling"], within=10, interval=0.1)
         assert images.resolve(registry, repo, "sibling") == digest

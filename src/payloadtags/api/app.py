@@ -338,7 +338,15 @@ class ApiServer:
                 try:
                     user, body = await work
                 except TimeoutError:
-                    raise timeout(f"the request did not complete within {self.request_timeout:g}s") from None
+                    message = f"the request did not complete within {self.request_timeout:g}s"
+                    if request.method == b"DELETE":
+                        # Cut short between its writes a delete would leave the tag on a copy: one
+                        # under way goes on (RegistryClient.delete_tag), and the client must look.
+                        message += (
+                            "; a delete already under way is finished by the server: get the tags "
+                            "again to see which are gone"
+                        )
+                    raise timeout(message) from None
                 return body
             except ApiError as error:
                 return _write_error(request, error)
