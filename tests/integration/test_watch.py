@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest_twisted
@@ -291,3 +292,53 @@ async def test_watch_metrics(api, repo, reactor):
         )
         == 1
     )
+
+
+# What client-go's metadata client sends for a watch (metadata.Client.Watch): the garbage collector's
+# and every metadata informer's watch. Its lists ask for PartialObjectMetadataList instead.
+METADATA_WATCH = (
+    "application/vnd.kubernetes.protobuf;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,"
+    "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
+)
+METADATA_LIST = (
+    "application/vnd.kubernetes.protobuf;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,"
+    "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+)
+
+
+@pytest_twisted.ensureDeferred
+async def test_metadata_watches_get_partial_object_metadata_events(make_server, registry, repo):
+    namespace, path = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "v1")
+    api = await make_server(registry)
+    client = api.client(api.pki.admin)
+    listed = await client.get(collection(namespace), headers={"Accept": METADATA_LIST})
+    assert listed.json()["kind"] == "PartialObjectMetadataList"
+    rv = listed.json()["metadata"]["resourceVersion"]
+    name = encode_name(path, "v1")
+    for accept in (METADATA_WATCH, METADATA_LIST):
+        for target in (
+            f"{collection(namespace)}?watch=true&resourceVersion=0&allowWatchBookmarks=true&timeoutSeconds=1",
+            # The garbage collector's (narrowed to this test's namespace: the registry is shared).
+            f"{B}/payloadrepositorytags?watch=true&resourceVersion=0&timeoutSeconds=1"
+            f"&fieldSelector=metadata.namespace%3D{namespace}",
+            f"{collection(namespace)}/{name}?watch=true&resourceVersion=0&timeoutSeconds=1",
+        ):
+            watch = await stream(client, target, headers={"Accept": accept})
+            assert watch.code == 200, target
+            assert watch.headers["content-type"][0].startswith("application/json"), target
+            added = await watch.next()
+            assert added["type"] == "ADDED"
+            obj = added["object"]
+            # What client-go's metadata scheme decodes; a PayloadRepositoryTag it cannot.
+            assert (obj["kind"], obj["apiVersion"]) == ("PartialObjectMetadata", "meta.k8s.io/v1"), accept
+            assert set(obj) == {"kind", "apiVersion", "metadata"}
+            assert obj["metadata"]["name"] == name and obj["metadata"]["namespace"] == namespace
+            assert obj["metadata"]["uid"]
+            assert int(obj["metadata"]["resourceVersion"]) >= int(rv)
+            await watch.ended
+            rest = [json.loads(line) for line in watch.lines.pending]
+            if "allowWatchBookmarks" in target:
+                assert rest and rest[-1]["type"] == "BOOKMARK"
+                assert rest[-1]["object"]["kind"] == "PartialObjectMetadata"
+                assert rest[-1]["object"]["apiVersion"] == "meta.k8s.io/v1"

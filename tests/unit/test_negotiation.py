@@ -52,6 +52,22 @@ def test_metadata_client_get_picks_partial_object_metadata() -> None:
     assert media.content_type == "application/json;as=PartialObjectMetadata;v=v1;g=meta.k8s.io"
 
 
+@pytest.mark.parametrize("collection", [True, False])
+def test_metadata_client_watch_picks_partial_object_metadata(collection: bool) -> None:
+    # client-go's metadata.Client.Watch asks for the singular kind, on the collection (the garbage
+    # collector's watch) as on the older watch of one object.
+    media = negotiate(METADATA_OBJECT, collection=collection, watch=True)
+    assert media.form is Form.PARTIAL
+    assert media.content_type == "application/json;as=PartialObjectMetadata;v=v1;g=meta.k8s.io"
+
+
+@pytest.mark.parametrize("collection", [True, False])
+def test_a_watch_asking_for_partial_object_metadata_lists_gets_metadata_too(collection: bool) -> None:
+    media = negotiate(METADATA_LIST, collection=collection, watch=True)
+    assert media.form is Form.PARTIAL
+    assert media.content_type == "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io"
+
+
 def test_partial_list_on_a_single_object_falls_back_to_json() -> None:
     assert negotiate(METADATA_LIST, collection=False) == MediaType(Form.FULL, JSON_TYPE)
 

@@ -763,7 +763,8 @@ class ApiServer:
 
     async def _list(self, request: Request, user: UserInfo, namespace: str | None = None) -> bytes:
         self._namespace(namespace)
-        media = negotiate(_header(request, "accept"), collection=True)
+        watching = self.watch_hub is not None and _is_watch_request(request)
+        media = negotiate(_header(request, "accept"), collection=True, watch=watching)
         query = _query(request)
         include = include_object(first(query, "includeObject")) if media.form is Form.TABLE else "Metadata"
         if is_watch(query) and self.watch_hub is not None:
@@ -799,7 +800,8 @@ class ApiServer:
 
     async def _get(self, request: IRequest, user: UserInfo, namespace: str, name: str) -> bytes:
         self._namespace(namespace)
-        media = negotiate(_header(request, "accept"), collection=False)
+        watching = self.watch_hub is not None and _is_watch_request(request)
+        media = negotiate(_header(request, "accept"), collection=False, watch=watching)
         query = _query(request)
         include = include_object(first(query, "includeObject")) if media.form is Form.TABLE else "Metadata"
         if is_watch(query):
@@ -808,7 +810,6 @@ class ApiServer:
             # The older form of a watch of one object: the collection's watch, narrowed to its name.
             selector = first(query, "fieldSelector")
             pinned = f"metadata.name={name}" + (f",{selector}" if selector else "")
-            media = negotiate(_header(request, "accept"), collection=True)
             narrowed = {**query, "fieldSelector": [pinned]}
             return await self._watch(request, user, namespace, narrowed, media, include)
         obj = await self.service.get(user, namespace, name)

@@ -39,8 +39,12 @@ def _parse(entry: str) -> tuple[str, dict[str, str]]:
     return main.lower(), parsed
 
 
-def negotiate(accept: str | None, *, collection: bool) -> MediaType:
-    """Pick the first entry of Accept that this server can produce, as kube-apiserver does."""
+def negotiate(accept: str | None, *, collection: bool, watch: bool = False) -> MediaType:
+    """Pick the first entry of Accept that this server can produce, as kube-apiserver does.
+
+    A watch's events are single objects: it takes either PartialObjectMetadata kind (client-go's
+    metadata client watches with ``as=PartialObjectMetadata``, lists with ``...List``) and sends
+    PartialObjectMetadata events for both (docs/api.md, "Content negotiation")."""
     if not accept or not accept.strip():
         return _FULL
     for entry in accept.split(","):
@@ -57,7 +61,10 @@ def negotiate(accept: str | None, *, collection: bool) -> MediaType:
             continue
         if kind == "Table" and version in ("v1", "v1beta1"):
             return MediaType(Form.TABLE, f"application/json;as=Table;v={version};g=meta.k8s.io", version)
-        wanted = "PartialObjectMetadataList" if collection else "PartialObjectMetadata"
-        if kind == wanted and version in ("v1", "v1beta1"):
+        if watch:
+            wanted: tuple[str, ...] = ("PartialObjectMetadata", "PartialObjectMetadataList")
+        else:
+            wanted = ("PartialObjectMetadataList",) if collection else ("PartialObjectMetadata",)
+        if kind in wanted and version in ("v1", "v1beta1"):
             return MediaType(Form.PARTIAL, f"application/json;as={kind};v={version};g=meta.k8s.io", version)
     raise not_acceptable(accept)
