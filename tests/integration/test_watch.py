@@ -5,13 +5,19 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import attrs
+import pytest
 import pytest_twisted
 from twisted.internet import task
+from twisted.internet.defer import Deferred
+from twisted.logger import globalLogPublisher
 
 from payloadtags.limits import WatchLimits
 from payloadtags.names import encode_name
+from payloadtags.watch import WatchHub
 from tests.support import images
 from tests.support.client import ApiClient, stream
+from tests.support.logcapture import Collect
 from tests.support.rbac import eventually, grant
 
 B = "/apis/payload-registry.deckhouse.io/v1alpha1"
@@ -342,3 +348,128 @@ async def test_metadata_watches_get_partial_object_metadata_events(make_server, 
                 assert rest and rest[-1]["type"] == "BOOKMARK"
                 assert rest[-1]["object"]["kind"] == "PartialObjectMetadata"
                 assert rest[-1]["object"]["apiVersion"] == "meta.k8s.io/v1"
+
+
+@attrs.define
+class _GatedReader:
+    """The hub's registry reads, held until ``gate`` fires: watches wait on their scope's baseline."""
+
+    real: Any
+    gate: Deferred[None] = attrs.field(factory=Deferred)
+
+    async def scope_tags(self, namespace: str | None) -> Any:
+        await self.gate
+        return await self.real.scope_tags(namespace)
+
+    async def repository_tags(self, repository: str) -> Any:
+        return await self.real.repository_tags(repository)
+
+
+def _gated_hub(api: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[WatchHub, _GatedReader, list[str]]:
+    """The server's watch hub with its reads gated, and the users whose watches it was asked to admit."""
+    hub: WatchHub = api.running.api.watch_hub
+    reader = _GatedReader(hub.reader)
+    hub.reader = reader
+    asked: list[str] = []
+    admit = WatchHub.admit
+
+    def counting(self: WatchHub, user: str) -> Any:
+        asked.append(user)
+        return admit(self, user)
+
+    monkeypatch.setattr(WatchHub, "admit", counting)
+    return hub, reader, asked
+
+
+@pytest_twisted.ensureDeferred
+async def test_watches_past_the_limit_that_waited_on_a_read_get_429_before_any_byte(
+    make_server, registry, repo, monkeypatch
+):
+    namespace, _ = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "v1")
+    api = await make_server(registry, watch=WatchLimits(max_watches_per_user=1))
+    client = api.client(api.pki.admin)
+    _, reader, asked = _gated_hub(api, monkeypatch)
+    events: list[dict[str, Any]] = []
+    observer = Collect(events)
+    globalLogPublisher.addObserver(observer)
+    try:
+        opened = [
+            Deferred.fromCoroutine(stream(client, f"{collection(namespace)}?watch=true")) for _ in range(2)
+        ]
+        # Both arrived while nobody watched yet: the first waits on the scope's first read.
+        assert await eventually(lambda: _ready(len(asked) == 2), within=20)
+        reader.gate.callback(None)
+        watches = [await d for d in opened]
+        served = next(w for w in watches if w.code == 200)
+        refused = next(w for w in watches if w is not served)
+        assert refused.code == 429 and refused.headers["retry-after"] == ["1"]
+        await refused.ended
+        body = json.loads(b"".join(refused.lines.pending) or b"null")
+        assert body["kind"] == "Status" and body["reason"] == "TooManyRequests" and body["code"] == 429
+        assert "too many watches for user" in body["message"]
+        assert (await served.next())["type"] == "ADDED"
+        served.close()
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert not [e for e in events if "unhandled error" in e.get("log_format", "")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_watch_waiting_on_a_read_when_the_server_stops_gets_a_status_before_any_byte(
+    make_server, registry, repo, monkeypatch
+):
+    namespace, _ = repo.split("/", 1)
+    api = await make_server(registry)
+    client = api.client(api.pki.admin)
+    hub, reader, asked = _gated_hub(api, monkeypatch)
+    events: list[dict[str, Any]] = []
+    observer = Collect(events)
+    globalLogPublisher.addObserver(observer)
+    try:
+        opened = Deferred.fromCoroutine(
+            stream(client, f"{collection(namespace)}?watch=true&resourceVersion=0")
+        )
+        assert await eventually(lambda: _ready(len(asked) == 1), within=20)
+        hub.stop()
+        reader.gate.callback(None)
+        watch = await opened
+        assert watch.code == 429 and watch.headers["retry-after"] == ["1"]
+        await watch.ended
+        body = json.loads(b"".join(watch.lines.pending))
+        assert (body["kind"], body["code"], body["reason"]) == ("Status", 429, "TooManyRequests")
+        assert "shutting down" in body["message"]
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert not [e for e in events if "unhandled error" in e.get("log_format", "")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_watch_that_fails_after_its_head_ends_with_an_error_event(api, repo, monkeypatch):
+    namespace, _ = repo.split("/", 1)
+    client = api.client(api.pki.admin)
+
+    def broken(self: WatchHub, *args: Any, **kwargs: Any) -> bool:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(WatchHub, "start", broken)
+    events: list[dict[str, Any]] = []
+    observer = Collect(events)
+    globalLogPublisher.addObserver(observer)
+    try:
+        watch = await stream(client, f"{collection(namespace)}?watch=true&resourceVersion=0")
+        assert watch.code == 200
+        error = await watch.next()
+        await watch.ended
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert error["type"] == "ERROR"
+    assert (error["object"]["kind"], error["object"]["code"]) == ("Status", 500)
+    assert error["object"]["reason"] == "InternalError"
+    assert watch.lines.pending == []
+    assert not [e for e in events if "unhandled error" in e.get("log_format", "")]
+    assert [e for e in events if e.get("log_format", "").startswith("error starting a watch")]
+
+
+async def _ready(condition: bool) -> bool | None:
+    return True if condition else None

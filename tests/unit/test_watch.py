@@ -422,6 +422,37 @@ def test_watch_limits_per_user_and_in_total() -> None:
     hub.start(watcher("carol")[0], source, since=None, timeout=None)
 
 
+def test_slots_taken_by_waiting_watches_count_against_the_limits() -> None:
+    reader = FakeReader({"team/app": {"v1"}})
+    hub = make_hub(reader, Clock(), max_watches=2, max_watches_per_user=1)
+    source = ready(hub, "team")
+    # Two watches of alice arrive before either started (both wait on a read): the second is
+    # refused on arrival, not when the first has started.
+    first = hub.admit("alice")
+    with pytest.raises(TooManyWatches, match="user alice"):
+        hub.admit("alice")
+    bob = hub.admit("bob")
+    with pytest.raises(TooManyWatches, match="on this server"):
+        hub.admit("carol")
+    w, _ = watcher("alice")
+    assert hub.start(w, source, since=None, timeout=None, slot=first)  # takes its slot: no second check
+    assert not first.held and hub.per_user["alice"] == 1
+    first.release()  # the request's own release, after the watch took the slot: nothing
+    bob.release()  # bob's request failed before its watch started
+    bob.release()
+    with pytest.raises(TooManyWatches, match="user alice"):
+        hub.admit("alice")
+    carol = hub.admit("carol")
+    # A watch from a resourceVersion no longer retained gives its slot back.
+    source.floor = hub.versions.current + 1
+    assert not hub.start(watcher("carol")[0], source, since=hub.versions.current, timeout=None, slot=carol)
+    assert not carol.held
+    hub.admit("dave")
+    hub.stop()
+    with pytest.raises(TooManyWatches, match="shutting down"):
+        hub.check_running()
+
+
 def test_timeout_ends_with_a_bookmark_and_bookmarks_are_periodic() -> None:
     reader = FakeReader({"team/app": {"v1"}})
     clock = Clock()

@@ -56,7 +56,15 @@ from payloadtags.api.render import (
 )
 from payloadtags.api.streaming import write_streamed
 from payloadtags.api.tags import PageRuns, TagsService
-from payloadtags.api.watch import EventRenderer, ResponseSink, expired, is_watch, watch_options
+from payloadtags.api.watch import (
+    EventRenderer,
+    ResponseSink,
+    WatchOptions,
+    error_event,
+    expired,
+    is_watch,
+    watch_options,
+)
 from payloadtags.deferreds import is_cancellation
 from payloadtags.metrics import CONTENT_TYPE, Metrics
 from payloadtags.model import GROUP, GROUP_VERSION, RESOURCE, to_json
@@ -65,7 +73,7 @@ from payloadtags.registry import is_valid_repository
 from payloadtags.registry.errors import RegistryError
 from payloadtags.repoindex import RepositoryIndex
 from payloadtags.tls import verified_peer_chain
-from payloadtags.watch import Listed, TooManyWatches, Watcher, WatchHub
+from payloadtags.watch import Listed, TooManyWatches, Watcher, WatchHub, WatchSlot
 
 log = Logger()
 
@@ -826,12 +834,31 @@ class ApiServer:
     ) -> bytes:
         hub = self.watch_hub
         assert hub is not None
-        assert isinstance(request, Request)
         options = watch_options(query)
         try:
-            hub.admit(user.name)
+            # The limits are decided now, before a byte is sent: the slot is held while the watch
+            # waits for its scope's read, so watches that wait together cannot all pass them.
+            slot = hub.admit(user.name)
         except TooManyWatches as error:
             raise too_many_requests(retry_after=1, message=str(error)) from None
+        try:
+            return await self._watch_admitted(request, user, namespace, options, media, include, slot)
+        finally:
+            slot.release()  # unless the watch took it
+
+    async def _watch_admitted(
+        self,
+        request: IRequest,
+        user: UserInfo,
+        namespace: str | None,
+        options: WatchOptions,
+        media: MediaType,
+        include: str,
+        slot: WatchSlot,
+    ) -> bytes:
+        hub = self.watch_hub
+        assert hub is not None
+        assert isinstance(request, Request)
         warm = namespace in hub.sources
         source = await hub.source(namespace)
         since: int | None = None
@@ -857,6 +884,10 @@ class ApiServer:
                 listed = hub.listed_at(namespace, since)
                 if listed is not None and warm:
                     await source.fresh()
+        try:
+            hub.check_running()  # it stopped while this watch waited: refused before the head too
+        except TooManyWatches as error:
+            raise too_many_requests(retry_after=1, message=str(error)) from None
         _head(request, 200, media.content_type)
         request.setHeader(b"x-content-type-options", b"nosniff")
         renderer = EventRenderer(media, include, self.service.registry_host, hub.versions.format)
@@ -877,10 +908,15 @@ class ApiServer:
         # The producer before the first event: the transport paces what the watch starts with.
         request.registerProducer(watcher, True)
         try:
-            started = hub.start(watcher, source, since, options.timeout_seconds, initial_end, listed=listed)
-        except BaseException:
+            started = hub.start(
+                watcher, source, since, options.timeout_seconds, initial_end, listed=listed, slot=slot
+            )
+        except Exception:
+            # A bug: after the head only an event reaches the client (never a bare Status line).
             request.unregisterProducer()
-            raise
+            log.failure("error starting a watch of {uri}", uri=request.uri)
+            request.write(error_event(internal("the watch could not be started").status()))
+            return b""
         if not started:
             request.unregisterProducer()
             request.write(expired(rv))

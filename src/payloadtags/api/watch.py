@@ -163,6 +163,11 @@ class EventRenderer:
         return _line("BOOKMARK", body)
 
 
+def error_event(status: Status) -> bytes:
+    """An ERROR event: once a watch's head is sent, the only way to tell its client of a failure."""
+    return _line("ERROR", to_json(status))
+
+
 def expired(resource_version: str) -> bytes:
     """The ERROR event for a resourceVersion this replica cannot serve a watch from."""
     status = Status(
@@ -172,7 +177,7 @@ def expired(resource_version: str) -> bytes:
         message=f"too old resource version: {resource_version} "
         "(not retained by this server, or issued by another replica or an earlier run; relist)",
     )
-    return _line("ERROR", to_json(status))
+    return error_event(status)
 
 
 @attrs.define
@@ -196,4 +201,12 @@ class ResponseSink:
             transport.loseConnection()
 
 
-__all__ = ["EventRenderer", "ResponseSink", "WatchOptions", "expired", "is_watch", "watch_options"]
+__all__ = [
+    "EventRenderer",
+    "ResponseSink",
+    "WatchOptions",
+    "error_event",
+    "expired",
+    "is_watch",
+    "watch_options",
+]

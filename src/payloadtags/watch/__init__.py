@@ -1,7 +1,7 @@
 """Watches of PayloadRepositoryTags: resourceVersions, per-scope event sources, fan-out to watchers."""
 
 from payloadtags.limits import WatchLimits
-from payloadtags.watch.hub import TooManyWatches, WatchHub
+from payloadtags.watch.hub import TooManyWatches, WatchHub, WatchSlot
 from payloadtags.watch.listed import Listed, ListedScopes
 from payloadtags.watch.source import Event, EventType, ScopeReader, ScopeSource
 from payloadtags.watch.versions import ReplicaVersions, parse_version
@@ -19,6 +19,7 @@ __all__ = [
     "TooManyWatches",
     "WatchHub",
     "WatchLimits",
+    "WatchSlot",
     "Watcher",
     "parse_version",
 ]

@@ -33,6 +33,22 @@ class TooManyWatches(Exception):
     pass
 
 
+@attrs.define(eq=False)
+class WatchSlot:
+    """A watch's place under the limits, taken when its request arrives: a watch that then waits
+    (for its scope's read) keeps it, so the limits are decided before the response begins and
+    concurrent watches cannot all pass them while waiting. ``release`` gives it back unused."""
+
+    user: str
+    _hub: WatchHub = attrs.field(repr=False)
+    held: bool = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self._hub._unreserve(self.user)
+
+
 @attrs.define
 class InventoryReader:
     """A source's reads through the inventory: unfiltered, every tag of the scope."""
@@ -59,6 +75,9 @@ class WatchHub:
     sources: dict[str | None, ScopeSource] = attrs.field(factory=dict)
     watchers: set[Watcher] = attrs.field(factory=set)
     per_user: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    # Slots taken by watches that have not started yet (WatchSlot), in total and per user.
+    _reserved: int = 0
+    _reserved_per_user: collections.Counter[str] = attrs.field(factory=collections.Counter)
     _loops: dict[str | None, LoopingCall] = attrs.field(factory=dict)
     _touched: dict[str | None, float] = attrs.field(factory=dict)
     _timers: dict[Watcher, IDelayedCall] = attrs.field(factory=dict)
@@ -159,15 +178,28 @@ class WatchHub:
 
     # -- watchers ---------------------------------------------------------------------------------
 
-    def admit(self, user: str) -> None:
-        if self.stopped:
-            raise TooManyWatches("the server is shutting down")
-        if len(self.watchers) >= self.limits.max_watches:
+    def admit(self, user: str) -> WatchSlot:
+        """A slot for one more watch of ``user``, or TooManyWatches (also once the hub stopped)."""
+        self.check_running()
+        if len(self.watchers) + self._reserved >= self.limits.max_watches:
             raise TooManyWatches(f"too many watches on this server ({self.limits.max_watches})")
-        if self.per_user[user] >= self.limits.max_watches_per_user:
+        if self.per_user[user] + self._reserved_per_user[user] >= self.limits.max_watches_per_user:
             raise TooManyWatches(
                 f"too many watches for user {user} on this server ({self.limits.max_watches_per_user})"
             )
+        self._reserved += 1
+        self._reserved_per_user[user] += 1
+        return WatchSlot(user, self)
+
+    def check_running(self) -> None:
+        if self.stopped:
+            raise TooManyWatches("the server is shutting down")
+
+    def _unreserve(self, user: str) -> None:
+        self._reserved -= 1
+        self._reserved_per_user[user] -= 1
+        if self._reserved_per_user[user] <= 0:
+            del self._reserved_per_user[user]
 
     def sequence_of(self, resource_version: str) -> int | None:
         return self.versions.parse(resource_version)
@@ -180,6 +212,7 @@ class WatchHub:
         timeout: float | None,
         initial_events_end: bool = False,
         listed: Listed | None = None,
+        slot: WatchSlot | None = None,
     ) -> bool:
         """Attaches a watcher to a ready source.
 
@@ -188,18 +221,26 @@ class WatchHub:
         False when those are no longer retained (the caller answers 410 Gone). With ``listed`` (a
         watch from a list made while the scope had no source, whose source has since read the scope
         after the watch arrived): the differences between the list's reads and the snapshot.
+
+        With a ``slot`` (from ``admit``, still held) it never raises: the watcher takes the slot's
+        place; without one it is admitted here (TooManyWatches).
         """
-        self.admit(watcher.user)
+        if slot is None:
+            slot = self.admit(watcher.user)
+        assert slot.held and slot.user == watcher.user, slot
         backlog = None
         if listed is not None:
             if listed.dropped:
+                slot.release()
                 return False
             sequence = self.versions.current
             backlog = [Event(sequence, kind, ref) for kind, ref in listed.changes(source.tags)]
         elif since is not None:
             backlog = source.since(since)
             if backlog is None:
+                slot.release()
                 return False
+        slot.release()
         self.watchers.add(watcher)
         self.per_user[watcher.user] += 1
         source.subscribers.add(watcher)
@@ -282,4 +323,4 @@ class WatchHub:
         self.sources.clear()
 
 
-__all__ = ["InventoryReader", "TooManyWatches", "WatchHub", "WatchLimits"]
+__all__ = ["InventoryReader", "TooManyWatches", "WatchHub", "WatchLimits", "WatchSlot"]
