@@ -473,3 +473,59 @@ async def test_a_watch_that_fails_after_its_head_ends_with_an_error_event(api, r
 
 async def _ready(condition: bool) -> bool | None:
     return True if condition else None
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_exact_list_is_the_list_at_that_resource_version_or_a_status(make_server, registry, repo):
+    namespace, _ = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "v1")
+    api = await make_server(registry, watch=WatchLimits(resync_period=0.2))
+    client = api.client(api.pki.admin)
+
+    async def exact(rv: str, more: str = "") -> Any:
+        return await client.get(
+            f"{collection(namespace)}?resourceVersion={rv}&resourceVersionMatch=Exact{more}"
+        )
+
+    listed = (await client.get(collection(namespace))).json()
+    rv = listed["metadata"]["resourceVersion"]
+    same = await exact(rv)
+    assert same.code == 200, same.body
+    assert same.json()["metadata"]["resourceVersion"] == rv and same.json()["items"] == listed["items"]
+    page = await exact(rv, "&limit=1")
+    assert page.code == 200 and page.json()["metadata"]["resourceVersion"] == rv
+    assert (await exact("000" + rv)).code == 200  # the same number, as kube-apiserver parses it
+    # A change this replica numbered: the list at rv is no longer what it can serve.
+    watch = await stream(client, f"{collection(namespace)}?watch=true&resourceVersion={rv}")
+    images.push_oci_image(registry, repo, "v2", seed="two")
+    assert (await watch.next())["type"] == "ADDED"
+    watch.close()
+    gone = await exact(rv)
+    assert gone.code == 410, gone.body
+    assert gone.json() == {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": "The resourceVersion for the provided list is too old.",
+        "reason": "Expired",
+        "code": 410,
+    }
+    # Another replica's (or an earlier run's) resourceVersion: never served as if it were ours.
+    epoch, sequence = divmod(int(rv), 10**11)
+    foreign = (epoch + 1 if epoch < 18_446_743 else epoch - 1) * 10**11 + sequence
+    assert (await exact(str(foreign))).code == 410
+    # One this replica has not issued yet: what kube-apiserver answers for a revision it has not reached.
+    now = (await client.get(collection(namespace))).json()["metadata"]["resourceVersion"]
+    future = str(int(now) + 1000)
+    ahead = await exact(future)
+    assert ahead.code == 504, ahead.body
+    assert ahead.json()["reason"] == "Timeout"
+    assert ahead.json()["message"] == f"Timeout: Too large resource version: {future}, current: {now}"
+    assert ahead.json()["details"]["causes"] == [
+        {"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}
+    ]
+    # The current one is served exactly, with what the registry holds now.
+    current = await exact(now)
+    assert current.code == 200 and current.json()["metadata"]["resourceVersion"] == now
+    assert sorted(i["spec"]["tag"] for i in current.json()["items"]) == ["v1", "v2"]

@@ -83,6 +83,9 @@ class Recorded:
     def current(self) -> str:
         return "7"
 
+    def ahead(self, resource_version: str) -> bool:
+        return int(resource_version) > int(self.current())
+
     def observer(self, scope: str | None, resource_version: str) -> Observe | None:
         return lambda repository, tags: self.observed.append((scope, resource_version, repository, len(tags)))
 

@@ -142,6 +142,12 @@ def test_watch_false_is_a_list(value: str) -> None:
     assert list_options(_q(watch=value, limit="5")).limit == 5
 
 
+def test_resource_version_match_exact_is_kept_for_the_list() -> None:
+    assert list_options(_q(resourceVersion="5", resourceVersionMatch="Exact")).exact
+    assert not list_options(_q(resourceVersion="5", resourceVersionMatch="NotOlderThan")).exact
+    assert not list_options(_q(resourceVersion="5")).exact
+
+
 def test_watch_not_a_boolean_is_400() -> None:
     error = _error(list_options, _q(watch="maybe"))
     assert (error.code, error.reason) == (400, "BadRequest")

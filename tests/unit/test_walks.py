@@ -287,6 +287,9 @@ class Records:
     def current(self) -> str:
         return "5"
 
+    def ahead(self, resource_version: str) -> bool:
+        return int(resource_version) > int(self.current())
+
     def observer(self, scope: str | None, resource_version: str) -> Observe | None:
         if self._report is None:
             generation = self.generation

@@ -118,6 +118,10 @@ def test_versions_round_trip_and_refuse_foreign_ones() -> None:
     for text in ("18446744073709551616", "9" * 309, "9" * 4301, "9" * 5000):
         assert mine.parse(text) is None
     assert mine.parse("0" * 5000 + mine.latest()) == 6  # as strconv.ParseUint reads leading zeros
+    # Ahead: this run's, not issued yet (a list at exactly it is kube-apiserver's "too large").
+    assert mine.ahead(mine.format(7)) and not mine.ahead(mine.latest())
+    assert not mine.ahead(other.format(99)) and not mine.ahead("12a") and not mine.ahead("")
+    assert mine.ahead("0" * 5000 + mine.format(7)) and not mine.ahead("9" * 5000)
     assert int(ReplicaVersions(epoch=EPOCH_MAX, current=10**11 - 1).latest()) < 2**64
     with pytest.raises(ValueError):
         ReplicaVersions(epoch=5)

@@ -113,6 +113,22 @@ def timeout(message: str) -> ApiError:
     return ApiError(504, "Timeout", f"Timeout: {message}")
 
 
+def list_resource_version_expired() -> ApiError:
+    """A list at exactly a resourceVersion this server can no longer serve (kube-apiserver's words)."""
+    return ApiError(410, "Expired", "The resourceVersion for the provided list is too old.")
+
+
+def resource_version_too_large(requested: str, current: str) -> ApiError:
+    """A resourceVersion this server has not reached (kube-apiserver's "too large resource version")."""
+    cause = {"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}
+    return ApiError(
+        504,
+        "Timeout",
+        f"Timeout: Too large resource version: {requested}, current: {current}",
+        StatusDetails(causes=[cause]),
+    )
+
+
 def too_many_requests(
     retry_after: int = 1, message: str = "Too many requests, please try again later."
 ) -> ApiError:

@@ -67,6 +67,8 @@ class ListOptions:
     limit: int | None
     continue_: str | None
     resource_version: str | None
+    # resourceVersionMatch=Exact: the list at exactly resource_version, or an error (docs/api.md).
+    exact: bool = False
 
 
 def list_options(query: Query) -> ListOptions:
@@ -130,6 +132,7 @@ def list_options(query: Query) -> ListOptions:
         limit=limit,
         continue_=continue_,
         resource_version=resource_version,
+        exact=match == "Exact",
     )
 
 

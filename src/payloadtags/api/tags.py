@@ -14,7 +14,14 @@ from twisted.logger import Logger
 from payloadtags.access.authn import UserInfo
 from payloadtags.access.authz import Authorizer
 from payloadtags.api import continuation
-from payloadtags.api.errors import ApiError, access_denied, conflict, not_found
+from payloadtags.api.errors import (
+    ApiError,
+    access_denied,
+    conflict,
+    list_resource_version_expired,
+    not_found,
+    resource_version_too_large,
+)
 from payloadtags.api.options import DeleteOptions, ListOptions
 from payloadtags.api.walks import WalkCache, new_walk_id
 from payloadtags.deferreds import bounded_map
@@ -33,6 +40,7 @@ from payloadtags.model import (
 from payloadtags.names import InvalidName, TagRef, ref_from_name
 from payloadtags.registry import asking
 from payloadtags.registry.errors import RegistryConflict, RegistryError, RegistryNotFound
+from payloadtags.watch import parse_version
 
 audit_log = Logger(namespace="payloadtags.audit")
 
@@ -114,6 +122,10 @@ class ResourceVersions:
     def observer(self, scope: str | None, resource_version: str) -> Observe | None:
         return None
 
+    def ahead(self, resource_version: str) -> bool:
+        number = parse_version(resource_version)
+        return number is not None and number > self._last
+
 
 Observe = Callable[[str, Sequence[str]], None]
 
@@ -128,6 +140,10 @@ class VersionSource(Protocol):
         registry (repository, tags), so that a watch from it can start later; None: nowhere. The same
         callable for as long as the same place takes the reports (a walk whose kept lists went there
         does not report them again)."""
+        ...
+
+    def ahead(self, resource_version: str) -> bool:
+        """Whether ``resource_version`` (decimal) is one of this source's that it has not issued yet."""
         ...
 
 
@@ -243,15 +259,23 @@ class TagsService:
         pinned_namespace = options.fields.required("metadata.namespace")
         # Registry reads that go out from now on may be shared with this request (a list arriving
         # while an identical one is being read joins its reads that were not sent yet when it came).
+        # Taken before the registry is read: a watch from it then replays every change found by a
+        # read that may have come after this list's (docs/watch.md, "Guarantees").
+        current = self.versions.current()
+        requested = parse_version(options.resource_version or "")
+        if options.exact and requested != parse_version(current):
+            # What a list at an older resourceVersion held is not kept: only the current one can
+            # be served exactly (docs/api.md, "List options").
+            if self.versions.ahead(str(requested)):
+                raise resource_version_too_large(str(requested), current)
+            raise list_resource_version_expired()
         asking()
         return _Listing(
             watch_scope=namespace,
             namespace=namespace if namespace is not None else pinned_namespace,
             accept=self._selected(options),
             readable=self._readable(user, authorize),
-            # Taken before the registry is read: a watch from it then replays every change found by
-            # a read that may have come after this list's (docs/watch.md, "Guarantees").
-            current=self.versions.current(),
+            current=current,
         )
 
     async def _select(

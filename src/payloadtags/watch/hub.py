@@ -101,6 +101,10 @@ class WatchHub:
             self.listed.open(namespace, self.versions.current, self.clock.seconds())
         return self.current()
 
+    def ahead(self, resource_version: str) -> bool:
+        """Whether ``resource_version`` is this run's and not issued yet (a list at exactly it: 504)."""
+        return self.versions.ahead(resource_version)
+
     def observer(
         self, scope: str | None, resource_version: str
     ) -> Callable[[str, Sequence[str]], None] | None:

@@ -59,6 +59,14 @@ class ReplicaVersions:
     def latest(self) -> str:
         return self.format(self.current)
 
+    def ahead(self, text: str) -> bool:
+        """Whether ``text`` carries this run's epoch and a sequence it has not reached yet."""
+        number = parse_version(text)
+        if number is None:
+            return False
+        epoch, sequence = divmod(number, _SPAN)
+        return bool(epoch == self.epoch and sequence > self.current)
+
     def parse(self, text: str) -> int | None:
         """The sequence of a resourceVersion this run issued, or None (foreign, future or not one)."""
         number = parse_version(text)
