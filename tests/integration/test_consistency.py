@@ -406,6 +406,12 @@ async def test_deletecollection_names_what_is_left_and_finishes_on_retry(registr
         in (error.message)
     )
     assert f"{repo}:b" in error.message and "HTTP 500" in error.message
+    assert error.details is not None and error.details.causes is not None
+    [cause] = error.details.causes
+    assert (cause["reason"], cause["field"]) == (
+        "ResourceLeft",
+        TagRef(namespace, repo.split("/", 1)[1], "b").name,
+    )
     assert images.list_tags(registry, repo) == ["b"]
     failing["on"] = False
     items, _ = await replica.service.delete_collection(USER, namespace, list_options({}), DeleteOptions())

@@ -343,7 +343,7 @@ def test_invalid_lists_causes_in_the_message() -> None:
         "group": "meta.k8s.io",
         "causes": [
             {
-                "type": "FieldValueInvalid",
+                "reason": "FieldValueInvalid",
                 "message": 'Invalid value: "-1": must be non-negative',
                 "field": "limit",
             }

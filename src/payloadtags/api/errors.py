@@ -67,7 +67,7 @@ def invalid(kind: str, group: str, message: str, causes: list[dict[str, str]]) -
 
 
 def invalid_field(kind: str, group: str, field: str, value: str, message: str) -> ApiError:
-    cause = {"type": "FieldValueInvalid", "message": f'Invalid value: "{value}": {message}', "field": field}
+    cause = {"reason": "FieldValueInvalid", "message": f'Invalid value: "{value}": {message}', "field": field}
     return invalid(kind, group, message, [cause])
 
 

@@ -63,7 +63,11 @@ def _collection_incomplete(
         f"{len(left)} of {total} selected tag(s) are still there: {'; '.join(named)}{more}; retry"
     )
     causes = [
-        {"type": "ResourceLeft", "field": ref.name, "message": why.get(ref, "still listed after its delete")}
+        {
+            "reason": "ResourceLeft",
+            "field": ref.name,
+            "message": why.get(ref, "still listed after its delete"),
+        }
         for ref in left[:NAMED_LEFT]
     ]
     details = StatusDetails(group=GROUP, kind=RESOURCE, causes=causes, retry_after_seconds=1)
