@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 
 from payloadtags.access.authconfig import AuthenticationConfig, DynamicAuthentication, FlagConfig
 from payloadtags.access.authz import AlwaysAllow
-from payloadtags.access.rbac import RbacAuthorizer, RbacIndex
+from payloadtags.access.rbac import PathMatcher, RbacAuthorizer, RbacIndex
 from payloadtags.access.requestheader import RequestHeaderConfig
 from payloadtags.access.tokens import TokenReviewAuthenticator
 from payloadtags.api.app import ApiServer
@@ -34,6 +34,7 @@ from payloadtags.cleanup.removal import namespace_remover
 from payloadtags.cluster import authentication_reflector, rbac_reflectors, token_reviewer
 from payloadtags.heap import keep_freed_heap
 from payloadtags.http.channel import GuardedSite, GuardedTLSFactory, LimitedConnections
+from payloadtags.identity import UserInfo
 from payloadtags.inventory import Inventory
 from payloadtags.kube import ClusterClient, KubeClient, Reflector
 from payloadtags.lifecycle import OrderedServices, Part
@@ -287,6 +288,12 @@ def _access_generation(authorizer: AlwaysAllow | RbacAuthorizer) -> Callable[[],
     return lambda: 0
 
 
+def _access_rules(authorizer: AlwaysAllow | RbacAuthorizer) -> Callable[[UserInfo, str], PathMatcher] | None:
+    if isinstance(authorizer, RbacAuthorizer):
+        return lambda user, namespace: authorizer.rules(user, "get", namespace)
+    return None
+
+
 def _synced(reflectors: list[Reflector], what: str) -> Callable[[], Awaitable[None]]:
     async def check() -> None:
         waiting = [r.name for r in reflectors if not r.has_synced]
@@ -353,6 +360,7 @@ async def start(
         reactor,
         settings.watch,
         access_generation=_access_generation(authorizer),
+        access_rules=_access_rules(authorizer),
         on_end=lambda reason: metrics.watches_ended.labels(reason).inc(),
     )
     metrics.track_watches(lambda: len(watch_hub.watchers), lambda: len(watch_hub.sources))

@@ -16,7 +16,8 @@ from payloadtags.limits import WatchLimits
 from payloadtags.names import encode_name
 from payloadtags.watch import WatchHub
 from tests.support import images
-from tests.support.client import ApiClient, stream
+from tests.support.client import ApiClient, Stream, stream
+from tests.support.kubeapi.resources import ROLEBINDINGS
 from tests.support.logcapture import Collect
 from tests.support.rbac import eventually, grant
 
@@ -232,31 +233,52 @@ async def test_watches_are_limited_per_user_and_exempt_from_the_deadline(
     again.close()
 
 
-@pytest_twisted.ensureDeferred
-async def test_watchers_see_only_readable_repositories_and_an_access_change_ends_the_stream(
-    make_server, registry, repo, pki, kube_api, kube_kubeconfig, reactor
-):
-    namespace, _ = repo.split("/", 1)
-    images.push_oci_image(registry, f"{namespace}/app", "v1", seed="app")
-    images.push_oci_image(registry, f"{namespace}/secret", "v1", seed="secret")
+async def _alice(
+    make_server: Any, registry: Any, kube_api: Any, kube_kubeconfig: Any, pki: Any, *repositories: str
+) -> tuple[Any, ApiClient]:
+    """A server deciding access by RBAC over ``repositories`` (pushed), and alice, who may see `app`."""
+    for repository in repositories:
+        images.push_oci_image(registry, repository, "v1", seed=repository)
     api = await make_server(
         registry,
         kubeconfig=str(kube_kubeconfig),
         authorization_mode="RBAC",
         watch=WatchLimits(resync_period=0.2),
     )
-    alice = api.client(pki.client_ca.client("alice"))
-    grant(kube_api, namespace, "alice", ["get"], ["app"], "alice-read")
+    grant(kube_api, repositories[0].split("/", 1)[0], "alice", ["get"], ["app"], "alice-read")
+    return api, api.client(pki.client_ca.client("alice"))
 
-    async def listed() -> list[str]:
-        reply = await alice.get(collection(namespace))
-        if reply.code != 200:
-            # Under load the RBAC rules may not be loaded yet (503): asked again.
-            assert reply.code == 503, reply.body
-            return []
-        return [i["spec"]["repositoryPath"] for i in reply.json()["items"]]
 
-    assert await eventually(listed, within=20) == ["app"]
+async def _showing(client: ApiClient, namespace: str, paths: list[str]) -> str | None:
+    """The resourceVersion of a list of ``namespace`` that shows the repositories ``paths``."""
+    reply = await client.get(collection(namespace))
+    if reply.code != 200:
+        assert reply.code == 503, reply.body  # under load the RBAC rules may not be loaded yet
+        return None
+    body = reply.json()
+    shown = sorted({i["spec"]["repositoryPath"] for i in body["items"]})
+    return str(body["metadata"]["resourceVersion"]) if shown == paths else None
+
+
+async def _gone(watch: Stream, reactor: Any) -> Any:
+    """The last line of a stream ended by an access change: the 410 that makes a reflector relist."""
+    error = await watch.next()
+    ended = watch.ended
+    ended.addTimeout(10, reactor)
+    await ended
+    assert watch.lines.pending == []
+    return error
+
+
+@pytest_twisted.ensureDeferred
+async def test_watchers_see_only_readable_repositories_and_an_access_change_ends_the_stream(
+    make_server, registry, repo, pki, kube_api, kube_kubeconfig, reactor
+):
+    namespace, _ = repo.split("/", 1)
+    _, alice = await _alice(
+        make_server, registry, kube_api, kube_kubeconfig, pki, f"{namespace}/app", f"{namespace}/secret"
+    )
+    assert await eventually(lambda: _showing(alice, namespace, ["app"]), within=20)
     watch = await stream(alice, f"{collection(namespace)}?watch=true&resourceVersion=0")
     first = await watch.next()
     assert (first["type"], first["object"]["spec"]["repositoryPath"]) == ("ADDED", "app")
@@ -265,13 +287,69 @@ async def test_watchers_see_only_readable_repositories_and_an_access_change_ends
     second = await watch.next()
     assert (second["type"], second["object"]["spec"]["repositoryPath"]) == ("ADDED", "app")
     assert second["object"]["spec"]["tag"] == "v2"
-    # Granting her `secret` changes what she may see: the stream ends, so her client relists.
+    # Granting her `secret` changes what she may see: the stream ends with a 410, so her client relists.
     grant(kube_api, namespace, "alice", ["get"], ["app", "secret"], "alice-read-more")
-    ended = watch.ended
-    ended.addTimeout(10, reactor)
-    await ended
-    assert watch.lines.pending == []
-    assert sorted(set(await listed())) == ["app", "secret"]
+    error = await _gone(watch, reactor)
+    assert (error["type"], error["object"]["code"], error["object"]["reason"]) == ("ERROR", 410, "Expired")
+    assert await _showing(alice, namespace, ["app", "secret"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_grant_or_a_revocation_ends_a_watch_from_a_list_with_410(
+    make_server, registry, repo, pki, kube_api, kube_kubeconfig, reactor
+):
+    """A watch from a list's resourceVersion was never told about `secret`: granting it must still end
+    the stream, with a 410 (a clean end makes client-go re-watch from its last resourceVersion, which
+    never replays `secret:v1`); so must taking it away."""
+    namespace, _ = repo.split("/", 1)
+    _, alice = await _alice(
+        make_server, registry, kube_api, kube_kubeconfig, pki, f"{namespace}/app", f"{namespace}/secret"
+    )
+    listed = await eventually(lambda: _showing(alice, namespace, ["app"]), within=20)
+    assert listed
+    watch = await stream(alice, f"{collection(namespace)}?watch=true&resourceVersion={listed}")
+    assert watch.code == 200
+    grant(kube_api, namespace, "alice", ["get"], ["secret"], "alice-read-secret")
+    error = await _gone(watch, reactor)
+    assert error["type"] == "ERROR" and error["object"]["kind"] == "Status"
+    assert (error["object"]["code"], error["object"]["reason"]) == (410, "Expired")
+    # The relist the 410 brings shows `secret:v1`; a watch from it ends the same way when `secret`
+    # is taken away again, so that the client does not keep it.
+    relisted = await eventually(lambda: _showing(alice, namespace, ["app", "secret"]), within=20)
+    assert relisted
+    watch = await stream(alice, f"{collection(namespace)}?watch=true&resourceVersion={relisted}")
+    assert watch.code == 200
+    kube_api.store.delete(ROLEBINDINGS, "alice-read-secret", namespace)
+    error = await _gone(watch, reactor)
+    assert (error["type"], error["object"]["code"], error["object"]["reason"]) == ("ERROR", 410, "Expired")
+    assert await eventually(lambda: _showing(alice, namespace, ["app"]), within=20)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_rules_change_that_shows_the_user_nothing_new_keeps_the_stream(
+    make_server, registry, repo, pki, kube_api, kube_kubeconfig, reactor
+):
+    namespace, _ = repo.split("/", 1)
+    api, alice = await _alice(make_server, registry, kube_api, kube_kubeconfig, pki, f"{namespace}/app")
+    assert await eventually(lambda: _showing(alice, namespace, ["app"]), within=20)
+    watch = await stream(alice, f"{collection(namespace)}?watch=true&resourceVersion=0")
+    assert (await watch.next())["type"] == "ADDED"
+    hub = api.running.api.watch_hub
+    checked = hub.access_generation()
+    # Bob's rules, and a rule of hers for a repository that has no tags: what she sees is unchanged.
+    grant(kube_api, namespace, "bob", ["get"], ["app"], "bob-read")
+    grant(kube_api, namespace, "alice", ["get"], ["later"], "alice-read-later")
+
+    async def rechecked() -> bool:
+        now = hub.access_generation()
+        return bool(now >= checked + 4 and hub.checked_generation == now)
+
+    assert await eventually(rechecked, within=20)
+    images.push_oci_image(registry, f"{namespace}/app", "v2", seed="app2")
+    added = await watch.next()
+    assert (added["type"], added["object"]["spec"]["tag"]) == ("ADDED", "v2")
+    assert not watch.ended.called
+    watch.close()
 
 
 @pytest_twisted.ensureDeferred

@@ -528,13 +528,19 @@ def test_every_edit_bumps_the_generation() -> None:
 # --- the authorizer -------------------------------------------------------------------------------
 
 
-def test_authorizer_refuses_until_ready_except_for_masters() -> None:
+def alice_may_get_app() -> tuple[RbacIndex, list[bool], RbacAuthorizer]:
+    """Alice may get `app` in team-a; the authorizer is ready once ``ready[0]`` is set."""
     index = index_of(
         role("team-a", "r", rule(names=["app"])),
         role_binding("team-a", "b", role_ref("Role", "r"), user_subject("alice")),
     )
     ready = [False]
     authorizer = RbacAuthorizer(index, lambda: ready[0])
+    return index, ready, authorizer
+
+
+def test_authorizer_refuses_until_ready_except_for_masters() -> None:
+    _, ready, authorizer = alice_may_get_app()
     with pytest.raises(AuthorizationNotReady):
         authorizer.allowed(ALICE, "get", "team-a", "app")
     with pytest.raises(AuthorizationNotReady):
@@ -546,6 +552,22 @@ def test_authorizer_refuses_until_ready_except_for_masters() -> None:
     assert not authorizer.allowed(ALICE, "get", "team-a", "web")
     assert not authorizer.allowed(BOB, "get", "team-a", "app")
     assert not authorizer.allowed(ALICE, "delete", "team-a", "app")
+
+
+def test_the_rules_a_decision_is_made_by_tell_a_change_that_matters_from_one_that_does_not() -> None:
+    """What a watch compares when the rules change (watch/watcher.py, ``access_changed``)."""
+    index, ready, authorizer = alice_may_get_app()
+    with pytest.raises(AuthorizationNotReady):
+        authorizer.rules(ALICE, "get", "team-a")
+    assert authorizer.rules(person("admin", "system:masters"), "get", "team-a").matches("anything")
+    ready[0] = True
+    before = authorizer.rules(ALICE, "get", "team-a")
+    assert before.matches("app") and not before.matches("secret")
+    index.upsert("Role", role("team-a", "other", rule(names=["secret"])))  # bound to nobody
+    assert authorizer.rules(ALICE, "get", "team-a").same_rules(before)
+    index.upsert("Role", role("team-a", "r", rule(names=["app", "secret"])))
+    after = authorizer.rules(ALICE, "get", "team-a")
+    assert not after.same_rules(before) and after.matches("secret") and not before.matches("secret")
 
 
 # --- keeping work across unrelated edits ------------------------------------------------------------

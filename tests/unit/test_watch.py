@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 
 import attrs
@@ -9,6 +10,9 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
+from payloadtags.access.authz import Readable
+from payloadtags.access.rbac import RbacAuthorizer, RbacIndex
+from payloadtags.identity import UserInfo
 from payloadtags.names import TagRef, split_repository
 from payloadtags.watch import (
     ListedScopes,
@@ -21,6 +25,8 @@ from payloadtags.watch import (
 )
 from payloadtags.watch.source import Event, EventType
 from payloadtags.watch.versions import EPOCH_MAX
+
+GROUP = "payload-registry.deckhouse.io"
 
 
 @attrs.define
@@ -294,9 +300,9 @@ def test_a_record_takes_its_reports_through_one_callable_and_a_new_record_throug
     assert hub.observer("team", version) is observe
     observe("team/app", ["v1"])
     clock.advance(61)
-    hub.reap()  # the record expired; a list at the same sequence makes a new one under the same key
+    hub.reap()  # the record expired
     assert hub.observer("team", version) is None
-    hub.listed.open("team", sequence, clock.seconds())
+    hub.listed.open("team", sequence, clock.seconds())  # a record made anew under the same key
     again = hub.observer("team", version)
     assert again is not None and again is not observe
     again("team/app", ["v1"])
@@ -380,6 +386,49 @@ def test_records_past_their_bound_are_dropped_and_their_watches_get_gone() -> No
     observe_big("b/y", ["1", "2", "3", "4"])  # alone over the bound
     assert record is not None and record.dropped
     assert not hub.start(watcher()[0], ready(hub, "b"), since=big, timeout=None, listed=record)
+
+
+def test_an_expired_record_s_resource_version_is_never_taken_again() -> None:
+    """A list whose record expired, then a list of the same scope while nothing moved the sequence:
+    a watch from the first list must get 410, not the second list's reads (a silent gap)."""
+    reader = FakeReader({"team/app": {"v1"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=10, idle_scope_ttl=120)
+    first, observe = listing(hub, "team")
+    observe("team/app", ["v1"])
+    clock.advance(121)
+    hub.reap()
+    assert hub.listed_at("team", first) is None
+    reader.repositories["team/app"] = {"v2"}
+    _, observe_again = listing(hub, "team")
+    observe_again("team/app", ["v2"])
+    source = ready(hub, "team")
+    # As the HTTP handler does: a resourceVersion below the floor is served from its list's record.
+    assert first < source.floor
+    assert not hub.start(watcher()[0], source, since=first, timeout=None, listed=hub.listed_at("team", first))
+
+
+def test_a_bookmark_of_a_dropped_source_is_not_taken_for_a_later_list() -> None:
+    reader = FakeReader({"team/app": {"v1"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=10, idle_scope_ttl=60)
+    source = ready(hub, "team")
+    w, sink = watcher(bookmarks=True)
+    assert hub.start(w, source, since=None, timeout=None)
+    hub.bookmarks()
+    mark = hub.versions.current
+    assert sink.lines[-1] == f"BOOKMARK {mark} False".encode()
+    w.end("timeout")
+    clock.advance(61)
+    hub.reap()
+    assert "team" not in hub.sources
+    reader.repositories["team/app"] = {"v2"}
+    _, observe = listing(hub, "team")  # the reflector's resume from the bookmark is not this list's
+    observe("team/app", ["v2"])
+    source = ready(hub, "team")
+    # As the HTTP handler does: a resourceVersion below the floor is served from its list's record.
+    assert mark < source.floor
+    assert not hub.start(watcher()[0], source, since=mark, timeout=None, listed=hub.listed_at("team", mark))
 
 
 # -- watchers ----------------------------------------------------------------------------------------
@@ -476,28 +525,110 @@ def test_timeout_ends_with_a_bookmark_and_bookmarks_are_periodic() -> None:
     hub.stop()
 
 
+def grant(index: RbacIndex, user: str, namespace: str, paths: list[str], name: str) -> None:
+    """A Role on payloadrepositoryaccesses for ``paths`` and its RoleBinding to ``user``."""
+    rule = {"apiGroups": [GROUP], "resources": ["payloadrepositoryaccesses"], "verbs": ["get"]}
+    meta = {"namespace": namespace, "name": name}
+    index.upsert("Role", {"kind": "Role", "metadata": meta, "rules": [{**rule, "resourceNames": paths}]})
+    subject = {"kind": "User", "name": user}
+    ref = {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name}
+    index.upsert(
+        "RoleBinding", {"kind": "RoleBinding", "metadata": meta, "roleRef": ref, "subjects": [subject]}
+    )
+
+
+def rbac_hub(reader: FakeReader, clock: Clock) -> tuple[WatchHub, RbacIndex, RbacAuthorizer]:
+    index = RbacIndex()
+    authorizer = RbacAuthorizer(index, ready=lambda: True)
+    hub = WatchHub(
+        reader,
+        clock,
+        WatchLimits(),
+        access_generation=lambda: index.generation,
+        access_rules=lambda user, namespace: authorizer.rules(user, "get", namespace),
+    )
+    hub.run()
+    return hub, index, authorizer
+
+
+def rbac_watcher(authorizer: RbacAuthorizer, user: str) -> tuple[Watcher, FakeSink]:
+    sink = FakeSink()
+    w = Watcher(user, sink, render, lambda ref: True, Readable(authorizer, UserInfo(user)))
+    return w, sink
+
+
+def gone(sink: FakeSink) -> bool:
+    """Ended by a 410 Expired ERROR, the end that makes a reflector relist."""
+    last = json.loads(sink.lines[-1]) if sink.lines else {}
+    return sink.closed and last.get("type") == "ERROR" and last["object"]["code"] == 410
+
+
 def test_access_change_ends_only_the_watches_it_affects() -> None:
     reader = FakeReader({"team/app": {"v1"}, "team/web": {"w"}})
     clock = Clock()
-    generation = [0]
-    allowed = {"alice": {"team/app"}, "bob": {"team/web"}}
-    hub = WatchHub(reader, clock, WatchLimits(), access_generation=lambda: generation[0])
-    hub.run()
+    hub, index, authorizer = rbac_hub(reader, clock)
+    grant(index, "alice", "team", ["app"], "alice")
+    grant(index, "bob", "team", ["web"], "bob")
     source = ready(hub, "team")
     watchers = {}
-    for user in allowed:
-        w, _ = watcher(user=user, readable=allowed[user])  # reads the set as the rules change below
+    for user in ("alice", "bob"):
+        w, sink = rbac_watcher(authorizer, user)
         hub.start(w, source, since=None, timeout=None)
-        watchers[user] = w
-    allowed["bob"].add("team/app")
-    generation[0] += 1
+        watchers[user] = (w, sink)
+    grant(index, "bob", "team", ["app", "web"], "bob")
     clock.advance(1)
-    assert watchers["bob"].closed and watchers["bob"].reason == "access rules changed"
-    assert not watchers["alice"].closed
+    bob, bob_sink = watchers["bob"]
+    assert bob.closed and bob.reason == "access rules changed" and gone(bob_sink)
+    alice, _ = watchers["alice"]
+    assert not alice.closed
     hub.stop()
-    assert watchers["alice"].closed and watchers["alice"].reason == "shutting down"
+    assert alice.closed and alice.reason == "shutting down"
     with pytest.raises(TooManyWatches):
         hub.admit("alice")
+
+
+@pytest.mark.parametrize("scope", ["team", None])
+def test_a_grant_or_a_revocation_ends_a_watch_told_nothing_of_the_repository(scope: str | None) -> None:
+    """A watch from a list's resourceVersion was sent nothing about `secret`; what the user may see of
+    the scope changed all the same, and only a relist brings `secret:v1` (or takes it away)."""
+    reader = FakeReader({"team/app": {"v1"}, "team/secret": {"v1"}})
+    clock = Clock()
+    hub, index, authorizer = rbac_hub(reader, clock)
+    grant(index, "alice", "team", ["app"], "alice")
+    source = ready(hub, scope)
+    w, sink = rbac_watcher(authorizer, "alice")
+    assert hub.start(w, source, since=hub.versions.current, timeout=None)
+    grant(index, "alice", "team", ["app", "secret"], "alice")
+    clock.advance(1)
+    assert w.reason == "access rules changed" and gone(sink)
+    w, sink = rbac_watcher(authorizer, "alice")
+    assert hub.start(w, source, since=hub.versions.current, timeout=None)
+    index.remove("RoleBinding", {"metadata": {"namespace": "team", "name": "alice"}})
+    clock.advance(1)
+    assert w.reason == "access rules changed" and gone(sink)
+    hub.stop()
+
+
+def test_a_change_of_the_rules_that_shows_nothing_new_keeps_the_watch() -> None:
+    reader = FakeReader({"team/app": {"v1"}, "team/later": {"l1"}})
+    clock = Clock()
+    hub, index, authorizer = rbac_hub(reader, clock)
+    grant(index, "alice", "team", ["app"], "alice")
+    source = ready(hub, "team")
+    w, sink = rbac_watcher(authorizer, "alice")
+    assert hub.start(w, source, since=None, timeout=None)
+    assert sink.lines == [f"ADDED team/app:v1 {hub.versions.current}".encode()]
+    del reader.repositories["team/later"]  # not hers: decided, and no event
+    clock.advance(30)
+    grant(index, "bob", "team", ["app"], "bob")  # another user's rules
+    grant(index, "alice", "team", ["app", "later"], "alice")  # a repository that has no tags now
+    clock.advance(1)
+    assert not w.closed and hub.checked_generation == index.generation
+    # Decided again by the new rules: a tag pushed there now is hers.
+    reader.repositories["team/later"] = {"l2"}
+    clock.advance(30)
+    assert sink.lines[1:] == [f"ADDED team/later:l2 {hub.versions.current}".encode()]
+    hub.stop()
 
 
 def test_event_type_values_are_the_wire_names() -> None:

@@ -24,6 +24,19 @@ class Authorizer(Protocol):
         ...
 
 
+@attrs.frozen
+class Readable:
+    """Whether ``user`` may see the tags of (namespace, repository path): ``get`` as ``authorizer``
+    decides it. A watch keeps it, and asks by ``user`` which rules decided, to tell whether a change
+    of the access rules changes what its client may see."""
+
+    authorizer: Authorizer
+    user: UserInfo
+
+    def __call__(self, namespace: str, repository_path: str) -> bool:
+        return self.authorizer.allowed(self.user, "get", namespace, repository_path)
+
+
 class PathAuthorizer(Protocol):
     def allowed_path(self, user: UserInfo, verb: str, path: str) -> bool:
         """A non-resource URL such as ``/metrics``, as RBAC's ``nonResourceURLs`` rules decide it."""

@@ -12,7 +12,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from payloadtags.access.authn import UserInfo
-from payloadtags.access.authz import Authorizer
+from payloadtags.access.authz import Authorizer, Readable
 from payloadtags.api import continuation
 from payloadtags.api.errors import (
     ApiError,
@@ -220,7 +220,7 @@ class TagsService:
     def _readable(self, user: UserInfo, authorize: bool) -> Callable[[str, str], bool]:
         if not authorize:
             return lambda namespace, path: True
-        return lambda namespace, path: self.authorizer.allowed(user, "get", namespace, path)
+        return Readable(self.authorizer, user)
 
     # `list` names the Kubernetes verb; below it, annotations say `builtins.list`.
     async def list(

@@ -31,6 +31,7 @@ from payloadtags.model import (
 )
 from payloadtags.names import TagRef
 from payloadtags.watch import Event, parse_version
+from payloadtags.watch.watcher import error_line, expired_line
 
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 
@@ -165,19 +166,15 @@ class EventRenderer:
 
 def error_event(status: Status) -> bytes:
     """An ERROR event: once a watch's head is sent, the only way to tell its client of a failure."""
-    return _line("ERROR", to_json(status))
+    return error_line(status)
 
 
 def expired(resource_version: str) -> bytes:
     """The ERROR event for a resourceVersion this replica cannot serve a watch from."""
-    status = Status(
-        status="Failure",
-        code=410,
-        reason="Expired",
-        message=f"too old resource version: {resource_version} "
-        "(not retained by this server, or issued by another replica or an earlier run; relist)",
+    return expired_line(
+        f"too old resource version: {resource_version} "
+        "(not retained by this server, or issued by another replica or an earlier run; relist)"
     )
-    return error_event(status)
 
 
 @attrs.define

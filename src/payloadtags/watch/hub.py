@@ -11,22 +11,28 @@ first sent the differences from that record. A source outlives its last watcher 
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from payloadtags.access.authz import AuthorizationNotReady, Readable
+from payloadtags.access.rbac import PathMatcher
+from payloadtags.identity import UserInfo
 from payloadtags.inventory import Inventory
 from payloadtags.limits import WatchLimits
 from payloadtags.names import TagRef, split_repository
 from payloadtags.watch.listed import Listed, ListedScopes
 from payloadtags.watch.source import Event, EventType, ScopeReader, ScopeSource
 from payloadtags.watch.versions import ReplicaVersions
-from payloadtags.watch.watcher import Watcher
+from payloadtags.watch.watcher import Watcher, expired_line
 
 log = Logger()
+
+
+_ACCESS_CHANGED = "the access rules changed what this watch may show; relist"
 
 
 class TooManyWatches(Exception):
@@ -68,8 +74,10 @@ class WatchHub:
     clock: IReactorTime
     limits: WatchLimits = attrs.field(factory=WatchLimits)
     versions: ReplicaVersions = attrs.field(factory=ReplicaVersions)
-    # Bumped by the access rules on every change; watchers then re-decide what they were shown.
+    # Bumped by the access rules on every change; watchers then tell whether what they may show changed.
     access_generation: Callable[[], int] = lambda: 0
+    # The rules a user's ``get`` decisions in a namespace are made by (None: the rules never change).
+    access_rules: Callable[[UserInfo, str], PathMatcher] | None = None
     # Told the reason each watch ended (metrics).
     on_end: Callable[[str], None] = lambda reason: None
     sources: dict[str | None, ScopeSource] = attrs.field(factory=dict)
@@ -81,7 +89,9 @@ class WatchHub:
     _loops: dict[str | None, LoopingCall] = attrs.field(factory=dict)
     _touched: dict[str | None, float] = attrs.field(factory=dict)
     _timers: dict[Watcher, IDelayedCall] = attrs.field(factory=dict)
-    _generation: int = 0
+    _scopes: dict[Watcher, ScopeSource] = attrs.field(factory=dict)
+    # The access generation the watches were last checked at.
+    checked_generation: int = 0
     _housekeeping: list[LoopingCall] = attrs.field(factory=list)
     stopped: bool = False
     listed: ListedScopes = attrs.field(factory=ListedScopes)
@@ -170,7 +180,7 @@ class WatchHub:
         """Drops sources nobody watches and nobody listed for ``idle_scope_ttl``, and list records
         nobody used for as long."""
         now = self.clock.seconds()
-        self.listed.expire(now - self.limits.idle_scope_ttl)
+        dropped = self.listed.expire(now - self.limits.idle_scope_ttl)
         for scope, source in list(self.sources.items()):
             if source.subscribers or now - self._touched.get(scope, now) < self.limits.idle_scope_ttl:
                 continue
@@ -179,6 +189,13 @@ class WatchHub:
                 loop.stop()
             del self.sources[scope]
             self._touched.pop(scope, None)
+            dropped = True
+        if dropped:
+            # While nobody watches, nothing else moves the sequence: a later list of the scope would
+            # open its record under a resourceVersion already given out (to the expired record's
+            # lists, or by the dropped source: a bookmark, an event), and a watch from that one would
+            # be sent the differences from the later list's reads, never the changes made before it.
+            self.versions.next()
 
     # -- watchers ---------------------------------------------------------------------------------
 
@@ -245,15 +262,18 @@ class WatchHub:
                 slot.release()
                 return False
         slot.release()
+        self._know_rules(watcher, source)
         self.watchers.add(watcher)
         self.per_user[watcher.user] += 1
         source.subscribers.add(watcher)
+        self._scopes[watcher] = source
         lifetime = min(timeout if timeout else self.limits.default_timeout, self.limits.max_timeout)
         self._timers[watcher] = self.clock.callLater(lifetime, self._expire, watcher)
 
         def closed(w: Watcher) -> None:
             source.subscribers.discard(w)
             self.watchers.discard(w)
+            self._scopes.pop(w, None)
             self.per_user[w.user] -= 1
             if self.per_user[w.user] <= 0:
                 del self.per_user[w.user]
@@ -277,6 +297,23 @@ class WatchHub:
             watcher.begin(list(backlog))
         return True
 
+    def _know_rules(self, watcher: Watcher, source: ScopeSource) -> None:
+        """Gives the watcher the rules its user's decisions are made by, and has it note those of the
+        scope's namespaces now, so that a change of the rules is told from one that changes nothing."""
+        rules_of = self.access_rules
+        if rules_of is None or not isinstance(watcher.readable, Readable):
+            return
+        user = watcher.readable.user
+        watcher.rules = lambda namespace: rules_of(user, namespace)
+        if source.namespace is not None:
+            namespaces: Iterable[str] = (source.namespace,)
+        else:
+            namespaces = {repository.partition("/")[0] for repository in source.tags}
+        try:
+            watcher.know_rules(namespaces)
+        except AuthorizationNotReady:
+            watcher.rules = None  # not known: the next change of the rules ends this watch
+
     def _expire(self, watcher: Watcher) -> None:
         self._timers.pop(watcher, None)
         if watcher.bookmark is not None:
@@ -291,19 +328,24 @@ class WatchHub:
 
     def check_access(self) -> None:
         generation = self.access_generation()
-        if generation == self._generation:
+        if generation == self.checked_generation:
             return
-        self._generation = generation
-        for watcher in list(self.watchers):
-            if watcher.access_changed():
-                # Its client's cache may hold tags it may no longer see, or lack ones it now may:
-                # ending the stream makes the client relist under the new rules.
-                watcher.end("access rules changed")
+        for watcher, source in list(self._scopes.items()):
+            try:
+                changed = watcher.access_changed(source.tags)
+            except AuthorizationNotReady:
+                return  # the rules are being reloaded: checked again on the next round
+            if changed:
+                # Its client's cache holds tags it may no longer see, or lacks ones it now may. A
+                # stream that just ends is watched again from its last resourceVersion, which replays
+                # neither: the 410 makes the client relist under the new rules.
+                watcher.end("access rules changed", last=expired_line(_ACCESS_CHANGED))
+        self.checked_generation = generation
 
     # -- lifecycle --------------------------------------------------------------------------------
 
     def run(self) -> None:
-        self._generation = self.access_generation()
+        self.checked_generation = self.access_generation()
         for period, work in (
             (self.limits.idle_scope_ttl / 2, self.reap),
             (self.limits.bookmark_interval, self.bookmarks),

@@ -11,8 +11,11 @@ by any of these reads, the events bring it to the state read for the watch; the 
 may arrive twice (an ``ADDED`` for a tag the client has, a ``DELETED`` for one it has not), which
 informers and kubectl take in their stride.
 
-Records are bounded in total tags; the oldest go first. A watch whose record is gone is answered
-410 Gone and its client relists.
+Records are bounded in total tags; the oldest go first, and records nobody used for a while expire. A
+watch whose record is gone is answered 410 Gone and its client relists. The key of a record that is gone
+is never given to another one: the sequence moves on (``WatchHub``), so that a later list of the scope
+takes another resourceVersion and a watch from the old one is not sent the differences from the later
+list's reads (changes made between the two lists would never be sent).
 """
 
 from __future__ import annotations
@@ -131,10 +134,13 @@ class ListedScopes:
             record.reads.clear()
             record.last.clear()
 
-    def expire(self, before: float) -> None:
-        for key, record in list(self.records.items()):
-            if record.touched < before:
-                self._drop(key, record)
+    def expire(self, before: float) -> bool:
+        """Drops the records not used since ``before``; True when any went (their keys must not be
+        reused either)."""
+        expired = [(key, record) for key, record in self.records.items() if record.touched < before]
+        for key, record in expired:
+            self._drop(key, record)
+        return bool(expired)
 
 
 __all__ = ["Listed", "ListedScopes"]

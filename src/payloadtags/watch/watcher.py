@@ -13,13 +13,16 @@ the server's memory; live events that come meanwhile wait in the buffer, after i
 from __future__ import annotations
 
 import collections
+import json
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 import attrs
 from twisted.internet.defer import Deferred
 
-from payloadtags.names import TagRef
+from payloadtags.access.rbac import PathMatcher
+from payloadtags.model import Status, to_json
+from payloadtags.names import TagRef, split_repository
 from payloadtags.watch.source import Event
 
 
@@ -38,6 +41,17 @@ class Sink(Protocol):
 Render = Callable[[Event], bytes]
 
 
+def error_line(status: Status) -> bytes:
+    """An ERROR event: once a watch's head is sent, the only way to tell its client of a failure."""
+    return json.dumps({"type": "ERROR", "object": to_json(status)}, separators=(",", ":")).encode() + b"\n"
+
+
+def expired_line(message: str) -> bytes:
+    """The ERROR event with a 410 Expired Status: the last line of a stream its client must relist
+    after (a stream that just ends makes client-go watch again from its last resourceVersion)."""
+    return error_line(Status(status="Failure", code=410, reason="Expired", message=message))
+
+
 @attrs.define(eq=False)
 class Watcher:
     user: str
@@ -45,8 +59,9 @@ class Watcher:
     render: Render
     # Selectors: decided from the reference alone (tags have no labels).
     accept: Callable[[TagRef], bool]
-    # Access: may this user read (namespace, repository path)? Decisions are remembered so that a
-    # change of the rules can be noticed (see ``access_changed``).
+    # Access: may this user read (namespace, repository path)? Decisions are remembered, and with
+    # them the rules they were made by in each namespace, so that a change of the rules can be told
+    # (see ``access_changed``).
     readable: Callable[[str, str], bool]
     # A BOOKMARK line at a sequence (True: the one ending the initial events); None: no bookmarks.
     bookmark: Callable[[int, bool], bytes] | None = None
@@ -59,18 +74,54 @@ class Watcher:
     reason: str | None = None
     done: Deferred[str] = attrs.field(factory=Deferred)
     on_close: list[Callable[[Watcher], None]] = attrs.field(factory=list)
+    # The rules ``readable`` decides by in a namespace (set by the hub when it knows them); None: a
+    # change of the rules cannot be told from one that changes nothing here.
+    rules: Callable[[str], PathMatcher] | None = None
     _decisions: dict[tuple[str, str], bool] = attrs.field(factory=dict)
+    _ruled_by: dict[str, PathMatcher] = attrs.field(factory=dict, init=False)
 
     def visible(self, ref: TagRef) -> bool:
         key = (ref.namespace, ref.repository_path)
         decision = self._decisions.get(key)
         if decision is None:
             decision = self._decisions[key] = self.readable(*key)
+            if self.rules is not None and ref.namespace not in self._ruled_by:
+                self._ruled_by[ref.namespace] = self.rules(ref.namespace)
         return decision and self.accept(ref)
 
-    def access_changed(self) -> bool:
-        """Re-decides every repository this watcher was told about; True when any decision changed."""
-        return any(self.readable(*key) != decision for key, decision in self._decisions.items())
+    def know_rules(self, namespaces: Iterable[str]) -> None:
+        """The rules of the namespaces of the watched scope as the watch starts: what its client was
+        shown (the list before it, what it starts with) was decided by them."""
+        if self.rules is not None:
+            for namespace in namespaces:
+                self._ruled_by.setdefault(namespace, self.rules(namespace))
+
+    def access_changed(self, scope: Iterable[str]) -> bool:
+        """After a change of the access rules: True when the user may now see a repository of the
+        watched scope (``scope``: the repositories that have tags) it could not, or no longer one it
+        could; the client's cache then lacks tags or holds stale ones, and only a relist mends it.
+        False when the change shows the user nothing new here: later decisions follow the new rules."""
+        if self.rules is None:
+            return True
+        changed: dict[str, tuple[PathMatcher, PathMatcher]] = {}
+        for namespace, old in self._ruled_by.items():
+            new = self.rules(namespace)
+            if not new.same_rules(old):
+                changed[namespace] = (old, new)
+        if not changed:
+            return False
+        for repository in scope:
+            parts = split_repository(repository)
+            if parts is None:
+                continue
+            namespace, path = parts
+            pair = changed.get(namespace)
+            if pair is not None and pair[0].matches(path) != pair[1].matches(path):
+                return True
+        for namespace, (_, new) in changed.items():
+            self._ruled_by[namespace] = new
+        self._decisions = {key: known for key, known in self._decisions.items() if key[0] not in changed}
+        return False
 
     def deliver(self, event: Event) -> None:
         if self.closed or not self.visible(event.ref):
@@ -116,8 +167,9 @@ class Watcher:
     def stopProducing(self) -> None:
         self.end("client gone", abort=False, write=False)
 
-    def end(self, reason: str, abort: bool = False, write: bool = True) -> None:
-        """Ends the stream once: cleanly, or by dropping the connection (``abort``)."""
+    def end(self, reason: str, abort: bool = False, write: bool = True, last: bytes | None = None) -> None:
+        """Ends the stream once: cleanly, after the line ``last`` if given (waiting events are dropped),
+        or by dropping the connection (``abort``)."""
         if self.closed:
             return
         self.closed = True
@@ -130,6 +182,8 @@ class Watcher:
             if abort:
                 self.sink.abort()
             else:
+                if last is not None:
+                    self.sink.write(last)
                 self.sink.close()
         self.done.callback(reason)
 
@@ -139,4 +193,4 @@ def _chain(first: Iterator[bytes], second: Iterator[bytes]) -> Iterator[bytes]:
     yield from second
 
 
-__all__ = ["Render", "Sink", "Watcher"]
+__all__ = ["Render", "Sink", "Watcher", "error_line", "expired_line"]
