@@ -468,6 +468,14 @@ def stalled_retag(tag: str) -> Callable[[str, str], str | None]:
     return lambda method, path: STALL if method == "PUT" and path.endswith(f"/manifests/{tag}") else None
 
 
+def cancel_at_once(delete: Deferred[Any]) -> None:
+    """Cancel ``delete``, whose caller must be told so at once, whatever the delete still does."""
+    delete.cancel()
+    told: list[Failure] = []
+    delete.addErrback(told.append)
+    assert told and told[0].check(CancelledError)
+
+
 async def retag_sent(proxy: FaultProxy) -> None:
     await eventually(lambda: any(e.method == "PUT" for e in proxy.exchanges), within=10)
 
@@ -485,10 +493,7 @@ async def test_a_delete_whose_caller_stops_waiting_after_its_retag_is_finished(
     proxy, replica = proxied(stalled_retag("v1"), stall=0.5, timeout=5.0, finish_begun_deletes=True)
     first = Deferred.fromCoroutine(replica.client.delete_tag(repo, "v1"))
     await retag_sent(proxy)
-    first.cancel()
-    told: list[Failure] = []
-    first.addErrback(told.append)
-    assert told and told[0].check(CancelledError)
+    cancel_at_once(first)
     # The next delete in the repository waits until the carried one is done with it.
     assert await replica.client.delete_tag(repo, "next") == digest
     await replica.client.close()  # returns once the carried delete has ended
@@ -509,10 +514,7 @@ async def test_a_delete_cancelled_before_its_turn_does_nothing(
     first = Deferred.fromCoroutine(replica.client.delete_tag(repo, "v1"))
     waiting = Deferred.fromCoroutine(replica.client.delete_tag(repo, "waiting"))
     await retag_sent(proxy)
-    waiting.cancel()
-    told: list[Failure] = []
-    waiting.addErrback(told.append)
-    assert told and told[0].check(CancelledError)
+    cancel_at_once(waiting)
     assert await first == digest
     await proxy.settled()
     assert images.list_tags(registry, repo) == ["waiting"]
