@@ -71,15 +71,19 @@ async def test_each_request_is_logged_from_verbosity_3_only(make_server, registr
         for verbosity in (3, 0):
             server = await make_server(registry, verbosity=verbosity)
             events.clear()
-            assert (await server.client(server.pki.admin).get(collection(namespace) + "?limit=1")).code == 200
+            client = server.client(server.pki.admin)
+            assert (await client.get(collection(namespace) + "?limit=1")).code == 200
+            # An answer that is an error names its user as well: those are the ones to trace.
+            assert (await client.get(collection(namespace) + "?limit=-1")).code == 422
             lines = [
                 formatEvent(event)
                 for event in events
                 if event.get("log_level") == LogLevel.debug and "user=" in event.get("log_format", "")
             ]
             if verbosity:
-                assert len(lines) == 1, lines
+                assert len(lines) == 2, lines
                 assert lines[0].startswith(f"GET {collection(namespace)}?limit=1 200 user=admin ")
+                assert lines[1].startswith(f"GET {collection(namespace)}?limit=-1 422 user=admin ")
             else:
                 assert lines == []
     finally:

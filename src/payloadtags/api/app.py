@@ -89,6 +89,8 @@ CLIENT_CLOSED_REQUEST = 499
 # labels each need them, and parsing them again costs more than the look-up.
 _TARGET = "_payloadtags_target"
 _QUERY = "_payloadtags_query"
+# Who made a request, once authenticated: the request log names them whatever the answer.
+_USER = "_payloadtags_user"
 
 
 def _query(request: IRequest) -> Query:
@@ -322,7 +324,6 @@ class ApiServer:
         # Klein hands over twisted.web's Request, whose channel, code and notifyFinish IRequest lacks.
         async def handler(request: Request, **kwargs: Any) -> bytes:
             started = time.monotonic()
-            user: UserInfo | None = None
             self._inflight += 1
             watch = _is_watch_request(request)
             # Watches are long-running: neither the deadline nor the in-flight limit applies (their
@@ -344,7 +345,7 @@ class ApiServer:
                 if not watching and not work.called:
                     work.addTimeout(self.request_timeout, self._clock())
                 try:
-                    user, body = await work
+                    body = await work
                 except TimeoutError:
                     message = f"the request did not complete within {self.request_timeout:g}s"
                     if request.method == b"DELETE":
@@ -373,6 +374,7 @@ class ApiServer:
                 code = CLIENT_CLOSED_REQUEST if _client_gone(request) else request.code
                 self.metrics.observe_request(*_request_labels(request, watch), code, elapsed)
                 if self.request_log:
+                    user: UserInfo | None = getattr(request, _USER, None)
                     log.debug(
                         "{method} {uri} {code} user={user} {ms:.1f}ms",
                         method=request.method.decode(),
@@ -391,17 +393,17 @@ class ApiServer:
         anonymous: bool,
         head: bool,
         kwargs: dict[str, Any],
-    ) -> tuple[UserInfo | None, bytes]:
-        user: UserInfo | None = None
+    ) -> bytes:
         if not anonymous:
             user = self._admitted.pop(request, None) or await self._authenticate(request)
             if user is None:
                 raise unauthorized()
+            setattr(request, _USER, user)
             kwargs["user"] = user
         if not head and request.method == b"HEAD":
             raise method_not_allowed("head")
         try:
-            return user, await fn(request, **kwargs)
+            return await fn(request, **kwargs)
         except RegistryError as error:
             raise api_error_for(error) from error
         except AuthorizationNotReady as error:
