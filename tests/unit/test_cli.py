@@ -157,6 +157,18 @@ def test_credentials_come_from_files_or_environment_and_stay_out_of_repr(tmp_pat
         (["--registry-url=https://r.example.com/v2/"], "ends with /v2"),
         (["--registry-url=https://r.example.com/team"], "has a path '/team'"),
         (["--registry-host=https://r.example.com"], "--registry-host 'https://r.example.com' must be host"),
+        (["--registry-url=https://[::1"], r"--registry-url 'https://\[::1': Invalid IPv6 URL"),
+        (["--registry-url=http://r:5000]"], r"--registry-url 'http://r:5000\]': Invalid IPv6 URL"),
+        (["--registry-url=http://[zz]:5000"], "'zz' does not appear to be an IPv4 or IPv6 address"),
+        (["--registry-url=http://bad host"], "'http://bad host': 'bad host' is not a host name"),
+        (["--registry-url=http://-r.example.com"], "'-r.example.com' is not a host name"),
+        (["--registry-url=http://r..example.com"], "'r..example.com' is not a host name"),
+        (["--registry-url=http://:5000"], "'http://:5000': no host name"),
+        (["--registry-url=http://r:port"], "'http://r:port': Port could not be cast"),
+        (["--registry-host=https://[::1"], r"--registry-host 'https://\[::1' must be host\[:port\] without"),
+        (["--registry-host=[::1"], r"--registry-host '\[::1': Invalid IPv6 URL"),
+        (["--registry-host=bad_host:5000"], "--registry-host 'bad_host:5000': 'bad_host' is not a host name"),
+        (["--registry-host=r:99999"], "--registry-host 'r:99999': Port out of range"),
         (["--tls-cert-file=/c.crt"], "--tls-cert-file and --tls-private-key-file go together"),
         (["--registry-concurrency=0"], "--registry-concurrency=0: 0 must be at least 1"),
         (["--registry-timeout=0"], "--registry-timeout=0: duration '0' must be greater than zero"),
@@ -190,6 +202,41 @@ def test_usage_errors(argv, message):
     with pytest.raises(UsageError, match=message) as raised:
         settings_from(args)
     assert len(raised.value.errors) == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "shown"),
+    [
+        ("http://127.0.0.1:5000", "", "127.0.0.1:5000"),  # empty, as the base manifests pass it
+        ("https://[::1]:5000", "", "[::1]:5000"),
+        ("https://xn--bcher-kva.example", "", "xn--bcher-kva.example"),
+        ("https://bücher.example", "", "bücher.example"),
+        ("https://registry.example.com.", "", "registry.example.com."),
+        ("http://10.0.0.1:5000", "[fd00::1]:443", "[fd00::1]:443"),
+        ("http://10.0.0.1:5000", "Registry.Example.com", "Registry.Example.com"),
+    ],
+)
+def test_well_formed_registry_addresses_pass(url, host, shown):
+    settings = settings_from(
+        _parser().parse_args(["serve", f"--registry-url={url}", f"--registry-host={host}"])
+    )
+    assert settings.registry_host == shown
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--registry-url=https://[::1"],
+        ["--registry-url=http://r:5000]"],
+        ["--registry-url=http://bad host"],
+        ["--registry-url=http://r:5000", "--registry-host=https://[::1"],
+        ["--registry-url=http://r:5000", "--registry-host=[::1"],
+    ],
+)
+def test_malformed_registry_addresses_are_one_line_not_a_traceback(argv, capsys):
+    assert main(["serve", *argv]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("payloadtags: --registry-") and err.count("\n") == 1, err
 
 
 def test_every_mistake_is_reported_at_once_one_line_each(capsys):

@@ -26,6 +26,7 @@ import yaml
 
 from payloadtags.access.authn import UserInfo
 from payloadtags.access.rbac import RbacIndex
+from payloadtags.cli import _parser, settings_from
 
 # Renders and validates the deployment trees with kubectl and the schemas: packaging, not the unit tier.
 pytestmark = [pytest.mark.kubectl, pytest.mark.packaging]
@@ -491,6 +492,45 @@ def test_registry_settings_come_from_the_generated_configmap(base: list[Obj], co
             assert ref["key"] in configmap["data"]
             assert not ref.get("optional", False)
     assert configmap["data"]["url"].startswith(("http://", "https://"))
+
+
+def _startup_settings(objects: list[Obj], tmp_path: Path) -> Any:
+    """The Settings the rendered container's args give at start-up, its variables expanded as the kubelet
+    does; the registry credential files, mounted from a Secret in the cluster, stand in from tmp_path."""
+    configmap = one(objects, "ConfigMap")
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: configmap["data"][e["valueFrom"]["configMapKeyRef"]["key"]] for e in container["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    for name in ("username", "password"):
+        (tmp_path / name).write_text(name)
+    args = [
+        re.sub(r"\$\((\w+)\)", lambda m: env[m[1]], arg).replace(
+            mounts["registry-credentials"], str(tmp_path)
+        )
+        for arg in container["args"]
+    ]
+    return settings_from(_parser().parse_args(["serve", *args]))
+
+
+def test_base_registry_settings_pass_startup_checks_with_host_empty(base: list[Obj], tmp_path: Path) -> None:
+    assert one(base, "ConfigMap")["data"]["host"] == ""
+    settings = _startup_settings(base, tmp_path)
+    assert (settings.registry.url, settings.registry_host) == (
+        "https://registry.example.com",
+        "registry.example.com",
+    )
+
+
+def test_overlay_setting_only_the_url_passes_startup_checks(tmp_path: Path) -> None:
+    objects = _render_overlay(
+        tmp_path,
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- ../manifests\n"
+        "configMapGenerator:\n- name: payloadtags-registry\n  namespace: payloadtags-system\n"
+        "  behavior: merge\n  literals:\n  - url=https://payload-registry.internal.example:5001\n",
+    )
+    settings = _startup_settings(objects, tmp_path)
+    assert settings.registry_host == "payload-registry.internal.example:5001"
 
 
 def test_image_tag_is_the_project_version(container: Obj) -> None:
