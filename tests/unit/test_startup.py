@@ -121,6 +121,34 @@ def test_a_bad_kubeconfig_names_the_flag(tmp_path: Path, content: str, message: 
     assert error.startswith("--kubeconfig: ") and message in error and str(path) in error
 
 
+@pytest.mark.parametrize(
+    ("content", "gist"),
+    [
+        (
+            "apiVersion: v1\ngarbage: [\n",
+            "expected the node content, but found '<stream end>' at line 3, column 1 "
+            "(while parsing a flow node at line 3, column 1)",
+        ),
+        (
+            "{unclosed",
+            "expected ',' or '}', but got '<stream end>' at line 1, column 10 "
+            "(while parsing a flow mapping at line 1, column 1)",
+        ),
+        (
+            "clusters: [a]\n\tusers: []\n",
+            "found character '\\t' that cannot start any token at line 2, column 1",
+        ),
+        ("clusters: *x\n", "found undefined alias 'x' at line 1, column 11"),
+    ],
+)
+def test_a_kubeconfig_yaml_error_is_one_line_with_its_place(tmp_path: Path, content: str, gist: str) -> None:
+    path = tmp_path / "kubeconfig"
+    path.write_text(content)
+    (error,) = errors_of(kubeconfig=str(path), authorization_mode=None)
+    assert "\n" not in error
+    assert error.startswith(f"--kubeconfig: cannot read kubeconfig '{path}': {gist}")
+
+
 def test_standalone_without_always_allow_is_refused() -> None:
     (error,) = errors_of(authorization_mode=None)
     assert "pass --authorization-mode=AlwaysAllow to run standalone" in error

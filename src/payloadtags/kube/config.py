@@ -128,7 +128,7 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
     try:
         document = yaml.safe_load(Path(path).read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot read kubeconfig {path!r}: {e}") from e
+        raise ConfigError(f"cannot read kubeconfig {path!r}: {_gist(e)}") from e
     if not isinstance(document, dict) or not document.get("clusters"):
         raise ConfigError(f"{path!r} is not a kubeconfig (a YAML document with clusters, users and contexts)")
     configuration = Configuration()
@@ -137,11 +137,30 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
             config_file=path, context=context, client_configuration=configuration, persist_config=False
         )
     except (kube_config.ConfigException, OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ConfigError(f"cannot load kubeconfig {path!r}: {e}") from e
+        raise ConfigError(f"cannot load kubeconfig {path!r}: {_gist(e)}") from e
     return attrs.evolve(
         _convert(configuration, token_file=None, in_cluster=False),
         namespace=_context_namespace(path, context),
     )
+
+
+def _gist(error: Exception) -> str:
+    """The error on one line, as start-up reports every problem: a YAML error's own text spans several,
+    with the offending line quoted and a caret under the place."""
+    import yaml
+
+    if isinstance(error, yaml.MarkedYAMLError):
+        mark = error.problem_mark or error.context_mark
+        gist = error.problem or error.context or "not valid YAML"
+        if mark is not None:
+            gist += f" at line {mark.line + 1}, column {mark.column + 1}"
+        if error.problem and error.context:
+            start = error.context_mark
+            gist += f" ({error.context}" + (
+                f" at line {start.line + 1}, column {start.column + 1})" if start else ")"
+            )
+        return gist
+    return " ".join(str(error).split())
 
 
 def _context_namespace(path: str, context: str | None) -> str | None:
