@@ -152,7 +152,8 @@ def test_base_installs_exactly_these_objects(base: list[Obj]) -> None:
         [
             ("Namespace", "", NAMESPACE),
             ("ServiceAccount", NAMESPACE, SERVICE_ACCOUNT),
-            ("ClusterRoleBinding", "", "payloadtags:auth-delegator"),
+            ("ClusterRole", "", "payloadtags:token-reviewer"),
+            ("ClusterRoleBinding", "", "payloadtags:token-reviewer"),
             ("RoleBinding", "kube-system", "payloadtags:authentication-reader"),
             ("ClusterRole", "", "payloadtags:server"),
             ("ClusterRoleBinding", "", "payloadtags:server"),
@@ -244,11 +245,27 @@ def _bindings_of_service_account(objects: list[Obj]) -> set[tuple[str, str, str]
 
 def test_server_account_has_exactly_the_expected_bindings(base: list[Obj]) -> None:
     assert _bindings_of_service_account(base) == {
-        ("", "ClusterRole", "system:auth-delegator"),  # TokenReview (and SubjectAccessReview) create
+        ("", "ClusterRole", "payloadtags:token-reviewer"),
         ("kube-system", "Role", "extension-apiserver-authentication-reader"),
         ("", "ClusterRole", "payloadtags:server"),
         (NAMESPACE, "Role", "payloadtags:leader-election"),
     }
+
+
+def test_token_reviewer_role_creates_token_reviews_only(base: list[Obj]) -> None:
+    # Not system:auth-delegator: it also grants SubjectAccessReviews, which the server never creates
+    # (RBAC is evaluated in-process).
+    role = one(base, "ClusterRole", "payloadtags:token-reviewer")
+    assert _rules(role) == [_rule(["authentication.k8s.io"], ["tokenreviews"], ["create"])]
+    assert "aggregationRule" not in role
+
+
+def test_the_server_creates_no_subject_access_reviews() -> None:
+    # What the token-reviewer role leaves out must stay unused: the only review the code creates is a
+    # TokenReview.
+    source = "\n".join(path.read_text() for path in (ROOT / "src" / "payloadtags").rglob("*.py"))
+    assert "/apis/authentication.k8s.io/v1/tokenreviews" in source
+    assert not re.search(r"(?i)subjectaccessreview", source)
 
 
 def test_server_cluster_role_reads_rbac_objects_and_namespaces(base: list[Obj]) -> None:
@@ -312,11 +329,8 @@ def test_bindings_name_only_our_account_or_all_authenticated(base: list[Obj]) ->
                 {"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE},
                 {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:authenticated"},
             ), key(binding)
-        if binding["roleRef"]["name"] not in (
-            "system:auth-delegator",
-            "extension-apiserver-authentication-reader",
-        ):
-            # Our own roles exist in the base; the two built-in ones exist in every cluster.
+        if binding["roleRef"]["name"] not in ("extension-apiserver-authentication-reader",):
+            # Our own roles exist in the base; the built-in one exists in every cluster.
             assert any(
                 r["kind"] == binding["roleRef"]["kind"]
                 and r["metadata"]["name"] == binding["roleRef"]["name"]
