@@ -14,7 +14,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -29,6 +29,7 @@ from payloadtags.settings import (
     Settings,
 )
 from payloadtags.tls import CIPHER_SUITES
+from payloadtags.validators import address_problem
 
 USERNAME_ENV = "PAYLOADTAGS_REGISTRY_USERNAME"
 PASSWORD_ENV = "PAYLOADTAGS_REGISTRY_PASSWORD"
@@ -652,36 +653,6 @@ def _secret(file_path: str | None, env: str, flag: str, errors: list[str]) -> st
     return os.environ.get(env) or None
 
 
-# One DNS label as the resolver takes it (RFC 1123); a name in another script arrives here as IDNA.
-_DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)", re.IGNORECASE)
-
-
-def _address_problem(parts: SplitResult) -> str | None:
-    """What is wrong with the host[:port] of a split URL, or None: checked here, because the HTTP client
-    only finds out at the first request, long after start-up said the settings were fine."""
-    try:
-        parts.port  # noqa: B018 - raises for a port that is not a number or out of range
-    except ValueError as error:
-        return str(error)
-    host = parts.hostname
-    if not host:
-        return "no host name"
-    if parts.netloc.rpartition("@")[2].startswith("["):
-        return None  # an IPv6 literal, which urlsplit has already checked
-    try:
-        ipaddress.IPv4Address(host)
-        return None
-    except ValueError:
-        pass
-    try:
-        labels = host.encode("idna").decode("ascii").removesuffix(".").split(".")
-    except UnicodeError:
-        labels = [""]
-    if not all(_DNS_LABEL.fullmatch(label) for label in labels):
-        return f"{host!r} is not a host name (DNS labels: letters, digits, '-') or an IP address"
-    return None
-
-
 def _check_registry_url(text: str, errors: list[str]) -> str:
     url = text.strip().rstrip("/")
     try:
@@ -708,7 +679,7 @@ def _check_registry_url(text: str, errors: list[str]) -> str:
             f"--registry-url {text!r} has a path {parts.path!r}: the registry API is served at /v2/ on the "
             f"host's root, so give {parts.scheme}://{parts.netloc}"
         )
-    problem = _address_problem(parts)
+    problem = address_problem(parts)
     if problem:
         errors.append(f"--registry-url {text!r}: {problem}")
     return url
@@ -730,7 +701,7 @@ def _check_registry_host(text: str | None, errors: list[str]) -> None:
         errors.append(f"--registry-host {text!r} must be host[:port], e.g. registry.example.com")
     else:
         try:
-            problem = _address_problem(urlsplit("//" + text))
+            problem = address_problem(urlsplit("//" + text))
         except ValueError as error:
             problem = str(error)
         if problem:

@@ -1,8 +1,11 @@
-"""attrs validators shared by the option records (registry settings, cleanup and leader election)."""
+"""Checks shared by the option records (registry settings, cleanup and leader election) and by start-up."""
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from typing import Any
+from urllib.parse import SplitResult
 
 import attrs
 
@@ -13,4 +16,34 @@ def positive(_instance: Any, attribute: attrs.Attribute[Any], value: float) -> N
         raise ValueError(f"{attribute.name} must be positive, not {value!r}")
 
 
-__all__ = ["positive"]
+# One DNS label as the resolver takes it (RFC 1123); a name in another script arrives here as IDNA.
+_DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)", re.IGNORECASE)
+
+
+def address_problem(parts: SplitResult) -> str | None:
+    """What is wrong with the host[:port] of a split URL, or None. Start-up checks it because an HTTP
+    client only finds out at the first request, long after start-up said the settings were fine."""
+    try:
+        parts.port  # noqa: B018 - raises for a port that is not a number or out of range
+    except ValueError as error:
+        return str(error)
+    host = parts.hostname
+    if not host:
+        return "no host name"
+    if parts.netloc.rpartition("@")[2].startswith("["):
+        return None  # an IPv6 literal, which urlsplit has already checked
+    try:
+        ipaddress.IPv4Address(host)
+        return None
+    except ValueError:
+        pass
+    try:
+        labels = host.encode("idna").decode("ascii").removesuffix(".").split(".")
+    except UnicodeError:
+        labels = [""]
+    if not all(_DNS_LABEL.fullmatch(label) for label in labels):
+        return f"{host!r} is not a host name (DNS labels: letters, digits, '-') or an IP address"
+    return None
+
+
+__all__ = ["address_problem", "positive"]

@@ -149,6 +149,28 @@ def test_a_kubeconfig_yaml_error_is_one_line_with_its_place(tmp_path: Path, cont
     assert error.startswith(f"--kubeconfig: cannot read kubeconfig '{path}': {gist}")
 
 
+@pytest.mark.parametrize(
+    ("server", "problem"),
+    [
+        ("https://bad host:6443", "'bad host' is not a host name"),
+        ("https://127.0.0.1:99999", "Port out of range 0-65535"),
+    ],
+)
+def test_a_kubeconfig_server_that_cannot_be_reached_by_its_syntax_is_refused(
+    tmp_path: Path, server: str, problem: str
+) -> None:
+    # Found at start, not by every reflector's first request failing with a traceback.
+    path = tmp_path / "kubeconfig"
+    path.write_text(
+        f'clusters: [{{name: c, cluster: {{server: "{server}"}}}}]\n'
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n"
+    )
+    (error,) = errors_of(kubeconfig=str(path), authorization_mode=None)
+    assert error.startswith(f"--kubeconfig: kubeconfig '{path}': cluster server '{server}': ")
+    assert problem in error and "\n" not in error
+
+
 def test_standalone_without_always_allow_is_refused() -> None:
     (error,) = errors_of(authorization_mode=None)
     assert "pass --authorization-mode=AlwaysAllow to run standalone" in error

@@ -11,8 +11,11 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import attrs
+
+from payloadtags.validators import address_problem
 
 if TYPE_CHECKING:
     from kubernetes.client import Configuration
@@ -138,10 +141,14 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
         )
     except (kube_config.ConfigException, OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ConfigError(f"cannot load kubeconfig {path!r}: {_gist(e)}") from e
-    return attrs.evolve(
-        _convert(configuration, token_file=None, in_cluster=False),
-        namespace=_context_namespace(path, context),
-    )
+    cluster = _convert(configuration, token_file=None, in_cluster=False)
+    try:
+        problem = address_problem(urlsplit(cluster.server))
+    except ValueError as e:  # e.g. an unclosed IPv6 bracket
+        problem = str(e)
+    if problem:
+        raise ConfigError(f"kubeconfig {path!r}: cluster server {cluster.server!r}: {problem}")
+    return attrs.evolve(cluster, namespace=_context_namespace(path, context))
 
 
 def _gist(error: Exception) -> str:
