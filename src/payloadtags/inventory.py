@@ -518,11 +518,12 @@ class Inventory:
         """One tag with its manifest and, for images and JSON-configured artifacts, its config."""
         manifest = await self.client.manifest(ref.repository, ref.tag)
         body = _json_or_none(manifest.content)
+        document = body if isinstance(body, dict) else {}
         return TagDetail(
             ref=ref,
             digest=manifest.digest,
-            media_type=manifest.media_type or (body or {}).get("mediaType"),
-            artifact_type=(body or {}).get("artifactType") if isinstance(body, dict) else None,
+            media_type=manifest.media_type or _text(document.get("mediaType")),
+            artifact_type=_text(document.get("artifactType")),
             manifest=body if isinstance(body, dict) else None,
             config=await self._config(ref, manifest, body),
         )
@@ -533,7 +534,8 @@ class Inventory:
         descriptor = body.get("config")
         if not isinstance(descriptor, dict) or not isinstance(descriptor.get("digest"), str):
             return None
-        media_type = descriptor.get("mediaType", "")
+        # The registry takes what Go decodes, a null mediaType too (as ""): never assume a string.
+        media_type = _text(descriptor.get("mediaType")) or ""
         is_json = (
             media_type in IMAGE_CONFIG_TYPES
             or media_type.endswith("+json")
@@ -571,6 +573,10 @@ def _unfinished(
     kept = {repository: tags for repository, tags in known.items() if catalog_key(repository) >= end}
     kept.update((repository, tags) for repository, tags in used.items() if catalog_key(repository) >= end)
     return kept
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _json_or_none(content: bytes) -> Any:

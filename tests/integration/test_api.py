@@ -97,6 +97,21 @@ async def test_list_across_namespaces_and_namespace_field_selector(api, registry
 
 
 @pytest_twisted.ensureDeferred
+async def test_an_empty_namespace_selector_lists_nothing_with_a_name_too(api, registry, repo):
+    """metadata.namespace= matches no object; with metadata.name too it is an empty list as well, not
+    a 404 from reading the tag under an empty namespace."""
+    _, path = split(repo)
+    images.push_oci_image(registry, repo, "v1")
+    client = api.client(api.pki.admin)
+    name = encode_name(path, "v1")
+    for selector in ("metadata.namespace%3D", f"metadata.namespace%3D,metadata.name%3D{name}"):
+        for limit in ("", "&limit=1"):
+            reply = await client.get(f"{B}/payloadrepositorytags?fieldSelector={selector}{limit}")
+            assert reply.code == 200, (selector, limit, reply.body)
+            assert reply.json()["items"] == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_repository_whose_tags_were_all_deleted_has_no_objects(api, registry, repo):
     namespace, _ = split(repo)
     digest = images.push_oci_image(registry, repo, "gone")
@@ -462,6 +477,20 @@ async def test_get_index_and_artifact(api, registry, repo):
     artifact = (await client.get(f"{collection(namespace)}/{encode_name(path, 'chart')}")).json()["status"]
     assert artifact["manifest"]["config"]["mediaType"] != images.OCI_CONFIG
     assert artifact["digest"].startswith("sha256:")
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_a_manifest_whose_config_media_type_is_null(api, registry, repo):
+    """distribution 2.8 takes a null mediaType (Go reads it as ""): the tag is shown, without config."""
+    namespace, path = split(repo)
+    config = images.push_blob(registry, repo, b'{"architecture":"amd64","os":"linux"}')
+    manifest = {"schemaVersion": 2, "config": {**config, "mediaType": None}, "layers": []}
+    digest = images.push_manifest(registry, repo, "odd", manifest, images.OCI_MANIFEST)
+    reply = await api.client(api.pki.admin).get(f"{collection(namespace)}/{encode_name(path, 'odd')}")
+    assert reply.code == 200, reply.body
+    status = reply.json()["status"]
+    assert status["digest"] == digest and status["manifest"]["config"]["mediaType"] is None
+    assert "config" not in status
 
 
 @pytest_twisted.ensureDeferred

@@ -37,7 +37,7 @@ from payloadtags.model import (
     tag_object,
     uid_for,
 )
-from payloadtags.names import InvalidName, TagRef, ref_from_name
+from payloadtags.names import InvalidName, TagRef, is_namespace, ref_from_name
 from payloadtags.registry import asking
 from payloadtags.registry.errors import RegistryConflict, RegistryError, RegistryNotFound
 from payloadtags.watch import parse_version
@@ -288,6 +288,10 @@ class TagsService:
         scope = namespace or ""
         listing = self._begin(user, namespace, options, authorize)
         namespace = listing.namespace
+        if namespace is not None and not is_namespace(namespace):
+            # A selector pinning a name no namespace can have (metadata.namespace= or a.b): nothing
+            # has it, as -A shows no repository under such a name.
+            return Page([], more=False), ListMeta(resource_version=listing.current)
         pinned_name = options.fields.required("metadata.name")
         if namespace is not None and pinned_name is not None and options.continue_ is None:
             # kubectl's delete-wait and single-object watches select by name: one tag-list read.
