@@ -308,6 +308,13 @@ def test_link_to_another_origin_is_refused() -> None:
         result(client.tags("a/b"))
 
 
+def test_a_link_that_is_not_a_url_is_a_protocol_error() -> None:
+    client, _ = make(lambda r: json_answer({"tags": ["a"]}, Link='<http://[::1/v2/x>; rel="next"'))
+    with pytest.raises(RegistryProtocolError) as caught:
+        result(client.tags("a/b"))
+    assert "the next page link is not a URL" in caught.value.message
+
+
 def test_catalog_page_and_more() -> None:
     def catalog(request: Sent) -> Answer:
         return json_answer(

@@ -1146,8 +1146,12 @@ class RegistryClient:
         if match is None:
             return None
         link: str = match.group(1)
-        target = urllib.parse.urljoin(reply.url, link)
-        if _origin(target) != _origin(self._base):
+        try:
+            target = urllib.parse.urljoin(reply.url, link)
+            elsewhere = _origin(target) != _origin(self._base)
+        except ValueError:  # urllib's refusal of a malformed host, e.g. an unclosed "[" of IPv6
+            raise self._protocol(reply, f"the next page link is not a URL: {link!r}") from None
+        if elsewhere:
             raise self._protocol(reply, f"the next page link points elsewhere: {target}")
         return target
 
