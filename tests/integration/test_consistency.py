@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 from twisted.python.failure import Failure
 
 from payloadtags.api.errors import ApiError
@@ -32,7 +32,7 @@ from tests.support.dangling import dangling_tags, make_dangling, race_dangling
 from tests.support.faultproxy import ERROR_AFTER, ERROR_BEFORE, LATE, STALL, FaultProxy
 from tests.support.interleaving import USER, Replica
 from tests.support.kubeapi import eventually
-from tests.support.logcapture import Collect
+from tests.support.logcapture import collected_logs
 from tests.support.registry_server import RegistryServer
 
 ZEROS = "0" * 64
@@ -531,24 +531,23 @@ async def test_a_delete_request_past_its_deadline_answers_504_and_the_delete_is_
     digest = images.push_oci_image(registry, repo, "v1")
     images.tag_manifest(registry, repo, "v1", "sibling")
     proxy = FaultProxy(reactor, registry.url, stalled_retag("v1"), stall=1.5)
-    events: list[dict[str, Any]] = []
-    observer = Collect(events)
-    globalLogPublisher.addObserver(observer)
     try:
-        server = await make_server(proxy.url, http=HttpLimits(request_timeout=0.5))
-        name = TagRef(namespace, path, "v1").name
-        reply = await server.client(server.pki.admin).delete(
-            f"/apis/payload-registry.deckhouse.io/v1alpha1/namespaces/{namespace}/payloadrepositorytags/{name}"
-        )
-        assert reply.code == 504, reply.body
-        assert reply.json()["reason"] == "Timeout"
-        assert "a delete already under way is finished by the server" in reply.json()["message"]
-        await proxy.settled()
-        await eventually(lambda: images.list_tags(registry, repo) == ["sibling"], within=10, interval=0.1)
-        assert images.resolve(registry, repo, "sibling") == digest
-        said = [formatEvent(e) for e in events]
-        assert any(f"{repo}:v1" in line and "after its caller had stopped waiting" in line for line in said)
-        assert any(f"{repo}:v1 by admin" in line and "request ended" in line for line in said)
+        with collected_logs() as events:
+            server = await make_server(proxy.url, http=HttpLimits(request_timeout=0.5))
+            name = TagRef(namespace, path, "v1").name
+            reply = await server.client(server.pki.admin).delete(
+                f"/apis/payload-registry.deckhouse.io/v1alpha1/namespaces/{namespace}/payloadrepositorytags/{name}"
+            )
+            assert reply.code == 504, reply.body
+            assert reply.json()["reason"] == "Timeout"
+            assert "a delete already under way is finished by the server" in reply.json()["message"]
+            await proxy.settled()
+            await eventually(lambda: images.list_tags(registry, repo) == ["sibling"], within=10, interval=0.1)
+            assert images.resolve(registry, repo, "sibling") == digest
+            said = [formatEvent(e) for e in events]
+            assert any(
+                f"{repo}:v1" in line and "after its caller had stopped waiting" in line for line in said
+            )
+            assert any(f"{repo}:v1 by admin" in line and "request ended" in line for line in said)
     finally:
-        globalLogPublisher.removeObserver(observer)
         await proxy.stop()

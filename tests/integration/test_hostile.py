@@ -20,12 +20,12 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, task
 from twisted.internet.threads import deferToThread
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel
 from twisted.web import resource, server
 
 from payloadtags.limits import HttpLimits
 from tests.support import images
-from tests.support.logcapture import Collect
+from tests.support.logcapture import collected_logs
 from tests.support.raw import Reply, Target, closed_within, exchange, read_reply, request_bytes
 
 B = "/apis/payload-registry.deckhouse.io/v1alpha1"
@@ -426,8 +426,6 @@ async def test_a_client_gone_during_a_slow_read_is_counted_499_and_logs_no_error
 ):
     url, catalog = endless_registry
     api = await make_server(url)
-    events: list[dict[str, Any]] = []
-    observer = Collect(events)
     paths = (
         f"{B}/payloadrepositorytags",
         f"{B}/namespaces/ns/payloadrepositorytags?limit=5000",
@@ -436,8 +434,7 @@ async def test_a_client_gone_during_a_slow_read_is_counted_499_and_logs_no_error
     requests = "payloadtags_apiserver_requests_total"
     labels = {"verb": "list", "resource": "payloadrepositorytags"}
     metrics = api.running.api.metrics.registry
-    globalLogPublisher.addObserver(observer)
-    try:
+    with collected_logs() as events:
         for path in paths:
             pages = catalog.pages
             sock = await in_thread(target(api).connect, api.pki.admin)
@@ -451,8 +448,6 @@ async def test_a_client_gone_during_a_slow_read_is_counted_499_and_logs_no_error
             if metrics.get_sample_value(requests, {**labels, "code": "499"}) == len(paths):
                 break
             await task.deferLater(reactor, 0.01, lambda: None)
-    finally:
-        globalLogPublisher.removeObserver(observer)
     assert metrics.get_sample_value(requests, {**labels, "code": "499"}) == len(paths)
     assert metrics.get_sample_value(requests, {**labels, "code": "500"}) is None
     errors = [e for e in events if e.get("log_failure") is not None or e.get("log_level") in ERROR_LEVELS]

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
-from typing import Any
 
 import pytest_twisted
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -17,7 +16,7 @@ from payloadtags.names import encode_name
 from tests.support import images
 from tests.support.client import ApiClient
 from tests.support.harness import Pki, ServerUnderTest
-from tests.support.logcapture import Collect
+from tests.support.logcapture import collected_logs
 from tests.support.pki import Authority, Issued
 from tests.support.process import ServerProcess
 from tests.support.rbac import eventually
@@ -64,10 +63,7 @@ async def test_metrics_count_requests_registry_calls_and_decisions(api, registry
 async def test_each_request_is_logged_from_verbosity_3_only(make_server, registry, repo):
     namespace = repo.split("/", 1)[0]
     images.push_oci_image(registry, repo, "v1")
-    events: list[dict[str, Any]] = []
-    observer = Collect(events)
-    globalLogPublisher.addObserver(observer)
-    try:
+    with collected_logs() as events:
         for verbosity in (3, 0):
             server = await make_server(registry, verbosity=verbosity)
             events.clear()
@@ -86,8 +82,6 @@ async def test_each_request_is_logged_from_verbosity_3_only(make_server, registr
                 assert lines[1].startswith(f"GET {collection(namespace)}?limit=-1 422 user=admin ")
             else:
                 assert lines == []
-    finally:
-        globalLogPublisher.removeObserver(observer)
 
 
 @pytest_twisted.ensureDeferred

@@ -10,7 +10,6 @@ import pytest
 import pytest_twisted
 from twisted.internet import task
 from twisted.internet.defer import Deferred
-from twisted.logger import globalLogPublisher
 
 from payloadtags.limits import WatchLimits
 from payloadtags.names import encode_name
@@ -18,7 +17,7 @@ from payloadtags.watch import WatchHub
 from tests.support import images
 from tests.support.client import ApiClient, Stream, stream
 from tests.support.kubeapi.resources import ROLEBINDINGS
-from tests.support.logcapture import Collect
+from tests.support.logcapture import collected_logs
 from tests.support.rbac import eventually, grant
 
 B = "/apis/payload-registry.deckhouse.io/v1alpha1"
@@ -468,10 +467,7 @@ async def test_watches_past_the_limit_that_waited_on_a_read_get_429_before_any_b
     api = await make_server(registry, watch=WatchLimits(max_watches_per_user=1))
     client = api.client(api.pki.admin)
     _, reader, asked = _gated_hub(api, monkeypatch)
-    events: list[dict[str, Any]] = []
-    observer = Collect(events)
-    globalLogPublisher.addObserver(observer)
-    try:
+    with collected_logs() as events:
         opened = [
             Deferred.fromCoroutine(stream(client, f"{collection(namespace)}?watch=true")) for _ in range(2)
         ]
@@ -488,8 +484,6 @@ async def test_watches_past_the_limit_that_waited_on_a_read_get_429_before_any_b
         assert "too many watches for user" in body["message"]
         assert (await served.next())["type"] == "ADDED"
         served.close()
-    finally:
-        globalLogPublisher.removeObserver(observer)
     assert not [e for e in events if "unhandled error" in e.get("log_format", "")]
 
 
@@ -501,10 +495,7 @@ async def test_a_watch_waiting_on_a_read_when_the_server_stops_gets_a_status_bef
     api = await make_server(registry)
     client = api.client(api.pki.admin)
     hub, reader, asked = _gated_hub(api, monkeypatch)
-    events: list[dict[str, Any]] = []
-    observer = Collect(events)
-    globalLogPublisher.addObserver(observer)
-    try:
+    with collected_logs() as events:
         opened = Deferred.fromCoroutine(
             stream(client, f"{collection(namespace)}?watch=true&resourceVersion=0")
         )
@@ -517,8 +508,6 @@ async def test_a_watch_waiting_on_a_read_when_the_server_stops_gets_a_status_bef
         body = json.loads(b"".join(watch.lines.pending))
         assert (body["kind"], body["code"], body["reason"]) == ("Status", 429, "TooManyRequests")
         assert "shutting down" in body["message"]
-    finally:
-        globalLogPublisher.removeObserver(observer)
     assert not [e for e in events if "unhandled error" in e.get("log_format", "")]
 
 
@@ -531,16 +520,11 @@ async def test_a_watch_that_fails_after_its_head_ends_with_an_error_event(api, r
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(WatchHub, "start", broken)
-    events: list[dict[str, Any]] = []
-    observer = Collect(events)
-    globalLogPublisher.addObserver(observer)
-    try:
+    with collected_logs() as events:
         watch = await stream(client, f"{collection(namespace)}?watch=true&resourceVersion=0")
         assert watch.code == 200
         error = await watch.next()
         await watch.ended
-    finally:
-        globalLogPublisher.removeObserver(observer)
     assert error["type"] == "ERROR"
     assert (error["object"]["kind"], error["object"]["code"]) == ("Status", 500)
     assert error["object"]["reason"] == "InternalError"
