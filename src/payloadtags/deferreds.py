@@ -56,17 +56,23 @@ def noting_cancel(work: Deferred[T], on_cancel: Callable[[], object]) -> Deferre
     return outer
 
 
+class GoesOn(CancelledError):
+    """The caller stopped waiting for work that goes on to its own end (`carried_through`)."""
+
+
 def carried_through(
     work: Deferred[T], begun: Callable[[], bool], orphaned: Callable[[Any], object]
 ) -> Deferred[T]:
     """A Deferred with the outcome of ``work``. Cancelling it cancels ``work`` as long as ``begun()``
     is false; once it is true, ``work`` goes on to its own end, the returned Deferred alone fails
-    with CancelledError at once, and ``orphaned`` gets what ``work`` ends with (a Failure or not)."""
+    with GoesOn (a CancelledError) at once, and ``orphaned`` gets what ``work`` ends with (a Failure
+    or not)."""
 
     def cancel(outer: Deferred[Any]) -> None:
         if not begun():
             work.cancel()
-        # Otherwise `outer` fails with CancelledError as it returns (Deferred.cancel does that).
+        else:
+            outer.errback(Failure(GoesOn()))
 
     def relay(result: Any) -> None:
         if outer.called:

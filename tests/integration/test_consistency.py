@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.logger import formatEvent
 from twisted.python.failure import Failure
 
@@ -276,6 +276,33 @@ async def test_a_restore_carried_out_late_is_waited_for_even_after_the_copy_was_
     assert images.resolve(registry, repo, "v1") == digest
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_late_restore_whose_tag_cannot_be_read_reports_where_the_tag_was_last_seen(
+    registry, repo, proxied
+) -> None:
+    """As above, but no read of the tag answers while the delete waits for its restore: the error
+    says the tag was last seen on the copy, never that it is gone."""
+    digest = images.push_oci_image(registry, repo, "v1")
+    puts: list[str] = []
+
+    def decide(method: str, path: str) -> str | None:
+        if method == "PUT" and path.endswith("/manifests/v1"):
+            puts.append(path)
+            return None if len(puts) == 1 else LATE
+        if len(puts) > 1 and method in ("GET", "HEAD") and path.endswith("/manifests/v1"):
+            return ERROR_BEFORE
+        return ERROR_BEFORE if unique_delete(method, path) else None
+
+    proxy, replica = proxied(decide, stall=3.0, timeout=0.4)  # lands well after the wait for it
+    with pytest.raises(RegistryError) as caught:
+        await replica.client.delete_tag(repo, "v1")
+    copy = images.resolve(registry, repo, "v1")
+    assert copy is not None and copy != digest
+    assert f"now points at {copy}, a copy of {digest}" in caught.value.message, caught.value.message
+    assert "gone" not in caught.value.message
+    await proxy.settled()
+
+
 # --- dangling tags ----------------------------------------------------------------------------------
 
 
@@ -526,28 +553,40 @@ async def test_a_delete_request_past_its_deadline_answers_504_and_the_delete_is_
     reactor: Any, registry: RegistryServer, repo: str, make_server: Any
 ) -> None:
     """Over HTTPS: the request deadline passes while the re-tag waits for its answer. The client gets
-    504 at the deadline, the server finishes the delete, and the audit log says who asked."""
+    504 at the deadline, the server finishes the delete, and the audit log says who asked. A delete
+    that was still waiting for its turn is dropped, and the audit log says nothing of it."""
     namespace, path = repo.split("/", 1)
     digest = images.push_oci_image(registry, repo, "v1")
-    images.tag_manifest(registry, repo, "v1", "sibling")
+    for other in ("sibling", "waiting"):
+        images.tag_manifest(registry, repo, "v1", other)
     proxy = FaultProxy(reactor, registry.url, stalled_retag("v1"), stall=1.5)
     try:
         with collected_logs() as events:
             server = await make_server(proxy.url, http=HttpLimits(request_timeout=0.5))
-            name = TagRef(namespace, path, "v1").name
-            reply = await server.client(server.pki.admin).delete(
-                f"/apis/payload-registry.deckhouse.io/v1alpha1/namespaces/{namespace}/payloadrepositorytags/{name}"
+            client = server.client(server.pki.admin)
+            item = "/apis/payload-registry.deckhouse.io/v1alpha1"
+            item += f"/namespaces/{namespace}/payloadrepositorytags"
+            # A second delete in the repository waits for the first's turn past its own deadline: dropped.
+            replies = await gatherResults(
+                [
+                    Deferred.fromCoroutine(client.delete(f"{item}/{TagRef(namespace, path, tag).name}"))
+                    for tag in ("v1", "waiting")
+                ]
             )
-            assert reply.code == 504, reply.body
+            assert [r.code for r in replies] == [504, 504]
+            reply = replies[0]
             assert reply.json()["reason"] == "Timeout"
             assert "a delete already under way is finished by the server" in reply.json()["message"]
             await proxy.settled()
-            await eventually(lambda: images.list_tags(registry, repo) == ["sibling"], within=10, interval=0.1)
+            await eventually(
+                lambda: images.list_tags(registry, repo) == ["sibling", "waiting"], within=10, interval=0.1
+            )
             assert images.resolve(registry, repo, "sibling") == digest
             said = [formatEvent(e) for e in events]
             assert any(
                 f"{repo}:v1" in line and "after its caller had stopped waiting" in line for line in said
             )
             assert any(f"{repo}:v1 by admin" in line and "request ended" in line for line in said)
+            assert not any(f"{repo}:waiting" in line for line in said)
     finally:
         await proxy.stop()

@@ -7,7 +7,6 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import attrs
-from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -24,7 +23,7 @@ from payloadtags.api.errors import (
 )
 from payloadtags.api.options import DeleteOptions, ListOptions
 from payloadtags.api.walks import WalkCache, new_walk_id
-from payloadtags.deferreds import bounded_map
+from payloadtags.deferreds import GoesOn, bounded_map
 from payloadtags.inventory import Inventory, Page, Run, Runs
 from payloadtags.model import (
     GROUP,
@@ -422,11 +421,11 @@ class TagsService:
     async def _delete_audited(self, user: UserInfo, ref: TagRef) -> str | None:
         try:
             digest = await self.inventory.delete(ref)
-        except CancelledError:
+        except GoesOn:
             # The registry client finishes a delete that had begun writing and logs how it ended;
-            # this line says who asked for it.
+            # this line says who asked for it. One that had not begun was dropped: nothing to say.
             audit_log.info(
-                "delete of tag {repository}:{tag} by {user}: its request ended before the delete did",
+                "delete of tag {repository}:{tag} by {user}: under way when its request ended",
                 user=user.name,
                 namespace=ref.namespace,
                 repository=ref.repository,

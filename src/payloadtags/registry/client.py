@@ -610,9 +610,8 @@ class RegistryClient:
         except RegistryError as error:
             self._window(kind, repository, tag, read_at)
             if error.unanswered:
-                await self._await_landing(
-                    repository, tag, ours, {None, original.digest if original else None}
-                )
+                before = original.digest if original else None
+                await self._await_landing(repository, tag, ours, {None, before}, before)
             await self._settle(repository, tag, error, ours, original, write_pending=error.unanswered)
             return
         self._window(kind, repository, tag, read_at)
@@ -626,21 +625,22 @@ class RegistryClient:
             await self._settle(repository, tag, error, ours, original)
 
     async def _await_landing(
-        self, repository: str, tag: str, written: str, before: set[str | None]
+        self, repository: str, tag: str, written: str, before: set[str | None], seen: str | None
     ) -> str | None:
         """Our write of ``written`` under the tag went unanswered: the registry may carry it out late.
         Watch the tag for a while, as long as it shows what was there before the write (``before``;
         or nothing), until the write lands; then the caller acts on that instead of reporting a
         write in doubt. A push seen meanwhile ends the wait. A read that fails says nothing about
         the write, so the wait goes on: ending it there let the write land after a delete that had
-        reported the tag gone. Returns the digest the tag showed last (None: nothing, or unknown)."""
+        reported the tag gone. Returns what the tag showed at the last read that answered (``seen``,
+        what it showed before the write, when none did; None: no tag)."""
         deadline = self._reactor.seconds() + LATE_WRITE_GRACE * self._settings.timeout
-        current: str | None = None
+        current = seen
         while self._reactor.seconds() < deadline:
             try:
                 current = await self._current(repository, tag)
             except RegistryError:
-                current = None  # not known: read again after the interval, until the deadline
+                pass  # not known: read again after the interval, until the deadline
             if current == written or current not in before:
                 return current
             await self._pause()
@@ -743,7 +743,7 @@ class RegistryClient:
                 # As for the re-tag: the registry may carry the restore out late, and then the tag
                 # comes back, even after another delete took our copy. Wait for it, so that the answer
                 # says where the tag is (a namespace removal then sees it there, and retries).
-                now = await self._await_landing(repository, tag, original.digest, {None, ours})
+                now = await self._await_landing(repository, tag, original.digest, {None, ours}, ours)
             if now == original.digest:
                 raise _amend(error, f"; tag {where} was left as it was, on {original.digest}") from error
             assert restore_error is not None
