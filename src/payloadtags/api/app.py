@@ -777,7 +777,8 @@ class ApiServer:
         media = negotiate(_header(request, "accept"), collection=True, watch=watching)
         query = _query(request)
         include = include_object(first(query, "includeObject")) if media.form is Form.TABLE else "Metadata"
-        if is_watch(query) and self.watch_hub is not None:
+        # A watch value that is not a boolean is not one: list_options answers it 400.
+        if watching:
             return await self._watch(request, user, namespace, query, media, include)
         options = list_options(query)
         if self.watch_hub is not None and options.continue_ is None:

@@ -265,13 +265,14 @@ class TagsService:
         # Taken before the registry is read: a watch from it then replays every change found by a
         # read that may have come after this list's (docs/watch.md, "Guarantees").
         current = self.versions.current()
-        requested = parse_version(options.resource_version or "")
-        if options.exact and requested != parse_version(current):
-            # What a list at an older resourceVersion held is not kept: only the current one can
-            # be served exactly (docs/api.md, "List options").
-            if self.versions.ahead(str(requested)):
-                raise resource_version_too_large(str(requested), current)
-            raise list_resource_version_expired()
+        if options.exact:
+            requested = parse_version(options.resource_version or "")
+            if requested != parse_version(current):
+                # What a list at an older resourceVersion held is not kept: only the current one can
+                # be served exactly (docs/api.md, "List options").
+                if self.versions.ahead(str(requested)):
+                    raise resource_version_too_large(str(requested), current)
+                raise list_resource_version_expired()
         asking()
         return _Listing(
             watch_scope=namespace,
