@@ -60,7 +60,6 @@ from payloadtags.api.watch import (
     EventRenderer,
     ResponseSink,
     WatchOptions,
-    error_event,
     expired,
     is_watch,
     watch_options,
@@ -74,6 +73,7 @@ from payloadtags.registry.errors import RegistryError
 from payloadtags.repoindex import RepositoryIndex
 from payloadtags.tls import verified_peer_chain
 from payloadtags.watch import Listed, TooManyWatches, Watcher, WatchHub, WatchSlot
+from payloadtags.watch.watcher import error_line
 
 log = Logger()
 
@@ -918,7 +918,7 @@ class ApiServer:
             # A bug: after the head only an event reaches the client (never a bare Status line).
             request.unregisterProducer()
             log.failure("error starting a watch of {uri}", uri=request.uri)
-            request.write(error_event(internal("the watch could not be started").status()))
+            request.write(error_line(internal("the watch could not be started").status()))
             return b""
         if not started:
             request.unregisterProducer()

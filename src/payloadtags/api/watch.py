@@ -7,7 +7,6 @@ PartialObjectMetadata, or a one-row Table), with the event's resourceVersion in 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -24,14 +23,13 @@ from payloadtags.model import (
     KIND,
     ListMeta,
     PartialObjectMetadata,
-    Status,
     Table,
     tag_object,
     to_json,
 )
 from payloadtags.names import TagRef
 from payloadtags.watch import Event, parse_version
-from payloadtags.watch.watcher import error_line, expired_line
+from payloadtags.watch.watcher import event_line, expired_line
 
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 
@@ -107,10 +105,6 @@ def watch_options(query: Query) -> WatchOptions:
     )
 
 
-def _line(kind: str, obj: Any) -> bytes:
-    return json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n"
-
-
 @attrs.frozen
 class EventRenderer:
     """Event lines in the negotiated form."""
@@ -139,7 +133,7 @@ class EventRenderer:
             )
         else:
             body = to_json(obj)
-        return _line(event.type.value, body)
+        return event_line(event.type.value, body)
 
     def bookmark(self, sequence: int, initial_events_end: bool) -> bytes:
         metadata: dict[str, Any] = {"resourceVersion": self.format_version(sequence)}
@@ -161,12 +155,7 @@ class EventRenderer:
             }
         else:
             body = {"kind": KIND, "apiVersion": GROUP_VERSION, "metadata": metadata}
-        return _line("BOOKMARK", body)
-
-
-def error_event(status: Status) -> bytes:
-    """An ERROR event: once a watch's head is sent, the only way to tell its client of a failure."""
-    return error_line(status)
+        return event_line("BOOKMARK", body)
 
 
 def expired(resource_version: str) -> bytes:
@@ -202,7 +191,6 @@ __all__ = [
     "EventRenderer",
     "ResponseSink",
     "WatchOptions",
-    "error_event",
     "expired",
     "is_watch",
     "watch_options",

@@ -61,21 +61,21 @@ class ReplicaVersions:
 
     def ahead(self, text: str) -> bool:
         """Whether ``text`` carries this run's epoch and a sequence it has not reached yet."""
-        number = parse_version(text)
-        if number is None:
-            return False
-        epoch, sequence = divmod(number, _SPAN)
-        return bool(epoch == self.epoch and sequence > self.current)
+        sequence = self._sequence(text)
+        return sequence is not None and sequence > self.current
 
     def parse(self, text: str) -> int | None:
         """The sequence of a resourceVersion this run issued, or None (foreign, future or not one)."""
+        sequence = self._sequence(text)
+        return sequence if sequence is not None and sequence <= self.current else None
+
+    def _sequence(self, text: str) -> int | None:
+        """The sequence ``text`` carries under this run's epoch, issued or not; None otherwise."""
         number = parse_version(text)
         if number is None:
             return None
         epoch, sequence = divmod(number, _SPAN)
-        if epoch != self.epoch or sequence > self.current:
-            return None
-        return int(sequence)
+        return int(sequence) if epoch == self.epoch else None
 
 
 __all__ = ["EPOCH_MAX", "EPOCH_MIN", "MAX_VERSION", "ReplicaVersions", "parse_version", "random_epoch"]

@@ -41,9 +41,14 @@ class Sink(Protocol):
 Render = Callable[[Event], bytes]
 
 
+def event_line(kind: str, obj: object) -> bytes:
+    """One watch event as the stream carries it: a JSON object on a line of its own."""
+    return json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n"
+
+
 def error_line(status: Status) -> bytes:
     """An ERROR event: once a watch's head is sent, the only way to tell its client of a failure."""
-    return json.dumps({"type": "ERROR", "object": to_json(status)}, separators=(",", ":")).encode() + b"\n"
+    return event_line("ERROR", to_json(status))
 
 
 def expired_line(message: str) -> bytes:
@@ -193,4 +198,4 @@ def _chain(first: Iterator[bytes], second: Iterator[bytes]) -> Iterator[bytes]:
     yield from second
 
 
-__all__ = ["Render", "Sink", "Watcher", "error_line", "expired_line"]
+__all__ = ["Render", "Sink", "Watcher", "error_line", "event_line", "expired_line"]
