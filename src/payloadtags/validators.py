@@ -16,6 +16,17 @@ def positive(_instance: Any, attribute: attrs.Attribute[Any], value: float) -> N
         raise ValueError(f"{attribute.name} must be positive, not {value!r}")
 
 
+def bounded_decimal(digits: str, maximum: int) -> int | None:
+    """``digits`` (ASCII 0-9 only, checked by the caller) as a number, or None above ``maximum``.
+    Leading zeros go first and the length is checked before int(): int() refuses a string of over
+    4300 digits with a ValueError, and a client may send one."""
+    significant = digits.lstrip("0")
+    if len(significant) > len(str(maximum)):
+        return None
+    value = int(significant or "0")
+    return value if value <= maximum else None
+
+
 # One DNS label as the resolver takes it (RFC 1123); a name in another script arrives here as IDNA.
 _DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)", re.IGNORECASE)
 
@@ -46,4 +57,4 @@ def address_problem(parts: SplitResult) -> str | None:
     return None
 
 
-__all__ = ["address_problem", "positive"]
+__all__ = ["address_problem", "bounded_decimal", "positive"]

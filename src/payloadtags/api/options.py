@@ -17,6 +17,7 @@ from payloadtags.api.errors import (
     unsupported_media_type,
 )
 from payloadtags.api.selectors import FieldSelector, LabelSelector, parse_field_selector, parse_label_selector
+from payloadtags.validators import bounded_decimal
 from payloadtags.watch import parse_version
 
 Query = Mapping[str, list[str]]
@@ -51,11 +52,10 @@ def integer(query: Query, key: str) -> int | None:
         return None
     if not _INTEGER.fullmatch(text):
         raise bad_request(f'invalid value for {key}: "{text}" is not an integer')
-    # Leading zeros go first: int() refuses a string of over 4300 digits with a ValueError.
-    digits = text.lstrip("+-").lstrip("0") or "0"
-    if len(digits) <= len(str(INT64_MAX)):
-        value = -int(digits) if text[0] == "-" else int(digits)
-        if -INT64_MAX - 1 <= value <= INT64_MAX:
+    magnitude = bounded_decimal(text.lstrip("+-"), INT64_MAX + 1)
+    if magnitude is not None:
+        value = -magnitude if text[0] == "-" else magnitude
+        if value <= INT64_MAX:
             return value
     raise bad_request(f'invalid value for {key}: "{text}" is out of range for a 64-bit integer')
 

@@ -15,6 +15,8 @@ import random
 
 import attrs
 
+from payloadtags.validators import bounded_decimal
+
 SEQUENCE_DIGITS = 11
 _SPAN = 10**SEQUENCE_DIGITS
 EPOCH_MIN = 10_000_000
@@ -27,12 +29,7 @@ def parse_version(text: str) -> int | None:
     digits within 64 bits unsigned, as Go's strconv.ParseUint); None otherwise."""
     if not (text.isascii() and text.isdigit()):
         return None
-    # Leading zeros go first: int() refuses a string of over 4300 digits with a ValueError.
-    digits = text.lstrip("0")
-    if len(digits) > len(str(MAX_VERSION)):
-        return None
-    value = int(digits or "0")
-    return value if value <= MAX_VERSION else None
+    return bounded_decimal(text, MAX_VERSION)
 
 
 def random_epoch() -> int:
