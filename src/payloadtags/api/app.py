@@ -743,10 +743,20 @@ class ApiServer:
                 for event in events
                 if event.get("action") in ("push", "delete") and isinstance(event.get("target"), dict)
             ]
+            if not all(isinstance(name, str) for _, name in changes):
+                raise TypeError("a repository that is not a string")
         except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError, RecursionError):
             raise ApiError(400, "BadRequest", "the body is not a registry notification envelope") from None
-        if not all(isinstance(name, str) and is_valid_repository(name) for _, name in changes):
-            raise ApiError(400, "BadRequest", "an event names an invalid repository")
+        # The registry re-sends an event it gets no 2xx for, and every later one waits behind it: a
+        # name payloadtags cannot show (distribution accepts a few, such as an upper-case domain) is
+        # accepted and left out, or one such push would hold back every notification after it.
+        shown = [(action, name) for action, name in changes if is_valid_repository(name)]
+        if len(shown) < len(changes):
+            log.info(
+                "registry events: {count} event(s) ignored: their repository is not a name payloadtags shows",
+                count=len(changes) - len(shown),
+            )
+        changes = shown
         repositories = [name for action, name in changes if action == "push"]
         if self.watch_hub is not None:
             # Watched scopes re-read just these repositories' tag lists.
