@@ -9,10 +9,19 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 
-from payloadtags.cleanup.leader import LeaderElectionOptions, LeaderElector, default_lease_namespace
+from payloadtags.cleanup import CleanupController, CleanupOptions
+from payloadtags.cleanup.leader import (
+    LeaderElectionOptions,
+    LeaderElector,
+    LeaseClient,
+    default_lease_namespace,
+)
+from payloadtags.identity import UserInfo
+from payloadtags.kube.client import WatchEvent
 from payloadtags.kube.errors import KubeApiError, KubeUnavailable, make_status
+from tests.unit.test_cleanup_cascade import FakeRegistry
 
 LEASE = "/apis/coordination.k8s.io/v1/namespaces/default/leases/payloadtags-cleanup"
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/default/leases"
@@ -71,7 +80,18 @@ class FakeLeases:
 
 
 class Candidate:
-    def __init__(self, api: FakeLeases, clock: Clock, identity: str, **durations: Any) -> None:
+    """A replica's elector. Its monotonic clock is its reactor's unless `monotonic` is given: a
+    separate Clock lets a test step the wall clock (the reactor's) alone."""
+
+    def __init__(
+        self,
+        api: LeaseClient,
+        clock: Clock,
+        identity: str,
+        *,
+        monotonic: Clock | None = None,
+        **durations: Any,
+    ) -> None:
         self.events: list[str] = []
         options = LeaderElectionOptions(identity=identity, **durations)
         self.elector = LeaderElector(
@@ -81,6 +101,7 @@ class Candidate:
             on_started_leading=lambda: self.events.append("started"),
             on_stopped_leading=lambda: self.events.append("stopped"),
             rng=random.Random(identity),
+            monotonic=(monotonic or clock).seconds,
         )
 
     @property
@@ -259,3 +280,219 @@ def test_stop_is_not_swallowed_by_a_request_that_fails_when_cancelled() -> None:
     advance(clock, 2.1)  # a renewal is now in flight
     a.stop()  # returns at once: Candidate.stop asserts the stop completed
     assert a.events == ["started", "stopped"]
+
+
+class Node:
+    """One replica's machine: its wall clock (the reactor's, which NTP may step) and its monotonic
+    clock. Time advances both alike; a step moves the wall clock alone."""
+
+    def __init__(self, api: LeaseClient, identity: str, wall: float = 1_000_000.0) -> None:
+        self.wall, self.monotonic = Clock(), Clock()
+        self.wall.advance(wall)
+        self.candidate = Candidate(api, self.wall, identity, monotonic=self.monotonic)
+
+    @property
+    def leads(self) -> bool:
+        return self.candidate.leads
+
+
+def run_nodes(nodes: list[Node], seconds: float, step: float = 0.1) -> list[float]:
+    """Let `seconds` pass on every node; the moments (from now) when more than one of them led."""
+    both: list[float] = []
+    for i in range(round(seconds / step)):
+        for node in nodes:
+            node.wall.advance(step)
+            node.monotonic.advance(step)
+        if [node.leads for node in nodes].count(True) > 1:
+            both.append((i + 1) * step)
+    return both
+
+
+def test_a_wall_clock_step_back_on_the_leader_does_not_give_two_leaders() -> None:
+    api = FakeLeases()
+    a, b = Node(api, "a"), Node(api, "b")
+    a.candidate.elector.start()
+    run_nodes([a, b], 4.0)
+    b.candidate.elector.start()
+    run_nodes([a, b], 4.0)
+    assert a.leads and not b.leads
+    # NTP steps a's wall clock back a minute: its reactor's timers, the renew loop's, fire a minute late.
+    a.wall.advance(-60.0)
+    renewals = len(api.writes)
+    assert run_nodes([a, b], 70.0) == []
+    # b took over after the Lease expired; a stopped leading when its renew loop ran again, and
+    # knew it no longer led from its renew deadline on.
+    assert len(api.writes) > renewals and api.spec["holderIdentity"] == "b"
+    assert b.leads and not a.leads
+    assert a.candidate.events == ["started", "stopped"]
+
+
+def test_a_wall_clock_step_forward_on_a_candidate_does_not_expire_the_lease() -> None:
+    api = FakeLeases()
+    a, b = Node(api, "a"), Node(api, "b")
+    a.candidate.elector.start()
+    b.candidate.elector.start()
+    run_nodes([a, b], 4.0)
+    assert a.leads and not b.leads
+    b.wall.advance(60.0)  # b's timers fire at once, but the Lease was renewed just now
+    assert run_nodes([a, b], 30.0) == []
+    assert a.leads and api.spec["holderIdentity"] == "a"
+
+
+class SlowView:
+    """One replica's view of a FakeLeases: its next GET can take a while (and reads the Lease at its
+    end, as a request delayed on its way to the API server would), its writes can fail."""
+
+    def __init__(self, api: FakeLeases, clock: Clock) -> None:
+        self.api, self.clock = api, clock
+        self.next_get_delay = 0.0
+        self.gets_sent = 0
+        self.cut_off = False
+
+    async def get(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
+        self.gets_sent += 1
+        delay, self.next_get_delay = self.next_get_delay, 0.0
+        if delay:
+            await deferLater(self.clock, delay)
+        return await self.api.get(path, params)
+
+    async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        if self.cut_off:
+            raise KubeUnavailable("connection refused")
+        return await self.api.create(path, body)
+
+    async def update(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        if self.cut_off:
+            raise KubeUnavailable("connection refused")
+        return await self.api.update(path, body)
+
+
+@pytest.mark.parametrize("phase", [i * 0.25 for i in range(20)])
+def test_a_slow_get_dates_what_it_saw_from_when_it_returned(phase: float) -> None:
+    """A candidate's GET (9.5 s, within its 10 s bound) reads a renewal the leader sent just before the
+    GET's end, then the leader is cut off: the candidate must not count the Lease's expiry from when
+    it sent the GET, or it takes over while the leader still leads (until its renew deadline)."""
+    clock, api = Clock(), FakeLeases()
+    view_a, view_b = SlowView(api, clock), SlowView(api, clock)
+    a, b = Candidate(view_a, clock, "a"), Candidate(view_b, clock, "b")
+    a.elector.start()
+    advance(clock, 3.0)
+    b.elector.start()
+    advance(clock, 5.0 + phase)
+    assert a.leads and not b.leads
+    view_b.next_get_delay = 9.5
+    gets = view_b.gets_sent
+    while view_b.gets_sent == gets:  # until b sends its slow GET
+        clock.advance(0.05)
+    advance(clock, 9.4, step=0.05)
+    view_a.cut_off = True  # a's last renewal is at most a retry period before b's GET reads
+    both: list[int] = []
+    for i in range(600):
+        clock.advance(0.05)
+        if a.leads and b.leads:
+            both.append(i)
+    assert both == []
+    assert b.leads and a.events == ["started", "stopped"]
+
+
+def test_a_renewal_that_returns_past_the_renew_deadline_ends_the_term() -> None:
+    """The wall clock steps back while a renewal is on its way: it succeeds, but only after `is_leader`
+    said no. What that stopped must start over with a new term, not find the old one going on."""
+    api = FakeLeases()
+    a = Node(api, "a")
+    a.candidate.elector.start()
+    run_nodes([a], 1.0)
+    reply: Deferred[None] = Deferred()
+    update = api.update
+
+    async def held_update(path: str, body: dict[str, Any]) -> dict[str, Any]:
+        await reply
+        return await update(path, body)
+
+    api.update = held_update  # type: ignore[method-assign]
+    run_nodes([a], 1.5)  # the renewal at 2 s is on its way
+    a.wall.advance(-60.0)
+    run_nodes([a], 10.0)
+    assert not a.leads and a.candidate.events == ["started"]
+    reply.callback(None)
+    assert a.candidate.events == ["started", "stopped", "started"]
+    assert a.leads and api.spec["holderIdentity"] == "a"
+
+
+class QuietWatch:
+    """A watch on which nothing happens."""
+
+    def __aiter__(self) -> QuietWatch:
+        return self
+
+    async def __anext__(self) -> WatchEvent:
+        never: Deferred[WatchEvent] = Deferred()
+        return await never
+
+    def close(self) -> None:
+        pass
+
+
+class NoNamespaces(FakeLeases):
+    """The Lease, and a cluster without namespaces: an empty list, a quiet watch, 404 for each one
+    (a `ClusterClient`; the controller makes no other call)."""
+
+    async def get(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
+        if path != LEASE:
+            raise KubeApiError(make_status(404, "not found"), 404)
+        return await super().get(path, params)
+
+    async def list(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
+        return {"kind": "NamespaceList", "metadata": {"resourceVersion": "1"}, "items": []}
+
+    async def watch(self, path: str, params: Mapping[str, str] | None = None) -> QuietWatch:
+        return QuietWatch()
+
+    async def patch(self, path: str, patch: dict[str, Any], content_type: str = "") -> dict[str, Any]:
+        raise AssertionError("not used")
+
+    async def delete(self, path: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        raise AssertionError("not used")
+
+    async def token_review(self, token: str, audiences: tuple[str, ...] = ()) -> UserInfo | None:
+        raise AssertionError("not used")
+
+    async def close(self) -> None:
+        pass
+
+
+class HeldTags(FakeRegistry):
+    """Its tag lists answer when the test says so (a registry request on its way)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reply: Deferred[None] = Deferred()
+
+    async def tags(self, repository: str) -> tuple[str, ...]:
+        await self.reply
+        return await super().tags(repository)
+
+
+def test_the_leader_deletes_nothing_past_its_renew_deadline_while_its_timers_are_late() -> None:
+    api, registry = NoNamespaces(), HeldTags()
+    registry.push("team/app", "v1")
+    registry.push("team/app", "v2")
+    wall, monotonic = Clock(), Clock()
+    wall.advance(1_000_000.0)
+    options = CleanupOptions(leader_election=LeaderElectionOptions(identity="a"))
+    controller = CleanupController(wall, api, registry, options, monotonic=monotonic.seconds)
+    controller.start()
+    # It leads; its start-up sweep found the content of a namespace that does not exist, and the
+    # cascade of it waits for the registry.
+    assert controller.is_leader and controller.busy
+    wall.advance(-60.0)  # its renew loop's timer now fires a minute late
+    for _ in range(105):
+        wall.advance(0.1)
+        monotonic.advance(0.1)
+    assert not controller.is_leader
+    registry.reply.callback(None)
+    assert registry.deletes == []
+    assert registry.remaining("team/") == {"team/app": ["v1", "v2"]}
+    done: list[object] = []
+    Deferred.fromCoroutine(controller.stop()).addBoth(done.append)
+    assert done == [None]

@@ -9,6 +9,8 @@ on (and every delete checks leadership right before it leaves).
 from __future__ import annotations
 
 import collections
+import time
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -71,6 +73,7 @@ class CleanupController:
         options: CleanupOptions | None = None,
         *,
         metrics: CleanupMetrics | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._clock = reactor
         self._kube = kube
@@ -94,6 +97,7 @@ class CleanupController:
                 on_started_leading=self._start_leading,
                 on_stopped_leading=self._stop_leading,
                 metrics=self.metrics,
+                monotonic=monotonic,
             )
         self._leading = False
         self._started = False
@@ -114,7 +118,9 @@ class CleanupController:
 
     @property
     def is_leader(self) -> bool:
-        return self._leading
+        # The elector's word as well: past its renew deadline it no longer leads, even while the
+        # timer that would tell us (`_stop_leading`) is late because the wall clock stepped back.
+        return self._leading and (self.elector is None or self.elector.is_leader)
 
     @property
     def busy(self) -> bool:
@@ -300,7 +306,7 @@ class CleanupController:
             self._again.pop(namespace, None)
 
     def _guard(self, namespace: str) -> str | None:
-        if not self._leading:
+        if not self.is_leader:
             return "this replica no longer leads"
         view = self._view
         if view is None or not view.synced:

@@ -11,6 +11,11 @@ leading (its work is stopped before anything else), and becomes a candidate agai
 ``renew_deadline < lease_duration``, a leader that cannot reach the API stops its work before any
 other replica may take over. On a clean shutdown the leader stops its work, then releases the Lease
 (empty holder, 1 s duration) so that another replica takes over at its next try, not after expiry.
+
+These intervals are measured on a monotonic clock, as client-go does: the reactor's clock is the wall
+clock, which NTP may step. A step back delays every reactor timer, the renew loop's included, so
+`is_leader` does not wait for one: it turns false by itself once the last successful renew is older
+than the renew deadline. The Lease's own timestamps stay wall-clock time, as Kubernetes requires.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import datetime
 import math
 import random
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -153,6 +159,7 @@ class LeaderElector:
         on_new_leader: Callable[[str], object] | None = None,
         metrics: CleanupMetrics | None = None,
         rng: random.Random | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
         self._clock = clock
@@ -162,9 +169,12 @@ class LeaderElector:
         self._on_new_leader = on_new_leader
         self.metrics = metrics or CleanupMetrics()
         self._rng = rng or random.Random()
+        self._monotonic = monotonic
         self._observed: LeaderRecord | None = None
         self._observed_raw: dict[str, Any] | None = None
         self._observed_rv: str | None = None
+        # Monotonic times: when the observed record was first seen, and when the write of the last
+        # successful acquire or renew was sent (it reached the API after that, never before).
         self._observed_time = float("-inf")
         self._leading = False
         self._last_renew = float("-inf")
@@ -176,8 +186,14 @@ class LeaderElector:
 
     @property
     def is_leader(self) -> bool:
-        """True between `on_started_leading` and `on_stopped_leading`."""
-        return self._leading
+        """True between `on_started_leading` and `on_stopped_leading`, and only while the last
+        successful renew is younger than the renew deadline: a renew loop whose timer is late (the
+        wall clock stepped back) must not leave a leader that another replica may already replace."""
+        return self._leading and self._current(self._last_renew)
+
+    def _current(self, renewed: float) -> bool:
+        """Whether a renew whose write was sent at `renewed` (monotonic) still holds."""
+        return self._monotonic() - renewed < self.options.renew_deadline
 
     @property
     def leader(self) -> str:
@@ -192,7 +208,7 @@ class LeaderElector:
         """For /healthz (client-go's HealthzAdaptor): fails when this replica believes it leads but
         has not renewed for well past the lease duration, i.e. its renew loop is stuck."""
         if self._leading:
-            overdue = self._clock.seconds() - self._last_renew
+            overdue = self._monotonic() - self._last_renew
             if overdue > self.options.lease_duration + HEALTH_TOLERANCE:
                 raise RuntimeError(f"leader election: the lease was last renewed {overdue:.0f}s ago")
 
@@ -227,10 +243,13 @@ class LeaderElector:
         options = self.options
         while not self._stopping:
             # Candidate: try every retry period, jittered so that replicas spread out.
-            while not await self._attempt(options.renew_deadline):
+            while True:
+                sent = await self._attempt(options.renew_deadline)
+                if sent is not None and self._current(sent):
+                    break
                 await deferLater(self._clock, options.retry_period * (1 + JITTER_FACTOR * self._rng.random()))
             self._leading = True
-            self._last_renew = self._clock.seconds()
+            self._last_renew = sent
             self.metrics.is_leader = 1
             self.metrics.leader_acquisitions_total += 1
             log.info(
@@ -243,13 +262,15 @@ class LeaderElector:
             # Leader: renew every retry period; give up after renew_deadline without success.
             while not self._stopping:
                 await deferLater(self._clock, options.retry_period)
-                remaining = self._last_renew + options.renew_deadline - self._clock.seconds()
-                if remaining > 0 and await self._attempt(remaining):
-                    self._last_renew = self._clock.seconds()
-                    continue
-                if self._clock.seconds() - self._last_renew >= options.renew_deadline:
+                remaining = self._last_renew + options.renew_deadline - self._monotonic()
+                renewed = await self._attempt(remaining) if remaining > 0 else None
+                if not self._current(self._last_renew):
+                    # Too late, renewed or not: `is_leader` has said no already, and what that
+                    # stopped starts over with a new term instead of this one going on.
                     await self._stop_leading(f"could not renew the lease for {options.renew_deadline:g}s")
                     break
+                if renewed is not None:
+                    self._last_renew = renewed
 
     async def _stop_leading(self, why: str) -> None:
         if not self._leading:
@@ -260,8 +281,9 @@ class LeaderElector:
         log.info("Leader election: {identity} stops leading: {why}", identity=self.options.identity, why=why)
         await _maybe_await(self._on_stopped())
 
-    async def _attempt(self, within: float) -> bool:
-        """One try to acquire or renew, bounded by `within` seconds (never past the renew deadline)."""
+    async def _attempt(self, within: float) -> float | None:
+        """One try to acquire or renew, bounded by `within` seconds (never past the renew deadline):
+        the monotonic time its successful write was sent, or None."""
         try:
             return await self._bounded(self._try_acquire_or_renew(), within)
         except (KubeError, DeadlineExpired) as e:
@@ -271,12 +293,12 @@ class LeaderElector:
                 # wait a retry period and campaign again instead of ending.
                 raise CancelledError() from e
             log.debug("Leader election: attempt failed: {error}", error=e)
-            return False
+            return None
 
-    async def _try_acquire_or_renew(self) -> bool:
+    async def _try_acquire_or_renew(self) -> float | None:
         options = self.options
-        now = self._clock.seconds()
-        stamp = _micro_time(now)
+        before = self._monotonic()
+        stamp = _micro_time(self._clock.seconds())
         wanted = LeaderRecord(
             holder=options.identity,
             lease_duration_seconds=max(1, math.ceil(options.lease_duration)),
@@ -295,32 +317,37 @@ class LeaderElector:
                 "metadata": {"name": options.lease_name, "namespace": options.lease_namespace},
                 "spec": wanted.spec(),
             }
+            sent = self._monotonic()
             created = await self._client.create(options.collection_path, body)
-            self._observe(created, self._clock.seconds())
-            return True
+            self._observe(created, self._monotonic())
+            return sent
         raw_spec = lease.get("spec") or {}
         if raw_spec != self._observed_raw:
-            self._observe(lease, now)
+            # Dated after the GET (client-go's setObservedRecord): the record may have been written
+            # while the GET was on its way, and its holder's renew deadline runs from that write.
+            self._observe(lease, self._monotonic())
         old = self._observed
         assert old is not None
         self._observed_rv = (lease.get("metadata") or {}).get("resourceVersion")
         held_by_me = old.holder == options.identity
-        valid = self._observed_time + old.lease_duration_seconds > now
+        # Against the time before the GET, which read the Lease after it: expiry errs on the late side.
+        valid = self._observed_time + old.lease_duration_seconds > before
         if old.holder and valid and not held_by_me:
-            return False
+            return None
         if held_by_me:
             wanted = attrs.evolve(wanted, acquire_time=old.acquire_time, transitions=old.transitions)
         else:
             wanted = attrs.evolve(wanted, transitions=old.transitions + 1)
         update = {**lease, "spec": {**raw_spec, **wanted.spec()}}
+        sent = self._monotonic()
         try:
             updated = await self._client.update(options.lease_path, update)
         except KubeApiError as e:
             if e.code == 409:
-                return False  # someone else wrote first: look again next time
+                return None  # someone else wrote first: look again next time
             raise
-        self._observe(updated, self._clock.seconds())
-        return True
+        self._observe(updated, self._monotonic())
+        return sent
 
     def _observe(self, lease: dict[str, Any], now: float) -> None:
         self._observed_raw = lease.get("spec") or {}
@@ -358,7 +385,7 @@ class LeaderElector:
         except (KubeError, DeadlineExpired) as e:
             log.warn("Leader election: could not release the lease: {error}", error=e)
             return
-        self._observe(updated, self._clock.seconds())
+        self._observe(updated, self._monotonic())
         log.info("Leader election: {identity} released the lease", identity=options.identity)
 
     async def _bounded(self, work: Awaitable[T], seconds: float) -> T:
