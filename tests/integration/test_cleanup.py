@@ -9,18 +9,24 @@ deterministic; the Lease protocol between them goes over real HTTPS to the doubl
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
+from twisted.logger import LogLevel, formatEvent
 
+from payloadtags.cleanup import Aborted, Unconfirmed, namespace_state
+from payloadtags.cleanup.sweep import ABSENT, EXISTS, TERMINATING, UNKNOWN, require_gone
 from payloadtags.registry import RegistryClient
 from tests.support import images
 from tests.support.cleanup_fixtures import *  # noqa: F403
 from tests.support.cleanup_fixtures import RegistryProxy, unique_namespace
 from tests.support.kubeapi import KubeApiDouble, eventually
 from tests.support.kubeapi.resources import LEASES, NAMESPACES
+from tests.support.logcapture import collected_logs
 from tests.support.registry_server import RegistryServer
 
 
@@ -60,6 +66,21 @@ async def leader_of(*replicas: Any, within: float = 5.0) -> Any:
 
 async def sleep(seconds: float) -> None:
     await deferLater(reactor, seconds)
+
+
+def corrupt_tag_link(registry: RegistryServer, repository: str, tag: str) -> None:
+    """Garbage in the tag's link file: the registry answers 500 for that tag, every time."""
+    link = Path(registry.root, "docker/registry/v2/repositories", repository, "_manifests/tags", tag)
+    (link / "current" / "link").write_text("garbage")
+
+
+def log_lines(events: list[dict[str, Any]], level: LogLevel | None = None) -> list[str]:
+    return [
+        formatEvent(event)
+        for event in events
+        if event.get("log_namespace", "").startswith("payloadtags")
+        and (level is None or event.get("log_level") == level)
+    ]
 
 
 # -- the cascade on namespace deletion ----------------------------------------------------------------
@@ -242,6 +263,183 @@ async def test_registry_read_only_is_waited_out(
         await proxy.go_down()
     finally:
         readonly.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_namespaces_that_cannot_be_emptied_do_not_hold_the_workers(
+    kube_api: KubeApiDouble, fresh_registry: RegistryServer, make_controller: Any
+) -> None:
+    """As many broken namespaces as workers (2): a healthy one deleted after them is emptied all the same."""
+    broken = [unique_namespace("broken"), unique_namespace("broken")]
+    healthy = unique_namespace("healthy")
+    for name in (*broken, healthy):
+        create_namespace(kube_api, name)
+        fill(fresh_registry, name)
+    for name in broken:
+        corrupt_tag_link(fresh_registry, f"{name}/app0", "t0")
+    replica = make_controller(fresh_registry.url)
+    assert replica.controller.options.namespace_concurrency == 2
+    await leader_of(replica)
+    with collected_logs() as events:
+        for name in broken:
+            kube_api.store.delete(NAMESPACES, name)
+            kube_api.finalize_namespace(name)
+        await eventually(lambda: replica.controller.metrics.registry_errors_total >= 4, within=10)
+        kube_api.store.delete(NAMESPACES, healthy)
+        kube_api.finalize_namespace(healthy)
+        await eventually(lambda: replica.controller.results, within=10)
+    assert [result.namespace for result in replica.controller.results] == [healthy]
+    assert content(fresh_registry, healthy) == {}
+    assert all(content(fresh_registry, name) for name in broken)  # still failing, still retried
+    assert all(replica.controller.cleaning(name) for name in broken)
+    # Each failed pass warns, naming the namespace and the tag that keeps failing.
+    warnings = log_lines(events, LogLevel.warn)
+    for name in broken:
+        assert any(name in line and f"{name}/app0:t0" in line for line in warnings), warnings
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_removal_stopped_by_shutdown_is_logged(
+    kube_api: KubeApiDouble, fresh_registry: RegistryServer, make_controller: Any
+) -> None:
+    team = unique_namespace("team")
+    create_namespace(kube_api, team)
+    made = fill(fresh_registry, team)
+    proxy = RegistryProxy(reactor, fresh_registry)
+    replica = make_controller(proxy.url)
+    await leader_of(replica)
+    await proxy.go_down()
+    kube_api.store.delete(NAMESPACES, team)
+    await eventually(lambda: replica.controller.metrics.registry_errors_total >= 2, within=10)
+    with collected_logs() as events:
+        await replica.stop()
+    assert replica.controller.metrics.cascades_aborted_total == 1
+    assert content(fresh_registry, team) == made
+    [line] = [line for line in log_lines(events) if team in line and "interrupted" in line]
+    assert "(shutdown)" in line and "the next leader or the sweep finishes it" in line
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_removal_stopped_by_the_loss_of_leadership_is_logged(
+    kube_api: KubeApiDouble, fresh_registry: RegistryServer, make_controller: Any
+) -> None:
+    team = unique_namespace("team")
+    create_namespace(kube_api, team)
+    fill(fresh_registry, team)
+    proxy = RegistryProxy(reactor, fresh_registry)
+    replica = make_controller(proxy.url)
+    await leader_of(replica)
+    await proxy.go_down()
+    kube_api.store.delete(NAMESPACES, team)
+    await eventually(lambda: replica.controller.metrics.registry_errors_total >= 1, within=10)
+    with collected_logs() as events:
+        await kube_api.go_down()  # the Lease cannot be renewed: the leader stops at the renew deadline
+        await eventually(lambda: not replica.controller.is_leader, within=5)
+    kube_api.come_up()
+    assert replica.controller.metrics.cascades_aborted_total == 1
+    [line] = [line for line in log_lines(events) if team in line and "interrupted" in line]
+    assert "(leadership lost)" in line and "the next leader or the sweep finishes it" in line
+
+
+# -- a namespace created anew while its old content is being removed ------------------------------------
+
+
+async def recreated_during_removal(
+    kube_api: KubeApiDouble, registry: RegistryServer, make_controller: Any, *, stale: dict[str, Any]
+) -> tuple[Any, str, RegistryProxy]:
+    """A removal retrying (registry down) when its namespace's list+watch starts failing (`stale`:
+    the `inject_error` arguments) and the namespace is created anew with new content."""
+    team = unique_namespace("team")
+    create_namespace(kube_api, team)
+    fill(registry, team)
+    proxy = RegistryProxy(reactor, registry)
+    replica = make_controller(proxy.url)
+    await leader_of(replica)
+    await eventually(lambda: kube_api.open_watches >= 1)
+    await proxy.go_down()
+    kube_api.store.delete(NAMESPACES, team)
+    kube_api.finalize_namespace(team)  # DELETED: the watch starts a removal, which keeps failing
+    await eventually(lambda: replica.controller.metrics.registry_errors_total >= 1, within=10)
+    # The store is left as the last event made it ("synced", the namespace absent): the Lease renews
+    # fine, only listing and watching namespaces fail.
+    kube_api.inject_error(500, path="/api/v1/namespaces", times=1_000_000, **stale)
+    kube_api.cut_watches()
+    create_namespace(kube_api, team)
+    images.push_oci_image(registry, f"{team}/newapp", "v1", seed="new-owner")
+    return replica, team, proxy
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_removal_deletes_nothing_while_the_cluster_api_cannot_confirm_the_namespace_is_gone(
+    kube_api: KubeApiDouble, fresh_registry: RegistryServer, make_controller: Any
+) -> None:
+    # Every namespace request fails, the GET of this one included: nothing can be confirmed.
+    replica, team, proxy = await recreated_during_removal(kube_api, fresh_registry, make_controller, stale={})
+    assert replica.controller._view.get(team) is None  # stale: the re-creation never arrived
+    before = content(fresh_registry, team)
+    asked = len(kube_api.requests_for(f"/api/v1/namespaces/{team}", method="GET"))
+    proxy.come_up()
+    await eventually(
+        lambda: (
+            replica.controller.results
+            or len(kube_api.requests_for(f"/api/v1/namespaces/{team}", method="GET")) >= asked + 3
+        ),
+        within=10,
+    )
+    assert content(fresh_registry, team) == before, "deleted without the cluster API's confirmation"
+    assert replica.controller.busy and not replica.controller.results
+    # The API answers again: the namespace exists, the removal stops for good.
+    kube_api.clear_injected_errors()
+    await eventually(lambda: replica.controller.metrics.cascades_aborted_total == 1, within=10)
+    assert content(fresh_registry, team) == before
+    await proxy.go_down()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_removal_asks_the_cluster_api_not_its_stale_store(
+    kube_api: KubeApiDouble, fresh_registry: RegistryServer, make_controller: Any
+) -> None:
+    # Only the list and the watch fail: a GET of the namespace is answered.
+    replica, team, proxy = await recreated_during_removal(
+        kube_api, fresh_registry, make_controller, stale={"exact": True}
+    )
+    before = content(fresh_registry, team)
+    proxy.come_up()
+    await eventually(lambda: replica.controller.metrics.cascades_aborted_total == 1, within=10)
+    assert replica.controller._view.get(team) is None  # still stale: the API stopped the removal
+    assert content(fresh_registry, team) == before
+    assert not replica.controller.results
+    kube_api.clear_injected_errors()
+    await eventually(lambda: replica.controller._view.live(team), within=10)
+    assert content(fresh_registry, team) == before
+    await proxy.go_down()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_cluster_api_tells_a_namespace_created_anew_from_the_one_deleted(
+    kube_api: KubeApiDouble, kube_client: Any
+) -> None:
+    team = unique_namespace("team")
+    create_namespace(kube_api, team)
+    old = kube_api.store.get(NAMESPACES, team)["metadata"]["uid"]
+    assert await namespace_state(kube_client, team) == (EXISTS, None)
+    kube_api.store.delete(NAMESPACES, team)
+    assert await namespace_state(kube_client, team, uid=old) == (TERMINATING, None)
+    kube_api.finalize_namespace(team)
+    assert await namespace_state(kube_client, team, uid=old) == (ABSENT, None)
+    create_namespace(kube_api, team)
+    kube_api.store.delete(NAMESPACES, team)  # created anew and Terminating: another namespace's content
+    new = kube_api.store.get(NAMESPACES, team)["metadata"]["uid"]
+    assert await namespace_state(kube_client, team) == (TERMINATING, None)  # the sweep's question
+    state, why = await namespace_state(kube_client, team, uid=old)
+    assert state == EXISTS and new in (why or "")
+    with pytest.raises(Aborted, match="created anew"):
+        require_gone(team, state, why)
+    kube_api.inject_error(500, path=f"/api/v1/namespaces/{team}")
+    state, why = await namespace_state(kube_client, team, uid=new)
+    assert state == UNKNOWN
+    with pytest.raises(Unconfirmed):
+        require_gone(team, state, why)
 
 
 # -- several replicas --------------------------------------------------------------------------------

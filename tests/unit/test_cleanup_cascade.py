@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
+from twisted.logger import LogLevel, formatEvent
 
 from payloadtags.cleanup.cascade import Aborted, Cascade, CascadeResult, Unconfirmed
 from payloadtags.cleanup.metrics import CleanupMetrics
@@ -20,6 +21,7 @@ from payloadtags.registry.errors import (
     RegistryReadOnly,
     RegistryUnavailable,
 )
+from tests.support.logcapture import collected_logs
 
 
 def digest(text: str) -> str:
@@ -159,6 +161,30 @@ def test_one_failing_repository_does_not_stop_the_others() -> None:
     assert result.errors == 1
 
 
+def test_each_backoff_goes_through_wait_and_warns_naming_what_fails() -> None:
+    registry, clock = FakeRegistry(), Clock()
+    fill(registry)
+    registry.fail("catalog", RegistryUnavailable("down"))  # pass 1
+    registry.fail("resolve", RegistryUnavailable("HTTP 500"), times=4)  # every tag in pass 2
+    waits: list[float] = []
+
+    async def wait(delay: float) -> None:
+        waits.append(delay)  # the controller gives the worker up here
+        await deferLater(clock, delay)
+
+    with collected_logs() as events:
+        outcome = run(make_cascade(registry, clock, concurrency=1), "team", wait=wait)
+        clock.pump([1.0, 2.0])
+    [result] = outcome
+    assert registry.remaining("team/") == {}
+    assert waits == [1.0, 2.0] and result.errors == 2
+    warnings = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+    assert len(warnings) == 2  # one per failed pass, i.e. per backoff step
+    assert "namespace team: 1 failure(s) at catalog, e.g. down; retrying in 1.0s" in warnings[0]
+    assert "namespace team: 4 failure(s) at team/app:latest, team/app:v1, team/app:v2, " in warnings[1]
+    assert "team/deep/nested/repo:x, e.g. HTTP 500; retrying in 2.0s" in warnings[1]
+
+
 def test_read_only_mode_is_waited_out_not_taken_for_done() -> None:
     registry, clock, metrics = FakeRegistry(), Clock(), CleanupMetrics()
     fill(registry)
@@ -248,11 +274,11 @@ def test_not_a_namespace_name_is_refused() -> None:
 
 
 def test_triggers_fire_on_termination_and_deletion_only() -> None:
-    fired: list[tuple[str, str]] = []
-    triggers = NamespaceTriggers(lambda ns, why: fired.append((ns, why)))
+    fired: list[tuple[str, str, str | None]] = []
+    triggers = NamespaceTriggers(lambda ns, why, uid: fired.append((ns, why, uid)))
 
     def ns(name: str, terminating: bool = False) -> dict[str, Any]:
-        meta: dict[str, Any] = {"name": name}
+        meta: dict[str, Any] = {"name": name, "uid": f"uid-{name}"}
         if terminating:
             meta["deletionTimestamp"] = "2024-01-01T00:00:00Z"
         return {"metadata": meta}
@@ -263,7 +289,11 @@ def test_triggers_fire_on_termination_and_deletion_only() -> None:
     triggers.on_update(ns("a", terminating=True), ns("a", terminating=True))  # status churn
     triggers.on_delete(ns("a", terminating=True))
     triggers.on_delete(ns("Not_Valid"))
-    assert fired == [("dying", "terminating"), ("a", "terminating"), ("a", "deleted")]
+    assert fired == [
+        ("dying", "terminating", "uid-dying"),
+        ("a", "terminating", "uid-a"),
+        ("a", "deleted", "uid-a"),
+    ]
 
 
 def test_options_and_metric_names() -> None:

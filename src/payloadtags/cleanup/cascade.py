@@ -46,6 +46,9 @@ Confirm = Callable[[], Awaitable[None]]
 """Called before the deletes of each repository: returns when deleting is allowed, raises `Aborted`
 when it must never happen, `Unconfirmed` when it cannot be decided now (retried later)."""
 
+Wait = Callable[[float], Awaitable[None]]
+"""Sits out the backoff after a failed pass: waits that many seconds (and may queue for more)."""
+
 
 class Aborted(Exception):
     """The cascade must stop without finishing: the namespace exists again, leadership was lost…"""
@@ -88,8 +91,14 @@ class _Pass:
     tags_deleted: int = 0
     manifests_deleted: int = 0
     errors: list[Exception] = attrs.Factory(list)
+    # Where each error happened ("repository:tag", "repository", "catalog"), for the warning.
+    failing: list[str] = attrs.Factory(list)
     # "repository:tag" of tags listed that resolved to nothing, for the log when nothing moves.
     unresolved: list[str] = attrs.Factory(list)
+
+    def failed(self, where: str, error: Exception) -> None:
+        self.errors.append(error)
+        self.failing.append(where)
 
 
 class CascadeRegistry(Catalog, Protocol):
@@ -113,13 +122,20 @@ class Cascade:
     metrics: CleanupMetrics = attrs.Factory(CleanupMetrics)
 
     async def run(
-        self, namespace: str, *, guard: Guard | None = None, confirm: Confirm | None = None
+        self,
+        namespace: str,
+        *,
+        guard: Guard | None = None,
+        confirm: Confirm | None = None,
+        wait: Wait | None = None,
     ) -> CascadeResult:
         """Empty ``<namespace>/``; returns once a full listing of it finds no tag.
 
         Never gives up on registry errors (they are retried with backoff); raises `Aborted` when
-        `guard` or `confirm` says to stop, and CancelledError when cancelled.
+        `guard` or `confirm` says to stop, and CancelledError when cancelled. `wait` sits out each
+        backoff (default: just the delay on the clock).
         """
+        pause = wait or self._sleep
         if not is_namespace(namespace):
             # Not a namespace name: nothing a namespace's deletion may touch.
             raise ValueError(f"not a namespace name: {namespace!r}")
@@ -133,7 +149,7 @@ class Cascade:
             try:
                 await self._pass(namespace, state, guard, confirm)
             except (RegistryError, Unconfirmed) as e:  # a catalog page failed
-                state.errors.append(e)
+                state.failed("catalog", e)
             passes += 1
             tags += state.tags_deleted
             manifests += state.manifests_deleted
@@ -142,18 +158,20 @@ class Cascade:
                 last_error = str(state.errors[-1])
                 self._count_errors(state.errors)
                 delay = backoff.next_delay()
+                # Once per failed pass, so at most once per backoff step: names what keeps failing.
                 log.warn(
-                    "Cleanup of namespace {namespace}: {count} failure(s), e.g. {error}; "
+                    "Cleanup of namespace {namespace}: {count} failure(s) at {failing}, e.g. {error}; "
                     "retrying in {delay:.1f}s",
                     namespace=namespace,
                     count=len(state.errors),
+                    failing=_examples(state.failing),
                     error=last_error,
                     delay=delay,
                 )
                 # Checked before waiting too: a guard that says stop (leadership lost, the namespace
                 # back) is not a cancellation, and must not sit out a whole backoff before noticing.
                 _check(guard)
-                await deferLater(self.clock, delay)
+                await pause(delay)
                 continue
             if state.found == 0:
                 now = self.clock.seconds()
@@ -170,14 +188,17 @@ class Cascade:
                     "removed (e.g. {examples}); looking again in {delay:.1f}s",
                     namespace=namespace,
                     found=state.found,
-                    examples=", ".join(state.unresolved[:10]) or "-",
+                    examples=_examples(state.unresolved),
                     delay=delay,
                 )
                 _check(guard)
-                await deferLater(self.clock, delay)
+                await pause(delay)
                 continue
             # Progress and no error: verify at once with the next pass.
             backoff.reset()
+
+    async def _sleep(self, delay: float) -> None:
+        await deferLater(self.clock, delay)
 
     async def contents(self, namespace: str) -> Contents:
         """Count the repositories and tags under ``<namespace>/`` without changing anything."""
@@ -245,7 +266,7 @@ class Cascade:
                 await self._repair(limit, repository, tag, state, guard)
         except (RegistryError, Unconfirmed) as e:
             # One repository's failure does not stop the others; the pass is retried as a whole.
-            state.errors.append(e)
+            state.failed(repository, e)
 
     async def _resolve(self, limit: DeferredSemaphore, repository: str, tag: str, state: _Pass) -> str | None:
         try:
@@ -256,7 +277,7 @@ class Cascade:
             return None
         except RegistryError as e:
             # Recorded here, not raised, so the other tags' requests go on; the pass is retried.
-            state.errors.append(e)
+            state.failed(f"{repository}:{tag}", e)
             return None
 
     async def _delete(
@@ -278,7 +299,7 @@ class Cascade:
                 state.progress += 1  # someone else deleted it first: the goal is reached all the same
                 return
             except RegistryError as e:
-                state.errors.append(e)  # as in _resolve: the sibling deletes go on
+                state.failed(f"{repository}@{digest}", e)  # as in _resolve: the sibling deletes go on
                 return
         finally:
             limit.release()
@@ -302,7 +323,7 @@ class Cascade:
                 state.progress += 1
                 return
             except RegistryError as e:
-                state.errors.append(e)
+                state.failed(f"{repository}:{tag}", e)
                 return
         finally:
             limit.release()
@@ -323,6 +344,12 @@ class Cascade:
                 self.metrics.registry_errors_total += 1
                 if isinstance(error, RegistryReadOnly):
                     self.metrics.registry_readonly_waits_total += 1
+
+
+def _examples(names: list[str], limit: int = 10) -> str:
+    distinct = sorted(set(names))
+    more = f" and {len(distinct) - limit} more" if len(distinct) > limit else ""
+    return ", ".join(distinct[:limit]) + more or "-"
 
 
 def _check(guard: Guard | None) -> None:

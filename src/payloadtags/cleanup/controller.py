@@ -33,6 +33,9 @@ log = Logger()
 
 SWEEP = "sweep"
 
+# Why a trigger came and, for the watch's, the uid of the namespace object deleted.
+Trigger = tuple[str, str | None]
+
 
 @attrs.frozen
 class CleanupOptions:
@@ -104,11 +107,13 @@ class CleanupController:
         self._reflector: Reflector | None = None
         self._view: NamespaceView | None = None
         self._lead_task: Deferred[None] | None = None
+        # Set by `stop`: the cascades it cancels are cut off by a shutdown, not by a lost Lease.
+        self._shutting_down = False
         self._slots = DeferredSemaphore(self.options.namespace_concurrency)
         # namespace -> its cascade task; a trigger for a namespace already being cleaned marks it
         # to run once more (with the latest trigger) instead of starting a second cascade.
         self._running: dict[str, Deferred[None]] = {}
-        self._again: dict[str, str] = {}
+        self._again: dict[str, Trigger] = {}
         #: The most recent cascade results, newest last (for tests, benchmarks, debugging).
         self.results: collections.deque[CascadeResult] = collections.deque(maxlen=200)
         #: The most recent sweep result.
@@ -141,6 +146,7 @@ class CleanupController:
         if self._started:
             raise RuntimeError("cleanup controller already started")
         self._started = True
+        self._shutting_down = False
         if self.elector is not None:
             self.elector.start()
         else:
@@ -155,6 +161,7 @@ class CleanupController:
         if not self._started:
             return
         self._started = False
+        self._shutting_down = True
         if self.elector is not None:
             await self.elector.stop(release=release)
         await self._stop_leading()
@@ -239,7 +246,7 @@ class CleanupController:
             self._clock,
             self._view,
             check=self._check_namespace,
-            hand_over=lambda namespace: self._trigger(namespace, SWEEP),
+            hand_over=lambda namespace: self._trigger(namespace, SWEEP, None),
             cascade=self.cascade,
             dry_run=self.options.sweep_dry_run,
             page_size=self.options.catalog_page_size,
@@ -253,48 +260,51 @@ class CleanupController:
 
     # -- cascades --------------------------------------------------------------------------------
 
-    def _trigger(self, namespace: str, why: str) -> None:
+    def _trigger(self, namespace: str, why: str, uid: str | None) -> None:
         if not self._leading:
             return
         if namespace in self._running:
-            # Keep the strongest reason: the watch's own word beats the sweep's inference.
-            if self._again.get(namespace, SWEEP) == SWEEP:
-                self._again[namespace] = why
+            # Keep the strongest reason: the watch's own word (about the latest namespace object)
+            # beats the sweep's inference.
+            if why != SWEEP or namespace not in self._again:
+                self._again[namespace] = (why, uid)
             return
-        task = Deferred.fromCoroutine(self._clean(namespace, why))
+        task = Deferred.fromCoroutine(self._clean(namespace, why, uid))
         if not task.called:
             self._running[namespace] = task
         task.addErrback(self._crashed, f"cleanup of namespace {namespace}")
 
-    async def _clean(self, namespace: str, why: str) -> None:
+    async def _clean(self, namespace: str, why: str, uid: str | None) -> None:
         queued = self._clock.seconds()
         self.metrics.cascades_started_total += 1
         self.metrics.cascades_in_progress += 1
         try:
-            await self._slots.acquire()
-            try:
-                while True:
-                    await self._wait_synced()
-                    started = self._clock.seconds()
-                    result = await self.cascade.run(
-                        namespace,
-                        guard=lambda: self._guard(namespace),
-                        # The watch saw this namespace Terminating or deleted: that is final. The sweep
-                        # only inferred it, so each repository is confirmed with the API first.
-                        confirm=(lambda: self._confirm_gone(namespace)) if why == SWEEP else None,
-                    )
-                    self._report(result, why, self._clock.seconds() - started)
-                    again = self._again.pop(namespace, None)
-                    if again is None:
-                        break
-                    why = again
-            finally:
-                self._slots.release()
+            while True:
+                try:
+                    result = await self._cascade(namespace, uid)
+                except Aborted:
+                    # A trigger that came meanwhile is newer than the reason to stop: the namespace
+                    # may have been created anew and deleted again. It runs; a stale one stops at once.
+                    if not self._leading or namespace not in self._again:
+                        raise
+                    why, uid = self._again.pop(namespace)
+                    continue
+                self._report(result, why)
+                again = self._again.pop(namespace, None)
+                if again is None:
+                    break
+                why, uid = again
         except Aborted as e:
             self.metrics.cascades_aborted_total += 1
             log.info("Cleanup of namespace {namespace} stopped: {reason}", namespace=namespace, reason=str(e))
         except CancelledError:
             self.metrics.cascades_aborted_total += 1
+            log.info(
+                "Cleanup of namespace {namespace} interrupted ({reason}) before it finished; the next "
+                "leader or the sweep finishes it",
+                namespace=namespace,
+                reason="shutdown" if self._shutting_down else "leadership lost",
+            )
             raise
         else:
             self.metrics.cascades_succeeded_total += 1
@@ -304,6 +314,32 @@ class CleanupController:
             self.metrics.cascades_in_progress -= 1
             self._running.pop(namespace, None)
             self._again.pop(namespace, None)
+
+    async def _cascade(self, namespace: str, uid: str | None) -> CascadeResult:
+        """One cascade on one of the `namespace_concurrency` workers."""
+        worker = _Worker(self._slots)
+
+        async def back_off(delay: float) -> None:
+            # A failed pass gives its worker up for the backoff and then queues behind the namespaces
+            # that waited meanwhile: one that cannot be emptied never holds a worker for good.
+            worker.release()
+            await deferLater(self._clock, delay)
+            await worker.acquire()
+
+        await worker.acquire()
+        try:
+            await self._wait_synced()
+            return await self.cascade.run(
+                namespace,
+                # The store is a cheap first filter before every delete; it may be stale (its watch
+                # failing), so the cluster API itself confirms before each repository, whatever
+                # started the cascade.
+                guard=lambda: self._guard(namespace),
+                confirm=lambda: self._confirm_gone(namespace, uid),
+                wait=back_off,
+            )
+        finally:
+            worker.release()
 
     def _guard(self, namespace: str) -> str | None:
         if not self.is_leader:
@@ -315,8 +351,10 @@ class CleanupController:
             return "the namespace exists (again)"
         return None
 
-    async def _confirm_gone(self, namespace: str) -> None:
-        require_gone(namespace, *await self._check_namespace(namespace))
+    async def _confirm_gone(self, namespace: str, uid: str | None) -> None:
+        # `uid`: the namespace object the watch saw deleted; the sweep, which only knows the name,
+        # passes None and accepts any Terminating namespace of that name.
+        require_gone(namespace, *await namespace_state(self._kube, namespace, uid=uid))
 
     async def _wait_synced(self) -> None:
         reflector = self._reflector
@@ -324,7 +362,7 @@ class CleanupController:
             raise Aborted("this replica no longer leads")
         await reflector.wait_for_sync()
 
-    def _report(self, result: CascadeResult, why: str, duration: float) -> None:
+    def _report(self, result: CascadeResult, why: str) -> None:
         self.results.append(result)
         log.info(
             "Namespace {namespace} cleaned ({trigger}): {tags_deleted} tag(s) in {manifests_deleted} "
@@ -333,7 +371,7 @@ class CleanupController:
             trigger=why,
             tags_deleted=result.tags_deleted,
             manifests_deleted=result.manifests_deleted,
-            duration=duration,
+            duration=result.duration,
             passes=result.passes,
             errors=result.errors,
             last_error=result.last_error,
@@ -341,3 +379,20 @@ class CleanupController:
 
     def _retry_backoff(self) -> Backoff:
         return Backoff(initial=self.options.retry_initial, factor=2.0, cap=self.options.retry_cap)
+
+
+@attrs.define
+class _Worker:
+    """One cascade's hold on a worker slot, released at most once per acquisition."""
+
+    slots: DeferredSemaphore
+    held: bool = False
+
+    async def acquire(self) -> None:
+        await self.slots.acquire()
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.slots.release()

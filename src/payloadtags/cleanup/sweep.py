@@ -11,8 +11,9 @@ Safety, in order (a namespace that exists, or is created while the sweep runs, i
 2. Each candidate is re-checked in the store (its creation may have arrived meanwhile) and then with
    the cluster API itself (GET the namespace): only a 404 or a Terminating namespace lets it go on.
    An API error means "cannot tell": the namespace is skipped, never treated as gone.
-3. The cascade then re-checks before the deletes of each repository (the same API GET) and before
-   every single delete (the store), and stops for good when the namespace exists again.
+3. The cascade then re-checks before the deletes of each repository (the same API GET; every
+   cascade does, whatever started it) and before every single delete (the store), and stops for
+   good when the namespace exists again.
 
 Repositories whose first segment is not a valid namespace name, or that have no path below it, are
 never candidates (`payloadtags.names.split_repository`).
@@ -41,8 +42,14 @@ EXISTS = "exists"
 UNKNOWN = "unknown"
 
 
-async def namespace_state(kube: ClusterClient, name: str) -> tuple[str, str | None]:
-    """Ask the cluster API: (ABSENT | TERMINATING | EXISTS | UNKNOWN, why when UNKNOWN)."""
+async def namespace_state(
+    kube: ClusterClient, name: str, *, uid: str | None = None
+) -> tuple[str, str | None]:
+    """Ask the cluster API: (ABSENT | TERMINATING | EXISTS | UNKNOWN, why when UNKNOWN or EXISTS).
+
+    With `uid` (the namespace whose deletion is being cleaned up), a namespace of that name with
+    another uid is EXISTS even when Terminating: it was created anew, and what it holds is not the
+    deleted namespace's content (its own deletion triggers its own cleanup)."""
     try:
         obj = await kube.get(resource_path("", "v1", "namespaces", name=name))
     except KubeApiError as e:
@@ -51,6 +58,9 @@ async def namespace_state(kube: ClusterClient, name: str) -> tuple[str, str | No
         return UNKNOWN, str(e)
     except KubeError as e:
         return UNKNOWN, str(e)
+    found = (obj.get("metadata") or {}).get("uid")
+    if uid is not None and found != uid:
+        return EXISTS, f"created anew (uid {found}, the deleted one was {uid})"
     return (TERMINATING if is_terminating(obj) else EXISTS), None
 
 
@@ -58,7 +68,7 @@ def require_gone(namespace: str, state: str, why: str | None) -> None:
     """A cascade's `Confirm` on the cluster API's answer (`namespace_state`): deleting goes on only
     while the namespace is Terminating or absent."""
     if state == EXISTS:
-        raise Aborted("the cluster API says the namespace exists")
+        raise Aborted("the cluster API says the namespace exists" + (f": {why}" if why else ""))
     if state not in (ABSENT, TERMINATING):
         raise Unconfirmed(f"cannot confirm that namespace {namespace} is gone: {why}")
 

@@ -37,9 +37,10 @@ def _name(obj: JsonObject) -> str:
 
 @attrs.define
 class NamespaceTriggers(StoreListener):
-    """Calls `trigger(namespace, why)` for each namespace that starts terminating or disappears."""
+    """Calls `trigger(namespace, why, uid)` for each namespace that starts terminating or disappears
+    (`uid`: that namespace object's, so that a namespace created anew under the name is told apart)."""
 
-    trigger: Callable[[str, str], None]
+    trigger: Callable[[str, str, str | None], None]
 
     def on_add(self, obj: JsonObject) -> None:
         # Seen for the first time already Terminating (the initial list, or a relist).
@@ -57,7 +58,8 @@ class NamespaceTriggers(StoreListener):
     def _fire(self, obj: JsonObject, why: str) -> None:
         name = _name(obj)
         if is_namespace(name):
-            self.trigger(name, why)
+            uid = (obj.get("metadata") or {}).get("uid")
+            self.trigger(name, why, str(uid) if uid else None)
 
 
 class NamespaceView:

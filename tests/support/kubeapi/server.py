@@ -93,6 +93,14 @@ class _Injection:
     method: str | None
     path: str | None
     times: int
+    exact: bool = False
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.method is not None and self.method != method:
+            return False
+        if self.path is None:
+            return True
+        return path == self.path if self.exact else path.startswith(self.path)
 
 
 def _compact(obj: Any) -> bytes:
@@ -274,10 +282,16 @@ class KubeApiDouble:
         method: str | None = None,
         path: str | None = None,
         times: int = 1,
+        exact: bool = False,
     ) -> None:
-        """Answer the next `times` authenticated requests matching `method` and `path` (a prefix)
-        with this error instead of serving them."""
-        self._injections.append(_Injection(code, reason, message, method, path, times))
+        """Answer the next `times` authenticated requests matching `method` and `path` (a prefix,
+        or with `exact` the whole path: a collection without its items) with this error instead of
+        serving them."""
+        self._injections.append(_Injection(code, reason, message, method, path, times, exact))
+
+    def clear_injected_errors(self) -> None:
+        """Serve every request again: the errors `inject_error` has not used up are dropped."""
+        self._injections.clear()
 
     def requests_for(
         self, path: str | None = None, *, method: str | None = None, verb: str | None = None
@@ -395,9 +409,7 @@ class KubeApiDouble:
 
     def _maybe_inject(self, method: str, path: str) -> None:
         for injection in self._injections:
-            if (injection.method is None or injection.method == method) and (
-                injection.path is None or path.startswith(injection.path)
-            ):
+            if injection.matches(method, path):
                 injection.times -= 1
                 if injection.times <= 0:
                     self._injections.remove(injection)
