@@ -298,47 +298,41 @@ async def test_namespaces_that_cannot_be_emptied_do_not_hold_the_workers(
         assert any(name in line and f"{name}/app0:t0" in line for line in warnings), warnings
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_removal_stopped_by_shutdown_is_logged(
-    kube_api: KubeApiDouble, fresh_registry: RegistryServer, make_controller: Any
-) -> None:
+async def removal_retrying(
+    kube_api: KubeApiDouble, registry: RegistryServer, make_controller: Any
+) -> tuple[Any, str, RegistryProxy, dict[str, list[str]]]:
+    """A namespace deleted (and finalized: gone) while the registry is down: its removal keeps retrying."""
     team = unique_namespace("team")
     create_namespace(kube_api, team)
-    made = fill(fresh_registry, team)
-    proxy = RegistryProxy(reactor, fresh_registry)
+    made = fill(registry, team)
+    proxy = RegistryProxy(reactor, registry)
     replica = make_controller(proxy.url)
     await leader_of(replica)
+    await eventually(lambda: kube_api.open_watches >= 1)
     await proxy.go_down()
     kube_api.store.delete(NAMESPACES, team)
-    await eventually(lambda: replica.controller.metrics.registry_errors_total >= 2, within=10)
+    kube_api.finalize_namespace(team)
+    await eventually(lambda: replica.controller.metrics.registry_errors_total >= 1, within=10)
+    return replica, team, proxy, made
+
+
+@pytest.mark.parametrize("cut_off_by", ["shutdown", "leadership lost"])
+@pytest_twisted.ensureDeferred
+async def test_a_removal_cut_off_is_logged(
+    cut_off_by: str, kube_api: KubeApiDouble, fresh_registry: RegistryServer, make_controller: Any
+) -> None:
+    replica, team, _proxy, made = await removal_retrying(kube_api, fresh_registry, make_controller)
     with collected_logs() as events:
-        await replica.stop()
+        if cut_off_by == "shutdown":
+            await replica.stop()
+        else:  # the Lease cannot be renewed: the leader stops at the renew deadline
+            await kube_api.go_down()
+            await eventually(lambda: not replica.controller.is_leader, within=5)
+            kube_api.come_up()
     assert replica.controller.metrics.cascades_aborted_total == 1
     assert content(fresh_registry, team) == made
     [line] = [line for line in log_lines(events) if team in line and "interrupted" in line]
-    assert "(shutdown)" in line and "the next leader or the sweep finishes it" in line
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_removal_stopped_by_the_loss_of_leadership_is_logged(
-    kube_api: KubeApiDouble, fresh_registry: RegistryServer, make_controller: Any
-) -> None:
-    team = unique_namespace("team")
-    create_namespace(kube_api, team)
-    fill(fresh_registry, team)
-    proxy = RegistryProxy(reactor, fresh_registry)
-    replica = make_controller(proxy.url)
-    await leader_of(replica)
-    await proxy.go_down()
-    kube_api.store.delete(NAMESPACES, team)
-    await eventually(lambda: replica.controller.metrics.registry_errors_total >= 1, within=10)
-    with collected_logs() as events:
-        await kube_api.go_down()  # the Lease cannot be renewed: the leader stops at the renew deadline
-        await eventually(lambda: not replica.controller.is_leader, within=5)
-    kube_api.come_up()
-    assert replica.controller.metrics.cascades_aborted_total == 1
-    [line] = [line for line in log_lines(events) if team in line and "interrupted" in line]
-    assert "(leadership lost)" in line and "the next leader or the sweep finishes it" in line
+    assert f"({cut_off_by})" in line and "the next leader or the sweep finishes it" in line
 
 
 # -- a namespace created anew while its old content is being removed ------------------------------------
@@ -347,19 +341,9 @@ async def test_a_removal_stopped_by_the_loss_of_leadership_is_logged(
 async def recreated_during_removal(
     kube_api: KubeApiDouble, registry: RegistryServer, make_controller: Any, *, stale: dict[str, Any]
 ) -> tuple[Any, str, RegistryProxy]:
-    """A removal retrying (registry down) when its namespace's list+watch starts failing (`stale`:
-    the `inject_error` arguments) and the namespace is created anew with new content."""
-    team = unique_namespace("team")
-    create_namespace(kube_api, team)
-    fill(registry, team)
-    proxy = RegistryProxy(reactor, registry)
-    replica = make_controller(proxy.url)
-    await leader_of(replica)
-    await eventually(lambda: kube_api.open_watches >= 1)
-    await proxy.go_down()
-    kube_api.store.delete(NAMESPACES, team)
-    kube_api.finalize_namespace(team)  # DELETED: the watch starts a removal, which keeps failing
-    await eventually(lambda: replica.controller.metrics.registry_errors_total >= 1, within=10)
+    """A removal retrying when its namespace's list+watch starts failing (`stale`: the `inject_error`
+    arguments) and the namespace is created anew with new content."""
+    replica, team, proxy, _made = await removal_retrying(kube_api, registry, make_controller)
     # The store is left as the last event made it ("synced", the namespace absent): the Lease renews
     # fine, only listing and watching namespaces fail.
     kube_api.inject_error(500, path="/api/v1/namespaces", times=1_000_000, **stale)
