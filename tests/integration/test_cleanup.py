@@ -327,7 +327,8 @@ async def test_a_removal_cut_off_is_logged(
             await replica.stop()
         else:  # the Lease cannot be renewed: the leader stops at the renew deadline
             await kube_api.go_down()
-            await eventually(lambda: not replica.controller.is_leader, within=5)
+            await eventually(lambda: replica.controller.metrics.leader_losses_total == 1, within=5)
+            await eventually(lambda: not replica.controller.busy)
             kube_api.come_up()
     assert replica.controller.metrics.cascades_aborted_total == 1
     assert content(fresh_registry, team) == made

@@ -285,7 +285,7 @@ class CleanupController:
                 except Aborted:
                     # A trigger that came meanwhile is newer than the reason to stop: the namespace
                     # may have been created anew and deleted again. It runs; a stale one stops at once.
-                    if not self._leading or namespace not in self._again:
+                    if not self.is_leader or namespace not in self._again:
                         raise
                     why, uid = self._again.pop(namespace)
                     continue
@@ -296,15 +296,15 @@ class CleanupController:
                 why, uid = again
         except Aborted as e:
             self.metrics.cascades_aborted_total += 1
-            log.info("Cleanup of namespace {namespace} stopped: {reason}", namespace=namespace, reason=str(e))
+            if self.is_leader:
+                log.info(
+                    "Cleanup of namespace {namespace} stopped: {reason}", namespace=namespace, reason=str(e)
+                )
+            else:  # the guard saw the leadership end before `_stop_leading` cancelled this
+                self._log_interrupted(namespace)
         except CancelledError:
             self.metrics.cascades_aborted_total += 1
-            log.info(
-                "Cleanup of namespace {namespace} interrupted ({reason}) before it finished; the next "
-                "leader or the sweep finishes it",
-                namespace=namespace,
-                reason="shutdown" if self._shutting_down else "leadership lost",
-            )
+            self._log_interrupted(namespace)
             raise
         else:
             self.metrics.cascades_succeeded_total += 1
@@ -314,6 +314,14 @@ class CleanupController:
             self.metrics.cascades_in_progress -= 1
             self._running.pop(namespace, None)
             self._again.pop(namespace, None)
+
+    def _log_interrupted(self, namespace: str) -> None:
+        log.info(
+            "Cleanup of namespace {namespace} interrupted ({reason}) before it finished; the next "
+            "leader or the sweep finishes it",
+            namespace=namespace,
+            reason="shutdown" if self._shutting_down else "leadership lost",
+        )
 
     async def _cascade(self, namespace: str, uid: str | None) -> CascadeResult:
         """One cascade on one of the `namespace_concurrency` workers."""
