@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 from payloadtags.kube import (
     ClusterConfig,
@@ -351,6 +355,137 @@ async def test_token_authentication_and_token_review(kube_api: KubeApiDouble, tm
         assert [r.user for r in review] == ["robot"] * 5
     finally:
         await client.close()
+
+
+def with_user(kubeconfig: Path, user: dict[str, Any]) -> Path:
+    """Replace the kubeconfig's user section (JSON is valid YAML)."""
+    document = json.loads(kubeconfig.read_text())
+    document["users"][0]["user"] = user
+    kubeconfig.write_text(json.dumps(document))
+    return kubeconfig
+
+
+async def listed_as(client: KubeClient, kube_api: KubeApiDouble) -> str | None:
+    await client.list(NS)
+    return kube_api.requests_for(NS)[-1].user
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_kubeconfig_token_file_is_reread_after_a_401(kube_api: KubeApiDouble, tmp_path: Path) -> None:
+    token_file = tmp_path / "conf" / "token"
+    token_file.parent.mkdir()
+    token_file.write_text("token-1\n")
+    kube_api.add_token("token-1", "robot-1", ("system:masters",))
+    # Relative, as a kubeconfig may give it: against the kubeconfig's folder.
+    kubeconfig = with_user(kube_api.write_kubeconfig(tmp_path / "conf" / "kc"), {"tokenFile": "token"})
+    config = load_cluster_config(str(kubeconfig))
+    assert config is not None and config.token_file == str(token_file) and config.token is None
+    client = KubeClient(reactor, config, request_timeout=5)
+    try:
+        assert await listed_as(client, kube_api) == "robot-1"
+        # Rotation: the old token is revoked, the file holds a new one.
+        kube_api.add_token("token-2", "robot-2", ("system:masters",))
+        del kube_api.tokens["token-1"]
+        token_file.write_text("token-2\n")
+        assert (await error_of(client.list(NS))).code == 401
+        assert await listed_as(client, kube_api) == "robot-2"
+    finally:
+        await client.close()
+
+
+PLUGIN = """#!/bin/sh
+# An ExecCredential plugin: token-N on its Nth run, expiring at what the file `expiry` says.
+cd "$(dirname "$0")"
+[ -e hang ] && exec sleep 30
+n=$(($(cat runs 2>/dev/null || echo 0) + 1)); echo $n > runs
+printf '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential",'
+printf '"status":{"token":"%s-%s","expirationTimestamp":"%s"}}' "$PREFIX" "$n" "$(cat expiry)"
+"""
+
+
+def plugin_kubeconfig(kube_api: KubeApiDouble, directory: Path) -> Path:
+    directory.mkdir()
+    plugin = directory / "plugin.sh"
+    plugin.write_text(PLUGIN)
+    plugin.chmod(0o755)
+    for n in range(1, 5):
+        kube_api.add_token(f"plugin-{n}", f"robot-{n}", ("system:masters",))
+    section = {
+        "apiVersion": "client.authentication.k8s.io/v1",
+        "command": "./plugin.sh",
+        "env": [{"name": "PREFIX", "value": "plugin"}],
+        "interactiveMode": "Never",
+    }
+    return with_user(kube_api.write_kubeconfig(directory / "kc"), {"exec": section})
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_exec_plugin_runs_again_once_expired_and_after_a_401(
+    kube_api: KubeApiDouble, tmp_path: Path
+) -> None:
+    kubeconfig = plugin_kubeconfig(kube_api, tmp_path / "conf")
+    runs = tmp_path / "conf" / "runs"
+    (tmp_path / "conf" / "expiry").write_text("2020-01-01T00:00:00Z")
+    config = load_cluster_config(str(kubeconfig))
+    assert config is not None and config.token == "plugin-1" and runs.read_text() == "1\n"
+    client = KubeClient(reactor, config, request_timeout=5)
+    try:
+        # plugin-1 has expired: the plugin runs again before the request; plugin-2 lasts.
+        (tmp_path / "conf" / "expiry").write_text("2999-01-01T00:00:00Z")
+        assert await listed_as(client, kube_api) == "robot-2"
+        assert await listed_as(client, kube_api) == "robot-2"
+        assert runs.read_text() == "2\n"
+        # Revoked before its time: the 401 makes the next request run the plugin again.
+        del kube_api.tokens["plugin-2"]
+        assert (await error_of(client.list(NS))).code == 401
+        assert await listed_as(client, kube_api) == "robot-3"
+        assert runs.read_text() == "3\n"
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hanging_exec_plugin_neither_blocks_the_reactor_nor_holds_requests_forever(
+    kube_api: KubeApiDouble, tmp_path: Path
+) -> None:
+    kubeconfig = plugin_kubeconfig(kube_api, tmp_path / "conf")
+    (tmp_path / "conf" / "expiry").write_text("2999-01-01T00:00:00Z")
+    config = load_cluster_config(str(kubeconfig))
+    assert config is not None
+    client = KubeClient(reactor, config, request_timeout=5, exec_plugin_timeout=0.5)
+    try:
+        del kube_api.tokens["plugin-1"]
+        assert (await error_of(client.list(NS))).code == 401
+        (tmp_path / "conf" / "hang").touch()
+        pending = Deferred.fromCoroutine(client.list(NS))
+        # The plugin runs beside the reactor: the request is still waiting when control comes back.
+        assert not pending.called
+        with pytest.raises(KubeUnavailable, match=r"no credential within 0\.5s"):
+            await pending
+        (tmp_path / "conf" / "hang").unlink()
+        assert await listed_as(client, kube_api) == "robot-2"
+    finally:
+        await client.close()
+
+
+def tcp_sockets(client: KubeClient) -> list[socket.socket]:
+    """The sockets of the client's pooled connections (under TLS, one layer further down)."""
+    found = []
+    for protocols in client._pool._connections.values():
+        for protocol in protocols:
+            transport = protocol.transport
+            while not hasattr(transport, "getHandle") or isinstance(transport, TLSMemoryBIOProtocol):
+                transport = transport.transport
+            found.append(transport.getHandle())
+    return found
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_to_the_cluster_api_use_tcp_keepalive(kube_client: KubeClient) -> None:
+    await kube_client.list(NS)
+    [sock] = tcp_sockets(kube_client)
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 30
 
 
 @pytest_twisted.ensureDeferred

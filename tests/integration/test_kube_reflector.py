@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from payloadtags.kube import Backoff, KubeClient, Reflector, StoreListener
+from payloadtags.kube import Backoff, KubeClient, Reflector, StoreListener, load_cluster_config
 from tests.support.kubeapi import KubeApiDouble, eventually
 from tests.support.kubeapi.resources import CONFIGMAPS, NAMESPACES
 
@@ -308,3 +309,40 @@ async def test_stop_closes_the_watch(kube_api: KubeApiDouble, make_reflector: An
     await eventually(lambda: kube_api.open_watches == 1)
     await reflector.stop()
     await eventually(lambda: kube_api.open_watches == 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_silent_watch_is_given_up_and_resumed_from_where_it_was(
+    kube_api: KubeApiDouble, kube_kubeconfig: Path, stopper: list[Reflector]
+) -> None:
+    # The double sends a bookmark every 0.1 s; a watch muted as a half-open connection would be
+    # must be given up after the idle timeout, not after timeoutSeconds plus the request timeout.
+    config = load_cluster_config(str(kube_kubeconfig))
+    assert config is not None
+    client = KubeClient(reactor, config, request_timeout=5.0, watch_idle_timeout=0.5)
+    try:
+        reflector = Reflector(
+            client,
+            CM,
+            reactor,
+            backoff=Backoff(initial=0.02, cap=0.2, rng=random.Random(1)),
+            watch_timeout=30.0,
+            rng=random.Random(2),
+        )
+        journal = Journal()
+        reflector.add_listener(journal)
+        await running(stopper, reflector, kube_api)
+        before = kube_api.store.create(CONFIGMAPS, configmap("before"))
+        await eventually(lambda: "before" in journal.of("add"))
+        assert kube_api.mute_watches() == 1
+        during = kube_api.store.create(CONFIGMAPS, configmap("during"))
+        await eventually(lambda: "during" in journal.of("add"))
+
+        assert reflector.lists == 1 and journal.replacements == 1
+        watches = kube_api.requests_for(CM, verb="watch")
+        assert len(watches) == 2
+        resumed_at = int(watches[1].query["resourceVersion"])
+        assert int(before["metadata"]["resourceVersion"]) <= resumed_at
+        assert resumed_at < int(during["metadata"]["resourceVersion"])
+    finally:
+        await client.close()

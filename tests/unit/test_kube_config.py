@@ -176,3 +176,65 @@ def test_basic_auth_is_not_supported(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="unsupported"):
         load_cluster_config(str(path))
+
+
+def kubeconfig_with_user(path: Path, user: dict[str, object]) -> Path:
+    path.write_text(
+        json.dumps(
+            {
+                "clusters": [{"name": "c", "cluster": {"server": SERVER, "insecure-skip-tls-verify": True}}],
+                "users": [{"name": "u", "user": user}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    return path
+
+
+def test_a_token_file_is_kept_as_a_file_to_reread_and_wins_over_a_token(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("from-file")
+    config = load_cluster_config(
+        str(kubeconfig_with_user(tmp_path / "kc", {"tokenFile": "token", "token": "t"}))
+    )
+    assert config is not None
+    assert (config.token_file, config.token) == (str(tmp_path / "token"), None)
+
+
+def plugin(path: Path, body: str) -> Path:
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+def test_an_exec_plugin_runs_once_at_load_with_its_args_env_and_cluster_info(tmp_path: Path) -> None:
+    script = plugin(
+        tmp_path / "plugin",
+        'echo "$1 $GREETING $KUBERNETES_EXEC_INFO" > seen\n'
+        'echo \'{"apiVersion":"client.authentication.k8s.io/v1beta1","kind":"ExecCredential",'
+        '"status":{"token":"tok","expirationTimestamp":"2030-01-02T03:04:05Z"}}\'\n',
+    )
+    exec_section = {
+        "apiVersion": "client.authentication.k8s.io/v1beta1",
+        "command": str(script),
+        "args": ["--flag"],
+        "env": [{"name": "GREETING", "value": "hi"}],
+        "provideClusterInfo": True,
+    }
+    config = load_cluster_config(str(kubeconfig_with_user(tmp_path / "kc", {"exec": exec_section})))
+    assert config is not None and config.exec_plugin is not None
+    assert (config.token, config.token_expires_at) == ("tok", 1893553445.0)
+    flag, greeting, info = (tmp_path / "seen").read_text().split(" ", 2)
+    assert (flag, greeting) == ("--flag", "hi")
+    assert json.loads(info) == {
+        "apiVersion": "client.authentication.k8s.io/v1beta1",
+        "kind": "ExecCredential",
+        "spec": {"interactive": False, "cluster": {"server": SERVER, "insecure-skip-tls-verify": True}},
+    }
+
+
+def test_an_exec_plugin_that_fails_at_load_is_a_config_error(tmp_path: Path) -> None:
+    script = plugin(tmp_path / "plugin", "echo 'no identity provider' >&2; exit 3\n")
+    exec_section = {"apiVersion": "client.authentication.k8s.io/v1", "command": str(script)}
+    with pytest.raises(ConfigError, match="exited with 3: no identity provider"):
+        load_cluster_config(str(kubeconfig_with_user(tmp_path / "kc", {"exec": exec_section})))

@@ -319,10 +319,49 @@ def test_failures_back_off_exponentially_up_to_the_cap(
     assert delays == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
     source.reply("list", page([], 3))
     assert reflector.has_synced
-    # Success resets the backoff.
+    # A success alone does not forget the failures: the watch failing at once waits the cap.
     source.reply("watch", KubeUnavailable("refused"))
-    clock.advance(1.0)
+    clock.advance(7.9)
+    assert len(source.of("watch")) == 1
+    clock.advance(0.1)
     assert len(source.of("watch")) == 2
+    # A watch that then runs normally for a while does.
+    stream = source.stream()
+    clock.advance(reflector.backoff_reset_after)
+    stream.push("BOOKMARK", {"metadata": {"resourceVersion": "4"}})
+    stream.end(KubeStreamLost("cut"))
+    clock.advance(1.0)
+    assert len(source.of("watch")) == 3
+
+
+class ExpiredAfterEveryList:
+    """A cluster API whose watch answers 410 Expired right after every list."""
+
+    def __init__(self) -> None:
+        self.lists = 0
+
+    async def list(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
+        self.lists += 1
+        return page([], self.lists)
+
+    async def watch(self, path: str, params: Mapping[str, str] | None = None) -> FakeStream:
+        raise expired()
+
+
+def test_410_after_every_list_backs_off_to_the_cap_instead_of_relisting_in_a_loop(clock: Clock) -> None:
+    source = ExpiredAfterEveryList()
+    reflector = Reflector(source, PATH, clock, backoff=Backoff(rng=random.Random(1)))
+    reflector.start()
+    lists_per_minute = []
+    for _minute in range(10):
+        before = source.lists
+        for _ in range(600):
+            clock.advance(0.1)
+        lists_per_minute.append(source.lists - before)
+    # Backoff(): 0.8 s doubling up to 30 s, jittered down by at most half: once at the cap, a list
+    # every 15 to 30 s, so at most 4 a minute (it was ~90 a minute, forever).
+    assert all(n <= 4 for n in lists_per_minute[2:]), lists_per_minute
+    assert sum(lists_per_minute) < 60, lists_per_minute
 
 
 def test_api_errors_are_retried_and_retry_after_is_honoured(

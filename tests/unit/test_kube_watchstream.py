@@ -23,6 +23,7 @@ from payloadtags.kube.errors import (
     KubeTimeout,
     KubeUnavailable,
 )
+from payloadtags.kube.execcred import ExecCredential, ExecPlugin, PluginError
 
 
 @implementer(IPushProducer)
@@ -153,6 +154,44 @@ def test_a_clean_end_cancels_the_deadline(response: FakeResponse, clock: Clock) 
     failure_of(next_event(stream), StopAsyncIteration)
 
 
+BOOKMARK_LINE = b'{"type":"BOOKMARK","object":{"metadata":{"resourceVersion":"9"}}}\n'
+
+
+def test_a_stream_silent_past_the_idle_timeout_is_lost(response: FakeResponse, clock: Clock) -> None:
+    # A half-open connection: the server is gone but nothing tells the client. Bookmarks (or any
+    # byte) keep the stream alive; silence past the idle timeout ends it long before the deadline.
+    stream = WatchStream(response, clock, stream_timeout=630, idle_timeout=90)  # type: ignore[arg-type]
+    pending = next_event(stream)
+    clock.advance(60)
+    response.send(BOOKMARK_LINE[:20])
+    clock.advance(60)
+    response.send(BOOKMARK_LINE[20:])
+    assert result(pending).type == "BOOKMARK"
+    pending = next_event(stream)
+    clock.advance(89.9)
+    assert not pending.called
+    clock.advance(0.1)
+    error = failure_of(pending, KubeStreamLost)
+    assert "silent for 90s" in str(error)
+    assert response.transport.calls == ["stop"]
+    assert clock.getDelayedCalls() == []
+
+
+def test_silence_while_the_consumer_is_behind_is_not_idleness(response: FakeResponse, clock: Clock) -> None:
+    stream = WatchStream(response, clock, idle_timeout=90, high_water=2)  # type: ignore[arg-type]
+    response.send(BOOKMARK_LINE * 2)
+    assert response.transport.calls == ["pause"]
+    clock.advance(1000)
+    assert result(next_event(stream)).type == "BOOKMARK"
+    assert result(next_event(stream)).type == "BOOKMARK"
+    assert response.transport.calls == ["pause", "resume"]
+    pending = next_event(stream)
+    clock.advance(89)
+    assert not pending.called
+    clock.advance(1)
+    failure_of(pending, KubeStreamLost)
+
+
 def test_a_slow_consumer_pauses_the_connection(response: FakeResponse, clock: Clock) -> None:
     stream = WatchStream(response, clock, high_water=4)  # type: ignore[arg-type]
     response.send(b'{"type":"ADDED","object":{}}\n' * 4)
@@ -222,6 +261,74 @@ def test_a_missing_token_file_at_first_use_is_unavailable(tmp_path: Path) -> Non
 def test_a_static_token_is_used_as_is() -> None:
     assert _TokenSource(ClusterConfig("https://k", token="t"), Clock(), 60.0).current() == "t"
     assert _TokenSource(ClusterConfig("https://k"), Clock(), 60.0).current() is None
+
+
+def _credential(token: str, expires_at: float | None) -> ExecCredential:
+    return ExecCredential(token=token, expires_at=expires_at)
+
+
+class FakePlugin:
+    """Stands in for `run_plugin`: each run waits until the test answers it."""
+
+    def __init__(self) -> None:
+        self.runs: list[Deferred[ExecCredential]] = []
+
+    def __call__(self, _reactor: Any, _plugin: ExecPlugin, _timeout: float) -> Deferred[ExecCredential]:
+        self.runs.append(Deferred())
+        return self.runs[-1]
+
+
+PLUGIN_CONFIG = ClusterConfig(
+    "https://k",
+    token="startup",
+    token_expires_at=100.0,
+    exec_plugin=ExecPlugin(command="get-token", api_version="client.authentication.k8s.io/v1"),
+)
+
+
+def token_of(source: _TokenSource) -> Deferred[str | None]:
+    return Deferred.fromCoroutine(source.token())
+
+
+def test_an_exec_credential_is_renewed_once_expired_by_one_run_for_all_waiters() -> None:
+    clock, plugin = Clock(), FakePlugin()
+    source = _TokenSource(PLUGIN_CONFIG, clock, 60.0, run=plugin)
+    assert result(token_of(source)) == "startup"
+    clock.advance(99.9)
+    assert result(token_of(source)) == "startup" and plugin.runs == []
+    clock.advance(0.1)
+    first, second = token_of(source), token_of(source)
+    assert not first.called and len(plugin.runs) == 1
+    plugin.runs[0].callback(_credential("renewed", 200.0))
+    assert result(first) == result(second) == "renewed"
+    # Without an expiry, a credential is kept until a 401.
+    clock.advance(100)
+    third = token_of(source)
+    plugin.runs[1].callback(_credential("forever", None))
+    assert result(third) == "forever"
+    clock.advance(10**6)
+    assert result(token_of(source)) == "forever" and len(plugin.runs) == 2
+    source.invalidate()
+    fourth = token_of(source)
+    plugin.runs[2].callback(_credential("after-401", None))
+    assert result(fourth) == "after-401"
+
+
+def test_a_failed_renewal_is_unavailable_and_a_cancelled_waiter_leaves_the_run_to_others() -> None:
+    clock, plugin = Clock(), FakePlugin()
+    source = _TokenSource(PLUGIN_CONFIG, clock, 60.0, run=plugin)
+    clock.advance(100)
+    gives_up, waits = token_of(source), token_of(source)
+    gives_up.cancel()
+    failure_of(gives_up, CancelledError)
+    plugin.runs[0].errback(PluginError("exec plugin get-token exited with 1: no network"))
+    error = failure_of(waits, KubeUnavailable)
+    assert "no network" in str(error)
+    # The next request tries again.
+    again = token_of(source)
+    assert len(plugin.runs) == 2
+    plugin.runs[1].callback(_credential("ok", None))
+    assert result(again) == "ok"
 
 
 def test_resource_paths() -> None:

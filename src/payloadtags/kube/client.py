@@ -49,7 +49,9 @@ from payloadtags.kube.errors import (
     KubeUnavailable,
     status_from_body,
 )
+from payloadtags.kube.execcred import PLUGIN_TIMEOUT, ExecCredential, ExecPlugin, run_plugin
 from payloadtags.kube.framing import LineFramer
+from payloadtags.kube.keepalive import KeepAliveEndpoints
 from payloadtags.kube.tls import ClusterTLSPolicy
 
 log = Logger()
@@ -61,6 +63,10 @@ DEFAULT_REQUEST_TIMEOUT: Final = 30.0
 # it expires, so a minute-old copy is always still valid.
 TOKEN_REREAD_PERIOD: Final = 60.0
 MERGE_PATCH: Final = "application/merge-patch+json"
+# kube-apiserver sends a watch that asked for bookmarks one about every minute even when nothing
+# changes (the watch cache's bookmark frequency); a stream silent for longer than this has died without
+# either side noticing (a half-open connection) and is given up, to be watched again.
+WATCH_IDLE_TIMEOUT: Final = 90.0
 
 ADDED: Final = "ADDED"
 MODIFIED: Final = "MODIFIED"
@@ -134,17 +140,22 @@ class KubeClient:
         connect_timeout: float = 10.0,
         max_idle_connections: int = 16,
         token_reread_period: float = TOKEN_REREAD_PERIOD,
+        exec_plugin_timeout: float = PLUGIN_TIMEOUT,
+        watch_idle_timeout: float | None = WATCH_IDLE_TIMEOUT,
     ) -> None:
         self._reactor = reactor
         self._config = config
         self._request_timeout = request_timeout
-        self._tokens = _TokenSource(config, reactor, token_reread_period)
+        self._watch_idle_timeout = watch_idle_timeout
+        self._tokens = _TokenSource(config, reactor, token_reread_period, plugin_timeout=exec_plugin_timeout)
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         # Idle connections kept for reuse. Open watches hold connections of their own on top; with
         # several reflectors, the default of 2 would make most requests open a new connection.
         self._pool.maxPersistentPerHost = max_idle_connections
         policy = ClusterTLSPolicy.from_config(config) if config.uses_tls else BrowserLikePolicyForHTTPS()
-        agent = Agent(reactor, contextFactory=policy, connectTimeout=connect_timeout, pool=self._pool)
+        agent = Agent.usingEndpointFactory(
+            reactor, KeepAliveEndpoints(reactor, policy, connect_timeout), pool=self._pool
+        )
         self._http = HTTPClient(agent)
         self._streams: set[WatchStream] = set()
         self._user_agent = f"payloadtags/{__version__}"
@@ -175,22 +186,35 @@ class KubeClient:
         return await self._call("DELETE", path, body=options)
 
     async def watch(
-        self, path: str, params: Mapping[str, str] | None = None, *, stream_timeout: float | None = None
+        self,
+        path: str,
+        params: Mapping[str, str] | None = None,
+        *,
+        stream_timeout: float | None = None,
+        idle_timeout: float | None = None,
     ) -> WatchStream:
         """Open a watch; returns once the server has accepted it (HTTP 200).
 
         The stream is cut if it outlives `stream_timeout`: by default the ``timeoutSeconds`` asked
         of the server plus the request timeout, which guards against a connection that died
-        without either side noticing.
+        without either side noticing. A stream that asked for bookmarks (``allowWatchBookmarks``)
+        is also cut once no byte has arrived for `idle_timeout` (by default the client's
+        ``watch_idle_timeout``): the server sends a bookmark about every minute, so such silence means
+        the connection is gone, and waiting for the stream deadline would leave the caller's copy stale
+        for minutes.
         """
         query = {**(params or {}), "watch": "true"}
         if stream_timeout is None and "timeoutSeconds" in query:
             stream_timeout = float(query["timeoutSeconds"]) + self._request_timeout
+        if idle_timeout is None and query.get("allowWatchBookmarks") == "true":
+            idle_timeout = self._watch_idle_timeout
         response = await self._bounded(self._send("GET", path, query), f"watch {path}")
         if response.code != 200:
             body = await self._bounded(_read_body(response, f"watch {path}"), f"watch {path}")
             raise self._api_error(response, body)
-        stream = WatchStream(response, self._reactor, stream_timeout=stream_timeout)
+        stream = WatchStream(
+            response, self._reactor, stream_timeout=stream_timeout, idle_timeout=idle_timeout
+        )
         self._streams.add(stream)
         stream.on_close(self._streams.discard)
         return stream
@@ -269,7 +293,7 @@ class KubeClient:
         }
         if data is not None:
             headers["Content-Type"] = content_type
-        token = self._tokens.current()
+        token = await self._tokens.token()
         if token is not None:
             headers["Authorization"] = "Bearer " + token
         try:
@@ -325,13 +349,71 @@ def _describe(error: BaseException | None) -> str:
     return str(error) or type(error).__name__
 
 
+PluginRunner = Callable[[Any, ExecPlugin, float], "Deferred[ExecCredential]"]
+
+
 class _TokenSource:
-    def __init__(self, config: ClusterConfig, clock: IReactorTime, period: float) -> None:
+    """The bearer token for the next request: a fixed one, a file's (re-read once a `period` and
+    after a 401), or an exec plugin's (run again once expired and after a 401, as client-go does)."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        clock: IReactorTime,
+        period: float,
+        *,
+        plugin_timeout: float = PLUGIN_TIMEOUT,
+        run: PluginRunner = run_plugin,
+    ) -> None:
         self._config = config
         self._clock = clock
         self._period = period
         self._token: str | None = None
         self._read_at = float("-inf")
+        self._plugin_timeout = plugin_timeout
+        self._run = run
+        self._expires_at = config.token_expires_at
+        self._stale = False
+        self._renewal: Deferred[ExecCredential] | None = None
+        self._waiters: list[Deferred[str]] = []
+
+    async def token(self) -> str | None:
+        """The token to send; may run the exec plugin (on the reactor) and wait for it."""
+        plugin = self._config.exec_plugin
+        if plugin is None:
+            return self.current()
+        token = self._token if self._token is not None else self._config.token
+        # client-go's rule: a credential is used until its expirationTimestamp has passed.
+        fresh = self._expires_at is None or self._clock.seconds() < self._expires_at
+        if token is not None and fresh and not self._stale:
+            return token
+        waiter: Deferred[str] = Deferred(self._waiters.remove)
+        self._waiters.append(waiter)
+        if self._renewal is None:
+            # One run for every request waiting; a waiter that gives up leaves it running for the rest.
+            self._renewal = self._run(self._clock, plugin, self._plugin_timeout)
+            self._renewal.addBoth(self._renewed, plugin)
+        return await waiter
+
+    def _renewed(self, result: ExecCredential | Failure, plugin: ExecPlugin) -> None:
+        self._renewal = None
+        waiters, self._waiters = self._waiters, []
+        if isinstance(result, Failure):
+            outcome: str | Exception = KubeUnavailable(
+                f"cannot renew the cluster API credential: {_describe(result.value)}"
+            )
+        elif result.token is None:
+            outcome = KubeUnavailable(
+                f"exec plugin {plugin.command} now prints a client certificate, not a token"
+            )
+        else:
+            self._token, self._expires_at, self._stale = result.token, result.expires_at, False
+            outcome = result.token
+        for waiter in waiters:
+            if isinstance(outcome, Exception):
+                waiter.errback(outcome)
+            else:
+                waiter.callback(outcome)
 
     def current(self) -> str | None:
         if self._config.token_file is None:
@@ -355,6 +437,7 @@ class _TokenSource:
 
     def invalidate(self) -> None:
         self._read_at = float("-inf")
+        self._stale = True
 
 
 class WatchStream:
@@ -362,7 +445,8 @@ class WatchStream:
 
     Iteration ends cleanly when the server ends the stream (``timeoutSeconds`` reached). It raises
     `KubeApiError` for an ERROR event (410 Expired: relist), `KubeStreamLost` when the connection
-    breaks, `KubeTimeout` past the stream deadline, `KubeProtocolError` for undecodable lines.
+    breaks or nothing arrived for `idle_timeout`, `KubeTimeout` past the stream deadline,
+    `KubeProtocolError` for undecodable lines.
     Events are buffered; past `high_water` undelivered events the connection is paused, so a slow
     consumer slows the server down instead of growing memory.
     """
@@ -373,6 +457,7 @@ class WatchStream:
         clock: IReactorTime,
         *,
         stream_timeout: float | None = None,
+        idle_timeout: float | None = None,
         high_water: int = 1000,
     ) -> None:
         self._framer = LineFramer()
@@ -388,6 +473,10 @@ class WatchStream:
         self._deadline: IDelayedCall | None = None
         if stream_timeout is not None:
             self._deadline = clock.callLater(stream_timeout, self._expire, stream_timeout)
+        self._clock = clock
+        self._idle_timeout = idle_timeout
+        self._idle: IDelayedCall | None = None
+        self._watch_idle()
         response.deliverBody(_StreamProtocol(self))
 
     def __aiter__(self) -> WatchStream:
@@ -400,6 +489,7 @@ class WatchStream:
                 if self._paused and len(self._events) <= self._high_water // 2 and self._producer:
                     self._paused = False
                     self._producer.resumeProducing()
+                    self._watch_idle()
                 if event.type == ERROR:
                     self.close()
                     status = event.object
@@ -455,9 +545,13 @@ class WatchStream:
         except KubeProtocolError as e:
             self._fail(e)
             return
+        if self._idle is not None:
+            self._idle.reset(self._idle_timeout)  # type: ignore[arg-type]
         if not self._paused and len(self._events) >= self._high_water and self._producer is not None:
             self._paused = True
             self._producer.pauseProducing()
+            # Silence is ours now, not the server's.
+            self._stop_idle()
         self._wake()
 
     def _lost(self, reason: Failure) -> None:
@@ -471,12 +565,28 @@ class WatchStream:
         self._wake()
         self._run_close_callbacks()
 
+    def _watch_idle(self) -> None:
+        if self._idle_timeout is not None and self._idle is None:
+            self._idle = self._clock.callLater(self._idle_timeout, self._silent, self._idle_timeout)
+
+    def _stop_idle(self) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+
+    def _silent(self, idle_timeout: float) -> None:
+        self._idle = None
+        self._fail(
+            KubeStreamLost(f"watch stream silent for {idle_timeout:g}s, not even a bookmark: taken as lost")
+        )
+
     def _expire(self, stream_timeout: float) -> None:
         self._deadline = None
         self._fail(KubeTimeout(f"watch stream still open after {stream_timeout:g}s"))
 
     def _fail(self, error: Exception) -> None:
         self._error = error
+        self._stop_deadline()
         if self._producer is not None and not self._finished:
             self._producer.stopProducing()
         self._wake()
@@ -485,6 +595,7 @@ class WatchStream:
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
+        self._stop_idle()
 
 
 class _StreamProtocol(Protocol):

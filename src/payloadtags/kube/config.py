@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from payloadtags.kube.execcred import ExecPlugin, PluginError, run_plugin_blocking
 from payloadtags.validators import address_problem
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ _EXCLUSIVE = (
     ("client_cert_file", "client_cert_data"),
     ("client_key_file", "client_key_data"),
     ("token", "token_file"),
+    ("token_file", "exec_plugin"),
 )
 
 
@@ -44,9 +46,11 @@ _EXCLUSIVE = (
 class ClusterConfig:
     """How to reach the cluster API: URL, trust, and client credentials.
 
-    Credentials come either as file paths or as PEM bytes. A `token_file` is re-read periodically by
-    the client because in-cluster service-account tokens rotate; a `token` is used as it is. The
-    token never appears in ``repr``.
+    Credentials come either as file paths or as PEM bytes. A `token_file` (the in-cluster
+    service-account token, or a kubeconfig user's ``tokenFile``) is re-read by the client periodically
+    and after a 401, because such tokens rotate. An `exec_plugin` is run again by the client once
+    `token_expires_at` (POSIX seconds) has passed and after a 401; `token` is then the credential it
+    printed at start-up. Any other `token` is used as it is. The token never appears in ``repr``.
     """
 
     server: str = attrs.field()
@@ -58,6 +62,8 @@ class ClusterConfig:
     client_key_data: bytes | None = attrs.field(default=None, repr=_redact)
     token: str | None = attrs.field(default=None, repr=_redact)
     token_file: str | None = None
+    exec_plugin: ExecPlugin | None = None
+    token_expires_at: float | None = None
     insecure_skip_tls_verify: bool = False
     tls_server_name: str | None = None
     in_cluster: bool = False
@@ -123,6 +129,7 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
     # Imported here: the package takes seconds to import and standalone mode never needs it.
     from kubernetes import config as kube_config
     from kubernetes.client import Configuration
+    from kubernetes.config.kube_config import ConfigNode
 
     if not Path(path).is_file():
         raise ConfigError(f"kubeconfig {path!r} does not exist")
@@ -134,21 +141,85 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
         raise ConfigError(f"cannot read kubeconfig {path!r}: {_gist(e)}") from e
     if not isinstance(document, dict) or not document.get("clusters"):
         raise ConfigError(f"{path!r} is not a kubeconfig (a YAML document with clusters, users and contexts)")
+    context_entry, user, cluster_entry = _chosen(document, context)
+    base = os.path.dirname(os.path.abspath(path))
+    plugin = None
+    if isinstance(user.get("exec"), dict) and not (
+        user.get("token") or user.get("tokenFile") or user.get("auth-provider")
+    ):
+        try:
+            plugin = ExecPlugin.from_kubeconfig(user["exec"], base, cluster_entry)
+        except (PluginError, KeyError, TypeError) as e:
+            raise ConfigError(f"kubeconfig {path!r}: {_gist(e)}") from e
+        # The plugin is run below by our own runner, which also reads when its credential expires; the
+        # library would run it a second time and keep neither the expiry nor a way to renew.
+        user.pop("exec")
     configuration = Configuration()
     try:
-        kube_config.load_kube_config(
-            config_file=path, context=context, client_configuration=configuration, persist_config=False
+        kube_config.load_kube_config_from_dict(
+            # A node that knows the file's path, so relative paths resolve against the kubeconfig's folder.
+            ConfigNode("kubeconfig", document, path),
+            context=context,
+            client_configuration=configuration,
+            persist_config=False,
         )
     except (kube_config.ConfigException, OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ConfigError(f"cannot load kubeconfig {path!r}: {_gist(e)}") from e
-    cluster = _convert(configuration, token_file=None, in_cluster=False)
+    # As client-go: a tokenFile is re-read (it rotates), and wins over a token beside it.
+    token_file = user.get("tokenFile")
+    cluster = _convert(
+        configuration, token_file=os.path.join(base, token_file) if token_file else None, in_cluster=False
+    )
+    if plugin is not None:
+        cluster = _with_plugin_credential(cluster, plugin, path)
     try:
         problem = address_problem(urlsplit(cluster.server))
     except ValueError as e:  # e.g. an unclosed IPv6 bracket
         problem = str(e)
     if problem:
         raise ConfigError(f"kubeconfig {path!r}: cluster server {cluster.server!r}: {problem}")
-    return attrs.evolve(cluster, namespace=_context_namespace(path, context))
+    namespace = context_entry.get("namespace")
+    return attrs.evolve(cluster, namespace=str(namespace) if namespace else None)
+
+
+def _chosen(
+    document: dict[str, Any], context: str | None
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The chosen context's own section, its user's and its cluster's (empty when absent; the
+    library reports what is missing)."""
+
+    def section(kind: str, name: object, key: str) -> dict[str, Any]:
+        for entry in document.get(kind) or ():
+            found = entry.get(key) if isinstance(entry, dict) and entry.get("name") == name else None
+            if isinstance(found, dict):
+                return found
+        return {}
+
+    chosen = section("contexts", context or document.get("current-context"), "context")
+    return (
+        chosen,
+        section("users", chosen.get("user"), "user"),
+        section("clusters", chosen.get("cluster"), "cluster"),
+    )
+
+
+def _with_plugin_credential(cluster: ClusterConfig, plugin: ExecPlugin, path: str) -> ClusterConfig:
+    try:
+        credential = run_plugin_blocking(plugin)
+    except PluginError as e:
+        raise ConfigError(f"kubeconfig {path!r}: {e}") from e
+    if credential.token is not None:
+        return attrs.evolve(
+            cluster, token=credential.token, exec_plugin=plugin, token_expires_at=credential.expires_at
+        )
+    # A client certificate from a plugin is used as it is: renewing it would mean a new TLS context.
+    return attrs.evolve(
+        cluster,
+        client_cert_file=None,
+        client_key_file=None,
+        client_cert_data=credential.client_cert_data,
+        client_key_data=credential.client_key_data,
+    )
 
 
 def _gist(error: Exception) -> str:
@@ -168,15 +239,6 @@ def _gist(error: Exception) -> str:
             )
         return gist
     return " ".join(str(error).split())
-
-
-def _context_namespace(path: str, context: str | None) -> str | None:
-    from kubernetes import config as kube_config
-
-    contexts, active = kube_config.list_kube_config_contexts(config_file=path)
-    chosen = next((c for c in contexts if c.get("name") == context), None) if context else active
-    namespace = ((chosen or {}).get("context") or {}).get("namespace")
-    return str(namespace) if namespace else None
 
 
 def _from_service_account(environ: Mapping[str, str], service_account_dir: str) -> ClusterConfig:

@@ -3,8 +3,11 @@
 It follows client-go's reflector: list (paginated), then watch from the list's resourceVersion with
 bookmarks; a watch that ends or breaks resumes from the last resourceVersion seen, so nothing is
 missed or seen twice; a 410 Expired (the server no longer remembers that version) forces a fresh
-list, after which the store is reconciled with it; every other failure is retried with capped,
-jittered exponential backoff. Time and randomness are injected so all of this is testable with
+list, after which the store is reconciled with it; every other failure (and a second 410 in a row) is
+retried with capped, jittered exponential backoff, forgotten only after a stretch without failures as
+client-go's backoff manager does, so a server that fails right after every list is not relisted in a
+loop. A watch that goes silent is given up by the client (`KubeClient.watch`, idle timeout) and
+resumed like a broken one. Time and randomness are injected so all of this is testable with
 `twisted.internet.task.Clock`.
 """
 
@@ -99,6 +102,10 @@ class Reflector:
     # A watch that ends sooner than this without any event counts as a failure.
     min_watch_duration: float = 1.0
     backoff: Backoff = attrs.field(factory=Backoff)
+    # The backoff starts over once this long has passed since the last retry without a new failure
+    # (client-go: 2 minutes). A success alone does not reset it: a server that answers the list and
+    # then fails the watch every time would otherwise be relisted in a tight loop.
+    backoff_reset_after: float = 120.0
     rng: random.Random = attrs.field(factory=random.Random)
     name: str = ""
 
@@ -110,6 +117,7 @@ class Reflector:
     _task: Deferred[None] | None = attrs.field(default=None, init=False)
     _stopping: bool = attrs.field(default=False, init=False)
     _expired_streak: int = attrs.field(default=0, init=False)
+    _retried_at: float | None = attrs.field(default=None, init=False)
     lists: int = attrs.field(default=0, init=False)
     watches: int = attrs.field(default=0, init=False)
 
@@ -213,10 +221,16 @@ class Reflector:
                 await self._sleep()
 
     async def _sleep(self, at_least: float | None = None) -> None:
+        if (
+            self._retried_at is not None
+            and self.clock.seconds() - self._retried_at >= self.backoff_reset_after
+        ):
+            self.backoff.reset()
         delay = self.backoff.next_delay()
         if at_least is not None:
             delay = max(delay, at_least)
         await deferLater(self.clock, delay)
+        self._retried_at = self.clock.seconds()
 
     async def _list(self) -> None:
         params = self._selectors()
@@ -232,7 +246,6 @@ class Reflector:
             params["continue"] = token
         self.lists += 1
         self._replace(items, str(meta.get("resourceVersion") or ""))
-        self.backoff.reset()
 
     async def _watch(self) -> None:
         params = self._selectors()
@@ -249,8 +262,6 @@ class Reflector:
             async for event in stream:
                 received += 1
                 self._apply(event)
-                # Only progress proves the server healthy again; reset then, not on connect.
-                self.backoff.reset()
                 self._expired_streak = 0
         finally:
             stream.close()

@@ -240,6 +240,14 @@ class KubeApiDouble:
             watch.cut()
         return len(watches)
 
+    def mute_watches(self) -> int:
+        """Make every open watch go silent without closing it (no event, no bookmark), as a
+        half-open connection looks to the client; returns how many. New watches are not muted."""
+        watches = list(self._watches)
+        for watch in watches:
+            watch.muted = True
+        return len(watches)
+
     @property
     def open_watches(self) -> int:
         return len(self._watches)
@@ -736,6 +744,7 @@ class _Watch:
         self._timers: list[IDelayedCall] = []
         self._unsubscribe: Callable[[], None] | None = None
         self._done = False
+        self.muted = False
 
     def open(self, initial: list[tuple[str, Obj]], timeout: float) -> None:
         request = self._request
@@ -812,7 +821,7 @@ class _Watch:
             )
 
     def _send(self, event_type: str, obj: Obj) -> None:
-        if not self._done:
+        if not self._done and not self.muted:
             self._request.write(_compact({"type": event_type, "object": obj}) + b"\n")
 
     def _finished(self, _result: object) -> None:

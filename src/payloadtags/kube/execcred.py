@@ -1,0 +1,231 @@
+"""kubeconfig ``exec`` credential plugins (client.authentication.k8s.io ExecCredential).
+
+A plugin is a program that prints an ExecCredential whose ``status`` holds a bearer token and, usually,
+when it expires. client-go runs it again once ``expirationTimestamp`` has passed and after a 401; so
+does `KubeClient`, through `run_plugin`, which never blocks the reactor. `run_plugin_blocking` is for
+start-up (configuration loading is blocking anyway, see `payloadtags.kube.config`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Final
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessDone, ProcessExitedAlready
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+
+from payloadtags.jsontypes import JsonObject
+
+# A plugin may have to reach an identity provider; client-go gives it no deadline at all, but a plugin
+# that never answers must not hold every request to the cluster API forever.
+PLUGIN_TIMEOUT: Final = 60.0
+_OUTPUT_LIMIT: Final = 1 << 20
+
+
+class PluginError(Exception):
+    """The plugin could not be run, failed, or printed something that is not an ExecCredential."""
+
+
+@attrs.frozen
+class ExecPlugin:
+    """A kubeconfig user's ``exec`` section: what to run, as the kubeconfig says it."""
+
+    command: str
+    api_version: str
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = attrs.field(default=(), repr=False)
+    # The kubeconfig's folder: a relative command path is resolved against it.
+    cwd: str | None = None
+    # ``spec.cluster`` handed to the plugin when the kubeconfig asks for it (provideClusterInfo).
+    cluster: JsonObject | None = attrs.field(default=None, repr=False, eq=False, hash=False)
+
+    @classmethod
+    def from_kubeconfig(cls, section: Mapping[str, Any], cwd: str | None, cluster: JsonObject) -> ExecPlugin:
+        command, api_version = section.get("command"), section.get("apiVersion")
+        if not isinstance(command, str) or not command or not isinstance(api_version, str):
+            raise PluginError("exec: the kubeconfig's exec section needs a command and an apiVersion")
+        env = tuple((str(e["name"]), str(e["value"])) for e in section.get("env") or ())
+        return cls(
+            command=command,
+            api_version=api_version,
+            args=tuple(str(a) for a in section.get("args") or ()),
+            env=env,
+            cwd=cwd,
+            cluster=_cluster_info(cluster) if section.get("provideClusterInfo") else None,
+        )
+
+    def argv(self) -> list[str]:
+        command = self.command
+        if os.sep in command and not os.path.isabs(command) and self.cwd:
+            command = os.path.join(self.cwd, command)
+        return [command, *self.args]
+
+    def environment(self, base: Mapping[str, str] = os.environ) -> dict[str, str]:
+        spec: JsonObject = {"interactive": False}
+        if self.cluster is not None:
+            spec["cluster"] = self.cluster
+        info = {"apiVersion": self.api_version, "kind": "ExecCredential", "spec": spec}
+        return {**base, **dict(self.env), "KUBERNETES_EXEC_INFO": json.dumps(info)}
+
+
+# The kubeconfig cluster fields an ExecCredential's spec.cluster carries (client.authentication.k8s.io/v1).
+_CLUSTER_FIELDS: Final = (
+    "server",
+    "tls-server-name",
+    "insecure-skip-tls-verify",
+    "certificate-authority-data",
+    "proxy-url",
+    "disable-compression",
+)
+_EXEC_EXTENSION: Final = "client.authentication.k8s.io/exec"
+
+
+def _cluster_info(cluster: Mapping[str, Any]) -> JsonObject:
+    info: JsonObject = {k: cluster[k] for k in _CLUSTER_FIELDS if k in cluster}
+    for extension in cluster.get("extensions") or ():
+        if isinstance(extension, dict) and extension.get("name") == _EXEC_EXTENSION:
+            info["config"] = extension.get("extension")
+    return info
+
+
+@attrs.frozen
+class ExecCredential:
+    """What a plugin printed: a bearer token or a client certificate, and when it expires (POSIX
+    seconds; None: it does not say, it is kept until a 401)."""
+
+    token: str | None = attrs.field(default=None, repr=False)
+    client_cert_data: bytes | None = attrs.field(default=None, repr=False)
+    client_key_data: bytes | None = attrs.field(default=None, repr=False)
+    expires_at: float | None = None
+
+
+def parse_output(plugin: ExecPlugin, output: bytes) -> ExecCredential:
+    try:
+        data = json.loads(output)
+    except ValueError as e:
+        raise PluginError(f"exec plugin {plugin.command}: output is not JSON") from e
+    if not isinstance(data, dict) or not isinstance(data.get("status"), dict):
+        raise PluginError(f"exec plugin {plugin.command}: output is not an ExecCredential with a status")
+    if data.get("apiVersion") != plugin.api_version:
+        raise PluginError(
+            f"exec plugin {plugin.command}: printed apiVersion {data.get('apiVersion')!r}, "
+            f"the kubeconfig asks for {plugin.api_version!r}"
+        )
+    status = data["status"]
+    expires_at = None
+    if status.get("expirationTimestamp"):
+        try:
+            stamp = str(status["expirationTimestamp"]).replace("Z", "+00:00")
+            expires_at = datetime.fromisoformat(stamp).timestamp()
+        except ValueError as e:
+            raise PluginError(f"exec plugin {plugin.command}: bad expirationTimestamp") from e
+    token = status.get("token")
+    if isinstance(token, str) and token:
+        return ExecCredential(token=token, expires_at=expires_at)
+    cert, key = status.get("clientCertificateData"), status.get("clientKeyData")
+    if isinstance(cert, str) and isinstance(key, str) and cert and key:
+        return ExecCredential(
+            client_cert_data=cert.encode(), client_key_data=key.encode(), expires_at=expires_at
+        )
+    raise PluginError(
+        f"exec plugin {plugin.command}: the ExecCredential has no token and no client certificate"
+    )
+
+
+def _failed(plugin: ExecPlugin, code: int | None, stderr: bytes) -> PluginError:
+    detail = " ".join(stderr.decode("utf-8", "replace").split())[:500]
+    how = f"exited with {code}" if code is not None else "was killed"
+    return PluginError(f"exec plugin {plugin.command} {how}" + (f": {detail}" if detail else ""))
+
+
+def run_plugin_blocking(plugin: ExecPlugin, timeout: float = PLUGIN_TIMEOUT) -> ExecCredential:
+    """Run the plugin and wait for it. Blocking: only at start-up, off the reactor."""
+    try:
+        done = subprocess.run(
+            plugin.argv(),
+            env=plugin.environment(),
+            cwd=plugin.cwd,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise PluginError(f"exec plugin {plugin.command} gave no credential within {timeout:g}s") from e
+    except OSError as e:
+        raise PluginError(f"cannot run exec plugin {plugin.command}: {e}") from e
+    if done.returncode != 0:
+        raise _failed(plugin, done.returncode, done.stderr)
+    return parse_output(plugin, done.stdout)
+
+
+class _PluginProcess(ProcessProtocol):
+    def __init__(self, plugin: ExecPlugin, done: Deferred[ExecCredential]) -> None:
+        self._plugin = plugin
+        self._done = done
+        self._out = bytearray()
+        self._err = bytearray()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.closeStdin()
+
+    def outReceived(self, data: bytes) -> None:
+        self._out += data[: _OUTPUT_LIMIT - len(self._out)]
+
+    def errReceived(self, data: bytes) -> None:
+        self._err += data[: 4096 - len(self._err)]
+
+    def processEnded(self, reason: Failure) -> None:
+        if self._done.called:
+            return
+        if reason.check(ProcessDone):
+            try:
+                self._done.callback(parse_output(self._plugin, bytes(self._out)))
+            except PluginError as e:
+                self._done.errback(e)
+            return
+        self._done.errback(_failed(self._plugin, getattr(reason.value, "exitCode", None), bytes(self._err)))
+
+    def kill(self) -> None:
+        if self.transport is not None:
+            try:
+                self.transport.signalProcess("KILL")
+            except ProcessExitedAlready:
+                pass
+
+
+def run_plugin(reactor: Any, plugin: ExecPlugin, timeout: float = PLUGIN_TIMEOUT) -> Deferred[ExecCredential]:
+    """Run the plugin as a child process of the reactor; the result fires when it has exited.
+
+    Past `timeout` the process is killed and the result fails with `PluginError`.
+    """
+    done: Deferred[ExecCredential] = Deferred()
+    protocol = _PluginProcess(plugin, done)
+    argv = plugin.argv()
+    try:
+        reactor.spawnProcess(protocol, argv[0], argv, env=plugin.environment(), path=plugin.cwd)
+    except OSError as e:
+        done.errback(PluginError(f"cannot run exec plugin {plugin.command}: {e}"))
+        return done
+
+    def expire() -> None:
+        if not done.called:
+            done.errback(PluginError(f"exec plugin {plugin.command} gave no credential within {timeout:g}s"))
+            protocol.kill()
+
+    timer = reactor.callLater(timeout, expire)
+
+    def stop_timer(result: object) -> object:
+        if timer.active():
+            timer.cancel()
+        return result
+
+    return done.addBoth(stop_timer)
