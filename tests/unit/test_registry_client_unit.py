@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IResponse
+from twisted.web.iweb import IAgent, IClientRequest, IResponse
 from zope.interface import implementer
 
 from payloadtags.registry import (
@@ -62,6 +62,7 @@ class Answer:
     headers: dict[str, str] = attrs.Factory(dict)
     body: bytes = b""
     finish: bool = True  # False: send the headers and part of the body, then hang
+    raw_headers: dict[bytes, bytes] = attrs.Factory(dict)  # bytes as sent, UTF-8 or not
 
 
 @implementer(IPushProducer)
@@ -79,16 +80,26 @@ class _Transport:
         pass
 
 
+@implementer(IClientRequest)
+@attrs.frozen
+class _Requested:
+    method: bytes
+    absoluteURI: bytes
+    headers: Headers
+
+
 @implementer(IResponse)
 class _Response:
     version = (b"HTTP", 1, 1)
     phrase = b"OK"
-    request = None
     previousResponse = None
 
-    def __init__(self, answer: Answer) -> None:
+    def __init__(self, answer: Answer, request: _Requested) -> None:
         self.code = answer.status
+        self.request = request  # as Agent sets it: where a redirect led, the last request
         self.headers = Headers({k: [v] for k, v in answer.headers.items()})
+        for name, value in answer.raw_headers.items():
+            self.headers.setRawHeaders(name, [value])
         self.length = len(answer.body)
         self._answer = answer
         self.transport = _Transport()
@@ -134,7 +145,7 @@ class ScriptedAgent:
         deferred = answer if isinstance(answer, Deferred) else succeed(answer)
 
         def respond(answer: Answer) -> _Response:
-            response = _Response(answer)
+            response = _Response(answer, _Requested(method, uri, sent.headers))
             self.responses.append(response)
             return response
 
@@ -390,6 +401,37 @@ def test_a_redirected_blob_is_fetched_without_the_registrys_credentials() -> Non
     assert [s.url for s in agent.sent] == [f"{REGISTRY}/v2/a/b/blobs/{digest_of(data)}"] * 2 + [storage]
     assert agent.sent[1].header("Authorization") == "Basic dTpw"
     assert agent.sent[2].header("Authorization") is None  # another origin: no registry credentials
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        Answer(401, {"WWW-Authenticate": 'Bearer realm="http://storage.test/token",service="s"'}),
+        Answer(401, {"WWW-Authenticate": 'Basic realm="storage"'}),
+        Answer(403, {"Content-Type": "application/xml"}, b"<Error><Code>AccessDenied</Code></Error>"),
+    ],
+)
+def test_a_redirect_target_that_refuses_access_never_gets_the_registrys_credentials(refusal: Answer) -> None:
+    data = b'{"architecture": "amd64"}'
+    storage = "http://storage.test/blobs/1?signature=x"
+
+    def handler(request: Sent) -> Answer:
+        if request.url.startswith("http://storage.test/"):
+            return refusal
+        if request.header("Authorization") != "Basic dTpw":  # u:p
+            return error_answer(401, "UNAUTHORIZED", **{"WWW-Authenticate": 'Basic realm="registry"'})
+        return Answer(307, {"Location": storage})
+
+    client, agent = make(handler, username="u", password="p")
+    with pytest.raises(RegistryProtocolError) as caught:
+        result(client.blob("a/b", digest_of(data)))
+    assert caught.value.message == (
+        f"registry {REGISTRY}: blob a/b@{digest_of(data)}: the redirect target http://storage.test "
+        f"refused access (HTTP {refusal.status}); check the registry's storage configuration"
+    )
+    # The storage's challenge is not answered: no token from the realm it names, no retry with basic.
+    assert [s.url for s in agent.sent] == [f"{REGISTRY}/v2/a/b/blobs/{digest_of(data)}"] * 2 + [storage]
+    assert agent.sent[2].header("Authorization") is None
 
 
 def test_settings_hide_the_password() -> None:

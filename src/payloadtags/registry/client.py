@@ -124,6 +124,8 @@ class _Reply:
     status: int
     headers: Headers
     body: bytes
+    # The URL that gave this answer: ``url``, or where redirects led (a blob in a storage backend).
+    answered_by: str
 
     def header(self, name: str) -> str | None:
         values = self.headers.getRawHeaders(name)  # a str name gives str values
@@ -877,11 +879,13 @@ class RegistryClient:
         url = path_or_url if "://" in path_or_url else self._base + path_or_url
         sent = self._auth.authorization(scope)
         reply = await self._exchange(method, url, headers, body, sent, max_body, redirects, on_send)
-        if reply.status != 401:
+        if reply.status != 401 or self._elsewhere(reply):
+            # Only the registry's own challenge gets credentials: a 401 from where a redirect led
+            # (a storage backend) names a realm of that host's choosing (docs/registry.md).
             return reply
         authorization = await self._auth.answer(reply.header("WWW-Authenticate"), scope, sent)
         reply = await self._exchange(method, url, headers, body, authorization, max_body, redirects)
-        if reply.status == 401:
+        if reply.status == 401 and not self._elsewhere(reply):
             raise self._auth.rejected(reply.header("WWW-Authenticate"))
         return reply
 
@@ -1039,7 +1043,10 @@ class RegistryClient:
             )
         ok = 200 <= response.code < 300
         content = await read_body(response, max_body if ok else ERROR_BODY_LIMIT, truncate=not ok)
-        return _Reply(method, url, response.code, response.headers, content)
+        answered_by = url
+        if redirects and response.request is not None:
+            answered_by = response.request.absoluteURI.decode("ascii", "replace")
+        return _Reply(method, url, response.code, response.headers, content, answered_by)
 
     # --- answers ----------------------------------------------------------------------------------
 
@@ -1077,6 +1084,11 @@ class RegistryClient:
         codes = [code for code, _ in errors]
         detail = "; ".join(f"{code}: {message}" if message else code for code, message in errors)
         status = reply.status
+        if status in (401, 403) and self._elsewhere(reply):
+            return RegistryProtocolError(
+                f"registry {self._name}: {what}: the redirect target {_origin_text(reply.answered_by)} "
+                f"refused access (HTTP {status}); check the registry's storage configuration"
+            )
         if status == 404:
             code = codes[0] if codes else "NOT_FOUND"
             return RegistryNotFound(f"{what} not found in registry {self._name} ({code})", code=code)
@@ -1110,6 +1122,10 @@ class RegistryClient:
                 retry_after=_retry_after(reply.header("Retry-After")),
             )
         return self._protocol(reply, f"{what}: unexpected HTTP {status}" + (f" ({detail})" if detail else ""))
+
+    def _elsewhere(self, reply: _Reply) -> bool:
+        """Whether a redirect led the request away from the registry's origin."""
+        return reply.answered_by != reply.url and _origin(reply.answered_by) != _origin(self._base)
 
     def _protocol(self, reply: _Reply | None, message: str) -> RegistryProtocolError:
         return RegistryProtocolError(f"registry {self._name}: {message}")
@@ -1185,6 +1201,12 @@ def _amend(error: RegistryError, more: str) -> RegistryError:
 def _origin(url: str) -> tuple[str, str]:
     parts = urllib.parse.urlsplit(url)
     return parts.scheme, parts.netloc
+
+
+def _origin_text(url: str) -> str:
+    """scheme://host[:port] of a URL, without any user information it holds."""
+    scheme, netloc = _origin(url)
+    return f"{scheme}://{netloc.rpartition('@')[2]}"
 
 
 def _path(url: str) -> str:
