@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.protocols import portforward
-from twisted.web import resource, server
+from twisted.web import server
 
 from payloadtags.registry import (
     DELETE_NONCE_ANNOTATION,
@@ -33,8 +33,8 @@ from payloadtags.registry import (
 )
 from payloadtags.registry.auth import basic_authorization
 from tests.support import images
-from tests.support.listening import stop_listening, tcp_port
 from tests.support.registry_server import RegistryServer, TokenServer, free_port, make_tls_files
+from tests.support.scripted_http import serving
 
 pytestmark = pytest.mark.registry
 
@@ -563,29 +563,13 @@ async def test_token_auth(
     assert (_scope("registry:catalog:*"),) in asked
 
 
-class _Recorded(resource.Resource):
-    """A web server that records the Authorization header of every request and answers with
-    ``answer(request, path)``."""
-
-    isLeaf = True
-
-    def __init__(self, answer: Callable[[server.Request, str], bytes]) -> None:
-        super().__init__()
-        self.answer = answer
-        self.authorizations: list[tuple[str, str | None]] = []
-
-    def render(self, request: server.Request) -> bytes:
-        path = request.uri.decode()
-        self.authorizations.append((path, request.getHeader("authorization")))
-        return self.answer(request, path)
-
-
 @pytest_twisted.ensureDeferred
 async def test_a_redirect_target_asking_for_credentials_never_gets_them(
     reactor: Any, make_client: MakeClient
 ) -> None:
     """A blob download redirected to another host (a storage backend) that answers 401 with a
     token challenge: neither that host nor the realm it names ever sees the registry's credentials."""
+    secret = basic_authorization("robot", "TOP-SECRET")
     storage_url: list[str] = []
 
     def storage_answer(request: server.Request, path: str) -> bytes:
@@ -596,7 +580,7 @@ async def test_a_redirect_target_asking_for_credentials_never_gets_them(
         return b""
 
     def registry_answer(request: server.Request, path: str) -> bytes:
-        if request.getHeader("authorization") != basic_authorization("robot", "TOP-SECRET"):
+        if request.getHeader("authorization") != secret:
             request.setResponseCode(401)
             request.setHeader("WWW-Authenticate", 'Basic realm="registry"')
             return b'{"errors": [{"code": "UNAUTHORIZED"}]}'
@@ -604,29 +588,24 @@ async def test_a_redirect_target_asking_for_credentials_never_gets_them(
         request.setHeader("Location", f"{storage_url[0]}/bucket/blob?signature=x")
         return b""
 
-    storage, registry = _Recorded(storage_answer), _Recorded(registry_answer)
-    storage_port = reactor.listenTCP(0, server.Site(storage), interface="127.0.0.1")
-    registry_port = reactor.listenTCP(0, server.Site(registry), interface="127.0.0.1")
-    storage_url.append(f"http://127.0.0.1:{tcp_port(storage_port)}")
     digest = "sha256:" + "a" * 64
-    try:
-        client = make_client(
-            f"http://127.0.0.1:{tcp_port(registry_port)}", username="robot", password="TOP-SECRET"
-        )
+    async with (
+        serving(reactor, storage_answer) as (url, storage),
+        serving(reactor, registry_answer) as (
+            registry_url,
+            registry,
+        ),
+    ):
+        storage_url.append(url)
+        client = make_client(registry_url, username="robot", password="TOP-SECRET")
         with pytest.raises(RegistryProtocolError) as caught:
             await client.blob("team/app", digest)
-    finally:
-        await stop_listening(registry_port)
-        await stop_listening(storage_port)
     assert caught.value.message == (
-        f"registry {client.settings.url}: blob team/app@{digest}: the redirect target {storage_url[0]} "
+        f"registry {registry_url}: blob team/app@{digest}: the redirect target {url} "
         "refused access (HTTP 401); check the registry's storage configuration"
     )
-    assert storage.authorizations == [("/bucket/blob?signature=x", None)]
-    assert [authorization for _, authorization in registry.authorizations] == [
-        None,
-        basic_authorization("robot", "TOP-SECRET"),
-    ]
+    assert storage.seen == [("GET", "/bucket/blob?signature=x", None)]
+    assert [authorization for _, _, authorization in registry.seen] == [None, secret]
 
 
 def _scope(scope: str) -> tuple[str, str, frozenset[str]]:
