@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 from twisted.web.client import ResponseFailed
+from twisted.web.server import Request
 
 from payloadtags.api import continuation
 from payloadtags.api.negotiation import negotiate
@@ -20,6 +22,7 @@ from tests.support import images
 from tests.support.client import Response
 from tests.support.faultproxy import ERROR_BEFORE, FaultProxy
 from tests.support.raw import Target, exchange, request_bytes
+from tests.support.scripted_http import serving
 
 B = "/apis/payload-registry.deckhouse.io/v1alpha1"
 TABLE = (
@@ -788,6 +791,43 @@ async def test_slow_registry_is_504(make_server, reactor):
         assert status["message"].startswith("Timeout: ")
     finally:
         await listener.stopListening()
+
+
+MANIFEST = json.dumps(
+    {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json"}
+).encode()
+
+
+def scripted_registry(manifest: Callable[[Request], bytes]) -> Callable[[Request, str], bytes]:
+    """A registry with one repository, team/app, whose manifests ``manifest`` answers."""
+
+    def answer(request: Request, path: str) -> bytes:
+        if path == "/v2/":
+            return b"{}"
+        if path.startswith("/v2/team/app/manifests/"):
+            return manifest(request)
+        request.setResponseCode(404)
+        return b'{"errors": [{"code": "NAME_UNKNOWN"}]}'
+
+    return answer
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_registry_header_that_is_not_utf8_is_503(make_server, reactor):
+    def manifest(request: Request) -> bytes:
+        request.responseHeaders.setRawHeaders(
+            b"Content-Type", [b"application/vnd.oci.image.manifest.v1+json\xff"]
+        )
+        return MANIFEST
+
+    async with serving(reactor, scripted_registry(manifest)) as (url, _):
+        server = await make_server(url)
+        reply = await server.client(server.pki.admin).get(f"{collection('team')}/{encode_name('app', 'v1')}")
+    status = assert_status(reply, 503, "ServiceUnavailable")
+    assert status["message"] == (
+        f"registry {url}: the Content-Type header of its answer to GET /v2/team/app/manifests/v1 is not "
+        "valid UTF-8"
+    )
 
 
 @pytest_twisted.ensureDeferred

@@ -434,6 +434,29 @@ def test_a_redirect_target_that_refuses_access_never_gets_the_registrys_credenti
     assert agent.sent[2].header("Authorization") is None
 
 
+@pytest.mark.parametrize(
+    ("header", "status", "path"),
+    [
+        ("Content-Type", 200, "manifests/v1"),
+        ("Docker-Content-Digest", 200, "manifests/v1"),
+        ("WWW-Authenticate", 401, "tags/list"),
+        ("Retry-After", 503, "tags/list"),
+        ("Link", 200, "tags/list"),
+    ],
+)
+def test_a_header_that_is_not_utf8_is_a_protocol_error(header: str, status: int, path: str) -> None:
+    body = MANIFEST if path.startswith("manifests") else json.dumps({"tags": ["v1"]}).encode()
+    headers = {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": digest_of(MANIFEST)}
+    raw = {header.encode(): b"\xff\xfe not UTF-8"}
+    client, _ = make(lambda request: Answer(status, headers, body, raw_headers=raw))
+    read = client.manifest("a/b", "v1") if path.startswith("manifests") else client.tags("a/b")
+    with pytest.raises(RegistryProtocolError) as caught:
+        result(read)
+    assert caught.value.message == (
+        f"registry {REGISTRY}: the {header} header of its answer to GET /v2/a/b/{path} is not valid UTF-8"
+    )
+
+
 def test_settings_hide_the_password() -> None:
     settings = RegistrySettings(url=REGISTRY, username="u", password="hunter2")
     assert "hunter2" not in repr(settings)

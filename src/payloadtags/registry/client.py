@@ -126,10 +126,22 @@ class _Reply:
     body: bytes
     # The URL that gave this answer: ``url``, or where redirects led (a blob in a storage backend).
     answered_by: str
+    registry: str  # how messages name the registry
 
     def header(self, name: str) -> str | None:
-        values = self.headers.getRawHeaders(name)  # a str name gives str values
+        values = self.header_values(name)
         return values[-1] if values else None
+
+    def header_values(self, name: str) -> list[str]:
+        """The header's values; RegistryProtocolError when one is not UTF-8 (Twisted's str
+        lookup would raise UnicodeDecodeError)."""
+        try:
+            return [value.decode() for value in self.headers.getRawHeaders(name.encode("ascii"), ())]
+        except UnicodeDecodeError:
+            raise RegistryProtocolError(
+                f"registry {self.registry}: the {name} header of its answer to {self.method} "
+                f"{_path(self.url)} is not valid UTF-8"
+            ) from None
 
     def error_codes(self) -> list[str]:
         return [code for code, _ in self.errors()]
@@ -1046,7 +1058,7 @@ class RegistryClient:
         answered_by = url
         if redirects and response.request is not None:
             answered_by = response.request.absoluteURI.decode("ascii", "replace")
-        return _Reply(method, url, response.code, response.headers, content, answered_by)
+        return _Reply(method, url, response.code, response.headers, content, answered_by, self._name)
 
     # --- answers ----------------------------------------------------------------------------------
 
@@ -1157,7 +1169,7 @@ class RegistryClient:
 
     def _next_link(self, reply: _Reply) -> str | None:
         """The next page's URL from a Link header, kept on the registry's own origin."""
-        header = ", ".join(reply.headers.getRawHeaders("Link") or [])
+        header = ", ".join(reply.header_values("Link"))
         match = _LINK_NEXT_RE.search(header)
         if match is None:
             return None
