@@ -40,7 +40,19 @@ def test_parse_challenge_never_raises(header: str) -> None:
 
 @pytest.mark.parametrize(
     ("expires_in", "kept"),
-    [(60, 48.0), (300, 270.0), (3600, 3570.0), (10, 8.0), (None, 48.0), ("x", 48.0), (0, 48.0), (True, 48.0)],
+    [
+        (60, 48.0),
+        (300, 270.0),
+        (3600, 3570.0),
+        (10, 8.0),
+        (None, 48.0),
+        ("x", 48.0),
+        (0, 48.0),
+        (True, 48.0),
+        pytest.param(10**400, 48.0, id="beyond-any-float"),
+        (float("inf"), 48.0),
+        (float("nan"), 48.0),
+    ],
 )
 def test_token_lifetime(expires_in: object, kept: float) -> None:
     assert token_lifetime(expires_in) == kept

@@ -547,6 +547,19 @@ def test_token_default_lifetime_and_revocation() -> None:
     assert registry.issued == 3
 
 
+def test_token_lifetime_beyond_any_float_is_the_default() -> None:
+    clock = Clock()
+    registry = TokenRegistry(expires_in=10**400)
+    client, _ = make(registry, clock)
+    assert result(client.tags("a/b")) == ("v1",)
+    clock.advance(47)
+    result(client.tags("a/b"))
+    assert registry.issued == 1
+    clock.advance(2)  # kept for the default 60 s less its margin
+    result(client.tags("a/b"))
+    assert registry.issued == 2
+
+
 def test_token_with_credentials_and_rejection() -> None:
     registry = TokenRegistry(users={"robot": "pw"})
     client, _ = make(registry, username="robot", password="pw")

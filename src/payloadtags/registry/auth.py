@@ -9,6 +9,7 @@ reactor's clock, so a steady flow of requests costs one token request per scope 
 from __future__ import annotations
 
 import base64
+import math
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -74,7 +75,12 @@ def token_lifetime(expires_in: Any) -> float:
     """Seconds to keep a token: its lifetime less a margin for clock skew and request latency."""
     if isinstance(expires_in, bool) or not isinstance(expires_in, int | float) or expires_in <= 0:
         expires_in = DEFAULT_TOKEN_LIFETIME
-    lifetime = float(expires_in)
+    try:
+        lifetime = float(expires_in)
+    except OverflowError:  # an integer beyond any float: JSON sets no bound on numbers
+        lifetime = DEFAULT_TOKEN_LIFETIME
+    if not math.isfinite(lifetime):  # Python's JSON reads Infinity and NaN too
+        lifetime = DEFAULT_TOKEN_LIFETIME
     margin = min(30.0, lifetime * 0.2)
     return max(0.0, lifetime - margin)
 
