@@ -20,7 +20,7 @@ from payloadtags.deferreds import bounded_map
 from payloadtags.names import TagRef, split_repository
 from payloadtags.registry import Catalog, Manifest, Registry
 from payloadtags.registry.blobcache import BlobCache
-from payloadtags.registry.content import compute_digest
+from payloadtags.registry.content import MAX_JSON_DEPTH, compute_digest, nested_deeper_than
 from payloadtags.registry.errors import RegistryNotFound
 from payloadtags.repoindex import RepositoryIndex, catalog_key
 
@@ -555,7 +555,8 @@ class Inventory:
             if compute_digest(content, digest.partition(":")[0]) == digest:  # kept only when verified
                 self.configs.put(ref.repository, digest, content)
         config = _json_or_none(content)
-        return config if isinstance(config, dict) else None
+        # Too deeply nested to show: left out, as a config that is no JSON is.
+        return config if isinstance(config, dict) and not nested_deeper_than(config, MAX_JSON_DEPTH) else None
 
     async def delete(self, ref: TagRef) -> str | None:
         return await self.client.delete_tag(ref.repository, ref.tag)
@@ -582,7 +583,7 @@ def _text(value: Any) -> str | None:
 def _json_or_none(content: bytes) -> Any:
     try:
         return json.loads(content)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
 
 

@@ -17,6 +17,7 @@ from payloadtags.api.negotiation import negotiate
 from payloadtags.api.render import render_list
 from payloadtags.model import ListMeta, tag_object
 from payloadtags.names import TagRef, encode_name
+from payloadtags.registry.content import MAX_JSON_DEPTH
 from tests.integration.test_output_bounds import many_tags
 from tests.support import images
 from tests.support.client import Response
@@ -827,6 +828,24 @@ async def test_a_registry_header_that_is_not_utf8_is_503(make_server, reactor):
     assert status["message"] == (
         f"registry {url}: the Content-Type header of its answer to GET /v2/team/app/manifests/v1 is not "
         "valid UTF-8"
+    )
+
+
+@pytest.mark.parametrize("levels", [400, 200_000])  # too deep to render; too deep to decode
+@pytest_twisted.ensureDeferred
+async def test_a_registry_manifest_nested_too_deeply_is_503_not_the_clients_fault(
+    make_server, reactor, levels: int
+):
+    def manifest(request: Request) -> bytes:
+        request.setHeader("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        return b'{"schemaVersion":2,"x":' + b"[" * (levels - 1) + b"]" * (levels - 1) + b"}"
+
+    async with serving(reactor, scripted_registry(manifest)) as (url, _):
+        server = await make_server(url)
+        reply = await server.client(server.pki.admin).get(f"{collection('team')}/{encode_name('app', 'v1')}")
+    status = assert_status(reply, 503, "ServiceUnavailable")
+    assert status["message"] == (
+        f"registry {url}: manifest team/app:v1 is JSON nested more than {MAX_JSON_DEPTH} levels deep"
     )
 
 

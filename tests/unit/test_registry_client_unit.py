@@ -36,6 +36,7 @@ from payloadtags.registry import (
     RegistryUnavailable,
 )
 from payloadtags.registry.client import PROBE_VALIDITY
+from payloadtags.registry.content import MAX_JSON_DEPTH
 
 REGISTRY = "http://registry.test:5000"
 REALM = "http://auth.test/token"
@@ -368,6 +369,37 @@ def test_manifest_without_digest_header_or_type() -> None:
     manifest = result(client.manifest("a/b", "v1"))
     assert manifest.digest == digest_of(body)
     assert manifest.media_type == OCI_MANIFEST
+
+
+def nested_manifest(levels: int) -> bytes:
+    return b'{"schemaVersion":2,"x":' + b"[" * (levels - 1) + b"]" * (levels - 1) + b"}"
+
+
+def test_a_manifest_nested_as_deeply_as_shown_is_read() -> None:
+    deepest = nested_manifest(MAX_JSON_DEPTH)
+    client, _ = make(lambda r: Answer(200, {"Content-Type": OCI_MANIFEST}, deepest))
+    assert result(client.manifest("a/b", "v1")).content == deepest
+
+
+@pytest.mark.parametrize("levels", [MAX_JSON_DEPTH + 1, 200_000])  # the last beyond Python's recursion limit
+def test_a_manifest_nested_too_deeply_to_show_is_a_protocol_error(levels: int) -> None:
+    body = nested_manifest(levels)
+    client, _ = make(lambda r: Answer(200, {"Content-Type": OCI_MANIFEST}, body))
+    with pytest.raises(RegistryProtocolError) as caught:
+        result(client.manifest("a/b", "v1"))
+    assert caught.value.message == (
+        f"registry {REGISTRY}: manifest a/b:v1 is JSON nested more than {MAX_JSON_DEPTH} levels deep"
+    )
+
+
+def test_a_tag_list_beyond_the_recursion_limit_is_a_protocol_error() -> None:
+    body = b'{"tags":' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    client, _ = make(lambda r: Answer(200, {"Content-Type": "application/json"}, body))
+    with pytest.raises(RegistryProtocolError) as caught:
+        result(client.tags("a/b"))
+    assert caught.value.message == (
+        f"registry {REGISTRY}: the tags of a/b is JSON nested more than {MAX_JSON_DEPTH} levels deep"
+    )
 
 
 def test_blob_digest_is_checked() -> None:

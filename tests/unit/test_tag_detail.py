@@ -10,6 +10,7 @@ from payloadtags.inventory import OCI_MANIFEST, Inventory
 from payloadtags.names import TagRef
 from payloadtags.registry import Manifest
 from payloadtags.registry.blobcache import BlobCache
+from payloadtags.registry.content import MAX_JSON_DEPTH
 from payloadtags.registry.errors import RegistryNotFound
 from tests.unit.test_repoindex import run
 
@@ -29,9 +30,9 @@ class Registry:
         self.reads: list[str] = []
 
     def push(
-        self, repository: str, tag: str, config: dict[str, Any], config_digest: str | None = None
+        self, repository: str, tag: str, config: dict[str, Any] | bytes, config_digest: str | None = None
     ) -> None:
-        content = json.dumps(config).encode()
+        content = config if isinstance(config, bytes) else json.dumps(config).encode()
         named = config_digest or digest(content)
         self.blobs[(repository, named)] = content
         manifest = {
@@ -82,6 +83,22 @@ def test_a_config_read_in_one_repository_is_not_shown_for_another() -> None:
     # Same digest, but this repository does not hold the blob: the registry is asked, and says so.
     assert run(inventory.detail(ref("other", "v1"))).config is None
     assert registry.reads[-1].startswith("blob team/other@")
+
+
+def nested(levels: int) -> bytes:
+    """A JSON object with arrays inside it, ``levels`` levels in all."""
+    return b'{"a":' + b"[" * (levels - 1) + b"]" * (levels - 1) + b"}"
+
+
+def test_a_config_nested_too_deeply_to_show_is_left_out() -> None:
+    registry = Registry()
+    registry.push("team/app", "deepest-shown", nested(MAX_JSON_DEPTH))
+    registry.push("team/app", "too-deep", nested(MAX_JSON_DEPTH + 1))
+    registry.push("team/app", "beyond-recursion", nested(20_000))
+    inventory = Inventory(registry)  # type: ignore[arg-type]
+    assert run(inventory.detail(ref("app", "deepest-shown"))).config == json.loads(nested(MAX_JSON_DEPTH))
+    assert run(inventory.detail(ref("app", "too-deep"))).config is None
+    assert run(inventory.detail(ref("app", "beyond-recursion"))).config is None
 
 
 def test_content_that_does_not_match_its_digest_is_never_kept() -> None:

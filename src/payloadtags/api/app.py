@@ -409,6 +409,8 @@ class ApiServer:
         except AuthorizationNotReady as error:
             raise service_unavailable(str(error), retry_after=1) from error
         except RecursionError:
+            # What the registry answers is held to registry.content.MAX_JSON_DEPTH (deeper is a
+            # RegistryError): only what the client sent can nest this deep.
             raise bad_request("the request is nested too deeply") from None
 
     async def _authenticate(self, request: Request) -> UserInfo | None:

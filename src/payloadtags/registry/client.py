@@ -43,6 +43,7 @@ from .auth import Authenticator, TokenAnswer, TokenRequest
 from .coalesce import Coalescer
 from .content import (
     MANIFEST_MEDIA_TYPES,
+    MAX_JSON_DEPTH,
     OCI_MANIFEST,
     CatalogPage,
     Manifest,
@@ -52,6 +53,7 @@ from .content import (
     is_valid_digest,
     is_valid_repository,
     is_valid_tag,
+    nested_deeper_than,
 )
 from .errors import (
     RegistryAuthFailed,
@@ -371,7 +373,7 @@ class RegistryClient:
         )
         if reply.status != 200:
             raise self._error(reply, what)
-        document = self._json(reply, what)
+        document = self._json(reply, what, deep=True)
         digest = self._verified_digest(reply, reference, what)
         return Manifest(
             digest=digest,
@@ -1142,14 +1144,23 @@ class RegistryClient:
     def _protocol(self, reply: _Reply | None, message: str) -> RegistryProtocolError:
         return RegistryProtocolError(f"registry {self._name}: {message}")
 
-    def _json(self, reply: _Reply, what: str) -> dict[str, Any]:
+    def _json(self, reply: _Reply, what: str, deep: bool = False) -> dict[str, Any]:
+        """The answer's JSON object. ``deep``: a document shown to users (a manifest), whose nesting
+        is held to MAX_JSON_DEPTH; any document deeper than Python's recursion limit is refused."""
         try:
             document = json.loads(reply.body)
         except ValueError:
             document = None
+        except RecursionError:
+            raise self._too_deep(reply, what) from None
         if not isinstance(document, dict):
             raise self._protocol(reply, f"{what} is not a JSON object")
+        if deep and nested_deeper_than(document, MAX_JSON_DEPTH):
+            raise self._too_deep(reply, what)
         return document
+
+    def _too_deep(self, reply: _Reply, what: str) -> RegistryProtocolError:
+        return self._protocol(reply, f"{what} is JSON nested more than {MAX_JSON_DEPTH} levels deep")
 
     def _verified_digest(self, reply: _Reply, reference: str, what: str) -> str:
         """The manifest's digest: the registry's header, checked against the bytes, else computed."""

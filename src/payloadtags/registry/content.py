@@ -24,6 +24,10 @@ _TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _DIGEST_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}")
 _HEX_LENGTHS = {"sha256": 64, "sha512": 128}
 MAX_REPOSITORY_LENGTH = 255
+# Manifests and configs are shown in API objects, which are rendered by recursing in Python, about
+# three frames per level, under Python's limit of 1000 frames: a registry's document nested deeper
+# than this is refused as unusable (real ones nest a few levels), rather than fail halfway.
+MAX_JSON_DEPTH = 100
 
 
 def is_valid_repository(name: str) -> bool:
@@ -51,6 +55,20 @@ def compute_digest(data: bytes, algorithm: str = "sha256") -> str | None:
     if algorithm not in _HEX_LENGTHS:
         return None
     return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+
+
+def nested_deeper_than(document: Any, depth: int) -> bool:
+    """Whether a decoded JSON document has objects or arrays nested more than ``depth`` levels."""
+    pending: list[tuple[Any, int]] = [(document, 1)]
+    while pending:
+        value, level = pending.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if children is None:
+            continue
+        if level > depth:
+            return True
+        pending.extend((child, level + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 @attrs.frozen
@@ -99,6 +117,7 @@ __all__ = [
     "DOCKER_MANIFEST_LIST",
     "INDEX_MEDIA_TYPES",
     "MANIFEST_MEDIA_TYPES",
+    "MAX_JSON_DEPTH",
     "OCI_INDEX",
     "OCI_MANIFEST",
     "CatalogPage",
@@ -109,4 +128,5 @@ __all__ = [
     "is_valid_digest",
     "is_valid_repository",
     "is_valid_tag",
+    "nested_deeper_than",
 ]
