@@ -75,6 +75,14 @@ def nodelete_registry(registry: RegistryServer) -> Iterator[RegistryServer]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def schema1_registry() -> Iterator[RegistryServer]:
+    """A registry that takes pushes of signed Docker schema 1 manifests, as registries did."""
+    _need_registry()
+    with RegistryServer(extra_config={"compatibility": {"schema1": {"enabled": True}}}) as server:
+        yield server
+
+
 BASIC_USER = ("pusher", "s3cret-basic")
 
 

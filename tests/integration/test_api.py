@@ -535,6 +535,25 @@ async def test_delete_removes_exactly_that_tag(api, registry, repo):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_signed_schema1_tag_is_shown_and_deleted(make_server, schema1_registry, repo):
+    namespace, path = split(repo)
+    digest = images.push_signed_schema1(schema1_registry, repo, ["v1", "kept"])
+    server = await make_server(schema1_registry)
+    client = server.client(server.pki.admin)
+    url = f"{collection(namespace)}/{encode_name(path, 'v1')}"
+    reply = await client.get(url)
+    assert reply.code == 200, reply.body
+    obj = reply.json()
+    assert obj["status"]["digest"] == digest
+    assert obj["status"]["manifest"]["schemaVersion"] == 1
+    assert "config" not in obj["status"]
+    reply = await client.delete(url)
+    assert reply.code == 200, reply.body
+    assert reply.json()["status"]["digest"] == digest
+    assert images.list_tags(schema1_registry, repo) == ["kept"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_delete_of_an_index_tag_keeps_children_and_their_tags(api, registry, repo):
     namespace, path = split(repo)
     index = images.push_oci_index(registry, repo, "multi", architectures=("amd64", "arm64"))

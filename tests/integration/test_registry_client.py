@@ -32,6 +32,7 @@ from payloadtags.registry import (
     RegistryUnavailable,
 )
 from payloadtags.registry.auth import basic_authorization
+from payloadtags.registry.schema1 import SIGNED_SCHEMA1
 from tests.support import images
 from tests.support.registry_server import RegistryServer, TokenServer, free_port, make_tls_files
 from tests.support.scripted_http import serving
@@ -398,6 +399,25 @@ async def test_delete_tag_of_every_manifest_type(
     assert await registry_client.delete_tag(repo, "doomed-too") == digest
     assert images.list_tags(registry, repo) == ["kept"]
     assert images.get_manifest(registry, repo, "kept") == content
+
+
+@pytest_twisted.ensureDeferred
+async def test_signed_schema1_manifest_is_read_and_one_tag_deleted(
+    schema1_registry: RegistryServer, make_client: MakeClient, repo: str
+) -> None:
+    """distribution names a signed schema 1 manifest by the digest of its payload (the signatures
+    left out), and serves it signed anew on each read."""
+    digest = images.push_signed_schema1(schema1_registry, repo, ["doomed", "doomed-too", "kept"])
+    client = make_client(schema1_registry)
+    manifest = await client.manifest(repo, "kept")
+    assert (manifest.digest, manifest.media_type) == (digest, SIGNED_SCHEMA1)
+    assert images.sha256(manifest.content) != digest
+    assert (await client.manifest(repo, digest)).digest == digest
+    # Two deletes: the first finds out how, the second uses what it learned.
+    assert await client.delete_tag(repo, "doomed") == digest
+    assert await client.delete_tag(repo, "doomed-too") == digest
+    assert await client.tags(repo) == ("kept",)
+    assert await client.resolve(repo, "kept") == digest
 
 
 @pytest_twisted.ensureDeferred

@@ -205,6 +205,41 @@ def push_manifest(
     return digest
 
 
+def push_signed_schema1(target: str | Target | Session, repository: str, tags: Sequence[str]) -> str:
+    """A Docker schema 1 manifest signed as docker signed them (one layer), pushed under each tag (the
+    registry needs ``compatibility.schema1.enabled``); returns the digest the registry gives it, that
+    of the signed payload."""
+    from payloadtags.registry.schema1 import SIGNED_SCHEMA1, sign
+
+    session = _session(target)
+    compressed, _ = _layer(f"{repository}:schema1", 0)
+    layer = push_blob(session, repository, compressed)["digest"]
+    v1 = json.dumps({"id": hashlib.sha256(layer.encode()).hexdigest(), "architecture": "amd64"})
+    body, payload = sign(
+        {
+            "schemaVersion": 1,
+            "name": repository,
+            "tag": tags[0],
+            "architecture": "amd64",
+            "fsLayers": [{"blobSum": layer}],
+            "history": [{"v1Compatibility": v1}],
+        }
+    )
+    for tag in tags:
+        answer = session.expect(
+            session.request(
+                "PUT", f"/v2/{repository}/manifests/{tag}", body, {"Content-Type": SIGNED_SCHEMA1}
+            ),
+            201,
+            what=f"push schema 1 manifest {repository}:{tag}",
+        )
+        if answer.header("docker-content-digest") != sha256(payload):
+            raise PushError(
+                f"registry stored {answer.header('docker-content-digest')}, not {sha256(payload)}"
+            )
+    return sha256(payload)
+
+
 def _layer(seed: str, index: int) -> tuple[bytes, bytes]:
     """A tiny deterministic gzipped tar with one file: (compressed, uncompressed)."""
     rng = random.Random(f"{seed}/{index}")

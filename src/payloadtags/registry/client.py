@@ -39,6 +39,7 @@ from twisted.web.iweb import IAgent, IResponse
 from payloadtags.deferreds import DeadlineExpired, carried_through, is_cancellation, within
 from payloadtags.validators import positive
 
+from . import schema1
 from .auth import Authenticator, TokenAnswer, TokenRequest
 from .coalesce import Coalescer
 from .content import (
@@ -48,6 +49,7 @@ from .content import (
     CatalogPage,
     Manifest,
     compute_digest,
+    digested,
     infer_media_type,
     is_digest_reference,
     is_valid_digest,
@@ -374,12 +376,9 @@ class RegistryClient:
         if reply.status != 200:
             raise self._error(reply, what)
         document = self._json(reply, what, deep=True)
-        digest = self._verified_digest(reply, reference, what)
-        return Manifest(
-            digest=digest,
-            media_type=infer_media_type(reply.header("Content-Type"), document),
-            content=reply.body,
-        )
+        media_type = infer_media_type(reply.header("Content-Type"), document)
+        digest = self._verified_digest(reply, reference, what, media_type)
+        return Manifest(digest=digest, media_type=media_type, content=reply.body)
 
     async def resolve(self, repository: str, reference: str) -> str:
         """The digest a tag names, by HEAD (no body); falls back to GET without a digest header."""
@@ -589,19 +588,30 @@ class RegistryClient:
     async def _delete_tag_by_unique_manifest(self, repository: str, tag: str, original: Manifest) -> None:
         read_at = self._reactor.seconds()
         what = f"deleting tag {repository}:{tag}"
-        if original.media_type not in MANIFEST_MEDIA_TYPES:
+        schema1_payload = original.media_type == schema1.SIGNED_SCHEMA1
+        payload = schema1.signed_payload(original.content) if schema1_payload else None
+        if original.media_type not in MANIFEST_MEDIA_TYPES and payload is None:
             raise RegistryProtocolError(
                 f"registry {self._name}: cannot delete only tag {repository}:{tag}: its manifest type "
                 f"{original.media_type} cannot be re-pushed, and deleting its digest "
                 f"{original.digest} would remove every tag that shares it"
             )
-        document = original.json()
-        annotations = document.get("annotations")
-        annotations = dict(annotations) if isinstance(annotations, dict) else {}
-        annotations[DELETE_NONCE_ANNOTATION] = os.urandom(16).hex()
-        document["annotations"] = annotations
-        body = json.dumps(document, separators=(",", ":")).encode()
-        unique = compute_digest(body)
+        nonce = os.urandom(16).hex()
+        if payload is not None:
+            # Schema 1 has no annotations: the nonce is a member of its own, which the registry
+            # keeps in the payload (and the digest) and ignores otherwise. Signed anew, as it must be.
+            document = json.loads(payload)
+            document[DELETE_NONCE_ANNOTATION] = nonce
+            body, payload = schema1.sign(document)
+            unique = compute_digest(payload)
+        else:
+            document = original.json()
+            annotations = document.get("annotations")
+            annotations = dict(annotations) if isinstance(annotations, dict) else {}
+            annotations[DELETE_NONCE_ANNOTATION] = nonce
+            document["annotations"] = annotations
+            body = json.dumps(document, separators=(",", ":")).encode()
+            unique = compute_digest(body)
         assert unique is not None
         await self._put_then_delete(
             "retag", repository, tag, body, original.media_type, unique, original, read_at, what
@@ -856,7 +866,7 @@ class RegistryClient:
         )
         if reply.status not in (200, 201, 202, 204):
             raise self._error(reply, what)
-        computed = compute_digest(body)
+        computed = compute_digest(digested(body, media_type))
         assert computed is not None
         stored = reply.header("Docker-Content-Digest")
         if stored and stored != computed:
@@ -1162,19 +1172,20 @@ class RegistryClient:
     def _too_deep(self, reply: _Reply, what: str) -> RegistryProtocolError:
         return self._protocol(reply, f"{what} is JSON nested more than {MAX_JSON_DEPTH} levels deep")
 
-    def _verified_digest(self, reply: _Reply, reference: str, what: str) -> str:
+    def _verified_digest(self, reply: _Reply, reference: str, what: str, media_type: str) -> str:
         """The manifest's digest: the registry's header, checked against the bytes, else computed."""
         header = reply.header("Docker-Content-Digest")
         expected = reference if is_digest_reference(reference) else None
+        content = digested(reply.body, media_type)
         for claimed in (expected, header):
             if not claimed:
                 continue
             if not is_valid_digest(claimed):
                 raise self._protocol(reply, f"{what}: invalid digest {claimed!r}")
-            actual = compute_digest(reply.body, claimed.partition(":")[0])
+            actual = compute_digest(content, claimed.partition(":")[0])
             if actual is not None and actual != claimed:
                 raise self._protocol(reply, f"{what}: content has digest {actual}, not {claimed}")
-        digest = expected or header or compute_digest(reply.body)
+        digest = expected or header or compute_digest(content)
         assert digest is not None
         return digest
 

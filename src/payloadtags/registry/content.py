@@ -9,6 +9,8 @@ from typing import Any
 
 import attrs
 
+from .schema1 import SIGNED_SCHEMA1, signed_payload
+
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -48,6 +50,16 @@ def is_valid_digest(digest: str) -> bool:
 
 def is_digest_reference(reference: str) -> bool:
     return ":" in reference
+
+
+def digested(content: bytes, media_type: str) -> bytes:
+    """The bytes a manifest's digest is computed from: its content, or for a signed schema 1
+    manifest the payload its signatures cover (when they say, else its content)."""
+    if media_type == SIGNED_SCHEMA1:
+        payload = signed_payload(content)
+        if payload is not None:
+            return payload
+    return content
 
 
 def compute_digest(data: bytes, algorithm: str = "sha256") -> str | None:
@@ -107,6 +119,8 @@ def infer_media_type(content_type: str | None, document: dict[str, Any]) -> str:
     field = document.get("mediaType")
     if isinstance(field, str) and field:
         return field
+    if document.get("schemaVersion") == 1 and "signatures" in document:
+        return SIGNED_SCHEMA1
     if "manifests" in document:
         return OCI_INDEX
     return OCI_MANIFEST
@@ -120,9 +134,11 @@ __all__ = [
     "MAX_JSON_DEPTH",
     "OCI_INDEX",
     "OCI_MANIFEST",
+    "SIGNED_SCHEMA1",
     "CatalogPage",
     "Manifest",
     "compute_digest",
+    "digested",
     "infer_media_type",
     "is_digest_reference",
     "is_valid_digest",
