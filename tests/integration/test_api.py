@@ -880,6 +880,21 @@ async def test_read_only_registry_delete_is_503(make_server, registry, readonly_
     assert images.list_tags(registry, repo) == ["v1"]
 
 
+@pytest_twisted.ensureDeferred
+async def test_registry_with_deletes_disabled_delete_is_503(make_server, registry, nodelete_registry, repo):
+    namespace, path = split(repo)
+    images.push_oci_image(registry, repo, "v1")
+    server = await make_server(nodelete_registry)
+    reply = await server.client(server.pki.admin).delete(f"{collection(namespace)}/{encode_name(path, 'v1')}")
+    status = assert_status(reply, 503, "ServiceUnavailable")
+    assert status["message"] == (
+        f"registry {nodelete_registry.url} does not allow deletes (storage.delete.enabled is false): "
+        f"deleting tag {repo}:v1 is not possible; ask the registry's administrator"
+    )
+    assert reply.header("retry-after") is None  # retrying does not help
+    assert images.list_tags(registry, repo) == ["v1"]
+
+
 # --- routes served directly -------------------------------------------------------------------------
 
 

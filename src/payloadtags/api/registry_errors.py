@@ -5,7 +5,6 @@ from __future__ import annotations
 from payloadtags.api.errors import ApiError, path_not_found, service_unavailable, timeout
 from payloadtags.registry.errors import (
     RegistryConflict,
-    RegistryDeleteDisabled,
     RegistryError,
     RegistryNotFound,
     RegistryReadOnly,
@@ -28,10 +27,10 @@ def api_error_for(error: RegistryError) -> ApiError:
             return service_unavailable(message, retry_after=CLIENT_RETRY_AFTER)
         case RegistryConflict():
             return ApiError(409, "Conflict", message)
-        case RegistryDeleteDisabled():
-            return ApiError(405, "MethodNotAllowed", message)
         case RegistryNotFound():
             return path_not_found()
         case _:
-            # Rejected credentials, unexpected answers: the operator has to act, retrying will not help.
+            # Rejected credentials, deletes turned off in the registry (RegistryDeleteDisabled: not a
+            # 405, which would say that the resource has no delete verb, and discovery lists it),
+            # unexpected answers: the operator has to act, retrying will not help.
             return service_unavailable(message, retry_after=None)
