@@ -555,7 +555,7 @@ class Inventory:
             if compute_digest(content, digest.partition(":")[0]) == digest:  # kept only when verified
                 self.configs.put(ref.repository, digest, content)
         config = _json_or_none(content)
-        # Too deeply nested to show: left out, as a config that is no JSON is.
+        # Too deeply nested to show: left out, as a config that is not JSON is.
         return config if isinstance(config, dict) and not nested_deeper_than(config, MAX_JSON_DEPTH) else None
 
     async def delete(self, ref: TagRef) -> str | None:
