@@ -138,7 +138,7 @@ async def test_registry_events_need_the_token_and_a_well_formed_body(
     index = server.running.index
     anonymous = server.client()  # the registry presents no client certificate
     # A body as distribution 2.8 sends it (fields trimmed to those payloadtags reads, plus a few).
-    event = {
+    event: dict[str, Any] = {
         "id": "5d2d6b8e-0000-4000-8000-000000000000",
         "timestamp": "2025-01-01T00:00:00Z",
         "action": "push",
