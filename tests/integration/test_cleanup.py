@@ -288,7 +288,9 @@ async def test_namespaces_that_cannot_be_emptied_do_not_hold_the_workers(
         kube_api.store.delete(NAMESPACES, healthy)
         kube_api.finalize_namespace(healthy)
         await eventually(lambda: replica.controller.results, within=10)
-    assert [result.namespace for result in replica.controller.results] == [healthy]
+    # The healthy namespace's removal may run twice: its Terminating and its deletion are two triggers,
+    # and one that comes while the removal runs runs it again after.
+    assert {result.namespace for result in replica.controller.results} == {healthy}
     assert content(fresh_registry, healthy) == {}
     assert all(content(fresh_registry, name) for name in broken)  # still failing, still retried
     assert all(replica.controller.cleaning(name) for name in broken)
