@@ -116,6 +116,45 @@ async def test_an_empty_namespace_selector_lists_nothing_with_a_name_too(api, re
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_namespace_selector_no_namespace_can_match_is_not_an_error(api, registry, repo):
+    """As kube-apiserver, which does not check field selector values: metadata.namespace=Bad_NS selects
+    nothing and metadata.namespace!=Bad_NS everything, where both answered 400."""
+    namespace, path = split(repo)
+    images.push_oci_image(registry, repo, "v1")
+    client = api.client(api.pki.admin)
+    name = encode_name(path, "v1")
+    for base in (f"{B}/payloadrepositorytags", collection(namespace)):
+        for selector in (
+            "metadata.namespace%3DBad_NS",
+            f"metadata.namespace%3DBad_NS,metadata.name%3D{name}",
+        ):
+            for limit in ("", "&limit=1"):
+                reply = await client.get(f"{base}?fieldSelector={selector}{limit}")
+                assert reply.code == 200, (base, selector, limit, reply.body)
+                assert reply.json()["items"] == []
+        reply = await client.get(f"{base}?fieldSelector=metadata.namespace!%3DBad_NS")
+        assert reply.code == 200, reply.body
+        assert (namespace, path) in {
+            (i["metadata"]["namespace"], i["spec"]["repositoryPath"]) for i in reply.json()["items"]
+        }
+
+
+@pytest_twisted.ensureDeferred
+async def test_numeric_label_selectors_are_understood(api, registry, repo):
+    """`-l 'build>1'` is kube-apiserver's grammar too: tags carry no labels, so it selects nothing."""
+    namespace, _ = split(repo)
+    images.push_oci_image(registry, repo, "v1")
+    client = api.client(api.pki.admin)
+    for selector in ("build%3E1", "build%3C1", "build%3E1,!app"):
+        reply = await client.get(f"{collection(namespace)}?labelSelector={selector}")
+        assert reply.code == 200, (selector, reply.body)
+        assert reply.json()["items"] == []
+    reply = await client.get(f"{collection(namespace)}?labelSelector=build%3Ex")
+    assert_status(reply, 400, "BadRequest")
+    assert "for 'Gt', 'Lt' operators, the value must be an integer" in reply.json()["message"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_repository_whose_tags_were_all_deleted_has_no_objects(api, registry, repo):
     namespace, _ = split(repo)
     digest = images.push_oci_image(registry, repo, "gone")

@@ -94,6 +94,13 @@ def test_empty_label_selector_matches_everything(text: str | None) -> None:
         ("example.com/Key_1.x=V", {("example.com/Key_1.x", "=", frozenset({"V"}))}),
         ("a=" + "v" * 63, {("a", "=", frozenset({"v" * 63}))}),
         ("k" * 63, {("k" * 63, "exists", frozenset())}),
+        # Numeric comparisons.
+        ("a>1", {("a", ">", frozenset({"1"}))}),
+        ("a < 10,b", {("a", "<", frozenset({"10"})), ("b", "exists", frozenset())}),
+        (
+            "a>0,a<9223372036854775807",
+            {("a", ">", frozenset({"0"})), ("a", "<", frozenset({"9223372036854775807"}))},
+        ),
     ],
 )
 def test_label_selector_grammar(text: str, expected: set[tuple[str, str, frozenset[str]]]) -> None:
@@ -138,6 +145,13 @@ def test_label_selector_grammar(text: str, expected: set[tuple[str, str, frozens
         pytest.param("a in (b/c)", id="slash-in-set-value"),
         pytest.param("a in (-b)", id="bad-set-value"),
         pytest.param("a=b%20", id="percent-in-value"),
+        pytest.param("a>", id="greater-without-value"),
+        pytest.param("a>x", id="greater-than-a-word"),
+        pytest.param("a<1.5", id="less-than-a-fraction"),
+        pytest.param("a>9223372036854775808", id="greater-than-beyond-int64"),
+        pytest.param("a>+1", id="signed-value"),
+        pytest.param("a>(1)", id="greater-than-a-set"),
+        pytest.param("!a>1", id="bang-with-greater"),
     ],
 )
 def test_label_selector_errors_are_400(text: str) -> None:
@@ -148,6 +162,20 @@ def test_label_selector_errors_are_400(text: str) -> None:
 def test_label_selector_error_names_the_selector() -> None:
     assert "a in x" in _bad_label("a in x").message
     assert '"-a"' in _bad_label("-a=b").message
+
+
+@pytest.mark.parametrize(
+    ("text", "wording"),
+    [
+        ("a in (x", "found '', expected: ',' or ')'"),
+        ("a in (x y)", "found 'y', expected: ',' or ')'"),
+        ("a in x", "found 'x', expected: '('"),
+        ("a>(1)", "found '(', expected: identifier"),
+        ("a>x", "for 'Gt', 'Lt' operators, the value must be an integer"),
+    ],
+)
+def test_label_selector_errors_say_what_upstream_says(text: str, wording: str) -> None:
+    assert wording in _bad_label(text).message
 
 
 # -- label selector: matching -----------------------------------------------------------------------
@@ -178,6 +206,12 @@ def test_label_selector_error_names_the_selector() -> None:
         ("a in ()", {"a": "x"}, False),
         ("a=b,c", {"a": "b", "c": "d"}, True),
         ("a=b,c", {"a": "b"}, False),
+        ("a>1", {"a": "2"}, True),
+        ("a>1", {"a": "1"}, False),
+        ("a<1", {"a": "-3"}, True),
+        ("a>1", {"a": "x"}, False),
+        ("a>1", {}, False),
+        ("a<1", {}, False),
     ],
 )
 def test_label_selector_matching(text: str, labels: dict[str, str], matches: bool) -> None:

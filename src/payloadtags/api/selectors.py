@@ -8,19 +8,20 @@ from collections.abc import Mapping
 import attrs
 
 from payloadtags.api.errors import bad_request
-from payloadtags.names import is_namespace
 
 _KEY = re.compile(
     r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?\Z"
 )
 _VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?\Z")
-_TOKEN = re.compile(r"\s*(!=|==|=|!|,|\(|\)|[^\s!=,()]+)")
+_TOKEN = re.compile(r"\s*(!=|==|=|!|,|\(|\)|>|<|[^\s!=,()<>]+)")
+_INTEGER = re.compile(r"[+-]?[0-9]+\Z")  # what Go's strconv.ParseInt(value, 10, 64) reads
+_SPECIAL = frozenset({",", "(", ")", "=", "==", "!=", "!", ">", "<"})
 
 
 @attrs.frozen
 class Requirement:
     key: str
-    operator: str  # "=", "!=", "in", "notin", "exists", "!"
+    operator: str  # "=", "!=", "in", "notin", "exists", "!", ">", "<"
     values: frozenset[str] = frozenset()
 
     def matches(self, labels: Mapping[str, str]) -> bool:
@@ -32,6 +33,12 @@ class Requirement:
                 return not present or labels[self.key] not in self.values
             case "exists":
                 return present
+            case ">" | "<":
+                # As upstream: a label that is not an integer matches neither.
+                if not present or not _INTEGER.match(labels[self.key]):
+                    return False
+                label, (bound,) = int(labels[self.key]), self.values
+                return label > int(bound) if self.operator == ">" else label < int(bound)
             case _:
                 return not present
 
@@ -76,10 +83,10 @@ def parse_label_selector(text: str | None) -> LabelSelector:
     requirements: list[Requirement] = []
     i = 0
 
-    def fail() -> None:
+    def fail(expected: str = "identifier or operator") -> None:
         raise bad_request(
             f"unable to parse requirement: found '{tokens[i] if i < len(tokens) else ''}', "
-            f'expected: identifier or operator in label selector "{text}"'
+            f'expected: {expected} in label selector "{text}"'
         )
 
     while i < len(tokens):
@@ -98,15 +105,30 @@ def parse_label_selector(text: str | None) -> LabelSelector:
                 op = "!=" if tokens[i] == "!=" else "="
                 i += 1
                 value = ""
-                if i < len(tokens) and tokens[i] not in (",", "(", ")", "=", "==", "!=", "!"):
+                if i < len(tokens) and tokens[i] not in _SPECIAL:
                     value = tokens[i]
                     i += 1
+                requirements.append(Requirement(key, op, frozenset({_check_value(value, text)})))
+            elif tokens[i] in (">", "<"):
+                op = tokens[i]
+                i += 1
+                value = ""
+                if i < len(tokens) and tokens[i] != ",":
+                    if tokens[i] in _SPECIAL:
+                        fail("identifier")
+                    value = tokens[i]
+                    i += 1
+                if not _INTEGER.match(value) or not -(2**63) <= int(value) < 2**63:
+                    raise bad_request(
+                        f"unable to parse requirement: {text}: "
+                        "for 'Gt', 'Lt' operators, the value must be an integer"
+                    )
                 requirements.append(Requirement(key, op, frozenset({_check_value(value, text)})))
             elif tokens[i] in ("in", "notin"):
                 op = tokens[i]
                 i += 1
                 if i >= len(tokens) or tokens[i] != "(":
-                    fail()
+                    fail("'('")
                 i += 1
                 values: set[str] = set()
                 expect_value = True
@@ -119,10 +141,10 @@ def parse_label_selector(text: str | None) -> LabelSelector:
                         values.add(_check_value(tokens[i], text))
                         expect_value = False
                     else:
-                        fail()
+                        fail("',' or ')'")
                     i += 1
                 if i >= len(tokens):
-                    fail()
+                    fail("',' or ')'")
                 if expect_value:
                     values.add("")  # "(x,)" and, as upstream, "()" hold the empty value
                 i += 1
@@ -181,11 +203,7 @@ def parse_field_selector(text: str | None) -> FieldSelector:
                 f'"{field}" is not a known field selector: only "metadata.name", "metadata.namespace"'
             )
         value = value.strip()
-        if field == "metadata.namespace" and value and not is_namespace(value):
-            # Refused before anything is read: a value no namespace can have must not be looked up in
-            # the registry, where the answer would depend on paths the caller may not see.
-            raise bad_request(
-                f'invalid field selector value "{value}" for metadata.namespace: not a valid namespace name'
-            )
+        # As kube-apiserver, any value is accepted: one no namespace can have (Bad_NS) selects nothing,
+        # and its != everything. Lists never look such a value up in the registry (TagsService).
         requirements.append(FieldRequirement(field, value, op != "!="))
     return FieldSelector(tuple(requirements))

@@ -241,6 +241,8 @@ class TagsService:
             page, meta = await self._select(user, namespace, options)
             return PageRuns(page.runs), meta
         listing = self._begin(user, namespace, options)
+        if listing.namespace is not None and not is_namespace(listing.namespace):
+            return PageRuns([]), ListMeta(resource_version=listing.current)  # as in _select
         reader = self.inventory.reader(
             listing.namespace,
             accept=listing.accept,
