@@ -9,6 +9,8 @@ from __future__ import annotations
 import attrs
 
 AUTHENTICATED = "system:authenticated"
+UNAUTHENTICATED = "system:unauthenticated"
+ANONYMOUS = "system:anonymous"
 MASTERS = "system:masters"
 
 
@@ -22,10 +24,11 @@ class UserInfo:
     extra: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def with_authenticated_group(self) -> UserInfo:
-        # As Go's AuthenticatedGroupAdder: every authenticated identity is in system:authenticated.
-        if AUTHENTICATED in self.groups:
+        # As Go's AuthenticatedGroupAdder: every authenticated identity is in system:authenticated, but
+        # the anonymous user and anyone a front proxy already placed in either group keep their groups.
+        if self.name == ANONYMOUS or AUTHENTICATED in self.groups or UNAUTHENTICATED in self.groups:
             return self
         return attrs.evolve(self, groups=(*self.groups, AUTHENTICATED))
 
 
-__all__ = ["AUTHENTICATED", "MASTERS", "UserInfo"]
+__all__ = ["ANONYMOUS", "AUTHENTICATED", "MASTERS", "UNAUTHENTICATED", "UserInfo"]

@@ -317,6 +317,48 @@ async def test_front_proxy_identity_is_used(proxied_server, kube_api, registry, 
 
 
 @pytest_twisted.ensureDeferred
+async def test_anonymous_and_unauthenticated_callers_are_not_system_authenticated(
+    proxied_server, kube_api, registry, namespace, front_proxy
+):
+    """As Go's AuthenticatedGroupAdder: system:anonymous, or a caller already in system:unauthenticated,
+    is not given system:authenticated, nor the grants bound to it."""
+    _, proxy, _ = front_proxy
+    images.push_oci_image(registry, f"{namespace}/app", "v1")
+    ensure_namespace(kube_api, namespace)
+    kube_api.store.create(
+        CLUSTERROLES,
+        {
+            "metadata": {"name": f"{namespace}-all-read"},
+            "rules": [{"apiGroups": [GROUP], "resources": ["payloadrepositoryaccesses"], "verbs": ["get"]}],
+        },
+    )
+    kube_api.store.create(
+        CLUSTERROLEBINDINGS,
+        {
+            "metadata": {"name": f"{namespace}-all-read"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": f"{namespace}-all-read",
+            },
+            "subjects": [{"kind": "Group", "name": "system:authenticated"}],
+        },
+    )
+    client = proxied_server.client(proxy)
+
+    async def sees(headers: dict[str, str | list[str]]) -> bool:
+        reply = await client.get(collection(namespace), headers=headers)
+        assert reply.code == 200, reply.body
+        return len(reply.json()["items"]) == 1
+
+    # Any other user is in system:authenticated without saying so.
+    assert await eventually(lambda: sees(as_user("frank", "team"))) is True
+    assert not await sees(as_user("system:anonymous", "system:unauthenticated"))
+    assert not await sees(as_user("system:anonymous"))
+    assert not await sees(as_user("someone", "system:unauthenticated"))
+
+
+@pytest_twisted.ensureDeferred
 async def test_forged_headers_are_never_trusted(proxied_server, front_proxy, pki):
     _, _, intruder = front_proxy
     forged = as_user("admin", "system:masters")
