@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import functools
 import json
+import re
 import socket
 import ssl
 import tempfile
@@ -276,16 +277,27 @@ async def test_deep_json_in_a_body_or_a_token_is_a_400(api):
     assert token_reply.is_status(400), token_reply
 
 
+def registry_operations(metrics: bytes) -> float:
+    pattern = r"^payloadtags_registry_operations_total\{[^}]*\} (\S+)$"
+    return sum(float(value) for value in re.findall(pattern, metrics.decode(), re.MULTILINE))
+
+
 @pytest_twisted.ensureDeferred
-async def test_namespace_selector_that_no_namespace_can_match_is_a_400(api, registry, repo):
+async def test_namespace_selector_that_no_namespace_can_match_selects_nothing_unread(api, registry, repo):
+    """As kube-apiserver, a value no namespace can have is not an error; it selects nothing, and is
+    never looked up in the registry, where a value with a "/" would probe a repository's path."""
     images.push_oci_image(registry, repo, "v1")
+    client = api.client(api.pki.admin)
     # "team/app" exists under the namespace "t<n>"; a namespace value with a "/" must not probe it.
     value = repo.replace("/", "%2F")
-    reply = await api.client(api.pki.admin).get(
-        f"{B}/payloadrepositorytags?fieldSelector=metadata.namespace%3D{value}"
-    )
-    assert reply.code == 400, reply.body
-    assert reply.json()["reason"] == "BadRequest"
+    before = registry_operations((await client.get("/metrics")).body)
+    for limit in ("", "&limit=1"):
+        reply = await client.get(
+            f"{B}/payloadrepositorytags?fieldSelector=metadata.namespace%3D{value}{limit}"
+        )
+        assert reply.code == 200, reply.body
+        assert reply.json()["items"] == []
+    assert registry_operations((await client.get("/metrics")).body) == before
 
 
 # --- pipelining and output ---------------------------------------------------------------------------
