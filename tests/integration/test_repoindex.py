@@ -55,12 +55,10 @@ def catalog_requests(metrics: str) -> float:
     return sum(float(value) for value in re.findall(pattern, metrics, re.MULTILINE))
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_pushed_repository_reaches_the_namespace_list_through_a_registry_event(
-    notifying: Any, make_server: Any, pki: Pki
-):
+async def notified_server(notifying: Any, make_server: Any) -> ServerUnderTest:
+    """A server on the port the registry notifies, its index filled from the catalog (refreshed hourly:
+    only events change it during a test)."""
     registry, port, token_file = notifying
-    images.push_oci_image(registry, "idx/before", "v1")
     server: ServerUnderTest = await make_server(
         registry,
         secure_port=port,
@@ -74,6 +72,18 @@ async def test_a_pushed_repository_reaches_the_namespace_list_through_a_registry
         return index.ready
 
     assert await eventually(index_ready, within=10)
+    return server
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pushed_repository_reaches_the_namespace_list_through_a_registry_event(
+    notifying: Any, make_server: Any, pki: Pki
+):
+    registry = notifying[0]
+    images.push_oci_image(registry, "idx/before", "v1")
+    server = await notified_server(notifying, make_server)
+    index = server.running.index
+    assert index is not None
     assert index.namespace_repositories("idx") == ["idx/before"]
 
     admin = server.client(pki.admin)
@@ -100,20 +110,10 @@ async def test_a_pushed_repository_reaches_the_namespace_list_through_a_registry
 async def test_a_push_payloadtags_cannot_show_does_not_hold_back_later_notifications(
     notifying: Any, make_server: Any, pki: Pki
 ):
-    registry, port, token_file = notifying
-    server: ServerUnderTest = await make_server(
-        registry,
-        secure_port=port,
-        registry_events_token_file=str(token_file),
-        registry_index_refresh_period=3600.0,
-    )
+    registry = notifying[0]
+    server = await notified_server(notifying, make_server)
     index = server.running.index
     assert index is not None
-
-    async def index_ready() -> bool:
-        return index.ready
-
-    assert await eventually(index_ready, within=10)
     # distribution accepts a first component that looks like a domain, upper case included; payloadtags
     # shows no such repository.
     images.push_oci_image(registry, "Upper.Example/app", "v1")
