@@ -35,6 +35,7 @@ class FakeRegistry:
         self.repos: dict[str, dict[str, str]] = {}
         self.failures: dict[str, deque[Exception]] = defaultdict(deque)
         self.deletes: list[tuple[str, str]] = []
+        self.tag_deletes: list[tuple[str, str]] = []
 
     def push(self, repository: str, tag: str, content: str | None = None) -> None:
         self.repos.setdefault(repository, {})[tag] = digest(content or f"{repository}:{tag}")
@@ -76,6 +77,7 @@ class FakeRegistry:
     async def delete_tag(self, repository: str, tag: str) -> str | None:
         """Only reached for tags that resolve to nothing: gone, as this fake has no dangling tags."""
         self._gate("delete")
+        self.tag_deletes.append((repository, tag))
         digest = self.repos.get(repository, {}).pop(tag, None)
         if digest is None:
             raise RegistryNotFound(f"{repository}:{tag}")
@@ -158,6 +160,21 @@ def test_one_failing_repository_does_not_stop_the_others() -> None:
     clock.advance(1.0)
     [result] = outcome
     assert registry.remaining("team/") == {}
+    assert result.errors == 1
+
+
+def test_a_tag_that_failed_to_resolve_waits_for_the_next_pass() -> None:
+    # A registry error says nothing of the tag: it is neither gone nor dangling, so it is not sent to
+    # the repair (a tag delete of its own) but deleted by digest in the next pass.
+    registry, clock = FakeRegistry(), Clock()
+    fill(registry)
+    registry.fail("resolve", RegistryUnavailable("reset"), times=1)
+    outcome = run(make_cascade(registry, clock), "team")
+    assert outcome == []
+    clock.advance(1.0)
+    [result] = outcome
+    assert registry.remaining("team/") == {}
+    assert registry.tag_deletes == []
     assert result.errors == 1
 
 

@@ -39,6 +39,8 @@ log = Logger()
 
 T = TypeVar("T")
 
+_UNANSWERED = "unanswered"  # not a digest: a tag the registry failed to resolve in this pass
+
 Guard = Callable[[], str | None]
 """Called right before every delete: a reason to stop now, or None to go on. Synchronous and cheap."""
 
@@ -247,6 +249,8 @@ class Cascade:
             per_digest: dict[str, int] = {}
             unresolved: list[str] = []
             for tag, digest in zip(tags, digests, strict=True):
+                if digest is _UNANSWERED:
+                    continue  # the pass is retried; the tag is read again then
                 if digest is not None:
                     per_digest[digest] = per_digest.get(digest, 0) + 1
                 else:
@@ -269,6 +273,7 @@ class Cascade:
             state.failed(repository, e)
 
     async def _resolve(self, limit: DeferredSemaphore, repository: str, tag: str, state: _Pass) -> str | None:
+        """The tag's digest; None when the registry has no manifest for it; _UNANSWERED on an error."""
         try:
             return await limited(limit, self.registry.resolve, repository, tag)
         except RegistryNotFound:
@@ -276,9 +281,10 @@ class Cascade:
             state.unresolved.append(f"{repository}:{tag}")
             return None
         except RegistryError as e:
-            # Recorded here, not raised, so the other tags' requests go on; the pass is retried.
+            # Recorded here, not raised, so the other tags' requests go on; the pass is retried. It
+            # says nothing of the tag, so the tag is not taken for dangling and sent to the repair.
             state.failed(f"{repository}:{tag}", e)
-            return None
+            return _UNANSWERED
 
     async def _delete(
         self,
