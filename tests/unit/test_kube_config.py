@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import base64
 import json
+import re
 from pathlib import Path
 
 import pytest
+from twisted.python.failure import Failure
 
 from payloadtags.kube.config import ClusterConfig, ConfigError, in_pod, load_cluster_config
+from payloadtags.kube.execcred import PluginError, run_plugin
 from tests.support.kubeapi import write_kubeconfig
 from tests.support.pki import Authority
 
@@ -238,3 +242,96 @@ def test_an_exec_plugin_that_fails_at_load_is_a_config_error(tmp_path: Path) -> 
     exec_section = {"apiVersion": "client.authentication.k8s.io/v1", "command": str(script)}
     with pytest.raises(ConfigError, match="exited with 3: no identity provider"):
         load_cluster_config(str(kubeconfig_with_user(tmp_path / "kc", {"exec": exec_section})))
+
+
+def test_provide_cluster_info_hands_the_plugin_the_ca_file_read_at_each_run(
+    tmp_path: Path, ca: Authority
+) -> None:
+    # client-go's ConfigToExecCluster: a CA named by file (relative to the kubeconfig's folder) reaches the
+    # plugin as certificate-authority-data, with the cluster's TLS name, proxy and exec extension config.
+    (tmp_path / "ca.crt").write_bytes(ca.cert_file.read_bytes())
+    script = plugin(
+        tmp_path / "plugin",
+        'echo "$KUBERNETES_EXEC_INFO" > seen\n'
+        'echo \'{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential",'
+        '"status":{"token":"tok"}}\'\n',
+    )
+    cluster = {
+        "server": SERVER,
+        "certificate-authority": "ca.crt",
+        "tls-server-name": "kubernetes.default",
+        "proxy-url": "http://127.0.0.1:3128",
+        "extensions": [
+            {"name": "client.authentication.k8s.io/exec", "extension": {"audience": "payloadtags"}}
+        ],
+    }
+    user = {
+        "exec": {
+            "apiVersion": "client.authentication.k8s.io/v1",
+            "command": str(script),
+            "interactiveMode": "Never",
+            "provideClusterInfo": True,
+        }
+    }
+    path = tmp_path / "kc"
+    path.write_text(
+        json.dumps(
+            {
+                "clusters": [{"name": "c", "cluster": cluster}],
+                "users": [{"name": "u", "user": user}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    config = load_cluster_config(str(path))
+    assert config is not None and config.exec_plugin is not None
+    assert json.loads((tmp_path / "seen").read_text())["spec"] == {
+        "interactive": False,
+        "cluster": {
+            "server": SERVER,
+            "tls-server-name": "kubernetes.default",
+            "certificate-authority-data": base64.b64encode(ca.cert_file.read_bytes()).decode(),
+            "proxy-url": "http://127.0.0.1:3128",
+            "config": {"audience": "payloadtags"},
+        },
+    }
+    # A renewal reads the file again: a rotated CA bundle reaches the plugin.
+    rotated = Authority.create(tmp_path / "rotated", "rotated").cert_file.read_bytes()
+    (tmp_path / "ca.crt").write_bytes(rotated)
+    info = json.loads(config.exec_plugin.environment({})["KUBERNETES_EXEC_INFO"])
+    assert info["spec"]["cluster"]["certificate-authority-data"] == base64.b64encode(rotated).decode()
+    # As client-go, a CA that cannot be read fails the run instead of leaving the CA out.
+    (tmp_path / "ca.crt").unlink()
+    with pytest.raises(PluginError, match=r"cannot read the cluster's CA bundle: .*ca\.crt"):
+        config.exec_plugin.environment({})
+    # A renewal on the reactor fails its result (the token source turns it into a 503), not the caller.
+    renewal = run_plugin(NoProcesses(), config.exec_plugin)
+    errors: list[Failure] = []
+    renewal.addErrback(errors.append)
+    assert len(errors) == 1 and errors[0].check(PluginError)
+
+
+class NoProcesses:
+    """A reactor for a plugin run that must fail before any process is started."""
+
+    def spawnProcess(self, *_args: object, **_kwargs: object) -> None:
+        raise AssertionError("no process should be started")
+
+    def callLater(self, *_args: object) -> None:
+        raise AssertionError("no timer should be started")
+
+
+def test_an_exec_plugin_that_needs_a_terminal_is_refused_at_load(tmp_path: Path) -> None:
+    # client-go refuses to run an interactiveMode Always plugin without a terminal; a server has none.
+    script = plugin(tmp_path / "plugin", "touch ran\n")
+    exec_section = {
+        "apiVersion": "client.authentication.k8s.io/v1",
+        "command": str(script),
+        "interactiveMode": "Always",
+    }
+    with pytest.raises(
+        ConfigError, match=re.escape(f"exec plugin {script}: interactiveMode Always needs a terminal")
+    ):
+        load_cluster_config(str(kubeconfig_with_user(tmp_path / "kc", {"exec": exec_section})))
+    assert not (tmp_path / "ran").exists()

@@ -339,3 +339,26 @@ def test_resource_paths() -> None:
         resource_path("rbac.authorization.k8s.io", "v1", "clusterroles", name="system:admin")
         == "/apis/rbac.authorization.k8s.io/v1/clusterroles/system%3Aadmin"
     )
+
+
+@pytest.mark.parametrize(("ended_by", "calls"), [("server", ["pause"]), ("close", ["pause", "stop"])])
+def test_a_stream_ended_while_paused_stays_ended_for_a_slow_consumer(
+    response: FakeResponse, clock: Clock, ended_by: str, calls: list[str]
+) -> None:
+    # The server ends a paused watch cleanly (timeoutSeconds), or we close it; the consumer takes longer
+    # than the idle timeout to drain it. The end stays clean: the reflector re-watches at once instead of
+    # counting a failure and backing off.
+    stream = WatchStream(response, clock, idle_timeout=90, high_water=4)  # type: ignore[arg-type]
+    response.send(BOOKMARK_LINE * 4)
+    if ended_by == "server":
+        response.end()
+    else:
+        stream.close()
+    assert result(next_event(stream)).type == "BOOKMARK"
+    assert result(next_event(stream)).type == "BOOKMARK"
+    assert clock.getDelayedCalls() == []
+    clock.advance(91)
+    assert result(next_event(stream)).type == "BOOKMARK"
+    assert result(next_event(stream)).type == "BOOKMARK"
+    failure_of(next_event(stream), StopAsyncIteration)
+    assert response.transport.calls == calls

@@ -488,8 +488,11 @@ class WatchStream:
                 event = self._events.popleft()
                 if self._paused and len(self._events) <= self._high_water // 2 and self._producer:
                     self._paused = False
-                    self._producer.resumeProducing()
-                    self._watch_idle()
+                    # A stream that has ended (the server's clean end while we were behind included)
+                    # has nothing left to resume and no silence to watch for.
+                    if self._receiving():
+                        self._producer.resumeProducing()
+                        self._watch_idle()
                 if event.type == ERROR:
                     self.close()
                     status = event.object
@@ -565,8 +568,11 @@ class WatchStream:
         self._wake()
         self._run_close_callbacks()
 
+    def _receiving(self) -> bool:
+        return not (self._finished or self._closed or self._error is not None)
+
     def _watch_idle(self) -> None:
-        if self._idle_timeout is not None and self._idle is None:
+        if self._idle_timeout is not None and self._idle is None and self._receiving():
             self._idle = self._clock.callLater(self._idle_timeout, self._silent, self._idle_timeout)
 
     def _stop_idle(self) -> None:

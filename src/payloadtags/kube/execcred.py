@@ -8,11 +8,13 @@ start-up (configuration loading is blocking anyway, see `payloadtags.kube.config
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
 from collections.abc import Mapping
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Final
 
 import attrs
@@ -45,12 +47,28 @@ class ExecPlugin:
     cwd: str | None = None
     # ``spec.cluster`` handed to the plugin when the kubeconfig asks for it (provideClusterInfo).
     cluster: JsonObject | None = attrs.field(default=None, repr=False, eq=False, hash=False)
+    # The cluster's ``certificate-authority`` file, given to the plugin as certificate-authority-data.
+    # Read at each run, as the CA bundle may be rotated in place.
+    ca_file: str | None = None
 
     @classmethod
     def from_kubeconfig(cls, section: Mapping[str, Any], cwd: str | None, cluster: JsonObject) -> ExecPlugin:
         command, api_version = section.get("command"), section.get("apiVersion")
         if not isinstance(command, str) or not command or not isinstance(api_version, str):
             raise PluginError("exec: the kubeconfig's exec section needs a command and an apiVersion")
+        if section.get("interactiveMode") == "Always":
+            # client-go refuses to run such a plugin without a terminal; a server never has one.
+            raise PluginError(
+                f"exec plugin {command}: interactiveMode Always needs a terminal, and payloadtags runs "
+                "plugins without one; use a plugin that can work with interactiveMode Never or IfAvailable"
+            )
+        info = _cluster_info(cluster) if section.get("provideClusterInfo") else None
+        # Inline data wins over the file, as in client-go.
+        ca_file = (
+            cluster.get("certificate-authority")
+            if info is not None and "certificate-authority-data" not in info
+            else None
+        )
         env = tuple((str(e["name"]), str(e["value"])) for e in section.get("env") or ())
         return cls(
             command=command,
@@ -58,7 +76,8 @@ class ExecPlugin:
             args=tuple(str(a) for a in section.get("args") or ()),
             env=env,
             cwd=cwd,
-            cluster=_cluster_info(cluster) if section.get("provideClusterInfo") else None,
+            cluster=info,
+            ca_file=os.path.join(cwd or "", str(ca_file)) if ca_file else None,
         )
 
     def argv(self) -> list[str]:
@@ -70,9 +89,22 @@ class ExecPlugin:
     def environment(self, base: Mapping[str, str] = os.environ) -> dict[str, str]:
         spec: JsonObject = {"interactive": False}
         if self.cluster is not None:
-            spec["cluster"] = self.cluster
+            spec["cluster"] = self._cluster_with_ca()
         info = {"apiVersion": self.api_version, "kind": "ExecCredential", "spec": spec}
         return {**base, **dict(self.env), "KUBERNETES_EXEC_INFO": json.dumps(info)}
+
+    def _cluster_with_ca(self) -> JsonObject:
+        assert self.cluster is not None
+        if self.ca_file is None:
+            return self.cluster
+        try:
+            # A synchronous read, on the reactor at a renewal, on purpose (as the token file's): a CA
+            # bundle is a few kilobytes, read only when the plugin is run.
+            ca = Path(self.ca_file).read_bytes()
+        except OSError as e:
+            # As client-go: no run rather than a plugin told nothing about the CA.
+            raise PluginError(f"exec plugin {self.command}: cannot read the cluster's CA bundle: {e}") from e
+        return {**self.cluster, "certificate-authority-data": base64.b64encode(ca).decode("ascii")}
 
 
 # The kubeconfig cluster fields an ExecCredential's spec.cluster carries (client.authentication.k8s.io/v1).
@@ -214,6 +246,9 @@ def run_plugin(reactor: Any, plugin: ExecPlugin, timeout: float = PLUGIN_TIMEOUT
         reactor.spawnProcess(protocol, argv[0], argv, env=plugin.environment(), path=plugin.cwd)
     except OSError as e:
         done.errback(PluginError(f"cannot run exec plugin {plugin.command}: {e}"))
+        return done
+    except PluginError as e:
+        done.errback(e)
         return done
 
     def expire() -> None:
