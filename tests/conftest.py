@@ -76,10 +76,12 @@ def nodelete_registry(registry: RegistryServer) -> Iterator[RegistryServer]:
 
 
 @pytest.fixture(scope="session")
-def schema1_registry() -> Iterator[RegistryServer]:
-    """A registry that takes pushes of signed Docker schema 1 manifests, as registries did."""
-    _need_registry()
-    with RegistryServer(extra_config={"compatibility": {"schema1": {"enabled": True}}}) as server:
+def schema1_registry(registry: RegistryServer) -> Iterator[RegistryServer]:
+    """The same storage as ``registry``, served taking pushes of signed Docker schema 1 manifests, as
+    registries did (``registry`` refuses them, as distribution does by default)."""
+    with RegistryServer(
+        root=registry.root, extra_config={"compatibility": {"schema1": {"enabled": True}}}
+    ) as server:
         yield server
 
 

@@ -517,7 +517,8 @@ class Inventory:
     async def detail(self, ref: TagRef) -> TagDetail:
         """One tag with its manifest and, for images and JSON-configured artifacts, its config."""
         manifest = await self.client.manifest(ref.repository, ref.tag)
-        body = _json_or_none(manifest.content)
+        # The payload, not the bytes as served: what its digest vouches for (`Manifest.payload`).
+        body = _json_or_none(manifest.payload)
         document = body if isinstance(body, dict) else {}
         return TagDetail(
             ref=ref,

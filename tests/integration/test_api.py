@@ -18,6 +18,7 @@ from payloadtags.api.render import render_list
 from payloadtags.model import ListMeta, tag_object
 from payloadtags.names import TagRef, encode_name
 from payloadtags.registry.content import MAX_JSON_DEPTH
+from payloadtags.registry.schema1 import SIGNED_SCHEMA1
 from tests.integration.test_output_bounds import many_tags
 from tests.support import images
 from tests.support.client import Response
@@ -907,6 +908,44 @@ async def test_a_registry_manifest_nested_too_deeply_is_503_not_the_clients_faul
     assert status["message"] == (
         f"registry {url}: manifest team/app:v1 is JSON nested more than {MAX_JSON_DEPTH} levels deep"
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_signed_schema1_manifest_shows_only_what_its_signatures_cover(make_server, reactor):
+    # A member served between the payload and the signatures is not covered by the digest: a second
+    # fsLayers there would win in json.loads, and the tag would show layers it does not have.
+    document, payload, served = images.schema1_with_unsigned_layers("team/app", "v1")
+
+    def manifest(request: Request) -> bytes:
+        request.setHeader("Content-Type", SIGNED_SCHEMA1)
+        request.setHeader("Docker-Content-Digest", images.sha256(payload))
+        return served
+
+    _, reply = await get_from_registry_answering(make_server, reactor, manifest)
+    assert reply.code == 200, reply.body
+    status = reply.json()["status"]
+    assert (status["digest"], status["manifest"]) == (images.sha256(payload), document)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_signed_schema1_tag_where_schema1_pushes_are_off_is_503_without_retry(
+    make_server, registry, schema1_registry, repo
+):
+    # Deleting one tag pushes a copy of its manifest; distribution takes schema 1 pushes only with
+    # compatibility.schema1.enabled (``registry`` has the default, off), and no retry changes that.
+    namespace, path = split(repo)
+    digest = images.push_signed_schema1(schema1_registry, repo, ["v1", "kept"])
+    server = await make_server(registry)
+    reply = await server.client(server.pki.admin).delete(f"{collection(namespace)}/{encode_name(path, 'v1')}")
+    status = assert_status(reply, 503, "ServiceUnavailable")
+    assert status["message"].startswith(
+        f"registry {registry.url} takes no pushes of Docker schema 1 manifests (it answered HTTP 500 "
+        "UNKNOWN, as distribution does with compatibility.schema1.enabled false, its default): deleting "
+        f"tag {repo}:v1 is not possible"
+    )
+    assert status["message"].endswith(f"; tag {repo}:v1 was left as it was, on {digest}")
+    assert reply.header("retry-after") is None
+    assert images.list_tags(registry, repo) == ["kept", "v1"]
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import socket
@@ -15,6 +16,7 @@ import pytest_twisted
 from twisted.protocols import portforward
 from twisted.web import server
 
+from payloadtags.cleanup import Cascade
 from payloadtags.registry import (
     DELETE_NONCE_ANNOTATION,
     DOCKER_MANIFEST,
@@ -28,10 +30,12 @@ from payloadtags.registry import (
     RegistryNotFound,
     RegistryProtocolError,
     RegistryReadOnly,
+    RegistrySchema1Disabled,
     RegistryTimeout,
     RegistryUnavailable,
 )
 from payloadtags.registry.auth import basic_authorization
+from payloadtags.registry.content import MAX_JSON_DEPTH
 from payloadtags.registry.schema1 import SIGNED_SCHEMA1
 from tests.support import images
 from tests.support.registry_server import RegistryServer, TokenServer, free_port, make_tls_files
@@ -418,6 +422,87 @@ async def test_signed_schema1_manifest_is_read_and_one_tag_deleted(
     assert await client.delete_tag(repo, "doomed-too") == digest
     assert await client.tags(repo) == ("kept",)
     assert await client.resolve(repo, "kept") == digest
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_signed_schema1_tag_where_schema1_pushes_are_off_is_left_and_says_why(
+    reactor: Any,
+    registry: RegistryServer,
+    schema1_registry: RegistryServer,
+    make_client: MakeClient,
+    repo: str,
+) -> None:
+    """distribution takes schema 1 pushes only with compatibility.schema1.enabled (``registry`` has
+    its default, off): deleting one such tag pushes a copy, which it refuses with a bare 500 UNKNOWN.
+    No retry can help, and the error says what would."""
+    digest = images.push_signed_schema1(schema1_registry, repo, ["doomed", "kept"])
+    client = make_client(registry)
+    for _ in range(2):  # the first delete learns the method, the second uses it
+        with pytest.raises(RegistrySchema1Disabled) as caught:
+            await client.delete_tag(repo, "doomed")
+        message = caught.value.message
+        assert message.startswith(f"registry {registry.url} takes no pushes of Docker schema 1 manifests")
+        assert "it can be deleted only with compatibility.schema1.enabled: true" in message
+        assert message.endswith(f"; tag {repo}:doomed was left as it was, on {digest}")
+    assert await client.tags(repo) == ("doomed", "kept")
+    assert await client.resolve(repo, "doomed") == digest
+    # A namespace's removal deletes by digest, which pushes nothing: it empties the namespace.
+    result = await Cascade(client, reactor).run(repo.partition("/")[0])
+    assert (result.tags_deleted, result.errors) == (2, 0)
+    assert await client.tags(repo) == ()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_signed_schema1_manifest_shows_only_what_its_signatures_cover(
+    reactor: Any, make_client: MakeClient
+) -> None:
+    """Its digest covers the payload alone: a member a registry serves between the payload and the
+    signatures (here a second fsLayers, which would win in json.loads) is in nothing read from it,
+    and the bytes as served stay, for a restore to push back."""
+    document, payload, served = images.schema1_with_unsigned_layers("team/app", "v1")
+    digest = images.sha256(payload)
+
+    def answer(request: server.Request, path: str) -> bytes:
+        if path in ("/v2/team/app/manifests/v1", f"/v2/team/app/manifests/{digest}"):
+            request.setHeader("Content-Type", SIGNED_SCHEMA1)
+            request.setHeader("Docker-Content-Digest", digest)
+            return served
+        return b"{}"
+
+    async with serving(reactor, answer) as (url, _):
+        client = make_client(url)
+        for reference in ("v1", digest):
+            manifest = await client.manifest("team/app", reference)
+            assert (manifest.digest, manifest.payload, manifest.json()) == (digest, payload, document)
+            assert manifest.content == served
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_signed_schema1_payload_nested_too_deeply_is_refused(
+    reactor: Any, make_client: MakeClient
+) -> None:
+    """The payload is what is shown, and its tail comes from a signature's header: held to the same
+    depth as a whole manifest, though the manifest as served is shallow."""
+    head = b'{"schemaVersion":1,"x":'
+    tail = b"[" * 150 + b"]" * 150 + b"}"
+    header = {"formatLength": len(head), "formatTail": _b64(tail)}
+    served = head + b'0,"signatures":[{"protected":"' + _b64(json.dumps(header).encode()).encode() + b'"}]}'
+
+    def answer(request: server.Request, path: str) -> bytes:
+        request.setHeader("Content-Type", SIGNED_SCHEMA1)
+        request.setHeader("Docker-Content-Digest", images.sha256(head + tail))
+        return served
+
+    async with serving(reactor, answer) as (url, _):
+        with pytest.raises(RegistryProtocolError) as caught:
+            await make_client(url).manifest("team/app", "v1")
+    assert caught.value.message == (
+        f"registry {url}: manifest team/app:v1 is JSON nested more than {MAX_JSON_DEPTH} levels deep"
+    )
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 @pytest_twisted.ensureDeferred

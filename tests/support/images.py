@@ -240,6 +240,25 @@ def push_signed_schema1(target: str | Target | Session, repository: str, tags: S
     return sha256(payload)
 
 
+def schema1_with_unsigned_layers(repository: str, tag: str) -> tuple[dict[str, Any], bytes, bytes]:
+    """A signed schema 1 manifest as a registry other than distribution could serve it, with a second
+    ``fsLayers`` (which json.loads takes over the first) between its signed payload and its
+    signatures, where the digest does not cover it: (the signed document, its payload, the bytes)."""
+    from payloadtags.registry.schema1 import sign
+
+    document = {
+        "schemaVersion": 1,
+        "name": repository,
+        "tag": tag,
+        "fsLayers": [{"blobSum": "sha256:" + "a" * 64}],
+        "history": [{"v1Compatibility": "{}"}],
+    }
+    body, payload = sign(document)
+    at = body.index(b',\n   "signatures"')
+    served = body[:at] + b',"fsLayers":[{"blobSum":"sha256:' + b"e" * 64 + b'"}]' + body[at:]
+    return document, payload, served
+
+
 def _layer(seed: str, index: int) -> tuple[bytes, bytes]:
     """A tiny deterministic gzipped tar with one file: (compressed, uncompressed)."""
     rng = random.Random(f"{seed}/{index}")

@@ -30,6 +30,7 @@ from .errors import (
     RegistryNotFound,
     RegistryProtocolError,
     RegistryReadOnly,
+    RegistrySchema1Disabled,
     RegistryTimeout,
     RegistryUnavailable,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "RegistryNotFound",
     "RegistryProtocolError",
     "RegistryReadOnly",
+    "RegistrySchema1Disabled",
     "RegistrySettings",
     "RegistryTimeout",
     "RegistryUnavailable",

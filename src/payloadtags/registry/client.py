@@ -66,6 +66,7 @@ from .errors import (
     RegistryNotFound,
     RegistryProtocolError,
     RegistryReadOnly,
+    RegistrySchema1Disabled,
     RegistryTimeout,
     RegistryUnavailable,
 )
@@ -377,8 +378,13 @@ class RegistryClient:
             raise self._error(reply, what)
         document = self._json(reply, what, deep=True)
         media_type = infer_media_type(reply.header("Content-Type"), document)
-        digest = self._verified_digest(reply, reference, what, media_type)
-        return Manifest(digest=digest, media_type=media_type, content=reply.body)
+        payload = digested(reply.body, media_type)
+        if payload != reply.body:
+            # What is shown is the payload (a schema 1 manifest's signatures cover only that part of
+            # it), which may nest as it likes: held to the same rules as a whole manifest.
+            self._json(reply, what, deep=True, body=payload)
+        digest = self._verified_digest(reply, reference, what, payload)
+        return Manifest(digest=digest, media_type=media_type, content=reply.body, payload=payload)
 
     async def resolve(self, repository: str, reference: str) -> str:
         """The digest a tag names, by HEAD (no body); falls back to GET without a digest header."""
@@ -865,6 +871,21 @@ class RegistryClient:
             body=body,
         )
         if reply.status not in (200, 201, 202, 204):
+            if (
+                media_type == schema1.SIGNED_SCHEMA1
+                and reply.status == 500
+                and reply.error_codes() == ["UNKNOWN"]
+            ):
+                # What distribution answers with schema 1 pushes disabled (its log alone says "manifest
+                # schema v1 unsupported"; the answer has no other sign of it): no retry helps, the
+                # registry's configuration has to change. Nothing was written.
+                raise RegistrySchema1Disabled(
+                    f"registry {self._name} takes no pushes of Docker schema 1 manifests (it answered "
+                    f"HTTP 500 UNKNOWN, as distribution does with compatibility.schema1.enabled false, "
+                    f"its default): {what} is not possible, as it pushes a signed copy of the tag's "
+                    "schema 1 manifest; it can be deleted only with compatibility.schema1.enabled: true "
+                    "(ask the registry's administrator)"
+                )
             raise self._error(reply, what)
         computed = compute_digest(digested(body, media_type))
         assert computed is not None
@@ -1154,11 +1175,14 @@ class RegistryClient:
     def _protocol(self, reply: _Reply | None, message: str) -> RegistryProtocolError:
         return RegistryProtocolError(f"registry {self._name}: {message}")
 
-    def _json(self, reply: _Reply, what: str, deep: bool = False) -> dict[str, Any]:
-        """The answer's JSON object. ``deep``: a document shown to users (a manifest), whose nesting
-        is held to MAX_JSON_DEPTH; any document deeper than Python's recursion limit is refused."""
+    def _json(
+        self, reply: _Reply, what: str, deep: bool = False, body: bytes | None = None
+    ) -> dict[str, Any]:
+        """The answer's JSON object (of ``body``, a part of the answer, when given). ``deep``: a
+        document shown to users (a manifest), whose nesting is held to MAX_JSON_DEPTH; any document
+        deeper than Python's recursion limit is refused."""
         try:
-            document = json.loads(reply.body)
+            document = json.loads(reply.body if body is None else body)
         except ValueError:
             document = None
         except RecursionError:
@@ -1172,11 +1196,11 @@ class RegistryClient:
     def _too_deep(self, reply: _Reply, what: str) -> RegistryProtocolError:
         return self._protocol(reply, f"{what} is JSON nested more than {MAX_JSON_DEPTH} levels deep")
 
-    def _verified_digest(self, reply: _Reply, reference: str, what: str, media_type: str) -> str:
-        """The manifest's digest: the registry's header, checked against the bytes, else computed."""
+    def _verified_digest(self, reply: _Reply, reference: str, what: str, content: bytes) -> str:
+        """The manifest's digest: the registry's header, checked against ``content`` (the bytes the
+        digest covers, `digested`), else computed."""
         header = reply.header("Docker-Content-Digest")
         expected = reference if is_digest_reference(reference) else None
-        content = digested(reply.body, media_type)
         for claimed in (expected, header):
             if not claimed:
                 continue

@@ -94,14 +94,21 @@ class CatalogPage:
 
 @attrs.frozen
 class Manifest:
-    """A manifest exactly as stored: its digest is that of ``content``, never of a conversion."""
+    """A manifest exactly as stored (``content``: the bytes to push it again) and ``payload``, the
+    bytes its digest is that of, never of a conversion: the same bytes, except for a signed schema 1
+    manifest, whose signatures cover only part of it. What is shown of a manifest is its payload:
+    anything else in it is not vouched for by the digest."""
 
     digest: str
     media_type: str
     content: bytes = attrs.field(repr=lambda c: f"<{len(c)} bytes>")
+    payload: bytes = attrs.field(
+        default=attrs.Factory(lambda self: digested(self.content, self.media_type), takes_self=True),
+        repr=False,
+    )
 
     def json(self) -> dict[str, Any]:
-        value = json.loads(self.content)
+        value = json.loads(self.payload)
         if not isinstance(value, dict):
             raise ValueError("manifest is not a JSON object")
         return value

@@ -53,6 +53,13 @@ class RegistryDeleteDisabled(RegistryError):
     """The registry's storage has deletes turned off (``storage.delete.enabled: false``)."""
 
 
+class RegistrySchema1Disabled(RegistryDeleteDisabled):
+    """The registry takes no pushes of signed Docker schema 1 manifests (distribution's default,
+    ``compatibility.schema1.enabled: false``), so one tag of such a manifest cannot be deleted: that
+    pushes a copy of it. A delete that is not possible with this configuration, as when deletes are
+    turned off."""
+
+
 class RegistryNotFound(RegistryError):
     """The repository, manifest, blob or tag does not exist. ``code`` is the registry's error code."""
 
@@ -95,6 +102,7 @@ __all__ = [
     "RegistryNotFound",
     "RegistryProtocolError",
     "RegistryReadOnly",
+    "RegistrySchema1Disabled",
     "RegistryTimeout",
     "RegistryUnavailable",
 ]
