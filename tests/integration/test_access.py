@@ -351,8 +351,12 @@ async def test_anonymous_and_unauthenticated_callers_are_not_system_authenticate
         assert reply.code == 200, reply.body
         return len(reply.json()["items"]) == 1
 
+    async def rules_loaded_and_seen() -> bool:
+        reply = await client.get(collection(namespace), headers=as_user("frank", "team"))
+        return reply.code == 200 and len(reply.json()["items"]) == 1
+
     # Any other user is in system:authenticated without saying so.
-    assert await eventually(lambda: sees(as_user("frank", "team"))) is True
+    assert await eventually(rules_loaded_and_seen) is True
     assert not await sees(as_user("system:anonymous", "system:unauthenticated"))
     assert not await sees(as_user("system:anonymous"))
     assert not await sees(as_user("someone", "system:unauthenticated"))
