@@ -57,7 +57,14 @@ def noting_cancel(work: Deferred[T], on_cancel: Callable[[], object]) -> Deferre
 
 
 class GoesOn(CancelledError):
-    """The caller stopped waiting for work that goes on to its own end (`carried_through`)."""
+    """The caller stopped waiting for work that goes on to its own end (`carried_through`).
+
+    ``ended`` fires (with None, however the work ends) once it has ended: what must follow the
+    work's end, and not merely its caller's, waits for it there."""
+
+    def __init__(self, ended: Deferred[None] | None = None) -> None:
+        super().__init__()
+        self.ended: Deferred[None] = ended if ended is not None else Deferred()
 
 
 def carried_through(
@@ -66,17 +73,21 @@ def carried_through(
     """A Deferred with the outcome of ``work``. Cancelling it cancels ``work`` as long as ``begun()``
     is false; once it is true, ``work`` goes on to its own end, the returned Deferred alone fails
     with GoesOn (a CancelledError) at once, and ``orphaned`` gets what ``work`` ends with (a Failure
-    or not)."""
+    or not), then the GoesOn's ``ended`` fires."""
+    ended: Deferred[None] = Deferred()
 
     def cancel(outer: Deferred[Any]) -> None:
         if not begun():
             work.cancel()
         else:
-            outer.errback(Failure(GoesOn()))
+            outer.errback(Failure(GoesOn(ended)))
 
     def relay(result: Any) -> None:
         if outer.called:
-            orphaned(result)
+            try:
+                orphaned(result)
+            finally:
+                ended.callback(None)
         elif isinstance(result, Failure):
             outer.errback(result)
         else:

@@ -374,6 +374,7 @@ async def start(
         delete_concurrency=settings.delete_concurrency,
         removal=remover,
         walks=walks,
+        changed=watch_hub.repository_changed,
     )
 
     async def ping() -> None:

@@ -1,6 +1,7 @@
 """Watches end to end: the real kubectl (`get -w`, `get -A -w`, `wait --for=delete`) and the Python
 ``kubernetes`` package's ``watch.Watch()`` loop, against the real registry, with a push and a delete
-made while they watch. Changes are found by the scope's periodic reread (0.3 s here)."""
+made while they watch. Changes made in the registry are found by the scope's periodic reread (0.3 s
+here); a delete made through payloadtags is found at once, whatever the period."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from payloadtags.limits import WatchLimits
 from payloadtags.names import encode_name
 from tests.support import images
 from tests.support.harness import ServerUnderTest
+from tests.support.kubeapi import eventually
 from tests.support.kubectl import KUBECTL, Kubectl
 
 pytestmark = [pytest.mark.kubectl, pytest.mark.registry]
@@ -153,6 +155,33 @@ async def test_kubectl_wait_for_delete_returns_when_the_tag_goes(kubectl, regist
     assert line == f"payloadrepositorytag.{GROUP}/{name} condition met"
     assert await waiting.exited == 0
     assert waiting.stderr == ""  # no fallback noise
+
+
+@pytest_twisted.ensureDeferred
+async def test_kubectl_wait_for_delete_returns_when_kubectl_deletes_the_tag(
+    make_server, registry, repo, kubectl_for
+):
+    """A delete through payloadtags ends `kubectl wait --for=delete` at once: the resync period (60 s)
+    is longer than the wait's timeout, so only the delete's own reread of the repository can."""
+    namespace, path = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "doomed")
+    images.push_oci_image(registry, repo, "kept", seed="kept")
+    server = await make_server(registry, watch=WatchLimits(resync_period=60))
+    kubectl = kubectl_for(server)
+    name = encode_name(path, "doomed")
+    waiting = start_kubectl(kubectl, "wait", "--for=delete", f"prt/{name}", "-n", namespace, "--timeout=20s")
+    try:
+        hub = server.running.api.watch_hub
+        await eventually(lambda: len(hub.watchers) == 1 or waiting.exited.called, within=15)
+        assert not waiting.exited.called, waiting.stderr
+        deleted = await kubectl("delete", "prt", name, "-n", namespace)
+        assert deleted.code == 0, deleted.err
+        assert await waiting.exited == 0, waiting.stderr
+    finally:
+        waiting.stop()
+    assert await waiting.line() == f"payloadrepositorytag.{GROUP}/{name} condition met"
+    assert waiting.stderr == ""
+    assert images.list_tags(registry, repo) == ["kept"]
 
 
 @pytest_twisted.ensureDeferred

@@ -11,11 +11,12 @@ import pytest_twisted
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 
-from payloadtags.limits import WatchLimits
+from payloadtags.limits import HttpLimits, WatchLimits
 from payloadtags.names import encode_name
 from payloadtags.watch import WatchHub
 from tests.support import images
 from tests.support.client import ApiClient, Stream, stream
+from tests.support.faultproxy import STALL, FaultProxy
 from tests.support.kubeapi.resources import ROLEBINDINGS
 from tests.support.logcapture import collected_logs
 from tests.support.rbac import eventually, grant
@@ -71,6 +72,80 @@ async def test_list_then_watch_sees_a_push_and_a_delete(make_server, registry, r
     assert (await again.next())["type"] == "DELETED"
     watch.close()
     again.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_deletes_through_the_api_reach_the_watches_without_waiting_for_a_resync(
+    make_server, registry, repo
+):
+    """The replica that deletes rereads the repository at once (kubectl wait --for=delete, get -w).
+    The resync period is an hour: nothing else brings these events within the test."""
+    namespace, path = repo.split("/", 1)
+    for tag in ("v1", "v2", "v3"):
+        images.push_oci_image(registry, repo, tag, seed=tag)
+    images.push_oci_image(registry, f"{namespace}/other", "w1", seed="w1")
+    api = await make_server(registry, watch=WatchLimits(resync_period=3600))
+    client = api.client(api.pki.admin)
+    listing = (await client.get(collection(namespace))).json()
+    rv = listing["metadata"]["resourceVersion"]
+    assert sorted(i["spec"]["tag"] for i in listing["items"]) == ["v1", "v2", "v3", "w1"]
+    watch = await stream(client, f"{collection(namespace)}?watch=true&resourceVersion={rv}")
+    assert watch.code == 200
+    # A dry run deletes nothing, so it is no event: the first is the real delete's.
+    dry = await client.delete(f"{collection(namespace)}/{encode_name(path, 'v1')}?dryRun=All")
+    assert dry.code == 200
+    reply = await client.delete(f"{collection(namespace)}/{encode_name(path, 'v2')}")
+    assert reply.code == 200
+    deleted = await watch.next()
+    assert (deleted["type"], deleted["object"]["spec"]["tag"]) == ("DELETED", "v2")
+    last = int(deleted["object"]["metadata"]["resourceVersion"])
+    assert last > int(rv)
+    # deletecollection: each repository it deleted in.
+    assert (await client.delete(collection(namespace))).code == 200
+    rest = [await watch.next() for _ in range(3)]
+    assert sorted((e["type"], e["object"]["spec"]["tag"]) for e in rest) == [
+        ("DELETED", "v1"),
+        ("DELETED", "v3"),
+        ("DELETED", "w1"),
+    ]
+    versions = [int(e["object"]["metadata"]["resourceVersion"]) for e in rest]
+    assert sorted(versions) == versions and versions[0] > last
+    # A watch resuming from the list replays the same events, from the scope's history.
+    again = await stream(client, f"{collection(namespace)}?watch=true&resourceVersion={last}")
+    replayed = [await again.next() for _ in range(3)]
+    assert [e["object"]["metadata"]["resourceVersion"] for e in replayed] == [str(v) for v in versions]
+    watch.close()
+    again.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_delete_finished_after_its_request_ended_reaches_the_watches_when_it_ends(
+    reactor, make_server, registry, repo
+):
+    """The request's deadline passes while the delete's re-tag waits for its answer: the client gets
+    504, the server finishes the delete, and the watches hear of it then, not at the next resync."""
+    namespace, path = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "v1")
+    images.push_oci_image(registry, repo, "v2", seed="two")
+    retag = "/manifests/v1"
+    proxy = FaultProxy(
+        reactor, registry.url, lambda method, p: STALL if method == "PUT" and p.endswith(retag) else None, 1.5
+    )
+    try:
+        api = await make_server(
+            proxy.url, watch=WatchLimits(resync_period=3600), http=HttpLimits(request_timeout=0.5)
+        )
+        client = api.client(api.pki.admin)
+        watch = await stream(client, f"{collection(namespace)}?watch=true&resourceVersion=0")
+        assert sorted([(await watch.next())["object"]["spec"]["tag"] for _ in range(2)]) == ["v1", "v2"]
+        reply = await client.delete(f"{collection(namespace)}/{encode_name(path, 'v1')}")
+        assert reply.code == 504
+        deleted = await watch.next()
+        assert (deleted["type"], deleted["object"]["spec"]["tag"]) == ("DELETED", "v1")
+        assert images.list_tags(registry, repo) == ["v2"]
+        watch.close()
+    finally:
+        await proxy.stop()
 
 
 async def _metric(client: ApiClient, line_start: str) -> float:

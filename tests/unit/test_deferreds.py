@@ -13,6 +13,7 @@ from twisted.web.client import ResponseNeverReceived
 
 from payloadtags.deferreds import (
     DeadlineExpired,
+    GoesOn,
     bounded_map,
     cancel_and_wait,
     carried_through,
@@ -197,6 +198,25 @@ def test_carried_through_lets_begun_work_end_on_its_own_and_reports_how() -> Non
     failure_of(outer)
     failed.errback(ValueError("registry down"))
     assert len(reported) == 1 and reported[0].check(ValueError)
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_the_goes_on_a_caller_is_told_fires_once_the_work_has_ended(fails: bool) -> None:
+    """What must follow the work's own end (a watch's reread after a delete) waits for it there."""
+    work: Deferred[str] = Deferred()
+    reported: list[Any] = []
+    outer = carried_through(work, lambda: True, reported.append)
+    outer.cancel()
+    going = failure_of(outer)
+    assert isinstance(going, GoesOn)
+    ended: list[int] = []
+    going.ended.addCallback(lambda _: ended.append(len(reported)))
+    assert not ended  # not when the caller stopped waiting
+    if fails:
+        work.errback(ValueError("registry down"))
+    else:
+        work.callback("done")
+    assert ended == [1]  # after the outcome was reported, however it ended
 
 
 def test_carried_through_relays_what_work_ends_with_when_nobody_cancels() -> None:

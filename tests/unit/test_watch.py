@@ -9,11 +9,14 @@ import attrs
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 
 from payloadtags.access.authz import Readable
 from payloadtags.access.rbac import RbacAuthorizer, RbacIndex
 from payloadtags.identity import UserInfo
 from payloadtags.names import TagRef, split_repository
+from payloadtags.registry import RegistryClient
+from payloadtags.registry.coalesce import asking
 from payloadtags.watch import (
     ListedScopes,
     ReplicaVersions,
@@ -25,6 +28,7 @@ from payloadtags.watch import (
 )
 from payloadtags.watch.source import Event, EventType
 from payloadtags.watch.versions import EPOCH_MAX
+from tests.unit.test_registry_reads import Held, client_for, tags_reply
 
 GROUP = "payload-registry.deckhouse.io"
 
@@ -183,6 +187,54 @@ def test_notification_rereads_one_repository_only() -> None:
     assert reader.scope_reads == scope_reads
     assert [line.split(b" ")[:2] for line in sink.lines] == [[b"ADDED", b"team/app:v2"]]
     assert [line.split(b" ")[:2] for line in sink_all.lines] == [[b"ADDED", b"team/app:v2"]]
+
+
+@attrs.define
+class ClientReader:
+    """A source's reads of one repository through the real registry client (its coalescing)."""
+
+    client: RegistryClient
+    baseline: list[TagRef]
+
+    async def scope_tags(self, namespace: str | None) -> list[TagRef]:
+        return self.baseline
+
+    async def repository_tags(self, repository: str) -> tuple[str, ...]:
+        return await self.client.tags(repository)
+
+
+@attrs.define(eq=False)
+class Collected:
+    events: list[Event] = attrs.field(factory=list)
+
+    def deliver(self, event: Event) -> None:
+        self.events.append(event)
+
+
+def test_a_reread_told_by_a_request_is_not_served_by_a_read_sent_before_the_change() -> None:
+    """A deletecollection marks itself asking when it begins (registry.coalesce) and tells the hub
+    after its deletes. A read of the repository sent in between (another list's) shows the tags
+    before the deletes: the source's reread must be a read of its own, not share that one."""
+    clock, held = MemoryReactorClock(), Held()
+    client = client_for(held, clock, slots=4)
+    source = ScopeSource("team", ClientReader(client, [TagRef("team", "app", "v1")]), ReplicaVersions())
+    source.when_ready()
+    events = Collected()
+    source.subscribers.add(events)
+    deleted: Deferred[None] = Deferred()
+
+    async def request() -> None:
+        asking()
+        await deleted  # its deletes
+        source.repository_changed("team/app")
+
+    Deferred.fromCoroutine(request())
+    Deferred.fromCoroutine(client.tags("team/app"))  # sent now, while the deletes run
+    deleted.callback(None)
+    held.pending[0][1].callback(tags_reply("v1"))
+    assert len(held.pending) == 2, "the reread shared the read sent before the deletes"
+    held.pending[1][1].callback(tags_reply())
+    assert [(e.type, e.ref.tag) for e in events.events] == [(EventType.DELETED, "v1")]
 
 
 def test_stale_read_does_not_undo_a_newer_one() -> None:

@@ -191,6 +191,9 @@ class TagsService:
     removal_budget: float = 40.0
     # Where paginated walks keep the tag lists their next pages show; None: every page reads them.
     walks: WalkCache | None = None
+    # Told each repository a delete of this service changed, or may have (one that failed half-way),
+    # once the delete has ended: the watch hub rereads it, so watches need not wait for a resync.
+    changed: Callable[[str], None] = lambda repository: None
 
     def _object(self, ref: TagRef, status: TagStatus | None = None) -> PayloadRepositoryTag:
         return tag_object(self.registry_host, ref, status)
@@ -424,7 +427,7 @@ class TagsService:
     async def _delete_audited(self, user: UserInfo, ref: TagRef) -> str | None:
         try:
             digest = await self.inventory.delete(ref)
-        except GoesOn:
+        except GoesOn as going:
             # The registry client finishes a delete that had begun writing and logs how it ended;
             # this line says who asked for it. One that had not begun was dropped: nothing to say.
             audit_log.info(
@@ -435,7 +438,12 @@ class TagsService:
                 repositoryPath=ref.repository_path,
                 tag=ref.tag,
             )
+            going.ended.addCallback(lambda _: self.changed(ref.repository))
             raise
+        except BaseException:
+            self.changed(ref.repository)  # a failure half-way may have changed the registry
+            raise
+        self.changed(ref.repository)
         _audit(user, ref, digest, dry_run=False)
         return digest
 
@@ -516,6 +524,9 @@ class TagsService:
             await self.removal.remove(namespace, self.removal_budget)
         except RegistryError as error:
             why = str(error)
+        finally:
+            for repository in dict.fromkeys(ref.repository for ref in refs):
+                self.changed(repository)
         again = (await self._select(user, namespace, selection, authorize=False))[0].refs
         selected = set(refs)
         left = [ref for ref in again if ref in selected]

@@ -167,7 +167,8 @@ class WatchHub:
         return source
 
     def repository_changed(self, repository: str) -> None:
-        """A registry notification (push or delete) for one repository."""
+        """A registry notification (push or delete) for one repository, or a delete this replica
+        made there: the sources that cover it reread its tag list."""
         parts = split_repository(repository)
         if parts is None:
             return

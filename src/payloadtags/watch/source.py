@@ -9,6 +9,7 @@ tag of the scope, whoever may read it: each watcher filters for its own user.
 from __future__ import annotations
 
 import collections
+import contextvars
 import enum
 from collections.abc import Iterator, Sequence
 from typing import Protocol
@@ -189,7 +190,8 @@ class ScopeSource:
         return self._reads
 
     def repository_changed(self, repository: str) -> None:
-        """A notification: re-read one repository (coalesced while a read of it runs)."""
+        """A notification, or a delete this replica made: re-read one repository (coalesced while a
+        read of it runs)."""
         if not self.covers(repository):
             return
         if not self.ready:
@@ -198,7 +200,10 @@ class ScopeSource:
         if repository in self._reading:
             self._again.add(repository)
             return
-        Deferred.fromCoroutine(self._read_repository(repository))
+        # In a context of its own: the caller may be a request that marked itself asking before the
+        # change it tells of (a deletecollection, registry.coalesce), and a read sent since then but
+        # before the change must not serve this one.
+        contextvars.Context().run(Deferred.fromCoroutine, self._read_repository(repository))
 
     async def _read_repository(self, repository: str) -> None:
         self._reading.add(repository)
