@@ -128,18 +128,21 @@ async def test_a_delete_finished_after_its_request_ended_reaches_the_watches_whe
     images.push_oci_image(registry, repo, "v1")
     images.push_oci_image(registry, repo, "v2", seed="two")
     retag = "/manifests/v1"
+    # The deadline leaves a loaded machine room to reach the re-tag; the stall keeps that re-tag
+    # unanswered well past it (and within the registry timeout, so the delete then succeeds).
     proxy = FaultProxy(
-        reactor, registry.url, lambda method, p: STALL if method == "PUT" and p.endswith(retag) else None, 1.5
+        reactor, registry.url, lambda method, p: STALL if method == "PUT" and p.endswith(retag) else None, 3.0
     )
     try:
         api = await make_server(
-            proxy.url, watch=WatchLimits(resync_period=3600), http=HttpLimits(request_timeout=0.5)
+            proxy.url, watch=WatchLimits(resync_period=3600), http=HttpLimits(request_timeout=1.5)
         )
         client = api.client(api.pki.admin)
         watch = await stream(client, f"{collection(namespace)}?watch=true&resourceVersion=0")
         assert sorted([(await watch.next())["object"]["spec"]["tag"] for _ in range(2)]) == ["v1", "v2"]
         reply = await client.delete(f"{collection(namespace)}/{encode_name(path, 'v1')}")
         assert reply.code == 504
+        assert "a delete already under way is finished by the server" in reply.json()["message"]
         deleted = await watch.next()
         assert (deleted["type"], deleted["object"]["spec"]["tag"]) == ("DELETED", "v1")
         assert images.list_tags(registry, repo) == ["v2"]
