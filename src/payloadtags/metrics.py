@@ -100,7 +100,7 @@ class Metrics:
         self.watches_ended = Counter(
             "payloadtags_watches_ended",
             "Watch streams ended, by reason: timeout, client gone, slow (send buffer full), access rules "
-            "changed, shutting down.",
+            "changed, shutting down, error.",
             ["reason"],
             registry=self.registry,
         )

@@ -403,6 +403,39 @@ async def test_a_grant_or_a_revocation_ends_a_watch_from_a_list_with_410(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_watch_before_the_rules_load_is_refused_and_later_revocations_still_end_watches(
+    make_server, registry, repo, pki, kube_api, kube_kubeconfig, reactor
+):
+    """Until the RBAC rules are loaded a watch is refused before its head, as a list is: 503 with
+    Retry-After. It used to get a 200 and an ERROR 500, and stayed registered; when the rules loaded,
+    ending it failed and stopped the access check, so that no revocation ended any watch after it."""
+    namespace, _ = repo.split("/", 1)
+    images.push_oci_image(registry, f"{namespace}/app", "v1")
+    grant(kube_api, namespace, "alice", ["get"], ["app"], "alice-read")
+    kube_api.inject_error(500, path="/apis/rbac.authorization.k8s.io/v1/roles", times=1_000_000)
+    api = await make_server(registry, kubeconfig=str(kube_kubeconfig), authorization_mode="RBAC")
+    alice = api.client(pki.client_ca.client("alice"))
+    early = await alice.get(f"{collection(namespace)}?watch=true")
+    assert early.code == 503, early.body
+    assert early.header("retry-after") == "1"
+    assert (early.json()["kind"], early.json()["reason"]) == ("Status", "ServiceUnavailable")
+    listed = await alice.get(collection(namespace))
+    assert listed.code == 503 and listed.header("retry-after") == "1"
+    kube_api.clear_injected_errors()
+
+    async def synced() -> bool:
+        return bool((await api.client(None).get("/readyz/rbac")).code == 200)
+
+    assert await eventually(synced, within=30)
+    watch = await stream(alice, f"{collection(namespace)}?watch=true")
+    first = await watch.next()
+    assert (first["type"], first["object"]["spec"]["repositoryPath"]) == ("ADDED", "app")
+    kube_api.store.delete(ROLEBINDINGS, "alice-read", namespace)
+    error = await _gone(watch, reactor)
+    assert (error["type"], error["object"]["code"], error["object"]["reason"]) == ("ERROR", 410, "Expired")
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_rules_change_that_shows_the_user_nothing_new_keeps_the_stream(
     make_server, registry, repo, pki, kube_api, kube_kubeconfig, reactor
 ):

@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 
-from payloadtags.access.authz import Readable
+from payloadtags.access.authz import AuthorizationNotReady, Readable
 from payloadtags.access.rbac import RbacAuthorizer, RbacIndex
 from payloadtags.identity import UserInfo
 from payloadtags.names import TagRef, split_repository
@@ -680,6 +680,134 @@ def test_a_change_of_the_rules_that_shows_nothing_new_keeps_the_watch() -> None:
     reader.repositories["team/later"] = {"l2"}
     clock.advance(30)
     assert sink.lines[1:] == [f"ADDED team/later:l2 {hub.versions.current}".encode()]
+    hub.stop()
+
+
+def test_rules_granted_and_taken_back_between_two_checks_end_a_watch_they_showed_something_to() -> None:
+    """`secret` is granted, a tag is pushed there and sent, and the grant is taken back, all between
+    two checks: the rules are again those the watch started under, but the tag was shown under the
+    grant; the watch ends with 410 and nothing later from `secret` reaches it."""
+    reader = FakeReader({"team/app": {"v1"}})
+    clock = Clock()
+    hub, index, authorizer = rbac_hub(reader, clock)
+    grant(index, "alice", "team", ["app"], "alice")
+    source = ready(hub, "team")
+    w, sink = rbac_watcher(authorizer, "alice")
+    assert hub.start(w, source, since=None, timeout=None)
+    clock.advance(1)
+    grant(index, "alice", "team", ["app", "secret"], "alice")
+    reader.repositories["team/secret"] = {"s1"}
+    hub.repository_changed("team/secret")
+    assert sink.lines[-1] == f"ADDED team/secret:s1 {hub.versions.current}".encode()
+    grant(index, "alice", "team", ["app"], "alice")
+    clock.advance(1)
+    assert w.reason == "access rules changed" and gone(sink)
+    reader.repositories["team/secret"] = {"s1", "s2"}
+    hub.repository_changed("team/secret")
+    assert not any(b"secret:s2" in line for line in sink.lines)
+    hub.stop()
+
+
+def list_sequence(hub: WatchHub, namespace: str | None) -> int:
+    """The sequence of the resourceVersion a list of ``namespace`` reports (a watched one)."""
+    rv: list[str] = []
+    Deferred.fromCoroutine(hub.list_version(namespace)).addCallback(rv.append)
+    sequence = hub.versions.parse(rv[0])
+    assert sequence is not None
+    return sequence
+
+
+def test_a_watch_from_a_list_made_before_a_change_of_the_rules_is_gone() -> None:
+    """The list showed `secret:s1`; `secret` was taken away before the watch from the list's
+    resourceVersion arrived. The rules the list was decided by are not kept: the watch gets 410 and
+    its client relists under the new rules. A watch from a list made after the change starts."""
+    reader = FakeReader({"team/app": {"v1"}, "team/secret": {"s1"}})
+    clock = Clock()
+    hub, index, authorizer = rbac_hub(reader, clock)
+    grant(index, "alice", "team", ["app", "secret"], "alice")
+    source = ready(hub, "team")
+    listed = list_sequence(hub, "team")
+    grant(index, "alice", "team", ["app"], "alice")
+    w, sink = rbac_watcher(authorizer, "alice")
+    assert not hub.start(w, source, since=listed, timeout=None)
+    assert not hub.watchers and not sink.lines
+    relisted = list_sequence(hub, "team")
+    w, sink = rbac_watcher(authorizer, "alice")
+    assert hub.start(w, source, since=relisted, timeout=None)
+    clock.advance(5)
+    assert not w.closed
+    hub.stop()
+
+
+def test_a_watch_is_not_started_before_the_rules_are_loaded() -> None:
+    reader = FakeReader({"team/app": {"v1"}})
+    clock = Clock()
+    hub, index, _ = rbac_hub(reader, clock)
+    loaded = False
+    authorizer = RbacAuthorizer(index, ready=lambda: loaded)
+    hub.access_rules = lambda user, namespace: authorizer.rules(user, "get", namespace)
+    source = ready(hub, "team")
+    for scope in ("team", None):
+        with pytest.raises(AuthorizationNotReady):
+            hub.authorize(UserInfo("alice"), scope)
+    w, sink = rbac_watcher(authorizer, "alice")
+    slot = hub.admit("alice")
+    with pytest.raises(AuthorizationNotReady):
+        hub.start(w, source, since=None, timeout=None, slot=slot)
+    slot.release()
+    assert not hub.watchers and not hub.per_user and not source.subscribers and not sink.lines
+    hub.authorize(UserInfo("admin", groups=("system:masters",)), "team")  # decided without rules
+    hub.stop()
+
+
+def test_a_watch_that_fails_to_begin_leaves_nothing_registered() -> None:
+    reader = FakeReader({"team/app": {"v1"}})
+    clock = Clock()
+    ended: list[str] = []
+    hub = make_hub(reader, clock)
+    hub.on_end = ended.append
+    source = ready(hub, "team")
+
+    def broken(event: Event) -> bytes:
+        raise RuntimeError("a bug")
+
+    w = Watcher("alice", FakeSink(), broken, lambda ref: True, lambda ns, path: True)
+    with pytest.raises(RuntimeError):
+        hub.start(w, source, since=None, timeout=None)
+    assert w.closed and w.done.called and ended == ["error"]
+    assert not hub.watchers and not hub.per_user and not source.subscribers
+    clock.advance(hub.limits.max_timeout)
+    assert ended == ["error"]
+    hub.stop()
+
+
+@attrs.define
+class FinishedSink(FakeSink):
+    """A response its handler already finished: twisted refuses writes to it."""
+
+    def write(self, data: bytes) -> None:
+        raise RuntimeError("Request.write called on a request after Request.finish was called.")
+
+
+def test_a_watch_that_cannot_be_ended_does_not_stop_later_revocations_ending_others() -> None:
+    reader = FakeReader({"team/app": {"v1"}, "team/web": {"w1"}})
+    clock = Clock()
+    hub, index, authorizer = rbac_hub(reader, clock)
+    grant(index, "alice", "team", ["app"], "alice")
+    grant(index, "bob", "team", ["web"], "bob")
+    source = ready(hub, "team")
+    alice = Readable(authorizer, UserInfo("alice"))
+    finished = Watcher("alice", FinishedSink(), render, lambda ref: True, alice)
+    assert hub.start(finished, source, since=hub.versions.current, timeout=None)
+    bob, bob_sink = rbac_watcher(authorizer, "bob")
+    assert hub.start(bob, source, since=hub.versions.current, timeout=None)
+    index.remove("RoleBinding", {"metadata": {"namespace": "team", "name": "alice"}})
+    clock.advance(1)
+    assert finished.closed and finished not in hub.watchers and not bob.closed
+    index.remove("RoleBinding", {"metadata": {"namespace": "team", "name": "bob"}})
+    clock.advance(1)
+    assert bob.reason == "access rules changed" and gone(bob_sink)
+    assert not hub.watchers and not hub.per_user
     hub.stop()
 
 

@@ -850,6 +850,9 @@ class ApiServer:
         hub = self.watch_hub
         assert hub is not None
         options = watch_options(query)
+        # Before the head, as a list is refused (503, retry shortly): a watch needs the rules to
+        # check what it sends, and once its 200 is out only an ERROR event can tell the client.
+        hub.authorize(user, namespace)
         try:
             # The limits are decided now, before a byte is sent: the slot is held while the watch
             # waits for its scope's read, so watches that wait together cannot all pass them.
@@ -886,7 +889,7 @@ class ApiServer:
             if rv != "0":
                 await source.fresh()
             if not options.send_initial_events:
-                since = hub.versions.current
+                since = hub.watch_sequence()
         elif rv == "":
             await source.fresh()  # "most recent": a read that started after this request
         elif rv != "0":

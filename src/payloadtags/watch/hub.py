@@ -11,6 +11,7 @@ first sent the differences from that record. A source outlives its last watcher 
 from __future__ import annotations
 
 import collections
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 
 import attrs
@@ -92,6 +93,10 @@ class WatchHub:
     _scopes: dict[Watcher, ScopeSource] = attrs.field(factory=dict)
     # The access generation the watches were last checked at.
     checked_generation: int = 0
+    # The access generation last seen, and the sequence taken when it was: a list whose
+    # resourceVersion is older may have been decided by earlier rules (``_note_access``).
+    _seen_generation: int = 0
+    _rules_since: int = 0
     _housekeeping: list[LoopingCall] = attrs.field(factory=list)
     stopped: bool = False
     listed: ListedScopes = attrs.field(factory=ListedScopes)
@@ -108,8 +113,29 @@ class WatchHub:
         if namespace in self.sources:
             await self.source(namespace)
         else:
+            self._note_access()
             self.listed.open(namespace, self.versions.current, self.clock.seconds())
         return self.current()
+
+    def _note_access(self) -> None:
+        """Notes a change of the access rules since they were last seen: the sequence moves on, so that
+        a list from now on has a resourceVersion of its own, and a watch from an older one, which the
+        old rules may have decided (they are not kept), gets 410 (``start``)."""
+        generation = self.access_generation()
+        if generation != self._seen_generation:
+            self._seen_generation = generation
+            self._rules_since = self.versions.next()
+
+    def watch_sequence(self) -> int:
+        """The sequence a watch that starts with the changes from now on starts from."""
+        self._note_access()
+        return self.versions.current
+
+    def authorize(self, user: UserInfo, namespace: str | None) -> None:
+        """AuthorizationNotReady while the access rules are still loading: a watch is refused then,
+        before its head, as a list is (503), rather than started with no rules to check it by."""
+        if self.access_rules is not None:
+            self.access_rules(user, namespace or "")
 
     def ahead(self, resource_version: str) -> bool:
         """Whether ``resource_version`` is this run's and not issued yet (a list at exactly it: 504)."""
@@ -163,6 +189,7 @@ class WatchHub:
             loop.start(self.limits.resync_period, now=False)
             self._loops[namespace] = loop
         self._touched[namespace] = self.clock.seconds()
+        self._note_access()
         await source.when_ready()
         return source
 
@@ -244,12 +271,21 @@ class WatchHub:
         watch from a list made while the scope had no source, whose source has since read the scope
         after the watch arrived): the differences between the list's reads and the snapshot.
 
-        With a ``slot`` (from ``admit``, still held) it never raises: the watcher takes the slot's
-        place; without one it is admitted here (TooManyWatches).
+        False too when the access rules changed after ``since`` was issued: what its client holds
+        may have been decided by the earlier rules, which are not kept to tell.
+
+        With a ``slot`` (from ``admit``, still held) it raises only AuthorizationNotReady (the rules
+        are not loaded, ``authorize``), having registered nothing; the watcher takes the slot's place.
+        Without one it is admitted here (TooManyWatches). A failure while the watch begins ends it
+        and unregisters it before it is raised.
         """
         if slot is None:
             slot = self.admit(watcher.user)
         assert slot.held and slot.user == watcher.user, slot
+        self._note_access()
+        if since is not None and since < self._rules_since:
+            slot.release()
+            return False
         backlog = None
         if listed is not None:
             if listed.dropped:
@@ -270,33 +306,42 @@ class WatchHub:
         self._scopes[watcher] = source
         lifetime = min(timeout if timeout else self.limits.default_timeout, self.limits.max_timeout)
         self._timers[watcher] = self.clock.callLater(lifetime, self._expire, watcher)
-
-        def closed(w: Watcher) -> None:
-            source.subscribers.discard(w)
-            self.watchers.discard(w)
-            self._scopes.pop(w, None)
-            self.per_user[w.user] -= 1
-            if self.per_user[w.user] <= 0:
-                del self.per_user[w.user]
-            timer = self._timers.pop(w, None)
-            if timer is not None and timer.active():
-                timer.cancel()
-            self._touched[source.namespace] = self.clock.seconds()
-            self.on_end(w.reason or "")
-
         # Before the first line: a watcher may end (its client gone) while it starts.
-        watcher.on_close.append(closed)
-        if backlog is None:
-            # Events that happen while the snapshot is being written wait behind it (subscribed above).
-            sequence = self.versions.current
-            snapshot = (Event(sequence, EventType.ADDED, ref) for ref in list(source.refs()))
-            end: list[bytes] = []
-            if initial_events_end and watcher.bookmark is not None:
-                end.append(watcher.bookmark(sequence, True))
-            watcher.begin(snapshot, end)
-        else:
-            watcher.begin(list(backlog))
+        watcher.on_close.append(self._forget)
+        try:
+            if backlog is None:
+                # Events that happen while the snapshot is being written wait behind it (subscribed
+                # above).
+                sequence = self.versions.current
+                snapshot = (Event(sequence, EventType.ADDED, ref) for ref in list(source.refs()))
+                end: list[bytes] = []
+                if initial_events_end and watcher.bookmark is not None:
+                    end.append(watcher.bookmark(sequence, True))
+                watcher.begin(snapshot, end)
+            else:
+                watcher.begin(list(backlog))
+        except BaseException:
+            # Nothing of a watch that failed to start stays behind: no later event, check or timer
+            # reaches a response its caller has ended.
+            watcher.end("error", write=False)
+            raise
         return True
+
+    def _forget(self, watcher: Watcher) -> None:
+        """Unregisters an ended watcher, once."""
+        source = self._scopes.pop(watcher, None)
+        if source is None:
+            return
+        source.subscribers.discard(watcher)
+        self.watchers.discard(watcher)
+        self.per_user[watcher.user] -= 1
+        if self.per_user[watcher.user] <= 0:
+            del self.per_user[watcher.user]
+        timer = self._timers.pop(watcher, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._touched[source.namespace] = self.clock.seconds()
+        self.on_end(watcher.reason or "")
 
     def _know_rules(self, watcher: Watcher, source: ScopeSource) -> None:
         """Gives the watcher the rules its user's decisions are made by, and has it note those of the
@@ -310,10 +355,7 @@ class WatchHub:
             namespaces: Iterable[str] = (source.namespace,)
         else:
             namespaces = {repository.partition("/")[0] for repository in source.tags}
-        try:
-            watcher.know_rules(namespaces)
-        except AuthorizationNotReady:
-            watcher.rules = None  # not known: the next change of the rules ends this watch
+        watcher.know_rules(namespaces)  # AuthorizationNotReady: the watch is not started
 
     def _expire(self, watcher: Watcher) -> None:
         self._timers.pop(watcher, None)
@@ -331,22 +373,30 @@ class WatchHub:
         generation = self.access_generation()
         if generation == self.checked_generation:
             return
+        self._note_access()
         for watcher, source in list(self._scopes.items()):
             try:
-                changed = watcher.access_changed(source.tags)
+                if watcher.access_changed(source.tags):
+                    # Its client's cache holds tags it may no longer see, or lacks ones it now may. A
+                    # stream that just ends is watched again from its last resourceVersion, which
+                    # replays neither: the 410 makes the client relist under the new rules.
+                    watcher.end("access rules changed", last=expired_line(_ACCESS_CHANGED))
             except AuthorizationNotReady:
                 return  # the rules are being reloaded: checked again on the next round
-            if changed:
-                # Its client's cache holds tags it may no longer see, or lacks ones it now may. A
-                # stream that just ends is watched again from its last resourceVersion, which replays
-                # neither: the 410 makes the client relist under the new rules.
-                watcher.end("access rules changed", last=expired_line(_ACCESS_CHANGED))
+            except Exception:
+                # One watch that cannot be checked or ended (its response already finished) must not
+                # keep the others from theirs: this check runs for the life of the process.
+                log.failure("checking a watch after an access change failed; dropping it")
+                if not watcher.closed:
+                    with contextlib.suppress(Exception):
+                        watcher.end("error", abort=True)
+                self._forget(watcher)
         self.checked_generation = generation
 
     # -- lifecycle --------------------------------------------------------------------------------
 
     def run(self) -> None:
-        self.checked_generation = self.access_generation()
+        self.checked_generation = self._seen_generation = self.access_generation()
         for period, work in (
             (self.limits.idle_scope_ttl / 2, self.reap),
             (self.limits.bookmark_interval, self.bookmarks),

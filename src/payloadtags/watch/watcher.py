@@ -65,8 +65,8 @@ class Watcher:
     # Selectors: decided from the reference alone (tags have no labels).
     accept: Callable[[TagRef], bool]
     # Access: may this user read (namespace, repository path)? Decisions are remembered, and with
-    # them the rules they were made by in each namespace, so that a change of the rules can be told
-    # (see ``access_changed``).
+    # them every set of rules they were made by in each namespace, so that a change of the rules can
+    # be told (see ``access_changed``).
     readable: Callable[[str, str], bool]
     # A BOOKMARK line at a sequence (True: the one ending the initial events); None: no bookmarks.
     bookmark: Callable[[int, bool], bytes] | None = None
@@ -83,35 +83,46 @@ class Watcher:
     # change of the rules cannot be told from one that changes nothing here.
     rules: Callable[[str], PathMatcher] | None = None
     _decisions: dict[tuple[str, str], bool] = attrs.field(factory=dict)
-    _ruled_by: dict[str, PathMatcher] = attrs.field(factory=dict, init=False)
+    # Per namespace, every distinct set of rules that decided something this watch's client may hold
+    # since the last check: the rules it started under, and those in force at each later decision
+    # (rules granted and taken back between two checks decided what was sent meanwhile).
+    _ruled_by: dict[str, list[PathMatcher]] = attrs.field(factory=dict, init=False)
 
     def visible(self, ref: TagRef) -> bool:
         key = (ref.namespace, ref.repository_path)
         decision = self._decisions.get(key)
         if decision is None:
             decision = self._decisions[key] = self.readable(*key)
-            if self.rules is not None and ref.namespace not in self._ruled_by:
-                self._ruled_by[ref.namespace] = self.rules(ref.namespace)
+            self._note_rules(ref.namespace)
         return decision and self.accept(ref)
+
+    def _note_rules(self, namespace: str) -> None:
+        if self.rules is None:
+            return
+        now = self.rules(namespace)
+        known = self._ruled_by.setdefault(namespace, [])
+        if not any(rules is now or rules.same_rules(now) for rules in known):
+            known.append(now)
 
     def know_rules(self, namespaces: Iterable[str]) -> None:
         """The rules of the namespaces of the watched scope as the watch starts: what its client was
         shown (the list before it, what it starts with) was decided by them."""
-        if self.rules is not None:
-            for namespace in namespaces:
-                self._ruled_by.setdefault(namespace, self.rules(namespace))
+        for namespace in namespaces:
+            self._note_rules(namespace)
 
     def access_changed(self, scope: Iterable[str]) -> bool:
         """After a change of the access rules: True when the user may now see a repository of the
-        watched scope (``scope``: the repositories that have tags) it could not, or no longer one it
-        could; the client's cache then lacks tags or holds stale ones, and only a relist mends it.
-        False when the change shows the user nothing new here: later decisions follow the new rules."""
+        watched scope (``scope``: the repositories that have tags) that any rules its client's view was
+        decided by hid, or no longer one they showed; the client's cache then lacks tags or holds stale
+        ones, and only a relist mends it. False when the change shows the user nothing new here: later
+        decisions follow the new rules."""
         if self.rules is None:
             return True
-        changed: dict[str, tuple[PathMatcher, PathMatcher]] = {}
-        for namespace, old in self._ruled_by.items():
+        changed: dict[str, tuple[list[PathMatcher], PathMatcher]] = {}
+        for namespace, known in self._ruled_by.items():
             new = self.rules(namespace)
-            if not new.same_rules(old):
+            old = [rules for rules in known if not (rules is new or rules.same_rules(new))]
+            if old:
                 changed[namespace] = (old, new)
         if not changed:
             return False
@@ -121,10 +132,10 @@ class Watcher:
                 continue
             namespace, path = parts
             pair = changed.get(namespace)
-            if pair is not None and pair[0].matches(path) != pair[1].matches(path):
+            if pair is not None and any(old.matches(path) != pair[1].matches(path) for old in pair[0]):
                 return True
         for namespace, (_, new) in changed.items():
-            self._ruled_by[namespace] = new
+            self._ruled_by[namespace] = [new]
         self._decisions = {key: known for key, known in self._decisions.items() if key[0] not in changed}
         return False
 
@@ -181,16 +192,20 @@ class Watcher:
         self.reason = reason
         self.buffer.clear()
         self.opening = None
-        for callback in self.on_close:
-            callback(self)
-        if write:
-            if abort:
-                self.sink.abort()
-            else:
-                if last is not None:
-                    self.sink.write(last)
-                self.sink.close()
-        self.done.callback(reason)
+        try:
+            for callback in self.on_close:
+                callback(self)
+            if write:
+                if abort:
+                    self.sink.abort()
+                else:
+                    if last is not None:
+                        self.sink.write(last)
+                    self.sink.close()
+        finally:
+            # Whoever waits for the end is told even when the sink fails (a response already
+            # finished): the watch is over either way.
+            self.done.callback(reason)
 
 
 def _chain(first: Iterator[bytes], second: Iterator[bytes]) -> Iterator[bytes]:
