@@ -603,10 +603,21 @@ def rbac_hub(reader: FakeReader, clock: Clock) -> tuple[WatchHub, RbacIndex, Rba
     return hub, index, authorizer
 
 
-def rbac_watcher(authorizer: RbacAuthorizer, user: str) -> tuple[Watcher, FakeSink]:
-    sink = FakeSink()
+def rbac_watcher(
+    authorizer: RbacAuthorizer, user: str, sink: FakeSink | None = None
+) -> tuple[Watcher, FakeSink]:
+    sink = sink or FakeSink()
     w = Watcher(user, sink, render, lambda ref: True, Readable(authorizer, UserInfo(user)))
     return w, sink
+
+
+def alice_and_bob(clock: Clock) -> tuple[WatchHub, RbacIndex, RbacAuthorizer, ScopeSource]:
+    """A hub over `team`, where alice may see `app` and bob `web`."""
+    reader = FakeReader({"team/app": {"v1"}, "team/web": {"w"}})
+    hub, index, authorizer = rbac_hub(reader, clock)
+    grant(index, "alice", "team", ["app"], "alice")
+    grant(index, "bob", "team", ["web"], "bob")
+    return hub, index, authorizer, ready(hub, "team")
 
 
 def gone(sink: FakeSink) -> bool:
@@ -616,12 +627,8 @@ def gone(sink: FakeSink) -> bool:
 
 
 def test_access_change_ends_only_the_watches_it_affects() -> None:
-    reader = FakeReader({"team/app": {"v1"}, "team/web": {"w"}})
     clock = Clock()
-    hub, index, authorizer = rbac_hub(reader, clock)
-    grant(index, "alice", "team", ["app"], "alice")
-    grant(index, "bob", "team", ["web"], "bob")
-    source = ready(hub, "team")
+    hub, index, authorizer, source = alice_and_bob(clock)
     watchers = {}
     for user in ("alice", "bob"):
         w, sink = rbac_watcher(authorizer, user)
@@ -661,14 +668,20 @@ def test_a_grant_or_a_revocation_ends_a_watch_told_nothing_of_the_repository(sco
     hub.stop()
 
 
-def test_a_change_of_the_rules_that_shows_nothing_new_keeps_the_watch() -> None:
-    reader = FakeReader({"team/app": {"v1"}, "team/later": {"l1"}})
-    clock = Clock()
+def alice_watching(reader: FakeReader, clock: Clock) -> tuple[WatchHub, RbacIndex, Watcher, FakeSink]:
+    """Alice, who may see `app` of `team`, watching `team` from its snapshot."""
     hub, index, authorizer = rbac_hub(reader, clock)
     grant(index, "alice", "team", ["app"], "alice")
     source = ready(hub, "team")
     w, sink = rbac_watcher(authorizer, "alice")
     assert hub.start(w, source, since=None, timeout=None)
+    return hub, index, w, sink
+
+
+def test_a_change_of_the_rules_that_shows_nothing_new_keeps_the_watch() -> None:
+    reader = FakeReader({"team/app": {"v1"}, "team/later": {"l1"}})
+    clock = Clock()
+    hub, index, w, sink = alice_watching(reader, clock)
     assert sink.lines == [f"ADDED team/app:v1 {hub.versions.current}".encode()]
     del reader.repositories["team/later"]  # not hers: decided, and no event
     clock.advance(30)
@@ -689,11 +702,7 @@ def test_rules_granted_and_taken_back_between_two_checks_end_a_watch_they_showed
     grant; the watch ends with 410 and nothing later from `secret` reaches it."""
     reader = FakeReader({"team/app": {"v1"}})
     clock = Clock()
-    hub, index, authorizer = rbac_hub(reader, clock)
-    grant(index, "alice", "team", ["app"], "alice")
-    source = ready(hub, "team")
-    w, sink = rbac_watcher(authorizer, "alice")
-    assert hub.start(w, source, since=None, timeout=None)
+    hub, index, w, sink = alice_watching(reader, clock)
     clock.advance(1)
     grant(index, "alice", "team", ["app", "secret"], "alice")
     reader.repositories["team/secret"] = {"s1"}
@@ -790,14 +799,9 @@ class FinishedSink(FakeSink):
 
 
 def test_a_watch_that_cannot_be_ended_does_not_stop_later_revocations_ending_others() -> None:
-    reader = FakeReader({"team/app": {"v1"}, "team/web": {"w1"}})
     clock = Clock()
-    hub, index, authorizer = rbac_hub(reader, clock)
-    grant(index, "alice", "team", ["app"], "alice")
-    grant(index, "bob", "team", ["web"], "bob")
-    source = ready(hub, "team")
-    alice = Readable(authorizer, UserInfo("alice"))
-    finished = Watcher("alice", FinishedSink(), render, lambda ref: True, alice)
+    hub, index, authorizer, source = alice_and_bob(clock)
+    finished, _ = rbac_watcher(authorizer, "alice", FinishedSink())
     assert hub.start(finished, source, since=hub.versions.current, timeout=None)
     bob, bob_sink = rbac_watcher(authorizer, "bob")
     assert hub.start(bob, source, since=hub.versions.current, timeout=None)
