@@ -403,34 +403,6 @@ async def test_a_grant_or_a_revocation_ends_a_watch_from_a_list_with_410(
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_watch_from_a_list_made_before_a_revocation_is_gone(
-    make_server, registry, repo, pki, kube_api, kube_kubeconfig, reactor
-):
-    """Her list showed `secret:v1`; `secret` is taken away before her watch from the list's
-    resourceVersion arrives. The watch used to start under the new rules and never tell her: her cache
-    kept the tag. It gets 410, and the relist it brings no longer shows it."""
-    namespace, _ = repo.split("/", 1)
-    _, alice = await _alice(
-        make_server, registry, kube_api, kube_kubeconfig, pki, f"{namespace}/app", f"{namespace}/secret"
-    )
-    grant(kube_api, namespace, "alice", ["get"], ["secret"], "alice-read-secret")
-    listed = await eventually(lambda: _showing(alice, namespace, ["app", "secret"]), within=20)
-    assert listed
-    kube_api.store.delete(ROLEBINDINGS, "alice-read-secret", namespace)
-    secret = f"{collection(namespace)}/{encode_name('secret', 'v1')}"
-
-    async def denied() -> bool:
-        return bool((await alice.get(secret)).code == 403)
-
-    assert await eventually(denied, within=20)
-    watch = await stream(alice, f"{collection(namespace)}?watch=true&resourceVersion={listed}")
-    assert watch.code == 200
-    error = await _gone(watch, reactor)
-    assert (error["type"], error["object"]["code"], error["object"]["reason"]) == ("ERROR", 410, "Expired")
-    assert await _showing(alice, namespace, ["app"])
-
-
-@pytest_twisted.ensureDeferred
 async def test_a_watch_before_the_rules_load_is_refused_and_later_revocations_still_end_watches(
     make_server, registry, repo, pki, kube_api, kube_kubeconfig, reactor
 ):

@@ -889,7 +889,7 @@ class ApiServer:
             if rv != "0":
                 await source.fresh()
             if not options.send_initial_events:
-                since = hub.watch_sequence()
+                since = hub.versions.current
         elif rv == "":
             await source.fresh()  # "most recent": a read that started after this request
         elif rv != "0":

@@ -93,10 +93,6 @@ class WatchHub:
     _scopes: dict[Watcher, ScopeSource] = attrs.field(factory=dict)
     # The access generation the watches were last checked at.
     checked_generation: int = 0
-    # The access generation last seen, and the sequence taken when it was: a list whose
-    # resourceVersion is older may have been decided by earlier rules (``_note_access``).
-    _seen_generation: int = 0
-    _rules_since: int = 0
     _housekeeping: list[LoopingCall] = attrs.field(factory=list)
     stopped: bool = False
     listed: ListedScopes = attrs.field(factory=ListedScopes)
@@ -113,23 +109,8 @@ class WatchHub:
         if namespace in self.sources:
             await self.source(namespace)
         else:
-            self._note_access()
             self.listed.open(namespace, self.versions.current, self.clock.seconds())
         return self.current()
-
-    def _note_access(self) -> None:
-        """Notes a change of the access rules since they were last seen: the sequence moves on, so that
-        a list from now on has a resourceVersion of its own, and a watch from an older one, which the
-        old rules may have decided (they are not kept), gets 410 (``start``)."""
-        generation = self.access_generation()
-        if generation != self._seen_generation:
-            self._seen_generation = generation
-            self._rules_since = self.versions.next()
-
-    def watch_sequence(self) -> int:
-        """The sequence a watch that starts with the changes from now on starts from."""
-        self._note_access()
-        return self.versions.current
 
     def authorize(self, user: UserInfo, namespace: str | None) -> None:
         """AuthorizationNotReady while the access rules are still loading: a watch is refused then,
@@ -189,7 +170,6 @@ class WatchHub:
             loop.start(self.limits.resync_period, now=False)
             self._loops[namespace] = loop
         self._touched[namespace] = self.clock.seconds()
-        self._note_access()
         await source.when_ready()
         return source
 
@@ -271,9 +251,6 @@ class WatchHub:
         watch from a list made while the scope had no source, whose source has since read the scope
         after the watch arrived): the differences between the list's reads and the snapshot.
 
-        False too when the access rules changed after ``since`` was issued: what its client holds
-        may have been decided by the earlier rules, which are not kept to tell.
-
         With a ``slot`` (from ``admit``, still held) it raises only AuthorizationNotReady (the rules
         are not loaded, ``authorize``), having registered nothing; the watcher takes the slot's place.
         Without one it is admitted here (TooManyWatches). A failure while the watch begins ends it
@@ -282,10 +259,6 @@ class WatchHub:
         if slot is None:
             slot = self.admit(watcher.user)
         assert slot.held and slot.user == watcher.user, slot
-        self._note_access()
-        if since is not None and since < self._rules_since:
-            slot.release()
-            return False
         backlog = None
         if listed is not None:
             if listed.dropped:
@@ -373,7 +346,6 @@ class WatchHub:
         generation = self.access_generation()
         if generation == self.checked_generation:
             return
-        self._note_access()
         for watcher, source in list(self._scopes.items()):
             try:
                 if watcher.access_changed(source.tags):
@@ -396,7 +368,7 @@ class WatchHub:
     # -- lifecycle --------------------------------------------------------------------------------
 
     def run(self) -> None:
-        self.checked_generation = self._seen_generation = self.access_generation()
+        self.checked_generation = self.access_generation()
         for period, work in (
             (self.limits.idle_scope_ttl / 2, self.reap),
             (self.limits.bookmark_interval, self.bookmarks),
