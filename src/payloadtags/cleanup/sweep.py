@@ -29,7 +29,7 @@ from twisted.logger import Logger
 
 from payloadtags.cleanup.cascade import Aborted, Cascade, Unconfirmed
 from payloadtags.cleanup.metrics import CleanupMetrics
-from payloadtags.cleanup.watcher import NamespaceView, is_terminating
+from payloadtags.cleanup.watcher import NamespaceView, is_terminating, uid_of
 from payloadtags.inventory import CatalogCursor
 from payloadtags.kube import ClusterClient, KubeApiError, KubeError, resource_path
 from payloadtags.registry import Catalog
@@ -58,7 +58,7 @@ async def namespace_state(
         return UNKNOWN, str(e)
     except KubeError as e:
         return UNKNOWN, str(e)
-    found = (obj.get("metadata") or {}).get("uid")
+    found = uid_of(obj)
     if uid is not None and found != uid:
         return EXISTS, f"created anew (uid {found}, the deleted one was {uid})"
     return (TERMINATING if is_terminating(obj) else EXISTS), None

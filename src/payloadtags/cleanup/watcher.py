@@ -35,6 +35,12 @@ def _name(obj: JsonObject) -> str:
     return str((obj.get("metadata") or {}).get("name") or "")
 
 
+def uid_of(obj: JsonObject) -> str | None:
+    """The object's uid: what tells a namespace created anew from the one deleted under its name."""
+    uid = (obj.get("metadata") or {}).get("uid")
+    return str(uid) if uid else None
+
+
 @attrs.define
 class NamespaceTriggers(StoreListener):
     """Calls `trigger(namespace, why, uid)` for each namespace that starts terminating or disappears
@@ -58,8 +64,7 @@ class NamespaceTriggers(StoreListener):
     def _fire(self, obj: JsonObject, why: str) -> None:
         name = _name(obj)
         if is_namespace(name):
-            uid = (obj.get("metadata") or {}).get("uid")
-            self.trigger(name, why, str(uid) if uid else None)
+            self.trigger(name, why, uid_of(obj))
 
 
 class NamespaceView:
