@@ -6,14 +6,15 @@
   tells a cancellation that a transport reported as a failure;
 - `carried_through` lets work that must not stop half-way go on when its caller stops waiting;
 - `gather` and `bounded_map` run coroutines concurrently, failing as the first failure;
-- `cancel_and_wait` stops background tasks and waits until they have ended.
+- `cancel_and_wait` stops background tasks and waits until they have ended;
+- `InFlight` shares one piece of work among the callers who ask for it while it runs.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import Any, Final, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
+from typing import Any, Final, Generic, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, FirstError, gatherResults
 from twisted.internet.error import ConnectingCancelledError
@@ -22,6 +23,7 @@ from twisted.python.failure import Failure
 
 T = TypeVar("T")
 R = TypeVar("R")
+K = TypeVar("K")
 
 _WAIT_FOR_WORK: Final = object()
 
@@ -207,3 +209,72 @@ async def bounded_map(fn: Callable[[T], Awaitable[R]], items: Iterable[T], limit
     failure is raised as itself; the calls already started run to their end."""
     semaphore = DeferredSemaphore(limit)
     return await gather((limited(semaphore, fn, item) for item in items), cancel_rest=False)
+
+
+class InFlight(Generic[K, T]):
+    """Work in flight by key, shared by every caller who asks for the same key while it runs.
+
+    Each caller waits on a Deferred of its own, so that one caller's cancel (its client gone, its
+    deadline passed) neither cancels the work for the others nor fails them. With
+    ``cancel_when_abandoned`` the work is cancelled once nobody waits for it any more, and the next
+    caller starts it anew; without, it runs to its end, and what it keeps on the way (a cache entry)
+    serves the callers after it. (The registry's read coalescing has rules of its own about which
+    caller a read may serve: registry/coalesce.py.)
+    """
+
+    def __init__(self, *, cancel_when_abandoned: bool = False) -> None:
+        self._cancel_when_abandoned = cancel_when_abandoned
+        self._flights: dict[K, _Flight[T]] = {}
+
+    def __len__(self) -> int:
+        return len(self._flights)
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._flights)
+
+    def join(self, key: K, start: Callable[[], Coroutine[Any, Any, T]]) -> Deferred[T]:
+        """The outcome of the work in flight for ``key``, started as ``start()`` when none is."""
+        flight = self._flights.get(key)
+        if flight is not None:
+            return self._wait(key, flight)
+        flight = self._flights[key] = _Flight()
+        waiter = self._wait(key, flight)  # before the work starts: it may end at once
+        flight.work = Deferred.fromCoroutine(start())
+        flight.work.addBoth(self._ended, key, flight)
+        return waiter
+
+    def _wait(self, key: K, flight: _Flight[T]) -> Deferred[T]:
+        waiter: Deferred[T] = Deferred(lambda waiter: self._leave(key, flight, waiter))
+        flight.waiters.append(waiter)
+        return waiter
+
+    def _leave(self, key: K, flight: _Flight[T], waiter: Deferred[T]) -> None:
+        if waiter in flight.waiters:
+            flight.waiters.remove(waiter)
+        if flight.waiters or not self._cancel_when_abandoned:
+            return
+        if flight.work is not None and not flight.work.called:
+            self._forget(key, flight)  # a caller from now on starts the work anew
+            flight.work.cancel()
+
+    def _ended(self, result: T | Failure, key: K, flight: _Flight[T]) -> None:
+        self._forget(key, flight)
+        waiters, flight.waiters = flight.waiters, []
+        # Work cancelled for want of waiters has nobody to tell; its failure ends here.
+        for waiter in waiters:
+            if waiter.called:
+                continue  # cancelled by another waiter's callbacks while these were told
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+    def _forget(self, key: K, flight: _Flight[T]) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+
+
+class _Flight(Generic[T]):
+    def __init__(self) -> None:
+        self.waiters: list[Deferred[T]] = []
+        self.work: Deferred[T] | None = None

@@ -14,6 +14,7 @@ from twisted.web.client import ResponseNeverReceived
 from payloadtags.deferreds import (
     DeadlineExpired,
     GoesOn,
+    InFlight,
     bounded_map,
     cancel_and_wait,
     carried_through,
@@ -224,3 +225,89 @@ def test_carried_through_relays_what_work_ends_with_when_nobody_cancels() -> Non
     outer = carried_through(work, lambda: True, lambda outcome: pytest.fail("not orphaned"))
     work.callback("done")
     assert outer.result == "done"
+
+
+# --- InFlight ----------------------------------------------------------------------------------------
+
+
+class Work:
+    """Coroutines for InFlight to start, each awaiting a Deferred the test fires."""
+
+    def __init__(self) -> None:
+        self.started: list[Deferred[str]] = []
+        self.cancelled = 0
+
+    def start(self) -> Any:
+        def cancel(d: Deferred[str]) -> None:
+            self.cancelled += 1
+
+        self.started.append(Deferred(cancel))
+        held = self.started[-1]
+
+        async def work() -> str:
+            return await held
+
+        return work()
+
+
+@pytest.mark.parametrize("cancel_when_abandoned", [False, True])
+def test_in_flight_shares_one_run_per_key_and_tells_every_waiter(cancel_when_abandoned: bool) -> None:
+    flights: InFlight[str, str] = InFlight(cancel_when_abandoned=cancel_when_abandoned)
+    work = Work()
+    a1, a2 = flights.join("a", work.start), flights.join("a", work.start)
+    b = flights.join("b", work.start)
+    assert len(work.started) == 2 and sorted(flights) == ["a", "b"]
+    work.started[0].callback("one")
+    work.started[1].errback(Failure(ValueError("two")))
+    assert [d.result for d in (a1, a2)] == ["one", "one"]
+    assert isinstance(failure_of(b), ValueError)
+    assert len(flights) == 0
+    again = flights.join("a", work.start)  # after its end, a key starts anew
+    assert len(work.started) == 3 and not again.called
+
+
+def test_in_flight_one_waiter_cancelling_neither_fails_the_others_nor_stops_the_work() -> None:
+    flights: InFlight[str, str] = InFlight()
+    work = Work()
+    first, second = flights.join("k", work.start), flights.join("k", work.start)
+    first.cancel()
+    second.cancel()
+    assert isinstance(failure_of(first), CancelledError) and isinstance(failure_of(second), CancelledError)
+    assert work.cancelled == 0 and "k" in list(flights)
+    late = flights.join("k", work.start)  # still the run in flight: what it keeps serves later callers
+    work.started[0].callback("token")
+    assert late.result == "token" and len(work.started) == 1
+
+
+def test_in_flight_cancel_when_abandoned_stops_the_work_once_nobody_waits() -> None:
+    flights: InFlight[str, str] = InFlight(cancel_when_abandoned=True)
+    work = Work()
+    first, second = flights.join("k", work.start), flights.join("k", work.start)
+    first.cancel()
+    assert work.cancelled == 0 and not second.called
+    second.cancel()
+    assert work.cancelled == 1 and len(flights) == 0
+    assert isinstance(failure_of(first), CancelledError) and isinstance(failure_of(second), CancelledError)
+    fresh = flights.join("k", work.start)  # a caller after the cancel starts the work anew
+    assert len(work.started) == 2
+    work.started[1].callback("again")
+    assert fresh.result == "again"
+
+
+def test_in_flight_work_that_ends_at_once_and_a_waiter_cancelled_while_others_are_told() -> None:
+    flights: InFlight[str, str] = InFlight(cancel_when_abandoned=True)
+
+    async def at_once() -> str:
+        return "now"
+
+    assert flights.join("k", at_once).result == "now" and len(flights) == 0
+    work = Work()
+    first, second = flights.join("k", work.start), flights.join("k", work.start)
+
+    def cancel_second(result: str) -> str:
+        second.cancel()
+        return result
+
+    first.addCallback(cancel_second)
+    work.started[0].callback("v")
+    assert first.result == "v" and isinstance(failure_of(second), CancelledError)

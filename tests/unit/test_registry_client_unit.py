@@ -628,6 +628,27 @@ def test_concurrent_requests_share_one_token_request() -> None:
     assert registry.issued == 1
 
 
+def test_a_token_request_goes_on_when_its_only_caller_gives_up_and_serves_the_next() -> None:
+    registry = TokenRegistry()
+    held: list[Deferred[Answer]] = []
+
+    def handler(request: Sent) -> Answer | Deferred[Answer]:
+        if request.url.startswith(REALM):
+            held.append(Deferred())
+            return held[-1]
+        return registry(request)
+
+    client, _ = make(handler)
+    gone = run(client.tags("a/b"))
+    gone.cancel()
+    gone.addErrback(lambda _: None)
+    later = run(client.tags("a/b"))
+    assert len(held) == 1  # the later request waits for the token already asked for
+    held[0].callback(registry.token(Sent("GET", REALM, Headers(), b"")))
+    assert result(later) == ("v1",)
+    assert registry.issued == 1
+
+
 def test_basic_challenge_then_basic_up_front() -> None:
     def handler(request: Sent) -> Answer:
         if request.header("Authorization") != "Basic dTpw":  # u:p

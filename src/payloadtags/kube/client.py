@@ -37,7 +37,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 
 from payloadtags import __version__
-from payloadtags.deferreds import DeadlineExpired, is_cancellation, within
+from payloadtags.deferreds import DeadlineExpired, InFlight, is_cancellation, within
 from payloadtags.identity import UserInfo
 from payloadtags.jsontypes import JsonObject
 from payloadtags.kube.config import ClusterConfig
@@ -374,8 +374,7 @@ class _TokenSource:
         self._run = run
         self._expires_at = config.token_expires_at
         self._stale = False
-        self._renewal: Deferred[ExecCredential] | None = None
-        self._waiters: list[Deferred[str]] = []
+        self._renewals: InFlight[None, str] = InFlight()
 
     async def token(self) -> str | None:
         """The token to send; may run the exec plugin (on the reactor) and wait for it."""
@@ -387,33 +386,20 @@ class _TokenSource:
         fresh = self._expires_at is None or self._clock.seconds() < self._expires_at
         if token is not None and fresh and not self._stale:
             return token
-        waiter: Deferred[str] = Deferred(self._waiters.remove)
-        self._waiters.append(waiter)
-        if self._renewal is None:
-            # One run for every request waiting; a waiter that gives up leaves it running for the rest.
-            self._renewal = self._run(self._clock, plugin, self._plugin_timeout)
-            self._renewal.addBoth(self._renewed, plugin)
-        return await waiter
+        # One run for every request waiting; a waiter that gives up leaves it running for the rest.
+        return await self._renewals.join(None, lambda: self._renew(plugin))
 
-    def _renewed(self, result: ExecCredential | Failure, plugin: ExecPlugin) -> None:
-        self._renewal = None
-        waiters, self._waiters = self._waiters, []
-        if isinstance(result, Failure):
-            outcome: str | Exception = KubeUnavailable(
-                f"cannot renew the cluster API credential: {_describe(result.value)}"
-            )
-        elif result.token is None:
-            outcome = KubeUnavailable(
+    async def _renew(self, plugin: ExecPlugin) -> str:
+        try:
+            result = await self._run(self._clock, plugin, self._plugin_timeout)
+        except Exception as e:
+            raise KubeUnavailable(f"cannot renew the cluster API credential: {_describe(e)}") from e
+        if result.token is None:
+            raise KubeUnavailable(
                 f"exec plugin {plugin.command} now prints a client certificate, not a token"
             )
-        else:
-            self._token, self._expires_at, self._stale = result.token, result.expires_at, False
-            outcome = result.token
-        for waiter in waiters:
-            if isinstance(outcome, Exception):
-                waiter.errback(outcome)
-            else:
-                waiter.callback(outcome)
+        self._token, self._expires_at, self._stale = result.token, result.expires_at, False
+        return result.token
 
     def current(self) -> str | None:
         if self._config.token_file is None:

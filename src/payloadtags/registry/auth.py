@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.python.failure import Failure
+
+from payloadtags.deferreds import InFlight
 
 from .errors import RegistryAuthFailed
 
@@ -125,7 +125,7 @@ class Authenticator:
         self._registry = registry
         self._basic = False  # the registry asked for basic auth once: send it up front from now on
         self._tokens: dict[str, tuple[str, float]] = {}  # scope -> (token, expiry on the clock)
-        self._pending: dict[str, list[Deferred[str]]] = {}
+        self._fetching: InFlight[str, str] = InFlight()
 
     def authorization(self, scope: str) -> str | None:
         """The header to send up front, when one is known to be needed."""
@@ -168,7 +168,9 @@ class Authenticator:
                     cached = self._tokens.get(key)
                     if cached is not None and f"Bearer {cached[0]}" == sent:
                         del self._tokens[key]
-            token = await self._token(challenge, wanted)
+            # Concurrent requests for one scope share one token request, which goes on when one of
+            # them gives up: the token it brings serves the next.
+            token = await self._fetching.join(wanted, lambda: self._fetch(challenge, wanted))
             # The next request of this kind looks its guess up: keep the token under it too.
             entry = self._tokens.get(wanted)
             if entry is not None:
@@ -195,28 +197,6 @@ class Authenticator:
             f"registry {self._registry} rejected the credentials of user {self._username!r}; "
             "check the configured registry username and password"
         )
-
-    async def _token(self, challenge: Challenge, scope: str) -> str:
-        """A fresh token for scope. Concurrent requests for one scope share one token request, which
-        no single waiter's cancellation can cancel for the others."""
-        waiter: Deferred[str] = Deferred()
-        waiters = self._pending.get(scope)
-        if waiters is not None:
-            waiters.append(waiter)
-            return await waiter
-        waiters = self._pending[scope] = [waiter]
-
-        def settle(outcome: Any) -> None:
-            del self._pending[scope]
-            for each in waiters:
-                if not each.called:
-                    if isinstance(outcome, Failure):
-                        each.errback(outcome)
-                    else:
-                        each.callback(outcome)
-
-        Deferred.fromCoroutine(self._fetch(challenge, scope)).addBoth(settle)
-        return await waiter
 
     async def _fetch(self, challenge: Challenge, scope: str) -> str:
         params: dict[str, str] = {}
