@@ -209,6 +209,10 @@ def server_context(
     if client_cas:
         store = context.get_cert_store()
         assert store is not None
+        # Every configured CA is a trust anchor, an intermediate as much as a self-signed root, as
+        # in Go's x509 roots pool (k8s.io/apiserver verifies client and front-proxy certificates
+        # with one); without this flag OpenSSL wants each chain to end at a self-signed root.
+        store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
         for authority in client_cas:
             store.add_cert(crypto.X509.from_cryptography(authority))
             context.add_client_ca(authority)

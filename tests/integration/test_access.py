@@ -392,6 +392,12 @@ async def test_unknown_ca_certificate_is_401_and_a_token_still_works(proxied_ser
 
 def _get_with_chain(url: str, ca_file: str, chain_file: str, key_file: str, headers: dict[str, str]) -> int:
     """One HTTPS GET with the standard library, which sends the whole client certificate chain."""
+    return _answer_with_chain(url, ca_file, chain_file, key_file, headers)[0]
+
+
+def _answer_with_chain(
+    url: str, ca_file: str, chain_file: str, key_file: str, headers: dict[str, str]
+) -> tuple[int, bytes]:
     import http.client
     import ssl
     from urllib.parse import urlsplit
@@ -402,7 +408,8 @@ def _get_with_chain(url: str, ca_file: str, chain_file: str, key_file: str, head
     connection = http.client.HTTPSConnection(parts.netloc, context=context, timeout=10)
     try:
         connection.request("GET", parts.path, headers=headers)
-        return connection.getresponse().status
+        response = connection.getresponse()
+        return response.status, response.read()
     finally:
         connection.close()
 
@@ -430,6 +437,65 @@ async def test_front_proxy_certificate_through_an_intermediate_ca(make_server, r
         _get_with_chain, url, ca, str(proxy.cert_file), str(proxy.key_file), {"X-Remote-User": "root"}
     )
     assert alone == 401
+
+
+@pytest_twisted.ensureDeferred
+async def test_intermediate_cas_in_the_ca_bundles_are_trust_anchors(
+    make_server, registry, kube_api, kube_kubeconfig, tmp_path, pki
+):
+    """As Go's x509 roots pool: a CA in the client or requestheader bundle is trusted without its
+    issuer, whether the client sends it along or not; nothing else is, and neither bundle's
+    certificates pass for the other's."""
+    clients_root = Authority.create(tmp_path / "clients-root", "clients-root")
+    clients = clients_root.intermediate("clients-inter")
+    proxies = Authority.create(tmp_path / "proxies-root", "proxies-root").intermediate("proxies-inter")
+    client_bundle = tmp_path / "client-bundle.crt"
+    client_bundle.write_bytes(pki.client_ca.cert_file.read_bytes() + clients.cert_file.read_bytes())
+    server: ServerUnderTest = await make_server(
+        registry,
+        kubeconfig=str(kube_kubeconfig),
+        authorization_mode="RBAC",
+        client_ca_file=str(client_bundle),
+        requestheader_client_ca_file=str(proxies.cert_file),  # the intermediate alone
+        requestheader_allowed_names=("front-proxy-client",),
+    )
+
+    async def synced() -> bool:
+        return (await server.client(None).get("/readyz/rbac")).code == 200
+
+    assert await eventually(synced, within=30) is True
+    # Nobody may get this tag: the 403 names the user the request was authenticated as.
+    url = server.url + f"{collection('ns1')}/{encode_name('x', 'y')}"
+
+    async def who(issued: Issued, issuer: Authority | None, headers: dict[str, str]) -> str | int:
+        chain = tmp_path / f"{issued.cert_file.stem}-{'chain' if issuer else 'leaf'}.crt"
+        chain.write_bytes(issued.cert_file.read_bytes() + (issuer.cert_file.read_bytes() if issuer else b""))
+        code, body = await threads.deferToThread(
+            _answer_with_chain, url, str(pki.server_ca.cert_file), str(chain), str(issued.key_file), headers
+        )
+        if code != 403:
+            return code
+        message: str = json.loads(body)["message"]
+        return message.split(" is forbidden: ")[1].split(" cannot ")[0]
+
+    frank = {"X-Remote-User": "frank"}
+    alice = clients.client("alice")
+    proxy = proxies.client("front-proxy-client", stem="inter-proxy")
+    # The proxy's name, from the client CA's intermediate: a user, not a front proxy.
+    impostor = clients.client("front-proxy-client", stem="impostor")
+    for sent in (None, clients):  # the leaf alone, then with its intermediate
+        assert await who(alice, sent, frank) == 'User "alice"'
+        assert await who(impostor, sent, frank) == 'User "front-proxy-client"'
+    for sent in (None, proxies):
+        assert await who(proxy, sent, frank) == 'User "frank"'
+        # A front-proxy certificate is no client certificate.
+        assert await who(proxy, sent, {}) == 401
+    # CAs in neither bundle: the intermediate's root, and another intermediate of that root.
+    assert await who(clients_root.client("bob"), None, frank) == 401
+    sibling = clients_root.intermediate("clients-sibling")
+    carol = sibling.client("carol")
+    assert await who(carol, None, frank) == 401
+    assert await who(carol, sibling, frank) == 401
 
 
 # --- the authentication ConfigMap ------------------------------------------------------------------------
