@@ -27,6 +27,7 @@ from tests.support.kubeapi.resources import (
     ROLES,
 )
 from tests.support.pki import Authority, Issued
+from tests.support.raw import Reply, Target, exchange, request_bytes
 from tests.support.rbac import GROUP, ensure_namespace, eventually, grant
 
 B = "/apis/payload-registry.deckhouse.io/v1alpha1"
@@ -360,6 +361,70 @@ async def test_anonymous_and_unauthenticated_callers_are_not_system_authenticate
     assert not await sees(as_user("system:anonymous", "system:unauthenticated"))
     assert not await sees(as_user("system:anonymous"))
     assert not await sees(as_user("someone", "system:unauthenticated"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_front_proxy_identities_are_utf8(proxied_server, kube_api, registry, namespace, front_proxy):
+    """The aggregator sends user, group and extra values as UTF-8 bytes (client-go writes Go strings as
+    they are): "josé" is the "josé" of a RoleBinding. A value that is not UTF-8 is refused with a 401
+    that says so; other headers are not held to it."""
+    _, proxy, _ = front_proxy
+    images.push_oci_image(registry, f"{namespace}/app", "v1")
+    ensure_namespace(kube_api, namespace)
+    kube_api.store.create(
+        ROLES,
+        {
+            "metadata": {"name": "readers"},
+            "rules": [{"apiGroups": [GROUP], "resources": ["payloadrepositoryaccesses"], "verbs": ["get"]}],
+        },
+        namespace,
+    )
+    kube_api.store.create(
+        ROLEBINDINGS,
+        {
+            "metadata": {"name": "readers"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "readers"},
+            "subjects": [{"kind": "User", "name": "josé"}, {"kind": "Group", "name": "équipe"}],
+        },
+        namespace,
+    )
+    target = Target(proxied_server.running.port, str(proxied_server.pki.server_ca.cert_file))
+
+    def wire(text: str) -> str:
+        # request_bytes sends each character as one byte: these are the UTF-8 bytes of ``text``.
+        return text.encode().decode("latin-1")
+
+    async def get(headers: dict[str, str], user: Issued | None = proxy) -> Reply:
+        sent = request_bytes("GET", collection(namespace), {"Accept": "application/json", **headers})
+        return await threads.deferToThread(exchange, target, sent, user)
+
+    async def sees(headers: dict[str, str]) -> bool:
+        reply = await get(headers)
+        assert reply.code == 200, reply.body
+        return len(reply.json()["items"]) == 1
+
+    async def rules_loaded() -> bool:
+        reply = await get({"X-Remote-User": wire("josé")})
+        return reply.code == 200 and len(reply.json()["items"]) == 1
+
+    assert await eventually(rules_loaded, within=5) is True
+    assert await sees({"X-Remote-User": "frank", "X-Remote-Group": wire("équipe")})
+    assert not await sees({"X-Remote-User": "frank", "X-Remote-Group": "equipe"})
+    # Other headers are not identities: one that is not UTF-8 changes nothing.
+    assert await sees({"X-Remote-User": wire("josé"), "X-Note": "caf\xe9"})
+
+    for refused, header in (
+        ({"X-Remote-User": "jos\xe9"}, "X-Remote-User"),
+        ({"X-Remote-User": "frank", "X-Remote-Group": "\xe9quipe"}, "X-Remote-Group"),
+        ({"X-Remote-User": "frank", "X-Remote-Extra-Scopes": "\xff"}, "x-remote-extra-scopes"),
+        ({"X-Remote-User": "frank", "X-Remote-Extra-%C3": "view"}, "x-remote-extra-%c3"),
+    ):
+        reply = await get(refused)
+        assert reply.is_status(401), (refused, reply)
+        assert header in reply.json()["message"], reply.json()
+    # From anyone but the proxy such headers are stripped unread; a token that is not UTF-8 is no token.
+    assert (await get({"X-Remote-User": "jos\xe9"}, user=None)).is_status(401)
+    assert (await get({"Authorization": "Bearer tok\xe9n"}, user=None)).is_status(401)
 
 
 @pytest_twisted.ensureDeferred

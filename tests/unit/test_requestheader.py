@@ -8,7 +8,7 @@ import pytest
 import pytest_twisted
 from cryptography import x509
 
-from payloadtags.access.authn import Credentials, UserInfo
+from payloadtags.access.authn import Credentials, CredentialsRefused, UserInfo
 from payloadtags.access.requestheader import RequestHeaderAuthenticator, RequestHeaderConfig
 from tests.support.pki import Authority
 
@@ -208,6 +208,50 @@ async def test_uid_headers(front_ca: Authority, proxy_cert: x509.Certificate) ->
         credentials(proxy_cert, {"X-Remote-User": ["a"], "X-Remote-Uid": [""], "X-Other-Uid": ["u2"]})
     )
     assert user is not None and user.uid == "u2"
+
+
+def wire(value: bytes) -> str:
+    """A header value as the HTTP layer decodes it (`Credentials.headers`)."""
+    return value.decode("utf-8", "surrogateescape")
+
+
+@pytest_twisted.ensureDeferred
+async def test_identities_are_utf8(front_ca: Authority, proxy_cert: x509.Certificate) -> None:
+    auth = authenticator(front_ca, uid_headers=("X-Remote-Uid",))
+    headers = {
+        "X-Remote-User": [wire("josé".encode())],
+        "X-Remote-Group": [wire("équipe".encode()), "devs"],
+        "X-Remote-Uid": [wire("ü-1".encode())],
+        # Keys come percent-encoded: "rôle".
+        "X-Remote-Extra-R%C3%B4le": [wire("chef d'équipe".encode())],
+    }
+    assert await auth.authenticate(credentials(proxy_cert, headers)) == UserInfo(
+        name="josé", uid="ü-1", groups=("équipe", "devs"), extra=(("rôle", ("chef d'équipe",)),)
+    )
+
+
+@pytest.mark.parametrize(
+    ("headers", "named"),
+    [
+        ({"X-Remote-User": [wire(b"jos\xe9")]}, "X-Remote-User"),
+        ({"X-Remote-User": [wire(b"\xed\xa0\x80")]}, "X-Remote-User"),  # an encoded surrogate
+        ({"X-Remote-User": ["a"], "X-Remote-Group": ["devs", wire(b"\xff")]}, "X-Remote-Group"),
+        ({"X-Remote-User": ["a"], "X-Remote-Uid": [wire(b"\xc3")]}, "X-Remote-Uid"),
+        ({"X-Remote-User": ["a"], "X-Remote-Extra-Scopes": [wire(b"vi\xe9w")]}, "x-remote-extra-scopes"),
+        ({"X-Remote-User": ["a"], "X-Remote-Extra-R%F4le": ["chef"]}, "x-remote-extra-r%f4le"),
+        ({"X-Remote-User": ["a"], "X-Remote-Extra-R\xf4le": ["chef"]}, "x-remote-extra-r\xf4le"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_identities_that_are_not_utf8_are_refused(
+    front_ca: Authority, proxy_cert: x509.Certificate, headers: dict[str, list[str]], named: str
+) -> None:
+    auth = authenticator(front_ca, uid_headers=("X-Remote-Uid",))
+    with pytest.raises(CredentialsRefused, match=f"front proxy's {named} header"):
+        await auth.authenticate(credentials(proxy_cert, headers))
+    # Only from the front proxy: anyone else's identity headers are not read at all.
+    other = Authority.create(front_ca.directory.parent / "other", "other").client("front-proxy-client").cert
+    assert await auth.authenticate(credentials(other, headers)) is None
 
 
 def test_identity_headers_lists_what_must_be_stripped() -> None:

@@ -124,6 +124,8 @@ async def test_no_token_no_review(auth: TokenReviewAuthenticator, review: FakeRe
         {"authorization": ["Bearer    "]},
         {"authorization": [GOOD]},
         {"x-remote-user": ["alice"]},
+        # Not UTF-8 (as the HTTP layer decodes it): no token could match it.
+        {"authorization": [b"Bearer tok\xe9n".decode("utf-8", "surrogateescape")]},
     ]
     for headers in cases:
         assert await auth.authenticate(Credentials(peer_certificate=None, headers=headers)) is None, headers
@@ -267,3 +269,17 @@ async def test_least_recently_used_entries_go_first(review: FakeReview, clock: C
     assert review.calls == ["t1", "t2", "t3"]
     await auth.authenticate(bearer("t2"))
     assert review.calls == ["t1", "t2", "t3", "t2"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_utf8_token_is_reviewed_as_sent(auth: TokenReviewAuthenticator, review: FakeReview) -> None:
+    sent = "Bearer tokén".encode()
+    assert await auth.authenticate(bearer_bytes(sent)) is None
+    assert review.calls == ["tokén"]
+
+
+def bearer_bytes(value: bytes) -> Credentials:
+    """An Authorization header as the HTTP layer decodes it (`Credentials.headers`)."""
+    return Credentials(
+        peer_certificate=None, headers={"authorization": [value.decode("utf-8", "surrogateescape")]}
+    )

@@ -21,7 +21,9 @@ class Credentials:
     """What a request brings that may identify its caller."""
 
     peer_certificate: x509.Certificate | None
-    headers: dict[str, list[str]]  # lower-cased names
+    # Lower-cased names; values decoded as UTF-8, each byte that is not kept as a lone surrogate
+    # (Python's "surrogateescape"), so that a reader can refuse it instead of reading another text.
+    headers: dict[str, list[str]]
     # The chain the TLS handshake verified, leaf first, ending at the trusted CA it chained to.
     peer_chain: tuple[x509.Certificate, ...] = ()
 
@@ -37,6 +39,22 @@ class Credentials:
 
     def header(self, name: str) -> list[str]:
         return self.headers.get(name.lower(), [])
+
+
+class CredentialsRefused(Exception):
+    """Credentials from a trusted source that cannot be read (a front proxy's identity header that is
+    not UTF-8): the request is refused with a 401 that says why, whatever else it brings."""
+
+
+def is_utf8(text: str) -> bool:
+    """Whether a header value decoded as `Credentials.headers` are was valid UTF-8 on the wire."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: a byte that was not UTF-8
+        return False
+    return True
 
 
 class Authenticator(Protocol):
@@ -156,8 +174,10 @@ __all__ = [
     "ChainDecisions",
     "ClientCertificateAuthenticator",
     "Credentials",
+    "CredentialsRefused",
     "RequestAuthenticator",
     "UserInfo",
+    "is_utf8",
     "issued_by",
     "load_pem_bundle",
 ]

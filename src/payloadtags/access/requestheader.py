@@ -12,7 +12,7 @@ import attrs
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from payloadtags.access.authn import ChainDecisions, Credentials, UserInfo
+from payloadtags.access.authn import ChainDecisions, Credentials, CredentialsRefused, UserInfo, is_utf8
 
 
 @attrs.frozen
@@ -29,6 +29,26 @@ class RequestHeaderConfig:
         exact = {h.lower() for h in (*self.username_headers, *self.group_headers, *self.uid_headers)}
         prefixes = tuple(p.lower() for p in self.extra_prefixes)
         return [n for n in names if n in exact or (prefixes and n.startswith(prefixes))]
+
+
+def _utf8(header: str, values: list[str]) -> list[str]:
+    """The values of an identity header, which the aggregator sends as UTF-8 (client-go writes Go
+    strings as they are). One that is not cannot name a user or group any RBAC binding names: the
+    request is refused rather than identified as some other text."""
+    if not all(map(is_utf8, values)):
+        raise CredentialsRefused(f"the front proxy's {header} header is not valid UTF-8")
+    return values
+
+
+def _extra_key(header: str, prefix: str) -> str:
+    # kube-apiserver sends the keys lower-cased and percent-encoded (UTF-8), so the name is ASCII.
+    key = header[len(prefix) :].lower()
+    if key.isascii():
+        try:
+            return unquote(key, errors="strict")
+        except UnicodeDecodeError:
+            pass
+    raise CredentialsRefused(f"the front proxy's {header} header name is not a percent-encoded UTF-8 key")
 
 
 def common_name(certificate: x509.Certificate) -> str | None:
@@ -55,20 +75,18 @@ class RequestHeaderAuthenticator:
         if not self.trusted(credentials):
             return None
         name = next(
-            (v for h in self.config.username_headers for v in credentials.header(h) if v),
+            (v for h in self.config.username_headers for v in _utf8(h, credentials.header(h)) if v),
             None,
         )
         if not name:
             return None
-        groups = tuple(v for h in self.config.group_headers for v in credentials.header(h))
-        uid = next((v for h in self.config.uid_headers for v in credentials.header(h) if v), "")
+        groups = tuple(v for h in self.config.group_headers for v in _utf8(h, credentials.header(h)))
+        uid = next((v for h in self.config.uid_headers for v in _utf8(h, credentials.header(h)) if v), "")
         extra: dict[str, list[str]] = {}
         for prefix in (p.lower() for p in self.config.extra_prefixes):
             for header, values in credentials.headers.items():
                 if header.startswith(prefix) and len(header) > len(prefix):
-                    # Keys are sent lower-cased and percent-encoded by kube-apiserver.
-                    key = unquote(header[len(prefix) :].lower())
-                    extra.setdefault(key, []).extend(values)
+                    extra.setdefault(_extra_key(header, prefix), []).extend(_utf8(header, values))
         return UserInfo(
             name=name,
             uid=uid,

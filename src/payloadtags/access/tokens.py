@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import attrs
 from twisted.internet.interfaces import IReactorTime
 
-from payloadtags.access.authn import Credentials, UserInfo
+from payloadtags.access.authn import Credentials, UserInfo, is_utf8
 from payloadtags.deferreds import InFlight
 
 Review = Callable[[str], Awaitable[UserInfo | None]]
@@ -57,6 +57,8 @@ class TokenReviewAuthenticator:
 def _bearer(credentials: Credentials) -> str | None:
     for value in credentials.header("authorization"):
         scheme, _, token = value.strip().partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
+        # A token that is not UTF-8 cannot be sent in a TokenReview as it came (Go's JSON would
+        # change it too): nobody, not an error.
+        if scheme.lower() == "bearer" and token.strip() and is_utf8(token):
             return token.strip()
     return None

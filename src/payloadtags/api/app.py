@@ -27,7 +27,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from payloadtags import __version__
-from payloadtags.access.authn import Credentials, RequestAuthenticator, UserInfo
+from payloadtags.access.authn import Credentials, CredentialsRefused, RequestAuthenticator, UserInfo
 from payloadtags.access.authz import AlwaysAllow, AuthorizationNotReady, PathAuthorizer, path_matches
 from payloadtags.api import discovery, openapi
 from payloadtags.api.errors import (
@@ -125,7 +125,9 @@ def _credentials(request: Request) -> Credentials:
     chain = verified_peer_chain(handle()) if handle is not None else ()
     headers: dict[str, list[str]] = {}
     for name, values in request.requestHeaders.getAllRawHeaders():
-        headers[name.decode("latin-1").lower()] = [v.decode("latin-1") for v in values]
+        # Values as UTF-8, what the aggregator sends user and group names in; bytes that are not
+        # stay distinguishable (see Credentials.headers) so that authentication can refuse them.
+        headers[name.decode("latin-1").lower()] = [v.decode("utf-8", "surrogateescape") for v in values]
     return Credentials(peer_certificate=chain[0] if chain else None, headers=headers, peer_chain=chain)
 
 
@@ -414,11 +416,15 @@ class ApiServer:
             raise bad_request("the request is nested too deeply") from None
 
     async def _authenticate(self, request: Request) -> UserInfo | None:
+        """Who is calling, or None; an `ApiError` (401 saying why) for credentials refused outright."""
         credentials = _credentials(request)
         try:
             user = await self.authenticator.authenticate(credentials)
         except CancelledError:
             raise
+        except CredentialsRefused as error:
+            self._strip_forged_identity(request, credentials)
+            raise unauthorized(str(error)) from None
         except Exception as error:
             # As kube-apiserver: an authenticator that fails (a TokenReview that cannot be made)
             # authenticates nobody.
@@ -444,7 +450,10 @@ class ApiServer:
             return None if self._events_token_valid(request) else unauthorized()
         if (path == "/metrics" and self.metrics_anonymous) or self._always_allowed(path):
             return None
-        user = await self._authenticate(request)
+        try:
+            user = await self._authenticate(request)
+        except ApiError as error:
+            return error
         if user is None:
             return unauthorized()
         self._admitted[request] = user

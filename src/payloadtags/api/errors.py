@@ -71,8 +71,8 @@ def invalid_field(kind: str, group: str, field: str, value: str, message: str) -
     return invalid(kind, group, message, [cause])
 
 
-def unauthorized() -> ApiError:
-    return ApiError(401, "Unauthorized", "Unauthorized")
+def unauthorized(message: str = "Unauthorized") -> ApiError:
+    return ApiError(401, "Unauthorized", message)
 
 
 def forbidden(message: str, name: str | None = None) -> ApiError:
