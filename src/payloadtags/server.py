@@ -47,7 +47,7 @@ from payloadtags.reloader import FileWatcher
 from payloadtags.repoindex import RepositoryIndex
 from payloadtags.settings import Settings
 from payloadtags.startup import Completed, ConfigurationError, complete
-from payloadtags.tls import ContextFactory, ServingCertificate, TlsOptions, read_bundle, server_context
+from payloadtags.tls import ContextFactory, ServingCertificate, TlsOptions, load_certificates, server_context
 from payloadtags.watch import WatchHub
 from payloadtags.watch.hub import InventoryReader
 
@@ -60,14 +60,18 @@ def _flag_authentication(settings: Settings) -> FlagConfig:
     requestheader = None
     if settings.requestheader_client_ca_file:
         requestheader = RequestHeaderConfig(
-            authorities=tuple(read_bundle(settings.requestheader_client_ca_file)),
+            authorities=tuple(
+                load_certificates(settings.requestheader_client_ca_file, "--requestheader-client-ca-file")
+            ),
             allowed_names=settings.requestheader_allowed_names,
             username_headers=settings.requestheader_username_headers,
             group_headers=settings.requestheader_group_headers,
             extra_prefixes=settings.requestheader_extra_headers_prefix,
             uid_headers=settings.requestheader_uid_headers,
         )
-    client_cas = tuple(read_bundle(settings.client_ca_file)) if settings.client_ca_file else None
+    client_cas = None
+    if settings.client_ca_file:
+        client_cas = tuple(load_certificates(settings.client_ca_file, "--client-ca-file"))
     return FlagConfig(client_cas=client_cas, requestheader=requestheader)
 
 
@@ -242,14 +246,36 @@ def _rotation_watchers(
                 settings.cert_reload_period,
             )
         )
-    ca_files = [f for f in (settings.client_ca_file, settings.requestheader_client_ca_file) if f]
-    if ca_files:
+    # One watcher per CA file, as k8s.io/apiserver has: a broken one keeps its previous CAs and does
+    # not hold back the other's rotation.
+    if settings.client_ca_file:
+        client_ca_file = settings.client_ca_file
+
+        def reload_client_cas() -> None:
+            client_cas = tuple(load_certificates(client_ca_file, "--client-ca-file"))
+            authentication.update_flags(attrs.evolve(authentication.flags, client_cas=client_cas))
+
+        watchers.append(
+            FileWatcher(
+                reactor, [client_ca_file], reload_client_cas, "client CA file", settings.cert_reload_period
+            )
+        )
+    if settings.requestheader_client_ca_file:
+        requestheader_ca_file = settings.requestheader_client_ca_file
+
+        def reload_requestheader_cas() -> None:
+            authorities = tuple(load_certificates(requestheader_ca_file, "--requestheader-client-ca-file"))
+            flags = authentication.flags
+            assert flags.requestheader is not None  # set from this flag at start
+            requestheader = attrs.evolve(flags.requestheader, authorities=authorities)
+            authentication.update_flags(attrs.evolve(flags, requestheader=requestheader))
+
         watchers.append(
             FileWatcher(
                 reactor,
-                ca_files,
-                lambda: authentication.update_flags(_flag_authentication(settings)),
-                "client CA files",
+                [requestheader_ca_file],
+                reload_requestheader_cas,
+                "requestheader CA file",
                 settings.cert_reload_period,
             )
         )

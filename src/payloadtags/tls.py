@@ -229,10 +229,3 @@ class ContextFactory:
 
     def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
         return SSL.Connection(self.context, None)
-
-
-def read_bundle(path: str | None) -> list[x509.Certificate]:
-    if not path:
-        return []
-    with open(path, "rb") as f:
-        return load_pem_bundle(f.read())

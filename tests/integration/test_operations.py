@@ -312,6 +312,62 @@ async def test_requestheader_ca_file_rotates_without_restart(make_server, regist
     assert await proxied(old_proxy) == 401
 
 
+@pytest_twisted.ensureDeferred
+async def test_an_emptied_ca_file_keeps_the_previous_cas(make_server, registry, tmp_path, pki):
+    """A CA file truncated before it is written again (or left empty) is a broken update: its CAs in
+    force stay, the log says why, and the other CA file still rotates, as with k8s.io/apiserver's
+    dynamic CA files."""
+    proxy_ca = Authority.create(tmp_path / "proxy", "proxy")
+    proxy = proxy_ca.client("front-proxy-client", stem="proxy")
+    live = tmp_path / "live"
+    live.mkdir()
+    shutil.copy(proxy_ca.cert_file, live / "requestheader-ca.crt")
+    shutil.copy(pki.client_ca.cert_file, live / "client-ca.crt")
+    server: ServerUnderTest = await make_server(
+        registry,
+        client_ca_file=str(live / "client-ca.crt"),
+        requestheader_client_ca_file=str(live / "requestheader-ca.crt"),
+        requestheader_allowed_names=("front-proxy-client",),
+        cert_reload_period=0.1,
+    )
+    as_root = {"X-Remote-User": "root", "X-Remote-Group": "admins"}
+
+    async def codes(front: Issued = proxy, user: Issued = pki.admin) -> tuple[int, int]:
+        proxied = await server.client(front).get("/apis", headers=as_root)
+        return proxied.code, (await server.client(user).get("/apis")).code
+
+    assert await codes() == (200, 200)
+    for emptied, what in (
+        ("requestheader-ca.crt", "requestheader CA file"),
+        ("client-ca.crt", "client CA file"),
+    ):
+        with collected_logs() as events:
+            (live / emptied).write_bytes(b"")
+
+            async def reloaded(prefix: str = f"{what}: ") -> list[str]:
+                return [line for e in events if (line := formatEvent(e)).startswith(prefix)]
+
+            outcome = await eventually(reloaded, within=5)
+        assert len(outcome) == 1 and outcome[0].endswith("keeping the previous ones"), outcome
+        assert f"{emptied}: holds no PEM certificate" in outcome[0]
+        assert await codes() == (200, 200)
+    # A new client CA loads while the requestheader file is still empty.
+    clients = Authority.create(tmp_path / "clients-new", "clients-new")
+    newcomer = clients.client("newcomer", ("admins",))
+    shutil.copy(clients.cert_file, live / "client-ca.crt")
+
+    async def rotated(front: Issued, user: Issued) -> bool:
+        return await codes(front, user) == (200, 200)
+
+    assert await eventually(lambda: rotated(proxy, newcomer), within=5) is True
+    assert (await server.client(pki.admin).get("/apis")).code == 401
+    other_ca = Authority.create(tmp_path / "proxy-other", "proxy-other")
+    other = other_ca.client("front-proxy-client", stem="other-proxy")
+    shutil.copy(other_ca.cert_file, live / "requestheader-ca.crt")
+    assert await eventually(lambda: rotated(other, newcomer), within=5) is True
+    assert (await server.client(proxy).get("/apis", headers=as_root)).code == 401
+
+
 # --- TLS settings ------------------------------------------------------------------------------------
 
 

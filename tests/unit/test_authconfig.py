@@ -11,7 +11,7 @@ import pytest
 import pytest_twisted
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from twisted.logger import Logger
+from twisted.logger import Logger, formatEvent
 
 from payloadtags.access import authconfig
 from payloadtags.access.authconfig import (
@@ -38,15 +38,18 @@ def configmap(
     allowed: list[str] | None = None,
     **more: str,
 ) -> dict[str, str]:
-    """ConfigMap data as kube-apiserver writes it: PEM bundles and JSON-encoded string arrays."""
+    """ConfigMap data as kube-apiserver writes it: PEM bundles (a bundle without CAs is left out) and
+    JSON-encoded string arrays."""
     data = {
-        "client-ca-file": pem(*(a.cert for a in client)),
-        "requestheader-client-ca-file": pem(*(a.cert for a in front)),
         "requestheader-allowed-names": json.dumps(["front-proxy-client"] if allowed is None else allowed),
         "requestheader-username-headers": '["X-Remote-User"]',
         "requestheader-group-headers": '["X-Remote-Group"]',
         "requestheader-extra-headers-prefix": '["X-Remote-Extra-"]',
     }
+    if client:
+        data["client-ca-file"] = pem(*(a.cert for a in client))
+    if front:
+        data["requestheader-client-ca-file"] = pem(*(a.cert for a in front))
     data.update(more)
     return data
 
@@ -104,9 +107,8 @@ def test_from_configmap_reads_every_key(cas: Cas) -> None:
 
 @pytest.mark.parametrize("unset", ["", None])
 def test_unset_values_take_the_defaults(unset: str | None) -> None:
+    """Absent keys, and empty string arrays; an empty CA bundle is not "unset" (below)."""
     keys = [
-        "client-ca-file",
-        "requestheader-client-ca-file",
         "requestheader-allowed-names",
         "requestheader-username-headers",
         "requestheader-group-headers",
@@ -156,6 +158,15 @@ def test_malformed_string_arrays_are_refused(key: str, value: str) -> None:
 def test_malformed_ca_bundles_are_refused(key: str) -> None:
     with pytest.raises(ConfigMapError):
         from_configmap({key: "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n"})
+
+
+@pytest.mark.parametrize("key", ["client-ca-file", "requestheader-client-ca-file"])
+@pytest.mark.parametrize("value", ["", "\n", " \n\t\n"])
+def test_empty_ca_bundles_are_refused(key: str, value: str) -> None:
+    """As k8s.io/apiserver ("missing content for CA bundle"): a key that is there holds a CA at least.
+    An absent key is a section that is not configured."""
+    with pytest.raises(ConfigMapError, match=f"{key} is empty"):
+        from_configmap({key: value})
 
 
 # --- flags over the ConfigMap ---------------------------------------------------------------------
@@ -259,13 +270,22 @@ async def test_a_bad_configmap_keeps_the_previous_configuration(
         dict(configmap(front=(cas.front2,)), **{"requestheader-username-headers": "X-Remote-User"}),
         dict(configmap(front=(cas.front2,)), **{"requestheader-allowed-names": '{"front-proxy-client": 1}'}),
         dict(configmap(), **{"requestheader-client-ca-file": "-----BEGIN CERTIFICATE-----\nxx\n"}),
+        # Emptied: no CA at all is a broken update too, not "trust nobody".
+        dict(configmap(), **{"requestheader-client-ca-file": ""}),
+        dict(configmap(front=(cas.front,)), **{"client-ca-file": "\n"}),
     ):
         dynamic.update_from_configmap(bad)
         assert dynamic.config is before
         assert await dynamic.authenticate(proxied(proxy)) is not None
     assert len(seen) == 1
     errors = [e for e in logged if e["log_level"].name == "error"]
-    assert len(errors) == 3
+    assert len(errors) == 5
+    assert "requestheader-client-ca-file is empty" in formatEvent(errors[3])
+    assert "keeping the previous authentication configuration" in formatEvent(errors[3])
+    # Without the key, the front proxy is not configured: nobody is believed.
+    dynamic.update_from_configmap(configmap(client=(cas.client,)))
+    assert dynamic.config.requestheader.authorities == ()
+    assert await dynamic.authenticate(proxied(proxy)) is None
 
 
 @pytest_twisted.ensureDeferred

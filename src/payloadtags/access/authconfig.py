@@ -64,11 +64,19 @@ def _string_list(data: Mapping[str, str], key: str) -> tuple[str, ...] | None:
 
 
 def _bundle(data: Mapping[str, str], key: str) -> tuple[x509.Certificate, ...]:
-    raw = data.get(key) or ""
+    """A PEM bundle; none when the key is absent (that section is not configured). A key that is
+    there but holds no certificate is refused, as k8s.io/apiserver refuses empty CA content: an
+    emptied value must not silently take all trust away."""
+    raw = data.get(key)
+    if raw is None:
+        return ()
     try:
-        return tuple(load_pem_bundle(raw.encode()))
+        bundle = tuple(load_pem_bundle(raw.encode()))
     except ValueError as error:
         raise ConfigMapError(f"{key} is not a PEM certificate bundle: {error}") from None
+    if not bundle:
+        raise ConfigMapError(f"{key} is empty (no PEM certificate)")
+    return bundle
 
 
 def from_configmap(data: Mapping[str, str]) -> AuthenticationConfig:
