@@ -26,9 +26,11 @@ from tests.support.kubeapi.resources import (
     ROLEBINDINGS,
     ROLES,
 )
+from tests.support.kubeapi.server import KubeApiDouble
 from tests.support.pki import Authority, Issued
 from tests.support.raw import Reply, Target, exchange, request_bytes
 from tests.support.rbac import GROUP, ensure_namespace, eventually, grant
+from tests.support.registry_server import RegistryServer
 
 B = "/apis/payload-registry.deckhouse.io/v1alpha1"
 
@@ -282,9 +284,10 @@ def as_user(name: str, *groups: str, extra: dict[str, list[str]] | None = None) 
     return headers
 
 
-@pytest_twisted.ensureDeferred
-async def test_front_proxy_identity_is_used(proxied_server, kube_api, registry, namespace, front_proxy):
-    _, proxy, _ = front_proxy
+def readers(
+    kube_api: KubeApiDouble, registry: RegistryServer, namespace: str, subjects: list[dict[str, str]]
+) -> None:
+    """One image in the namespace, and a Role reading all of it bound to ``subjects``."""
     images.push_oci_image(registry, f"{namespace}/app", "v1")
     ensure_namespace(kube_api, namespace)
     kube_api.store.create(
@@ -300,10 +303,16 @@ async def test_front_proxy_identity_is_used(proxied_server, kube_api, registry, 
         {
             "metadata": {"name": "readers"},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "readers"},
-            "subjects": [{"kind": "Group", "name": "second-group"}],
+            "subjects": subjects,
         },
         namespace,
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_front_proxy_identity_is_used(proxied_server, kube_api, registry, namespace, front_proxy):
+    _, proxy, _ = front_proxy
+    readers(kube_api, registry, namespace, [{"kind": "Group", "name": "second-group"}])
     client = proxied_server.client(proxy)
     headers = as_user("frank", "first-group", "second-group", extra={"Scopes": ["a", "b"]})
 
@@ -369,24 +378,8 @@ async def test_front_proxy_identities_are_utf8(proxied_server, kube_api, registr
     they are): "josé" is the "josé" of a RoleBinding. A value that is not UTF-8 is refused with a 401
     that says so; other headers are not held to it."""
     _, proxy, _ = front_proxy
-    images.push_oci_image(registry, f"{namespace}/app", "v1")
-    ensure_namespace(kube_api, namespace)
-    kube_api.store.create(
-        ROLES,
-        {
-            "metadata": {"name": "readers"},
-            "rules": [{"apiGroups": [GROUP], "resources": ["payloadrepositoryaccesses"], "verbs": ["get"]}],
-        },
-        namespace,
-    )
-    kube_api.store.create(
-        ROLEBINDINGS,
-        {
-            "metadata": {"name": "readers"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "readers"},
-            "subjects": [{"kind": "User", "name": "josé"}, {"kind": "Group", "name": "équipe"}],
-        },
-        namespace,
+    readers(
+        kube_api, registry, namespace, [{"kind": "User", "name": "josé"}, {"kind": "Group", "name": "équipe"}]
     )
     target = Target(proxied_server.running.port, str(proxied_server.pki.server_ca.cert_file))
 
