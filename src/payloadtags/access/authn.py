@@ -47,7 +47,7 @@ class CredentialsRefused(Exception):
 
 
 def is_utf8(text: str) -> bool:
-    """Whether a header value decoded as `Credentials.headers` are was valid UTF-8 on the wire."""
+    """Whether a header value, decoded as for `Credentials.headers`, was valid UTF-8 on the wire."""
     if text.isascii():
         return True
     try:
