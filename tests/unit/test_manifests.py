@@ -570,6 +570,52 @@ def test_disruption_budget_keeps_one_replica(base: list[Obj], deployment: Obj) -
     assert spec["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
 
 
+def _selects(selector: Obj, labels: dict[str, str]) -> bool:
+    # Only matchLabels: a matchExpressions selector would need evaluating, and the trees use none.
+    assert set(selector) <= {"matchLabels"}, selector
+    wanted: dict[str, str] = selector.get("matchLabels", {})
+    return wanted.items() <= labels.items()
+
+
+def _in_namespaces(monitor: Obj, namespace: str) -> bool:
+    chosen = monitor["spec"].get("namespaceSelector", {})
+    if chosen.get("any"):
+        return True
+    return namespace in chosen.get("matchNames", [monitor["metadata"]["namespace"]])
+
+
+@pytest.mark.parametrize("tree", ["", "cert-manager", "examples/overlay"])
+def test_every_monitor_selects_a_rendered_service_or_pod(tree: str) -> None:
+    # Prometheus scrapes nothing, silently, when a ServiceMonitor's selector misses the Service's own
+    # labels (not its pod selector) or names a port the Service does not have.
+    objects = kustomize(tree)
+    monitors = of_kind(objects, "ServiceMonitor") + of_kind(objects, "PodMonitor")
+    if tree == "examples/overlay":
+        assert monitors, "the example overlay carries the monitoring component"
+    pods = [(d["metadata"]["namespace"], d["spec"]["template"]) for d in of_kind(objects, "Deployment")]
+    for monitor in monitors:
+        spec = monitor["spec"]
+        if monitor["kind"] == "ServiceMonitor":
+            targets = [
+                {p["name"] for p in s["spec"]["ports"]}
+                for s in of_kind(objects, "Service")
+                if _selects(spec["selector"], s["metadata"].get("labels", {}))
+                and _in_namespaces(monitor, s["metadata"]["namespace"])
+            ]
+            wanted = {e["port"] for e in spec["endpoints"]}
+        else:
+            targets = [
+                {p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+                for namespace, pod in pods
+                if _selects(spec["selector"], pod["metadata"]["labels"])
+                and _in_namespaces(monitor, namespace)
+            ]
+            wanted = {e["port"] for e in spec["podMetricsEndpoints"]}
+        assert targets, f"{key(monitor)} selects no rendered {monitor['kind'][:-7]}"
+        for ports in targets:
+            assert wanted <= ports, f"{key(monitor)} scrapes ports {wanted}, the target has {ports}"
+
+
 def test_apiservice_points_at_the_service() -> None:
     apiservice = one(kustomize("apiservice"), "APIService", APISERVICE)
     assert apiservice["apiVersion"] == "apiregistration.k8s.io/v1"
