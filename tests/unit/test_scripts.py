@@ -1,0 +1,114 @@
+"""scripts/install and scripts/uninstall as a user runs them: from their own directory, with the overlay
+of docs/install.md section 2 beside a copy of manifests/. A stand-in kubectl records each call and the
+directory it was made from, and hands `kustomize` to the real kubectl; the order of the calls and their
+failure paths are scripts/check-deploy's."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+# Renders the trees with the real kubectl: packaging, not the unit tier.
+pytestmark = [pytest.mark.kubectl, pytest.mark.packaging]
+
+ROOT = Path(__file__).resolve().parents[2]
+APISERVICE = "apiservice/v1alpha1.payload-registry.deckhouse.io"
+Call = tuple[Path, list[str]]  # the directory kubectl ran in, its arguments
+
+STUB = """#!/bin/sh
+printf '%s\\t%s\\n' "$PWD" "$*" >>"$STUB_LOG"
+if [ "$1" = kustomize ]; then exec "$REAL_KUBECTL" "$@"; fi
+exit 0
+"""
+
+
+def _yaml_block(title: str) -> str:
+    """The docs/install.md yaml block whose first line is `# <title>`."""
+    for block in re.findall(r"```yaml\n(.*?)```", (ROOT / "docs" / "install.md").read_text(), re.S):
+        if block.startswith(f"# {title}\n"):
+            return str(block)
+    raise AssertionError(f"docs/install.md has no yaml block for {title}")
+
+
+@pytest.fixture
+def own_repository(tmp_path: Path) -> Path:
+    """docs/install.md section 2's layout: my-payloadtags/ next to a copy of manifests/."""
+    repository = tmp_path / "ops"
+    shutil.copytree(ROOT / "manifests", repository / "manifests")
+    for tree in ("my-payloadtags", "my-payloadtags/apiservice"):
+        (repository / tree).mkdir()
+        (repository / tree / "kustomization.yaml").write_text(_yaml_block(f"{tree}/kustomization.yaml"))
+    return repository
+
+
+def _run(
+    script: str, cwd: Path, tmp_path: Path, *args: str
+) -> tuple[subprocess.CompletedProcess[str], list[Call]]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl (1.32) must be on PATH: the scripts render the trees with it")
+    stub, log = tmp_path / "kubectl-stub", tmp_path / "calls.log"
+    stub.write_text(STUB)
+    stub.chmod(0o755)
+    log.write_text("")
+    env = {**os.environ, "KUBECTL": str(stub), "STUB_LOG": str(log), "REAL_KUBECTL": kubectl, "TIMEOUT": "1s"}
+    result = subprocess.run(
+        [str(ROOT / "scripts" / script), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    calls = [line.split("\t", 1) for line in log.read_text().splitlines()]
+    return result, [(Path(where), call.split()) for where, call in calls]
+
+
+def _trees(calls: list[Call], verb: str) -> list[Path]:
+    """The trees of the `VERB -k TREE` calls, resolved from the directory kubectl was run in."""
+    return [(where / words[2]).resolve() for where, words in calls if words[:2] == [verb, "-k"]]
+
+
+def test_install_takes_a_relative_overlay_from_the_callers_directory(
+    own_repository: Path, tmp_path: Path
+) -> None:
+    result, calls = _run("install", own_repository, tmp_path, "my-payloadtags")
+    assert result.returncode == 0, result.stderr
+    overlay = own_repository / "my-payloadtags"
+    assert _trees(calls, "apply") == [overlay, overlay / "apiservice"]
+
+
+def test_install_takes_an_absolute_overlay_from_anywhere(own_repository: Path, tmp_path: Path) -> None:
+    overlay = own_repository / "my-payloadtags"
+    result, calls = _run("install", tmp_path, tmp_path, str(overlay), str(overlay / "apiservice"))
+    assert result.returncode == 0, result.stderr
+    assert _trees(calls, "apply") == [overlay, overlay / "apiservice"]
+
+
+def test_install_default_is_the_checkouts_tree_and_its_placeholders_are_refused(tmp_path: Path) -> None:
+    result, calls = _run("install", tmp_path, tmp_path)
+    assert result.returncode == 1
+    assert "the registry URL is still the placeholder" in result.stderr
+    assert [(where / words[1]).resolve() for where, words in calls] == [ROOT / "manifests" / "cert-manager"]
+    assert calls[0][1][0] == "kustomize"
+
+
+def test_uninstall_takes_a_relative_overlay_from_the_callers_directory(
+    own_repository: Path, tmp_path: Path
+) -> None:
+    result, calls = _run("uninstall", own_repository, tmp_path, "my-payloadtags")
+    assert result.returncode == 0, result.stderr
+    assert [words[:2] for _, words in calls] == [["delete", APISERVICE], ["delete", "-k"]]
+    assert _trees(calls, "delete") == [own_repository / "my-payloadtags"]
+
+
+def test_uninstall_default_is_the_checkouts_tree(tmp_path: Path) -> None:
+    result, calls = _run("uninstall", tmp_path, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert _trees(calls, "delete") == [ROOT / "manifests" / "cert-manager"]
