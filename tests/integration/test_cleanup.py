@@ -484,6 +484,29 @@ async def test_two_replicas_one_leader_and_failover(
     await leader_of(c, within=5)
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_forbidden_lease_is_warned_about_once_then_its_recovery_said(
+    kube_api: KubeApiDouble, fresh_registry: RegistryServer, make_controller: Any
+) -> None:
+    # Without get/create/update on Leases no replica ever leads, and no namespace is cleaned up.
+    leases = "/apis/coordination.k8s.io/v1/namespaces/default/leases"
+    with collected_logs() as events:
+        kube_api.inject_error(403, "Forbidden", "leases is forbidden", path=leases, times=1_000_000)
+        before = len(kube_api.requests_for(leases))
+        replica = make_controller(fresh_registry.url)
+        await eventually(lambda: len(kube_api.requests_for(leases)) >= before + 4, within=10)
+        assert not replica.controller.is_leader
+        election = [line for line in log_lines(events, LogLevel.warn) if line.startswith("Leader election")]
+        assert len(election) == 1, election  # several refused attempts, one warning
+        assert (
+            "default/payloadtags-cleanup" in election[0]
+            and "403 Forbidden: leases is forbidden" in election[0]
+        )
+        kube_api.clear_injected_errors()
+        await leader_of(replica)
+    assert any("payloadtags-cleanup answers again" in line for line in log_lines(events, LogLevel.info))
+
+
 # -- the sweep -----------------------------------------------------------------------------------------
 
 

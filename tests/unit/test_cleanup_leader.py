@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
+from twisted.logger import LogLevel, formatEvent
 
 from payloadtags.cleanup import CleanupController, CleanupOptions
 from payloadtags.cleanup.leader import (
@@ -21,6 +22,7 @@ from payloadtags.cleanup.leader import (
 from payloadtags.identity import UserInfo
 from payloadtags.kube.client import WatchEvent
 from payloadtags.kube.errors import KubeApiError, KubeUnavailable, make_status
+from tests.support.logcapture import collected_logs
 from tests.unit.test_cleanup_cascade import FakeRegistry
 
 LEASE = "/apis/coordination.k8s.io/v1/namespaces/default/leases/payloadtags-cleanup"
@@ -35,6 +37,7 @@ class FakeLeases:
         self.rv = 0
         self.down = False
         self.hang = False
+        self.error: Exception | None = None  # every call fails with it, e.g. a 403
         self.writes: list[dict[str, Any]] = []
 
     async def _gate(self) -> None:
@@ -42,6 +45,8 @@ class FakeLeases:
             await Deferred()  # never fires; the elector must cancel it
         if self.down:
             raise KubeUnavailable("connection refused")
+        if self.error is not None:
+            raise self.error
 
     async def get(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
         await self._gate()
@@ -234,6 +239,85 @@ def test_a_hanging_renewal_is_cut_at_the_renew_deadline() -> None:
     advance(clock, 10.0 + 2 * 2.2)
     assert a.leads  # the lease still names a, so a takes it back without a transition
     assert api.spec["leaseTransitions"] == 0
+    a.stop()
+
+
+FORBIDDEN = KubeApiError(
+    make_status(
+        403,
+        'leases.coordination.k8s.io "payloadtags-cleanup" is forbidden: User "system:serviceaccount:'
+        'payloadtags-system:payloadtags" cannot get resource "leases" in API group "coordination.k8s.io"',
+        "Forbidden",
+    ),
+    403,
+)
+
+
+def _election_lines(events: list[dict[str, Any]], level: LogLevel) -> list[str]:
+    return [
+        formatEvent(e)
+        for e in events
+        if e.get("log_level") == level and formatEvent(e).startswith("Leader election: ")
+    ]
+
+
+def test_failed_attempts_are_warned_about_without_flooding_the_log() -> None:
+    # client-go logs every failed attempt as an error; a forbidden Lease means no replica ever runs
+    # the cleanup, which must show at the default verbosity, but not as a line every 2 s.
+    clock, api = Clock(), FakeLeases()
+    api.error = FORBIDDEN
+    a = Candidate(api, clock, "a")
+    with collected_logs() as events:
+        a.elector.start()
+        advance(clock, 59.0)  # about 20 attempts
+        warnings = _election_lines(events, LogLevel.warn)
+        assert warnings == [
+            "Leader election: could not get, create or update the lease default/payloadtags-cleanup "
+            f"(1 failed attempt in a row): {FORBIDDEN}"
+        ]
+        advance(clock, 2 * 2.2)  # the next attempt past a minute
+        warnings = _election_lines(events, LogLevel.warn)
+        assert len(warnings) == 2 and warnings[1].startswith("Leader election: still could not get")
+        assert "failed attempts in a row): 403 Forbidden: " in warnings[1]
+
+        api.error = None
+        api.down = True  # another failure: said at once
+        advance(clock, 2 * 2.2)
+        warnings = _election_lines(events, LogLevel.warn)
+        assert len(warnings) == 3 and warnings[2].endswith("failed attempts in a row): connection refused")
+        assert not warnings[2].startswith("Leader election: still")
+        assert not _election_lines(events, LogLevel.info)
+
+        api.down = False
+        advance(clock, 2 * 2.2)
+        assert a.leads
+        infos = _election_lines(events, LogLevel.info)
+        assert infos[0].startswith(
+            "Leader election: the lease default/payloadtags-cleanup answers again, after "
+        )
+        assert len(_election_lines(events, LogLevel.warn)) == 3
+    a.stop()
+
+
+def test_a_leader_warns_once_when_its_renewals_fail_and_says_when_they_work_again() -> None:
+    clock, api = Clock(), FakeLeases()
+    a = Candidate(api, clock, "a")
+    a.elector.start()
+    advance(clock, 4.0)
+    with collected_logs() as events:
+        api.down = True
+        advance(clock, 7.0)  # three renewals fail, within the renew deadline
+        assert a.leads
+        assert _election_lines(events, LogLevel.warn) == [
+            "Leader election: could not get, create or update the lease default/payloadtags-cleanup "
+            "(1 failed attempt in a row): connection refused"
+        ]
+        api.down = False
+        advance(clock, 2.0)
+        assert a.leads and a.events == ["started"]
+        assert _election_lines(events, LogLevel.info) == [
+            "Leader election: the lease default/payloadtags-cleanup answers again, after 3 failed attempts"
+        ]
     a.stop()
 
 

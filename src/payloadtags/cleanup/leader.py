@@ -55,6 +55,8 @@ DEFAULT_LEASE_NAME: Final = "payloadtags-cleanup"
 SERVICE_ACCOUNT_NAMESPACE_FILE: Final = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 # client-go's HealthzAdaptor tolerance past the lease duration before /healthz fails.
 HEALTH_TOLERANCE: Final = 20.0
+# While attempts keep failing the same way, a warning at most this often (monotonic seconds).
+FAILURE_LOG_INTERVAL: Final = 60.0
 
 
 def default_identity() -> str:
@@ -181,6 +183,10 @@ class LeaderElector:
         self._task: Deferred[None] | None = None
         self._stopping = False
         self._reported_leader: str | None = None
+        # Failed attempts since the last that reached the API; what failed and when it was last logged.
+        self._failures = 0
+        self._failure_kind: tuple[type, int | None] | None = None
+        self._failure_logged = float("-inf")
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -285,15 +291,48 @@ class LeaderElector:
         """One try to acquire or renew, bounded by `within` seconds (never past the renew deadline):
         the monotonic time its successful write was sent, or None."""
         try:
-            return await self._bounded(self._try_acquire_or_renew(), within)
+            sent = await self._bounded(self._try_acquire_or_renew(), within)
         except (KubeError, DeadlineExpired) as e:
             if self._stopping:
                 # KubeClient reports a cancelled request as CancelledError, but a LeaseClient may
                 # report it as a failure: `stop` must not look like a failed try, or the loop would
                 # wait a retry period and campaign again instead of ending.
                 raise CancelledError() from e
-            log.debug("Leader election: attempt failed: {error}", error=e)
+            self._attempt_failed(e)
             return None
+        if self._failures:
+            log.info(
+                "Leader election: the lease {namespace}/{name} answers again, after {attempts}",
+                namespace=self.options.lease_namespace,
+                name=self.options.lease_name,
+                failures=self._failures,
+                attempts=_failed_attempts(self._failures),
+            )
+            self._failures, self._failure_kind = 0, None
+        return sent
+
+    def _attempt_failed(self, error: Exception) -> None:
+        """Warns, as client-go does, but not every retry period: a Lease that is forbidden or an API
+        that is down would fill the log. Once for a new kind of failure, then once a minute."""
+        self._failures += 1
+        # The kind, not the text: a timeout's text names the seconds left, which differ every time.
+        kind = (type(error), error.code if isinstance(error, KubeApiError) else None)
+        now = self._monotonic()
+        if kind == self._failure_kind and now - self._failure_logged < FAILURE_LOG_INTERVAL:
+            log.debug("Leader election: attempt failed: {error}", error=error)
+            return
+        again = kind == self._failure_kind
+        self._failure_kind, self._failure_logged = kind, now
+        log.warn(
+            "Leader election: {still}could not get, create or update the lease {namespace}/{name} "
+            "({attempts} in a row): {error}",
+            still="still " if again else "",
+            namespace=self.options.lease_namespace,
+            name=self.options.lease_name,
+            failures=self._failures,
+            attempts=_failed_attempts(self._failures),
+            error=error,
+        )
 
     async def _try_acquire_or_renew(self) -> float | None:
         options = self.options
@@ -395,6 +434,10 @@ class LeaderElector:
 async def _maybe_await(result: Awaitable[None] | None) -> None:
     if result is not None:
         await result
+
+
+def _failed_attempts(count: int) -> str:
+    return "1 failed attempt" if count == 1 else f"{count} failed attempts"
 
 
 def _micro_time(seconds: float) -> str:
