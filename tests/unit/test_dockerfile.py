@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 BASE_IMAGE = re.compile(r"^python:3\.11-slim-bookworm(@sha256:[0-9a-f]{64})?$")
 VENV = "/opt/payloadtags"
-# The bootstrap step that brings uv into the build stage; replayed here by the uv already on PATH.
-UV_BOOTSTRAP = re.compile(r"^pip install --no-cache-dir uv==\d+\.\d+\.\d+$")
+# The bootstrap step that brings uv into the build stage; replayed here by the uv of the test extras.
+UV_BOOTSTRAP = re.compile(r"^pip install --no-cache-dir (uv==\d+\.\d+\.\d+)$")
 
 
 # --- a small Dockerfile reader ----------------------------------------------------------------------
@@ -233,6 +233,12 @@ def test_build_stage_installs_the_project_wheel_with_a_pinned_uv(dockerfile: lis
     }
 
 
+def test_the_image_and_the_test_extras_pin_the_same_uv(dockerfile: list[Stage]) -> None:
+    # The build stage is replayed with the test extras' uv (scripts/setup puts it into .venv).
+    (pin,) = [m[1] for r in dockerfile[0].all("RUN") if (m := UV_BOOTSTRAP.match(r.rest))]
+    assert pin in project()["optional-dependencies"]["test"]
+
+
 def test_runtime_stage_has_no_build_tools(dockerfile: list[Stage]) -> None:
     runtime = dockerfile[1]
     assert not runtime.all("ADD")
@@ -274,8 +280,10 @@ def _requirement(spec: str) -> tuple[str, str]:
 
 @pytest.mark.packaging  # builds a virtual environment: seconds, not milliseconds
 def test_build_steps_install_a_working_venv(dockerfile: list[Stage], tmp_path: Path) -> None:
-    if shutil.which("uv") is None:
-        pytest.fail("uv must be on PATH (scripts/setup installs it)")
+    # The uv of the test extras, beside the interpreter running the tests (no uv needs to be on PATH).
+    uv = shutil.which("uv", path=str(Path(sys.executable).parent))
+    if uv is None:
+        pytest.fail(f"uv must be in {Path(sys.executable).parent} (scripts/setup installs the test extras)")
     build = dockerfile[0]
     context, image = tmp_path / "context", tmp_path / "image"
     build_context(context)
@@ -286,6 +294,7 @@ def test_build_steps_install_a_working_venv(dockerfile: list[Stage], tmp_path: P
 
     env = {**os.environ, **build.env()}
     env.pop("VIRTUAL_ENV", None)
+    env["PATH"] = f"{Path(uv).parent}{os.pathsep}{env['PATH']}"
     workdir = inside("/")
     mapped_roots = {"/dist", VENV}
     for instruction in build.instructions:
@@ -333,7 +342,7 @@ def test_build_steps_install_a_working_venv(dockerfile: list[Stage], tmp_path: P
     subprocess.run([payloadtags, "serve", "--help"], capture_output=True, check=True, timeout=60)
 
     frozen = subprocess.run(
-        ["uv", "pip", "freeze", "--python", str(inside(VENV) / "bin" / "python")],
+        [uv, "pip", "freeze", "--python", str(inside(VENV) / "bin" / "python")],
         capture_output=True,
         text=True,
         check=True,

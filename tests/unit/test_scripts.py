@@ -112,3 +112,78 @@ def test_uninstall_default_is_the_checkouts_tree(tmp_path: Path) -> None:
     result, calls = _run("uninstall", tmp_path, tmp_path)
     assert result.returncode == 0, result.stderr
     assert _trees(calls, "delete") == [ROOT / "manifests" / "cert-manager"]
+
+
+# --- scripts/setup on a fresh Debian 12 --------------------------------------------------------------
+
+# The system python3 as a fresh Debian has it before python3-venv: no ensurepip. It logs every call.
+FRESH_PYTHON = """#!/bin/sh
+printf '%s\\n' "$*" >>"$STUBS/python3.log"
+case "$*" in *"import ensurepip"*) [ -e "$STUBS/python3-venv" ] || exit 1 ;; esac
+exec /usr/bin/python3 "$@"
+"""
+APT_GET = """#!/bin/sh
+printf '%s\\n' "$*" >>"$STUBS/apt-get.log"
+case "$*" in install*python3-venv*) : >"$STUBS/python3-venv" ;; esac
+"""
+DPKG = """#!/bin/sh
+echo "python3.11-minimal: $2"
+"""
+
+
+def test_setup_without_uv_installs_python3_venv_and_leaves_the_system_python_alone(tmp_path: Path) -> None:
+    # Debian's python3 is externally managed (PEP 668) and may have no pip: setup must neither pip
+    # install into it nor need it, but make .venv with the venv module and bring uv into .venv.
+    if shutil.which("uv", path="/usr/bin:/bin"):
+        pytest.fail("this test needs a PATH without uv: /usr/bin or /bin has one")
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    for name, text in (("python3", FRESH_PYTHON), ("apt-get", APT_GET), ("dpkg", DPKG)):
+        (stubs / name).write_text(text)
+        (stubs / name).chmod(0o755)
+    for tool in ("kubectl", "docker-registry"):
+        found = shutil.which(tool)
+        assert found, f"{tool} must be on PATH"
+        (stubs / tool).symlink_to(found)
+    # The project as a clone has it, with a lock of uv alone: the install of every package is uv's
+    # business, and the bootstrap of uv is what this test is about.
+    tree = tmp_path / "clone"
+    shutil.copytree(ROOT / "src", tree / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    (tree / "scripts").mkdir()
+    shutil.copy2(ROOT / "scripts" / "setup", tree / "scripts" / "setup")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, tree / name)
+    (uv_pin,) = [
+        line for line in (ROOT / "requirements.lock").read_text().splitlines() if line.startswith("uv==")
+    ]
+    (tree / "requirements.lock").write_text(uv_pin + "\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHON", "UV")}
+    env.update(PATH=f"{stubs}:/usr/bin:/bin", STUBS=str(stubs))
+
+    def setup() -> None:
+        result = subprocess.run(
+            [str(tree / "scripts" / "setup")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    setup()
+    assert (stubs / "apt-get.log").read_text().splitlines() == [
+        "update -qq",
+        "install -y -qq python3-venv",
+    ]
+    system_python = (stubs / "python3.log").read_text().splitlines()
+    assert "-m venv .venv" in system_python
+    assert not [call for call in system_python if call.startswith("-m pip")], system_python
+    version = subprocess.run(
+        [tree / ".venv" / "bin" / "uv", "--version"], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert version.stdout.split()[:2] == ["uv", uv_pin.removeprefix("uv==")]
+    subprocess.run([tree / ".venv" / "bin" / "python", "-c", "import payloadtags"], check=True, timeout=60)
+
+    setup()  # again: with the uv now in .venv, and nothing more from apt
+    assert len((stubs / "apt-get.log").read_text().splitlines()) == 2
