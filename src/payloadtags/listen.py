@@ -39,12 +39,23 @@ def dual_stack_socket() -> socket.socket | None:
     return sock
 
 
-def _in_use(address: str, port: int, reason: str) -> ConfigurationError:
+def _cannot_listen(address: str, port: int, error: BaseException | None) -> ConfigurationError:
+    """The flag at fault and the cause the OS gave, with a hint only where the cause is certain."""
     shown = f"[{address}]" if ":" in address else address
-    return ConfigurationError(
-        f"--secure-port {port}: cannot listen on {shown}:{port}: {reason} "
-        "(another process holds the port; choose another --secure-port or --bind-address)"
-    )
+    number = getattr(error, "errno", None)
+    reason = (getattr(error, "strerror", None) or str(error or "") or "unknown error").lower()
+    flag = f"--secure-port {port}"
+    if number == errno.EADDRINUSE:
+        reason += " (another process holds the port; choose another --secure-port or --bind-address)"
+    elif number == errno.EACCES and 0 < port < 1024:
+        reason += (
+            " (ports below 1024 are privileged: choose a --secure-port above 1023, or give the process "
+            "the CAP_NET_BIND_SERVICE capability)"
+        )
+    elif number == errno.EADDRNOTAVAIL:
+        flag = f"--bind-address {address}"
+        reason += " (the address is not one of this machine's; choose another --bind-address)"
+    return ConfigurationError(f"{flag}: cannot listen on {shown}:{port}: {reason}")
 
 
 def listen(reactor: Any, address: str, port: int, factory: IProtocolFactory) -> IListeningPort:
@@ -58,10 +69,8 @@ def listen(reactor: Any, address: str, port: int, factory: IProtocolFactory) -> 
                 sock.setblocking(False)
                 return reactor.adoptStreamPort(sock.fileno(), socket.AF_INET6, factory)  # type: ignore[no-any-return]
             except OSError as error:
-                if error.errno == errno.EADDRINUSE:
-                    raise _in_use("::", port, "address already in use") from None
                 if error.errno not in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
-                    raise _in_use("::", port, error.strerror or str(error)) from None
+                    raise _cannot_listen("::", port, error) from None
                 log.info("no IPv6 on this host: listening on IPv4 only")
             finally:
                 # The reactor's port holds its own duplicate of the descriptor.
@@ -70,6 +79,4 @@ def listen(reactor: Any, address: str, port: int, factory: IProtocolFactory) -> 
     try:
         return reactor.listenTCP(port, factory, backlog=listen_backlog(), interface=address)  # type: ignore[no-any-return]
     except CannotListenError as error:
-        socket_error = error.socketError
-        reason = getattr(socket_error, "strerror", None) or str(socket_error)
-        raise _in_use(address, port, reason.lower() if reason else "unknown error") from None
+        raise _cannot_listen(address, port, error.socketError) from None

@@ -159,6 +159,12 @@ def test_a_missing_kubeconfig_is_a_config_error(tmp_path: Path) -> None:
         load_cluster_config(str(tmp_path / "nope"))
 
 
+def test_a_kubeconfig_that_is_a_directory_is_named_so(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_cluster_config(str(tmp_path))
+    assert str(raised.value) == f"kubeconfig {str(tmp_path)!r} is a directory, not a file"
+
+
 def test_a_broken_kubeconfig_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "kc"
     path.write_text('{"apiVersion": "v1", "kind": "Config", "clusters": [], "contexts": [], "users": []}')

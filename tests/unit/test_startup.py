@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from twisted.internet import reactor as global_reactor
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import Factory
 
 from payloadtags.kube import ClusterConfig
-from payloadtags.listen import dual_stack_socket
+from payloadtags.listen import dual_stack_socket, listen
 from payloadtags.registry import RegistrySettings
 from payloadtags.settings import Settings
 from payloadtags.startup import CERT_DIR_CERT, CERT_DIR_KEY, ConfigurationError, complete, lease_namespace
 from tests.support.kubeapi import write_kubeconfig
 from tests.support.pki import Authority
 from tests.support.process import ROOT
+from tests.support.registry_server import free_port
 
 NO_POD: dict[str, str] = {}
 
@@ -259,6 +265,62 @@ def test_port_in_use_is_one_line_exit_1() -> None:
     assert len(errors) == 1, result.stderr
     assert f"--secure-port {port}: cannot listen on 127.0.0.1:{port}: address already in use" in errors[0]
     assert "Traceback" not in result.stderr
+
+
+class _RefusingReactor:
+    """Stands in for the reactor's listenTCP where the OS refuses the port with `error_number`."""
+
+    def __init__(self, error_number: int) -> None:
+        self.error_number = error_number
+
+    def listenTCP(self, port: int, factory: object, backlog: int = 50, interface: str = "") -> NoReturn:
+        error = OSError(self.error_number, os.strerror(self.error_number))
+        raise CannotListenError(interface, port, error)
+
+
+def _listen_error(address: str, port: int, reactor: object = None) -> str:
+    with pytest.raises(ConfigurationError) as raised:
+        listen(reactor if reactor is not None else global_reactor, address, port, Factory())
+    (line,) = raised.value.errors
+    return line
+
+
+def test_a_privileged_port_is_named_with_its_remedies() -> None:
+    line = _listen_error("127.0.0.1", 443, _RefusingReactor(errno.EACCES))
+    assert line == (
+        "--secure-port 443: cannot listen on 127.0.0.1:443: permission denied (ports below 1024 are "
+        "privileged: choose a --secure-port above 1023, or give the process the CAP_NET_BIND_SERVICE "
+        "capability)"
+    )
+    # Above 1023 a refusal is something else (a security module, say): the OS's word only.
+    assert _listen_error("127.0.0.1", 8443, _RefusingReactor(errno.EACCES)) == (
+        "--secure-port 8443: cannot listen on 127.0.0.1:8443: permission denied"
+    )
+
+
+def test_an_address_of_another_machine_names_the_bind_address() -> None:
+    port = free_port()
+    line = _listen_error("192.0.2.7", port)  # TEST-NET-1 (RFC 5737): never one of this machine's
+    assert line == (
+        f"--bind-address 192.0.2.7: cannot listen on 192.0.2.7:{port}: cannot assign requested address "
+        "(the address is not one of this machine's; choose another --bind-address)"
+    )
+    assert "another process" not in line
+
+
+def test_a_port_in_use_says_another_process_holds_it() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as holder:
+        port = holder.getsockname()[1]
+        line = _listen_error("127.0.0.1", port)
+    assert line == (
+        f"--secure-port {port}: cannot listen on 127.0.0.1:{port}: address already in use (another "
+        "process holds the port; choose another --secure-port or --bind-address)"
+    )
+
+
+def test_other_listen_failures_give_the_os_message_without_a_guess() -> None:
+    line = _listen_error("127.0.0.1", 8443, _RefusingReactor(errno.ENOBUFS))
+    assert line == "--secure-port 8443: cannot listen on 127.0.0.1:8443: no buffer space available"
 
 
 def test_completion_errors_exit_1_without_traceback(ca: Authority) -> None:

@@ -131,7 +131,9 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
     from kubernetes.client import Configuration
     from kubernetes.config.kube_config import ConfigNode
 
-    if not Path(path).is_file():
+    if os.path.isdir(path):
+        raise ConfigError(f"kubeconfig {path!r} is a directory, not a file")
+    if not os.path.exists(path):
         raise ConfigError(f"kubeconfig {path!r} does not exist")
     import yaml
 
