@@ -830,15 +830,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         return _report(error.errors)
     # Imported late: `--help` and flag mistakes should not pay for Twisted.
+    from payloadtags.lifecycle import StopSignals
     from payloadtags.startup import ConfigurationError, complete
 
+    # Before start-up's checks, which may wait a minute on a kubeconfig's credential plugin.
+    signals = StopSignals()
+    signals.install()
     try:
         completed = complete(settings)
     except ConfigurationError as error:
         return _report(error.errors)
     from payloadtags.server import serve
 
-    return serve(settings, completed)
+    return serve(settings, completed, signals)
 
 
 if __name__ == "__main__":

@@ -3,15 +3,28 @@
 Twisted's MultiService stops its children all at once; a graceful stop needs the opposite of the
 start order, one part at a time (stop taking requests and drain them before the registry client,
 the cluster client and the Lease go away), so `OrderedServices` awaits each child's stop in turn.
+
+`StopSignals` is what asks for that stop: SIGTERM and SIGINT as k8s.io/apiserver's SetupSignalContext
+takes them.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 from collections.abc import Awaitable, Callable
+from types import FrameType
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import defer
+from twisted.internet.error import ReactorNotRunning
+from twisted.logger import Logger
+
+log = Logger()
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class Part(Service):
@@ -66,3 +79,58 @@ class OrderedServices(MultiService):
             result: Any = child.stopService()
             if isinstance(result, defer.Deferred):
                 await result
+
+
+class StopSignals:
+    """SIGTERM and SIGINT: the first asks for the graceful stop, a second one exits at once with code
+    1, as k8s.io/apiserver's SetupSignalContext does.
+
+    Installed before anything starts, so that no signal finds Python's defaults (death without a
+    drain, a KeyboardInterrupt traceback). Until `attach` names the reactor, a signal is only noted
+    and the caller starts nothing once it sees `received`; from then on it stops the reactor, whose
+    shutdown runs the drain. Twisted's own handlers stop the reactor too, but log a traceback on a
+    second signal and drain on."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._reactor: Any = None
+
+    def install(self) -> None:
+        for number in STOP_SIGNALS:
+            signal.signal(number, self._handle)
+
+    def attach(self, reactor: Any) -> None:
+        """Once the reactor runs: reactor.run put Twisted's SIGTERM handler in place, so ours again."""
+        self._reactor = reactor
+        self.install()
+
+    def _handle(self, number: int, frame: FrameType | None) -> None:
+        name = signal.Signals(number).name
+        if self.received is not None:
+            self._exit_now(name)
+        self.received = name
+        if self._reactor is not None:
+            # Logged from the reactor, not here: the signal may have come in the middle of a write to
+            # the log, which a second one at once would break.
+            self._reactor.callFromThread(self._stop, name)
+
+    def _stop(self, name: str) -> None:
+        log.info("received {signal}: stopping gracefully; a second signal exits at once", signal=name)
+        try:
+            self._reactor.stop()
+        except ReactorNotRunning:  # already stopping: the caller returned first
+            pass
+
+    def _exit_now(self, name: str) -> None:
+        message = f"received {name} again while stopping: exiting at once, with code 1"
+        if self._reactor is not None:
+            log.critical(message)
+        else:  # logging has not begun: a line as the start-up errors are written
+            print(f"payloadtags: {message}", file=sys.stderr)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # a closed or broken stream must not keep the process alive
+                pass
+        # As Go's os.Exit: no deferred work runs, nothing drains any more.
+        os._exit(1)

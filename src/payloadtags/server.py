@@ -32,12 +32,13 @@ from payloadtags.cleanup import (
 )
 from payloadtags.cleanup.removal import namespace_remover
 from payloadtags.cluster import authentication_reflector, rbac_reflectors, token_reviewer
+from payloadtags.deferreds import DeadlineExpired, within
 from payloadtags.heap import keep_freed_heap
 from payloadtags.http.channel import GuardedSite, GuardedTLSFactory, LimitedConnections
 from payloadtags.identity import UserInfo
 from payloadtags.inventory import Inventory
 from payloadtags.kube import ClusterClient, KubeClient, Reflector
-from payloadtags.lifecycle import OrderedServices, Part
+from payloadtags.lifecycle import OrderedServices, Part, StopSignals
 from payloadtags.listen import listen
 from payloadtags.logs import DEBUG_VERBOSITY, begin_logging
 from payloadtags.metrics import CountingAuthorizer, InstrumentedRegistry, Metrics
@@ -52,8 +53,6 @@ from payloadtags.watch import WatchHub
 from payloadtags.watch.hub import InventoryReader
 
 log = Logger()
-
-CLOSE_TIMEOUT = 2.0
 
 
 def _flag_authentication(settings: Settings) -> FlagConfig:
@@ -104,8 +103,9 @@ class Serving:
         )
 
     async def drain(self) -> None:
-        """readyz already fails; the listener closes after the shutdown delay, requests in flight
-        finish within the grace period, then the connections close."""
+        """readyz already fails; the listener closes after the shutdown delay, then, as Go's
+        http.Server.Shutdown: idle connections close, every other one after its current response
+        (which says ``Connection: close``), all within the grace period; what is left is cut."""
         clock, settings = self.reactor, self.settings
         if settings.shutdown_delay > 0:
             # Give endpoints controllers and load balancers time to stop sending new requests here.
@@ -114,34 +114,28 @@ class Serving:
             stopped = self.listener.stopListening()
             if stopped is not None:
                 await stopped
+        closed = self.connections.drain()
         if self.api.watch_hub is not None:
             # Watches would hold the drain for their whole lifetime: end them now; clients
             # re-watch on another replica.
             self.api.watch_hub.stop()
-        deadline = clock.seconds() + settings.shutdown_grace_period
-        idle = self.api.idle()
-        idle.addTimeout(settings.shutdown_grace_period, clock)
+
+        async def finished() -> None:
+            await self.api.idle()
+            await closed
+
         try:
-            await idle
-        except defer.TimeoutError:
+            await within(clock, settings.shutdown_grace_period, finished())
+        except DeadlineExpired:
             log.warn(
-                "{inflight} request(s) still running after the {grace}s grace period; stopping anyway",
+                "{inflight} request(s) still running and {connections} connection(s) open after the "
+                "{grace}s grace period; stopping anyway",
                 inflight=self.api.inflight,
+                connections=len(self.connections.protocols),
                 grace=settings.shutdown_grace_period,
             )
-        await self._close_connections(deadline)
-
-    async def _close_connections(self, deadline: float) -> None:
-        # Close kept-alive connections cleanly, so responses already written are flushed to the
-        # clients before the reactor drops whatever is still open.
-        for connection in list(self.connections.protocols):
-            connection.transport.loseConnection()
-        # A clean TLS close waits for the peer; a client that never reads would hold us forever.
-        deadline = min(deadline, self.reactor.seconds() + CLOSE_TIMEOUT)
-        while self.connections.protocols and self.reactor.seconds() < deadline:
-            await deferLater(self.reactor, 0.05, lambda: None)
-        for connection in list(self.connections.protocols):
-            connection.transport.abortConnection()
+            for connection in list(self.connections.protocols):
+                connection.transport.abortConnection()
 
 
 @attrs.define
@@ -545,10 +539,14 @@ def _probe_failed(failure: Failure) -> None:
         log.failure("the registry probe failed unexpectedly", failure)
 
 
-def serve(settings: Settings, completed: Completed | None = None) -> int:
-    """Run until SIGTERM/SIGINT; 0 after a graceful stop, 1 when the server cannot start."""
+def serve(settings: Settings, completed: Completed | None = None, signals: StopSignals | None = None) -> int:
+    """Run until SIGTERM/SIGINT; 0 after a graceful stop, 1 when the server cannot start or a second
+    signal cut the graceful stop short."""
     from twisted.internet import task
 
+    if signals is None:
+        signals = StopSignals()
+        signals.install()
     if completed is None:
         try:
             completed = complete(settings)
@@ -563,6 +561,23 @@ def serve(settings: Settings, completed: Completed | None = None) -> int:
 
     async def main(reactor: Any) -> None:
         nonlocal exit_code
+        # Nothing listens before the reactor runs and our handlers are in place again (reactor.run
+        # puts Twisted's own in): from "serving ..." on, every signal finds the graceful stop.
+        running_now: defer.Deferred[None] = defer.Deferred()
+        reactor.callWhenRunning(running_now.callback, None)
+        await running_now
+        signals.attach(reactor)
+        if signals.received is not None:
+            log.info("received {signal} before serving: exiting", signal=signals.received)
+            return
+        running: RunningServer | None = None
+
+        async def stop() -> None:
+            if running is not None:
+                await running.stop()
+
+        # A signal stops the reactor; this trigger runs the graceful stop before it does.
+        reactor.addSystemEventTrigger("before", "shutdown", lambda: defer.Deferred.fromCoroutine(stop()))
         try:
             running = await start(reactor, settings, completed=completed)
         except ConfigurationError as error:
@@ -574,10 +589,6 @@ def serve(settings: Settings, completed: Completed | None = None) -> int:
         # collector's sight makes every later full collection (and so every request) cheaper.
         gc.collect()
         gc.freeze()
-        # SIGTERM/SIGINT stop the reactor; this trigger runs the graceful stop before it does.
-        reactor.addSystemEventTrigger(
-            "before", "shutdown", lambda: defer.Deferred.fromCoroutine(running.stop())
-        )
         await defer.Deferred()
 
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,16 @@ class _Collector(protocol.ProcessProtocol):
         self.stderr = b""
         self.stdout = b""
         self.ended: defer.Deferred[int] = defer.Deferred()
+        self.on_log: list[tuple[bytes, Callable[[], None]]] = []
 
     def outReceived(self, data: bytes) -> None:
         self.stdout += data
 
     def errReceived(self, data: bytes) -> None:
         self.stderr += data
+        for entry in [entry for entry in self.on_log if entry[0] in self.stderr]:
+            self.on_log.remove(entry)
+            entry[1]()
 
     def processEnded(self, reason: Any) -> None:
         self.ended.callback(reason.value.exitCode if reason.value.exitCode is not None else -1)
@@ -55,6 +60,14 @@ class ServerProcess:
 
     def terminate(self) -> None:
         self._transport.signalProcess(signal.SIGTERM)
+
+    def signal(self, number: int) -> None:
+        self._transport.signalProcess(number)
+
+    def signal_when_logged(self, text: str, number: int) -> None:
+        """Send the signal as soon as `text` is in the log: in the turn that reads it, without the
+        polling delay of wait_for_log."""
+        self._collector.on_log.append((text.encode(), lambda: self.signal(number)))
 
     async def wait(self, within: float = 30.0) -> int:
         ended = self._collector.ended

@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import Interface, implementer, providedBy
 
 from payloadtags.api.errors import ApiError
@@ -127,3 +127,59 @@ def test_the_close_is_forced_after_its_grace_and_an_idle_connection_closes() -> 
     clock.advance(CLOSE_GRACE)  # the peer never closed its side
     assert aborted == [True]
     assert _calls_of(clock, channel) == []
+
+
+# --- the drain: keep-alive ends ------------------------------------------------------------------
+
+
+class _Admitting:
+    def admit(self, request: Request) -> Deferred[ApiError | None]:
+        return succeed(None)
+
+    def is_probe(self, path: bytes) -> bool:
+        return False
+
+
+class _Held(Resource):
+    """Answers nothing until the test finishes the request."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[Request] = []
+
+    def render_GET(self, request: Request) -> int:
+        self.held.append(request)
+        return NOT_DONE_YET
+
+
+def _connected(site: GuardedSite) -> tuple[GuardedChannel, StringTransport]:
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.9", 5555))
+    assert isinstance(channel, GuardedChannel)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    return channel, transport
+
+
+def test_the_drain_closes_idle_connections_and_makes_each_response_the_last() -> None:
+    clock, resource = Clock(), _Held()
+    site = GuardedSite(resource, HttpLimits(), _Admitting(), reactor=clock)
+    (idle, idle_out), (busy, busy_out), (begun, begun_out) = (_connected(site) for _ in range(3))
+    for channel in (busy, begun):
+        channel.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    clock.advance(0)
+    waiting, started = resource.held
+    started.write(b"a")  # its head went out before the drain, saying nothing of closing
+    site.draining = True
+    for channel in (idle, busy, begun):
+        channel.close_if_idle()
+    assert idle_out.disconnecting
+    assert not busy_out.disconnecting and not begun_out.disconnecting
+    waiting.write(b"b")
+    waiting.finish()
+    assert b"\r\nConnection: close\r\n" in busy_out.value()
+    assert busy_out.disconnecting  # after its answer
+    started.finish()
+    assert b"Connection: close" not in begun_out.value()
+    assert begun_out.disconnecting

@@ -15,7 +15,9 @@ What Twisted does on its own and what is changed here:
   ``header_timeout`` and the body within ``request_timeout``; an idle connection is closed after
   ``idle_timeout`` and one whose client stops reading after the same time;
 * every request runs as soon as it is whole: here requests take turns between clients, and one
-  source address is held to its share of connections and of unauthenticated work (clients.py).
+  source address is held to its share of connections and of unauthenticated work (clients.py);
+* nothing ends keep-alive but the client: here, once the server drains, idle connections close and
+  every other one closes after its current response, which says ``Connection: close``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.web import http
+from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 from zope.interface import directlyProvides, implementer, providedBy
@@ -309,10 +312,20 @@ class GuardedChannel(http.HTTPChannel):
 
     # -- responses ----------------------------------------------------------------------------------
 
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Headers) -> None:
+        if self.persistent and self.site.draining:
+            # The server is draining: this response is the connection's last, and says so, as Go's
+            # http.Server does once Shutdown has begun.
+            self.persistent = False
+            headers.setRawHeaders(b"connection", [b"close"])
+        super().writeHeaders(version, code, reason, headers)
+
     def requestDone(self, request: http.Request) -> None:
         self.answered += 1
         if request.code == 401 and self.client_key[0] == "address":
             self.site.clients.unauthenticated(self.host)
+        if self.site.draining:
+            self.persistent = False  # a response begun before the drain: the connection closes after it
         if not self.persistent:
             super().requestDone(request)
             return
@@ -349,8 +362,17 @@ class GuardedChannel(http.HTTPChannel):
         self._replay_pending = False
         self._handlingRequest = False
         data, self._dataBuffer = b"".join(self._dataBuffer), []
+        if not data and self.site.draining:
+            self._close()  # idle, and the server is draining
+            return
         self._networkProducer.resumeProducing()
         self.setLineMode(data)
+
+    def close_if_idle(self) -> None:
+        """The server began draining: an idle connection closes now; one that is reading or answering
+        a request closes after its response (writeHeaders, requestDone)."""
+        if not self.requests and not self._dataBuffer and not self._buffer:
+            self._close()
 
     def refuse(self, error: ApiError) -> None:
         """Answer with a Status and close; whatever the client still sends is read and dropped for a
@@ -441,6 +463,8 @@ class GuardedSite(Site):
     protocol = GuardedChannel  # type: ignore[assignment]
     requestFactory = GuardedRequest
     _parsePOSTFormSubmission = False
+    # Set when the server begins draining (LimitedConnections.drain): keep-alive ends.
+    draining = False
 
     def __init__(
         self, resource: IResource, limits: HttpLimits, admission: Admission, reactor: Any = None
@@ -570,9 +594,32 @@ class LimitedConnections(WrappingFactory):
         self.limit = limit
         self.on_refused = on_refused
         self.front_proxy = front_proxy
+        self.site = site
         self.clients = site.clients
         self.scheduler = site.scheduler
         self._evicted: set[ProtocolWrapper] = set()
+        self._closed: list[Deferred[None]] = []
+
+    def drain(self) -> Deferred[None]:
+        """What Go's http.Server.Shutdown does to its connections: idle ones close now, every other
+        one after its current response, which says ``Connection: close``. Fires once all are closed
+        (the caller bounds the wait and aborts what is left)."""
+        self.site.draining = True
+        for wrapper in list(self.protocols):
+            wrapper.wrappedProtocol.close_if_idle()
+        closed: Deferred[None] = Deferred()
+        if self.protocols:
+            self._closed.append(closed)
+        else:
+            closed.callback(None)
+        return closed
+
+    def unregisterProtocol(self, p: BaseProtocol) -> None:
+        super().unregisterProtocol(p)
+        if self._closed and not self.protocols:
+            waiters, self._closed = self._closed, []
+            for waiter in waiters:
+                waiter.callback(None)
 
     def buildProtocol(self, addr: Any) -> BaseProtocol | None:  # type: ignore[override]
         """None refuses the connection: the listening port closes it at once, before any TLS byte
