@@ -185,6 +185,42 @@ async def test_kubectl_wait_for_delete_returns_when_kubectl_deletes_the_tag(
 
 
 @pytest_twisted.ensureDeferred
+async def test_kubectl_wait_for_delete_of_a_tag_pushed_since_the_watched_scope_was_last_read(
+    make_server, registry, repo, kubectl_for
+):
+    """Someone already watches the namespace, so the wait's list takes the scope source's
+    resourceVersion; the tag was pushed after the source's last read (no notification, resync 60 s).
+    The list showed it, so its delete must reach the wait's watch."""
+    namespace, path = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "kept", seed="kept")
+    server = await make_server(registry, watch=WatchLimits(resync_period=60))
+    kubectl = kubectl_for(server)
+    hub = server.running.api.watch_hub
+    standing = start_kubectl(kubectl, "get", "prt", "-n", namespace, "-w")
+    waiting = None
+    try:
+        await eventually(lambda: len(hub.watchers) == 1 or standing.exited.called, within=15)
+        assert not standing.exited.called, standing.stderr
+        images.push_oci_image(registry, repo, "doomed")
+        name = encode_name(path, "doomed")
+        waiting = start_kubectl(
+            kubectl, "wait", "--for=delete", f"prt/{name}", "-n", namespace, "--timeout=20s"
+        )
+        await eventually(lambda: len(hub.watchers) == 2 or waiting.exited.called, within=15)
+        assert not waiting.exited.called, waiting.stderr
+        deleted = await kubectl("delete", "prt", name, "-n", namespace)
+        assert deleted.code == 0, deleted.err
+        assert await waiting.exited == 0, waiting.stderr
+        assert await waiting.line() == f"payloadrepositorytag.{GROUP}/{name} condition met"
+    finally:
+        if waiting is not None:
+            waiting.stop()
+        standing.stop()
+    await standing.exited
+    assert images.list_tags(registry, repo) == ["kept"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_python_watch_loop_sees_push_and_delete(watched, pki, registry, repo):
     namespace, path = repo.split("/", 1)
     old = images.push_oci_image(registry, repo, "old")

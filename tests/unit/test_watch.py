@@ -362,14 +362,62 @@ def test_a_record_takes_its_reports_through_one_callable_and_a_new_record_throug
     assert record is not None and record.reads["team/app"] == (frozenset({"v1"}), frozenset({"v1"}))
 
 
-def test_a_list_of_a_watched_scope_waits_for_its_source_and_records_nothing() -> None:
+def test_a_list_of_a_watched_scope_waits_for_its_source_and_reports_to_it() -> None:
     reader = FakeReader({"team/app": {"v1"}})
     clock = Clock()
     hub = make_hub(reader, clock, resync_period=10)
-    ready(hub, "team")
+    source = ready(hub, "team")
     rv: list[str] = []
     Deferred.fromCoroutine(hub.list_version("team")).addCallback(rv.append)
-    assert rv and hub.observer("team", rv[0]) is None and reader.scope_reads == 1
+    assert rv and reader.scope_reads == 1 and not hub.listed.records
+    assert hub.observer("team", rv[0]) is source.report
+    source.report("team/app", ["v1"])  # what the source holds: nothing to send, nothing to reread
+    assert not source.ring and reader.repository_reads == []
+
+
+def watched_list(reader: FakeReader) -> tuple[WatchHub, ScopeSource, int, FakeSink]:
+    """A scope with a source and a watch from a list's resourceVersion, taken before the list reads."""
+    hub = make_hub(reader, Clock(), resync_period=10)
+    source = ready(hub, "team")
+    rv: list[str] = []
+    Deferred.fromCoroutine(hub.list_version("team")).addCallback(rv.append)
+    sequence = hub.versions.parse(rv[0])
+    assert sequence is not None
+    w, sink = watcher()
+    assert hub.start(w, source, since=sequence, timeout=None)
+    return hub, source, sequence, sink
+
+
+def test_a_tag_a_list_of_a_watched_scope_showed_is_deleted_even_when_gone_before_any_reread() -> None:
+    """Pushed after the source's last read, listed, deleted before the source read it: the watch
+    from the list's resourceVersion is still told it is gone (kubectl wait --for=delete)."""
+    reader = FakeReader({"team/app": {"v1"}})
+    hub, source, sequence, sink = watched_list(reader)
+    observe = hub.observer("team", hub.versions.format(sequence))
+    assert observe is not None
+    # The list read v1 and new; new is deleted before anything else reads the repository.
+    reader.repositories["team/app"] = {"v1"}
+    observe("team/app", ("v1", "new"))
+    assert reader.repository_reads == ["team/app"]
+    lines = [line.decode().rsplit(" ", 1) for line in sink.lines]
+    assert [text for text, _ in lines] == ["ADDED team/app:new", "DELETED team/app:new"]
+    assert all(int(number) > sequence for _, number in lines)
+    assert source.tags["team/app"] == {"v1"}
+
+
+def test_a_tag_a_list_of_a_watched_scope_did_not_show_is_added_when_the_reread_finds_it() -> None:
+    """The list read the repository without v2 (deleted after the source's last read, pushed again
+    after the list's read): its client is sent v2 when the reread finds it."""
+    reader = FakeReader({"team/app": {"v1", "v2"}})
+    hub, source, sequence, sink = watched_list(reader)
+    observe = hub.observer("team", hub.versions.format(sequence))
+    assert observe is not None
+    observe("team/app", ("v1",))
+    assert [line.decode().rsplit(" ", 1)[0] for line in sink.lines] == [
+        "DELETED team/app:v2",
+        "ADDED team/app:v2",
+    ]
+    assert source.tags["team/app"] == {"v1", "v2"}
 
 
 def test_a_watch_from_an_unwatched_list_starts_with_the_changes_since_its_reads() -> None:

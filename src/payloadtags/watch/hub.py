@@ -126,13 +126,14 @@ class WatchHub:
         self, scope: str | None, resource_version: str
     ) -> Callable[[str, Sequence[str]], None] | None:
         """Where a page of a list of ``scope`` at ``resource_version`` reports the tag lists it reads:
-        the record its first page opened, while it is kept; None when nothing is to be recorded."""
+        the record its first page opened, while it is kept; else the scope's source, when it has one
+        (``ScopeSource.report``); None when nothing is to be recorded."""
         sequence = self.versions.parse(resource_version)
-        if sequence is None:
-            return None
-        record = self.listed.get(scope, sequence, self.clock.seconds())
+        record = None if sequence is None else self.listed.get(scope, sequence, self.clock.seconds())
         if record is None:
-            return None
+            # A list of a watched scope: its reads may be newer than the source's snapshot.
+            source = self.sources.get(scope)
+            return source.report if source is not None and source.ready else None
         if record.report is not None:
             # One callable per record: a walk tells by it that its kept lists were reported here.
             return record.report

@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import contextvars
 import enum
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 import attrs
@@ -78,6 +78,12 @@ class ScopeSource:
     _dirty_before_ready: set[str] = attrs.field(factory=set)
     resyncs: int = 0
     failures: int = 0
+    # Where lists of this scope report the tag lists they read (`WatchHub.observer`): one callable, so
+    # that a walk tells by it that its kept lists were reported here already.
+    report: Callable[[str, Sequence[str]], None] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.report = self._listed
 
     def covers(self, repository: str) -> bool:
         parts = split_repository(repository)
@@ -205,6 +211,26 @@ class ScopeSource:
         # before the change must not serve this one.
         contextvars.Context().run(Deferred.fromCoroutine, self._read_repository(repository))
 
+    def _listed(self, repository: str, tags: Sequence[str]) -> None:
+        """A list of this scope, whose resourceVersion was taken before it read, read ``tags`` of
+        ``repository``. A watch from that resourceVersion is sent only the changes the source finds
+        after it, so a read that differs from the snapshot must reach the source: a tag the list
+        showed but the snapshot lacks (pushed since the last reread) would otherwise never be
+        ``DELETED``, and one the list did not show but the snapshot holds never ``ADDED`` should it
+        come back. The read becomes the snapshot at once, its differences sent as events (an
+        ``ADDED`` the list's own client may already have: informers take it in their stride), and
+        the repository is reread: the list's read may be older than the snapshot was, and whatever
+        changed since it is sent by that reread.
+        """
+        if not self.ready or not self.covers(repository):
+            return
+        old = self.tags.get(repository, frozenset())
+        # Tag names in one answer are unique: as many and all known is the same set, without one.
+        if len(tags) == len(old) and old.issuperset(tags):
+            return
+        self._replace(repository, frozenset(tags))
+        self.repository_changed(repository)
+
     async def _read_repository(self, repository: str) -> None:
         self._reading.add(repository)
         try:
@@ -232,6 +258,9 @@ class ScopeSource:
         if self._marks.get(repository, 0) > mark:
             return  # a newer read of this repository was applied already
         self._marks[repository] = mark
+        self._replace(repository, tags)
+
+    def _replace(self, repository: str, tags: frozenset[str]) -> None:
         old = self.tags.get(repository, frozenset())
         if tags:
             self.tags[repository] = tags
