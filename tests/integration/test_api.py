@@ -15,13 +15,14 @@ from twisted.web.server import Request
 from payloadtags.api import continuation
 from payloadtags.api.negotiation import negotiate
 from payloadtags.api.render import render_list
+from payloadtags.limits import WatchLimits
 from payloadtags.model import ListMeta, tag_object
 from payloadtags.names import TagRef, encode_name
 from payloadtags.registry.content import MAX_JSON_DEPTH
 from payloadtags.registry.schema1 import SIGNED_SCHEMA1
 from tests.integration.test_output_bounds import many_tags
 from tests.support import images
-from tests.support.client import Response
+from tests.support.client import Response, stream
 from tests.support.faultproxy import ERROR_BEFORE, FaultProxy
 from tests.support.raw import Target, exchange, request_bytes
 from tests.support.scripted_http import serving
@@ -191,6 +192,33 @@ async def test_paging_visits_every_tag_once_in_order(api, registry, repo):
             break
     assert seen == whole
     assert len(versions) == 1  # every page of one list reports the first page's snapshot version
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_page_of_a_walk_carries_the_first_pages_resource_version(make_server, registry, repo):
+    namespace, _ = split(repo)
+    for path in ("a", "b", "c"):
+        images.push_oci_image(registry, f"{namespace}/{path}", "v1", seed=path)
+    api = await make_server(registry, watch=WatchLimits(resync_period=0.2))
+    client = api.client(api.pki.admin)
+    url = collection(namespace)
+    first = (await client.get(url + "?limit=1")).json()
+    listed = first["metadata"]["resourceVersion"]
+    # A push the server has numbered (its watch saw it) moves the current resourceVersion on.
+    watch = await stream(client, f"{url}?watch=true&resourceVersion={listed}")
+    images.push_oci_image(registry, f"{namespace}/c", "v2", seed="c2")
+    assert (await watch.next())["type"] == "ADDED"
+    watch.close()
+    assert (await client.get(url)).json()["metadata"]["resourceVersion"] != listed
+    shown = [i["spec"]["repositoryPath"] for i in first["items"]]
+    token, versions = first["metadata"]["continue"], []
+    while token:
+        page = (await client.get(url + f"?limit=1&continue={token}")).json()
+        shown += [f"{i['spec']['repositoryPath']}:{i['spec']['tag']}" for i in page["items"]]
+        versions.append(page["metadata"]["resourceVersion"])
+        token = page["metadata"].get("continue")
+    assert shown == ["a", "b:v1", "c:v1", "c:v2"]
+    assert versions == [listed] * 3
 
 
 async def _walk(client: Any, url: str, limit: int, token: str | None = None) -> list[str]:
