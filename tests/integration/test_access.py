@@ -7,13 +7,17 @@ it reaches a real cluster.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import pytest_twisted
 from twisted.internet import threads, utils
 
+from payloadtags.access.authz import Authorizer
+from payloadtags.identity import UserInfo
 from payloadtags.names import encode_name
 from tests.support import images
 from tests.support.client import ApiClient
@@ -202,6 +206,58 @@ async def test_a_deleted_namespace_goes_wholesale_only_when_all_of_it_is_asked_f
     reply = await admin.delete(collection(namespace))
     assert reply.code == 200, reply.body
     assert left() == []
+
+
+@attrs.define
+class PushAfterTheSelection:
+    """The server's authorizer, which pushes `push` when asked the first time whether a tag may be
+    deleted: deletecollection asks after it read its selection, before it decides how to delete."""
+
+    inner: Authorizer
+    push: Callable[[], object]
+    pushed: bool = False
+
+    def allowed(self, user: UserInfo, verb: str, namespace: str, repository_path: str) -> bool:
+        if verb == "delete" and not self.pushed:
+            self.pushed = True
+            self.push()
+        return self.inner.allowed(user, verb, namespace, repository_path)
+
+    def allowed_everywhere(self, user: UserInfo, verb: str, namespace: str) -> bool:
+        return self.inner.allowed_everywhere(user, verb, namespace)
+
+
+@pytest.mark.parametrize(
+    ("everywhere", "app_only"),
+    [("delete", "get"), ("get", "delete")],
+    ids=["deletes-everywhere-sees-app", "sees-everywhere-deletes-app"],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_deleted_namespace_goes_wholesale_only_for_a_caller_who_may_both_see_and_delete_all_of_it(
+    rbac_server, kube_api, registry, namespace, pki, monkeypatch, everywhere, app_only
+):
+    """Either right alone on every path is not enough: deletecollection deletes the caller's
+    selection (app) tag by tag, and what it did not hold stays: `hidden` (pushed before, which only
+    a caller who may see everything sees) and `later` (pushed after the selection was read)."""
+    images.push_oci_image(registry, f"{namespace}/app", "v1", seed="app")
+    grant(kube_api, namespace, "hana", [everywhere], None, "hana-everywhere")
+    grant(kube_api, namespace, "hana", [app_only], ["app"], "hana-app")
+    hana = rbac_server.client(pki.client_ca.client("hana"))
+    assert await eventually(lambda: names_seen(hana, namespace), within=30) == [("app", "v1")]
+    if everywhere == "delete":
+        images.push_oci_image(registry, f"{namespace}/hidden", "v1", seed="hidden")
+    kube_api.store.delete(NAMESPACES, namespace)  # the namespace is gone; its content is not yet
+    service = rbac_server.running.api.service
+    authorizer = PushAfterTheSelection(
+        service.authorizer, lambda: images.push_oci_image(registry, f"{namespace}/later", "v1", seed="later")
+    )
+    monkeypatch.setattr(service, "authorizer", authorizer)
+    reply = await hana.delete(collection(namespace))
+    assert reply.code == 200, reply.body
+    assert authorizer.pushed
+    assert [i["spec"]["repositoryPath"] for i in reply.json()["items"]] == ["app"]
+    left = [p for p in ("app", "hidden", "later") if images.list_tags(registry, f"{namespace}/{p}")]
+    assert left == (["hidden", "later"] if everywhere == "delete" else ["later"])
 
 
 @pytest_twisted.ensureDeferred
