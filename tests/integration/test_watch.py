@@ -273,6 +273,35 @@ async def test_a_resource_version_from_elsewhere_is_gone(make_server, registry, 
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_watch_from_a_version_older_than_the_history_gets_410_and_ends(
+    make_server, registry, repo, reactor
+):
+    namespace, _ = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "v0")
+    api = await make_server(registry, watch=WatchLimits(resync_period=0.2, history=2))
+    client = api.client(api.pki.admin)
+    url = collection(namespace)
+    first = (await client.get(url)).json()["metadata"]["resourceVersion"]
+    # The scope's events are kept while it is watched: this watch keeps it watched and tells when
+    # four more changes have been numbered, two more than the history holds. The version is a list's
+    # made while the scope is watched: one made before starts from that list's record, not the history.
+    keeper = await stream(client, f"{url}?watch=true&resourceVersion={first}")
+    listed = (await client.get(url)).json()["metadata"]["resourceVersion"]
+    for i in range(1, 5):
+        images.push_oci_image(registry, repo, f"v{i}", seed=f"s{i}")
+    assert [(await keeper.next())["type"] for _ in range(4)] == ["ADDED"] * 4
+    late = await stream(client, f"{url}?watch=true&resourceVersion={listed}")
+    assert late.code == 200
+    await late.ended.addTimeout(30, reactor)  # a guard against a hang only: it ends at once
+    keeper.close()
+    events = [json.loads(line) for line in late.lines.pending]
+    assert [event["type"] for event in events] == ["ERROR"]
+    status = events[0]["object"]
+    assert (status["kind"], status["code"], status["reason"]) == ("Status", 410, "Expired")
+    assert status["message"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_watch_options_refused_with_a_status(api, repo):
     namespace, _ = repo.split("/", 1)
     client = api.client(api.pki.admin)
