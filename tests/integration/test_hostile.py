@@ -45,25 +45,28 @@ async def in_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
     return await deferToThread(fn, *args, **kwargs)
 
 
-def head_only(t: Target, raw_head: bytes, user: Any = None) -> tuple[Reply, float]:
+# Guards against a hang only, never a measure of speed: generous for a loaded machine.
+HANG_GUARD = 60.0
+
+
+def head_only(t: Target, raw_head: bytes, user: Any = None) -> Reply:
     """Send a request head that announces a body, never send the body, read the answer."""
-    started = time.monotonic()
-    with t.connect(user, timeout=5) as sock:
+    with t.connect(user, timeout=HANG_GUARD) as sock:
         sock.sendall(raw_head)
-        reply = read_reply(sock)
-    return reply, time.monotonic() - started
+        return read_reply(sock)
 
 
 # --- bodies -----------------------------------------------------------------------------------------
 
 
 @pytest_twisted.ensureDeferred
-async def test_unauthenticated_body_is_refused_before_it_is_sent(api):
-    # The head announces 2 MB that never come: only a server that decides on the head can answer.
+async def test_unauthenticated_body_is_refused_before_it_is_sent(make_server, registry):
+    # The head announces 2 MB that never come: a server that waited for them would answer 408 when
+    # the body's deadline passed; only one that decides on the head answers 401.
+    api = await make_server(registry, http=HttpLimits(request_timeout=1.0))
     head = request_bytes("DELETE", item_path("ns"), {"Content-Length": str(2 << 20)})
-    reply, elapsed = await in_thread(head_only, target(api), head)
+    reply = await in_thread(head_only, target(api), head)
     assert reply.is_status(401), reply
-    assert elapsed < 5
 
 
 @pytest_twisted.ensureDeferred
@@ -148,7 +151,7 @@ async def test_what_a_refused_client_still_sends_is_dropped_undecrypted(api):
 @pytest_twisted.ensureDeferred
 async def test_declared_oversized_body_gets_413_before_it_is_sent(api):
     head = request_bytes("DELETE", item_path("ns"), {"Content-Length": str((3 << 20) + 1)})
-    reply, _ = await in_thread(head_only, target(api), head, api.pki.admin)
+    reply = await in_thread(head_only, target(api), head, api.pki.admin)
     assert reply.is_status(413), reply
     assert "3145728" in reply.json()["message"]
 
@@ -422,11 +425,11 @@ def endless_registry(reactor: Any) -> Iterator[tuple[str, _EndlessCatalog]]:
 async def test_request_deadline_cancels_the_work_and_answers_504(make_server, endless_registry, reactor):
     url, catalog = endless_registry
     api = await make_server(url, http=HttpLimits(request_timeout=1.0))
-    started = time.monotonic()
-    reply = await api.client(api.pki.admin).get(f"{B}/payloadrepositorytags")
+    # The catalog never ends: only the deadline ends this request (the guard only stops a hang).
+    asked = defer.Deferred.fromCoroutine(api.client(api.pki.admin).get(f"{B}/payloadrepositorytags"))
+    reply = await asked.addTimeout(HANG_GUARD, reactor)
     assert reply.code == 504, reply.body
     assert reply.json()["reason"] == "Timeout"
-    assert time.monotonic() - started < 5
     pages = catalog.pages
     await task.deferLater(reactor, 0.3, lambda: None)
     assert catalog.pages == pages  # nothing goes on asking the registry after the deadline

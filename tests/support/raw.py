@@ -160,8 +160,8 @@ def read_reply(sock: ssl.SSLSocket, buffer: bytearray | None = None, head: bool 
     return Reply(code, headers, bytes(body))
 
 
-def exchange(target: Target, raw: bytes, user: Issued | None = None) -> Reply:
-    with target.connect(user) as sock:
+def exchange(target: Target, raw: bytes, user: Issued | None = None, *, timeout: float = 10.0) -> Reply:
+    with target.connect(user, timeout=timeout) as sock:
         sock.sendall(raw)
         return read_reply(sock, head=raw.startswith(b"HEAD "))
 
