@@ -21,7 +21,7 @@ from tests.support.registry_server import (
     TLSFiles,
     TokenServer,
     make_tls_files,
-    registry_available,
+    need_registry,
 )
 
 # --- tiers ----------------------------------------------------------------------------------------
@@ -48,15 +48,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 # --- registries -----------------------------------------------------------------------------------
 
 
-def _need_registry() -> None:
-    if not registry_available():
-        pytest.fail("docker-registry is not installed (scripts/setup installs it with apt-get)")
-
-
 @pytest.fixture(scope="session")
 def registry() -> Iterator[RegistryServer]:
     """A running registry with deletes enabled, shared by the whole session."""
-    _need_registry()
+    need_registry()
     with RegistryServer() as server:
         yield server
 
@@ -91,7 +86,7 @@ BASIC_USER = ("pusher", "s3cret-basic")
 @pytest.fixture(scope="session")
 def htpasswd_registry() -> Iterator[RegistryServer]:
     """A registry demanding HTTP basic auth (htpasswd, bcrypt) as BASIC_USER."""
-    _need_registry()
+    need_registry()
     with RegistryServer(htpasswd=dict([BASIC_USER])) as server:
         yield server
 
@@ -110,7 +105,7 @@ def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenServ
 @pytest.fixture(scope="session")
 def token_registry(token_server: TokenServer) -> Iterator[RegistryServer]:
     """A registry with ``auth: token`` whose realm is ``token_server``."""
-    _need_registry()
+    need_registry()
     username, password = TOKEN_USER
     with RegistryServer(token_server=token_server, username=username, password=password) as server:
         yield server
@@ -124,7 +119,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
 @pytest.fixture(scope="session")
 def tls_registry(tls_files: TLSFiles) -> Iterator[RegistryServer]:
     """A registry serving HTTPS with a certificate from a test CA (``tls_files.ca_file``)."""
-    _need_registry()
+    need_registry()
     with RegistryServer(tls=tls_files) as server:
         yield server
 

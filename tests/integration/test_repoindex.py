@@ -14,7 +14,7 @@ import pytest_twisted
 from tests.support import images
 from tests.support.harness import Pki, ServerUnderTest
 from tests.support.rbac import eventually
-from tests.support.registry_server import RegistryServer, free_port, registry_available
+from tests.support.registry_server import RegistryServer, free_port, need_registry
 
 B = "/apis/payload-registry.deckhouse.io/v1alpha1"
 TOKEN = "events-token-0123456789abcdef"
@@ -29,8 +29,7 @@ def collection(namespace: str) -> str:
 def notifying(tmp_path: Path, pki: Pki) -> Iterator[tuple[RegistryServer, int, Path]]:
     """A registry whose notifications go to https://127.0.0.1:<port>/registry/events, the port the
     server under test will listen on; the registry trusts the server's CA through SSL_CERT_FILE."""
-    if not registry_available():
-        pytest.skip("docker-registry is not installed (apt-get install -y docker-registry)")
+    need_registry()
     port = free_port()
     token_file = tmp_path / "events.token"
     token_file.write_text(TOKEN + "\n")

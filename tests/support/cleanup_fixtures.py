@@ -30,7 +30,7 @@ from payloadtags.cleanup import CleanupController, CleanupOptions, LeaderElectio
 from payloadtags.kube import Backoff, KubeClient, load_cluster_config
 from payloadtags.registry import RegistryClient, RegistrySettings
 from tests.support.listening import stop_listening, tcp_port
-from tests.support.registry_server import RegistryServer, registry_available, stop_all
+from tests.support.registry_server import RegistryServer, need_registry, stop_all
 
 __all__ = [
     "FAST_LEADER_ELECTION",
@@ -83,8 +83,7 @@ def registry_reaper() -> Iterator[list[RegistryServer]]:
 
 @pytest.fixture
 def fresh_registry(registry_reaper: list[RegistryServer]) -> Iterator[RegistryServer]:
-    if not registry_available():
-        pytest.fail("docker-registry is not installed (scripts/setup installs it with apt-get)")
+    need_registry()
     server = RegistryServer()
     registry_reaper.append(server)
     yield server

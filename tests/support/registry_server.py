@@ -45,6 +45,14 @@ def registry_available() -> bool:
     return shutil.which(REGISTRY_BINARY) is not None
 
 
+def need_registry() -> None:
+    """Fail the test when the registry is not installed: a missing part fails, never skips."""
+    import pytest  # here, not at the top: the benches use this module without pytest
+
+    if not registry_available():
+        pytest.fail("docker-registry is not installed (scripts/setup installs it with apt-get)")
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -552,6 +560,7 @@ __all__ = [
     "free_port",
     "grant_all",
     "make_tls_files",
+    "need_registry",
     "registry_available",
     "running_registry",
     "stop_all",
