@@ -39,6 +39,10 @@ class FakeReader:
     scope_reads: int = 0
     broken: bool = False
     repository_reads: list[str] = attrs.field(factory=list)
+    # Repositories a scope read leaves out (an index that has not learnt of them).
+    unindexed: set[str] = attrs.field(factory=set)
+    # When set, each repository read waits on a Deferred appended here, which the test fires.
+    held: list[Deferred[list[str]]] | None = None
 
     async def scope_tags(self, namespace: str | None) -> list[TagRef]:
         self.scope_reads += 1
@@ -48,12 +52,15 @@ class FakeReader:
         for repository, tags in sorted(self.repositories.items()):
             parts = split_repository(repository)
             assert parts is not None
-            if namespace is None or parts[0] == namespace:
+            if (namespace is None or parts[0] == namespace) and repository not in self.unindexed:
                 refs.extend(TagRef(parts[0], parts[1], tag) for tag in sorted(tags))
         return refs
 
     async def repository_tags(self, repository: str) -> list[str]:
         self.repository_reads.append(repository)
+        if self.held is not None:
+            self.held.append(Deferred())
+            return await self.held[-1]
         return sorted(self.repositories.get(repository, set()))
 
 
@@ -388,6 +395,10 @@ def watched_list(reader: FakeReader) -> tuple[WatchHub, ScopeSource, int, FakeSi
     return hub, source, sequence, sink
 
 
+def texts(sink: FakeSink) -> list[str]:
+    return [line.decode().rsplit(" ", 1)[0] for line in sink.lines]
+
+
 def test_a_tag_a_list_of_a_watched_scope_showed_is_deleted_even_when_gone_before_any_reread() -> None:
     """Pushed after the source's last read, listed, deleted before the source read it: the watch
     from the list's resourceVersion is still told it is gone (kubectl wait --for=delete)."""
@@ -400,24 +411,100 @@ def test_a_tag_a_list_of_a_watched_scope_showed_is_deleted_even_when_gone_before
     observe("team/app", ("v1", "new"))
     assert reader.repository_reads == ["team/app"]
     lines = [line.decode().rsplit(" ", 1) for line in sink.lines]
-    assert [text for text, _ in lines] == ["ADDED team/app:new", "DELETED team/app:new"]
+    assert [text for text, _ in lines] == ["DELETED team/app:new"]
     assert all(int(number) > sequence for _, number in lines)
     assert source.tags["team/app"] == {"v1"}
 
 
 def test_a_tag_a_list_of_a_watched_scope_did_not_show_is_added_when_the_reread_finds_it() -> None:
     """The list read the repository without v2 (deleted after the source's last read, pushed again
-    after the list's read): its client is sent v2 when the reread finds it."""
+    after the list's read): its client is sent v2 when the reread finds it; the snapshot, which
+    holds v2 all along, is not touched, so no watcher is told v2 went."""
     reader = FakeReader({"team/app": {"v1", "v2"}})
-    hub, source, sequence, sink = watched_list(reader)
-    observe = hub.observer("team", hub.versions.format(sequence))
-    assert observe is not None
-    observe("team/app", ("v1",))
-    assert [line.decode().rsplit(" ", 1)[0] for line in sink.lines] == [
-        "DELETED team/app:v2",
-        "ADDED team/app:v2",
-    ]
+    _, source, _, sink = watched_list(reader)
+    source.report("team/app", ("v1",))
+    assert texts(sink) == ["ADDED team/app:v2"]
     assert source.tags["team/app"] == {"v1", "v2"}
+
+
+def test_a_list_read_older_than_the_snapshot_tells_no_watcher_of_a_change_undone() -> None:
+    """A list read before v2 was pushed reports after the source learnt of v2 (a notification); and a
+    list read before v3 was deleted reports after the source saw it go. No watcher is told that v2
+    went or that v3 came back: only repeats of what is true (an ADDED for v2, a DELETED for v3)."""
+    reader = FakeReader({"team/app": {"v1", "v3"}})
+    hub, source, _, sink = watched_list(reader)
+    reader.repositories["team/app"] = {"v1", "v2"}
+    hub.repository_changed("team/app")
+    assert texts(sink) == ["DELETED team/app:v3", "ADDED team/app:v2"]
+    source.report("team/app", ("v1", "v3"))  # read before both changes
+    assert texts(sink)[2:] == ["DELETED team/app:v3", "ADDED team/app:v2"]
+    assert source.tags["team/app"] == {"v1", "v2"}
+
+
+def test_tags_of_a_repository_the_scope_reads_do_not_see_are_confirmed_without_entering_the_snapshot() -> (
+    None
+):
+    """A list by name read a repository the scope's reads do not list yet (the index has not learnt
+    of it): nothing is sent while its tag is there, however many resyncs pass, and its DELETED once
+    it is gone."""
+    reader = FakeReader({"team/app": {"v1"}})
+    _, source, _, sink = watched_list(reader)
+    reader.unindexed.add("team/new")
+    reader.repositories["team/new"] = {"n1"}
+    source.report("team/new", ("n1",))
+    for _ in range(2):
+        Deferred.fromCoroutine(source.fresh())
+    assert sink.lines == [] and "team/new" not in source.tags
+    assert reader.repository_reads == ["team/new"] * 3  # the report's check, then one per resync
+    del reader.repositories["team/new"]
+    Deferred.fromCoroutine(source.fresh())
+    assert texts(sink) == ["DELETED team/new:n1"]
+    Deferred.fromCoroutine(source.fresh())
+    assert texts(sink) == ["DELETED team/new:n1"] and reader.repository_reads.count("team/new") == 4
+
+
+def test_reports_while_a_check_is_out_are_confirmed_by_one_more_read() -> None:
+    """Ten lists report around one push while the check of the first is out: two reads in all, and
+    one repeat of the push's ADDED at most."""
+    reader = FakeReader({"team/app": {"v1", "v2"}})
+    _, source, _, sink = watched_list(reader)
+    held = reader.held = []
+    for i in range(10):
+        source.report("team/app", ("v1", "v2") if i % 2 else ("v1",))
+    assert len(held) == 1
+    held[0].callback(["v1", "v2"])
+    assert len(held) == 2
+    held[1].callback(["v1", "v2"])
+    assert len(held) == 2 and texts(sink) == ["ADDED team/app:v2"]
+
+
+def test_a_read_out_before_a_list_reported_does_not_confirm_what_that_list_showed() -> None:
+    """b is pushed while the check of an earlier list's report is out; a later list shows b. The check
+    that went out before, which cannot have seen b, must not send b's DELETED: the next read decides
+    (for a too: what a read may confirm is decided per repository)."""
+    reader = FakeReader({"team/app": {"v1"}})
+    _, source, _, sink = watched_list(reader)
+    held = reader.held = []
+    source.report("team/app", ("v1", "a"))  # a: pushed and deleted again since the last reread
+    source.report("team/app", ("v1", "b"))  # b: pushed after the check below went out
+    held[0].callback(["v1"])
+    assert texts(sink) == [] and len(held) == 2  # the next read, out after both reports, decides
+    held[1].callback(["v1", "b"])
+    assert texts(sink) == ["DELETED team/app:a"]  # b is there: nothing to send for it yet
+
+
+def test_too_many_tags_to_confirm_end_the_scopes_watches_with_410() -> None:
+    reader = FakeReader({"team/app": {"v1"}})
+    hub, source, sequence, sink = watched_list(reader)
+    source.max_pending = 3
+    held = reader.held = []
+    source.report("team/app", ("v1", "a", "b"))
+    assert not sink.closed
+    source.report("team/app", ("v1", "c", "d"))
+    assert sink.closed and b"410" in sink.lines[-1] and not hub.watchers
+    assert source.since(sequence) is None  # a watch from before is 410 Gone too
+    held[0].callback(["v1"])  # the check out meanwhile confirms nothing it gave up
+    assert b"DELETED" not in b"".join(sink.lines)
 
 
 def test_a_watch_from_an_unwatched_list_starts_with_the_changes_since_its_reads() -> None:

@@ -34,6 +34,7 @@ log = Logger()
 
 
 _ACCESS_CHANGED = "the access rules changed what this watch may show; relist"
+_UNCONFIRMED = "too many tags changed in the registry since this scope was last read; relist"
 
 
 class TooManyWatches(Exception):
@@ -131,9 +132,12 @@ class WatchHub:
         sequence = self.versions.parse(resource_version)
         record = None if sequence is None else self.listed.get(scope, sequence, self.clock.seconds())
         if record is None:
-            # A list of a watched scope: its reads may be newer than the source's snapshot.
+            # A list of a watched scope: its reads may differ from the source's snapshot. One from
+            # before the source's floor has nothing to confirm: its watch is 410 Gone.
             source = self.sources.get(scope)
-            return source.report if source is not None and source.ready else None
+            if source is None or not source.ready or sequence is None or sequence < source.floor:
+                return None
+            return source.report
         if record.report is not None:
             # One callable per record: a walk tells by it that its kept lists were reported here.
             return record.report
@@ -163,6 +167,7 @@ class WatchHub:
                 history=self.limits.history,
                 clock=self.clock,
                 timeout=self.limits.resync_period * 4 + 60,
+                on_reset=self._reset_watches,
             )
             self.sources[namespace] = source
             loop = LoopingCall(source.resync)
@@ -173,6 +178,13 @@ class WatchHub:
         self._touched[namespace] = self.clock.seconds()
         await source.when_ready()
         return source
+
+    def _reset_watches(self, source: ScopeSource) -> None:
+        """The source gave up confirming what lists showed (`ScopeSource._reset`): its watches end
+        with 410 Gone, and their clients relist."""
+        for watcher in list(source.subscribers):
+            if isinstance(watcher, Watcher):
+                watcher.end("too many listed tags to confirm", last=expired_line(_UNCONFIRMED))
 
     def repository_changed(self, repository: str) -> None:
         """A registry notification (push or delete) for one repository, or a delete this replica

@@ -81,6 +81,19 @@ class ScopeSource:
     # Where lists of this scope report the tag lists they read (`WatchHub.observer`): one callable, so
     # that a walk tells by it that its kept lists were reported here already.
     report: Callable[[str, Sequence[str]], None] = attrs.field(init=False)
+    # Per repository, tags lists showed that the snapshot lacked, and tags the snapshot held that lists
+    # did not show, until a read made after those lists' confirms them (`_listed`); at most
+    # ``max_pending`` in all, past which the scope's watches relist (``on_reset``).
+    _shown: dict[str, set[str]] = attrs.field(factory=dict)
+    _hidden: dict[str, set[str]] = attrs.field(factory=dict)
+    # Per repository, the last read number issued when a list's differences were noted: only a read
+    # numbered above it started after that list's read, and may confirm them.
+    _noted: dict[str, int] = attrs.field(factory=dict)
+    _pending: int = 0
+    max_pending: int = 10_000
+    on_reset: Callable[[ScopeSource], None] | None = None
+    _checking: set[str] = attrs.field(factory=set)
+    _check_again: set[str] = attrs.field(factory=set)
 
     def __attrs_post_init__(self) -> None:
         self.report = self._listed
@@ -177,6 +190,10 @@ class ScopeSource:
             seen.setdefault(ref.repository, set()).add(ref.tag)
         for repository in set(self.tags) | set(seen):
             self._apply(repository, frozenset(seen.get(repository, ())), mark)
+        for repository in sorted(self._noted):
+            # What lists showed otherwise that this read may not confirm: it does not read tags the
+            # scope's reads do not see yet (a repository the index does not know).
+            self._check(repository)
         if not self.ready:
             self.ready = True
             # A number of its own: a resourceVersion issued before the baseline (a list of the scope
@@ -214,13 +231,12 @@ class ScopeSource:
     def _listed(self, repository: str, tags: Sequence[str]) -> None:
         """A list of this scope, whose resourceVersion was taken before it read, read ``tags`` of
         ``repository``. A watch from that resourceVersion is sent only the changes the source finds
-        after it, so a read that differs from the snapshot must reach the source: a tag the list
-        showed but the snapshot lacks (pushed since the last reread) would otherwise never be
-        ``DELETED``, and one the list did not show but the snapshot holds never ``ADDED`` should it
-        come back. The read becomes the snapshot at once, its differences sent as events (an
-        ``ADDED`` the list's own client may already have: informers take it in their stride), and
-        the repository is reread: the list's read may be older than the snapshot was, and whatever
-        changed since it is sent by that reread.
+        after it: a tag the list showed but the snapshot lacks (pushed since the last reread) would
+        never be ``DELETED`` should it go before a reread sees it, and one the snapshot holds but the
+        list did not show never ``ADDED``. Both are confirmed by a read of the repository made after
+        the list's (`_confirm`). The list's read is never applied to the snapshot: it may be older
+        than the snapshot, or of a repository the scope's reads do not see yet (the index), and
+        every watcher of the scope would be told of changes undone.
         """
         if not self.ready or not self.covers(repository):
             return
@@ -228,8 +244,103 @@ class ScopeSource:
         # Tag names in one answer are unique: as many and all known is the same set, without one.
         if len(tags) == len(old) and old.issuperset(tags):
             return
-        self._replace(repository, frozenset(tags))
-        self.repository_changed(repository)
+        seen = frozenset(tags)
+        self._note(self._shown, repository, seen - old)
+        self._note(self._hidden, repository, old - seen)
+        if self._pending > self.max_pending:
+            self._reset()
+            return
+        self._check(repository)
+
+    def _note(self, pending: dict[str, set[str]], repository: str, tags: frozenset[str]) -> None:
+        if not tags:
+            return
+        kept = pending.setdefault(repository, set())
+        before = len(kept)
+        kept |= tags
+        self._pending += len(kept) - before
+        self._noted[repository] = self._reads
+
+    def _reset(self) -> None:
+        """More tags wait for confirmation than are kept: what they would have told is given up,
+        and so is every watch that may have needed it. Watches from before now are 410 Gone, and
+        those running are ended with it (``on_reset``): their clients relist."""
+        log.warn(
+            "watch of {scope}: more than {bound} listed tags wait for a reread; its watches relist",
+            scope=self.namespace or "all namespaces",
+            bound=self.max_pending,
+        )
+        self._shown.clear()
+        self._hidden.clear()
+        self._noted.clear()
+        self._pending = 0
+        self.ring.clear()
+        self.floor = self.versions.next()
+        if self.on_reset is not None:
+            self.on_reset(self)
+
+    def _check(self, repository: str) -> None:
+        """Reads one repository to confirm what lists showed of it (one read at a time per repository;
+        reports meanwhile are confirmed by the next)."""
+        if repository in self._checking:
+            self._check_again.add(repository)
+            return
+        # In a context of its own, as `repository_changed`: the read must go out after this call.
+        contextvars.Context().run(Deferred.fromCoroutine, self._check_repository(repository))
+
+    async def _check_repository(self, repository: str) -> None:
+        self._checking.add(repository)
+        try:
+            while True:
+                mark = self._next_mark()
+                try:
+                    tags = await self.reader.repository_tags(repository)
+                except RegistryNotFound:
+                    tags = []
+                except Exception as error:
+                    log.warn(
+                        "watch read of {repository} failed: {error}; checked again after the next resync",
+                        repository=repository,
+                        error=str(error) or repr(error),
+                    )
+                    return
+                self._confirm(repository, frozenset(tags), mark)
+                if repository not in self._check_again:
+                    return
+                self._check_again.discard(repository)
+        finally:
+            self._checking.discard(repository)
+
+    def _confirm(self, repository: str, now: frozenset[str], mark: int) -> None:
+        """Sends what a read of ``repository`` numbered ``mark`` (``now``) says of the tags lists showed
+        otherwise than the snapshot, when the source has not sent it meanwhile, if that read started
+        after those lists' reads (else a later one does). Every event is true when sent and the
+        snapshot is not touched: another watcher gets at most a repeat (an ``ADDED`` for a tag it
+        has, a ``DELETED`` for one it has not)."""
+        if mark <= self._noted.get(repository, mark):
+            return
+        del self._noted[repository]
+        shown = self._shown.pop(repository, set())
+        hidden = self._hidden.pop(repository, set())
+        self._pending -= len(shown) + len(hidden)
+        parts = split_repository(repository)
+        if parts is None:
+            return
+        snapshot = self.tags.get(repository, frozenset())
+        unknown = set()
+        for tag in sorted(shown - snapshot):  # one now in the snapshot was sent as ADDED
+            if tag in now:
+                unknown.add(tag)  # there, and the scope's reads do not see it yet: checked again
+            else:
+                self._emit(EventType.DELETED, TagRef(parts[0], parts[1], tag))
+        for tag in sorted(hidden & snapshot):  # one gone from the snapshot was sent as DELETED
+            if tag in now:
+                self._emit(EventType.ADDED, TagRef(parts[0], parts[1], tag))
+        if unknown:
+            self._note(self._shown, repository, frozenset(unknown))
+        if (hidden & snapshot) - now:
+            # The snapshot holds tags that are gone: a read applied to it sends their DELETED.
+            self.repository_changed(repository)
 
     async def _read_repository(self, repository: str) -> None:
         self._reading.add(repository)
@@ -248,6 +359,7 @@ class ScopeSource:
                     )
                     return
                 self._apply(repository, frozenset(tags), mark)
+                self._confirm(repository, frozenset(tags), mark)
                 if repository not in self._again:
                     return
                 self._again.discard(repository)
@@ -258,9 +370,6 @@ class ScopeSource:
         if self._marks.get(repository, 0) > mark:
             return  # a newer read of this repository was applied already
         self._marks[repository] = mark
-        self._replace(repository, tags)
-
-    def _replace(self, repository: str, tags: frozenset[str]) -> None:
         old = self.tags.get(repository, frozenset())
         if tags:
             self.tags[repository] = tags
