@@ -490,15 +490,14 @@ async def test_inflight_limit_answers_429_and_probes_still_pass(make_server, end
 async def test_slow_request_head_gets_408(make_server, registry):
     api = await make_server(registry, http=HttpLimits(header_timeout=0.5))
 
-    def dribble() -> tuple[Reply, float]:
-        started = time.monotonic()
-        with target(api).connect(api.pki.admin, timeout=5) as sock:
+    def dribble() -> Reply:
+        # The socket's own timeout (30 s) only guards against a hang: the 408 is the header timeout's.
+        with target(api).connect(api.pki.admin, timeout=30) as sock:
             sock.sendall(b"GET /version HTTP/1.1\r\nX-Slow: ")
-            return read_reply(sock), time.monotonic() - started
+            return read_reply(sock)
 
-    reply, elapsed = await in_thread(dribble)
+    reply = await in_thread(dribble)
     assert reply.is_status(408), reply
-    assert elapsed < 3
 
 
 @pytest_twisted.ensureDeferred
