@@ -43,9 +43,14 @@ class FakeReader:
     unindexed: set[str] = attrs.field(factory=set)
     # When set, each repository read waits on a Deferred appended here, which the test fires.
     held: list[Deferred[list[str]]] | None = None
+    # When set, each scope read waits on a Deferred appended here before it reads.
+    scope_held: list[Deferred[None]] | None = None
 
     async def scope_tags(self, namespace: str | None) -> list[TagRef]:
         self.scope_reads += 1
+        if self.scope_held is not None:
+            self.scope_held.append(Deferred())
+            await self.scope_held[-1]
         if self.broken:
             raise ConnectionError("registry down")
         refs: list[TagRef] = []
@@ -491,6 +496,66 @@ def test_a_read_out_before_a_list_reported_does_not_confirm_what_that_list_showe
     assert texts(sink) == [] and len(held) == 2  # the next read, out after both reports, decides
     held[1].callback(["v1", "b"])
     assert texts(sink) == ["DELETED team/app:a"]  # b is there: nothing to send for it yet
+
+
+@pytest.mark.parametrize("reread_fails", [False, True])
+def test_a_tag_the_list_did_not_show_pushed_again_before_the_snapshot_lost_it_is_added(
+    reread_fails: bool,
+) -> None:
+    """v2 was deleted (the snapshot still holds it) and the list did not show it; the check read finds
+    it gone and starts a reread; v2 is pushed again before any read applied to the snapshot saw it
+    go. The snapshot never changes, so only the note can send the list's client its ADDED: it stays
+    until a read applied to the snapshot (the reread, or after it failed, the resync's check)."""
+    reader = FakeReader({"team/app": {"v1", "v2"}})
+    _, source, _, sink = watched_list(reader)
+    reader.repositories["team/app"] = {"v1"}
+    held = reader.held = []
+    source.report("team/app", ("v1",))
+    held[0].callback(["v1"])  # the check: v2 gone, so a reread of the snapshot's repository
+    assert len(held) == 2
+    reader.repositories["team/app"] = {"v1", "v2"}  # pushed again
+    if reread_fails:
+        held[1].errback(ConnectionError("registry blip"))
+        reader.held = None
+        Deferred.fromCoroutine(source.fresh())
+    else:
+        held[1].callback(["v1", "v2"])
+    assert texts(sink) == ["ADDED team/app:v2"] and source.tags["team/app"] == {"v1", "v2"}
+
+
+def test_after_the_bound_lists_wait_for_a_resync_so_their_watches_are_served() -> None:
+    """More tags than the bound changed since the last resync: the first list's report ends the
+    scope's watches with 410; the relists wait for a resync that started after that, and compare
+    their reads with a snapshot brought up to date: their watches are served, not 410 again."""
+    reader = FakeReader({"team/app": {"v1"}})
+    hub, source, _, sink = watched_list(reader)
+    source.max_pending = 3
+    reader.repositories["team/app"] = {"v1", "a", "b", "c", "d"}
+    read = tuple(sorted(reader.repositories["team/app"]))
+    source.report("team/app", read)
+    assert sink.closed and not source.catching_up  # the fake reader's resync ended at once
+    for _ in range(3):
+        rv: list[str] = []
+        Deferred.fromCoroutine(hub.list_version("team")).addCallback(rv.append)
+        observe = hub.observer("team", rv[0])
+        assert observe is not None
+        observe("team/app", read)
+        assert hub.start(watcher()[0], source, since=hub.versions.parse(rv[0]), timeout=None)
+
+
+def test_lists_after_the_bound_wait_for_the_resync_it_started() -> None:
+    reader = FakeReader({"team/app": {"v1"}})
+    hub, source, _, _ = watched_list(reader)
+    source.max_pending = 1
+    scope_reads = reader.scope_held = []
+    reader.held = []  # the report's check read stays out
+    source.report("team/app", ("v1", "a", "b"))
+    assert source.catching_up and len(scope_reads) == 1
+    rv: list[str] = []
+    Deferred.fromCoroutine(hub.list_version("team")).addCallback(rv.append)
+    assert rv == []
+    scope_reads[0].callback(None)
+    assert rv and not source.catching_up
 
 
 def test_too_many_tags_to_confirm_end_the_scopes_watches_with_410() -> None:

@@ -108,7 +108,8 @@ class WatchHub:
         """Before the first page of a list of a scope: a source's baseline is read, or, when the scope
         has no source, a record is opened for the list's reads (see ``observer``)."""
         if namespace in self.sources:
-            await self.source(namespace)
+            source = await self.source(namespace)
+            await source.caught_up()
         else:
             self.listed.open(namespace, self.versions.current, self.clock.seconds())
         return self.current()

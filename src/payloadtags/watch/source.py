@@ -92,6 +92,11 @@ class ScopeSource:
     _pending: int = 0
     max_pending: int = 10_000
     on_reset: Callable[[ScopeSource], None] | None = None
+    # After a reset, until a resync that started after it has ended: lists wait for it
+    # (`WatchHub.list_version`), so that their reads are compared with a snapshot brought up to date
+    # rather than noting the same differences again and resetting once more.
+    catching_up: bool = False
+    _catch_up_waiters: list[Deferred[None]] = attrs.field(factory=list)
     _checking: set[str] = attrs.field(factory=set)
     _check_again: set[str] = attrs.field(factory=set)
 
@@ -220,13 +225,9 @@ class ScopeSource:
         if not self.ready:
             self._dirty_before_ready.add(repository)
             return
-        if repository in self._reading:
-            self._again.add(repository)
-            return
-        # In a context of its own: the caller may be a request that marked itself asking before the
-        # change it tells of (a deletecollection, registry.coalesce), and a read sent since then but
-        # before the change must not serve this one.
-        contextvars.Context().run(Deferred.fromCoroutine, self._read_repository(repository))
+        self._reread(
+            repository, self._reading, self._again, lambda tags, mark: self._apply(repository, tags, mark)
+        )
 
     def _listed(self, repository: str, tags: Sequence[str]) -> None:
         """A list of this scope, whose resourceVersion was taken before it read, read ``tags`` of
@@ -278,38 +279,31 @@ class ScopeSource:
         self.floor = self.versions.next()
         if self.on_reset is not None:
             self.on_reset(self)
+        if not self.catching_up:
+            self.catching_up = True
+            Deferred.fromCoroutine(self.fresh()).addBoth(self._caught_up)
+
+    def caught_up(self) -> Deferred[None]:
+        """Fires once no resync started by a reset is running."""
+        waiter: Deferred[None] = Deferred()
+        if self.catching_up:
+            self._catch_up_waiters.append(waiter)
+        else:
+            waiter.callback(None)
+        return waiter
+
+    def _caught_up(self, result: object) -> None:
+        # However it ended: a failed resync is logged by itself, and lists go on as before.
+        self.catching_up = False
+        waiters, self._catch_up_waiters = self._catch_up_waiters, []
+        for waiter in waiters:
+            if not waiter.called:  # a list cancelled meanwhile
+                waiter.callback(None)
 
     def _check(self, repository: str) -> None:
-        """Reads one repository to confirm what lists showed of it (one read at a time per repository;
-        reports meanwhile are confirmed by the next)."""
-        if repository in self._checking:
-            self._check_again.add(repository)
-            return
-        # In a context of its own, as `repository_changed`: the read must go out after this call.
-        contextvars.Context().run(Deferred.fromCoroutine, self._check_repository(repository))
-
-    async def _check_repository(self, repository: str) -> None:
-        self._checking.add(repository)
-        try:
-            while True:
-                mark = self._next_mark()
-                try:
-                    tags = await self.reader.repository_tags(repository)
-                except RegistryNotFound:
-                    tags = []
-                except Exception as error:
-                    log.warn(
-                        "watch read of {repository} failed: {error}; checked again after the next resync",
-                        repository=repository,
-                        error=str(error) or repr(error),
-                    )
-                    return
-                self._confirm(repository, frozenset(tags), mark)
-                if repository not in self._check_again:
-                    return
-                self._check_again.discard(repository)
-        finally:
-            self._checking.discard(repository)
+        """Reads one repository to confirm what lists showed of it, without applying the read to the
+        snapshot (one read at a time per repository; reports meanwhile are confirmed by the next)."""
+        self._reread(repository, self._checking, self._check_again, lambda tags, mark: None)
 
     def _confirm(self, repository: str, now: frozenset[str], mark: int) -> None:
         """Sends what a read of ``repository`` numbered ``mark`` (``now``) says of the tags lists showed
@@ -338,19 +332,47 @@ class ScopeSource:
                 self._emit(EventType.ADDED, TagRef(parts[0], parts[1], tag))
         if unknown:
             self._note(self._shown, repository, frozenset(unknown))
-        if (hidden & snapshot) - now:
-            # The snapshot holds tags that are gone: a read applied to it sends their DELETED.
+        gone = (hidden & snapshot) - now
+        if gone:
+            # The snapshot holds tags that are gone: a read applied to it sends their DELETED. They
+            # stay noted until then: pushed again before that read, they are in the snapshot still,
+            # and only the note sends their ADDED.
+            self._note(self._hidden, repository, frozenset(gone))
             self.repository_changed(repository)
 
-    async def _read_repository(self, repository: str) -> None:
-        self._reading.add(repository)
+    def _reread(
+        self,
+        repository: str,
+        busy: set[str],
+        again: set[str],
+        apply: Callable[[frozenset[str], int], None],
+    ) -> None:
+        """Reads one repository's tag list, then has ``apply`` take it and `_confirm` what lists noted
+        of it; while a read of the same kind (``busy``) is out, one more follows it (``again``)."""
+        if repository in busy:
+            again.add(repository)
+            return
+        # In a context of its own: the caller may be a request that marked itself asking before the
+        # change it tells of (a deletecollection, registry.coalesce), and a read sent since then but
+        # before the change must not serve this one.
+        reading = self._reading_loop(repository, busy, again, apply)
+        contextvars.Context().run(Deferred.fromCoroutine, reading)
+
+    async def _reading_loop(
+        self,
+        repository: str,
+        busy: set[str],
+        again: set[str],
+        apply: Callable[[frozenset[str], int], None],
+    ) -> None:
+        busy.add(repository)
         try:
             while True:
                 mark = self._next_mark()
                 try:
-                    tags = await self.reader.repository_tags(repository)
+                    tags = frozenset(await self.reader.repository_tags(repository))
                 except RegistryNotFound:
-                    tags = []
+                    tags = frozenset()
                 except Exception as error:
                     log.warn(
                         "watch read of {repository} failed: {error}; the next resync covers it",
@@ -358,13 +380,13 @@ class ScopeSource:
                         error=str(error) or repr(error),
                     )
                     return
-                self._apply(repository, frozenset(tags), mark)
-                self._confirm(repository, frozenset(tags), mark)
-                if repository not in self._again:
+                apply(tags, mark)
+                self._confirm(repository, tags, mark)
+                if repository not in again:
                     return
-                self._again.discard(repository)
+                again.discard(repository)
         finally:
-            self._reading.discard(repository)
+            busy.discard(repository)
 
     def _apply(self, repository: str, tags: frozenset[str], mark: int) -> None:
         if self._marks.get(repository, 0) > mark:
