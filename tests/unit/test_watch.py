@@ -382,9 +382,16 @@ def test_a_list_of_a_watched_scope_waits_for_its_source_and_reports_to_it() -> N
     rv: list[str] = []
     Deferred.fromCoroutine(hub.list_version("team")).addCallback(rv.append)
     assert rv and reader.scope_reads == 1 and not hub.listed.records
-    assert hub.observer("team", rv[0]) is source.report
-    source.report("team/app", ["v1"])  # what the source holds: nothing to send, nothing to reread
+    sequence = hub.versions.parse(rv[0])
+    assert sequence is not None
+    assert hub.observer("team", rv[0]) is source.reporter(sequence) is hub.observer("team", rv[0])
+    report(source, "team/app", ["v1"])  # what the source holds: nothing to send, nothing to reread
     assert not source.ring and reader.repository_reads == []
+
+
+def report(source: ScopeSource, repository: str, tags: Sequence[str]) -> None:
+    """What a list of the scope at the current sequence reports of one repository it read."""
+    source.reporter(source.versions.current)(repository, tags)
 
 
 def watched_list(reader: FakeReader) -> tuple[WatchHub, ScopeSource, int, FakeSink]:
@@ -427,7 +434,7 @@ def test_a_tag_a_list_of_a_watched_scope_did_not_show_is_added_when_the_reread_f
     holds v2 all along, is not touched, so no watcher is told v2 went."""
     reader = FakeReader({"team/app": {"v1", "v2"}})
     _, source, _, sink = watched_list(reader)
-    source.report("team/app", ("v1",))
+    report(source, "team/app", ("v1",))
     assert texts(sink) == ["ADDED team/app:v2"]
     assert source.tags["team/app"] == {"v1", "v2"}
 
@@ -441,7 +448,7 @@ def test_a_list_read_older_than_the_snapshot_tells_no_watcher_of_a_change_undone
     reader.repositories["team/app"] = {"v1", "v2"}
     hub.repository_changed("team/app")
     assert texts(sink) == ["DELETED team/app:v3", "ADDED team/app:v2"]
-    source.report("team/app", ("v1", "v3"))  # read before both changes
+    report(source, "team/app", ("v1", "v3"))  # read before both changes
     assert texts(sink)[2:] == ["DELETED team/app:v3", "ADDED team/app:v2"]
     assert source.tags["team/app"] == {"v1", "v2"}
 
@@ -456,7 +463,7 @@ def test_tags_of_a_repository_the_scope_reads_do_not_see_are_confirmed_without_e
     _, source, _, sink = watched_list(reader)
     reader.unindexed.add("team/new")
     reader.repositories["team/new"] = {"n1"}
-    source.report("team/new", ("n1",))
+    report(source, "team/new", ("n1",))
     for _ in range(2):
         Deferred.fromCoroutine(source.fresh())
     assert sink.lines == [] and "team/new" not in source.tags
@@ -475,7 +482,7 @@ def test_reports_while_a_check_is_out_are_confirmed_by_one_more_read() -> None:
     _, source, _, sink = watched_list(reader)
     held = reader.held = []
     for i in range(10):
-        source.report("team/app", ("v1", "v2") if i % 2 else ("v1",))
+        report(source, "team/app", ("v1", "v2") if i % 2 else ("v1",))
     assert len(held) == 1
     held[0].callback(["v1", "v2"])
     assert len(held) == 2
@@ -490,8 +497,8 @@ def test_a_read_out_before_a_list_reported_does_not_confirm_what_that_list_showe
     reader = FakeReader({"team/app": {"v1"}})
     _, source, _, sink = watched_list(reader)
     held = reader.held = []
-    source.report("team/app", ("v1", "a"))  # a: pushed and deleted again since the last reread
-    source.report("team/app", ("v1", "b"))  # b: pushed after the check below went out
+    report(source, "team/app", ("v1", "a"))  # a: pushed and deleted again since the last reread
+    report(source, "team/app", ("v1", "b"))  # b: pushed after the check below went out
     held[0].callback(["v1"])
     assert texts(sink) == [] and len(held) == 2  # the next read, out after both reports, decides
     held[1].callback(["v1", "b"])
@@ -510,7 +517,7 @@ def test_a_tag_the_list_did_not_show_pushed_again_before_the_snapshot_lost_it_is
     _, source, _, sink = watched_list(reader)
     reader.repositories["team/app"] = {"v1"}
     held = reader.held = []
-    source.report("team/app", ("v1",))
+    report(source, "team/app", ("v1",))
     held[0].callback(["v1"])  # the check: v2 gone, so a reread of the snapshot's repository
     assert len(held) == 2
     reader.repositories["team/app"] = {"v1", "v2"}  # pushed again
@@ -532,7 +539,7 @@ def test_after_the_bound_lists_wait_for_a_resync_so_their_watches_are_served() -
     source.max_pending = 3
     reader.repositories["team/app"] = {"v1", "a", "b", "c", "d"}
     read = tuple(sorted(reader.repositories["team/app"]))
-    source.report("team/app", read)
+    report(source, "team/app", read)
     assert sink.closed and not source.catching_up  # the fake reader's resync ended at once
     for _ in range(3):
         rv: list[str] = []
@@ -549,7 +556,7 @@ def test_lists_after_the_bound_wait_for_the_resync_it_started() -> None:
     source.max_pending = 1
     scope_reads = reader.scope_held = []
     reader.held = []  # the report's check read stays out
-    source.report("team/app", ("v1", "a", "b"))
+    report(source, "team/app", ("v1", "a", "b"))
     assert source.catching_up and len(scope_reads) == 1
     rv: list[str] = []
     Deferred.fromCoroutine(hub.list_version("team")).addCallback(rv.append)
@@ -558,14 +565,49 @@ def test_lists_after_the_bound_wait_for_the_resync_it_started() -> None:
     assert rv and not source.catching_up
 
 
+def test_a_late_report_of_a_list_from_before_a_reset_is_dropped() -> None:
+    """L0 read team/app before many tags were pushed and reports it only later (behind a slower
+    repository); meanwhile L1's report reset the scope and the relist's client watches. L0's
+    resourceVersion is below the floor now (its watch is 410): its report must not reset the scope
+    again and end the relist's watch."""
+    reader = FakeReader({"team/app": {"v1"}})
+    hub = make_hub(reader, Clock(), resync_period=10)
+    source = ready(hub, "team")
+    source.max_pending = 3
+
+    def listed() -> str:
+        rv: list[str] = []
+        Deferred.fromCoroutine(hub.list_version("team")).addCallback(rv.append)
+        assert rv
+        return rv[0]
+
+    rv0 = listed()
+    observe0 = hub.observer("team", rv0)
+    assert observe0 is not None
+    reader.repositories["team/app"] = {"v1", "a", "b", "c", "d"}
+    grown = ("a", "b", "c", "d", "v1")
+    first = hub.observer("team", listed())
+    assert first is not None
+    first("team/app", grown)  # over the bound: a reset, and a resync brings the snapshot up to date
+    rv2 = listed()  # the relist
+    observe2 = hub.observer("team", rv2)
+    assert observe2 is not None
+    observe2("team/app", grown)
+    w, sink = watcher()
+    assert hub.start(w, source, since=hub.versions.parse(rv2), timeout=None)
+    floor = source.floor
+    observe0("team/app", ("v1",))  # L0's late report
+    assert not sink.closed and source.floor == floor and hub.observer("team", rv0) is None
+
+
 def test_too_many_tags_to_confirm_end_the_scopes_watches_with_410() -> None:
     reader = FakeReader({"team/app": {"v1"}})
     hub, source, sequence, sink = watched_list(reader)
     source.max_pending = 3
     held = reader.held = []
-    source.report("team/app", ("v1", "a", "b"))
+    report(source, "team/app", ("v1", "a", "b"))
     assert not sink.closed
-    source.report("team/app", ("v1", "c", "d"))
+    report(source, "team/app", ("v1", "c", "d"))
     assert sink.closed and b"410" in sink.lines[-1] and not hub.watchers
     assert source.since(sequence) is None  # a watch from before is 410 Gone too
     held[0].callback(["v1"])  # the check out meanwhile confirms nothing it gave up

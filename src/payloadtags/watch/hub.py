@@ -129,7 +129,7 @@ class WatchHub:
     ) -> Callable[[str, Sequence[str]], None] | None:
         """Where a page of a list of ``scope`` at ``resource_version`` reports the tag lists it reads:
         the record its first page opened, while it is kept; else the scope's source, when it has one
-        (``ScopeSource.report``); None when nothing is to be recorded."""
+        (``ScopeSource.reporter``); None when nothing is to be recorded."""
         sequence = self.versions.parse(resource_version)
         record = None if sequence is None else self.listed.get(scope, sequence, self.clock.seconds())
         if record is None:
@@ -138,7 +138,7 @@ class WatchHub:
             source = self.sources.get(scope)
             if source is None or not source.ready or sequence is None or sequence < source.floor:
                 return None
-            return source.report
+            return source.reporter(sequence)
         if record.report is not None:
             # One callable per record: a walk tells by it that its kept lists were reported here.
             return record.report

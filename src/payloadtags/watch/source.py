@@ -25,6 +25,10 @@ from payloadtags.watch.versions import ReplicaVersions
 
 log = Logger()
 
+# Reporters kept per source (`ScopeSource.reporter`): a walk whose one has gone reports its kept tag
+# lists once more, which costs a comparison, not a wrong answer.
+_REPORTERS_KEPT = 64
+
 
 class EventType(enum.Enum):
     ADDED = "ADDED"
@@ -78,9 +82,12 @@ class ScopeSource:
     _dirty_before_ready: set[str] = attrs.field(factory=set)
     resyncs: int = 0
     failures: int = 0
-    # Where lists of this scope report the tag lists they read (`WatchHub.observer`): one callable, so
-    # that a walk tells by it that its kept lists were reported here already.
-    report: Callable[[str, Sequence[str]], None] = attrs.field(init=False)
+    # Where lists of this scope report the tag lists they read, by the sequence of their resourceVersion
+    # (`reporter`): one callable per sequence, so that a walk tells by it that its kept lists were
+    # reported here already; the most recent ones are kept.
+    _reporters: collections.OrderedDict[int, Callable[[str, Sequence[str]], None]] = attrs.field(
+        factory=collections.OrderedDict
+    )
     # Per repository, tags lists showed that the snapshot lacked, and tags the snapshot held that lists
     # did not show, until a read made after those lists' confirms them (`_listed`); at most
     # ``max_pending`` in all, past which the scope's watches relist (``on_reset``).
@@ -100,8 +107,23 @@ class ScopeSource:
     _checking: set[str] = attrs.field(factory=set)
     _check_again: set[str] = attrs.field(factory=set)
 
-    def __attrs_post_init__(self) -> None:
-        self.report = self._listed
+    def reporter(self, sequence: int) -> Callable[[str, Sequence[str]], None]:
+        """Where a list of this scope at ``sequence`` reports the tag lists it reads (`_listed`). Once
+        ``sequence`` is below the floor (a reset, or a history that no longer goes back to it), its
+        watch is 410 Gone: its reports are dropped, and cannot bring on another reset."""
+        reporter = self._reporters.get(sequence)
+        if reporter is not None:
+            self._reporters.move_to_end(sequence)
+            return reporter
+
+        def report(repository: str, tags: Sequence[str]) -> None:
+            if sequence >= self.floor:
+                self._listed(repository, tags)
+
+        self._reporters[sequence] = report
+        while len(self._reporters) > _REPORTERS_KEPT:
+            self._reporters.popitem(last=False)
+        return report
 
     def covers(self, repository: str) -> bool:
         parts = split_repository(repository)
