@@ -731,3 +731,46 @@ async def test_an_exact_list_is_the_list_at_that_resource_version_or_a_status(ma
     current = await exact(now)
     assert current.code == 200 and current.json()["metadata"]["resourceVersion"] == now
     assert sorted(i["spec"]["tag"] for i in current.json()["items"]) == ["v1", "v2"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_repository_a_source_read_that_the_index_lacked_is_in_the_next_list(
+    make_server, registry, repo, tmp_path
+):
+    """Its push notification was lost, so the repository index lacks it; a delete through the API
+    has the watched namespace's source read it. A list made then must show its other tags: a watch
+    from that list is sent nothing about what the source already holds (found by
+    test_watch_convergence, seed 3061)."""
+    namespace, _ = repo.split("/", 1)
+    images.push_oci_image(registry, f"{namespace}/known", "v1")
+    token = tmp_path / "token"
+    token.write_text("secret\n")
+    api = await make_server(
+        registry,
+        watch=WatchLimits(resync_period=3600),
+        registry_events_token_file=str(token),
+        registry_index_refresh_period=3600.0,
+    )
+    index = api.running.index
+    assert index is not None
+
+    async def index_ready() -> bool:
+        return bool(index.ready)
+
+    assert await eventually(index_ready, within=10)
+    client = api.client(api.pki.admin)
+    standing = await stream(client, f"{collection(namespace)}?watch=true&resourceVersion=0")
+    assert (await standing.next())["object"]["spec"]["tag"] == "v1"
+    lost = f"{namespace}/lost"  # pushed without a notification
+    images.push_oci_image(registry, lost, "kept", seed="kept")
+    images.push_oci_image(registry, lost, "doomed", seed="doomed")
+    reply = await client.delete(f"{collection(namespace)}/{encode_name('lost', 'doomed')}")
+    assert reply.code == 200
+    added = await standing.next()  # the source read the repository after the delete
+    assert (added["type"], added["object"]["spec"]["tag"]) == ("ADDED", "kept")
+    listing = (await client.get(collection(namespace))).json()
+    assert sorted((i["spec"]["repositoryPath"], i["spec"]["tag"]) for i in listing["items"]) == [
+        ("known", "v1"),
+        ("lost", "kept"),
+    ]
+    standing.close()

@@ -67,7 +67,15 @@ class InventoryReader:
         return (await self.inventory.list(namespace)).refs
 
     async def repository_tags(self, repository: str) -> tuple[str, ...]:
-        return await self.inventory.client.tags(repository)
+        tags = await self.inventory.client.tags(repository)
+        index = self.inventory.index
+        if tags and index is not None:
+            # A repository read here (a delete through the API, a notification) that the index lacks
+            # (its push notification was lost) would be in the source's snapshot but in no list: a
+            # client listing it then would never be sent its tags, and a resync through the index
+            # would send DELETED for all of them. The registry has it, so its catalog has it too.
+            index.add(repository)
+        return tags
 
 
 @attrs.define(eq=False)
