@@ -641,6 +641,24 @@ def test_a_watch_from_an_unwatched_list_starts_with_the_changes_since_its_reads(
     assert sink.lines[4:] == [f"ADDED team/app:v4 {rv + 1}".encode()]
 
 
+def test_a_repository_one_list_of_a_shared_record_never_read_is_added_for_its_watch() -> None:
+    """Two lists of an unwatched scope at one resourceVersion share a record. The first walk passed
+    the place of team/new before it was pushed and never read it; the second read it. A watch from
+    the first list must still be sent its tag (the second's client gets a repeat)."""
+    reader = FakeReader({"team/app": {"v1"}, "team/new": {"n"}})
+    hub = make_hub(reader, Clock(), resync_period=10)
+    sequence, observe = listing(hub, "team")
+    observe("team/app", ["v1"])
+    again, observe_again = listing(hub, "team")
+    assert again == sequence
+    observe_again("team/app", ["v1"])
+    observe_again("team/new", ["n"])
+    source = ready(hub, "team")
+    w, sink = watcher()
+    assert hub.start(w, source, since=sequence, timeout=None, listed=hub.listed_at("team", sequence))
+    assert sink.lines == [f"ADDED team/new:n {hub.versions.current}".encode()]
+
+
 def test_reads_that_disagree_send_whatever_any_of_them_may_have_shown_wrongly() -> None:
     reader = FakeReader({"team/app": {"b", "c"}})
     clock = Clock()

@@ -6,7 +6,9 @@ repository it read, the tags it saw. Every list of that scope at the same N (and
 their walks) adds to the same record. A watch from N then reads the scope once and is sent, as its first
 events, the differences between that read and the record. Several reads of one repository are kept as
 the tags every read saw and the tags any read saw: a tag missing from any read is sent as ``ADDED``
-when it is there now, a tag seen by any read as ``DELETED`` when it is gone. Whatever a client was shown
+when it is there now, a tag seen by any read as ``DELETED`` when it is gone. A repository first read
+when the record had more than one list counts as missing from every read: another of those lists may
+never read it (a walk that passed its place before it was pushed). Whatever a client was shown
 by any of these reads, the events bring it to the state read for the watch; the cost is that a change
 may arrive twice (an ``ADDED`` for a tag the client has, a ``DELETED`` for one it has not), which
 informers and kubectl take in their stride.
@@ -43,6 +45,8 @@ class Listed:
     # Per repository, the registry answer recorded last: an immutable tuple that lists sharing one read
     # (coalescing) all report; the same one again adds nothing, and is not turned into a set again.
     last: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
+    # How many lists opened or joined the record (their first pages).
+    lists: int = 0
 
     def observe(self, repository: str, tags: Sequence[str]) -> int:
         """Records one read; returns how many tags the record grew by."""
@@ -55,7 +59,9 @@ class Listed:
         seen = frozenset(tags)
         old = self.reads.get(repository)
         if old is None:
-            self.reads[repository] = (seen, seen)
+            # With several lists, another of them may never read it (pushed after that walk passed
+            # its place): as far as that list's client knows, none of these tags is there.
+            self.reads[repository] = (seen if self.lists <= 1 else frozenset(), seen)
             self.size += len(seen)
             return len(seen)
         if old[0] == seen and old[1] == seen:
@@ -102,6 +108,7 @@ class ListedScopes:
         if record is None:
             record = self.records[(scope, sequence)] = Listed(scope, sequence, now)
         record.touched = now
+        record.lists += 1
         return record
 
     def get(self, scope: str | None, sequence: int, now: float | None = None) -> Listed | None:
