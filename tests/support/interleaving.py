@@ -139,8 +139,13 @@ class Config:
     timeout: float = 0.6  # the replicas' registry timeout; a stall lasts twice as long
 
     def describe(self) -> str:
-        fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in attrs.fields(Config))
-        return f"Config({fields})"
+        return described(self)
+
+
+def described(config: Any) -> str:
+    """An attrs run configuration as the code that makes it: for a failing seed's message."""
+    fields = ", ".join(f"{f.name}={getattr(config, f.name)!r}" for f in attrs.fields(type(config)))
+    return f"{type(config).__name__}({fields})"
 
 
 @attrs.define
@@ -752,21 +757,27 @@ async def run_seed(reactor: Any, registry: RegistryServer, config: Config, stem:
 __all__ = ["Config", "Delete", "Push", "Replica", "Report", "Run", "encode_name", "run_seed"]
 
 
+def slow_seeds(seeds: Sequence[int]) -> Sequence[int]:
+    """The seeds a slow-tier loop runs: INTERLEAVING_SLOW_SEEDS=<n> runs the first n seeds;
+    INTERLEAVING_SLOW_SKIP=<k> skips k first; INTERLEAVING_SLOW_FIRST=<s> shifts the whole range to
+    start at seed s: the fixed seeds have been run many times, new ones explore interleavings they
+    never made."""
+    skip = int(os.environ.get("INTERLEAVING_SLOW_SKIP", 0))
+    first = os.environ.get("INTERLEAVING_SLOW_FIRST")
+    if first is not None:
+        seeds = range(int(first), int(first) + len(seeds))
+    return seeds[skip : int(os.environ.get("INTERLEAVING_SLOW_SEEDS", len(seeds)))]
+
+
 async def run_many_seeds(
     reactor: Any, seeds: Sequence[int], run: Callable[[int], Awaitable[Report]], *, kills_required: bool
 ) -> list[str]:
     """The slow tier's loop over seeds: runs each, prints running totals, and returns one failure text
     per seed that broke an invariant or did not exercise what it claims (each with its rerun command).
-    INTERLEAVING_SLOW_SEEDS=<n> runs the first n seeds; INTERLEAVING_SLOW_SKIP=<k> skips k first;
-    INTERLEAVING_SLOW_FIRST=<s> shifts the whole range to start at seed s: the fixed seeds have been
-    run many times, new ones explore interleavings they never made."""
+    Which seeds: `slow_seeds`."""
     failures = []
     totals: collections.Counter[str] = collections.Counter()
-    skip = int(os.environ.get("INTERLEAVING_SLOW_SKIP", 0))
-    first = os.environ.get("INTERLEAVING_SLOW_FIRST")
-    if first is not None:
-        seeds = range(int(first), int(first) + len(seeds))
-    for seed in seeds[skip : int(os.environ.get("INTERLEAVING_SLOW_SEEDS", len(seeds)))]:
+    for seed in slow_seeds(seeds):
         began = reactor.seconds()
         report = await run(seed)
         totals["seconds"] += round(reactor.seconds() - began)
