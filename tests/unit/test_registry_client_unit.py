@@ -609,7 +609,8 @@ def test_token_with_credentials_and_rejection() -> None:
         result(client.tags("a/b"))
 
 
-def test_concurrent_requests_share_one_token_request() -> None:
+def held_token_service() -> tuple[TokenRegistry, list[Deferred[Answer]], RegistryClient]:
+    """A client of a TokenRegistry whose token requests wait until the test answers them."""
     registry = TokenRegistry()
     held: list[Deferred[Answer]] = []
 
@@ -620,6 +621,11 @@ def test_concurrent_requests_share_one_token_request() -> None:
         return registry(request)
 
     client, _ = make(handler)
+    return registry, held, client
+
+
+def test_concurrent_requests_share_one_token_request() -> None:
+    registry, held, client = held_token_service()
     first = run(client.tags("a/b"))
     second = run(client.tags("a/b"))
     assert len(held) == 1
@@ -629,16 +635,7 @@ def test_concurrent_requests_share_one_token_request() -> None:
 
 
 def test_a_token_request_goes_on_when_its_only_caller_gives_up_and_serves_the_next() -> None:
-    registry = TokenRegistry()
-    held: list[Deferred[Answer]] = []
-
-    def handler(request: Sent) -> Answer | Deferred[Answer]:
-        if request.url.startswith(REALM):
-            held.append(Deferred())
-            return held[-1]
-        return registry(request)
-
-    client, _ = make(handler)
+    registry, held, client = held_token_service()
     gone = run(client.tags("a/b"))
     gone.cancel()
     gone.addErrback(lambda _: None)
