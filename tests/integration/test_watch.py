@@ -774,3 +774,31 @@ async def test_a_repository_a_source_read_that_the_index_lacked_is_in_the_next_l
         ("lost", "kept"),
     ]
     standing.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_deletecollections_reads_do_not_stand_for_a_lists_in_its_record(make_server, registry, repo):
+    """A list of an unwatched namespace, then a repository pushed, then a dry-run deletecollection
+    that reads it at the list's resourceVersion: the watch from the list must still be sent the new
+    repository's tag, which its client was never shown."""
+    namespace, _ = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "v1")
+    api = await make_server(registry, watch=WatchLimits(resync_period=3600))
+    client = api.client(api.pki.admin)
+    listing = (await client.get(collection(namespace))).json()
+    rv = listing["metadata"]["resourceVersion"]
+    assert [item["spec"]["tag"] for item in listing["items"]] == ["v1"]
+    images.push_oci_image(registry, f"{namespace}/later", "x", seed="later")
+    dry = await client.delete(collection(namespace) + "?dryRun=All")
+    assert dry.code == 200 and dry.json()["metadata"]["resourceVersion"] == rv  # the same record
+    watch = await stream(client, f"{collection(namespace)}?watch=true&resourceVersion={rv}")
+    assert watch.code == 200
+    try:
+        event = await watch.next(within=30)  # a hang guard: the event is the watch's first line
+    finally:
+        watch.close()
+    assert (event["type"], event["object"]["spec"]["repositoryPath"], event["object"]["spec"]["tag"]) == (
+        "ADDED",
+        "later",
+        "x",
+    )

@@ -288,8 +288,17 @@ class TagsService:
         )
 
     async def _select(
-        self, user: UserInfo, namespace: str | None, options: ListOptions, authorize: bool = True
+        self,
+        user: UserInfo,
+        namespace: str | None,
+        options: ListOptions,
+        authorize: bool = True,
+        shown: bool = True,
     ) -> tuple[Page, ListMeta]:
+        """The page ``options`` select. ``shown``: a client is shown it, and may watch from its
+        resourceVersion, so its reads are reported for that watch (`VersionSource.observer`); a
+        deletecollection's selections are not, and their reads must not stand in a record for what a
+        list showed."""
         scope = namespace or ""
         listing = self._begin(user, namespace, options, authorize)
         namespace = listing.namespace
@@ -300,7 +309,7 @@ class TagsService:
         pinned_name = options.fields.required("metadata.name")
         if namespace is not None and pinned_name is not None and options.continue_ is None:
             # kubectl's delete-wait and single-object watches select by name: one tag-list read.
-            observe = self.versions.observer(listing.watch_scope, listing.current)
+            observe = self.versions.observer(listing.watch_scope, listing.current) if shown else None
             refs = await self._by_name(namespace, pinned_name, listing.accept, listing.readable, observe)
             runs = [Run(ref.namespace, ref.repository_path, [ref.tag]) for ref in refs]
             return Page(runs, more=False), ListMeta(resource_version=listing.current)
@@ -318,7 +327,7 @@ class TagsService:
                 held = self.walks.held(user, walk)
                 rest = self.walks.rest(user, walk)
         resource_version = resource_version or listing.current
-        observe = self.versions.observer(listing.watch_scope, resource_version)
+        observe = self.versions.observer(listing.watch_scope, resource_version) if shown else None
         # The walk's earlier pages reported its kept lists to this same record already (a 10,000-tag
         # list costs milliseconds to compare again); a record made anew under the same
         # resourceVersion (the old one expired) is a new callable, and learns them on this page.
@@ -454,7 +463,7 @@ class TagsService:
         # answer that depended on tags the caller may not see would tell whether they exist. One
         # selected tag the caller may not delete refuses the whole request before anything goes.
         unfiltered = attrs.evolve(list_options, limit=None, continue_=None)
-        refs = (await self._select(user, namespace, unfiltered))[0].refs
+        refs = (await self._select(user, namespace, unfiltered, shown=False))[0].refs
         for ref in refs:
             if not self.authorizer.allowed(user, "delete", ref.namespace, ref.repository_path):
                 raise access_denied(user.name, "deletecollection", namespace, None, ref.repository_path)
@@ -492,7 +501,7 @@ class TagsService:
         # 200 says the selection is gone, so look: the namespace controller takes it as done. A tag
         # listed again (a failed delete, a push of the same name meanwhile) makes it a retriable 503;
         # tags first pushed after the selection was read are not part of this request.
-        again = (await self._select(user, namespace, unfiltered, authorize=False))[0].refs
+        again = (await self._select(user, namespace, unfiltered, authorize=False, shown=False))[0].refs
         selected = set(refs)
         left = [ref for ref in again if ref in selected]
         if left:
@@ -527,7 +536,7 @@ class TagsService:
         finally:
             for repository in dict.fromkeys(ref.repository for ref in refs):
                 self.changed(repository)
-        again = (await self._select(user, namespace, selection, authorize=False))[0].refs
+        again = (await self._select(user, namespace, selection, authorize=False, shown=False))[0].refs
         selected = set(refs)
         left = [ref for ref in again if ref in selected]
         if left:
