@@ -232,6 +232,7 @@ BAD_REQUESTS = {
     ),
     "garbage request line": (b"\x16\x03\x01 nonsense\r\n\r\n", (400,)),
     "header without a colon": (b"GET /version HTTP/1.1\r\nHost x\r\n\r\n", (400,)),
+    "a Host that is no host name": (b"GET / HTTP/1.1\r\nHost: .\r\n\r\n", (400,)),
     "NUL in a header": (b"GET /version HTTP/1.1\r\nX-A: a\x00b\r\n\r\n", (400,)),
     "two lengths": (
         b"DELETE /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",

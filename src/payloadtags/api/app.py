@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.exceptions import BadHost, HTTPException, MethodNotAllowed, NotFound
 
 from payloadtags import __version__
 from payloadtags.access.authn import Credentials, CredentialsRefused, RequestAuthenticator, UserInfo
@@ -189,7 +189,8 @@ Handler = Callable[..., Awaitable[bytes]]
 
 
 class _Utf8Paths(Resource):
-    """Klein answers a path or Host that is not UTF-8 with a bare text 400: refuse it as a Status first."""
+    """Klein answers a path or Host that is not UTF-8 with a bare text 400, and one that is no host name
+    with a 500: refuse them as a Status."""
 
     isLeaf = True
 
@@ -208,7 +209,12 @@ class _Utf8Paths(Resource):
         served = self.direct(request)
         if served is not None:
             return served
-        return self.routes.render(request)  # type: ignore[no-any-return]
+        try:
+            return self.routes.render(request)  # type: ignore[no-any-return]
+        except BadHost:
+            # Routing binds the URL map to the Host header before any route runs; a Host that is
+            # no host name (".", "a..b") fails there, outside Klein's error handlers.
+            return _write_error(request, bad_request("the Host header is not a valid host name"))
 
 
 @attrs.frozen
