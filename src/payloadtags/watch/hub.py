@@ -113,8 +113,9 @@ class WatchHub:
         return self.versions.latest()
 
     async def list_version(self, namespace: str | None) -> str:
-        """Before the first page of a list of a scope: a source's baseline is read, or, when the scope
-        has no source, a record is opened for the list's reads (see ``observer``)."""
+        """Before the first page of a list of a scope: a source's baseline is read (and a resync a
+        reset started, ``ScopeSource.caught_up``), or, when the scope has no source, a record is
+        opened for the list's reads (see ``observer``)."""
         if namespace in self.sources:
             source = await self.source(namespace)
             await source.caught_up()
