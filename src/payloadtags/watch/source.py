@@ -374,41 +374,35 @@ class ScopeSource:
         if repository in busy:
             again.add(repository)
             return
+
+        async def reading() -> None:
+            busy.add(repository)
+            try:
+                while True:
+                    mark = self._next_mark()
+                    try:
+                        tags = frozenset(await self.reader.repository_tags(repository))
+                    except RegistryNotFound:
+                        tags = frozenset()
+                    except Exception as error:
+                        log.warn(
+                            "watch read of {repository} failed: {error}; the next resync covers it",
+                            repository=repository,
+                            error=str(error) or repr(error),
+                        )
+                        return
+                    apply(tags, mark)
+                    self._confirm(repository, tags, mark)
+                    if repository not in again:
+                        return
+                    again.discard(repository)
+            finally:
+                busy.discard(repository)
+
         # In a context of its own: the caller may be a request that marked itself asking before the
         # change it tells of (a deletecollection, registry.coalesce), and a read sent since then but
         # before the change must not serve this one.
-        reading = self._reading_loop(repository, busy, again, apply)
-        contextvars.Context().run(Deferred.fromCoroutine, reading)
-
-    async def _reading_loop(
-        self,
-        repository: str,
-        busy: set[str],
-        again: set[str],
-        apply: Callable[[frozenset[str], int], None],
-    ) -> None:
-        busy.add(repository)
-        try:
-            while True:
-                mark = self._next_mark()
-                try:
-                    tags = frozenset(await self.reader.repository_tags(repository))
-                except RegistryNotFound:
-                    tags = frozenset()
-                except Exception as error:
-                    log.warn(
-                        "watch read of {repository} failed: {error}; the next resync covers it",
-                        repository=repository,
-                        error=str(error) or repr(error),
-                    )
-                    return
-                apply(tags, mark)
-                self._confirm(repository, tags, mark)
-                if repository not in again:
-                    return
-                again.discard(repository)
-        finally:
-            busy.discard(repository)
+        contextvars.Context().run(Deferred.fromCoroutine, reading())
 
     def _apply(self, repository: str, tags: frozenset[str], mark: int) -> None:
         if self._marks.get(repository, 0) > mark:
