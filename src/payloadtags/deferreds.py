@@ -7,7 +7,8 @@
 - `carried_through` lets work that must not stop half-way go on when its caller stops waiting;
 - `gather` and `bounded_map` run coroutines concurrently, failing as the first failure;
 - `cancel_and_wait` stops background tasks and waits until they have ended;
-- `InFlight` shares one piece of work among the callers who ask for it while it runs.
+- `InFlight` shares one piece of work among the callers who ask for it while it runs;
+- `Waiters` holds the callers waiting for something to happen, each on a Deferred of its own.
 """
 
 from __future__ import annotations
@@ -211,6 +212,45 @@ async def bounded_map(fn: Callable[[T], Awaitable[R]], items: Iterable[T], limit
     return await gather((limited(semaphore, fn, item) for item in items), cancel_rest=False)
 
 
+class Waiters(Generic[T]):
+    """Callers waiting for something to happen, each on a Deferred of its own.
+
+    A caller's cancel takes its Deferred off the list (then ``on_leave`` runs, where the owner may stop
+    work nobody waits for any more); the others go on waiting. ``fire`` and ``fail`` tell the callers
+    waiting at that moment, and only them: who waits after starts waiting for the next time.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: list[Deferred[T]] = []
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def wait(self, on_leave: Callable[[], object] | None = None) -> Deferred[T]:
+        def leave(waiter: Deferred[T]) -> None:
+            if waiter in self._waiting:
+                self._waiting.remove(waiter)
+            if on_leave is not None:
+                on_leave()
+
+        waiter: Deferred[T] = Deferred(leave)
+        self._waiting.append(waiter)
+        return waiter
+
+    def fire(self, result: T | Failure) -> None:
+        waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            if waiter.called:
+                continue  # cancelled by another waiter's callbacks while these were told
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+    def fail(self, error: BaseException) -> None:
+        self.fire(Failure(error))
+
+
 class InFlight(Generic[K, T]):
     """Work in flight by key, shared by every caller who asks for the same key while it runs.
 
@@ -244,13 +284,9 @@ class InFlight(Generic[K, T]):
         return waiter
 
     def _wait(self, key: K, flight: _Flight[T]) -> Deferred[T]:
-        waiter: Deferred[T] = Deferred(lambda waiter: self._leave(key, flight, waiter))
-        flight.waiters.append(waiter)
-        return waiter
+        return flight.waiters.wait(lambda: self._leave(key, flight))
 
-    def _leave(self, key: K, flight: _Flight[T], waiter: Deferred[T]) -> None:
-        if waiter in flight.waiters:
-            flight.waiters.remove(waiter)
+    def _leave(self, key: K, flight: _Flight[T]) -> None:
         if flight.waiters or not self._cancel_when_abandoned:
             return
         if flight.work is not None and not flight.work.called:
@@ -259,15 +295,8 @@ class InFlight(Generic[K, T]):
 
     def _ended(self, result: T | Failure, key: K, flight: _Flight[T]) -> None:
         self._forget(key, flight)
-        waiters, flight.waiters = flight.waiters, []
         # Work cancelled for want of waiters has nobody to tell; its failure ends here.
-        for waiter in waiters:
-            if waiter.called:
-                continue  # cancelled by another waiter's callbacks while these were told
-            if isinstance(result, Failure):
-                waiter.errback(result)
-            else:
-                waiter.callback(result)
+        flight.waiters.fire(result)
 
     def _forget(self, key: K, flight: _Flight[T]) -> None:
         if self._flights.get(key) is flight:
@@ -276,5 +305,5 @@ class InFlight(Generic[K, T]):
 
 class _Flight(Generic[T]):
     def __init__(self) -> None:
-        self.waiters: list[Deferred[T]] = []
+        self.waiters: Waiters[T] = Waiters()
         self.work: Deferred[T] | None = None

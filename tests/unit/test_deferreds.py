@@ -15,6 +15,7 @@ from payloadtags.deferreds import (
     DeadlineExpired,
     GoesOn,
     InFlight,
+    Waiters,
     bounded_map,
     cancel_and_wait,
     carried_through,
@@ -225,6 +226,32 @@ def test_carried_through_relays_what_work_ends_with_when_nobody_cancels() -> Non
     outer = carried_through(work, lambda: True, lambda outcome: pytest.fail("not orphaned"))
     work.callback("done")
     assert outer.result == "done"
+
+
+# --- Waiters -----------------------------------------------------------------------------------------
+
+
+def test_waiters_tell_only_those_waiting_and_a_cancel_leaves_the_others_waiting() -> None:
+    waiters: Waiters[str] = Waiters()
+    left: list[int] = []
+    first, second = waiters.wait(lambda: left.append(len(waiters))), waiters.wait()
+    first.cancel()
+    # Off the list before on_leave runs: the owner sees who still waits.
+    assert left == [1] and len(waiters) == 1 and not second.called
+    waiters.fire("done")
+    assert second.result == "done" and isinstance(failure_of(first), CancelledError)
+    later = waiters.wait()  # after a fire, a caller waits for the next one
+    assert not later.called and len(waiters) == 1
+    waiters.fail(ValueError("broken"))
+    assert isinstance(failure_of(later), ValueError) and len(waiters) == 0
+
+
+def test_waiters_skip_a_waiter_cancelled_by_another_waiters_callback() -> None:
+    waiters: Waiters[None] = Waiters()
+    first, second = waiters.wait(), waiters.wait()
+    first.addCallback(lambda _: second.cancel())
+    waiters.fire(None)
+    assert first.called and isinstance(failure_of(second), CancelledError)
 
 
 # --- InFlight ----------------------------------------------------------------------------------------

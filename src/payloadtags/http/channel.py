@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from cryptography import x509
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
@@ -48,6 +48,7 @@ from twisted.web.server import Request, Site
 from zope.interface import directlyProvides, implementer, providedBy
 
 from payloadtags.api.errors import ApiError, bad_request, internal
+from payloadtags.deferreds import Waiters
 from payloadtags.http.clients import ClientKey, Clients, FairScheduler, address_key, connection_key
 from payloadtags.limits import LINGER, SEND_BUFFER, HttpLimits
 from payloadtags.model import to_json
@@ -598,7 +599,7 @@ class LimitedConnections(WrappingFactory):
         self.clients = site.clients
         self.scheduler = site.scheduler
         self._evicted: set[ProtocolWrapper] = set()
-        self._closed: list[Deferred[None]] = []
+        self._closed: Waiters[None] = Waiters()
 
     def drain(self) -> Deferred[None]:
         """What Go's http.Server.Shutdown does to its connections: idle ones close now, every other
@@ -607,19 +608,12 @@ class LimitedConnections(WrappingFactory):
         self.site.draining = True
         for wrapper in list(self.protocols):
             wrapper.wrappedProtocol.close_if_idle()
-        closed: Deferred[None] = Deferred()
-        if self.protocols:
-            self._closed.append(closed)
-        else:
-            closed.callback(None)
-        return closed
+        return self._closed.wait() if self.protocols else succeed(None)
 
     def unregisterProtocol(self, p: BaseProtocol) -> None:
         super().unregisterProtocol(p)
-        if self._closed and not self.protocols:
-            waiters, self._closed = self._closed, []
-            for waiter in waiters:
-                waiter.callback(None)
+        if not self.protocols:
+            self._closed.fire(None)
 
     def buildProtocol(self, addr: Any) -> BaseProtocol | None:  # type: ignore[override]
         """None refuses the connection: the listening port closes it at once, before any TLS byte

@@ -15,10 +15,11 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from payloadtags.deferreds import Waiters
 from payloadtags.names import TagRef, split_repository
 from payloadtags.registry.errors import RegistryNotFound
 from payloadtags.watch.versions import ReplicaVersions
@@ -75,8 +76,8 @@ class ScopeSource:
     timeout: float | None = None
     _resyncing: bool = False
     _running: Deferred[None] | None = None
-    _joined: list[Deferred[None]] = attrs.field(factory=list)
-    _ready_waiters: list[Deferred[None]] = attrs.field(factory=list)
+    _joined: Waiters[None] = attrs.field(factory=Waiters)
+    _ready_waiters: Waiters[None] = attrs.field(factory=Waiters)
     _reading: set[str] = attrs.field(factory=set)
     _again: set[str] = attrs.field(factory=set)
     _dirty_before_ready: set[str] = attrs.field(factory=set)
@@ -103,7 +104,7 @@ class ScopeSource:
     # (`WatchHub.list_version`), so that their reads are compared with a snapshot brought up to date
     # rather than noting the same differences again and resetting once more.
     catching_up: bool = False
-    _catch_up_waiters: list[Deferred[None]] = attrs.field(factory=list)
+    _catch_up_waiters: Waiters[None] = attrs.field(factory=Waiters)
     _checking: set[str] = attrs.field(factory=set)
     _check_again: set[str] = attrs.field(factory=set)
 
@@ -142,31 +143,23 @@ class ScopeSource:
         """Fires once the baseline is read. When every waiter gave up (their requests were cancelled)
         before it was, the baseline read is cancelled too: nobody is left to serve."""
 
-        def give_up(waiter: Deferred[None]) -> None:
-            if waiter in self._ready_waiters:
-                self._ready_waiters.remove(waiter)
+        def give_up() -> None:
             if not self._ready_waiters and not self.ready and self._running is not None:
                 self._running.cancel()
 
-        waiter: Deferred[None] = Deferred(give_up)
         if self.ready:
-            waiter.callback(None)
-        else:
-            self._ready_waiters.append(waiter)
-            if not self._resyncing:
-                self.resync()
+            return succeed(None)
+        waiter = self._ready_waiters.wait(give_up)
+        if not self._resyncing:
+            self.resync()
         return waiter
 
     def fail_waiters(self, error: Exception) -> None:
-        waiters, self._ready_waiters = self._ready_waiters, []
-        for waiter in waiters:
-            if not waiter.called:
-                waiter.errback(error)
+        self._ready_waiters.fail(error)
 
     def resync(self) -> Deferred[None]:
         """Reads the scope and applies the differences; joins the resync already running, if any."""
-        joined: Deferred[None] = Deferred()
-        self._joined.append(joined)
+        joined = self._joined.wait()
         if not self._resyncing:
             self._resyncing = True
             running = Deferred.fromCoroutine(self._run_resync())
@@ -187,10 +180,7 @@ class ScopeSource:
         finally:
             self._resyncing = False
             self._running = None
-            joined, self._joined = self._joined, []
-            for waiter in joined:
-                if not waiter.called:  # a waiter whose request was cancelled meanwhile
-                    waiter.callback(None)
+            self._joined.fire(None)
 
     async def _resync_once(self) -> None:
         mark = self._next_mark()
@@ -227,10 +217,7 @@ class ScopeSource:
             # while it had no source) is below the floor, so a watch from it is not served from a
             # history that does not go back that far.
             self.floor = self.versions.next()
-            waiters, self._ready_waiters = self._ready_waiters, []
-            for waiter in waiters:
-                if not waiter.called:
-                    waiter.callback(None)
+            self._ready_waiters.fire(None)
             dirty, self._dirty_before_ready = self._dirty_before_ready, set()
             for repository in sorted(dirty):
                 self.repository_changed(repository)
@@ -307,20 +294,12 @@ class ScopeSource:
 
     def caught_up(self) -> Deferred[None]:
         """Fires once no resync started by a reset is running."""
-        waiter: Deferred[None] = Deferred()
-        if self.catching_up:
-            self._catch_up_waiters.append(waiter)
-        else:
-            waiter.callback(None)
-        return waiter
+        return self._catch_up_waiters.wait() if self.catching_up else succeed(None)
 
     def _caught_up(self, result: object) -> None:
         # However it ended: a failed resync is logged by itself, and lists go on as before.
         self.catching_up = False
-        waiters, self._catch_up_waiters = self._catch_up_waiters, []
-        for waiter in waiters:
-            if not waiter.called:  # a list cancelled meanwhile
-                waiter.callback(None)
+        self._catch_up_waiters.fire(None)
 
     def _check(self, repository: str) -> None:
         """Reads one repository to confirm what lists showed of it, without applying the read to the
