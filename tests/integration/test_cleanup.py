@@ -19,8 +19,10 @@ from twisted.internet.task import deferLater
 from twisted.logger import LogLevel, formatEvent
 
 from payloadtags.cleanup import Aborted, Unconfirmed, namespace_state
+from payloadtags.cleanup.removal import namespace_remover
 from payloadtags.cleanup.sweep import ABSENT, EXISTS, TERMINATING, UNKNOWN, require_gone
-from payloadtags.registry import RegistryClient
+from payloadtags.registry import RegistryClient, RegistrySettings
+from payloadtags.registry.errors import RegistryUnavailable
 from tests.support import images
 from tests.support.cleanup_fixtures import *  # noqa: F403
 from tests.support.cleanup_fixtures import RegistryProxy, unique_namespace
@@ -429,6 +431,179 @@ async def test_the_cluster_api_tells_a_namespace_created_anew_from_the_one_delet
     assert state == UNKNOWN
     with pytest.raises(Unconfirmed):
         require_gone(team, state, why)
+
+
+def push_old_tags(registry: RegistryServer, namespace: str) -> dict[str, str]:
+    """Four tags on four manifests in ``<namespace>/app``: digest -> the image's seed."""
+    return {
+        images.push_oci_image(
+            registry, f"{namespace}/app", f"old{i}", seed=f"{namespace}-{i}"
+        ): f"{namespace}-{i}"
+        for i in range(4)
+    }
+
+
+async def recreate_after_first_delete(
+    kube_api: KubeApiDouble,
+    fresh_registry: RegistryServer,
+    registry: RegistryClient,
+    team: str,
+    pushed: dict[str, str],
+) -> list[str]:
+    """Makes the first digest delete through ``registry`` finalize ``team``, create it anew and
+    push ``mine`` into it, on the manifest of an old tag listed but not deleted yet (``pushed``:
+    `push_old_tags`), while the namespace watch goes silent (the store keeps its last state).
+    Returns the digests deleted."""
+    real_delete = registry.delete_manifest
+    deleted: list[str] = []
+
+    async def delete_then_recreate(repository: str, digest: str) -> None:
+        await real_delete(repository, digest)
+        deleted.append(digest)
+        if len(deleted) == 1:
+            kube_api.mute_watches()
+            if kube_api.store.exists(NAMESPACES, team):
+                kube_api.finalize_namespace(team)
+            create_namespace(kube_api, team)
+            # One repository's digests are deleted in order: the last one is still to come.
+            images.push_oci_image(fresh_registry, f"{team}/app", "mine", seed=pushed[max(pushed)])
+
+    registry.delete_manifest = delete_then_recreate  # type: ignore[method-assign]
+    return deleted
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_namespace_created_anew_between_two_deletes_stops_the_removal_while_the_store_is_stale(
+    kube_api: KubeApiDouble, fresh_registry: RegistryServer, make_controller: Any
+) -> None:
+    """Each delete waits for the cluster API's word, not just the first of its repository: the
+    store, whose watch went silent, still shows the old namespace Terminating."""
+    team = unique_namespace("team")
+    create_namespace(kube_api, team)
+    pushed = push_old_tags(fresh_registry, team)
+    replica = make_controller(fresh_registry.url, leader_elect=False, cascade_concurrency=1, start=False)
+    deleted = await recreate_after_first_delete(kube_api, fresh_registry, replica.registry, team, pushed)
+    replica.controller.start()
+    await eventually(lambda: replica.controller.synced, within=5)
+    kube_api.store.delete(NAMESPACES, team)
+    await eventually(lambda: replica.controller.metrics.cascades_aborted_total == 1, within=10)
+    assert replica.controller._view.get(team) is not None  # stale: still the old one, Terminating
+    assert not replica.controller._view.live(team)
+    assert len(deleted) == 1 and not replica.controller.results
+    left = content(fresh_registry, team)[f"{team}/app"]
+    assert "mine" in left and len(left) == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_namespace_created_during_an_orphan_cascade_stops_it_while_the_store_is_stale(
+    kube_api: KubeApiDouble, fresh_registry: RegistryServer, make_controller: Any
+) -> None:
+    """The sweep's cascade, one repository of four digests, and the namespace's creation never
+    reaches the store: the cluster API stops the next delete."""
+    late = unique_namespace("late")
+    pushed = push_old_tags(fresh_registry, late)
+    replica = make_controller(fresh_registry.url, leader_elect=False, cascade_concurrency=1, start=False)
+    deleted = await recreate_after_first_delete(kube_api, fresh_registry, replica.registry, late, pushed)
+    replica.controller.start()
+    await eventually(lambda: replica.controller.metrics.cascades_aborted_total == 1, within=10)
+    assert replica.controller._view.get(late) is None  # stale: the creation never arrived
+    assert len(deleted) == 1 and not replica.controller.results
+    left = content(fresh_registry, late)[f"{late}/app"]
+    assert "mine" in left and len(left) == 4  # three of the four old tags, and the new one
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_namespace_controllers_removal_stops_between_two_deletes_for_a_namespace_created_anew(
+    kube_api: KubeApiDouble, kube_client: Any, fresh_registry: RegistryServer
+) -> None:
+    """deletecollection's removal (cleanup/removal.py) asks before every delete as well."""
+    team = unique_namespace("team")
+    create_namespace(kube_api, team)
+    pushed = push_old_tags(fresh_registry, team)
+    kube_api.store.delete(NAMESPACES, team)
+    registry = RegistryClient(reactor, RegistrySettings(url=fresh_registry.url, timeout=2.0))
+    try:
+        deleted = await recreate_after_first_delete(kube_api, fresh_registry, registry, team, pushed)
+        remover = namespace_remover(reactor, kube_client, registry, concurrency=1)
+        assert await remover.deleting(team)
+        with pytest.raises(RegistryUnavailable, match="the cluster API says the namespace exists"):
+            await remover.remove(team, within=10.0)
+    finally:
+        await registry.close()
+    assert len(deleted) == 1
+    left = content(fresh_registry, team)[f"{team}/app"]
+    assert "mine" in left and len(left) == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_relist_finds_a_namespace_created_anew_and_already_terminating(
+    kube_api: KubeApiDouble, fresh_registry: RegistryServer, make_controller: Any
+) -> None:
+    """The relist after a 410 shows the name Terminating before and after: another uid is another
+    namespace, seen Terminating for the first time, and its content goes."""
+    team, kept = unique_namespace("team"), unique_namespace("kept")
+    create_namespace(kube_api, team)
+    create_namespace(kube_api, kept)
+    kept_content = fill(fresh_registry, kept)
+    images.push_oci_image(fresh_registry, f"{team}/app", "v1", seed=f"{team}-old")
+    replica = make_controller(fresh_registry.url, leader_elect=False)
+    await eventually(lambda: replica.controller.synced, within=5)
+    kube_api.store.delete(NAMESPACES, team)  # Terminating: its cascade empties it
+    await eventually(lambda: replica.controller.results and not replica.controller.busy, within=10)
+    assert content(fresh_registry, team) == {}
+    await eventually(lambda: kube_api.open_watches >= 1)
+    lists = replica.controller._reflector.lists
+    # While the watch is cut: finalized, created anew with content, deleted again; history compacted.
+    kube_api.cut_watches()
+    kube_api.finalize_namespace(team)
+    create_namespace(kube_api, team)
+    images.push_oci_image(fresh_registry, f"{team}/app", "v2", seed=f"{team}-new")
+    kube_api.store.delete(NAMESPACES, team)
+    kube_api.compact()
+    await eventually(lambda: replica.controller.metrics.cascades_succeeded_total == 2, within=10)
+    assert content(fresh_registry, team) == {}
+    assert replica.controller._reflector.lists > lists  # seen in the relist, not in a watch event
+    assert content(fresh_registry, kept) == kept_content
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_relist_showing_a_namespace_created_anew_stops_the_running_removal(
+    kube_api: KubeApiDouble, fresh_registry: RegistryServer, make_controller: Any
+) -> None:
+    """The relist shows a live namespace of another uid under the name being cleaned: no cleanup of
+    its own starts, and the old one's stops before its next delete."""
+    team = unique_namespace("team")
+    create_namespace(kube_api, team)
+    for i in range(4):
+        images.push_oci_image(fresh_registry, f"{team}/app", f"old{i}", seed=f"{team}-{i}")
+    replica = make_controller(fresh_registry.url, leader_elect=False, cascade_concurrency=1, start=False)
+    registry: RegistryClient = replica.registry
+    real_delete = registry.delete_manifest
+    deleted: list[str] = []
+
+    async def delete_then_recreate(repository: str, digest: str) -> None:
+        await real_delete(repository, digest)
+        deleted.append(digest)
+        if len(deleted) == 1:
+            lists = replica.controller._reflector.lists
+            kube_api.cut_watches()
+            kube_api.finalize_namespace(team)
+            create_namespace(kube_api, team)
+            images.push_oci_image(fresh_registry, f"{team}/new", "v1", seed=f"{team}-new")
+            kube_api.compact()
+            await eventually(lambda: replica.controller._reflector.lists > lists, within=10)
+
+    registry.delete_manifest = delete_then_recreate  # type: ignore[method-assign]
+    replica.controller.start()
+    await eventually(lambda: replica.controller.synced, within=5)
+    kube_api.store.delete(NAMESPACES, team)
+    await eventually(lambda: replica.controller.metrics.cascades_aborted_total == 1, within=10)
+    await eventually(lambda: not replica.controller.busy)
+    assert len(deleted) == 1 and not replica.controller.results
+    assert replica.controller.metrics.cascades_started_total == 1
+    assert replica.controller._view.live(team)
+    found = content(fresh_registry, team)
+    assert found[f"{team}/new"] == ["v1"] and len(found[f"{team}/app"]) == 3
 
 
 # -- several replicas --------------------------------------------------------------------------------

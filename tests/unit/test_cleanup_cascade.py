@@ -262,6 +262,79 @@ def test_confirmation_unknown_retries_and_denied_aborts() -> None:
     assert registry2.deletes == []
 
 
+def test_the_cluster_api_is_asked_before_every_delete_not_once_per_repository() -> None:
+    """A stale store cannot vouch for a namespace: a repository's later deletes wait for an answer of
+    their own, so the namespace's creation between two of them stops the second."""
+    registry, clock = FakeRegistry(), Clock()
+    for i in range(4):
+        registry.push("team/app", f"v{i}")
+    registry.push("team/app", "gone")
+    asked = [0]
+
+    async def confirm() -> None:
+        asked[0] += 1
+        if len(registry.deletes) == 2:
+            raise Aborted("the cluster API says the namespace exists")
+
+    [failure] = run(make_cascade(registry, clock, concurrency=1), "team", confirm=confirm)
+    assert failure.check(Aborted)
+    assert (len(registry.deletes), asked[0]) == (2, 3)
+    assert registry.tag_deletes == []
+
+    registry.deletes.clear()
+    asked[0] = 0
+    # Resolves to nothing (dangling, say): its repair is a delete as well.
+    registry.fail("resolve", RegistryNotFound("team/app:gone"))
+    [result] = run(make_cascade(registry, clock, concurrency=1), "team", confirm=lambda: succeed(asked))
+    assert isinstance(result, CascadeResult) and registry.remaining("team/") == {}
+    assert (len(registry.deletes), len(registry.tag_deletes), asked[0]) == (2, 1, 3)
+
+
+def succeed(asked: list[int]) -> Deferred[None]:
+    asked[0] += 1
+    return Deferred.fromCoroutine(_nothing())
+
+
+async def _nothing() -> None:
+    return None
+
+
+def test_deletes_ready_at_the_same_time_share_one_answer_and_never_an_old_one() -> None:
+    registry, clock = FakeRegistry(), Clock()
+    for i in range(4):
+        registry.push(f"team/app{i}", "v1")
+        registry.push(f"team/app{i}", "v2")
+    answers: list[Deferred[None]] = []
+
+    def confirm() -> Deferred[None]:
+        answers.append(Deferred())
+        return answers[-1]
+
+    outcome = run(make_cascade(registry, clock, concurrency=4), "team", confirm=confirm)
+    assert len(answers) == 1 and registry.deletes == []  # four repositories wait for one GET
+    answers[0].callback(None)
+    # Each repository sent one delete; their next deletes ask anew, again sharing one question.
+    assert len(registry.deletes) == 4 and len(answers) == 2
+    answers[1].errback(Unconfirmed("the cluster API does not answer"))
+    assert len(registry.deletes) == 4  # nothing more without an answer: the pass is retried later
+    assert outcome == []
+    clock.advance(1.0)
+    answers[2].callback(None)
+    assert outcome and registry.remaining("team/") == {}
+
+
+def test_a_cancelled_cascade_cancels_the_question_it_waits_on() -> None:
+    registry, clock = FakeRegistry(), Clock()
+    registry.push("team/app", "v1")
+    registry.push("team/other", "v1")
+    cancelled: list[bool] = []
+    answer: Deferred[None] = Deferred(lambda d: cancelled.append(True))
+    task = Deferred.fromCoroutine(make_cascade(registry, clock).run("team", confirm=lambda: answer))
+    task.addErrback(lambda failure: None)
+    task.cancel()
+    assert cancelled == [True] and registry.deletes == []
+
+
 def test_two_cascades_at_once_both_finish_without_errors() -> None:
     registry, clock = FakeRegistry(), Clock()
     for i in range(20):
@@ -294,8 +367,8 @@ def test_triggers_fire_on_termination_and_deletion_only() -> None:
     fired: list[tuple[str, str, str | None]] = []
     triggers = NamespaceTriggers(lambda ns, why, uid: fired.append((ns, why, uid)))
 
-    def ns(name: str, terminating: bool = False) -> dict[str, Any]:
-        meta: dict[str, Any] = {"name": name, "uid": f"uid-{name}"}
+    def ns(name: str, terminating: bool = False, uid: str | None = None) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": name, "uid": uid or f"uid-{name}"}
         if terminating:
             meta["deletionTimestamp"] = "2024-01-01T00:00:00Z"
         return {"metadata": meta}
@@ -306,10 +379,16 @@ def test_triggers_fire_on_termination_and_deletion_only() -> None:
     triggers.on_update(ns("a", terminating=True), ns("a", terminating=True))  # status churn
     triggers.on_delete(ns("a", terminating=True))
     triggers.on_delete(ns("Not_Valid"))
+    # A relist after a 410 reports a namespace created anew under the name as an update of the old
+    # one: another uid is another namespace, whose own Terminating state starts its own cleanup.
+    triggers.on_update(ns("b", terminating=True), ns("b", terminating=True, uid="uid-b2"))
+    triggers.on_update(ns("c", terminating=True), ns("c", uid="uid-c2"))  # live: nothing to clean
+    triggers.on_update(ns("d"), ns("d", uid="uid-d2"))
     assert fired == [
         ("dying", "terminating", "uid-dying"),
         ("a", "terminating", "uid-a"),
         ("a", "deleted", "uid-a"),
+        ("b", "terminating", "uid-b2"),
     ]
 
 

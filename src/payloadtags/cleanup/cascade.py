@@ -28,7 +28,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from payloadtags.cleanup.metrics import CleanupMetrics
-from payloadtags.deferreds import gather, limited
+from payloadtags.deferreds import InFlight, gather, limited
 from payloadtags.inventory import CatalogCursor
 from payloadtags.kube import Backoff
 from payloadtags.names import is_namespace
@@ -45,8 +45,9 @@ Guard = Callable[[], str | None]
 """Called right before every delete: a reason to stop now, or None to go on. Synchronous and cheap."""
 
 Confirm = Callable[[], Awaitable[None]]
-"""Called before the deletes of each repository: returns when deleting is allowed, raises `Aborted`
-when it must never happen, `Unconfirmed` when it cannot be decided now (retried later)."""
+"""Asks the cluster API right before every delete request (deletes ready at the same time share one
+call): returns when deleting is allowed, raises `Aborted` when it must never happen, `Unconfirmed`
+when it cannot be decided now (the pass is retried later; nothing is deleted meanwhile)."""
 
 Wait = Callable[[float], Awaitable[None]]
 """Sits out the backoff after a failed pass: waits that many seconds (and may queue for more)."""
@@ -141,6 +142,8 @@ class Cascade:
         if not is_namespace(namespace):
             # Not a namespace name: nothing a namespace's deletion may touch.
             raise ValueError(f"not a namespace name: {namespace!r}")
+        if confirm is not None:
+            confirm = _shared(confirm)
         started = self.clock.seconds()
         backoff = self.backoff()
         passes = errors = tags = manifests = 0
@@ -257,17 +260,15 @@ class Cascade:
                     unresolved.append(tag)
             if not per_digest and not unresolved:
                 return
-            if confirm is not None:
-                await confirm()
             # One after the other: the registry client queues one repository's mutations anyway
             # (concurrent deletes in one repository are what leave 2.8 with dangling tags), and a
             # delete waiting in that queue must not hold a slot another repository could use.
             for digest, count in sorted(per_digest.items()):
-                await self._delete(limit, repository, digest, count, state, guard)
+                await self._delete(limit, repository, digest, count, state, guard, confirm)
             # After the digest deletes: a tag that did not resolve was either untagged meanwhile
             # (delete_tag finds it unlisted: progress) or is dangling (repaired and deleted).
             for tag in unresolved:
-                await self._repair(limit, repository, tag, state, guard)
+                await self._repair(limit, repository, tag, state, guard, confirm)
         except (RegistryError, Unconfirmed) as e:
             # One repository's failure does not stop the others; the pass is retried as a whole.
             state.failed(repository, e)
@@ -294,11 +295,12 @@ class Cascade:
         tags: int,
         state: _Pass,
         guard: Guard | None,
+        confirm: Confirm | None,
     ) -> None:
         await limit.acquire()
         try:
             # Checked after waiting for a slot, i.e. right before the request leaves.
-            _check(guard)
+            await _confirm(confirm, guard)
             try:
                 await self.registry.delete_manifest(repository, digest)
             except RegistryNotFound:
@@ -316,11 +318,17 @@ class Cascade:
         self.metrics.tags_deleted_total += tags
 
     async def _repair(
-        self, limit: DeferredSemaphore, repository: str, tag: str, state: _Pass, guard: Guard | None
+        self,
+        limit: DeferredSemaphore,
+        repository: str,
+        tag: str,
+        state: _Pass,
+        guard: Guard | None,
+        confirm: Confirm | None,
     ) -> None:
         await limit.acquire()
         try:
-            _check(guard)
+            await _confirm(confirm, guard)
             try:
                 digest = await self.registry.delete_tag(repository, tag)
             except (RegistryNotFound, RegistryConflict):
@@ -356,6 +364,31 @@ def _examples(names: list[str], limit: int = 10) -> str:
     distinct = sorted(set(names))
     more = f" and {len(distinct) - limit} more" if len(distinct) > limit else ""
     return ", ".join(distinct[:limit]) + more or "-"
+
+
+def _shared(confirm: Confirm) -> Confirm:
+    """`confirm` with one call in flight at a time, whose answer every delete that asks meanwhile
+    shares: the deletes of several repositories wait for one cluster API round trip, not one each.
+
+    Never an answer that has already come: each delete waits for one that arrives after it asked.
+    Once nobody waits for a call any more (the cascade cancelled), the call is cancelled too."""
+    flights: InFlight[None, None] = InFlight(cancel_when_abandoned=True)
+
+    async def ask() -> None:
+        await confirm()
+
+    async def shared() -> None:
+        await flights.join(None, ask)
+
+    return shared
+
+
+async def _confirm(confirm: Confirm | None, guard: Guard | None) -> None:
+    """The checks right before a delete request leaves: the cluster API's answer (it may take a
+    while), then the synchronous guard, which nothing can outdate between it and the request."""
+    if confirm is not None:
+        await confirm()
+    _check(guard)
 
 
 def _check(guard: Guard | None) -> None:

@@ -340,8 +340,8 @@ class CleanupController:
             return await self.cascade.run(
                 namespace,
                 # The store is a cheap first filter before every delete; it may be stale (its watch
-                # failing), so the cluster API itself confirms before each repository, whatever
-                # started the cascade.
+                # silent or failing for up to the watch's idle timeout), so the cluster API itself
+                # confirms before every delete too, whatever started the cascade.
                 guard=lambda: self._guard(namespace),
                 confirm=lambda: self._confirm_gone(namespace, uid),
                 wait=back_off,

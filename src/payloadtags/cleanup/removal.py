@@ -5,8 +5,8 @@ retries until the list is empty. Deleting tag by tag costs three or four registr
 on distribution 2.8; a namespace that is going away loses all of its tags, so deleting each
 distinct digest once (what the cascade does) is both right and several times cheaper. Only a
 request without selectors, from a caller who may see and delete every path of the namespace, in a
-namespace the cluster API itself reports Terminating or absent (asked again before each
-repository) gets this; any other deletecollection deletes its selection tag by tag.
+namespace the cluster API itself reports Terminating or absent (asked again right before every
+delete, as every cascade does) gets this; any other deletecollection deletes its selection tag by tag.
 """
 
 from __future__ import annotations
@@ -57,8 +57,9 @@ class NamespaceRemover:
                 await self._follow(other, deadline - self.clock.seconds())
 
         async def confirm() -> None:
-            # Asked again before each repository's deletes: once an earlier call has emptied the
-            # namespace, it may be created anew while this one runs, and its new content is not ours.
+            # Asked again right before every delete (the cascade shares one answer among the deletes
+            # ready at the same time): once an earlier call has emptied the namespace, it may be
+            # created anew while this one runs, and its new content is not ours.
             require_gone(namespace, *await self.check(namespace))
 
         mine = Deferred.fromCoroutine(self.cascade.run(namespace, guard=guard, confirm=confirm))

@@ -11,9 +11,9 @@ Safety, in order (a namespace that exists, or is created while the sweep runs, i
 2. Each candidate is re-checked in the store (its creation may have arrived meanwhile) and then with
    the cluster API itself (GET the namespace): only a 404 or a Terminating namespace lets it go on.
    An API error means "cannot tell": the namespace is skipped, never treated as gone.
-3. The cascade then re-checks before the deletes of each repository (the same API GET; every
-   cascade does, whatever started it) and before every single delete (the store), and stops for
-   good when the namespace exists again.
+3. The cascade then re-checks right before every single delete, with the store and with the same
+   API GET (every cascade does, whatever started it; deletes ready at the same time share one GET),
+   and stops for good when the namespace exists again.
 
 Repositories whose first segment is not a valid namespace name, or that have no path below it, are
 never candidates (`payloadtags.names.split_repository`).

@@ -55,7 +55,9 @@ class NamespaceTriggers(StoreListener):
 
     def on_update(self, old: JsonObject, new: JsonObject) -> None:
         # Only the transition: a Terminating namespace gets status updates that need no new cleanup.
-        if is_terminating(new) and not is_terminating(old):
+        # Another uid is another namespace, seen for the first time: a relist (after a 410) reports a
+        # namespace deleted and created anew under its name as an update of the old one.
+        if is_terminating(new) and (not is_terminating(old) or uid_of(old) != uid_of(new)):
             self._fire(new, TERMINATING)
 
     def on_delete(self, obj: JsonObject) -> None:
