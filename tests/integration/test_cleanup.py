@@ -9,6 +9,7 @@ deterministic; the Lease protocol between them goes over real HTTPS to the doubl
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -443,7 +444,29 @@ def push_old_tags(registry: RegistryServer, namespace: str) -> dict[str, str]:
     }
 
 
-async def recreate_after_first_delete(
+def assert_new_tag_kept(registry: RegistryServer, namespace: str) -> None:
+    """After `recreate_after_first_delete` stopped the removal: one old tag gone, three and `mine` left."""
+    left = content(registry, namespace)[f"{namespace}/app"]
+    assert "mine" in left and len(left) == 4, left
+
+
+def after_first_delete(registry: RegistryClient, then: Callable[[], Awaitable[None]]) -> list[str]:
+    """Runs ``then`` once the first digest delete through ``registry`` is done (before that delete
+    returns to the cascade); returns the digests deleted."""
+    real_delete = registry.delete_manifest
+    deleted: list[str] = []
+
+    async def delete_then(repository: str, digest: str) -> None:
+        await real_delete(repository, digest)
+        deleted.append(digest)
+        if len(deleted) == 1:
+            await then()
+
+    registry.delete_manifest = delete_then  # type: ignore[method-assign]
+    return deleted
+
+
+def recreate_after_first_delete(
     kube_api: KubeApiDouble,
     fresh_registry: RegistryServer,
     registry: RegistryClient,
@@ -454,22 +477,16 @@ async def recreate_after_first_delete(
     push ``mine`` into it, on the manifest of an old tag listed but not deleted yet (``pushed``:
     `push_old_tags`), while the namespace watch goes silent (the store keeps its last state).
     Returns the digests deleted."""
-    real_delete = registry.delete_manifest
-    deleted: list[str] = []
 
-    async def delete_then_recreate(repository: str, digest: str) -> None:
-        await real_delete(repository, digest)
-        deleted.append(digest)
-        if len(deleted) == 1:
-            kube_api.mute_watches()
-            if kube_api.store.exists(NAMESPACES, team):
-                kube_api.finalize_namespace(team)
-            create_namespace(kube_api, team)
-            # One repository's digests are deleted in order: the last one is still to come.
-            images.push_oci_image(fresh_registry, f"{team}/app", "mine", seed=pushed[max(pushed)])
+    async def recreate() -> None:
+        kube_api.mute_watches()
+        if kube_api.store.exists(NAMESPACES, team):
+            kube_api.finalize_namespace(team)
+        create_namespace(kube_api, team)
+        # One repository's digests are deleted in order: the last one is still to come.
+        images.push_oci_image(fresh_registry, f"{team}/app", "mine", seed=pushed[max(pushed)])
 
-    registry.delete_manifest = delete_then_recreate  # type: ignore[method-assign]
-    return deleted
+    return after_first_delete(registry, recreate)
 
 
 @pytest_twisted.ensureDeferred
@@ -482,7 +499,7 @@ async def test_a_namespace_created_anew_between_two_deletes_stops_the_removal_wh
     create_namespace(kube_api, team)
     pushed = push_old_tags(fresh_registry, team)
     replica = make_controller(fresh_registry.url, leader_elect=False, cascade_concurrency=1, start=False)
-    deleted = await recreate_after_first_delete(kube_api, fresh_registry, replica.registry, team, pushed)
+    deleted = recreate_after_first_delete(kube_api, fresh_registry, replica.registry, team, pushed)
     replica.controller.start()
     await eventually(lambda: replica.controller.synced, within=5)
     kube_api.store.delete(NAMESPACES, team)
@@ -490,8 +507,7 @@ async def test_a_namespace_created_anew_between_two_deletes_stops_the_removal_wh
     assert replica.controller._view.get(team) is not None  # stale: still the old one, Terminating
     assert not replica.controller._view.live(team)
     assert len(deleted) == 1 and not replica.controller.results
-    left = content(fresh_registry, team)[f"{team}/app"]
-    assert "mine" in left and len(left) == 4
+    assert_new_tag_kept(fresh_registry, team)
 
 
 @pytest_twisted.ensureDeferred
@@ -503,13 +519,12 @@ async def test_a_namespace_created_during_an_orphan_cascade_stops_it_while_the_s
     late = unique_namespace("late")
     pushed = push_old_tags(fresh_registry, late)
     replica = make_controller(fresh_registry.url, leader_elect=False, cascade_concurrency=1, start=False)
-    deleted = await recreate_after_first_delete(kube_api, fresh_registry, replica.registry, late, pushed)
+    deleted = recreate_after_first_delete(kube_api, fresh_registry, replica.registry, late, pushed)
     replica.controller.start()
     await eventually(lambda: replica.controller.metrics.cascades_aborted_total == 1, within=10)
     assert replica.controller._view.get(late) is None  # stale: the creation never arrived
     assert len(deleted) == 1 and not replica.controller.results
-    left = content(fresh_registry, late)[f"{late}/app"]
-    assert "mine" in left and len(left) == 4  # three of the four old tags, and the new one
+    assert_new_tag_kept(fresh_registry, late)
 
 
 @pytest_twisted.ensureDeferred
@@ -523,7 +538,7 @@ async def test_the_namespace_controllers_removal_stops_between_two_deletes_for_a
     kube_api.store.delete(NAMESPACES, team)
     registry = RegistryClient(reactor, RegistrySettings(url=fresh_registry.url, timeout=2.0))
     try:
-        deleted = await recreate_after_first_delete(kube_api, fresh_registry, registry, team, pushed)
+        deleted = recreate_after_first_delete(kube_api, fresh_registry, registry, team, pushed)
         remover = namespace_remover(reactor, kube_client, registry, concurrency=1)
         assert await remover.deleting(team)
         with pytest.raises(RegistryUnavailable, match="the cluster API says the namespace exists"):
@@ -531,8 +546,7 @@ async def test_the_namespace_controllers_removal_stops_between_two_deletes_for_a
     finally:
         await registry.close()
     assert len(deleted) == 1
-    left = content(fresh_registry, team)[f"{team}/app"]
-    assert "mine" in left and len(left) == 4
+    assert_new_tag_kept(fresh_registry, team)
 
 
 @pytest_twisted.ensureDeferred
@@ -574,26 +588,19 @@ async def test_a_relist_showing_a_namespace_created_anew_stops_the_running_remov
     its own starts, and the old one's stops before its next delete."""
     team = unique_namespace("team")
     create_namespace(kube_api, team)
-    for i in range(4):
-        images.push_oci_image(fresh_registry, f"{team}/app", f"old{i}", seed=f"{team}-{i}")
+    push_old_tags(fresh_registry, team)
     replica = make_controller(fresh_registry.url, leader_elect=False, cascade_concurrency=1, start=False)
-    registry: RegistryClient = replica.registry
-    real_delete = registry.delete_manifest
-    deleted: list[str] = []
 
-    async def delete_then_recreate(repository: str, digest: str) -> None:
-        await real_delete(repository, digest)
-        deleted.append(digest)
-        if len(deleted) == 1:
-            lists = replica.controller._reflector.lists
-            kube_api.cut_watches()
-            kube_api.finalize_namespace(team)
-            create_namespace(kube_api, team)
-            images.push_oci_image(fresh_registry, f"{team}/new", "v1", seed=f"{team}-new")
-            kube_api.compact()
-            await eventually(lambda: replica.controller._reflector.lists > lists, within=10)
+    async def recreate_behind_a_410() -> None:
+        lists = replica.controller._reflector.lists
+        kube_api.cut_watches()
+        kube_api.finalize_namespace(team)
+        create_namespace(kube_api, team)
+        images.push_oci_image(fresh_registry, f"{team}/new", "v1", seed=f"{team}-new")
+        kube_api.compact()
+        await eventually(lambda: replica.controller._reflector.lists > lists, within=10)
 
-    registry.delete_manifest = delete_then_recreate  # type: ignore[method-assign]
+    deleted = after_first_delete(replica.registry, recreate_behind_a_410)
     replica.controller.start()
     await eventually(lambda: replica.controller.synced, within=5)
     kube_api.store.delete(NAMESPACES, team)
@@ -772,18 +779,12 @@ async def test_namespace_created_during_the_orphan_cascade_stops_it(
     late = unique_namespace("late")
     fill(fresh_registry, late, repositories=4, tags=1)
     replica = make_controller(fresh_registry.url, leader_elect=False, cascade_concurrency=1, start=False)
-    registry: RegistryClient = replica.registry
-    real_delete = registry.delete_manifest
-    deleted: list[str] = []
 
-    async def delete_then_create(repository: str, digest: str) -> None:
-        await real_delete(repository, digest)
-        deleted.append(repository)
-        if len(deleted) == 1:
-            create_namespace(kube_api, late)
-            await eventually(lambda: replica.controller._view.live(late))
+    async def create() -> None:
+        create_namespace(kube_api, late)
+        await eventually(lambda: replica.controller._view.live(late))
 
-    registry.delete_manifest = delete_then_create  # type: ignore[method-assign]
+    deleted = after_first_delete(replica.registry, create)
     replica.controller.start()
     await eventually(lambda: replica.controller.metrics.cascades_aborted_total == 1, within=10)
     assert len(deleted) == 1
