@@ -211,6 +211,34 @@ async def test_a_deleted_namespace_goes_wholesale_only_when_all_of_it_is_asked_f
     assert left() == []
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_page_of_a_deleted_namespace_deletes_that_page_only(
+    rbac_server, kube_api, registry, namespace, pki
+):
+    """A limit or a continue token asks for a page, never the namespace whole: even by a caller who
+    may delete everything there, in a namespace that is gone, only the page goes."""
+    for path in ("a", "b", "c"):
+        images.push_oci_image(registry, f"{namespace}/{path}", "v1", seed=path)
+    admin = rbac_server.client(pki.client_ca.client("admin", ("system:masters",)))
+    assert await eventually(lambda: names_seen(admin, namespace)) == [("a", "v1"), ("b", "v1"), ("c", "v1")]
+    token = (await admin.get(collection(namespace) + "?limit=2")).json()["metadata"]["continue"]
+    ensure_namespace(kube_api, namespace)
+    kube_api.store.delete(NAMESPACES, namespace)  # the namespace is gone; its content is not yet
+
+    def left() -> list[str]:
+        return [p for p in ("a", "b", "c") if images.list_tags(registry, f"{namespace}/{p}")]
+
+    reply = await admin.delete(collection(namespace) + "?limit=1")
+    assert reply.code == 200, reply.body
+    assert left() == ["b", "c"]
+    reply = await admin.delete(collection(namespace) + f"?continue={token}")
+    assert reply.code == 200, reply.body
+    assert left() == ["b"]
+    reply = await admin.delete(collection(namespace))
+    assert reply.code == 200, reply.body
+    assert left() == []
+
+
 @attrs.define
 class PushAfterTheSelection:
     """The server's authorizer, which pushes `push` when asked the first time whether a tag may be

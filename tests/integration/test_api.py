@@ -750,6 +750,132 @@ async def test_deletecollection_dry_run_and_selector(api, registry, repo):
     assert images.list_tags(registry, repo) == ["b"]
 
 
+def _names(reply: Response) -> list[str]:
+    return [item["metadata"]["name"] for item in reply.json()["items"]]
+
+
+def _push_abc(registry: Any, repo: str) -> list[str]:
+    """Tags a, b, c (distinct digests) in ``repo`` and in a second repository after it: the names in
+    list order."""
+    path = split(repo)[1]
+    for where in (repo, f"{repo}-z"):
+        for tag in ("a", "b", "c"):
+            images.push_oci_image(registry, where, tag, seed=f"{where}:{tag}")
+    return [encode_name(p, tag) for p in (path, f"{path}-z") for tag in ("a", "b", "c")]
+
+
+def _left(registry: Any, repo: str) -> list[str]:
+    namespace, path = split(repo)
+    return [
+        encode_name(p, tag)
+        for p in (path, f"{path}-z")
+        for tag in images.list_tags(registry, f"{namespace}/{p}")
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_deletecollection_with_a_limit_deletes_only_the_page_a_list_shows(api, registry, repo):
+    # As kube-apiserver's DeleteCollection: with a limit, exactly the page a list with the same
+    # options returns, and its continue token for the next page; it once deleted the whole selection.
+    namespace, _ = split(repo)
+    names = _push_abc(registry, repo)
+    client = api.client(api.pki.admin)
+    dry = await client.delete(collection(namespace) + "?limit=2&dryRun=All")
+    assert (dry.code, _names(dry)) == (200, names[:2]), dry.body
+    assert _left(registry, repo) == names
+    listed = await client.get(collection(namespace) + "?limit=1")
+    assert _names(listed) == names[:1]
+    reply = await client.delete(collection(namespace) + "?limit=1")
+    assert (reply.code, _names(reply)) == (200, names[:1]), reply.body
+    assert _left(registry, repo) == names[1:]
+    token = reply.json()["metadata"]["continue"]
+    reply = await client.delete(collection(namespace) + f"?limit=3&continue={token}")
+    assert (reply.code, _names(reply)) == (200, names[1:4]), reply.body
+    assert _left(registry, repo) == names[4:]
+    token = reply.json()["metadata"]["continue"]
+    reply = await client.delete(collection(namespace) + f"?limit=5&continue={token}")
+    assert (reply.code, _names(reply)) == (200, names[4:]), reply.body
+    assert "continue" not in reply.json()["metadata"]
+    assert _left(registry, repo) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_deletecollection_with_a_continue_token_deletes_from_where_it_points(api, registry, repo):
+    namespace, _ = split(repo)
+    names = _push_abc(registry, repo)
+    client = api.client(api.pki.admin)
+    token = (await client.get(collection(namespace) + "?limit=2")).json()["metadata"]["continue"]
+    dry = await client.delete(collection(namespace) + f"?continue={token}&dryRun=All")
+    assert (dry.code, _names(dry)) == (200, names[2:]), dry.body
+    assert _left(registry, repo) == names
+    reply = await client.delete(collection(namespace) + f"?continue={token}")
+    assert (reply.code, _names(reply)) == (200, names[2:]), reply.body
+    assert "continue" not in reply.json()["metadata"]
+    assert _left(registry, repo) == names[:2]
+
+
+@pytest_twisted.ensureDeferred
+async def test_deletecollection_with_a_bad_continue_token_is_400_and_deletes_nothing(api, registry, repo):
+    namespace, _ = split(repo)
+    names = _push_abc(registry, repo)
+    client = api.client(api.pki.admin)
+    for tag in ("v1", "v2"):
+        images.push_oci_image(registry, f"{namespace}-other/app", tag, seed=tag)
+    other = (await client.get(collection(f"{namespace}-other") + "?limit=1")).json()["metadata"]["continue"]
+    cluster_wide = (await client.get(f"{B}/payloadrepositorytags?limit=1")).json()["metadata"]["continue"]
+    for token, why in (
+        ("garbage", "the token is malformed"),
+        ("e30", "the token is malformed"),
+        (other, "the token was issued for a different list"),
+        (cluster_wide, "the token was issued for a different list"),
+    ):
+        for dry in ("", "&dryRun=All"):
+            status = assert_status(
+                await client.delete(collection(namespace) + f"?continue={token}{dry}"), 400, "BadRequest"
+            )
+            assert status["message"] == f"continue key is not valid: {why}"
+            assert _left(registry, repo) == names
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_delete_body_that_is_not_delete_options_is_400_and_deletes_nothing(api, registry, repo):
+    namespace, path = split(repo)
+    images.push_oci_image(registry, repo, "v1")
+    client = api.client(api.pki.admin)
+    item = f"{collection(namespace)}/{encode_name(path, 'v1')}"
+    for body in (
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}},
+        {"kind": "ListOptions", "apiVersion": "meta.k8s.io/v1"},
+        {"orphanDependents": "yes"},
+        {"gracePeriodSeconds": "5"},
+        {"gracePeriodSeconds": 1.5},
+        {"gracePeriodSeconds": True},
+        {"preconditions": []},
+        {"dryRun": "All"},
+        {"propagationPolicy": 5},
+    ):
+        for url in (item, collection(namespace)):
+            assert_status(await client.delete(url, body=body), 400, "BadRequest")
+            assert images.list_tags(registry, repo) == ["v1"], body
+    for query in (
+        "?orphanDependents=true&propagationPolicy=Background",
+        "?orphanDependents=false&propagationPolicy=Orphan",
+    ):
+        for url in (item, collection(namespace)):
+            status = assert_status(await client.delete(url + query), 422, "Invalid")
+            assert status["details"]["causes"][0]["field"] == "orphanDependents"
+            assert images.list_tags(registry, repo) == ["v1"]
+    for version in ("v1", "meta.k8s.io/v1", "meta.k8s.io/v1beta1", None):
+        options: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": version} if version else {}
+        options["dryRun"] = ["All"]
+        assert (await client.delete(item, body=options)).code == 200, version
+    reply = await client.delete(
+        item, body={"kind": "DeleteOptions", "apiVersion": "v1", "orphanDependents": True}
+    )
+    assert reply.code == 200, reply.body
+    assert images.list_tags(registry, repo) == []
+
+
 @pytest_twisted.ensureDeferred
 async def test_head_of_the_resource_is_405_as_on_kube_apiserver(api, registry, repo):
     # kube-apiserver routes no HEAD to its resources. A HEAD of a watch, served as a GET, held a
@@ -783,11 +909,25 @@ async def test_writes_are_405(api):
         ("POST", collection("ns1"), "create"),
         ("PUT", f"{collection('ns1')}/mfyhaotwgexde", "update"),
         ("PATCH", f"{collection('ns1')}/mfyhaotwgexde", "patch"),
-        ("DELETE", f"{B}/payloadrepositorytags", "deletecollection"),
     ):
         status = assert_status(await client.request(method, path, body={}), 405, "MethodNotAllowed")
         kind = "payloadrepositorytags.payload-registry.deckhouse.io"
         assert status["message"] == f'{verb} is not supported on resources of kind "{kind}"'
+
+
+@pytest_twisted.ensureDeferred
+async def test_deletecollection_across_all_namespaces_is_405_and_says_so(api, registry, repo):
+    images.push_oci_image(registry, repo, "v1")
+    client = api.client(api.pki.admin)
+    for query in ("", "?dryRun=All", f"?fieldSelector=metadata.namespace%3D{split(repo)[0]}"):
+        reply = await client.delete(f"{B}/payloadrepositorytags{query}")
+        status = assert_status(reply, 405, "MethodNotAllowed")
+        assert status["message"] == (
+            "deletecollection across all namespaces is not supported on resources of kind "
+            '"payloadrepositorytags.payload-registry.deckhouse.io": delete the tags of one namespace at a '
+            "time (DELETE on namespaces/NAMESPACE/payloadrepositorytags), or each tag by name"
+        )
+    assert images.list_tags(registry, repo) == ["v1"]
 
 
 # --- discovery, identity, health --------------------------------------------------------------------

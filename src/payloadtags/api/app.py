@@ -33,6 +33,7 @@ from payloadtags.api import discovery, openapi
 from payloadtags.api.errors import (
     ApiError,
     bad_request,
+    cluster_wide_delete_collection_not_allowed,
     internal,
     method_not_allowed,
     path_not_found,
@@ -607,7 +608,7 @@ class ApiServer:
         self._route(item, ["DELETE"], self._delete)
         for path in (collection, item, f"{BASE}/{RESOURCE}"):
             self._route(path, ["POST", "PUT", "PATCH"], self._immutable)
-        self._route(f"{BASE}/{RESOURCE}", ["DELETE"], self._immutable)
+        self._route(f"{BASE}/{RESOURCE}", ["DELETE"], self._delete_across_namespaces)
         if self.repository_index is not None and self.events_token:
             self._route("/registry/events", ["POST"], self._registry_events, anonymous=True)
 
@@ -988,10 +989,13 @@ class ApiServer:
         return _write_json(request, 200, render_list(items, meta, media), media.content_type)
 
     async def _immutable(self, request: IRequest, user: UserInfo, **_: str) -> bytes:
-        verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "deletecollection"}[
-            request.method.decode()
-        ]
+        verb = {"POST": "create", "PUT": "update", "PATCH": "patch"}[request.method.decode()]
         raise method_not_allowed(verb)
+
+    async def _delete_across_namespaces(self, request: IRequest, user: UserInfo) -> bytes:
+        # Not served: one request would empty every namespace the caller may delete in. `kubectl
+        # delete prt -A --all` lists, then deletes each tag by name (docs/api.md, "Delete").
+        raise cluster_wide_delete_collection_not_allowed()
 
 
 __all__ = ["RESOURCE", "ApiServer"]

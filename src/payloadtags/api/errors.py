@@ -52,6 +52,17 @@ def method_not_allowed(verb: str) -> ApiError:
     )
 
 
+def cluster_wide_delete_collection_not_allowed() -> ApiError:
+    return ApiError(
+        405,
+        "MethodNotAllowed",
+        "deletecollection across all namespaces is not supported on resources of kind "
+        f'"{QUALIFIED_RESOURCE}": delete the tags of one namespace at a time (DELETE on '
+        f"namespaces/NAMESPACE/{RESOURCE}), or each tag by name",
+        _resource_details(),
+    )
+
+
 def bad_request(message: str) -> ApiError:
     return ApiError(400, "BadRequest", message)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -150,23 +150,63 @@ def _delete_invalid(field: str, value: Any, message: str) -> Exception:
     return invalid_field("DeleteOptions", "meta.k8s.io", field, str(value), message)
 
 
+# The versions DeleteOptions is known under in the scheme kube-apiserver decodes a DELETE body with;
+# a body without apiVersion or kind (kubectl's) is DeleteOptions of meta.k8s.io/v1.
+DELETE_OPTIONS_VERSIONS = ("v1", "meta.k8s.io/v1", "meta.k8s.io/v1beta1")
+
+
+def _not_decodable(message: str) -> Exception:
+    # What kube-apiserver answers for a body that does not decode into DeleteOptions: nothing is deleted.
+    return bad_request(f"the body of the request is not valid DeleteOptions: {message}")
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value[:100]) if isinstance(value, str) else "(not a string)"
+
+
+def _body_options(body: bytes, content_type: str | None) -> dict[str, Any]:
+    """The DeleteOptions a DELETE body carries, refused (400) when it is another kind or a field has
+    another JSON type than DeleteOptions gives it."""
+    if content_type and content_type.split(";")[0].strip().lower() not in ("application/json", ""):
+        raise unsupported_media_type(content_type)
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise bad_request("the body of the request is not valid JSON DeleteOptions") from None
+    if not isinstance(data, dict):
+        raise bad_request("the body of the request must be a DeleteOptions object")
+    kind, version = data.get("kind") or "DeleteOptions", data.get("apiVersion") or "meta.k8s.io/v1"
+    if kind != "DeleteOptions" or version not in DELETE_OPTIONS_VERSIONS:
+        raise _not_decodable(f"kind {_shown(kind)} of apiVersion {_shown(version)} is not DeleteOptions")
+
+    def typed(key: str, expected: str, valid: Callable[[Any], bool]) -> None:
+        value = data.get(key)
+        if value is not None and not valid(value):
+            raise _not_decodable(f"{key} must be {expected}")
+
+    typed("dryRun", "a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
+    typed("propagationPolicy", "a string", lambda v: isinstance(v, str))
+    typed("orphanDependents", "a boolean", lambda v: isinstance(v, bool))
+    # A JSON integer within 64 bits, as Go decodes into int64: not 1.5, nor "5", nor true.
+    typed(
+        "gracePeriodSeconds",
+        "a 64-bit integer",
+        lambda v: type(v) is int and -INT64_MAX - 1 <= v <= INT64_MAX,
+    )
+    typed("preconditions", "an object", lambda v: isinstance(v, dict))
+    preconditions = data.get("preconditions") or {}
+    uid, rv = preconditions.get("uid"), preconditions.get("resourceVersion")
+    if not isinstance(uid, str | None) or not isinstance(rv, str | None):
+        raise bad_request("preconditions.uid and preconditions.resourceVersion must be strings")
+    return data
+
+
 def delete_options(query: Query, body: bytes, content_type: str | None) -> DeleteOptions:
     """Body wins over the query, as upstream; a dry run requested in either place is honoured."""
-    data: dict[str, Any] = {}
-    if body.strip():
-        if content_type and content_type.split(";")[0].strip().lower() not in ("application/json", ""):
-            raise unsupported_media_type(content_type)
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            raise bad_request("the body of the request is not valid JSON DeleteOptions") from None
-        if not isinstance(data, dict):
-            raise bad_request("the body of the request must be a DeleteOptions object")
+    data = _body_options(body, content_type) if body.strip() else {}
     dry_run = data.get("dryRun", query.get("dryRun", []))
     if dry_run is None:  # JSON null: unset, as upstream
         dry_run = []
-    if not isinstance(dry_run, list) or not all(isinstance(v, str) for v in dry_run):
-        raise _delete_invalid("dryRun", dry_run, "must be a list of strings")
     for value in dry_run:
         if value != "All":
             raise _delete_invalid("dryRun", value, 'supported values: "All"')
@@ -175,7 +215,7 @@ def delete_options(query: Query, body: bytes, content_type: str | None) -> Delet
         raise _delete_invalid(
             "propagationPolicy", propagation, 'supported values: "Foreground", "Background", "Orphan"'
         )
-    orphan = data.get("orphanDependents")
+    orphan = data["orphanDependents"] if "orphanDependents" in data else flag(query, "orphanDependents")
     if orphan is not None and propagation is not None:
         raise invalid(
             "DeleteOptions",
@@ -197,11 +237,7 @@ def delete_options(query: Query, body: bytes, content_type: str | None) -> Delet
         except (TypeError, ValueError, OverflowError):
             raise _delete_invalid("gracePeriodSeconds", grace, "must be a non-negative integer") from None
     preconditions = data.get("preconditions") or {}
-    if not isinstance(preconditions, dict):
-        raise bad_request("preconditions must be an object")
     uid, rv = preconditions.get("uid"), preconditions.get("resourceVersion")
-    if not isinstance(uid, str | None) or not isinstance(rv, str | None):
-        raise bad_request("preconditions.uid and preconditions.resourceVersion must be strings")
     return DeleteOptions(
         dry_run="All" in dry_run or "All" in query.get("dryRun", []),
         # As kube-apiserver, a uid that is there ("" too) is compared with the tag's. A resourceVersion

@@ -462,15 +462,20 @@ class TagsService:
         # The selection is what the caller's own list shows, as `kubectl delete --all` sees it: an
         # answer that depended on tags the caller may not see would tell whether they exist. One
         # selected tag the caller may not delete refuses the whole request before anything goes.
+        # As kube-apiserver's DeleteCollection: with a limit, the one page a list with the same
+        # options shows (its continue token comes back for the next one); without, every page from
+        # where continue points (the start when absent) to the end.
+        selection, selected_meta = await self._select(user, namespace, list_options, shown=False)
+        refs = selection.refs
+        # Whether the selection is gone is checked over all of it from its start, with no kept lists.
         unfiltered = attrs.evolve(list_options, limit=None, continue_=None)
-        refs = (await self._select(user, namespace, unfiltered, shown=False))[0].refs
         for ref in refs:
             if not self.authorizer.allowed(user, "delete", ref.namespace, ref.repository_path):
                 raise access_denied(user.name, "deletecollection", namespace, None, ref.repository_path)
         if options.uid is not None or options.resource_version is not None:
             for ref in refs:
                 self._check_preconditions(ref, options)
-        meta = ListMeta(resource_version=self.versions.current())
+        meta = ListMeta(resource_version=self.versions.current(), continue_=selected_meta.continue_)
         if options.dry_run:
             for ref in refs:
                 _audit(user, ref, None, dry_run=True)
@@ -509,11 +514,14 @@ class TagsService:
         return [obj for obj in deleted if obj is not None], meta
 
     def _asks_whole_namespace(self, user: UserInfo, namespace: str, selection: ListOptions) -> bool:
-        """Whether a deletecollection asks for all of ``namespace`` and may have it: no selector, and a
-        caller who may see and delete every path there. Only then may its content go wholesale
-        (`_remove_namespace`), which takes tags pushed after the selection was read as well."""
+        """Whether a deletecollection asks for all of ``namespace`` and may have it: no selector, no
+        page (limit, continue), and a caller who may see and delete every path there. Only then may
+        its content go wholesale (`_remove_namespace`), which takes tags pushed after the selection
+        was read as well."""
         return (
-            not selection.labels.requirements
+            selection.limit is None
+            and selection.continue_ is None
+            and not selection.labels.requirements
             and not selection.fields.requirements
             and self.authorizer.allowed_everywhere(user, "get", namespace)
             and self.authorizer.allowed_everywhere(user, "delete", namespace)
