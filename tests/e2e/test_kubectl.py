@@ -719,6 +719,72 @@ async def test_label_and_annotate_are_method_not_allowed(kubectl, registry, repo
     assert images.resolve(registry, f"{ns}/app", "v1") == digest
 
 
+def _labelled_manifest(path: Path, ns: str) -> Path:
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": f"{GROUP}/v1alpha1",
+                "kind": "PayloadRepositoryTag",
+                "metadata": {
+                    "name": name("app", "v1"),
+                    "namespace": ns,
+                    "labels": {"team": "a"},
+                    "annotations": {"note": "b"},
+                },
+                "spec": {"repositoryPath": "app", "tag": "v1", "address": address(ns, "app", "v1")},
+            }
+        )
+    )
+    return path
+
+
+@pytest_twisted.ensureDeferred
+async def test_apply_of_a_manifest_with_labels_reaches_the_server_and_is_method_not_allowed(
+    kubectl, registry, repo, tmp_path
+):
+    # kubectl validates a manifest against the served OpenAPI before it sends it: an ObjectMeta
+    # without labels and annotations made it stop at "unknown field", never showing the 405.
+    ns = namespace_of(repo)
+    digest = push(registry, ns, "app", "v1")
+    manifest = _labelled_manifest(tmp_path / "prt.json", ns)
+
+    result = failed(await kubectl("apply", "-f", str(manifest)))
+
+    assert "unknown field" not in result.err
+    assert "Error from server (MethodNotAllowed): error when applying patch:" in result.err, result.err
+    assert error_line(result) == (
+        f'for: "{manifest}": error when patching "{manifest}": '
+        f'patch is not supported on resources of kind "{RESOURCE}"'
+    )
+    created = failed(await kubectl("create", "-f", str(manifest)))
+    assert error_line(created) == (
+        f'Error from server (MethodNotAllowed): error when creating "{manifest}": '
+        f'create is not supported on resources of kind "{RESOURCE}"'
+    )
+    assert images.resolve(registry, f"{ns}/app", "v1") == digest
+
+
+@pytest_twisted.ensureDeferred
+async def test_edit_that_adds_a_label_reaches_the_server_and_is_method_not_allowed(
+    kubectl, registry, repo, tmp_path
+):
+    ns = namespace_of(repo)
+    digest = push(registry, ns, "app", "v1")
+    editor = tmp_path / "editor.sh"
+    # Adds a label under metadata (kubectl edit opens the object as YAML).
+    editor.write_text('#!/bin/sh\nsed -i "s/^metadata:/metadata:\\n  labels:\\n    team: a/" "$1"\n')
+    editor.chmod(0o755)
+
+    result = failed(await kubectl("edit", "prt", "-n", ns, name("app", "v1"), editor=str(editor)))
+
+    assert "unknown field" not in result.err
+    assert result.err.splitlines()[0] == (
+        f'error: {RESOURCE} "{name("app", "v1")}" could not be patched: '
+        f'patch is not supported on resources of kind "{RESOURCE}"'
+    ), result.err
+    assert images.resolve(registry, f"{ns}/app", "v1") == digest
+
+
 # --- authentication and failures --------------------------------------------------------------------------
 
 

@@ -187,7 +187,8 @@ async def test_explain_one_field(kubectl):
 async def test_explain_metadata_and_free_form_status_documents(kubectl):
     metadata = parse(ok(await kubectl("explain", "prt.metadata")).out)
     assert metadata.field == "FIELD: metadata <ObjectMeta>"
-    assert set(metadata.fields) == {"creationTimestamp", "name", "namespace", "resourceVersion", "uid"}
+    assert set(metadata.fields) == set(OBJECT_META["properties"])
+    assert {"labels", "annotations", "name", "namespace", "uid"} <= set(metadata.fields)
     assert metadata.field_descriptions == described(OBJECT_META)
 
     manifest = parse(ok(await kubectl("explain", "prt.status.manifest")).out)
@@ -204,10 +205,20 @@ async def test_explain_recursive_lists_the_whole_tree(kubectl):
         "  apiVersion\t<string>",
         "  kind\t<string>",
         "  metadata\t<ObjectMeta>",
+        "    annotations\t<map[string]string>",
         "    creationTimestamp\t<string>",
+        "    deletionGracePeriodSeconds\t<integer>",
+        "    deletionTimestamp\t<string>",
+        "    finalizers\t<[]string>",
+        "    generateName\t<string>",
+        "    generation\t<integer>",
+        "    labels\t<map[string]string>",
+        "    managedFields\t<[]Object>",
         "    name\t<string>",
         "    namespace\t<string>",
+        "    ownerReferences\t<[]Object>",
         "    resourceVersion\t<string>",
+        "    selfLink\t<string>",
         "    uid\t<string>",
         "  spec\t<PayloadRepositoryTagSpec> -required-",
         "    address\t<string> -required-",

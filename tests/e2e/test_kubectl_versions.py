@@ -104,7 +104,13 @@ async def test_create_is_method_not_allowed(
             {
                 "apiVersion": f"{GROUP}/v1alpha1",
                 "kind": "PayloadRepositoryTag",
-                "metadata": {"name": encode_name(path, "v1"), "namespace": namespace},
+                # Labels and annotations pass kubectl's check against the OpenAPI schema.
+                "metadata": {
+                    "name": encode_name(path, "v1"),
+                    "namespace": namespace,
+                    "labels": {"team": "a"},
+                    "annotations": {"note": "b"},
+                },
                 "spec": {"repositoryPath": path, "tag": "v1", "address": f"r.example.com/{repo}:v1"},
             }
         )

@@ -70,13 +70,18 @@ class Kubectl:
         path.write_text(json.dumps(config))
         return cls(path, directory / f"cache-{name}", binary)
 
-    async def __call__(self, *args: str) -> Result:
+    async def __call__(self, *args: str, editor: str | None = None) -> Result:
+        """``editor``: the program `kubectl edit` runs on the file it opens (KUBE_EDITOR)."""
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(self.cache_dir),
             "KUBECONFIG": str(self.kubeconfig),
             "KUBECACHEDIR": str(self.cache_dir),
         }
+        if editor is not None:
+            env["KUBE_EDITOR"] = editor
+            # Where kubectl edit leaves the file it opened when the change is refused.
+            env["TMPDIR"] = str(self.kubeconfig.parent)
         out, err, code = await utils.getProcessOutputAndValue(
             self.binary, ["--cache-dir", str(self.cache_dir), "--request-timeout=20s", *args], env=env
         )

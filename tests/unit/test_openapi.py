@@ -395,6 +395,33 @@ def test_descriptions_agree_with_the_seed():
     assert "PayloadRepositoryAccess" in tag
 
 
+def test_object_meta_has_every_field_of_kubernetes_object_meta():
+    # kubectl validates a manifest against it before it sends it: a field missing here is an
+    # "unknown field" error on the client instead of the server's 405.
+    meta = V3_SCHEMAS["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"]["properties"]
+    assert set(meta) == {
+        "annotations",
+        "creationTimestamp",
+        "deletionGracePeriodSeconds",
+        "deletionTimestamp",
+        "finalizers",
+        "generateName",
+        "generation",
+        "labels",
+        "managedFields",
+        "name",
+        "namespace",
+        "ownerReferences",
+        "resourceVersion",
+        "selfLink",
+        "uid",
+    }
+    for field in ("labels", "annotations"):
+        assert meta[field]["additionalProperties"] == {"type": "string"}
+    v2 = openapi.V2["definitions"]["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"]["properties"]
+    assert set(v2) == set(meta)
+
+
 # --- the schemas are generated from the model --------------------------------------------------------
 
 MODEL_CLASSES = {
@@ -413,7 +440,11 @@ MODEL_CLASSES = {
 def test_each_schema_has_exactly_the_fields_of_its_model_class(cls):
     schema = V3_SCHEMAS[MODEL_CLASSES[cls]]
     fields = {json_name(field.name): field for field in attrs.fields(cls)}
-    assert set(schema["properties"]) == set(fields)
+    # ObjectMeta also names the upstream fields a tag never has, so that kubectl accepts a manifest
+    # that carries them and shows the server's answer.
+    unset = set(openapi.UNSET_OBJECT_META) if cls is ObjectMeta else set()
+    assert set(schema["properties"]) == set(fields) | unset
+    assert not unset & set(fields)
     required = {name for name, field in fields.items() if field.default is attrs.NOTHING} - {"metadata"}
     if MODEL_CLASSES[cls].startswith("io.deckhouse."):
         assert set(schema.get("required", ())) == required

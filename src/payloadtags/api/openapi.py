@@ -367,11 +367,62 @@ def model_schema(cls: type, name: str, description: str, docs: dict[str, _Doc]) 
     return schema
 
 
+_NEVER_SET = (
+    "A tag never has it; a request that would set it (kubectl label, annotate, apply, edit) is "
+    "refused with 405 MethodNotAllowed."
+)
+
+
+def _string_map(description: str) -> JsonObject:
+    return {"type": "object", "description": description, "additionalProperties": {"type": "string"}}
+
+
+# The other fields of Kubernetes' ObjectMeta, which no tag carries (the model has none of them). A
+# manifest may: kubectl checks a manifest against this schema before it sends it, and without them
+# would stop at 'unknown field "labels"' where the server answers 405 MethodNotAllowed.
+UNSET_OBJECT_META: JsonObject = {
+    "labels": _string_map(f"Map of string keys and values for organizing objects. {_NEVER_SET}"),
+    "annotations": _string_map(f"Map of string keys and values for tools to store data in. {_NEVER_SET}"),
+    "generateName": _string(f"A prefix from which the server would generate a name. {_NEVER_SET}"),
+    "finalizers": {
+        "type": "array",
+        "description": f"Names of what must happen before the object is deleted. {_NEVER_SET}",
+        "items": {"type": "string"},
+    },
+    "ownerReferences": {
+        "type": "array",
+        "description": f"The objects this object depends on. {_NEVER_SET}",
+        "items": _free_form("An owning object: apiVersion, kind, name and uid."),
+    },
+    "generation": {
+        "type": "integer",
+        "format": "int64",
+        "description": "A sequence number of changes to the desired state. A tag has none.",
+    },
+    "deletionTimestamp": _string(
+        "When the object is to be deleted. A tag has none: a delete removes it at once.",
+        format="date-time",
+    ),
+    "deletionGracePeriodSeconds": {
+        "type": "integer",
+        "format": "int64",
+        "description": "Seconds allowed for a graceful deletion. A tag has none: deletes are immediate.",
+    },
+    "managedFields": {
+        "type": "array",
+        "description": "Which manager set which field. A tag has none: its fields are not set by clients.",
+        "items": _free_form("One manager's set of fields."),
+    },
+    "selfLink": _string("Not set: deprecated in Kubernetes and never filled in by this server."),
+}
+
+
 def _schemas() -> dict[str, JsonObject]:
     schemas = {
         name: model_schema(cls, name, description, docs)
         for cls, (name, description, docs) in MODEL_SCHEMAS.items()
     }
+    schemas[OBJECT_META]["properties"].update(UNSET_OBJECT_META)
     # What clients send and this server only reads: written out here, as there is no model class.
     schemas.update(_REQUEST_SCHEMAS)
     return schemas
