@@ -843,7 +843,7 @@ async def test_a_delete_body_that_is_not_delete_options_is_400_and_deletes_nothi
     images.push_oci_image(registry, repo, "v1")
     client = api.client(api.pki.admin)
     item = f"{collection(namespace)}/{encode_name(path, 'v1')}"
-    for body in (
+    bodies: list[dict[str, Any]] = [
         {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}},
         {"kind": "ListOptions", "apiVersion": "meta.k8s.io/v1"},
         {"orphanDependents": "yes"},
@@ -853,7 +853,8 @@ async def test_a_delete_body_that_is_not_delete_options_is_400_and_deletes_nothi
         {"preconditions": []},
         {"dryRun": "All"},
         {"propagationPolicy": 5},
-    ):
+    ]
+    for body in bodies:
         for url in (item, collection(namespace)):
             assert_status(await client.delete(url, body=body), 400, "BadRequest")
             assert images.list_tags(registry, repo) == ["v1"], body

@@ -250,6 +250,8 @@ def test_query_parameters_per_action(document, prefix):
         "deletecollection": {
             "labelSelector",
             "fieldSelector",
+            "limit",
+            "continue",
             "dryRun",
             "gracePeriodSeconds",
             "propagationPolicy",

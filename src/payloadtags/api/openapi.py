@@ -617,6 +617,19 @@ _LIST_PARAMS = (
     _SEND_INITIAL_EVENTS,
 )
 _DELETE_PARAMS = (_DRY_RUN, _GRACE_PERIOD, _PROPAGATION)
+_DELETE_LIMIT = _Param(
+    "limit",
+    "query",
+    "Delete only the page a list with the same parameters returns: at most this many. When more "
+    "remain, the reply carries the continue token for the next page. 0 or absent: no limit.",
+    type="integer",
+)
+_DELETE_CONTINUE = _Param(
+    "continue",
+    "query",
+    "A continue token of a list (or of a deletecollection) with the same selectors: delete from "
+    "where it points on, as that list goes on.",
+)
 
 
 @attrs.frozen
@@ -659,7 +672,7 @@ _PATHS = (
                 f"deleteCollection{_ID}Namespaced{KIND}",
                 f"Delete the selected {KIND} objects of a namespace, and their tags in the registry. "
                 "If any selected tag may not be deleted by the caller, nothing is deleted.",
-                (_LABEL_SELECTOR, _FIELD_SELECTOR, *_DELETE_PARAMS),
+                (_LABEL_SELECTOR, _FIELD_SELECTOR, _DELETE_LIMIT, _DELETE_CONTINUE, *_DELETE_PARAMS),
                 TAG_LIST,
                 body=DELETE_OPTIONS,
             ),
