@@ -327,6 +327,56 @@ def test_a_source_nobody_uses_is_dropped_and_old_versions_get_gone() -> None:
     hub.stop()
 
 
+def test_a_source_is_not_dropped_while_a_watch_waits_for_its_baseline() -> None:
+    """The baseline takes longer than the idle timeout; the watch waiting for it is no subscriber
+    yet. Dropped meanwhile, the source would have served that watch with no resync and no
+    notification, while bookmarks gave it the replica's newest resourceVersion: a resume from one on
+    a later source of the scope would never be sent the change."""
+    reader = FakeReader({"team/app": {"v1"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=10, idle_scope_ttl=60, bookmark_interval=60)
+    hub.run()
+    reader.scope_held = []
+    slot = hub.admit("alice")
+    got: list[ScopeSource] = []
+    Deferred.fromCoroutine(hub.source("team", slot)).addCallback(got.append)
+    clock.advance(61)  # reap runs while the baseline is read
+    reader.scope_held[0].callback(None)
+    reader.scope_held = None
+    assert got and hub.sources.get("team") is got[0]
+    clock.advance(120)  # and while the watch waits on (a fresh read, app.py), holding its slot
+    assert hub.sources.get("team") is got[0]
+    w, sink = watcher(bookmarks=True)
+    assert hub.start(w, got[0], since=None, timeout=600, slot=slot)
+    reader.repositories["team/app"] = {"v1", "v2"}
+    hub.repository_changed("team/app")
+    clock.advance(60)  # a bookmark
+    assert [line.split()[0] for line in sink.lines] == [b"ADDED", b"ADDED", b"BOOKMARK"]
+    assert sink.lines[1].startswith(b"ADDED team/app:v2")
+    hub.stop()
+
+
+def test_a_source_is_dropped_once_the_watch_that_waited_on_it_gave_up() -> None:
+    reader = FakeReader({"team/app": {"v1"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=10, idle_scope_ttl=60)
+    hub.run()
+    slot = hub.admit("alice")
+    source = ready(hub, "team")
+    Deferred.fromCoroutine(hub.source("team", slot))
+    clock.advance(120)
+    assert hub.sources.get("team") is source
+    slot.release()  # its request went away before the watch started
+    clock.advance(30)
+    assert hub.sources.get("team") is source  # idle from then on
+    clock.advance(60)
+    assert "team" not in hub.sources
+    # A watch never starts on a dropped source: its client relists.
+    assert not hub.start(watcher()[0], source, since=None, timeout=None)
+    assert not hub.watchers and not hub._reserved
+    hub.stop()
+
+
 # -- lists of scopes nobody watches -----------------------------------------------------------------
 
 
@@ -628,17 +678,21 @@ def test_a_watch_from_an_unwatched_list_starts_with_the_changes_since_its_reads(
     assert sequence < source.floor
     assert not hub.start(watcher()[0], source, since=sequence, timeout=None)  # no record: 410
     w, sink = watcher()
+    reader.repository_reads.clear()
     assert hub.start(w, source, since=sequence, timeout=None, listed=hub.listed_at("team", sequence))
-    rv = hub.versions.current
+    rv = source.floor
+    # Each with a resourceVersion of its own. team/gone, which the baseline lacks altogether (as it
+    # would a repository the index does not know), is DELETED once a read of it says it is gone.
     assert sink.lines == [
-        f"DELETED team/app:v1 {rv}".encode(),
-        f"ADDED team/app:v3 {rv}".encode(),
-        f"DELETED team/gone:g {rv}".encode(),
-        f"ADDED team/new:n {rv}".encode(),
+        f"DELETED team/app:v1 {rv + 1}".encode(),
+        f"ADDED team/app:v3 {rv + 2}".encode(),
+        f"ADDED team/new:n {rv + 3}".encode(),
+        f"DELETED team/gone:g {rv + 4}".encode(),
     ]
+    assert reader.repository_reads == ["team/gone"]
     reader.repositories["team/app"].add("v4")
     clock.advance(10)
-    assert sink.lines[4:] == [f"ADDED team/app:v4 {rv + 1}".encode()]
+    assert sink.lines[4:] == [f"ADDED team/app:v4 {rv + 5}".encode()]
 
 
 def test_a_repository_one_list_of_a_shared_record_never_read_is_added_for_its_watch() -> None:
@@ -674,7 +728,113 @@ def test_reads_that_disagree_send_whatever_any_of_them_may_have_shown_wrongly() 
     assert hub.start(w, source, since=sequence, timeout=None, listed=hub.listed_at("team", sequence))
     rv = hub.versions.current
     # "a" may have been shown and is gone; "c" may have been missed and is there; "b" was in every read.
-    assert sink.lines == [f"DELETED team/app:a {rv}".encode(), f"ADDED team/app:c {rv}".encode()]
+    assert sink.lines == [f"DELETED team/app:a {rv - 1}".encode(), f"ADDED team/app:c {rv}".encode()]
+
+
+def _sequence_of(line: bytes) -> int:
+    return int(line.split()[-1])
+
+
+def _applied(state: set[str], lines: Sequence[bytes]) -> set[str]:
+    """A client's cache after the events ``lines`` (rendered by ``render``)."""
+    state = set(state)
+    for line in lines:
+        kind, tag = line.decode().split()[:2]
+        if kind == "ADDED":
+            state.add(tag)
+        elif kind == "DELETED":
+            state.discard(tag)
+    return state
+
+
+def _cut_opening(cut: int | None) -> tuple[list[bytes], set[str], set[str]]:
+    """A watch from a list of an unwatched scope whose first events are cut after ``cut`` of them
+    (None: the whole stream), and resumed from the last resourceVersion its client saw, as a
+    reflector does: the two streams' lines, the client's cache, and the registry's tags."""
+    reader = FakeReader({"team/app": {"v1", "v2"}, "team/gone": {"g"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=10)
+    sequence, observe = listing(hub, "team")
+    for repository in ("team/app", "team/gone"):
+        observe(repository, sorted(reader.repositories[repository]))
+    listed_state = {f"{repository}:{tag}" for repository, tags in reader.repositories.items() for tag in tags}
+    reader.repositories["team/app"] = {"v2"} | {f"n{i}" for i in range(4)}
+    del reader.repositories["team/gone"]
+    reader.repositories["team/new"] = {"x", "y"}
+    source = ready(hub, "team")
+    first, sink = watcher()
+    assert hub.start(first, source, since=sequence, timeout=None, listed=hub.listed_at("team", sequence))
+    lines = sink.lines if cut is None else sink.lines[:cut]
+    first.end("client gone")  # the timeout, the slow-client abort, a dropped connection
+    state = _applied(listed_state, lines)
+    resume = hub.versions.format(_sequence_of(lines[-1]) if lines else sequence)
+    again, sink_again = watcher()
+    resumed = hub.sequence_of(resume)
+    assert resumed is not None
+    listed = hub.listed_at("team", resumed) if resumed < source.floor else None
+    assert hub.start(again, source, since=resumed, timeout=None, listed=listed)
+    clock.advance(10)  # a resync: the snapshot is the registry, nothing more to send
+    state = _applied(state, sink_again.lines)
+    registry = {f"{repository}:{tag}" for repository, tags in reader.repositories.items() for tag in tags}
+    return [*lines, *sink_again.lines], state, registry
+
+
+def test_a_watch_from_an_unwatched_list_cut_anywhere_in_its_first_events_resumes_without_a_gap() -> None:
+    """Its first events each carry a resourceVersion of their own, in order, and a resume from any
+    of them is sent exactly what followed it (before, they all carried one resourceVersion: a
+    stream cut among them resumed from it, and the rest never came)."""
+    whole, state, registry = _cut_opening(None)
+    opening = [line for line in whole if line.startswith((b"ADDED", b"DELETED"))]
+    assert len(opening) == 8 and state == registry
+    for cut in range(len(opening) + 1):
+        lines, state, registry = _cut_opening(cut)
+        sequences = [_sequence_of(line) for line in lines]
+        assert sequences == sorted(set(sequences)), (cut, lines)
+        assert state == registry, (cut, lines)
+        # Nothing repeated, nothing lost (a resume from the list's own resourceVersion is a watch
+        # from the list again: the same events, numbered anew).
+        assert [line.split()[:2] for line in lines] == [line.split()[:2] for line in whole], (cut, lines)
+
+
+def test_the_first_events_of_a_watch_from_a_list_reach_the_scope_s_other_watches_as_repeats() -> None:
+    reader = FakeReader({"team/app": {"v1", "v2"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=10)
+    sequence, observe = listing(hub, "team")
+    observe("team/app", ["v1", "v2"])
+    reader.repositories["team/app"] = {"v2", "v3"}
+    source = ready(hub, "team")
+    other, other_sink = watcher()
+    assert hub.start(other, source, since=None, timeout=None)  # holds the snapshot: v2, v3
+    w, sink = watcher()
+    assert hub.start(w, source, since=sequence, timeout=None, listed=hub.listed_at("team", sequence))
+    assert [line.split()[:2] for line in sink.lines] == [
+        [b"DELETED", b"team/app:v1"],
+        [b"ADDED", b"team/app:v3"],
+    ]
+    assert other_sink.lines[2:] == sink.lines  # a DELETED for a tag it has not, an ADDED for one it has
+    assert _applied(set(), other_sink.lines) == {"team/app:v2", "team/app:v3"}
+
+
+def test_a_tag_a_list_by_name_showed_of_a_repository_the_index_lacks_is_not_deleted_unread() -> None:
+    """kubectl wait --for=delete: a list by name of an unwatched scope reads the tag's repository
+    directly, and the watch's baseline goes through the index, which lacks it (its push notification
+    was lost). The tag is there: no DELETED. Deleted later, it is, once a read says it is gone."""
+    reader = FakeReader({"team/app": {"v1"}, "team/new": {"t"}})
+    reader.unindexed.add("team/new")
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=10)
+    sequence, observe = listing(hub, "team")
+    observe("team/new", ("t",))  # Inventory.exists reports its direct read
+    source = ready(hub, "team")
+    w, sink = watcher()
+    reader.repository_reads.clear()
+    assert hub.start(w, source, since=sequence, timeout=None, listed=hub.listed_at("team", sequence))
+    assert not any(line.startswith(b"DELETED") for line in sink.lines), sink.lines
+    assert reader.repository_reads == ["team/new"]  # read to confirm it (InventoryReader indexes it)
+    del reader.repositories["team/new"]
+    clock.advance(10)  # a resync checks it again
+    assert sink.lines[-1] == f"DELETED team/new:t {hub.versions.current}".encode()
 
 
 def test_records_past_their_bound_are_dropped_and_their_watches_get_gone() -> None:

@@ -894,7 +894,7 @@ class ApiServer:
         assert hub is not None
         assert isinstance(request, Request)
         warm = namespace in hub.sources
-        source = await hub.source(namespace)
+        source = await hub.source(namespace, slot)
         since: int | None = None
         listed: Listed | None = None
         rv = options.resource_version

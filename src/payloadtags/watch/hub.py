@@ -50,11 +50,17 @@ class WatchSlot:
     user: str
     _hub: WatchHub = attrs.field(repr=False)
     held: bool = True
+    # The scope whose source the watch waits on (`WatchHub.source`), kept from being reaped until the
+    # watch starts or gives up.
+    _waits_on: list[str | None] = attrs.field(factory=list, repr=False)
 
     def release(self) -> None:
         if self.held:
             self.held = False
             self._hub._unreserve(self.user)
+            for scope in self._waits_on:
+                self._hub._unhold(scope)
+            self._waits_on.clear()
 
 
 @attrs.define
@@ -98,6 +104,8 @@ class WatchHub:
     _reserved_per_user: collections.Counter[str] = attrs.field(factory=collections.Counter)
     _loops: dict[str | None, LoopingCall] = attrs.field(factory=dict)
     _touched: dict[str | None, float] = attrs.field(factory=dict)
+    # Per scope, the lists and watches waiting on its source (`source`): it is not reaped meanwhile.
+    _holds: collections.Counter[str | None] = attrs.field(factory=collections.Counter)
     _timers: dict[Watcher, IDelayedCall] = attrs.field(factory=dict)
     _scopes: dict[Watcher, ScopeSource] = attrs.field(factory=dict)
     # The access generation the watches were last checked at.
@@ -167,7 +175,12 @@ class WatchHub:
 
     # -- sources ----------------------------------------------------------------------------------
 
-    async def source(self, namespace: str | None) -> ScopeSource:
+    async def source(self, namespace: str | None, slot: WatchSlot | None = None) -> ScopeSource:
+        """The scope's source once its baseline is read (started if need be). It is not reaped while
+        the caller waits for that, nor, with the ``slot`` of a watch, until the slot is released (the
+        watch started on it, or gave up): a watch must never start on a source the hub dropped, which
+        no resync, notification or delete would reach while bookmarks claimed the replica's newest
+        resourceVersion for it."""
         source = self.sources.get(namespace)
         if source is None:
             source = ScopeSource(
@@ -186,8 +199,24 @@ class WatchHub:
             loop.start(self.limits.resync_period, now=False)
             self._loops[namespace] = loop
         self._touched[namespace] = self.clock.seconds()
-        await source.when_ready()
+        self._holds[namespace] += 1
+        try:
+            await source.when_ready()
+        except BaseException:
+            self._unhold(namespace)
+            raise
+        if slot is not None and slot.held:
+            slot._waits_on.append(namespace)
+        else:
+            self._unhold(namespace)
         return source
+
+    def _unhold(self, scope: str | None) -> None:
+        self._holds[scope] -= 1
+        if self._holds[scope] <= 0:
+            del self._holds[scope]
+        # Idle from now: a watch that waited longer than the idle timeout and then went away.
+        self._touched[scope] = self.clock.seconds()
 
     def _reset_watches(self, source: ScopeSource) -> None:
         """The source gave up confirming what lists showed (`ScopeSource._reset`): its watches end
@@ -213,7 +242,11 @@ class WatchHub:
         now = self.clock.seconds()
         dropped = self.listed.expire(now - self.limits.idle_scope_ttl)
         for scope, source in list(self.sources.items()):
-            if source.subscribers or now - self._touched.get(scope, now) < self.limits.idle_scope_ttl:
+            if (
+                source.subscribers
+                or self._holds[scope]
+                or now - self._touched.get(scope, now) < self.limits.idle_scope_ttl
+            ):
                 continue
             loop = self._loops.pop(scope)
             if loop.running:
@@ -270,9 +303,10 @@ class WatchHub:
 
         ``since=None``: first an ADDED for every visible tag of the snapshot (then, with
         ``initial_events_end``, a bookmark saying so); otherwise the retained events after ``since``.
-        False when those are no longer retained (the caller answers 410 Gone). With ``listed`` (a
-        watch from a list made while the scope had no source, whose source has since read the scope
-        after the watch arrived): the differences between the list's reads and the snapshot.
+        False when those are no longer retained, or the source is no longer the scope's (the caller
+        answers 410 Gone). With ``listed`` (a watch from a list made while the scope had no source,
+        whose source has since read the scope after the watch arrived): the differences between the
+        list's reads and the snapshot, as events of the scope (`_open_listed`).
 
         With a ``slot`` (from ``admit``, still held) it raises only AuthorizationNotReady (the rules
         are not loaded, ``authorize``), having registered nothing; the watcher takes the slot's place.
@@ -283,19 +317,18 @@ class WatchHub:
             slot = self.admit(watcher.user)
         assert slot.held and slot.user == watcher.user, slot
         backlog = None
-        if listed is not None:
-            if listed.dropped:
-                slot.release()
-                return False
-            sequence = self.versions.current
-            backlog = [Event(sequence, kind, ref) for kind, ref in listed.changes(source.tags)]
-        elif since is not None:
+        if self.sources.get(source.namespace) is not source or (listed is not None and listed.dropped):
+            slot.release()
+            return False
+        if listed is None and since is not None:
             backlog = source.since(since)
             if backlog is None:
                 slot.release()
                 return False
         slot.release()
         self._know_rules(watcher, source)
+        if listed is not None:
+            backlog = self._open_listed(watcher, source, listed)
         self.watchers.add(watcher)
         self.per_user[watcher.user] += 1
         source.subscribers.add(watcher)
@@ -316,12 +349,28 @@ class WatchHub:
                 watcher.begin(snapshot, end)
             else:
                 watcher.begin(list(backlog))
+                if listed is not None:
+                    # After the watch's first lines: a confirming read may end at once, and its
+                    # events come after them.
+                    for repository, tags in listed.unconfirmed(source.tags):
+                        source.list_read(repository, sorted(tags))
         except BaseException:
             # Nothing of a watch that failed to start stays behind: no later event, check or timer
             # reaches a response its caller has ended.
             watcher.end("error", write=False)
             raise
         return True
+
+    def _open_listed(self, watcher: Watcher, source: ScopeSource, listed: Listed) -> list[Event]:
+        """The first events of a watch from a list made while the scope had no source: what the
+        watch shows of the differences between the list's reads and the snapshot (a read made after
+        the watch arrived), each an event of the scope with a resourceVersion of its own. A stream
+        cut among them (its timeout, a slow or gone client) resumes from the last one it sent, and
+        the history serves exactly what followed it. The scope's other watchers get them too: they
+        agree with the snapshot, so to a watcher that follows it they are repeats (an ADDED for a
+        tag it has, a DELETED for one it has not)."""
+        changes = [(kind, ref) for kind, ref in listed.changes(source.tags) if watcher.visible(ref)]
+        return [source.emit(kind, ref) for kind, ref in changes]
 
     def _forget(self, watcher: Watcher) -> None:
         """Unregisters an ended watcher, once."""

@@ -73,7 +73,9 @@ class Listed:
         return grown
 
     def changes(self, now: Mapping[str, frozenset[str]]) -> Iterator[tuple[EventType, TagRef]]:
-        """The events that bring a client shown any of the recorded reads to ``now``, in list order."""
+        """The events that bring a client shown any of the recorded reads to ``now`` (a read of the
+        scope made after the lists'), in list order; but for the tags of repositories ``now`` lacks
+        altogether (`unconfirmed`)."""
         for repository in sorted(set(self.reads) | set(now)):
             parts = split_repository(repository)
             if parts is None:
@@ -81,12 +83,25 @@ class Listed:
             namespace, path = parts
             if self.scope is not None and namespace != self.scope:
                 continue
-            current = now.get(repository, frozenset())
+            current = now.get(repository)
+            if current is None:
+                continue
             every, some = self.reads.get(repository, (frozenset(), frozenset()))
             for tag in sorted(some - current):
                 yield EventType.DELETED, TagRef(namespace, path, tag)
             for tag in sorted(current - every):
                 yield EventType.ADDED, TagRef(namespace, path, tag)
+
+    def unconfirmed(self, now: Mapping[str, frozenset[str]]) -> Iterator[tuple[str, frozenset[str]]]:
+        """The repositories reads showed tags of and ``now`` lacks altogether, with those tags. A read
+        of the scope goes through the repository index, which may not know a repository yet (its push
+        notification lost) while a list by name read it directly: its tags are gone only once a read of
+        that repository says so (`ScopeSource.list_read`)."""
+        for repository, (_, some) in sorted(self.reads.items()):
+            parts = split_repository(repository)
+            if some and repository not in now and parts is not None:
+                if self.scope is None or parts[0] == self.scope:
+                    yield repository, some
 
 
 def _kept(reads: tuple[frozenset[str], frozenset[str]]) -> int:

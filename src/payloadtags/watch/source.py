@@ -90,7 +90,7 @@ class ScopeSource:
         factory=collections.OrderedDict
     )
     # Per repository, tags lists showed that the snapshot lacked, and tags the snapshot held that lists
-    # did not show, until a read made after those lists' confirms them (`_listed`); at most
+    # did not show, until a read made after those lists' confirms them (`list_read`); at most
     # ``max_pending`` in all, past which the scope's watches relist (``on_reset``).
     _shown: dict[str, set[str]] = attrs.field(factory=dict)
     _hidden: dict[str, set[str]] = attrs.field(factory=dict)
@@ -109,7 +109,7 @@ class ScopeSource:
     _check_again: set[str] = attrs.field(factory=set)
 
     def reporter(self, sequence: int) -> Callable[[str, Sequence[str]], None]:
-        """Where a list of this scope at ``sequence`` reports the tag lists it reads (`_listed`). Once
+        """Where a list of this scope at ``sequence`` reports the tag lists it reads (`list_read`). Once
         ``sequence`` is below the floor (a reset, or a history that no longer goes back to it), its
         watch is 410 Gone: its reports are dropped, and cannot bring on another reset."""
         reporter = self._reporters.get(sequence)
@@ -119,7 +119,7 @@ class ScopeSource:
 
         def report(repository: str, tags: Sequence[str]) -> None:
             if sequence >= self.floor:
-                self._listed(repository, tags)
+                self.list_read(repository, tags)
 
         self._reporters[sequence] = report
         while len(self._reporters) > _REPORTERS_KEPT:
@@ -238,7 +238,7 @@ class ScopeSource:
             repository, self._reading, self._again, lambda tags, mark: self._apply(repository, tags, mark)
         )
 
-    def _listed(self, repository: str, tags: Sequence[str]) -> None:
+    def list_read(self, repository: str, tags: Sequence[str]) -> None:
         """A list of this scope, whose resourceVersion was taken before it read, read ``tags`` of
         ``repository``. A watch from that resourceVersion is sent only the changes the source finds
         after it: a tag the list showed but the snapshot lacks (pushed since the last reread) would
@@ -246,7 +246,9 @@ class ScopeSource:
         list did not show never ``ADDED``. Both are confirmed by a read of the repository made after
         the list's (`_confirm`). The list's read is never applied to the snapshot: it may be older
         than the snapshot, or of a repository the scope's reads do not see yet (the index), and
-        every watcher of the scope would be told of changes undone.
+        every watcher of the scope would be told of changes undone. A watch from a list made while
+        the scope had no source reports here what that list showed of a repository the snapshot
+        lacks altogether (`WatchHub.start`), for the same reason.
         """
         if not self.ready or not self.covers(repository):
             return
@@ -327,10 +329,10 @@ class ScopeSource:
             if tag in now:
                 unknown.add(tag)  # there, and the scope's reads do not see it yet: checked again
             else:
-                self._emit(EventType.DELETED, TagRef(parts[0], parts[1], tag))
+                self.emit(EventType.DELETED, TagRef(parts[0], parts[1], tag))
         for tag in sorted(hidden & snapshot):  # one gone from the snapshot was sent as DELETED
             if tag in now:
-                self._emit(EventType.ADDED, TagRef(parts[0], parts[1], tag))
+                self.emit(EventType.ADDED, TagRef(parts[0], parts[1], tag))
         if unknown:
             self._note(self._shown, repository, frozenset(unknown))
         gone = (hidden & snapshot) - now
@@ -399,17 +401,19 @@ class ScopeSource:
             return
         namespace, path = parts
         for tag in sorted(old - tags):
-            self._emit(EventType.DELETED, TagRef(namespace, path, tag))
+            self.emit(EventType.DELETED, TagRef(namespace, path, tag))
         for tag in sorted(tags - old):
-            self._emit(EventType.ADDED, TagRef(namespace, path, tag))
+            self.emit(EventType.ADDED, TagRef(namespace, path, tag))
 
-    def _emit(self, kind: EventType, ref: TagRef) -> None:
+    def emit(self, kind: EventType, ref: TagRef) -> Event:
+        """An event of the scope: the next resourceVersion, kept in the history, sent to every watcher."""
         event = Event(self.versions.next(), kind, ref)
         self.ring.append(event)
         while len(self.ring) > self.history:
             self.floor = self.ring.popleft().sequence
         for subscriber in list(self.subscribers):
             subscriber.deliver(event)
+        return event
 
     def since(self, sequence: int) -> list[Event] | None:
         """Events after ``sequence``, or None when some of them are no longer retained."""
