@@ -802,3 +802,56 @@ async def test_a_deletecollections_reads_do_not_stand_for_a_lists_in_its_record(
         "later",
         "x",
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_list_by_name_of_a_repository_the_index_lacks_is_not_followed_by_a_false_deleted(
+    make_server, registry, repo, tmp_path
+):
+    """kubectl wait --for=delete on a namespace nobody watches, for a tag of a repository whose push
+    notification was lost: its list by name reads the repository directly, the watch's baseline goes
+    through the index, which lacks it. The tag is there: it must not be sent as DELETED (wait would
+    report it deleted). The read that confirms it puts the repository into the index, and the tag's
+    delete is then sent."""
+    namespace, _ = repo.split("/", 1)
+    images.push_oci_image(registry, f"{namespace}/known", "v1")
+    token = tmp_path / "token"
+    token.write_text("secret\n")
+    api = await make_server(
+        registry,
+        watch=WatchLimits(resync_period=3600),
+        registry_events_token_file=str(token),
+        registry_index_refresh_period=3600.0,
+    )
+    index = api.running.index
+    assert index is not None
+
+    async def index_ready() -> bool:
+        return bool(index.ready)
+
+    assert await eventually(index_ready, within=10)
+    client = api.client(api.pki.admin)
+    images.push_oci_image(registry, f"{namespace}/lost", "t", seed="t")  # no notification posted
+    name = encode_name("lost", "t")
+    selector = f"fieldSelector=metadata.name%3D{name}"
+    listing = (await client.get(f"{collection(namespace)}?{selector}")).json()
+    assert [item["spec"]["tag"] for item in listing["items"]] == ["t"]
+    rv = listing["metadata"]["resourceVersion"]
+    watch = await stream(client, f"{collection(namespace)}?{selector}&watch=true&resourceVersion={rv}")
+    assert watch.code == 200
+
+    async def indexed() -> bool:
+        return f"{namespace}/lost" in index
+
+    # The confirming read added it (before: nothing read it, and the watch began with a DELETED).
+    assert await eventually(indexed, within=10), watch.lines.pending
+    assert not watch.lines.pending, watch.lines.pending  # nothing to tell: the tag is there
+    everything = (await client.get(collection(namespace))).json()
+    assert sorted((i["spec"]["repositoryPath"], i["spec"]["tag"]) for i in everything["items"]) == [
+        ("known", "v1"),
+        ("lost", "t"),
+    ]
+    assert (await client.delete(f"{collection(namespace)}/{name}")).code == 200
+    deleted = await watch.next()
+    assert (deleted["type"], deleted["object"]["spec"]["tag"]) == ("DELETED", "t")
+    watch.close()

@@ -116,6 +116,13 @@ class Client:
     api: ApiClient
     rng: random.Random
     run: Run
+    # A list and watch by name (kubectl wait --for=delete), in ``scope``: this one tag only.
+    only: Key | None = None
+    # Seconds between each of its lists and the watch from it (changes made meanwhile are the
+    # watch's first events), and how many events of that watch it reads before its connection is
+    # cut (0: none): a reflector resumes from the last resourceVersion it saw.
+    linger: float = 0.0
+    cut: int = 0
     cache: dict[tuple[str, str], Key] = attrs.Factory(dict)
     rv: str = ""
     stream: Stream | None = None
@@ -130,7 +137,15 @@ class Client:
 
     def describe(self) -> str:
         paging = "unpaged" if self.limit is None else f"limit={self.limit}"
-        return f"client {self.name} ({self.scope or 'all namespaces'}, {paging})"
+        if self.only is not None:
+            paging = f"by name {self.only[1]}:{self.only[2]}"
+        slow = f", {self.linger:.2f} s to watch, cut after {self.cut} events" if self.cut else ""
+        return f"client {self.name} ({self.scope or 'all namespaces'}, {paging}{slow})"
+
+    def selected(self, query: dict[str, str]) -> dict[str, str]:
+        if self.only is not None:
+            query["fieldSelector"] = f"metadata.name={encode_name(self.only[1], self.only[2])}"
+        return query
 
     def note(self, what: str, keys: frozenset[Key] = frozenset()) -> None:
         self.journal.append((float(self.run.reactor.seconds()) - self.run.began, what, keys))
@@ -177,11 +192,15 @@ class Client:
     async def _reflect(self) -> None:
         relist = True
         while not self.stopping:
+            cut = 0
             if relist or self.relist_asked:
                 self.relist_asked = False
                 if not await self._list():
                     return
-            outcome = await self._watch()
+                if self.linger:
+                    await deferLater(self.run.reactor, self.linger, lambda: None)
+                cut = self.cut
+            outcome = await self._watch(cut)
             if self.away:
                 away, self.away = self.away, 0.0
                 await deferLater(self.run.reactor, away, lambda: None)
@@ -202,7 +221,7 @@ class Client:
             token = None
             rv = None
             while True:
-                query = {} if self.limit is None else {"limit": str(self.limit)}
+                query = self.selected({} if self.limit is None else {"limit": str(self.limit)})
                 if token:
                     query["continue"] = token
                 path = collection(self.scope) + ("?" + urllib.parse.urlencode(query) if query else "")
@@ -239,14 +258,17 @@ class Client:
             return None
         return namespace, obj["spec"]["repositoryPath"], obj["spec"]["tag"]
 
-    async def _watch(self) -> str:
-        """One watch stream: "ended" (resume from self.rv), "expired" (relist) or "error"."""
-        query = {
-            "watch": "true",
-            "resourceVersion": self.rv,
-            "allowWatchBookmarks": "true",
-            "timeoutSeconds": str(self.rng.randint(1, 3)),
-        }
+    async def _watch(self, cut: int = 0) -> str:
+        """One watch stream: "ended" (resume from self.rv), "expired" (relist) or "error"; ``cut``:
+        its connection goes after that many events."""
+        query = self.selected(
+            {
+                "watch": "true",
+                "resourceVersion": self.rv,
+                "allowWatchBookmarks": "true",
+                "timeoutSeconds": str(self.rng.randint(1, 3)),
+            }
+        )
         path = collection(self.scope) + "?" + urllib.parse.urlencode(query)
         opened = await stream(self.api, path)
         self.note(f"watch from {self.rv}: {opened.code}")
@@ -289,8 +311,17 @@ class Client:
                     self.cache[(key[0], obj["metadata"]["name"])] = key
                 elif kind == "DELETED":
                     self.cache.pop((key[0], obj["metadata"]["name"]), None)
+                    if key == self.only and key[0] not in self.run.wiped:
+                        # Nothing deleted it: kubectl wait --for=delete would end on a tag there.
+                        self.violation(f"DELETED {key} at {rv}, which nothing deleted")
                 else:
                     self.violation(f"an event of type {kind}")
+                if cut:
+                    cut -= 1
+                    if not cut:
+                        self.note(f"its connection is cut at {rv}")
+                        self.run.report.counts["watches cut"] += 1
+                        return "ended"
         finally:
             self.stream = None
             opened.close()
@@ -353,6 +384,8 @@ class Run:
         self.notifying = False  # the registry sends them, for now
         self.idle_scope_ttl = 120.0
         self.began = float(reactor.seconds())
+        self.waiters = 0  # clients by name of a tag whose push notification was lost
+        self.wiped: set[str] = set()  # namespaces a deletecollection of the whole was sent for
 
     # -- helpers ------------------------------------------------------------------------------------
 
@@ -441,6 +474,7 @@ class Run:
             (0.08, self.plan_resync),
             (0.04 if self.notifications else 0.0, self.plan_toggle),
             (0.04 if self.idle_scope_ttl < 10 else 0.0, self.plan_away),
+            (0.04, self.plan_waiter),
         ]
         total = sum(weight for weight, _ in choices)
         pick = rng.uniform(0.0, total)
@@ -507,9 +541,44 @@ class Run:
             rng=random.Random(rng.random()),
             run=self,
         )
+        if client.rng.random() < 0.5:
+            # Slow to watch after its lists, and cut among the watch's first events.
+            client.linger = client.rng.uniform(0.05, 0.3)
+            client.cut = client.rng.randint(1, 3)
         self.clients.append(client)
         self.change(f"{client.describe()} starts", None)
         self.report.counts["clients"] += 1
+        client.start()
+
+    def plan_waiter(self) -> Coroutine[Any, Any, None] | None:
+        """A tag pushed into a new repository whose push notification is lost (the index does not
+        learn of it), then a client that lists and watches it by name, as kubectl wait --for=delete
+        does. Nothing but a deletecollection of its whole namespace deletes it."""
+        if self.waiters >= 2:
+            return None
+        namespace = self.rng.choice(self.namespaces[:2])
+        repository = f"{namespace}/lost{self.waiters}"
+        self.waiters += 1
+        return self.wait_for(repository, "w", random.Random(self.rng.random()))
+
+    async def wait_for(self, repository: str, tag: str, rng: random.Random) -> None:
+        key = self.key_of(repository, tag)
+        record = self.change("push (its notification lost)", key)
+        self.report.counts["pushes"] += 1
+        await deferToThread(self._push, repository, tag)
+        record.outcome = "pushed"
+        client = Client(
+            name=str(len(self.clients)),
+            scope=key[0],
+            limit=None,
+            api=self.admin(),
+            rng=rng,
+            run=self,
+            only=key,
+        )
+        self.clients.append(client)
+        self.change(f"{client.describe()} starts", None)
+        self.report.counts["clients by name"] += 1
         client.start()
 
     def plan_drop(self, relist: bool = False) -> None:
@@ -598,6 +667,8 @@ class Run:
             query = "?" + urllib.parse.urlencode(
                 {"fieldSelector": f"metadata.name={encode_name(key[1], key[2])}"}
             )
+        if one is None:
+            self.wiped.add(namespace)
         record = self.change(f"API deletecollection of {namespace}{' (one tag)' if one else ''}", key)
         self.report.counts["API deletecollections"] += 1
         reply = await self.admin().delete(collection(namespace) + query)
@@ -653,7 +724,11 @@ class Run:
                     continue  # it ended on a violation of its own
                 client.violation(f"never reached the server's resourceVersion {target} (at {client.rv!r})")
                 continue
-            want = {key for key in expected if client.scope is None or key[0] == client.scope}
+            want = {
+                key
+                for key in expected
+                if (client.scope is None or key[0] == client.scope) and client.only in (None, key)
+            }
             have = set(client.cache.values())
             for key in sorted(have - want):
                 client.violation(
