@@ -14,6 +14,13 @@ One run:
   ``continue`` that expired. Clients start at planned moments: the first of a scope lists it while
   nobody watches it, later ones while it has a source. In a third of the runs idle scopes are kept
   for a second only, and the plan keeps a client away longer than that (its source may go: 410);
+- half the clients are slow to watch after each list (a few tenths of a second, while changes go on:
+  they are the watch's first events) and have that watch's connection cut after one to three events,
+  resuming from the last resourceVersion they saw;
+- clients that list and watch one tag by name (``fieldSelector``, as ``kubectl wait --for=delete``),
+  pushed into a new repository whose push notification is lost (the repository index does not learn
+  of it): a ``DELETED`` of that tag is a violation unless a deletecollection of its whole namespace
+  was sent (nothing else deletes it);
 - operations, planned by the seed and started without waiting for each other: pushes of new tags and
   re-pushes of known ones (other clients, straight to the registry, in threads), deletes and
   deletecollections through the API, deletes by digest straight in the registry, and, when the run's
