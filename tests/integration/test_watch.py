@@ -733,14 +733,10 @@ async def test_an_exact_list_is_the_list_at_that_resource_version_or_a_status(ma
     assert sorted(i["spec"]["tag"] for i in current.json()["items"]) == ["v1", "v2"]
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_repository_a_source_read_that_the_index_lacked_is_in_the_next_list(
-    make_server, registry, repo, tmp_path
-):
-    """Its push notification was lost, so the repository index lacks it; a delete through the API
-    has the watched namespace's source read it. A list made then must show its other tags: a watch
-    from that list is sent nothing about what the source already holds (found by
-    test_watch_convergence, seed 3061)."""
+async def _indexed(make_server, registry, repo, tmp_path) -> tuple[str, Any, ApiClient]:
+    """A server with the repository index on (notifications configured, none sent here) and an hour's
+    resync period, once its index is filled, over a namespace holding known:v1: the namespace, the
+    index and an admin client."""
     namespace, _ = repo.split("/", 1)
     images.push_oci_image(registry, f"{namespace}/known", "v1")
     token = tmp_path / "token"
@@ -759,6 +755,18 @@ async def test_a_repository_a_source_read_that_the_index_lacked_is_in_the_next_l
 
     assert await eventually(index_ready, within=10)
     client = api.client(api.pki.admin)
+    return namespace, index, client
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_repository_a_source_read_that_the_index_lacked_is_in_the_next_list(
+    make_server, registry, repo, tmp_path
+):
+    """Its push notification was lost, so the repository index lacks it; a delete through the API
+    has the watched namespace's source read it. A list made then must show its other tags: a watch
+    from that list is sent nothing about what the source already holds (found by
+    test_watch_convergence, seed 3061)."""
+    namespace, _, client = await _indexed(make_server, registry, repo, tmp_path)
     standing = await stream(client, f"{collection(namespace)}?watch=true&resourceVersion=0")
     assert (await standing.next())["object"]["spec"]["tag"] == "v1"
     lost = f"{namespace}/lost"  # pushed without a notification
@@ -813,24 +821,7 @@ async def test_a_list_by_name_of_a_repository_the_index_lacks_is_not_followed_by
     through the index, which lacks it. The tag is there: it must not be sent as DELETED (wait would
     report it deleted). The read that confirms it puts the repository into the index, and the tag's
     delete is then sent."""
-    namespace, _ = repo.split("/", 1)
-    images.push_oci_image(registry, f"{namespace}/known", "v1")
-    token = tmp_path / "token"
-    token.write_text("secret\n")
-    api = await make_server(
-        registry,
-        watch=WatchLimits(resync_period=3600),
-        registry_events_token_file=str(token),
-        registry_index_refresh_period=3600.0,
-    )
-    index = api.running.index
-    assert index is not None
-
-    async def index_ready() -> bool:
-        return bool(index.ready)
-
-    assert await eventually(index_ready, within=10)
-    client = api.client(api.pki.admin)
+    namespace, index, client = await _indexed(make_server, registry, repo, tmp_path)
     images.push_oci_image(registry, f"{namespace}/lost", "t", seed="t")  # no notification posted
     name = encode_name("lost", "t")
     selector = f"fieldSelector=metadata.name%3D{name}"
