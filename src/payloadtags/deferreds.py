@@ -8,6 +8,8 @@
 - `gather` and `bounded_map` run coroutines concurrently, failing as the first failure;
 - `cancel_and_wait` stops background tasks and waits until they have ended;
 - `InFlight` shares one piece of work among the callers who ask for it while it runs;
+- `Fresh` shares one run at a time of some work among callers, each told the outcome of a run that
+  started after it asked;
 - `Waiters` holds the callers waiting for something to happen, each on a Deferred of its own.
 """
 
@@ -301,6 +303,67 @@ class InFlight(Generic[K, T]):
     def _forget(self, key: K, flight: _Flight[T]) -> None:
         if self._flights.get(key) is flight:
             del self._flights[key]
+
+
+class Fresh(Generic[T]):
+    """Runs of some work (a question), one at a time, each caller told the outcome of a run that
+    started after it asked, never of one already under way.
+
+    A caller who asks while nothing runs starts a run at once. Who asks while one runs waits for the
+    next, which starts when that one ends and serves everyone who asked meanwhile, including the
+    callers who ask again as they are told the last outcome: at most one run is ever under way, and
+    callers who ask close together share one. Each caller waits on a Deferred of its own; once
+    nobody waits for the run under way any more, it is cancelled.
+    """
+
+    def __init__(self, start: Callable[[], Coroutine[Any, Any, T]]) -> None:
+        self._start = start
+        self._running: Deferred[T] | None = None
+        self._telling = False  # the last outcome is being told: the next run starts after that
+        self._current: Waiters[T] = Waiters()  # told the outcome of the run under way (or next)
+        self._next: Waiters[T] = Waiters()  # asked while a run was under way: told the next one's
+
+    def ask(self) -> Deferred[T]:
+        if self._running is not None:
+            return self._next.wait(self._left)
+        waiter = self._current.wait(self._left)  # before the run starts: it may end at once
+        if not self._telling:
+            self._run()
+        return waiter
+
+    def _run(self) -> None:
+        # A loop, not a callback calling the next run: runs that end at once (a test's answers) and
+        # callers who ask again as they are told would otherwise nest one stack frame per run.
+        while True:
+            work = Deferred.fromCoroutine(self._start())
+            if not work.called:
+                self._running = work
+                work.addBoth(self._ended)
+                return
+            outcome: list[T | Failure] = []
+            work.addBoth(outcome.append)
+            if not self._tell(outcome[0]):
+                return
+
+    def _ended(self, result: T | Failure) -> None:
+        self._running = None
+        if self._tell(result):
+            self._run()
+
+    def _tell(self, result: T | Failure) -> bool:
+        """Tells the run's outcome to who waits for it; whether callers wait for another run."""
+        told, self._current, self._next = self._current, self._next, Waiters()
+        self._telling = True
+        try:
+            # A run cancelled for want of waiters has nobody to tell; its failure ends here.
+            told.fire(result)
+        finally:
+            self._telling = False
+        return bool(self._current)
+
+    def _left(self) -> None:
+        if self._running is not None and not self._current:
+            self._running.cancel()
 
 
 class _Flight(Generic[T]):

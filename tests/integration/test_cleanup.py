@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import LogLevel, formatEvent
 
@@ -507,6 +508,63 @@ async def test_a_namespace_created_anew_between_two_deletes_stops_the_removal_wh
     assert replica.controller._view.get(team) is not None  # stale: still the old one, Terminating
     assert not replica.controller._view.live(team)
     assert len(deleted) == 1 and not replica.controller.results
+    assert_new_tag_kept(fresh_registry, team)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_delete_ready_after_the_namespace_is_created_anew_waits_for_a_get_sent_after_it(
+    kube_api: KubeApiDouble, fresh_registry: RegistryServer, make_controller: Any
+) -> None:
+    """The GET in flight when a delete becomes ready was evaluated before: here, before the namespace
+    was created anew, with its answer slow to come. The delete waits for the next GET, which the
+    creation stops; only the delete already sent before reaches the registry after the creation."""
+    team = unique_namespace("team")
+    create_namespace(kube_api, team)
+    pushed = push_old_tags(fresh_registry, team)  # team/app: four digests, deleted in digest order
+    for i in range(2):
+        images.push_oci_image(fresh_registry, f"{team}/other", f"o{i}", seed=f"{team}-other-{i}")
+    replica = make_controller(fresh_registry.url, leader_elect=False, cascade_concurrency=2, start=False)
+    kube, registry = replica.kube, replica.registry
+    real_get, real_delete = kube.get, registry.delete_manifest
+    slow: list[Deferred[None]] = []  # the answer held back, once a delete of team/other is done
+    evaluated: Deferred[None] = Deferred()
+    app_deletes: list[bool] = []  # per delete of team/app: whether the namespace existed again
+    other_deleted: list[str] = []
+
+    async def get(path: str, params: Any = None) -> Any:
+        try:
+            return await real_get(path, params)  # the API evaluates it now
+        finally:
+            if path.endswith(f"/namespaces/{team}") and other_deleted and not slow:
+                slow.append(Deferred())
+                evaluated.callback(None)
+                await slow[0]
+
+    async def delete(repository: str, digest: str) -> None:
+        if repository == f"{team}/other":
+            await real_delete(repository, digest)
+            other_deleted.append(digest)
+            return
+        if not app_deletes:
+            await evaluated  # reaches the registry late: after another delete's GET was evaluated
+            kube_api.mute_watches()  # the store keeps its last state
+            kube_api.finalize_namespace(team)
+            create_namespace(kube_api, team)
+            # On the manifest of app's second delete, which is ready once this one returns.
+            images.push_oci_image(fresh_registry, f"{team}/app", "mine", seed=pushed[sorted(pushed)[1]])
+        app_deletes.append(kube_api.store.exists(NAMESPACES, team))
+        await real_delete(repository, digest)
+        if len(app_deletes) == 1:
+            # The slow answer comes after app's second delete has asked (at once, on this return).
+            reactor.callLater(0, slow[0].callback, None)
+
+    kube.get = get
+    registry.delete_manifest = delete
+    replica.controller.start()
+    await eventually(lambda: replica.controller.synced, within=5)
+    kube_api.store.delete(NAMESPACES, team)
+    await eventually(lambda: replica.controller.metrics.cascades_aborted_total == 1, within=15)
+    assert app_deletes == [True]  # the one in the documented window: sent before the creation
     assert_new_tag_kept(fresh_registry, team)
 
 

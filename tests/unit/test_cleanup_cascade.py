@@ -89,6 +89,7 @@ class FakeRegistry:
 
 def make_cascade(registry: FakeRegistry, clock: Clock, **kwargs: Any) -> Cascade:
     kwargs.setdefault("backoff", lambda: Backoff(initial=1.0, factor=2.0, cap=4.0, jitter=0.0))
+    kwargs.setdefault("check_backoff", lambda: Backoff(initial=0.5, factor=2.0, cap=2.0, jitter=0.0))
     return Cascade(registry, clock, **kwargs)
 
 
@@ -235,21 +236,28 @@ def test_the_guard_is_checked_before_every_delete() -> None:
     assert len(registry.deletes) == 1  # one guard check per pass start, then one per delete
 
 
-def test_confirmation_unknown_retries_and_denied_aborts() -> None:
+def test_a_confirmation_the_api_cannot_give_stops_the_deletes_and_denied_aborts() -> None:
     registry, clock = FakeRegistry(), Clock()
     fill(registry)
-    answers = deque(["unknown", "unknown", "ok", "ok", "ok"])
+    down = [True]
+    asked = [0]
 
     async def confirm() -> None:
-        answer = answers.popleft() if answers else "ok"
-        if answer == "unknown":
+        asked[0] += 1
+        if down[0]:
             raise Unconfirmed("the cluster API does not answer")
 
     outcome = run(make_cascade(registry, clock), "team", confirm=confirm)
-    assert outcome == [] and registry.deletes == []
-    clock.pump([1.0, 2.0, 4.0])
+    # Asked again after 0.5, 1, 2 and 2 s (the default's delays, unjittered), then the pass fails;
+    # the next pass, 1 s later, asks anew.
+    clock.pump([0.5, 1.0, 2.0, 2.0])
+    assert outcome == [] and registry.deletes == [] and asked[0] == 5 * 2  # two repositories
+    clock.pump([1.0, 0.5, 1.0, 2.0, 2.0, 2.0])
+    assert outcome == [] and registry.deletes == []  # never taken for "gone"
+    down[0] = False
+    clock.pump([2.0])
     [result] = outcome
-    assert registry.remaining("team/") == {} and result.errors >= 1
+    assert registry.remaining("team/") == {} and result.errors == 2
 
     registry2 = FakeRegistry()
     fill(registry2)
@@ -260,6 +268,43 @@ def test_confirmation_unknown_retries_and_denied_aborts() -> None:
     [failure] = run(make_cascade(registry2, clock), "team", confirm=deny)
     assert failure.check(Aborted)
     assert registry2.deletes == []
+
+
+class CountingRegistry(FakeRegistry):
+    def __init__(self) -> None:
+        super().__init__()
+        self.resolves = 0
+
+    async def resolve(self, repository: str, tag: str) -> str:
+        self.resolves += 1
+        return await super().resolve(repository, tag)
+
+
+@pytest.mark.parametrize("digests", [100, 1000])
+def test_an_intermittent_api_error_costs_a_delete_a_moment_not_the_pass(digests: int) -> None:
+    """Every tenth namespace GET fails (a 429, say): each failed check is asked again, so the whole
+    repository goes in one pass, each tag resolved once, at most one more GET per failure."""
+    registry, clock = CountingRegistry(), Clock()
+    for i in range(digests):
+        registry.push("team/app", f"v{i}")
+    asked = [0]
+
+    async def confirm() -> None:
+        asked[0] += 1
+        if asked[0] % 10 == 0:
+            raise Unconfirmed("429 Too Many Requests")
+
+    backoff = lambda: Backoff(initial=1.0, factor=2.0, cap=30.0, jitter=0.0)  # noqa: E731
+    outcome = run(make_cascade(registry, clock, backoff=backoff), "team", confirm=confirm)
+    for _ in range(10 * digests):
+        if outcome:
+            break
+        clock.advance(0.5)
+    [result] = outcome
+    assert registry.remaining("team/") == {}
+    assert (result.passes, result.errors) == (2, 0)  # the deletes, then the listing that verifies
+    assert registry.resolves == digests
+    assert asked[0] <= digests * 10 // 9 + 1
 
 
 def test_the_cluster_api_is_asked_before_every_delete_not_once_per_repository() -> None:
@@ -299,7 +344,7 @@ async def _nothing() -> None:
     return None
 
 
-def test_deletes_ready_at_the_same_time_share_one_answer_and_never_an_old_one() -> None:
+def test_a_delete_waits_for_a_question_asked_after_it_and_shares_it_with_those_asking_meanwhile() -> None:
     registry, clock = FakeRegistry(), Clock()
     for i in range(4):
         registry.push(f"team/app{i}", "v1")
@@ -311,16 +356,81 @@ def test_deletes_ready_at_the_same_time_share_one_answer_and_never_an_old_one() 
         return answers[-1]
 
     outcome = run(make_cascade(registry, clock, concurrency=4), "team", confirm=confirm)
-    assert len(answers) == 1 and registry.deletes == []  # four repositories wait for one GET
+    # app0's delete asked first; app1..3 asked while its GET was under way: not theirs to use.
+    assert len(answers) == 1 and registry.deletes == []
     answers[0].callback(None)
-    # Each repository sent one delete; their next deletes ask anew, again sharing one question.
-    assert len(registry.deletes) == 4 and len(answers) == 2
-    answers[1].errback(Unconfirmed("the cluster API does not answer"))
-    assert len(registry.deletes) == 4  # nothing more without an answer: the pass is retried later
-    assert outcome == []
-    clock.advance(1.0)
+    assert [r for r, _ in registry.deletes] == ["team/app0"]
+    # The next GET, sent once the first ended, serves app1..3 and app0's second delete.
+    assert len(answers) == 2
+    answers[1].callback(None)
+    assert len(registry.deletes) == 5 and len(answers) == 3
     answers[2].callback(None)
-    assert outcome and registry.remaining("team/") == {}
+    [result] = outcome
+    assert isinstance(result, CascadeResult) and registry.remaining("team/") == {}
+
+
+class SlowDeletes(FakeRegistry):
+    """A digest DELETE reaches the registry when the test says so; notes whether the namespace then
+    existed again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[tuple[str, Deferred[None]]] = []
+        self.arrived: list[tuple[str, bool]] = []  # (repository, the namespace existed)
+        self.exists = False
+
+    async def delete_manifest(self, repository: str, manifest: str) -> None:
+        gate: Deferred[None] = Deferred()
+        self.pending.append((repository, gate))
+        await gate
+        self.arrived.append((repository, self.exists))
+        await super().delete_manifest(repository, manifest)
+
+    def arrive(self, repository: str) -> None:
+        [entry] = [p for p in self.pending if p[0] == repository]
+        self.pending.remove(entry)
+        entry[1].callback(None)
+
+
+def test_a_delete_ready_after_the_namespace_exists_again_never_goes_on_an_answer_evaluated_before() -> None:
+    """The documented window: deletes that reach the registry after the namespace exists again are
+    at most one per repository (sent on an answer evaluated before), and at most the concurrency."""
+    registry, clock = SlowDeletes(), Clock()
+    for i in range(3):
+        registry.push("team/app", f"a{i}")
+    for i in range(2):
+        registry.push("team/other", f"o{i}")
+    gets: list[tuple[bool, Deferred[None]]] = []  # (the namespace existed when the API evaluated it, answer)
+
+    def confirm() -> Deferred[None]:
+        gets.append((registry.exists, Deferred()))  # evaluated when sent; the answer comes later
+        return gets[-1][1]
+
+    def answer() -> None:  # the oldest GET not answered yet
+        existed, d = next(get for get in gets if not get[1].called)
+        d.errback(Aborted("the cluster API says the namespace exists")) if existed else d.callback(None)
+
+    outcome = run(make_cascade(registry, clock, concurrency=2), "team", confirm=confirm)
+    while len(registry.pending) < 2:
+        answer()  # the first delete of each repository goes
+    registry.arrive("team/other")  # other's second delete asks: a GET evaluated now, answered later
+    assert gets[-1][0] is False and not gets[-1][1].called
+    # The namespace is created anew, with the image of app's second digest pushed into it.
+    registry.exists = True
+    second = sorted({digest(f"team/app:a{i}"): f"a{i}" for i in range(3)}.items())[1][1]
+    registry.push("team/app", "new", f"team/app:{second}")
+    registry.arrive("team/app")  # app's first delete reaches the registry late: the window
+    # app's second delete is ready now: the GET under way was evaluated before, so it waits.
+    while not outcome:
+        if registry.pending:
+            registry.arrive(registry.pending[0][0])
+        else:
+            answer()
+    [failure] = outcome
+    assert failure.check(Aborted)
+    assert registry.repos["team/app"].get("new") == digest(f"team/app:{second}")  # the new tag is kept
+    late = [repository for repository, existed in registry.arrived if existed]
+    assert sorted(late) == ["team/app", "team/other"]  # one per repository, two (the concurrency) in all
 
 
 def test_a_cancelled_cascade_cancels_the_question_it_waits_on() -> None:
@@ -328,11 +438,16 @@ def test_a_cancelled_cascade_cancels_the_question_it_waits_on() -> None:
     registry.push("team/app", "v1")
     registry.push("team/other", "v1")
     cancelled: list[bool] = []
-    answer: Deferred[None] = Deferred(lambda d: cancelled.append(True))
-    task = Deferred.fromCoroutine(make_cascade(registry, clock).run("team", confirm=lambda: answer))
+    answers: list[Deferred[None]] = []
+
+    def confirm() -> Deferred[None]:
+        answers.append(Deferred(lambda d: cancelled.append(True)))
+        return answers[-1]
+
+    task = Deferred.fromCoroutine(make_cascade(registry, clock).run("team", confirm=confirm))
     task.addErrback(lambda failure: None)
     task.cancel()
-    assert cancelled == [True] and registry.deletes == []
+    assert answers and len(cancelled) == len(answers) and registry.deletes == []
 
 
 def test_two_cascades_at_once_both_finish_without_errors() -> None:

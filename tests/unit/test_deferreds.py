@@ -13,6 +13,7 @@ from twisted.web.client import ResponseNeverReceived
 
 from payloadtags.deferreds import (
     DeadlineExpired,
+    Fresh,
     GoesOn,
     InFlight,
     Waiters,
@@ -338,3 +339,81 @@ def test_in_flight_work_that_ends_at_once_and_a_waiter_cancelled_while_others_ar
     first.addCallback(cancel_second)
     work.started[0].callback("v")
     assert first.result == "v" and isinstance(failure_of(second), CancelledError)
+
+
+# --- Fresh -------------------------------------------------------------------------------------------
+
+
+def test_fresh_tells_a_caller_only_a_run_started_after_it_asked_one_run_at_a_time() -> None:
+    work = Work()
+    fresh: Fresh[str] = Fresh(work.start)
+    first = fresh.ask()
+    late, later = fresh.ask(), fresh.ask()  # the run under way started before they asked
+    assert len(work.started) == 1
+    work.started[0].callback("old")
+    assert first.result == "old" and not late.called and not later.called
+    assert len(work.started) == 2  # the next run, shared by everyone who asked meanwhile
+    work.started[1].errback(Failure(ValueError("new")))
+    assert isinstance(failure_of(late), ValueError) and isinstance(failure_of(later), ValueError)
+    again = fresh.ask()  # nothing under way: a run starts at once
+    assert len(work.started) == 3 and not again.called
+
+
+def test_fresh_callers_who_ask_again_as_they_are_told_share_the_next_run() -> None:
+    work = Work()
+    fresh: Fresh[str] = Fresh(work.start)
+    asked_again: list[Deferred[str]] = []
+
+    def ask_again(result: str) -> str:
+        asked_again.append(fresh.ask())
+        return result
+
+    fresh.ask()
+    for _ in range(2):
+        fresh.ask().addCallback(ask_again)  # told the second run's outcome
+    work.started[0].callback("one")
+    work.started[1].callback("two")
+    # Both asked again as they were told: one run after that, which they share.
+    assert len(asked_again) == 2 and len(work.started) == 3
+    work.started[2].callback("three")
+    assert [d.result for d in asked_again] == ["three", "three"]
+
+
+def test_fresh_cancels_a_run_nobody_waits_for_and_starts_the_next_for_who_asked_meanwhile() -> None:
+    work = Work()
+    fresh: Fresh[str] = Fresh(work.start)
+    first = fresh.ask()
+    waiting = fresh.ask()
+    waiting.cancel()  # waiting for the next run: the one under way has its caller still
+    assert work.cancelled == 0
+    second = fresh.ask()
+    first.cancel()
+    assert work.cancelled == 1 and len(work.started) == 2
+    work.started[1].callback("next")
+    assert second.result == "next"
+    assert isinstance(failure_of(first), CancelledError) and isinstance(failure_of(waiting), CancelledError)
+
+
+def test_fresh_runs_that_end_at_once_do_not_nest() -> None:
+    held: Deferred[int] = Deferred()
+    runs = [0]
+
+    async def answer() -> int:
+        runs[0] += 1
+        if runs[0] == 1:
+            return await held
+        return runs[0]  # at once, from the second run on
+
+    fresh: Fresh[int] = Fresh(answer)
+
+    async def caller(told: list[int]) -> None:
+        while len(told) < 5000:  # past the interpreter's recursion limit, were each run a frame deeper
+            told.append(await fresh.ask())
+
+    first: list[int] = []
+    second: list[int] = []
+    ended = [run(caller(first)), run(caller(second))]
+    held.callback(1)
+    assert all(d.called for d in ended)
+    # The second caller asked while the first run was under way; they shared every run after it.
+    assert first == list(range(1, 5001)) and second == list(range(2, 5002))

@@ -28,7 +28,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from payloadtags.cleanup.metrics import CleanupMetrics
-from payloadtags.deferreds import InFlight, gather, limited
+from payloadtags.deferreds import Fresh, gather, limited
 from payloadtags.inventory import CatalogCursor
 from payloadtags.kube import Backoff
 from payloadtags.names import is_namespace
@@ -45,9 +45,10 @@ Guard = Callable[[], str | None]
 """Called right before every delete: a reason to stop now, or None to go on. Synchronous and cheap."""
 
 Confirm = Callable[[], Awaitable[None]]
-"""Asks the cluster API right before every delete request (deletes ready at the same time share one
-call): returns when deleting is allowed, raises `Aborted` when it must never happen, `Unconfirmed`
-when it cannot be decided now (the pass is retried later; nothing is deleted meanwhile)."""
+"""Asks the cluster API right before every delete request (each delete waits for a call made after
+it asked; deletes that ask while one is under way share the next): returns when deleting is allowed,
+raises `Aborted` when it must never happen, `Unconfirmed` when it cannot be decided now (asked again
+after a short backoff, then the pass is retried later; nothing is deleted meanwhile)."""
 
 Wait = Callable[[float], Awaitable[None]]
 """Sits out the backoff after a failed pass: waits that many seconds (and may queue for more)."""
@@ -63,6 +64,11 @@ class Unconfirmed(Exception):
 
 def default_backoff() -> Backoff:
     return Backoff(initial=1.0, factor=2.0, cap=30.0)
+
+
+def default_check_backoff() -> Backoff:
+    # Short: a delete waits through it with its registry slot held. 0.5 + 1 + 2 + 2 s at most.
+    return Backoff(initial=0.5, factor=2.0, cap=2.0)
 
 
 @attrs.frozen
@@ -123,6 +129,11 @@ class Cascade:
     page_size: int = 1000
     backoff: Callable[[], Backoff] = default_backoff
     metrics: CleanupMetrics = attrs.Factory(CleanupMetrics)
+    # A confirmation the cluster API could not give (a 429, a timeout) is asked again this many
+    # times, after `check_backoff`'s delays, before that repository's deletes stop for the pass: an
+    # intermittent error then costs a delete a moment, not the pass (re-listing every tag left).
+    check_retries: int = 4
+    check_backoff: Callable[[], Backoff] = default_check_backoff
 
     async def run(
         self,
@@ -143,7 +154,7 @@ class Cascade:
             # Not a namespace name: nothing a namespace's deletion may touch.
             raise ValueError(f"not a namespace name: {namespace!r}")
         if confirm is not None:
-            confirm = _shared(confirm)
+            confirm = self._fresh(confirm)
         started = self.clock.seconds()
         backoff = self.backoff()
         passes = errors = tags = manifests = 0
@@ -204,6 +215,32 @@ class Cascade:
 
     async def _sleep(self, delay: float) -> None:
         await deferLater(self.clock, delay)
+
+    def _fresh(self, confirm: Confirm) -> Confirm:
+        """`confirm` as every delete asks it: one call at a time, whose answer serves only the
+        deletes that asked before it was made. A delete that asks while a call is under way waits
+        for the next, which is made when that one ends and shared by all who asked meanwhile: an
+        answer the API gave before a delete was ready (the namespace created anew since) never lets
+        it go. An undecided answer is asked again, anew, after a short backoff."""
+
+        async def ask() -> None:
+            await confirm()
+
+        calls: Fresh[None] = Fresh(ask)
+
+        async def fresh() -> None:
+            backoff = self.check_backoff()
+            retries = self.check_retries
+            while True:
+                try:
+                    return await calls.ask()
+                except Unconfirmed:
+                    if retries == 0:
+                        raise
+                retries -= 1
+                await self._sleep(backoff.next_delay())
+
+        return fresh
 
     async def contents(self, namespace: str) -> Contents:
         """Count the repositories and tags under ``<namespace>/`` without changing anything."""
@@ -364,23 +401,6 @@ def _examples(names: list[str], limit: int = 10) -> str:
     distinct = sorted(set(names))
     more = f" and {len(distinct) - limit} more" if len(distinct) > limit else ""
     return ", ".join(distinct[:limit]) + more or "-"
-
-
-def _shared(confirm: Confirm) -> Confirm:
-    """`confirm` with one call in flight at a time, whose answer every delete that asks meanwhile
-    shares: the deletes of several repositories wait for one cluster API round trip, not one each.
-
-    Never an answer that has already come: each delete waits for one that arrives after it asked.
-    Once nobody waits for a call any more (the cascade cancelled), the call is cancelled too."""
-    flights: InFlight[None, None] = InFlight(cancel_when_abandoned=True)
-
-    async def ask() -> None:
-        await confirm()
-
-    async def shared() -> None:
-        await flights.join(None, ask)
-
-    return shared
 
 
 async def _confirm(confirm: Confirm | None, guard: Guard | None) -> None:

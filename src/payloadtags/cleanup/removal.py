@@ -57,9 +57,9 @@ class NamespaceRemover:
                 await self._follow(other, deadline - self.clock.seconds())
 
         async def confirm() -> None:
-            # Asked again right before every delete (the cascade shares one answer among the deletes
-            # ready at the same time): once an earlier call has emptied the namespace, it may be
-            # created anew while this one runs, and its new content is not ours.
+            # Asked again right before every delete (`Cascade._fresh`: a call made after the delete
+            # asked): once an earlier call has emptied the namespace, it may be created anew while
+            # this one runs, and its new content is not ours.
             require_gone(namespace, *await self.check(namespace))
 
         mine = Deferred.fromCoroutine(self.cascade.run(namespace, guard=guard, confirm=confirm))

@@ -12,8 +12,9 @@ Safety, in order (a namespace that exists, or is created while the sweep runs, i
    the cluster API itself (GET the namespace): only a 404 or a Terminating namespace lets it go on.
    An API error means "cannot tell": the namespace is skipped, never treated as gone.
 3. The cascade then re-checks right before every single delete, with the store and with the same
-   API GET (every cascade does, whatever started it; deletes ready at the same time share one GET),
-   and stops for good when the namespace exists again.
+   API GET (every cascade does, whatever started it; a GET sent after the delete asked, shared by
+   the deletes that ask while the one before is in flight), and stops for good when the namespace
+   exists again.
 
 Repositories whose first segment is not a valid namespace name, or that have no path below it, are
 never candidates (`payloadtags.names.split_repository`).
