@@ -15,17 +15,13 @@ import time
 from twisted.logger import Logger
 
 from payloadtags.registry import Catalog
+from payloadtags.registry.content import catalog_key
 
 log = Logger()
 
 CATALOG_PAGE = 1000
 
 Key = tuple[str, ...]
-
-
-def catalog_key(repository: str) -> Key:
-    """The registry's catalog order: component by component ("team/x/y" < "team/z" < "team-a/b")."""
-    return tuple(repository.split("/"))
 
 
 class RepositoryIndex:

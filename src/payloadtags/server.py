@@ -42,7 +42,7 @@ from payloadtags.lifecycle import OrderedServices, Part, StopSignals
 from payloadtags.listen import listen
 from payloadtags.logs import DEBUG_VERBOSITY, begin_logging
 from payloadtags.metrics import CountingAuthorizer, InstrumentedRegistry, Metrics
-from payloadtags.registry import Registry, RegistryClient
+from payloadtags.registry import Catalog, Registry, RegistryClient
 from payloadtags.registry_diagnosis import FailureLog, probe
 from payloadtags.reloader import FileWatcher
 from payloadtags.repoindex import RepositoryIndex
@@ -276,10 +276,20 @@ def _rotation_watchers(
     return watchers
 
 
-def _index_refresh(reactor: Any, index: RepositoryIndex, registry: Registry) -> LoopingCall:
+def _index_refresh(reactor: Any, index: RepositoryIndex, registry: Catalog, deadline: float) -> LoopingCall:
+    """Refreshes the index every period. Each refresh must end within ``deadline`` (the period): like
+    every other registry work, it is cancelled where it waits when its time is up, so a registry that
+    pages its catalog forever, or stalls it, cannot hold it (and what it read) for ever."""
+
     async def refresh() -> None:
         try:
-            await index.refresh(registry)
+            await within(reactor, deadline, index.refresh(registry))
+        except DeadlineExpired:
+            log.warn(
+                "repository index refresh did not finish within {seconds:g}s "
+                "(--registry-index-refresh-period) and was stopped",
+                seconds=deadline,
+            )
         except Exception as error:
             # Until a first refresh succeeds, namespace lists keep seeking the catalog.
             log.warn("repository index refresh failed: {error}", error=str(error) or repr(error))
@@ -475,7 +485,11 @@ async def start(
         for watcher in watchers:
             watcher.stop()
 
-    index_refresh = _index_refresh(reactor, index, registry) if index is not None else None
+    index_refresh = (
+        _index_refresh(reactor, index, registry, settings.registry_index_refresh_period)
+        if index is not None
+        else None
+    )
 
     def begin_index() -> None:
         assert index_refresh is not None

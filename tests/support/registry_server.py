@@ -157,6 +157,8 @@ class TokenServer:
         self.expires_in = expires_in
         self.token_field = token_field
         self.grant = grant
+        # A status to answer every request with instead of a token (a realm with a wrong path: 404).
+        self.fail_with: int | None = None
         self.requests: list[TokenRequest] = []
         self._key = ec.generate_private_key(ec.SECP256R1())
         cert = _self_signed("payloadtags test token signer", self._key, [])
@@ -209,6 +211,9 @@ class TokenServer:
 
             def do_GET(self) -> None:
                 url = urllib.parse.urlsplit(self.path)
+                if server.fail_with is not None:
+                    self._send(server.fail_with, {"details": "failing on purpose"})
+                    return
                 if url.path != "/token":
                     self._send(404, {"details": "not found"})
                     return

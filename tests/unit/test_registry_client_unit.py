@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import urllib.parse
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import attrs
 import pytest
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet import error as net_errors
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -19,6 +21,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IClientRequest, IResponse
 from zope.interface import implementer
 
+from payloadtags.api.registry_errors import api_error_for
+from payloadtags.inventory import CatalogCursor
 from payloadtags.registry import (
     DELETE_NONCE_ANNOTATION,
     DOCKER_MANIFEST,
@@ -28,6 +32,7 @@ from payloadtags.registry import (
     RegistryClient,
     RegistryConflict,
     RegistryDeleteDisabled,
+    RegistryError,
     RegistryNotFound,
     RegistryProtocolError,
     RegistryReadOnly,
@@ -37,6 +42,7 @@ from payloadtags.registry import (
 )
 from payloadtags.registry.client import PROBE_VALIDITY
 from payloadtags.registry.content import MAX_JSON_DEPTH
+from payloadtags.repoindex import RepositoryIndex
 
 REGISTRY = "http://registry.test:5000"
 REALM = "http://auth.test/token"
@@ -341,6 +347,137 @@ def test_catalog_page_and_more() -> None:
         result(client.catalog(n=0))
 
 
+@pytest.mark.parametrize(
+    "link",
+    [
+        '</v2/a/b/tags/list>; rel="next"',  # the page itself
+        '<http://registry.test:5000/v2/a/b/tags/list>; rel="next"',  # the same, absolute
+    ],
+)
+def test_a_tags_link_back_to_the_same_page_is_a_protocol_error(link: str) -> None:
+    client, agent = make(lambda r: json_answer({"tags": ["a", "b"]}, Link=link))
+    with pytest.raises(RegistryProtocolError) as caught:
+        result(client.tags("a/b"))
+    assert "does not move past the pages read before it" in caught.value.message
+    assert len(agent.sent) == 1  # not MAX_TAG_PAGES requests
+
+
+def test_tags_paged_in_case_insensitive_order_are_read() -> None:
+    # The distribution spec calls the order lexical and also case-insensitive: "B" after "a" moves on.
+    def pages(request: Sent) -> Answer:
+        if "last=" not in request.url:
+            return json_answer({"tags": ["a"]}, Link='</v2/a/b/tags/list?last=a>; rel="next"')
+        if request.url.endswith("last=a"):
+            return json_answer({"tags": ["B"]}, Link='</v2/a/b/tags/list?last=B>; rel="next"')
+        return json_answer({"tags": ["c"]})
+
+    client, agent = make(pages)
+    assert result(client.tags("a/b")) == ("B", "a", "c")
+    assert len(agent.sent) == 3
+
+
+def test_tags_links_that_go_round_or_back_are_protocol_errors() -> None:
+    def cycle(request: Sent) -> Answer:
+        # Page 1 -> page 2 -> page 1 again: each link differs from the page it is on.
+        if "page=2" in request.url:
+            return json_answer({"tags": ["c"]}, Link='</v2/a/b/tags/list>; rel="next"')
+        return json_answer({"tags": ["a", "b"]}, Link='</v2/a/b/tags/list?page=2>; rel="next"')
+
+    client, agent = make(cycle)
+    with pytest.raises(RegistryProtocolError):
+        result(client.tags("a/b"))
+    assert len(agent.sent) == 2
+
+    def backwards(request: Sent) -> Answer:
+        # Every link is new, but its last= is not beyond the one before: the same tags come back.
+        count = len(agent.sent)
+        return json_answer({"tags": ["a", "b"]}, Link=f'</v2/a/b/tags/list?last=b&n={count}>; rel="next"')
+
+    client, agent = make(backwards)
+    with pytest.raises(RegistryProtocolError):
+        result(client.tags("a/b"))
+    assert len(agent.sent) == 2
+
+
+def test_the_pages_of_one_tag_list_are_bounded_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("payloadtags.registry.client.JSON_LIMIT", 100)
+
+    def pages(request: Sent) -> Answer:
+        # Pages that do advance, each well under the limit, more of them than the limit holds.
+        count = len(agent.sent)
+        return json_answer({"tags": [f"t{count}"]}, Link=f'</v2/a/b/tags/list?last=t{count}>; rel="next"')
+
+    client, agent = make(pages)
+    with pytest.raises(RegistryProtocolError) as caught:
+        result(client.tags("a/b"))
+    assert "more than 100 bytes over" in caught.value.message
+    assert len(agent.sent) < 10
+
+
+class LoopingCatalog:
+    """A registry that ignores last= and keeps sending a next link: the first page, again and again.
+    Past 10 pages it fails, so that a walk that does not see the loop ends all the same in a test."""
+
+    def __init__(self) -> None:
+        self.pages = 0
+
+    def __call__(self, request: Sent) -> Answer:
+        self.pages += 1
+        if self.pages > 10:
+            return error_answer(500, "UNKNOWN")
+        return json_answer(
+            {"repositories": ["team/a", "team/b"]}, Link='</v2/_catalog?last=team%2Fb&n=1000>; rel="next"'
+        )
+
+
+def test_a_catalog_page_that_does_not_move_past_last_is_a_protocol_error() -> None:
+    client, _ = make(LoopingCatalog())
+    assert result(client.catalog()).repositories == ["team/a", "team/b"]
+    for last in ("team/b", "team/c", "zeta"):
+        with pytest.raises(RegistryProtocolError) as caught:
+            result(client.catalog(last=last))
+        assert f"the repository catalog page after {last!r} holds 'team/" in caught.value.message
+
+
+def test_catalog_pages_in_component_or_lexical_order_both_move_on() -> None:
+    # distribution orders component by component ("team/x" before "team-a/b"), the API's description
+    # plainly ("team-a/b" before "team/x"): a page after last= in either order is read.
+    after = {"team/x": "team-a/b", "team-a/b": "team/x"}
+
+    def page(request: Sent) -> Answer:
+        last = urllib.parse.parse_qs(urllib.parse.urlsplit(request.url).query)["last"][0]
+        return json_answer({"repositories": [after[last]]})
+
+    for last, name in after.items():
+        client, _ = make(page)
+        assert result(client.catalog(last=last)).repositories == [name]
+    # One registry keeps one order: pages that would go round between the two are refused.
+    client, _ = make(page)
+    result(client.catalog(last="team/x"))
+    with pytest.raises(RegistryProtocolError):
+        result(client.catalog(last="team-a/b"))
+
+
+@pytest.mark.parametrize("namespace", [None, "team"])
+def test_a_catalog_walk_over_pages_that_do_not_move_on_ends(namespace: str | None) -> None:
+    # The lists' and the cleanup's walk: it ends with the error instead of reading forever.
+    client, agent = make(LoopingCatalog())
+    cursor = CatalogCursor(client, namespace, namespace, page_size=1000)
+    assert [repository for repository, _, _ in result(cursor.next())] == ["team/a", "team/b"]
+    with pytest.raises(RegistryProtocolError):
+        result(cursor.next())
+    assert len(agent.sent) == 2
+
+
+def test_a_repository_index_refresh_over_pages_that_do_not_move_on_ends() -> None:
+    client, agent = make(LoopingCatalog())
+    index = RepositoryIndex()
+    with pytest.raises(RegistryProtocolError):
+        result(index.refresh(client))
+    assert len(agent.sent) == 2
+    assert not index.ready
+
+
 def test_manifest_digest_from_header_is_verified() -> None:
     body = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST, "config": {}}).encode()
     good = {"Content-Type": DOCKER_MANIFEST, "Docker-Content-Digest": digest_of(body)}
@@ -464,6 +601,25 @@ def test_a_redirect_target_that_refuses_access_never_gets_the_registrys_credenti
     # The storage's challenge is not answered: no token from the realm it names, no retry with basic.
     assert [s.url for s in agent.sent] == [f"{REGISTRY}/v2/a/b/blobs/{digest_of(data)}"] * 2 + [storage]
     assert agent.sent[2].header("Authorization") is None
+
+
+def test_a_redirect_target_without_the_blob_is_no_not_found() -> None:
+    # The registry has the blob (it sent us to its storage): the storage's 404 is the registry failing.
+    storage = "http://storage.test/blobs/1?signature=x"
+    digest = "sha256:" + "a" * 64
+
+    def handler(request: Sent) -> Answer:
+        if request.url == storage:
+            return Answer(404, {"Content-Type": "application/xml"}, b"<Error><Code>NoSuchKey</Code></Error>")
+        return Answer(307, {"Location": storage})
+
+    client, _ = make(handler)
+    with pytest.raises(RegistryProtocolError) as caught:
+        result(client.blob("a/b", digest))
+    assert caught.value.message == (
+        f"registry {REGISTRY}: blob a/b@{digest}: the redirect target http://storage.test does not have it "
+        "(HTTP 404); check the registry's storage configuration"
+    )
 
 
 @pytest.mark.parametrize(
@@ -680,6 +836,93 @@ def test_insufficient_scope_says_so() -> None:
     assert "repository:a/b:delete" in caught.value.message
 
 
+def token_service_answering(answer: Callable[[], Answer | Deferred[Answer]]) -> Handler:
+    """A registry that wants a token from REALM, whose token service answers ``answer()``; with the
+    token, every read is a 500 (it never comes to that here)."""
+
+    def handler(request: Sent) -> Answer | Deferred[Answer]:
+        if request.url.startswith(REALM):
+            return answer()
+        if request.header("Authorization") is None:
+            challenge = f'Bearer realm="{REALM}",service="reg",scope="repository:team/app:pull"'
+            return error_answer(401, "UNAUTHORIZED", **{"WWW-Authenticate": challenge})
+        return error_answer(500, "UNKNOWN")
+
+    return handler
+
+
+TOKEN_CALLS: dict[str, Callable[[RegistryClient], Coroutine[Any, Any, Any]]] = {
+    "manifest": lambda client: client.manifest("team/app", "v1"),
+    "resolve": lambda client: client.resolve("team/app", "v1"),
+    "tags": lambda client: client.tags("team/app"),
+    "catalog": lambda client: client.catalog(),
+    "delete_manifest": lambda client: client.delete_manifest("team/app", "sha256:" + "a" * 64),
+    "delete_tag": lambda client: client.delete_tag("team/app", "v1"),
+}
+
+
+@pytest.mark.parametrize("call", sorted(TOKEN_CALLS))
+@pytest.mark.parametrize(
+    ("answer", "kind"),
+    [
+        (Answer(404, {"Content-Type": "text/plain"}, b"404 page not found\n"), RegistryProtocolError),
+        (error_answer(404, "NAME_UNKNOWN"), RegistryProtocolError),
+        (Answer(400, {}, b""), RegistryProtocolError),
+        (Answer(500, {}, b""), RegistryUnavailable),
+        (error_answer(503, "UNAVAILABLE"), RegistryUnavailable),
+    ],
+    ids=["404", "404-NAME_UNKNOWN", "400", "500", "503"],
+)
+def test_a_failing_token_service_is_a_dependency_failure_never_not_found(
+    call: str, answer: Answer, kind: type[Exception]
+) -> None:
+    client, agent = make(token_service_answering(lambda: answer))
+    with pytest.raises(RegistryError) as caught:
+        result(TOKEN_CALLS[call](client))
+    error = caught.value
+    assert type(error) is kind  # a 404 there says nothing of the repository or tag
+    assert error.message.startswith(
+        f"the token service {REALM} of registry {REGISTRY} answered HTTP {answer.status}"
+    )
+    assert api_error_for(error).status().code == 503
+    # Nothing went to the registry with a token: every write was refused (401) before it was done.
+    assert all(s.header("Authorization") is None for s in agent.sent)
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_token_service_refusing_access_is_an_auth_failure(status: int) -> None:
+    client, _ = make(token_service_answering(lambda: Answer(status, {}, b"")))
+    with pytest.raises(RegistryAuthFailed) as caught:
+        result(client.tags("team/app"))
+    assert (
+        f"the token service {REALM} of registry {REGISTRY} refused anonymous access" in caught.value.message
+    )
+
+
+def test_an_unreachable_token_service_is_named_readably() -> None:
+    client, _ = make(token_service_answering(lambda: fail(net_errors.ConnectionRefusedError())))
+    with pytest.raises(RegistryUnavailable) as caught:
+        result(client.tags("team/app"))
+    assert caught.value.message == (
+        f"the token service {REALM} of registry {REGISTRY} is unavailable: connection refused; check "
+        "that it runs and is reachable"
+    )
+    assert not caught.value.unanswered  # the registry request that wanted the token never went out
+
+
+def test_a_silent_token_service_times_out_without_a_write_in_doubt() -> None:
+    clock = Clock()
+    client, _ = make(token_service_answering(lambda: Deferred()), clock, timeout=5.0)
+    outcome = run(client.tags("team/app"))
+    clock.advance(5)
+    with pytest.raises(RegistryTimeout) as caught:
+        result(outcome)
+    assert caught.value.message.startswith(
+        f"the token service {REALM} of registry {REGISTRY} did not answer GET /token within 5s"
+    )
+    assert not caught.value.unanswered
+
+
 # --- deleting a tag ----------------------------------------------------------------------------------
 
 MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": {}, "layers": []}).encode()
@@ -762,6 +1005,92 @@ def test_delete_by_tag_where_the_registry_has_it() -> None:
     assert result(client.delete_tag("a/b", "v1")) == MANIFEST_DIGEST
     assert agent.paths() == ["GET /v2/a/b/manifests/v1", "DELETE /v2/a/b/manifests/v1"]
     assert client.supports_delete_by_tag is True
+
+
+def deleted_then(answer: Callable[[], Answer | Deferred[Answer]], registry: DeleteRegistry) -> Handler:
+    """A registry with delete-by-tag whose DELETE of the tag removes it, then answers ``answer()``."""
+
+    def handler(request: Sent) -> Answer | Deferred[Answer]:
+        if request.method == "DELETE" and request.url.endswith("/v2/a/b/manifests/v1"):
+            registry.tag = None
+            return answer()
+        return registry(request)
+
+    return handler
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+def test_a_delete_by_tag_whose_answer_failed_after_it_happened_is_a_success(status: int) -> None:
+    registry = DeleteRegistry(tag_delete=Answer(202))
+    client, agent = make(deleted_then(lambda: error_answer(status, "UNKNOWN"), registry))
+    # As on 2.8 when the copy's delete happened and its answer was lost (docs/consistency.md).
+    assert result(client.delete_tag("a/b", "v1")) == MANIFEST_DIGEST
+    assert agent.paths() == [
+        "GET /v2/a/b/manifests/v1",
+        "DELETE /v2/a/b/manifests/v1",
+        "HEAD /v2/a/b/manifests/v1",  # where the tag points now: nowhere
+        "GET /v2/a/b/tags/list",  # and not listed either: gone
+    ]
+    assert registry.put_bodies == []  # nothing written over the tag to find out
+
+
+def test_a_delete_by_tag_that_failed_says_the_tag_was_left_as_it_was() -> None:
+    registry = DeleteRegistry(tag_delete=error_answer(500, "UNKNOWN"))
+    client, _ = make(registry)
+    with pytest.raises(RegistryUnavailable) as caught:
+        result(client.delete_tag("a/b", "v1"))
+    assert caught.value.message.endswith(f"; tag a/b:v1 was left as it was, on {MANIFEST_DIGEST}")
+    assert registry.tag == MANIFEST_DIGEST and registry.put_bodies == []
+
+
+def test_a_push_while_a_delete_by_tag_failed_is_a_conflict() -> None:
+    registry = DeleteRegistry(tag_delete=Answer(202))
+
+    def pushed_meanwhile() -> Answer:
+        registry.push(OTHER)  # the delete happened, then a push came, then the answer failed
+        return error_answer(502, "BAD_GATEWAY")
+
+    client, _ = make(deleted_then(pushed_meanwhile, registry))
+    with pytest.raises(RegistryConflict) as caught:
+        result(client.delete_tag("a/b", "v1"))
+    assert caught.value.current == digest_of(OTHER) and registry.tag == digest_of(OTHER)
+
+
+def test_an_unanswered_delete_by_tag_that_was_carried_out_is_a_success() -> None:
+    clock = Clock()
+    registry = DeleteRegistry(tag_delete=Answer(202))
+    client, _ = make(deleted_then(lambda: Deferred(), registry), clock, timeout=4.0)
+    outcome = run(client.delete_tag("a/b", "v1"))
+    for _ in range(3):  # the timeout, then a read of the tag
+        clock.advance(4)
+    assert result(outcome) == MANIFEST_DIGEST
+
+
+def test_an_unanswered_delete_by_tag_not_carried_out_yet_says_it_may_still_be() -> None:
+    clock = Clock()
+    registry = DeleteRegistry(tag_delete=Answer(202))
+
+    def handler(request: Sent) -> Answer | Deferred[Answer]:
+        if request.method == "DELETE":
+            return Deferred()  # received, not carried out (yet), never answered
+        return registry(request)
+
+    client, agent = make(handler, clock, timeout=4.0)
+    outcome = run(client.delete_tag("a/b", "v1"))
+    # The timeout, then the tag is watched for two timeouts (a read every second) while it stays.
+    for _ in range(20):
+        if outcome.called:
+            break
+        clock.advance(1)
+    with pytest.raises(RegistryTimeout) as caught:
+        result(outcome)
+    assert caught.value.message.endswith(
+        f"; tag a/b:v1 was left as it was, on {MANIFEST_DIGEST}; the registry did not answer the delete "
+        "in time and may still carry it out: the tag would then be gone"
+    )
+    assert registry.tag == MANIFEST_DIGEST
+    heads = [p for p in agent.paths() if p.startswith("HEAD")]
+    assert 2 <= len(heads) <= 10  # watched, within its bound
 
 
 def test_unique_manifest_delete_on_distribution_2_8() -> None:

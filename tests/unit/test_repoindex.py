@@ -6,11 +6,14 @@ from collections.abc import Coroutine
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from payloadtags.inventory import Inventory
 from payloadtags.names import TagRef
 from payloadtags.registry import CatalogPage
 from payloadtags.repoindex import RepositoryIndex, catalog_key
+from payloadtags.server import _index_refresh
 
 # Catalog order as distribution 2.8 sends it: component by component, so "team/x/y" < "team/z" and
 # everything under "team/" comes before "team-a".
@@ -146,3 +149,36 @@ def test_inventory_lists_a_namespace_from_a_ready_index_without_the_catalog():
     page = run(small.list(None, limit=2, after=TagRef("team", "x/y", "v1")))
     assert ([r.repository for r in page.refs], page.more) == (["team/z", "team-a/api"], True)
     assert client.catalog_calls == []
+
+
+class StalledCatalog(FakeClient):
+    """A registry whose catalog pages never come: each read waits until it is cancelled."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.reads: list[Deferred[CatalogPage]] = []
+
+    async def catalog(self, last: str | None = None, n: int = 1000) -> CatalogPage:
+        self.reads.append(Deferred())
+        return await self.reads[-1]
+
+
+def test_a_refresh_that_does_not_finish_within_its_period_is_stopped_and_logged():
+    clock = Clock()
+    registry = StalledCatalog()
+    index = RepositoryIndex()
+    loop = _index_refresh(clock, index, registry, deadline=300.0)
+    with capturedLogs() as events:
+        loop.start(300.0, now=True)
+        clock.advance(299)
+        assert len(registry.reads) == 1 and not registry.reads[0].called
+        clock.advance(1)
+        # Cancelled where it waited, the read goes (a registry paging forever holds it no longer).
+        assert registry.reads[0].called
+        assert not index.ready
+        loop.stop()
+    warned = [event for event in events if event.get("log_level") == LogLevel.warn]
+    assert [formatEvent(event) for event in warned] == [
+        "repository index refresh did not finish within 300s (--registry-index-refresh-period) "
+        "and was stopped"
+    ]

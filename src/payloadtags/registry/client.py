@@ -48,6 +48,7 @@ from .content import (
     OCI_MANIFEST,
     CatalogPage,
     Manifest,
+    catalog_key,
     compute_digest,
     digested,
     infer_media_type,
@@ -253,6 +254,8 @@ class RegistryClient:
         self._reads = Coalescer()
         # None: not known yet whether the registry deletes a single tag (OCI distribution 1.1).
         self._delete_by_tag: bool | None = None
+        # The order of catalog names ("component" or "lexical") once a page has shown which.
+        self._catalog_order: str | None = None
         # Until when the last probe's "deletes work here" is believed (reactor seconds).
         self._probe_valid_until = 0.0
         # Every mutation of a repository waits for the earlier ones of this process to finish.
@@ -326,7 +329,32 @@ class RegistryClient:
         names = document.get("repositories") or []
         if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
             raise self._protocol(reply, "the repository catalog is not a list of names")
+        if last:
+            self._check_advances(reply, last, names)
         return CatalogPage(repositories=names, more=self._next_link(reply) is not None)
+
+    def _check_advances(self, reply: _Reply, last: str, names: list[str]) -> None:
+        """Every name of a page after ``last`` must come after it, in the order the registry keeps:
+        component by component (distribution) or plain lexical (the API's description; other
+        registries). A registry that ignores ``last`` would otherwise keep a catalog walk reading the
+        same pages forever. The first name that comes after ``last`` in one order only fixes which
+        order this registry keeps, so that pages cannot go round between names that each come after
+        the other in one of the two."""
+        bound = catalog_key(last)
+        for name in names:
+            lexical = name > last
+            component = catalog_key(name) > bound
+            if lexical and component:
+                continue
+            order = "lexical" if lexical else "component" if component else None
+            if order is not None and self._catalog_order in (None, order):
+                self._catalog_order = order
+                continue
+            raise self._protocol(
+                reply,
+                f"the repository catalog page after {last!r} holds {name!r}, which does not come after "
+                "it: the registry does not page its catalog by last= and a walk of it would not end",
+            )
 
     async def tags(self, repository: str) -> tuple[str, ...]:
         """All tags of a repository, sorted; () when it is unknown or has no tags left.
@@ -342,14 +370,27 @@ class RegistryClient:
 
     async def _tags(self, repository: str, on_send: Callable[[], object]) -> tuple[str, ...]:
         found: list[str] = []
-        path: str | None = f"/v2/{repository}/tags/list"
-        # distribution 2.8 answers everything in one page; other registries page with Link.
+        url: str | None = f"{self._base}/v2/{repository}/tags/list"
+        # distribution 2.8 answers everything in one page; other registries page with Link. A next
+        # page must move on: a link back to a page read before, or whose ``last`` is not beyond the
+        # one before it, would read the same tags again and again (docs/registry.md, "Tags").
+        asked: set[str] = set()
+        last: str | None = None
+        read = 0  # the bytes of the pages read: all of them are held at once
         for _ in range(MAX_TAG_PAGES):
-            if path is None:
+            if url is None:
                 return _sorted_once(found)
+            asked.add(url)
             reply = await self._call(
-                "GET", path, scope=self._pull(repository), max_body=JSON_LIMIT, on_send=on_send
+                "GET", url, scope=self._pull(repository), max_body=JSON_LIMIT, on_send=on_send
             )
+            read += len(reply.body)
+            if read > JSON_LIMIT:
+                raise self._protocol(
+                    reply,
+                    f"the tags of {repository} take more than {JSON_LIMIT} bytes over {len(asked)} pages, "
+                    "more than this client reads",
+                )
             if reply.status == 404 and "NAME_UNKNOWN" in reply.error_codes():
                 return _sorted_once(found)
             if reply.status != 200:
@@ -359,7 +400,17 @@ class RegistryClient:
             if type(tags) is not list or not _TEXT.issuperset(map(type, tags)):
                 raise self._protocol(reply, f"the tags of {repository} are not a list of names")
             found += tags
-            path = self._next_link(reply)
+            url = self._next_link(reply)
+            if url is None:
+                continue
+            after = _query_value(url, "last")
+            if url in asked or (after is not None and last is not None and not _tag_after(after, last)):
+                raise self._protocol(
+                    reply,
+                    f"the tags of {repository}: the next page link {_path_and_query(url)} does not move "
+                    "past the pages read before it",
+                )
+            last = after if after is not None else last
         raise self._protocol(None, f"the tags of {repository} span more than {MAX_TAG_PAGES} pages")
 
     async def manifest(self, repository: str, reference: str) -> Manifest:
@@ -477,14 +528,15 @@ class RegistryClient:
             if self._delete_by_tag is not False:
                 original = await self._read_tag(repository, tag)
                 writing.callback(None)
-                reply = await self._call(
-                    "DELETE", f"/v2/{repository}/manifests/{tag}", scope=self._delete(repository)
-                )
-                if reply.status in (200, 202, 204):
-                    self._delete_by_tag = True
+                try:
+                    deleted = await self._delete_by_tag_once(repository, tag)
+                except (RegistryUnavailable, RegistryTimeout) as error:
+                    # Failed or unanswered, the delete may have happened all the same (as a delete of
+                    # our copy may on 2.8): the tag says. A 2.8 registry never deleted it by tag.
+                    await self._settle_tag_delete(repository, tag, error, original)
+                    deleted = True
+                if deleted:
                     return original.digest if original is not None else None
-                if reply.status not in (400, 405):
-                    raise self._error(reply, f"deleting tag {repository}:{tag}")
                 # 400 (2.8: DIGEST_INVALID) or 405 can mean "no tag deletes here" or "no deletes at
                 # all"; the probe below tells which without changing anything.
                 await self._probe_delete(repository, tag)
@@ -530,6 +582,19 @@ class RegistryClient:
             await self._pool.closeCachedConnections()
 
     # --- delete helpers ---------------------------------------------------------------------------
+
+    async def _delete_by_tag_once(self, repository: str, tag: str) -> bool:
+        """DELETE by tag: True when the registry did, False for its 400 or 405 (no tag deletes, or no
+        deletes at all)."""
+        reply = await self._call(
+            "DELETE", f"/v2/{repository}/manifests/{tag}", scope=self._delete(repository)
+        )
+        if reply.status in (200, 202, 204):
+            self._delete_by_tag = True
+            return True
+        if reply.status not in (400, 405):
+            raise self._error(reply, f"deleting tag {repository}:{tag}")
+        return False
 
     async def _delete_manifest(self, repository: str, digest: str) -> None:
         reply = await self._call(
@@ -657,7 +722,7 @@ class RegistryClient:
             await self._settle(repository, tag, error, ours, original)
 
     async def _await_landing(
-        self, repository: str, tag: str, written: str, before: set[str | None], seen: str | None
+        self, repository: str, tag: str, written: str | None, before: set[str | None], seen: str | None
     ) -> str | None:
         """Our write of ``written`` under the tag went unanswered: the registry may carry it out late.
         Watch the tag for a while, as long as it shows what was there before the write (``before``;
@@ -804,6 +869,46 @@ class RegistryClient:
             current=current,
         ) from error
 
+    async def _settle_tag_delete(
+        self, repository: str, tag: str, error: RegistryError, original: Manifest | None
+    ) -> None:
+        """After a delete by tag that failed with a 5xx or went unanswered: the registry may have
+        deleted the tag all the same. Returns when it did (the tag is gone); otherwise raises
+        ``error`` saying where the tag is, or a RegistryConflict for a push that moved it."""
+        where = f"{repository}:{tag}"
+        before = original.digest if original is not None else None
+        late = ""
+        if error.unanswered:
+            # The registry may still carry the delete out: give it the time a late re-tag gets.
+            await self._await_landing(repository, tag, None, {before}, before)
+            late = (
+                "; the registry did not answer the delete in time and may still carry it out: "
+                "the tag would then be gone"
+            )
+        try:
+            current, gone = await self._again(lambda: self._where(repository, tag))
+        except RegistryError as check_error:
+            raise _amend(
+                error,
+                f"; whether tag {where} is gone could not be checked ({check_error.message}): get the "
+                "tag to see, or retry the delete",
+            ) from error
+        if gone:
+            return
+        if current == before:
+            state = f"left as it was, on {before}" if before is not None else "still dangling"
+            raise _amend(error, f"; tag {where} was {state}{late}") from error
+        if current is None:
+            raise _amend(
+                error, f"; tag {where} is still listed but names no manifest; retry the delete"
+            ) from error
+        raise RegistryConflict(
+            f"registry {self._name}: tag {where} now points at {current}, pushed while it was being "
+            f"deleted (it pointed at {before or 'nothing'}); the delete failed ({error.message}) and the "
+            f"tag was left as the push made it{late}",
+            current=current,
+        ) from error
+
     async def _repair_dangling(self, repository: str, tag: str) -> None:
         """Point a dangling tag at a fresh placeholder manifest and delete that by digest."""
         where = f"{repository}:{tag}"
@@ -937,8 +1042,16 @@ class RegistryClient:
     async def _get_token(self, request: TokenRequest) -> TokenAnswer:
         separator = "&" if "?" in request.realm else "?"
         url = request.realm + separator + urllib.parse.urlencode(request.params)
-        realm = request.realm.split("?", 1)[0]
-        reply = await self._exchange("GET", url, None, None, request.authorization, JSON_LIMIT, True)
+        realm = _origin_text(request.realm) + _path(request.realm)
+        service = f"the token service {realm} of registry {self._name}"
+        try:
+            reply = await self._exchange(
+                "GET", url, None, None, request.authorization, JSON_LIMIT, True, peer=service
+            )
+        except RegistryError as error:
+            # The registry request that wanted the token has not gone out: nothing of it can land late.
+            error.unanswered = False
+            raise
         if reply.status in (401, 403):
             raise (
                 self._auth.rejected()
@@ -949,7 +1062,7 @@ class RegistryClient:
                 )
             )
         if reply.status != 200:
-            raise self._error(reply, f"a token from {realm}")
+            raise self._token_error(reply, service)
         document = self._json(reply, f"the token from {realm}")
         token = document.get("token") or document.get("access_token")
         if not isinstance(token, str) or not token:
@@ -966,6 +1079,8 @@ class RegistryClient:
         max_body: int,
         redirects: bool,
         on_send: Callable[[], object] | None = None,
+        *,
+        peer: str | None = None,
     ) -> _Reply:
         """One HTTP request and its body within settings.timeout, or a RegistryError.
 
@@ -973,6 +1088,7 @@ class RegistryClient:
         alone does not tell (a request cancelled while HostnameEndpoint resolves the host name fails
         with DNSLookupError, as if the name did not resolve), so the cancellation is noted as it
         comes in. ``on_send`` runs once a connection slot is held, just before the request goes out.
+        ``peer``: how errors name who was asked, when it is not the registry (its token service).
         """
         # The wait for a connection slot is not the registry's doing: the timeout starts once the
         # request can go out. The semaphore serves waiters in arrival order, so every request gets
@@ -983,7 +1099,9 @@ class RegistryClient:
                 if self._reads_at_turn_end:
                     await self._turn_end()
                 on_send()
-            return await self._timed_exchange(method, url, headers, body, authorization, max_body, redirects)
+            return await self._timed_exchange(
+                method, url, headers, body, authorization, max_body, redirects, peer
+            )
         finally:
             self._slots.release()
 
@@ -1013,6 +1131,7 @@ class RegistryClient:
         authorization: str | None,
         max_body: int,
         redirects: bool,
+        peer: str | None,
     ) -> _Reply:
         attempt = self._roundtrip(method, url, headers, body, authorization, max_body, redirects)
         try:
@@ -1021,20 +1140,20 @@ class RegistryClient:
             raise
         except DeadlineExpired as error:
             raise RegistryTimeout(
-                f"registry {self._name} did not answer {method} {_path(url)} within "
+                f"{peer or f'registry {self._name}'} did not answer {method} {_path(url)} within "
                 f"{self._settings.timeout:g}s; it may be overloaded, retry later"
             ) from error.__cause__
         except Exception as error:
             if isinstance(error, BodyTooLarge):
                 raise RegistryProtocolError(
-                    f"registry {self._name}: the answer to {method} {_path(url)} is larger than "
-                    f"{error.limit} bytes, more than this client reads"
+                    f"{peer or f'registry {self._name}'}: the answer to {method} {_path(url)} is larger "
+                    f"than {error.limit} bytes, more than this client reads"
                 ) from error
             if is_cancellation(error):
                 raise CancelledError() from error
             if isinstance(error, RegistryError):
                 raise
-            raise self._transport_error(error, url) from error
+            raise self._transport_error(error, url, peer) from error
 
     async def _roundtrip(
         self,
@@ -1095,8 +1214,13 @@ class RegistryClient:
 
     # --- answers ----------------------------------------------------------------------------------
 
-    def _transport_error(self, error: BaseException, url: str) -> RegistryError:
-        where = self._name if url.startswith(self._base) else f"{self._name} (via {_origin(url)})"
+    def _transport_error(self, error: BaseException, url: str, peer: str | None = None) -> RegistryError:
+        if peer is not None:
+            where = peer
+        elif url.startswith(self._base):
+            where = f"registry {self._name}"
+        else:
+            where = f"registry {self._name} (via {_origin_text(url)})"
         if isinstance(error, net_errors.DNSLookupError):
             reason = f"cannot resolve the host name ({_cause(error)})"
         else:
@@ -1112,7 +1236,7 @@ class RegistryClient:
             | OSError,
         ):
             unavailable = RegistryUnavailable(
-                f"registry {where} is unavailable: {reason}; check that it runs and is reachable",
+                f"{where} is unavailable: {reason}; check that it runs and is reachable",
                 retry_after=DEFAULT_RETRY_AFTER,
             )
             # Sent (maybe only in part) and the connection lost before the answer: maybe done later.
@@ -1120,8 +1244,8 @@ class RegistryClient:
                 error, net_errors.ConnectError | net_errors.DNSLookupError
             )
             return unavailable
-        log.failure("Unexpected failure talking to registry {registry}", Failure(error), registry=where)
-        return RegistryProtocolError(f"registry {where}: unexpected failure: {reason}")
+        log.failure("Unexpected failure talking to {where}", Failure(error), where=where)
+        return RegistryProtocolError(f"{where}: unexpected failure: {reason}")
 
     def _error(self, reply: _Reply, what: str) -> RegistryError:
         """The RegistryError for an unexpected answer about ``what``."""
@@ -1129,10 +1253,13 @@ class RegistryClient:
         codes = [code for code, _ in errors]
         detail = "; ".join(f"{code}: {message}" if message else code for code, message in errors)
         status = reply.status
-        if status in (401, 403) and self._elsewhere(reply):
+        if status in (401, 403, 404) and self._elsewhere(reply):
+            # Where a redirect led (a storage backend) speaks neither for the registry's access rules
+            # nor for what the registry holds: the registry sent us there, so its storage is failing.
+            answered = "does not have it" if status == 404 else "refused access"
             return RegistryProtocolError(
                 f"registry {self._name}: {what}: the redirect target {_origin_text(reply.answered_by)} "
-                f"refused access (HTTP {status}); check the registry's storage configuration"
+                f"{answered} (HTTP {status}); check the registry's storage configuration"
             )
         if status == 404:
             code = codes[0] if codes else "NOT_FOUND"
@@ -1167,6 +1294,18 @@ class RegistryClient:
                 retry_after=_retry_after(reply.header("Retry-After")),
             )
         return self._protocol(reply, f"{what}: unexpected HTTP {status}" + (f" ({detail})" if detail else ""))
+
+    def _token_error(self, reply: _Reply, service: str) -> RegistryError:
+        """The error for a token service's answer that is neither a token nor a refusal of our
+        credentials. Never RegistryNotFound: its 404 (a realm with a wrong path) says nothing about
+        the repository or tag the token was for."""
+        detail = "; ".join(f"{code}: {message}" if message else code for code, message in reply.errors())
+        said = f"{service} answered HTTP {reply.status}" + (f" ({detail})" if detail else "")
+        if reply.status == 429 or reply.status >= 500:
+            return RegistryUnavailable(
+                f"{said}; retry later", retry_after=_retry_after(reply.header("Retry-After"))
+            )
+        return RegistryProtocolError(f"{said}, not a token; check the realm the registry's challenge names")
 
     def _elsewhere(self, reply: _Reply) -> bool:
         """Whether a redirect led the request away from the registry's origin."""
@@ -1270,6 +1409,23 @@ def _origin_text(url: str) -> str:
 def _path(url: str) -> str:
     parts = urllib.parse.urlsplit(url)
     return parts.path
+
+
+def _tag_after(tag: str, last: str) -> bool:
+    """Whether ``tag`` comes after ``last`` in the order tags are paged in: lexical, which the
+    distribution spec also describes as case-insensitive; either is taken."""
+    return tag > last or tag.casefold() > last.casefold()
+
+
+def _path_and_query(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def _query_value(url: str, name: str) -> str | None:
+    """The last value of ``name`` in the URL's query; None when it has none."""
+    values = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query, keep_blank_values=True).get(name)
+    return values[-1] if values else None
 
 
 __all__ = [

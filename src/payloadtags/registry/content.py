@@ -83,6 +83,11 @@ def nested_deeper_than(document: Any, depth: int) -> bool:
     return False
 
 
+def catalog_key(repository: str) -> tuple[str, ...]:
+    """The registry's catalog order: component by component ("team/x/y" < "team/z" < "team-a/b")."""
+    return tuple(repository.split("/"))
+
+
 @attrs.frozen
 class CatalogPage:
     """One page of /v2/_catalog. ``more``: the registry sent a next-page link (2.8 sends one only when
@@ -144,6 +149,7 @@ __all__ = [
     "SIGNED_SCHEMA1",
     "CatalogPage",
     "Manifest",
+    "catalog_key",
     "compute_digest",
     "digested",
     "infer_media_type",
