@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest_twisted
-from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.web.server import Request
-from zope.interface import implementer
 
 from payloadtags.names import encode_name
 from payloadtags.registry import RegistrySettings
@@ -53,23 +52,6 @@ async def test_a_token_service_answering_404_is_503_never_not_found(
     assert images.list_tags(token_registry, repo) == ["v1"]
 
 
-@implementer(ILogObserver)
-class Warnings:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        if event.get("log_level") == LogLevel.warn:
-            self.lines.append(formatEvent(event))
-
-    def __enter__(self) -> Warnings:
-        globalLogPublisher.addObserver(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        globalLogPublisher.removeObserver(self)
-
-
 @pytest_twisted.ensureDeferred
 async def test_a_catalog_that_ignores_last_ends_the_index_refresh_and_the_list_with_an_error(
     make_server: Any, reactor: Any, pki: Any, tmp_path: Path
@@ -96,14 +78,18 @@ async def test_a_catalog_that_ignores_last_ends_the_index_refresh_and_the_list_w
     token_file.write_text("events-token-value\n")
     refused = "the repository catalog page after 'team/b' holds 'team/a', which does not come after it"
     async with serving(reactor, answer) as (url, _):
-        with Warnings() as warnings:
+        with capturedLogs() as events:
             server = await make_server(url, registry_events_token_file=str(token_file))
 
-            async def refresh_failed() -> bool:
-                return any(line.startswith("repository index refresh failed") for line in warnings.lines)
+            def failures() -> list[str]:
+                warned = [formatEvent(event) for event in events if event.get("log_level") == LogLevel.warn]
+                return [line for line in warned if line.startswith("repository index refresh failed")]
 
-            assert await eventually(refresh_failed, within=10), warnings.lines
-        [line] = [line for line in warnings.lines if line.startswith("repository index refresh failed")]
+            async def refresh_failed() -> bool:
+                return bool(failures())
+
+            assert await eventually(refresh_failed, within=10), events
+            [line] = failures()
         assert line.startswith(f"repository index refresh failed: registry {url}: {refused}")
         # The first page, and the one that came back to it (besides the start-up probe's n=1).
         assert [page for page in pages if page != "/v2/_catalog?n=1"] == [
