@@ -67,6 +67,11 @@ class Page:
     # after them: the next page of the walk may start from them instead of seeking the catalog. None
     # when nothing follows or the names came from the repository index.
     rest: CatalogRest | None = None
+    # For a page that started after a key: every tag list it used, read or held, and the catalog names
+    # it went through after that key's repository (None from the repository index). Given to a page
+    # that starts after the same key (``held``, ``rest``), they make it the same page.
+    used: Mapping[str, Sequence[str]] = attrs.field(factory=dict)
+    began: CatalogRest | None = None
 
     def __len__(self) -> int:
         return sum(len(run.tags) for run in self.runs)
@@ -93,8 +98,9 @@ def _entry_key(entry: Entry) -> tuple[str, ...]:
 @attrs.frozen
 class CatalogRest:
     """Catalog names a page read after ``after``, the repository it ended in (whatever access says of
-    them), and where the catalog goes on after them."""
+    them), and where the catalog goes on after them, read for ``namespace`` (None: all)."""
 
+    namespace: str | None
     after: str
     entries: tuple[Entry, ...]
     last: str | None
@@ -129,6 +135,11 @@ class CatalogCursor:
     def resuming(
         cls, client: Catalog, namespace: str | None, rest: CatalogRest, page_size: int
     ) -> CatalogCursor:
+        if rest.namespace != namespace:
+            # Read for another list: an all-namespaces walk's names are not all in ``namespace``, and a
+            # namespace's end is not the end of all of them. Every name a cursor hands out is one it
+            # read for its own namespace.
+            return cls(client, namespace, rest.after, page_size)
         cursor = cls(client, namespace, rest.last, page_size, done=rest.done and not rest.entries)
         cursor._pages, cursor._ahead, cursor._done_after = rest.pages, list(rest.entries), rest.done
         return cursor
@@ -139,7 +150,9 @@ class CatalogCursor:
         # A page ends near the start of the names it carries (a walk's pages carry up to a thousand
         # and show one or two of them): a search, not a key per name on every page.
         start = bisect.bisect_right(seen, catalog_key(after), key=_entry_key)
-        return CatalogRest(after, (*seen[start:], *self._ahead), self.last, self.done, self._pages)
+        return CatalogRest(
+            self.namespace, after, (*seen[start:], *self._ahead), self.last, self.done, self._pages
+        )
 
     def _next_size(self) -> int:
         # distribution fills a page by walking its storage past the namespace, so a namespace list
@@ -495,9 +508,12 @@ class Inventory:
                     if not page.full:
                         page.add(ns, path, tags, None)
         result = page.result()
+        if after is not None:
+            began = cursor.rest(after.repository, seen_entries) if isinstance(cursor, CatalogCursor) else None
+            result = attrs.evolve(result, used=used, began=began)
         if not result.more:
             return result
-        kept = _unfinished(result.last, known, used)
+        kept = _unfinished(namespace, result.last, known, used)
         if observe is not None and observe_held:
             # So that every list a page keeps has gone to ``observe``: the next page may then skip them.
             for repository, tags in kept.items():
@@ -564,15 +580,23 @@ class Inventory:
 
 
 def _unfinished(
-    last: TagRef | None, known: Mapping[str, Sequence[str]], used: Mapping[str, Sequence[str]]
+    namespace: str | None,
+    last: TagRef | None,
+    known: Mapping[str, Sequence[str]],
+    used: Mapping[str, Sequence[str]],
 ) -> dict[str, Sequence[str]]:
-    """The tag lists a walk keeps after a page that ended at ``last``: the repository it ended in and
-    those after it (catalog order), taken from what the page used and, unreached, what it was given;
-    repositories the walk has passed are finished with."""
+    """The tag lists a walk of ``namespace`` keeps after a page that ended at ``last``: the repository
+    it ended in and those after it (catalog order), taken from what the page used and, unreached, what
+    it was given; repositories the walk has passed, or outside its namespace, are finished with."""
     if last is None:
         return {}
     end = catalog_key(last.repository)
-    kept = {repository: tags for repository, tags in known.items() if catalog_key(repository) >= end}
+    inside = "" if namespace is None else namespace + "/"
+    kept = {
+        repository: tags
+        for repository, tags in known.items()
+        if repository.startswith(inside) and catalog_key(repository) >= end
+    }
     kept.update((repository, tags) for repository, tags in used.items() if catalog_key(repository) >= end)
     return kept
 

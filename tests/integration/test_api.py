@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
@@ -16,7 +17,7 @@ from payloadtags.api import continuation
 from payloadtags.api.negotiation import negotiate
 from payloadtags.api.render import render_list
 from payloadtags.limits import WatchLimits
-from payloadtags.model import ListMeta, tag_object
+from payloadtags.model import GROUP, ListMeta, tag_object
 from payloadtags.names import TagRef, encode_name
 from payloadtags.registry.content import MAX_JSON_DEPTH
 from payloadtags.registry.schema1 import SIGNED_SCHEMA1
@@ -838,6 +839,67 @@ async def test_deletecollection_with_a_bad_continue_token_is_400_and_deletes_not
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_token_naming_another_lists_walk_is_400_and_reaches_no_other_namespace(api, registry, repo):
+    # An all-namespaces page's token given a namespace's scope: its walk kept the catalog names after
+    # the page, other namespaces' among them, and the namespace's list showed them and its
+    # deletecollection deleted them.
+    namespace, path = split(repo)
+    for tag in ("a", "b", "c"):
+        images.push_oci_image(registry, repo, tag, seed=f"{repo}:{tag}")
+    other = f"{namespace}-other/victim"
+    for tag in ("x", "y"):
+        images.push_oci_image(registry, other, tag, seed=f"{other}:{tag}")
+    client = api.client(api.pki.admin)
+    start = continuation.encode(continuation.Continuation("1", "", TagRef(namespace, path, "a")))
+    for ask in ("", "&dryRun=All", "&limit=2", "&limit=2&dryRun=All"):
+        page = await client.get(f"{B}/payloadrepositorytags?limit=1&continue={start}")
+        assert _names(page) == [encode_name(path, "b")], page.body
+        issued = continuation.decode(page.json()["metadata"]["continue"], "")
+        crafted = continuation.encode(attrs.evolve(issued, scope=namespace))
+        listed = await client.get(collection(namespace) + f"?limit=10&continue={crafted}")
+        status = assert_status(listed, 400, "BadRequest")
+        assert status["message"] == "continue key is not valid: the token was issued for a different list"
+        reply = await client.delete(collection(namespace) + f"?continue={crafted}{ask}")
+        status = assert_status(reply, 400, "BadRequest")
+        assert status["message"] == "continue key is not valid: the token was issued for a different list"
+        assert images.list_tags(registry, other) == ["x", "y"]
+        assert images.list_tags(registry, repo) == ["a", "b", "c"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dry_run_of_a_continued_page_and_then_the_same_request_delete_the_same_tags(
+    api, registry, repo
+):
+    # A preview, then the deletion with the same token: the second use of the token once read again
+    # the repositories the walk had read, and deleted a tag pushed since that the preview had not
+    # shown (and that the walk must not show: docs/api.md, "List options").
+    namespace, path = split(repo)
+    names = _push_abc(registry, repo)
+    client = api.client(api.pki.admin)
+    first = await client.delete(collection(namespace) + "?limit=3")  # path's a, b, c
+    assert (first.code, _names(first)) == (200, names[:3]), first.body
+    token = first.json()["metadata"]["continue"]
+    images.push_oci_image(registry, repo, "d", seed="late-d")  # into a repository the walk read
+    url = collection(namespace) + f"?limit=2&continue={token}"
+    listed = await client.get(url)
+    dry = await client.delete(url + "&dryRun=All")
+    assert _names(dry) == _names(listed) == names[3:5], dry.body
+    real = await client.delete(url)
+    assert (real.code, _names(real)) == (200, names[3:5]), real.body
+    assert _left(registry, repo) == [encode_name(path, "d"), names[5]]
+    # The walk's last page alike: previewed, a tag pushed, then deleted with the same token.
+    token = real.json()["metadata"]["continue"]
+    url = collection(namespace) + f"?continue={token}"
+    dry = await client.delete(url + "&dryRun=All")
+    assert _names(dry) == names[5:], dry.body
+    images.push_oci_image(registry, f"{repo}-z", "e", seed="late-e")
+    real = await client.delete(url)
+    assert (real.code, _names(real)) == (200, names[5:]), real.body
+    assert "continue" not in real.json()["metadata"]
+    assert _left(registry, repo) == [encode_name(path, "d"), encode_name(f"{path}-z", "e")]
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_delete_body_that_is_not_delete_options_is_400_and_deletes_nothing(api, registry, repo):
     namespace, path = split(repo)
     images.push_oci_image(registry, repo, "v1")
@@ -853,6 +915,9 @@ async def test_a_delete_body_that_is_not_delete_options_is_400_and_deletes_nothi
         {"preconditions": []},
         {"dryRun": "All"},
         {"propagationPolicy": 5},
+        {"kind": False},
+        {"apiVersion": []},
+        {"kind": "DeleteOptions", "apiVersion": "a/b/v1"},
     ]
     for body in bodies:
         for url in (item, collection(namespace)):
@@ -866,12 +931,25 @@ async def test_a_delete_body_that_is_not_delete_options_is_400_and_deletes_nothi
             status = assert_status(await client.delete(url + query), 422, "Invalid")
             assert status["details"]["causes"][0]["field"] == "orphanDependents"
             assert images.list_tags(registry, repo) == ["v1"]
-    for version in ("v1", "meta.k8s.io/v1", "meta.k8s.io/v1beta1", None):
+    # DeleteOptions is unversioned upstream: typed clients (client-go, controller-runtime) send it
+    # under their resource's group-version, which was once 400.
+    versions = ("v1", "meta.k8s.io/v1", "meta.k8s.io/v1beta1", f"{GROUP}/v1alpha1", "apps/v1", None)
+    for version in versions:
         options: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": version} if version else {}
         options["dryRun"] = ["All"]
-        assert (await client.delete(item, body=options)).code == 200, version
+        for url in (item, collection(namespace)):
+            reply = await client.delete(url, body=options)
+            assert reply.code == 200, (version, reply.body)
+    # With a body, the query's orphanDependents is not read (as upstream), so it cannot make the
+    # body's propagationPolicy 422.
+    for url in (item, collection(namespace)):
+        reply = await client.delete(
+            url + "?orphanDependents=false&dryRun=All", body={"propagationPolicy": "Background"}
+        )
+        assert reply.code == 200, reply.body
+    assert images.list_tags(registry, repo) == ["v1"]
     reply = await client.delete(
-        item, body={"kind": "DeleteOptions", "apiVersion": "v1", "orphanDependents": True}
+        item, body={"kind": "DeleteOptions", "apiVersion": f"{GROUP}/v1alpha1", "orphanDependents": True}
     )
     assert reply.code == 200, reply.body
     assert images.list_tags(registry, repo) == []

@@ -51,12 +51,14 @@ def walk(
     between: Callable[[], None] = lambda: None,
     accept: Callable[[TagRef], bool] | None = None,
     carry: bool = False,
+    again: bool = False,
 ) -> tuple[list[TagRef], int]:
     """Every page of a walk, as a client with continue tokens makes it; and the number of pages.
 
     ``carry``: each page gets the lists the previous one held and the catalog names it read past its
     end, as when the walk cache has them; without, every page reads live, as when it has not (expired,
-    another replica)."""
+    another replica). ``again``: after ``between``, each continued page is asked for again with what
+    it used, as the walk cache keeps it for the token given again, and must be the same page."""
     refs: list[TagRef] = []
     after: TagRef | None = None
     held: Mapping[str, Sequence[str]] | None = None
@@ -66,6 +68,14 @@ def walk(
         page: Page = run(
             inventory.list(namespace, limit=limit, after=after, accept=accept, held=held, rest=rest)
         )
+        if again and after is not None:
+            between()
+            repeated = run(
+                inventory.list(
+                    namespace, limit=limit, after=after, accept=accept, held=page.used, rest=page.began
+                )
+            )
+            assert (repeated.refs, repeated.more) == (page.refs, page.more)
         pages += 1
         assert len(page) <= limit
         refs.extend(page.refs)
@@ -220,6 +230,51 @@ def test_a_page_given_names_another_page_read_seeks_the_catalog() -> None:
     ]
 
 
+def test_names_read_for_all_namespaces_are_not_handed_to_a_namespace_page() -> None:
+    """A namespace's page given what an all-namespaces page kept (a token of the one given to the
+    other) reads only the namespace: the names after it, and their lists, are another list's."""
+    registry = Registry({"team/a": {"v1", "v2"}, "team/b": {"x"}, "team-x/victim": {"x"}, "zz/c": {"y"}})
+    inventory = Inventory(registry, concurrency=4)  # type: ignore[arg-type]
+    first = run(inventory.list(None, limit=1))
+    assert first.rest is not None and "team-x/victim" in {name for name, _, _ in first.rest.entries}
+    registry.tag_reads.clear()
+    told: list[str] = []
+    page = run(
+        inventory.list(
+            "team",
+            limit=10,
+            after=first.last,
+            held={**first.held, "team-x/victim": ("x",), "zz/c": ("y",)},
+            rest=first.rest,
+            observe=lambda repository, tags: told.append(repository),
+        )
+    )
+    assert [(ref.repository, ref.tag) for ref in page.refs] == [("team/a", "v2"), ("team/b", "x")]
+    assert all(name.startswith("team/") for name in [*registry.tag_reads, *told, *page.used])
+    assert page.began is not None and all(name.startswith("team/") for name, _, _ in page.began.entries)
+    # Nor does a namespace's end end an all-namespaces page.
+    pinned = run(inventory.list("team", limit=1))
+    rest = run(inventory.list(None, limit=10, after=pinned.last, held=pinned.held, rest=pinned.rest))
+    assert [ref.repository for ref in rest.refs] == ["team/a", "team/b", "team-x/victim", "zz/c"]
+
+
+def test_held_lists_of_another_namespace_are_not_kept_for_the_next_page() -> None:
+    registry = Registry({"team/a": {"v1", "v2", "v3"}, "team/b": {"x"}})
+    inventory = Inventory(registry, concurrency=4)  # type: ignore[arg-type]
+    told: list[str] = []
+    page = run(
+        inventory.list(
+            "team",
+            limit=1,
+            after=TagRef("team", "a", "v1"),
+            held={"team/a": ("v1", "v2", "v3"), "team-x/victim": ("x",), "zz/c": ("y",)},
+            observe=lambda repository, tags: told.append(repository),
+        )
+    )
+    assert [ref.tag for ref in page.refs] == ["v2"] and page.more
+    assert set(page.held) == {"team/a"} and told == ["team/a"]
+
+
 def test_one_large_repository_is_read_once_per_walk_not_once_per_page() -> None:
     content = {"team/big": {f"v{j:05d}" for j in range(1200)}, "team/next": {"a", "b"}}
     registry = Registry(content)
@@ -252,7 +307,8 @@ def check_walk_under_changes(
 ) -> None:
     """Pushes and deletes between pages: the walk stays sorted without repeats, shows every tag that
     was there throughout, and nothing that never was; whether its pages read live or take the lists
-    earlier pages read (docs/api.md, "List options")."""
+    earlier pages read (docs/api.md, "List options"). A page asked for again with what it used is
+    the same page, whatever changed in between."""
     registry = Registry(content)
     inventory = Inventory(registry, concurrency=2, page_size=2)  # type: ignore[arg-type]
     ever = {(name, tag) for name, tags in registry.content.items() for tag in tags}
@@ -271,7 +327,7 @@ def check_walk_under_changes(
                 registry.content.get(name, set()).discard(tag)
                 always.discard((name, tag))
 
-    refs, _ = walk(inventory, "team", limit, between, carry=carry)
+    refs, _ = walk(inventory, "team", limit, between, carry=carry, again=True)
     keys = [key(ref) for ref in refs]
     assert keys == sorted(keys) and len(set(keys)) == len(keys)
     seen = {(ref.repository, ref.tag) for ref in refs}

@@ -414,17 +414,39 @@ def test_a_field_of_the_wrong_json_type_is_400_as_a_decode_error(body: bytes, fi
     [
         b'{"apiVersion":"v1","kind":"Pod","metadata":{"name":"x"}}',
         b'{"kind":"ListOptions","apiVersion":"meta.k8s.io/v1"}',
-        b'{"kind":"DeleteOptions","apiVersion":"apps/v1"}',
         b'{"kind":"Status"}',
-        b'{"apiVersion":"payload-registry.deckhouse.io/v1alpha1"}',
-        b'{"kind":5}',
-        b'{"apiVersion":["v1"]}',
+        b'{"kind":"deleteoptions","apiVersion":"v1"}',
     ],
 )
 def test_a_body_of_another_kind_is_400(body: bytes) -> None:
     error = _error(delete_options, {}, body, JSON_CT)
     assert (error.code, error.reason) == (400, "BadRequest")
     assert "is not DeleteOptions" in error.message
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b'{"kind":false}', "kind"),
+        (b'{"kind":5}', "kind"),
+        (b'{"kind":{"name":"DeleteOptions"}}', "kind"),
+        (b'{"apiVersion":[]}', "apiVersion"),
+        (b'{"apiVersion":["v1"]}', "apiVersion"),
+        (b'{"kind":"DeleteOptions","apiVersion":1}', "apiVersion"),
+    ],
+)
+def test_a_kind_or_api_version_that_is_not_a_string_is_400(body: bytes, field: str) -> None:
+    # A false kind once counted as absent, and the body as DeleteOptions.
+    error = _error(delete_options, {}, body, JSON_CT)
+    assert (error.code, error.reason) == (400, "BadRequest")
+    assert error.message == f"the body of the request is not valid DeleteOptions: {field} must be a string"
+
+
+def test_an_api_version_that_is_no_group_version_is_400() -> None:
+    body = b'{"kind":"DeleteOptions","apiVersion":"a/b/v1"}'
+    error = _error(delete_options, {}, body, JSON_CT)
+    assert (error.code, error.reason) == (400, "BadRequest")
+    assert error.message.endswith('apiVersion "a/b/v1" is not a group/version')
 
 
 @pytest.mark.parametrize(
@@ -438,6 +460,11 @@ def test_a_body_of_another_kind_is_400(body: bytes) -> None:
         b'{"kind":"","apiVersion":"","dryRun":["All"]}',
         b'{"kind":null,"apiVersion":null,"dryRun":["All"]}',
         b'{"dryRun":["All"]}',
+        # DeleteOptions is unversioned upstream: typed clients send their resource's group-version.
+        b'{"kind":"DeleteOptions","apiVersion":"payload-registry.deckhouse.io/v1alpha1","dryRun":["All"]}',
+        b'{"kind":"DeleteOptions","apiVersion":"apps/v1","dryRun":["All"]}',
+        b'{"kind":"DeleteOptions","apiVersion":"v2","dryRun":["All"]}',
+        b'{"apiVersion":"payload-registry.deckhouse.io/v1alpha1","dryRun":["All"]}',
     ],
 )
 def test_delete_options_of_every_version_kube_apiserver_decodes_are_accepted(body: bytes) -> None:
@@ -473,7 +500,7 @@ def test_propagation_policies_are_accepted_from_the_query(policy: str) -> None:
         ({}, b'{"orphanDependents":false,"propagationPolicy":"Background"}'),
         (_q(orphanDependents="true", propagationPolicy="Background"), b""),
         (_q(orphanDependents="false", propagationPolicy="Orphan"), b""),
-        (_q(orphanDependents="true"), b'{"propagationPolicy":"Background"}'),
+        (_q(propagationPolicy="Orphan"), b'{"orphanDependents":false}'),
     ],
 )
 def test_orphan_dependents_with_propagation_policy_is_422(query: dict[str, list[str]], body: bytes) -> None:
@@ -489,6 +516,13 @@ def test_orphan_dependents_in_the_query_alone_is_accepted_and_must_be_a_boolean(
     assert delete_options(_q(orphanDependents="true"), b"", None) == DeleteOptions()
     error = _error(delete_options, _q(orphanDependents="yes"), b"", None)
     assert (error.code, error.reason) == (400, "BadRequest")
+
+
+@pytest.mark.parametrize("orphan", ["false", "true", "yes"])
+def test_orphan_dependents_in_the_query_is_not_read_when_there_is_a_body(orphan: str) -> None:
+    # As kube-apiserver, which reads no option from the query then: a valid body stays valid.
+    body = b'{"propagationPolicy":"Background","dryRun":["All"]}'
+    assert delete_options(_q(orphanDependents=orphan), body, JSON_CT) == DeleteOptions(dry_run=True)
 
 
 @pytest.mark.parametrize("grace", [b"-1", b"-9223372036854775808"])

@@ -17,7 +17,7 @@ from payloadtags.api import continuation
 from payloadtags.api.errors import ApiError
 from payloadtags.api.options import list_options
 from payloadtags.api.tags import Observe, ResourceVersions, TagsService
-from payloadtags.api.walks import WalkCache, is_walk_id, new_walk_id
+from payloadtags.api.walks import Kept, Listed, WalkCache, is_walk_id, new_walk_id
 from payloadtags.identity import UserInfo
 from payloadtags.inventory import Inventory
 from payloadtags.metrics import Metrics
@@ -49,28 +49,41 @@ def lists(**repositories: int) -> dict[str, list[str]]:
 
 # --- the cache on its own ---------------------------------------------------------------------------
 
+TEAM = Listed("team", "team")
+AT = TagRef("team", "a", "v1")  # where the token that continues from what is kept points
+
+
+def keep(cache: WalkCache, who: UserInfo, walk: str, **repositories: int) -> None:
+    """What a walk's page keeps for the token it hands out, as a first page does."""
+    cache.keep(who, walk, TEAM, None, (AT, Kept(lists(**repositories))))
+
+
+def held(cache: WalkCache, who: UserInfo, walk: str, at: TagRef = AT) -> Any:
+    kept = cache.held(who, walk, TEAM, at)
+    return kept.lists if kept is not None else None
+
 
 def test_a_walk_is_kept_until_it_was_not_continued_for_the_ttl() -> None:
     clock = Clock()
     cache = WalkCache(clock, ttl=60)
-    cache.keep(ALICE, "w", lists(a=3))
+    keep(cache, ALICE, "w", a=3)
     clock.advance(59)
-    assert cache.held(ALICE, "w") == lists(a=3)  # a lookup is a page: it restarts the ttl
+    assert held(cache, ALICE, "w") == lists(a=3)  # a lookup is a page: it restarts the ttl
     clock.advance(59)
-    cache.keep(ALICE, "w", lists(b=2))  # the page's end replaces what the walk keeps
+    keep(cache, ALICE, "w", b=2)  # the page's end replaces what the walk keeps
     clock.advance(60)
-    assert cache.held(ALICE, "w") == lists(b=2)
+    assert held(cache, ALICE, "w") == lists(b=2)
     clock.advance(60.5)
-    assert cache.held(ALICE, "w") is None
+    assert held(cache, ALICE, "w") is None
     assert cache.size == 0 and len(cache) == 0
 
 
 def test_expired_walks_are_dropped_when_any_walk_is_used() -> None:
     clock = Clock()
     cache = WalkCache(clock, ttl=60)
-    cache.keep(ALICE, "old", lists(a=5))
+    keep(cache, ALICE, "old", a=5)
     clock.advance(61)
-    cache.keep(ALICE, "new", lists(b=1))
+    keep(cache, ALICE, "new", b=1)
     assert len(cache) == 1 and cache.size == 1
 
 
@@ -78,7 +91,7 @@ def test_abandoned_walks_are_freed_without_another_list() -> None:
     clock = Clock()
     cache = WalkCache(clock, ttl=60)
     cache.run()
-    cache.keep(ALICE, "w", lists(a=5))
+    keep(cache, ALICE, "w", a=5)
     clock.advance(30)
     clock.advance(30)
     assert cache.size == 5  # not expired yet: a page could still come
@@ -91,34 +104,56 @@ def test_abandoned_walks_are_freed_without_another_list() -> None:
 def test_past_the_total_bound_the_least_recently_continued_walks_go() -> None:
     clock = Clock()
     cache = WalkCache(clock, max_tags=10)
-    cache.keep(ALICE, "w1", lists(a=4))
+    keep(cache, ALICE, "w1", a=4)
     clock.advance(1)
-    cache.keep(ALICE, "w2", lists(b=4))
+    keep(cache, ALICE, "w2", b=4)
     clock.advance(1)
-    assert cache.held(ALICE, "w1") is not None  # w1 is now the more recently used
-    cache.keep(ALICE, "w3", lists(c=4))  # 12 tags > 10: w2 goes
-    assert cache.held(ALICE, "w2") is None
-    assert cache.held(ALICE, "w1") == lists(a=4)
-    assert cache.held(ALICE, "w3") == lists(c=4)
+    assert held(cache, ALICE, "w1") is not None  # w1 is now the more recently used
+    keep(cache, ALICE, "w3", c=4)  # 12 tags > 10: w2 goes
+    assert held(cache, ALICE, "w2") is None
+    assert held(cache, ALICE, "w1") == lists(a=4)
+    assert held(cache, ALICE, "w3") == lists(c=4)
     assert cache.size == 8
-    cache.keep(BOB, "huge", lists(d=11))  # larger than the bound on its own: not kept, nothing evicted
-    assert cache.held(BOB, "huge") is None
+    keep(cache, BOB, "huge", d=11)  # larger than the bound on its own: not kept, nothing evicted
+    assert held(cache, BOB, "huge") is None
     assert cache.size == 8 and len(cache) == 2
 
 
 def test_walks_are_kept_per_caller() -> None:
     cache = WalkCache(Clock())
-    cache.keep(ALICE, "w", lists(a=2))
-    assert cache.held(BOB, "w") is None
-    assert cache.held(UserInfo("alice", groups=("admins",)), "w") is None  # same name, other identity
-    assert cache.held(ALICE, "w") == lists(a=2)
+    keep(cache, ALICE, "w", a=2)
+    assert held(cache, BOB, "w") is None
+    assert held(cache, UserInfo("alice", groups=("admins",)), "w") is None  # same name, other identity
+    assert held(cache, ALICE, "w") == lists(a=2)
 
 
-def test_a_finished_walk_is_forgotten() -> None:
+def test_a_walk_keeps_for_its_last_two_tokens_and_only_for_the_list_it_walks() -> None:
     cache = WalkCache(Clock())
-    cache.keep(ALICE, "w", lists(a=2))
-    cache.forget(ALICE, "w")
-    assert cache.held(ALICE, "w") is None and cache.size == 0
+    later, last = TagRef("team", "b", "v1"), TagRef("team", "c", "v1")
+    keep(cache, ALICE, "w", a=2)
+    used = lists(a=2, b=3)
+    # The page asked with AT used a's list and b's, and hands out a token at b with b's (one object).
+    cache.keep(ALICE, "w", TEAM, (AT, Kept(used)), (later, Kept({"b": used["b"]})))
+    assert held(cache, ALICE, "w") == used and held(cache, ALICE, "w", later) == lists(b=3)
+    assert cache.size == 5  # b's list kept for both tokens is counted once
+    cache.keep(ALICE, "w", TEAM, (later, Kept(lists(b=3))), (last, Kept(lists(c=1))))
+    assert held(cache, ALICE, "w") is None  # a token two pages back: read again
+    assert held(cache, ALICE, "w", later) == lists(b=3) and held(cache, ALICE, "w", last) == lists(c=1)
+    # The walk's last page, asked with the token at c: what it used stays for that token only.
+    cache.keep(ALICE, "w", TEAM, (last, Kept(lists(c=1))), None)
+    assert held(cache, ALICE, "w", later) is None and held(cache, ALICE, "w", last) == lists(c=1)
+    # Another list does not get them, and is told which list the walk walks.
+    assert cache.held(ALICE, "w", Listed("", None), last) is None
+    assert cache.held(ALICE, "w", Listed("", "team"), last) is None
+    assert cache.listed(ALICE, "w") == TEAM and cache.listed(BOB, "w") is None
+
+
+def test_past_the_bound_a_walk_keeps_what_its_next_page_starts_from() -> None:
+    cache = WalkCache(Clock(), max_tags=10)
+    later = TagRef("team", "b", "v1")
+    cache.keep(ALICE, "w", TEAM, (AT, Kept(lists(a=6))), (later, Kept(lists(b=6))))
+    assert held(cache, ALICE, "w") is None and held(cache, ALICE, "w", later) == lists(b=6)
+    assert cache.size == 6
 
 
 def test_walk_ids_are_random_and_token_safe() -> None:
@@ -207,7 +242,7 @@ def test_a_token_without_a_walk_id_reads_live_and_its_next_token_has_one() -> No
     assert registry.tag_reads == []
 
 
-def test_a_walk_keeps_only_the_repositories_it_has_not_passed_and_nothing_after_its_end() -> None:
+def test_a_walk_keeps_only_the_repositories_it_has_not_passed_and_its_last_page_until_the_ttl() -> None:
     registry = Registry({f"team/r{i}": {"a", "b"} for i in range(4)})
     clock = Clock()
     tags = service(registry, clock)
@@ -215,18 +250,81 @@ def test_a_walk_keeps_only_the_repositories_it_has_not_passed_and_nothing_after_
     assert walks is not None
     shown, token = page(tags, ALICE, None)  # r0:a r0:b r1:a, and r1 read to the end
     assert shown == ["r0:a", "r0:b", "r1:a"] and token is not None
-    walk = walk_id(token)
+    first = continuation.decode(token, "team")
+    walk = first.walk
     assert walk is not None
-    kept = walks.held(ALICE, walk)
-    assert kept is not None and "team/r0" not in kept and "team/r1" in kept
+    kept = walks.held(ALICE, walk, TEAM, first.last)
+    assert kept is not None and "team/r0" not in kept.lists and "team/r1" in kept.lists
     shown, token = page(tags, ALICE, token)
     assert shown == ["r1:b", "r2:a", "r2:b"] and token is not None and walk_id(token) == walk
-    kept = walks.held(ALICE, walk)
-    assert kept is not None and set(kept) <= {"team/r2", "team/r3"} and "team/r2" in kept
+    second = continuation.decode(token, "team")
+    kept = walks.held(ALICE, walk, TEAM, second.last)
+    assert kept is not None and set(kept.lists) <= {"team/r2", "team/r3"} and "team/r2" in kept.lists
     shown, token = page(tags, ALICE, token)
     assert shown == ["r3:a", "r3:b"] and token is None
-    assert walks.held(ALICE, walk) is None and walks.size == 0
     assert sorted(registry.tag_reads) == [f"team/r{i}" for i in range(4)]  # each read once
+    # After the last page, what it used, for the token it was asked with; nothing after the ttl.
+    assert walks.held(ALICE, walk, TEAM, first.last) is None
+    kept = walks.held(ALICE, walk, TEAM, second.last)
+    assert kept is not None and set(kept.lists) == {"team/r2", "team/r3"}
+    clock.advance(61)
+    assert walks.held(ALICE, walk, TEAM, second.last) is None and walks.size == 0
+
+
+def test_the_same_token_given_again_selects_the_same_tags() -> None:
+    """A retried page, or a deletecollection's dry run and then the same request, with pushes in
+    between: the repositories its page read show as they were read, as the rest of the walk shows
+    them (docs/api.md, "List options"). It once read them again for the second use."""
+    registry = Registry({"team/a": {"v1", "v2", "v3", "v4"}, "team/b": {"x"}, "team/c": {"y"}})
+    clock = Clock()
+    tags = service(registry, clock)
+    _, token = page(tags, ALICE, None, limit=2)
+    assert token is not None
+    shown, following = page(tags, ALICE, token, limit=2)
+    assert shown == ["a:v3", "a:v4"] and following is not None
+    for repository, tag in (("a", "v35"), ("b", "w"), ("c", "z")):
+        registry.content[f"team/{repository}"].add(tag)
+    assert page(tags, ALICE, token, limit=2) == (shown, following)
+    final = page(tags, ALICE, following, limit=10)
+    assert final == (["b:x", "c:y", "c:z"], None)  # b was read with the page before, c was not
+    registry.content["team/c"].add("z2")
+    assert page(tags, ALICE, following, limit=10) == final  # the last page too
+    clock.advance(61)  # no longer kept: read as a first page reads
+    assert page(tags, ALICE, following, limit=10)[0] == ["b:w", "b:x", "c:y", "c:z", "c:z2"]
+
+
+def test_a_token_naming_a_walk_of_another_list_is_400_and_reads_nothing_of_it() -> None:
+    """The token of an all-namespaces page, given a namespace's scope: its walk holds names and lists of
+    other namespaces, which once made the namespace's list and deletecollection show and delete them."""
+    registry = Registry({"team/a": {"v1", "v2"}, "team-x/victim": {"x"}, "zz/b": {"y"}})
+    clock = Clock()
+    tags = service(registry, clock)
+    _, meta = run(tags.list(ALICE, None, list_options({"limit": ["1"]})))
+    issued = continuation.decode(meta.continue_, "")
+    assert issued.last == TagRef("team", "a", "v1") and issued.walk is not None
+    crafted = continuation.encode(attrs.evolve(issued, scope="team"))
+    query = {"limit": ["10"], "continue": [crafted]}
+    with pytest.raises(ApiError) as caught:
+        run(tags.list(ALICE, "team", list_options(query)))
+    assert caught.value.code == 400
+    assert caught.value.message == "continue key is not valid: the token was issued for a different list"
+    clock.advance(61)  # the walk gone, the token is one of the namespace's as far as anyone can tell
+    result, _ = run(tags.list(ALICE, "team", list_options(query)))
+    assert [(ref.repository, ref.tag) for ref in result.refs] == [("team/a", "v2")]
+
+
+def test_a_walk_pinned_to_a_namespace_does_not_end_an_all_namespaces_list_there() -> None:
+    registry = Registry({"team/a": {"v1", "v2"}, "team/b": {"x"}, "zz/c": {"y"}})
+    tags = service(registry, Clock())
+    pinned = list_options({"limit": ["1"], "fieldSelector": ["metadata.namespace=team"]})
+    _, meta = run(tags.list(ALICE, None, pinned))
+    # The client goes on without the selector: every namespace's tags after a:v1.
+    result, _ = run(tags.list(ALICE, None, list_options({"limit": ["10"], "continue": [meta.continue_]})))
+    assert [(ref.repository, ref.tag) for ref in result.refs] == [
+        ("team/a", "v2"),
+        ("team/b", "x"),
+        ("zz/c", "y"),
+    ]
 
 
 def test_the_selectors_and_access_are_applied_to_kept_lists_on_every_page() -> None:

@@ -10,7 +10,7 @@ from json.encoder import encode_basestring_ascii as _quote
 
 import attrs
 
-from payloadtags.api.errors import bad_request
+from payloadtags.api.errors import ApiError, bad_request
 from payloadtags.api.walks import is_walk_id
 from payloadtags.names import TagRef, is_namespace, is_repository_path
 from payloadtags.watch import parse_version
@@ -39,6 +39,11 @@ def encode(token: Continuation) -> str:
     return base64.urlsafe_b64encode(raw.encode("ascii")).decode("ascii").rstrip("=")
 
 
+def another_list() -> ApiError:
+    """The 400 for a token issued for another list than the one it is given to."""
+    return bad_request("continue key is not valid: the token was issued for a different list")
+
+
 def decode(text: str, scope: str) -> Continuation:
     """Decode a token for a list in ``scope``, or raise 400 as kube-apiserver does for a bad token."""
     try:
@@ -62,5 +67,5 @@ def decode(text: str, scope: str) -> Continuation:
     if not valid:
         raise bad_request("continue key is not valid: the token is malformed")
     if token_scope != scope or (scope and ns != scope):
-        raise bad_request("continue key is not valid: the token was issued for a different list")
+        raise another_list()
     return Continuation(resource_version, scope, TagRef(ns, path, tag), walk)

@@ -150,18 +150,13 @@ def _delete_invalid(field: str, value: Any, message: str) -> Exception:
     return invalid_field("DeleteOptions", "meta.k8s.io", field, str(value), message)
 
 
-# The versions DeleteOptions is known under in the scheme kube-apiserver decodes a DELETE body with;
-# a body without apiVersion or kind (kubectl's) is DeleteOptions of meta.k8s.io/v1.
-DELETE_OPTIONS_VERSIONS = ("v1", "meta.k8s.io/v1", "meta.k8s.io/v1beta1")
-
-
 def _not_decodable(message: str) -> Exception:
     # What kube-apiserver answers for a body that does not decode into DeleteOptions: nothing is deleted.
     return bad_request(f"the body of the request is not valid DeleteOptions: {message}")
 
 
-def _shown(value: Any) -> str:
-    return json.dumps(value[:100]) if isinstance(value, str) else "(not a string)"
+def _shown(value: str) -> str:
+    return json.dumps(value[:100])
 
 
 def _body_options(body: bytes, content_type: str | None) -> dict[str, Any]:
@@ -175,15 +170,23 @@ def _body_options(body: bytes, content_type: str | None) -> dict[str, Any]:
         raise bad_request("the body of the request is not valid JSON DeleteOptions") from None
     if not isinstance(data, dict):
         raise bad_request("the body of the request must be a DeleteOptions object")
-    kind, version = data.get("kind") or "DeleteOptions", data.get("apiVersion") or "meta.k8s.io/v1"
-    if kind != "DeleteOptions" or version not in DELETE_OPTIONS_VERSIONS:
-        raise _not_decodable(f"kind {_shown(kind)} of apiVersion {_shown(version)} is not DeleteOptions")
 
     def typed(key: str, expected: str, valid: Callable[[Any], bool]) -> None:
         value = data.get(key)
         if value is not None and not valid(value):
             raise _not_decodable(f"{key} must be {expected}")
 
+    typed("kind", "a string", lambda v: isinstance(v, str))
+    typed("apiVersion", "a string", lambda v: isinstance(v, str))
+    # kube-apiserver registers DeleteOptions unversioned, in every group: under any group-version it
+    # decodes (client-go's typed clients and controller-runtime send their resource's), and without
+    # kind and apiVersion (kubectl) it is DeleteOptions. Another kind does not decode, nor an
+    # apiVersion that is no group-version.
+    kind, version = data.get("kind") or "DeleteOptions", data.get("apiVersion") or ""
+    if kind != "DeleteOptions":
+        raise _not_decodable(f"kind {_shown(kind)} is not DeleteOptions")
+    if version.count("/") > 1:
+        raise _not_decodable(f"apiVersion {_shown(version)} is not a group/version")
     typed("dryRun", "a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
     typed("propagationPolicy", "a string", lambda v: isinstance(v, str))
     typed("orphanDependents", "a boolean", lambda v: isinstance(v, bool))
@@ -203,7 +206,8 @@ def _body_options(body: bytes, content_type: str | None) -> dict[str, Any]:
 
 def delete_options(query: Query, body: bytes, content_type: str | None) -> DeleteOptions:
     """Body wins over the query, as upstream; a dry run requested in either place is honoured."""
-    data = _body_options(body, content_type) if body.strip() else {}
+    given = bool(body.strip())
+    data = _body_options(body, content_type) if given else {}
     dry_run = data.get("dryRun", query.get("dryRun", []))
     if dry_run is None:  # JSON null: unset, as upstream
         dry_run = []
@@ -215,7 +219,9 @@ def delete_options(query: Query, body: bytes, content_type: str | None) -> Delet
         raise _delete_invalid(
             "propagationPolicy", propagation, 'supported values: "Foreground", "Background", "Orphan"'
         )
-    orphan = data["orphanDependents"] if "orphanDependents" in data else flag(query, "orphanDependents")
+    # With a body, kube-apiserver reads no option from the query: the query's orphanDependents, which
+    # nothing here honours, must not make a valid body invalid (docs/api.md, "Delete").
+    orphan = data.get("orphanDependents") if given else flag(query, "orphanDependents")
     if orphan is not None and propagation is not None:
         raise invalid(
             "DeleteOptions",

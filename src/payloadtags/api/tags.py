@@ -22,7 +22,7 @@ from payloadtags.api.errors import (
     resource_version_too_large,
 )
 from payloadtags.api.options import DeleteOptions, ListOptions
-from payloadtags.api.walks import WalkCache, new_walk_id
+from payloadtags.api.walks import Kept, Listed, WalkCache, new_walk_id
 from payloadtags.deferreds import GoesOn, bounded_map
 from payloadtags.inventory import Inventory, Page, Run, Runs
 from payloadtags.model import (
@@ -316,24 +316,25 @@ class TagsService:
         after = None
         resource_version = None
         walk = None
-        held = None
-        rest = None
+        kept = None
+        listed = Listed(scope, namespace)
         if options.continue_ is not None:
             token = continuation.decode(options.continue_, scope)
             after, resource_version, walk = token.last, token.resource_version, token.walk
             if walk is not None and self.walks is not None:
-                # Registry data only, read for this same caller's walk: access and selectors below
-                # are decided again on this page.
-                held = self.walks.held(user, walk)
-                rest = self.walks.rest(user, walk)
+                walked = self.walks.listed(user, walk)
+                if walked is not None and walked.scope != scope:
+                    # A token of another list, given this one's scope: its walk's data is not read.
+                    raise continuation.another_list()
+                # Registry data only, read for this same caller's walk of this list: access and
+                # selectors below are decided again on this page.
+                kept = self.walks.held(user, walk, listed, after)
         resource_version = resource_version or listing.current
         observe = self.versions.observer(listing.watch_scope, resource_version) if shown else None
         # The walk's earlier pages reported its kept lists to this same record already (a 10,000-tag
         # list costs milliseconds to compare again); a record made anew under the same
         # resourceVersion (the old one expired) is a new callable, and learns them on this page.
-        reported = (
-            held is not None and self.walks is not None and self.walks.reported_to(user, walk) is observe
-        )
+        reported = kept is not None and kept.reported_to is observe
         page = await self.inventory.list(
             namespace,
             limit=options.limit,
@@ -341,22 +342,26 @@ class TagsService:
             accept=listing.accept,
             readable=listing.readable,
             observe=observe,
-            held=held,
+            held=kept.lists if kept is not None else None,
             observe_held=not reported,
-            rest=rest,
+            rest=kept.rest if kept is not None else None,
         )
         meta = ListMeta(resource_version=resource_version)
         last = page.last
+        # What this page used stays for the token it was asked with (given again, that token selects
+        # the same tags: a retry, a dry run and then the same deletecollection), and what the next
+        # page starts from for the token it hands out.
+        asked = (after, Kept(page.used, page.began, observe)) if after is not None and walk else None
+        handed = None
         if page.more and last is not None:
-            if self.walks is not None:
-                # A walk whose token carried no id (an older replica's) gets one from here on.
-                walk = walk or new_walk_id()
-                self.walks.keep(user, walk, page.held, reported_to=observe, rest=page.rest)
+            # A walk whose token carried no id (an older replica's) gets one from here on.
+            walk = walk or (new_walk_id() if self.walks is not None else None)
+            handed = (last, Kept(page.held, page.rest, observe))
             meta.continue_ = continuation.encode(
                 continuation.Continuation(resource_version, scope, last, walk)
             )
-        elif walk is not None and self.walks is not None:
-            self.walks.forget(user, walk)
+        if walk is not None and self.walks is not None:
+            self.walks.keep(user, walk, listed, asked, handed)
         return page, meta
 
     async def _by_name(

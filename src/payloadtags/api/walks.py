@@ -7,19 +7,25 @@ once per walk: the continue token carries a random walk id, and a continued page
 walk read before instead of reading them again (docs/api.md, "List options"). The catalog names a page
 read past its end are kept too, so the next page does not seek the catalog again while they last.
 
+What a walk keeps is kept per token: for the token a page hands out, what the next page starts from;
+for the token the page was asked with, every list and catalog name that page used, so that the same
+token given again (a retry, a dry run followed by the same deletecollection) selects the same tags.
+Earlier tokens' are dropped.
+
 Only registry data is kept (whole tag lists); access and selectors are applied on every page. Entries
-are keyed by the caller's identity as well as the walk id, so nothing is shared between users. A walk
-is dropped once its last page is served, when it was not continued for ``ttl`` seconds, and, least
-recently continued first, when all walks together hold more than ``max_tags`` tags. A page that finds
-nothing kept (dropped, another replica, a restart, an older token) reads the registry, as a first page
-does.
+are keyed by the caller's identity as well as the walk id, so nothing is shared between users, and
+bound to the list the walk lists (`Listed`): another list's token naming the walk does not get them. A
+walk is dropped when it was not continued for ``ttl`` seconds, and, least recently continued first,
+when all walks together hold more than ``max_tags`` tags; once its last page is served it keeps only
+what that page used. A page that finds nothing kept (dropped, another replica, a restart, an older
+token) reads the registry, as a first page does.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -27,6 +33,7 @@ from twisted.internet.task import LoopingCall
 
 from payloadtags.identity import UserInfo
 from payloadtags.inventory import CatalogRest
+from payloadtags.names import TagRef
 
 # A walk id: random, URL-safe, carried in the (opaque) continue token.
 WALK_ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -48,16 +55,46 @@ def is_walk_id(text: object) -> bool:
     return isinstance(text, str) and 0 < len(text) <= WALK_ID_MAX and not text.strip(WALK_ID_ALPHABET)
 
 
+@attrs.frozen
+class Listed:
+    """The list a walk walks: the scope its tokens carry ("" for all namespaces) and the namespace its
+    pages read (None: all; a metadata.namespace selector pins one in an all-namespaces list). Registry
+    data kept for one list serves no other: the catalog names of an all-namespaces walk are not a
+    namespace's. The other selectors are applied on every page, so they may change between pages."""
+
+    scope: str
+    namespace: str | None
+
+
+@attrs.frozen
+class Kept:
+    """What a walk kept for the page that continues from one of its tokens."""
+
+    lists: Mapping[str, Sequence[str]]
+    # The catalog names read past the repository the token points into (`inventory.Page.rest`).
+    rest: CatalogRest | None = None
+    # Where the page that kept them reported every one of the lists (the watch hub's record), or None.
+    reported_to: object = None
+
+
 @attrs.define(eq=False)
 class _Walk:
-    lists: Mapping[str, Sequence[str]]
+    listed: Listed
+    # By the last key of the token that continues from them: the one its last page was asked with and
+    # the one that page handed out.
+    kept: dict[TagRef, Kept]
     size: int
     touched: float
-    reported_to: object = None
-    rest: CatalogRest | None = None
 
 
 Key = tuple[UserInfo, str]
+
+
+def _size(kept: Iterable[Kept]) -> int:
+    # A list kept for both tokens is one object (the page took it from the one and keeps it for the
+    # other): counted once. A name counts as a tag.
+    lists = {id(tags): len(tags) for one in kept for tags in one.lists.values()}
+    return sum(lists.values()) + sum(len(one.rest) for one in kept if one.rest is not None)
 
 
 @attrs.define(eq=False)
@@ -85,52 +122,53 @@ class WalkCache:
     def __len__(self) -> int:
         return len(self._walks)
 
-    def held(self, who: UserInfo, walk: str) -> Mapping[str, Sequence[str]] | None:
-        """The lists ``who``'s walk ``walk`` kept from its previous pages; None when none are kept."""
+    def listed(self, who: UserInfo, walk: str) -> Listed | None:
+        """The list ``who``'s walk ``walk`` keeps data for; None when it keeps none."""
         self._expire()
         entry = self._walks.get((who, walk))
-        if entry is not None:
+        return entry.listed if entry is not None else None
+
+    def held(self, who: UserInfo, walk: str, listed: Listed, at: TagRef) -> Kept | None:
+        """What ``who``'s walk ``walk`` of ``listed`` kept for the page after ``at`` (the token's last
+        key); None when nothing is kept for it."""
+        self._expire()
+        entry = self._walks.get((who, walk))
+        kept = entry.kept.get(at) if entry is not None and entry.listed == listed else None
+        if kept is not None:
+            assert entry is not None
             entry.touched = self.clock.seconds()
             self._walks.move_to_end((who, walk))
         if self.on_lookup is not None:
-            self.on_lookup(entry is not None)
-        return entry.lists if entry is not None else None
-
-    def reported_to(self, who: UserInfo, walk: str | None) -> object:
-        """Where the page that kept the walk's lists reported them (the watch hub's record), or None."""
-        entry = self._walks.get((who, walk)) if walk is not None else None
-        return entry.reported_to if entry is not None else None
-
-    def rest(self, who: UserInfo, walk: str | None) -> CatalogRest | None:
-        """The catalog names the walk's last page read past its end (`inventory.Page.rest`), or None."""
-        entry = self._walks.get((who, walk)) if walk is not None else None
-        return entry.rest if entry is not None else None
+            self.on_lookup(kept is not None)
+        return kept
 
     def keep(
         self,
         who: UserInfo,
         walk: str,
-        lists: Mapping[str, Sequence[str]],
-        reported_to: object = None,
-        rest: CatalogRest | None = None,
+        listed: Listed,
+        asked: tuple[TagRef, Kept] | None,
+        handed: tuple[TagRef, Kept] | None,
     ) -> None:
-        """What the walk keeps after a page, replacing what it kept before; ``reported_to``: where
-        that page reported every one of them (`reported_to`); ``rest``: the catalog names it read
-        past its end (a name counts as a tag towards the bound)."""
-        self.forget(who, walk)
+        """What the walk keeps after a page: for the token it was asked with (``asked``: its last key
+        and what the page used; None for a first page) and for the one it handed out (``handed``;
+        None when it was the walk's last). Replaces what the walk kept before."""
+        key = (who, walk)
+        if key in self._walks:
+            self._drop(key)
         self._expire()
-        size = sum(len(tags) for tags in lists.values()) + (len(rest) if rest is not None else 0)
-        if size == 0 or size > self.max_tags:
+        kept = dict(pair for pair in (asked, handed) if pair is not None and (pair[1].lists or pair[1].rest))
+        size = _size(kept.values())
+        if size > self.max_tags and handed is not None and handed[0] in kept:
+            # Too much for both: the next page's come first, a repeated page reads the registry.
+            kept = {handed[0]: handed[1]}
+            size = _size(kept.values())
+        if not kept or size > self.max_tags:
             return
-        self._walks[(who, walk)] = _Walk(dict(lists), size, self.clock.seconds(), reported_to, rest)
+        self._walks[key] = _Walk(listed, kept, size, self.clock.seconds())
         self.size += size
         while self.size > self.max_tags:
             self._drop(next(iter(self._walks)))
-
-    def forget(self, who: UserInfo, walk: str) -> None:
-        """The walk is over: its last page was served."""
-        if (who, walk) in self._walks:
-            self._drop((who, walk))
 
     def _expire(self) -> None:
         before = self.clock.seconds() - self.ttl
@@ -144,4 +182,4 @@ class WalkCache:
         self.size -= self._walks.pop(key).size
 
 
-__all__ = ["DEFAULT_MAX_TAGS", "DEFAULT_TTL", "WalkCache", "is_walk_id", "new_walk_id"]
+__all__ = ["DEFAULT_MAX_TAGS", "DEFAULT_TTL", "Kept", "Listed", "WalkCache", "is_walk_id", "new_walk_id"]
