@@ -432,6 +432,43 @@ async def test_a_grant_or_a_revocation_ends_a_watch_from_a_list_with_410(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_list_refused_while_the_rules_load_does_not_make_a_later_lists_watch_resend_its_tags(
+    make_server, registry, repo, pki, kube_api, kube_kubeconfig, reactor
+):
+    """A list refused with 503 while the access rules load still counted as a list of its
+    resourceVersion's record, so a watch from the retry's list (same resourceVersion) was first sent
+    every tag that list had shown as ADDED again."""
+    namespace, _ = repo.split("/", 1)
+    images.push_oci_image(registry, f"{namespace}/app", "v1")
+    grant(kube_api, namespace, "alice", ["get"], ["app"], "alice-read")
+    kube_api.inject_error(500, path="/apis/rbac.authorization.k8s.io/v1/roles", times=1_000_000)
+    api = await make_server(registry, kubeconfig=str(kube_kubeconfig), authorization_mode="RBAC")
+    alice = api.client(pki.client_ca.client("alice"))
+    refused = await alice.get(collection(namespace))
+    assert refused.code == 503, refused.body
+    kube_api.clear_injected_errors()
+
+    async def synced() -> bool:
+        return bool((await api.client(None).get("/readyz/rbac")).code == 200)
+
+    assert await eventually(synced, within=30)
+    listed = await alice.get(collection(namespace))
+    assert [i["spec"]["tag"] for i in listed.json()["items"]] == ["v1"]
+    images.push_oci_image(registry, f"{namespace}/app", "v2", seed="v2")
+    version = listed.json()["metadata"]["resourceVersion"]
+    watch = await stream(
+        alice, f"{collection(namespace)}?watch=true&resourceVersion={version}&timeoutSeconds=2"
+    )
+    assert watch.code == 200
+    ended = watch.ended
+    ended.addTimeout(20, reactor)  # a hang guard: the stream ends by its timeoutSeconds
+    await ended
+    events = [json.loads(line) for line in watch.lines.pending]
+    shown = [(e["type"], e["object"]["spec"]["tag"]) for e in events if e["type"] != "BOOKMARK"]
+    assert shown == [("ADDED", "v2")]
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_watch_before_the_rules_load_is_refused_and_later_revocations_still_end_watches(
     make_server, registry, repo, pki, kube_api, kube_kubeconfig, reactor
 ):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from payloadtags.names import TagRef
-from payloadtags.watch.listed import Listed
+from payloadtags.watch.listed import Listed, ListedScopes
 from payloadtags.watch.source import EventType
 
 
@@ -37,4 +37,20 @@ def test_the_same_answer_again_is_taken_once_and_an_equal_other_one_is_still_rec
     assert changes == [
         (EventType.DELETED, TagRef("team", "app", "v2")),
         (EventType.ADDED, TagRef("team", "app", "v3")),
+    ]
+
+
+def test_a_list_that_failed_no_longer_counts_so_the_others_are_not_sent_their_own_tags_again() -> None:
+    scopes = ListedScopes()
+    refused = scopes.open("team", 1, now=0.0)  # refused before it read anything (access rules loading)
+    scopes.leave(refused)
+    record = scopes.open("team", 1, now=1.0)  # the retry, shown what it reads
+    scopes.observe(record, "team/app", ("v1",))
+    assert list(record.changes({"team/app": frozenset({"v1"})})) == []
+    # Two lists that both succeed still count each other: the second may never read a repository.
+    other = scopes.open("team", 2, now=2.0)
+    scopes.open("team", 2, now=2.0)
+    scopes.observe(other, "team/app", ("v1",))
+    assert list(other.changes({"team/app": frozenset({"v1"})})) == [
+        (EventType.ADDED, TagRef("team", "app", "v1"))
     ]

@@ -809,33 +809,45 @@ class ApiServer:
         if watching:
             return await self._watch(request, user, namespace, query, media, include)
         options = list_options(query)
-        if self.watch_hub is not None and options.continue_ is None:
+        hub = self.watch_hub
+        record = None
+        if hub is not None and options.continue_ is None:
             # The scope's watch source reads its baseline before this list reads the registry, so a
             # watch from this list's resourceVersion misses nothing that happened after it.
-            await self.watch_hub.list_version(namespace)
-        runs, meta = await self.service.list_runs(user, namespace, options)
-        if isinstance(runs, PageRuns) and sum(len(run.tags) for run in runs.runs) <= CHUNK_ITEMS:
-            # A page read before and no longer than one chunk: formatted and written at once, in
-            # this reactor turn (one TLS record and one send for the whole response, instead of one
-            # per chunk and one for its end, each a reactor turn apart). The same bytes either way;
-            # framed by its length, not chunked: no chunk header and end, which cost a copy of the
-            # body and a TLS record and send of their own in the next reactor turn.
-            _head(request, 200, media.content_type)
-            body = list_text(runs.runs, meta, media, self.service.registry_host, include)
-            request.setHeader(b"content-length", b"%d" % len(body))
-            return body
+            _, record = await hub.open_list(namespace)
+        shown = False
 
         def begin() -> None:
+            nonlocal shown
+            shown = True
             _head(request, 200, media.content_type)
 
-        # A whole list is formatted and written as its repositories are read (docs/api.md, "Large
-        # lists"): its first chunk goes out once read, so a registry failure before it is a Status,
-        # one after it drops the connection.
-        chunks = streamed_list_chunks(
-            runs, meta, media, self.service.registry_host, include, shared=self.shared_text
-        )
-        await write_streamed(request, chunks, self._clock(), begin)
-        return b""
+        try:
+            runs, meta = await self.service.list_runs(user, namespace, options)
+            if isinstance(runs, PageRuns) and sum(len(run.tags) for run in runs.runs) <= CHUNK_ITEMS:
+                # A page read before and no longer than one chunk: formatted and written at once, in
+                # this reactor turn (one TLS record and one send for the whole response, instead of
+                # one per chunk and one for its end, each a reactor turn apart). The same bytes either
+                # way; framed by its length, not chunked: no chunk header and end, which cost a copy
+                # of the body and a TLS record and send of their own in the next reactor turn.
+                body = list_text(runs.runs, meta, media, self.service.registry_host, include)
+                begin()
+                request.setHeader(b"content-length", b"%d" % len(body))
+                return body
+            # A whole list is formatted and written as its repositories are read (docs/api.md,
+            # "Large lists"): its first chunk goes out once read, so a registry failure before it is
+            # a Status, one after it drops the connection.
+            chunks = streamed_list_chunks(
+                runs, meta, media, self.service.registry_host, include, shared=self.shared_text
+            )
+            await write_streamed(request, chunks, self._clock(), begin)
+            return b""
+        except BaseException:
+            # Refused or failed before its client was shown anything (the access rules still
+            # loading, a registry error): it is no list a watch may come from.
+            if hub is not None and record is not None and not shown:
+                hub.list_failed(record)
+            raise
 
     async def _get(self, request: IRequest, user: UserInfo, namespace: str, name: str) -> bytes:
         self._namespace(namespace)

@@ -124,12 +124,25 @@ class WatchHub:
         """Before the first page of a list of a scope: a source's baseline is read (and a resync a
         reset started, ``ScopeSource.caught_up``), or, when the scope has no source, a record is
         opened for the list's reads (see ``observer``)."""
+        version, _ = await self.open_list(namespace)
+        return version
+
+    async def open_list(self, namespace: str | None) -> tuple[str, Listed | None]:
+        """``list_version``, and the record the list joined, if any: a list that fails before its
+        client is shown anything leaves it (``list_failed``)."""
+        record = None
         if namespace in self.sources:
             source = await self.source(namespace)
             await source.caught_up()
         else:
-            self.listed.open(namespace, self.versions.current, self.clock.seconds())
-        return self.current()
+            record = self.listed.open(namespace, self.versions.current, self.clock.seconds())
+        return self.current(), record
+
+    def list_failed(self, record: Listed) -> None:
+        """A list that joined ``record`` failed before its client was shown anything (refused while
+        the access rules load, a registry error): the record no longer counts it, so the lists that
+        did succeed are not sent their own tags again as ``ADDED``."""
+        self.listed.leave(record)
 
     def authorize(self, user: UserInfo, namespace: str | None) -> None:
         """AuthorizationNotReady while the access rules are still loading: a watch is refused then,

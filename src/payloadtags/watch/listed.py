@@ -126,6 +126,12 @@ class ListedScopes:
         record.lists += 1
         return record
 
+    def leave(self, record: Listed) -> None:
+        """A list that joined ``record`` failed: its client was shown nothing, so the record no longer
+        waits for it to read the repositories the others read."""
+        if record.lists > 0:
+            record.lists -= 1
+
     def get(self, scope: str | None, sequence: int, now: float | None = None) -> Listed | None:
         record = self.records.get((scope, sequence))
         if record is not None and now is not None:
