@@ -559,12 +559,12 @@ async def test_a_delete_request_past_its_deadline_answers_504_and_the_delete_is_
     digest = images.push_oci_image(registry, repo, "v1")
     for other in ("sibling", "waiting"):
         images.tag_manifest(registry, repo, "v1", other)
-    # The deadline leaves room for the first delete to reach its re-tag on a loaded machine; the stall
-    # keeps that re-tag unanswered well past it.
-    proxy = FaultProxy(reactor, registry.url, stalled_retag("v1"), stall=3.0)
+    # The deadline leaves room for the first delete to reach its re-tag on a loaded machine (1.5 s was
+    # not always enough with a load of 10 on 2 cores); the stall keeps that re-tag unanswered well past it.
+    proxy = FaultProxy(reactor, registry.url, stalled_retag("v1"), stall=6.0)
     try:
         with collected_logs() as events:
-            server = await make_server(proxy.url, http=HttpLimits(request_timeout=1.5))
+            server = await make_server(proxy.url, http=HttpLimits(request_timeout=3.0))
             client = server.client(server.pki.admin)
             item = "/apis/payload-registry.deckhouse.io/v1alpha1"
             item += f"/namespaces/{namespace}/payloadrepositorytags"

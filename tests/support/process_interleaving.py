@@ -104,11 +104,21 @@ class ProcessRun(Run):
         ]
 
     async def launch(self, slot: int) -> None:
-        process = ServerProcess(self.reactor, self.args(slot))
-        process.start()
-        self.processes[slot] = process
-        await process.wait_for_log(SERVING, within=180.0)
-        self.serving[slot] = True
+        for attempt in range(5):
+            process = ServerProcess(self.reactor, self.args(slot))
+            process.start()
+            self.processes[slot] = process
+            try:
+                await process.wait_for_log(SERVING, within=180.0)
+            except AssertionError as error:
+                # Between runs of a replica another process on the machine (a parallel test run) may
+                # take its port: it comes back on another, as a rescheduled pod gets a new address.
+                if "address already in use" not in str(error) or attempt == 4:
+                    raise
+                self.ports[slot] = free_port()
+                continue
+            self.serving[slot] = True
+            return
 
     async def start(self) -> None:
         for namespace in self.live + self.doomed:
