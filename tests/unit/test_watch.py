@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Sequence
 
@@ -26,6 +27,7 @@ from payloadtags.watch import (
     WatchHub,
     WatchLimits,
 )
+from payloadtags.watch.fanout import Lines
 from payloadtags.watch.source import Event, EventType
 from payloadtags.watch.versions import EPOCH_MAX
 from tests.unit.test_registry_reads import Held, client_for, tags_reply
@@ -75,8 +77,12 @@ class FakeSink:
     closed: bool = False
     aborted: bool = False
 
+    writes: int = 0
+
     def write(self, data: bytes) -> None:
-        self.lines.append(data)
+        # A watcher writes the events handed to it together in one write.
+        self.writes += 1
+        self.lines.extend(data.splitlines())
 
     def close(self) -> None:
         self.closed = True
@@ -86,11 +92,11 @@ class FakeSink:
 
 
 def render(event: Event) -> bytes:
-    return f"{event.type.value} {event.ref.repository}:{event.ref.tag} {event.sequence}".encode()
+    return f"{event.type.value} {event.ref.repository}:{event.ref.tag} {event.sequence}\n".encode()
 
 
 def bookmark(sequence: int, initial_end: bool) -> bytes:
-    return f"BOOKMARK {sequence} {initial_end}".encode()
+    return f"BOOKMARK {sequence} {initial_end}\n".encode()
 
 
 def watcher(
@@ -218,9 +224,10 @@ class ClientReader:
 @attrs.define(eq=False)
 class Collected:
     events: list[Event] = attrs.field(factory=list)
+    taken: int = 0
 
-    def deliver(self, event: Event) -> None:
-        self.events.append(event)
+    def take(self, events: Sequence[Event], lines: Sequence[Lines]) -> None:
+        self.events.extend(events)
 
 
 def test_a_reread_told_by_a_request_is_not_served_by_a_read_sent_before_the_change() -> None:
@@ -929,6 +936,80 @@ def test_a_slow_watcher_is_disconnected_not_buffered_without_bound() -> None:
     assert slow.closed and slow_sink.aborted and slow.reason == "slow" and not slow.buffer
     assert slow not in source.subscribers and hub.per_user["alice"] == 1
     assert len(fast_sink.lines) == 5 and not fast.closed
+
+
+def one_turn(clock: Clock) -> bool:
+    """One iteration of a reactor: the calls due now, not those they schedule (Clock.advance runs
+    those too). False when nothing was due."""
+    due = [call for call in clock.calls if call.getTime() <= clock.seconds()]
+    for call in due:
+        if call.active():
+            clock.calls.remove(call)
+            call.called = 1
+            call.func(*call.args, **call.kw)
+    return bool(due)
+
+
+def test_fan_out_is_spread_over_reactor_turns_and_rendered_once_per_form() -> None:
+    """A resync that finds many new tags in a scope many clients watch: the events are handed to the
+    watchers a bounded number per turn of the reactor (other requests, a liveness probe, are served
+    between the turns), each watcher's in order and in a few writes, each rendered once per form of
+    output; a bookmark meanwhile is never ahead of an event not yet handed to its watcher, and a watch
+    that starts meanwhile is not sent the events its start covered."""
+    reader = FakeReader({"team/app": {"v000"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=1000)
+    source = ready(hub, "team")
+    source.fanout.per_turn = 100
+    renders: dict[tuple[str, int], int] = {}
+
+    def rendering(form: str) -> Callable[[Event], bytes]:
+        def counted(event: Event) -> bytes:
+            renders[form, event.sequence] = renders.get((form, event.sequence), 0) + 1
+            return render(event)
+
+        return counted
+
+    sinks: list[FakeSink] = []
+    for i in range(30):
+        form = "table" if i % 3 == 0 else "json"
+        sinks.append(FakeSink())
+        w = Watcher("alice", sinks[-1], rendering(form), lambda ref: True, lambda ns, path: True, bookmark)
+        w.form = form
+        assert hub.start(w, source, since=hub.versions.current, timeout=None)
+    new = [f"v{i:03d}" for i in range(1, 201)]
+    reader.repositories["team/app"] |= set(new)
+
+    def handed() -> int:
+        return sum(len(sink.lines) for sink in sinks)
+
+    source.resync()
+    counts = [handed()]
+    hub.bookmarks()
+    marks = [handed() - counts[0]]
+    late, late_sink = watcher()
+    assert hub.start(late, source, since=None, timeout=None)
+    for _ in range(1000):
+        if not one_turn(clock):
+            break
+        counts.append(handed() - sum(marks))
+    assert 0 < counts[0] <= 100
+    assert all(0 <= b - a <= 100 for a, b in itertools.pairwise(counts)) and len(counts) > 60
+    assert counts[-1] == 30 * 200
+    for sink in sinks:
+        events = [line for line in sink.lines if not line.startswith(b"BOOKMARK")]
+        assert [line.split()[1] for line in events] == [f"team/app:{tag}".encode() for tag in new]
+        sequences = [int(line.split()[-1]) for line in sink.lines if not line.startswith(b"BOOKMARK")]
+        assert sequences == sorted(sequences)
+        # The bookmark: every event before it is at or below it, every one after it above it.
+        at = next(i for i, line in enumerate(sink.lines) if line.startswith(b"BOOKMARK"))
+        mark = int(sink.lines[at].split()[1])
+        assert all(int(line.split()[-1]) <= mark for line in sink.lines[:at])
+        assert all(int(line.split()[-1]) > mark for line in sink.lines[at + 1 :])
+        assert sink.writes <= 20  # not one per event
+    assert renders == {(form, sequence): 1 for form in ("table", "json") for sequence in sequences}
+    # Started while the events were being handed over: its snapshot has them all, and nothing after.
+    assert len(late_sink.lines) == 201 and all(line.startswith(b"ADDED") for line in late_sink.lines)
 
 
 def test_watch_limits_per_user_and_in_total() -> None:

@@ -942,6 +942,7 @@ class ApiServer:
             user=user.name,
             sink=ResponseSink(request),
             render=renderer.event,
+            form=renderer,
             accept=options.accept(),
             readable=readable,
             bookmark=renderer.bookmark if options.bookmarks else None,

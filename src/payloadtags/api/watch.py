@@ -105,14 +105,15 @@ def watch_options(query: Query) -> WatchOptions:
     )
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class EventRenderer:
-    """Event lines in the negotiated form."""
+    """Event lines in the negotiated form. Equal renderers make the same lines (the watchers of a scope
+    share them): the replica's sequence formats every resourceVersion."""
 
     media: MediaType
     include: str
     registry_host: str
-    format_version: Callable[[int], str]
+    format_version: Callable[[int], str] = attrs.field(eq=False)
 
     def event(self, event: Event) -> bytes:
         obj = tag_object(self.registry_host, event.ref)

@@ -344,6 +344,8 @@ class WatchHub:
             backlog = self._open_listed(watcher, source, listed)
         self.watchers.add(watcher)
         self.per_user[watcher.user] += 1
+        # What it starts with covers every event so far, handed to the other watchers or not yet.
+        watcher.taken = self.versions.current
         source.subscribers.add(watcher)
         self._scopes[watcher] = source
         lifetime = min(timeout if timeout else self.limits.default_timeout, self.limits.max_timeout)
@@ -415,17 +417,24 @@ class WatchHub:
             namespaces = {repository.partition("/")[0] for repository in source.tags}
         watcher.know_rules(namespaces)  # AuthorizationNotReady: the watch is not started
 
+    def _bookmark(self, watcher: Watcher) -> None:
+        if watcher.bookmark is None:
+            return
+        source = self._scopes.get(watcher)
+        # Never ahead of an event of its scope not handed to it yet (`Fanout`): a client that resumed
+        # from the bookmark would never get it.
+        behind = source is not None and source.fanout.behind(watcher)
+        watcher.send(watcher.bookmark(watcher.taken if behind else self.versions.current, False))
+
     def _expire(self, watcher: Watcher) -> None:
         self._timers.pop(watcher, None)
-        if watcher.bookmark is not None:
-            # Just before the stream ends, so that the reflector resumes from here without a relist.
-            watcher.send(watcher.bookmark(self.versions.current, False))
+        # Just before the stream ends, so that the reflector resumes from here without a relist.
+        self._bookmark(watcher)
         watcher.end("timeout")
 
     def bookmarks(self) -> None:
         for watcher in list(self.watchers):
-            if watcher.bookmark is not None:
-                watcher.send(watcher.bookmark(self.versions.current, False))
+            self._bookmark(watcher)
 
     def check_access(self) -> None:
         generation = self.access_generation()

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from payloadtags.deferreds import Waiters
 from payloadtags.names import TagRef, split_repository
 from payloadtags.registry.errors import RegistryNotFound
+from payloadtags.watch.fanout import Fanout, Subscriber
 from payloadtags.watch.versions import ReplicaVersions
 
 log = Logger()
@@ -51,10 +52,6 @@ class ScopeReader(Protocol):
     async def repository_tags(self, repository: str) -> Sequence[str]: ...
 
 
-class Subscriber(Protocol):
-    def deliver(self, event: Event) -> None: ...
-
-
 @attrs.define(eq=False)
 class ScopeSource:
     namespace: str | None
@@ -81,6 +78,10 @@ class ScopeSource:
     _reading: set[str] = attrs.field(factory=set)
     _again: set[str] = attrs.field(factory=set)
     _dirty_before_ready: set[str] = attrs.field(factory=set)
+    # Hands the events to the subscribers, a bounded number per turn of the reactor.
+    fanout: Fanout = attrs.field(
+        default=attrs.Factory(lambda self: Fanout(self.subscribers, self.clock), takes_self=True)
+    )
     resyncs: int = 0
     failures: int = 0
     # Where lists of this scope report the tag lists they read, by the sequence of their resourceVersion
@@ -411,8 +412,7 @@ class ScopeSource:
         self.ring.append(event)
         while len(self.ring) > self.history:
             self.floor = self.ring.popleft().sequence
-        for subscriber in list(self.subscribers):
-            subscriber.deliver(event)
+        self.fanout.push(event)
         return event
 
     def since(self, sequence: int) -> list[Event] | None:

@@ -1,8 +1,9 @@
 """One watch stream: what its user may see, its bounded send buffer, its end.
 
-Events are written to the connection as they come while the transport takes them. When the transport
-pushes back (a slow client), events wait in a buffer of at most ``max_buffered`` lines; one more and the
-watcher is disconnected: memory per watcher stays bounded, and the client's reflector relists.
+Events are written to the connection as they come while the transport takes them, those the scope's
+fan-out hands over together in one write (``take``). When the transport pushes back (a slow client),
+events wait in a buffer of at most ``max_buffered`` lines; one more and the watcher is disconnected:
+memory per watcher stays bounded, and the client's reflector relists.
 
 What a watch starts with (an ADDED for every tag of a namespace, or the retained events since a
 resourceVersion) can be far more than that buffer: it is rendered a line at a time as the transport
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import collections
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import Protocol
 
 import attrs
@@ -23,6 +24,7 @@ from twisted.internet.defer import Deferred
 from payloadtags.access.rbac import PathMatcher
 from payloadtags.model import Status, to_json
 from payloadtags.names import TagRef, split_repository
+from payloadtags.watch.fanout import Lines
 from payloadtags.watch.source import Event
 
 
@@ -39,6 +41,10 @@ class Sink(Protocol):
 
 
 Render = Callable[[Event], bytes]
+
+# One write carries at most about this much of the events handed over together: the transport tells
+# it is full (pauses the watcher) only after a write, and the rest waits in the bounded buffer.
+_WRITE_BYTES = 64 * 1024
 
 
 def event_line(kind: str, obj: object) -> bytes:
@@ -71,6 +77,12 @@ class Watcher:
     # A BOOKMARK line at a sequence (True: the one ending the initial events); None: no bookmarks.
     bookmark: Callable[[int, bool], bytes] | None = None
     max_buffered: int = 1000
+    # Watchers of the same form share each event's line (`Fanout`): what ``render`` makes of an event
+    # depends on nothing else. None: ``render`` itself.
+    form: Hashable | None = None
+    # The sequence up to which the scope's events are this watch's past (`Fanout`): handed to it, or
+    # covered by what it started with (set then).
+    taken: int = 0
     buffer: collections.deque[bytes] = attrs.field(factory=collections.deque)
     paused: bool = False
     # The lines the watch starts with, not yet written; live events wait behind them.
@@ -139,10 +151,26 @@ class Watcher:
         self._decisions = {key: known for key, known in self._decisions.items() if key[0] not in changed}
         return False
 
-    def deliver(self, event: Event) -> None:
-        if self.closed or not self.visible(event.ref):
+    def take(self, events: Sequence[Event], lines: Sequence[Lines]) -> None:
+        """Events of the scope, in order, with the lines other watchers rendered of them."""
+        if self.closed:
             return
-        self.send(self.render(event))
+        form = self.render if self.form is None else self.form
+        out: list[bytes] = []
+        for event, rendered in zip(events, lines, strict=True):
+            if self.visible(event.ref):
+                line = rendered.get(form)
+                if line is None:
+                    line = rendered[form] = self.render(event)
+                out.append(line)
+        if self.paused or self.buffer or self.opening is not None:
+            for line in out:
+                self.send(line)  # the buffer's bound applies
+            return
+        self.buffer.extend(out)  # written now, as much as the transport takes
+        self._pump()
+        if len(self.buffer) > self.max_buffered:
+            self.end("slow", abort=True)
 
     def begin(self, events: Iterable[Event], then: Iterable[bytes] = ()) -> None:
         """Start with ``events`` (those visible, rendered one at a time) and then the lines ``then``,
@@ -178,7 +206,11 @@ class Watcher:
             else:
                 self.sink.write(line)
         while self.opening is None and self.buffer and not self.paused and not self.closed:
-            self.sink.write(self.buffer.popleft())
+            lines, size = [], 0
+            while self.buffer and size < _WRITE_BYTES:
+                lines.append(self.buffer.popleft())
+                size += len(lines[-1])
+            self.sink.write(b"".join(lines))
 
     def stopProducing(self) -> None:
         self.end("client gone", abort=False, write=False)
