@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
+import tracemalloc
 from collections.abc import Callable, Sequence
 
 import attrs
@@ -1384,3 +1386,44 @@ def test_what_a_watch_starts_with_is_paced_by_the_client_not_buffered() -> None:
     assert [line.split()[1] for line in lines[:50]] == [f"team/app:v{i:03d}" for i in range(50)]
     assert lines[50].startswith("BOOKMARK") and lines[51].startswith("ADDED team/app:z")
     assert len(lines) == 52 and not w.closed and not w.buffer
+
+
+def test_a_watch_whose_client_does_not_read_holds_no_copy_of_the_scope() -> None:
+    """Clients that start a watch and never read it hold, each, a line of what it starts with and the
+    list of the scope's repositories, not a reference for every tag of the scope; what they are sent
+    is the snapshot as the watch started, in list order, whatever the source reads meanwhile."""
+    tags = {
+        f"ns{n}/{path}": {f"t{i:04d}" for i in range(400)} for n in (1, 0) for path in ("b", "a/b", "a-b")
+    }
+    reader = FakeReader({repository: set(names) for repository, names in tags.items()})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=1)
+    source = ready(hub, None)
+    stalled = []
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(5):
+            w, sink = watcher(max_buffered=5000)
+            w.pauseProducing()  # its transport is full from the first line on
+            assert hub.start(w, source, since=None, timeout=None)
+            stalled.append((w, sink))
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # 2,400 tags: a reference for each is about 150 kB a watch; a line and the repositories, a few kB.
+    assert held < 5 * 20_000, held
+    reader.repositories = {"ns0/b": {"new"}}  # read before the clients read anything
+    clock.advance(1)
+    expected = sorted(
+        (TagRef(*repository.partition("/")[::2], tag) for repository, names in tags.items() for tag in names),
+        key=lambda ref: ref.sort_key,
+    )
+    for w, sink in stalled:
+        while w.opening is not None:
+            w.resumeProducing()
+        snapshot = [line.split()[1].decode() for line in sink.lines[: len(expected)]]
+        assert snapshot == [f"{ref.repository}:{ref.tag}" for ref in expected]
+        assert len(sink.lines) == len(expected) + 2400 + 1 and not w.closed  # then the resync's events

@@ -357,7 +357,7 @@ class WatchHub:
                 # Events that happen while the snapshot is being written wait behind it (subscribed
                 # above).
                 sequence = self.versions.current
-                snapshot = (Event(sequence, EventType.ADDED, ref) for ref in list(source.refs()))
+                snapshot = (Event(sequence, EventType.ADDED, ref) for ref in source.refs())
                 end: list[bytes] = []
                 if initial_events_end and watcher.bookmark is not None:
                     end.append(watcher.bookmark(sequence, True))

@@ -132,13 +132,20 @@ class ScopeSource:
         return parts is not None and (self.namespace is None or parts[0] == self.namespace)
 
     def refs(self) -> Iterator[TagRef]:
-        """The snapshot as references, in list order."""
-        refs: list[TagRef] = []
+        """The snapshot as it is now, as references in list order, made as they are taken: a watch
+        that starts with them and whose client reads slowly holds a copy of the list of repositories
+        (each one's tags are an immutable set, which later reads replace) and one repository's
+        references at a time, not a reference for every tag of the scope."""
+        repositories = []
         for repository, tags in self.tags.items():
             parts = split_repository(repository)
             if parts is not None:
-                refs.extend(TagRef(parts[0], parts[1], tag) for tag in tags)
-        return iter(sorted(refs, key=lambda ref: ref.sort_key))
+                # The references of a repository are together in list order (TagRef.sort_key).
+                repositories.append((TagRef(*parts, "").sort_key[:2], *parts, tags))
+        repositories.sort(key=lambda entry: entry[0])
+        return (
+            TagRef(namespace, path, tag) for _, namespace, path, tags in repositories for tag in sorted(tags)
+        )
 
     def when_ready(self) -> Deferred[None]:
         """Fires once the baseline is read. When every waiter gave up (their requests were cancelled)
