@@ -253,6 +253,34 @@ async def test_initial_events_bookmarks_timeout_and_selectors(make_server, regis
 
 
 @pytest_twisted.ensureDeferred
+async def test_no_initial_events_from_a_resource_version_sends_the_changes_after_it(
+    make_server, registry, repo
+):
+    """sendInitialEvents=false with NotOlderThan from N is a watch from N, as kube-apiserver's: the
+    changes after N; an N this replica cannot serve gets 410."""
+    namespace, _ = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "a")
+    api = await make_server(registry, watch=WatchLimits(resync_period=0.2))
+    client = api.client(api.pki.admin)
+    held = await stream(client, f"{collection(namespace)}?watch=true&resourceVersion=0")
+    assert (await held.next())["object"]["spec"]["tag"] == "a"
+    rv = (await client.get(collection(namespace))).json()["metadata"]["resourceVersion"]
+    images.push_oci_image(registry, repo, "b", seed="b")
+    assert (await held.next())["object"]["spec"]["tag"] == "b"
+    query = "watch=true&sendInitialEvents=false&resourceVersionMatch=NotOlderThan&timeoutSeconds=1"
+    since = await stream(client, f"{collection(namespace)}?{query}&resourceVersion={rv}")
+    added = await since.next()
+    assert (added["type"], added["object"]["spec"]["tag"]) == ("ADDED", "b")
+    await since.ended
+    assert since.lines.pending == []
+    foreign = await stream(client, f"{collection(namespace)}?{query}&resourceVersion=1")
+    error = await foreign.next()
+    assert (error["type"], error["object"]["code"]) == ("ERROR", 410)
+    await foreign.ended
+    held.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_resource_version_from_elsewhere_is_gone(make_server, registry, repo):
     namespace, _ = repo.split("/", 1)
     images.push_oci_image(registry, repo, "v1")

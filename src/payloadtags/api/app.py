@@ -911,7 +911,8 @@ class ApiServer:
         listed: Listed | None = None
         rv = options.resource_version
         initial_end = bool(options.send_initial_events)
-        if options.send_initial_events is not None:
+        # sendInitialEvents=false from N (not "" nor "0") is a watch from N, as kube-apiserver's.
+        if options.send_initial_events or (options.send_initial_events is False and rv in ("", "0")):
             # NotOlderThan: a fresh read is newer than any resourceVersion any replica issued before
             # this request, so it serves foreign ones too; "0" takes the snapshot as it is.
             if rv != "0":
