@@ -183,3 +183,27 @@ def test_the_drain_closes_idle_connections_and_makes_each_response_the_last() ->
     started.finish()
     assert b"Connection: close" not in begun_out.value()
     assert begun_out.disconnecting
+
+
+def test_a_client_that_stops_reading_a_response_being_written_is_closed_after_the_idle_timeout() -> None:
+    """A streaming response (a watch, a paced list) whose client does not read it: the transport
+    pausing the channel starts the clock, resuming it stops it."""
+    clock, resource = Clock(), _Held()
+    idle = HttpLimits().idle_timeout
+    site = GuardedSite(resource, HttpLimits(), _Admitting(), reactor=clock)
+    channel, transport = _connected(site)
+    channel.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    clock.advance(0)
+    (streaming,) = resource.held
+    streaming.write(b"an event\n")
+    clock.advance(idle * 2)  # the client reads: a stream lasts as long as it does
+    assert not transport.disconnecting
+    channel.pauseProducing()  # the transport is full
+    clock.advance(idle - 1)
+    channel.resumeProducing()  # the client read some of it
+    streaming.write(b"another\n")
+    channel.pauseProducing()
+    clock.advance(idle - 1)
+    assert not transport.disconnecting  # the clock started again at the second pause
+    clock.advance(1)
+    assert transport.disconnecting

@@ -13,7 +13,8 @@ What Twisted does on its own and what is changed here:
   ``Status`` in JSON;
 * a client may dribble a request head or body forever: here the head must arrive within
   ``header_timeout`` and the body within ``request_timeout``; an idle connection is closed after
-  ``idle_timeout`` and one whose client stops reading after the same time;
+  ``idle_timeout`` and one whose client stops reading after the same time, whether the response is
+  whole or still being written (a watch);
 * every request runs as soon as it is whole: here requests take turns between clients, and one
   source address is held to its share of connections and of unauthenticated work (clients.py);
 * nothing ends keep-alive but the client: here, once the server drains, idle connections close and
@@ -345,8 +346,18 @@ class GuardedChannel(http.HTTPChannel):
         self._replay_pending = True
         self.callLater(0, self._replay)
 
+    def pauseProducing(self) -> None:
+        """The transport is full: the client does not read what it was sent."""
+        super().pauseProducing()
+        if self._handlingRequest and not self._replay_pending and not self._deadline_kind:
+            # A response still being written (a watch, a paced list) to a client that stopped
+            # reading it: closed after the idle timeout, unless the client reads meanwhile.
+            self._arm(self.limits.idle_timeout, "stalled")
+
     def resumeProducing(self) -> None:
         if not self._replay_pending:
+            if self._deadline_kind == "stalled":
+                self._disarm()  # the client reads again
             super().resumeProducing()
             return
         self._waitingForTransport = False
