@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import gc
 import itertools
 import json
 import tracemalloc
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import attrs
 import pytest
@@ -1427,3 +1429,26 @@ def test_a_watch_whose_client_does_not_read_holds_no_copy_of_the_scope() -> None
         snapshot = [line.split()[1].decode() for line in sink.lines[: len(expected)]]
         assert snapshot == [f"{ref.repository}:{ref.tag}" for ref in expected]
         assert len(sink.lines) == len(expected) + 2400 + 1 and not w.closed  # then the resync's events
+
+
+def test_every_reason_a_watch_ends_with_is_documented_with_its_metric() -> None:
+    """The values of ``payloadtags_watches_ended_total``'s ``reason``: what the watch core passes to
+    ``Watcher.end``, each listed in docs/metrics.md."""
+    root = Path(__file__).resolve().parents[2]
+    reasons = set()
+    for module in (root / "src/payloadtags/watch").glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "end"
+            ):
+                if (
+                    node.args
+                    and isinstance(node.args[0], ast.Constant)
+                    and isinstance(node.args[0].value, str)
+                ):
+                    reasons.add(node.args[0].value)
+    assert {"slow", "timeout", "too many listed tags to confirm"} <= reasons
+    (row,) = [line for line in (root / "docs/metrics.md").read_text().splitlines() if "watches_ended" in line]
+    assert {reason for reason in reasons if f"`{reason}`" not in row} == set()
