@@ -32,6 +32,8 @@ from payloadtags.watch import (
     WatchLimits,
 )
 from payloadtags.watch.fanout import Lines
+from payloadtags.watch.hub import MAX_UNCONFIRMED_READS
+from payloadtags.watch.openings import Openings
 from payloadtags.watch.source import Event, EventType
 from payloadtags.watch.versions import EPOCH_MAX
 from tests.unit.test_registry_reads import Held, client_for, tags_reply
@@ -402,6 +404,20 @@ def listing(hub: WatchHub, namespace: str | None) -> tuple[int, Callable[[str, S
     return sequence, observe
 
 
+def from_list(hub: WatchHub, w: Watcher, source: ScopeSource, sequence: int) -> bool:
+    """A watch from a list of a scope that had no source, started as api/app.py does: the list's
+    record, the reads of the repositories it showed that the baseline lacks, then the watch."""
+    listed = hub.listed_at(source.namespace, sequence) if sequence < source.floor else None
+    if listed is None:
+        return hub.start(w, source, since=sequence, timeout=None)
+    confirmed: list[frozenset[str] | None] = []
+    Deferred.fromCoroutine(hub.confirm_listed(source, listed)).addCallback(confirmed.append)
+    assert confirmed, "the reads wait on the fake reader"
+    if confirmed[0] is None:
+        return False
+    return hub.start(w, source, since=sequence, timeout=None, listed=listed, confirmed=confirmed[0])
+
+
 def test_a_list_of_an_unwatched_scope_starts_no_source_and_nothing_rereads_it() -> None:
     reader = FakeReader({"team/app": {"v1"}})
     clock = Clock()
@@ -690,15 +706,16 @@ def test_a_watch_from_an_unwatched_list_starts_with_the_changes_since_its_reads(
     assert not hub.start(watcher()[0], source, since=sequence, timeout=None)  # no record: 410
     w, sink = watcher()
     reader.repository_reads.clear()
-    assert hub.start(w, source, since=sequence, timeout=None, listed=hub.listed_at("team", sequence))
+    assert from_list(hub, w, source, sequence)
     rv = source.floor
     # Each with a resourceVersion of its own. team/gone, which the baseline lacks altogether (as it
-    # would a repository the index does not know), is DELETED once a read of it says it is gone.
+    # would a repository the index does not know), is DELETED once a read of it, made before the
+    # watch starts, says it is gone.
     assert sink.lines == [
         f"DELETED team/app:v1 {rv + 1}".encode(),
         f"ADDED team/app:v3 {rv + 2}".encode(),
-        f"ADDED team/new:n {rv + 3}".encode(),
-        f"DELETED team/gone:g {rv + 4}".encode(),
+        f"DELETED team/gone:g {rv + 3}".encode(),
+        f"ADDED team/new:n {rv + 4}".encode(),
     ]
     assert reader.repository_reads == ["team/gone"]
     reader.repositories["team/app"].add("v4")
@@ -720,7 +737,7 @@ def test_a_repository_one_list_of_a_shared_record_never_read_is_added_for_its_wa
     observe_again("team/new", ["n"])
     source = ready(hub, "team")
     w, sink = watcher()
-    assert hub.start(w, source, since=sequence, timeout=None, listed=hub.listed_at("team", sequence))
+    assert from_list(hub, w, source, sequence)
     assert sink.lines == [f"ADDED team/new:n {hub.versions.current}".encode()]
 
 
@@ -736,7 +753,7 @@ def test_reads_that_disagree_send_whatever_any_of_them_may_have_shown_wrongly() 
     observe_again("team/app", ["b", "c"])
     source = ready(hub, "team")
     w, sink = watcher()
-    assert hub.start(w, source, since=sequence, timeout=None, listed=hub.listed_at("team", sequence))
+    assert from_list(hub, w, source, sequence)
     rv = hub.versions.current
     # "a" may have been shown and is gone; "c" may have been missed and is there; "b" was in every read.
     assert sink.lines == [f"DELETED team/app:a {rv - 1}".encode(), f"ADDED team/app:c {rv}".encode()]
@@ -774,7 +791,7 @@ def _cut_opening(cut: int | None) -> tuple[list[bytes], set[str], set[str]]:
     reader.repositories["team/new"] = {"x", "y"}
     source = ready(hub, "team")
     first, sink = watcher()
-    assert hub.start(first, source, since=sequence, timeout=None, listed=hub.listed_at("team", sequence))
+    assert from_list(hub, first, source, sequence)
     lines = sink.lines if cut is None else sink.lines[:cut]
     first.end("client gone")  # the timeout, the slow-client abort, a dropped connection
     state = _applied(listed_state, lines)
@@ -782,8 +799,7 @@ def _cut_opening(cut: int | None) -> tuple[list[bytes], set[str], set[str]]:
     again, sink_again = watcher()
     resumed = hub.sequence_of(resume)
     assert resumed is not None
-    listed = hub.listed_at("team", resumed) if resumed < source.floor else None
-    assert hub.start(again, source, since=resumed, timeout=None, listed=listed)
+    assert from_list(hub, again, source, resumed)
     clock.advance(10)  # a resync: the snapshot is the registry, nothing more to send
     state = _applied(state, sink_again.lines)
     registry = {f"{repository}:{tag}" for repository, tags in reader.repositories.items() for tag in tags}
@@ -807,7 +823,7 @@ def test_a_watch_from_an_unwatched_list_cut_anywhere_in_its_first_events_resumes
         assert [line.split()[:2] for line in lines] == [line.split()[:2] for line in whole], (cut, lines)
 
 
-def test_the_first_events_of_a_watch_from_a_list_reach_the_scope_s_other_watches_as_repeats() -> None:
+def test_the_first_events_of_a_watch_from_a_list_reach_no_other_watch_nor_the_scope_s_history() -> None:
     reader = FakeReader({"team/app": {"v1", "v2"}})
     clock = Clock()
     hub = make_hub(reader, clock, resync_period=10)
@@ -817,14 +833,251 @@ def test_the_first_events_of_a_watch_from_a_list_reach_the_scope_s_other_watches
     source = ready(hub, "team")
     other, other_sink = watcher()
     assert hub.start(other, source, since=None, timeout=None)  # holds the snapshot: v2, v3
+    held = list(other_sink.lines)
     w, sink = watcher()
-    assert hub.start(w, source, since=sequence, timeout=None, listed=hub.listed_at("team", sequence))
+    assert from_list(hub, w, source, sequence)
     assert [line.split()[:2] for line in sink.lines] == [
         [b"DELETED", b"team/app:v1"],
         [b"ADDED", b"team/app:v3"],
     ]
-    assert other_sink.lines[2:] == sink.lines  # a DELETED for a tag it has not, an ADDED for one it has
-    assert _applied(set(), other_sink.lines) == {"team/app:v2", "team/app:v3"}
+    assert other_sink.lines == held and not source.ring
+    # Both go on with the scope's changes, numbered after the opening.
+    reader.repositories["team/app"].add("v4")
+    clock.advance(10)
+    assert (
+        other_sink.lines[-1]
+        == sink.lines[-1]
+        == f"ADDED team/app:v4 {_sequence_of(sink.lines[1]) + 1}".encode()
+    )
+
+
+def test_a_watch_resumed_inside_its_first_events_gets_their_rest_then_the_scope_s_later_events() -> None:
+    reader = FakeReader({"team/app": {"v1"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=10)
+    sequence, observe = listing(hub, "team")
+    observe("team/app", ["v1"])
+    reader.repositories["team/app"] = {"a", "b", "c"}
+    source = ready(hub, "team")
+    w, sink = watcher()
+    assert from_list(hub, w, source, sequence)
+    assert [line.split()[1] for line in sink.lines] == [
+        b"team/app:v1",
+        b"team/app:a",
+        b"team/app:b",
+        b"team/app:c",
+    ]
+    w.end("client gone")  # its client had read two of them
+    reader.repositories["team/app"] = {"a", "c", "d"}
+    clock.advance(10)  # changes while it was away: events of the scope's history
+    again, sink_again = watcher()
+    assert hub.start(again, source, since=_sequence_of(sink.lines[1]), timeout=None)
+    assert [line.split()[:2] for line in sink_again.lines] == [
+        [b"ADDED", b"team/app:b"],
+        [b"ADDED", b"team/app:c"],
+        [b"DELETED", b"team/app:b"],
+        [b"ADDED", b"team/app:d"],
+    ]
+    sequences = [_sequence_of(line) for line in [*sink.lines[:2], *sink_again.lines]]
+    assert sequences == sorted(set(sequences))
+    # Another user resuming from there is sent only what it may see.
+    bob, bob_sink = watcher(user="bob", readable={"team/other"})
+    assert hub.start(bob, source, since=_sequence_of(sink.lines[1]), timeout=None)
+    assert bob_sink.lines == []
+
+
+def test_one_user_s_watches_from_a_list_by_name_neither_flush_the_scope_s_history_nor_reach_others() -> None:
+    """A list by name records one repository; each watch of the whole namespace from its
+    resourceVersion opens with an ADDED for every other tag. Those were put in the scope's history
+    and sent to its every watcher: anyone could flush the history (others' resumes got 410) or
+    have slow watchers cut, at will."""
+    reader = FakeReader({"team/app": {f"t{i:03}" for i in range(60)}, "team/one": {"x"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=10, history=50)
+    sequence, observe = listing(hub, "team")
+    observe("team/one", ["x"])  # kubectl get prt one.x
+    source = ready(hub, "team")
+    victim, victim_sink = watcher(user="bob")
+    assert hub.start(victim, source, since=None, timeout=None)
+    reader.repositories["team/app"].add("new")
+    clock.advance(10)
+    last = _sequence_of(victim_sink.lines[-1])
+    victim.end("timeout")
+    slow, slow_sink = watcher(user="carol", max_buffered=10)
+    assert hub.start(slow, source, since=last, timeout=None)
+    slow.pauseProducing()  # its client reads slowly
+    for _ in range(4):
+        w, sink = watcher(user="mallory")
+        assert from_list(hub, w, source, sequence)
+        assert len(sink.lines) == 61
+        w.end("client gone")
+    assert not slow.closed and not slow.buffer and slow_sink.lines == []
+    again, _ = watcher(user="bob")
+    assert hub.start(again, source, since=last, timeout=None), "the victim's resume is 410 Gone"
+
+
+@attrs.define
+class SnapReader(FakeReader):
+    """A scope read that reads the registry when it starts, and answers when the test says."""
+
+    hold_scope: list[Deferred[None]] = attrs.field(factory=list)
+    holding: bool = False
+
+    async def scope_tags(self, namespace: str | None) -> list[TagRef]:
+        self.scope_reads += 1
+        refs: list[TagRef] = []
+        for repository, tags in sorted(self.repositories.items()):
+            parts = split_repository(repository)
+            assert parts is not None
+            if namespace is None or parts[0] == namespace:
+                refs.extend(TagRef(parts[0], parts[1], tag) for tag in sorted(tags))
+        if self.holding:
+            self.hold_scope.append(Deferred())
+            await self.hold_scope[-1]
+        return refs
+
+
+def test_a_watch_s_first_events_never_tell_another_watch_a_tag_it_holds_is_deleted() -> None:
+    """W2's fresh read (for its watch from an unwatched list) misses t, deleted and pushed again
+    while it ran; Carol, who listed the watched scope meanwhile and holds t, got W2's DELETED of t
+    as a "repeat": her informer dropped a live tag, and kubectl wait --for=delete ended wrongly."""
+    reader = SnapReader({"team/app": {"v0", "t"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=30)
+    sequence, observe = listing(hub, "team")
+    observe("team/app", ["t", "v0"])  # W2's list of the unwatched namespace
+    source = ready(hub, "team")
+    w1, _ = watcher(user="bob")
+    assert hub.start(w1, source, since=None, timeout=None)
+    reader.repositories["team/app"].discard("t")
+    hub.repository_changed("team/app")
+    assert source.tags["team/app"] == frozenset({"v0"})
+    # W2's watch arrives: the scope is watched, so it waits for a fresh read, which reads team/app
+    # (t absent) and is still out.
+    reader.holding = True
+    fresh: list[object] = []
+    Deferred.fromCoroutine(source.fresh()).addBoth(fresh.append)
+    reader.holding = False
+    assert not fresh
+    # t is pushed again (its notification lost); Carol lists the watched namespace (t is there) and
+    # watches from her list's resourceVersion.
+    reader.repositories["team/app"].add("t")
+    rv: list[str] = []
+    Deferred.fromCoroutine(hub.list_version("team")).addCallback(rv.append)
+    carol_sequence = hub.versions.parse(rv[0])
+    carol_report = hub.observer("team", rv[0])
+    assert carol_sequence is not None and carol_report is not None
+    carol_report("team/app", ["t", "v0"])
+    carol, carol_sink = watcher(user="carol")
+    assert hub.start(carol, source, since=carol_sequence, timeout=None)
+    reader.hold_scope[0].callback(None)
+    assert fresh == [None]
+    w2, w2_sink = watcher(user="dave")
+    assert from_list(hub, w2, source, sequence)
+    assert w2_sink.lines[0].startswith(b"DELETED team/app:t")  # W2's own client: true as of its read
+    for _ in range(3):
+        clock.advance(10)
+    assert not any(line.startswith(b"DELETED team/app:t") for line in carol_sink.lines), carol_sink.lines
+
+
+def test_a_repository_deleted_after_a_list_ends_no_other_watch_of_the_scope() -> None:
+    """A list of the unwatched namespace read team/ci (10,001 tags), deleted before the watch from
+    that list arrived. Its tags were noted for a confirming read past the scope's bound: every
+    watch of the namespace ended with 410. Now a read of team/ci before the watch starts shows it
+    gone: that watch alone is sent their DELETED."""
+    big = {f"b{i:05}" for i in range(10_001)}
+    reader = FakeReader({"team/app": {"v1"}, "team/ci": set(big)})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=10)
+    sequence, observe = listing(hub, "team")
+    observe("team/app", ["v1"])
+    observe("team/ci", sorted(big))
+    del reader.repositories["team/ci"]
+    source = ready(hub, "team")
+    bob, bob_sink = watcher(user="bob")
+    assert hub.start(bob, source, since=None, timeout=None)
+    w, sink = watcher(user="alice")
+    assert from_list(hub, w, source, sequence)
+    assert not bob.closed and bob_sink.lines == [f"ADDED team/app:v1 {source.floor}".encode()]
+    assert len(sink.lines) == 10_001 and all(line.startswith(b"DELETED team/ci:") for line in sink.lines)
+    assert not w.closed
+
+
+def test_too_many_repositories_to_read_for_a_watch_s_first_events_is_410_for_that_watch_alone() -> None:
+    reader = FakeReader({"team/app": {"v1"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=10)
+    sequence, observe = listing(hub, "team")
+    observe("team/app", ["v1"])
+    gone = [f"team/r{i:03}" for i in range(MAX_UNCONFIRMED_READS + 1)]
+    for repository in gone:
+        observe(repository, ["t"])
+    source = ready(hub, "team")
+    bob, _ = watcher(user="bob")
+    assert hub.start(bob, source, since=None, timeout=None)
+    reader.repository_reads.clear()
+    assert not from_list(hub, watcher()[0], source, sequence)
+    assert reader.repository_reads == [] and not bob.closed
+    observe_fewer = hub.listed_at("team", sequence)
+    assert observe_fewer is not None
+    del observe_fewer.reads[gone[0]]
+    w, sink = watcher()
+    assert from_list(hub, w, source, sequence)  # as many as the bound: read
+    assert sorted(reader.repository_reads) == gone[1:]
+    assert [line.split()[0] for line in sink.lines] == [b"DELETED"] * MAX_UNCONFIRMED_READS
+
+
+def test_the_reads_before_a_watch_s_first_events_run_a_few_at_a_time() -> None:
+    reader = FakeReader({"team/app": {"v1"}})
+    hub = make_hub(reader, Clock(), resync_period=10)
+    sequence, observe = listing(hub, "team")
+    for i in range(20):
+        observe(f"team/r{i:02}", ["t"])  # deleted since, or unknown to the index
+    source = ready(hub, "team")
+    listed = hub.listed_at("team", sequence)
+    assert listed is not None
+    reader.held = []
+    confirmed: list[frozenset[str] | None] = []
+    Deferred.fromCoroutine(hub.confirm_listed(source, listed)).addCallback(confirmed.append)
+    fired = 0
+    while fired < 20:
+        assert len(reader.held) - fired == min(8, 20 - fired) and not confirmed
+        reader.held[fired].callback(["t"] if fired == 0 else [])
+        fired += 1
+    assert confirmed and confirmed[0] is not None and "team/r05" in confirmed[0]
+    assert source.tags["team/r00"] == frozenset({"t"})  # there: in the snapshot, as a notification's read
+
+
+def test_a_watch_resumed_inside_first_events_no_longer_kept_gets_gone() -> None:
+    reader = FakeReader({"team/app": {"v1"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=10, idle_scope_ttl=60)
+    hub.openings = Openings(max_events=4)
+    hub.openings.on_forget = hub._forget_opening
+    sequence, observe = listing(hub, "team")
+    observe("team/app", ["v1"])
+    reader.repositories["team/app"] = {"a", "b", "c"}
+    source = ready(hub, "team")
+    first, first_sink = watcher()
+    assert from_list(hub, first, source, sequence)  # 4 events: kept
+    second, second_sink = watcher()
+    assert from_list(hub, second, source, sequence)  # 4 more: the first opening's events go
+    inside_first, inside_second = _sequence_of(first_sink.lines[1]), _sequence_of(second_sink.lines[1])
+    assert not hub.start(watcher()[0], source, since=inside_first, timeout=None)
+    # From its last event: the history after it, as from any sequence.
+    assert hub.start(watcher()[0], source, since=_sequence_of(first_sink.lines[-1]), timeout=None)
+    resumed, resumed_sink = watcher()
+    assert hub.start(resumed, source, since=inside_second, timeout=None)
+    assert len(resumed_sink.lines) == 2
+    # Past the bound on spans the oldest is forgotten: the history no longer serves watches from
+    # before its end, which could not be told from watches resumed inside it.
+    hub.openings.max_spans = 2
+    third, third_sink = watcher()
+    assert from_list(hub, third, source, sequence)
+    assert source.floor == _sequence_of(first_sink.lines[-1])
+    clock.advance(61)
+    hub.reap()  # kept too long
+    assert not hub.start(watcher()[0], source, since=_sequence_of(third_sink.lines[1]), timeout=None)
 
 
 def test_a_tag_a_list_by_name_showed_of_a_repository_the_index_lacks_is_not_deleted_unread() -> None:
@@ -840,7 +1093,7 @@ def test_a_tag_a_list_by_name_showed_of_a_repository_the_index_lacks_is_not_dele
     source = ready(hub, "team")
     w, sink = watcher()
     reader.repository_reads.clear()
-    assert hub.start(w, source, since=sequence, timeout=None, listed=hub.listed_at("team", sequence))
+    assert from_list(hub, w, source, sequence)
     assert not any(line.startswith(b"DELETED") for line in sink.lines), sink.lines
     assert reader.repository_reads == ["team/new"]  # read to confirm it (InventoryReader indexes it)
     del reader.repositories["team/new"]

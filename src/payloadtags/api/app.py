@@ -909,6 +909,7 @@ class ApiServer:
         source = await hub.source(namespace, slot)
         since: int | None = None
         listed: Listed | None = None
+        confirmed: frozenset[str] = frozenset()
         rv = options.resource_version
         initial_end = bool(options.send_initial_events)
         # sendInitialEvents=false from N (not "" nor "0") is a watch from N, as kube-apiserver's.
@@ -929,8 +930,14 @@ class ApiServer:
                 # A list made while the scope had no source: its reads were recorded. The scope is
                 # compared with them as read after this request (a new source's baseline is).
                 listed = hub.listed_at(namespace, since)
-                if listed is not None and warm:
-                    await source.fresh()
+                if listed is not None:
+                    if warm:
+                        await source.fresh()
+                    known = await hub.confirm_listed(source, listed)
+                    if known is None:
+                        since, listed = -1, None  # too many repositories to read: 410 below
+                    else:
+                        confirmed = known
         try:
             hub.check_running()  # it stopped while this watch waited: refused before the head too
         except TooManyWatches as error:
@@ -957,7 +964,14 @@ class ApiServer:
         request.registerProducer(watcher, True)
         try:
             started = hub.start(
-                watcher, source, since, options.timeout_seconds, initial_end, listed=listed, slot=slot
+                watcher,
+                source,
+                since,
+                options.timeout_seconds,
+                initial_end,
+                listed=listed,
+                slot=slot,
+                confirmed=confirmed,
             )
         except Exception:
             # A bug: after the head only an event reaches the client (never a bare Status line).

@@ -4,8 +4,9 @@ Lists go through ``list_version`` first. When the list's scope has a source, it 
 baseline, so every change after the list is an event after the list's resourceVersion. When it has
 none, no source is started (a plain list costs one read of the registry, no rereads after it): the list
 records what it reads (``watch.listed``), and a watch from its resourceVersion starts the source and is
-first sent the differences from that record. A source outlives its last watcher by ``idle_scope_ttl``
-(a reflector's reconnect); a watch from before a source's baseline with no record gets 410 Gone.
+first sent the differences from that record: its opening, private to it (``watch.openings``). A source
+outlives its last watcher by ``idle_scope_ttl`` (a reflector's reconnect); a watch from before a source's
+baseline with no record gets 410 Gone.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 from collections.abc import Callable, Iterable, Sequence
 
 import attrs
+from twisted.internet.defer import DeferredSemaphore, gatherResults
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -26,6 +28,7 @@ from payloadtags.inventory import Inventory
 from payloadtags.limits import WatchLimits
 from payloadtags.names import TagRef, split_repository
 from payloadtags.watch.listed import Listed, ListedScopes
+from payloadtags.watch.openings import Opening, Openings
 from payloadtags.watch.source import Event, EventType, ScopeReader, ScopeSource
 from payloadtags.watch.versions import ReplicaVersions
 from payloadtags.watch.watcher import Watcher, expired_line
@@ -35,6 +38,10 @@ log = Logger()
 
 _ACCESS_CHANGED = "the access rules changed what this watch may show; relist"
 _UNCONFIRMED = "too many tags changed in the registry since this scope was last read; relist"
+# Repositories a list of an unwatched scope showed and its watch's baseline lacks, read before the
+# watch starts (`confirm_listed`): past this many the watch is 410 Gone; at most this many at once.
+MAX_UNCONFIRMED_READS = 100
+_CONCURRENT_READS = 8
 
 
 class TooManyWatches(Exception):
@@ -113,6 +120,10 @@ class WatchHub:
     _housekeeping: list[LoopingCall] = attrs.field(factory=list)
     stopped: bool = False
     listed: ListedScopes = attrs.field(factory=ListedScopes)
+    openings: Openings = attrs.field(factory=Openings)
+
+    def __attrs_post_init__(self) -> None:
+        self.openings.on_forget = self._forget_opening
 
     # -- resourceVersions -------------------------------------------------------------------------
 
@@ -186,6 +197,24 @@ class WatchHub:
         """The record of the lists of ``scope`` at ``sequence``, if it is still kept."""
         return self.listed.get(scope, sequence, self.clock.seconds())
 
+    async def confirm_listed(self, source: ScopeSource, listed: Listed) -> frozenset[str] | None:
+        """Before a watch from ``listed`` starts (after its source read the scope): reads each
+        repository the lists showed tags of and the snapshot lacks altogether (`Listed.unconfirmed`:
+        the scope's reads go through the repository index, which may not know one a list by name read
+        directly), and applies each read to the snapshot as a notification's read is (the reader
+        adds a repository it finds to the index). Returns the repositories whose state the snapshot
+        now tells (`start`'s ``confirmed``): a tag of one of them that it lacks is gone. None when
+        there are more than ``MAX_UNCONFIRMED_READS`` to read, or a read failed: the watch is 410
+        Gone and its client relists, the scope's other watches untouched."""
+        known = frozenset(listed.reads)
+        unread = [repository for repository, _ in listed.unconfirmed(source.tags)]
+        if len(unread) > MAX_UNCONFIRMED_READS:
+            return None
+        limit = DeferredSemaphore(_CONCURRENT_READS)
+        reads = [limit.run(source.read, repository) for repository in unread]
+        done: list[bool] = await gatherResults(reads, consumeErrors=True)
+        return known if all(done) else None
+
     # -- sources ----------------------------------------------------------------------------------
 
     async def source(self, namespace: str | None, slot: WatchSlot | None = None) -> ScopeSource:
@@ -251,7 +280,7 @@ class WatchHub:
 
     def reap(self) -> None:
         """Drops sources nobody watches and nobody listed for ``idle_scope_ttl``, and list records
-        nobody used for as long."""
+        and openings nobody used for as long."""
         now = self.clock.seconds()
         dropped = self.listed.expire(now - self.limits.idle_scope_ttl)
         for scope, source in list(self.sources.items()):
@@ -273,6 +302,18 @@ class WatchHub:
             # lists, or by the dropped source: a bookmark, an event), and a watch from that one would
             # be sent the differences from the later list's reads, never the changes made before it.
             self.versions.next()
+        self.openings.expire(
+            now - self.limits.idle_scope_ttl, lambda source: self.sources.get(source.namespace) is source
+        )
+
+    def _forget_opening(self, opening: Opening) -> None:
+        """Past the bound on openings' spans the oldest is forgotten: a watch resumed from inside it
+        could no longer be told from one resumed between two events of the scope's history, and would
+        be sent that history without the rest of the opening. The history no longer serves watches
+        from before the opening's end (410 Gone)."""
+        source = opening.source
+        if self.sources.get(source.namespace) is source:
+            source.floor = max(source.floor, opening.last)
 
     # -- watchers ---------------------------------------------------------------------------------
 
@@ -311,6 +352,7 @@ class WatchHub:
         initial_events_end: bool = False,
         listed: Listed | None = None,
         slot: WatchSlot | None = None,
+        confirmed: frozenset[str] = frozenset(),
     ) -> bool:
         """Attaches a watcher to a ready source.
 
@@ -318,8 +360,9 @@ class WatchHub:
         ``initial_events_end``, a bookmark saying so); otherwise the retained events after ``since``.
         False when those are no longer retained, or the source is no longer the scope's (the caller
         answers 410 Gone). With ``listed`` (a watch from a list made while the scope had no source,
-        whose source has since read the scope after the watch arrived): the differences between the
-        list's reads and the snapshot, as events of the scope (`_open_listed`).
+        whose source has since read the scope after the watch arrived, and ``confirm_listed`` the
+        repositories it gave as ``confirmed``): the differences between the list's reads and the
+        snapshot, its opening (`_open_listed`).
 
         With a ``slot`` (from ``admit``, still held) it raises only AuthorizationNotReady (the rules
         are not loaded, ``authorize``), having registered nothing; the watcher takes the slot's place.
@@ -334,14 +377,14 @@ class WatchHub:
             slot.release()
             return False
         if listed is None and since is not None:
-            backlog = source.since(since)
+            backlog = self._resume(source, since)
             if backlog is None:
                 slot.release()
                 return False
         slot.release()
         self._know_rules(watcher, source)
         if listed is not None:
-            backlog = self._open_listed(watcher, source, listed)
+            backlog = self._open_listed(source, listed, confirmed)
         self.watchers.add(watcher)
         self.per_user[watcher.user] += 1
         # What it starts with covers every event so far, handed to the other watchers or not yet.
@@ -363,12 +406,7 @@ class WatchHub:
                     end.append(watcher.bookmark(sequence, True))
                 watcher.begin(snapshot, end)
             else:
-                watcher.begin(list(backlog))
-                if listed is not None:
-                    # After the watch's first lines: a confirming read may end at once, and its
-                    # events come after them.
-                    for repository, tags in listed.unconfirmed(source.tags):
-                        source.list_read(repository, sorted(tags))
+                watcher.begin(backlog)
         except BaseException:
             # Nothing of a watch that failed to start stays behind: no later event, check or timer
             # reaches a response its caller has ended.
@@ -376,16 +414,33 @@ class WatchHub:
             raise
         return True
 
-    def _open_listed(self, watcher: Watcher, source: ScopeSource, listed: Listed) -> list[Event]:
-        """The first events of a watch from a list made while the scope had no source: what the
-        watch shows of the differences between the list's reads and the snapshot (a read made after
-        the watch arrived), each an event of the scope with a resourceVersion of its own. A stream
-        cut among them (its timeout, a slow or gone client) resumes from the last one it sent, and
-        the history serves exactly what followed it. The scope's other watchers get them too: they
-        agree with the snapshot, so to a watcher that follows it they are repeats (an ADDED for a
-        tag it has, a DELETED for one it has not)."""
-        changes = [(kind, ref) for kind, ref in listed.changes(source.tags) if watcher.visible(ref)]
-        return [source.emit(kind, ref) for kind, ref in changes]
+    def _open_listed(self, source: ScopeSource, listed: Listed, confirmed: frozenset[str]) -> list[Event]:
+        """The opening of a watch from a list made while the scope had no source: the differences
+        between the list's reads and the snapshot (a read made after the watch arrived; a repository
+        of ``confirmed`` it lacks has no tags), each with a resourceVersion of its own, the next ones
+        after every event of the scope's history. They are the watch's alone: not in the history, not
+        sent to the scope's other watches, to whom they would be repeats at best (a DELETED, to one
+        shown the tag since, of a tag pushed again) and which one user's watches would flush. A
+        stream cut among them resumes from the last one it sent (`_resume`), while the opening is
+        kept. All of them are kept, whoever may see them; the watch sends those it shows."""
+        now = dict(source.tags)
+        for repository in confirmed:
+            now.setdefault(repository, frozenset())
+        events = [Event(self.versions.next(), kind, ref) for kind, ref in listed.changes(now)]
+        self.openings.keep(source, events, self.clock.seconds())
+        return events
+
+    def _resume(self, source: ScopeSource, since: int) -> list[Event] | None:
+        """The events after ``since`` for a watch resumed from it: from inside an opening, the rest of
+        it and then the history after its last event; else the history's. None when they are no
+        longer kept (410 Gone)."""
+        opening = self.openings.find(source, since)
+        if opening is None:
+            return source.since(since)
+        rest = source.since(opening.last)
+        if opening.dropped or rest is None:
+            return None
+        return [*opening.after(since), *rest]
 
     def _forget(self, watcher: Watcher) -> None:
         """Unregisters an ended watcher, once."""

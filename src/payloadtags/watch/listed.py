@@ -75,7 +75,7 @@ class Listed:
     def changes(self, now: Mapping[str, frozenset[str]]) -> Iterator[tuple[EventType, TagRef]]:
         """The events that bring a client shown any of the recorded reads to ``now`` (a read of the
         scope made after the lists'), in list order; but for the tags of repositories ``now`` lacks
-        altogether (`unconfirmed`)."""
+        altogether (`unconfirmed`), which ``now`` must tell with an empty set when they are gone."""
         for repository in sorted(set(self.reads) | set(now)):
             parts = split_repository(repository)
             if parts is None:
@@ -96,7 +96,7 @@ class Listed:
         """The repositories reads showed tags of and ``now`` lacks altogether, with those tags. A read
         of the scope goes through the repository index, which may not know a repository yet (its push
         notification lost) while a list by name read it directly: its tags are gone only once a read of
-        that repository says so (`ScopeSource.list_read`)."""
+        that repository says so (`WatchHub.confirm_listed`)."""
         for repository, (_, some) in sorted(self.reads.items()):
             parts = split_repository(repository)
             if some and repository not in now and parts is not None:

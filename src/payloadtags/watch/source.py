@@ -254,9 +254,7 @@ class ScopeSource:
         list did not show never ``ADDED``. Both are confirmed by a read of the repository made after
         the list's (`_confirm`). The list's read is never applied to the snapshot: it may be older
         than the snapshot, or of a repository the scope's reads do not see yet (the index), and
-        every watcher of the scope would be told of changes undone. A watch from a list made while
-        the scope had no source reports here what that list showed of a repository the snapshot
-        lacks altogether (`WatchHub.start`), for the same reason.
+        every watcher of the scope would be told of changes undone.
         """
         if not self.ready or not self.covers(repository):
             return
@@ -368,20 +366,8 @@ class ScopeSource:
             busy.add(repository)
             try:
                 while True:
-                    mark = self._next_mark()
-                    try:
-                        tags = frozenset(await self.reader.repository_tags(repository))
-                    except RegistryNotFound:
-                        tags = frozenset()
-                    except Exception as error:
-                        log.warn(
-                            "watch read of {repository} failed: {error}; the next resync covers it",
-                            repository=repository,
-                            error=str(error) or repr(error),
-                        )
+                    if not await self._read_once(repository, apply):
                         return
-                    apply(tags, mark)
-                    self._confirm(repository, tags, mark)
                     if repository not in again:
                         return
                     again.discard(repository)
@@ -392,6 +378,29 @@ class ScopeSource:
         # change it tells of (a deletecollection, registry.coalesce), and a read sent since then but
         # before the change must not serve this one.
         contextvars.Context().run(Deferred.fromCoroutine, reading())
+
+    async def _read_once(self, repository: str, apply: Callable[[frozenset[str], int], None]) -> bool:
+        """One read of a repository's tag list, taken by ``apply`` and `_confirm`; False if it failed."""
+        mark = self._next_mark()
+        try:
+            tags = frozenset(await self.reader.repository_tags(repository))
+        except RegistryNotFound:
+            tags = frozenset()
+        except Exception as error:
+            log.warn(
+                "watch read of {repository} failed: {error}; the next resync covers it",
+                repository=repository,
+                error=str(error) or repr(error),
+            )
+            return False
+        apply(tags, mark)
+        self._confirm(repository, tags, mark)
+        return True
+
+    async def read(self, repository: str) -> bool:
+        """Reads one repository now, in the caller's context (a read sent after its request began
+        serves it), and applies it to the snapshot as a notification's read is; False if it failed."""
+        return await self._read_once(repository, lambda tags, mark: self._apply(repository, tags, mark))
 
     def _apply(self, repository: str, tags: frozenset[str], mark: int) -> None:
         if self._marks.get(repository, 0) > mark:
