@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred
 from payloadtags.limits import HttpLimits, WatchLimits
 from payloadtags.names import encode_name
 from payloadtags.watch import WatchHub
+from payloadtags.watch import hub as watch_hub
 from tests.support import images
 from tests.support.client import ApiClient, Stream, stream
 from tests.support.faultproxy import STALL, FaultProxy
@@ -911,3 +912,35 @@ async def test_a_list_by_name_of_a_repository_the_index_lacks_is_not_followed_by
     deleted = await watch.next()
     assert (deleted["type"], deleted["object"]["spec"]["tag"]) == ("DELETED", "t")
     watch.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_watch_from_a_list_of_more_repositories_the_index_lacks_than_are_read_is_410_alone(
+    make_server, registry, repo, tmp_path, monkeypatch
+):
+    """Before a watch from a list of a namespace nobody watched starts, the repositories the list
+    showed and the baseline lacks are read; past the bound on those reads (1 here) that watch is
+    410 Gone, and the namespace's other watch goes on as before."""
+    monkeypatch.setattr(watch_hub, "MAX_UNCONFIRMED_READS", 1)
+    namespace, _, client = await _indexed(make_server, registry, repo, tmp_path)
+    url = collection(namespace)
+    versions = []
+    for path in ("lost1", "lost2"):
+        images.push_oci_image(registry, f"{namespace}/{path}", "t", seed=path)  # no notification posted
+        selector = f"fieldSelector=metadata.name%3D{encode_name(path, 't')}"
+        listing = (await client.get(f"{url}?{selector}")).json()
+        assert [item["spec"]["tag"] for item in listing["items"]] == ["t"]
+        versions.append(listing["metadata"]["resourceVersion"])
+    assert versions[0] == versions[1]  # one record: both repositories
+    other = await stream(client, f"{url}?watch=true")
+    first = await other.next()
+    assert (first["type"], first["object"]["spec"]["tag"]) == ("ADDED", "v1")
+    late = await stream(client, f"{url}?watch=true&resourceVersion={versions[0]}")
+    assert late.code == 200
+    error = await late.next()
+    assert (error["type"], error["object"]["code"], error["object"]["reason"]) == ("ERROR", 410, "Expired")
+    await late.ended
+    assert (await client.delete(f"{url}/{encode_name('known', 'v1')}")).code == 200
+    deleted = await other.next()
+    assert (deleted["type"], deleted["object"]["spec"]["tag"]) == ("DELETED", "v1")
+    other.close()

@@ -108,6 +108,9 @@ class ScopeSource:
     _catch_up_waiters: Waiters[None] = attrs.field(factory=Waiters)
     _checking: set[str] = attrs.field(factory=set)
     _check_again: set[str] = attrs.field(factory=set)
+    # Repositories the snapshot holds from a read of the repository itself (a notification, a delete,
+    # a watch's opening) that no read of the scope has shown since (`_apply_read`).
+    _read_alone: set[str] = attrs.field(factory=set)
 
     def reporter(self, sequence: int) -> Callable[[str, Sequence[str]], None]:
         """Where a list of this scope at ``sequence`` reports the tag lists it reads (`list_read`). Once
@@ -214,6 +217,12 @@ class ScopeSource:
         for ref in refs:
             seen.setdefault(ref.repository, set()).add(ref.tag)
         for repository in set(self.tags) | set(seen):
+            if repository not in seen and repository in self._read_alone:
+                # The scope's reads go through the repository index, which may have learnt of it only
+                # after this one began: a read of the repository says whether it is gone.
+                self.repository_changed(repository)
+                continue
+            self._read_alone.discard(repository)
             self._apply(repository, frozenset(seen.get(repository, ())), mark)
         for repository in sorted(self._noted):
             # What lists showed otherwise that this read may not confirm: it does not read tags the
@@ -243,7 +252,10 @@ class ScopeSource:
             self._dirty_before_ready.add(repository)
             return
         self._reread(
-            repository, self._reading, self._again, lambda tags, mark: self._apply(repository, tags, mark)
+            repository,
+            self._reading,
+            self._again,
+            lambda tags, mark: self._apply_read(repository, tags, mark),
         )
 
     def list_read(self, repository: str, tags: Sequence[str]) -> None:
@@ -400,7 +412,16 @@ class ScopeSource:
     async def read(self, repository: str) -> bool:
         """Reads one repository now, in the caller's context (a read sent after its request began
         serves it), and applies it to the snapshot as a notification's read is; False if it failed."""
-        return await self._read_once(repository, lambda tags, mark: self._apply(repository, tags, mark))
+        return await self._read_once(repository, lambda tags, mark: self._apply_read(repository, tags, mark))
+
+    def _apply_read(self, repository: str, tags: frozenset[str], mark: int) -> None:
+        """Applies a read of one repository. One with tags is noted: until a read of the scope shows
+        it, a read of the scope that lacks it is not taken for its deletion (`_resync_once`)."""
+        self._apply(repository, tags, mark)
+        if tags:
+            self._read_alone.add(repository)
+        else:
+            self._read_alone.discard(repository)
 
     def _apply(self, repository: str, tags: frozenset[str], mark: int) -> None:
         if self._marks.get(repository, 0) > mark:
