@@ -935,7 +935,7 @@ class ApiServer:
                         await source.fresh()
                     known = await hub.confirm_listed(source, listed)
                     if known is None:
-                        since, listed = -1, None  # too many repositories to read: 410 below
+                        since, listed = -1, None  # too many repositories to read, or a read failed: 410
                     else:
                         confirmed = known
         try:
