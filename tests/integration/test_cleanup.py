@@ -517,7 +517,11 @@ async def test_a_delete_ready_after_the_namespace_is_created_anew_waits_for_a_ge
 ) -> None:
     """The GET in flight when a delete becomes ready was evaluated before: here, before the namespace
     was created anew, with its answer slow to come. The delete waits for the next GET, which the
-    creation stops; only the delete already sent before reaches the registry after the creation."""
+    creation stops; only the delete already sent before reaches the registry after the creation.
+
+    The order is driven, not left to which repository's worker is quicker: team/other's first delete
+    waits until team/app's first has been let go, so the GET held back is the one team/other's second
+    delete asked for, never the one team/app's first waits for (that would wait for itself)."""
     team = unique_namespace("team")
     create_namespace(kube_api, team)
     pushed = push_old_tags(fresh_registry, team)  # team/app: four digests, deleted in digest order
@@ -526,26 +530,34 @@ async def test_a_delete_ready_after_the_namespace_is_created_anew_waits_for_a_ge
     replica = make_controller(fresh_registry.url, leader_elect=False, cascade_concurrency=2, start=False)
     kube, registry = replica.kube, replica.registry
     real_get, real_delete = kube.get, registry.delete_manifest
-    slow: list[Deferred[None]] = []  # the answer held back, once a delete of team/other is done
-    evaluated: Deferred[None] = Deferred()
+    app_sent: Deferred[None] = Deferred()  # team/app's first delete has passed its GET
+    slow: list[Deferred[None]] = []  # the answer held back: team/other's second delete's GET
+    evaluated: Deferred[None] = Deferred()  # ... which the API has evaluated (before the creation)
     app_deletes: list[bool] = []  # per delete of team/app: whether the namespace existed again
     other_deleted: list[str] = []
 
     async def get(path: str, params: Any = None) -> Any:
+        # The first GET sent once team/other's first delete is done: its second delete's, sent at
+        # once on that return (team/app's first has passed its own, team/app's second waits for it).
+        held = path.endswith(f"/namespaces/{team}") and bool(other_deleted) and not slow
+        if held:
+            slow.append(Deferred())
         try:
             return await real_get(path, params)  # the API evaluates it now
         finally:
-            if path.endswith(f"/namespaces/{team}") and other_deleted and not slow:
-                slow.append(Deferred())
+            if held:
                 evaluated.callback(None)
                 await slow[0]
 
     async def delete(repository: str, digest: str) -> None:
         if repository == f"{team}/other":
+            if not other_deleted:
+                await app_sent
             await real_delete(repository, digest)
             other_deleted.append(digest)
             return
         if not app_deletes:
+            app_sent.callback(None)
             await evaluated  # reaches the registry late: after another delete's GET was evaluated
             kube_api.mute_watches()  # the store keeps its last state
             kube_api.finalize_namespace(team)
