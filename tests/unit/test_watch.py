@@ -1411,6 +1411,32 @@ def test_access_change_ends_only_the_watches_it_affects() -> None:
         hub.admit("alice")
 
 
+def test_a_revocation_while_a_repository_s_last_deletions_wait_in_the_fan_out_ends_the_watch() -> None:
+    """Every tag of alice's repository is deleted, and she loses it while the DELETED events still wait
+    in the fan-out (handed over a few per turn). The repository has no tags any more, yet what her
+    client holds of it was decided by the old rules: the watch ends with a 410, rather than the
+    DELETED being dropped under the new ones and her client keeping the deleted tag."""
+    clock = Clock()
+    hub, index, authorizer, source = alice_and_bob(clock)
+    source.fanout.per_turn = 1
+    w, sink = rbac_watcher(authorizer, "alice")
+    assert hub.start(w, source, since=None, timeout=None)
+    assert [line.split()[:2] for line in sink.lines] == [[b"ADDED", b"team/app:v1"]]
+    reader = hub.reader
+    assert isinstance(reader, FakeReader)
+    reader.repositories["team/web"] |= {f"w{i}" for i in range(5)}  # bob's events come first
+    hub.repository_changed("team/web")
+    reader.repositories.pop("team/app")
+    hub.repository_changed("team/app")
+    assert "team/app" not in source.tags and source.fanout.behind(w)
+    grant(index, "alice", "team", ["other"], "alice")
+    hub.check_access()
+    while one_turn(clock):
+        pass
+    assert [line.split()[:2] for line in sink.lines[:-1]] == [[b"ADDED", b"team/app:v1"]]
+    assert gone(sink) and w.reason == "access rules changed"
+
+
 @pytest.mark.parametrize("scope", ["team", None])
 def test_a_grant_or_a_revocation_ends_a_watch_told_nothing_of_the_repository(scope: str | None) -> None:
     """A watch from a list's resourceVersion was sent nothing about `secret`; what the user may see of

@@ -67,6 +67,12 @@ class Fanout:
         """Whether events wait for ``subscriber``: a bookmark at the newest sequence would pass them."""
         return bool(self._sequences) and subscriber.taken < self._sequences[-1]
 
+    def waiting(self, subscriber: Subscriber) -> set[str]:
+        """The repositories of the events not yet handed to ``subscriber``: what it shows of them is
+        decided when they are, by the access rules in force then."""
+        first = bisect.bisect_right(self._sequences, subscriber.taken)
+        return {event.ref.repository for event in self._events[first:]}
+
     def _new_turn(self) -> None:
         self._turn = None
         self._spent = 0

@@ -124,7 +124,8 @@ class Watcher:
 
     def access_changed(self, scope: Iterable[str]) -> bool:
         """After a change of the access rules: True when the user may now see a repository of the
-        watched scope (``scope``: the repositories that have tags) that any rules its client's view was
+        watched scope (``scope``: the repositories that have tags, and those of the events not yet
+        handed to it) that any rules its client's view was
         decided by hid, or no longer one they showed; the client's cache then lacks tags or holds stale
         ones, and only a relist mends it. False when the change shows the user nothing new here: later
         decisions follow the new rules."""
