@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 
 import pytest
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
@@ -19,7 +20,14 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import Interface, implementer, providedBy
 
 from payloadtags.api.errors import ApiError
-from payloadtags.http.channel import CLOSE_GRACE, GuardedChannel, GuardedSite, _drain, _provide_as
+from payloadtags.http.channel import (
+    CLOSE_GRACE,
+    STALL_CHECK,
+    GuardedChannel,
+    GuardedSite,
+    _drain,
+    _provide_as,
+)
 from payloadtags.limits import LINGER, HttpLimits
 
 
@@ -206,4 +214,85 @@ def test_a_client_that_stops_reading_a_response_being_written_is_closed_after_th
     clock.advance(idle - 1)
     assert not transport.disconnecting  # the clock started again at the second pause
     clock.advance(1)
+    assert transport.disconnecting
+
+
+class _NoLoop:
+    """The reactor a _SlowSocket registers with: the test says when its peer reads."""
+
+    def addReader(self, reader: object) -> None:
+        pass
+
+    def addWriter(self, writer: object) -> None:
+        pass
+
+    def removeReader(self, reader: object) -> None:
+        pass
+
+    def removeWriter(self, writer: object) -> None:
+        pass
+
+
+class _SlowSocket(FileDescriptor):
+    """Twisted's TCP transport as the channel sees it (a send buffer that pauses the producer when
+    full and resumes it only once empty), whose peer reads what the test lets it."""
+
+    def __init__(self) -> None:
+        super().__init__(reactor=_NoLoop())  # type: ignore[arg-type]
+        self.connected = 1
+        self.received = 0
+        self._room = 0
+
+    def writeSomeData(self, data: bytes) -> int:
+        taken = min(len(data), self._room)
+        self.received += taken
+        return taken
+
+    def read(self, count: int) -> None:
+        self._room = count
+        self.doWrite()
+        self._room = 0
+
+    def unsent(self) -> int:
+        return len(self.dataBuffer) - self.offset + self._tempDataLen
+
+    def getPeer(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.9", 5555)
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 443)
+
+
+def test_a_client_that_reads_a_large_response_slowly_but_steadily_is_not_cut() -> None:
+    """A list chunk goes into the transport at once (hundreds of kB), and the transport asks for more
+    only when it has sent it all: a client reading it steadily but slower than the idle timeout allows
+    for the whole chunk is reading, not stalled. One that then stops reading is cut after the idle
+    timeout, whether the response is still being written or whole and waiting to be sent."""
+    clock, resource = Clock(), _Held()
+    idle = 3.0
+    site = GuardedSite(resource, HttpLimits(idle_timeout=idle), _Admitting(), reactor=clock)
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.9", 5555))
+    assert isinstance(channel, GuardedChannel)
+    transport = _SlowSocket()
+    channel.makeConnection(transport)
+    channel.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    clock.advance(0)
+    (streaming,) = resource.held
+
+    def read_steadily(until: int) -> None:
+        while transport.unsent() > until:
+            clock.advance(0.5)
+            transport.read(16 * 1024)  # 32 kB/s: a chunk of 300 kB takes about 10 s
+            assert not transport.disconnecting
+
+    streaming.write(b"x" * 300_000)
+    assert channel._waitingForTransport  # paused: the transport holds more than it wants
+    read_steadily(until=0)
+    assert not channel._waitingForTransport  # resumed once all was sent
+    streaming.write(b"y" * 300_000)
+    streaming.finish()  # the whole response is written; the client has not read it yet
+    read_steadily(until=100_000)
+    clock.pump([0.5] * int(idle / 0.5))  # then it stops reading
+    assert not transport.disconnecting
+    clock.advance(STALL_CHECK)
     assert transport.disconnecting

@@ -61,6 +61,11 @@ log = Logger()
 # dropped.
 CLOSE_GRACE = 2.0
 
+# While a client does not take all it was sent, how often the connection looks whether it took some:
+# the transport asks for more only once it has sent everything, and a steady slow reader of a large
+# chunk (a list's is hundreds of kB) takes longer than the idle timeout to empty it.
+STALL_CHECK = 1.0
+
 
 class Admission(Protocol):
     """Decides, from the head of a request with a body, whether its body may be read."""
@@ -180,6 +185,10 @@ class GuardedChannel(http.HTTPChannel):
     client_key: ClientKey = ("address", "")  # whose turn a request of this connection takes
     _deadline: IDelayedCall | None = None
     _deadline_kind = ""
+    # While "stalled": when the client last took something (as far as the looks tell), and the bytes
+    # that waited to be sent at the last look (None: the transport does not tell).
+    _reading_at = 0.0
+    _unsent: int | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -213,6 +222,27 @@ class GuardedChannel(http.HTTPChannel):
         meanwhile, it does nothing)."""
         self._deadline_kind = ""
 
+    def _stall(self) -> None:
+        """The client does not take what it was sent: the connection is closed once it has taken
+        nothing of it for the idle timeout. Until the transport asks for more, which it does only once
+        it has sent everything, the connection looks every STALL_CHECK whether what waits to be sent
+        went down."""
+        self._reading_at = self.site.reactor.seconds()
+        self._unsent = _unsent(self.transport)
+        self._arm(min(STALL_CHECK, self.limits.idle_timeout), "stalled")
+
+    def _stall_check(self) -> None:
+        now = self.site.reactor.seconds()
+        unsent = _unsent(self.transport)
+        if unsent is not None and self._unsent is not None and unsent < self._unsent:
+            self._reading_at = now  # the client took some
+        self._unsent = unsent
+        left = self._reading_at + self.limits.idle_timeout - now
+        if left <= 0:
+            self._close()
+        else:
+            self._arm(min(STALL_CHECK, left), "stalled")
+
     def _expired(self) -> None:
         kind, self._deadline, self._deadline_kind = self._deadline_kind, None, ""
         if kind == "head" and not self.requests:
@@ -221,7 +251,9 @@ class GuardedChannel(http.HTTPChannel):
             self.refuse(read_timeout("request head"))
         elif kind == "body":
             self.refuse(read_timeout("request body"))
-        elif kind in ("idle", "stalled", "linger"):  # idle, not reading its answers, done lingering
+        elif kind == "stalled":
+            self._stall_check()
+        elif kind in ("idle", "linger"):  # idle, done lingering
             self._close()
         elif kind == "grace":
             self._abort()
@@ -337,7 +369,7 @@ class GuardedChannel(http.HTTPChannel):
         if self._waitingForTransport:
             # The client has not read this response yet: the next pipelined request waits for it.
             self._replay_pending = True
-            self._arm(self.limits.idle_timeout, "stalled")
+            self._stall()
             return
         self._arm(self.limits.idle_timeout, "idle")
         # The next pipelined request is parsed on the reactor's next turn, not in this call: a client
@@ -352,7 +384,7 @@ class GuardedChannel(http.HTTPChannel):
         if self._handlingRequest and not self._replay_pending and not self._deadline_kind:
             # A response still being written (a watch, a paced list) to a client that stopped
             # reading it: closed after the idle timeout, unless the client reads meanwhile.
-            self._arm(self.limits.idle_timeout, "stalled")
+            self._stall()
 
     def resumeProducing(self) -> None:
         if not self._replay_pending:
@@ -369,7 +401,7 @@ class GuardedChannel(http.HTTPChannel):
         if not self._replay_pending or self._lost or self._refusing:
             return
         if self._waitingForTransport:
-            self._arm(self.limits.idle_timeout, "stalled")  # resumeProducing goes on
+            self._stall()  # resumeProducing goes on
             return
         self._replay_pending = False
         self._handlingRequest = False
@@ -417,6 +449,22 @@ class GuardedChannel(http.HTTPChannel):
         abort = getattr(self.transport, "abortConnection", None)
         if not self._lost and abort is not None:
             abort()
+
+
+def _unsent(transport: object) -> int | None:
+    """The bytes written to the connection and not yet sent, as the TCP transport under the wrappers
+    (ClientConnection, TLS) counts them; None when there is no such transport to ask (a test's)."""
+    for _ in range(4):
+        if transport is None:
+            return None
+        buffered = getattr(transport, "dataBuffer", None)
+        if isinstance(buffered, bytes):
+            # twisted.internet.abstract.FileDescriptor: dataBuffer from offset on, then the writes
+            # not joined to it yet.
+            offset = getattr(transport, "offset", 0)
+            return len(buffered) - offset + getattr(transport, "_tempDataLen", 0)
+        transport = getattr(transport, "transport", None)
+    return None
 
 
 def _drop_before_decrypting(transport: object) -> None:
