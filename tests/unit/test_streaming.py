@@ -10,7 +10,10 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
+from twisted.web import http, server
+from twisted.web.resource import Resource
 
 from payloadtags.api.streaming import write_streamed
 
@@ -181,3 +184,47 @@ def test_an_empty_source_writes_nothing(count: int) -> None:
     _, done = start(request, chunks(count, made), clock)
     clock.advance(0)
     assert done == [None] and len(request.written) == count
+
+
+def twisted_request() -> tuple[server.Request, http.HTTPChannel]:
+    """A request of Twisted's own on its HTTP channel: what it does when the connection is lost."""
+    channel = http.HTTPChannel()
+    channel.site = server.Site(Resource())  # type: ignore[attr-defined]
+    channel.makeConnection(StringTransport())
+    request = server.Request(channel)
+    request.method, request.uri, request.clientproto = b"GET", b"/x", b"HTTP/1.1"
+    channel.requests.append(request)
+    return request, channel
+
+
+@pytest.mark.parametrize("paused", [False, True], ids=["writing", "paused"])
+def test_a_connection_lost_mid_list_ends_the_writing_without_an_error(paused: bool) -> None:
+    """A client that goes away, or a connection the server cuts (a stalled client), while a list is
+    written or waits for the transport: the writing ends quietly, its chunks closed."""
+    clock = Clock()
+    request, channel = twisted_request()
+    made: list[int] = []
+    closed: list[bool] = []
+
+    async def source() -> AsyncGenerator[bytes, None]:
+        try:
+            async for chunk in chunks(1000, made):
+                yield chunk
+        finally:
+            closed.append(True)
+
+    results: list[Any] = []
+    writing = Deferred.fromCoroutine(
+        write_streamed(request, source(), clock, lambda: request.setResponseCode(200))
+    )
+    writing.addBoth(results.append)
+    if paused:
+        channel.pauseProducing()  # the transport is full
+        clock.advance(0)
+        assert made == [0, 1] and not clock.getDelayedCalls()  # waits for the transport
+    else:
+        assert made == [0] and clock.getDelayedCalls()  # waits for the next reactor turn
+    channel.connectionLost(Failure(ConnectionLost()))
+    clock.advance(0)
+    assert results == [None]
+    assert made == ([0, 1] if paused else [0]) and closed == [True]  # nothing more made

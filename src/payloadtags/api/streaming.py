@@ -72,6 +72,7 @@ async def write_streamed(
     def lost(_: object) -> None:
         nonlocal gone
         gone = True
+        pacer.stopProducing()  # a writer waiting for the transport to resume: it never will
         if making is not None:
             making.cancel()
 
@@ -107,7 +108,9 @@ async def write_streamed(
         if request.channel is not None:
             request.channel.forceAbortClient()
     finally:
-        if started:
+        if started and request.channel is not None:
+            # Once the connection is lost (the client went away, the server cut it), Twisted has
+            # dropped the request's channel, and the producer with it.
             request.unregisterProducer()
         await chunks.aclose()
 
