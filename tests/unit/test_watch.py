@@ -1437,6 +1437,27 @@ def test_a_revocation_while_a_repository_s_last_deletions_wait_in_the_fan_out_en
     assert gone(sink) and w.reason == "access rules changed"
 
 
+def test_a_revocation_while_a_resumed_watch_has_not_written_a_deletion_it_starts_with_ends_it() -> None:
+    """The same with the events a resumed watch starts with: decided as its client reads them, they
+    are judged on an access change even when their repository has no tags any more."""
+    clock = Clock()
+    hub, index, authorizer, source = alice_and_bob(clock)
+    since = hub.versions.current
+    reader = hub.reader
+    assert isinstance(reader, FakeReader)
+    reader.repositories.pop("team/app")
+    hub.repository_changed("team/app")
+    assert "team/app" not in source.tags
+    w, sink = rbac_watcher(authorizer, "alice")
+    w.pauseProducing()  # its client does not read yet
+    assert hub.start(w, source, since=since, timeout=None)
+    assert sink.lines == [] and w.opening is not None
+    grant(index, "alice", "team", ["other"], "alice")
+    hub.check_access()
+    w.resumeProducing()
+    assert sink.lines and gone(sink) and w.reason == "access rules changed"
+
+
 @pytest.mark.parametrize("scope", ["team", None])
 def test_a_grant_or_a_revocation_ends_a_watch_told_nothing_of_the_repository(scope: str | None) -> None:
     """A watch from a list's resourceVersion was sent nothing about `secret`; what the user may see of

@@ -14,6 +14,7 @@ the server's memory; live events that come meanwhile wait in the buffer, after i
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import Protocol
@@ -99,6 +100,9 @@ class Watcher:
     # since the last check: the rules it started under, and those in force at each later decision
     # (rules granted and taken back between two checks decided what was sent meanwhile).
     _ruled_by: dict[str, list[PathMatcher]] = attrs.field(factory=dict, init=False)
+    # The repositories of the events it starts with (a resumed or listed watch's), while they are not
+    # all written: each is decided as it is written, by the rules then (``access_changed``).
+    _opening_repositories: frozenset[str] = attrs.field(default=frozenset(), init=False)
 
     def visible(self, ref: TagRef) -> bool:
         key = (ref.namespace, ref.repository_path)
@@ -125,10 +129,10 @@ class Watcher:
     def access_changed(self, scope: Iterable[str]) -> bool:
         """After a change of the access rules: True when the user may now see a repository of the
         watched scope (``scope``: the repositories that have tags, and those of the events not yet
-        handed to it) that any rules its client's view was
-        decided by hid, or no longer one they showed; the client's cache then lacks tags or holds stale
-        ones, and only a relist mends it. False when the change shows the user nothing new here: later
-        decisions follow the new rules."""
+        handed to it; with them those of the events it starts with not yet written) that any rules its
+        client's view was decided by hid, or no longer one they showed; the client's cache then lacks
+        tags or holds stale ones, and only a relist mends it. False when the change shows the user
+        nothing new here: later decisions follow the new rules."""
         if self.rules is None:
             return True
         changed: dict[str, tuple[list[PathMatcher], PathMatcher]] = {}
@@ -139,7 +143,7 @@ class Watcher:
                 changed[namespace] = (old, new)
         if not changed:
             return False
-        for repository in scope:
+        for repository in itertools.chain(scope, self._opening_repositories):
             parts = split_repository(repository)
             if parts is None:
                 continue
@@ -176,6 +180,8 @@ class Watcher:
     def begin(self, events: Iterable[Event], then: Iterable[bytes] = ()) -> None:
         """Start with ``events`` (those visible, rendered one at a time) and then the lines ``then``,
         written as the transport takes them, before any live event."""
+        if isinstance(events, Sequence):
+            self._opening_repositories = frozenset(event.ref.repository for event in events)
         visible = (self.render(event) for event in events if self.visible(event.ref))
         self.opening = _chain(visible, iter(then))
         self._pump()
@@ -204,6 +210,7 @@ class Watcher:
             line = next(self.opening, None)
             if line is None:
                 self.opening = None
+                self._opening_repositories = frozenset()
             else:
                 self.sink.write(line)
         while self.opening is None and self.buffer and not self.paused and not self.closed:
@@ -225,6 +232,7 @@ class Watcher:
         self.reason = reason
         self.buffer.clear()
         self.opening = None
+        self._opening_repositories = frozenset()
         try:
             for callback in self.on_close:
                 callback(self)
