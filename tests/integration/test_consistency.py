@@ -560,21 +560,23 @@ async def test_a_delete_request_past_its_deadline_answers_504_and_the_delete_is_
     for other in ("sibling", "waiting"):
         images.tag_manifest(registry, repo, "v1", other)
     # The deadline leaves room for the first delete to reach its re-tag on a loaded machine (1.5 s was
-    # not always enough with a load of 10 on 2 cores); the stall keeps that re-tag unanswered well past it.
-    proxy = FaultProxy(reactor, registry.url, stalled_retag("v1"), stall=6.0)
+    # not always enough with a load of 10 on 2 cores); the stall keeps that re-tag unanswered past it,
+    # and ends before the registry timeout (5 s), so that the server finishes the delete.
+    proxy = FaultProxy(reactor, registry.url, stalled_retag("v1"), stall=4.0)
     try:
         with collected_logs() as events:
-            server = await make_server(proxy.url, http=HttpLimits(request_timeout=3.0))
+            server = await make_server(proxy.url, http=HttpLimits(request_timeout=2.5))
             client = server.client(server.pki.admin)
             item = "/apis/payload-registry.deckhouse.io/v1alpha1"
             item += f"/namespaces/{namespace}/payloadrepositorytags"
-            # A second delete in the repository waits for the first's turn past its own deadline: dropped.
-            replies = await gatherResults(
-                [
-                    Deferred.fromCoroutine(client.delete(f"{item}/{TagRef(namespace, path, tag).name}"))
-                    for tag in ("v1", "waiting")
-                ]
+            # A second delete in the repository, sent once the first holds the repository's turn (its
+            # re-tag stalled), waits for that turn past its own deadline: dropped.
+            first = Deferred.fromCoroutine(client.delete(f"{item}/{TagRef(namespace, path, 'v1').name}"))
+            await retag_sent(proxy)
+            second = Deferred.fromCoroutine(
+                client.delete(f"{item}/{TagRef(namespace, path, 'waiting').name}")
             )
+            replies = await gatherResults([first, second])
             assert [r.code for r in replies] == [504, 504]
             reply = replies[0]
             assert reply.json()["reason"] == "Timeout"
