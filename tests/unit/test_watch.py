@@ -1759,3 +1759,53 @@ def test_every_reason_a_watch_ends_with_is_documented_with_its_metric() -> None:
     assert {"slow", "timeout", "too many listed tags to confirm"} <= reasons
     (row,) = [line for line in (root / "docs/metrics.md").read_text().splitlines() if "watches_ended" in line]
     assert {reason for reason in reasons if f"`{reason}`" not in row} == set()
+
+
+def test_a_grant_while_the_snapshot_is_unwritten_ends_the_watch_rather_than_show_a_deleted_tag() -> None:
+    """alice (app only) starts a watch from the snapshot, her client not reading yet. team/secret's
+    last tag is deleted (hidden from her: dropped), then she is granted secret. The unwritten
+    snapshot's ADDED secret:s1, decided as it is written, would be shown by the new rules with no
+    DELETED after it: a rules change while the start is unwritten ends the watch with 410."""
+    reader = FakeReader({"team/app": {"v1"}, "team/secret": {"s1"}})
+    clock = Clock()
+    hub, index, authorizer = rbac_hub(reader, clock)
+    grant(index, "alice", "team", ["app"], "alice")
+    source = ready(hub, "team")
+    w, sink = rbac_watcher(authorizer, "alice")
+    w.pauseProducing()  # her client has not read the opening yet (a large scope)
+    assert hub.start(w, source, since=None, timeout=None)
+    assert sink.lines == [] and w.opening is not None
+    reader.repositories.pop("team/secret")
+    hub.repository_changed("team/secret")
+    assert "team/secret" not in source.tags
+    grant(index, "alice", "team", ["app", "secret"], "alice")
+    hub.check_access()
+    w.resumeProducing()
+    shown = [line.split()[:2] for line in sink.lines]
+    assert [b"ADDED", b"team/secret:s1"] not in shown and w.closed, shown
+    assert w.reason == "access rules changed"
+
+
+def test_a_grant_of_an_emptied_repository_while_its_deletions_wait_keeps_the_stream() -> None:
+    """A change that shows the user nothing new (a rule for a repository without tags) leaves the
+    stream alone (docs/watch.md), also while that repository's deletions wait in the fan-out: only a
+    revocation of one of those needs the relist."""
+    clock = Clock()
+    reader = FakeReader({"team/app": {"v1"}, "team/web": {"w"}, "team/secret": {"s1"}})
+    hub, index, authorizer = rbac_hub(reader, clock)
+    grant(index, "alice", "team", ["app"], "alice")
+    grant(index, "bob", "team", ["web"], "bob")
+    source = ready(hub, "team")
+    source.fanout.per_turn = 1
+    w, sink = rbac_watcher(authorizer, "alice")
+    assert hub.start(w, source, since=None, timeout=None)
+    reader.repositories["team/web"] |= {f"w{i}" for i in range(5)}
+    hub.repository_changed("team/web")
+    reader.repositories.pop("team/secret")
+    hub.repository_changed("team/secret")
+    assert "team/secret" not in source.tags and source.fanout.behind(w)
+    grant(index, "alice", "team", ["app", "secret"], "alice")
+    hub.check_access()
+    while one_turn(clock):
+        pass
+    assert not w.closed, sink.lines

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import itertools
 from collections.abc import Callable, Iterable, Sequence
 
 import attrs
@@ -501,7 +500,7 @@ class WatchHub:
                 # With the repositories of the events still on their way to it: those of a
                 # repository whose last tags were deleted are decided when handed over, by the new
                 # rules, and its client would keep what the DELETED it no longer sees removes.
-                if watcher.access_changed(itertools.chain(source.tags, source.fanout.waiting(watcher))):
+                if watcher.access_changed(source.tags, leaving=source.fanout.waiting(watcher)):
                     # Its client's cache holds tags it may no longer see, or lacks ones it now may. A
                     # stream that just ends is watched again from its last resourceVersion, which
                     # replays neither: the 410 makes the client relist under the new rules.

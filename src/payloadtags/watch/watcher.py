@@ -100,9 +100,6 @@ class Watcher:
     # since the last check: the rules it started under, and those in force at each later decision
     # (rules granted and taken back between two checks decided what was sent meanwhile).
     _ruled_by: dict[str, list[PathMatcher]] = attrs.field(factory=dict, init=False)
-    # The repositories of the events it starts with (a resumed or listed watch's), while they are not
-    # all written: each is decided as it is written, by the rules then (``access_changed``).
-    _opening_repositories: frozenset[str] = attrs.field(default=frozenset(), init=False)
 
     def visible(self, ref: TagRef) -> bool:
         key = (ref.namespace, ref.repository_path)
@@ -126,13 +123,17 @@ class Watcher:
         for namespace in namespaces:
             self._note_rules(namespace)
 
-    def access_changed(self, scope: Iterable[str]) -> bool:
+    def access_changed(self, scope: Iterable[str], leaving: Iterable[str] = ()) -> bool:
         """After a change of the access rules: True when the user may now see a repository of the
-        watched scope (``scope``: the repositories that have tags, and those of the events not yet
-        handed to it; with them those of the events it starts with not yet written) that any rules its
-        client's view was decided by hid, or no longer one they showed; the client's cache then lacks
-        tags or holds stale ones, and only a relist mends it. False when the change shows the user
-        nothing new here: later decisions follow the new rules."""
+        watched scope (``scope``: the repositories that have tags) that any rules its client's view was
+        decided by hid, or no longer one they showed; or no longer one of ``leaving`` (repositories
+        whose last tags' deletions are still on their way to it: decided as they are handed over, a
+        DELETED it no longer sees would leave its client the tag; one it now sees is a DELETED of a
+        tag it never had). Also True on any change of its rules in the scope while what it starts
+        with is not all written: those events are decided as they are written, and may be of a
+        repository emptied since (a grant would show a tag that is gone, with no DELETED after). The
+        client's cache then lacks tags or holds stale ones, and only a relist mends it. False when the
+        change shows the user nothing new here: later decisions follow the new rules."""
         if self.rules is None:
             return True
         changed: dict[str, tuple[list[PathMatcher], PathMatcher]] = {}
@@ -143,13 +144,20 @@ class Watcher:
                 changed[namespace] = (old, new)
         if not changed:
             return False
-        for repository in itertools.chain(scope, self._opening_repositories):
+        if self.opening is not None:
+            return True
+        for repository, revoked_only in itertools.chain(
+            ((repository, False) for repository in scope), ((repository, True) for repository in leaving)
+        ):
             parts = split_repository(repository)
             if parts is None:
                 continue
             namespace, path = parts
             pair = changed.get(namespace)
-            if pair is not None and any(old.matches(path) != pair[1].matches(path) for old in pair[0]):
+            if pair is None:
+                continue
+            now = pair[1].matches(path)
+            if any(old.matches(path) != now and (old.matches(path) or not revoked_only) for old in pair[0]):
                 return True
         for namespace, (_, new) in changed.items():
             self._ruled_by[namespace] = [new]
@@ -180,8 +188,6 @@ class Watcher:
     def begin(self, events: Iterable[Event], then: Iterable[bytes] = ()) -> None:
         """Start with ``events`` (those visible, rendered one at a time) and then the lines ``then``,
         written as the transport takes them, before any live event."""
-        if isinstance(events, Sequence):
-            self._opening_repositories = frozenset(event.ref.repository for event in events)
         visible = (self.render(event) for event in events if self.visible(event.ref))
         self.opening = _chain(visible, iter(then))
         self._pump()
@@ -210,7 +216,6 @@ class Watcher:
             line = next(self.opening, None)
             if line is None:
                 self.opening = None
-                self._opening_repositories = frozenset()
             else:
                 self.sink.write(line)
         while self.opening is None and self.buffer and not self.paused and not self.closed:
@@ -232,7 +237,6 @@ class Watcher:
         self.reason = reason
         self.buffer.clear()
         self.opening = None
-        self._opening_repositories = frozenset()
         try:
             for callback in self.on_close:
                 callback(self)
