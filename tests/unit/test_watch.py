@@ -880,10 +880,9 @@ def test_a_watch_resumed_inside_its_first_events_gets_their_rest_then_the_scope_
     ]
     sequences = [_sequence_of(line) for line in [*sink.lines[:2], *sink_again.lines]]
     assert sequences == sorted(set(sequences))
-    # Another user resuming from there is sent only what it may see.
-    bob, bob_sink = watcher(user="bob", readable={"team/other"})
-    assert hub.start(bob, source, since=_sequence_of(sink.lines[1]), timeout=None)
-    assert bob_sink.lines == []
+    # The opening holds what its watch may be sent, nothing more: another user resuming from inside
+    # it is answered 410 (his client relists), not sent what she may see as if it were all.
+    assert not hub.start(watcher(user="bob")[0], source, since=_sequence_of(sink.lines[1]), timeout=None)
 
 
 def test_one_user_s_watches_from_a_list_by_name_neither_flush_the_scope_s_history_nor_reach_others() -> None:
@@ -1052,16 +1051,16 @@ def test_a_watch_resumed_inside_first_events_no_longer_kept_gets_gone() -> None:
     reader = FakeReader({"team/app": {"v1"}})
     clock = Clock()
     hub = make_hub(reader, clock, resync_period=10, idle_scope_ttl=60)
-    hub.openings = Openings(max_events=4)
-    hub.openings.on_forget = hub._forget_opening
+    hub.openings = Openings(max_user_events=4)
     sequence, observe = listing(hub, "team")
     observe("team/app", ["v1"])
     reader.repositories["team/app"] = {"a", "b", "c"}
     source = ready(hub, "team")
+    floor = source.floor
     first, first_sink = watcher()
     assert from_list(hub, first, source, sequence)  # 4 events: kept
     second, second_sink = watcher()
-    assert from_list(hub, second, source, sequence)  # 4 more: the first opening's events go
+    assert from_list(hub, second, source, sequence)  # 4 more: her first opening's events go
     inside_first, inside_second = _sequence_of(first_sink.lines[1]), _sequence_of(second_sink.lines[1])
     assert not hub.start(watcher()[0], source, since=inside_first, timeout=None)
     # From its last event: the history after it, as from any sequence.
@@ -1069,15 +1068,174 @@ def test_a_watch_resumed_inside_first_events_no_longer_kept_gets_gone() -> None:
     resumed, resumed_sink = watcher()
     assert hub.start(resumed, source, since=inside_second, timeout=None)
     assert len(resumed_sink.lines) == 2
-    # Past the bound on spans the oldest is forgotten: the history no longer serves watches from
-    # before its end, which could not be told from watches resumed inside it.
-    hub.openings.max_spans = 2
+    # Past her bound on spans her oldest two are merged: a resume from anywhere inside them is 410,
+    # the end of the first included; the scope's history is not cut short.
+    hub.openings.max_user_spans = 2
     third, third_sink = watcher()
     assert from_list(hub, third, source, sequence)
-    assert source.floor == _sequence_of(first_sink.lines[-1])
+    assert not hub.start(watcher()[0], source, since=inside_second, timeout=None)
+    assert not hub.start(watcher()[0], source, since=_sequence_of(first_sink.lines[-1]), timeout=None)
+    assert hub.start(watcher()[0], source, since=_sequence_of(second_sink.lines[-1]), timeout=None)
+    assert hub.start(watcher()[0], source, since=_sequence_of(third_sink.lines[1]), timeout=None)
+    assert source.floor == floor
     clock.advance(61)
     hub.reap()  # kept too long
     assert not hub.start(watcher()[0], source, since=_sequence_of(third_sink.lines[1]), timeout=None)
+
+
+def test_one_user_s_many_openings_never_cost_another_user_his_resumes() -> None:
+    """Each watch from a list by name of a scope nobody watched has an opening of its own. Past
+    10,000 of them the oldest span was forgotten and the scope's history cut short there: one user's
+    watches (one cheap list, then watch after watch from it) had every other watch's resume 410."""
+    reader = FakeReader({"team/app": {"v1"}, "team/one": {"x", "y", "z"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=30)
+    sequence, observe = listing(hub, "team")
+    observe("team/one", ["x"])  # mallory: kubectl get prt one.x -n team
+    observe("team/app", ["v1"])  # bob's list of the namespace at the same resourceVersion
+    source = ready(hub, "team")
+    floor = source.floor
+    bob, bob_sink = watcher(user="bob")
+    assert from_list(hub, bob, source, sequence)  # his opening: ADDED team/one:y, team/one:z
+    assert [line.split()[1] for line in bob_sink.lines] == [b"team/one:y", b"team/one:z"]
+    bob.end("timeout")
+    reader.repositories["team/app"].add("v2")
+    clock.advance(30)
+    later, later_sink = watcher(user="bob")
+    assert hub.start(later, source, since=_sequence_of(bob_sink.lines[-1]), timeout=None)
+    last = _sequence_of(later_sink.lines[-1])  # ADDED team/app:v2, of the scope's history
+    later.end("timeout")
+    for _ in range(10_001):
+        m, m_sink = watcher(user="mallory", readable={"team/one"})
+        assert from_list(hub, m, source, sequence)
+        assert [line.split()[1] for line in m_sink.lines] == [b"team/one:y", b"team/one:z"]
+        m.end("client gone")
+    assert source.floor == floor
+    assert hub.openings.spans_of.keys() == {"bob", "mallory"}
+    assert len(hub.openings.spans_of["mallory"]) == hub.openings.max_user_spans
+    again, again_sink = watcher(user="bob")
+    assert hub.start(again, source, since=last, timeout=None)
+    assert again_sink.lines == []
+    # His opening is his own: past her bounds, it is still kept, and his resumes from the history too.
+    inside, inside_sink = watcher(user="bob")
+    assert hub.start(inside, source, since=_sequence_of(bob_sink.lines[0]), timeout=None)
+    assert inside_sink.lines == [bob_sink.lines[1], *later_sink.lines]
+    assert hub.start(watcher(user="bob")[0], source, since=floor, timeout=None)
+    assert hub.start(watcher(user="bob")[0], source, since=_sequence_of(bob_sink.lines[-1]), timeout=None)
+
+
+def test_a_watch_s_opening_holds_only_what_it_may_be_sent() -> None:
+    """Openings were kept whole, whoever could see their events: a user who may read one repository
+    made openings of a namespace's every other tag, and pushed other users' openings out (their
+    resumes from inside them got 410)."""
+    reader = FakeReader(
+        {
+            "team/app": {f"t{i:05}" for i in range(50_000)},
+            "team/one": {"x"},
+            "team/alice": {"a1", "a2", "a3"},
+        }
+    )
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=30)
+    sequence, observe = listing(hub, "team")
+    observe("team/alice", [])
+    observe("team/one", ["x"])
+    source = ready(hub, "team")
+    alice, alice_sink = watcher(user="alice", readable={"team/alice"})
+    assert from_list(hub, alice, source, sequence)
+    assert len(alice_sink.lines) == 3
+    alice.end("client gone")  # her client had read the first
+    for _ in range(3):
+        before = hub.versions.current
+        m, m_sink = watcher(user="mallory", readable={"team/one"})
+        assert from_list(hub, m, source, sequence)
+        assert m_sink.lines == [] and hub.versions.current == before  # nothing, not even numbers
+        m.end("client gone")
+    assert hub.openings.size == 3
+    again, again_sink = watcher(user="alice", readable={"team/alice"})
+    assert hub.start(again, source, since=_sequence_of(alice_sink.lines[0]), timeout=None)
+    assert again_sink.lines == alice_sink.lines[1:]
+
+
+def test_an_opening_larger_than_its_user_may_keep_is_not_kept_and_drops_no_other() -> None:
+    reader = FakeReader({"team/app": {"v1", "v2"}, "team/big": {f"t{i:06}" for i in range(100_001)}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=30)
+    sequence, observe = listing(hub, "team")
+    observe("team/app", [])
+    observe("team/big", [])
+    source = ready(hub, "team")
+    bob, bob_sink = watcher(user="bob", readable={"team/app"})
+    assert from_list(hub, bob, source, sequence)
+    alice, alice_sink = watcher(user="alice")
+    assert from_list(hub, alice, source, sequence)
+    assert len(alice_sink.lines) == 100_003
+    again, again_sink = watcher(user="bob", readable={"team/app"})
+    assert hub.start(again, source, since=_sequence_of(bob_sink.lines[0]), timeout=None)
+    assert again_sink.lines == bob_sink.lines[1:]
+    # Hers is not kept: a resume from inside it is 410; from its end, the history after it.
+    assert not hub.start(watcher()[0], source, since=_sequence_of(alice_sink.lines[1]), timeout=None)
+    assert hub.start(watcher()[0], source, since=_sequence_of(alice_sink.lines[-1]), timeout=None)
+
+
+def test_past_the_bound_on_spans_in_all_the_oldest_two_are_merged() -> None:
+    reader = FakeReader({"team/app": {"v1"}, "team/one": {"x", "y"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=30)
+    hub.openings = Openings(max_spans=3)
+    sequence, observe = listing(hub, "team")
+    observe("team/one", ["x"])
+    source = ready(hub, "team")
+    sinks: list[list[bytes]] = []
+    for user in ("ann", "bob", "cat", "dan"):
+        w, sink = watcher(user=user)
+        assert from_list(hub, w, source, sequence)
+        assert len(sink.lines) == 2  # ADDED team/app:v1 and team/one:y
+        sinks.append(sink.lines)
+        w.end("timeout")
+    # ann's and bob's spans are now one: a resume from inside it is 410, from anywhere else it is not.
+    assert [type(span).__name__ for span in hub.openings.spans_of[None]] == ["Merged"]
+    assert not hub.start(watcher(user="bob")[0], source, since=_sequence_of(sinks[1][0]), timeout=None)
+    assert not hub.start(watcher(user="ann")[0], source, since=_sequence_of(sinks[0][-1]), timeout=None)
+    assert hub.start(watcher(user="bob")[0], source, since=_sequence_of(sinks[1][-1]), timeout=None)
+    assert hub.start(watcher(user="cat")[0], source, since=_sequence_of(sinks[2][0]), timeout=None)
+    assert hub.start(watcher(user="dan")[0], source, since=_sequence_of(sinks[3][0]), timeout=None)
+    assert hub.start(watcher(user="eve")[0], source, since=source.floor, timeout=None)
+
+
+def test_a_read_older_than_one_applied_leaves_a_repository_read_alone_as_it_is() -> None:
+    """A watch's opening reads a repository the index lacks (m1); a notification reads it again (m2),
+    which answers first. m1's late empty answer is stale: it left the snapshot alone but not the note
+    that the repository was read alone, so a resync whose read went through the index sent every
+    watcher DELETED for a tag the registry has."""
+    reader = FakeReader({"team/app": {"v1"}, "team/x": {"t"}})
+    reader.unindexed.add("team/x")
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=30)
+    sequence, observe = listing(hub, "team")
+    observe("team/x", ("t",))
+    source = ready(hub, "team")
+    bob, bob_sink = watcher(user="bob")
+    assert hub.start(bob, source, since=None, timeout=None)
+    listed = hub.listed_at("team", sequence)
+    assert listed is not None
+    holds: list[Deferred[list[str]]] = []
+    reader.held = holds
+    Deferred.fromCoroutine(hub.confirm_listed(source, listed))
+    assert reader.repository_reads[-1] == "team/x" and len(holds) == 1  # m1
+    hub.repository_changed("team/x")  # deleted, pushed again: m2
+    assert len(holds) == 2
+    scope_holds: list[Deferred[None]] = []
+    reader.scope_held = scope_holds
+    clock.advance(30)  # a resync begins; its read goes through the index, which lacks team/x
+    assert len(scope_holds) == 1
+    reader.repositories["team/x"] = {"t2"}
+    holds[1].callback(["t2"])
+    holds[0].callback([])  # stale
+    assert source.tags["team/x"] == frozenset({"t2"})
+    scope_holds[0].callback(None)
+    assert not any(line.startswith(b"DELETED team/x:") for line in bob_sink.lines), bob_sink.lines
+    assert source.tags["team/x"] == frozenset({"t2"})
 
 
 def test_a_tag_a_list_by_name_showed_of_a_repository_the_index_lacks_is_not_deleted_unread() -> None:

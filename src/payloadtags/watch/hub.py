@@ -122,9 +122,6 @@ class WatchHub:
     listed: ListedScopes = attrs.field(factory=ListedScopes)
     openings: Openings = attrs.field(factory=Openings)
 
-    def __attrs_post_init__(self) -> None:
-        self.openings.on_forget = self._forget_opening
-
     # -- resourceVersions -------------------------------------------------------------------------
 
     def current(self) -> str:
@@ -306,15 +303,6 @@ class WatchHub:
             now - self.limits.idle_scope_ttl, lambda source: self.sources.get(source.namespace) is source
         )
 
-    def _forget_opening(self, opening: Opening) -> None:
-        """Past the bound on openings' spans the oldest is forgotten: a watch resumed from inside it
-        could no longer be told from one resumed between two events of the scope's history, and would
-        be sent that history without the rest of the opening. The history no longer serves watches
-        from before the opening's end (410 Gone)."""
-        source = opening.source
-        if self.sources.get(source.namespace) is source:
-            source.floor = max(source.floor, opening.last)
-
     # -- watchers ---------------------------------------------------------------------------------
 
     def admit(self, user: str) -> WatchSlot:
@@ -377,14 +365,14 @@ class WatchHub:
             slot.release()
             return False
         if listed is None and since is not None:
-            backlog = self._resume(source, since)
+            backlog = self._resume(source, since, watcher.user)
             if backlog is None:
                 slot.release()
                 return False
         slot.release()
         self._know_rules(watcher, source)
         if listed is not None:
-            backlog = self._open_listed(source, listed, confirmed)
+            backlog = self._open_listed(watcher, source, listed, confirmed)
         self.watchers.add(watcher)
         self.per_user[watcher.user] += 1
         # What it starts with covers every event so far, handed to the other watchers or not yet.
@@ -414,33 +402,42 @@ class WatchHub:
             raise
         return True
 
-    def _open_listed(self, source: ScopeSource, listed: Listed, confirmed: frozenset[str]) -> list[Event]:
+    def _open_listed(
+        self, watcher: Watcher, source: ScopeSource, listed: Listed, confirmed: frozenset[str]
+    ) -> list[Event]:
         """The opening of a watch from a list made while the scope had no source: the differences
         between the list's reads and the snapshot (a read made after the watch arrived; a repository
-        of ``confirmed`` it lacks has no tags), each with a resourceVersion of its own, the next ones
-        after every event of the scope's history. They are the watch's alone: not in the history, not
-        sent to the scope's other watches, to whom they would be repeats at best (a DELETED, to one
-        shown the tag since, of a tag pushed again) and which one user's watches would flush. A
-        stream cut among them resumes from the last one it sent (`_resume`), while the opening is
-        kept. All of them are kept, whoever may see them; the watch sends those it shows."""
+        of ``confirmed`` it lacks has no tags) that ``watcher`` may be sent, each with a resourceVersion
+        of its own, the next ones after every event of the scope's history. They are the watch's
+        alone: not in the history, not sent to the scope's other watches, to whom they would be
+        repeats at best (a DELETED, to one shown the tag since, of a tag pushed again) and which one
+        user's watches would flush. Those it may not be sent take no number and no room. A stream cut
+        among them resumes from the last one it sent (`_resume`), while the opening is kept."""
         now = dict(source.tags)
         for repository in confirmed:
             now.setdefault(repository, frozenset())
-        events = [Event(self.versions.next(), kind, ref) for kind, ref in listed.changes(now)]
-        self.openings.keep(source, events, self.clock.seconds())
+        events = [
+            Event(self.versions.next(), kind, ref)
+            for kind, ref in listed.changes(now)
+            if watcher.visible(ref)
+        ]
+        self.openings.keep(source, watcher.user, events, self.clock.seconds())
         return events
 
-    def _resume(self, source: ScopeSource, since: int) -> list[Event] | None:
-        """The events after ``since`` for a watch resumed from it: from inside an opening, the rest of
-        it and then the history after its last event; else the history's. None when they are no
-        longer kept (410 Gone)."""
-        opening = self.openings.find(source, since)
-        if opening is None:
+    def _resume(self, source: ScopeSource, since: int, user: str) -> list[Event] | None:
+        """The events after ``since`` for a watch of ``user`` resumed from it: from inside an opening
+        of hers, the rest of it and then the history after its last event; else the history's. None
+        when they are no longer kept (410 Gone): inside an opening dropped, merged with others
+        (`Openings`), or of another user (it holds only what its own watch might be sent)."""
+        span = self.openings.find(source, since)
+        if span is None:
             return source.since(since)
-        rest = source.since(opening.last)
-        if opening.dropped or rest is None:
+        if not isinstance(span, Opening) or span.dropped or span.user != user:
             return None
-        return [*opening.after(since), *rest]
+        rest = source.since(span.last)
+        if rest is None:
+            return None
+        return [*span.after(since), *rest]
 
     def _forget(self, watcher: Watcher) -> None:
         """Unregisters an ended watcher, once."""

@@ -1,20 +1,28 @@
 """The first events of watches from lists of unwatched scopes (openings), kept briefly so that a stream
 cut among them resumes where it was cut.
 
-An opening is private to the watch that needed it: its events take resourceVersions of their own (the
-next numbers of the replica's sequence, one after the other) but are not kept in the scope's history
-nor sent to its other watchers; a watch resumed from one of them is sent the rest of the opening, then
-the scope's history after the opening's last event. Openings are bounded in total events and by age;
-the oldest go first. What is left of one that went is its span of numbers: a watch resumed from inside
-it is answered 410 Gone (its client relists), never the scope's history alone, which lacks the rest of
-the opening. Spans are bounded too (``max_spans``); past that the oldest goes, and the scope's history
-no longer serves watches from before its end (`WatchHub`).
+An opening is private to the watch that needed it: it holds only the events that watch may be sent (its
+selectors, its user's access when it starts), each with a resourceVersion of its own (the next numbers
+of the replica's sequence, one after the other); they are not kept in the scope's history nor sent to
+its other watchers. A watch of the same user resumed from one of them is sent the rest of the opening,
+then the scope's history after the opening's last event.
+
+Openings are bounded per user (``max_user_events``, ``max_user_spans``) and in all (``max_events``,
+``max_spans``): a user over her bound loses her own oldest openings first, and one opening larger than
+a user may keep is not kept at all, so neither pushes other users' openings out. What is left of an
+opening that went is its span of numbers: a watch resumed from inside it is answered 410 Gone (its
+client relists), never the scope's history alone, which lacks the rest of the opening. Past the bound
+on spans, the oldest two of the user (in all: the oldest two) are merged into one span covering both:
+a watch resumed from anywhere inside that interval, the scope's events between them included, is
+answered 410 too, while resumes from outside it are served as before. No scope's history is ever cut
+short because of openings.
 """
 
 from __future__ import annotations
 
 import bisect
 import collections
+import heapq
 from collections.abc import Callable
 
 import attrs
@@ -24,15 +32,20 @@ from payloadtags.watch.source import Event, ScopeSource
 
 @attrs.define(eq=False)
 class Opening:
-    """One opening: its events (all of them, whoever may see them), numbered ``first`` to ``last`` one
+    """One opening of ``user``'s watch: the events it may be sent, numbered ``first`` to ``last`` one
     after the other; the scope's history continues after ``last``."""
 
     source: ScopeSource
+    user: str
     events: list[Event]
     kept_at: float
     first: int
     last: int
     dropped: bool = False
+
+    @property
+    def sources(self) -> frozenset[ScopeSource]:
+        return frozenset((self.source,))
 
     def after(self, sequence: int) -> list[Event]:
         """The events of the opening after ``sequence`` (one of them)."""
@@ -40,66 +53,151 @@ class Opening:
 
 
 @attrs.define(eq=False)
+class Merged:
+    """Spans merged past a bound: every resume from inside (``first`` up to, not including, ``last``)
+    of one of ``sources`` is 410 Gone. ``user`` None: merged from several users' spans."""
+
+    sources: frozenset[ScopeSource]
+    user: str | None
+    first: int
+    last: int
+
+
+Span = Opening | Merged
+
+
+@attrs.define(eq=False)
 class Openings:
     max_events: int = 100_000
     max_spans: int = 10_000
-    # Told the opening whose span is forgotten (past ``max_spans``), still above its source's floor.
-    on_forget: Callable[[Opening], None] = lambda opening: None
-    # Every opening kept or dropped whose span may still be resumed from, oldest first (by numbers,
-    # which is by time too).
-    spans: collections.deque[Opening] = attrs.field(factory=collections.deque)
-    # The openings whose events are kept, oldest first.
+    max_user_events: int = 20_000
+    max_user_spans: int = 1_000
+    # Every opening whose own span is still known (kept or dropped), by numbers (which is by time).
+    exact: list[Opening] = attrs.field(factory=list)
+    merged: list[Merged] = attrs.field(factory=list)
+    # Per user (None: merged from several users), her spans, oldest first.
+    spans_of: dict[str | None, collections.deque[Span]] = attrs.field(factory=dict)
+    spans: int = 0
+    # The openings whose events are kept, oldest first, in all and per user; dropped ones are skipped
+    # (and cleared out now and then).
     kept: collections.deque[Opening] = attrs.field(factory=collections.deque)
+    kept_of: dict[str, collections.deque[Opening]] = attrs.field(factory=dict)
+    live: int = 0
     size: int = 0
+    size_of: collections.Counter[str] = attrs.field(factory=collections.Counter)
 
-    def keep(self, source: ScopeSource, events: list[Event], now: float) -> None:
+    def keep(self, source: ScopeSource, user: str, events: list[Event], now: float) -> None:
         if not events:
             return
-        opening = Opening(source, events, now, events[0].sequence, events[-1].sequence)
-        self.spans.append(opening)
-        self.kept.append(opening)
-        self.size += len(events)
-        while self.size > self.max_events:
-            self._drop(self.kept[0])
-        while len(self.spans) > self.max_spans:
-            forgotten = self.spans.popleft()
-            self._drop(forgotten)
-            self.on_forget(forgotten)
+        opening = Opening(source, user, events, now, events[0].sequence, events[-1].sequence)
+        self.exact.append(opening)
+        self.spans_of.setdefault(user, collections.deque()).append(opening)
+        self.spans += 1
+        if len(events) > min(self.max_user_events, self.max_events):
+            # Not kept, and nobody else's opening goes for it: a resume from inside it is 410.
+            opening.dropped = True
+            opening.events = []
+        else:
+            self.kept.append(opening)
+            self.kept_of.setdefault(user, collections.deque()).append(opening)
+            self.live += 1
+            self.size += len(events)
+            self.size_of[user] += len(events)
+            while self.size_of[user] > self.max_user_events:
+                self._drop(self.kept_of[user][0])
+            while self.size > self.max_events:
+                self._drop(self.kept[0])
+        while len(self.spans_of[user]) > self.max_user_spans:
+            self._merge(*list(self.spans_of[user])[:2])
+        while self.spans > self.max_spans:
+            self._merge(*self._oldest_two())
 
-    def find(self, source: ScopeSource, sequence: int) -> Opening | None:
-        """The opening of ``source`` that ``sequence`` is inside of (not its last event: what follows
-        that is the scope's history), kept or dropped."""
-        index = bisect.bisect_left(self.spans, sequence, key=lambda opening: opening.last)
-        if index < len(self.spans):
-            opening = self.spans[index]
-            if opening.first <= sequence < opening.last and opening.source is source:
-                return opening
+    def find(self, source: ScopeSource, sequence: int) -> Span | None:
+        """The span of ``source`` that ``sequence`` is inside of (an opening: not its last event, after
+        which comes the scope's history), or None."""
+        index = bisect.bisect_left(self.exact, sequence, key=lambda opening: opening.last)
+        if index < len(self.exact):
+            opening = self.exact[index]
+            if opening.first <= sequence and opening.source is source:
+                return opening if sequence < opening.last else None
+        for merged in self.merged:
+            if merged.first <= sequence < merged.last and source in merged.sources:
+                return merged
         return None
 
     def expire(self, before: float, current: Callable[[ScopeSource], bool]) -> None:
         """Drops the events of openings kept since before ``before``, and forgets the spans nobody can
-        resume from any more (below their source's floor, or of a source that is no longer
-        ``current``)."""
+        resume from any more (below their sources' floors, or of sources no longer ``current``)."""
         while self.kept and self.kept[0].kept_at < before:
             self._drop(self.kept[0])
-        spans: collections.deque[Opening] = collections.deque()
-        for opening in self.spans:
-            if current(opening.source) and opening.last >= opening.source.floor:
-                spans.append(opening)
-            else:
+
+        def alive(span: Span) -> bool:
+            return any(current(source) and span.last >= source.floor for source in span.sources)
+
+        for opening in self.exact:
+            if not alive(opening):
                 self._drop(opening)
-        self.spans = spans
+        self.exact = [opening for opening in self.exact if alive(opening)]
+        self.merged = [merged for merged in self.merged if alive(merged)]
+        spans_of: dict[str | None, collections.deque[Span]] = {}
+        for user, spans in self.spans_of.items():
+            left = collections.deque(span for span in spans if alive(span))
+            if left:
+                spans_of[user] = left
+        self.spans_of = spans_of
+        self.spans = sum(len(spans) for spans in spans_of.values())
+        self.kept = collections.deque(opening for opening in self.kept if not opening.dropped)
+        self.kept_of = {}
+        for opening in self.kept:
+            self.kept_of.setdefault(opening.user, collections.deque()).append(opening)
+
+    def _oldest_two(self) -> tuple[Span, Span]:
+        heads = [span for spans in self.spans_of.values() for span in list(spans)[:2]]
+        older, newer = heapq.nsmallest(2, heads, key=lambda span: span.first)
+        return older, newer
+
+    def _merge(self, older: Span, newer: Span) -> None:
+        """Replaces the two oldest spans of a user (or in all) by one covering both."""
+        user = older.user if older.user == newer.user else None
+        merged = Merged(older.sources | newer.sources, user, older.first, max(older.last, newer.last))
+        for span in (older, newer):
+            # Each is the oldest of its user's spans once the one before it is gone.
+            removed = self.spans_of[span.user].popleft()
+            assert removed is span, (removed, span)
+            if not self.spans_of[span.user]:
+                del self.spans_of[span.user]
+            if isinstance(span, Opening):
+                self._drop(span)
+                self.exact.remove(span)
+            else:
+                self.merged.remove(span)
+        self.spans -= 1
+        self.merged.append(merged)
+        self.spans_of.setdefault(user, collections.deque()).appendleft(merged)
 
     def _drop(self, opening: Opening) -> None:
-        if not opening.dropped:
-            opening.dropped = True
-            self.size -= len(opening.events)
-            opening.events = []
-            if self.kept and self.kept[0] is opening:
-                self.kept.popleft()
-            else:
-                # Rare (a forgotten span that still had its events): not at the front.
-                self.kept = collections.deque(kept for kept in self.kept if kept is not opening)
+        if opening.dropped:
+            return
+        opening.dropped = True
+        self.live -= 1
+        self.size -= len(opening.events)
+        self.size_of[opening.user] -= len(opening.events)
+        if self.size_of[opening.user] <= 0:
+            del self.size_of[opening.user]
+        opening.events = []
+        # Dropped openings are cleared out of the front of the queues, and out of all of the queue
+        # once it holds mostly dropped ones (a user's openings dropped for her bound, behind others').
+        while self.kept and self.kept[0].dropped:
+            self.kept.popleft()
+        if len(self.kept) > 2 * self.live + 64:
+            self.kept = collections.deque(kept for kept in self.kept if not kept.dropped)
+        mine = self.kept_of[opening.user]
+        while mine and mine[0].dropped:
+            mine.popleft()
+        if len(mine) > 2 * self.size_of[opening.user] + 64:
+            mine = self.kept_of[opening.user] = collections.deque(kept for kept in mine if not kept.dropped)
+        if not mine:
+            del self.kept_of[opening.user]
 
 
-__all__ = ["Opening", "Openings"]
+__all__ = ["Merged", "Opening", "Openings", "Span"]

@@ -416,16 +416,20 @@ class ScopeSource:
 
     def _apply_read(self, repository: str, tags: frozenset[str], mark: int) -> None:
         """Applies a read of one repository. One with tags is noted: until a read of the scope shows
-        it, a read of the scope that lacks it is not taken for its deletion (`_resync_once`)."""
-        self._apply(repository, tags, mark)
+        it, a read of the scope that lacks it is not taken for its deletion (`_resync_once`). A stale
+        read (older than one applied already) changes nothing, that note included."""
+        if not self._apply(repository, tags, mark):
+            return
         if tags:
             self._read_alone.add(repository)
         else:
             self._read_alone.discard(repository)
 
-    def _apply(self, repository: str, tags: frozenset[str], mark: int) -> None:
+    def _apply(self, repository: str, tags: frozenset[str], mark: int) -> bool:
+        """Applies a read of one repository to the snapshot; False if it is stale (a newer read of
+        this repository was applied already)."""
         if self._marks.get(repository, 0) > mark:
-            return  # a newer read of this repository was applied already
+            return False
         self._marks[repository] = mark
         old = self.tags.get(repository, frozenset())
         if tags:
@@ -433,15 +437,16 @@ class ScopeSource:
         else:
             self.tags.pop(repository, None)
         if not self.ready or old == tags:
-            return  # the first read is the baseline: no events
+            return True  # the first read is the baseline: no events
         parts = split_repository(repository)
         if parts is None:
-            return
+            return True
         namespace, path = parts
         for tag in sorted(old - tags):
             self.emit(EventType.DELETED, TagRef(namespace, path, tag))
         for tag in sorted(tags - old):
             self.emit(EventType.ADDED, TagRef(namespace, path, tag))
+        return True
 
     def emit(self, kind: EventType, ref: TagRef) -> Event:
         """An event of the scope: the next resourceVersion, kept in the history, sent to every watcher."""
