@@ -1105,11 +1105,15 @@ def test_one_user_s_many_openings_never_cost_another_user_his_resumes() -> None:
     assert hub.start(later, source, since=_sequence_of(bob_sink.lines[-1]), timeout=None)
     last = _sequence_of(later_sink.lines[-1])  # ADDED team/app:v2, of the scope's history
     later.end("timeout")
-    for _ in range(10_001):
+    for i in range(10_001):
         m, m_sink = watcher(user="mallory", readable={"team/one"})
         assert from_list(hub, m, source, sequence)
         assert [line.split()[1] for line in m_sink.lines] == [b"team/one:y", b"team/one:z"]
         m.end("client gone")
+        if i == 0:  # his second opening falls inside the interval her oldest spans are merged into
+            inner, inner_sink = watcher(user="bob")
+            assert from_list(hub, inner, source, sequence)
+            inner.end("timeout")
     assert source.floor == floor
     assert hub.openings.spans_of.keys() == {"bob", "mallory"}
     assert len(hub.openings.spans_of["mallory"]) == hub.openings.max_user_spans
@@ -1121,6 +1125,11 @@ def test_one_user_s_many_openings_never_cost_another_user_his_resumes() -> None:
     assert hub.start(inside, source, since=_sequence_of(bob_sink.lines[0]), timeout=None)
     assert inside_sink.lines == [bob_sink.lines[1], *later_sink.lines]
     assert hub.start(watcher(user="bob")[0], source, since=floor, timeout=None)
+    assert hub.start(watcher(user="bob")[0], source, since=_sequence_of(inner_sink.lines[0]), timeout=None)
+    assert hub.start(watcher(user="bob")[0], source, since=_sequence_of(inner_sink.lines[1]), timeout=None)
+    assert not hub.start(
+        watcher(user="bob")[0], source, since=_sequence_of(inner_sink.lines[0]) - 1, timeout=None
+    )
     assert hub.start(watcher(user="bob")[0], source, since=_sequence_of(bob_sink.lines[-1]), timeout=None)
 
 

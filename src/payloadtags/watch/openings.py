@@ -108,7 +108,8 @@ class Openings:
             while self.size > self.max_events:
                 self._drop(self.kept[0])
         while len(self.spans_of[user]) > self.max_user_spans:
-            self._merge(*list(self.spans_of[user])[:2])
+            mine = self.spans_of[user]
+            self._merge(mine[0], mine[1])
         while self.spans > self.max_spans:
             self._merge(*self._oldest_two())
 
@@ -152,7 +153,8 @@ class Openings:
             self.kept_of.setdefault(opening.user, collections.deque()).append(opening)
 
     def _oldest_two(self) -> tuple[Span, Span]:
-        heads = [span for spans in self.spans_of.values() for span in list(spans)[:2]]
+        heads = [spans[0] for spans in self.spans_of.values()]
+        heads += [spans[1] for spans in self.spans_of.values() if len(spans) > 1]
         older, newer = heapq.nsmallest(2, heads, key=lambda span: span.first)
         return older, newer
 
