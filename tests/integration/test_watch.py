@@ -384,6 +384,22 @@ async def _alice(
     return api, api.client(pki.client_ca.client("alice"))
 
 
+async def _rules_loading(
+    make_server: Any, registry: Any, kube_api: Any, kube_kubeconfig: Any, pki: Any, namespace: str
+) -> tuple[Any, ApiClient]:
+    """A server deciding access by RBAC whose rules cannot load until the test clears the cluster API's
+    errors, and alice, who may see `<namespace>/app` (pushed) once they do."""
+    images.push_oci_image(registry, f"{namespace}/app", "v1")
+    grant(kube_api, namespace, "alice", ["get"], ["app"], "alice-read")
+    kube_api.inject_error(500, path="/apis/rbac.authorization.k8s.io/v1/roles", times=1_000_000)
+    api = await make_server(registry, kubeconfig=str(kube_kubeconfig), authorization_mode="RBAC")
+    return api, api.client(pki.client_ca.client("alice"))
+
+
+async def _rules_loaded(api: Any) -> bool:
+    return bool((await api.client(None).get("/readyz/rbac")).code == 200)
+
+
 async def _showing(client: ApiClient, namespace: str, paths: list[str]) -> str | None:
     """The resourceVersion of a list of ``namespace`` that shows the repositories ``paths``."""
     reply = await client.get(collection(namespace))
@@ -468,19 +484,11 @@ async def test_a_list_refused_while_the_rules_load_does_not_make_a_later_lists_w
     resourceVersion's record, so a watch from the retry's list (same resourceVersion) was first sent
     every tag that list had shown as ADDED again."""
     namespace, _ = repo.split("/", 1)
-    images.push_oci_image(registry, f"{namespace}/app", "v1")
-    grant(kube_api, namespace, "alice", ["get"], ["app"], "alice-read")
-    kube_api.inject_error(500, path="/apis/rbac.authorization.k8s.io/v1/roles", times=1_000_000)
-    api = await make_server(registry, kubeconfig=str(kube_kubeconfig), authorization_mode="RBAC")
-    alice = api.client(pki.client_ca.client("alice"))
+    api, alice = await _rules_loading(make_server, registry, kube_api, kube_kubeconfig, pki, namespace)
     refused = await alice.get(collection(namespace))
     assert refused.code == 503, refused.body
     kube_api.clear_injected_errors()
-
-    async def synced() -> bool:
-        return bool((await api.client(None).get("/readyz/rbac")).code == 200)
-
-    assert await eventually(synced, within=30)
+    assert await eventually(lambda: _rules_loaded(api), within=30)
     listed = await alice.get(collection(namespace))
     assert [i["spec"]["tag"] for i in listed.json()["items"]] == ["v1"]
     images.push_oci_image(registry, f"{namespace}/app", "v2", seed="v2")
@@ -505,11 +513,7 @@ async def test_a_watch_before_the_rules_load_is_refused_and_later_revocations_st
     Retry-After. It used to get a 200 and an ERROR 500, and stayed registered; when the rules loaded,
     ending it failed and stopped the access check, so that no revocation ended any watch after it."""
     namespace, _ = repo.split("/", 1)
-    images.push_oci_image(registry, f"{namespace}/app", "v1")
-    grant(kube_api, namespace, "alice", ["get"], ["app"], "alice-read")
-    kube_api.inject_error(500, path="/apis/rbac.authorization.k8s.io/v1/roles", times=1_000_000)
-    api = await make_server(registry, kubeconfig=str(kube_kubeconfig), authorization_mode="RBAC")
-    alice = api.client(pki.client_ca.client("alice"))
+    api, alice = await _rules_loading(make_server, registry, kube_api, kube_kubeconfig, pki, namespace)
     early = await alice.get(f"{collection(namespace)}?watch=true")
     assert early.code == 503, early.body
     assert early.header("retry-after") == "1"
@@ -517,11 +521,7 @@ async def test_a_watch_before_the_rules_load_is_refused_and_later_revocations_st
     listed = await alice.get(collection(namespace))
     assert listed.code == 503 and listed.header("retry-after") == "1"
     kube_api.clear_injected_errors()
-
-    async def synced() -> bool:
-        return bool((await api.client(None).get("/readyz/rbac")).code == 200)
-
-    assert await eventually(synced, within=30)
+    assert await eventually(lambda: _rules_loaded(api), within=30)
     watch = await stream(alice, f"{collection(namespace)}?watch=true")
     first = await watch.next()
     assert (first["type"], first["object"]["spec"]["repositoryPath"]) == ("ADDED", "app")
