@@ -1083,7 +1083,7 @@ def test_a_watch_resumed_inside_first_events_no_longer_kept_gets_gone() -> None:
     assert not hub.start(watcher()[0], source, since=_sequence_of(third_sink.lines[1]), timeout=None)
 
 
-def test_one_user_s_many_openings_never_cost_another_user_his_resumes() -> None:
+def test_one_user_s_many_openings_never_cost_another_user_his_resumes_from_before_them() -> None:
     """Each watch from a list by name of a scope nobody watched has an opening of its own. Past
     10,000 of them the oldest span was forgotten and the scope's history cut short there: one user's
     watches (one cheap list, then watch after watch from it) had every other watch's resume 410."""
