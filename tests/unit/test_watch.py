@@ -1976,3 +1976,35 @@ def test_a_grant_of_an_emptied_repository_while_its_deletions_wait_keeps_the_str
     while one_turn(clock):
         pass
     assert not w.closed, sink.lines
+
+
+def test_a_stale_scope_read_does_not_undo_what_a_newer_read_of_a_repository_noted() -> None:
+    """A resync begins; team/x is deleted and pushed again, and the notification's read (newer)
+    answers t2 first and is applied. The resync's older answer is stale for team/x: it must not undo
+    the note that team/x was read alone, or the next resync, through an index that lacks team/x, sends
+    DELETED team/x:t2 for a tag that exists. (The real index never forgets a name; a guard all the
+    same, as a stale read changes nothing else.)"""
+    reader = FakeReader({"team/app": {"v1"}, "team/x": {"t"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=30)
+    source = ready(hub, "team")
+    bob, bob_sink = watcher(user="bob")
+    assert hub.start(bob, source, since=None, timeout=None)
+    scope_holds: list[Deferred[None]] = []
+    reader.scope_held = scope_holds
+    clock.advance(30)  # resync R begins
+    assert len(scope_holds) == 1
+    holds: list[Deferred[list[str]]] = []
+    reader.held = holds
+    hub.repository_changed("team/x")  # notification: deleted and pushed again
+    assert len(holds) == 1
+    holds[0].callback(["t2"])  # the newer read answers first
+    assert source.tags["team/x"] == frozenset({"t2"})
+    scope_holds[0].callback(None)  # R's answer (index read before the delete): team/x: t -- stale
+    assert source.tags["team/x"] == frozenset({"t2"})
+    reader.scope_held = None
+    reader.held = None
+    reader.repositories["team/x"] = {"t2"}
+    reader.unindexed.add("team/x")  # the index has not learnt of the push again
+    clock.advance(30)  # resync R2
+    assert not any(line.startswith(b"DELETED team/x:t2") for line in bob_sink.lines), bob_sink.lines

@@ -222,8 +222,9 @@ class ScopeSource:
                 # after this one began: a read of the repository says whether it is gone.
                 self.repository_changed(repository)
                 continue
-            self._read_alone.discard(repository)
-            self._apply(repository, frozenset(seen.get(repository, ())), mark)
+            if self._apply(repository, frozenset(seen.get(repository, ())), mark):
+                # A stale scope read (a newer read of the repository was applied) says nothing of it.
+                self._read_alone.discard(repository)
         for repository in sorted(self._noted):
             # What lists showed otherwise that this read may not confirm: it does not read tags the
             # scope's reads do not see yet (a repository the index does not know).
