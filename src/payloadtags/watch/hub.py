@@ -16,13 +16,13 @@ import contextlib
 from collections.abc import Callable, Iterable, Sequence
 
 import attrs
-from twisted.internet.defer import DeferredSemaphore, gatherResults
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from payloadtags.access.authz import AuthorizationNotReady, Readable
 from payloadtags.access.rbac import PathMatcher
+from payloadtags.deferreds import bounded_map
 from payloadtags.identity import UserInfo
 from payloadtags.inventory import Inventory
 from payloadtags.limits import WatchLimits
@@ -207,9 +207,7 @@ class WatchHub:
         unread = [repository for repository, _ in listed.unconfirmed(source.tags)]
         if len(unread) > MAX_UNCONFIRMED_READS:
             return None
-        limit = DeferredSemaphore(_CONCURRENT_READS)
-        reads = [limit.run(source.read, repository) for repository in unread]
-        done: list[bool] = await gatherResults(reads, consumeErrors=True)
+        done = await bounded_map(source.read, unread, _CONCURRENT_READS)
         return known if all(done) else None
 
     # -- sources ----------------------------------------------------------------------------------
