@@ -799,6 +799,33 @@ async def test_an_exact_list_is_the_list_at_that_resource_version_or_a_status(ma
     assert sorted(i["spec"]["tag"] for i in current.json()["items"]) == ["v1", "v2"]
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_list_not_older_than_a_resource_version_not_reached_is_a_timeout(api, repo):
+    namespace, _ = repo.split("/", 1)
+    client = api.client(api.pki.admin)
+    now = (await client.get(collection(namespace))).json()["metadata"]["resourceVersion"]
+    future = str(int(now) + 1000)
+    # NotOlderThan, said or implied by a resourceVersion without resourceVersionMatch: a list that old
+    # cannot be given before this replica reaches it: kube-apiserver answers 504, not an older list.
+    for query in (f"resourceVersion={future}&resourceVersionMatch=NotOlderThan", f"resourceVersion={future}"):
+        ahead = await client.get(f"{collection(namespace)}?{query}")
+        assert ahead.code == 504, (query, ahead.body)
+        assert ahead.json()["message"] == f"Timeout: Too large resource version: {future}, current: {now}"
+        assert ahead.json()["details"]["causes"] == [
+            {"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}
+        ]
+    # Reached, older, "0", or another replica's (not comparable, and not older than what this one holds):
+    # served as this replica's current list.
+    epoch, sequence = divmod(int(now), 10**11)
+    foreign = (epoch + 1 if epoch < 18_446_743 else epoch - 1) * 10**11 + sequence + 1000
+    for rv in (now, str(int(now) - 1), "0", str(foreign)):
+        listed = await client.get(
+            f"{collection(namespace)}?resourceVersion={rv}&resourceVersionMatch=NotOlderThan"
+        )
+        assert listed.code == 200, (rv, listed.body)
+        assert listed.json()["metadata"]["resourceVersion"] == now
+
+
 async def _indexed(make_server, registry, repo, tmp_path) -> tuple[str, Any, ApiClient]:
     """A server with the repository index on (notifications configured, none sent here) and an hour's
     resync period, once its index is filled, over a namespace holding known:v1: the namespace, the

@@ -278,6 +278,10 @@ class TagsService:
                 if self.versions.ahead(str(requested)):
                     raise resource_version_too_large(str(requested), current)
                 raise list_resource_version_expired()
+        elif options.resource_version is not None and self.versions.ahead(options.resource_version):
+            # Not older than a resourceVersion this replica has not reached: no list it can give now is
+            # that new (another replica's or run's is not comparable, and is served as the current one).
+            raise resource_version_too_large(options.resource_version, current)
         asking()
         return _Listing(
             watch_scope=namespace,
