@@ -476,6 +476,61 @@ async def test_a_grant_or_a_revocation_ends_a_watch_from_a_list_with_410(
     assert await eventually(lambda: _showing(alice, namespace, ["app"]), within=20)
 
 
+async def _checked(api: Any, before: int) -> bool:
+    """Whether the server's access check has run since the rules' generation ``before``."""
+    hub = api.running.api.watch_hub
+    now = hub.access_generation()
+    return bool(now > before and hub.checked_generation == now)
+
+
+@pytest.mark.parametrize("change", ["revoke", "grant"])
+@pytest_twisted.ensureDeferred
+async def test_a_change_of_her_rules_between_two_streams_is_410_for_the_re_watch(
+    change, make_server, registry, repo, pki, kube_api, kube_kubeconfig, reactor
+):
+    """A stream ends on its timeout after a last bookmark (client-go asks 5 to 10 minutes), `secret` is
+    taken away (or granted), and the reflector watches again from that bookmark: the 410 that a running
+    watch gets must come then too. It used to get bookmarks and nothing else, and her client kept
+    `secret:v1` for good (or never got it)."""
+    namespace, _ = repo.split("/", 1)
+    api, alice = await _alice(
+        make_server, registry, kube_api, kube_kubeconfig, pki, f"{namespace}/app", f"{namespace}/secret"
+    )
+    before_paths, after_paths = ["app", "secret"], ["app"]
+    if change == "revoke":
+        grant(kube_api, namespace, "alice", ["get"], ["secret"], "alice-read-secret")
+    else:
+        before_paths, after_paths = after_paths, before_paths
+    listed = await eventually(lambda: _showing(alice, namespace, before_paths), within=20)
+    assert listed
+    first = await stream(
+        alice,
+        f"{collection(namespace)}?watch=true&allowWatchBookmarks=true&timeoutSeconds=1"
+        f"&resourceVersion={listed}",
+    )
+    last = await first.next()
+    assert last["type"] == "BOOKMARK", last
+    ended = first.ended
+    ended.addTimeout(10, reactor)  # a hang guard: the stream ends by its timeoutSeconds
+    await ended
+    bookmark = last["object"]["metadata"]["resourceVersion"]
+    generation = api.running.api.watch_hub.access_generation()
+    if change == "revoke":
+        kube_api.store.delete(ROLEBINDINGS, "alice-read-secret", namespace)
+    else:
+        grant(kube_api, namespace, "alice", ["get"], ["secret"], "alice-read-secret")
+    assert await eventually(lambda: _checked(api, generation), within=20)
+    assert await eventually(lambda: _showing(alice, namespace, after_paths), within=20)
+    again = await stream(
+        alice,
+        f"{collection(namespace)}?watch=true&allowWatchBookmarks=true&timeoutSeconds=30"
+        f"&resourceVersion={bookmark}",
+    )
+    assert again.code == 200
+    error = await _gone(again, reactor)
+    assert (error["type"], error["object"]["code"], error["object"]["reason"]) == ("ERROR", 410, "Expired")
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_list_refused_while_the_rules_load_does_not_make_a_later_lists_watch_resend_its_tags(
     make_server, registry, repo, pki, kube_api, kube_kubeconfig, reactor

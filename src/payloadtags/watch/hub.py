@@ -29,6 +29,7 @@ from payloadtags.limits import WatchLimits
 from payloadtags.names import TagRef, split_repository
 from payloadtags.watch.listed import Listed, ListedScopes
 from payloadtags.watch.openings import Opening, Openings
+from payloadtags.watch.rules import RulesLedger
 from payloadtags.watch.source import Event, EventType, ScopeReader, ScopeSource
 from payloadtags.watch.versions import ReplicaVersions
 from payloadtags.watch.watcher import Watcher, expired_line
@@ -121,6 +122,9 @@ class WatchHub:
     stopped: bool = False
     listed: ListedScopes = attrs.field(factory=ListedScopes)
     openings: Openings = attrs.field(factory=Openings)
+    # Per scope and user, the rules that decided what her clients hold, past the end of their
+    # streams: a resume from before a change of them is 410 (`watch.rules`).
+    rules: RulesLedger = attrs.field(factory=RulesLedger)
 
     # -- resourceVersions -------------------------------------------------------------------------
 
@@ -291,6 +295,7 @@ class WatchHub:
             del self.sources[scope]
             self._touched.pop(scope, None)
             dropped = True
+        self.rules.forget(lambda source: self.sources.get(source.namespace) is source)
         if dropped:
             # While nobody watches, nothing else moves the sequence: a later list of the scope would
             # open its record under a resourceVersion already given out (to the expired record's
@@ -360,6 +365,11 @@ class WatchHub:
         assert slot.held and slot.user == watcher.user, slot
         backlog = None
         if self.sources.get(source.namespace) is not source or (listed is not None and listed.dropped):
+            slot.release()
+            return False
+        if not self._rules_admit(watcher, source, since):
+            # Her rules here changed after ``since``: what her client holds was decided by the old
+            # ones, and a resume would replay neither a grant nor a revocation.
             slot.release()
             return False
         if listed is None and since is not None:
@@ -450,6 +460,7 @@ class WatchHub:
         timer = self._timers.pop(watcher, None)
         if timer is not None and timer.active():
             timer.cancel()
+        self._note_seen(watcher, source)
         self._touched[source.namespace] = self.clock.seconds()
         self.on_end(watcher.reason or "")
 
@@ -461,11 +472,37 @@ class WatchHub:
             return
         user = watcher.readable.user
         watcher.rules = lambda namespace: rules_of(user, namespace)
-        if source.namespace is not None:
-            namespaces: Iterable[str] = (source.namespace,)
-        else:
-            namespaces = {repository.partition("/")[0] for repository in source.tags}
-        watcher.know_rules(namespaces)  # AuthorizationNotReady: the watch is not started
+        watcher.know_rules(_namespaces(source))  # AuthorizationNotReady: the watch is not started
+
+    def _rules_admit(self, watcher: Watcher, source: ScopeSource, since: int | None) -> bool:
+        """Notes the rules of the watcher's user in the scope (`RulesLedger.admits`); False when a
+        watch of hers from ``since`` must be 410: they changed after it."""
+        rules_of = self.access_rules
+        if rules_of is None or not isinstance(watcher.readable, Readable):
+            return True
+        user = watcher.readable.user
+        return self.rules.admits(
+            source,
+            user,
+            _namespaces(source),
+            lambda namespace: rules_of(user, namespace),
+            since,
+            self.versions.next,
+        )
+
+    def _note_seen(self, watcher: Watcher, source: ScopeSource) -> None:
+        """An ended watch: the rules that decided what it sent are noted for its user's resumes."""
+        rules_of = watcher.rules
+        if rules_of is None or not isinstance(watcher.readable, Readable):
+            return
+        user = watcher.readable.user
+        try:
+            self.rules.saw(source, user, watcher.rules_seen(), rules_of, self.versions.next)
+        except Exception:
+            # Not told: her resumes from before now are 410 rather than served from a view that
+            # other rules may have decided.
+            log.failure("noting the rules of an ended watch failed")
+            self.rules.drop(source, user)
 
     def _bookmark(self, watcher: Watcher) -> None:
         if watcher.bookmark is None:
@@ -490,8 +527,25 @@ class WatchHub:
         generation = self.access_generation()
         if generation == self.checked_generation:
             return
+        stamped: list[int] = []
+
+        def stamp() -> int:
+            # One number for the round, after every resourceVersion issued under the old rules.
+            if not stamped:
+                stamped.append(self.versions.next())
+            return stamped[0]
+
+        rechecked: set[tuple[ScopeSource, UserInfo]] = set()
         for watcher, source in list(self._scopes.items()):
             try:
+                readable, rules_of = watcher.readable, watcher.rules
+                if isinstance(readable, Readable) and rules_of is not None:
+                    key = (source, readable.user)
+                    if key not in rechecked:
+                        # The rules its user's other clients' views were decided by, for their
+                        # resumes; whether or not this watch ends.
+                        rechecked.add(key)
+                        self.rules.recheck(source, readable.user, rules_of, stamp)
                 # With the repositories of the events still on their way to it: those of a
                 # repository whose last tags were deleted are decided when handed over, by the new
                 # rules, and its client would keep what the DELETED it no longer sees removes.
@@ -537,6 +591,13 @@ class WatchHub:
         self._housekeeping.clear()
         self._loops.clear()
         self.sources.clear()
+
+
+def _namespaces(source: ScopeSource) -> Iterable[str]:
+    """The namespaces whose rules decide what a watch of ``source``'s scope sends."""
+    if source.namespace is not None:
+        return (source.namespace,)
+    return {repository.partition("/")[0] for repository in source.tags}
 
 
 __all__ = ["InventoryReader", "TooManyWatches", "WatchHub", "WatchLimits", "WatchSlot"]

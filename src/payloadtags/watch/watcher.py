@@ -123,6 +123,11 @@ class Watcher:
         for namespace in namespaces:
             self._note_rules(namespace)
 
+    def rules_seen(self) -> list[tuple[str, list[PathMatcher]]]:
+        """Per namespace, every set of rules that decided something this watch sent since the last
+        check (`_ruled_by`)."""
+        return list(self._ruled_by.items())
+
     def access_changed(self, scope: Iterable[str], leaving: Iterable[str] = ()) -> bool:
         """After a change of the access rules: True when the user may now see a repository of the
         watched scope (``scope``: the repositories that have tags) that any rules its client's view was
