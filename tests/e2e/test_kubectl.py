@@ -649,6 +649,21 @@ async def test_delete_all_empties_the_namespace_and_spares_a_prefix_sibling(kube
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_namespace_no_namespace_can_have_has_no_tags(kubectl, registry, repo):
+    """As with kube-apiserver, which does not check a path's namespace: nothing is found there, and
+    that is no error for a list or `--all`."""
+    ns = namespace_of(repo)
+    push(registry, ns, "app", "v1")
+
+    listed = ok(await kubectl("get", "prt", "-n", "Bad_NS"))
+    assert (listed.out, listed.err.strip()) == ("", "No resources found in Bad_NS namespace.")
+    deleted = ok(await kubectl("delete", "prt", "-n", "Bad_NS", "--all", "--timeout=15s"))
+    assert (deleted.out, deleted.err) == ("No resources found\n", "")
+    assert_not_found(await kubectl("get", "prt", "-n", "Bad_NS", name("app", "v1")), name("app", "v1"))
+    assert images.list_tags(registry, f"{ns}/app") == ["v1"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_prefix_sibling_namespaces_list_separately(kubectl, registry, repo):
     ns = namespace_of(repo)
     push(registry, ns, "app", "v1")

@@ -581,7 +581,9 @@ async def test_get_unknown_or_undecodable_names_is_404(api, registry, repo):
     }
     for bad in ("not-base32", "MFYHAOTWGEXDE", "mfyhaotwgexde====", "a" * 300):
         assert_status(await client.get(f"{collection(namespace)}/{bad}"), 404, "NotFound")
-    assert_status(await client.get(f"{B}/namespaces/Bad_NS/payloadrepositorytags"), 404, "NotFound")
+    # A namespace no namespace can have holds no tag (its list is empty: test_hostile).
+    in_bad = await client.get(f"{B}/namespaces/Bad_NS/payloadrepositorytags/{encode_name(path, 'v1')}")
+    assert assert_status(in_bad, 404, "NotFound")["details"]["name"] == encode_name(path, "v1")
 
 
 # --- delete ---------------------------------------------------------------------------------------
@@ -992,6 +994,21 @@ async def test_writes_are_405(api):
         status = assert_status(await client.request(method, path, body={}), 405, "MethodNotAllowed")
         kind = "payloadrepositorytags.payload-registry.deckhouse.io"
         assert status["message"] == f'{verb} is not supported on resources of kind "{kind}"'
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unknown_method_elsewhere_is_a_generic_405(api):
+    """Off the resource's paths a 405 names no resource (go-restful's wording on kube-apiserver); on
+    them it names the verb and the resource, as before."""
+    client = api.client(api.pki.admin)
+    for method in ("OPTIONS", "TRACE", "FOO", "DELETE"):
+        for path in ("/healthz", "/apis", "/openapi/v2", "/version", B):
+            status = assert_status(await client.request(method, path), 405, "MethodNotAllowed")
+            assert status["message"] == "the server does not allow this method on the requested resource"
+            assert status["details"] == {}, (method, path)
+    status = assert_status(await client.request("OPTIONS", collection("ns1")), 405, "MethodNotAllowed")
+    kind = "payloadrepositorytags.payload-registry.deckhouse.io"
+    assert status["message"] == f'options is not supported on resources of kind "{kind}"'
 
 
 @pytest_twisted.ensureDeferred

@@ -304,6 +304,43 @@ async def test_namespace_selector_that_no_namespace_can_match_selects_nothing_un
     assert registry_operations((await client.get("/metrics")).body) == before
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_path_namespace_no_namespace_can_have_is_empty_and_unread(api, registry, repo):
+    """As kube-apiserver, which never checks a path's namespace segment: a list or deletecollection
+    there is an empty list, and a name there is an ordinary NotFound, not a path that does not exist.
+    Nothing is looked up in the registry for it ("Bad_NS/team/app" would probe a repository)."""
+    from payloadtags.names import encode_name
+
+    namespace, path = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "v1")
+    client = api.client(api.pki.admin)
+    name = encode_name(path, "v1")
+    before = registry_operations((await client.get("/metrics")).body)
+    for impossible in ("Bad_NS", namespace.upper(), "a.b"):
+        collection = f"{B}/namespaces/{impossible}/payloadrepositorytags"
+        for query in ("", "?limit=1", f"?fieldSelector=metadata.name%3D{name}"):
+            reply = await client.get(collection + query)
+            assert reply.code == 200, (impossible, query, reply.body)
+            assert (reply.json()["kind"], reply.json()["items"]) == ("PayloadRepositoryTagList", [])
+        for query in ("", "?dryRun=All"):
+            reply = await client.delete(collection + query)
+            assert reply.code == 200, (impossible, query, reply.body)
+            assert reply.json()["items"] == []
+        for reply in (await client.get(f"{collection}/{name}"), await client.delete(f"{collection}/{name}")):
+            assert reply.code == 404, (impossible, reply.body)
+            status = reply.json()
+            assert (
+                status["message"] == f'payloadrepositorytags.payload-registry.deckhouse.io "{name}" not found'
+            )
+            assert status["details"] == {
+                "name": name,
+                "group": "payload-registry.deckhouse.io",
+                "kind": "payloadrepositorytags",
+            }
+    assert registry_operations((await client.get("/metrics")).body) == before
+    assert images.list_tags(registry, repo) == ["v1"]
+
+
 # --- pipelining and output ---------------------------------------------------------------------------
 
 

@@ -688,6 +688,22 @@ async def test_metadata_watches_get_partial_object_metadata_events(make_server, 
                 assert rest[-1]["object"]["apiVersion"] == "meta.k8s.io/v1"
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_watch_of_one_object_pins_its_name_escaped(make_server, registry, repo):
+    """The older form of a watch of one object narrows the collection's watch to its name with a field
+    selector: a name holding "," or "=" (no tag's, but any text routes as a name) must not read as more
+    selector, where "a,b" was a 400 `can't understand 'b'`."""
+    namespace, _ = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "v1")
+    api = await make_server(registry)
+    client = api.client(api.pki.admin)
+    for name in ("a%2Cmetadata.name", "a%3Db", "a%5C"):
+        watch = await stream(client, f"{collection(namespace)}/{name}?watch=true&timeoutSeconds=1")
+        assert watch.code == 200, name
+        await watch.ended
+        assert [json.loads(line)["type"] for line in watch.lines.pending] == []
+
+
 @attrs.define
 class _GatedReader:
     """The hub's registry reads, held until ``gate`` fires: watches wait on their scope's baseline."""

@@ -251,6 +251,14 @@ def test_bad_selectors_are_400() -> None:
     assert _error(list_options, _q(fieldSelector="spec.foo=x")).code == 400
 
 
+@pytest.mark.parametrize("value", ["abc", "1.5", "9223372036854775808"])
+def test_timeout_seconds_of_a_list_is_an_int64(value: str) -> None:
+    """ListOptions.timeoutSeconds is decoded as an int64 for every list, not only for watches."""
+    error = _error(list_options, _q(timeoutSeconds=value))
+    assert (error.code, error.reason) == (400, "BadRequest")
+    assert f'invalid value for timeoutSeconds: "{value}"' in error.message
+
+
 def test_unknown_parameters_are_ignored() -> None:
     options = list_options(_q(timeoutSeconds="30", allowWatchBookmarks="true", pretty="true", limit="2"))
     assert options.limit == 2

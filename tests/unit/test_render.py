@@ -387,3 +387,12 @@ def test_list_metadata_has_the_fields_spelled_without_the_converter() -> None:
         "continue_",
         "remaining_item_count",
     ]
+
+
+def test_include_object_invalid_is_worded_as_kube_apiserver() -> None:
+    with pytest.raises(ApiError) as caught:
+        include_object("bogus")
+    assert caught.value.message == (
+        'Unable to convert to Table as requested: includeObject: Unsupported value: "bogus": '
+        'supported values: "Metadata", "None", "Object"'
+    )

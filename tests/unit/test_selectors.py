@@ -10,6 +10,7 @@ from payloadtags.api.selectors import (
     FieldSelector,
     LabelSelector,
     Requirement,
+    escape_value,
     parse_field_selector,
     parse_label_selector,
 )
@@ -320,3 +321,47 @@ def test_unknown_field_uses_upstream_wording(field: str) -> None:
 def test_term_without_operator(term: str) -> None:
     error = _bad_field(f"metadata.namespace=a,{term}")
     assert error.message == f"invalid selector: 'metadata.namespace=a,{term}'; can't understand '{term}'"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # fields.ParseSelector: a comma, "=" or backslash in a value is escaped with a backslash.
+        ("metadata.name=\\,x", [FieldRequirement("metadata.name", ",x", True)]),
+        ("metadata.name=a\\=b", [FieldRequirement("metadata.name", "a=b", True)]),
+        ("metadata.name=a\\\\b", [FieldRequirement("metadata.name", "a\\b", True)]),
+        (
+            "metadata.name!=a\\,b,metadata.namespace=c",
+            [
+                FieldRequirement("metadata.name", "a,b", False),
+                FieldRequirement("metadata.namespace", "c", True),
+            ],
+        ),
+        # The first operator in the term splits it, "!=" and "==" before "=" where they start.
+        ("metadata.name==\\=", [FieldRequirement("metadata.name", "=", True)]),
+        ("metadata.name=x\\,", [FieldRequirement("metadata.name", "x,", True)]),
+    ],
+)
+def test_field_selector_values_are_unescaped(text: str, expected: list[FieldRequirement]) -> None:
+    assert list(parse_field_selector(text).requirements) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # Go prints the rune with %v: its code point.
+        ("metadata.name=x=y", "invalid field selector: unescaped character in value: 61"),
+        ("metadata.name==x=", "invalid field selector: unescaped character in value: 61"),
+        ("metadata.name=\\x", "invalid field selector: invalid escape sequence: \\x"),
+        ("metadata.name=x\\", "invalid field selector: invalid escape sequence: \\"),
+    ],
+)
+def test_field_selector_value_escapes_are_checked_as_upstream(text: str, message: str) -> None:
+    assert _bad_field(text).message == message
+
+
+@pytest.mark.parametrize("value", ["plain", ",x", "a=b", "a\\b", "\\,=,\\"])
+def test_escaped_values_read_back_as_themselves(value: str) -> None:
+    """The named watch pins its path's name with such a value (any text routes as a name)."""
+    selector = parse_field_selector(f"metadata.name={escape_value(value)},metadata.namespace!=y")
+    assert selector.required("metadata.name") == value

@@ -36,6 +36,7 @@ from payloadtags.api.errors import (
     cluster_wide_delete_collection_not_allowed,
     internal,
     method_not_allowed,
+    path_method_not_allowed,
     path_not_found,
     service_unavailable,
     timeout,
@@ -55,6 +56,7 @@ from payloadtags.api.render import (
     render_object,
     streamed_list_chunks,
 )
+from payloadtags.api.selectors import escape_value
 from payloadtags.api.streaming import write_streamed
 from payloadtags.api.tags import PageRuns, TagsService
 from payloadtags.api.watch import (
@@ -618,6 +620,9 @@ class ApiServer:
 
         @self.app.handle_errors(MethodNotAllowed)
         def _bad_method(request: IRequest, failure: Any) -> bytes:
+            if _request_labels(request)[1] != RESOURCE:
+                # Discovery, OpenAPI, health, version: go-restful's 405, which names no resource.
+                return _write_error(request, path_method_not_allowed())
             return _write_error(request, method_not_allowed(request.method.decode("latin-1").lower()))
 
         @self.app.handle_errors(HTTPException)
@@ -795,23 +800,27 @@ class ApiServer:
     # -- the resource -----------------------------------------------------------------------------
 
     @staticmethod
-    def _namespace(namespace: str | None) -> None:
+    def _watched_namespace(namespace: str | None) -> None:
+        # kube-apiserver does not check a path's namespace: a list there is empty, a name there is not
+        # found (TagsService answers both without reading the registry). A watch there would need a
+        # scope source reading the registry for repositories no namespace can hold: not served.
         if namespace is not None and not is_namespace(namespace):
             raise path_not_found()
 
     async def _list(self, request: Request, user: UserInfo, namespace: str | None = None) -> bytes:
-        self._namespace(namespace)
         watching = self.watch_hub is not None and _is_watch_request(request)
         media = negotiate(_header(request, "accept"), collection=True, watch=watching)
         query = _query(request)
         include = include_object(first(query, "includeObject")) if media.form is Form.TABLE else "Metadata"
         # A watch value that is not a boolean is not one: list_options answers it 400.
         if watching:
+            self._watched_namespace(namespace)
             return await self._watch(request, user, namespace, query, media, include)
         options = list_options(query)
         hub = self.watch_hub
         record = None
-        if hub is not None and options.continue_ is None:
+        possible = namespace is None or is_namespace(namespace)
+        if hub is not None and options.continue_ is None and possible:
             # The scope's watch source reads its baseline before this list reads the registry, so a
             # watch from this list's resourceVersion misses nothing that happened after it.
             _, record = await hub.open_list(namespace)
@@ -850,7 +859,6 @@ class ApiServer:
             raise
 
     async def _get(self, request: IRequest, user: UserInfo, namespace: str, name: str) -> bytes:
-        self._namespace(namespace)
         watching = self.watch_hub is not None and _is_watch_request(request)
         media = negotiate(_header(request, "accept"), collection=False, watch=watching)
         query = _query(request)
@@ -858,9 +866,10 @@ class ApiServer:
         if is_watch(query):
             if self.watch_hub is None:
                 raise method_not_allowed("watch")
+            self._watched_namespace(namespace)
             # The older form of a watch of one object: the collection's watch, narrowed to its name.
             selector = first(query, "fieldSelector")
-            pinned = f"metadata.name={name}" + (f",{selector}" if selector else "")
+            pinned = f"metadata.name={escape_value(name)}" + (f",{selector}" if selector else "")
             narrowed = {**query, "fieldSelector": [pinned]}
             return await self._watch(request, user, namespace, narrowed, media, include)
         obj = await self.service.get(user, namespace, name)
@@ -995,7 +1004,6 @@ class ApiServer:
         return body
 
     async def _delete(self, request: IRequest, user: UserInfo, namespace: str, name: str) -> bytes:
-        self._namespace(namespace)
         options = delete_options(_query(request), self._body(request), _header(request, "content-type"))
         # Before the delete: a 406 must mean that nothing was deleted.
         media = negotiate(_header(request, "accept"), collection=False)
@@ -1005,7 +1013,6 @@ class ApiServer:
         return _write_json(request, 200, render_object(obj, media), media.content_type)
 
     async def _delete_collection(self, request: IRequest, user: UserInfo, namespace: str) -> bytes:
-        self._namespace(namespace)
         query = _query(request)
         options = delete_options(query, self._body(request), _header(request, "content-type"))
         listing = list_options({k: v for k, v in query.items() if k not in ("dryRun", "propagationPolicy")})

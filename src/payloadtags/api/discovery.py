@@ -62,7 +62,7 @@ def aggregated(api_version: str, with_group: bool = True) -> dict[str, Any]:
                                 "responseKind": {"group": GROUP, "version": VERSION, "kind": KIND},
                                 "verbs": list(VERBS),
                                 "shortNames": list(SHORT_NAMES),
-                                "categories": [],
+                                # No "categories": it has none, and upstream's field is omitempty.
                             }
                         ],
                     }

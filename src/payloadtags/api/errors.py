@@ -52,6 +52,16 @@ def method_not_allowed(verb: str) -> ApiError:
     )
 
 
+def path_method_not_allowed() -> ApiError:
+    """A method a path that is not the resource's does not serve (go-restful's wording)."""
+    return ApiError(
+        405,
+        "MethodNotAllowed",
+        "the server does not allow this method on the requested resource",
+        StatusDetails(),
+    )
+
+
 def cluster_wide_delete_collection_not_allowed() -> ApiError:
     return ApiError(
         405,

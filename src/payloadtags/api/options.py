@@ -118,6 +118,8 @@ def list_options(query: Query) -> ListOptions:
             )
     if resource_version is not None and parse_version(resource_version) is None:
         raise bad_request(f'invalid resource version "{resource_version}"')
+    # An int64 in every ListOptions, as kube-apiserver decodes it; only a watch uses it.
+    integer(query, "timeoutSeconds")
     if first(query, "sendInitialEvents") is not None:
         raise invalid_field(
             "ListOptions",

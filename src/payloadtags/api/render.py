@@ -63,7 +63,12 @@ def include_object(value: str | None) -> str:
     if value is None or value == "":
         return "Metadata"
     if value not in INCLUDE_OBJECT:
-        raise bad_request(f'includeObject must be one of "Metadata", "Object" or "None", not "{value}"')
+        # kube-apiserver's words (ValidateTableOptions' field error, the allowed values sorted).
+        shown = json.dumps(value, ensure_ascii=False)
+        raise bad_request(
+            f"Unable to convert to Table as requested: includeObject: Unsupported value: {shown}: "
+            'supported values: "Metadata", "None", "Object"'
+        )
     return value
 
 

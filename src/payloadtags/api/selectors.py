@@ -183,26 +183,84 @@ class FieldSelector:
         return values.pop() if len(values) == 1 else None
 
 
+def _split_terms(text: str) -> list[str]:
+    """The terms of a field selector: split on commas a backslash does not escape, the escapes kept
+    (fields.splitTerms)."""
+    if "\\" not in text:
+        return text.split(",")
+    terms, start, escaped = [], 0, False
+    for i, char in enumerate(text):
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ",":
+            terms.append(text[start:i])
+            start = i + 1
+    terms.append(text[start:])
+    return terms
+
+
+def _split_term(term: str) -> tuple[str, str, str] | None:
+    """Field, operator and raw value, split at the first operator in the term (fields.splitTerm:
+    a field has no escapes)."""
+    for i in range(len(term)):
+        for op in ("!=", "==", "="):
+            if term.startswith(op, i):
+                return term[:i], op, term[i + len(op) :]
+    return None
+
+
+def _unescape(value: str) -> str:
+    """fields.UnescapeValue: ``\\,`` ``\\=`` ``\\\\`` stand for the character; any other escape, or a
+    ``,`` or ``=`` not escaped, is refused in upstream's words (Go prints the rune as its number)."""
+    if "\\" not in value and "," not in value and "=" not in value:
+        return value
+    out: list[str] = []
+    escaped = False
+    for char in value:
+        if escaped:
+            if char not in "\\,=":
+                raise bad_request(f"invalid field selector: invalid escape sequence: \\{char}")
+            out.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char in ",=":
+            raise bad_request(f"invalid field selector: unescaped character in value: {ord(char)}")
+        else:
+            out.append(char)
+    if escaped:
+        raise bad_request("invalid field selector: invalid escape sequence: \\")
+    return "".join(out)
+
+
+def escape_value(value: str) -> str:
+    """A value as a field selector's text must spell it (fields.EscapeValue)."""
+    return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=")
+
+
 def parse_field_selector(text: str | None) -> FieldSelector:
+    """Parse ``metadata.name=a,metadata.namespace!=b`` as fields.ParseSelector does, or raise a 400."""
     if text is None or not text.strip():
         return FieldSelector()
     requirements = []
-    for term in text.split(","):
+    for term in _split_terms(text):
+        # Blanks around a term, field or value are dropped (kube-apiserver keeps them, then finds no
+        # such field or value); a term left empty is skipped, as upstream skips "".
         term = term.strip()
         if not term:
             continue  # upstream skips empty terms: "metadata.name=x," is valid
-        for op in ("!=", "==", "="):
-            field, sep, value = term.partition(op)
-            if sep:
-                break
-        else:
+        split = _split_term(term)
+        if split is None:
             raise bad_request(f"invalid selector: '{text}'; can't understand '{term}'")
+        field, op, raw = split
+        value = _unescape(raw.strip())
         field = field.strip()
         if field not in FIELDS:
             raise bad_request(
                 f'"{field}" is not a known field selector: only "metadata.name", "metadata.namespace"'
             )
-        value = value.strip()
         # As kube-apiserver, any value is accepted: one no namespace can have (Bad_NS) selects nothing,
         # and its != everything. Lists never look such a value up in the registry (TagsService).
         requirements.append(FieldRequirement(field, value, op != "!="))

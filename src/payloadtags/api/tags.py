@@ -385,6 +385,10 @@ class TagsService:
         return [ref] if await self.inventory.exists(ref, observe) else []
 
     def _resolve(self, user: UserInfo, verb: str, namespace: str, name: str) -> TagRef:
+        if not is_namespace(namespace):
+            # No tag is in a namespace no namespace can have (Bad_NS): not found, as kube-apiserver
+            # answers, and never looked up ("Bad_NS/..." could probe some other repository's path).
+            raise not_found(name)
         try:
             ref = ref_from_name(namespace, name)
         except InvalidName:
@@ -475,6 +479,10 @@ class TagsService:
         # options shows (its continue token comes back for the next one); without, every page from
         # where continue points (the start when absent) to the end.
         selection, selected_meta = await self._select(user, namespace, list_options, shown=False)
+        if not is_namespace(namespace):
+            # Nothing to delete where no namespace can be (an empty selection, read from nowhere); and
+            # nothing to remove wholesale either (`_remove_namespace`).
+            return [], ListMeta(resource_version=self.versions.current())
         refs = selection.refs
         # Whether the selection is gone is checked over all of it from its start, with no kept lists.
         unfiltered = attrs.evolve(list_options, limit=None, continue_=None)
