@@ -5,7 +5,8 @@
 - `noting_cancel` relays a Deferred while noting that its caller cancelled it; `is_cancellation`
   tells a cancellation that a transport reported as a failure;
 - `carried_through` lets work that must not stop half-way go on when its caller stops waiting;
-- `gather` and `bounded_map` run coroutines concurrently, failing as the first failure;
+- `gather` and `bounded_map` run coroutines concurrently, failing as the first failure; `bounded_each`
+  runs a call per item, a few at a time, without holding anything for the items not reached yet;
 - `cancel_and_wait` stops background tasks and waits until they have ended;
 - `InFlight` shares one piece of work among the callers who ask for it while it runs;
 - `Fresh` shares one run at a time of some work among callers, each told the outcome of a run that
@@ -212,6 +213,21 @@ async def bounded_map(fn: Callable[[T], Awaitable[R]], items: Iterable[T], limit
     failure is raised as itself; the calls already started run to their end."""
     semaphore = DeferredSemaphore(limit)
     return await gather((limited(semaphore, fn, item) for item in items), cancel_rest=False)
+
+
+async def bounded_each(fn: Callable[[T], Awaitable[object]], items: Iterable[T], limit: int) -> None:
+    """``fn`` over ``items``, at most ``limit`` calls at a time, each item taken from ``items`` only
+    when a call ends. Unlike `bounded_map`, which starts a call per item at once (each waiting for a
+    slot), nothing is held for the items not reached yet: however many there are, the work under way
+    is ``limit`` calls. The first failure is raised as itself and cancels the calls under way; no
+    further item is taken."""
+    remaining = iter(items)
+
+    async def worker() -> None:
+        for item in remaining:
+            await fn(item)
+
+    await gather([worker() for _ in range(limit)])
 
 
 class Waiters(Generic[T]):

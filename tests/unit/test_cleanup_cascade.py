@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict, deque
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import pytest
 from twisted.internet.defer import Deferred
@@ -22,6 +23,8 @@ from payloadtags.registry.errors import (
     RegistryUnavailable,
 )
 from tests.support.logcapture import collected_logs
+
+T = TypeVar("T")
 
 
 def digest(text: str) -> str:
@@ -221,19 +224,54 @@ def test_read_only_mode_is_waited_out_not_taken_for_done() -> None:
 def test_the_guard_is_checked_before_every_delete() -> None:
     registry, clock = FakeRegistry(), Clock()
     fill(registry)
-    allowed = [2]
 
     def guard() -> str | None:
-        if allowed[0] == 0:
-            return "the namespace exists again"
-        allowed[0] -= 1
-        return None
+        return "the namespace exists again" if registry.deletes else None
 
     outcome = run(make_cascade(registry, clock, concurrency=1), "team", guard=guard)
     [failure] = outcome
     assert failure.check(Aborted)
     assert "exists again" in str(failure.value)
-    assert len(registry.deletes) == 1  # one guard check per pass start, then one per delete
+    assert len(registry.deletes) == 1
+
+
+class LoggingRegistry(FakeRegistry):
+    """Notes every request as it is sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[str] = []
+
+    async def catalog(self, last: str | None = None, n: int = 1000) -> CatalogPage:
+        self.log.append("catalog")
+        return await super().catalog(last, n)
+
+    async def tags(self, repository: str) -> tuple[str, ...]:
+        self.log.append("tags")
+        return await super().tags(repository)
+
+    async def resolve(self, repository: str, tag: str) -> str:
+        self.log.append("resolve")
+        return await super().resolve(repository, tag)
+
+    async def delete_manifest(self, repository: str, manifest: str) -> None:
+        self.log.append("delete")
+        await super().delete_manifest(repository, manifest)
+
+
+@pytest.mark.parametrize("requests", [1, 2, 3, 4, 6])
+def test_the_guard_is_checked_before_every_registry_request(requests: int) -> None:
+    """A deletecollection's guard is its time budget: reads past it are as much an overrun as
+    deletes, so no request of any kind is sent once the guard says stop."""
+    registry, clock = LoggingRegistry(), Clock()
+    fill(registry)
+
+    def guard() -> str | None:
+        return "not finished within 40s" if len(registry.log) >= requests else None
+
+    [failure] = run(make_cascade(registry, clock, concurrency=1), "team", guard=guard)
+    assert failure.check(Aborted)
+    assert registry.log == ["catalog", "tags", "resolve", "resolve", "resolve", "delete"][:requests]
 
 
 def test_a_confirmation_the_api_cannot_give_stops_the_deletes_and_denied_aborts() -> None:
@@ -461,6 +499,121 @@ def test_two_cascades_at_once_both_finish_without_errors() -> None:
     [a], [b] = first, second
     assert a.errors == b.errors == 0
     assert a.manifests_deleted + b.manifests_deleted == 40
+
+
+class SlowRegistry(FakeRegistry):
+    """Every request takes `latency` on the clock, as a real registry's round trip would; counts the
+    requests in flight and logs each as it is answered."""
+
+    def __init__(self, clock: Clock, latency: float) -> None:
+        super().__init__()
+        self.clock, self.latency = clock, latency
+        self.log: list[str] = []
+        self.in_flight = self.most_in_flight = 0
+
+    async def _slow(self, operation: str, call: Callable[..., Awaitable[T]], *args: Any) -> T:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await deferLater(self.clock, self.latency)
+            self.log.append(operation)
+            return await call(self, *args)
+        finally:
+            self.in_flight -= 1
+
+    async def catalog(self, last: str | None = None, n: int = 1000) -> CatalogPage:
+        return await self._slow("catalog", FakeRegistry.catalog, last, n)
+
+    async def tags(self, repository: str) -> tuple[str, ...]:
+        return await self._slow("tags", FakeRegistry.tags, repository)
+
+    async def resolve(self, repository: str, tag: str) -> str:
+        return await self._slow("resolve", FakeRegistry.resolve, repository, tag)
+
+    async def delete_manifest(self, repository: str, manifest: str) -> None:
+        await self._slow("delete", FakeRegistry.delete_manifest, repository, manifest)
+
+
+class Tasks:
+    """Counts the tasks under way: coroutines run as Deferreds, as `gather`, `bounded_each` and the
+    like run each of their concurrent calls. Each is a request sent or waiting for a registry slot,
+    or the work that will send one, and holds its coroutine and Deferred (about a KiB)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.live: list[Deferred[Any]] = []
+        self.most = 0
+        original = Deferred.fromCoroutine
+
+        def tracked(cls: type[Deferred[Any]], coroutine: Any) -> Deferred[Any]:
+            d = original(coroutine)
+            if not d.called:
+                self.live.append(d)
+            return d
+
+        monkeypatch.setattr(Deferred, "fromCoroutine", classmethod(tracked))
+
+    def sample(self) -> None:
+        self.live = [d for d in self.live if not d.called]
+        self.most = max(self.most, len(self.live))
+
+    def drive(self, clock: Clock, outcome: list[Any], step: float) -> None:
+        """Advance the clock a step at a time until the work ends, counting the tasks at each."""
+        while not outcome:
+            self.sample()
+            clock.advance(step)
+
+
+def fill_large(registry: FakeRegistry, repositories: int, tags: int) -> None:
+    for r in range(repositories):
+        for t in range(tags):
+            registry.push(f"team/app{r:04d}", f"v{t:04d}")
+    registry.push("team-a/keep", "x")
+
+
+def test_a_large_namespace_is_deleted_as_it_is_read_with_pending_work_bounded_by_the_concurrency(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A catalog batch of 100 repositories used to be read whole (every tag of every repository
+    waiting for a resolve, about a KiB each) before its first delete: memory grew with the namespace,
+    and a cascade stopped in that phase had deleted nothing. Repositories are now worked through a
+    few at a time, a bounded chunk of tags each, and each chunk's digests go before the next is read."""
+    registry = SlowRegistry(Clock(), 0.001)
+    clock = registry.clock
+    fill_large(registry, repositories=100, tags=12)
+    registry.push("team/big", "shared", "shared")  # one repository of many tags, a few sharing a digest
+    for t in range(400):
+        registry.push("team/big", f"t{t:04d}", "shared" if t % 97 == 0 else None)
+    tasks = Tasks(monkeypatch)
+    outcome = run(make_cascade(registry, clock, concurrency=4), "team")
+    tasks.drive(clock, outcome, 0.001)
+    [result] = outcome
+    assert isinstance(result, CascadeResult) and result.errors == 0
+    assert registry.remaining("team/") == {} and registry.remaining("team-a/") == {"team-a/keep": ["x"]}
+    assert registry.most_in_flight == 4
+    # The cascade, a task per repository at work (4), and at most 100 tags of each resolving or
+    # waiting to: not the 1,200 tags of the first catalog batch, nor the big repository's 401.
+    assert tasks.most <= 1 + 4 * (1 + 100)
+    first = registry.log.index("delete")
+    assert registry.log[:first].count("resolve") <= 4 * 100
+    # Every digest once, the shared one included; the big repository's tags that went with it
+    # (listed, gone before their chunk was resolved) are counted as deleted all the same.
+    assert registry.log.count("delete") == 100 * 12 + 396
+    assert (result.manifests_deleted, result.tags_deleted) == (100 * 12 + 396, 100 * 12 + 401)
+    assert registry.tag_deletes == []  # gone, not dangling: no repair
+
+
+def test_the_dry_run_count_reads_a_few_repositories_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = SlowRegistry(Clock(), 0.001)
+    fill_large(registry, repositories=150, tags=20)
+    tasks = Tasks(monkeypatch)
+    outcome: list[Any] = []
+    Deferred.fromCoroutine(make_cascade(registry, registry.clock).contents("team")).addBoth(outcome.append)
+    tasks.drive(registry.clock, outcome, 0.001)
+    [contents] = outcome
+    assert (contents.repositories, contents.tags) == (150, 3000)
+    assert registry.deletes == [] and registry.most_in_flight == 4
+    # The count and a reader per slot: not a tags() read (and its whole answer) per repository of a batch.
+    assert tasks.most <= 1 + 4
 
 
 def test_contents_counts_without_deleting() -> None:

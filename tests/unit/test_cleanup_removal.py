@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from payloadtags.cleanup.removal import NamespaceRemover
 from payloadtags.cleanup.sweep import ABSENT, EXISTS, TERMINATING, UNKNOWN
+from payloadtags.kube import Backoff
 from payloadtags.registry.errors import RegistryUnavailable
-from tests.unit.test_cleanup_cascade import FakeRegistry, fill, make_cascade
+from tests.unit.test_cleanup_cascade import FakeRegistry, SlowRegistry, fill, fill_large, make_cascade
 
 
 def make(
@@ -101,3 +103,68 @@ def test_a_cluster_api_that_cannot_tell_holds_the_removal_within_its_budget() ->
         clock.advance(1.0)
     assert len(done) == 1 and done[0].check(RegistryUnavailable)
     assert registry.remaining("team/") == before  # nothing deleted while the namespace's fate is unknown
+
+
+@pytest.mark.parametrize(
+    ("repositories", "tags", "calls"),
+    [
+        # 12,000 requests of 10 ms, four at a time: 30 s of work, four calls of 10 s.
+        (100, 60, 4),
+        # One repository's deletes go one after the other (docs/consistency.md): 1.25 s per chunk of
+        # 100 tags (resolved four at a time, then deleted one by one), 800 tags per call.
+        (1, 6000, 8),
+    ],
+)
+def test_every_call_on_a_large_namespace_deletes_and_ends_at_its_budget(
+    repositories: int, tags: int, calls: int
+) -> None:
+    """The namespace controller's deletecollection is the only path when no replica can lead: each
+    call must get somewhere within its budget, so that its retries empty the namespace. A call used to
+    resolve every tag of a catalog batch (100 repositories) before its first delete, run out of its
+    budget with nothing deleted, and overrun it by the resolves already queued."""
+    latency, budget = 0.010, 10.0
+    clock = Clock()
+    registry = SlowRegistry(clock, latency)
+    fill_large(registry, repositories, tags)  # resolving them all takes 15 s, four at a time
+
+    async def check(namespace: str) -> tuple[str, str | None]:
+        return ABSENT, None
+
+    # namespace_remover's settings, on the test's clock.
+    cascade = make_cascade(registry, clock, backoff=lambda: Backoff(initial=0.2, factor=2.0, cap=2.0))
+    remover = NamespaceRemover(cascade, clock, check)
+    left = [sum(map(len, registry.remaining("team/").values()))]
+    for _call in range(20):
+        started = clock.seconds()
+        done = outcome(remover.remove("team", budget))
+        while not done:
+            clock.advance(latency)
+        left.append(sum(map(len, registry.remaining("team/").values())))
+        assert left[-1] < left[-2]  # progress, every call
+        # It stops once the request under way when its budget ran out is answered.
+        assert clock.seconds() - started <= budget + latency + 1e-6
+        if done == [None]:
+            break
+        assert done[0].check(RegistryUnavailable) and "not finished within 10s" in str(done[0].value)
+    assert done == [None] and left[-1] == 0
+    assert registry.remaining("team-a/") == {"team-a/keep": ["x"]}
+    assert len(left) - 1 == calls
+
+
+@pytest.mark.parametrize(("fault", "budget", "ends_by"), [("cluster API", 1.0, 3.0), ("registry", 5.0, 5.0)])
+def test_a_removal_that_cannot_delete_ends_within_its_budget(
+    fault: str, budget: float, ends_by: float
+) -> None:
+    """Nor does it sit out a wait that ends past its budget: a confirmation asked again after a
+    backoff (a step of 2 s at most), or a failed pass's backoff (not even begun)."""
+    states = {"team": ABSENT}
+    remover, registry, clock = make(states)
+    if fault == "cluster API":
+        states["team"] = UNKNOWN
+    else:
+        registry.fail("delete", RegistryUnavailable("down"), times=1000)
+    done = outcome(remover.remove("team", budget))
+    while not done:
+        clock.advance(0.5)
+    assert done[0].check(RegistryUnavailable) and f"not finished within {budget:g}s" in str(done[0].value)
+    assert clock.seconds() <= ends_by

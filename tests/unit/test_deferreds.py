@@ -17,6 +17,7 @@ from payloadtags.deferreds import (
     GoesOn,
     InFlight,
     Waiters,
+    bounded_each,
     bounded_map,
     cancel_and_wait,
     carried_through,
@@ -127,6 +128,36 @@ def test_bounded_map_limits_concurrency_and_lets_started_calls_finish() -> None:
     pending[1].errback(KeyError("k"))
     assert isinstance(failure_of(d), KeyError)
     assert not pending[2].called  # not cancelled: a delete cut short could leave a half-done change
+
+
+def test_bounded_each_takes_an_item_only_when_a_call_ends_and_a_failure_stops_the_rest() -> None:
+    pending: dict[int, Deferred[None]] = {}
+    taken: list[int] = []
+
+    def items() -> Any:
+        for item in range(1, 100):
+            taken.append(item)
+            yield item
+
+    async def call(item: int) -> None:
+        pending[item] = Deferred()
+        await pending[item]
+
+    d = run(bounded_each(call, items(), limit=2))
+    assert taken == [1, 2]  # the generator's other items are not even made
+    pending[2].callback(None)
+    assert taken == [1, 2, 3] and not d.called
+    pending[3].errback(KeyError("k"))
+    assert isinstance(failure_of(d), KeyError)
+    assert pending[1].called and taken == [1, 2, 3]  # the call under way is cancelled, nothing else taken
+
+    ended: list[int] = []
+
+    async def record(item: int) -> None:
+        ended.append(item)
+
+    done = run(bounded_each(record, range(5), limit=3))
+    assert done.called and ended == [0, 1, 2, 3, 4]
 
 
 def test_limited_releases_its_slot_on_failure() -> None:

@@ -9,6 +9,12 @@ them when a digest DELETE fails half-way, as concurrent writes in one repository
 be deleted by digest: it is repaired (pointed at a placeholder manifest, which is then deleted) by
 `RegistryClient.delete_tag`, never skipped.
 
+A pass works through the namespace's repositories `concurrency` at a time, and each repository's
+tags `resolve_chunk` at a time, deleting the digests of a chunk before resolving the next: what a
+cascade holds and has pending is bounded by its concurrency, not by the size of the namespace, and
+its deletes start with its first chunk. A cascade stopped half-way (a deletecollection's budget, a
+leader gone) has deleted what it resolved, so the next one goes on from there.
+
 A cascade repeats passes (enumerate, then delete) until a pass finds nothing left, so its success
 is a verified-empty listing, not the absence of errors. That makes it idempotent, safe to run twice
 at once (a digest someone else deleted first answers 404, which is progress, not an error), and
@@ -28,7 +34,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from payloadtags.cleanup.metrics import CleanupMetrics
-from payloadtags.deferreds import Fresh, gather, limited
+from payloadtags.deferreds import Fresh, bounded_each, gather
 from payloadtags.inventory import CatalogCursor
 from payloadtags.kube import Backoff
 from payloadtags.names import is_namespace
@@ -42,7 +48,8 @@ T = TypeVar("T")
 _UNANSWERED = "unanswered"  # not a digest: a tag the registry failed to resolve in this pass
 
 Guard = Callable[[], str | None]
-"""Called right before every delete: a reason to stop now, or None to go on. Synchronous and cheap."""
+"""Called right before every registry request (reads too: a deletecollection's guard is its time
+budget): a reason to stop now, or None to go on. Synchronous and cheap."""
 
 Confirm = Callable[[], Awaitable[None]]
 """Asks the cluster API right before every delete request (each delete waits for a call made after
@@ -124,8 +131,12 @@ class CascadeRegistry(Catalog, Protocol):
 class Cascade:
     registry: CascadeRegistry
     clock: IReactorTime
-    # Registry requests in flight for one namespace.
+    # Registry requests in flight for one namespace, and repositories worked on at once.
     concurrency: int = 4
+    # Tags of one repository resolved before the digests found are deleted: bounds the resolves a
+    # repository has pending (about a KiB each), and what a cascade stopped meanwhile has read for
+    # nothing. Large enough that tags sharing a digest mostly fall in one chunk (one DELETE each).
+    resolve_chunk: int = 100
     page_size: int = 1000
     backoff: Callable[[], Backoff] = default_backoff
     metrics: CleanupMetrics = attrs.Factory(CleanupMetrics)
@@ -154,7 +165,7 @@ class Cascade:
             # Not a namespace name: nothing a namespace's deletion may touch.
             raise ValueError(f"not a namespace name: {namespace!r}")
         if confirm is not None:
-            confirm = self._fresh(confirm)
+            confirm = self._fresh(confirm, guard)
         started = self.clock.seconds()
         backoff = self.backoff()
         passes = errors = tags = manifests = 0
@@ -216,7 +227,7 @@ class Cascade:
     async def _sleep(self, delay: float) -> None:
         await deferLater(self.clock, delay)
 
-    def _fresh(self, confirm: Confirm) -> Confirm:
+    def _fresh(self, confirm: Confirm, guard: Guard | None) -> Confirm:
         """`confirm` as every delete asks it: one call at a time, whose answer serves only the
         deletes that asked before it was made. A delete that asks while a call is under way waits
         for the next, which is made when that one ends and shared by all who asked meanwhile: an
@@ -238,22 +249,26 @@ class Cascade:
                     if retries == 0:
                         raise
                 retries -= 1
+                _check(guard)  # not sat out past a deletecollection's budget, nor after leading
                 await self._sleep(backoff.next_delay())
 
         return fresh
 
     async def contents(self, namespace: str) -> Contents:
         """Count the repositories and tags under ``<namespace>/`` without changing anything."""
-        limit = DeferredSemaphore(self.concurrency)
         cursor = CatalogCursor(self.registry, namespace, namespace, self.page_size)
-        repositories = tags = 0
+        counts = Contents(0, 0)
+
+        async def count(repository: str) -> None:
+            nonlocal counts
+            # Only the count is kept: a batch's tag lists are not held at once.
+            found = len(await self.registry.tags(repository))
+            counts = Contents(counts.repositories + (found > 0), counts.tags + found)
+
         while not cursor.done:
             batch = await cursor.next()
-            names = [repository for repository, _, _ in batch]
-            counts = await gather([limited(limit, self.registry.tags, repository) for repository in names])
-            repositories += sum(1 for found in counts if found)
-            tags += sum(len(found) for found in counts)
-        return Contents(repositories, tags)
+            await bounded_each(count, (repository for repository, _, _ in batch), self.concurrency)
+        return counts
 
     # -- one pass ----------------------------------------------------------------------------------
 
@@ -262,14 +277,18 @@ class Cascade:
         # `last=<namespace>` seeks to the first `<namespace>/…` repository and the cursor stops at
         # the first name outside it, so a prefix sibling (`team-a` for `team`) is never listed.
         cursor = CatalogCursor(self.registry, namespace, namespace, self.page_size)
+
+        async def repository(name: str) -> None:
+            await self._repository(name, state, limit, guard, confirm)
+
         while not cursor.done:
+            _check(guard)  # a catalog page is a registry request as well
             batch = await cursor.next()
-            await gather(
-                [
-                    self._repository(repository, state, limit, guard, confirm)
-                    for repository, ns, _path in batch
-                    if ns == namespace
-                ]
+            # A few repositories at a time, each taken up when one is done: a batch is up to a
+            # thousand repositories, and work started for all of them at once would hold every tag
+            # of the batch pending, its deletes queued behind every other repository's resolves.
+            await bounded_each(
+                repository, (name for name, ns, _path in batch if ns == namespace), self.concurrency
             )
 
     async def _repository(
@@ -281,39 +300,87 @@ class Cascade:
         confirm: Confirm | None,
     ) -> None:
         try:
-            tags = await limited(limit, self.registry.tags, repository)
+            tags = await self._read(limit, guard, self.registry.tags, repository)
             if not tags:
                 return
             state.found += len(tags)
-            digests = await gather([self._resolve(limit, repository, tag, state) for tag in tags])
-            per_digest: dict[str, int] = {}
             unresolved: list[str] = []
-            for tag, digest in zip(tags, digests, strict=True):
-                if digest is _UNANSWERED:
-                    continue  # the pass is retried; the tag is read again then
-                if digest is not None:
-                    per_digest[digest] = per_digest.get(digest, 0) + 1
-                else:
-                    unresolved.append(tag)
-            if not per_digest and not unresolved:
-                return
-            # One after the other: the registry client queues one repository's mutations anyway
-            # (concurrent deletes in one repository are what leave 2.8 with dangling tags), and a
-            # delete waiting in that queue must not hold a slot another repository could use.
-            for digest, count in sorted(per_digest.items()):
-                await self._delete(limit, repository, digest, count, state, guard, confirm)
-            # After the digest deletes: a tag that did not resolve was either untagged meanwhile
-            # (delete_tag finds it unlisted: progress) or is dangling (repaired and deleted).
-            for tag in unresolved:
-                await self._repair(limit, repository, tag, state, guard, confirm)
+            failed: set[str] = set()  # digests whose delete failed: not tried again in this pass
+            deleted = 0
+            for start in range(0, len(tags), self.resolve_chunk):
+                chunk = tags[start : start + self.resolve_chunk]
+                digests = await gather([self._resolve(limit, guard, repository, tag, state) for tag in chunk])
+                per_digest: dict[str, int] = {}
+                for tag, digest in zip(chunk, digests, strict=True):
+                    if digest is _UNANSWERED:
+                        continue  # the pass is retried; the tag is read again then
+                    if digest is not None:
+                        per_digest[digest] = per_digest.get(digest, 0) + 1
+                    else:
+                        unresolved.append(tag)
+                # One after the other: the registry client queues one repository's mutations anyway
+                # (concurrent deletes in one repository are what leave 2.8 with dangling tags), and a
+                # delete waiting in that queue must not hold a slot another repository could use.
+                # A digest of an earlier chunk that shows up again was pushed since its delete, or
+                # failed to delete (left for the next pass).
+                for digest, count in sorted(per_digest.items()):
+                    if digest in failed:
+                        continue
+                    outcome = await self._delete(limit, repository, digest, count, state, guard, confirm)
+                    if outcome is None:
+                        failed.add(digest)
+                    deleted += outcome is True
+            if unresolved:
+                await self._unresolved(repository, unresolved, deleted > 0, state, limit, guard, confirm)
         except (RegistryError, Unconfirmed) as e:
             # One repository's failure does not stop the others; the pass is retried as a whole.
             state.failed(repository, e)
 
-    async def _resolve(self, limit: DeferredSemaphore, repository: str, tag: str, state: _Pass) -> str | None:
+    async def _unresolved(
+        self,
+        repository: str,
+        unresolved: list[str],
+        deleted: bool,
+        state: _Pass,
+        limit: DeferredSemaphore,
+        guard: Guard | None,
+        confirm: Confirm | None,
+    ) -> None:
+        """After the digest deletes, the listed tags that did not resolve: untagged since the listing
+        (by a digest delete of an earlier chunk, or by someone else), or dangling. A listing tells
+        them apart: the gone ones are progress, the others are repaired (pointed at a placeholder,
+        which is then deleted)."""
+        listed = set(await self._read(limit, guard, self.registry.tags, repository))
+        for tag in unresolved:
+            if tag in listed:
+                await self._repair(limit, repository, tag, state, guard, confirm)
+                continue
+            state.progress += 1
+            if deleted:
+                # Most likely on a digest this repository's work deleted after the tag was listed
+                # (tags sharing a digest across chunks): counted with that digest's tags.
+                state.tags_deleted += 1
+                self.metrics.tags_deleted_total += 1
+
+    async def _read(
+        self, limit: DeferredSemaphore, guard: Guard | None, fn: Callable[..., Awaitable[T]], *args: str
+    ) -> T:
+        """A read once a registry slot is free, unless the guard says stop by then."""
+        await limit.acquire()
+        # A stop keeps the slot: the pass ends, and the reads waiting for a slot are cancelled, not
+        # handed it one after the other, each to stop in turn a few stack frames deeper.
+        _check(guard)
+        try:
+            return await fn(*args)
+        finally:
+            limit.release()
+
+    async def _resolve(
+        self, limit: DeferredSemaphore, guard: Guard | None, repository: str, tag: str, state: _Pass
+    ) -> str | None:
         """The tag's digest; None when the registry has no manifest for it; _UNANSWERED on an error."""
         try:
-            return await limited(limit, self.registry.resolve, repository, tag)
+            return await self._read(limit, guard, self.registry.resolve, repository, tag)
         except RegistryNotFound:
             # Untagged meanwhile (another cascade, a delete through the API) or dangling.
             state.unresolved.append(f"{repository}:{tag}")
@@ -333,7 +400,9 @@ class Cascade:
         state: _Pass,
         guard: Guard | None,
         confirm: Confirm | None,
-    ) -> None:
+    ) -> bool | None:
+        """True when this request deleted the digest, False when someone else had, None when it
+        failed (recorded; the pass is retried)."""
         await limit.acquire()
         try:
             # Checked after waiting for a slot, i.e. right before the request leaves.
@@ -342,10 +411,10 @@ class Cascade:
                 await self.registry.delete_manifest(repository, digest)
             except RegistryNotFound:
                 state.progress += 1  # someone else deleted it first: the goal is reached all the same
-                return
+                return False
             except RegistryError as e:
                 state.failed(f"{repository}@{digest}", e)  # as in _resolve: the sibling deletes go on
-                return
+                return None
         finally:
             limit.release()
         state.progress += 1
@@ -353,6 +422,7 @@ class Cascade:
         state.tags_deleted += tags
         self.metrics.manifests_deleted_total += 1
         self.metrics.tags_deleted_total += tags
+        return True
 
     async def _repair(
         self,

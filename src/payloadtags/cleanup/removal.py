@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 
 from payloadtags.cleanup.cascade import Aborted, Cascade
 from payloadtags.cleanup.sweep import ABSENT, TERMINATING, namespace_state, require_gone
@@ -45,9 +46,17 @@ class NamespaceRemover:
         deadline = self.clock.seconds() + within
 
         def guard() -> str | None:
+            # Asked before every registry request (reads too), so the call ends at its budget, give
+            # or take the request under way, with what it deleted so far: the next call goes on.
             if self.clock.seconds() >= deadline:
                 return f"not finished within {within:g}s"
             return None
+
+        async def wait(delay: float) -> None:
+            # A backoff that ends past the budget would end in the guard's stop: stop now instead.
+            if self.clock.seconds() + delay >= deadline:
+                raise Aborted(f"not finished within {within:g}s")
+            await deferLater(self.clock, delay)
 
         # Work under way in this process on the same namespace (another deletecollection, the
         # leader's cascade) is waited for, not duplicated: reading every tag is most of a cascade's
@@ -62,7 +71,7 @@ class NamespaceRemover:
             # this one runs, and its new content is not ours.
             require_gone(namespace, *await self.check(namespace))
 
-        mine = Deferred.fromCoroutine(self.cascade.run(namespace, guard=guard, confirm=confirm))
+        mine = Deferred.fromCoroutine(self.cascade.run(namespace, guard=guard, confirm=confirm, wait=wait))
         self._inflight[namespace] = mine
         try:
             await mine
