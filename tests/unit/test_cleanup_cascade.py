@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import weakref
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -204,6 +206,41 @@ def test_each_backoff_goes_through_wait_and_warns_naming_what_fails() -> None:
     assert "namespace team: 1 failure(s) at catalog, e.g. down; retrying in 1.0s" in warnings[0]
     assert "namespace team: 4 failure(s) at team/app:latest, team/app:v1, team/app:v2, " in warnings[1]
     assert "team/deep/nested/repo:x, e.g. HTTP 500; retrying in 2.0s" in warnings[1]
+
+
+class FailingResolves(FakeRegistry):
+    """Every resolve fails, each with an error of its own, which the test can see go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.errors: weakref.WeakSet[Exception] = weakref.WeakSet()
+
+    async def resolve(self, repository: str, tag: str) -> str:
+        error = RegistryUnavailable(f"HTTP 500 for {repository}:{tag}")
+        self.errors.add(error)
+        raise error
+
+
+def test_a_failing_pass_keeps_a_few_examples_not_every_error() -> None:
+    """An error keeps its traceback and every frame on it: a pass that kept each one held a few KiB
+    per failed request, for a whole namespace when the registry fails every resolve."""
+    registry, clock, metrics = FailingResolves(), Clock(), CleanupMetrics()
+    fill_large(registry, repositories=30, tags=20)
+    held: list[int] = []
+
+    async def wait(delay: float) -> None:
+        gc.collect()
+        held.append(len(registry.errors))  # the pass that failed is still in scope here
+        raise Aborted("seen enough")
+
+    with collected_logs() as events:
+        [failure] = run(make_cascade(registry, clock, metrics=metrics), "team", wait=wait)
+    assert failure.check(Aborted)
+    assert held and held[0] <= 1
+    assert metrics.registry_errors_total == 600
+    [warning] = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+    assert "namespace team: 600 failure(s) at team/app0000:v0000, team/app0000:v0001, " in warning
+    assert "team/app0000:v0009 and 590 more, e.g. HTTP 500 for " in warning
 
 
 def test_read_only_mode_is_waited_out_not_taken_for_done() -> None:

@@ -24,6 +24,7 @@ jittered backoff, and read-only (maintenance) mode is waited out, never taken fo
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
@@ -101,20 +102,50 @@ class Contents:
 
 
 @attrs.define
+class _Examples:
+    """Names noted during a pass, for a log line: the first few in sorted order and how many there
+    were. Not all of them: a pass can note one per tag of the namespace."""
+
+    limit: int = 10
+    first: list[str] = attrs.Factory(list)  # sorted, distinct, at most `limit`
+    # Names noted; a pass notes each place once, so this is how many distinct ones there were.
+    count: int = 0
+
+    def note(self, name: str) -> None:
+        if name in self.first:
+            return
+        self.count += 1
+        bisect.insort(self.first, name)
+        del self.first[self.limit :]
+
+    def __str__(self) -> str:
+        more = f" and {self.count - len(self.first)} more" if self.count > len(self.first) else ""
+        return ", ".join(self.first) + more or "-"
+
+
+@attrs.define
 class _Pass:
     found: int = 0  # tags listed at the start of each repository's work
     progress: int = 0  # digests that are gone after this pass (deleted by us or by someone else)
     tags_deleted: int = 0
     manifests_deleted: int = 0
-    errors: list[Exception] = attrs.Factory(list)
-    # Where each error happened ("repository:tag", "repository", "catalog"), for the warning.
-    failing: list[str] = attrs.Factory(list)
+    errors: int = 0
+    # The message of the last error, not the error: its traceback holds every frame it went through.
+    last_error: str | None = None
+    registry_errors: int = 0
+    readonly_errors: int = 0
+    # Where errors happened ("repository:tag", "repository", "catalog"), for the warning.
+    failing: _Examples = attrs.Factory(_Examples)
     # "repository:tag" of tags listed that resolved to nothing, for the log when nothing moves.
-    unresolved: list[str] = attrs.Factory(list)
+    unresolved: _Examples = attrs.Factory(_Examples)
 
     def failed(self, where: str, error: Exception) -> None:
-        self.errors.append(error)
-        self.failing.append(where)
+        self.errors += 1
+        self.last_error = str(error)
+        if isinstance(error, RegistryError):
+            self.registry_errors += 1
+            self.readonly_errors += isinstance(error, RegistryReadOnly)
+        self.failing.note(where)
 
 
 class CascadeRegistry(Catalog, Protocol):
@@ -182,16 +213,17 @@ class Cascade:
             manifests += state.manifests_deleted
             if state.errors:
                 errors += 1
-                last_error = str(state.errors[-1])
-                self._count_errors(state.errors)
+                last_error = state.last_error
+                self.metrics.registry_errors_total += state.registry_errors
+                self.metrics.registry_readonly_waits_total += state.readonly_errors
                 delay = backoff.next_delay()
                 # Once per failed pass, so at most once per backoff step: names what keeps failing.
                 log.warn(
                     "Cleanup of namespace {namespace}: {count} failure(s) at {failing}, e.g. {error}; "
                     "retrying in {delay:.1f}s",
                     namespace=namespace,
-                    count=len(state.errors),
-                    failing=_examples(state.failing),
+                    count=state.errors,
+                    failing=str(state.failing),
                     error=last_error,
                     delay=delay,
                 )
@@ -215,7 +247,7 @@ class Cascade:
                     "removed (e.g. {examples}); looking again in {delay:.1f}s",
                     namespace=namespace,
                     found=state.found,
-                    examples=_examples(state.unresolved),
+                    examples=str(state.unresolved),
                     delay=delay,
                 )
                 _check(guard)
@@ -383,7 +415,7 @@ class Cascade:
             return await self._read(limit, guard, self.registry.resolve, repository, tag)
         except RegistryNotFound:
             # Untagged meanwhile (another cascade, a delete through the API) or dangling.
-            state.unresolved.append(f"{repository}:{tag}")
+            state.unresolved.note(f"{repository}:{tag}")
             return None
         except RegistryError as e:
             # Recorded here, not raised, so the other tags' requests go on; the pass is retried. It
@@ -458,19 +490,6 @@ class Cascade:
                 repository=repository,
                 tag=tag,
             )
-
-    def _count_errors(self, errors: list[Exception]) -> None:
-        for error in errors:
-            if isinstance(error, RegistryError):
-                self.metrics.registry_errors_total += 1
-                if isinstance(error, RegistryReadOnly):
-                    self.metrics.registry_readonly_waits_total += 1
-
-
-def _examples(names: list[str], limit: int = 10) -> str:
-    distinct = sorted(set(names))
-    more = f" and {len(distinct) - limit} more" if len(distinct) > limit else ""
-    return ", ".join(distinct[:limit]) + more or "-"
 
 
 async def _confirm(confirm: Confirm | None, guard: Guard | None) -> None:
