@@ -8,7 +8,9 @@ re-wraps them at 80 columns, so whitespace is normalised before comparing).
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import attrs
@@ -292,17 +294,23 @@ async def test_the_root_hash_is_the_served_etag_and_that_url_is_immutable(server
     assert reply.code == 200
     assert reply.header("etag") == '"' + url.rsplit("?hash=", 1)[1] + '"'
     assert reply.header("cache-control") == "public, immutable"
+    # As kube-openapi's handler: cacheable for a year from now.
+    expires = parsedate_to_datetime(reply.header("expires"))
+    ahead = expires - datetime.datetime.now(datetime.UTC)
+    assert datetime.timedelta(days=364) < ahead <= datetime.timedelta(days=365)
     assert reply.json() == openapi.V3_GROUP_VERSION
 
 
 @pytest.mark.parametrize("query", ["", "?hash=0123456789abcdef0123456789abcdef"], ids=["no-hash", "old-hash"])
 @pytest_twisted.ensureDeferred
 async def test_without_the_current_hash_the_document_is_served_but_not_cacheable(server, query):
-    # No redirect to the current hash (the aggregator refuses redirects from backends), no immutability.
+    # No redirect to the current hash (the aggregator answers a backend's redirect 502, so a client
+    # that reached a replica of another version would get an error), no immutability.
     reply = await server.client(server.pki.admin).get(GV_PATH + query)
     assert reply.code == 200
     assert reply.json() == openapi.V3_GROUP_VERSION
     assert reply.header("cache-control") == "no-cache, private"
+    assert reply.header("expires") is None
     assert reply.header("etag") == f'"{openapi.V3_GROUP_VERSION_HASH}"'
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 import pytest
 import pytest_twisted
+import yaml
 from twisted.internet.threads import deferToThread
 from twisted.web.client import ResponseFailed
 from twisted.web.server import Request
@@ -511,6 +512,78 @@ async def test_protobuf_only_is_406(api):
     assert_status(reply, 406, "NotAcceptable")
 
 
+@pytest_twisted.ensureDeferred
+async def test_accept_is_ordered_by_q_and_specificity_as_kube_apiserver(api, registry, repo):
+    # goautoneg (kube-apiserver): q first, then a concrete type before a wildcard; a bare * is */*.
+    namespace, _ = split(repo)
+    images.push_oci_image(registry, repo, "v1")
+    client = api.client(api.pki.admin)
+    table = "application/json;as=Table;v=v1;g=meta.k8s.io"
+    wildcard_first = await client.get(collection(namespace), headers={"Accept": f"*/*, {table}"})
+    assert wildcard_first.header("content-type") == table
+    assert wildcard_first.json()["kind"] == "Table"
+    low_q = await client.get(collection(namespace), headers={"Accept": f"{table};q=0.1, application/json"})
+    assert low_q.json()["kind"] == "PayloadRepositoryTagList"
+    star = await client.get(collection(namespace), headers={"Accept": "*"})
+    assert (star.code, star.header("content-type")) == (200, "application/json")
+    refused = await client.get(collection(namespace), headers={"Accept": "application/json;q=0"})
+    assert_status(refused, 406, "NotAcceptable")
+
+
+@pytest_twisted.ensureDeferred
+async def test_yaml_as_kube_apiserver_serves_it(api, registry, repo):
+    namespace, path = split(repo)
+    images.push_oci_image(registry, repo, "v1")
+    images.push_oci_image(registry, repo, "v2", seed="v2")
+    client = api.client(api.pki.admin)
+    url = f"{collection(namespace)}/{encode_name(path, 'v1')}"
+    as_json = (await client.get(url)).json()
+    single = await client.get(url, headers={"Accept": "application/yaml"})
+    assert (single.code, single.header("content-type")) == (200, "application/yaml")
+    assert single.body.startswith(b"apiVersion: payload-registry.deckhouse.io/v1alpha1\n")
+    assert yaml.safe_load(single.body) == as_json
+    # A whole list (streamed), a page (written at once), a Table and metadata only.
+    for query in ("", "?limit=1"):
+        listed = await client.get(collection(namespace) + query, headers={"Accept": "application/yaml"})
+        assert listed.header("content-type") == "application/yaml"
+        document = yaml.safe_load(listed.body)
+        assert document["kind"] == "PayloadRepositoryTagList"
+        assert [i["spec"]["tag"] for i in document["items"]] == (["v1", "v2"] if not query else ["v1"])
+        assert ("continue" in document["metadata"]) == bool(query)
+    yaml_table = "application/yaml;as=Table;v=v1;g=meta.k8s.io"
+    table = await client.get(collection(namespace), headers={"Accept": yaml_table})
+    assert table.header("content-type") == yaml_table
+    assert [r["cells"][2] for r in yaml.safe_load(table.body)["rows"]] == ["v1", "v2"]
+    partial = "application/yaml;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io"
+    metadata = await client.get(collection(namespace), headers={"Accept": partial})
+    assert yaml.safe_load(metadata.body)["kind"] == "PartialObjectMetadataList"
+    # Errors stay JSON Status; a watch streams JSON only, as kube-apiserver's (no YAML stream).
+    missing = await client.get(f"{collection(namespace)}/nope", headers={"Accept": "application/yaml"})
+    assert_status(missing, 404, "NotFound")
+    watch = await client.get(collection(namespace) + "?watch=true", headers={"Accept": "application/yaml"})
+    assert_status(watch, 406, "NotAcceptable")
+
+
+@pytest_twisted.ensureDeferred
+async def test_pretty_indents_json_as_kube_apiserver(api, registry, repo):
+    namespace, path = split(repo)
+    images.push_oci_image(registry, repo, "v1")
+    client = api.client(api.pki.admin)
+    url = f"{collection(namespace)}/{encode_name(path, 'v1')}"
+    compact = await client.get(url)
+    indented = json.dumps(compact.json(), indent=2).encode() + b"\n"
+    for query, accept in (("?pretty=true", None), ("?pretty=1", None), ("", "application/json;pretty=1")):
+        headers = {"Accept": accept} if accept else {}
+        assert (await client.get(url + query, headers=headers)).body == indented, (query, accept)
+    for query in ("?pretty=false", "?pretty=yes"):
+        assert (await client.get(url + query)).body == compact.body
+    # A whole list (streamed), a page, and a Table.
+    for query in ("?pretty=true", "?pretty=true&limit=5"):
+        listed = await client.get(collection(namespace) + query, headers={"Accept": TABLE})
+        assert listed.body == json.dumps(listed.json(), indent=2).encode() + b"\n"
+        assert listed.json()["kind"] == "Table"
+
+
 # --- get ------------------------------------------------------------------------------------------
 
 
@@ -713,13 +786,48 @@ async def test_an_accept_a_delete_cannot_answer_is_406_with_nothing_deleted(api,
     images.push_oci_image(registry, repo, "v2", seed="v2")
     client = api.client(api.pki.admin)
     url = f"{collection(namespace)}/{encode_name(path, 'v1')}"
-    for accept in ("application/vnd.kubernetes.protobuf", "application/yaml"):
+    for accept in ("application/vnd.kubernetes.protobuf", "application/cbor", "application/json;q=0"):
         headers = {"Accept": accept}
         assert_status(await client.delete(url, headers=headers), 406, "NotAcceptable")
         assert_status(await client.delete(collection(namespace), headers=headers), 406, "NotAcceptable")
         assert images.list_tags(registry, repo) == ["v1", "v2"]
-    assert (await client.delete(url, headers={"Accept": TABLE})).code == 200
+    # So is an includeObject no Table can have.
+    query = "?includeObject=bogus"
+    headers = {"Accept": TABLE}
+    assert_status(await client.delete(url + query, headers=headers), 400, "BadRequest")
+    assert_status(await client.delete(collection(namespace) + query, headers=headers), 400, "BadRequest")
+    assert images.list_tags(registry, repo) == ["v1", "v2"]
+    assert (await client.delete(url, headers={"Accept": "application/yaml"})).code == 200
     assert images.list_tags(registry, repo) == ["v2"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_delete_that_accepts_only_a_table_is_answered_a_table(api, registry, repo):
+    # As kube-apiserver: the deleted object, or the deleted tags, as Table rows; never a media type the
+    # client did not accept.
+    namespace, path = split(repo)
+    for tag in ("v1", "v2", "v3"):
+        images.push_oci_image(registry, repo, tag, seed=tag)
+    client = api.client(api.pki.admin)
+    table = "application/json;as=Table;v=v1;g=meta.k8s.io"
+    url = f"{collection(namespace)}/{encode_name(path, 'v1')}"
+    single = await client.delete(url, headers={"Accept": table})
+    assert (single.code, single.header("content-type")) == (200, table)
+    body = single.json()
+    assert body["kind"] == "Table"
+    assert [row["cells"][:3] for row in body["rows"]] == [[encode_name(path, "v1"), path, "v1"]]
+    assert body["rows"][0]["object"]["kind"] == "PartialObjectMetadata"
+    assert images.list_tags(registry, repo) == ["v2", "v3"]
+    dry = await client.delete(
+        collection(namespace) + "?dryRun=All&includeObject=None", headers={"Accept": table}
+    )
+    rows = dry.json()["rows"]
+    assert [(row["cells"][2], "object" in row) for row in rows] == [("v2", False), ("v3", False)]
+    assert images.list_tags(registry, repo) == ["v2", "v3"]
+    every = await client.delete(collection(namespace), headers={"Accept": table})
+    assert (every.code, every.header("content-type")) == (200, table)
+    assert [row["cells"][2] for row in every.json()["rows"]] == ["v2", "v3"]
+    assert images.list_tags(registry, repo) == []
 
 
 @pytest_twisted.ensureDeferred

@@ -1,4 +1,4 @@
-"""Accept negotiation: Table, PartialObjectMetadata(List) or the full JSON form.
+"""Accept negotiation: Table, PartialObjectMetadata(List) or the full form, in JSON or YAML.
 
 See docs/api.md, "Content negotiation".
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from payloadtags.api import negotiation
 from payloadtags.api.errors import ApiError
 from payloadtags.api.negotiation import JSON_TYPE, Form, MediaType, negotiate
 from payloadtags.api.render import render_list, render_object
@@ -142,8 +143,10 @@ def test_quoted_parameter_values() -> None:
             id="protobuf-table",
         ),
         pytest.param("application/cbor", id="cbor"),
-        pytest.param("application/yaml", id="yaml"),
         pytest.param("text/plain", id="text"),
+        pytest.param("application/json;q=0", id="refused-by-q0"),
+        pytest.param("application/yaml;as=Table;v=v1;g=example.com", id="yaml-table-of-another-group"),
+        pytest.param("*/json", id="wildcard-type-only"),
         pytest.param("application/json;as=Table;v=v2;g=meta.k8s.io", id="unknown-table-version"),
         pytest.param("application/json;as=Table;g=meta.k8s.io", id="table-without-version"),
         pytest.param("application/json;as=Table;v=v1", id="table-without-group"),
@@ -163,3 +166,106 @@ def test_not_acceptable(accept: str) -> None:
 def test_json_fallback_after_an_unsupported_transform() -> None:
     accept = "application/json;as=Table;v=v2;g=meta.k8s.io,application/json"
     assert negotiate(accept, collection=True) == MediaType(Form.FULL, JSON_TYPE)
+
+
+_FULL_JSON = MediaType(Form.FULL, JSON_TYPE)
+
+
+# -- preference: q, then concrete before wildcard, as goautoneg (kube-apiserver) sorts Accept ------------
+
+
+def test_a_wildcard_first_does_not_hide_a_table_after_it() -> None:
+    assert negotiate("*/*, " + TABLE_V1, collection=True) == MediaType(Form.TABLE, TABLE_V1, "v1")
+    assert negotiate("application/*," + TABLE_V1BETA1, collection=True).meta_version == "v1beta1"
+
+
+def test_a_higher_q_wins_over_an_earlier_entry() -> None:
+    assert negotiate(TABLE_V1 + ";q=0.1, application/json", collection=True) == _FULL_JSON
+    assert negotiate("application/json;q=0.5," + TABLE_V1 + ";q=0.9", collection=True).form is Form.TABLE
+
+
+def test_equal_preference_keeps_the_order_given() -> None:
+    # kubectl's own Accept: v1 before v1beta1 before plain JSON, all q=1 and concrete.
+    assert negotiate(KUBECTL_TABLE, collection=True).meta_version == "v1"
+    same_q = TABLE_V1BETA1 + ";q=0.8," + TABLE_V1 + ";q=0.8"
+    assert negotiate(same_q, collection=True).meta_version == "v1beta1"
+
+
+def test_q_decides_before_specificity() -> None:
+    assert negotiate("*/*;q=1," + TABLE_V1 + ";q=0.5", collection=True).form is Form.FULL
+
+
+@pytest.mark.parametrize("accept", ["*", " * ", "*;q=0.5", "text/html,*"])
+def test_a_bare_star_is_any_type(accept: str) -> None:
+    assert negotiate(accept, collection=True) == MediaType(Form.FULL, JSON_TYPE)
+
+
+def test_q_zero_is_not_acceptable_and_others_still_are() -> None:
+    assert negotiate(TABLE_V1 + ";q=0,application/json", collection=True).form is Form.FULL
+    assert negotiate("application/json;q=0.0,application/yaml", collection=True).yaml
+
+
+def test_q_zero_on_a_type_refuses_it_under_a_wildcard_too() -> None:
+    # kube-apiserver: the entry that names a type most closely decides whether it is refused.
+    assert negotiate("application/json;q=0, */*", collection=True).yaml
+    with pytest.raises(ApiError):
+        negotiate("application/*;q=0, */*", collection=True)
+    assert not negotiate("application/*;q=0, application/json, */*", collection=True).yaml
+
+
+def test_a_q_that_is_no_number_is_zero() -> None:
+    # goautoneg reads it as 0: not acceptable.
+    with pytest.raises(ApiError):
+        negotiate(TABLE_V1 + ";q=x", collection=True)
+    assert negotiate(TABLE_V1 + ";q=x,application/json;q=0.1", collection=True).form is Form.FULL
+
+
+def test_parsed_accept_values_are_cached() -> None:
+    negotiate(KUBECTL_TABLE, collection=True)
+    before = negotiation._negotiated.cache_info().hits
+    negotiate(KUBECTL_TABLE, collection=True)
+    assert negotiation._negotiated.cache_info().hits == before + 1
+
+
+# -- YAML --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("collection", [True, False])
+def test_yaml(collection: bool) -> None:
+    media = negotiate("application/yaml", collection=collection)
+    assert media == MediaType(Form.FULL, "application/yaml", yaml=True)
+    assert media.as_json() == MediaType(Form.FULL, JSON_TYPE)
+
+
+def test_yaml_table_and_metadata() -> None:
+    media = negotiate("application/yaml;as=Table;v=v1;g=meta.k8s.io", collection=True)
+    assert media == MediaType(Form.TABLE, "application/yaml;as=Table;v=v1;g=meta.k8s.io", "v1", yaml=True)
+    assert media.as_json() == MediaType(Form.TABLE, TABLE_V1, "v1")
+    partial = negotiate("application/yaml;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io", collection=True)
+    assert (partial.form, partial.yaml) == (Form.PARTIAL, True)
+
+
+def test_json_comes_before_yaml_for_a_wildcard() -> None:
+    assert negotiate("application/*", collection=True) == MediaType(Form.FULL, JSON_TYPE)
+    assert negotiate("application/yaml,application/json", collection=True).yaml
+    assert not negotiate("application/json,application/yaml", collection=True).yaml
+
+
+def test_a_watch_is_never_yaml() -> None:
+    with pytest.raises(ApiError) as caught:
+        negotiate("application/yaml", collection=True, watch=True)
+    assert caught.value.code == 406
+    assert negotiate("application/yaml,*/*", collection=True, watch=True) == MediaType(Form.FULL, JSON_TYPE)
+
+
+# -- pretty ------------------------------------------------------------------------------------------
+
+
+def test_pretty_parameter() -> None:
+    pretty = MediaType(Form.FULL, JSON_TYPE, pretty=True)
+    assert negotiate("application/json;pretty=1", collection=True) == pretty
+    assert not negotiate("application/json;pretty=true", collection=True).pretty  # only "1", as upstream
+    table = negotiate(TABLE_V1 + ";pretty=1", collection=False)
+    assert table.pretty
+    assert table.as_json() == MediaType(Form.TABLE, TABLE_V1, "v1")
+    assert not negotiate("application/json;pretty=1", collection=True, watch=True).pretty

@@ -11,6 +11,7 @@ import json
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
+from email.utils import formatdate
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qs
@@ -29,7 +30,7 @@ from werkzeug.exceptions import BadHost, HTTPException, MethodNotAllowed, NotFou
 from payloadtags import __version__
 from payloadtags.access.authn import Credentials, CredentialsRefused, RequestAuthenticator, UserInfo
 from payloadtags.access.authz import AlwaysAllow, AuthorizationNotReady, PathAuthorizer, path_matches
-from payloadtags.api import discovery, openapi
+from payloadtags.api import discovery, formats, openapi
 from payloadtags.api.errors import (
     ApiError,
     bad_request,
@@ -51,6 +52,7 @@ from payloadtags.api.render import (
     CHUNK_ITEMS,
     SharedText,
     include_object,
+    list_envelope,
     list_text,
     render_list,
     render_object,
@@ -86,6 +88,7 @@ MAX_BODY = 3 << 20
 # The code requests are counted with whose client went away before their answer: nginx's "client
 # closed request" (kube-apiserver counts them as 500s, kubernetes/kubernetes#139256).
 CLIENT_CLOSED_REQUEST = 499
+_YEAR = 365 * 24 * 3600  # kube-openapi: an immutable document "expires" a year after it is served
 
 
 # Where a request keeps its parsed target and query: the handler, the watch check and the metrics
@@ -180,6 +183,20 @@ def _head(request: IRequest, code: int, content_type: str) -> None:
 def _write_json(request: IRequest, code: int, body: Any, content_type: str = JSON_TYPE) -> bytes:
     _head(request, code, content_type)
     return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+
+
+def _write(request: IRequest, body: Any, media: MediaType) -> bytes:
+    """A 200 with ``body`` in ``media``'s syntax (JSON, indented JSON or YAML)."""
+    _head(request, 200, media.content_type)
+    return formats.encode(body, media)
+
+
+def _with_pretty(media: MediaType, query: Query) -> MediaType:
+    """``media``, indented when the query asks for it as kube-apiserver reads `pretty` (not for a
+    watch: its events stay compact). Checked after negotiation: most requests have no query."""
+    if media.pretty or media.yaml or not query or not formats.wants_pretty(query):
+        return media
+    return attrs.evolve(media, pretty=True)
 
 
 def _write_error(request: IRequest, error: ApiError) -> bytes:
@@ -704,8 +721,12 @@ class ApiServer:
         openapi.check_accept(_header(request, "accept"))
         reply = self._cached(request, openapi.V3_GROUP_VERSION)
         if first(_query(request), "hash") == openapi.V3_GROUP_VERSION_HASH:
-            # The content of a given hash never changes (kube-apiserver says the same).
+            # The content of a given hash never changes (kube-apiserver says the same, with an Expires
+            # a year ahead, as kube-openapi's handler). A stale hash is served the current document,
+            # not redirected as kube-openapi does: the aggregator answers a backend's redirect 502
+            # (docs/api.md, "Other endpoints").
             request.setHeader(b"cache-control", b"public, immutable")
+            request.setHeader(b"expires", formatdate(self._clock().seconds() + _YEAR, usegmt=True).encode())
         return reply
 
     async def _version(self, request: IRequest, user: UserInfo) -> bytes:
@@ -816,6 +837,8 @@ class ApiServer:
         if watching:
             self._watched_namespace(namespace)
             return await self._watch(request, user, namespace, query, media, include)
+        media = _with_pretty(media, query)
+        shape = media.as_json()  # what the renderers make; formats re-encodes it for YAML or pretty
         options = list_options(query)
         hub = self.watch_hub
         record = None
@@ -839,7 +862,8 @@ class ApiServer:
                 # one per chunk and one for its end, each a reactor turn apart). The same bytes either
                 # way; framed by its length, not chunked: no chunk header and end, which cost a copy
                 # of the body and a TLS record and send of their own in the next reactor turn.
-                body = list_text(runs.runs, meta, media, self.service.registry_host, include)
+                body = list_text(runs.runs, meta, shape, self.service.registry_host, include)
+                body = formats.reencode(body, media)
                 begin()
                 request.setHeader(b"content-length", b"%d" % len(body))
                 return body
@@ -847,8 +871,10 @@ class ApiServer:
             # "Large lists"): its first chunk goes out once read, so a registry failure before it is
             # a Status, one after it drops the connection.
             chunks = streamed_list_chunks(
-                runs, meta, media, self.service.registry_host, include, shared=self.shared_text
+                runs, meta, shape, self.service.registry_host, include, shared=self.shared_text
             )
+            if not formats.plain(media):
+                chunks = formats.reencoded_list(chunks, *list_envelope(meta, shape), media)
             await write_streamed(request, chunks, self._clock(), begin)
             return b""
         except BaseException:
@@ -873,7 +899,7 @@ class ApiServer:
             narrowed = {**query, "fieldSelector": [pinned]}
             return await self._watch(request, user, namespace, narrowed, media, include)
         obj = await self.service.get(user, namespace, name)
-        return _write_json(request, 200, render_object(obj, media, include), media.content_type)
+        return _write(request, render_object(obj, media, include), _with_pretty(media, query))
 
     async def _watch(
         self,
@@ -1004,24 +1030,25 @@ class ApiServer:
         return body
 
     async def _delete(self, request: IRequest, user: UserInfo, namespace: str, name: str) -> bytes:
-        options = delete_options(_query(request), self._body(request), _header(request, "content-type"))
-        # Before the delete: a 406 must mean that nothing was deleted.
-        media = negotiate(_header(request, "accept"), collection=False)
-        if media.form is Form.TABLE:
-            media = negotiate(None, collection=False)
+        query = _query(request)
+        options = delete_options(query, self._body(request), _header(request, "content-type"))
+        # Before the delete: a 406 (or a bad includeObject) must mean that nothing was deleted.
+        media = _with_pretty(negotiate(_header(request, "accept"), collection=False), query)
+        include = include_object(first(query, "includeObject")) if media.form is Form.TABLE else "Metadata"
         obj = await self.service.delete(user, namespace, name, options)
-        return _write_json(request, 200, render_object(obj, media), media.content_type)
+        # The deleted object in the form asked for, a Table too, as kube-apiserver's DELETE answers.
+        return _write(request, render_object(obj, media, include), media)
 
     async def _delete_collection(self, request: IRequest, user: UserInfo, namespace: str) -> bytes:
         query = _query(request)
         options = delete_options(query, self._body(request), _header(request, "content-type"))
         listing = list_options({k: v for k, v in query.items() if k not in ("dryRun", "propagationPolicy")})
-        # Before the deletes: a 406 must mean that nothing was deleted.
-        media = negotiate(_header(request, "accept"), collection=True)
-        if media.form is Form.TABLE:
-            media = negotiate(None, collection=True)
+        # Before the deletes: a 406 (or a bad includeObject) must mean that nothing was deleted.
+        media = _with_pretty(negotiate(_header(request, "accept"), collection=True), query)
+        include = include_object(first(query, "includeObject")) if media.form is Form.TABLE else "Metadata"
         items, meta = await self.service.delete_collection(user, namespace, listing, options)
-        return _write_json(request, 200, render_list(items, meta, media), media.content_type)
+        # The deleted tags in the form asked for, a Table of them too, as kube-apiserver answers.
+        return _write(request, render_list(items, meta, media, include), media)
 
     async def _immutable(self, request: IRequest, user: UserInfo, **_: str) -> bytes:
         verb = {"POST": "create", "PUT": "update", "PATCH": "patch"}[request.method.decode()]

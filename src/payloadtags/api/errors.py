@@ -113,7 +113,7 @@ def not_acceptable(accept: str) -> ApiError:
     return ApiError(
         406,
         "NotAcceptable",
-        f"only the following media types are accepted: application/json, "
+        f"only the following media types are accepted: application/json, application/yaml, "
         f"application/json;as=Table;v=v1;g=meta.k8s.io (requested: {accept})",
     )
 

@@ -135,6 +135,11 @@ def _envelope(meta: ListMeta, media: MediaType) -> tuple[bytes, bytes]:
     return f"{before}{_list_meta_json(meta)}{after}".encode(), b"]}\n"
 
 
+def list_envelope(meta: ListMeta, media: MediaType) -> tuple[bytes, bytes]:
+    """A list's text before its first item and after its last one (api/formats.py re-encodes it)."""
+    return _envelope(meta, media)
+
+
 @functools.lru_cache(maxsize=16)
 def _envelope_text(form: Form, meta_api_version: str) -> tuple[str, str]:
     """A list's text around its metadata, up to its items, made once per form by the converter."""
