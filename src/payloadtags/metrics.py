@@ -113,7 +113,7 @@ class Metrics:
         )
         self.walk_cache_tags = Gauge(
             "payloadtags_list_walk_cache_tags",
-            "Tags kept for the next pages of paginated walks, all walks together.",
+            "Tags and catalog names kept for the next pages of paginated walks, all walks together.",
             registry=self.registry,
         )
 

@@ -395,7 +395,7 @@ async def start(
     )
     metrics.track_watches(lambda: len(watch_hub.watchers), lambda: len(watch_hub.sources))
     walks = WalkCache(reactor, on_lookup=metrics.walk_lookup)
-    metrics.track_walks(lambda: walks.size)
+    metrics.track_walks(lambda: walks.names)
     service = TagsService(
         inventory=inventory,
         registry_host=settings.registry_host,

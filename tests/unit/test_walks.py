@@ -17,9 +17,9 @@ from payloadtags.api import continuation
 from payloadtags.api.errors import ApiError
 from payloadtags.api.options import list_options
 from payloadtags.api.tags import Observe, ResourceVersions, TagsService
-from payloadtags.api.walks import Kept, Listed, WalkCache, is_walk_id, new_walk_id
+from payloadtags.api.walks import Kept, Listed, WalkCache, is_walk_id, kept_size, new_walk_id
 from payloadtags.identity import UserInfo
-from payloadtags.inventory import Inventory
+from payloadtags.inventory import CatalogRest, Inventory
 from payloadtags.metrics import Metrics
 from payloadtags.names import TagRef, encode_name
 from tests.unit.test_inventory_paging import Registry
@@ -53,6 +53,11 @@ TEAM = Listed("team", "team")
 AT = TagRef("team", "a", "v1")  # where the token that continues from what is kept points
 
 
+def cost(**repositories: int) -> int:
+    """The bytes a walk keeping these lists counts."""
+    return kept_size([Kept(lists(**repositories))])[0]
+
+
 def keep(cache: WalkCache, who: UserInfo, walk: str, **repositories: int) -> None:
     """What a walk's page keeps for the token it hands out, as a first page does."""
     cache.keep(who, walk, TEAM, None, (AT, Kept(lists(**repositories))))
@@ -75,7 +80,7 @@ def test_a_walk_is_kept_until_it_was_not_continued_for_the_ttl() -> None:
     assert held(cache, ALICE, "w") == lists(b=2)
     clock.advance(60.5)
     assert held(cache, ALICE, "w") is None
-    assert cache.size == 0 and len(cache) == 0
+    assert cache.size == cache.names == 0 and len(cache) == 0
 
 
 def test_expired_walks_are_dropped_when_any_walk_is_used() -> None:
@@ -84,7 +89,7 @@ def test_expired_walks_are_dropped_when_any_walk_is_used() -> None:
     keep(cache, ALICE, "old", a=5)
     clock.advance(61)
     keep(cache, ALICE, "new", b=1)
-    assert len(cache) == 1 and cache.size == 1
+    assert len(cache) == 1 and cache.names == 1
 
 
 def test_abandoned_walks_are_freed_without_another_list() -> None:
@@ -94,29 +99,29 @@ def test_abandoned_walks_are_freed_without_another_list() -> None:
     keep(cache, ALICE, "w", a=5)
     clock.advance(30)
     clock.advance(30)
-    assert cache.size == 5  # not expired yet: a page could still come
+    assert cache.names == 5  # not expired yet: a page could still come
     clock.advance(30)
-    assert cache.size == 0 and len(cache) == 0
+    assert cache.size == cache.names == 0 and len(cache) == 0
     cache.stop()
     assert not clock.getDelayedCalls()
 
 
 def test_past_the_total_bound_the_least_recently_continued_walks_go() -> None:
     clock = Clock()
-    cache = WalkCache(clock, max_tags=10)
+    cache = WalkCache(clock, max_bytes=cost(a=4) * 5 // 2)
     keep(cache, ALICE, "w1", a=4)
     clock.advance(1)
     keep(cache, ALICE, "w2", b=4)
     clock.advance(1)
     assert held(cache, ALICE, "w1") is not None  # w1 is now the more recently used
-    keep(cache, ALICE, "w3", c=4)  # 12 tags > 10: w2 goes
+    keep(cache, ALICE, "w3", c=4)  # three walks' bytes are over the bound: w2 goes
     assert held(cache, ALICE, "w2") is None
     assert held(cache, ALICE, "w1") == lists(a=4)
     assert held(cache, ALICE, "w3") == lists(c=4)
-    assert cache.size == 8
-    keep(cache, BOB, "huge", d=11)  # larger than the bound on its own: not kept, nothing evicted
+    assert cache.size == cost(a=4) + cost(c=4) and cache.names == 8
+    keep(cache, BOB, "huge", d=20)  # larger than the bound on its own: not kept, nothing evicted
     assert held(cache, BOB, "huge") is None
-    assert cache.size == 8 and len(cache) == 2
+    assert cache.names == 8 and len(cache) == 2
 
 
 def test_walks_are_kept_per_caller() -> None:
@@ -135,7 +140,7 @@ def test_a_walk_keeps_for_its_last_two_tokens_and_only_for_the_list_it_walks() -
     # The page asked with AT used a's list and b's, and hands out a token at b with b's (one object).
     cache.keep(ALICE, "w", TEAM, (AT, Kept(used)), (later, Kept({"b": used["b"]})))
     assert held(cache, ALICE, "w") == used and held(cache, ALICE, "w", later) == lists(b=3)
-    assert cache.size == 5  # b's list kept for both tokens is counted once
+    assert cache.names == 5 and cache.size == cost(a=2, b=3)  # b's list: counted once
     cache.keep(ALICE, "w", TEAM, (later, Kept(lists(b=3))), (last, Kept(lists(c=1))))
     assert held(cache, ALICE, "w") is None  # a token two pages back: read again
     assert held(cache, ALICE, "w", later) == lists(b=3) and held(cache, ALICE, "w", last) == lists(c=1)
@@ -149,11 +154,44 @@ def test_a_walk_keeps_for_its_last_two_tokens_and_only_for_the_list_it_walks() -
 
 
 def test_past_the_bound_a_walk_keeps_what_its_next_page_starts_from() -> None:
-    cache = WalkCache(Clock(), max_tags=10)
+    cache = WalkCache(Clock(), max_bytes=cost(a=6) * 3 // 2)
     later = TagRef("team", "b", "v1")
     cache.keep(ALICE, "w", TEAM, (AT, Kept(lists(a=6))), (later, Kept(lists(b=6))))
     assert held(cache, ALICE, "w") is None and held(cache, ALICE, "w", later) == lists(b=6)
-    assert cache.size == 6
+    assert cache.size == cost(b=6) and cache.names == 6
+
+
+def rest(*repositories: str) -> CatalogRest:
+    """Catalog names read past a page's end, as `inventory.CatalogCursor` keeps them."""
+    entries = tuple((f"team/{name}", "team", name) for name in repositories)
+    return CatalogRest("team", "team/a", entries, None, True, 1)
+
+
+def test_what_a_walk_keeps_counts_the_bytes_of_its_names() -> None:
+    # The bound is on memory: a name counts its characters and the objects that hold it, so longer
+    # names count more, and catalog names read past a page's end count as well as tag lists.
+    short = kept_size([Kept({"team/a": ("v1",) * 100})])
+    long = kept_size([Kept({"team/a": ("v" * 128,) * 100})])
+    assert short[1] == long[1] == 100
+    assert long[0] - short[0] == 100 * 126  # the characters, the rest per tag alike
+    assert short[0] > 100 * 50  # a string's header, and the reference to it, count too
+    names = kept_size([Kept({}, rest("b" * 200, "c" * 200))])
+    assert names[1] == 2 and names[0] > 2 * 2 * 200  # the repository and its path, each a string
+    assert kept_size([Kept({}, rest("b", "c"))])[0] == names[0] - 2 * 2 * 199
+
+
+def test_the_bound_evicts_by_bytes_not_by_count() -> None:
+    clock = Clock()
+    small = kept_size([Kept({}, rest(*"bcdefghijk"))])[0]
+    cache = WalkCache(clock, max_bytes=small * 3)
+    for walk in ("w1", "w2", "w3"):  # three walks of short names: within the bound
+        cache.keep(ALICE, walk, TEAM, None, (AT, Kept({}, rest(*"bcdefghijk"))))
+    assert len(cache) == 3 and cache.names == 30
+    # As many names, longer: the bytes go over the bound, and the least recently used walks go.
+    cache.keep(ALICE, "long", TEAM, None, (AT, Kept({}, rest(*(c * 100 for c in "bcdefghijk")))))
+    assert cache.listed(ALICE, "long") == TEAM
+    assert cache.listed(ALICE, "w1") is None
+    assert cache.size <= small * 3 and cache.names < 40
 
 
 def test_walk_ids_are_random_and_token_safe() -> None:

@@ -16,14 +16,15 @@ Only registry data is kept (whole tag lists); access and selectors are applied o
 are keyed by the caller's identity as well as the walk id, so nothing is shared between users, and
 bound to the list the walk lists (`Listed`): another list's token naming the walk does not get them. A
 walk is dropped when it was not continued for ``ttl`` seconds, and, least recently continued first,
-when all walks together hold more than ``max_tags`` tags; once its last page is served it keeps only
-what that page used. A page that finds nothing kept (dropped, another replica, a restart, an older
-token) reads the registry, as a first page does.
+when all walks together hold more than ``max_bytes`` (the memory the names take, `kept_size`); once
+its last page is served it keeps only what that page used. A page that finds nothing kept (dropped,
+another replica, a restart, an older token) reads the registry, as a first page does.
 """
 
 from __future__ import annotations
 
 import secrets
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -42,8 +43,20 @@ WALK_ID_MAX = 64
 # kubectl asks for the next page as soon as it has the previous one; a minute covers a slow client
 # and costs at most the bound below.
 DEFAULT_TTL = 60.0
-# About 15 MiB of tag names with the lists' own overhead.
-DEFAULT_MAX_TAGS = 250_000
+# What all walks together may keep, counted by `kept_size`. The count follows CPython's objects (a
+# string is its characters plus a header; a catalog entry is a tuple of three fresh strings), so it is
+# the memory dropping the walks frees: measured with tracemalloc for walks of long repository names
+# (210 characters, the reviewer's case) and of short ones, within 10% (docs/api.md, "List options").
+DEFAULT_MAX_BYTES = 32 << 20
+
+# CPython's per-object sizes (64-bit): an ASCII string's header (its characters come on top), a
+# reference in a tuple or list, an empty tuple, and a three-item tuple.
+_STR = sys.getsizeof("")
+_REF = 8
+_TUPLE = sys.getsizeof(())
+_ENTRY = sys.getsizeof(tuple(range(3))) + _REF + 3 * _STR
+# A kept list's share of its mapping: the tuple's header, the dict slot, the repository name as key.
+_LIST = _TUPLE + 3 * _REF + _STR
 
 
 def new_walk_id() -> str:
@@ -83,29 +96,42 @@ class _Walk:
     # By the last key of the token that continues from them: the one its last page was asked with and
     # the one that page handed out.
     kept: dict[TagRef, Kept]
-    size: int
+    size: int  # bytes, `kept_size`
+    names: int
     touched: float
 
 
 Key = tuple[UserInfo, str]
 
 
-def _size(kept: Iterable[Kept]) -> int:
-    # A list kept for both tokens is one object (the page took it from the one and keeps it for the
-    # other): counted once. A name counts as a tag.
-    lists = {id(tags): len(tags) for one in kept for tags in one.lists.values()}
-    return sum(lists.values()) + sum(len(one.rest) for one in kept if one.rest is not None)
+def kept_size(kept: Iterable[Kept]) -> tuple[int, int]:
+    """The memory what a walk keeps takes (bytes), and how many tags and catalog names it is.
+
+    Names are ASCII (the registry's grammar), a byte a character. A list kept for both tokens is one
+    object (the page took it from the one and keeps it for the other): counted once. A catalog entry is
+    counted whole, its strings made for the walk (`inventory.CatalogCursor`): shared with nothing."""
+    lists = {id(tags): (repository, tags) for one in kept for repository, tags in one.lists.items()}
+    size = names = 0
+    for repository, tags in lists.values():
+        size += _LIST + len(repository) + len(tags) * (_STR + _REF) + sum(map(len, tags))
+        names += len(tags)
+    for one in kept:
+        if one.rest is not None:
+            size += len(one.rest) * _ENTRY + sum(len(a) + len(b) + len(c) for a, b, c in one.rest.entries)
+            names += len(one.rest)
+    return size, names
 
 
 @attrs.define(eq=False)
 class WalkCache:
     clock: IReactorTime
-    max_tags: int = DEFAULT_MAX_TAGS
+    max_bytes: int = DEFAULT_MAX_BYTES
     ttl: float = DEFAULT_TTL
     # Told of each continued page's lookup: True when its walk's lists were found (metrics).
     on_lookup: Callable[[bool], None] | None = None
     _walks: OrderedDict[Key, _Walk] = attrs.field(factory=OrderedDict)  # least recently used first
-    size: int = 0  # tags kept, all walks
+    size: int = 0  # bytes kept, all walks (`kept_size`)
+    names: int = 0  # tags and catalog names kept, all walks (metrics)
     _sweep: LoopingCall | None = None
 
     def run(self) -> None:
@@ -158,16 +184,17 @@ class WalkCache:
             self._drop(key)
         self._expire()
         kept = dict(pair for pair in (asked, handed) if pair is not None and (pair[1].lists or pair[1].rest))
-        size = _size(kept.values())
-        if size > self.max_tags and handed is not None and handed[0] in kept:
+        size, names = kept_size(kept.values())
+        if size > self.max_bytes and handed is not None and handed[0] in kept:
             # Too much for both: the next page's come first, a repeated page reads the registry.
             kept = {handed[0]: handed[1]}
-            size = _size(kept.values())
-        if not kept or size > self.max_tags:
+            size, names = kept_size(kept.values())
+        if not kept or size > self.max_bytes:
             return
-        self._walks[key] = _Walk(listed, kept, size, self.clock.seconds())
+        self._walks[key] = _Walk(listed, kept, size, names, self.clock.seconds())
         self.size += size
-        while self.size > self.max_tags:
+        self.names += names
+        while self.size > self.max_bytes:
             self._drop(next(iter(self._walks)))
 
     def _expire(self) -> None:
@@ -179,7 +206,18 @@ class WalkCache:
             self._drop(key)
 
     def _drop(self, key: Key) -> None:
-        self.size -= self._walks.pop(key).size
+        walk = self._walks.pop(key)
+        self.size -= walk.size
+        self.names -= walk.names
 
 
-__all__ = ["DEFAULT_MAX_TAGS", "DEFAULT_TTL", "Kept", "Listed", "WalkCache", "is_walk_id", "new_walk_id"]
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_TTL",
+    "Kept",
+    "Listed",
+    "WalkCache",
+    "is_walk_id",
+    "kept_size",
+    "new_walk_id",
+]
