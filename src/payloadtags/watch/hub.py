@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -363,7 +363,7 @@ class WatchHub:
         if slot is None:
             slot = self.admit(watcher.user)
         assert slot.held and slot.user == watcher.user, slot
-        backlog = None
+        backlog: Iterable[Event] | None = None
         if self.sources.get(source.namespace) is not source or (listed is not None and listed.dropped):
             slot.release()
             return False
@@ -412,7 +412,7 @@ class WatchHub:
 
     def _open_listed(
         self, watcher: Watcher, source: ScopeSource, listed: Listed, confirmed: frozenset[str]
-    ) -> list[Event]:
+    ) -> Iterator[Event]:
         """The opening of a watch from a list made while the scope had no source: the differences
         between the list's reads and the snapshot (a read made after the watch arrived; a repository
         of ``confirmed`` it lacks has no tags) that ``watcher`` may be sent, each with a resourceVersion
@@ -420,17 +420,30 @@ class WatchHub:
         alone: not in the history, not sent to the scope's other watches, to whom they would be
         repeats at best (a DELETED, to one shown the tag since, of a tag pushed again) and which one
         user's watches would flush. Those it may not be sent take no number and no room. A stream cut
-        among them resumes from the last one it sent (`_resume`), while the opening is kept."""
+        among them resumes from the last one it sent (`_resume`), while the opening is kept.
+
+        They are made as the client reads them, repository by repository, from copies of the list of
+        the scope's repositories and of the record's (each one's tags are immutable sets): a watch
+        whose client reads slowly holds no event it has not been sent, however large its opening. They
+        are counted first, so that their numbers are taken as one block now; the copy kept for resumes
+        is made only of an opening its user may keep (`Openings.bound`)."""
         now = dict(source.tags)
         for repository in confirmed:
             now.setdefault(repository, frozenset())
-        events = [
-            Event(self.versions.next(), kind, ref)
-            for kind, ref in listed.changes(now)
-            if watcher.visible(ref)
-        ]
-        self.openings.keep(source, watcher.user, events, self.clock.seconds())
-        return events
+        reads = dict(listed.reads)  # later lists at the same resourceVersion may still add to it
+        first = self.versions.current + 1
+        count = 0
+        kept: list[Event] | None = []
+        for kind, ref in listed.changes(now, reads):
+            if watcher.visible(ref):
+                if kept is not None:
+                    kept = kept if count < self.openings.bound else None
+                    if kept is not None:
+                        kept.append(Event(first + count, kind, ref))
+                count += 1
+        self.versions.reserve(count)
+        self.openings.keep(source, watcher.user, first, first + count - 1, kept, self.clock.seconds())
+        return _numbered(watcher, listed.changes(now, reads), first, count)
 
     def _resume(self, source: ScopeSource, since: int, user: str) -> list[Event] | None:
         """The events after ``since`` for a watch of ``user`` resumed from it: from inside an opening
@@ -591,6 +604,21 @@ class WatchHub:
         self._housekeeping.clear()
         self._loops.clear()
         self.sources.clear()
+
+
+def _numbered(
+    watcher: Watcher, changes: Iterator[tuple[EventType, TagRef]], first: int, count: int
+) -> Iterator[Event]:
+    """The changes ``watcher`` may be sent as events numbered from ``first``, at most ``count`` (those
+    `WatchHub._open_listed` counted: its decisions are remembered, and a change of its rules while they
+    are written ends the watch)."""
+    sequence = first
+    for kind, ref in changes:
+        if sequence >= first + count:
+            return
+        if watcher.visible(ref):
+            yield Event(sequence, kind, ref)
+            sequence += 1
 
 
 def _namespaces(source: ScopeSource) -> Iterable[str]:

@@ -72,11 +72,18 @@ class Listed:
         self.size += grown
         return grown
 
-    def changes(self, now: Mapping[str, frozenset[str]]) -> Iterator[tuple[EventType, TagRef]]:
-        """The events that bring a client shown any of the recorded reads to ``now`` (a read of the
-        scope made after the lists'), in list order; but for the tags of repositories ``now`` lacks
-        altogether (`unconfirmed`), which ``now`` must tell with an empty set when they are gone."""
-        for repository in sorted(set(self.reads) | set(now)):
+    def changes(
+        self,
+        now: Mapping[str, frozenset[str]],
+        reads: Mapping[str, tuple[frozenset[str], frozenset[str]]] | None = None,
+    ) -> Iterator[tuple[EventType, TagRef]]:
+        """The events that bring a client shown any of the recorded reads (or ``reads``, a copy of
+        them) to ``now`` (a read of the scope made after the lists'), in list order, made as they are
+        taken; but for the tags of repositories ``now`` lacks altogether (`unconfirmed`), which ``now``
+        must tell with an empty set when they are gone."""
+        if reads is None:
+            reads = self.reads
+        for repository in sorted(set(reads) | set(now)):
             parts = split_repository(repository)
             if parts is None:
                 continue
@@ -86,7 +93,7 @@ class Listed:
             current = now.get(repository)
             if current is None:
                 continue
-            every, some = self.reads.get(repository, (frozenset(), frozenset()))
+            every, some = reads.get(repository, (frozenset(), frozenset()))
             for tag in sorted(some - current):
                 yield EventType.DELETED, TagRef(namespace, path, tag)
             for tag in sorted(current - every):

@@ -86,14 +86,23 @@ class Openings:
     size: int = 0
     size_of: collections.Counter[str] = attrs.field(factory=collections.Counter)
 
-    def keep(self, source: ScopeSource, user: str, events: list[Event], now: float) -> None:
-        if not events:
+    @property
+    def bound(self) -> int:
+        """The most events one opening may have and be kept."""
+        return min(self.max_user_events, self.max_events)
+
+    def keep(
+        self, source: ScopeSource, user: str, first: int, last: int, events: list[Event] | None, now: float
+    ) -> None:
+        """Keeps the opening numbered ``first`` to ``last``: its ``events``, or None when it has more
+        than ``bound`` (only its span is kept)."""
+        if last < first:
             return
-        opening = Opening(source, user, events, now, events[0].sequence, events[-1].sequence)
+        opening = Opening(source, user, events or [], now, first, last)
         self.exact.append(opening)
         self.spans_of.setdefault(user, collections.deque()).append(opening)
         self.spans += 1
-        if len(events) > min(self.max_user_events, self.max_events):
+        if events is None or len(events) > self.bound:
             # Not kept, and nobody else's opening goes for it: a resume from inside it is 410.
             opening.dropped = True
             opening.events = []

@@ -50,6 +50,12 @@ class ReplicaVersions:
         self.current += 1
         return self.current
 
+    def reserve(self, count: int) -> int:
+        """Takes the next ``count`` numbers as one block; returns the first."""
+        first = self.current + 1
+        self.current += count
+        return first
+
     def format(self, sequence: int) -> str:
         return str(self.epoch * _SPAN + sequence)
 
