@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import attrs
@@ -30,7 +31,7 @@ from payloadtags.names import TagRef, split_repository
 from payloadtags.watch.listed import Listed, ListedScopes
 from payloadtags.watch.openings import Opening, Openings
 from payloadtags.watch.rules import RulesLedger
-from payloadtags.watch.source import Event, EventType, ScopeReader, ScopeSource
+from payloadtags.watch.source import Event, EventType, HistoryLost, ScopeReader, ScopeSource
 from payloadtags.watch.versions import ReplicaVersions
 from payloadtags.watch.watcher import Watcher, expired_line
 
@@ -373,7 +374,7 @@ class WatchHub:
             slot.release()
             return False
         if listed is None and since is not None:
-            backlog = self._resume(source, since, watcher.user)
+            backlog = self._resume(source, since, watcher)
             if backlog is None:
                 slot.release()
                 return False
@@ -445,20 +446,24 @@ class WatchHub:
         self.openings.keep(source, watcher.user, first, first + count - 1, kept, self.clock.seconds())
         return _numbered(watcher, listed.changes(now, reads), first, count)
 
-    def _resume(self, source: ScopeSource, since: int, user: str) -> list[Event] | None:
-        """The events after ``since`` for a watch of ``user`` resumed from it: from inside an opening
-        of hers, the rest of it and then the history after its last event; else the history's. None
+    def _resume(self, source: ScopeSource, since: int, watcher: Watcher) -> Iterator[Event] | None:
+        """The events after ``since`` for ``watcher`` resumed from it: from inside an opening of its
+        user's, the rest of it and then the history after its last event; else the history's. None
         when they are no longer kept (410 Gone): inside an opening dropped, merged with others
-        (`Openings`), or of another user (it holds only what its own watch might be sent)."""
+        (`Openings`), or of another user (it holds only what its own watch might be sent).
+
+        They are taken from the opening and the history as the client reads them, not copied: should
+        either drop one before the client took it (the client reads slower than new events come), the
+        stream is cut as a slow client's is, and its client's resume from there is 410."""
         span = self.openings.find(source, since)
         if span is None:
-            return source.since(since)
-        if not isinstance(span, Opening) or span.dropped or span.user != user:
-            return None
-        rest = source.since(span.last)
-        if rest is None:
-            return None
-        return [*span.after(since), *rest]
+            events = source.since(since)
+        else:
+            if not isinstance(span, Opening) or span.dropped or span.user != watcher.user:
+                return None
+            rest = source.since(span.last)
+            events = None if rest is None else itertools.chain(span.after(since), rest)
+        return None if events is None else _cut_when_lost(watcher, events)
 
     def _forget(self, watcher: Watcher) -> None:
         """Unregisters an ended watcher, once."""
@@ -619,6 +624,15 @@ def _numbered(
         if watcher.visible(ref):
             yield Event(sequence, kind, ref)
             sequence += 1
+
+
+def _cut_when_lost(watcher: Watcher, events: Iterator[Event]) -> Iterator[Event]:
+    try:
+        yield from events
+    except HistoryLost:
+        # As a slow client whose send buffer overflowed: it resumes from the last event it got,
+        # which is no longer kept (410), and relists.
+        watcher.end("slow", abort=True)
 
 
 def _namespaces(source: ScopeSource) -> Iterable[str]:

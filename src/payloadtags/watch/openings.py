@@ -23,11 +23,11 @@ from __future__ import annotations
 import bisect
 import collections
 import heapq
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import attrs
 
-from payloadtags.watch.source import Event, ScopeSource
+from payloadtags.watch.source import Event, HistoryLost, ScopeSource
 
 
 @attrs.define(eq=False)
@@ -47,9 +47,17 @@ class Opening:
     def sources(self) -> frozenset[ScopeSource]:
         return frozenset((self.source,))
 
-    def after(self, sequence: int) -> list[Event]:
-        """The events of the opening after ``sequence`` (one of them)."""
-        return self.events[sequence - self.first + 1 :]
+    def after(self, sequence: int) -> Iterator[Event]:
+        """The events of the opening after ``sequence`` (one of them), taken as they are iterated, not
+        copied; HistoryLost when the opening is dropped before they are all taken."""
+        index = sequence - self.first + 1
+        while True:
+            if self.dropped:
+                raise HistoryLost(self.source.namespace)
+            if index >= len(self.events):
+                return
+            yield self.events[index]
+            index += 1
 
 
 @attrs.define(eq=False)

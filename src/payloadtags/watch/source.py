@@ -8,6 +8,7 @@ tag of the scope, whoever may read it: each watcher filters for its own user.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import contextvars
 import enum
@@ -65,6 +66,9 @@ class ScopeSource:
     ready: bool = False
     subscribers: set[Subscriber] = attrs.field(factory=set)
     ring: collections.deque[Event] = attrs.field(factory=collections.deque)
+    # How many events ever left the front of the history: ``ring[i]`` is its event number ``popped + i``
+    # (`since`).
+    popped: int = 0
     # Reads are numbered when they start; a read older than the one a repository last took is stale.
     _reads: int = 0
     _marks: dict[str, int] = attrs.field(factory=dict)
@@ -305,6 +309,7 @@ class ScopeSource:
         self._hidden.clear()
         self._noted.clear()
         self._pending = 0
+        self.popped += len(self.ring)
         self.ring.clear()
         self.floor = self.versions.next()
         if self.on_reset is not None:
@@ -455,14 +460,36 @@ class ScopeSource:
         self.ring.append(event)
         while len(self.ring) > self.history:
             self.floor = self.ring.popleft().sequence
+            self.popped += 1
         self.fanout.push(event)
         return event
 
-    def since(self, sequence: int) -> list[Event] | None:
-        """Events after ``sequence``, or None when some of them are no longer retained."""
+    def since(self, sequence: int) -> Iterator[Event] | None:
+        """The events after ``sequence`` up to the newest now, or None when some of them are no longer
+        retained. They are taken from the history as they are iterated, not copied: a watch whose
+        client reads them slowly holds its place in the history. Should the history drop the next
+        one meanwhile (more new events than it keeps before the client read it), HistoryLost."""
         if sequence < self.floor:
             return None
-        return [event for event in self.ring if event.sequence > sequence]
+        start = bisect.bisect_right(self.ring, sequence, key=lambda event: event.sequence)
+        return self._after(self.popped + start, self.versions.current)
+
+    def _after(self, position: int, until: int) -> Iterator[Event]:
+        while True:
+            index = position - self.popped
+            if index < 0:
+                raise HistoryLost(self.namespace)
+            if index >= len(self.ring):
+                return
+            event = self.ring[index]
+            if event.sequence > until:
+                return  # sent by the fan-out
+            yield event
+            position += 1
 
 
-__all__ = ["Event", "EventType", "ScopeReader", "ScopeSource", "Subscriber"]
+class HistoryLost(Exception):
+    """The history dropped an event a watch had not taken yet (`ScopeSource.since`)."""
+
+
+__all__ = ["Event", "EventType", "HistoryLost", "ScopeReader", "ScopeSource", "Subscriber"]
