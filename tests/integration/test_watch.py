@@ -1042,3 +1042,33 @@ async def test_a_watch_from_a_list_of_more_repositories_the_index_lacks_than_are
     deleted = await other.next()
     assert (deleted["type"], deleted["object"]["spec"]["tag"]) == ("DELETED", "v1")
     other.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_watch_resumed_inside_an_opening_with_another_selector_gets_410(
+    make_server, registry, repo, reactor
+):
+    """A watch from a list of an unwatched namespace with `metadata.name!=<v4>` starts with ADDED v2
+    and v3; a watch of the same user from the first of them without a selector was sent v3 and then
+    nothing: `v4` has no resourceVersion anywhere but in an opening that left it out."""
+    namespace, path = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "v1")
+    api = await make_server(registry, watch=WatchLimits(resync_period=3600))
+    client = api.client(api.pki.admin)
+    listed = (await client.get(collection(namespace))).json()["metadata"]["resourceVersion"]
+    for tag in ("v2", "v3", "v4"):
+        images.push_oci_image(registry, repo, tag, seed=tag)
+    not_v4 = f"fieldSelector=metadata.name%21%3D{encode_name(path, 'v4')}"
+    first = await stream(client, f"{collection(namespace)}?watch=true&resourceVersion={listed}&{not_v4}")
+    started = [await first.next(), await first.next()]
+    assert [(e["type"], e["object"]["spec"]["tag"]) for e in started] == [("ADDED", "v2"), ("ADDED", "v3")]
+    first.close()
+    cut = started[0]["object"]["metadata"]["resourceVersion"]
+    again = await stream(client, f"{collection(namespace)}?watch=true&resourceVersion={cut}")
+    error = await _gone(again, reactor)
+    assert (error["type"], error["object"]["code"], error["object"]["reason"]) == ("ERROR", 410, "Expired")
+    # With its own selector again (as client-go resumes), it is sent the rest of the opening.
+    same = await stream(client, f"{collection(namespace)}?watch=true&resourceVersion={cut}&{not_v4}")
+    rest = await same.next()
+    assert (rest["type"], rest["object"]["spec"]["tag"]) == ("ADDED", "v3")
+    same.close()

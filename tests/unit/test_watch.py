@@ -1166,6 +1166,33 @@ def test_a_watch_s_opening_holds_only_what_it_may_be_sent() -> None:
     assert again_sink.lines == alice_sink.lines[1:]
 
 
+def test_a_watch_resumed_inside_an_opening_with_other_selectors_gets_gone() -> None:
+    """An opening holds what its watch's selectors chose: a watch of the same user resumed inside it
+    with other selectors (none) was sent its rest, then the scope's later events, and never the
+    changes the first watch's selector left out (`v4`, which has no resourceVersion anywhere else)."""
+    reader = FakeReader({"team/app": {"v1"}})
+    clock = Clock()
+    hub = make_hub(reader, clock)
+    sequence, observe = listing(hub, "team")
+    observe("team/app", ["v1"])
+    reader.repositories["team/app"] |= {"v2", "v3", "v4"}
+    source = ready(hub, "team")
+    first, first_sink = watcher()
+    first.accept = lambda ref: ref.tag != "v4"
+    first.selectors = "metadata.name!=app-v4"
+    assert from_list(hub, first, source, sequence)
+    assert [line.split()[1] for line in first_sink.lines] == [b"team/app:v2", b"team/app:v3"]
+    first.end("client gone", write=False)
+    cut = _sequence_of(first_sink.lines[0])
+    plain, _ = watcher()
+    assert not hub.start(plain, source, since=cut, timeout=None)
+    same, same_sink = watcher()
+    same.accept, same.selectors = first.accept, "metadata.name!=app-v4"
+    assert hub.start(same, source, since=cut, timeout=None)
+    assert same_sink.lines == first_sink.lines[1:]
+    hub.stop()
+
+
 def test_an_opening_larger_than_its_user_may_keep_is_not_kept_and_drops_no_other() -> None:
     reader = FakeReader({"team/app": {"v1", "v2"}, "team/big": {f"t{i:06}" for i in range(100_001)}})
     clock = Clock()

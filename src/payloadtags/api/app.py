@@ -987,6 +987,7 @@ class ApiServer:
             render=renderer.event,
             form=renderer,
             accept=options.accept(),
+            selectors=(options.labels, options.fields),
             readable=readable,
             bookmark=renderer.bookmark if options.bookmarks else None,
             max_buffered=hub.limits.send_buffer,

@@ -443,14 +443,17 @@ class WatchHub:
                         kept.append(Event(first + count, kind, ref))
                 count += 1
         self.versions.reserve(count)
-        self.openings.keep(source, watcher.user, first, first + count - 1, kept, self.clock.seconds())
+        self.openings.keep(
+            source, watcher.user, first, first + count - 1, kept, self.clock.seconds(), watcher.selectors
+        )
         return _numbered(watcher, listed.changes(now, reads), first, count)
 
     def _resume(self, source: ScopeSource, since: int, watcher: Watcher) -> Iterator[Event] | None:
         """The events after ``since`` for ``watcher`` resumed from it: from inside an opening of its
         user's, the rest of it and then the history after its last event; else the history's. None
         when they are no longer kept (410 Gone): inside an opening dropped, merged with others
-        (`Openings`), or of another user (it holds only what its own watch might be sent).
+        (`Openings`), of another user, or of other selectors (it holds only what the watch it was made
+        for might be sent: that user's access, those selectors' choice).
 
         They are taken from the opening and the history as the client reads them, not copied: should
         either drop one before the client took it (the client reads slower than new events come), the
@@ -459,7 +462,12 @@ class WatchHub:
         if span is None:
             events = source.since(since)
         else:
-            if not isinstance(span, Opening) or span.dropped or span.user != watcher.user:
+            if (
+                not isinstance(span, Opening)
+                or span.dropped
+                or span.user != watcher.user
+                or span.selectors != watcher.selectors
+            ):
                 return None
             rest = source.since(span.last)
             events = None if rest is None else itertools.chain(span.after(since), rest)

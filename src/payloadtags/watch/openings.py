@@ -4,8 +4,8 @@ cut among them resumes where it was cut.
 An opening is private to the watch that needed it: it holds only the events that watch may be sent (its
 selectors, its user's access when it starts), each with a resourceVersion of its own (the next numbers
 of the replica's sequence, one after the other); they are not kept in the scope's history nor sent to
-its other watchers. A watch of the same user resumed from one of them is sent the rest of the opening,
-then the scope's history after the opening's last event.
+its other watchers. A watch of the same user with the same selectors resumed from one of them is sent
+the rest of the opening, then the scope's history after the opening's last event.
 
 Openings are bounded per user (``max_user_events``, ``max_user_spans``) and in all (``max_events``,
 ``max_spans``): a user over her bound loses her own oldest openings first, and one opening larger than
@@ -23,7 +23,7 @@ from __future__ import annotations
 import bisect
 import collections
 import heapq
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 
 import attrs
 
@@ -42,6 +42,8 @@ class Opening:
     first: int
     last: int
     dropped: bool = False
+    # The selectors of the watch it was made for (`Watcher.selectors`): they chose what it holds.
+    selectors: Hashable = None
 
     @property
     def sources(self) -> frozenset[ScopeSource]:
@@ -100,13 +102,20 @@ class Openings:
         return min(self.max_user_events, self.max_events)
 
     def keep(
-        self, source: ScopeSource, user: str, first: int, last: int, events: list[Event] | None, now: float
+        self,
+        source: ScopeSource,
+        user: str,
+        first: int,
+        last: int,
+        events: list[Event] | None,
+        now: float,
+        selectors: Hashable = None,
     ) -> None:
-        """Keeps the opening numbered ``first`` to ``last``: its ``events``, or None when it has more
-        than ``bound`` (only its span is kept)."""
+        """Keeps the opening numbered ``first`` to ``last``: its ``events`` (those ``selectors`` chose),
+        or None when it has more than ``bound`` (only its span is kept)."""
         if last < first:
             return
-        opening = Opening(source, user, events or [], now, first, last)
+        opening = Opening(source, user, events or [], now, first, last, selectors=selectors)
         self.exact.append(opening)
         self.spans_of.setdefault(user, collections.deque()).append(opening)
         self.spans += 1

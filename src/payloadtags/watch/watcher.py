@@ -75,6 +75,9 @@ class Watcher:
     # them every set of rules they were made by in each namespace, so that a change of the rules can
     # be told (see ``access_changed``).
     readable: Callable[[str, str], bool]
+    # What ``accept`` decides by, comparable (the request's selectors): a watch resumed inside another
+    # watch's opening, which holds only what that one's selectors chose, must have the same.
+    selectors: Hashable = attrs.field(default=None, kw_only=True)
     # A BOOKMARK line at a sequence (True: the one ending the initial events); None: no bookmarks.
     bookmark: Callable[[int, bool], bytes] | None = None
     max_buffered: int = 1000
