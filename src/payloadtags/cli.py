@@ -594,6 +594,13 @@ def _parser() -> argparse.ArgumentParser:
         default=1000,
         help="events one watch may have waiting for a slow client before it is disconnected",
     )
+    watch.add_argument(
+        "--watch-resume-rules",
+        type=_lenient(_count),
+        default=100000,
+        help="(user, namespace) pairs whose access rules are kept for watches that resume after their "
+        "stream ended (about 100 bytes each); a user forgotten past it relists once",
+    )
     return parser
 
 
@@ -605,6 +612,7 @@ def _watch_limits(args: argparse.Namespace) -> WatchLimits:
         idle_scope_ttl=args.watch_scope_idle_timeout,
         history=args.watch_history,
         send_buffer=args.watch_send_buffer,
+        resume_rules=args.watch_resume_rules,
     )
 
 

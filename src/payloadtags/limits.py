@@ -55,6 +55,8 @@ class WatchLimits:
     send_buffer: int = 1000
     bookmark_interval: float = 60.0
     access_check_interval: float = 1.0
+    # (user, namespace) pairs whose rules are noted for resumed watches (`watch.rules`).
+    resume_rules: int = 100_000
     # Without timeoutSeconds a stream lasts this long (kube-apiserver picks 30 to 60 minutes).
     default_timeout: float = 1800.0
     max_timeout: float = 3600.0

@@ -20,7 +20,7 @@ from tests.support.client import ApiClient, Stream, stream
 from tests.support.faultproxy import STALL, FaultProxy
 from tests.support.kubeapi.resources import ROLEBINDINGS
 from tests.support.logcapture import collected_logs
-from tests.support.rbac import eventually, grant
+from tests.support.rbac import ensure_namespace, eventually, grant
 
 B = "/apis/payload-registry.deckhouse.io/v1alpha1"
 TABLE = (
@@ -529,6 +529,96 @@ async def test_a_change_of_her_rules_between_two_streams_is_410_for_the_re_watch
     assert again.code == 200
     error = await _gone(again, reactor)
     assert (error["type"], error["object"]["code"], error["object"]["reason"]) == ("ERROR", 410, "Expired")
+
+
+async def _one_stream(client: ApiClient, namespace: str, listed: str | None, reactor: Any) -> str:
+    """A watch from ``listed`` that ends on its 1 s timeout after a bookmark; the bookmark's version."""
+    first = await stream(
+        client,
+        f"{collection(namespace)}?watch=true&allowWatchBookmarks=true&timeoutSeconds=1&resourceVersion={listed}",
+    )
+    last = await first.next()
+    while last["type"] != "BOOKMARK":
+        last = await first.next()
+    ended = first.ended
+    ended.addTimeout(10, reactor)  # a hang guard: the stream ends by its timeoutSeconds
+    await ended
+    return str(last["object"]["metadata"]["resourceVersion"])
+
+
+async def _first_line_from(client: ApiClient, namespace: str, version: str | None) -> Any:
+    again = await stream(
+        client,
+        f"{collection(namespace)}?watch=true&allowWatchBookmarks=true&timeoutSeconds=2&resourceVersion={version}",
+    )
+    assert again.code == 200
+    return await again.next()
+
+
+@pytest_twisted.ensureDeferred
+async def test_leaving_a_group_between_two_streams_is_410_for_the_re_watch(
+    make_server, registry, repo, pki, kube_api, kube_kubeconfig, reactor
+):
+    """alice (client certificate O=devs) sees `secret` through a RoleBinding of devs; her next
+    certificate has no devs. Her rules are hers whatever groups a request of hers carries."""
+    namespace, _ = repo.split("/", 1)
+    api, _ = await _alice(
+        make_server, registry, kube_api, kube_kubeconfig, pki, f"{namespace}/app", f"{namespace}/secret"
+    )
+    grant(kube_api, namespace, "devs", ["get"], ["secret"], "devs-read-secret", kind="Group")
+    in_devs = api.client(pki.client_ca.client("alice", ("devs",), stem="alice-devs"))
+    not_in_devs = api.client(pki.client_ca.client("alice", (), stem="alice-nodevs"))
+    listed = await eventually(lambda: _showing(in_devs, namespace, ["app", "secret"]), within=20)
+    bookmark = await _one_stream(in_devs, namespace, listed, reactor)
+    assert await eventually(lambda: _showing(not_in_devs, namespace, ["app"]), within=20)
+    line = await _first_line_from(not_in_devs, namespace, bookmark)
+    assert (line["type"], line["object"]["code"]) == ("ERROR", 410), line
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_list_made_after_her_rules_changed_and_the_watch_from_it_are_served(
+    make_server, registry, repo, pki, kube_api, kube_kubeconfig, reactor
+):
+    """No watch of hers ran when `secret` was revoked: a client of hers that lists after the access check
+    saw it (a restarted controller, `kubectl get -w`) holds nothing the old rules decided."""
+    namespace, _ = repo.split("/", 1)
+    api, alice = await _alice(
+        make_server, registry, kube_api, kube_kubeconfig, pki, f"{namespace}/app", f"{namespace}/secret"
+    )
+    grant(kube_api, namespace, "alice", ["get"], ["secret"], "alice-read-secret")
+    listed = await eventually(lambda: _showing(alice, namespace, ["app", "secret"]), within=20)
+    bookmark = await _one_stream(alice, namespace, listed, reactor)
+    generation = api.running.api.watch_hub.access_generation()
+    kube_api.store.delete(ROLEBINDINGS, "alice-read-secret", namespace)
+    assert await eventually(lambda: _checked(api, generation), within=20)
+    fresh = await eventually(lambda: _showing(alice, namespace, ["app"]), within=20)
+    assert (await _first_line_from(alice, namespace, fresh))["type"] == "BOOKMARK"
+    line = await _first_line_from(alice, namespace, bookmark)
+    assert (line["type"], line["object"]["code"]) == ("ERROR", 410), line
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_rbac_relist_that_reorders_her_bindings_keeps_the_re_watch(
+    make_server, registry, repo, pki, kube_api, kube_kubeconfig, reactor
+):
+    """The server's RBAC reflectors relist (their watches cut after a compaction) and her two
+    RoleBindings come back in name order, not the order they were made in: the same rules."""
+    namespace, _ = repo.split("/", 1)
+    api, alice = await _alice(
+        make_server, registry, kube_api, kube_kubeconfig, pki, f"{namespace}/app", f"{namespace}/secret"
+    )
+    assert await eventually(lambda: _showing(alice, namespace, ["app"]), within=20)
+    grant(kube_api, namespace, "alice", ["get"], ["secret"], "aaa-read-secret")  # sorts before alice-read
+    listed = await eventually(lambda: _showing(alice, namespace, ["app", "secret"]), within=20)
+    bookmark = await _one_stream(alice, namespace, listed, reactor)
+    generation = api.running.api.watch_hub.access_generation()
+    ensure_namespace(kube_api, f"{namespace}-other")  # moves the cluster's resourceVersion on
+    kube_api.compact()
+    kube_api.cut_watches()  # the reflectors watch again from their resourceVersion: 410, relist
+    assert await eventually(lambda: _checked(api, generation), within=20)
+    assert await eventually(lambda: _showing(alice, namespace, ["app", "secret"]), within=20)
+    line = await _first_line_from(alice, namespace, bookmark)
+    assert line["type"] == "BOOKMARK", line
 
 
 @pytest_twisted.ensureDeferred

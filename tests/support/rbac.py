@@ -21,9 +21,15 @@ def ensure_namespace(kube_api: KubeApiDouble, name: str) -> None:
 
 
 def grant(
-    kube_api: KubeApiDouble, namespace: str, user: str, verbs: list[str], names: list[str] | None, role: str
+    kube_api: KubeApiDouble,
+    namespace: str,
+    user: str,
+    verbs: list[str],
+    names: list[str] | None,
+    role: str,
+    kind: str = "User",
 ) -> None:
-    """A Role on payloadrepositoryaccesses and a RoleBinding of it to ``user``."""
+    """A Role on payloadrepositoryaccesses and a RoleBinding of it to ``user`` (a ``kind`` subject)."""
     ensure_namespace(kube_api, namespace)
     rule = {"apiGroups": [GROUP], "resources": ["payloadrepositoryaccesses"], "verbs": verbs}
     if names is not None:
@@ -34,7 +40,7 @@ def grant(
         {
             "metadata": {"name": role},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": user}],
         },
         namespace,
     )

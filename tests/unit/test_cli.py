@@ -94,6 +94,7 @@ def test_every_flag_reaches_the_settings(tmp_path):
         "--leader-elect-retry-period=4s",
         "--leader-elect-resource-name=cleanup",
         "--leader-elect-resource-namespace=payloadtags-system",
+        "--watch-resume-rules=5000",
     )
     assert (settings.bind_address, settings.secure_port) == ("127.0.0.1", 9443)
     assert (settings.tls_cert_file, settings.tls_private_key_file) == ("/c.crt", "/c.key")
@@ -129,6 +130,7 @@ def test_every_flag_reaches_the_settings(tmp_path):
     ) == (30.0, 20.0, 4.0)
     assert settings.leader_elect_resource_name == "cleanup"
     assert settings.leader_elect_resource_namespace == "payloadtags-system"
+    assert settings.watch.resume_rules == 5000
 
 
 def test_credentials_come_from_files_or_environment_and_stay_out_of_repr(tmp_path, monkeypatch):

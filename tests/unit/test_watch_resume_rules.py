@@ -7,18 +7,22 @@ import attrs
 import pytest
 from twisted.internet.task import Clock
 
+from payloadtags.access.authz import Readable
 from payloadtags.access.rbac import RbacAuthorizer, RbacIndex
 from payloadtags.identity import UserInfo
-from payloadtags.watch import ScopeSource, WatchHub
+from payloadtags.watch import ScopeSource, Watcher, WatchHub, WatchLimits
 from payloadtags.watch.rules import RulesLedger
 from tests.unit.test_watch import (
+    GROUP,
     FakeReader,
+    FakeSink,
     gone,
     grant,
     list_sequence,
     rbac_hub,
     rbac_watcher,
     ready,
+    render,
 )
 
 
@@ -148,10 +152,17 @@ def test_the_rules_noted_are_bounded_and_a_forgotten_user_resumes_from_before_wi
     w, _ = rbac_watcher(authorizer, "bob")
     assert hub.start(w, source, since=None, timeout=None)
     w.end("test")
-    assert hub.rules.size == 1 and [user for _, user in hub.rules.entries] == [UserInfo("bob")]
+    assert hub.rules.size == 1 and [user for _, user in hub.rules.entries] == [("bob", "")]
     assert not resumed(hub, source, bookmark)  # alice was forgotten: her rules may have changed
     assert resumed(hub, source, hub.versions.current)
     hub.stop()
+
+
+def test_the_bound_is_the_watch_limits_one() -> None:
+    """`--watch-resume-rules`: a cluster with more (user, namespace) pairs watched sizes it."""
+    hub = WatchHub(FakeReader(), Clock(), WatchLimits(resume_rules=5000))
+    assert hub.rules.max_entries == 5000
+    assert WatchHub(FakeReader(), Clock()).rules.max_entries == WatchLimits().resume_rules == 100_000
 
 
 def test_what_was_noted_goes_with_its_scope_s_source() -> None:
@@ -159,7 +170,7 @@ def test_what_was_noted_goes_with_its_scope_s_source() -> None:
     assert hub.rules.size == 1
     clock.advance(hub.limits.idle_scope_ttl * 2)
     assert "team" not in hub.sources
-    assert hub.rules.size == 0 and not hub.rules.entries and not hub.rules.floors
+    assert hub.rules.size == 0 and not hub.rules.entries
     assert isinstance(hub.rules, RulesLedger)
     hub.stop()
 
@@ -175,4 +186,201 @@ def test_a_resume_after_a_revocation_ended_the_running_watch_is_410_too() -> Non
     clock.advance(1)
     assert gone(sink)
     assert not resumed(hub, source, before)
+    hub.stop()
+
+
+# -- review-watch2: who is noted, when, and what a change is -------------------------------------------
+
+
+def _grant_group(index: RbacIndex, group: str, namespace: str, paths: list[str], name: str) -> None:
+    rule = {"apiGroups": [GROUP], "resources": ["payloadrepositoryaccesses"], "verbs": ["get"]}
+    meta = {"namespace": namespace, "name": name}
+    index.upsert("Role", {"kind": "Role", "metadata": meta, "rules": [{**rule, "resourceNames": paths}]})
+    ref = {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name}
+    subjects = [{"kind": "Group", "name": group}]
+    index.upsert(
+        "RoleBinding", {"kind": "RoleBinding", "metadata": meta, "roleRef": ref, "subjects": subjects}
+    )
+
+
+def _as(authorizer: RbacAuthorizer, info: UserInfo) -> tuple[Watcher, FakeSink]:
+    sink = FakeSink()
+    return Watcher(info.name, sink, render, lambda ref: True, Readable(authorizer, info)), sink
+
+
+def _stream_of(
+    hub: WatchHub, source: ScopeSource, clock: Clock, info: UserInfo, scope: str | None = "team"
+) -> int:
+    """A list of ``scope`` by ``info`` and a watch from it, which ends on its timeout; its bookmark."""
+    listed = list_sequence(hub, scope)
+    w, _ = _as(RBAC[hub].authorizer, info)
+    assert hub.start(w, source, since=listed, timeout=5)
+    clock.advance(5)
+    assert w.reason == "timeout"
+    return hub.versions.current
+
+
+def _resumed_as(hub: WatchHub, source: ScopeSource, since: int, info: UserInfo) -> bool:
+    w, _ = _as(RBAC[hub].authorizer, info)
+    started = hub.start(w, source, since=since, timeout=None)
+    if started:
+        w.end("test")
+    return started
+
+
+def _hub(repositories: dict[str, set[str]]) -> tuple[WatchHub, RbacIndex, FakeReader, Clock]:
+    reader = FakeReader(repositories)
+    clock = Clock()
+    hub, index, authorizer = rbac_hub(reader, clock)
+    RBAC[hub] = Rbac(index, authorizer)
+    return hub, index, reader, clock
+
+
+def test_leaving_a_group_between_two_streams_is_410_for_the_resume() -> None:
+    """Her rules are those of her name and her groups: a request of hers with other groups (a new
+    certificate, an OIDC groups claim, a front proxy's X-Remote-Group) is hers all the same."""
+    hub, index, _, clock = _hub({"team/app": {"v1"}, "team/secret": {"s1"}})
+    grant(index, "alice", "team", ["app"], "alice")
+    _grant_group(index, "devs", "team", ["secret"], "devs")
+    source = ready(hub, "team")
+    in_devs = UserInfo("alice", groups=("devs", "system:authenticated"))
+    bookmark = _stream_of(hub, source, clock, in_devs)
+    clock.advance(1)
+    # Her client holds secret:s1, which she no longer sees.
+    assert not _resumed_as(hub, source, bookmark, UserInfo("alice", groups=("system:authenticated",)))
+    hub.stop()
+
+
+@pytest.mark.parametrize("revoked", [True, False])
+def test_a_resume_with_a_rotated_credential_is_hers(revoked: bool) -> None:
+    """A bound service-account token's credential-id (an extra) changes at each rotation: a revocation
+    between two streams is a 410 whatever her extras, and her extras alone are no change."""
+    hub, index, _, clock = _hub({"team/app": {"v1"}, "team/secret": {"s1"}})
+    name = "system:serviceaccount:team:ctl"
+    grant(index, name, "team", ["app", "secret"], "ctl")
+    source = ready(hub, "team")
+
+    def extra(jti: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        return (("authentication.kubernetes.io/credential-id", (f"JTI={jti}",)),)
+
+    before = UserInfo(name, uid="u1", groups=("system:serviceaccounts",), extra=extra("a"))
+    bookmark = _stream_of(hub, source, clock, before)
+    if revoked:
+        grant(index, name, "team", ["app"], "ctl")
+    clock.advance(1)
+    assert _resumed_as(hub, source, bookmark, attrs.evolve(before, extra=extra("b"))) is not revoked
+    assert len(hub.rules.entries) == 1
+    hub.stop()
+
+
+def test_an_all_namespaces_watch_begun_on_an_empty_scope_is_noted() -> None:
+    hub, index, reader, clock = _hub({})
+    grant(index, "alice", "team", ["app"], "alice")
+    source = ready(hub, None)
+    alice = UserInfo("alice")
+    w, sink = _as(RBAC[hub].authorizer, alice)
+    assert hub.start(w, source, since=list_sequence(hub, None), timeout=5)
+    reader.repositories["team/app"] = {"v1"}
+    hub.repository_changed("team/app")
+    assert any(line.startswith(b"ADDED team/app:v1") for line in sink.lines), sink.lines
+    clock.advance(5)
+    assert w.reason == "timeout"
+    bookmark = hub.versions.current
+    grant(index, "alice", "team", ["other"], "alice")  # app revoked
+    clock.advance(1)
+    assert not _resumed_as(hub, source, bookmark, alice)  # her client holds team/app:v1
+    hub.stop()
+
+
+@pytest.mark.parametrize("checked", [True, False])
+def test_a_user_forgotten_while_her_watch_runs_is_noted_again(checked: bool) -> None:
+    """Past the bound her entry goes while her watch runs: what it sent is noted again from the rules
+    it ran under (at the access check, or at its end), so a later change is still a 410."""
+    hub, index, _, clock = _hub({"team/app": {"v1"}, "team/secret": {"s1"}})
+    hub.rules.max_entries = 1
+    grant(index, "alice", "team", ["app", "secret"], "alice")
+    grant(index, "bob", "team", ["app"], "bob")
+    source = ready(hub, "team")
+    alice = UserInfo("alice")
+    w, _ = _as(RBAC[hub].authorizer, alice)
+    assert hub.start(w, source, since=list_sequence(hub, "team"), timeout=60)
+    b, _ = _as(RBAC[hub].authorizer, UserInfo("bob"))
+    assert hub.start(b, source, since=None, timeout=None)  # alice is forgotten (the bound)
+    if checked:
+        b.end("test")
+        grant(index, "carol", "team", ["app"], "carol")  # some change: the check runs
+        clock.advance(1)
+        assert [key for _, key in hub.rules.entries] == [("alice", "")]  # noted again (bob forgotten)
+    clock.advance(60)
+    assert w.reason == "timeout"
+    bookmark = hub.versions.current
+    grant(index, "alice", "team", ["app"], "alice")  # secret revoked while no stream of hers runs
+    clock.advance(1)
+    assert not _resumed_as(hub, source, bookmark, alice)  # her client holds team/secret:s1
+    hub.stop()
+
+
+def test_past_the_bound_only_the_user_forgotten_resumes_with_410() -> None:
+    """A user forgotten costs a 410 to her resumes from before then, not to everyone else's: a user
+    who lists while another is forgotten watches from her list."""
+    hub, index, _, clock = _hub({"team/app": {"v1"}})
+    hub.rules.max_entries = 2
+    users = [UserInfo(f"u{i}") for i in range(4)]
+    for user in users:
+        grant(index, user.name, "team", ["app"], user.name)
+    source = ready(hub, "team")
+    marks = {user: _stream_of(hub, source, clock, user) for user in users[:3]}  # u2 forgets u0
+    listed = list_sequence(hub, "team")  # u3's list
+    assert not _resumed_as(hub, source, marks[users[0]], users[0])  # forgets u1
+    assert _resumed_as(hub, source, listed, users[3])  # forgets u2
+    assert _resumed_as(hub, source, hub.versions.current, users[0])
+    assert not _resumed_as(hub, source, marks[users[1]], users[1])
+    assert [key for _, key in hub.rules.entries] == [("u0", ""), ("u1", "")]
+    hub.stop()
+
+
+def test_a_list_made_after_her_rules_changed_and_its_watch_are_served() -> None:
+    """No watch of hers ran when her rules changed: the access check that saw the change numbers it,
+    and a list after that check was decided by the new rules."""
+    hub, index, _, clock = _hub({"team/app": {"v1"}, "team/secret": {"s1"}})
+    grant(index, "alice", "team", ["app", "secret"], "alice")
+    source = ready(hub, "team")
+    alice = UserInfo("alice")
+    bookmark = _stream_of(hub, source, clock, alice)
+    grant(index, "alice", "team", ["app"], "alice")
+    clock.advance(1)
+    assert hub.checked_generation == index.generation
+    assert _resumed_as(hub, source, list_sequence(hub, "team"), alice)
+    assert not _resumed_as(hub, source, bookmark, alice)
+    hub.stop()
+
+
+def test_her_rules_in_another_order_are_no_change() -> None:
+    """An RBAC relist refills the bindings in the API's order (by name): the same rules, another order."""
+    hub, index, _, clock = _hub({"team/app": {"v1"}, "team/secret": {"s1"}})
+    grant(index, "alice", "team", ["app"], "zz")
+    grant(index, "alice", "team", ["Secret"], "aa")
+    source = ready(hub, "team")
+    alice = UserInfo("alice")
+    before = RBAC[hub].authorizer.rules(alice, "get", "team")
+    bookmark = _stream_of(hub, source, clock, alice)
+    for store, kind in ((index.roles, "Role"), (index.role_bindings, "RoleBinding")):
+        index.replace(kind, [store[key] for key in sorted(store)])
+    after = RBAC[hub].authorizer.rules(alice, "get", "team")
+    assert {p.source for p in before.patterns} == {p.source for p in after.patterns}
+    clock.advance(1)
+    assert _resumed_as(hub, source, bookmark, alice)
+    hub.stop()
+
+
+def test_what_is_noted_keeps_no_rules_object() -> None:
+    """A fingerprint of the rules, not the matcher (and the decisions it memoized)."""
+    hub, index, _, clock = _hub({"team/app": {"v1"}})
+    grant(index, "alice", "team", ["app", "a*"], "alice")
+    source = ready(hub, "team")
+    _stream_of(hub, source, clock, UserInfo("alice"))
+    [noted] = hub.rules.entries.values()
+    assert all(
+        isinstance(fingerprint, bytes) and len(fingerprint) <= 16 for fingerprint in noted.rules.values()
+    )
     hub.stop()

@@ -13,6 +13,7 @@ namespace, RoleBindings in their own. ``system:masters`` is always allowed.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -77,14 +78,22 @@ class PathMatcher:
     _literals: frozenset[str] = attrs.field(init=False)
     _globs: tuple[PathPattern, ...] = attrs.field(init=False)
     _memo: dict[str, bool] = attrs.field(factory=dict, init=False)
+    # What the rules mean, in 16 bytes: the patterns as a set (their order, that of the bindings in
+    # the index, decides nothing; patterns match lowercased) and allow_all. Equal fingerprints decide
+    # every path alike; a watch's resumes keep it rather than the matcher (`watch.rules`).
+    fingerprint: bytes = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         # Literal paths are a set lookup; only real globs are run against the path.
         self._literals = frozenset(p.literal for p in self.patterns if p.literal is not None)
         self._globs = tuple(p for p in self.patterns if p.literal is None)
+        sources = sorted({p.source.lower() for p in self.patterns})
+        # Each length-prefixed: no two sets of sources share a text.
+        canonical = "".join(["*" if self.allow_all else "-", *(f"{len(s)}:{s}" for s in sources)])
+        self.fingerprint = hashlib.blake2b(canonical.encode(), digest_size=16).digest()
 
     def same_rules(self, other: PathMatcher) -> bool:
-        return self.allow_all == other.allow_all and self.patterns == other.patterns
+        return self.fingerprint == other.fingerprint
 
     def matches(self, path: str) -> bool:
         if self.allow_all:

@@ -30,7 +30,7 @@ from payloadtags.limits import WatchLimits
 from payloadtags.names import TagRef, split_repository
 from payloadtags.watch.listed import Listed, ListedScopes
 from payloadtags.watch.openings import Opening, Openings
-from payloadtags.watch.rules import RulesLedger
+from payloadtags.watch.rules import RulesLedger, UserKey, user_key
 from payloadtags.watch.source import Event, EventType, HistoryLost, ScopeReader, ScopeSource
 from payloadtags.watch.versions import ReplicaVersions
 from payloadtags.watch.watcher import Watcher, expired_line
@@ -119,13 +119,18 @@ class WatchHub:
     _scopes: dict[Watcher, ScopeSource] = attrs.field(factory=dict)
     # The access generation the watches were last checked at.
     checked_generation: int = 0
+    # The last access check that saw a change: its generation and the sequence it took, after every
+    # resourceVersion issued under the rules before it (`_change_stamp`).
+    _checked_round: tuple[int, int] | None = None
     _housekeeping: list[LoopingCall] = attrs.field(factory=list)
     stopped: bool = False
     listed: ListedScopes = attrs.field(factory=ListedScopes)
     openings: Openings = attrs.field(factory=Openings)
     # Per scope and user, the rules that decided what her clients hold, past the end of their
     # streams: a resume from before a change of them is 410 (`watch.rules`).
-    rules: RulesLedger = attrs.field(factory=RulesLedger)
+    rules: RulesLedger = attrs.field(
+        default=attrs.Factory(lambda self: RulesLedger(self.limits.resume_rules), takes_self=True)
+    )
 
     # -- resourceVersions -------------------------------------------------------------------------
 
@@ -513,8 +518,17 @@ class WatchHub:
             _namespaces(source),
             lambda namespace: rules_of(user, namespace),
             since,
-            self.versions.next,
+            self._change_stamp,
         )
+
+    def _change_stamp(self) -> int:
+        """The sequence of a change of a user's rules first seen as a watch of hers starts: that of the
+        access check that saw the rules in force now, when one has (a list made after it, and the watch
+        from that list, were decided by them: served); else now."""
+        checked = self._checked_round
+        if checked is not None and checked[0] == self.access_generation():
+            return checked[1]
+        return self.versions.next()
 
     def _note_seen(self, watcher: Watcher, source: ScopeSource) -> None:
         """An ended watch: the rules that decided what it sent are noted for its user's resumes."""
@@ -553,25 +567,27 @@ class WatchHub:
         generation = self.access_generation()
         if generation == self.checked_generation:
             return
-        stamped: list[int] = []
-
-        def stamp() -> int:
-            # One number for the round, after every resourceVersion issued under the old rules.
-            if not stamped:
-                stamped.append(self.versions.next())
-            return stamped[0]
-
-        rechecked: set[tuple[ScopeSource, UserInfo]] = set()
+        # One number for the round, after every resourceVersion issued under the old rules: a change
+        # of a user's rules seen later (as she resumes) is dated by it (`_change_stamp`).
+        round_stamp = self.versions.next()
+        rechecked: set[tuple[ScopeSource, UserKey]] = set()
         for watcher, source in list(self._scopes.items()):
             try:
                 readable, rules_of = watcher.readable, watcher.rules
                 if isinstance(readable, Readable) and rules_of is not None:
-                    key = (source, readable.user)
-                    if key not in rechecked:
-                        # The rules its user's other clients' views were decided by, for their
-                        # resumes; whether or not this watch ends.
-                        rechecked.add(key)
-                        self.rules.recheck(source, readable.user, rules_of, stamp)
+                    # The rules its user's other clients' views were decided by (once a round), and
+                    # those this one sent under (noted again if she was forgotten meanwhile), for their
+                    # resumes; whether or not this watch ends.
+                    key = (source, user_key(readable.user))
+                    self.rules.saw(
+                        source,
+                        readable.user,
+                        watcher.rules_seen(),
+                        rules_of,
+                        lambda: round_stamp,
+                        every_namespace=key not in rechecked,
+                    )
+                    rechecked.add(key)
                 # With the repositories of the events still on their way to it: those of a
                 # repository whose last tags were deleted are decided when handed over, by the new
                 # rules, and its client would keep what the DELETED it no longer sees removes.
@@ -591,6 +607,7 @@ class WatchHub:
                         watcher.end("error", abort=True)
                 self._forget(watcher)
         self.checked_generation = generation
+        self._checked_round = (generation, round_stamp)
 
     # -- lifecycle --------------------------------------------------------------------------------
 

@@ -6,21 +6,28 @@ show (`Watcher.access_changed`); a change between two streams must be told as we
 watch goes on from a client cache decided by the old rules (a revoked repository's tags kept, a
 granted one's never sent).
 
-So each scope's source keeps, per user and namespace, the rules last noted for her there and the
-sequence they were noted at when they changed (``changed_at``: a number of its own, after every
+So each scope's source keeps, per user (her name and uid: the same person whatever groups and extras
+her request carries, so that leaving a group or a rotated token's credential-id is hers too) and per
+namespace, a fingerprint of the rules last noted for her there (`PathMatcher.fingerprint`: what they
+mean, not their order), and the sequence a change of them was noted at (``changed_at``: after every
 resourceVersion issued under the old rules). A resume from below it is 410. The rules are noted when a
-watch starts, at each access check for the users watching (`WatchHub.check_access`), and when a watch
-ends (every set of rules that decided something it sent: rules granted and taken back between two
-checks included). The rules noted first are no change. Bounded: past ``max_entries`` (user, namespace)
-pairs in all, the least recently used user of a scope is forgotten and the scope's ``floor`` moves past
-every resourceVersion issued so far: a resume of a scope from below its floor by a user with nothing
-noted is 410. Entries go with their scope's source (`WatchHub.reap`), whose history a resume then
-cannot use anyway. Each replica keeps its own, in its own numbers.
+watch starts (the rules computed for the identity it comes with), at each access check for the users
+watching (`WatchHub.check_access`), and when a watch ends (every set of rules that decided something
+it sent: rules granted and taken back between two checks included). The rules noted first are no
+change.
+
+Bounded: past ``max_entries`` (user, namespace) pairs in all, the least recently used user of a scope is
+forgotten, and the sequence then is kept for her in a fixed table of slots (by a hash of scope and
+user): a resume of hers from below it is 410 until she is noted again, from the rules a watch of hers
+still running ran under if one is, else from her next watch's. Another user sharing the slot has the
+same 410 (one in `FORGOTTEN_SLOTS`). Entries go with their scope's source (`WatchHub.reap`), whose
+history a resume then cannot use anyway. Each replica keeps its own, in its own numbers.
 """
 
 from __future__ import annotations
 
 import collections
+import zlib
 from collections.abc import Callable, Iterable
 
 import attrs
@@ -29,31 +36,46 @@ from payloadtags.access.rbac import PathMatcher
 from payloadtags.identity import UserInfo
 from payloadtags.watch.source import ScopeSource
 
-# (user, namespace) pairs kept in all: about 150 bytes each.
+# (user, namespace) pairs kept in all unless told (`WatchLimits.resume_rules`): about 450 bytes the
+# first of a user and scope, under 100 each further one (docs/watch.md, "Bounds").
 MAX_ENTRIES = 100_000
+# Sequences of forgotten users: a fixed table (32 KiB), whatever the number of users forgotten.
+FORGOTTEN_SLOTS = 4096
+
+# A user's rules are hers by name and uid: groups and extras are of one request.
+UserKey = tuple[str, str]
 
 
-@attrs.define(eq=False)
+def user_key(user: UserInfo) -> UserKey:
+    return (user.name, user.uid)
+
+
+@attrs.define(eq=False, slots=True)
 class Noted:
-    rules: PathMatcher
-    # The sequence this user's rules here were seen changed at (0: never changed while noted).
+    # Per namespace of the scope: the fingerprint of her rules there (`PathMatcher.fingerprint`).
+    rules: dict[str, bytes] = attrs.field(factory=dict)
+    # The sequence her rules in the scope were seen changed at (0: never changed while noted). One for
+    # all her namespaces: a resume is served only if none of them changed after it.
     changed_at: int = 0
+    # The groups of the request her rules were last computed for (shared with its UserInfo).
+    groups: tuple[str, ...] = ()
 
-
-def _same(old: PathMatcher, new: PathMatcher) -> bool:
-    return old is new or old.same_rules(new)
+    @property
+    def cost(self) -> int:
+        # An entry with no namespace yet (an all-namespaces scope with no tags) is kept all the same.
+        return max(1, len(self.rules))
 
 
 @attrs.define(eq=False)
 class RulesLedger:
     max_entries: int = MAX_ENTRIES
-    # Per (source, user), least recently used first: per namespace, the rules noted.
-    entries: collections.OrderedDict[tuple[ScopeSource, UserInfo], dict[str, Noted]] = attrs.field(
+    # Per (source, user), least recently used first.
+    entries: collections.OrderedDict[tuple[ScopeSource, UserKey], Noted] = attrs.field(
         factory=collections.OrderedDict
     )
     size: int = 0
-    # Per source: a user with nothing noted resuming from below it may have been forgotten.
-    floors: dict[ScopeSource, int] = attrs.field(factory=dict)
+    # Per slot of (scope, user): the sequence the last user forgotten there was forgotten at.
+    forgotten: list[int] = attrs.field(factory=list, repr=False)
 
     def admits(
         self,
@@ -66,25 +88,24 @@ class RulesLedger:
     ) -> bool:
         """Notes ``user``'s rules now in ``namespaces`` (of ``source``'s scope) and in every namespace
         noted for her there before; whether a watch of hers from ``since`` (None: one that starts from
-        a snapshot) may be served: no change of them after ``since``."""
-        key = (source, user)
-        mine = self.entries.get(key)
-        if mine is None:
-            mine = {}
-            fresh = True
-        else:
-            self.entries.move_to_end(key)
-            fresh = False
-        admitted = since is None or not fresh or since >= self.floors.get(source, 0)
-        for namespace in {*mine, *namespaces}:
-            noted = self._note(mine, namespace, (rules_of(namespace),), rules_of, stamp)
-            if since is not None and since < noted.changed_at:
-                admitted = False
-        if fresh and mine:
-            self.entries[key] = mine
-            self.size += len(mine)
-            self._bound()
-        return admitted
+        a snapshot) may be served: no change of them after ``since``. ``stamp`` numbers a change of the
+        access rules seen here: after every resourceVersion the old rules decided."""
+        noted = self._entry(source, user)
+        before = noted.cost
+        changed = False
+        for namespace in {*noted.rules, *namespaces}:
+            now = rules_of(namespace).fingerprint
+            old = noted.rules.setdefault(namespace, now)  # noted first: no change
+            if old != now:
+                noted.rules[namespace], changed = now, True
+        if changed:
+            # Her groups changed (not the RBAC objects): her other requests were decided for the old
+            # ones up to now, whatever access check has run since.
+            at = stamp() if noted.groups == user.groups else source.versions.next()
+            noted.changed_at = max(noted.changed_at, at)
+        noted.groups = user.groups
+        self._resized(noted, before)
+        return since is None or since >= noted.changed_at
 
     def saw(
         self,
@@ -93,74 +114,74 @@ class RulesLedger:
         seen: Iterable[tuple[str, Iterable[PathMatcher]]],
         rules_of: Callable[[str], PathMatcher],
         stamp: Callable[[], int],
+        every_namespace: bool = True,
     ) -> None:
         """Notes the rules that decided what a watch of ``user`` sent, per namespace (``seen``), and
-        those in force now: any that differ from the rules noted is a change."""
-        key = (source, user)
-        mine = self.entries.get(key)
-        if mine is None:
-            return  # forgotten (the bound): the scope's floor covers her resumes
-        self.entries.move_to_end(key)
-        before = len(mine)
+        those in force now in each namespace noted (only in those of ``seen`` unless
+        ``every_namespace``): any that differ from the rules noted is a change. Also at an access check
+        (``seen``: what the running watch sent since the last one)."""
+        noted = self._entry(source, user)
+        before = noted.cost
+        fingerprints: dict[str, set[bytes]] = {}
         for namespace, rules in seen:
-            self._note(mine, namespace, (*rules, rules_of(namespace)), rules_of, stamp)
-        self.size += len(mine) - before
-        self._bound()
-
-    def recheck(
-        self,
-        source: ScopeSource,
-        user: UserInfo,
-        rules_of: Callable[[str], PathMatcher],
-        stamp: Callable[[], int],
-    ) -> None:
-        """After a change of the access rules: notes ``user``'s rules now in each namespace noted."""
-        for namespace, noted in self.entries.get((source, user), {}).items():
-            now = rules_of(namespace)
-            if not _same(noted.rules, now):
-                noted.rules, noted.changed_at = now, stamp()
+            fingerprints.setdefault(namespace, set()).update(r.fingerprint for r in rules)
+        changed = False
+        for namespace in {*noted.rules, *fingerprints} if every_namespace else fingerprints:
+            now = rules_of(namespace).fingerprint
+            old = noted.rules.get(namespace)
+            if (old is not None and old != now) or any(f != now for f in fingerprints.get(namespace, ())):
+                changed = True
+            noted.rules[namespace] = now
+        if changed:
+            noted.changed_at = max(noted.changed_at, stamp())
+        noted.groups = user.groups
+        self._resized(noted, before)
 
     def drop(self, source: ScopeSource, user: UserInfo) -> None:
         """Forgets ``user`` in ``source``'s scope (her rules could not be told): her resumes from before
         now are 410."""
-        dropped = self.entries.pop((source, user), None)
+        key = (source, user_key(user))
+        dropped = self.entries.pop(key, None)
         if dropped is not None:
-            self.size -= len(dropped)
-            self.floors[source] = self._stamp_floor(source)
+            self.size -= dropped.cost
+        self._forget_key(key)
 
     def forget(self, current: Callable[[ScopeSource], bool]) -> None:
         """Drops what was noted for sources that are no longer their scope's."""
         for key in [key for key in self.entries if not current(key[0])]:
-            self.size -= len(self.entries.pop(key))
-        self.floors = {source: floor for source, floor in self.floors.items() if current(source)}
+            self.size -= self.entries.pop(key).cost
 
-    def _note(
-        self,
-        mine: dict[str, Noted],
-        namespace: str,
-        seen: tuple[PathMatcher, ...],
-        rules_of: Callable[[str], PathMatcher],
-        stamp: Callable[[], int],
-    ) -> Noted:
-        noted = mine.get(namespace)
-        if noted is None:
-            # Known from now on: the rules noted first are no change (one noted at a watch's start
-            # decided all it sends; a list before it is the documented limit, docs/watch.md).
-            noted = mine[namespace] = Noted(seen[-1])
-            seen = seen[:-1]
-        if any(not _same(noted.rules, rules) for rules in seen):
-            noted.rules, noted.changed_at = rules_of(namespace), stamp()
+    def _entry(self, source: ScopeSource, user: UserInfo) -> Noted:
+        key = (source, user_key(user))
+        noted = self.entries.get(key)
+        if noted is not None:
+            self.entries.move_to_end(key)
+            return noted
+        # New, or forgotten (the bound): nothing she holds from before then can be vouched for.
+        noted = self.entries[key] = Noted(changed_at=self._forgotten_at(key))
+        self.size += noted.cost
         return noted
 
-    def _bound(self) -> None:
-        while self.size > self.max_entries and self.entries:
-            (source, _), dropped = self.entries.popitem(last=False)
-            self.size -= len(dropped)
-            self.floors[source] = self._stamp_floor(source)
+    def _resized(self, noted: Noted, before: int) -> None:
+        self.size += noted.cost - before
+        while self.size > self.max_entries and len(self.entries) > 1:
+            key, dropped = self.entries.popitem(last=False)
+            self.size -= dropped.cost
+            self._forget_key(key)
 
-    def _stamp_floor(self, source: ScopeSource) -> int:
+    def _slot(self, key: tuple[ScopeSource, UserKey]) -> int:
+        # The same in every run (str hashes are not): a user shares her slot with the same others.
+        source, (name, uid) = key
+        return zlib.crc32(f"{source.namespace}\x00{name}\x00{uid}".encode()) % FORGOTTEN_SLOTS
+
+    def _forget_key(self, key: tuple[ScopeSource, UserKey]) -> None:
+        if not self.forgotten:
+            self.forgotten = [0] * FORGOTTEN_SLOTS
         # Past every resourceVersion issued so far: the sequence moves on (`ScopeSource.versions`).
-        return source.versions.next()
+        self.forgotten[self._slot(key)] = key[0].versions.next()
+
+    def _forgotten_at(self, key: tuple[ScopeSource, UserKey]) -> int:
+        return self.forgotten[self._slot(key)] if self.forgotten else 0
 
 
-__all__ = ["MAX_ENTRIES", "Noted", "RulesLedger"]
+__all__ = ["FORGOTTEN_SLOTS", "MAX_ENTRIES", "Noted", "RulesLedger", "UserKey", "user_key"]
