@@ -26,6 +26,7 @@ from tests.integration.test_output_bounds import many_tags
 from tests.support import images
 from tests.support.client import Response, stream
 from tests.support.faultproxy import ERROR_BEFORE, FaultProxy
+from tests.support.kubectl import read_yaml_locally
 from tests.support.raw import Target, exchange, request_bytes
 from tests.support.scripted_http import serving
 
@@ -562,6 +563,53 @@ async def test_yaml_as_kube_apiserver_serves_it(api, registry, repo):
     assert_status(missing, 404, "NotFound")
     watch = await client.get(collection(namespace) + "?watch=true", headers={"Accept": "application/yaml"})
     assert_status(watch, 406, "NotAcceptable")
+
+
+# Tags go-yaml (kubectl) or a YAML 1.2 parser would read as numbers or booleans if written plain.
+NUMBER_LIKE_TAGS = (
+    "1e3",
+    "1.5e3",
+    "0o755",
+    "08",
+    "0x1F",
+    "1_000",
+    "y",
+    "N",
+    "on",
+    "NULL",
+    "2024-01-01",
+    "_1",
+)
+
+
+@pytest_twisted.ensureDeferred
+async def test_yaml_tags_read_back_as_strings_by_kubectl(api, registry, repo):
+    namespace, path = split(repo)
+    for tag in NUMBER_LIKE_TAGS:
+        images.push_oci_image(registry, repo, tag, seed=tag)
+    client = api.client(api.pki.admin)
+
+    async def same_as_json(url: str, accept: str = "application/yaml", method: str = "get") -> None:
+        def same(document: Any) -> Any:  # a page's continue token differs from one answer to the next
+            return {**document, "metadata": {**document["metadata"], "continue": None}}
+
+        as_json = (
+            await getattr(client, method)(url, headers={"Accept": accept.replace("yaml", "json")})
+        ).json()
+        answer = await getattr(client, method)(url, headers={"Accept": accept})
+        assert answer.code == 200, answer.body
+        assert same(await deferToThread(read_yaml_locally, answer.body)) == same(as_json), url
+        assert same(yaml.safe_load(answer.body)) == same(as_json), url
+
+    for tag in NUMBER_LIKE_TAGS:
+        await same_as_json(f"{collection(namespace)}/{encode_name(path, tag)}")
+    # A whole list (streamed), a page, a Table (the Tag cell) and a dry-run deletecollection answer.
+    table = "application/yaml;as=Table;v=v1;g=meta.k8s.io"
+    for query in ("", "?limit=5"):
+        await same_as_json(collection(namespace) + query)
+        await same_as_json(collection(namespace) + query, table)
+    await same_as_json(collection(namespace) + "?dryRun=All", method="delete")
+    await same_as_json(collection(namespace) + "?dryRun=All&includeObject=Object", table, method="delete")
 
 
 @pytest_twisted.ensureDeferred

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +87,20 @@ class Kubectl:
             self.binary, ["--cache-dir", str(self.cache_dir), "--request-timeout=20s", *args], env=env
         )
         return Result(code, out.decode(), err.decode())
+
+
+def read_yaml_locally(text: bytes) -> Any:
+    """A YAML document as kubectl reads a file (sigs.k8s.io/yaml over go-yaml), as JSON: ``kubectl
+    annotate --local``, no server. The document is read nested, indented under a field of an object
+    of its own, so that kubectl takes a list (a ...List, a Table) as one value and not as the objects
+    to annotate. Blocking: a test on the reactor runs it in a thread."""
+    nested = b"".join(b"  " + line for line in text.splitlines(keepends=True))
+    wrapper = b"apiVersion: v1\nkind: Wrapper\nmetadata:\n  name: read\ndocument:\n" + nested
+    done = subprocess.run(
+        [KUBECTL, "annotate", "--local", "-f", "-", "payloadtags.test/read=yes", "-o", "json"],
+        input=wrapper,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    return json.loads(done.stdout)["document"]

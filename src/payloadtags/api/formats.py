@@ -10,6 +10,7 @@ bounded memory (docs/api.md, "Content negotiation").
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -19,7 +20,7 @@ from payloadtags.api.negotiation import Form, MediaType
 from payloadtags.api.options import Query, first
 
 # libyaml's emitter when the wheel has it (it does on the image's platforms): several times faster.
-_DUMPER: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+_BASE_DUMPER: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 # Items re-encoded between two writes: PyYAML and indented JSON are pure-Python-slow, and the reactor
 # must not stall on a chunk of 500 items at once.
 BATCH_ITEMS = 100
@@ -27,6 +28,38 @@ BATCH_ITEMS = 100
 _WIDTH = 1 << 30
 _PLACE = "payloadtags-items-go-here"  # stands for a list's items while its envelope is encoded
 _TRUE = ("1", "t", "T", "TRUE", "true", "True")  # Go's strconv.ParseBool; anything else is false
+
+
+# A string written plain: it starts with an ASCII letter, holds only letters, digits and `._/@-`, and
+# its runs of those are joined by one space or `:` (never `: `, ` #`, a trailing space or colon). PyYAML
+# quotes by its own YAML 1.1 resolver, which reads `1e3`, `0o755`, `08` and `y` as strings; go-yaml
+# (kubectl, through sigs.k8s.io/yaml) reads them as 1000, 493, 8 and true, YAML 1.2 parsers the first
+# two as numbers. Every resolver's numbers, timestamps, sexagesimals and `.inf`/`.nan` begin with a
+# digit, a sign or a dot, and its other special scalars are the words below or punctuation: so a
+# string of this shape that is not one of those words is a string to all of them.
+_PLAIN = re.compile(r"[A-Za-z][A-Za-z0-9._/@-]*(?:[ :][A-Za-z0-9._/@-]+)*")
+# YAML 1.1's booleans (go-yaml v2 has y/n, yes/no, on/off, true/false) and nulls, in any case, though
+# only some spellings are special: a case a resolver may add costs only a pair of quotes.
+_WORDS = frozenset(("y", "n", "yes", "no", "on", "off", "true", "false", "null"))
+
+
+def _plain_to_every_reader(text: str) -> bool:
+    return _PLAIN.fullmatch(text) is not None and text.lower() not in _WORDS
+
+
+def _represent_str(dumper: Any, text: str) -> Any:
+    # Keys too: a key `08` would come back from go-yaml as the number 8 (written "8" by sigs.k8s.io/yaml).
+    # Double quotes, as go-yaml quotes such a string; None leaves the style to the emitter (plain).
+    style = None if _plain_to_every_reader(text) else '"'
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+class _Dumper(_BASE_DUMPER):
+    """The safe dumper, with strings quoted unless every YAML reader reads them as strings."""
+
+
+_Dumper.add_representer(str, _represent_str)
+_DUMPER: Any = _Dumper
 
 
 def wants_pretty(query: Query) -> bool:
