@@ -442,7 +442,10 @@ class Run:
         for repository, tags in left.items():
             for tag in tags:
                 fetched = images.get_manifest(self.registry.url, repository, tag)
-                found[(repository, tag)] = fetched is not None and _ours(fetched.content)
+                # Gone since it was listed: the late write's own delete can remove it in between
+                # (what it pointed at cannot be read any more); `after_200` still asks for a late
+                # write under the tag before the listing, and the final check for nothing left.
+                found[(repository, tag)] = fetched is None or _ours(fetched.content)
         return found
 
     def _late_write_before(self, repository: str, tag: str, at: float) -> bool:
