@@ -221,6 +221,50 @@ async def test_kubectl_wait_for_delete_of_a_tag_pushed_since_the_watched_scope_w
 
 
 @pytest_twisted.ensureDeferred
+async def test_kubectl_get_name_w_of_a_tag_pushed_since_the_watched_scope_was_last_read(
+    make_server, registry, repo, kubectl_for
+):
+    """`kubectl get prt/NAME -w` GETs the tag, then watches by name from resourceVersion "0": the
+    scope's snapshot as last read. Someone already watches the namespace, and the tag was pushed
+    after the source's last read (no notification, resync an hour): the watch reads the tag's
+    repository before it starts, so a delete through the API reaches it as DELETED. The namespace's
+    other watch is told of the tag as a change (ADDED), then of its delete."""
+    namespace, path = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "kept", seed="kept")
+    server = await make_server(registry, watch=WatchLimits(resync_period=3600))
+    kubectl = kubectl_for(server)
+    hub = server.running.api.watch_hub
+    standing = start_kubectl(kubectl, "get", "prt", "-n", namespace, "-w", "--output-watch-events")
+    watching = None
+    try:
+        assert (await standing.line()).split() == ["EVENT", "NAME", "REPOSITORY", "TAG"]
+        assert (await standing.line()).split() == ["ADDED", encode_name(path, "kept"), path, "kept"]
+        await eventually(lambda: len(hub.watchers) == 1 or standing.exited.called, within=15)
+        assert not standing.exited.called, standing.stderr
+        images.push_oci_image(registry, repo, "doomed")  # straight in the registry, unseen
+        name = encode_name(path, "doomed")
+        watching = start_kubectl(
+            kubectl, "get", f"prt/{name}", "-n", namespace, "-w", "--output-watch-events"
+        )
+        assert (await watching.line()).split() == ["EVENT", "NAME", "REPOSITORY", "TAG"]
+        assert (await watching.line()).split() == ["ADDED", name, path, "doomed"]  # its GET
+        await eventually(lambda: len(hub.watchers) == 2 or watching.exited.called, within=15)
+        assert not watching.exited.called, watching.stderr
+        deleted = await kubectl("delete", "prt", name, "-n", namespace)
+        assert deleted.code == 0, deleted.err
+        assert (await watching.line()).split() == ["DELETED", name, path, "doomed"]
+        assert (await standing.line()).split() == ["ADDED", name, path, "doomed"]
+        assert (await standing.line()).split() == ["DELETED", name, path, "doomed"]
+        assert not watching.exited.called, watching.stderr
+    finally:
+        if watching is not None:
+            watching.stop()
+        standing.stop()
+    await standing.exited
+    assert images.list_tags(registry, repo) == ["kept"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_python_watch_loop_sees_push_and_delete(watched, pki, registry, repo):
     namespace, path = repo.split("/", 1)
     old = images.push_oci_image(registry, repo, "old")

@@ -12,6 +12,7 @@ from payloadtags.api.options import DeleteOptions, delete_options, first, list_o
 from payloadtags.api.selectors import FieldRequirement, Requirement
 from payloadtags.api.watch import watch_options
 from payloadtags.model import to_json
+from payloadtags.names import encode_name
 
 
 def _q(**values: str | list[str]) -> dict[str, list[str]]:
@@ -296,6 +297,24 @@ def test_watch_numbers_in_range() -> None:
         _q(watch="true", timeoutSeconds="9223372036854775807", resourceVersion="18446744073709551615")
     )
     assert (options.timeout_seconds, options.resource_version) == (2**63 - 1, "18446744073709551615")
+
+
+def test_watch_pinned_repository() -> None:
+    """The one repository a single-object watch needs read before it starts from "0"."""
+    name = encode_name("app/web", "v1")
+
+    def pinned(namespace: str | None, **query: str) -> str | None:
+        return watch_options(_q(watch="true", **query)).pinned_repository(namespace)
+
+    assert pinned("team", fieldSelector=f"metadata.name={name}") == "team/app/web"
+    assert pinned("team", fieldSelector=f"metadata.name=={name},metadata.namespace=team") == "team/app/web"
+    assert pinned(None, fieldSelector=f"metadata.name={name},metadata.namespace=team") == "team/app/web"
+    assert pinned(None, fieldSelector=f"metadata.name={name}") is None  # every namespace's: not one read
+    assert pinned("team", fieldSelector=f"metadata.name={name},metadata.namespace=other") is None
+    assert pinned("team", fieldSelector=f"metadata.name!={name}") is None
+    assert pinned("team", fieldSelector="metadata.name=not-a-tag") is None
+    assert pinned("team", fieldSelector=f"metadata.name={name}", labelSelector="a=b") is None  # nothing
+    assert pinned("team") is None
 
 
 # -- DeleteOptions ----------------------------------------------------------------------------------

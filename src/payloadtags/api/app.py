@@ -947,6 +947,15 @@ class ApiServer:
         confirmed: frozenset[str] = frozenset()
         rv = options.resource_version
         initial_end = bool(options.send_initial_events)
+        pinned = options.pinned_repository(namespace) if rv == "0" else None
+        if pinned is not None and source.covers(pinned):
+            # A single-object watch from "0" (`kubectl get NAME -w` GETs the tag, then watches from
+            # "0") starts from the snapshot as last read, which may predate the tag: its delete would
+            # then be no change, and never sent. Its repository is read first, as a notification's
+            # read is: the snapshot is current for it (what changed there goes to every watcher of
+            # the scope as a change), one tag list, not the scope. A failed read is logged, and the
+            # watch goes on from the snapshot as it is.
+            await source.read(pinned)
         # sendInitialEvents=false from N (not "" nor "0") is a watch from N, as kube-apiserver's.
         if options.send_initial_events or (options.send_initial_events is False and rv in ("", "0")):
             # NotOlderThan: a fresh read is newer than any resourceVersion any replica issued before

@@ -27,7 +27,7 @@ from payloadtags.model import (
     tag_object,
     to_json,
 )
-from payloadtags.names import TagRef
+from payloadtags.names import InvalidName, TagRef, decode_name, is_namespace
 from payloadtags.watch import Event, parse_version
 from payloadtags.watch.watcher import event_line, expired_line
 
@@ -53,6 +53,25 @@ class WatchOptions:
             return lambda ref: False
         fields = self.fields
         return lambda ref: fields.matches({"metadata.name": ref.name, "metadata.namespace": ref.namespace})
+
+    def pinned_repository(self, namespace: str | None) -> str | None:
+        """The repository of the one tag the field selector pins (a single-object watch: its
+        ``metadata.name``, and in an all-namespaces watch its ``metadata.namespace`` too), if any."""
+        name = self.fields.required("metadata.name")
+        pinned = self.fields.required("metadata.namespace")
+        if name is None or not self.labels.matches({}):
+            return None
+        if namespace is None:
+            namespace = pinned
+        elif pinned is not None and pinned != namespace:
+            return None  # nothing matches
+        if namespace is None or not is_namespace(namespace):
+            return None
+        try:
+            path, _ = decode_name(name)
+        except InvalidName:
+            return None
+        return f"{namespace}/{path}"
 
 
 def _invalid(field: str, value: str, message: str) -> Exception:
