@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import gc
 
+import attrs
+import pytest
 from twisted.internet.task import Clock
 
 from payloadtags.names import TagRef
 from payloadtags.watch.source import Event, EventType
-from tests.unit.test_watch import FakeReader, from_list, listing, make_hub, ready, watcher
+from payloadtags.watch.watcher import Watcher
+from tests.unit.test_watch import FakeReader, FakeSink, from_list, listing, make_hub, ready, render, watcher
 
 
 def lists_of_events(at_least: int) -> int:
@@ -71,26 +74,99 @@ def test_a_watch_resumed_inside_an_opening_holds_no_copy_of_its_rest() -> None:
     hub.stop()
 
 
-def test_a_resumed_watch_whose_next_event_the_history_dropped_is_cut_as_a_slow_one() -> None:
-    """More new events than the history keeps came before the client read what it resumed with: the
-    stream is cut (its client resumes from its last event, which is 410 then) rather than skip them."""
+@pytest.mark.parametrize("new", [3, 4])
+def test_a_resumed_watch_is_cut_only_when_its_client_is_a_send_buffer_behind_the_history(new: int) -> None:
+    """A watch resumed from the history's oldest event has to send all of it. New events come before
+    its client read any: the history drops the ones it still needs, which are kept for it up to a send
+    buffer's worth (3 here); one more, and the stream is cut as a slow client's is (its client resumes
+    from its last event, which is 410 then) rather than skip them. Before, two new events cut it."""
     reader = FakeReader({"ns/app": set()})
     clock = Clock()
-    hub = make_hub(reader, clock, history=5)
+    hub = make_hub(reader, clock, history=5, send_buffer=3)
     source = ready(hub, "ns")
     oldest = hub.versions.current
     for i in range(5):
         source.emit(*_added(i))
-    w, sink = watcher()
+    w, sink = watcher()  # its own send buffer holds every live event here: only the history cuts
     w.pauseProducing()
     assert hub.start(w, source, since=oldest, timeout=None)
-    for i in range(5, 11):
+    for i in range(5, 5 + new):
         source.emit(*_added(i))
     clock.advance(0)  # the fan-out's turn: the live events wait behind what it resumed with
     w.resumeProducing()
-    assert w.closed and w.reason == "slow" and sink.aborted
-    assert [line.split()[1] for line in sink.lines] == []
+    sent = [line.split()[1] for line in sink.lines]
+    if new <= 3:
+        assert not w.closed, w.reason
+        assert sent == [f"ns/app:t{i:04d}".encode() for i in range(5 + new)]
+    else:
+        assert w.closed and w.reason == "slow" and sink.aborted
+        assert sent == []
     assert source.since(oldest) is None
+    hub.stop()
+
+
+def test_the_history_keeps_nothing_it_dropped_once_no_resumed_watch_reads_it() -> None:
+    reader = FakeReader({"ns/app": set()})
+    clock = Clock()
+    hub = make_hub(reader, clock, history=5, send_buffer=3)
+    source = ready(hub, "ns")
+    oldest = hub.versions.current
+    for i in range(5):
+        source.emit(*_added(i))
+    w, _ = watcher()
+    w.pauseProducing()
+    assert hub.start(w, source, since=oldest, timeout=None)
+    source.emit(*_added(5))
+    assert len(source.behind) == 1
+    w.end("client gone", write=False)  # before its client read a line
+    source.emit(*_added(6))
+    assert not source.behind
+    hub.stop()
+
+
+@attrs.define
+class OneLineSink(FakeSink):
+    """A transport that is full after every write: a slow but steady client."""
+
+    owner: Watcher | None = None
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self.owner is not None:
+            self.owner.pauseProducing()
+
+
+def test_a_watch_resumed_inside_an_opening_dropped_before_it_took_the_rest_is_cut_not_served_a_gap() -> None:
+    """The rest of an opening is nowhere but in its kept copy: dropped (here as it expires) while the
+    resumed watch still has some to send, the stream is cut as a slow client's is (its client's resume
+    is 410, and it relists) rather than go on with the history and skip them."""
+    reader = FakeReader({"ns/big": {f"t{i:04d}" for i in range(10)}, "ns/small": {"v1"}})
+    clock = Clock()
+    hub = make_hub(reader, clock)
+    sequence, observe = listing(hub, "ns")
+    observe("ns/small", ("v1",))
+    source = ready(hub, "ns")
+    w, sink = watcher()
+    assert from_list(hub, w, source, sequence)
+    seqs = [int(line.split()[2]) for line in sink.lines]
+    assert len(seqs) == 10
+    w.end("client gone", write=False)
+    rest = OneLineSink()
+    again = Watcher(
+        user="alice", sink=rest, render=render, accept=lambda ref: True, readable=lambda ns, path: True
+    )
+    rest.owner = again
+    again.pauseProducing()
+    assert hub.start(again, source, since=seqs[0], timeout=None)
+    again.resumeProducing()  # one of the 9 events left, then its transport is full
+    assert [int(line.split()[2]) for line in rest.lines] == [seqs[1]]
+    clock.advance(hub.limits.idle_scope_ttl + 1)
+    hub.reap()  # the opening's kept events go
+    source.emit(EventType.ADDED, TagRef("ns", "small", "v2"))
+    clock.advance(0)
+    again.resumeProducing()
+    assert again.closed and again.reason == "slow" and rest.aborted
+    assert [int(line.split()[2]) for line in rest.lines] == [seqs[1]]
     hub.stop()
 
 

@@ -235,6 +235,7 @@ class WatchHub:
                 self.reader,
                 self.versions,
                 history=self.limits.history,
+                kept_behind=self.limits.send_buffer,
                 clock=self.clock,
                 timeout=self.limits.resync_period * 4 + 60,
                 on_reset=self._reset_watches,
@@ -460,9 +461,11 @@ class WatchHub:
         (`Openings`), of another user, or of other selectors (it holds only what the watch it was made
         for might be sent: that user's access, those selectors' choice).
 
-        They are taken from the opening and the history as the client reads them, not copied: should
-        either drop one before the client took it (the client reads slower than new events come), the
-        stream is cut as a slow client's is, and its client's resume from there is 410."""
+        They are taken from the opening and the history as the client reads them, not copied; what the
+        history drops meanwhile is kept for them a send buffer's worth (`ScopeSource.since`). Should
+        one the client has not taken be lost all the same (the opening dropped, or the client a send
+        buffer behind the history), the stream is cut as a slow client's is, and its client's resume
+        from there is 410."""
         span = self.openings.find(source, since)
         if span is None:
             events = source.since(since)

@@ -12,6 +12,7 @@ import bisect
 import collections
 import contextvars
 import enum
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
@@ -69,6 +70,14 @@ class ScopeSource:
     # How many events ever left the front of the history: ``ring[i]`` is its event number ``popped + i``
     # (`since`).
     popped: int = 0
+    # Events the history dropped while a resumed watch was still taking its events from it, the last
+    # ``kept_behind`` at most: ``behind[i]`` is event number ``popped - len(behind) + i``. A watch
+    # resumed from near the history's oldest event has no margin of its own before the history drops
+    # its next one; these give it that of a send buffer, shared by the scope's resumed watches
+    # (`since`). Empty while none reads.
+    behind: collections.deque[Event] = attrs.field(factory=collections.deque)
+    kept_behind: int = 1000
+    _readers: weakref.WeakSet[_Reader] = attrs.field(factory=weakref.WeakSet)
     # Reads are numbered when they start; a read older than the one a repository last took is stale.
     _reads: int = 0
     _marks: dict[str, int] = attrs.field(factory=dict)
@@ -311,6 +320,7 @@ class ScopeSource:
         self._pending = 0
         self.popped += len(self.ring)
         self.ring.clear()
+        self.behind.clear()  # the watches resumed from it are ended with the others
         self.floor = self.versions.next()
         if self.on_reset is not None:
             self.on_reset(self)
@@ -459,33 +469,55 @@ class ScopeSource:
         event = Event(self.versions.next(), kind, ref)
         self.ring.append(event)
         while len(self.ring) > self.history:
-            self.floor = self.ring.popleft().sequence
+            dropped = self.ring.popleft()
+            self.floor = dropped.sequence
             self.popped += 1
+            if self._readers:
+                self.behind.append(dropped)
+                if len(self.behind) > self.kept_behind:
+                    self.behind.popleft()
+            elif self.behind:
+                self.behind.clear()
         self.fanout.push(event)
         return event
 
     def since(self, sequence: int) -> Iterator[Event] | None:
         """The events after ``sequence`` up to the newest now, or None when some of them are no longer
         retained. They are taken from the history as they are iterated, not copied: a watch whose
-        client reads them slowly holds its place in the history. Should the history drop the next
-        one meanwhile (more new events than it keeps before the client read it), HistoryLost."""
+        client reads them slowly holds its place in the history. Those the history drops meanwhile
+        are kept for it (`behind`) while no more than ``kept_behind`` are; should one it has not taken
+        be dropped from there too (its client is that far behind the newest event), HistoryLost."""
         if sequence < self.floor:
             return None
         start = bisect.bisect_right(self.ring, sequence, key=lambda event: event.sequence)
-        return self._after(self.popped + start, self.versions.current)
+        reader = _Reader(self.popped + start)
+        self._readers.add(reader)
+        return self._after(reader, self.versions.current)
 
-    def _after(self, position: int, until: int) -> Iterator[Event]:
-        while True:
-            index = position - self.popped
-            if index < 0:
-                raise HistoryLost(self.namespace)
-            if index >= len(self.ring):
-                return
-            event = self.ring[index]
-            if event.sequence > until:
-                return  # sent by the fan-out
-            yield event
-            position += 1
+    def _after(self, reader: _Reader, until: int) -> Iterator[Event]:
+        try:
+            while True:
+                index = reader.position - self.popped
+                if index < -len(self.behind):
+                    raise HistoryLost(self.namespace)
+                if index >= len(self.ring):
+                    return
+                event = self.behind[index] if index < 0 else self.ring[index]
+                if event.sequence > until:
+                    return  # sent by the fan-out
+                yield event
+                reader.position += 1
+        finally:
+            self._readers.discard(reader)
+
+
+@attrs.define(eq=False)
+class _Reader:
+    """A resumed watch's place in its scope's history: the number of the next event it takes (counted
+    as `ScopeSource.popped` counts). Held by the iterator alone: the source knows it weakly, so that a
+    watch ended before it read a line leaves nothing registered."""
+
+    position: int
 
 
 class HistoryLost(Exception):
