@@ -76,3 +76,29 @@ def test_an_opening_its_user_may_keep_is_kept_once_and_served_to_a_resume() -> N
     assert hub.start(again, source, since=cut, timeout=None)
     assert [line.split()[1] for line in rest.lines] == [f"ns/big:t{i:04d}".encode() for i in range(100, 300)]
     hub.stop()
+
+
+def test_an_opening_is_made_from_the_state_it_was_counted_from() -> None:
+    """An opening is counted (its resourceVersions taken as one block) when the watch starts and made
+    as its client reads, from copies of the scope's and the list record's repositories: a push between
+    the two changes neither what it holds nor its count. Made from the live maps, the push would shift
+    it (an ADDED of the pushed tag in place of the counted ones) and the count would cut off one that
+    is sent nowhere else."""
+    reader = FakeReader({"ns/r1": set(), "ns/r2": {"y"}})
+    clock = Clock()
+    hub = make_hub(reader, clock)
+    sequence, observe = listing(hub, "ns")
+    observe("ns/r1", ("x",))  # the list showed r1:x (gone now) and r2 empty
+    observe("ns/r2", ())
+    source = ready(hub, "ns")
+    w, sink = watcher()
+    w.pauseProducing()
+    assert from_list(hub, w, source, sequence)  # counted: DELETED r1:x, ADDED r2:y
+    reader.repositories["ns/r1"] = {"z"}  # pushed before the client read its opening
+    hub.repository_changed("ns/r1")
+    clock.advance(0)
+    w.resumeProducing()
+    w.resumeProducing()
+    got = [b" ".join(line.split()[:2]).decode() for line in sink.lines]
+    assert got == ["DELETED ns/r1:x", "ADDED ns/r2:y", "ADDED ns/r1:z"]
+    hub.stop()
