@@ -1193,6 +1193,50 @@ def test_a_watch_resumed_inside_an_opening_with_other_selectors_gets_gone() -> N
     hub.stop()
 
 
+@pytest.mark.parametrize(
+    ("identity", "served"),
+    [
+        (UserInfo("alice", groups=("g3", "g1")), True),  # the same groups in another order
+        (UserInfo("alice", groups=("g1", "g3", "g2")), False),  # a token refreshed with a new group
+        (UserInfo("alice", uid="u2", groups=("g2",)), False),  # another alice, whom nothing is noted for
+    ],
+)
+def test_a_watch_resumed_inside_an_opening_by_another_identity_of_the_same_name_gets_gone(
+    identity: UserInfo, served: bool
+) -> None:
+    """An opening holds what the identity of its watch (her name, uid and groups) may read: resumed
+    inside it by the same name with other groups or another uid, the watch was sent its rest and never
+    the tags the new identity may read (`secret`'s, which have no resourceVersion anywhere else). The
+    rules ledger tells a change of groups of a user it noted, not of another uid."""
+    reader = FakeReader({"team/app": {"v1", "v2"}, "team/secret": {"s1", "s2"}})
+    clock = Clock()
+    hub, index, authorizer = rbac_hub(reader, clock)
+    grant(index, "alice", "team", ["app"], "alice")
+    rule = {"apiGroups": [GROUP], "resources": ["payloadrepositoryaccesses"], "verbs": ["get"]}
+    meta = {"namespace": "team", "name": "g2"}
+    index.upsert("Role", {"kind": "Role", "metadata": meta, "rules": [{**rule, "resourceNames": ["secret"]}]})
+    ref = {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "g2"}
+    subjects = [{"kind": "Group", "name": "g2"}]
+    index.upsert(
+        "RoleBinding", {"kind": "RoleBinding", "metadata": meta, "roleRef": ref, "subjects": subjects}
+    )
+    sequence, _ = listing(hub, "team")  # a list of the unwatched scope that read nothing yet
+    source = ready(hub, "team")
+    sink = FakeSink()
+    first = Watcher(
+        "alice", sink, render, lambda ref: True, Readable(authorizer, UserInfo("alice", groups=("g1", "g3")))
+    )
+    assert from_list(hub, first, source, sequence)
+    assert [line.split()[1] for line in sink.lines] == [b"team/app:v1", b"team/app:v2"]
+    first.end("client gone", write=False)
+    again_sink = FakeSink()
+    again = Watcher("alice", again_sink, render, lambda ref: True, Readable(authorizer, identity))
+    assert hub.start(again, source, since=_sequence_of(sink.lines[0]), timeout=None) is served
+    if served:
+        assert again_sink.lines == sink.lines[1:]
+    hub.stop()
+
+
 def test_an_opening_larger_than_its_user_may_keep_is_not_kept_and_drops_no_other() -> None:
     reader = FakeReader({"team/app": {"v1", "v2"}, "team/big": {f"t{i:06}" for i in range(100_001)}})
     clock = Clock()

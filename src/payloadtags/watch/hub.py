@@ -14,7 +14,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 
 import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -450,7 +450,14 @@ class WatchHub:
                 count += 1
         self.versions.reserve(count)
         self.openings.keep(
-            source, watcher.user, first, first + count - 1, kept, self.clock.seconds(), watcher.selectors
+            source,
+            watcher.user,
+            first,
+            first + count - 1,
+            kept,
+            self.clock.seconds(),
+            watcher.selectors,
+            _identity(watcher),
         )
         return _numbered(watcher, listed.changes(now, reads), first, count)
 
@@ -458,8 +465,9 @@ class WatchHub:
         """The events after ``since`` for ``watcher`` resumed from it: from inside an opening of its
         user's, the rest of it and then the history after its last event; else the history's. None
         when they are no longer kept (410 Gone): inside an opening dropped, merged with others
-        (`Openings`), of another user, or of other selectors (it holds only what the watch it was made
-        for might be sent: that user's access, those selectors' choice).
+        (`Openings`), of another user (by name, uid or groups), or of other selectors (it holds only
+        what the watch it was made for might be sent: that identity's access, those selectors'
+        choice).
 
         They are taken from the opening and the history as the client reads them, not copied; what the
         history drops meanwhile is kept for them a send buffer's worth (`ScopeSource.since`). Should
@@ -475,6 +483,7 @@ class WatchHub:
                 or span.dropped
                 or span.user != watcher.user
                 or span.selectors != watcher.selectors
+                or span.identity != _identity(watcher)
             ):
                 return None
             rest = source.since(span.last)
@@ -652,6 +661,15 @@ def _numbered(
         if watcher.visible(ref):
             yield Event(sequence, kind, ref)
             sequence += 1
+
+
+def _identity(watcher: Watcher) -> Hashable:
+    """Whom ``watcher``'s access is decided for: her name, uid and groups (their order decides nothing;
+    RBAC reads no extras). None when its access is not an authorizer's (tests)."""
+    readable = watcher.readable
+    if not isinstance(readable, Readable):
+        return None
+    return (readable.user.name, readable.user.uid, frozenset(readable.user.groups))
 
 
 def _cut_when_lost(watcher: Watcher, events: Iterator[Event]) -> Iterator[Event]:

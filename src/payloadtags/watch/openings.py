@@ -44,6 +44,9 @@ class Opening:
     dropped: bool = False
     # The selectors of the watch it was made for (`Watcher.selectors`): they chose what it holds.
     selectors: Hashable = None
+    # Whom its user's access decided it for (`WatchHub._identity`): the same name with other groups or
+    # another uid may read other repositories.
+    identity: Hashable = None
 
     @property
     def sources(self) -> frozenset[ScopeSource]:
@@ -110,12 +113,16 @@ class Openings:
         events: list[Event] | None,
         now: float,
         selectors: Hashable = None,
+        identity: Hashable = None,
     ) -> None:
         """Keeps the opening numbered ``first`` to ``last``: its ``events`` (those ``selectors`` chose),
-        or None when it has more than ``bound`` (only its span is kept)."""
+        or None when it has more than ``bound`` (only its span is kept); ``identity``, whom it was decided
+        for."""
         if last < first:
             return
-        opening = Opening(source, user, events or [], now, first, last, selectors=selectors)
+        opening = Opening(
+            source, user, events or [], now, first, last, selectors=selectors, identity=identity
+        )
         self.exact.append(opening)
         self.spans_of.setdefault(user, collections.deque()).append(opening)
         self.spans += 1
