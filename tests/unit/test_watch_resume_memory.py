@@ -170,5 +170,38 @@ def test_a_watch_resumed_inside_an_opening_dropped_before_it_took_the_rest_is_cu
     hub.stop()
 
 
+def test_a_watch_resumed_inside_an_opening_that_took_its_last_event_is_not_cut_when_it_is_dropped() -> None:
+    """All it needs after the opening's last event is in the history: the opening dropped then (here as
+    it expires) is no reason to cut the stream."""
+    reader = FakeReader({"ns/big": {f"t{i:04d}" for i in range(10)}, "ns/small": {"v1"}})
+    clock = Clock()
+    hub = make_hub(reader, clock)
+    sequence, observe = listing(hub, "ns")
+    observe("ns/small", ("v1",))
+    source = ready(hub, "ns")
+    w, sink = watcher()
+    assert from_list(hub, w, source, sequence)
+    seqs = [int(line.split()[2]) for line in sink.lines]
+    w.end("client gone", write=False)
+    rest = OneLineSink()
+    again = Watcher(
+        user="alice", sink=rest, render=render, accept=lambda ref: True, readable=lambda ns, path: True
+    )
+    rest.owner = again
+    again.pauseProducing()
+    assert hub.start(again, source, since=seqs[-2], timeout=None)
+    again.resumeProducing()  # the opening's last event, then its transport is full
+    assert [int(line.split()[2]) for line in rest.lines] == [seqs[-1]]
+    clock.advance(hub.limits.idle_scope_ttl + 1)
+    hub.reap()
+    source.emit(EventType.ADDED, TagRef("ns", "small", "v2"))
+    clock.advance(0)
+    again.resumeProducing()
+    again.resumeProducing()
+    assert not again.closed, again.reason
+    assert [line.split()[1] for line in rest.lines] == [sink.lines[-1].split()[1], b"ns/small:v2"]
+    hub.stop()
+
+
 def _added(i: int) -> tuple[EventType, TagRef]:
     return EventType.ADDED, TagRef("ns", "app", f"t{i:04d}")

@@ -57,10 +57,12 @@ class Opening:
         copied; HistoryLost when the opening is dropped before they are all taken."""
         index = sequence - self.first + 1
         while True:
+            # By its span, not its events (a dropped opening has none): a watch that took the last one
+            # needs nothing more of it, dropped or not.
+            if index > self.last - self.first:
+                return
             if self.dropped:
                 raise HistoryLost(self.source.namespace)
-            if index >= len(self.events):
-                return
             yield self.events[index]
             index += 1
 
