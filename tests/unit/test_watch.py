@@ -18,6 +18,7 @@ from twisted.internet.testing import MemoryReactorClock
 
 from payloadtags.access.authz import AuthorizationNotReady, Readable
 from payloadtags.access.rbac import RbacAuthorizer, RbacIndex
+from payloadtags.api.selectors import parse_field_selector, parse_label_selector
 from payloadtags.identity import UserInfo
 from payloadtags.names import TagRef, split_repository
 from payloadtags.registry import RegistryClient
@@ -1234,6 +1235,36 @@ def test_a_watch_resumed_inside_an_opening_by_another_identity_of_the_same_name_
     assert hub.start(again, source, since=_sequence_of(sink.lines[0]), timeout=None) is served
     if served:
         assert again_sink.lines == sink.lines[1:]
+    hub.stop()
+
+
+def test_a_watch_resumed_inside_an_opening_with_the_same_selectors_in_another_order_is_served() -> None:
+    """Selectors are a conjunction: the same terms in another order choose the same tags, and a resume
+    inside an opening with them is served, not 410."""
+    reader = FakeReader({"team/app": {"v1"}})
+    clock = Clock()
+    hub = make_hub(reader, clock)
+    sequence, observe = listing(hub, "team")
+    observe("team/app", ["v1"])
+    reader.repositories["team/app"] |= {"v2", "v3", "v4", "v5"}
+    source = ready(hub, "team")
+
+    def make(fields: str, labels: str) -> tuple[Watcher, FakeSink]:
+        w, sink = watcher()
+        chosen, labelled = parse_field_selector(fields), parse_label_selector(labels)
+        w.accept = lambda ref: chosen.matches({"metadata.name": f"{ref.repository_path}-{ref.tag}"})
+        w.selectors = (labelled, chosen)
+        return w, sink
+
+    first, first_sink = make("metadata.name!=app-v4,metadata.name!=app-v5", "a!=x,b!=y")
+    assert from_list(hub, first, source, sequence)
+    assert [line.split()[1] for line in first_sink.lines] == [b"team/app:v2", b"team/app:v3"]
+    first.end("client gone", write=False)
+    again, again_sink = make("metadata.name!=app-v5,metadata.name!=app-v4", "b!=y,a!=x")
+    assert hub.start(again, source, since=_sequence_of(first_sink.lines[0]), timeout=None)
+    assert again_sink.lines == first_sink.lines[1:]
+    other, _ = make("metadata.name!=app-v5", "b!=y,a!=x")
+    assert not hub.start(other, source, since=_sequence_of(first_sink.lines[0]), timeout=None)
     hub.stop()
 
 

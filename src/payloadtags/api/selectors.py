@@ -45,7 +45,9 @@ class Requirement:
 
 @attrs.frozen
 class LabelSelector:
-    requirements: tuple[Requirement, ...] = ()
+    # A conjunction: equal (and hashed alike) whatever the order of its terms, so that a watch resumed
+    # with the same selector spelled in another order is the same watch (`Opening.selectors`).
+    requirements: tuple[Requirement, ...] = attrs.field(default=(), eq=frozenset)
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         return all(r.matches(labels) for r in self.requirements)
@@ -172,7 +174,8 @@ class FieldRequirement:
 
 @attrs.frozen
 class FieldSelector:
-    requirements: tuple[FieldRequirement, ...] = ()
+    # A conjunction, as LabelSelector's.
+    requirements: tuple[FieldRequirement, ...] = attrs.field(default=(), eq=frozenset)
 
     def matches(self, fields: Mapping[str, str]) -> bool:
         return all((fields.get(r.field) == r.value) == r.equal for r in self.requirements)
