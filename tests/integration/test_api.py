@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -10,13 +11,15 @@ import attrs
 import pytest
 import pytest_twisted
 import yaml
+from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
+from twisted.web import http
 from twisted.web.client import ResponseFailed
 from twisted.web.server import Request
 
-from payloadtags.api import continuation
+from payloadtags.api import continuation, formats
 from payloadtags.api.negotiation import negotiate
-from payloadtags.api.render import render_list
+from payloadtags.api.render import CHUNK_ITEMS, render_list
 from payloadtags.limits import WatchLimits
 from payloadtags.model import GROUP, ListMeta, tag_object
 from payloadtags.names import TagRef, encode_name
@@ -610,6 +613,56 @@ async def test_yaml_tags_read_back_as_strings_by_kubectl(api, registry, repo):
         await same_as_json(collection(namespace) + query, table)
     await same_as_json(collection(namespace) + "?dryRun=All", method="delete")
     await same_as_json(collection(namespace) + "?dryRun=All&includeObject=Object", table, method="delete")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_long_deletecollection_answer_is_written_a_batch_per_reactor_turn(
+    api, registry, repo, monkeypatch
+):
+    # Made at once, a Table or YAML answer of thousands of deleted tags held the reactor for seconds:
+    # it is written as a whole list is, in pieces with a reactor turn between them (counted by a call
+    # made on every turn), a piece no longer than a batch; the text is the same.
+    namespace, _ = split(repo)
+    count = 1234
+    many_tags(registry, repo, count)
+    client = api.client(api.pki.admin)
+    turns = [0]
+
+    def turn() -> None:
+        turns[0] += 1
+
+    ticking = LoopingCall(turn)  # interval 0: once per reactor turn
+    writes: list[int] = []
+    write = http.Request.write
+
+    def recorded(request: http.Request, data: bytes) -> None:
+        if request.method == b"DELETE":
+            writes.append(turns[0])
+        write(request, data)
+
+    monkeypatch.setattr(http.Request, "write", recorded)
+    ticking.start(0)
+    table = "application/{};as=Table;v=v1;g=meta.k8s.io"
+    try:
+        for accept, query, batch in (
+            (table.format("yaml"), "&includeObject=Object", formats.BATCH_ITEMS),
+            ("application/yaml", "", formats.BATCH_ITEMS),
+            (table.format("json"), "&pretty=true", formats.BATCH_ITEMS),
+            ("application/json", "", CHUNK_ITEMS),
+        ):
+            url = collection(namespace) + "?dryRun=All" + query
+            writes.clear()
+            answer = await client.delete(url, headers={"Accept": accept})
+            assert answer.code == 200
+            pieces = writes[:]
+            plain = await client.delete(url, headers={"Accept": accept.replace("yaml", "json")})
+            document = yaml.safe_load(answer.body) if "yaml" in accept else json.loads(answer.body)
+            assert document == plain.json()
+            assert len(document.get("items", document.get("rows"))) == count
+            assert len(pieces) >= -(-count // batch), (accept, pieces)
+            assert all(later > earlier for earlier, later in itertools.pairwise(pieces)), (accept, pieces)
+    finally:
+        ticking.stop()
 
 
 @pytest_twisted.ensureDeferred

@@ -15,7 +15,13 @@ import yaml
 
 from payloadtags.api import formats
 from payloadtags.api.negotiation import MediaType, negotiate
-from payloadtags.api.render import list_chunks, list_envelope, render_list, render_object
+from payloadtags.api.render import (
+    list_chunks,
+    list_envelope,
+    render_list,
+    render_object,
+    rendered_list_chunks,
+)
 from payloadtags.model import ListMeta, tag_object
 from payloadtags.names import TagRef
 from tests.unit.test_render import HOST, META, _runs
@@ -137,3 +143,28 @@ def test_closing_the_reencoded_list_closes_the_list_it_reads() -> None:
     except StopIteration:
         pass
     assert closed == [True]
+
+
+@pytest.mark.parametrize("form", list(ACCEPT))
+@pytest.mark.parametrize("syntax", ["yaml", "pretty", "json"])
+@pytest.mark.parametrize("chunk_items", [1, 3, 500])
+def test_a_list_of_objects_at_hand_in_pieces_is_the_whole_list(
+    form: str, syntax: str, chunk_items: int
+) -> None:
+    # A long deletecollection answer (api/app.py): its deleted tags rendered a chunk at a time, then
+    # re-encoded a batch at a time, give the text of the whole list made at once.
+    media = (
+        _media(form, syntax) if syntax != "json" else negotiate(ACCEPT[form].format("json"), collection=True)
+    )
+    shape = media.as_json()
+    for include in ("Metadata", "Object", "None") if form == "table" else ("Metadata",):
+        for chosen in (REFS, REFS[:1], []):
+            objects = [tag_object(HOST, ref) for ref in chosen]
+            chunks: AsyncGenerator[bytes, None] = rendered_list_chunks(
+                objects, META, shape, include, chunk_items
+            )
+            if not formats.plain(media):
+                chunks = formats.reencoded_list(chunks, *list_envelope(META, shape), media)
+            pieces = _drained(chunks)
+            assert b"".join(pieces) == formats.encode(render_list(objects, META, shape, include), media)
+            assert len(pieces) >= len(chosen) // chunk_items

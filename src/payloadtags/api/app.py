@@ -10,7 +10,7 @@ import hmac
 import json
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from email.utils import formatdate
 from types import MappingProxyType
 from typing import Any
@@ -56,6 +56,7 @@ from payloadtags.api.render import (
     list_text,
     render_list,
     render_object,
+    rendered_list_chunks,
     streamed_list_chunks,
 )
 from payloadtags.api.selectors import escape_value
@@ -71,7 +72,7 @@ from payloadtags.api.watch import (
 )
 from payloadtags.deferreds import is_cancellation
 from payloadtags.metrics import CONTENT_TYPE, Metrics
-from payloadtags.model import GROUP, GROUP_VERSION, RESOURCE, to_json
+from payloadtags.model import GROUP, GROUP_VERSION, RESOURCE, ListMeta, PayloadRepositoryTag, to_json
 from payloadtags.names import is_namespace
 from payloadtags.registry import is_valid_repository
 from payloadtags.registry.errors import RegistryError
@@ -189,6 +190,18 @@ def _write(request: IRequest, body: Any, media: MediaType) -> bytes:
     """A 200 with ``body`` in ``media``'s syntax (JSON, indented JSON or YAML)."""
     _head(request, 200, media.content_type)
     return formats.encode(body, media)
+
+
+def list_answer_chunks(
+    items: list[PayloadRepositoryTag], meta: ListMeta, media: MediaType, include: str
+) -> AsyncGenerator[bytes, None]:
+    """A list of objects at hand in ``media``'s syntax, in pieces for `write_streamed`: compact JSON
+    `CHUNK_ITEMS` objects a piece, indented JSON and YAML `formats.BATCH_ITEMS` (slower to make)."""
+    shape = media.as_json()
+    chunks = rendered_list_chunks(items, meta, shape, include)
+    if formats.plain(media):
+        return chunks
+    return formats.reencoded_list(chunks, *list_envelope(meta, shape), media)
 
 
 def _with_pretty(media: MediaType, query: Query) -> MediaType:
@@ -1049,7 +1062,7 @@ class ApiServer:
         # The deleted object in the form asked for, a Table too, as kube-apiserver's DELETE answers.
         return _write(request, render_object(obj, media, include), media)
 
-    async def _delete_collection(self, request: IRequest, user: UserInfo, namespace: str) -> bytes:
+    async def _delete_collection(self, request: Request, user: UserInfo, namespace: str) -> bytes:
         query = _query(request)
         options = delete_options(query, self._body(request), _header(request, "content-type"))
         listing = list_options({k: v for k, v in query.items() if k not in ("dryRun", "propagationPolicy")})
@@ -1057,8 +1070,18 @@ class ApiServer:
         media = _with_pretty(negotiate(_header(request, "accept"), collection=True), query)
         include = include_object(first(query, "includeObject")) if media.form is Form.TABLE else "Metadata"
         items, meta = await self.service.delete_collection(user, namespace, listing, options)
-        # The deleted tags in the form asked for, a Table of them too, as kube-apiserver answers.
-        return _write(request, render_list(items, meta, media, include), media)
+        # The deleted tags in the form asked for, a Table of them too, as kube-apiserver answers. More
+        # than one batch is written as a whole list is, a batch per reactor turn: made at once, a Table
+        # or YAML answer of thousands of tags held the reactor for seconds (a dry run repeats it freely).
+        if len(items) <= (CHUNK_ITEMS if formats.plain(media) else formats.BATCH_ITEMS):
+            return _write(request, render_list(items, meta, media, include), media)
+        await write_streamed(
+            request,
+            list_answer_chunks(items, meta, media, include),
+            self._clock(),
+            lambda: _head(request, 200, media.content_type),
+        )
+        return b""
 
     async def _immutable(self, request: IRequest, user: UserInfo, **_: str) -> bytes:
         verb = {"POST": "create", "PUT": "update", "PATCH": "patch"}[request.method.decode()]

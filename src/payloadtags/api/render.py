@@ -570,6 +570,28 @@ def list_text(
     return b"".join((head, memoryview(blocks[0])[1:], *blocks[1:], tail))
 
 
+async def rendered_list_chunks(
+    items: Sequence[PayloadRepositoryTag],
+    meta: ListMeta,
+    media: MediaType,
+    include: str = "Metadata",
+    chunk_items: int = CHUNK_ITEMS,
+) -> AsyncGenerator[bytes, None]:
+    """`render_list`'s document in `list_chunks`' pieces (the head, items each after a comma, the
+    tail), ``chunk_items`` objects at a time, each piece made when asked: for a list whose objects are
+    at hand (a deletecollection's deleted tags), written as a whole list is, a piece per reactor turn,
+    with the text of one piece held at a time."""
+    head, tail = _envelope(meta, media)
+    key = "rows" if media.form is Form.TABLE else "items"
+    if not items:
+        yield head + tail
+    for start in range(0, len(items), chunk_items):
+        document = render_list(list(items[start : start + chunk_items]), meta, media, include)
+        text = ",".join(json.dumps(item, separators=(",", ":")) for item in document[key]).encode()
+        last = start + chunk_items >= len(items)
+        yield b"".join((head if start == 0 else b",", text, tail if last else b""))
+
+
 def list_chunks(
     runs: Iterable[Run],
     meta: ListMeta,
