@@ -962,6 +962,43 @@ async def test_deletecollection_dry_run_and_selector(api, registry, repo):
     assert images.list_tags(registry, repo) == ["b"]
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_blank_in_a_field_selector_is_kept_so_a_padded_name_deletes_nothing(api, registry, repo):
+    """fields.ParseSelector trims nothing: ``metadata.name=<name> `` (or with NBSP, U+2028, U+3000)
+    names no tag, and a deletecollection with it deletes nothing (it used to drop the blank and delete
+    <name>). A blank in the field, or a term of blanks alone, is 400 as upstream."""
+    from urllib.parse import quote
+
+    namespace, path = split(repo)
+    images.push_oci_image(registry, repo, "a")
+    client = api.client(api.pki.admin)
+    name = encode_name(path, "a")
+    for padded in (f"{name} ", f" {name}", f"{name}\u00a0", f"\u2028{name}", f"{name}\u3000"):
+        selector = quote(f"metadata.name={padded}", safe="")
+        listed = await client.get(collection(namespace) + f"?fieldSelector={selector}")
+        assert (listed.code, listed.json()["items"]) == (200, []), padded
+        deleted = await client.delete(collection(namespace) + f"?fieldSelector={selector}")
+        assert (deleted.code, deleted.json()["items"]) == (200, []), padded
+    assert images.list_tags(registry, repo) == ["a"]
+    for selector, message in [
+        (
+            f"metadata.name ={name}",
+            '"metadata.name " is not a known field selector: only "metadata.name", "metadata.namespace"',
+        ),
+        (" ", "invalid selector: ' '; can't understand ' '"),
+        (
+            f"metadata.name={name},\u00a0",
+            f"invalid selector: 'metadata.name={name},\u00a0'; can't understand '\u00a0'",
+        ),
+    ]:
+        for reply in (
+            await client.get(collection(namespace) + f"?fieldSelector={quote(selector, safe='')}"),
+            await client.delete(collection(namespace) + f"?fieldSelector={quote(selector, safe='')}"),
+        ):
+            assert assert_status(reply, 400, "BadRequest")["message"] == message
+    assert images.list_tags(registry, repo) == ["a"]
+
+
 def _names(reply: Response) -> list[str]:
     return [item["metadata"]["name"] for item in reply.json()["items"]]
 

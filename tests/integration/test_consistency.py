@@ -482,6 +482,27 @@ async def test_deletecollection_of_a_deleting_namespace_is_503_when_it_cannot_fi
     assert images.list_tags(registry, repo) == ["a"]
 
 
+@pytest_twisted.ensureDeferred
+async def test_deletecollection_in_a_namespace_no_namespace_can_have_asks_nothing(registry, proxied) -> None:
+    """With a namespace remover (as in a cluster), a deletecollection of all of a namespace no namespace
+    can have (`kubectl delete prt -n Bad_NS --all`) is an empty 200: the cluster is not asked whether
+    it is being deleted, nor the registry read, and no remover is started for it (which refuses such a
+    name: a 500)."""
+    asked: list[str] = []
+    requests: list[str] = []
+
+    def deleting(namespace: str) -> bool:
+        asked.append(namespace)
+        return True  # as the cluster answers for a namespace being deleted, or absent
+
+    _, replica = proxied(lambda method, path: requests.append(f"{method} {path}"), deleting=deleting)
+    for namespace in ("Bad_NS", "a.b", "x" * 64):
+        for options in (DeleteOptions(), DeleteOptions(dry_run=True)):
+            items, _ = await replica.service.delete_collection(USER, namespace, list_options({}), options)
+            assert items == []
+    assert (asked, requests) == ([], [])
+
+
 def test_fault_proxy_error_body_is_registry_json() -> None:
     from tests.support import faultproxy
 

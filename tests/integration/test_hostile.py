@@ -339,6 +339,34 @@ async def test_a_path_namespace_no_namespace_can_have_is_empty_and_unread(api, r
             }
     assert registry_operations((await client.get("/metrics")).body) == before
     assert images.list_tags(registry, repo) == ["v1"]
+    # Nor is a watch's list record or scope source made for it: no watch can be made there.
+    hub = api.running.api.watch_hub
+    scopes = {scope for scope, _ in hub.listed.records} | set(hub.sources)
+    assert not scopes & {"Bad_NS", namespace.upper(), "a.b"}, scopes
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bad_continue_token_is_400_in_a_namespace_no_namespace_can_have(api, registry, repo):
+    """The token is decoded whatever the namespace, as kube-apiserver decodes it: a malformed one, or
+    one of another list, is 400 there too, not an empty list (nor an empty deletecollection)."""
+    namespace, _ = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "v1")
+    images.push_oci_image(registry, repo, "v2", seed="2")
+    client = api.client(api.pki.admin)
+    issued = (await client.get(f"{B}/namespaces/{namespace}/payloadrepositorytags?limit=1")).json()
+    token = issued["metadata"]["continue"]
+    malformed = "continue key is not valid: the token is malformed"
+    another = "continue key is not valid: the token was issued for a different list"
+    for impossible in (namespace, "Bad_NS", "a.b"):
+        collection = f"{B}/namespaces/{impossible}/payloadrepositorytags"
+        cases = [("?continue=garbage", malformed), ("?limit=1&continue=garbage", malformed)]
+        if impossible != namespace:
+            cases.append((f"?limit=1&continue={token}", another))
+        for query, message in cases:
+            for reply in (await client.get(collection + query), await client.delete(collection + query)):
+                assert reply.code == 400, (impossible, query, reply.body)
+                assert reply.json()["message"] == message
+    assert images.list_tags(registry, repo) == ["v1", "v2"]
 
 
 # --- pipelining and output ---------------------------------------------------------------------------

@@ -240,7 +240,7 @@ def _bad_field(text: str) -> ApiError:
     return caught.value
 
 
-@pytest.mark.parametrize("text", [None, "", "  "])
+@pytest.mark.parametrize("text", [None, "", ",", ",,"])
 def test_empty_field_selector(text: str | None) -> None:
     selector = parse_field_selector(text)
     assert selector == FieldSelector()
@@ -360,8 +360,79 @@ def test_field_selector_value_escapes_are_checked_as_upstream(text: str, message
     assert _bad_field(text).message == message
 
 
-@pytest.mark.parametrize("value", ["plain", ",x", "a=b", "a\\b", "\\,=,\\"])
+@pytest.mark.parametrize(
+    "value", ["plain", ",x", "a=b", "a\\b", "\\,=,\\", " x", "x ", "x\u00a0", "\u2028x", " ", ""]
+)
 def test_escaped_values_read_back_as_themselves(value: str) -> None:
     """The named watch pins its path's name with such a value (any text routes as a name)."""
     selector = parse_field_selector(f"metadata.name={escape_value(value)},metadata.namespace!=y")
     assert selector.required("metadata.name") == value
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # fields.ParseSelector trims nothing: a blank (ASCII or not) is part of the value, so the value
+        # is no tag's name and selects nothing.
+        ("metadata.name=x ", [FieldRequirement("metadata.name", "x ", True)]),
+        ("metadata.name= x", [FieldRequirement("metadata.name", " x", True)]),
+        ("metadata.name=x\u00a0", [FieldRequirement("metadata.name", "x\u00a0", True)]),
+        ("metadata.name=\u2028x", [FieldRequirement("metadata.name", "\u2028x", True)]),
+        ("metadata.name!=x\t", [FieldRequirement("metadata.name", "x\t", False)]),
+        ("metadata.name=\u3000", [FieldRequirement("metadata.name", "\u3000", True)]),
+    ],
+)
+def test_blanks_are_part_of_the_value(text: str, expected: list[FieldRequirement]) -> None:
+    selector = parse_field_selector(text)
+    assert list(selector.requirements) == expected
+    assert selector.matches({"metadata.name": "x", "metadata.namespace": "ns"}) is (not expected[0].equal)
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        # A blank is part of the field too: no such field, in %q as upstream prints it.
+        ("metadata.name =x", '"metadata.name "'),
+        (" metadata.name=x", '" metadata.name"'),
+        ("metadata.name\u00a0=x", '"metadata.name\\u00a0"'),
+        ("metadata.name\t!=x", '"metadata.name\\t"'),
+        ("=x", '""'),
+        (" =x", '" "'),
+        ('a"b\\=x', '"a\\"b\\\\"'),
+        ("a\x01=x", '"a\\x01"'),
+        ("a\x7f=x", '"a\\x7f"'),
+        ("a\u200b=x", '"a\\u200b"'),
+        ("a\U0001f600\U000e0001=x", '"a\U0001f600\\U000e0001"'),
+        ("\u00e9=x", '"\u00e9"'),
+    ],
+)
+def test_blank_or_odd_field_is_unknown_quoted_as_go(text: str, field: str) -> None:
+    assert _bad_field(text).message == field + UNKNOWN
+
+
+@pytest.mark.parametrize("text", [" ", "  ", "\u00a0", "\t", "metadata.name=x, ", "metadata.name=x,\u2028"])
+def test_a_blank_term_is_not_understood(text: str) -> None:
+    """Only an empty term is skipped; a blank one is a term without an operator (upstream: 400)."""
+    term = text.rsplit(",", 1)[-1]
+    assert _bad_field(text).message == f"invalid selector: '{text}'; can't understand '{term}'"
+
+
+UNKNOWN = ' is not a known field selector: only "metadata.name", "metadata.namespace"'
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # Upstream sorts the terms, splits and unescapes every one, and only then checks the fields:
+        # the error reported is the first in that order.
+        ("spec.x=1,metadata.name=a=b", "invalid field selector: unescaped character in value: 61"),
+        ("zz,aa", "invalid selector: 'zz,aa'; can't understand 'aa'"),
+        ("metadata.name=x, y", "invalid selector: 'metadata.name=x, y'; can't understand ' y'"),
+        ("metadata.name=\\q,metadata.name=x=y", "invalid field selector: invalid escape sequence: \\q"),
+        ("spec.b=1,spec.a=1", f'"spec.a"{UNKNOWN}'),
+        ("z=1,metadata.name=a", f'"z"{UNKNOWN}'),
+        ("metadata.name=a=b,aa", "invalid selector: 'metadata.name=a=b,aa'; can't understand 'aa'"),
+    ],
+)
+def test_several_bad_terms_report_the_error_upstream_reports(text: str, message: str) -> None:
+    assert _bad_field(text).message == message

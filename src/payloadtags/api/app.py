@@ -59,7 +59,6 @@ from payloadtags.api.render import (
     rendered_list_chunks,
     streamed_list_chunks,
 )
-from payloadtags.api.selectors import escape_value
 from payloadtags.api.streaming import write_streamed
 from payloadtags.api.tags import PageRuns, TagsService
 from payloadtags.api.watch import (
@@ -907,10 +906,9 @@ class ApiServer:
                 raise method_not_allowed("watch")
             self._watched_namespace(namespace)
             # The older form of a watch of one object: the collection's watch, narrowed to its name.
-            selector = first(query, "fieldSelector")
-            pinned = f"metadata.name={escape_value(name)}" + (f",{selector}" if selector else "")
-            narrowed = {**query, "fieldSelector": [pinned]}
-            return await self._watch(request, user, namespace, narrowed, media, include)
+            # The name is pinned as it is, not written into the selector's text to be parsed back: the
+            # watch then selects exactly the object a GET of this path reads.
+            return await self._watch(request, user, namespace, query, media, include, name)
         obj = await self.service.get(user, namespace, name)
         return _write(request, render_object(obj, media, include), _with_pretty(media, query))
 
@@ -922,10 +920,13 @@ class ApiServer:
         query: Query,
         media: MediaType,
         include: str,
+        name: str | None = None,
     ) -> bytes:
         hub = self.watch_hub
         assert hub is not None
         options = watch_options(query)
+        if name is not None:
+            options = attrs.evolve(options, fields=options.fields.pinned("metadata.name", name))
         # Before the head, as a list is refused (503, retry shortly): a watch needs the rules to
         # check what it sends, and once its 200 is out only an ERROR event can tell the client.
         hub.authorize(user, namespace)

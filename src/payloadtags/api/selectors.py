@@ -180,6 +180,10 @@ class FieldSelector:
     def matches(self, fields: Mapping[str, str]) -> bool:
         return all((fields.get(r.field) == r.value) == r.equal for r in self.requirements)
 
+    def pinned(self, field: str, value: str) -> FieldSelector:
+        """This selector, and ``field`` equal to ``value`` (a watch of one object by its path)."""
+        return FieldSelector((FieldRequirement(field, value, True), *self.requirements))
+
     def required(self, field: str) -> str | None:
         """The value the field must equal, when the selector pins it; for narrowing registry reads."""
         values = {r.value for r in self.requirements if r.field == field and r.equal}
@@ -239,30 +243,58 @@ def _unescape(value: str) -> str:
 
 
 def escape_value(value: str) -> str:
-    """A value as a field selector's text must spell it (fields.EscapeValue)."""
+    """A value as a field selector's text must spell it (fields.EscapeValue); the parser reads it back
+    as exactly that value, blanks included."""
     return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=")
 
 
+def go_quote(text: str) -> str:
+    """``text`` as Go's ``%q`` (strconv.Quote) prints it: upstream's messages quote names this way.
+    Go's unicode.IsPrint and str.isprintable() reject the same characters (the categories Other and
+    Separator, but for the ASCII space)."""
+    out = ['"']
+    for char in text:
+        if char in '"\\':
+            out.append("\\" + char)
+        elif char.isprintable():
+            out.append(char)
+        elif char in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[char])
+        elif char < " " or char == "\x7f":
+            out.append(f"\\x{ord(char):02x}")
+        elif char <= "\uffff":
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(f"\\U{ord(char):08x}")
+    out.append('"')
+    return "".join(out)
+
+
+_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
+
+
 def parse_field_selector(text: str | None) -> FieldSelector:
-    """Parse ``metadata.name=a,metadata.namespace!=b`` as fields.ParseSelector does, or raise a 400."""
-    if text is None or not text.strip():
+    """Parse ``metadata.name=a,metadata.namespace!=b`` as fields.ParseSelector does, or raise a 400.
+
+    As upstream: nothing is trimmed (a blank, ASCII or not, is part of its field or value: such a value
+    is no tag's name, such a field no field); the terms are taken in sorted order, every one split and
+    unescaped before any field is checked, so that of several bad terms the same one is reported."""
+    if not text:
         return FieldSelector()
-    requirements = []
-    for term in _split_terms(text):
-        # Blanks around a term, field or value are dropped (kube-apiserver keeps them, then finds no
-        # such field or value); a term left empty is skipped, as upstream skips "".
-        term = term.strip()
+    terms: list[tuple[str, str, str]] = []
+    for term in sorted(_split_terms(text)):  # sort.StringSlice: byte order, the code point order
         if not term:
-            continue  # upstream skips empty terms: "metadata.name=x," is valid
+            continue  # only an empty term is skipped: "metadata.name=x," is valid, "x, " is not
         split = _split_term(term)
         if split is None:
             raise bad_request(f"invalid selector: '{text}'; can't understand '{term}'")
         field, op, raw = split
-        value = _unescape(raw.strip())
-        field = field.strip()
+        terms.append((field, op, _unescape(raw)))
+    requirements = []
+    for field, op, value in terms:
         if field not in FIELDS:
             raise bad_request(
-                f'"{field}" is not a known field selector: only "metadata.name", "metadata.namespace"'
+                f'{go_quote(field)} is not a known field selector: only "metadata.name", "metadata.namespace"'
             )
         # As kube-apiserver, any value is accepted: one no namespace can have (Bad_NS) selects nothing,
         # and its != everything. Lists never look such a value up in the registry (TagsService).

@@ -306,6 +306,9 @@ class TagsService:
         scope = namespace or ""
         listing = self._begin(user, namespace, options, authorize)
         namespace = listing.namespace
+        # Decoded whatever the namespace, as kube-apiserver decodes it: a bad token is 400 even where
+        # nothing can be listed (the decode reads nothing).
+        token = continuation.decode(options.continue_, scope) if options.continue_ is not None else None
         if namespace is not None and not is_namespace(namespace):
             # A selector pinning a name no namespace can have (metadata.namespace= or a.b): nothing
             # has it, as -A shows no repository under such a name.
@@ -322,8 +325,7 @@ class TagsService:
         walk = None
         kept = None
         listed = Listed(scope, namespace)
-        if options.continue_ is not None:
-            token = continuation.decode(options.continue_, scope)
+        if token is not None:
             after, resource_version, walk = token.last, token.resource_version, token.walk
             if walk is not None and self.walks is not None:
                 walked = self.walks.listed(user, walk)
