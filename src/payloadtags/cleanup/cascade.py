@@ -20,6 +20,11 @@ is a verified-empty listing, not the absence of errors. That makes it idempotent
 at once (a digest someone else deleted first answers 404, which is progress, not an error), and
 robust to a registry that is down or read-only for a while: a failed pass is retried after a capped,
 jittered backoff, and read-only (maintenance) mode is waited out, never taken for done.
+
+A pass goes round the namespace's repositories once from where it began (`Walk`), and may be
+carried on by the next cascade given the same `Walk` (a deletecollection's next call): the
+repositories an earlier call emptied stay in the catalog, and listing them all again at every call
+would in the end fill a call's budget.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from payloadtags.inventory import CatalogCursor
 from payloadtags.kube import Backoff
 from payloadtags.names import is_namespace
 from payloadtags.registry import Catalog
+from payloadtags.registry.content import catalog_key
 from payloadtags.registry.errors import RegistryConflict, RegistryError, RegistryNotFound, RegistryReadOnly
 
 log = Logger()
@@ -148,6 +154,67 @@ class _Pass:
         self.failing.note(where)
 
 
+@attrs.define
+class Walk:
+    """Where a cascade's pass has got to in the namespace's catalog, kept from one cascade to the
+    next (a deletecollection's calls, each bounded in time): the next goes on from there instead of
+    listing again every repository the earlier ones emptied, which distribution keeps in its catalog.
+
+    A pass goes round the namespace's repositories once, in catalog order: from the repository after
+    `began` to the namespace's last, then (`wrapped`) from its first to `began` itself. Its counts go
+    with it, so a pass ended by a later cascade decides as one run by a single cascade: the namespace
+    is done only when a whole round listed no tag and met no error, which a round begun anywhere
+    gives as well as one begun at the first repository. A few names and counts, whatever the size
+    of the namespace."""
+
+    # The namespace object whose content this is (a deletecollection's removal): a walk is not
+    # carried on for a namespace created anew under the name.
+    uid: str | None = None
+    began: str | None = None  # the round begins after this repository (None: at the first)
+    wrapped: bool = False  # past the namespace's last repository: going on from its first
+    # Every repository of this stretch of the round up to this one is done (None: none yet).
+    after: str | None = None
+    state: _Pass | None = None  # the pass under way; None between passes
+
+    def position(self) -> str | None:
+        """The repository after which the walk goes on (None: the namespace's first)."""
+        if self.after is not None or self.wrapped:
+            return self.after
+        return self.began
+
+    def next_pass(self, *, round_done: bool) -> _Pass:
+        # After a whole round the next pass goes the same round. A pass cut short (a catalog page
+        # failed) is followed by one that begins where it stopped: what it did is not done again.
+        if not round_done:
+            self.began = self.position()
+        self.wrapped, self.after = False, None
+        self.state = _Pass()
+        return self.state
+
+
+@attrs.define
+class _Frontier:
+    """Keeps `Walk.after` at the last repository before which every one taken up is done.
+    Repositories are taken up in catalog order and end in any order; holds one name per repository
+    under way (at most the concurrency)."""
+
+    walk: Walk
+    _taken: str | None = None
+    _open: dict[str, str | None] = attrs.Factory(dict)  # under way -> the one taken up before it
+
+    def __attrs_post_init__(self) -> None:
+        self._taken = self.walk.after
+
+    def take(self, name: str) -> None:
+        self._open[name] = self._taken
+        self._taken = name
+
+    def done(self, name: str) -> None:
+        del self._open[name]
+        # The one taken up before the earliest still under way (dicts keep insertion order).
+        self.walk.after = next(iter(self._open.values())) if self._open else self._taken
+
+
 class CascadeRegistry(Catalog, Protocol):
     """The part of the registry a cascade uses (a fake in unit tests)."""
 
@@ -184,33 +251,42 @@ class Cascade:
         guard: Guard | None = None,
         confirm: Confirm | None = None,
         wait: Wait | None = None,
+        check_wait: Wait | None = None,
+        walk: Walk | None = None,
     ) -> CascadeResult:
         """Empty ``<namespace>/``; returns once a full listing of it finds no tag.
 
         Never gives up on registry errors (they are retried with backoff); raises `Aborted` when
         `guard` or `confirm` says to stop, and CancelledError when cancelled. `wait` sits out each
-        backoff (default: just the delay on the clock).
+        backoff after a pass, `check_wait` each of a confirmation's retry backoff (default: just the
+        delay on the clock). `walk` is where an earlier cascade of the namespace stopped: this one
+        goes on from there, and leaves it where it stops (default: from the first repository).
         """
         pause = wait or self._sleep
         if not is_namespace(namespace):
             # Not a namespace name: nothing a namespace's deletion may touch.
             raise ValueError(f"not a namespace name: {namespace!r}")
         if confirm is not None:
-            confirm = self._fresh(confirm, guard)
+            confirm = self._fresh(confirm, guard, check_wait or self._sleep)
+        walk = walk or Walk()
         started = self.clock.seconds()
         backoff = self.backoff()
         passes = errors = tags = manifests = 0
         last_error: str | None = None
         while True:
             _check(guard)
-            state = _Pass()
+            state = walk.state or walk.next_pass(round_done=True)
+            # What an earlier cascade's part of this pass deleted is that cascade's count.
+            tags_before, manifests_before = state.tags_deleted, state.manifests_deleted
             try:
-                await self._pass(namespace, state, guard, confirm)
+                round_done = await self._pass(namespace, walk, state, guard, confirm)
             except (RegistryError, Unconfirmed) as e:  # a catalog page failed
                 state.failed("catalog", e)
+                round_done = False
+            walk.next_pass(round_done=round_done)
             passes += 1
-            tags += state.tags_deleted
-            manifests += state.manifests_deleted
+            tags += state.tags_deleted - tags_before
+            manifests += state.manifests_deleted - manifests_before
             if state.errors:
                 errors += 1
                 last_error = state.last_error
@@ -259,7 +335,7 @@ class Cascade:
     async def _sleep(self, delay: float) -> None:
         await deferLater(self.clock, delay)
 
-    def _fresh(self, confirm: Confirm, guard: Guard | None) -> Confirm:
+    def _fresh(self, confirm: Confirm, guard: Guard | None, pause: Wait) -> Confirm:
         """`confirm` as every delete asks it: one call at a time, whose answer serves only the
         deletes that asked before it was made. A delete that asks while a call is under way waits
         for the next, which is made when that one ends and shared by all who asked meanwhile: an
@@ -281,8 +357,8 @@ class Cascade:
                     if retries == 0:
                         raise
                 retries -= 1
-                _check(guard)  # not sat out past a deletecollection's budget, nor after leading
-                await self._sleep(backoff.next_delay())
+                _check(guard)  # not sat out after leading
+                await pause(backoff.next_delay())  # a deletecollection's: not begun past its budget
 
         return fresh
 
@@ -304,24 +380,40 @@ class Cascade:
 
     # -- one pass ----------------------------------------------------------------------------------
 
-    async def _pass(self, namespace: str, state: _Pass, guard: Guard | None, confirm: Confirm | None) -> None:
+    async def _pass(
+        self, namespace: str, walk: Walk, state: _Pass, guard: Guard | None, confirm: Confirm | None
+    ) -> bool:
+        """Goes on with the pass from where `walk` is; True once it has gone round the namespace."""
         limit = DeferredSemaphore(self.concurrency)
-        # `last=<namespace>` seeks to the first `<namespace>/…` repository and the cursor stops at
-        # the first name outside it, so a prefix sibling (`team-a` for `team`) is never listed.
-        cursor = CatalogCursor(self.registry, namespace, namespace, self.page_size)
+        frontier = _Frontier(walk)
 
         async def repository(name: str) -> None:
+            frontier.take(name)
             await self._repository(name, state, limit, guard, confirm)
+            # Not reached when the cascade is stopped meanwhile: the next one does it again.
+            frontier.done(name)
 
-        while not cursor.done:
-            _check(guard)  # a catalog page is a registry request as well
-            batch = await cursor.next()
-            # A few repositories at a time, each taken up when one is done: a batch is up to a
-            # thousand repositories, and work started for all of them at once would hold every tag
-            # of the batch pending, its deletes queued behind every other repository's resolves.
-            await bounded_each(
-                repository, (name for name, ns, _path in batch if ns == namespace), self.concurrency
-            )
+        while True:
+            # `last=<namespace>` seeks to the first `<namespace>/…` repository and the cursor stops at
+            # the first name outside it, so a prefix sibling (`team-a` for `team`) is never listed.
+            cursor = CatalogCursor(self.registry, namespace, walk.position() or namespace, self.page_size)
+            # After wrapping, the round ends with the repository it began after.
+            until = catalog_key(walk.began) if walk.wrapped and walk.began is not None else None
+            while not cursor.done:
+                _check(guard)  # a catalog page is a registry request as well
+                batch = await cursor.next()
+                names = [name for name, ns, _path in batch if ns == namespace]
+                if until is not None and names and catalog_key(names[-1]) > until:
+                    names = [name for name in names if catalog_key(name) <= until]
+                    cursor.done = True
+                # A few repositories at a time, each taken up when one is done: a batch is up to a
+                # thousand repositories, and work started for all of them at once would hold every
+                # tag of the batch pending, its deletes queued behind every other repository's resolves.
+                await bounded_each(repository, names, self.concurrency)
+            if walk.wrapped or walk.began is None:
+                return True
+            walk.wrapped, walk.after = True, None
+            frontier = _Frontier(walk)
 
     async def _repository(
         self,
@@ -338,7 +430,6 @@ class Cascade:
             state.found += len(tags)
             unresolved: list[str] = []
             failed: set[str] = set()  # digests whose delete failed: not tried again in this pass
-            deleted = 0
             for start in range(0, len(tags), self.resolve_chunk):
                 chunk = tags[start : start + self.resolve_chunk]
                 digests = await gather([self._resolve(limit, guard, repository, tag, state) for tag in chunk])
@@ -358,12 +449,10 @@ class Cascade:
                 for digest, count in sorted(per_digest.items()):
                     if digest in failed:
                         continue
-                    outcome = await self._delete(limit, repository, digest, count, state, guard, confirm)
-                    if outcome is None:
+                    if not await self._delete(limit, repository, digest, count, state, guard, confirm):
                         failed.add(digest)
-                    deleted += outcome is True
             if unresolved:
-                await self._unresolved(repository, unresolved, deleted > 0, state, limit, guard, confirm)
+                await self._unresolved(repository, unresolved, state, limit, guard, confirm)
         except (RegistryError, Unconfirmed) as e:
             # One repository's failure does not stop the others; the pass is retried as a whole.
             state.failed(repository, e)
@@ -372,7 +461,6 @@ class Cascade:
         self,
         repository: str,
         unresolved: list[str],
-        deleted: bool,
         state: _Pass,
         limit: DeferredSemaphore,
         guard: Guard | None,
@@ -381,18 +469,19 @@ class Cascade:
         """After the digest deletes, the listed tags that did not resolve: untagged since the listing
         (by a digest delete of an earlier chunk, or by someone else), or dangling. A listing tells
         them apart: the gone ones are progress, the others are repaired (pointed at a placeholder,
-        which is then deleted)."""
+        which is then deleted).
+
+        A gone one is not counted as deleted: its digest is not known, so whether this cascade's
+        delete untagged it or someone else's (another replica's cascade, a delete through the API)
+        cannot be told, and a count must not claim what another party did. `tags_deleted` counts the
+        tags resolved to a digest this cascade deleted, and those it repaired: a digest's tags in a
+        later chunk than its delete are not in it."""
         listed = set(await self._read(limit, guard, self.registry.tags, repository))
         for tag in unresolved:
             if tag in listed:
                 await self._repair(limit, repository, tag, state, guard, confirm)
                 continue
             state.progress += 1
-            if deleted:
-                # Most likely on a digest this repository's work deleted after the tag was listed
-                # (tags sharing a digest across chunks): counted with that digest's tags.
-                state.tags_deleted += 1
-                self.metrics.tags_deleted_total += 1
 
     async def _read(
         self, limit: DeferredSemaphore, guard: Guard | None, fn: Callable[..., Awaitable[T]], *args: str
@@ -432,9 +521,9 @@ class Cascade:
         state: _Pass,
         guard: Guard | None,
         confirm: Confirm | None,
-    ) -> bool | None:
-        """True when this request deleted the digest, False when someone else had, None when it
-        failed (recorded; the pass is retried)."""
+    ) -> bool:
+        """False when the delete failed (recorded; the pass is retried): True when the digest is gone,
+        deleted by this request or, first, by someone else."""
         await limit.acquire()
         try:
             # Checked after waiting for a slot, i.e. right before the request leaves.
@@ -443,10 +532,10 @@ class Cascade:
                 await self.registry.delete_manifest(repository, digest)
             except RegistryNotFound:
                 state.progress += 1  # someone else deleted it first: the goal is reached all the same
-                return False
+                return True
             except RegistryError as e:
                 state.failed(f"{repository}@{digest}", e)  # as in _resolve: the sibling deletes go on
-                return None
+                return False
         finally:
             limit.release()
         state.progress += 1

@@ -7,10 +7,15 @@ distinct digest once (what the cascade does) is both right and several times che
 request without selectors, from a caller who may see and delete every path of the namespace, in a
 namespace the cluster API itself reports Terminating or absent (asked again right before every
 delete, as every cascade does) gets this; any other deletecollection deletes its selection tag by tag.
+
+Each call is bounded in time, and a namespace of many repositories takes several: a call goes on
+where the last one stopped (`Walk`), since distribution keeps the repositories emptied by earlier
+calls in its catalog, and listing them all again at every call would in the end fill the budget.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,8 +24,8 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
-from payloadtags.cleanup.cascade import Aborted, Cascade
-from payloadtags.cleanup.sweep import ABSENT, TERMINATING, namespace_state, require_gone
+from payloadtags.cleanup.cascade import Aborted, Cascade, Walk
+from payloadtags.cleanup.sweep import ABSENT, TERMINATING, namespace_state, namespace_uid, require_gone
 from payloadtags.kube import Backoff, KubeClient
 from payloadtags.registry.errors import RegistryUnavailable
 
@@ -41,6 +46,16 @@ class NamespaceRemover:
     # The leader's cascade of a namespace, when this replica runs one (`CleanupController.cleaning`).
     running: Callable[[str], Deferred[None] | None] = lambda namespace: None
     _inflight: dict[str, Deferred[Any]] = attrs.Factory(dict)
+    # The uid of the namespace object of that name (None: none, or the API cannot tell), which the
+    # walk kept for a namespace belongs to: a namespace created anew starts its own from the first
+    # repository. None: namespaces are told apart by name only.
+    identify: Callable[[str], Awaitable[str | None]] | None = None
+    # Where each namespace's removal has got to, for its next call: forgotten once the namespace is
+    # found empty, replaced for a namespace created anew, and the least recently used beyond
+    # `walks_kept` namespaces (a namespace emptied by another replica, finalized meanwhile, calls no
+    # more). A walk forgotten only makes the next call begin at the namespace's first repository.
+    walks_kept: int = 1000
+    _walks: OrderedDict[str, Walk] = attrs.Factory(OrderedDict)
 
     async def remove(self, namespace: str, within: float) -> None:
         deadline = self.clock.seconds() + within
@@ -54,6 +69,7 @@ class NamespaceRemover:
 
         async def wait(delay: float) -> None:
             # A backoff that ends past the budget would end in the guard's stop: stop now instead.
+            # Both a failed pass's and a confirmation's retry backoff.
             if self.clock.seconds() + delay >= deadline:
                 raise Aborted(f"not finished within {within:g}s")
             await deferLater(self.clock, delay)
@@ -71,10 +87,19 @@ class NamespaceRemover:
             # this one runs, and its new content is not ours.
             require_gone(namespace, *await self.check(namespace))
 
-        mine = Deferred.fromCoroutine(self.cascade.run(namespace, guard=guard, confirm=confirm, wait=wait))
+        uid = await self.identify(namespace) if self.identify is not None else None
+        # Taken, not shared: a call that overlaps (its wait for this one ran out) walks on its own.
+        walk = self._walks.pop(namespace, None)
+        if walk is None or walk.uid != uid:
+            walk = Walk(uid=uid)
+        mine = Deferred.fromCoroutine(
+            self.cascade.run(namespace, guard=guard, confirm=confirm, wait=wait, check_wait=wait, walk=walk)
+        )
         self._inflight[namespace] = mine
+        done = False
         try:
             await mine
+            done = True
         except Aborted as stopped:
             # The caller answers a retriable 503 that names what is left; the next call resumes.
             raise RegistryUnavailable(
@@ -83,6 +108,10 @@ class NamespaceRemover:
         finally:
             if self._inflight.get(namespace) is mine:
                 del self._inflight[namespace]
+            if not done:
+                self._walks[namespace] = walk
+                while len(self._walks) > self.walks_kept:
+                    self._walks.popitem(last=False)
 
     async def _follow(self, other: Deferred[Any], within: float) -> None:
         """Wait until ``other`` ends or ``within`` seconds pass, whatever its outcome; never cancel it."""
@@ -114,7 +143,12 @@ def namespace_remover(
         # Short: the whole call is bounded by the API's budget, and the caller retries anyway.
         backoff=lambda: Backoff(initial=0.2, factor=2.0, cap=2.0),
     )
-    return NamespaceRemover(cascade, reactor, lambda namespace: namespace_state(kube, namespace))
+    return NamespaceRemover(
+        cascade,
+        reactor,
+        lambda namespace: namespace_state(kube, namespace),
+        identify=lambda namespace: namespace_uid(kube, namespace),
+    )
 
 
 __all__ = ["NamespaceRemover", "namespace_remover"]

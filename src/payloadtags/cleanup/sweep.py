@@ -65,6 +65,14 @@ async def namespace_state(
     return (TERMINATING if is_terminating(obj) else EXISTS), None
 
 
+async def namespace_uid(kube: ClusterClient, name: str) -> str | None:
+    """The uid of the namespace object of that name; None when there is none or the API cannot tell."""
+    try:
+        return uid_of(await kube.get(resource_path("", "v1", "namespaces", name=name)))
+    except KubeError:
+        return None
+
+
 def require_gone(namespace: str, state: str, why: str | None) -> None:
     """A cascade's `Confirm` on the cluster API's answer (`namespace_state`): deleting goes on only
     while the namespace is Terminating or absent."""
