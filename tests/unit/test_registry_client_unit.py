@@ -970,17 +970,6 @@ class DeleteRegistry:
                 return error_answer(404, "MANIFEST_UNKNOWN")
             headers = {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": self.tag}
             return Answer(200, headers, self.manifests[self.tag] if request.method == "GET" else b"")
-        if (
-            request.method == "GET"
-            and path.startswith("/v2/a/b/manifests/sha256:")
-            and not path.endswith("0" * 64)
-        ):
-            digest = path.rsplit("/", 1)[-1]
-            if digest not in self.manifests:
-                return error_answer(404, "MANIFEST_UNKNOWN")
-            return Answer(
-                200, {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": digest}, self.manifests[digest]
-            )
         if request.method == "GET" and path == "/v2/a/b/tags/list":
             return json_answer({"name": "a/b", "tags": ["v1"] if self.tag is not None else []})
         if request.method == "DELETE" and path == "/v2/a/b/manifests/v1":
@@ -1117,8 +1106,6 @@ def test_unique_manifest_delete_on_distribution_2_8() -> None:
         # The read the re-tag is conditional on comes last, right before the write.
         "GET /v2/a/b/manifests/v1",
         "PUT /v2/a/b/manifests/v1",
-        # Still on our copy: another replica's delete of the tag has not re-tagged it meanwhile.
-        "HEAD /v2/a/b/manifests/v1",
         f"DELETE /v2/a/b/manifests/{unique}",
     ]
     document = json.loads(registry.put_bodies[0])
@@ -1130,13 +1117,13 @@ def test_unique_manifest_delete_on_distribution_2_8() -> None:
     registry.push(MANIFEST)
     del agent.sent[:]
     result(client.delete_tag("a/b", "v1"))
-    assert [p.split(" ")[0] for p in agent.paths()] == ["GET", "PUT", "HEAD", "DELETE"]
+    assert [p.split(" ")[0] for p in agent.paths()] == ["GET", "PUT", "DELETE"]
     assert digest_of(registry.put_bodies[0]) != digest_of(registry.put_bodies[1])
     clock.advance(PROBE_VALIDITY)
     registry.push(MANIFEST)
     del agent.sent[:]
     result(client.delete_tag("a/b", "v1"))
-    assert [p.split(" ")[0] for p in agent.paths()] == ["DELETE", "GET", "PUT", "HEAD", "DELETE"]
+    assert [p.split(" ")[0] for p in agent.paths()] == ["DELETE", "GET", "PUT", "DELETE"]
 
 
 def test_read_only_and_delete_disabled_are_found_before_writing() -> None:
@@ -1303,138 +1290,3 @@ def test_a_failed_copy_delete_is_tried_once_more_before_any_restore() -> None:
     assert registry.tag is None
     assert len(registry.put_bodies) == 1  # the re-tag only: nothing was restored over the tag
     assert [s.method for s in agent.sent][-3:] == ["DELETE", "HEAD", "DELETE"]
-
-
-# --- the same tag deleted through two replicas at once (docs/consistency.md) -----------------------
-
-
-def other_replicas_copy() -> bytes:
-    """What another replica's delete of v1 puts under it: MANIFEST with a delete-nonce of its own."""
-    document = json.loads(MANIFEST)
-    document["annotations"] = {DELETE_NONCE_ANNOTATION: "b" * 32}
-    return json.dumps(document, separators=(",", ":")).encode()
-
-
-def on_our_copy(registry: DeleteRegistry, request: Sent) -> bool:
-    """Whether ``request`` is the first one after our copy's PUT (the read of where the tag is)."""
-    return len(registry.put_bodies) == 1 and request.method == "HEAD"
-
-
-def test_a_tag_another_replica_took_off_our_copy_and_deleted_is_not_found() -> None:
-    registry = DeleteRegistry(tag_delete=error_answer(400, "DIGEST_INVALID"))
-    theirs: list[str] = []
-
-    def other_replica(request: Sent) -> None:
-        if on_our_copy(registry, request) and not theirs:
-            theirs.append(registry.push(other_replicas_copy()))  # its re-tag lands after ours
-        elif (
-            theirs and request.method == "DELETE" and request.url.endswith(digest_of(registry.put_bodies[0]))
-        ):
-            registry.manifests.pop(theirs[0])  # and its copy's DELETE with ours: the tag goes
-            registry.tag = None
-
-    registry.before = other_replica
-    client, _ = make(registry)
-    # Our DELETE removed no tag (it was on the other copy): the other delete did, so 404, as the
-    # second of two deletes of one object is in Kubernetes; not a second 200.
-    with pytest.raises(RegistryNotFound):
-        result(client.delete_tag("a/b", "v1"))
-    assert registry.tag is None and MANIFEST_DIGEST in registry.manifests  # gone; the content stays
-    assert digest_of(registry.put_bodies[0]) not in registry.manifests  # our copy is not left behind
-    assert len(registry.put_bodies) == 1
-
-
-def test_a_failed_delete_while_another_replica_deletes_the_tag_is_no_conflict() -> None:
-    clock = Clock()
-    registry = DeleteRegistry(
-        tag_delete=error_answer(400, "DIGEST_INVALID"), digest_delete=error_answer(500, "UNKNOWN")
-    )
-    theirs: list[str] = []
-
-    def other_replica(request: Sent) -> None:
-        ours = digest_of(registry.put_bodies[0]) if registry.put_bodies else None
-        if request.method == "DELETE" and request.url.endswith(str(ours)) and not theirs:
-            theirs.append(registry.push(other_replicas_copy()))  # lands right before our DELETE fails
-
-    registry.before = other_replica
-    client, _ = make(registry, clock, timeout=4.0)
-    outcome = run(client.delete_tag("a/b", "v1"))
-    # The tag is on the other replica's copy, which is no push: no 409 saying one landed. That
-    # delete is waited for; it removes the tag.
-    assert not outcome.called
-    assert registry.tag == theirs[0]
-    registry.manifests.pop(theirs[0])
-    registry.tag = None
-    clock.advance(1)
-    with pytest.raises(RegistryNotFound):
-        result(outcome)
-    assert len(registry.put_bodies) == 1  # nothing restored over the other delete's work
-    assert MANIFEST_DIGEST in registry.manifests
-
-
-def test_a_tag_on_another_replicas_copy_is_waited_for_and_not_copied_again() -> None:
-    clock = Clock()
-    registry = DeleteRegistry(tag_delete=error_answer(400, "DIGEST_INVALID"))
-    theirs = registry.push(other_replicas_copy())  # another replica's delete is between PUT and DELETE
-    client, _ = make(registry, clock, timeout=4.0)
-    outcome = run(client.delete_tag("a/b", "v1"))
-    assert not outcome.called and registry.put_bodies == []  # waiting, nothing written
-    registry.manifests.pop(theirs)  # the other delete's DELETE: the tag goes
-    registry.tag = None
-    clock.advance(1)
-    with pytest.raises(RegistryNotFound):
-        result(outcome)
-    assert registry.put_bodies == []
-
-
-def test_a_copy_left_by_a_delete_cut_short_is_deleted_after_the_wait() -> None:
-    clock = Clock()
-    registry = DeleteRegistry(tag_delete=error_answer(400, "DIGEST_INVALID"))
-    left = registry.push(other_replicas_copy())  # a killed replica's copy: nobody deletes it
-    client, _ = make(registry, clock, timeout=4.0)
-    outcome = run(client.delete_tag("a/b", "v1"))
-    for _ in range(12):  # two timeouts of reads, a second apart
-        if outcome.called:
-            break
-        clock.advance(1)
-    assert result(outcome) == left
-    assert registry.tag is None and MANIFEST_DIGEST in registry.manifests
-
-
-def test_a_push_between_our_copy_and_its_delete_is_a_conflict_and_stands() -> None:
-    registry = DeleteRegistry(tag_delete=error_answer(400, "DIGEST_INVALID"))
-    pushed: list[str] = []
-
-    def push(request: Sent) -> None:
-        if on_our_copy(registry, request) and not pushed:
-            pushed.append(registry.push(OTHER))
-
-    registry.before = push
-    client, _ = make(registry)
-    # Our copy's DELETE then removes no tag: a 200 would report a delete that did not happen.
-    with pytest.raises(RegistryConflict) as caught:
-        result(client.delete_tag("a/b", "v1"))
-    assert caught.value.current == pushed[0] and registry.tag == pushed[0]
-    assert digest_of(registry.put_bodies[0]) not in registry.manifests
-
-
-def test_a_dangling_tag_another_replica_repairs_meanwhile_is_not_found_not_a_conflict() -> None:
-    registry = DeleteRegistry(tag_delete=error_answer(400, "DIGEST_INVALID"))
-    registry.dangle()
-    placeholder = json.dumps(
-        {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "annotations": {REPAIR_ANNOTATION: "b" * 32}}
-    ).encode()
-    theirs: list[str] = []
-
-    def other_replica(request: Sent) -> None:
-        if request.method == "POST" and not theirs:
-            theirs.append(registry.push(placeholder))  # its repair's placeholder lands
-        elif theirs and request.method == "GET" and request.url.endswith(theirs[0]):
-            registry.manifests.pop(theirs[0])  # and its DELETE: the tag goes
-            registry.tag = None
-
-    registry.before = other_replica
-    client, _ = make(registry)
-    with pytest.raises(RegistryNotFound):
-        result(client.delete_tag("a/b", "v1"))
-    assert registry.put_bodies == []  # nothing written over the other repair

@@ -550,8 +550,6 @@ class RegistryClient:
                 await self._probe_delete(repository, tag)
             # The read the re-tag is conditional on: the last request before the write.
             original = await self._read_tag(repository, tag)
-            if original is not None and _is_delete_copy(original):
-                original = await self._after_other_copy(repository, tag, original)
             if not writing.called:
                 writing.callback(None)
             if original is None:
@@ -559,24 +557,6 @@ class RegistryClient:
                 return None
             await self._delete_tag_by_unique_manifest(repository, tag, original)
             return original.digest
-
-    async def _after_other_copy(self, repository: str, tag: str, copy: Manifest) -> Manifest | None:
-        """The tag shows a delete's transient copy: another delete of it under way (another
-        replica's; this process's wait in the queue), or one cut short. Copying that copy again would
-        leave the other delete's DELETE removing nothing, and both would answer 200. So wait for it
-        to leave the copy: when the other delete took the tag, this one is RegistryNotFound (404), as
-        the second of two deletes of one object is in Kubernetes. A copy left in place past the wait
-        (a delete cut short) is deleted as any content. Returns the new conditional read."""
-        current, gone = await self._await_leaving(repository, tag, copy.digest)
-        if gone:
-            raise RegistryNotFound(
-                f"registry {self._name}: tag {repository}:{tag} was deleted by another delete of it "
-                "meanwhile",
-                code="MANIFEST_UNKNOWN",
-            )
-        if current == copy.digest:
-            return copy  # still there: the read just made is the last one before the write
-        return await self._read_tag(repository, tag)
 
     def _finished_alone(self, repository: str, tag: str, outcome: object) -> None:
         where = f"{repository}:{tag}"
@@ -732,27 +712,14 @@ class RegistryClient:
             await self._settle(repository, tag, error, ours, original, write_pending=error.unanswered)
             return
         self._window(kind, repository, tag, read_at)
-        # One read between our copy's PUT and its DELETE. Another replica deleting the same tag at
-        # once may have re-tagged it onto a copy of its own since (its queue is not ours): our DELETE
-        # then removes nothing, the other one removes the tag, and a 200 here would claim its work.
-        # A failed read says nothing: go on as if the tag were on our copy, as before.
         try:
-            shown: str | None = await self._current(repository, tag)
-        except RegistryError:
-            shown = ours
-        try:
-            # Even when the tag has left it: our copy is on no tag, and is not left behind.
             await self._delete_manifest(repository, ours)
         except RegistryNotFound:
             # Someone else deleted our copy, and the tag with it: the tag is gone, as asked.
             # Restoring it here would bring back a tag that a concurrent delete had removed.
-            if shown == ours:
-                return
+            return
         except RegistryError as error:
             await self._settle(repository, tag, error, ours, original)
-            return
-        if shown != ours:
-            await self._left_our_copy(repository, tag, original)
 
     async def _await_landing(
         self, repository: str, tag: str, written: str | None, before: set[str | None], seen: str | None
@@ -785,7 +752,6 @@ class RegistryClient:
         original: Manifest | None,
         retried: bool = False,
         write_pending: bool = False,
-        other: bool = False,
     ) -> None:
         """After a failed write or delete: look where the tag points and act on what is there.
 
@@ -823,12 +789,6 @@ class RegistryClient:
             # Gone (another delete took it), but our write is still out there: success now could be
             # followed by the tag coming back, so the user hears both.
             raise _amend(error, f"; tag {where} is gone now{late}") from error
-        if gone and other:
-            # Another delete's copy took the tag (we waited for it): this delete's writes did not.
-            raise RegistryNotFound(
-                f"registry {self._name}: tag {where} was deleted by another delete of it meanwhile",
-                code="MANIFEST_UNKNOWN",
-            )
         if gone:
             return
         if current is None:
@@ -902,85 +862,12 @@ class RegistryClient:
             ) from error
         if original is not None and current == original.digest:
             raise _amend(error, f"; tag {where} was left as it was, on {original.digest}{late}") from error
-        if not other and await self._delete_copy(repository, current):
-            # Another delete's transient copy, not a push: that delete is under way (another
-            # replica's), and a 409 would report a push nobody made. Wait for it, then say what it did.
-            try:
-                await self._await_leaving(repository, tag, current)
-            except RegistryError as check_error:
-                raise _amend(
-                    error,
-                    f"; tag {where} {_other_copy(current)} (reading it again failed: "
-                    f"{check_error.message}){late}",
-                ) from error
-            await self._settle(repository, tag, error, ours, original, retried, write_pending, other=True)
-            return
-        if other and await self._delete_copy(repository, current):
-            raise _amend(error, f"; tag {where} {_other_copy(current)}{late}") from error
         raise RegistryConflict(
             f"registry {self._name}: tag {where} now points at {current}, pushed while it was being "
             f"deleted (it pointed at {original.digest if original is not None else 'nothing'}); the "
             f"delete failed ({error.message}) and the tag was left as the push made it{late}",
             current=current,
         ) from error
-
-    async def _left_our_copy(self, repository: str, tag: str, original: Manifest | None) -> None:
-        """Our copy's PUT was answered, yet the tag had left the copy before its DELETE: the DELETE
-        removed no tag. Where the tag is now says what to answer. Another delete's copy (another
-        replica deleting the same tag) is waited for: once it took the tag, this delete answers
-        RegistryNotFound (404), as the second of two deletes of one object does in Kubernetes. A
-        push is a RegistryConflict, and it stands."""
-        where = f"{repository}:{tag}"
-        current, gone = await self._again(lambda: self._where(repository, tag))
-        if current is not None and await self._delete_copy(repository, current):
-            current, gone = await self._await_leaving(repository, tag, current)
-            if current is not None and await self._delete_copy(repository, current):
-                raise RegistryUnavailable(
-                    f"registry {self._name}: deleting tag {where}: {_other_copy(current)}"
-                )
-        if gone:
-            raise RegistryNotFound(
-                f"registry {self._name}: tag {where} was deleted by another delete of it meanwhile",
-                code="MANIFEST_UNKNOWN",
-            )
-        if current is None:
-            await self._repair_dangling(repository, tag)  # left dangling by the other delete: finish
-            return
-        if original is not None and current == original.digest:
-            raise RegistryUnavailable(
-                f"registry {self._name}: deleting tag {where}: the tag is on {current} again, put back "
-                "by another delete of it that failed, or pushed again; retry the delete"
-            )
-        raise RegistryConflict(
-            f"registry {self._name}: tag {where} now points at {current}, pushed while it was being "
-            f"deleted (it pointed at {original.digest if original is not None else 'nothing'}); the "
-            "tag was left as the push made it",
-            current=current,
-        )
-
-    async def _delete_copy(self, repository: str, digest: str) -> bool:
-        """Whether the manifest ``digest`` is a delete's transient copy (it carries the delete-nonce
-        annotation): another delete of the tag under way, or one cut short. A manifest gone since the
-        tag was read counts as one: someone deleted it by digest, and the tag with it, which the
-        caller's next read shows. Not known (the read failed): False."""
-        try:
-            manifest = await self._again(lambda: self.manifest(repository, digest))
-        except RegistryNotFound:
-            return True
-        except RegistryError:
-            return False
-        return _is_delete_copy(manifest)
-
-    async def _await_leaving(self, repository: str, tag: str, copy: str) -> tuple[str | None, bool]:
-        """The tag shows ``copy``, another delete's transient copy: read it again, a pause apart, while
-        it does, for up to LATE_WRITE_GRACE registry timeouts (that delete's next step is the copy's
-        DELETE, one request). Returns where the tag is at the last read, and whether it is gone."""
-        deadline = self._reactor.seconds() + LATE_WRITE_GRACE * self._settings.timeout
-        while True:
-            current, gone = await self._again(lambda: self._where(repository, tag))
-            if current != copy or self._reactor.seconds() >= deadline:
-                return current, gone
-            await self._pause()
 
     async def _settle_tag_delete(
         self, repository: str, tag: str, error: RegistryError, original: Manifest | None
@@ -1041,17 +928,6 @@ class RegistryClient:
         # Conditional, as every write here: right before it, the tag must still point at nothing.
         read_at = self._reactor.seconds()
         current = await self._again(lambda: self._current(repository, tag))
-        if current is not None and await self._delete_copy(repository, current):
-            # Another replica repairing (or deleting) the same tag: its placeholder is no push.
-            current, gone = await self._await_leaving(repository, tag, current)
-            if gone:
-                raise RegistryNotFound(
-                    f"registry {self._name}: tag {where} was deleted by another delete of it meanwhile",
-                    code="MANIFEST_UNKNOWN",
-                )
-            if current is not None and await self._delete_copy(repository, current):
-                raise RegistryUnavailable(f"registry {self._name}: {what}: {_other_copy(current)}")
-            read_at = self._reactor.seconds()
         if current is not None:
             raise RegistryConflict(
                 f"registry {self._name}: tag {where} was dangling and now points at {current}, pushed "
@@ -1509,29 +1385,6 @@ class RegistryClient:
             self._check_digest(reference)
         else:
             self._check_tag(reference)
-
-
-def _is_delete_copy(manifest: Manifest) -> bool:
-    """Whether ``manifest`` is a delete's transient copy (the delete-nonce annotation) or a repair's
-    placeholder (the dangling-repair one): written by a delete of the tag, deleted right after."""
-    try:
-        document = manifest.json()
-    except ValueError:
-        return False
-    annotations = document.get("annotations")
-    if isinstance(annotations, dict) and (
-        DELETE_NONCE_ANNOTATION in annotations or REPAIR_ANNOTATION in annotations
-    ):
-        return True
-    return DELETE_NONCE_ANNOTATION in document  # schema 1: a member of its own
-
-
-def _other_copy(digest: str) -> str:
-    return (
-        f"now points at {digest}, a transient copy (or placeholder) another delete of the tag wrote "
-        f"(annotation {DELETE_NONCE_ANNOTATION} or {REPAIR_ANNOTATION}), not a push: that delete is "
-        "still under way, or was cut short; retry the delete"
-    )
 
 
 def _amend(error: RegistryError, more: str) -> RegistryError:
