@@ -194,6 +194,52 @@ def test_the_bound_evicts_by_bytes_not_by_count() -> None:
     assert cache.size <= small * 3 and cache.names < 40
 
 
+class Counted(tuple[str, ...]):
+    """A tag list that counts how often its tags are gone through (measuring it does that)."""
+
+    passes = 0
+
+    def __iter__(self) -> Any:
+        type(self).passes += 1
+        return super().__iter__()
+
+
+def test_a_page_measures_only_the_lists_it_brought() -> None:
+    # A walk through one big repository keeps its list for every page, the same object: measured once
+    # when first kept, not on every page (300,000 tags cost milliseconds a page, seconds a walk).
+    Counted.passes = 0
+    big = Counted(f"v{i}" for i in range(1000))
+    cache = WalkCache(Clock())
+    asked: tuple[TagRef, Kept] | None = None
+    for number in range(20):
+        # Each page also reads a small repository of its own, and hands out the big list again.
+        small = Counted((f"s{number}",))
+        handed = (TagRef("team", "a", f"v{number}"), Kept({"team/a": big, f"team/s{number}": small}))
+        cache.keep(ALICE, "w", TEAM, asked, handed)
+        asked = (handed[0], Kept({"team/a": big}))
+    assert Counted.passes == 1 + 20  # the big list once, each small one once
+    # What is counted is what the walk keeps now: the big list and the last page's small one.
+    assert (cache.size, cache.names) == kept_size([Kept({"team/a": big, "team/s19": small})])
+
+
+def test_a_catalog_rest_kept_again_is_not_measured_again() -> None:
+    names = rest(*(f"r{number}" for number in range(100)))
+    passes = []
+    entries = names.entries
+
+    class Entries(tuple[tuple[str, str, str], ...]):
+        def __iter__(self) -> Any:
+            passes.append(1)
+            return super().__iter__()
+
+    names = attrs.evolve(names, entries=Entries(entries))
+    cache = WalkCache(Clock())
+    for number in range(5):
+        cache.keep(ALICE, "w", TEAM, None, (TagRef("team", "a", f"v{number}"), Kept({}, names)))
+    assert len(passes) == 1
+    assert (cache.size, cache.names) == kept_size([Kept({}, names)])
+
+
 def test_walk_ids_are_random_and_token_safe() -> None:
     ids = {new_walk_id() for _ in range(100)}
     assert len(ids) == 100

@@ -46,7 +46,7 @@ DEFAULT_TTL = 60.0
 # What all walks together may keep, counted by `kept_size`. The count follows CPython's objects (a
 # string is its characters plus a header; a catalog entry is a tuple of three fresh strings), so it is
 # the memory dropping the walks frees: measured with tracemalloc for walks of long repository names
-# (210 characters, the reviewer's case) and of short ones, within 10% (docs/api.md, "List options").
+# (210 characters, the reviewer's case) and of short ones, within 5% (docs/api.md, "List options").
 DEFAULT_MAX_BYTES = 32 << 20
 
 # CPython's per-object sizes (64-bit): an ASCII string's header (its characters come on top), a
@@ -57,6 +57,15 @@ _TUPLE = sys.getsizeof(())
 _ENTRY = sys.getsizeof(tuple(range(3))) + _REF + 3 * _STR
 # A kept list's share of its mapping: the tuple's header, the dict slot, the repository name as key.
 _LIST = _TUPLE + 3 * _REF + _STR
+# A list (or catalog rest) of this many names or more is measured once, when a page first keeps it,
+# and its measure remembered with the walk: a walk through a 300,000-tag repository keeps its list for
+# every page, and measuring it again on each cost milliseconds a page, seconds a walk. A shorter one
+# is measured again on each page that keeps it (a few dozen lengths): remembering it would cost about
+# as much memory as the list itself.
+_REMEMBERED_FROM = 64
+# What remembering a measure costs, counted with the walk: the entry (a tuple of the object, its bytes
+# and its names), its key (the object's id) and its dict slot.
+_REMEMBERED = sys.getsizeof((0, 0, 0)) + 3 * sys.getsizeof(1 << 40) + 6 * _REF
 
 
 def new_walk_id() -> str:
@@ -99,9 +108,14 @@ class _Walk:
     size: int  # bytes, `kept_size`
     names: int
     touched: float
+    # The measures of its longer tag lists and catalog rests, for the walk's next page (`_measure`).
+    measured: Measured = attrs.field(factory=dict)
 
 
 Key = tuple[UserInfo, str]
+# A remembered measure of a tag list or catalog rest, by its id(): the object itself (held, so that the
+# id names no other object while the entry lasts), its bytes and its names.
+Measured = dict[int, tuple[object, int, int]]
 
 
 def kept_size(kept: Iterable[Kept]) -> tuple[int, int]:
@@ -110,16 +124,40 @@ def kept_size(kept: Iterable[Kept]) -> tuple[int, int]:
     Names are ASCII (the registry's grammar), a byte a character. A list kept for both tokens is one
     object (the page took it from the one and keeps it for the other): counted once. A catalog entry is
     counted whole, its strings made for the walk (`inventory.CatalogCursor`): shared with nothing."""
-    lists = {id(tags): (repository, tags) for one in kept for repository, tags in one.lists.items()}
-    size = names = 0
-    for repository, tags in lists.values():
-        size += _LIST + len(repository) + len(tags) * (_STR + _REF) + sum(map(len, tags))
-        names += len(tags)
-    for one in kept:
-        if one.rest is not None:
-            size += len(one.rest) * _ENTRY + sum(len(a) + len(b) + len(c) for a, b, c in one.rest.entries)
-            names += len(one.rest)
+    size, names, _ = _measure(kept, {})
     return size, names
+
+
+def _measure(kept: Iterable[Kept], before: Measured) -> tuple[int, int, Measured]:
+    """`kept_size`, and the measures to remember with the walk (those of `_REMEMBERED_FROM` names or
+    more, counted with it). One in ``before`` (remembered for the walk's previous page: the same
+    object) is not measured again, so a page's keep costs what the page brought, not what the walk
+    keeps."""
+    seen: dict[int, tuple[object, int, int]] = {}
+    for one in kept:
+        # A list kept for both tokens is one object: counted once.
+        for repository, tags in one.lists.items():
+            if id(tags) not in seen:
+                seen[id(tags)] = _known(before, tags) or (tags, *_list_size(repository, tags))
+        rest = one.rest
+        if rest is not None and id(rest) not in seen:
+            seen[id(rest)] = _known(before, rest) or (rest, *_rest_size(rest))
+    measured = {key: one for key, one in seen.items() if one[2] >= _REMEMBERED_FROM}
+    size = sum(one[1] for one in seen.values()) + len(measured) * _REMEMBERED
+    return size, sum(one[2] for one in seen.values()), measured
+
+
+def _known(before: Measured, what: object) -> tuple[object, int, int] | None:
+    known = before.get(id(what))
+    return known if known is not None and known[0] is what else None
+
+
+def _list_size(repository: str, tags: Sequence[str]) -> tuple[int, int]:
+    return _LIST + len(repository) + len(tags) * (_STR + _REF) + sum(map(len, tags)), len(tags)
+
+
+def _rest_size(rest: CatalogRest) -> tuple[int, int]:
+    return len(rest) * _ENTRY + sum(len(a) + len(b) + len(c) for a, b, c in rest.entries), len(rest)
 
 
 @attrs.define(eq=False)
@@ -180,18 +218,20 @@ class WalkCache:
         and what the page used; None for a first page) and for the one it handed out (``handed``;
         None when it was the walk's last). Replaces what the walk kept before."""
         key = (who, walk)
+        before: Measured = {}
         if key in self._walks:
+            before = self._walks[key].measured
             self._drop(key)
         self._expire()
         kept = dict(pair for pair in (asked, handed) if pair is not None and (pair[1].lists or pair[1].rest))
-        size, names = kept_size(kept.values())
+        size, names, measured = _measure(kept.values(), before)
         if size > self.max_bytes and handed is not None and handed[0] in kept:
             # Too much for both: the next page's come first, a repeated page reads the registry.
             kept = {handed[0]: handed[1]}
-            size, names = kept_size(kept.values())
+            size, names, measured = _measure(kept.values(), measured)
         if not kept or size > self.max_bytes:
             return
-        self._walks[key] = _Walk(listed, kept, size, names, self.clock.seconds())
+        self._walks[key] = _Walk(listed, kept, size, names, self.clock.seconds(), measured)
         self.size += size
         self.names += names
         while self.size > self.max_bytes:
