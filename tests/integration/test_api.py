@@ -6,6 +6,7 @@ import itertools
 import json
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import attrs
 import pytest
@@ -160,6 +161,21 @@ async def test_numeric_label_selectors_are_understood(api, registry, repo):
     reply = await client.get(f"{collection(namespace)}?labelSelector=build%3Ex")
     assert_status(reply, 400, "BadRequest")
     assert "for 'Gt', 'Lt' operators, the value must be an integer" in reply.json()["message"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_label_selector_with_another_blank_deletes_nothing(api, registry, repo):
+    """`app!=x<U+3000>` is a 400 for kube-apiserver (an invalid value), not `app!=x`, which every tag
+    matches: a deletecollection with it must delete nothing."""
+    namespace, _ = split(repo)
+    images.push_oci_image(registry, repo, "a")
+    images.push_oci_image(registry, repo, "b")
+    client = api.client(api.pki.admin)
+    reply = await client.delete(
+        f"{collection(namespace)}?labelSelector={quote('app!=x' + chr(0x3000), safe='')}"
+    )
+    assert_status(reply, 400, "BadRequest")
+    assert images.list_tags(registry, repo) == ["a", "b"]
 
 
 @pytest_twisted.ensureDeferred
@@ -566,6 +582,27 @@ async def test_yaml_as_kube_apiserver_serves_it(api, registry, repo):
     assert_status(missing, 404, "NotFound")
     watch = await client.get(collection(namespace) + "?watch=true", headers={"Accept": "application/yaml"})
     assert_status(watch, 406, "NotAcceptable")
+
+
+@pytest_twisted.ensureDeferred
+async def test_yaml_of_a_manifest_with_a_lone_surrogate_escape(api, registry, repo):
+    """`"\\ud800x"` in a manifest is valid JSON text, but no YAML text can hold the lone surrogate: the
+    YAML answer carries U+FFFD for it, as Go clients of the JSON answer read it, never a 500."""
+    namespace, path = split(repo)
+    images.push_oci_image(registry, repo, "a", annotations={"k": "PLACEHOLDER"})
+    body = images.get_manifest(registry, repo, "a").content.replace(b'"PLACEHOLDER"', b'"\\ud800x"')
+    images.push_manifest(registry, repo, "b", body, images.OCI_MANIFEST)
+    client = api.client(api.pki.admin)
+    url = f"{collection(namespace)}/{encode_name(path, 'b')}"
+    as_json = (await client.get(url)).json()
+    as_yaml = await client.get(url, headers={"Accept": "application/yaml"})
+    assert as_yaml.code == 200, as_yaml.body
+    assert json.dumps(as_json, sort_keys=True).replace("\\ud800", "\\ufffd") == json.dumps(
+        yaml.safe_load(as_yaml.body), sort_keys=True
+    )
+    assert "\ufffdx" in as_yaml.body.decode()
+    listed = await client.get(collection(namespace), headers={"Accept": "application/yaml"})
+    assert listed.code == 200 and len(yaml.safe_load(listed.body)["items"]) == 2
 
 
 # Tags go-yaml (kubectl) or a YAML 1.2 parser would read as numbers or booleans if written plain.

@@ -160,6 +160,20 @@ def test_label_selector_errors_are_400(text: str) -> None:
     assert error.message.startswith("unable to parse requirement")
 
 
+@pytest.mark.parametrize(
+    "text", ["\u00a0", "app!=x\u3000", "\u00a0!app", "!app\u2028", "app\x85!=x", "a=b\x0b"]
+)
+def test_label_selector_blanks_are_only_space_tab_cr_lf(text: str) -> None:
+    """Upstream's lexer skips only those four: any other blank is part of a key or value, which is then
+    invalid (here, a selector that would otherwise select every tag: `!app`, `app!=x`)."""
+    _bad_label(text)
+
+
+@pytest.mark.parametrize("text", [" \t\r\n", "\r\n!app\t", " app != x "])
+def test_label_selector_ascii_blanks_are_skipped(text: str) -> None:
+    assert parse_label_selector(text) == parse_label_selector(text.strip(" \t\r\n").replace(" ", ""))
+
+
 def test_label_selector_error_names_the_selector() -> None:
     assert "a in x" in _bad_label("a in x").message
     assert '"-a"' in _bad_label("-a=b").message

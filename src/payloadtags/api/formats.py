@@ -47,7 +47,13 @@ def _plain_to_every_reader(text: str) -> bool:
     return _PLAIN.fullmatch(text) is not None and text.lower() not in _WORDS
 
 
+# A lone surrogate (a JSON `\ud800` escape without its pair, which a manifest may hold) cannot be
+# written as YAML text; Go's JSON decoder reads it as U+FFFD, and so does the YAML answer.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _represent_str(dumper: Any, text: str) -> Any:
+    text = _SURROGATE.sub("\ufffd", text)
     # Keys too: a key `08` would come back from go-yaml as the number 8 (written "8" by sigs.k8s.io/yaml).
     # Double quotes, as go-yaml quotes such a string; None leaves the style to the emitter (plain).
     style = None if _plain_to_every_reader(text) else '"'

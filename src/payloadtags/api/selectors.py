@@ -13,7 +13,10 @@ _KEY = re.compile(
     r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?\Z"
 )
 _VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?\Z")
-_TOKEN = re.compile(r"\s*(!=|==|=|!|,|\(|\)|>|<|[^\s!=,()<>]+)")
+# Blanks are what upstream's label lexer skips (space, tab, CR, LF): any other (NBSP, U+3000, U+2028)
+# is part of a key or value there, which is then invalid, never a separator to drop.
+_BLANKS = " \t\r\n"
+_TOKEN = re.compile(r"[ \t\r\n]*(!=|==|=|!|,|\(|\)|>|<|[^ \t\r\n!=,()<>]+)")
 _INTEGER = re.compile(r"[+-]?[0-9]+\Z")  # what Go's strconv.ParseInt(value, 10, 64) reads
 _SPECIAL = frozenset({",", "(", ")", "=", "==", "!=", "!", ">", "<"})
 
@@ -55,7 +58,7 @@ class LabelSelector:
 
 def _tokens(text: str) -> list[str]:
     tokens, position = [], 0
-    text = text.rstrip()
+    text = text.rstrip(_BLANKS)
     while position < len(text):
         match = _TOKEN.match(text, position)
         if not match:  # pragma: no cover - the pattern accepts every non-space run
@@ -79,7 +82,7 @@ def _check_value(value: str, text: str) -> str:
 
 def parse_label_selector(text: str | None) -> LabelSelector:
     """Parse ``a=b,c!=d,e in (f,g),h notin (i),j,!k`` or raise a 400 Status."""
-    if text is None or not text.strip():
+    if text is None or not text.strip(_BLANKS):
         return LabelSelector()
     tokens = _tokens(text)
     requirements: list[Requirement] = []
