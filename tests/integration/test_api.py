@@ -590,7 +590,9 @@ async def test_yaml_of_a_manifest_with_a_lone_surrogate_escape(api, registry, re
     YAML answer carries U+FFFD for it, as Go clients of the JSON answer read it, never a 500."""
     namespace, path = split(repo)
     images.push_oci_image(registry, repo, "a", annotations={"k": "PLACEHOLDER"})
-    body = images.get_manifest(registry, repo, "a").content.replace(b'"PLACEHOLDER"', b'"\\ud800x"')
+    fetched = images.get_manifest(registry, repo, "a")
+    assert fetched is not None
+    body = fetched.content.replace(b'"PLACEHOLDER"', b'"\\ud800x"')
     images.push_manifest(registry, repo, "b", body, images.OCI_MANIFEST)
     client = api.client(api.pki.admin)
     url = f"{collection(namespace)}/{encode_name(path, 'b')}"
