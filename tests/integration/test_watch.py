@@ -17,7 +17,7 @@ from payloadtags.watch import WatchHub
 from payloadtags.watch import hub as watch_hub
 from tests.support import images
 from tests.support.client import ApiClient, Stream, stream
-from tests.support.faultproxy import STALL, FaultProxy
+from tests.support.faultproxy import ERROR_BEFORE, STALL, FaultProxy
 from tests.support.kubeapi.resources import ROLEBINDINGS
 from tests.support.logcapture import collected_logs
 from tests.support.rbac import ensure_namespace, eventually, grant
@@ -1189,3 +1189,74 @@ async def test_a_watch_resumed_inside_an_opening_with_another_selector_gets_410(
     rest = await same.next()
     assert (rest["type"], rest["object"]["spec"]["tag"]) == ("ADDED", "v3")
     same.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_single_object_watch_reads_first_only_a_repository_its_user_may_read(
+    make_server, registry, repo, pki, kube_api, kube_kubeconfig
+):
+    """A watch from "0" pinned to one tag reads its repository first (`kubectl get NAME -w`), and what
+    the read finds is numbered: for a repository alice may not read, that would tell her, through the
+    resourceVersion everyone is answered, that tags changed there. So it is not read for her."""
+    namespace, _ = repo.split("/", 1)
+    for r in (f"{namespace}/app", f"{namespace}/secret"):
+        images.push_oci_image(registry, r, "v1", seed=r)
+    api = await make_server(
+        registry,
+        kubeconfig=str(kube_kubeconfig),
+        authorization_mode="RBAC",
+        watch=WatchLimits(resync_period=3600),
+    )
+    grant(kube_api, namespace, "alice", ["get", "list", "watch"], ["app"], "alice-read")
+    alice = api.client(pki.client_ca.client("alice"))
+    assert await eventually(lambda: _showing(alice, namespace, ["app"]), within=20)
+    standing = await stream(api.client(api.pki.admin), f"{collection(namespace)}?watch=1&resourceVersion=0")
+    assert standing.code == 200
+    hub = api.running.api.watch_hub
+    assert await eventually(lambda: _ready(len(hub.watchers) == 1), within=15)
+
+    async def moved_by_a_pinned_watch(path: str) -> int:
+        before = int((await alice.get(collection(namespace))).json()["metadata"]["resourceVersion"])
+        name = encode_name(path, "nope")
+        watch = await stream(
+            alice, f"{collection(namespace)}?watch=1&resourceVersion=0&fieldSelector=metadata.name={name}"
+        )
+        assert watch.code == 200
+        watch.close()
+        return int((await alice.get(collection(namespace))).json()["metadata"]["resourceVersion"]) - before
+
+    for t in ("n1", "n2", "n3"):  # straight into the registry: no notification, an hour's resync
+        images.push_oci_image(registry, f"{namespace}/secret", t, seed=t)
+        images.push_oci_image(registry, f"{namespace}/app", t, seed=t)
+    assert await moved_by_a_pinned_watch("secret") == 0
+    # Her own repository is read (what the read is for): its three new tags are numbered.
+    assert await moved_by_a_pinned_watch("app") == 3
+    standing.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_single_object_watch_starts_when_its_first_read_fails(make_server, registry, repo, reactor):
+    """The read before a single-object watch from "0" is an improvement, not a condition: with the
+    registry answering 500 the watch starts from the snapshot as it is."""
+    namespace, path = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "v1")
+    fault: dict[str, Any] = {"now": None}
+    proxy = FaultProxy(reactor, registry.url, lambda m, p: fault["now"] if p.endswith("/tags/list") else None)
+    try:
+        api = await make_server(proxy.url, watch=WatchLimits(resync_period=3600))
+        admin = api.client(api.pki.admin)
+        hub = api.running.api.watch_hub
+        standing = await stream(admin, f"{collection(namespace)}?watch=1&resourceVersion=0")
+        assert await eventually(lambda: _ready(len(hub.watchers) == 1), within=15)
+        fault["now"] = ERROR_BEFORE
+        name = encode_name(path, "v1")
+        watch = await stream(
+            admin, f"{collection(namespace)}?watch=1&resourceVersion=0&fieldSelector=metadata.name={name}"
+        )
+        assert watch.code == 200
+        first = await watch.next()
+        assert (first["type"], first["object"]["spec"]["tag"]) == ("ADDED", "v1")
+        watch.close()
+        standing.close()
+    finally:
+        await proxy.stop()

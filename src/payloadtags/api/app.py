@@ -961,8 +961,11 @@ class ApiServer:
         confirmed: frozenset[str] = frozenset()
         rv = options.resource_version
         initial_end = bool(options.send_initial_events)
+        readable = self.service.readable(user)
         pinned = options.pinned_repository(namespace) if rv == "0" else None
-        if pinned is not None and source.covers(pinned):
+        # Only a repository the caller may read: what the read finds is numbered, and the numbers are
+        # everyone's (lists, bookmarks), so another's read would tell her of changes she may not see.
+        if pinned is not None and source.covers(pinned) and readable(*pinned.split("/", 1)):
             # A single-object watch from "0" (`kubectl get NAME -w` GETs the tag, then watches from
             # "0") starts from the snapshot as last read, which may predate the tag: its delete would
             # then be no change, and never sent. Its repository is read first, as a notification's
@@ -1003,7 +1006,6 @@ class ApiServer:
         _head(request, 200, media.content_type)
         request.setHeader(b"x-content-type-options", b"nosniff")
         renderer = EventRenderer(media, include, self.service.registry_host, hub.versions.format)
-        readable = self.service.readable(user)
         watcher = Watcher(
             user=user.name,
             sink=ResponseSink(request),
