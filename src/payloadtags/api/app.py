@@ -203,6 +203,11 @@ def list_answer_chunks(
     return formats.reencoded_list(chunks, *list_envelope(meta, shape), media)
 
 
+def _include(media: MediaType, query: Query) -> str:
+    """What a Table's rows carry (its `includeObject`, checked), or "Metadata" for any other form."""
+    return include_object(first(query, "includeObject")) if media.form is Form.TABLE else "Metadata"
+
+
 def _with_pretty(media: MediaType, query: Query) -> MediaType:
     """``media``, indented when the query asks for it as kube-apiserver reads `pretty` (not for a
     watch: its events stay compact). Checked after negotiation: most requests have no query."""
@@ -844,7 +849,7 @@ class ApiServer:
         watching = self.watch_hub is not None and _is_watch_request(request)
         media = negotiate(_header(request, "accept"), collection=True, watch=watching)
         query = _query(request)
-        include = include_object(first(query, "includeObject")) if media.form is Form.TABLE else "Metadata"
+        include = _include(media, query)
         # A watch value that is not a boolean is not one: list_options answers it 400.
         if watching:
             self._watched_namespace(namespace)
@@ -900,7 +905,7 @@ class ApiServer:
         watching = self.watch_hub is not None and _is_watch_request(request)
         media = negotiate(_header(request, "accept"), collection=False, watch=watching)
         query = _query(request)
-        include = include_object(first(query, "includeObject")) if media.form is Form.TABLE else "Metadata"
+        include = _include(media, query)
         if is_watch(query):
             if self.watch_hub is None:
                 raise method_not_allowed("watch")
@@ -1060,7 +1065,7 @@ class ApiServer:
         options = delete_options(query, self._body(request), _header(request, "content-type"))
         # Before the delete: a 406 (or a bad includeObject) must mean that nothing was deleted.
         media = _with_pretty(negotiate(_header(request, "accept"), collection=False), query)
-        include = include_object(first(query, "includeObject")) if media.form is Form.TABLE else "Metadata"
+        include = _include(media, query)
         obj = await self.service.delete(user, namespace, name, options)
         # The deleted object in the form asked for, a Table too, as kube-apiserver's DELETE answers.
         return _write(request, render_object(obj, media, include), media)
@@ -1071,7 +1076,7 @@ class ApiServer:
         listing = list_options({k: v for k, v in query.items() if k not in ("dryRun", "propagationPolicy")})
         # Before the deletes: a 406 (or a bad includeObject) must mean that nothing was deleted.
         media = _with_pretty(negotiate(_header(request, "accept"), collection=True), query)
-        include = include_object(first(query, "includeObject")) if media.form is Form.TABLE else "Metadata"
+        include = _include(media, query)
         items, meta = await self.service.delete_collection(user, namespace, listing, options)
         # The deleted tags in the form asked for, a Table of them too, as kube-apiserver answers. More
         # than one batch is written as a whole list is, a batch per reactor turn: made at once, a Table
