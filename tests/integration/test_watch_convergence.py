@@ -12,16 +12,21 @@ file>::test_one_seed`.
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 
-from tests.support.harness import Pki
+from payloadtags.limits import WatchLimits
+from tests.support.harness import Pki, start_server
 from tests.support.interleaving import slow_seeds
 from tests.support.registry_server import RegistryServer
-from tests.support.watch_convergence import Config, Report, run_seed
+from tests.support.watch_convergence import Client, Config, Report, Run, run_seed
 
 DEFAULT_SEEDS = (3, 13, 21, 24, 30)
 SLOW_SEEDS = range(3000, 3100)
@@ -43,6 +48,47 @@ async def test_clients_converge(
     seed: int, reactor: Any, fresh_registry: RegistryServer, pki: Pki, tmp_path: Path
 ) -> None:
     verdict(await run_seed(reactor, fresh_registry, pki, Config(seed=seed), tmp_path))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_cut_inside_an_opening_made_after_the_quiet_point_is_waited_for(
+    reactor: Any, fresh_registry: RegistryServer, pki: Pki, tmp_path: Path
+) -> None:
+    """Seed 46023 of the slow tier: an all-namespaces client listed while nobody watched, and watched
+    only after the quiet point, so its opening took numbers past the target the quiet point noted;
+    its connection was cut after the first of them, and the check took it for caught up and found it
+    holding tags the rest of its opening deletes. The check must wait for the rest."""
+    run = Run(reactor, fresh_registry, pki, Config(seed=0), tmp_path)
+    repository = "wc0n0/app0"
+    await deferToThread(run._push_all, [(repository, tag) for tag in ("t0", "t1", "t2")])
+    run.server = await start_server(
+        reactor, pki, fresh_registry.url, watch=WatchLimits(bookmark_interval=0.2)
+    )
+    client = Client(
+        name="0", scope=None, limit=1, api=run.admin(), rng=random.Random(0), run=run, linger=1.0, cut=1
+    )
+    # Away a while after the cut: the check must not stop it meanwhile.
+    client.away = 1.0
+    run.clients.append(client)
+    try:
+        client.start()
+        while not any(what.startswith("list at") for _, what, _ in client.journal):
+            await deferLater(reactor, 0.02, lambda: None)
+        for tag in ("t0", "t1"):
+            assert await deferToThread(run._registry_delete, repository, tag) == "202"
+        await Deferred.fromCoroutine(run.quiet())
+    finally:
+        for each in run.clients:
+            await each.stop()
+        await run.server.stop()
+    quiet_at = next(change.at for change in run.changes if change.what.startswith("quiet"))
+    watched_at = next(at for at, what, _ in client.journal if what.startswith("watch from"))
+    assert quiet_at < watched_at, "the client watched before the quiet point: nothing was tested"
+    assert run.report.counts["watches cut"] == 1
+    assert not run.report.violations, run.report.violations
+    deleted = {next(iter(keys))[2] for _, what, keys in client.journal if what.startswith("DELETED")}
+    assert deleted == {"t0", "t1"}
+    assert set(client.cache.values()) == {("wc0n0", "app0", "t2")}
 
 
 @pytest.mark.slow

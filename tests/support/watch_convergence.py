@@ -34,8 +34,9 @@ repository whose first notification was lost): a change a source never read is n
 It cannot hide one either: a resync only sends the differences from the source's own snapshot, so a
 client whose cache the watch left differing from that snapshot (an event never sent, or sent twice
 the wrong way) still differs. Each client must then reach a resourceVersion at or after the last one
-the server issued (the next bookmark brings it), and its cache must be exactly the registry's tags
-of its scope. A client that keeps getting 410 (three in a row) fails the run.
+the server issued (the next bookmark brings it; numbers a watch's opening takes after the quiet
+point count too), while watching, and its cache must be exactly the registry's tags of its scope.
+A client that keeps getting 410 (three in a row) fails the run.
 
 The seed fixes the plan (operations, targets, clients, drops); thread and network timing still vary,
 so a failing seed is rerun with the command the failure prints.
@@ -717,19 +718,23 @@ class Run:
         target = self.hub.versions.current
         self.change(f"quiet: sources read again, the server's last resourceVersion {target}", None)
         waited = 0.0
-        while waited < 30.0:
-            behind = [c for c in self.clients if not self._caught_up(c, target)]
-            if not behind:
+        while True:
+            behind = {c.name: c.rv for c in self.clients if not self._caught_up(c, target)}
+            if not behind or waited >= 30.0:
                 break
             await deferLater(self.reactor, 0.05, lambda: None)
             waited += 0.05
+        current = self.hub.versions.current
         expected = await deferToThread(self.registry_tags)
         for client in self.clients:
             await client.stop()
-            if not self._caught_up(client, target):
+            if client.name in behind:
                 if client.failed:
                     continue  # it ended on a violation of its own
-                client.violation(f"never reached the server's resourceVersion {target} (at {client.rv!r})")
+                client.violation(
+                    f"never caught up with the server (its last resourceVersion {current}, {target} "
+                    f"at the quiet point; the client at {behind[client.name]!r})"
+                )
                 continue
             want = {
                 key
@@ -761,8 +766,17 @@ class Run:
                     )
 
     def _caught_up(self, client: Client, target: int) -> bool:
+        """Watching, at or after ``target`` and every number the server has issued since: a watch
+        from a list of an unwatched scope made after the quiet point takes new numbers for its
+        opening, and a client that got only the first of them (its connection cut) has the rest
+        still to come. A client between its list and its watch is not caught up either: what
+        changed since its list reaches it only through that watch."""
         sequence = self.sequence(client.rv) if client.rv else None
-        return sequence is not None and sequence >= target
+        return (
+            client.stream is not None
+            and sequence is not None
+            and sequence >= max(target, self.hub.versions.current)
+        )
 
     def registry_tags(self) -> set[Key]:
         found = set()
