@@ -821,6 +821,34 @@ async def test_a_watch_of_one_object_is_of_exactly_its_name(make_server, registr
         assert events == [("ADDED", n) for n in shown], asked
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_watch_of_one_object_with_a_field_selector_must_select_its_name(make_server, registry, repo):
+    """As kube-apiserver: a field selector beside the name in the path must require exactly that name
+    (400 otherwise), where it was added to the name and the watch streamed nothing."""
+    from urllib.parse import quote
+
+    namespace, path = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "v1")
+    images.push_oci_image(registry, repo, "v2")
+    api = await make_server(registry)
+    client = api.client(api.pki.admin)
+    name, other = encode_name(path, "v1"), encode_name(path, "v2")
+    item = f"{collection(namespace)}/{name}?watch=true&timeoutSeconds=1&fieldSelector="
+    for selector in (f"metadata.name={other}", f"metadata.namespace={namespace}", f"metadata.name!={name}"):
+        watch = await stream(client, item + quote(selector, safe=""))
+        assert watch.code == 400, selector
+        await watch.ended
+        status = json.loads(b"".join(watch.lines.pending))
+        assert status["kind"] == "Status" and status["reason"] == "BadRequest", status
+        assert status["message"] == "fieldSelector metadata.name doesn't match requested name"
+    for selector in (f"metadata.name={name}", f"metadata.namespace={namespace},metadata.name={name}", ""):
+        watch = await stream(client, item + quote(selector, safe="") + "&resourceVersion=0")
+        assert watch.code == 200, selector
+        first = await watch.next()
+        watch.close()
+        assert (first["type"], first["object"]["metadata"]["name"]) == ("ADDED", name), selector
+
+
 @attrs.define
 class _GatedReader:
     """The hub's registry reads, held until ``gate`` fires: watches wait on their scope's baseline."""

@@ -931,6 +931,9 @@ class ApiServer:
         assert hub is not None
         options = watch_options(query)
         if name is not None:
+            # As kube-apiserver: a field selector beside a name in the path must select that name.
+            if options.fields.requirements and options.fields.exact("metadata.name") != name:
+                raise bad_request("fieldSelector metadata.name doesn't match requested name")
             options = attrs.evolve(options, fields=options.fields.pinned("metadata.name", name))
         # Before the head, as a list is refused (503, retry shortly): a watch needs the rules to
         # check what it sends, and once its 200 is out only an ERROR event can tell the client.
