@@ -396,3 +396,18 @@ def test_include_object_invalid_is_worded_as_kube_apiserver() -> None:
         'Unable to convert to Table as requested: includeObject: Unsupported value: "bogus": '
         'supported values: "Metadata", "None", "Object"'
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("a\x01\u00a0b", '"a\\x01\\u00a0b"'),
+        ('q"\\', '"q\\"\\\\"'),
+        ("\u00e9\U0001f600", '"\u00e9\U0001f600"'),
+    ],
+)
+def test_include_object_invalid_quotes_as_go(value: str, shown: str) -> None:
+    # Go's %q: control and blank characters escaped, printable ones (any script) as they are.
+    with pytest.raises(ApiError) as caught:
+        include_object(value)
+    assert f"Unsupported value: {shown}: " in caught.value.message

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from payloadtags.api.errors import bad_request
 from payloadtags.api.negotiation import Form, MediaType
+from payloadtags.api.selectors import go_quote
 from payloadtags.inventory import Run, Runs
 from payloadtags.model import (
     GROUP_VERSION,
@@ -64,9 +65,9 @@ def include_object(value: str | None) -> str:
         return "Metadata"
     if value not in INCLUDE_OBJECT:
         # kube-apiserver's words (ValidateTableOptions' field error, the allowed values sorted).
-        shown = json.dumps(value, ensure_ascii=False)
         raise bad_request(
-            f"Unable to convert to Table as requested: includeObject: Unsupported value: {shown}: "
+            f"Unable to convert to Table as requested: includeObject: Unsupported value: "
+            f"{go_quote(value)}: "
             'supported values: "Metadata", "None", "Object"'
         )
     return value
