@@ -27,6 +27,7 @@ from payloadtags.api.tags import TagsService
 from payloadtags.api.walks import WalkCache
 from payloadtags.cleanup import (
     CleanupController,
+    CleanupMetrics,
     CleanupOptions,
     LeaderElectionOptions,
 )
@@ -177,6 +178,7 @@ def _cleanup(
     registry: Registry,
     reflector_options: dict[str, Any],
     lease_namespace: str,
+    metrics: CleanupMetrics,
 ) -> CleanupController | None:
     if kube is None or not settings.namespace_cleanup:
         return None
@@ -203,7 +205,7 @@ def _cleanup(
         )
     except ValueError as error:
         raise ConfigurationError(f"namespace cleanup: {error}") from None
-    return CleanupController(reactor, kube, registry, options)
+    return CleanupController(reactor, kube, registry, options, metrics=metrics)
 
 
 def _rotation_watchers(
@@ -379,8 +381,10 @@ async def start(
     registry = InstrumentedRegistry(registry_client, metrics, on_failure=FailureLog(reactor.seconds))
     events_token = completed.events_token
     index = RepositoryIndex() if events_token else None
+    # One set of cleanup counters: the leader's cascades and every replica's deletecollection removals.
+    cleanup_metrics = CleanupMetrics()
     remover = (
-        namespace_remover(reactor, kube, registry, settings.namespace_cleanup_concurrency)
+        namespace_remover(reactor, kube, registry, settings.namespace_cleanup_concurrency, cleanup_metrics)
         if kube is not None
         else None
     )
@@ -426,9 +430,10 @@ async def start(
     if rbac_sources:
         readiness.append(("rbac", _synced(rbac_sources, "RBAC objects")))
     liveness: list[tuple[str, Any]] = [("ping", ping)]
-    cleanup = _cleanup(reactor, settings, kube, registry, options, completed.lease_namespace)
+    cleanup = _cleanup(reactor, settings, kube, registry, options, completed.lease_namespace, cleanup_metrics)
+    if remover is not None or cleanup is not None:
+        metrics.add_cleanup(cleanup_metrics)
     if cleanup is not None:
-        metrics.add_cleanup(cleanup.metrics)
         if remover is not None:
             remover.running = cleanup.cleaning  # deletecollection waits for the leader's cascade
         liveness.append(("leaderElection", cleanup.check_health))

@@ -20,7 +20,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import LogLevel, formatEvent
 
-from payloadtags.cleanup import Aborted, Unconfirmed, namespace_state
+from payloadtags.cleanup import Aborted, Cascade, CascadeResult, Unconfirmed, namespace_state
+from payloadtags.cleanup.cascade import Walk
 from payloadtags.cleanup.removal import namespace_remover
 from payloadtags.cleanup.sweep import ABSENT, EXISTS, TERMINATING, UNKNOWN, require_gone
 from payloadtags.registry import RegistryClient, RegistrySettings
@@ -947,3 +948,46 @@ async def test_namespace_controller_and_watch_loop_converge(
         await sleep(0.1)
     assert listed[-1].json()["items"] == []
     assert content(fresh_registry, team) == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_walk_resumed_after_a_digit_named_nested_repository_still_lists_its_parent(
+    registry: RegistryServer, registry_client: RegistryClient
+) -> None:
+    """distribution 2.8 lists `<ns>/app/0` before `<ns>/app`, and answers `last=<ns>/app/0` with the
+    names after `<ns>/app` (docs/registry.md, "Catalog"). A deletecollection's call that stopped with
+    `app/0` done and `app` under way made the next call's seek skip `app`: its round went on without
+    it and reported the namespace empty with a tag pushed there meanwhile left."""
+    ns = unique_namespace("digit")
+    for name in ("a", "app/0", "app", "b"):
+        images.push_oci_image(registry, f"{ns}/{name}", "v1", seed=f"{ns}-{name}")
+    names = [name for name in images.catalog(registry) if name.startswith(ns + "/")]
+    assert names == [f"{ns}/a", f"{ns}/app/0", f"{ns}/app", f"{ns}/b"]  # 2.8's order
+    listed: list[str] = []
+
+    class Listing:
+        async def tags(self, repository: str) -> tuple[str, ...]:
+            listed.append(repository)
+            return await registry_client.tags(repository)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(registry_client, name)
+
+    walk = Walk()
+
+    def budget() -> str | None:
+        # The first pass deleted everything; the verifying one has done app/0 and taken up app.
+        if listed.count(f"{ns}/app/0") == 2 and walk.after == f"{ns}/app/0":
+            if images.list_tags(registry, f"{ns}/app") == []:
+                images.push_oci_image(registry, f"{ns}/app", "late", seed=f"{ns}-late")  # ahead of it
+            return "not finished within 40s"
+        return None
+
+    with pytest.raises(Aborted):
+        await Cascade(Listing(), reactor, concurrency=1).run(ns, guard=budget, walk=walk)
+    assert walk.after == f"{ns}/app/0" and images.list_tags(registry, f"{ns}/app") == ["late"]
+    listed.clear()
+    result = await Cascade(Listing(), reactor, concurrency=1).run(ns, walk=walk)  # the next call
+    assert isinstance(result, CascadeResult) and result.tags_deleted == 1
+    assert {name: images.list_tags(registry, name) for name in names} == {name: [] for name in names}
+    assert listed[:2] == [f"{ns}/app", f"{ns}/b"]  # app first: the seek after app/0 skips it

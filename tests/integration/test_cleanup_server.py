@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 import pytest_twisted
 
 from tests.support import images
@@ -70,3 +72,52 @@ async def test_the_server_cleans_a_deleted_namespace_and_reports_it(
 
 async def _now(value: bool) -> bool:
     return value
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_deletecollections_deletes_are_counted_on_metrics(
+    make_server,
+    fresh_registry,
+    kube_api,
+    kube_kubeconfig,
+    pki,
+):
+    """The namespace controller's deletecollection deletes by digest as a cascade does, on every
+    replica; its removal counted its deletes in counters of its own that /metrics never showed."""
+    ns = unique_namespace("dc")
+    ensure_namespace(kube_api, ns)
+    images.push_oci_image(fresh_registry, f"{ns}/app", "v1")
+    images.tag_manifest(fresh_registry, f"{ns}/app", "v1", "v2")
+    # Another replica leads (its Lease fresh for an hour): this one runs no cascade of its own.
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    ensure_namespace(kube_api, "kube-system")
+    lease = {
+        "metadata": {"name": "payloadtags-cleanup", "namespace": "kube-system"},
+        "spec": {
+            "holderIdentity": "other-replica",
+            "leaseDurationSeconds": 3600,
+            "acquireTime": now,
+            "renewTime": now,
+            "leaseTransitions": 0,
+        },
+    }
+    kube_api.store.create(LEASES, lease, "kube-system")
+    server = await make_server(
+        fresh_registry,
+        kubeconfig=str(kube_kubeconfig),
+        authorization_mode="RBAC",
+        namespace_cleanup=True,
+        **FAST,
+    )
+    kube_api.store.delete(NAMESPACES, ns)  # Terminating
+    masters = pki.client_ca.client("namespace-controller", ("system:masters",))
+    answer = await server.client(masters).delete(
+        f"/apis/payload-registry.deckhouse.io/v1alpha1/namespaces/{ns}/payloadrepositorytags"
+    )
+    assert answer.code == 200 and images.list_tags(fresh_registry, f"{ns}/app") == []
+    text = (await server.client(masters).get("/metrics")).body.decode()
+    assert "payloadtags_cleanup_is_leader 0.0" in text
+    assert "payloadtags_cleanup_cascades_started_total 0.0" in text  # the leader's cascades only
+    # Two tags of one manifest, deleted by this replica's digest delete.
+    assert "payloadtags_cleanup_tags_deleted_total 2.0" in text
+    assert "payloadtags_cleanup_manifests_deleted_total 1.0" in text

@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import LogLevel, formatEvent
 
-from payloadtags.cleanup.cascade import Aborted, Cascade, CascadeResult, Unconfirmed, Walk
+from payloadtags.cleanup.cascade import Aborted, Cascade, CascadeResult, Unconfirmed, Walk, skipped_by_seek
 from payloadtags.cleanup.metrics import CleanupMetrics
 from payloadtags.cleanup.watcher import NamespaceTriggers
 from payloadtags.kube import Backoff
@@ -735,6 +735,55 @@ def test_a_cascade_stopped_mid_pass_leaves_the_walk_where_every_repository_befor
     assert isinstance(result, CascadeResult) and registry.remaining("team/") == {}
     # The rest of the first pass (app2, cut short, done again), then a whole verifying round.
     assert registry.listed == [f"team/app{r}" for r in (2, 3, 4, 5, 0, 1, 2, 3, 4, 5)]
+
+
+class Distribution28Order(ListingRegistry):
+    """The catalog in distribution 2.8's order, a walk of its storage: `team/app/0` before
+    `team/app` (the directory `0` sorts before `_manifests`), while `last=` answers the names after
+    it component by component (docs/registry.md, "Catalog")."""
+
+    async def catalog(self, last: str | None = None, n: int = 1000) -> CatalogPage:
+        self._gate("catalog")
+        names = sorted(self.repos, key=lambda name: [*name.split("/"), "_manifests"])
+        after = [name for name in names if last is None or name.split("/") > last.split("/")]
+        return CatalogPage(repositories=after[:n], more=len(after) > n)
+
+
+@pytest.mark.parametrize("began", [None, "team/a", "team/b"])
+def test_a_walk_resumed_after_a_digit_named_nested_repository_lists_its_parent(began: str | None) -> None:
+    """A call that stopped with `team/app/0` done and `team/app` under way left the walk after
+    `team/app/0`; the next one's catalog seek from there leaves `team/app` out on distribution 2.8,
+    and its round reported the namespace empty with a tag pushed there meanwhile left. (Also when
+    the round began elsewhere, and when it had wrapped round to the namespace's first repository.)"""
+    registry, clock = Distribution28Order(), Clock()
+    for name in ("a", "app/0", "app", "b"):
+        registry.push(f"team/{name}", "v1")
+    registry.push("team-a/app", "keep")
+    walk = Walk(began=began)
+
+    def budget() -> str | None:
+        # The first pass deleted everything; the verifying one has done app/0 and taken up app.
+        if registry.listed.count("team/app/0") == 2 and walk.after == "team/app/0":
+            if "late" not in registry.repos["team/app"]:
+                registry.push("team/app", "late")  # ahead of the round
+            return "not finished within 40s"
+        return None
+
+    [stopped] = run(make_cascade(registry, clock, concurrency=1), "team", guard=budget, walk=walk)
+    assert stopped.check(Aborted) and walk.after == "team/app/0"
+    assert registry.remaining("team/") == {"team/app": ["late"]}
+    registry.listed.clear()
+    [result] = run(make_cascade(registry, clock, concurrency=1), "team", walk=walk)  # the next call
+    assert isinstance(result, CascadeResult) and result.tags_deleted == 1
+    assert registry.remaining("team/") == {} and registry.remaining("team-a/") == {"team-a/app": ["keep"]}
+    assert registry.listed[0] == "team/app"  # before the seek after app/0, which leaves it out
+
+
+def test_the_repositories_a_seek_leaves_out() -> None:
+    assert skipped_by_seek("team/app/0") == ["team/app"]
+    assert skipped_by_seek("team/app/0/x/1") == ["team/app", "team/app/0/x"]
+    assert skipped_by_seek("team/0app") == []  # `team` itself is no repository of the namespace
+    assert skipped_by_seek("team/app/x0") == skipped_by_seek("team") == []
 
 
 def test_the_dry_run_count_reads_a_few_repositories_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock, deferLater
 
 from payloadtags.cleanup.removal import NamespaceRemover
@@ -264,3 +264,128 @@ def test_a_removal_that_cannot_delete_ends_within_its_budget(
         clock.advance(0.5)
     assert done[0].check(RegistryUnavailable) and f"not finished within {budget:g}s" in str(done[0].value)
     assert clock.seconds() <= ends_by
+
+
+def slow_listing(clock: Clock) -> ListingRegistry:
+    """Four repositories of one tag; every tag list takes 1 s on the clock."""
+    registry = ListingRegistry()
+    for r in range(4):
+        registry.push(f"team/app{r}", "v1")
+    read = registry.tags
+
+    async def slow(repository: str) -> tuple[str, ...]:
+        await deferLater(clock, 1.0)
+        return await read(repository)
+
+    registry.tags = slow  # type: ignore[method-assign]
+    return registry
+
+
+def test_a_call_that_arrives_while_the_first_asks_the_namespaces_uid_waits_for_it() -> None:
+    """The wait for work under way on the namespace was decided before the call asked the cluster
+    API for the namespace's uid, and the call was known to be under way only after: a second call
+    arriving meanwhile walked the whole namespace alongside the first, and whichever ended last kept
+    its walk for the next call."""
+    clock = Clock()
+    registry = slow_listing(clock)
+    asked: list[Deferred[str | None]] = []
+
+    async def check(namespace: str) -> tuple[str, str | None]:
+        return TERMINATING, None
+
+    def identify(namespace: str) -> Deferred[str | None]:
+        asked.append(Deferred())
+        return asked[-1]
+
+    remover = NamespaceRemover(make_cascade(registry, clock, concurrency=1), clock, check, identify=identify)
+    first = outcome(remover.remove("team", 40.0))
+    second = outcome(remover.remove("team", 40.0))  # while the first waits for the cluster API
+    assert len(asked) == 1  # the second waits for the first instead
+    asked[0].callback("uid-1")
+    clock.pump([0.5] * 20)
+    assert first == [None] and registry.remaining("team/") == {}
+    assert len(asked) == 2
+    asked[1].callback("uid-1")
+    clock.pump([0.5] * 20)
+    assert second == [None]
+    # The first call's two passes (delete, verify), then the second's verifying one: never both at once.
+    assert registry.listed == [f"team/app{r}" for r in range(4)] * 3
+
+
+def test_the_namespaces_uid_is_not_asked_past_the_budget_nor_waited_for_beyond_it() -> None:
+    """A call that waited its whole budget for the leader's cascade then asked the cluster API for
+    the namespace's uid anyway, and ended only when it was answered (a cluster API slow to answer
+    kept it up to the client's 30 s timeout past its budget)."""
+    clock = Clock()
+    registry = FakeRegistry()
+    fill(registry)
+    asked: list[float] = []
+
+    async def check(namespace: str) -> tuple[str, str | None]:
+        return TERMINATING, None
+
+    async def identify(namespace: str) -> str | None:
+        asked.append(clock.seconds())
+        await deferLater(clock, 5.0)  # a slow cluster API
+        return "uid-1"
+
+    leader: Deferred[None] = Deferred()
+    remover = NamespaceRemover(make_cascade(registry, clock), clock, check, identify=identify)
+    remover.running = lambda namespace: leader
+    done = outcome(remover.remove("team", 10.0))
+    while not done:
+        clock.advance(0.5)
+    assert done[0].check(RegistryUnavailable) and "not finished within 10s" in str(done[0].value)
+    assert asked == [] and clock.seconds() == 10.0
+    # The leader's cascade ends at 9 s: the GET is sent, and the call ends at its budget all the same.
+    started = clock.seconds()
+    leader2: Deferred[None] = Deferred()
+    remover.running = lambda namespace: leader2
+    done = outcome(remover.remove("team", 10.0))
+    clock.advance(9.0)
+    leader2.callback(None)
+    while not done:
+        clock.advance(0.5)
+    assert done[0].check(RegistryUnavailable) and "not finished within 10s" in str(done[0].value)
+    assert asked == [started + 9.0] and clock.seconds() == started + 10.0
+    assert registry.remaining("team/")  # nothing deleted: the call never knew which namespace it had
+
+
+def test_a_deletes_confirmation_is_not_asked_past_the_budget() -> None:
+    """A delete that got its registry slot after the budget ran out still asked the cluster API, and
+    the call ended only when that GET was answered."""
+    clock = Clock()
+    registry = SlowRegistry(clock, 1.0)  # 1 s per registry request
+    registry.push("team/app", "t0")
+    asked: list[float] = []
+
+    async def check(namespace: str) -> tuple[str, str | None]:
+        asked.append(clock.seconds())
+        await deferLater(clock, 5.0)  # a slow cluster API
+        return TERMINATING, None
+
+    remover = NamespaceRemover(make_cascade(registry, clock, concurrency=1), clock, check)
+    # The catalog page is answered at 1 s, the tag list at 2 s; the resolve, under way at the budget, at 3 s.
+    done = outcome(remover.remove("team", 2.5))
+    while not done:
+        clock.advance(0.5)
+    assert done[0].check(RegistryUnavailable) and "not finished within 2.5s" in str(done[0].value)
+    assert asked == [] and clock.seconds() == 3.0
+    assert registry.remaining("team/") == {"team/app": ["t0"]}
+
+
+def test_a_call_whose_client_went_away_while_it_waited_for_other_work_runs_no_cascade() -> None:
+    """The wait for the leader's cascade took the request's cancellation (its client gone) for the
+    end of its own wait, and the call went on to a whole cascade nobody waited for."""
+    leader: Deferred[None] = Deferred()
+    remover, registry, clock = make({}, running=leader)
+    before = registry.remaining("team/")
+    work = Deferred.fromCoroutine(remover.remove("team", 40.0))
+    seen: list[Any] = []
+    work.addBoth(seen.append)
+    work.cancel()  # as app.py does when the client goes away
+    assert len(seen) == 1 and seen[0].check(CancelledError)
+    leader.callback(None)
+    clock.pump([0.5] * 10)
+    assert registry.remaining("team/") == before and registry.deletes == []
+    assert "team" not in remover._inflight

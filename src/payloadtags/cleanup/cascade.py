@@ -165,7 +165,11 @@ class Walk:
     with it, so a pass ended by a later cascade decides as one run by a single cascade: the namespace
     is done only when a whole round listed no tag and met no error, which a round begun anywhere
     gives as well as one begun at the first repository. A few names and counts, whatever the size
-    of the namespace."""
+    of the namespace.
+
+    The walk goes on with a catalog seek after `position()`, which on distribution 2.8 leaves out the
+    repositories the name is nested under a digit-named component of (`team/app` for `team/app/0`,
+    listed before it): a pass lists those first (`skipped_by_seek`)."""
 
     # The namespace object whose content this is (a deletecollection's removal): a walk is not
     # carried on for a namespace created anew under the name.
@@ -213,6 +217,18 @@ class _Frontier:
         del self._open[name]
         # The one taken up before the earliest still under way (dicts keep insertion order).
         self.walk.after = next(iter(self._open.values())) if self._open else self._taken
+
+
+def skipped_by_seek(name: str) -> list[str]:
+    """The repositories distribution 2.8 lists after ``name`` and yet leaves out of its answer to
+    ``last=name``: those of which ``name`` is nested under a component that starts with a digit
+    (``team/app`` for ``team/app/0`` and ``team/app/0/x``). Its storage walk lists ``team/app/0…``
+    before ``team/app`` itself (the directory ``0`` sorts before ``_manifests``), while ``last=``
+    answers the names after it component by component (docs/registry.md, "Catalog"). Some may not be
+    repositories at all (a path's directory only): their tag list is empty."""
+    parts = name.split("/")
+    # From the second component on: the first is the namespace, never one of its repositories.
+    return ["/".join(parts[:i]) for i in range(2, len(parts)) if parts[i][:1].isdigit()]
 
 
 class CascadeRegistry(Catalog, Protocol):
@@ -343,6 +359,11 @@ class Cascade:
         it go. An undecided answer is asked again, anew, after a short backoff."""
 
         async def ask() -> None:
+            # The guard first, as before every registry request: a deletecollection's budget spent,
+            # no cluster API request is begun (its answer could come up to the client's timeout later).
+            # Here, not in `fresh`: a call that runs for the deletes that asked while another was under
+            # way starts when that one ends.
+            _check(guard)
             await confirm()
 
         calls: Fresh[None] = Fresh(ask)
@@ -396,9 +417,23 @@ class Cascade:
         while True:
             # `last=<namespace>` seeks to the first `<namespace>/…` repository and the cursor stops at
             # the first name outside it, so a prefix sibling (`team-a` for `team`) is never listed.
-            cursor = CatalogCursor(self.registry, namespace, walk.position() or namespace, self.page_size)
+            position = walk.position()
+            cursor = CatalogCursor(self.registry, namespace, position or namespace, self.page_size)
             # After wrapping, the round ends with the repository it began after.
             until = catalog_key(walk.began) if walk.wrapped and walk.began is not None else None
+            if position is not None:
+                # Not taken up on the frontier: a cascade stopped meanwhile leaves the walk where it
+                # was, and the next one lists them again.
+                skipped = [
+                    name
+                    for name in skipped_by_seek(position)
+                    if name.startswith(namespace + "/") and (until is None or catalog_key(name) <= until)
+                ]
+                await bounded_each(
+                    lambda name: self._repository(name, state, limit, guard, confirm),
+                    skipped,
+                    self.concurrency,
+                )
             while not cursor.done:
                 _check(guard)  # a catalog page is a registry request as well
                 batch = await cursor.next()
@@ -583,7 +618,8 @@ class Cascade:
 
 async def _confirm(confirm: Confirm | None, guard: Guard | None) -> None:
     """The checks right before a delete request leaves: the cluster API's answer (it may take a
-    while), then the synchronous guard, which nothing can outdate between it and the request."""
+    while; a call to it is begun only while the guard allows, `Cascade._fresh`), then the synchronous
+    guard, which nothing can outdate between it and the request."""
     if confirm is not None:
         await confirm()
     _check(guard)

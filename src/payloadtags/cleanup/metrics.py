@@ -8,7 +8,8 @@ import attrs
 
 @attrs.define
 class CleanupMetrics:
-    """Monotonic counters (``*_total``) and a few gauges. One instance per controller.
+    """Monotonic counters (``*_total``) and a few gauges. One instance per server, shared by the
+    controller and the deletecollection removal (`removal.namespace_remover`).
 
     `samples` gives them in Prometheus naming, ready for a text exposition.
     """
@@ -19,7 +20,9 @@ class CleanupMetrics:
     # Stopped on purpose: the namespace exists again, leadership was lost, or the controller stops.
     cascades_aborted_total: int = 0
     cascades_in_progress: int = 0
-    # Tags removed (each tag whose manifest digest this controller deleted) and manifests deleted.
+    # Tags resolved to a manifest digest that was then deleted (by the controller's cascades or a
+    # deletecollection's), and dangling tags repaired; manifests deleted. The rest of this group but
+    # the cascades_* and cascade_seconds_* fields counts both as well.
     tags_deleted_total: int = 0
     manifests_deleted_total: int = 0
     # Registry failures during cascades (each is retried with backoff), and the read-only subset.

@@ -20,11 +20,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
 from payloadtags.cleanup.cascade import Aborted, Cascade, Walk
+from payloadtags.cleanup.metrics import CleanupMetrics
 from payloadtags.cleanup.sweep import ABSENT, TERMINATING, namespace_state, namespace_uid, require_gone
 from payloadtags.kube import Backoff, KubeClient
 from payloadtags.registry.errors import RegistryUnavailable
@@ -87,19 +88,30 @@ class NamespaceRemover:
             # this one runs, and its new content is not ours.
             require_gone(namespace, *await self.check(namespace))
 
-        uid = await self.identify(namespace) if self.identify is not None else None
-        # Taken, not shared: a call that overlaps (its wait for this one ran out) walks on its own.
-        walk = self._walks.pop(namespace, None)
-        if walk is None or walk.uid != uid:
-            walk = Walk(uid=uid)
-        mine = Deferred.fromCoroutine(
-            self.cascade.run(namespace, guard=guard, confirm=confirm, wait=wait, check_wait=wait, walk=walk)
-        )
+        async def run() -> None:
+            uid = await self._identify(namespace, deadline, within)
+            # Taken, not shared: a call that overlaps (its wait for this one ran out) walks on its own.
+            walk = self._walks.pop(namespace, None)
+            if walk is None or walk.uid != uid:
+                walk = Walk(uid=uid)
+            done = False
+            try:
+                await self.cascade.run(
+                    namespace, guard=guard, confirm=confirm, wait=wait, check_wait=wait, walk=walk
+                )
+                done = True
+            finally:
+                if not done:
+                    self._walks[namespace] = walk
+                    while len(self._walks) > self.walks_kept:
+                        self._walks.popitem(last=False)
+
+        # Known to be under way from here on, before anything is awaited (the cluster API's uid
+        # included): a call arriving meanwhile waits for this one.
+        mine = Deferred.fromCoroutine(run())
         self._inflight[namespace] = mine
-        done = False
         try:
             await mine
-            done = True
         except Aborted as stopped:
             # The caller answers a retriable 503 that names what is left; the next call resumes.
             raise RegistryUnavailable(
@@ -108,10 +120,25 @@ class NamespaceRemover:
         finally:
             if self._inflight.get(namespace) is mine:
                 del self._inflight[namespace]
-            if not done:
-                self._walks[namespace] = walk
-                while len(self._walks) > self.walks_kept:
-                    self._walks.popitem(last=False)
+
+    async def _identify(self, namespace: str, deadline: float, within: float) -> str | None:
+        """The namespace's uid (`identify`), asked only within the budget and waited for no longer."""
+        if self.identify is None:
+            return None
+        left = deadline - self.clock.seconds()
+        if left <= 0:
+            raise Aborted(f"not finished within {within:g}s")
+        identify = self.identify
+
+        async def ask() -> str | None:
+            return await identify(namespace)
+
+        asked = Deferred.fromCoroutine(ask())
+        asked.addTimeout(left, self.clock)
+        try:
+            return await asked
+        except TimeoutError:
+            raise Aborted(f"not finished within {within:g}s") from None
 
     async def _follow(self, other: Deferred[Any], within: float) -> None:
         """Wait until ``other`` ends or ``within`` seconds pass, whatever its outcome; never cancel it."""
@@ -125,23 +152,31 @@ class NamespaceRemover:
             return result  # ``other``'s own callers see what they would have seen
 
         other.addBoth(ended)
+        # Its own timeout is a TimeoutError; a CancelledError is the caller's (the request's client
+        # went away), which ends the call here instead of starting its own cascade.
         waiter.addTimeout(within, self.clock)
         try:
             await waiter
-        except (CancelledError, TimeoutError):
+        except TimeoutError:
             pass
 
 
 def namespace_remover(
-    reactor: IReactorTime, kube: KubeClient, registry: Any, concurrency: int
+    reactor: IReactorTime,
+    kube: KubeClient,
+    registry: Any,
+    concurrency: int,
+    metrics: CleanupMetrics | None = None,
 ) -> NamespaceRemover:
-    """The remover the server gives the API: the cluster API decides, a cascade of its own deletes."""
+    """The remover the server gives the API: the cluster API decides, a cascade of its own deletes.
+    ``metrics``: where its deletes and registry errors are counted (the server's, which /metrics shows)."""
     cascade = Cascade(
         registry,
         reactor,
         concurrency=concurrency,
         # Short: the whole call is bounded by the API's budget, and the caller retries anyway.
         backoff=lambda: Backoff(initial=0.2, factor=2.0, cap=2.0),
+        metrics=metrics if metrics is not None else CleanupMetrics(),
     )
     return NamespaceRemover(
         cascade,
