@@ -27,6 +27,8 @@ import secrets
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import chain
+from operator import itemgetter
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -43,29 +45,26 @@ WALK_ID_MAX = 64
 # kubectl asks for the next page as soon as it has the previous one; a minute covers a slow client
 # and costs at most the bound below.
 DEFAULT_TTL = 60.0
-# What all walks together may keep, counted by `kept_size`. The count follows CPython's objects (a
-# string is its characters plus a header; a catalog entry is a tuple of three fresh strings), so it is
-# the memory dropping the walks frees: measured with tracemalloc for walks of long repository names
-# (210 characters, the reviewer's case) and of short ones, within 5% (docs/api.md, "List options").
+# What all walks together may keep, counted by `kept_size`. The count follows CPython's objects, each
+# counted once per walk however many of the walk's tokens hold it (see `_measure`), so it is the memory
+# dropping the walks frees: measured with tracemalloc (tests/unit/test_walks_memory.py) for first and
+# continued pages, short and 210-character repository names, long tag lists and repositories with no
+# tag left, within 5% (docs/api.md, "List options").
 DEFAULT_MAX_BYTES = 32 << 20
 
-# CPython's per-object sizes (64-bit): an ASCII string's header (its characters come on top), a
-# reference in a tuple or list, an empty tuple, and a three-item tuple.
+# CPython's per-object sizes (64-bit): an ASCII string's header (its characters come on top), and a
+# catalog entry: a tuple of three strings (repository, namespace, path), each made for the walk.
 _STR = sys.getsizeof("")
-_REF = 8
-_TUPLE = sys.getsizeof(())
-_ENTRY = sys.getsizeof(tuple(range(3))) + _REF + 3 * _STR
-# A kept list's share of its mapping: the tuple's header, the dict slot, the repository name as key.
-_LIST = _TUPLE + 3 * _REF + _STR
-# A list (or catalog rest) of this many names or more is measured once, when a page first keeps it,
-# and its measure remembered with the walk: a walk through a 300,000-tag repository keeps its list for
-# every page, and measuring it again on each cost milliseconds a page, seconds a walk. A shorter one
-# is measured again on each page that keeps it (a few dozen lengths): remembering it would cost about
-# as much memory as the list itself.
+_ENTRY = sys.getsizeof(tuple(range(3))) + 3 * _STR
+# A tag list of this many tags or more is measured once, when a page first keeps it, and its measure
+# remembered with the walk: a walk through a 300,000-tag repository keeps its list (the same tuple) for
+# every page, and measuring it again on each cost milliseconds a page, seconds a walk. A shorter one is
+# measured again on each page that keeps it (a few dozen lengths): remembering it would cost about as
+# much memory as the list itself. Catalog rests are not remembered: every page makes new ones.
 _REMEMBERED_FROM = 64
 # What remembering a measure costs, counted with the walk: the entry (a tuple of the object, its bytes
 # and its names), its key (the object's id) and its dict slot.
-_REMEMBERED = sys.getsizeof((0, 0, 0)) + 3 * sys.getsizeof(1 << 40) + 6 * _REF
+_REMEMBERED = sys.getsizeof((0, 0, 0)) + 3 * sys.getsizeof(1 << 40) + 6 * 8
 
 
 def new_walk_id() -> str:
@@ -108,43 +107,78 @@ class _Walk:
     size: int  # bytes, `kept_size`
     names: int
     touched: float
-    # The measures of its longer tag lists and catalog rests, for the walk's next page (`_measure`).
+    # The measures of its longer tag lists, for the walk's next page (`_measure`).
     measured: Measured = attrs.field(factory=dict)
 
 
 Key = tuple[UserInfo, str]
-# A remembered measure of a tag list or catalog rest, by its id(): the object itself (held, so that the
+# What a walk costs besides what it keeps (counted with it, `_measure`): its record and the time it
+# was last continued, its dict by token, its `Listed`, its key in the cache (a tuple and the walk id),
+# and the last key of the page it handed out (a `TagRef`, whose namespace and repository path strings
+# only it holds once the entry they were cut from is passed). About 680 bytes.
+_WALK = (
+    sys.getsizeof(_Walk(Listed("", None), {}, 0, 0, 0.0))
+    + sys.getsizeof(0.0)
+    + sys.getsizeof(dict.fromkeys(range(2)))
+    + sys.getsizeof(Listed("", None))
+    + sys.getsizeof((None, None))
+    + _STR
+    + len(new_walk_id())
+    + sys.getsizeof(TagRef("", "", ""))
+    + 2 * _STR
+)
+# A remembered measure of a tag list, by its id(): the object itself (held, so that the
 # id names no other object while the entry lasts), its bytes and its names.
 Measured = dict[int, tuple[object, int, int]]
 
 
 def kept_size(kept: Iterable[Kept]) -> tuple[int, int]:
-    """The memory what a walk keeps takes (bytes), and how many tags and catalog names it is.
-
-    Names are ASCII (the registry's grammar), a byte a character. A list kept for both tokens is one
-    object (the page took it from the one and keeps it for the other): counted once. A catalog entry is
-    counted whole, its strings made for the walk (`inventory.CatalogCursor`): shared with nothing."""
+    """The memory what a walk keeps takes (bytes), and how many tags and catalog names it is."""
     size, names, _ = _measure(kept, {})
     return size, names
 
 
 def _measure(kept: Iterable[Kept], before: Measured) -> tuple[int, int, Measured]:
-    """`kept_size`, and the measures to remember with the walk (those of `_REMEMBERED_FROM` names or
-    more, counted with it). One in ``before`` (remembered for the walk's previous page: the same
-    object) is not measured again, so a page's keep costs what the page brought, not what the walk
-    keeps."""
-    seen: dict[int, tuple[object, int, int]] = {}
+    """`kept_size`, and the measures to remember with the walk (tag lists of `_REMEMBERED_FROM` tags or
+    more, counted with it). A list in ``before`` (remembered for the walk's previous page: the same
+    object) is not measured again, so a page's keep costs what the page brought and the entries of
+    the mappings and catalog rests it keeps (a page goes through those anyway), not the tags its walk
+    keeps from earlier pages.
+
+    Every object is counted once per walk, however many of its tokens hold it: a page takes its lists
+    from the one token's and keeps them for the other's (the same tuples), the catalog rests a page
+    keeps for both tokens are made of the same entries (`inventory.CatalogCursor.rest`), and a mapping's
+    key is the string of a catalog entry. What is distinct is counted each: every repository a mapping
+    names (its key string, its slot) even when all share one tag list, as the ``()`` of every
+    repository with no tag left does. Names are ASCII (the registry's grammar), a byte a character."""
+    size = _WALK
+    mappings: dict[int, Mapping[str, Sequence[str]]] = {}
+    rests: dict[int, CatalogRest] = {}
     for one in kept:
-        # A list kept for both tokens is one object: counted once.
-        for repository, tags in one.lists.items():
-            if id(tags) not in seen:
-                seen[id(tags)] = _known(before, tags) or (tags, *_list_size(repository, tags))
-        rest = one.rest
-        if rest is not None and id(rest) not in seen:
-            seen[id(rest)] = _known(before, rest) or (rest, *_rest_size(rest))
-    measured = {key: one for key, one in seen.items() if one[2] >= _REMEMBERED_FROM}
-    size = sum(one[1] for one in seen.values()) + len(measured) * _REMEMBERED
-    return size, sum(one[2] for one in seen.values()), measured
+        size += sys.getsizeof(one)
+        mappings.setdefault(id(one.lists), one.lists)
+        if one.rest is not None:
+            rests.setdefault(id(one.rest), one.rest)
+    entries: dict[int, tuple[str, str, str]] = {}
+    for rest in rests.values():
+        # The rest, its tuple of entries; an entry held by both rests (or twice) once.
+        size += sys.getsizeof(rest) + sys.getsizeof(rest.entries)
+        entries.update(zip(map(id, rest.entries), rest.entries, strict=True))
+    size += len(entries) * _ENTRY + sum(map(len, chain.from_iterable(entries.values())))
+    # The repository names counted so far (with their entries), by the string object.
+    strings = set(map(id, map(itemgetter(0), entries.values())))
+    lists: dict[int, tuple[object, int, int]] = {}
+    for mapping in mappings.values():
+        size += sys.getsizeof(mapping)  # its table: a slot per repository
+        for repository, tags in mapping.items():
+            if id(repository) not in strings:
+                strings.add(id(repository))
+                size += _STR + len(repository)
+            if id(tags) not in lists:
+                lists[id(tags)] = _known(before, tags) or (tags, *_list_size(tags))
+    measured = {key: one for key, one in lists.items() if one[2] >= _REMEMBERED_FROM}
+    size += sum(one[1] for one in lists.values()) + len(measured) * _REMEMBERED
+    return size, sum(one[2] for one in lists.values()) + len(entries), measured
 
 
 def _known(before: Measured, what: object) -> tuple[object, int, int] | None:
@@ -152,12 +186,10 @@ def _known(before: Measured, what: object) -> tuple[object, int, int] | None:
     return known if known is not None and known[0] is what else None
 
 
-def _list_size(repository: str, tags: Sequence[str]) -> tuple[int, int]:
-    return _LIST + len(repository) + len(tags) * (_STR + _REF) + sum(map(len, tags)), len(tags)
-
-
-def _rest_size(rest: CatalogRest) -> tuple[int, int]:
-    return len(rest) * _ENTRY + sum(len(a) + len(b) + len(c) for a, b, c in rest.entries), len(rest)
+def _list_size(tags: Sequence[str]) -> tuple[int, int]:
+    if not tags:
+        return 0, 0  # the one empty tuple, never freed (an empty list is a few dozen bytes)
+    return sys.getsizeof(tags) + len(tags) * _STR + sum(map(len, tags)), len(tags)
 
 
 @attrs.define(eq=False)

@@ -1,0 +1,136 @@
+"""The walk cache's byte count (api/walks.py) against the memory its walks hold, measured with tracemalloc.
+
+Walks go through TagsService as a client makes them, on a double of distribution 2.8 whose answers are
+fresh objects as `RegistryClient`'s are (a tag list a tuple of new strings, the one ``()`` when no tag
+is left; catalog names new strings). What the cache counts is compared with what dropping its walks
+frees: a ratio, never a time.
+"""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+from collections.abc import Callable
+
+from twisted.internet.task import Clock
+
+from payloadtags.access.authz import AlwaysAllow
+from payloadtags.api.options import list_options
+from payloadtags.api.tags import ResourceVersions, TagsService
+from payloadtags.api.walks import DEFAULT_TTL, Kept, WalkCache, kept_size
+from payloadtags.identity import UserInfo
+from payloadtags.inventory import Inventory
+from payloadtags.registry import CatalogPage
+from payloadtags.repoindex import RepositoryIndex
+from tests.unit.test_inventory_paging import Registry
+from tests.unit.test_repoindex import run
+
+ALICE = UserInfo("alice", groups=("devs",))
+# How far the count may be from the memory (docs/api.md, "List options").
+WITHIN = 0.05
+
+
+class FreshRegistry(Registry):
+    """Answers with new objects each time, as `RegistryClient` does."""
+
+    async def tags(self, repository: str) -> tuple[str, ...]:  # type: ignore[override]
+        # Not recorded in ``tag_reads``: that would hold the repository names the walk holds.
+        return tuple("".join(tag) for tag in sorted(self.content.get(repository, ())))
+
+    async def catalog(self, last: str | None = None, n: int = 1000) -> CatalogPage:
+        page = await super().catalog(last, n)
+        return CatalogPage(["".join(name) for name in page.repositories], page.more)
+
+
+def service(content: dict[str, set[str]], clock: Clock, indexed: bool = False) -> TagsService:
+    index = None
+    if indexed:  # the repository index (--registry-events-token-file): no catalog reads, no rests
+        index = RepositoryIndex()
+        index.replace(list(content))
+        index.ready = True
+    return TagsService(
+        inventory=Inventory(FreshRegistry(content), concurrency=4, index=index),  # type: ignore[arg-type]
+        registry_host="registry.test",
+        authorizer=AlwaysAllow(),
+        versions=ResourceVersions(clock),
+        walks=WalkCache(clock),
+    )
+
+
+def counted_and_held(content: dict[str, set[str]], limit: int, pages: int, indexed: bool = False) -> float:
+    """Walks ``pages`` pages of ``limit`` tags; what the cache then counts over what expiring it frees."""
+    clock = Clock()
+    tags = service(content, clock, indexed)
+    token = None
+    gc.collect()  # empties CPython's free lists, so that what the walk holds is all traced
+    tracemalloc.start()
+    try:
+        for _ in range(pages):
+            query = {"limit": [str(limit)], **({"continue": [token]} if token else {})}
+            result, meta = run(tags.list(ALICE, "team", list_options(query)))
+            token = meta.continue_
+            del result, meta
+        assert tags.walks is not None and len(tags.walks) == 1
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        counted = tags.walks.size
+        clock.advance(DEFAULT_TTL + 1)
+        assert tags.walks.listed(ALICE, "none") is None  # expires every walk
+        assert len(tags.walks) == 0 and tags.walks.size == 0
+        gc.collect()
+        freed = before - tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    return counted / freed
+
+
+def near(ratio: float) -> None:
+    assert 1 - WITHIN <= ratio <= 1 + WITHIN, f"counted / held = {ratio:.3f}"
+
+
+def one_tag_each(count: int, name: Callable[[int], str] = lambda i: f"r{i:04d}") -> dict[str, set[str]]:
+    return {f"team/{name(i)}": {"x"} for i in range(count)}
+
+
+def test_a_first_page_is_counted_as_the_memory_it_keeps() -> None:
+    near(counted_and_held(one_tag_each(600), limit=5, pages=1))
+
+
+def test_continued_pages_count_the_catalog_names_both_their_tokens_keep_once() -> None:
+    # A continued page keeps the catalog names it began from (for the token it was asked with) and
+    # those it hands out: the same entries, held once.
+    near(counted_and_held(one_tag_each(600), limit=5, pages=3))
+    near(counted_and_held(one_tag_each(600, lambda i: f"r{i:04d}-" + "y" * 200), limit=5, pages=3))
+    # Pages of 500 tags through repositories of five; and the same from the repository index (no rests).
+    fives = {f"team/r{i:04d}": {f"t{j}" for j in range(5)} for i in range(3000)}
+    near(counted_and_held(fives, limit=500, pages=3))
+    near(counted_and_held(fives, limit=500, pages=3, indexed=True))
+
+
+def test_a_long_tag_list_kept_for_every_page_is_counted_once() -> None:
+    big = {"team/a": {f"v{i:05d}" for i in range(5000)}}
+    near(counted_and_held(big, limit=100, pages=3))
+    near(counted_and_held({**big, **one_tag_each(300)}, limit=100, pages=3))
+
+
+def emptied(count: int) -> dict[str, set[str]]:
+    """Repositories whose tags were all deleted (distribution keeps them in the catalog) between two
+    that have tags: a continued page goes through all of them."""
+    around = {f"v{i}" for i in range(10)}
+    return {"team/a": around, **{f"team/e{i:05d}-" + "q" * 30: set() for i in range(count)}, "team/z": around}
+
+
+def test_repositories_with_no_tags_left_are_counted_each() -> None:
+    # Each reads as the one empty tuple: the repository and its place in the walk's mapping are held
+    # for each of them all the same.
+    near(counted_and_held(emptied(2000), limit=5, pages=2))
+    near(counted_and_held(emptied(5000), limit=5, pages=2, indexed=True))
+
+
+def test_a_mapping_entry_is_counted_per_repository_and_a_tag_list_once() -> None:
+    one = kept_size([Kept({"team/e00000": ()})])[0]
+    many = kept_size([Kept({f"team/e{i:05d}": () for i in range(2000)})])[0]
+    # At least each repository name (a string of 11 characters) and its dict slot.
+    assert many - one >= 1999 * (len("team/e00000") + 49 + 24)
+    shared = ("v1", "v2")
+    assert kept_size([Kept({"team/a": shared, "team/b": shared})])[1] == 2  # the list's tags once
