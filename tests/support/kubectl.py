@@ -104,3 +104,21 @@ def read_yaml_locally(text: bytes) -> Any:
         timeout=60,
     )
     return json.loads(done.stdout)["document"]
+
+
+_SERVICE = b"apiVersion: v1\nkind: Service\nmetadata:\n  name: oracle\nspec:\n  selector:\n    app: a\n"
+
+
+def upstream_label_selector_error(selector: str) -> str | None:
+    """Why upstream's label selector parser (labels.Parse, as kubectl vendors it) refuses ``selector``,
+    or None when it accepts it: ``kubectl set selector --local`` parses it so, no server. (An accepted
+    set-based selector is then refused as unsupported on a Service, which is not a parse error.)
+    Blocking."""
+    done = subprocess.run(
+        [KUBECTL, "set", "selector", "--local", "-f", "-", "-o", "name", "--", selector],
+        input=_SERVICE,
+        capture_output=True,
+        timeout=60,
+    )
+    error = done.stderr.decode()
+    return error if "couldn't parse the selector string" in error else None

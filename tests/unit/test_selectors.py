@@ -184,7 +184,7 @@ def test_label_selector_error_names_the_selector() -> None:
     [
         ("a in (x", "found '', expected: ',' or ')'"),
         ("a in (x y)", "found 'y', expected: ',' or ')'"),
-        ("a in x", "found 'x', expected: '('"),
+        ("a in x", "found 'x' expected: '('"),
         ("a>(1)", "found '(', expected: identifier"),
         ("a>x", "for 'Gt', 'Lt' operators, the value must be an integer"),
     ],
@@ -450,3 +450,86 @@ UNKNOWN = ' is not a known field selector: only "metadata.name", "metadata.names
 )
 def test_several_bad_terms_report_the_error_upstream_reports(text: str, message: str) -> None:
     assert _bad_field(text).message == message
+
+
+# -- label selector: upstream's verdicts ------------------------------------------------------------
+# Each case checked against upstream's parser (labels.Parse, as vendored by kubectl 1.32:
+# `kubectl set selector --local -f svc.yaml -o name -- SELECTOR` says "couldn't parse the selector
+# string" exactly when it refuses). Tags carry no labels, so an accepted `!k`, `k!=v` or `k notin (...)`
+# selects every tag: accepting what upstream refuses lets a deletecollection delete a whole namespace.
+
+_PREFIX_253 = "a" * 253
+_PREFIX_254 = "a" * 254
+_LONG_PREFIX = "prefix part must be no more than 253 characters"
+_SUBDOMAIN_REGEX = (
+    "prefix part a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or "
+    "'.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for "
+    r"validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+)
+_NAME_REGEX = (
+    "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an "
+    "alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is "
+    "'([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"
+)
+_TWO_COMMAS = "found ')', expected: ',', or identifier"
+
+UPSTREAM_ACCEPTS = [
+    f"!{_PREFIX_253}/b",
+    f"{_PREFIX_253}/{'b' * 63}!=x",
+    f"{'a.' * 126}a/b notin (x)",  # 253 characters of labels and dots
+    "app notin (a,,,)",
+    "app notin (,,,)",
+    "app notin (,)",
+    "app notin (a,,b)",
+    "app notin ()",
+    "app notin (a,,,,,)",
+    "app notin (,,,,,)",
+    "app notin (a,,,b)",
+    "app notin (a,,,,b)",
+    "app notin ( a , , , )",
+    "app in (,,,),b",
+    "app notin (in,,,notin)",
+]
+
+UPSTREAM_REFUSES = [
+    (f"!{_PREFIX_254}/b", _LONG_PREFIX),
+    (f"{_PREFIX_254}/b!=x", _LONG_PREFIX),
+    (f"{_PREFIX_254}/b notin (x)", _LONG_PREFIX),
+    (f"{'a' * 300}/b", _LONG_PREFIX),
+    (f"!{'a.' * 126}aa/b", _LONG_PREFIX),
+    (f"!{'A' * 254}/b", f"{_LONG_PREFIX}; {_SUBDOMAIN_REGEX}"),
+    ("!A.b/c", _SUBDOMAIN_REGEX),
+    ("!/a", "prefix part must be non-empty"),
+    ("!a/", f"name part must be non-empty; {_NAME_REGEX}"),
+    ("!-a", _NAME_REGEX),
+    (f"!{'a' * 64}", "name part must be no more than 63 characters"),
+    ("app notin (a,,)", _TWO_COMMAS),
+    ("app notin (,,)", _TWO_COMMAS),
+    ("app notin (a,,,,)", _TWO_COMMAS),
+    ("app notin (,,,,)", _TWO_COMMAS),
+    ("app notin (a,,b,,)", _TWO_COMMAS),
+    ("app notin (a, , )", _TWO_COMMAS),
+    ("app in (a,,),b", _TWO_COMMAS),
+    ("app notin (a,,", "found '', expected: ',', or identifier"),
+    ("app notin (a,", "found '', expected: ',', or identifier"),
+    ("app notin (a,=)", "found '=', expected: ',', or identifier"),
+    ("app notin (a,,!)", "found '!', expected: ',', or identifier"),
+    ("app notin (", "found '', expected: ',', ')' or identifier"),
+    ("app notin (=)", "found '=', expected: ',', ')' or identifier"),
+    ("app notin (a b)", "found 'b', expected: ',' or ')'"),
+    ("app notin a", "found 'a' expected: '('"),
+    ("app notin (a", "found '', expected: ',' or ')'"),
+    # The list is read whole before its values are checked, as upstream's parser does.
+    ("app notin (-a,,)", _TWO_COMMAS),
+    ("app notin (-a b)", "found 'b', expected: ',' or ')'"),
+]
+
+
+@pytest.mark.parametrize("text", UPSTREAM_ACCEPTS)
+def test_label_selectors_upstream_accepts_are_accepted(text: str) -> None:
+    parse_label_selector(text)
+
+
+@pytest.mark.parametrize(("text", "wording"), UPSTREAM_REFUSES)
+def test_label_selectors_upstream_refuses_are_400_in_its_words(text: str, wording: str) -> None:
+    assert wording in _bad_label(text).message

@@ -9,8 +9,18 @@ import attrs
 
 from payloadtags.api.errors import bad_request
 
-_KEY = re.compile(
-    r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?\Z"
+# validation.IsQualifiedName's parts: a key is NAME or PREFIX/NAME, and each part is checked on its own.
+_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]\Z")
+_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
+_NAME_REGEX = (
+    "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an "
+    "alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is "
+    "'([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"
+)
+_SUBDOMAIN_REGEX = (
+    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and "
+    "must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is "
+    r"'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
 )
 _VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?\Z")
 # Blanks are what upstream's label lexer skips (space, tab, CR, LF): any other (NBSP, U+3000, U+2028)
@@ -68,9 +78,41 @@ def _tokens(text: str) -> list[str]:
     return tokens
 
 
+def _key_problems(key: str) -> list[str]:
+    """What validation.IsQualifiedName finds wrong with ``key``, in its order and words. The prefix is
+    bounded on its own (253, a DNS subdomain's), not through the key's whole length: a key with a longer
+    prefix is refused upstream, and accepted here it would make ``!key`` select every tag."""
+    parts = key.split("/")
+    if len(parts) > 2:
+        return [
+            f"a qualified name {_NAME_REGEX} with an optional DNS subdomain prefix and '/' "
+            "(e.g. 'example.com/MyName')"
+        ]
+    problems = []
+    if len(parts) == 2:
+        prefix = parts[0]
+        if not prefix:
+            problems.append("prefix part must be non-empty")
+        else:
+            if len(prefix) > 253:
+                problems.append("prefix part must be no more than 253 characters")
+            if not _SUBDOMAIN.match(prefix):
+                problems.append(f"prefix part {_SUBDOMAIN_REGEX}")
+    name = parts[-1]
+    if not name:
+        problems.append("name part must be non-empty")
+    elif len(name) > 63:
+        problems.append("name part must be no more than 63 characters")
+    if not _NAME.match(name):
+        problems.append(f"name part {_NAME_REGEX}")
+    return problems
+
+
 def _check_key(key: str, text: str) -> str:
-    if not _KEY.match(key) or len(key) > 317:
-        raise bad_request(f'unable to parse requirement: {text}: invalid label key "{key}"')
+    if problems := _key_problems(key):
+        raise bad_request(
+            f'unable to parse requirement: {text}: invalid label key "{key}": {"; ".join(problems)}'
+        )
     return key
 
 
@@ -88,9 +130,9 @@ def parse_label_selector(text: str | None) -> LabelSelector:
     requirements: list[Requirement] = []
     i = 0
 
-    def fail(expected: str = "identifier or operator") -> None:
+    def fail(expected: str = "identifier or operator", comma: str = ",") -> None:
         raise bad_request(
-            f"unable to parse requirement: found '{tokens[i] if i < len(tokens) else ''}', "
+            f"unable to parse requirement: found '{tokens[i] if i < len(tokens) else ''}'{comma} "
             f'expected: {expected} in label selector "{text}"'
         )
 
@@ -133,26 +175,42 @@ def parse_label_selector(text: str | None) -> LabelSelector:
                 op = tokens[i]
                 i += 1
                 if i >= len(tokens) or tokens[i] != "(":
-                    fail("'('")
+                    fail("'('", comma="")  # upstream's parseValues has no comma there
                 i += 1
-                values: set[str] = set()
-                expect_value = True
-                while i < len(tokens) and tokens[i] != ")":
-                    if tokens[i] == ",":
-                        if expect_value:
-                            values.add("")
-                        expect_value = True
-                    elif expect_value:
-                        values.add(_check_value(tokens[i], text))
-                        expect_value = False
-                    else:
-                        fail("',' or ')'")
-                    i += 1
-                if i >= len(tokens):
-                    fail("',' or ')'")
-                if expect_value:
-                    values.add("")  # "(x,)" and, as upstream, "()" hold the empty value
+                values: list[str] = []
+                if i < len(tokens) and tokens[i] == ")":
+                    values.append("")  # upstream: "()" is the set holding the empty value
+                elif i >= len(tokens) or (tokens[i] in _SPECIAL and tokens[i] != ","):
+                    fail("',', ')' or identifier")
+                else:
+                    # upstream's parseIdentifiersList, step for step: a comma followed by a comma takes
+                    # it too, and then wants an identifier or a comma, so "(a,,)" is refused (an even run
+                    # of commas before ')'), "(a,,,)" not. Read as "(a,)" it would be notin {a, ""},
+                    # which every tag (no labels) matches.
+                    while True:
+                        token = tokens[i] if i < len(tokens) else ""
+                        if token == ",":
+                            i += 1
+                            if not values or (i < len(tokens) and tokens[i] == ")"):
+                                values.append("")  # "(," and ",)" hold the empty value
+                            if i < len(tokens) and tokens[i] == ")":
+                                break
+                            if i < len(tokens) and tokens[i] == ",":
+                                values.append("")
+                                i += 1
+                        elif token and token not in _SPECIAL:
+                            values.append(token)
+                            i += 1
+                            if i < len(tokens) and tokens[i] == ",":
+                                continue
+                            if i < len(tokens) and tokens[i] == ")":
+                                break
+                            fail("',' or ')'")
+                        else:
+                            fail("',', or identifier")
                 i += 1
+                # As upstream (NewRequirement), the values are checked once the list is read whole.
+                values = [_check_value(value, text) for value in values]
                 requirements.append(Requirement(key, op, frozenset(values)))
             else:
                 fail()
