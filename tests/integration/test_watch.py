@@ -597,6 +597,79 @@ async def test_a_list_made_after_her_rules_changed_and_the_watch_from_it_are_ser
     assert (line["type"], line["object"]["code"]) == ("ERROR", 410), line
 
 
+@pytest.mark.parametrize("between", ["revoked", "granted"])
+@pytest_twisted.ensureDeferred
+async def test_her_rules_changed_back_between_her_list_and_its_watch_is_410(
+    between, make_server, registry, repo, pki, kube_api, kube_kubeconfig, reactor
+):
+    """A stream of alice's ran (her rules are noted); `secret` is granted (or taken away) while none of
+    her watches runs, she relists under that, and the change is undone before her watch from that list.
+    Her rules now equal those noted before: her list must have noted the change, or the watch is
+    served and her client keeps `secret:v1` for good (or never gets it)."""
+    namespace, _ = repo.split("/", 1)
+    api, alice = await _alice(
+        make_server, registry, kube_api, kube_kubeconfig, pki, f"{namespace}/app", f"{namespace}/secret"
+    )
+    hub = api.running.api.watch_hub
+    granted = 0
+
+    def give() -> None:
+        nonlocal granted
+        granted += 1
+        grant(kube_api, namespace, "alice", ["get"], ["secret"], f"alice-read-secret-{granted}")
+
+    def take() -> None:
+        kube_api.store.delete(ROLEBINDINGS, f"alice-read-secret-{granted}", namespace)
+
+    first, then = ["app"], ["app", "secret"]
+    change, undo = give, take
+    if between == "granted":
+        give()
+        first, then, change, undo = then, first, take, give
+    listed = await eventually(lambda: _showing(alice, namespace, first), within=20)
+    await _one_stream(alice, namespace, listed, reactor)
+    generation = hub.access_generation()
+    change()
+    assert await eventually(lambda: _checked(api, generation), within=20)
+    middle = await eventually(lambda: _showing(alice, namespace, then), within=20)
+    assert middle
+    generation = hub.access_generation()
+    undo()
+    assert await eventually(lambda: _checked(api, generation), within=20)
+    line = await _first_line_from(alice, namespace, middle)
+    assert (line["type"], line["object"]["code"]) == ("ERROR", 410), line
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_watch_of_the_changes_from_now_on_is_not_410_when_her_groups_changed(
+    make_server, registry, repo, pki, kube_api, kube_kubeconfig, reactor
+):
+    """`sendInitialEvents=false` from `""` or `"0"` asks for the changes from now on, no past, and
+    kube-apiserver never answers 410 to it. alice's rules were noted under one certificate; her
+    next one's groups change them (a change dated when it is seen, after "now"): it used to be 410."""
+    namespace, _ = repo.split("/", 1)
+    api, _ = await _alice(
+        make_server, registry, kube_api, kube_kubeconfig, pki, f"{namespace}/app", f"{namespace}/secret"
+    )
+    grant(kube_api, namespace, "devs", ["get"], ["secret"], "devs-read-secret", kind="Group")
+    in_devs = api.client(pki.client_ca.client("alice", ("devs",), stem="alice-devs"))
+    not_in_devs = api.client(pki.client_ca.client("alice", (), stem="alice-nodevs"))
+    listed = await eventually(lambda: _showing(not_in_devs, namespace, ["app"]), within=20)
+    await _one_stream(not_in_devs, namespace, listed, reactor)
+    query = (
+        "watch=true&sendInitialEvents=false&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true"
+        "&timeoutSeconds=1"
+    )
+    for client, version in ((in_devs, ""), (not_in_devs, "0")):
+        watch = await stream(client, f"{collection(namespace)}?{query}&resourceVersion={version}")
+        assert watch.code == 200
+        line = await watch.next()
+        assert line["type"] == "BOOKMARK", line
+        ended = watch.ended
+        ended.addTimeout(10, reactor)  # a hang guard: the stream ends by its timeoutSeconds
+        await ended
+
+
 @pytest_twisted.ensureDeferred
 async def test_an_rbac_relist_that_reorders_her_bindings_keeps_the_re_watch(
     make_server, registry, repo, pki, kube_api, kube_kubeconfig, reactor

@@ -1798,10 +1798,11 @@ def test_rules_granted_and_taken_back_between_two_checks_end_a_watch_they_showed
     hub.stop()
 
 
-def list_sequence(hub: WatchHub, namespace: str | None) -> int:
-    """The sequence of the resourceVersion a list of ``namespace`` reports (a watched one)."""
+def list_sequence(hub: WatchHub, namespace: str | None, user: UserInfo | None = None) -> int:
+    """The sequence of the resourceVersion a list of ``namespace`` reports (a watched one), made by
+    ``user`` (None: by nobody the hub is told of)."""
     rv: list[str] = []
-    Deferred.fromCoroutine(hub.list_version(namespace)).addCallback(rv.append)
+    Deferred.fromCoroutine(hub.list_version(namespace, user)).addCallback(rv.append)
     sequence = hub.versions.parse(rv[0])
     assert sequence is not None
     return sequence

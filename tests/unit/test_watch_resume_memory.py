@@ -105,7 +105,11 @@ def test_a_resumed_watch_is_cut_only_when_its_client_is_a_send_buffer_behind_the
     hub.stop()
 
 
-def test_the_history_keeps_nothing_it_dropped_once_no_resumed_watch_reads_it() -> None:
+@pytest.mark.parametrize("read", [0, 2])
+def test_the_history_keeps_nothing_it_dropped_once_no_resumed_watch_reads_it(read: int) -> None:
+    """What the history dropped is kept for resumed watches while one reads it, and let go as the last
+    ends (before its client read a line, or partway): not only at the scope's next event, which a quiet
+    scope may not have for long."""
     reader = FakeReader({"ns/app": set()})
     clock = Clock()
     hub = make_hub(reader, clock, history=5, send_buffer=3)
@@ -113,13 +117,27 @@ def test_the_history_keeps_nothing_it_dropped_once_no_resumed_watch_reads_it() -
     oldest = hub.versions.current
     for i in range(5):
         source.emit(*_added(i))
-    w, _ = watcher()
+    sink = OneLineSink()
+    w = Watcher(
+        user="alice", sink=sink, render=render, accept=lambda ref: True, readable=lambda ns, path: True
+    )
+    sink.owner = w
     w.pauseProducing()
     assert hub.start(w, source, since=oldest, timeout=None)
-    source.emit(*_added(5))
-    assert len(source.behind) == 1
-    w.end("client gone", write=False)  # before its client read a line
-    source.emit(*_added(6))
+    other, _ = watcher()
+    other.pauseProducing()
+    assert hub.start(other, source, since=oldest, timeout=None)
+    for i in range(5, 8):
+        source.emit(*_added(i))
+    assert len(source.behind) == 3
+    for _ in range(read):
+        w.resumeProducing()  # one line, then its transport is full
+    assert len(sink.lines) == read
+    other.end("client gone", write=False)  # before its client read a line
+    assert len(source.behind) == 3  # w still reads them
+    w.end("client gone", write=False)
+    assert not source.behind
+    source.emit(*_added(8))
     assert not source.behind
     hub.stop()
 

@@ -862,8 +862,10 @@ class ApiServer:
         possible = namespace is None or is_namespace(namespace)
         if hub is not None and options.continue_ is None and possible:
             # The scope's watch source reads its baseline before this list reads the registry, so a
-            # watch from this list's resourceVersion misses nothing that happened after it.
-            _, record = await hub.open_list(namespace)
+            # watch from this list's resourceVersion misses nothing that happened after it; and a
+            # change of the caller's rules there since they were noted is noted (docs/watch.md,
+            # "Access"), so that the watch from this list is not judged by the rules before it.
+            _, record = await hub.open_list(namespace, user)
         shown = False
 
         def begin() -> None:
@@ -1041,6 +1043,7 @@ class ApiServer:
                 listed=listed,
                 slot=slot,
                 confirmed=confirmed,
+                from_now=options.send_initial_events is False and rv in ("", "0"),
             )
         except Exception:
             # A bug: after the head only an event reaches the client (never a bare Status line).

@@ -138,20 +138,29 @@ class WatchHub:
         """The newest resourceVersion (what a list reports)."""
         return self.versions.latest()
 
-    async def list_version(self, namespace: str | None) -> str:
+    async def list_version(self, namespace: str | None, user: UserInfo | None = None) -> str:
         """Before the first page of a list of a scope: a source's baseline is read (and a resync a
         reset started, ``ScopeSource.caught_up``), or, when the scope has no source, a record is
         opened for the list's reads (see ``observer``)."""
-        version, _ = await self.open_list(namespace)
+        version, _ = await self.open_list(namespace, user)
         return version
 
-    async def open_list(self, namespace: str | None) -> tuple[str, Listed | None]:
+    async def open_list(
+        self, namespace: str | None, user: UserInfo | None = None
+    ) -> tuple[str, Listed | None]:
         """``list_version``, and the record the list joined, if any: a list that fails before its
-        client is shown anything leaves it (``list_failed``)."""
+        client is shown anything leaves it (``list_failed``). A list of a watched scope by ``user``
+        notes a change of her rules there if she was noted before (`RulesLedger.listed`)."""
         record = None
         if namespace in self.sources:
             source = await self.source(namespace)
             await source.caught_up()
+            rules_of = self.access_rules
+            if user is not None and rules_of is not None and self.sources.get(namespace) is source:
+                # Before the resourceVersion is taken: a change noted here is dated at or below it.
+                self.rules.listed(
+                    source, user, lambda scope_namespace: rules_of(user, scope_namespace), self._change_stamp
+                )
         else:
             record = self.listed.open(namespace, self.versions.current, self.clock.seconds())
         return self.current(), record
@@ -351,6 +360,7 @@ class WatchHub:
         listed: Listed | None = None,
         slot: WatchSlot | None = None,
         confirmed: frozenset[str] = frozenset(),
+        from_now: bool = False,
     ) -> bool:
         """Attaches a watcher to a ready source.
 
@@ -360,7 +370,9 @@ class WatchHub:
         answers 410 Gone). With ``listed`` (a watch from a list made while the scope had no source,
         whose source has since read the scope after the watch arrived, and ``confirm_listed`` the
         repositories it gave as ``confirmed``): the differences between the list's reads and the
-        snapshot, its opening (`_open_listed`).
+        snapshot, its opening (`_open_listed`). ``from_now``: ``since`` is the newest resourceVersion
+        as the watch arrived (`sendInitialEvents=false` from "" or "0"), not one its client holds a
+        view at: a change of its user's rules is no reason to refuse it.
 
         With a ``slot`` (from ``admit``, still held) it raises only AuthorizationNotReady (the rules
         are not loaded, ``authorize``), having registered nothing; the watcher takes the slot's place.
@@ -374,7 +386,9 @@ class WatchHub:
         if self.sources.get(source.namespace) is not source or (listed is not None and listed.dropped):
             slot.release()
             return False
-        if not self._rules_admit(watcher, source, since):
+        # A watch of the changes from now on asks for no past: no client view to vouch for, and
+        # kube-apiserver never answers 410 to it. Her rules are noted all the same.
+        if not self._rules_admit(watcher, source, None if from_now else since):
             # Her rules here changed after ``since``: what her client holds was decided by the old
             # ones, and a resume would replay neither a grant nor a revocation.
             slot.release()

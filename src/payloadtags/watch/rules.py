@@ -12,9 +12,10 @@ namespace, a fingerprint of the rules last noted for her there (`PathMatcher.fin
 mean, not their order), and the sequence a change of them was noted at (``changed_at``: after every
 resourceVersion issued under the old rules). A resume from below it is 410. The rules are noted when a
 watch starts (the rules computed for the identity it comes with), at each access check for the users
-watching (`WatchHub.check_access`), and when a watch ends (every set of rules that decided something
-it sent: rules granted and taken back between two checks included). The rules noted first are no
-change.
+watching (`WatchHub.check_access`), when a watch ends (every set of rules that decided something it
+sent: rules granted and taken back between two checks included), and when a user already noted lists
+the scope (`listed`: her list was decided by the rules then, which may be changed back before its
+watch). The rules noted first are no change.
 
 Bounded: past ``max_entries`` (user, namespace) pairs in all, the least recently used user of a scope is
 forgotten, and the sequence then is kept for her in a fixed table of slots (by a hash of scope and
@@ -99,13 +100,43 @@ class RulesLedger:
             if old != now:
                 noted.rules[namespace], changed = now, True
         if changed:
-            # Her groups changed (not the RBAC objects): her other requests were decided for the old
-            # ones up to now, whatever access check has run since.
-            at = stamp() if noted.groups == user.groups else source.versions.next()
-            noted.changed_at = max(noted.changed_at, at)
+            self._changed(source, noted, user, stamp)
         noted.groups = user.groups
         self._resized(noted, before)
         return since is None or since >= noted.changed_at
+
+    def listed(
+        self,
+        source: ScopeSource,
+        user: UserInfo,
+        rules_of: Callable[[str], PathMatcher],
+        stamp: Callable[[], int],
+    ) -> None:
+        """A list of ``source``'s scope by ``user``, before it reads (its resourceVersion is taken
+        after this): where her rules were noted there and differ now, the change is noted and dated,
+        so that a watch of hers from a list made before it is 410, and one from this list is not
+        judged by the rules noted before it (her rules changed and changed back between this list
+        and its watch are a change). Only a user already noted: a list adds no entry (one per user
+        and namespace of every list would be the cost docs/watch.md declines), and notes no
+        namespace she was not noted in."""
+        noted = self.entries.get((source, user_key(user)))
+        if noted is None:
+            return
+        self.entries.move_to_end((source, user_key(user)))
+        # All computed before any is noted: a failure leaves no fingerprint noted without its date.
+        now = {namespace: rules_of(namespace).fingerprint for namespace in noted.rules}
+        if now != noted.rules:
+            noted.rules.update(now)
+            self._changed(source, noted, user, stamp)
+        noted.groups = user.groups
+
+    def _changed(self, source: ScopeSource, noted: Noted, user: UserInfo, stamp: Callable[[], int]) -> None:
+        # Through the RBAC objects: dated by ``stamp`` (the access check that saw them, if one has).
+        # Through her groups (as a set: their order decides nothing, as for openings): her other
+        # requests were decided for the old ones up to now, whatever access check has run since.
+        same = frozenset(noted.groups) == frozenset(user.groups)
+        at = stamp() if same else source.versions.next()
+        noted.changed_at = max(noted.changed_at, at)
 
     def saw(
         self,

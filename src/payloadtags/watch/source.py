@@ -74,10 +74,12 @@ class ScopeSource:
     # ``kept_behind`` at most: ``behind[i]`` is event number ``popped - len(behind) + i``. A watch
     # resumed from near the history's oldest event has no margin of its own before the history drops
     # its next one; these give it that of a send buffer, shared by the scope's resumed watches
-    # (`since`). Empty while none reads.
+    # (`since`). Empty while none reads: let go as the last of them ends (`_unread`).
     behind: collections.deque[Event] = attrs.field(factory=collections.deque)
     kept_behind: int = 1000
-    _readers: weakref.WeakSet[_Reader] = attrs.field(factory=weakref.WeakSet)
+    # The places of the resumed watches reading the history, known weakly: a watch ended before it
+    # took a line (its iterator never ran, so no `finally` of it does) leaves nothing behind it.
+    _readers: set[weakref.ref[_Reader]] = attrs.field(factory=set)
     # Reads are numbered when they start; a read older than the one a repository last took is stale.
     _reads: int = 0
     _marks: dict[str, int] = attrs.field(factory=dict)
@@ -491,10 +493,11 @@ class ScopeSource:
             return None
         start = bisect.bisect_right(self.ring, sequence, key=lambda event: event.sequence)
         reader = _Reader(self.popped + start)
-        self._readers.add(reader)
-        return self._after(reader, self.versions.current)
+        ref = weakref.ref(reader, self._unread)  # told when it goes, whether or not it ever read
+        self._readers.add(ref)
+        return self._after(reader, ref, self.versions.current)
 
-    def _after(self, reader: _Reader, until: int) -> Iterator[Event]:
+    def _after(self, reader: _Reader, ref: weakref.ref[_Reader], until: int) -> Iterator[Event]:
         try:
             while True:
                 index = reader.position - self.popped
@@ -508,7 +511,15 @@ class ScopeSource:
                 yield event
                 reader.position += 1
         finally:
-            self._readers.discard(reader)
+            # Now, not once the reader is collected (a traceback of HistoryLost may hold it a while).
+            self._unread(ref)
+
+    def _unread(self, ref: weakref.ref[_Reader]) -> None:
+        """A resumed watch stopped reading the history: what was kept behind for it goes with the
+        last of them, not at the scope's next event (a quiet scope may have none for long)."""
+        self._readers.discard(ref)
+        if not self._readers:
+            self.behind.clear()
 
 
 @attrs.define(eq=False)
