@@ -86,7 +86,7 @@ class Recorded:
     def ahead(self, resource_version: str) -> bool:
         return int(resource_version) > int(self.current())
 
-    def observer(self, scope: str | None, resource_version: str) -> Observe | None:
+    def observer(self, scope: str | None, resource_version: str, direct: bool = False) -> Observe | None:
         return lambda repository, tags: self.observed.append((scope, resource_version, repository, len(tags)))
 
 

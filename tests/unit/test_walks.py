@@ -458,7 +458,7 @@ class Records:
     def ahead(self, resource_version: str) -> bool:
         return int(resource_version) > int(self.current())
 
-    def observer(self, scope: str | None, resource_version: str) -> Observe | None:
+    def observer(self, scope: str | None, resource_version: str, direct: bool = False) -> Observe | None:
         if self._report is None:
             generation = self.generation
             self._report = lambda repository, tags: self.reports.append((generation, repository, len(tags)))

@@ -122,7 +122,7 @@ class ResourceVersions:
         self._last = max(int(self.clock.seconds() * 1_000_000), self._last + 1)
         return str(self._last)
 
-    def observer(self, scope: str | None, resource_version: str) -> Observe | None:
+    def observer(self, scope: str | None, resource_version: str, direct: bool = False) -> Observe | None:
         return None
 
     def ahead(self, resource_version: str) -> bool:
@@ -138,11 +138,12 @@ class VersionSource(Protocol):
 
     def current(self) -> str: ...
 
-    def observer(self, scope: str | None, resource_version: str) -> Observe | None:
+    def observer(self, scope: str | None, resource_version: str, direct: bool = False) -> Observe | None:
         """Where a list of ``scope`` at ``resource_version`` reports each tag list it reads from the
         registry (repository, tags), so that a watch from it can start later; None: nowhere. The same
         callable for as long as the same place takes the reports (a walk whose kept lists went there
-        does not report them again)."""
+        does not report them again). ``direct``: a list by name, which reads its one repository
+        directly rather than through the scope's view of its repositories."""
         ...
 
     def ahead(self, resource_version: str) -> bool:
@@ -316,7 +317,9 @@ class TagsService:
         pinned_name = options.fields.required("metadata.name")
         if namespace is not None and pinned_name is not None and options.continue_ is None:
             # kubectl's delete-wait and single-object watches select by name: one tag-list read.
-            observe = self.versions.observer(listing.watch_scope, listing.current) if shown else None
+            observe = (
+                self.versions.observer(listing.watch_scope, listing.current, direct=True) if shown else None
+            )
             refs = await self._by_name(namespace, pinned_name, listing.accept, listing.readable, observe)
             runs = [Run(ref.namespace, ref.repository_path, [ref.tag]) for ref in refs]
             return Page(runs, more=False), ListMeta(resource_version=listing.current)

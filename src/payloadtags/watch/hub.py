@@ -182,11 +182,13 @@ class WatchHub:
         return self.versions.ahead(resource_version)
 
     def observer(
-        self, scope: str | None, resource_version: str
+        self, scope: str | None, resource_version: str, direct: bool = False
     ) -> Callable[[str, Sequence[str]], None] | None:
         """Where a page of a list of ``scope`` at ``resource_version`` reports the tag lists it reads:
         the record its first page opened, while it is kept; else the scope's source, when it has one
-        (``ScopeSource.reporter``); None when nothing is to be recorded."""
+        (``ScopeSource.reporter``); None when nothing is to be recorded. ``direct``: the list reads
+        one repository by itself (a list by name), not through the scope's view of its repositories
+        (`Listed.observe`)."""
         sequence = self.versions.parse(resource_version)
         record = None if sequence is None else self.listed.get(scope, sequence, self.clock.seconds())
         if record is None:
@@ -196,18 +198,23 @@ class WatchHub:
             if source is None or not source.ready or sequence is None or sequence < source.floor:
                 return None
             return source.reporter(sequence)
+        if direct:
+            return lambda repository, tags: self._observe(record, repository, tags, vouch=False)
         if record.report is not None:
             # One callable per record: a walk tells by it that its kept lists were reported here.
             return record.report
 
         def observe(repository: str, tags: Sequence[str]) -> None:
-            if not self.listed.observe(record, repository, tags):
-                # Records were dropped: lists from now on take a new sequence, so that a dropped
-                # record's key never collects the reads of other lists (its watches get 410).
-                self.versions.next()
+            self._observe(record, repository, tags)
 
         record.report = observe
         return observe
+
+    def _observe(self, record: Listed, repository: str, tags: Sequence[str], vouch: bool = True) -> None:
+        if not self.listed.observe(record, repository, tags, vouch):
+            # Records were dropped: lists from now on take a new sequence, so that a dropped
+            # record's key never collects the reads of other lists (its watches get 410).
+            self.versions.next()
 
     def listed_at(self, scope: str | None, sequence: int) -> Listed | None:
         """The record of the lists of ``scope`` at ``sequence``, if it is still kept."""

@@ -48,8 +48,12 @@ class Listed:
     # How many lists opened or joined the record (their first pages).
     lists: int = 0
 
-    def observe(self, repository: str, tags: Sequence[str]) -> int:
-        """Records one read; returns how many tags the record grew by."""
+    def observe(self, repository: str, tags: Sequence[str], vouch: bool = True) -> int:
+        """Records one read; returns how many tags the record grew by. A read that does not ``vouch``
+        (a list by name's: it reads its repository directly, where the scope's lists see only the
+        repositories their view of the scope holds) never stands for the other lists' reads: a list
+        that joined after it may never read that repository (one the repository index does not know
+        yet), and its client was shown none of those tags."""
         if self.dropped:
             return 0
         if isinstance(tags, tuple):
@@ -61,7 +65,7 @@ class Listed:
         if old is None:
             # With several lists, another of them may never read it (pushed after that walk passed
             # its place): as far as that list's client knows, none of these tags is there.
-            self.reads[repository] = (seen if self.lists <= 1 else frozenset(), seen)
+            self.reads[repository] = (seen if self.lists <= 1 and vouch else frozenset(), seen)
             self.size += len(seen)
             return len(seen)
         if old[0] == seen and old[1] == seen:
@@ -148,10 +152,10 @@ class ListedScopes:
             record.touched = now
         return record
 
-    def observe(self, record: Listed, repository: str, tags: Sequence[str]) -> bool:
-        """Adds a read to a record; False when the bound dropped records (their keys must not be
-        reused: the caller moves the sequence on)."""
-        self.size += record.observe(repository, tags)
+    def observe(self, record: Listed, repository: str, tags: Sequence[str], vouch: bool = True) -> bool:
+        """Adds a read to a record (`Listed.observe`); False when the bound dropped records (their keys
+        must not be reused: the caller moves the sequence on)."""
+        self.size += record.observe(repository, tags, vouch)
         if self.size <= self.max_tags:
             return True
         # Oldest first; a record larger than the bound on its own goes too.
