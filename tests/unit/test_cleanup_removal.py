@@ -389,3 +389,147 @@ def test_a_call_whose_client_went_away_while_it_waited_for_other_work_runs_no_ca
     clock.pump([0.5] * 10)
     assert registry.remaining("team/") == before and registry.deletes == []
     assert "team" not in remover._inflight
+
+
+class TakingTurns(ListingRegistry):
+    """Every tag list takes 1 s on the clock; notes the most that were in flight at once."""
+
+    def __init__(self, clock: Clock, repositories: int) -> None:
+        super().__init__()
+        self.clock = clock
+        self.in_flight = self.most_at_once = 0
+        for r in range(repositories):
+            self.push(f"team/app{r:03d}", "v1")
+
+    async def tags(self, repository: str) -> tuple[str, ...]:
+        self.in_flight += 1
+        self.most_at_once = max(self.most_at_once, self.in_flight)
+        try:
+            await deferLater(self.clock, 1.0)
+            return await super().tags(repository)
+        finally:
+            self.in_flight -= 1
+
+
+def taking_turns(repositories: int = 6) -> tuple[NamespaceRemover, TakingTurns, Clock]:
+    clock = Clock()
+    registry = TakingTurns(clock, repositories)
+
+    async def check(namespace: str) -> tuple[str, str | None]:
+        return TERMINATING, None
+
+    # One registry request at a time per call: two tag lists in flight are two calls walking at once.
+    return NamespaceRemover(make_cascade(registry, clock, concurrency=1), clock, check), registry, clock
+
+
+@pytest.mark.parametrize("awaited", ["another call", "the leader's cascade"])
+def test_calls_that_wait_for_the_same_work_take_turns_when_it_ends(awaited: str) -> None:
+    """The work under way was looked for once, when a call arrived: two calls that waited for the
+    same work (another call, the leader's cascade) both walked the namespace when it ended, each
+    listing every repository alongside the other, and the one that registered second took the
+    first's place as the work under way (review-cascade4 G1)."""
+    remover, registry, clock = taking_turns()
+    leader: Deferred[None] = Deferred()
+    remover.running = lambda namespace: leader if awaited == "the leader's cascade" else None
+    first = outcome(remover.remove("team", 40.0)) if awaited == "another call" else None
+    clock.advance(0.5)
+    second = outcome(remover.remove("team", 40.0))
+    third = outcome(remover.remove("team", 40.0))
+    if first is not None:
+        while not first:
+            clock.advance(0.5)
+        assert first == [None] and registry.remaining("team/") == {}
+    else:
+        assert registry.listed == []  # both wait for the leader
+        for tags in registry.repos.values():  # which empties the namespace
+            tags.clear()
+        leader.callback(None)
+    assert registry.most_at_once == 1
+    registry.listed.clear()
+    while not (second and third):
+        assert registry.in_flight <= 1, registry.listed
+        clock.advance(0.5)
+    assert second == third == [None]
+    # The second's round, then the third's, each verifying: never both at once.
+    assert registry.listed == [f"team/app{r:03d}" for r in range(6)] * 2
+    assert registry.most_at_once == 1 and remover._inflight == {}
+
+
+def test_the_walk_kept_is_the_furthest_when_calls_waited_for_the_same_one() -> None:
+    """Of two calls that waited for a call that stopped at its budget, one carried its walk on and
+    the other, finding none left, began a fresh one from the first repository at the same time; the
+    one that ended last kept its walk for the next call, behind the other's (review-cascade4 G1)."""
+    remover, registry, clock = taking_turns(repositories=100)
+    first = outcome(remover.remove("team", 10.0))
+    clock.advance(1.0)
+    second = outcome(remover.remove("team", 40.0))
+    clock.advance(1.0)
+    third = outcome(remover.remove("team", 40.0))
+    while not (first and second and third):
+        clock.advance(0.5)
+    assert all(done[0].check(RegistryUnavailable) for done in (first, second, third))
+    # Each call went on where the one before stopped (the second from 10 s to 41 s, the third, which
+    # waited for it, to 42 s), redoing only the repository whose list its budget cut short (the last
+    # one each listed): one walk forward, one tag list a second.
+    listed = registry.listed
+    forward = [name for i, name in enumerate(listed) if i == 0 or name != listed[i - 1]]
+    assert forward == [f"team/app{r:03d}" for r in range(40)] and len(listed) == 42
+    assert remover._walks["team"].after == "team/app038"  # the next call goes on after the furthest
+    assert registry.most_at_once == 1 and remover._inflight == {}
+
+
+def test_a_call_that_waited_its_whole_budget_leaves_the_work_under_way_known() -> None:
+    """A call whose wait ran out registered itself as the namespace's work under way anyway, over
+    the call it had waited for, and took the entry away when it ended at once: a call arriving next
+    found nothing under way and walked alongside the first (review-cascade4 G1)."""
+    remover, registry, clock = taking_turns()
+    first = outcome(remover.remove("team", 40.0))
+    clock.advance(0.5)
+    second = outcome(remover.remove("team", 2.0))
+    clock.advance(2.0)
+    assert len(second) == 1 and second[0].check(RegistryUnavailable)
+    assert "not finished within 2s" in str(second[0].value)
+    third = outcome(remover.remove("team", 40.0))
+    while not (first and third):
+        assert registry.in_flight <= 1, registry.listed
+        clock.advance(0.5)
+    assert first == third == [None] and registry.most_at_once == 1 and remover._inflight == {}
+
+
+def test_a_waiting_call_whose_client_went_away_leaves_the_queue() -> None:
+    """Cancelled while it waits for another call, a call ends there; the calls behind it still take
+    their turn, one at a time, and nothing is left registered."""
+    remover, registry, clock = taking_turns()
+    first = outcome(remover.remove("team", 40.0))
+    clock.advance(0.5)
+    gone = Deferred.fromCoroutine(remover.remove("team", 40.0))
+    seen: list[Any] = []
+    gone.addBoth(seen.append)
+    third = outcome(remover.remove("team", 40.0))
+    gone.cancel()
+    assert len(seen) == 1 and seen[0].check(CancelledError)
+    while not (first and third):
+        assert registry.in_flight <= 1, registry.listed
+        clock.advance(0.5)
+    assert first == third == [None] and remover._inflight == {}
+    # The first call's two passes, then the third's verifying one.
+    assert registry.listed == [f"team/app{r:03d}" for r in range(6)] * 3
+
+
+def test_a_call_waits_for_a_cascade_the_leader_began_while_it_waited_for_another_call() -> None:
+    remover, registry, clock = taking_turns()
+    first = outcome(remover.remove("team", 40.0))
+    clock.advance(0.5)
+    second = outcome(remover.remove("team", 40.0))
+    leader: Deferred[None] = Deferred()
+    remover.running = lambda namespace: leader  # the leader begins one meanwhile
+    while not first:
+        clock.advance(0.5)
+    assert first == [None]
+    listed = len(registry.listed)
+    clock.advance(5.0)
+    assert not second and len(registry.listed) == listed  # waiting for the leader's
+    leader.callback(None)
+    while not second:
+        clock.advance(0.5)
+    assert second == [None] and remover._inflight == {}

@@ -77,10 +77,21 @@ class NamespaceRemover:
 
         # Work under way in this process on the same namespace (another deletecollection, the
         # leader's cascade) is waited for, not duplicated: reading every tag is most of a cascade's
-        # cost. Our own cascade then only verifies (or finishes) what is left.
-        for other in (self._inflight.get(namespace), self.running(namespace)):
-            if other is not None:
-                await self._follow(other, deadline - self.clock.seconds())
+        # cost. Our own cascade then only verifies (or finishes) what is left. Looked at again after
+        # every wait: calls that waited for the same work wake together, and the first to look
+        # registers its own, which the others then wait for in turn (a queue, whatever their number),
+        # as they do for a cascade the leader began meanwhile.
+        while (other := self._under_way(namespace)) is not None:
+            left = deadline - self.clock.seconds()
+            if left <= 0:
+                # Its whole budget spent waiting: it ends with no work of its own, and the work
+                # under way stays known to be (a call registered past its budget would have taken
+                # its place in `_inflight`, and a call arriving next would have waited for nothing).
+                raise RegistryUnavailable(
+                    f"removing the content of namespace {namespace}: not finished within {within:g}s",
+                    retry_after=1,
+                )
+            await self._follow(other, left)
 
         async def confirm() -> None:
             # Asked again right before every delete (`Cascade._fresh`: a call made after the delete
@@ -90,7 +101,8 @@ class NamespaceRemover:
 
         async def run() -> None:
             uid = await self._identify(namespace, deadline, within)
-            # Taken, not shared: a call that overlaps (its wait for this one ran out) walks on its own.
+            # Taken, not shared: calls on one namespace take turns (above), and one that the leader's
+            # cascade overlaps (begun while this call runs) walks on its own.
             walk = self._walks.pop(namespace, None)
             if walk is None or walk.uid != uid:
                 walk = Walk(uid=uid)
@@ -120,6 +132,15 @@ class NamespaceRemover:
         finally:
             if self._inflight.get(namespace) is mine:
                 del self._inflight[namespace]
+
+    def _under_way(self, namespace: str) -> Deferred[Any] | None:
+        """Work on the namespace this process has not finished: another call's, else the leader's
+        cascade. One that has ended is none (the leader's is forgotten in its own callbacks, which
+        may run after ours)."""
+        for other in (self._inflight.get(namespace), self.running(namespace)):
+            if other is not None and not other.called:
+                return other
+        return None
 
     async def _identify(self, namespace: str, deadline: float, within: float) -> str | None:
         """The namespace's uid (`identify`), asked only within the budget and waited for no longer."""
