@@ -125,6 +125,11 @@ class CatalogCursor:
     last: str | None
     page_size: int
     first_page_size: int = 100
+    # A full page without a next link is not taken for the catalog's end: distribution 2.8 sends none
+    # after a page whose last name is followed by a repository it is nested in under a digit-named
+    # component (`team/app/0`, then `team/app`), whatever follows (docs/registry.md, "Catalog"). At the
+    # real end this costs one more (empty) page, when the names left exactly filled the last one.
+    full_page_goes_on: bool = False
     done: bool = False
     _pages: int = 0
     # Names read before (a previous page's rest), handed out before the catalog is read again.
@@ -170,10 +175,12 @@ class CatalogCursor:
             return batch
         if self.done:
             return []
-        page = await self.client.catalog(last=self.last, n=self._next_size())
+        size = self._next_size()
+        page = await self.client.catalog(last=self.last, n=size)
         self._pages += 1
         batch = []
-        self.done = not page.more or not page.repositories
+        more = page.more or (self.full_page_goes_on and len(page.repositories) >= size)
+        self.done = not more or not page.repositories
         for repository in page.repositories:
             if self.namespace is not None and not repository.startswith(self.namespace + "/"):
                 self.done = True

@@ -991,3 +991,22 @@ async def test_a_walk_resumed_after_a_digit_named_nested_repository_still_lists_
     assert isinstance(result, CascadeResult) and result.tags_deleted == 1
     assert {name: images.list_tags(registry, name) for name in names} == {name: [] for name in names}
     assert listed[:2] == [f"{ns}/app", f"{ns}/b"]  # app first: the seek after app/0 skips it
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_catalog_page_that_ends_in_a_digit_named_nested_repository_does_not_end_the_pass(
+    registry: RegistryServer, registry_client: RegistryClient
+) -> None:
+    """distribution 2.8 answers a catalog page whose last name is followed by a repository it is
+    nested in under a digit-named component (`<ns>/app/0`, then `<ns>/app`) with no next link, and
+    `last=<ns>/app/0` leaves `<ns>/app` out (docs/registry.md, "Catalog"). The cascade took the page
+    for the catalog's end: it deleted and verified only the names up to there, and reported the
+    namespace empty with `app`, `b` and `c` left."""
+    ns = unique_namespace("pages")
+    for name in ("a", "app/0", "app", "b", "c/1", "c"):
+        images.push_oci_image(registry, f"{ns}/{name}", "v1", seed=f"{ns}-{name}")
+    names = [name for name in images.catalog(registry) if name.startswith(ns + "/")]
+    assert names == [f"{ns}/{name}" for name in ("a", "app/0", "app", "b", "c/1", "c")]  # 2.8's order
+    result = await Cascade(registry_client, reactor, concurrency=1, page_size=2).run(ns)
+    assert isinstance(result, CascadeResult) and result.tags_deleted == 6 and result.errors == 0
+    assert {name: images.list_tags(registry, name) for name in names} == {name: [] for name in names}

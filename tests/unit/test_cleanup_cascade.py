@@ -779,6 +779,38 @@ def test_a_walk_resumed_after_a_digit_named_nested_repository_lists_its_parent(b
     assert registry.listed[0] == "team/app"  # before the seek after app/0, which leaves it out
 
 
+class Distribution28Pages(Distribution28Order):
+    """And its pages: one whose last name is followed by a repository it is nested in (`team/app`
+    after `team/app/0`) comes with no next link, whatever follows (docs/registry.md, "Catalog")."""
+
+    async def catalog(self, last: str | None = None, n: int = 1000) -> CatalogPage:
+        page = await super().catalog(last, n)
+        names = page.repositories
+        if page.more:
+            following = (await super().catalog(last, n + 1)).repositories[n]
+            if names[-1].startswith(following + "/"):
+                return CatalogPage(repositories=names, more=False)
+        return page
+
+
+@pytest.mark.parametrize("began", [None, "team/app"])
+def test_a_catalog_page_that_ends_in_a_digit_named_nested_repository_does_not_end_the_round(
+    began: str | None,
+) -> None:
+    """A page that ended in `team/app/0` was taken for the catalog's end (2.8 sends no next link),
+    and the seek after it leaves `team/app` out: the round missed `team/app` and every name after it,
+    and the namespace was reported empty with their tags left. Also for a round that wrapped round
+    and ends with `team/app`, cut off at that page."""
+    registry, clock = Distribution28Pages(), Clock()
+    for name in ("a", "app/0", "app", "b"):
+        registry.push(f"team/{name}", "v1")
+    registry.push("team-a/app", "keep")
+    walk = Walk(began=began)
+    [result] = run(make_cascade(registry, clock, concurrency=1, page_size=2), "team", walk=walk)
+    assert isinstance(result, CascadeResult) and result.tags_deleted == 4
+    assert registry.remaining("team/") == {} and registry.remaining("team-a/") == {"team-a/app": ["keep"]}
+
+
 def test_the_repositories_a_seek_leaves_out() -> None:
     assert skipped_by_seek("team/app/0") == ["team/app"]
     assert skipped_by_seek("team/app/0/x/1") == ["team/app", "team/app/0/x"]

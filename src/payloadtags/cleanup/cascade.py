@@ -169,7 +169,7 @@ class Walk:
 
     The walk goes on with a catalog seek after `position()`, which on distribution 2.8 leaves out the
     repositories the name is nested under a digit-named component of (`team/app` for `team/app/0`,
-    listed before it): a pass lists those first (`skipped_by_seek`)."""
+    listed before it): a pass lists those first (`skipped_by_seek`), as after each catalog page."""
 
     # The namespace object whose content this is (a deletecollection's removal): a walk is not
     # carried on for a namespace created anew under the name.
@@ -414,26 +414,33 @@ class Cascade:
             # Not reached when the cascade is stopped meanwhile: the next one does it again.
             frontier.done(name)
 
+        async def skipped(after: str, until: tuple[str, ...] | None) -> None:
+            # What 2.8's catalog lists after `after` and leaves out of its answer to `last=after`
+            # (`skipped_by_seek`): after the seek the stretch begins with, and after every page (its
+            # next page is read with `last=` its last name; a stretch cut off at `until` there would
+            # leave them out as well). Not taken up on the frontier: a cascade stopped meanwhile
+            # leaves the walk at or before `after`, and the next one lists them again.
+            names = [
+                name
+                for name in skipped_by_seek(after)
+                if name.startswith(namespace + "/") and (until is None or catalog_key(name) <= until)
+            ]
+            await bounded_each(
+                lambda name: self._repository(name, state, limit, guard, confirm), names, self.concurrency
+            )
+
         while True:
             # `last=<namespace>` seeks to the first `<namespace>/…` repository and the cursor stops at
             # the first name outside it, so a prefix sibling (`team-a` for `team`) is never listed.
             position = walk.position()
-            cursor = CatalogCursor(self.registry, namespace, position or namespace, self.page_size)
+            cursor = CatalogCursor(
+                self.registry, namespace, position or namespace, self.page_size, full_page_goes_on=True
+            )
             # After wrapping, the round ends with the repository it began after.
             until = catalog_key(walk.began) if walk.wrapped and walk.began is not None else None
+            seek = cursor.last
             if position is not None:
-                # Not taken up on the frontier: a cascade stopped meanwhile leaves the walk where it
-                # was, and the next one lists them again.
-                skipped = [
-                    name
-                    for name in skipped_by_seek(position)
-                    if name.startswith(namespace + "/") and (until is None or catalog_key(name) <= until)
-                ]
-                await bounded_each(
-                    lambda name: self._repository(name, state, limit, guard, confirm),
-                    skipped,
-                    self.concurrency,
-                )
+                await skipped(position, until)
             while not cursor.done:
                 _check(guard)  # a catalog page is a registry request as well
                 batch = await cursor.next()
@@ -445,6 +452,9 @@ class Cascade:
                 # thousand repositories, and work started for all of them at once would hold every
                 # tag of the batch pending, its deletes queued behind every other repository's resolves.
                 await bounded_each(repository, names, self.concurrency)
+                if cursor.last is not None and cursor.last != seek:
+                    seek = cursor.last
+                    await skipped(seek, until)
             if walk.wrapped or walk.began is None:
                 return True
             walk.wrapped, walk.after = True, None
