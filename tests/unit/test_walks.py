@@ -55,7 +55,7 @@ AT = TagRef("team", "a", "v1")  # where the token that continues from what is ke
 
 def cost(**repositories: int) -> int:
     """The bytes a walk keeping these lists counts."""
-    return kept_size([Kept(lists(**repositories))])[0]
+    return kept_size({AT: Kept(lists(**repositories))})[0]
 
 
 def keep(cache: WalkCache, who: UserInfo, walk: str, **repositories: int) -> None:
@@ -141,7 +141,8 @@ def test_a_walk_keeps_for_its_last_two_tokens_and_only_for_the_list_it_walks() -
     cache.keep(ALICE, "w", TEAM, (AT, Kept(used)), (later, Kept({"b": used["b"]})))
     assert held(cache, ALICE, "w") == used and held(cache, ALICE, "w", later) == lists(b=3)
     # b's list: counted once (the second token's mapping and its entry count besides).
-    assert cache.names == 5 and cache.size == kept_size([Kept(used), Kept({"b": used["b"]})])[0]
+    assert cache.names == 5
+    assert cache.size == kept_size({AT: Kept(used), later: Kept({"b": used["b"]})}, AT)[0]
     cache.keep(ALICE, "w", TEAM, (later, Kept(lists(b=3))), (last, Kept(lists(c=1))))
     assert held(cache, ALICE, "w") is None  # a token two pages back: read again
     assert held(cache, ALICE, "w", later) == lists(b=3) and held(cache, ALICE, "w", last) == lists(c=1)
@@ -159,7 +160,7 @@ def test_past_the_bound_a_walk_keeps_what_its_next_page_starts_from() -> None:
     later = TagRef("team", "b", "v1")
     cache.keep(ALICE, "w", TEAM, (AT, Kept(lists(a=6))), (later, Kept(lists(b=6))))
     assert held(cache, ALICE, "w") is None and held(cache, ALICE, "w", later) == lists(b=6)
-    assert cache.size == cost(b=6) and cache.names == 6
+    assert cache.size == kept_size({later: Kept(lists(b=6))})[0] and cache.names == 6
 
 
 def rest(*repositories: str) -> CatalogRest:
@@ -171,19 +172,19 @@ def rest(*repositories: str) -> CatalogRest:
 def test_what_a_walk_keeps_counts_the_bytes_of_its_names() -> None:
     # The bound is on memory: a name counts its characters and the objects that hold it, so longer
     # names count more, and catalog names read past a page's end count as well as tag lists.
-    short = kept_size([Kept({"team/a": ("v1",) * 100})])
-    long = kept_size([Kept({"team/a": ("v" * 128,) * 100})])
+    short = kept_size({AT: Kept({"team/a": ("v1",) * 100})})
+    long = kept_size({AT: Kept({"team/a": ("v" * 128,) * 100})})
     assert short[1] == long[1] == 100
     assert long[0] - short[0] == 100 * 126  # the characters, the rest per tag alike
     assert short[0] > 100 * 50  # a string's header, and the reference to it, count too
-    names = kept_size([Kept({}, rest("b" * 200, "c" * 200))])
+    names = kept_size({AT: Kept({}, rest("b" * 200, "c" * 200))})
     assert names[1] == 2 and names[0] > 2 * 2 * 200  # the repository and its path, each a string
-    assert kept_size([Kept({}, rest("b", "c"))])[0] == names[0] - 2 * 2 * 199
+    assert kept_size({AT: Kept({}, rest("b", "c"))})[0] == names[0] - 2 * 2 * 199
 
 
 def test_the_bound_evicts_by_bytes_not_by_count() -> None:
     clock = Clock()
-    small = kept_size([Kept({}, rest(*"bcdefghijk"))])[0]
+    small = kept_size({AT: Kept({}, rest(*"bcdefghijk"))})[0]
     cache = WalkCache(clock, max_bytes=small * 3)
     for walk in ("w1", "w2", "w3"):  # three walks of short names: within the bound
         cache.keep(ALICE, walk, TEAM, None, (AT, Kept({}, rest(*"bcdefghijk"))))
@@ -212,17 +213,18 @@ def test_a_page_measures_only_the_lists_it_brought() -> None:
     big = Counted(f"v{i}" for i in range(1000))
     cache = WalkCache(Clock())
     asked: tuple[TagRef, Kept] | None = None
-    kept: list[Kept] = []
+    kept: dict[TagRef, Kept] = {}
     for number in range(20):
         # Each page also reads a small repository of its own, and hands out the big list again.
         small = Counted((f"s{number}",))
         handed = (TagRef("team", "a", f"v{number}"), Kept({"team/a": big, f"team/s{number}": small}))
         cache.keep(ALICE, "w", TEAM, asked, handed)
-        kept = [pair[1] for pair in (asked, handed) if pair is not None]
+        kept = dict(pair for pair in (asked, handed) if pair is not None)
+        at = asked[0] if asked is not None else None
         asked = (handed[0], Kept({"team/a": big}))
     assert Counted.passes == 1 + 20  # the big list once, each small one once
     # What is counted is what the walk keeps now: the big list (once) and the last page's small one.
-    assert (cache.size, cache.names) == kept_size(kept)
+    assert (cache.size, cache.names) == kept_size(kept, at)
     assert cache.names == 1000 + 1
 
 

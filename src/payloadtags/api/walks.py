@@ -26,9 +26,8 @@ from __future__ import annotations
 import secrets
 import sys
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import chain
-from operator import itemgetter
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -112,33 +111,35 @@ class _Walk:
 
 
 Key = tuple[UserInfo, str]
-# What a walk costs besides what it keeps (counted with it, `_measure`): its record and the time it
-# was last continued, its dict by token, its `Listed`, its key in the cache (a tuple and the walk id),
-# and the last key of the page it handed out (a `TagRef`, whose namespace and repository path strings
-# only it holds once the entry they were cut from is passed). About 680 bytes.
+# What a walk costs besides what it keeps and the keys of its tokens (counted with it, `_measure`): its
+# record, the time it was last continued and its size, its dict by token and its dict of measures, its
+# `Listed`, its key in the cache (a tuple and the walk id). About 600 bytes.
 _WALK = (
     sys.getsizeof(_Walk(Listed("", None), {}, 0, 0, 0.0))
     + sys.getsizeof(0.0)
+    + sys.getsizeof(1 << 20)
+    + sys.getsizeof({})
     + sys.getsizeof(dict.fromkeys(range(2)))
     + sys.getsizeof(Listed("", None))
     + sys.getsizeof((None, None))
     + _STR
     + len(new_walk_id())
-    + sys.getsizeof(TagRef("", "", ""))
-    + 2 * _STR
 )
 # A remembered measure of a tag list, by its id(): the object itself (held, so that the
 # id names no other object while the entry lasts), its bytes and its names.
 Measured = dict[int, tuple[object, int, int]]
 
 
-def kept_size(kept: Iterable[Kept]) -> tuple[int, int]:
-    """The memory what a walk keeps takes (bytes), and how many tags and catalog names it is."""
-    size, names, _ = _measure(kept, {})
+def kept_size(kept: Mapping[TagRef, Kept], asked: TagRef | None = None) -> tuple[int, int]:
+    """The memory what a walk keeps by its tokens' last keys takes (bytes), and how many tags and
+    catalog names it is. ``asked``: the key decoded from the token its last page was asked with."""
+    size, names, _ = _measure(kept, asked, {})
     return size, names
 
 
-def _measure(kept: Iterable[Kept], before: Measured) -> tuple[int, int, Measured]:
+def _measure(
+    kept: Mapping[TagRef, Kept], asked: TagRef | None, before: Measured
+) -> tuple[int, int, Measured]:
     """`kept_size`, and the measures to remember with the walk (tag lists of `_REMEMBERED_FROM` tags or
     more, counted with it). A list in ``before`` (remembered for the walk's previous page: the same
     object) is not measured again, so a page's keep costs what the page brought and the entries of
@@ -150,11 +151,19 @@ def _measure(kept: Iterable[Kept], before: Measured) -> tuple[int, int, Measured
     keeps for both tokens are made of the same entries (`inventory.CatalogCursor.rest`), and a mapping's
     key is the string of a catalog entry. What is distinct is counted each: every repository a mapping
     names (its key string, its slot) even when all share one tag list, as the ``()`` of every
-    repository with no tag left does. Names are ASCII (the registry's grammar), a byte a character."""
+    repository with no tag left does. Names are ASCII (the registry's grammar), a byte a character.
+
+    The keys count too, each string once: the asked one is decoded from its token (the `TagRef` and
+    its three strings are the walk's alone), a handed one is cut from the page's last entry (its
+    namespace and path strings, which the next page's keys go on holding) and its tag is a string of
+    the tag list its token keeps, unless that repository was shown to its end. So does a catalog
+    rest's ``after`` (made from a key for each rest) and ``last`` (where the catalog goes on, an
+    entry's repository string or one the walk alone holds). A walk of a few short tag lists under
+    long names keeps as much in these as in its lists."""
     size = _WALK
     mappings: dict[int, Mapping[str, Sequence[str]]] = {}
     rests: dict[int, CatalogRest] = {}
-    for one in kept:
+    for one in kept.values():
         size += sys.getsizeof(one)
         mappings.setdefault(id(one.lists), one.lists)
         if one.rest is not None:
@@ -165,8 +174,8 @@ def _measure(kept: Iterable[Kept], before: Measured) -> tuple[int, int, Measured
         size += sys.getsizeof(rest) + sys.getsizeof(rest.entries)
         entries.update(zip(map(id, rest.entries), rest.entries, strict=True))
     size += len(entries) * _ENTRY + sum(map(len, chain.from_iterable(entries.values())))
-    # The repository names counted so far (with their entries), by the string object.
-    strings = set(map(id, map(itemgetter(0), entries.values())))
+    # The strings counted so far (with their entries), by the object.
+    strings = set(map(id, chain.from_iterable(entries.values())))
     lists: dict[int, tuple[object, int, int]] = {}
     for mapping in mappings.values():
         size += sys.getsizeof(mapping)  # its table: a slot per repository
@@ -176,6 +185,19 @@ def _measure(kept: Iterable[Kept], before: Measured) -> tuple[int, int, Measured
                 size += _STR + len(repository)
             if id(tags) not in lists:
                 lists[id(tags)] = _known(before, tags) or (tags, *_list_size(tags))
+    loose: list[str | None] = []
+    for rest in rests.values():
+        loose += (rest.after, rest.last)
+    for ref, one in kept.items():
+        size += sys.getsizeof(ref)
+        loose += (ref.namespace, ref.repository_path)
+        if ref is asked or ref.repository not in one.lists:
+            loose.append(ref.tag)
+    for string in loose:
+        # A string of one character is CPython's own (shared, never freed), as the empty one.
+        if string is not None and len(string) > 1 and id(string) not in strings:
+            strings.add(id(string))
+            size += _STR + len(string)
     measured = {key: one for key, one in lists.items() if one[2] >= _REMEMBERED_FROM}
     size += sum(one[1] for one in lists.values()) + len(measured) * _REMEMBERED
     return size, sum(one[2] for one in lists.values()) + len(entries), measured
@@ -189,7 +211,10 @@ def _known(before: Measured, what: object) -> tuple[object, int, int] | None:
 def _list_size(tags: Sequence[str]) -> tuple[int, int]:
     if not tags:
         return 0, 0  # the one empty tuple, never freed (an empty list is a few dozen bytes)
-    return sys.getsizeof(tags) + len(tags) * _STR + sum(map(len, tags)), len(tags)
+    lengths = list(map(len, tags))
+    # A tag of one character is CPython's own string (shared by all who make it, never freed).
+    own = len(lengths) - lengths.count(1)
+    return sys.getsizeof(tags) + own * _STR + sum(lengths) - (len(lengths) - own), len(tags)
 
 
 @attrs.define(eq=False)
@@ -256,11 +281,12 @@ class WalkCache:
             self._drop(key)
         self._expire()
         kept = dict(pair for pair in (asked, handed) if pair is not None and (pair[1].lists or pair[1].rest))
-        size, names, measured = _measure(kept.values(), before)
+        at = asked[0] if asked is not None else None
+        size, names, measured = _measure(kept, at, before)
         if size > self.max_bytes and handed is not None and handed[0] in kept:
             # Too much for both: the next page's come first, a repeated page reads the registry.
             kept = {handed[0]: handed[1]}
-            size, names, measured = _measure(kept.values(), measured)
+            size, names, measured = _measure(kept, at, measured)
         if not kept or size > self.max_bytes:
             return
         self._walks[key] = _Walk(listed, kept, size, names, self.clock.seconds(), measured)
