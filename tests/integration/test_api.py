@@ -656,6 +656,7 @@ NUMBER_LIKE_TAGS = (
 )
 
 
+@pytest.mark.kubectl
 @pytest_twisted.ensureDeferred
 async def test_yaml_tags_read_back_as_strings_by_kubectl(api, registry, repo):
     namespace, path = split(repo)

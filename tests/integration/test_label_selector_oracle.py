@@ -8,10 +8,14 @@ from __future__ import annotations
 import random
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from payloadtags.api.errors import ApiError
 from payloadtags.api.selectors import parse_label_selector
 from tests.support.kubectl import upstream_label_selector_error
 from tests.unit.test_selectors import UPSTREAM_ACCEPTS, UPSTREAM_REFUSES
+
+pytestmark = pytest.mark.kubectl  # runs kubectl (offline)
 
 _KEYS = ["app", "in", "x.y/z", "a" * 253 + "/b", "a" * 254 + "/b", "a" * 64, "-a", "A.b/c", "/a", "a/b/c"]
 _VALUES = ["a", "in", "", "-a", "1", "a" * 64]
