@@ -533,3 +533,42 @@ def test_a_call_waits_for_a_cascade_the_leader_began_while_it_waited_for_another
     while not second:
         clock.advance(0.5)
     assert second == [None] and remover._inflight == {}
+
+
+def test_a_call_does_not_wait_for_a_leader_cascade_queued_for_a_worker() -> None:
+    """The leader's cascade of `team` waits for one of its workers, busy with other namespaces: it
+    cleans nothing meanwhile. A deletecollection must not wait for it (each call waited out its 40 s
+    and answered 503 with nothing read, and so did every retry); once the cascade holds a worker,
+    calls wait for it again."""
+    from payloadtags.cleanup.controller import CleanupController, CleanupOptions
+
+    clock = Clock()
+    registry = ListingRegistry()
+    for r in range(5):
+        registry.push(f"team/app{r}", "v1")
+    options = CleanupOptions(leader_elect=False, namespace_concurrency=1)
+    controller = CleanupController(clock, kube=None, registry=registry, options=options)  # type: ignore[arg-type]
+    controller._leading = True
+    busy = controller._slots.acquire()  # the one worker, held by another namespace's cascade
+    assert busy.called
+    controller._trigger("team", "deleted", None)
+    assert controller.busy and controller.cleaning("team") is None  # queued: cleaning nothing
+
+    async def check(namespace: str) -> tuple[str, None]:
+        return TERMINATING, None
+
+    remover = NamespaceRemover(make_cascade(registry, clock), clock, check)
+    remover.running = controller.cleaning
+    done = outcome(remover.remove("team", 40.0))
+    clock.advance(40.0)
+    assert done == [None], done
+    assert registry.remaining("team/") == {}
+    # The worker is free: the queued cascade takes it (and waits for its namespace store to sync).
+    controller._reflector = _Unsynced()  # type: ignore[assignment]
+    controller._slots.release()
+    assert controller.cleaning("team") is not None
+
+
+class _Unsynced:
+    def wait_for_sync(self) -> Deferred[None]:
+        return Deferred()

@@ -113,6 +113,9 @@ class CleanupController:
         # namespace -> its cascade task; a trigger for a namespace already being cleaned marks it
         # to run once more (with the latest trigger) instead of starting a second cascade.
         self._running: dict[str, Deferred[None]] = {}
+        # namespace -> its cascade's hold on a worker: a cascade queued for one, or backing off
+        # without one, cleans nothing (`cleaning`).
+        self._workers: dict[str, _Worker] = {}
         self._again: dict[str, Trigger] = {}
         #: The most recent cascade results, newest last (for tests, benchmarks, debugging).
         self.results: collections.deque[CascadeResult] = collections.deque(maxlen=200)
@@ -133,9 +136,12 @@ class CleanupController:
         return bool(self._running)
 
     def cleaning(self, namespace: str) -> Deferred[None] | None:
-        """The task cleaning this namespace now (this replica leads and runs one), else None.
+        """The task cleaning this namespace now (this replica leads and runs one on a worker), else
+        None: a deletecollection waits for it, but not for one queued for a worker (busy with other
+        namespaces) or backing off, which would have it wait out its budget with nothing done.
         Waiting on it must not cancel it: follow it with another Deferred."""
-        return self._running.get(namespace)
+        worker = self._workers.get(namespace)
+        return self._running.get(namespace) if worker is not None and worker.held else None
 
     @property
     def synced(self) -> bool:
@@ -325,7 +331,7 @@ class CleanupController:
 
     async def _cascade(self, namespace: str, uid: str | None) -> CascadeResult:
         """One cascade on one of the `namespace_concurrency` workers."""
-        worker = _Worker(self._slots)
+        worker = self._workers[namespace] = _Worker(self._slots)
 
         async def back_off(delay: float) -> None:
             # A failed pass gives its worker up for the backoff and then queues behind the namespaces
@@ -348,6 +354,8 @@ class CleanupController:
             )
         finally:
             worker.release()
+            if self._workers.get(namespace) is worker:
+                del self._workers[namespace]
 
     def _guard(self, namespace: str) -> str | None:
         if not self.is_leader:
