@@ -640,6 +640,115 @@ async def test_her_rules_changed_back_between_her_list_and_its_watch_is_410(
     assert (line["type"], line["object"]["code"]) == ("ERROR", 410), line
 
 
+@pytest.mark.parametrize("scope", ["namespace", "all"])
+@pytest.mark.parametrize("between", ["revoked", "granted"])
+@pytest_twisted.ensureDeferred
+async def test_her_rules_changed_back_between_two_pages_of_her_list_is_410(
+    scope, between, make_server, registry, repo, pki, kube_api, kube_kubeconfig, reactor
+):
+    """As above, through a paged list (kubectl's chunking, client-go's pager): alice's rules are noted,
+    her list's first page (`limit=1`) takes its resourceVersion under A; `secret` is taken away (or
+    granted) and checked while none of her watches runs; her second page is decided by those rules; A
+    again before the rest of the pages and her watch from the list's resourceVersion. Only the first
+    page checked her rules: the watch was served, and her client kept `secret:v1` for good (or never
+    got it)."""
+    from urllib.parse import quote
+
+    namespace, _ = repo.split("/", 1)
+    api, alice = await _alice(
+        make_server, registry, kube_api, kube_kubeconfig, pki, f"{namespace}/app", f"{namespace}/secret"
+    )
+    images.push_oci_image(registry, f"{namespace}/zz", "v1", seed=f"{namespace}/zz")
+    grant(kube_api, namespace, "alice", ["get"], ["zz"], "alice-read-zz")
+    hub = api.running.api.watch_hub
+    granted = 0
+
+    def give() -> None:
+        nonlocal granted
+        granted += 1
+        grant(kube_api, namespace, "alice", ["get"], ["secret"], f"alice-read-secret-{granted}")
+
+    def take() -> None:
+        kube_api.store.delete(ROLEBINDINGS, f"alice-read-secret-{granted}", namespace)
+
+    first, change, undo = ["app", "zz"], give, take
+    if between == "revoked":
+        give()
+        first, change, undo = ["app", "secret", "zz"], take, give
+    listed = await eventually(lambda: _showing(alice, namespace, first), within=20)
+    url = collection(namespace) if scope == "namespace" else f"{B}/payloadrepositorytags"
+    if scope == "all":
+        listed = (await alice.get(url)).json()["metadata"]["resourceVersion"]
+    # A stream of hers in the scope: her rules are noted there.
+    ended = await stream(alice, f"{url}?watch=true&timeoutSeconds=1&resourceVersion={listed}")
+    assert ended.code == 200
+    await ended.ended
+
+    def mine(page: Any) -> list[str]:
+        return [i["spec"]["repositoryPath"] for i in page["items"] if i["metadata"]["namespace"] == namespace]
+
+    page = (await alice.get(f"{url}?limit=1")).json()
+    shown = mine(page)
+    assert shown == ["app"], page
+    rv = page["metadata"]["resourceVersion"]
+    generation = hub.access_generation()
+    change()
+    assert await eventually(lambda: _checked(api, generation), within=20)
+    page = (await alice.get(f"{url}?limit=1&continue={quote(page['metadata']['continue'])}")).json()
+    shown += mine(page)
+    generation = hub.access_generation()
+    undo()
+    assert await eventually(lambda: _checked(api, generation), within=20)
+    while page["metadata"].get("continue"):  # the pager reads on to the end, under A again
+        page = (await alice.get(f"{url}?limit=1&continue={quote(page['metadata']['continue'])}")).json()
+        shown += mine(page)
+    assert sorted(shown) != sorted(first), "the second page was not decided by the changed rules"
+    watch = await stream(
+        alice, f"{url}?watch=true&allowWatchBookmarks=true&timeoutSeconds=2&resourceVersion={rv}"
+    )
+    assert watch.code == 200
+    line = await watch.next()
+    assert (line["type"], line["object"].get("code")) == ("ERROR", 410), (shown, line)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_page_of_her_all_namespaces_list_checks_her_rules_where_it_read(
+    make_server, registry, repo, pki, kube_api, kube_kubeconfig, reactor
+):
+    """A page costs what it read: alice's rules are noted in every namespace with tags (her -A stream
+    ran); a page of her -A list (`limit=1`) that reads `app` of her namespace checks her rules there,
+    not in every namespace noted for her (the later namespace's are checked by the page that reads
+    it)."""
+    namespace, _ = repo.split("/", 1)
+    later = f"{namespace}z"  # sorts after `namespace/...`
+    images.push_oci_image(registry, f"{later}/app", "v1", seed=f"{later}/app")
+    api, alice = await _alice(
+        make_server, registry, kube_api, kube_kubeconfig, pki, f"{namespace}/app", f"{namespace}/zz"
+    )
+    # What the page reads past its end (to tell whether there is more) is hers, in her namespace.
+    grant(kube_api, namespace, "alice", ["get"], ["zz"], "alice-read-zz")
+    hub = api.running.api.watch_hub
+    url = f"{B}/payloadrepositorytags"
+    await eventually(lambda: _showing(alice, namespace, ["app", "zz"]), within=20)
+    listed = (await alice.get(url)).json()["metadata"]["resourceVersion"]
+    ended = await stream(alice, f"{url}?watch=true&timeoutSeconds=1&resourceVersion={listed}")
+    assert ended.code == 200
+    await ended.ended
+    rules_of = hub.access_rules
+    asked: list[str] = []
+
+    def counted(user: Any, scope_namespace: str) -> Any:
+        asked.append(scope_namespace)
+        return rules_of(user, scope_namespace)
+
+    hub.access_rules = counted
+    page = (await alice.get(f"{url}?limit=1")).json()
+    assert [(i["metadata"]["namespace"], i["spec"]["repositoryPath"]) for i in page["items"]] == [
+        (namespace, "app")
+    ]
+    assert namespace in asked and later not in asked, asked
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_watch_of_the_changes_from_now_on_is_not_410_when_her_groups_changed(
     make_server, registry, repo, pki, kube_api, kube_kubeconfig, reactor

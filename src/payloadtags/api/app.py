@@ -60,7 +60,7 @@ from payloadtags.api.render import (
     streamed_list_chunks,
 )
 from payloadtags.api.streaming import write_streamed
-from payloadtags.api.tags import PageRuns, TagsService
+from payloadtags.api.tags import PageRuns, TagsService, reads_a_page
 from payloadtags.api.watch import (
     EventRenderer,
     ResponseSink,
@@ -860,12 +860,19 @@ class ApiServer:
         hub = self.watch_hub
         record = None
         possible = namespace is None or is_namespace(namespace)
+        paged = reads_a_page(options)
+        # The namespaces a page decided access in, for the rules check once it is read.
+        decided: set[str] | None = set() if hub is not None and paged and possible else None
         if hub is not None and options.continue_ is None and possible:
             # The scope's watch source reads its baseline before this list reads the registry, so a
             # watch from this list's resourceVersion misses nothing that happened after it; and a
             # change of the caller's rules there since they were noted is noted (docs/watch.md,
             # "Access"), so that the watch from this list is not judged by the rules before it.
-            _, record = await hub.open_list(namespace, user)
+            # An all-namespaces page is checked once read, in the namespaces it read (not in every
+            # namespace with tags); a whole list in those it may read.
+            pinned = options.fields.required("metadata.namespace")
+            checked = None if namespace is not None or pinned is None else [pinned]
+            _, record = await hub.open_list(namespace, None if namespace is None and paged else user, checked)
         shown = False
 
         def begin() -> None:
@@ -874,7 +881,12 @@ class ApiServer:
             _head(request, 200, media.content_type)
 
         try:
-            runs, meta = await self.service.list_runs(user, namespace, options)
+            runs, meta = await self.service.list_runs(user, namespace, options, decided)
+            if hub is not None and decided is not None:
+                # Every page, continued ones too: her rules may change after the list took its
+                # resourceVersion, decide this page, and be changed back before the watch from it
+                # (docs/watch.md, "Access"). A namespace list's page checks its one namespace.
+                hub.listed_page(namespace, user, decided if namespace is None else [namespace])
             if isinstance(runs, PageRuns) and sum(len(run.tags) for run in runs.runs) <= CHUNK_ITEMS:
                 # A page read before and no longer than one chunk: formatted and written at once, in
                 # this reactor turn (one TLS record and one send for the whole response, instead of

@@ -168,6 +168,25 @@ class PageRuns:
         self._at = len(self.runs)
 
 
+def reads_a_page(options: ListOptions) -> bool:
+    """Whether a list is read as a page, before it is written (`TagsService.list_runs`), rather than
+    as it is written."""
+    return (
+        options.limit is not None
+        or options.continue_ is not None
+        or bool(options.fields.required("metadata.name"))
+    )
+
+
+def _noting(readable: Callable[[str, str], bool], decided: set[str]) -> Callable[[str, str], bool]:
+    # The namespaces a page decided access in: those its reads were decided by rules in.
+    def noted(namespace: str, repository_path: str) -> bool:
+        decided.add(namespace)
+        return readable(namespace, repository_path)
+
+    return noted
+
+
 @attrs.frozen
 class _Listing:
     """A list's decisions made before it reads: its scope, selectors, access and resourceVersion."""
@@ -233,16 +252,17 @@ class TagsService:
         return await self._select(user, namespace, options)
 
     async def list_runs(
-        self, user: UserInfo, namespace: str | None, options: ListOptions
+        self,
+        user: UserInfo,
+        namespace: str | None,
+        options: ListOptions,
+        decided: set[str] | None = None,
     ) -> tuple[Runs, ListMeta]:
         """The tags a list shows, a repository at a time. A whole list (no limit, no continue) is
-        read as it is written (`Inventory.reader`); a page is read first, whole."""
-        if (
-            options.limit is not None
-            or options.continue_ is not None
-            or options.fields.required("metadata.name")
-        ):
-            page, meta = await self._select(user, namespace, options)
+        read as it is written (`Inventory.reader`); a page is read first, whole (`reads_a_page`), and
+        the namespaces its access was decided in are added to ``decided``."""
+        if reads_a_page(options):
+            page, meta = await self._select(user, namespace, options, decided=decided)
             return PageRuns(page.runs), meta
         listing = self._begin(user, namespace, options)
         if listing.namespace is not None and not is_namespace(listing.namespace):
@@ -299,6 +319,7 @@ class TagsService:
         options: ListOptions,
         authorize: bool = True,
         shown: bool = True,
+        decided: set[str] | None = None,
     ) -> tuple[Page, ListMeta]:
         """The page ``options`` select. ``shown``: a client is shown it, and may watch from its
         resourceVersion, so its reads are reported for that watch (`VersionSource.observer`); a
@@ -306,6 +327,8 @@ class TagsService:
         list showed."""
         scope = namespace or ""
         listing = self._begin(user, namespace, options, authorize)
+        if decided is not None:
+            listing = attrs.evolve(listing, readable=_noting(listing.readable, decided))
         namespace = listing.namespace
         # Decoded whatever the namespace, as kube-apiserver decodes it: a bad token is 400 even where
         # nothing can be listed (the decode reads nothing).

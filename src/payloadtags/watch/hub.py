@@ -14,7 +14,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Sequence
 
 import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -146,24 +146,47 @@ class WatchHub:
         return version
 
     async def open_list(
-        self, namespace: str | None, user: UserInfo | None = None
+        self,
+        namespace: str | None,
+        user: UserInfo | None = None,
+        namespaces: Collection[str] | None = None,
     ) -> tuple[str, Listed | None]:
         """``list_version``, and the record the list joined, if any: a list that fails before its
         client is shown anything leaves it (``list_failed``). A list of a watched scope by ``user``
-        notes a change of her rules there if she was noted before (`RulesLedger.listed`)."""
+        notes a change of her rules there if she was noted before (`RulesLedger.listed`), in
+        ``namespaces`` only if given (a list that reads no other)."""
         record = None
         if namespace in self.sources:
             source = await self.source(namespace)
             await source.caught_up()
-            rules_of = self.access_rules
-            if user is not None and rules_of is not None and self.sources.get(namespace) is source:
+            if user is not None and self.sources.get(namespace) is source:
                 # Before the resourceVersion is taken: a change noted here is dated at or below it.
-                self.rules.listed(
-                    source, user, lambda scope_namespace: rules_of(user, scope_namespace), self._change_stamp
-                )
+                self._note_list(source, user, namespaces)
         else:
             record = self.listed.open(namespace, self.versions.current, self.clock.seconds())
         return self.current(), record
+
+    def listed_page(self, namespace: str | None, user: UserInfo, namespaces: Collection[str]) -> None:
+        """A page of a list of ``namespace``'s scope by ``user``, once read, decided her access in
+        ``namespaces``: a change of her rules there since they were noted is noted (`open_list`), as
+        the rules may have changed since the list took its resourceVersion (and be changed back
+        before its watch). Only those namespaces: the others are checked by the pages that read
+        them, and a page costs what it read."""
+        source = self.sources.get(namespace)
+        if source is not None and namespaces:
+            self._note_list(source, user, namespaces)
+
+    def _note_list(self, source: ScopeSource, user: UserInfo, namespaces: Collection[str] | None) -> None:
+        rules_of = self.access_rules
+        if rules_of is None:
+            return
+        self.rules.listed(
+            source,
+            user,
+            lambda scope_namespace: rules_of(user, scope_namespace),
+            self._change_stamp,
+            namespaces,
+        )
 
     def list_failed(self, record: Listed) -> None:
         """A list that joined ``record`` failed before its client was shown anything (refused while

@@ -14,8 +14,8 @@ resourceVersion issued under the old rules). A resume from below it is 410. The 
 watch starts (the rules computed for the identity it comes with), at each access check for the users
 watching (`WatchHub.check_access`), when a watch ends (every set of rules that decided something it
 sent: rules granted and taken back between two checks included), and when a user already noted lists
-the scope (`listed`: her list was decided by the rules then, which may be changed back before its
-watch). The rules noted first are no change.
+the scope (`listed`: her list, each of its pages, was decided by the rules then, which may be changed
+back before its watch). The rules noted first are no change.
 
 Bounded: past ``max_entries`` (user, namespace) pairs in all, the least recently used user of a scope is
 forgotten, and the sequence then is kept for her in a fixed table of slots (by a hash of scope and
@@ -111,21 +111,24 @@ class RulesLedger:
         user: UserInfo,
         rules_of: Callable[[str], PathMatcher],
         stamp: Callable[[], int],
+        namespaces: Iterable[str] | None = None,
     ) -> None:
         """A list of ``source``'s scope by ``user``, before it reads (its resourceVersion is taken
-        after this): where her rules were noted there and differ now, the change is noted and dated,
-        so that a watch of hers from a list made before it is 410, and one from this list is not
-        judged by the rules noted before it (her rules changed and changed back between this list
-        and its watch are a change). Only a user already noted: a list adds no entry (one per user
-        and namespace of every list would be the cost docs/watch.md declines), and notes no
-        namespace she was not noted in."""
+        after this), or a page of it once read: where her rules were noted there and differ now, the
+        change is noted and dated, so that a watch of hers from a list made before it is 410, and one
+        from this list is not judged by the rules noted before it (her rules changed and changed back
+        between this list, or one of its pages, and its watch are a change). Only a user already
+        noted: a list adds no entry (one per user and namespace of every list would be the cost
+        docs/watch.md declines), and notes no namespace she was not noted in. ``namespaces``: only
+        those (what a page read), not every one noted for her (None)."""
         noted = self.entries.get((source, user_key(user)))
         if noted is None:
             return
         self.entries.move_to_end((source, user_key(user)))
+        checked = noted.rules if namespaces is None else [n for n in namespaces if n in noted.rules]
         # All computed before any is noted: a failure leaves no fingerprint noted without its date.
-        now = {namespace: rules_of(namespace).fingerprint for namespace in noted.rules}
-        if now != noted.rules:
+        now = {namespace: rules_of(namespace).fingerprint for namespace in checked}
+        if any(noted.rules[namespace] != fingerprint for namespace, fingerprint in now.items()):
             noted.rules.update(now)
             self._changed(source, noted, user, stamp)
         noted.groups = user.groups
