@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -611,15 +612,7 @@ async def test_her_rules_changed_back_between_her_list_and_its_watch_is_410(
         make_server, registry, kube_api, kube_kubeconfig, pki, f"{namespace}/app", f"{namespace}/secret"
     )
     hub = api.running.api.watch_hub
-    granted = 0
-
-    def give() -> None:
-        nonlocal granted
-        granted += 1
-        grant(kube_api, namespace, "alice", ["get"], ["secret"], f"alice-read-secret-{granted}")
-
-    def take() -> None:
-        kube_api.store.delete(ROLEBINDINGS, f"alice-read-secret-{granted}", namespace)
+    give, take = _secret_grants(kube_api, namespace)
 
     first, then = ["app"], ["app", "secret"]
     change, undo = give, take
@@ -638,6 +631,22 @@ async def test_her_rules_changed_back_between_her_list_and_its_watch_is_410(
     assert await eventually(lambda: _checked(api, generation), within=20)
     line = await _first_line_from(alice, namespace, middle)
     assert (line["type"], line["object"]["code"]) == ("ERROR", 410), line
+
+
+def _secret_grants(kube_api: Any, namespace: str) -> tuple[Callable[[], None], Callable[[], None]]:
+    """Two steps of alice's rules in ``namespace``: grant her `secret` (a RoleBinding of its own each
+    time), and take back the last grant."""
+    granted = 0
+
+    def give() -> None:
+        nonlocal granted
+        granted += 1
+        grant(kube_api, namespace, "alice", ["get"], ["secret"], f"alice-read-secret-{granted}")
+
+    def take() -> None:
+        kube_api.store.delete(ROLEBINDINGS, f"alice-read-secret-{granted}", namespace)
+
+    return give, take
 
 
 @pytest.mark.parametrize("scope", ["namespace", "all"])
@@ -661,15 +670,7 @@ async def test_her_rules_changed_back_between_two_pages_of_her_list_is_410(
     images.push_oci_image(registry, f"{namespace}/zz", "v1", seed=f"{namespace}/zz")
     grant(kube_api, namespace, "alice", ["get"], ["zz"], "alice-read-zz")
     hub = api.running.api.watch_hub
-    granted = 0
-
-    def give() -> None:
-        nonlocal granted
-        granted += 1
-        grant(kube_api, namespace, "alice", ["get"], ["secret"], f"alice-read-secret-{granted}")
-
-    def take() -> None:
-        kube_api.store.delete(ROLEBINDINGS, f"alice-read-secret-{granted}", namespace)
+    give, take = _secret_grants(kube_api, namespace)
 
     first, change, undo = ["app", "zz"], give, take
     if between == "revoked":
