@@ -556,6 +556,20 @@ async def _first_line_from(client: ApiClient, namespace: str, version: str | Non
     return await again.next()
 
 
+async def _alice_in_and_out_of_devs(
+    make_server: Any, registry: Any, kube_api: Any, kube_kubeconfig: Any, pki: Any, namespace: str
+) -> tuple[ApiClient, ApiClient]:
+    """On the server of `_alice`, with `secret` granted to the group devs, two clients of alice's:
+    her certificate with devs (app and secret) and one without (app)."""
+    api, _ = await _alice(
+        make_server, registry, kube_api, kube_kubeconfig, pki, f"{namespace}/app", f"{namespace}/secret"
+    )
+    grant(kube_api, namespace, "devs", ["get"], ["secret"], "devs-read-secret", kind="Group")
+    in_devs = api.client(pki.client_ca.client("alice", ("devs",), stem="alice-devs"))
+    not_in_devs = api.client(pki.client_ca.client("alice", (), stem="alice-nodevs"))
+    return in_devs, not_in_devs
+
+
 @pytest_twisted.ensureDeferred
 async def test_leaving_a_group_between_two_streams_is_410_for_the_re_watch(
     make_server, registry, repo, pki, kube_api, kube_kubeconfig, reactor
@@ -563,12 +577,9 @@ async def test_leaving_a_group_between_two_streams_is_410_for_the_re_watch(
     """alice (client certificate O=devs) sees `secret` through a RoleBinding of devs; her next
     certificate has no devs. Her rules are hers whatever groups a request of hers carries."""
     namespace, _ = repo.split("/", 1)
-    api, _ = await _alice(
-        make_server, registry, kube_api, kube_kubeconfig, pki, f"{namespace}/app", f"{namespace}/secret"
+    in_devs, not_in_devs = await _alice_in_and_out_of_devs(
+        make_server, registry, kube_api, kube_kubeconfig, pki, namespace
     )
-    grant(kube_api, namespace, "devs", ["get"], ["secret"], "devs-read-secret", kind="Group")
-    in_devs = api.client(pki.client_ca.client("alice", ("devs",), stem="alice-devs"))
-    not_in_devs = api.client(pki.client_ca.client("alice", (), stem="alice-nodevs"))
     listed = await eventually(lambda: _showing(in_devs, namespace, ["app", "secret"]), within=20)
     bookmark = await _one_stream(in_devs, namespace, listed, reactor)
     assert await eventually(lambda: _showing(not_in_devs, namespace, ["app"]), within=20)
@@ -758,12 +769,9 @@ async def test_a_watch_of_the_changes_from_now_on_is_not_410_when_her_groups_cha
     kube-apiserver never answers 410 to it. alice's rules were noted under one certificate; her
     next one's groups change them (a change dated when it is seen, after "now"): it used to be 410."""
     namespace, _ = repo.split("/", 1)
-    api, _ = await _alice(
-        make_server, registry, kube_api, kube_kubeconfig, pki, f"{namespace}/app", f"{namespace}/secret"
+    in_devs, not_in_devs = await _alice_in_and_out_of_devs(
+        make_server, registry, kube_api, kube_kubeconfig, pki, namespace
     )
-    grant(kube_api, namespace, "devs", ["get"], ["secret"], "devs-read-secret", kind="Group")
-    in_devs = api.client(pki.client_ca.client("alice", ("devs",), stem="alice-devs"))
-    not_in_devs = api.client(pki.client_ca.client("alice", (), stem="alice-nodevs"))
     listed = await eventually(lambda: _showing(not_in_devs, namespace, ["app"]), within=20)
     await _one_stream(not_in_devs, namespace, listed, reactor)
     query = (
