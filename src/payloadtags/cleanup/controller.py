@@ -141,7 +141,11 @@ class CleanupController:
         namespaces) or backing off, which would have it wait out its budget with nothing done.
         Waiting on it must not cancel it: follow it with another Deferred."""
         worker = self._workers.get(namespace)
-        return self._running.get(namespace) if worker is not None and worker.held else None
+        if worker is None or not worker.held or namespace not in self._running:
+            return None
+        # Fires when the cascade gives its worker up, to back off or because it ended: a call waiting
+        # then looks again, and does the work itself while the cascade waits.
+        return worker.stint
 
     @property
     def synced(self) -> bool:
@@ -331,7 +335,7 @@ class CleanupController:
 
     async def _cascade(self, namespace: str, uid: str | None) -> CascadeResult:
         """One cascade on one of the `namespace_concurrency` workers."""
-        worker = self._workers[namespace] = _Worker(self._slots)
+        worker = _Worker(self._slots)
 
         async def back_off(delay: float) -> None:
             # A failed pass gives its worker up for the backoff and then queues behind the namespaces
@@ -340,8 +344,10 @@ class CleanupController:
             await deferLater(self._clock, delay)
             await worker.acquire()
 
-        await worker.acquire()
+        # Known before it holds a worker, forgotten however it ends (a queued one cancelled included).
+        self._workers[namespace] = worker
         try:
+            await worker.acquire()
             await self._wait_synced()
             return await self.cascade.run(
                 namespace,
@@ -403,12 +409,16 @@ class _Worker:
 
     slots: DeferredSemaphore
     held: bool = False
+    # While held: fires when it is released (`CleanupController.cleaning`).
+    stint: Deferred[None] = attrs.field(factory=Deferred)
 
     async def acquire(self) -> None:
         await self.slots.acquire()
         self.held = True
+        self.stint = Deferred()
 
     def release(self) -> None:
         if self.held:
             self.held = False
             self.slots.release()
+            self.stint.callback(None)

@@ -1,0 +1,81 @@
+"""What a deletecollection waits for of the leader's cascades: only a stint of one on a worker
+(`CleanupController.cleaning`), and nothing of a cascade that is gone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from payloadtags.cleanup.controller import CleanupController, CleanupOptions
+from payloadtags.cleanup.removal import NamespaceRemover
+from payloadtags.cleanup.sweep import TERMINATING
+from payloadtags.registry.errors import RegistryUnavailable
+from tests.unit.test_cleanup_cascade import FakeRegistry, SlowRegistry, make_cascade
+from tests.unit.test_cleanup_removal import outcome
+
+
+class _Synced:
+    def wait_for_sync(self) -> Deferred[None]:
+        synced: Deferred[None] = Deferred()
+        synced.callback(None)
+        return synced
+
+
+def _leader(registry: Any, clock: Clock) -> CleanupController:
+    options = CleanupOptions(leader_elect=False, namespace_concurrency=1)
+    controller = CleanupController(clock, kube=None, registry=registry, options=options)  # type: ignore[arg-type]
+    controller._leading = True
+    return controller
+
+
+def test_a_call_waiting_for_a_cascade_goes_on_when_the_cascade_gives_its_worker_up() -> None:
+    """The call began following the leader's cascade while it held the one worker; the cascade's pass
+    failed and it gave the worker up to another namespace's cascade, to back off and queue again. It
+    cleans nothing then: the call must not wait out its budget (503) for it, but do the work."""
+    clock = Clock()
+    registry = SlowRegistry(clock, 0.1)
+    for r in range(5):
+        registry.push(f"team/app{r}", "v1")
+    registry.fail("delete", RegistryUnavailable("down"), times=1)  # the leader's pass fails once
+    controller = _leader(registry, clock)
+    controller._reflector = _Synced()  # type: ignore[assignment]
+    controller._guard = lambda namespace: None  # type: ignore[method-assign]
+
+    async def gone(namespace: str, uid: str | None) -> None:
+        return None
+
+    controller._confirm_gone = gone  # type: ignore[method-assign]
+
+    async def check(namespace: str) -> tuple[str, None]:
+        return TERMINATING, None
+
+    remover = NamespaceRemover(make_cascade(registry, clock), clock, check)
+    remover.running = controller.cleaning
+    controller._trigger("team", "deleted", None)
+    assert controller.cleaning("team") is not None  # on the worker
+    other = controller._slots.acquire()  # another namespace's cascade queues for the one worker
+    done = outcome(remover.remove("team", 40.0))  # follows the leader's cascade
+    for _ in range(200):
+        if controller.cleaning("team") is None:
+            break
+        clock.advance(0.05)
+    assert other.called and controller.cleaning("team") is None  # backing off, behind `other`
+    for _ in range(100):
+        if done:
+            break
+        clock.advance(0.1)
+    assert done == [None], done  # within 10 s of its 40: it did the work itself
+    assert registry.remaining("team/") == {}
+
+
+def test_cascades_cancelled_while_queued_for_a_worker_leave_nothing_behind() -> None:
+    clock = Clock()
+    controller = _leader(FakeRegistry(), clock)
+    assert controller._slots.acquire().called  # the one worker, held by another namespace's cascade
+    for i in range(5):
+        controller._trigger(f"ns{i}", "deleted", None)
+    assert len(controller._workers) == 5
+    assert Deferred.fromCoroutine(controller._stop_leading()).called  # leadership lost
+    assert controller._running == {} and controller._workers == {}
