@@ -728,20 +728,23 @@ async def test_a_page_of_her_all_namespaces_list_checks_her_rules_where_it_read(
     make_server, registry, repo, pki, kube_api, kube_kubeconfig, reactor
 ):
     """A page costs what it read: alice's rules are noted in every namespace with tags (her -A stream
-    ran); a page of her -A list (`limit=1`) that reads `app` of her namespace checks her rules there,
-    not in every namespace noted for her (the later namespace's are checked by the page that reads
-    it)."""
+    ran); a continued page of her -A list (`limit=1`) that reads `zz` of her namespace checks her rules
+    there, not in every namespace noted for her (the later namespace's are checked by the page that
+    reads it). Only the first page checks them all, before the list takes its resourceVersion."""
+    from urllib.parse import quote
+
     namespace, _ = repo.split("/", 1)
     later = f"{namespace}z"  # sorts after `namespace/...`
     images.push_oci_image(registry, f"{later}/app", "v1", seed=f"{later}/app")
+    images.push_oci_image(registry, f"{namespace}/zzz", "v1", seed=f"{namespace}/zzz")
     api, alice = await _alice(
         make_server, registry, kube_api, kube_kubeconfig, pki, f"{namespace}/app", f"{namespace}/zz"
     )
-    # What the page reads past its end (to tell whether there is more) is hers, in her namespace.
-    grant(kube_api, namespace, "alice", ["get"], ["zz"], "alice-read-zz")
+    # What the pages read past their end (to tell whether there is more) is hers, in her namespace.
+    grant(kube_api, namespace, "alice", ["get"], ["zz", "zzz"], "alice-read-zz")
     hub = api.running.api.watch_hub
     url = f"{B}/payloadrepositorytags"
-    await eventually(lambda: _showing(alice, namespace, ["app", "zz"]), within=20)
+    await eventually(lambda: _showing(alice, namespace, ["app", "zz", "zzz"]), within=20)
     listed = (await alice.get(url)).json()["metadata"]["resourceVersion"]
     ended = await stream(alice, f"{url}?watch=true&timeoutSeconds=1&resourceVersion={listed}")
     assert ended.code == 200
@@ -757,6 +760,11 @@ async def test_a_page_of_her_all_namespaces_list_checks_her_rules_where_it_read(
     page = (await alice.get(f"{url}?limit=1")).json()
     assert [(i["metadata"]["namespace"], i["spec"]["repositoryPath"]) for i in page["items"]] == [
         (namespace, "app")
+    ]
+    asked.clear()
+    page = (await alice.get(f"{url}?limit=1&continue={quote(page['metadata']['continue'])}")).json()
+    assert [(i["metadata"]["namespace"], i["spec"]["repositoryPath"]) for i in page["items"]] == [
+        (namespace, "zz")
     ]
     assert namespace in asked and later not in asked, asked
 
@@ -1510,3 +1518,76 @@ async def test_a_single_object_watch_starts_when_its_first_read_fails(make_serve
         standing.close()
     finally:
         await proxy.stop()
+
+
+@pytest.mark.parametrize("page", ["continued", "all-first", "all-continued"])
+@pytest.mark.parametrize("between", ["revoked", "granted"])
+@pytest_twisted.ensureDeferred
+async def test_her_rules_changed_before_a_page_and_back_during_its_read_is_410(
+    page, between, monkeypatch, make_server, registry, repo, pki, kube_api, kube_kubeconfig, reactor
+):
+    """Her rules change (and the access check sees it) before a page of her list arrives, decide that
+    page, and are changed back while it reads: compared only once the page was read, they equalled
+    those noted, and the watch from the list was served from a view the other rules decided. A page
+    compares them as it starts as well: an all-namespaces list's first page and every continued page."""
+    from urllib.parse import quote
+
+    from payloadtags.inventory import Inventory
+
+    namespace, _ = repo.split("/", 1)
+    api, alice = await _alice(
+        make_server, registry, kube_api, kube_kubeconfig, pki, f"{namespace}/app", f"{namespace}/secret"
+    )
+    hub = api.running.api.watch_hub
+    give, take = _secret_grants(kube_api, namespace)
+    first, change, undo = ["app", "zz"], give, take
+    if between == "revoked":
+        give()
+        first, change, undo = ["app", "secret", "zz"], take, give
+    images.push_oci_image(registry, f"{namespace}/zz", "v1", seed=f"{namespace}/zz")
+    grant(kube_api, namespace, "alice", ["get"], ["zz"], "alice-read-zz")
+    listed = await eventually(lambda: _showing(alice, namespace, first), within=20)
+    url = collection(namespace) if page == "continued" else f"{B}/payloadrepositorytags"
+    if page != "continued":
+        listed = (await alice.get(url)).json()["metadata"]["resourceVersion"]
+    ended = await stream(alice, f"{url}?watch=true&timeoutSeconds=1&resourceVersion={listed}")
+    assert ended.code == 200
+    await ended.ended  # her rules are noted in the scope
+
+    real = Inventory.list
+    armed = False
+
+    async def undone_while_read(self: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal armed
+        if not armed:
+            return await real(self, *args, **kwargs)
+        armed = False
+        result = await real(self, *args, **kwargs)  # decided by the changed rules
+        generation = hub.access_generation()
+        undo()
+        assert await eventually(lambda: _checked(api, generation), within=20)
+        return result
+
+    monkeypatch.setattr(Inventory, "list", undone_while_read)
+
+    async def changed() -> None:
+        nonlocal armed
+        generation = hub.access_generation()
+        change()
+        assert await eventually(lambda: _checked(api, generation), within=20)
+        armed = True
+
+    if page == "all-first":
+        await changed()
+    pages = [(await alice.get(f"{url}?limit=1")).json()]
+    rv = pages[0]["metadata"]["resourceVersion"]
+    if page != "all-first":
+        await changed()
+    while token := pages[-1]["metadata"].get("continue"):
+        pages.append((await alice.get(f"{url}?limit=1&continue={quote(token)}")).json())
+    assert not armed  # a page was read under the changed rules
+    watch = await stream(alice, f"{url}?watch=true&timeoutSeconds=1&resourceVersion={rv}")
+    assert watch.code == 200
+    line = await watch.next()
+    watch.close()
+    assert (line["type"], line["object"].get("code")) == ("ERROR", 410), line

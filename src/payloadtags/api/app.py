@@ -30,7 +30,7 @@ from werkzeug.exceptions import BadHost, HTTPException, MethodNotAllowed, NotFou
 from payloadtags import __version__
 from payloadtags.access.authn import Credentials, CredentialsRefused, RequestAuthenticator, UserInfo
 from payloadtags.access.authz import AlwaysAllow, AuthorizationNotReady, PathAuthorizer, path_matches
-from payloadtags.api import discovery, formats, openapi
+from payloadtags.api import continuation, discovery, formats, openapi
 from payloadtags.api.errors import (
     ApiError,
     bad_request,
@@ -46,7 +46,7 @@ from payloadtags.api.errors import (
 )
 from payloadtags.api.health import HealthChecks
 from payloadtags.api.negotiation import JSON_TYPE, Form, MediaType, negotiate
-from payloadtags.api.options import Query, delete_options, first, list_options
+from payloadtags.api.options import ListOptions, Query, delete_options, first, list_options
 from payloadtags.api.registry_errors import api_error_for
 from payloadtags.api.render import (
     CHUNK_ITEMS,
@@ -206,6 +206,15 @@ def list_answer_chunks(
 def _include(media: MediaType, query: Query) -> str:
     """What a Table's rows carry (its `includeObject`, checked), or "Metadata" for any other form."""
     return include_object(first(query, "includeObject")) if media.form is Form.TABLE else "Metadata"
+
+
+def _starts_in(options: ListOptions) -> list[str]:
+    """The namespace an all-namespaces page goes on in (its continue token's), if the token reads."""
+    try:
+        token = continuation.decode(options.continue_ or "", "")
+    except ApiError:
+        return []  # answered 400 by the list itself
+    return [token.last.namespace]
 
 
 def _with_pretty(media: MediaType, query: Query) -> MediaType:
@@ -863,16 +872,20 @@ class ApiServer:
         paged = reads_a_page(options)
         # The namespaces a page decided access in, for the rules check once it is read.
         decided: set[str] | None = set() if hub is not None and paged and possible else None
+        pinned = options.fields.required("metadata.namespace")
+        checked = None if namespace is not None or pinned is None else [pinned]
         if hub is not None and options.continue_ is None and possible:
             # The scope's watch source reads its baseline before this list reads the registry, so a
             # watch from this list's resourceVersion misses nothing that happened after it; and a
             # change of the caller's rules there since they were noted is noted (docs/watch.md,
             # "Access"), so that the watch from this list is not judged by the rules before it.
-            # An all-namespaces page is checked once read, in the namespaces it read (not in every
-            # namespace with tags); a whole list in those it may read.
-            pinned = options.fields.required("metadata.namespace")
-            checked = None if namespace is not None or pinned is None else [pinned]
-            _, record = await hub.open_list(namespace, None if namespace is None and paged else user, checked)
+            _, record = await hub.open_list(namespace, user, checked)
+        elif hub is not None and decided is not None:
+            # A continued page, before it reads: a change of her rules since its list's first page
+            # that is still in force decides this page (checked once read too, below). An
+            # all-namespaces page in the namespace it starts in: which others it reads is not known
+            # yet, and a page costs what it reads.
+            hub.listed_page(namespace, user, checked if checked or namespace else _starts_in(options))
         shown = False
 
         def begin() -> None:

@@ -166,14 +166,15 @@ class WatchHub:
             record = self.listed.open(namespace, self.versions.current, self.clock.seconds())
         return self.current(), record
 
-    def listed_page(self, namespace: str | None, user: UserInfo, namespaces: Collection[str]) -> None:
+    def listed_page(self, namespace: str | None, user: UserInfo, namespaces: Collection[str] | None) -> None:
         """A page of a list of ``namespace``'s scope by ``user``, once read, decided her access in
         ``namespaces``: a change of her rules there since they were noted is noted (`open_list`), as
         the rules may have changed since the list took its resourceVersion (and be changed back
         before its watch). Only those namespaces: the others are checked by the pages that read
-        them, and a page costs what it read."""
+        them, and a page costs what it read. None: every namespace she was noted in there (before a
+        page reads: which it will read is not known yet)."""
         source = self.sources.get(namespace)
-        if source is not None and namespaces:
+        if source is not None and (namespaces is None or namespaces):
             self._note_list(source, user, namespaces)
 
     def _note_list(self, source: ScopeSource, user: UserInfo, namespaces: Collection[str] | None) -> None:
