@@ -660,6 +660,31 @@ def _secret_grants(kube_api: Any, namespace: str) -> tuple[Callable[[], None], C
     return give, take
 
 
+async def _alice_and_a_change_of_secret(
+    between: str,
+    make_server: Any,
+    registry: Any,
+    kube_api: Any,
+    kube_kubeconfig: Any,
+    pki: Any,
+    namespace: str,
+) -> tuple[Any, ApiClient, list[str], Callable[[], None], Callable[[], None]]:
+    """`_alice`'s server and client, `zz` hers too, and what she may list in ``namespace`` before a
+    change of `secret` ("revoked": granted now, then taken back; "granted": the other way round), the
+    change and its undoing."""
+    api, alice = await _alice(
+        make_server, registry, kube_api, kube_kubeconfig, pki, f"{namespace}/app", f"{namespace}/secret"
+    )
+    give, take = _secret_grants(kube_api, namespace)
+    first, change, undo = ["app", "zz"], give, take
+    if between == "revoked":
+        give()
+        first, change, undo = ["app", "secret", "zz"], take, give
+    images.push_oci_image(registry, f"{namespace}/zz", "v1", seed=f"{namespace}/zz")
+    grant(kube_api, namespace, "alice", ["get"], ["zz"], "alice-read-zz")
+    return api, alice, first, change, undo
+
+
 @pytest.mark.parametrize("scope", ["namespace", "all"])
 @pytest.mark.parametrize("between", ["revoked", "granted"])
 @pytest_twisted.ensureDeferred
@@ -675,18 +700,10 @@ async def test_her_rules_changed_back_between_two_pages_of_her_list_is_410(
     from urllib.parse import quote
 
     namespace, _ = repo.split("/", 1)
-    api, alice = await _alice(
-        make_server, registry, kube_api, kube_kubeconfig, pki, f"{namespace}/app", f"{namespace}/secret"
+    api, alice, first, change, undo = await _alice_and_a_change_of_secret(
+        between, make_server, registry, kube_api, kube_kubeconfig, pki, namespace
     )
-    images.push_oci_image(registry, f"{namespace}/zz", "v1", seed=f"{namespace}/zz")
-    grant(kube_api, namespace, "alice", ["get"], ["zz"], "alice-read-zz")
     hub = api.running.api.watch_hub
-    give, take = _secret_grants(kube_api, namespace)
-
-    first, change, undo = ["app", "zz"], give, take
-    if between == "revoked":
-        give()
-        first, change, undo = ["app", "secret", "zz"], take, give
     listed = await eventually(lambda: _showing(alice, namespace, first), within=20)
     url = collection(namespace) if scope == "namespace" else f"{B}/payloadrepositorytags"
     if scope == "all":
@@ -1535,17 +1552,10 @@ async def test_her_rules_changed_before_a_page_and_back_during_its_read_is_410(
     from payloadtags.inventory import Inventory
 
     namespace, _ = repo.split("/", 1)
-    api, alice = await _alice(
-        make_server, registry, kube_api, kube_kubeconfig, pki, f"{namespace}/app", f"{namespace}/secret"
+    api, alice, first, change, undo = await _alice_and_a_change_of_secret(
+        between, make_server, registry, kube_api, kube_kubeconfig, pki, namespace
     )
     hub = api.running.api.watch_hub
-    give, take = _secret_grants(kube_api, namespace)
-    first, change, undo = ["app", "zz"], give, take
-    if between == "revoked":
-        give()
-        first, change, undo = ["app", "secret", "zz"], take, give
-    images.push_oci_image(registry, f"{namespace}/zz", "v1", seed=f"{namespace}/zz")
-    grant(kube_api, namespace, "alice", ["get"], ["zz"], "alice-read-zz")
     listed = await eventually(lambda: _showing(alice, namespace, first), within=20)
     url = collection(namespace) if page == "continued" else f"{B}/payloadrepositorytags"
     if page != "continued":
