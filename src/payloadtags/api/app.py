@@ -209,7 +209,8 @@ def _include(media: MediaType, query: Query) -> str:
 
 
 def _starts_in(options: ListOptions) -> list[str]:
-    """The namespace an all-namespaces page goes on in (its continue token's), if the token reads."""
+    """The namespace the page before an all-namespaces page ended in (its continue token's), if the
+    token reads."""
     try:
         token = continuation.decode(options.continue_ or "", "")
     except ApiError:
@@ -883,8 +884,8 @@ class ApiServer:
         elif hub is not None and decided is not None:
             # A continued page, before it reads: a change of her rules since its list's first page
             # that is still in force decides this page (checked once read too, below). An
-            # all-namespaces page in the namespace it starts in: which others it reads is not known
-            # yet, and a page costs what it reads.
+            # all-namespaces page in the namespace the page before it ended in: which others it reads
+            # is not known yet, and a page costs what it reads.
             hub.listed_page(namespace, user, checked if checked or namespace else _starts_in(options))
         shown = False
 
