@@ -405,6 +405,17 @@ def listing(hub: WatchHub, namespace: str | None) -> tuple[int, Callable[[str, S
     return sequence, observe
 
 
+def listed_small_alone(big: int, clock: Clock) -> tuple[WatchHub, ScopeSource, int]:
+    """A hub where a list of `ns` read `small:v1` alone while nobody watched it (not `big`, of ``big``
+    tags), and `ns`'s source is ready since: the hub, the source and the list's sequence. A watch from
+    that list opens with an ADDED for every tag of `big`."""
+    reader = FakeReader({"ns/big": {f"t{i:04d}" for i in range(big)}, "ns/small": {"v1"}})
+    hub = make_hub(reader, clock)
+    sequence, observe = listing(hub, "ns")
+    observe("ns/small", ("v1",))
+    return hub, ready(hub, "ns"), sequence
+
+
 def from_list(hub: WatchHub, w: Watcher, source: ScopeSource, sequence: int) -> bool:
     """A watch from a list of a scope that had no source, started as api/app.py does: the list's
     record, the reads of the repositories it showed that the baseline lacks, then the watch."""

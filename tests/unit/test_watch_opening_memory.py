@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 
 from payloadtags.watch.openings import Openings
 from payloadtags.watch.source import Event
-from tests.unit.test_watch import FakeReader, from_list, listing, make_hub, ready, watcher
+from tests.unit.test_watch import FakeReader, from_list, listed_small_alone, listing, make_hub, ready, watcher
 
 
 def events_alive() -> int:
@@ -23,13 +23,9 @@ def test_a_watch_from_a_list_by_name_holds_no_event_of_its_opening_it_has_not_se
     every tag of `big` (the list did not read it). They used to be made all at once and held until
     written (about 180 bytes an event); now none is made before its client takes it, and none of these
     openings, larger than its user may keep, is kept for resumes either."""
-    reader = FakeReader({"ns/big": {f"t{i:04d}" for i in range(3000)}, "ns/small": {"v1"}})
     clock = Clock()
-    hub = make_hub(reader, clock)
+    hub, source, sequence = listed_small_alone(3000, clock)
     hub.openings = Openings(max_user_events=1000)
-    sequence, observe = listing(hub, "ns")
-    observe("ns/small", ("v1",))
-    source = ready(hub, "ns")
     before = events_alive()
     stalled = []
     for _ in range(3):
@@ -57,12 +53,8 @@ def test_a_watch_from_a_list_by_name_holds_no_event_of_its_opening_it_has_not_se
 def test_an_opening_its_user_may_keep_is_kept_once_and_served_to_a_resume() -> None:
     """Within the bound the copy for resumes is the only list of the opening's events; a watch resumed
     from inside it is sent its rest."""
-    reader = FakeReader({"ns/big": {f"t{i:04d}" for i in range(300)}, "ns/small": {"v1"}})
     clock = Clock()
-    hub = make_hub(reader, clock)
-    sequence, observe = listing(hub, "ns")
-    observe("ns/small", ("v1",))
-    source = ready(hub, "ns")
+    hub, source, sequence = listed_small_alone(300, clock)
     before = events_alive()
     w, sink = watcher()
     w.pauseProducing()

@@ -10,9 +10,19 @@ import pytest
 from twisted.internet.task import Clock
 
 from payloadtags.names import TagRef
-from payloadtags.watch.source import Event, EventType
+from payloadtags.watch.hub import WatchHub
+from payloadtags.watch.source import Event, EventType, ScopeSource
 from payloadtags.watch.watcher import Watcher
-from tests.unit.test_watch import FakeReader, FakeSink, from_list, listing, make_hub, ready, render, watcher
+from tests.unit.test_watch import (
+    FakeReader,
+    FakeSink,
+    from_list,
+    listed_small_alone,
+    make_hub,
+    ready,
+    render,
+    watcher,
+)
 
 
 def lists_of_events(at_least: int) -> int:
@@ -51,12 +61,8 @@ def test_a_resumed_watch_holds_no_copy_of_the_history_it_has_still_to_send() -> 
 
 
 def test_a_watch_resumed_inside_an_opening_holds_no_copy_of_its_rest() -> None:
-    reader = FakeReader({"ns/big": {f"t{i:04d}" for i in range(1000)}, "ns/small": {"v1"}})
     clock = Clock()
-    hub = make_hub(reader, clock)
-    sequence, observe = listing(hub, "ns")
-    observe("ns/small", ("v1",))
-    source = ready(hub, "ns")
+    hub, source, sequence = listed_small_alone(1000, clock)
     w, sink = watcher()
     w.pauseProducing()
     assert from_list(hub, w, source, sequence)
@@ -80,13 +86,8 @@ def test_a_resumed_watch_is_cut_only_when_its_client_is_a_send_buffer_behind_the
     its client read any: the history drops the ones it still needs, which are kept for it up to a send
     buffer's worth (3 here); one more, and the stream is cut as a slow client's is (its client resumes
     from its last event, which is 410 then) rather than skip them. Before, two new events cut it."""
-    reader = FakeReader({"ns/app": set()})
     clock = Clock()
-    hub = make_hub(reader, clock, history=5, send_buffer=3)
-    source = ready(hub, "ns")
-    oldest = hub.versions.current
-    for i in range(5):
-        source.emit(*_added(i))
+    hub, source, oldest = _a_full_history(clock)
     w, sink = watcher()  # its own send buffer holds every live event here: only the history cuts
     w.pauseProducing()
     assert hub.start(w, source, since=oldest, timeout=None)
@@ -110,19 +111,9 @@ def test_the_history_keeps_nothing_it_dropped_once_no_resumed_watch_reads_it(rea
     """What the history dropped is kept for resumed watches while one reads it, and let go as the last
     ends (before its client read a line, or partway): not only at the scope's next event, which a quiet
     scope may not have for long."""
-    reader = FakeReader({"ns/app": set()})
     clock = Clock()
-    hub = make_hub(reader, clock, history=5, send_buffer=3)
-    source = ready(hub, "ns")
-    oldest = hub.versions.current
-    for i in range(5):
-        source.emit(*_added(i))
-    sink = OneLineSink()
-    w = Watcher(
-        user="alice", sink=sink, render=render, accept=lambda ref: True, readable=lambda ns, path: True
-    )
-    sink.owner = w
-    w.pauseProducing()
+    hub, source, oldest = _a_full_history(clock)
+    w, sink = _slow_resumer()
     assert hub.start(w, source, since=oldest, timeout=None)
     other, _ = watcher()
     other.pauseProducing()
@@ -158,23 +149,14 @@ def test_a_watch_resumed_inside_an_opening_dropped_before_it_took_the_rest_is_cu
     """The rest of an opening is nowhere but in its kept copy: dropped (here as it expires) while the
     resumed watch still has some to send, the stream is cut as a slow client's is (its client's resume
     is 410, and it relists) rather than go on with the history and skip them."""
-    reader = FakeReader({"ns/big": {f"t{i:04d}" for i in range(10)}, "ns/small": {"v1"}})
     clock = Clock()
-    hub = make_hub(reader, clock)
-    sequence, observe = listing(hub, "ns")
-    observe("ns/small", ("v1",))
-    source = ready(hub, "ns")
+    hub, source, sequence = listed_small_alone(10, clock)
     w, sink = watcher()
     assert from_list(hub, w, source, sequence)
     seqs = [int(line.split()[2]) for line in sink.lines]
     assert len(seqs) == 10
     w.end("client gone", write=False)
-    rest = OneLineSink()
-    again = Watcher(
-        user="alice", sink=rest, render=render, accept=lambda ref: True, readable=lambda ns, path: True
-    )
-    rest.owner = again
-    again.pauseProducing()
+    again, rest = _slow_resumer()
     assert hub.start(again, source, since=seqs[0], timeout=None)
     again.resumeProducing()  # one of the 9 events left, then its transport is full
     assert [int(line.split()[2]) for line in rest.lines] == [seqs[1]]
@@ -191,22 +173,13 @@ def test_a_watch_resumed_inside_an_opening_dropped_before_it_took_the_rest_is_cu
 def test_a_watch_resumed_inside_an_opening_that_took_its_last_event_is_not_cut_when_it_is_dropped() -> None:
     """All it needs after the opening's last event is in the history: the opening dropped then (here as
     it expires) is no reason to cut the stream."""
-    reader = FakeReader({"ns/big": {f"t{i:04d}" for i in range(10)}, "ns/small": {"v1"}})
     clock = Clock()
-    hub = make_hub(reader, clock)
-    sequence, observe = listing(hub, "ns")
-    observe("ns/small", ("v1",))
-    source = ready(hub, "ns")
+    hub, source, sequence = listed_small_alone(10, clock)
     w, sink = watcher()
     assert from_list(hub, w, source, sequence)
     seqs = [int(line.split()[2]) for line in sink.lines]
     w.end("client gone", write=False)
-    rest = OneLineSink()
-    again = Watcher(
-        user="alice", sink=rest, render=render, accept=lambda ref: True, readable=lambda ns, path: True
-    )
-    rest.owner = again
-    again.pauseProducing()
+    again, rest = _slow_resumer()
     assert hub.start(again, source, since=seqs[-2], timeout=None)
     again.resumeProducing()  # the opening's last event, then its transport is full
     assert [int(line.split()[2]) for line in rest.lines] == [seqs[-1]]
@@ -219,6 +192,28 @@ def test_a_watch_resumed_inside_an_opening_that_took_its_last_event_is_not_cut_w
     assert not again.closed, again.reason
     assert [line.split()[1] for line in rest.lines] == [sink.lines[-1].split()[1], b"ns/small:v2"]
     hub.stop()
+
+
+def _a_full_history(clock: Clock) -> tuple[WatchHub, ScopeSource, int]:
+    """`ns`'s source with a history of 5 events, all kept, and a send buffer of 3: the hub, the source
+    and the sequence before the oldest of them."""
+    hub = make_hub(FakeReader({"ns/app": set()}), clock, history=5, send_buffer=3)
+    source = ready(hub, "ns")
+    oldest = hub.versions.current
+    for i in range(5):
+        source.emit(*_added(i))
+    return hub, source, oldest
+
+
+def _slow_resumer() -> tuple[Watcher, OneLineSink]:
+    """alice's watch whose transport is full after every line, paused before it starts."""
+    rest = OneLineSink()
+    again = Watcher(
+        user="alice", sink=rest, render=render, accept=lambda ref: True, readable=lambda ns, path: True
+    )
+    rest.owner = again
+    again.pauseProducing()
+    return again, rest
 
 
 def _added(i: int) -> tuple[EventType, TagRef]:
