@@ -1545,8 +1545,9 @@ async def test_her_rules_changed_before_a_page_and_back_during_its_read_is_410(
 ):
     """Her rules change (and the access check sees it) before a page of her list arrives, decide that
     page, and are changed back while it reads: compared only once the page was read, they equalled
-    those noted, and the watch from the list was served from a view the other rules decided. A page
-    compares them as it starts as well: an all-namespaces list's first page and every continued page."""
+    those noted, and the watch from the list was served from a view the other rules decided. An
+    all-namespaces list's first page compares them as it starts as well, and every page compares the
+    rules each of its decisions was made by, recorded as it made them."""
     from urllib.parse import quote
 
     from payloadtags.inventory import Inventory
@@ -1601,3 +1602,79 @@ async def test_her_rules_changed_before_a_page_and_back_during_its_read_is_410(
     line = await watch.next()
     watch.close()
     assert (line["type"], line["object"].get("code")) == ("ERROR", 410), line
+
+
+@pytest.mark.parametrize("start", ["boundary", "crossing"])
+@pytest.mark.parametrize("between", ["revoked", "granted"])
+@pytest_twisted.ensureDeferred
+async def test_her_rules_changed_where_a_later_all_namespaces_page_goes_on_and_back_during_its_read_is_410(
+    start, between, monkeypatch, make_server, registry, repo, pki, kube_api, kube_kubeconfig, reactor
+):
+    """A later page of her -A list may be decided in namespaces other than the one the page before it
+    ended in: the next one, when that page ended on the last repository of a namespace ("boundary"), or
+    one it moves into ("crossing": it starts on `b`, not hers, and goes on into the later namespace).
+    Her rules there change (and the access check sees it) before the page, decide it, and are changed
+    back while it reads: checked before the read only where the page before it ended, and once read
+    against the rules then (equal to those noted), the change was missed, and the watch from the list
+    was served from a view the other rules decided. Each decision's rules are recorded as it is made
+    and compared once the page is read."""
+    from urllib.parse import quote
+
+    from payloadtags.inventory import Inventory
+
+    namespace, _ = repo.split("/", 1)
+    later = f"{namespace}z"  # sorts after `namespace/...`
+    api, alice = await _alice(
+        make_server, registry, kube_api, kube_kubeconfig, pki, f"{namespace}/app", f"{later}/secret"
+    )
+    if start == "crossing":  # the second page starts in `namespace` (on `b`) and goes on into `later`
+        images.push_oci_image(registry, f"{namespace}/b", "v1", seed=f"{namespace}/b")
+    hub = api.running.api.watch_hub
+    give, take = _secret_grants(kube_api, later)
+    first, change, undo = [], give, take
+    if between == "revoked":
+        give()
+        first, change, undo = ["secret"], take, give
+    images.push_oci_image(registry, f"{later}/zz", "v1", seed=f"{later}/zz")
+    grant(kube_api, later, "alice", ["get"], ["zz"], "alice-read-zz")
+    await eventually(lambda: _showing(alice, later, sorted([*first, "zz"])), within=20)
+    url = f"{B}/payloadrepositorytags"
+    listed = (await alice.get(url)).json()["metadata"]["resourceVersion"]
+    ended = await stream(alice, f"{url}?watch=true&timeoutSeconds=1&resourceVersion={listed}")
+    assert ended.code == 200
+    await ended.ended  # her rules are noted in the scope: in `namespace` and in `later`
+
+    real = Inventory.list
+    armed = False
+
+    async def undone_while_read(self: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal armed
+        if not armed:
+            return await real(self, *args, **kwargs)
+        armed = False
+        result = await real(self, *args, **kwargs)  # decided by the changed rules
+        generation = hub.access_generation()
+        undo()
+        assert await eventually(lambda: _checked(api, generation), within=20)
+        return result
+
+    monkeypatch.setattr(Inventory, "list", undone_while_read)
+    pages = [(await alice.get(f"{url}?limit=1")).json()]
+    shown = [(i["metadata"]["namespace"], i["spec"]["repositoryPath"]) for i in pages[0]["items"]]
+    assert shown == [(namespace, "app")], shown  # the page ends on the last of hers in `namespace`
+    rv = pages[0]["metadata"]["resourceVersion"]
+    generation = hub.access_generation()
+    change()
+    assert await eventually(lambda: _checked(api, generation), within=20)
+    armed = True
+    while token := pages[-1]["metadata"].get("continue"):
+        pages.append((await alice.get(f"{url}?limit=1&continue={quote(token)}")).json())
+    assert not armed  # the second page was read under the changed rules
+    shown = [(i["metadata"]["namespace"], i["spec"]["repositoryPath"]) for p in pages for i in p["items"]]
+    watch = await stream(
+        alice, f"{url}?watch=true&allowWatchBookmarks=true&timeoutSeconds=1&resourceVersion={rv}"
+    )
+    assert watch.code == 200
+    line = await watch.next()
+    watch.close()
+    assert (line["type"], line["object"].get("code")) == ("ERROR", 410), (shown, line)

@@ -476,3 +476,66 @@ def test_a_watch_of_the_changes_from_now_on_is_never_410_for_her_rules(how: str)
     w.end("test")
     assert not _resumed_as(hub, source, bookmark, alice)
     hub.stop()
+
+
+# -- watchfix: a page is checked by the rules of each of its decisions, recorded as made ---------------
+
+
+@pytest.mark.parametrize("between", ["revoked", "granted"])
+@pytest.mark.parametrize("scope", ["team", None])
+def test_a_page_decided_by_rules_changed_back_before_it_ended_is_a_change(
+    scope: str | None, between: str
+) -> None:
+    """Her rules A are noted; her list's first page takes its resourceVersion under A; a later page
+    decides under A, then B (checked), then A again (its reads span reactor turns). Once it is read her
+    rules equal those noted, but the page showed what B decided: every distinct set of rules of its
+    decisions is recorded (B among them), and the watch from the list is 410. A page decided under A
+    alone notes nothing."""
+    hub, index, _, clock = _hub({"team/app": {"v1"}, "team/secret": {"s1"}})
+    first, then = (["app", "secret"], ["app"]) if between == "revoked" else (["app"], ["app", "secret"])
+    grant(index, "alice", "team", first, "alice")
+    source = ready(hub, scope)
+    alice = UserInfo("alice")
+    _stream_of(hub, source, clock, alice, scope)
+    listed = list_sequence(hub, scope, alice)
+    unchanged = hub.page_decisions(scope, alice)
+    unchanged.decided("team")
+    unchanged.decided("team")
+    hub.listed_page(scope, alice, unchanged)
+    assert _resumed_as(hub, source, listed, alice)
+    decisions = hub.page_decisions(scope, alice)
+    decisions.decided("team")
+    grant(index, "alice", "team", then, "alice")
+    clock.advance(1)
+    decisions.decided("team")
+    grant(index, "alice", "team", first, "alice")
+    clock.advance(1)
+    decisions.decided("team")
+    assert len(decisions.seen["team"]) == 2
+    hub.listed_page(scope, alice, decisions)
+    assert not _resumed_as(hub, source, listed, alice)
+    assert _resumed_as(hub, source, list_sequence(hub, scope, alice), alice)
+    hub.stop()
+
+
+def test_a_page_s_decisions_note_no_user_and_no_namespace_not_noted() -> None:
+    """As a list: a page's decisions add no entry for a user not noted in the scope, and none for a
+    namespace not noted for her (here one with no tags: an all-namespaces scope notes those with tags)."""
+    hub, index, _, clock = _hub({"team/app": {"v1"}})
+    grant(index, "alice", "team", ["app"], "alice")
+    grant(index, "alice", "other", ["app"], "alice")
+    grant(index, "bob", "team", ["app"], "bob")
+    source = ready(hub, None)
+    alice, bob = UserInfo("alice"), UserInfo("bob")
+    _stream_of(hub, source, clock, alice, None)
+    [(noted_before, changed_before)] = [(dict(n.rules), n.changed_at) for n in hub.rules.entries.values()]
+    assert set(noted_before) == {"team"}
+    for user in (alice, bob):
+        decisions = hub.page_decisions(None, user)
+        decisions.decided("team")
+        decisions.decided("other")
+        hub.listed_page(None, user, decisions)
+    [noted] = hub.rules.entries.values()
+    assert [key for _, key in hub.rules.entries] == [("alice", "")] and hub.rules.size == 1
+    assert (noted.rules, noted.changed_at) == (noted_before, changed_before)
+    hub.stop()

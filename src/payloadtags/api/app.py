@@ -30,7 +30,7 @@ from werkzeug.exceptions import BadHost, HTTPException, MethodNotAllowed, NotFou
 from payloadtags import __version__
 from payloadtags.access.authn import Credentials, CredentialsRefused, RequestAuthenticator, UserInfo
 from payloadtags.access.authz import AlwaysAllow, AuthorizationNotReady, PathAuthorizer, path_matches
-from payloadtags.api import continuation, discovery, formats, openapi
+from payloadtags.api import discovery, formats, openapi
 from payloadtags.api.errors import (
     ApiError,
     bad_request,
@@ -46,7 +46,7 @@ from payloadtags.api.errors import (
 )
 from payloadtags.api.health import HealthChecks
 from payloadtags.api.negotiation import JSON_TYPE, Form, MediaType, negotiate
-from payloadtags.api.options import ListOptions, Query, delete_options, first, list_options
+from payloadtags.api.options import Query, delete_options, first, list_options
 from payloadtags.api.registry_errors import api_error_for
 from payloadtags.api.render import (
     CHUNK_ITEMS,
@@ -206,16 +206,6 @@ def list_answer_chunks(
 def _include(media: MediaType, query: Query) -> str:
     """What a Table's rows carry (its `includeObject`, checked), or "Metadata" for any other form."""
     return include_object(first(query, "includeObject")) if media.form is Form.TABLE else "Metadata"
-
-
-def _starts_in(options: ListOptions) -> list[str]:
-    """The namespace the page before an all-namespaces page ended in (its continue token's), if the
-    token reads."""
-    try:
-        token = continuation.decode(options.continue_ or "", "")
-    except ApiError:
-        return []  # answered 400 by the list itself
-    return [token.last.namespace]
 
 
 def _with_pretty(media: MediaType, query: Query) -> MediaType:
@@ -871,22 +861,17 @@ class ApiServer:
         record = None
         possible = namespace is None or is_namespace(namespace)
         paged = reads_a_page(options)
-        # The namespaces a page decided access in, for the rules check once it is read.
-        decided: set[str] | None = set() if hub is not None and paged and possible else None
-        pinned = options.fields.required("metadata.namespace")
-        checked = None if namespace is not None or pinned is None else [pinned]
         if hub is not None and options.continue_ is None and possible:
             # The scope's watch source reads its baseline before this list reads the registry, so a
             # watch from this list's resourceVersion misses nothing that happened after it; and a
             # change of the caller's rules there since they were noted is noted (docs/watch.md,
-            # "Access"), so that the watch from this list is not judged by the rules before it.
+            # "Access"), so that the watch from this list is not judged by the rules before it (noted
+            # before its resourceVersion is taken: the watch from it is served).
+            pinned = options.fields.required("metadata.namespace")
+            checked = None if namespace is not None or pinned is None else [pinned]
             _, record = await hub.open_list(namespace, user, checked)
-        elif hub is not None and decided is not None:
-            # A continued page, before it reads: a change of her rules since its list's first page
-            # that is still in force decides this page (checked once read too, below). An
-            # all-namespaces page in the namespace the page before it ended in: which others it reads
-            # is not known yet, and a page costs what it reads.
-            hub.listed_page(namespace, user, checked if checked or namespace else _starts_in(options))
+        # The rules each access decision of a page was made by, for the rules check once it is read.
+        decisions = hub.page_decisions(namespace, user) if hub is not None and paged and possible else None
         shown = False
 
         def begin() -> None:
@@ -895,12 +880,18 @@ class ApiServer:
             _head(request, 200, media.content_type)
 
         try:
-            runs, meta = await self.service.list_runs(user, namespace, options, decided)
-            if hub is not None and decided is not None:
+            runs, meta = await self.service.list_runs(
+                user, namespace, options, None if decisions is None else decisions.decided
+            )
+            if hub is not None and decisions is not None:
                 # Every page, continued ones too: her rules may change after the list took its
-                # resourceVersion, decide this page, and be changed back before the watch from it
-                # (docs/watch.md, "Access"). A namespace list's page checks its one namespace.
-                hub.listed_page(namespace, user, decided if namespace is None else [namespace])
+                # resourceVersion, decide this page, and be changed back before the watch from it, or
+                # before this page ended (docs/watch.md, "Access"): the rules of each decision, as
+                # recorded when it was made, and those now. No check before a continued page reads:
+                # its first decision (the tag its token names) is made in the same reactor turn as
+                # that check would be, and a change undone before the page decides anything by it
+                # decided nothing. A namespace list's page checks its one namespace whatever it read.
+                hub.listed_page(namespace, user, decisions, () if namespace is None else [namespace])
             if isinstance(runs, PageRuns) and sum(len(run.tags) for run in runs.runs) <= CHUNK_ITEMS:
                 # A page read before and no longer than one chunk: formatted and written at once, in
                 # this reactor turn (one TLS record and one send for the whole response, instead of

@@ -178,11 +178,16 @@ def reads_a_page(options: ListOptions) -> bool:
     )
 
 
-def _noting(readable: Callable[[str, str], bool], decided: set[str]) -> Callable[[str, str], bool]:
-    # The namespaces a page decided access in: those its reads were decided by rules in.
+def _noting(
+    readable: Callable[[str, str], bool], decided: Callable[[str], None]
+) -> Callable[[str, str], bool]:
+    # Each access decision of a page is told as it is made, in the same reactor turn: her rules may
+    # change between two of them (a page's reads span registry awaits), and what the page shows is
+    # what the rules of each decision decided, whatever they are once it is read.
     def noted(namespace: str, repository_path: str) -> bool:
-        decided.add(namespace)
-        return readable(namespace, repository_path)
+        allowed = readable(namespace, repository_path)
+        decided(namespace)
+        return allowed
 
     return noted
 
@@ -256,11 +261,11 @@ class TagsService:
         user: UserInfo,
         namespace: str | None,
         options: ListOptions,
-        decided: set[str] | None = None,
+        decided: Callable[[str], None] | None = None,
     ) -> tuple[Runs, ListMeta]:
         """The tags a list shows, a repository at a time. A whole list (no limit, no continue) is
         read as it is written (`Inventory.reader`); a page is read first, whole (`reads_a_page`), and
-        the namespaces its access was decided in are added to ``decided``."""
+        ``decided`` is told the namespace of each access decision it makes, as it makes it."""
         if reads_a_page(options):
             page, meta = await self._select(user, namespace, options, decided=decided)
             return PageRuns(page.runs), meta
@@ -319,7 +324,7 @@ class TagsService:
         options: ListOptions,
         authorize: bool = True,
         shown: bool = True,
-        decided: set[str] | None = None,
+        decided: Callable[[str], None] | None = None,
     ) -> tuple[Page, ListMeta]:
         """The page ``options`` select. ``shown``: a client is shown it, and may watch from its
         resourceVersion, so its reads are reported for that watch (`VersionSource.observer`); a

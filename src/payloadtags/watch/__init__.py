@@ -3,6 +3,7 @@
 from payloadtags.limits import WatchLimits
 from payloadtags.watch.hub import TooManyWatches, WatchHub, WatchSlot
 from payloadtags.watch.listed import Listed, ListedScopes
+from payloadtags.watch.rules import PageDecisions
 from payloadtags.watch.source import Event, EventType, ScopeReader, ScopeSource
 from payloadtags.watch.versions import ReplicaVersions, parse_version
 from payloadtags.watch.watcher import Sink, Watcher
@@ -12,6 +13,7 @@ __all__ = [
     "EventType",
     "Listed",
     "ListedScopes",
+    "PageDecisions",
     "ReplicaVersions",
     "ScopeReader",
     "ScopeSource",

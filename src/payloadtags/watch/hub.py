@@ -14,7 +14,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
-from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping, Sequence
 
 import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -30,7 +30,7 @@ from payloadtags.limits import WatchLimits
 from payloadtags.names import TagRef, split_repository
 from payloadtags.watch.listed import Listed, ListedScopes
 from payloadtags.watch.openings import Opening, Openings
-from payloadtags.watch.rules import RulesLedger, UserKey, user_key
+from payloadtags.watch.rules import PageDecisions, RulesLedger, UserKey, user_key
 from payloadtags.watch.source import Event, EventType, HistoryLost, ScopeReader, ScopeSource
 from payloadtags.watch.versions import ReplicaVersions
 from payloadtags.watch.watcher import Watcher, expired_line
@@ -166,18 +166,43 @@ class WatchHub:
             record = self.listed.open(namespace, self.versions.current, self.clock.seconds())
         return self.current(), record
 
-    def listed_page(self, namespace: str | None, user: UserInfo, namespaces: Collection[str] | None) -> None:
-        """A page of a list of ``namespace``'s scope by ``user``, once read, decided her access in
-        ``namespaces``: a change of her rules there since they were noted is noted (`open_list`), as
-        the rules may have changed since the list took its resourceVersion (and be changed back
-        before its watch). Only those namespaces: the others are checked by the pages that read
-        them, and a page costs what it read. None: every namespace she was noted in there (before a
-        page reads: which it will read is not known yet)."""
+    def page_decisions(self, namespace: str | None, user: UserInfo) -> PageDecisions:
+        """Where a page of a list of ``namespace``'s scope by ``user`` records each access decision as
+        it makes it (`PageDecisions.decided`), for `listed_page` once it is read. Her rules only when
+        she is noted in the scope's source as the page starts (as a list, it notes no one else): a page
+        of anyone else's (all-namespaces pages of every user, while the garbage collector's watch
+        keeps that scope's source) costs no lookup per decision. One whose first watch there starts
+        while the page reads is noted by the rules then (docs/watch.md, "Limits of this design")."""
+        rules_of = self.access_rules
         source = self.sources.get(namespace)
-        if source is not None and (namespaces is None or namespaces):
-            self._note_list(source, user, namespaces)
+        if rules_of is None or source is None or not self.rules.knows(source, user):
+            return PageDecisions()
+        return PageDecisions(lambda scope_namespace: rules_of(user, scope_namespace))
 
-    def _note_list(self, source: ScopeSource, user: UserInfo, namespaces: Collection[str] | None) -> None:
+    def listed_page(
+        self,
+        namespace: str | None,
+        user: UserInfo,
+        decisions: PageDecisions,
+        namespaces: Collection[str] = (),
+    ) -> None:
+        """A page of a list of ``namespace``'s scope by ``user``, once read, decided her access by the
+        rules ``decisions`` recorded: where they, or her rules now, differ from those noted for her, a
+        change is noted (`open_list`), as the rules may have changed since the list took its
+        resourceVersion (and be changed back before its watch, or before the page ended). Only in the
+        namespaces the page decided in, and ``namespaces``: the others are checked by the pages that
+        decide there, and a page costs what it read."""
+        source = self.sources.get(namespace)
+        if source is not None and (decisions.seen or namespaces):
+            self._note_list(source, user, [*namespaces], decisions.seen)
+
+    def _note_list(
+        self,
+        source: ScopeSource,
+        user: UserInfo,
+        namespaces: Collection[str] | None,
+        seen: Mapping[str, Collection[bytes]] | None = None,
+    ) -> None:
         rules_of = self.access_rules
         if rules_of is None:
             return
@@ -187,6 +212,7 @@ class WatchHub:
             lambda scope_namespace: rules_of(user, scope_namespace),
             self._change_stamp,
             namespaces,
+            seen,
         )
 
     def list_failed(self, record: Listed) -> None:

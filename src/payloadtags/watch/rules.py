@@ -15,7 +15,8 @@ watch starts (the rules computed for the identity it comes with), at each access
 watching (`WatchHub.check_access`), when a watch ends (every set of rules that decided something it
 sent: rules granted and taken back between two checks included), and when a user already noted lists
 the scope (`listed`: her list, each of its pages, was decided by the rules then, which may be changed
-back before its watch). The rules noted first are no change.
+back before its watch; a page by the rules of each of its decisions, recorded as it makes them,
+`PageDecisions`). The rules noted first are no change.
 
 Bounded: past ``max_entries`` (user, namespace) pairs in all, the least recently used user of a scope is
 forgotten, and the sequence then is kept for her in a fixed table of slots (by a hash of scope and
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import collections
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 import attrs
 
@@ -65,6 +66,31 @@ class Noted:
     def cost(self) -> int:
         # An entry with no namespace yet (an all-namespaces scope with no tags) is kept all the same.
         return max(1, len(self.rules))
+
+
+@attrs.define(eq=False, slots=True)
+class PageDecisions:
+    """The rules each access decision of one page of a list was made by, recorded as it is made, for
+    `RulesLedger.listed` to compare with those noted once the page is read: rules that decided the
+    page and were changed back before it ended (changed before it, in a namespace it goes on into, or
+    while it reads) are not the rules once it is read. Per namespace, every distinct fingerprint: a
+    page's reads span reactor turns (registry awaits), so one page may be decided in one namespace by
+    two sets of rules. A decision (one per repository the page reaches) costs a lookup of her rules
+    there, in the memo the decision itself looked up; nothing per tag."""
+
+    # Her rules in a namespace (`WatchHub.access_rules` for the page's user); None: no rules to tell
+    # (access not decided by RBAC), only the namespaces are recorded.
+    rules_of: Callable[[str], PathMatcher] | None = None
+    seen: dict[str, set[bytes]] = attrs.field(factory=dict)
+
+    def decided(self, namespace: str) -> None:
+        """An access decision of the page in ``namespace``, just made (in the same reactor turn: by
+        the rules in force now)."""
+        fingerprints = self.seen.get(namespace)
+        if fingerprints is None:
+            fingerprints = self.seen[namespace] = set()
+        if self.rules_of is not None:
+            fingerprints.add(self.rules_of(namespace).fingerprint)
 
 
 @attrs.define(eq=False)
@@ -105,6 +131,10 @@ class RulesLedger:
         self._resized(noted, before)
         return since is None or since >= noted.changed_at
 
+    def knows(self, source: ScopeSource, user: UserInfo) -> bool:
+        """Whether ``user``'s rules are noted in ``source``'s scope (a list of hers there is compared)."""
+        return (source, user_key(user)) in self.entries
+
     def listed(
         self,
         source: ScopeSource,
@@ -112,23 +142,36 @@ class RulesLedger:
         rules_of: Callable[[str], PathMatcher],
         stamp: Callable[[], int],
         namespaces: Iterable[str] | None = None,
+        seen: Mapping[str, Collection[bytes]] | None = None,
     ) -> None:
         """A list of ``source``'s scope by ``user``, before it reads (its resourceVersion is taken
-        after this), or a page of it once read: where her rules were noted there and differ now, the
-        change is noted and dated, so that a watch of hers from a list made before it is 410, and one
-        from this list is not judged by the rules noted before it (her rules changed and changed back
-        between this list, or one of its pages, and its watch are a change). Only a user already
-        noted: a list adds no entry (one per user and namespace of every list would be the cost
-        docs/watch.md declines), and notes no namespace she was not noted in. ``namespaces``: only
-        those (what a page read), not every one noted for her (None)."""
+        after this), or a page of it once read: where her rules were noted there and differ now, or
+        differed when the page decided something there (``seen``: per namespace, the fingerprint of
+        the rules of each of its decisions, `PageDecisions`), the change is noted and dated, so that a
+        watch of hers from a list made before it is 410, and one from this list is not judged by the
+        rules noted before it (her rules changed and changed back between this list, or one of its
+        pages, and its watch are a change; so are rules changed before a page, or while it reads,
+        that decided it and were changed back before it ended). Only a user already noted: a list
+        adds no entry (one per user and namespace of every list would be the cost docs/watch.md
+        declines), and notes no namespace she was not noted in. ``namespaces``: only those and those
+        of ``seen`` (what a page decided in), not every one noted for her (None)."""
         noted = self.entries.get((source, user_key(user)))
         if noted is None:
             return
         self.entries.move_to_end((source, user_key(user)))
-        checked = noted.rules if namespaces is None else [n for n in namespaces if n in noted.rules]
+        seen = seen or {}
+        if namespaces is None:
+            checked: Iterable[str] = noted.rules
+        else:
+            checked = [n for n in {*namespaces, *seen} if n in noted.rules]
         # All computed before any is noted: a failure leaves no fingerprint noted without its date.
         now = {namespace: rules_of(namespace).fingerprint for namespace in checked}
-        if any(noted.rules[namespace] != fingerprint for namespace, fingerprint in now.items()):
+        # A change: her rules now, or those of any decision of the page, are not those noted.
+        if any(
+            fingerprint != noted.rules[namespace]
+            or any(f != noted.rules[namespace] for f in seen.get(namespace, ()))
+            for namespace, fingerprint in now.items()
+        ):
             noted.rules.update(now)
             self._changed(source, noted, user, stamp)
         noted.groups = user.groups
@@ -218,4 +261,4 @@ class RulesLedger:
         return self.forgotten[self._slot(key)] if self.forgotten else 0
 
 
-__all__ = ["FORGOTTEN_SLOTS", "MAX_ENTRIES", "Noted", "RulesLedger", "UserKey", "user_key"]
+__all__ = ["FORGOTTEN_SLOTS", "MAX_ENTRIES", "Noted", "PageDecisions", "RulesLedger", "UserKey", "user_key"]
