@@ -8,6 +8,7 @@ from __future__ import annotations
 import bisect
 import json
 import math
+import re
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
@@ -20,7 +21,13 @@ from payloadtags.deferreds import bounded_map
 from payloadtags.names import TagRef, split_repository
 from payloadtags.registry import Catalog, Manifest, Registry
 from payloadtags.registry.blobcache import BlobCache
-from payloadtags.registry.content import MAX_JSON_DEPTH, compute_digest, nested_deeper_than
+from payloadtags.registry.content import (
+    MAX_JSON_DEPTH,
+    compute_digest,
+    digit_nested,
+    nested_deeper_than,
+    skipped_by_seek,
+)
 from payloadtags.registry.errors import RegistryNotFound
 from payloadtags.repoindex import RepositoryIndex, catalog_key
 
@@ -90,6 +97,9 @@ class Page:
 
 Entry = tuple[str, str, str]  # (repository, namespace, path)
 
+# A component after the first that starts with a digit (`registry.content.digit_nested`).
+_DIGIT_NAMED = re.compile(r"/[0-9]")
+
 
 def _entry_key(entry: Entry) -> tuple[str, ...]:
     return catalog_key(entry[0])
@@ -106,6 +116,8 @@ class CatalogRest:
     last: str | None
     done: bool
     pages: int
+    # The last name in catalog order the cursor that read them went through (`CatalogCursor`).
+    top: str | None = None
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -118,6 +130,20 @@ class CatalogCursor:
     For one namespace the catalog is sought with ``last`` and read only until the first name outside
     ``<namespace>/``: the registry orders names component by component, so a namespace's repositories
     are contiguous and come right after the namespace's own name.
+
+    Names come in catalog order (`catalog_key`), as the repository index has them and lists show
+    them, also from distribution 2.8, whose storage walk lists `team/app/0` before `team/app`
+    (docs/registry.md, "Catalog"). Its order differs from catalog order only there: a repository
+    comes after those nested in it under a component that starts with a digit. So such a repository
+    is handed out right before the first of them a page holds. A page that ends among them, with
+    more to read, hands it out there whether the page holds it or not: the next page is read with
+    ``last=`` its last name, which 2.8 answers without it (`skipped_by_seek`; an empty tag list when
+    it is no repository, a path's directory only). 2.8 answers that seek with the repositories
+    nested in that name that way too, walked and handed out before it: those are skipped. Names in
+    another order (a registry that sorts plainly) are not moved, and a registry that sorts component
+    by component pays only for a page that ends among names nested under a directory that is no
+    repository. ``key_order=False``: the registry's order and its answers as they are (the cascade,
+    which lists what a seek leaves out itself).
     """
 
     client: Catalog
@@ -125,16 +151,22 @@ class CatalogCursor:
     last: str | None
     page_size: int
     first_page_size: int = 100
-    # A full page without a next link is not taken for the catalog's end: distribution 2.8 sends none
-    # after a page whose last name is followed by a repository it is nested in under a digit-named
-    # component (`team/app/0`, then `team/app`), whatever follows (docs/registry.md, "Catalog"). At the
-    # real end this costs one more (empty) page, when the names left exactly filled the last one.
+    # distribution 2.8 sends no next link after a page whose last name is followed by a repository it
+    # is nested in under a digit-named component (`team/app/0`, then `team/app`), whatever follows
+    # (docs/registry.md, "Catalog"). So a full page that ends in a name nested that way (in any
+    # directory: the name alone cannot tell) is not taken for the catalog's end; with this, no full
+    # page is. At the real end that costs one more (empty) page, when the names left exactly filled
+    # the last one.
     full_page_goes_on: bool = False
+    # Names in catalog order, see above; False for the cascade, which lists what a seek leaves out.
+    key_order: bool = True
     done: bool = False
     _pages: int = 0
     # Names read before (a previous page's rest), handed out before the catalog is read again.
     _ahead: list[Entry] = attrs.field(factory=list)
     _done_after: bool = False
+    # The last name in catalog order the cursor has gone through (at first where it began: ``last``).
+    _top: str | None = attrs.field(init=False, default=attrs.Factory(lambda self: self.last, takes_self=True))
 
     @classmethod
     def resuming(
@@ -147,6 +179,7 @@ class CatalogCursor:
             return cls(client, namespace, rest.after, page_size)
         cursor = cls(client, namespace, rest.last, page_size, done=rest.done and not rest.entries)
         cursor._pages, cursor._ahead, cursor._done_after = rest.pages, list(rest.entries), rest.done
+        cursor._top = rest.top
         return cursor
 
     def rest(self, after: str, seen: Sequence[Entry]) -> CatalogRest:
@@ -156,7 +189,13 @@ class CatalogCursor:
         # and show one or two of them): a search, not a key per name on every page.
         start = bisect.bisect_right(seen, catalog_key(after), key=_entry_key)
         return CatalogRest(
-            self.namespace, after, (*seen[start:], *self._ahead), self.last, self.done, self._pages
+            self.namespace,
+            after,
+            (*seen[start:], *self._ahead),
+            self.last,
+            self.done,
+            self._pages,
+            self._top,
         )
 
     def _next_size(self) -> int:
@@ -176,21 +215,73 @@ class CatalogCursor:
         if self.done:
             return []
         size = self._next_size()
-        page = await self.client.catalog(last=self.last, n=size)
+        sought = self.last
+        page = await self.client.catalog(last=sought, n=size)
         self._pages += 1
+        names = page.repositories
+        # distribution 2.8 sends no next link after a full page that ends in a name nested in the
+        # one that follows (see the class): only such a page is read on from without one.
+        full = bool(names) and len(names) >= size
+        more = page.more or (full and (self.full_page_goes_on or digit_nested(names[-1])))
+        self.done = not more or not names
+        if self.namespace is not None:
+            inside = self.namespace + "/"
+            for end, repository in enumerate(names):
+                if not repository.startswith(inside):
+                    self.done = True
+                    names = names[:end]
+                    break
+        if self.key_order:
+            names = self._in_key_order(sought, names, None if self.done else page.repositories[-1])
+        if page.repositories:
+            self.last = page.repositories[-1]
         batch = []
-        more = page.more or (self.full_page_goes_on and len(page.repositories) >= size)
-        self.done = not more or not page.repositories
-        for repository in page.repositories:
-            if self.namespace is not None and not repository.startswith(self.namespace + "/"):
-                self.done = True
-                break
+        for repository in names:
             parts = split_repository(repository)
             if parts is not None:
                 batch.append((repository, *parts))
-        if page.repositories:
-            self.last = page.repositories[-1]
         return batch
+
+    def _in_key_order(self, sought: str | None, names: list[str], last: str | None) -> list[str]:
+        """A page of the registry's answer to ``last=sought`` in catalog order, without the names
+        handed out before (see the class). ``last``: the page's last name, when more pages follow."""
+        top = self._top
+        floor = None if top is None else catalog_key(top)
+        # 2.8 answers with the names nested in ``sought`` under a digit-named component: walked before
+        # it, and handed out already when the cursor went through one of them.
+        again = floor if top is not None and sought is not None and top.startswith(sought + "/") else None
+        if again is None and _DIGIT_NAMED.search("\n".join(names)) is None:
+            # No name nested under a digit-named component (most pages): one search, in C.
+            if names and (floor is None or catalog_key(names[-1]) > floor):
+                self._top = names[-1]
+            return names
+        listed = set(names)
+        # Repositories the next page's seek leaves out: handed out with those nested in them here.
+        coming = skipped_by_seek(last) if last is not None else []
+        arranged: list[str] = []
+        handed: set[str] = set()
+        for name in names:
+            if name in handed:
+                continue
+            key = catalog_key(name)
+            if again is not None and key <= again:
+                continue
+            for outer in skipped_by_seek(name):
+                # Listed after this name (2.8's walk), or left out by the next seek: its place in
+                # catalog order is here, unless the cursor began after it (it was handed out then).
+                if (
+                    outer not in handed
+                    and (outer in listed or outer in coming)
+                    and (floor is None or catalog_key(outer) > floor)
+                ):
+                    arranged.append(outer)
+                    handed.add(outer)
+            arranged.append(name)
+            handed.add(name)
+            if floor is None or key > floor:
+                top, floor = name, key
+        self._top = top
+        return arranged
 
 
 @attrs.define

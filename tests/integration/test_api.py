@@ -335,6 +335,32 @@ async def test_a_continued_walk_shows_the_repositories_it_read_as_it_read_them(
     ]
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_walk_shows_a_repository_with_digit_named_nested_ones_once(api, registry, repo):
+    """distribution 2.8 lists `app/0` and `app/0/x` before `app`, and answers a seek after either
+    without `app` (docs/registry.md, "Catalog"): a page continued after them (live, as another replica
+    reads it) left `app` out, one continued with the walk's kept catalog names too. The list shows
+    every tag once, in catalog order, unpaged or a page at a time."""
+    namespace, _ = split(repo)
+    url = collection(namespace)
+    for path in ("a", "app/0", "app/0/x", "app", "b"):
+        images.push_oci_image(registry, f"{namespace}/{path}", "v1", seed=path)
+    client = api.client(api.pki.admin)
+    listed = await _walk(client, url, 0)  # limit=0: unpaged
+    for limit in (1, 2, 3, 4):
+        assert await _walk(client, url, limit) == listed, limit
+    # From every token of a walk, reading live.
+    token, shown = None, []
+    while True:
+        page = (await client.get(url + "?limit=1" + (f"&continue={token}" if token else ""))).json()
+        shown += [f"{i['spec']['repositoryPath']}:{i['spec']['tag']}" for i in page["items"]]
+        token = page["metadata"].get("continue")
+        if not token:
+            break
+        assert await _walk(client, url, 10, _without_walk(token, namespace)) == listed[len(shown) :]
+    assert shown == listed == ["a:v1", "app:v1", "app/0:v1", "app/0/x:v1", "b:v1"]
+
+
 async def _registry_operations(client: Any, operation: str = "tags") -> float:
     text = (await client.get("/metrics")).body.decode()
     start = f'payloadtags_registry_operations_total{{operation="{operation}"'

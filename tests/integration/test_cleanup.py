@@ -23,7 +23,7 @@ from twisted.logger import LogLevel, formatEvent
 from payloadtags.cleanup import Aborted, Cascade, CascadeResult, Unconfirmed, namespace_state
 from payloadtags.cleanup.cascade import Walk
 from payloadtags.cleanup.removal import namespace_remover
-from payloadtags.cleanup.sweep import ABSENT, EXISTS, TERMINATING, UNKNOWN, require_gone
+from payloadtags.cleanup.sweep import ABSENT, EXISTS, TERMINATING, UNKNOWN, Sweep, require_gone
 from payloadtags.registry import RegistryClient, RegistrySettings
 from payloadtags.registry.errors import RegistryUnavailable
 from tests.support import images
@@ -1011,3 +1011,64 @@ async def test_a_catalog_page_that_ends_in_a_digit_named_nested_repository_does_
     result = await Cascade(registry_client, reactor, concurrency=1, page_size=2).run(ns)
     assert isinstance(result, CascadeResult) and result.tags_deleted == 6 and result.errors == 0
     assert {name: images.list_tags(registry, name) for name in names} == {name: [] for name in names}
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_dry_run_count_reads_past_a_catalog_page_that_ends_in_a_nested_repository(
+    registry: RegistryServer, registry_client: RegistryClient
+) -> None:
+    """The dry run's count read the catalog as lists did (docs/registry.md, "Catalog"): with pages of
+    two it stopped at the page that ends in `<ns>/app/0` (2.8 sends no next link), with pages of three
+    the seek after `<ns>/app` counted `<ns>/app/0` again."""
+    ns = unique_namespace("count")
+    for name in ("a", "app/0", "app", "b"):
+        images.push_oci_image(registry, f"{ns}/{name}", "v1", seed=f"{ns}-{name}")
+    names = [name for name in images.catalog(registry) if name.startswith(ns + "/")]
+    assert names == [f"{ns}/a", f"{ns}/app/0", f"{ns}/app", f"{ns}/b"]  # 2.8's order
+    for page_size in (1, 2, 3, 1000):
+        contents = await Cascade(registry_client, reactor, page_size=page_size).contents(ns)
+        assert (contents.repositories, contents.tags) == (4, 4), page_size
+
+
+class _NoNamespaces:
+    """The namespace store of a cluster with no namespace at all."""
+
+    def snapshot(self) -> tuple[str | None, frozenset[str]]:
+        return "1", frozenset()
+
+    def live(self, name: str) -> bool:
+        return False
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_sweep_reads_past_a_catalog_page_that_ends_in_a_nested_repository(
+    fresh_registry: RegistryServer,
+) -> None:
+    """The sweep reads the whole catalog for the namespaces it holds content of. A page that ends in
+    `o1/app/0` comes without a next link (docs/registry.md, "Catalog"): the sweep took it for the end,
+    and never found `o2`'s content, nor any namespace's after it."""
+    for name in ("o1/a", "o1/app/0", "o1/app", "o2/b"):
+        images.push_oci_image(fresh_registry, name, "v1", seed=name)
+    assert images.catalog(fresh_registry) == ["o1/a", "o1/app/0", "o1/app", "o2/b"]  # 2.8's order
+    client = RegistryClient(reactor, RegistrySettings(url=fresh_registry.url, timeout=5.0))
+    try:
+        for page_size in (1, 2, 3, 1000):
+            handed: list[str] = []
+
+            async def gone(namespace: str) -> tuple[str, str | None]:
+                return ABSENT, None
+
+            sweep = Sweep(
+                client,
+                reactor,
+                _NoNamespaces(),  # type: ignore[arg-type]
+                gone,
+                handed.append,
+                Cascade(client, reactor),
+                page_size=page_size,
+            )
+            result = await sweep.run()
+            assert (result.candidates, result.repositories_seen) == (("o1", "o2"), 4), page_size
+            assert handed == ["o1", "o2"]
+    finally:
+        await client.close()

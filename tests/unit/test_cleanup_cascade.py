@@ -14,11 +14,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import LogLevel, formatEvent
 
-from payloadtags.cleanup.cascade import Aborted, Cascade, CascadeResult, Unconfirmed, Walk, skipped_by_seek
+from payloadtags.cleanup.cascade import Aborted, Cascade, CascadeResult, Unconfirmed, Walk
 from payloadtags.cleanup.metrics import CleanupMetrics
 from payloadtags.cleanup.watcher import NamespaceTriggers
 from payloadtags.kube import Backoff
 from payloadtags.registry import CatalogPage
+from payloadtags.registry.content import skipped_by_seek
 from payloadtags.registry.errors import (
     RegistryNotFound,
     RegistryReadOnly,

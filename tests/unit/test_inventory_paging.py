@@ -44,6 +44,21 @@ class Registry:
         return sorted(found)  # as RegistryClient.tags does
 
 
+class Distribution28(Registry):
+    """The catalog as distribution 2.8 pages it, a walk of its storage: `team/app/0` before `team/app`
+    (the directory `0` sorts before `_manifests`), ``last=`` answering the names after it component by
+    component, and no next link after a page whose last name is followed by a repository it is nested
+    in, whatever follows (docs/registry.md, "Catalog")."""
+
+    async def catalog(self, last: str | None = None, n: int = 1000) -> CatalogPage:
+        self.catalog_reads += 1
+        names = sorted(self.content, key=lambda name: [*name.split("/"), "_manifests"])
+        if last is not None:
+            names = [name for name in names if catalog_key(name) > catalog_key(last)]
+        more = len(names) > n and not names[n - 1].startswith(names[n] + "/")
+        return CatalogPage(names[:n], more=more)
+
+
 def walk(
     inventory: Inventory,
     namespace: str | None,
@@ -109,8 +124,10 @@ def key(ref: TagRef) -> tuple[Any, ...]:
     return (catalog_key(ref.repository), ref.tag)
 
 
-def check_walks_equal_unpaged(content: dict[str, set[str]], namespace: str | None, limit: int) -> None:
-    registry = Registry(content)
+def check_walks_equal_unpaged(
+    content: dict[str, set[str]], namespace: str | None, limit: int, double: type[Registry] = Registry
+) -> None:
+    registry = double(content)
     inventory = Inventory(registry, concurrency=4, page_size=3)  # type: ignore[arg-type]
     unpaged = run(inventory.list(namespace))
     assert not unpaged.more
@@ -157,6 +174,50 @@ def test_a_paginated_walk_equals_the_unpaged_list_many(
     content: dict[str, set[str]], namespace: str | None, limit: int
 ) -> None:
     check_walks_equal_unpaged(content, namespace, limit)
+
+
+# Few components, digit-named ones among them: repositories nested in one another (`team/app/0`
+# and `team/app`) in most examples.
+_nested_repository = st.tuples(
+    st.sampled_from(["team", "team-a", "z"]),
+    st.lists(st.sampled_from(["app", "0", "1", "0a", "x", "app-b"]), min_size=1, max_size=4),
+).map(lambda parts: "/".join([parts[0], *parts[1]]))
+_nested_content = st.dictionaries(_nested_repository, _tags, max_size=12)
+
+
+@pytest.mark.property
+@given(content=_nested_content, namespace=_namespaces, limit=st.integers(1, 7))
+@settings(max_examples=100, deadline=None)
+def test_a_walk_of_distribution_28s_catalog_equals_the_unpaged_list_in_catalog_order(
+    content: dict[str, set[str]], namespace: str | None, limit: int
+) -> None:
+    """2.8 lists `team/app/0` before `team/app`, ends a page that ends in `team/app/0` without a next
+    link, and answers `last=team/app/0` without `team/app`: lists stopped there or left it out, and a
+    walk's page after `team/app` showed `team/app/0` again. Both show every tag once, in catalog order
+    (`team/app` first, as the repository index has them)."""
+    check_walks_equal_unpaged(content, namespace, limit, Distribution28)
+
+
+def test_distribution_28s_nested_repositories_in_catalog_order_at_every_page_boundary() -> None:
+    content = {
+        f"team/{name}": {"v1", "v2"}
+        for name in ("a", "app/0", "app/0/x", "app/0/x/1", "app/1", "app", "app/x", "b", "c/1")
+    }
+    content["team-a/app/0"] = {"v1"}
+    order = ["a", "app", "app/0", "app/0/x", "app/0/x/1", "app/1", "app/x", "b", "c", "c/1"]
+    for page_size in (1, 2, 3, 4, 1000):
+        registry = Distribution28(content)
+        inventory = Inventory(registry, concurrency=2, page_size=page_size)  # type: ignore[arg-type]
+        for namespace in ("team", None):
+            shown = [ref.repository_path for ref in run(inventory.list(namespace)).refs]
+            expected = [path for path in order if f"team/{path}" in content for _ in range(2)]
+            if namespace is None:
+                expected += ["app/0"]
+            assert shown == expected, (page_size, namespace)
+            for limit in (1, 2, 3, 5):
+                for carry in (False, True):
+                    refs, _ = walk(inventory, namespace, limit, carry=carry)
+                    assert [ref.repository_path for ref in refs] == expected
 
 
 def test_a_walk_with_a_field_selector_equals_the_selected_unpaged_list() -> None:

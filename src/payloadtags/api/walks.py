@@ -157,9 +157,9 @@ def _measure(
     its three strings are the walk's alone), a handed one is cut from the page's last entry (its
     namespace and path strings, which the next page's keys go on holding) and its tag is a string of
     the tag list its token keeps, unless that repository was shown to its end. So does a catalog
-    rest's ``after`` (made from a key for each rest) and ``last`` (where the catalog goes on, an
-    entry's repository string or one the walk alone holds). A walk of a few short tag lists under
-    long names keeps as much in these as in its lists."""
+    rest's ``after`` (made from a key for each rest), ``last`` (where the catalog goes on, an
+    entry's repository string or one the walk alone holds) and ``top`` (likewise). A walk of a few
+    short tag lists under long names keeps as much in these as in its lists."""
     size = _WALK
     mappings: dict[int, Mapping[str, Sequence[str]]] = {}
     rests: dict[int, CatalogRest] = {}
@@ -187,7 +187,7 @@ def _measure(
                 lists[id(tags)] = _known(before, tags) or (tags, *_list_size(tags))
     loose: list[str | None] = []
     for rest in rests.values():
-        loose += (rest.after, rest.last)
+        loose += (rest.after, rest.last, rest.top)
     for ref, one in kept.items():
         size += sys.getsizeof(ref)
         loose += (ref.namespace, ref.repository_path)

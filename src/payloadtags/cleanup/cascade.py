@@ -45,7 +45,7 @@ from payloadtags.inventory import CatalogCursor
 from payloadtags.kube import Backoff
 from payloadtags.names import is_namespace
 from payloadtags.registry import Catalog
-from payloadtags.registry.content import catalog_key
+from payloadtags.registry.content import catalog_key, skipped_by_seek
 from payloadtags.registry.errors import RegistryConflict, RegistryError, RegistryNotFound, RegistryReadOnly
 
 log = Logger()
@@ -217,18 +217,6 @@ class _Frontier:
         del self._open[name]
         # The one taken up before the earliest still under way (dicts keep insertion order).
         self.walk.after = next(iter(self._open.values())) if self._open else self._taken
-
-
-def skipped_by_seek(name: str) -> list[str]:
-    """The repositories distribution 2.8 lists after ``name`` and yet leaves out of its answer to
-    ``last=name``: those of which ``name`` is nested under a component that starts with a digit
-    (``team/app`` for ``team/app/0`` and ``team/app/0/x``). Its storage walk lists ``team/app/0…``
-    before ``team/app`` itself (the directory ``0`` sorts before ``_manifests``), while ``last=``
-    answers the names after it component by component (docs/registry.md, "Catalog"). Some may not be
-    repositories at all (a path's directory only): their tag list is empty."""
-    parts = name.split("/")
-    # From the second component on: the first is the namespace, never one of its repositories.
-    return ["/".join(parts[:i]) for i in range(2, len(parts)) if parts[i][:1].isdigit()]
 
 
 class CascadeRegistry(Catalog, Protocol):
@@ -433,8 +421,14 @@ class Cascade:
             # `last=<namespace>` seeks to the first `<namespace>/…` repository and the cursor stops at
             # the first name outside it, so a prefix sibling (`team-a` for `team`) is never listed.
             position = walk.position()
+            # In the registry's own order, what a seek leaves out listed here (`skipped`).
             cursor = CatalogCursor(
-                self.registry, namespace, position or namespace, self.page_size, full_page_goes_on=True
+                self.registry,
+                namespace,
+                position or namespace,
+                self.page_size,
+                full_page_goes_on=True,
+                key_order=False,
             )
             # After wrapping, the round ends with the repository it began after.
             until = catalog_key(walk.began) if walk.wrapped and walk.began is not None else None

@@ -88,6 +88,28 @@ def catalog_key(repository: str) -> tuple[str, ...]:
     return tuple(repository.split("/"))
 
 
+def skipped_by_seek(name: str) -> list[str]:
+    """The repositories distribution 2.8 lists after ``name`` and yet leaves out of its answer to
+    ``last=name``: those of which ``name`` is nested under a component that starts with a digit
+    (``team/app`` for ``team/app/0`` and ``team/app/0/x``), shallowest first (catalog order). Its
+    storage walk lists ``team/app/0…`` before ``team/app`` itself (the directory ``0`` sorts before
+    ``_manifests``), while ``last=`` answers the names after it component by component
+    (docs/registry.md, "Catalog"). Some may not be repositories at all (a path's directory only):
+    their tag list is empty. The namespace (the first component) is never one: it is no repository
+    of a namespace."""
+    parts = name.split("/")
+    if not any(part[:1].isdigit() for part in parts[2:]):
+        return []  # most names: no list made
+    return ["/".join(parts[:i]) for i in range(2, len(parts)) if parts[i][:1].isdigit()]
+
+
+def digit_nested(name: str) -> bool:
+    """Whether ``name`` is nested under another name by a component that starts with a digit (the
+    namespace included: a repository ``team`` is listed after ``team/0``). Only after such a name may
+    distribution 2.8 end a full catalog page without a next link while names follow."""
+    return any(part[:1].isdigit() for part in name.split("/")[1:])
+
+
 @attrs.frozen
 class CatalogPage:
     """One page of /v2/_catalog. ``more``: the registry sent a next-page link (2.8 sends one only when
@@ -152,10 +174,12 @@ __all__ = [
     "catalog_key",
     "compute_digest",
     "digested",
+    "digit_nested",
     "infer_media_type",
     "is_digest_reference",
     "is_valid_digest",
     "is_valid_repository",
     "is_valid_tag",
     "nested_deeper_than",
+    "skipped_by_seek",
 ]

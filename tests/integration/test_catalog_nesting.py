@@ -1,0 +1,136 @@
+"""Lists of distribution 2.8's catalog around a repository with nested repositories that start with a
+digit (docs/registry.md, "Catalog"): its storage walk lists `<ns>/app/0` before `<ns>/app`, a full
+page whose last name is followed by a repository it is nested in comes without a next link, and
+`last=<ns>/app/0` answers without `<ns>/app`. Lists show every tag once, in catalog order
+(`<ns>/app` before `<ns>/app/0`, as the repository index has them), unpaged or a page at a time,
+whatever the catalog's page size and wherever a page of the list ends.
+
+(The cascade's, the sweep's and the dry-run count's tests of the same are in test_cleanup.py.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import pytest_twisted
+
+from payloadtags.inventory import CatalogRest, Inventory
+from payloadtags.names import TagRef
+from payloadtags.registry import RegistryClient
+from tests.support import images
+from tests.support.registry_server import RegistryServer
+
+# 2.8's order (a walk of its storage), and catalog order, which lists show.
+WALKED = ("a", "app/0", "app/0/x", "app", "b")
+LISTED = ("a", "app", "app/0", "app/0/x", "b")
+
+
+def push(registry: RegistryServer, namespace: str, paths: Sequence[str] = WALKED) -> None:
+    for path in paths:
+        images.push_oci_image(registry, f"{namespace}/{path}", "v1", seed=f"{namespace}-{path}")
+    names = [name for name in images.catalog(registry) if name.startswith(namespace + "/")]
+    assert names == [f"{namespace}/{path}" for path in paths]  # 2.8's order, as the tests expect it
+
+
+def shown(refs: Sequence[TagRef]) -> list[str]:
+    return [f"{ref.repository}:{ref.tag}" for ref in refs]
+
+
+async def walk(inventory: Inventory, namespace: str | None, limit: int, carry: bool) -> list[str]:
+    """Every page of a walk, as continue tokens make it: with what each page kept for the next
+    (``carry``, the walk cache), or reading live from the repository each page resumes in (its seek
+    of the catalog with ``last=`` that repository)."""
+    refs: list[str] = []
+    after: TagRef | None = None
+    held: Mapping[str, Sequence[str]] | None = None
+    rest: CatalogRest | None = None
+    for _ in range(100):
+        page = await inventory.list(namespace, limit=limit, after=after, held=held, rest=rest)
+        refs += shown(page.refs)
+        if not page.more:
+            return refs
+        after = page.last
+        held, rest = (page.held, page.rest) if carry else (None, None)
+    raise AssertionError("the walk did not end")
+
+
+async def streamed(inventory: Inventory, namespace: str | None) -> list[str]:
+    """A whole list as a streamed one reads it, a repository at a time."""
+    reader = inventory.reader(namespace)
+    refs: list[TagRef] = []
+    while (run := await reader.next()) is not None:
+        refs += [TagRef(run.namespace, run.repository_path, tag) for tag in run.tags]
+    return shown(refs)
+
+
+def expected(namespace: str, paths: Sequence[str] = LISTED) -> list[str]:
+    return [f"{namespace}/{path}:v1" for path in paths]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_namespace_list_reads_past_a_catalog_page_that_ends_in_a_nested_repository(
+    registry: RegistryServer, registry_client: RegistryClient, repo: str
+) -> None:
+    """With catalog pages of two, the first ends in `app/0` without a next link: the list stopped
+    there, without `app`, `app/0/x` and `b`; with pages of three the seek after `app/0/x` left `app`
+    out. (Pages of one or a thousand: each boundary, and none.)"""
+    namespace = repo.partition("/")[0]
+    push(registry, namespace)
+    for page_size in (1, 2, 3, 1000):
+        inventory = Inventory(registry_client, page_size=page_size)
+        assert shown((await inventory.list(namespace)).refs) == expected(namespace), page_size
+        assert await streamed(inventory, namespace) == expected(namespace), page_size
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_paged_walk_shows_every_tag_once_across_a_nested_repository(
+    registry: RegistryServer, registry_client: RegistryClient, repo: str
+) -> None:
+    """A page that ends in `app/0` or `app/0/x` (limit 3 or 4) is continued with a seek after it,
+    which 2.8 answers without `app`; a page that ends in `app` was continued with `app/0` again. Each
+    tag shows once, in the order of the unpaged list, whether the pages read live or take what the
+    page before them read."""
+    namespace = repo.partition("/")[0]
+    push(registry, namespace)
+    for page_size in (2, 1000):
+        inventory = Inventory(registry_client, page_size=page_size)
+        for limit in (1, 2, 3, 4):
+            for carry in (False, True):
+                refs = await walk(inventory, namespace, limit, carry)
+                assert refs == expected(namespace), (page_size, limit, carry)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_page_continued_after_any_repository_shows_the_rest_of_the_list(
+    registry: RegistryServer, registry_client: RegistryClient, repo: str
+) -> None:
+    """A continue token that points at any tag (`app/0` and `app/0/x` included, whose seek 2.8
+    answers without `app`) gives the rest of the unpaged list, nothing left out, nothing again."""
+    namespace = repo.partition("/")[0]
+    push(registry, namespace)
+    inventory = Inventory(registry_client, page_size=1000)
+    whole = (await inventory.list(namespace)).refs
+    for position, last in enumerate(whole):
+        page = await inventory.list(namespace, limit=10, after=last)
+        assert shown(page.refs) == shown(whole[position + 1 :]), last
+    assert shown(whole) == expected(namespace)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_all_namespaces_list_reads_past_a_catalog_page_that_ends_in_a_nested_repository(
+    fresh_registry: RegistryServer, make_client: Callable[..., RegistryClient]
+) -> None:
+    """`-A` reads the catalog from its start, whole pages: with pages of two, the first ends in
+    `n1/app/0` without a next link, and the list ended there, without `n1/app` and namespace `n2`."""
+    push(fresh_registry, "n1", ("a", "app/0", "app"))
+    push(fresh_registry, "n2", ("b",))
+    assert images.catalog(fresh_registry) == ["n1/a", "n1/app/0", "n1/app", "n2/b"]
+    client = make_client(fresh_registry)
+    everything = [*expected("n1", ("a", "app", "app/0")), *expected("n2", ("b",))]
+    for page_size in (1, 2, 3, 1000):
+        inventory = Inventory(client, page_size=page_size)
+        assert shown((await inventory.list(None)).refs) == everything, page_size
+        assert await streamed(inventory, None) == everything, page_size
+        for limit in (1, 2, 3):
+            for carry in (False, True):
+                assert await walk(inventory, None, limit, carry) == everything, (page_size, limit, carry)
