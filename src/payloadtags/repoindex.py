@@ -15,7 +15,7 @@ import time
 from twisted.logger import Logger
 
 from payloadtags.registry import Catalog
-from payloadtags.registry.content import catalog_key
+from payloadtags.registry.content import catalog_key, digit_nested, skipped_by_seek
 
 log = Logger()
 
@@ -79,9 +79,17 @@ class RepositoryIndex:
             while True:
                 page = await client.catalog(last=last, n=CATALOG_PAGE)
                 names.extend(page.repositories)
-                if not page.more or not page.repositories:
+                if not page.repositories:
                     break
                 last = page.repositories[-1]
+                # distribution 2.8 sends no next link after a full page that ends in a name nested in
+                # the one that follows (`team/app/0`, then `team/app`), and answers the seek from it
+                # without the repositories it is nested in that way (docs/registry.md, "Catalog"):
+                # read on, and take those names (a directory that is no repository among them, at
+                # worst: its tag list is empty, as one whose tags were all deleted).
+                if not page.more and not (len(page.repositories) >= CATALOG_PAGE and digit_nested(last)):
+                    break
+                names.extend(skipped_by_seek(last))
             names.extend(self._added_during_refresh)
         finally:
             added, self._added_during_refresh = self._added_during_refresh, None

@@ -107,6 +107,34 @@ def test_refresh_reads_every_catalog_page_and_replaces_the_contents():
     assert client.catalog_calls[0][0] is None
 
 
+class Distribution28Client(FakeClient):
+    """And as 2.8 walks its storage: `team/app/0` before `team/app`, no next link after a page whose
+    last name is followed by a repository it is nested in, and `last=team/app/0` answered without
+    `team/app` (docs/registry.md, "Catalog")."""
+
+    def __init__(self, repositories: list[str]) -> None:
+        super().__init__(repositories)
+        self.repositories.sort(key=lambda name: [*name.split("/"), "_manifests"])
+
+    async def catalog(self, last: str | None = None, n: int = 1000) -> CatalogPage:
+        self.catalog_calls.append((last, n))
+        names = [r for r in self.repositories if last is None or catalog_key(r) > catalog_key(last)]
+        return CatalogPage(names[:n], more=len(names) > n and not names[n - 1].startswith(names[n] + "/"))
+
+
+def test_a_refresh_reads_past_a_page_that_ends_in_a_digit_named_nested_repository():
+    """The first page ended in `team/app/0` without a next link: the refresh took it for the end, and
+    the index missed `team/app` and everything after it; a seek after `team/app/0` leaves `team/app`
+    out."""
+    names = [f"a-{i:04d}/repo" for i in range(999)] + ["team/app/0", "team/app", "team/b", "zeta/q"]
+    client = Distribution28Client(names)
+    assert client.repositories[999:1001] == ["team/app/0", "team/app"]
+    index = RepositoryIndex()
+    assert run(index.refresh(client)) == len(names)
+    assert index.namespace_repositories("team") == ["team/app", "team/app/0", "team/b"]
+    assert "zeta/q" in index
+
+
 def test_a_push_during_a_refresh_survives_it():
     index = RepositoryIndex()
     client = FakeClient(CATALOG)
