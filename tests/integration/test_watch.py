@@ -1678,3 +1678,134 @@ async def test_her_rules_changed_where_a_later_all_namespaces_page_goes_on_and_b
     line = await watch.next()
     watch.close()
     assert (line["type"], line["object"].get("code")) == ("ERROR", 410), (shown, line)
+
+
+@pytest.mark.parametrize("scope", ["namespace", "all"])
+@pytest.mark.parametrize("between", ["revoked", "granted"])
+@pytest_twisted.ensureDeferred
+async def test_a_page_spanning_a_change_keeps_the_watch_of_a_later_list_made_wholly_after_it(
+    scope, between, monkeypatch, make_server, registry, repo, pki, kube_api, kube_kubeconfig, reactor
+):
+    """Her rules A are noted; a page of her list L1 (`limit=1`) decides by A; before it ends, `secret`
+    is granted (or taken away) for good, the access check sees it, and another client of hers (a
+    second informer, a kubectl) reads list L2 in pages, wholly by B, which notes the change dated by
+    that check; then an RBAC edit of anyone's (bob's) leaves the check behind, and L1's page ends.
+    Compared with the rules noted as it ended, L1's decision by A re-noted the change, dated then:
+    after L2's resourceVersion, and the watch from L2, decided wholly by B with nothing changed since,
+    was a 410 (docs/watch.md, "Access": a list made after that check, and the watch from it, are
+    served). A decision is compared with the rules noted as it is made. The periodic check is slow
+    here, and run by the test, so that the order is explicit."""
+    from urllib.parse import quote
+
+    from payloadtags.inventory import Inventory
+
+    namespace, _ = repo.split("/", 1)
+    for repository in (f"{namespace}/app", f"{namespace}/secret", f"{namespace}/zz"):
+        images.push_oci_image(registry, repository, "v1", seed=repository)
+    api = await make_server(
+        registry,
+        kubeconfig=str(kube_kubeconfig),
+        authorization_mode="RBAC",
+        watch=WatchLimits(resync_period=0.2, access_check_interval=3600),
+    )
+    grant(kube_api, namespace, "alice", ["get"], ["app", "zz"], "alice-read")
+    alice = api.client(pki.client_ca.client("alice"))
+    hub = api.running.api.watch_hub
+    give, take = _secret_grants(kube_api, namespace)
+    first, second, change = ["app", "zz"], ["app", "secret", "zz"], give
+    if between == "revoked":
+        give()
+        first, second, change = second, first, take
+    listed = await eventually(lambda: _showing(alice, namespace, first), within=20)
+    url = collection(namespace) if scope == "namespace" else f"{B}/payloadrepositorytags"
+    if scope == "all":
+        listed = (await alice.get(url)).json()["metadata"]["resourceVersion"]
+    ended = await stream(alice, f"{url}?watch=true&timeoutSeconds=1&resourceVersion={listed}")
+    assert ended.code == 200
+    await ended.ended  # her rules are noted in the scope (A)
+
+    real = Inventory.list
+    armed = False
+    later: dict[str, Any] = {}
+
+    async def another_list_while_read(self: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal armed
+        if not armed:
+            return await real(self, *args, **kwargs)
+        armed = False
+        result = await real(self, *args, **kwargs)  # L1's page: decided by A
+        generation = hub.access_generation()
+        change()  # A -> B, for good
+        await eventually(lambda: _showing(alice, namespace, second), within=20)  # the server has B
+        assert hub.access_generation() > generation
+        hub.check_access()  # and its access check saw them
+        assert hub.checked_generation == hub.access_generation()
+        pages = [(await alice.get(f"{url}?limit=1")).json()]
+        while token := pages[-1]["metadata"].get("continue"):
+            pages.append((await alice.get(f"{url}?limit=1&continue={quote(token)}")).json())
+        later["rv"] = pages[0]["metadata"]["resourceVersion"]
+        generation = hub.access_generation()
+        grant(kube_api, namespace, "bob", ["get"], ["app"], "bob-read")
+
+        async def edited() -> bool:
+            return bool(hub.access_generation() > generation)
+
+        assert await eventually(edited, within=20, step=0.005)
+        assert hub.checked_generation < hub.access_generation()
+        return result  # L1's page ends now
+
+    monkeypatch.setattr(Inventory, "list", another_list_while_read)
+    armed = True
+    assert (await alice.get(f"{url}?limit=1")).code == 200
+    assert not armed and "rv" in later
+    watch = await stream(
+        alice, f"{url}?watch=true&allowWatchBookmarks=true&timeoutSeconds=1&resourceVersion={later['rv']}"
+    )
+    assert watch.code == 200
+    line = await watch.next()
+    watch.close()
+    assert line["type"] == "BOOKMARK", line
+
+
+@pytest.mark.parametrize("pinned_list_between", ["none", "unnoted", "noted"])
+@pytest_twisted.ensureDeferred
+async def test_leaving_a_group_between_two_all_namespaces_streams_is_410_whatever_she_listed_between(
+    pinned_list_between, make_server, registry, repo, pki, kube_api, kube_kubeconfig, reactor
+):
+    """alice's -A stream with O=devs (`secret` hers through devs) ends on a bookmark. Her certificate
+    without devs lists -A pinned by `metadata.namespace` to another namespace ("unnoted": its tags came
+    after her stream; "noted": before, but her groups decide nothing there), then re-watches -A from the
+    bookmark. That list compared her rules in no namespace her groups matter in, yet took her new groups
+    as noted: the re-watch saw `secret` gone as by an RBAC object, dated by an access check made before
+    the bookmark, and was served (her client kept `secret` for good). A list with other groups than
+    those noted compares every namespace noted for her."""
+    namespace, _ = repo.split("/", 1)
+    in_devs, not_in_devs = await _alice_in_and_out_of_devs(
+        make_server, registry, kube_api, kube_kubeconfig, pki, namespace
+    )
+    other = f"{namespace}w"
+    if pinned_list_between == "noted":
+        images.push_oci_image(registry, f"{other}/app", "v1", seed=f"{other}/app")
+    await eventually(lambda: _showing(in_devs, namespace, ["app", "secret"]), within=20)
+    url = f"{B}/payloadrepositorytags"
+    listed = (await in_devs.get(url)).json()["metadata"]["resourceVersion"]
+    first = await stream(
+        in_devs, f"{url}?watch=true&allowWatchBookmarks=true&timeoutSeconds=1&resourceVersion={listed}"
+    )
+    last = await first.next()
+    while last["type"] != "BOOKMARK":
+        last = await first.next()
+    await first.ended
+    bookmark = last["object"]["metadata"]["resourceVersion"]
+    if pinned_list_between == "unnoted":
+        images.push_oci_image(registry, f"{other}/app", "v1", seed=f"{other}/app")
+    if pinned_list_between != "none":
+        reply = await not_in_devs.get(f"{url}?fieldSelector=metadata.namespace%3D{other}")
+        assert reply.code == 200, reply.body
+    again = await stream(
+        not_in_devs, f"{url}?watch=true&allowWatchBookmarks=true&timeoutSeconds=2&resourceVersion={bookmark}"
+    )
+    assert again.code == 200
+    line = await again.next()
+    again.close()
+    assert (line["type"], line["object"].get("code")) == ("ERROR", 410), line

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import attrs
 import pytest
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from payloadtags.access.authz import Readable
@@ -488,9 +489,9 @@ def test_a_page_decided_by_rules_changed_back_before_it_ended_is_a_change(
 ) -> None:
     """Her rules A are noted; her list's first page takes its resourceVersion under A; a later page
     decides under A, then B (checked), then A again (its reads span reactor turns). Once it is read her
-    rules equal those noted, but the page showed what B decided: every distinct set of rules of its
-    decisions is recorded (B among them), and the watch from the list is 410. A page decided under A
-    alone notes nothing."""
+    rules equal those noted, but the page showed what B decided: each decision is compared with the
+    rules noted as it is made (B's is a change, noted then), and the watch from the list is 410. A page
+    decided under A alone notes nothing."""
     hub, index, _, clock = _hub({"team/app": {"v1"}, "team/secret": {"s1"}})
     first, then = (["app", "secret"], ["app"]) if between == "revoked" else (["app"], ["app", "secret"])
     grant(index, "alice", "team", first, "alice")
@@ -511,7 +512,7 @@ def test_a_page_decided_by_rules_changed_back_before_it_ended_is_a_change(
     grant(index, "alice", "team", first, "alice")
     clock.advance(1)
     decisions.decided("team")
-    assert len(decisions.seen["team"]) == 2
+    assert decisions.namespaces == {"team"}
     hub.listed_page(scope, alice, decisions)
     assert not _resumed_as(hub, source, listed, alice)
     assert _resumed_as(hub, source, list_sequence(hub, scope, alice), alice)
@@ -538,4 +539,93 @@ def test_a_page_s_decisions_note_no_user_and_no_namespace_not_noted() -> None:
     [noted] = hub.rules.entries.values()
     assert [key for _, key in hub.rules.entries] == [("alice", "")] and hub.rules.size == 1
     assert (noted.rules, noted.changed_at) == (noted_before, changed_before)
+    hub.stop()
+
+
+# -- watchfix2: a decision is compared as it is made; her groups are taken with every namespace compared --
+
+
+@pytest.mark.parametrize("decided", ["as noted", "changed and undone"])
+@pytest.mark.parametrize("scope", ["team", None])
+def test_a_page_spanning_a_change_a_later_list_noted_keeps_that_list_s_watch(
+    scope: str | None, decided: str
+) -> None:
+    """Her rules A are noted; a page of her list L1 decides by A ("as noted"), or by B, not noted yet and
+    undone before L1's page ends ("changed and undone"); the access check sees the rules after that (B,
+    for good; or A again), and another client of hers lists (L2), wholly by them, noting and dating
+    the change; any RBAC edit (bob's) then leaves the check behind; and L1's page ends. Compared with
+    the rules noted when the page ended, its decision re-noted the change, dated then (no check since
+    the edit): after L2's resourceVersion, a spurious 410 for L2's watch. Compared as it is made, it
+    is a change only when the rules differed from those noted then, dated then. L1's watch is 410
+    whatever: what its client holds was decided by other rules than those now."""
+    hub, index, _, clock = _hub({"team/app": {"v1"}, "team/secret": {"s1"}})
+    grant(index, "alice", "team", ["app"], "alice")
+    source = ready(hub, scope)
+    alice = UserInfo("alice")
+    _stream_of(hub, source, clock, alice, scope)
+    first = list_sequence(hub, scope, alice)
+    decisions = hub.page_decisions(scope, alice)
+    if decided == "as noted":
+        decisions.decided("team")
+        grant(index, "alice", "team", ["app", "secret"], "alice")
+    else:
+        grant(index, "alice", "team", ["app", "secret"], "alice")
+        decisions.decided("team")
+        grant(index, "alice", "team", ["app"], "alice")
+    clock.advance(1)
+    assert hub.checked_generation == index.generation
+    later = list_sequence(hub, scope, alice)
+    grant(index, "bob", "team", ["app"], "bob")
+    hub.listed_page(scope, alice, decisions)
+    assert _resumed_as(hub, source, later, alice)
+    assert not _resumed_as(hub, source, first, alice)
+    hub.stop()
+
+
+def _in_and_out_of_devs() -> tuple[WatchHub, ScopeSource, Clock, UserInfo, UserInfo]:
+    """alice may see `app` in `team` and `other`, and `secret` in `team` through the group devs; an
+    all-namespaces source; her request in devs and one not."""
+    hub, index, _, clock = _hub({"team/app": {"v1"}, "team/secret": {"s1"}, "other/app": {"v1"}})
+    grant(index, "alice", "team", ["app"], "alice")
+    grant(index, "alice", "other", ["app"], "alice")
+    _grant_group(index, "devs", "team", ["secret"], "devs")
+    source = ready(hub, None)
+    in_devs = UserInfo("alice", groups=("devs", "system:authenticated"))
+    return hub, source, clock, in_devs, UserInfo("alice", groups=("system:authenticated",))
+
+
+@pytest.mark.parametrize("between", ["pinned to other", "pinned to none noted", "page in other"])
+def test_a_list_of_hers_with_other_groups_compares_every_namespace_before_taking_them(between: str) -> None:
+    """Her -A stream in devs ends (a bookmark; her rules noted in `team` and `other`, the access check
+    long done). Her request without devs lists -A pinned by `metadata.namespace` to `other`, where her
+    groups decide nothing, or to a namespace not noted for her, or reads a page that decides only in
+    `other`: it compared her rules in no namespace her groups matter in, and took her new groups as
+    noted. Her resume from the bookmark without devs then saw `team` changed as by an RBAC object,
+    dated by that old access check: served, and her client kept `secret:s1`. With other groups than
+    those noted, a list compares every namespace noted for her, and dates the change now."""
+    hub, source, clock, in_devs, out = _in_and_out_of_devs()
+    bookmark = _stream_of(hub, source, clock, in_devs, None)
+    clock.advance(1)
+    if between == "page in other":
+        decisions = hub.page_decisions(None, out)
+        decisions.decided("other")
+        hub.listed_page(None, out, decisions)
+    else:
+        pinned = "other" if between == "pinned to other" else "elsewhere"
+        Deferred.fromCoroutine(hub.open_list(None, out, [pinned]))
+    assert not _resumed_as(hub, source, bookmark, out)
+    hub.stop()
+
+
+def test_a_page_decision_with_other_groups_compares_every_namespace() -> None:
+    """A decision of a page of hers made with other groups than those noted, where they change her
+    rules: the change is noted and dated then, in every namespace noted for her, and her groups taken."""
+    hub, source, clock, in_devs, out = _in_and_out_of_devs()
+    bookmark = _stream_of(hub, source, clock, in_devs, None)
+    clock.advance(1)
+    decisions = hub.page_decisions(None, out)
+    decisions.decided("team")
+    [noted] = hub.rules.entries.values()
+    assert noted.groups == out.groups and noted.changed_at > bookmark
+    assert not _resumed_as(hub, source, bookmark, out)
     hub.stop()

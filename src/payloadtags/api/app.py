@@ -870,7 +870,8 @@ class ApiServer:
             pinned = options.fields.required("metadata.namespace")
             checked = None if namespace is not None or pinned is None else [pinned]
             _, record = await hub.open_list(namespace, user, checked)
-        # The rules each access decision of a page was made by, for the rules check once it is read.
+        # Each access decision of a page, compared with her rules noted as it is made (a change of
+        # them noted meanwhile has its date), and its namespace kept for the rules check once read.
         decisions = hub.page_decisions(namespace, user) if hub is not None and paged and possible else None
         shown = False
 
@@ -886,10 +887,10 @@ class ApiServer:
             if hub is not None and decisions is not None:
                 # Every page, continued ones too: her rules may change after the list took its
                 # resourceVersion, decide this page, and be changed back before the watch from it, or
-                # before this page ended (docs/watch.md, "Access"): the rules of each decision, as
-                # recorded when it was made, and those now. No check before a continued page reads:
-                # its first decision (the tag its token names) is made in the same reactor turn as
-                # that check would be, and a change undone before the page decides anything by it
+                # before this page ended (docs/watch.md, "Access"): each decision was compared with
+                # those noted as it was made, and her rules now are. No check before a continued page
+                # reads: its first decision (the tag its token names) is made in the same reactor turn
+                # as that check would be, and a change undone before the page decides anything by it
                 # decided nothing. A namespace list's page checks its one namespace whatever it read.
                 hub.listed_page(namespace, user, decisions, () if namespace is None else [namespace])
             if isinstance(runs, PageRuns) and sum(len(run.tags) for run in runs.runs) <= CHUNK_ITEMS:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
-from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Sequence
 
 import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -167,17 +167,23 @@ class WatchHub:
         return self.current(), record
 
     def page_decisions(self, namespace: str | None, user: UserInfo) -> PageDecisions:
-        """Where a page of a list of ``namespace``'s scope by ``user`` records each access decision as
-        it makes it (`PageDecisions.decided`), for `listed_page` once it is read. Her rules only when
-        she is noted in the scope's source as the page starts (as a list, it notes no one else): a page
-        of anyone else's (all-namespaces pages of every user, while the garbage collector's watch
-        keeps that scope's source) costs no lookup per decision. One whose first watch there starts
-        while the page reads is noted by the rules then (docs/watch.md, "Limits of this design")."""
+        """Where a page of a list of ``namespace``'s scope by ``user`` tells each access decision as
+        it makes it (`PageDecisions.decided`): compared with her rules noted there then
+        (`RulesLedger.decided`), and kept for `listed_page` once it is read. Compared only when she is
+        noted in the scope's source as the page starts (as a list, it notes no one else): a page of
+        anyone else's (all-namespaces pages of every user, while the garbage collector's watch keeps
+        that scope's source) costs no lookup per decision. One whose first watch there starts while
+        the page reads is noted by the rules then (docs/watch.md, "Limits of this design")."""
         rules_of = self.access_rules
         source = self.sources.get(namespace)
         if rules_of is None or source is None or not self.rules.knows(source, user):
             return PageDecisions()
-        return PageDecisions(lambda scope_namespace: rules_of(user, scope_namespace))
+        ledger, stamp = self.rules, self._change_stamp
+
+        def rules(scope_namespace: str) -> PathMatcher:
+            return rules_of(user, scope_namespace)
+
+        return PageDecisions(lambda decided_in: ledger.decided(source, user, decided_in, rules, stamp))
 
     def listed_page(
         self,
@@ -186,23 +192,17 @@ class WatchHub:
         decisions: PageDecisions,
         namespaces: Collection[str] = (),
     ) -> None:
-        """A page of a list of ``namespace``'s scope by ``user``, once read, decided her access by the
-        rules ``decisions`` recorded: where they, or her rules now, differ from those noted for her, a
-        change is noted (`open_list`), as the rules may have changed since the list took its
-        resourceVersion (and be changed back before its watch, or before the page ended). Only in the
-        namespaces the page decided in, and ``namespaces``: the others are checked by the pages that
-        decide there, and a page costs what it read."""
+        """A page of a list of ``namespace``'s scope by ``user``, once read: where her rules now differ
+        from those noted for her, a change is noted (`open_list`), as the rules may have changed since
+        the list took its resourceVersion (and be changed back before its watch). Those of each of
+        its decisions were compared as it made them (`page_decisions`). Only in the namespaces the
+        page decided in, and ``namespaces``: the others are checked by the pages that decide there,
+        and a page costs what it read."""
         source = self.sources.get(namespace)
-        if source is not None and (decisions.seen or namespaces):
-            self._note_list(source, user, [*namespaces], decisions.seen)
+        if source is not None and (decisions.namespaces or namespaces):
+            self._note_list(source, user, [*namespaces, *decisions.namespaces])
 
-    def _note_list(
-        self,
-        source: ScopeSource,
-        user: UserInfo,
-        namespaces: Collection[str] | None,
-        seen: Mapping[str, Collection[bytes]] | None = None,
-    ) -> None:
+    def _note_list(self, source: ScopeSource, user: UserInfo, namespaces: Collection[str] | None) -> None:
         rules_of = self.access_rules
         if rules_of is None:
             return
@@ -212,7 +212,6 @@ class WatchHub:
             lambda scope_namespace: rules_of(user, scope_namespace),
             self._change_stamp,
             namespaces,
-            seen,
         )
 
     def list_failed(self, record: Listed) -> None:

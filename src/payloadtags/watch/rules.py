@@ -15,8 +15,10 @@ watch starts (the rules computed for the identity it comes with), at each access
 watching (`WatchHub.check_access`), when a watch ends (every set of rules that decided something it
 sent: rules granted and taken back between two checks included), and when a user already noted lists
 the scope (`listed`: her list, each of its pages, was decided by the rules then, which may be changed
-back before its watch; a page by the rules of each of its decisions, recorded as it makes them,
-`PageDecisions`). The rules noted first are no change.
+back before its watch; a page by the rules of each of its decisions, compared with those noted as it
+makes them, `PageDecisions`). The rules noted first are no change. The groups of the request her
+rules were last computed for are noted too, and taken only with her rules compared in every namespace
+noted for her (`_compared`): a change her groups make is dated when it is seen, not by an access check.
 
 Bounded: past ``max_entries`` (user, namespace) pairs in all, the least recently used user of a scope is
 forgotten, and the sequence then is kept for her in a fixed table of slots (by a hash of scope and
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import collections
 import zlib
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Iterable
 
 import attrs
 
@@ -59,7 +61,10 @@ class Noted:
     # The sequence her rules in the scope were seen changed at (0: never changed while noted). One for
     # all her namespaces: a resume is served only if none of them changed after it.
     changed_at: int = 0
-    # The groups of the request her rules were last computed for (shared with its UserInfo).
+    # The groups of the request her rules were last computed for (shared with its UserInfo): in every
+    # namespace noted, when they are other groups than those noted before (`RulesLedger._compared`).
+    # (Not so at an access check for a second running watch of hers, which compares only where it
+    # sent: each watch of hers compares every namespace as it starts and as it ends.)
     groups: tuple[str, ...] = ()
 
     @property
@@ -70,27 +75,27 @@ class Noted:
 
 @attrs.define(eq=False, slots=True)
 class PageDecisions:
-    """The rules each access decision of one page of a list was made by, recorded as it is made, for
-    `RulesLedger.listed` to compare with those noted once the page is read: rules that decided the
-    page and were changed back before it ended (changed before it, in a namespace it goes on into, or
-    while it reads) are not the rules once it is read. Per namespace, every distinct fingerprint: a
-    page's reads span reactor turns (registry awaits), so one page may be decided in one namespace by
-    two sets of rules. A decision (one per repository the page reaches) costs a lookup of her rules
-    there, in the memo the decision itself looked up; nothing per tag."""
+    """The access decisions of one page of a list, each told as it is made (in the same reactor turn:
+    by the rules in force then). A page's reads span reactor turns (registry awaits), so her rules may
+    change before a decision of the page and back before it ends: each decision is compared with the
+    rules noted for her there at that moment (`RulesLedger.decided`), and a difference is a change,
+    noted and dated then, as a list made at that moment would note it. Compared then, not once the
+    page ends: by then the rules noted may have moved on, through an access check or another list of
+    hers that noted and dated the change already, and a decision by the rules noted when it was made
+    changed nothing. A decision (one per repository the page reaches) costs a lookup of her rules
+    there, in the memo the decision itself looked up, and of those noted; nothing per tag. The
+    namespaces decided in are kept, for the check of her rules once the page is read."""
 
-    # Her rules in a namespace (`WatchHub.access_rules` for the page's user); None: no rules to tell
-    # (access not decided by RBAC), only the namespaces are recorded.
-    rules_of: Callable[[str], PathMatcher] | None = None
-    seen: dict[str, set[bytes]] = attrs.field(factory=dict)
+    # Compares a decision in a namespace with the rules noted for her there (`WatchHub.page_decisions`);
+    # None: her rules are not noted in the scope, or not decided by RBAC.
+    note: Callable[[str], None] | None = None
+    namespaces: set[str] = attrs.field(factory=set)
 
     def decided(self, namespace: str) -> None:
-        """An access decision of the page in ``namespace``, just made (in the same reactor turn: by
-        the rules in force now)."""
-        fingerprints = self.seen.get(namespace)
-        if fingerprints is None:
-            fingerprints = self.seen[namespace] = set()
-        if self.rules_of is not None:
-            fingerprints.add(self.rules_of(namespace).fingerprint)
+        """An access decision of the page in ``namespace``, just made."""
+        self.namespaces.add(namespace)
+        if self.note is not None:
+            self.note(namespace)
 
 
 @attrs.define(eq=False)
@@ -142,39 +147,61 @@ class RulesLedger:
         rules_of: Callable[[str], PathMatcher],
         stamp: Callable[[], int],
         namespaces: Iterable[str] | None = None,
-        seen: Mapping[str, Collection[bytes]] | None = None,
     ) -> None:
         """A list of ``source``'s scope by ``user``, before it reads (its resourceVersion is taken
-        after this), or a page of it once read: where her rules were noted there and differ now, or
-        differed when the page decided something there (``seen``: per namespace, the fingerprint of
-        the rules of each of its decisions, `PageDecisions`), the change is noted and dated, so that a
-        watch of hers from a list made before it is 410, and one from this list is not judged by the
-        rules noted before it (her rules changed and changed back between this list, or one of its
-        pages, and its watch are a change; so are rules changed before a page, or while it reads,
-        that decided it and were changed back before it ended). Only a user already noted: a list
-        adds no entry (one per user and namespace of every list would be the cost docs/watch.md
-        declines), and notes no namespace she was not noted in. ``namespaces``: only those and those
-        of ``seen`` (what a page decided in), not every one noted for her (None)."""
+        after this), or a page of it once read, or one access decision of a page as it is made
+        (`decided`): where her rules were noted there and differ now, the change is noted and dated,
+        so that a watch of hers from a list made before it is 410, and one from this list is not
+        judged by the rules noted before it (her rules changed and changed back between this list,
+        or one of its pages, and its watch are a change). Only a user already noted: a list adds no
+        entry (one per user and namespace of every list would be the cost docs/watch.md declines),
+        and notes no namespace she was not noted in. ``namespaces``: only those (what a page decided
+        in), not every one noted for her (None); every one all the same when her groups are not
+        those noted (`_compared`)."""
         noted = self.entries.get((source, user_key(user)))
         if noted is None:
             return
         self.entries.move_to_end((source, user_key(user)))
-        seen = seen or {}
-        if namespaces is None:
-            checked: Iterable[str] = noted.rules
-        else:
-            checked = [n for n in {*namespaces, *seen} if n in noted.rules]
+        checked = self._compared(noted, user, namespaces)
         # All computed before any is noted: a failure leaves no fingerprint noted without its date.
         now = {namespace: rules_of(namespace).fingerprint for namespace in checked}
-        # A change: her rules now, or those of any decision of the page, are not those noted.
-        if any(
-            fingerprint != noted.rules[namespace]
-            or any(f != noted.rules[namespace] for f in seen.get(namespace, ()))
-            for namespace, fingerprint in now.items()
-        ):
+        if any(noted.rules[namespace] != fingerprint for namespace, fingerprint in now.items()):
             noted.rules.update(now)
             self._changed(source, noted, user, stamp)
         noted.groups = user.groups
+
+    def decided(
+        self,
+        source: ScopeSource,
+        user: UserInfo,
+        namespace: str,
+        rules_of: Callable[[str], PathMatcher],
+        stamp: Callable[[], int],
+    ) -> None:
+        """An access decision of a page of ``user``'s list in ``namespace``, just made, by her rules
+        there now (`PageDecisions`): if they are not those noted for her there, the change is noted
+        and dated now (`listed`), as her rules were seen then. Compared with the rules noted as it is
+        made, not once the page ends: a decision by the rules noted then changed nothing, whatever is
+        noted later (a change of them noted meanwhile, by an access check or another list of hers,
+        has its own date; noted again at the page's end, it would be dated after a later list of hers
+        that was decided wholly by the new rules, a spurious 410 for that list's watch). A dict lookup
+        when they are the same."""
+        noted = self.entries.get((source, user_key(user)))
+        if noted is None:
+            return
+        old = noted.rules.get(namespace)
+        if old is not None and old != rules_of(namespace).fingerprint:
+            self.listed(source, user, rules_of, stamp, [namespace])
+
+    def _compared(self, noted: Noted, user: UserInfo, namespaces: Iterable[str] | None) -> Iterable[str]:
+        """The namespaces noted for her that a noting of ``user``'s rules in ``namespaces`` (None: all)
+        compares: every one when her groups (as a set) are not those noted, so that the groups noted
+        are those every rules noted were computed for. Else a change that her other groups make in a
+        namespace not compared would be seen later as one of the RBAC objects (`_changed`), dated by
+        an access check made before it, and a resume from before her groups changed served."""
+        if namespaces is None or frozenset(noted.groups) != frozenset(user.groups):
+            return list(noted.rules)
+        return [namespace for namespace in {*namespaces} if namespace in noted.rules]
 
     def _changed(self, source: ScopeSource, noted: Noted, user: UserInfo, stamp: Callable[[], int]) -> None:
         # Through the RBAC objects: dated by ``stamp`` (the access check that saw them, if one has).
