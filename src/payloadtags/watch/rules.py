@@ -18,7 +18,10 @@ the scope (`listed`: her list, each of its pages, was decided by the rules then,
 back before its watch; a page by the rules of each of its decisions, compared with those noted as it
 makes them, `PageDecisions`). The rules noted first are no change. The groups of the request her
 rules were last computed for are noted too, and taken only with her rules compared in every namespace
-noted for her (`_compared`): a change her groups make is dated when it is seen, not by an access check.
+noted for her (`_compared`): a change her groups make is dated when a list or a watch of hers sees it,
+not by an access check. (An access check for a second running watch of hers with other groups takes
+them having compared only the namespaces that watch sent in; each watch compares every namespace as it
+starts and as it ends.)
 
 Bounded: past ``max_entries`` (user, namespace) pairs in all, the least recently used user of a scope is
 forgotten, and the sequence then is kept for her in a fixed table of slots (by a hash of scope and
