@@ -10,7 +10,7 @@ import json
 import math
 import re
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence, Set
 from typing import Any, Protocol, TypeVar
 
 import attrs
@@ -28,7 +28,7 @@ from payloadtags.registry.content import (
     nested_deeper_than,
     skipped_by_seek,
 )
-from payloadtags.registry.errors import RegistryNotFound
+from payloadtags.registry.errors import RegistryAuthFailed, RegistryNotFound
 from payloadtags.repoindex import RepositoryIndex, catalog_key
 
 T = TypeVar("T")
@@ -97,12 +97,26 @@ class Page:
 
 Entry = tuple[str, str, str]  # (repository, namespace, path)
 
+_NONE: frozenset[str] = frozenset()  # one empty set, shared by every rest without guessed names
+
 # A component after the first that starts with a digit (`registry.content.digit_nested`).
 _DIGIT_NAMED = re.compile(r"/[0-9]")
 
 
 def _entry_key(entry: Entry) -> tuple[str, ...]:
     return catalog_key(entry[0])
+
+
+async def guessed_tags(tags: Callable[[str], Awaitable[tuple[str, ...]]], repository: str) -> tuple[str, ...]:
+    """The tags of a name a cursor guessed (``CatalogCursor.guessed``): none when the registry or its
+    token service refuses them (401, 403) or has no such repository (404). Such a name is one the
+    catalog never listed, maybe only a path's directory, which a token service that grants access by
+    repository refuses: that says nothing of what the list was asked for. A name the catalog listed
+    is read with ``tags`` alone, its errors the list's."""
+    try:
+        return await tags(repository)
+    except (RegistryAuthFailed, RegistryNotFound):
+        return ()
 
 
 @attrs.frozen
@@ -118,6 +132,8 @@ class CatalogRest:
     pages: int
     # The last name in catalog order the cursor that read them went through (`CatalogCursor`).
     top: str | None = None
+    # Those of ``entries`` the cursor guessed (`CatalogCursor.guessed`).
+    guessed: frozenset[str] = _NONE
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -167,6 +183,9 @@ class CatalogCursor:
     _done_after: bool = False
     # The last name in catalog order the cursor has gone through (at first where it began: ``last``).
     _top: str | None = attrs.field(init=False, default=attrs.Factory(lambda self: self.last, takes_self=True))
+    # The names it handed out that no page listed, only because the next seek leaves them out: maybe
+    # no repository at all, their tags are read with `guessed_tags`. Not counted as repositories.
+    guessed: set[str] = attrs.field(init=False, factory=set)
 
     @classmethod
     def resuming(
@@ -180,6 +199,7 @@ class CatalogCursor:
         cursor = cls(client, namespace, rest.last, page_size, done=rest.done and not rest.entries)
         cursor._pages, cursor._ahead, cursor._done_after = rest.pages, list(rest.entries), rest.done
         cursor._top = rest.top
+        cursor.guessed = set(rest.guessed)
         return cursor
 
     def rest(self, after: str, seen: Sequence[Entry]) -> CatalogRest:
@@ -188,14 +208,18 @@ class CatalogCursor:
         # A page ends near the start of the names it carries (a walk's pages carry up to a thousand
         # and show one or two of them): a search, not a key per name on every page.
         start = bisect.bisect_right(seen, catalog_key(after), key=_entry_key)
+        entries = (*seen[start:], *self._ahead)
+        guessed = frozenset(name for name, _, _ in entries if name in self.guessed) if self.guessed else _NONE
+        guessed = guessed or _NONE
         return CatalogRest(
             self.namespace,
             after,
-            (*seen[start:], *self._ahead),
+            entries,
             self.last,
             self.done,
             self._pages,
             self._top,
+            guessed,
         )
 
     def _next_size(self) -> int:
@@ -276,6 +300,8 @@ class CatalogCursor:
                 ):
                     arranged.append(outer)
                     handed.add(outer)
+                    if outer not in listed:
+                        self.guessed.add(outer)
             arranged.append(name)
             handed.add(name)
             if floor is None or key > floor:
@@ -294,6 +320,11 @@ class IndexCursor:
     last: str | None
     page_size: int = 1000
     done: bool = False
+
+    @property
+    def guessed(self) -> frozenset[str]:
+        """The names the index took only because 2.8's seek leaves them out (`RepositoryIndex.guessed`)."""
+        return self.index.guessed
 
     async def next(self) -> list[tuple[str, str, str]]:
         if self.done:
@@ -485,8 +516,15 @@ class Inventory:
     # Image configs already read: a tag's GET then reads only its manifest from the registry.
     configs: BlobCache = attrs.Factory(BlobCache)
 
-    async def _tags_of(self, repositories: Sequence[str]) -> list[tuple[str, ...]]:
-        return await bounded_map(self.client.tags, repositories, self.concurrency)
+    async def _tags_of(
+        self, repositories: Sequence[str], guessed: Set[str] = frozenset()
+    ) -> list[tuple[str, ...]]:
+        return await bounded_map(lambda name: self._tags(name, guessed), repositories, self.concurrency)
+
+    async def _tags(self, repository: str, guessed: Set[str]) -> tuple[str, ...]:
+        if repository in guessed:
+            return await guessed_tags(self.client.tags, repository)
+        return await self.client.tags(repository)
 
     def _cursor(
         self, namespace: str | None, after: TagRef | None, rest: CatalogRest | None = None
@@ -509,10 +547,12 @@ class Inventory:
         """The whole list of ``namespace`` (all namespaces when None), a repository at a time, with
         ``concurrency`` tag lists read ahead; ``accept``, ``readable`` and ``observe`` as for ``list``."""
 
-        def read(repository: str) -> Deferred[tuple[str, ...]]:
-            return Deferred.fromCoroutine(self.client.tags(repository))
+        cursor = self._cursor(namespace, None)
 
-        return RunReader(self._cursor(namespace, None), read, self.concurrency, accept, readable, observe)
+        def read(repository: str) -> Deferred[tuple[str, ...]]:
+            return Deferred.fromCoroutine(self._tags(repository, cursor.guessed))
+
+        return RunReader(cursor, read, self.concurrency, accept, readable, observe)
 
     async def list(
         self,
@@ -555,9 +595,11 @@ class Inventory:
         seen = 0  # tags in the repositories read so far, to guess how many more a page needs
         repositories_read = 0
 
-        async def tags_of(repositories: Sequence[str]) -> list[Sequence[str]]:
+        async def tags_of(
+            repositories: Sequence[str], guessed: Set[str] = frozenset()
+        ) -> list[Sequence[str]]:
             missing = [repository for repository in repositories if repository not in known]
-            fresh = dict(zip(missing, await self._tags_of(missing), strict=True)) if missing else {}
+            fresh = dict(zip(missing, await self._tags_of(missing, guessed), strict=True)) if missing else {}
             found = [
                 fresh[repository] if repository in fresh else known[repository] for repository in repositories
             ]
@@ -599,7 +641,7 @@ class Inventory:
                         chunk.append(entry)
                 if not chunk:
                     break
-                tag_lists = await tags_of([repository for repository, _, _ in chunk])
+                tag_lists = await tags_of([repository for repository, _, _ in chunk], cursor.guessed)
                 for (_, ns, path), tags in zip(chunk, tag_lists, strict=True):
                     seen += len(tags)
                     repositories_read += 1
@@ -766,4 +808,5 @@ __all__ = [
     "RunReader",
     "Runs",
     "TagDetail",
+    "guessed_tags",
 ]

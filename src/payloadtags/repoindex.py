@@ -34,6 +34,9 @@ class RepositoryIndex:
         # Names added while a refresh reads the catalog: the catalog may have been read past them
         # before they were pushed, and the refresh must not drop them.
         self._added_during_refresh: set[str] | None = None
+        # Names the catalog never listed, taken because 2.8's seek leaves them out (`refresh`): maybe
+        # only a path's directory, whose tag list the registry may refuse (`inventory.guessed_tags`).
+        self.guessed: frozenset[str] = frozenset()
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -45,6 +48,8 @@ class RepositoryIndex:
         """Adds a name; True when it was new."""
         if self._added_during_refresh is not None:
             self._added_during_refresh.add(repository)
+        if repository in self.guessed:
+            self.guessed = self.guessed - {repository}  # a push named it: a repository
         if repository in self._members:
             return False
         bisect.insort(self._keys, catalog_key(repository))
@@ -75,6 +80,7 @@ class RepositoryIndex:
         self._added_during_refresh = set()
         try:
             names: list[str] = []
+            guesses: list[str] = []
             last: str | None = None
             while True:
                 page = await client.catalog(last=last, n=CATALOG_PAGE)
@@ -85,15 +91,16 @@ class RepositoryIndex:
                 # distribution 2.8 sends no next link after a full page that ends in a name nested in
                 # the one that follows (`team/app/0`, then `team/app`), and answers the seek from it
                 # without the repositories it is nested in that way (docs/registry.md, "Catalog"):
-                # read on, and take those names (a directory that is no repository among them, at
-                # worst: its tag list is empty, as one whose tags were all deleted).
+                # read on, and take those names, as guesses: a directory that is no repository may
+                # be among them, listed with no tags (its tag list missing or refused reads as empty).
                 if not page.more and not (len(page.repositories) >= CATALOG_PAGE and digit_nested(last)):
                     break
-                names.extend(skipped_by_seek(last))
+                guesses.extend(skipped_by_seek(last))
             names.extend(self._added_during_refresh)
         finally:
             added, self._added_during_refresh = self._added_during_refresh, None
-        self.replace(names)
+        self.replace(names + guesses)
+        self.guessed = frozenset(guesses).difference(names)
         self.ready = True
         log.info(
             "repository index refreshed: {count} repositories in {ms:.0f}ms "

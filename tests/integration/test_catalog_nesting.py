@@ -11,14 +11,21 @@ whatever the catalog's page size and wherever a page of the list ends.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
+import pytest
 import pytest_twisted
+from twisted.internet import reactor
 
+from payloadtags import repoindex
+from payloadtags.cleanup.cascade import Cascade
 from payloadtags.inventory import CatalogRest, Inventory
 from payloadtags.names import TagRef
 from payloadtags.registry import RegistryClient
+from payloadtags.registry.content import catalog_key
+from payloadtags.registry.errors import RegistryAuthFailed
 from tests.support import images
-from tests.support.registry_server import RegistryServer
+from tests.support.registry_server import RegistryServer, TokenServer
 
 # 2.8's order (a walk of its storage), and catalog order, which lists show.
 WALKED = ("a", "app/0", "app/0/x", "app", "b")
@@ -134,3 +141,86 @@ async def test_an_all_namespaces_list_reads_past_a_catalog_page_that_ends_in_a_n
         for limit in (1, 2, 3):
             for carry in (False, True):
                 assert await walk(inventory, None, limit, carry) == everything, (page_size, limit, carry)
+
+
+# A catalog whose seeks guess directories that are no repositories (`q/c` for `q/c/1`, `q/e/1` and
+# `q/e` for `q/e/1/f/2`), in 2.8's order.
+DIRECTORIES_WALKED = ("a", "c/1/2", "c/1", "d", "e/1/f/2")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_list_counts_a_guessed_directory_its_registry_refuses_as_empty(
+    tmp_path: Path, make_client: Callable[..., RegistryClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where a catalog page ends in a digit-nested name, the list hands out the names 2.8's next seek
+    leaves out (`q/c` for `q/c/1`), guessed: here they are only directories, and a token service that
+    grants pull on repositories alone refuses their tag lists. The list failed (a 503 in the API)
+    with pages of one to four; a guessed name's refused tag list is an empty one. A repository the
+    catalog listed keeps failing the list when refused."""
+    refused: set[str] = set()
+    real = {f"q/{path}" for path in DIRECTORIES_WALKED}
+
+    def grant(user: str | None, rtype: str, name: str, actions: list[str]) -> list[str]:
+        if rtype == "repository" and (name not in real or name in refused):
+            return []
+        return actions
+
+    token = TokenServer(tmp_path, users={"robot": "pw"}, grant=grant)
+    try:
+        with RegistryServer(token_server=token, username="robot", password="pw") as registry:
+            push(registry, "q", DIRECTORIES_WALKED)
+            client = make_client(registry)
+            listed = expected("q", ("a", "c/1", "c/1/2", "d", "e/1/f/2"))
+            for page_size in (1, 2, 3, 4, 1000):
+                inventory = Inventory(client, page_size=page_size)
+                assert shown((await inventory.list("q")).refs) == listed, page_size
+                assert await streamed(inventory, "q") == listed, page_size
+                for carry in (False, True):
+                    assert await walk(inventory, "q", 1, carry) == listed, (page_size, carry)
+                contents = await Cascade(client, reactor, page_size=page_size).contents("q")
+                assert (contents.repositories, contents.tags) == (5, 5), page_size
+            # The repository index guesses the same names.
+            for page_size in (1, 2, 3, 4):
+                monkeypatch.setattr(repoindex, "CATALOG_PAGE", page_size)
+                index = repoindex.RepositoryIndex()
+                await index.refresh(client)
+                inventory = Inventory(client, index=index)
+                assert shown((await inventory.list("q")).refs) == listed, page_size
+                assert await streamed(inventory, "q") == listed, page_size
+            refused.add("q/d")
+            client = make_client(registry)  # no token granted before
+            for page_size in (1, 2, 1000):
+                with pytest.raises(RegistryAuthFailed):
+                    await Inventory(client, page_size=page_size).list("q")
+                with pytest.raises(RegistryAuthFailed):
+                    await streamed(Inventory(client, page_size=page_size), "q")
+                with pytest.raises(RegistryAuthFailed):
+                    await Cascade(client, reactor, page_size=page_size).contents("q")
+    finally:
+        token.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_repository_index_reads_past_every_catalog_page_boundary(
+    fresh_registry: RegistryServer,
+    make_client: Callable[..., RegistryClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The index's refresh reads the catalog in pages of `CATALOG_PAGE`. 2.8 leaves `<ns>/app` out of
+    its answer to `last=<ns>/app/0` whether or not the page before came with a next link (it has one
+    when the page ends in `app/0` followed by `app/0/x`): with small pages every boundary falls
+    somewhere, and the index holds every repository whatever the page size."""
+    paths = ("a", "app/0", "app/0/1", "app/0/x", "app", "app/1/b/2", "app/1/b", "app/x", "b")
+    push(
+        fresh_registry, "q", ("a", "app/0/1", "app/0", "app/0/x", "app/1/b/2", "app/1/b", "app", "app/x", "b")
+    )
+    push(fresh_registry, "r", ("0", "x"))
+    client = make_client(fresh_registry)
+    real = {f"q/{path}" for path in paths} | {"r/0", "r/x"}
+    for page_size in range(1, 10):
+        monkeypatch.setattr(repoindex, "CATALOG_PAGE", page_size)
+        index = repoindex.RepositoryIndex()
+        await index.refresh(client)
+        assert real <= set(index.after(None)), (page_size, sorted(real - set(index.after(None))))
+        everything = [f"{name}:v1" for name in sorted(real, key=catalog_key)]
+        assert shown((await Inventory(client, index=index).list(None)).refs) == everything, page_size

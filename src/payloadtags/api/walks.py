@@ -172,6 +172,8 @@ def _measure(
     for rest in rests.values():
         # The rest, its tuple of entries; an entry held by both rests (or twice) once.
         size += sys.getsizeof(rest) + sys.getsizeof(rest.entries)
+        if rest.guessed:  # its strings are entries' (the shared empty set costs nothing)
+            size += sys.getsizeof(rest.guessed)
         entries.update(zip(map(id, rest.entries), rest.entries, strict=True))
     size += len(entries) * _ENTRY + sum(map(len, chain.from_iterable(entries.values())))
     # The strings counted so far (with their entries), by the object.

@@ -41,7 +41,7 @@ from twisted.logger import Logger
 
 from payloadtags.cleanup.metrics import CleanupMetrics
 from payloadtags.deferreds import Fresh, bounded_each, gather
-from payloadtags.inventory import CatalogCursor
+from payloadtags.inventory import CatalogCursor, guessed_tags
 from payloadtags.kube import Backoff
 from payloadtags.names import is_namespace
 from payloadtags.registry import Catalog
@@ -379,7 +379,10 @@ class Cascade:
         async def count(repository: str) -> None:
             nonlocal counts
             # Only the count is kept: a batch's tag lists are not held at once.
-            found = len(await self.registry.tags(repository))
+            if repository in cursor.guessed:
+                found = len(await guessed_tags(self.registry.tags, repository))
+            else:
+                found = len(await self.registry.tags(repository))
             counts = Contents(counts.repositories + (found > 0), counts.tags + found)
 
         while not cursor.done:
