@@ -108,15 +108,24 @@ def _entry_key(entry: Entry) -> tuple[str, ...]:
 
 
 async def guessed_tags(tags: Callable[[str], Awaitable[tuple[str, ...]]], repository: str) -> tuple[str, ...]:
-    """The tags of a name a cursor guessed (``CatalogCursor.guessed``): none when the registry or its
-    token service refuses them (401, 403) or has no such repository (404). Such a name is one the
-    catalog never listed, maybe only a path's directory, which a token service that grants access by
-    repository refuses: that says nothing of what the list was asked for. A name the catalog listed
-    is read with ``tags`` alone, its errors the list's."""
+    """The tags of a name a cursor guessed (``CatalogCursor.guessed``): none when the registry has no
+    such repository (404: a path's directory, which the catalog never listed). Any other error is
+    the list's, as a listed repository's is: such a name may be a real repository 2.8's seek left out
+    (`team/app` after `team/app/0`), and a refusal taken for "no repository" would drop its tags from
+    the list without a word. A refusal (401, 403) says why the name was read and what to grant: a
+    token service that grants pull by repository name refuses a directory too."""
     try:
         return await tags(repository)
-    except (RegistryAuthFailed, RegistryNotFound):
+    except RegistryNotFound:
         return ()
+    except RegistryAuthFailed as e:
+        namespace = repository.partition("/")[0]
+        raise RegistryAuthFailed(
+            f"{e.message} (reading the tags of {repository}, which is read because distribution 2.8 "
+            "leaves it out of a catalog seek from a name nested in it, where a catalog page ends: the "
+            f"account needs pull access to {repository}, or to {namespace}/*, even where it is only a "
+            'directory; docs/registry.md, "Catalog")'
+        ) from e
 
 
 @attrs.frozen

@@ -35,7 +35,7 @@ class RepositoryIndex:
         # before they were pushed, and the refresh must not drop them.
         self._added_during_refresh: set[str] | None = None
         # Names the catalog never listed, taken because 2.8's seek leaves them out (`refresh`): maybe
-        # only a path's directory, whose tag list the registry may refuse (`inventory.guessed_tags`).
+        # only a path's directory, whose tag list's 404 reads as empty (`inventory.guessed_tags`).
         self.guessed: frozenset[str] = frozenset()
 
     def __len__(self) -> int:
@@ -92,7 +92,7 @@ class RepositoryIndex:
                 # the one that follows (`team/app/0`, then `team/app`), and answers the seek from it
                 # without the repositories it is nested in that way (docs/registry.md, "Catalog"):
                 # read on, and take those names, as guesses: a directory that is no repository may
-                # be among them, listed with no tags (its tag list missing or refused reads as empty).
+                # be among them, listed with no tags (its tag list's 404 reads as empty).
                 if not page.more and not (len(page.repositories) >= CATALOG_PAGE and digit_nested(last)):
                     break
                 guesses.extend(skipped_by_seek(last))

@@ -5,7 +5,8 @@ page whose last name is followed by a repository it is nested in comes without a
 (`<ns>/app` before `<ns>/app/0`, as the repository index has them), unpaged or a page at a time,
 whatever the catalog's page size and wherever a page of the list ends.
 
-(The cascade's, the sweep's and the dry-run count's tests of the same are in test_cleanup.py.)
+(The cascade's, the sweep's and the dry-run count's tests of the same are in test_cleanup.py; here, the
+cascade behind a token service that refuses a guessed name.)
 """
 
 from __future__ import annotations
@@ -16,14 +17,17 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from payloadtags import repoindex
 from payloadtags.cleanup.cascade import Cascade
 from payloadtags.inventory import CatalogRest, Inventory
+from payloadtags.metrics import InstrumentedRegistry, Metrics
 from payloadtags.names import TagRef
 from payloadtags.registry import RegistryClient
 from payloadtags.registry.content import catalog_key
 from payloadtags.registry.errors import RegistryAuthFailed
+from payloadtags.registry_diagnosis import FailureLog
 from tests.support import images
 from tests.support.registry_server import RegistryServer, TokenServer
 
@@ -148,28 +152,65 @@ async def test_an_all_namespaces_list_reads_past_a_catalog_page_that_ends_in_a_n
 DIRECTORIES_WALKED = ("a", "c/1/2", "c/1", "d", "e/1/f/2")
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_list_counts_a_guessed_directory_its_registry_refuses_as_empty(
-    tmp_path: Path, make_client: Callable[..., RegistryClient], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Where a catalog page ends in a digit-nested name, the list hands out the names 2.8's next seek
-    leaves out (`q/c` for `q/c/1`), guessed: here they are only directories, and a token service that
-    grants pull on repositories alone refuses their tag lists. The list failed (a 503 in the API)
-    with pages of one to four; a guessed name's refused tag list is an empty one. A repository the
-    catalog listed keeps failing the list when refused."""
-    refused: set[str] = set()
-    real = {f"q/{path}" for path in DIRECTORIES_WALKED}
+def granting(
+    real: set[str], refused: set[str], namespaces: set[str]
+) -> Callable[[str | None, str, str, list[str]], list[str]]:
+    """A token service's grants: pull on the repositories in ``real`` alone, unless refused, and on
+    every name under a namespace in ``namespaces`` (`<ns>/*`)."""
 
     def grant(user: str | None, rtype: str, name: str, actions: list[str]) -> list[str]:
-        if rtype == "repository" and (name not in real or name in refused):
-            return []
-        return actions
+        if rtype != "repository" or name.partition("/")[0] in namespaces:
+            return actions
+        return [] if name not in real or name in refused else actions
 
-    token = TokenServer(tmp_path, users={"robot": "pw"}, grant=grant)
+    return grant
+
+
+def says_what_to_grant(error: RegistryAuthFailed, names: Sequence[str]) -> bool:
+    return any(name in error.message for name in names) and all(
+        words in error.message for words in ("distribution 2.8 leaves it out of a catalog seek", "q/*")
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_guessed_directory_its_token_service_refuses_fails_the_list_saying_what_to_grant(
+    tmp_path: Path, make_client: Callable[..., RegistryClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where a catalog page ends in a digit-nested name, the list reads the names 2.8's next seek
+    leaves out (`q/c` for `q/c/1`), guessed: here only directories, which a token service that grants
+    pull on repositories alone refuses. A refusal is not taken for "no repository" (a real one may be
+    in that place, review-catalogfix2 F2): the list fails as it does for a listed repository, and its
+    message names the guess, why it was read and what to grant. Granted `q/*`, the registry answers
+    404 for the directories, which list as empty. A refused listed repository fails the list too."""
+    refused: set[str] = set()
+    namespaces: set[str] = set()
+    real = {f"q/{path}" for path in DIRECTORIES_WALKED}
+    guesses = ("q/c", "q/e", "q/e/1/f")
+    token = TokenServer(tmp_path, users={"robot": "pw"}, grant=granting(real, refused, namespaces))
     try:
         with RegistryServer(token_server=token, username="robot", password="pw") as registry:
             push(registry, "q", DIRECTORIES_WALKED)
             client = make_client(registry)
+            for page_size in (1, 2, 3):  # pages of four end in no digit-nested name
+                inventory = Inventory(client, page_size=page_size)
+                for read in (  # each read once
+                    inventory.list("q"),
+                    streamed(inventory, "q"),
+                    walk(inventory, "q", 1, True),
+                    Cascade(client, reactor, page_size=page_size).contents("q"),
+                ):
+                    with pytest.raises(RegistryAuthFailed) as failed:
+                        await read
+                    assert says_what_to_grant(failed.value, guesses), (page_size, failed.value.message)
+            for page_size in (1, 2, 3):
+                monkeypatch.setattr(repoindex, "CATALOG_PAGE", page_size)
+                index = repoindex.RepositoryIndex()
+                await index.refresh(client)
+                with pytest.raises(RegistryAuthFailed) as failed:
+                    await Inventory(client, index=index).list("q")
+                assert says_what_to_grant(failed.value, guesses), (page_size, failed.value.message)
+            namespaces.add("q")
+            client = make_client(registry)  # no token refused before
             listed = expected("q", ("a", "c/1", "c/1/2", "d", "e/1/f/2"))
             for page_size in (1, 2, 3, 4, 1000):
                 inventory = Inventory(client, page_size=page_size)
@@ -179,7 +220,6 @@ async def test_a_list_counts_a_guessed_directory_its_registry_refuses_as_empty(
                     assert await walk(inventory, "q", 1, carry) == listed, (page_size, carry)
                 contents = await Cascade(client, reactor, page_size=page_size).contents("q")
                 assert (contents.repositories, contents.tags) == (5, 5), page_size
-            # The repository index guesses the same names.
             for page_size in (1, 2, 3, 4):
                 monkeypatch.setattr(repoindex, "CATALOG_PAGE", page_size)
                 index = repoindex.RepositoryIndex()
@@ -187,7 +227,9 @@ async def test_a_list_counts_a_guessed_directory_its_registry_refuses_as_empty(
                 inventory = Inventory(client, index=index)
                 assert shown((await inventory.list("q")).refs) == listed, page_size
                 assert await streamed(inventory, "q") == listed, page_size
+            namespaces.clear()
             refused.add("q/d")
+            real |= set(guesses)  # only q/d is refused now
             client = make_client(registry)  # no token granted before
             for page_size in (1, 2, 1000):
                 with pytest.raises(RegistryAuthFailed):
@@ -198,6 +240,94 @@ async def test_a_list_counts_a_guessed_directory_its_registry_refuses_as_empty(
                     await Cascade(client, reactor, page_size=page_size).contents("q")
     finally:
         token.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_real_repository_read_as_a_guess_and_refused_fails_the_list_whatever_the_page_size(
+    tmp_path: Path, make_client: Callable[..., RegistryClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`q/app` is a repository 2.8's seek from `q/app/0` leaves out: a list whose catalog page ends
+    there reads it as a guess. Refused, its tags vanished from a list that answered 200 with pages
+    of one to three, and the list failed with pages of four or more, and through the repository index
+    likewise (review-catalogfix2 F2). It fails whatever the page size."""
+    refused: set[str] = set()
+    token = TokenServer(
+        tmp_path, users={"robot": "pw"}, grant=granting({f"q/{path}" for path in WALKED}, refused, set())
+    )
+    try:
+        with RegistryServer(token_server=token, username="robot", password="pw") as registry:
+            push(registry, "q", WALKED)
+            refused.add("q/app")
+            client = make_client(registry)
+            for page_size in (1, 2, 3, 4, 5, 1000):
+                inventory = Inventory(client, page_size=page_size)
+                for namespace in ("q", None):
+                    with pytest.raises(RegistryAuthFailed) as failed:
+                        await inventory.list(namespace)
+                    assert "q/app" in failed.value.message, (page_size, namespace)
+                    with pytest.raises(RegistryAuthFailed):
+                        await streamed(inventory, namespace)
+            for page_size in (1, 2, 3, 4, 5):
+                monkeypatch.setattr(repoindex, "CATALOG_PAGE", page_size)
+                index = repoindex.RepositoryIndex()
+                await index.refresh(client)
+                with pytest.raises(RegistryAuthFailed):
+                    await Inventory(client, index=index).list("q")
+    finally:
+        token.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_rejected_credentials_fail_a_list_that_reads_a_guess(
+    tmp_path: Path, make_client: Callable[..., RegistryClient]
+) -> None:
+    """The password is rotated while tokens for the catalog and the other repositories are cached:
+    the token service's 401 for the guessed `q/app` was taken for "no repository" and its tags left
+    out of a 200 list, with pages of one to three (review-catalogfix2 F2). A credentials error fails
+    the list whatever the page size."""
+    token = TokenServer(tmp_path, users={"robot": "pw"})
+    try:
+        with RegistryServer(token_server=token, username="robot", password="pw") as registry:
+            push(registry, "q", WALKED)
+            client = make_client(registry)
+            await client.catalog(last=None, n=5)
+            for path in WALKED:
+                if path != "app":
+                    await client.tags(f"q/{path}")  # their tokens are cached
+            assert token.users is not None
+            token.users["robot"] = "rotated"  # the configured password no longer works
+            for page_size in (1, 2, 3, 1000):
+                with pytest.raises(RegistryAuthFailed) as failed:
+                    await Inventory(client, page_size=page_size).list("q")
+                assert "rejected the credentials" in failed.value.message, page_size
+    finally:
+        token.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_guessed_directory_lists_as_empty_without_a_failure_logged_or_counted(
+    fresh_registry: RegistryServer, make_client: Callable[..., RegistryClient]
+) -> None:
+    """The registry has no repository `q/c` (a directory for `q/c/1`, guessed where a page ends in
+    it): its tag list's 404 is an answer, not a failure, neither logged as one nor counted as an
+    error (review-catalogfix2 F3)."""
+    for name in ("q/a", "q/c/1", "z/x"):
+        images.push_oci_image(fresh_registry, name, "v1", seed=name)
+    metrics = Metrics()
+    client = InstrumentedRegistry(
+        make_client(fresh_registry), metrics, on_failure=FailureLog(reactor.seconds)
+    )
+    with capturedLogs() as events:
+        for page_size in (1, 2):
+            inventory = Inventory(client, page_size=page_size)
+            assert shown((await inventory.list("q")).refs) == ["q/a:v1", "q/c/1:v1"], page_size
+            contents = await Cascade(client, reactor, page_size=page_size).contents("q")
+            assert (contents.repositories, contents.tags) == (2, 2), page_size
+    assert not [event for event in events if event.get("log_level") in (LogLevel.warn, LogLevel.error)]
+    for outcome in ("error", "not_found"):
+        assert not metrics.registry.get_sample_value(
+            "payloadtags_registry_operations_total", {"operation": "tags", "outcome": outcome}
+        ), outcome
 
 
 @pytest_twisted.ensureDeferred
@@ -224,3 +354,52 @@ async def test_the_repository_index_reads_past_every_catalog_page_boundary(
         assert real <= set(index.after(None)), (page_size, sorted(real - set(index.after(None))))
         everything = [f"{name}:v1" for name in sorted(real, key=catalog_key)]
         assert shown((await Inventory(client, index=index).list(None)).refs) == everything, page_size
+
+
+class Stopped(Exception):
+    """Ends a cascade's retries in a test."""
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cascade_fails_its_passes_visibly_on_a_refused_guess_and_finishes_once_granted(
+    tmp_path: Path, make_client: Callable[..., RegistryClient]
+) -> None:
+    """The cascade lists what 2.8's seek from a page's last name leaves out (`q/c` after `q/c/1`),
+    guesses. Refused, that fails the pass as a listed repository's refusal does: retried, logged with
+    what to grant, counted among the registry errors (review-catalogfix2 F1); granted `q/*`, the
+    directory's 404 is nothing to delete, and the cascade finishes."""
+    namespaces: set[str] = set()
+    token = TokenServer(
+        tmp_path, users={"robot": "pw"}, grant=granting({"q/a", "q/c/1", "z/x"}, set(), namespaces)
+    )
+    try:
+        with RegistryServer(token_server=token, username="robot", password="pw") as registry:
+            for name in ("q/a", "q/c/1", "z/x"):
+                images.push_oci_image(registry, name, "v1", seed=name)
+            delays: list[float] = []
+
+            async def wait(delay: float) -> None:
+                delays.append(delay)
+                if len(delays) == 2:
+                    raise Stopped
+
+            cascade = Cascade(make_client(registry), reactor, page_size=2)
+            with capturedLogs() as events, pytest.raises(Stopped):
+                await cascade.run("q", wait=wait)
+            warnings = [formatEvent(event) for event in events if event.get("log_level") == LogLevel.warn]
+            assert len(warnings) == 2, warnings
+            assert all("failure(s) at q/c," in warning for warning in warnings), warnings
+            assert all("distribution 2.8 leaves it out of a catalog seek" in warning for warning in warnings)
+            assert all("q/*" in warning for warning in warnings), warnings
+            assert cascade.metrics.registry_errors_total == 2
+            namespaces.add("q")
+            client = make_client(registry)  # no token refused before
+
+            async def no_failure(delay: float) -> None:
+                raise AssertionError("a pass failed")
+
+            await Cascade(client, reactor, page_size=2).run("q", wait=no_failure)
+            assert (await Inventory(client).list("q")).refs == []
+            assert shown((await Inventory(client).list("z")).refs) == ["z/x:v1"]
+    finally:
+        token.close()

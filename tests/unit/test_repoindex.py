@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Coroutine
 from typing import Any
 
+import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from payloadtags.inventory import Inventory
 from payloadtags.names import TagRef
-from payloadtags.registry import CatalogPage
+from payloadtags.registry import CatalogPage, RegistryNotFound
 from payloadtags.repoindex import RepositoryIndex, catalog_key
 from payloadtags.server import _index_refresh
 
@@ -133,6 +134,31 @@ def test_a_refresh_reads_past_a_page_that_ends_in_a_digit_named_nested_repositor
     assert run(index.refresh(client)) == len(names)
     assert index.namespace_repositories("team") == ["team/app", "team/app/0", "team/b"]
     assert "zeta/q" in index
+
+
+def test_a_push_to_a_guessed_name_makes_it_a_repository_whose_errors_fail_the_list():
+    """A refresh takes `team/app`, which 2.8's seek from `team/app/0` leaves out, as a guess: its
+    missing tag list (a 404, maybe only a directory) lists as empty. Once a push names it, it is a
+    repository, and a 404 of its tags fails the list as any listed repository's does."""
+    names = [f"a-{i:04d}/repo" for i in range(999)] + ["team/app/0", "team/app", "team/b"]
+    client = Distribution28Client(names)
+
+    async def tags(repository: str) -> tuple[str, ...]:
+        if repository == "team/app":
+            raise RegistryNotFound("no tags of team/app")
+        return ("v1",)
+
+    client.tags = tags  # type: ignore[method-assign]
+    index = RepositoryIndex()
+    run(index.refresh(client))
+    assert index.guessed == {"team/app"}
+    inventory = Inventory(client, index=index)  # type: ignore[arg-type]
+    page = run(inventory.list("team"))
+    assert [ref.repository for ref in page.refs] == ["team/app/0", "team/b"]
+    index.add("team/app")  # pushed
+    assert "team/app" not in index.guessed
+    with pytest.raises(RegistryNotFound):
+        run(inventory.list("team"))
 
 
 def test_a_push_during_a_refresh_survives_it():

@@ -416,8 +416,12 @@ class Cascade:
                 for name in skipped_by_seek(after)
                 if name.startswith(namespace + "/") and (until is None or catalog_key(name) <= until)
             ]
+            # Guesses: a 404 is a directory, nothing to delete; a refusal fails the pass as a listed
+            # repository's does, its message saying what to grant (`guessed_tags`).
             await bounded_each(
-                lambda name: self._repository(name, state, limit, guard, confirm), names, self.concurrency
+                lambda name: self._repository(name, state, limit, guard, confirm, guessed=True),
+                names,
+                self.concurrency,
             )
 
         while True:
@@ -464,9 +468,13 @@ class Cascade:
         limit: DeferredSemaphore,
         guard: Guard | None,
         confirm: Confirm | None,
+        guessed: bool = False,
     ) -> None:
         try:
-            tags = await self._read(limit, guard, self.registry.tags, repository)
+            if guessed:
+                tags = await self._read(limit, guard, self._guessed_tags, repository)
+            else:
+                tags = await self._read(limit, guard, self.registry.tags, repository)
             if not tags:
                 return
             state.found += len(tags)
@@ -498,6 +506,9 @@ class Cascade:
         except (RegistryError, Unconfirmed) as e:
             # One repository's failure does not stop the others; the pass is retried as a whole.
             state.failed(repository, e)
+
+    async def _guessed_tags(self, repository: str) -> tuple[str, ...]:
+        return await guessed_tags(self.registry.tags, repository)
 
     async def _unresolved(
         self,
