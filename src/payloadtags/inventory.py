@@ -112,19 +112,23 @@ async def guessed_tags(tags: Callable[[str], Awaitable[tuple[str, ...]]], reposi
     such repository (404: a path's directory, which the catalog never listed). Any other error is
     the list's, as a listed repository's is: such a name may be a real repository 2.8's seek left out
     (`team/app` after `team/app/0`), and a refusal taken for "no repository" would drop its tags from
-    the list without a word. A refusal (401, 403) says why the name was read and what to grant: a
-    token service that grants pull by repository name refuses a directory too."""
+    the list without a word. A refusal of access to it (a 403, a token without its scope) says why
+    the name was read and what to grant: a token service that grants pull by repository name refuses
+    a directory too. Rejected or missing credentials keep their own message: no grant helps there."""
     try:
         return await tags(repository)
     except RegistryNotFound:
         return ()
     except RegistryAuthFailed as e:
+        if not e.denied:
+            raise
         namespace = repository.partition("/")[0]
         raise RegistryAuthFailed(
             f"{e.message} (reading the tags of {repository}, which is read because distribution 2.8 "
             "leaves it out of a catalog seek from a name nested in it, where a catalog page ends: the "
             f"account needs pull access to {repository}, or to {namespace}/*, even where it is only a "
-            'directory; docs/registry.md, "Catalog")'
+            'directory; docs/registry.md, "Catalog")',
+            denied=True,
         ) from e
 
 

@@ -17,16 +17,20 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from payloadtags import repoindex
-from payloadtags.cleanup.cascade import Cascade
+from payloadtags.api.registry_errors import api_error_for
+from payloadtags.cleanup.cascade import Cascade, Contents
+from payloadtags.cleanup.removal import NamespaceRemover
+from payloadtags.cleanup.sweep import TERMINATING
 from payloadtags.inventory import CatalogRest, Inventory
 from payloadtags.metrics import InstrumentedRegistry, Metrics
 from payloadtags.names import TagRef
 from payloadtags.registry import RegistryClient
 from payloadtags.registry.content import catalog_key
-from payloadtags.registry.errors import RegistryAuthFailed
+from payloadtags.registry.errors import RegistryAuthFailed, RegistryUnavailable
 from payloadtags.registry_diagnosis import FailureLog
 from tests.support import images
 from tests.support.registry_server import RegistryServer, TokenServer
@@ -167,8 +171,12 @@ def granting(
 
 
 def says_what_to_grant(error: RegistryAuthFailed, names: Sequence[str]) -> bool:
-    return any(name in error.message for name in names) and all(
-        words in error.message for words in ("distribution 2.8 leaves it out of a catalog seek", "q/*")
+    return (
+        error.denied
+        and any(name in error.message for name in names)
+        and all(
+            words in error.message for words in ("distribution 2.8 leaves it out of a catalog seek", "q/*")
+        )
     )
 
 
@@ -300,6 +308,36 @@ async def test_rejected_credentials_fail_a_list_that_reads_a_guess(
                 with pytest.raises(RegistryAuthFailed) as failed:
                     await Inventory(client, page_size=page_size).list("q")
                 assert "rejected the credentials" in failed.value.message, page_size
+                # No grant helps a rejected password: no advice to grant (review-catalogfix3 R3).
+                assert "needs pull access" not in failed.value.message, (page_size, failed.value.message)
+                assert not failed.value.denied
+    finally:
+        token.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_guess_whose_token_service_fails_fails_the_list_as_unavailable(
+    tmp_path: Path, make_client: Callable[..., RegistryClient]
+) -> None:
+    """The token service answers 503 once the catalog's and the listed repositories' tokens are
+    cached: the guessed `q/app` (left out of the seek from `q/app/0`) fails the list with the
+    registry-unavailable 503, as a listed repository would, whatever the page size, never reads as
+    empty with its tags left out of a 200 list (review-catalogfix3 R2)."""
+    token = TokenServer(tmp_path, users={"robot": "pw"})
+    try:
+        with RegistryServer(token_server=token, username="robot", password="pw") as registry:
+            push(registry, "q", WALKED)
+            client = make_client(registry)
+            await client.catalog(last=None, n=5)
+            for path in WALKED:
+                if path != "app":
+                    await client.tags(f"q/{path}")  # their tokens are cached
+            token.fail_with = 503
+            for page_size in (1, 2, 3, 1000):
+                with pytest.raises(RegistryUnavailable) as failed:
+                    await Inventory(client, page_size=page_size).list("q")
+                assert "answered HTTP 503" in failed.value.message, (page_size, failed.value.message)
+                assert api_error_for(failed.value).status().code == 503
     finally:
         token.close()
 
@@ -401,5 +439,71 @@ async def test_a_cascade_fails_its_passes_visibly_on_a_refused_guess_and_finishe
             await Cascade(client, reactor, page_size=2).run("q", wait=no_failure)
             assert (await Inventory(client).list("q")).refs == []
             assert shown((await Inventory(client).list("z")).refs) == ["z/x:v1"]
+    finally:
+        token.close()
+
+
+@pytest.mark.parametrize("page_size", [3, 1000])
+@pytest_twisted.ensureDeferred
+async def test_a_cascade_guesses_nothing_after_the_catalogs_last_page(
+    tmp_path: Path, make_client: Callable[..., RegistryClient], page_size: int
+) -> None:
+    """`q` is the catalog's last namespace and ends in `q/c/1`; its only page is not full and has no
+    next link, so no seek follows and nothing can be left out of it. The cascade read the guess `q/c`
+    after it all the same: refused by a token service that grants pull on repositories alone, every
+    pass failed and the namespace stayed Terminating with every tag gone, while the dry-run count
+    answered (review-catalogfix3 R1). It guesses only where a seek follows, as the count does."""
+    token = TokenServer(tmp_path, users={"robot": "pw"}, grant=granting({"q/a", "q/c/1"}, set(), set()))
+    try:
+        with RegistryServer(token_server=token, username="robot", password="pw") as registry:
+            for name in ("q/a", "q/c/1"):
+                images.push_oci_image(registry, name, "v1", seed=name)
+            client = make_client(registry)
+            cascade = Cascade(client, reactor, page_size=page_size)
+            assert (await cascade.contents("q")) == Contents(2, 2)
+
+            async def no_failure(delay: float) -> None:
+                raise AssertionError("a pass failed")
+
+            with capturedLogs() as events:
+                await cascade.run("q", wait=no_failure)
+            assert not [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+            assert cascade.metrics.registry_errors_total == 0
+            assert (await Inventory(client).list("q")).refs == []
+            assert not any(scope.startswith("repository:q/c:") for r in token.requests for scope in r.scopes)
+    finally:
+        token.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_namespace_deletecollection_503_says_why_its_last_pass_failed(
+    tmp_path: Path, make_client: Callable[..., RegistryClient]
+) -> None:
+    """Every pass of the cascade fails at the refused guess `q/c`: each deletecollection call answered
+    only "not finished within Ns", the reason in the server's log alone (review-catalogfix3 R4). Its
+    503 names where the last pass failed and why, the cascade's warning: here, what to grant."""
+    token = TokenServer(
+        tmp_path, users={"robot": "pw"}, grant=granting({"q/a", "q/c/1", "z/x"}, set(), set())
+    )
+    try:
+        with RegistryServer(token_server=token, username="robot", password="pw") as registry:
+            for name in ("q/a", "q/c/1", "z/x"):
+                images.push_oci_image(registry, name, "v1", seed=name)
+
+            async def terminating(namespace: str) -> tuple[str, str | None]:
+                return TERMINATING, None
+
+            # A clock that stands still: a call ends where its first backoff would outlast its budget.
+            remover = NamespaceRemover(
+                Cascade(make_client(registry), reactor, page_size=2), Clock(), terminating
+            )
+            for _call in range(2):  # the second goes on with the walk the first left
+                with pytest.raises(RegistryUnavailable) as failed:
+                    await remover.remove("q", 0.1)
+                message = failed.value.message
+                assert message.startswith("removing the content of namespace q: not finished within 0.1s")
+                assert "the last pass failed: 1 failure(s) at q/c, e.g. " in message, message
+                assert "distribution 2.8 leaves it out of a catalog seek" in message, message
+                assert "needs pull access to q/c, or to q/*" in message, message
     finally:
         token.close()

@@ -179,6 +179,10 @@ class Walk:
     # Every repository of this stretch of the round up to this one is done (None: none yet).
     after: str | None = None
     state: _Pass | None = None  # the pass under way; None between passes
+    # Where the last pass that ended failed and an example error, as its warning says ("1 failure(s)
+    # at team/c, e.g. …"); None once a pass ends without one. For a stopped cascade's caller to say
+    # why it has not finished (a deletecollection's 503), not only in the log.
+    failure: str | None = None
 
     def position(self) -> str | None:
         """The repository after which the walk goes on (None: the namespace's first)."""
@@ -291,9 +295,11 @@ class Cascade:
             passes += 1
             tags += state.tags_deleted - tags_before
             manifests += state.manifests_deleted - manifests_before
+            walk.failure = None
             if state.errors:
                 errors += 1
                 last_error = state.last_error
+                walk.failure = f"{state.errors} failure(s) at {state.failing}, e.g. {last_error}"
                 self.metrics.registry_errors_total += state.registry_errors
                 self.metrics.registry_readonly_waits_total += state.readonly_errors
                 delay = backoff.next_delay()
@@ -407,10 +413,13 @@ class Cascade:
 
         async def skipped(after: str, until: tuple[str, ...] | None) -> None:
             # What 2.8's catalog lists after `after` and leaves out of its answer to `last=after`
-            # (`skipped_by_seek`): after the seek the stretch begins with, and after every page (its
-            # next page is read with `last=` its last name; a stretch cut off at `until` there would
-            # leave them out as well). Not taken up on the frontier: a cascade stopped meanwhile
-            # leaves the walk at or before `after`, and the next one lists them again.
+            # (`skipped_by_seek`): after the seek the stretch begins with, and after every page the
+            # registry goes on from (its next page is read with `last=` its last name; a stretch cut
+            # off at `until` there would leave them out as well). Not after the catalog's last page:
+            # no seek follows it, so it left nothing out, and reading a guess there (maybe only a
+            # directory, which a token service may refuse) could only fail the pass for nothing.
+            # Not taken up on the frontier: a cascade stopped meanwhile leaves the walk at or before
+            # `after`, and the next one lists them again.
             names = [
                 name
                 for name in skipped_by_seek(after)
@@ -445,6 +454,10 @@ class Cascade:
             while not cursor.done:
                 _check(guard)  # a catalog page is a registry request as well
                 batch = await cursor.next()
+                # Whether the registry's page goes on (full, or with a next link), before `until` ends
+                # the stretch: a page that left the namespace ends in a name outside it, whose skipped
+                # names are outside it too.
+                goes_on = not cursor.done
                 names = [name for name, ns, _path in batch if ns == namespace]
                 if until is not None and names and catalog_key(names[-1]) > until:
                     names = [name for name in names if catalog_key(name) <= until]
@@ -453,7 +466,7 @@ class Cascade:
                 # thousand repositories, and work started for all of them at once would hold every
                 # tag of the batch pending, its deletes queued behind every other repository's resolves.
                 await bounded_each(repository, names, self.concurrency)
-                if cursor.last is not None and cursor.last != seek:
+                if goes_on and cursor.last is not None and cursor.last != seek:
                     seek = cursor.last
                     await skipped(seek, until)
             if walk.wrapped or walk.began is None:

@@ -99,13 +99,17 @@ class NamespaceRemover:
             # this one runs, and its new content is not ours.
             require_gone(namespace, *await self.check(namespace))
 
+        walked: Walk | None = None  # this call's walk, once taken: why its last pass failed
+
         async def run() -> None:
+            nonlocal walked
             uid = await self._identify(namespace, deadline, within)
             # Taken, not shared: calls on one namespace take turns (above), and one that the leader's
             # cascade overlaps (begun while this call runs) walks on its own.
             walk = self._walks.pop(namespace, None)
             if walk is None or walk.uid != uid:
                 walk = Walk(uid=uid)
+            walked = walk
             done = False
             try:
                 await self.cascade.run(
@@ -125,9 +129,13 @@ class NamespaceRemover:
         try:
             await mine
         except Aborted as stopped:
-            # The caller answers a retriable 503 that names what is left; the next call resumes.
+            # The caller answers a retriable 503; the next call resumes. A pass that keeps failing
+            # (a refusal, say) is said here too, as the cascade's warning says it: "not finished" alone
+            # reads as "slow, keep waiting" to whoever looks at the namespace's conditions, not the log.
+            failure = walked.failure if walked is not None else None
+            why = f"; the last pass failed: {failure}" if failure is not None else ""
             raise RegistryUnavailable(
-                f"removing the content of namespace {namespace}: {stopped}", retry_after=1
+                f"removing the content of namespace {namespace}: {stopped}{why}", retry_after=1
             ) from None
         finally:
             if self._inflight.get(namespace) is mine:

@@ -187,7 +187,8 @@ class Authenticator:
         if challenge is not None and challenge.error == "insufficient_scope":
             return RegistryAuthFailed(
                 f"registry {self._registry} denied access: the token does not grant "
-                f"{challenge.scope or 'the requested scope'}; check the account's permissions"
+                f"{challenge.scope or 'the requested scope'}; check the account's permissions",
+                denied=True,
             )
         if self._username is None:
             return RegistryAuthFailed(

@@ -1270,7 +1270,8 @@ class RegistryClient:
             return RegistryAuthFailed(
                 f"registry {self._name} denied {what}"
                 + (f" ({detail})" if detail else "")
-                + "; check the permissions of the configured registry account"
+                + "; check the permissions of the configured registry account",
+                denied=True,
             )
         if status == 405 and reply.method in ("PUT", "POST", "PATCH", "DELETE"):
             if "UNSUPPORTED" in codes:

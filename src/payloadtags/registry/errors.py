@@ -86,7 +86,15 @@ class RegistryConflict(RegistryError):
 
 
 class RegistryAuthFailed(RegistryError):
-    """The registry or its token service rejected the credentials, or they grant too little."""
+    """The registry or its token service rejected the credentials, or they grant too little.
+
+    ``denied``: the latter, access to what was asked is refused (a registry's 403, a token without
+    the scope asked for: ``insufficient_scope``); granting it helps, where new credentials would not.
+    False when the credentials are rejected or missing."""
+
+    def __init__(self, message: str, denied: bool = False) -> None:
+        super().__init__(message)
+        self.denied = denied
 
 
 class RegistryProtocolError(RegistryError):
