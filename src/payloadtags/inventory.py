@@ -258,7 +258,7 @@ class CatalogCursor:
         names = page.repositories
         # distribution 2.8 sends no next link after a full page that ends in a name nested in the
         # one that follows (see the class): only such a page is read on from without one.
-        full = bool(names) and len(names) >= size
+        full = bool(names) and page.full(size)
         more = page.more or (full and (self.full_page_goes_on or digit_nested(names[-1])))
         self.done = not more or not names
         if self.namespace is not None:

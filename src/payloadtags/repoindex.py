@@ -93,7 +93,7 @@ class RepositoryIndex:
                 # without the repositories it is nested in that way (docs/registry.md, "Catalog"):
                 # read on, and take those names, as guesses: a directory that is no repository may
                 # be among them, listed with no tags (its tag list's 404 reads as empty).
-                if not page.more and not (len(page.repositories) >= CATALOG_PAGE and digit_nested(last)):
+                if not page.more and not (page.full(CATALOG_PAGE) and digit_nested(last)):
                     break
                 guesses.extend(skipped_by_seek(last))
             names.extend(self._added_during_refresh)

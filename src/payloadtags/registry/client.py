@@ -81,6 +81,10 @@ REPAIR_ANNOTATION = "io.deckhouse.payloadtags.dangling-repair"
 EMPTY_JSON = b"{}"
 EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
 MAX_CATALOG_PAGE = 1000
+# The page sizes tried, largest first, after a registry refuses a catalog page's ``n`` (distribution's
+# ``catalog.maxentries`` below it: 400 PAGINATION_NUMBER_INVALID, whose detail names only the ``n``
+# asked). Round numbers, as configured limits are: at most this many more requests, once per client.
+CATALOG_PAGE_STEPS = (500, 200, 100, 50, 20, 10, 5, 2, 1)
 MANIFEST_LIMIT = 8 << 20
 JSON_LIMIT = 32 << 20  # a tags list of a repository with very many tags
 ERROR_BODY_LIMIT = 64 << 10
@@ -256,6 +260,9 @@ class RegistryClient:
         self._delete_by_tag: bool | None = None
         # The order of catalog names ("component" or "lexical") once a page has shown which.
         self._catalog_order: str | None = None
+        # The largest catalog page size this registry took after refusing a larger one: later pages
+        # ask no more (None: none refused).
+        self._catalog_limit: int | None = None
         # Until when the last probe's "deletes work here" is believed (reactor seconds).
         self._probe_valid_until = 0.0
         # Every mutation of a repository waits for the earlier ones of this process to finish.
@@ -301,20 +308,44 @@ class RegistryClient:
         storage: "/" sorts below every other character), so "team/x" and "team/z/w" come before
         "team-a/y", and ``last="team"`` seeks to the first repository under "team/". A namespace's
         repositories are therefore one contiguous run starting right after ``last=<namespace>``.
+
+        A registry that refuses ``n`` (a ``catalog.maxentries`` below it) answers a smaller page, and
+        later pages ask no more than it took: the page's ``n`` says so, and `CatalogPage.full` tells a
+        full page from the catalog's end.
         """
         if not 1 <= n <= MAX_CATALOG_PAGE:
             raise ValueError(f"catalog page size must be 1..{MAX_CATALOG_PAGE}, not {n}")
+        size = n if self._catalog_limit is None else min(n, self._catalog_limit)
         page: CatalogPage = await self._reads.join(
-            ("catalog", last or "", n), lambda on_send: self._catalog(last, n, on_send)
+            ("catalog", last or "", size), lambda on_send: self._catalog(last, size, on_send)
         )
+        if page.n is None and size < n:
+            page = attrs.evolve(page, n=size)
         return page
 
     async def _catalog(self, last: str | None, n: int, on_send: Callable[[], object]) -> CatalogPage:
-        query = {"n": str(n)}
-        if last:
-            query["last"] = last
-        path = "/v2/_catalog?" + urllib.parse.urlencode(query)
-        reply = await self._call("GET", path, scope="registry:catalog:*", on_send=on_send)
+        asked = n
+        while True:
+            query = {"n": str(n)}
+            if last:
+                query["last"] = last
+            path = "/v2/_catalog?" + urllib.parse.urlencode(query)
+            reply = await self._call("GET", path, scope="registry:catalog:*", on_send=on_send)
+            if n == 1 or reply.status != 400 or "PAGINATION_NUMBER_INVALID" not in reply.error_codes():
+                break
+            # Refused as too large (distribution's catalog.maxentries): the same page, smaller, in
+            # the same call, so within its caller's deadline; a refusal of n=1 is no size limit.
+            n = max(step for step in CATALOG_PAGE_STEPS if step < n)
+        if n < asked and reply.status == 200:
+            if self._catalog_limit is None or n < self._catalog_limit:
+                log.warn(
+                    "registry {registry} refuses catalog pages of {asked} names "
+                    "(its catalog.maxentries?): asking {n} from now on",
+                    registry=self._name,
+                    asked=asked,
+                    n=n,
+                )
+            self._catalog_limit = n if self._catalog_limit is None else min(n, self._catalog_limit)
         if reply.status == 404:
             # A registry always has a catalog (maybe empty): this is not one, whatever the user asked.
             # Said as a configuration error, not as NotFound (which kubectl would show as "no such tag").
@@ -331,7 +362,8 @@ class RegistryClient:
             raise self._protocol(reply, "the repository catalog is not a list of names")
         if last:
             self._check_advances(reply, last, names)
-        return CatalogPage(repositories=names, more=self._next_link(reply) is not None)
+        more = self._next_link(reply) is not None
+        return CatalogPage(repositories=names, more=more, n=n if n < asked else None)
 
     def _check_advances(self, reply: _Reply, last: str, names: list[str]) -> None:
         """Every name of a page after ``last`` must come after it, in the order the registry keeps:

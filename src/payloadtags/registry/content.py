@@ -113,10 +113,18 @@ def digit_nested(name: str) -> bool:
 @attrs.frozen
 class CatalogPage:
     """One page of /v2/_catalog. ``more``: the registry sent a next-page link (2.8 sends one only when
-    names follow; other registries may end with an empty page)."""
+    names follow; other registries may end with an empty page). ``n``: the page size the registry
+    answered, when smaller than the one asked (a registry whose ``catalog.maxentries`` refuses that);
+    None when it is the one asked."""
 
     repositories: list[str]
     more: bool
+    n: int | None = None
+
+    def full(self, asked: int) -> bool:
+        """Whether the page holds as many names as it could (asked for ``asked``): a page cut to a
+        smaller size the registry takes is full at that size, not short of the one asked."""
+        return len(self.repositories) >= (asked if self.n is None else min(asked, self.n))
 
 
 @attrs.frozen
