@@ -1537,6 +1537,42 @@ async def test_a_single_object_watch_starts_when_its_first_read_fails(make_serve
         await proxy.stop()
 
 
+@attrs.define
+class _UndoneWhileRead:
+    """Once armed (her rules changed and the access check has seen it), the next registry read of a
+    list (`Inventory.list`) is made under the changed rules, which are then changed back (`undo`),
+    seen by the access check too, before the read returns: a page decided by rules that no longer
+    hold by the time it is read."""
+
+    api: Any
+    undo: Callable[[], object]
+    armed: bool = False
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from payloadtags.inventory import Inventory
+
+        real = Inventory.list
+
+        async def undone_while_read(inventory: Any, *args: Any, **kwargs: Any) -> Any:
+            if not self.armed:
+                return await real(inventory, *args, **kwargs)
+            self.armed = False
+            result = await real(inventory, *args, **kwargs)  # decided by the changed rules
+            await self._seen(self.undo)
+            return result
+
+        monkeypatch.setattr(Inventory, "list", undone_while_read)
+
+    async def arm(self, change: Callable[[], object]) -> None:
+        await self._seen(change)
+        self.armed = True
+
+    async def _seen(self, edit: Callable[[], object]) -> None:
+        generation = self.api.running.api.watch_hub.access_generation()
+        edit()
+        assert await eventually(lambda: _checked(self.api, generation), within=20)
+
+
 @pytest.mark.parametrize("page", ["continued", "all-first", "all-continued"])
 @pytest.mark.parametrize("between", ["revoked", "granted"])
 @pytest_twisted.ensureDeferred
@@ -1550,13 +1586,10 @@ async def test_her_rules_changed_before_a_page_and_back_during_its_read_is_410(
     rules each of its decisions was made by, recorded as it made them."""
     from urllib.parse import quote
 
-    from payloadtags.inventory import Inventory
-
     namespace, _ = repo.split("/", 1)
     api, alice, first, change, undo = await _alice_and_a_change_of_secret(
         between, make_server, registry, kube_api, kube_kubeconfig, pki, namespace
     )
-    hub = api.running.api.watch_hub
     listed = await eventually(lambda: _showing(alice, namespace, first), within=20)
     url = collection(namespace) if page == "continued" else f"{B}/payloadrepositorytags"
     if page != "continued":
@@ -1565,38 +1598,17 @@ async def test_her_rules_changed_before_a_page_and_back_during_its_read_is_410(
     assert ended.code == 200
     await ended.ended  # her rules are noted in the scope
 
-    real = Inventory.list
-    armed = False
-
-    async def undone_while_read(self: Any, *args: Any, **kwargs: Any) -> Any:
-        nonlocal armed
-        if not armed:
-            return await real(self, *args, **kwargs)
-        armed = False
-        result = await real(self, *args, **kwargs)  # decided by the changed rules
-        generation = hub.access_generation()
-        undo()
-        assert await eventually(lambda: _checked(api, generation), within=20)
-        return result
-
-    monkeypatch.setattr(Inventory, "list", undone_while_read)
-
-    async def changed() -> None:
-        nonlocal armed
-        generation = hub.access_generation()
-        change()
-        assert await eventually(lambda: _checked(api, generation), within=20)
-        armed = True
-
+    reads = _UndoneWhileRead(api, undo)
+    reads.install(monkeypatch)
     if page == "all-first":
-        await changed()
+        await reads.arm(change)
     pages = [(await alice.get(f"{url}?limit=1")).json()]
     rv = pages[0]["metadata"]["resourceVersion"]
     if page != "all-first":
-        await changed()
+        await reads.arm(change)
     while token := pages[-1]["metadata"].get("continue"):
         pages.append((await alice.get(f"{url}?limit=1&continue={quote(token)}")).json())
-    assert not armed  # a page was read under the changed rules
+    assert not reads.armed  # a page was read under the changed rules
     watch = await stream(alice, f"{url}?watch=true&timeoutSeconds=1&resourceVersion={rv}")
     assert watch.code == 200
     line = await watch.next()
@@ -1620,8 +1632,6 @@ async def test_her_rules_changed_where_a_later_all_namespaces_page_goes_on_and_b
     and compared once the page is read."""
     from urllib.parse import quote
 
-    from payloadtags.inventory import Inventory
-
     namespace, _ = repo.split("/", 1)
     later = f"{namespace}z"  # sorts after `namespace/...`
     api, alice = await _alice(
@@ -1629,7 +1639,6 @@ async def test_her_rules_changed_where_a_later_all_namespaces_page_goes_on_and_b
     )
     if start == "crossing":  # the second page starts in `namespace` (on `b`) and goes on into `later`
         images.push_oci_image(registry, f"{namespace}/b", "v1", seed=f"{namespace}/b")
-    hub = api.running.api.watch_hub
     give, take = _secret_grants(kube_api, later)
     first, change, undo = [], give, take
     if between == "revoked":
@@ -1644,32 +1653,16 @@ async def test_her_rules_changed_where_a_later_all_namespaces_page_goes_on_and_b
     assert ended.code == 200
     await ended.ended  # her rules are noted in the scope: in `namespace` and in `later`
 
-    real = Inventory.list
-    armed = False
-
-    async def undone_while_read(self: Any, *args: Any, **kwargs: Any) -> Any:
-        nonlocal armed
-        if not armed:
-            return await real(self, *args, **kwargs)
-        armed = False
-        result = await real(self, *args, **kwargs)  # decided by the changed rules
-        generation = hub.access_generation()
-        undo()
-        assert await eventually(lambda: _checked(api, generation), within=20)
-        return result
-
-    monkeypatch.setattr(Inventory, "list", undone_while_read)
+    reads = _UndoneWhileRead(api, undo)
+    reads.install(monkeypatch)
     pages = [(await alice.get(f"{url}?limit=1")).json()]
     shown = [(i["metadata"]["namespace"], i["spec"]["repositoryPath"]) for i in pages[0]["items"]]
     assert shown == [(namespace, "app")], shown  # the page ends on the last of hers in `namespace`
     rv = pages[0]["metadata"]["resourceVersion"]
-    generation = hub.access_generation()
-    change()
-    assert await eventually(lambda: _checked(api, generation), within=20)
-    armed = True
+    await reads.arm(change)
     while token := pages[-1]["metadata"].get("continue"):
         pages.append((await alice.get(f"{url}?limit=1&continue={quote(token)}")).json())
-    assert not armed  # the second page was read under the changed rules
+    assert not reads.armed  # the second page was read under the changed rules
     shown = [(i["metadata"]["namespace"], i["spec"]["repositoryPath"]) for p in pages for i in p["items"]]
     watch = await stream(
         alice, f"{url}?watch=true&allowWatchBookmarks=true&timeoutSeconds=1&resourceVersion={rv}"
