@@ -126,7 +126,8 @@ async def guessed_tags(tags: Callable[[str], Awaitable[tuple[str, ...]]], reposi
         raise RegistryAuthFailed(
             f"{e.message} (reading the tags of {repository}, which is read because distribution 2.8 "
             "leaves it out of a catalog seek from a name nested in it, where a catalog page ends: the "
-            f"account needs pull access to {repository}, or to {namespace}/*, even where it is only a "
+            "registry account (anonymous access, where none is configured) needs pull access to "
+            f"{repository}, or to {namespace}/*, even where it is only a "
             'directory; docs/registry.md, "Catalog")',
             denied=True,
         ) from e
