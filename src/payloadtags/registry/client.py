@@ -83,7 +83,8 @@ EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
 MAX_CATALOG_PAGE = 1000
 # The page sizes tried, largest first, after a registry refuses a catalog page's ``n`` (distribution's
 # ``catalog.maxentries`` below it: 400 PAGINATION_NUMBER_INVALID, whose detail names only the ``n``
-# asked). Round numbers, as configured limits are: at most this many more requests, once per client.
+# asked). Round numbers, as configured limits are: at most this many more requests, once per client
+# (one call at a time steps down; calls refused meanwhile wait for the size it finds: one refusal each).
 CATALOG_PAGE_STEPS = (500, 200, 100, 50, 20, 10, 5, 2, 1)
 MANIFEST_LIMIT = 8 << 20
 JSON_LIMIT = 32 << 20  # a tags list of a repository with very many tags
@@ -263,6 +264,8 @@ class RegistryClient:
         # The largest catalog page size this registry took after refusing a larger one: later pages
         # ask no more (None: none refused).
         self._catalog_limit: int | None = None
+        # Calls waiting for the one stepping a refused catalog page down (None: none is).
+        self._catalog_waiters: list[Deferred[None]] | None = None
         # Until when the last probe's "deletes work here" is believed (reactor seconds).
         self._probe_valid_until = 0.0
         # Every mutation of a repository waits for the earlier ones of this process to finish.
@@ -315,7 +318,7 @@ class RegistryClient:
         """
         if not 1 <= n <= MAX_CATALOG_PAGE:
             raise ValueError(f"catalog page size must be 1..{MAX_CATALOG_PAGE}, not {n}")
-        size = n if self._catalog_limit is None else min(n, self._catalog_limit)
+        size = self._catalog_size(n)
         page: CatalogPage = await self._reads.join(
             ("catalog", last or "", size), lambda on_send: self._catalog(last, size, on_send)
         )
@@ -325,27 +328,37 @@ class RegistryClient:
 
     async def _catalog(self, last: str | None, n: int, on_send: Callable[[], object]) -> CatalogPage:
         asked = n
-        while True:
-            query = {"n": str(n)}
-            if last:
-                query["last"] = last
-            path = "/v2/_catalog?" + urllib.parse.urlencode(query)
-            reply = await self._call("GET", path, scope="registry:catalog:*", on_send=on_send)
-            if n == 1 or reply.status != 400 or "PAGINATION_NUMBER_INVALID" not in reply.error_codes():
-                break
-            # Refused as too large (distribution's catalog.maxentries): the same page, smaller, in
-            # the same call, so within its caller's deadline; a refusal of n=1 is no size limit.
-            n = max(step for step in CATALOG_PAGE_STEPS if step < n)
-        if n < asked and reply.status == 200:
-            if self._catalog_limit is None or n < self._catalog_limit:
-                log.warn(
-                    "registry {registry} refuses catalog pages of {asked} names "
-                    "(its catalog.maxentries?): asking {n} from now on",
-                    registry=self._name,
-                    asked=asked,
-                    n=n,
-                )
-            self._catalog_limit = n if self._catalog_limit is None else min(n, self._catalog_limit)
+        # A read that waited in the coalescer may go out after a size was learned meanwhile.
+        n = self._catalog_size(n)
+        stepping = False  # this call steps the size down, and others refused meanwhile wait for it
+        try:
+            while True:
+                query = {"n": str(n)}
+                if last:
+                    query["last"] = last
+                path = "/v2/_catalog?" + urllib.parse.urlencode(query)
+                reply = await self._call("GET", path, scope="registry:catalog:*", on_send=on_send)
+                if n == 1 or not _refused_page_size(reply):
+                    break
+                # Refused as too large (distribution's catalog.maxentries): the same page, smaller, in
+                # the same call, so within its caller's deadline; a refusal of n=1 is no size limit.
+                # One call at a time walks the sizes: the others wait for the size it finds instead
+                # of each sending the same refused requests.
+                if not stepping and self._catalog_waiters is not None:
+                    await self._catalog_stepped()
+                elif not stepping:
+                    stepping, self._catalog_waiters = True, []
+                n = self._catalog_size(max(step for step in CATALOG_PAGE_STEPS if step < n))
+            if n < asked and reply.status == 200:
+                self._learn_catalog_size(asked, n)
+        finally:
+            if stepping:
+                waiters, self._catalog_waiters = self._catalog_waiters or [], None
+                for waiter in waiters:
+                    if not waiter.called:  # a cancelled waiter is already called
+                        waiter.callback(None)
+        if n == 1 and asked > 1 and _refused_page_size(reply):
+            raise self._error(reply, f"the repository catalog, at every page size from {asked} down to 1")
         if reply.status == 404:
             # A registry always has a catalog (maybe empty): this is not one, whatever the user asked.
             # Said as a configuration error, not as NotFound (which kubectl would show as "no such tag").
@@ -364,6 +377,33 @@ class RegistryClient:
             self._check_advances(reply, last, names)
         more = self._next_link(reply) is not None
         return CatalogPage(repositories=names, more=more, n=n if n < asked else None)
+
+    def _catalog_size(self, n: int) -> int:
+        """``n``, or the smaller size this registry took after refusing a larger one."""
+        return n if self._catalog_limit is None else min(n, self._catalog_limit)
+
+    async def _catalog_stepped(self) -> None:
+        """Waits for the call stepping a refused catalog page down to end (whatever its outcome)."""
+        waiter: Deferred[None] = Deferred()
+        assert self._catalog_waiters is not None
+        self._catalog_waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if self._catalog_waiters is not None and waiter in self._catalog_waiters:
+                self._catalog_waiters.remove(waiter)
+
+    def _learn_catalog_size(self, asked: int, n: int) -> None:
+        """The registry took a page of ``n`` after refusing ``asked``: later pages ask no more."""
+        if self._catalog_limit is None or n < self._catalog_limit:
+            log.warn(
+                "registry {registry} refuses catalog pages of {asked} names "
+                "(its catalog.maxentries?): asking {n} from now on",
+                registry=self._name,
+                asked=asked,
+                n=n,
+            )
+            self._catalog_limit = n
 
     def _check_advances(self, reply: _Reply, last: str, names: list[str]) -> None:
         """Every name of a page after ``last`` must come after it, in the order the registry keeps:
@@ -1480,3 +1520,8 @@ def _sorted_once(tags: list[str]) -> tuple[str, ...]:
     if any(map(operator.eq, ordered, itertools.islice(ordered, 1, None))):
         return tuple(sorted(set(ordered)))
     return tuple(ordered)
+
+
+def _refused_page_size(reply: _Reply) -> bool:
+    """A catalog page refused for its ``n`` (distribution's ``catalog.maxentries`` below it)."""
+    return reply.status == 400 and "PAGINATION_NUMBER_INVALID" in reply.error_codes()
