@@ -1,0 +1,93 @@
+"""The catalog page-size step-down (distribution's `catalog.maxentries`): reads refused while another
+read steps down wait for it, and are let go, to step down themselves, whatever ends it (a cancel, a
+timeout): never left waiting for a size nobody will find."""
+
+from __future__ import annotations
+
+import urllib.parse
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import Clock
+
+from payloadtags.registry import RegistryTimeout
+from tests.unit.test_registry_client_unit import Answer, Sent, error_answer, json_answer, make, run
+
+LIMIT = 50  # the registry's catalog.maxentries here
+NAMES = [f"r{i:03d}" for i in range(300)]
+
+
+class HeldCatalog:
+    """Holds every request until the test answers it, as a registry with ``LIMIT`` would."""
+
+    def __init__(self) -> None:
+        self.held: list[tuple[Sent, Deferred[Answer]]] = []
+
+    def __call__(self, request: Sent) -> Deferred[Answer]:
+        answer: Deferred[Answer] = Deferred()
+        self.held.append((request, answer))
+        return answer
+
+    def asked(self) -> list[tuple[str, int]]:
+        """(last, n) of every request so far."""
+        return [self._query(sent) for sent, _ in self.held]
+
+    def answer(self, index: int) -> None:
+        sent, answer = self.held[index]
+        _, n = self._query(sent)
+        if n > LIMIT:
+            answer.callback(error_answer(400, "PAGINATION_NUMBER_INVALID"))
+        else:
+            answer.callback(json_answer({"repositories": NAMES[:n]}))
+
+    def answer_until(self, done: list[Any], start: int) -> None:
+        index = start
+        while not done:
+            self.answer(index)
+            index += 1
+
+    @staticmethod
+    def _query(sent: Sent) -> tuple[str, int]:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(sent.url).query)
+        return query.get("last", [""])[0], int(query["n"][0])
+
+
+def outcome(d: Deferred[Any]) -> list[Any]:
+    out: list[Any] = []
+    d.addBoth(out.append)
+    return out
+
+
+def _stepping_and_waiting(
+    clock: Clock, timeout: float | None = None
+) -> tuple[HeldCatalog, Deferred[Any], Deferred[Any]]:
+    held = HeldCatalog()
+    client, _ = make(held, clock) if timeout is None else make(held, clock, timeout=timeout)
+    stepping = run(client.catalog(n=1000))
+    waiting = run(client.catalog(last="a", n=1000))
+    held.answer(0)  # refused: this read steps down, asking 500
+    held.answer(1)  # refused too: this one waits for it
+    assert held.asked()[2:] == [("", 500)], held.asked()
+    return held, stepping, waiting
+
+
+def test_a_read_waiting_for_a_cancelled_step_down_steps_down_itself() -> None:
+    held, stepping, waiting = _stepping_and_waiting(Clock())
+    stepped, waited = outcome(stepping), outcome(waiting)
+    stepping.cancel()
+    assert stepped and stepped[0].check(CancelledError)
+    assert held.asked()[3:] == [("a", 500)], held.asked()  # let go at once
+    held.answer_until(waited, 3)
+    assert waited[0].n == LIMIT and len(waited[0].repositories) == LIMIT
+
+
+def test_a_read_waiting_for_a_step_down_that_times_out_steps_down_itself() -> None:
+    clock = Clock()
+    held, stepping, waiting = _stepping_and_waiting(clock, timeout=10.0)
+    stepped, waited = outcome(stepping), outcome(waiting)
+    clock.advance(10.1)  # the stepping read's request of 500 times out
+    assert stepped and stepped[0].check(RegistryTimeout)
+    assert not waited
+    assert held.asked()[3:] == [("a", 500)], held.asked()
+    held.answer_until(waited, 3)
+    assert waited[0].n == LIMIT
