@@ -11,7 +11,8 @@ cascade behind a token service that refuses a guessed name.)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -285,6 +286,28 @@ async def test_a_real_repository_read_as_a_guess_and_refused_fails_the_list_what
         token.close()
 
 
+@contextlib.contextmanager
+def _robot_registry(tmp_path: Path) -> Iterator[tuple[TokenServer, RegistryServer]]:
+    """A registry behind a token service that knows the robot, holding `q`'s ``WALKED`` repositories."""
+    token = TokenServer(tmp_path, users={"robot": "pw"})
+    try:
+        with RegistryServer(token_server=token, username="robot", password="pw") as registry:
+            push(registry, "q", WALKED)
+            yield token, registry
+    finally:
+        token.close()
+
+
+async def _tokens_cached_but_for_the_guess(client: RegistryClient) -> None:
+    """Tokens for the catalog and every listed repository but `q/app` (the one 2.8's seek from
+    `q/app/0` leaves out, read as a guess) are cached: a change at the token service then meets
+    the guess alone."""
+    await client.catalog(last=None, n=5)
+    for path in WALKED:
+        if path != "app":
+            await client.tags(f"q/{path}")
+
+
 @pytest_twisted.ensureDeferred
 async def test_rejected_credentials_fail_a_list_that_reads_a_guess(
     tmp_path: Path, make_client: Callable[..., RegistryClient]
@@ -293,26 +316,18 @@ async def test_rejected_credentials_fail_a_list_that_reads_a_guess(
     the token service's 401 for the guessed `q/app` was taken for "no repository" and its tags left
     out of a 200 list, with pages of one to three (review-catalogfix2 F2). A credentials error fails
     the list whatever the page size."""
-    token = TokenServer(tmp_path, users={"robot": "pw"})
-    try:
-        with RegistryServer(token_server=token, username="robot", password="pw") as registry:
-            push(registry, "q", WALKED)
-            client = make_client(registry)
-            await client.catalog(last=None, n=5)
-            for path in WALKED:
-                if path != "app":
-                    await client.tags(f"q/{path}")  # their tokens are cached
-            assert token.users is not None
-            token.users["robot"] = "rotated"  # the configured password no longer works
-            for page_size in (1, 2, 3, 1000):
-                with pytest.raises(RegistryAuthFailed) as failed:
-                    await Inventory(client, page_size=page_size).list("q")
-                assert "rejected the credentials" in failed.value.message, page_size
-                # No grant helps a rejected password: no advice to grant (review-catalogfix3 R3).
-                assert "needs pull access" not in failed.value.message, (page_size, failed.value.message)
-                assert not failed.value.denied
-    finally:
-        token.close()
+    with _robot_registry(tmp_path) as (token, registry):
+        client = make_client(registry)
+        await _tokens_cached_but_for_the_guess(client)
+        assert token.users is not None
+        token.users["robot"] = "rotated"  # the configured password no longer works
+        for page_size in (1, 2, 3, 1000):
+            with pytest.raises(RegistryAuthFailed) as failed:
+                await Inventory(client, page_size=page_size).list("q")
+            assert "rejected the credentials" in failed.value.message, page_size
+            # No grant helps a rejected password: no advice to grant (review-catalogfix3 R3).
+            assert "needs pull access" not in failed.value.message, (page_size, failed.value.message)
+            assert not failed.value.denied
 
 
 @pytest_twisted.ensureDeferred
@@ -323,23 +338,15 @@ async def test_a_guess_whose_token_service_fails_fails_the_list_as_unavailable(
     cached: the guessed `q/app` (left out of the seek from `q/app/0`) fails the list with the
     registry-unavailable 503, as a listed repository would, whatever the page size, never reads as
     empty with its tags left out of a 200 list (review-catalogfix3 R2)."""
-    token = TokenServer(tmp_path, users={"robot": "pw"})
-    try:
-        with RegistryServer(token_server=token, username="robot", password="pw") as registry:
-            push(registry, "q", WALKED)
-            client = make_client(registry)
-            await client.catalog(last=None, n=5)
-            for path in WALKED:
-                if path != "app":
-                    await client.tags(f"q/{path}")  # their tokens are cached
-            token.fail_with = 503
-            for page_size in (1, 2, 3, 1000):
-                with pytest.raises(RegistryUnavailable) as failed:
-                    await Inventory(client, page_size=page_size).list("q")
-                assert "answered HTTP 503" in failed.value.message, (page_size, failed.value.message)
-                assert api_error_for(failed.value).status().code == 503
-    finally:
-        token.close()
+    with _robot_registry(tmp_path) as (token, registry):
+        client = make_client(registry)
+        await _tokens_cached_but_for_the_guess(client)
+        token.fail_with = 503
+        for page_size in (1, 2, 3, 1000):
+            with pytest.raises(RegistryUnavailable) as failed:
+                await Inventory(client, page_size=page_size).list("q")
+            assert "answered HTTP 503" in failed.value.message, (page_size, failed.value.message)
+            assert api_error_for(failed.value).status().code == 503
 
 
 @pytest_twisted.ensureDeferred

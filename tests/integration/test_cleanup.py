@@ -1040,6 +1040,27 @@ class _NoNamespaces:
         return False
 
 
+def _sweep_of_gone_namespaces(
+    client: RegistryClient, page_size: int, hand: Callable[[str], None], dry_run: bool = False
+) -> Sweep:
+    """A sweep over the registry's catalog in pages of ``page_size`` that finds no namespace in the
+    cluster: every namespace with content is gone, and handed to ``hand``."""
+
+    async def gone(namespace: str) -> tuple[str, str | None]:
+        return ABSENT, None
+
+    return Sweep(
+        client,
+        reactor,
+        _NoNamespaces(),  # type: ignore[arg-type]
+        gone,
+        hand,
+        Cascade(client, reactor),
+        page_size=page_size,
+        dry_run=dry_run,
+    )
+
+
 @pytest_twisted.ensureDeferred
 async def test_the_sweep_reads_past_a_catalog_page_that_ends_in_a_nested_repository(
     fresh_registry: RegistryServer,
@@ -1056,20 +1077,7 @@ async def test_the_sweep_reads_past_a_catalog_page_that_ends_in_a_nested_reposit
         # which the seek from `o1/app/0` leaves out, is not (docs/namespace-cleanup.md).
         for page_size, seen in ((1, 3), (2, 3), (3, 4), (1000, 4)):
             handed: list[str] = []
-
-            async def gone(namespace: str) -> tuple[str, str | None]:
-                return ABSENT, None
-
-            sweep = Sweep(
-                client,
-                reactor,
-                _NoNamespaces(),  # type: ignore[arg-type]
-                gone,
-                handed.append,
-                Cascade(client, reactor),
-                page_size=page_size,
-            )
-            result = await sweep.run()
+            result = await _sweep_of_gone_namespaces(client, page_size, handed.append).run()
             assert (result.candidates, result.repositories_seen) == (("o1", "o2"), seen), page_size
             assert handed == ["o1", "o2"]
     finally:
@@ -1091,20 +1099,7 @@ async def test_the_sweep_counts_the_repositories_the_catalog_lists_whatever_its_
     client = RegistryClient(reactor, RegistrySettings(url=fresh_registry.url, timeout=5.0))
     try:
         for page_size in (1, 2, 3, 4, 1000):
-
-            async def gone(namespace: str) -> tuple[str, str | None]:
-                return ABSENT, None
-
-            sweep = Sweep(
-                client,
-                reactor,
-                _NoNamespaces(),  # type: ignore[arg-type]
-                gone,
-                lambda namespace: None,
-                Cascade(client, reactor),
-                page_size=page_size,
-                dry_run=True,
-            )
+            sweep = _sweep_of_gone_namespaces(client, page_size, lambda namespace: None, dry_run=True)
             result = await sweep.run()
             assert (result.candidates, result.repositories_seen) == (("o1", "o2"), 5), page_size
     finally:

@@ -477,6 +477,14 @@ async def test_a_grant_or_a_revocation_ends_a_watch_from_a_list_with_410(
     assert await eventually(lambda: _showing(alice, namespace, ["app"]), within=20)
 
 
+async def _noted_by_a_stream(client: ApiClient, url: str, resource_version: str | None) -> None:
+    """A watch of the client's user on ``url`` from ``resource_version``, run to its end (one second):
+    her rules are noted in its scope (docs/watch.md, "Access")."""
+    ended = await stream(client, f"{url}?watch=true&timeoutSeconds=1&resourceVersion={resource_version}")
+    assert ended.code == 200
+    await ended.ended
+
+
 async def _checked(api: Any, before: int) -> bool:
     """Whether the server's access check has run since the rules' generation ``before``."""
     hub = api.running.api.watch_hub
@@ -708,10 +716,7 @@ async def test_her_rules_changed_back_between_two_pages_of_her_list_is_410(
     url = collection(namespace) if scope == "namespace" else f"{B}/payloadrepositorytags"
     if scope == "all":
         listed = (await alice.get(url)).json()["metadata"]["resourceVersion"]
-    # A stream of hers in the scope: her rules are noted there.
-    ended = await stream(alice, f"{url}?watch=true&timeoutSeconds=1&resourceVersion={listed}")
-    assert ended.code == 200
-    await ended.ended
+    await _noted_by_a_stream(alice, url, listed)
 
     def mine(page: Any) -> list[str]:
         return [i["spec"]["repositoryPath"] for i in page["items"] if i["metadata"]["namespace"] == namespace]
@@ -763,9 +768,7 @@ async def test_a_page_of_her_all_namespaces_list_checks_her_rules_where_it_read(
     url = f"{B}/payloadrepositorytags"
     await eventually(lambda: _showing(alice, namespace, ["app", "zz", "zzz"]), within=20)
     listed = (await alice.get(url)).json()["metadata"]["resourceVersion"]
-    ended = await stream(alice, f"{url}?watch=true&timeoutSeconds=1&resourceVersion={listed}")
-    assert ended.code == 200
-    await ended.ended
+    await _noted_by_a_stream(alice, url, listed)
     rules_of = hub.access_rules
     asked: list[str] = []
 
@@ -1594,9 +1597,7 @@ async def test_her_rules_changed_before_a_page_and_back_during_its_read_is_410(
     url = collection(namespace) if page == "continued" else f"{B}/payloadrepositorytags"
     if page != "continued":
         listed = (await alice.get(url)).json()["metadata"]["resourceVersion"]
-    ended = await stream(alice, f"{url}?watch=true&timeoutSeconds=1&resourceVersion={listed}")
-    assert ended.code == 200
-    await ended.ended  # her rules are noted in the scope
+    await _noted_by_a_stream(alice, url, listed)
 
     reads = _UndoneWhileRead(api, undo)
     reads.install(monkeypatch)
@@ -1649,9 +1650,7 @@ async def test_her_rules_changed_where_a_later_all_namespaces_page_goes_on_and_b
     await eventually(lambda: _showing(alice, later, sorted([*first, "zz"])), within=20)
     url = f"{B}/payloadrepositorytags"
     listed = (await alice.get(url)).json()["metadata"]["resourceVersion"]
-    ended = await stream(alice, f"{url}?watch=true&timeoutSeconds=1&resourceVersion={listed}")
-    assert ended.code == 200
-    await ended.ended  # her rules are noted in the scope: in `namespace` and in `later`
+    await _noted_by_a_stream(alice, url, listed)  # in `namespace` and in `later`
 
     reads = _UndoneWhileRead(api, undo)
     reads.install(monkeypatch)
@@ -1713,9 +1712,7 @@ async def test_a_page_spanning_a_change_keeps_the_watch_of_a_later_list_made_who
     url = collection(namespace) if scope == "namespace" else f"{B}/payloadrepositorytags"
     if scope == "all":
         listed = (await alice.get(url)).json()["metadata"]["resourceVersion"]
-    ended = await stream(alice, f"{url}?watch=true&timeoutSeconds=1&resourceVersion={listed}")
-    assert ended.code == 200
-    await ended.ended  # her rules are noted in the scope (A)
+    await _noted_by_a_stream(alice, url, listed)  # her rules are noted in the scope (A)
 
     real = Inventory.list
     armed = False
