@@ -225,11 +225,15 @@ async def test_a_refusal_of_every_size_fails_the_read_after_the_ladder(
         assert "from 1000 down to 1" in str(caught.value), caught.value
         sizes = [urllib.parse.parse_qs(urllib.parse.urlsplit(p).query)["n"] for _, p, _ in catalog(scripted)]
         assert sizes == [[str(n)] for n in (1000, *CATALOG_PAGE_STEPS)]
-        # Nothing learned: the next read asks its own size again.
+        # Nothing learned, no refusal remembered: the next read asks its own size again.
         scripted.seen.clear()
         with pytest.raises(RegistryProtocolError):
             await client.catalog(n=1)
         assert [p for _, p, _ in catalog(scripted)] == ["/v2/_catalog?n=1"]
+        scripted.seen.clear()
+        with pytest.raises(RegistryProtocolError):
+            await client.catalog(n=1000)
+        assert next(p for _, p, _ in catalog(scripted)) == "/v2/_catalog?n=1000"
 
 
 @pytest_twisted.ensureDeferred

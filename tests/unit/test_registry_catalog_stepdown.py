@@ -91,3 +91,29 @@ def test_a_read_waiting_for_a_step_down_that_times_out_steps_down_itself() -> No
     assert held.asked()[3:] == [("a", 500)], held.asked()
     held.answer_until(waited, 3)
     assert waited[0].n == LIMIT
+
+
+def test_sizes_refused_to_a_step_down_that_was_cancelled_are_not_asked_again() -> None:
+    held = HeldCatalog()
+    client, _ = make(held, Clock())
+    stepping = run(client.catalog(n=1000))
+    stepped = outcome(stepping)
+    held.answer(0)  # 1000 refused
+    held.answer(1)  # 500 refused
+    assert held.asked() == [("", 1000), ("", 500), ("", 200)]
+    stepping.cancel()  # its client went away before a page
+    assert stepped and stepped[0].check(CancelledError)
+    # The next read starts below what was refused, and learns the size the first one would have.
+    again = run(client.catalog(last="a", n=1000))
+    got = outcome(again)
+    assert held.asked()[3:] == [("a", 200)], held.asked()
+    held.answer_until(got, 3)
+    assert held.asked()[3:] == [("a", 200), ("a", 100), ("a", LIMIT)], held.asked()
+    assert got[0].n == LIMIT
+    # A read that asks a small size of its own takes it, and teaches nothing smaller.
+    small = outcome(run(client.catalog(last="b", n=20)))
+    held.answer(6)
+    assert held.asked()[6:] == [("b", 20)] and small[0].n is None
+    later = outcome(run(client.catalog(last="c", n=1000)))
+    held.answer(7)
+    assert held.asked()[7:] == [("c", LIMIT)] and later[0].n == LIMIT

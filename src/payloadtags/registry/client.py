@@ -264,6 +264,10 @@ class RegistryClient:
         # The largest catalog page size this registry took after refusing a larger one: later pages
         # ask no more (None: none refused).
         self._catalog_limit: int | None = None
+        # The smallest catalog page size this registry refused (None: none). Kept whatever becomes of
+        # the read that was refused (cancelled, timed out, failed), so that no read asks it again;
+        # forgotten when even n=1 is refused (no size limit, then).
+        self._catalog_refused: int | None = None
         # Calls waiting for the one stepping a refused catalog page down (None: none is).
         self._catalog_waiters: list[Deferred[None]] | None = None
         # Until when the last probe's "deletes work here" is believed (reactor seconds).
@@ -340,6 +344,8 @@ class RegistryClient:
                 reply = await self._call("GET", path, scope="registry:catalog:*", on_send=on_send)
                 if n == 1 or not _refused_page_size(reply):
                     break
+                if self._catalog_refused is None or n < self._catalog_refused:
+                    self._catalog_refused = n
                 # Refused as too large (distribution's catalog.maxentries): the same page, smaller, in
                 # the same call, so within its caller's deadline; a refusal of n=1 is no size limit.
                 # One call at a time walks the sizes: the others wait for the size it finds instead
@@ -348,17 +354,23 @@ class RegistryClient:
                     await self._catalog_stepped()
                 elif not stepping:
                     stepping, self._catalog_waiters = True, []
-                n = self._catalog_size(max(step for step in CATALOG_PAGE_STEPS if step < n))
-            if n < asked and reply.status == 200:
-                self._learn_catalog_size(asked, n)
+                n = self._catalog_size(_step_below(n))
+            refused = self._catalog_refused
+            if reply.status == 200 and refused is not None and n == _step_below(refused):
+                # The largest size left: taken, it is this registry's, whichever read found the
+                # refusals above it (this one, or one cancelled or failed before a page).
+                self._learn_catalog_size(refused, n)
         finally:
             if stepping:
                 waiters, self._catalog_waiters = self._catalog_waiters or [], None
                 for waiter in waiters:
                     if not waiter.called:  # a cancelled waiter is already called
                         waiter.callback(None)
-        if n == 1 and asked > 1 and _refused_page_size(reply):
-            raise self._error(reply, f"the repository catalog, at every page size from {asked} down to 1")
+        if n == 1 and _refused_page_size(reply):
+            # Refused even one name: not a size limit, and none of its refusals is one to keep.
+            self._catalog_refused = None
+            if asked > 1:
+                raise self._error(reply, f"the repository catalog, at every page size from {asked} down to 1")
         if reply.status == 404:
             # A registry always has a catalog (maybe empty): this is not one, whatever the user asked.
             # Said as a configuration error, not as NotFound (which kubectl would show as "no such tag").
@@ -379,8 +391,13 @@ class RegistryClient:
         return CatalogPage(repositories=names, more=more, n=n if n < asked else None)
 
     def _catalog_size(self, n: int) -> int:
-        """``n``, or the smaller size this registry took after refusing a larger one."""
-        return n if self._catalog_limit is None else min(n, self._catalog_limit)
+        """``n``, or the smaller size this registry took after refusing a larger one; below any size
+        it refused, the next smaller step."""
+        if self._catalog_limit is not None:
+            n = min(n, self._catalog_limit)
+        if self._catalog_refused is not None and n >= self._catalog_refused:
+            n = _step_below(self._catalog_refused)
+        return n
 
     async def _catalog_stepped(self) -> None:
         """Waits for the call stepping a refused catalog page down to end (whatever its outcome)."""
@@ -1520,6 +1537,11 @@ def _sorted_once(tags: list[str]) -> tuple[str, ...]:
     if any(map(operator.eq, ordered, itertools.islice(ordered, 1, None))):
         return tuple(sorted(set(ordered)))
     return tuple(ordered)
+
+
+def _step_below(n: int) -> int:
+    """The catalog page size to ask after ``n`` was refused (``n`` > 1)."""
+    return max(step for step in CATALOG_PAGE_STEPS if step < n)
 
 
 def _refused_page_size(reply: _Reply) -> bool:
