@@ -40,6 +40,23 @@ def test_the_same_answer_again_is_taken_once_and_an_equal_other_one_is_still_rec
     ]
 
 
+def test_an_equal_answer_of_another_read_adds_nothing_and_is_not_turned_into_a_set() -> None:
+    # A list repeated while nothing changes reads equal answers, each its own tuple.
+    record = Listed(scope="team", sequence=1, touched=0.0)
+    assert record.observe("team/app", ("v1", "v2"), vouch=False) == 2
+    assert record.reads["team/app"] == (frozenset(), frozenset({"v1", "v2"}))
+    Counted.walks = 0
+    assert record.observe("team/app", Counted(("v1", "v2"))) == 0
+    assert Counted.walks == 0
+    assert record.reads["team/app"] == (frozenset(), frozenset({"v1", "v2"}))  # as before: idempotent
+    # One that differs is still taken, and the next equal one compared with it, not the first.
+    assert record.observe("team/app", Counted(("v1",))) == 0
+    assert Counted.walks == 1
+    assert record.observe("team/app", Counted(("v1", "v3"))) == 1
+    assert record.reads["team/app"] == (frozenset(), frozenset({"v1", "v2", "v3"}))
+    assert record.size == 3
+
+
 def test_a_list_that_failed_no_longer_counts_so_the_others_are_not_sent_their_own_tags_again() -> None:
     scopes = ListedScopes()
     refused = scopes.open("team", 1, now=0.0)  # refused before it read anything (access rules loading)

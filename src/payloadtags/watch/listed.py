@@ -43,7 +43,8 @@ class Listed:
     # The one callable lists report to this record through (`WatchHub.observer`).
     report: Callable[[str, Sequence[str]], None] | None = None
     # Per repository, the registry answer recorded last: an immutable tuple that lists sharing one read
-    # (coalescing) all report; the same one again adds nothing, and is not turned into a set again.
+    # (coalescing) all report; the same one, or an equal one, again adds nothing, and is not turned
+    # into a set again.
     last: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
     # How many lists opened or joined the record (their first pages).
     lists: int = 0
@@ -57,7 +58,11 @@ class Listed:
         if self.dropped:
             return 0
         if isinstance(tags, tuple):
-            if self.last.get(repository) is tags:
+            last = self.last.get(repository)
+            # Taking a read is idempotent: the same tags again leave (every, some) as they are. A
+            # list repeated while nothing changes reads equal answers (other tuples): comparing the
+            # tuples costs a tenth of making and comparing the sets.
+            if last is tags or (last is not None and last == tags):
                 return 0
             self.last[repository] = tags
         seen = frozenset(tags)
