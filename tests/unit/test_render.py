@@ -393,8 +393,8 @@ def test_include_object_invalid_is_worded_as_kube_apiserver() -> None:
     with pytest.raises(ApiError) as caught:
         include_object("bogus")
     assert caught.value.message == (
-        'Unable to convert to Table as requested: includeObject: Unsupported value: "bogus": '
-        'supported values: "Metadata", "None", "Object"'
+        'Unable to convert to Table as requested: includeObject: Invalid value: "bogus": '
+        "must be 'Metadata', 'Object', 'None', or empty"
     )
 
 
@@ -410,4 +410,4 @@ def test_include_object_invalid_quotes_as_go(value: str, shown: str) -> None:
     # Go's %q: control and blank characters escaped, printable ones (any script) as they are.
     with pytest.raises(ApiError) as caught:
         include_object(value)
-    assert f"Unsupported value: {shown}: " in caught.value.message
+    assert f"Invalid value: {shown}: " in caught.value.message

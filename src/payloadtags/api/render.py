@@ -64,11 +64,10 @@ def include_object(value: str | None) -> str:
     if value is None or value == "":
         return "Metadata"
     if value not in INCLUDE_OBJECT:
-        # kube-apiserver's words (ValidateTableOptions' field error, the allowed values sorted).
+        # kube-apiserver's words: ValidateTableOptions' field.Invalid, under the Table conversion's prefix.
         raise bad_request(
-            f"Unable to convert to Table as requested: includeObject: Unsupported value: "
-            f"{go_quote(value)}: "
-            'supported values: "Metadata", "None", "Object"'
+            f"Unable to convert to Table as requested: includeObject: Invalid value: {go_quote(value)}: "
+            "must be 'Metadata', 'Object', 'None', or empty"
         )
     return value
 
