@@ -25,7 +25,7 @@ from twisted.internet.threads import deferToThread
 from payloadtags.limits import WatchLimits
 from tests.support.harness import Pki, start_server
 from tests.support.interleaving import slow_seeds
-from tests.support.registry_server import RegistryServer
+from tests.support.registry_server import RegistryServer, reap
 from tests.support.watch_convergence import Client, Config, Report, Run, run_seed
 
 DEFAULT_SEEDS = (3, 13, 21, 24, 30)
@@ -115,6 +115,7 @@ async def test_clients_converge_many_seeds(
             report = await run_seed(reactor, registry, pki, Config(seed=seed, operations=80), tmp_path)
         finally:
             registry.signal_stop()
+            reap(registry_reaper)
         print(report.summary(), "violations:", len(report.violations))
         if report.violations:
             failures.append("\n".join([report.reproduce(), *report.violations]))

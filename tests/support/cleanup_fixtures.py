@@ -30,7 +30,7 @@ from payloadtags.cleanup import CleanupController, CleanupOptions, LeaderElectio
 from payloadtags.kube import Backoff, KubeClient, load_cluster_config
 from payloadtags.registry import RegistryClient, RegistrySettings
 from tests.support.listening import stop_listening, tcp_port
-from tests.support.registry_server import RegistryServer, need_registry, stop_all
+from tests.support.registry_server import RegistryServer, need_registry, reap, stop_all
 
 __all__ = [
     "FAST_LEADER_ELECTION",
@@ -88,6 +88,7 @@ def fresh_registry(registry_reaper: list[RegistryServer]) -> Iterator[RegistrySe
     registry_reaper.append(server)
     yield server
     server.signal_stop()
+    reap(registry_reaper)  # the earlier tests' registries, exited by now
 
 
 class _Forward(portforward.ProxyServer):

@@ -511,6 +511,10 @@ class RegistryServer:
             with contextlib.suppress(ProcessLookupError):
                 self.process.send_signal(signal.SIGTERM)
 
+    def exited(self) -> bool:
+        """Whether the process ended (it is waited for here, if it did)."""
+        return self.process is None or self.process.poll() is not None
+
     def _terminate(self, timeout: float) -> None:
         if self.process is None:
             return
@@ -548,6 +552,15 @@ def running_registry(**kwargs: Any) -> Iterator[RegistryServer]:
         server.stop()
 
 
+def reap(servers: list[RegistryServer]) -> None:
+    """Finish stopping those of ``servers`` that exited after `RegistryServer.signal_stop`, and drop
+    them from the list: their processes are waited for (no zombies) and their storage, in /dev/shm
+    where it can be (memory), removed now rather than when the test session ends."""
+    for server in [server for server in servers if server.exited()]:
+        server.stop(0)
+        servers.remove(server)
+
+
 def stop_all(servers: list[RegistryServer], timeout: float = 5.0) -> None:
     """Stop several registries at once: each takes a moment to exit after SIGTERM."""
     for server in servers:
@@ -566,6 +579,7 @@ __all__ = [
     "grant_all",
     "make_tls_files",
     "need_registry",
+    "reap",
     "registry_available",
     "running_registry",
     "stop_all",
