@@ -16,7 +16,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from payloadtags.access.authn import UserInfo
 from payloadtags.access.authz import Authorizer
-from payloadtags.registry import CatalogPage, Manifest, Registry
+from payloadtags.registry import Before, CatalogPage, Manifest, Registry
 from payloadtags.registry.client import MAX_CATALOG_PAGE
 from payloadtags.registry.errors import (
     RegistryDeleteDisabled,
@@ -187,26 +187,34 @@ class InstrumentedRegistry:
     # time, a noticeable part of a small read's CPU when a list makes thousands.
     _counted: dict[tuple[str, str], tuple[Any, Any]] = attrs.field(factory=dict, init=False, repr=False)
 
-    async def _measure(self, operation: str, call: Awaitable[T]) -> T:
+    async def _measure(
+        self, operation: str, call: Awaitable[T], stopped: Callable[[], bool] | None = None
+    ) -> T:
+        """``stopped``: whether the operation was stopped by its caller's `Before`, which sends nothing
+        to the registry: then it is neither counted nor told as a failure."""
         started = self.clock()
         error: BaseException | None = None
         try:
             return await call
         except BaseException as exc:
             error = exc
-            if self.on_failure is not None:
+            if self.on_failure is not None and not _stopped(stopped):
                 self.on_failure(operation, exc)
             raise
         finally:
-            key = (operation, outcome_of(error))
-            counted = self._counted.get(key)
-            if counted is None:
-                counted = self._counted[key] = (
-                    self.metrics.registry_requests.labels(*key),
-                    self.metrics.registry_duration.labels(operation),
-                )
-            counted[0].inc()
-            counted[1].observe(self.clock() - started)
+            if not _stopped(stopped):
+                self._count(operation, error, started)
+
+    def _count(self, operation: str, error: BaseException | None, started: float) -> None:
+        key = (operation, outcome_of(error))
+        counted = self._counted.get(key)
+        if counted is None:
+            counted = self._counted[key] = (
+                self.metrics.registry_requests.labels(*key),
+                self.metrics.registry_duration.labels(operation),
+            )
+        counted[0].inc()
+        counted[1].observe(self.clock() - started)
 
     async def ping(self) -> None:
         return await self._measure("ping", self.inner.ping())
@@ -226,14 +234,47 @@ class InstrumentedRegistry:
     async def blob(self, repository: str, digest: str, max_bytes: int = 4 << 20) -> bytes:
         return await self._measure("blob", self.inner.blob(repository, digest, max_bytes=max_bytes))
 
-    async def delete_tag(self, repository: str, tag: str) -> str | None:
-        return await self._measure("delete_tag", self.inner.delete_tag(repository, tag))
+    async def delete_tag(self, repository: str, tag: str, *, before: Before | None = None) -> str | None:
+        checks = _Checks(before)
+        call = self.inner.delete_tag(repository, tag, before=checks.wrapped())
+        return await self._measure("delete_tag", call, checks.stopped)
 
-    async def delete_manifest(self, repository: str, digest: str) -> None:
-        return await self._measure("delete_manifest", self.inner.delete_manifest(repository, digest))
+    async def delete_manifest(self, repository: str, digest: str, *, before: Before | None = None) -> None:
+        checks = _Checks(before)
+        call = self.inner.delete_manifest(repository, digest, before=checks.wrapped())
+        return await self._measure("delete_manifest", call, checks.stopped)
 
     async def close(self) -> None:
         await self.inner.close()
+
+
+def _stopped(stopped: Callable[[], bool] | None) -> bool:
+    return stopped is not None and stopped()
+
+
+@attrs.define
+class _Checks:
+    """A mutation's `Before`, noting whether it stopped the mutation (raised)."""
+
+    before: Before | None
+    _raised: bool = False
+
+    def wrapped(self) -> Before | None:
+        before = self.before
+        if before is None:
+            return None
+
+        async def checked() -> None:
+            try:
+                await before()
+            except BaseException:
+                self._raised = True
+                raise
+
+        return checked
+
+    def stopped(self) -> bool:
+        return self._raised
 
 
 @attrs.define

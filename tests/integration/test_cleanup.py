@@ -24,7 +24,7 @@ from payloadtags.cleanup import Aborted, Cascade, CascadeResult, Unconfirmed, na
 from payloadtags.cleanup.cascade import Walk
 from payloadtags.cleanup.removal import namespace_remover
 from payloadtags.cleanup.sweep import ABSENT, EXISTS, TERMINATING, UNKNOWN, Sweep, require_gone
-from payloadtags.registry import RegistryClient, RegistrySettings
+from payloadtags.registry import Before, RegistryClient, RegistrySettings
 from payloadtags.registry.errors import RegistryUnavailable
 from tests.support import images
 from tests.support.cleanup_fixtures import *  # noqa: F403
@@ -459,8 +459,8 @@ def after_first_delete(registry: RegistryClient, then: Callable[[], Awaitable[No
     real_delete = registry.delete_manifest
     deleted: list[str] = []
 
-    async def delete_then(repository: str, digest: str) -> None:
-        await real_delete(repository, digest)
+    async def delete_then(repository: str, digest: str, *, before: Before | None = None) -> None:
+        await real_delete(repository, digest, before=before)
         deleted.append(digest)
         if len(deleted) == 1:
             await then()
@@ -551,7 +551,11 @@ async def test_a_delete_ready_after_the_namespace_is_created_anew_waits_for_a_ge
                 evaluated.callback(None)
                 await slow[0]
 
-    async def delete(repository: str, digest: str) -> None:
+    async def delete(repository: str, digest: str, *, before: Before | None = None) -> None:
+        # The checks in the repository's turn (the cascade's GET among them), then the request, which
+        # here may take long to reach the registry.
+        if before is not None:
+            await before()
         if repository == f"{team}/other":
             if not other_deleted:
                 await app_sent

@@ -18,7 +18,7 @@ from payloadtags.cleanup.cascade import Aborted, Cascade, CascadeResult, Unconfi
 from payloadtags.cleanup.metrics import CleanupMetrics
 from payloadtags.cleanup.watcher import NamespaceTriggers
 from payloadtags.kube import Backoff
-from payloadtags.registry import CatalogPage
+from payloadtags.registry import Before, CatalogPage
 from payloadtags.registry.content import skipped_by_seek
 from payloadtags.registry.errors import (
     RegistryNotFound,
@@ -70,7 +70,9 @@ class FakeRegistry:
         except KeyError:
             raise RegistryNotFound(f"{repository}:{tag}") from None
 
-    async def delete_manifest(self, repository: str, manifest: str) -> None:
+    async def delete_manifest(self, repository: str, manifest: str, *, before: Before | None = None) -> None:
+        if before is not None:
+            await before()  # in the repository's turn, as the registry client runs it
         self._gate("delete")
         tags = self.repos.get(repository, {})
         doomed = [tag for tag, d in tags.items() if d == manifest]
@@ -80,8 +82,10 @@ class FakeRegistry:
             del tags[tag]
         self.deletes.append((repository, manifest))
 
-    async def delete_tag(self, repository: str, tag: str) -> str | None:
+    async def delete_tag(self, repository: str, tag: str, *, before: Before | None = None) -> str | None:
         """Only reached for tags that resolve to nothing: gone, as this fake has no dangling tags."""
+        if before is not None:
+            await before()
         self._gate("delete")
         self.tag_deletes.append((repository, tag))
         digest = self.repos.get(repository, {}).pop(tag, None)
@@ -292,9 +296,9 @@ class LoggingRegistry(FakeRegistry):
         self.log.append("resolve")
         return await super().resolve(repository, tag)
 
-    async def delete_manifest(self, repository: str, manifest: str) -> None:
+    async def delete_manifest(self, repository: str, manifest: str, *, before: Before | None = None) -> None:
         self.log.append("delete")
-        await super().delete_manifest(repository, manifest)
+        await super().delete_manifest(repository, manifest, before=before)
 
 
 @pytest.mark.parametrize("requests", [1, 2, 3, 4, 6])
@@ -455,7 +459,9 @@ class SlowDeletes(FakeRegistry):
         self.arrived: list[tuple[str, bool]] = []  # (repository, the namespace existed)
         self.exists = False
 
-    async def delete_manifest(self, repository: str, manifest: str) -> None:
+    async def delete_manifest(self, repository: str, manifest: str, *, before: Before | None = None) -> None:
+        if before is not None:
+            await before()  # the checks in the turn; the request then takes a while to arrive
         gate: Deferred[None] = Deferred()
         self.pending.append((repository, gate))
         await gate
@@ -568,7 +574,9 @@ class SlowRegistry(FakeRegistry):
     async def resolve(self, repository: str, tag: str) -> str:
         return await self._slow("resolve", FakeRegistry.resolve, repository, tag)
 
-    async def delete_manifest(self, repository: str, manifest: str) -> None:
+    async def delete_manifest(self, repository: str, manifest: str, *, before: Before | None = None) -> None:
+        if before is not None:
+            await before()
         await self._slow("delete", FakeRegistry.delete_manifest, repository, manifest)
 
 

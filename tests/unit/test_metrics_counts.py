@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from payloadtags.access.authz import AlwaysAllow
 from payloadtags.identity import UserInfo
 from payloadtags.metrics import CountingAuthorizer, InstrumentedRegistry, Metrics
-from payloadtags.registry import RegistryNotFound, RegistryUnavailable
+from payloadtags.registry import Before, RegistryNotFound, RegistryUnavailable
 
 
 class Registry:
@@ -24,6 +24,19 @@ class Registry:
         if isinstance(answer, Exception):
             raise answer
         return answer
+
+
+class Deleting:
+    """Deletes that run their ``before`` as the registry client does, then fail or succeed."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+
+    async def delete_manifest(self, repository: str, digest: str, *, before: Before | None = None) -> None:
+        if before is not None:
+            await before()
+        if self.error is not None:
+            raise self.error
 
 
 def samples(metrics: Metrics, name: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -81,3 +94,33 @@ def test_access_decisions_are_counted_by_verb_and_decision(inner: object) -> Non
         key = (("decision", "allow" if decision else "deny"), ("verb", verb))
         expected[key] = expected.get(key, 0.0) + 1.0
     assert counts == expected
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_delete_its_caller_stopped_before_sending_is_not_a_registry_operation() -> None:
+    """A cascade's checks in the repository's turn (`Before`) that say stop send nothing: that is not
+    a failed registry request, and not told to the failure log."""
+    metrics, failures = Metrics(), []
+
+    async def stop() -> None:
+        raise RuntimeError("the namespace exists again")
+
+    async def go() -> None:
+        pass
+
+    def registry(error: Exception | None = None) -> InstrumentedRegistry:
+        inner = Deleting(error)
+        return InstrumentedRegistry(inner, metrics, on_failure=lambda *failed: failures.append(failed))  # type: ignore[arg-type]
+
+    with pytest.raises(RuntimeError):
+        await registry().delete_manifest("team/app", "sha256:" + "1" * 64, before=stop)
+    await registry().delete_manifest("team/app", "sha256:" + "1" * 64, before=go)
+    with pytest.raises(RegistryUnavailable):
+        await registry(RegistryUnavailable("down")).delete_manifest(
+            "team/app", "sha256:" + "1" * 64, before=go
+        )
+    assert samples(metrics, "payloadtags_registry_operations_total") == {
+        (("operation", "delete_manifest"), ("outcome", "ok")): 1.0,
+        (("operation", "delete_manifest"), ("outcome", "unavailable")): 1.0,
+    }
+    assert [operation for operation, _ in failures] == ["delete_manifest"]

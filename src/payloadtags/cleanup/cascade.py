@@ -44,7 +44,7 @@ from payloadtags.deferreds import Fresh, bounded_each, gather
 from payloadtags.inventory import CatalogCursor, guessed_tags
 from payloadtags.kube import Backoff
 from payloadtags.names import is_namespace
-from payloadtags.registry import Catalog
+from payloadtags.registry import Before, Catalog
 from payloadtags.registry.content import catalog_key, skipped_by_seek
 from payloadtags.registry.errors import RegistryConflict, RegistryError, RegistryNotFound, RegistryReadOnly
 
@@ -228,9 +228,14 @@ class CascadeRegistry(Catalog, Protocol):
 
     async def resolve(self, repository: str, reference: str, /) -> str: ...
 
-    async def delete_manifest(self, repository: str, digest: str, /) -> None: ...
+    # ``before`` runs in the repository's turn, right before the mutation's first request (`Before`).
+    async def delete_manifest(
+        self, repository: str, digest: str, /, *, before: Before | None = None
+    ) -> None: ...
 
-    async def delete_tag(self, repository: str, tag: str, /) -> str | None: ...
+    async def delete_tag(
+        self, repository: str, tag: str, /, *, before: Before | None = None
+    ) -> str | None: ...
 
 
 @attrs.define
@@ -592,10 +597,9 @@ class Cascade:
         deleted by this request or, first, by someone else."""
         await limit.acquire()
         try:
-            # Checked after waiting for a slot, i.e. right before the request leaves.
-            await _confirm(confirm, guard)
+            _check(guard)  # not queued at all once told to stop
             try:
-                await self.registry.delete_manifest(repository, digest)
+                await self.registry.delete_manifest(repository, digest, before=_checks(confirm, guard))
             except RegistryNotFound:
                 state.progress += 1  # someone else deleted it first: the goal is reached all the same
                 return True
@@ -622,9 +626,9 @@ class Cascade:
     ) -> None:
         await limit.acquire()
         try:
-            await _confirm(confirm, guard)
+            _check(guard)
             try:
-                digest = await self.registry.delete_tag(repository, tag)
+                digest = await self.registry.delete_tag(repository, tag, before=_checks(confirm, guard))
             except (RegistryNotFound, RegistryConflict):
                 # Gone meanwhile, or pushed again (the next pass deletes that by digest): either way
                 # the tag no longer blocks anything.
@@ -647,13 +651,26 @@ class Cascade:
             )
 
 
-async def _confirm(confirm: Confirm | None, guard: Guard | None) -> None:
-    """The checks right before a delete request leaves: the cluster API's answer (it may take a
-    while; a call to it is begun only while the guard allows, `Cascade._fresh`), then the synchronous
-    guard, which nothing can outdate between it and the request."""
-    if confirm is not None:
-        await confirm()
-    _check(guard)
+def _checks(confirm: Confirm | None, guard: Guard | None) -> Before:
+    """The checks right before a delete request leaves, run by the registry client once the
+    repository's turn is held (`Before`): the cluster API's answer (it may take a while; a call to it
+    is begun only while the guard allows, `Cascade._fresh`), then the synchronous guard, which nothing
+    can outdate between it and the request. Made in the turn, not before waiting for it: the client
+    queues a repository's mutations (`RepositoryQueue`), and another one (a user's slow tag delete)
+    can hold the turn for several registry timeouts, long enough for the namespace to be created
+    anew, this replica to stop leading, or a deletecollection's budget to run out meanwhile.
+
+    The repository's other mutations in this process wait while the checks run: one `GET` of the
+    cluster API (shared, `Cascade._fresh`), bounded by the API client's request timeout; when the API
+    cannot tell, its few retries with their short backoff (`check_backoff`) before the delete stops.
+    That is the price of leaving only one round trip between the check and the request."""
+
+    async def checks() -> None:
+        if confirm is not None:
+            await confirm()
+        _check(guard)
+
+    return checks
 
 
 def _check(guard: Guard | None) -> None:

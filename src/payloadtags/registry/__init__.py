@@ -34,7 +34,7 @@ from .errors import (
     RegistryTimeout,
     RegistryUnavailable,
 )
-from .interface import Catalog, Registry
+from .interface import Before, Catalog, Registry
 from .queue import RepositoryQueue
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "OCI_INDEX",
     "OCI_MANIFEST",
     "REPAIR_ANNOTATION",
+    "Before",
     "Catalog",
     "CatalogPage",
     "Manifest",

@@ -71,6 +71,7 @@ from .errors import (
     RegistryTimeout,
     RegistryUnavailable,
 )
+from .interface import Before
 from .queue import RepositoryQueue
 from .transport import BodyTooLarge, BytesProducer, KeptEndpoints, OriginRequests, TLSPolicy, read_body
 
@@ -564,16 +565,21 @@ class RegistryClient:
             raise self._protocol(reply, f"{what} has content with digest {actual}")
         return reply.body
 
-    async def delete_manifest(self, repository: str, digest: str) -> None:
+    async def delete_manifest(self, repository: str, digest: str, *, before: Before | None = None) -> None:
         """Delete a manifest by digest. The registry untags every tag that points at it.
 
-        Queued behind the other mutations of the repository in this process (`RepositoryQueue`)."""
+        Queued behind the other mutations of the repository in this process (`RepositoryQueue`);
+        ``before`` runs in the repository's turn, right before the DELETE is sent (`Before`)."""
         self._check_repository(repository)
         self._check_digest(digest)
         async with self._queue.hold(repository):
+            if before is not None:
+                # In the turn, not before it: a check made before a wait in line would let the DELETE
+                # leave whenever the line moves, however much later (a namespace created anew by then).
+                await before()
             await self._delete_manifest(repository, digest)
 
-    async def delete_tag(self, repository: str, tag: str) -> str | None:
+    async def delete_tag(self, repository: str, tag: str, *, before: Before | None = None) -> str | None:
         """Remove exactly this tag and return the digest it pointed at (None: a dangling tag).
 
         Other tags on the same digest, and manifests an index or another tag needs, stay. Uses the
@@ -593,11 +599,15 @@ class RegistryClient:
         caller stops waiting for it (a request's deadline, a client gone), and the log gets the
         outcome: cut short between its writes, it would leave the tag on the copy it wrote, and
         nobody told. Cancelled before that, it stops.
+
+        ``before`` runs in the repository's turn, before the delete's first request (`Before`); raising
+        there stops the delete unbegun. Every write that follows comes after a read of the tag: one it
+        is conditional on or, where the registry deletes by tag, the last request before the DELETE.
         """
         self._check_repository(repository)
         self._check_tag(tag)
         writing: Deferred[None] = Deferred()
-        work = Deferred.fromCoroutine(self._delete_tag_in_turn(repository, tag, writing))
+        work = Deferred.fromCoroutine(self._delete_tag_in_turn(repository, tag, writing, before))
         if not self._finish_begun_deletes:
             return await work
         self._carried.add(work)
@@ -611,9 +621,13 @@ class RegistryClient:
             work, lambda: writing.called, lambda outcome: self._finished_alone(repository, tag, outcome)
         )
 
-    async def _delete_tag_in_turn(self, repository: str, tag: str, writing: Deferred[None]) -> str | None:
+    async def _delete_tag_in_turn(
+        self, repository: str, tag: str, writing: Deferred[None], before: Before | None
+    ) -> str | None:
         """`delete_tag`'s work, in the repository's turn; fires ``writing`` before its first write."""
         async with self._queue.hold(repository):
+            if before is not None:
+                await before()  # in the turn: see delete_manifest
             if self._delete_by_tag is not False:
                 original = await self._read_tag(repository, tag)
                 writing.callback(None)

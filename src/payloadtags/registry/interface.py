@@ -11,9 +11,15 @@ Every method raises a `RegistryError` subclass when the registry fails or refuse
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from .content import CatalogPage, Manifest
+
+Before = Callable[[], Awaitable[None]]
+"""Run by a mutation once it holds its repository's turn (`RepositoryQueue`), right before its first
+request: the caller's last checks, made after any wait in line and not before it. Raising stops the
+mutation with nothing sent. The repository's other mutations in this process wait while it runs."""
 
 
 class Catalog(Protocol):
@@ -48,14 +54,14 @@ class Registry(Catalog, Protocol):
         """A blob's content, at most ``max_bytes`` long."""
         ...
 
-    async def delete_tag(self, repository: str, tag: str, /) -> str | None:
+    async def delete_tag(self, repository: str, tag: str, /, *, before: Before | None = None) -> str | None:
         """Remove exactly one tag, never a sibling sharing its manifest; returns the digest it named
         (None for a dangling tag, whose manifest the registry no longer has). A write that a push
-        meanwhile would make overwrite it raises RegistryConflict instead."""
+        meanwhile would make overwrite it raises RegistryConflict instead. ``before``: see `Before`."""
         ...
 
-    async def delete_manifest(self, repository: str, digest: str, /) -> None:
-        """Remove a manifest and every tag that names it."""
+    async def delete_manifest(self, repository: str, digest: str, /, *, before: Before | None = None) -> None:
+        """Remove a manifest and every tag that names it. ``before``: see `Before`."""
         ...
 
     async def close(self) -> None:
@@ -63,4 +69,4 @@ class Registry(Catalog, Protocol):
         ...
 
 
-__all__ = ["Catalog", "Registry"]
+__all__ = ["Before", "Catalog", "Registry"]
