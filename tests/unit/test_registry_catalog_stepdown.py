@@ -9,6 +9,7 @@ from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 
 from payloadtags.registry import RegistryTimeout
 from tests.unit.test_registry_client_unit import Answer, Sent, error_answer, json_answer, make, run
@@ -117,3 +118,45 @@ def test_sizes_refused_to_a_step_down_that_was_cancelled_are_not_asked_again() -
     later = outcome(run(client.catalog(last="c", n=1000)))
     held.answer(7)
     assert held.asked()[7:] == [("c", LIMIT)] and later[0].n == LIMIT
+
+
+def _refused(held: HeldCatalog) -> list[tuple[str, int]]:
+    return [(last, n) for last, n in held.asked() if n > LIMIT]
+
+
+def test_identical_reads_starting_while_one_steps_down_follow_it_and_send_no_refused_request() -> None:
+    # Lists of one namespace or `-A` lists started by several clients: same last, same n, each starting
+    # after another refusal of the first read's.
+    held = HeldCatalog()
+    client, _ = make(held, Clock())
+    pages = [outcome(run(client.catalog(n=1000)))]
+    answered = 0
+    for _ in range(3):
+        held.answer(answered)
+        answered += 1
+        pages.append(outcome(run(client.catalog(n=1000))))
+    while not all(pages):
+        held.answer(answered)
+        answered += 1
+    assert all(page[0].n == LIMIT for page in pages)
+    assert len(_refused(held)) == 4, held.asked()  # 1000, 500, 200, 100: once each
+
+
+def test_the_size_found_below_a_cancelled_step_down_is_learned_and_logged_once() -> None:
+    held = HeldCatalog()
+    client, _ = make(held, Clock())
+    with capturedLogs() as events:
+        stepping = run(client.catalog(n=1000))
+        stepped = outcome(stepping)
+        for index in range(4):  # 1000, 500, 200, 100 refused
+            held.answer(index)
+        assert held.asked()[4:] == [("", LIMIT)]
+        stepping.cancel()
+        assert stepped and stepped[0].check(CancelledError)
+        # The next reads ask 50 at once (the refusals remembered) and it is taken: the registry's size.
+        pages = [outcome(run(client.catalog(last=last, n=1000))) for last in ("a", "b")]
+        held.answer(5)
+        held.answer(6)
+        assert all(page and page[0].n == LIMIT for page in pages)
+    learned = [formatEvent(event) for event in events if "catalog.maxentries" in formatEvent(event)]
+    assert len(learned) == 1 and "pages of 100 names" in learned[0] and "asking 50" in learned[0], learned

@@ -323,7 +323,10 @@ class RegistryClient:
         """
         if not 1 <= n <= MAX_CATALOG_PAGE:
             raise ValueError(f"catalog page size must be 1..{MAX_CATALOG_PAGE}, not {n}")
-        size = self._catalog_size(n)
+        # Keyed by the size asked (or the one learned), not cut for remembered refusals: an identical
+        # read that starts while another steps down then follows that read, as before any refusal,
+        # instead of going out at a size that read has not finished trying. `_catalog` cuts it.
+        size = n if self._catalog_limit is None else min(n, self._catalog_limit)
         page: CatalogPage = await self._reads.join(
             ("catalog", last or "", size), lambda on_send: self._catalog(last, size, on_send)
         )
