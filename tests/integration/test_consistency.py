@@ -29,7 +29,7 @@ from payloadtags.registry import (
 )
 from tests.support import images
 from tests.support.dangling import dangling_tags, make_dangling, race_dangling
-from tests.support.faultproxy import ERROR_AFTER, ERROR_BEFORE, LATE, STALL, FaultProxy
+from tests.support.faultproxy import ERROR_AFTER, ERROR_BEFORE, GATEWAY_LATE, LATE, STALL, FaultProxy
 from tests.support.interleaving import USER, Replica
 from tests.support.kubeapi import eventually
 from tests.support.logcapture import collected_logs
@@ -301,6 +301,105 @@ async def test_a_late_restore_whose_tag_cannot_be_read_reports_where_the_tag_was
     assert f"now points at {copy}, a copy of {digest}" in caught.value.message, caught.value.message
     assert "gone" not in caught.value.message
     await proxy.settled()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_restore_whose_answer_was_lost_is_reported_where_the_tag_is(registry, repo, proxied) -> None:
+    """The copy cannot be deleted; the restore is carried out and its answer lost (a 500 after the
+    work): the error says what a read of the tag shows, the tag left as it was, not the copy."""
+    digest = images.push_oci_image(registry, repo, "v1")
+    puts: list[str] = []
+
+    def decide(method: str, path: str) -> str | None:
+        if method == "PUT" and "/manifests/" in path:
+            puts.append(path)
+            return ERROR_AFTER if len(puts) > 1 else None  # the re-tag lands; so does the restore
+        return ERROR_BEFORE if unique_delete(method, path) else None
+
+    proxy, replica = proxied(decide)
+    with pytest.raises(RegistryUnavailable) as caught:
+        await replica.client.delete_tag(repo, "v1")
+    assert proxy.injected[ERROR_AFTER] == 1
+    assert images.resolve(registry, repo, "v1") == digest
+    assert f"was left as it was, on {digest}" in caught.value.message, caught.value.message
+    assert "could not be restored" not in caught.value.message
+
+
+# --- a gateway in front of the registry ----------------------------------------------------------------
+# An ingress, load balancer or sidecar whose upstream timeout is shorter than the registry's time to
+# answer sends its own 504 at once; the registry carries the write out later. Its 5xx to a write is
+# no answer (docs/consistency.md), as a timeout is not. Each write lands 1 s or so after that 504,
+# well within the 2 x 5 s that a delete watches the tag for it.
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_retag_behind_a_gateway_timeout_is_waited_for(registry, repo, proxied) -> None:
+    digest = images.push_oci_image(registry, repo, "v1")
+    images.tag_manifest(registry, repo, "v1", "sibling")
+
+    def decide(method: str, path: str) -> str | None:
+        return GATEWAY_LATE if method == "PUT" and path.endswith("/manifests/v1") else None
+
+    proxy, replica = proxied(decide, stall=1.0, timeout=5.0)
+    assert await replica.client.delete_tag(repo, "v1") == digest
+    assert proxy.injected[GATEWAY_LATE] == 1
+    await proxy.settled()
+    assert images.list_tags(registry, repo) == ["sibling"]
+    assert images.resolve(registry, repo, "sibling") == digest
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_retag_behind_a_gateway_timeout_after_someone_else_deleted_the_tag_is_not_undone(
+    registry, repo, proxied
+) -> None:
+    """Another client deletes the tag while our re-tag is held behind the gateway's 504: the tag reads
+    as gone, but the re-tag still lands and brings it back. Taking the 504 for an answer, the delete
+    reported success there, and the tag came back after it."""
+    digest = images.push_oci_image(registry, repo, "v1")
+    held: list[str] = []
+
+    def decide(method: str, path: str) -> str | None:
+        if method == "PUT" and path.endswith("/manifests/v1") and not held:
+            held.append(path)
+            assert images.delete_manifest(registry, repo, digest) == 202  # the other client's delete
+            return GATEWAY_LATE
+        return None
+
+    proxy, replica = proxied(decide, stall=1.0, timeout=5.0)
+    assert await replica.client.delete_tag(repo, "v1") == digest  # the copy landed, and went
+    await proxy.settled()
+    assert images.list_tags(registry, repo) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_restore_behind_a_gateway_timeout_is_waited_for_so_a_retry_is_not_undone(
+    registry, repo, proxied
+) -> None:
+    """The copy cannot be deleted, and the restore gets the gateway's 504 and lands later. Taken for
+    an answer, the error said the tag was on the copy; the retry it invited deleted the tag, and then
+    the first delete's restore brought it back after that retry had answered success."""
+    digest = images.push_oci_image(registry, repo, "v1")
+    puts: list[str] = []
+    copy_deletes: list[str] = []
+
+    def decide(method: str, path: str) -> str | None:
+        if method == "PUT" and "/manifests/" in path:
+            puts.append(path)
+            return GATEWAY_LATE if len(puts) == 2 else None  # the first delete's restore
+        if unique_delete(method, path):
+            copy_deletes.append(path)
+            return ERROR_BEFORE if len(copy_deletes) <= 2 else None  # the first delete's two tries
+        return None
+
+    proxy, replica = proxied(decide, stall=1.5, timeout=5.0)
+    with pytest.raises(RegistryUnavailable) as caught:
+        await replica.client.delete_tag(repo, "v1")
+    assert proxy.injected[GATEWAY_LATE] == 1
+    assert f"was left as it was, on {digest}" in caught.value.message, caught.value.message
+    assert images.resolve(registry, repo, "v1") == digest  # there when the delete said so
+    assert await replica.client.delete_tag(repo, "v1") == digest  # the retry
+    await proxy.settled()
+    assert images.list_tags(registry, repo) == []
 
 
 # --- dangling tags ----------------------------------------------------------------------------------

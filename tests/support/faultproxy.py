@@ -9,6 +9,9 @@ Faults, as a client sees them from a registry that is failing for real:
 - ``LATE``: the request reaches the registry only after ``stall`` seconds, when the client has long
   given up on it (a timeout), and the work happens then: what a slow network or an overloaded
   registry does to a request the client no longer waits for.
+- ``GATEWAY_LATE``: a gateway in front of the registry (an ingress, a load balancer, a sidecar) gives
+  up first: the client gets its ``504 Gateway Time-out`` page (HTML, not the registry's JSON error) at
+  once, and the request reaches the registry ``stall`` seconds later and is carried out then.
 
 It runs on the test's reactor: whoever sends requests through it must not block that reactor.
 """
@@ -36,6 +39,9 @@ ERROR_BEFORE = "error-before"
 ERROR_AFTER = "error-after"
 STALL = "stall"
 LATE = "late"
+GATEWAY_LATE = "gateway-late"
+# What the seeded interleavings pick from; GATEWAY_LATE is not among them, so that a seed keeps
+# replaying the run it names.
 FAULTS = (ERROR_BEFORE, ERROR_AFTER, STALL, LATE)
 
 Decide = Callable[[str, str], str | None]
@@ -69,6 +75,7 @@ _HOP_BY_HOP = {
     b"content-length",
 }
 _ERROR_BODY = json.dumps({"errors": [{"code": "UNKNOWN", "message": "injected fault"}]}).encode()
+_GATEWAY_TIMEOUT_PAGE = b"<html><body><h1>504 Gateway Time-out</h1></body></html>"
 
 
 class _Forward(Resource):
@@ -138,6 +145,10 @@ class FaultProxy:
             if fault == LATE:
                 self.injected[fault] += 1
                 await self._wait(self.stall)
+            if fault == GATEWAY_LATE:
+                self.injected[fault] += 1
+                self._answer(request, 504, Headers({b"Content-Type": [b"text/html"]}), _GATEWAY_TIMEOUT_PAGE)
+                await self._wait(self.stall)  # then on to the registry; the answer goes nowhere
             code, headers, body = await self._send(method, path, sent_headers, sent_body, fault, received)
             if fault == ERROR_AFTER:
                 self.injected[fault] += 1
@@ -212,4 +223,4 @@ class FaultProxy:
         request.finish()
 
 
-__all__ = ["ERROR_AFTER", "ERROR_BEFORE", "FAULTS", "LATE", "STALL", "Exchange", "FaultProxy"]
+__all__ = ["ERROR_AFTER", "ERROR_BEFORE", "FAULTS", "GATEWAY_LATE", "LATE", "STALL", "Exchange", "FaultProxy"]

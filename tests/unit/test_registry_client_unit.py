@@ -266,6 +266,41 @@ def test_server_errors_are_unavailable_with_retry_after() -> None:
         result(client.catalog())
 
 
+GATEWAY_PAGE = Answer(504, {"Content-Type": "text/html"}, b"<html><body>504 Gateway Time-out</body></html>")
+
+
+@pytest.mark.parametrize(
+    ("answer", "unanswered"),
+    [
+        (GATEWAY_PAGE, True),
+        (Answer(502, {}, b""), True),
+        (error_answer(502, "UNKNOWN"), True),  # distribution answers no 502 or 504 itself
+        (error_answer(504, "UNKNOWN"), True),
+        (Answer(503, {"Content-Type": "text/plain"}, b"no healthy upstream"), True),  # a sidecar's
+        (Answer(500, {}, b"upstream connect error"), True),
+        (error_answer(503, "UNAVAILABLE"), False),  # the registry's own: it did not do it
+        (error_answer(500, "UNKNOWN"), False),
+        (json_answer({"errors": []}, 500), False),
+    ],
+)
+def test_a_write_answered_by_a_gateway_is_unanswered(answer: Answer, unanswered: bool) -> None:
+    """A gateway in front of the registry may answer a write while the registry still has it, and
+    carries it out later: only the registry's own error document says it did not."""
+    client, _ = make(lambda r: answer)
+    with pytest.raises(RegistryUnavailable) as caught:
+        result(client.delete_manifest("team/app", MANIFEST_DIGEST))
+    assert caught.value.unanswered is unanswered
+    assert ("may still carry the request out" in caught.value.message) is unanswered
+
+
+@pytest.mark.parametrize("answer", [GATEWAY_PAGE, Answer(503, {}, b"")])
+def test_a_read_answered_by_a_gateway_is_a_failure(answer: Answer) -> None:
+    client, _ = make(lambda r: answer)
+    with pytest.raises(RegistryUnavailable) as caught:
+        result(client.manifest("team/app", "v1"))
+    assert not caught.value.unanswered and f"HTTP {answer.status}" in caught.value.message
+
+
 def test_unexpected_answers_are_protocol_errors() -> None:
     client, _ = make(lambda r: Answer(200, {}, b"<html>"))
     with pytest.raises(RegistryProtocolError) as caught:
@@ -1064,9 +1099,12 @@ def test_a_delete_by_tag_whose_answer_failed_after_it_happened_is_a_success(stat
     client, agent = make(deleted_then(lambda: error_answer(status, "UNKNOWN"), registry))
     # As on 2.8 when the copy's delete happened and its answer was lost (docs/consistency.md).
     assert result(client.delete_tag("a/b", "v1")) == MANIFEST_DIGEST
+    # A 502 is a gateway's, after which the registry may still delete the tag: looked for first.
+    landing = ["HEAD /v2/a/b/manifests/v1"] if status == 502 else []
     assert agent.paths() == [
         "GET /v2/a/b/manifests/v1",
         "DELETE /v2/a/b/manifests/v1",
+        *landing,
         "HEAD /v2/a/b/manifests/v1",  # where the tag points now: nowhere
         "GET /v2/a/b/tags/list",  # and not listed either: gone
     ]

@@ -158,6 +158,14 @@ class _Reply:
     def error_codes(self) -> list[str]:
         return [code for code, _ in self.errors()]
 
+    def has_error_document(self) -> bool:
+        """Whether the body is a registry's JSON error document: an object with an ``errors`` list."""
+        try:
+            document = json.loads(self.body)
+        except (ValueError, RecursionError):
+            return False
+        return isinstance(document, dict) and isinstance(document.get("errors"), list)
+
     def errors(self) -> list[tuple[str, str]]:
         """(code, message) pairs of the registry's JSON error body."""
         try:
@@ -942,11 +950,25 @@ class RegistryClient:
             finally:
                 self._window("restore", repository, tag, restore_at)
             now: str | None = original.digest if restore_error is None else ours
+            gone_now: bool | None = None  # None: not read again after the restore
             if restore_error is not None and restore_error.unanswered:
                 # As for the re-tag: the registry may carry the restore out late, and then the tag
                 # comes back, even after another delete took our copy. Wait for it, so that the answer
                 # says where the tag is (a namespace removal then sees it there, and retries).
                 now = await self._await_landing(repository, tag, original.digest, {None, ours}, ours)
+            elif restore_error is not None:
+                # A restore that failed with an answer may have been carried out all the same (the
+                # registry wrote the tag, then its answer failed on the way back): the tag says where
+                # it is, where the failure alone would have the error name our copy wrongly.
+                try:
+                    now, gone_now = await self._again(lambda: self._where(repository, tag))
+                except RegistryError as check_error:
+                    raise _amend(
+                        error,
+                        f"; the tag could not be restored ({restore_error.message}), and where tag "
+                        f"{where} points now could not be checked ({check_error.message}): it may point "
+                        f"at {ours}, a copy payloadtags wrote to delete it; retry the delete",
+                    ) from error
             if now == original.digest:
                 raise _amend(error, f"; tag {where} was left as it was, on {original.digest}") from error
             assert restore_error is not None
@@ -955,8 +977,12 @@ class RegistryClient:
                     f"now points at {ours}, a copy of {original.digest} with one extra annotation "
                     f"{DELETE_NONCE_ANNOTATION}"
                 )
+            elif now is not None:
+                now_at = f"now points at {now}"
+            elif gone_now is None:
+                now_at = "was last read as gone"
             else:
-                now_at = f"now points at {now}" if now is not None else "was last read as gone"
+                now_at = "is gone now" if gone_now else "is still listed but names no manifest"
             pending = (
                 f"; the registry did not answer the restore in time and may still carry it out: the tag "
                 f"would then point at {original.digest} again"
@@ -1393,6 +1419,19 @@ class RegistryClient:
                 f"{what} is not possible now, retry later",
                 retry_after=_retry_after(reply.header("Retry-After"), 60),
             )
+        if status >= 500 and reply.method in ("PUT", "DELETE") and _from_gateway(reply):
+            # A write answered by a gateway in front of the registry (an ingress, a load balancer, a
+            # sidecar whose upstream timeout is shorter than the registry's time to answer): the
+            # registry may have the request still, and carry it out after this answer. Unanswered, as
+            # a timeout is, so that a delete waits for it instead of reporting the tag as it found it.
+            unanswered = RegistryUnavailable(
+                f"registry {self._name} did not answer {what}: HTTP {status} came without the registry's "
+                "own error document, as a gateway in front of it answers (its timeout), and the registry "
+                "may still carry the request out; retry later",
+                retry_after=_retry_after(reply.header("Retry-After")),
+            )
+            unanswered.unanswered = True
+            return unanswered
         if status == 429 or status >= 500:
             return RegistryUnavailable(
                 f"registry {self._name} failed {what} with HTTP {status}"
@@ -1500,6 +1539,13 @@ def _amend(error: RegistryError, more: str) -> RegistryError:
     amended.message = error.message + more
     amended.args = (amended.message,)
     return amended
+
+
+def _from_gateway(reply: _Reply) -> bool:
+    """Whether a 5xx may be a gateway's answer, given while the registry still had the request: 502
+    and 504 always (distribution answers neither itself), and any other without the registry's own
+    JSON error document (distribution's 500 and its 503 UNAVAILABLE carry one: real answers)."""
+    return reply.status in (502, 504) or not reply.has_error_document()
 
 
 def _origin(url: str) -> tuple[str, str]:

@@ -11,7 +11,8 @@ class RegistryError(Exception):
     """Base of every error the registry client raises.
 
     ``unanswered``: the request went out and no answer came (a timeout, a connection lost on the
-    way): the registry may still carry it out later, after the client has moved on."""
+    way; for a write, a gateway's 5xx in front of the registry): the registry may still carry it out
+    later, after the client has moved on."""
 
     unanswered: bool = False
 
