@@ -1540,6 +1540,12 @@ async def test_a_single_object_watch_starts_when_its_first_read_fails(make_serve
         await proxy.stop()
 
 
+def _a_list_of_the_api(kwargs: dict[str, Any]) -> bool:
+    # A client's list decides access per repository (`readable`); a watch source's read of its scope
+    # (`InventoryReader.scope_tags`, on every resync) does not, and must not take the armed turn.
+    return "readable" in kwargs
+
+
 @attrs.define
 class _UndoneWhileRead:
     """Once armed (her rules changed and the access check has seen it), the next registry read of a
@@ -1557,7 +1563,7 @@ class _UndoneWhileRead:
         real = Inventory.list
 
         async def undone_while_read(inventory: Any, *args: Any, **kwargs: Any) -> Any:
-            if not self.armed:
+            if not self.armed or not _a_list_of_the_api(kwargs):
                 return await real(inventory, *args, **kwargs)
             self.armed = False
             result = await real(inventory, *args, **kwargs)  # decided by the changed rules
@@ -1720,7 +1726,7 @@ async def test_a_page_spanning_a_change_keeps_the_watch_of_a_later_list_made_who
 
     async def another_list_while_read(self: Any, *args: Any, **kwargs: Any) -> Any:
         nonlocal armed
-        if not armed:
+        if not armed or not _a_list_of_the_api(kwargs):
             return await real(self, *args, **kwargs)
         armed = False
         result = await real(self, *args, **kwargs)  # L1's page: decided by A
