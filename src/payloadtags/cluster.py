@@ -70,6 +70,10 @@ class _ConfigMapFeed(StoreListener):
     def on_update(self, old: JsonObject, new: JsonObject) -> None:
         self.authentication.update_from_configmap(new.get("data") or {})
 
+    def on_replaced(self, objects: list[JsonObject]) -> None:
+        # After each list, the ConfigMap among the objects or not: a missing one is news too.
+        self.authentication.configmap_synced()
+
 
 def authentication_reflector(
     client: ClusterClient, clock: IReactorTime, authentication: DynamicAuthentication, **options: Any

@@ -22,7 +22,7 @@ from payloadtags.access.rbac import PathMatcher, RbacAuthorizer, RbacIndex
 from payloadtags.access.requestheader import RequestHeaderConfig
 from payloadtags.access.tokens import TokenReviewAuthenticator
 from payloadtags.api.app import ApiServer
-from payloadtags.api.health import HealthChecks
+from payloadtags.api.health import HealthChecks, SharedCheck
 from payloadtags.api.tags import TagsService
 from payloadtags.api.walks import WalkCache
 from payloadtags.cleanup import (
@@ -54,6 +54,10 @@ from payloadtags.watch import WatchHub
 from payloadtags.watch.hub import InventoryReader
 
 log = Logger()
+
+# How long the registry check's outcome answers /readyz probes (docs/hardening.md): a registry request
+# per second at most, whatever the number of probes, and a failing registry shows within a second.
+REGISTRY_CHECK_TTL = 1.0
 
 
 def _flag_authentication(settings: Settings) -> FlagConfig:
@@ -423,7 +427,8 @@ async def start(
     readiness: list[tuple[str, Callable[[], Awaitable[None]]]] = [
         ("ping", ping),
         ("shutdown", not_shutting_down),
-        ("registry", registry.ping),
+        # Anyone may probe, unthrottled: the probes of a second share one registry request.
+        ("registry", SharedCheck(registry.ping, reactor.seconds, REGISTRY_CHECK_TTL)),
     ]
     if auth_reflectors:
         readiness.append(("authentication-configmap", _synced(auth_reflectors, "authentication ConfigMap")))
@@ -437,7 +442,7 @@ async def start(
         if remover is not None:
             remover.running = cleanup.cleaning  # deletecollection waits for the leader's cascade
         liveness.append(("leaderElection", cleanup.check_health))
-    health = HealthChecks({"healthz": liveness, "livez": liveness, "readyz": readiness})
+    health = HealthChecks({"healthz": liveness, "livez": liveness, "readyz": readiness}, reactor.seconds)
     api = ApiServer(
         service=service,
         authenticator=authentication,

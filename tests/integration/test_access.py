@@ -15,6 +15,7 @@ import attrs
 import pytest
 import pytest_twisted
 from twisted.internet import threads, utils
+from twisted.logger import formatEvent
 
 from payloadtags.access.authz import Authorizer
 from payloadtags.cluster import RBAC_COLLECTIONS
@@ -32,6 +33,7 @@ from tests.support.kubeapi.resources import (
     ROLES,
 )
 from tests.support.kubeapi.server import KubeApiDouble
+from tests.support.logcapture import collected_logs
 from tests.support.pki import Authority, Issued
 from tests.support.raw import Reply, Target, exchange, request_bytes
 from tests.support.rbac import GROUP, ensure_namespace, eventually, grant
@@ -705,6 +707,42 @@ async def test_configmap_rotation_applies_without_restart(
         return not await works(new_proxy)
 
     assert await eventually(refused) is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_requestheader_ca_after_the_configmap_is_read_is_warned_once(
+    make_server, registry, kube_api, kube_kubeconfig, tmp_path
+):
+    # Review-operations F12: readiness passes while every aggregated request will be 401; the log
+    # must say why, as k8s.io/apiserver does, once and not per relist or probe.
+    def warnings(events: list[dict[str, Any]]) -> list[str]:
+        return [formatEvent(e) for e in events if "no request-header CA" in formatEvent(e)]
+
+    with collected_logs() as events:
+        server: ServerUnderTest = await make_server(
+            registry, kubeconfig=str(kube_kubeconfig), authorization_mode="RBAC"
+        )
+
+        async def synced() -> bool:
+            return (await server.client(None).get("/readyz/authentication-configmap")).code == 200
+
+        assert await eventually(synced, within=HANG_GUARD) is True
+        assert len(warnings(events)) == 1
+        assert "kube-system/extension-apiserver-authentication" in warnings(events)[0]
+        # The aggregation layer configured later: it works, and nothing more is said.
+        front = Authority.create(tmp_path / "front", "front-proxy")
+        ensure_namespace(kube_api, "kube-system")
+        kube_api.store.create(
+            CONFIGMAPS, auth_configmap(front.cert_file, ["front-proxy-client"]), "kube-system"
+        )
+        proxy = front.client("front-proxy-client", stem="proxy")
+
+        async def proxied() -> bool:
+            headers = as_user("root", "system:masters")
+            return (await server.client(proxy).get("/version", headers=headers)).code == 200
+
+        assert await eventually(proxied, within=HANG_GUARD) is True
+        assert len(warnings(events)) == 1
 
 
 # --- bearer tokens ---------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from typing import Any
 
 import pytest_twisted
 from twisted.internet import defer, task
@@ -12,9 +13,11 @@ from twisted.logger import LogLevel, formatEvent
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from payloadtags.api.health import HealthChecks
 from payloadtags.names import encode_name
 from tests.support import images
 from tests.support.client import ApiClient
+from tests.support.faultproxy import LATE, FaultProxy
 from tests.support.harness import Pki, ServerUnderTest
 from tests.support.logcapture import collected_logs
 from tests.support.pki import Authority, Issued
@@ -102,6 +105,50 @@ async def test_always_allow_paths_decide_which_paths_skip_authentication(make_se
     assert (await anonymous.get("/readyz")).code == 401
     assert (await anonymous.get("/healthz/ping")).code == 401
     assert (await server.client(server.pki.admin).get("/readyz")).code == 200
+
+
+class _CountedHealth(HealthChecks):
+    """The server's own health checks, counting the probes that have reached them."""
+
+    entered = 0
+
+    async def run(self, *args: Any) -> tuple[int, str] | None:
+        self.entered += 1
+        return await super().run(*args)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_flood_of_anonymous_readyz_probes_costs_one_registry_request(make_server, reactor, registry):
+    # Review-operations F1: each probe used to send its own GET /v2/, unthrottled, taking registry
+    # slots from users. Here the registry's answer is held until every probe has reached the server.
+    holding = False
+    proxy = FaultProxy(
+        reactor, registry.url, lambda method, path: LATE if holding and path == "/v2/" else None
+    )
+    proxy.stall = 600.0
+    try:
+        server = await make_server(proxy.url)
+        if server.running.registry_probe is not None:
+            await server.running.registry_probe  # the start-up probe's GET /v2/ is not a probe's
+        api = server.running.api
+        counted = _CountedHealth(api.health.checks, api.health.seconds)
+        api.health = counted
+        holding = True
+        anonymous = server.client(None)
+        probes = [defer.Deferred.fromCoroutine(anonymous.get(path)) for path in ["/readyz"] * 30]
+        probes += [defer.Deferred.fromCoroutine(anonymous.get(path)) for path in ["/readyz?verbose"] * 10]
+        probes += [defer.Deferred.fromCoroutine(anonymous.get(path)) for path in ["/readyz/registry"] * 10]
+
+        async def arrived() -> bool:
+            return counted.entered == len(probes) and proxy.injected[LATE] >= 1
+
+        assert await eventually(arrived, within=60.0)
+        assert proxy.injected[LATE] == 1
+        await proxy.stop()  # the held GET /v2/ fails: every probe is told that one outcome
+        answers = await defer.gatherResults(probes)
+        assert {answer.code for answer in answers} == {500}
+    finally:
+        await proxy.stop()
 
 
 # --- certificate rotation ----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from payloadtags.access.authconfig import (
 )
 from payloadtags.access.authn import ChainDecisions, Credentials, UserInfo
 from payloadtags.access.requestheader import RequestHeaderConfig
+from payloadtags.cluster import _ConfigMapFeed
 from tests.support.logcapture import Collect
 from tests.support.pki import Authority
 
@@ -460,3 +461,58 @@ def test_chain_decisions_are_kept_by_the_objects_and_bounded(cas: Cas) -> None:
     kept.get(Credentials(other, {}, (other, cas.client.cert)), decide)
     assert kept.get(Credentials(cert, {}, chain), decide) != first
     assert len(decided) == 6
+
+
+# --- no request-header CA after the ConfigMap is read (review-operations F12) ---------------------
+
+
+def _no_requestheader_warnings(events: list[dict[str, Any]]) -> list[str]:
+    return [formatEvent(e) for e in events if "no request-header CA" in formatEvent(e)]
+
+
+def test_a_missing_configmap_is_warned_about_once_it_is_synced(logged: list[dict[str, Any]]) -> None:
+    dynamic = DynamicAuthentication(FlagConfig())
+    feed = _ConfigMapFeed(dynamic)
+    assert _no_requestheader_warnings(logged) == []  # not read yet: nothing is known
+    feed.on_replaced([])  # listed: the ConfigMap is not there
+    lines = _no_requestheader_warnings(logged)
+    assert len(lines) == 1
+    assert "kube-system/extension-apiserver-authentication" in lines[0]
+    assert "won't work" in lines[0]
+    assert logged[-1]["log_level"].name == "warn"
+    feed.on_replaced([])  # every relist: the same state, no new line
+    assert len(_no_requestheader_warnings(logged)) == 1
+
+
+def test_a_configmap_without_requestheader_ca_is_warned_about_once_per_change(
+    cas: Cas, logged: list[dict[str, Any]]
+) -> None:
+    dynamic = DynamicAuthentication(FlagConfig())
+    feed = _ConfigMapFeed(dynamic)
+    without = {
+        "metadata": {"name": "extension-apiserver-authentication"},
+        "data": configmap(client=(cas.client,)),
+    }
+    feed.on_add(without)
+    feed.on_replaced([without])
+    assert len(_no_requestheader_warnings(logged)) == 1
+    feed.on_update(without, without)
+    assert len(_no_requestheader_warnings(logged)) == 1
+    # The aggregation layer configured: no warning; its CA gone again: warned again.
+    with_ca = {**without, "data": configmap(client=(cas.client,), front=(cas.front,))}
+    feed.on_update(without, with_ca)
+    assert len(_no_requestheader_warnings(logged)) == 1
+    feed.on_update(with_ca, without)
+    assert len(_no_requestheader_warnings(logged)) == 2
+
+
+def test_a_requestheader_ca_from_the_flags_or_the_configmap_is_not_warned_about(
+    cas: Cas, logged: list[dict[str, Any]]
+) -> None:
+    flags = FlagConfig(requestheader=RequestHeaderConfig(authorities=(cas.front.cert,)))
+    _ConfigMapFeed(DynamicAuthentication(flags)).on_replaced([])
+    feed = _ConfigMapFeed(DynamicAuthentication(FlagConfig()))
+    present = {"metadata": {"name": "x"}, "data": configmap(front=(cas.front,))}
+    feed.on_add(present)
+    feed.on_replaced([present])
+    assert _no_requestheader_warnings(logged) == []

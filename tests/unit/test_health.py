@@ -6,9 +6,10 @@ from collections.abc import Sequence
 
 import pytest_twisted
 from twisted.internet import defer
-from twisted.logger import capturedLogs
+from twisted.internet.task import Clock
+from twisted.logger import LogEvent, capturedLogs, formatEvent
 
-from payloadtags.api.health import Check, HealthChecks
+from payloadtags.api.health import LOG_PERIOD, Check, HealthChecks, SharedCheck
 
 
 async def _ok() -> None:
@@ -28,7 +29,7 @@ def _deferred_broken() -> defer.Deferred[None]:
 
 
 def _checks(readyz: Sequence[tuple[str, Check]]) -> HealthChecks:
-    return HealthChecks({"livez": [("ping", _ok)], "readyz": list(readyz)})
+    return HealthChecks({"livez": [("ping", _ok)], "readyz": list(readyz)}, Clock().seconds)
 
 
 HEALTHY = _checks([("ping", _ok), ("registry", _ok), ("shutdown", _deferred_ok)])
@@ -91,7 +92,8 @@ async def test_every_failure_is_listed() -> None:
 @pytest_twisted.ensureDeferred
 async def test_the_reason_goes_to_the_log_not_the_body() -> None:
     with capturedLogs() as events:
-        answer = await _run(ONE_BROKEN)
+        # A fresh instance: another test's failures may have used up this period's log line.
+        answer = await _run(_checks([("ping", _ok), ("registry", _broken), ("shutdown", _ok)]))
     assert answer is not None
     code, body = answer
     assert code == 500
@@ -166,3 +168,155 @@ async def test_unknown_check_is_none() -> None:
     # A check of another endpoint is unknown here.
     assert await _run(_checks([("registry", _ok)]), "livez", only="registry") is None
     assert await _run(HEALTHY, "healthz", only="ping") is None
+
+
+# --- a check shared by every probe (review-operations F1) ------------------------------------------
+
+
+class Gated:
+    """A check whose runs end when the test says: counted, each answered pass or fail in turn."""
+
+    def __init__(self) -> None:
+        self.runs: list[defer.Deferred[None]] = []
+
+    async def __call__(self) -> None:
+        run: defer.Deferred[None] = defer.Deferred()
+        self.runs.append(run)
+        await run
+
+    def end(self, error: Exception | None = None) -> None:
+        run = self.runs[-1]
+        if error is None:
+            run.callback(None)
+        else:
+            run.errback(error)
+
+
+def _shared(ttl: float = 1.0) -> tuple[Gated, Clock, HealthChecks]:
+    gated, clock = Gated(), Clock()
+    checks = HealthChecks(
+        {"readyz": [("ping", _ok), ("registry", SharedCheck(gated, clock.seconds, ttl))]}, clock.seconds
+    )
+    return gated, clock, checks
+
+
+def test_probes_that_arrive_while_the_check_runs_share_its_run() -> None:
+    gated, _, checks = _shared()
+    probes = [defer.Deferred.fromCoroutine(_run(checks)) for _ in range(100)]
+    assert len(gated.runs) == 1
+    assert not any(probe.called for probe in probes)
+    gated.end()
+    assert [probe.result for probe in probes] == [(200, "ok")] * 100
+
+
+def test_the_outcome_answers_probes_for_ttl_seconds_then_the_check_runs_again() -> None:
+    gated, clock, checks = _shared(ttl=1.0)
+    first = defer.Deferred.fromCoroutine(_run(checks))
+    gated.end()
+    assert first.result == (200, "ok")
+    clock.advance(0.9)
+    assert defer.Deferred.fromCoroutine(_run(checks)).result == (200, "ok")
+    assert len(gated.runs) == 1
+    clock.advance(0.1)
+    again = defer.Deferred.fromCoroutine(_run(checks))
+    assert len(gated.runs) == 2 and not again.called
+
+
+def test_a_failing_registry_turns_readiness_red_within_ttl_and_green_again() -> None:
+    gated, clock, checks = _shared(ttl=1.0)
+    defer.Deferred.fromCoroutine(_run(checks))
+    gated.end()
+    clock.advance(1.0)
+    failing = [defer.Deferred.fromCoroutine(_run(checks, verbose=True)) for _ in range(3)]
+    gated.end(ConnectionRefusedError("registry.internal.example:5000 refused the connection"))
+    red = (500, "[+]ping ok\n[-]registry failed: reason withheld\nreadyz check failed\n")
+    assert [probe.result for probe in failing] == [red] * 3
+    # The failure is kept as long as a pass would be: probes meanwhile cost nothing outside.
+    clock.advance(0.5)
+    assert defer.Deferred.fromCoroutine(_run(checks, verbose=True)).result == red
+    assert len(gated.runs) == 2
+    clock.advance(0.5)
+    recovered = defer.Deferred.fromCoroutine(_run(checks))
+    gated.end()
+    assert recovered.result == (200, "ok")
+
+
+def test_a_probe_that_goes_away_does_not_cancel_the_run_for_the_others() -> None:
+    gated, _, checks = _shared()
+    gone = defer.Deferred.fromCoroutine(_run(checks))
+    staying = defer.Deferred.fromCoroutine(_run(checks))
+    gone.cancel()
+    gone.addErrback(lambda failure: failure.trap(defer.CancelledError))
+    assert not gated.runs[0].called
+    gated.end()
+    assert staying.result == (200, "ok")
+    # What that run found answers the next probes too.
+    assert defer.Deferred.fromCoroutine(_run(checks)).result == (200, "ok")
+    assert len(gated.runs) == 1
+
+
+# --- failing checks in the log, rate-limited (review-operations F2) ---------------------------------
+
+
+def _warnings(events: Sequence[LogEvent], text: str) -> list[str]:
+    return [formatEvent(event) for event in events if text in formatEvent(event)]
+
+
+def test_a_failing_check_is_logged_once_per_period_per_check_not_per_probe() -> None:
+    clock = Clock()
+    checks = HealthChecks({"readyz": [("registry", _broken), ("rbac", _deferred_broken)]}, clock.seconds)
+    with capturedLogs() as events:
+        for _ in range(1000):
+            defer.Deferred.fromCoroutine(_run(checks))
+        assert len(_warnings(events, "readyz check registry failed")) == 1
+        assert len(_warnings(events, "readyz check rbac failed")) == 1
+        clock.advance(LOG_PERIOD)
+        defer.Deferred.fromCoroutine(_run(checks))
+    registry = _warnings(events, "readyz check registry failed")
+    assert len(registry) == 2
+    assert "registry.internal.example" in registry[1]
+    assert f"(999 more like it in the last {LOG_PERIOD:g}s)" in registry[1]
+
+
+# --- ?exclude= naming no check (review-operations F9) -----------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_exclude_of_unknown_check_is_named_in_verbose_output_as_kube_apiserver_does() -> None:
+    assert await _run(HEALTHY, verbose=True, exclude=["registy", "nope", "registy"]) == (
+        200,
+        "[+]ping ok\n[+]registry ok\n[+]shutdown ok\n"
+        'warn: some health checks cannot be excluded: no matches for "nope","registy"\n'
+        "readyz check passed\n",
+    )
+    # Failure output is always verbose, and says it too.
+    assert await _run(ONE_BROKEN, exclude=["registy"]) == (
+        500,
+        "[+]ping ok\n[-]registry failed: reason withheld\n[+]shutdown ok\n"
+        'warn: some health checks cannot be excluded: no matches for "registy"\n'
+        "readyz check failed\n",
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_excluded_names_are_quoted_and_cannot_add_lines() -> None:
+    answer = await _run(HEALTHY, verbose=True, exclude=["x\n[+]fake ok", 'a"b', "café"])
+    assert answer is not None
+    assert answer[1].splitlines()[3] == (
+        'warn: some health checks cannot be excluded: no matches for "a\\"b","café","x\\n[+]fake ok"'
+    )
+    assert "\n[+]fake ok" not in answer[1]
+
+
+def test_exclude_of_unknown_check_is_logged_rate_limited() -> None:
+    clock = Clock()
+    checks = HealthChecks({"readyz": [("registry", _ok)]}, clock.seconds)
+    with capturedLogs() as events:
+        for name in ("registy", "a", "b"):
+            defer.Deferred.fromCoroutine(_run(checks, exclude=[name]))
+        clock.advance(LOG_PERIOD)
+        defer.Deferred.fromCoroutine(_run(checks, exclude=["c"]))
+    lines = _warnings(events, "cannot be excluded")
+    assert len(lines) == 2
+    assert 'readyz: some health checks cannot be excluded: no matches for "registy"' in lines[0]
+    assert '"c" (2 more like it' in lines[1]

@@ -122,6 +122,10 @@ class DynamicAuthentication:
     _chain: AuthenticatorChain = attrs.field(init=False)
 
     _base: AuthenticationConfig = attrs.field(factory=AuthenticationConfig, init=False)
+    # Whether the ConfigMap has been read (listed) once, and whether the missing request-header CA
+    # was warned about since it last went missing: one line per change, not per relist.
+    _synced: bool = attrs.field(default=False, init=False)
+    _warned_no_requestheader: bool = attrs.field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._install(self.flags.over(self._base))
@@ -151,6 +155,27 @@ class DynamicAuthentication:
         self._base = base
         self._apply(self.flags.over(base))
 
+    def configmap_synced(self) -> None:
+        """The ConfigMap has been listed (found or not): what it provides is known now."""
+        self._synced = True
+        self._check_requestheader()
+
+    def _check_requestheader(self) -> None:
+        # As k8s.io/apiserver: without a request-header CA every request through the aggregation
+        # layer is 401, while readiness passes; the log is where an operator learns why.
+        if not self._synced:
+            return
+        missing = not self.config.requestheader.authorities
+        if missing and not self._warned_no_requestheader:
+            log.warn(
+                "no request-header CA: --requestheader-client-ca-file is not set and {namespace}/{name} "
+                "provides no requestheader-client-ca-file, so request-header client certificate "
+                "authentication won't work (requests through the aggregation layer will be 401)",
+                namespace=CONFIGMAP_NAMESPACE,
+                name=CONFIGMAP_NAME,
+            )
+        self._warned_no_requestheader = missing
+
     def update_flags(self, flags: FlagConfig) -> None:
         """New CA files from the command line's paths (rotated on disk)."""
         self.flags = flags
@@ -169,6 +194,7 @@ class DynamicAuthentication:
         )
         for listener in self.listeners:
             listener(config)
+        self._check_requestheader()
 
     def is_front_proxy(self, chain: tuple[x509.Certificate, ...]) -> bool:
         """Whether a verified client certificate chain (leaf first) is the front proxy's."""
