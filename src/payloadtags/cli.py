@@ -359,12 +359,17 @@ def _parser() -> argparse.ArgumentParser:
         "--registry-host",
         help="host[:port] shown in image addresses (default: host[:port] of --registry-url)",
     )
-    registry.add_argument("--registry-ca-file", help="CA bundle for an HTTPS registry (default: system CAs)")
+    registry.add_argument(
+        "--registry-ca-file",
+        help="CA bundle for an https:// registry (default: system CAs); refused with http://",
+    )
     registry.add_argument(
         "--registry-username-file", help=f"file holding the registry user name (or ${USERNAME_ENV})"
     )
     registry.add_argument(
-        "--registry-password-file", help=f"file holding the registry password or token (or ${PASSWORD_ENV})"
+        "--registry-password-file",
+        help=f"file holding the registry user's password or token (or ${PASSWORD_ENV}); "
+        f"needs the user name (--registry-username-file or ${USERNAME_ENV})",
     )
     registry.add_argument(
         "--registry-timeout",
@@ -654,7 +659,8 @@ def _secret(file_path: str | None, env: str, flag: str, errors: list[str]) -> st
     if file_path:
         try:
             with open(file_path, encoding="utf-8") as f:
-                return f.read().strip()
+                # Empty is unset: the Secret of a registry without authentication has empty entries.
+                return f.read().strip() or None
         except OSError as error:
             errors.append(f"{flag} {file_path}: cannot read: {error.strerror}")
             return None
@@ -751,6 +757,20 @@ def _settings(args: argparse.Namespace, errors: list[str]) -> Settings:
         )
     username = _secret(args.registry_username_file, USERNAME_ENV, "--registry-username-file", errors)
     password = _secret(args.registry_password_file, PASSWORD_ENV, "--registry-password-file", errors)
+    if password and not username:
+        # The registry's Basic auth and token service both take a user name with the password; sent
+        # alone it would be dropped, and the registry's refusal would read as no credentials at all.
+        source = "--registry-password-file" if args.registry_password_file else f"${PASSWORD_ENV}"
+        errors.append(
+            f"{source}: a password needs a user name (--registry-username-file or ${USERNAME_ENV}); "
+            "for a registry without authentication leave both empty"
+        )
+    if args.registry_ca_file and urlsplit(url).scheme == "http":
+        # Plain HTTP has no certificate to check: a CA here means the URL was meant to be https://.
+        errors.append(
+            f"--registry-ca-file is only used with an https:// --registry-url, not {url!r}: "
+            "use https:// or drop the CA"
+        )
     if errors:
         raise UsageError(*errors)
     namespace_cleanup = args.namespace_cleanup

@@ -350,6 +350,8 @@ async def start(
         completed = await deferToThread(complete, settings)
     cluster, mode, serving = completed.cluster, completed.authorization_mode, completed.serving
     log.info("serving certificate: {origin}", origin=completed.serving_origin)
+    for notice in completed.notices:
+        log.info("{notice}", notice=notice)
     metrics = Metrics()
     tls_options = TlsOptions(settings.tls_min_version, settings.tls_cipher_suites)
 

@@ -15,13 +15,17 @@ import attrs
 
 from payloadtags.kube import ClusterConfig, load_cluster_config
 from payloadtags.kube import ConfigError as KubeConfigError
+from payloadtags.kube.config import SERVICE_ACCOUNT_DIR, SERVICE_HOST_ENV, pod_without_token
+from payloadtags.kube.tls import client_tls_problems
 from payloadtags.settings import Settings
-from payloadtags.tls import CertificateError, ServingCertificate, load_certificates
+from payloadtags.tls import CertificateError, ServingCertificate, load_certificates, load_private_key
 
 # Names Kubernetes components use for the pair they generate into --cert-dir.
 CERT_DIR_CERT = "apiserver.crt"
 CERT_DIR_KEY = "apiserver.key"
 POD_NAMESPACE_ENV = "POD_NAMESPACE"
+# What Go's default transport (and so client-go) would read; payloadtags' clients do not.
+PROXY_ENV = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
 
 
 class ConfigurationError(Exception):
@@ -42,9 +46,15 @@ class Completed:
     authorization_mode: str
     lease_namespace: str
     events_token: str | None = attrs.field(default=None, repr=False)
+    # Lines for the start-up log (info): settings that are there but have no effect.
+    notices: tuple[str, ...] = ()
 
 
-def complete(settings: Settings, environ: Mapping[str, str] = os.environ) -> Completed:
+def complete(
+    settings: Settings,
+    environ: Mapping[str, str] = os.environ,
+    service_account_dir: str = SERVICE_ACCOUNT_DIR,
+) -> Completed:
     errors: list[str] = []
     serving, origin = _serving(settings, errors)
     for flag, path in (
@@ -60,10 +70,26 @@ def complete(settings: Settings, environ: Mapping[str, str] = os.environ) -> Com
     events_token = _events_token(settings, errors)
     cluster = None
     try:
-        cluster = load_cluster_config(settings.kubeconfig, environ=environ)
+        cluster = load_cluster_config(
+            settings.kubeconfig, environ=environ, service_account_dir=service_account_dir
+        )
     except KubeConfigError as error:
         errors.append(f"--kubeconfig: {error}" if settings.kubeconfig else str(error))
-    mode = _authorization_mode(settings, cluster, errors, kubeconfig_failed=settings.kubeconfig is not None)
+    if cluster is not None:
+        # Built here, not first when the client is made: a bad CA or key is then one line, before serving.
+        where = (
+            f"--kubeconfig: kubeconfig {settings.kubeconfig!r}"
+            if settings.kubeconfig
+            else "in-cluster configuration"
+        )
+        errors.extend(f"{where}: {problem}" for problem in client_tls_problems(cluster))
+    mode = _authorization_mode(
+        settings,
+        cluster,
+        errors,
+        kubeconfig_failed=settings.kubeconfig is not None,
+        missing_token=pod_without_token(environ, service_account_dir),
+    )
     if errors or serving is None:
         raise ConfigurationError(*errors)
     return Completed(
@@ -73,6 +99,17 @@ def complete(settings: Settings, environ: Mapping[str, str] = os.environ) -> Com
         authorization_mode=mode,
         lease_namespace=lease_namespace(settings, cluster, environ),
         events_token=events_token,
+        notices=_proxy_notice(environ),
+    )
+
+
+def _proxy_notice(environ: Mapping[str, str]) -> tuple[str, ...]:
+    names = [name for name in PROXY_ENV if environ.get(name)]
+    if not names:
+        return ()
+    return (
+        f"{', '.join(names)} set in the environment but not used: payloadtags connects to the cluster API "
+        "and the registry directly (docs/configuration.md)",
     )
 
 
@@ -91,22 +128,21 @@ def lease_namespace(settings: Settings, cluster: ClusterConfig | None, environ: 
 
 def _serving(settings: Settings, errors: list[str]) -> tuple[ServingCertificate | None, str]:
     if settings.tls_cert_file and settings.tls_private_key_file:
-        try:
-            serving = ServingCertificate.from_files(settings.tls_cert_file, settings.tls_private_key_file)
-        except CertificateError as error:
-            errors.append(str(error))
-            return None, ""
+        serving = _pair(settings.tls_cert_file, settings.tls_private_key_file, errors)
         return serving, f"--tls-cert-file {settings.tls_cert_file}"
     if not settings.cert_dir:
         return ServingCertificate.self_signed(), "a self-signed certificate for localhost, in memory"
     directory = Path(settings.cert_dir)
     cert_file, key_file = directory / CERT_DIR_CERT, directory / CERT_DIR_KEY
     if cert_file.exists() or key_file.exists():
-        try:
-            serving = ServingCertificate.from_files(str(cert_file), str(key_file), "--cert-dir", "--cert-dir")
-        except CertificateError as error:
-            errors.append(f"{error} (delete both files to have a new pair generated)")
-            return None, ""
+        serving = _pair(
+            str(cert_file),
+            str(key_file),
+            errors,
+            "--cert-dir",
+            "--cert-dir",
+            " (delete both files to have a new pair generated)",
+        )
         return serving, f"the self-signed pair in --cert-dir {directory}"
     serving = ServingCertificate.self_signed()
     certificate, key = serving.pem()
@@ -121,6 +157,34 @@ def _serving(settings: Settings, errors: list[str]) -> tuple[ServingCertificate 
         errors.append(f"--cert-dir {directory}: cannot write the self-signed pair: {error.strerror}")
         return None, ""
     return serving, f"a new self-signed pair written to --cert-dir {directory}"
+
+
+def _pair(
+    cert_file: str,
+    key_file: str,
+    errors: list[str],
+    cert_flag: str = "--tls-cert-file",
+    key_flag: str = "--tls-private-key-file",
+    remedy: str = "",
+) -> ServingCertificate | None:
+    """The serving pair; each file is checked on its own first, so that one run names both when both
+    are bad (from_files stops at the first)."""
+    found = len(errors)
+    for check in (
+        lambda: load_certificates(cert_file, cert_flag),
+        lambda: load_private_key(key_file, key_flag),
+    ):
+        try:
+            check()
+        except CertificateError as error:
+            errors.append(f"{error}{remedy}")
+    if len(errors) > found:
+        return None
+    try:
+        return ServingCertificate.from_files(cert_file, key_file, cert_flag, key_flag)
+    except CertificateError as error:
+        errors.append(f"{error}{remedy}")
+        return None
 
 
 def _events_token(settings: Settings, errors: list[str]) -> str | None:
@@ -139,9 +203,21 @@ def _events_token(settings: Settings, errors: list[str]) -> str | None:
 
 
 def _authorization_mode(
-    settings: Settings, cluster: ClusterConfig | None, errors: list[str], kubeconfig_failed: bool
+    settings: Settings,
+    cluster: ClusterConfig | None,
+    errors: list[str],
+    kubeconfig_failed: bool,
+    missing_token: str | None = None,
 ) -> str:
     mode = settings.authorization_mode or ("RBAC" if cluster is not None or kubeconfig_failed else None)
+    if cluster is None and not kubeconfig_failed and missing_token is not None and mode != "AlwaysAllow":
+        # A pod that opted out of its token: the remedy is the token, never the way around RBAC.
+        errors.append(
+            f"running in a pod ({SERVICE_HOST_ENV} is set) but no ServiceAccount token is mounted at "
+            f"{missing_token}, so the cluster API cannot be used (PayloadRepositoryAccess rules, Roles and "
+            "RoleBindings): set automountServiceAccountToken: true on the pod or its ServiceAccount"
+        )
+        return mode or "RBAC"
     if mode is None:
         errors.append(
             "no cluster API is configured (no --kubeconfig, not in a pod), so PayloadRepositoryAccess rules "

@@ -16,6 +16,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
@@ -85,6 +86,17 @@ def load_certificates(path: str, flag: str) -> list[x509.Certificate]:
     return certificates
 
 
+def load_private_key(path: str, flag: str) -> PrivateKeyTypes:
+    """The unencrypted PEM private key of a file; an error names the flag and the file."""
+    data = _read(path, flag)
+    try:
+        return serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise CertificateError(f"{flag} {path}: the key is encrypted; give it unencrypted") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise CertificateError(f"{flag} {path}: not a PEM private key (cannot parse it)") from None
+
+
 def _public(key: object) -> bytes:
     return key.public_bytes(  # type: ignore[attr-defined,no-any-return]
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -106,17 +118,7 @@ class ServingCertificate:
     ) -> ServingCertificate:
         """The pair, checked: both parse, and the key is the certificate's (errors name the files)."""
         chain = tuple(load_certificates(cert_file, cert_flag))
-        data = _read(key_file, key_flag)
-        try:
-            key = serialization.load_pem_private_key(data, password=None)
-        except TypeError:
-            raise CertificateError(
-                f"{key_flag} {key_file}: the key is encrypted; give it unencrypted"
-            ) from None
-        except (ValueError, UnsupportedAlgorithm):
-            raise CertificateError(
-                f"{key_flag} {key_file}: not a PEM private key (cannot parse it)"
-            ) from None
+        key = load_private_key(key_file, key_flag)
         if _public(key.public_key()) != _public(chain[0].public_key()):
             raise CertificateError(
                 f"{key_flag} {key_file} does not match the certificate in {cert_flag} {cert_file}"

@@ -51,6 +51,7 @@ def test_defaults():
 
 def test_every_flag_reaches_the_settings(tmp_path):
     settings = parse(
+        "--registry-url=https://127.0.0.1:5000",
         "--bind-address=127.0.0.1",
         "--secure-port=9443",
         "--tls-cert-file=/c.crt",
@@ -145,6 +146,49 @@ def test_credentials_come_from_files_or_environment_and_stay_out_of_repr(tmp_pat
     settings = parse()
     assert (settings.registry.username, settings.registry.password) == ("env-user", "env-secret")
     assert "env-secret" not in repr(settings)
+
+
+def test_a_password_without_a_user_name_is_refused(tmp_path, monkeypatch):
+    # Sent alone it was dropped, and the log said no credentials were configured (review-operations F6).
+    empty, password = tmp_path / "empty", tmp_path / "password"
+    empty.write_text("\n")
+    password.write_text("s3cret\n")
+    wanted = "a password needs a user name (--registry-username-file or $PAYLOADTAGS_REGISTRY_USERNAME)"
+    for argv in (
+        [f"--registry-password-file={password}"],
+        [f"--registry-username-file={empty}", f"--registry-password-file={password}"],
+    ):
+        with pytest.raises(UsageError) as raised:
+            parse(*argv)
+        (error,) = raised.value.errors
+        assert error.startswith(f"--registry-password-file: {wanted}")
+        assert "s3cret" not in error
+    monkeypatch.setenv(PASSWORD_ENV, "env-secret")
+    with pytest.raises(UsageError) as raised:
+        parse()
+    assert raised.value.errors[0].startswith(f"${PASSWORD_ENV}: {wanted}")
+    # Anonymous, as documented: both empty (the Secret of a registry without authentication).
+    monkeypatch.delenv(PASSWORD_ENV)
+    settings = parse(f"--registry-username-file={empty}", f"--registry-password-file={empty}")
+    assert (settings.registry.username, settings.registry.password) == (None, None)
+
+
+def test_help_says_the_password_needs_the_user_name(capsys):
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "registry password or token" not in text
+    assert "needs the user name (--registry-username-file or $PAYLOADTAGS_REGISTRY_USERNAME)" in text
+
+
+def test_a_registry_ca_with_plain_http_is_refused():
+    with pytest.raises(UsageError) as raised:
+        parse("--registry-ca-file=/registry-ca.crt")
+    assert raised.value.errors == [
+        "--registry-ca-file is only used with an https:// --registry-url, not 'http://127.0.0.1:5000': "
+        "use https:// or drop the CA"
+    ]
+    assert parse("--registry-url=https://r:5000", "--registry-ca-file=/ca.crt").registry.ca_file == "/ca.crt"
 
 
 @pytest.mark.parametrize(

@@ -616,6 +616,23 @@ def test_every_monitor_selects_a_rendered_service_or_pod(tree: str) -> None:
             assert wanted <= ports, f"{key(monitor)} scrapes ports {wanted}, the target has {ports}"
 
 
+def test_prometheus_verifies_the_serving_certificate_before_sending_its_token() -> None:
+    # The scraper's ServiceAccount token (often broad read rights) goes only to a peer whose certificate
+    # names the Service and chains to the serving CA, which the cert-manager tree's CA Issuer writes into
+    # the serving Secret as ca.crt, in the ServiceMonitor's own namespace (review-operations F3).
+    objects = kustomize("examples/overlay")
+    (monitor,) = of_kind(objects, "ServiceMonitor")
+    certificate = one(objects, "Certificate", "payloadtags-serving")
+    issuer = one(objects, "Issuer", certificate["spec"]["issuerRef"]["name"])
+    assert "ca" in issuer["spec"], "only a CA Issuer writes ca.crt beside tls.crt"
+    assert monitor["metadata"]["namespace"] == certificate["metadata"]["namespace"]
+    for endpoint in monitor["spec"]["endpoints"]:
+        tls = endpoint["tlsConfig"]
+        assert not tls.get("insecureSkipVerify"), f"{key(monitor)} skips verification"
+        assert tls["ca"] == {"secret": {"name": certificate["spec"]["secretName"], "key": "ca.crt"}}
+        assert tls["serverName"] in certificate["spec"]["dnsNames"]
+
+
 def test_apiservice_points_at_the_service() -> None:
     apiservice = one(kustomize("apiservice"), "APIService", APISERVICE)
     assert apiservice["apiVersion"] == "apiregistration.k8s.io/v1"

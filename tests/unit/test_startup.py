@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import errno
+import json
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NoReturn
 
@@ -103,13 +106,14 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     )
     assert errors == [
         f"--tls-cert-file {tmp_path / 'missing.crt'}: cannot read: No such file or directory",
+        f"--tls-private-key-file {tmp_path / 'missing.key'}: cannot read: No such file or directory",
         f"--requestheader-client-ca-file {tmp_path / 'missing-ca.crt'}: cannot read: "
         "No such file or directory",
         f"--registry-ca-file {tmp_path / 'registry-ca.crt'}: cannot read: No such file or directory",
         f"--registry-events-token-file {token} is empty",
-        errors[4],
+        errors[5],
     ]
-    assert errors[4].startswith(f"--kubeconfig: cannot read kubeconfig '{kubeconfig}'")
+    assert errors[5].startswith(f"--kubeconfig: cannot read kubeconfig '{kubeconfig}'")
 
 
 @pytest.mark.parametrize(
@@ -334,3 +338,180 @@ def test_completion_errors_exit_1_without_traceback(ca: Authority) -> None:
         "PayloadRepositoryAccess rules cannot be read: pass --authorization-mode=AlwaysAllow to run "
         "standalone, where every authenticated client may see and delete every tag",
     ]
+
+
+# --- the kubeconfig's own consistency, found at start (review-operations F4, F5, F7, F8) ---------------
+
+
+def _kubeconfig(
+    tmp_path: Path, cluster: Mapping[str, object], user: Mapping[str, object], context: Mapping[str, object]
+) -> Path:
+    path = tmp_path / "kubeconfig"
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": cluster}],
+                "users": [{"name": "u", "user": user}],
+                "contexts": [{"name": "x", "context": context}],
+                "current-context": "x",
+            }
+        )
+    )
+    return path
+
+
+def test_a_cluster_without_server_is_one_line(tmp_path: Path) -> None:
+    path = _kubeconfig(
+        tmp_path, {"insecure-skip-tls-verify": True}, {"token": "t"}, {"cluster": "c", "user": "u"}
+    )
+    assert errors_of(kubeconfig=str(path), authorization_mode=None) == [
+        f"--kubeconfig: kubeconfig '{path}': cluster \"c\" has no server"
+    ]
+
+
+def test_a_cluster_without_server_exits_1_without_traceback(tmp_path: Path) -> None:
+    path = _kubeconfig(tmp_path, {}, {"token": "t"}, {"cluster": "c", "user": "u"})
+    result = _serve(f"--kubeconfig={path}", "--bind-address=127.0.0.1", "--secure-port=0")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"payloadtags: --kubeconfig: kubeconfig '{path}': cluster \"c\" has no server"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("context", "problem"),
+    [
+        ({"cluster": "c", "user": "ghost"}, 'user "ghost" was not found for context "x"'),
+        ({"cluster": "nowhere", "user": "u"}, 'cluster "nowhere" was not found for context "x"'),
+        ({"user": "u"}, 'cluster was not specified for context "x"'),
+    ],
+)
+def test_a_context_naming_what_is_not_there_is_refused_as_client_go_does(
+    tmp_path: Path, context: dict[str, object], problem: str
+) -> None:
+    # Not started without credentials, every request then 401 and readiness never coming.
+    path = _kubeconfig(tmp_path, {"server": "http://127.0.0.1:1"}, {"token": "t"}, context)
+    assert errors_of(kubeconfig=str(path), authorization_mode=None) == [
+        f"--kubeconfig: kubeconfig '{path}': {problem}"
+    ]
+
+
+def test_a_context_without_a_user_is_anonymous_as_in_client_go(tmp_path: Path) -> None:
+    path = _kubeconfig(tmp_path, {"server": "http://127.0.0.1:1"}, {"token": "t"}, {"cluster": "c"})
+    completed = complete(settings(kubeconfig=str(path)), environ=NO_POD)
+    assert completed.cluster == ClusterConfig(server="http://127.0.0.1:1")
+
+
+def test_a_proxy_url_is_refused_not_ignored(tmp_path: Path) -> None:
+    cluster = {
+        "server": "https://kube.internal.invalid:6443",
+        "insecure-skip-tls-verify": True,
+        "proxy-url": "http://127.0.0.1:3128",
+    }
+    path = _kubeconfig(tmp_path, cluster, {"token": "t"}, {"cluster": "c", "user": "u"})
+    assert errors_of(kubeconfig=str(path), authorization_mode=None) == [
+        f"--kubeconfig: kubeconfig '{path}': cluster \"c\" has a proxy-url, which payloadtags does not "
+        "support: it connects to the cluster API directly (remove proxy-url and allow that connection)"
+    ]
+
+
+def test_proxy_environment_variables_are_named_as_unused_at_start() -> None:
+    quiet = complete(settings(), environ=NO_POD)
+    assert quiet.notices == ()
+    told = complete(
+        settings(), environ={"HTTPS_PROXY": "http://proxy:3128", "no_proxy": "x", "http_proxy": "p"}
+    )
+    assert told.notices == (
+        "HTTPS_PROXY, http_proxy set in the environment but not used: payloadtags connects to the cluster "
+        "API and the registry directly (docs/configuration.md)",
+    )
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _tls_kubeconfig(tmp_path: Path, ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> Path:
+    cluster = {"server": "https://127.0.0.1:1", "certificate-authority-data": _b64(ca_pem)}
+    user = {"client-certificate-data": _b64(cert_pem), "client-key-data": _b64(key_pem)}
+    return _kubeconfig(tmp_path, cluster, user, {"cluster": "c", "user": "u"})
+
+
+GARBAGE_PEM = b"-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n"
+
+
+def test_bad_tls_data_in_the_kubeconfig_is_one_line_per_problem(ca: Authority, tmp_path: Path) -> None:
+    one, other = ca.client("one"), ca.client("other")
+    ca_pem, cert, key = ca.cert_file.read_bytes(), one.cert_file.read_bytes(), one.key_file.read_bytes()
+    where = f"--kubeconfig: kubeconfig '{tmp_path / 'kubeconfig'}'"
+    cases = [
+        (
+            (ca_pem, cert, other.key_file.read_bytes()),
+            ["the client key (client-key) does not match the client certificate (client-certificate)"],
+        ),
+        (
+            (ca_pem, GARBAGE_PEM, key),
+            ["the client certificate (client-certificate) holds no valid PEM certificate"],
+        ),
+        ((GARBAGE_PEM, cert, key), ["the cluster CA (certificate-authority) holds no valid PEM certificate"]),
+        ((ca_pem, cert, b"not a key"), ["the client key (client-key) is not a PEM private key"]),
+        (
+            (GARBAGE_PEM, GARBAGE_PEM, key),
+            [
+                "the cluster CA (certificate-authority) holds no valid PEM certificate",
+                "the client certificate (client-certificate) holds no valid PEM certificate",
+            ],
+        ),
+    ]
+    for pems, problems in cases:
+        path = _tls_kubeconfig(tmp_path, *pems)
+        assert errors_of(kubeconfig=str(path), authorization_mode=None) == [f"{where}: {p}" for p in problems]
+    # The good pair passes, as the client will build it.
+    path = _tls_kubeconfig(tmp_path, ca_pem, cert, key)
+    assert complete(settings(kubeconfig=str(path)), environ=NO_POD).cluster is not None
+
+
+def test_bad_tls_data_in_the_kubeconfig_exits_1_before_serving(ca: Authority, tmp_path: Path) -> None:
+    one, other = ca.client("one"), ca.client("other")
+    path = _tls_kubeconfig(
+        tmp_path, ca.cert_file.read_bytes(), one.cert_file.read_bytes(), other.key_file.read_bytes()
+    )
+    result = _serve(f"--kubeconfig={path}", "--bind-address=127.0.0.1", "--secure-port=0")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"payloadtags: --kubeconfig: kubeconfig '{path}': the client key (client-key) does not match the "
+        "client certificate (client-certificate)"
+    ]
+
+
+# --- the pair's files, and a pod without its token (review-operations F10, F11) -----------------------
+
+
+def test_a_missing_key_is_named_beside_a_missing_certificate(tmp_path: Path, ca: Authority) -> None:
+    good = ca.server()
+    assert errors_of(
+        tls_cert_file=str(tmp_path / "nope.crt"), tls_private_key_file=str(tmp_path / "nope.key")
+    ) == [
+        f"--tls-cert-file {tmp_path / 'nope.crt'}: cannot read: No such file or directory",
+        f"--tls-private-key-file {tmp_path / 'nope.key'}: cannot read: No such file or directory",
+    ]
+    assert errors_of(tls_cert_file=str(tmp_path / "nope.crt"), tls_private_key_file=str(good.key_file)) == [
+        f"--tls-cert-file {tmp_path / 'nope.crt'}: cannot read: No such file or directory",
+    ]
+
+
+@pytest.mark.parametrize("mode", ["RBAC", None])
+def test_a_pod_without_its_token_is_told_to_mount_it(tmp_path: Path, mode: str | None) -> None:
+    # As with automountServiceAccountToken: false: the service variables are there, the token is not.
+    environ = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    with pytest.raises(ConfigurationError) as raised:
+        complete(settings(authorization_mode=mode), environ=environ, service_account_dir=str(tmp_path))
+    assert raised.value.errors == [
+        "running in a pod (KUBERNETES_SERVICE_HOST is set) but no ServiceAccount token is mounted at "
+        f"{tmp_path / 'token'}, so the cluster API cannot be used (PayloadRepositoryAccess rules, Roles and "
+        "RoleBindings): set automountServiceAccountToken: true on the pod or its ServiceAccount"
+    ]
+    # Standalone on purpose stays possible.
+    assert complete(settings(), environ=environ, service_account_dir=str(tmp_path)).cluster is None

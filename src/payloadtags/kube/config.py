@@ -102,6 +102,16 @@ def in_pod(environ: Mapping[str, str] = os.environ, service_account_dir: str = S
     return bool(environ.get(SERVICE_HOST_ENV)) and (Path(service_account_dir) / "token").is_file()
 
 
+def pod_without_token(
+    environ: Mapping[str, str] = os.environ, service_account_dir: str = SERVICE_ACCOUNT_DIR
+) -> str | None:
+    """Where the token should be, when this runs in a pod that has none mounted (None otherwise)."""
+    token = Path(service_account_dir) / "token"
+    if environ.get(SERVICE_HOST_ENV) and not token.is_file():
+        return str(token)
+    return None
+
+
 def load_cluster_config(
     kubeconfig: str | None,
     *,
@@ -143,7 +153,7 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
         raise ConfigError(f"cannot read kubeconfig {path!r}: {_gist(e)}") from e
     if not isinstance(document, dict) or not document.get("clusters"):
         raise ConfigError(f"{path!r} is not a kubeconfig (a YAML document with clusters, users and contexts)")
-    context_entry, user, cluster_entry = _chosen(document, context)
+    context_entry, user, cluster_entry = _chosen(document, context, path)
     base = os.path.dirname(os.path.abspath(path))
     plugin = None
     if isinstance(user.get("exec"), dict) and not (
@@ -169,9 +179,12 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
         raise ConfigError(f"cannot load kubeconfig {path!r}: {_gist(e)}") from e
     # As client-go: a tokenFile is re-read (it rotates), and wins over a token beside it.
     token_file = user.get("tokenFile")
-    cluster = _convert(
-        configuration, token_file=os.path.join(base, token_file) if token_file else None, in_cluster=False
-    )
+    try:
+        cluster = _convert(
+            configuration, token_file=os.path.join(base, token_file) if token_file else None, in_cluster=False
+        )
+    except ValueError as e:  # ClusterConfig's own checks; what _chosen saw first is named there
+        raise ConfigError(f"kubeconfig {path!r}: {_gist(e)}") from e
     if plugin is not None:
         cluster = _with_plugin_credential(cluster, plugin, path)
     try:
@@ -185,24 +198,49 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
 
 
 def _chosen(
-    document: dict[str, Any], context: str | None
+    document: dict[str, Any], context: str | None, path: str
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """The chosen context's own section, its user's and its cluster's (empty when absent; the
-    library reports what is missing)."""
+    """The chosen context's own section, its user's and its cluster's.
 
-    def section(kind: str, name: object, key: str) -> dict[str, Any]:
+    A context that is not there is left to the library to report. A context that names a user or a
+    cluster the file does not hold is refused here, in client-go's words: the library would go on
+    without credentials (every request then 401) or say less. A context that names no user is
+    anonymous, as in client-go."""
+
+    def section(kind: str, name: object, key: str) -> dict[str, Any] | None:
         for entry in document.get(kind) or ():
-            found = entry.get(key) if isinstance(entry, dict) and entry.get("name") == name else None
-            if isinstance(found, dict):
-                return found
-        return {}
+            if isinstance(entry, dict) and entry.get("name") == name:
+                found = entry.get(key)
+                return found if isinstance(found, dict) else {}
+        return None
 
-    chosen = section("contexts", context or document.get("current-context"), "context")
-    return (
-        chosen,
-        section("users", chosen.get("user"), "user"),
-        section("clusters", chosen.get("cluster"), "cluster"),
-    )
+    context_name = context or document.get("current-context")
+    chosen = section("contexts", context_name, "context")
+    if chosen is None:
+        return {}, {}, {}
+    user_name, cluster_name = chosen.get("user"), chosen.get("cluster")
+    user = section("users", user_name, "user") if user_name else {}
+    if user is None:
+        raise ConfigError(
+            f'kubeconfig {path!r}: user "{user_name}" was not found for context "{context_name}"'
+        )
+    cluster = section("clusters", cluster_name, "cluster") if cluster_name else None
+    if cluster is None:
+        raise ConfigError(
+            f'kubeconfig {path!r}: cluster "{cluster_name}" was not found for context "{context_name}"'
+            if cluster_name
+            else f'kubeconfig {path!r}: cluster was not specified for context "{context_name}"'
+        )
+    if not cluster.get("server"):
+        raise ConfigError(f'kubeconfig {path!r}: cluster "{cluster_name}" has no server')
+    if cluster.get("proxy-url"):
+        # client-go would tunnel through it; we connect directly, and silently doing so would end in
+        # connection or DNS errors that never mention the proxy.
+        raise ConfigError(
+            f'kubeconfig {path!r}: cluster "{cluster_name}" has a proxy-url, which payloadtags does not '
+            "support: it connects to the cluster API directly (remove proxy-url and allow that connection)"
+        )
+    return chosen, user, cluster
 
 
 def _with_plugin_credential(cluster: ClusterConfig, plugin: ExecPlugin, path: str) -> ClusterConfig:

@@ -11,6 +11,8 @@ import ipaddress
 from collections.abc import Callable
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from OpenSSL import SSL, crypto
@@ -65,6 +67,86 @@ def build_client_context(config: ClusterConfig) -> SSL.Context:
         ctx.use_privatekey(key)
         ctx.check_privatekey()
     return ctx
+
+
+def client_tls_problems(config: ClusterConfig) -> list[str]:
+    """What keeps `build_client_context` from working, one line per problem (empty: nothing).
+
+    Blocking (reads files). Start-up calls it so that bad TLS data in a kubeconfig is reported with
+    the other configuration problems, before serving, rather than as a traceback when the client is
+    made. Each piece is checked on its own, so that one run names every bad one; the context is then
+    built, as the client will build it, for what OpenSSL alone refuses."""
+    if not config.uses_tls:
+        return []
+    problems: list[str] = []
+    if not config.insecure_skip_tls_verify:
+        ca = _contents(config.ca_file, config.ca_data, "the cluster CA (certificate-authority)", problems)
+        if ca is not None and _certificates(ca) is None:
+            problems.append("the cluster CA (certificate-authority) holds no valid PEM certificate")
+    cert = _contents(
+        config.client_cert_file,
+        config.client_cert_data,
+        "the client certificate (client-certificate)",
+        problems,
+    )
+    key_data = _contents(
+        config.client_key_file, config.client_key_data, "the client key (client-key)", problems
+    )
+    leaf = None
+    if cert is not None:
+        chain = _certificates(cert)
+        if chain is None:
+            problems.append("the client certificate (client-certificate) holds no valid PEM certificate")
+        else:
+            leaf = chain[0]
+    key = None
+    if key_data is not None:
+        try:
+            key = load_pem_private_key(key_data, password=None)
+        except TypeError:
+            problems.append("the client key (client-key) is encrypted; give it unencrypted")
+        except (ValueError, UnsupportedAlgorithm):
+            problems.append("the client key (client-key) is not a PEM private key")
+        else:
+            if not isinstance(key, _SIGNING_KEYS):
+                problems.append(
+                    f"the client key (client-key): a {type(key).__name__} cannot sign a TLS handshake"
+                )
+                key = None
+    if leaf is not None and key is not None and _public(key.public_key()) != _public(leaf.public_key()):
+        problems.append(
+            "the client key (client-key) does not match the client certificate (client-certificate)"
+        )
+    if not problems:
+        try:
+            build_client_context(config)
+        except (SSL.Error, ValueError, OSError) as e:
+            problems.append(f"the TLS client settings are refused by OpenSSL: {e}")
+    return problems
+
+
+def _contents(path: str | None, data: bytes | None, what: str, problems: list[str]) -> bytes | None:
+    if path is None:
+        return data
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        problems.append(f"{what} {path}: cannot read: {e.strerror}")
+        return None
+
+
+def _certificates(data: bytes) -> list[x509.Certificate] | None:
+    try:
+        return x509.load_pem_x509_certificates(data) or None
+    except ValueError:
+        return None
+
+
+def _public(key: object) -> bytes:
+    return key.public_bytes(  # type: ignore[attr-defined,no-any-return]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def _load_certs(data: bytes, what: str) -> list[x509.Certificate]:
