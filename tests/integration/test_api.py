@@ -978,6 +978,64 @@ async def test_bad_delete_bodies(api, registry, repo):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_negative_grace_period_deletes_and_a_query_one_is_read_as_an_int64(api, registry, repo):
+    # kube-apiserver does not validate gracePeriodSeconds (a negative one is 1 second on the delete
+    # path), and decodes the query's with strconv.ParseInt: what that refuses is 400, not 422.
+    namespace, path = split(repo)
+    images.push_oci_image(registry, repo, "v1")
+    client = api.client(api.pki.admin)
+    url = f"{collection(namespace)}/{encode_name(path, 'v1')}"
+    dry = await client.delete(url, body={"dryRun": ["All"], "gracePeriodSeconds": -1})
+    assert dry.code == 200, dry.body
+    assert (await client.delete(url + "?dryRun=All&gracePeriodSeconds=-5")).code == 200
+    for value in ("abc", "1_0", "%205"):
+        status = assert_status(
+            await client.delete(url + f"?dryRun=All&gracePeriodSeconds={value}"), 400, "BadRequest"
+        )
+        assert status["message"].startswith('invalid value for gracePeriodSeconds: "')
+    assert images.list_tags(registry, repo) == ["v1"]
+    assert (await client.delete(url, body={"gracePeriodSeconds": -1})).code == 200
+    assert images.list_tags(registry, repo) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_query_boolean_of_any_value_is_one(api, registry, repo):
+    # As kube-apiserver: only "false" and "0" are false; orphanDependents=yes is set, so with a
+    # propagationPolicy it is the 422 of both set, not a 400.
+    namespace, path = split(repo)
+    images.push_oci_image(registry, repo, "v1")
+    client = api.client(api.pki.admin)
+    url = f"{collection(namespace)}/{encode_name(path, 'v1')}"
+    for value in ("yes", "", "true"):
+        query = f"?dryRun=All&orphanDependents={value}&propagationPolicy=Background"
+        assert_status(await client.delete(url + query), 422, "Invalid")
+        assert (await client.delete(url + f"?dryRun=All&orphanDependents={value}")).code == 200
+    assert images.list_tags(registry, repo) == ["v1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_first_accept_or_content_type_field_decides(api, registry, repo):
+    # kube-apiserver reads a header with Go's Header.Get: of several fields, the first.
+    namespace, path = split(repo)
+    images.push_oci_image(registry, repo, "v1")
+    client = api.client(api.pki.admin)
+    url = f"{collection(namespace)}/{encode_name(path, 'v1')}"
+    table = "application/json;as=Table;v=v1;g=meta.k8s.io"
+    first_table = await client.get(url, headers={"Accept": [table, "application/json"]})
+    assert first_table.json()["kind"] == "Table", first_table.body[:200]
+    first_json = await client.get(url, headers={"Accept": ["application/json", table]})
+    assert first_json.json()["kind"] == "PayloadRepositoryTag", first_json.body[:200]
+    body = json.dumps({"dryRun": ["All"]}).encode()
+    refused = await client.delete(
+        url, headers={"Content-Type": ["text/plain", "application/json"]}, body=body
+    )
+    assert_status(refused, 415, "UnsupportedMediaType")
+    read = await client.delete(url, headers={"Content-Type": ["application/json", "text/plain"]}, body=body)
+    assert read.code == 200, read.body
+    assert images.list_tags(registry, repo) == ["v1"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_an_accept_a_delete_cannot_answer_is_406_with_nothing_deleted(api, registry, repo):
     # The media type is chosen before anything is deleted: an error means that nothing happened.
     namespace, path = split(repo)
@@ -1159,6 +1217,27 @@ async def test_deletecollection_with_a_continue_token_deletes_from_where_it_poin
     assert (reply.code, _names(reply)) == (200, names[2:]), reply.body
     assert "continue" not in reply.json()["metadata"]
     assert _left(registry, repo) == names[:2]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_continue_token_with_a_resource_version_is_400_and_deletes_nothing(api, registry, repo):
+    # kube-apiserver reads a continued page at its token's resourceVersion: any other than "" or "0"
+    # is 400, for a list and for a deletecollection (which lists with its options first) alike.
+    namespace, _ = split(repo)
+    names = _push_abc(registry, repo)
+    client = api.client(api.pki.admin)
+    first = (await client.get(collection(namespace) + "?limit=2")).json()["metadata"]
+    token, rv = first["continue"], first["resourceVersion"]
+    for value in ("1", rv):
+        query = f"?continue={token}&resourceVersion={value}"
+        for method, extra, body in (("DELETE", "", {}), ("DELETE", "&limit=1", None), ("GET", "", None)):
+            reply = await client.request(method, collection(namespace) + query + extra, body=body)
+            status = assert_status(reply, 400, "BadRequest")
+            assert status["message"] == "specifying resource version is not allowed when using continue"
+            assert _left(registry, repo) == names
+    # "0" (or none) goes with a token, as there.
+    listed = await client.get(collection(namespace) + f"?continue={token}&resourceVersion=0")
+    assert (listed.code, _names(listed)) == (200, names[2:]), listed.body
 
 
 @pytest_twisted.ensureDeferred

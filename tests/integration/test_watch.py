@@ -342,11 +342,29 @@ async def test_watch_options_refused_with_a_status(api, repo):
         ("watch=true&timeoutSeconds=abc", 400),
         ("watch=true&resourceVersion=x1", 400),
         ("watch=true&continue=abc", 400),
-        ("watch=maybe", 400),
+        ("watch=maybe&timeoutSeconds=abc", 400),  # any value but false or 0 is a watch
     ):
         reply = await client.get(f"{collection(namespace)}?{query}")
         assert reply.code == code, (query, reply.body)
         assert reply.json()["kind"] == "Status"
+
+
+@pytest_twisted.ensureDeferred
+async def test_any_watch_value_but_false_or_0_is_a_watch(api, registry, repo):
+    # kube-apiserver reads watch as any boolean query parameter: "false" and "0" (any case) are false,
+    # every other value, the empty one too, is true, and the request is a watch.
+    namespace, path = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "v1")
+    client = api.client(api.pki.admin)
+    for value in ("", "yes", "abc"):
+        watch = await stream(client, f"{collection(namespace)}?watch={value}&resourceVersion=0")
+        assert watch.code == 200 and watch.headers["content-type"] == ["application/json"]
+        added = await watch.next()
+        assert (added["type"], added["object"]["metadata"]["name"]) == ("ADDED", encode_name(path, "v1"))
+        watch.close()
+    for value in ("false", "FALSE", "0"):
+        listed = await client.get(f"{collection(namespace)}?watch={value}")
+        assert (listed.code, listed.json()["kind"]) == (200, "PayloadRepositoryTagList"), listed.body
 
 
 @pytest_twisted.ensureDeferred
@@ -1228,6 +1246,7 @@ async def test_an_exact_list_is_the_list_at_that_resource_version_or_a_status(ma
     assert ahead.json()["details"]["causes"] == [
         {"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}
     ]
+    assert (ahead.json()["details"]["retryAfterSeconds"], ahead.header("retry-after")) == (1, "1")
     # The current one is served exactly, with what the registry holds now.
     current = await exact(now)
     assert current.code == 200 and current.json()["metadata"]["resourceVersion"] == now
@@ -1249,6 +1268,9 @@ async def test_a_list_not_older_than_a_resource_version_not_reached_is_a_timeout
         assert ahead.json()["details"]["causes"] == [
             {"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}
         ]
+        # As storage.NewTooLargeResourceVersionError: client-go's rest client retries it after a second.
+        assert ahead.json()["details"]["retryAfterSeconds"] == 1
+        assert ahead.header("retry-after") == "1"
     # Reached, older, "0", or another replica's (not comparable, and not older than what this one holds):
     # served as this replica's current list.
     epoch, sequence = divmod(int(now), 10**11)

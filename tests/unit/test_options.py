@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from payloadtags.api.errors import ApiError
-from payloadtags.api.options import DeleteOptions, delete_options, first, list_options
+from payloadtags.api.options import DeleteOptions, delete_options, first, flag, list_options
 from payloadtags.api.selectors import FieldRequirement, Requirement
 from payloadtags.api.watch import watch_options
 from payloadtags.model import to_json
@@ -59,6 +59,18 @@ def test_kubectl_get_with_selectors() -> None:
 def test_continue_and_resource_version_are_passed_on() -> None:
     options = list_options(_q(limit="1", resourceVersion="0", **{"continue": "tok"}))
     assert (options.limit, options.continue_, options.resource_version) == (1, "tok", "0")
+    options = list_options(_q(limit="1", resourceVersion="", **{"continue": "tok"}))
+    assert (options.continue_, options.resource_version) == ("tok", None)
+
+
+@pytest.mark.parametrize("resource_version", ["1", "42", "18446744073709551615", "abc"])
+def test_continue_with_a_resource_version_is_400(resource_version: str) -> None:
+    # kube-apiserver's storage (storage.ValidateListOptions): a continued page is read at its token's
+    # resourceVersion, so any other than "" or "0" is refused, before the list (or the deletes of a
+    # deletecollection, which lists with these options) reads anything. A bad one says the same.
+    error = _error(list_options, _q(limit="2", resourceVersion=resource_version, **{"continue": "tok"}))
+    assert (error.code, error.reason) == (400, "BadRequest")
+    assert error.message == "specifying resource version is not allowed when using continue"
 
 
 @pytest.mark.parametrize("value", ["", "0"])
@@ -129,8 +141,9 @@ def test_negative_limit_is_422() -> None:
     assert [cause["field"] for cause in details["causes"]] == ["limit"]
 
 
-@pytest.mark.parametrize("value", ["true", "1", "True", "TRUE"])
+@pytest.mark.parametrize("value", ["true", "1", "True", "TRUE", "yes", "maybe", "2", ""])
 def test_watch_is_not_offered(value: str) -> None:
+    # Any value but false or 0 is a watch (runtime.Convert_Slice_string_To_bool), the empty one too.
     error = _error(list_options, _q(watch=value))
     assert (error.code, error.reason) == (405, "MethodNotAllowed")
     assert error.message == (
@@ -138,20 +151,40 @@ def test_watch_is_not_offered(value: str) -> None:
     )
 
 
-@pytest.mark.parametrize("value", ["false", "0", ""])
+@pytest.mark.parametrize("value", ["false", "0", "False", "FALSE", "fAlSe"])
 def test_watch_false_is_a_list(value: str) -> None:
     assert list_options(_q(watch=value, limit="5")).limit == 5
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([], None),
+        (["false"], False),
+        (["FALSE"], False),
+        (["0"], False),
+        (["true"], True),
+        (["1"], True),
+        ([""], True),
+        (["yes"], True),
+        (["no"], True),
+        (["00"], True),
+        (["f"], True),
+        (["0", "true"], False),
+        (["true", "false"], True),
+    ],
+)
+def test_a_boolean_query_parameter_is_read_as_kube_apiserver_reads_it(
+    values: list[str], expected: bool | None
+) -> None:
+    # runtime.Convert_Slice_string_To_bool: the first value; only "false" and "0", in any case, are false.
+    assert flag({"watch": values}, "watch") is expected
 
 
 def test_resource_version_match_exact_is_kept_for_the_list() -> None:
     assert list_options(_q(resourceVersion="5", resourceVersionMatch="Exact")).exact
     assert not list_options(_q(resourceVersion="5", resourceVersionMatch="NotOlderThan")).exact
     assert not list_options(_q(resourceVersion="5")).exact
-
-
-def test_watch_not_a_boolean_is_400() -> None:
-    error = _error(list_options, _q(watch="maybe"))
-    assert (error.code, error.reason) == (400, "BadRequest")
 
 
 def test_kubectl_watch_request_is_405_before_anything_else() -> None:
@@ -297,6 +330,18 @@ def test_watch_numbers_in_range() -> None:
         _q(watch="true", timeoutSeconds="9223372036854775807", resourceVersion="18446744073709551615")
     )
     assert (options.timeout_seconds, options.resource_version) == (2**63 - 1, "18446744073709551615")
+
+
+def test_watch_flags_of_any_value_but_false_are_true() -> None:
+    # The empty value too, as kube-apiserver reads sendInitialEvents and allowWatchBookmarks.
+    options = watch_options(
+        _q(watch="", sendInitialEvents="", allowWatchBookmarks="yes", resourceVersionMatch="NotOlderThan")
+    )
+    assert (options.send_initial_events, options.bookmarks) == (True, True)
+    query = _q(watch="1", sendInitialEvents="", allowWatchBookmarks="0", resourceVersionMatch="NotOlderThan")
+    error = _error(watch_options, query)
+    assert (error.code, error.reason) == (422, "Invalid")
+    assert "sendInitialEvents requires setting allowWatchBookmarks to true" in error.message
 
 
 def test_watch_pinned_repository() -> None:
@@ -528,6 +573,9 @@ def test_propagation_policies_are_accepted_from_the_query(policy: str) -> None:
         (_q(orphanDependents="true", propagationPolicy="Background"), b""),
         (_q(orphanDependents="false", propagationPolicy="Orphan"), b""),
         (_q(propagationPolicy="Orphan"), b'{"orphanDependents":false}'),
+        # Any value of the query's is a boolean (true): still both set.
+        (_q(orphanDependents="yes", propagationPolicy="Background"), b""),
+        (_q(orphanDependents="", propagationPolicy="Background"), b""),
     ],
 )
 def test_orphan_dependents_with_propagation_policy_is_422(query: dict[str, list[str]], body: bytes) -> None:
@@ -539,10 +587,10 @@ def test_orphan_dependents_with_propagation_policy_is_422(query: dict[str, list[
     assert "cannot be both set" in details["causes"][0]["message"]
 
 
-def test_orphan_dependents_in_the_query_alone_is_accepted_and_must_be_a_boolean() -> None:
-    assert delete_options(_q(orphanDependents="true"), b"", None) == DeleteOptions()
-    error = _error(delete_options, _q(orphanDependents="yes"), b"", None)
-    assert (error.code, error.reason) == (400, "BadRequest")
+@pytest.mark.parametrize("orphan", ["true", "false", "yes", "abc", ""])
+def test_orphan_dependents_in_the_query_alone_is_accepted(orphan: str) -> None:
+    # As kube-apiserver, any value is a boolean: only "false" and "0" are false, the rest true.
+    assert delete_options(_q(orphanDependents=orphan), b"", None) == DeleteOptions()
 
 
 @pytest.mark.parametrize("orphan", ["false", "true", "yes"])
@@ -552,22 +600,39 @@ def test_orphan_dependents_in_the_query_is_not_read_when_there_is_a_body(orphan:
     assert delete_options(_q(orphanDependents=orphan), body, JSON_CT) == DeleteOptions(dry_run=True)
 
 
-@pytest.mark.parametrize("grace", [b"-1", b"-9223372036854775808"])
-def test_negative_grace_period_is_422(grace: bytes) -> None:
-    error = _error(delete_options, {}, b'{"gracePeriodSeconds":' + grace + b"}", JSON_CT)
-    assert (error.code, error.reason) == (422, "Invalid")
-    assert _body(error)["details"]["causes"][0]["field"] == "gracePeriodSeconds"
+@pytest.mark.parametrize("grace", ["-1", "-9223372036854775808", "0", "9223372036854775807"])
+def test_any_int64_grace_period_is_accepted(grace: str) -> None:
+    # kube-apiserver's ValidateDeleteOptions does not look at it; rest.BeforeDelete treats a negative
+    # one as 1 second. Tags are deleted at once whatever it says.
+    body = b'{"dryRun":["All"],"gracePeriodSeconds":' + grace.encode() + b"}"
+    assert delete_options({}, body, JSON_CT) == DeleteOptions(dry_run=True)
+    assert delete_options(_q(gracePeriodSeconds=grace), b"", None) == DeleteOptions()
 
 
 def test_grace_period_from_the_query() -> None:
     assert delete_options(_q(gracePeriodSeconds="30"), b"", None) == DeleteOptions()
-    assert _error(delete_options, _q(gracePeriodSeconds="-5"), b"", None).code == 422
-    assert _error(delete_options, _q(gracePeriodSeconds="soon"), b"", None).code == 422
+    assert delete_options(_q(gracePeriodSeconds="-5"), b"", None) == DeleteOptions()
+    assert delete_options(_q(gracePeriodSeconds=""), b"", None) == DeleteOptions()
+
+
+@pytest.mark.parametrize("grace", ["soon", "abc", "1_0", " 5", "5 ", "1.5", "1e3", "\u0661", "--1"])
+def test_a_query_grace_period_that_is_no_int64_is_400(grace: str) -> None:
+    # Decoded with strconv.ParseInt, as kube-apiserver decodes query parameters: a failure is 400.
+    error = _error(delete_options, _q(gracePeriodSeconds=grace), b"", None)
+    assert (error.code, error.reason) == (400, "BadRequest")
+    assert error.message == f'invalid value for gracePeriodSeconds: "{grace}" is not an integer'
+
+
+def test_the_query_grace_period_is_not_read_when_there_is_a_body() -> None:
+    # As kube-apiserver, which reads no option from the query then.
+    body = b'{"dryRun":["All"]}'
+    assert delete_options(_q(gracePeriodSeconds="soon"), body, JSON_CT) == DeleteOptions(dry_run=True)
 
 
 @pytest.mark.parametrize("grace", ["9223372036854775808", "9" * 400, "9" * 5000])
 def test_grace_period_beyond_int64_is_refused(grace: str) -> None:
-    assert _error(delete_options, _q(gracePeriodSeconds=grace), b"", None).code == 422
+    error = _error(delete_options, _q(gracePeriodSeconds=grace), b"", None)
+    assert (error.code, error.reason) == (400, "BadRequest")
     body = b'{"gracePeriodSeconds":' + grace[:4000].encode() + b"}"  # json refuses over 4300 digits
     assert _error(delete_options, {}, body, JSON_CT).code == 400  # Go cannot decode it into int64
 

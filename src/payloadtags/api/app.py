@@ -120,9 +120,10 @@ def _target(request: IRequest) -> tuple[str, str]:
 
 
 def _header(request: IRequest, name: str) -> str | None:
-    # As bytes: Twisted decodes str look-ups as UTF-8, and a header that is not would raise.
+    # As bytes: Twisted decodes str look-ups as UTF-8, and a header that is not would raise. Of several
+    # fields the first, as kube-apiserver's Go Header.Get reads Accept and Content-Type.
     values = request.requestHeaders.getRawHeaders(name.encode("latin-1"))
-    return values[-1].decode("latin-1") if values else None
+    return values[0].decode("latin-1") if values else None
 
 
 def _credentials(request: Request) -> Credentials:
@@ -160,12 +161,7 @@ def _request_labels(request: IRequest, watch: bool | None = None) -> tuple[str, 
 
 def _is_watch_request(request: IRequest) -> bool:
     # HEAD never reaches a watch: the resource's routes answer it 405 (ApiServer._route).
-    if request.method != b"GET":
-        return False
-    try:
-        return is_watch(_query(request))
-    except ApiError:
-        return False
+    return request.method == b"GET" and is_watch(_query(request))
 
 
 def _client_gone(request: Request) -> bool:
@@ -850,7 +846,6 @@ class ApiServer:
         media = negotiate(_header(request, "accept"), collection=True, watch=watching)
         query = _query(request)
         include = _include(media, query)
-        # A watch value that is not a boolean is not one: list_options answers it 400.
         if watching:
             self._watched_namespace(namespace)
             return await self._watch(request, user, namespace, query, media, include)

@@ -142,11 +142,14 @@ def list_resource_version_expired() -> ApiError:
 def resource_version_too_large(requested: str, current: str) -> ApiError:
     """A resourceVersion this server has not reached (kube-apiserver's "too large resource version")."""
     cause = {"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}
+    # storage.NewTooLargeResourceVersionError is a timeout with retryAfterSeconds 1 (and so Retry-After:
+    # 1): client-go's rest client tries again a second later, by when this replica may have reached it.
     return ApiError(
         504,
         "Timeout",
         f"Timeout: Too large resource version: {requested}, current: {current}",
-        StatusDetails(causes=[cause]),
+        StatusDetails(causes=[cause], retry_after_seconds=1),
+        retry_after=1,
     )
 
 

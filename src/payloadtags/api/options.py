@@ -32,16 +32,14 @@ def first(query: Query, key: str) -> str | None:
 
 
 def flag(query: Query, key: str) -> bool | None:
-    """A boolean query parameter as kube-apiserver reads it; None when absent (some options tell
-    absent from false, e.g. sendInitialEvents)."""
+    """A boolean query parameter as kube-apiserver reads it (runtime.Convert_Slice_string_To_bool):
+    only "false" and "0", in any case, are false; any other value, the empty one too, is true, so
+    ``?watch=`` is a watch there and here. None when absent (some options tell absent from false, e.g.
+    sendInitialEvents)."""
     value = first(query, key)
     if value is None:
         return None
-    if value.lower() in ("true", "1"):
-        return True
-    if value.lower() in ("false", "0", ""):
-        return False
-    raise bad_request(f'invalid value for {key}: "{value}" is not a boolean')
+    return value.lower() not in ("false", "0")
 
 
 def integer(query: Query, key: str) -> int | None:
@@ -116,6 +114,10 @@ def list_options(query: Query) -> ListOptions:
                 match,
                 'resourceVersionMatch "exact" is forbidden for resourceVersion "0"',
             )
+    if continue_ is not None and resource_version not in (None, "0"):
+        # As kube-apiserver's storage: a continued page is read at its token's resourceVersion. Checked
+        # here, before a list reads or a deletecollection deletes anything.
+        raise bad_request("specifying resource version is not allowed when using continue")
     if resource_version is not None and parse_version(resource_version) is None:
         raise bad_request(f'invalid resource version "{resource_version}"')
     # An int64 in every ListOptions, as kube-apiserver decodes it; only a watch uses it.
@@ -237,13 +239,11 @@ def delete_options(query: Query, body: bytes, content_type: str | None) -> Delet
                 }
             ],
         )
-    grace = data.get("gracePeriodSeconds", first(query, "gracePeriodSeconds"))
-    if grace is not None:
-        try:
-            if not 0 <= int(grace) <= INT64_MAX:
-                raise ValueError
-        except (TypeError, ValueError, OverflowError):
-            raise _delete_invalid("gracePeriodSeconds", grace, "must be a non-negative integer") from None
+    if not given:
+        # Decoded as kube-apiserver decodes the query (strconv.ParseInt): what is no int64 is 400. Any
+        # int64 is valid there (a negative one is 1 second on the delete path), and tags are deleted at
+        # once whatever it says; a body's was type-checked by _body_options.
+        integer(query, "gracePeriodSeconds")
     preconditions = data.get("preconditions") or {}
     uid, rv = preconditions.get("uid"), preconditions.get("resourceVersion")
     return DeleteOptions(
