@@ -187,8 +187,9 @@ async def test_delete_with_a_wrong_uid_precondition_is_a_conflict(dynamic, regis
 
     assert caught.value.status == 409
     assert caught.value.summary() == (
-        f'Operation cannot be fulfilled on payloadrepositorytags.payload-registry.deckhouse.io "{target}": '
-        f"Precondition failed: UID in precondition: wrong, UID in object meta: {uid}"
+        f'Operation cannot be fulfilled on PayloadRepositoryTag.payload-registry.deckhouse.io "{target}": '
+        f"the UID in the precondition (wrong) does not match the UID in record ({uid}). "
+        "The object might have been deleted and then recreated"
     )
     assert images.list_tags(registry, f"{ns}/app") == ["v1"]
 

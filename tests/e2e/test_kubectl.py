@@ -895,11 +895,13 @@ async def test_delete_raw_with_preconditions_conflicts_or_deletes(
 
     wrong_uid = failed(await kubectl("delete", "--raw", path, "-f", options({"uid": "not-" + uid})))
     assert error_line(wrong_uid) == (
-        f'Error from server (Conflict): Operation cannot be fulfilled on {RESOURCE} "{target}": '
-        f"Precondition failed: UID in precondition: not-{uid}, UID in object meta: {uid}"
+        "Error from server (Conflict): Operation cannot be fulfilled on "
+        f'PayloadRepositoryTag.payload-registry.deckhouse.io "{target}": the UID in the precondition '
+        f"(not-{uid}) does not match the UID in record ({uid}). The object might have been deleted and "
+        "then recreated"
     )
     any_version = failed(await kubectl("delete", "--raw", path, "-f", options({"resourceVersion": "1"})))
-    assert "Precondition failed: ResourceVersion in precondition: 1" in any_version.err
+    assert "the ResourceVersion in the precondition (1) does not match" in any_version.err
     assert images.list_tags(registry, f"{ns}/app") == ["v1"]
 
     deleted = ok(await kubectl("delete", "--raw", path, "-f", options({"uid": uid})))

@@ -933,7 +933,26 @@ async def test_uid_precondition(api, registry, repo):
     status = assert_status(
         await client.delete(url, body={"preconditions": {"uid": "wrong"}}), 409, "Conflict"
     )
-    assert "Precondition failed: UID in precondition: wrong" in status["message"]
+    # kube-apiserver's delete path (rest.BeforeDelete): its words, and the kind as the resource.
+    name = encode_name(path, "v1")
+    assert status["message"] == (
+        f'Operation cannot be fulfilled on PayloadRepositoryTag.payload-registry.deckhouse.io "{name}": '
+        f"the UID in the precondition (wrong) does not match the UID in record ({uid}). "
+        "The object might have been deleted and then recreated"
+    )
+    assert status["details"] == {
+        "name": name,
+        "group": "payload-registry.deckhouse.io",
+        "kind": "PayloadRepositoryTag",
+    }
+    status = assert_status(
+        await client.delete(url, body={"preconditions": {"resourceVersion": "7"}}), 409, "Conflict"
+    )
+    assert status["message"] == (
+        f'Operation cannot be fulfilled on PayloadRepositoryTag.payload-registry.deckhouse.io "{name}": '
+        "the ResourceVersion in the precondition (7) does not match the ResourceVersion in record (). "
+        "The object might have been modified"
+    )
     assert images.list_tags(registry, repo) == ["v1"]
     assert (await client.delete(url, body={"preconditions": {"uid": uid}})).code == 200
     assert images.list_tags(registry, repo) == []
@@ -953,8 +972,9 @@ async def test_an_empty_uid_precondition_is_compared(api, registry, repo):
             await client.delete(target, body={"preconditions": {"uid": ""}}), 409, "Conflict"
         )
         assert status["message"] == (
-            f'Operation cannot be fulfilled on payloadrepositorytags.payload-registry.deckhouse.io "{name}": '
-            f"Precondition failed: UID in precondition: , UID in object meta: {uid}"
+            f'Operation cannot be fulfilled on PayloadRepositoryTag.payload-registry.deckhouse.io "{name}": '
+            f"the UID in the precondition () does not match the UID in record ({uid}). "
+            "The object might have been deleted and then recreated"
         )
     assert images.list_tags(registry, repo) == ["v1"]
     reply = await client.delete(url, body={"preconditions": {"uid": uid, "resourceVersion": ""}})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from payloadtags.model import GROUP, QUALIFIED_RESOURCE, RESOURCE, Status, StatusDetails
+from payloadtags.model import GROUP, KIND, QUALIFIED_RESOURCE, RESOURCE, Status, StatusDetails
 
 
 class ApiError(Exception):
@@ -106,6 +106,17 @@ def conflict(name: str, message: str) -> ApiError:
         "Conflict",
         f'Operation cannot be fulfilled on {QUALIFIED_RESOURCE} "{name}": {message}',
         _resource_details(name),
+    )
+
+
+def precondition_failed(name: str, message: str) -> ApiError:
+    """A DeleteOptions precondition that does not hold, as kube-apiserver's delete path answers it
+    (rest.BeforeDelete, before storage): its conflict names the kind as the resource."""
+    return ApiError(
+        409,
+        "Conflict",
+        f'Operation cannot be fulfilled on {KIND}.{GROUP} "{name}": {message}',
+        StatusDetails(name=name, group=GROUP, kind=KIND),
     )
 
 

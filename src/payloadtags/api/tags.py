@@ -19,6 +19,7 @@ from payloadtags.api.errors import (
     conflict,
     list_resource_version_expired,
     not_found,
+    precondition_failed,
     resource_version_too_large,
 )
 from payloadtags.api.options import DeleteOptions, ListOptions
@@ -449,16 +450,17 @@ class TagsService:
     def _check_preconditions(self, ref: TagRef, options: DeleteOptions) -> None:
         uid = uid_for(ref)
         if options.uid is not None and options.uid != uid:
-            raise conflict(
+            raise precondition_failed(
                 ref.name,
-                f"Precondition failed: UID in precondition: {options.uid}, UID in object meta: {uid}",
+                f"the UID in the precondition ({options.uid}) does not match the UID in record ({uid}). "
+                "The object might have been deleted and then recreated",
             )
         if options.resource_version is not None:
             # Tags carry no resourceVersion, so no precondition on one can hold.
-            raise conflict(
+            raise precondition_failed(
                 ref.name,
-                f"Precondition failed: ResourceVersion in precondition: {options.resource_version}, "
-                "ResourceVersion in object meta: ",
+                f"the ResourceVersion in the precondition ({options.resource_version}) does not match the "
+                "ResourceVersion in record (). The object might have been modified",
             )
 
     async def delete(
