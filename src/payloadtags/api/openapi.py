@@ -568,7 +568,8 @@ _DRY_RUN = _Param(
 _GRACE_PERIOD = _Param(
     "gracePeriodSeconds",
     "query",
-    "Accepted for compatibility: a non-negative integer. Tags are always deleted at once.",
+    "Accepted for compatibility: any 64-bit integer (a negative one counts as 1). "
+    "Tags are always deleted at once.",
     type="integer",
 )
 _PROPAGATION = _Param(
