@@ -361,7 +361,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     registry.add_argument(
         "--registry-ca-file",
-        help="CA bundle for an https:// registry (default: system CAs); refused with http://",
+        help="CA bundle for an https:// registry, also for an https:// token service and redirects "
+        "(blob storage) with an http:// one (default: system CAs)",
     )
     registry.add_argument(
         "--registry-username-file", help=f"file holding the registry user name (or ${USERNAME_ENV})"
@@ -369,7 +370,7 @@ def _parser() -> argparse.ArgumentParser:
     registry.add_argument(
         "--registry-password-file",
         help=f"file holding the registry user's password or token (or ${PASSWORD_ENV}); "
-        f"needs the user name (--registry-username-file or ${USERNAME_ENV})",
+        f"without a user name it is sent with an empty one (Basic ':token')",
     )
     registry.add_argument(
         "--registry-timeout",
@@ -758,19 +759,9 @@ def _settings(args: argparse.Namespace, errors: list[str]) -> Settings:
     username = _secret(args.registry_username_file, USERNAME_ENV, "--registry-username-file", errors)
     password = _secret(args.registry_password_file, PASSWORD_ENV, "--registry-password-file", errors)
     if password and not username:
-        # The registry's Basic auth and token service both take a user name with the password; sent
-        # alone it would be dropped, and the registry's refusal would read as no credentials at all.
-        source = "--registry-password-file" if args.registry_password_file else f"${PASSWORD_ENV}"
-        errors.append(
-            f"{source}: a password needs a user name (--registry-username-file or ${USERNAME_ENV}); "
-            "for a registry without authentication leave both empty"
-        )
-    if args.registry_ca_file and urlsplit(url).scheme == "http":
-        # Plain HTTP has no certificate to check: a CA here means the URL was meant to be https://.
-        errors.append(
-            f"--registry-ca-file is only used with an https:// --registry-url, not {url!r}: "
-            "use https:// or drop the CA"
-        )
+        # A token alone (the Secret's `username` empty or absent): Basic ":token", as before a1b8178;
+        # token-only registries accept it, and refusing it broke such installs (review-startup2 F2).
+        username = ""
     if errors:
         raise UsageError(*errors)
     namespace_cleanup = args.namespace_cleanup

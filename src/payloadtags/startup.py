@@ -69,11 +69,15 @@ def complete(
                 errors.append(str(error))
     events_token = _events_token(settings, errors)
     cluster = None
+    cluster_failed = False
     try:
         cluster = load_cluster_config(
             settings.kubeconfig, environ=environ, service_account_dir=service_account_dir
         )
     except KubeConfigError as error:
+        # A kubeconfig or an in-cluster configuration that failed to load: its line is the cause, so no
+        # standalone advice follows (in a pod, AlwaysAllow is never the remedy).
+        cluster_failed = True
         errors.append(f"--kubeconfig: {error}" if settings.kubeconfig else str(error))
     if cluster is not None:
         # Built here, not first when the client is made: a bad CA or key is then one line, before serving.
@@ -87,7 +91,7 @@ def complete(
         settings,
         cluster,
         errors,
-        kubeconfig_failed=settings.kubeconfig is not None,
+        kubeconfig_failed=cluster_failed or settings.kubeconfig is not None,
         missing_token=pod_without_token(environ, service_account_dir),
     )
     if errors or serving is None:
@@ -99,7 +103,7 @@ def complete(
         authorization_mode=mode,
         lease_namespace=lease_namespace(settings, cluster, environ),
         events_token=events_token,
-        notices=_proxy_notice(environ),
+        notices=_proxy_notice(environ) + _credential_notice(settings),
     )
 
 
@@ -111,6 +115,17 @@ def _proxy_notice(environ: Mapping[str, str]) -> tuple[str, ...]:
         f"{', '.join(names)} set in the environment but not used: payloadtags connects to the cluster API "
         "and the registry directly (docs/configuration.md)",
     )
+
+
+def _credential_notice(settings: Settings) -> tuple[str, ...]:
+    # cli gives a password without a user name the empty one (Basic ":token"); said once, so that a
+    # registry that wants a user name is not left to guess why it refuses.
+    if settings.registry.password and settings.registry.username == "":
+        return (
+            "the registry password (or token) is sent with an empty user name: no --registry-username-file "
+            "or $PAYLOADTAGS_REGISTRY_USERNAME gives one",
+        )
+    return ()
 
 
 def lease_namespace(settings: Settings, cluster: ClusterConfig | None, environ: Mapping[str, str]) -> str:

@@ -119,7 +119,14 @@ class ServingCertificate:
         """The pair, checked: both parse, and the key is the certificate's (errors name the files)."""
         chain = tuple(load_certificates(cert_file, cert_flag))
         key = load_private_key(key_file, key_flag)
-        if _public(key.public_key()) != _public(chain[0].public_key()):
+        try:
+            certified = chain[0].public_key()
+        except (ValueError, UnsupportedAlgorithm) as e:
+            # It parses, but its key (say, on SM2's curve) is none that cryptography can use.
+            raise CertificateError(
+                f"{cert_flag} {cert_file}: the certificate has a key type that cannot be used ({e})"
+            ) from None
+        if _public(key.public_key()) != _public(certified):
             raise CertificateError(
                 f"{key_flag} {key_file} does not match the certificate in {cert_flag} {cert_file}"
             )

@@ -330,6 +330,38 @@ async def test_json_logs_with_one_audit_line_per_deleted_tag_and_no_secrets(reac
 
 
 @pytest_twisted.ensureDeferred
+async def test_start_up_logs_the_unused_proxy_variables_and_a_password_without_user_name(
+    reactor, pki, registry
+):
+    # Completed.notices reach the log (review-startup2 F6): removing the logging fails this test.
+    port = free_port()
+    process = ServerProcess(
+        reactor,
+        serve_args(pki, registry.url, port),
+        env={
+            "HTTPS_PROXY": "http://bob:s3cretPW@127.0.0.1:3128",
+            "PAYLOADTAGS_REGISTRY_PASSWORD": "tok3n",
+        },
+    )
+    process.start()
+    try:
+        await process.wait_for_log("serving payload-registry")
+        process.terminate()
+        assert await process.wait() == 0
+    finally:
+        await process.kill()
+    assert (
+        "HTTPS_PROXY set in the environment but not used: payloadtags connects to the cluster API and the "
+        "registry directly (docs/configuration.md)" in process.log
+    )
+    assert (
+        "the registry password (or token) is sent with an empty user name: no --registry-username-file or "
+        "$PAYLOADTAGS_REGISTRY_USERNAME gives one" in process.log
+    )
+    assert "s3cretPW" not in process.log and "tok3n" not in process.log
+
+
+@pytest_twisted.ensureDeferred
 async def test_requestheader_ca_file_rotates_without_restart(make_server, registry, tmp_path, pki):
     old_ca = Authority.create(tmp_path / "proxy-old", "proxy-old")
     new_ca = Authority.create(tmp_path / "proxy-new", "proxy-new")

@@ -800,6 +800,22 @@ def test_token_with_credentials_and_rejection() -> None:
         result(client.tags("a/b"))
 
 
+def test_a_token_alone_is_sent_with_an_empty_user_name_and_a_rejection_says_so() -> None:
+    # Token-only installs: cli gives a password without a user name the empty one (review-startup2 F2).
+    registry = TokenRegistry(users={"": "tok3n"})
+    client, _ = make(registry, username="", password="tok3n")
+    assert result(client.tags("a/b")) == ("v1",)
+    assert registry.token_requests[0].header("Authorization") == "Basic OnRvazNu"  # ":tok3n"
+    client, _ = make(registry, username="", password="wrong")
+    with pytest.raises(RegistryAuthFailed) as caught:
+        result(client.tags("a/b"))
+    assert caught.value.message.endswith(
+        "rejected the credentials: the password (or token) sent with an empty user name; check it, or "
+        "configure the registry username it belongs to"
+    )
+    assert "wrong" not in caught.value.message
+
+
 def held_token_service() -> tuple[TokenRegistry, list[Deferred[Answer]], RegistryClient]:
     """A client of a TokenRegistry whose token requests wait until the test answers them."""
     registry = TokenRegistry()

@@ -429,6 +429,21 @@ def test_proxy_environment_variables_are_named_as_unused_at_start() -> None:
     )
 
 
+def test_a_password_without_a_user_name_is_named_at_start() -> None:
+    # Token-only installs send Basic ":token"; the log says so, so that a refusal is not a mystery.
+    quiet = complete(
+        settings(registry=RegistrySettings(url="http://r", username="u", password="p")), environ=NO_POD
+    )
+    assert quiet.notices == ()
+    told = complete(
+        settings(registry=RegistrySettings(url="http://r", username="", password="t")), environ=NO_POD
+    )
+    assert told.notices == (
+        "the registry password (or token) is sent with an empty user name: no --registry-username-file or "
+        "$PAYLOADTAGS_REGISTRY_USERNAME gives one",
+    )
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -499,6 +514,114 @@ def test_a_missing_key_is_named_beside_a_missing_certificate(tmp_path: Path, ca:
     ]
     assert errors_of(tls_cert_file=str(tmp_path / "nope.crt"), tls_private_key_file=str(good.key_file)) == [
         f"--tls-cert-file {tmp_path / 'nope.crt'}: cannot read: No such file or directory",
+    ]
+
+
+# A certificate whose key is on SM2's curve: it parses, but cryptography cannot load its public key.
+SM2_CERTIFICATE = b"""-----BEGIN CERTIFICATE-----
+MIIBcTCCARegAwIBAgIUb3tptZeYn25AsmQqr9fOAyyDmOUwCgYIKoEcz1UBg3Uw
+DjEMMAoGA1UEAwwDc20yMB4XDTI2MTIwNjA4MjY1MloXDTI3MDEwNTA4MjY1Mlow
+DjEMMAoGA1UEAwwDc20yMFkwEwYHKoZIzj0CAQYIKoEcz1UBgi0DQgAEGK9Sv7Ux
+GjQCXjqldOZvYSJ2IP2fdkzEgQICg0u8TvhkRMalCcrXJmWBMsMqJz4YGhgJN9NQ
+OxRVRrkdl5KVAKNTMFEwHQYDVR0OBBYEFJBEEPLM7dkPJVUFdXUJMNdoTT0VMB8G
+A1UdIwQYMBaAFJBEEPLM7dkPJVUFdXUJMNdoTT0VMA8GA1UdEwEB/wQFMAMBAf8w
+CgYIKoEcz1UBg3UDSAAwRQIhAIOrHTagj+0zxM8t49pSepOAtfFTn5mIJcOPYX+k
+L5OjAiAoHKdWQDsNioRmjsA9B53uNkTgfvSojIsizKQF4KeWaA==
+-----END CERTIFICATE-----
+"""
+
+
+def test_a_certificate_key_type_that_cannot_be_loaded_is_one_line(ca: Authority, tmp_path: Path) -> None:
+    # UnsupportedAlgorithm ended the start in a traceback (review-startup2 F3b), in both places.
+    one = ca.client("one")
+    path = _tls_kubeconfig(tmp_path, ca.cert_file.read_bytes(), SM2_CERTIFICATE, one.key_file.read_bytes())
+    assert errors_of(kubeconfig=str(path), authorization_mode=None) == [
+        f"--kubeconfig: kubeconfig '{path}': the client certificate (client-certificate) has a key type "
+        "that cannot be used (Curve 1.2.156.10197.1.301 is not supported)"
+    ]
+    cert = tmp_path / "sm2.crt"
+    cert.write_bytes(SM2_CERTIFICATE)
+    assert errors_of(tls_cert_file=str(cert), tls_private_key_file=str(one.key_file)) == [
+        f"--tls-cert-file {cert}: the certificate has a key type that cannot be used "
+        "(Curve 1.2.156.10197.1.301 is not supported)"
+    ]
+
+
+# A 512-bit RSA pair: it parses and matches, and OpenSSL refuses it ("ee key too small").
+WEAK_CERTIFICATE = b"""-----BEGIN CERTIFICATE-----
+MIIBdTCCAR+gAwIBAgIUMO8KIteG8LvxlBLq/DpyqcM6TZkwDQYJKoZIhvcNAQEL
+BQAwDzENMAsGA1UEAwwEd2VhazAeFw0yNjEyMDYwODI2MjdaFw0yNzAxMDUwODI2
+MjdaMA8xDTALBgNVBAMMBHdlYWswXDANBgkqhkiG9w0BAQEFAANLADBIAkEAyV0C
+dSizTtgXaigggdWNkFVyWay0wynBWj6qnswzPXpweZb0yLutTv/tHvhnlNmIVJaE
+3kEO1OFBPvRvsWKBxQIDAQABo1MwUTAdBgNVHQ4EFgQUVgPLUYKtYIxKMETQ9pPy
+U0Q0/y4wHwYDVR0jBBgwFoAUVgPLUYKtYIxKMETQ9pPyU0Q0/y4wDwYDVR0TAQH/
+BAUwAwEB/zANBgkqhkiG9w0BAQsFAANBALfBvaL/+PHj5pid55tUovO88S6mP4EB
+Vt0PBvjYHCT+2HJqrvHH+Tqz/3ThE4ShNaZtNlPbsPak+DsFbpdi75s=
+-----END CERTIFICATE-----
+"""
+WEAK_KEY = b"""-----BEGIN PRIVATE KEY-----
+MIIBVAIBADANBgkqhkiG9w0BAQEFAASCAT4wggE6AgEAAkEAyV0CdSizTtgXaigg
+gdWNkFVyWay0wynBWj6qnswzPXpweZb0yLutTv/tHvhnlNmIVJaE3kEO1OFBPvRv
+sWKBxQIDAQABAkANbH7qcpEpk2xULmKkZSkv0xJxefr++7yhGIZlWbWcxnuAAA/m
+MnV7uQHTKdNf3KO/d9bAKNPANO/cbqCfnjhhAiEA8MxhUwFpoviN61rFZ+MpK9Xq
+A/9U4Y1IiAjxjClK22kCIQDWE06ZYmZGNfSGECiJleoKkrzHpzlK7TQNzM4mfavz
+/QIgEREbUMvH1fIx9N1xImTaVS4LMQ9Wz8m4u1OO8zU2BgkCIQDSP0IJmL+TozgV
+VtdJUUf7vGPVviGhuddO2l95JCH2TQIgM8QS/7y6LBlbB7gqQBR356aDStaRXP0Y
+YG2skYdSKmY=
+-----END PRIVATE KEY-----
+"""
+
+
+def test_an_openssl_refusal_is_worded_as_its_reason(ca: Authority, tmp_path: Path) -> None:
+    # It was printed as the error's list repr, [('SSL routines', '', 'ee key too small')].
+    path = _tls_kubeconfig(tmp_path, ca.cert_file.read_bytes(), WEAK_CERTIFICATE, WEAK_KEY)
+    assert errors_of(kubeconfig=str(path), authorization_mode=None) == [
+        f"--kubeconfig: kubeconfig '{path}': the TLS client settings are refused by OpenSSL: ee key too small"
+    ]
+
+
+@pytest.mark.parametrize("kind", ["clusters", "users", "contexts"])
+@pytest.mark.parametrize("value", [5, {"name": "c"}, "c"])
+def test_a_kubeconfig_section_that_is_not_a_list_is_one_line(
+    tmp_path: Path, kind: str, value: object
+) -> None:
+    # A number ended the start in a TypeError traceback (review-startup2 F3a).
+    path = _kubeconfig(
+        tmp_path, {"server": "http://127.0.0.1:1"}, {"token": "t"}, {"cluster": "c", "user": "u"}
+    )
+    document = json.loads(path.read_text())
+    document[kind] = value
+    path.write_text(json.dumps(document))
+    assert errors_of(kubeconfig=str(path), authorization_mode=None) == [
+        f"--kubeconfig: '{path}' is not a kubeconfig (a YAML document with clusters, users and contexts): "
+        f"{kind} is not a list"
+    ]
+
+
+@pytest.mark.parametrize("mode", ["RBAC", None])
+def test_a_pod_whose_in_cluster_configuration_fails_is_told_that_alone(
+    tmp_path: Path, mode: str | None
+) -> None:
+    # The token is there, the CA is not: the cause is the one line; never "run in a pod" or AlwaysAllow
+    # (review-startup2 F4).
+    (tmp_path / "token").write_text("t")
+    environ = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    with pytest.raises(ConfigurationError) as raised:
+        complete(settings(authorization_mode=mode), environ=environ, service_account_dir=str(tmp_path))
+    assert raised.value.errors == [
+        "cannot load the in-cluster configuration: Service certification file does not exist."
+    ]
+
+
+def test_a_bad_in_cluster_ca_names_its_file(tmp_path: Path, ca: Authority) -> None:
+    (tmp_path / "token").write_text("t")
+    (tmp_path / "ca.crt").write_bytes(GARBAGE_PEM)
+    environ = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    with pytest.raises(ConfigurationError) as raised:
+        complete(settings(authorization_mode=None), environ=environ, service_account_dir=str(tmp_path))
+    assert raised.value.errors == [
+        f"in-cluster configuration: the ServiceAccount CA {tmp_path / 'ca.crt'} "
+        "holds no valid PEM certificate"
     ]
 
 

@@ -151,8 +151,13 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
         document = yaml.safe_load(Path(path).read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ConfigError(f"cannot read kubeconfig {path!r}: {_gist(e)}") from e
+    shape = f"{path!r} is not a kubeconfig (a YAML document with clusters, users and contexts)"
     if not isinstance(document, dict) or not document.get("clusters"):
-        raise ConfigError(f"{path!r} is not a kubeconfig (a YAML document with clusters, users and contexts)")
+        raise ConfigError(shape)
+    for kind in ("clusters", "users", "contexts"):
+        # Read as lists below and by the library: a number or a mapping would end in a traceback.
+        if document.get(kind) is not None and not isinstance(document[kind], list):
+            raise ConfigError(f"{shape}: {kind} is not a list")
     context_entry, user, cluster_entry = _chosen(document, context, path)
     base = os.path.dirname(os.path.abspath(path))
     plugin = None

@@ -80,9 +80,15 @@ def client_tls_problems(config: ClusterConfig) -> list[str]:
         return []
     problems: list[str] = []
     if not config.insecure_skip_tls_verify:
-        ca = _contents(config.ca_file, config.ca_data, "the cluster CA (certificate-authority)", problems)
+        # In a pod the CA is the ServiceAccount's file, not a kubeconfig field.
+        ca_name = (
+            f"the ServiceAccount CA {config.ca_file}"
+            if config.in_cluster and config.ca_file
+            else "the cluster CA (certificate-authority)"
+        )
+        ca = _contents(config.ca_file, config.ca_data, ca_name, problems)
         if ca is not None and _certificates(ca) is None:
-            problems.append("the cluster CA (certificate-authority) holds no valid PEM certificate")
+            problems.append(f"{ca_name} holds no valid PEM certificate")
     cert = _contents(
         config.client_cert_file,
         config.client_cert_data,
@@ -98,7 +104,15 @@ def client_tls_problems(config: ClusterConfig) -> list[str]:
         if chain is None:
             problems.append("the client certificate (client-certificate) holds no valid PEM certificate")
         else:
-            leaf = chain[0]
+            try:
+                chain[0].public_key()
+            except (ValueError, UnsupportedAlgorithm) as e:
+                # It parses, but its key (say, on SM2's curve) is none that cryptography or OpenSSL can use.
+                problems.append(
+                    f"the client certificate (client-certificate) has a key type that cannot be used ({e})"
+                )
+            else:
+                leaf = chain[0]
     key = None
     if key_data is not None:
         try:
@@ -121,8 +135,17 @@ def client_tls_problems(config: ClusterConfig) -> list[str]:
         try:
             build_client_context(config)
         except (SSL.Error, ValueError, OSError) as e:
-            problems.append(f"the TLS client settings are refused by OpenSSL: {e}")
+            problems.append(f"the TLS client settings are refused by OpenSSL: {_reason(e)}")
     return problems
+
+
+def _reason(error: Exception) -> str:
+    """OpenSSL's reasons, not pyOpenSSL's list of (library, function, reason) tuples."""
+    if isinstance(error, SSL.Error) and error.args and isinstance(error.args[0], list):
+        reasons = [str(entry[-1]) for entry in error.args[0] if isinstance(entry, tuple) and entry]
+        if reasons:
+            return "; ".join(reasons)
+    return str(error)
 
 
 def _contents(path: str | None, data: bytes | None, what: str, problems: list[str]) -> bytes | None:

@@ -194,6 +194,12 @@ class Authenticator:
             return RegistryAuthFailed(
                 f"registry {self._registry} refused anonymous access; configure registry credentials"
             )
+        if not self._username:
+            # A token alone is sent with an empty user name (cli); say so, the registry may want one.
+            return RegistryAuthFailed(
+                f"registry {self._registry} rejected the credentials: the password (or token) sent with an "
+                "empty user name; check it, or configure the registry username it belongs to"
+            )
         return RegistryAuthFailed(
             f"registry {self._registry} rejected the credentials of user {self._username!r}; "
             "check the configured registry username and password"
