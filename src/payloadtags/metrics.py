@@ -16,7 +16,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from payloadtags.access.authn import UserInfo
 from payloadtags.access.authz import Authorizer
-from payloadtags.registry import Before, CatalogPage, Manifest, Registry
+from payloadtags.registry import Before, CatalogPage, Check, Manifest, Registry
 from payloadtags.registry.client import MAX_CATALOG_PAGE
 from payloadtags.registry.errors import (
     RegistryDeleteDisabled,
@@ -187,25 +187,27 @@ class InstrumentedRegistry:
     # time, a noticeable part of a small read's CPU when a list makes thousands.
     _counted: dict[tuple[str, str], tuple[Any, Any]] = attrs.field(factory=dict, init=False, repr=False)
 
-    async def _measure(
-        self, operation: str, call: Awaitable[T], stopped: Callable[[], bool] | None = None
-    ) -> T:
-        """``stopped``: whether the operation was stopped by its caller's `Before`, which sends nothing
-        to the registry: then it is neither counted nor told as a failure."""
+    async def _measure(self, operation: str, call: Awaitable[T], checks: _Checks | None = None) -> T:
+        """``checks``: the caller's checks of a mutation (`Before`, `Check`). One that stopped the
+        operation stopped it before a request, for the caller's reasons, not the registry's: then it
+        is neither counted nor told as a failure. The time they took is not the registry's either."""
         started = self.clock()
         error: BaseException | None = None
+        stopped = False
         try:
             return await call
         except BaseException as exc:
             error = exc
-            if self.on_failure is not None and not _stopped(stopped):
+            stopped = checks is not None and checks.stopped
+            if self.on_failure is not None and not stopped:
                 self.on_failure(operation, exc)
             raise
         finally:
-            if not _stopped(stopped):
-                self._count(operation, error, started)
+            if not stopped:
+                spent = checks.spent if checks is not None else 0.0
+                self._count(operation, error, self.clock() - started - spent)
 
-    def _count(self, operation: str, error: BaseException | None, started: float) -> None:
+    def _count(self, operation: str, error: BaseException | None, duration: float) -> None:
         key = (operation, outcome_of(error))
         counted = self._counted.get(key)
         if counted is None:
@@ -214,7 +216,7 @@ class InstrumentedRegistry:
                 self.metrics.registry_duration.labels(operation),
             )
         counted[0].inc()
-        counted[1].observe(self.clock() - started)
+        counted[1].observe(duration)
 
     async def ping(self) -> None:
         return await self._measure("ping", self.inner.ping())
@@ -234,47 +236,65 @@ class InstrumentedRegistry:
     async def blob(self, repository: str, digest: str, max_bytes: int = 4 << 20) -> bytes:
         return await self._measure("blob", self.inner.blob(repository, digest, max_bytes=max_bytes))
 
-    async def delete_tag(self, repository: str, tag: str, *, before: Before | None = None) -> str | None:
-        checks = _Checks(before)
-        call = self.inner.delete_tag(repository, tag, before=checks.wrapped())
-        return await self._measure("delete_tag", call, checks.stopped)
+    async def delete_tag(
+        self, repository: str, tag: str, *, before: Before | None = None, check: Check | None = None
+    ) -> str | None:
+        checks = _Checks(self.clock, before, check)
+        call = self.inner.delete_tag(repository, tag, before=checks.before(), check=checks.check())
+        return await self._measure("delete_tag", call, checks)
 
-    async def delete_manifest(self, repository: str, digest: str, *, before: Before | None = None) -> None:
-        checks = _Checks(before)
-        call = self.inner.delete_manifest(repository, digest, before=checks.wrapped())
-        return await self._measure("delete_manifest", call, checks.stopped)
+    async def delete_manifest(
+        self, repository: str, digest: str, *, before: Before | None = None, check: Check | None = None
+    ) -> None:
+        checks = _Checks(self.clock, before, check)
+        call = self.inner.delete_manifest(repository, digest, before=checks.before(), check=checks.check())
+        return await self._measure("delete_manifest", call, checks)
 
     async def close(self) -> None:
         await self.inner.close()
 
 
-def _stopped(stopped: Callable[[], bool] | None) -> bool:
-    return stopped is not None and stopped()
-
-
 @attrs.define
 class _Checks:
-    """A mutation's `Before`, noting whether it stopped the mutation (raised)."""
+    """A mutation's checks (`Before`, `Check`), noting whether one stopped it (raised) and how long
+    the confirmations took."""
 
-    before: Before | None
-    _raised: bool = False
+    clock: Callable[[], float]
+    _before: Before | None
+    _check: Check | None
+    stopped: bool = False
+    spent: float = 0.0
 
-    def wrapped(self) -> Before | None:
-        before = self.before
+    def before(self) -> Before | None:
+        before = self._before
         if before is None:
             return None
 
         async def checked() -> None:
+            started = self.clock()
             try:
                 await before()
             except BaseException:
-                self._raised = True
+                self.stopped = True
                 raise
+            finally:
+                self.spent += self.clock() - started
 
         return checked
 
-    def stopped(self) -> bool:
-        return self._raised
+    def check(self) -> Check | None:
+        check = self._check
+        if check is None:
+            return None
+
+        def checked() -> None:
+            try:
+                check()
+            except BaseException:
+                self.stopped = True
+                raise
+
+        return checked
 
 
 @attrs.define

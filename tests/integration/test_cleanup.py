@@ -24,7 +24,7 @@ from payloadtags.cleanup import Aborted, Cascade, CascadeResult, Unconfirmed, na
 from payloadtags.cleanup.cascade import Walk
 from payloadtags.cleanup.removal import namespace_remover
 from payloadtags.cleanup.sweep import ABSENT, EXISTS, TERMINATING, UNKNOWN, Sweep, require_gone
-from payloadtags.registry import Before, RegistryClient, RegistrySettings
+from payloadtags.registry import Before, Check, RegistryClient, RegistrySettings
 from payloadtags.registry.errors import RegistryUnavailable
 from tests.support import images
 from tests.support.cleanup_fixtures import *  # noqa: F403
@@ -459,8 +459,10 @@ def after_first_delete(registry: RegistryClient, then: Callable[[], Awaitable[No
     real_delete = registry.delete_manifest
     deleted: list[str] = []
 
-    async def delete_then(repository: str, digest: str, *, before: Before | None = None) -> None:
-        await real_delete(repository, digest, before=before)
+    async def delete_then(
+        repository: str, digest: str, *, before: Before | None = None, check: Check | None = None
+    ) -> None:
+        await real_delete(repository, digest, before=before, check=check)
         deleted.append(digest)
         if len(deleted) == 1:
             await then()
@@ -551,11 +553,15 @@ async def test_a_delete_ready_after_the_namespace_is_created_anew_waits_for_a_ge
                 evaluated.callback(None)
                 await slow[0]
 
-    async def delete(repository: str, digest: str, *, before: Before | None = None) -> None:
+    async def delete(
+        repository: str, digest: str, *, before: Before | None = None, check: Check | None = None
+    ) -> None:
         # The checks in the repository's turn (the cascade's GET among them), then the request, which
         # here may take long to reach the registry.
         if before is not None:
             await before()
+        if check is not None:
+            check()
         if repository == f"{team}/other":
             if not other_deleted:
                 await app_sent

@@ -18,7 +18,7 @@ from payloadtags.cleanup.cascade import Aborted, Cascade, CascadeResult, Unconfi
 from payloadtags.cleanup.metrics import CleanupMetrics
 from payloadtags.cleanup.watcher import NamespaceTriggers
 from payloadtags.kube import Backoff
-from payloadtags.registry import Before, CatalogPage
+from payloadtags.registry import Before, CatalogPage, Check
 from payloadtags.registry.content import skipped_by_seek
 from payloadtags.registry.errors import (
     RegistryNotFound,
@@ -70,9 +70,13 @@ class FakeRegistry:
         except KeyError:
             raise RegistryNotFound(f"{repository}:{tag}") from None
 
-    async def delete_manifest(self, repository: str, manifest: str, *, before: Before | None = None) -> None:
+    async def delete_manifest(
+        self, repository: str, manifest: str, *, before: Before | None = None, check: Check | None = None
+    ) -> None:
         if before is not None:
             await before()  # in the repository's turn, as the registry client runs it
+        if check is not None:
+            check()  # then right before the request leaves
         self._gate("delete")
         tags = self.repos.get(repository, {})
         doomed = [tag for tag, d in tags.items() if d == manifest]
@@ -82,10 +86,14 @@ class FakeRegistry:
             del tags[tag]
         self.deletes.append((repository, manifest))
 
-    async def delete_tag(self, repository: str, tag: str, *, before: Before | None = None) -> str | None:
+    async def delete_tag(
+        self, repository: str, tag: str, *, before: Before | None = None, check: Check | None = None
+    ) -> str | None:
         """Only reached for tags that resolve to nothing: gone, as this fake has no dangling tags."""
         if before is not None:
             await before()
+        if check is not None:
+            check()
         self._gate("delete")
         self.tag_deletes.append((repository, tag))
         digest = self.repos.get(repository, {}).pop(tag, None)
@@ -296,9 +304,11 @@ class LoggingRegistry(FakeRegistry):
         self.log.append("resolve")
         return await super().resolve(repository, tag)
 
-    async def delete_manifest(self, repository: str, manifest: str, *, before: Before | None = None) -> None:
+    async def delete_manifest(
+        self, repository: str, manifest: str, *, before: Before | None = None, check: Check | None = None
+    ) -> None:
         self.log.append("delete")
-        await super().delete_manifest(repository, manifest, before=before)
+        await super().delete_manifest(repository, manifest, before=before, check=check)
 
 
 @pytest.mark.parametrize("requests", [1, 2, 3, 4, 6])
@@ -424,7 +434,10 @@ async def _nothing() -> None:
     return None
 
 
-def test_a_delete_waits_for_a_question_asked_after_it_and_shares_it_with_those_asking_meanwhile() -> None:
+def test_each_delete_asks_a_question_of_its_own_after_it_asked() -> None:
+    """Each delete waits for one call of the cluster API, begun for it: never for one under way when
+    it asked (that could be an answer from before a creation), and never for that one and the next
+    (the repository's other mutations wait for the call)."""
     registry, clock = FakeRegistry(), Clock()
     for i in range(4):
         registry.push(f"team/app{i}", "v1")
@@ -436,15 +449,17 @@ def test_a_delete_waits_for_a_question_asked_after_it_and_shares_it_with_those_a
         return answers[-1]
 
     outcome = run(make_cascade(registry, clock, concurrency=4), "team", confirm=confirm)
-    # app0's delete asked first; app1..3 asked while its GET was under way: not theirs to use.
-    assert len(answers) == 1 and registry.deletes == []
-    answers[0].callback(None)
-    assert [r for r, _ in registry.deletes] == ["team/app0"]
-    # The next GET, sent once the first ended, serves app1..3 and app0's second delete.
-    assert len(answers) == 2
-    answers[1].callback(None)
-    assert len(registry.deletes) == 5 and len(answers) == 3
+    # app0..3's first deletes each asked: four calls, none answered, nothing deleted.
+    assert len(answers) == 4 and registry.deletes == []
     answers[2].callback(None)
+    assert [r for r, _ in registry.deletes] == ["team/app2"]
+    # app2's second delete asks anew; the others still wait for their own calls only.
+    assert len(answers) == 5
+    while pending := [answer for answer in answers if not answer.called]:
+        for answer in pending:
+            answer.callback(None)
+    # One call per delete: eight digests, eight calls, each answered once.
+    assert len(registry.deletes) == 8 and len(answers) == 8
     [result] = outcome
     assert isinstance(result, CascadeResult) and registry.remaining("team/") == {}
 
@@ -459,9 +474,13 @@ class SlowDeletes(FakeRegistry):
         self.arrived: list[tuple[str, bool]] = []  # (repository, the namespace existed)
         self.exists = False
 
-    async def delete_manifest(self, repository: str, manifest: str, *, before: Before | None = None) -> None:
+    async def delete_manifest(
+        self, repository: str, manifest: str, *, before: Before | None = None, check: Check | None = None
+    ) -> None:
         if before is not None:
             await before()  # the checks in the turn; the request then takes a while to arrive
+        if check is not None:
+            check()
         gate: Deferred[None] = Deferred()
         self.pending.append((repository, gate))
         await gate
@@ -574,9 +593,13 @@ class SlowRegistry(FakeRegistry):
     async def resolve(self, repository: str, tag: str) -> str:
         return await self._slow("resolve", FakeRegistry.resolve, repository, tag)
 
-    async def delete_manifest(self, repository: str, manifest: str, *, before: Before | None = None) -> None:
+    async def delete_manifest(
+        self, repository: str, manifest: str, *, before: Before | None = None, check: Check | None = None
+    ) -> None:
         if before is not None:
             await before()
+        if check is not None:
+            check()
         await self._slow("delete", FakeRegistry.delete_manifest, repository, manifest)
 
 

@@ -3,14 +3,18 @@ mix of outcomes (the counters' labelled children are kept between calls)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import pytest
 import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock, deferLater
 
 from payloadtags.access.authz import AlwaysAllow
 from payloadtags.identity import UserInfo
 from payloadtags.metrics import CountingAuthorizer, InstrumentedRegistry, Metrics
-from payloadtags.registry import Before, RegistryNotFound, RegistryUnavailable
+from payloadtags.registry import Before, Check, RegistryNotFound, RegistryUnavailable
 
 
 class Registry:
@@ -27,16 +31,44 @@ class Registry:
 
 
 class Deleting:
-    """Deletes that run their ``before`` as the registry client does, then fail or succeed."""
+    """Deletes that run their checks as the registry client does before a write (``before``, then
+    ``check``), then take ``takes`` seconds on ``clock`` (the registry's time), then fail or succeed."""
 
-    def __init__(self, error: Exception | None = None) -> None:
+    def __init__(
+        self, error: Exception | None = None, clock: Clock | None = None, takes: float = 0.0
+    ) -> None:
         self.error = error
+        self.clock = clock
+        self.takes = takes
 
-    async def delete_manifest(self, repository: str, digest: str, *, before: Before | None = None) -> None:
+    async def _write(self, before: Before | None, check: Check | None) -> None:
         if before is not None:
             await before()
+        if check is not None:
+            check()
+        if self.clock is not None:
+            await deferLater(self.clock, self.takes, lambda: None)
         if self.error is not None:
             raise self.error
+
+    async def delete_manifest(
+        self, repository: str, digest: str, *, before: Before | None = None, check: Check | None = None
+    ) -> None:
+        await self._write(before, check)
+
+    async def delete_tag(
+        self, repository: str, tag: str, *, before: Before | None = None, check: Check | None = None
+    ) -> str | None:
+        await self._write(before, check)
+        return None
+
+
+def delete(
+    registry: InstrumentedRegistry, operation: str, before: Before | None = None, check: Check | None = None
+) -> Awaitable[object]:
+    if operation == "delete_manifest":
+        return registry.delete_manifest("team/app", "sha256:" + "1" * 64, before=before, check=check)
+    return registry.delete_tag("team/app", "v1", before=before, check=check)
 
 
 def samples(metrics: Metrics, name: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -96,14 +128,21 @@ def test_access_decisions_are_counted_by_verb_and_decision(inner: object) -> Non
     assert counts == expected
 
 
+@pytest.mark.parametrize("operation", ["delete_manifest", "delete_tag"])
+@pytest.mark.parametrize("stopped_by", ["before", "check"])
 @pytest_twisted.ensureDeferred
-async def test_a_delete_its_caller_stopped_before_sending_is_not_a_registry_operation() -> None:
-    """A cascade's checks in the repository's turn (`Before`) that say stop send nothing: that is not
-    a failed registry request, and not told to the failure log."""
+async def test_a_delete_its_caller_stopped_before_sending_is_not_a_registry_operation(
+    operation: str, stopped_by: str
+) -> None:
+    """A cascade's checks right before a write (`Before`, `Check`) that say stop send nothing more:
+    that is not a failed registry request, and not told to the failure log."""
     metrics, failures = Metrics(), []
 
     async def stop() -> None:
         raise RuntimeError("the namespace exists again")
+
+    def stop_now() -> None:
+        raise RuntimeError("no longer leading")
 
     async def go() -> None:
         pass
@@ -113,14 +152,41 @@ async def test_a_delete_its_caller_stopped_before_sending_is_not_a_registry_oper
         return InstrumentedRegistry(inner, metrics, on_failure=lambda *failed: failures.append(failed))  # type: ignore[arg-type]
 
     with pytest.raises(RuntimeError):
-        await registry().delete_manifest("team/app", "sha256:" + "1" * 64, before=stop)
-    await registry().delete_manifest("team/app", "sha256:" + "1" * 64, before=go)
+        if stopped_by == "before":
+            await delete(registry(), operation, before=stop)
+        else:
+            await delete(registry(), operation, before=go, check=stop_now)
+    await delete(registry(), operation, before=go, check=lambda: None)
     with pytest.raises(RegistryUnavailable):
-        await registry(RegistryUnavailable("down")).delete_manifest(
-            "team/app", "sha256:" + "1" * 64, before=go
-        )
+        await delete(registry(RegistryUnavailable("down")), operation, before=go)
     assert samples(metrics, "payloadtags_registry_operations_total") == {
-        (("operation", "delete_manifest"), ("outcome", "ok")): 1.0,
-        (("operation", "delete_manifest"), ("outcome", "unavailable")): 1.0,
+        (("operation", operation), ("outcome", "ok")): 1.0,
+        (("operation", operation), ("outcome", "unavailable")): 1.0,
     }
-    assert [operation for operation, _ in failures] == ["delete_manifest"]
+    assert [failed for failed, _ in failures] == [operation]
+
+
+@pytest.mark.parametrize("operation", ["delete_manifest", "delete_tag"])
+@pytest_twisted.ensureDeferred
+async def test_a_deletes_duration_is_the_registrys_time_not_its_callers_checks(operation: str) -> None:
+    """The cluster API takes 3 s to confirm, the registry 1 s to delete: the registry operation took
+    1 s (docs/metrics.md); a slow cluster API is not registry latency."""
+    clock, metrics = Clock(), Metrics()
+    registry = InstrumentedRegistry(Deleting(clock=clock, takes=1.0), metrics, clock=clock.seconds)  # type: ignore[arg-type]
+
+    async def confirm() -> None:
+        await deferLater(clock, 3.0, lambda: None)
+
+    deleting: Deferred[object] = Deferred.fromCoroutine(
+        _awaited(lambda: delete(registry, operation, confirm))
+    )
+    clock.advance(3.0)
+    clock.advance(1.0)
+    await deleting
+    assert samples(metrics, "payloadtags_registry_operation_duration_seconds_sum") == {
+        (("operation", operation),): 1.0
+    }
+
+
+async def _awaited(call: Callable[[], Awaitable[object]]) -> object:
+    return await call()

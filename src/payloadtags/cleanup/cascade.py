@@ -40,11 +40,11 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from payloadtags.cleanup.metrics import CleanupMetrics
-from payloadtags.deferreds import Fresh, bounded_each, gather
+from payloadtags.deferreds import bounded_each, gather
 from payloadtags.inventory import CatalogCursor, guessed_tags
 from payloadtags.kube import Backoff
 from payloadtags.names import is_namespace
-from payloadtags.registry import Before, Catalog
+from payloadtags.registry import Before, Catalog, Check
 from payloadtags.registry.content import catalog_key, skipped_by_seek
 from payloadtags.registry.errors import RegistryConflict, RegistryError, RegistryNotFound, RegistryReadOnly
 
@@ -59,10 +59,11 @@ Guard = Callable[[], str | None]
 budget): a reason to stop now, or None to go on. Synchronous and cheap."""
 
 Confirm = Callable[[], Awaitable[None]]
-"""Asks the cluster API right before every delete request (each delete waits for a call made after
-it asked; deletes that ask while one is under way share the next): returns when deleting is allowed,
-raises `Aborted` when it must never happen, `Unconfirmed` when it cannot be decided now (asked again
-after a short backoff, then the pass is retried later; nothing is deleted meanwhile)."""
+"""Asks the cluster API right before every delete request (one call of its own for each, made in the
+repository's turn with the request's connection slot held, `_Checks`): returns when deleting is
+allowed, raises `Aborted` when it must never happen, `Unconfirmed` when it cannot be decided now
+(asked again in a new turn after a short backoff sat out of it, then the pass is retried later;
+nothing is deleted meanwhile)."""
 
 Wait = Callable[[float], Awaitable[None]]
 """Sits out the backoff after a failed pass: waits that many seconds (and may queue for more)."""
@@ -81,7 +82,7 @@ def default_backoff() -> Backoff:
 
 
 def default_check_backoff() -> Backoff:
-    # Short: a delete waits through it with its registry slot held. 0.5 + 1 + 2 + 2 s at most.
+    # Short: a delete waits through it (out of its repository's turn). 0.5 + 1 + 2 + 2 s at most.
     return Backoff(initial=0.5, factor=2.0, cap=2.0)
 
 
@@ -228,13 +229,13 @@ class CascadeRegistry(Catalog, Protocol):
 
     async def resolve(self, repository: str, reference: str, /) -> str: ...
 
-    # ``before`` runs in the repository's turn, right before the mutation's first request (`Before`).
+    # ``before``, ``check``: run right before each write request leaves (`Before`, `Check`).
     async def delete_manifest(
-        self, repository: str, digest: str, /, *, before: Before | None = None
+        self, repository: str, digest: str, /, *, before: Before | None = None, check: Check | None = None
     ) -> None: ...
 
     async def delete_tag(
-        self, repository: str, tag: str, /, *, before: Before | None = None
+        self, repository: str, tag: str, /, *, before: Before | None = None, check: Check | None = None
     ) -> str | None: ...
 
 
@@ -279,8 +280,7 @@ class Cascade:
         if not is_namespace(namespace):
             # Not a namespace name: nothing a namespace's deletion may touch.
             raise ValueError(f"not a namespace name: {namespace!r}")
-        if confirm is not None:
-            confirm = self._fresh(confirm, guard, check_wait or self._sleep)
+        checks = _Checks(confirm, guard, check_wait or self._sleep, self.check_retries, self.check_backoff)
         walk = walk or Walk()
         started = self.clock.seconds()
         backoff = self.backoff()
@@ -292,7 +292,7 @@ class Cascade:
             # What an earlier cascade's part of this pass deleted is that cascade's count.
             tags_before, manifests_before = state.tags_deleted, state.manifests_deleted
             try:
-                round_done = await self._pass(namespace, walk, state, guard, confirm)
+                round_done = await self._pass(namespace, walk, state, guard, checks)
             except (RegistryError, Unconfirmed) as e:  # a catalog page failed
                 state.failed("catalog", e)
                 round_done = False
@@ -350,38 +350,6 @@ class Cascade:
     async def _sleep(self, delay: float) -> None:
         await deferLater(self.clock, delay)
 
-    def _fresh(self, confirm: Confirm, guard: Guard | None, pause: Wait) -> Confirm:
-        """`confirm` as every delete asks it: one call at a time, whose answer serves only the
-        deletes that asked before it was made. A delete that asks while a call is under way waits
-        for the next, which is made when that one ends and shared by all who asked meanwhile: an
-        answer the API gave before a delete was ready (the namespace created anew since) never lets
-        it go. An undecided answer is asked again, anew, after a short backoff."""
-
-        async def ask() -> None:
-            # The guard first, as before every registry request: a deletecollection's budget spent,
-            # no cluster API request is begun (its answer could come up to the client's timeout later).
-            # Here, not in `fresh`: a call that runs for the deletes that asked while another was under
-            # way starts when that one ends.
-            _check(guard)
-            await confirm()
-
-        calls: Fresh[None] = Fresh(ask)
-
-        async def fresh() -> None:
-            backoff = self.check_backoff()
-            retries = self.check_retries
-            while True:
-                try:
-                    return await calls.ask()
-                except Unconfirmed:
-                    if retries == 0:
-                        raise
-                retries -= 1
-                _check(guard)  # not sat out after leading
-                await pause(backoff.next_delay())  # a deletecollection's: not begun past its budget
-
-        return fresh
-
     async def contents(self, namespace: str) -> Contents:
         """Count the repositories and tags under ``<namespace>/`` without changing anything."""
         cursor = CatalogCursor(self.registry, namespace, namespace, self.page_size)
@@ -404,7 +372,7 @@ class Cascade:
     # -- one pass ----------------------------------------------------------------------------------
 
     async def _pass(
-        self, namespace: str, walk: Walk, state: _Pass, guard: Guard | None, confirm: Confirm | None
+        self, namespace: str, walk: Walk, state: _Pass, guard: Guard | None, checks: _Checks
     ) -> bool:
         """Goes on with the pass from where `walk` is; True once it has gone round the namespace."""
         limit = DeferredSemaphore(self.concurrency)
@@ -412,7 +380,7 @@ class Cascade:
 
         async def repository(name: str) -> None:
             frontier.take(name)
-            await self._repository(name, state, limit, guard, confirm)
+            await self._repository(name, state, limit, guard, checks)
             # Not reached when the cascade is stopped meanwhile: the next one does it again.
             frontier.done(name)
 
@@ -433,7 +401,7 @@ class Cascade:
             # Guesses: a 404 is a directory, nothing to delete; a refusal fails the pass as a listed
             # repository's does, its message saying what to grant (`guessed_tags`).
             await bounded_each(
-                lambda name: self._repository(name, state, limit, guard, confirm, guessed=True),
+                lambda name: self._repository(name, state, limit, guard, checks, guessed=True),
                 names,
                 self.concurrency,
             )
@@ -485,7 +453,7 @@ class Cascade:
         state: _Pass,
         limit: DeferredSemaphore,
         guard: Guard | None,
-        confirm: Confirm | None,
+        checks: _Checks,
         guessed: bool = False,
     ) -> None:
         try:
@@ -517,10 +485,10 @@ class Cascade:
                 for digest, count in sorted(per_digest.items()):
                     if digest in failed:
                         continue
-                    if not await self._delete(limit, repository, digest, count, state, guard, confirm):
+                    if not await self._delete(limit, repository, digest, count, state, guard, checks):
                         failed.add(digest)
             if unresolved:
-                await self._unresolved(repository, unresolved, state, limit, guard, confirm)
+                await self._unresolved(repository, unresolved, state, limit, guard, checks)
         except (RegistryError, Unconfirmed) as e:
             # One repository's failure does not stop the others; the pass is retried as a whole.
             state.failed(repository, e)
@@ -535,7 +503,7 @@ class Cascade:
         state: _Pass,
         limit: DeferredSemaphore,
         guard: Guard | None,
-        confirm: Confirm | None,
+        checks: _Checks,
     ) -> None:
         """After the digest deletes, the listed tags that did not resolve: untagged since the listing
         (by a digest delete of an earlier chunk, or by someone else), or dangling. A listing tells
@@ -550,7 +518,7 @@ class Cascade:
         listed = set(await self._read(limit, guard, self.registry.tags, repository))
         for tag in unresolved:
             if tag in listed:
-                await self._repair(limit, repository, tag, state, guard, confirm)
+                await self._repair(limit, repository, tag, state, guard, checks)
                 continue
             state.progress += 1
 
@@ -591,15 +559,18 @@ class Cascade:
         tags: int,
         state: _Pass,
         guard: Guard | None,
-        confirm: Confirm | None,
+        checks: _Checks,
     ) -> bool:
         """False when the delete failed (recorded; the pass is retried): True when the digest is gone,
         deleted by this request or, first, by someone else."""
         await limit.acquire()
         try:
-            _check(guard)  # not queued at all once told to stop
             try:
-                await self.registry.delete_manifest(repository, digest, before=_checks(confirm, guard))
+                await checks.mutate(
+                    lambda before, check: self.registry.delete_manifest(
+                        repository, digest, before=before, check=check
+                    )
+                )
             except RegistryNotFound:
                 state.progress += 1  # someone else deleted it first: the goal is reached all the same
                 return True
@@ -622,13 +593,16 @@ class Cascade:
         tag: str,
         state: _Pass,
         guard: Guard | None,
-        confirm: Confirm | None,
+        checks: _Checks,
     ) -> None:
         await limit.acquire()
         try:
-            _check(guard)
             try:
-                digest = await self.registry.delete_tag(repository, tag, before=_checks(confirm, guard))
+                digest = await checks.mutate(
+                    lambda before, check: self.registry.delete_tag(
+                        repository, tag, before=before, check=check
+                    )
+                )
             except (RegistryNotFound, RegistryConflict):
                 # Gone meanwhile, or pushed again (the next pass deletes that by digest): either way
                 # the tag no longer blocks anything.
@@ -651,26 +625,52 @@ class Cascade:
             )
 
 
-def _checks(confirm: Confirm | None, guard: Guard | None) -> Before:
-    """The checks right before a delete request leaves, run by the registry client once the
-    repository's turn is held (`Before`): the cluster API's answer (it may take a while; a call to it
-    is begun only while the guard allows, `Cascade._fresh`), then the synchronous guard, which nothing
-    can outdate between it and the request. Made in the turn, not before waiting for it: the client
-    queues a repository's mutations (`RepositoryQueue`), and another one (a user's slow tag delete)
-    can hold the turn for several registry timeouts, long enough for the namespace to be created
-    anew, this replica to stop leading, or a deletecollection's budget to run out meanwhile.
+@attrs.frozen
+class _Checks:
+    """A cascade's checks before each of its deletes: the cluster API's answer (`Confirm`) and the
+    guard, which the registry client makes right before each write request leaves (`Before`, `Check`):
+    in the repository's turn (`RepositoryQueue`), with the request's connection slot held and its
+    token at hand; the guard after the confirmation, and again after a token's round trip. A check
+    made before any of those waits would let the request leave whenever the wait ends, however much
+    later: after the namespace was created anew, this replica stopped leading, or a
+    deletecollection's budget ran out.
 
-    The repository's other mutations in this process wait while the checks run: one `GET` of the
-    cluster API (shared, `Cascade._fresh`), bounded by the API client's request timeout; when the API
-    cannot tell, its few retries with their short backoff (`check_backoff`) before the delete stops.
-    That is the price of leaving only one round trip between the check and the request."""
+    The repository's other mutations in this process wait while a check runs: so the confirmation is
+    one call of the cluster API per write (a `GET`, bounded by the API client's request timeout, and a
+    deletecollection's by what is left of its budget), made by this delete alone (a call shared with
+    deletes that asked earlier could be one under way, and then a second would follow). When the API
+    cannot tell (`Unconfirmed`), the turn is let go, the short backoff (`check_backoff`) sat out
+    outside it, and the delete waits for its turn again, to be confirmed again there."""
 
-    async def checks() -> None:
-        if confirm is not None:
-            await confirm()
-        _check(guard)
+    confirm: Confirm | None
+    guard: Guard | None
+    pause: Wait
+    retries: int
+    backoff: Callable[[], Backoff]
 
-    return checks
+    async def once(self) -> None:
+        # The guard first, as before every request: a deletecollection's budget spent, or the replica
+        # no longer leading, no cluster API request is begun.
+        _check(self.guard)
+        if self.confirm is not None:
+            await self.confirm()
+
+    def check(self) -> None:
+        _check(self.guard)
+
+    async def mutate(self, call: Callable[[Before | None, Check], Awaitable[T]]) -> T:
+        backoff = self.backoff()
+        retries = self.retries
+        while True:
+            _check(self.guard)  # not queued at all once told to stop
+            try:
+                return await call(self.once if self.confirm is not None else None, self.check)
+            except Unconfirmed:
+                if retries == 0:
+                    raise
+            retries -= 1
+            _check(self.guard)  # not sat out after leading
+            await self.pause(backoff.next_delay())  # a deletecollection's: not past its budget
 
 
 def _check(guard: Guard | None) -> None:

@@ -94,10 +94,25 @@ class NamespaceRemover:
             await self._follow(other, left)
 
         async def confirm() -> None:
-            # Asked again right before every delete (`Cascade._fresh`: a call made after the delete
-            # asked): once an earlier call has emptied the namespace, it may be created anew while
-            # this one runs, and its new content is not ours.
-            require_gone(namespace, *await self.check(namespace))
+            # Asked again right before every delete (`cascade._Checks`: a call of its own, in the
+            # repository's turn): once an earlier call has emptied the namespace, it may be created
+            # anew while this one runs, and its new content is not ours. Waited for no longer than the
+            # budget left: the repository's other mutations in this process wait for it meanwhile.
+            left = deadline - self.clock.seconds()
+            if left <= 0:
+                raise Aborted(f"not finished within {within:g}s")
+            check = self.check
+
+            async def ask() -> tuple[str, str | None]:
+                return await check(namespace)
+
+            asked = Deferred.fromCoroutine(ask())
+            asked.addTimeout(left, self.clock)
+            try:
+                state = await asked
+            except TimeoutError:
+                raise Aborted(f"not finished within {within:g}s") from None
+            require_gone(namespace, *state)
 
         walked: Walk | None = None  # this call's walk, once taken: why its last pass failed
 

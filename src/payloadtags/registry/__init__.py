@@ -34,7 +34,7 @@ from .errors import (
     RegistryTimeout,
     RegistryUnavailable,
 )
-from .interface import Before, Catalog, Registry
+from .interface import Before, Catalog, Check, Registry
 from .queue import RepositoryQueue
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
     "Before",
     "Catalog",
     "CatalogPage",
+    "Check",
     "Manifest",
     "Registry",
     "RegistryAuthFailed",

@@ -126,6 +126,8 @@ class Authenticator:
         self._basic = False  # the registry asked for basic auth once: send it up front from now on
         self._tokens: dict[str, tuple[str, float]] = {}  # scope -> (token, expiry on the clock)
         self._fetching: InFlight[str, str] = InFlight()
+        # The registry's last token challenge: where a token is fetched ahead of a request (`ahead`).
+        self._challenge: Challenge | None = None
 
     def authorization(self, scope: str) -> str | None:
         """The header to send up front, when one is known to be needed."""
@@ -138,6 +140,18 @@ class Authenticator:
                 return f"Bearer {token}"
             del self._tokens[scope]
         return None
+
+    async def ahead(self, scope: str) -> str | None:
+        """`authorization`, with a token for ``scope`` fetched now, before the request, when there is
+        none and the registry is known to want tokens (it has challenged for one): for a request
+        whose last checks must be followed by nothing but its own round trip. Where the guess of the
+        scope is wrong, the registry's 401 still leads to the token it names (`answer`)."""
+        current = self.authorization(scope)
+        challenge = self._challenge
+        if current is not None or challenge is None or self._basic:
+            return current
+        token = await self._fetching.join(scope, lambda: self._fetch(challenge, scope))
+        return f"Bearer {token}"
 
     async def answer(self, challenge_header: str | None, scope: str, sent: str | None) -> str:
         """The Authorization header to retry with after a 401, or RegistryAuthFailed."""
@@ -161,6 +175,7 @@ class Authenticator:
                     f"registry {self._registry} asked for a token without naming a token service (realm)"
                 )
             self._basic = False
+            self._challenge = challenge
             wanted = challenge.scope or ""
             if sent is not None:
                 # The registry refused what we sent (expired early, revoked): never offer it again.

@@ -7,6 +7,7 @@ message names the registry URL.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
@@ -14,7 +15,7 @@ import operator
 import os
 import re
 import urllib.parse
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar, cast
 
 import attrs
@@ -71,7 +72,7 @@ from .errors import (
     RegistryTimeout,
     RegistryUnavailable,
 )
-from .interface import Before
+from .interface import Before, Check
 from .queue import RepositoryQueue
 from .transport import BodyTooLarge, BytesProducer, KeptEndpoints, OriginRequests, TLSPolicy, read_body
 
@@ -127,6 +128,14 @@ class RegistrySettings:
     ca_file: str | None = None  # CA bundle for an https registry, trusted besides the system CAs
     timeout: float = attrs.field(default=10.0, validator=positive)  # seconds per registry request
     max_connections: int = attrs.field(default=16, validator=positive)
+
+
+@attrs.frozen
+class _Gate:
+    """A mutation's checks before a write request leaves (`RegistryClient._gated`)."""
+
+    before: Before | None
+    check: Check | None
 
 
 @attrs.frozen
@@ -283,6 +292,10 @@ class RegistryClient:
         self._probe_valid_until = 0.0
         # Every mutation of a repository waits for the earlier ones of this process to finish.
         self._queue = queue if queue is not None else RepositoryQueue()
+        # The caller's checks of the mutation holding a repository's turn (`Before`, `Check`), made
+        # right before each of its write requests leaves (`_call`): one mutation per repository at a
+        # time, so the repository names it.
+        self._gates: dict[str, _Gate] = {}
         #: Called with (kind, "repository:tag", read, answered) for each conditional write: from the
         #: read it is conditional on to the write's answer (reactor seconds), the time in which another
         #: client's push to that tag can be overwritten. kind: retag, restore or repair.
@@ -576,21 +589,43 @@ class RegistryClient:
             raise self._protocol(reply, f"{what} has content with digest {actual}")
         return reply.body
 
-    async def delete_manifest(self, repository: str, digest: str, *, before: Before | None = None) -> None:
+    async def delete_manifest(
+        self, repository: str, digest: str, *, before: Before | None = None, check: Check | None = None
+    ) -> None:
         """Delete a manifest by digest. The registry untags every tag that points at it.
 
         Queued behind the other mutations of the repository in this process (`RepositoryQueue`);
-        ``before`` runs in the repository's turn, right before the DELETE is sent (`Before`)."""
+        ``before`` and ``check`` run in the repository's turn, right before the DELETE is sent, on
+        every attempt (`Before`, `Check`)."""
         self._check_repository(repository)
         self._check_digest(digest)
-        async with self._queue.hold(repository):
-            if before is not None:
-                # In the turn, not before it: a check made before a wait in line would let the DELETE
-                # leave whenever the line moves, however much later (a namespace created anew by then).
-                await before()
+        async with self._queue.hold(repository), self._gated(repository, before, check):
             await self._delete_manifest(repository, digest)
 
-    async def delete_tag(self, repository: str, tag: str, *, before: Before | None = None) -> str | None:
+    @contextlib.asynccontextmanager
+    async def _gated(
+        self, repository: str, before: Before | None, check: Check | None
+    ) -> AsyncIterator[None]:
+        """The caller's checks, made before each write of the mutation holding the repository's turn.
+
+        At the last moment, not once in the turn, nor before it: a check made before a wait (in the
+        repository's line, for a connection slot, for a token) would let the request leave whenever
+        that wait ends, however much later (a namespace created anew by then, a lost Lease, a budget
+        spent); and a mutation's later writes (a repair's PUT) follow reads of their own."""
+        if before is None and check is None:
+            yield
+            return
+        if check is not None:
+            check()  # nothing read for a mutation already told to stop
+        self._gates[repository] = _Gate(before, check)
+        try:
+            yield
+        finally:
+            del self._gates[repository]
+
+    async def delete_tag(
+        self, repository: str, tag: str, *, before: Before | None = None, check: Check | None = None
+    ) -> str | None:
         """Remove exactly this tag and return the digest it pointed at (None: a dangling tag).
 
         Other tags on the same digest, and manifests an index or another tag needs, stay. Uses the
@@ -611,14 +646,16 @@ class RegistryClient:
         outcome: cut short between its writes, it would leave the tag on the copy it wrote, and
         nobody told. Cancelled before that, it stops.
 
-        ``before`` runs in the repository's turn, before the delete's first request (`Before`); raising
-        there stops the delete unbegun. Every write that follows comes after a read of the tag: one it
-        is conditional on or, where the registry deletes by tag, the last request before the DELETE.
+        ``before`` runs in the repository's turn right before each request that changes a manifest or
+        the tag (the DELETE by tag, a re-tag or repair PUT, the DELETE of the copy, a restore), after
+        the read it is conditional on; ``check`` right before each write request (`Before`, `Check`).
+        Raising stops the delete there, with that request not sent: also a delete carried on after its
+        caller stopped waiting.
         """
         self._check_repository(repository)
         self._check_tag(tag)
         writing: Deferred[None] = Deferred()
-        work = Deferred.fromCoroutine(self._delete_tag_in_turn(repository, tag, writing, before))
+        work = Deferred.fromCoroutine(self._delete_tag_in_turn(repository, tag, writing, before, check))
         if not self._finish_begun_deletes:
             return await work
         self._carried.add(work)
@@ -633,12 +670,10 @@ class RegistryClient:
         )
 
     async def _delete_tag_in_turn(
-        self, repository: str, tag: str, writing: Deferred[None], before: Before | None
+        self, repository: str, tag: str, writing: Deferred[None], before: Before | None, check: Check | None
     ) -> str | None:
         """`delete_tag`'s work, in the repository's turn; fires ``writing`` before its first write."""
-        async with self._queue.hold(repository):
-            if before is not None:
-                await before()  # in the turn: see delete_manifest
+        async with self._queue.hold(repository), self._gated(repository, before, check):
             if self._delete_by_tag is not False:
                 original = await self._read_tag(repository, tag)
                 writing.callback(None)
@@ -1157,19 +1192,46 @@ class RegistryClient:
         redirects: bool = False,
         on_send: Callable[[], object] | None = None,
     ) -> _Reply:
-        """One registry request, authenticated as the registry demands: at most one 401 round."""
+        """One registry request, authenticated as the registry demands: at most one 401 round.
+
+        A write of a repository whose turn a mutation with checks holds (`_gated`) runs them once its
+        connection slot is held, right before it goes out, on each attempt."""
         url = path_or_url if "://" in path_or_url else self._base + path_or_url
-        sent = self._auth.authorization(scope)
-        reply = await self._exchange(method, url, headers, body, sent, max_body, redirects, on_send)
+        ready = self._ready(method, url, scope)
+        if ready is not None and ready.before is not None:
+            # The token first, where the registry is known to want one: then only the request's own
+            # round trip follows the confirmation, not a token service's too.
+            sent = await self._auth.ahead(scope)
+        else:
+            sent = self._auth.authorization(scope)
+        reply = await self._exchange(
+            method, url, headers, body, sent, max_body, redirects, on_send, ready=ready
+        )
         if reply.status != 401 or self._elsewhere(reply):
             # Only the registry's own challenge gets credentials: a 401 from where a redirect led
             # (a storage backend) names a realm of that host's choosing (docs/registry.md).
             return reply
         authorization = await self._auth.answer(reply.header("WWW-Authenticate"), scope, sent)
-        reply = await self._exchange(method, url, headers, body, authorization, max_body, redirects)
+        # Checked again: the token's round trip came after the first attempt's checks.
+        reply = await self._exchange(
+            method, url, headers, body, authorization, max_body, redirects, ready=ready
+        )
         if reply.status == 401 and not self._elsewhere(reply):
             raise self._auth.rejected(reply.header("WWW-Authenticate"))
         return reply
+
+    def _ready(self, method: str, url: str, scope: str) -> _Gate | None:
+        """The checks a request must pass right before it leaves: for a write of a repository whose
+        turn a mutation with checks holds; the confirmation (`Before`) only where a manifest or tag
+        changes, not for a blob upload or the probe (a delete of a digest that does not exist)."""
+        if method in ("GET", "HEAD") or not scope.startswith("repository:"):
+            return None
+        gate = self._gates.get(scope.split(":")[1])
+        if gate is None:
+            return None
+        if "/manifests/" not in url or _PROBE_DIGEST in url:
+            return _Gate(None, gate.check)
+        return gate
 
     async def _get_token(self, request: TokenRequest) -> TokenAnswer:
         separator = "&" if "?" in request.realm else "?"
@@ -1213,6 +1275,7 @@ class RegistryClient:
         on_send: Callable[[], object] | None = None,
         *,
         peer: str | None = None,
+        ready: _Gate | None = None,
     ) -> _Reply:
         """One HTTP request and its body within settings.timeout, or a RegistryError.
 
@@ -1221,12 +1284,19 @@ class RegistryClient:
         with DNSLookupError, as if the name did not resolve), so the cancellation is noted as it
         comes in. ``on_send`` runs once a connection slot is held, just before the request goes out.
         ``peer``: how errors name who was asked, when it is not the registry (its token service).
+        ``ready``: the caller's checks (`_gated`), made once the slot is held: the last thing before the
+        request leaves; raising sends nothing and releases the slot.
         """
         # The wait for a connection slot is not the registry's doing: the timeout starts once the
         # request can go out. The semaphore serves waiters in arrival order, so every request gets
         # its turn however many tag lists a big list has queued.
         await self._slots.acquire()
         try:
+            if ready is not None:
+                if ready.before is not None:
+                    await ready.before()
+                if ready.check is not None:
+                    ready.check()
             if on_send is not None:
                 if self._reads_at_turn_end:
                     await self._turn_end()

@@ -17,9 +17,18 @@ from typing import Protocol
 from .content import CatalogPage, Manifest
 
 Before = Callable[[], Awaitable[None]]
-"""Run by a mutation once it holds its repository's turn (`RepositoryQueue`), right before its first
-request: the caller's last checks, made after any wait in line and not before it. Raising stops the
-mutation with nothing sent. The repository's other mutations in this process wait while it runs."""
+"""A caller's confirmation, made before each request of a mutation that changes a manifest or a tag
+(a manifest `PUT` or `DELETE`; not the blob uploads nor a probe that deletes nothing): in the
+repository's turn (`RepositoryQueue`), with the request's connection slot held and, where the
+registry wants a token, a token for its scope at hand, so that only the request's own round trip
+follows it. Raising stops the mutation there, with that request not sent. The repository's other
+mutations in this process wait while it runs: keep it to one call, retried (if at all) by the
+caller, outside the turn."""
+
+Check = Callable[[], None]
+"""A caller's synchronous last check, made at the very last moment before each write request of a
+mutation leaves (after `Before`, after any token round trip, on every attempt): raising stops the
+mutation there, with that request not sent."""
 
 
 class Catalog(Protocol):
@@ -54,14 +63,19 @@ class Registry(Catalog, Protocol):
         """A blob's content, at most ``max_bytes`` long."""
         ...
 
-    async def delete_tag(self, repository: str, tag: str, /, *, before: Before | None = None) -> str | None:
+    async def delete_tag(
+        self, repository: str, tag: str, /, *, before: Before | None = None, check: Check | None = None
+    ) -> str | None:
         """Remove exactly one tag, never a sibling sharing its manifest; returns the digest it named
         (None for a dangling tag, whose manifest the registry no longer has). A write that a push
-        meanwhile would make overwrite it raises RegistryConflict instead. ``before``: see `Before`."""
+        meanwhile would make overwrite it raises RegistryConflict instead. ``before``, ``check``: see
+        `Before` and `Check`."""
         ...
 
-    async def delete_manifest(self, repository: str, digest: str, /, *, before: Before | None = None) -> None:
-        """Remove a manifest and every tag that names it. ``before``: see `Before`."""
+    async def delete_manifest(
+        self, repository: str, digest: str, /, *, before: Before | None = None, check: Check | None = None
+    ) -> None:
+        """Remove a manifest and every tag that names it. ``before``, ``check``: see `Before`, `Check`."""
         ...
 
     async def close(self) -> None:
@@ -69,4 +83,4 @@ class Registry(Catalog, Protocol):
         ...
 
 
-__all__ = ["Before", "Catalog", "Registry"]
+__all__ = ["Before", "Catalog", "Check", "Registry"]

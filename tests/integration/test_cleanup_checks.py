@@ -1,0 +1,272 @@
+"""A cascade's checks (the cluster API's word, the synchronous guard) are made right before each of its
+write requests leaves: in the repository's turn, with the request's connection slot held and its
+token at hand, on every attempt; and a confirmation the cluster API cannot give lets the turn go for
+its backoff. Against the real registry; requests are held at the client's HTTP agent (`HeldAgent`)
+and the cluster API's answers are Deferreds the test fires: the order is driven, nothing sleeps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredList
+
+from payloadtags.cleanup.cascade import Aborted, Cascade, Unconfirmed
+from payloadtags.registry import RegistryClient, RegistrySettings
+from tests.support import images
+from tests.support.cleanup_fixtures import unique_namespace
+from tests.support.dangling import dangling_tags, make_dangling
+from tests.support.heldagent import HeldAgent
+from tests.support.registry_server import RegistryServer
+
+
+class Api:
+    """The cluster API as the cascade's `confirm` asks it: each call waits for the test (`asked`) when
+    ``held``, else answers at once; ``exists``: the namespace was created anew (Aborted)."""
+
+    def __init__(self, held: bool = False) -> None:
+        self.held = held
+        self.exists = False
+        self.calls = 0
+        self._asked: list[Deferred[Deferred[None]]] = []
+
+    def asked(self) -> Deferred[Deferred[None]]:
+        """Fires with the answer of the next call, for the test to fire."""
+        d: Deferred[Deferred[None]] = Deferred()
+        self._asked.append(d)
+        return d
+
+    async def confirm(self) -> None:
+        self.calls += 1
+        if self.held:
+            answer: Deferred[None] = Deferred()
+            if self._asked:
+                # Told from the next reactor turn, once this call waits: the test's reaction runs
+                # after it, not inside it.
+                reactor.callLater(0, self._asked.pop(0).callback, answer)
+            await answer
+        if self.exists:
+            raise Aborted("the cluster API says the namespace exists")
+
+
+def client_for(target: Any, agent: HeldAgent, **settings: Any) -> RegistryClient:
+    return RegistryClient(reactor, RegistrySettings(url=target.url, timeout=30.0, **settings), agent=agent)
+
+
+def no_hold(method: str, url: str) -> Deferred[None] | None:
+    return None
+
+
+async def outcome_of(work: Deferred[Any]) -> str:
+    try:
+        await work
+    except Aborted as stopped:
+        return f"aborted: {stopped}"
+    return "finished"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_confirmation_the_api_cannot_give_lets_the_turn_go_for_its_backoff(
+    registry: RegistryServer,
+) -> None:
+    """The cluster API cannot tell (a 429, a timeout): the delete lets its repository's turn go, sits
+    out the backoff outside it, and waits for its turn again to ask anew. A user's tag delete in the
+    repository meanwhile waits for one call of the cluster API at most, never for the retries."""
+    namespace = unique_namespace("undecided")
+    repository = f"{namespace}/app"
+    images.push_oci_image(registry, repository, "a", seed=f"{namespace}-a")
+    images.push_oci_image(registry, repository, "b", seed=f"{namespace}-b")
+    client = client_for(registry, HeldAgent(reactor, no_hold))
+    api = Api(held=True)
+    backing_off: Deferred[Deferred[None]] = Deferred()
+    turns_at_calls: list[int] = []
+
+    async def check_wait(delay: float) -> None:
+        done: Deferred[None] = Deferred()
+        backing_off.callback(done)
+        await done
+
+    cascade = Deferred.fromCoroutine(
+        Cascade(client, reactor, concurrency=1).run(namespace, confirm=api.confirm, check_wait=check_wait)
+    )
+    try:
+        first = await api.asked()
+        turns_at_calls.append(client.queue.depth(repository))
+        first.errback(Unconfirmed("the cluster API did not answer"))
+        backoff = await backing_off
+        # The backoff is sat out with the repository's turn let go: a user's delete goes at once.
+        assert client.queue.depth(repository) == 0
+        assert await client.delete_tag(repository, "b") is not None
+        api.held = False  # from here the cluster API answers at once
+        backoff.callback(None)
+        assert await outcome_of(cascade) == "finished"
+    finally:
+        if not cascade.called:
+            cascade.cancel()
+        await client.close()
+    assert turns_at_calls == [1]  # asked in the turn
+    assert images.list_tags(registry, repository) == []
+
+
+@pytest.mark.parametrize("change", ["created anew", "leadership lost"])
+@pytest_twisted.ensureDeferred
+async def test_a_delete_is_checked_once_it_holds_its_connection_slot(
+    registry: RegistryServer, change: str
+) -> None:
+    """While the cascade's delete is confirmed, a user's read of another repository wants the only
+    connection slot (--registry-concurrency, here 1) and is held at the registry. The delete holds its
+    slot through its checks, so it leaves first; a delete that waited for the slot after its checks
+    would leave after the namespace was created anew (and delete its tag), or after this replica
+    stopped leading."""
+    namespace = unique_namespace("slot")
+    repository = f"{namespace}/app"
+    digest = images.push_oci_image(registry, repository, "a", seed=f"{namespace}-same")
+    other = f"other{namespace}/app"
+    user_read: Deferred[None] = Deferred()
+
+    def hold(method: str, url: str) -> Deferred[None] | None:
+        return user_read if f"/v2/{other}/" in url else None
+
+    agent = HeldAgent(reactor, hold)
+    client = client_for(registry, agent, max_connections=1)
+    api, leading = Api(held=True), [True]
+    cascade = Deferred.fromCoroutine(
+        Cascade(client, reactor, concurrency=1).run(
+            namespace, confirm=api.confirm, guard=lambda: None if leading[0] else "no longer leading"
+        )
+    )
+    read: Deferred[Any] | None = None
+    try:
+        answer = await api.asked()
+        read_sent = agent.arrived(lambda method, url: f"/v2/{other}/" in url)
+        delete_sent = agent.arrived(lambda method, url: method == "DELETE")
+        delete_done = agent.answered(lambda method, url: method == "DELETE")
+        read = Deferred.fromCoroutine(client.tags(other))  # a user's list, meanwhile
+        api.held = False  # the next calls answer at once
+        answer.callback(None)  # gone
+        # Whichever leaves first: the user's read (it took the slot) or the delete.
+        await DeferredList([read_sent, delete_sent], fireOnOneCallback=True)
+        changed_at = len(agent.requests)
+        if delete_sent.called:
+            await delete_done  # it left before the change: the change comes after its answer
+        if change == "created anew":
+            api.exists = True
+            if images.list_tags(registry, repository):
+                images.delete_manifest(registry, repository, digest)  # the other replica's removal
+            assert images.push_oci_image(registry, repository, "web", seed=f"{namespace}-same") == digest
+        else:
+            leading[0] = False
+        user_read.callback(None)
+        await read
+        outcome = await outcome_of(cascade)
+    finally:
+        if not user_read.called:
+            user_read.callback(None)
+        if not cascade.called:
+            cascade.cancel()
+        await client.close()
+    # Nothing was written after the change.
+    assert [w for w in agent.requests[changed_at:] if w[0] not in ("GET", "HEAD")] == []
+    if change == "created anew":
+        assert images.list_tags(registry, repository) == ["web"]
+    else:
+        assert outcome.startswith("aborted")
+
+
+@pytest.mark.parametrize("change", ["created anew", "leadership lost and cancelled"])
+@pytest_twisted.ensureDeferred
+async def test_a_repair_is_checked_right_before_each_of_its_writes(
+    registry: RegistryServer, change: str
+) -> None:
+    """A dangling tag's repair on a client that does not know yet whether the registry deletes by tag
+    (its first tag delete: distribution 2.8 answers 400, then the probe): while the probe is under way,
+    the namespace is created anew with the same tag pushed, or this replica stops leading and cancels
+    the cascade. The re-tag PUT that the next read would lead to is checked right before it leaves,
+    so nothing more is written, and the tag stays as the change left it."""
+    namespace = unique_namespace("repair")
+    repository = f"{namespace}/app"
+    digest = images.push_oci_image(registry, repository, "latest", seed=f"{namespace}-same")
+    make_dangling(registry, repository, digest)
+    probe: Deferred[None] = Deferred()
+
+    def hold(method: str, url: str) -> Deferred[None] | None:
+        return probe if method == "DELETE" and "sha256:" in url else None
+
+    agent = HeldAgent(reactor, hold)
+    client = client_for(registry, agent)
+    api, leading = Api(), [True]
+    cascade = Deferred.fromCoroutine(
+        Cascade(client, reactor, concurrency=1).run(
+            namespace, confirm=api.confirm, guard=lambda: None if leading[0] else "no longer leading"
+        )
+    )
+    probed = agent.arrived(lambda method, url: method == "DELETE" and "sha256:" in url)
+    try:
+        await probed
+        changed_at = len(agent.requests)
+        if change == "created anew":
+            api.exists = True
+            assert images.push_oci_image(registry, repository, "latest", seed=f"{namespace}-same") == digest
+        else:
+            leading[0] = False
+            cascade.cancel()  # as CleanupController._stop_leading does
+        probe.callback(None)
+        outcome = await outcome_of(cascade) if change == "created anew" else "cancelled"
+        if change != "created anew":
+            await client.close()  # waits for the delete carried on after its caller stopped waiting
+    finally:
+        if not probe.called:
+            probe.callback(None)
+        if not cascade.called:
+            cascade.cancel()
+        await client.close()
+    assert [w for w in agent.requests[changed_at:] if w[0] not in ("GET", "HEAD")] == []
+    if change == "created anew":
+        assert outcome.startswith("aborted")
+        assert images.list_tags(registry, repository) == ["latest"]
+        assert dangling_tags(registry.url, repository) == []
+    else:
+        assert dangling_tags(registry.url, repository) == ["latest"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_delete_is_checked_again_after_its_tokens_round_trip(token_registry: RegistryServer) -> None:
+    """A registry that wants a token (distribution's ``auth: token``), and a client that has not met
+    its challenge yet: the DELETE's first attempt gets 401, and the token service's answer is slow.
+    Meanwhile the replica stops leading: the attempt after the token is checked again right before
+    it leaves, and is not sent."""
+    namespace = unique_namespace("token")
+    repository = f"{namespace}/app"
+    digest = images.push_oci_image(token_registry, repository, "a", seed=f"{namespace}-a")
+    token: Deferred[None] = Deferred()
+
+    def hold(method: str, url: str) -> Deferred[None] | None:
+        return token if "scope=" in url and "delete" in url else None
+
+    agent = HeldAgent(reactor, hold)
+    client = client_for(
+        token_registry, agent, username=token_registry.username, password=token_registry.password
+    )
+    leading = [True]
+
+    async def before() -> None:
+        if not leading[0]:
+            raise Aborted("no longer leading")
+
+    asked = agent.arrived(lambda method, url: "scope=" in url and "delete" in url)
+    deleting = Deferred.fromCoroutine(client.delete_manifest(repository, digest, before=before))
+    try:
+        await asked
+        leading[0] = False
+        token.callback(None)
+        with pytest.raises(Aborted):
+            await deleting
+    finally:
+        if not token.called:
+            token.callback(None)
+        await client.close()
+    assert [m for m, _ in agent.requests].count("DELETE") == 1  # the first attempt's 401 only
+    assert images.list_tags(token_registry, repository) == ["a"]
