@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -344,6 +345,7 @@ async def start(
     settings: Settings,
     reflector_options: dict[str, Any] | None = None,
     completed: Completed | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> RunningServer:
     if completed is None:
         # Blocking (reads files, may run a credential plugin): off the reactor thread, once.
@@ -429,8 +431,9 @@ async def start(
     readiness: list[tuple[str, Callable[[], Awaitable[None]]]] = [
         ("ping", ping),
         ("shutdown", not_shutting_down),
-        # Anyone may probe, unthrottled: the probes of a second share one registry request.
-        ("registry", SharedCheck(registry.ping, reactor.seconds, REGISTRY_CHECK_TTL)),
+        # Anyone may probe, unthrottled: the probes of a second share one registry request. Timed
+        # on the monotonic clock: the reactor's is the wall clock, which NTP may step back.
+        ("registry", SharedCheck(registry.ping, monotonic, REGISTRY_CHECK_TTL)),
     ]
     if auth_reflectors:
         readiness.append(("authentication-configmap", _synced(auth_reflectors, "authentication ConfigMap")))
@@ -444,7 +447,7 @@ async def start(
         if remover is not None:
             remover.running = cleanup.cleaning  # deletecollection waits for the leader's cascade
         liveness.append(("leaderElection", cleanup.check_health))
-    health = HealthChecks({"healthz": liveness, "livez": liveness, "readyz": readiness}, reactor.seconds)
+    health = HealthChecks({"healthz": liveness, "livez": liveness, "readyz": readiness}, monotonic)
     api = ApiServer(
         service=service,
         authenticator=authentication,

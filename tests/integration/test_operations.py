@@ -17,7 +17,7 @@ from payloadtags.api.health import HealthChecks
 from payloadtags.names import encode_name
 from tests.support import images
 from tests.support.client import ApiClient
-from tests.support.faultproxy import LATE, FaultProxy
+from tests.support.faultproxy import ERROR_BEFORE, LATE, FaultProxy
 from tests.support.harness import Pki, ServerUnderTest
 from tests.support.logcapture import collected_logs
 from tests.support.pki import Authority, Issued
@@ -131,7 +131,7 @@ async def test_a_flood_of_anonymous_readyz_probes_costs_one_registry_request(mak
         if server.running.registry_probe is not None:
             await server.running.registry_probe  # the start-up probe's GET /v2/ is not a probe's
         api = server.running.api
-        counted = _CountedHealth(api.health.checks, api.health.seconds)
+        counted = _CountedHealth(api.health.checks, api.health.monotonic)
         api.health = counted
         holding = True
         anonymous = server.client(None)
@@ -147,6 +147,71 @@ async def test_a_flood_of_anonymous_readyz_probes_costs_one_registry_request(mak
         await proxy.stop()  # the held GET /v2/ fails: every probe is told that one outcome
         answers = await defer.gatherResults(probes)
         assert {answer.code for answer in answers} == {500}
+    finally:
+        await proxy.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_readyz_follows_the_registry_a_second_later_even_while_a_check_hangs(
+    make_server, reactor, registry
+):
+    # Review-health2 H1-H3: the server's registry check is reused for a second (the docs' promise, so
+    # not REGISTRY_CHECK_TTL: a ttl of 1e9 must fail here) on the clock it is given (monotonic, not the
+    # reactor's wall clock), and a probe is never answered by a check that started a second or more
+    # before it, even one still waiting for the registry's timeout.
+    clock = task.Clock()
+    fault: list[str] = []  # the fault of the next GET /v2/, none when empty
+    pings = 0  # GET /v2/ that reached the registry's proxy
+    waiting: list[defer.Deferred[None]] = []  # fired by the next one
+
+    def decide(method: str, path: str) -> str | None:
+        nonlocal pings
+        if path != "/v2/":
+            return None
+        pings += 1
+        decided = fault[0] if fault else None
+        reached, waiting[:] = list(waiting), []
+        for each in reached:
+            each.callback(None)  # the test goes on from here: the fault is decided already
+        return decided
+
+    proxy = FaultProxy(reactor, registry.url, decide)
+    proxy.stall = 600.0
+    try:
+        server = await make_server(proxy.url, monotonic=clock.seconds)
+        if server.running.registry_probe is not None:
+            await server.running.registry_probe  # the start-up probe's GET /v2/ is not a probe's
+        anonymous = server.client(None)
+
+        async def registry_check() -> int:
+            return int((await anonymous.get("/readyz/registry")).code)
+
+        async def checked(answer: int) -> bool:
+            before = pings
+            code = await registry_check()
+            return code == answer and pings == before + 1
+
+        assert await checked(200)
+        fault.append(ERROR_BEFORE)  # the registry fails
+        assert await registry_check() == 200  # within the ttl: that answer, no request
+        clock.advance(1.0)
+        assert await checked(500)
+        fault.clear()  # back
+        clock.advance(1.0)
+        assert await checked(200)
+
+        fault.append(LATE)  # the registry hangs, until the client's timeout
+        clock.advance(1.0)
+        waiting.append(defer.Deferred())
+        held = defer.Deferred.fromCoroutine(registry_check())
+        await waiting[0]
+        fault.clear()  # back, while that check still waits
+        clock.advance(1.0)
+        assert await checked(200)
+        assert not held.called
+        await proxy.stop()  # the held GET /v2/ fails now: after the newer check's pass
+        assert await held == 500
+        assert await registry_check() == 200  # the older check's failure did not replace it
     finally:
         await proxy.stop()
 

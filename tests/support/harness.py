@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +91,15 @@ def settings_for(pki: Pki, registry_url: str, **overrides: Any) -> Settings:
 FAST_REFLECTORS = {"watch_timeout": 30.0, "backoff": Backoff(initial=0.05, cap=0.5)}
 
 
-async def start_server(reactor: Any, pki: Pki, registry_url: str, **overrides: Any) -> ServerUnderTest:
+async def start_server(
+    reactor: Any,
+    pki: Pki,
+    registry_url: str,
+    *,
+    monotonic: Callable[[], float] = time.monotonic,
+    **overrides: Any,
+) -> ServerUnderTest:
+    """``monotonic``: the clock of the server's intervals (a task.Clock's, to drive them)."""
     settings = settings_for(pki, registry_url, **overrides)
-    return ServerUnderTest(await start(reactor, settings, reflector_options=FAST_REFLECTORS), pki, settings)
+    running = await start(reactor, settings, reflector_options=FAST_REFLECTORS, monotonic=monotonic)
+    return ServerUnderTest(running, pki, settings)

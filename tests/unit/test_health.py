@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import time
 from collections.abc import Sequence
 
 import pytest_twisted
@@ -10,6 +12,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogEvent, capturedLogs, formatEvent
 
 from payloadtags.api.health import LOG_PERIOD, Check, HealthChecks, SharedCheck
+from payloadtags.server import start
 
 
 async def _ok() -> None:
@@ -255,6 +258,62 @@ def test_a_probe_that_goes_away_does_not_cancel_the_run_for_the_others() -> None
     assert len(gated.runs) == 1
 
 
+def _probe(checks: HealthChecks) -> defer.Deferred[tuple[int, str] | None]:
+    return defer.Deferred.fromCoroutine(_run(checks))
+
+
+def test_a_probe_is_never_answered_by_a_run_that_started_ttl_before_it() -> None:  # review-health2 H1
+    gated, clock, checks = _shared(ttl=1.0)
+    _probe(checks)
+    gated.end()
+    clock.advance(1.0)
+    hung = _probe(checks)  # the registry hangs: this run waits for the client's timeout
+    clock.advance(0.5)
+    joined = _probe(checks)  # within the ttl of its start: joins it
+    assert len(gated.runs) == 2
+    clock.advance(0.5)
+    late = _probe(checks)  # the hung run started a ttl ago: a run of its own, the registry back
+    assert len(gated.runs) == 3
+    gated.end()
+    assert late.result == (200, "ok")
+    assert not hung.called and not joined.called
+    # The hung run ends last, with the timeout: that outcome must not replace the newer pass.
+    gated.runs[1].errback(TimeoutError("no answer within 10s"))
+    assert hung.result[0] == joined.result[0] == 500  # type: ignore[index]
+    clock.advance(0.5)
+    assert _probe(checks).result == (200, "ok")
+    assert len(gated.runs) == 3
+
+
+def test_a_flood_against_a_hung_registry_starts_one_run_per_ttl() -> None:
+    gated, clock, checks = _shared(ttl=1.0)
+    probes = []
+    for _ in range(100):  # 10 s of probes, ten a second, while every run hangs
+        probes += [_probe(checks) for _ in range(10)]
+        clock.advance(0.1)
+    assert len(gated.runs) == 10  # at t = 0, 1, ..., 9: one per ttl, timeout / ttl under way
+    assert not any(probe.called for probe in probes)
+    for run in gated.runs:
+        run.callback(None)
+    assert {probe.result for probe in probes} == {(200, "ok")}
+
+
+def test_a_lone_probe_that_gives_up_leaves_the_run_going_and_its_pass_kept() -> None:
+    gated, _, checks = _shared()
+    gone = _probe(checks)
+    gone.cancel()
+    gone.addErrback(lambda failure: failure.trap(defer.CancelledError))
+    assert not gated.runs[0].called  # not cancelled for want of waiters
+    gated.end()
+    assert _probe(checks).result == (200, "ok")  # its pass answers the next probe, not a cancel
+    assert len(gated.runs) == 1
+
+
+def test_the_server_times_the_reuse_on_the_monotonic_clock() -> None:
+    # The reactor's clock is the wall clock: stepped back, it would keep one outcome for the step.
+    assert inspect.signature(start).parameters["monotonic"].default is time.monotonic
+
+
 # --- failing checks in the log, rate-limited (review-operations F2) ---------------------------------
 
 
@@ -275,7 +334,7 @@ def test_a_failing_check_is_logged_once_per_period_per_check_not_per_probe() -> 
     registry = _warnings(events, "readyz check registry failed")
     assert len(registry) == 2
     assert "registry.internal.example" in registry[1]
-    assert f"(999 more like it in the last {LOG_PERIOD:g}s)" in registry[1]
+    assert f"(999 more like it in the {LOG_PERIOD:g}s since the last line)" in registry[1]
 
 
 # --- ?exclude= naming no check (review-operations F9) -----------------------------------------------
@@ -320,3 +379,57 @@ def test_exclude_of_unknown_check_is_logged_rate_limited() -> None:
     assert len(lines) == 2
     assert 'readyz: some health checks cannot be excluded: no matches for "registy"' in lines[0]
     assert '"c" (2 more like it' in lines[1]
+
+
+def test_a_failure_after_a_pass_is_logged_at_once_with_its_new_reason() -> None:  # review-health2 H4
+    reason = ["cluster API: connection refused"]
+
+    async def rbac() -> None:
+        if reason:
+            raise RuntimeError(reason[0])
+
+    clock = Clock()
+    checks = HealthChecks({"readyz": [("rbac", rbac)]}, clock.seconds)
+    with capturedLogs() as events:
+        for _ in range(5):
+            _probe(checks)
+        reason.clear()
+        clock.advance(5)
+        _probe(checks)
+        reason.append("cluster API: 403 forbidden")
+        clock.advance(15)
+        _probe(checks)
+        _probe(checks)  # the same episode: quiet again
+    lines = _warnings(events, "readyz check rbac failed")
+    assert len(lines) == 2
+    assert "403 forbidden (4 more like it in the 20s since the last line)" in lines[1]
+
+
+def test_the_count_of_lines_left_out_says_the_real_interval() -> None:
+    clock = Clock()
+    checks = HealthChecks({"readyz": [("registry", _broken)]}, clock.seconds)
+    with capturedLogs() as events:
+        for _ in range(5):
+            _probe(checks)
+        clock.advance(3600)
+        _probe(checks)
+    lines = _warnings(events, "readyz check registry failed")
+    assert "(4 more like it in the 3600s since the last line)" in lines[-1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_per_check_path_ignores_exclude_as_kube_apiserver_does() -> None:  # review-health2 H5
+    assert await _run(HEALTHY, only="registry", exclude=["registry"]) == (200, "ok")
+    assert await _run(ONE_BROKEN, only="registry", exclude=["registry", "nope"]) == (
+        500,
+        "[-]registry failed: reason withheld\n",
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_names_are_quoted_as_go_percent_q() -> None:  # review-health2 H6
+    answer = await _run(HEALTHY, verbose=True, exclude=["\x01", "\x7f", "é\x01", "\t"])
+    assert answer is not None
+    assert answer[1].splitlines()[3] == (
+        'warn: some health checks cannot be excluded: no matches for "\\x01","\\t","\\x7f","é\\x01"'
+    )

@@ -8,12 +8,12 @@ the registry's load nor the log's volume is in an anonymous caller's hands.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import attrs
 from twisted.logger import Logger
 
+from payloadtags.api.selectors import go_quote
 from payloadtags.deferreds import InFlight
 
 Check = Callable[[], Awaitable[None]]
@@ -26,66 +26,93 @@ LOG_PERIOD = 30.0
 
 @attrs.define
 class _RateLimitedLog:
-    """One warning per key per ``period``; the next one counts the ones left out meanwhile."""
+    """One warning per key per ``period`` while a failure lasts; the next one counts the ones left out
+    since the last line. A key that passes again ends its episode: its next failure (perhaps for
+    another reason, which only the log tells, the body withholding it) is logged at once."""
 
-    seconds: Callable[[], float]
+    monotonic: Callable[[], float]
     period: float = LOG_PERIOD
     _last: dict[tuple[str, str], float] = attrs.field(factory=dict, init=False)
     _suppressed: dict[tuple[str, str], int] = attrs.field(factory=dict, init=False)
+    _ended: set[tuple[str, str]] = attrs.field(factory=set, init=False)
 
     def more(self, key: tuple[str, str]) -> str | None:
-        """None when a line about ``key`` was logged within the period (this one is counted);
-        otherwise the suffix of the line to log now."""
-        now = self.seconds()
+        """None when a line about ``key`` was logged within the period of the same episode (this one
+        is counted); otherwise the suffix of the line to log now."""
+        now = self.monotonic()
         last = self._last.get(key)
-        if last is not None and now - last < self.period:
+        if last is not None and now - last < self.period and key not in self._ended:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
             return None
         self._last[key] = now
+        self._ended.discard(key)
         suppressed = self._suppressed.pop(key, 0)
-        return f" ({suppressed} more like it in the last {self.period:g}s)" if suppressed else ""
+        if not suppressed or last is None:
+            return ""
+        # The interval they were counted in: the period, or much longer when the failures stopped.
+        return f" ({suppressed} more like it in the {now - last:.0f}s since the last line)"
+
+    def passed(self, key: tuple[str, str]) -> None:
+        if key in self._last:
+            self._ended.add(key)
 
 
 @attrs.define
 class SharedCheck:
-    """A check whose outcome is shared: callers who ask while it runs wait for that run, and its
-    outcome (pass or failure) answers the callers of the next ``ttl`` seconds without a new run.
+    """A check whose outcome is shared, so that a flood of probes costs one run per ``ttl``.
 
-    However many probes arrive, the check runs at most once per ``ttl`` plus the run's duration; a
-    check that starts to fail shows it to the probes that come ``ttl`` seconds after its last pass at
-    the latest. A caller who stops waiting (its connection gone) does not cancel the run for the
-    others, and the run's outcome is still kept for the next ones.
+    Every probe is told the outcome of a run that started less than ``ttl`` before it arrived: it
+    reuses the outcome (pass or failure) of such a run, or joins it while it runs; when the last run
+    started ``ttl`` ago or more, it starts a new one, even if older runs are still under way (a
+    registry that hangs until the client's timeout must not hold readiness on an answer that old).
+    So runs start at most once per ``ttl`` whatever the number of probes, at most ``timeout / ttl``
+    are under way at once against a registry that hangs, and an answer lags the registry by ``ttl``
+    plus the run's own duration. A run's outcome is kept only if no later-started run's outcome is.
+
+    A caller who stops waiting (its connection gone) does not cancel the run, for the others nor
+    when it was the only one: the outcome is still kept for the next callers, and a cancel is not a
+    failure of the check. ``monotonic`` measures the ``ttl``: a wall clock stepped back would keep
+    one outcome for as long as the step.
     """
 
     check: Check
-    seconds: Callable[[], float]
+    monotonic: Callable[[], float]
     ttl: float
-    _runs: InFlight[None, BaseException | None] = attrs.field(factory=InFlight, init=False)
+    # Keyed by the run's start (monotonic seconds): each run is its own flight.
+    _runs: InFlight[float, BaseException | None] = attrs.field(factory=InFlight, init=False)
+    _started: float | None = attrs.field(default=None, init=False)  # the latest run's start
     _outcome: BaseException | None = attrs.field(default=None, init=False)
-    _at: float | None = attrs.field(default=None, init=False)
+    _outcome_started: float | None = attrs.field(default=None, init=False)  # the kept outcome's run's start
 
     async def __call__(self) -> None:
-        if self._at is None or self.seconds() - self._at >= self.ttl:
-            await self._runs.join(None, self._run)
-        if self._outcome is not None:
+        now = self.monotonic()
+        if self._started is None or now - self._started >= self.ttl:
+            self._started = now
+        started = self._started
+        if self._outcome_started == started:
+            outcome = self._outcome  # that run has ended
+        else:
+            outcome = await self._runs.join(started, lambda: self._run(started))
+        if outcome is not None:
             # Raised afresh each time: re-raising one object would grow its traceback per caller.
-            raise self._outcome.with_traceback(None)
+            raise outcome.with_traceback(None)
 
-    async def _run(self) -> BaseException | None:
+    async def _run(self, started: float) -> BaseException | None:
         try:
             await self.check()
         except Exception as error:
             outcome: BaseException | None = error
         else:
             outcome = None
-        self._outcome, self._at = outcome, self.seconds()
+        if self._outcome_started is None or started > self._outcome_started:
+            self._outcome, self._outcome_started = outcome, started
         return outcome
 
 
 def _quoted(names: Sequence[str]) -> str:
     # k8s.io/apiserver's formatQuoted: each name quoted as Go's %q does, comma-separated. The names
     # are the caller's: escaped, a newline in one cannot add a line ("[+]registry ok") to the answer.
-    return ",".join(json.dumps(name, ensure_ascii=not name.isprintable()) for name in names)
+    return ",".join(go_quote(name) for name in names)
 
 
 @attrs.define
@@ -93,11 +120,11 @@ class HealthChecks:
     """Named checks per endpoint; a check raises to fail."""
 
     checks: Mapping[str, Sequence[tuple[str, Check]]]
-    seconds: Callable[[], float]
+    monotonic: Callable[[], float]
     _log: _RateLimitedLog = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._log = _RateLimitedLog(self.seconds)
+        self._log = _RateLimitedLog(self.monotonic)
 
     async def run(
         self, endpoint: str, only: str | None, verbose: bool, exclude: Sequence[str]
@@ -105,7 +132,8 @@ class HealthChecks:
         """Return (code, body), or None when ``only`` names no check of this endpoint."""
         checks = list(self.checks.get(endpoint, ()))
         if only is not None:
-            checks = [(name, check) for name, check in checks if name == only and name not in exclude]
+            # As k8s.io/apiserver's per-check handler: ?exclude= is not read, the check runs.
+            checks, exclude = [(name, check) for name, check in checks if name == only], ()
             if not checks:
                 return None
         lines, failed = [], False
@@ -121,6 +149,7 @@ class HealthChecks:
                 self._log_failure(endpoint, name, error)
                 lines.append(f"[-]{name} failed: reason withheld")
             else:
+                self._log.passed((endpoint, name))
                 lines.append(f"[+]{name} ok")
         if only is not None:
             return (500, lines[0] + "\n") if failed else (200, "ok")
