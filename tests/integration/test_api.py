@@ -913,10 +913,7 @@ async def test_delete_of_an_index_tag_keeps_children_and_their_tags(api, registr
 
 @pytest_twisted.ensureDeferred
 async def test_dry_run_in_body_or_query_changes_nothing(api, registry, repo):
-    namespace, path = split(repo)
-    images.push_oci_image(registry, repo, "v1")
-    client = api.client(api.pki.admin)
-    url = f"{collection(namespace)}/{encode_name(path, 'v1')}"
+    client, url = _v1_as_admin(api, registry, repo)
     assert (await client.delete(url, body={"dryRun": ["All"]})).code == 200
     assert (await client.delete(url + "?dryRun=All")).code == 200
     assert images.list_tags(registry, repo) == ["v1"]
@@ -982,12 +979,16 @@ async def test_an_empty_uid_precondition_is_compared(api, registry, repo):
     assert images.list_tags(registry, repo) == []
 
 
-@pytest_twisted.ensureDeferred
-async def test_bad_delete_bodies(api, registry, repo):
+def _v1_as_admin(api: Any, registry: Any, repo: str) -> tuple[Any, str]:
+    """The admin's client and the address of tag v1, pushed into ``repo``."""
     namespace, path = split(repo)
     images.push_oci_image(registry, repo, "v1")
-    client = api.client(api.pki.admin)
-    url = f"{collection(namespace)}/{encode_name(path, 'v1')}"
+    return api.client(api.pki.admin), f"{collection(namespace)}/{encode_name(path, 'v1')}"
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_delete_bodies(api, registry, repo):
+    client, url = _v1_as_admin(api, registry, repo)
     assert_status(
         await client.delete(url, body=b"{not json", headers={"Content-Type": "application/json"}),
         400,
@@ -1001,10 +1002,7 @@ async def test_bad_delete_bodies(api, registry, repo):
 async def test_a_negative_grace_period_deletes_and_a_query_one_is_read_as_an_int64(api, registry, repo):
     # kube-apiserver does not validate gracePeriodSeconds (a negative one is 1 second on the delete
     # path), and decodes the query's with strconv.ParseInt: what that refuses is 400, not 422.
-    namespace, path = split(repo)
-    images.push_oci_image(registry, repo, "v1")
-    client = api.client(api.pki.admin)
-    url = f"{collection(namespace)}/{encode_name(path, 'v1')}"
+    client, url = _v1_as_admin(api, registry, repo)
     dry = await client.delete(url, body={"dryRun": ["All"], "gracePeriodSeconds": -1})
     assert dry.code == 200, dry.body
     assert (await client.delete(url + "?dryRun=All&gracePeriodSeconds=-5")).code == 200
@@ -1022,10 +1020,7 @@ async def test_a_negative_grace_period_deletes_and_a_query_one_is_read_as_an_int
 async def test_a_query_boolean_of_any_value_is_one(api, registry, repo):
     # As kube-apiserver: only "false" and "0" are false; orphanDependents=yes is set, so with a
     # propagationPolicy it is the 422 of both set, not a 400.
-    namespace, path = split(repo)
-    images.push_oci_image(registry, repo, "v1")
-    client = api.client(api.pki.admin)
-    url = f"{collection(namespace)}/{encode_name(path, 'v1')}"
+    client, url = _v1_as_admin(api, registry, repo)
     for value in ("yes", "", "true"):
         query = f"?dryRun=All&orphanDependents={value}&propagationPolicy=Background"
         assert_status(await client.delete(url + query), 422, "Invalid")
@@ -1036,10 +1031,7 @@ async def test_a_query_boolean_of_any_value_is_one(api, registry, repo):
 @pytest_twisted.ensureDeferred
 async def test_the_first_accept_or_content_type_field_decides(api, registry, repo):
     # kube-apiserver reads a header with Go's Header.Get: of several fields, the first.
-    namespace, path = split(repo)
-    images.push_oci_image(registry, repo, "v1")
-    client = api.client(api.pki.admin)
-    url = f"{collection(namespace)}/{encode_name(path, 'v1')}"
+    client, url = _v1_as_admin(api, registry, repo)
     table = "application/json;as=Table;v=v1;g=meta.k8s.io"
     first_table = await client.get(url, headers={"Accept": [table, "application/json"]})
     assert first_table.json()["kind"] == "Table", first_table.body[:200]
