@@ -12,6 +12,8 @@ Faults, as a client sees them from a registry that is failing for real:
 - ``GATEWAY_LATE``: a gateway in front of the registry (an ingress, a load balancer, a sidecar) gives
   up first: the client gets its ``504 Gateway Time-out`` page (HTML, not the registry's JSON error) at
   once, and the request reaches the registry ``stall`` seconds later and is carried out then.
+- ``DROPPED_LATE``: the connection is closed at once with no answer, and the request reaches the
+  registry ``stall`` seconds later and is carried out then.
 
 It runs on the test's reactor: whoever sends requests through it must not block that reactor.
 """
@@ -40,8 +42,9 @@ ERROR_AFTER = "error-after"
 STALL = "stall"
 LATE = "late"
 GATEWAY_LATE = "gateway-late"
-# What the seeded interleavings pick from; GATEWAY_LATE is not among them, so that a seed keeps
-# replaying the run it names.
+DROPPED_LATE = "dropped-late"
+# What the seeded interleavings pick from; GATEWAY_LATE and DROPPED_LATE are not among them, so that a
+# seed keeps replaying the run it names.
 FAULTS = (ERROR_BEFORE, ERROR_AFTER, STALL, LATE)
 
 Decide = Callable[[str, str], str | None]
@@ -94,11 +97,21 @@ class _Forward(Resource):
 class FaultProxy:
     """``FaultProxy(reactor, target_url, decide)``; ``url`` is what the client under test uses."""
 
-    def __init__(self, reactor: Any, target: str, decide: Decide | None = None, stall: float = 3.0) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        target: str,
+        decide: Decide | None = None,
+        stall: float = 3.0,
+        hold: Deferred[None] | None = None,
+    ) -> None:
         self.reactor = reactor
         self.target = target.rstrip("/")
         self.decide: Decide = decide or (lambda method, path: None)
         self.stall = stall
+        # Given, a stalled or late request waits for it to fire instead of ``stall`` seconds: the test
+        # says when a late write lands (after the client's answer, however slow the machine is).
+        self.hold = hold
         #: Faults injected so far, by kind.
         self.injected: collections.Counter[str] = collections.Counter()
         self.forwarded = 0
@@ -149,6 +162,11 @@ class FaultProxy:
                 self.injected[fault] += 1
                 self._answer(request, 504, Headers({b"Content-Type": [b"text/html"]}), _GATEWAY_TIMEOUT_PAGE)
                 await self._wait(self.stall)  # then on to the registry; the answer goes nowhere
+            if fault == DROPPED_LATE:
+                self.injected[fault] += 1
+                transport: Any = request.transport  # an ITCPTransport: it can abort
+                transport.abortConnection()
+                await self._wait(self.stall)
             code, headers, body = await self._send(method, path, sent_headers, sent_body, fault, received)
             if fault == ERROR_AFTER:
                 self.injected[fault] += 1
@@ -179,6 +197,15 @@ class FaultProxy:
             waited += 0.05
 
     async def _wait(self, seconds: float) -> None:
+        if self.hold is not None:
+            waiting: Deferred[None] = Deferred()
+            self.hold.addBoth(lambda result: waiting.callback(None) if not waiting.called else None)
+            self._stalled.add(waiting)
+            try:
+                await waiting
+            finally:
+                self._stalled.discard(waiting)
+            return
         waiting = deferLater(self.reactor, seconds, lambda: None)
         self._stalled.add(waiting)
         try:
@@ -223,4 +250,14 @@ class FaultProxy:
         request.finish()
 
 
-__all__ = ["ERROR_AFTER", "ERROR_BEFORE", "FAULTS", "GATEWAY_LATE", "LATE", "STALL", "Exchange", "FaultProxy"]
+__all__ = [
+    "DROPPED_LATE",
+    "ERROR_AFTER",
+    "ERROR_BEFORE",
+    "FAULTS",
+    "GATEWAY_LATE",
+    "LATE",
+    "STALL",
+    "Exchange",
+    "FaultProxy",
+]

@@ -13,10 +13,11 @@ import attrs
 import pytest
 from twisted.internet import error as net_errors
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
+from twisted.web.client import ResponseDone, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IClientRequest, IResponse
 from zope.interface import implementer
@@ -281,6 +282,9 @@ GATEWAY_PAGE = Answer(504, {"Content-Type": "text/html"}, b"<html><body>504 Gate
         (error_answer(503, "UNAVAILABLE"), False),  # the registry's own: it did not do it
         (error_answer(500, "UNKNOWN"), False),
         (json_answer({"errors": []}, 500), False),
+        # Not implemented (the method, the HTTP version): nothing was carried out, whoever says so.
+        (Answer(501, {"Content-Type": "text/plain"}, b"Not Implemented"), False),
+        (Answer(505, {}, b""), False),
     ],
 )
 def test_a_write_answered_by_a_gateway_is_unanswered(answer: Answer, unanswered: bool) -> None:
@@ -290,7 +294,71 @@ def test_a_write_answered_by_a_gateway_is_unanswered(answer: Answer, unanswered:
     with pytest.raises(RegistryUnavailable) as caught:
         result(client.delete_manifest("team/app", MANIFEST_DIGEST))
     assert caught.value.unanswered is unanswered
-    assert ("may still carry the request out" in caught.value.message) is unanswered
+    assert ("may still carry" in caught.value.message) is unanswered
+
+
+@pytest.mark.parametrize("status", [502, 503])
+def test_a_gateway_that_may_not_have_reached_the_registry_is_not_said_to_have_timed_out(
+    status: int,
+) -> None:
+    """A 502 or 503 is what a gateway answers when the registry refused it or had no endpoint: the
+    registry may never have had the request. Only a 504 says the gateway stopped waiting."""
+    client, _ = make(lambda r: Answer(status, {"Content-Type": "text/html"}, b"<html>bad gateway</html>"))
+    with pytest.raises(RegistryUnavailable) as caught:
+        result(client.delete_manifest("team/app", MANIFEST_DIGEST))
+    message = caught.value.message
+    assert "timeout" not in message and "stopped waiting" not in message, message
+    assert "whether the registry got the request is not known" in message, message
+    client, _ = make(lambda r: GATEWAY_PAGE)
+    with pytest.raises(RegistryUnavailable) as caught:
+        result(client.delete_manifest("team/app", MANIFEST_DIGEST))
+    assert "stopped waiting for the registry's answer" in caught.value.message
+
+
+@pytest.mark.parametrize("probe", [GATEWAY_PAGE, Answer(502, {}, b"")])
+def test_a_delete_probe_answered_by_a_gateway_says_what_is_known(probe: Answer) -> None:
+    """The probe deletes a digest no registry holds: a gateway's 5xx to it leaves nothing that can
+    land later, so the error says that whether the registry can delete is not known, not that the
+    tag may still be deleted, and is not waited for."""
+    registry = DeleteRegistry(tag_delete=error_answer(400, "DIGEST_INVALID"), probe=probe)
+    client, agent = make(registry)
+    with pytest.raises(RegistryUnavailable) as caught:
+        result(client.delete_tag("a/b", "v1"))
+    assert not caught.value.unanswered
+    message = caught.value.message
+    assert "whether this registry can delete could not be told" in message, message
+    assert "may still carry" not in message, message
+    assert registry.put_bodies == [] and registry.tag == MANIFEST_DIGEST
+    assert [p.split(" ")[0] for p in agent.paths()] == ["GET", "DELETE", "DELETE"]  # no wait, no reads
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [GATEWAY_PAGE, Answer(502, {}, b""), lambda r: fail(ResponseNeverReceived([Failure(ConnectionLost())]))],
+    ids=["gateway-504", "gateway-502", "connection-lost"],
+)
+def test_an_unanswered_write_is_a_timeout_at_the_api_not_a_retriable_503(answer: Any) -> None:
+    """client-go repeats a 5xx with Retry-After by itself: a delete repeated while the first one's
+    write may still land could succeed, and the write then bring the tag back after it."""
+    client, _ = make(answer if callable(answer) else lambda r: answer)
+    with pytest.raises(RegistryUnavailable) as caught:
+        result(client.delete_manifest("team/app", MANIFEST_DIGEST))
+    assert caught.value.unanswered
+    assert "may still carry" in caught.value.message
+    api_error = api_error_for(caught.value)
+    assert (api_error.code, api_error.reason, api_error.retry_after) == (504, "Timeout", None)
+    assert api_error.details is None or api_error.details.retry_after_seconds is None
+
+
+def test_a_read_whose_connection_is_lost_is_a_retriable_503() -> None:
+    """A read has nothing to carry out later: retried, by the client's own reads and by client-go."""
+    client, _ = make(lambda r: fail(ResponseNeverReceived([Failure(ConnectionLost())])))
+    with pytest.raises(RegistryUnavailable) as caught:
+        result(client.manifest("team/app", "v1"))
+    assert not caught.value.unanswered
+    assert "may still carry" not in caught.value.message
+    api_error = api_error_for(caught.value)
+    assert (api_error.code, api_error.retry_after) == (503, 1)
 
 
 @pytest.mark.parametrize("answer", [GATEWAY_PAGE, Answer(503, {}, b"")])

@@ -1,4 +1,10 @@
-"""Registry failures as Status errors a user can act on: 503/504 for a failing dependency, never 500."""
+"""Registry failures as Status errors a user can act on: 503/504 for a failing dependency, never 500.
+
+A write that went unanswered (``RegistryError.unanswered``: a timeout, a connection closed after the
+request went out, a gateway's 5xx) may still be carried out after the answer. It is a 504 with no
+Retry-After, as a timeout is: client-go repeats a 5xx with Retry-After by itself, and a repeated
+delete would then succeed before the first attempt's late write brings the tag back.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +26,8 @@ CLIENT_RETRY_AFTER = 1
 
 def api_error_for(error: RegistryError) -> ApiError:
     message = str(error)
+    if error.unanswered:
+        return timeout(message)
     match error:
         case RegistryTimeout():
             return timeout(message)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
 import attrs
@@ -50,9 +50,18 @@ NAMED_LEFT = 10
 
 
 def _collection_incomplete(
-    namespace: str, total: int, left: list[TagRef], why: dict[TagRef, str]
+    namespace: str,
+    total: int,
+    left: list[TagRef],
+    why: dict[TagRef, str],
+    pending: Collection[TagRef] = (),
 ) -> ApiError:
-    """503 with Retry-After: the namespace controller (and kubectl) retry, and the next try resumes."""
+    """503 with Retry-After: the namespace controller (and kubectl) retry, and the next try resumes.
+    With ``pending`` (tags whose delete wrote something the registry did not answer, and may still
+    carry out), 504 with none: a repeat sent by client-go while such a write is pending could
+    succeed, and the write then bring its tag back after the answer said so."""
+    if pending:
+        return _collection_unanswered(namespace, total, left, why, pending)
     named = [
         f'"{ref.name}" ({ref.repository}:{ref.tag}: {why.get(ref, "still listed after its delete")})'
         for ref in left[:NAMED_LEFT]
@@ -72,6 +81,32 @@ def _collection_incomplete(
     ]
     details = StatusDetails(group=GROUP, kind=RESOURCE, causes=causes, retry_after_seconds=1)
     return ApiError(503, "ServiceUnavailable", message, details, retry_after=1)
+
+
+def _collection_unanswered(
+    namespace: str, total: int, left: list[TagRef], why: dict[TagRef, str], pending: Collection[TagRef]
+) -> ApiError:
+    shown = [*left, *(ref for ref in pending if ref not in left)][:NAMED_LEFT]
+    named = [
+        f'"{ref.name}" ({ref.repository}:{ref.tag}: {why.get(ref, "still listed after its delete")})'
+        for ref in shown
+    ]
+    more = f" and {len(left) - len(shown)} more still there" if len(left) > len(shown) else ""
+    message = (
+        f"Timeout: deletecollection of {QUALIFIED_RESOURCE} in namespace {namespace} is not finished: "
+        f"{len(left)} of {total} selected tag(s) are still there, and the registry did not answer "
+        f"writes made to delete {len(pending)} of them, which it may still carry out: "
+        f"{'; '.join(named)}{more}; list the tags to see where they are, then delete again"
+    )
+    causes = [
+        {
+            "reason": "ResourceLeft",
+            "field": ref.name,
+            "message": why.get(ref, "still listed after its delete"),
+        }
+        for ref in shown
+    ]
+    return ApiError(504, "Timeout", message, StatusDetails(group=GROUP, kind=RESOURCE, causes=causes))
 
 
 def _across_repositories(refs: list[TagRef]) -> list[TagRef]:
@@ -534,6 +569,7 @@ class TagsService:
             return [self._object(ref) for ref in refs], meta
 
         failed: dict[TagRef, str] = {}
+        pending: set[TagRef] = set()  # failed with a write the registry may still carry out
         if (
             self.removal is not None
             and self._asks_whole_namespace(user, namespace, list_options)
@@ -549,6 +585,8 @@ class TagsService:
             except RegistryError as error:
                 # The others go on; what is left is named below and the caller retries.
                 failed[ref] = str(error)
+                if error.unanswered:
+                    pending.add(ref)
                 return None
             return self._object(ref, TagStatus(digest=digest) if digest is not None else None)
 
@@ -561,8 +599,9 @@ class TagsService:
         again = (await self._select(user, namespace, unfiltered, authorize=False, shown=False))[0].refs
         selected = set(refs)
         left = [ref for ref in again if ref in selected]
-        if left:
-            raise _collection_incomplete(namespace, len(refs), left, failed)
+        if left or pending:
+            unanswered = [ref for ref in refs if ref in pending]
+            raise _collection_incomplete(namespace, len(refs), left, failed, unanswered)
         return [obj for obj in deleted if obj is not None], meta
 
     def _asks_whole_namespace(self, user: UserInfo, namespace: str, selection: ListOptions) -> bool:

@@ -753,9 +753,15 @@ class RegistryClient:
             raise self._error(reply, f"deleting manifest {repository}@{digest}")
 
     async def _probe_delete(self, repository: str, tag: str) -> None:
-        reply = await self._call(
-            "DELETE", f"/v2/{repository}/manifests/{_PROBE_DIGEST}", scope=self._delete(repository)
-        )
+        try:
+            reply = await self._call(
+                "DELETE", f"/v2/{repository}/manifests/{_PROBE_DIGEST}", scope=self._delete(repository)
+            )
+        except RegistryUnavailable as error:
+            self._probe_valid_until = 0.0
+            if not error.unanswered:
+                raise
+            raise self._probe_unanswered(repository, tag, "the connection closed first") from error
         if reply.status in (404, 400):
             # Deletes work here; this digest simply does not exist. Believed for a while: a registry
             # that turns read-only or delete-disabled meanwhile refuses the re-tag or the digest
@@ -763,7 +769,19 @@ class RegistryClient:
             self._probe_valid_until = self._reactor.seconds() + PROBE_VALIDITY
             return
         self._probe_valid_until = 0.0
-        raise self._error(reply, f"deleting tag {repository}:{tag}")
+        refused = self._error(reply, f"deleting tag {repository}:{tag}")
+        if refused.unanswered:
+            raise self._probe_unanswered(repository, tag, f"HTTP {reply.status} from a gateway") from refused
+        raise refused
+
+    def _probe_unanswered(self, repository: str, tag: str, cause: str) -> RegistryUnavailable:
+        """The probe's unanswered DELETE names a digest no registry holds: nothing of it can land
+        late, and nothing was changed, so it is said as what is known, and may be retried at once."""
+        return RegistryUnavailable(
+            f"registry {self._name}: deleting tag {repository}:{tag}: whether this registry can delete "
+            f"could not be told: its check (a DELETE of a digest that does not exist) got no answer "
+            f"({cause}); nothing was changed; retry later"
+        )
 
     async def _read_tag(self, repository: str, tag: str) -> Manifest | None:
         """The tag's manifest; None when the tag is dangling; RegistryNotFound when there is no tag."""
@@ -1003,9 +1021,14 @@ class RegistryClient:
                         f"; the tag could not be restored ({restore_error.message}), and where tag "
                         f"{where} points now could not be checked ({check_error.message}): it may point "
                         f"at {ours}, a copy payloadtags wrote to delete it; retry the delete",
+                        pending=False,
                     ) from error
+            # Our copy was read under the tag: the write that failed has landed. What may still land
+            # is the restore, when it went unanswered and was not seen to land.
             if now == original.digest:
-                raise _amend(error, f"; tag {where} was left as it was, on {original.digest}") from error
+                raise _amend(
+                    error, f"; tag {where} was left as it was, on {original.digest}", pending=False
+                ) from error
             assert restore_error is not None
             if now == ours:
                 now_at = (
@@ -1025,7 +1048,9 @@ class RegistryClient:
                 else ""
             )
             raise _amend(
-                error, f"; the tag could not be restored ({restore_error.message}) and {now_at}{pending}"
+                error,
+                f"; the tag could not be restored ({restore_error.message}) and {now_at}{pending}",
+                pending=restore_error.unanswered,
             ) from error
         if original is not None and current == original.digest:
             raise _amend(error, f"; tag {where} was left as it was, on {original.digest}{late}") from error
@@ -1355,7 +1380,7 @@ class RegistryClient:
                 raise CancelledError() from error
             if isinstance(error, RegistryError):
                 raise
-            raise self._transport_error(error, url, peer) from error
+            raise self._transport_error(error, method, url, peer) from error
 
     async def _roundtrip(
         self,
@@ -1416,7 +1441,9 @@ class RegistryClient:
 
     # --- answers ----------------------------------------------------------------------------------
 
-    def _transport_error(self, error: BaseException, url: str, peer: str | None = None) -> RegistryError:
+    def _transport_error(
+        self, error: BaseException, method: str, url: str, peer: str | None = None
+    ) -> RegistryError:
         if peer is not None:
             where = peer
         elif url.startswith(self._base):
@@ -1437,14 +1464,22 @@ class RegistryClient:
             | RequestTransmissionFailed
             | OSError,
         ):
-            unavailable = RegistryUnavailable(
-                f"{where} is unavailable: {reason}; check that it runs and is reachable",
-                retry_after=DEFAULT_RETRY_AFTER,
-            )
-            # Sent (maybe only in part) and the connection lost before the answer: maybe done later.
-            unavailable.unanswered = not isinstance(
+            # A write sent (maybe only in part) and the connection lost before the answer: maybe done
+            # later. A read has nothing to carry out, and is simply retried.
+            unanswered = method not in ("GET", "HEAD") and not isinstance(
                 error, net_errors.ConnectError | net_errors.DNSLookupError
             )
+            late = (
+                f"; the connection closed after {method} {_path(url)} went out, so the registry may "
+                "still carry it out"
+                if unanswered
+                else ""
+            )
+            unavailable = RegistryUnavailable(
+                f"{where} is unavailable: {reason}; check that it runs and is reachable{late}",
+                retry_after=DEFAULT_RETRY_AFTER,
+            )
+            unavailable.unanswered = unanswered
             return unavailable
         log.failure("Unexpected failure talking to {where}", Failure(error), where=where)
         return RegistryProtocolError(f"{where}: unexpected failure: {reason}")
@@ -1495,9 +1530,7 @@ class RegistryClient:
             # registry may have the request still, and carry it out after this answer. Unanswered, as
             # a timeout is, so that a delete waits for it instead of reporting the tag as it found it.
             unanswered = RegistryUnavailable(
-                f"registry {self._name} did not answer {what}: HTTP {status} came without the registry's "
-                "own error document, as a gateway in front of it answers (its timeout), and the registry "
-                "may still carry the request out; retry later",
+                f"registry {self._name} did not answer {what}: {_gateway_answer(status)}",
                 retry_after=_retry_after(reply.header("Retry-After")),
             )
             unanswered.unanswered = True
@@ -1603,19 +1636,41 @@ class RegistryClient:
             self._check_tag(reference)
 
 
-def _amend(error: RegistryError, more: str) -> RegistryError:
-    """The same error (class and attributes such as retry_after) with ``more`` added to its message."""
+def _amend(error: RegistryError, more: str, pending: bool | None = None) -> RegistryError:
+    """The same error (class and attributes such as retry_after) with ``more`` added to its message;
+    ``pending``, when given, says whether a write of ours may still land (``unanswered``), once the
+    tag has shown that the one that failed has."""
     amended = copy.copy(error)
     amended.message = error.message + more
     amended.args = (amended.message,)
+    if pending is not None:
+        amended.unanswered = pending
     return amended
 
 
 def _from_gateway(reply: _Reply) -> bool:
     """Whether a 5xx may be a gateway's answer, given while the registry still had the request: 502
     and 504 always (distribution answers neither itself), and any other without the registry's own
-    JSON error document (distribution's 500 and its 503 UNAVAILABLE carry one: real answers)."""
+    JSON error document (distribution's 500 and its 503 UNAVAILABLE carry one: real answers). Never
+    501 or 505: a server that does not implement the method or the HTTP version carried nothing out,
+    whoever says so."""
+    if reply.status in (501, 505):
+        return False
     return reply.status in (502, 504) or not reply.has_error_document()
+
+
+def _gateway_answer(status: int) -> str:
+    """What a gateway's ``status`` to a write tells, and what it does not."""
+    if status == 504:
+        return (
+            "HTTP 504 came from a gateway in front of it, which stopped waiting for the registry's "
+            "answer; the registry may still carry the request out"
+        )
+    return (
+        f"HTTP {status} came without the registry's own error document, as a gateway in front of it "
+        "answers when it cannot reach the registry or loses it on the way; whether the registry got "
+        "the request is not known, and it may still carry it out"
+    )
 
 
 def _origin(url: str) -> tuple[str, str]:

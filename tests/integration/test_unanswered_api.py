@@ -1,0 +1,91 @@
+"""A registry write that goes unanswered, seen through the API: a 504 that nothing repeats.
+
+The write may still land after the answer (docs/consistency.md). A 503 with Retry-After made
+client-go (kubectl, the namespace controller) send the delete again by itself: the repeat deleted
+the tag, kubectl said "deleted", and then the first attempt's re-tag landed and brought the tag
+back. Every unanswered write (a timeout, a connection closed without an answer, a gateway's 5xx)
+is answered as a timeout is: 504, no Retry-After, saying where the tag would be.
+
+The late write is held by the fault proxy until the test releases it, after the answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred
+
+from payloadtags.names import encode_name
+from payloadtags.registry.client import RegistrySettings
+from tests.support import images
+from tests.support.faultproxy import DROPPED_LATE, GATEWAY_LATE, LATE, FaultProxy
+
+B = "/apis/payload-registry.deckhouse.io/v1alpha1"
+UNANSWERED = [GATEWAY_LATE, DROPPED_LATE, LATE]
+
+
+def first_retag(fault: str, puts: list[str]) -> Any:
+    """The fault for the first re-tag PUT of v1 only; everything else passes."""
+
+    def decide(method: str, path: str) -> str | None:
+        if method == "PUT" and path.endswith("/manifests/v1"):
+            puts.append(path)
+            return fault if len(puts) == 1 else None
+        return None
+
+    return decide
+
+
+@pytest.mark.parametrize("fault", UNANSWERED)
+@pytest_twisted.ensureDeferred
+async def test_kubectl_delete_of_an_unanswered_retag_is_a_timeout_not_repeated(
+    fault, reactor, registry, repo, make_server, kubectl_for
+) -> None:
+    digest = images.push_oci_image(registry, repo, "v1")
+    images.tag_manifest(registry, repo, "v1", "sibling")
+    puts: list[str] = []
+    hold: Deferred[None] = Deferred()
+    proxy = FaultProxy(reactor, registry.url, first_retag(fault, puts), hold=hold)
+    server = await make_server(proxy.url, registry=RegistrySettings(url=proxy.url, timeout=1.0))
+    namespace, _, path = repo.partition("/")
+    result = await kubectl_for(server)("delete", "prt", encode_name(path, "v1"), "-n", namespace)
+    assert result.code != 0, result.out
+    assert "Error from server (Timeout)" in result.err, result.err
+    assert "may still carry it out" in result.err, result.err
+    assert len(puts) == 1  # kubectl did not send the delete again
+    assert images.resolve(registry, repo, "v1") == digest  # left as it was, as said
+    hold.callback(None)  # the first (and only) re-tag lands now
+    await proxy.settled()
+    await proxy.stop()
+    assert images.list_tags(registry, repo) == ["sibling", "v1"]
+    # Where the message said the late write would leave the tag; deleting it again removes it.
+    assert images.resolve(registry, repo, "v1") in result.err, result.err
+
+
+@pytest.mark.parametrize("fault", UNANSWERED)
+@pytest_twisted.ensureDeferred
+async def test_deletecollection_with_an_unanswered_retag_is_a_timeout(
+    fault, reactor, registry, repo, make_server
+) -> None:
+    images.push_oci_image(registry, repo, "v1")
+    images.tag_manifest(registry, repo, "v1", "sibling")
+    puts: list[str] = []
+    hold: Deferred[None] = Deferred()
+    proxy = FaultProxy(reactor, registry.url, first_retag(fault, puts), hold=hold)
+    server = await make_server(proxy.url, registry=RegistrySettings(url=proxy.url, timeout=1.0))
+    namespace = repo.partition("/")[0]
+    client = server.client(server.pki.admin)
+    reply = await client.delete(f"{B}/namespaces/{namespace}/payloadrepositorytags")
+    assert reply.code == 504, reply.body
+    assert reply.header("retry-after") is None
+    status = reply.json()
+    assert status["reason"] == "Timeout"
+    assert "may still carry it out" in status["message"], status["message"]
+    assert "retry-after" not in {k.lower() for k in (status.get("details") or {})}
+    assert (status.get("details") or {}).get("retryAfterSeconds") is None
+    hold.callback(None)
+    await proxy.settled()
+    await proxy.stop()
+    assert len(puts) == 1
