@@ -398,6 +398,37 @@ def test_a_context_naming_what_is_not_there_is_refused_as_client_go_does(
     ]
 
 
+def test_credentials_written_where_a_context_names_its_user_are_refused_without_being_shown(
+    tmp_path: Path,
+) -> None:
+    context = {"cluster": "c", "user": {"token": "SECRET"}}
+    path = _kubeconfig(tmp_path, {"server": "http://127.0.0.1:1"}, {"token": "t"}, context)
+    errors = errors_of(kubeconfig=str(path), authorization_mode=None)
+    assert errors == [
+        f"--kubeconfig: kubeconfig '{path}': context \"x\": "
+        "user must be the name of a users entry, not a mapping"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected", "kind"),
+    [
+        ("insecure-skip-tls-verify", "false", "true or false", "a string"),
+        ("tls-server-name", 5, "a string", "a number"),
+        ("certificate-authority-data", ["x"], "a string", "a list"),
+    ],
+)
+def test_a_cluster_field_of_the_wrong_type_is_refused_as_client_go_does(
+    tmp_path: Path, field: str, value: object, expected: str, kind: str
+) -> None:
+    # The kubernetes library takes any non-empty string for true: "false" would turn verification off.
+    cluster = {"server": "https://127.0.0.1:1", field: value}
+    path = _kubeconfig(tmp_path, cluster, {"token": "t"}, {"cluster": "c", "user": "u"})
+    assert errors_of(kubeconfig=str(path), authorization_mode=None) == [
+        f"--kubeconfig: kubeconfig '{path}': cluster \"c\": {field} must be {expected}, not {kind}"
+    ]
+
+
 def test_a_context_without_a_user_is_anonymous_as_in_client_go(tmp_path: Path) -> None:
     path = _kubeconfig(tmp_path, {"server": "http://127.0.0.1:1"}, {"token": "t"}, {"cluster": "c"})
     completed = complete(settings(kubeconfig=str(path)), environ=NO_POD)

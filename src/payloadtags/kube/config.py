@@ -202,6 +202,31 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
     return attrs.evolve(cluster, namespace=str(namespace) if namespace else None)
 
 
+# A cluster's fields whose type the kubernetes library does not check, with the type client-go decodes.
+_CLUSTER_FIELDS: tuple[tuple[str, type], ...] = (
+    ("server", str),
+    ("certificate-authority", str),
+    ("certificate-authority-data", str),
+    ("tls-server-name", str),
+    ("insecure-skip-tls-verify", bool),
+)
+
+
+def _kind(value: object) -> str:
+    """What a kubeconfig value is, said without the value (which may be a secret)."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return "null" if value is None else type(value).__name__
+
+
 def _chosen(
     document: dict[str, Any], context: str | None, path: str
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -224,6 +249,13 @@ def _chosen(
     if chosen is None:
         return {}, {}, {}
     user_name, cluster_name = chosen.get("user"), chosen.get("cluster")
+    for field, value in (("user", user_name), ("cluster", cluster_name)):
+        if value is not None and not isinstance(value, str):
+            # The value is not shown: a hand edit may have put credentials here.
+            raise ConfigError(
+                f'kubeconfig {path!r}: context "{context_name}": {field} must be the name of a '
+                f"{field}s entry, not {_kind(value)}"
+            )
     user = section("users", user_name, "user") if user_name else {}
     if user is None:
         raise ConfigError(
@@ -236,6 +268,16 @@ def _chosen(
             if cluster_name
             else f'kubeconfig {path!r}: cluster was not specified for context "{context_name}"'
         )
+    for field, kind in _CLUSTER_FIELDS:
+        value = cluster.get(field)
+        if value is not None and not isinstance(value, kind):
+            # As client-go, which refuses the file: the kubernetes library would take any non-empty
+            # string for true, and "false" would turn certificate verification off.
+            expected = "true or false" if kind is bool else "a string"
+            raise ConfigError(
+                f'kubeconfig {path!r}: cluster "{cluster_name}": {field} must be {expected}, '
+                f"not {_kind(value)}"
+            )
     if not cluster.get("server"):
         raise ConfigError(f'kubeconfig {path!r}: cluster "{cluster_name}" has no server')
     if cluster.get("proxy-url"):
