@@ -285,17 +285,33 @@ def test_a_probe_is_never_answered_by_a_run_that_started_ttl_before_it() -> None
     assert len(gated.runs) == 3
 
 
-def test_a_flood_against_a_hung_registry_starts_one_run_per_ttl() -> None:
+def test_a_flood_against_a_hung_registry_keeps_at_most_two_runs_under_way() -> None:
+    # A run may wait for a registry connection with no limit of its own (review-health4 R1): new runs
+    # would pile up and hold connections users need.
     gated, clock, checks = _shared(ttl=1.0)
     probes = []
     for _ in range(100):  # 10 s of probes, ten a second, while every run hangs
         probes += [_probe(checks) for _ in range(10)]
         clock.advance(0.1)
-    assert len(gated.runs) == 10  # at t = 0, 1, ..., 9: one per ttl, timeout / ttl under way
+    assert len(gated.runs) == 2  # at t = 0 and 1; the later probes wait for the latest
     assert not any(probe.called for probe in probes)
-    for run in gated.runs:
+    gated.runs[0].callback(None)  # one ends: the next probe a ttl after the latest start runs anew
+    assert len(gated.runs) == 2
+    third = _probe(checks)
+    assert len(gated.runs) == 3
+    for run in gated.runs[1:]:
         run.callback(None)
-    assert {probe.result for probe in probes} == {(200, "ok")}
+    assert {probe.result for probe in [*probes, third]} == {(200, "ok")}
+
+
+def test_a_probe_whose_client_goes_away_is_not_a_failure_nor_logged() -> None:
+    gated, _, checks = _shared()
+    with capturedLogs() as events:
+        gone = _probe(checks)
+        gone.cancel()
+        gone.addErrback(lambda failure: failure.trap(defer.CancelledError))
+        gated.end()
+    assert not [event for event in events if "failed" in formatEvent(event)]
 
 
 def test_a_lone_probe_that_gives_up_leaves_the_run_going_and_its_pass_kept() -> None:

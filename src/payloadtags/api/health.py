@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import attrs
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
 from payloadtags.api.selectors import go_quote
@@ -65,9 +66,9 @@ class SharedCheck:
     reuses the outcome (pass or failure) of such a run, or joins it while it runs; when the last run
     started ``ttl`` ago or more, it starts a new one, even if older runs are still under way (a
     registry that hangs until the client's timeout must not hold readiness on an answer that old).
-    So runs start at most once per ``ttl`` whatever the number of probes, at most ``timeout / ttl``
-    are under way at once against a registry that hangs, and an answer lags the registry by ``ttl``
-    plus the run's own duration. A run's outcome is kept only if no later-started run's outcome is.
+    So runs start at most once per ``ttl`` whatever the number of probes, at most ``max_runs`` are
+    under way at once (a registry that hangs: probes then join the latest run, and wait as long as
+    it does), and an answer lags the registry by ``ttl`` plus the run's own duration. A run's outcome is kept only if no later-started run's outcome is.
 
     A caller who stops waiting (its connection gone) does not cancel the run, for the others nor
     when it was the only one: the outcome is still kept for the next callers, and a cancel is not a
@@ -78,6 +79,10 @@ class SharedCheck:
     check: Check
     monotonic: Callable[[], float]
     ttl: float
+    # Runs under way at most: a run waits for a registry connection with no limit of its own (the
+    # registry timeout starts when the request goes out), so against a hung registry new runs would
+    # pile up and hold connections users need. Past this, probes join the latest run.
+    max_runs: int = 2
     # Keyed by the run's start (monotonic seconds): each run is its own flight.
     _runs: InFlight[float, BaseException | None] = attrs.field(factory=InFlight, init=False)
     _started: float | None = attrs.field(default=None, init=False)  # the latest run's start
@@ -86,7 +91,8 @@ class SharedCheck:
 
     async def __call__(self) -> None:
         now = self.monotonic()
-        if self._started is None or now - self._started >= self.ttl:
+        due = self._started is None or now - self._started >= self.ttl
+        if due and len(self._runs) < self.max_runs:
             self._started = now
         started = self._started
         if self._outcome_started == started:
@@ -143,6 +149,8 @@ class HealthChecks:
                 continue
             try:
                 await check()
+            except CancelledError:
+                raise  # the caller went away: not a failure of the check, nothing to log
             except Exception as error:
                 failed = True
                 # The reason may name internal hosts; it goes to the log, not to anonymous callers.
