@@ -64,11 +64,12 @@ class SharedCheck:
 
     Every probe is told the outcome of a run that started less than ``ttl`` before it arrived: it
     reuses the outcome (pass or failure) of such a run, or joins it while it runs; when the last run
-    started ``ttl`` ago or more, it starts a new one, even if older runs are still under way (a
+    started ``ttl`` ago or more, it starts a new one, even if an older run is still under way (a
     registry that hangs until the client's timeout must not hold readiness on an answer that old).
     So runs start at most once per ``ttl`` whatever the number of probes, at most ``max_runs`` are
     under way at once (a registry that hangs: probes then join the latest run, and wait as long as
-    it does), and an answer lags the registry by ``ttl`` plus the run's own duration. A run's outcome is kept only if no later-started run's outcome is.
+    it does), and an answer lags the registry by ``ttl`` plus the run's own duration. A run's
+    outcome is kept only if no later-started run's outcome is.
 
     A caller who stops waiting (its connection gone) does not cancel the run, for the others nor
     when it was the only one: the outcome is still kept for the next callers, and a cancel is not a
