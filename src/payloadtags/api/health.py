@@ -92,8 +92,7 @@ class SharedCheck:
 
     async def __call__(self) -> None:
         now = self.monotonic()
-        due = self._started is None or now - self._started >= self.ttl
-        if due and len(self._runs) < self.max_runs:
+        if self._started is None or (now - self._started >= self.ttl and len(self._runs) < self.max_runs):
             self._started = now
         started = self._started
         if self._outcome_started == started:
