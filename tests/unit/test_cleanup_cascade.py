@@ -21,6 +21,7 @@ from payloadtags.kube import Backoff
 from payloadtags.registry import Before, CatalogPage, Check
 from payloadtags.registry.content import skipped_by_seek
 from payloadtags.registry.errors import (
+    RegistryConflict,
     RegistryNotFound,
     RegistryReadOnly,
     RegistryUnavailable,
@@ -166,6 +167,24 @@ def test_registry_errors_are_retried_with_capped_backoff() -> None:
     assert result.errors == 4 and "down" in (result.last_error or "")
     assert registry.remaining("team/") == {}
     assert metrics.registry_errors_total == 4
+
+
+@pytest.mark.parametrize("unanswered", [False, True])
+def test_a_repair_that_met_a_push_with_its_write_pending_is_a_failure(unanswered: bool) -> None:
+    # Pushed again while the repair's placeholder PUT went unanswered: that PUT may still land over
+    # the push. Counted as progress, the pass could end clean and a removal answer 200 before it.
+    registry, clock = FakeRegistry(), Clock()
+    registry.push("team/app", "v1")
+    registry.fail("resolve", RegistryNotFound("team/app:v1"))  # dangling: repaired, a delete by tag
+    conflict = RegistryConflict("team/app:v1 pushed while it was being deleted", current=digest("x"))
+    conflict.unanswered = unanswered
+    registry.fail("delete", conflict)
+    outcome = run(make_cascade(registry, clock), "team")
+    clock.advance(1.0)
+    [result] = outcome
+    assert isinstance(result, CascadeResult)
+    assert result.errors == (1 if unanswered else 0)
+    assert registry.remaining("team/") == {}
 
 
 def test_one_failing_repository_does_not_stop_the_others() -> None:

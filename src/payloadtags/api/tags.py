@@ -96,7 +96,9 @@ def _collection_unanswered(
         f"Timeout: deletecollection of {QUALIFIED_RESOURCE} in namespace {namespace} is not finished: "
         f"{len(left)} of {total} selected tag(s) are still there, and the registry did not answer "
         f"writes made to delete {len(pending)} of them, which it may still carry out: "
-        f"{'; '.join(named)}{more}; list the tags to see where they are, then delete again"
+        f"{'; '.join(named)}{more}; each may still land within the time its message gives (deleting "
+        "again at once can answer success before a late write brings a tag back): wait that long, "
+        "then list the tags (kubectl get) and delete again only those still there"
     )
     causes = [
         {

@@ -603,7 +603,12 @@ class Cascade:
                         repository, tag, before=before, check=check
                     )
                 )
-            except (RegistryNotFound, RegistryConflict):
+            except (RegistryNotFound, RegistryConflict) as e:
+                if e.unanswered:
+                    # Pushed again, but a write of this repair may still land over the push: a
+                    # failure of this pass, so that the removal does not report the namespace empty.
+                    state.failed(f"{repository}:{tag}", e)
+                    return
                 # Gone meanwhile, or pushed again (the next pass deletes that by digest): either way
                 # the tag no longer blocks anything.
                 state.progress += 1

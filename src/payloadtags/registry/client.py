@@ -910,6 +910,16 @@ class RegistryClient:
             await self._pause()
         return current
 
+    def _late_advice(self) -> str:
+        """What to do about a write of ours that may still land. Deleting again at once answered
+        "deleted", and then the write landed and brought the tag back: so wait as long as a late
+        write is watched for (`_await_landing`), then look, and delete only a tag still there."""
+        grace = LATE_WRITE_GRACE * self._settings.timeout
+        return (
+            f"; the write may still land within about {grace:g}s: wait that long, then get the tag "
+            "(kubectl get) and delete it again only if it is still there"
+        )
+
     async def _settle(
         self,
         repository: str,
@@ -934,13 +944,12 @@ class RegistryClient:
             late = (
                 f"; the registry did not answer the re-tag in time and may still carry it out: "
                 f"the tag would then point at {ours}, a copy of {original.digest} with one extra "
-                f"annotation {DELETE_NONCE_ANNOTATION}; deleting the tag again removes it"
+                f"annotation {DELETE_NONCE_ANNOTATION}{self._late_advice()}"
             )
         elif write_pending:
             late = (
                 f"; the registry did not answer the repair in time and may still carry it out: the tag "
-                f"would then point at {ours}, an empty placeholder manifest; deleting the tag again "
-                "removes it"
+                f"would then point at {ours}, an empty placeholder manifest{self._late_advice()}"
             )
         else:
             late = ""
@@ -1054,12 +1063,16 @@ class RegistryClient:
             ) from error
         if original is not None and current == original.digest:
             raise _amend(error, f"; tag {where} was left as it was, on {original.digest}{late}") from error
-        raise RegistryConflict(
+        conflict = RegistryConflict(
             f"registry {self._name}: tag {where} now points at {current}, pushed while it was being "
             f"deleted (it pointed at {original.digest if original is not None else 'nothing'}); the "
             f"delete failed ({error.message}) and the tag was left as the push made it{late}",
             current=current,
-        ) from error
+        )
+        # Our write may still land over the push: a deletecollection must answer that as the 504 it
+        # does for any pending write, not a 503 whose repeat could answer 200 before it lands.
+        conflict.unanswered = write_pending
+        raise conflict from error
 
     async def _settle_tag_delete(
         self, repository: str, tag: str, error: RegistryError, original: Manifest | None
@@ -1075,7 +1088,7 @@ class RegistryClient:
             await self._await_landing(repository, tag, None, {before}, before)
             late = (
                 "; the registry did not answer the delete in time and may still carry it out: "
-                "the tag would then be gone"
+                f"the tag would then be gone{self._late_advice()}"
             )
         try:
             current, gone = await self._again(lambda: self._where(repository, tag))
@@ -1094,12 +1107,15 @@ class RegistryClient:
             raise _amend(
                 error, f"; tag {where} is still listed but names no manifest; retry the delete"
             ) from error
-        raise RegistryConflict(
+        conflict = RegistryConflict(
             f"registry {self._name}: tag {where} now points at {current}, pushed while it was being "
             f"deleted (it pointed at {before or 'nothing'}); the delete failed ({error.message}) and the "
             f"tag was left as the push made it{late}",
             current=current,
-        ) from error
+        )
+        # The delete may still land and take the push's tag with it: pending, as in `_settle`.
+        conflict.unanswered = error.unanswered
+        raise conflict from error
 
     async def _repair_dangling(self, repository: str, tag: str) -> None:
         """Point a dangling tag at a fresh placeholder manifest and delete that by digest."""
@@ -1535,6 +1551,18 @@ class RegistryClient:
             )
             unanswered.unanswered = True
             return unanswered
+        if status in (501, 505):
+            # Not implemented (the method, or the HTTP version): the registry, or whatever answers in
+            # front of it, will answer the same to a retry, so not RegistryUnavailable (a 503 with
+            # Retry-After, which client-go repeats ten times): a protocol error, which the API answers
+            # as a failing dependency that retrying cannot fix, a 503 without Retry-After (a 500 would
+            # say that payloadtags itself failed).
+            version = "HTTP version" if status == 505 else "method"
+            return RegistryProtocolError(
+                f"registry {self._name} does not support {reply.method} (HTTP {status}, the {version} "
+                f"is not implemented" + (f": {detail}" if detail else "") + f"): {what} is not "
+                "possible; ask the registry's administrator"
+            )
         if status == 429 or status >= 500:
             return RegistryUnavailable(
                 f"registry {self._name} failed {what} with HTTP {status}"
