@@ -7,15 +7,22 @@ and the cluster API's answers are Deferreds the test fires: the order is driven,
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.task import Clock
 
 from payloadtags.cleanup.cascade import Aborted, Cascade, Unconfirmed
+from payloadtags.cleanup.removal import NamespaceRemover
+from payloadtags.cleanup.sweep import ABSENT
 from payloadtags.registry import RegistryClient, RegistrySettings
+from payloadtags.registry.errors import RegistryUnavailable
+from payloadtags.registry.queue import RepositoryQueue
 from tests.support import images
 from tests.support.cleanup_fixtures import unique_namespace
 from tests.support.dangling import dangling_tags, make_dangling
@@ -270,3 +277,100 @@ async def test_a_delete_is_checked_again_after_its_tokens_round_trip(token_regis
         await client.close()
     assert [m for m, _ in agent.requests].count("DELETE") == 1  # the first attempt's 401 only
     assert images.list_tags(token_registry, repository) == ["a"]
+
+
+class WatchedQueue(RepositoryQueue):
+    """A `RepositoryQueue` that tells the test when a repository's line reaches a given depth."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.watch: tuple[str, int, Deferred[None]] | None = None
+
+    def reaching(self, repository: str, depth: int) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self.watch = (repository, depth, d)
+        return d
+
+    @contextlib.asynccontextmanager
+    async def hold(self, repository: str) -> AsyncIterator[None]:
+        holding = super().hold(repository)
+        entered = ensureDeferred(holding.__aenter__())  # in line from here (synchronously)
+        if self.watch is not None and self.watch[:2] == (repository, self.depth(repository)):
+            # Told from the next reactor turn, once the holder waits (as `Api` tells its calls).
+            reactor.callLater(0, self.watch[2].callback, None)
+            self.watch = None
+        await entered
+        try:
+            yield
+        except BaseException as error:
+            if not await holding.__aexit__(type(error), error, error.__traceback__):
+                raise
+        else:
+            await holding.__aexit__(None, None, None)
+
+
+@pytest.mark.parametrize("waiting_for", ["the repository's turn", "a connection slot"])
+@pytest_twisted.ensureDeferred
+async def test_a_deletecollection_stops_waiting_at_its_budget(
+    registry: RegistryServer, waiting_for: str
+) -> None:
+    """The leader's cascade of the namespace holds the repository's turn, and a connection slot, while
+    the cluster API is slow to answer its confirmation (slow, not failing: within the API client's
+    timeout). A deletecollection with a 2 s budget waiting behind it (its delete for the turn; with
+    one connection slot, its first read for the slot) stops waiting when its budget ends: its place in
+    line is left, nothing is sent, and it ends with its 503 "not finished within 2s", while the
+    leader's confirmation is still unanswered. The leader then goes on."""
+    namespace = unique_namespace("budget")
+    repository = f"{namespace}/app"
+    images.push_oci_image(registry, repository, "a", seed=f"{namespace}-a")
+    images.push_oci_image(registry, repository, "b", seed=f"{namespace}-b")
+    agent = HeldAgent(reactor, no_hold)
+    queue = WatchedQueue()
+    slots = 1 if waiting_for == "a connection slot" else 16
+    client = RegistryClient(
+        reactor,
+        RegistrySettings(url=registry.url, timeout=30.0, max_connections=slots),
+        agent=agent,
+        queue=queue,
+    )
+    api = Api(held=True)
+    leader = Deferred.fromCoroutine(
+        Cascade(client, reactor, concurrency=1).run(namespace, confirm=api.confirm)
+    )
+    clock = Clock()  # the deletecollection's budget
+
+    async def gone(name: str) -> tuple[str, str | None]:
+        return ABSENT, None
+
+    remover = NamespaceRemover(Cascade(client, clock, concurrency=1), clock, gone)
+    answer: Deferred[None] | None = None
+    removal: Deferred[None] | None = None
+    try:
+        answer = await api.asked()  # the leader's confirmation, in the turn, with a slot held
+        sent_before = len(agent.requests)
+        if waiting_for == "the repository's turn":
+            queued = queue.reaching(repository, 2)
+            removal = Deferred.fromCoroutine(remover.remove(namespace, 2.0))
+            await queued  # its delete waits for the turn, behind the leader's
+        else:
+            removal = Deferred.fromCoroutine(remover.remove(namespace, 2.0))  # its catalog read waits
+            assert len(agent.requests) == sent_before
+        clock.advance(2.0)
+        assert removal.called  # ended at its budget, the leader's confirmation still unanswered
+        with pytest.raises(RegistryUnavailable, match="not finished within 2s"):
+            await removal
+        assert queue.depth(repository) == 1  # the leader's only: the removal's place was left
+        removal_wrote = [r for r in agent.requests[sent_before:] if r[0] not in ("GET", "HEAD")]
+        assert removal_wrote == []
+        api.held = False
+        answer.callback(None)  # gone: the leader goes on
+        assert await outcome_of(leader) == "finished"
+    finally:
+        if answer is not None and not answer.called:
+            answer.callback(None)
+        if not leader.called:
+            leader.cancel()
+        if removal is not None and not removal.called:
+            removal.cancel()
+        await client.close()
+    assert images.list_tags(registry, repository) == []

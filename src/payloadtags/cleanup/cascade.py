@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
 import attrs
-from twisted.internet.defer import DeferredSemaphore
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -267,6 +267,7 @@ class Cascade:
         wait: Wait | None = None,
         check_wait: Wait | None = None,
         walk: Walk | None = None,
+        until: float | None = None,
     ) -> CascadeResult:
         """Empty ``<namespace>/``; returns once a full listing of it finds no tag.
 
@@ -275,12 +276,24 @@ class Cascade:
         backoff after a pass, `check_wait` each of a confirmation's retry backoff (default: just the
         delay on the clock). `walk` is where an earlier cascade of the namespace stopped: this one
         goes on from there, and leaves it where it stops (default: from the first repository).
+        `until` (on `clock`; a deletecollection's budget): a request still waiting then for the
+        repository's turn, a connection slot, a token or its confirmation stops waiting, leaves its
+        place in line and is not sent; the cascade raises `Aborted` with the guard's reason. A write
+        once sent is not cut short (its outcome could not be told).
         """
         pause = wait or self._sleep
         if not is_namespace(namespace):
             # Not a namespace name: nothing a namespace's deletion may touch.
             raise ValueError(f"not a namespace name: {namespace!r}")
-        checks = _Checks(confirm, guard, check_wait or self._sleep, self.check_retries, self.check_backoff)
+        checks = _Checks(
+            confirm,
+            guard,
+            check_wait or self._sleep,
+            self.check_retries,
+            self.check_backoff,
+            self.clock,
+            until,
+        )
         walk = walk or Walk()
         started = self.clock.seconds()
         backoff = self.backoff()
@@ -426,7 +439,7 @@ class Cascade:
                 await skipped(position, until)
             while not cursor.done:
                 _check(guard)  # a catalog page is a registry request as well
-                batch = await cursor.next()
+                batch = await checks.bounded(ensureDeferred(cursor.next()))
                 # Whether the registry's page goes on (full, or with a next link), before `until` ends
                 # the stretch: a page that left the namespace ends in a name outside it, whose skipped
                 # names are outside it too.
@@ -458,9 +471,9 @@ class Cascade:
     ) -> None:
         try:
             if guessed:
-                tags = await self._read(limit, guard, self._guessed_tags, repository)
+                tags = await self._read(limit, guard, checks, self._guessed_tags, repository)
             else:
-                tags = await self._read(limit, guard, self.registry.tags, repository)
+                tags = await self._read(limit, guard, checks, self.registry.tags, repository)
             if not tags:
                 return
             state.found += len(tags)
@@ -468,7 +481,9 @@ class Cascade:
             failed: set[str] = set()  # digests whose delete failed: not tried again in this pass
             for start in range(0, len(tags), self.resolve_chunk):
                 chunk = tags[start : start + self.resolve_chunk]
-                digests = await gather([self._resolve(limit, guard, repository, tag, state) for tag in chunk])
+                digests = await gather(
+                    [self._resolve(limit, guard, checks, repository, tag, state) for tag in chunk]
+                )
                 per_digest: dict[str, int] = {}
                 for tag, digest in zip(chunk, digests, strict=True):
                     if digest is _UNANSWERED:
@@ -515,7 +530,7 @@ class Cascade:
         cannot be told, and a count must not claim what another party did. `tags_deleted` counts the
         tags resolved to a digest this cascade deleted, and those it repaired: a digest's tags in a
         later chunk than its delete are not in it."""
-        listed = set(await self._read(limit, guard, self.registry.tags, repository))
+        listed = set(await self._read(limit, guard, checks, self.registry.tags, repository))
         for tag in unresolved:
             if tag in listed:
                 await self._repair(limit, repository, tag, state, guard, checks)
@@ -523,7 +538,12 @@ class Cascade:
             state.progress += 1
 
     async def _read(
-        self, limit: DeferredSemaphore, guard: Guard | None, fn: Callable[..., Awaitable[T]], *args: str
+        self,
+        limit: DeferredSemaphore,
+        guard: Guard | None,
+        checks: _Checks,
+        fn: Callable[..., Awaitable[T]],
+        *args: str,
     ) -> T:
         """A read once a registry slot is free, unless the guard says stop by then."""
         await limit.acquire()
@@ -531,16 +551,22 @@ class Cascade:
         # handed it one after the other, each to stop in turn a few stack frames deeper.
         _check(guard)
         try:
-            return await fn(*args)
+            return await checks.bounded(ensureDeferred(_awaited(fn(*args))))
         finally:
             limit.release()
 
     async def _resolve(
-        self, limit: DeferredSemaphore, guard: Guard | None, repository: str, tag: str, state: _Pass
+        self,
+        limit: DeferredSemaphore,
+        guard: Guard | None,
+        checks: _Checks,
+        repository: str,
+        tag: str,
+        state: _Pass,
     ) -> str | None:
         """The tag's digest; None when the registry has no manifest for it; _UNANSWERED on an error."""
         try:
-            return await self._read(limit, guard, self.registry.resolve, repository, tag)
+            return await self._read(limit, guard, checks, self.registry.resolve, repository, tag)
         except RegistryNotFound:
             # Untagged meanwhile (another cascade, a delete through the API) or dangling.
             state.unresolved.note(f"{repository}:{tag}")
@@ -652,6 +678,9 @@ class _Checks:
     pause: Wait
     retries: int
     backoff: Callable[[], Backoff]
+    clock: IReactorTime | None = None
+    # A deletecollection's deadline (on `clock`): no wait of its requests lasts past it (`bounded`).
+    until: float | None = None
 
     async def once(self) -> None:
         # The guard first, as before every request: a deletecollection's budget spent, or the replica
@@ -663,19 +692,61 @@ class _Checks:
     def check(self) -> None:
         _check(self.guard)
 
+    async def bounded(self, work: Deferred[T], sent: Callable[[], bool] = lambda: False) -> T:
+        """``work``, cancelled at `until` unless ``sent`` says its write has left: a request waiting for
+        the repository's turn behind another mutation's slow confirmation, or for a connection slot
+        all of which confirmations hold, leaves the line with nothing sent and the call ends at its
+        budget. Cancelling a read, or a write not yet sent, loses nothing."""
+        if self.until is None or self.clock is None:
+            return await work
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            if not sent():
+                expired = True
+                work.cancel()
+
+        timer = self.clock.callLater(max(0.0, self.until - self.clock.seconds()), expire)
+        try:
+            return await work
+        except CancelledError:
+            if not expired:
+                raise
+            _check(self.guard)
+            raise Aborted("not finished by its deadline") from None
+        finally:
+            if timer.active():
+                timer.cancel()
+
+    async def _attempt(self, call: Callable[[Before | None, Check], Awaitable[T]]) -> T:
+        sent = False
+
+        def check() -> None:
+            nonlocal sent
+            _check(self.guard)
+            sent = True  # the write leaves right after this: from here it is not cancelled
+
+        before = self.once if self.confirm is not None else None
+        return await self.bounded(ensureDeferred(_awaited(call(before, check))), lambda: sent)
+
     async def mutate(self, call: Callable[[Before | None, Check], Awaitable[T]]) -> T:
         backoff = self.backoff()
         retries = self.retries
         while True:
             _check(self.guard)  # not queued at all once told to stop
             try:
-                return await call(self.once if self.confirm is not None else None, self.check)
+                return await self._attempt(call)
             except Unconfirmed:
                 if retries == 0:
                     raise
             retries -= 1
             _check(self.guard)  # not sat out after leading
             await self.pause(backoff.next_delay())  # a deletecollection's: not past its budget
+
+
+async def _awaited(work: Awaitable[T]) -> T:
+    return await work
 
 
 def _check(guard: Guard | None) -> None:

@@ -63,7 +63,9 @@ class NamespaceRemover:
 
         def guard() -> str | None:
             # Asked before every registry request (reads too), so the call ends at its budget, give
-            # or take the request under way, with what it deleted so far: the next call goes on.
+            # or take a request under way, with what it deleted so far: the next call goes on. A
+            # request still waiting at the deadline (for the repository's turn behind another
+            # mutation's confirmation, a connection slot, a token) stops waiting then (`until`).
             if self.clock.seconds() >= deadline:
                 return f"not finished within {within:g}s"
             return None
@@ -128,7 +130,13 @@ class NamespaceRemover:
             done = False
             try:
                 await self.cascade.run(
-                    namespace, guard=guard, confirm=confirm, wait=wait, check_wait=wait, walk=walk
+                    namespace,
+                    guard=guard,
+                    confirm=confirm,
+                    wait=wait,
+                    check_wait=wait,
+                    walk=walk,
+                    until=deadline,
                 )
                 done = True
             finally:
