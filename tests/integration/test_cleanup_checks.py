@@ -374,3 +374,59 @@ async def test_a_deletecollection_stops_waiting_at_its_budget(
             removal.cancel()
         await client.close()
     assert images.list_tags(registry, repository) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_confirmations_under_way_leave_connection_slots_to_reads(registry: RegistryServer) -> None:
+    """Two cascades (two namespaces) each confirm a delete while the cluster API is slow to answer. With
+    2 connection slots, at most one (a quarter, at least one) is held by a confirmation: the second
+    cascade's delete waits for a confirmation's turn without a slot, and a user's read of an unrelated
+    repository gets the other slot at once instead of waiting for the cluster API."""
+    namespaces = [unique_namespace("slots"), unique_namespace("slots")]
+    for namespace in namespaces:
+        images.push_oci_image(registry, f"{namespace}/app", "a", seed=f"{namespace}-a")
+    other = f"other{namespaces[0]}/app"
+    images.push_oci_image(registry, other, "v1", seed=f"{other}-v1")
+    queue = WatchedQueue()
+    client = RegistryClient(
+        reactor,
+        RegistrySettings(url=registry.url, timeout=30.0, max_connections=2),
+        agent=HeldAgent(reactor, no_hold),
+        queue=queue,
+    )
+    apis = [Api(held=True), Api(held=True)]
+    cascades: list[Deferred[Any]] = []
+    answers: list[Deferred[None]] = []
+    try:
+        first = apis[0].asked()
+        cascades.append(
+            Deferred.fromCoroutine(
+                Cascade(client, reactor, concurrency=1).run(namespaces[0], confirm=apis[0].confirm)
+            )
+        )
+        answers.append(await first)  # the first confirmation, under way with its slot held
+        second_in_turn = queue.reaching(f"{namespaces[1]}/app", 1)
+        second = apis[1].asked()
+        cascades.append(
+            Deferred.fromCoroutine(
+                Cascade(client, reactor, concurrency=1).run(namespaces[1], confirm=apis[1].confirm)
+            )
+        )
+        await second_in_turn  # its delete holds the repository's turn: it went on as far as it could
+        assert apis[1].calls == 0  # waiting for a confirmation's turn, not confirming with a slot
+        assert await client.tags(other) == ("v1",)  # a slot is left for the user's read
+        apis[0].held = False
+        answers[0].callback(None)
+        answers.append(await second)  # the second confirmation's turn came with the first's end
+        apis[1].held = False
+        answers[1].callback(None)
+        assert [await outcome_of(c) for c in cascades] == ["finished", "finished"]
+    finally:
+        for answer in answers:
+            if not answer.called:
+                answer.callback(None)
+        for cascade in cascades:
+            if not cascade.called:
+                cascade.cancel()
+        await client.close()
+    assert [images.list_tags(registry, f"{n}/app") for n in namespaces] == [[], []]

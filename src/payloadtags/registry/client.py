@@ -272,6 +272,11 @@ class RegistryClient:
         # The pool keeps idle connections; this bounds the busy ones, so a burst of API requests
         # queues here instead of opening hundreds of sockets to the registry.
         self._slots = DeferredSemaphore(settings.max_connections)
+        # Writes whose caller asks the cluster API first (`Before`) hold their slot through that call:
+        # at most a quarter of the slots (at least one) go to them at once, the others wait for a
+        # confirmation's turn before taking a slot, so reads and the API's own deletes still get one
+        # however slow the cluster API is.
+        self._confirming = DeferredSemaphore(max(1, settings.max_connections // 4))
         self._auth = Authenticator(reactor, settings.username, settings.password, self._get_token, self._name)
         # Identical reads (catalog pages, tag lists) not yet sent are made once for every caller.
         self._reads = Coalescer()
@@ -1331,11 +1336,24 @@ class RegistryClient:
         # The wait for a connection slot is not the registry's doing: the timeout starts once the
         # request can go out. The semaphore serves waiters in arrival order, so every request gets
         # its turn however many tag lists a big list has queued.
-        await self._slots.acquire()
+        confirming = ready is not None and ready.before is not None
+        if confirming:
+            # The confirmation's turn first, the slot after: never a slot held while waiting for it.
+            await self._confirming.acquire()
+        try:
+            await self._slots.acquire()
+        except BaseException:
+            if confirming:
+                self._confirming.release()
+            raise
         try:
             if ready is not None:
-                if ready.before is not None:
-                    await ready.before()
+                try:
+                    if ready.before is not None:
+                        await ready.before()
+                finally:
+                    if confirming:
+                        self._confirming.release()
                 if ready.check is not None:
                     ready.check()
             if on_send is not None:
