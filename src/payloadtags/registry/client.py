@@ -1331,7 +1331,8 @@ class RegistryClient:
         comes in. ``on_send`` runs once a connection slot is held, just before the request goes out.
         ``peer``: how errors name who was asked, when it is not the registry (its token service).
         ``ready``: the caller's checks (`_gated`), made once the slot is held: the last thing before the
-        request leaves; raising sends nothing and releases the slot.
+        request leaves; raising sends nothing and releases the slot. A request with a confirmation
+        first waits for a confirmation's turn (`_confirming`), then for its slot.
         """
         # The wait for a connection slot is not the registry's doing: the timeout starts once the
         # request can go out. The semaphore serves waiters in arrival order, so every request gets
