@@ -136,7 +136,9 @@ class NamespaceRemover:
                     wait=wait,
                     check_wait=wait,
                     walk=walk,
-                    until=deadline,
+                    # The cascade's clock (`until` is on it): the same reactor in the server, but
+                    # the budget left is what counts wherever the two clocks stand.
+                    until=self.cascade.clock.seconds() + (deadline - self.clock.seconds()),
                 )
                 done = True
             finally:
