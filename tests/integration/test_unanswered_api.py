@@ -70,6 +70,24 @@ async def test_kubectl_delete_of_an_unanswered_retag_is_a_timeout_not_repeated(
     assert images.resolve(registry, repo, "v1") in result.err, result.err
 
 
+async def _collection_timeout(
+    reactor: Any, registry: Any, repo: str, make_server: Any, decide: Any, hold: Deferred[None]
+) -> tuple[FaultProxy, dict[str, Any]]:
+    """A deletecollection of ``repo``'s namespace through a proxy that faults as ``decide`` says:
+    answered 504 Timeout, with nothing that invites a repeat (no Retry-After, no retryAfterSeconds)."""
+    proxy = FaultProxy(reactor, registry.url, decide, hold=hold)
+    server = await make_server(proxy.url, registry=RegistrySettings(url=proxy.url, timeout=1.0))
+    namespace = repo.partition("/")[0]
+    client = server.client(server.pki.admin)
+    reply = await client.delete(f"{B}/namespaces/{namespace}/payloadrepositorytags")
+    assert reply.code == 504, reply.body
+    assert reply.header("retry-after") is None
+    status: dict[str, Any] = reply.json()
+    assert status["reason"] == "Timeout"
+    assert (status.get("details") or {}).get("retryAfterSeconds") is None
+    return proxy, status
+
+
 @pytest.mark.parametrize("fault", UNANSWERED)
 @pytest_twisted.ensureDeferred
 async def test_deletecollection_with_an_unanswered_retag_is_a_timeout(
@@ -79,20 +97,13 @@ async def test_deletecollection_with_an_unanswered_retag_is_a_timeout(
     images.tag_manifest(registry, repo, "v1", "sibling")
     puts: list[str] = []
     hold: Deferred[None] = Deferred()
-    proxy = FaultProxy(reactor, registry.url, first_retag(fault, puts), hold=hold)
-    server = await make_server(proxy.url, registry=RegistrySettings(url=proxy.url, timeout=1.0))
-    namespace = repo.partition("/")[0]
-    client = server.client(server.pki.admin)
-    reply = await client.delete(f"{B}/namespaces/{namespace}/payloadrepositorytags")
-    assert reply.code == 504, reply.body
-    assert reply.header("retry-after") is None
-    status = reply.json()
-    assert status["reason"] == "Timeout"
+    proxy, status = await _collection_timeout(
+        reactor, registry, repo, make_server, first_retag(fault, puts), hold
+    )
     assert "may still carry it out" in status["message"], status["message"]
     assert "then delete again" not in status["message"], status["message"]
     assert "delete again only those still there" in status["message"], status["message"]
     assert "retry-after" not in {k.lower() for k in (status.get("details") or {})}
-    assert (status.get("details") or {}).get("retryAfterSeconds") is None
     hold.callback(None)
     await proxy.settled()
     await proxy.stop()
@@ -121,16 +132,7 @@ async def test_deletecollection_with_a_push_during_an_unanswered_retag_is_a_time
                 return fault
         return None
 
-    proxy = FaultProxy(reactor, registry.url, decide, hold=hold)
-    server = await make_server(proxy.url, registry=RegistrySettings(url=proxy.url, timeout=1.0))
-    namespace = repo.partition("/")[0]
-    client = server.client(server.pki.admin)
-    reply = await client.delete(f"{B}/namespaces/{namespace}/payloadrepositorytags")
-    assert reply.code == 504, reply.body
-    assert reply.header("retry-after") is None
-    status = reply.json()
-    assert status["reason"] == "Timeout"
-    assert (status.get("details") or {}).get("retryAfterSeconds") is None
+    proxy, status = await _collection_timeout(reactor, registry, repo, make_server, decide, hold)
     assert "pushed while it was being deleted" in status["message"], status["message"]
     assert "may still carry it out" in status["message"], status["message"]
     hold.callback(None)
