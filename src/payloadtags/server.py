@@ -32,6 +32,7 @@ from payloadtags.cleanup import (
     CleanupOptions,
     LeaderElectionOptions,
 )
+from payloadtags.cleanup.cascade import LateWrites
 from payloadtags.cleanup.removal import namespace_remover
 from payloadtags.cluster import authentication_reflector, rbac_reflectors, token_reviewer
 from payloadtags.deferreds import DeadlineExpired, within
@@ -44,7 +45,7 @@ from payloadtags.lifecycle import OrderedServices, Part, StopSignals
 from payloadtags.listen import listen
 from payloadtags.logs import DEBUG_VERBOSITY, begin_logging
 from payloadtags.metrics import CountingAuthorizer, InstrumentedRegistry, Metrics
-from payloadtags.registry import Catalog, Registry, RegistryClient
+from payloadtags.registry import LATE_WRITE_GRACE, Catalog, Registry, RegistryClient
 from payloadtags.registry_diagnosis import FailureLog, probe
 from payloadtags.reloader import FileWatcher
 from payloadtags.repoindex import RepositoryIndex
@@ -184,6 +185,7 @@ def _cleanup(
     reflector_options: dict[str, Any],
     lease_namespace: str,
     metrics: CleanupMetrics,
+    late_writes: LateWrites,
 ) -> CleanupController | None:
     if kube is None or not settings.namespace_cleanup:
         return None
@@ -199,6 +201,7 @@ def _cleanup(
             cascade_concurrency=settings.namespace_cleanup_concurrency,
             namespace_concurrency=settings.namespace_cleanup_workers,
             leader_elect=settings.leader_elect,
+            late_write_grace=LATE_WRITE_GRACE * settings.registry.timeout,
             leader_election=LeaderElectionOptions(
                 lease_name=settings.leader_elect_resource_name,
                 lease_namespace=lease_namespace,
@@ -210,7 +213,7 @@ def _cleanup(
         )
     except ValueError as error:
         raise ConfigurationError(f"namespace cleanup: {error}") from None
-    return CleanupController(reactor, kube, registry, options, metrics=metrics)
+    return CleanupController(reactor, kube, registry, options, metrics=metrics, late_writes=late_writes)
 
 
 def _rotation_watchers(
@@ -391,8 +394,19 @@ async def start(
     index = RepositoryIndex() if events_token else None
     # One set of cleanup counters: the leader's cascades and every replica's deletecollection removals.
     cleanup_metrics = CleanupMetrics()
+    # Repairs' writes that went unanswered, which every cascade of the process waits out before it
+    # reports a namespace empty: the leader's and deletecollection's alike.
+    late_writes = LateWrites()
     remover = (
-        namespace_remover(reactor, kube, registry, settings.namespace_cleanup_concurrency, cleanup_metrics)
+        namespace_remover(
+            reactor,
+            kube,
+            registry,
+            settings.namespace_cleanup_concurrency,
+            cleanup_metrics,
+            late_write_grace=LATE_WRITE_GRACE * settings.registry.timeout,
+            late_writes=late_writes,
+        )
         if kube is not None
         else None
     )
@@ -440,7 +454,9 @@ async def start(
     if rbac_sources:
         readiness.append(("rbac", _synced(rbac_sources, "RBAC objects")))
     liveness: list[tuple[str, Any]] = [("ping", ping)]
-    cleanup = _cleanup(reactor, settings, kube, registry, options, completed.lease_namespace, cleanup_metrics)
+    cleanup = _cleanup(
+        reactor, settings, kube, registry, options, completed.lease_namespace, cleanup_metrics, late_writes
+    )
     if remover is not None or cleanup is not None:
         metrics.add_cleanup(cleanup_metrics)
     if cleanup is not None:

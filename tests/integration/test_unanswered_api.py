@@ -15,12 +15,25 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 
+from payloadtags.access.authz import AlwaysAllow
+from payloadtags.api.errors import ApiError
+from payloadtags.api.options import DeleteOptions, list_options
+from payloadtags.api.tags import ResourceVersions, TagsService
+from payloadtags.cleanup.cascade import Cascade
+from payloadtags.cleanup.removal import NamespaceRemover
+from payloadtags.cleanup.sweep import TERMINATING
+from payloadtags.inventory import Inventory
+from payloadtags.kube import Backoff
 from payloadtags.names import encode_name
-from payloadtags.registry.client import RegistrySettings
+from payloadtags.registry.client import LATE_WRITE_GRACE, RegistryClient, RegistrySettings
 from tests.support import images
+from tests.support.dangling import make_dangling
 from tests.support.faultproxy import DROPPED_LATE, GATEWAY_LATE, LATE, FaultProxy
+from tests.support.interleaving import USER
 
 B = "/apis/payload-registry.deckhouse.io/v1alpha1"
 UNANSWERED = [GATEWAY_LATE, DROPPED_LATE, LATE]
@@ -139,3 +152,177 @@ async def test_deletecollection_with_a_push_during_an_unanswered_retag_is_a_time
     await proxy.settled()
     await proxy.stop()
     assert len(puts) == 1
+
+
+# --- a namespace's removal and a repair's unanswered placeholder PUT ------------------------------------
+
+
+class WaitClock(Clock):
+    """The removal's clock (its budget, a failed pass's backoff, the wait for a late write): it stands
+    still until the test advances it. `waits()` fires with the delay of the next call scheduled on it
+    for less than ``shorter_than`` seconds (a backoff, a wait), not the budget's own timers."""
+
+    def __init__(self, shorter_than: float) -> None:
+        super().__init__()
+        self.shorter_than = shorter_than
+        self._waits: list[Deferred[float]] = []
+
+    def waits(self) -> Deferred[float]:
+        waited: Deferred[float] = Deferred()
+        self._waits.append(waited)
+        return waited
+
+    def callLater(self, delay: float, callable: Any, *args: Any, **kw: Any) -> Any:
+        call = super().callLater(delay, callable, *args, **kw)
+        if delay < self.shorter_than and self._waits:
+            # Told from the next reactor turn, once the caller waits: the test's reaction runs after it.
+            global_reactor.callLater(0, self._waits.pop(0).callback, delay)
+        return call
+
+
+def first_placeholder(fault: str, repo: str, puts: list[str]) -> Any:
+    """The fault for the first placeholder PUT of the dangling tag v1 (a repair's write) only."""
+
+    def decide(method: str, path: str) -> str | None:
+        if method == "PUT" and path.endswith(f"/{repo}/manifests/v1"):
+            puts.append(path)
+            return fault if len(puts) == 1 else None
+        return None
+
+    return decide
+
+
+def removal_service(
+    url: str, clock: Clock, budget: float, timeout: float
+) -> tuple[RegistryClient, TagsService]:
+    """A replica's deletecollection of a namespace the cluster API reports Terminating (`NamespaceRemover`),
+    its budget and waits on ``clock``; registry requests and their timeouts on the reactor."""
+    client = RegistryClient(global_reactor, RegistrySettings(url=url, timeout=timeout))
+
+    async def terminating(namespace: str) -> tuple[str, str | None]:
+        return TERMINATING, None
+
+    cascade = Cascade(
+        client,
+        clock,
+        concurrency=1,
+        backoff=lambda: Backoff(initial=0.2, factor=2.0, cap=2.0),
+        late_write_grace=LATE_WRITE_GRACE * timeout,
+    )
+    service = TagsService(
+        inventory=Inventory(client),
+        registry_host="registry.test",
+        authorizer=AlwaysAllow(),
+        versions=ResourceVersions(global_reactor),
+        removal=NamespaceRemover(cascade, clock, terminating),
+        removal_budget=budget,
+    )
+    return client, service
+
+
+def first_of(*work: Deferred[Any]) -> Deferred[Any]:
+    """Fires once any of ``work`` has (each keeps its own result for whoever awaits it)."""
+    either: Deferred[Any] = Deferred()
+
+    def ended(result: object) -> object:
+        if not either.called:
+            either.callback(None)
+        return result
+
+    for each in work:
+        each.addBoth(ended)
+    return either
+
+
+@pytest.mark.parametrize("fault", [GATEWAY_LATE, DROPPED_LATE])
+@pytest_twisted.ensureDeferred
+async def test_a_namespace_removal_is_not_done_while_a_repairs_placeholder_may_still_land(
+    fault: str, registry, repo
+) -> None:
+    """A dangling tag in a Terminating namespace; the repair's first placeholder PUT goes unanswered
+    and is held. The pass fails, the next repairs the tag again, and the one after lists the
+    namespace empty: the removal answered 200 there, and the held PUT then landed, leaving a tag in
+    the namespace the namespace controller had been told was empty (review-gateway4 finding 2). The
+    cascade now waits, after a write that went unanswered, as long as it may still land (two
+    registry timeouts, as the single delete's error says), and passes again: the PUT lands meanwhile,
+    and that pass deletes the tag it left."""
+    namespace = repo.partition("/")[0]
+    make_dangling(registry, repo, images.push_oci_image(registry, repo, "v1"))
+    puts: list[str] = []
+    hold: Deferred[None] = Deferred()
+    proxy = FaultProxy(global_reactor, registry.url, first_placeholder(fault, repo, puts), hold=hold)
+    clock = WaitClock(shorter_than=50.0)
+    client, service = removal_service(proxy.url, clock, budget=100.0, timeout=0.5)
+    backoff = clock.waits()
+    removing = Deferred.fromCoroutine(
+        service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
+    )
+    try:
+        clock.advance(await backoff)  # the first pass failed: its placeholder PUT went unanswered
+        assert len(puts) == 1
+        waiting = clock.waits()
+        delays: list[float] = []
+        waiting.addCallback(delays.append)
+        await first_of(removing, waiting)
+        # The next pass repaired the tag again, the one after found the namespace empty.
+        assert len(puts) == 2 and images.list_tags(registry, repo) == []
+        assert not removing.called, "the removal answered while its first placeholder PUT could still land"
+        hold.callback(None)  # the first placeholder PUT lands now, within the wait
+        await proxy.settled()
+        assert images.list_tags(registry, repo) == ["v1"]
+        [delay] = delays  # the wait for the late write, after the pass that found nothing
+        clock.advance(delay)
+        items, _ = await removing
+    finally:
+        if not hold.called:
+            hold.callback(None)
+        await proxy.settled()
+        await client.close()
+        await proxy.stop()
+    assert [item.spec.tag for item in items] == ["v1"]
+    assert images.list_tags(registry, repo) == []  # the pass after the wait deleted what the PUT left
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_namespace_removal_whose_wait_for_a_late_write_outlasts_its_budget_is_a_timeout(
+    registry, repo
+) -> None:
+    """As above, with a 1 s budget and a late write that may land for 1 s more (two timeouts of 0.5 s)
+    after it: the call ends at its budget, the namespace listed empty. It answered 200; it is now a
+    504 without Retry-After that says what may still land, and when. The next call, past that time,
+    deletes what the write left and answers 200."""
+    namespace = repo.partition("/")[0]
+    make_dangling(registry, repo, images.push_oci_image(registry, repo, "v1"))
+    puts: list[str] = []
+    hold: Deferred[None] = Deferred()
+    proxy = FaultProxy(global_reactor, registry.url, first_placeholder(GATEWAY_LATE, repo, puts), hold=hold)
+    clock = WaitClock(shorter_than=0.5)
+    client, service = removal_service(proxy.url, clock, budget=1.0, timeout=0.5)
+    backoff = clock.waits()
+    removing = Deferred.fromCoroutine(
+        service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
+    )
+    try:
+        clock.advance(await backoff)  # the first pass failed: its placeholder PUT went unanswered
+        with pytest.raises(ApiError) as caught:
+            await removing
+        assert len(puts) == 2 and images.list_tags(registry, repo) == []
+        error = caught.value
+        assert (error.code, error.reason, error.retry_after) == (504, "Timeout", None), error.message
+        assert error.details is None or error.details.retry_after_seconds is None
+        message = " ".join(error.message.split())
+        assert f"repairing dangling tag {repo}:v1" in message, message
+        assert "may still carry it out within about 1s" in message, message
+        hold.callback(None)  # the first placeholder PUT lands now
+        await proxy.settled()
+        assert images.list_tags(registry, repo) == ["v1"]
+        clock.advance(1.0)  # past the time it could land
+        items, _ = await service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
+    finally:
+        if not hold.called:
+            hold.callback(None)
+        await proxy.settled()
+        await client.close()
+        await proxy.stop()
+    assert [item.spec.tag for item in items] == ["v1"]
+    assert images.list_tags(registry, repo) == []

@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import LogLevel, formatEvent
 
-from payloadtags.cleanup.cascade import Aborted, Cascade, CascadeResult, Unconfirmed, Walk
+from payloadtags.cleanup.cascade import Aborted, Cascade, CascadeResult, LateWrites, Unconfirmed, Walk
 from payloadtags.cleanup.metrics import CleanupMetrics
 from payloadtags.cleanup.watcher import NamespaceTriggers
 from payloadtags.kube import Backoff
@@ -185,6 +185,52 @@ def test_a_repair_that_met_a_push_with_its_write_pending_is_a_failure(unanswered
     assert isinstance(result, CascadeResult)
     assert result.errors == (1 if unanswered else 0)
     assert registry.remaining("team/") == {}
+
+
+def test_a_cascade_does_not_end_while_a_repairs_unanswered_write_may_still_land() -> None:
+    # The repair's placeholder PUT went unanswered (its error reaches the cascade at 0): the next pass
+    # deletes the tag, the one after finds the namespace empty at 1, but the PUT may land until 5 (the
+    # grace) and leave the tag again. The cascade ended there; it now waits, and passes again at 5.
+    registry, clock = FakeRegistry(), Clock()
+    registry.push("team/app", "v1")
+    registry.fail("resolve", RegistryNotFound("team/app:v1"))  # dangling: repaired, a delete by tag
+    unanswered = RegistryUnavailable("team/app:v1: the repair's PUT got a gateway's 504")
+    unanswered.unanswered = True
+    registry.fail("delete", unanswered)
+    waits: list[float] = []
+
+    async def wait(delay: float) -> None:
+        waits.append(delay)
+        await deferLater(clock, delay)
+
+    outcome = run(make_cascade(registry, clock, late_write_grace=5.0), "team", wait=wait)
+    clock.advance(1.0)  # the failed pass's backoff
+    assert registry.remaining("team/") == {} and outcome == []
+    assert waits == [1.0, 4.0]  # found empty at 1: waits until 5
+    registry.push("team/app", "v1", "placeholder")  # the PUT lands meanwhile
+    clock.advance(3.9)
+    assert outcome == []
+    clock.advance(0.1)
+    [result] = outcome
+    assert isinstance(result, CascadeResult), result
+    assert registry.remaining("team/") == {}  # the pass begun at 5 deleted what it left
+    assert registry.deletes[-1] == ("team/app", digest("placeholder"))
+
+
+def test_a_late_write_one_cascade_noted_holds_back_the_process_other_cascades() -> None:
+    # The leader's cascade and a deletecollection's share what may still land: a cascade that did not
+    # make the write does not report the namespace empty before it can no longer land either.
+    registry, clock, late = FakeRegistry(), Clock(), LateWrites()
+    late.note("team", "team/app:v1", 5.0)
+    outcome = run(make_cascade(registry, clock, late_writes=late), "team")
+    clock.advance(4.9)
+    assert outcome == []
+    clock.advance(0.1)
+    [result] = outcome
+    assert isinstance(result, CascadeResult) and result.passes == 2
+    assert late.pending("team") is None  # settled by the pass begun at 5
+    [other] = run(make_cascade(registry, clock, late_writes=late), "team")
+    assert other.passes == 1
 
 
 def test_one_failing_repository_does_not_stop_the_others() -> None:

@@ -11,7 +11,7 @@ from twisted.internet.task import Clock, deferLater
 from payloadtags.cleanup.removal import NamespaceRemover
 from payloadtags.cleanup.sweep import ABSENT, EXISTS, TERMINATING, UNKNOWN
 from payloadtags.kube import Backoff
-from payloadtags.registry.errors import RegistryUnavailable
+from payloadtags.registry.errors import RegistryTimeout, RegistryUnavailable
 from tests.unit.test_cleanup_cascade import (
     FakeRegistry,
     ListingRegistry,
@@ -72,6 +72,28 @@ def test_a_stuck_leader_cascade_is_not_waited_for_beyond_the_budget_nor_cancelle
     assert len(done) == 1 and done[0].check(RegistryUnavailable)
     assert "not finished within 5s" in str(done[0].value)
     assert not leader.called  # never cancelled by a deletecollection that gave up waiting
+
+
+def test_a_call_that_waited_its_budget_for_a_cascade_with_a_late_write_is_a_timeout() -> None:
+    # The leader's cascade waits for a repair's write that went unanswered (shared with the process's
+    # removals: `LateWrites`). A call that spent its budget waiting for it answered a 503, and then a
+    # listing that found the namespace empty made that a 200 before the write could land: it is a 504
+    # (RegistryTimeout, unanswered) that says what may land and when.
+    leader: Deferred[None] = Deferred()
+    remover, _registry, clock = make({}, running=leader)
+    remover.cascade.late_writes.note("team", "team/app:v1", 20.0)
+    done = outcome(remover.remove("team", 5.0))
+    clock.advance(5.0)
+    [failure] = done
+    assert failure.check(RegistryTimeout) and failure.value.unanswered
+    message = str(failure.value)
+    assert "not finished within 5s" in message
+    assert "repairing dangling tag team/app:v1, and may still carry it out within about 15s" in message
+    clock.advance(15.0)  # past the time it could land: an ordinary 503 again
+    again = outcome(remover.remove("team", 5.0))
+    clock.advance(5.0)
+    [failure] = again
+    assert failure.check(RegistryUnavailable) and not failure.value.unanswered
 
 
 def test_a_namespace_created_anew_meanwhile_stops_the_removal() -> None:

@@ -111,6 +111,24 @@ def _collection_unanswered(
     return ApiError(504, "Timeout", message, StatusDetails(group=GROUP, kind=RESOURCE, causes=causes))
 
 
+def _removal_unanswered(namespace: str, total: int, left: list[TagRef], why: str) -> ApiError:
+    """504 without Retry-After: a namespace's removal left a write the registry may still carry out
+    (``why`` says which, and until when). client-go does not repeat it by itself; the namespace
+    controller retries with its own backoff, and a call once the write can no longer land deletes
+    whatever it left."""
+    named = [f'"{ref.name}" ({ref.repository}:{ref.tag})' for ref in left[:NAMED_LEFT]]
+    more = f" and {len(left) - NAMED_LEFT} more" if len(left) > NAMED_LEFT else ""
+    still = (
+        f": {len(left)} of {total} selected tag(s) are still there: {'; '.join(named)}{more}" if left else ""
+    )
+    message = (
+        f"Timeout: deletecollection of {QUALIFIED_RESOURCE} in namespace {namespace} is not finished"
+        f"{still}; {why}"
+    )
+    causes = [{"reason": "ResourceLeft", "field": ref.name, "message": why} for ref in left[:NAMED_LEFT]]
+    return ApiError(504, "Timeout", message, StatusDetails(group=GROUP, kind=RESOURCE, causes=causes or None))
+
+
 def _across_repositories(refs: list[TagRef]) -> list[TagRef]:
     """Round robin over repositories: the deletes of one repository wait for each other in the
     registry client's queue, so the ones in flight together should be in different repositories."""
@@ -630,16 +648,23 @@ class TagsService:
     ) -> tuple[builtins.list[PayloadRepositoryTag], ListMeta]:
         assert self.removal is not None
         why = ""
+        pending = False
         try:
             await self.removal.remove(namespace, self.removal_budget)
         except RegistryError as error:
             why = str(error)
+            # A write of the removal the registry may still carry out (a repair's placeholder PUT):
+            # the namespace may list empty now and hold a tag once it lands, so no 200 (the error
+            # says until when; a call after that deletes what it left).
+            pending = error.unanswered
         finally:
             for repository in dict.fromkeys(ref.repository for ref in refs):
                 self.changed(repository)
         again = (await self._select(user, namespace, selection, authorize=False, shown=False))[0].refs
         selected = set(refs)
         left = [ref for ref in again if ref in selected]
+        if pending:
+            raise _removal_unanswered(namespace, len(refs), left, why)
         if left:
             raise _collection_incomplete(
                 namespace, len(refs), left, dict.fromkeys(left, why or "still listed")

@@ -21,6 +21,13 @@ at once (a digest someone else deleted first answers 404, which is progress, not
 robust to a registry that is down or read-only for a while: a failed pass is retried after a capped,
 jittered backoff, and read-only (maintenance) mode is waited out, never taken for done.
 
+A repair whose write went unanswered (a timeout, a gateway's 5xx, a connection lost) fails its pass,
+and its placeholder `PUT` may still land after a later pass has repaired the tag again and found the
+namespace empty: it would leave a tag in a namespace reported empty. So a pass that finds nothing ends
+the cascade only if it began once such a write can no longer land (`late_write_grace` after its error,
+kept in `LateWrites` for every cascade of the process); before that, the cascade waits until then and
+passes again, which deletes whatever the write left.
+
 A pass goes round the namespace's repositories once from where it began (`Walk`), and may be
 carried on by the next cascade given the same `Walk` (a deletecollection's next call): the
 repositories an earlier call emptied stay in the catalog, and listing them all again at every call
@@ -145,6 +152,9 @@ class _Pass:
     failing: _Examples = attrs.Factory(_Examples)
     # "repository:tag" of tags listed that resolved to nothing, for the log when nothing moves.
     unresolved: _Examples = attrs.Factory(_Examples)
+    # When the pass began (the cascade's clock; None: not yet): whether a write that went
+    # unanswered could still land after it began (`LateWrites`).
+    began: float | None = None
 
     def failed(self, where: str, error: Exception) -> None:
         self.errors += 1
@@ -199,6 +209,33 @@ class Walk:
         self.wrapped, self.after = False, None
         self.state = _Pass()
         return self.state
+
+
+@attrs.define
+class LateWrites:
+    """Writes of repairs that went unanswered, by namespace: the latest one's ("repository:tag", the
+    clock time until which the registry may still carry it out). Shared by the cascades of a process
+    (the leader's and every deletecollection's, `server`): none reports a namespace empty while a write
+    that another made may still land in it. An entry stays until a pass begun after its time finds
+    the namespace empty; one per namespace that had such a write, a name and a number."""
+
+    _writes: dict[str, tuple[str, float]] = attrs.Factory(dict)
+
+    def note(self, namespace: str, where: str, until: float) -> None:
+        known = self._writes.get(namespace)
+        if known is None or until >= known[1]:
+            self._writes[namespace] = (where, until)
+
+    def pending(self, namespace: str) -> tuple[str, float] | None:
+        """("repository:tag", until when) of the namespace's latest write that went unanswered."""
+        return self._writes.get(namespace)
+
+    def settled(self, namespace: str, began: float) -> None:
+        """A pass begun at ``began`` found the namespace empty: a write that could land only before
+        then left nothing."""
+        known = self._writes.get(namespace)
+        if known is not None and known[1] <= began:
+            del self._writes[namespace]
 
 
 @attrs.define
@@ -257,6 +294,13 @@ class Cascade:
     # intermittent error then costs a delete a moment, not the pass (re-listing every tag left).
     check_retries: int = 4
     check_backoff: Callable[[], Backoff] = default_check_backoff
+    # How long after a repair's write went unanswered the registry may still carry it out (its
+    # placeholder PUT would leave a tag in the namespace): LATE_WRITE_GRACE x the registry timeout,
+    # counted from when the repair's error reaches the cascade, as a single delete's error tells its
+    # user to wait from its answer. 0: not waited for.
+    late_write_grace: float = 0.0
+    # Where those writes are kept: shared with the process's other cascades (`LateWrites`).
+    late_writes: LateWrites = attrs.Factory(LateWrites)
 
     async def run(
         self,
@@ -302,6 +346,9 @@ class Cascade:
         while True:
             _check(guard)
             state = walk.state or walk.next_pass(round_done=True)
+            if state.began is None:
+                state.began = self.clock.seconds()
+            began = state.began
             # What an earlier cascade's part of this pass deleted is that cascade's count.
             tags_before, manifests_before = state.tags_deleted, state.manifests_deleted
             try:
@@ -338,6 +385,24 @@ class Cascade:
                 continue
             if state.found == 0:
                 now = self.clock.seconds()
+                late = self.late_writes.pending(namespace)
+                if late is not None and began < late[1]:
+                    # A repair's write that went unanswered may still land: its placeholder PUT
+                    # would leave a tag in a namespace reported empty (and in one created anew under
+                    # the name). Not done before a pass begun once it can no longer land finds
+                    # nothing: that pass deletes whatever it left.
+                    where, until = late
+                    log.info(
+                        "Cleanup of namespace {namespace}: found empty, but the registry may still carry "
+                        "out a write made to repair {where}; looking again in {delay:.1f}s",
+                        namespace=namespace,
+                        where=where,
+                        delay=until - now,
+                    )
+                    _check(guard)
+                    await pause(max(0.0, until - now))
+                    continue
+                self.late_writes.settled(namespace, began)
                 return CascadeResult(
                     namespace, tags, manifests, passes, errors, last_error, now - started, now
                 )
@@ -634,6 +699,7 @@ class Cascade:
                     # Pushed again, but a write of this repair may still land over the push: a
                     # failure of this pass, so that the removal does not report the namespace empty.
                     state.failed(f"{repository}:{tag}", e)
+                    self._unanswered(repository, tag)
                     return
                 # Gone meanwhile, or pushed again (the next pass deletes that by digest): either way
                 # the tag no longer blocks anything.
@@ -641,6 +707,10 @@ class Cascade:
                 return
             except RegistryError as e:
                 state.failed(f"{repository}:{tag}", e)
+                if e.unanswered:
+                    # Its placeholder PUT (or restore) may still land, after the pass that would find
+                    # the namespace empty: the cascade does not end before it can no longer (`run`).
+                    self._unanswered(repository, tag)
                 return
         finally:
             limit.release()
@@ -654,6 +724,11 @@ class Cascade:
                 repository=repository,
                 tag=tag,
             )
+
+    def _unanswered(self, repository: str, tag: str) -> None:
+        namespace = repository.partition("/")[0]
+        until = self.clock.seconds() + self.late_write_grace
+        self.late_writes.note(namespace, f"{repository}:{tag}", until)
 
 
 @attrs.frozen

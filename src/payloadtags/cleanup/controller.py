@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from payloadtags.cleanup.cascade import Aborted, Cascade, CascadeRegistry, CascadeResult
+from payloadtags.cleanup.cascade import Aborted, Cascade, CascadeRegistry, CascadeResult, LateWrites
 from payloadtags.cleanup.leader import LeaderElectionOptions, LeaderElector
 from payloadtags.cleanup.metrics import CleanupMetrics
 from payloadtags.cleanup.sweep import Sweep, SweepResult, namespace_state, require_gone
@@ -57,6 +57,9 @@ class CleanupOptions:
     # The namespace reflector: watch length and reconnect backoff (see payloadtags.kube.Reflector).
     watch_timeout: float = 300.0
     watch_backoff: Backoff = attrs.Factory(Backoff)
+    # How long a repair's write that went unanswered may still land: a cascade does not end before
+    # (`Cascade.late_write_grace`; the server gives LATE_WRITE_GRACE x the registry timeout).
+    late_write_grace: float = 0.0
 
     def __attrs_post_init__(self) -> None:
         if self.sweep_period < 0:
@@ -77,6 +80,7 @@ class CleanupController:
         *,
         metrics: CleanupMetrics | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        late_writes: LateWrites | None = None,
     ) -> None:
         self._clock = reactor
         self._kube = kube
@@ -90,6 +94,9 @@ class CleanupController:
             page_size=self.options.catalog_page_size,
             backoff=self._retry_backoff,
             metrics=self.metrics,
+            late_write_grace=self.options.late_write_grace,
+            # Shared with the process's deletecollection removals (`LateWrites`).
+            late_writes=late_writes if late_writes is not None else LateWrites(),
         )
         self.elector: LeaderElector | None = None
         if self.options.leader_elect:

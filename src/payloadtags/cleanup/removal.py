@@ -15,6 +15,7 @@ calls in its catalog, and listing them all again at every call would in the end 
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,11 +25,11 @@ from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
-from payloadtags.cleanup.cascade import Aborted, Cascade, Walk
+from payloadtags.cleanup.cascade import Aborted, Cascade, LateWrites, Walk
 from payloadtags.cleanup.metrics import CleanupMetrics
 from payloadtags.cleanup.sweep import ABSENT, TERMINATING, namespace_state, namespace_uid, require_gone
 from payloadtags.kube import Backoff, KubeClient
-from payloadtags.registry.errors import RegistryUnavailable
+from payloadtags.registry.errors import RegistryError, RegistryTimeout, RegistryUnavailable
 
 
 @attrs.define
@@ -89,10 +90,7 @@ class NamespaceRemover:
                 # Its whole budget spent waiting: it ends with no work of its own, and the work
                 # under way stays known to be (a call registered past its budget would have taken
                 # its place in `_inflight`, and a call arriving next would have waited for nothing).
-                raise RegistryUnavailable(
-                    f"removing the content of namespace {namespace}: not finished within {within:g}s",
-                    retry_after=1,
-                )
+                raise self._unfinished(namespace, f"not finished within {within:g}s")
             await self._follow(other, left)
 
         async def confirm() -> None:
@@ -159,12 +157,29 @@ class NamespaceRemover:
             # reads as "slow, keep waiting" to whoever looks at the namespace's conditions, not the log.
             failure = walked.failure if walked is not None else None
             why = f"; the last pass failed: {failure}" if failure is not None else ""
-            raise RegistryUnavailable(
-                f"removing the content of namespace {namespace}: {stopped}{why}", retry_after=1
-            ) from None
+            raise self._unfinished(namespace, f"{stopped}{why}") from None
         finally:
             if self._inflight.get(namespace) is mine:
                 del self._inflight[namespace]
+
+    def _unfinished(self, namespace: str, why: str) -> RegistryError:
+        """The error of a call that ends unfinished: a 503, which the namespace controller (and
+        client-go, told Retry-After) retries; a 504 while a repair's write that went unanswered, this
+        call's or another cascade's of the process, may still land in the namespace (`LateWrites`). A
+        listing that finds the namespace empty then does not make it a 200: the write would leave a
+        tag after it; nor a 503, whose repeat (elsewhere, say: another replica knows nothing of
+        the write) could answer 200 before the write lands."""
+        late = self.cascade.late_writes.pending(namespace)
+        left = late[1] - self.cascade.clock.seconds() if late is not None else 0.0
+        if late is None or left <= 0:
+            return RegistryUnavailable(f"removing the content of namespace {namespace}: {why}", retry_after=1)
+        return RegistryTimeout(
+            f"removing the content of namespace {namespace}: {why}; the registry did not answer a write "
+            f"made while repairing dangling tag {late[0]}, and may still carry it out within about "
+            f"{math.ceil(left)}s (it would leave the tag on an empty placeholder manifest): the "
+            "namespace is not reported empty before then; a deletecollection after that deletes "
+            "whatever the write left"
+        )
 
     def _under_way(self, namespace: str) -> Deferred[Any] | None:
         """Work on the namespace this process has not finished: another call's, else the leader's
@@ -221,9 +236,14 @@ def namespace_remover(
     registry: Any,
     concurrency: int,
     metrics: CleanupMetrics | None = None,
+    late_write_grace: float = 0.0,
+    late_writes: LateWrites | None = None,
 ) -> NamespaceRemover:
     """The remover the server gives the API: the cluster API decides, a cascade of its own deletes.
-    ``metrics``: where its deletes and registry errors are counted (the server's, which /metrics shows)."""
+    ``metrics``: where its deletes and registry errors are counted (the server's, which /metrics shows).
+    ``late_write_grace``: how long a repair's write that went unanswered may still land
+    (`Cascade.late_write_grace`); ``late_writes``: where such writes are kept, shared with the
+    leader's cascades (`LateWrites`)."""
     cascade = Cascade(
         registry,
         reactor,
@@ -231,6 +251,8 @@ def namespace_remover(
         # Short: the whole call is bounded by the API's budget, and the caller retries anyway.
         backoff=lambda: Backoff(initial=0.2, factor=2.0, cap=2.0),
         metrics=metrics if metrics is not None else CleanupMetrics(),
+        late_write_grace=late_write_grace,
+        late_writes=late_writes if late_writes is not None else LateWrites(),
     )
     return NamespaceRemover(
         cascade,

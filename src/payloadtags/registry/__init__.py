@@ -3,6 +3,7 @@
 from .client import (
     ACCEPT_MANIFESTS,
     DELETE_NONCE_ANNOTATION,
+    LATE_WRITE_GRACE,
     REPAIR_ANNOTATION,
     RegistryClient,
     RegistrySettings,
@@ -43,6 +44,7 @@ __all__ = [
     "DOCKER_MANIFEST",
     "DOCKER_MANIFEST_LIST",
     "INDEX_MEDIA_TYPES",
+    "LATE_WRITE_GRACE",
     "MANIFEST_MEDIA_TYPES",
     "OCI_INDEX",
     "OCI_MANIFEST",
