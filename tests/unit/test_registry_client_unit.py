@@ -347,6 +347,34 @@ def test_a_delete_probe_answered_by_a_gateway_says_what_is_known(probe: Answer) 
     assert [p.split(" ")[0] for p in agent.paths()] == ["GET", "DELETE", "DELETE"]  # no wait, no reads
 
 
+def test_a_delete_probe_that_times_out_says_what_is_known() -> None:
+    """The probe's own timeout was a 504 Timeout about "DELETE /v2/a/b/manifests/sha256:000…0 within
+    10s" (review-gateway4 finding 5): a delete of a zero digest the user never asked for, a 504 where
+    nothing can land, and no word of the tag. It says what the probe's gateway 5xx says."""
+    clock = Clock()
+    registry = DeleteRegistry(tag_delete=error_answer(400, "DIGEST_INVALID"))
+
+    def handler(request: Sent) -> Answer | Deferred[Answer]:
+        if request.method == "DELETE" and request.url.split("?")[0].endswith("/manifests/sha256:" + "0" * 64):
+            return Deferred()  # the probe gets no answer
+        return registry(request)
+
+    client, agent = make(handler, clock, timeout=10.0)
+    outcome = run(client.delete_tag("a/b", "v1"))
+    clock.advance(10.0)
+    with pytest.raises(RegistryUnavailable) as caught:
+        result(outcome)
+    assert not caught.value.unanswered
+    message = caught.value.message
+    assert "deleting tag a/b:v1: whether this registry can delete could not be told" in message, message
+    assert "(timed out after 10s); nothing was changed" in message, message
+    assert "0" * 64 not in message, message
+    status = api_error_for(caught.value)
+    assert (status.code, status.retry_after) == (503, 1)
+    assert registry.put_bodies == [] and registry.tag == MANIFEST_DIGEST
+    assert [p.split(" ")[0] for p in agent.paths()] == ["GET", "DELETE", "DELETE"]  # no wait, no reads
+
+
 @pytest.mark.parametrize(
     "answer",
     [GATEWAY_PAGE, Answer(502, {}, b""), lambda r: fail(ResponseNeverReceived([Failure(ConnectionLost())]))],

@@ -767,6 +767,12 @@ class RegistryClient:
             if not error.unanswered:
                 raise
             raise self._probe_unanswered(repository, tag, "the connection closed first") from error
+        except RegistryTimeout as error:
+            # As unanswered as a lost connection, and as harmless: said as what the probe means, not
+            # as a 504 about a DELETE of a zero digest the user never asked for.
+            self._probe_valid_until = 0.0
+            timeout = self._settings.timeout
+            raise self._probe_unanswered(repository, tag, f"timed out after {timeout:g}s") from error
         if reply.status in (404, 400):
             # Deletes work here; this digest simply does not exist. Believed for a while: a registry
             # that turns read-only or delete-disabled meanwhile refuses the re-tag or the digest
