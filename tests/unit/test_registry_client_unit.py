@@ -347,6 +347,32 @@ def test_a_delete_probe_answered_by_a_gateway_says_what_is_known(probe: Answer) 
     assert [p.split(" ")[0] for p in agent.paths()] == ["GET", "DELETE", "DELETE"]  # no wait, no reads
 
 
+def test_a_retag_whose_connection_was_lost_is_not_said_to_be_late() -> None:
+    """The connection dropped as soon as the re-tag went out: no time passed, yet the error said the
+    registry did not answer it "in time" (review-gateway4 finding 6). Whatever kept the answer, the
+    registry may still carry the write out, and that is what is said."""
+    clock = Clock()
+    registry = DeleteRegistry(tag_delete=error_answer(400, "DIGEST_INVALID"))
+
+    def handler(request: Sent) -> Answer | Deferred[Answer]:
+        if request.method == "PUT" and request.url.split("?")[0].endswith("/manifests/v1"):
+            return fail(ResponseNeverReceived([Failure(ConnectionLost())]))
+        return registry(request)
+
+    client, _ = make(handler, clock, timeout=10.0)
+    outcome = run(client.delete_tag("a/b", "v1"))
+    for _ in range(30):  # the watch for the write to land: two timeouts
+        if outcome.called:
+            break
+        clock.advance(1)
+    with pytest.raises(RegistryUnavailable) as caught:
+        result(outcome)
+    assert caught.value.unanswered
+    message = caught.value.message
+    assert "the registry did not answer the re-tag and may still carry it out" in message, message
+    assert "in time" not in message, message
+
+
 def test_a_delete_probe_that_times_out_says_what_is_known() -> None:
     """The probe's own timeout was a 504 Timeout about "DELETE /v2/a/b/manifests/sha256:000…0 within
     10s" (review-gateway4 finding 5): a delete of a zero digest the user never asked for, a 504 where
@@ -1290,7 +1316,7 @@ def test_an_unanswered_delete_by_tag_not_carried_out_yet_says_it_may_still_be() 
         result(outcome)
     assert (
         f"; tag a/b:v1 was left as it was, on {MANIFEST_DIGEST}; the registry did not answer the delete "
-        "in time and may still carry it out: the tag would then be gone; the write may still land "
+        "and may still carry it out: the tag would then be gone; the write may still land "
         "within about "
     ) in caught.value.message, caught.value.message
     assert caught.value.message.endswith("delete it again only if it is still there")

@@ -92,17 +92,25 @@ def _collection_unanswered(
         for ref in shown
     ]
     more = f" and {len(left) - len(shown)} more still there" if len(left) > len(shown) else ""
+    # Counted against the selection, not the tags left: a pending tag may read as gone ("0 of 2 …
+    # still there, … delete 1 of them" read as one of none).
+    still = (
+        f"{len(left)} of {total} selected tag(s) are still there, and"
+        if left
+        else f"none of the {total} selected tag(s) is listed now, but"
+    )
     message = (
         f"Timeout: deletecollection of {QUALIFIED_RESOURCE} in namespace {namespace} is not finished: "
-        f"{len(left)} of {total} selected tag(s) are still there, and the registry did not answer "
-        f"writes made to delete {len(pending)} of them, which it may still carry out: "
-        f"{'; '.join(named)}{more}; each may still land within the time its message gives (deleting "
-        "again at once can answer success before a late write brings a tag back): wait that long, "
-        "then list the tags (kubectl get) and delete again only those still there"
+        f"{still} the registry did not answer writes made to delete {len(pending)} of the {total}, "
+        f"which it may still carry out: {'; '.join(named)}{more}; each may still land within the time "
+        "its message gives (deleting again at once can answer success before a late write brings a tag "
+        "back): wait that long, then list the tags (kubectl get) and delete again only those still there"
     )
+    listed = set(left)
     causes = [
         {
-            "reason": "ResourceLeft",
+            # A tag that reads as gone is not left: what holds the collection back is its write.
+            "reason": "ResourceLeft" if ref in listed else "WriteUnanswered",
             "field": ref.name,
             "message": why.get(ref, "still listed after its delete"),
         }

@@ -953,13 +953,13 @@ class RegistryClient:
         # registry received and has not carried out yet, so the user learns where it would leave it.
         if write_pending and original is not None:
             late = (
-                f"; the registry did not answer the re-tag in time and may still carry it out: "
+                f"; the registry did not answer the re-tag and may still carry it out: "
                 f"the tag would then point at {ours}, a copy of {original.digest} with one extra "
                 f"annotation {DELETE_NONCE_ANNOTATION}{self._late_advice()}"
             )
         elif write_pending:
             late = (
-                f"; the registry did not answer the repair in time and may still carry it out: the tag "
+                f"; the registry did not answer the repair and may still carry it out: the tag "
                 f"would then point at {ours}, an empty placeholder manifest{self._late_advice()}"
             )
         else:
@@ -1062,7 +1062,7 @@ class RegistryClient:
             else:
                 now_at = "is gone now" if gone_now else "is still listed but names no manifest"
             pending = (
-                f"; the registry did not answer the restore in time and may still carry it out: the tag "
+                f"; the registry did not answer the restore and may still carry it out: the tag "
                 f"would then point at {original.digest} again"
                 if restore_error.unanswered
                 else ""
@@ -1098,7 +1098,7 @@ class RegistryClient:
             # The registry may still carry the delete out: give it the time a late re-tag gets.
             await self._await_landing(repository, tag, None, {before}, before)
             late = (
-                "; the registry did not answer the delete in time and may still carry it out: "
+                "; the registry did not answer the delete and may still carry it out: "
                 f"the tag would then be gone{self._late_advice()}"
             )
         try:
