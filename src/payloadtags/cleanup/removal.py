@@ -152,9 +152,10 @@ class NamespaceRemover:
         try:
             await mine
         except Aborted as stopped:
-            # The caller answers a retriable 503; the next call resumes. A pass that keeps failing
-            # (a refusal, say) is said here too, as the cascade's warning says it: "not finished" alone
-            # reads as "slow, keep waiting" to whoever looks at the namespace's conditions, not the log.
+            # The caller answers a retriable 503 (a 504 while a late write may land: `_unfinished`);
+            # the next call resumes. A pass that keeps failing (a refusal, say) is said here too, as
+            # the cascade's warning says it: "not finished" alone reads as "slow, keep waiting" to
+            # whoever looks at the namespace's conditions, not the log.
             failure = walked.failure if walked is not None else None
             why = f"; the last pass failed: {failure}" if failure is not None else ""
             raise self._unfinished(namespace, f"{stopped}{why}") from None
