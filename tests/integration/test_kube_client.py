@@ -489,6 +489,28 @@ async def test_connections_to_the_cluster_api_use_tcp_keepalive(kube_client: Kub
 
 
 @pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("empty", ["", None])
+async def test_empty_data_keys_beside_their_files_leave_the_files_in_force(
+    kube_api: KubeApiDouble, tmp_path: Path, empty: str | None
+) -> None:
+    # client-go takes an empty or null *-data key as absent and uses the file beside it. The library
+    # ignored the file: the connection trusted the system store instead of the pinned CA (here: failed),
+    # and went without the client certificate (review-opscheck K2, K6).
+    kubeconfig = kube_api.write_kubeconfig(tmp_path / "kc", username="robot", auth="cert", inline=False)
+    document = json.loads(kubeconfig.read_text())
+    document["clusters"][0]["cluster"]["certificate-authority-data"] = empty
+    document["users"][0]["user"].update({"client-certificate-data": empty, "client-key-data": empty})
+    kubeconfig.write_text(json.dumps(document))
+    config = load_cluster_config(str(kubeconfig))
+    assert config is not None
+    client = KubeClient(reactor, config, request_timeout=5)
+    try:
+        assert await listed_as(client, kube_api) == "robot"
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_unauthenticated_and_forbidden(kube_api: KubeApiDouble, tmp_path: Path) -> None:
     nobody = KubeClient(reactor, ClusterConfig(kube_api.url, ca_data=kube_api.ca_pem), request_timeout=5)
     stranger = Authority.create(tmp_path / "stranger", "stranger").client("mallory", ("system:masters",))

@@ -429,6 +429,191 @@ def test_a_cluster_field_of_the_wrong_type_is_refused_as_client_go_does(
     ]
 
 
+OIDC = {
+    "name": "oidc",
+    "config": {
+        "idp-issuer-url": "https://127.0.0.1:1",
+        "client-id": "payloadtags",
+        "client-secret": "CLIENT-SECRET",
+        "refresh-token": "REFRESH-TOKEN",
+        "id-token": "ID-TOKEN",
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("provider", "named"),
+    [
+        (OIDC, ' "oidc"'),
+        ({"name": "gcp", "config": {"access-token": "ACCESS-TOKEN"}}, ' "gcp"'),
+        ({"name": "azure", "config": {"access-token": "ACCESS-TOKEN"}}, ' "azure"'),
+        ({"name": "mystery"}, ' "mystery"'),
+        ({"name": ["SECRET"]}, ""),
+        ({}, ""),
+    ],
+)
+def test_an_auth_provider_is_refused_in_one_line(tmp_path: Path, provider: object, named: str) -> None:
+    # The library's oidc refresh sent the refresh token and client secret to an IdP whose certificate it
+    # did not verify, and nothing refreshed a token later; client-go removed gcp and azure, and refuses a
+    # name it does not know (review-opscheck K1, K7, K9).
+    path = _kubeconfig(
+        tmp_path,
+        {"server": "https://127.0.0.1:1"},
+        {"auth-provider": provider},
+        {"cluster": "c", "user": "u"},
+    )
+    assert errors_of(kubeconfig=str(path), authorization_mode=None) == [
+        f"--kubeconfig: kubeconfig '{path}': user \"u\": auth-provider{named} is not supported: use an exec "
+        "credential plugin (such as kubelogin for oidc) or a token"
+    ]
+
+
+def test_a_null_auth_provider_is_absent_as_in_client_go(tmp_path: Path) -> None:
+    path = _kubeconfig(
+        tmp_path,
+        {"server": "http://127.0.0.1:1"},
+        {"token": "t", "auth-provider": None, "as": "", "as-groups": []},
+        {"cluster": "c", "user": "u"},
+    )
+    assert complete(settings(kubeconfig=str(path)), environ=NO_POD).cluster == ClusterConfig(
+        server="http://127.0.0.1:1", token="t"
+    )
+
+
+@pytest.mark.parametrize(
+    ("impersonation", "named"),
+    [
+        ({"as": "system:serviceaccount:payloadtags:limited"}, "as"),
+        ({"as": "limited", "as-groups": ["limited"]}, "as, as-groups"),
+        ({"as-uid": "1234"}, "as-uid"),
+        ({"as-user-extra": {"scopes": ["a"]}}, "as-user-extra"),
+    ],
+)
+def test_impersonation_is_refused_not_dropped(
+    tmp_path: Path, impersonation: dict[str, object], named: str
+) -> None:
+    # Dropped, payloadtags acted with the base credentials' full rights (review-opscheck K4).
+    path = _kubeconfig(
+        tmp_path,
+        {"server": "https://127.0.0.1:1"},
+        {"token": "t", **impersonation},
+        {"cluster": "c", "user": "u"},
+    )
+    assert errors_of(kubeconfig=str(path), authorization_mode=None) == [
+        f"--kubeconfig: kubeconfig '{path}': user \"u\": impersonation ({named}) is not supported: "
+        "payloadtags would act with the user's own credentials; "
+        "give it the credentials of the identity to act as"
+    ]
+
+
+@pytest.mark.parametrize("ca", [{"certificate-authority": "ca.crt"}, {"certificate-authority-data": "Q0E="}])
+def test_insecure_beside_a_ca_is_refused_as_client_go_does(tmp_path: Path, ca: dict[str, str]) -> None:
+    # Verification was turned off silently, the CA ignored (review-opscheck K3).
+    cluster = {"server": "https://127.0.0.1:1", "insecure-skip-tls-verify": True, **ca}
+    path = _kubeconfig(tmp_path, cluster, {"token": "t"}, {"cluster": "c", "user": "u"})
+    assert errors_of(kubeconfig=str(path), authorization_mode=None) == [
+        f"--kubeconfig: kubeconfig '{path}': cluster \"c\": specifying a root certificates file with the "
+        "insecure flag is not allowed (remove insecure-skip-tls-verify or the certificate-authority)"
+    ]
+
+
+@pytest.mark.parametrize(
+    "server",
+    [
+        "http://admin:PASSWORD@127.0.0.1:8080",
+        "https://admin:PASSWORD@kube.example:644312",
+        "https://admin:PASSWORD@kube_example:6443",
+        "https://admin:PASSWORD@[::1:6443",
+        "admin:PASSWORD@kube.example:6443",
+    ],
+)
+def test_a_server_with_credentials_is_refused_without_showing_them(tmp_path: Path, server: str) -> None:
+    # It started, then every connection failed with a traceback; a typo in host or port printed the
+    # password (review-opscheck K5).
+    path = _kubeconfig(tmp_path, {"server": server}, {"token": "t"}, {"cluster": "c", "user": "u"})
+    assert errors_of(kubeconfig=str(path), authorization_mode=None) == [
+        f"--kubeconfig: kubeconfig '{path}': cluster \"c\": server must not carry credentials "
+        "(user:password@ before the host): give the user a token, a client certificate or an exec plugin"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "kind"),
+    [
+        ("token", ["SECRET"], "a list"),
+        ("token", 12345, "a number"),
+        ("tokenFile", 5, "a number"),
+        ("client-certificate", 5, "a number"),
+        ("client-key-data", {"SECRET": 1}, "a mapping"),
+        ("password", True, "a boolean"),
+    ],
+)
+def test_a_user_field_of_the_wrong_type_is_refused_as_client_go_does(
+    tmp_path: Path, field: str, value: object, kind: str
+) -> None:
+    # A list under token was sent as its Python text; a number under a file key failed in Python's words
+    # (review-opscheck K10).
+    path = _kubeconfig(
+        tmp_path, {"server": "https://127.0.0.1:1"}, {field: value}, {"cluster": "c", "user": "u"}
+    )
+    assert errors_of(kubeconfig=str(path), authorization_mode=None) == [
+        f"--kubeconfig: kubeconfig '{path}': user \"u\": {field} must be a string, not {kind}"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("cluster", "user", "refusal"),
+    [
+        (
+            {"insecure-skip-tls-verify": True},
+            {"auth-provider": OIDC},
+            'user "u": auth-provider "oidc" is not supported',
+        ),
+        (
+            {"insecure-skip-tls-verify": True, "certificate-authority-data": "Q0E="},
+            {"token": "TOKEN"},
+            "insecure flag",
+        ),
+        ({"insecure-skip-tls-verify": True}, {"token": "TOKEN", "as": "limited"}, "impersonation (as)"),
+    ],
+)
+def test_refused_credentials_reach_nobody_through_the_real_start(
+    tmp_path: Path, cluster: dict[str, object], user: dict[str, object], refusal: str
+) -> None:
+    # The review's reproductions sent the refresh token, or the token without the pinned CA or the
+    # impersonation, to whatever listened; now the start stops before any connection.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    url = f"https://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        # The oidc IdP is the listener too.
+        user = json.loads(json.dumps(user).replace('"https://127.0.0.1:1"', json.dumps(url)))
+        path = _kubeconfig(tmp_path, {"server": url, **cluster}, user, {"cluster": "c", "user": "u"})
+        result = _serve(f"--kubeconfig={path}", "--bind-address=127.0.0.1", "--secure-port=0")
+        assert result.returncode == 1
+        (line,) = result.stderr.splitlines()
+        assert line.startswith(f"payloadtags: --kubeconfig: kubeconfig '{path}': ") and refusal in line
+        assert not any(secret in line for secret in ("TOKEN", "SECRET", "PASSWORD"))
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+    finally:
+        listener.close()
+
+
+def test_a_server_with_credentials_stops_the_real_start_without_showing_them(tmp_path: Path) -> None:
+    path = _kubeconfig(
+        tmp_path, {"server": "https://admin:PASSWORD@kube.example:644312"}, {}, {"cluster": "c", "user": "u"}
+    )
+    result = _serve(f"--kubeconfig={path}", "--bind-address=127.0.0.1", "--secure-port=0")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"payloadtags: --kubeconfig: kubeconfig '{path}': cluster \"c\": server must not carry credentials "
+        "(user:password@ before the host): give the user a token, a client certificate or an exec plugin"
+    ]
+
+
 def test_a_context_without_a_user_is_anonymous_as_in_client_go(tmp_path: Path) -> None:
     path = _kubeconfig(tmp_path, {"server": "http://127.0.0.1:1"}, {"token": "t"}, {"cluster": "c"})
     completed = complete(settings(kubeconfig=str(path)), environ=NO_POD)

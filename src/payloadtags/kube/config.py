@@ -7,10 +7,12 @@ handler. Everything it returns is plain data that the reactor-side client uses w
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 import attrs
@@ -33,6 +35,32 @@ def _redact(value: object) -> str:
     return "None" if value is None else "'<redacted>'"
 
 
+def _authority_end(url: str) -> tuple[int, int]:
+    """Where a URL's authority (``user:password@host:port``) starts and ends, found as urlsplit does but
+    without failing on a malformed host; a URL without ``//`` is taken as authority first."""
+    start = url.find("//")
+    start = 0 if start < 0 else start + 2
+    ends = [i for i in (url.find(c, start) for c in "/?#") if i >= 0]
+    return start, min(ends, default=len(url))
+
+
+def _has_userinfo(url: str) -> bool:
+    """Whether a URL carries ``user[:password]@`` before its host."""
+    start, end = _authority_end(url)
+    return "@" in url[start:end]
+
+
+def _without_userinfo(url: str) -> str:
+    """The URL with any ``user:password@`` replaced, for every message and repr that shows a server."""
+    start, end = _authority_end(url)
+    at = url.rfind("@", start, end)
+    return url if at < 0 else url[:start] + "<redacted>" + url[at:]
+
+
+def _redact_url(value: object) -> str:
+    return repr(_without_userinfo(value) if isinstance(value, str) else value)
+
+
 _EXCLUSIVE = (
     ("ca_file", "ca_data"),
     ("client_cert_file", "client_cert_data"),
@@ -53,7 +81,7 @@ class ClusterConfig:
     printed at start-up. Any other `token` is used as it is. The token never appears in ``repr``.
     """
 
-    server: str = attrs.field()
+    server: str = attrs.field(repr=_redact_url)
     ca_file: str | None = None
     ca_data: bytes | None = attrs.field(default=None, repr=False)
     client_cert_file: str | None = None
@@ -73,7 +101,7 @@ class ClusterConfig:
     @server.validator
     def _check_server(self, _attribute: attrs.Attribute[Any], value: str) -> None:
         if not value.startswith(("https://", "http://")):
-            raise ValueError(f"cluster server must be an http(s) URL, not {value!r}")
+            raise ValueError(f"cluster server must be an http(s) URL, not {_without_userinfo(value)!r}")
 
     def __attrs_post_init__(self) -> None:
         for a, b in _EXCLUSIVE:
@@ -148,7 +176,7 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
     import yaml
 
     try:
-        document = yaml.safe_load(Path(path).read_text())
+        document = yaml.load(Path(path).read_text(), Loader=_go_yaml_loader())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ConfigError(f"cannot read kubeconfig {path!r}: {_gist(e)}") from e
     shape = f"{path!r} is not a kubeconfig (a YAML document with clusters, users and contexts)"
@@ -197,7 +225,8 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
     except ValueError as e:  # e.g. an unclosed IPv6 bracket
         problem = str(e)
     if problem:
-        raise ConfigError(f"kubeconfig {path!r}: cluster server {cluster.server!r}: {problem}")
+        server = _without_userinfo(cluster.server)
+        raise ConfigError(f"kubeconfig {path!r}: cluster server {server!r}: {problem}")
     namespace = context_entry.get("namespace")
     return attrs.evolve(cluster, namespace=str(namespace) if namespace else None)
 
@@ -210,6 +239,58 @@ _CLUSTER_FIELDS: tuple[tuple[str, type], ...] = (
     ("tls-server-name", str),
     ("insecure-skip-tls-verify", bool),
 )
+# The same for a user: the library sends a list put under token as its Python text, and fails on a
+# number under a file key in Python's words.
+_USER_FIELDS: tuple[tuple[str, type], ...] = (
+    ("token", str),
+    ("tokenFile", str),
+    ("client-certificate", str),
+    ("client-certificate-data", str),
+    ("client-key", str),
+    ("client-key-data", str),
+    ("username", str),
+    ("password", str),
+)
+# client-go's impersonation keys: it sends Impersonate-* headers on every request. payloadtags does not,
+# and would act with the user's own, usually wider, rights.
+_IMPERSONATION = ("as", "as-uid", "as-groups", "as-user-extra")
+
+
+@functools.cache
+def _go_yaml_loader() -> type[Any]:
+    """PyYAML's safe loader reading booleans as go-yaml v2 does (kubectl reads kubeconfigs with it):
+    YAML 1.1's set plus the one-letter ``y``, ``Y``, ``n``, ``N``, which PyYAML leaves strings."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        bool_values: ClassVar[dict[str, bool]] = {**yaml.SafeLoader.bool_values, "y": True, "n": False}
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile("^(?:y|Y|n|N)$"), list("yYnN"))
+    return Loader
+
+
+def _tidied(section: dict[str, Any], fields: tuple[tuple[str, type], ...]) -> None:
+    """Drop what client-go takes as absent, so that the library does too: a null (the library refuses it
+    in words of its own) and an empty string. An empty ``*-data`` beside its file key matters most: the
+    library would then ignore the file, and a pinned CA or a client certificate with it."""
+    for key in [k for k, v in section.items() if v is None]:
+        del section[key]
+    for field, kind in fields:
+        if kind is str and section.get(field) == "":
+            del section[field]
+
+
+def _check_types(
+    section: dict[str, Any], fields: tuple[tuple[str, type], ...], where: str, path: str
+) -> None:
+    for field, kind in fields:
+        value = section.get(field)
+        if value is not None and not isinstance(value, kind):
+            # As client-go, which refuses the file: the kubernetes library would take any non-empty
+            # string for true ("false" would turn certificate verification off), and any value for a
+            # token. The value is not shown: it may be a secret.
+            expected = "true or false" if kind is bool else "a string"
+            raise ConfigError(f"kubeconfig {path!r}: {where}: {field} must be {expected}, not {_kind(value)}")
 
 
 def _kind(value: object) -> str:
@@ -268,18 +349,28 @@ def _chosen(
             if cluster_name
             else f'kubeconfig {path!r}: cluster was not specified for context "{context_name}"'
         )
-    for field, kind in _CLUSTER_FIELDS:
-        value = cluster.get(field)
-        if value is not None and not isinstance(value, kind):
-            # As client-go, which refuses the file: the kubernetes library would take any non-empty
-            # string for true, and "false" would turn certificate verification off.
-            expected = "true or false" if kind is bool else "a string"
-            raise ConfigError(
-                f'kubeconfig {path!r}: cluster "{cluster_name}": {field} must be {expected}, '
-                f"not {_kind(value)}"
-            )
+    _tidied(cluster, _CLUSTER_FIELDS)
+    _tidied(user, _USER_FIELDS)
+    _check_types(cluster, _CLUSTER_FIELDS, f'cluster "{cluster_name}"', path)
+    _check_types(user, _USER_FIELDS, f'user "{user_name}"', path)
+    _check_user(user, f'kubeconfig {path!r}: user "{user_name}"')
     if not cluster.get("server"):
         raise ConfigError(f'kubeconfig {path!r}: cluster "{cluster_name}" has no server')
+    if _has_userinfo(cluster["server"]):
+        # client-go would send them as Basic credentials; we would fail on every connection instead.
+        # The server is not shown: it holds a password.
+        raise ConfigError(
+            f'kubeconfig {path!r}: cluster "{cluster_name}": server must not carry credentials '
+            "(user:password@ before the host): give the user a token, a client certificate or an exec plugin"
+        )
+    if cluster.get("insecure-skip-tls-verify") is True and (
+        cluster.get("certificate-authority") or cluster.get("certificate-authority-data")
+    ):
+        # client-go's own refusal, in its words. Usually a CA added later with the old flag left in place.
+        raise ConfigError(
+            f'kubeconfig {path!r}: cluster "{cluster_name}": specifying a root certificates file with the '
+            "insecure flag is not allowed (remove insecure-skip-tls-verify or the certificate-authority)"
+        )
     if cluster.get("proxy-url"):
         # client-go would tunnel through it; we connect directly, and silently doing so would end in
         # connection or DNS errors that never mention the proxy.
@@ -288,6 +379,27 @@ def _chosen(
             "support: it connects to the cluster API directly (remove proxy-url and allow that connection)"
         )
     return chosen, user, cluster
+
+
+def _check_user(user: dict[str, Any], where: str) -> None:
+    """Refuse what client-go does with a user that payloadtags would do otherwise, silently."""
+    provider = user.get("auth-provider")
+    if provider is not None:
+        # client-go removed gcp and azure; the library's oidc refresh does not verify the identity
+        # provider's certificate when no idp-certificate-authority is given (the refresh token and
+        # client secret would go where an unverified server says), and payloadtags never refreshes later.
+        name = provider.get("name") if isinstance(provider, dict) else None
+        named = f' "{name}"' if isinstance(name, str) and name.isprintable() and len(name) <= 64 else ""
+        raise ConfigError(
+            f"{where}: auth-provider{named} is not supported: use an exec credential plugin "
+            "(such as kubelogin for oidc) or a token"
+        )
+    given = [key for key in _IMPERSONATION if user.get(key) not in (None, "", [], {})]
+    if given:
+        raise ConfigError(
+            f"{where}: impersonation ({', '.join(given)}) is not supported: payloadtags would act with the "
+            "user's own credentials; give it the credentials of the identity to act as"
+        )
 
 
 def _with_plugin_credential(cluster: ClusterConfig, plugin: ExecPlugin, path: str) -> ClusterConfig:
