@@ -8,6 +8,7 @@ the operation and the registry's answer, at most once per period for each kind o
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -90,9 +91,12 @@ async def probe(registry: Probed, url: str) -> str:
 
 @attrs.define
 class FailureLog:
-    """Logs registry failures with the operation and the registry's answer, rate-limited per kind."""
+    """Logs registry failures with the operation and the registry's answer, rate-limited per kind.
 
-    seconds: Callable[[], float]
+    Timed on ``monotonic``: on the reactor's wall clock, stepped back, every line would be left out
+    for as long as the step."""
+
+    monotonic: Callable[[], float] = time.monotonic
     period: float = 30.0
     _last: dict[tuple[str, str], float] = attrs.field(factory=dict, init=False)
     _suppressed: dict[tuple[str, str], int] = attrs.field(factory=dict, init=False)
@@ -101,7 +105,7 @@ class FailureLog:
         if not isinstance(error, RegistryError) or isinstance(error, RegistryNotFound):
             return  # not found is an answer, not a failure; cancellations are the caller's
         key = (operation, type(error).__name__)
-        now = self.seconds()
+        now = self.monotonic()
         last = self._last.get(key)
         if last is not None and now - last < self.period:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
@@ -112,6 +116,9 @@ class FailureLog:
             "registry {operation} failed: {error}{more}",
             operation=operation,
             error=_hint(error),
-            more=f" ({suppressed} more like it in the last {self.period:g}s)" if suppressed else "",
+            # Counted since the last line: the period, or much longer when the failures stopped.
+            more=f" ({suppressed} more like it in the {now - last:.0f}s since the last line)"
+            if suppressed and last is not None
+            else "",
             kind=type(error).__name__,
         )

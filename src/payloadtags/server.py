@@ -389,7 +389,7 @@ async def start(
             log.warn("no --client-ca-file: no client can authenticate; only health endpoints will answer")
 
     registry_client = RegistryClient(reactor, settings.registry, reads_at_turn_end=True)
-    registry = InstrumentedRegistry(registry_client, metrics, on_failure=FailureLog(reactor.seconds))
+    registry = InstrumentedRegistry(registry_client, metrics, on_failure=FailureLog(monotonic))
     events_token = completed.events_token
     index = RepositoryIndex() if events_token else None
     # One set of cleanup counters: the leader's cascades and every replica's deletecollection removals.
@@ -447,7 +447,7 @@ async def start(
         ("shutdown", not_shutting_down),
         # Anyone may probe, unthrottled: the probes of a second share one registry request. Timed
         # on the monotonic clock: the reactor's is the wall clock, which NTP may step back.
-        ("registry", SharedCheck(registry.ping, monotonic, REGISTRY_CHECK_TTL)),
+        ("registry", SharedCheck(registry.ping, monotonic, REGISTRY_CHECK_TTL, settings.registry.timeout)),
     ]
     if auth_reflectors:
         readiness.append(("authentication-configmap", _synced(auth_reflectors, "authentication ConfigMap")))
@@ -482,7 +482,7 @@ async def start(
         watch_hub=watch_hub,
         request_log=settings.verbosity >= DEBUG_VERBOSITY,
     )
-    site = GuardedSite(api.resource(), settings.http, api, reactor=reactor)
+    site = GuardedSite(api.resource(), settings.http, api, reactor=reactor, monotonic=monotonic)
     connections = LimitedConnections(
         site, settings.http.max_connections, front_proxy=authentication.is_front_proxy
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest_twisted
@@ -109,6 +110,21 @@ def test_failures_are_logged_with_the_operation_once_per_period():
         ("tags", "RegistryUnavailable", ""),
         ("catalog", "RegistryUnavailable", ""),
         ("tags", "RegistryAuthFailed", ""),
-        ("tags", "RegistryUnavailable", " (2 more like it in the last 30s)"),
+        ("tags", "RegistryUnavailable", " (2 more like it in the 31s since the last line)"),
     ]
     assert "--registry-username-file/--registry-password-file" in captured.events[2]["error"]
+
+
+def test_the_count_left_out_says_the_real_interval_on_the_monotonic_clock():
+    # Counted since the last line, which may be much longer ago than the period; and on the monotonic
+    # clock: on the reactor's wall clock, stepped back, every line was left out for the step.
+    clock = Clock()
+    failures = FailureLog(clock.seconds)
+    down = RegistryUnavailable("registry http://r is unavailable: connection refused")
+    with Captured() as captured:
+        failures("tags", down)
+        failures("tags", down)
+        clock.advance(3600)
+        failures("tags", down)
+    assert [e["more"] for e in captured.events] == ["", " (1 more like it in the 3600s since the last line)"]
+    assert FailureLog().monotonic is time.monotonic

@@ -12,6 +12,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogEvent, capturedLogs, formatEvent
 
 from payloadtags.api.health import LOG_PERIOD, Check, HealthChecks, SharedCheck
+from payloadtags.deferreds import within
 from payloadtags.server import start
 
 
@@ -176,6 +177,9 @@ async def test_unknown_check_is_none() -> None:
 # --- a check shared by every probe (review-operations F1) ------------------------------------------
 
 
+TIMEOUT = 10.0  # the registry client's default
+
+
 class Gated:
     """A check whose runs end when the test says: counted, each answered pass or fail in turn."""
 
@@ -198,7 +202,8 @@ class Gated:
 def _shared(ttl: float = 1.0) -> tuple[Gated, Clock, HealthChecks]:
     gated, clock = Gated(), Clock()
     checks = HealthChecks(
-        {"readyz": [("ping", _ok), ("registry", SharedCheck(gated, clock.seconds, ttl))]}, clock.seconds
+        {"readyz": [("ping", _ok), ("registry", SharedCheck(gated, clock.seconds, ttl, TIMEOUT))]},
+        clock.seconds,
     )
     return gated, clock, checks
 
@@ -285,23 +290,104 @@ def test_a_probe_is_never_answered_by_a_run_that_started_ttl_before_it() -> None
     assert len(gated.runs) == 3
 
 
+def _under_way(gated: Gated) -> int:
+    return len([run for run in gated.runs if not run.called])
+
+
 def test_a_flood_against_a_hung_registry_keeps_at_most_two_runs_under_way() -> None:
     # A run may wait for a registry connection with no limit of its own (review-health4 R1): new runs
-    # would pile up and hold connections users need.
+    # would pile up and hold connections users need. The oldest is given up instead, each probe
+    # still answered by a run that started less than a ttl before it (review-opscheck H1).
     gated, clock, checks = _shared(ttl=1.0)
     probes = []
-    for _ in range(100):  # 10 s of probes, ten a second, while every run hangs
+    for tenth in range(100):  # 10 s of probes, ten a second, while every run hangs
         probes += [_probe(checks) for _ in range(10)]
+        assert _under_way(gated) <= 2
         clock.advance(0.1)
-    assert len(gated.runs) == 2  # at t = 0 and 1; the later probes wait for the latest
-    assert not any(probe.called for probe in probes)
-    gated.runs[0].callback(None)  # one ends: the next probe a ttl after the latest start runs anew
-    assert len(gated.runs) == 2
-    third = _probe(checks)
+        assert len(gated.runs) <= 1 + (tenth + 1) // 10  # one started per ttl at most
+    assert 9 <= len(gated.runs) <= 11
+    answered = [probe for probe in probes if probe.called]
+    assert answered and {probe.result[0] for probe in answered} == {500}  # type: ignore[index]
+    for run in gated.runs:
+        if not run.called:
+            run.callback(None)
+    assert {probe.result for probe in probes if probe not in answered} == {(200, "ok")}
+
+
+def test_a_probe_a_second_after_the_registry_died_is_not_told_ok_by_an_older_run() -> None:
+    # review-opscheck H1. A slow registry: the runs of t=0 and t=1 are on their way when it dies, at
+    # t=1.5; a probe at t=2.5 must not be told the outcome of the t=1 run.
+    gated, clock, checks = _shared(ttl=1.0)
+    first = _probe(checks)
+    clock.advance(1.0)
+    second = _probe(checks)
+    clock.advance(1.5)
+    late = _probe(checks)
+    assert len(gated.runs) == 3 and _under_way(gated) == 2  # the t=0 run given up for it
+    assert first.result == (500, "[+]ping ok\n[-]registry failed: reason withheld\nreadyz check failed\n")
+    gated.runs[1].callback(None)  # the t=1 run's answer, on its way before the registry died
+    assert second.result == (200, "ok") and not late.called
+    gated.runs[2].errback(ConnectionRefusedError("registry.internal.example:5000 refused the connection"))
+    assert late.result[0] == 500  # type: ignore[index]
+
+
+def test_a_probe_a_second_after_the_registry_recovered_is_told_at_once() -> None:
+    # review-opscheck H1. The registry hangs at t=0..1.5, then answers again: the hung runs wait for
+    # their timeout, a probe at t=2.5 must not.
+    gated, clock, checks = _shared(ttl=1.0)
+    _probe(checks)
+    clock.advance(1.0)
+    _probe(checks)
+    clock.advance(1.5)
+    probe = _probe(checks)
     assert len(gated.runs) == 3
-    for run in gated.runs[1:]:
-        run.callback(None)
-    assert {probe.result for probe in [*probes, third]} == {(200, "ok")}
+    gated.runs[2].callback(None)
+    assert probe.result == (200, "ok")
+
+
+def test_a_run_is_given_up_at_its_timeout_on_the_monotonic_clock() -> None:
+    # review-opscheck H2: the registry client's timeout runs on the reactor's wall clock. Stepped back,
+    # it would hold a hung run, and whoever waits for it, as long as the step.
+    gated, clock, checks = _shared(ttl=1.0)
+    waiting = _probe(checks)
+    clock.advance(TIMEOUT - 0.1)
+    assert not waiting.called
+    clock.advance(0.1)
+    _probe(checks)
+    assert waiting.result[0] == 500  # type: ignore[index]
+    assert _under_way(gated) == 1
+
+
+def test_a_wall_clock_step_back_does_not_hold_readiness_for_the_step() -> None:  # review-opscheck H2
+    # The registry client's timeout is `within(reactor, 10, ...)`, and the reactor's timers follow the
+    # wall clock. The registry hangs for 1.5 s, the wall clock is stepped back an hour at t=1.2, the
+    # registry answers again from t=1.5.
+    monotonic, wall = Clock(), Clock()
+    wall.advance(1_800_000_000)
+    registry_up = False
+
+    async def ping() -> None:
+        if not registry_up:
+            await within(wall, TIMEOUT, defer.Deferred())
+
+    def advance(seconds: float) -> None:
+        monotonic.advance(seconds)
+        wall.advance(seconds)
+
+    shared = SharedCheck(ping, monotonic.seconds, 1.0, TIMEOUT)
+    checks = HealthChecks({"readyz": [("registry", shared)]}, monotonic.seconds)
+    _probe(checks)  # t=0: a run that hangs
+    advance(1.0)
+    _probe(checks)  # t=1: another
+    advance(0.2)
+    wall.rightNow -= 3600
+    advance(0.3)
+    registry_up = True
+    probes = []
+    for _ in range(10):  # a second of probes, ten a second
+        advance(0.1)
+        probes.append(_probe(checks))
+    assert (200, "ok") in [probe.result for probe in probes if probe.called]
 
 
 def test_a_probe_whose_client_goes_away_is_not_a_failure_nor_logged() -> None:
@@ -418,7 +504,11 @@ def test_a_failure_after_a_pass_is_logged_at_once_with_its_new_reason() -> None:
         _probe(checks)  # the same episode: quiet again
     lines = _warnings(events, "readyz check rbac failed")
     assert len(lines) == 2
-    assert "403 forbidden (4 more like it in the 20s since the last line)" in lines[1]
+    # The four left out belong to the first episode, said when it ended; the new one counts its own.
+    assert lines[1].endswith("cluster API: 403 forbidden")
+    assert _warnings(events, "passes again") == [
+        "readyz check rbac passes again (4 more like the last line in the 5s after it)"
+    ]
 
 
 def test_the_count_of_lines_left_out_says_the_real_interval() -> None:

@@ -27,7 +27,7 @@ def test_connections_of_one_address_are_capped_others_are_not() -> None:
 
 def test_handshakes_beyond_the_burst_wait_for_tokens_in_order() -> None:
     clock = Clock()
-    clients = Clients(LIMITS, clock)
+    clients = Clients(LIMITS, clock, clock.seconds)
     started: list[int] = []
 
     def start(n: int) -> bool:
@@ -49,7 +49,7 @@ def test_handshakes_beyond_the_burst_wait_for_tokens_in_order() -> None:
 
 def test_the_front_proxy_gives_its_token_back_and_releases_a_waiting_handshake() -> None:
     clock = Clock()
-    clients = Clients(LIMITS, clock)
+    clients = Clients(LIMITS, clock, clock.seconds)
     started: list[str] = []
 
     def third() -> bool:
@@ -67,7 +67,7 @@ def test_the_front_proxy_gives_its_token_back_and_releases_a_waiting_handshake()
 
 def test_a_connection_closed_while_waiting_takes_no_token() -> None:
     clock = Clock()
-    clients = Clients(LIMITS, clock)
+    clients = Clients(LIMITS, clock, clock.seconds)
     clients.handshake("a", lambda: True)
     clients.handshake("a", lambda: True)
     started: list[str] = []
@@ -84,7 +84,7 @@ def test_a_connection_closed_while_waiting_takes_no_token() -> None:
 
 def test_401_answers_put_the_address_in_debt_and_its_requests_wait() -> None:
     clock = Clock()
-    clients = Clients(LIMITS, clock)
+    clients = Clients(LIMITS, clock, clock.seconds)
     clients.opened("a")
     key = address_key("a")
     assert clients.ready_in(key) == 0
@@ -99,7 +99,7 @@ def test_401_answers_put_the_address_in_debt_and_its_requests_wait() -> None:
 
 def test_an_address_is_forgotten_once_closed_and_its_bucket_is_full() -> None:
     clock = Clock()
-    clients = Clients(LIMITS, clock)
+    clients = Clients(LIMITS, clock, clock.seconds)
     clients.opened("a")
     clients.handshake("a", lambda: True)
     clients.closed("a", counted=True)
@@ -159,3 +159,18 @@ def test_a_claimed_turn_is_the_clients_turn_until_the_next_round() -> None:
     clock.advance(0)
     assert ran == ["a"]
     assert scheduler.claim(a)  # a later round
+
+
+def test_a_wall_clock_step_back_does_not_stall_handshakes() -> None:
+    # The reactor's clock is the wall clock; the buckets fill on the monotonic one (the default). On
+    # the wall clock, a step back of an hour drained them: every new connection, /livez probes
+    # included, waited an hour for its handshake (review-health4 R3).
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    clients = Clients(LIMITS, clock)
+    assert clients.handshake("a", lambda: True)
+    clock.rightNow -= 3600
+    assert clients.handshake("a", lambda: True)
+    assert clients.delayed == 0
+    clients.unauthenticated("b")
+    assert clients.ready_in(address_key("b")) == 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import attrs
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 
 from payloadtags.api.selectors import go_quote
@@ -28,8 +28,9 @@ LOG_PERIOD = 30.0
 @attrs.define
 class _RateLimitedLog:
     """One warning per key per ``period`` while a failure lasts; the next one counts the ones left out
-    since the last line. A key that passes again ends its episode: its next failure (perhaps for
-    another reason, which only the log tells, the body withholding it) is logged at once."""
+    since the last line. A key that passes again ends its episode: the ones left out since its last
+    line are counted in a line of their own then, and its next failure (perhaps for another reason,
+    which only the log tells, the body withholding it) is logged at once, counting its episode only."""
 
     monotonic: Callable[[], float]
     period: float = LOG_PERIOD
@@ -53,9 +54,18 @@ class _RateLimitedLog:
         # The interval they were counted in: the period, or much longer when the failures stopped.
         return f" ({suppressed} more like it in the {now - last:.0f}s since the last line)"
 
-    def passed(self, key: tuple[str, str]) -> None:
-        if key in self._last:
-            self._ended.add(key)
+    def passed(self, key: tuple[str, str]) -> str | None:
+        """Ends the episode of ``key``. When failures were left out of the log since its last line,
+        the suffix of a line that says so, once: they belong to this episode, not the next one,
+        whose first line may give another reason."""
+        if key not in self._last or key in self._ended:
+            return None
+        self._ended.add(key)
+        suppressed = self._suppressed.pop(key, 0)
+        if not suppressed:
+            return None
+        since = self.monotonic() - self._last[key]
+        return f" ({suppressed} more like the last line in the {since:.0f}s after it)"
 
 
 @attrs.define
@@ -64,35 +74,47 @@ class SharedCheck:
 
     Every probe is told the outcome of a run that started less than ``ttl`` before it arrived: it
     reuses the outcome (pass or failure) of such a run, or joins it while it runs; when the last run
-    started ``ttl`` ago or more, it starts a new one, even if an older run is still under way (a
-    registry that hangs until the client's timeout must not hold readiness on an answer that old).
-    So runs start at most once per ``ttl`` whatever the number of probes, at most ``max_runs`` are
-    under way at once (a registry that hangs: probes then join the latest run, and wait as long as
-    it does), and an answer lags the registry by ``ttl`` plus the run's own duration. A run's
-    outcome is kept only if no later-started run's outcome is.
+    started ``ttl`` ago or more, it starts a new one, even if older runs are still under way (a
+    registry that hangs must not hold readiness on an answer that old). So runs start at most once
+    per ``ttl`` whatever the number of probes, and an answer lags the check's subject by at most
+    ``ttl`` plus the run's own duration. A run's outcome is kept only if no later-started run's is.
+
+    At most ``max_runs`` runs are under way: when a new run is due and that many are, the oldest is
+    given up (cancelled, which frees what it holds: a registry connection, or its place in the line
+    for one) and the probes waiting for it are told it failed, "still running after Ns". Past
+    ``timeout`` a run is given up too, at the next probe if its own timer (the reactor's, on the wall
+    clock) has not ended it by then. A run is never waited for after it is given up.
 
     A caller who stops waiting (its connection gone) does not cancel the run, for the others nor
     when it was the only one: the outcome is still kept for the next callers, and a cancel is not a
-    failure of the check. ``monotonic`` measures the ``ttl``: a wall clock stepped back would keep
-    one outcome for as long as the step.
+    failure of the check. Every age is measured on ``monotonic``: on the wall clock, stepped back,
+    one outcome would be kept, or a hung run waited for, as long as the step.
     """
 
     check: Check
     monotonic: Callable[[], float]
     ttl: float
-    # Runs under way at most: a run waits for a registry connection with no limit of its own (the
-    # registry timeout starts when the request goes out), so against a hung registry new runs would
-    # pile up and hold connections users need. Past this, probes join the latest run.
+    # The most a run may take, its wait for a registry connection included (the registry client's
+    # own timeout starts when the request goes out, and runs on the wall clock).
+    timeout: float
+    # Runs under way at most: a run may wait for a registry connection with no limit of its own, so
+    # against a hung registry new runs would pile up and hold connections users need.
     max_runs: int = 2
     # Keyed by the run's start (monotonic seconds): each run is its own flight.
     _runs: InFlight[float, BaseException | None] = attrs.field(factory=InFlight, init=False)
+    _work: dict[float, Deferred[None]] = attrs.field(factory=dict, init=False)  # the runs' checks
+    _given_up: dict[float, BaseException] = attrs.field(factory=dict, init=False)  # why, by start
     _started: float | None = attrs.field(default=None, init=False)  # the latest run's start
     _outcome: BaseException | None = attrs.field(default=None, init=False)
     _outcome_started: float | None = attrs.field(default=None, init=False)  # the kept outcome's run's start
 
     async def __call__(self) -> None:
         now = self.monotonic()
-        if self._started is None or (now - self._started >= self.ttl and len(self._runs) < self.max_runs):
+        for started in [started for started in self._work if now - started >= self.timeout]:
+            self._give_up(started, now)
+        if self._started is None or now - self._started >= self.ttl:
+            if len(self._work) >= self.max_runs:
+                self._give_up(min(self._work), now)
             self._started = now
         started = self._started
         if self._outcome_started == started:
@@ -103,13 +125,28 @@ class SharedCheck:
             # Raised afresh each time: re-raising one object would grow its traceback per caller.
             raise outcome.with_traceback(None)
 
+    def _give_up(self, started: float, now: float) -> None:
+        work = self._work.get(started)
+        if work is not None:
+            self._given_up[started] = TimeoutError(
+                f"check still running after {now - started:.1f}s, given up"
+            )
+            work.cancel()  # ends the run: its waiters are told the outcome above
+
     async def _run(self, started: float) -> BaseException | None:
-        try:
+        async def checked() -> None:
             await self.check()
-        except Exception as error:
-            outcome: BaseException | None = error
+
+        work = self._work[started] = Deferred.fromCoroutine(checked())
+        try:
+            await work
+        except Exception as error:  # CancelledError too: a run is cancelled only when given up
+            outcome: BaseException | None = self._given_up.get(started, error)
         else:
             outcome = None
+        finally:
+            self._work.pop(started, None)
+            self._given_up.pop(started, None)
         if self._outcome_started is None or started > self._outcome_started:
             self._outcome, self._outcome_started = outcome, started
         return outcome
@@ -157,7 +194,7 @@ class HealthChecks:
                 self._log_failure(endpoint, name, error)
                 lines.append(f"[-]{name} failed: reason withheld")
             else:
-                self._log.passed((endpoint, name))
+                self._log_passed(endpoint, name)
                 lines.append(f"[+]{name} ok")
         if only is not None:
             return (500, lines[0] + "\n") if failed else (200, "ok")
@@ -183,6 +220,11 @@ class HealthChecks:
                 error=error,
                 more=more,
             )
+
+    def _log_passed(self, endpoint: str, name: str) -> None:
+        more = self._log.passed((endpoint, name))
+        if more is not None:
+            log.info("{endpoint} check {name} passes again{more}", endpoint=endpoint, name=name, more=more)
 
     def _log_unknown(self, endpoint: str, unknown: Sequence[str]) -> None:
         # One key for every unknown name: callers choose the names, and must not choose the volume.

@@ -29,6 +29,7 @@ import io
 import json
 import socket
 import sys
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -527,7 +528,12 @@ class GuardedSite(Site):
     draining = False
 
     def __init__(
-        self, resource: IResource, limits: HttpLimits, admission: Admission, reactor: Any = None
+        self,
+        resource: IResource,
+        limits: HttpLimits,
+        admission: Admission,
+        reactor: Any = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         # Twisted's own idle timer would fire in the middle of a long response: the channel keeps its own.
         super().__init__(resource, timeout=None, reactor=reactor)
@@ -537,7 +543,7 @@ class GuardedSite(Site):
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
-        self.clients = Clients(limits, reactor)
+        self.clients = Clients(limits, reactor, monotonic)
         self.scheduler = FairScheduler(reactor, self.clients.ready_in)
 
     def admit(self, request: Request) -> Deferred[ApiError | None]:

@@ -18,6 +18,7 @@ Health probes bypass all of it (they are cheap, and a busy server is not a dead 
 from __future__ import annotations
 
 import itertools
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -75,9 +76,14 @@ class Address:
 class Clients:
     """Per source address: open connections, the bucket of unauthenticated work, waiting handshakes."""
 
-    def __init__(self, limits: HttpLimits, clock: Any) -> None:
+    def __init__(
+        self, limits: HttpLimits, clock: Any, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
         self.limits = limits
-        self.clock = clock
+        self.clock = clock  # for timers only
+        # The buckets fill on the monotonic clock: on the reactor's wall clock a step back would
+        # drain them, and new connections, /livez probes included, would wait as long as the step.
+        self.monotonic = monotonic
         self.addresses: dict[str, Address] = {}
         self.refused = 0  # connections closed at the per-client cap
         self.delayed = 0  # handshakes that had to wait for a token
@@ -86,7 +92,7 @@ class Clients:
         found = self.addresses.get(host)
         if found is None:
             burst = float(self.limits.handshake_burst_per_client)
-            bucket = Bucket(self.limits.handshake_rate_per_client, burst, burst, self.clock.seconds())
+            bucket = Bucket(self.limits.handshake_rate_per_client, burst, burst, self.monotonic())
             found = self.addresses[host] = Address(host, bucket)
         return found
 
@@ -107,7 +113,7 @@ class Clients:
         """Whether the handshake of a connection from ``host`` may start now. If not, ``start`` is
         called when a token is there; it answers whether the connection was still open to take it."""
         address = self._address(host)
-        if not address.waiting and address.bucket.refill(self.clock.seconds()) >= 1:
+        if not address.waiting and address.bucket.refill(self.monotonic()) >= 1:
             address.bucket.tokens -= 1
             return True
         self.delayed += 1
@@ -121,7 +127,7 @@ class Clients:
         address = self._address(host)
         address.counted -= 1
         bucket = address.bucket
-        bucket.refill(self.clock.seconds())
+        bucket.refill(self.monotonic())
         bucket.tokens = min(bucket.burst, bucket.tokens + 1)
         self._release(address)
 
@@ -137,7 +143,7 @@ class Clients:
     def unauthenticated(self, host: str) -> None:
         """A request from ``host`` was answered 401."""
         address = self._address(host)
-        address.bucket.refill(self.clock.seconds())
+        address.bucket.refill(self.monotonic())
         address.bucket.tokens -= 1
 
     def ready_in(self, key: ClientKey) -> float:
@@ -148,12 +154,12 @@ class Clients:
         address = self.addresses.get(str(host))
         if address is None:
             return 0.0
-        return address.bucket.wait_for(0.0, self.clock.seconds())
+        return address.bucket.wait_for(0.0, self.monotonic())
 
     # -- waiting handshakes and forgetting addresses -----------------------------------------------
 
     def _release(self, address: Address) -> None:
-        now = self.clock.seconds()
+        now = self.monotonic()
         while address.waiting and address.bucket.refill(now) >= 1:
             start = address.waiting.popleft()
             if start():  # a connection closed while waiting takes no token
@@ -164,7 +170,7 @@ class Clients:
     def _release_later(self, address: Address) -> None:
         if address.release is not None:
             return
-        wait = address.bucket.wait_for(1.0, self.clock.seconds())
+        wait = address.bucket.wait_for(1.0, self.monotonic())
 
         def release() -> None:
             address.release = None
@@ -176,7 +182,7 @@ class Clients:
         """Drop the address's record once nothing is open and its bucket is full again."""
         if address.open > 0 or address.waiting or address.forget is not None:
             return
-        wait = address.bucket.wait_for(address.bucket.burst, self.clock.seconds())
+        wait = address.bucket.wait_for(address.bucket.burst, self.monotonic())
         if wait == 0:
             if self.addresses.get(address.host) is address:
                 del self.addresses[address.host]
