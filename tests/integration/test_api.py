@@ -1029,6 +1029,68 @@ async def test_a_query_boolean_of_any_value_is_one(api, registry, repo):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_deletecollection_reads_watch_as_kube_apiserver_does(api, registry, repo):
+    # kube-apiserver's DeleteCollection decodes the query into ListOptions, defaults them and
+    # validates them on the watch branch when watch is true, then lists without it: any watch value
+    # is a deletecollection (it was 405 here), and only the watch validation applies.
+    namespace, _ = split(repo)
+    client, _ = _v1_as_admin(api, registry, repo)
+    url = collection(namespace)
+    for value in ("", "true", "1", "yes"):
+        reply = await client.delete(f"{url}?dryRun=All&watch={value}")
+        assert (reply.code, _names(reply)) == (200, [encode_name(split(repo)[1], "v1")]), value
+    streamed = "&sendInitialEvents=true&resourceVersionMatch=NotOlderThan"
+    assert (await client.delete(f"{url}?dryRun=All&watch=true{streamed}")).code == 200
+    assert_status(await client.delete(f"{url}?dryRun=All{streamed}"), 422, "Invalid")  # a list's
+    for query in (
+        "resourceVersion=1&resourceVersionMatch=NotOlderThan",  # without sendInitialEvents
+        "sendInitialEvents=false",  # without resourceVersionMatch
+        "continue=abc",  # defaulted to NotOlderThan, which continue forbids
+    ):
+        assert_status(await client.delete(f"{url}?dryRun=All&watch=true&{query}"), 422, "Invalid")
+    assert images.list_tags(registry, repo) == ["v1"]
+    assert (await client.delete(f"{url}?watch=true")).code == 200
+    assert images.list_tags(registry, repo) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_get_of_one_tag_ignores_watch_as_kube_apiserver_does(api, registry, repo):
+    # kube-apiserver's GET of a name decodes only GetOptions: watch, of any value, is ignored and the
+    # object returned (its watch of one object is the collection's, by metadata.name).
+    client, url = _v1_as_admin(api, registry, repo)
+    for value in ("", "true", "1", "yes", "true&fieldSelector=metadata.name%3Dother"):
+        reply = await client.get(f"{url}?watch={value}&timeoutSeconds=1")
+        assert reply.code == 200, (value, reply.body[:300])
+        assert reply.json()["spec"]["tag"] == "v1", (value, reply.body[:300])
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_empty_query_integer_is_400_as_kube_apiserver_answers(api, registry, repo):
+    # kube-apiserver decodes a present key's value with strconv.ParseInt, which refuses "".
+    namespace, _ = split(repo)
+    client, url = _v1_as_admin(api, registry, repo)
+    for reply in (
+        await client.delete(f"{url}?dryRun=All&gracePeriodSeconds="),
+        await client.delete(f"{collection(namespace)}?dryRun=All&gracePeriodSeconds="),
+        await client.get(f"{collection(namespace)}?limit="),
+        await client.get(f"{collection(namespace)}?timeoutSeconds="),
+    ):
+        assert_status(reply, 400, "BadRequest")
+    assert images.list_tags(registry, repo) == ["v1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_false_is_read_with_go_case_folding(api, registry, repo):
+    # Convert_Slice_string_To_bool compares with strings.EqualFold, Unicode simple folding: the long
+    # s (U+017F) folds with s, so "fal\u017fe" is false there (a list), where lower() keeps it.
+    namespace, _ = split(repo)
+    client, _ = _v1_as_admin(api, registry, repo)
+    for value in ("fal%C5%BFe", "FAL%C5%BFE"):
+        reply = await client.get(f"{collection(namespace)}?watch={value}&timeoutSeconds=1")
+        assert reply.json()["kind"] == "PayloadRepositoryTagList", (value, reply.body[:200])
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_first_accept_or_content_type_field_decides(api, registry, repo):
     # kube-apiserver reads a header with Go's Header.Get: of several fields, the first.
     client, url = _v1_as_admin(api, registry, repo)

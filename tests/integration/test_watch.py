@@ -993,7 +993,9 @@ async def test_metadata_watches_get_partial_object_metadata_events(make_server, 
             # The garbage collector's (narrowed to this test's namespace: the registry is shared).
             f"{B}/payloadrepositorytags?watch=true&resourceVersion=0&timeoutSeconds=1"
             f"&fieldSelector=metadata.namespace%3D{namespace}",
-            f"{collection(namespace)}/{name}?watch=true&resourceVersion=0&timeoutSeconds=1",
+            # kubectl get NAME -w's.
+            f"{collection(namespace)}?watch=true&resourceVersion=0&timeoutSeconds=1"
+            f"&fieldSelector=metadata.name%3D{name}",
         ):
             watch = await stream(client, target, headers={"Accept": accept})
             assert watch.code == 200, target
@@ -1013,77 +1015,6 @@ async def test_metadata_watches_get_partial_object_metadata_events(make_server, 
                 assert rest and rest[-1]["type"] == "BOOKMARK"
                 assert rest[-1]["object"]["kind"] == "PartialObjectMetadata"
                 assert rest[-1]["object"]["apiVersion"] == "meta.k8s.io/v1"
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_watch_of_one_object_pins_its_name_escaped(make_server, registry, repo):
-    """The older form of a watch of one object narrows the collection's watch to its name with a field
-    selector: a name holding "," or "=" (no tag's, but any text routes as a name) must not read as more
-    selector, where "a,b" was a 400 `can't understand 'b'`."""
-    namespace, _ = repo.split("/", 1)
-    images.push_oci_image(registry, repo, "v1")
-    api = await make_server(registry)
-    client = api.client(api.pki.admin)
-    for name in ("a%2Cmetadata.name", "a%3Db", "a%5C"):
-        watch = await stream(client, f"{collection(namespace)}/{name}?watch=true&timeoutSeconds=1")
-        assert watch.code == 200, name
-        await watch.ended
-        assert [json.loads(line)["type"] for line in watch.lines.pending] == []
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_watch_of_one_object_is_of_exactly_its_name(make_server, registry, repo):
-    """A GET and a watch of one path agree: a name padded with a blank (ASCII or not) is no tag's, so
-    its GET is 404 and its watch shows nothing, where the pinned name lost its blank on its way through
-    a field selector's text and the watch streamed the unpadded tag."""
-    from urllib.parse import quote
-
-    namespace, path = repo.split("/", 1)
-    images.push_oci_image(registry, repo, "v1")
-    api = await make_server(registry)
-    client = api.client(api.pki.admin)
-    name = encode_name(path, "v1")
-    # The initial events, then the bookmark that ends them: what the watch holds, in order, no timer.
-    query = "watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true"
-    for shown, asked in [([name], name), ([], f" {name}"), ([], f"{name} "), ([], f"{name}\u00a0")]:
-        item = f"{collection(namespace)}/{quote(asked, safe='')}"
-        got = await client.get(item)
-        assert got.code == (200 if shown else 404), (asked, got.body)
-        watch = await stream(client, f"{item}?{query}")
-        assert watch.code == 200, asked
-        events = []
-        while (event := await watch.next())["type"] != "BOOKMARK":
-            events.append((event["type"], event["object"]["metadata"]["name"]))
-        watch.close()
-        assert events == [("ADDED", n) for n in shown], asked
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_watch_of_one_object_with_a_field_selector_must_select_its_name(make_server, registry, repo):
-    """As kube-apiserver: a field selector beside the name in the path must require exactly that name
-    (400 otherwise), where it was added to the name and the watch streamed nothing."""
-    from urllib.parse import quote
-
-    namespace, path = repo.split("/", 1)
-    images.push_oci_image(registry, repo, "v1")
-    images.push_oci_image(registry, repo, "v2")
-    api = await make_server(registry)
-    client = api.client(api.pki.admin)
-    name, other = encode_name(path, "v1"), encode_name(path, "v2")
-    item = f"{collection(namespace)}/{name}?watch=true&timeoutSeconds=1&fieldSelector="
-    for selector in (f"metadata.name={other}", f"metadata.namespace={namespace}", f"metadata.name!={name}"):
-        watch = await stream(client, item + quote(selector, safe=""))
-        assert watch.code == 400, selector
-        await watch.ended
-        status = json.loads(b"".join(watch.lines.pending))
-        assert status["kind"] == "Status" and status["reason"] == "BadRequest", status
-        assert status["message"] == "fieldSelector metadata.name doesn't match requested name"
-    for selector in (f"metadata.name={name}", f"metadata.namespace={namespace},metadata.name={name}", ""):
-        watch = await stream(client, item + quote(selector, safe="") + "&resourceVersion=0")
-        assert watch.code == 200, selector
-        first = await watch.next()
-        watch.close()
-        assert (first["type"], first["object"]["metadata"]["name"]) == ("ADDED", name), selector
 
 
 @attrs.define

@@ -73,9 +73,18 @@ def test_continue_with_a_resource_version_is_400(resource_version: str) -> None:
     assert error.message == "specifying resource version is not allowed when using continue"
 
 
-@pytest.mark.parametrize("value", ["", "0"])
-def test_limit_zero_or_empty_means_no_limit(value: str) -> None:
-    assert list_options(_q(limit=value)).limit is None
+def test_limit_zero_means_no_limit() -> None:
+    assert list_options(_q(limit="0")).limit is None
+    assert list_options({}).limit is None
+
+
+@pytest.mark.parametrize("key", ["limit", "timeoutSeconds"])
+def test_an_empty_integer_parameter_is_400(key: str) -> None:
+    # Go's strconv.ParseInt(""), what kube-apiserver decodes a present key's value with, fails.
+    for call in (list_options, watch_options) if key == "timeoutSeconds" else (list_options,):
+        error = _error(call, _q(**{key: ""}))
+        assert (error.code, error.reason) == (400, "BadRequest")
+        assert error.message == f'invalid value for {key}: "" is not an integer'
 
 
 def test_empty_parameters_are_unset() -> None:
@@ -172,6 +181,14 @@ def test_watch_false_is_a_list(value: str) -> None:
         (["f"], True),
         (["0", "true"], False),
         (["true", "false"], True),
+        # strings.EqualFold: Unicode simple folding, in which only the long s (U+017F) and the
+        # Kelvin sign (U+212A) fold with ASCII letters; lower() keeps the long s.
+        (["fal\u017fe"], False),
+        (["FAL\u017fE"], False),
+        (["fal\u212ae"], True),
+        (["\ufb02\u0430se"], True),  # no full folding (the ligature fl), no lookalikes (Cyrillic a)
+        (["false\u0307"], True),
+        (["\uff10"], True),  # "0" only as it is
     ],
 )
 def test_a_boolean_query_parameter_is_read_as_kube_apiserver_reads_it(
@@ -185,6 +202,63 @@ def test_resource_version_match_exact_is_kept_for_the_list() -> None:
     assert list_options(_q(resourceVersion="5", resourceVersionMatch="Exact")).exact
     assert not list_options(_q(resourceVersion="5", resourceVersionMatch="NotOlderThan")).exact
     assert not list_options(_q(resourceVersion="5")).exact
+
+
+@pytest.mark.parametrize("value", ["", "true", "yes"])
+def test_a_deletecollection_lists_whatever_its_watch_says(value: str) -> None:
+    # kube-apiserver's DeleteCollection: ListOptions defaulted and validated as a watch's (a watch from
+    # "" or "0" becomes a streaming one), then listed without the watch.
+    options = list_options(_q(watch=value, limit="5", labelSelector="a!=b"), True)
+    assert (options.limit, options.resource_version, options.exact) == (5, None, False)
+    streamed = _q(watch=value, sendInitialEvents="true", resourceVersionMatch="NotOlderThan")
+    assert list_options({**streamed, "resourceVersion": ["7"]}, True).resource_version == "7"
+    assert not list_options({**streamed, "sendInitialEvents": ["false"]}, True).exact
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        (
+            _q(sendInitialEvents="true"),
+            "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+        ),
+        (
+            _q(resourceVersion="3", resourceVersionMatch="NotOlderThan"),
+            "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+        ),
+        (
+            _q(resourceVersion="3", sendInitialEvents="true", resourceVersionMatch="Exact"),
+            "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+        ),
+        ({"continue": ["abc"]}, "resourceVersionMatch is forbidden when continue is provided"),
+        (
+            {"continue": ["abc"], "resourceVersion": ["0"]},
+            "resourceVersionMatch is forbidden when continue is provided",
+        ),
+    ],
+)
+def test_a_deletecollection_with_watch_is_validated_as_a_watch(
+    query: dict[str, list[str]], message: str
+) -> None:
+    error = _error(list_options, {**query, "watch": ["true"]}, True)
+    assert (error.code, error.reason) == (422, "Invalid")
+    assert message in error.message
+
+
+def test_a_deletecollection_with_watch_keeps_the_storage_checks() -> None:
+    query = _q(
+        watch="true", resourceVersion="5", sendInitialEvents="true", resourceVersionMatch="NotOlderThan"
+    )
+    error = _error(list_options, {**query, "continue": ["abc"]}, True)
+    assert error.code == 422
+    assert "resourceVersionMatch is forbidden when continue is provided" in error.message
+    error = _error(list_options, _q(watch="true", resourceVersion="5", **{"continue": "abc"}), True)
+    assert (error.code, error.message) == (
+        400,
+        "specifying resource version is not allowed when using continue",
+    )
+    assert _error(list_options, _q(watch="true", timeoutSeconds="x"), True).code == 400
+    assert _error(list_options, _q(watch="true", resourceVersion="x"), True).code == 400
 
 
 def test_kubectl_watch_request_is_405_before_anything_else() -> None:
@@ -612,10 +686,9 @@ def test_any_int64_grace_period_is_accepted(grace: str) -> None:
 def test_grace_period_from_the_query() -> None:
     assert delete_options(_q(gracePeriodSeconds="30"), b"", None) == DeleteOptions()
     assert delete_options(_q(gracePeriodSeconds="-5"), b"", None) == DeleteOptions()
-    assert delete_options(_q(gracePeriodSeconds=""), b"", None) == DeleteOptions()
 
 
-@pytest.mark.parametrize("grace", ["soon", "abc", "1_0", " 5", "5 ", "1.5", "1e3", "\u0661", "--1"])
+@pytest.mark.parametrize("grace", ["", "soon", "abc", "1_0", " 5", "5 ", "1.5", "1e3", "\u0661", "--1"])
 def test_a_query_grace_period_that_is_no_int64_is_400(grace: str) -> None:
     # Decoded with strconv.ParseInt, as kube-apiserver decodes query parameters: a failure is 400.
     error = _error(delete_options, _q(gracePeriodSeconds=grace), b"", None)

@@ -147,7 +147,7 @@ def _request_labels(request: IRequest, watch: bool | None = None) -> tuple[str, 
     if not path.startswith(BASE + "/") or RESOURCE not in parts:
         return method.lower(), ""
     named = parts.index(RESOURCE) < len(parts) - 1
-    if method == "GET" and (_is_watch_request(request) if watch is None else watch):
+    if method == "GET" and (not named and _is_watch_request(request) if watch is None else watch):
         return "watch", RESOURCE
     verbs = {
         "GET": "get" if named else "list",
@@ -160,6 +160,8 @@ def _request_labels(request: IRequest, watch: bool | None = None) -> tuple[str, 
 
 
 def _is_watch_request(request: IRequest) -> bool:
+    """Whether a request for the collection is a watch. Only there: kube-apiserver's GET of a name
+    reads no watch parameter (it returns the object), nor does its DELETE."""
     # HEAD never reaches a watch: the resource's routes answer it 405 (ApiServer._route).
     return request.method == b"GET" and is_watch(_query(request))
 
@@ -360,13 +362,16 @@ class ApiServer:
         anonymous: bool = False,
         limited: bool = True,
         head: bool = True,
+        watches: bool = False,
     ) -> Callable[..., Coroutine[Any, Any, bytes]]:
+        """``watches``: whether the route serves watches (the collection's GET)."""
+
         @functools.wraps(fn)
         # Klein hands over twisted.web's Request, whose channel, code and notifyFinish IRequest lacks.
         async def handler(request: Request, **kwargs: Any) -> bytes:
             started = time.monotonic()
             self._inflight += 1
-            watch = _is_watch_request(request)
+            watch = watches and _is_watch_request(request)
             # Watches are long-running: neither the deadline nor the in-flight limit applies (their
             # own limits do: WatchLimits).
             watching = self.watch_hub is not None and watch
@@ -513,13 +518,14 @@ class ApiServer:
         limited: bool = True,
         direct: bool = False,
         head: bool = True,
+        watches: bool = False,
     ) -> None:
         """``head``: whether a GET route serves HEAD too (what werkzeug routes it to), as the head of
         its GET; without, HEAD is 405 once the request is authenticated."""
         # Klein names endpoints after the function by default; handlers made from one function (the
         # health endpoints) would then all run the last one registered.
         endpoint = f"{' '.join(methods)} {path}"
-        handler = self._endpoint(fn, anonymous, limited, head)
+        handler = self._endpoint(fn, anonymous, limited, head, watches)
         self.app.route(path, methods=methods, branch=False, strict_slashes=False, endpoint=endpoint)(handler)
         if direct:
             assert methods == ["GET"], methods
@@ -633,8 +639,8 @@ class ApiServer:
         item = f"{collection}/<name>"
         # The resource's GET routes answer HEAD 405, as kube-apiserver's do (its router matches the
         # method exactly): a HEAD of a watch would otherwise hold a stream nobody can read.
-        self._route(collection, ["GET"], self._list, direct=True, head=False)
-        self._route(f"{BASE}/{RESOURCE}", ["GET"], self._list, direct=True, head=False)
+        self._route(collection, ["GET"], self._list, direct=True, head=False, watches=True)
+        self._route(f"{BASE}/{RESOURCE}", ["GET"], self._list, direct=True, head=False, watches=True)
         self._route(collection, ["DELETE"], self._delete_collection)
         self._route(item, ["GET"], self._get, direct=True, head=False)
         self._route(item, ["DELETE"], self._delete)
@@ -917,18 +923,11 @@ class ApiServer:
             raise
 
     async def _get(self, request: IRequest, user: UserInfo, namespace: str, name: str) -> bytes:
-        watching = self.watch_hub is not None and _is_watch_request(request)
-        media = negotiate(_header(request, "accept"), collection=False, watch=watching)
+        # Whatever its query says of watch: kube-apiserver's GET of a name decodes only GetOptions, and
+        # its watch of one object is the collection's, by metadata.name (kubectl get NAME -w).
+        media = negotiate(_header(request, "accept"), collection=False)
         query = _query(request)
         include = _include(media, query)
-        if is_watch(query):
-            if self.watch_hub is None:
-                raise method_not_allowed("watch")
-            self._watched_namespace(namespace)
-            # The older form of a watch of one object: the collection's watch, narrowed to its name.
-            # The name is pinned as it is, not written into the selector's text to be parsed back: the
-            # watch then selects exactly the object a GET of this path reads.
-            return await self._watch(request, user, namespace, query, media, include, name)
         obj = await self.service.get(user, namespace, name)
         return _write(request, render_object(obj, media, include), _with_pretty(media, query))
 
@@ -940,16 +939,10 @@ class ApiServer:
         query: Query,
         media: MediaType,
         include: str,
-        name: str | None = None,
     ) -> bytes:
         hub = self.watch_hub
         assert hub is not None
         options = watch_options(query)
-        if name is not None:
-            # As kube-apiserver: a field selector beside a name in the path must select that name.
-            if options.fields.requirements and options.fields.exact("metadata.name") != name:
-                raise bad_request("fieldSelector metadata.name doesn't match requested name")
-            options = attrs.evolve(options, fields=options.fields.pinned("metadata.name", name))
         # Before the head, as a list is refused (503, retry shortly): a watch needs the rules to
         # check what it sends, and once its 200 is out only an ERROR event can tell the client.
         hub.authorize(user, namespace)
@@ -1092,7 +1085,9 @@ class ApiServer:
     async def _delete_collection(self, request: Request, user: UserInfo, namespace: str) -> bytes:
         query = _query(request)
         options = delete_options(query, self._body(request), _header(request, "content-type"))
-        listing = list_options({k: v for k, v in query.items() if k not in ("dryRun", "propagationPolicy")})
+        listing = list_options(
+            {k: v for k, v in query.items() if k not in ("dryRun", "propagationPolicy")}, deleting=True
+        )
         # Before the deletes: a 406 (or a bad includeObject) must mean that nothing was deleted.
         media = _with_pretty(negotiate(_header(request, "accept"), collection=True), query)
         include = _include(media, query)

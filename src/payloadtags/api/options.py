@@ -31,22 +31,35 @@ def first(query: Query, key: str) -> str | None:
     return values[0] if values else None
 
 
+# The only runes outside ASCII that Unicode simple case folding (Go's strings.EqualFold) puts with an
+# ASCII letter: the long s and the Kelvin sign.
+_ASCII_FOLDS = str.maketrans({"\u017f": "s", "\u212a": "k"})
+
+
+def _equal_fold(value: str, ascii_word: str) -> bool:
+    """Go's strings.EqualFold against a word of ASCII letters: rune by rune, each in the word's
+    letter's simple case-folding orbit. Not lower() (which keeps U+017F) nor casefold() (whose full
+    folding also turns one rune into several)."""
+    folded = value.translate(_ASCII_FOLDS)
+    return folded.isascii() and folded.lower() == ascii_word.lower()
+
+
 def flag(query: Query, key: str) -> bool | None:
     """A boolean query parameter as kube-apiserver reads it (runtime.Convert_Slice_string_To_bool):
-    only "false" and "0", in any case, are false; any other value, the empty one too, is true, so
-    ``?watch=`` is a watch there and here. None when absent (some options tell absent from false, e.g.
-    sendInitialEvents)."""
+    only "0" and what strings.EqualFold finds equal to "false" are false; any other value, the empty
+    one too, is true, so ``?watch=`` is a watch there and here. None when absent (some options tell
+    absent from false, e.g. sendInitialEvents)."""
     value = first(query, key)
     if value is None:
         return None
-    return value.lower() not in ("false", "0")
+    return not (value == "0" or _equal_fold(value, "false"))
 
 
 def integer(query: Query, key: str) -> int | None:
-    """An integer query parameter as kube-apiserver reads one (Go's strconv.ParseInt into 64 bits);
-    None when absent or empty."""
+    """An integer query parameter as kube-apiserver reads one (Go's strconv.ParseInt into 64 bits):
+    None when absent; a present key's empty value is no integer there either (400)."""
     text = first(query, key)
-    if text is None or text == "":
+    if text is None:
         return None
     if not _INTEGER.fullmatch(text):
         raise bad_request(f'invalid value for {key}: "{text}" is not an integer')
@@ -69,8 +82,53 @@ class ListOptions:
     exact: bool = False
 
 
-def list_options(query: Query) -> ListOptions:
-    if flag(query, "watch"):
+def _watch_list_options(query: Query, resource_version: str | None, continue_: str | None) -> str | None:
+    """The resourceVersionMatch of a deletecollection whose query says watch, checked as
+    kube-apiserver's DeleteCollection checks it: it defaults the ListOptions as a watch's
+    (SetListOptionsDefaults, WatchList on: a watch from "" or "0" without sendInitialEvents and
+    resourceVersionMatch becomes a streaming one, NotOlderThan) and validates them on the watch
+    branch (validateWatchOptions); its list then ignores watch and sendInitialEvents."""
+    match = first(query, "resourceVersionMatch") or None
+    send_initial = flag(query, "sendInitialEvents")
+    if send_initial is None and match is None and resource_version in (None, "0"):
+        send_initial, match = True, "NotOlderThan"
+    if send_initial is not None and match != "NotOlderThan":
+        raise invalid_field(
+            "ListOptions",
+            "meta.k8s.io",
+            "resourceVersionMatch",
+            match or "",
+            "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+        )
+    if match is not None:
+        if send_initial is None:
+            raise invalid_field(
+                "ListOptions",
+                "meta.k8s.io",
+                "resourceVersionMatch",
+                match,
+                "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+            )
+        if match != "NotOlderThan":
+            raise invalid_field(
+                "ListOptions", "meta.k8s.io", "resourceVersionMatch", match, 'must be "NotOlderThan"'
+            )
+        if continue_ is not None:
+            raise invalid_field(
+                "ListOptions",
+                "meta.k8s.io",
+                "resourceVersionMatch",
+                match,
+                "resourceVersionMatch is forbidden when continue is provided",
+            )
+    return match
+
+
+def list_options(query: Query, deleting: bool = False) -> ListOptions:
+    """``deleting``: the options of a deletecollection, which kube-apiserver lists by whatever its
+    query's watch says (docs/api.md, "Delete"); a list's watch is served elsewhere, or not at all."""
+    watch = bool(flag(query, "watch"))
+    if watch and not deleting:
         raise method_not_allowed("watch")
     limit = integer(query, "limit")
     if limit is not None and limit < 0:
@@ -81,7 +139,9 @@ def list_options(query: Query) -> ListOptions:
     resource_version = first(query, "resourceVersion") or None
     match = first(query, "resourceVersionMatch") or None
     continue_ = first(query, "continue") or None
-    if match is not None:
+    if watch:
+        match = _watch_list_options(query, resource_version, continue_)
+    elif match is not None:
         if match not in ("Exact", "NotOlderThan"):
             raise invalid_field(
                 "ListOptions",
@@ -122,7 +182,7 @@ def list_options(query: Query) -> ListOptions:
         raise bad_request(f'invalid resource version "{resource_version}"')
     # An int64 in every ListOptions, as kube-apiserver decodes it; only a watch uses it.
     integer(query, "timeoutSeconds")
-    if first(query, "sendInitialEvents") is not None:
+    if not watch and first(query, "sendInitialEvents") is not None:
         raise invalid_field(
             "ListOptions",
             "meta.k8s.io",

@@ -241,15 +241,6 @@ class FieldSelector:
     def matches(self, fields: Mapping[str, str]) -> bool:
         return all((fields.get(r.field) == r.value) == r.equal for r in self.requirements)
 
-    def pinned(self, field: str, value: str) -> FieldSelector:
-        """This selector, and ``field`` equal to ``value`` (a watch of one object by its path)."""
-        return FieldSelector((FieldRequirement(field, value, True), *self.requirements))
-
-    def exact(self, field: str) -> str | None:
-        """The value of the first term that requires ``field`` to equal it (fields.RequiresExactMatch),
-        or None."""
-        return next((r.value for r in self.requirements if r.field == field and r.equal), None)
-
     def required(self, field: str) -> str | None:
         """The value the field must equal, when the selector pins it; for narrowing registry reads."""
         values = {r.value for r in self.requirements if r.field == field and r.equal}
