@@ -16,7 +16,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from payloadtags.access.authn import UserInfo
 from payloadtags.access.authz import Authorizer
-from payloadtags.registry import Before, CatalogPage, Check, Manifest, Registry
+from payloadtags.registry import Before, CatalogPage, Check, Manifest, Registry, Sent, Waiting
 from payloadtags.registry.client import MAX_CATALOG_PAGE
 from payloadtags.registry.errors import (
     RegistryDeleteDisabled,
@@ -237,17 +237,40 @@ class InstrumentedRegistry:
         return await self._measure("blob", self.inner.blob(repository, digest, max_bytes=max_bytes))
 
     async def delete_tag(
-        self, repository: str, tag: str, *, before: Before | None = None, check: Check | None = None
+        self,
+        repository: str,
+        tag: str,
+        *,
+        before: Before | None = None,
+        check: Check | None = None,
+        sent: Sent | None = None,
+        waiting: Waiting | None = None,
     ) -> str | None:
-        checks = _Checks(self.clock, before, check)
-        call = self.inner.delete_tag(repository, tag, before=checks.before(), check=checks.check())
+        checks = _Checks(self.clock, before, check, waiting)
+        call = self.inner.delete_tag(
+            repository, tag, before=checks.before(), check=checks.check(), sent=sent, waiting=checks.waiting
+        )
         return await self._measure("delete_tag", call, checks)
 
     async def delete_manifest(
-        self, repository: str, digest: str, *, before: Before | None = None, check: Check | None = None
+        self,
+        repository: str,
+        digest: str,
+        *,
+        before: Before | None = None,
+        check: Check | None = None,
+        sent: Sent | None = None,
+        waiting: Waiting | None = None,
     ) -> None:
-        checks = _Checks(self.clock, before, check)
-        call = self.inner.delete_manifest(repository, digest, before=checks.before(), check=checks.check())
+        checks = _Checks(self.clock, before, check, waiting)
+        call = self.inner.delete_manifest(
+            repository,
+            digest,
+            before=checks.before(),
+            check=checks.check(),
+            sent=sent,
+            waiting=checks.waiting,
+        )
         return await self._measure("delete_manifest", call, checks)
 
     async def close(self) -> None:
@@ -257,13 +280,25 @@ class InstrumentedRegistry:
 @attrs.define
 class _Checks:
     """A mutation's checks (`Before`, `Check`), noting whether one stopped it (raised) and how long
-    the confirmations took."""
+    the confirmations took, with the waits for a confirmation's turn (`Waiting`): another delete's
+    cluster-API `GET` is no more the registry's time than this delete's own."""
 
     clock: Callable[[], float]
     _before: Before | None
     _check: Check | None
+    _waiting: Waiting | None = None
     stopped: bool = False
     spent: float = 0.0
+    _waited_from: float | None = None
+
+    def waiting(self, begins: bool) -> None:
+        if begins:
+            self._waited_from = self.clock()
+        elif self._waited_from is not None:
+            self.spent += self.clock() - self._waited_from
+            self._waited_from = None
+        if self._waiting is not None:
+            self._waiting(begins)
 
     def before(self) -> Before | None:
         before = self._before

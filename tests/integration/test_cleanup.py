@@ -24,7 +24,7 @@ from payloadtags.cleanup import Aborted, Cascade, CascadeResult, Unconfirmed, na
 from payloadtags.cleanup.cascade import Walk
 from payloadtags.cleanup.removal import namespace_remover
 from payloadtags.cleanup.sweep import ABSENT, EXISTS, TERMINATING, UNKNOWN, Sweep, require_gone
-from payloadtags.registry import Before, Check, RegistryClient, RegistrySettings
+from payloadtags.registry import Before, Check, RegistryClient, RegistrySettings, Sent, Waiting
 from payloadtags.registry.errors import RegistryUnavailable
 from tests.support import images
 from tests.support.cleanup_fixtures import *  # noqa: F403
@@ -460,9 +460,15 @@ def after_first_delete(registry: RegistryClient, then: Callable[[], Awaitable[No
     deleted: list[str] = []
 
     async def delete_then(
-        repository: str, digest: str, *, before: Before | None = None, check: Check | None = None
+        repository: str,
+        digest: str,
+        *,
+        before: Before | None = None,
+        check: Check | None = None,
+        sent: Sent | None = None,
+        waiting: Waiting | None = None,
     ) -> None:
-        await real_delete(repository, digest, before=before, check=check)
+        await real_delete(repository, digest, before=before, check=check, sent=sent, waiting=waiting)
         deleted.append(digest)
         if len(deleted) == 1:
             await then()
@@ -554,7 +560,12 @@ async def test_a_delete_ready_after_the_namespace_is_created_anew_waits_for_a_ge
                 await slow[0]
 
     async def delete(
-        repository: str, digest: str, *, before: Before | None = None, check: Check | None = None
+        repository: str,
+        digest: str,
+        *,
+        before: Before | None = None,
+        check: Check | None = None,
+        sent: Sent | None = None,
     ) -> None:
         # The checks in the repository's turn (the cascade's GET among them), then the request, which
         # here may take long to reach the registry.
@@ -562,6 +573,8 @@ async def test_a_delete_ready_after_the_namespace_is_created_anew_waits_for_a_ge
             await before()
         if check is not None:
             check()
+        if sent is not None:
+            sent()
         if repository == f"{team}/other":
             if not other_deleted:
                 await app_sent

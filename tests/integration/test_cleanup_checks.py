@@ -20,6 +20,7 @@ from twisted.internet.task import Clock
 from payloadtags.cleanup.cascade import Aborted, Cascade, Unconfirmed
 from payloadtags.cleanup.removal import NamespaceRemover
 from payloadtags.cleanup.sweep import ABSENT
+from payloadtags.metrics import InstrumentedRegistry, Metrics
 from payloadtags.registry import RegistryClient, RegistrySettings
 from payloadtags.registry.errors import RegistryUnavailable
 from payloadtags.registry.queue import RepositoryQueue
@@ -430,3 +431,167 @@ async def test_confirmations_under_way_leave_connection_slots_to_reads(registry:
                 cascade.cancel()
         await client.close()
     assert [images.list_tags(registry, f"{n}/app") for n in namespaces] == [[], []]
+
+
+@pytest.mark.parametrize("waiting_for", ["a confirmation's turn", "a connection slot", "a token"])
+@pytest_twisted.ensureDeferred
+async def test_a_deletecollections_own_delete_stops_waiting_at_its_budget(
+    registry: RegistryServer, token_registry: RegistryServer, waiting_for: str
+) -> None:
+    """A deletecollection's delete (a write, not a read) holds its repository's turn and waits: for a
+    confirmation's turn, which another namespace's cascade holds while the cluster API is slow; for a
+    connection slot, which a user's slow read holds; for its token, which the token service is slow to
+    give. Its budget ends meanwhile: it stops waiting, leaves its place in line, sends nothing, and the
+    call ends with its 503 "not finished within 2s". Nothing has left yet: the check on taking the
+    repository's turn (before its reads) is not the one right before the request goes out."""
+    target = token_registry if waiting_for == "a token" else registry
+    namespace = unique_namespace("ownbudget")
+    repository = f"{namespace}/app"
+    images.push_oci_image(target, repository, "a", seed=f"{namespace}-a")
+    other = unique_namespace("ownbudget")
+    images.push_oci_image(target, f"{other}/app", "a", seed=f"{other}-a")
+    held: Deferred[None] = Deferred()
+
+    def is_delete_token(method: str, url: str) -> bool:
+        return "scope=" in url and "delete" in url and namespace in url
+
+    def is_resolve(method: str, url: str) -> bool:
+        return f"/v2/{repository}/manifests/" in url and method in ("GET", "HEAD")
+
+    def hold(method: str, url: str) -> Deferred[None] | None:
+        if waiting_for == "a token" and is_delete_token(method, url):
+            return held
+        if waiting_for == "a connection slot" and f"/v2/{other}/app/tags/list" in url:
+            return held
+        return None
+
+    agent = HeldAgent(reactor, hold)
+    queue = WatchedQueue()
+    credentials = (
+        {"username": token_registry.username, "password": token_registry.password}
+        if waiting_for == "a token"
+        else {}
+    )
+    client = RegistryClient(
+        reactor,
+        RegistrySettings(
+            url=target.url,
+            timeout=30.0,
+            max_connections=1 if waiting_for == "a connection slot" else 4,
+            **credentials,
+        ),
+        agent=agent,
+        queue=queue,
+    )
+    api = Api(held=True)
+    clock = Clock()
+
+    async def gone(name: str) -> tuple[str, str | None]:
+        return ABSENT, None
+
+    remover = NamespaceRemover(Cascade(client, clock, concurrency=1), clock, gone)
+    leader: Deferred[Any] | None = None
+    answer: Deferred[None] | None = None
+    user: Deferred[Any] | None = None
+    removal: Deferred[None] | None = None
+    waiting: Deferred[Any]
+    try:
+        if waiting_for == "a confirmation's turn":
+            # The only confirmation's turn (4 // 4): the leader's cascade of another namespace.
+            asked = api.asked()
+            leader = Deferred.fromCoroutine(
+                Cascade(client, reactor, concurrency=1).run(other, confirm=api.confirm)
+            )
+            answer = await asked
+            waiting = queue.reaching(repository, 1)
+        elif waiting_for == "a connection slot":
+            # The only slot: taken by a user's read (held) when the removal's last read gives it up.
+            def read(_: None) -> None:
+                nonlocal user
+                user = Deferred.fromCoroutine(client.tags(f"{other}/app"))
+
+            agent.arrived(is_resolve).addCallback(read)
+            waiting = DeferredList(
+                [agent.arrived(lambda method, url: f"/v2/{other}/app/" in url), queue.reaching(repository, 1)]
+            )
+        else:
+            waiting = agent.arrived(is_delete_token)
+        removal = Deferred.fromCoroutine(remover.remove(namespace, 2.0))
+        await waiting
+        for _ in range(3):  # it goes on as far as it can: its delete waits
+            turn: Deferred[None] = Deferred()
+            reactor.callLater(0, turn.callback, None)
+            await turn
+        assert queue.depth(repository) == 1  # its delete holds the repository's turn
+        clock.advance(2.0)
+        assert removal.called  # ended at its budget, what it waits for still not there
+        with pytest.raises(RegistryUnavailable, match="not finished within 2s"):
+            await removal
+        assert queue.depth(repository) == 0
+        assert agent.writes() == []
+        held.callback(None)
+        if answer is not None:
+            api.held = False
+            answer.callback(None)
+        if leader is not None:
+            assert await outcome_of(leader) == "finished"
+        if user is not None:
+            assert await user == ("a",)
+    finally:
+        if not held.called:
+            held.callback(None)
+        if answer is not None and not answer.called:
+            answer.callback(None)
+        if leader is not None and not leader.called:
+            leader.cancel()
+        if removal is not None and not removal.called:
+            removal.cancel()
+        await client.close()
+    assert images.list_tags(target, repository) == ["a"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wait_for_another_deletes_confirmation_is_not_registry_time(registry: RegistryServer) -> None:
+    """Two deletes of two repositories, each with a confirmation; 4 connection slots, so one
+    confirmation's turn. The first's cluster-API GET takes 30 s; the second, its own confirmation
+    instant, waits for the turn meanwhile. The registry answers both at once: the delete_manifest
+    durations add up to nothing, neither delete's cluster-API time nor the wait for the other's is
+    registry latency (docs/metrics.md)."""
+    namespace = unique_namespace("metricturn")
+    first_digest = images.push_oci_image(registry, f"{namespace}/a", "x", seed=f"{namespace}-a")
+    second_digest = images.push_oci_image(registry, f"{namespace}/b", "x", seed=f"{namespace}-b")
+    clock, metrics = Clock(), Metrics()
+    client = RegistryClient(reactor, RegistrySettings(url=registry.url, timeout=30.0, max_connections=4))
+    instrumented = InstrumentedRegistry(client, metrics, clock=clock.seconds)
+    api = Api(held=True)
+
+    async def instant() -> None:
+        pass
+
+    try:
+        asked = api.asked()
+        first = Deferred.fromCoroutine(
+            instrumented.delete_manifest(f"{namespace}/a", first_digest, before=api.confirm)
+        )
+        answer = await asked
+        second = Deferred.fromCoroutine(
+            instrumented.delete_manifest(f"{namespace}/b", second_digest, before=instant)
+        )
+        turn: Deferred[None] = Deferred()
+        reactor.callLater(0, turn.callback, None)
+        await turn
+        assert not second.called  # waiting for the only confirmation's turn
+        clock.advance(30.0)  # the first delete's cluster-API GET
+        answer.callback(None)
+        await first
+        await second
+    finally:
+        await client.close()
+    durations = [
+        sample.value
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == "payloadtags_registry_operation_duration_seconds_sum"
+        and sample.labels["operation"] == "delete_manifest"
+    ]
+    assert durations == [0.0]

@@ -18,7 +18,7 @@ from payloadtags.cleanup.cascade import Aborted, Cascade, CascadeResult, LateWri
 from payloadtags.cleanup.metrics import CleanupMetrics
 from payloadtags.cleanup.watcher import NamespaceTriggers
 from payloadtags.kube import Backoff
-from payloadtags.registry import Before, CatalogPage, Check
+from payloadtags.registry import Before, CatalogPage, Check, Sent
 from payloadtags.registry.content import skipped_by_seek
 from payloadtags.registry.errors import (
     RegistryConflict,
@@ -72,12 +72,20 @@ class FakeRegistry:
             raise RegistryNotFound(f"{repository}:{tag}") from None
 
     async def delete_manifest(
-        self, repository: str, manifest: str, *, before: Before | None = None, check: Check | None = None
+        self,
+        repository: str,
+        manifest: str,
+        *,
+        before: Before | None = None,
+        check: Check | None = None,
+        sent: Sent | None = None,
     ) -> None:
         if before is not None:
             await before()  # in the repository's turn, as the registry client runs it
         if check is not None:
             check()  # then right before the request leaves
+        if sent is not None:
+            sent()
         self._gate("delete")
         tags = self.repos.get(repository, {})
         doomed = [tag for tag, d in tags.items() if d == manifest]
@@ -88,13 +96,21 @@ class FakeRegistry:
         self.deletes.append((repository, manifest))
 
     async def delete_tag(
-        self, repository: str, tag: str, *, before: Before | None = None, check: Check | None = None
+        self,
+        repository: str,
+        tag: str,
+        *,
+        before: Before | None = None,
+        check: Check | None = None,
+        sent: Sent | None = None,
     ) -> str | None:
         """Only reached for tags that resolve to nothing: gone, as this fake has no dangling tags."""
         if before is not None:
             await before()
         if check is not None:
             check()
+        if sent is not None:
+            sent()
         self._gate("delete")
         self.tag_deletes.append((repository, tag))
         digest = self.repos.get(repository, {}).pop(tag, None)
@@ -370,10 +386,16 @@ class LoggingRegistry(FakeRegistry):
         return await super().resolve(repository, tag)
 
     async def delete_manifest(
-        self, repository: str, manifest: str, *, before: Before | None = None, check: Check | None = None
+        self,
+        repository: str,
+        manifest: str,
+        *,
+        before: Before | None = None,
+        check: Check | None = None,
+        sent: Sent | None = None,
     ) -> None:
         self.log.append("delete")
-        await super().delete_manifest(repository, manifest, before=before, check=check)
+        await super().delete_manifest(repository, manifest, before=before, check=check, sent=sent)
 
 
 @pytest.mark.parametrize("requests", [1, 2, 3, 4, 6])
@@ -540,12 +562,20 @@ class SlowDeletes(FakeRegistry):
         self.exists = False
 
     async def delete_manifest(
-        self, repository: str, manifest: str, *, before: Before | None = None, check: Check | None = None
+        self,
+        repository: str,
+        manifest: str,
+        *,
+        before: Before | None = None,
+        check: Check | None = None,
+        sent: Sent | None = None,
     ) -> None:
         if before is not None:
             await before()  # the checks in the turn; the request then takes a while to arrive
         if check is not None:
             check()
+        if sent is not None:
+            sent()
         gate: Deferred[None] = Deferred()
         self.pending.append((repository, gate))
         await gate
@@ -659,12 +689,20 @@ class SlowRegistry(FakeRegistry):
         return await self._slow("resolve", FakeRegistry.resolve, repository, tag)
 
     async def delete_manifest(
-        self, repository: str, manifest: str, *, before: Before | None = None, check: Check | None = None
+        self,
+        repository: str,
+        manifest: str,
+        *,
+        before: Before | None = None,
+        check: Check | None = None,
+        sent: Sent | None = None,
     ) -> None:
         if before is not None:
             await before()
         if check is not None:
             check()
+        if sent is not None:
+            sent()
         await self._slow("delete", FakeRegistry.delete_manifest, repository, manifest)
 
 

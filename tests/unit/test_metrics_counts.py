@@ -14,7 +14,7 @@ from twisted.internet.task import Clock, deferLater
 from payloadtags.access.authz import AlwaysAllow
 from payloadtags.identity import UserInfo
 from payloadtags.metrics import CountingAuthorizer, InstrumentedRegistry, Metrics
-from payloadtags.registry import Before, Check, RegistryNotFound, RegistryUnavailable
+from payloadtags.registry import Before, Check, RegistryNotFound, RegistryUnavailable, Sent, Waiting
 
 
 class Registry:
@@ -52,12 +52,26 @@ class Deleting:
             raise self.error
 
     async def delete_manifest(
-        self, repository: str, digest: str, *, before: Before | None = None, check: Check | None = None
+        self,
+        repository: str,
+        digest: str,
+        *,
+        before: Before | None = None,
+        check: Check | None = None,
+        sent: Sent | None = None,
+        waiting: Waiting | None = None,
     ) -> None:
         await self._write(before, check)
 
     async def delete_tag(
-        self, repository: str, tag: str, *, before: Before | None = None, check: Check | None = None
+        self,
+        repository: str,
+        tag: str,
+        *,
+        before: Before | None = None,
+        check: Check | None = None,
+        sent: Sent | None = None,
+        waiting: Waiting | None = None,
     ) -> str | None:
         await self._write(before, check)
         return None

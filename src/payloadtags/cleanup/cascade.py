@@ -51,7 +51,7 @@ from payloadtags.deferreds import bounded_each, gather
 from payloadtags.inventory import CatalogCursor, guessed_tags
 from payloadtags.kube import Backoff
 from payloadtags.names import is_namespace
-from payloadtags.registry import Before, Catalog, Check
+from payloadtags.registry import Before, Catalog, Check, Sent
 from payloadtags.registry.content import catalog_key, skipped_by_seek
 from payloadtags.registry.errors import RegistryConflict, RegistryError, RegistryNotFound, RegistryReadOnly
 
@@ -266,13 +266,28 @@ class CascadeRegistry(Catalog, Protocol):
 
     async def resolve(self, repository: str, reference: str, /) -> str: ...
 
-    # ``before``, ``check``: run right before each write request leaves (`Before`, `Check`).
+    # ``before``, ``check``: run right before each write request leaves, ``sent`` told then (`Before`,
+    # `Check`, `Sent`).
     async def delete_manifest(
-        self, repository: str, digest: str, /, *, before: Before | None = None, check: Check | None = None
+        self,
+        repository: str,
+        digest: str,
+        /,
+        *,
+        before: Before | None = None,
+        check: Check | None = None,
+        sent: Sent | None = None,
     ) -> None: ...
 
     async def delete_tag(
-        self, repository: str, tag: str, /, *, before: Before | None = None, check: Check | None = None
+        self,
+        repository: str,
+        tag: str,
+        /,
+        *,
+        before: Before | None = None,
+        check: Check | None = None,
+        sent: Sent | None = None,
     ) -> str | None: ...
 
 
@@ -658,8 +673,8 @@ class Cascade:
         try:
             try:
                 await checks.mutate(
-                    lambda before, check: self.registry.delete_manifest(
-                        repository, digest, before=before, check=check
+                    lambda before, check, sent: self.registry.delete_manifest(
+                        repository, digest, before=before, check=check, sent=sent
                     )
                 )
             except RegistryNotFound:
@@ -690,8 +705,8 @@ class Cascade:
         try:
             try:
                 digest = await checks.mutate(
-                    lambda before, check: self.registry.delete_tag(
-                        repository, tag, before=before, check=check
+                    lambda before, check, sent: self.registry.delete_tag(
+                        repository, tag, before=before, check=check, sent=sent
                     )
                 )
             except (RegistryNotFound, RegistryConflict) as e:
@@ -794,18 +809,21 @@ class _Checks:
             if timer.active():
                 timer.cancel()
 
-    async def _attempt(self, call: Callable[[Before | None, Check], Awaitable[T]]) -> T:
+    async def _attempt(self, call: Callable[[Before | None, Check, Sent], Awaitable[T]]) -> T:
         sent = False
 
-        def check() -> None:
+        def leaving() -> None:
+            # Told by the registry client right before a write leaves, not by the check it makes on
+            # taking the repository's turn: until then (a confirmation's turn, a slot, a token) the
+            # wait is cancelled at the budget.
             nonlocal sent
-            _check(self.guard)
-            sent = True  # the write leaves right after this: from here it is not cancelled
+            sent = True
 
         before = self.once if self.confirm is not None else None
-        return await self.bounded(ensureDeferred(_awaited(call(before, check))), lambda: sent)
+        work = ensureDeferred(_awaited(call(before, self.check, leaving)))
+        return await self.bounded(work, lambda: sent)
 
-    async def mutate(self, call: Callable[[Before | None, Check], Awaitable[T]]) -> T:
+    async def mutate(self, call: Callable[[Before | None, Check, Sent], Awaitable[T]]) -> T:
         backoff = self.backoff()
         retries = self.retries
         while True:

@@ -35,7 +35,7 @@ from .errors import (
     RegistryTimeout,
     RegistryUnavailable,
 )
-from .interface import Before, Catalog, Check, Registry
+from .interface import Before, Catalog, Check, Registry, Sent, Waiting
 from .queue import RepositoryQueue
 
 __all__ = [
@@ -69,6 +69,8 @@ __all__ = [
     "RegistryTimeout",
     "RegistryUnavailable",
     "RepositoryQueue",
+    "Sent",
+    "Waiting",
     "asking",
     "is_valid_digest",
     "is_valid_repository",

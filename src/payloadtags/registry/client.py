@@ -72,7 +72,7 @@ from .errors import (
     RegistryTimeout,
     RegistryUnavailable,
 )
-from .interface import Before, Check
+from .interface import Before, Check, Sent, Waiting
 from .queue import RepositoryQueue
 from .transport import BodyTooLarge, BytesProducer, KeptEndpoints, OriginRequests, TLSPolicy, read_body
 
@@ -136,6 +136,8 @@ class _Gate:
 
     before: Before | None
     check: Check | None
+    sent: Sent | None = None
+    waiting: Waiting | None = None
 
 
 @attrs.frozen
@@ -595,41 +597,56 @@ class RegistryClient:
         return reply.body
 
     async def delete_manifest(
-        self, repository: str, digest: str, *, before: Before | None = None, check: Check | None = None
+        self,
+        repository: str,
+        digest: str,
+        *,
+        before: Before | None = None,
+        check: Check | None = None,
+        sent: Sent | None = None,
+        waiting: Waiting | None = None,
     ) -> None:
         """Delete a manifest by digest. The registry untags every tag that points at it.
 
         Queued behind the other mutations of the repository in this process (`RepositoryQueue`);
         ``before`` and ``check`` run in the repository's turn, right before the DELETE is sent, on
-        every attempt (`Before`, `Check`)."""
+        every attempt (`Before`, `Check`); ``sent`` is told then, ``waiting`` of the wait for a
+        confirmation's turn (`Sent`, `Waiting`)."""
         self._check_repository(repository)
         self._check_digest(digest)
-        async with self._queue.hold(repository), self._gated(repository, before, check):
+        gate = _Gate(before, check, sent, waiting)
+        async with self._queue.hold(repository), self._gated(repository, gate):
             await self._delete_manifest(repository, digest)
 
     @contextlib.asynccontextmanager
-    async def _gated(
-        self, repository: str, before: Before | None, check: Check | None
-    ) -> AsyncIterator[None]:
+    async def _gated(self, repository: str, gate: _Gate) -> AsyncIterator[None]:
         """The caller's checks, made before each write of the mutation holding the repository's turn.
 
         At the last moment, not once in the turn, nor before it: a check made before a wait (in the
         repository's line, for a connection slot, for a token) would let the request leave whenever
         that wait ends, however much later (a namespace created anew by then, a lost Lease, a budget
         spent); and a mutation's later writes (a repair's PUT) follow reads of their own."""
-        if before is None and check is None:
+        if gate == _Gate(None, None):
             yield
             return
-        if check is not None:
-            check()  # nothing read for a mutation already told to stop
-        self._gates[repository] = _Gate(before, check)
+        if gate.check is not None:
+            # Nothing read for a mutation already told to stop; not `sent`: nothing leaves here.
+            gate.check()
+        self._gates[repository] = gate
         try:
             yield
         finally:
             del self._gates[repository]
 
     async def delete_tag(
-        self, repository: str, tag: str, *, before: Before | None = None, check: Check | None = None
+        self,
+        repository: str,
+        tag: str,
+        *,
+        before: Before | None = None,
+        check: Check | None = None,
+        sent: Sent | None = None,
+        waiting: Waiting | None = None,
     ) -> str | None:
         """Remove exactly this tag and return the digest it pointed at (None: a dangling tag).
 
@@ -653,14 +670,16 @@ class RegistryClient:
 
         ``before`` runs in the repository's turn right before each request that changes a manifest or
         the tag (the DELETE by tag, a re-tag or repair PUT, the DELETE of the copy, a restore), after
-        the read it is conditional on; ``check`` right before each write request (`Before`, `Check`).
+        the read it is conditional on; ``check`` right before each write request, ``sent`` told then
+        (`Before`, `Check`, `Sent`); ``waiting`` of each wait for a confirmation's turn (`Waiting`).
         Raising stops the delete there, with that request not sent: also a delete carried on after its
         caller stopped waiting.
         """
         self._check_repository(repository)
         self._check_tag(tag)
         writing: Deferred[None] = Deferred()
-        work = Deferred.fromCoroutine(self._delete_tag_in_turn(repository, tag, writing, before, check))
+        gate = _Gate(before, check, sent, waiting)
+        work = Deferred.fromCoroutine(self._delete_tag_in_turn(repository, tag, writing, gate))
         if not self._finish_begun_deletes:
             return await work
         self._carried.add(work)
@@ -675,10 +694,10 @@ class RegistryClient:
         )
 
     async def _delete_tag_in_turn(
-        self, repository: str, tag: str, writing: Deferred[None], before: Before | None, check: Check | None
+        self, repository: str, tag: str, writing: Deferred[None], gate: _Gate
     ) -> str | None:
         """`delete_tag`'s work, in the repository's turn; fires ``writing`` before its first write."""
-        async with self._queue.hold(repository), self._gated(repository, before, check):
+        async with self._queue.hold(repository), self._gated(repository, gate):
             if self._delete_by_tag is not False:
                 original = await self._read_tag(repository, tag)
                 writing.callback(None)
@@ -1282,7 +1301,7 @@ class RegistryClient:
         if gate is None:
             return None
         if "/manifests/" not in url or _PROBE_DIGEST in url:
-            return _Gate(None, gate.check)
+            return _Gate(None, gate.check, gate.sent)
         return gate
 
     async def _get_token(self, request: TokenRequest) -> TokenAnswer:
@@ -1346,7 +1365,15 @@ class RegistryClient:
         confirming = ready is not None and ready.before is not None
         if confirming:
             # The confirmation's turn first, the slot after: never a slot held while waiting for it.
-            await self._confirming.acquire()
+            # Told to the caller (`Waiting`): the other confirmations' time, not the registry's.
+            waiting = ready.waiting if ready is not None else None
+            if waiting is not None:
+                waiting(True)
+            try:
+                await self._confirming.acquire()
+            finally:
+                if waiting is not None:
+                    waiting(False)
         try:
             await self._slots.acquire()
         except BaseException:
@@ -1363,6 +1390,8 @@ class RegistryClient:
                         self._confirming.release()
                 if ready.check is not None:
                     ready.check()
+                if ready.sent is not None:
+                    ready.sent()  # from here it leaves (`Sent`)
             if on_send is not None:
                 if self._reads_at_turn_end:
                     await self._turn_end()

@@ -27,8 +27,19 @@ caller, outside the turn."""
 
 Check = Callable[[], None]
 """A caller's synchronous last check, made at the very last moment before each write request of a
-mutation leaves (after `Before`, after any token round trip, on every attempt): raising stops the
-mutation there, with that request not sent."""
+mutation leaves (after `Before`, after any token round trip, on every attempt), and once before the
+mutation's first read, when it takes the repository's turn (nothing read for a mutation already told
+to stop): raising stops the mutation there, with that request not sent."""
+
+Sent = Callable[[], None]
+"""Told right before each write request of a mutation leaves, its `Check` passed: from here the
+request may reach the registry. Not told for the `Check` made on taking the repository's turn: a
+mutation that has not been told may still be stopped (cancelled) with nothing sent, while it waits
+for a confirmation's turn, a connection slot or a token."""
+
+Waiting = Callable[[bool], None]
+"""Told True when a write with a confirmation (`Before`) starts waiting for a confirmation's turn
+(held by other mutations' confirmations, the cluster API's time), False when that wait ends."""
 
 
 class Catalog(Protocol):
@@ -64,18 +75,35 @@ class Registry(Catalog, Protocol):
         ...
 
     async def delete_tag(
-        self, repository: str, tag: str, /, *, before: Before | None = None, check: Check | None = None
+        self,
+        repository: str,
+        tag: str,
+        /,
+        *,
+        before: Before | None = None,
+        check: Check | None = None,
+        sent: Sent | None = None,
+        waiting: Waiting | None = None,
     ) -> str | None:
         """Remove exactly one tag, never a sibling sharing its manifest; returns the digest it named
         (None for a dangling tag, whose manifest the registry no longer has). A write that a push
-        meanwhile would make overwrite it raises RegistryConflict instead. ``before``, ``check``: see
-        `Before` and `Check`."""
+        meanwhile would make overwrite it raises RegistryConflict instead. ``before``, ``check``,
+        ``sent``, ``waiting``: see `Before`, `Check`, `Sent` and `Waiting`."""
         ...
 
     async def delete_manifest(
-        self, repository: str, digest: str, /, *, before: Before | None = None, check: Check | None = None
+        self,
+        repository: str,
+        digest: str,
+        /,
+        *,
+        before: Before | None = None,
+        check: Check | None = None,
+        sent: Sent | None = None,
+        waiting: Waiting | None = None,
     ) -> None:
-        """Remove a manifest and every tag that names it. ``before``, ``check``: see `Before`, `Check`."""
+        """Remove a manifest and every tag that names it. ``before``, ``check``, ``sent``, ``waiting``:
+        see `Before`, `Check`, `Sent`, `Waiting`."""
         ...
 
     async def close(self) -> None:
@@ -83,4 +111,4 @@ class Registry(Catalog, Protocol):
         ...
 
 
-__all__ = ["Before", "Catalog", "Check", "Registry"]
+__all__ = ["Before", "Catalog", "Check", "Registry", "Sent", "Waiting"]
