@@ -19,7 +19,9 @@ from twisted.web.client import ResponseFailed
 from twisted.web.server import Request
 
 from payloadtags.api import continuation, formats
+from payloadtags.api.errors import ApiError
 from payloadtags.api.negotiation import negotiate
+from payloadtags.api.options import DeleteOptions, list_options
 from payloadtags.api.render import CHUNK_ITEMS, render_list
 from payloadtags.limits import WatchLimits
 from payloadtags.model import GROUP, ListMeta, tag_object
@@ -30,6 +32,7 @@ from tests.integration.test_output_bounds import many_tags
 from tests.support import images
 from tests.support.client import Response, stream
 from tests.support.faultproxy import ERROR_BEFORE, FaultProxy
+from tests.support.interleaving import USER, Replica
 from tests.support.kubectl import read_yaml_locally
 from tests.support.raw import Target, exchange, request_bytes
 from tests.support.scripted_http import serving
@@ -1812,3 +1815,34 @@ async def test_routes_served_without_klein_answer_as_klein_does(api, registry, r
     assert (await client.get(collection(namespace) + "/")).code == 200
     assert_status(await client.request("POST", collection(namespace), body={}), 405, "MethodNotAllowed")
     assert len(direct) == count
+
+
+@pytest.mark.parametrize("deleting", ["tag by tag", "the namespace's content"])
+@pytest_twisted.ensureDeferred
+async def test_a_deletecollection_the_registry_refuses_for_good_is_503_without_retry(
+    reactor, registry, nodelete_registry, repo, deleting
+):
+    """A registry that refuses every delete the same way (deletes turned off; as a 501 or an answer
+    the client does not understand): the deletecollection answers 503 without Retry-After, as the
+    single delete does, with the registry's words and not "retry", whether it deletes tag by tag (a
+    live namespace) or the namespace's content (one being deleted: its cascade stops at its first
+    failed pass instead of passing again until its budget ends)."""
+    namespace, _ = split(repo)
+    images.push_oci_image(registry, repo, "v1")
+    replica = Replica.make(
+        reactor,
+        nodelete_registry.url,
+        deleting=(lambda name: True) if deleting == "the namespace's content" else None,
+        removal_budget=30.0,
+    )
+    try:
+        with pytest.raises(ApiError) as refused:
+            await replica.service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
+    finally:
+        await replica.close()
+    error = refused.value
+    assert error.details is not None
+    assert (error.code, error.retry_after, error.details.retry_after_seconds) == (503, None, None)
+    assert "does not allow deletes (storage.delete.enabled is false)" in error.message, error.message
+    assert error.message.endswith("; a retry gets the same answer until that is fixed"), error.message
+    assert images.list_tags(registry, repo) == ["v1"]

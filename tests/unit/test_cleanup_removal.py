@@ -11,7 +11,14 @@ from twisted.internet.task import Clock, deferLater
 from payloadtags.cleanup.removal import NamespaceRemover
 from payloadtags.cleanup.sweep import ABSENT, EXISTS, TERMINATING, UNKNOWN
 from payloadtags.kube import Backoff
-from payloadtags.registry.errors import RegistryTimeout, RegistryUnavailable
+from payloadtags.registry.errors import (
+    RegistryAuthFailed,
+    RegistryDeleteDisabled,
+    RegistryError,
+    RegistryProtocolError,
+    RegistryTimeout,
+    RegistryUnavailable,
+)
 from tests.unit.test_cleanup_cascade import (
     FakeRegistry,
     ListingRegistry,
@@ -596,3 +603,30 @@ def test_a_call_does_not_wait_for_a_leader_cascade_queued_for_a_worker() -> None
 class _Unsynced:
     def wait_for_sync(self) -> Deferred[None]:
         return Deferred()
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        RegistryProtocolError("registry r does not support DELETE (HTTP 501 Not Implemented)"),
+        RegistryDeleteDisabled("registry r does not allow deletes (storage.delete.enabled is false)"),
+        RegistryAuthFailed("registry r refused the configured credentials"),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_a_removal_whose_deletes_meet_a_lasting_refusal_stops_at_its_first_failed_pass(
+    refusal: RegistryError,
+) -> None:
+    """Every delete is refused in a way a retry meets again: the removal does not pass again (and
+    send every delete again) until its budget ends, answered "retry"; it ends after that pass with
+    the registry's words, an error a retry cannot fix (`RegistryError.lasting`)."""
+    remover, registry, clock = make({"team": ABSENT})
+    registry.fail("delete", refusal, times=1000)
+    done = outcome(remover.remove("team", 10.0))
+    assert done, "it sat out a backoff to pass again"
+    error = done[0].value
+    assert isinstance(error, RegistryError) and not isinstance(error, RegistryUnavailable)
+    assert error.lasting, error
+    assert str(refusal) in str(error) and "not finished within" not in str(error)
+    assert 1000 - len(registry.failures["delete"]) == 3  # each of the namespace's digests, once
+    assert clock.seconds() == 0

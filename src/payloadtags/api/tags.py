@@ -55,13 +55,17 @@ def _collection_incomplete(
     left: list[TagRef],
     why: dict[TagRef, str],
     pending: Collection[TagRef] = (),
+    lasting: Collection[TagRef] = (),
 ) -> ApiError:
     """503 with Retry-After: the namespace controller (and kubectl) retry, and the next try resumes.
     With ``pending`` (tags whose delete wrote something the registry did not answer, and may still
     carry out), 504 with none: a repeat sent by client-go while such a write is pending could
-    succeed, and the write then bring its tag back after the answer said so."""
+    succeed, and the write then bring its tag back after the answer said so. With every tag left in
+    ``lasting`` (refused in a way a retry meets again: `RegistryError.lasting`), 503 with none, as for
+    a single delete: client-go would repeat the request up to ten times for the same answer."""
     if pending:
         return _collection_unanswered(namespace, total, left, why, pending)
+    refused = bool(left) and all(ref in lasting for ref in left)
     named = [
         f'"{ref.name}" ({ref.repository}:{ref.tag}: {why.get(ref, "still listed after its delete")})'
         for ref in left[:NAMED_LEFT]
@@ -69,7 +73,8 @@ def _collection_incomplete(
     more = f" and {len(left) - NAMED_LEFT} more" if len(left) > NAMED_LEFT else ""
     message = (
         f"deletecollection of {QUALIFIED_RESOURCE} in namespace {namespace} is not finished: "
-        f"{len(left)} of {total} selected tag(s) are still there: {'; '.join(named)}{more}; retry"
+        f"{len(left)} of {total} selected tag(s) are still there: {'; '.join(named)}{more}"
+        + ("; a retry gets the same answer until that is fixed" if refused else "; retry")
     )
     causes = [
         {
@@ -79,8 +84,9 @@ def _collection_incomplete(
         }
         for ref in left[:NAMED_LEFT]
     ]
-    details = StatusDetails(group=GROUP, kind=RESOURCE, causes=causes, retry_after_seconds=1)
-    return ApiError(503, "ServiceUnavailable", message, details, retry_after=1)
+    retry_after = None if refused else 1
+    details = StatusDetails(group=GROUP, kind=RESOURCE, causes=causes, retry_after_seconds=retry_after)
+    return ApiError(503, "ServiceUnavailable", message, details, retry_after=retry_after)
 
 
 def _collection_unanswered(
@@ -598,6 +604,7 @@ class TagsService:
 
         failed: dict[TagRef, str] = {}
         pending: set[TagRef] = set()  # failed with a write the registry may still carry out
+        lasting: set[TagRef] = set()  # failed in a way a retry meets again
         if (
             self.removal is not None
             and self._asks_whole_namespace(user, namespace, list_options)
@@ -615,6 +622,8 @@ class TagsService:
                 failed[ref] = str(error)
                 if error.unanswered:
                     pending.add(ref)
+                elif error.lasting:
+                    lasting.add(ref)
                 return None
             return self._object(ref, TagStatus(digest=digest) if digest is not None else None)
 
@@ -629,7 +638,7 @@ class TagsService:
         left = [ref for ref in again if ref in selected]
         if left or pending:
             unanswered = [ref for ref in refs if ref in pending]
-            raise _collection_incomplete(namespace, len(refs), left, failed, unanswered)
+            raise _collection_incomplete(namespace, len(refs), left, failed, unanswered, lasting)
         return [obj for obj in deleted if obj is not None], meta
 
     def _asks_whole_namespace(self, user: UserInfo, namespace: str, selection: ListOptions) -> bool:
@@ -657,6 +666,7 @@ class TagsService:
         assert self.removal is not None
         why = ""
         pending = False
+        lasting = False
         try:
             await self.removal.remove(namespace, self.removal_budget)
         except RegistryError as error:
@@ -665,6 +675,7 @@ class TagsService:
             # the namespace may list empty now and hold a tag once it lands, so no 200 (the error
             # says until when; a call after that deletes what it left).
             pending = error.unanswered
+            lasting = error.lasting and not error.unanswered
         finally:
             for repository in dict.fromkeys(ref.repository for ref in refs):
                 self.changed(repository)
@@ -675,7 +686,11 @@ class TagsService:
             raise _removal_unanswered(namespace, len(refs), left, why)
         if left:
             raise _collection_incomplete(
-                namespace, len(refs), left, dict.fromkeys(left, why or "still listed")
+                namespace,
+                len(refs),
+                left,
+                dict.fromkeys(left, why or "still listed"),
+                lasting=left if lasting else (),
             )
         for ref in refs:
             _audit(user, ref, None, dry_run=False)

@@ -80,6 +80,11 @@ class Aborted(Exception):
     """The cascade must stop without finishing: the namespace exists again, leadership was lost…"""
 
 
+class Refused(Aborted):
+    """A deletecollection's pass failed only with errors a retry meets again (`RegistryError.lasting`):
+    passing again until its budget ends would send the same requests for the same answers."""
+
+
 class Unconfirmed(Exception):
     """Whether the namespace is gone cannot be told now (the cluster API does not answer)."""
 
@@ -148,6 +153,7 @@ class _Pass:
     last_error: str | None = None
     registry_errors: int = 0
     readonly_errors: int = 0
+    lasting_errors: int = 0  # of `errors`: ones a retry meets again (`RegistryError.lasting`)
     # Where errors happened ("repository:tag", "repository", "catalog"), for the warning.
     failing: _Examples = attrs.Factory(_Examples)
     # "repository:tag" of tags listed that resolved to nothing, for the log when nothing moves.
@@ -162,6 +168,7 @@ class _Pass:
         if isinstance(error, RegistryError):
             self.registry_errors += 1
             self.readonly_errors += isinstance(error, RegistryReadOnly)
+            self.lasting_errors += error.lasting and not error.unanswered
         self.failing.note(where)
 
 
@@ -330,7 +337,8 @@ class Cascade:
     ) -> CascadeResult:
         """Empty ``<namespace>/``; returns once a full listing of it finds no tag.
 
-        Never gives up on registry errors (they are retried with backoff); raises `Aborted` when
+        Never gives up on registry errors (they are retried with backoff), except with `until` a pass
+        that failed only with errors a retry meets again (`Refused`); raises `Aborted` when
         `guard` or `confirm` says to stop, and CancelledError when cancelled. `wait` sits out each
         backoff after a pass, `check_wait` each of a confirmation's retry backoff (default: just the
         delay on the clock). `walk` is where an earlier cascade of the namespace stopped: this one
@@ -382,6 +390,10 @@ class Cascade:
                 walk.failure = f"{state.errors} failure(s) at {state.failing}, e.g. {last_error}"
                 self.metrics.registry_errors_total += state.registry_errors
                 self.metrics.registry_readonly_waits_total += state.readonly_errors
+                if checks.until is not None and state.lasting_errors == state.errors:
+                    # A deletecollection's: the same answers again at each pass, and its caller told
+                    # to retry; the leader's cascade (no budget) keeps trying, its warning logged.
+                    raise Refused("stopped: every failure of its last pass is one a retry meets again")
                 delay = backoff.next_delay()
                 # Once per failed pass, so at most once per backoff step: names what keeps failing.
                 log.warn(

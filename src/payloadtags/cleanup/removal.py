@@ -25,7 +25,7 @@ from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
-from payloadtags.cleanup.cascade import Aborted, Cascade, LateWrites, Walk
+from payloadtags.cleanup.cascade import Aborted, Cascade, LateWrites, Refused, Walk
 from payloadtags.cleanup.metrics import CleanupMetrics
 from payloadtags.cleanup.sweep import ABSENT, TERMINATING, namespace_state, namespace_uid, require_gone
 from payloadtags.kube import Backoff, KubeClient
@@ -158,7 +158,12 @@ class NamespaceRemover:
             # whoever looks at the namespace's conditions, not the log.
             failure = walked.failure if walked is not None else None
             why = f"; the last pass failed: {failure}" if failure is not None else ""
-            raise self._unfinished(namespace, f"{stopped}{why}") from None
+            unfinished = self._unfinished(namespace, f"{stopped}{why}")
+            if isinstance(stopped, Refused) and not unfinished.unanswered:
+                # Not retriable: a retry gets the same answers (no Retry-After, as for a single delete).
+                unfinished = RegistryError(unfinished.message)
+                unfinished.lasting = True
+            raise unfinished from None
         finally:
             if self._inflight.get(namespace) is mine:
                 del self._inflight[namespace]

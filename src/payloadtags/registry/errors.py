@@ -12,9 +12,15 @@ class RegistryError(Exception):
 
     ``unanswered``: the request went out and no answer came (a timeout, a connection lost on the
     way; for a write, a gateway's 5xx in front of the registry): the registry may still carry it out
-    later, after the client has moved on."""
+    later, after the client has moved on.
+
+    ``lasting``: a retry meets the same answer (deletes turned off, credentials rejected or granting
+    too little, an answer this client does not understand, a 501): someone has to act first, so its
+    caller is not told to retry (no Retry-After) and a pass is not made again for it. Never for an
+    unanswered write (`unanswered` wins: it may still land)."""
 
     unanswered: bool = False
+    lasting: bool = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -52,6 +58,8 @@ class RegistryReadOnly(RegistryError):
 
 class RegistryDeleteDisabled(RegistryError):
     """The registry's storage has deletes turned off (``storage.delete.enabled: false``)."""
+
+    lasting = True
 
 
 class RegistrySchema1Disabled(RegistryDeleteDisabled):
@@ -93,6 +101,8 @@ class RegistryAuthFailed(RegistryError):
     the scope asked for: ``insufficient_scope``); granting it helps, where new credentials would not.
     False when the credentials are rejected or missing."""
 
+    lasting = True
+
     def __init__(self, message: str, denied: bool = False) -> None:
         super().__init__(message)
         self.denied = denied
@@ -100,6 +110,8 @@ class RegistryAuthFailed(RegistryError):
 
 class RegistryProtocolError(RegistryError):
     """The registry answered something this client does not expect (bad JSON, status, oversize body)."""
+
+    lasting = True
 
 
 __all__ = [
