@@ -1325,6 +1325,53 @@ def test_an_unanswered_delete_by_tag_not_carried_out_yet_says_it_may_still_be() 
     assert 2 <= len(heads) <= 10  # watched, within its bound
 
 
+@pytest.mark.parametrize(
+    "pending", ["re-tag, the tag unreadable", "delete by tag, the tag unreadable", "restore"]
+)
+def test_a_write_that_may_still_land_is_never_answered_retry_the_delete(pending: str) -> None:
+    """Whatever else the message says (the tag could not be read since, or the restore went
+    unanswered), a write of ours that may still land gives the time it may take and says to look
+    then, not "retry the delete": deleting again at once could succeed before the write lands and
+    brings the tag back (the deletecollection's 504 refers to that time)."""
+    clock = Clock()
+    registry = DeleteRegistry(
+        tag_delete=GATEWAY_PAGE
+        if pending.startswith("delete by tag")
+        else error_answer(400, "DIGEST_INVALID"),
+        digest_delete=error_answer(500, "UNKNOWN") if pending == "restore" else None,
+    )
+    puts: list[str] = []
+    unanswered: list[str] = []
+
+    def handler(request: Sent) -> Answer | Deferred[Answer]:
+        tag_path = request.url.removeprefix(REGISTRY).split("?")[0] == "/v2/a/b/manifests/v1"
+        if tag_path and request.method == "PUT":
+            puts.append(request.method)
+            # The re-tag (or, for "restore", the restore: the second PUT) reaches a gateway only.
+            if len(puts) == (2 if pending == "restore" else 1):
+                unanswered.append(request.method)
+                return GATEWAY_PAGE
+        if tag_path and request.method == "DELETE" and pending.startswith("delete by tag"):
+            unanswered.append(request.method)
+        if unanswered and pending != "restore" and request.method in ("GET", "HEAD"):
+            return error_answer(500, "UNKNOWN")  # nothing can be read since
+        return registry(request)
+
+    client, _ = make(handler, clock, timeout=4.0)
+    outcome = run(client.delete_tag("a/b", "v1"))
+    for _ in range(100):
+        if outcome.called:
+            break
+        clock.advance(1)
+    with pytest.raises(RegistryError) as caught:
+        result(outcome)
+    message = caught.value.message
+    assert unanswered and caught.value.unanswered, message
+    assert "retry the delete" not in message, message
+    assert "may still land within about 8s: wait that long" in message, message
+    assert message.endswith("delete it again only if it is still there"), message
+
+
 def test_unique_manifest_delete_on_distribution_2_8() -> None:
     registry = DeleteRegistry(tag_delete=error_answer(400, "DIGEST_INVALID"))
     clock = Clock()

@@ -950,6 +950,12 @@ class RegistryClient:
             "(kubectl get) and delete it again only if it is still there"
         )
 
+    def _advice(self, pending: bool) -> str:
+        """What to do about a delete that failed: a write of ours still pending gets the wait, then a
+        look (`_late_advice`), never "retry the delete", whose repeat could succeed before the write
+        lands and brings the tag back."""
+        return self._late_advice() if pending else "; retry the delete"
+
     async def _settle(
         self,
         repository: str,
@@ -989,7 +995,8 @@ class RegistryClient:
             raise _amend(
                 error,
                 f"; where tag {where} points now could not be checked ({check_error.message}): it may "
-                f"point at {ours}, a copy payloadtags wrote to delete it; retry the delete",
+                f"point at {ours}, a copy payloadtags wrote to delete it"
+                f"{late or self._advice(error.unanswered)}",
             ) from error
         if gone and write_pending:
             # Gone (another delete took it), but our write is still out there: success now could be
@@ -1001,7 +1008,9 @@ class RegistryClient:
             # The registry removed our copy's revision and failed before untagging (2.8's 500
             # "invalid checksum digest format" under concurrent writes): finish the delete.
             if original is None:
-                raise _amend(error, f"; tag {where} is still dangling; retry the delete{late}") from error
+                raise _amend(
+                    error, f"; tag {where} is still dangling{late or self._advice(error.unanswered)}"
+                ) from error
             try:
                 await self._repair_dangling(repository, tag)
             except RegistryConflict:
@@ -1010,7 +1019,8 @@ class RegistryClient:
                 raise _amend(
                     error,
                     f"; tag {where} was left dangling (it names a manifest the registry no longer "
-                    f"has) and repairing it failed ({repair_error.message}); retry the delete",
+                    f"has) and repairing it failed ({repair_error.message})"
+                    f"{late or self._advice(error.unanswered)}",
                 ) from error
             return
         if current == ours and not retried:
@@ -1027,7 +1037,7 @@ class RegistryClient:
                 raise _amend(
                     error,
                     f"; tag {where} now points at {ours}, an empty placeholder manifest payloadtags "
-                    "wrote to repair it (it was dangling); retry the delete",
+                    f"wrote to repair it (it was dangling){self._advice(error.unanswered)}",
                 ) from error
             # Our copy is in place and the delete did not happen. Put the tag back: conditional on
             # the read just above, which showed our copy, not someone's push.
@@ -1082,7 +1092,7 @@ class RegistryClient:
                 now_at = "is gone now" if gone_now else "is still listed but names no manifest"
             pending = (
                 f"; the registry did not answer the restore and may still carry it out: the tag "
-                f"would then point at {original.digest} again"
+                f"would then point at {original.digest} again{self._late_advice()}"
                 if restore_error.unanswered
                 else ""
             )
@@ -1123,10 +1133,9 @@ class RegistryClient:
         try:
             current, gone = await self._again(lambda: self._where(repository, tag))
         except RegistryError as check_error:
+            advice = late or ": get the tag to see, or retry the delete"
             raise _amend(
-                error,
-                f"; whether tag {where} is gone could not be checked ({check_error.message}): get the "
-                "tag to see, or retry the delete",
+                error, f"; whether tag {where} is gone could not be checked ({check_error.message}){advice}"
             ) from error
         if gone:
             return
@@ -1135,7 +1144,7 @@ class RegistryClient:
             raise _amend(error, f"; tag {where} was {state}{late}") from error
         if current is None:
             raise _amend(
-                error, f"; tag {where} is still listed but names no manifest; retry the delete"
+                error, f"; tag {where} is still listed but names no manifest{late or '; retry the delete'}"
             ) from error
         conflict = RegistryConflict(
             f"registry {self._name}: tag {where} now points at {current}, pushed while it was being "
