@@ -565,14 +565,16 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument(
         "--max-watches",
         type=_lenient(_count),
-        default=10000,
-        help="watch streams open at once on this replica; more get 429",
+        default=750,
+        help="watch streams open at once on this replica; more get 429 (at most three quarters of "
+        "--max-connections, since each holds a connection)",
     )
     watch.add_argument(
         "--max-watches-per-user",
         type=_lenient(_count),
-        default=1000,
-        help="watch streams one user may hold open at once on this replica; more get 429",
+        default=250,
+        help="watch streams one user may hold open at once on this replica; more get 429 (at most "
+        "--max-watches)",
     )
     watch.add_argument(
         "--watch-resync-period",

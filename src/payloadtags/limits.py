@@ -21,6 +21,14 @@ SEND_BUFFER = 128 * 1024
 # After refusing a request whose body is still arriving, keep reading (and dropping) it this long before
 # closing, so the client sees the answer rather than a reset of a connection with unread data.
 LINGER = 0.5
+# Connections taken in over --max-connections when every one is being answered (watches, lists being
+# read): each may only ask a health probe and closes after its answer, so that a full server still
+# answers the kubelet (which opens a connection per probe) and kube-apiserver's /readyz.
+PROBE_CONNECTIONS = 16
+# Of --max-connections, the share open watches may hold (each holds its connection for as long as it
+# lasts: HTTP/1.1, no HTTP/2): the rest stays for everything else, kube-apiserver's other requests
+# included, as kube-apiserver keeps watches out of its in-flight limits but not out of its capacity.
+WATCH_SHARE = 0.75
 
 
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -47,8 +55,9 @@ class HttpLimits:
 class WatchLimits:
     """Watches: how many, how much each may hold, how often scopes are reread (docs/watch.md)."""
 
-    max_watches: int = 10000
-    max_watches_per_user: int = 1000
+    # Held to WATCH_SHARE of --max-connections whatever they say (watch_limits).
+    max_watches: int = 750
+    max_watches_per_user: int = 250
     resync_period: float = 30.0
     idle_scope_ttl: float = 120.0
     history: int = 10000
@@ -60,6 +69,18 @@ class WatchLimits:
     # Without timeoutSeconds a stream lasts this long (kube-apiserver picks 30 to 60 minutes).
     default_timeout: float = 1800.0
     max_timeout: float = 3600.0
+
+
+def watch_limits(watch: WatchLimits, http: HttpLimits) -> WatchLimits:
+    """``watch`` with its counts held below ``http.max_connections`` (WATCH_SHARE of it): a watch
+    holds a connection, and watches that took every connection would lock out every other request
+    and the health probes."""
+    most = max(1, int(http.max_connections * WATCH_SHARE))
+    return attrs.evolve(
+        watch,
+        max_watches=min(watch.max_watches, most),
+        max_watches_per_user=min(watch.max_watches_per_user, watch.max_watches, most),
+    )
 
 
 SOMAXCONN = "/proc/sys/net/core/somaxconn"

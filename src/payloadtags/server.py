@@ -42,6 +42,7 @@ from payloadtags.identity import UserInfo
 from payloadtags.inventory import Inventory
 from payloadtags.kube import ClusterClient, KubeClient, Reflector
 from payloadtags.lifecycle import OrderedServices, Part, StopSignals
+from payloadtags.limits import watch_limits
 from payloadtags.listen import listen
 from payloadtags.logs import DEBUG_VERBOSITY, begin_logging
 from payloadtags.metrics import CountingAuthorizer, InstrumentedRegistry, Metrics
@@ -411,10 +412,19 @@ async def start(
         else None
     )
     inventory = Inventory(registry, concurrency=settings.registry_concurrency, index=index)
+    watch_settings = watch_limits(settings.watch, settings.http)
+    if watch_settings.max_watches < settings.watch.max_watches:
+        log.warn(
+            "--max-watches={asked} is held to {held}, three quarters of --max-connections={connections}: "
+            "each watch holds a connection, and the rest stays for other requests and health probes",
+            asked=settings.watch.max_watches,
+            held=watch_settings.max_watches,
+            connections=settings.http.max_connections,
+        )
     watch_hub = WatchHub(
         InventoryReader(inventory),
         reactor,
-        settings.watch,
+        watch_settings,
         access_generation=_access_generation(authorizer),
         access_rules=_access_rules(authorizer),
         on_end=lambda reason: metrics.watches_ended.labels(reason).inc(),

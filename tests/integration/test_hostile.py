@@ -15,6 +15,7 @@ import ssl
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,8 +26,11 @@ from twisted.logger import LogLevel
 from twisted.web import resource, server
 
 from payloadtags.limits import HttpLimits
+from tests.integration.test_output_bounds import many_tags
 from tests.support import images
+from tests.support.faultproxy import STALL, FaultProxy
 from tests.support.logcapture import collected_logs
+from tests.support.pki import Authority, Issued
 from tests.support.raw import Reply, Target, closed_within, exchange, read_reply, request_bytes
 
 B = "/apis/payload-registry.deckhouse.io/v1alpha1"
@@ -553,6 +557,36 @@ async def test_inflight_limit_answers_429_and_probes_still_pass(make_server, end
 
 
 @pytest_twisted.ensureDeferred
+async def test_lists_their_clients_do_not_read_hold_no_inflight_seat(make_server, registry, repo, reactor):
+    """Lists long enough to fill the connections' buffers, asked for and never read: while they wait
+    for their clients they hold no seat among --max-requests-inflight, and others are served."""
+    namespace = repo.split("/")[0]
+    many_tags(registry, f"{namespace}/big", 3000)  # 1.5 MB: far more than the buffers on the way
+    api = await make_server(registry, http=HttpLimits(max_requests_inflight=2, request_timeout=HANG_GUARD))
+    t = target(api)
+    connections = api.running.connections
+    readers: list[ssl.SSLSocket] = []
+    try:
+        for _ in range(2):
+            sock = await in_thread(t.connect, api.pki.admin, timeout=HANG_GUARD, receive_buffer=4096)
+            readers.append(sock)
+            await in_thread(
+                sock.sendall, request_bytes("GET", f"{B}/namespaces/{namespace}/payloadrepositorytags")
+            )
+        # Both lists wait for their clients (the channel saw its transport fill).
+        await until(lambda: sum(w.wrappedProtocol.stalled for w in connections.protocols) == 2, reactor)
+        reply = await api.client(api.pki.admin).get("/version")
+        assert reply.code == 200, reply.body
+        # A client that reads gets its whole list, its seat taken again while it is written.
+        readers[0].settimeout(HANG_GUARD)
+        whole = await in_thread(read_reply, readers[0])
+        assert whole.code == 200 and len(whole.json()["items"]) == 3000
+    finally:
+        for sock in readers:
+            sock.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_slow_request_head_gets_408(make_server, registry):
     api = await make_server(registry, http=HttpLimits(header_timeout=0.5))
 
@@ -578,33 +612,153 @@ async def test_slow_body_after_authentication_gets_408(make_server, registry):
     assert (await in_thread(dribble)).is_status(408)
 
 
-@pytest_twisted.ensureDeferred
-async def test_connection_flood_evicts_idle_connections_and_new_clients_get_in(make_server, registry):
-    api = await make_server(registry, http=HttpLimits(max_connections=4))
-    t = target(api)
+@pytest.fixture
+def front_proxy(tmp_path: Path) -> tuple[Authority, Issued]:
+    ca = Authority.create(tmp_path / "front-proxy", "front-proxy")
+    return ca, ca.client("front-proxy-client", stem="front-proxy-client")
 
-    def flood() -> tuple[int, Reply, Reply]:
-        # A client that uses its kept-alive connection, as kube-apiserver does.
-        with t.connect(api.pki.admin, timeout=5) as kept:
+
+@pytest.mark.parametrize(
+    ("keeper", "flood"),
+    [
+        ("client", "idle"),
+        ("client", "probed"),
+        ("client", "refused"),
+        ("front-proxy", "idle"),
+        ("front-proxy", "probed"),
+        ("front-proxy", "answered"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_connection_flood_evicts_idle_connections_and_new_clients_get_in(
+    make_server, registry, front_proxy, keeper, flood
+):
+    """A client keeps a connection it used (kube-apiserver's, verified as the front proxy, or a client
+    certificate's); a flood then fills the table: connections that never ask anything, that each get a
+    probe answered, or a 401 (which anyone gets), or, from an authenticated client, a real answer. The
+    kept connection is evicted last: an answered probe or 401 proves nothing, and the verified front
+    proxy's connection goes only when no other can."""
+    ca, proxy = front_proxy
+    api = await make_server(
+        registry,
+        http=HttpLimits(max_connections=4),
+        requestheader_client_ca_file=str(ca.cert_file),
+        requestheader_allowed_names=("front-proxy-client",),
+    )
+    t = target(api)
+    user, headers = (proxy, {"X-Remote-User": "alice"}) if keeper == "front-proxy" else (api.pki.admin, {})
+
+    def flood_connection() -> ssl.SSLSocket:
+        sock = t.connect(api.pki.admin if flood == "answered" else None, timeout=5)
+        if flood != "idle":
+            sock.sendall(request_bytes("GET", "/livez" if flood == "probed" else "/version"))
+            code = read_reply(sock).code
+            assert code == (401 if flood == "refused" else 200)
+        return sock
+
+    def run() -> tuple[int, Reply, Reply]:
+        with t.connect(user, timeout=5) as kept:
             buffer = bytearray()
-            kept.sendall(request_bytes("GET", "/version"))
-            read_reply(kept, buffer)
-            idle = [t.connect(api.pki.admin, timeout=5) for _ in range(8)]
+            kept.sendall(request_bytes("GET", "/version", headers))
+            assert read_reply(kept, buffer).code == 200
+            idle: list[ssl.SSLSocket] = []
             try:
+                for _ in range(8):
+                    try:
+                        idle.append(flood_connection())
+                    except (ConnectionError, ssl.SSLError, OSError):
+                        pass  # evicted before its answer came: still part of the flood
                 reply = exchange(t, request_bytes("GET", "/livez"))
                 closed = sum(closed_within(sock, 0.5) for sock in idle)
             finally:
                 for sock in idle:
                     sock.close()
             kept.settimeout(5)
-            kept.sendall(request_bytes("GET", "/version"))
+            kept.sendall(request_bytes("GET", "/version", headers))
             again = read_reply(kept, buffer)
         return closed, reply, again
 
-    closed, reply, again = await in_thread(flood)
+    closed, reply, again = await in_thread(run)
     assert reply.code == 200
-    assert closed >= 5  # 8 idle + 1 new + 1 kept connection, at most 4 open at once
+    assert closed >= 5  # 8 flood + 1 new + 1 kept connection, at most 4 open at once
     assert again.code == 200  # the connection that had been used was evicted last
+
+
+def read_head(sock: ssl.SSLSocket) -> Reply:
+    """The head of a response whose body may never end (a watch)."""
+    return read_reply(sock, head=True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_watches_leave_connections_to_others_and_a_full_server_answers_probes(
+    make_server, registry, repo, reactor
+):
+    """Each watch holds its connection: at most three quarters of --max-connections are watches
+    (429 with Retry-After beyond, as kube-apiserver answers), and once every connection is being
+    answered a new one may still ask a probe (answered, then closed); anything else on it gets 429."""
+    namespace = repo.split("/")[0]
+    slow = f"{namespace}slow"
+    images.push_oci_image(registry, f"{namespace}/app", "v1")
+    images.push_oci_image(registry, f"{slow}/app", "v1")
+    hold: defer.Deferred[None] = defer.Deferred()
+    proxy = FaultProxy(
+        reactor,
+        registry.url,
+        lambda method, path: STALL if path.startswith(f"/v2/{slow}/") else None,
+        hold=hold,
+    )
+    try:
+        api = await make_server(proxy.url, http=HttpLimits(max_connections=4, request_timeout=HANG_GUARD))
+        t = target(api)
+        watch = request_bytes("GET", f"{B}/namespaces/{namespace}/payloadrepositorytags?watch=true")
+        watches: list[ssl.SSLSocket] = []
+        try:
+            for _ in range(3):
+                sock = await in_thread(t.connect, api.pki.admin, timeout=HANG_GUARD)
+                watches.append(sock)
+                await in_thread(sock.sendall, watch)
+                assert (await in_thread(read_head, sock)).code == 200
+            # A fourth would leave no connection to anyone else.
+            with await in_thread(t.connect, api.pki.admin, timeout=HANG_GUARD) as fourth:
+                await in_thread(fourth.sendall, watch)
+                refused = await in_thread(read_head, fourth)
+            assert refused.code == 429, refused
+            assert refused.headers["retry-after"] == "1"
+            # The fourth connection: a list its registry does not answer yet. All four are being
+            # answered, none can be evicted.
+            listing = await in_thread(t.connect, api.pki.admin, timeout=HANG_GUARD)
+            watches.append(listing)
+            await in_thread(
+                listing.sendall, request_bytes("GET", f"{B}/namespaces/{slow}/payloadrepositorytags")
+            )
+            connections = api.running.connections
+            await until(
+                lambda: (
+                    proxy.injected[STALL] >= 1
+                    and len(connections.protocols) == 4
+                    and all(w.wrappedProtocol.serving for w in connections.protocols)
+                ),
+                reactor,
+            )
+            live = await in_thread(exchange, t, request_bytes("GET", "/livez"))
+            assert live.code == 200 and live.headers["connection"] == "close"
+            other = await in_thread(exchange, t, request_bytes("GET", "/version"), api.pki.admin)
+            assert other.is_status(429) and other.headers["retry-after"] == "1", other
+        finally:
+            for sock in watches:
+                sock.close()
+    finally:
+        if not hold.called:
+            hold.callback(None)
+        await proxy.stop()
+
+
+async def until(condition: Any, reactor: Any) -> None:
+    for _ in range(int(HANG_GUARD / 0.02)):
+        if condition():
+            return
+        await task.deferLater(reactor, 0.02, lambda: None)
+    raise AssertionError("condition not reached")
 
 
 # --- TLS ---------------------------------------------------------------------------------------------

@@ -91,6 +91,9 @@ class _Refusing:
     def is_probe(self, path: bytes) -> bool:
         return False
 
+    def proves(self, request: Request) -> bool:
+        return False
+
 
 def _channel(clock: Clock) -> tuple[GuardedChannel, StringTransport]:
     site = GuardedSite(Resource(), HttpLimits(), _Refusing(), reactor=clock)
@@ -145,6 +148,9 @@ class _Admitting:
         return succeed(None)
 
     def is_probe(self, path: bytes) -> bool:
+        return False
+
+    def proves(self, request: Request) -> bool:
         return False
 
 

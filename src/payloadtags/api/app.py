@@ -70,6 +70,7 @@ from payloadtags.api.watch import (
     watch_options,
 )
 from payloadtags.deferreds import is_cancellation
+from payloadtags.identity import ANONYMOUS
 from payloadtags.metrics import CONTENT_TYPE, Metrics
 from payloadtags.model import GROUP, GROUP_VERSION, RESOURCE, ListMeta, PayloadRepositoryTag, to_json
 from payloadtags.names import is_namespace
@@ -97,6 +98,8 @@ _TARGET = "_payloadtags_target"
 _QUERY = "_payloadtags_query"
 # Who made a request, once authenticated: the request log names them whatever the answer.
 _USER = "_payloadtags_user"
+# The request's seat among --max-requests-inflight (_Seat), for the writer of a long response.
+_SEAT = "_payloadtags_seat"
 
 
 def _query(request: IRequest) -> Query:
@@ -279,6 +282,43 @@ class _DirectRoute:
         return dict(zip(self.names, values, strict=True))
 
 
+@attrs.define(eq=False)
+class _Seat:
+    """One request's seat among ``--max-requests-inflight``. A long response (a whole list, written
+    as its client reads it) gives its seat up while it waits for a client that does not read, and
+    takes it again when the client reads: what it then holds is the connection's buffers, bounded per
+    connection, not the server's work. Without this, a few hundred connections asking for a large
+    list and never reading it held every seat until the request deadline, and everyone else got 429."""
+
+    server: ApiServer
+    counted: bool  # whether the request is one the limit bounds, and got its seat
+    held: bool = attrs.field(init=False)
+    done: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        self.held = self.counted
+
+    def waiting(self, waiting: bool) -> None:
+        """The response waits for its client to read (True), or goes on (False)."""
+        if not self.counted or self.done or self.held != waiting:
+            return
+        # Taken again even when the seats are all taken meanwhile: this request's work is under
+        # way, and it is new requests the limit turns away.
+        self.held = not waiting
+        self.server._limited += -1 if waiting else 1
+
+    def finished(self) -> None:
+        self.done = True
+        if self.held:
+            self.held = False
+            self.server._limited -= 1
+
+
+def _waiting(request: Request) -> Callable[[bool], None] | None:
+    seat: _Seat | None = getattr(request, _SEAT, None)
+    return None if seat is None else seat.waiting
+
+
 @attrs.define
 class ApiServer:
     service: TagsService
@@ -338,9 +378,8 @@ class ApiServer:
             self._idle_waiters.append(waiter)
         return waiter
 
-    def _finished(self, limited: bool) -> None:
-        if limited:
-            self._limited -= 1
+    def _finished(self, seat: _Seat) -> None:
+        seat.finished()
         self._inflight -= 1
         if self._inflight == 0:
             waiters, self._idle_waiters = self._idle_waiters, []
@@ -379,8 +418,11 @@ class ApiServer:
             counted = bounded and self._limited < self.max_inflight
             if counted:
                 self._limited += 1
-            # In flight until the response is written (or the client is gone), not merely computed.
-            request.notifyFinish().addBoth(lambda _: self._finished(counted))
+            seat = _Seat(self, counted)
+            setattr(request, _SEAT, seat)
+            # In flight until the response is written (or the client is gone), not merely computed;
+            # it holds its seat meanwhile, but while it waits for a client that does not read (_Seat).
+            request.notifyFinish().addBoth(lambda _: self._finished(seat))
             try:
                 if bounded and not counted:
                     raise too_many_requests()
@@ -481,6 +523,12 @@ class ApiServer:
         """Whether a request target is a health endpoint's (``/livez``, ``/readyz?verbose``, ...)."""
         first = path.split(b"?", 1)[0].split(b"/")[1:2]
         return bool(first) and first[0].decode("latin-1") in HEALTH_ENDPOINTS
+
+    def proves(self, request: Request) -> bool:
+        """Whether answering ``request`` showed its client to be an authenticated user (probes, 401s
+        and 404s of unknown paths are answered to anyone)."""
+        user: UserInfo | None = getattr(request, _USER, None)
+        return user is not None and user.name != ANONYMOUS
 
     def admit(self, request: Request) -> Deferred[ApiError | None]:
         """Before any byte of a body is read: authenticate (or check the events token) the request."""
@@ -913,7 +961,7 @@ class ApiServer:
             )
             if not formats.plain(media):
                 chunks = formats.reencoded_list(chunks, *list_envelope(meta, shape), media)
-            await write_streamed(request, chunks, self._clock(), begin)
+            await write_streamed(request, chunks, self._clock(), begin, _waiting(request))
             return b""
         except BaseException:
             # Refused or failed before its client was shown anything (the access rules still
@@ -1102,6 +1150,7 @@ class ApiServer:
             list_answer_chunks(items, meta, media, include),
             self._clock(),
             lambda: _head(request, 200, media.content_type),
+            _waiting(request),
         )
         return b""
 

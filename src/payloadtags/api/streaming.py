@@ -55,11 +55,16 @@ async def _next(chunks: AsyncIterator[bytes]) -> bytes | None:
 
 
 async def write_streamed(
-    request: Request, chunks: AsyncGenerator[bytes, None], clock: IReactorTime, begin: Callable[[], None]
+    request: Request,
+    chunks: AsyncGenerator[bytes, None],
+    clock: IReactorTime,
+    begin: Callable[[], None],
+    waiting: Callable[[bool], None] | None = None,
 ) -> None:
     """Writes ``chunks``, each as soon as it is made, yielding to the reactor after each one and
     waiting while the transport is paused; ``begin`` sets the status and headers just before the first
-    byte. The caller finishes the request.
+    byte. The caller finishes the request. ``waiting`` is told when the writer begins waiting for a
+    client that does not take what was written (True), and when it goes on (False).
 
     A failure before the first byte is raised (the caller answers it with a Status). After it, the
     status line has gone out, so a failure, like the deadline, drops the connection: the client sees a
@@ -95,7 +100,13 @@ async def write_streamed(
                 request.registerProducer(pacer, True)
             request.write(chunk)
             if pacer.paused:
-                await pacer.resumed()
+                if waiting is not None:
+                    waiting(True)
+                try:
+                    await pacer.resumed()
+                finally:
+                    if waiting is not None:
+                        waiting(False)
             else:
                 await deferLater(clock, 0, lambda: None)
     except Exception as error:

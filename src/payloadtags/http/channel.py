@@ -49,10 +49,10 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 from zope.interface import directlyProvides, implementer, providedBy
 
-from payloadtags.api.errors import ApiError, bad_request, internal
+from payloadtags.api.errors import ApiError, bad_request, internal, too_many_requests
 from payloadtags.deferreds import Waiters
 from payloadtags.http.clients import ClientKey, Clients, FairScheduler, address_key, connection_key
-from payloadtags.limits import LINGER, SEND_BUFFER, HttpLimits
+from payloadtags.limits import LINGER, PROBE_CONNECTIONS, SEND_BUFFER, HttpLimits
 from payloadtags.model import to_json
 from payloadtags.tls import verified_peer_chain
 
@@ -75,6 +75,11 @@ class Admission(Protocol):
 
     def is_probe(self, path: bytes) -> bool:
         """Whether the request target is a health probe's (never queued nor throttled)."""
+        ...
+
+    def proves(self, request: Request) -> bool:
+        """Whether answering this request showed its client to be someone: an authenticated user (not
+        a probe's answer, a 401, a 404 of an unknown path). Eviction spares such connections."""
         ...
 
 
@@ -118,6 +123,14 @@ def too_large(limit: int) -> ApiError:
 
 def read_timeout(what: str) -> ApiError:
     return ApiError(408, "Timeout", f"Timeout: the {what} did not arrive in time")
+
+
+def connections_full() -> ApiError:
+    """The answer on a connection taken in for probes only (LimitedConnections) to anything else."""
+    return too_many_requests(
+        message="Too many requests, please try again later: the server holds its maximum of "
+        "connections (--max-connections), and a new one may only ask a health probe"
+    )
 
 
 class GuardedRequest(Request):
@@ -181,7 +194,10 @@ class GuardedChannel(http.HTTPChannel):
     _admitting = False
     _lost = False
     _replay_pending = False
-    answered = 0  # requests answered on this connection: eviction spares proven clients
+    proven = 0  # requests of an authenticated user answered on this connection: eviction spares them
+    # Taken in over --max-connections while every connection was being answered: it may only ask a
+    # health probe, and closes after its answer (LimitedConnections).
+    probe_only = False
     host = ""  # the source address
     client_key: ClientKey = ("address", "")  # whose turn a request of this connection takes
     _deadline: IDelayedCall | None = None
@@ -203,6 +219,12 @@ class GuardedChannel(http.HTTPChannel):
     def serving(self) -> bool:
         """Whether a request of this connection is being answered (eviction spares such ones)."""
         return bool(self._handlingRequest) and not self._replay_pending
+
+    @property
+    def stalled(self) -> bool:
+        """Whether its client has stopped taking the response being written (eviction takes such
+        ones before it refuses a new connection)."""
+        return self._deadline_kind == "stalled"
 
     # -- deadlines ----------------------------------------------------------------------------------
     # A connection has one delayed call, kept for its life and moved as its deadline changes (the head
@@ -300,6 +322,9 @@ class GuardedChannel(http.HTTPChannel):
     # -- the head and the body ----------------------------------------------------------------------
 
     def allHeadersReceived(self) -> None:
+        if self.probe_only and not self.site.admission.is_probe(self._path):
+            self.refuse(connections_full())
+            return
         request = self.requests[-1]
         request.parseCookies()
         self.persistent = self.checkPersistence(request, self._version)
@@ -342,21 +367,25 @@ class GuardedChannel(http.HTTPChannel):
             self.refuse(internal("the server could not admit the request"))
 
     def allContentReceived(self) -> None:
+        if self._refusing:
+            return  # refused on its head (a connection for probes only), and the request had no body
         self._disarm()
         super().allContentReceived()
 
     # -- responses ----------------------------------------------------------------------------------
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Headers) -> None:
-        if self.persistent and self.site.draining:
+        if self.persistent and (self.site.draining or self.probe_only):
             # The server is draining: this response is the connection's last, and says so, as Go's
-            # http.Server does once Shutdown has begun.
+            # http.Server does once Shutdown has begun. A connection taken in over the limit for a
+            # probe is given back as soon as the probe is answered.
             self.persistent = False
             headers.setRawHeaders(b"connection", [b"close"])
         super().writeHeaders(version, code, reason, headers)
 
     def requestDone(self, request: http.Request) -> None:
-        self.answered += 1
+        if isinstance(request, Request) and self.site.admission.proves(request):
+            self.proven += 1
         if request.code == 401 and self.client_key[0] == "address":
             self.site.clients.unauthenticated(self.host)
         if self.site.draining:
@@ -641,11 +670,14 @@ def _no_front_proxy(chain: tuple[x509.Certificate, ...]) -> bool:
 
 
 class LimitedConnections(WrappingFactory):
-    """Holds at most ``limit`` connections. At the limit, a new connection evicts the oldest one that
-    never had a request answered and is not being answered (a connection of a flood, idle or dribbling
-    its head), else the oldest one idle between requests; when every one is being answered, the new
-    connection is closed at once. Clients that keep a connection open and use it (kube-apiserver) are
-    the last to go."""
+    """Holds at most ``limit`` connections, and a few more for health probes. At the limit, a new
+    connection evicts one (see _evict): first those of no proven client (a flood's, idle, dribbling
+    its head, or answered only probes and 401s), then those idle between requests, then those whose
+    client stopped reading what is written to it; the verified front proxy's (kube-apiserver's) only
+    when no other can go. When every connection is being answered (watches, lists being read), the
+    new one is still taken in, into PROBE_CONNECTIONS more: it may only ask a health probe and closes
+    after the answer (anything else gets 429), so a full server still answers the kubelet. Only
+    when those are all busy too is the new connection closed at once."""
 
     protocol = ClientConnection
 
@@ -655,15 +687,19 @@ class LimitedConnections(WrappingFactory):
         limit: int,
         on_refused: Callable[[str], None] | None = None,
         front_proxy: Callable[[tuple[x509.Certificate, ...]], bool] = _no_front_proxy,
+        probe_connections: int = PROBE_CONNECTIONS,
     ):
         super().__init__(site)
         self.limit = limit
+        self.probe_connections = probe_connections
         self.on_refused = on_refused
         self.front_proxy = front_proxy
         self.site = site
         self.clients = site.clients
         self.scheduler = site.scheduler
         self._evicted: set[ProtocolWrapper] = set()
+        # Connections taken in over the limit, for a probe only (never among the evicted).
+        self._probes: set[ProtocolWrapper] = set()
         self._closed: Waiters[None] = Waiters()
 
     def drain(self) -> Deferred[None]:
@@ -677,6 +713,7 @@ class LimitedConnections(WrappingFactory):
 
     def unregisterProtocol(self, p: BaseProtocol) -> None:
         super().unregisterProtocol(p)
+        self._probes.discard(p)
         if not self.protocols:
             self._closed.fire(None)
 
@@ -685,7 +722,9 @@ class LimitedConnections(WrappingFactory):
         (GuardedTLSFactory builds no TLS layer for it)."""
         if self._evicted:
             self._evicted &= self.protocols.keys()
-        if len(self.protocols) - len(self._evicted) >= self.limit and not self._evict():
+        held = len(self.protocols) - len(self._evicted) - len(self._probes)
+        probe_only = held >= self.limit and not self._evict(probes=False)
+        if probe_only and len(self._probes) >= self.probe_connections and not self._evict(probes=True):
             if self.on_refused is not None:
                 self.on_refused("refused")
             return None
@@ -698,24 +737,50 @@ class LimitedConnections(WrappingFactory):
         assert isinstance(wrapper, ClientConnection)
         wrapper.host = wrapper.wrappedProtocol.host = host
         wrapper.wrappedProtocol.client_key = address_key(host)
+        if probe_only:
+            wrapper.wrappedProtocol.probe_only = True
+            self._probes.add(wrapper)
         return wrapper
 
-    def _evict(self) -> bool:
-        # First the connections that never had a request answered (a flood of idle or slow
-        # connections), then those idle between requests; the oldest first in each.
-        for proven in (False, True):
-            for wrapper in self.protocols:
-                channel = wrapper.wrappedProtocol
-                if wrapper in self._evicted or getattr(channel, "serving", True):
+    def _evict(self, probes: bool) -> bool:
+        """Closes one connection to make room (among those taken in for probes, or the others);
+        False when every one is being answered. The oldest first of the first of these that has one:
+
+        0. connections of no proven client, not being answered: a flood of idle or slow connections,
+           or of ones that were answered only probes, 401s or 404s (which anyone gets);
+        1. connections of an authenticated client, idle between requests;
+        2. connections whose client has stopped taking the response written to it (a list it does
+           not read, a watch it left): it loses nothing it was reading;
+        3. the same three of the verified front proxy's: kube-apiserver carries every user of the
+           aggregated API on its connections, and a request it sends on one closed under it fails
+           when it may not be retried (a DELETE).
+        """
+        best: Any = None  # a ClientConnection (its transport is the TLS layer)
+        best_rank = 6
+        for wrapper in self.protocols:
+            if wrapper in self._evicted or (wrapper in self._probes) != probes:
+                continue
+            channel = wrapper.wrappedProtocol
+            if getattr(channel, "serving", True):
+                if not getattr(channel, "stalled", False):
                     continue
-                if (getattr(channel, "answered", 0) > 0) != proven:
-                    continue
-                self._evicted.add(wrapper)
-                if self.on_refused is not None:
-                    self.on_refused("evicted")
-                wrapper.transport.abortConnection()
-                return True
-        return False
+                rank = 2
+            else:
+                rank = 1 if getattr(channel, "proven", 0) > 0 else 0
+            if getattr(wrapper, "front_proxy", False):
+                rank += 3
+            if rank < best_rank:
+                best, best_rank = wrapper, rank
+                if rank == 0:
+                    break
+        if best is None:
+            return False
+        self._probes.discard(best)
+        self._evicted.add(best)
+        if self.on_refused is not None:
+            self.on_refused("evicted")
+        best.transport.abortConnection()
+        return True
 
 
 class GuardedTLS(BufferingTLSTransport):
