@@ -1094,6 +1094,36 @@ async def test_false_is_read_with_go_case_folding(api, registry, repo):
 
 
 @pytest_twisted.ensureDeferred
+async def test_invalid_options_are_reported_as_kube_apiserver_reports_them(api, registry, repo):
+    # errors.NewInvalid of ValidateListOptions' and ValidateDeleteOptions' errors: all of them, typed and
+    # worded as upstream's field errors, on the fields upstream names.
+    namespace, _ = split(repo)
+    client, url = _v1_as_admin(api, registry, repo)
+    listed = assert_status(
+        await client.get(f"{collection(namespace)}?resourceVersionMatch=Bogus"), 422, "Invalid"
+    )
+    forbidden = "Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided"
+    unsupported = 'Unsupported value: "Bogus": supported values: "Exact", "NotOlderThan", ""'
+    assert listed["details"]["causes"] == [
+        {"reason": "FieldValueForbidden", "message": forbidden, "field": "resourceVersionMatch"},
+        {"reason": "FieldValueNotSupported", "message": unsupported, "field": "resourceVersionMatch"},
+    ]
+    assert listed["message"] == (
+        f'ListOptions.meta.k8s.io "" is invalid: [resourceVersionMatch: {forbidden}, '
+        f"resourceVersionMatch: {unsupported}]"
+    )
+    query = "?dryRun=All&orphanDependents=true&propagationPolicy=Background"
+    for target in (url, collection(namespace)):
+        deleted = assert_status(await client.delete(target + query), 422, "Invalid")
+        conflict = 'Invalid value: "Background": orphanDependents and deletionPropagation cannot be both set'
+        assert deleted["details"]["causes"] == [
+            {"reason": "FieldValueInvalid", "message": conflict, "field": "propagationPolicy"}
+        ]
+        assert deleted["message"] == f'DeleteOptions.meta.k8s.io "" is invalid: propagationPolicy: {conflict}'
+    assert images.list_tags(registry, repo) == ["v1"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_first_accept_or_content_type_field_decides(api, registry, repo):
     # kube-apiserver reads a header with Go's Header.Get: of several fields, the first.
     client, url = _v1_as_admin(api, registry, repo)
@@ -1431,7 +1461,8 @@ async def test_a_delete_body_that_is_not_delete_options_is_400_and_deletes_nothi
     ):
         for url in (item, collection(namespace)):
             status = assert_status(await client.delete(url + query), 422, "Invalid")
-            assert status["details"]["causes"][0]["field"] == "orphanDependents"
+            # ValidateDeleteOptions reports the conflict on propagationPolicy.
+            assert status["details"]["causes"][0]["field"] == "propagationPolicy"
             assert images.list_tags(registry, repo) == ["v1"]
     # DeleteOptions is unversioned upstream: typed clients (client-go, controller-runtime) send it
     # under their resource's group-version, which was once 400.

@@ -333,22 +333,25 @@ def test_access_denied_list_names_the_get_access_verb() -> None:
     assert error.message.endswith(': no PayloadRepositoryAccess rule allows "get" on repository path "app"')
 
 
-def test_invalid_lists_causes_in_the_message() -> None:
-    error = errors.invalid_field("ListOptions", "meta.k8s.io", "limit", "-1", "must be non-negative")
-    body = _body(error)
-    assert (body["code"], body["reason"]) == (422, "Invalid")
-    assert body["message"] == 'ListOptions is invalid: limit: Invalid value: "-1": must be non-negative'
-    assert body["details"] == {
-        "kind": "ListOptions",
-        "group": "meta.k8s.io",
-        "causes": [
-            {
-                "reason": "FieldValueInvalid",
-                "message": 'Invalid value: "-1": must be non-negative',
-                "field": "limit",
-            }
-        ],
+def test_invalid_is_kube_apiservers_new_invalid() -> None:
+    # errors.NewInvalid: `Kind.group "" is invalid: ` and the aggregate of the field errors, each once,
+    # a single one bare and several in brackets; a cause per error.
+    one = {"reason": "FieldValueForbidden", "message": "Forbidden: no", "field": "a"}
+    two = {
+        "reason": "FieldValueNotSupported",
+        "message": 'Unsupported value: "x": supported values: "y"',
+        "field": "b",
     }
+    body = _body(errors.invalid("ListOptions", "meta.k8s.io", [one]))
+    assert (body["code"], body["reason"]) == (422, "Invalid")
+    assert body["message"] == 'ListOptions.meta.k8s.io "" is invalid: a: Forbidden: no'
+    assert body["details"] == {"kind": "ListOptions", "group": "meta.k8s.io", "causes": [one]}
+    body = _body(errors.invalid("DeleteOptions", "meta.k8s.io", [one, two, one]))
+    assert body["message"] == (
+        'DeleteOptions.meta.k8s.io "" is invalid: '
+        '[a: Forbidden: no, b: Unsupported value: "x": supported values: "y"]'
+    )
+    assert body["details"]["causes"] == [one, two, one]
 
 
 _namespaces = st.from_regex(r"[a-z0-9]([-a-z0-9]{0,20}[a-z0-9])?", fullmatch=True)

@@ -292,12 +292,12 @@ def test_kubectl_watch_request_is_405_before_anything_else() -> None:
         ),
         pytest.param(
             _q(resourceVersionMatch="Newest", resourceVersion="5"),
-            'must be "Exact" or "NotOlderThan"',
+            'Unsupported value: "Newest": supported values: "Exact", "NotOlderThan", ""',
             id="unknown-match",
         ),
         pytest.param(
             _q(resourceVersionMatch="exact", resourceVersion="5"),
-            'must be "Exact" or "NotOlderThan"',
+            'Unsupported value: "exact": supported values: "Exact", "NotOlderThan", ""',
             id="match-is-case-sensitive",
         ),
     ],
@@ -523,7 +523,9 @@ def test_bad_dry_run_value_is_422(query: dict[str, list[str]], body: bytes) -> N
     details = _body(error)["details"]
     assert (details["kind"], details["group"]) == ("DeleteOptions", "meta.k8s.io")
     assert [cause["field"] for cause in details["causes"]] == ["dryRun"]
-    assert 'supported values: "All"' in details["causes"][0]["message"]
+    assert details["causes"][0]["reason"] == "FieldValueNotSupported"
+    assert details["causes"][0]["message"].endswith(': supported values: "All"')
+    assert details["causes"][0]["message"].startswith("Unsupported value: []string{")
 
 
 @pytest.mark.parametrize(
@@ -630,8 +632,8 @@ def test_bad_propagation_policy_is_422(query: dict[str, list[str]], body: bytes)
     error = _error(delete_options, query, body, JSON_CT)
     assert (error.code, error.reason) == (422, "Invalid")
     [cause] = _body(error)["details"]["causes"]
-    assert cause["field"] == "propagationPolicy"
-    assert '"Foreground", "Background", "Orphan"' in cause["message"]
+    assert (cause["field"], cause["reason"]) == ("propagationPolicy", "FieldValueNotSupported")
+    assert cause["message"].endswith('supported values: "Foreground", "Background", "Orphan", "nil"')
 
 
 @pytest.mark.parametrize("policy", ["Foreground", "Background", "Orphan"])
@@ -655,10 +657,80 @@ def test_propagation_policies_are_accepted_from_the_query(policy: str) -> None:
 def test_orphan_dependents_with_propagation_policy_is_422(query: dict[str, list[str]], body: bytes) -> None:
     error = _error(delete_options, query, body, JSON_CT)
     assert (error.code, error.reason) == (422, "Invalid")
-    details = _body(error)["details"]
-    assert details["kind"] == "DeleteOptions"
-    assert details["causes"][0]["field"] == "orphanDependents"
-    assert "cannot be both set" in details["causes"][0]["message"]
+    # ValidateDeleteOptions: field.Invalid on propagationPolicy, its value as Go's %q prints it.
+    status = _body(error)
+    policy = json.loads(body or b"{}").get("propagationPolicy") or query["propagationPolicy"][0]
+    message = f'Invalid value: "{policy}": orphanDependents and deletionPropagation cannot be both set'
+    assert status["details"] == {
+        "kind": "DeleteOptions",
+        "group": "meta.k8s.io",
+        "causes": [{"reason": "FieldValueInvalid", "message": message, "field": "propagationPolicy"}],
+    }
+    assert status["message"] == f'DeleteOptions.meta.k8s.io "" is invalid: propagationPolicy: {message}'
+
+
+def test_every_delete_options_error_is_reported_as_upstream_reports_it() -> None:
+    # ValidateDeleteOptions' errors in its order: orphan with policy, the policy, dryRun (a []string
+    # printed as Go's %#v).
+    query = _q(orphanDependents="true", propagationPolicy="Later", dryRun=["All", "x"])
+    status = _body(_error(delete_options, query, b"", None))
+    causes = [
+        {
+            "reason": "FieldValueInvalid",
+            "message": 'Invalid value: "Later": orphanDependents and deletionPropagation cannot be both set',
+            "field": "propagationPolicy",
+        },
+        {
+            "reason": "FieldValueNotSupported",
+            "message": 'Unsupported value: "Later": supported values: '
+            '"Foreground", "Background", "Orphan", "nil"',
+            "field": "propagationPolicy",
+        },
+        {
+            "reason": "FieldValueNotSupported",
+            "message": 'Unsupported value: []string{"All", "x"}: supported values: "All"',
+            "field": "dryRun",
+        },
+    ]
+    assert status["details"]["causes"] == causes
+    joined = ", ".join(f"{c['field']}: {c['message']}" for c in causes)
+    assert status["message"] == f'DeleteOptions.meta.k8s.io "" is invalid: [{joined}]'
+
+
+def test_every_list_options_error_is_reported_as_upstream_reports_it() -> None:
+    # ValidateListOptions: a resourceVersionMatch that is unknown and lacks a resourceVersion is both.
+    status = _body(_error(list_options, _q(resourceVersionMatch="Bogus", sendInitialEvents="true")))
+    assert status["details"]["causes"] == [
+        {
+            "reason": "FieldValueForbidden",
+            "message": "Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided",
+            "field": "resourceVersionMatch",
+        },
+        {
+            "reason": "FieldValueNotSupported",
+            "message": 'Unsupported value: "Bogus": supported values: "Exact", "NotOlderThan", ""',
+            "field": "resourceVersionMatch",
+        },
+        {
+            "reason": "FieldValueForbidden",
+            "message": "Forbidden: sendInitialEvents is forbidden for list",
+            "field": "sendInitialEvents",
+        },
+    ]
+    assert status["message"].startswith(
+        'ListOptions.meta.k8s.io "" is invalid: [resourceVersionMatch: Forbidden: '
+    )
+    watch = _body(
+        _error(
+            watch_options,
+            _q(sendInitialEvents="true", resourceVersionMatch="Exact", allowWatchBookmarks="true"),
+        )
+    )
+    assert watch["message"] == (
+        'ListOptions.meta.k8s.io "" is invalid: [resourceVersionMatch: Forbidden: sendInitialEvents requires '
+        'setting resourceVersionMatch to NotOlderThan, resourceVersionMatch: Unsupported value: "Exact": '
+        'supported values: "NotOlderThan"]'
+    )
 
 
 @pytest.mark.parametrize("orphan", ["true", "false", "yes", "abc", ""])

@@ -1132,10 +1132,11 @@ class ApiServer:
 
     async def _delete_collection(self, request: Request, user: UserInfo, namespace: str) -> bytes:
         query = _query(request)
-        options = delete_options(query, self._body(request), _header(request, "content-type"))
+        # ListOptions before DeleteOptions, as kube-apiserver's DeleteCollection decodes and checks them.
         listing = list_options(
             {k: v for k, v in query.items() if k not in ("dryRun", "propagationPolicy")}, deleting=True
         )
+        options = delete_options(query, self._body(request), _header(request, "content-type"))
         # Before the deletes: a 406 (or a bad includeObject) must mean that nothing was deleted.
         media = _with_pretty(negotiate(_header(request, "accept"), collection=True), query)
         include = _include(media, query)

@@ -77,19 +77,18 @@ def bad_request(message: str) -> ApiError:
     return ApiError(400, "BadRequest", message)
 
 
-def invalid(kind: str, group: str, message: str, causes: list[dict[str, str]]) -> ApiError:
-    detail = "; ".join(f"{c['field']}: {c['message']}" for c in causes)
+def invalid(kind: str, group: str, causes: list[dict[str, str]]) -> ApiError:
+    """A 422 for ``kind`` in ``group`` as kube-apiserver's errors.NewInvalid makes it of a field.ErrorList
+    (no name, as for ListOptions and DeleteOptions): a cause per field error, and the message of their
+    aggregate, each ``field: body`` once, alone or as a bracketed list."""
+    errors = list(dict.fromkeys(f"{c['field']}: {c['message']}" for c in causes))
+    aggregate = errors[0] if len(errors) == 1 else "[" + ", ".join(errors) + "]"
     return ApiError(
         422,
         "Invalid",
-        f"{kind} is invalid: {detail}" if detail else f"{kind} is invalid: {message}",
+        f'{kind}.{group} "" is invalid: {aggregate}',
         StatusDetails(group=group, kind=kind, causes=causes),
     )
-
-
-def invalid_field(kind: str, group: str, field: str, value: str, message: str) -> ApiError:
-    cause = {"reason": "FieldValueInvalid", "message": f'Invalid value: "{value}": {message}', "field": field}
-    return invalid(kind, group, message, [cause])
 
 
 def unauthorized(message: str = "Unauthorized") -> ApiError:

@@ -9,14 +9,14 @@ from typing import Any
 
 import attrs
 
-from payloadtags.api.errors import (
-    bad_request,
-    invalid,
-    invalid_field,
-    method_not_allowed,
-    unsupported_media_type,
+from payloadtags.api.errors import ApiError, bad_request, invalid, method_not_allowed, unsupported_media_type
+from payloadtags.api.selectors import (
+    FieldSelector,
+    LabelSelector,
+    go_quote,
+    parse_field_selector,
+    parse_label_selector,
 )
-from payloadtags.api.selectors import FieldSelector, LabelSelector, parse_field_selector, parse_label_selector
 from payloadtags.validators import bounded_decimal
 from payloadtags.watch import parse_version
 
@@ -24,6 +24,38 @@ Query = Mapping[str, list[str]]
 
 INT64_MAX = 2**63 - 1
 _INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+# Field errors as k8s.io/apimachinery's field package makes them, each a Status cause: its type, its
+# field, and its body (ErrorBody: a string value as Go's %q prints it, a []string as %#v does).
+Cause = dict[str, str]
+
+
+def forbidden(field: str, detail: str) -> Cause:
+    return {"reason": "FieldValueForbidden", "message": f"Forbidden: {detail}", "field": field}
+
+
+def invalid_value(field: str, shown: str, detail: str) -> Cause:
+    return {"reason": "FieldValueInvalid", "message": f"Invalid value: {shown}: {detail}", "field": field}
+
+
+def not_supported(field: str, shown: str, supported: tuple[str, ...]) -> Cause:
+    values = ", ".join(go_quote(value) for value in supported)
+    return {
+        "reason": "FieldValueNotSupported",
+        "message": f"Unsupported value: {shown}: supported values: {values}",
+        "field": field,
+    }
+
+
+def invalid_options(kind: str, causes: list[Cause]) -> ApiError:
+    """The 422 of kube-apiserver's handlers for invalid ListOptions or DeleteOptions (errors.NewInvalid
+    of GroupKind meta.k8s.io), with every error its validation found."""
+    return invalid(kind, "meta.k8s.io", causes)
+
+
+def _strings(values: list[str]) -> str:
+    return "[]string{" + ", ".join(go_quote(value) for value in values) + "}"
 
 
 def first(query: Query, key: str) -> str | None:
@@ -82,114 +114,106 @@ class ListOptions:
     exact: bool = False
 
 
-def _watch_list_options(query: Query, resource_version: str | None, continue_: str | None) -> str | None:
-    """The resourceVersionMatch of a deletecollection whose query says watch, checked as
-    kube-apiserver's DeleteCollection checks it: it defaults the ListOptions as a watch's
-    (SetListOptionsDefaults, WatchList on: a watch from "" or "0" without sendInitialEvents and
-    resourceVersionMatch becomes a streaming one, NotOlderThan) and validates them on the watch
-    branch (validateWatchOptions); its list then ignores watch and sendInitialEvents."""
-    match = first(query, "resourceVersionMatch") or None
-    send_initial = flag(query, "sendInitialEvents")
-    if send_initial is None and match is None and resource_version in (None, "0"):
-        send_initial, match = True, "NotOlderThan"
+def watch_errors(match: str | None, send_initial: bool | None, continue_: str | None) -> list[Cause]:
+    """What ValidateListOptions finds wrong with a watch's options (validateWatchOptions, WatchList on)."""
+    errors = []
     if send_initial is not None and match != "NotOlderThan":
-        raise invalid_field(
-            "ListOptions",
-            "meta.k8s.io",
-            "resourceVersionMatch",
-            match or "",
-            "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+        errors.append(
+            forbidden(
+                "resourceVersionMatch",
+                "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+            )
         )
     if match is not None:
         if send_initial is None:
-            raise invalid_field(
-                "ListOptions",
-                "meta.k8s.io",
-                "resourceVersionMatch",
-                match,
-                "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+            errors.append(
+                forbidden(
+                    "resourceVersionMatch",
+                    "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+                )
             )
         if match != "NotOlderThan":
-            raise invalid_field(
-                "ListOptions", "meta.k8s.io", "resourceVersionMatch", match, 'must be "NotOlderThan"'
+            errors.append(not_supported("resourceVersionMatch", go_quote(match), ("NotOlderThan",)))
+        if continue_ is not None:
+            errors.append(
+                forbidden(
+                    "resourceVersionMatch", "resourceVersionMatch is forbidden when continue is provided"
+                )
+            )
+    return errors
+
+
+def _list_errors(
+    match: str | None, resource_version: str | None, continue_: str | None, send_initial: str | None
+) -> list[Cause]:
+    """What ValidateListOptions finds wrong with a list's options."""
+    errors = []
+    if match is not None:
+        if resource_version is None:
+            errors.append(
+                forbidden(
+                    "resourceVersionMatch",
+                    "resourceVersionMatch is forbidden unless resourceVersion is provided",
+                )
             )
         if continue_ is not None:
-            raise invalid_field(
-                "ListOptions",
-                "meta.k8s.io",
-                "resourceVersionMatch",
-                match,
-                "resourceVersionMatch is forbidden when continue is provided",
+            errors.append(
+                forbidden(
+                    "resourceVersionMatch", "resourceVersionMatch is forbidden when continue is provided"
+                )
             )
-    return match
+        if match not in ("Exact", "NotOlderThan"):
+            errors.append(
+                not_supported("resourceVersionMatch", go_quote(match), ("Exact", "NotOlderThan", ""))
+            )
+        if match == "Exact" and resource_version == "0":
+            errors.append(
+                forbidden(
+                    "resourceVersionMatch",
+                    'resourceVersionMatch "exact" is forbidden for resourceVersion "0"',
+                )
+            )
+    if send_initial is not None:
+        errors.append(forbidden("sendInitialEvents", "sendInitialEvents is forbidden for list"))
+    return errors
 
 
 def list_options(query: Query, deleting: bool = False) -> ListOptions:
     """``deleting``: the options of a deletecollection, which kube-apiserver lists by whatever its
-    query's watch says (docs/api.md, "Delete"); a list's watch is served elsewhere, or not at all."""
+    query's watch says (docs/api.md, "Delete"); a list's watch is served elsewhere, or not at all.
+    Checked in kube-apiserver's order: decoding (400), validation (422, every error it finds), then what
+    its storage refuses (400)."""
     watch = bool(flag(query, "watch"))
     if watch and not deleting:
         raise method_not_allowed("watch")
     limit = integer(query, "limit")
+    # An int64 in every ListOptions, as kube-apiserver decodes it; only a watch uses it.
+    integer(query, "timeoutSeconds")
     if limit is not None and limit < 0:
-        raise invalid_field(
-            "ListOptions", "meta.k8s.io", "limit", first(query, "limit") or "", "must be non-negative"
-        )
+        raise invalid_options("ListOptions", [invalid_value("limit", str(limit), "must be non-negative")])
     limit = limit or None  # limit=0 means no limit, as upstream
     resource_version = first(query, "resourceVersion") or None
     match = first(query, "resourceVersionMatch") or None
     continue_ = first(query, "continue") or None
     if watch:
-        match = _watch_list_options(query, resource_version, continue_)
-    elif match is not None:
-        if match not in ("Exact", "NotOlderThan"):
-            raise invalid_field(
-                "ListOptions",
-                "meta.k8s.io",
-                "resourceVersionMatch",
-                match,
-                'must be "Exact" or "NotOlderThan"',
-            )
-        if resource_version is None:
-            raise invalid_field(
-                "ListOptions",
-                "meta.k8s.io",
-                "resourceVersionMatch",
-                match,
-                "resourceVersionMatch is forbidden unless resourceVersion is provided",
-            )
-        if continue_ is not None:
-            raise invalid_field(
-                "ListOptions",
-                "meta.k8s.io",
-                "resourceVersionMatch",
-                match,
-                "resourceVersionMatch is forbidden when continue is provided",
-            )
-        if match == "Exact" and resource_version == "0":
-            raise invalid_field(
-                "ListOptions",
-                "meta.k8s.io",
-                "resourceVersionMatch",
-                match,
-                'resourceVersionMatch "exact" is forbidden for resourceVersion "0"',
-            )
+        # A deletecollection's watch, as kube-apiserver's DeleteCollection takes it: the ListOptions
+        # defaulted as a watch's (SetListOptionsDefaults, WatchList on: a watch from "" or "0" without
+        # sendInitialEvents and resourceVersionMatch becomes a streaming one, NotOlderThan) and validated
+        # on the watch branch; its list then ignores watch and sendInitialEvents.
+        send_initial = flag(query, "sendInitialEvents")
+        if send_initial is None and match is None and resource_version in (None, "0"):
+            send_initial, match = True, "NotOlderThan"
+        errors = watch_errors(match, send_initial, continue_)
+    else:
+        errors = _list_errors(match, resource_version, continue_, first(query, "sendInitialEvents"))
+    if errors:
+        raise invalid_options("ListOptions", errors)
     if continue_ is not None and resource_version not in (None, "0"):
         # As kube-apiserver's storage: a continued page is read at its token's resourceVersion. Checked
         # here, before a list reads or a deletecollection deletes anything.
         raise bad_request("specifying resource version is not allowed when using continue")
     if resource_version is not None and parse_version(resource_version) is None:
         raise bad_request(f'invalid resource version "{resource_version}"')
-    # An int64 in every ListOptions, as kube-apiserver decodes it; only a watch uses it.
-    integer(query, "timeoutSeconds")
-    if not watch and first(query, "sendInitialEvents") is not None:
-        raise invalid_field(
-            "ListOptions",
-            "meta.k8s.io",
-            "sendInitialEvents",
-            first(query, "sendInitialEvents") or "",
-            "sendInitialEvents is forbidden for list",
-        )
     return ListOptions(
         labels=parse_label_selector(first(query, "labelSelector")),
         fields=parse_field_selector(first(query, "fieldSelector")),
@@ -208,10 +232,6 @@ class DeleteOptions:
     dry_run: bool = False
     uid: str | None = None
     resource_version: str | None = None
-
-
-def _delete_invalid(field: str, value: Any, message: str) -> Exception:
-    return invalid_field("DeleteOptions", "meta.k8s.io", field, str(value), message)
 
 
 def _not_decodable(message: str) -> Exception:
@@ -272,38 +292,34 @@ def delete_options(query: Query, body: bytes, content_type: str | None) -> Delet
     """Body wins over the query, as upstream; a dry run requested in either place is honoured."""
     given = bool(body.strip())
     data = _body_options(body, content_type) if given else {}
+    if not given:
+        # Decoded as kube-apiserver decodes the query (strconv.ParseInt), before it validates: what is
+        # no int64 is 400. Any int64 is valid there (a negative one is 1 second on the delete path), and
+        # tags are deleted at once whatever it says; a body's was type-checked by _body_options.
+        integer(query, "gracePeriodSeconds")
     dry_run = data.get("dryRun", query.get("dryRun", []))
     if dry_run is None:  # JSON null: unset, as upstream
         dry_run = []
-    for value in dry_run:
-        if value != "All":
-            raise _delete_invalid("dryRun", value, 'supported values: "All"')
     propagation = data.get("propagationPolicy", first(query, "propagationPolicy"))
-    if propagation is not None and propagation not in PROPAGATION:
-        raise _delete_invalid(
-            "propagationPolicy", propagation, 'supported values: "Foreground", "Background", "Orphan"'
-        )
     # With a body, kube-apiserver reads no option from the query: the query's orphanDependents, which
     # nothing here honours, must not make a valid body invalid (docs/api.md, "Delete").
     orphan = data.get("orphanDependents") if given else flag(query, "orphanDependents")
+    # As ValidateDeleteOptions: every error, in its order, on the fields it names.
+    errors = []
     if orphan is not None and propagation is not None:
-        raise invalid(
-            "DeleteOptions",
-            "meta.k8s.io",
-            "orphanDependents and propagationPolicy are mutually exclusive",
-            [
-                {
-                    "type": "FieldValueForbidden",
-                    "field": "orphanDependents",
-                    "message": "Forbidden: orphanDependents and deletionPropagation cannot be both set",
-                }
-            ],
+        errors.append(
+            invalid_value(
+                "propagationPolicy",
+                go_quote(propagation),
+                "orphanDependents and deletionPropagation cannot be both set",
+            )
         )
-    if not given:
-        # Decoded as kube-apiserver decodes the query (strconv.ParseInt): what is no int64 is 400. Any
-        # int64 is valid there (a negative one is 1 second on the delete path), and tags are deleted at
-        # once whatever it says; a body's was type-checked by _body_options.
-        integer(query, "gracePeriodSeconds")
+    if propagation is not None and propagation not in PROPAGATION:
+        errors.append(not_supported("propagationPolicy", go_quote(propagation), (*PROPAGATION, "nil")))
+    if any(value != "All" for value in dry_run):
+        errors.append(not_supported("dryRun", _strings(dry_run), ("All",)))
+    if errors:
+        raise invalid_options("DeleteOptions", errors)
     preconditions = data.get("preconditions") or {}
     uid, rv = preconditions.get("uid"), preconditions.get("resourceVersion")
     return DeleteOptions(

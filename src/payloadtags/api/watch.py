@@ -13,9 +13,9 @@ from typing import Any
 import attrs
 from twisted.web.server import Request
 
-from payloadtags.api.errors import bad_request, invalid_field
+from payloadtags.api.errors import bad_request
 from payloadtags.api.negotiation import Form, MediaType
-from payloadtags.api.options import Query, first, flag, integer
+from payloadtags.api.options import Query, first, flag, integer, invalid_options, invalid_value, watch_errors
 from payloadtags.api.render import COLUMNS, row
 from payloadtags.api.selectors import FieldSelector, LabelSelector, parse_field_selector, parse_label_selector
 from payloadtags.model import (
@@ -74,44 +74,30 @@ class WatchOptions:
         return f"{namespace}/{path}"
 
 
-def _invalid(field: str, value: str, message: str) -> Exception:
-    return invalid_field("ListOptions", "meta.k8s.io", field, value, message)
-
-
 def watch_options(query: Query) -> WatchOptions:
     """The options of a watch, validated as kube-apiserver validates them."""
     resource_version = first(query, "resourceVersion") or ""
     match = first(query, "resourceVersionMatch") or None
     send_initial = flag(query, "sendInitialEvents")
     bookmarks = bool(flag(query, "allowWatchBookmarks"))
+    timeout = integer(query, "timeoutSeconds")  # decoded before anything is validated, as there
     if first(query, "continue"):
         raise bad_request(
             "continue is not supported for watch: start the watch from the list's resourceVersion"
         )
-    if match is not None and match not in ("Exact", "NotOlderThan"):
-        raise _invalid("resourceVersionMatch", match, 'must be "Exact" or "NotOlderThan"')
-    if send_initial is None and match is not None:
-        raise _invalid(
-            "resourceVersionMatch",
-            match,
-            "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+    errors = watch_errors(match, send_initial, None)
+    if send_initial and not bookmarks:
+        errors.append(
+            invalid_value(
+                "sendInitialEvents", "true", "sendInitialEvents requires setting allowWatchBookmarks to true"
+            )
         )
-    if send_initial is not None:
-        if match != "NotOlderThan":
-            raise _invalid(
-                "sendInitialEvents",
-                str(send_initial).lower(),
-                "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
-            )
-        if send_initial and not bookmarks:
-            raise _invalid(
-                "sendInitialEvents",
-                "true",
-                "sendInitialEvents requires setting allowWatchBookmarks to true",
-            )
-    timeout = integer(query, "timeoutSeconds")
+    if errors:
+        raise invalid_options("ListOptions", errors)
     if timeout is not None and timeout < 0:
-        raise _invalid("timeoutSeconds", first(query, "timeoutSeconds") or "", "must be non-negative")
+        raise invalid_options(
+            "ListOptions", [invalid_value("timeoutSeconds", str(timeout), "must be non-negative")]
+        )
     if resource_version and parse_version(resource_version) is None:
         raise bad_request(f'invalid resource version "{resource_version}"')
     return WatchOptions(
