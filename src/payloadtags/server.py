@@ -32,7 +32,6 @@ from payloadtags.cleanup import (
     CleanupOptions,
     LeaderElectionOptions,
 )
-from payloadtags.cleanup.cascade import LateWrites
 from payloadtags.cleanup.removal import namespace_remover
 from payloadtags.cluster import authentication_reflector, rbac_reflectors, token_reviewer
 from payloadtags.deferreds import DeadlineExpired, within
@@ -46,7 +45,7 @@ from payloadtags.limits import watch_limits
 from payloadtags.listen import listen
 from payloadtags.logs import DEBUG_VERBOSITY, begin_logging
 from payloadtags.metrics import CountingAuthorizer, InstrumentedRegistry, Metrics
-from payloadtags.registry import LATE_WRITE_GRACE, Catalog, Registry, RegistryClient
+from payloadtags.registry import LATE_WRITE_GRACE, Catalog, LateWrites, Registry, RegistryClient
 from payloadtags.registry_diagnosis import FailureLog, probe
 from payloadtags.reloader import FileWatcher
 from payloadtags.repoindex import RepositoryIndex
@@ -395,9 +394,10 @@ async def start(
     index = RepositoryIndex() if events_token else None
     # One set of cleanup counters: the leader's cascades and every replica's deletecollection removals.
     cleanup_metrics = CleanupMetrics()
-    # Repairs' writes that went unanswered, which every cascade of the process waits out before it
-    # reports a namespace empty: the leader's and deletecollection's alike.
-    late_writes = LateWrites()
+    # The writes of the process that may still land (out, or unanswered: the registry client notes
+    # each one it sends, a repair's or a single delete's), which every cascade of the process waits out
+    # before it reports a namespace empty: the leader's and deletecollection's alike.
+    late_writes = registry_client.late_writes
     remover = (
         namespace_remover(
             reactor,

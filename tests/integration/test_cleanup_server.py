@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 import pytest_twisted
+from twisted.internet.defer import Deferred
 
+from payloadtags.limits import HttpLimits
+from payloadtags.names import encode_name
+from payloadtags.registry.client import RegistrySettings
 from tests.support import images
 from tests.support.cleanup_fixtures import unique_namespace
+from tests.support.faultproxy import GATEWAY_LATE, FaultProxy
 from tests.support.kubeapi.resources import LEASES, NAMESPACES
 from tests.support.rbac import ensure_namespace, eventually
 
@@ -18,6 +24,7 @@ FAST = {
     "leader_elect_resource_namespace": "kube-system",
     "namespace_sweep_period": 0.0,
 }
+B = "/apis/payload-registry.deckhouse.io/v1alpha1"
 
 
 @pytest_twisted.ensureDeferred
@@ -121,3 +128,93 @@ async def test_a_deletecollections_deletes_are_counted_on_metrics(
     # Two tags of one manifest, deleted by this replica's digest delete.
     assert "payloadtags_cleanup_tags_deleted_total 2.0" in text
     assert "payloadtags_cleanup_manifests_deleted_total 1.0" in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_replicas_removal_waits_for_the_unanswered_write_of_its_single_delete(
+    reactor,
+    make_server,
+    fresh_registry,
+    kube_api,
+    kube_kubeconfig,
+    pki,
+):
+    """The server's wiring of what may still land (review-removal2 finding 4: its grace set to 0, or a
+    record of its own for the removal, went unnoticed). A single delete's re-tag goes unanswered (a
+    gateway's 504; the registry gets the PUT later) and the delete answers 504; the namespace is then
+    deleted, and the namespace controller's deletecollection on this replica must not answer 200
+    before that PUT can no longer land: it answers 504 (its request's deadline comes first) until
+    then, and 200 only once it has deleted what the PUT left."""
+    ns = unique_namespace("late")
+    ensure_namespace(kube_api, ns)
+    repo = f"{ns}/app"
+    images.push_oci_image(fresh_registry, repo, "v1")
+    _another_replica_leads(kube_api)
+    puts: list[str] = []
+    hold: Deferred[None] = Deferred()
+    proxy = FaultProxy(reactor, fresh_registry.url, first_put(repo, puts), hold=hold)
+    server = await make_server(
+        proxy.url,
+        registry=RegistrySettings(url=proxy.url, timeout=1.0),
+        http=HttpLimits(request_timeout=2.0),
+        kubeconfig=str(kube_kubeconfig),
+        authorization_mode="RBAC",
+        namespace_cleanup=True,
+        **FAST,
+    )
+    masters = server.client(pki.client_ca.client("namespace-controller", ("system:masters",)))
+    collection = f"{B}/namespaces/{ns}/payloadrepositorytags"
+    try:
+        single = await masters.delete(f"{collection}/{encode_name('app', 'v1')}")
+        assert single.code == 504, single.body
+        kube_api.store.delete(NAMESPACES, ns)  # Terminating
+        removal = await masters.delete(collection)
+        assert removal.code == 504, removal.body  # not 200: the re-tag may still land
+        assert images.list_tags(fresh_registry, repo) == []
+        hold.callback(None)  # the re-tag lands now, within the time its 504 named
+        await proxy.settled()
+        assert images.list_tags(fresh_registry, repo) == ["v1"]
+        # The namespace controller goes on calling; the calls past the time the PUT could land delete
+        # what it left.
+        for _ in range(10):
+            removal = await masters.delete(collection)
+            if removal.code == 200:
+                break
+            assert removal.code == 504, removal.body
+    finally:
+        if not hold.called:
+            hold.callback(None)
+        await proxy.settled()
+        await server.stop()
+        await proxy.stop()
+    assert removal.code == 200, removal.body
+    assert images.list_tags(fresh_registry, repo) == []
+
+
+def first_put(repo: str, puts: list[str]) -> Any:
+    """A gateway's 504 to the first PUT of ``repo``:v1, which reaches the registry once the test says."""
+
+    def decide(method: str, path: str) -> str | None:
+        if method == "PUT" and path.endswith(f"/{repo}/manifests/v1"):
+            puts.append(path)
+            return GATEWAY_LATE if len(puts) == 1 else None
+        return None
+
+    return decide
+
+
+def _another_replica_leads(kube_api: Any) -> None:
+    """A Lease another replica holds, fresh for an hour: this one runs no cascade of its own."""
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    ensure_namespace(kube_api, "kube-system")
+    lease = {
+        "metadata": {"name": "payloadtags-cleanup", "namespace": "kube-system"},
+        "spec": {
+            "holderIdentity": "other-replica",
+            "leaseDurationSeconds": 3600,
+            "acquireTime": now,
+            "renewTime": now,
+            "leaseTransitions": 0,
+        },
+    }
+    kube_api.store.create(LEASES, lease, "kube-system")

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor as global_reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 
 from payloadtags.access.authz import AlwaysAllow
@@ -29,10 +29,12 @@ from payloadtags.cleanup.sweep import TERMINATING
 from payloadtags.inventory import Inventory
 from payloadtags.kube import Backoff
 from payloadtags.names import encode_name
+from payloadtags.registry import LateWrites
 from payloadtags.registry.client import LATE_WRITE_GRACE, RegistryClient, RegistrySettings
+from payloadtags.registry.errors import RegistryError
 from tests.support import images
 from tests.support.dangling import make_dangling
-from tests.support.faultproxy import DROPPED_LATE, GATEWAY_LATE, LATE, FaultProxy
+from tests.support.faultproxy import DROPPED_LATE, GATEWAY_LATE, LATE, STALL, FaultProxy
 from tests.support.interleaving import USER
 
 B = "/apis/payload-registry.deckhouse.io/v1alpha1"
@@ -193,11 +195,15 @@ def first_placeholder(fault: str, repo: str, puts: list[str]) -> Any:
 
 
 def removal_service(
-    url: str, clock: Clock, budget: float, timeout: float
+    url: str, clock: Clock, budget: float, timeout: float, concurrency: int = 1
 ) -> tuple[RegistryClient, TagsService]:
     """A replica's deletecollection of a namespace the cluster API reports Terminating (`NamespaceRemover`),
-    its budget and waits on ``clock``; registry requests and their timeouts on the reactor."""
-    client = RegistryClient(global_reactor, RegistrySettings(url=url, timeout=timeout))
+    its budget and waits on ``clock``; registry requests and their timeouts on the reactor. The client
+    notes its writes that may still land on ``clock`` as well, in the record the cascade reads, as the
+    server's client and cascades share one (`LateWrites`)."""
+    client = RegistryClient(
+        global_reactor, RegistrySettings(url=url, timeout=timeout), late_writes=LateWrites(clock)
+    )
 
     async def terminating(namespace: str) -> tuple[str, str | None]:
         return TERMINATING, None
@@ -205,9 +211,10 @@ def removal_service(
     cascade = Cascade(
         client,
         clock,
-        concurrency=1,
+        concurrency=concurrency,
         backoff=lambda: Backoff(initial=0.2, factor=2.0, cap=2.0),
         late_write_grace=LATE_WRITE_GRACE * timeout,
+        late_writes=client.late_writes,
     )
     service = TagsService(
         inventory=Inventory(client),
@@ -318,6 +325,139 @@ async def test_a_namespace_removal_whose_wait_for_a_late_write_outlasts_its_budg
         assert images.list_tags(registry, repo) == ["v1"]
         clock.advance(1.0)  # past the time it could land
         items, _ = await service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
+    finally:
+        if not hold.called:
+            hold.callback(None)
+        await proxy.settled()
+        await client.close()
+        await proxy.stop()
+    assert [item.spec.tag for item in items] == ["v1"]
+    assert images.list_tags(registry, repo) == []
+
+
+def arrival(arrived: Deferred[None], fault: str) -> str:
+    """``fault``, once the test has been told (from the next reactor turn) that the request reached
+    the proxy."""
+
+    def tell() -> None:
+        if not arrived.called:
+            arrived.callback(None)
+
+    global_reactor.callLater(0, tell)
+    return fault
+
+
+@pytest.mark.parametrize("how", ["budget", "client gone"])
+@pytest_twisted.ensureDeferred
+async def test_a_removal_stopped_while_its_repairs_write_is_out_leaves_the_write_known(
+    how: str, registry, repo
+) -> None:
+    """A dangling tag and a second repository; the repair's first placeholder PUT is held, and so is
+    the other repository's read. The call is stopped meanwhile: its budget ends (the other read stops
+    waiting, and the repair, carried on alone, with it) or its client goes away. The write was noted
+    only when its error reached the cascade, which a stopped call never sees: the call answered a
+    503, and the next one, once the repair carried on had let the repository go, repaired the tag
+    again, listed the namespace empty and answered 200; then the first PUT landed (review-removal2
+    finding 1). The registry client notes each write when it is sent: the stopped call answers 504,
+    and the next waits until the write can no longer land, deleting what it left."""
+    namespace = repo.partition("/")[0]
+    other = f"{namespace}/zz-other"
+    make_dangling(registry, repo, images.push_oci_image(registry, repo, "v1"))
+    images.push_oci_image(registry, other, "w1")
+    puts: list[str] = []
+    put_out: Deferred[None] = Deferred()
+    read_out: Deferred[None] = Deferred()
+
+    def decide(method: str, path: str) -> str | None:
+        if method == "PUT" and path.endswith(f"/{repo}/manifests/v1"):
+            puts.append(path)
+            return arrival(put_out, LATE) if len(puts) == 1 else None
+        if how == "budget" and method == "HEAD" and path.endswith(f"/{other}/manifests/w1"):
+            return arrival(read_out, STALL) if not read_out.called else None
+        return None
+
+    hold: Deferred[None] = Deferred()
+    proxy = FaultProxy(global_reactor, registry.url, decide, hold=hold)
+    clock = WaitClock(shorter_than=5.0)
+    client, service = removal_service(proxy.url, clock, budget=10.0, timeout=0.5, concurrency=2)
+    first = Deferred.fromCoroutine(
+        service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
+    )
+    try:
+        await put_out
+        if how == "budget":
+            await read_out
+            clock.advance(10.0)  # the call's budget ends while the other repository's read waits
+            with pytest.raises(ApiError) as caught:
+                await first
+            error = caught.value
+            assert (error.code, error.retry_after) == (504, None), error.message
+            assert f"repairing dangling tag {repo}:v1" in error.message, error.message
+        else:
+            first.cancel()  # the deletecollection's client went away
+            with pytest.raises(CancelledError):
+                await first
+        # The namespace controller calls again.
+        waiting = clock.waits()
+        delays: list[float] = []
+        waiting.addCallback(delays.append)
+        second = Deferred.fromCoroutine(
+            service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
+        )
+        await first_of(second, waiting)
+        # It repaired the tag again and found the namespace empty, and waits for the first PUT.
+        assert len(puts) == 2 and images.list_tags(registry, repo) == []
+        assert not second.called, "the removal answered while the first placeholder PUT could still land"
+        hold.callback(None)  # the first placeholder PUT lands now
+        await proxy.settled()
+        assert images.list_tags(registry, repo) == ["v1"]
+        [delay] = delays
+        clock.advance(delay)
+        items, _ = await second
+    finally:
+        if not hold.called:
+            hold.callback(None)
+        await proxy.settled()
+        await client.close()
+        await proxy.stop()
+    assert "v1" in [item.spec.tag for item in items]
+    assert images.list_tags(registry, repo) == []  # the pass after the wait deleted what the PUT left
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_removal_waits_for_a_single_deletes_unanswered_retag(registry, repo) -> None:
+    """A single delete's re-tag goes unanswered (its user gets a 504: "the write may still land
+    within about 1s"); the namespace's removal right after deleted the tag by digest, listed the
+    namespace empty and answered 200, and then the re-tag landed, leaving the tag on the delete's copy
+    (review-removal2 finding 2): only a cascade's repairs were noted. The registry client notes every
+    write of its own: the removal waits until the re-tag can no longer land, and deletes what it
+    left."""
+    namespace, _, path = repo.partition("/")
+    images.push_oci_image(registry, repo, "v1")
+    puts: list[str] = []
+    hold: Deferred[None] = Deferred()
+    proxy = FaultProxy(global_reactor, registry.url, first_retag(GATEWAY_LATE, puts), hold=hold)
+    clock = WaitClock(shorter_than=50.0)
+    client, service = removal_service(proxy.url, clock, budget=100.0, timeout=0.5)
+    try:
+        with pytest.raises(RegistryError) as caught:
+            await service.delete(USER, namespace, encode_name(path, "v1"), DeleteOptions())
+        assert caught.value.unanswered
+        waiting = clock.waits()
+        delays: list[float] = []
+        waiting.addCallback(delays.append)
+        removing = Deferred.fromCoroutine(
+            service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
+        )
+        await first_of(removing, waiting)
+        assert images.list_tags(registry, repo) == []
+        assert not removing.called, "the removal answered while the delete's re-tag could still land"
+        hold.callback(None)  # the re-tag lands now, within the time its 504 named
+        await proxy.settled()
+        assert images.list_tags(registry, repo) == ["v1"]
+        [delay] = delays
+        clock.advance(delay)
+        items, _ = await removing
     finally:
         if not hold.called:
             hold.callback(None)

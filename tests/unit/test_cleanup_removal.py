@@ -88,7 +88,7 @@ def test_a_call_that_waited_its_budget_for_a_cascade_with_a_late_write_is_a_time
     # (RegistryTimeout, unanswered) that says what may land and when.
     leader: Deferred[None] = Deferred()
     remover, _registry, clock = make({}, running=leader)
-    remover.cascade.late_writes.note("team", "team/app:v1", 20.0)
+    remover.cascade.late_writes.note("team", "repairing dangling tag team/app:v1", 20.0)
     done = outcome(remover.remove("team", 5.0))
     clock.advance(5.0)
     [failure] = done

@@ -24,9 +24,12 @@ jittered backoff, and read-only (maintenance) mode is waited out, never taken fo
 A repair whose write went unanswered (a timeout, a gateway's 5xx, a connection lost) fails its pass,
 and its placeholder `PUT` may still land after a later pass has repaired the tag again and found the
 namespace empty: it would leave a tag in a namespace reported empty. So a pass that finds nothing ends
-the cascade only if it began once such a write can no longer land (`late_write_grace` after its error,
-kept in `LateWrites` for every cascade of the process); before that, the cascade waits until then and
-passes again, which deletes whatever the write left.
+the cascade only if it began once no write of this process can land in the namespace any more
+(`LateWrites`: the registry client notes each manifest write when it is sent, whoever sent it, a
+cascade stopped meanwhile or a single delete's re-tag, and how long it may land once unanswered;
+`late_write_grace` after a repair's error reaches the cascade as well); before that, the cascade waits
+until then (looks again every `IN_FLIGHT_POLL` seconds while a write is still out) and passes again,
+which deletes whatever the write left.
 
 A pass goes round the namespace's repositories once from where it began (`Walk`), and may be
 carried on by the next cascade given the same `Walk` (a deletecollection's next call): the
@@ -37,6 +40,7 @@ would in the end fill a call's budget.
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
@@ -51,7 +55,7 @@ from payloadtags.deferreds import bounded_each, gather
 from payloadtags.inventory import CatalogCursor, guessed_tags
 from payloadtags.kube import Backoff
 from payloadtags.names import is_namespace
-from payloadtags.registry import Before, Catalog, Check, Sent
+from payloadtags.registry import Before, Catalog, Check, LateWrites, Sent, namespace_of
 from payloadtags.registry.content import catalog_key, skipped_by_seek
 from payloadtags.registry.errors import RegistryConflict, RegistryError, RegistryNotFound, RegistryReadOnly
 
@@ -60,6 +64,11 @@ log = Logger()
 T = TypeVar("T")
 
 _UNANSWERED = "unanswered"  # not a digest: a tag the registry failed to resolve in this pass
+
+# A pass that found the namespace empty while a write of this process to it is still out (sent, not
+# answered: it may yet land) looks again after this many seconds: by then the write has mostly been
+# answered or timed out, and `LateWrites` says how long it may still land.
+IN_FLIGHT_POLL = 1.0
 
 Guard = Callable[[], str | None]
 """Called right before every registry request (reads too: a deletecollection's guard is its time
@@ -158,8 +167,8 @@ class _Pass:
     failing: _Examples = attrs.Factory(_Examples)
     # "repository:tag" of tags listed that resolved to nothing, for the log when nothing moves.
     unresolved: _Examples = attrs.Factory(_Examples)
-    # When the pass began (the cascade's clock; None: not yet): whether a write that went
-    # unanswered could still land after it began (`LateWrites`).
+    # When the pass began (on the clock of `LateWrites`; None: not yet): whether a write that went
+    # unanswered could still land after it began.
     began: float | None = None
 
     def failed(self, where: str, error: Exception) -> None:
@@ -216,33 +225,6 @@ class Walk:
         self.wrapped, self.after = False, None
         self.state = _Pass()
         return self.state
-
-
-@attrs.define
-class LateWrites:
-    """Writes of repairs that went unanswered, by namespace: the latest one's ("repository:tag", the
-    clock time until which the registry may still carry it out). Shared by the cascades of a process
-    (the leader's and every deletecollection's, `server`): none reports a namespace empty while a write
-    that another made may still land in it. An entry stays until a pass begun after its time finds
-    the namespace empty; one per namespace that had such a write, a name and a number."""
-
-    _writes: dict[str, tuple[str, float]] = attrs.Factory(dict)
-
-    def note(self, namespace: str, where: str, until: float) -> None:
-        known = self._writes.get(namespace)
-        if known is None or until >= known[1]:
-            self._writes[namespace] = (where, until)
-
-    def pending(self, namespace: str) -> tuple[str, float] | None:
-        """("repository:tag", until when) of the namespace's latest write that went unanswered."""
-        return self._writes.get(namespace)
-
-    def settled(self, namespace: str, began: float) -> None:
-        """A pass begun at ``began`` found the namespace empty: a write that could land only before
-        then left nothing."""
-        known = self._writes.get(namespace)
-        if known is not None and known[1] <= began:
-            del self._writes[namespace]
 
 
 @attrs.define
@@ -319,10 +301,12 @@ class Cascade:
     # How long after a repair's write went unanswered the registry may still carry it out (its
     # placeholder PUT would leave a tag in the namespace): LATE_WRITE_GRACE x the registry timeout,
     # counted from when the repair's error reaches the cascade, as a single delete's error tells its
-    # user to wait from its answer. 0: not waited for.
+    # user to wait from its answer. 0: not waited for (beyond what `late_writes` holds).
     late_write_grace: float = 0.0
-    # Where those writes are kept: shared with the process's other cascades (`LateWrites`).
-    late_writes: LateWrites = attrs.Factory(LateWrites)
+    # Where those writes are kept, and every write the registry client has out or unanswered: shared
+    # with the process's other cascades and its registry client (`LateWrites`, `server`). Its clock
+    # is the one of its times; the same reactor as `clock` in the server (a test may give two).
+    late_writes: LateWrites = attrs.Factory(lambda self: LateWrites(self.clock), takes_self=True)
 
     async def run(
         self,
@@ -370,7 +354,7 @@ class Cascade:
             _check(guard)
             state = walk.state or walk.next_pass(round_done=True)
             if state.began is None:
-                state.began = self.clock.seconds()
+                state.began = self.late_writes.now()
             began = state.began
             # What an earlier cascade's part of this pass deleted is that cascade's count.
             tags_before, manifests_before = state.tags_deleted, state.manifests_deleted
@@ -411,25 +395,27 @@ class Cascade:
                 await pause(delay)
                 continue
             if state.found == 0:
-                now = self.clock.seconds()
                 late = self.late_writes.pending(namespace)
                 if late is not None and began < late[1]:
-                    # A repair's write that went unanswered may still land: its placeholder PUT
-                    # would leave a tag in a namespace reported empty (and in one created anew under
-                    # the name). Not done before a pass begun once it can no longer land finds
-                    # nothing: that pass deletes whatever it left.
-                    where, until = late
+                    # A write of this process that may still land (a repair's placeholder PUT, a
+                    # delete's re-tag: sent, and unanswered or not answered yet) would leave a tag in a
+                    # namespace reported empty (and in one created anew under the name). Not done
+                    # before a pass begun once it can no longer land finds nothing: that pass deletes
+                    # whatever it left.
+                    what, until = late
+                    delay = IN_FLIGHT_POLL if until == math.inf else until - self.late_writes.now()
                     log.info(
                         "Cleanup of namespace {namespace}: found empty, but the registry may still carry "
-                        "out a write made to repair {where}; looking again in {delay:.1f}s",
+                        "out a write made while {what}; looking again in {delay:.1f}s",
                         namespace=namespace,
-                        where=where,
-                        delay=until - now,
+                        what=what,
+                        delay=delay,
                     )
                     _check(guard)
-                    await pause(max(0.0, until - now))
+                    await pause(max(0.0, delay))
                     continue
                 self.late_writes.settled(namespace, began)
+                now = self.clock.seconds()
                 return CascadeResult(
                     namespace, tags, manifests, passes, errors, last_error, now - started, now
                 )
@@ -753,9 +739,8 @@ class Cascade:
             )
 
     def _unanswered(self, repository: str, tag: str) -> None:
-        namespace = repository.partition("/")[0]
-        until = self.clock.seconds() + self.late_write_grace
-        self.late_writes.note(namespace, f"{repository}:{tag}", until)
+        until = self.late_writes.now() + self.late_write_grace
+        self.late_writes.note(namespace_of(repository), f"repairing dangling tag {repository}:{tag}", until)
 
 
 @attrs.frozen

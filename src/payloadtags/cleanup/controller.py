@@ -19,13 +19,14 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from payloadtags.cleanup.cascade import Aborted, Cascade, CascadeRegistry, CascadeResult, LateWrites
+from payloadtags.cleanup.cascade import Aborted, Cascade, CascadeRegistry, CascadeResult
 from payloadtags.cleanup.leader import LeaderElectionOptions, LeaderElector
 from payloadtags.cleanup.metrics import CleanupMetrics
 from payloadtags.cleanup.sweep import Sweep, SweepResult, namespace_state, require_gone
 from payloadtags.cleanup.watcher import NAMESPACES_PATH, NamespaceTriggers, NamespaceView
 from payloadtags.deferreds import cancel_and_wait
 from payloadtags.kube import Backoff, ClusterClient, Reflector
+from payloadtags.registry import LateWrites
 from payloadtags.registry.errors import RegistryError
 from payloadtags.validators import positive
 
@@ -95,8 +96,9 @@ class CleanupController:
             backoff=self._retry_backoff,
             metrics=self.metrics,
             late_write_grace=self.options.late_write_grace,
-            # Shared with the process's deletecollection removals (`LateWrites`).
-            late_writes=late_writes if late_writes is not None else LateWrites(),
+            # Shared with the process's deletecollection removals and its registry client
+            # (`LateWrites`): the writes of each are waited out by all.
+            late_writes=late_writes if late_writes is not None else LateWrites(reactor),
         )
         self.elector: LeaderElector | None = None
         if self.options.leader_elect:

@@ -25,10 +25,11 @@ from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
-from payloadtags.cleanup.cascade import Aborted, Cascade, LateWrites, Refused, Walk
+from payloadtags.cleanup.cascade import Aborted, Cascade, Refused, Walk
 from payloadtags.cleanup.metrics import CleanupMetrics
 from payloadtags.cleanup.sweep import ABSENT, TERMINATING, namespace_state, namespace_uid, require_gone
 from payloadtags.kube import Backoff, KubeClient
+from payloadtags.registry import LateWrites
 from payloadtags.registry.errors import RegistryError, RegistryTimeout, RegistryUnavailable
 
 
@@ -170,21 +171,29 @@ class NamespaceRemover:
 
     def _unfinished(self, namespace: str, why: str) -> RegistryError:
         """The error of a call that ends unfinished: a 503, which the namespace controller (and
-        client-go, told Retry-After) retries; a 504 while a repair's write that went unanswered, this
-        call's or another cascade's of the process, may still land in the namespace (`LateWrites`). A
-        listing that finds the namespace empty then does not make it a 200: the write would leave a
-        tag after it; nor a 503, whose repeat (elsewhere, say: another replica knows nothing of
-        the write) could answer 200 before the write lands."""
-        late = self.cascade.late_writes.pending(namespace)
-        left = late[1] - self.cascade.clock.seconds() if late is not None else 0.0
+        client-go, told Retry-After) retries; a 504 while a write of this process may still land in the
+        namespace (`LateWrites`: a repair's, this call's or another cascade's, or a single delete's
+        re-tag; out, or unanswered). A listing that finds the namespace empty then does not make it a
+        200: the write would leave a tag after it; nor a 503, whose repeat (elsewhere, say: another
+        replica knows nothing of the write) could answer 200 before the write lands."""
+        late_writes = self.cascade.late_writes
+        late = late_writes.pending(namespace)
+        left = late[1] - late_writes.now() if late is not None else 0.0
         if late is None or left <= 0:
             return RegistryUnavailable(f"removing the content of namespace {namespace}: {why}", retry_after=1)
+        if left == math.inf:
+            when = (
+                f"the registry has not answered a write made while {late[0]} yet, and may carry it out later"
+            )
+        else:
+            when = (
+                f"the registry did not answer a write made while {late[0]}, and may still carry it out "
+                f"within about {math.ceil(left)}s"
+            )
         return RegistryTimeout(
-            f"removing the content of namespace {namespace}: {why}; the registry did not answer a write "
-            f"made while repairing dangling tag {late[0]}, and may still carry it out within about "
-            f"{math.ceil(left)}s (it would leave the tag on an empty placeholder manifest): the "
-            "namespace is not reported empty before then; a deletecollection after that deletes "
-            "whatever the write left"
+            f"removing the content of namespace {namespace}: {why}; {when} (it would leave the tag "
+            "in the namespace): the namespace is not reported empty before then; a deletecollection "
+            "after that deletes whatever the write left"
         )
 
     def _under_way(self, namespace: str) -> Deferred[Any] | None:
@@ -249,7 +258,7 @@ def namespace_remover(
     ``metrics``: where its deletes and registry errors are counted (the server's, which /metrics shows).
     ``late_write_grace``: how long a repair's write that went unanswered may still land
     (`Cascade.late_write_grace`); ``late_writes``: where such writes are kept, shared with the
-    leader's cascades (`LateWrites`)."""
+    leader's cascades and the registry client, which notes its own writes there (`LateWrites`)."""
     cascade = Cascade(
         registry,
         reactor,
@@ -258,7 +267,7 @@ def namespace_remover(
         backoff=lambda: Backoff(initial=0.2, factor=2.0, cap=2.0),
         metrics=metrics if metrics is not None else CleanupMetrics(),
         late_write_grace=late_write_grace,
-        late_writes=late_writes if late_writes is not None else LateWrites(),
+        late_writes=late_writes if late_writes is not None else LateWrites(reactor),
     )
     return NamespaceRemover(
         cascade,

@@ -36,6 +36,7 @@ from .errors import (
     RegistryUnavailable,
 )
 from .interface import Before, Catalog, Check, Registry, Sent, Waiting
+from .late import LateWrites, namespace_of
 from .queue import RepositoryQueue
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "Catalog",
     "CatalogPage",
     "Check",
+    "LateWrites",
     "Manifest",
     "Registry",
     "RegistryAuthFailed",
@@ -75,4 +77,5 @@ __all__ = [
     "is_valid_digest",
     "is_valid_repository",
     "is_valid_tag",
+    "namespace_of",
 ]

@@ -73,6 +73,7 @@ from .errors import (
     RegistryUnavailable,
 )
 from .interface import Before, Check, Sent, Waiting
+from .late import LateWrites, namespace_of
 from .queue import RepositoryQueue
 from .transport import BodyTooLarge, BytesProducer, KeptEndpoints, OriginRequests, TLSPolicy, read_body
 
@@ -239,19 +240,24 @@ class RegistryClient:
         queue: RepositoryQueue | None = None,
         reads_at_turn_end: bool = False,
         finish_begun_deletes: bool = True,
+        late_writes: LateWrites | None = None,
     ) -> None:
         """``reads_at_turn_end``: a shared read (catalog page, tag list) that gets a connection slot
         goes out at the end of the reactor turn instead of at once, so that the requests handled later
         in that turn (lists that arrived together) join it: they began before it went out.
 
         ``finish_begun_deletes=False``: cancelling a delete stops it wherever it is, as the death of
-        the process would (tests that stand a cancel for a crash)."""
+        the process would (tests that stand a cancel for a crash).
+
+        ``late_writes``: where this client's writes that may still land are kept (`late_writes`;
+        default: a record of its own, on ``reactor``)."""
         self._reactor = reactor
         self._reads_at_turn_end = reads_at_turn_end
         self._finish_begun_deletes = finish_begun_deletes
         self._carried: set[Deferred[Any]] = set()  # deletes going on after their callers stopped waiting
         self._turn_waiters: list[Deferred[None]] | None = None
         self._settings = settings
+        self._late_writes = late_writes if late_writes is not None else LateWrites(reactor)
         self._base = settings.url.rstrip("/")
         self._name = self._base  # how messages name the registry: its URL, which holds no credentials
         self._pool: HTTPConnectionPool | None = None
@@ -307,6 +313,14 @@ class RegistryClient:
         #: read it is conditional on to the write's answer (reactor seconds), the time in which another
         #: client's push to that tag can be overwritten. kind: retag, restore or repair.
         self.on_window: Callable[[str, str, float, float], None] | None = None
+
+    @property
+    def late_writes(self) -> LateWrites:
+        """Every manifest write of this client that may still land, by namespace: noted when sent,
+        forgotten when answered, kept for `LATE_WRITE_GRACE` timeouts when it goes unanswered, and again
+        from the end of a delete that reports a write pending (its user is told to wait that long). A
+        namespace's removal waits them out (`payloadtags.cleanup.cascade`), whichever call sent them."""
+        return self._late_writes
 
     @property
     def settings(self) -> RegistrySettings:
@@ -697,6 +711,23 @@ class RegistryClient:
         self, repository: str, tag: str, writing: Deferred[None], gate: _Gate
     ) -> str | None:
         """`delete_tag`'s work, in the repository's turn; fires ``writing`` before its first write."""
+        try:
+            return await self._delete_tag_steps(repository, tag, writing, gate)
+        except RegistryError as error:
+            if error.unanswered:
+                # Its user is told to wait `_late_advice`'s time from this answer: so does a removal of
+                # the namespace, whoever asked for the delete (a single delete's re-tag, a repair)
+                # and whether or not its caller still waits for it (carried on alone).
+                self._late_writes.note(
+                    namespace_of(repository),
+                    f"deleting tag {repository}:{tag}",
+                    self._late_writes.now() + LATE_WRITE_GRACE * self._settings.timeout,
+                )
+            raise
+
+    async def _delete_tag_steps(
+        self, repository: str, tag: str, writing: Deferred[None], gate: _Gate
+    ) -> str | None:
         async with self._queue.hold(repository), self._gated(repository, gate):
             if self._delete_by_tag is not False:
                 original = await self._read_tag(repository, tag)
@@ -788,10 +819,19 @@ class RegistryClient:
             raise self._probe_unanswered(repository, tag, "the connection closed first") from error
         except RegistryTimeout as error:
             # As unanswered as a lost connection, and as harmless: said as what the probe means, not
-            # as a 504 about a DELETE of a zero digest the user never asked for.
+            # as a 504 about a DELETE of a zero digest the user never asked for. Still a 504 without a
+            # retry hint, not a 503 with one: a registry that just took its whole timeout not to
+            # answer is not helped by a repeat at once, and client-go repeats a Retry-After ten times,
+            # each waiting the timeout again, before kubectl shows anything.
             self._probe_valid_until = 0.0
             timeout = self._settings.timeout
-            raise self._probe_unanswered(repository, tag, f"timed out after {timeout:g}s") from error
+            timed_out = RegistryTimeout(
+                self._probe_message(
+                    repository, tag, f"timed out after {timeout:g}s", "retry the delete later"
+                )
+            )
+            timed_out.unanswered = False  # nothing of it can land: the digest is no registry's
+            raise timed_out from error
         if reply.status in (404, 400):
             # Deletes work here; this digest simply does not exist. Believed for a while: a registry
             # that turns read-only or delete-disabled meanwhile refuses the re-tag or the digest
@@ -806,11 +846,15 @@ class RegistryClient:
 
     def _probe_unanswered(self, repository: str, tag: str, cause: str) -> RegistryUnavailable:
         """The probe's unanswered DELETE names a digest no registry holds: nothing of it can land
-        late, and nothing was changed, so it is said as what is known, and may be retried at once."""
-        return RegistryUnavailable(
+        late, and nothing was changed, so it is said as what is known, and may be retried at once
+        (a gateway's instant 5xx, a connection lost; not a timeout, `_probe_delete`)."""
+        return RegistryUnavailable(self._probe_message(repository, tag, cause, "retry later"))
+
+    def _probe_message(self, repository: str, tag: str, cause: str, advice: str) -> str:
+        return (
             f"registry {self._name}: deleting tag {repository}:{tag}: whether this registry can delete "
             f"could not be told: its check (a DELETE of a digest that does not exist) got no answer "
-            f"({cause}); nothing was changed; retry later"
+            f"({cause}); nothing was changed; {advice}"
         )
 
     async def _read_tag(self, repository: str, tag: str) -> Manifest | None:
@@ -1213,6 +1257,27 @@ class RegistryClient:
         return digest
 
     async def _put_manifest(
+        self, repository: str, reference: str, body: bytes, media_type: str, what: str
+    ) -> str:
+        # Out from here until answered (`late_writes`): a removal of the namespace meanwhile does not
+        # report it empty, even when whoever sent it stops waiting (a budget spent, a client gone).
+        namespace = namespace_of(repository)
+        number = self._late_writes.sent(namespace, what)
+        late = LATE_WRITE_GRACE * self._settings.timeout
+        grace: float | None = None  # answered, or never sent (a caller's check said stop)
+        try:
+            return await self._put_manifest_once(repository, reference, body, media_type, what)
+        except RegistryError as error:
+            grace = late if error.unanswered else None
+            raise
+        except BaseException as error:
+            # A cancelled request may have reached the registry all the same.
+            grace = late if is_cancellation(error) else None
+            raise
+        finally:
+            self._late_writes.ended(namespace, number, grace)
+
+    async def _put_manifest_once(
         self, repository: str, reference: str, body: bytes, media_type: str, what: str
     ) -> str:
         reply = await self._call(

@@ -1,0 +1,80 @@
+"""Writes of this process that may still land in the registry, by namespace (`LateWrites`)."""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+
+
+def namespace_of(repository: str) -> str:
+    """The namespace a repository belongs to (its first path component, as the inventory maps it)."""
+    return repository.partition("/")[0]
+
+
+@attrs.define
+class LateWrites:
+    """Writes that may still land, by namespace: each one's description ("repairing dangling tag
+    team/app:v1") and the `clock` time until which the registry may carry it out; infinity while a
+    write is out (sent, not answered). Shared by everything of a process that writes to the registry or
+    reports a namespace empty (the `RegistryClient` records its own writes here; the leader's cascades
+    and every deletecollection's read it, `server`): none reports a namespace empty while a write this
+    process sent may still land in it, whoever sent it (a cascade's repair, a single delete's re-tag)
+    and however the sender ended (its caller gone, its budget spent, its lease lost).
+
+    A write is noted when it is sent, not when its error reaches whoever waits for it: a caller
+    stopped meanwhile never sees the error, and the write goes on. An entry with a time stays until a
+    pass begun after its time finds the namespace empty (`settled`): one per namespace that had such a
+    write, a name and a number; a write out is forgotten once it is answered."""
+
+    clock: IReactorTime
+    _writes: dict[str, tuple[str, float]] = attrs.Factory(dict)
+    # Writes sent and not answered yet: namespace -> {its number: description}.
+    _out: dict[str, dict[int, str]] = attrs.Factory(dict)
+    _sent: int = 0
+
+    def now(self) -> float:
+        return self.clock.seconds()
+
+    def note(self, namespace: str, what: str, until: float) -> None:
+        """A write that went unanswered may land until ``until`` (on `clock`)."""
+        known = self._writes.get(namespace)
+        if known is None or until >= known[1]:
+            self._writes[namespace] = (what, until)
+
+    def sent(self, namespace: str, what: str) -> int:
+        """A write is out from now on; its number, for `ended`."""
+        self._sent += 1
+        self._out.setdefault(namespace, {})[self._sent] = what
+        return self._sent
+
+    def ended(self, namespace: str, number: int, grace: float | None) -> None:
+        """The write `sent` numbered so ended: answered (``grace`` None), or not (a timeout, a gateway's
+        5xx, a connection lost, its request cancelled): then it may still land for ``grace`` seconds."""
+        out = self._out.get(namespace)
+        if out is None:
+            return
+        what = out.pop(number, None)
+        if not out:
+            del self._out[namespace]
+        if what is not None and grace is not None:
+            self.note(namespace, what, self.now() + grace)
+
+    def pending(self, namespace: str) -> tuple[str, float] | None:
+        """(what, until when) of the namespace's write that may land latest: until infinity while one
+        is out; None when none may land."""
+        out = self._out.get(namespace)
+        if out:
+            return next(iter(out.values())), math.inf
+        return self._writes.get(namespace)
+
+    def settled(self, namespace: str, began: float) -> None:
+        """A pass begun at ``began`` (on `clock`) found the namespace empty: a write that could land
+        only before then left nothing."""
+        known = self._writes.get(namespace)
+        if known is not None and known[1] <= began:
+            del self._writes[namespace]
+
+
+__all__ = ["LateWrites", "namespace_of"]
