@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +124,27 @@ async def test_create_is_method_not_allowed(
         f'create is not supported on resources of kind "{RESOURCE}"'
     )
     assert images.list_tags(registry, repo) == []
+
+
+@pytest.mark.kubectl
+@pytest_twisted.ensureDeferred
+async def test_get_name_w_watches_from_0_as_docs_consistency_says(
+    versioned: Kubectl, registry: Any, repo: str
+) -> None:
+    """docs/consistency.md, on why tags have no resourceVersion of their own, said that `kubectl get prt
+    NAME -w` watches from the object's resourceVersion. Every kubectl watches a single object from "0"
+    (its resourceVersion is no watch position): what the docs say now, checked against each one."""
+    namespace, path = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "v1")
+    name = encode_name(path, "v1")
+    # The watch runs until the request timeout: its request is in the -v=6 log either way.
+    watched = await versioned("get", "prt", "-n", namespace, name, "-w", "-v=6", "--request-timeout=2s")
+    urls = [url for url in re.findall(r"https://[^\s\"]+", watched.err) if "watch=true" in url]
+    assert urls, watched.err
+    for url in urls:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+        assert (query["fieldSelector"], query["resourceVersion"]) == ([f"metadata.name={name}"], ["0"]), url
+    docs = " ".join((Path(__file__).parents[2] / "docs" / "consistency.md").read_text().split())
+    assert 'kubectl 1.27 to 1.33 watch a single object from `"0"`' in docs
+    assert "watch from the object's resourceVersion" not in docs
+    assert "starts its watch from the object's" not in docs

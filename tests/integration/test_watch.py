@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 from collections.abc import Callable
 from typing import Any
@@ -1017,6 +1018,43 @@ async def test_metadata_watches_get_partial_object_metadata_events(make_server, 
                 assert rest[-1]["object"]["apiVersion"] == "meta.k8s.io/v1"
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_watch_by_name_decides_and_keeps_access_for_its_tag_only(make_server, registry, repo):
+    """What `kubectl get prt NAME -w` sends (a field selector on the name, from "0") over a namespace of
+    many repositories: its watch used to ask the authorizer about every repository of the namespace and
+    keep each decision for its life (about 226 bytes a repository and a watch, whatever the user may
+    read). The selector is asked first now, and the watch keeps no decision."""
+    namespace, _ = repo.split("/", 1)
+    repositories = 100
+    for i in range(repositories):
+        images.push_oci_image(registry, f"{namespace}/r{i:04d}", "v1", seed="one")  # same blobs: quick
+    api = await make_server(registry, watch=WatchLimits(resync_period=3600))
+    client = api.client(api.pki.admin)
+
+    async def decisions() -> float:
+        text = (await client.get("/metrics")).body.decode()
+        prefix = "payloadtags_authorization_decisions_total{"
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+    before = await decisions()
+    name = encode_name("r0000", "v1")
+    watch = await stream(
+        client, f"{collection(namespace)}?fieldSelector=metadata.name%3D{name}&resourceVersion=0&watch=true"
+    )
+    first = await watch.next()
+    assert first["type"] == "ADDED" and first["object"]["metadata"]["name"] == name
+    # The watch's one, and the request's for the tag it names (its scope's source may be new).
+    assert await decisions() - before <= 2
+    (w,) = api.running.api.watch_hub.watchers
+    kept = {
+        field.name: len(value)
+        for field in attrs.fields(type(w))
+        if isinstance(value := getattr(w, field.name), dict | list | set | collections.deque)
+    }
+    assert sum(kept.values()) <= 4, kept  # its rules in the namespace, its end callbacks
+    watch.close()
+
+
 @attrs.define
 class _GatedReader:
     """The hub's registry reads, held until ``gate`` fires: watches wait on their scope's baseline."""
@@ -1212,6 +1250,35 @@ async def test_a_list_not_older_than_a_resource_version_not_reached_is_a_timeout
         )
         assert listed.code == 200, (rv, listed.body)
         assert listed.json()["metadata"]["resourceVersion"] == now
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_watch_list_not_older_than_a_resource_version_not_reached_is_the_lists_timeout(api, repo):
+    """A streaming list (sendInitialEvents=true) is a list: from a resourceVersion this replica has not
+    reached it is answered as the list is, 504 before any byte of the stream, as kube-apiserver's cacher
+    refuses it ("Too large resource version"). It was served, ending its initial events with a bookmark
+    older than the resourceVersion it was asked to be not older than."""
+    namespace, _ = repo.split("/", 1)
+    client = api.client(api.pki.admin)
+    now = (await client.get(collection(namespace))).json()["metadata"]["resourceVersion"]
+    future = str(int(now) + 1000)
+    query = (
+        f"watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true"
+        f"&timeoutSeconds=1&resourceVersion={future}"
+    )
+    ahead = await client.get(f"{collection(namespace)}?{query}")
+    assert ahead.code == 504, ahead.body
+    assert ahead.json()["message"] == f"Timeout: Too large resource version: {future}, current: {now}"
+    assert ahead.json()["details"]["causes"] == [
+        {"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}
+    ]
+    assert (ahead.json()["details"]["retryAfterSeconds"], ahead.header("retry-after")) == (1, "1")
+    # Reached: served, its initial events ended by a bookmark not older than asked.
+    served = await stream(client, f"{collection(namespace)}?{query.replace(future, now)}")
+    assert served.code == 200
+    end = await served.next()
+    assert end["type"] == "BOOKMARK" and int(end["object"]["metadata"]["resourceVersion"]) >= int(now)
+    served.close()
 
 
 async def _indexed(make_server, registry, repo, tmp_path) -> tuple[str, Any, ApiClient]:

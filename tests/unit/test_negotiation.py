@@ -161,6 +161,13 @@ def test_not_acceptable(accept: str) -> None:
     assert caught.value.code == 406
     assert caught.value.reason == "NotAcceptable"
     assert accept in caught.value.message
+    accepted = caught.value.message.split(": ", 1)[1].rsplit(" (requested", 1)[0].split(", ")
+    assert accepted == [
+        "application/json",
+        "application/yaml",
+        "application/json;as=Table;v=v1;g=meta.k8s.io",
+        "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io",
+    ]
 
 
 def test_json_fallback_after_an_unsupported_transform() -> None:
@@ -255,6 +262,12 @@ def test_a_watch_is_never_yaml() -> None:
     with pytest.raises(ApiError) as caught:
         negotiate("application/yaml", collection=True, watch=True)
     assert caught.value.code == 406
+    # What a watch is served in, as kube-apiserver lists its streaming media types: not YAML.
+    assert caught.value.message == (
+        "only the following media types are accepted: application/json;stream=watch, "
+        "application/json;as=Table;v=v1;g=meta.k8s.io, "
+        "application/json;as=PartialObjectMetadata;v=v1;g=meta.k8s.io (requested: application/yaml)"
+    )
     assert negotiate("application/yaml,*/*", collection=True, watch=True) == MediaType(Form.FULL, JSON_TYPE)
 
 

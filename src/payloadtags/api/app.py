@@ -39,6 +39,7 @@ from payloadtags.api.errors import (
     method_not_allowed,
     path_method_not_allowed,
     path_not_found,
+    resource_version_too_large,
     service_unavailable,
     timeout,
     too_many_requests,
@@ -994,6 +995,11 @@ class ApiServer:
         # Before the head, as a list is refused (503, retry shortly): a watch needs the rules to
         # check what it sends, and once its 200 is out only an ERROR event can tell the client.
         hub.authorize(user, namespace)
+        if options.send_initial_events and hub.ahead(options.resource_version):
+            # A streaming list is a list: not older than a resourceVersion this replica has not reached,
+            # it is answered as the list is (504, retried a second later), never served with an end
+            # bookmark older than asked; kube-apiserver's cacher refuses it so before the stream too.
+            raise resource_version_too_large(options.resource_version, hub.versions.latest())
         try:
             # The limits are decided now, before a byte is sent: the slot is held while the watch
             # waits for its scope's read, so watches that wait together cannot all pass them.

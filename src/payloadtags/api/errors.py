@@ -119,12 +119,21 @@ def precondition_failed(name: str, message: str) -> ApiError:
     )
 
 
-def not_acceptable(accept: str) -> ApiError:
+def not_acceptable(accept: str, *, collection: bool = True, watch: bool = False) -> ApiError:
+    """What this request could have been answered in, as kube-apiserver words it (its streaming media
+    types for a watch: JSON only here, no YAML stream), and the forms by ``as=`` it serves."""
+    table = "application/json;as=Table;v=v1;g=meta.k8s.io"
+    if watch:
+        partial = "application/json;as=PartialObjectMetadata;v=v1;g=meta.k8s.io"
+        accepted = ["application/json;stream=watch", table, partial]
+    else:
+        kind = "PartialObjectMetadataList" if collection else "PartialObjectMetadata"
+        partial = f"application/json;as={kind};v=v1;g=meta.k8s.io"
+        accepted = ["application/json", "application/yaml", table, partial]
     return ApiError(
         406,
         "NotAcceptable",
-        f"only the following media types are accepted: application/json, application/yaml, "
-        f"application/json;as=Table;v=v1;g=meta.k8s.io (requested: {accept})",
+        f"only the following media types are accepted: {', '.join(accepted)} (requested: {accept})",
     )
 
 

@@ -166,5 +166,5 @@ def negotiate(accept: str | None, *, collection: bool, watch: bool = False) -> M
         return _FULL
     served = _negotiated(accept, collection, watch)
     if served is None:
-        raise not_acceptable(accept)
+        raise not_acceptable(accept, collection=collection, watch=watch)
     return served

@@ -22,8 +22,9 @@ if TYPE_CHECKING:
     from payloadtags.watch.source import Event
 
 # Events handed to a scope's watchers in one turn of the reactor, all of them together: a few
-# milliseconds of work (an event a watcher does not show costs a lookup, one it shows a line of a
-# write; the first watcher of each form renders it).
+# milliseconds of work (an event a watcher's selectors reject costs their check, one they choose an
+# access decision, a couple of lookups in the authorizer's memos; one it shows a line of a write; the
+# first watcher of each form renders it).
 PER_TURN = 2000
 
 # An event's lines by form of output, rendered by the first watcher of each form that takes it.

@@ -722,8 +722,8 @@ def _numbered(
     watcher: Watcher, changes: Iterator[tuple[EventType, TagRef]], first: int, count: int
 ) -> Iterator[Event]:
     """The changes ``watcher`` may be sent as events numbered from ``first``, at most ``count`` (those
-    `WatchHub._open_listed` counted: its decisions are remembered, and a change of its rules while they
-    are written ends the watch)."""
+    `WatchHub._open_listed` counted, decided again as they are written: a change of its rules while
+    they are written ends the watch, and so does any decision made otherwise than when counted)."""
     sequence = first
     for kind, ref in changes:
         if sequence >= first + count:

@@ -71,9 +71,11 @@ class Watcher:
     render: Render
     # Selectors: decided from the reference alone (tags have no labels).
     accept: Callable[[TagRef], bool]
-    # Access: may this user read (namespace, repository path)? Decisions are remembered, and with
-    # them every set of rules they were made by in each namespace, so that a change of the rules can
-    # be told (see ``access_changed``).
+    # Access: may this user read (namespace, repository path)? Asked at each decision, after the
+    # selectors, and not remembered here: a watch kept one per repository it looked at for its whole
+    # life (about 226 bytes a repository of its scope), where the authorizer's rules memoize them per
+    # user and rules, shared by her watches. Every set of rules decisions were made by in each
+    # namespace is noted, so that a change of the rules can be told (see ``access_changed``).
     readable: Callable[[str, str], bool]
     # What ``accept`` decides by, comparable (the request's selectors): a watch resumed inside another
     # watch's opening, which holds only what that one's selectors chose, must have the same.
@@ -98,27 +100,35 @@ class Watcher:
     # The rules ``readable`` decides by in a namespace (set by the hub when it knows them); None: a
     # change of the rules cannot be told from one that changes nothing here.
     rules: Callable[[str], PathMatcher] | None = None
-    _decisions: dict[tuple[str, str], bool] = attrs.field(factory=dict)
     # Per namespace, every distinct set of rules that decided something this watch's client may hold
     # since the last check: the rules it started under, and those in force at each later decision
     # (rules granted and taken back between two checks decided what was sent meanwhile).
     _ruled_by: dict[str, list[PathMatcher]] = attrs.field(factory=dict, init=False)
+    # A decision since the last check that rules noted before would have made otherwise: its client's
+    # view is no longer what one set of rules decides (a DELETED of a repository revoked, emptied and
+    # so out of the scope the check looks at, dropped; a tag pushed while a repository was taken back
+    # and granted again, missed). The check ends the watch with 410 (`access_changed`).
+    _decided_otherwise: bool = attrs.field(default=False, init=False)
 
     def visible(self, ref: TagRef) -> bool:
-        key = (ref.namespace, ref.repository_path)
-        decision = self._decisions.get(key)
-        if decision is None:
-            decision = self._decisions[key] = self.readable(*key)
-            self._note_rules(ref.namespace)
-        return decision and self.accept(ref)
+        # The selectors first: a tag they reject costs no access decision.
+        if not self.accept(ref):
+            return False
+        decision = self.readable(ref.namespace, ref.repository_path)
+        self._note_rules(ref.namespace, ref.repository_path, decision)
+        return decision
 
-    def _note_rules(self, namespace: str) -> None:
+    def _note_rules(self, namespace: str, path: str | None = None, decision: bool = False) -> None:
         if self.rules is None:
             return
         now = self.rules(namespace)
         known = self._ruled_by.setdefault(namespace, [])
         if not any(rules is now or rules.same_rules(now) for rules in known):
             known.append(now)
+        # Only while the rules changed since the last check (more than one set noted here): a lookup
+        # in each one's memo.
+        if path is not None and len(known) > 1 and not self._decided_otherwise:
+            self._decided_otherwise = any(rules.matches(path) != decision for rules in known)
 
     def know_rules(self, namespaces: Iterable[str]) -> None:
         """The rules of the namespaces of the watched scope as the watch starts: what its client was
@@ -152,7 +162,7 @@ class Watcher:
                 changed[namespace] = (old, new)
         if not changed:
             return False
-        if self.opening is not None:
+        if self.opening is not None or self._decided_otherwise:
             return True
         for repository, revoked_only in itertools.chain(
             ((repository, False) for repository in scope), ((repository, True) for repository in leaving)
@@ -169,7 +179,6 @@ class Watcher:
                 return True
         for namespace, (_, new) in changed.items():
             self._ruled_by[namespace] = [new]
-        self._decisions = {key: known for key, known in self._decisions.items() if key[0] not in changed}
         return False
 
     def take(self, events: Sequence[Event], lines: Sequence[Lines]) -> None:
