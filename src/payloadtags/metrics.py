@@ -13,6 +13,7 @@ import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from twisted.internet.defer import CancelledError
 
 from payloadtags.access.authn import UserInfo
 from payloadtags.access.authz import Authorizer
@@ -187,15 +188,27 @@ class InstrumentedRegistry:
     # time, a noticeable part of a small read's CPU when a list makes thousands.
     _counted: dict[tuple[str, str], tuple[Any, Any]] = attrs.field(factory=dict, init=False, repr=False)
 
-    async def _measure(self, operation: str, call: Awaitable[T], checks: _Checks | None = None) -> T:
+    async def _measure(
+        self,
+        operation: str,
+        call: Awaitable[T],
+        checks: _Checks | None = None,
+        *,
+        cancel_is_timeout: bool = False,
+    ) -> T:
         """``checks``: the caller's checks of a mutation (`Before`, `Check`). One that stopped the
         operation stopped it before a request, for the caller's reasons, not the registry's: then it
-        is neither counted nor told as a failure. The time they took is not the registry's either."""
+        is neither counted nor told as a failure. The time they took is not the registry's either.
+        With ``cancel_is_timeout``, a cancel is counted as a timeout: the caller gives the operation
+        up only once it has taken the registry timeout."""
         started = self.clock()
         error: BaseException | None = None
         stopped = False
         try:
             return await call
+        except CancelledError as exc:
+            error = RegistryTimeout("given up after the registry timeout") if cancel_is_timeout else exc
+            raise
         except BaseException as exc:
             error = exc
             stopped = checks is not None and checks.stopped
@@ -219,7 +232,9 @@ class InstrumentedRegistry:
         counted[1].observe(duration)
 
     async def ping(self) -> None:
-        return await self._measure("ping", self.inner.ping())
+        # Its caller, the readiness check (api/health.py SharedCheck), cancels a ping only to give it
+        # up at --registry-timeout, its wait for a connection included: the registry's slowness.
+        return await self._measure("ping", self.inner.ping(), cancel_is_timeout=True)
 
     async def catalog(self, last: str | None = None, n: int = MAX_CATALOG_PAGE) -> CatalogPage:
         return await self._measure("catalog", self.inner.catalog(last=last, n=n))

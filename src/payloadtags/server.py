@@ -457,7 +457,10 @@ async def start(
         ("shutdown", not_shutting_down),
         # Anyone may probe, unthrottled: the probes of a second share one registry request. Timed
         # on the monotonic clock: the reactor's is the wall clock, which NTP may step back.
-        ("registry", SharedCheck(registry.ping, monotonic, REGISTRY_CHECK_TTL, settings.registry.timeout)),
+        (
+            "registry",
+            SharedCheck(registry.ping, monotonic, REGISTRY_CHECK_TTL, settings.registry.timeout, reactor),
+        ),
     ]
     if auth_reflectors:
         readiness.append(("authentication-configmap", _synced(auth_reflectors, "authentication ConfigMap")))

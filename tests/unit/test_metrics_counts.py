@@ -204,3 +204,33 @@ async def test_a_deletes_duration_is_the_registrys_time_not_its_callers_checks(o
 
 async def _awaited(call: Callable[[], Awaitable[object]]) -> object:
     return await call()
+
+
+class Hung:
+    """A registry whose API check is never answered."""
+
+    async def ping(self) -> None:
+        await Deferred()
+
+
+def test_a_readiness_check_given_up_is_a_registry_timeout_not_an_error() -> None:
+    # review-opscheck2 F6: the readiness check gives a ping up at --registry-timeout (a cancel); it
+    # was counted as an error, which the "registry is failing" alert (unavailable|timeout) misses.
+    from payloadtags.api.health import HealthChecks, SharedCheck
+
+    clock, metrics = Clock(), Metrics()
+    registry = InstrumentedRegistry(Hung(), metrics, clock=clock.seconds)  # type: ignore[arg-type]
+    shared = SharedCheck(registry.ping, clock.seconds, 1.0, 10.0, clock)
+    checks = HealthChecks({"readyz": [("registry", shared)]}, clock.seconds)
+    for _ in range(30):  # a probe a second against a registry that never answers
+        Deferred.fromCoroutine(checks.run("readyz", None, False, ()))
+        clock.advance(1.0)
+
+    def counted(outcome: str) -> float:
+        sample = {"operation": "ping", "outcome": outcome}
+        return metrics.registry.get_sample_value("payloadtags_registry_operations_total", sample) or 0.0
+
+    assert counted("error") == 0
+    # The runs of t=0 and 1 given up at 10 and 11, the runs that waited for them at 20 and 21, and
+    # the one that waited for those at 30.
+    assert counted("timeout") == 5

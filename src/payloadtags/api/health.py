@@ -12,10 +12,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from payloadtags.api.selectors import go_quote
-from payloadtags.deferreds import InFlight
+from payloadtags.deferreds import InFlight, Waiters
 
 Check = Callable[[], Awaitable[None]]
 
@@ -72,18 +73,21 @@ class _RateLimitedLog:
 class SharedCheck:
     """A check whose outcome is shared, so that a flood of probes costs one run per ``ttl``.
 
-    Every probe is told the outcome of a run that started less than ``ttl`` before it arrived: it
-    reuses the outcome (pass or failure) of such a run, or joins it while it runs; when the last run
-    started ``ttl`` ago or more, it starts a new one, even if older runs are still under way (a
-    registry that hangs must not hold readiness on an answer that old). So runs start at most once
-    per ``ttl`` whatever the number of probes, and an answer lags the check's subject by at most
+    Every probe is told the outcome of a run that started less than ``ttl`` before it arrived, or
+    after it: it reuses the outcome (pass or failure) of such a run, or joins it while it runs; when
+    the last run started ``ttl`` ago or more, a new one is due, even if older runs are still under
+    way (a registry that hangs must not hold readiness on an answer that old). So runs start at most
+    once per ``ttl`` whatever the number of probes, and an answer lags the check's subject by at most
     ``ttl`` plus the run's own duration. A run's outcome is kept only if no later-started run's is.
 
-    At most ``max_runs`` runs are under way: when a new run is due and that many are, the oldest is
-    given up (cancelled, which frees what it holds: a registry connection, or its place in the line
-    for one) and the probes waiting for it are told it failed, "still running after Ns". Past
-    ``timeout`` a run is given up too, at the next probe if its own timer (the reactor's, on the wall
-    clock) has not ended it by then. A run is never waited for after it is given up.
+    At most ``max_runs`` runs are under way: when a new run is due and that many are, it starts as
+    soon as one of them ends, and the probes meanwhile wait for it (a run that starts after them).
+    Older runs are never given up for it: whoever probes, however often, a registry that answers
+    within ``timeout`` is never reported failing. A run is given up only once it has run ``timeout``
+    (cancelled, which frees what it holds: a registry connection, or its place in the line for one;
+    the probes waiting for it are told "still running after Ns, given up"): at its own timer, and,
+    should the reactor's clock (the wall clock) have been stepped back, at the next probe. So a probe
+    waits at most about two ``timeout``: a slot, then its run.
 
     A caller who stops waiting (its connection gone) does not cancel the run, for the others nor
     when it was the only one: the outcome is still kept for the next callers, and a cancel is not a
@@ -97,46 +101,64 @@ class SharedCheck:
     # The most a run may take, its wait for a registry connection included (the registry client's
     # own timeout starts when the request goes out, and runs on the wall clock).
     timeout: float
+    # Arms each run's give-up timer; its clock is the wall clock, so the age is checked on
+    # ``monotonic`` when it fires.
+    clock: IReactorTime
     # Runs under way at most: a run may wait for a registry connection with no limit of its own, so
     # against a hung registry new runs would pile up and hold connections users need.
     max_runs: int = 2
     # Keyed by the run's start (monotonic seconds): each run is its own flight.
     _runs: InFlight[float, BaseException | None] = attrs.field(factory=InFlight, init=False)
     _work: dict[float, Deferred[None]] = attrs.field(factory=dict, init=False)  # the runs' checks
+    _timers: dict[float, IDelayedCall] = attrs.field(factory=dict, init=False)
     _given_up: dict[float, BaseException] = attrs.field(factory=dict, init=False)  # why, by start
     _started: float | None = attrs.field(default=None, init=False)  # the latest run's start
+    # The probes waiting for a due run that waits for a slot (None when no run waits).
+    _due: Waiters[BaseException | None] | None = attrs.field(default=None, init=False)
     _outcome: BaseException | None = attrs.field(default=None, init=False)
     _outcome_started: float | None = attrs.field(default=None, init=False)  # the kept outcome's run's start
 
     async def __call__(self) -> None:
         now = self.monotonic()
         for started in [started for started in self._work if now - started >= self.timeout]:
-            self._give_up(started, now)
-        if self._started is None or now - self._started >= self.ttl:
-            if len(self._work) >= self.max_runs:
-                self._give_up(min(self._work), now)
-            self._started = now
-        started = self._started
-        if self._outcome_started == started:
-            outcome = self._outcome  # that run has ended
+            self._give_up(started)  # its timer, on the wall clock, may not have fired yet
+        if self._due is None and (self._started is None or now - self._started >= self.ttl):
+            if len(self._work) < self.max_runs:
+                self._started = now
+            else:
+                self._due = Waiters()
+        latest = self._started
+        if self._due is not None:
+            outcome = await self._due.wait()
+        elif latest is not None and self._outcome_started != latest:
+            outcome = await self._runs.join(latest, lambda: self._run(latest))
         else:
-            outcome = await self._runs.join(started, lambda: self._run(started))
+            outcome = self._outcome  # that run has ended
         if outcome is not None:
             # Raised afresh each time: re-raising one object would grow its traceback per caller.
             raise outcome.with_traceback(None)
 
-    def _give_up(self, started: float, now: float) -> None:
+    def _give_up(self, started: float) -> None:
         work = self._work.get(started)
         if work is not None:
-            self._given_up[started] = TimeoutError(
-                f"check still running after {now - started:.1f}s, given up"
-            )
+            age = self.monotonic() - started
+            self._given_up[started] = TimeoutError(f"check still running after {age:.1f}s, given up")
             work.cancel()  # ends the run: its waiters are told the outcome above
+
+    def _expire(self, started: float) -> None:
+        # The timer runs on the wall clock: stepped forward, it fires early; the run is given up only
+        # once it has run ``timeout`` on the monotonic clock.
+        left = self.timeout - (self.monotonic() - started)
+        if left > 0:
+            self._timers[started] = self.clock.callLater(left, self._expire, started)
+        else:
+            self._give_up(started)
 
     async def _run(self, started: float) -> BaseException | None:
         async def checked() -> None:
             await self.check()
 
+        self._timers[started] = self.clock.callLater(self.timeout, self._expire, started)
         work = self._work[started] = Deferred.fromCoroutine(checked())
         try:
             await work
@@ -147,9 +169,21 @@ class SharedCheck:
         finally:
             self._work.pop(started, None)
             self._given_up.pop(started, None)
+            timer = self._timers.pop(started, None)
+            if timer is not None and timer.active():
+                timer.cancel()
         if self._outcome_started is None or started > self._outcome_started:
             self._outcome, self._outcome_started = outcome, started
+        self._start_due()
         return outcome
+
+    def _start_due(self) -> None:
+        """Starts the run that was due while ``max_runs`` were under way, now that one has ended."""
+        due, self._due = self._due, None
+        if not due:
+            return  # no run waits, or its probes all went away: the next probe starts one
+        started = self._started = self.monotonic()
+        self._runs.join(started, lambda: self._run(started)).addBoth(due.fire)
 
 
 def _quoted(names: Sequence[str]) -> str:
