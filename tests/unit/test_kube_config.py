@@ -342,7 +342,8 @@ def test_an_exec_plugin_that_needs_a_terminal_is_refused_at_load(tmp_path: Path)
     assert not (tmp_path / "ran").exists()
 
 
-@pytest.mark.parametrize("empty", ["", None])
+# "\n" and "\r\n" decode to nothing for Go's base64, which skips line ends (review-opscheck2 F5).
+@pytest.mark.parametrize("empty", ["", None, "\n", "\r\n"])
 def test_an_empty_or_null_data_key_beside_its_file_is_absent_as_in_client_go(
     tmp_path: Path, ca: Authority, empty: str | None
 ) -> None:
@@ -361,6 +362,27 @@ def test_an_empty_or_null_data_key_beside_its_file_is_absent_as_in_client_go(
         str(tmp_path / "kc-client.crt"),
         str(tmp_path / "kc-client.key"),
     )
+
+
+@pytest.mark.parametrize("data", [" ", "=", "====", "not base64!"])
+@pytest.mark.parametrize("key", ["certificate-authority-data", "client-certificate-data", "client-key-data"])
+def test_a_data_key_that_is_not_base64_is_refused_naming_it(tmp_path: Path, key: str, data: str) -> None:
+    # As kubectl ("illegal base64 data"): it was refused as a file holding no PEM certificate, a file
+    # the user never named (review-opscheck2 F5).
+    document = {
+        "clusters": [{"name": "c", "cluster": {"server": SERVER}}],
+        "users": [{"name": "u", "user": {"token": "tok"}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "x",
+    }
+    section = document["clusters" if key.startswith("certificate") else "users"][0]
+    section["cluster" if key.startswith("certificate") else "user"][key] = data  # type: ignore[index]
+    path = tmp_path / "kc"
+    path.write_text(json.dumps(document))
+    where = 'cluster "c"' if key.startswith("certificate") else 'user "u"'
+    with pytest.raises(ConfigError) as raised:
+        load_cluster_config(str(path))
+    assert str(raised.value) == f"kubeconfig {str(path)!r}: {where}: {key} is not valid base64"
 
 
 def yaml_kubeconfig(path: Path, cluster_lines: str) -> Path:
@@ -387,13 +409,55 @@ def test_one_letter_booleans_are_read_as_kubectl_reads_them(
         load_cluster_config(str(path))
 
 
+@pytest.mark.parametrize("spelling", ["y", "n", "Y", "yes", "off", "true"])
+def test_boolean_spellings_elsewhere_are_kept_as_written(tmp_path: Path, spelling: str) -> None:
+    # Only a boolean field reads them as booleans, as sigs.k8s.io/yaml decodes to the field's type: a
+    # context namespace "y" went to namespace "True", a plugin's argument "n" to "False"
+    # (review-opscheck2 F3).
+    script = plugin(
+        tmp_path / "plugin",
+        'echo "$@|$FLAG|$KUBERNETES_EXEC_INFO" > seen\n'
+        'echo \'{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential",'
+        '"status":{"token":"tok"}}\'\n',
+    )
+    path = tmp_path / "kc"
+    path.write_text(
+        "clusters:\n- name: c\n  cluster:\n    server: " + SERVER + "\n    insecure-skip-tls-verify: y\n"
+        "    disable-compression: Y\n"
+        "users:\n- name: u\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n"
+        f"      command: {script}\n      args: [--verbose, {spelling}]\n"
+        f"      env: [{{name: FLAG, value: {spelling}}}]\n      provideClusterInfo: y\n"
+        f"contexts:\n- name: x\n  context: {{cluster: c, user: u, namespace: {spelling}}}\n"
+        "current-context: x\n"
+    )
+    config = load_cluster_config(str(path))
+    assert config is not None and config.exec_plugin is not None
+    assert config.namespace == spelling
+    assert (config.exec_plugin.args, config.exec_plugin.env) == (
+        ("--verbose", spelling),
+        (("FLAG", spelling),),
+    )
+    args, flag, info = (tmp_path / "seen").read_text().strip().split("|")
+    assert (args, flag) == (f"--verbose {spelling}", spelling)
+    # The boolean fields are booleans, for the plugin too.
+    assert json.loads(info)["spec"]["cluster"] == {
+        "server": SERVER,
+        "insecure-skip-tls-verify": True,
+        "disable-compression": True,
+    }
+    assert config.insecure_skip_tls_verify
+    # A string field that is checked refuses them, as client-go refuses a boolean there.
+    yaml_kubeconfig(path, f"    tls-server-name: {spelling}\n")
+    with pytest.raises(ConfigError, match="tls-server-name must be a string, not a boolean"):
+        load_cluster_config(str(path))
+
+
 @pytest.mark.parametrize(
     "lines",
     [
         "    insecure-skip-tls-verify: null\n",
         "    insecure-skip-tls-verify:\n",
         "    tls-server-name: null\n",
-        "    tls-server-name: ''\n",
         '    certificate-authority: ""\n',
         "    certificate-authority-data: ~\n",
     ],
@@ -414,3 +478,7 @@ def test_a_server_url_is_shown_without_its_credentials() -> None:
     with pytest.raises(ValueError) as raised:
         ClusterConfig("ftp://admin:PASSWORD@kube.example")
     assert str(raised.value) == "cluster server must be an http(s) URL, not 'ftp://<redacted>@kube.example'"
+    # An '@' after a '/', '?' or '#' may end a password that holds them (review-opscheck2 F1).
+    for server in ("https://admin:PASS/WORD@kube.example", "https://a:PASS?WORD@kube.example"):
+        assert repr(ClusterConfig(server)).count("WORD") == 0
+        assert "https://<redacted>@kube.example" in repr(ClusterConfig(server))

@@ -525,6 +525,12 @@ def test_insecure_beside_a_ca_is_refused_as_client_go_does(tmp_path: Path, ca: d
         "https://admin:PASSWORD@kube_example:6443",
         "https://admin:PASSWORD@[::1:6443",
         "admin:PASSWORD@kube.example:6443",
+        # A password holding '/', '#' or '?' unencoded (base64 ones hold '/'): the authority then seems
+        # to end inside it, and the whole URL was printed (review-opscheck2 F1).
+        "https://admin:PASS/WORD+x@kube.example:6443",
+        "https://admin:PASS#WORD@kube.example:6443",
+        "https://admin:PASS?WORD@kube.example:6443",
+        "https://admin:PASS/WO@RD@kube.example:6443/",
     ],
 )
 def test_a_server_with_credentials_is_refused_without_showing_them(tmp_path: Path, server: str) -> None:

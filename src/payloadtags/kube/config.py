@@ -7,6 +7,7 @@ handler. Everything it returns is plain data that the reactor-side client uses w
 
 from __future__ import annotations
 
+import base64
 import functools
 import os
 import re
@@ -35,26 +36,27 @@ def _redact(value: object) -> str:
     return "None" if value is None else "'<redacted>'"
 
 
-def _authority_end(url: str) -> tuple[int, int]:
-    """Where a URL's authority (``user:password@host:port``) starts and ends, found as urlsplit does but
-    without failing on a malformed host; a URL without ``//`` is taken as authority first."""
+def _userinfo(url: str) -> tuple[int, int]:
+    """Where a URL's possible ``user:password`` starts and ends (empty when it has no ``@``): from the
+    authority's start (after ``//``; a URL without it is taken as authority first) to the last ``@``
+    anywhere after it. The authority ends at the first ``/``, ``?`` or ``#`` for urlsplit and Go's
+    url.Parse alike, but a password may hold those unencoded (base64 ones hold ``/``): an ``@`` after
+    them may still end a password, which the URL's host (a port that is not one) would then show."""
     start = url.find("//")
     start = 0 if start < 0 else start + 2
-    ends = [i for i in (url.find(c, start) for c in "/?#") if i >= 0]
-    return start, min(ends, default=len(url))
+    return start, max(url.rfind("@", start), start)
 
 
 def _has_userinfo(url: str) -> bool:
-    """Whether a URL carries ``user[:password]@`` before its host."""
-    start, end = _authority_end(url)
-    return "@" in url[start:end]
+    """Whether a URL may carry ``user[:password]@`` before its host."""
+    start, end = _userinfo(url)
+    return end > start or url.startswith("@", start)
 
 
 def _without_userinfo(url: str) -> str:
     """The URL with any ``user:password@`` replaced, for every message and repr that shows a server."""
-    start, end = _authority_end(url)
-    at = url.rfind("@", start, end)
-    return url if at < 0 else url[:start] + "<redacted>" + url[at:]
+    start, end = _userinfo(url)
+    return url[:start] + "<redacted>" + url[end:] if _has_userinfo(url) else url
 
 
 def _redact_url(value: object) -> str:
@@ -187,6 +189,7 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
         if document.get(kind) is not None and not isinstance(document[kind], list):
             raise ConfigError(f"{shape}: {kind} is not a list")
     context_entry, user, cluster_entry = _chosen(document, context, path)
+    _as_written(document)
     base = os.path.dirname(os.path.abspath(path))
     plugin = None
     if isinstance(user.get("exec"), dict) and not (
@@ -238,6 +241,7 @@ _CLUSTER_FIELDS: tuple[tuple[str, type], ...] = (
     ("certificate-authority-data", str),
     ("tls-server-name", str),
     ("insecure-skip-tls-verify", bool),
+    ("disable-compression", bool),
 )
 # The same for a user: the library sends a list put under token as its Python text, and fails on a
 # number under a file key in Python's words.
@@ -256,28 +260,80 @@ _USER_FIELDS: tuple[tuple[str, type], ...] = (
 _IMPERSONATION = ("as", "as-uid", "as-groups", "as-user-extra")
 
 
+class _Boolean(str):
+    """A plain scalar that go-yaml v2 (kubectl's reader) takes for a boolean: its text as written, and
+    the boolean, which only a boolean field reads (`_booleans`). sigs.k8s.io/yaml decodes a document
+    into the kubeconfig's types; elsewhere the text stands, as a string field's value."""
+
+    value: bool
+
+    def __new__(cls, text: str, value: bool) -> _Boolean:
+        boolean = super().__new__(cls, text)
+        boolean.value = value
+        return boolean
+
+
+# The kubeconfig's boolean fields, by section: client-go decodes only these as booleans.
+_CLUSTER_BOOLEANS = ("insecure-skip-tls-verify", "disable-compression")
+_EXEC_BOOLEANS = ("provideClusterInfo",)
+
+
 @functools.cache
 def _go_yaml_loader() -> type[Any]:
-    """PyYAML's safe loader reading booleans as go-yaml v2 does (kubectl reads kubeconfigs with it):
-    YAML 1.1's set plus the one-letter ``y``, ``Y``, ``n``, ``N``, which PyYAML leaves strings."""
+    """PyYAML's safe loader finding booleans as go-yaml v2 does: YAML 1.1's set plus the one-letter
+    ``y``, ``Y``, ``n``, ``N``, which PyYAML leaves strings. Each is loaded as a `_Boolean`."""
     import yaml
 
     class Loader(yaml.SafeLoader):
         bool_values: ClassVar[dict[str, bool]] = {**yaml.SafeLoader.bool_values, "y": True, "n": False}
 
+        def construct_yaml_bool(self, node: Any) -> _Boolean:
+            text = str(self.construct_scalar(node))
+            return _Boolean(text, self.bool_values[text.lower()])
+
     Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile("^(?:y|Y|n|N)$"), list("yYnN"))
+    Loader.add_constructor("tag:yaml.org,2002:bool", Loader.construct_yaml_bool)
     return Loader
+
+
+def _booleans(section: dict[str, Any], fields: tuple[str, ...]) -> None:
+    """A boolean field's `_Boolean` read as the boolean."""
+    for field in fields:
+        value = section.get(field)
+        if isinstance(value, _Boolean):
+            section[field] = value.value
+
+
+def _as_written(value: Any) -> Any:
+    """``value`` with every `_Boolean` left (outside the boolean fields) as the plain text written; a
+    mapping or a list is changed in place, as the sections taken from it are in use."""
+    if isinstance(value, _Boolean):
+        return str.__str__(value)
+    if isinstance(value, dict):
+        items = [(_as_written(k), _as_written(v)) for k, v in value.items()]
+        value.clear()
+        value.update(items)
+    elif isinstance(value, list):
+        value[:] = [_as_written(v) for v in value]
+    return value
 
 
 def _tidied(section: dict[str, Any], fields: tuple[tuple[str, type], ...]) -> None:
     """Drop what client-go takes as absent, so that the library does too: a null (the library refuses it
-    in words of its own) and an empty string. An empty ``*-data`` beside its file key matters most: the
-    library would then ignore the file, and a pinned CA or a client certificate with it."""
+    in words of its own) and an empty string, or a ``*-data`` that decodes to nothing (Go's base64
+    skips line ends: ``"\n"``). An empty ``*-data`` beside its file key matters most: the library would
+    then ignore the file, and a pinned CA or a client certificate with it."""
     for key in [k for k, v in section.items() if v is None]:
         del section[key]
     for field, kind in fields:
-        if kind is str and section.get(field) == "":
-            del section[field]
+        value = section.get(field)
+        if kind is str and isinstance(value, str):
+            if value == "" or (field.endswith("-data") and not _without_line_ends(value)):
+                del section[field]
+
+
+def _without_line_ends(data: str) -> str:
+    return data.replace("\r", "").replace("\n", "")
 
 
 def _check_types(
@@ -285,17 +341,26 @@ def _check_types(
 ) -> None:
     for field, kind in fields:
         value = section.get(field)
-        if value is not None and not isinstance(value, kind):
+        # A `_Boolean` is a string only to the fields no check reads; a checked one refuses it as
+        # client-go refuses a boolean in a string field.
+        if value is not None and (not isinstance(value, kind) or isinstance(value, _Boolean)):
             # As client-go, which refuses the file: the kubernetes library would take any non-empty
             # string for true ("false" would turn certificate verification off), and any value for a
             # token. The value is not shown: it may be a secret.
             expected = "true or false" if kind is bool else "a string"
             raise ConfigError(f"kubeconfig {path!r}: {where}: {field} must be {expected}, not {_kind(value)}")
+        if isinstance(value, str) and field.endswith("-data"):
+            try:
+                base64.b64decode(_without_line_ends(value), validate=True)
+            except ValueError:
+                # As client-go ("illegal base64 data"); the library failed in its words, or wrote
+                # what it could decode to a file of its own and refused that file.
+                raise ConfigError(f"kubeconfig {path!r}: {where}: {field} is not valid base64") from None
 
 
 def _kind(value: object) -> str:
     """What a kubeconfig value is, said without the value (which may be a secret)."""
-    if isinstance(value, bool):
+    if isinstance(value, bool | _Boolean):
         return "a boolean"
     if isinstance(value, int | float):
         return "a number"
@@ -349,6 +414,9 @@ def _chosen(
             if cluster_name
             else f'kubeconfig {path!r}: cluster was not specified for context "{context_name}"'
         )
+    _booleans(cluster, _CLUSTER_BOOLEANS)
+    if isinstance(user.get("exec"), dict):
+        _booleans(user["exec"], _EXEC_BOOLEANS)
     _tidied(cluster, _CLUSTER_FIELDS)
     _tidied(user, _USER_FIELDS)
     _check_types(cluster, _CLUSTER_FIELDS, f'cluster "{cluster_name}"', path)
@@ -358,7 +426,8 @@ def _chosen(
         raise ConfigError(f'kubeconfig {path!r}: cluster "{cluster_name}" has no server')
     if _has_userinfo(cluster["server"]):
         # client-go would send them as Basic credentials; we would fail on every connection instead.
-        # The server is not shown: it holds a password.
+        # The server is not shown: it holds a password. Any '@' counts, even after a '/', '?' or '#':
+        # it may end a password that holds them.
         raise ConfigError(
             f'kubeconfig {path!r}: cluster "{cluster_name}": server must not carry credentials '
             "(user:password@ before the host): give the user a token, a client certificate or an exec plugin"
