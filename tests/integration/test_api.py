@@ -1124,6 +1124,88 @@ async def test_invalid_options_are_reported_as_kube_apiserver_reports_them(api, 
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_selector_that_does_not_parse_is_400_before_any_422(api, registry, repo):
+    # kube-apiserver parses labelSelector and fieldSelector while it decodes the query into ListOptions
+    # (the v1 to internalversion conversion), and answers a decoding error 400 before it validates.
+    namespace, _ = split(repo)
+    client, _ = _v1_as_admin(api, registry, repo)
+    base = collection(namespace)
+    for target in (
+        f"{base}?labelSelector=a%20in&resourceVersionMatch=Bogus",
+        f"{base}?fieldSelector=a&resourceVersionMatch=Bogus",
+        f"{base}?watch=true&labelSelector=a%20in&resourceVersionMatch=Exact&timeoutSeconds=1",
+        f"{base}?watch=true&fieldSelector=a&sendInitialEvents=true&timeoutSeconds=1",
+    ):
+        assert_status(await client.get(target), 400, "BadRequest")
+    deleted = await client.delete(f"{base}?dryRun=All&labelSelector=a%20in&resourceVersionMatch=x")
+    assert_status(deleted, 400, "BadRequest")
+    # Only the field's name is checked after validation (the field-label conversion), as there.
+    invalid = assert_status(
+        await client.get(f"{base}?fieldSelector=spec.x%3D1&resourceVersionMatch=Bogus"), 422, "Invalid"
+    )
+    assert invalid["details"]["kind"] == "ListOptions"
+    assert images.list_tags(registry, repo) == ["v1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_watch_decodes_limit_as_every_list_options(api, registry, repo):
+    # ListResource decodes the whole query into ListOptions before it branches on watch: Limit is an
+    # int64 there too.
+    namespace, _ = split(repo)
+    client, _ = _v1_as_admin(api, registry, repo)
+    for value in ("", "abc", "99999999999999999999"):
+        reply = await client.get(f"{collection(namespace)}?watch=true&timeoutSeconds=1&limit={value}")
+        assert_status(reply, 400, "BadRequest")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_watch_validates_its_options_before_refusing_continue(api, registry, repo):
+    namespace, _ = split(repo)
+    client, _ = _v1_as_admin(api, registry, repo)
+    reply = await client.get(
+        f"{collection(namespace)}?watch=true&continue=x&resourceVersionMatch=Exact&timeoutSeconds=1"
+    )
+    status = assert_status(reply, 422, "Invalid")
+    assert status["details"]["kind"] == "ListOptions"
+    assert "resourceVersionMatch is forbidden when continue is provided" in status["message"]
+    # Valid options: continue is still refused for a watch (docs/watch.md).
+    refused = await client.get(f"{collection(namespace)}?watch=true&continue=x&timeoutSeconds=1")
+    assert_status(refused, 400, "BadRequest")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_deletecollection_validates_delete_options_before_its_storage_checks(api, registry, repo):
+    # DeleteCollection decodes and validates the ListOptions, then the DeleteOptions (422), and only
+    # then lists, where its storage parses resourceVersion and refuses continue with one (400).
+    namespace, _ = split(repo)
+    client, _ = _v1_as_admin(api, registry, repo)
+    base = collection(namespace)
+    for query in ("resourceVersion=abc&propagationPolicy=x", "continue=x&resourceVersion=5&dryRun=x"):
+        status = assert_status(await client.delete(f"{base}?{query}"), 422, "Invalid")
+        assert status["details"]["kind"] == "DeleteOptions"
+    for query in ("resourceVersion=abc&dryRun=All", "continue=x&resourceVersion=5&dryRun=All"):
+        assert_status(await client.delete(f"{base}?{query}"), 400, "BadRequest")
+    assert images.list_tags(registry, repo) == ["v1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_accept_no_one_serves_is_406_before_the_options_are_read(api, registry, repo):
+    # DeleteResource and DeleteCollection negotiate the response's media type first of all.
+    namespace, _ = split(repo)
+    client, url = _v1_as_admin(api, registry, repo)
+    headers = {"Accept": "application/cbor"}
+    for target in (
+        f"{url}?propagationPolicy=x",
+        f"{url}?gracePeriodSeconds=abc",
+        f"{collection(namespace)}?propagationPolicy=x",
+        f"{collection(namespace)}?resourceVersionMatch=x",
+        f"{collection(namespace)}?limit=abc",
+    ):
+        assert_status(await client.delete(target, headers=headers), 406, "NotAcceptable")
+    assert images.list_tags(registry, repo) == ["v1"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_first_accept_or_content_type_field_decides(api, registry, repo):
     # kube-apiserver reads a header with Go's Header.Get: of several fields, the first.
     client, url = _v1_as_admin(api, registry, repo)

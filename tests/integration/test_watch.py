@@ -351,6 +351,24 @@ async def test_watch_options_refused_with_a_status(api, repo):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_negative_timeout_is_a_watch_that_ends_at_once(api, registry, repo, reactor):
+    # As kube-apiserver: no validation looks at timeoutSeconds, and its watch's timer of a negative
+    # duration has fired already, so the answer is 200 and the stream ends at once, without an event.
+    namespace, _ = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "v1")
+    client = api.client(api.pki.admin)
+    for query in (
+        "",
+        "&resourceVersion=0&allowWatchBookmarks=true",
+        "&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true",
+    ):
+        watch = await stream(client, f"{collection(namespace)}?watch=true&timeoutSeconds=-1{query}")
+        assert watch.code == 200, query
+        await watch.ended.addTimeout(30, reactor)  # a guard against a hang only: it ends at once
+        assert watch.lines.pending == [], query
+
+
+@pytest_twisted.ensureDeferred
 async def test_any_watch_value_but_false_or_0_is_a_watch(api, registry, repo):
     # kube-apiserver reads watch as any boolean query parameter: "false" and "0" (any case) are false,
     # every other value, the empty one too, is true, and the request is a watch.

@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 
 from payloadtags.api.errors import ApiError
-from payloadtags.api.options import DeleteOptions, delete_options, first, flag, list_options
+from payloadtags.api.options import (
+    DeleteOptions,
+    delete_options,
+    first,
+    flag,
+    list_options,
+    storage_refusals,
+)
 from payloadtags.api.selectors import FieldRequirement, Requirement
 from payloadtags.api.watch import watch_options
 from payloadtags.model import to_json
@@ -81,7 +88,7 @@ def test_limit_zero_means_no_limit() -> None:
 @pytest.mark.parametrize("key", ["limit", "timeoutSeconds"])
 def test_an_empty_integer_parameter_is_400(key: str) -> None:
     # Go's strconv.ParseInt(""), what kube-apiserver decodes a present key's value with, fails.
-    for call in (list_options, watch_options) if key == "timeoutSeconds" else (list_options,):
+    for call in (list_options, watch_options):
         error = _error(call, _q(**{key: ""}))
         assert (error.code, error.reason) == (400, "BadRequest")
         assert error.message == f'invalid value for {key}: "" is not an integer'
@@ -252,13 +259,15 @@ def test_a_deletecollection_with_watch_keeps_the_storage_checks() -> None:
     error = _error(list_options, {**query, "continue": ["abc"]}, True)
     assert error.code == 422
     assert "resourceVersionMatch is forbidden when continue is provided" in error.message
-    error = _error(list_options, _q(watch="true", resourceVersion="5", **{"continue": "abc"}), True)
+    # What the storage refuses is checked after the DeleteOptions (storage_refusals), as there.
+    listing = list_options(_q(watch="true", resourceVersion="5", **{"continue": "abc"}), True)
+    error = _error(storage_refusals, listing)
     assert (error.code, error.message) == (
         400,
         "specifying resource version is not allowed when using continue",
     )
     assert _error(list_options, _q(watch="true", timeoutSeconds="x"), True).code == 400
-    assert _error(list_options, _q(watch="true", resourceVersion="x"), True).code == 400
+    assert _error(storage_refusals, list_options(_q(watch="true", resourceVersion="x"), True)).code == 400
 
 
 def test_kubectl_watch_request_is_405_before_anything_else() -> None:

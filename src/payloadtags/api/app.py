@@ -47,7 +47,7 @@ from payloadtags.api.errors import (
 )
 from payloadtags.api.health import HealthChecks
 from payloadtags.api.negotiation import JSON_TYPE, Form, MediaType, negotiate
-from payloadtags.api.options import Query, delete_options, first, list_options
+from payloadtags.api.options import Query, delete_options, first, list_options, storage_refusals
 from payloadtags.api.registry_errors import api_error_for
 from payloadtags.api.render import (
     CHUNK_ITEMS,
@@ -1000,6 +1000,12 @@ class ApiServer:
             # it is answered as the list is (504, retried a second later), never served with an end
             # bookmark older than asked; kube-apiserver's cacher refuses it so before the stream too.
             raise resource_version_too_large(options.resource_version, hub.versions.latest())
+        if options.timeout_seconds is not None and options.timeout_seconds < 0:
+            # As kube-apiserver, whose watch timer of a negative duration has fired already: a 200 whose
+            # stream ends at once, without an event. Nothing to read for it, nor a watch's place to hold.
+            _head(request, 200, media.content_type)
+            request.setHeader(b"x-content-type-options", b"nosniff")
+            return b""
         try:
             # The limits are decided now, before a byte is sent: the slot is held while the watch
             # waits for its scope's read, so watches that wait together cannot all pass them.
@@ -1127,24 +1133,31 @@ class ApiServer:
         return body
 
     async def _delete(self, request: IRequest, user: UserInfo, namespace: str, name: str) -> bytes:
+        # The media type first of all, as kube-apiserver's DeleteResource: an Accept nothing answers is
+        # 406 whatever the options say. Before the delete: a 406 (or a bad includeObject) must mean that
+        # nothing was deleted.
+        media = negotiate(_header(request, "accept"), collection=False)
         query = _query(request)
         options = delete_options(query, self._body(request), _header(request, "content-type"))
-        # Before the delete: a 406 (or a bad includeObject) must mean that nothing was deleted.
-        media = _with_pretty(negotiate(_header(request, "accept"), collection=False), query)
+        media = _with_pretty(media, query)
         include = _include(media, query)
         obj = await self.service.delete(user, namespace, name, options)
         # The deleted object in the form asked for, a Table too, as kube-apiserver's DELETE answers.
         return _write(request, render_object(obj, media, include), media)
 
     async def _delete_collection(self, request: Request, user: UserInfo, namespace: str) -> bytes:
+        # In kube-apiserver's DeleteCollection's order: the media type (406), the ListOptions (decoded,
+        # validated, their field names), the DeleteOptions, and only then what its storage refuses of
+        # the ListOptions as it lists by them. All before the deletes: a 406 (or a bad includeObject)
+        # must mean that nothing was deleted.
+        media = negotiate(_header(request, "accept"), collection=True)
         query = _query(request)
-        # ListOptions before DeleteOptions, as kube-apiserver's DeleteCollection decodes and checks them.
         listing = list_options(
             {k: v for k, v in query.items() if k not in ("dryRun", "propagationPolicy")}, deleting=True
         )
         options = delete_options(query, self._body(request), _header(request, "content-type"))
-        # Before the deletes: a 406 (or a bad includeObject) must mean that nothing was deleted.
-        media = _with_pretty(negotiate(_header(request, "accept"), collection=True), query)
+        storage_refusals(listing)
+        media = _with_pretty(media, query)
         include = _include(media, query)
         items, meta = await self.service.delete_collection(user, namespace, listing, options)
         # The deleted tags in the form asked for, a Table of them too, as kube-apiserver answers. More

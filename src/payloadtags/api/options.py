@@ -13,8 +13,9 @@ from payloadtags.api.errors import ApiError, bad_request, invalid, method_not_al
 from payloadtags.api.selectors import (
     FieldSelector,
     LabelSelector,
+    decode_field_selector,
     go_quote,
-    parse_field_selector,
+    known_fields,
     parse_label_selector,
 )
 from payloadtags.validators import bounded_decimal
@@ -178,17 +179,29 @@ def _list_errors(
     return errors
 
 
+def decode_list_query(query: Query) -> tuple[int | None, int | None, LabelSelector, FieldSelector]:
+    """What kube-apiserver decodes of any ListOptions query, a watch's too, before it validates them
+    (400 on failure), in its order: the integers as they come in ListOptions (timeoutSeconds, then
+    limit), then the selectors, which it parses while converting the query to its internal
+    ListOptions (only a field selector's field names are checked later: known_fields)."""
+    timeout = integer(query, "timeoutSeconds")
+    limit = integer(query, "limit")
+    labels = parse_label_selector(first(query, "labelSelector"))
+    fields = decode_field_selector(first(query, "fieldSelector"))
+    return timeout, limit, labels, fields
+
+
 def list_options(query: Query, deleting: bool = False) -> ListOptions:
     """``deleting``: the options of a deletecollection, which kube-apiserver lists by whatever its
     query's watch says (docs/api.md, "Delete"); a list's watch is served elsewhere, or not at all.
-    Checked in kube-apiserver's order: decoding (400), validation (422, every error it finds), then what
-    its storage refuses (400)."""
+    Checked in kube-apiserver's order: decoding (400, the selectors parsed), validation (422, every error
+    it finds), the field selector's field names (400), then, for a list, what its storage refuses (400,
+    storage_refusals); a deletecollection checks that after its DeleteOptions, as there."""
     watch = bool(flag(query, "watch"))
     if watch and not deleting:
         raise method_not_allowed("watch")
-    limit = integer(query, "limit")
-    # An int64 in every ListOptions, as kube-apiserver decodes it; only a watch uses it.
-    integer(query, "timeoutSeconds")
+    # timeoutSeconds: an int64 in every ListOptions, as kube-apiserver decodes it; only a watch uses it.
+    _, limit, labels, fields = decode_list_query(query)
     if limit is not None and limit < 0:
         raise invalid_options("ListOptions", [invalid_value("limit", str(limit), "must be non-negative")])
     limit = limit or None  # limit=0 means no limit, as upstream
@@ -208,20 +221,28 @@ def list_options(query: Query, deleting: bool = False) -> ListOptions:
         errors = _list_errors(match, resource_version, continue_, first(query, "sendInitialEvents"))
     if errors:
         raise invalid_options("ListOptions", errors)
-    if continue_ is not None and resource_version not in (None, "0"):
-        # As kube-apiserver's storage: a continued page is read at its token's resourceVersion. Checked
-        # here, before a list reads or a deletecollection deletes anything.
-        raise bad_request("specifying resource version is not allowed when using continue")
-    if resource_version is not None and parse_version(resource_version) is None:
-        raise bad_request(f'invalid resource version "{resource_version}"')
-    return ListOptions(
-        labels=parse_label_selector(first(query, "labelSelector")),
-        fields=parse_field_selector(first(query, "fieldSelector")),
+    options = ListOptions(
+        labels=labels,
+        fields=known_fields(fields),
         limit=limit,
         continue_=continue_,
         resource_version=resource_version,
         exact=match == "Exact",
     )
+    if not deleting:
+        storage_refusals(options)
+    return options
+
+
+def storage_refusals(options: ListOptions) -> None:
+    """What kube-apiserver's storage refuses (400) when it lists by these options: after the handler
+    checked every option, a deletecollection's DeleteOptions too. Checked here before a list reads or a
+    deletecollection deletes anything."""
+    if options.continue_ is not None and options.resource_version not in (None, "0"):
+        # A continued page is read at its token's resourceVersion.
+        raise bad_request("specifying resource version is not allowed when using continue")
+    if options.resource_version is not None and parse_version(options.resource_version) is None:
+        raise bad_request(f'invalid resource version "{options.resource_version}"')
 
 
 PROPAGATION = ("Foreground", "Background", "Orphan")

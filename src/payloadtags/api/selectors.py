@@ -331,14 +331,21 @@ _GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", 
 
 
 def parse_field_selector(text: str | None) -> FieldSelector:
-    """Parse ``metadata.name=a,metadata.namespace!=b`` as fields.ParseSelector does, or raise a 400.
+    """Parse ``metadata.name=a,metadata.namespace!=b`` as fields.ParseSelector does, or raise a 400,
+    then check its fields (known_fields).
 
     As upstream: nothing is trimmed (a blank, ASCII or not, is part of its field or value: such a value
     is no tag's name, such a field no field); the terms are taken in sorted order, every one split and
     unescaped before any field is checked, so that of several bad terms the same one is reported."""
+    return known_fields(decode_field_selector(text))
+
+
+def decode_field_selector(text: str | None) -> FieldSelector:
+    """The selector as kube-apiserver parses it while it decodes the query (400 if it does not parse),
+    its fields not yet checked: they are checked after the options are validated (known_fields)."""
     if not text:
         return FieldSelector()
-    terms: list[tuple[str, str, str]] = []
+    requirements = []
     for term in sorted(_split_terms(text)):  # sort.StringSlice: byte order, the code point order
         if not term:
             continue  # only an empty term is skipped: "metadata.name=x," is valid, "x, " is not
@@ -346,14 +353,20 @@ def parse_field_selector(text: str | None) -> FieldSelector:
         if split is None:
             raise bad_request(f"invalid selector: '{text}'; can't understand '{term}'")
         field, op, raw = split
-        terms.append((field, op, _unescape(raw)))
-    requirements = []
-    for field, op, value in terms:
-        if field not in FIELDS:
-            raise bad_request(
-                f'{go_quote(field)} is not a known field selector: only "metadata.name", "metadata.namespace"'
-            )
         # As kube-apiserver, any value is accepted: one no namespace can have (Bad_NS) selects nothing,
         # and its != everything. Lists never look such a value up in the registry (TagsService).
-        requirements.append(FieldRequirement(field, value, op != "!="))
+        requirements.append(FieldRequirement(field, _unescape(raw), op != "!="))
     return FieldSelector(tuple(requirements))
+
+
+def known_fields(selector: FieldSelector) -> FieldSelector:
+    """The selector if it names only fields a tag has, else the 400 of kube-apiserver's field-label
+    conversion, which its handlers make after validating the options (the first unknown field, in the
+    terms' sorted order)."""
+    for requirement in selector.requirements:
+        if requirement.field not in FIELDS:
+            raise bad_request(
+                f'{go_quote(requirement.field)} is not a known field selector: only "metadata.name", '
+                '"metadata.namespace"'
+            )
+    return selector

@@ -15,9 +15,17 @@ from twisted.web.server import Request
 
 from payloadtags.api.errors import bad_request
 from payloadtags.api.negotiation import Form, MediaType
-from payloadtags.api.options import Query, first, flag, integer, invalid_options, invalid_value, watch_errors
+from payloadtags.api.options import (
+    Query,
+    decode_list_query,
+    first,
+    flag,
+    invalid_options,
+    invalid_value,
+    watch_errors,
+)
 from payloadtags.api.render import COLUMNS, row
-from payloadtags.api.selectors import FieldSelector, LabelSelector, parse_field_selector, parse_label_selector
+from payloadtags.api.selectors import FieldSelector, LabelSelector, known_fields
 from payloadtags.model import (
     GROUP_VERSION,
     KIND,
@@ -75,18 +83,20 @@ class WatchOptions:
 
 
 def watch_options(query: Query) -> WatchOptions:
-    """The options of a watch, validated as kube-apiserver validates them."""
+    """The options of a watch, checked in kube-apiserver's order: the query decoded as any ListOptions
+    (400: limit too, which a watch does not use, and the selectors parsed), validated (422, every error
+    found), the field selector's field names (400), then what payloadtags refuses of a watch and its
+    storage would (400: continue, a resourceVersion that is no number)."""
+    timeout, _, labels, fields = decode_list_query(query)
     resource_version = first(query, "resourceVersion") or ""
     match = first(query, "resourceVersionMatch") or None
     send_initial = flag(query, "sendInitialEvents")
     bookmarks = bool(flag(query, "allowWatchBookmarks"))
-    timeout = integer(query, "timeoutSeconds")  # decoded before anything is validated, as there
-    if first(query, "continue"):
-        raise bad_request(
-            "continue is not supported for watch: start the watch from the list's resourceVersion"
-        )
-    errors = watch_errors(match, send_initial, None)
+    continue_ = first(query, "continue") or None
+    errors = watch_errors(match, send_initial, continue_)
     if send_initial and not bookmarks:
+        # payloadtags' own check (docs/watch.md): kube-apiserver does not make it, so as not to break
+        # older clients; the end of the initial events is a bookmark, which this client did not allow.
         errors.append(
             invalid_value(
                 "sendInitialEvents", "true", "sendInitialEvents requires setting allowWatchBookmarks to true"
@@ -94,16 +104,19 @@ def watch_options(query: Query) -> WatchOptions:
         )
     if errors:
         raise invalid_options("ListOptions", errors)
-    if timeout is not None and timeout < 0:
-        raise invalid_options(
-            "ListOptions", [invalid_value("timeoutSeconds", str(timeout), "must be non-negative")]
+    fields = known_fields(fields)
+    if continue_:
+        raise bad_request(
+            "continue is not supported for watch: start the watch from the list's resourceVersion"
         )
     if resource_version and parse_version(resource_version) is None:
         raise bad_request(f'invalid resource version "{resource_version}"')
     return WatchOptions(
-        labels=parse_label_selector(first(query, "labelSelector")),
-        fields=parse_field_selector(first(query, "fieldSelector")),
+        labels=labels,
+        fields=fields,
         resource_version=resource_version,
+        # A negative one is kept: as kube-apiserver's timer of a negative duration, it has fired already
+        # (the stream ends at once); 0 is none, as there (the server's default).
         timeout_seconds=timeout or None,
         bookmarks=bookmarks,
         send_initial_events=send_initial,
