@@ -53,6 +53,23 @@ class TagDetail:
     config: dict[str, Any] | None
 
 
+class TagFilter:
+    """A selection of tags that can select a repository's tags at once (``select``), cheaper than
+    calling it on each tag's reference (the selectors of a request, `api.selectors.tag_filter`)."""
+
+    def __call__(self, ref: TagRef) -> bool:
+        return bool(self.select(ref.namespace, ref.repository_path, [ref.tag]))
+
+    def select(self, namespace: str, path: str, tags: Sequence[str]) -> Sequence[str]:
+        raise NotImplementedError
+
+
+# A repository's tags are filtered this many at a time, the reactor free between two slices (a whole
+# list's runs only, when the reader is given a ``pause``): a 100,000-tag repository and a selector do
+# not hold every other client for the time it takes to check them all, as rendering goes in blocks.
+SELECT_SLICE = 5000
+
+
 @attrs.frozen
 class Run:
     """Consecutive tags of one repository in a page, sorted."""
@@ -406,6 +423,8 @@ class RunReader:
     accept: Callable[[TagRef], bool] | None = None
     readable: Callable[[str, str], bool] = lambda namespace, path: True
     observe: Callable[[str, Sequence[str]], None] | None = None
+    # Frees the reactor for a turn (between slices of a large repository's tags); None: never.
+    pause: Callable[[], Deferred[None]] | None = None
     _listed: deque[Entry] = attrs.field(factory=deque)  # from the catalog, not read yet
     _reads: deque[_Read] = attrs.field(factory=deque)  # in list order
     _running: int = 0  # reads started that have not ended
@@ -435,7 +454,7 @@ class RunReader:
                     tags: tuple[str, ...] = head.outcome
                     if self.observe is not None:
                         self.observe(head.repository, tags)
-                    chosen = _select(head.namespace, head.path, tags, self.accept)
+                    chosen = await self._choose(head.namespace, head.path, tags)
                     if chosen:
                         return Run(head.namespace, head.path, chosen)
                 elif self._reads or self._page is not None:
@@ -447,6 +466,17 @@ class RunReader:
             self.stop()
             raise
         return None
+
+    async def _choose(self, namespace: str, path: str, tags: Sequence[str]) -> Sequence[str]:
+        """The tags ``accept`` keeps, a slice at a time with the reactor free between slices."""
+        if self.accept is None or self.pause is None or len(tags) <= SELECT_SLICE:
+            return _select(namespace, path, tags, self.accept)
+        chosen: list[str] = []
+        for start in range(0, len(tags), SELECT_SLICE):
+            if start:
+                await self.pause()
+            chosen.extend(_select(namespace, path, tags[start : start + SELECT_SLICE], self.accept))
+        return chosen
 
     def _start(self) -> None:
         """Starts what may start now: reads of listed repositories, the next catalog page."""
@@ -517,6 +547,8 @@ def _select(
 ) -> Sequence[str]:
     if accept is None:
         return tags
+    if isinstance(accept, TagFilter):
+        return accept.select(namespace, path, tags)
     return [tag for tag in tags if accept(TagRef(namespace, path, tag))]
 
 
@@ -529,6 +561,9 @@ class Inventory:
     index: RepositoryIndex | None = None
     # Image configs already read: a tag's GET then reads only its manifest from the registry.
     configs: BlobCache = attrs.Factory(BlobCache)
+    # Frees the reactor for a turn: whole lists filter a large repository's tags in slices between
+    # such pauses (`RunReader.pause`). None: in one go.
+    pause: Callable[[], Deferred[None]] | None = None
 
     async def _tags_of(
         self, repositories: Sequence[str], guessed: Set[str] = frozenset()
@@ -566,7 +601,7 @@ class Inventory:
         def read(repository: str) -> Deferred[tuple[str, ...]]:
             return Deferred.fromCoroutine(self._tags(repository, cursor.guessed))
 
-        return RunReader(cursor, read, self.concurrency, accept, readable, observe)
+        return RunReader(cursor, read, self.concurrency, accept, readable, observe, self.pause)
 
     async def list(
         self,
@@ -791,11 +826,14 @@ class _PageBuilder:
         else:
             accept = self._accept
             selected: list[str] = []
-            for index in range(start, len(tags)):
-                if room is not None and len(selected) >= room:
-                    break
-                if accept(TagRef(namespace, path, tags[index])):
-                    selected.append(tags[index])
+            if isinstance(accept, TagFilter):
+                selected = list(accept.select(namespace, path, tags[start:]))[:room]
+            else:
+                for index in range(start, len(tags)):
+                    if room is not None and len(selected) >= room:
+                        break
+                    if accept(TagRef(namespace, path, tags[index])):
+                        selected.append(tags[index])
             chosen = selected
         if chosen:
             self._runs.append(Run(namespace, path, chosen))
@@ -822,5 +860,6 @@ __all__ = [
     "RunReader",
     "Runs",
     "TagDetail",
+    "TagFilter",
     "guessed_tags",
 ]

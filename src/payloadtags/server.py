@@ -411,7 +411,12 @@ async def start(
         if kube is not None
         else None
     )
-    inventory = Inventory(registry, concurrency=settings.registry_concurrency, index=index)
+    inventory = Inventory(
+        registry,
+        concurrency=settings.registry_concurrency,
+        index=index,
+        pause=lambda: deferLater(reactor, 0, lambda: None),
+    )
     watch_settings = watch_limits(settings.watch, settings.http)
     if watch_settings.max_watches < settings.watch.max_watches:
         log.warn(

@@ -23,6 +23,7 @@ from payloadtags.api.errors import (
     resource_version_too_large,
 )
 from payloadtags.api.options import DeleteOptions, ListOptions
+from payloadtags.api.selectors import tag_filter
 from payloadtags.api.walks import Kept, Listed, WalkCache, new_walk_id
 from payloadtags.deferreds import GoesOn, bounded_map
 from payloadtags.inventory import Inventory, Page, Run, Runs
@@ -295,20 +296,7 @@ class TagsService:
 
     def _selected(self, options: ListOptions) -> Callable[[TagRef], bool] | None:
         """Which tags the selectors keep; None when they keep every tag."""
-        # Tags carry no labels, so the label selector decides once for all of them.
-        unlabelled = options.labels.matches({})
-        fields = options.fields if options.fields.requirements else None
-        if unlabelled and fields is None:
-            return None
-
-        def accept(ref: TagRef) -> bool:
-            if not unlabelled:
-                return False
-            return fields is None or fields.matches(
-                {"metadata.name": ref.name, "metadata.namespace": ref.namespace}
-            )
-
-        return accept
+        return tag_filter(options.labels, options.fields)
 
     def readable(self, user: UserInfo) -> Callable[[str, str], bool]:
         """Whether ``user`` may see the tags of (namespace, repository path)."""

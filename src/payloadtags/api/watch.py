@@ -25,7 +25,7 @@ from payloadtags.api.options import (
     watch_errors,
 )
 from payloadtags.api.render import COLUMNS, row
-from payloadtags.api.selectors import FieldSelector, LabelSelector, known_fields
+from payloadtags.api.selectors import FieldSelector, LabelSelector, known_fields, tag_filter
 from payloadtags.model import (
     GROUP_VERSION,
     KIND,
@@ -56,11 +56,7 @@ class WatchOptions:
     send_initial_events: bool | None
 
     def accept(self) -> Callable[[TagRef], bool]:
-        # Tags carry no labels: the label selector decides once for all of them.
-        if not self.labels.matches({}):
-            return lambda ref: False
-        fields = self.fields
-        return lambda ref: fields.matches({"metadata.name": ref.name, "metadata.namespace": ref.namespace})
+        return tag_filter(self.labels, self.fields) or (lambda ref: True)
 
     def pinned_repository(self, namespace: str | None) -> str | None:
         """The repository of the one tag the field selector pins (a single-object watch: its
