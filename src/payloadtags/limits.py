@@ -18,6 +18,18 @@ IDLE_TIMEOUT = 90.0
 # in kernel memory. 256 kB (the kernel doubles the value asked for) still keeps a 10 Gbit/s link busy at
 # the round trips of a cluster network.
 SEND_BUFFER = 128 * 1024
+# A request head (its request line and header lines) may cost at most HEAD_BYTES, each header line
+# counting HEADER_LINE_COST bytes besides its own for what Python holds per header (a dict entry, a list,
+# the bytes objects: about 260 bytes each); beyond it, 431. A connection of the verified front proxy may
+# go on to FRONT_PROXY_HEAD_BYTES (Go's http.Server default MaxHeaderBytes, which kube-apiserver and the
+# servers of k8s.io/apiserver keep: a user in many groups is one X-Remote-Group line per group), taking
+# what goes past HEAD_BYTES from LARGE_HEADS, shared by all connections while their request is read and
+# answered; with it spent, 429. Together with the 16 kB line limit and --max-connections, what request
+# heads hold is bounded (docs/hardening.md, "Request heads").
+HEAD_BYTES = 64 * 1024
+HEADER_LINE_COST = 256
+FRONT_PROXY_HEAD_BYTES = MiB
+LARGE_HEADS = 32 * MiB
 # After refusing a request whose body is still arriving, keep reading (and dropping) it this long before
 # closing, so the client sees the answer rather than a reset of a connection with unread data.
 LINGER = 0.5

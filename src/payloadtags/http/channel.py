@@ -52,7 +52,16 @@ from zope.interface import directlyProvides, implementer, providedBy
 from payloadtags.api.errors import ApiError, bad_request, internal, too_many_requests
 from payloadtags.deferreds import Waiters
 from payloadtags.http.clients import ClientKey, Clients, FairScheduler, address_key, connection_key
-from payloadtags.limits import LINGER, PROBE_CONNECTIONS, SEND_BUFFER, HttpLimits
+from payloadtags.limits import (
+    FRONT_PROXY_HEAD_BYTES,
+    HEAD_BYTES,
+    HEADER_LINE_COST,
+    LARGE_HEADS,
+    LINGER,
+    PROBE_CONNECTIONS,
+    SEND_BUFFER,
+    HttpLimits,
+)
 from payloadtags.model import to_json
 from payloadtags.tls import verified_peer_chain
 
@@ -133,6 +142,65 @@ def connections_full() -> ApiError:
     )
 
 
+def head_too_large(limit: int) -> ApiError:
+    return ApiError(
+        431,
+        "BadRequest",
+        f"the request head is larger than the limit of {limit} bytes (each header line counts "
+        f"{HEADER_LINE_COST} bytes more)",
+    )
+
+
+# Go's parseHexUint: a chunk size of more than 16 hex digits is over 64 bits.
+MAX_CHUNK_SIZE_DIGITS = 16
+
+
+class HeadPool:
+    """The bytes of request heads past HEAD_BYTES (the verified front proxy's large heads), shared by
+    every connection: a head takes what it needs as it arrives and gives it back once its request is
+    answered or its connection is gone."""
+
+    def __init__(self, capacity: int = LARGE_HEADS) -> None:
+        self.capacity = capacity
+        self.taken = 0
+
+    def take(self, size: int) -> bool:
+        if self.taken + size > self.capacity:
+            return False
+        self.taken += size
+        return True
+
+    def give_back(self, size: int) -> None:
+        self.taken -= size
+
+
+class GuardedChunks(http._ChunkedTransferDecoder):
+    """Twisted's chunked decoder, answering at once what it would otherwise wait for: a chunk size
+    over 64 bits (Go: 400), and a chunk declared larger than what the body may still hold (the 413
+    of ``--max-request-body-bytes`` is due as soon as the size says so, not after the body deadline)."""
+
+    def __init__(self, channel: GuardedChannel, request: GuardedRequest) -> None:
+        super().__init__(request.handleContentChunk, channel._finishRequestBody)
+        self._channel = channel
+        self._request = request
+
+    def _dataReceived_CHUNK_LENGTH(self) -> bool:
+        end = self._buffer.find(b"\r\n", self._start)
+        if end != -1:
+            size = self._buffer[:end].split(b";", 1)[0]
+            if len(size) > MAX_CHUNK_SIZE_DIGITS:
+                self._channel.refuse(bad_request("the request body's chunk length is too large"))
+                return False
+        if not super()._dataReceived_CHUNK_LENGTH():
+            return False
+        if self.state == "BODY":
+            limit = self._channel.limits.max_request_body_bytes
+            if self._request._body_bytes + self.length > limit:
+                self._channel.refuse(too_large(limit))
+                return False
+        return True
+
+
 class GuardedRequest(Request):
     """Keeps the body in memory, counted against the limit as it arrives; errors are Status JSON."""
 
@@ -190,6 +258,16 @@ class GuardedRequest(Request):
 
 class GuardedChannel(http.HTTPChannel):
     site: GuardedSite
+    # Lines end with LF, a CR before it dropped (RFC 9112 2.2; Go reads heads so): a head with bare LF
+    # line ends is answered, not left unparsed until the head deadline.
+    delimiter = b"\n"
+    # Twisted's own bounds on a head (16 kB, 500 headers, answered 400) give way to the channel's
+    # (HEAD_BYTES, FRONT_PROXY_HEAD_BYTES, answered 431), which count each header line's cost.
+    totalHeadersSize = 1 << 62
+    maxHeaders = 1 << 62
+    front_proxy = False  # the connection's certificate is the verified front proxy's
+    _head_cost = 0  # what the head being read costs so far
+    _pooled = 0  # the part of it taken from the site's HeadPool
     _refusing = False
     _admitting = False
     _lost = False
@@ -268,7 +346,7 @@ class GuardedChannel(http.HTTPChannel):
 
     def _expired(self) -> None:
         kind, self._deadline, self._deadline_kind = self._deadline_kind, None, ""
-        if kind == "head" and not self.requests:
+        if kind == "head" and not self.requests and not self._buffer and not self._head_cost:
             self._close()  # nothing of a request arrived: nobody to answer
         elif kind == "head":
             self.refuse(read_timeout("request head"))
@@ -295,6 +373,7 @@ class GuardedChannel(http.HTTPChannel):
             self._deadline.cancel()
         self._deadline = None
         self._held = []
+        self._give_back_head()
         super().connectionLost(reason)
 
     def dataReceived(self, data: bytes) -> None:
@@ -315,6 +394,59 @@ class GuardedChannel(http.HTTPChannel):
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self.refuse(ApiError(431, "BadRequest", "a request header line is too long"))
+
+    def lineReceived(self, line: bytes) -> None:
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if line:
+            # The request line and each header line (an obs-fold continuation too) cost their bytes
+            # and what Python holds for them.
+            self._head_cost += len(line) + 2 + HEADER_LINE_COST
+            if not self._head_fits():
+                return
+        super().lineReceived(line)
+
+    def _head_fits(self) -> bool:
+        """Whether the head read so far is within its limit; when not, it has been refused."""
+        over = self._head_cost - HEAD_BYTES
+        if over <= self._pooled:
+            return True
+        if not self.front_proxy:
+            self.refuse(head_too_large(HEAD_BYTES))
+            return False
+        if self._head_cost > FRONT_PROXY_HEAD_BYTES:
+            self.refuse(head_too_large(FRONT_PROXY_HEAD_BYTES))
+            return False
+        # Taken in steps of 64 kB: the pool is asked once per 64 kB of head, not per line.
+        step = min(max(over - self._pooled, HEAD_BYTES), FRONT_PROXY_HEAD_BYTES - HEAD_BYTES - self._pooled)
+        if not self.site.head_pool.take(step):
+            self.refuse(
+                ApiError(
+                    429,
+                    "TooManyRequests",
+                    "too many large request heads are being served at once; retry",
+                    retry_after=1,
+                )
+            )
+            return False
+        self._pooled += step
+        return True
+
+    def _give_back_head(self) -> None:
+        pooled, self._pooled = self._pooled, 0
+        if pooled:
+            self.site.head_pool.give_back(pooled)
+
+    def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
+        chosen = bool(super()._maybeChooseTransferDecoder(header, data))
+        decoder = self._transferDecoder
+        if (
+            chosen
+            and isinstance(decoder, http._ChunkedTransferDecoder)
+            and not isinstance(decoder, GuardedChunks)
+        ):
+            self._transferDecoder = GuardedChunks(self, self.requests[-1])
+        return chosen
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         self.refuse(bad_request("the request is not valid HTTP/1.1"))
@@ -370,6 +502,7 @@ class GuardedChannel(http.HTTPChannel):
         if self._refusing:
             return  # refused on its head (a connection for probes only), and the request had no body
         self._disarm()
+        self._head_cost = 0  # the next head counts afresh (the pooled part is held until the answer)
         super().allContentReceived()
 
     # -- responses ----------------------------------------------------------------------------------
@@ -386,6 +519,7 @@ class GuardedChannel(http.HTTPChannel):
     def requestDone(self, request: http.Request) -> None:
         if isinstance(request, Request) and self.site.admission.proves(request):
             self.proven += 1
+        self._give_back_head()
         if request.code == 401 and self.client_key[0] == "address":
             self.site.clients.unauthenticated(self.host)
         if self.site.draining:
@@ -458,6 +592,7 @@ class GuardedChannel(http.HTTPChannel):
         self._refusing = True
         self._admitting = False
         self._held = []
+        self._give_back_head()
         self.paused = True  # stops the line parser on the rest of what is buffered
         self.clearLineBuffer()
         self._dataBuffer = []
@@ -574,6 +709,7 @@ class GuardedSite(Site):
             reactor = default_reactor
         self.clients = Clients(limits, reactor, monotonic)
         self.scheduler = FairScheduler(reactor, self.clients.ready_in)
+        self.head_pool = HeadPool()
 
     def admit(self, request: Request) -> Deferred[ApiError | None]:
         return self.admission.admit(request)
@@ -647,6 +783,7 @@ class ClientConnection(ProtocolWrapper):
             self.front_proxy = True
             self.factory.clients.front_proxy(self.host)
             self.wrappedProtocol.client_key = connection_key()
+            self.wrappedProtocol.front_proxy = True
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         if not self._lost:
