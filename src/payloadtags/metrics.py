@@ -295,8 +295,9 @@ class InstrumentedRegistry:
 @attrs.define
 class _Checks:
     """A mutation's checks (`Before`, `Check`), noting whether one stopped it (raised) and how long
-    the confirmations took, with the waits for a confirmation's turn (`Waiting`): another delete's
-    cluster-API `GET` is no more the registry's time than this delete's own."""
+    the confirmations took, with its waits for the repository's turn, a confirmation's turn and a
+    connection slot (`Waiting`): another delete's cluster-API `GET` is no more the registry's time
+    than this delete's own."""
 
     clock: Callable[[], float]
     _before: Before | None

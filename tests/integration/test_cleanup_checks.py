@@ -8,6 +8,7 @@ and the cluster API's answers are Deferreds the test fires: the order is driven,
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -550,16 +551,21 @@ async def test_a_deletecollections_own_delete_stops_waiting_at_its_budget(
     assert images.list_tags(target, repository) == ["a"]
 
 
+@pytest.mark.parametrize("waiting_for", ["a confirmation's turn", "the repository's turn"])
 @pytest_twisted.ensureDeferred
-async def test_a_wait_for_another_deletes_confirmation_is_not_registry_time(registry: RegistryServer) -> None:
-    """Two deletes of two repositories, each with a confirmation; 4 connection slots, so one
-    confirmation's turn. The first's cluster-API GET takes 30 s; the second, its own confirmation
-    instant, waits for the turn meanwhile. The registry answers both at once: the delete_manifest
-    durations add up to nothing, neither delete's cluster-API time nor the wait for the other's is
-    registry latency (docs/metrics.md)."""
+async def test_a_wait_for_another_deletes_confirmation_is_not_registry_time(
+    registry: RegistryServer, waiting_for: str
+) -> None:
+    """Two deletes, each with a confirmation; 4 connection slots, so one confirmation's turn. The
+    first's cluster-API GET takes 30 s; the second, its own confirmation instant, waits meanwhile:
+    for the confirmation's turn (another repository), or for its repository's turn (the same one,
+    review-dscheck2 G3). The registry answers both at once: the delete_manifest durations add up to
+    nothing, neither delete's cluster-API time nor the wait for the other's is registry latency
+    (docs/metrics.md)."""
     namespace = unique_namespace("metricturn")
+    second_repository = f"{namespace}/b" if waiting_for == "a confirmation's turn" else f"{namespace}/a"
     first_digest = images.push_oci_image(registry, f"{namespace}/a", "x", seed=f"{namespace}-a")
-    second_digest = images.push_oci_image(registry, f"{namespace}/b", "x", seed=f"{namespace}-b")
+    second_digest = images.push_oci_image(registry, second_repository, "y", seed=f"{namespace}-b")
     clock, metrics = Clock(), Metrics()
     client = RegistryClient(reactor, RegistrySettings(url=registry.url, timeout=30.0, max_connections=4))
     instrumented = InstrumentedRegistry(client, metrics, clock=clock.seconds)
@@ -575,17 +581,161 @@ async def test_a_wait_for_another_deletes_confirmation_is_not_registry_time(regi
         )
         answer = await asked
         second = Deferred.fromCoroutine(
-            instrumented.delete_manifest(f"{namespace}/b", second_digest, before=instant)
+            instrumented.delete_manifest(second_repository, second_digest, before=instant)
         )
         turn: Deferred[None] = Deferred()
         reactor.callLater(0, turn.callback, None)
         await turn
-        assert not second.called  # waiting for the only confirmation's turn
+        assert not second.called  # waiting for the only confirmation's turn, or its repository's
         clock.advance(30.0)  # the first delete's cluster-API GET
         answer.callback(None)
         await first
         await second
     finally:
+        await client.close()
+    durations = [
+        sample.value
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == "payloadtags_registry_operation_duration_seconds_sum"
+        and sample.labels["operation"] == "delete_manifest"
+    ]
+    assert durations == [0.0]
+
+
+def queued_for_a_confirmation(client: RegistryClient) -> Deferred[None]:
+    """Fires (from the next reactor turn) once a write starts waiting for a confirmation's turn."""
+    semaphore = client._confirming
+    acquire = semaphore.acquire
+    queued: Deferred[None] = Deferred()
+
+    def watched() -> Deferred[Any]:
+        turn = acquire()
+        if not turn.called and not queued.called:
+            reactor.callLater(0, queued.callback, None)
+        return turn
+
+    semaphore.acquire = watched  # type: ignore[method-assign]
+    return queued
+
+
+@pytest.mark.parametrize("probe", ["probe due", "probe still valid"])
+@pytest_twisted.ensureDeferred
+async def test_a_removals_repair_stops_at_its_budget_after_writes_that_change_no_tag(
+    registry: RegistryServer, probe: str
+) -> None:
+    """A removal (budget 2 s) repairs a dangling tag on a 2.8 registry (no DELETE by tag): the probe (a
+    DELETE of a digest that does not exist, when due) and the placeholder's blob upload leave first;
+    they change no tag. Then the placeholder's manifest PUT waits for the only confirmation's turn,
+    which another namespace's cascade holds while the cluster API is slow. At its budget the removal
+    ends, leaves its place in line and sends nothing more: only the manifest write counts as sent."""
+    other = unique_namespace("repairbudget")
+    namespace = unique_namespace("repairbudget")
+    repository = f"{namespace}/app"
+    images.push_oci_image(registry, f"{other}/app", "a", seed=f"{other}-a")
+    make_dangling(
+        registry, repository, images.push_oci_image(registry, repository, "v1", seed=f"{namespace}-v1")
+    )
+    agent = HeldAgent(reactor, no_hold)
+    client = RegistryClient(
+        reactor, RegistrySettings(url=registry.url, timeout=30.0, max_connections=4), agent=agent
+    )
+    # The client's state on 2.8 after an earlier tag delete: no DELETE by tag; the probe due again or not.
+    client._delete_by_tag = False
+    client._probe_valid_until = 0.0 if probe == "probe due" else math.inf
+    api = Api(held=True)
+    clock = Clock()
+
+    async def gone(name: str) -> tuple[str, str | None]:
+        return ABSENT, None
+
+    remover = NamespaceRemover(Cascade(client, clock, concurrency=1), clock, gone)
+    removal: Deferred[None] | None = None
+    leader: Deferred[Any] | None = None
+    answer: Deferred[None] | None = None
+    try:
+        asked = api.asked()
+        leader = Deferred.fromCoroutine(
+            Cascade(client, reactor, concurrency=1).run(other, confirm=api.confirm)
+        )
+        answer = await asked  # the only confirmation's turn (4 // 4), the cluster API held
+        queued = queued_for_a_confirmation(client)
+        removal = Deferred.fromCoroutine(remover.remove(namespace, 2.0))
+        await queued  # the placeholder's manifest PUT waits for the turn
+        assert [method for method, url in agent.writes()] == (
+            ["DELETE", "POST", "PUT"] if probe == "probe due" else ["POST", "PUT"]
+        )  # the probe, the blob upload
+        clock.advance(2.0)
+        assert removal.called
+        with pytest.raises(RegistryUnavailable, match="not finished within 2s"):
+            await removal
+        writes = [write for write in agent.writes() if f"/v2/{repository}/" in write[1]]
+        assert len(writes) == (3 if probe == "probe due" else 2)
+        api.held = False
+        answer.callback(None)
+        assert await outcome_of(leader) == "finished"
+        assert [write for write in agent.writes() if f"/v2/{repository}/" in write[1]] == writes  # no more
+    finally:
+        if answer is not None and not answer.called:
+            answer.callback(None)
+        if leader is not None and not leader.called:
+            leader.cancel()
+        if removal is not None and not removal.called:
+            removal.cancel()
+        await client.close()
+    assert dangling_tags(registry.url, repository) == ["v1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_deletes_wait_for_a_connection_slot_is_not_registry_time(registry: RegistryServer) -> None:
+    """4 connection slots: a delete's confirmation holds one for 30 s (its cluster-API GET), users'
+    reads (held) the other three. A second delete, of another repository, waits for a slot
+    meanwhile: neither that wait nor the confirmation is registry latency (review-dscheck2 G3)."""
+    namespace = unique_namespace("metricslot")
+    first_digest = images.push_oci_image(registry, f"{namespace}/a", "x", seed=f"{namespace}-a")
+    second_digest = images.push_oci_image(registry, f"{namespace}/b", "y", seed=f"{namespace}-b")
+    images.push_oci_image(registry, f"{namespace}/r", "z", seed=f"{namespace}-r")
+    held: Deferred[None] = Deferred()
+
+    def hold(method: str, url: str) -> Deferred[None] | None:
+        return held if f"/v2/{namespace}/r/" in url else None
+
+    agent = HeldAgent(reactor, hold)
+    clock, metrics = Clock(), Metrics()
+    client = client_for(registry, agent, max_connections=4)
+    instrumented = InstrumentedRegistry(client, metrics, clock=clock.seconds)
+    api = Api(held=True)
+
+    def check() -> None:
+        pass
+
+    reads: list[Deferred[Any]] = []
+    try:
+        asked = api.asked()
+        first = Deferred.fromCoroutine(
+            instrumented.delete_manifest(f"{namespace}/a", first_digest, before=api.confirm)
+        )
+        answer = await asked  # holding a slot
+        arrived = agent.arrived(lambda method, url: f"/v2/{namespace}/r/" in url)
+        reads = [Deferred.fromCoroutine(client.resolve(f"{namespace}/r", tag)) for tag in ("z", "z1", "z2")]
+        await arrived  # the three other slots held
+        second = Deferred.fromCoroutine(
+            instrumented.delete_manifest(f"{namespace}/b", second_digest, check=check)
+        )
+        turn: Deferred[None] = Deferred()
+        reactor.callLater(0, turn.callback, None)
+        await turn
+        assert not second.called  # waiting for a slot
+        clock.advance(30.0)
+        answer.callback(None)
+        held.callback(None)
+        await first
+        await second
+    finally:
+        if not held.called:
+            held.callback(None)
+        for read in reads:
+            read.addErrback(lambda _: None)
         await client.close()
     durations = [
         sample.value

@@ -8,14 +8,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.web.server import Request
 
+from payloadtags.cleanup.cascade import Cascade
+from payloadtags.cleanup.removal import NamespaceRemover
+from payloadtags.cleanup.sweep import ABSENT
+from payloadtags.kube import Backoff
 from payloadtags.names import encode_name
-from payloadtags.registry import RegistrySettings
+from payloadtags.registry import RegistryClient, RegistrySettings
 from tests.conftest import TOKEN_USER
 from tests.integration.test_api import B, assert_status, collection
+from tests.integration.test_unanswered_api import first_of
 from tests.support import images
+from tests.support.cleanup_fixtures import unique_namespace
 from tests.support.rbac import eventually
 from tests.support.registry_server import RegistryServer, TokenServer
 from tests.support.scripted_http import serving
@@ -103,3 +112,70 @@ async def test_a_catalog_that_ignores_last_ends_the_index_refresh_and_the_list_w
         status = assert_status(reply, 503, "ServiceUnavailable")
         assert refused in status["message"]
         assert len(pages) == 5, pages
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_removal_passes_again_after_an_access_refusal_the_next_pass_may_not_meet(
+    token_registry: RegistryServer, token_server: TokenServer
+) -> None:
+    """The token service grants the namespace's `delete` only from its third token request on (an
+    ACL or RBAC grant still being rolled out): the removal's first pass is refused ("denied
+    access"). That is no refusal a retry certainly meets again (deletes turned off, a 501): the
+    removal passes again after its backoff, within its budget, and empties the namespace
+    (review-dscheck2 G2). The backoff is sat out on a `Clock` the test advances when told."""
+    namespace = unique_namespace("granting")
+    repository = f"{namespace}/app"
+    images.push_oci_image(token_registry, repository, "a", seed=f"{namespace}-a")
+    asked: list[list[str]] = []
+
+    def grant(user: str | None, rtype: str, name: str, actions: list[str]) -> list[str]:
+        if name == repository and "delete" in actions:
+            asked.append(actions)
+            if len(asked) <= 2:
+                return [action for action in actions if action != "delete"]
+        return actions
+
+    backing_off: list[Deferred[float]] = []
+
+    class Told(Backoff):
+        def next_delay(self) -> float:
+            delay = super().next_delay()
+            if backing_off:
+                # From the next reactor turn, once the cascade waits on the clock.
+                reactor.callLater(0, backing_off.pop(0).callback, delay)
+            return delay
+
+    original = token_server.grant
+    token_server.grant = grant
+    username, password = TOKEN_USER
+    client = RegistryClient(
+        reactor,
+        RegistrySettings(url=token_registry.url, timeout=30.0, username=username, password=password),
+    )
+    clock = Clock()
+
+    async def gone(name: str) -> tuple[str, str | None]:
+        return ABSENT, None
+
+    remover = NamespaceRemover(Cascade(client, clock, concurrency=1, backoff=Told), clock, gone)
+    try:
+        told: Deferred[float] = Deferred()
+        backing_off.append(told)
+        removal = Deferred.fromCoroutine(remover.remove(namespace, 60.0))
+        passes_failed = 0
+        while True:
+            delays: list[float] = []
+            told.addCallback(delays.append)
+            await first_of(removal, told)
+            if removal.called:
+                break
+            passes_failed += 1
+            told = Deferred()
+            backing_off.append(told)
+            clock.advance(delays[0])  # the backoff's delay
+        await removal  # finished (a refusal would raise here)
+    finally:
+        token_server.grant = original
+        await client.close()
+    assert passes_failed >= 1  # the first pass was refused
+    assert images.list_tags(token_registry, repository) == []

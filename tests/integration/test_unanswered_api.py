@@ -11,13 +11,14 @@ The late write is held by the fault proxy until the test releases it, after the 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, globalLogPublisher
 
 from payloadtags.access.authz import AlwaysAllow
 from payloadtags.api.errors import ApiError
@@ -252,28 +253,53 @@ async def test_a_namespace_removal_is_not_done_while_a_repairs_placeholder_may_s
     the namespace the namespace controller had been told was empty (review-gateway4 finding 2). The
     cascade now waits, after a write that went unanswered, as long as it may still land (two
     registry timeouts, as the single delete's error says), and passes again: the PUT lands meanwhile,
-    and that pass deletes the tag it left."""
+    and that pass deletes the tag it left.
+
+    The order is told, not timed (review-dscheck2 G4): a read slower than the registry timeout (wall
+    time, as the repair's own watch for its write; 2 s, four times what it was) on a loaded machine
+    fails a pass, whose backoff the test took for the one after the PUT, or for the wait for the
+    late write. Backoffs are sat out until the PUT has been seen, and then until the cascade says
+    (its log) that it found the namespace empty and waits for the write; every wait of the test
+    also ends when the call does (a failure, not a hang)."""
     namespace = repo.partition("/")[0]
     make_dangling(registry, repo, images.push_oci_image(registry, repo, "v1"))
     puts: list[str] = []
     hold: Deferred[None] = Deferred()
     proxy = FaultProxy(global_reactor, registry.url, first_placeholder(fault, repo, puts), hold=hold)
     clock = WaitClock(shorter_than=50.0)
-    client, service = removal_service(proxy.url, clock, budget=100.0, timeout=0.5)
+    client, service = removal_service(proxy.url, clock, budget=100.0, timeout=2.0)
     backoff = clock.waits()
+    events: list[dict[str, Any]] = []  # the log, where the cascade says why it waits
+    observe = cast(ILogObserver, events.append)
+    globalLogPublisher.addObserver(observe)
     removing = Deferred.fromCoroutine(
         service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
     )
     try:
-        clock.advance(await backoff)  # the first pass failed: its placeholder PUT went unanswered
+        while True:  # a pass that failed before its placeholder PUT (a read) is passed again
+            backoffs: list[float] = []
+            backoff.addCallback(backoffs.append)
+            await first_of(removing, backoff)
+            assert not removing.called, "the removal ended before its repair's placeholder PUT"
+            clock.advance(backoffs[0])
+            if puts:
+                break
+            backoff = clock.waits()
+        # The pass that sent it failed: its placeholder PUT went unanswered.
         assert len(puts) == 1
-        waiting = clock.waits()
-        delays: list[float] = []
-        waiting.addCallback(delays.append)
-        await first_of(removing, waiting)
-        # The next pass repaired the tag again, the one after found the namespace empty.
+        while True:  # the next pass repairs the tag again, the one after finds the namespace empty
+            seen = len(events)
+            waiting = clock.waits()
+            delays: list[float] = []
+            waiting.addCallback(delays.append)
+            await first_of(removing, waiting)
+            assert not removing.called, (
+                "the removal answered while its first placeholder PUT could still land"
+            )
+            if any("found empty, but" in event.get("log_format", "") for event in events[seen:]):
+                break
+            clock.advance(delays[0])  # a failed pass's backoff (a read failed)
         assert len(puts) == 2 and images.list_tags(registry, repo) == []
-        assert not removing.called, "the removal answered while its first placeholder PUT could still land"
         hold.callback(None)  # the first placeholder PUT lands now, within the wait
         await proxy.settled()
         assert images.list_tags(registry, repo) == ["v1"]
@@ -281,6 +307,7 @@ async def test_a_namespace_removal_is_not_done_while_a_repairs_placeholder_may_s
         clock.advance(delay)
         items, _ = await removing
     finally:
+        globalLogPublisher.removeObserver(observe)
         if not hold.called:
             hold.callback(None)
         await proxy.settled()

@@ -605,21 +605,26 @@ class _Unsynced:
         return Deferred()
 
 
+def _not_implemented() -> RegistryError:
+    error = RegistryProtocolError("registry r does not support DELETE (HTTP 501 Not Implemented)")
+    error.certain = True  # as the client makes a 501 or 505
+    return error
+
+
 @pytest.mark.parametrize(
     "refusal",
     [
-        RegistryProtocolError("registry r does not support DELETE (HTTP 501 Not Implemented)"),
+        _not_implemented(),
         RegistryDeleteDisabled("registry r does not allow deletes (storage.delete.enabled is false)"),
-        RegistryAuthFailed("registry r refused the configured credentials"),
     ],
     ids=lambda error: type(error).__name__,
 )
-def test_a_removal_whose_deletes_meet_a_lasting_refusal_stops_at_its_first_failed_pass(
+def test_a_removal_whose_deletes_meet_a_certain_refusal_stops_at_its_first_failed_pass(
     refusal: RegistryError,
 ) -> None:
-    """Every delete is refused in a way a retry meets again: the removal does not pass again (and
-    send every delete again) until its budget ends, answered "retry"; it ends after that pass with
-    the registry's words, an error a retry cannot fix (`RegistryError.lasting`)."""
+    """Every delete is refused in a way a retry certainly meets again: the removal does not pass
+    again (and send every delete again) until its budget ends, answered "retry"; it ends after that
+    pass with the registry's words, an error a retry cannot fix (`RegistryError.certain`)."""
     remover, registry, clock = make({"team": ABSENT})
     registry.fail("delete", refusal, times=1000)
     done = outcome(remover.remove("team", 10.0))
@@ -630,3 +635,43 @@ def test_a_removal_whose_deletes_meet_a_lasting_refusal_stops_at_its_first_faile
     assert str(refusal) in str(error) and "not finished within" not in str(error)
     assert 1000 - len(registry.failures["delete"]) == 3  # each of the namespace's digests, once
     assert clock.seconds() == 0
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        RegistryAuthFailed("registry r refused the configured credentials"),
+        RegistryAuthFailed("registry r denied access: the token does not grant delete", denied=True),
+        RegistryProtocolError("registry r failed deleting: unexpected HTTP 408"),
+    ],
+    ids=["rejected", "denied", "unexpected"],
+)
+def test_a_removal_whose_deletes_are_refused_for_access_passes_again_until_its_budget(
+    refusal: RegistryError,
+) -> None:
+    """A refusal of access or credentials, or an answer the client does not understand, is lasting
+    but not certain: a grant still being rolled out, or a proxy's passing 408, lets the next pass
+    through (review-dscheck2 G2). The removal passes again after each backoff until its budget ends,
+    and then answers without Retry-After, saying what was refused."""
+    remover, registry, clock = make({"team": ABSENT})
+    registry.fail("delete", refusal, times=1000)
+    done = outcome(remover.remove("team", 10.0))
+    assert not done  # sitting out its first backoff
+    clock.pump([1.0] * 10)
+    assert done
+    error = done[0].value
+    assert isinstance(error, RegistryError) and not isinstance(error, RegistryUnavailable)
+    assert error.lasting, error
+    assert "not finished within 10s" in str(error) and str(refusal) in str(error)
+    assert 1000 - len(registry.failures["delete"]) > 3  # passed again
+
+
+def test_a_removal_whose_refusal_was_granted_meanwhile_finishes() -> None:
+    """The namespace's deletes are denied on the first pass only (access being granted): the next
+    pass empties it (review-dscheck2 G2)."""
+    remover, registry, clock = make({"team": ABSENT})
+    registry.fail("delete", RegistryAuthFailed("registry r denied access", denied=True), times=1)
+    done = outcome(remover.remove("team", 10.0))
+    assert not done
+    clock.pump([1.0] * 3)
+    assert done == [None] and registry.remaining("team/") == {}

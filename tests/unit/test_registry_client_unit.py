@@ -305,6 +305,7 @@ def test_not_implemented_is_not_retried(answer: Answer) -> None:
     with pytest.raises(RegistryProtocolError) as caught:
         result(client.delete_manifest("team/app", MANIFEST_DIGEST))
     assert not caught.value.unanswered
+    assert caught.value.lasting and caught.value.certain  # a removal stops passing on it at once
     message = caught.value.message
     assert f"does not support DELETE (HTTP {answer.status}" in message, message
     assert "retry later" not in message and "may still carry" not in message, message

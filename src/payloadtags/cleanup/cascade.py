@@ -90,8 +90,9 @@ class Aborted(Exception):
 
 
 class Refused(Aborted):
-    """A deletecollection's pass failed only with errors a retry meets again (`RegistryError.lasting`):
-    passing again until its budget ends would send the same requests for the same answers."""
+    """A deletecollection's pass failed only with errors a retry certainly meets again
+    (`RegistryError.certain`: deletes turned off, a 501): passing again until its budget ends would
+    send the same requests for the same answers."""
 
 
 class Unconfirmed(Exception):
@@ -163,6 +164,7 @@ class _Pass:
     registry_errors: int = 0
     readonly_errors: int = 0
     lasting_errors: int = 0  # of `errors`: ones a retry meets again (`RegistryError.lasting`)
+    certain_errors: int = 0  # of those: ones a retry certainly meets again (`RegistryError.certain`)
     # Where errors happened ("repository:tag", "repository", "catalog"), for the warning.
     failing: _Examples = attrs.Factory(_Examples)
     # "repository:tag" of tags listed that resolved to nothing, for the log when nothing moves.
@@ -178,6 +180,7 @@ class _Pass:
             self.registry_errors += 1
             self.readonly_errors += isinstance(error, RegistryReadOnly)
             self.lasting_errors += error.lasting and not error.unanswered
+            self.certain_errors += error.lasting and error.certain and not error.unanswered
         self.failing.note(where)
 
 
@@ -210,6 +213,9 @@ class Walk:
     # at team/c, e.g. …"); None once a pass ends without one. For a stopped cascade's caller to say
     # why it has not finished (a deletecollection's 503), not only in the log.
     failure: str | None = None
+    # Every failure of that pass was one a retry meets again (`RegistryError.lasting`): a call that
+    # ends at its budget so answers without "retry" (Retry-After), as a single delete's does.
+    lasting: bool = False
 
     def position(self) -> str | None:
         """The repository after which the walk goes on (None: the namespace's first)."""
@@ -368,15 +374,19 @@ class Cascade:
             tags += state.tags_deleted - tags_before
             manifests += state.manifests_deleted - manifests_before
             walk.failure = None
+            walk.lasting = False
             if state.errors:
                 errors += 1
                 last_error = state.last_error
                 walk.failure = f"{state.errors} failure(s) at {state.failing}, e.g. {last_error}"
+                walk.lasting = state.lasting_errors == state.errors
                 self.metrics.registry_errors_total += state.registry_errors
                 self.metrics.registry_readonly_waits_total += state.readonly_errors
-                if checks.until is not None and state.lasting_errors == state.errors:
+                if checks.until is not None and state.certain_errors == state.errors:
                     # A deletecollection's: the same answers again at each pass, and its caller told
                     # to retry; the leader's cascade (no budget) keeps trying, its warning logged.
+                    # Not on a refusal of access (lasting, not certain): a grant still being rolled
+                    # out lets the next pass through, so it passes again until its budget ends.
                     raise Refused("stopped: every failure of its last pass is one a retry meets again")
                 delay = backoff.next_delay()
                 # Once per failed pass, so at most once per backoff step: names what keeps failing.

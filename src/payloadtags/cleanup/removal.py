@@ -160,8 +160,11 @@ class NamespaceRemover:
             failure = walked.failure if walked is not None else None
             why = f"; the last pass failed: {failure}" if failure is not None else ""
             unfinished = self._unfinished(namespace, f"{stopped}{why}")
-            if isinstance(stopped, Refused) and not unfinished.unanswered:
-                # Not retriable: a retry gets the same answers (no Retry-After, as for a single delete).
+            refused = isinstance(stopped, Refused) or (walked is not None and walked.lasting)
+            if refused and not unfinished.unanswered:
+                # Not retriable: a retry gets the same answers (no Retry-After, as for a single delete):
+                # stopped at once on a certain refusal, or at its budget with its last pass refused
+                # (a grant still missing then: the message says which).
                 unfinished = RegistryError(unfinished.message)
                 unfinished.lasting = True
             raise unfinished from None

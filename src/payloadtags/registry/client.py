@@ -624,13 +624,33 @@ class RegistryClient:
 
         Queued behind the other mutations of the repository in this process (`RepositoryQueue`);
         ``before`` and ``check`` run in the repository's turn, right before the DELETE is sent, on
-        every attempt (`Before`, `Check`); ``sent`` is told then, ``waiting`` of the wait for a
-        confirmation's turn (`Sent`, `Waiting`)."""
+        every attempt (`Before`, `Check`); ``sent`` is told then, ``waiting`` of the waits for the
+        repository's turn, a confirmation's turn and a slot (`Sent`, `Waiting`)."""
         self._check_repository(repository)
         self._check_digest(digest)
         gate = _Gate(before, check, sent, waiting)
-        async with self._queue.hold(repository), self._gated(repository, gate):
+        async with self._turn(repository, gate.waiting), self._gated(repository, gate):
             await self._delete_manifest(repository, digest)
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, repository: str, waiting: Waiting | None) -> AsyncIterator[None]:
+        """The repository's turn (`RepositoryQueue`), the wait for it told to ``waiting``: the time of
+        the process's other mutations of the repository (their confirmations, their requests), not
+        the registry answering this one (`Waiting`)."""
+        if waiting is None:
+            async with self._queue.hold(repository):
+                yield
+            return
+        waiting(True)
+        entered = False
+        try:
+            async with self._queue.hold(repository):
+                entered = True
+                waiting(False)
+                yield
+        finally:
+            if not entered:
+                waiting(False)
 
     @contextlib.asynccontextmanager
     async def _gated(self, repository: str, gate: _Gate) -> AsyncIterator[None]:
@@ -684,10 +704,11 @@ class RegistryClient:
 
         ``before`` runs in the repository's turn right before each request that changes a manifest or
         the tag (the DELETE by tag, a re-tag or repair PUT, the DELETE of the copy, a restore), after
-        the read it is conditional on; ``check`` right before each write request, ``sent`` told then
-        (`Before`, `Check`, `Sent`); ``waiting`` of each wait for a confirmation's turn (`Waiting`).
-        Raising stops the delete there, with that request not sent: also a delete carried on after its
-        caller stopped waiting.
+        the read it is conditional on; ``check`` right before each write request; ``sent`` told right
+        before each of those that change a manifest or the tag (`Before`, `Check`, `Sent`); ``waiting``
+        of its waits for the repository's turn, a confirmation's turn and a slot (`Waiting`). Raising
+        stops the delete there, with that request not sent: also a delete carried on after its caller
+        stopped waiting.
         """
         self._check_repository(repository)
         self._check_tag(tag)
@@ -728,7 +749,7 @@ class RegistryClient:
     async def _delete_tag_steps(
         self, repository: str, tag: str, writing: Deferred[None], gate: _Gate
     ) -> str | None:
-        async with self._queue.hold(repository), self._gated(repository, gate):
+        async with self._turn(repository, gate.waiting), self._gated(repository, gate):
             if self._delete_by_tag is not False:
                 original = await self._read_tag(repository, tag)
                 writing.callback(None)
@@ -1367,15 +1388,17 @@ class RegistryClient:
 
     def _ready(self, method: str, url: str, scope: str) -> _Gate | None:
         """The checks a request must pass right before it leaves: for a write of a repository whose
-        turn a mutation with checks holds; the confirmation (`Before`) only where a manifest or tag
-        changes, not for a blob upload or the probe (a delete of a digest that does not exist)."""
+        turn a mutation with checks holds; the confirmation (`Before`) and `Sent` only where a manifest
+        or tag changes, not for a blob upload or the probe (a delete of a digest that does not exist):
+        those change no tag, so a caller that stops waiting after them (a budget spent while a later
+        write waits for a confirmation's turn) loses nothing."""
         if method in ("GET", "HEAD") or not scope.startswith("repository:"):
             return None
         gate = self._gates.get(scope.split(":")[1])
         if gate is None:
             return None
         if "/manifests/" not in url or _PROBE_DIGEST in url:
-            return _Gate(None, gate.check, gate.sent)
+            return _Gate(None, gate.check)
         return gate
 
     async def _get_token(self, request: TokenRequest) -> TokenAnswer:
@@ -1437,23 +1460,24 @@ class RegistryClient:
         # request can go out. The semaphore serves waiters in arrival order, so every request gets
         # its turn however many tag lists a big list has queued.
         confirming = ready is not None and ready.before is not None
-        if confirming:
-            # The confirmation's turn first, the slot after: never a slot held while waiting for it.
-            # Told to the caller (`Waiting`): the other confirmations' time, not the registry's.
-            waiting = ready.waiting if ready is not None else None
-            if waiting is not None:
-                waiting(True)
-            try:
-                await self._confirming.acquire()
-            finally:
-                if waiting is not None:
-                    waiting(False)
+        # Told to the caller (`Waiting`): the other confirmations' time (and the other requests'
+        # holding every slot, one of which may wait for its confirmation), not the registry's.
+        waiting = ready.waiting if ready is not None else None
+        if waiting is not None:
+            waiting(True)
         try:
-            await self._slots.acquire()
-        except BaseException:
             if confirming:
-                self._confirming.release()
-            raise
+                # The confirmation's turn first, the slot after: never a slot held while waiting for it.
+                await self._confirming.acquire()
+            try:
+                await self._slots.acquire()
+            except BaseException:
+                if confirming:
+                    self._confirming.release()
+                raise
+        finally:
+            if waiting is not None:
+                waiting(False)
         try:
             if ready is not None:
                 try:
@@ -1686,11 +1710,13 @@ class RegistryClient:
             # as a failing dependency that retrying cannot fix, a 503 without Retry-After (a 500 would
             # say that payloadtags itself failed).
             version = "HTTP version" if status == 505 else "method"
-            return RegistryProtocolError(
+            unsupported = RegistryProtocolError(
                 f"registry {self._name} does not support {reply.method} (HTTP {status}, the {version} "
                 f"is not implemented" + (f": {detail}" if detail else "") + f"): {what} is not "
                 "possible; ask the registry's administrator"
             )
+            unsupported.certain = True
+            return unsupported
         if status == 429 or status >= 500:
             return RegistryUnavailable(
                 f"registry {self._name} failed {what} with HTTP {status}"

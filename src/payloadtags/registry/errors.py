@@ -16,11 +16,17 @@ class RegistryError(Exception):
 
     ``lasting``: a retry meets the same answer (deletes turned off, credentials rejected or granting
     too little, an answer this client does not understand, a 501): someone has to act first, so its
-    caller is not told to retry (no Retry-After) and a pass is not made again for it. Never for an
-    unanswered write (`unanswered` wins: it may still land)."""
+    caller is not told to retry (no Retry-After). Never for an unanswered write (`unanswered` wins:
+    it may still land).
+
+    ``certain``: of the lasting, one a retry meets again whatever anyone does meanwhile short of
+    changing the registry (deletes turned off in it, a 501 or 505): a removal stops passing on it at
+    once. Not a refusal of access or credentials (a grant may still be rolling out: the next pass
+    may not meet it), nor an answer this client does not understand (a proxy's 408 or 425)."""
 
     unanswered: bool = False
     lasting: bool = False
+    certain: bool = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -60,6 +66,7 @@ class RegistryDeleteDisabled(RegistryError):
     """The registry's storage has deletes turned off (``storage.delete.enabled: false``)."""
 
     lasting = True
+    certain = True
 
 
 class RegistrySchema1Disabled(RegistryDeleteDisabled):

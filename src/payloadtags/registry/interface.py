@@ -32,14 +32,18 @@ mutation's first read, when it takes the repository's turn (nothing read for a m
 to stop): raising stops the mutation there, with that request not sent."""
 
 Sent = Callable[[], None]
-"""Told right before each write request of a mutation leaves, its `Check` passed: from here the
-request may reach the registry. Not told for the `Check` made on taking the repository's turn: a
-mutation that has not been told may still be stopped (cancelled) with nothing sent, while it waits
-for a confirmation's turn, a connection slot or a token."""
+"""Told right before each request of a mutation that changes a manifest or a tag leaves (a manifest
+`PUT` or `DELETE`, as for `Before`; not a blob upload, nor the probe, which change no tag), its
+`Check` passed: from here the request may reach the registry. Not told for the `Check` made on
+taking the repository's turn: a mutation that has not been told may still be stopped (cancelled)
+with nothing changed, while it waits for a confirmation's turn, a connection slot or a token."""
 
 Waiting = Callable[[bool], None]
-"""Told True when a write with a confirmation (`Before`) starts waiting for a confirmation's turn
-(held by other mutations' confirmations, the cluster API's time), False when that wait ends."""
+"""Told True when a mutation starts waiting for what is not the registry answering it, False when
+that wait ends: for its repository's turn (behind the process's other mutations of the repository,
+their confirmations included), and before each of its manifest writes for a confirmation's turn
+(held by other mutations' confirmations, the cluster API's time) and a connection slot (held by
+other requests, a confirmation among them)."""
 
 
 class Catalog(Protocol):
