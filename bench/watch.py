@@ -72,9 +72,10 @@ def start_server(work: Path, pki: Pki, registry_url: str, port: int, *flags: str
         "--registry-host=registry.bench.example",
         f"--registry-events-token-file={token}",
         "--max-connections=5000",
-        # One client holds the 1,000 idle watchers: past the default 250 per user (docs/watch.md).
-        "--max-watches=2000",
-        "--max-watches-per-user=2000",
+        # One client holds the 1,000 idle watchers: past the default 250 per user, and one user holds at
+        # most a third of --max-watches (docs/watch.md).
+        "--max-watches=3000",
+        "--max-watches-per-user=1000",
         *flags,
     ]
     log = (work / f"payloadtags-{port}.log").open("ab")

@@ -573,8 +573,8 @@ def _parser() -> argparse.ArgumentParser:
         "--max-watches-per-user",
         type=_lenient(_count),
         default=250,
-        help="watch streams one user may hold open at once on this replica; more get 429 (at most "
-        "--max-watches)",
+        help="watch streams one user may hold open at once on this replica; more get 429 (at most a "
+        "third of --max-watches)",
     )
     watch.add_argument(
         "--watch-resync-period",

@@ -37,10 +37,20 @@ LINGER = 0.5
 # read): each may only ask a health probe and closes after its answer, so that a full server still
 # answers the kubelet (which opens a connection per probe) and kube-apiserver's /readyz.
 PROBE_CONNECTIONS = 16
+# Of those, how many one address may hold: a flood of bare connects from one address fills no more,
+# and cannot churn out the kubelet's (one probe, one connection at a time).
+PROBE_CONNECTIONS_PER_CLIENT = 2
 # Of --max-connections, the share open watches may hold (each holds its connection for as long as it
 # lasts: HTTP/1.1, no HTTP/2): the rest stays for everything else, kube-apiserver's other requests
 # included, as kube-apiserver keeps watches out of its in-flight limits but not out of its capacity.
 WATCH_SHARE = 0.75
+# Of --max-requests-inflight, how many more responses may give their seat up while their client does
+# not read (api.app._Seat): each still holds its rendered chunks and its connection's buffers (some
+# 400 kB for a 3,000-tag list), so that share, not --max-connections, bounds what unread lists hold.
+WAITING_SHARE = 0.25
+# One user may hold at most 1/USER_WATCH_PARTS of the watches (--max-watches, once held to WATCH_SHARE):
+# the defaults' 250 of 750. It takes three users (ServiceAccounts) to hold every watch, not one.
+USER_WATCH_PARTS = 3
 
 
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -86,13 +96,37 @@ class WatchLimits:
 def watch_limits(watch: WatchLimits, http: HttpLimits) -> WatchLimits:
     """``watch`` with its counts held below ``http.max_connections`` (WATCH_SHARE of it): a watch
     holds a connection, and watches that took every connection would lock out every other request
-    and the health probes."""
+    and the health probes. One user's are held to 1/USER_WATCH_PARTS of the watches so held, so that
+    one user (one ServiceAccount) cannot take every watch and lock the others' informers out."""
     most = max(1, int(http.max_connections * WATCH_SHARE))
+    watches = min(watch.max_watches, most)
     return attrs.evolve(
         watch,
-        max_watches=min(watch.max_watches, most),
-        max_watches_per_user=min(watch.max_watches_per_user, watch.max_watches, most),
+        max_watches=watches,
+        max_watches_per_user=min(watch.max_watches_per_user, max(1, watches // USER_WATCH_PARTS)),
     )
+
+
+def held_watch_limits(asked: WatchLimits, held: WatchLimits, max_connections: int) -> list[tuple[bool, str]]:
+    """What watch_limits lowered, one line each, to log at start: (whether the value held was one the
+    operator set, rather than a default, and the line). A default held is no mistake to warn about."""
+    defaults = WatchLimits()
+    notes: list[tuple[bool, str]] = []
+    for name, why in (
+        ("max_watches", f"three quarters of --max-connections={max_connections}"),
+        (
+            "max_watches_per_user",
+            f"a third of --max-watches ({held.max_watches}), so that one user cannot hold every watch",
+        ),
+    ):
+        flag, value, lowered = "--" + name.replace("_", "-"), getattr(asked, name), getattr(held, name)
+        if lowered >= value:
+            continue
+        if value == getattr(defaults, name):
+            notes.append((False, f"{flag} defaults to {lowered} here, {why}"))
+        else:
+            notes.append((True, f"{flag}={value} is held to {lowered}, {why}"))
+    return notes
 
 
 SOMAXCONN = "/proc/sys/net/core/somaxconn"

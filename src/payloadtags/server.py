@@ -41,7 +41,7 @@ from payloadtags.identity import UserInfo
 from payloadtags.inventory import Inventory
 from payloadtags.kube import ClusterClient, KubeClient, Reflector
 from payloadtags.lifecycle import OrderedServices, Part, StopSignals
-from payloadtags.limits import watch_limits
+from payloadtags.limits import held_watch_limits, watch_limits
 from payloadtags.listen import listen
 from payloadtags.logs import DEBUG_VERBOSITY, begin_logging
 from payloadtags.metrics import CountingAuthorizer, InstrumentedRegistry, Metrics
@@ -418,14 +418,9 @@ async def start(
         pause=lambda: deferLater(reactor, 0, lambda: None),
     )
     watch_settings = watch_limits(settings.watch, settings.http)
-    if watch_settings.max_watches < settings.watch.max_watches:
-        log.warn(
-            "--max-watches={asked} is held to {held}, three quarters of --max-connections={connections}: "
-            "each watch holds a connection, and the rest stays for other requests and health probes",
-            asked=settings.watch.max_watches,
-            held=watch_settings.max_watches,
-            connections=settings.http.max_connections,
-        )
+    for flagged, line in held_watch_limits(settings.watch, watch_settings, settings.http.max_connections):
+        # Each watch holds a connection; the rest stays for other requests and health probes.
+        (log.warn if flagged else log.info)("{line}", line=line)
     watch_hub = WatchHub(
         InventoryReader(inventory),
         reactor,

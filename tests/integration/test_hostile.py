@@ -587,6 +587,40 @@ async def test_lists_their_clients_do_not_read_hold_no_inflight_seat(make_server
 
 
 @pytest_twisted.ensureDeferred
+async def test_unread_lists_past_the_waiting_share_keep_their_seats(make_server, registry, repo, reactor):
+    """A response that gives its seat up still holds its chunks and buffers: at most a quarter of
+    --max-requests-inflight more (here 1 more than 2) may wait seatless, so that unread lists hold
+    memory bounded by the in-flight limit, not by --max-connections. Past that share an unread list
+    keeps its seat, and once their clients leave every seat is back, none twice."""
+    namespace = repo.split("/")[0]
+    many_tags(registry, f"{namespace}/big", 3000)
+    api = await make_server(registry, http=HttpLimits(max_requests_inflight=2, request_timeout=HANG_GUARD))
+    t = target(api)
+    connections = api.running.connections
+    server = api.running.api
+    readers: list[ssl.SSLSocket] = []
+    try:
+        for count in (1, 2, 3):
+            sock = await in_thread(t.connect, api.pki.admin, timeout=HANG_GUARD, receive_buffer=4096)
+            readers.append(sock)
+            await in_thread(
+                sock.sendall, request_bytes("GET", f"{B}/namespaces/{namespace}/payloadrepositorytags")
+            )
+            await until(
+                lambda n=count: sum(w.wrappedProtocol.stalled for w in connections.protocols) == n, reactor
+            )
+        reply = await api.client(api.pki.admin).get("/version")
+        assert reply.code == 429, reply.body
+        assert (server._limited, server._waiting) == (2, 1)
+    finally:
+        for sock in readers:
+            sock.close()
+    await until(lambda: server.inflight == 0, reactor)
+    assert (server._limited, server._waiting) == (0, 0)
+    assert (await api.client(api.pki.admin).get("/version")).code == 200
+
+
+@pytest_twisted.ensureDeferred
 async def test_slow_request_head_gets_408(make_server, registry):
     api = await make_server(registry, http=HttpLimits(header_timeout=0.5))
 
@@ -694,8 +728,9 @@ async def test_watches_leave_connections_to_others_and_a_full_server_answers_pro
     make_server, registry, repo, reactor
 ):
     """Each watch holds its connection: at most three quarters of --max-connections are watches
-    (429 with Retry-After beyond, as kube-apiserver answers), and once every connection is being
-    answered a new one may still ask a probe (answered, then closed); anything else on it gets 429."""
+    (429 with Retry-After beyond, as kube-apiserver answers), one user's at most a third of those, and
+    once every connection is being answered a new one may still ask a probe (answered, then closed);
+    anything else on it gets 429."""
     namespace = repo.split("/")[0]
     slow = f"{namespace}slow"
     images.push_oci_image(registry, f"{namespace}/app", "v1")
@@ -712,14 +747,21 @@ async def test_watches_leave_connections_to_others_and_a_full_server_answers_pro
         t = target(api)
         watch = request_bytes("GET", f"{B}/namespaces/{namespace}/payloadrepositorytags?watch=true")
         watches: list[ssl.SSLSocket] = []
+        users = [api.pki.admin, *(api.pki.client_ca.client(name) for name in ("alice", "bob", "carol"))]
         try:
-            for _ in range(3):
-                sock = await in_thread(t.connect, api.pki.admin, timeout=HANG_GUARD)
+            for user in users[:3]:
+                sock = await in_thread(t.connect, user, timeout=HANG_GUARD)
                 watches.append(sock)
                 await in_thread(sock.sendall, watch)
                 assert (await in_thread(read_head, sock)).code == 200
+                if user is api.pki.admin:
+                    # One user holds at most a third of the watches (here 1 of 3): not all of them.
+                    with await in_thread(t.connect, user, timeout=HANG_GUARD) as again:
+                        await in_thread(again.sendall, watch)
+                        per_user = await in_thread(read_head, again)
+                    assert per_user.code == 429, per_user
             # A fourth would leave no connection to anyone else.
-            with await in_thread(t.connect, api.pki.admin, timeout=HANG_GUARD) as fourth:
+            with await in_thread(t.connect, users[3], timeout=HANG_GUARD) as fourth:
                 await in_thread(fourth.sendall, watch)
                 refused = await in_thread(read_head, fourth)
             assert refused.code == 429, refused

@@ -23,8 +23,10 @@ from payloadtags.api.errors import ApiError
 from payloadtags.http.channel import (
     CLOSE_GRACE,
     STALL_CHECK,
+    ClientConnection,
     GuardedChannel,
     GuardedSite,
+    LimitedConnections,
     _drain,
     _provide_as,
 )
@@ -302,3 +304,105 @@ def test_a_client_that_reads_a_large_response_slowly_but_steadily_is_not_cut() -
     assert not transport.disconnecting
     clock.advance(STALL_CHECK)
     assert transport.disconnecting
+
+
+# --- the connection table: evictions, the address cap, the probe places -----------------------------
+
+
+class _ProbesAdmitted(_Admitting):
+    def is_probe(self, path: bytes) -> bool:
+        return path == b"/livez"
+
+
+def _table(
+    limit: int, probes: int = 16, per_client: int = 100
+) -> tuple[LimitedConnections, list[str], Clock]:
+    clock = Clock()
+    limits = HttpLimits(max_connections=limit, max_connections_per_client=per_client)
+    site = GuardedSite(_Held(), limits, _ProbesAdmitted(), reactor=clock)
+    events: list[str] = []
+    return LimitedConnections(site, limit, on_refused=events.append, probe_connections=probes), events, clock
+
+
+def _open(
+    table: LimitedConnections, clock: Clock, host: str
+) -> tuple[ClientConnection, StringTransport] | None:
+    wrapper = table.buildProtocol(IPv4Address("TCP", host, 5555))
+    if wrapper is None:
+        return None
+    assert isinstance(wrapper, ClientConnection)
+    transport = StringTransport()
+    wrapper.makeConnection(transport)
+    clock.advance(0)  # its turn to read
+    return wrapper, transport
+
+
+def _asking(table: LimitedConnections, clock: Clock, host: str, path: bytes = b"/x") -> StringTransport:
+    """A connection from ``host`` being answered (the resource holds its request)."""
+    opened = _open(table, clock, host)
+    assert opened is not None
+    wrapper, transport = opened
+    wrapper.dataReceived(b"GET " + path + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+    clock.advance(0)
+    assert wrapper.wrappedProtocol.serving
+    return transport
+
+
+def test_a_connection_refused_for_its_address_cap_evicts_no_one() -> None:
+    """On a full table, a connection its address may not open makes no room: closing someone else's
+    for it would gain the address nothing and cost the other client its connection."""
+    table, events, clock = _table(limit=2, per_client=1)
+    first, second = _open(table, clock, "10.0.0.1"), _open(table, clock, "10.0.0.2")
+    assert first is not None and second is not None
+    assert _open(table, clock, "10.0.0.2") is None
+    assert events == ["client-limit"]
+    assert not first[1].disconnecting and not second[1].disconnecting
+
+
+def test_a_connection_whose_client_stopped_reading_is_evicted_before_probes_only_are_let_in() -> None:
+    table, events, clock = _table(limit=1)
+    opened = _open(table, clock, "10.0.0.1")
+    assert opened is not None
+    wrapper, transport = opened
+    wrapper.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    clock.advance(0)
+    (streaming,) = table.site.resource.held
+    streaming.write(b"an event\n")
+    newcomer = _open(table, clock, "10.0.0.2")
+    assert newcomer is not None and newcomer[0].wrappedProtocol.probe_only  # a reader is not evicted
+    newcomer[0].connectionLost(Failure(ConnectionDone()))
+    wrapper.wrappedProtocol.pauseProducing()  # its client stopped taking the response
+    assert wrapper.wrappedProtocol.stalled
+    again = _open(table, clock, "10.0.0.2")
+    assert again is not None and not again[0].wrappedProtocol.probe_only
+    assert transport.disconnecting
+    assert events == ["evicted"]
+
+
+def test_one_address_flooding_a_full_server_takes_two_probe_places_and_never_churns_the_others() -> None:
+    """Every connection is being answered: new ones go to the probe places. One address's bare
+    connects (each costs it a connect only) hold at most two of them and evict nobody's; a full pool
+    gives a place up to an address holding none, from the address holding most."""
+    table, events, clock = _table(limit=1, probes=4)
+    _asking(table, clock, "10.0.0.1")  # the table is full and nothing can be evicted
+    flood = [_open(table, clock, "10.6.6.6") for _ in range(2)]
+    assert all(opened is not None and opened[0].wrappedProtocol.probe_only for opened in flood)
+    assert _open(table, clock, "10.6.6.6") is None  # its third: refused, no one evicted
+    assert events == ["refused"]
+    kubelet = _asking(table, clock, "10.0.0.9", b"/livez")
+    other = _open(table, clock, "10.0.0.7")
+    assert other is not None  # the four places are taken
+    assert _open(table, clock, "10.6.6.6") is None  # still two: refused
+    assert not kubelet.disconnecting and not any(o[1].disconnecting for o in flood if o is not None)
+    events.clear()
+    # An address holding no place gets one: the flood's oldest is what goes.
+    assert _open(table, clock, "10.0.0.8") is not None
+    assert events == ["evicted"]
+    first, second = (o for o in flood if o is not None)
+    assert first[1].disconnecting and not second[1].disconnecting
+    first[0].connectionLost(Failure(ConnectionDone()))
+    # Now every address holds one place: the flood's next connection takes none of them.
+    events.clear()
+    assert _open(table, clock, "10.6.6.6") is None
+    assert events == ["refused"]
+    assert not kubelet.disconnecting

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, cast
 
+import attrs
 import pytest
 
+from payloadtags.api.app import _Seat
 from payloadtags.api.selectors import parse_field_selector
 from payloadtags.cli import UsageError, _parser, settings_from
-from payloadtags.limits import HttpLimits, listen_backlog
+from payloadtags.limits import HttpLimits, WatchLimits, held_watch_limits, listen_backlog, watch_limits
 
 
 def parse(*argv: str) -> HttpLimits:
@@ -86,3 +89,85 @@ def test_namespace_selector_values_no_namespace_has_select_nothing(value: str) -
 def test_valid_namespace_selector_values_pass() -> None:
     selector = parse_field_selector("metadata.namespace=team-a,metadata.name!=x")
     assert selector.required("metadata.namespace") == "team-a"
+
+
+# --- watches held to their share, and said so -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("connections", "asked", "held"),
+    [
+        (1000, WatchLimits(), (750, 250)),
+        (1000, WatchLimits(max_watches_per_user=1000), (750, 250)),
+        (30, WatchLimits(), (22, 7)),  # one user no longer takes all 22
+        (30, WatchLimits(max_watches=10, max_watches_per_user=10), (10, 3)),
+        (2, WatchLimits(), (1, 1)),
+    ],
+)
+def test_one_user_holds_at_most_a_third_of_the_watches(
+    connections: int, asked: WatchLimits, held: tuple[int, int]
+) -> None:
+    limits = watch_limits(asked, HttpLimits(max_connections=connections))
+    assert (limits.max_watches, limits.max_watches_per_user) == held
+
+
+def test_a_lowered_flag_is_warned_about_and_a_lowered_default_only_said() -> None:
+    asked = WatchLimits(max_watches_per_user=1000)
+    lines = held_watch_limits(asked, watch_limits(asked, HttpLimits()), 1000)
+    assert lines == [
+        (
+            True,
+            "--max-watches-per-user=1000 is held to 250, a third of --max-watches (750), "
+            "so that one user cannot hold every watch",
+        )
+    ]
+    small = HttpLimits(max_connections=30)
+    lines = held_watch_limits(WatchLimits(), watch_limits(WatchLimits(), small), 30)
+    assert [(flagged, line.split(",")[0]) for flagged, line in lines] == [
+        (False, "--max-watches defaults to 22 here"),
+        (False, "--max-watches-per-user defaults to 7 here"),
+    ]
+    assert held_watch_limits(WatchLimits(), watch_limits(WatchLimits(), HttpLimits()), 1000) == []
+
+
+# --- in-flight seats given up while a client does not read ------------------------------------------
+
+
+@attrs.define
+class _Server:
+    waiting_limit: int
+    _limited: int = 0
+    _waiting: int = 0
+
+
+def _seat(server: _Server) -> _Seat:
+    server._limited += 1  # as the endpoint does when it seats a request
+    return _Seat(cast(Any, server), counted=True)
+
+
+def test_a_seat_given_up_is_taken_again_when_the_client_reads_and_freed_once() -> None:
+    server = _Server(waiting_limit=1)
+    seat = _seat(server)
+    seat.waiting(True)
+    assert (server._limited, server._waiting) == (0, 1)
+    seat.waiting(False)  # the client reads again: its work goes on, on a seat
+    assert (server._limited, server._waiting) == (1, 0)
+    seat.waiting(True)
+    seat.finished()  # the client left while its list waited
+    seat.finished()
+    seat.waiting(False)  # the writer wakes after the end: nothing to take
+    assert (server._limited, server._waiting) == (0, 0)
+
+
+def test_past_the_waiting_share_a_response_keeps_its_seat() -> None:
+    server = _Server(waiting_limit=1)
+    first, second = _seat(server), _seat(server)
+    first.waiting(True)
+    second.waiting(True)
+    assert (server._limited, server._waiting) == (1, 1)
+    first.finished()  # its place among the waiting is free again
+    second.waiting(False)
+    second.waiting(True)
+    assert (server._limited, server._waiting) == (0, 1)
+    second.finished()
+    assert (server._limited, server._waiting) == (0, 0)

@@ -72,6 +72,7 @@ from payloadtags.api.watch import (
 )
 from payloadtags.deferreds import is_cancellation
 from payloadtags.identity import ANONYMOUS
+from payloadtags.limits import WAITING_SHARE
 from payloadtags.metrics import CONTENT_TYPE, Metrics
 from payloadtags.model import GROUP, GROUP_VERSION, RESOURCE, ListMeta, PayloadRepositoryTag, to_json
 from payloadtags.names import is_namespace
@@ -303,16 +304,27 @@ class _Seat:
         """The response waits for its client to read (True), or goes on (False)."""
         if not self.counted or self.done or self.held != waiting:
             return
+        server = self.server
+        if waiting and server._waiting >= server.waiting_limit:
+            # A response given up still holds its rendered chunks and its connection's buffers: at
+            # most waiting_limit of them, so that what lists hold stays bounded (--max-requests-inflight
+            # and this share of it), not by --max-connections. Past it the seat is kept, as before.
+            return
         # Taken again even when the seats are all taken meanwhile: this request's work is under
         # way, and it is new requests the limit turns away.
         self.held = not waiting
-        self.server._limited += -1 if waiting else 1
+        server._limited += -1 if waiting else 1
+        server._waiting += 1 if waiting else -1
 
     def finished(self) -> None:
+        if self.done:
+            return
         self.done = True
         if self.held:
             self.held = False
             self.server._limited -= 1
+        elif self.counted:
+            self.server._waiting -= 1
 
 
 def _waiting(request: Request) -> Callable[[bool], None] | None:
@@ -353,6 +365,8 @@ class ApiServer:
     _inflight: int = attrs.field(default=0, init=False)
     _idle_waiters: list[Deferred[None]] = attrs.field(factory=list, init=False)
     _limited: int = attrs.field(default=0, init=False)
+    # Counted responses that gave their seat up while their client does not read (_Seat).
+    _waiting: int = attrs.field(default=0, init=False)
     _documents: dict[int, tuple[Any, str, bytes]] = attrs.field(factory=dict, init=False)
     _admitted: weakref.WeakKeyDictionary[IRequest, UserInfo] = attrs.field(
         factory=weakref.WeakKeyDictionary, init=False
@@ -369,6 +383,11 @@ class ApiServer:
     @property
     def inflight(self) -> int:
         return self._inflight
+
+    @property
+    def waiting_limit(self) -> int:
+        """How many responses may wait for their clients without a seat (WAITING_SHARE)."""
+        return max(1, int(self.max_inflight * WAITING_SHARE))
 
     def idle(self) -> Deferred[None]:
         """Fires once no request is being served (at once when none is)."""

@@ -59,6 +59,7 @@ from payloadtags.limits import (
     LARGE_HEADS,
     LINGER,
     PROBE_CONNECTIONS,
+    PROBE_CONNECTIONS_PER_CLIENT,
     SEND_BUFFER,
     HttpLimits,
 )
@@ -813,8 +814,9 @@ class LimitedConnections(WrappingFactory):
     client stopped reading what is written to it; the verified front proxy's (kube-apiserver's) only
     when no other can go. When every connection is being answered (watches, lists being read), the
     new one is still taken in, into PROBE_CONNECTIONS more: it may only ask a health probe and closes
-    after the answer (anything else gets 429), so a full server still answers the kubelet. Only
-    when those are all busy too is the new connection closed at once."""
+    after the answer (anything else gets 429), so a full server still answers the kubelet; one
+    address holds at most PROBE_CONNECTIONS_PER_CLIENT of those (see _probe_place). Otherwise the
+    new connection is closed at once, as is one from an address at its cap, before anyone is evicted."""
 
     protocol = ClientConnection
 
@@ -835,8 +837,8 @@ class LimitedConnections(WrappingFactory):
         self.clients = site.clients
         self.scheduler = site.scheduler
         self._evicted: set[ProtocolWrapper] = set()
-        # Connections taken in over the limit, for a probe only (never among the evicted).
-        self._probes: set[ProtocolWrapper] = set()
+        # Connections taken in over the limit, for a probe only (never among the evicted), oldest first.
+        self._probes: dict[ClientConnection, None] = {}
         self._closed: Waiters[None] = Waiters()
 
     def drain(self) -> Deferred[None]:
@@ -850,25 +852,27 @@ class LimitedConnections(WrappingFactory):
 
     def unregisterProtocol(self, p: BaseProtocol) -> None:
         super().unregisterProtocol(p)
-        self._probes.discard(p)
+        self._probes.pop(p, None)  # type: ignore[call-overload]
         if not self.protocols:
             self._closed.fire(None)
 
     def buildProtocol(self, addr: Any) -> BaseProtocol | None:  # type: ignore[override]
         """None refuses the connection: the listening port closes it at once, before any TLS byte
         (GuardedTLSFactory builds no TLS layer for it)."""
-        if self._evicted:
-            self._evicted &= self.protocols.keys()
-        held = len(self.protocols) - len(self._evicted) - len(self._probes)
-        probe_only = held >= self.limit and not self._evict(probes=False)
-        if probe_only and len(self._probes) >= self.probe_connections and not self._evict(probes=True):
-            if self.on_refused is not None:
-                self.on_refused("refused")
-            return None
         host = str(getattr(addr, "host", addr))
+        # The address's cap first: a connection refused for it takes no one's place (evicts no one).
         if not self.clients.opened(host):
             if self.on_refused is not None:
                 self.on_refused("client-limit")
+            return None
+        if self._evicted:
+            self._evicted &= self.protocols.keys()
+        held = len(self.protocols) - len(self._evicted) - len(self._probes)
+        probe_only = held >= self.limit and not self._evict()
+        if probe_only and not self._probe_place(host):
+            self.clients.closed(host, counted=True)
+            if self.on_refused is not None:
+                self.on_refused("refused")
             return None
         wrapper = super().buildProtocol(addr)
         assert isinstance(wrapper, ClientConnection)
@@ -876,12 +880,46 @@ class LimitedConnections(WrappingFactory):
         wrapper.wrappedProtocol.client_key = address_key(host)
         if probe_only:
             wrapper.wrappedProtocol.probe_only = True
-            self._probes.add(wrapper)
+            self._probes[wrapper] = None
         return wrapper
 
-    def _evict(self, probes: bool) -> bool:
-        """Closes one connection to make room (among those taken in for probes, or the others);
-        False when every one is being answered. The oldest first of the first of these that has one:
+    def _probe_place(self, host: str) -> bool:
+        """Whether a connection from ``host`` may be taken in for a probe: each address holds at most
+        PROBE_CONNECTIONS_PER_CLIENT of those places, and a full pool gives one up only for an address
+        that holds fewer than the one it is taken from. One address's flood of bare connections, each
+        costing it only a connect, so never churns the kubelet's probe connection out of the pool."""
+        held: dict[str, int] = {}
+        for wrapper in self._probes:
+            held[wrapper.host] = held.get(wrapper.host, 0) + 1
+        mine = held.get(host, 0)
+        if mine >= PROBE_CONNECTIONS_PER_CLIENT:
+            return False
+        if len(self._probes) < self.probe_connections:
+            return True
+        # The oldest connection not answering a probe, of the address holding most places, if it
+        # holds more than this one.
+        best: ClientConnection | None = None
+        most = mine
+        for wrapper in self._probes:  # oldest first
+            if wrapper in self._evicted or getattr(wrapper.wrappedProtocol, "serving", True):
+                continue
+            if held[wrapper.host] > most:
+                best, most = wrapper, held[wrapper.host]
+        if best is None:
+            return False
+        self._drop(best)
+        return True
+
+    def _drop(self, wrapper: ClientConnection) -> None:
+        self._probes.pop(wrapper, None)
+        self._evicted.add(wrapper)
+        if self.on_refused is not None:
+            self.on_refused("evicted")
+        wrapper.transport.abortConnection()
+
+    def _evict(self) -> bool:
+        """Closes one connection to make room (not one taken in for probes); False when every one
+        is being answered. The oldest first of the first of these that has one:
 
         0. connections of no proven client, not being answered: a flood of idle or slow connections,
            or of ones that were answered only probes, 401s or 404s (which anyone gets);
@@ -895,7 +933,7 @@ class LimitedConnections(WrappingFactory):
         best: Any = None  # a ClientConnection (its transport is the TLS layer)
         best_rank = 6
         for wrapper in self.protocols:
-            if wrapper in self._evicted or (wrapper in self._probes) != probes:
+            if wrapper in self._evicted or wrapper in self._probes:
                 continue
             channel = wrapper.wrappedProtocol
             if getattr(channel, "serving", True):
@@ -912,11 +950,7 @@ class LimitedConnections(WrappingFactory):
                     break
         if best is None:
             return False
-        self._probes.discard(best)
-        self._evicted.add(best)
-        if self.on_refused is not None:
-            self.on_refused("evicted")
-        best.transport.abortConnection()
+        self._drop(best)
         return True
 
 
