@@ -199,15 +199,26 @@ class InstrumentedRegistry:
         """``checks``: the caller's checks of a mutation (`Before`, `Check`). One that stopped the
         operation stopped it before a request, for the caller's reasons, not the registry's: then it
         is neither counted nor told as a failure. The time they took is not the registry's either.
-        With ``cancel_is_timeout``, a cancel is counted as a timeout: the caller gives the operation
-        up only once it has taken the registry timeout."""
+        With ``cancel_is_timeout``, a cancel is counted and told as a timeout: the caller gives the
+        operation up only once it has taken the registry timeout."""
         started = self.clock()
         error: BaseException | None = None
         stopped = False
         try:
             return await call
         except CancelledError as exc:
-            error = RegistryTimeout("given up after the registry timeout") if cancel_is_timeout else exc
+            if not cancel_is_timeout:
+                error = exc  # the caller's: neither a failure nor logged
+                raise
+            # Told as the failure it is: the caller's give-up fires before the registry client's
+            # own timeout (armed only when the request leaves), so against a hung registry this is
+            # the only failure there is to log.
+            error = RegistryTimeout(
+                "no answer to GET /v2/ within --registry-timeout (the readiness check gave it up, its "
+                "wait for a registry connection included)"
+            )
+            if self.on_failure is not None:
+                self.on_failure(operation, error)
             raise
         except BaseException as exc:
             error = exc

@@ -234,3 +234,33 @@ def test_a_readiness_check_given_up_is_a_registry_timeout_not_an_error() -> None
     # The runs of t=0 and 1 given up at 10 and 11, the runs that waited for them at 20 and 21, and
     # the one that waited for those at 30.
     assert counted("timeout") == 5
+
+
+def test_a_readiness_check_given_up_is_logged_as_a_registry_timeout() -> None:
+    # review-opscheck3 F1: the run is given up at --registry-timeout before the registry client's own
+    # timeout (armed only when the request leaves) can fire, so against a hung registry, with probes
+    # that leave before --registry-timeout (kubelet's timeoutSeconds), nothing was logged at all.
+    from twisted.internet.defer import CancelledError
+    from twisted.logger import capturedLogs, formatEvent
+
+    from payloadtags.api.health import HealthChecks, SharedCheck
+    from payloadtags.registry_diagnosis import FailureLog
+
+    clock, metrics = Clock(), Metrics()
+    failures = FailureLog(clock.seconds)
+    registry = InstrumentedRegistry(Hung(), metrics, clock=clock.seconds, on_failure=failures)  # type: ignore[arg-type]
+    shared = SharedCheck(registry.ping, clock.seconds, 1.0, 10.0, clock)
+    checks = HealthChecks({"readyz": [("registry", shared)]}, clock.seconds)
+    with capturedLogs() as events:
+        for _ in range(65):  # a probe a second, each leaving after 5 s (timeoutSeconds: 5)
+            probe = Deferred.fromCoroutine(checks.run("readyz", None, False, ()))
+            probe.addErrback(lambda failure: failure.trap(CancelledError))
+            clock.callLater(5, lambda probe=probe: probe.called or probe.cancel())
+            clock.advance(1.0)
+    texts = [formatEvent(event) for event in events if event.get("operation") == "ping"]
+    # Given up at 10, 11, 20, 21, 30, 31, 40, ...: logged at 10 and 40, rate-limited as every
+    # registry failure is (once per 30 s, counting those left out).
+    assert len(texts) == 2, texts
+    assert texts[0].startswith("registry ping failed: ")
+    assert "--registry-timeout" in texts[0]
+    assert "(5 more like it in the 30s since the last line)" in texts[1]
