@@ -53,6 +53,14 @@ def _has_userinfo(url: str) -> bool:
     return end > start or url.startswith("@", start)
 
 
+def _at_in_authority(url: str) -> bool:
+    """Whether an ``@`` stands before the first ``/``, ``?`` or ``#`` after the authority's start: user
+    information as URL parsers read it, rather than an ``@`` that only may end a password."""
+    start = _userinfo(url)[0]
+    ends = [found for found in (url.find(c, start) for c in "/?#") if found >= 0]
+    return "@" in url[start : min(ends, default=len(url))]
+
+
 def _without_userinfo(url: str) -> str:
     """The URL with any ``user:password@`` replaced, for every message and repr that shows a server."""
     start, end = _userinfo(url)
@@ -179,8 +187,13 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
 
     try:
         document = yaml.load(Path(path).read_text(), Loader=_go_yaml_loader())
+        problem = _alias_problem(document)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ConfigError(f"cannot read kubeconfig {path!r}: {_gist(e)}") from e
+    except RecursionError:
+        problem = "the document is nested too deeply"
+    if problem:
+        raise ConfigError(f"cannot read kubeconfig {path!r}: {problem}")
     shape = f"{path!r} is not a kubeconfig (a YAML document with clusters, users and contexts)"
     if not isinstance(document, dict) or not document.get("clusters"):
         raise ConfigError(shape)
@@ -189,7 +202,7 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
         if document.get(kind) is not None and not isinstance(document[kind], list):
             raise ConfigError(f"{shape}: {kind} is not a list")
     context_entry, user, cluster_entry = _chosen(document, context, path)
-    _as_written(document)
+    _as_written(document, set())
     base = os.path.dirname(os.path.abspath(path))
     plugin = None
     if isinstance(user.get("exec"), dict) and not (
@@ -291,6 +304,12 @@ def _go_yaml_loader() -> type[Any]:
             text = str(self.construct_scalar(node))
             return _Boolean(text, self.bool_values[text.lower()])
 
+    # go-yaml v2 leaves a date-like plain scalar the text written where the type is not a time (a
+    # string field, or a free-form extension): PyYAML's dates would reach a plugin's JSON as a TypeError.
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
     Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile("^(?:y|Y|n|N)$"), list("yYnN"))
     Loader.add_constructor("tag:yaml.org,2002:bool", Loader.construct_yaml_bool)
     return Loader
@@ -304,18 +323,78 @@ def _booleans(section: dict[str, Any], fields: tuple[str, ...]) -> None:
             section[field] = value.value
 
 
-def _as_written(value: Any) -> Any:
+def _as_written(value: Any, seen: set[int], free: bool = False) -> Any:
     """``value`` with every `_Boolean` left (outside the boolean fields) as the plain text written; a
-    mapping or a list is changed in place, as the sections taken from it are in use."""
+    mapping or a list is changed in place, as the sections taken from it are in use, once (an alias
+    names the same one again). In a free-form section (``free``: an ``extension`` of an
+    ``extensions`` list, a RawExtension that client-go decodes with no type) a `_Boolean` is the
+    boolean, as kubectl sends it on (to an exec plugin, as its ``config``)."""
     if isinstance(value, _Boolean):
-        return str.__str__(value)
+        return value.value if free else str.__str__(value)
+    if not isinstance(value, dict | list) or id(value) in seen:
+        return value
+    seen.add(id(value))
     if isinstance(value, dict):
-        items = [(_as_written(k), _as_written(v)) for k, v in value.items()]
+        extensions = value.get("extensions")
+        if not free and isinstance(extensions, list):
+            for entry in extensions:
+                if isinstance(entry, dict) and "extension" in entry:
+                    entry["extension"] = _as_written(entry["extension"], seen, free=True)
+        items = [(_as_written(k, seen, free), _as_written(v, seen, free)) for k, v in value.items()]
         value.clear()
         value.update(items)
-    elif isinstance(value, list):
-        value[:] = [_as_written(v) for v in value]
+    else:
+        value[:] = [_as_written(v, seen, free) for v in value]
     return value
+
+
+# go-yaml v2's bound on aliases (kubectl's reader): past 1000 nodes with more than 100 from aliases, a
+# document whose aliases make more than this share of it is refused, from 99% up to 400,000 nodes to
+# 10% from 4,000,000 on ("document contains excessive aliasing").
+def _allowed_alias_share(nodes: int) -> float:
+    if nodes <= 400_000:
+        return 0.99
+    if nodes >= 4_000_000:
+        return 0.10
+    return 0.99 - 0.89 * (nodes - 400_000) / 3_600_000
+
+
+def _alias_problem(document: Any) -> str | None:
+    """Why go-yaml would refuse the document's aliases: an anchor whose value contains itself, or too
+    many nodes made by aliases. Measured without expanding them (each mapping or list once), so that
+    the walks that follow (`_as_written`, the plugin's JSON) see a bounded, acyclic document."""
+    sizes: dict[int, int] = {}  # nodes a mapping or list stands for, aliases expanded, by id
+    measuring: set[int] = set()  # met again inside itself: an anchor that contains itself
+    written = 0  # nodes as written, each mapping and list counted once
+
+    def size(value: Any) -> int:
+        nonlocal written
+        if not isinstance(value, dict | list):
+            return 1
+        known = sizes.get(id(value))
+        if known is not None:
+            return known
+        if id(value) in measuring:
+            raise _Cycle
+        measuring.add(id(value))
+        items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+        written += 1 + sum(1 for item in items if not isinstance(item, dict | list))
+        total = sizes[id(value)] = 1 + sum(size(item) for item in items)
+        measuring.discard(id(value))
+        return total
+
+    try:
+        nodes = size(document)
+    except _Cycle:
+        return "a YAML anchor's value contains itself (an alias inside it names it)"
+    aliased = nodes - written
+    if aliased > 100 and nodes > 1000 and aliased / nodes > _allowed_alias_share(nodes):
+        return f"the document contains excessive aliasing (aliases expand it to {nodes} nodes)"
+    return None
+
+
+class _Cycle(Exception):
+    pass
 
 
 def _tidied(section: dict[str, Any], fields: tuple[tuple[str, type], ...]) -> None:
@@ -417,6 +496,9 @@ def _chosen(
     _booleans(cluster, _CLUSTER_BOOLEANS)
     if isinstance(user.get("exec"), dict):
         _booleans(user["exec"], _EXEC_BOOLEANS)
+        # Any value the kubernetes library takes for true handed the plugin the cluster's details, a
+        # quoted "false" included; client-go refuses the file.
+        _check_types(user["exec"], ((_EXEC_BOOLEANS[0], bool),), f'user "{user_name}": exec', path)
     _tidied(cluster, _CLUSTER_FIELDS)
     _tidied(user, _USER_FIELDS)
     _check_types(cluster, _CLUSTER_FIELDS, f'cluster "{cluster_name}"', path)
@@ -428,9 +510,16 @@ def _chosen(
         # client-go would send them as Basic credentials; we would fail on every connection instead.
         # The server is not shown: it holds a password. Any '@' counts, even after a '/', '?' or '#':
         # it may end a password that holds them.
+        where = f'kubeconfig {path!r}: cluster "{cluster_name}": server'
+        if _at_in_authority(cluster["server"]):
+            raise ConfigError(
+                f"{where} must not carry credentials (user:password@ before the host): give the user a "
+                "token, a client certificate or an exec plugin"
+            )
         raise ConfigError(
-            f'kubeconfig {path!r}: cluster "{cluster_name}": server must not carry credentials '
-            "(user:password@ before the host): give the user a token, a client certificate or an exec plugin"
+            f"{where} has an '@' after its host (in its path, query or fragment), refused since it may end a "
+            "password that holds '/', '?' or '#' (user:password@): write an '@' of the path or query as "
+            "%40, and give the user a token, a client certificate or an exec plugin"
         )
     if cluster.get("insecure-skip-tls-verify") is True and (
         cluster.get("certificate-authority") or cluster.get("certificate-authority-data")
