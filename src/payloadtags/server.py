@@ -439,6 +439,7 @@ async def start(
         versions=watch_hub,
         delete_concurrency=settings.delete_concurrency,
         removal=remover,
+        late_writes=late_writes,
         walks=walks,
         changed=watch_hub.repository_changed,
     )

@@ -15,6 +15,7 @@ from tests.support import images
 from tests.support.cleanup_fixtures import unique_namespace
 from tests.support.faultproxy import GATEWAY_LATE, FaultProxy
 from tests.support.kubeapi.resources import LEASES, NAMESPACES
+from tests.support.logcapture import collected_logs
 from tests.support.rbac import ensure_namespace, eventually
 
 FAST = {
@@ -189,6 +190,128 @@ async def test_a_replicas_removal_waits_for_the_unanswered_write_of_its_single_d
         await proxy.stop()
     assert removal.code == 200, removal.body
     assert images.list_tags(fresh_registry, repo) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_leaders_cascade_waits_for_the_unanswered_write_of_a_single_delete(
+    reactor,
+    make_server,
+    fresh_registry,
+    kube_api,
+    kube_kubeconfig,
+    pki,
+):
+    """The server's wiring of what may still land, for the leader (review-removal4 finding 3: its
+    controller given a record of its own instead of the registry client's went unnoticed). A single
+    delete's re-tag goes unanswered and is held; the namespace is then deleted, and the leader's
+    cascade, which finds it empty, must not report it cleaned before the re-tag can no longer land:
+    it waits, the re-tag lands meanwhile, and the pass after the wait deletes what it left."""
+    ns = unique_namespace("lead")
+    ensure_namespace(kube_api, ns)
+    repo = f"{ns}/app"
+    images.push_oci_image(fresh_registry, repo, "v1")
+    puts: list[str] = []
+    hold: Deferred[None] = Deferred()
+    proxy = FaultProxy(reactor, fresh_registry.url, first_put(repo, puts), hold=hold)
+    server = await make_server(
+        proxy.url,
+        # The re-tag may land for two timeouts after the delete's answer: the cascade's first pass
+        # comes well within them.
+        registry=RegistrySettings(url=proxy.url, timeout=2.0),
+        kubeconfig=str(kube_kubeconfig),
+        authorization_mode="RBAC",
+        namespace_cleanup=True,
+        **FAST,
+    )
+    masters = server.client(pki.client_ca.client("namespace-controller", ("system:masters",)))
+
+    def logged(text: str) -> bool:
+        return any(text in str(e.get("log_format", "")) and e.get("namespace") == ns for e in events)
+
+    with collected_logs() as events:
+        try:
+            assert await eventually(lambda: _now(_lease_holder(kube_api) not in (None, "")), within=5)
+            single = await masters.delete(
+                f"{B}/namespaces/{ns}/payloadrepositorytags/{encode_name('app', 'v1')}"
+            )
+            assert single.code == 504, single.body
+            kube_api.store.delete(NAMESPACES, ns)  # Terminating: the leader's cascade begins
+            waits = await eventually(
+                lambda: _now(logged("may still carry out a write made while")), within=10
+            )
+            assert waits, "the leader's cascade did not wait for the single delete's re-tag"
+            assert images.list_tags(fresh_registry, repo) == []
+            assert not logged("cleaned"), "reported cleaned while the re-tag could still land"
+            hold.callback(None)  # the re-tag lands now, within the wait
+            await proxy.settled()
+            assert await eventually(lambda: _now(logged("cleaned")), within=20)
+        finally:
+            if not hold.called:
+                hold.callback(None)
+            await proxy.settled()
+            await server.stop()
+            await proxy.stop()
+    assert images.list_tags(fresh_registry, repo) == []  # the pass after the wait deleted what it left
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tag_by_tag_deletecollection_waits_for_the_unanswered_write_of_a_single_delete(
+    reactor,
+    make_server,
+    fresh_registry,
+    kube_api,
+    kube_kubeconfig,
+    pki,
+):
+    """The server's wiring of what may still land, for a deletecollection tag by tag (`kubectl delete
+    prt --all` in a live namespace; review-removal4 finding 1). A single delete's re-tag goes
+    unanswered and is held; the deletecollection right after deletes the tag, and answered 200 at
+    once: the re-tag then landed. It now waits until the re-tag can no longer land (within its
+    budget), and deletes what it left."""
+    ns = unique_namespace("tagwise")
+    ensure_namespace(kube_api, ns)
+    repo = f"{ns}/app"
+    images.push_oci_image(fresh_registry, repo, "v1")
+    _another_replica_leads(kube_api)
+    puts: list[str] = []
+    hold: Deferred[None] = Deferred()
+    proxy = FaultProxy(reactor, fresh_registry.url, first_put(repo, puts), hold=hold)
+    server = await make_server(
+        proxy.url,
+        registry=RegistrySettings(url=proxy.url, timeout=2.0),
+        kubeconfig=str(kube_kubeconfig),
+        authorization_mode="RBAC",
+        namespace_cleanup=True,
+        **FAST,
+    )
+    masters = server.client(pki.client_ca.client("namespace-controller", ("system:masters",)))
+    collection = f"{B}/namespaces/{ns}/payloadrepositorytags"
+    try:
+        single = await masters.delete(f"{collection}/{encode_name('app', 'v1')}")
+        assert single.code == 504, single.body
+        removing = Deferred.fromCoroutine(masters.delete(collection))
+        assert await eventually(lambda: _now(images.list_tags(fresh_registry, repo) == []), within=5)
+        assert not removing.called, "answered while the re-tag could still land"
+        hold.callback(None)  # the re-tag lands now, within the wait
+        await proxy.settled()
+        removal = await removing
+    finally:
+        if not hold.called:
+            hold.callback(None)
+        await proxy.settled()
+        await server.stop()
+        await proxy.stop()
+    assert removal.code == 200, removal.body
+    assert images.list_tags(fresh_registry, repo) == []
+
+
+def _lease_holder(kube_api: Any) -> str | None:
+    if not kube_api.store.exists(LEASES, "payloadtags-cleanup", "kube-system"):
+        return None
+    holder: str | None = kube_api.store.get(LEASES, "payloadtags-cleanup", "kube-system")["spec"].get(
+        "holderIdentity"
+    )
+    return holder
 
 
 def first_put(repo: str, puts: list[str]) -> Any:

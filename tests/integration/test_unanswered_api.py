@@ -26,7 +26,7 @@ from payloadtags.api.options import DeleteOptions, list_options
 from payloadtags.api.tags import ResourceVersions, TagsService
 from payloadtags.cleanup.cascade import Cascade
 from payloadtags.cleanup.removal import NamespaceRemover
-from payloadtags.cleanup.sweep import TERMINATING
+from payloadtags.cleanup.sweep import EXISTS, TERMINATING, UNKNOWN
 from payloadtags.inventory import Inventory
 from payloadtags.kube import Backoff
 from payloadtags.names import encode_name
@@ -224,6 +224,7 @@ def removal_service(
         versions=ResourceVersions(global_reactor),
         removal=NamespaceRemover(cascade, clock, terminating),
         removal_budget=budget,
+        late_writes=client.late_writes,
     )
     return client, service
 
@@ -488,6 +489,141 @@ async def test_a_removal_waits_for_a_single_deletes_unanswered_retag(registry, r
     finally:
         if not hold.called:
             hold.callback(None)
+        await proxy.settled()
+        await client.close()
+        await proxy.stop()
+    assert [item.spec.tag for item in items] == ["v1"]
+    assert images.list_tags(registry, repo) == []
+
+
+def _state(service: TagsService, state: str) -> None:
+    """The cluster API's answer about the namespace, for the removal's check."""
+
+    async def check(namespace: str) -> tuple[str, str | None]:
+        return state, (None if state == EXISTS else "the cluster API failed: HTTP 503")
+
+    assert isinstance(service.removal, NamespaceRemover)
+    service.removal.check = check
+
+
+# EXISTS: `kubectl delete prt --all -n ns` in a live namespace. UNKNOWN: the namespace controller's
+# deletecollection of a Terminating namespace whose state payloadtags could not read (a cluster API
+# blip): both delete tag by tag.
+@pytest.mark.parametrize("state", [EXISTS, UNKNOWN])
+@pytest_twisted.ensureDeferred
+async def test_a_tag_by_tag_deletecollection_is_a_timeout_while_a_single_deletes_retag_may_land(
+    registry, repo, state
+) -> None:
+    """A single delete's re-tag goes unanswered; a deletecollection of the namespace tag by tag right
+    after deleted the tag, listed the selection empty and answered 200, and then the re-tag landed
+    (review-removal4 finding 1: only the wholesale removal read the record of writes that may still
+    land). With less budget than the write may take to land, it is now a 504 without Retry-After
+    that names the write; the call after that time deletes what the write left."""
+    namespace, _, path = repo.partition("/")
+    images.push_oci_image(registry, repo, "v1")
+    puts: list[str] = []
+    hold: Deferred[None] = Deferred()
+    proxy = FaultProxy(global_reactor, registry.url, first_retag(GATEWAY_LATE, puts), hold=hold)
+    clock = WaitClock(shorter_than=0.0)
+    client, service = removal_service(proxy.url, clock, budget=0.9, timeout=0.5)
+    _state(service, state)
+    try:
+        with pytest.raises(RegistryError) as caught:
+            await service.delete(USER, namespace, encode_name(path, "v1"), DeleteOptions())
+        assert caught.value.unanswered
+        with pytest.raises(ApiError) as answered:
+            await service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
+        assert images.list_tags(registry, repo) == []
+        error = answered.value
+        assert (error.code, error.reason, error.retry_after) == (504, "Timeout", None), error.message
+        assert error.details is None or error.details.retry_after_seconds is None
+        message = " ".join(error.message.split())
+        assert f"deleting tag {repo}:v1" in message, message
+        assert "may still carry it out within about 1s" in message, message
+        assert "then list the tags" in message, message
+        hold.callback(None)  # the re-tag lands now, within the time both answers named
+        await proxy.settled()
+        assert images.list_tags(registry, repo) == ["v1"]
+        clock.advance(1.0)  # past the time it could land
+        items, _ = await service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
+    finally:
+        if not hold.called:
+            hold.callback(None)
+        await proxy.settled()
+        await client.close()
+        await proxy.stop()
+    assert [item.spec.tag for item in items] == ["v1"]
+    assert images.list_tags(registry, repo) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tag_by_tag_deletecollection_waits_within_its_budget_for_a_retag_that_may_land(
+    registry, repo
+) -> None:
+    """As above, with budget enough: the call waits until the re-tag can no longer land, then deletes
+    what it left and answers 200."""
+    namespace, _, path = repo.partition("/")
+    images.push_oci_image(registry, repo, "v1")
+    puts: list[str] = []
+    hold: Deferred[None] = Deferred()
+    proxy = FaultProxy(global_reactor, registry.url, first_retag(GATEWAY_LATE, puts), hold=hold)
+    clock = WaitClock(shorter_than=50.0)
+    client, service = removal_service(proxy.url, clock, budget=100.0, timeout=0.5)
+    _state(service, EXISTS)
+    try:
+        with pytest.raises(RegistryError):
+            await service.delete(USER, namespace, encode_name(path, "v1"), DeleteOptions())
+        waiting = clock.waits()
+        delays: list[float] = []
+        waiting.addCallback(delays.append)
+        removing = Deferred.fromCoroutine(
+            service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
+        )
+        await first_of(removing, waiting)
+        assert images.list_tags(registry, repo) == []
+        assert not removing.called, "the deletecollection answered while the re-tag could still land"
+        hold.callback(None)  # the re-tag lands now, within the wait
+        await proxy.settled()
+        assert images.list_tags(registry, repo) == ["v1"]
+        [delay] = delays
+        clock.advance(delay)
+        items, _ = await removing
+    finally:
+        if not hold.called:
+            hold.callback(None)
+        await proxy.settled()
+        await client.close()
+        await proxy.stop()
+    assert [item.spec.tag for item in items] == ["v1"]
+    assert images.list_tags(registry, repo) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_delete_whose_read_timed_out_leaves_no_write_to_wait_for(registry, repo) -> None:
+    """A single delete whose first read (the GET of the tag's manifest) timed out has sent nothing;
+    it was recorded as a write that may land all the same (any unanswered error was), and the
+    namespace's removal right after waited two timeouts for it, or answered 504 naming "a write made
+    while deleting tag ..." that never left (review-removal4 finding 2)."""
+    namespace, _, path = repo.partition("/")
+    images.push_oci_image(registry, repo, "v1")
+    seen: list[str] = []
+
+    def decide(method: str, p: str) -> str | None:
+        seen.append(f"{method} {p}")
+        reads = [s for s in seen if s.startswith("GET") and s.endswith(f"/{repo}/manifests/v1")]
+        return STALL if p.endswith(f"/{repo}/manifests/v1") and method == "GET" and len(reads) == 1 else None
+
+    proxy = FaultProxy(global_reactor, registry.url, decide, stall=1.0)
+    clock = WaitClock(shorter_than=0.0)
+    client, service = removal_service(proxy.url, clock, budget=0.9, timeout=0.5)
+    try:
+        with pytest.raises(RegistryError) as caught:
+            await service.delete(USER, namespace, encode_name(path, "v1"), DeleteOptions())
+        assert "did not answer GET" in caught.value.message, caught.value.message
+        assert [s for s in seen if not s.startswith(("GET", "HEAD"))] == []  # nothing written
+        assert client.late_writes.pending(namespace) is None
+        items, _ = await service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
+    finally:
         await proxy.settled()
         await client.close()
         await proxy.stop()

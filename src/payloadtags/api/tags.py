@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import builtins
+import math
 from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from payloadtags.access.authn import UserInfo
@@ -39,7 +41,7 @@ from payloadtags.model import (
     uid_for,
 )
 from payloadtags.names import InvalidName, TagRef, is_namespace, ref_from_name
-from payloadtags.registry import asking
+from payloadtags.registry import LateWrites, asking
 from payloadtags.registry.errors import RegistryConflict, RegistryError, RegistryNotFound
 from payloadtags.watch import parse_version
 
@@ -283,8 +285,12 @@ class TagsService:
     delete_concurrency: int = 4
     # With it, a deletecollection of a whole namespace that is being deleted deletes by digest.
     removal: NamespaceRemoval | None = None
-    # Seconds such a deletecollection works before it answers 503 (the namespace controller retries).
+    # Seconds such a deletecollection works before it answers 503 (the namespace controller retries);
+    # also how long one tag by tag waits for a write that may still land (`late_writes`).
     removal_budget: float = 40.0
+    # The registry client's record of its writes that may still land (`LateWrites`): a deletecollection
+    # tag by tag answers no 200 while one may land in the namespace. None: none are kept.
+    late_writes: LateWrites | None = None
     # Where paginated walks keep the tag lists their next pages show; None: every page reads them.
     walks: WalkCache | None = None
     # Told each repository a delete of this service changed, or may have (one that failed half-way),
@@ -615,19 +621,70 @@ class TagsService:
                 return None
             return self._object(ref, TagStatus(digest=digest) if digest is not None else None)
 
-        order = _across_repositories(refs)
-        outcome = dict(zip(order, await bounded_map(remove, order, self.delete_concurrency), strict=True))
-        deleted = [outcome[ref] for ref in refs]
-        # 200 says the selection is gone, so look: the namespace controller takes it as done. A tag
-        # listed again (a failed delete, a push of the same name meanwhile) makes it a retriable 503;
-        # tags first pushed after the selection was read are not part of this request.
-        again = (await self._select(user, namespace, unfiltered, authorize=False, shown=False))[0].refs
         selected = set(refs)
-        left = [ref for ref in again if ref in selected]
-        if left or pending:
-            unanswered = [ref for ref in refs if ref in pending]
-            raise _collection_incomplete(namespace, len(refs), left, failed, unanswered, lasting)
-        return [obj for obj in deleted if obj is not None], meta
+        deleted: dict[TagRef, PayloadRepositoryTag] = {}
+        began = self.late_writes.now() if self.late_writes is not None else 0.0
+        todo = refs
+        while True:
+            order = _across_repositories(todo)
+            outcome = dict(zip(order, await bounded_map(remove, order, self.delete_concurrency), strict=True))
+            deleted.update((ref, obj) for ref, obj in outcome.items() if obj is not None)
+            # 200 says the selection is gone, so look: the namespace controller takes it as done. A
+            # tag listed again (a failed delete, a push of the same name meanwhile) makes it a
+            # retriable 503; tags first pushed after the selection was read are not part of this
+            # request.
+            again = (await self._select(user, namespace, unfiltered, authorize=False, shown=False))[0].refs
+            left = [ref for ref in again if ref in selected]
+            if left or pending:
+                unanswered = [ref for ref in refs if ref in pending]
+                raise _collection_incomplete(namespace, len(refs), left, failed, unanswered, lasting)
+            # Nor while a write of this process may still land in the namespace (a single delete's
+            # re-tag, a cascade's repair: `LateWrites`), as for the namespace's removal: the namespace
+            # controller also deletes tag by tag when the namespace's state could not be read.
+            if not await self._waited_for_late_writes(namespace, len(refs), began):
+                return [deleted[ref] for ref in refs if ref in deleted], meta
+            # It could land meanwhile: delete what it left, and look again.
+            listed = (await self._select(user, namespace, unfiltered, authorize=False, shown=False))[0].refs
+            todo = [ref for ref in listed if ref in selected]
+
+    def _late_write(self, namespace: str) -> tuple[str, float] | None:
+        """The write of this process that may land latest in ``namespace`` (what, how many seconds
+        from now; infinity while it is out), or None."""
+        if self.late_writes is None:
+            return None
+        late = self.late_writes.pending(namespace)
+        if late is None:
+            return None
+        left = late[1] - self.late_writes.now()
+        return (late[0], left) if left > 0 else None
+
+    async def _waited_for_late_writes(self, namespace: str, total: int, began: float) -> bool:
+        """Wait until no write of this process may land in ``namespace`` any more, within
+        `removal_budget` from ``began`` (True: waited); else a 504 without Retry-After that names the
+        write."""
+        late = self._late_write(namespace)
+        if late is None:
+            return False
+        assert self.late_writes is not None
+        what, left = late
+        budget_left = began + self.removal_budget - self.late_writes.now()
+        if left < budget_left:
+            await deferLater(self.late_writes.clock, left)
+            return True
+        if left == math.inf:
+            when = f"the registry has not answered a write made while {what} yet, and may carry it out later"
+        else:
+            when = (
+                f"the registry did not answer a write made while {what}, and may still carry it out "
+                f"within about {math.ceil(left)}s"
+            )
+        raise _removal_unanswered(
+            namespace,
+            total,
+            [],
+            f"{when} (it would leave the tag in the namespace): wait that long, then list the tags "
+            "(kubectl get) and delete again only those still there",
+        )
 
     def _asks_whole_namespace(self, user: UserInfo, namespace: str, selection: ListOptions) -> bool:
         """Whether a deletecollection asks for all of ``namespace`` and may have it: no selector, no

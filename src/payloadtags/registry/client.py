@@ -255,6 +255,8 @@ class RegistryClient:
         self._reads_at_turn_end = reads_at_turn_end
         self._finish_begun_deletes = finish_begun_deletes
         self._carried: set[Deferred[Any]] = set()  # deletes going on after their callers stopped waiting
+        # Repository -> whether a manifest PUT of the delete holding its turn went unanswered.
+        self._late_puts: dict[str, bool] = {}
         self._turn_waiters: list[Deferred[None]] | None = None
         self._settings = settings
         self._late_writes = late_writes if late_writes is not None else LateWrites(reactor)
@@ -732,24 +734,40 @@ class RegistryClient:
         self, repository: str, tag: str, writing: Deferred[None], gate: _Gate
     ) -> str | None:
         """`delete_tag`'s work, in the repository's turn; fires ``writing`` before its first write."""
+        return await self._delete_tag_steps(repository, tag, writing, gate)
+
+    @contextlib.asynccontextmanager
+    async def _noting_late_puts(self, repository: str, tag: str) -> AsyncIterator[None]:
+        """Around a delete, in the repository's turn (one delete of a repository holds it at a time):
+        a delete that ends unanswered after a manifest PUT of its own went unanswered (`_put_manifest`)
+        is noted as a write that may land, from its end."""
+        self._late_puts[repository] = False
         try:
-            return await self._delete_tag_steps(repository, tag, writing, gate)
+            yield
         except RegistryError as error:
-            if error.unanswered:
+            if error.unanswered and self._late_puts[repository]:
                 # Its user is told to wait `_late_advice`'s time from this answer: so does a removal of
                 # the namespace, whoever asked for the delete (a single delete's re-tag, a repair)
-                # and whether or not its caller still waits for it (carried on alone).
+                # and whether or not its caller still waits for it (carried on alone). Only after a
+                # write sent and not answered: a read that timed out (the delete's first, with nothing
+                # sent) or an unanswered DELETE leaves no tag behind.
                 self._late_writes.note(
                     namespace_of(repository),
                     f"deleting tag {repository}:{tag}",
                     self._late_writes.now() + LATE_WRITE_GRACE * self._settings.timeout,
                 )
             raise
+        finally:
+            del self._late_puts[repository]
 
     async def _delete_tag_steps(
         self, repository: str, tag: str, writing: Deferred[None], gate: _Gate
     ) -> str | None:
-        async with self._turn(repository, gate.waiting), self._gated(repository, gate):
+        async with (
+            self._turn(repository, gate.waiting),
+            self._gated(repository, gate),
+            self._noting_late_puts(repository, tag),
+        ):
             if self._delete_by_tag is not False:
                 original = await self._read_tag(repository, tag)
                 writing.callback(None)
@@ -1297,6 +1315,8 @@ class RegistryClient:
             raise
         finally:
             self._late_writes.ended(namespace, number, grace)
+            if grace is not None and repository in self._late_puts:
+                self._late_puts[repository] = True
 
     async def _put_manifest_once(
         self, repository: str, reference: str, body: bytes, media_type: str, what: str
