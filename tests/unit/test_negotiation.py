@@ -266,8 +266,16 @@ def test_a_watch_is_never_yaml() -> None:
     assert caught.value.message == (
         "only the following media types are accepted: application/json;stream=watch, "
         "application/json;as=Table;v=v1;g=meta.k8s.io, "
-        "application/json;as=PartialObjectMetadata;v=v1;g=meta.k8s.io (requested: application/yaml)"
+        "application/json;as=Table;v=v1beta1;g=meta.k8s.io, "
+        "application/json;as=PartialObjectMetadata;v=v1;g=meta.k8s.io, "
+        "application/json;as=PartialObjectMetadata;v=v1beta1;g=meta.k8s.io, "
+        "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io, "
+        "application/json;as=PartialObjectMetadataList;v=v1beta1;g=meta.k8s.io (requested: application/yaml)"
     )
+    # Each form it names is one a watch is served in.
+    listed = caught.value.message.split(": ", 1)[1].rsplit(" (requested", 1)[0].split(", ")
+    for form in listed[1:]:
+        assert negotiate(form, collection=True, watch=True).content_type == form
     assert negotiate("application/yaml,*/*", collection=True, watch=True) == MediaType(Form.FULL, JSON_TYPE)
 
 

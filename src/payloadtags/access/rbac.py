@@ -13,7 +13,9 @@ namespace, RoleBindings in their own. ``system:masters`` is always allowed.
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -103,8 +105,11 @@ class PathMatcher:
         known = self._memo.get(path)
         if known is None:
             known = path.lower() in self._literals or any(p.matches(path) for p in self._globs)
-            if len(self._memo) < _MAX_MEMO:
-                self._memo[path] = known
+            if len(self._memo) >= _MAX_MEMO:
+                # The oldest first: those of repositories deleted since (CI churn) go in time, where a
+                # full memo kept them and memoized nothing new.
+                del self._memo[next(iter(self._memo))]
+            self._memo[path] = known
         return known
 
 
@@ -138,7 +143,16 @@ class RbacIndex:
     _namespace_bindings: dict[str, tuple[Binding, ...]] = attrs.field(factory=dict, init=False)
     # Per (user, groups, namespace, verb): the generation it was computed at and the matcher. A change
     # elsewhere in RBAC keeps a matcher (and the decisions it memoized) whose patterns did not change.
-    _matchers: dict[tuple[Any, ...], tuple[int, PathMatcher]] = attrs.field(factory=dict, init=False)
+    # Least recently used first, evicted one at a time past _MAX_MEMO keys: cleared whole, every user
+    # past the bound recomputed hers (a pass over the bindings) on most decisions.
+    _matchers: collections.OrderedDict[tuple[Any, ...], tuple[int, PathMatcher]] = attrs.field(
+        factory=collections.OrderedDict, init=False
+    )
+    # The matchers in use by what their rules mean (``fingerprint``): users, and so their watches, with
+    # the same rules in a namespace share one matcher and its memo of decisions.
+    _shared: weakref.WeakValueDictionary[bytes, PathMatcher] = attrs.field(
+        factory=weakref.WeakValueDictionary, init=False
+    )
     # Compiled patterns by source, kept across rebuilds: one RBAC edit should not recompile them all.
     _compiled: dict[str, PathPattern | PatternError] = attrs.field(factory=dict, init=False)
     _warned: set[str] = attrs.field(factory=set, init=False)
@@ -202,13 +216,17 @@ class RbacIndex:
         key = (user.name, user.groups, namespace, verb)
         found = self._matchers.get(key)
         if found is not None and found[0] == self._built:
+            self._matchers.move_to_end(key)
             return found[1]
         fresh = self._compute(user, verb, namespace)
         if found is not None and found[1].same_rules(fresh):
             fresh = found[1]
-        if len(self._matchers) >= _MAX_MEMO:
-            self._matchers.clear()
+        else:
+            fresh = self._shared.setdefault(fresh.fingerprint, fresh)
         self._matchers[key] = (self._built, fresh)
+        self._matchers.move_to_end(key)
+        if len(self._matchers) > _MAX_MEMO:
+            self._matchers.popitem(last=False)
         return fresh
 
     def _compute(self, user: UserInfo, verb: str, namespace: str) -> PathMatcher:

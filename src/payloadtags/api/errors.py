@@ -119,13 +119,16 @@ def precondition_failed(name: str, message: str) -> ApiError:
     )
 
 
-def not_acceptable(accept: str, *, collection: bool = True, watch: bool = False) -> ApiError:
+def not_acceptable(
+    accept: str, *, collection: bool = True, watch: bool = False, forms: list[str] | None = None
+) -> ApiError:
     """What this request could have been answered in, as kube-apiserver words it (its streaming media
-    types for a watch: JSON only here, no YAML stream), and the forms by ``as=`` it serves."""
+    types for a watch: JSON only here, no YAML stream), and the forms by ``as=`` it serves (``forms``:
+    a watch's, from the table negotiation serves them by)."""
     table = "application/json;as=Table;v=v1;g=meta.k8s.io"
     if watch:
         partial = "application/json;as=PartialObjectMetadata;v=v1;g=meta.k8s.io"
-        accepted = ["application/json;stream=watch", table, partial]
+        accepted = ["application/json;stream=watch", *(forms if forms is not None else [table, partial])]
     else:
         kind = "PartialObjectMetadataList" if collection else "PartialObjectMetadata"
         partial = f"application/json;as={kind};v=v1;g=meta.k8s.io"

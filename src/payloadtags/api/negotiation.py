@@ -130,13 +130,22 @@ def _served(clause: _Clause, subtype: str, *, collection: bool, watch: bool) -> 
         return None
     if kind == "Table":
         return MediaType(Form.TABLE, f"{base};as=Table;v={version};g=meta.k8s.io", version, yaml, pretty)
-    if watch:
-        wanted: tuple[str, ...] = ("PartialObjectMetadata", "PartialObjectMetadataList")
-    else:
-        wanted = ("PartialObjectMetadataList",) if collection else ("PartialObjectMetadata",)
-    if kind in wanted:
+    if kind in _partial_kinds(collection=collection, watch=watch):
         return MediaType(Form.PARTIAL, f"{base};as={kind};v={version};g=meta.k8s.io", version, yaml, pretty)
     return None
+
+
+def _partial_kinds(*, collection: bool, watch: bool) -> tuple[str, ...]:
+    if watch:
+        return ("PartialObjectMetadata", "PartialObjectMetadataList")
+    return ("PartialObjectMetadataList",) if collection else ("PartialObjectMetadata",)
+
+
+def _watch_forms() -> list[str]:
+    """Every form a watch is served in by ``as=`` (`_served`), for its 406: kube-apiserver lists all
+    its streaming media types."""
+    kinds = ("Table", *_partial_kinds(collection=True, watch=True))
+    return [f"application/json;as={kind};v={v};g=meta.k8s.io" for kind in kinds for v in _VERSIONS]
 
 
 @functools.lru_cache(maxsize=256)
@@ -166,5 +175,6 @@ def negotiate(accept: str | None, *, collection: bool, watch: bool = False) -> M
         return _FULL
     served = _negotiated(accept, collection, watch)
     if served is None:
-        raise not_acceptable(accept, collection=collection, watch=watch)
+        forms = _watch_forms() if watch else None
+        raise not_acceptable(accept, collection=collection, watch=watch, forms=forms)
     return served

@@ -353,6 +353,7 @@ class WatchHub:
         """Drops sources nobody watches and nobody listed for ``idle_scope_ttl``, and list records
         and openings nobody used for as long."""
         now = self.clock.seconds()
+        self._forget_rules()
         dropped = self.listed.expire(now - self.limits.idle_scope_ttl)
         for scope, source in list(self.sources.items()):
             if (
@@ -377,6 +378,21 @@ class WatchHub:
         self.openings.expire(
             now - self.limits.idle_scope_ttl, lambda source: self.sources.get(source.namespace) is source
         )
+
+    def _forget_rules(self) -> None:
+        """All-namespaces watches drop the rules they noted in namespaces gone from their scope (no
+        tags, no event on its way to them): noted for every namespace decided in, a watch's life long,
+        they grew with every namespace that ever came and went."""
+        live: dict[ScopeSource, set[str]] = {}
+        for watcher, source in list(self._scopes.items()):
+            if source.namespace is not None:
+                continue
+            scope = live.get(source)
+            if scope is None:
+                scope = live[source] = set(_namespaces(source))
+            waiting = {repository.partition("/")[0] for repository in source.fanout.waiting(watcher)}
+            keep = scope | waiting
+            watcher.forget_rules(keep.__contains__)
 
     # -- watchers ---------------------------------------------------------------------------------
 
@@ -585,6 +601,7 @@ class WatchHub:
             return
         user = watcher.readable.user
         watcher.rules = lambda namespace: rules_of(user, namespace)
+        watcher.generation = self.access_generation
         watcher.know_rules(_namespaces(source))  # AuthorizationNotReady: the watch is not started
 
     def _rules_admit(self, watcher: Watcher, source: ScopeSource, since: int | None) -> bool:

@@ -71,11 +71,12 @@ class Watcher:
     render: Render
     # Selectors: decided from the reference alone (tags have no labels).
     accept: Callable[[TagRef], bool]
-    # Access: may this user read (namespace, repository path)? Asked at each decision, after the
-    # selectors, and not remembered here: a watch kept one per repository it looked at for its whole
-    # life (about 226 bytes a repository of its scope), where the authorizer's rules memoize them per
-    # user and rules, shared by her watches. Every set of rules decisions were made by in each
-    # namespace is noted, so that a change of the rules can be told (see ``access_changed``).
+    # Access: may this user read (namespace, repository path)? Decided at each decision, after the
+    # selectors (by ``rules`` when set), and not remembered here: a watch kept one per repository it
+    # looked at for its whole life (about 226 bytes a repository of its scope), where the rules
+    # memoize them, shared by every user with the same rules in the namespace. Every set of rules
+    # decisions were made by in each namespace is noted, so that a change of the rules can be told
+    # (see ``access_changed``).
     readable: Callable[[str, str], bool]
     # What ``accept`` decides by, comparable (the request's selectors): a watch resumed inside another
     # watch's opening, which holds only what that one's selectors chose, must have the same.
@@ -97,38 +98,82 @@ class Watcher:
     reason: str | None = None
     done: Deferred[str] = attrs.field(factory=Deferred)
     on_close: list[Callable[[Watcher], None]] = attrs.field(factory=list)
-    # The rules ``readable`` decides by in a namespace (set by the hub when it knows them); None: a
-    # change of the rules cannot be told from one that changes nothing here.
+    # The rules ``readable`` decides by in a namespace (set by the hub when it knows them): the watch
+    # then decides by them, not by ``readable``. None: a change of the rules cannot be told from one
+    # that changes nothing here.
     rules: Callable[[str], PathMatcher] | None = None
+    # The generation of the access rules (set with ``rules``): while it stays, the rules of a namespace
+    # noted at it decide the watch's events, a lookup in their memo, where asking the authorizer per
+    # event and watcher cost a hash of the user's groups and more (these decisions are not counted in
+    # payloadtags_authorization_decisions_total).
+    generation: Callable[[], int] | None = None
     # Per namespace, every distinct set of rules that decided something this watch's client may hold
     # since the last check: the rules it started under, and those in force at each later decision
     # (rules granted and taken back between two checks decided what was sent meanwhile).
     _ruled_by: dict[str, list[PathMatcher]] = attrs.field(factory=dict, init=False)
     # A decision since the last check that rules noted before would have made otherwise: its client's
     # view is no longer what one set of rules decides (a DELETED of a repository revoked, emptied and
-    # so out of the scope the check looks at, dropped; a tag pushed while a repository was taken back
-    # and granted again, missed). The check ends the watch with 410 (`access_changed`).
+    # so out of the scope the check looks at, dropped). The check ends the watch with 410
+    # (`access_changed`). (A tag pushed while a repository was taken back and granted again, missed, is
+    # told there by the rules noted: those that hid it.)
     _decided_otherwise: bool = attrs.field(default=False, init=False)
+    # Per namespace, the rules in force at ``_current_at`` (the access generation).
+    _current: dict[str, PathMatcher] = attrs.field(factory=dict, init=False)
+    _current_at: int | None = attrs.field(default=None, init=False)
 
     def visible(self, ref: TagRef) -> bool:
         # The selectors first: a tag they reject costs no access decision.
         if not self.accept(ref):
             return False
-        decision = self.readable(ref.namespace, ref.repository_path)
-        self._note_rules(ref.namespace, ref.repository_path, decision)
+        if self.rules is None:
+            return self.readable(ref.namespace, ref.repository_path)
+        namespace, path = ref.namespace, ref.repository_path
+        # The common case first: rules noted at this generation, a dictionary lookup.
+        generation = None if self.generation is None else self.generation()
+        now = self._current.get(namespace) if generation == self._current_at else None
+        known = self._ruled_by.get(namespace)
+        if now is None or known is None:
+            now = self._rules_now(namespace)
+            known = self._ruled_by[namespace]
+        decision = now.matches(path)
+        # Only while the rules changed since the last check (more than one set noted here): a lookup
+        # in each one's memo.
+        if len(known) > 1 and not self._decided_otherwise:
+            self._decided_otherwise = any(rules.matches(path) != decision for rules in known)
         return decision
 
-    def _note_rules(self, namespace: str, path: str | None = None, decision: bool = False) -> None:
-        if self.rules is None:
-            return
-        now = self.rules(namespace)
+    def _rules_now(self, namespace: str) -> PathMatcher:
+        """The rules in force in ``namespace``, noted: asked of the authorizer once per namespace and
+        generation of the access rules (AuthorizationNotReady while they load)."""
+        assert self.rules is not None
+        generation = None if self.generation is None else self.generation()
+        if generation is None or generation != self._current_at:
+            self._current.clear()
+            self._current_at = generation
+        now = self._current.get(namespace)
+        if now is None:
+            now = self.rules(namespace)
+            if generation is not None:
+                self._current[namespace] = now
         known = self._ruled_by.setdefault(namespace, [])
         if not any(rules is now or rules.same_rules(now) for rules in known):
             known.append(now)
-        # Only while the rules changed since the last check (more than one set noted here): a lookup
-        # in each one's memo.
-        if path is not None and len(known) > 1 and not self._decided_otherwise:
-            self._decided_otherwise = any(rules.matches(path) != decision for rules in known)
+        return now
+
+    def _note_rules(self, namespace: str) -> None:
+        if self.rules is not None:
+            self._rules_now(namespace)
+
+    def forget_rules(self, keep: Callable[[str], bool]) -> None:
+        """Drops the rules noted in the namespaces ``keep`` rejects (out of the scope, no event on its
+        way here): its client holds nothing of them that a change of their rules could change. Only
+        those that alone decided there since the last check, and while all it starts with is written:
+        a change since is the check's to judge."""
+        if self.opening is not None or self._decided_otherwise:
+            return
+        for namespace in [ns for ns, known in self._ruled_by.items() if len(known) == 1 and not keep(ns)]:
+            del self._ruled_by[namespace]
+            self._current.pop(namespace, None)
 
     def know_rules(self, namespaces: Iterable[str]) -> None:
         """The rules of the namespaces of the watched scope as the watch starts: what its client was
