@@ -1144,6 +1144,15 @@ async def test_a_selector_that_does_not_parse_is_400_before_any_422(api, registr
         await client.get(f"{base}?fieldSelector=spec.x%3D1&resourceVersionMatch=Bogus"), 422, "Invalid"
     )
     assert invalid["details"]["kind"] == "ListOptions"
+    # A watch's too: validated (422) before its field names are checked (400).
+    watch = assert_status(
+        await client.get(
+            f"{base}?watch=true&timeoutSeconds=1&fieldSelector=spec.x%3D1&resourceVersionMatch=Exact"
+        ),
+        422,
+        "Invalid",
+    )
+    assert watch["details"]["kind"] == "ListOptions"
     assert images.list_tags(registry, repo) == ["v1"]
 
 
@@ -1171,6 +1180,81 @@ async def test_a_watch_validates_its_options_before_refusing_continue(api, regis
     # Valid options: continue is still refused for a watch (docs/watch.md).
     refused = await client.get(f"{collection(namespace)}?watch=true&continue=x&timeoutSeconds=1")
     assert_status(refused, 400, "BadRequest")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tables_include_object_is_read_after_the_list_options(api, registry, repo):
+    # kube-apiserver reads a Table's TableOptions last: a list's in transformResponseObject, after
+    # r.List; a watch's in serveWatchHandler, after rw.Watch. Decoding (400), validation (422) and
+    # storage (400) all answer first.
+    namespace, _ = split(repo)
+    client, _ = _v1_as_admin(api, registry, repo)
+    base = collection(namespace)
+    table = {"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"}
+    for query in (
+        "includeObject=bogus&resourceVersionMatch=Bogus",
+        "watch=true&timeoutSeconds=1&includeObject=bogus&resourceVersionMatch=Exact",
+    ):
+        status = assert_status(await client.get(f"{base}?{query}", headers=table), 422, "Invalid")
+        assert status["details"]["kind"] == "ListOptions", query
+    for query in (
+        "includeObject=bogus&limit=abc",
+        "includeObject=bogus&resourceVersion=abc",
+        "watch=true&timeoutSeconds=1&includeObject=bogus&limit=abc",
+    ):
+        status = assert_status(await client.get(f"{base}?{query}", headers=table), 400, "BadRequest")
+        assert "Unable to convert to Table" not in status["message"], query
+    # Valid options: the includeObject is still refused, for a list and a watch alike.
+    for query in ("includeObject=bogus", "watch=true&timeoutSeconds=1&includeObject=bogus"):
+        status = assert_status(await client.get(f"{base}?{query}", headers=table), 400, "BadRequest")
+        assert "Unable to convert to Table" in status["message"], query
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_negative_limit_is_reported_with_the_other_validation_errors(api, registry, repo):
+    # payloadtags' own check of a list's limit is one more validation error, in the one 422; a
+    # deletecollection takes a negative limit as kube-apiserver does (no limit), so its DeleteOptions
+    # answer.
+    namespace, _ = split(repo)
+    client, _ = _v1_as_admin(api, registry, repo)
+    base = collection(namespace)
+    status = assert_status(await client.get(f"{base}?limit=-1&resourceVersionMatch=Bogus"), 422, "Invalid")
+    assert [cause["field"] for cause in status["details"]["causes"]] == [
+        "resourceVersionMatch",
+        "resourceVersionMatch",
+        "limit",
+    ]
+    assert_status(await client.get(f"{base}?limit=-1"), 422, "Invalid")
+    deleted = assert_status(await client.delete(f"{base}?limit=-1&propagationPolicy=x"), 422, "Invalid")
+    assert deleted["details"]["kind"] == "DeleteOptions", deleted
+    dry = await client.delete(f"{base}?limit=-1&dryRun=All")
+    assert dry.code == 200, dry.body
+    assert len(dry.json()["items"]) == 1, dry.body
+    assert images.list_tags(registry, repo) == ["v1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_yaml_watch_is_406_only_after_its_options_are_checked(api, registry, repo):
+    # ListResource negotiates the list's media types (YAML is one), decodes (400) and validates (422)
+    # the options, and only serveWatchHandler negotiates the stream's, where YAML has none: 406.
+    namespace, _ = split(repo)
+    client, _ = _v1_as_admin(api, registry, repo)
+    base = collection(namespace)
+    yaml_only = {"Accept": "application/yaml"}
+    for query, code, reason in (
+        ("limit=abc", 400, "BadRequest"),
+        ("labelSelector=a%20in", 400, "BadRequest"),
+        ("resourceVersionMatch=Exact", 422, "Invalid"),
+        ("fieldSelector=spec.x%3D1", 400, "BadRequest"),
+        ("", 406, "NotAcceptable"),
+    ):
+        reply = await client.get(f"{base}?watch=true&timeoutSeconds=1&{query}", headers=yaml_only)
+        assert_status(reply, code, reason)
+    # An Accept no list serves either is 406 first, as there.
+    cbor = await client.get(
+        f"{base}?watch=true&timeoutSeconds=1&limit=abc", headers={"Accept": "application/cbor"}
+    )
+    assert_status(cbor, 406, "NotAcceptable")
 
 
 @pytest_twisted.ensureDeferred

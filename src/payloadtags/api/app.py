@@ -211,6 +211,17 @@ def _include(media: MediaType, query: Query) -> str:
     return include_object(first(query, "includeObject")) if media.form is Form.TABLE else "Metadata"
 
 
+def _watch_media(accept: str | None) -> tuple[MediaType, ApiError | None]:
+    """A watch's media type as kube-apiserver negotiates it, in two steps: ListResource a list's types
+    first (406 at once when no list is served in it either), and serveWatchHandler, only after the
+    options are read, the stream's. Its media type, and the stream's 406 to raise then (an Accept only
+    a list serves, as YAML: there is no YAML stream)."""
+    try:
+        return negotiate(accept, collection=True, watch=True), None
+    except ApiError as refused:
+        return negotiate(accept, collection=True), refused
+
+
 def _with_pretty(media: MediaType, query: Query) -> MediaType:
     """``media``, indented when the query asks for it as kube-apiserver reads `pretty` (not for a
     watch: its events stay compact). Checked after negotiation: most requests have no query."""
@@ -917,15 +928,19 @@ class ApiServer:
 
     async def _list(self, request: Request, user: UserInfo, namespace: str | None = None) -> bytes:
         watching = self.watch_hub is not None and _is_watch_request(request)
-        media = negotiate(_header(request, "accept"), collection=True, watch=watching)
         query = _query(request)
-        include = _include(media, query)
         if watching:
+            media, refused = _watch_media(_header(request, "accept"))
             self._watched_namespace(namespace)
-            return await self._watch(request, user, namespace, query, media, include)
+            return await self._watch(request, user, namespace, query, media, refused)
+        media = negotiate(_header(request, "accept"), collection=True)
         media = _with_pretty(media, query)
         shape = media.as_json()  # what the renderers make; formats re-encodes it for YAML or pretty
         options = list_options(query)
+        # A Table's options last, as kube-apiserver reads them once it has listed (its
+        # transformResponseObject): a bad option is answered before a bad includeObject. Still before
+        # the registry is read, which a 400 would waste.
+        include = _include(media, query)
         hub = self.watch_hub
         record = None
         possible = namespace is None or is_namespace(namespace)
@@ -1006,7 +1021,7 @@ class ApiServer:
         namespace: str | None,
         query: Query,
         media: MediaType,
-        include: str,
+        refused: ApiError | None,
     ) -> bytes:
         hub = self.watch_hub
         assert hub is not None
@@ -1019,6 +1034,11 @@ class ApiServer:
             # it is answered as the list is (504, retried a second later), never served with an end
             # bookmark older than asked; kube-apiserver's cacher refuses it so before the stream too.
             raise resource_version_too_large(options.resource_version, hub.versions.latest())
+        # As kube-apiserver's serveWatchHandler, once the options are read and the watch opened: the
+        # Table's options (400), then the stream's media type (406, an Accept only a list serves).
+        include = _include(media, query)
+        if refused is not None:
+            raise refused
         if options.timeout_seconds is not None and options.timeout_seconds < 0:
             # As kube-apiserver, whose watch timer of a negative duration has fired already: a 200 whose
             # stream ends at once, without an event. Nothing to read for it, nor a watch's place to hold.

@@ -202,9 +202,10 @@ def list_options(query: Query, deleting: bool = False) -> ListOptions:
         raise method_not_allowed("watch")
     # timeoutSeconds: an int64 in every ListOptions, as kube-apiserver decodes it; only a watch uses it.
     _, limit, labels, fields = decode_list_query(query)
-    if limit is not None and limit < 0:
-        raise invalid_options("ListOptions", [invalid_value("limit", str(limit), "must be non-negative")])
-    limit = limit or None  # limit=0 means no limit, as upstream
+    # A negative limit: payloadtags' own check of a list, one more validation error after upstream's
+    # (docs/api.md); a deletecollection takes it as kube-apiserver does, as no limit.
+    refused_limit = [] if deleting or limit is None or limit >= 0 else [limit]
+    limit = limit if limit is not None and limit > 0 else None  # 0 is no limit too, as upstream
     resource_version = first(query, "resourceVersion") or None
     match = first(query, "resourceVersionMatch") or None
     continue_ = first(query, "continue") or None
@@ -219,6 +220,7 @@ def list_options(query: Query, deleting: bool = False) -> ListOptions:
         errors = watch_errors(match, send_initial, continue_)
     else:
         errors = _list_errors(match, resource_version, continue_, first(query, "sendInitialEvents"))
+    errors += [invalid_value("limit", str(value), "must be non-negative") for value in refused_limit]
     if errors:
         raise invalid_options("ListOptions", errors)
     options = ListOptions(
