@@ -406,3 +406,84 @@ def test_one_address_flooding_a_full_server_takes_two_probe_places_and_never_chu
     assert _open(table, clock, "10.6.6.6") is None
     assert events == ["refused"]
     assert not kubelet.disconnecting
+
+
+# --- request heads: the pool of large heads, line lengths, chunk lines -----------------------------
+
+
+def _front_proxy_channel(site: GuardedSite) -> tuple[GuardedChannel, StringTransport]:
+    channel, transport = _connected(site)
+    channel.front_proxy = True
+    return channel, transport
+
+
+def _group_lines(count: int) -> bytes:
+    """A head's header lines as kube-apiserver's aggregator sends them: ~100 kB for 1,000."""
+    return b"".join(b"X-Remote-Group: %0100d\r\n" % i for i in range(count))
+
+
+def test_a_large_head_gives_its_pool_share_back_once_parsed_not_when_its_response_ends() -> None:
+    """A watch's response lasts up to an hour: its head's share of the pool is not held for it."""
+    clock, resource = Clock(), _Held()
+    site = GuardedSite(resource, HttpLimits(), _Admitting(), reactor=clock)
+    channel, _ = _front_proxy_channel(site)
+    channel.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n" + _group_lines(1000) + b"\r\n")
+    clock.advance(0)
+    (watch,) = resource.held  # being answered, for as long as it lasts
+    assert site.head_pool.taken == 0
+    watch.finish()
+    assert site.head_pool.taken == 0
+
+
+def test_a_large_head_gives_its_pool_share_back_when_its_client_leaves_mid_head() -> None:
+    site = GuardedSite(_Held(), HttpLimits(), _Admitting(), reactor=Clock())
+    channel, _ = _front_proxy_channel(site)
+    channel.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n" + _group_lines(1000))  # no end of head
+    assert site.head_pool.taken > 0
+    channel.connectionLost(Failure(ConnectionDone()))
+    assert site.head_pool.taken == 0
+    # And when the pool is spent: 429, and nothing stays taken.
+    site.head_pool.capacity = 64 * 1024
+    channel, transport = _front_proxy_channel(site)
+    channel.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n" + _group_lines(2000))
+    assert transport.value().startswith(b"HTTP/1.1 429 ")
+    assert site.head_pool.taken == 0
+
+
+@pytest.mark.parametrize(
+    ("line", "served"),
+    [
+        (b"X-A: " + b"a" * (16384 - 5) + b"\r\n", True),  # 16,384 bytes before its CRLF, as before
+        (b"X-A: " + b"a" * (16384 - 5) + b"\n", True),
+        (b"X-A: " + b"a" * (16385 - 5) + b"\r\n", False),
+        (b"X-A: " + b"a" * (16385 - 5) + b"\n", False),
+    ],
+)
+def test_a_header_line_may_hold_16384_bytes_whatever_its_line_end(line: bytes, served: bool) -> None:
+    clock, resource = Clock(), _Held()
+    site = GuardedSite(resource, HttpLimits(), _Admitting(), reactor=clock)
+    channel, transport = _connected(site)
+    channel.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n" + line + b"\r\n")
+    clock.advance(0)
+    assert len(resource.held) == (1 if served else 0), transport.value()[:100]
+    if not served:
+        assert transport.value().startswith(b"HTTP/1.1 431 ")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"2\n{}\r\n0\r\n\r\n",  # the chunk size line
+        b"2\r\n{}\r\n0\n\r\n",  # the last chunk's
+        b"2\r\n{}\r\n0\r\nX-T: a\n\r\n",  # a trailer line
+        b"2\r\n{}\r\n0\r\n\n",  # the empty line ending the trailers
+    ],
+)
+def test_a_chunk_line_ending_with_a_bare_lf_is_400_at_once(body: bytes) -> None:
+    """As Go answers ("chunked line ends with bare LF"), not left unparsed until the body deadline."""
+    site = GuardedSite(_Held(), HttpLimits(), _Admitting(), reactor=Clock())
+    channel, transport = _connected(site)
+    head = b"DELETE /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+    channel.dataReceived(head + body)
+    assert transport.value().startswith(b"HTTP/1.1 400 "), transport.value()[:100]
+    assert b"bare LF" in transport.value()

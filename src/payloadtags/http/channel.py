@@ -152,14 +152,17 @@ def head_too_large(limit: int) -> ApiError:
     )
 
 
+# The longest line of a head (Twisted's HTTPChannel.MAX_LENGTH), its line end not counted.
+MAX_LINE = 16384
+
 # Go's parseHexUint: a chunk size of more than 16 hex digits is over 64 bits.
 MAX_CHUNK_SIZE_DIGITS = 16
 
 
 class HeadPool:
     """The bytes of request heads past HEAD_BYTES (the verified front proxy's large heads), shared by
-    every connection: a head takes what it needs as it arrives and gives it back once its request is
-    answered or its connection is gone."""
+    every connection: a head takes what it needs as it arrives and gives it back once it is parsed,
+    refused, or its connection is gone (never held for a response, which for a watch lasts an hour)."""
 
     def __init__(self, capacity: int = LARGE_HEADS) -> None:
         self.capacity = capacity
@@ -185,7 +188,24 @@ class GuardedChunks(http._ChunkedTransferDecoder):
         self._channel = channel
         self._request = request
 
+    def _bare_lf(self) -> bool:
+        """Whether the line at the start of the buffer ends with a bare LF: refused, as Go does
+        ("chunked line ends with bare LF"), where Twisted would wait for a CRLF until the body's
+        deadline."""
+        end = self._buffer.find(b"\n")
+        if end == -1 or (end > 0 and self._buffer[end - 1] == 0x0D):
+            return False
+        self._channel.refuse(bad_request("the request body's chunked line ends with bare LF"))
+        return True
+
+    def _dataReceived_TRAILER(self) -> bool:
+        if self._bare_lf():
+            return False
+        return bool(super()._dataReceived_TRAILER())
+
     def _dataReceived_CHUNK_LENGTH(self) -> bool:
+        if self._bare_lf():
+            return False
         end = self._buffer.find(b"\r\n", self._start)
         if end != -1:
             size = self._buffer[:end].split(b";", 1)[0]
@@ -262,6 +282,10 @@ class GuardedChannel(http.HTTPChannel):
     # Lines end with LF, a CR before it dropped (RFC 9112 2.2; Go reads heads so): a head with bare LF
     # line ends is answered, not left unparsed until the head deadline.
     delimiter = b"\n"
+    # Twisted's 16 kB for a line, its CR (a part of the line read up to the LF) not counted: as
+    # before bare LF was read, a line holds 16,384 bytes before its CRLF, or before a bare LF
+    # (lineReceived holds a line without a CR to the 16,384).
+    MAX_LENGTH = MAX_LINE + 1
     # Twisted's own bounds on a head (16 kB, 500 headers, answered 400) give way to the channel's
     # (HEAD_BYTES, FRONT_PROXY_HEAD_BYTES, answered 431), which count each header line's cost.
     totalHeadersSize = 1 << 62
@@ -399,6 +423,9 @@ class GuardedChannel(http.HTTPChannel):
     def lineReceived(self, line: bytes) -> None:
         if line.endswith(b"\r"):
             line = line[:-1]
+        elif len(line) > MAX_LINE:
+            self.lineLengthExceeded(line)
+            return
         if line:
             # The request line and each header line (an obs-fold continuation too) cost their bytes
             # and what Python holds for them.
@@ -455,6 +482,10 @@ class GuardedChannel(http.HTTPChannel):
     # -- the head and the body ----------------------------------------------------------------------
 
     def allHeadersReceived(self) -> None:
+        # The head is parsed: its share of the pool goes back now, not when its response ends (a
+        # watch's lasts up to an hour). Its headers live on in the request, bounded by the head's own
+        # limit, with one request read or answered at a time per connection.
+        self._give_back_head()
         if self.probe_only and not self.site.admission.is_probe(self._path):
             self.refuse(connections_full())
             return
@@ -503,7 +534,7 @@ class GuardedChannel(http.HTTPChannel):
         if self._refusing:
             return  # refused on its head (a connection for probes only), and the request had no body
         self._disarm()
-        self._head_cost = 0  # the next head counts afresh (the pooled part is held until the answer)
+        self._head_cost = 0  # the next head counts afresh (its pooled part went back with the head)
         super().allContentReceived()
 
     # -- responses ----------------------------------------------------------------------------------
