@@ -11,6 +11,8 @@ The late write is held by the fault proxy until the test releases it, after the 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, cast
 
 import pytest
@@ -243,6 +245,70 @@ def first_of(*work: Deferred[Any]) -> Deferred[Any]:
     return either
 
 
+@asynccontextmanager
+async def released(
+    proxy: FaultProxy, client: RegistryClient, hold: Deferred[None] | None = None
+) -> AsyncIterator[None]:
+    """The test's body; then the held write let go (if the body did not), the proxy's requests ended
+    and the client and proxy closed, whatever the body did."""
+    try:
+        yield
+    finally:
+        if hold is not None and not hold.called:
+            hold.callback(None)
+        await proxy.settled()
+        await client.close()
+        await proxy.stop()
+
+
+def retag_removal(
+    registry: Any, repo: str, shorter_than: float, budget: float
+) -> tuple[Deferred[None], FaultProxy, WaitClock, RegistryClient, TagsService]:
+    """v1 pushed to ``repo``; a removal service (registry timeout 0.5 s) through a proxy whose first
+    re-tag PUT of v1 gets a gateway's late 5xx and is held until the test lets ``hold`` go."""
+    images.push_oci_image(registry, repo, "v1")
+    puts: list[str] = []
+    hold: Deferred[None] = Deferred()
+    proxy = FaultProxy(global_reactor, registry.url, first_retag(GATEWAY_LATE, puts), hold=hold)
+    clock = WaitClock(shorter_than=shorter_than)
+    client, service = removal_service(proxy.url, clock, budget=budget, timeout=0.5)
+    return hold, proxy, clock, client, service
+
+
+async def removal_until_it_waits(
+    service: TagsService, namespace: str, clock: WaitClock
+) -> tuple[Deferred[Any], list[float]]:
+    """A deletecollection of ``namespace``, run until it ends or schedules a wait on ``clock``; the
+    call and the delays of the waits seen."""
+    waiting = clock.waits()
+    delays: list[float] = []
+    waiting.addCallback(delays.append)
+    removing = Deferred.fromCoroutine(
+        service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
+    )
+    await first_of(removing, waiting)
+    return removing, delays
+
+
+async def land_and_wait_out(
+    registry: Any,
+    repo: str,
+    proxy: FaultProxy,
+    hold: Deferred[None],
+    clock: WaitClock,
+    delays: list[float],
+    removing: Deferred[Any],
+) -> Any:
+    """The held write lands now (within the wait) and brings v1 back; then the wait ends, and the
+    call's answer."""
+    hold.callback(None)
+    await proxy.settled()
+    assert images.list_tags(registry, repo) == ["v1"]
+    [delay] = delays
+    clock.advance(delay)
+    return await removing
+
+
 @pytest.mark.parametrize("fault", [GATEWAY_LATE, DROPPED_LATE])
 @pytest_twisted.ensureDeferred
 async def test_a_namespace_removal_is_not_done_while_a_repairs_placeholder_may_still_land(
@@ -276,44 +342,37 @@ async def test_a_namespace_removal_is_not_done_while_a_repairs_placeholder_may_s
     removing = Deferred.fromCoroutine(
         service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
     )
-    try:
-        while True:  # a pass that failed before its placeholder PUT (a read) is passed again
-            backoffs: list[float] = []
-            backoff.addCallback(backoffs.append)
-            await first_of(removing, backoff)
-            assert not removing.called, "the removal ended before its repair's placeholder PUT"
-            clock.advance(backoffs[0])
-            if puts:
-                break
-            backoff = clock.waits()
-        # The pass that sent it failed: its placeholder PUT went unanswered.
-        assert len(puts) == 1
-        while True:  # the next pass repairs the tag again, the one after finds the namespace empty
-            seen = len(events)
-            waiting = clock.waits()
-            delays: list[float] = []
-            waiting.addCallback(delays.append)
-            await first_of(removing, waiting)
-            assert not removing.called, (
-                "the removal answered while its first placeholder PUT could still land"
-            )
-            if any("found empty, but" in event.get("log_format", "") for event in events[seen:]):
-                break
-            clock.advance(delays[0])  # a failed pass's backoff (a read failed)
-        assert len(puts) == 2 and images.list_tags(registry, repo) == []
-        hold.callback(None)  # the first placeholder PUT lands now, within the wait
-        await proxy.settled()
-        assert images.list_tags(registry, repo) == ["v1"]
-        [delay] = delays  # the wait for the late write, after the pass that found nothing
-        clock.advance(delay)
-        items, _ = await removing
-    finally:
-        globalLogPublisher.removeObserver(observe)
-        if not hold.called:
-            hold.callback(None)
-        await proxy.settled()
-        await client.close()
-        await proxy.stop()
+    async with released(proxy, client, hold):
+        try:
+            while True:  # a pass that failed before its placeholder PUT (a read) is passed again
+                backoffs: list[float] = []
+                backoff.addCallback(backoffs.append)
+                await first_of(removing, backoff)
+                assert not removing.called, "the removal ended before its repair's placeholder PUT"
+                clock.advance(backoffs[0])
+                if puts:
+                    break
+                backoff = clock.waits()
+            # The pass that sent it failed: its placeholder PUT went unanswered.
+            assert len(puts) == 1
+            while True:  # the next pass repairs the tag again, the one after finds the namespace empty
+                seen = len(events)
+                waiting = clock.waits()
+                delays: list[float] = []
+                waiting.addCallback(delays.append)
+                await first_of(removing, waiting)
+                assert not removing.called, (
+                    "the removal answered while its first placeholder PUT could still land"
+                )
+                if any("found empty, but" in event.get("log_format", "") for event in events[seen:]):
+                    break
+                clock.advance(delays[0])  # a failed pass's backoff (a read failed)
+            assert len(puts) == 2 and images.list_tags(registry, repo) == []
+            # The first placeholder PUT lands now, within the wait; the wait (for the late write, after
+            # the pass that found nothing) ends.
+            items, _ = await land_and_wait_out(registry, repo, proxy, hold, clock, delays, removing)
+        finally:
+            globalLogPublisher.removeObserver(observe)
     assert [item.spec.tag for item in items] == ["v1"]
     assert images.list_tags(registry, repo) == []  # the pass after the wait deleted what the PUT left
 
@@ -337,7 +396,7 @@ async def test_a_namespace_removal_whose_wait_for_a_late_write_outlasts_its_budg
     removing = Deferred.fromCoroutine(
         service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
     )
-    try:
+    async with released(proxy, client, hold):
         clock.advance(await backoff)  # the first pass failed: its placeholder PUT went unanswered
         with pytest.raises(ApiError) as caught:
             await removing
@@ -353,12 +412,6 @@ async def test_a_namespace_removal_whose_wait_for_a_late_write_outlasts_its_budg
         assert images.list_tags(registry, repo) == ["v1"]
         clock.advance(1.0)  # past the time it could land
         items, _ = await service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
-    finally:
-        if not hold.called:
-            hold.callback(None)
-        await proxy.settled()
-        await client.close()
-        await proxy.stop()
     assert [item.spec.tag for item in items] == ["v1"]
     assert images.list_tags(registry, repo) == []
 
@@ -411,7 +464,7 @@ async def test_a_removal_stopped_while_its_repairs_write_is_out_leaves_the_write
     first = Deferred.fromCoroutine(
         service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
     )
-    try:
+    async with released(proxy, client, hold):
         await put_out
         if how == "budget":
             await read_out
@@ -426,28 +479,12 @@ async def test_a_removal_stopped_while_its_repairs_write_is_out_leaves_the_write
             with pytest.raises(CancelledError):
                 await first
         # The namespace controller calls again.
-        waiting = clock.waits()
-        delays: list[float] = []
-        waiting.addCallback(delays.append)
-        second = Deferred.fromCoroutine(
-            service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
-        )
-        await first_of(second, waiting)
+        second, delays = await removal_until_it_waits(service, namespace, clock)
         # It repaired the tag again and found the namespace empty, and waits for the first PUT.
         assert len(puts) == 2 and images.list_tags(registry, repo) == []
         assert not second.called, "the removal answered while the first placeholder PUT could still land"
-        hold.callback(None)  # the first placeholder PUT lands now
-        await proxy.settled()
-        assert images.list_tags(registry, repo) == ["v1"]
-        [delay] = delays
-        clock.advance(delay)
-        items, _ = await second
-    finally:
-        if not hold.called:
-            hold.callback(None)
-        await proxy.settled()
-        await client.close()
-        await proxy.stop()
+        # The first placeholder PUT lands now.
+        items, _ = await land_and_wait_out(registry, repo, proxy, hold, clock, delays, second)
     assert "v1" in [item.spec.tag for item in items]
     assert images.list_tags(registry, repo) == []  # the pass after the wait deleted what the PUT left
 
@@ -461,37 +498,16 @@ async def test_a_removal_waits_for_a_single_deletes_unanswered_retag(registry, r
     write of its own: the removal waits until the re-tag can no longer land, and deletes what it
     left."""
     namespace, _, path = repo.partition("/")
-    images.push_oci_image(registry, repo, "v1")
-    puts: list[str] = []
-    hold: Deferred[None] = Deferred()
-    proxy = FaultProxy(global_reactor, registry.url, first_retag(GATEWAY_LATE, puts), hold=hold)
-    clock = WaitClock(shorter_than=50.0)
-    client, service = removal_service(proxy.url, clock, budget=100.0, timeout=0.5)
-    try:
+    hold, proxy, clock, client, service = retag_removal(registry, repo, shorter_than=50.0, budget=100.0)
+    async with released(proxy, client, hold):
         with pytest.raises(RegistryError) as caught:
             await service.delete(USER, namespace, encode_name(path, "v1"), DeleteOptions())
         assert caught.value.unanswered
-        waiting = clock.waits()
-        delays: list[float] = []
-        waiting.addCallback(delays.append)
-        removing = Deferred.fromCoroutine(
-            service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
-        )
-        await first_of(removing, waiting)
+        removing, delays = await removal_until_it_waits(service, namespace, clock)
         assert images.list_tags(registry, repo) == []
         assert not removing.called, "the removal answered while the delete's re-tag could still land"
-        hold.callback(None)  # the re-tag lands now, within the time its 504 named
-        await proxy.settled()
-        assert images.list_tags(registry, repo) == ["v1"]
-        [delay] = delays
-        clock.advance(delay)
-        items, _ = await removing
-    finally:
-        if not hold.called:
-            hold.callback(None)
-        await proxy.settled()
-        await client.close()
-        await proxy.stop()
+        # The re-tag lands now, within the time its 504 named.
+        items, _ = await land_and_wait_out(registry, repo, proxy, hold, clock, delays, removing)
     assert [item.spec.tag for item in items] == ["v1"]
     assert images.list_tags(registry, repo) == []
 
@@ -520,14 +536,9 @@ async def test_a_tag_by_tag_deletecollection_is_a_timeout_while_a_single_deletes
     land). With less budget than the write may take to land, it is now a 504 without Retry-After
     that names the write; the call after that time deletes what the write left."""
     namespace, _, path = repo.partition("/")
-    images.push_oci_image(registry, repo, "v1")
-    puts: list[str] = []
-    hold: Deferred[None] = Deferred()
-    proxy = FaultProxy(global_reactor, registry.url, first_retag(GATEWAY_LATE, puts), hold=hold)
-    clock = WaitClock(shorter_than=0.0)
-    client, service = removal_service(proxy.url, clock, budget=0.9, timeout=0.5)
+    hold, proxy, clock, client, service = retag_removal(registry, repo, shorter_than=0.0, budget=0.9)
     _state(service, state)
-    try:
+    async with released(proxy, client, hold):
         with pytest.raises(RegistryError) as caught:
             await service.delete(USER, namespace, encode_name(path, "v1"), DeleteOptions())
         assert caught.value.unanswered
@@ -546,12 +557,6 @@ async def test_a_tag_by_tag_deletecollection_is_a_timeout_while_a_single_deletes
         assert images.list_tags(registry, repo) == ["v1"]
         clock.advance(1.0)  # past the time it could land
         items, _ = await service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
-    finally:
-        if not hold.called:
-            hold.callback(None)
-        await proxy.settled()
-        await client.close()
-        await proxy.stop()
     assert [item.spec.tag for item in items] == ["v1"]
     assert images.list_tags(registry, repo) == []
 
@@ -563,37 +568,16 @@ async def test_a_tag_by_tag_deletecollection_waits_within_its_budget_for_a_retag
     """As above, with budget enough: the call waits until the re-tag can no longer land, then deletes
     what it left and answers 200."""
     namespace, _, path = repo.partition("/")
-    images.push_oci_image(registry, repo, "v1")
-    puts: list[str] = []
-    hold: Deferred[None] = Deferred()
-    proxy = FaultProxy(global_reactor, registry.url, first_retag(GATEWAY_LATE, puts), hold=hold)
-    clock = WaitClock(shorter_than=50.0)
-    client, service = removal_service(proxy.url, clock, budget=100.0, timeout=0.5)
+    hold, proxy, clock, client, service = retag_removal(registry, repo, shorter_than=50.0, budget=100.0)
     _state(service, EXISTS)
-    try:
+    async with released(proxy, client, hold):
         with pytest.raises(RegistryError):
             await service.delete(USER, namespace, encode_name(path, "v1"), DeleteOptions())
-        waiting = clock.waits()
-        delays: list[float] = []
-        waiting.addCallback(delays.append)
-        removing = Deferred.fromCoroutine(
-            service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
-        )
-        await first_of(removing, waiting)
+        removing, delays = await removal_until_it_waits(service, namespace, clock)
         assert images.list_tags(registry, repo) == []
         assert not removing.called, "the deletecollection answered while the re-tag could still land"
-        hold.callback(None)  # the re-tag lands now, within the wait
-        await proxy.settled()
-        assert images.list_tags(registry, repo) == ["v1"]
-        [delay] = delays
-        clock.advance(delay)
-        items, _ = await removing
-    finally:
-        if not hold.called:
-            hold.callback(None)
-        await proxy.settled()
-        await client.close()
-        await proxy.stop()
+        # The re-tag lands now, within the wait.
+        items, _ = await land_and_wait_out(registry, repo, proxy, hold, clock, delays, removing)
     assert [item.spec.tag for item in items] == ["v1"]
     assert images.list_tags(registry, repo) == []
 
@@ -616,16 +600,12 @@ async def test_a_delete_whose_read_timed_out_leaves_no_write_to_wait_for(registr
     proxy = FaultProxy(global_reactor, registry.url, decide, stall=1.0)
     clock = WaitClock(shorter_than=0.0)
     client, service = removal_service(proxy.url, clock, budget=0.9, timeout=0.5)
-    try:
+    async with released(proxy, client):
         with pytest.raises(RegistryError) as caught:
             await service.delete(USER, namespace, encode_name(path, "v1"), DeleteOptions())
         assert "did not answer GET" in caught.value.message, caught.value.message
         assert [s for s in seen if not s.startswith(("GET", "HEAD"))] == []  # nothing written
         assert client.late_writes.pending(namespace) is None
         items, _ = await service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
-    finally:
-        await proxy.settled()
-        await client.close()
-        await proxy.stop()
     assert [item.spec.tag for item in items] == ["v1"]
     assert images.list_tags(registry, repo) == []
