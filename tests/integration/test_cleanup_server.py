@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest_twisted
@@ -51,15 +53,7 @@ async def test_the_server_cleans_a_deleted_namespace_and_reports_it(
         **FAST,
     )
 
-    def lease_holder() -> str | None:
-        if not kube_api.store.exists(LEASES, "payloadtags-cleanup", "kube-system"):
-            return None
-        holder: str | None = kube_api.store.get(LEASES, "payloadtags-cleanup", "kube-system")["spec"].get(
-            "holderIdentity"
-        )
-        return holder
-
-    assert await eventually(lambda: _now(lease_holder() is not None), within=5) is True
+    assert await eventually(lambda: _now(_lease_holder(kube_api) is not None), within=5) is True
     assert await eventually(lambda: _now(images.list_tags(fresh_registry, f"{orphan}/app") == []), within=5)
 
     kube_api.store.delete(NAMESPACES, doomed)  # Terminating
@@ -75,7 +69,7 @@ async def test_the_server_cleans_a_deleted_namespace_and_reports_it(
     assert "[+]leaderElection ok" in health.body.decode()
 
     await server.stop()  # releases the Lease for the next replica
-    assert lease_holder() in (None, "")
+    assert _lease_holder(kube_api) in (None, "")
 
 
 async def _now(value: bool) -> bool:
@@ -96,20 +90,7 @@ async def test_a_deletecollections_deletes_are_counted_on_metrics(
     ensure_namespace(kube_api, ns)
     images.push_oci_image(fresh_registry, f"{ns}/app", "v1")
     images.tag_manifest(fresh_registry, f"{ns}/app", "v1", "v2")
-    # Another replica leads (its Lease fresh for an hour): this one runs no cascade of its own.
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    ensure_namespace(kube_api, "kube-system")
-    lease = {
-        "metadata": {"name": "payloadtags-cleanup", "namespace": "kube-system"},
-        "spec": {
-            "holderIdentity": "other-replica",
-            "leaseDurationSeconds": 3600,
-            "acquireTime": now,
-            "renewTime": now,
-            "leaseTransitions": 0,
-        },
-    }
-    kube_api.store.create(LEASES, lease, "kube-system")
+    _another_replica_leads(kube_api)
     server = await make_server(
         fresh_registry,
         kubeconfig=str(kube_kubeconfig),
@@ -147,25 +128,20 @@ async def test_a_replicas_removal_waits_for_the_unanswered_write_of_its_single_d
     before that PUT can no longer land: it answers 504 (its request's deadline comes first) until
     then, and 200 only once it has deleted what the PUT left."""
     ns = unique_namespace("late")
-    ensure_namespace(kube_api, ns)
-    repo = f"{ns}/app"
-    images.push_oci_image(fresh_registry, repo, "v1")
     _another_replica_leads(kube_api)
-    puts: list[str] = []
-    hold: Deferred[None] = Deferred()
-    proxy = FaultProxy(reactor, fresh_registry.url, first_put(repo, puts), hold=hold)
-    server = await make_server(
-        proxy.url,
-        registry=RegistrySettings(url=proxy.url, timeout=1.0),
+    repo, hold, proxy, server, masters = await _held_retag(
+        reactor,
+        make_server,
+        fresh_registry,
+        kube_api,
+        kube_kubeconfig,
+        pki,
+        ns,
+        registry_timeout=1.0,
         http=HttpLimits(request_timeout=2.0),
-        kubeconfig=str(kube_kubeconfig),
-        authorization_mode="RBAC",
-        namespace_cleanup=True,
-        **FAST,
     )
-    masters = server.client(pki.client_ca.client("namespace-controller", ("system:masters",)))
     collection = f"{B}/namespaces/{ns}/payloadrepositorytags"
-    try:
+    async with _released(hold, proxy, server):
         single = await masters.delete(f"{collection}/{encode_name('app', 'v1')}")
         assert single.code == 504, single.body
         kube_api.store.delete(NAMESPACES, ns)  # Terminating
@@ -182,12 +158,6 @@ async def test_a_replicas_removal_waits_for_the_unanswered_write_of_its_single_d
             if removal.code == 200:
                 break
             assert removal.code == 504, removal.body
-    finally:
-        if not hold.called:
-            hold.callback(None)
-        await proxy.settled()
-        await server.stop()
-        await proxy.stop()
     assert removal.code == 200, removal.body
     assert images.list_tags(fresh_registry, repo) == []
 
@@ -207,29 +177,17 @@ async def test_the_leaders_cascade_waits_for_the_unanswered_write_of_a_single_de
     cascade, which finds it empty, must not report it cleaned before the re-tag can no longer land:
     it waits, the re-tag lands meanwhile, and the pass after the wait deletes what it left."""
     ns = unique_namespace("lead")
-    ensure_namespace(kube_api, ns)
-    repo = f"{ns}/app"
-    images.push_oci_image(fresh_registry, repo, "v1")
-    puts: list[str] = []
-    hold: Deferred[None] = Deferred()
-    proxy = FaultProxy(reactor, fresh_registry.url, first_put(repo, puts), hold=hold)
-    server = await make_server(
-        proxy.url,
-        # The re-tag may land for two timeouts after the delete's answer: the cascade's first pass
-        # comes well within them.
-        registry=RegistrySettings(url=proxy.url, timeout=2.0),
-        kubeconfig=str(kube_kubeconfig),
-        authorization_mode="RBAC",
-        namespace_cleanup=True,
-        **FAST,
+    # The re-tag may land for two timeouts after the delete's answer: the cascade's first pass comes
+    # well within them.
+    repo, hold, proxy, server, masters = await _held_retag(
+        reactor, make_server, fresh_registry, kube_api, kube_kubeconfig, pki, ns, registry_timeout=2.0
     )
-    masters = server.client(pki.client_ca.client("namespace-controller", ("system:masters",)))
 
     def logged(text: str) -> bool:
         return any(text in str(e.get("log_format", "")) and e.get("namespace") == ns for e in events)
 
     with collected_logs() as events:
-        try:
+        async with _released(hold, proxy, server):
             assert await eventually(lambda: _now(_lease_holder(kube_api) not in (None, "")), within=5)
             single = await masters.delete(
                 f"{B}/namespaces/{ns}/payloadrepositorytags/{encode_name('app', 'v1')}"
@@ -245,12 +203,6 @@ async def test_the_leaders_cascade_waits_for_the_unanswered_write_of_a_single_de
             hold.callback(None)  # the re-tag lands now, within the wait
             await proxy.settled()
             assert await eventually(lambda: _now(logged("cleaned")), within=20)
-        finally:
-            if not hold.called:
-                hold.callback(None)
-            await proxy.settled()
-            await server.stop()
-            await proxy.stop()
     assert images.list_tags(fresh_registry, repo) == []  # the pass after the wait deleted what it left
 
 
@@ -269,24 +221,12 @@ async def test_a_tag_by_tag_deletecollection_waits_for_the_unanswered_write_of_a
     once: the re-tag then landed. It now waits until the re-tag can no longer land (within its
     budget), and deletes what it left."""
     ns = unique_namespace("tagwise")
-    ensure_namespace(kube_api, ns)
-    repo = f"{ns}/app"
-    images.push_oci_image(fresh_registry, repo, "v1")
     _another_replica_leads(kube_api)
-    puts: list[str] = []
-    hold: Deferred[None] = Deferred()
-    proxy = FaultProxy(reactor, fresh_registry.url, first_put(repo, puts), hold=hold)
-    server = await make_server(
-        proxy.url,
-        registry=RegistrySettings(url=proxy.url, timeout=2.0),
-        kubeconfig=str(kube_kubeconfig),
-        authorization_mode="RBAC",
-        namespace_cleanup=True,
-        **FAST,
+    repo, hold, proxy, server, masters = await _held_retag(
+        reactor, make_server, fresh_registry, kube_api, kube_kubeconfig, pki, ns, registry_timeout=2.0
     )
-    masters = server.client(pki.client_ca.client("namespace-controller", ("system:masters",)))
     collection = f"{B}/namespaces/{ns}/payloadrepositorytags"
-    try:
+    async with _released(hold, proxy, server):
         single = await masters.delete(f"{collection}/{encode_name('app', 'v1')}")
         assert single.code == 504, single.body
         removing = Deferred.fromCoroutine(masters.delete(collection))
@@ -295,12 +235,6 @@ async def test_a_tag_by_tag_deletecollection_waits_for_the_unanswered_write_of_a
         hold.callback(None)  # the re-tag lands now, within the wait
         await proxy.settled()
         removal = await removing
-    finally:
-        if not hold.called:
-            hold.callback(None)
-        await proxy.settled()
-        await server.stop()
-        await proxy.stop()
     assert removal.code == 200, removal.body
     assert images.list_tags(fresh_registry, repo) == []
 
@@ -324,6 +258,54 @@ def first_put(repo: str, puts: list[str]) -> Any:
         return None
 
     return decide
+
+
+async def _held_retag(
+    reactor: Any,
+    make_server: Any,
+    fresh_registry: Any,
+    kube_api: Any,
+    kube_kubeconfig: Any,
+    pki: Any,
+    ns: str,
+    registry_timeout: float,
+    **limits: Any,
+) -> tuple[str, Deferred[None], FaultProxy, Any, Any]:
+    """Namespace ``ns`` with ``ns``/app:v1, and a server with namespace cleanup whose registry (its
+    timeout ``registry_timeout``) is behind a proxy that answers the first PUT of app:v1 (a re-tag) with a
+    gateway's 504 and lets it reach the registry once ``hold`` fires: the repository, ``hold``, the
+    proxy, the server and its client for the namespace controller."""
+    ensure_namespace(kube_api, ns)
+    repo = f"{ns}/app"
+    images.push_oci_image(fresh_registry, repo, "v1")
+    puts: list[str] = []
+    hold: Deferred[None] = Deferred()
+    proxy = FaultProxy(reactor, fresh_registry.url, first_put(repo, puts), hold=hold)
+    server = await make_server(
+        proxy.url,
+        registry=RegistrySettings(url=proxy.url, timeout=registry_timeout),
+        kubeconfig=str(kube_kubeconfig),
+        authorization_mode="RBAC",
+        namespace_cleanup=True,
+        **FAST,
+        **limits,
+    )
+    masters = server.client(pki.client_ca.client("namespace-controller", ("system:masters",)))
+    return repo, hold, proxy, server, masters
+
+
+@asynccontextmanager
+async def _released(hold: Deferred[None], proxy: FaultProxy, server: Any) -> AsyncIterator[None]:
+    """The test's body; then the held write let go (if the body did not), the proxy's requests ended
+    and the server and proxy stopped, whatever the body did."""
+    try:
+        yield
+    finally:
+        if not hold.called:
+            hold.callback(None)
+        await proxy.settled()
+        await server.stop()
+        await proxy.stop()
 
 
 def _another_replica_leads(kube_api: Any) -> None:
