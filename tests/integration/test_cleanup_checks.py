@@ -69,6 +69,17 @@ def no_hold(method: str, url: str) -> Deferred[None] | None:
     return None
 
 
+def gone_remover(client: RegistryClient) -> tuple[Clock, NamespaceRemover]:
+    """A deletecollection's removal of a namespace the cluster API reports gone, its budget on the
+    clock returned, which stands still until the test advances it."""
+    clock = Clock()
+
+    async def gone(name: str) -> tuple[str, str | None]:
+        return ABSENT, None
+
+    return clock, NamespaceRemover(Cascade(client, clock, concurrency=1), clock, gone)
+
+
 async def outcome_of(work: Deferred[Any]) -> str:
     try:
         await work
@@ -339,12 +350,7 @@ async def test_a_deletecollection_stops_waiting_at_its_budget(
     leader = Deferred.fromCoroutine(
         Cascade(client, reactor, concurrency=1).run(namespace, confirm=api.confirm)
     )
-    clock = Clock()  # the deletecollection's budget
-
-    async def gone(name: str) -> tuple[str, str | None]:
-        return ABSENT, None
-
-    remover = NamespaceRemover(Cascade(client, clock, concurrency=1), clock, gone)
+    clock, remover = gone_remover(client)  # the deletecollection's budget on clock
     answer: Deferred[None] | None = None
     removal: Deferred[None] | None = None
     try:
@@ -485,12 +491,7 @@ async def test_a_deletecollections_own_delete_stops_waiting_at_its_budget(
         queue=queue,
     )
     api = Api(held=True)
-    clock = Clock()
-
-    async def gone(name: str) -> tuple[str, str | None]:
-        return ABSENT, None
-
-    remover = NamespaceRemover(Cascade(client, clock, concurrency=1), clock, gone)
+    clock, remover = gone_remover(client)
     leader: Deferred[Any] | None = None
     answer: Deferred[None] | None = None
     user: Deferred[Any] | None = None
@@ -644,12 +645,7 @@ async def test_a_removals_repair_stops_at_its_budget_after_writes_that_change_no
     client._delete_by_tag = False
     client._probe_valid_until = 0.0 if probe == "probe due" else math.inf
     api = Api(held=True)
-    clock = Clock()
-
-    async def gone(name: str) -> tuple[str, str | None]:
-        return ABSENT, None
-
-    remover = NamespaceRemover(Cascade(client, clock, concurrency=1), clock, gone)
+    clock, remover = gone_remover(client)
     removal: Deferred[None] | None = None
     leader: Deferred[Any] | None = None
     answer: Deferred[None] | None = None
