@@ -275,6 +275,21 @@ def retag_removal(
     return hold, proxy, clock, client, service
 
 
+def placeholder_removal(
+    registry: Any, repo: str, fault: str, shorter_than: float, budget: float, timeout: float
+) -> tuple[list[str], Deferred[None], FaultProxy, WaitClock, RegistryClient, TagsService]:
+    """A dangling tag v1 in ``repo``; a removal service through a proxy that gives the first
+    placeholder PUT of v1 ``fault`` and holds it until the test lets ``hold`` go. The PUTs of v1 seen
+    are noted in the list returned."""
+    make_dangling(registry, repo, images.push_oci_image(registry, repo, "v1"))
+    puts: list[str] = []
+    hold: Deferred[None] = Deferred()
+    proxy = FaultProxy(global_reactor, registry.url, first_placeholder(fault, repo, puts), hold=hold)
+    clock = WaitClock(shorter_than=shorter_than)
+    client, service = removal_service(proxy.url, clock, budget=budget, timeout=timeout)
+    return puts, hold, proxy, clock, client, service
+
+
 async def removal_until_it_waits(
     service: TagsService, namespace: str, clock: WaitClock
 ) -> tuple[Deferred[Any], list[float]]:
@@ -329,12 +344,9 @@ async def test_a_namespace_removal_is_not_done_while_a_repairs_placeholder_may_s
     (its log) that it found the namespace empty and waits for the write; every wait of the test
     also ends when the call does (a failure, not a hang)."""
     namespace = repo.partition("/")[0]
-    make_dangling(registry, repo, images.push_oci_image(registry, repo, "v1"))
-    puts: list[str] = []
-    hold: Deferred[None] = Deferred()
-    proxy = FaultProxy(global_reactor, registry.url, first_placeholder(fault, repo, puts), hold=hold)
-    clock = WaitClock(shorter_than=50.0)
-    client, service = removal_service(proxy.url, clock, budget=100.0, timeout=2.0)
+    puts, hold, proxy, clock, client, service = placeholder_removal(
+        registry, repo, fault, shorter_than=50.0, budget=100.0, timeout=2.0
+    )
     backoff = clock.waits()
     events: list[dict[str, Any]] = []  # the log, where the cascade says why it waits
     observe = cast(ILogObserver, events.append)
@@ -386,12 +398,9 @@ async def test_a_namespace_removal_whose_wait_for_a_late_write_outlasts_its_budg
     504 without Retry-After that says what may still land, and when. The next call, past that time,
     deletes what the write left and answers 200."""
     namespace = repo.partition("/")[0]
-    make_dangling(registry, repo, images.push_oci_image(registry, repo, "v1"))
-    puts: list[str] = []
-    hold: Deferred[None] = Deferred()
-    proxy = FaultProxy(global_reactor, registry.url, first_placeholder(GATEWAY_LATE, repo, puts), hold=hold)
-    clock = WaitClock(shorter_than=0.5)
-    client, service = removal_service(proxy.url, clock, budget=1.0, timeout=0.5)
+    puts, hold, proxy, clock, client, service = placeholder_removal(
+        registry, repo, GATEWAY_LATE, shorter_than=0.5, budget=1.0, timeout=0.5
+    )
     backoff = clock.waits()
     removing = Deferred.fromCoroutine(
         service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
