@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 
 from payloadtags.deferreds import bounded_map
 from payloadtags.names import TagRef, split_repository
-from payloadtags.registry import Catalog, Manifest, Registry
+from payloadtags.registry import Catalog, Manifest, Registry, namespace_of
 from payloadtags.registry.blobcache import BlobCache
 from payloadtags.registry.content import (
     MAX_JSON_DEPTH,
@@ -139,7 +139,7 @@ async def guessed_tags(tags: Callable[[str], Awaitable[tuple[str, ...]]], reposi
     except RegistryAuthFailed as e:
         if not e.denied:
             raise
-        namespace = repository.partition("/")[0]
+        namespace = namespace_of(repository)
         raise RegistryAuthFailed(
             f"{e.message} (reading the tags of {repository}, which is read because distribution 2.8 "
             "leaves it out of a catalog seek from a name nested in it, where a catalog page ends: the "

@@ -28,6 +28,7 @@ from payloadtags.identity import UserInfo
 from payloadtags.inventory import Inventory
 from payloadtags.limits import WatchLimits
 from payloadtags.names import TagRef, split_repository
+from payloadtags.registry import namespace_of
 from payloadtags.watch.listed import Listed, ListedScopes
 from payloadtags.watch.openings import Opening, Openings
 from payloadtags.watch.rules import PageDecisions, RulesLedger, UserKey, user_key
@@ -390,7 +391,7 @@ class WatchHub:
             scope = live.get(source)
             if scope is None:
                 scope = live[source] = set(_namespaces(source))
-            waiting = {repository.partition("/")[0] for repository in source.fanout.waiting(watcher)}
+            waiting = {namespace_of(repository) for repository in source.fanout.waiting(watcher)}
             keep = scope | waiting
             watcher.forget_rules(keep.__contains__)
 
@@ -772,7 +773,7 @@ def _namespaces(source: ScopeSource) -> Iterable[str]:
     """The namespaces whose rules decide what a watch of ``source``'s scope sends."""
     if source.namespace is not None:
         return (source.namespace,)
-    return {repository.partition("/")[0] for repository in source.tags}
+    return set(map(namespace_of, source.tags))
 
 
 __all__ = ["InventoryReader", "TooManyWatches", "WatchHub", "WatchLimits", "WatchSlot"]
