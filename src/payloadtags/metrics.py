@@ -17,7 +17,7 @@ from twisted.internet.defer import CancelledError
 
 from payloadtags.access.authn import UserInfo
 from payloadtags.access.authz import Authorizer
-from payloadtags.registry import Before, CatalogPage, Check, Manifest, Registry, Sent, Waiting
+from payloadtags.registry import Before, CatalogPage, Check, Manifest, Registry, WriteHooks
 from payloadtags.registry.client import MAX_CATALOG_PAGE
 from payloadtags.registry.errors import (
     RegistryDeleteDisabled,
@@ -196,7 +196,7 @@ class InstrumentedRegistry:
         *,
         cancel_is_timeout: bool = False,
     ) -> T:
-        """``checks``: the caller's checks of a mutation (`Before`, `Check`). One that stopped the
+        """``checks``: the caller's checks of a mutation (`WriteHooks`). One that stopped the
         operation stopped it before a request, for the caller's reasons, not the registry's: then it
         is neither counted nor told as a failure. The time they took is not the registry's either.
         With ``cancel_is_timeout``, a cancel is counted and told as a timeout: the caller gives the
@@ -267,15 +267,10 @@ class InstrumentedRegistry:
         repository: str,
         tag: str,
         *,
-        before: Before | None = None,
-        check: Check | None = None,
-        sent: Sent | None = None,
-        waiting: Waiting | None = None,
+        hooks: WriteHooks | None = None,
     ) -> str | None:
-        checks = _Checks(self.clock, before, check, waiting)
-        call = self.inner.delete_tag(
-            repository, tag, before=checks.before(), check=checks.check(), sent=sent, waiting=checks.waiting
-        )
+        checks = _Checks(self.clock, hooks if hooks is not None else WriteHooks())
+        call = self.inner.delete_tag(repository, tag, hooks=checks.hooks())
         return await self._measure("delete_tag", call, checks)
 
     async def delete_manifest(
@@ -283,20 +278,10 @@ class InstrumentedRegistry:
         repository: str,
         digest: str,
         *,
-        before: Before | None = None,
-        check: Check | None = None,
-        sent: Sent | None = None,
-        waiting: Waiting | None = None,
+        hooks: WriteHooks | None = None,
     ) -> None:
-        checks = _Checks(self.clock, before, check, waiting)
-        call = self.inner.delete_manifest(
-            repository,
-            digest,
-            before=checks.before(),
-            check=checks.check(),
-            sent=sent,
-            waiting=checks.waiting,
-        )
+        checks = _Checks(self.clock, hooks if hooks is not None else WriteHooks())
+        call = self.inner.delete_manifest(repository, digest, hooks=checks.hooks())
         return await self._measure("delete_manifest", call, checks)
 
     async def close(self) -> None:
@@ -305,18 +290,22 @@ class InstrumentedRegistry:
 
 @attrs.define
 class _Checks:
-    """A mutation's checks (`Before`, `Check`), noting whether one stopped it (raised) and how long
-    the confirmations took, with its waits for the repository's turn, a confirmation's turn and a
-    connection slot (`Waiting`): another delete's cluster-API `GET` is no more the registry's time
-    than this delete's own."""
+    """A mutation's checks (`WriteHooks.before`, `WriteHooks.check`), noting whether one stopped it
+    (raised) and how long the confirmations took, with its waits for the repository's turn, a
+    confirmation's turn and a connection slot (`WriteHooks.waiting`): another delete's cluster-API
+    `GET` is no more the registry's time than this delete's own."""
 
     clock: Callable[[], float]
-    _before: Before | None
-    _check: Check | None
-    _waiting: Waiting | None = None
+    _hooks: WriteHooks
     stopped: bool = False
     spent: float = 0.0
     _waited_from: float | None = None
+
+    def hooks(self) -> WriteHooks:
+        """The hooks the registry client is given: the caller's, watched; `sent` as it is."""
+        return WriteHooks(
+            before=self.before(), check=self.check(), sent=self._hooks.sent, waiting=self.waiting
+        )
 
     def waiting(self, begins: bool) -> None:
         if begins:
@@ -324,11 +313,11 @@ class _Checks:
         elif self._waited_from is not None:
             self.spent += self.clock() - self._waited_from
             self._waited_from = None
-        if self._waiting is not None:
-            self._waiting(begins)
+        if self._hooks.waiting is not None:
+            self._hooks.waiting(begins)
 
     def before(self) -> Before | None:
-        before = self._before
+        before = self._hooks.before
         if before is None:
             return None
 
@@ -345,7 +334,7 @@ class _Checks:
         return checked
 
     def check(self) -> Check | None:
-        check = self._check
+        check = self._hooks.check
         if check is None:
             return None
 

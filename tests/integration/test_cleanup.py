@@ -24,7 +24,7 @@ from payloadtags.cleanup import Aborted, Cascade, CascadeResult, Unconfirmed, na
 from payloadtags.cleanup.cascade import Walk
 from payloadtags.cleanup.removal import namespace_remover
 from payloadtags.cleanup.sweep import ABSENT, EXISTS, TERMINATING, UNKNOWN, Sweep, require_gone
-from payloadtags.registry import Before, Check, RegistryClient, RegistrySettings, Sent, Waiting
+from payloadtags.registry import RegistryClient, RegistrySettings, WriteHooks
 from payloadtags.registry.errors import RegistryUnavailable
 from tests.support import images
 from tests.support.cleanup_fixtures import *  # noqa: F403
@@ -33,6 +33,7 @@ from tests.support.kubeapi import KubeApiDouble, eventually
 from tests.support.kubeapi.resources import LEASES, NAMESPACES
 from tests.support.logcapture import collected_logs
 from tests.support.registry_server import RegistryServer
+from tests.support.write_hooks import run_hooks
 
 
 def create_namespace(api: KubeApiDouble, name: str) -> None:
@@ -463,12 +464,9 @@ def after_first_delete(registry: RegistryClient, then: Callable[[], Awaitable[No
         repository: str,
         digest: str,
         *,
-        before: Before | None = None,
-        check: Check | None = None,
-        sent: Sent | None = None,
-        waiting: Waiting | None = None,
+        hooks: WriteHooks | None = None,
     ) -> None:
-        await real_delete(repository, digest, before=before, check=check, sent=sent, waiting=waiting)
+        await real_delete(repository, digest, hooks=hooks)
         deleted.append(digest)
         if len(deleted) == 1:
             await then()
@@ -563,18 +561,11 @@ async def test_a_delete_ready_after_the_namespace_is_created_anew_waits_for_a_ge
         repository: str,
         digest: str,
         *,
-        before: Before | None = None,
-        check: Check | None = None,
-        sent: Sent | None = None,
+        hooks: WriteHooks | None = None,
     ) -> None:
         # The checks in the repository's turn (the cascade's GET among them), then the request, which
         # here may take long to reach the registry.
-        if before is not None:
-            await before()
-        if check is not None:
-            check()
-        if sent is not None:
-            sent()
+        await run_hooks(hooks)
         if repository == f"{team}/other":
             if not other_deleted:
                 await app_sent

@@ -22,7 +22,7 @@ from payloadtags.cleanup.cascade import Aborted, Cascade, Unconfirmed
 from payloadtags.cleanup.removal import NamespaceRemover
 from payloadtags.cleanup.sweep import ABSENT
 from payloadtags.metrics import InstrumentedRegistry, Metrics
-from payloadtags.registry import RegistryClient, RegistrySettings
+from payloadtags.registry import RegistryClient, RegistrySettings, WriteHooks
 from payloadtags.registry.errors import RegistryUnavailable
 from payloadtags.registry.queue import RepositoryQueue
 from tests.support import images
@@ -277,7 +277,9 @@ async def test_a_delete_is_checked_again_after_its_tokens_round_trip(token_regis
             raise Aborted("no longer leading")
 
     asked = agent.arrived(lambda method, url: "scope=" in url and "delete" in url)
-    deleting = Deferred.fromCoroutine(client.delete_manifest(repository, digest, before=before))
+    deleting = Deferred.fromCoroutine(
+        client.delete_manifest(repository, digest, hooks=WriteHooks(before=before))
+    )
     try:
         await asked
         leading[0] = False
@@ -578,11 +580,11 @@ async def test_a_wait_for_another_deletes_confirmation_is_not_registry_time(
     try:
         asked = api.asked()
         first = Deferred.fromCoroutine(
-            instrumented.delete_manifest(f"{namespace}/a", first_digest, before=api.confirm)
+            instrumented.delete_manifest(f"{namespace}/a", first_digest, hooks=WriteHooks(before=api.confirm))
         )
         answer = await asked
         second = Deferred.fromCoroutine(
-            instrumented.delete_manifest(second_repository, second_digest, before=instant)
+            instrumented.delete_manifest(second_repository, second_digest, hooks=WriteHooks(before=instant))
         )
         turn: Deferred[None] = Deferred()
         reactor.callLater(0, turn.callback, None)
@@ -713,14 +715,14 @@ async def test_a_deletes_wait_for_a_connection_slot_is_not_registry_time(registr
     try:
         asked = api.asked()
         first = Deferred.fromCoroutine(
-            instrumented.delete_manifest(f"{namespace}/a", first_digest, before=api.confirm)
+            instrumented.delete_manifest(f"{namespace}/a", first_digest, hooks=WriteHooks(before=api.confirm))
         )
         answer = await asked  # holding a slot
         arrived = agent.arrived(lambda method, url: f"/v2/{namespace}/r/" in url)
         reads = [Deferred.fromCoroutine(client.resolve(f"{namespace}/r", tag)) for tag in ("z", "z1", "z2")]
         await arrived  # the three other slots held
         second = Deferred.fromCoroutine(
-            instrumented.delete_manifest(f"{namespace}/b", second_digest, check=check)
+            instrumented.delete_manifest(f"{namespace}/b", second_digest, hooks=WriteHooks(check=check))
         )
         turn: Deferred[None] = Deferred()
         reactor.callLater(0, turn.callback, None)

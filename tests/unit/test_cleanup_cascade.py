@@ -18,7 +18,7 @@ from payloadtags.cleanup.cascade import Aborted, Cascade, CascadeResult, LateWri
 from payloadtags.cleanup.metrics import CleanupMetrics
 from payloadtags.cleanup.watcher import NamespaceTriggers
 from payloadtags.kube import Backoff
-from payloadtags.registry import Before, CatalogPage, Check, Sent
+from payloadtags.registry import CatalogPage, WriteHooks
 from payloadtags.registry.content import skipped_by_seek
 from payloadtags.registry.errors import (
     RegistryConflict,
@@ -28,6 +28,7 @@ from payloadtags.registry.errors import (
     RegistryUnavailable,
 )
 from tests.support.logcapture import collected_logs
+from tests.support.write_hooks import run_hooks
 
 T = TypeVar("T")
 
@@ -77,16 +78,9 @@ class FakeRegistry:
         repository: str,
         manifest: str,
         *,
-        before: Before | None = None,
-        check: Check | None = None,
-        sent: Sent | None = None,
+        hooks: WriteHooks | None = None,
     ) -> None:
-        if before is not None:
-            await before()  # in the repository's turn, as the registry client runs it
-        if check is not None:
-            check()  # then right before the request leaves
-        if sent is not None:
-            sent()
+        await run_hooks(hooks)  # in the repository's turn, right before the request leaves
         self._gate("delete")
         tags = self.repos.get(repository, {})
         doomed = [tag for tag, d in tags.items() if d == manifest]
@@ -101,17 +95,10 @@ class FakeRegistry:
         repository: str,
         tag: str,
         *,
-        before: Before | None = None,
-        check: Check | None = None,
-        sent: Sent | None = None,
+        hooks: WriteHooks | None = None,
     ) -> str | None:
         """Only reached for tags that resolve to nothing: gone, as this fake has no dangling tags."""
-        if before is not None:
-            await before()
-        if check is not None:
-            check()
-        if sent is not None:
-            sent()
+        await run_hooks(hooks)
         self._gate("delete")
         self.tag_deletes.append((repository, tag))
         digest = self.repos.get(repository, {}).pop(tag, None)
@@ -399,12 +386,10 @@ class LoggingRegistry(FakeRegistry):
         repository: str,
         manifest: str,
         *,
-        before: Before | None = None,
-        check: Check | None = None,
-        sent: Sent | None = None,
+        hooks: WriteHooks | None = None,
     ) -> None:
         self.log.append("delete")
-        await super().delete_manifest(repository, manifest, before=before, check=check, sent=sent)
+        await super().delete_manifest(repository, manifest, hooks=hooks)
 
 
 @pytest.mark.parametrize("requests", [1, 2, 3, 4, 6])
@@ -575,16 +560,9 @@ class SlowDeletes(FakeRegistry):
         repository: str,
         manifest: str,
         *,
-        before: Before | None = None,
-        check: Check | None = None,
-        sent: Sent | None = None,
+        hooks: WriteHooks | None = None,
     ) -> None:
-        if before is not None:
-            await before()  # the checks in the turn; the request then takes a while to arrive
-        if check is not None:
-            check()
-        if sent is not None:
-            sent()
+        await run_hooks(hooks)  # the checks in the turn; the request then takes a while to arrive
         gate: Deferred[None] = Deferred()
         self.pending.append((repository, gate))
         await gate
@@ -702,16 +680,9 @@ class SlowRegistry(FakeRegistry):
         repository: str,
         manifest: str,
         *,
-        before: Before | None = None,
-        check: Check | None = None,
-        sent: Sent | None = None,
+        hooks: WriteHooks | None = None,
     ) -> None:
-        if before is not None:
-            await before()
-        if check is not None:
-            check()
-        if sent is not None:
-            sent()
+        await run_hooks(hooks)
         await self._slow("delete", FakeRegistry.delete_manifest, repository, manifest)
 
 

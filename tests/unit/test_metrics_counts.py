@@ -14,7 +14,8 @@ from twisted.internet.task import Clock, deferLater
 from payloadtags.access.authz import AlwaysAllow
 from payloadtags.identity import UserInfo
 from payloadtags.metrics import CountingAuthorizer, InstrumentedRegistry, Metrics
-from payloadtags.registry import Before, Check, RegistryNotFound, RegistryUnavailable, Sent, Waiting
+from payloadtags.registry import Before, Check, RegistryNotFound, RegistryUnavailable, WriteHooks
+from tests.support.write_hooks import run_hooks
 
 
 class Registry:
@@ -41,11 +42,8 @@ class Deleting:
         self.clock = clock
         self.takes = takes
 
-    async def _write(self, before: Before | None, check: Check | None) -> None:
-        if before is not None:
-            await before()
-        if check is not None:
-            check()
+    async def _write(self, hooks: WriteHooks | None) -> None:
+        await run_hooks(hooks)
         if self.clock is not None:
             await deferLater(self.clock, self.takes, lambda: None)
         if self.error is not None:
@@ -56,24 +54,18 @@ class Deleting:
         repository: str,
         digest: str,
         *,
-        before: Before | None = None,
-        check: Check | None = None,
-        sent: Sent | None = None,
-        waiting: Waiting | None = None,
+        hooks: WriteHooks | None = None,
     ) -> None:
-        await self._write(before, check)
+        await self._write(hooks)
 
     async def delete_tag(
         self,
         repository: str,
         tag: str,
         *,
-        before: Before | None = None,
-        check: Check | None = None,
-        sent: Sent | None = None,
-        waiting: Waiting | None = None,
+        hooks: WriteHooks | None = None,
     ) -> str | None:
-        await self._write(before, check)
+        await self._write(hooks)
         return None
 
 
@@ -81,8 +73,8 @@ def delete(
     registry: InstrumentedRegistry, operation: str, before: Before | None = None, check: Check | None = None
 ) -> Awaitable[object]:
     if operation == "delete_manifest":
-        return registry.delete_manifest("team/app", "sha256:" + "1" * 64, before=before, check=check)
-    return registry.delete_tag("team/app", "v1", before=before, check=check)
+        return registry.delete_manifest("team/app", "sha256:" + "1" * 64, hooks=WriteHooks(before, check))
+    return registry.delete_tag("team/app", "v1", hooks=WriteHooks(before, check))
 
 
 def samples(metrics: Metrics, name: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -148,7 +140,7 @@ def test_access_decisions_are_counted_by_verb_and_decision(inner: object) -> Non
 async def test_a_delete_its_caller_stopped_before_sending_is_not_a_registry_operation(
     operation: str, stopped_by: str
 ) -> None:
-    """A cascade's checks right before a write (`Before`, `Check`) that say stop send nothing more:
+    """A cascade's checks right before a write (`WriteHooks`) that say stop send nothing more:
     that is not a failed registry request, and not told to the failure log."""
     metrics, failures = Metrics(), []
 

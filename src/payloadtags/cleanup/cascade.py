@@ -55,7 +55,7 @@ from payloadtags.deferreds import bounded_each, gather
 from payloadtags.inventory import CatalogCursor, guessed_tags
 from payloadtags.kube import Backoff
 from payloadtags.names import is_namespace
-from payloadtags.registry import Before, Catalog, Check, LateWrites, Sent, namespace_of
+from payloadtags.registry import Catalog, LateWrites, WriteHooks, namespace_of
 from payloadtags.registry.content import catalog_key, skipped_by_seek
 from payloadtags.registry.errors import RegistryConflict, RegistryError, RegistryNotFound, RegistryReadOnly
 
@@ -261,17 +261,15 @@ class CascadeRegistry(Catalog, Protocol):
 
     async def resolve(self, repository: str, reference: str, /) -> str: ...
 
-    # ``before``, ``check``: run right before each write request leaves, ``sent`` told then (`Before`,
-    # `Check`, `Sent`).
+    # ``hooks``: ``before``, ``check`` run right before each write request leaves, ``sent`` told then
+    # (`WriteHooks`).
     async def delete_manifest(
         self,
         repository: str,
         digest: str,
         /,
         *,
-        before: Before | None = None,
-        check: Check | None = None,
-        sent: Sent | None = None,
+        hooks: WriteHooks | None = None,
     ) -> None: ...
 
     async def delete_tag(
@@ -280,9 +278,7 @@ class CascadeRegistry(Catalog, Protocol):
         tag: str,
         /,
         *,
-        before: Before | None = None,
-        check: Check | None = None,
-        sent: Sent | None = None,
+        hooks: WriteHooks | None = None,
     ) -> str | None: ...
 
 
@@ -681,9 +677,7 @@ class Cascade:
         try:
             try:
                 await checks.mutate(
-                    lambda before, check, sent: self.registry.delete_manifest(
-                        repository, digest, before=before, check=check, sent=sent
-                    )
+                    lambda hooks: self.registry.delete_manifest(repository, digest, hooks=hooks)
                 )
             except RegistryNotFound:
                 state.progress += 1  # someone else deleted it first: the goal is reached all the same
@@ -713,9 +707,7 @@ class Cascade:
         try:
             try:
                 digest = await checks.mutate(
-                    lambda before, check, sent: self.registry.delete_tag(
-                        repository, tag, before=before, check=check, sent=sent
-                    )
+                    lambda hooks: self.registry.delete_tag(repository, tag, hooks=hooks)
                 )
             except (RegistryNotFound, RegistryConflict) as e:
                 if e.unanswered:
@@ -756,7 +748,7 @@ class Cascade:
 @attrs.frozen
 class _Checks:
     """A cascade's checks before each of its deletes: the cluster API's answer (`Confirm`) and the
-    guard, which the registry client makes right before each write request leaves (`Before`, `Check`):
+    guard, which the registry client makes right before each write request leaves (`WriteHooks`):
     in the repository's turn (`RepositoryQueue`), with the request's connection slot held and its
     token at hand; the guard after the confirmation, and again after a token's round trip. A check
     made before any of those waits would let the request leave whenever the wait ends, however much
@@ -816,7 +808,7 @@ class _Checks:
             if timer.active():
                 timer.cancel()
 
-    async def _attempt(self, call: Callable[[Before | None, Check, Sent], Awaitable[T]]) -> T:
+    async def _attempt(self, call: Callable[[WriteHooks], Awaitable[T]]) -> T:
         sent = False
 
         def leaving() -> None:
@@ -827,10 +819,10 @@ class _Checks:
             sent = True
 
         before = self.once if self.confirm is not None else None
-        work = ensureDeferred(_awaited(call(before, self.check, leaving)))
+        work = ensureDeferred(_awaited(call(WriteHooks(before=before, check=self.check, sent=leaving))))
         return await self.bounded(work, lambda: sent)
 
-    async def mutate(self, call: Callable[[Before | None, Check, Sent], Awaitable[T]]) -> T:
+    async def mutate(self, call: Callable[[WriteHooks], Awaitable[T]]) -> T:
         backoff = self.backoff()
         retries = self.retries
         while True:

@@ -35,7 +35,7 @@ from .errors import (
     RegistryTimeout,
     RegistryUnavailable,
 )
-from .interface import Before, Catalog, Check, Registry, Sent, Waiting
+from .interface import Before, Catalog, Check, Registry, Sent, Waiting, WriteHooks
 from .late import LateWrites, namespace_of
 from .queue import RepositoryQueue
 
@@ -73,6 +73,7 @@ __all__ = [
     "RepositoryQueue",
     "Sent",
     "Waiting",
+    "WriteHooks",
     "asking",
     "is_valid_digest",
     "is_valid_repository",

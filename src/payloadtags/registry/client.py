@@ -72,7 +72,7 @@ from .errors import (
     RegistryTimeout,
     RegistryUnavailable,
 )
-from .interface import Before, Check, Sent, Waiting
+from .interface import Waiting, WriteHooks
 from .late import LateWrites, namespace_of
 from .queue import RepositoryQueue
 from .transport import BodyTooLarge, BytesProducer, KeptEndpoints, OriginRequests, TLSPolicy, read_body
@@ -107,6 +107,8 @@ SETTLE_TRIES = 3
 # 404 when they are, 405 UNSUPPORTED when storage deletes are off, a bare 405 when it is read-only.
 _PROBE_DIGEST = "sha256:" + "0" * 64
 _LINK_NEXT_RE = re.compile(r'<([^>]*)>\s*;[^,]*?rel\s*=\s*"?next"?', re.IGNORECASE)
+# A mutation whose caller gave no hooks: nothing to check before its writes (`_gated`).
+_NO_HOOKS = WriteHooks()
 
 log = Logger()
 
@@ -129,16 +131,6 @@ class RegistrySettings:
     ca_file: str | None = None  # CA bundle for an https registry, trusted besides the system CAs
     timeout: float = attrs.field(default=10.0, validator=positive)  # seconds per registry request
     max_connections: int = attrs.field(default=16, validator=positive)
-
-
-@attrs.frozen
-class _Gate:
-    """A mutation's checks before a write request leaves (`RegistryClient._gated`)."""
-
-    before: Before | None
-    check: Check | None
-    sent: Sent | None = None
-    waiting: Waiting | None = None
 
 
 @attrs.frozen
@@ -282,10 +274,10 @@ class RegistryClient:
         # The pool keeps idle connections; this bounds the busy ones, so a burst of API requests
         # queues here instead of opening hundreds of sockets to the registry.
         self._slots = DeferredSemaphore(settings.max_connections)
-        # Writes whose caller asks the cluster API first (`Before`) hold their slot through that call:
-        # at most a quarter of the slots (at least one) go to them at once, the others wait for a
-        # confirmation's turn before taking a slot, so reads and the API's own deletes still get one
-        # however slow the cluster API is.
+        # Writes whose caller asks the cluster API first (`WriteHooks.before`) hold their slot through
+        # that call: at most a quarter of the slots (at least one) go to them at once, the others wait
+        # for a confirmation's turn before taking a slot, so reads and the API's own deletes still get
+        # one however slow the cluster API is.
         self._confirming = DeferredSemaphore(max(1, settings.max_connections // 4))
         self._auth = Authenticator(reactor, settings.username, settings.password, self._get_token, self._name)
         # Identical reads (catalog pages, tag lists) not yet sent are made once for every caller.
@@ -307,10 +299,10 @@ class RegistryClient:
         self._probe_valid_until = 0.0
         # Every mutation of a repository waits for the earlier ones of this process to finish.
         self._queue = queue if queue is not None else RepositoryQueue()
-        # The caller's checks of the mutation holding a repository's turn (`Before`, `Check`), made
+        # The caller's checks of the mutation holding a repository's turn (`WriteHooks`), made
         # right before each of its write requests leaves (`_call`): one mutation per repository at a
         # time, so the repository names it.
-        self._gates: dict[str, _Gate] = {}
+        self._gates: dict[str, WriteHooks] = {}
         #: Called with (kind, "repository:tag", read, answered) for each conditional write: from the
         #: read it is conditional on to the write's answer (reactor seconds), the time in which another
         #: client's push to that tag can be overwritten. kind: retag, restore or repair.
@@ -617,20 +609,17 @@ class RegistryClient:
         repository: str,
         digest: str,
         *,
-        before: Before | None = None,
-        check: Check | None = None,
-        sent: Sent | None = None,
-        waiting: Waiting | None = None,
+        hooks: WriteHooks | None = None,
     ) -> None:
         """Delete a manifest by digest. The registry untags every tag that points at it.
 
         Queued behind the other mutations of the repository in this process (`RepositoryQueue`);
-        ``before`` and ``check`` run in the repository's turn, right before the DELETE is sent, on
-        every attempt (`Before`, `Check`); ``sent`` is told then, ``waiting`` of the waits for the
-        repository's turn, a confirmation's turn and a slot (`Sent`, `Waiting`)."""
+        the ``hooks``' ``before`` and ``check`` run in the repository's turn, right before the DELETE
+        is sent, on every attempt; ``sent`` is told then, ``waiting`` of the waits for the
+        repository's turn, a confirmation's turn and a slot (`WriteHooks`)."""
         self._check_repository(repository)
         self._check_digest(digest)
-        gate = _Gate(before, check, sent, waiting)
+        gate = hooks if hooks is not None else _NO_HOOKS
         async with self._turn(repository, gate.waiting), self._gated(repository, gate):
             await self._delete_manifest(repository, digest)
 
@@ -655,14 +644,14 @@ class RegistryClient:
                 waiting(False)
 
     @contextlib.asynccontextmanager
-    async def _gated(self, repository: str, gate: _Gate) -> AsyncIterator[None]:
+    async def _gated(self, repository: str, gate: WriteHooks) -> AsyncIterator[None]:
         """The caller's checks, made before each write of the mutation holding the repository's turn.
 
         At the last moment, not once in the turn, nor before it: a check made before a wait (in the
         repository's line, for a connection slot, for a token) would let the request leave whenever
         that wait ends, however much later (a namespace created anew by then, a lost Lease, a budget
         spent); and a mutation's later writes (a repair's PUT) follow reads of their own."""
-        if gate == _Gate(None, None):
+        if gate == _NO_HOOKS:
             yield
             return
         if gate.check is not None:
@@ -679,10 +668,7 @@ class RegistryClient:
         repository: str,
         tag: str,
         *,
-        before: Before | None = None,
-        check: Check | None = None,
-        sent: Sent | None = None,
-        waiting: Waiting | None = None,
+        hooks: WriteHooks | None = None,
     ) -> str | None:
         """Remove exactly this tag and return the digest it pointed at (None: a dangling tag).
 
@@ -704,18 +690,18 @@ class RegistryClient:
         outcome: cut short between its writes, it would leave the tag on the copy it wrote, and
         nobody told. Cancelled before that, it stops.
 
-        ``before`` runs in the repository's turn right before each request that changes a manifest or
-        the tag (the DELETE by tag, a re-tag or repair PUT, the DELETE of the copy, a restore), after
-        the read it is conditional on; ``check`` right before each write request; ``sent`` told right
-        before each of those that change a manifest or the tag (`Before`, `Check`, `Sent`); ``waiting``
-        of its waits for the repository's turn, a confirmation's turn and a slot (`Waiting`). Raising
-        stops the delete there, with that request not sent: also a delete carried on after its caller
+        The ``hooks``' ``before`` runs in the repository's turn right before each request that changes
+        a manifest or the tag (the DELETE by tag, a re-tag or repair PUT, the DELETE of the copy, a
+        restore), after the read it is conditional on; ``check`` right before each write request;
+        ``sent`` told right before each of those that change a manifest or the tag; ``waiting`` of its
+        waits for the repository's turn, a confirmation's turn and a slot (`WriteHooks`). Raising stops
+        the delete there, with that request not sent: also a delete carried on after its caller
         stopped waiting.
         """
         self._check_repository(repository)
         self._check_tag(tag)
         writing: Deferred[None] = Deferred()
-        gate = _Gate(before, check, sent, waiting)
+        gate = hooks if hooks is not None else _NO_HOOKS
         work = Deferred.fromCoroutine(self._delete_tag_in_turn(repository, tag, writing, gate))
         if not self._finish_begun_deletes:
             return await work
@@ -731,7 +717,7 @@ class RegistryClient:
         )
 
     async def _delete_tag_in_turn(
-        self, repository: str, tag: str, writing: Deferred[None], gate: _Gate
+        self, repository: str, tag: str, writing: Deferred[None], gate: WriteHooks
     ) -> str | None:
         """`delete_tag`'s work, in the repository's turn; fires ``writing`` before its first write."""
         return await self._delete_tag_steps(repository, tag, writing, gate)
@@ -761,7 +747,7 @@ class RegistryClient:
             del self._late_puts[repository]
 
     async def _delete_tag_steps(
-        self, repository: str, tag: str, writing: Deferred[None], gate: _Gate
+        self, repository: str, tag: str, writing: Deferred[None], gate: WriteHooks
     ) -> str | None:
         async with (
             self._turn(repository, gate.waiting),
@@ -1406,9 +1392,9 @@ class RegistryClient:
             raise self._auth.rejected(reply.header("WWW-Authenticate"))
         return reply
 
-    def _ready(self, method: str, url: str, scope: str) -> _Gate | None:
+    def _ready(self, method: str, url: str, scope: str) -> WriteHooks | None:
         """The checks a request must pass right before it leaves: for a write of a repository whose
-        turn a mutation with checks holds; the confirmation (`Before`) and `Sent` only where a manifest
+        turn a mutation with checks holds; the confirmation (``before``) and ``sent`` only where a manifest
         or tag changes, not for a blob upload or the probe (a delete of a digest that does not exist):
         those change no tag, so a caller that stops waiting after them (a budget spent while a later
         write waits for a confirmation's turn) loses nothing."""
@@ -1418,7 +1404,7 @@ class RegistryClient:
         if gate is None:
             return None
         if "/manifests/" not in url or _PROBE_DIGEST in url:
-            return _Gate(None, gate.check)
+            return WriteHooks(check=gate.check)
         return gate
 
     async def _get_token(self, request: TokenRequest) -> TokenAnswer:
@@ -1463,7 +1449,7 @@ class RegistryClient:
         on_send: Callable[[], object] | None = None,
         *,
         peer: str | None = None,
-        ready: _Gate | None = None,
+        ready: WriteHooks | None = None,
     ) -> _Reply:
         """One HTTP request and its body within settings.timeout, or a RegistryError.
 
@@ -1509,7 +1495,7 @@ class RegistryClient:
                 if ready.check is not None:
                     ready.check()
                 if ready.sent is not None:
-                    ready.sent()  # from here it leaves (`Sent`)
+                    ready.sent()  # from here it leaves (`WriteHooks.sent`)
             if on_send is not None:
                 if self._reads_at_turn_end:
                     await self._turn_end()

@@ -14,36 +14,57 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+import attrs
+
 from .content import CatalogPage, Manifest
 
 Before = Callable[[], Awaitable[None]]
-"""A caller's confirmation, made before each request of a mutation that changes a manifest or a tag
-(a manifest `PUT` or `DELETE`; not the blob uploads nor a probe that deletes nothing): in the
-repository's turn (`RepositoryQueue`), with the request's connection slot held and, where the
-registry wants a token, a token for its scope at hand, so that only the request's own round trip
-follows it. Raising stops the mutation there, with that request not sent. The repository's other
-mutations in this process wait while it runs: keep it to one call, retried (if at all) by the
-caller, outside the turn."""
+"""A caller's confirmation before a write request of a mutation leaves (`WriteHooks.before`)."""
 
 Check = Callable[[], None]
-"""A caller's synchronous last check, made at the very last moment before each write request of a
-mutation leaves (after `Before`, after any token round trip, on every attempt), and once before the
-mutation's first read, when it takes the repository's turn (nothing read for a mutation already told
-to stop): raising stops the mutation there, with that request not sent."""
+"""A caller's synchronous last check before a write request of a mutation leaves (`WriteHooks.check`)."""
 
 Sent = Callable[[], None]
-"""Told right before each request of a mutation that changes a manifest or a tag leaves (a manifest
-`PUT` or `DELETE`, as for `Before`; not a blob upload, nor the probe, which change no tag), its
-`Check` passed: from here the request may reach the registry. Not told for the `Check` made on
-taking the repository's turn: a mutation that has not been told may still be stopped (cancelled)
-with nothing changed, while it waits for a confirmation's turn, a connection slot or a token."""
+"""Told when a write request of a mutation may reach the registry (`WriteHooks.sent`)."""
 
 Waiting = Callable[[bool], None]
-"""Told True when a mutation starts waiting for what is not the registry answering it, False when
-that wait ends: for its repository's turn (behind the process's other mutations of the repository,
-their confirmations included), and before each of its manifest writes for a confirmation's turn
-(held by other mutations' confirmations, the cluster API's time) and a connection slot (held by
-other requests, a confirmation among them)."""
+"""Told when a mutation starts and stops waiting for what is not the registry (`WriteHooks.waiting`)."""
+
+
+@attrs.frozen
+class WriteHooks:
+    """A caller's hooks into one mutation of the registry (`Registry.delete_tag`,
+    `Registry.delete_manifest`), passed whole from the caller to the request that leaves. Each is
+    optional; none given (`WriteHooks()`, or no value at all) the mutation runs unwatched."""
+
+    before: Before | None = None
+    """A caller's confirmation, made before each request of a mutation that changes a manifest or a tag
+    (a manifest `PUT` or `DELETE`; not the blob uploads nor a probe that deletes nothing): in the
+    repository's turn (`RepositoryQueue`), with the request's connection slot held and, where the
+    registry wants a token, a token for its scope at hand, so that only the request's own round trip
+    follows it. Raising stops the mutation there, with that request not sent. The repository's other
+    mutations in this process wait while it runs: keep it to one call, retried (if at all) by the
+    caller, outside the turn."""
+
+    check: Check | None = None
+    """A caller's synchronous last check, made at the very last moment before each write request of a
+    mutation leaves (after `before`, after any token round trip, on every attempt), and once before the
+    mutation's first read, when it takes the repository's turn (nothing read for a mutation already told
+    to stop): raising stops the mutation there, with that request not sent."""
+
+    sent: Sent | None = None
+    """Told right before each request of a mutation that changes a manifest or a tag leaves (a manifest
+    `PUT` or `DELETE`, as for `before`; not a blob upload, nor the probe, which change no tag), its
+    `check` passed: from here the request may reach the registry. Not told for the `check` made on
+    taking the repository's turn: a mutation that has not been told may still be stopped (cancelled)
+    with nothing changed, while it waits for a confirmation's turn, a connection slot or a token."""
+
+    waiting: Waiting | None = None
+    """Told True when a mutation starts waiting for what is not the registry answering it, False when
+    that wait ends: for its repository's turn (behind the process's other mutations of the repository,
+    their confirmations included), and before each of its manifest writes for a confirmation's turn
+    (held by other mutations' confirmations, the cluster API's time) and a connection slot (held by
+    other requests, a confirmation among them)."""
 
 
 class Catalog(Protocol):
@@ -84,15 +105,12 @@ class Registry(Catalog, Protocol):
         tag: str,
         /,
         *,
-        before: Before | None = None,
-        check: Check | None = None,
-        sent: Sent | None = None,
-        waiting: Waiting | None = None,
+        hooks: WriteHooks | None = None,
     ) -> str | None:
         """Remove exactly one tag, never a sibling sharing its manifest; returns the digest it named
         (None for a dangling tag, whose manifest the registry no longer has). A write that a push
-        meanwhile would make overwrite it raises RegistryConflict instead. ``before``, ``check``,
-        ``sent``, ``waiting``: see `Before`, `Check`, `Sent` and `Waiting`."""
+        meanwhile would make overwrite it raises RegistryConflict instead. ``hooks``: see
+        `WriteHooks`."""
         ...
 
     async def delete_manifest(
@@ -101,13 +119,9 @@ class Registry(Catalog, Protocol):
         digest: str,
         /,
         *,
-        before: Before | None = None,
-        check: Check | None = None,
-        sent: Sent | None = None,
-        waiting: Waiting | None = None,
+        hooks: WriteHooks | None = None,
     ) -> None:
-        """Remove a manifest and every tag that names it. ``before``, ``check``, ``sent``, ``waiting``:
-        see `Before`, `Check`, `Sent`, `Waiting`."""
+        """Remove a manifest and every tag that names it. ``hooks``: see `WriteHooks`."""
         ...
 
     async def close(self) -> None:
@@ -115,4 +129,4 @@ class Registry(Catalog, Protocol):
         ...
 
 
-__all__ = ["Before", "Catalog", "Check", "Registry", "Sent", "Waiting"]
+__all__ = ["Before", "Catalog", "Check", "Registry", "Sent", "Waiting", "WriteHooks"]
