@@ -20,6 +20,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import Interface, implementer, providedBy
 
 from payloadtags.api.errors import ApiError
+from payloadtags.http import channel as channel_module
 from payloadtags.http.channel import (
     CLOSE_GRACE,
     STALL_CHECK,
@@ -30,6 +31,7 @@ from payloadtags.http.channel import (
     _drain,
     _provide_as,
 )
+from payloadtags.http.eviction import EvictionOrder
 from payloadtags.limits import LINGER, HttpLimits
 
 
@@ -324,6 +326,17 @@ def _table(
     return LimitedConnections(site, limit, on_refused=events.append, probe_connections=probes), events, clock
 
 
+def _handshake(opened: tuple[ClientConnection, StringTransport] | None, front_proxy: bool) -> None:
+    """The connection's TLS handshake is done, with the front proxy's certificate or not."""
+    assert opened is not None
+    wrapper, transport = opened
+    certificate = object()
+    transport.getHandle = lambda: certificate  # type: ignore[attr-defined]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(channel_module, "verified_peer_chain", lambda handle: (handle,) if front_proxy else ())
+        wrapper.handshakeCompleted()
+
+
 def _open(
     table: LimitedConnections, clock: Clock, host: str
 ) -> tuple[ClientConnection, StringTransport] | None:
@@ -406,6 +419,135 @@ def test_one_address_flooding_a_full_server_takes_two_probe_places_and_never_chu
     assert _open(table, clock, "10.6.6.6") is None
     assert events == ["refused"]
     assert not kubelet.disconnecting
+
+
+def test_choosing_whom_to_evict_looks_at_a_few_connections_however_many_are_open() -> None:
+    """On a full table every new connection chooses whom to evict. Looking at every open connection
+    for it made a flood of n connects cost n² looks: the candidates are kept in their order instead,
+    and a choice looks at a few, whether someone can be evicted or not; the choice is the same."""
+    size = 300
+    table, events, clock = _table(limit=size, probes=0, per_client=size)
+    oldest = _asking(table, clock, "10.0.0.1")
+    for i in range(1, size - 1):
+        _asking(table, clock, f"10.0.{i // 250}.{i % 250 + 1}")  # being answered: not to be evicted
+    before = table.examined
+    flood = [_open(table, clock, "10.9.9.9") for _ in range(50)]  # each evicts the one before
+    assert events == ["evicted"] * 49
+    assert [opened[1].disconnecting for opened in flood if opened is not None] == [True] * 49 + [False]
+    assert table.examined - before <= 50 * 3
+    table.site.resource.held[0].finish()  # the oldest connection's answer is done: it is idle now
+    clock.advance(0)
+    before = table.examined
+    newcomer = _open(table, clock, "10.9.9.8")
+    assert table.examined - before <= 3
+    # Of the two idle connections of no proven client, the older one goes.
+    assert oldest.disconnecting and flood[-1] is not None and not flood[-1][1].disconnecting
+    assert events[-1] == "evicted"
+    for opened in (flood[-1], newcomer):
+        assert opened is not None
+        opened[0].dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    clock.advance(0)
+    before = table.examined
+    events.clear()
+    for _ in range(50):  # everyone is being answered, no one can go (and there are no probe places)
+        assert _open(table, clock, "10.9.9.7") is None
+    assert events == ["refused"] * 50
+    assert table.examined - before <= 50
+
+
+class _Proving(_ProbesAdmitted):
+    def proves(self, request: Request) -> bool:
+        return request.path == b"/proven"
+
+
+def _scanned_choice(table: LimitedConnections) -> ClientConnection | None:
+    """Whom eviction took when it looked at every connection, oldest first (before the order was kept)."""
+    best, best_rank = None, 6
+    for wrapper in table.protocols:
+        if wrapper in table._evicted or wrapper in table._probes:
+            continue
+        channel = wrapper.wrappedProtocol
+        if channel.serving:
+            if not channel.stalled:
+                continue
+            rank = 2
+        else:
+            rank = 1 if channel.proven > 0 else 0
+        if wrapper.front_proxy:
+            rank += 3
+        if rank < best_rank:
+            best, best_rank = wrapper, rank
+    return best
+
+
+def test_the_order_kept_chooses_whom_eviction_chose_by_looking_at_every_connection() -> None:
+    """Connections asked, answered, proven, stalled, reading again, front-proxied and closed at
+    random: each new connection on the full table evicts the one a look at every connection picked."""
+    import random
+
+    rng = random.Random(35)
+    clock = Clock()
+    size = 12
+    limits = HttpLimits(max_connections=size, max_connections_per_client=1000)
+    site = GuardedSite(_Held(), limits, _Proving(), reactor=clock)
+    table = LimitedConnections(site, size, probe_connections=0, front_proxy=lambda chain: True)
+    site.resource.held.clear()
+    evictions = 0
+    for step in range(3000):
+        live = [w for w in table.protocols if w not in table._evicted]
+        action = rng.choice(["open", "open", "ask", "answer", "stall", "read", "proxy", "close"])
+        if action == "open" or not live:
+            expected = _scanned_choice(table) if len(live) >= size else None
+            opened = _open(table, clock, f"10.0.{step % 7}.1")
+            if expected is not None:
+                assert expected in table._evicted, step
+                evictions += 1
+                expected.connectionLost(Failure(ConnectionDone()))
+            elif len(live) >= size:
+                assert opened is None
+            continue
+        wrapper = rng.choice(live)
+        channel = wrapper.wrappedProtocol
+        if action == "ask" and not channel.requests:
+            path = rng.choice([b"/x", b"/proven"])
+            wrapper.dataReceived(b"GET " + path + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+        elif action == "answer":
+            for request in site.resource.held:
+                if getattr(request, "channel", None) is channel and not request.finished:
+                    request.finish()
+            site.resource.held[:] = [r for r in site.resource.held if getattr(r, "channel", None)]
+        elif action == "stall" and channel.serving:
+            channel.pauseProducing()
+        elif action == "read" and channel.stalled:
+            channel.resumeProducing()
+        elif action == "proxy" and not wrapper.front_proxy:
+            _handshake((wrapper, wrapper.transport), front_proxy=True)
+        elif action == "close":
+            wrapper.connectionLost(Failure(ConnectionDone()))
+        clock.advance(0)
+    assert evictions > 300
+
+
+def test_the_eviction_order_holds_a_bounded_number_of_stale_entries() -> None:
+    """Connections moving between ranks, and closing, leave entries behind in the order's heaps:
+    those are dropped once they outnumber the live ones, so a long-lived server holds no closed
+    connection's entry for long, and a connection that comes back to a rank keeps its place."""
+    order: EvictionOrder[int] = EvictionOrder(3)
+    for item in range(100):
+        order.place(item, item, 0)
+    for _ in range(50):  # every connection asks and is answered, again and again
+        for item in range(100):
+            order.place(item, item, None if item % 2 else 1)
+            order.place(item, item, 0)
+    assert order.first() == 0
+    for item in range(1000, 101_000):  # connections come and go
+        order.place(item, item, 0)
+        order.place(item, item, None)
+    assert all(len(heap) <= 2 * 100 + 16 for heap in order._heaps)
+    order.place(0, 0, 2)
+    assert order.first() == 1
+    order.place(0, 0, 0)
+    assert order.first() == 0  # back at its place: the oldest
 
 
 # --- request heads: the pool of large heads, line lengths, chunk lines -----------------------------

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import itertools
 import json
 import socket
 import sys
@@ -52,6 +53,7 @@ from zope.interface import directlyProvides, implementer, providedBy
 from payloadtags.api.errors import ApiError, bad_request, internal, too_many_requests
 from payloadtags.deferreds import Waiters
 from payloadtags.http.clients import ClientKey, Clients, FairScheduler, address_key, connection_key
+from payloadtags.http.eviction import EvictionOrder
 from payloadtags.limits import (
     FRONT_PROXY_HEAD_BYTES,
     HEAD_BYTES,
@@ -154,6 +156,9 @@ def head_too_large(limit: int) -> ApiError:
 
 # The longest line of a head (Twisted's HTTPChannel.MAX_LENGTH), its line end not counted.
 MAX_LINE = 16384
+
+# The ranks of GuardedChannel.eviction_rank: 0 to 5.
+EVICTION_RANKS = 6
 
 # Go's parseHexUint: a chunk size of more than 16 hex digits is over 64 bits.
 MAX_CHUNK_SIZE_DIGITS = 16
@@ -296,7 +301,8 @@ class GuardedChannel(http.HTTPChannel):
     _refusing = False
     _admitting = False
     _lost = False
-    _replay_pending = False
+    _replaying = False  # behind the property _replay_pending
+    _handling = False  # behind the property _handlingRequest
     proven = 0  # requests of an authenticated user answered on this connection: eviction spares them
     # Taken in over --max-connections while every connection was being answered: it may only ask a
     # health probe, and closes after its answer (LimitedConnections).
@@ -304,7 +310,11 @@ class GuardedChannel(http.HTTPChannel):
     host = ""  # the source address
     client_key: ClientKey = ("address", "")  # whose turn a request of this connection takes
     _deadline: IDelayedCall | None = None
-    _deadline_kind = ""
+    _kind = ""  # behind the property _deadline_kind
+    # Told the connection's rank for eviction (eviction_rank) whenever it changes, by the table that
+    # may evict it (LimitedConnections); None while nobody is to be told.
+    ranked: Callable[[int | None], None] | None = None
+    _rank: int | None = None  # the rank last told
     # While "stalled": when the client last took something (as far as the looks tell), and the bytes
     # that waited to be sent at the last look (None: the transport does not tell).
     _reading_at = 0.0
@@ -328,6 +338,69 @@ class GuardedChannel(http.HTTPChannel):
         """Whether its client has stopped taking the response being written (eviction takes such
         ones before it refuses a new connection)."""
         return self._deadline_kind == "stalled"
+
+    # -- the rank for eviction ----------------------------------------------------------------------
+    # What the rank depends on is set through these properties (Twisted's own code sets
+    # _handlingRequest), so that the table that evicts is told every change as it happens and keeps
+    # its candidates in order, rather than looking at every connection for each new one.
+
+    @property
+    def _handlingRequest(self) -> bool:
+        return self._handling
+
+    @_handlingRequest.setter
+    def _handlingRequest(self, value: bool) -> None:
+        self._handling = value
+        self.rerank()
+
+    @property
+    def _replay_pending(self) -> bool:
+        return self._replaying
+
+    @_replay_pending.setter
+    def _replay_pending(self, value: bool) -> None:
+        self._replaying = value
+        self.rerank()
+
+    @property
+    def _deadline_kind(self) -> str:
+        return self._kind
+
+    @_deadline_kind.setter
+    def _deadline_kind(self, value: str) -> None:
+        self._kind = value
+        self.rerank()
+
+    def eviction_rank(self) -> int | None:
+        """Which connections a new one evicts first (LimitedConnections._evict), lowest first; None:
+        this one is not to be evicted (being answered to a client that reads, or closed).
+
+        0. of no proven client, not being answered: a flood of idle or slow connections, or of ones
+           that were answered only probes, 401s or 404s (which anyone gets);
+        1. of an authenticated client, idle between requests;
+        2. whose client has stopped taking the response written to it (a list it does not read, a
+           watch it left): it loses nothing it was reading;
+        3-5. the same three of the verified front proxy's: kube-apiserver carries every user of the
+           aggregated API on its connections, and a request it sends on one closed under it fails
+           when it may not be retried (a DELETE)."""
+        if self._lost:
+            return None
+        if self.serving:
+            if not self.stalled:
+                return None
+            rank = 2
+        else:
+            rank = 1 if self.proven > 0 else 0
+        return rank + 3 if self.front_proxy else rank
+
+    def rerank(self) -> None:
+        ranked = self.ranked
+        if ranked is None:
+            return
+        rank = self.eviction_rank()
+        if rank != self._rank:
+            self._rank = rank
+            ranked(rank)
 
     # -- deadlines ----------------------------------------------------------------------------------
     # A connection has one delayed call, kept for its life and moved as its deadline changes (the head
@@ -393,7 +466,7 @@ class GuardedChannel(http.HTTPChannel):
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self._lost = True
-        self._deadline_kind = ""
+        self._deadline_kind = ""  # and out of the eviction order
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
@@ -551,6 +624,7 @@ class GuardedChannel(http.HTTPChannel):
     def requestDone(self, request: http.Request) -> None:
         if isinstance(request, Request) and self.site.admission.proves(request):
             self.proven += 1
+            self.rerank()
         self._give_back_head()
         if request.code == 401 and self.client_key[0] == "address":
             self.site.clients.unauthenticated(self.host)
@@ -816,6 +890,7 @@ class ClientConnection(ProtocolWrapper):
             self.factory.clients.front_proxy(self.host)
             self.wrappedProtocol.client_key = connection_key()
             self.wrappedProtocol.front_proxy = True
+            self.wrappedProtocol.rerank()
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         if not self._lost:
@@ -840,14 +915,16 @@ def _no_front_proxy(chain: tuple[x509.Certificate, ...]) -> bool:
 
 class LimitedConnections(WrappingFactory):
     """Holds at most ``limit`` connections, and a few more for health probes. At the limit, a new
-    connection evicts one (see _evict): first those of no proven client (a flood's, idle, dribbling
-    its head, or answered only probes and 401s), then those idle between requests, then those whose
-    client stopped reading what is written to it; the verified front proxy's (kube-apiserver's) only
-    when no other can go. When every connection is being answered (watches, lists being read), the
-    new one is still taken in, into PROBE_CONNECTIONS more: it may only ask a health probe and closes
-    after the answer (anything else gets 429), so a full server still answers the kubelet; one
-    address holds at most PROBE_CONNECTIONS_PER_CLIENT of those (see _probe_place). Otherwise the
-    new connection is closed at once, as is one from an address at its cap, before anyone is evicted."""
+    connection evicts one (see GuardedChannel.eviction_rank): first those of no proven client (a
+    flood's, idle, dribbling its head, or answered only probes and 401s), then those idle between
+    requests, then those whose client stopped reading what is written to it; the verified front
+    proxy's (kube-apiserver's) only when no other can go. The candidates are kept in that order as
+    their state changes (EvictionOrder): a choice looks at a few connections, not at every one. When
+    every connection is being answered (watches, lists being read), the new one is still taken in,
+    into PROBE_CONNECTIONS more: it may only ask a health probe and closes after the answer (anything
+    else gets 429), so a full server still answers the kubelet; one address holds at most
+    PROBE_CONNECTIONS_PER_CLIENT of those (see _probe_place). Otherwise the new connection is closed
+    at once, as is one from an address at its cap, before anyone is evicted."""
 
     protocol = ClientConnection
 
@@ -870,7 +947,15 @@ class LimitedConnections(WrappingFactory):
         self._evicted: set[ProtocolWrapper] = set()
         # Connections taken in over the limit, for a probe only (never among the evicted), oldest first.
         self._probes: dict[ClientConnection, None] = {}
+        # The others, as eviction would take them; each numbered in the order they came.
+        self._order: EvictionOrder[ClientConnection] = EvictionOrder(EVICTION_RANKS)
+        self._numbers = itertools.count()
         self._closed: Waiters[None] = Waiters()
+
+    @property
+    def examined(self) -> int:
+        """Connections looked at to choose whom to evict, all told (the tests count them)."""
+        return self._order.examined
 
     def drain(self) -> Deferred[None]:
         """What Go's http.Server.Shutdown does to its connections: idle ones close now, every other
@@ -883,7 +968,11 @@ class LimitedConnections(WrappingFactory):
 
     def unregisterProtocol(self, p: BaseProtocol) -> None:
         super().unregisterProtocol(p)
-        self._probes.pop(p, None)  # type: ignore[call-overload]
+        if isinstance(p, ClientConnection):
+            p.wrappedProtocol.ranked = None
+            self._order.place(p, 0, None)
+            self._probes.pop(p, None)
+        self._evicted.discard(p)
         if not self.protocols:
             self._closed.fire(None)
 
@@ -896,8 +985,6 @@ class LimitedConnections(WrappingFactory):
             if self.on_refused is not None:
                 self.on_refused("client-limit")
             return None
-        if self._evicted:
-            self._evicted &= self.protocols.keys()
         held = len(self.protocols) - len(self._evicted) - len(self._probes)
         probe_only = held >= self.limit and not self._evict()
         if probe_only and not self._probe_place(host):
@@ -907,11 +994,15 @@ class LimitedConnections(WrappingFactory):
             return None
         wrapper = super().buildProtocol(addr)
         assert isinstance(wrapper, ClientConnection)
-        wrapper.host = wrapper.wrappedProtocol.host = host
-        wrapper.wrappedProtocol.client_key = address_key(host)
+        channel = wrapper.wrappedProtocol
+        wrapper.host = channel.host = host
+        channel.client_key = address_key(host)
         if probe_only:
-            wrapper.wrappedProtocol.probe_only = True
+            channel.probe_only = True
             self._probes[wrapper] = None
+        else:
+            channel.ranked = functools.partial(self._order.place, wrapper, next(self._numbers))
+            channel.rerank()
         return wrapper
 
     def _probe_place(self, host: str) -> bool:
@@ -919,19 +1010,28 @@ class LimitedConnections(WrappingFactory):
         PROBE_CONNECTIONS_PER_CLIENT of those places, and a full pool gives one up only for an address
         that holds fewer than the one it is taken from. One address's flood of bare connections, each
         costing it only a connect, so never churns the kubelet's probe connection out of the pool."""
+        return self._room_among(
+            self._probes, host, len(self._probes) < self.probe_connections, PROBE_CONNECTIONS_PER_CLIENT
+        )
+
+    def _room_among(
+        self, places: dict[ClientConnection, None], host: str, free: bool, cap: int | None = None
+    ) -> bool:
+        """Whether ``places`` (a pool of at most a few dozen) has room for a connection from ``host``:
+        the address holds fewer than ``cap``, and the pool is not full (``free``) or gives up the
+        oldest of its connections not answering a probe, of the address holding most, if that holds
+        more than ``host`` does."""
         held: dict[str, int] = {}
-        for wrapper in self._probes:
+        for wrapper in places:
             held[wrapper.host] = held.get(wrapper.host, 0) + 1
         mine = held.get(host, 0)
-        if mine >= PROBE_CONNECTIONS_PER_CLIENT:
+        if cap is not None and mine >= cap:
             return False
-        if len(self._probes) < self.probe_connections:
+        if free:
             return True
-        # The oldest connection not answering a probe, of the address holding most places, if it
-        # holds more than this one.
         best: ClientConnection | None = None
         most = mine
-        for wrapper in self._probes:  # oldest first
+        for wrapper in places:  # oldest first
             if wrapper in self._evicted or getattr(wrapper.wrappedProtocol, "serving", True):
                 continue
             if held[wrapper.host] > most:
@@ -942,6 +1042,8 @@ class LimitedConnections(WrappingFactory):
         return True
 
     def _drop(self, wrapper: ClientConnection) -> None:
+        wrapper.wrappedProtocol.ranked = None
+        self._order.place(wrapper, 0, None)
         self._probes.pop(wrapper, None)
         self._evicted.add(wrapper)
         if self.on_refused is not None:
@@ -949,39 +1051,12 @@ class LimitedConnections(WrappingFactory):
         wrapper.transport.abortConnection()
 
     def _evict(self) -> bool:
-        """Closes one connection to make room (not one taken in for probes); False when every one
-        is being answered. The oldest first of the first of these that has one:
-
-        0. connections of no proven client, not being answered: a flood of idle or slow connections,
-           or of ones that were answered only probes, 401s or 404s (which anyone gets);
-        1. connections of an authenticated client, idle between requests;
-        2. connections whose client has stopped taking the response written to it (a list it does
-           not read, a watch it left): it loses nothing it was reading;
-        3. the same three of the verified front proxy's: kube-apiserver carries every user of the
-           aggregated API on its connections, and a request it sends on one closed under it fails
-           when it may not be retried (a DELETE).
-        """
-        best: Any = None  # a ClientConnection (its transport is the TLS layer)
-        best_rank = 6
-        for wrapper in self.protocols:
-            if wrapper in self._evicted or wrapper in self._probes:
-                continue
-            channel = wrapper.wrappedProtocol
-            if getattr(channel, "serving", True):
-                if not getattr(channel, "stalled", False):
-                    continue
-                rank = 2
-            else:
-                rank = 1 if getattr(channel, "proven", 0) > 0 else 0
-            if getattr(wrapper, "front_proxy", False):
-                rank += 3
-            if rank < best_rank:
-                best, best_rank = wrapper, rank
-                if rank == 0:
-                    break
-        if best is None:
+        """Closes the first connection of the eviction order to make room (none taken in over the
+        limit); False when there is none: every one is being answered to a client that reads."""
+        first = self._order.first()
+        if first is None:
             return False
-        self._drop(best)
+        self._drop(first)
         return True
 
 
