@@ -40,6 +40,13 @@ PROBE_CONNECTIONS = 16
 # Of those, how many one address may hold: a flood of bare connects from one address fills no more,
 # and cannot churn out the kubelet's (one probe, one connection at a time).
 PROBE_CONNECTIONS_PER_CLIENT = 2
+# Connections taken in over --max-connections, when every one is being answered, for the verified
+# front proxy (kube-apiserver, which opens several connections to an aggregated server and carries
+# every user of the aggregated API on them): a client's flood holding every connection does not make
+# the API unavailable to every kubectl user. Only a TLS handshake tells the front proxy's connection
+# from another, so a new one takes a place provisionally and keeps it only if its handshake shows the
+# front proxy's certificate (docs/hardening.md, "Connections").
+FRONT_PROXY_CONNECTIONS = 16
 # Of --max-connections, the share open watches may hold (each holds its connection for as long as it
 # lasts: HTTP/1.1, no HTTP/2): the rest stays for everything else, kube-apiserver's other requests
 # included, as kube-apiserver keeps watches out of its in-flight limits but not out of its capacity.

@@ -41,7 +41,7 @@ from payloadtags.identity import UserInfo
 from payloadtags.inventory import Inventory
 from payloadtags.kube import ClusterClient, KubeClient, Reflector
 from payloadtags.lifecycle import OrderedServices, Part, StopSignals
-from payloadtags.limits import held_watch_limits, watch_limits
+from payloadtags.limits import FRONT_PROXY_CONNECTIONS, held_watch_limits, watch_limits
 from payloadtags.listen import listen
 from payloadtags.logs import DEBUG_VERBOSITY, begin_logging
 from payloadtags.metrics import CountingAuthorizer, InstrumentedRegistry, Metrics
@@ -498,7 +498,11 @@ async def start(
     )
     site = GuardedSite(api.resource(), settings.http, api, reactor=reactor, monotonic=monotonic)
     connections = LimitedConnections(
-        site, settings.http.max_connections, front_proxy=authentication.is_front_proxy
+        site,
+        settings.http.max_connections,
+        front_proxy=authentication.is_front_proxy,
+        # Without a front proxy to verify, no connection could keep a place kept for it.
+        front_proxy_connections=FRONT_PROXY_CONNECTIONS if settings.requestheader_client_ca_file else 0,
     )
     front = Serving(
         reactor, settings, GuardedTLSFactory(context_factory, False, connections), connections, api, mode

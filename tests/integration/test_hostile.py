@@ -795,6 +795,91 @@ async def test_watches_leave_connections_to_others_and_a_full_server_answers_pro
         await proxy.stop()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_server_full_of_another_clients_answers_still_serves_the_front_proxy(
+    make_server, registry, repo, reactor, front_proxy
+):
+    """Every connection is held by one client, each being answered (lists its registry does not
+    answer yet, so none can be evicted): kube-apiserver's front proxy still gets in, on several
+    connections, and is answered as ever; another client's extra connection is not (it may ask a
+    probe only), and /livez still answers."""
+    ca, proxy_cert = front_proxy
+    namespace = repo.split("/")[0]
+    slow = f"{namespace}slow"
+    images.push_oci_image(registry, f"{slow}/app", "v1")
+    hold: defer.Deferred[None] = defer.Deferred()
+    proxy = FaultProxy(
+        reactor,
+        registry.url,
+        lambda method, path: STALL if path.startswith(f"/v2/{slow}/") else None,
+        hold=hold,
+    )
+    held: list[ssl.SSLSocket] = []
+    try:
+        api = await make_server(
+            proxy.url,
+            http=HttpLimits(max_connections=4, request_timeout=HANG_GUARD),
+            requestheader_client_ca_file=str(ca.cert_file),
+            requestheader_allowed_names=("front-proxy-client",),
+        )
+        t = target(api)
+        connections = api.running.connections
+        for _ in range(4):
+            sock = await in_thread(t.connect, api.pki.admin, timeout=HANG_GUARD)
+            held.append(sock)
+            await in_thread(
+                sock.sendall, request_bytes("GET", f"{B}/namespaces/{slow}/payloadrepositorytags")
+            )
+        await until(
+            lambda: (
+                len(connections.protocols) == 4
+                and all(w.wrappedProtocol.serving for w in connections.protocols)
+            ),
+            reactor,
+        )
+        # kube-apiserver opens several connections, each kept alive and asked again.
+        proxied = {"X-Remote-User": "alice"}
+        front: list[tuple[ssl.SSLSocket, bytearray]] = []
+        for _ in range(3):
+            sock = await in_thread(t.connect, proxy_cert, timeout=HANG_GUARD)
+            held.append(sock)
+            front.append((sock, bytearray()))
+        for _ in range(2):
+            for sock, buffer in front:
+                await in_thread(sock.sendall, request_bytes("GET", "/version", proxied))
+                reply = await in_thread(read_reply, sock, buffer)
+                assert reply.code == 200, reply
+                assert reply.headers.get("connection") != "close"
+        # Another client's extra connection (a client certificate, not the front proxy's) is not
+        # served: taken in for a probe only.
+        other = await in_thread(exchange, t, request_bytes("GET", "/version"), api.pki.admin)
+        assert other.is_status(429), other
+        # With its address's two probe places held, it is closed as soon as its handshake is done.
+        for _ in range(2):
+            held.append(await in_thread(t.connect, timeout=HANG_GUARD))
+        await until(lambda: len(connections._probes) == 2, reactor)
+        refusals: list[str] = []
+        connections.on_refused = refusals.append
+        extra = await in_thread(t.connect, api.pki.admin, timeout=HANG_GUARD)
+        held.append(extra)
+        assert await in_thread(closed_within, extra, HANG_GUARD)
+        assert refusals == ["refused"]
+        assert len(connections._front_proxy_places) == 3
+        # The kubelet's probe, from the node's address, is answered; so is kube-apiserver.
+        with await in_thread(t.connect, timeout=HANG_GUARD, source="127.0.0.3") as kubelet:
+            await in_thread(kubelet.sendall, request_bytes("GET", "/livez"))
+            assert (await in_thread(read_reply, kubelet)).code == 200
+        sock, buffer = front[0]
+        await in_thread(sock.sendall, request_bytes("GET", "/version", proxied))
+        assert (await in_thread(read_reply, sock, buffer)).code == 200
+    finally:
+        for sock in held:
+            sock.close()
+        if not hold.called:
+            hold.callback(None)
+        await proxy.stop()
+
+
 async def until(condition: Any, reactor: Any) -> None:
     for _ in range(int(HANG_GUARD / 0.02)):
         if condition():

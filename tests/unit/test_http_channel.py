@@ -29,6 +29,7 @@ from payloadtags.http.channel import (
     GuardedSite,
     LimitedConnections,
     _drain,
+    _no_front_proxy,
     _provide_as,
 )
 from payloadtags.http.eviction import EvictionOrder
@@ -317,13 +318,22 @@ class _ProbesAdmitted(_Admitting):
 
 
 def _table(
-    limit: int, probes: int = 16, per_client: int = 100
+    limit: int, probes: int = 16, per_client: int = 100, front_proxy_places: int = 0
 ) -> tuple[LimitedConnections, list[str], Clock]:
     clock = Clock()
     limits = HttpLimits(max_connections=limit, max_connections_per_client=per_client)
     site = GuardedSite(_Held(), limits, _ProbesAdmitted(), reactor=clock)
     events: list[str] = []
-    return LimitedConnections(site, limit, on_refused=events.append, probe_connections=probes), events, clock
+    table = LimitedConnections(
+        site,
+        limit,
+        on_refused=events.append,
+        probe_connections=probes,
+        # A chain is the front proxy's here when there is one (see _handshake).
+        front_proxy=(lambda chain: True) if front_proxy_places else _no_front_proxy,
+        front_proxy_connections=front_proxy_places,
+    )
+    return table, events, clock
 
 
 def _handshake(opened: tuple[ClientConnection, StringTransport] | None, front_proxy: bool) -> None:
@@ -491,6 +501,7 @@ def test_the_order_kept_chooses_whom_eviction_chose_by_looking_at_every_connecti
     limits = HttpLimits(max_connections=size, max_connections_per_client=1000)
     site = GuardedSite(_Held(), limits, _Proving(), reactor=clock)
     table = LimitedConnections(site, size, probe_connections=0, front_proxy=lambda chain: True)
+    table.front_proxy_connections = 0
     site.resource.held.clear()
     evictions = 0
     for step in range(3000):
@@ -548,6 +559,56 @@ def test_the_eviction_order_holds_a_bounded_number_of_stale_entries() -> None:
     assert order.first() == 1
     order.place(0, 0, 0)
     assert order.first() == 0  # back at its place: the oldest
+
+
+def test_a_full_server_keeps_places_for_the_front_proxy_and_a_flood_holds_them_for_its_handshakes() -> None:
+    """Every connection is being answered: a new one is taken in provisionally, into the places kept
+    for the front proxy. Its handshake decides: the front proxy's keeps its place and is served as any
+    other connection (and is never evicted from it); any other leaves it at once, for a probe place or
+    closed. A flood from one address fills the places only until kube-apiserver's address, holding
+    none, asks for one."""
+    table, events, clock = _table(limit=1, probes=2, front_proxy_places=3)
+    _asking(table, clock, "10.0.0.1")  # the table is full and nothing can be evicted
+    flood = [_open(table, clock, "10.6.6.6") for _ in range(3)]
+    assert all(o is not None and o[0].wrappedProtocol.probe_only for o in flood)  # until proven
+    assert not events
+    # The pool is full of the flood's handshakes: kube-apiserver's address holds none of them, and
+    # takes the flood's oldest place.
+    apiserver = _open(table, clock, "10.1.1.1")
+    assert apiserver is not None
+    assert events == ["evicted"]
+    assert flood[0] is not None and flood[0][1].disconnecting
+    _handshake(apiserver, front_proxy=True)
+    channel = apiserver[0].wrappedProtocol
+    assert not channel.probe_only
+    apiserver[0].dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    clock.advance(0)
+    assert channel.serving  # answered as any other connection
+    # The flood's handshakes: its connections leave their places, two for probe places (its
+    # share), the third closed.
+    events.clear()
+    for opened in flood[1:]:
+        _handshake(opened, front_proxy=False)
+    assert [o[0].wrappedProtocol.probe_only for o in flood[1:] if o is not None] == [True, True]
+    assert not any(o[1].disconnecting for o in flood[1:] if o is not None)
+    third = _open(table, clock, "10.6.6.6")
+    _handshake(third, front_proxy=False)
+    assert third is not None and third[1].disconnecting
+    assert events == ["refused"]
+    # kube-apiserver's connection, idle now, keeps its place: a new connection does not evict it.
+    table.site.resource.held[-1].finish()
+    clock.advance(0)
+    assert not channel.serving
+    events.clear()
+    handshaking = [_open(table, clock, "10.7.7.7") for _ in range(2)]  # the two places left
+    assert not apiserver[1].disconnecting
+    assert events == []
+    # A full pool gives up a place that is not kube-apiserver's: the oldest handshake of the address
+    # holding most.
+    assert _open(table, clock, "10.7.7.8") is not None
+    assert events == ["evicted"]
+    assert handshaking[0] is not None and handshaking[0][1].disconnecting
+    assert not apiserver[1].disconnecting
 
 
 # --- request heads: the pool of large heads, line lengths, chunk lines -----------------------------

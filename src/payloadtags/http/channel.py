@@ -55,6 +55,7 @@ from payloadtags.deferreds import Waiters
 from payloadtags.http.clients import ClientKey, Clients, FairScheduler, address_key, connection_key
 from payloadtags.http.eviction import EvictionOrder
 from payloadtags.limits import (
+    FRONT_PROXY_CONNECTIONS,
     FRONT_PROXY_HEAD_BYTES,
     HEAD_BYTES,
     HEADER_LINE_COST,
@@ -891,6 +892,7 @@ class ClientConnection(ProtocolWrapper):
             self.wrappedProtocol.client_key = connection_key()
             self.wrappedProtocol.front_proxy = True
             self.wrappedProtocol.rerank()
+        self.factory.handshaken(self)
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         if not self._lost:
@@ -914,17 +916,28 @@ def _no_front_proxy(chain: tuple[x509.Certificate, ...]) -> bool:
 
 
 class LimitedConnections(WrappingFactory):
-    """Holds at most ``limit`` connections, and a few more for health probes. At the limit, a new
-    connection evicts one (see GuardedChannel.eviction_rank): first those of no proven client (a
-    flood's, idle, dribbling its head, or answered only probes and 401s), then those idle between
-    requests, then those whose client stopped reading what is written to it; the verified front
-    proxy's (kube-apiserver's) only when no other can go. The candidates are kept in that order as
-    their state changes (EvictionOrder): a choice looks at a few connections, not at every one. When
-    every connection is being answered (watches, lists being read), the new one is still taken in,
-    into PROBE_CONNECTIONS more: it may only ask a health probe and closes after the answer (anything
-    else gets 429), so a full server still answers the kubelet; one address holds at most
-    PROBE_CONNECTIONS_PER_CLIENT of those (see _probe_place). Otherwise the new connection is closed
-    at once, as is one from an address at its cap, before anyone is evicted."""
+    """Holds at most ``limit`` connections, and a few more for health probes and for the front proxy.
+    At the limit, a new connection evicts one (see GuardedChannel.eviction_rank): first those of no
+    proven client (a flood's, idle, dribbling its head, or answered only probes and 401s), then those
+    idle between requests, then those whose client stopped reading what is written to it; the verified
+    front proxy's (kube-apiserver's) only when no other can go. The candidates are kept in that order
+    as their state changes (EvictionOrder): a choice looks at a few connections, not at every one.
+
+    When every connection is being answered (watches, lists being read), the new one is still taken
+    in, over the limit:
+
+    * into FRONT_PROXY_CONNECTIONS places kept for the verified front proxy, provisionally: only its
+      TLS handshake can tell whose it is. The front proxy's keeps its place and is served as any
+      other; any other leaves it as soon as its handshake is done, for a probe place or closed. A full
+      pool gives a provisional place up only to an address holding fewer of them than another (see
+      _room_among), so a flood holds them for no more than its handshakes take, and never all of them
+      against kube-apiserver's address;
+    * else into PROBE_CONNECTIONS more: it may only ask a health probe and closes after the answer
+      (anything else gets 429), so a full server still answers the kubelet; one address holds at most
+      PROBE_CONNECTIONS_PER_CLIENT of those.
+
+    Otherwise the new connection is closed at once, as is one from an address at its cap, before
+    anyone is evicted."""
 
     protocol = ClientConnection
 
@@ -935,18 +948,25 @@ class LimitedConnections(WrappingFactory):
         on_refused: Callable[[str], None] | None = None,
         front_proxy: Callable[[tuple[x509.Certificate, ...]], bool] = _no_front_proxy,
         probe_connections: int = PROBE_CONNECTIONS,
+        front_proxy_connections: int = FRONT_PROXY_CONNECTIONS,
     ):
         super().__init__(site)
         self.limit = limit
         self.probe_connections = probe_connections
+        # Without a front proxy to verify (no --requestheader-client-ca-file), no connection could keep
+        # such a place: each would only cost a handshake.
+        self.front_proxy_connections = 0 if front_proxy is _no_front_proxy else front_proxy_connections
         self.on_refused = on_refused
         self.front_proxy = front_proxy
         self.site = site
         self.clients = site.clients
         self.scheduler = site.scheduler
         self._evicted: set[ProtocolWrapper] = set()
-        # Connections taken in over the limit, for a probe only (never among the evicted), oldest first.
+        # Connections taken in over the limit, never among the evicted, each oldest first: for a probe
+        # only; provisionally for the front proxy, until their handshake is done; the front proxy's.
         self._probes: dict[ClientConnection, None] = {}
+        self._provisional: dict[ClientConnection, None] = {}
+        self._front_proxy_places: dict[ClientConnection, None] = {}
         # The others, as eviction would take them; each numbered in the order they came.
         self._order: EvictionOrder[ClientConnection] = EvictionOrder(EVICTION_RANKS)
         self._numbers = itertools.count()
@@ -972,6 +992,8 @@ class LimitedConnections(WrappingFactory):
             p.wrappedProtocol.ranked = None
             self._order.place(p, 0, None)
             self._probes.pop(p, None)
+            self._provisional.pop(p, None)
+            self._front_proxy_places.pop(p, None)
         self._evicted.discard(p)
         if not self.protocols:
             self._closed.fire(None)
@@ -985,25 +1007,60 @@ class LimitedConnections(WrappingFactory):
             if self.on_refused is not None:
                 self.on_refused("client-limit")
             return None
-        held = len(self.protocols) - len(self._evicted) - len(self._probes)
-        probe_only = held >= self.limit and not self._evict()
-        if probe_only and not self._probe_place(host):
-            self.clients.closed(host, counted=True)
-            if self.on_refused is not None:
-                self.on_refused("refused")
-            return None
+        over = len(self._evicted) + len(self._probes) + len(self._provisional) + len(self._front_proxy_places)
+        place: dict[ClientConnection, None] | None = None
+        if len(self.protocols) - over >= self.limit and not self._evict():
+            if self._provisional_place(host):
+                place = self._provisional
+            elif self._probe_place(host):
+                place = self._probes
+            else:
+                self.clients.closed(host, counted=True)
+                if self.on_refused is not None:
+                    self.on_refused("refused")
+                return None
         wrapper = super().buildProtocol(addr)
         assert isinstance(wrapper, ClientConnection)
         channel = wrapper.wrappedProtocol
         wrapper.host = channel.host = host
         channel.client_key = address_key(host)
-        if probe_only:
+        if place is not None:
             channel.probe_only = True
-            self._probes[wrapper] = None
+            place[wrapper] = None
         else:
             channel.ranked = functools.partial(self._order.place, wrapper, next(self._numbers))
             channel.rerank()
         return wrapper
+
+    def handshaken(self, wrapper: ClientConnection) -> None:
+        """A connection's TLS handshake is done (ClientConnection has seen whether it is the front
+        proxy's). One taken in provisionally keeps its place if it is the front proxy's, and is served
+        as any other connection; any other leaves it at once: for a probe place, as a new connection
+        over the limit would take one, or closed."""
+        if wrapper not in self._provisional:
+            return
+        del self._provisional[wrapper]
+        if wrapper.front_proxy:
+            self._front_proxy_places[wrapper] = None
+            wrapper.wrappedProtocol.probe_only = False
+        elif self._probe_place(wrapper.host):
+            self._probes[wrapper] = None
+        else:
+            self._evicted.add(wrapper)
+            if self.on_refused is not None:
+                self.on_refused("refused")
+            wrapper.transport.abortConnection()
+
+    def _provisional_place(self, host: str) -> bool:
+        """Whether a connection from ``host`` may be taken in provisionally for the front proxy. Only
+        the front proxy's stays once its handshake is done; until then a full pool gives a provisional
+        place up to an address that holds fewer than another (see _room_among): kube-apiserver's
+        address, whose connections stay in the pool only as the front proxy's, holds none of the
+        provisional places but while it makes a handshake."""
+        if not self.front_proxy_connections:
+            return False
+        taken = len(self._provisional) + len(self._front_proxy_places)
+        return self._room_among(self._provisional, host, taken < self.front_proxy_connections)
 
     def _probe_place(self, host: str) -> bool:
         """Whether a connection from ``host`` may be taken in for a probe: each address holds at most
@@ -1045,6 +1102,7 @@ class LimitedConnections(WrappingFactory):
         wrapper.wrappedProtocol.ranked = None
         self._order.place(wrapper, 0, None)
         self._probes.pop(wrapper, None)
+        self._provisional.pop(wrapper, None)
         self._evicted.add(wrapper)
         if self.on_refused is not None:
             self.on_refused("evicted")
