@@ -764,6 +764,10 @@ class Inventory:
         # Too deeply nested to show: left out, as a config that is not JSON is.
         return config if isinstance(config, dict) and not nested_deeper_than(config, MAX_JSON_DEPTH) else None
 
+    async def digest(self, ref: TagRef) -> str:
+        """The digest the tag names now."""
+        return await self.client.resolve(ref.repository, ref.tag)
+
     async def delete(self, ref: TagRef) -> str | None:
         return await self.client.delete_tag(ref.repository, ref.tag)
 

@@ -592,6 +592,38 @@ async def test_a_tag_by_tag_deletecollection_waits_within_its_budget_for_a_retag
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_tag_by_tag_deletecollection_keeps_a_push_of_a_selected_name_made_while_it_waits(
+    registry, repo
+) -> None:
+    """As above, but the re-tag never lands: another client pushes a new image as v1 while the call
+    waits for it. The call's next pass deleted whatever v1 then named, the other client's image, and
+    answered 200 (review-ds D1). It deletes only where a late write of this process would leave a tag
+    (the re-tag's copy here); a name pointing anywhere else is kept and answered the first pass's
+    retriable 503, as a push of the same name before its first look is."""
+    namespace, _, path = repo.partition("/")
+    hold, proxy, clock, client, service = retag_removal(registry, repo, shorter_than=50.0, budget=100.0)
+    _state(service, EXISTS)
+    async with released(proxy, client, hold):
+        with pytest.raises(RegistryError):
+            await service.delete(USER, namespace, encode_name(path, "v1"), DeleteOptions())
+        removing, delays = await removal_until_it_waits(service, namespace, clock)
+        assert not removing.called
+        assert images.list_tags(registry, repo) == []
+        other = images.push_oci_image(registry, repo, "v1", seed="another-client")
+        [delay] = delays
+        clock.advance(delay)
+        with pytest.raises(ApiError) as answered:
+            await removing
+        assert images.resolve(registry, repo, "v1") == other
+    error = answered.value
+    assert (error.code, error.retry_after) == (503, 1), error.message
+    message = " ".join(error.message.split())
+    assert f'1 of 1 selected tag(s) are still there: "{encode_name(path, "v1")}"' in message, message
+    assert f"points at {other}" in message, message
+    assert message.endswith("; retry"), message
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_delete_whose_read_timed_out_leaves_no_write_to_wait_for(registry, repo) -> None:
     """A single delete whose first read (the GET of the tag's manifest) timed out has sent nothing;
     it was recorded as a write that may land all the same (any unanswered error was), and the

@@ -641,11 +641,44 @@ class TagsService:
             # Nor while a write of this process may still land in the namespace (a single delete's
             # re-tag, a cascade's repair: `LateWrites`), as for the namespace's removal: the namespace
             # controller also deletes tag by tag when the namespace's state could not be read.
+            leaves = self.late_writes.leaves(namespace) if self.late_writes is not None else frozenset()
             if not await self._waited_for_late_writes(namespace, len(refs), began):
                 return [deleted[ref] for ref in refs if ref in deleted], meta
             # It could land meanwhile: delete what it left, and look again.
             listed = (await self._select(user, namespace, unfiltered, authorize=False, shown=False))[0].refs
-            todo = [ref for ref in listed if ref in selected]
+            todo = await self._left_by_late_writes([ref for ref in listed if ref in selected], leaves, failed)
+
+    async def _left_by_late_writes(
+        self, refs: builtins.list[TagRef], leaves: Collection[tuple[str, str, str]], failed: dict[TagRef, str]
+    ) -> builtins.list[TagRef]:
+        """Those of ``refs`` (selected tags listed again after the wait for this process's late writes)
+        that point where such a write would leave them (`LateWrites.leaves`): what it left, deleted
+        next. Any other was pushed again meanwhile by someone else, and is kept: its reason goes to
+        ``failed``, and the look that follows makes it the retriable 503 a push of the same name before
+        the first look gets."""
+
+        async def where(ref: TagRef) -> str | None:
+            try:
+                return await self.inventory.digest(ref)
+            except RegistryNotFound:
+                return None  # gone meanwhile, or dangling: the look that follows tells
+            except RegistryError as error:
+                failed[ref] = str(error)
+                return None
+
+        found = await bounded_map(where, refs, self.delete_concurrency)
+        left: builtins.list[TagRef] = []
+        for ref, digest in zip(refs, found, strict=True):
+            if digest is None:
+                continue
+            if (ref.repository, ref.tag, digest) in leaves:
+                left.append(ref)
+            else:
+                failed[ref] = (
+                    f"points at {digest}, not where a write of payloadtags that went unanswered would "
+                    "leave it: pushed again meanwhile, so kept"
+                )
+        return left
 
     def _late_write(self, namespace: str) -> tuple[str, float] | None:
         """The write of this process that may land latest in ``namespace`` (what, how many seconds

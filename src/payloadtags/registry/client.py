@@ -1287,7 +1287,11 @@ class RegistryClient:
         # Out from here until answered (`late_writes`): a removal of the namespace meanwhile does not
         # report it empty, even when whoever sent it stops waiting (a budget spent, a client gone).
         namespace = namespace_of(repository)
-        number = self._late_writes.sent(namespace, what)
+        # What it would leave landing late (``reference`` is the tag): a call that waited for it deletes
+        # the tag only there (`LateWrites.leaves`).
+        digest = compute_digest(digested(body, media_type))
+        assert digest is not None
+        number = self._late_writes.sent(namespace, what, (repository, reference, digest))
         late = LATE_WRITE_GRACE * self._settings.timeout
         grace: float | None = None  # answered, or never sent (a caller's check said stop)
         try:

@@ -33,6 +33,9 @@ class LateWrites:
     # Writes sent and not answered yet: namespace -> {its number: description}.
     _out: dict[str, dict[int, str]] = attrs.Factory(dict)
     _sent: int = 0
+    # Where the namespace's writes, out or noted, would leave a tag if they landed: (repository, tag,
+    # digest), given by `sent`. Kept while the namespace has a write out or noted (`_forget`).
+    _leaves: dict[str, set[tuple[str, str, str]]] = attrs.Factory(dict)
 
     def now(self) -> float:
         return self.clock.seconds()
@@ -43,10 +46,13 @@ class LateWrites:
         if known is None or until >= known[1]:
             self._writes[namespace] = (what, until)
 
-    def sent(self, namespace: str, what: str) -> int:
-        """A write is out from now on; its number, for `ended`."""
+    def sent(self, namespace: str, what: str, leaves: tuple[str, str, str] | None = None) -> int:
+        """A write is out from now on; its number, for `ended`. ``leaves``: where it would leave a tag
+        if it landed (repository, tag, digest), for `leaves`."""
         self._sent += 1
         self._out.setdefault(namespace, {})[self._sent] = what
+        if leaves is not None:
+            self._leaves.setdefault(namespace, set()).add(leaves)
         return self._sent
 
     def ended(self, namespace: str, number: int, grace: float | None) -> None:
@@ -60,6 +66,7 @@ class LateWrites:
             del self._out[namespace]
         if what is not None and grace is not None:
             self.note(namespace, what, self.now() + grace)
+        self._forget(namespace)
 
     def pending(self, namespace: str) -> tuple[str, float] | None:
         """(what, until when) of the namespace's write that may land latest: until infinity while one
@@ -75,6 +82,18 @@ class LateWrites:
         known = self._writes.get(namespace)
         if known is not None and known[1] <= began:
             del self._writes[namespace]
+            self._forget(namespace)
+
+    def leaves(self, namespace: str) -> frozenset[tuple[str, str, str]]:
+        """Where the namespace's writes that may still land (`pending`) would leave a tag: (repository,
+        tag, digest) each. A tag found elsewhere after they can no longer land was not left by them (a
+        push of its name by someone else meanwhile)."""
+        return frozenset(self._leaves.get(namespace, ()))
+
+    def _forget(self, namespace: str) -> None:
+        """Drops where the namespace's writes would leave tags once none is out or noted."""
+        if namespace not in self._out and namespace not in self._writes:
+            self._leaves.pop(namespace, None)
 
 
 __all__ = ["LateWrites", "namespace_of"]
