@@ -11,6 +11,7 @@ The late write is held by the fault proxy until the test releases it, after the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -650,3 +651,107 @@ async def test_a_delete_whose_read_timed_out_leaves_no_write_to_wait_for(registr
         items, _ = await service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
     assert [item.spec.tag for item in items] == ["v1"]
     assert images.list_tags(registry, repo) == []
+
+
+def held_retag(repo: str, arrived: Deferred[None]) -> Any:
+    """The first re-tag PUT of ``repo``:v1 reaches the registry and its answer is held (`STALL`) until
+    the proxy's hold goes; ``arrived`` fires, from the next reactor turn, once the proxy has it (the
+    write is out from then: sent, not answered)."""
+
+    held: list[str] = []
+
+    def decide(method: str, path: str) -> str | None:
+        if method == "PUT" and path.endswith(f"/{repo}/manifests/v1") and not held:
+            held.append(path)
+            global_reactor.callLater(0, arrived.callback, None)
+            return STALL
+        return None
+
+    return decide
+
+
+async def retag_out(
+    registry: Any, repo: str, budget: float
+) -> tuple[Deferred[Any], Deferred[None], FaultProxy, WaitClock, RegistryClient, TagsService]:
+    """v1 pushed to ``repo`` and to another repository of its namespace; a single delete of ``repo``:v1
+    whose re-tag PUT is out, its answer held until the test lets ``hold`` go (the registry timeout far
+    longer than the test). The delete under way, and the rest."""
+    namespace, _, path = repo.partition("/")
+    images.push_oci_image(registry, repo, "v1")
+    images.push_oci_image(registry, f"{namespace}/other", "v1")
+    arrived: Deferred[None] = Deferred()
+    hold: Deferred[None] = Deferred()
+    proxy = FaultProxy(global_reactor, registry.url, held_retag(repo, arrived), hold=hold)
+    clock = WaitClock(shorter_than=budget + 1.0)
+    client, service = removal_service(proxy.url, clock, budget=budget, timeout=600.0)
+    _state(service, EXISTS)
+    deleting = Deferred.fromCoroutine(
+        service.delete(USER, namespace, encode_name(path, "v1"), DeleteOptions())
+    )
+    await arrived
+    assert client.late_writes.pending(namespace) == (f"deleting tag {repo}:v1", math.inf)
+    return deleting, hold, proxy, clock, client, service
+
+
+async def others_removal_until_it_waits(
+    service: TagsService, repo: str, clock: WaitClock
+) -> tuple[Deferred[Any], list[float]]:
+    """`removal_until_it_waits` for a deletecollection tag by tag of every tag of ``repo``'s namespace
+    but ``repo``:v1 (whose delete holds its repository's turn): `kubectl delete prt -n ns
+    --field-selector metadata.name!=...`."""
+    namespace, _, path = repo.partition("/")
+    waiting = clock.waits()
+    delays: list[float] = []
+    waiting.addCallback(delays.append)
+    selection = list_options({"fieldSelector": [f"metadata.name!={encode_name(path, 'v1')}"]})
+    removing = Deferred.fromCoroutine(service.delete_collection(USER, namespace, selection, DeleteOptions()))
+    await first_of(removing, waiting)
+    return removing, delays
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tag_by_tag_deletecollection_waits_for_a_write_out_that_is_answered_within_its_budget(
+    registry, repo
+) -> None:
+    """A single delete's re-tag in the namespace is out (sent, not answered yet) when a deletecollection
+    tag by tag has deleted its selection: it answered 504 at once ("has not answered a write ... yet"),
+    though the answer came well within its budget and the write then left nothing. It now waits for
+    the answer (`LateWrites.wait_out`), looks again, deletes what is there and answers 200."""
+    namespace, _, _ = repo.partition("/")
+    deleting, hold, proxy, clock, client, service = await retag_out(registry, repo, budget=40.0)
+    async with released(proxy, client, hold):
+        removing, delays = await others_removal_until_it_waits(service, repo, clock)
+        assert not removing.called, "the deletecollection answered while a write was out"
+        assert delays == [40.0]  # its budget, the only time it waits for by itself
+        assert images.list_tags(registry, f"{namespace}/other") == []
+        hold.callback(None)  # the re-tag is answered now, within the budget; the clock stands still
+        items, _ = await removing
+        assert await deleting is not None
+        assert client.late_writes.pending(namespace) is None
+    assert [(item.spec.repository_path, item.spec.tag) for item in items] == [("other", "v1")]
+    assert images.list_tags(registry, repo) == []  # nothing left, nothing dangling
+    assert images.list_tags(registry, f"{namespace}/other") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tag_by_tag_deletecollection_whose_budget_ends_with_a_write_out_is_a_timeout(
+    registry, repo
+) -> None:
+    """As above, the write's answer still not come when the budget ends: the 504 without Retry-After
+    that says the registry has not answered it yet."""
+    deleting, hold, proxy, clock, client, service = await retag_out(registry, repo, budget=40.0)
+    async with released(proxy, client, hold):
+        removing, _ = await others_removal_until_it_waits(service, repo, clock)
+        clock.advance(40.0)  # the budget ends, the write still out
+        with pytest.raises(ApiError) as answered:
+            await removing
+        error = answered.value
+        assert (error.code, error.reason, error.retry_after) == (504, "Timeout", None), error.message
+        message = " ".join(error.message.split())
+        assert (
+            f"the registry has not answered a write made while deleting tag {repo}:v1 yet, and may carry "
+            "it out later" in message
+        ), message
+        assert "then list the tags" in message, message
+        hold.callback(None)
+        await deleting

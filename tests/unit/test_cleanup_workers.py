@@ -79,3 +79,26 @@ def test_cascades_cancelled_while_queued_for_a_worker_leave_nothing_behind() -> 
     assert len(controller._workers) == 5
     assert Deferred.fromCoroutine(controller._stop_leading()).called  # leadership lost
     assert controller._running == {} and controller._workers == {}
+
+
+def test_the_leaders_cascade_waits_for_a_late_write_off_its_worker() -> None:
+    """Found empty while a write of the process to the namespace is out (it may yet land): the
+    cascade waits for its answer off its worker, as it backs off, so that another namespace's cascade
+    (and a deletecollection following this one) goes on meanwhile; then it queues for a worker again
+    and passes once more."""
+    clock = Clock()
+    controller = _leader(FakeRegistry(), clock)
+    controller._reflector = _Synced()  # type: ignore[assignment]
+    controller._guard = lambda namespace: None  # type: ignore[method-assign]
+    late = controller.cascade.late_writes
+    number = late.sent("team", "deleting tag team/app:v1")
+    controller._trigger("team", "deleted", None)
+    assert "team" in controller._running and controller.cleaning("team") is None  # waiting, off its worker
+    other = controller._slots.acquire()  # another namespace's cascade takes the one worker
+    assert other.called
+    late.ended("team", number, None)  # answered: nothing may land now
+    assert "team" in controller._running and not controller.results  # queued behind `other`
+    controller._slots.release()
+    assert "team" not in controller._running
+    [result] = controller.results
+    assert result.namespace == "team" and result.passes == 2

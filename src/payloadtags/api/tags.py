@@ -9,7 +9,6 @@ from typing import Protocol
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from payloadtags.access.authn import UserInfo
@@ -680,30 +679,22 @@ class TagsService:
                 )
         return left
 
-    def _late_write(self, namespace: str) -> tuple[str, float] | None:
-        """The write of this process that may land latest in ``namespace`` (what, how many seconds
-        from now; infinity while it is out), or None."""
-        if self.late_writes is None:
-            return None
-        late = self.late_writes.pending(namespace)
-        if late is None:
-            return None
-        left = late[1] - self.late_writes.now()
-        return (late[0], left) if left > 0 else None
-
     async def _waited_for_late_writes(self, namespace: str, total: int, began: float) -> bool:
         """Wait until no write of this process may land in ``namespace`` any more, within
-        `removal_budget` from ``began`` (True: waited); else a 504 without Retry-After that names the
-        write."""
-        late = self._late_write(namespace)
-        if late is None:
+        `removal_budget` from ``began`` (True: waited; False: none may land); else a 504 without
+        Retry-After that names the write. One still out (sent, not answered) is waited for too: its
+        answer may come within the budget, and then what it left is deleted (`LateWrites.wait_out`)."""
+        late_writes = self.late_writes
+        if late_writes is None:
             return False
-        assert self.late_writes is not None
-        what, left = late
-        budget_left = began + self.removal_budget - self.late_writes.now()
-        if left < budget_left:
-            await deferLater(self.late_writes.clock, left)
+        late = late_writes.pending(namespace)
+        if late is None or late[1] <= late_writes.now():
+            return False
+        late = await late_writes.wait_out(namespace, began + self.removal_budget)
+        if late is None:
             return True
+        what, until = late
+        left = until - late_writes.now()
         if left == math.inf:
             when = f"the registry has not answered a write made while {what} yet, and may carry it out later"
         else:

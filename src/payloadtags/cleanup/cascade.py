@@ -28,8 +28,9 @@ the cascade only if it began once no write of this process can land in the names
 (`LateWrites`: the registry client notes each manifest write when it is sent, whoever sent it, a
 cascade stopped meanwhile or a single delete's re-tag, and how long it may land once unanswered;
 `late_write_grace` after a repair's error reaches the cascade as well); before that, the cascade waits
-until then (looks again every `IN_FLIGHT_POLL` seconds while a write is still out) and passes again,
-which deletes whatever the write left.
+until then (`LateWrites.wait_out`: woken when a write out is answered or times out, and at the time an
+unanswered one may land until; a deletecollection's no longer than its budget) and passes again, which
+deletes whatever the write left.
 
 A pass goes round the namespace's repositories once from where it began (`Walk`), and may be
 carried on by the next cascade given the same `Walk` (a deletecollection's next call): the
@@ -65,11 +66,6 @@ T = TypeVar("T")
 
 _UNANSWERED = "unanswered"  # not a digest: a tag the registry failed to resolve in this pass
 
-# A pass that found the namespace empty while a write of this process to it is still out (sent, not
-# answered: it may yet land) looks again after this many seconds: by then the write has mostly been
-# answered or timed out, and `LateWrites` says how long it may still land.
-IN_FLIGHT_POLL = 1.0
-
 Guard = Callable[[], str | None]
 """Called right before every registry request (reads too: a deletecollection's guard is its time
 budget): a reason to stop now, or None to go on. Synchronous and cheap."""
@@ -83,6 +79,11 @@ nothing is deleted meanwhile)."""
 
 Wait = Callable[[float], Awaitable[None]]
 """Sits out the backoff after a failed pass: waits that many seconds (and may queue for more)."""
+
+Late = tuple[str, float] | None
+Aside = Callable[[Deferred[Late]], Awaitable[Late]]
+"""Sits out the wait for the namespace's late writes (`LateWrites.wait_out`), as `Wait` a backoff:
+returns what it fires with (and may queue for more after)."""
 
 
 class Aborted(Exception):
@@ -320,6 +321,7 @@ class Cascade:
         check_wait: Wait | None = None,
         walk: Walk | None = None,
         until: float | None = None,
+        aside: Aside | None = None,
     ) -> CascadeResult:
         """Empty ``<namespace>/``; returns once a full listing of it finds no tag.
 
@@ -332,7 +334,8 @@ class Cascade:
         `until` (on `clock`; a deletecollection's budget): a request still waiting then for the
         repository's turn, a connection slot, a token or its confirmation stops waiting, leaves its
         place in line and is not sent; the cascade raises `Aborted` with the guard's reason. A write
-        once sent is not cut short (its outcome could not be told).
+        once sent is not cut short (its outcome could not be told). `aside` sits out the wait for a
+        write of this process that may still land in the namespace (default: just that wait).
         """
         pause = wait or self._sleep
         if not is_namespace(namespace):
@@ -408,17 +411,23 @@ class Cascade:
                     # namespace reported empty (and in one created anew under the name). Not done
                     # before a pass begun once it can no longer land finds nothing: that pass deletes
                     # whatever it left.
-                    what, until = late
-                    delay = IN_FLIGHT_POLL if until == math.inf else until - self.late_writes.now()
                     log.info(
                         "Cleanup of namespace {namespace}: found empty, but the registry may still carry "
-                        "out a write made while {what}; looking again in {delay:.1f}s",
+                        "out a write made while {what}; waiting for it",
                         namespace=namespace,
-                        what=what,
-                        delay=delay,
+                        what=late[0],
                     )
                     _check(guard)
-                    await pause(max(0.0, delay))
+                    still = await (aside or _itself)(
+                        self.late_writes.wait_out(namespace, self._deadline(checks.until))
+                    )
+                    if still is not None:
+                        # At a deadline: one still out (the guard says stop), or one that may land after
+                        # it, which a deletecollection's wait (`pause`) stops at once, as a backoff past it.
+                        _check(guard)
+                        if still[1] == math.inf:
+                            raise Aborted("not finished by its deadline")
+                        await pause(still[1] - self.late_writes.now())
                     continue
                 self.late_writes.settled(namespace, began)
                 now = self.clock.seconds()
@@ -446,6 +455,13 @@ class Cascade:
 
     async def _sleep(self, delay: float) -> None:
         await deferLater(self.clock, delay)
+
+    def _deadline(self, until: float | None) -> float:
+        """``until`` (on `clock`) on the clock of `late_writes`: the same reactor in the server, but a
+        test may give two."""
+        if until is None:
+            return math.inf
+        return self.late_writes.now() + (until - self.clock.seconds())
 
     async def contents(self, namespace: str) -> Contents:
         """Count the repositories and tags under ``<namespace>/`` without changing anything."""
@@ -839,6 +855,10 @@ class _Checks:
 
 async def _awaited(work: Awaitable[T]) -> T:
     return await work
+
+
+async def _itself(waiting: Deferred[Late]) -> Late:
+    return await waiting
 
 
 def _check(guard: Guard | None) -> None:

@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from payloadtags.cleanup.cascade import Aborted, Cascade, CascadeRegistry, CascadeResult
+from payloadtags.cleanup.cascade import Aborted, Cascade, CascadeRegistry, CascadeResult, Late
 from payloadtags.cleanup.leader import LeaderElectionOptions, LeaderElector
 from payloadtags.cleanup.metrics import CleanupMetrics
 from payloadtags.cleanup.sweep import Sweep, SweepResult, namespace_state, require_gone
@@ -353,6 +353,13 @@ class CleanupController:
             await deferLater(self._clock, delay)
             await worker.acquire()
 
+        async def aside(waiting: Deferred[Late]) -> Late:
+            # So is a wait for a write of this process that may still land in the namespace.
+            worker.release()
+            late = await waiting
+            await worker.acquire()
+            return late
+
         # Known before it holds a worker, forgotten however it ends (a queued one cancelled included).
         self._workers[namespace] = worker
         try:
@@ -366,6 +373,7 @@ class CleanupController:
                 guard=lambda: self._guard(namespace),
                 confirm=lambda: self._confirm_gone(namespace, uid),
                 wait=back_off,
+                aside=aside,
             )
         finally:
             worker.release()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 
 import attrs
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 
 def namespace_of(repository: str) -> str:
@@ -26,7 +27,11 @@ class LateWrites:
     A write is noted when it is sent, not when its error reaches whoever waits for it: a caller
     stopped meanwhile never sees the error, and the write goes on. An entry with a time stays until a
     pass begun after its time finds the namespace empty (`settled`): one per namespace that had such a
-    write, a name and a number; a write out is forgotten once it is answered."""
+    write, a name and a number; a write out is forgotten once it is answered.
+
+    Whoever must not report a namespace empty before its writes can no longer land waits for that
+    with `wait_out`, woken by the changes themselves (`ended`, `note`) and at the time a write may
+    land until."""
 
     clock: IReactorTime
     _writes: dict[str, tuple[str, float]] = attrs.Factory(dict)
@@ -36,12 +41,18 @@ class LateWrites:
     # Where the namespace's writes, out or noted, would leave a tag if they landed: (repository, tag,
     # digest), given by `sent`. Kept while the namespace has a write out or noted (`_forget`).
     _leaves: dict[str, set[tuple[str, str, str]]] = attrs.Factory(dict)
+    # What `wait_out` calls wait for, by namespace: fired when one of its writes ends or is noted.
+    _woken: dict[str, list[Deferred[None]]] = attrs.Factory(dict)
 
     def now(self) -> float:
         return self.clock.seconds()
 
     def note(self, namespace: str, what: str, until: float) -> None:
         """A write that went unanswered may land until ``until`` (on `clock`)."""
+        self._note(namespace, what, until)
+        self._wake(namespace)
+
+    def _note(self, namespace: str, what: str, until: float) -> None:
         known = self._writes.get(namespace)
         if known is None or until >= known[1]:
             self._writes[namespace] = (what, until)
@@ -65,8 +76,9 @@ class LateWrites:
         if not out:
             del self._out[namespace]
         if what is not None and grace is not None:
-            self.note(namespace, what, self.now() + grace)
+            self._note(namespace, what, self.now() + grace)
         self._forget(namespace)
+        self._wake(namespace)
 
     def pending(self, namespace: str) -> tuple[str, float] | None:
         """(what, until when) of the namespace's write that may land latest: until infinity while one
@@ -75,6 +87,52 @@ class LateWrites:
         if out:
             return next(iter(out.values())), math.inf
         return self._writes.get(namespace)
+
+    def wait_out(self, namespace: str, deadline: float = math.inf) -> Deferred[tuple[str, float] | None]:
+        """Fires with None once no write of this process may land in ``namespace`` any more (none out,
+        and the time of every unanswered one passed); else at ``deadline`` (on `clock`) with the one
+        that may land latest then, as `pending` gives it (until infinity while it is out). At once when
+        a write's time is at or past ``deadline``: nothing shortens it. Woken when a write of the
+        namespace ends or is noted (`ended`, `note`), and at the time the latest may land until; a
+        caller that cancels it (its request gone) leaves nothing behind here."""
+        return Deferred.fromCoroutine(self._wait_out(namespace, deadline))
+
+    async def _wait_out(self, namespace: str, deadline: float) -> tuple[str, float] | None:
+        while True:
+            late = self.pending(namespace)
+            now = self.now()
+            if late is None or late[1] <= now:
+                return None
+            if now >= deadline or (late[1] != math.inf and late[1] >= deadline):
+                return late
+            await self._change(namespace, min(late[1], deadline) - now)
+
+    def _change(self, namespace: str, delay: float) -> Deferred[None]:
+        """Fires when a write of ``namespace`` ends or is noted, or after ``delay`` seconds
+        (infinity: never by itself); cancelled, it forgets its timer and its place."""
+        woken: Deferred[None] = Deferred()
+        timer: IDelayedCall | None = None
+        if delay != math.inf:
+            timer = self.clock.callLater(delay, woken.callback, None)
+        waiting = self._woken.setdefault(namespace, [])
+        waiting.append(woken)
+
+        def forget(result: object) -> object:
+            if timer is not None and timer.active():
+                timer.cancel()
+            waiting.remove(woken)
+            if not waiting and self._woken.get(namespace) is waiting:
+                del self._woken[namespace]
+            return result
+
+        woken.addBoth(forget)
+        return woken
+
+    def _wake(self, namespace: str) -> None:
+        # A copy: each one fired leaves the list (`_change`), and its caller may wait again at once.
+        for woken in list(self._woken.get(namespace, ())):
+            if not woken.called:
+                woken.callback(None)
 
     def settled(self, namespace: str, began: float) -> None:
         """A pass begun at ``began`` (on `clock`) found the namespace empty: a write that could land
