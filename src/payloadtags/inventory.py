@@ -106,7 +106,11 @@ class Page:
 
     @property
     def last(self) -> TagRef | None:
-        for run in reversed(self.runs):
+        return self.last_of(self.runs)
+
+    @staticmethod
+    def last_of(runs: Sequence[Run]) -> TagRef | None:
+        for run in reversed(runs):
             if run.tags:
                 return TagRef(run.namespace, run.repository_path, run.tags[-1])
         return None
@@ -122,6 +126,11 @@ _DIGIT_NAMED = re.compile(r"/[0-9]")
 
 def _entry_key(entry: Entry) -> tuple[str, ...]:
     return catalog_key(entry[0])
+
+
+def _after(entries: Sequence[Entry], repository: str, low: int) -> int:
+    """Where the entries (in catalog order, from ``low``) after ``repository`` begin."""
+    return bisect.bisect_right(entries, catalog_key(repository), lo=low, key=_entry_key)
 
 
 async def guessed_tags(tags: Callable[[str], Awaitable[tuple[str, ...]]], repository: str) -> tuple[str, ...]:
@@ -153,21 +162,33 @@ async def guessed_tags(tags: Callable[[str], Awaitable[tuple[str, ...]]], reposi
 @attrs.frozen
 class CatalogRest:
     """Catalog names a page read after ``after``, the repository it ended in (whatever access says of
-    them), and where the catalog goes on after them, read for ``namespace`` (None: all)."""
+    them), and where the catalog goes on after them, read for ``namespace`` (None: all).
+
+    The names are ``shared[start:]``: the rests a walk hands out while it reads no catalog page are
+    cut from one tuple (``shared``), so that a page keeps and measures it once, not its names again
+    on every page (`api.walks`). Its names before ``start`` are ones the walk went past; they are
+    dropped with the tuple, once the rests cut from it have passed half of it (`CatalogCursor.rests`).
+    """
 
     namespace: str | None
     after: str
-    entries: tuple[Entry, ...]
+    shared: tuple[Entry, ...]
     last: str | None
     done: bool
     pages: int
     # The last name in catalog order the cursor that read them went through (`CatalogCursor`).
     top: str | None = None
-    # Those of ``entries`` the cursor guessed (`CatalogCursor.guessed`).
+    # Those of ``shared`` the cursor guessed (`CatalogCursor.guessed`).
     guessed: frozenset[str] = _NONE
+    # Where its names begin in ``shared``.
+    start: int = 0
+
+    @property
+    def entries(self) -> tuple[Entry, ...]:
+        return self.shared[self.start :]
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.shared) - self.start
 
 
 @attrs.define
@@ -217,6 +238,8 @@ class CatalogCursor:
     # The names it handed out that no page listed, only because the next seek leaves them out: maybe
     # no repository at all, their tags are read with `guessed_tags`. Not counted as repositories.
     guessed: set[str] = attrs.field(init=False, factory=set)
+    # The rest it resumed from (`resuming`): while no catalog page is read, its rests are cut from it.
+    _resumed: CatalogRest | None = attrs.field(init=False, default=None)
 
     @classmethod
     def resuming(
@@ -227,31 +250,76 @@ class CatalogCursor:
             # namespace's end is not the end of all of them. Every name a cursor hands out is one it
             # read for its own namespace.
             return cls(client, namespace, rest.after, page_size)
-        cursor = cls(client, namespace, rest.last, page_size, done=rest.done and not rest.entries)
+        cursor = cls(client, namespace, rest.last, page_size, done=rest.done and not len(rest))
         cursor._pages, cursor._ahead, cursor._done_after = rest.pages, list(rest.entries), rest.done
         cursor._top = rest.top
         cursor.guessed = set(rest.guessed)
+        cursor._resumed = rest
         return cursor
 
-    def rest(self, after: str, seen: Sequence[Entry]) -> CatalogRest:
-        """What a page that ended in repository ``after`` leaves for the next one: of the entries it
-        was handed (``seen``, in catalog order) those after ``after``, and those it was not handed yet."""
-        # A page ends near the start of the names it carries (a walk's pages carry up to a thousand
-        # and show one or two of them): a search, not a key per name on every page.
-        start = bisect.bisect_right(seen, catalog_key(after), key=_entry_key)
-        entries = (*seen[start:], *self._ahead)
-        guessed = frozenset(name for name, _, _ in entries if name in self.guessed) if self.guessed else _NONE
-        guessed = guessed or _NONE
-        return CatalogRest(
-            self.namespace,
-            after,
-            entries,
-            self.last,
-            self.done,
-            self._pages,
-            self._top,
-            guessed,
-        )
+    def rests(self, seen: Sequence[Entry], *afters: str | None) -> list[CatalogRest | None]:
+        """What a page that ended in repository ``after`` leaves for the next one, for each of
+        ``afters`` (None for None): of the entries it was handed (``seen``, in catalog order) those
+        after ``after``, and those it was not handed yet. All are cut from one tuple: while the cursor
+        reads no catalog page, the one of the rest it resumed from; and a rest that would be the same
+        as that one is that one."""
+        resumed = self._resumed
+        guessed: frozenset[str] | None = None
+        if resumed is not None and self._pages == resumed.pages:
+            # ``seen`` and the names ahead are the resumed rest's: a page that stays in one repository
+            # (or goes through a few of its names) keeps the tuple it was given, however long.
+            shared = resumed.shared
+            # Its names are those after its ``after``: no search for where a page that stayed there ends.
+            starts = [
+                None
+                if after is None
+                else resumed.start
+                if after == resumed.after
+                else _after(shared, after, resumed.start)
+                for after in afters
+            ]
+            low = min((start for start in starts if start is not None), default=0)
+            if 2 * low <= len(shared):
+                low, guessed = 0, resumed.guessed
+            else:  # the rests have passed half of it: the names they passed are let go
+                shared = shared[low:]
+        else:
+            # A page ends near the start of the names it carries (a walk's pages carry up to a
+            # thousand and show one or two of them): a search, not a key per name on every page.
+            starts = [None if after is None else _after(seen, after, 0) for after in afters]
+            low = min((start for start in starts if start is not None), default=0)
+            shared = (*seen[low:], *self._ahead)  # not the names every rest has passed
+        if guessed is None:
+            guessed = (
+                frozenset(name for name, _, _ in shared if name in self.guessed) if self.guessed else _NONE
+            )
+            guessed = guessed or _NONE
+        # The catalog after the names ahead ends where the rest resumed from said it does.
+        done = self._done_after if self._ahead else self.done
+        rests: list[CatalogRest | None] = []
+        for after, start in zip(afters, starts, strict=True):
+            if after is None or start is None:
+                rests.append(None)
+            elif (
+                resumed is not None
+                and shared is resumed.shared
+                and (start, after) == (resumed.start, resumed.after)
+            ):
+                rests.append(resumed)
+            else:
+                rest = CatalogRest(
+                    self.namespace,
+                    after,
+                    shared,
+                    self.last,
+                    done,
+                    self._pages,
+                    self._top,
+                    guessed,
+                    start - low,
+                )
+                rests.append(rest)
+        return rests
 
     def _next_size(self) -> int:
         # distribution fills a page by walking its storage past the namespace, so a namespace list
@@ -696,22 +764,26 @@ class Inventory:
                     repositories_read += 1
                     if not page.full:
                         page.add(ns, path, tags, None)
-        result = page.result()
-        if after is not None:
-            began = cursor.rest(after.repository, seen_entries) if isinstance(cursor, CatalogCursor) else None
-            result = attrs.evolve(result, used=used, began=began)
-        if not result.more:
-            return result
-        kept = _unfinished(namespace, result.last, known, used)
+        runs, more = page.result()
+        last = Page.last_of(runs) if more else None
+        began = ahead = None
+        if isinstance(cursor, CatalogCursor) and (after is not None or last is not None):
+            began, ahead = cursor.rests(
+                seen_entries,
+                after.repository if after is not None else None,
+                last.repository if last is not None else None,
+            )
+        # For a page that started after a key: what it used, to make it again (`Page.used`).
+        again: Mapping[str, Sequence[str]] = used if after is not None else {}
+        if not more:
+            return Page(runs, more, used=again, began=began)
+        kept = _unfinished(namespace, last, known, used)
         if observe is not None and observe_held:
             # So that every list a page keeps has gone to ``observe``: the next page may then skip them.
             for repository, tags in kept.items():
                 if repository not in used:
                     observe(repository, tags)
-        ahead = None
-        if isinstance(cursor, CatalogCursor) and result.last is not None:
-            ahead = cursor.rest(result.last.repository, seen_entries)
-        return attrs.evolve(result, held=kept, rest=ahead)
+        return Page(runs, more, held=kept, rest=ahead, used=again, began=began)
 
     async def exists(self, ref: TagRef, observe: Callable[[str, Sequence[str]], None] | None = None) -> bool:
         tags = await self.client.tags(ref.repository)
@@ -843,15 +915,16 @@ class _PageBuilder:
             self._runs.append(Run(namespace, path, chosen))
             self._count += len(chosen)
 
-    def result(self) -> Page:
+    def result(self) -> tuple[list[Run], bool]:
+        """The page's runs, and whether the list goes on after them."""
         if not self.full:
-            return Page(self._runs, more=False)
+            return self._runs, False
         # Drop the one tag past the limit: it only told that the list goes on.
         last = self._runs[-1]
         runs = self._runs[:-1]
         if len(last.tags) > 1:
             runs.append(Run(last.namespace, last.repository_path, last.tags[:-1]))
-        return Page(runs, more=True)
+        return runs, True
 
 
 __all__ = [

@@ -22,6 +22,7 @@ from payloadtags.identity import UserInfo
 from payloadtags.inventory import CatalogRest, Inventory
 from payloadtags.metrics import Metrics
 from payloadtags.names import TagRef, encode_name
+from payloadtags.registry import CatalogPage
 from tests.unit.test_inventory_paging import Registry
 from tests.unit.test_repoindex import run
 
@@ -226,6 +227,67 @@ def test_a_page_measures_only_the_lists_it_brought() -> None:
     # What is counted is what the walk keeps now: the big list (once) and the last page's small one.
     assert (cache.size, cache.names) == kept_size(kept, at)
     assert cache.names == 1000 + 1
+
+
+class CountedName(str):
+    """A catalog name that counts how often its length is taken (measuring a catalog entry does)."""
+
+    lengths = 0
+
+    def __len__(self) -> int:
+        type(self).lengths += 1
+        return super().__len__()
+
+
+class CountedCatalog(Registry):
+    """Answers the catalog with `CountedName`s, and counts the names it answered."""
+
+    names_read = 0
+
+    async def catalog(self, last: str | None = None, n: int = 1000) -> CatalogPage:
+        page = await super().catalog(last, n)
+        self.names_read += len(page.repositories)
+        return CatalogPage([CountedName(name) for name in page.repositories], page.more)
+
+
+def test_a_continued_page_does_not_measure_the_catalog_names_its_walk_keeps_again() -> None:
+    # A walk keeps the catalog names its pages read past their end (a hundred, then hundreds); a page
+    # measured every one of them again for the walk cache's count, on each page (14% of a served
+    # page of one tag through 100 repositories, issue #11). Now each name is measured when read, and
+    # again at most once when the walk has gone past half of the names read with it.
+    registry = CountedCatalog(
+        {"team/a": {f"t{i:02d}" for i in range(30)}, **{f"team/r{i:04d}": {"x"} for i in range(300)}}
+    )
+    tags = service(registry, Clock())
+    shown, token = page(tags, ALICE, None, limit=1)
+    assert tags.walks is not None and tags.walks.names > 90  # the names read past team/a, kept
+    for number in range(1, 20):  # pages inside team/a: the kept names measured on none of them
+        before = CountedName.lengths
+        shown, token = page(tags, ALICE, token, limit=1)
+        assert shown == [f"a:t{number:02d}"]
+        assert CountedName.lengths - before <= 4  # where the catalog goes on (a name or two), no more
+    before, pages = CountedName.lengths, 0
+    while token is not None and pages < 200:  # through the one-tag repositories, one a page
+        shown, token = page(tags, ALICE, token, limit=1)
+        pages += 1
+    assert shown == ["r0189:x"] and registry.names_read == 301  # each name read once
+    assert CountedName.lengths - before <= 2 * registry.names_read + 4 * pages
+
+
+def test_a_walk_reads_a_catalog_that_ended_once() -> None:
+    # The first page read the whole catalog (it ended there); the pages inside team/a hand its names on
+    # without going through them, and said the catalog went on after them: the walk read it again.
+    registry = Registry(
+        {"team/a": {f"t{i:02d}" for i in range(5)}, **{f"team/r{i}": {"x"} for i in range(3)}}
+    )
+    tags = service(registry, Clock())
+    shown, token = page(tags, ALICE, None, limit=1)
+    walked = shown
+    while token is not None:
+        shown, token = page(tags, ALICE, token, limit=1)
+        walked += shown
+    assert walked == [f"a:t{i:02d}" for i in range(5)] + ["r0:x", "r1:x", "r2:x"]
+    assert registry.catalog_reads == 1
 
 
 def test_walk_ids_are_random_and_token_safe() -> None:

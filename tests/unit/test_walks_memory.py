@@ -113,6 +113,17 @@ def test_continued_pages_count_the_catalog_names_both_their_tokens_keep_once() -
     near(counted_and_held(fives, limit=500, pages=3, indexed=True))
 
 
+def test_catalog_names_kept_from_page_to_page_are_counted_as_held() -> None:
+    # The rests a walk's pages hand out are cut from one tuple of names while no catalog page is read:
+    # pages inside one repository keep the very rest they were given; pages through the names keep the
+    # tuple, the names they went past with it, until past half of it they are let go (a shorter tuple).
+    around = {"team/a": {f"t{i:02d}" for i in range(40)}, **one_tag_each(600)}
+    near(counted_and_held(around, limit=1, pages=12))
+    near(counted_and_held(one_tag_each(600), limit=5, pages=8))  # 40 of the 100 names first read
+    near(counted_and_held(one_tag_each(600), limit=5, pages=14))  # 70: the first 65 let go
+    near(counted_and_held(one_tag_each(600, lambda i: f"r{i:04d}-" + "y" * 200), limit=5, pages=14))
+
+
 def test_small_walks_under_long_names_count_their_keys_and_where_their_rests_begin() -> None:
     # Walks of a few tags in a repository of a long name keep as much in their tokens' keys (the one
     # decoded from the token asked, the strings of the one handed out) and their catalog rests' starts

@@ -23,6 +23,7 @@ another replica, a restart, an older token) reads the registry, as a first page 
 
 from __future__ import annotations
 
+import bisect
 import secrets
 import sys
 from collections import OrderedDict
@@ -36,6 +37,7 @@ from twisted.internet.task import LoopingCall
 from payloadtags.identity import UserInfo
 from payloadtags.inventory import CatalogRest
 from payloadtags.names import TagRef
+from payloadtags.registry.content import catalog_key
 
 # A walk id: random, URL-safe, carried in the (opaque) continue token.
 WALK_ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -59,7 +61,9 @@ _ENTRY = sys.getsizeof(tuple(range(3))) + 3 * _STR
 # remembered with the walk: a walk through a 300,000-tag repository keeps its list (the same tuple) for
 # every page, and measuring it again on each cost milliseconds a page, seconds a walk. A shorter one is
 # measured again on each page that keeps it (a few dozen lengths): remembering it would cost about as
-# much memory as the list itself. Catalog rests are not remembered: every page makes new ones.
+# much memory as the list itself. The tuple of catalog names a walk's rests are cut from is
+# remembered whatever its length: its pages keep the same one until they have gone through half of
+# it, and measuring it on each page was 14% of a served page's CPU (issue #11).
 _REMEMBERED_FROM = 64
 # What remembering a measure costs, counted with the walk: the entry (a tuple of the object, its bytes
 # and its names), its key (the object's id) and its dict slot.
@@ -106,7 +110,7 @@ class _Walk:
     size: int  # bytes, `kept_size`
     names: int
     touched: float
-    # The measures of its longer tag lists, for the walk's next page (`_measure`).
+    # The measures of its longer tag lists and of its rests' names, for its next page (`_measure`).
     measured: Measured = attrs.field(factory=dict)
 
 
@@ -125,8 +129,8 @@ _WALK = (
     + _STR
     + len(new_walk_id())
 )
-# A remembered measure of a tag list, by its id(): the object itself (held, so that the
-# id names no other object while the entry lasts), its bytes and its names.
+# A remembered measure of a tag list or a tuple of catalog entries, by its id(): the object itself
+# (held, so that the id names no other object while the entry lasts), its bytes and its names.
 Measured = dict[int, tuple[object, int, int]]
 
 
@@ -141,17 +145,19 @@ def _measure(
     kept: Mapping[TagRef, Kept], asked: TagRef | None, before: Measured
 ) -> tuple[int, int, Measured]:
     """`kept_size`, and the measures to remember with the walk (tag lists of `_REMEMBERED_FROM` tags or
-    more, counted with it). A list in ``before`` (remembered for the walk's previous page: the same
-    object) is not measured again, so a page's keep costs what the page brought and the entries of
-    the mappings and catalog rests it keeps (a page goes through those anyway), not the tags its walk
-    keeps from earlier pages.
+    more and the tuples of catalog names its rests are cut from, counted with it). An object in
+    ``before`` (remembered for the walk's previous page: the same object) is not measured again, so a
+    page's keep costs what the page brought (the lists it read, the mappings it made, the catalog
+    names it read), not the tags and names its walk keeps from earlier pages.
 
     Every object is counted once per walk, however many of its tokens hold it: a page takes its lists
     from the one token's and keeps them for the other's (the same tuples), the catalog rests a page
-    keeps for both tokens are made of the same entries (`inventory.CatalogCursor.rest`), and a mapping's
-    key is the string of a catalog entry. What is distinct is counted each: every repository a mapping
-    names (its key string, its slot) even when all share one tag list, as the ``()`` of every
-    repository with no tag left does. Names are ASCII (the registry's grammar), a byte a character.
+    keeps for both tokens are cut from one tuple of entries (`inventory.CatalogCursor.rests`), and a
+    mapping's key is the string of a catalog entry. What is distinct is counted each: every repository
+    a mapping names (its key string, its slot) even when all share one tag list, as the ``()`` of
+    every repository with no tag left does. Names are ASCII (the registry's grammar), a byte a
+    character. Whether a string is an entry's is looked up in the entries (in catalog order) by its
+    repository: a string is not counted twice, and no set of all their strings is made per page.
 
     The keys count too, each string once: the asked one is decoded from its token (the `TagRef` and
     its three strings are the walk's alone), a handed one is cut from the page's last entry (its
@@ -168,41 +174,109 @@ def _measure(
         mappings.setdefault(id(one.lists), one.lists)
         if one.rest is not None:
             rests.setdefault(id(one.rest), one.rest)
-    entries: dict[int, tuple[str, str, str]] = {}
+    counted: dict[int, tuple[object, int, int]] = {}  # tag lists and tuples of entries, by id
+    shared: dict[int, _Entries] = {}
     for rest in rests.values():
-        # The rest, its tuple of entries; an entry held by both rests (or twice) once.
-        size += sys.getsizeof(rest) + sys.getsizeof(rest.entries)
-        if rest.guessed:  # its strings are entries' (the shared empty set costs nothing)
-            size += sys.getsizeof(rest.guessed)
-        entries.update(zip(map(id, rest.entries), rest.entries, strict=True))
-    size += len(entries) * _ENTRY + sum(map(len, chain.from_iterable(entries.values())))
-    # The strings counted so far (with their entries), by the object.
-    strings = set(map(id, chain.from_iterable(entries.values())))
-    lists: dict[int, tuple[object, int, int]] = {}
+        size += sys.getsizeof(rest)
+        if rest.guessed and id(rest.guessed) not in counted:  # its strings are entries'
+            counted[id(rest.guessed)] = (rest.guessed, sys.getsizeof(rest.guessed), 0)
+        if id(rest.shared) not in counted:
+            counted[id(rest.shared)] = _known(before, rest.shared) or (
+                rest.shared,
+                *_entries_size(rest.shared),
+            )
+            shared[id(rest.shared)] = _Entries(rest.shared)
+    entries = list(shared.values())
+    # The strings counted so far that are no entry's, by the object.
+    strings: set[int] = set()
     for mapping in mappings.values():
         size += sys.getsizeof(mapping)  # its table: a slot per repository
         for repository, tags in mapping.items():
-            if id(repository) not in strings:
+            if id(repository) not in strings and not _an_entrys(entries, repository, repository, 0):
                 strings.add(id(repository))
                 size += _STR + len(repository)
-            if id(tags) not in lists:
-                lists[id(tags)] = _known(before, tags) or (tags, *_list_size(tags))
-    loose: list[str | None] = []
+            if id(tags) not in counted:
+                counted[id(tags)] = _known(before, tags) or (tags, *_list_size(tags))
+    # Strings besides: each with the repository of the entry it may be a string of (and which), or None.
+    loose: list[tuple[str | None, str | None, int]] = []
     for rest in rests.values():
-        loose += (rest.after, rest.last, rest.top)
+        # ``after`` is made for the rest (`TagRef.repository`): no entry's.
+        loose += ((rest.after, None, 0), (rest.last, rest.last, 0), (rest.top, rest.top, 0))
     for ref, one in kept.items():
         size += sys.getsizeof(ref)
-        loose += (ref.namespace, ref.repository_path)
+        # The asked key's strings are decoded from its token: the walk's alone.
+        cut_from = None if ref is asked else f"{ref.namespace}/{ref.repository_path}"
+        loose += ((ref.namespace, cut_from, 1), (ref.repository_path, cut_from, 2))
         if ref is asked or ref.repository not in one.lists:
-            loose.append(ref.tag)
-    for string in loose:
+            loose.append((ref.tag, None, 0))
+    for string, cut_from, index in loose:
         # A string of one character is CPython's own (shared, never freed), as the empty one.
-        if string is not None and len(string) > 1 and id(string) not in strings:
+        if (
+            string is not None
+            and len(string) > 1
+            and id(string) not in strings
+            and (cut_from is None or not _an_entrys(entries, string, cut_from, index))
+        ):
             strings.add(id(string))
             size += _STR + len(string)
-    measured = {key: one for key, one in lists.items() if one[2] >= _REMEMBERED_FROM}
-    size += sum(one[1] for one in lists.values()) + len(measured) * _REMEMBERED
-    return size, sum(one[2] for one in lists.values()) + len(entries), measured
+    measured = {
+        key: one
+        for key, one in counted.items()
+        if one[2] >= _REMEMBERED_FROM or (key in shared and one[2] > 0)
+    }
+    size += sum(one[1] for one in counted.values()) + len(measured) * _REMEMBERED
+    return size, sum(one[2] for one in counted.values()), measured
+
+
+@attrs.define(eq=False)
+class _Entries:
+    """A tuple of catalog entries (in catalog order), looked up by repository: whether a string is
+    one of theirs. Keys come in catalog order mostly (a page's repositories): the one after the last
+    found is tried first; and a page asks about its last repository and where the catalog goes on
+    several times: each is searched once."""
+
+    entries: tuple[tuple[str, str, str], ...]
+    _next: int = 0
+    _searched: dict[str, tuple[str, str, str] | None] = attrs.field(factory=dict)
+
+    def _find(self, repository: str) -> tuple[str, str, str] | None:
+        entries, at = self.entries, self._next
+        if at < len(entries) and entries[at][0] == repository:
+            self._next = at + 1
+            return entries[at]
+        if repository in self._searched:
+            return self._searched[repository]
+        at = bisect.bisect_left(entries, catalog_key(repository), key=_entry_key)
+        found = entries[at] if at < len(entries) and entries[at][0] == repository else None
+        self._searched[repository] = found
+        if found is not None:
+            self._next = at + 1
+        return found
+
+    def holds(self, string: str, repository: str, index: int) -> bool:
+        """Whether ``string`` is the string at ``index`` (0: the repository, 1: its namespace, 2: its
+        path) of the entry of ``repository``."""
+        found = self._find(repository)
+        return found is not None and found[index] is string
+
+
+def _an_entrys(entries: Sequence[_Entries], string: str, repository: str, index: int) -> bool:
+    """Whether ``string`` is the string at ``index`` of the entry of ``repository`` in any of them."""
+    for one in entries:  # one or two: a loop, no generator per string
+        if one.holds(string, repository, index):
+            return True
+    return False
+
+
+def _entry_key(entry: tuple[str, str, str]) -> tuple[str, ...]:
+    return catalog_key(entry[0])
+
+
+def _entries_size(entries: tuple[tuple[str, str, str], ...]) -> tuple[int, int]:
+    """A tuple of catalog entries: the tuple, its entries and their strings; and how many."""
+    return sys.getsizeof(entries) + len(entries) * _ENTRY + sum(map(len, chain.from_iterable(entries))), len(
+        entries
+    )
 
 
 def _known(before: Measured, what: object) -> tuple[object, int, int] | None:
