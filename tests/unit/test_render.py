@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from payloadtags.api import render
 from payloadtags.api.errors import ApiError
 from payloadtags.api.negotiation import Form, MediaType, negotiate
 from payloadtags.api.render import include_object, list_chunks, list_text, render_list, render_object
@@ -333,6 +334,21 @@ def _assert_escaped_as_json_dumps(tags: list[str], host: str, medias: tuple[Medi
         expected = json.dumps(document, separators=(",", ":")).encode() + b"\n"
         assert b"".join(list_chunks(_runs(refs), META, media, host)) == expected
         assert list_text(_runs(refs), META, media, host) == expected
+
+
+@pytest.mark.parametrize("media", list(_MEDIA), ids=list(_MEDIA))
+def test_pages_of_one_repository_are_made_with_one_maker_and_the_same_bytes(media: str) -> None:
+    # A walk's pages of one tag each show the same repository page after page: its template and
+    # names' head are made for the first and taken again (render._maker), each page as rendered whole.
+    render._maker.cache_clear()
+    refs = [TagRef("ns", "apps/web", f"v{i}") for i in range(6)]
+    for ref in refs:
+        for host in (HOST, "other.example:5000"):
+            document = render_list([tag_object(host, ref)], META, _MEDIA[media], "Object")
+            expected = json.dumps(document, separators=(",", ":")).encode() + b"\n"
+            assert list_text(_runs([ref]), META, _MEDIA[media], host, "Object") == expected
+    assert render._maker.cache_info().misses == 2  # one maker per host: what its text is made of
+    assert render._maker.cache_info().hits == 2 * len(refs) - 2
 
 
 _ODD_TAGS = ["latest", 'quote"d', "back\\slash", "tab\t", "nul\0", "hôte", "snow☃", "", "a" * 300]
