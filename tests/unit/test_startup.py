@@ -149,6 +149,13 @@ def test_a_bad_kubeconfig_names_the_flag(tmp_path: Path, content: str, message: 
             "found character '\\t' that cannot start any token at line 2, column 1",
         ),
         ("clusters: *x\n", "found undefined alias 'x' at line 1, column 11"),
+        # Tracebacks at start before (review-ops F1, F4); kubectl refuses these files too.
+        ("clusters: [!!binary '!!!']\n", "!!binary value contains invalid base64 data at line 1, column 12"),
+        ("clusters: [{limit: .inf}]\n", "json: unsupported value: .inf at line 1, column 20"),
+        (
+            "clusters: [!!timestamp 2024-02-30]\n",
+            "cannot decode !!str `2024-02-30` as a !!timestamp at line 1, column 12",
+        ),
     ],
 )
 def test_a_kubeconfig_yaml_error_is_one_line_with_its_place(tmp_path: Path, content: str, gist: str) -> None:

@@ -8,12 +8,15 @@ handler. Everything it returns is plain data that the reactor-side client uses w
 from __future__ import annotations
 
 import base64
+import datetime
+import decimal
 import functools
+import math
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import attrs
@@ -186,7 +189,11 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
     import yaml
 
     try:
-        document = yaml.load(Path(path).read_text(), Loader=_go_yaml_loader())
+        # Bytes: PyYAML then reads UTF-16 by its byte order mark, as go-yaml does (PowerShell 5 writes it).
+        # Only the first document is read, as go-yaml's Unmarshal reads it: a file may end in a "---".
+        documents = yaml.load_all(Path(path).read_bytes(), Loader=_go_yaml_loader())
+        document = next(documents, None)
+        documents.close()
         problem = _alias_problem(document)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ConfigError(f"cannot read kubeconfig {path!r}: {_gist(e)}") from e
@@ -201,6 +208,10 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
         # Read as lists below and by the library: a number or a mapping would end in a traceback.
         if document.get(kind) is not None and not isinstance(document[kind], list):
             raise ConfigError(f"{shape}: {kind} is not a list")
+        if document.get(kind):
+            # A null entry is an empty one to client-go, which no context names; the library failed on it
+            # ("argument of type 'NoneType' is not iterable").
+            document[kind] = [entry for entry in document[kind] if entry is not None]
     context_entry, user, cluster_entry = _chosen(document, context, path)
     _as_written(document, set())
     base = os.path.dirname(os.path.abspath(path))
@@ -293,26 +304,147 @@ _EXEC_BOOLEANS = ("provideClusterInfo",)
 
 @functools.cache
 def _go_yaml_loader() -> type[Any]:
-    """PyYAML's safe loader finding booleans as go-yaml v2 does: YAML 1.1's set plus the one-letter
-    ``y``, ``Y``, ``n``, ``N``, which PyYAML leaves strings. Each is loaded as a `_Boolean`."""
+    """PyYAML's safe loader reading a document as go-yaml v2 (kubectl's reader, through
+    sigs.k8s.io/yaml) does, rather than as YAML 1.1 or 1.2 say: kubectl 1.27 to 1.33 read ``y`` and
+    ``off`` as booleans (YAML 1.1; 1.2 has only ``true``/``false``), but ``1:20`` and dates as text,
+    and ``1e3``, ``0o17`` and ``08`` as numbers. A plain scalar is resolved by `_go_plain`, each
+    boolean loaded as a `_Boolean`. A tagged value is what go-yaml makes of it (`_go_tags`): the text
+    of a ``!!timestamp``, the decoded text of a ``!!binary``, a mapping of nulls for a ``!!set``, a
+    list for ``!!omap`` and ``!!pairs``, and an unknown tag's node as if untagged; PyYAML's dates,
+    bytes, sets and tuples have no JSON form, and an exec plugin's extension is sent as JSON."""
     import yaml
 
     class Loader(yaml.SafeLoader):
-        bool_values: ClassVar[dict[str, bool]] = {**yaml.SafeLoader.bool_values, "y": True, "n": False}
+        def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+            if kind is yaml.ScalarNode and implicit[0]:
+                return _go_plain(value)[0]
+            return super().resolve(kind, value, implicit)
 
-        def construct_yaml_bool(self, node: Any) -> _Boolean:
-            text = str(self.construct_scalar(node))
-            return _Boolean(text, self.bool_values[text.lower()])
-
-    # go-yaml v2 leaves a date-like plain scalar the text written where the type is not a time (a
-    # string field, or a free-form extension): PyYAML's dates would reach a plugin's JSON as a TypeError.
-    Loader.yaml_implicit_resolvers = {
-        first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
-    Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile("^(?:y|Y|n|N)$"), list("yYnN"))
-    Loader.add_constructor("tag:yaml.org,2002:bool", Loader.construct_yaml_bool)
+    for tag, constructor in _go_tags(yaml).items():
+        Loader.add_constructor(tag, constructor)
     return Loader
+
+
+_YAML = "tag:yaml.org,2002:"
+_GO_NULLS = frozenset(("", "~", "null", "Null", "NULL"))
+_GO_BOOLEANS = {
+    **dict.fromkeys(("y", "Y", "yes", "Yes", "YES", "true", "True", "TRUE", "on", "On", "ON"), True),
+    **dict.fromkeys(("n", "N", "no", "No", "NO", "false", "False", "FALSE", "off", "Off", "OFF"), False),
+}
+_GO_SPECIAL_FLOATS = {
+    **dict.fromkeys((".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF"), math.inf),
+    **dict.fromkeys(("-.inf", "-.Inf", "-.INF"), -math.inf),
+    **dict.fromkeys((".nan", ".NaN", ".NAN"), math.nan),
+}
+# strconv.ParseInt(text, 0, 64) and go-yaml's float pattern, after go-yaml has removed every underscore.
+_GO_INT = re.compile(r"([-+]?)(0[xX][0-9a-fA-F]+|0[bB][01]+|0[oO][0-7]+|0[0-7]*|[1-9][0-9]*)")
+_GO_INT_PREFIXES = {"0x": 16, "0b": 2, "0o": 8}
+_GO_FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?")
+# go-yaml's timestamp layouts (2006-1-2, with a time after a T, t or space), for an explicit !!timestamp.
+_GO_TIMESTAMP = re.compile(
+    r"(\d{4})-(\d\d?)-(\d\d?)(?:(?:[Tt](\d\d?):(\d\d?):(\d\d?)(?:\.\d+)?(?:Z|[-+]\d\d:\d\d))"
+    r"|(?: (\d\d?):(\d\d?):(\d\d?)(?:\.\d+)?))?"
+)
+
+
+def _go_plain(text: str) -> tuple[str, Any]:
+    """The tag and value go-yaml v2 resolves a plain scalar to."""
+    if text in _GO_NULLS:
+        return _YAML + "null", None
+    if text in _GO_BOOLEANS:
+        return _YAML + "bool", _Boolean(text, _GO_BOOLEANS[text])
+    if text in _GO_SPECIAL_FLOATS:
+        return _YAML + "float", _GO_SPECIAL_FLOATS[text]
+    if text == "<<":
+        return _YAML + "merge", text
+    if text[:1] in tuple("+-.0123456789"):
+        number = _go_number(text.replace("_", ""))
+        if number is not None:
+            return _YAML + ("int" if isinstance(number, int) else "float"), number
+    return _YAML + "str", text
+
+
+def _go_number(plain: str) -> int | float | None:
+    whole = _GO_INT.fullmatch(plain)
+    if whole:
+        digits, prefix = whole[2], whole[2][:2].lower()
+        if prefix in _GO_INT_PREFIXES:
+            number = int(digits[2:], _GO_INT_PREFIXES[prefix])
+        else:  # a leading 0 is octal, as in Go (and C)
+            number = int(digits, 8 if digits.startswith("0") else 10)
+        number = -number if whole[1] == "-" else number
+        if -(1 << 63) <= number < 1 << 64:  # int64, or else uint64
+            return number
+    if _GO_FLOAT.fullmatch(plain):
+        value = float(plain)
+        if math.isinf(value):
+            return None  # out of range for ParseFloat: go-yaml leaves the text
+        # Go's JSON writes a float under 1e21 without an exponent or a fraction when it has none
+        # (1e3 as 1000), which a plugin's Go decoder reads into an integer; Python's would write 1000.0.
+        return int(decimal.Decimal(repr(value))) if value.is_integer() and abs(value) < 1e21 else value
+    return None
+
+
+def _go_tags(yaml: Any) -> dict[str | None, Any]:
+    """Constructors for what PyYAML's safe loader makes of a tag otherwise, by tag (None: unknown)."""
+
+    def short(tag: str) -> str:
+        return tag.replace(_YAML, "!!")
+
+    def refused(node: Any, problem: str) -> yaml.constructor.ConstructorError:
+        return yaml.constructor.ConstructorError(None, None, problem, node.start_mark)
+
+    def resolved(loader: Any, node: Any) -> Any:
+        """An implicit or an explicit !!null, !!bool, !!int or !!float: the plain scalar go-yaml reads,
+        which must be of the type the tag names (an int may be a float)."""
+        text = loader.construct_scalar(node)
+        tag, value = _go_plain(text)
+        if tag != node.tag and (tag, node.tag) != (_YAML + "int", _YAML + "float"):
+            raise refused(node, f"cannot decode {short(tag)} `{text}` as a {short(node.tag)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            # kubectl's sigs.k8s.io/yaml turns the document into JSON, which has none, and refuses the file.
+            raise refused(node, f"json: unsupported value: {text}")
+        return value
+
+    def timestamp(loader: Any, node: Any) -> str:
+        text = str(loader.construct_scalar(node))
+        match = _GO_TIMESTAMP.fullmatch(text)
+        try:
+            if match is None:
+                raise ValueError(text)
+            numbers = [int(part) for part in match.groups() if part is not None]
+            datetime.date(numbers[0], numbers[1], numbers[2])  # a real date, as Go's time.Parse wants
+            if len(numbers) > 3 and not (numbers[3] < 24 and numbers[4] < 60 and numbers[5] < 60):
+                raise ValueError(text)
+        except ValueError:
+            raise refused(node, f"cannot decode !!str `{text}` as a !!timestamp") from None
+        return text
+
+    def binary(loader: Any, node: Any) -> str:
+        text = str(loader.construct_scalar(node))
+        try:
+            data = base64.b64decode(_without_line_ends(text), validate=True)
+        except ValueError:
+            raise refused(node, "!!binary value contains invalid base64 data") from None
+        # Go's JSON writes each byte that is not UTF-8 as U+FFFD, as the plugin then gets it.
+        return data.decode("utf-8", "replace")
+
+    def untagged(loader: Any, node: Any) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            return loader.construct_yaml_map(node)
+        if isinstance(node, yaml.SequenceNode):
+            return loader.construct_yaml_seq(node)
+        return loader.construct_scalar(node)
+
+    return {
+        **dict.fromkeys((_YAML + kind for kind in ("null", "bool", "int", "float")), resolved),
+        _YAML + "timestamp": timestamp,
+        _YAML + "binary": binary,
+        _YAML + "set": untagged,
+        _YAML + "omap": untagged,
+        _YAML + "pairs": untagged,
+        None: untagged,
+    }
 
 
 def _booleans(section: dict[str, Any], fields: tuple[str, ...]) -> None:
@@ -331,6 +463,12 @@ def _as_written(value: Any, seen: set[int], free: bool = False) -> Any:
     boolean, as kubectl sends it on (to an exec plugin, as its ``config``)."""
     if isinstance(value, _Boolean):
         return value.value if free else str.__str__(value)
+    if free and isinstance(value, dict):
+        # A key as sigs.k8s.io/yaml writes it in JSON: a boolean key as "true", which Python's True would
+        # make the same key as the number 1.
+        items = list(value.items())
+        value.clear()
+        value.update((str(k.value).lower() if isinstance(k, _Boolean) else k, v) for k, v in items)
     if not isinstance(value, dict | list) or id(value) in seen:
         return value
     seen.add(id(value))
@@ -361,36 +499,55 @@ def _allowed_alias_share(nodes: int) -> float:
 
 def _alias_problem(document: Any) -> str | None:
     """Why go-yaml would refuse the document's aliases: an anchor whose value contains itself, or too
-    many nodes made by aliases. Measured without expanding them (each mapping or list once), so that
-    the walks that follow (`_as_written`, the plugin's JSON) see a bounded, acyclic document."""
-    sizes: dict[int, int] = {}  # nodes a mapping or list stands for, aliases expanded, by id
-    measuring: set[int] = set()  # met again inside itself: an anchor that contains itself
-    written = 0  # nodes as written, each mapping and list counted once
+    many nodes decoded for aliases. Counted as go-yaml counts while it decodes, in the document's order:
+    every node, an alias's own node and then its value's nodes again, the latter as aliased; measured
+    without expanding them (each mapping or list walked once), so that the walks that follow
+    (`_as_written`, the plugin's JSON) see a bounded, acyclic document. A mapping or list met again is
+    an alias (PyYAML makes one object for an anchor and its aliases)."""
+    cost: dict[int, int] = {}  # nodes decoding a mapping or list takes, its own aliases expanded, by id
+    walking: set[int] = set()  # met again inside itself: an anchor that contains itself
+    decoded, aliased = 1, 0  # the document's node, then as go-yaml's decodeCount and aliasCount
 
-    def size(value: Any) -> int:
-        nonlocal written
-        if not isinstance(value, dict | list):
-            return 1
-        known = sizes.get(id(value))
-        if known is not None:
-            return known
-        if id(value) in measuring:
-            raise _Cycle
-        measuring.add(id(value))
-        items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
-        written += 1 + sum(1 for item in items if not isinstance(item, dict | list))
-        total = sizes[id(value)] = 1 + sum(size(item) for item in items)
-        measuring.discard(id(value))
+    def excessive() -> None:
+        # go-yaml checks at each node; past an alias is where the share is highest.
+        if aliased > 100 and decoded > 1000 and aliased / decoded > _allowed_alias_share(decoded):
+            raise _Excessive(decoded)
+
+    def walk(value: dict[Any, Any] | list[Any]) -> int:
+        nonlocal decoded, aliased
+        walking.add(id(value))
+        total = 1
+        decoded += 1
+        for item in [*value.keys(), *value.values()] if isinstance(value, dict) else value:
+            if not isinstance(item, dict | list):
+                total += 1
+                decoded += 1
+            elif id(item) in walking:
+                raise _Cycle
+            elif id(item) in cost:  # an alias: its node, then its value once more
+                total += 1 + cost[id(item)]
+                decoded += 1 + cost[id(item)]
+                aliased += cost[id(item)]
+                excessive()
+            else:
+                total += walk(item)
+        walking.discard(id(value))
+        cost[id(value)] = total
         return total
 
     try:
-        nodes = size(document)
+        if isinstance(document, dict | list):
+            walk(document)
+        excessive()
     except _Cycle:
         return "a YAML anchor's value contains itself (an alias inside it names it)"
-    aliased = nodes - written
-    if aliased > 100 and nodes > 1000 and aliased / nodes > _allowed_alias_share(nodes):
-        return f"the document contains excessive aliasing (aliases expand it to {nodes} nodes)"
+    except _Excessive as e:
+        return f"the document contains excessive aliasing (aliases expand it to over {e.args[0]} nodes)"
     return None
+
+
+class _Excessive(Exception):
+    pass
 
 
 class _Cycle(Exception):
@@ -435,6 +592,37 @@ def _check_types(
                 # As client-go ("illegal base64 data"); the library failed in its words, or wrote
                 # what it could decode to a file of its own and refused that file.
                 raise ConfigError(f"kubeconfig {path!r}: {where}: {field} is not valid base64") from None
+
+
+def _check_exec_strings(section: dict[str, Any], where: str) -> None:
+    """An exec plugin's ``args`` and ``env`` as client-go decodes them, refused in one line where it
+    refuses them: a list of strings, and a list of mappings with a ``name`` and a string ``value``. A null
+    is the empty string, as Go's JSON decodes it into a string. A boolean word is the text written, as
+    elsewhere outside a boolean field (kubectl refuses it). The values are not shown: they may be secrets."""
+    args = section.get("args")
+    if args is not None and not isinstance(args, list):
+        # A string was run one argument per character, a mapping as its keys.
+        raise ConfigError(f"{where}: args must be a list of strings, not {_kind(args)}")
+    for index, arg in enumerate(args or ()):
+        if arg is not None and not isinstance(arg, str):
+            raise ConfigError(f"{where}: args[{index}] must be a string, not {_kind(arg)}")
+    if args:
+        section["args"] = ["" if arg is None else arg for arg in args]
+    env = section.get("env")
+    if env is not None and not isinstance(env, list):
+        raise ConfigError(f"{where}: env must be a list of name and value pairs, not {_kind(env)}")
+    for index, entry in enumerate(env or ()):
+        if not isinstance(entry, dict):
+            raise ConfigError(
+                f"{where}: env[{index}] must be a mapping with a name and a value, not {_kind(entry)}"
+            )
+        name, value = entry.get("name"), entry.get("value")
+        if not isinstance(name, str) or not name:
+            # client-go: "env variable name must be specified"; a number is refused as it decodes.
+            raise ConfigError(f"{where}: env[{index}]: name must be a non-empty string, not {_kind(name)}")
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f'{where}: env "{name}": value must be a string, not {_kind(value)}')
+        entry["value"] = "" if value is None else value
 
 
 def _kind(value: object) -> str:
@@ -499,6 +687,7 @@ def _chosen(
         # Any value the kubernetes library takes for true handed the plugin the cluster's details, a
         # quoted "false" included; client-go refuses the file.
         _check_types(user["exec"], ((_EXEC_BOOLEANS[0], bool),), f'user "{user_name}": exec', path)
+        _check_exec_strings(user["exec"], f'kubeconfig {path!r}: user "{user_name}": exec')
     _tidied(cluster, _CLUSTER_FIELDS)
     _tidied(user, _USER_FIELDS)
     _check_types(cluster, _CLUSTER_FIELDS, f'cluster "{cluster_name}"', path)
@@ -595,6 +784,13 @@ def _gist(error: Exception) -> str:
                 f" at line {start.line + 1}, column {start.column + 1})" if start else ")"
             )
         return gist
+    if isinstance(error, yaml.reader.ReaderError) and error.encoding not in (None, "unicode"):
+        # Bytes that do not decode (not a character PyYAML refuses): its own text calls the byte an
+        # "unacceptable character".
+        return (
+            f"{error.encoding!r} codec can't decode byte 0x{error.character:02x} in position "
+            f"{error.position}: {error.reason}"
+        )
     return " ".join(str(error).split())
 
 

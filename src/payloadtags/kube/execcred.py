@@ -43,8 +43,10 @@ class ExecPlugin:
     api_version: str
     args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = attrs.field(default=(), repr=False)
-    # The kubeconfig's folder: a relative command path is resolved against it.
-    cwd: str | None = None
+    # The kubeconfig's folder: a relative command path is resolved against it, as in client-go. The plugin
+    # runs in our own working directory, as client-go runs it in kubectl's (a relative file its args name
+    # is found there).
+    folder: str | None = None
     # ``spec.cluster`` handed to the plugin when the kubeconfig asks for it (provideClusterInfo).
     cluster: JsonObject | None = attrs.field(default=None, repr=False, eq=False, hash=False)
     # The cluster's ``certificate-authority`` file, given to the plugin as certificate-authority-data.
@@ -52,7 +54,11 @@ class ExecPlugin:
     ca_file: str | None = None
 
     @classmethod
-    def from_kubeconfig(cls, section: Mapping[str, Any], cwd: str | None, cluster: JsonObject) -> ExecPlugin:
+    def from_kubeconfig(
+        cls, section: Mapping[str, Any], folder: str | None, cluster: JsonObject
+    ) -> ExecPlugin:
+        """The plugin of an ``exec`` section whose ``args`` are strings and whose ``env`` holds mappings
+        of a string ``name`` and ``value`` (`payloadtags.kube.config` checks them)."""
         command, api_version = section.get("command"), section.get("apiVersion")
         if not isinstance(command, str) or not command or not isinstance(api_version, str):
             raise PluginError("exec: the kubeconfig's exec section needs a command and an apiVersion")
@@ -69,29 +75,41 @@ class ExecPlugin:
             if info is not None and "certificate-authority-data" not in info
             else None
         )
-        env = tuple((str(e["name"]), str(e["value"])) for e in section.get("env") or ())
-        return cls(
+        plugin = cls(
             command=command,
             api_version=api_version,
-            args=tuple(str(a) for a in section.get("args") or ()),
-            env=env,
-            cwd=cwd,
+            args=tuple(section.get("args") or ()),
+            env=tuple((e["name"], e["value"]) for e in section.get("env") or ()),
+            folder=folder,
             cluster=info,
-            ca_file=os.path.join(cwd or "", str(ca_file)) if ca_file else None,
+            ca_file=os.path.join(folder or "", str(ca_file)) if ca_file else None,
         )
+        if info is not None:
+            plugin._exec_info({"cluster": info})  # what has no JSON form fails at load, in one line
+        return plugin
 
     def argv(self) -> list[str]:
         command = self.command
-        if os.sep in command and not os.path.isabs(command) and self.cwd:
-            command = os.path.join(self.cwd, command)
+        if os.sep in command and not os.path.isabs(command) and self.folder:
+            command = os.path.join(self.folder, command)
         return [command, *self.args]
 
     def environment(self, base: Mapping[str, str] = os.environ) -> dict[str, str]:
         spec: JsonObject = {"interactive": False}
         if self.cluster is not None:
             spec["cluster"] = self._cluster_with_ca()
+        return {**base, **dict(self.env), "KUBERNETES_EXEC_INFO": self._exec_info(spec)}
+
+    def _exec_info(self, spec: JsonObject) -> str:
+        """KUBERNETES_EXEC_INFO: JSON that a plugin's decoder reads, so without a bare NaN or Infinity."""
         info = {"apiVersion": self.api_version, "kind": "ExecCredential", "spec": spec}
-        return {**base, **dict(self.env), "KUBERNETES_EXEC_INFO": json.dumps(info)}
+        try:
+            return json.dumps(info, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise PluginError(
+                f"exec plugin {self.command}: the cluster's {_EXEC_EXTENSION} extension has no JSON "
+                f"form ({e})"
+            ) from e
 
     def _cluster_with_ca(self) -> JsonObject:
         assert self.cluster is not None
@@ -183,7 +201,6 @@ def run_plugin_blocking(plugin: ExecPlugin, timeout: float = PLUGIN_TIMEOUT) -> 
         done = subprocess.run(
             plugin.argv(),
             env=plugin.environment(),
-            cwd=plugin.cwd,
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=timeout,
@@ -243,7 +260,7 @@ def run_plugin(reactor: Any, plugin: ExecPlugin, timeout: float = PLUGIN_TIMEOUT
     protocol = _PluginProcess(plugin, done)
     argv = plugin.argv()
     try:
-        reactor.spawnProcess(protocol, argv[0], argv, env=plugin.environment(), path=plugin.cwd)
+        reactor.spawnProcess(protocol, argv[0], argv, env=plugin.environment())
     except OSError as e:
         done.errback(PluginError(f"cannot run exec plugin {plugin.command}: {e}"))
         return done
