@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, ensureDeferred
 from twisted.internet.task import Clock
 
 from payloadtags.cleanup.cascade import Aborted, Cascade, Unconfirmed
@@ -23,13 +23,13 @@ from payloadtags.cleanup.removal import NamespaceRemover
 from payloadtags.cleanup.sweep import ABSENT
 from payloadtags.metrics import InstrumentedRegistry, Metrics
 from payloadtags.registry import RegistryClient, RegistrySettings, WriteHooks
-from payloadtags.registry.errors import RegistryUnavailable
+from payloadtags.registry.errors import RegistryTimeout, RegistryUnavailable
 from payloadtags.registry.queue import RepositoryQueue
 from tests.support import images
 from tests.support.cleanup_fixtures import unique_namespace
 from tests.support.dangling import dangling_tags, make_dangling
 from tests.support.heldagent import HeldAgent
-from tests.support.registry_server import RegistryServer
+from tests.support.registry_server import RegistryServer, TokenServer
 
 
 class Api:
@@ -554,6 +554,188 @@ async def test_a_deletecollections_own_delete_stops_waiting_at_its_budget(
     assert images.list_tags(target, repository) == ["a"]
 
 
+@pytest.mark.parametrize(
+    "budget_ends", ["while the retry waits for its token", "while the refused DELETE is out"]
+)
+@pytest_twisted.ensureDeferred
+async def test_a_deletecollections_delete_answered_401_is_not_sent_for_its_budget(
+    token_registry: RegistryServer, token_server: TokenServer, budget_ends: str
+) -> None:
+    """A deletecollection's digest DELETE is answered 401 (its token does not grant `delete` yet, as a
+    token revoked or expired early): the registry did nothing, and the retry waits for a new token,
+    which the token service is slow to give. The budget (2 s) ends meanwhile, or while the refused
+    DELETE is still out (then the removal waits for its answer: a write out is not cut short): once
+    nothing is out, the call ends with its 503 "not finished within 2s", and the retry never leaves.
+    The 401-answered attempt was not a write sent, whose outcome the call would lose."""
+    namespace = unique_namespace("budget401")
+    repository = f"{namespace}/app"
+    images.push_oci_image(token_registry, repository, "a", seed=f"{namespace}-a")
+    delete_tokens: list[str] = []
+
+    def grant(user: str | None, rtype: str, name: str, actions: list[str]) -> list[str]:
+        if name == repository and "delete" in actions:
+            delete_tokens.append(name)
+            if len(delete_tokens) == 1:
+                return [action for action in actions if action != "delete"]  # the first: refused
+        return actions
+
+    def is_delete_token(method: str, url: str) -> bool:
+        return "scope=" in url and "delete" in url and namespace in url
+
+    def is_delete(method: str, url: str) -> bool:
+        return method == "DELETE" and f"/v2/{repository}/manifests/" in url
+
+    second_token: Deferred[None] = Deferred()
+    refused: Deferred[None] = Deferred()
+    tokens_asked = [0]
+
+    def hold(method: str, url: str) -> Deferred[None] | None:
+        if is_delete_token(method, url):
+            tokens_asked[0] += 1
+            return second_token if tokens_asked[0] == 2 else None
+        if is_delete(method, url) and budget_ends == "while the refused DELETE is out":
+            return refused
+        return None
+
+    agent = HeldAgent(reactor, hold)
+    original = token_server.grant
+    token_server.grant = grant
+    client = client_for(
+        token_registry, agent, username=token_registry.username, password=token_registry.password
+    )
+    clock, remover = gone_remover(client)
+    removal: Deferred[None] | None = None
+    try:
+        retry_waits = agent.arrived(
+            lambda method, url: [is_delete_token(*request) for request in agent.requests].count(True) == 2
+        )
+        if budget_ends == "while the refused DELETE is out":
+            out = agent.arrived(is_delete)
+            removal = Deferred.fromCoroutine(remover.remove(namespace, 2.0))
+            await out
+            await next_turn()
+            clock.advance(2.0)
+            assert not removal.called  # its DELETE is out: not cut short, its answer awaited
+            refused.callback(None)  # answered 401
+            await retry_waits
+            await next_turn()
+            clock.advance(0)  # the turn after the answer, on the budget's clock
+        else:
+            removal = Deferred.fromCoroutine(remover.remove(namespace, 2.0))
+            await retry_waits
+            await next_turn()
+            clock.advance(2.0)
+        assert removal.called  # ended at its budget, the retry's token still not there
+        with pytest.raises(RegistryUnavailable, match="not finished within 2s"):
+            await removal
+        assert [method for method, _ in agent.writes()] == ["DELETE"]  # the refused attempt only
+        token_answered = agent.answered(is_delete_token)
+        second_token.callback(None)
+        await token_answered
+        await next_turn()
+        assert [method for method, _ in agent.writes()] == ["DELETE"]  # the retry never left
+    finally:
+        token_server.grant = original
+        for held in (second_token, refused):
+            if not held.called:
+                held.callback(None)
+        if removal is not None and not removal.called:
+            removal.cancel()
+        await client.close()
+    assert images.list_tags(token_registry, repository) == ["a"]
+
+
+@pytest.mark.parametrize("stopped", ["cancelled", "by its guard"])
+@pytest_twisted.ensureDeferred
+async def test_a_leader_that_loses_its_lease_while_a_repairs_put_is_out_stops_and_its_removal_waits(
+    registry: RegistryServer, stopped: str
+) -> None:
+    """The leader's cascade repairs a dangling tag: its placeholder PUT is out (held on the way to the
+    registry) when the replica loses its Lease, and the controller cancels the cascade (or has not
+    yet: its guard says so at the next write). The repair goes on (alone, when cancelled: its PUT's
+    outcome is not known), the PUT stays recorded as a write that may land in the namespace, and a
+    deletecollection's removal in this process meanwhile does not report the namespace empty: at
+    its budget it answers 504, naming the write. Once the PUT is answered (it landed: the tag on the
+    placeholder), the old leader sends nothing more (its DELETE of the placeholder is checked
+    against the lost Lease), and a later removal deletes what the PUT left. (Another replica knows
+    nothing of this process's writes: docs/namespace-cleanup.md.)"""
+    namespace = unique_namespace("leaselost")
+    repository = f"{namespace}/app"
+    make_dangling(
+        registry, repository, images.push_oci_image(registry, repository, "v1", seed=f"{namespace}-v1")
+    )
+    held: Deferred[None] = Deferred()
+
+    def is_put(method: str, url: str) -> bool:
+        return method == "PUT" and f"/v2/{repository}/manifests/" in url
+
+    def hold(method: str, url: str) -> Deferred[None] | None:
+        return held if is_put(method, url) else None
+
+    agent = HeldAgent(reactor, hold)
+    client = client_for(registry, agent)
+    leading = [True]
+
+    def guard() -> str | None:
+        return None if leading[0] else "this replica no longer leads"
+
+    async def gone() -> None:
+        pass
+
+    clock = Clock()
+
+    async def absent(name: str) -> tuple[str, str | None]:
+        return ABSENT, None
+
+    remover = NamespaceRemover(
+        Cascade(client, clock, concurrency=1, late_writes=client.late_writes), clock, absent
+    )
+    put_out = agent.arrived(is_put)
+    leader = Deferred.fromCoroutine(
+        Cascade(client, reactor, concurrency=1, late_writes=client.late_writes).run(
+            namespace, guard=guard, confirm=gone
+        )
+    )
+    removal: Deferred[None] | None = None
+    try:
+        await put_out
+        await next_turn()
+        leading[0] = False  # the Lease lost
+        if stopped == "cancelled":  # as the controller does once it sees it
+            leader.cancel()
+            with pytest.raises(CancelledError):
+                await leader
+        assert client.late_writes.pending(namespace) == (f"repairing dangling tag {repository}:v1", math.inf)
+        removal = Deferred.fromCoroutine(remover.remove(namespace, 2.0))
+        await next_turn()
+        clock.advance(2.0)
+        assert removal.called
+        with pytest.raises(RegistryTimeout, match="has not answered a write made while repairing dangling"):
+            await removal
+        writes = agent.writes()
+        answered = agent.answered(is_put)
+        held.callback(None)  # the PUT lands: the tag on the placeholder
+        await answered
+        await next_turn()
+        assert agent.writes() == writes  # the old leader sent nothing more: its DELETE not sent
+        if stopped == "by its guard":
+            assert await outcome_of(leader) == "aborted: this replica no longer leads"
+        assert client.late_writes.pending(namespace) is None  # answered: nothing may land any more
+        assert images.list_tags(registry, repository) == ["v1"]
+        assert dangling_tags(registry.url, repository) == []  # on the placeholder
+        removal = Deferred.fromCoroutine(remover.remove(namespace, 2.0))
+        await removal  # deletes what the PUT left
+    finally:
+        if not held.called:
+            held.callback(None)
+        if not leader.called:
+            leader.cancel()
+        if removal is not None and not removal.called:
+            removal.cancel()
+        await client.close()
+    assert images.list_tags(registry, repository) == []
+
+
 @pytest.mark.parametrize("waiting_for", ["a confirmation's turn", "the repository's turn"])
 @pytest_twisted.ensureDeferred
 async def test_a_wait_for_another_deletes_confirmation_is_not_registry_time(
@@ -608,6 +790,13 @@ def delete_manifest_durations(metrics: Metrics) -> list[float]:
         if sample.name == "payloadtags_registry_operation_duration_seconds_sum"
         and sample.labels["operation"] == "delete_manifest"
     ]
+
+
+async def next_turn() -> None:
+    """The next reactor turn: what the last event set going (a request's callbacks) has run."""
+    turn: Deferred[None] = Deferred()
+    reactor.callLater(0, turn.callback, None)
+    await turn
 
 
 def queued_for_a_confirmation(client: RegistryClient) -> Deferred[None]:

@@ -7,7 +7,8 @@ from payloadtags.registry import WriteHooks
 
 async def run_hooks(hooks: WriteHooks | None) -> None:
     """What the registry client does with ``hooks`` before a write request leaves: the confirmation
-    (in the repository's turn), the last check, then `sent`. Raising stops there, as it does there."""
+    (in the repository's turn), the last check, then `sent` (True: out). Raising stops there, as it
+    does there. The fakes' writes are never told answered: each stays out to the mutation's end."""
     if hooks is None:
         return
     if hooks.before is not None:
@@ -15,4 +16,4 @@ async def run_hooks(hooks: WriteHooks | None) -> None:
     if hooks.check is not None:
         hooks.check()
     if hooks.sent is not None:
-        hooks.sent()
+        hooks.sent(True)

@@ -797,22 +797,35 @@ class _Checks:
     def check(self) -> None:
         _check(self.guard)
 
-    async def bounded(self, work: Deferred[T], sent: Callable[[], bool] = lambda: False) -> T:
-        """``work``, cancelled at `until` unless ``sent`` says its write has left: a request waiting for
-        the repository's turn behind another mutation's slow confirmation, or for a connection slot
-        all of which confirmations hold, leaves the line with nothing sent and the call ends at its
-        budget. Cancelling a read, or a write not yet sent, loses nothing."""
+    async def bounded(self, work: Deferred[T], out: _Out | None = None) -> T:
+        """``work``, cancelled at `until` unless a write of it is out (``out``: sent, not answered): a
+        request waiting for the repository's turn behind another mutation's slow confirmation, for a
+        connection slot all of which confirmations hold, or for a token after a 401, leaves the line
+        with nothing sent and the call ends at its budget. Cancelling a read, or a mutation with no
+        write out, loses nothing. A write out at `until` is waited for: cancelled once answered (in
+        the reactor turn after its answer, not inside the request's own call), never while the
+        registry may still carry it out without its outcome being known."""
         if self.until is None or self.clock is None:
             return await work
+        clock, until = self.clock, self.until
         expired = False
 
         def expire() -> None:
             nonlocal expired
-            if not sent():
-                expired = True
-                work.cancel()
+            if work.called or expired or (out is not None and out.count > 0):
+                return
+            expired = True
+            work.cancel()
 
-        timer = self.clock.callLater(max(0.0, self.until - self.clock.seconds()), expire)
+        def answered() -> None:
+            # Nothing out any more: past the budget, what follows (a 401's retry waiting for its token,
+            # the mutation's next write waiting for a turn) is cut, from the next reactor turn.
+            if clock.seconds() >= until:
+                clock.callLater(0, expire)
+
+        if out is not None:
+            out.answered = answered
+        timer = clock.callLater(max(0.0, until - clock.seconds()), expire)
         try:
             return await work
         except CancelledError:
@@ -825,18 +838,10 @@ class _Checks:
                 timer.cancel()
 
     async def _attempt(self, call: Callable[[WriteHooks], Awaitable[T]]) -> T:
-        sent = False
-
-        def leaving() -> None:
-            # Told by the registry client right before a write leaves, not by the check it makes on
-            # taking the repository's turn: until then (a confirmation's turn, a slot, a token) the
-            # wait is cancelled at the budget.
-            nonlocal sent
-            sent = True
-
+        out = _Out()
         before = self.once if self.confirm is not None else None
-        work = ensureDeferred(_awaited(call(WriteHooks(before=before, check=self.check, sent=leaving))))
-        return await self.bounded(work, lambda: sent)
+        work = ensureDeferred(_awaited(call(WriteHooks(before=before, check=self.check, sent=out))))
+        return await self.bounded(work, out)
 
     async def mutate(self, call: Callable[[WriteHooks], Awaitable[T]]) -> T:
         backoff = self.backoff()
@@ -851,6 +856,25 @@ class _Checks:
             retries -= 1
             _check(self.guard)  # not sat out after leading
             await self.pause(backoff.next_delay())  # a deletecollection's: not past its budget
+
+
+@attrs.define
+class _Out:
+    """The manifest writes of a mutation's attempt that are out (`WriteHooks.sent`): counted when the
+    registry client tells one leaving, not by the check it makes on taking the repository's turn, and
+    uncounted when the registry answers it (a 401 included). One that went unanswered (a timeout, a
+    connection lost, a gateway's 5xx) is never uncounted: the registry may still carry it out, and
+    the mutation goes on to learn what it did. Until one leaves, and again once none is out, a wait
+    (a confirmation's turn, a slot, a token) is cancelled at the budget (`_Checks.bounded`)."""
+
+    count: int = 0
+    # Told when the count comes back to 0 (`bounded`: a budget that ended meanwhile cuts the rest).
+    answered: Callable[[], None] | None = None
+
+    def __call__(self, leaving: bool) -> None:
+        self.count += 1 if leaving else -1
+        if not leaving and self.count == 0 and self.answered is not None:
+            self.answered()
 
 
 async def _awaited(work: Awaitable[T]) -> T:

@@ -72,7 +72,7 @@ from .errors import (
     RegistryTimeout,
     RegistryUnavailable,
 )
-from .interface import Waiting, WriteHooks
+from .interface import Sent, Waiting, WriteHooks
 from .late import LateWrites, namespace_of
 from .queue import RepositoryQueue
 from .transport import BodyTooLarge, BytesProducer, KeptEndpoints, OriginRequests, TLSPolicy, read_body
@@ -615,8 +615,8 @@ class RegistryClient:
 
         Queued behind the other mutations of the repository in this process (`RepositoryQueue`);
         the ``hooks``' ``before`` and ``check`` run in the repository's turn, right before the DELETE
-        is sent, on every attempt; ``sent`` is told then, ``waiting`` of the waits for the
-        repository's turn, a confirmation's turn and a slot (`WriteHooks`)."""
+        is sent, on every attempt; ``sent`` is told True then (False once answered), ``waiting`` of
+        the waits for the repository's turn, a confirmation's turn and a slot (`WriteHooks`)."""
         self._check_repository(repository)
         self._check_digest(digest)
         gate = hooks if hooks is not None else _NO_HOOKS
@@ -693,10 +693,10 @@ class RegistryClient:
         The ``hooks``' ``before`` runs in the repository's turn right before each request that changes
         a manifest or the tag (the DELETE by tag, a re-tag or repair PUT, the DELETE of the copy, a
         restore), after the read it is conditional on; ``check`` right before each write request;
-        ``sent`` told right before each of those that change a manifest or the tag; ``waiting`` of its
-        waits for the repository's turn, a confirmation's turn and a slot (`WriteHooks`). Raising stops
-        the delete there, with that request not sent: also a delete carried on after its caller
-        stopped waiting.
+        ``sent`` told True right before each of those that change a manifest or the tag leaves (False
+        once answered); ``waiting`` of its waits for the repository's turn, a confirmation's turn and
+        a slot (`WriteHooks`). Raising stops the delete there, with that request not sent: also a
+        delete carried on after its caller stopped waiting.
         """
         self._check_repository(repository)
         self._check_tag(tag)
@@ -1388,7 +1388,9 @@ class RegistryClient:
             # (a storage backend) names a realm of that host's choosing (docs/registry.md).
             return reply
         authorization = await self._auth.answer(reply.header("WWW-Authenticate"), scope, sent)
-        # Checked again: the token's round trip came after the first attempt's checks.
+        # Checked again: the token's round trip came after the first attempt's checks. The refused
+        # attempt was told answered (`WriteHooks.sent`): the waits for the token, a confirmation's
+        # turn and a slot may be cut short by the caller (a budget spent), with nothing out.
         reply = await self._exchange(
             method, url, headers, body, authorization, max_body, redirects, ready=ready
         )
@@ -1488,6 +1490,7 @@ class RegistryClient:
         finally:
             if waiting is not None:
                 waiting(False)
+        out: Sent | None = None
         try:
             if ready is not None:
                 try:
@@ -1498,17 +1501,23 @@ class RegistryClient:
                         self._confirming.release()
                 if ready.check is not None:
                     ready.check()
-                if ready.sent is not None:
-                    ready.sent()  # from here it leaves (`WriteHooks.sent`)
+                out = ready.sent
+                if out is not None:
+                    out(True)  # from here it leaves (`WriteHooks.sent`)
             if on_send is not None:
                 if self._reads_at_turn_end:
                     await self._turn_end()
                 on_send()
-            return await self._timed_exchange(
+            reply = await self._timed_exchange(
                 method, url, headers, body, authorization, max_body, redirects, peer
             )
         finally:
             self._slots.release()
+        if out is not None and not _may_carry_out_later(reply):
+            # Answered (a 401 included: nothing done, and its retry waits for a token and is checked
+            # again before it leaves): no longer out. A gateway's 5xx is no answer of the registry's.
+            out(False)
+        return reply
 
     def _turn_end(self) -> Deferred[None]:
         """Fires at the end of this reactor turn: one delayed call for every read that waits for it
@@ -1702,7 +1711,7 @@ class RegistryClient:
                 f"{what} is not possible now, retry later",
                 retry_after=_retry_after(reply.header("Retry-After"), 60),
             )
-        if status >= 500 and reply.method in ("PUT", "DELETE") and _from_gateway(reply):
+        if _may_carry_out_later(reply):
             # A write answered by a gateway in front of the registry (an ingress, a load balancer, a
             # sidecar whose upstream timeout is shorter than the registry's time to answer): the
             # registry may have the request still, and carry it out after this answer. Unanswered, as
@@ -1838,6 +1847,12 @@ def _amend(error: RegistryError, more: str, pending: bool | None = None) -> Regi
     if pending is not None:
         amended.unanswered = pending
     return amended
+
+
+def _may_carry_out_later(reply: _Reply) -> bool:
+    """Whether the registry may still carry out a write so answered: a gateway's 5xx to a `PUT` or a
+    `DELETE` (`_from_gateway`), given while the registry may still have the request."""
+    return reply.status >= 500 and reply.method in ("PUT", "DELETE") and _from_gateway(reply)
 
 
 def _from_gateway(reply: _Reply) -> bool:

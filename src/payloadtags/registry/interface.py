@@ -24,8 +24,9 @@ Before = Callable[[], Awaitable[None]]
 Check = Callable[[], None]
 """A caller's synchronous last check before a write request of a mutation leaves (`WriteHooks.check`)."""
 
-Sent = Callable[[], None]
-"""Told when a write request of a mutation may reach the registry (`WriteHooks.sent`)."""
+Sent = Callable[[bool], None]
+"""Told True when a write request of a mutation may reach the registry, False when the registry has
+answered it (`WriteHooks.sent`)."""
 
 Waiting = Callable[[bool], None]
 """Told when a mutation starts and stops waiting for what is not the registry (`WriteHooks.waiting`)."""
@@ -53,11 +54,16 @@ class WriteHooks:
     to stop): raising stops the mutation there, with that request not sent."""
 
     sent: Sent | None = None
-    """Told right before each request of a mutation that changes a manifest or a tag leaves (a manifest
-    `PUT` or `DELETE`, as for `before`; not a blob upload, nor the probe, which change no tag), its
-    `check` passed: from here the request may reach the registry. Not told for the `check` made on
-    taking the repository's turn: a mutation that has not been told may still be stopped (cancelled)
-    with nothing changed, while it waits for a confirmation's turn, a connection slot or a token."""
+    """Told True right before each request of a mutation that changes a manifest or a tag leaves (a
+    manifest `PUT` or `DELETE`, as for `before`; not a blob upload, nor the probe, which change no
+    tag), its `check` passed: from here the request is out, and may reach the registry. Told False
+    once the registry has answered it, whatever it answered (a 401 included, after which the
+    request is sent again with a token, and told True again when it leaves): its outcome is known.
+    Never told False for a request that went unanswered (a timeout, a connection lost, a gateway's
+    5xx, its request cancelled), which the registry may still carry out: it stays out for the rest
+    of the mutation. Not told for the `check` made on taking the repository's turn: a mutation with
+    no request out may still be stopped (cancelled) with no write of unknown outcome, while it waits
+    for a confirmation's turn, a connection slot or a token (a 401's retry included)."""
 
     waiting: Waiting | None = None
     """Told True when a mutation starts waiting for what is not the registry answering it, False when
