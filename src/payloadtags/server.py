@@ -440,6 +440,7 @@ async def start(
         delete_concurrency=settings.delete_concurrency,
         removal=remover,
         late_writes=late_writes,
+        request_timeout=settings.http.request_timeout,
         walks=walks,
         changed=watch_hub.repository_changed,
     )

@@ -239,6 +239,49 @@ async def test_a_tag_by_tag_deletecollection_waits_for_the_unanswered_write_of_a
     assert images.list_tags(fresh_registry, repo) == []
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_tag_by_tag_deletecollection_answers_its_own_504_before_the_requests_deadline(
+    reactor,
+    make_server,
+    fresh_registry,
+    kube_api,
+    kube_kubeconfig,
+    pki,
+):
+    """The server's wiring of its request deadline into the wait for a late write (review-ds D5): a
+    write of this process may land in the live namespace for 30 s more, and the server's requests
+    have 3 s. The deletecollection tag by tag waited within its 40 s budget, and the deadline cut it
+    with "get the tags again to see which are gone", which a look at once shows falsely done. It
+    answers its own 504 at once: no time is left for the write before the deadline."""
+    ns = unique_namespace("latedeadline")
+    _another_replica_leads(kube_api)
+    ensure_namespace(kube_api, ns)
+    repo = f"{ns}/app"
+    images.push_oci_image(fresh_registry, repo, "v1")
+    server = await make_server(
+        fresh_registry,
+        registry=RegistrySettings(url=fresh_registry.url, timeout=5.0),
+        kubeconfig=str(kube_kubeconfig),
+        authorization_mode="RBAC",
+        namespace_cleanup=True,
+        http=HttpLimits(request_timeout=3.0),
+        **FAST,
+    )
+    masters = server.client(pki.client_ca.client("namespace-controller", ("system:masters",)))
+    try:
+        late_writes = server.running.api.service.late_writes
+        # As the registry client notes a delete whose re-tag went unanswered.
+        late_writes.note(ns, f"deleting tag {repo}:v0", late_writes.now() + 30.0)
+        removal = await masters.delete(f"{B}/namespaces/{ns}/payloadrepositorytags")  # tag by tag
+    finally:
+        await server.stop()
+    body = removal.body.decode()
+    assert removal.code == 504, body
+    assert "get the tags again" not in body, body
+    assert f"a write made while deleting tag {repo}:v0, and may still carry it out within about" in body, body
+    assert images.list_tags(fresh_registry, repo) == []
+
+
 def _lease_holder(kube_api: Any) -> str | None:
     if not kube_api.store.exists(LEASES, "payloadtags-cleanup", "kube-system"):
         return None

@@ -1,4 +1,5 @@
-"""`LateWrites.wait_out`: the one wait for a process's writes that may still land in a namespace."""
+"""`LateWrites`: the record of this process's writes that may still land, by namespace, and `wait_out`,
+the one wait for them."""
 
 from __future__ import annotations
 
@@ -108,3 +109,74 @@ def test_a_cancelled_wait_leaves_nothing_behind() -> None:
     assert other == [None]
     assert clock.getDelayedCalls() == []
     assert late._woken == {}
+
+
+def test_an_entry_whose_time_passed_is_dropped_and_the_record_stays_bounded() -> None:
+    """Only a cascade's pass that found the namespace empty dropped an entry (`settled`): a namespace
+    deleted tag by tag, one that lives on, one whose removal another replica served kept theirs for
+    the life of the process (review-ds D3). Once its time has passed, an entry goes: when it is asked
+    for (`pending`), and with every new one noted (`note`), so the record holds the writes that may
+    still land, not every namespace that ever had one."""
+    clock = Clock()
+    late = LateWrites(clock)
+    for number in range(100):
+        late.note(f"team{number}", f"deleting tag team{number}/app:v1", 10.0)
+    clock.advance(10.0)
+    assert late.pending("team0") is None
+    late.note("other", "deleting tag other/app:v1", 30.0)
+    assert late._writes == {"other": ("deleting tag other/app:v1", 30.0)}
+    # Where a write would leave its tag goes with its namespace's entry.
+    late.ended("other", late.sent("other", "deleting tag other/app:v2", ("other/app", "v2", "sha256:1")), 5.0)
+    assert late.leaves("other") == {("other/app", "v2", "sha256:1")}
+    clock.advance(20.0)
+    assert late.pending("other") is None
+    assert (late._writes, late._out, late._leaves, late._latest) == ({}, {}, {}, {})
+
+
+def test_a_namespace_noted_again_as_its_time_passes_keeps_where_its_writes_would_leave_tags() -> None:
+    """A delete whose re-tag went unanswered is noted again at its end, two timeouts after the re-tag's
+    error, when the re-tag's own time has just passed: the entry is renewed, and where the re-tag would
+    leave its tag stays known (the tag-by-tag deletecollection that waits for it deletes it there)."""
+    clock = Clock()
+    late = LateWrites(clock)
+    late.ended("team", late.sent("team", "deleting tag team/app:v1", ("team/app", "v1", "sha256:1")), 4.0)
+    clock.advance(4.0)
+    late.note("team", "deleting tag team/app:v1", 8.0)
+    assert late.pending("team") == ("deleting tag team/app:v1", 8.0)
+    assert late.leaves("team") == {("team/app", "v1", "sha256:1")}
+
+
+def test_a_pass_begun_before_a_dropped_entrys_time_is_told_of_it() -> None:
+    """A cascade's pass that began before a write's time and found the namespace empty after it may
+    have missed what the write left (it may have landed in a part already listed): it passes again.
+    The entry dropped once its time passed no longer says so by namespace; its time does, for any
+    pass begun before it."""
+    clock = Clock()
+    late = LateWrites(clock)
+    late.note("team", "repairing dangling tag team/app:v1", 10.0)
+    began = clock.seconds()
+    assert late.since("team", began) == ("repairing dangling tag team/app:v1", 10.0)
+    clock.advance(12.0)
+    assert late.pending("team") is None  # dropped
+    assert late.since("team", began) is not None
+    assert late.since("elsewhere", began) is not None  # which namespace it was in is not kept
+    assert late.since("team", clock.seconds()) is None  # a pass begun after it is told of nothing
+
+
+def test_a_write_out_says_within_about_how_long_it_may_land() -> None:
+    """A write out (sent, not answered) may land "later" (review-ds D4: a 504 said to "wait that
+    long" where no length was named): its sender says within how long at the latest, and that is
+    what a message gives, counted from now; "later" when one of the writes out gave none."""
+    clock = Clock()
+    late = LateWrites(clock)
+    first = late.sent("team", "deleting tag team/app:v1", within=15.0)
+    clock.advance(4.0)
+    late.sent("team", "deleting tag team/app:v2", within=12.0)
+    assert late.pending("team") == ("deleting tag team/app:v1", float("inf"))
+    assert late.out_within("team") == "within about 12s"  # the later of 15 and 16 from the start
+    clock.advance(15.5)
+    assert late.out_within("team") == "within about 1s"  # at least 1 s while it is out
+    late.ended("team", first, None)
+    late.sent("team", "deleting tag team/app:v3")
+    assert late.out_within("team") == "later"
+    assert late.out_within("elsewhere") == "later"

@@ -50,6 +50,10 @@ audit_log = Logger(namespace="payloadtags.audit")
 # How many of the tags a deletecollection left behind its error message names one by one.
 NAMED_LEFT = 10
 
+# Seconds before the request's deadline that a deletecollection's wait for a late write ends: the
+# request began a little before the call (its head read, its user authenticated).
+DEADLINE_MARGIN = 1.0
+
 
 def _collection_incomplete(
     namespace: str,
@@ -290,6 +294,11 @@ class TagsService:
     # The registry client's record of its writes that may still land (`LateWrites`): a deletecollection
     # tag by tag answers no 200 while one may land in the namespace. None: none are kept.
     late_writes: LateWrites | None = None
+    # The API's deadline for a request (`HttpLimits.request_timeout`), counted from the call: the wait
+    # for a late write ends `DEADLINE_MARGIN` before it, so that the call answers its own 504 naming
+    # the write, not the deadline's "get the tags again", which a look at once shows falsely done.
+    # None: no deadline.
+    request_timeout: float | None = None
     # Where paginated walks keep the tag lists their next pages show; None: every page reads them.
     walks: WalkCache | None = None
     # Told each repository a delete of this service changed, or may have (one that failed half-way),
@@ -575,6 +584,7 @@ class TagsService:
         # As kube-apiserver's DeleteCollection: with a limit, the one page a list with the same
         # options shows (its continue token comes back for the next one); without, every page from
         # where continue points (the start when absent) to the end.
+        called = self.late_writes.now() if self.late_writes is not None else 0.0
         selection, selected_meta = await self._select(user, namespace, list_options, shown=False)
         if not is_namespace(namespace):
             # Nothing to delete where no namespace can be (an empty selection, read from nowhere); and
@@ -623,6 +633,10 @@ class TagsService:
         selected = set(refs)
         deleted: dict[TagRef, PayloadRepositoryTag] = {}
         began = self.late_writes.now() if self.late_writes is not None else 0.0
+        # The wait for a late write ends with the budget, or before the request's deadline.
+        deadline = began + self.removal_budget
+        if self.request_timeout is not None:
+            deadline = min(deadline, called + self.request_timeout - DEADLINE_MARGIN)
         todo = refs
         while True:
             order = _across_repositories(todo)
@@ -641,7 +655,7 @@ class TagsService:
             # re-tag, a cascade's repair: `LateWrites`), as for the namespace's removal: the namespace
             # controller also deletes tag by tag when the namespace's state could not be read.
             leaves = self.late_writes.leaves(namespace) if self.late_writes is not None else frozenset()
-            if not await self._waited_for_late_writes(namespace, len(refs), began):
+            if not await self._waited_for_late_writes(namespace, len(refs), deadline):
                 return [deleted[ref] for ref in refs if ref in deleted], meta
             # It could land meanwhile: delete what it left, and look again.
             listed = (await self._select(user, namespace, unfiltered, authorize=False, shown=False))[0].refs
@@ -679,24 +693,28 @@ class TagsService:
                 )
         return left
 
-    async def _waited_for_late_writes(self, namespace: str, total: int, began: float) -> bool:
-        """Wait until no write of this process may land in ``namespace`` any more, within
-        `removal_budget` from ``began`` (True: waited; False: none may land); else a 504 without
-        Retry-After that names the write. One still out (sent, not answered) is waited for too: its
-        answer may come within the budget, and then what it left is deleted (`LateWrites.wait_out`)."""
+    async def _waited_for_late_writes(self, namespace: str, total: int, deadline: float) -> bool:
+        """Wait until no write of this process may land in ``namespace`` any more, before ``deadline``
+        (on the clock of `late_writes`: the budget's end, or a margin before the request's deadline;
+        True: waited; False: none may land); else a 504 without Retry-After that names the write. One
+        still out (sent, not answered) is waited for too: its answer may come before the deadline, and
+        then what it left is deleted (`LateWrites.wait_out`)."""
         late_writes = self.late_writes
         if late_writes is None:
             return False
         late = late_writes.pending(namespace)
         if late is None or late[1] <= late_writes.now():
             return False
-        late = await late_writes.wait_out(namespace, began + self.removal_budget)
+        late = await late_writes.wait_out(namespace, deadline)
         if late is None:
             return True
         what, until = late
         left = until - late_writes.now()
         if left == math.inf:
-            when = f"the registry has not answered a write made while {what} yet, and may carry it out later"
+            when = (
+                f"the registry has not answered a write made while {what} yet, and may carry it out "
+                f"{late_writes.out_within(namespace)}"
+            )
         else:
             when = (
                 f"the registry did not answer a write made while {what}, and may still carry it out "

@@ -404,8 +404,8 @@ class Cascade:
                 await pause(delay)
                 continue
             if state.found == 0:
-                late = self.late_writes.pending(namespace)
-                if late is not None and began < late[1]:
+                late = self.late_writes.since(namespace, began)
+                if late is not None:
                     # A write of this process that may still land (a repair's placeholder PUT, a
                     # delete's re-tag: sent, and unanswered or not answered yet) would leave a tag in a
                     # namespace reported empty (and in one created anew under the name). Not done

@@ -186,7 +186,8 @@ class NamespaceRemover:
             return RegistryUnavailable(f"removing the content of namespace {namespace}: {why}", retry_after=1)
         if left == math.inf:
             when = (
-                f"the registry has not answered a write made while {late[0]} yet, and may carry it out later"
+                f"the registry has not answered a write made while {late[0]} yet, and may carry it out "
+                f"{late_writes.out_within(namespace)}"
             )
         else:
             when = (

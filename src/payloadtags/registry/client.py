@@ -1291,8 +1291,12 @@ class RegistryClient:
         # the tag only there (`LateWrites.leaves`).
         digest = compute_digest(digested(body, media_type))
         assert digest is not None
-        number = self._late_writes.sent(namespace, what, (repository, reference, digest))
         late = LATE_WRITE_GRACE * self._settings.timeout
+        # Its answer comes within the timeout, and unanswered it may land for `late` after that: about
+        # the wait a user is told of while it is out.
+        number = self._late_writes.sent(
+            namespace, what, (repository, reference, digest), within=self._settings.timeout + late
+        )
         grace: float | None = None  # answered, or never sent (a caller's check said stop)
         try:
             return await self._put_manifest_once(repository, reference, body, media_type, what)

@@ -26,8 +26,10 @@ class LateWrites:
 
     A write is noted when it is sent, not when its error reaches whoever waits for it: a caller
     stopped meanwhile never sees the error, and the write goes on. An entry with a time stays until a
-    pass begun after its time finds the namespace empty (`settled`): one per namespace that had such a
-    write, a name and a number; a write out is forgotten once it is answered.
+    pass begun after its time finds the namespace empty (`settled`), or until that time has passed
+    (`pending`, `note`: bounded by the writes that may still land, not by every namespace that ever
+    had one): one per namespace that has such a write, a name and a number; a write out is forgotten
+    once it is answered.
 
     Whoever must not report a namespace empty before its writes can no longer land waits for that
     with `wait_out`, woken by the changes themselves (`ended`, `note`) and at the time a write may
@@ -43,6 +45,11 @@ class LateWrites:
     _leaves: dict[str, set[tuple[str, str, str]]] = attrs.Factory(dict)
     # What `wait_out` calls wait for, by namespace: fired when one of its writes ends or is noted.
     _woken: dict[str, list[Deferred[None]]] = attrs.Factory(dict)
+    # The time by which each write out may land at the latest, as its sender puts it (`sent`): by number.
+    _latest: dict[int, float] = attrs.Factory(dict)
+    # The latest time of the entries dropped once it had passed: a pass begun before it may have
+    # missed what that write left, whichever namespace it was in (`since`).
+    _dropped: float = -math.inf
 
     def now(self) -> float:
         return self.clock.seconds()
@@ -56,14 +63,29 @@ class LateWrites:
         known = self._writes.get(namespace)
         if known is None or until >= known[1]:
             self._writes[namespace] = (what, until)
+        # The others whose time has passed go; this one's is kept with where its writes would leave
+        # tags (a delete noted again at its end, its write's own time just passed).
+        now = self.now()
+        for passed in [n for n, (_, time) in self._writes.items() if time <= now and n != namespace]:
+            self._drop(passed)
 
-    def sent(self, namespace: str, what: str, leaves: tuple[str, str, str] | None = None) -> int:
+    def sent(
+        self,
+        namespace: str,
+        what: str,
+        leaves: tuple[str, str, str] | None = None,
+        within: float | None = None,
+    ) -> int:
         """A write is out from now on; its number, for `ended`. ``leaves``: where it would leave a tag
-        if it landed (repository, tag, digest), for `leaves`."""
+        if it landed (repository, tag, digest), for `leaves`; ``within``: how many seconds from now it
+        may land at the latest (its answer's timeout, and the time it may land unanswered after it),
+        for `out_until`."""
         self._sent += 1
         self._out.setdefault(namespace, {})[self._sent] = what
         if leaves is not None:
             self._leaves.setdefault(namespace, set()).add(leaves)
+        if within is not None:
+            self._latest[self._sent] = self.now() + within
         return self._sent
 
     def ended(self, namespace: str, number: int, grace: float | None) -> None:
@@ -73,6 +95,7 @@ class LateWrites:
         if out is None:
             return
         what = out.pop(number, None)
+        self._latest.pop(number, None)
         if not out:
             del self._out[namespace]
         if what is not None and grace is not None:
@@ -86,7 +109,39 @@ class LateWrites:
         out = self._out.get(namespace)
         if out:
             return next(iter(out.values())), math.inf
-        return self._writes.get(namespace)
+        known = self._writes.get(namespace)
+        if known is not None and known[1] <= self.now():
+            self._drop(namespace)
+            return None
+        return known
+
+    def since(self, namespace: str, began: float) -> tuple[str, float] | None:
+        """As `pending`, for a pass begun at ``began`` (on `clock`) that found the namespace empty: the
+        write that may have landed in it after ``began``, whose time may have passed since. An entry
+        dropped once its time passed (`pending`, `note`) is not kept by namespace: a pass begun before
+        the latest such time is told of that time whatever namespace it was in, and passes again."""
+        late = self.pending(namespace)
+        if late is not None and began < late[1]:
+            return late
+        if began < self._dropped:
+            return "this pass ran (its record dropped once its time passed)", self._dropped
+        return None
+
+    def out_until(self, namespace: str) -> float | None:
+        """The time (on `clock`) by which the namespace's writes still out may land at the latest, as
+        their senders put it (`sent`'s ``within``); None when none is out, or one's sender gave none."""
+        out = self._out.get(namespace)
+        if not out or any(number not in self._latest for number in out):
+            return None
+        return max(self._latest[number] for number in out)
+
+    def out_within(self, namespace: str) -> str:
+        """When the namespace's writes still out may land, for a message: "within about 15s" (at
+        least 1 s: one may still wait for a connection), or "later" when that is not known."""
+        until = self.out_until(namespace)
+        if until is None:
+            return "later"
+        return f"within about {max(1, math.ceil(until - self.now()))}s"
 
     def wait_out(self, namespace: str, deadline: float = math.inf) -> Deferred[tuple[str, float] | None]:
         """Fires with None once no write of this process may land in ``namespace`` any more (none out,
@@ -147,6 +202,12 @@ class LateWrites:
         tag, digest) each. A tag found elsewhere after they can no longer land was not left by them (a
         push of its name by someone else meanwhile)."""
         return frozenset(self._leaves.get(namespace, ()))
+
+    def _drop(self, namespace: str) -> None:
+        """Drops the namespace's entry, its time passed."""
+        _, until = self._writes.pop(namespace)
+        self._dropped = max(self._dropped, until)
+        self._forget(namespace)
 
     def _forget(self, namespace: str) -> None:
         """Drops where the namespace's writes would leave tags once none is out or noted."""
