@@ -230,7 +230,11 @@ async def test_a_tag_by_tag_deletecollection_waits_for_the_unanswered_write_of_a
         single = await masters.delete(f"{collection}/{encode_name('app', 'v1')}")
         assert single.code == 504, single.body
         removing = Deferred.fromCoroutine(masters.delete(collection))
-        assert await eventually(lambda: _now(images.list_tags(fresh_registry, repo) == []), within=5)
+        # Waiting for the re-tag (`LateWrites.wait_out`): its look is done. Released once the list
+        # was empty, the re-tag could land before that look, and the call answer 503 "still listed".
+        late_writes = server.running.api.service.late_writes
+        assert await eventually(lambda: _now(ns in late_writes._woken), within=5)
+        assert images.list_tags(fresh_registry, repo) == []
         assert not removing.called, "answered while the re-tag could still land"
         hold.callback(None)  # the re-tag lands now, within the wait
         await proxy.settled()
