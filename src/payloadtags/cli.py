@@ -565,16 +565,16 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument(
         "--max-watches",
         type=_lenient(_count),
-        default=750,
+        default=None,  # 750 (WatchLimits): None tells a lowered default from a lowered flag
         help="watch streams open at once on this replica; more get 429 (at most three quarters of "
-        "--max-connections, since each holds a connection)",
+        "--max-connections, since each holds a connection) (default 750)",
     )
     watch.add_argument(
         "--max-watches-per-user",
         type=_lenient(_count),
-        default=250,
+        default=None,  # 250 (WatchLimits)
         help="watch streams one user may hold open at once on this replica; more get 429 (at most a "
-        "third of --max-watches)",
+        "third of --max-watches) (default 250)",
     )
     watch.add_argument(
         "--watch-resync-period",
@@ -612,10 +612,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The watch limits held lower at start (limits.watch_limits), said at start as a warning when given.
+_HELD_WATCH_FLAGS = ("max_watches", "max_watches_per_user")
+
+
 def _watch_limits(args: argparse.Namespace) -> WatchLimits:
+    given = {name: getattr(args, name) for name in _HELD_WATCH_FLAGS if getattr(args, name) is not None}
     return WatchLimits(
-        max_watches=args.max_watches,
-        max_watches_per_user=args.max_watches_per_user,
+        **given,
         resync_period=args.watch_resync_period,
         idle_scope_ttl=args.watch_scope_idle_timeout,
         history=args.watch_history,
@@ -832,6 +836,7 @@ def _settings(args: argparse.Namespace, errors: list[str]) -> Settings:
         leader_elect_resource_namespace=args.leader_elect_resource_namespace,
         http=_limits(args),
         watch=_watch_limits(args),
+        watch_flags=frozenset(name for name in _HELD_WATCH_FLAGS if getattr(args, name) is not None),
     )
 
 

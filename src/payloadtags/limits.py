@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import attrs
@@ -114,9 +115,12 @@ def watch_limits(watch: WatchLimits, http: HttpLimits) -> WatchLimits:
     )
 
 
-def held_watch_limits(asked: WatchLimits, held: WatchLimits, max_connections: int) -> list[tuple[bool, str]]:
+def held_watch_limits(
+    asked: WatchLimits, held: WatchLimits, max_connections: int, given: Collection[str] = ()
+) -> list[tuple[bool, str]]:
     """What watch_limits lowered, one line each, to log at start: (whether the value held was one the
-    operator set, rather than a default, and the line). A default held is no mistake to warn about."""
+    operator set, rather than a default, and the line). A default held is no mistake to warn about; a
+    flag given (its name in ``given``) is one even when it says the default, as is any other value."""
     defaults = WatchLimits()
     notes: list[tuple[bool, str]] = []
     for name, why in (
@@ -129,7 +133,7 @@ def held_watch_limits(asked: WatchLimits, held: WatchLimits, max_connections: in
         flag, value, lowered = "--" + name.replace("_", "-"), getattr(asked, name), getattr(held, name)
         if lowered >= value:
             continue
-        if value == getattr(defaults, name):
+        if name not in given and value == getattr(defaults, name):
             notes.append((False, f"{flag} defaults to {lowered} here, {why}"))
         else:
             notes.append((True, f"{flag}={value} is held to {lowered}, {why}"))

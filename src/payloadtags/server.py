@@ -418,7 +418,10 @@ async def start(
         pause=lambda: deferLater(reactor, 0, lambda: None),
     )
     watch_settings = watch_limits(settings.watch, settings.http)
-    for flagged, line in held_watch_limits(settings.watch, watch_settings, settings.http.max_connections):
+    held = held_watch_limits(
+        settings.watch, watch_settings, settings.http.max_connections, settings.watch_flags
+    )
+    for flagged, line in held:
         # Each watch holds a connection; the rest stays for other requests and health probes.
         (log.warn if flagged else log.info)("{line}", line=line)
     watch_hub = WatchHub(

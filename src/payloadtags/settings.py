@@ -64,3 +64,6 @@ class Settings:
     leader_elect_resource_namespace: str | None = None
     http: HttpLimits = attrs.Factory(HttpLimits)  # bounds on what clients may make the server hold
     watch: WatchLimits = attrs.Factory(WatchLimits)  # watches: counts, buffers, resync period
+    # Which of ``watch``'s counts were given as flags, not left to their defaults (max_watches,
+    # max_watches_per_user): one held lower at start is warned about, even when it equals its default.
+    watch_flags: frozenset[str] = frozenset()

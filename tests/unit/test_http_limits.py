@@ -130,6 +130,35 @@ def test_a_lowered_flag_is_warned_about_and_a_lowered_default_only_said() -> Non
     assert held_watch_limits(WatchLimits(), watch_limits(WatchLimits(), HttpLimits()), 1000) == []
 
 
+def test_a_flag_given_equal_to_its_default_and_lowered_is_warned_about() -> None:
+    """The operator wrote `--max-watches-per-user=250`: that it is also the default does not make its
+    lowering a default's, said at info only."""
+    settings = settings_from(
+        _parser().parse_args(
+            [
+                "serve",
+                "--registry-url=http://127.0.0.1:5000",
+                "--max-connections=30",
+                "--max-watches-per-user=250",
+            ]
+        )
+    )
+    assert settings.watch == WatchLimits()  # the flag's value is the default's
+    assert settings.watch_flags == frozenset({"max_watches_per_user"})
+    held = watch_limits(settings.watch, settings.http)
+    lines = held_watch_limits(settings.watch, held, 30, settings.watch_flags)
+    assert lines == [
+        (False, "--max-watches defaults to 22 here, three quarters of --max-connections=30"),
+        (
+            True,
+            "--max-watches-per-user=250 is held to 7, a third of --max-watches (22), "
+            "so that one user cannot hold every watch",
+        ),
+    ]
+    unset = settings_from(_parser().parse_args(["serve", "--registry-url=http://127.0.0.1:5000"]))
+    assert (unset.watch, unset.watch_flags) == (WatchLimits(), frozenset())
+
+
 # --- in-flight seats given up while a client does not read ------------------------------------------
 
 
