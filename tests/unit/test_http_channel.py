@@ -410,8 +410,13 @@ def test_one_address_flooding_a_full_server_takes_two_probe_places_and_never_chu
     _asking(table, clock, "10.0.0.1")  # the table is full and nothing can be evicted
     flood = [_open(table, clock, "10.6.6.6") for _ in range(2)]
     assert all(opened is not None and opened[0].wrappedProtocol.probe_only for opened in flood)
-    assert _open(table, clock, "10.6.6.6") is None  # its third: refused, no one evicted
-    assert events == ["refused"]
+    for _ in range(10):
+        assert _open(table, clock, "10.6.6.6") is None  # its third: refused, no one evicted
+    assert events == ["refused"] * 10
+    # Counted when it came, given back when refused: the address's count is what it holds (its cap
+    # would otherwise lock it out for good after enough refusals).
+    flooding = table.clients.addresses["10.6.6.6"]
+    assert (flooding.open, flooding.counted) == (2, 2)
     kubelet = _asking(table, clock, "10.0.0.9", b"/livez")
     other = _open(table, clock, "10.0.0.7")
     assert other is not None  # the four places are taken
@@ -429,6 +434,7 @@ def test_one_address_flooding_a_full_server_takes_two_probe_places_and_never_chu
     assert _open(table, clock, "10.6.6.6") is None
     assert events == ["refused"]
     assert not kubelet.disconnecting
+    assert (flooding.open, flooding.counted) == (1, 1)
 
 
 def test_choosing_whom_to_evict_looks_at_a_few_connections_however_many_are_open() -> None:
