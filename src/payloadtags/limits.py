@@ -24,13 +24,17 @@ SEND_BUFFER = 128 * 1024
 # the bytes objects: about 260 bytes each); beyond it, 431. A connection of the verified front proxy may
 # go on to FRONT_PROXY_HEAD_BYTES (Go's http.Server default MaxHeaderBytes, which kube-apiserver and the
 # servers of k8s.io/apiserver keep: a user in many groups is one X-Remote-Group line per group), taking
-# what goes past HEAD_BYTES from LARGE_HEADS, shared by all connections while their request is read and
-# answered; with it spent, 429. Together with the 16 kB line limit and --max-connections, what request
-# heads hold is bounded (docs/hardening.md, "Request heads").
+# what goes past HEAD_BYTES from LARGE_HEADS, shared by all connections while their head is read; with
+# it spent, 429. Once parsed, what the head costs past HEAD_BYTES is counted against PARSED_LARGE_HEADS
+# for as long as its request lasts (a watch's up to an hour; the identity it carries lives on in the
+# request), apart from LARGE_HEADS so that such watches do not hold back heads being read; with it spent,
+# the request gets 429. Together with the 16 kB line limit and --max-connections, what request heads
+# hold is bounded (docs/hardening.md, "Request heads").
 HEAD_BYTES = 64 * 1024
 HEADER_LINE_COST = 256
 FRONT_PROXY_HEAD_BYTES = MiB
 LARGE_HEADS = 32 * MiB
+PARSED_LARGE_HEADS = 64 * MiB
 # After refusing a request whose body is still arriving, keep reading (and dropping) it this long before
 # closing, so the client sees the answer rather than a reset of a connection with unread data.
 LINGER = 0.5

@@ -25,7 +25,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import LogLevel
 from twisted.web import resource, server
 
-from payloadtags.limits import HttpLimits
+from payloadtags.limits import HEAD_BYTES, HEADER_LINE_COST, HttpLimits
 from tests.integration.test_output_bounds import many_tags
 from tests.support import images
 from tests.support.faultproxy import STALL, FaultProxy
@@ -1097,6 +1097,68 @@ async def test_a_front_proxied_user_in_many_groups_is_served_and_a_head_past_a_m
     assert reply.is_status(429), reply
     assert reply.headers.get("retry-after") == "1"
     assert (await in_thread(exchange, t, _grouped(guids[:100]), proxy)).code == 200  # within 64 kB
+
+
+def _watched_in_groups(namespace: str, user: str, groups: list[str]) -> bytes:
+    """A watch as kube-apiserver's aggregator sends it for ``user`` in ``groups`` (and system:masters)."""
+    lines = [f"GET {B}/namespaces/{namespace}/payloadrepositorytags?watch=true HTTP/1.1".encode(), b"Host: x"]
+    lines += [b"X-Remote-User: " + user.encode(), b"X-Remote-Group: system:masters"]
+    lines += [b"X-Remote-Group: " + group.encode() for group in groups]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_front_proxied_watches_of_users_in_many_groups_hold_their_heads_within_a_bound(
+    make_server, registry, repo, front_proxy, reactor
+):
+    """A watch's request lasts up to an hour, and with it the head it was parsed from: what heads past
+    64 KiB cost is bounded together while their requests last (429 past it, client-go retries), apart
+    from the pool of heads being read; and the identity headers are dropped once the identity is
+    built, so that a user's groups are held once, not twice."""
+    api = await _front_proxied(make_server, registry, front_proxy)
+    proxy = front_proxy[1]
+    t = target(api)
+    namespace = repo.split("/")[0]
+    images.push_oci_image(registry, f"{namespace}/app", "v1")
+    groups = [f"{i:0100d}" for i in range(2500)]  # about 930 kB of head
+    heads = [_watched_in_groups(namespace, f"user{i}", groups) for i in range(3)]
+    each = sum(len(line) + 2 + HEADER_LINE_COST for line in heads[0].split(b"\r\n") if line) - HEAD_BYTES
+    site = api.running.connections.site
+    site.parsed_heads.capacity = 2 * each + each // 2  # room for two such watches
+    held: list[ssl.SSLSocket] = []
+
+    def watch(head: bytes) -> Reply:
+        sock = t.connect(proxy, timeout=HANG_GUARD)
+        held.append(sock)
+        sock.sendall(head)
+        return read_head(sock)
+
+    try:
+        assert [(await in_thread(watch, head)).code for head in heads[:2]] == [200, 200]
+        assert (site.head_pool.taken, site.parsed_heads.taken) == (0, 2 * each)
+        watching = [
+            request
+            for wrapper in api.running.connections.protocols
+            for request in getattr(wrapper.wrappedProtocol, "requests", [])
+        ]
+        assert len(watching) == 2
+        for request in watching:
+            assert request.requestHeaders.getRawHeaders(b"x-remote-group") is None
+            assert request.requestHeaders.getRawHeaders(b"x-remote-user") is None
+            assert len(request._payloadtags_user.groups) == len(groups) + 2  # and system:authenticated
+        refused = await in_thread(exchange, t, heads[2], proxy)
+        assert refused.is_status(429), refused
+        assert refused.headers.get("retry-after") == "1"
+        assert "large request heads" in refused.json()["message"]
+        # Heads under 64 KiB, and heads being read, are not held back by them.
+        assert (await in_thread(exchange, t, _grouped(groups[:100]), proxy)).code == 200
+        held.pop(0).close()
+        await until(lambda: site.parsed_heads.taken == each, reactor)
+        assert (await in_thread(watch, heads[2])).code == 200
+    finally:
+        for sock in held:
+            sock.close()
+    await until(lambda: site.parsed_heads.taken == 0, reactor)
 
 
 @pytest_twisted.ensureDeferred

@@ -349,7 +349,9 @@ def test_trusted_cas_has_no_duplicates(cas: Cas) -> None:
     assert AuthenticationConfig().trusted_cas == ()
 
 
-def test_untrusted_identity_headers(cas: Cas, logged: list[dict[str, Any]]) -> None:
+def test_identity_headers(cas: Cas, logged: list[dict[str, Any]]) -> None:
+    """Every identity header is named, whoever sent it: forged ones are removed so that no handler reads
+    them, the front proxy's once its identity is in the UserInfo."""
     dynamic = DynamicAuthentication(FlagConfig())
     dynamic.update_from_configmap(
         dict(
@@ -365,17 +367,16 @@ def test_untrusted_identity_headers(cas: Cas, logged: list[dict[str, Any]]) -> N
         "authorization": ["Bearer t"],
         "accept": ["application/json"],
     }
-    forged = ["x-remote-user", "x-remote-group", "x-remote-uid", "x-remote-extra-scopes"]
-    proxy = cas.front.client("front-proxy-client").cert
-    assert dynamic.untrusted_identity_headers(Credentials(proxy, headers)) == []
+    identity = ["x-remote-user", "x-remote-group", "x-remote-uid", "x-remote-extra-scopes"]
     for cert in (
+        cas.front.client("front-proxy-client").cert,
         None,
         cas.client.client("alice").cert,
         cas.front.client("not-the-proxy").cert,
         cas.front2.client("front-proxy-client").cert,
     ):
-        assert sorted(dynamic.untrusted_identity_headers(Credentials(cert, headers))) == sorted(forged)
-    assert dynamic.untrusted_identity_headers(Credentials(None, {"accept": ["*/*"]})) == []
+        assert sorted(dynamic.identity_headers(Credentials(cert, headers))) == sorted(identity)
+    assert dynamic.identity_headers(Credentials(None, {"accept": ["*/*"]})) == []
 
 
 # --- decisions kept per connection -----------------------------------------------------------------
@@ -402,16 +403,9 @@ async def test_decisions_kept_for_a_connection_end_with_a_ca_change_and_are_neve
         assert await dynamic.authenticate(Credentials(proxy, identity, proxy_chain)) == UserInfo(
             name="carol", groups=("ops", "system:authenticated")
         )
-        assert dynamic.untrusted_identity_headers(Credentials(proxy, identity, proxy_chain)) == []
         # Same CA, another name: its own decision, never the proxy's.
         assert not dynamic.is_front_proxy(impostor_chain)
         assert await dynamic.authenticate(Credentials(impostor, identity, impostor_chain)) is None
-        assert sorted(
-            dynamic.untrusted_identity_headers(Credentials(impostor, identity, impostor_chain))
-        ) == [
-            "x-remote-group",
-            "x-remote-user",
-        ]
         assert await dynamic.authenticate(Credentials(alice, {}, alice_chain)) == UserInfo(
             name="alice", groups=("devs", "system:authenticated")
         )
@@ -423,10 +417,6 @@ async def test_decisions_kept_for_a_connection_end_with_a_ca_change_and_are_neve
     dynamic.update_from_configmap(configmap(client=(cas.front2,), front=(cas.front2,)))
     assert not dynamic.is_front_proxy(proxy_chain)
     assert await dynamic.authenticate(Credentials(proxy, identity, proxy_chain)) is None
-    assert sorted(dynamic.untrusted_identity_headers(Credentials(proxy, identity, proxy_chain))) == [
-        "x-remote-group",
-        "x-remote-user",
-    ]
     assert await dynamic.authenticate(Credentials(alice, {}, alice_chain)) is None
     # And back: believed again.
     dynamic.update_from_configmap(configmap(client=(cas.client,), front=(cas.front,)))

@@ -33,7 +33,7 @@ from payloadtags.http.channel import (
     _provide_as,
 )
 from payloadtags.http.eviction import EvictionOrder
-from payloadtags.limits import LINGER, HttpLimits
+from payloadtags.limits import HEAD_BYTES, HEADER_LINE_COST, LINGER, HttpLimits
 
 
 def _tcp_pair() -> tuple[socket.socket, socket.socket]:
@@ -631,17 +631,58 @@ def _group_lines(count: int) -> bytes:
     return b"".join(b"X-Remote-Group: %0100d\r\n" % i for i in range(count))
 
 
+def _head_cost(head: bytes) -> int:
+    """What a head costs (GuardedChannel.lineReceived): each line its bytes, CRLF and HEADER_LINE_COST."""
+    return sum(len(line) + 2 + HEADER_LINE_COST for line in head.split(b"\r\n") if line)
+
+
 def test_a_large_head_gives_its_pool_share_back_once_parsed_not_when_its_response_ends() -> None:
-    """A watch's response lasts up to an hour: its head's share of the pool is not held for it."""
+    """A watch's response lasts up to an hour: its head's share of the pool of heads being read is not
+    held for it; what the parsed head costs past HEAD_BYTES is counted apart for as long as it lasts."""
     clock, resource = Clock(), _Held()
     site = GuardedSite(resource, HttpLimits(), _Admitting(), reactor=clock)
     channel, _ = _front_proxy_channel(site)
-    channel.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n" + _group_lines(1000) + b"\r\n")
+    head = b"GET /x HTTP/1.1\r\nHost: a\r\n" + _group_lines(1000) + b"\r\n"
+    channel.dataReceived(head)
     clock.advance(0)
     (watch,) = resource.held  # being answered, for as long as it lasts
     assert site.head_pool.taken == 0
+    assert site.parsed_heads.taken == _head_cost(head) - HEAD_BYTES
     watch.finish()
     assert site.head_pool.taken == 0
+    assert site.parsed_heads.taken == 0
+
+
+def test_parsed_large_heads_are_bounded_while_their_requests_last_and_past_it_get_429() -> None:
+    """Each front-proxied watch of a user in many groups holds its head for up to an hour: bounded
+    together by PARSED_LARGE_HEADS (about 64 such watches of a 1 MiB head), not by --max-watches alone.
+    Past it a large head's request gets 429 (client-go retries); heads being read and small heads are
+    not held back by it, and what a request held goes back when it ends or its client leaves."""
+    clock, resource = Clock(), _Held()
+    site = GuardedSite(resource, HttpLimits(), _Admitting(), reactor=clock)
+    head = b"GET /x HTTP/1.1\r\nHost: a\r\n" + _group_lines(1000) + b"\r\n"
+    each = _head_cost(head) - HEAD_BYTES
+    site.parsed_heads.capacity = 2 * each
+    channels = [_front_proxy_channel(site) for _ in range(4)]
+    for channel, _ in channels[:2]:
+        channel.dataReceived(head)
+    clock.advance(0)
+    assert len(resource.held) == 2 and site.parsed_heads.taken == 2 * each
+    third, refused = channels[2]
+    third.dataReceived(head)
+    clock.advance(0)
+    assert refused.value().startswith(b"HTTP/1.1 429 ")
+    assert b"retry-after: 1\r\n" in refused.value().lower() and b"large request heads" in refused.value()
+    assert len(resource.held) == 2
+    assert (site.head_pool.taken, site.parsed_heads.taken) == (0, 2 * each)
+    small, _ = channels[3]
+    small.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n" + _group_lines(100) + b"\r\n")  # under 64 kB
+    clock.advance(0)
+    assert len(resource.held) == 3 and site.parsed_heads.taken == 2 * each
+    resource.held[0].finish()
+    assert site.parsed_heads.taken == each
+    channels[1][0].connectionLost(Failure(ConnectionDone()))
+    assert site.parsed_heads.taken == 0
 
 
 def test_a_large_head_gives_its_pool_share_back_when_its_client_leaves_mid_head() -> None:

@@ -203,10 +203,8 @@ class DynamicAuthentication:
         credentials = Credentials(peer_certificate=chain[0], headers={}, peer_chain=chain)
         return self._requestheader.trusted(credentials)
 
-    def untrusted_identity_headers(self, credentials: Credentials) -> list[str]:
-        """Identity headers on a request that did not come from a trusted front proxy."""
-        if self._requestheader.trusted(credentials):
-            return []
+    def identity_headers(self, credentials: Credentials) -> list[str]:
+        """Identity headers on a request, from the front proxy or forged."""
         return self.config.requestheader.identity_headers(list(credentials.headers))
 
     async def authenticate(self, credentials: Credentials) -> UserInfo | None:

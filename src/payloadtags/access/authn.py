@@ -69,14 +69,16 @@ class RequestAuthenticator(Authenticator, Protocol):
     """What the HTTP layer needs: who is calling, and which headers it must not let through.
 
     The front-proxy identity headers (``X-Remote-User``, ``X-Remote-Group``, ``X-Remote-Extra-*``, or
-    the names configured for them) are believed only from a verified front proxy. From any other
-    caller they are forged: the HTTP layer removes every header that `untrusted_identity_headers`
-    names right after authentication, before any handler reads the request. See docs/access.md.
+    the names configured for them) are believed only from a verified front proxy. The HTTP layer
+    removes every header that `identity_headers` names right after authentication, before any handler
+    reads the request: from any other caller they are forged, and from the front proxy the identity
+    they carry is in the UserInfo now (a watch's request would hold a user's groups twice, raw and
+    decoded, for up to an hour). See docs/access.md.
     """
 
-    def untrusted_identity_headers(self, credentials: Credentials) -> list[str]:
-        """The lower-cased names, among ``credentials.headers``, that claim an identity the
-        connection is not trusted to assert; empty for a trusted front proxy."""
+    def identity_headers(self, credentials: Credentials) -> list[str]:
+        """The lower-cased names, among ``credentials.headers``, that carry a front-proxy identity,
+        whoever sent them."""
         ...
 
 

@@ -540,14 +540,14 @@ class ApiServer:
         except CancelledError:
             raise
         except CredentialsRefused as error:
-            self._strip_forged_identity(request, credentials)
+            self._strip_identity(request, credentials)
             raise unauthorized(str(error)) from None
         except Exception as error:
             # As kube-apiserver: an authenticator that fails (a TokenReview that cannot be made)
             # authenticates nobody.
             log.warn("authentication failed: {error}", error=str(error) or repr(error))
             user = None
-        self._strip_forged_identity(request, credentials)
+        self._strip_identity(request, credentials)
         return user
 
     def is_probe(self, path: bytes) -> bool:
@@ -582,10 +582,11 @@ class ApiServer:
         self._admitted[request] = user
         return None
 
-    def _strip_forged_identity(self, request: IRequest, credentials: Credentials) -> None:
+    def _strip_identity(self, request: IRequest, credentials: Credentials) -> None:
         # Identity headers from anyone but the verified front proxy are forged: nothing after
-        # authentication may see them.
-        for name in self.authenticator.untrusted_identity_headers(credentials):
+        # authentication may see them. The front proxy's are in the UserInfo now: kept, a watch's
+        # request would hold a user's groups twice (raw and decoded) for up to an hour.
+        for name in self.authenticator.identity_headers(credentials):
             request.requestHeaders.removeHeader(name.encode("latin-1"))
 
     def _route(

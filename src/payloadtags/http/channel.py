@@ -61,6 +61,7 @@ from payloadtags.limits import (
     HEADER_LINE_COST,
     LARGE_HEADS,
     LINGER,
+    PARSED_LARGE_HEADS,
     PROBE_CONNECTIONS,
     PROBE_CONNECTIONS_PER_CLIENT,
     SEND_BUFFER,
@@ -167,8 +168,10 @@ MAX_CHUNK_SIZE_DIGITS = 16
 
 class HeadPool:
     """The bytes of request heads past HEAD_BYTES (the verified front proxy's large heads), shared by
-    every connection: a head takes what it needs as it arrives and gives it back once it is parsed,
-    refused, or its connection is gone (never held for a response, which for a watch lasts an hour)."""
+    every connection. GuardedSite has two: ``head_pool``, which a head takes from as it arrives and gives
+    back once it is parsed, refused, or its connection is gone (never held for a response); and
+    ``parsed_heads``, which a parsed head takes from for as long as its request lasts (a watch's up to
+    an hour), so that heads being read are never held back by such watches."""
 
     def __init__(self, capacity: int = LARGE_HEADS) -> None:
         self.capacity = capacity
@@ -298,7 +301,8 @@ class GuardedChannel(http.HTTPChannel):
     maxHeaders = 1 << 62
     front_proxy = False  # the connection's certificate is the verified front proxy's
     _head_cost = 0  # what the head being read costs so far
-    _pooled = 0  # the part of it taken from the site's HeadPool
+    _pooled = 0  # the part of it taken from the site's head_pool while it is read
+    _parsed = 0  # what the parsed head costs past HEAD_BYTES, taken from the site's parsed_heads
     _refusing = False
     _admitting = False
     _lost = False
@@ -538,6 +542,28 @@ class GuardedChannel(http.HTTPChannel):
         pooled, self._pooled = self._pooled, 0
         if pooled:
             self.site.head_pool.give_back(pooled)
+        parsed, self._parsed = self._parsed, 0
+        if parsed:
+            self.site.parsed_heads.give_back(parsed)
+
+    def _keep_head(self) -> bool:
+        """Whether the head just parsed may live on in its request (its headers, and the identity
+        built from them). What it costs past HEAD_BYTES is counted against the site's parsed_heads
+        until its response ends: a front-proxied watch of a user in many groups would otherwise hold
+        its ~1 MiB for an hour, bounded only by --max-watches. With it spent, 429."""
+        over = self._head_cost - HEAD_BYTES
+        if over <= 0:
+            return True
+        if not self.site.parsed_heads.take(over):
+            self.refuse(
+                too_many_requests(
+                    message="too many requests with large request heads (users in many groups) are "
+                    "being answered at once; retry"
+                )
+            )
+            return False
+        self._parsed = over
+        return True
 
     def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
         chosen = bool(super()._maybeChooseTransferDecoder(header, data))
@@ -556,12 +582,15 @@ class GuardedChannel(http.HTTPChannel):
     # -- the head and the body ----------------------------------------------------------------------
 
     def allHeadersReceived(self) -> None:
-        # The head is parsed: its share of the pool goes back now, not when its response ends (a
-        # watch's lasts up to an hour). Its headers live on in the request, bounded by the head's own
-        # limit, with one request read or answered at a time per connection.
+        # The head is parsed: its share of the pool of heads being read goes back now, not when its
+        # response ends (a watch's lasts up to an hour). Its headers live on in the request, bounded
+        # by the head's own limit, with one request read or answered at a time per connection, and
+        # past HEAD_BYTES by parsed_heads (_keep_head).
         self._give_back_head()
         if self.probe_only and not self.site.admission.is_probe(self._path):
             self.refuse(connections_full())
+            return
+        if not self._keep_head():
             return
         request = self.requests[-1]
         request.parseCookies()
@@ -817,6 +846,7 @@ class GuardedSite(Site):
         self.clients = Clients(limits, reactor, monotonic)
         self.scheduler = FairScheduler(reactor, self.clients.ready_in)
         self.head_pool = HeadPool()
+        self.parsed_heads = HeadPool(PARSED_LARGE_HEADS)
 
     def admit(self, request: Request) -> Deferred[ApiError | None]:
         return self.admission.admit(request)
