@@ -4,6 +4,7 @@ socket can be bound to, so the server sees two clients."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
@@ -60,7 +61,10 @@ async def test_connections_from_one_address_are_capped_and_others_get_in(
     api = await make_server(registry, http=HttpLimits(max_connections_per_client=5))
     t = target(api)
     held = [await deferToThread(t.connect, source=FLOOD) for _ in range(5)]
+    clients = api.running.connections.clients
     try:
+        # Each counts once the server is done with its handshake.
+        await until(lambda: clients.addresses[FLOOD].counted == 5, reactor)
         # The sixth from the same address is closed before its handshake ...
         assert await deferToThread(handshake_refused, t, FLOOD)
         # ... another address is not concerned.
@@ -76,7 +80,7 @@ async def test_connections_from_one_address_are_capped_and_others_get_in(
 
 @pytest_twisted.ensureDeferred
 async def test_a_connection_refused_at_the_cap_gets_no_tls_layer(
-    make_server: Any, registry: Any, monkeypatch: pytest.MonkeyPatch
+    make_server: Any, registry: Any, reactor: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     api = await make_server(registry, http=HttpLimits(max_connections_per_client=2))
     t = target(api)
@@ -91,6 +95,7 @@ async def test_a_connection_refused_at_the_cap_gets_no_tls_layer(
     monkeypatch.setattr(factory, "protocol", counted)
     held = [await deferToThread(t.connect, source=FLOOD) for _ in range(2)]
     try:
+        await until(lambda: api.running.connections.clients.addresses[FLOOD].counted == 2, reactor)
         assert await deferToThread(handshake_refused, t, FLOOD)
         assert api.running.connections.clients.refused == 1
         assert len(built) == 2  # the held ones: no OpenSSL connection was made for the refused one
@@ -147,6 +152,62 @@ async def test_the_front_proxys_connections_do_not_count_a_client_certificates_d
     finally:
         for sock in held:
             sock.close()
+
+
+def _dial(t: Target, source: str) -> socket.socket:
+    """A TCP connection, its TLS handshake not begun."""
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.bind((source, 0))
+    raw.settimeout(10)
+    raw.connect(("127.0.0.1", t.port))
+    return raw
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_made_at_once_count_against_the_cap_once_handshaken_the_front_proxys_never(
+    make_server: Any, registry: Any, reactor: Any, front_proxy: tuple[Authority, Issued]
+) -> None:
+    """kube-apiserver opens its informers' watches again at once (after either side restarts): its new
+    connections are all under way before any has shown its certificate. None is refused for the
+    address's cap: a connection counts once its handshake is done, the front proxy's never. Another
+    client's past the cap by then is closed once its handshake is done."""
+    ca, proxy = front_proxy
+    api = await make_server(
+        registry,
+        http=HttpLimits(max_connections_per_client=3),
+        requestheader_client_ca_file=str(ca.cert_file),
+        requestheader_allowed_names=("front-proxy-client",),
+    )
+    t = target(api)
+    clients = api.running.connections.clients
+    raws = [await deferToThread(_dial, t, FLOOD) for _ in range(8)]
+    socks: list[ssl.SSLSocket] = []
+    try:
+        await until(
+            lambda: FLOOD in clients.addresses and clients.addresses[FLOOD].open + clients.refused == 8,
+            reactor,
+        )
+        assert clients.refused == 0
+        for raw in raws:
+            socks.append(await deferToThread(t.handshake, raw, proxy))
+        for sock in socks:
+            sock.sendall(request_bytes("GET", "/version", {"X-Remote-User": "alice"}))
+            assert (await deferToThread(read_reply, sock)).code == 200
+        assert clients.addresses[FLOOD].counted == 0
+        # A client certificate's: five under way at once, three counted once handshaken, two closed.
+        others = [await deferToThread(_dial, t, OTHER) for _ in range(5)]
+        raws += others
+        await until(lambda: OTHER in clients.addresses and clients.addresses[OTHER].open == 5, reactor)
+        for raw in others:
+            with contextlib.suppress(ssl.SSLError, OSError):
+                socks.append(await deferToThread(t.handshake, raw, api.pki.admin))
+        await until(lambda: clients.addresses[OTHER].open == 3 and clients.refused == 2, reactor)
+        assert clients.addresses[OTHER].counted == 3
+    finally:
+        for sock in socks:
+            sock.close()
+        for raw in raws:
+            raw.close()
 
 
 @pytest_twisted.ensureDeferred

@@ -795,6 +795,98 @@ async def test_watches_leave_connections_to_others_and_a_full_server_answers_pro
         await proxy.stop()
 
 
+def _bare(t: Target, source: str) -> socket.socket:
+    """A TCP connection that never begins its TLS handshake (a flood's, costing it a connect only)."""
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.bind((source, 0))
+    raw.settimeout(HANG_GUARD)
+    raw.connect(("127.0.0.1", t.port))
+    return raw
+
+
+@pytest.mark.parametrize("newcomer", ["kubelet", "front-proxy"])
+@pytest_twisted.ensureDeferred
+async def test_one_address_flooding_bare_connects_does_not_evict_another_clients_fresh_connection(
+    make_server, registry, repo, reactor, front_proxy, newcomer
+):
+    """Three connections are being answered, one place is free, and one address (127.0.0.2) connects
+    again and again without a handshake, far past its handshake rate. The kubelet's probe connection,
+    or kube-apiserver's before its certificate is seen, takes the place while its handshake and first
+    request are under way, when it is the first to be evicted: the flood evicts only its own
+    connections, so the newcomer is answered."""
+    ca, proxy_cert = front_proxy
+    namespace = repo.split("/")[0]
+    slow = f"{namespace}slow"
+    images.push_oci_image(registry, f"{slow}/app", "v1")
+    hold: defer.Deferred[None] = defer.Deferred()
+    proxy = FaultProxy(
+        reactor,
+        registry.url,
+        lambda method, path: STALL if path.startswith(f"/v2/{slow}/") else None,
+        hold=hold,
+    )
+    held: list[Any] = []
+    try:
+        api = await make_server(
+            proxy.url,
+            # Ten handshakes' worth of tokens, one back every 100 s: past ten connects, an address floods.
+            http=HttpLimits(
+                max_connections=4,
+                request_timeout=HANG_GUARD,
+                handshake_rate_per_client=0.01,
+                handshake_burst_per_client=10,
+            ),
+            requestheader_client_ca_file=str(ca.cert_file),
+            requestheader_allowed_names=("front-proxy-client",),
+        )
+        t = target(api)
+        connections = api.running.connections
+        for _ in range(3):
+            sock = await in_thread(t.connect, api.pki.admin, timeout=HANG_GUARD)
+            held.append(sock)
+            await in_thread(
+                sock.sendall, request_bytes("GET", f"{B}/namespaces/{slow}/payloadrepositorytags")
+            )
+        await until(lambda: sum(w.wrappedProtocol.serving for w in connections.protocols) == 3, reactor)
+        events: list[str] = []
+        connections.on_refused = events.append
+        # The flood takes the free place, then churns it among its own: past its burst of 10
+        # handshakes, it is flooding.
+        for _ in range(20):
+            held.append(await in_thread(_bare, t, "127.0.0.2"))
+        await until(lambda: len(events) == 19, reactor)
+        assert connections.clients.flooding("127.0.0.2")
+        # The newcomer connects (and is let in, the flood's connection evicted for it) ...
+        fresh = await in_thread(_bare, t, "127.0.0.1")
+        held.append(fresh)
+        await until(lambda: len(events) == 20, reactor)
+        # ... and the flood goes on before the newcomer's handshake is made.
+        for _ in range(20):
+            held.append(await in_thread(_bare, t, "127.0.0.2"))
+        await until(lambda: len(events) >= 20 + 2, reactor)
+        user, path, headers = (
+            (None, "/livez", {})
+            if newcomer == "kubelet"
+            else (proxy_cert, "/version", {"X-Remote-User": "alice"})
+        )
+
+        def ask() -> Reply:
+            with t.handshake(fresh, user) as sock:
+                sock.sendall(request_bytes("GET", path, headers))
+                return read_reply(sock)
+
+        reply = await in_thread(ask)
+        assert reply.code == 200, reply
+        # The 16 places kept for kube-apiserver's handshakes, two probe places, then nothing.
+        assert events[20:] == ["refused"] * 2, events[20:]
+    finally:
+        for sock in held:
+            sock.close()
+        if not hold.called:
+            hold.callback(None)
+        await proxy.stop()
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_server_full_of_another_clients_answers_still_serves_the_front_proxy(
     make_server, registry, repo, reactor, front_proxy

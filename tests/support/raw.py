@@ -96,6 +96,16 @@ class Target:
             _close_abandoned_tls_socket(error)
             raise
 
+    def handshake(self, raw: socket.socket, user: Issued | None = None) -> ssl.SSLSocket:
+        """The TLS handshake on a TCP connection made before (a test that orders connects and
+        handshakes of several connections)."""
+        try:
+            return self.context(user).wrap_socket(raw, server_hostname="localhost")
+        except BaseException as error:
+            raw.close()
+            _close_abandoned_tls_socket(error)
+            raise
+
 
 def request_bytes(method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b"") -> bytes:
     lines = [f"{method} {path} HTTP/1.1", "Host: localhost"]

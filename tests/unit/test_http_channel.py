@@ -318,11 +318,14 @@ class _ProbesAdmitted(_Admitting):
 
 
 def _table(
-    limit: int, probes: int = 16, per_client: int = 100, front_proxy_places: int = 0
+    limit: int, probes: int = 16, per_client: int = 100, front_proxy_places: int = 0, burst: int = 40
 ) -> tuple[LimitedConnections, list[str], Clock]:
     clock = Clock()
-    limits = HttpLimits(max_connections=limit, max_connections_per_client=per_client)
-    site = GuardedSite(_Held(), limits, _ProbesAdmitted(), reactor=clock)
+    limits = HttpLimits(
+        max_connections=limit, max_connections_per_client=per_client, handshake_burst_per_client=burst
+    )
+    # Handshake tokens come back as the test's clock moves (20 a second), not with the time it takes.
+    site = GuardedSite(_Held(), limits, _ProbesAdmitted(), reactor=clock, monotonic=clock.seconds)
     events: list[str] = []
     table = LimitedConnections(
         site,
@@ -377,6 +380,7 @@ def test_a_connection_refused_for_its_address_cap_evicts_no_one() -> None:
     table, events, clock = _table(limit=2, per_client=1)
     first, second = _open(table, clock, "10.0.0.1"), _open(table, clock, "10.0.0.2")
     assert first is not None and second is not None
+    _handshake(second, front_proxy=False)  # counted against its address's cap from now on
     assert _open(table, clock, "10.0.0.2") is None
     assert events == ["client-limit"]
     assert not first[1].disconnecting and not second[1].disconnecting
@@ -416,7 +420,7 @@ def test_one_address_flooding_a_full_server_takes_two_probe_places_and_never_chu
     # Counted when it came, given back when refused: the address's count is what it holds (its cap
     # would otherwise lock it out for good after enough refusals).
     flooding = table.clients.addresses["10.6.6.6"]
-    assert (flooding.open, flooding.counted) == (2, 2)
+    assert (flooding.open, flooding.counted) == (2, 0)  # counted against the cap once handshaken
     kubelet = _asking(table, clock, "10.0.0.9", b"/livez")
     other = _open(table, clock, "10.0.0.7")
     assert other is not None  # the four places are taken
@@ -434,7 +438,43 @@ def test_one_address_flooding_a_full_server_takes_two_probe_places_and_never_chu
     assert _open(table, clock, "10.6.6.6") is None
     assert events == ["refused"]
     assert not kubelet.disconnecting
-    assert (flooding.open, flooding.counted) == (1, 1)
+    assert (flooding.open, flooding.counted) == (1, 0)
+
+
+def test_one_address_flooding_bare_connects_evicts_only_its_own_never_a_fresh_connection() -> None:
+    """Two connections are being answered, one place is free. One address connects faster than its
+    handshake rate (bare connects: each costs it a connect only) and churns that place among its own
+    connections. The kubelet's fresh connection takes it, and is the first to be evicted while its
+    handshake and probe are under way: the flood's next connects evict none but their own (none is
+    left), so they take their two probe places and are refused; the kubelet's connection stays."""
+    table, events, clock = _table(limit=3, probes=2, burst=4)
+    _asking(table, clock, "10.0.0.1")
+    _asking(table, clock, "10.0.0.2")
+    flood = [_open(table, clock, "10.6.6.6") for _ in range(6)]  # past its burst of 4 handshakes
+    assert events == ["evicted"] * 5  # each the one before it: its own
+    assert table.clients.flooding("10.6.6.6")
+    kubelet = _open(table, clock, "10.0.0.9")
+    assert kubelet is not None and not kubelet[0].wrappedProtocol.probe_only
+    last = flood[-1]
+    assert last is not None and last[1].disconnecting  # the flood's connection made room: fine
+    events.clear()
+    for _ in range(10):
+        _open(table, clock, "10.6.6.6")
+    assert not kubelet[1].disconnecting, "the kubelet's connection was evicted by one address's churn"
+    assert events == ["refused"] * 8  # two probe places, then nothing
+    kubelet[0].dataReceived(b"GET /livez HTTP/1.1\r\nHost: a\r\n\r\n")
+    clock.advance(0)
+    assert kubelet[0].wrappedProtocol.serving
+    # Within its rate again, the address evicts as any client does: the oldest connection not being
+    # answered, whoever's (here the other address's, once its answer is done).
+    table.site.resource.held[0].finish()
+    for evicted in list(table._evicted):
+        evicted.connectionLost(Failure(ConnectionDone()))
+    clock.advance(1)
+    assert not table.clients.flooding("10.6.6.6")
+    events.clear()
+    assert _open(table, clock, "10.6.6.6") is not None
+    assert events == ["evicted"] and not kubelet[1].disconnecting
 
 
 def test_choosing_whom_to_evict_looks_at_a_few_connections_however_many_are_open() -> None:
@@ -453,15 +493,23 @@ def test_choosing_whom_to_evict_looks_at_a_few_connections_however_many_are_open
     assert table.examined - before <= 50 * 3
     table.site.resource.held[0].finish()  # the oldest connection's answer is done: it is idle now
     clock.advance(0)
-    before = table.examined
+    # Past half its burst the flood evicted only its own, in its address's order; the entries it left
+    # in the order of all are dropped by the next choice made there: a few looks each, all told.
     newcomer = _open(table, clock, "10.9.9.8")
+    assert table.examined - before <= 51 * 3
+    # Of the two idle connections of no proven client, the one no byte came on (a bare connect) goes
+    # first; then the older one.
+    assert flood[-1] is not None and flood[-1][1].disconnecting and not oldest.disconnecting
+    assert newcomer is not None
+    newcomer[0].dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    clock.advance(0)
+    before = table.examined
+    another = _open(table, clock, "10.9.9.6")
     assert table.examined - before <= 3
-    # Of the two idle connections of no proven client, the older one goes.
-    assert oldest.disconnecting and flood[-1] is not None and not flood[-1][1].disconnecting
-    assert events[-1] == "evicted"
-    for opened in (flood[-1], newcomer):
-        assert opened is not None
-        opened[0].dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert oldest.disconnecting and not newcomer[1].disconnecting
+    assert events[-2:] == ["evicted"] * 2
+    assert another is not None
+    another[0].dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
     clock.advance(0)
     before = table.examined
     events.clear()
@@ -476,19 +524,28 @@ class _Proving(_ProbesAdmitted):
         return request.path == b"/proven"
 
 
-def _scanned_choice(table: LimitedConnections) -> ClientConnection | None:
-    """Whom eviction took when it looked at every connection, oldest first (before the order was kept)."""
-    best, best_rank = None, 6
+def _scanned_choice(table: LimitedConnections, host: str) -> ClientConnection | None:
+    """Whom eviction took when it looked at every connection, oldest first (before the order was kept):
+    for a new connection from ``host``, which evicts only its own when its address floods."""
+    best, best_rank = None, 7
+    # As Clients.flooding will tell once the new connection is paid for.
+    address = table.clients.addresses.get(host)
+    flooding = address is not None and (
+        bool(address.waiting)
+        or address.connects.refill(table.clients.monotonic()) - 1 < max(1.0, address.connects.burst / 2)
+    )
     for wrapper in table.protocols:
         if wrapper in table._evicted or wrapper in table._probes:
+            continue
+        if flooding and wrapper.host != host:
             continue
         channel = wrapper.wrappedProtocol
         if channel.serving:
             if not channel.stalled:
                 continue
-            rank = 2
+            rank = 3
         else:
-            rank = 1 if channel.proven > 0 else 0
+            rank = 2 if channel.proven > 0 else 1 if channel.heard else 0
         if wrapper.front_proxy:
             rank += 3
         if rank < best_rank:
@@ -504,21 +561,25 @@ def test_the_order_kept_chooses_whom_eviction_chose_by_looking_at_every_connecti
     rng = random.Random(35)
     clock = Clock()
     size = 12
-    limits = HttpLimits(max_connections=size, max_connections_per_client=1000)
-    site = GuardedSite(_Held(), limits, _Proving(), reactor=clock)
+    limits = HttpLimits(max_connections=size, max_connections_per_client=1000, handshake_burst_per_client=3)
+    # Handshake tokens on the test's clock, which moves a little each step: the addresses are now and
+    # then past their rate (flooding), and evict only their own then.
+    site = GuardedSite(_Held(), limits, _Proving(), reactor=clock, monotonic=clock.seconds)
     table = LimitedConnections(site, size, probe_connections=0, front_proxy=lambda chain: True)
     table.front_proxy_connections = 0
     site.resource.held.clear()
-    evictions = 0
+    evictions = own = 0
     for step in range(3000):
         live = [w for w in table.protocols if w not in table._evicted]
         action = rng.choice(["open", "open", "ask", "answer", "stall", "read", "proxy", "close"])
         if action == "open" or not live:
-            expected = _scanned_choice(table) if len(live) >= size else None
-            opened = _open(table, clock, f"10.0.{step % 7}.1")
+            host = f"10.0.{step % 7}.1"
+            expected = _scanned_choice(table, host) if len(live) >= size else None
+            opened = _open(table, clock, host)
             if expected is not None:
                 assert expected in table._evicted, step
                 evictions += 1
+                own += table.clients.flooding(host)
                 expected.connectionLost(Failure(ConnectionDone()))
             elif len(live) >= size:
                 assert opened is None
@@ -541,8 +602,8 @@ def test_the_order_kept_chooses_whom_eviction_chose_by_looking_at_every_connecti
             _handshake((wrapper, wrapper.transport), front_proxy=True)
         elif action == "close":
             wrapper.connectionLost(Failure(ConnectionDone()))
-        clock.advance(0)
-    assert evictions > 300
+        clock.advance(0.003)
+    assert evictions > 300 and 50 < own < evictions - 50, (evictions, own)
 
 
 def test_the_eviction_order_holds_a_bounded_number_of_stale_entries() -> None:

@@ -14,15 +14,59 @@ LIMITS = HttpLimits(max_connections_per_client=3, handshake_rate_per_client=2.0,
 
 def test_connections_of_one_address_are_capped_others_are_not() -> None:
     clients = Clients(LIMITS, Clock())
-    assert all(clients.opened("10.0.0.1") for _ in range(3))
+    for _ in range(3):
+        assert clients.opened("10.0.0.1") and clients.handshaken("10.0.0.1", front_proxy=False)
     assert not clients.opened("10.0.0.1")
     assert clients.opened("10.0.0.2")
-    clients.front_proxy("10.0.0.1")  # the front proxy's connections do not count against the cap
-    assert clients.opened("10.0.0.1")
-    assert not clients.opened("10.0.0.1")
     clients.closed("10.0.0.1", counted=True)
-    assert clients.opened("10.0.0.1")
+    assert clients.opened("10.0.0.1") and clients.handshaken("10.0.0.1", front_proxy=True)  # not counted
+    assert clients.opened("10.0.0.1") and clients.handshaken("10.0.0.1", front_proxy=False)
+    assert not clients.opened("10.0.0.1")
     assert clients.refused == 2
+
+
+def test_an_address_is_capped_on_its_handshaken_connections_so_the_front_proxy_is_never() -> None:
+    """kube-apiserver opens many connections at once (its informers' watches, after a restart): none
+    is counted until its handshake shows whose it is, and the front proxy's never are. Any other is
+    counted once handshaken, and closed then if its address reached the cap meanwhile."""
+    clients = Clients(LIMITS, Clock())
+    assert all(clients.opened("10.0.0.1") for _ in range(10))  # ten handshakes under way at once
+    assert all(clients.handshaken("10.0.0.1", front_proxy=True) for _ in range(8))
+    assert (clients.addresses["10.0.0.1"].open, clients.addresses["10.0.0.1"].counted) == (10, 0)
+    assert clients.handshaken("10.0.0.1", front_proxy=False)  # a client certificate's: counted
+    assert clients.handshaken("10.0.0.1", front_proxy=False)
+    assert clients.opened("10.0.0.1") and clients.handshaken("10.0.0.1", front_proxy=False)
+    assert not clients.opened("10.0.0.1")  # three counted: at the cap
+    assert clients.refused == 1
+    for _ in range(2):
+        assert clients.opened("10.0.0.2")
+    assert clients.handshaken("10.0.0.2", front_proxy=False)
+    clients.closed("10.0.0.1", counted=True)  # back under the cap while another's is under way
+    assert clients.opened("10.0.0.1")
+    assert clients.opened("10.0.0.1")
+    assert clients.handshaken("10.0.0.1", front_proxy=False)
+    assert not clients.handshaken("10.0.0.1", front_proxy=False)  # at the cap meanwhile: close it
+    assert clients.refused == 2
+
+
+def test_an_address_connecting_past_its_handshake_rate_is_flooding() -> None:
+    """Every connect is paid, its handshake made or not (a bare connect's never is): an address whose
+    connections are closed before their handshake floods all the same."""
+    limits = HttpLimits(handshake_rate_per_client=2.0, handshake_burst_per_client=4)
+    clock = Clock()
+    clients = Clients(limits, clock, clock.seconds)
+    assert not clients.flooding("10.0.0.1")  # nothing known of it
+    for _ in range(2):
+        assert clients.opened("10.0.0.1")
+        assert not clients.flooding("10.0.0.1")
+        clients.closed("10.0.0.1", counted=False)  # before its handshake
+    assert clients.opened("10.0.0.1")
+    assert clients.flooding("10.0.0.1")  # three of four: past half its burst
+    clock.advance(0.5)  # 2 a second
+    assert not clients.flooding("10.0.0.1")
+    assert clients.handshaken("10.0.0.1", front_proxy=True)  # the front proxy's cost it nothing
+    assert clients.addresses["10.0.0.1"].connects.tokens == 3
+    assert not clients.flooding("10.0.0.2")
 
 
 def test_handshakes_beyond_the_burst_wait_for_tokens_in_order() -> None:
@@ -61,7 +105,7 @@ def test_the_front_proxy_gives_its_token_back_and_releases_a_waiting_handshake()
         assert clients.handshake("a", lambda: True)
     clients.opened("a")
     assert not clients.handshake("a", third)
-    clients.front_proxy("a")  # e.g. kube-apiserver: its handshakes cost it nothing
+    assert clients.handshaken("a", front_proxy=True)  # e.g. kube-apiserver: its handshakes cost it nothing
     assert started == ["third"]
 
 

@@ -160,7 +160,7 @@ def head_too_large(limit: int) -> ApiError:
 MAX_LINE = 16384
 
 # The ranks of GuardedChannel.eviction_rank: 0 to 5.
-EVICTION_RANKS = 6
+EVICTION_RANKS = 7
 
 # Go's parseHexUint: a chunk size of more than 16 hex digits is over 64 bits.
 MAX_CHUNK_SIZE_DIGITS = 16
@@ -309,6 +309,7 @@ class GuardedChannel(http.HTTPChannel):
     _replaying = False  # behind the property _replay_pending
     _handling = False  # behind the property _handlingRequest
     proven = 0  # requests of an authenticated user answered on this connection: eviction spares them
+    heard = False  # a byte came on this connection (its TLS handshake's first): see eviction_rank
     # Taken in over --max-connections while every connection was being answered: it may only ask a
     # health probe, and closes after its answer (LimitedConnections).
     probe_only = False
@@ -380,22 +381,24 @@ class GuardedChannel(http.HTTPChannel):
         """Which connections a new one evicts first (LimitedConnections._evict), lowest first; None:
         this one is not to be evicted (being answered to a client that reads, or closed).
 
-        0. of no proven client, not being answered: a flood of idle or slow connections, or of ones
+        0. of which no byte has come: a flood's bare connects (each costs it a connect only), before
+           the fresh connection of a client whose handshake is under way;
+        1. of no proven client, not being answered: a flood of idle or slow connections, or of ones
            that were answered only probes, 401s or 404s (which anyone gets);
-        1. of an authenticated client, idle between requests;
-        2. whose client has stopped taking the response written to it (a list it does not read, a
+        2. of an authenticated client, idle between requests;
+        3. whose client has stopped taking the response written to it (a list it does not read, a
            watch it left): it loses nothing it was reading;
-        3-5. the same three of the verified front proxy's: kube-apiserver carries every user of the
-           aggregated API on its connections, and a request it sends on one closed under it fails
-           when it may not be retried (a DELETE)."""
+        4-6. the last three of the verified front proxy's (which has made its handshake): kube-apiserver
+           carries every user of the aggregated API on its connections, and a request it sends on one
+           closed under it fails when it may not be retried (a DELETE)."""
         if self._lost:
             return None
         if self.serving:
             if not self.stalled:
                 return None
-            rank = 2
+            rank = 3
         else:
-            rank = 1 if self.proven > 0 else 0
+            rank = 2 if self.proven > 0 else 1 if self.heard else 0
         return rank + 3 if self.front_proxy else rank
 
     def rerank(self) -> None:
@@ -858,14 +861,16 @@ class GuardedSite(Site):
 @implementer(IHandshakeListener)
 class ClientConnection(ProtocolWrapper):
     """One connection as its source address's limits see it: its TLS handshake waits for the
-    address's token; once done, the front proxy's verified certificate takes it out of the address's
-    count and makes it a client of its own for the turns."""
+    address's token; once done, the connection counts against its address's cap (closed if the
+    address reached it meanwhile), unless it showed the front proxy's verified certificate, which
+    makes it a client of its own for the turns."""
 
     factory: LimitedConnections
     wrappedProtocol: GuardedChannel
     transport: Any  # the TLS layer (GuardedTLS), or a test's stand-in
     host = ""
     front_proxy = False
+    counted = False  # against its address's cap: its handshake is done, and it is not the front proxy's
     _lost = False
 
     def makeConnection(self, transport: Any) -> None:
@@ -913,12 +918,29 @@ class ClientConnection(ProtocolWrapper):
         if not self._lost:
             self.resumeProducing()
 
+    def heard(self) -> None:
+        """The first byte came on this connection (to its TLS layer): no longer a bare connect."""
+        channel = self.wrappedProtocol
+        if not channel.heard:
+            channel.heard = True
+            channel.rerank()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.heard()  # where no TLS layer is (tests)
+        self.wrappedProtocol.dataReceived(data)
+
     def handshakeCompleted(self) -> None:
+        if self._lost:
+            return
         handle = getattr(self.transport, "getHandle", None)
         chain = verified_peer_chain(handle()) if handle is not None else ()
-        if chain and not self._lost and self.factory.front_proxy(chain):
+        front_proxy = bool(chain) and self.factory.front_proxy(chain)
+        if not self.factory.clients.handshaken(self.host, front_proxy):
+            self.factory.over_cap(self)  # its address reached its cap during the handshake
+            return
+        self.counted = not front_proxy
+        if front_proxy:
             self.front_proxy = True
-            self.factory.clients.front_proxy(self.host)
             self.wrappedProtocol.client_key = connection_key()
             self.wrappedProtocol.front_proxy = True
             self.wrappedProtocol.rerank()
@@ -927,7 +949,7 @@ class ClientConnection(ProtocolWrapper):
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         if not self._lost:
             self._lost = True
-            self.factory.clients.closed(self.host, counted=not self.front_proxy)
+            self.factory.clients.closed(self.host, counted=self.counted)
         super().connectionLost(reason)
 
 
@@ -947,11 +969,14 @@ def _no_front_proxy(chain: tuple[x509.Certificate, ...]) -> bool:
 
 class LimitedConnections(WrappingFactory):
     """Holds at most ``limit`` connections, and a few more for health probes and for the front proxy.
-    At the limit, a new connection evicts one (see GuardedChannel.eviction_rank): first those of no
-    proven client (a flood's, idle, dribbling its head, or answered only probes and 401s), then those
+    At the limit, a new connection evicts one (see GuardedChannel.eviction_rank): first those no byte
+    came on (bare connects), then those of no proven client (a flood's, idle, dribbling its head, or
+    answered only probes and 401s), then those
     idle between requests, then those whose client stopped reading what is written to it; the verified
-    front proxy's (kube-apiserver's) only when no other can go. The candidates are kept in that order
-    as their state changes (EvictionOrder): a choice looks at a few connections, not at every one.
+    front proxy's (kube-apiserver's) only when no other can go; an address connecting faster than its
+    handshake rate evicts only its own (see _evict). The candidates are kept in that order as their
+    state changes (EvictionOrder), of all connections and of each address: a choice looks at a few
+    connections, not at every one.
 
     When every connection is being answered (watches, lists being read), the new one is still taken
     in, over the limit:
@@ -997,15 +1022,32 @@ class LimitedConnections(WrappingFactory):
         self._probes: dict[ClientConnection, None] = {}
         self._provisional: dict[ClientConnection, None] = {}
         self._front_proxy_places: dict[ClientConnection, None] = {}
-        # The others, as eviction would take them; each numbered in the order they came.
+        # The others, as eviction would take them; each numbered in the order they came. And the same,
+        # of each address apart: whom an address that floods may evict (see _evict).
         self._order: EvictionOrder[ClientConnection] = EvictionOrder(EVICTION_RANKS)
+        self._own: dict[str, EvictionOrder[ClientConnection]] = {}
+        self._own_examined = 0
         self._numbers = itertools.count()
         self._closed: Waiters[None] = Waiters()
 
     @property
     def examined(self) -> int:
         """Connections looked at to choose whom to evict, all told (the tests count them)."""
-        return self._order.examined
+        return self._order.examined + self._own_examined
+
+    def _place(self, wrapper: ClientConnection, number: int, rank: int | None) -> None:
+        """``wrapper`` is now of ``rank`` for eviction (None: not to be evicted), in the order of all
+        connections and in its address's."""
+        self._order.place(wrapper, number, rank)
+        own = self._own.get(wrapper.host)
+        if own is None:
+            if rank is None:
+                return
+            own = self._own[wrapper.host] = EvictionOrder(EVICTION_RANKS)
+        own.place(wrapper, number, rank)
+        if not len(own):
+            self._own_examined += own.examined
+            del self._own[wrapper.host]
 
     def drain(self) -> Deferred[None]:
         """What Go's http.Server.Shutdown does to its connections: idle ones close now, every other
@@ -1020,7 +1062,7 @@ class LimitedConnections(WrappingFactory):
         super().unregisterProtocol(p)
         if isinstance(p, ClientConnection):
             p.wrappedProtocol.ranked = None
-            self._order.place(p, 0, None)
+            self._place(p, 0, None)
             self._probes.pop(p, None)
             self._provisional.pop(p, None)
             self._front_proxy_places.pop(p, None)
@@ -1039,13 +1081,13 @@ class LimitedConnections(WrappingFactory):
             return None
         over = len(self._evicted) + len(self._probes) + len(self._provisional) + len(self._front_proxy_places)
         place: dict[ClientConnection, None] | None = None
-        if len(self.protocols) - over >= self.limit and not self._evict():
+        if len(self.protocols) - over >= self.limit and not self._evict(host):
             if self._provisional_place(host):
                 place = self._provisional
             elif self._probe_place(host):
                 place = self._probes
             else:
-                self.clients.closed(host, counted=True)
+                self.clients.closed(host, counted=False)
                 if self.on_refused is not None:
                     self.on_refused("refused")
                 return None
@@ -1058,7 +1100,7 @@ class LimitedConnections(WrappingFactory):
             channel.probe_only = True
             place[wrapper] = None
         else:
-            channel.ranked = functools.partial(self._order.place, wrapper, next(self._numbers))
+            channel.ranked = functools.partial(self._place, wrapper, next(self._numbers))
             channel.rerank()
         return wrapper
 
@@ -1128,20 +1170,41 @@ class LimitedConnections(WrappingFactory):
         self._drop(best)
         return True
 
-    def _drop(self, wrapper: ClientConnection) -> None:
+    def over_cap(self, wrapper: ClientConnection) -> None:
+        """A connection's handshake is done, and its address reached its cap meanwhile: closed, as
+        one from an address at its cap is before its handshake."""
+        self._drop(wrapper, "client-limit")
+
+    def _drop(self, wrapper: ClientConnection, why: str = "evicted") -> None:
         wrapper.wrappedProtocol.ranked = None
-        self._order.place(wrapper, 0, None)
+        self._place(wrapper, 0, None)
         self._probes.pop(wrapper, None)
         self._provisional.pop(wrapper, None)
+        self._front_proxy_places.pop(wrapper, None)
         self._evicted.add(wrapper)
         if self.on_refused is not None:
-            self.on_refused("evicted")
+            self.on_refused(why)
         wrapper.transport.abortConnection()
 
-    def _evict(self) -> bool:
-        """Closes the first connection of the eviction order to make room (none taken in over the
-        limit); False when there is none: every one is being answered to a client that reads."""
-        first = self._order.first()
+    def _evict(self, host: str) -> bool:
+        """Closes the first connection of the eviction order to make room for one from ``host`` (none
+        taken in over the limit); False when there is none: every one is being answered to a client
+        that reads.
+
+        An address that opens connections faster than its handshake rate (Clients.flooding: a flood of
+        bare connects, each costing it a connect only) evicts only its own, the first of its address's
+        order: its churn never closes the fresh connection of another client, which is the first to
+        go while its handshake and first request are under way (the kubelet's probe, kube-apiserver's
+        new connection before its certificate is seen)."""
+        if self.clients.flooding(host):
+            own = self._own.get(host)
+            if own is None:
+                return False
+            before = own.examined
+            first = own.first()
+            self._own_examined += own.examined - before
+        else:
+            first = self._order.first()
         if first is None:
             return False
         self._drop(first)
@@ -1150,6 +1213,16 @@ class LimitedConnections(WrappingFactory):
 
 class GuardedTLS(BufferingTLSTransport):
     """Twisted's TLS layer, connected at less cost (see makeConnection)."""
+
+    _heard = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._heard:
+            self._heard = True
+            heard = getattr(self.wrappedProtocol, "heard", None)
+            if heard is not None:
+                heard()
+        super().dataReceived(data)
 
     def makeConnection(self, transport: Any) -> None:
         """TLSMemoryBIOProtocol.makeConnection, less what it does in vain for every connection: it

@@ -1,7 +1,11 @@
 """One client among many: what one source address may take of the server, and whose turn it is.
 
-* Connections from one address that have not presented a verified client certificate are capped
-  (``max_connections_per_client``); over the cap a new one is closed before its TLS handshake.
+* Connections from one address are capped (``max_connections_per_client``): each counts once its
+  TLS handshake is done, the front proxy's (its verified certificate) never. A new one from an address
+  at the cap is closed before its handshake; one whose address reached the cap while its handshake was
+  made, once it is done. Until their handshake, an address's new connections are paced by its tokens
+  (below), not capped: kube-apiserver's concurrent new connections are not refused before they show
+  its certificate.
 * Unauthenticated work is paid from a token bucket per address (``handshake_rate_per_client``
   a second, up to ``handshake_burst_per_client``): a TLS handshake takes a token before it
   starts, given back when the client presents a verified certificate; a request answered 401 takes
@@ -67,7 +71,10 @@ class Address:
     host: str
     bucket: Bucket
     open: int = 0  # connections open from it
-    counted: int = 0  # of them, those counted against the cap (all but the front proxy's)
+    counted: int = 0  # of them, those counted against the cap: handshaken, and not the front proxy's
+    # Its new connections, paid at the handshake rate whether or not their handshake is ever made (a
+    # bare connect's is not): whether it floods (Clients.flooding).
+    connects: Bucket = attrs.field(default=None)
     waiting: deque[Callable[[], bool]] = attrs.Factory(deque)  # handshakes waiting for a token
     release: IDelayedCall | None = None
     forget: IDelayedCall | None = None
@@ -93,21 +100,35 @@ class Clients:
         if found is None:
             burst = float(self.limits.handshake_burst_per_client)
             bucket = Bucket(self.limits.handshake_rate_per_client, burst, burst, self.monotonic())
-            found = self.addresses[host] = Address(host, bucket)
+            connects = Bucket(self.limits.handshake_rate_per_client, burst, burst, self.monotonic())
+            found = self.addresses[host] = Address(host, bucket, connects=connects)
         return found
 
     # -- connections --------------------------------------------------------------------------------
 
     def opened(self, host: str) -> bool:
-        """A new connection from ``host``; False when the address is at its cap (close it)."""
+        """A new connection from ``host``; False when the address is at its cap (close it). It is
+        counted against the cap once its handshake is done (handshaken)."""
         address = self._address(host)
         if address.counted >= self.limits.max_connections_per_client:
             self.refused += 1
             self._forget_later(address)
             return False
         address.open += 1
-        address.counted += 1
+        connects = address.connects
+        connects.refill(self.monotonic())
+        connects.tokens = max(connects.tokens - 1, -connects.burst)
         return True
+
+    def flooding(self, host: str) -> bool:
+        """Whether ``host`` opens connections faster than its handshake rate: its handshakes wait for a
+        token, or its connects (each paid, handshake or not: one evicted or closed while it waits
+        for its handshake's token gives that token back) have spent half its burst or more."""
+        address = self.addresses.get(host)
+        if address is None:
+            return False
+        connects = address.connects
+        return bool(address.waiting) or connects.refill(self.monotonic()) < max(1.0, connects.burst / 2)
 
     def handshake(self, host: str, start: Callable[[], bool]) -> bool:
         """Whether the handshake of a connection from ``host`` may start now. If not, ``start`` is
@@ -121,15 +142,23 @@ class Clients:
         self._release_later(address)
         return False
 
-    def front_proxy(self, host: str) -> None:
-        """The connection presented the front proxy's verified certificate: not counted against the
-        cap, and its handshake token is given back (kube-apiserver's connections cost it nothing)."""
+    def handshaken(self, host: str, front_proxy: bool) -> bool:
+        """The TLS handshake of a connection from ``host`` is done. The front proxy's (it presented
+        the front proxy's verified certificate) is never counted against the cap, and its handshake
+        token is given back: kube-apiserver's connections cost it nothing, however many it opens at
+        once. Any other is counted now; False when the address reached its cap meanwhile (close it)."""
         address = self._address(host)
-        address.counted -= 1
-        bucket = address.bucket
-        bucket.refill(self.monotonic())
-        bucket.tokens = min(bucket.burst, bucket.tokens + 1)
-        self._release(address)
+        if front_proxy:
+            for bucket in (address.bucket, address.connects):
+                bucket.refill(self.monotonic())
+                bucket.tokens = min(bucket.burst, bucket.tokens + 1)
+            self._release(address)
+            return True
+        if address.counted >= self.limits.max_connections_per_client:
+            self.refused += 1
+            return False
+        address.counted += 1
+        return True
 
     def closed(self, host: str, counted: bool) -> None:
         address = self._address(host)
@@ -182,7 +211,8 @@ class Clients:
         """Drop the address's record once nothing is open and its bucket is full again."""
         if address.open > 0 or address.waiting or address.forget is not None:
             return
-        wait = address.bucket.wait_for(address.bucket.burst, self.monotonic())
+        now = self.monotonic()
+        wait = max(bucket.wait_for(bucket.burst, now) for bucket in (address.bucket, address.connects))
         if wait == 0:
             if self.addresses.get(address.host) is address:
                 del self.addresses[address.host]
