@@ -7,6 +7,8 @@ payloadtags_authorization_decisions_total once per watcher and event."""
 
 from __future__ import annotations
 
+import collections
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -15,9 +17,12 @@ from twisted.internet.task import Clock
 from payloadtags.access import rbac
 from payloadtags.access.authn import UserInfo
 from payloadtags.access.authz import Readable
+from payloadtags.access.patterns import PathPattern
 from payloadtags.access.rbac import PathMatcher, RbacAuthorizer, RbacIndex
 from payloadtags.metrics import CountingAuthorizer, Metrics
+from payloadtags.model import GROUP
 from payloadtags.watch.watcher import Watcher
+from tests.unit.test_rbac import cluster_role, cluster_role_binding, group_subject, role_ref
 from tests.unit.test_watch import FakeReader, FakeSink, gone, grant, one_turn, rbac_hub, ready, render
 
 
@@ -193,3 +198,122 @@ def test_a_memo_of_decisions_forgets_the_oldest_paths_at_its_bound(monkeypatch: 
     for n in range(10):
         assert matcher.matches(f"pr-{n}")
     assert list(matcher._memo) == ["pr-6", "pr-7", "pr-8", "pr-9"]
+
+
+@attrs.define
+class Computed:
+    """Counts the access decisions made by running a rule's pattern, not found in a memo."""
+
+    count: int = 0
+
+    def patch(self, monkeypatch: Any) -> None:
+        run = PathPattern.matches
+
+        def counting(pattern: PathPattern, path: str) -> bool:
+            self.count += 1
+            return run(pattern, path)
+
+        monkeypatch.setattr(PathPattern, "matches", counting)
+
+
+def test_namespaces_with_the_same_rules_each_have_their_memo(monkeypatch: Any) -> None:
+    """One ClusterRole bound cluster-wide: the rules of every namespace mean the same. They were one
+    matcher, one memo of _MAX_MEMO paths for the paths of all namespaces: an all-namespaces list's
+    decisions cycled through it, each one computed again and evicting another (docs/watch.md,
+    "Bounds", says one per namespace and meaning; the review's memo_cycle_ns.py: 10-60x slower)."""
+    monkeypatch.setattr(rbac, "_MAX_MEMO", 4)
+    computed = Computed()
+    computed.patch(monkeypatch)
+    index = RbacIndex()
+    rule = {"apiGroups": [GROUP], "resources": ["payloadrepositoryaccesses"], "verbs": ["get"]}
+    index.upsert("ClusterRole", cluster_role("reader", {**rule, "resourceNames": ["app-*"]}))
+    index.upsert(
+        "ClusterRoleBinding",
+        cluster_role_binding("reader", role_ref("ClusterRole", "reader"), group_subject("devs")),
+    )
+    user = UserInfo("alice", groups=("devs",))
+    spaces = ["a", "b", "c"]
+    passes = []
+    for _ in range(3):
+        before = computed.count
+        for namespace in spaces:
+            for n in range(4):
+                assert index.allowed(user, "get", namespace, f"app-{n}-{namespace}")
+        passes.append(computed.count - before)
+    assert passes == [12, 0, 0]  # were 12 each
+    # Users with the same rules in a namespace still share its matcher.
+    assert index.matcher(UserInfo("bob", groups=("devs",)), "get", "a") is index.matcher(user, "get", "a")
+
+
+class WatchedMemo(collections.OrderedDict[str, bool]):
+    """A memo that counts how often it is scanned from its start and how many entries it evicts."""
+
+    scans = 0
+    evicted = 0
+
+    def __iter__(self) -> Iterator[str]:
+        WatchedMemo.scans += 1
+        return super().__iter__()
+
+    def popitem(self, last: bool = True) -> tuple[str, bool]:
+        WatchedMemo.evicted += 1
+        return super().popitem(last=last)
+
+
+def test_a_full_memo_forgets_its_oldest_path_without_scanning_it(monkeypatch: Any) -> None:
+    """The oldest path was found with ``next(iter(memo))`` on a dict: past the slots of those deleted
+    before, scanned on every eviction until the dict resized (10-150 us a new path on a full memo of
+    65,536, the review's memo_evict.py). One O(1) ``popitem`` per path evicted now, and no scan."""
+    monkeypatch.setattr(rbac, "_MAX_MEMO", 4)
+    index = RbacIndex()
+    grant(index, "alice", "team", ["pr-*"], "alice")
+    matcher = index.matcher(UserInfo("alice"), "get", "team")
+    monkeypatch.setattr(matcher, "_memo", WatchedMemo())
+    for n in range(100):
+        assert matcher.matches(f"pr-{n}")
+    assert (WatchedMemo.scans, WatchedMemo.evicted) == (0, 96)
+    assert list(matcher._memo) == ["pr-96", "pr-97", "pr-98", "pr-99"]
+
+
+def test_the_reap_keeps_the_rules_of_a_namespace_a_revocation_before_the_check_left_to_judge() -> None:
+    """`other/a` is taken back, then deleted, before the access check and while the watch's opening is
+    not all written (its ADDED among it): the reap must not drop the rules of `other`, which showed it,
+    for then the check sees no change there and the client keeps `other/a:v1`. Both of
+    `Watcher.forget_rules`' guards keep them (the opening unwritten, and `other` decided by two sets of
+    rules once its DELETED is dropped); the review's fuzz_reap.py (seed 292) with both removed."""
+    reader = FakeReader({"other/a": {"v1"}, "third/a": {"v1"}})
+    clock = Clock()
+    hub, index, authorizer = rbac_hub(reader, clock)
+    grant(index, "alice", "other", ["a"], "alice")
+    grant(index, "alice", "team", ["a"], "alice")
+    sink = FakeSink()
+    w = Watcher("alice", sink, render, lambda ref: True, Readable(authorizer, UserInfo("alice")))
+    assert hub.start(w, ready(hub, None), since=None, timeout=None)
+    hub.check_access()
+    grant(index, "alice", "other", ["b"], "alice")
+    hub.reap()
+    del reader.repositories["other/a"]
+    hub.repository_changed("other/a")
+    hub.reap()
+    one_turn(clock)
+    reader.repositories["team/a"] = {"t0"}
+    hub.repository_changed("team/a")
+    hub.reap()
+    hub.check_access()
+    for _ in range(3):
+        while one_turn(clock):
+            pass
+        hub.reap()
+        hub.check_access()
+    view: set[str] = set()
+    for line in sink.lines:
+        kind, name = line.split()[:2]
+        if kind == b"ADDED":
+            view.add(name.decode())
+        elif kind == b"DELETED":
+            view.discard(name.decode())
+    if w.closed:
+        assert gone(sink) and w.reason == "access rules changed", sink.lines
+    else:
+        assert view == {"team/a:t0"}, sink.lines
+    hub.stop()

@@ -20,6 +20,7 @@ from tests.unit.test_watch import (
     gone,
     grant,
     list_sequence,
+    one_turn,
     rbac_hub,
     rbac_watcher,
     ready,
@@ -628,4 +629,42 @@ def test_a_page_decision_with_other_groups_compares_every_namespace() -> None:
     [noted] = hub.rules.entries.values()
     assert noted.groups == out.groups and noted.changed_at > bookmark
     assert not _resumed_as(hub, source, bookmark, out)
+    hub.stop()
+
+
+def test_a_resume_after_the_reap_dropped_a_namespace_of_an_all_namespaces_watch_and_a_revocation() -> None:
+    """An all-namespaces watch sends `ci/app:v1`'s ADDED, then its DELETED (`ci` empties); the reap
+    drops the rules of `ci`, gone from the scope, and the stream breaks before its client reads the
+    DELETED. Her access in `ci` is taken back and the client resumes from the ADDED: a 410, as for any
+    revocation between two streams. The reap dropped the rules before the ledger was told them (only at
+    the watch's end): the resume was served, the DELETED replayed was decided by the new rules and
+    dropped, and the client kept `ci/app:v1` (the review's resume_after_reap.py)."""
+    reader = FakeReader({"keep/x": {"v1"}})
+    clock = Clock()
+    hub, index, authorizer = rbac_hub(reader, clock)
+    RBAC[hub] = Rbac(index, authorizer)
+    grant(index, "alice", "keep", ["x"], "alice")
+    grant(index, "alice", "ci", ["app"], "alice")
+    source = ready(hub, None)
+    w, sink = rbac_watcher(authorizer, "alice")
+    assert hub.start(w, source, since=None, timeout=None)
+    hub.check_access()
+    reader.repositories["ci/app"] = {"v1"}
+    hub.repository_changed("ci/app")
+    while one_turn(clock):
+        pass
+    added = [line for line in sink.lines if line.startswith(b"ADDED ci/app:v1")]
+    assert added, sink.lines
+    del reader.repositories["ci/app"]
+    hub.repository_changed("ci/app")
+    while one_turn(clock):
+        pass
+    assert sink.lines[-1].startswith(b"DELETED ci/app:v1"), sink.lines
+    hub.reap()
+    assert [namespace for namespace, _ in w.rules_seen()] == ["keep"]  # still forgotten by the watch
+    w.stopProducing()  # the connection breaks: its client read up to the ADDED
+    grant(index, "alice", "ci", ["other"], "alice")
+    clock.advance(1)
+    assert hub.checked_generation == index.generation
+    assert not resumed(hub, source, int(added[-1].split()[2]))
     hub.stop()

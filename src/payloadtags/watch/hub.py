@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import itertools
 from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Sequence
 
@@ -393,7 +394,27 @@ class WatchHub:
                 scope = live[source] = set(_namespaces(source))
             waiting = {namespace_of(repository) for repository in source.fanout.waiting(watcher)}
             keep = scope | waiting
-            watcher.forget_rules(keep.__contains__)
+            try:
+                watcher.forget_rules(
+                    keep.__contains__, functools.partial(self._note_forgotten, watcher, source)
+                )
+            except Exception:
+                # Kept, and tried again at the next reap; the other watches drop theirs.
+                log.failure("noting the rules an all-namespaces watch drops failed")
+
+    def _note_forgotten(
+        self, watcher: Watcher, source: ScopeSource, dropped: list[tuple[str, list[PathMatcher]]]
+    ) -> None:
+        """The rules a watch drops, told to the ledger first, as at its end (`_note_seen`): its stream
+        may break before its client reads the DELETED that emptied the namespace, and a resume from
+        before it must be judged by them (a change since, a 410), not served with the DELETED decided
+        by the new rules, and maybe dropped."""
+        rules_of = watcher.rules
+        if rules_of is None or not isinstance(watcher.readable, Readable):
+            return
+        self.rules.saw(
+            source, watcher.readable.user, dropped, rules_of, self.versions.next, every_namespace=False
+        )
 
     # -- watchers ---------------------------------------------------------------------------------
 

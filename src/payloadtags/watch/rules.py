@@ -13,7 +13,9 @@ mean, not their order), and the sequence a change of them was noted at (``change
 resourceVersion issued under the old rules). A resume from below it is 410. The rules are noted when a
 watch starts (the rules computed for the identity it comes with), at each access check for the users
 watching (`WatchHub.check_access`), when a watch ends (every set of rules that decided something it
-sent: rules granted and taken back between two checks included), and when a user already noted lists
+sent: rules granted and taken back between two checks included), when an all-namespaces watch drops
+the rules of a namespace gone from its scope (`WatchHub._forget_rules`: its client may resume from
+before the DELETED that emptied it), and when a user already noted lists
 the scope (`listed`: her list, each of its pages, was decided by the rules then, which may be changed
 back before its watch; a page by the rules of each of its decisions, compared with those noted as it
 makes them, `PageDecisions`). The rules noted first are no change. The groups of the request her

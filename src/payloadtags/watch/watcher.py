@@ -164,14 +164,23 @@ class Watcher:
         if self.rules is not None:
             self._rules_now(namespace)
 
-    def forget_rules(self, keep: Callable[[str], bool]) -> None:
+    def forget_rules(
+        self, keep: Callable[[str], bool], tell: Callable[[list[tuple[str, list[PathMatcher]]]], None]
+    ) -> None:
         """Drops the rules noted in the namespaces ``keep`` rejects (out of the scope, no event on its
-        way here): its client holds nothing of them that a change of their rules could change. Only
-        those that alone decided there since the last check, and while all it starts with is written:
-        a change since is the check's to judge."""
+        way here): its client holds nothing of them that a change of their rules could change while
+        this stream runs. Only those that alone decided there since the last check, and while all it
+        starts with is written: a change since is the check's to judge. ``tell`` is given them first
+        (the resume ledger, `WatchHub._forget_rules`): the client may yet resume from before the
+        DELETED that emptied the namespace, and only they tell that a change of the rules since makes
+        its view stale. None is dropped if ``tell`` raises."""
         if self.opening is not None or self._decided_otherwise:
             return
-        for namespace in [ns for ns, known in self._ruled_by.items() if len(known) == 1 and not keep(ns)]:
+        dropped = [(ns, known) for ns, known in self._ruled_by.items() if len(known) == 1 and not keep(ns)]
+        if not dropped:
+            return
+        tell(dropped)
+        for namespace, _ in dropped:
             del self._ruled_by[namespace]
             self._current.pop(namespace, None)
 
