@@ -1211,6 +1211,60 @@ async def test_a_tables_include_object_is_read_after_the_list_options(api, regis
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_lists_own_errors_come_before_a_tables_include_object(api, registry, repo):
+    # kube-apiserver reads a list's TableOptions once r.List has succeeded: its storage's errors (a
+    # resourceVersion it has not reached, 504; an exact one it no longer has, 410; a continue token
+    # that does not decode, 400) answer first. They were the includeObject's 400.
+    namespace, _ = split(repo)
+    client, _ = _v1_as_admin(api, registry, repo)
+    base = collection(namespace)
+    table = {"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"}
+    listed = await client.get(base)
+    current = int(listed.json()["metadata"]["resourceVersion"])
+    for query, code, reason in (
+        (f"resourceVersion={current + 1000}&resourceVersionMatch=NotOlderThan", 504, "Timeout"),
+        (f"resourceVersion={current + 1000}", 504, "Timeout"),
+        (f"resourceVersion={current - 1}&resourceVersionMatch=Exact", 410, "Expired"),
+        ("continue=bogus", 400, "BadRequest"),
+    ):
+        plain = assert_status(await client.get(f"{base}?{query}", headers=table), code, reason)
+        bad = assert_status(
+            await client.get(f"{base}?{query}&includeObject=bogus", headers=table), code, reason
+        )
+        assert bad["message"] == plain["message"], query
+        assert "Unable to convert to Table" not in bad["message"], query
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_streaming_list_from_a_future_resource_version_is_504_after_the_streams_checks(
+    api, registry, repo
+):
+    # kube-apiserver's cacher opens such a watch (a 200 whose stream carries the error as an ERROR
+    # event), so serveWatchHandler's includeObject (400) and stream media type (406) come first.
+    # payloadtags answers the 504 of a list (docs/watch.md), after them.
+    namespace, _ = split(repo)
+    client, _ = _v1_as_admin(api, registry, repo)
+    base = collection(namespace)
+    listed = await client.get(base)
+    current = int(listed.json()["metadata"]["resourceVersion"])
+    streaming = (
+        "watch=true&timeoutSeconds=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan"
+        f"&allowWatchBookmarks=true&resourceVersion={current + 1000}"
+    )
+    table = {"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"}
+    status = assert_status(
+        await client.get(f"{base}?{streaming}&includeObject=bogus", headers=table), 400, "BadRequest"
+    )
+    assert "Unable to convert to Table" in status["message"]
+    assert_status(
+        await client.get(f"{base}?{streaming}", headers={"Accept": "application/yaml"}), 406, "NotAcceptable"
+    )
+    reply = await client.get(f"{base}?{streaming}", headers=table)
+    assert_status(reply, 504, "Timeout")
+    assert reply.header("retry-after") == "1"
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_negative_limit_is_reported_with_the_other_validation_errors(api, registry, repo):
     # payloadtags' own check of a list's limit is one more validation error, in the one 422; a
     # deletecollection takes a negative limit as kube-apiserver does (no limit), so its DeleteOptions

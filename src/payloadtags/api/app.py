@@ -939,8 +939,10 @@ class ApiServer:
         shape = media.as_json()  # what the renderers make; formats re-encodes it for YAML or pretty
         options = list_options(query)
         # A Table's options last, as kube-apiserver reads them once it has listed (its
-        # transformResponseObject): a bad option is answered before a bad includeObject. Still before
-        # the registry is read, which a 400 would waste.
+        # transformResponseObject): a bad option, and the list's own errors (its resourceVersion, 504
+        # or 410; its continue token, 400: they need no registry read) are answered before a bad
+        # includeObject. Still before the registry is read, which a 400 would waste.
+        self.service.check_list(namespace, options)
         include = _include(media, query)
         hub = self.watch_hub
         record = None
@@ -1030,16 +1032,19 @@ class ApiServer:
         # Before the head, as a list is refused (503, retry shortly): a watch needs the rules to
         # check what it sends, and once its 200 is out only an ERROR event can tell the client.
         hub.authorize(user, namespace)
-        if options.send_initial_events and hub.ahead(options.resource_version):
-            # A streaming list is a list: not older than a resourceVersion this replica has not reached,
-            # it is answered as the list is (504, retried a second later), never served with an end
-            # bookmark older than asked; kube-apiserver's cacher refuses it so before the stream too.
-            raise resource_version_too_large(options.resource_version, hub.versions.latest())
         # As kube-apiserver's serveWatchHandler, once the options are read and the watch opened: the
         # Table's options (400), then the stream's media type (406, an Accept only a list serves).
         include = _include(media, query)
         if refused is not None:
             raise refused
+        if options.send_initial_events and hub.ahead(options.resource_version):
+            # A streaming list is a list: not older than a resourceVersion this replica has not reached,
+            # it is answered as the list is (504, Retry-After: 1), never served with an end bookmark
+            # older than asked. payloadtags' own answer: kube-apiserver's cacher opens the watch (after
+            # the checks above, as here) and sends the error as an ERROR event of a 200 stream. Before
+            # the stream, it takes no watch slot and no scope read, and a client sees the same error
+            # as for its list from there.
+            raise resource_version_too_large(options.resource_version, hub.versions.latest())
         if options.timeout_seconds is not None and options.timeout_seconds < 0:
             # As kube-apiserver, whose watch timer of a negative duration has fired already: a 200 whose
             # stream ends at once, without an event. Nothing to read for it, nor a watch's place to hold.

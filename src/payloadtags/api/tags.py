@@ -358,16 +358,16 @@ class TagsService:
         page, meta = await self._select(user, namespace, options)
         return [self._object(ref) for ref in page.refs], meta
 
-    def _begin(
-        self, user: UserInfo, namespace: str | None, options: ListOptions, authorize: bool = True
-    ) -> _Listing:
-        """What every list decides before it reads the registry."""
-        pinned_namespace = options.fields.required("metadata.namespace")
-        # Registry reads that go out from now on may be shared with this request (a list arriving
-        # while an identical one is being read joins its reads that were not sent yet when it came).
-        # Taken before the registry is read: a watch from it then replays every change found by a
-        # read that may have come after this list's (docs/watch.md, "Guarantees").
-        current = self.versions.current()
+    def check_list(self, namespace: str | None, options: ListOptions) -> None:
+        """The errors of a list's own that need no registry read, as `list_runs` raises them: its
+        resourceVersion (504, 410), then its continue token (400). For a caller whose own later
+        checks must come after them (a Table's includeObject, which kube-apiserver reads only once
+        it has listed); `list_runs` makes them again, as it reads."""
+        self._check_version(options, self.versions.current())
+        if options.continue_ is not None:
+            continuation.decode(options.continue_, namespace or "")
+
+    def _check_version(self, options: ListOptions, current: str) -> None:
         if options.exact:
             requested = parse_version(options.resource_version or "")
             if requested != parse_version(current):
@@ -380,6 +380,18 @@ class TagsService:
             # Not older than a resourceVersion this replica has not reached: no list it can give now is
             # that new (another replica's or run's is not comparable, and is served as the current one).
             raise resource_version_too_large(options.resource_version, current)
+
+    def _begin(
+        self, user: UserInfo, namespace: str | None, options: ListOptions, authorize: bool = True
+    ) -> _Listing:
+        """What every list decides before it reads the registry."""
+        pinned_namespace = options.fields.required("metadata.namespace")
+        # Registry reads that go out from now on may be shared with this request (a list arriving
+        # while an identical one is being read joins its reads that were not sent yet when it came).
+        # Taken before the registry is read: a watch from it then replays every change found by a
+        # read that may have come after this list's (docs/watch.md, "Guarantees").
+        current = self.versions.current()
+        self._check_version(options, current)
         asking()
         return _Listing(
             watch_scope=namespace,
