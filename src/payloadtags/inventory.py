@@ -840,8 +840,10 @@ class Inventory:
         """The digest the tag names now."""
         return await self.client.resolve(ref.repository, ref.tag)
 
-    async def delete(self, ref: TagRef) -> str | None:
-        return await self.client.delete_tag(ref.repository, ref.tag)
+    async def delete(self, ref: TagRef, expected: str | None = None) -> str | None:
+        """Deletes the tag (`Registry.delete_tag`): only at ``expected`` when given (else
+        RegistryConflict, the tag kept)."""
+        return await self.client.delete_tag(ref.repository, ref.tag, expected=expected)
 
 
 def _unfinished(

@@ -268,9 +268,10 @@ class InstrumentedRegistry:
         tag: str,
         *,
         hooks: WriteHooks | None = None,
+        expected: str | None = None,
     ) -> str | None:
         checks = _Checks(self.clock, hooks if hooks is not None else WriteHooks())
-        call = self.inner.delete_tag(repository, tag, hooks=checks.hooks())
+        call = self.inner.delete_tag(repository, tag, hooks=checks.hooks(), expected=expected)
         return await self._measure("delete_tag", call, checks)
 
     async def delete_manifest(

@@ -443,7 +443,6 @@ async def start(
         delete_concurrency=settings.delete_concurrency,
         removal=remover,
         late_writes=late_writes,
-        request_timeout=settings.http.request_timeout,
         walks=walks,
         changed=watch_hub.repository_changed,
     )

@@ -23,11 +23,12 @@ from payloadtags.cleanup.removal import NamespaceRemover
 from payloadtags.cleanup.sweep import ABSENT
 from payloadtags.metrics import InstrumentedRegistry, Metrics
 from payloadtags.registry import RegistryClient, RegistrySettings, WriteHooks
-from payloadtags.registry.errors import RegistryTimeout, RegistryUnavailable
+from payloadtags.registry.errors import RegistryError, RegistryTimeout, RegistryUnavailable
 from payloadtags.registry.queue import RepositoryQueue
 from tests.support import images
 from tests.support.cleanup_fixtures import unique_namespace
 from tests.support.dangling import dangling_tags, make_dangling
+from tests.support.faultproxy import GATEWAY_LATE, FaultProxy
 from tests.support.heldagent import HeldAgent
 from tests.support.registry_server import RegistryServer, TokenServer
 
@@ -643,6 +644,75 @@ async def test_a_deletecollections_delete_answered_401_is_not_sent_for_its_budge
             removal.cancel()
         await client.close()
     assert images.list_tags(token_registry, repository) == ["a"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_deletecollections_write_a_gateway_answers_after_its_budget_keeps_the_call_to_its_end(
+    registry: RegistryServer,
+) -> None:
+    """A deletecollection repairs a dangling tag: its placeholder PUT is out (held on the way) when the
+    budget (2 s) ends, and a gateway in front of the registry then answers it 504 while the registry
+    has yet to get it. That is no answer of the registry's: the write may still land, so it stays out
+    for the budget, and the delete goes on to learn what it did (its reads of the tag) before the call
+    ends. Nothing failed when such a 5xx was counted as answered, which cuts the call at once with the
+    write's outcome unknown (review-ds2 F5, docs/namespace-cleanup.md)."""
+    namespace = unique_namespace("gatewayput")
+    repository = f"{namespace}/app"
+    make_dangling(registry, repository, images.push_oci_image(registry, repository, "v1"))
+
+    def is_put(method: str, url: str) -> bool:
+        return method == "PUT" and url.endswith(f"/{repository}/manifests/v1")
+
+    def is_read(method: str, url: str) -> bool:
+        return method in ("GET", "HEAD") and f"/v2/{repository}/" in url
+
+    reaches: Deferred[None] = Deferred()  # the PUT reaches the registry, past the gateway
+    proxy = FaultProxy(
+        reactor,
+        registry.url,
+        lambda method, path: GATEWAY_LATE if is_put(method, path) else None,
+        hold=reaches,
+    )
+    leaves: Deferred[None] = Deferred()  # the first PUT leaves for the gateway
+    held: list[str] = []
+
+    def hold(method: str, url: str) -> Deferred[None] | None:
+        if is_put(method, url) and not held:
+            held.append(url)
+            return leaves
+        return None
+
+    agent = HeldAgent(reactor, hold)
+    client = RegistryClient(reactor, RegistrySettings(url=proxy.url, timeout=1.0), agent=agent)
+    clock, remover = gone_remover(client)
+    removal: Deferred[None] | None = None
+    try:
+        out = agent.arrived(is_put)
+        removal = Deferred.fromCoroutine(remover.remove(namespace, 2.0))
+        await out
+        await next_turn()
+        clock.advance(2.0)
+        assert not removal.called  # its PUT is out: not cut short
+        goes_on = agent.arrived(is_read)  # the repair's read of the tag after the PUT's error
+        leaves.callback(None)  # the gateway answers 504 at once
+        await goes_on
+        await next_turn()
+        clock.advance(0)  # the turn after the answer, on the budget's clock
+        await next_turn()
+        assert not removal.called, "the call ended at a gateway's 5xx, its write's outcome unknown"
+        reaches.callback(None)  # the PUT lands now
+        await proxy.settled()
+        with pytest.raises(RegistryError):
+            await removal
+    finally:
+        for waiting in (leaves, reaches):
+            if not waiting.called:
+                waiting.callback(None)
+        if removal is not None and not removal.called:
+            removal.cancel()
+        await client.close()
+        await proxy.settled()
+        await proxy.stop()
 
 
 @pytest.mark.parametrize("stopped", ["cancelled", "by its guard"])

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest_twisted
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 
 from payloadtags.limits import HttpLimits
 from payloadtags.names import encode_name
@@ -282,6 +283,110 @@ async def test_a_tag_by_tag_deletecollection_answers_its_own_504_before_the_requ
     body = removal.body.decode()
     assert removal.code == 504, body
     assert "get the tags again" not in body, body
+    assert f"a write made while deleting tag {repo}:v0, and may still carry it out within about" in body, body
+    assert images.list_tags(fresh_registry, repo) == []
+
+
+async def _deadline_server(
+    make_server: Any, fresh_registry: Any, kube_kubeconfig: Any, pki: Any, kube_api: Any, ns: str
+) -> tuple[str, Any, Any]:
+    """Namespace ``ns`` with ``ns``/app:v1, and a server with namespace cleanup (another replica leads)
+    whose requests have 3 s, and a write of its own that may land in ``ns`` for 30 s more (as the
+    registry client notes a delete whose re-tag went unanswered): the repository, the server and its
+    client for the namespace controller."""
+    _another_replica_leads(kube_api)
+    ensure_namespace(kube_api, ns)
+    repo = f"{ns}/app"
+    images.push_oci_image(fresh_registry, repo, "v1")
+    server = await make_server(
+        fresh_registry,
+        registry=RegistrySettings(url=fresh_registry.url, timeout=5.0),
+        kubeconfig=str(kube_kubeconfig),
+        authorization_mode="RBAC",
+        namespace_cleanup=True,
+        http=HttpLimits(request_timeout=3.0),
+        **FAST,
+    )
+    masters = server.client(pki.client_ca.client("namespace-controller", ("system:masters",)))
+    return repo, server, masters
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_namespaces_removal_answers_its_own_504_before_the_requests_deadline(
+    reactor,
+    make_server,
+    fresh_registry,
+    kube_api,
+    kube_kubeconfig,
+    pki,
+):
+    """As above, the namespace Terminating: its content goes wholesale (`NamespaceRemover`), which
+    waited for the write within its 40 s budget alone, and the request's deadline cut it with "get the
+    tags again" (review-ds2 F2: only the tag-by-tag wait ended before the deadline). Its work ends a
+    margin before the deadline too, with its own 504 naming the write."""
+    ns = unique_namespace("latedeadlinens")
+    repo, server, masters = await _deadline_server(
+        make_server, fresh_registry, kube_kubeconfig, pki, kube_api, ns
+    )
+    try:
+        late_writes = server.running.api.service.late_writes
+        late_writes.note(ns, f"deleting tag {repo}:v0", late_writes.now() + 30.0)
+        kube_api.store.delete(NAMESPACES, ns)  # Terminating: its content goes wholesale
+        removal = await masters.delete(f"{B}/namespaces/{ns}/payloadrepositorytags")
+    finally:
+        await server.stop()
+    body = removal.body.decode()
+    assert removal.code == 504, body
+    assert "get the tags again" not in body, body
+    assert f"removing the content of namespace {ns}: not finished within" in body, body
+    assert f"a write made while deleting tag {repo}:v0, and may still carry it out within about" in body, body
+    assert images.list_tags(fresh_registry, repo) == []
+
+
+class _SlowAuthentication:
+    """The server's authenticator, whose every answer takes ``took`` seconds on ``clock`` (the API's:
+    a TokenReview against a busy cluster API)."""
+
+    def __init__(self, inner: Any, clock: Clock, took: float) -> None:
+        self.inner, self.clock, self.took = inner, clock, took
+
+    async def authenticate(self, credentials: Any) -> Any:
+        self.clock.advance(self.took)
+        return await self.inner.authenticate(credentials)
+
+    def identity_headers(self, credentials: Any) -> Any:
+        return self.inner.identity_headers(credentials)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tag_by_tag_deletecollection_counts_its_requests_deadline_from_the_request(
+    reactor,
+    make_server,
+    fresh_registry,
+    kube_api,
+    kube_kubeconfig,
+    pki,
+):
+    """The deadline the wait for a late write keeps is the request's, from when it was received: it was
+    counted from the call, after authentication, and an authentication of 2.5 s (of the request's 3)
+    put the wait's end past the deadline, which cut it with "get the tags again" (review-ds2 F4). A
+    write that may land for 1.5 s more is not waited for with 0.5 s left: its own 504, at once."""
+    ns = unique_namespace("latedeadlineauth")
+    repo, server, masters = await _deadline_server(
+        make_server, fresh_registry, kube_kubeconfig, pki, kube_api, ns
+    )
+    api = server.running.api
+    clock = Clock()  # the API's: its deadline, and what authentication takes on it
+    api.clock = clock
+    api.authenticator = _SlowAuthentication(api.authenticator, clock, 2.5)
+    try:
+        late_writes = api.service.late_writes
+        late_writes.note(ns, f"deleting tag {repo}:v0", late_writes.now() + 1.5)
+        removal = await masters.delete(f"{B}/namespaces/{ns}/payloadrepositorytags")  # tag by tag
+    finally:
+        await server.stop()
+    body = removal.body.decode()
+    assert removal.code == 504, body
     assert f"a write made while deleting tag {repo}:v0, and may still carry it out within about" in body, body
     assert images.list_tags(fresh_registry, repo) == []
 

@@ -36,7 +36,7 @@ class Deleting(Registry):
         super().__init__(content)
         self.ends: dict[str, Deferred[str | None]] = {}
 
-    async def delete_tag(self, repository: str, tag: str) -> str | None:
+    async def delete_tag(self, repository: str, tag: str, expected: str | None = None) -> str | None:
         ending: Deferred[str | None] = Deferred()
         self.ends[f"{repository}:{tag}"] = ending
         digest = await ending

@@ -64,6 +64,7 @@ class Deleting:
         tag: str,
         *,
         hooks: WriteHooks | None = None,
+        expected: str | None = None,
     ) -> str | None:
         await self._write(hooks)
         return None

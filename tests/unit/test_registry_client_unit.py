@@ -1377,6 +1377,40 @@ def test_a_write_that_may_still_land_is_never_answered_retry_the_delete(pending:
     assert message.endswith("delete it again only if it is still there"), message
 
 
+def test_a_delete_at_the_digest_its_caller_found_keeps_a_tag_pushed_again_by_tag() -> None:
+    """`delete_tag`'s ``expected``: the digest the caller found the tag at (the tag-by-tag
+    deletecollection's look after its wait for a late write). A push of the tag since that look was
+    deleted by name (review-ds2 F3); the delete's own read in the repository's turn, right before its
+    first write, now finds it elsewhere: kept, a conflict naming where it points."""
+    registry = DeleteRegistry(tag_delete=Answer(202))
+    other = registry.push(OTHER)
+    client, agent = make(registry)
+    with pytest.raises(RegistryConflict) as caught:
+        result(client.delete_tag("a/b", "v1", expected=MANIFEST_DIGEST))
+    assert caught.value.current == other and registry.tag == other
+    assert f"points at {other}, not at {MANIFEST_DIGEST}" in caught.value.message
+    assert agent.paths() == ["GET /v2/a/b/manifests/v1"]  # nothing written
+    assert result(client.delete_tag("a/b", "v1", expected=other)) == other  # where it was found: deleted
+    assert agent.paths()[-1] == "DELETE /v2/a/b/manifests/v1"
+
+
+def test_a_delete_at_the_digest_its_caller_found_keeps_a_tag_pushed_again_on_distribution_2_8() -> None:
+    """As above on 2.8 (a re-tag and a delete of the copy): the read the re-tag is conditional on, the
+    last before it, is the one compared (a push after the tag delete was refused is kept)."""
+
+    def push_at_the_probe(request: Sent) -> None:
+        if request.method == "DELETE" and request.url.endswith("0" * 64):
+            registry.push(OTHER)
+
+    registry = DeleteRegistry(tag_delete=error_answer(400, "DIGEST_INVALID"), before=push_at_the_probe)
+    client, agent = make(registry)
+    with pytest.raises(RegistryConflict) as caught:
+        result(client.delete_tag("a/b", "v1", expected=MANIFEST_DIGEST))
+    assert caught.value.current == digest_of(OTHER) and registry.tag == digest_of(OTHER)
+    assert registry.put_bodies == []
+    assert agent.paths()[-1] == "GET /v2/a/b/manifests/v1"
+
+
 def test_unique_manifest_delete_on_distribution_2_8() -> None:
     registry = DeleteRegistry(tag_delete=error_answer(400, "DIGEST_INVALID"))
     clock = Clock()

@@ -100,6 +100,9 @@ _TARGET = "_payloadtags_target"
 _QUERY = "_payloadtags_query"
 # Who made a request, once authenticated: the request log names them whatever the answer.
 _USER = "_payloadtags_user"
+# When the request's deadline falls, on the server's clock (`ApiServer.request_timeout`, counted from
+# when its handler began, before authentication): absent for one without a deadline (a watch).
+_DEADLINE = "_payloadtags_deadline"
 # The request's seat among --max-requests-inflight (_Seat), for the writer of a long response.
 _SEAT = "_payloadtags_seat"
 
@@ -440,6 +443,7 @@ class ApiServer:
         # Klein hands over twisted.web's Request, whose channel, code and notifyFinish IRequest lacks.
         async def handler(request: Request, **kwargs: Any) -> bytes:
             started = time.monotonic()
+            received = self._clock().seconds()
             self._inflight += 1
             watch = watches and _is_watch_request(request)
             # Watches are long-running: neither the deadline nor the in-flight limit applies (their
@@ -457,6 +461,10 @@ class ApiServer:
             try:
                 if bounded and not counted:
                     raise too_many_requests()
+                if not watching:
+                    # Armed below once the work first waits, a little after this: the deadline the
+                    # work is told is never later than the one that cuts it.
+                    setattr(request, _DEADLINE, received + self.request_timeout)
                 work = Deferred.fromCoroutine(self._serve(fn, request, anonymous, head, kwargs))
                 # Past the deadline the work is cancelled where it waits (registry calls included).
                 # Work done already (a page from the walk cache, discovery) has no deadline to keep:
@@ -1204,7 +1212,15 @@ class ApiServer:
         storage_refusals(listing)
         media = _with_pretty(media, query)
         include = _include(media, query)
-        items, meta = await self.service.delete_collection(user, namespace, listing, options)
+        deadline: float | None = getattr(request, _DEADLINE, None)
+        items, meta = await self.service.delete_collection(
+            user,
+            namespace,
+            listing,
+            options,
+            # Seconds left now: the service counts them on its own clock.
+            time_left=None if deadline is None else deadline - self._clock().seconds(),
+        )
         # The deleted tags in the form asked for, a Table of them too, as kube-apiserver answers. More
         # than one batch is written as a whole list is, a batch per reactor turn: made at once, a Table
         # or YAML answer of thousands of tags held the reactor for seconds (a dry run repeats it freely).

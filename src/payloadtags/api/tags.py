@@ -50,8 +50,9 @@ audit_log = Logger(namespace="payloadtags.audit")
 # How many of the tags a deletecollection left behind its error message names one by one.
 NAMED_LEFT = 10
 
-# Seconds before the request's deadline that a deletecollection's wait for a late write ends: the
-# request began a little before the call (its head read, its user authenticated).
+# Seconds before the request's deadline (counted from when the request was received, whatever its
+# authentication took) that a deletecollection's waits end: time for its last look at the tags and
+# its own answer.
 DEADLINE_MARGIN = 1.0
 
 
@@ -294,11 +295,6 @@ class TagsService:
     # The registry client's record of its writes that may still land (`LateWrites`): a deletecollection
     # tag by tag answers no 200 while one may land in the namespace. None: none are kept.
     late_writes: LateWrites | None = None
-    # The API's deadline for a request (`HttpLimits.request_timeout`), counted from the call: the wait
-    # for a late write ends `DEADLINE_MARGIN` before it, so that the call answers its own 504 naming
-    # the write, not the deadline's "get the tags again", which a look at once shows falsely done.
-    # None: no deadline.
-    request_timeout: float | None = None
     # Where paginated walks keep the tag lists their next pages show; None: every page reads them.
     walks: WalkCache | None = None
     # Told each repository a delete of this service changed, or may have (one that failed half-way),
@@ -564,9 +560,9 @@ class TagsService:
             raise conflict(ref.name, str(error)) from None
         return self._object(ref, TagStatus(digest=digest) if digest is not None else None)
 
-    async def _delete_audited(self, user: UserInfo, ref: TagRef) -> str | None:
+    async def _delete_audited(self, user: UserInfo, ref: TagRef, expected: str | None = None) -> str | None:
         try:
-            digest = await self.inventory.delete(ref)
+            digest = await self.inventory.delete(ref, expected)
         except GoesOn as going:
             # The registry client finishes a delete that had begun writing and logs how it ended;
             # this line says who asked for it. One that had not begun was dropped: nothing to say.
@@ -588,8 +584,19 @@ class TagsService:
         return digest
 
     async def delete_collection(
-        self, user: UserInfo, namespace: str, list_options: ListOptions, options: DeleteOptions
+        self,
+        user: UserInfo,
+        namespace: str,
+        list_options: ListOptions,
+        options: DeleteOptions,
+        *,
+        time_left: float | None = None,
     ) -> tuple[builtins.list[PayloadRepositoryTag], ListMeta]:
+        """``time_left``: seconds left before the request's deadline as the call begins (counted from
+        when the request was received: `ApiServer`); None, no deadline. Its waits (for a late write, a
+        namespace's removal) end `DEADLINE_MARGIN` before it, so that the call answers its own error
+        naming what it waited for, not the deadline's "get the tags again", which a look at once shows
+        falsely done."""
         # The selection is what the caller's own list shows, as `kubectl delete --all` sees it: an
         # answer that depended on tags the caller may not see would tell whether they exist. One
         # selected tag the caller may not delete refuses the whole request before anything goes.
@@ -597,6 +604,7 @@ class TagsService:
         # options shows (its continue token comes back for the next one); without, every page from
         # where continue points (the start when absent) to the end.
         called = self.late_writes.now() if self.late_writes is not None else 0.0
+        cut = math.inf if time_left is None else called + time_left - DEADLINE_MARGIN
         selection, selected_meta = await self._select(user, namespace, list_options, shown=False)
         if not is_namespace(namespace):
             # Nothing to delete where no namespace can be (an empty selection, read from nowhere); and
@@ -625,11 +633,15 @@ class TagsService:
             and self._asks_whole_namespace(user, namespace, list_options)
             and await self.removal.deleting(namespace)
         ):
-            return await self._remove_namespace(user, namespace, refs, unfiltered, meta)
+            return await self._remove_namespace(user, namespace, refs, unfiltered, meta, cut)
+
+        # After a wait for a late write: where each tag it may have left was checked to be (passed to
+        # the delete, which reads it in its repository's turn: a push of its name since is kept).
+        checked: dict[TagRef, str] = {}
 
         async def remove(ref: TagRef) -> PayloadRepositoryTag | None:
             try:
-                digest = await self._delete_audited(user, ref)
+                digest = await self._delete_audited(user, ref, checked.get(ref))
             except RegistryNotFound:
                 return None  # deleted by someone else meanwhile: the goal is reached
             except RegistryError as error:
@@ -646,9 +658,7 @@ class TagsService:
         deleted: dict[TagRef, PayloadRepositoryTag] = {}
         began = self.late_writes.now() if self.late_writes is not None else 0.0
         # The wait for a late write ends with the budget, or before the request's deadline.
-        deadline = began + self.removal_budget
-        if self.request_timeout is not None:
-            deadline = min(deadline, called + self.request_timeout - DEADLINE_MARGIN)
+        deadline = min(began + self.removal_budget, cut)
         todo = refs
         while True:
             order = _across_repositories(todo)
@@ -671,16 +681,19 @@ class TagsService:
                 return [deleted[ref] for ref in refs if ref in deleted], meta
             # It could land meanwhile: delete what it left, and look again.
             listed = (await self._select(user, namespace, unfiltered, authorize=False, shown=False))[0].refs
-            todo = await self._left_by_late_writes([ref for ref in listed if ref in selected], leaves, failed)
+            again_selected = [ref for ref in listed if ref in selected]
+            checked = await self._left_by_late_writes(again_selected, leaves, failed)
+            todo = list(checked)
 
     async def _left_by_late_writes(
         self, refs: builtins.list[TagRef], leaves: Collection[tuple[str, str, str]], failed: dict[TagRef, str]
-    ) -> builtins.list[TagRef]:
+    ) -> dict[TagRef, str]:
         """Those of ``refs`` (selected tags listed again after the wait for this process's late writes)
-        that point where such a write would leave them (`LateWrites.leaves`): what it left, deleted
-        next. Any other was pushed again meanwhile by someone else, and is kept: its reason goes to
-        ``failed``, and the look that follows makes it the retriable 503 a push of the same name before
-        the first look gets."""
+        that point where such a write would leave them (`LateWrites.leaves`), with that digest: what it
+        left, deleted next at that digest only (a push of the name between this look and the delete is
+        kept too: `Registry.delete_tag`'s ``expected``). Any other was pushed again meanwhile by someone
+        else, and is kept: its reason goes to ``failed``, and the look that follows makes it the
+        retriable 503 a push of the same name before the first look gets."""
 
         async def where(ref: TagRef) -> str | None:
             try:
@@ -692,12 +705,12 @@ class TagsService:
                 return None
 
         found = await bounded_map(where, refs, self.delete_concurrency)
-        left: builtins.list[TagRef] = []
+        left: dict[TagRef, str] = {}
         for ref, digest in zip(refs, found, strict=True):
             if digest is None:
                 continue
             if (ref.repository, ref.tag, digest) in leaves:
-                left.append(ref)
+                left[ref] = digest
             else:
                 failed[ref] = (
                     f"points at {digest}, not where a write of payloadtags that went unanswered would "
@@ -723,21 +736,24 @@ class TagsService:
         what, until = late
         left = until - late_writes.now()
         if left == math.inf:
+            # No length from now: its request may not even have left (`LateWrites.out_within`).
             when = (
                 f"the registry has not answered a write made while {what} yet, and may carry it out "
                 f"{late_writes.out_within(namespace)}"
             )
+            then = "once that time has passed, list the tags"
         else:
             when = (
                 f"the registry did not answer a write made while {what}, and may still carry it out "
                 f"within about {math.ceil(left)}s"
             )
+            then = "wait that long, then list the tags"
         raise _removal_unanswered(
             namespace,
             total,
             [],
-            f"{when} (it would leave the tag in the namespace): wait that long, then list the tags "
-            "(kubectl get) and delete again only those still there",
+            f"{when} (it would leave the tag in the namespace): {then} (kubectl get) and delete again only "
+            "those still there",
         )
 
     def _asks_whole_namespace(self, user: UserInfo, namespace: str, selection: ListOptions) -> bool:
@@ -761,13 +777,22 @@ class TagsService:
         refs: builtins.list[TagRef],
         selection: ListOptions,
         meta: ListMeta,
+        cut: float,
     ) -> tuple[builtins.list[PayloadRepositoryTag], ListMeta]:
+        """``cut``: when its work ends at the latest, on the clock of `late_writes` (a margin before the
+        request's deadline), if before the removal's budget."""
         assert self.removal is not None
         why = ""
         pending = False
         lasting = False
+        within = self.removal_budget
+        if self.late_writes is not None and cut - self.late_writes.now() < within:
+            # Its waits (for a late write, for work under way) end before the request's deadline too:
+            # its own 504 naming the write, not the deadline's "get the tags again" (review-ds2 F2).
+            # To a tenth of a second: its errors name it ("not finished within 1.9s").
+            within = max(0.0, round(cut - self.late_writes.now(), 1))
         try:
-            await self.removal.remove(namespace, self.removal_budget)
+            await self.removal.remove(namespace, within)
         except RegistryError as error:
             why = str(error)
             # A write of the removal the registry may still carry out (a repair's placeholder PUT):

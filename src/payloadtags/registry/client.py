@@ -669,6 +669,7 @@ class RegistryClient:
         tag: str,
         *,
         hooks: WriteHooks | None = None,
+        expected: str | None = None,
     ) -> str | None:
         """Remove exactly this tag and return the digest it pointed at (None: a dangling tag).
 
@@ -697,12 +698,17 @@ class RegistryClient:
         once answered); ``waiting`` of its waits for the repository's turn, a confirmation's turn and
         a slot (`WriteHooks`). Raising stops the delete there, with that request not sent: also a
         delete carried on after its caller stopped waiting.
+
+        ``expected``: the digest the caller found the tag at; read elsewhere (a tag found dangling
+        included), the tag is left as it is and RegistryConflict raised, from the read in the
+        repository's turn right before the delete's first write: what the caller checked is what goes,
+        not a push of the same name made after its look (the registry's round trip of the write aside).
         """
         self._check_repository(repository)
         self._check_tag(tag)
         writing: Deferred[None] = Deferred()
         gate = hooks if hooks is not None else _NO_HOOKS
-        work = Deferred.fromCoroutine(self._delete_tag_in_turn(repository, tag, writing, gate))
+        work = Deferred.fromCoroutine(self._delete_tag_in_turn(repository, tag, writing, gate, expected))
         if not self._finish_begun_deletes:
             return await work
         self._carried.add(work)
@@ -717,10 +723,10 @@ class RegistryClient:
         )
 
     async def _delete_tag_in_turn(
-        self, repository: str, tag: str, writing: Deferred[None], gate: WriteHooks
+        self, repository: str, tag: str, writing: Deferred[None], gate: WriteHooks, expected: str | None
     ) -> str | None:
         """`delete_tag`'s work, in the repository's turn; fires ``writing`` before its first write."""
-        return await self._delete_tag_steps(repository, tag, writing, gate)
+        return await self._delete_tag_steps(repository, tag, writing, gate, expected)
 
     @contextlib.asynccontextmanager
     async def _noting_late_puts(self, repository: str, tag: str) -> AsyncIterator[None]:
@@ -747,7 +753,7 @@ class RegistryClient:
             del self._late_puts[repository]
 
     async def _delete_tag_steps(
-        self, repository: str, tag: str, writing: Deferred[None], gate: WriteHooks
+        self, repository: str, tag: str, writing: Deferred[None], gate: WriteHooks, expected: str | None
     ) -> str | None:
         async with (
             self._turn(repository, gate.waiting),
@@ -755,7 +761,7 @@ class RegistryClient:
             self._noting_late_puts(repository, tag),
         ):
             if self._delete_by_tag is not False:
-                original = await self._read_tag(repository, tag)
+                original = self._as_expected(repository, tag, await self._read_tag(repository, tag), expected)
                 writing.callback(None)
                 try:
                     deleted = await self._delete_by_tag_once(repository, tag)
@@ -778,7 +784,7 @@ class RegistryClient:
             elif self._reactor.seconds() >= self._probe_valid_until:
                 await self._probe_delete(repository, tag)
             # The read the re-tag is conditional on: the last request before the write.
-            original = await self._read_tag(repository, tag)
+            original = self._as_expected(repository, tag, await self._read_tag(repository, tag), expected)
             if not writing.called:
                 writing.callback(None)
             if original is None:
@@ -786,6 +792,23 @@ class RegistryClient:
                 return None
             await self._delete_tag_by_unique_manifest(repository, tag, original)
             return original.digest
+
+    @staticmethod
+    def _as_expected(
+        repository: str, tag: str, original: Manifest | None, expected: str | None
+    ) -> Manifest | None:
+        """``original`` (the tag's manifest as read in the turn, None: dangling), when it is at the
+        digest the caller expects (`delete_tag`'s ``expected``; None: wherever); else RegistryConflict,
+        nothing written."""
+        found = original.digest if original is not None else None
+        if expected is not None and found != expected:
+            where = f"points at {found}" if found is not None else "is dangling"
+            raise RegistryConflict(
+                f"tag {repository}:{tag} {where}, not at {expected} where the delete found it: pushed "
+                "again meanwhile, so kept",
+                current=found,
+            )
+        return original
 
     def _finished_alone(self, repository: str, tag: str, outcome: object) -> None:
         where = f"{repository}:{tag}"
@@ -1292,11 +1315,9 @@ class RegistryClient:
         digest = compute_digest(digested(body, media_type))
         assert digest is not None
         late = LATE_WRITE_GRACE * self._settings.timeout
-        # Its answer comes within the timeout, and unanswered it may land for `late` after that: about
-        # the wait a user is told of while it is out.
-        number = self._late_writes.sent(
-            namespace, what, (repository, reference, digest), within=self._settings.timeout + late
-        )
+        # Unanswered, it may land for `late` after its request ends: what a user is told while it is
+        # out. Not a time from now: its request may wait for a slot or a token first, unbounded.
+        number = self._late_writes.sent(namespace, what, (repository, reference, digest), after=late)
         grace: float | None = None  # answered, or never sent (a caller's check said stop)
         try:
             return await self._put_manifest_once(repository, reference, body, media_type, what)

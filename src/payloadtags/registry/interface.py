@@ -112,11 +112,13 @@ class Registry(Catalog, Protocol):
         /,
         *,
         hooks: WriteHooks | None = None,
+        expected: str | None = None,
     ) -> str | None:
         """Remove exactly one tag, never a sibling sharing its manifest; returns the digest it named
         (None for a dangling tag, whose manifest the registry no longer has). A write that a push
         meanwhile would make overwrite it raises RegistryConflict instead. ``hooks``: see
-        `WriteHooks`."""
+        `WriteHooks`. ``expected``: the digest the caller found the tag at; the tag read anywhere else
+        right before the delete's first write (a push of its name since) is kept, RegistryConflict."""
         ...
 
     async def delete_manifest(

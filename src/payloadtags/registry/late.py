@@ -45,8 +45,9 @@ class LateWrites:
     _leaves: dict[str, set[tuple[str, str, str]]] = attrs.Factory(dict)
     # What `wait_out` calls wait for, by namespace: fired when one of its writes ends or is noted.
     _woken: dict[str, list[Deferred[None]]] = attrs.Factory(dict)
-    # The time by which each write out may land at the latest, as its sender puts it (`sent`): by number.
-    _latest: dict[int, float] = attrs.Factory(dict)
+    # How long after its request ends each write out may land at the latest, as its sender puts it
+    # (`sent`): by number.
+    _after: dict[int, float] = attrs.Factory(dict)
     # The latest time of the entries dropped once it had passed: a pass begun before it may have
     # missed what that write left, whichever namespace it was in (`since`).
     _dropped: float = -math.inf
@@ -74,18 +75,19 @@ class LateWrites:
         namespace: str,
         what: str,
         leaves: tuple[str, str, str] | None = None,
-        within: float | None = None,
+        after: float | None = None,
     ) -> int:
         """A write is out from now on; its number, for `ended`. ``leaves``: where it would leave a tag
-        if it landed (repository, tag, digest), for `leaves`; ``within``: how many seconds from now it
-        may land at the latest (its answer's timeout, and the time it may land unanswered after it),
-        for `out_until`."""
+        if it landed (repository, tag, digest), for `leaves`; ``after``: how many seconds after its
+        request ends (answered, or unanswered: the ``grace`` it will end with) it may land at the
+        latest, for `out_within`. Not a time from now: a write is out from before its request leaves
+        (a wait for a connection slot, for a token, a 401's second try), which no one bounds."""
         self._sent += 1
         self._out.setdefault(namespace, {})[self._sent] = what
         if leaves is not None:
             self._leaves.setdefault(namespace, set()).add(leaves)
-        if within is not None:
-            self._latest[self._sent] = self.now() + within
+        if after is not None:
+            self._after[self._sent] = after
         return self._sent
 
     def ended(self, namespace: str, number: int, grace: float | None) -> None:
@@ -95,7 +97,7 @@ class LateWrites:
         if out is None:
             return
         what = out.pop(number, None)
-        self._latest.pop(number, None)
+        self._after.pop(number, None)
         if not out:
             del self._out[namespace]
         if what is not None and grace is not None:
@@ -127,21 +129,17 @@ class LateWrites:
             return "this pass ran (its record dropped once its time passed)", self._dropped
         return None
 
-    def out_until(self, namespace: str) -> float | None:
-        """The time (on `clock`) by which the namespace's writes still out may land at the latest, as
-        their senders put it (`sent`'s ``within``); None when none is out, or one's sender gave none."""
-        out = self._out.get(namespace)
-        if not out or any(number not in self._latest for number in out):
-            return None
-        return max(self._latest[number] for number in out)
-
     def out_within(self, namespace: str) -> str:
-        """When the namespace's writes still out may land, for a message: "within about 15s" (at
-        least 1 s: one may still wait for a connection), or "later" when that is not known."""
-        until = self.out_until(namespace)
-        if until is None:
+        """When the namespace's writes still out may land, for a message: "up to about 10s after the
+        registry answers it or its request times out" (the longest their senders gave: `sent`'s
+        ``after``), or "later" when one's sender gave none. Counted from the request's end, which no
+        one here can tell: a write out may still wait to leave (review-ds2 F1: a time from when it was
+        sent passed, and the write, still waiting for a connection slot, landed after it)."""
+        out = self._out.get(namespace)
+        if not out or any(number not in self._after for number in out):
             return "later"
-        return f"within about {max(1, math.ceil(until - self.now()))}s"
+        after = max(self._after[number] for number in out)
+        return f"up to about {math.ceil(after)}s after the registry answers it or its request times out"
 
     def wait_out(self, namespace: str, deadline: float = math.inf) -> Deferred[tuple[str, float] | None]:
         """Fires with None once no write of this process may land in ``namespace`` any more (none out,
