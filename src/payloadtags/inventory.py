@@ -124,13 +124,17 @@ _NONE: frozenset[str] = frozenset()  # one empty set, shared by every rest witho
 _DIGIT_NAMED = re.compile(r"/[0-9]")
 
 
-def _entry_key(entry: Entry) -> tuple[str, ...]:
-    return catalog_key(entry[0])
-
-
-def _after(entries: Sequence[Entry], repository: str, low: int) -> int:
-    """Where the entries (in catalog order, from ``low``) after ``repository`` begin."""
-    return bisect.bisect_right(entries, catalog_key(repository), lo=low, key=_entry_key)
+def _ended(seen: Sequence[Entry], passed: int, repository: str) -> int:
+    """Where the entries a page was handed (``seen``, of which it went through the first ``passed``)
+    after ``repository`` begin: after its entry, the last one the page showed, or all of them when the
+    page ended in the repository it began in (no entry of theirs). By position, not by a search in
+    catalog order: a registry that sorts its catalog plainly hands `team/app/b` after `team/app-x`,
+    before it in catalog order. From the end of what the page went through: a page shows a few of the
+    names it carries, the last of them near the end of those it went through."""
+    for at in range(passed - 1, -1, -1):
+        if seen[at][0] == repository:
+            return at + 1
+    return 0
 
 
 async def guessed_tags(tags: Callable[[str], Awaitable[tuple[str, ...]]], repository: str) -> tuple[str, ...]:
@@ -257,36 +261,28 @@ class CatalogCursor:
         cursor._resumed = rest
         return cursor
 
-    def rests(self, seen: Sequence[Entry], *afters: str | None) -> list[CatalogRest | None]:
+    def rests(self, seen: Sequence[Entry], *afters: tuple[str, int] | None) -> list[CatalogRest | None]:
         """What a page that ended in repository ``after`` leaves for the next one, for each of
-        ``afters`` (None for None): of the entries it was handed (``seen``, in catalog order) those
-        after ``after``, and those it was not handed yet. All are cut from one tuple: while the cursor
-        reads no catalog page, the one of the rest it resumed from; and a rest that would be the same
-        as that one is that one."""
+        ``afters`` (None for None), given with where in ``seen`` the names after it begin (`_ended`):
+        of the entries it was handed (``seen``, in the order the cursor handed them) those after
+        ``after``, and those it was not handed yet. All are cut from one tuple: while the cursor reads
+        no catalog page, the one of the rest it resumed from; and a rest that would be the same as that
+        one is that one."""
         resumed = self._resumed
         guessed: frozenset[str] | None = None
         if resumed is not None and self._pages == resumed.pages:
-            # ``seen`` and the names ahead are the resumed rest's: a page that stays in one repository
-            # (or goes through a few of its names) keeps the tuple it was given, however long.
+            # ``seen`` is the resumed rest's names (or none of them, when the page went through none)
+            # and no name is ahead: a page that stays in one repository (or goes through a few of its
+            # names) keeps the tuple it was given, however long.
             shared = resumed.shared
-            # Its names are those after its ``after``: no search for where a page that stayed there ends.
-            starts = [
-                None
-                if after is None
-                else resumed.start
-                if after == resumed.after
-                else _after(shared, after, resumed.start)
-                for after in afters
-            ]
+            starts = [None if after is None else resumed.start + after[1] for after in afters]
             low = min((start for start in starts if start is not None), default=0)
             if 2 * low <= len(shared):
                 low, guessed = 0, resumed.guessed
             else:  # the rests have passed half of it: the names they passed are let go
                 shared = shared[low:]
         else:
-            # A page ends near the start of the names it carries (a walk's pages carry up to a
-            # thousand and show one or two of them): a search, not a key per name on every page.
-            starts = [None if after is None else _after(seen, after, 0) for after in afters]
+            starts = [None if after is None else after[1] for after in afters]
             low = min((start for start in starts if start is not None), default=0)
             shared = (*seen[low:], *self._ahead)  # not the names every rest has passed
         if guessed is None:
@@ -303,13 +299,13 @@ class CatalogCursor:
             elif (
                 resumed is not None
                 and shared is resumed.shared
-                and (start, after) == (resumed.start, resumed.after)
+                and (start, after[0]) == (resumed.start, resumed.after)
             ):
                 rests.append(resumed)
             else:
                 rest = CatalogRest(
                     self.namespace,
-                    after,
+                    after[0],
                     shared,
                     self.last,
                     done,
@@ -734,8 +730,10 @@ class Inventory:
             rest = None  # another page's (a token of the walk given again): seek
         cursor = self._cursor(namespace, after, rest)
         seen_entries: list[Entry] = []
+        passed = 0  # of them, those the page went through
         while not cursor.done and not page.full:
             entries = await cursor.next()
+            passed = len(seen_entries)
             seen_entries.extend(entries)
             # Access is decided as the page reaches each repository: a walk's page that carries the
             # catalog names read before (up to a thousand) and shows one or two of them asks about
@@ -764,14 +762,15 @@ class Inventory:
                     repositories_read += 1
                     if not page.full:
                         page.add(ns, path, tags, None)
+            passed += position
         runs, more = page.result()
         last = Page.last_of(runs) if more else None
         began = ahead = None
         if isinstance(cursor, CatalogCursor) and (after is not None or last is not None):
             began, ahead = cursor.rests(
                 seen_entries,
-                after.repository if after is not None else None,
-                last.repository if last is not None else None,
+                (after.repository, 0) if after is not None else None,  # all it was handed come after
+                None if last is None else (last.repository, _ended(seen_entries, passed, last.repository)),
             )
         # For a page that started after a key: what it used, to make it again (`Page.used`).
         again: Mapping[str, Sequence[str]] = used if after is not None else {}

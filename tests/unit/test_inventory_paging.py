@@ -59,6 +59,19 @@ class Distribution28(Registry):
         return CatalogPage(names[:n], more=more)
 
 
+class Lexical(Registry):
+    """A registry that sorts its catalog plainly, character by character, as the API's description has
+    it (docs/registry.md, "Catalog"), and answers ``last=`` so: `team/app-x` before `team/app/b`, which
+    catalog order (component by component) puts the other way round."""
+
+    async def catalog(self, last: str | None = None, n: int = 1000) -> CatalogPage:
+        self.catalog_reads += 1
+        names = sorted(self.content)
+        if last is not None:
+            names = [name for name in names if name > last]
+        return CatalogPage(names[:n], more=len(names) > n)
+
+
 def walk(
     inventory: Inventory,
     namespace: str | None,

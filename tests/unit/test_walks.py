@@ -6,6 +6,7 @@ On a twisted Clock; the service-level tests walk a double of distribution 2.8's 
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import attrs
@@ -23,7 +24,7 @@ from payloadtags.inventory import CatalogRest, Inventory
 from payloadtags.metrics import Metrics
 from payloadtags.names import TagRef, encode_name
 from payloadtags.registry import CatalogPage
-from tests.unit.test_inventory_paging import Registry
+from tests.unit.test_inventory_paging import Distribution28, Lexical, Registry
 from tests.unit.test_repoindex import run
 
 ALICE = UserInfo("alice", groups=("devs",))
@@ -288,6 +289,48 @@ def test_a_walk_reads_a_catalog_that_ended_once() -> None:
         walked += shown
     assert walked == [f"a:t{i:02d}" for i in range(5)] + ["r0:x", "r1:x", "r2:x"]
     assert registry.catalog_reads == 1
+
+
+def test_a_repository_created_after_a_walk_read_the_catalogs_end_shows_in_the_next_walk() -> None:
+    # As kube-apiserver serves a walk's continued pages at its first page's snapshot: the first page
+    # read the namespace's whole catalog (it ended there), so team/c, created after, is not in the
+    # rest of that walk, wherever it sorts. The next walk shows it.
+    registry = Registry({"team/a": {f"t{i}" for i in range(3)}, "team/b": {"x"}})
+    tags = service(registry, Clock())
+    shown, token = page(tags, ALICE, None, limit=1)
+    registry.content["team/c"] = {"new"}
+    walked = shown
+    while token is not None:
+        shown, token = page(tags, ALICE, token, limit=1)
+        walked += shown
+    assert walked == ["a:t0", "a:t1", "a:t2", "b:x"]
+    assert registry.catalog_reads == 1
+    walked, token = [], None
+    while (token is not None) or not walked:
+        shown, token = page(tags, ALICE, token, limit=1)
+        walked += shown
+    assert walked == ["a:t0", "a:t1", "a:t2", "b:x", "c:new"]
+
+
+def test_a_repository_created_after_the_last_name_read_while_the_catalog_goes_on_shows() -> None:
+    # Catalog pages of two names: the first page read team/a and team/b, and the catalog went on. A
+    # repository created after team/b (the last name read) is in the next page of names the walk reads.
+    registry = Registry({"team/a": {f"t{i}" for i in range(3)}, "team/b": {"x"}, "team/d": {"y"}})
+    tags = TagsService(
+        inventory=Inventory(registry, concurrency=4, page_size=2),  # type: ignore[arg-type]
+        registry_host="registry.test",
+        authorizer=AlwaysAllow(),
+        versions=ResourceVersions(Clock()),
+        walks=WalkCache(Clock()),
+    )
+    shown, token = page(tags, ALICE, None, limit=1)
+    registry.content["team/c"] = {"new"}  # after team/b, the last name read
+    registry.content["team/a0"] = {"old"}  # between names read (team/a, team/b): not shown
+    walked = shown
+    while token is not None:
+        shown, token = page(tags, ALICE, token, limit=1)
+        walked += shown
+    assert walked == ["a:t0", "a:t1", "a:t2", "b:x", "c:new", "d:y"]
 
 
 def test_walk_ids_are_random_and_token_safe() -> None:
@@ -602,3 +645,66 @@ def test_a_walk_asks_about_each_repository_as_it_reaches_it_not_about_every_name
     assert shown == expected
     assert pages == -(-len(expected) // 2)
     assert len(tags.authorizer.asked) <= len(names) + 2 * pages
+
+
+def walk_all(
+    tags: TagsService, namespace: str | None, limit: int, retry: random.Random | None = None
+) -> list[str]:
+    """A walk's pages joined; with ``retry``, some of its tokens are given twice first (a client's retry)."""
+    shown: list[str] = []
+    token: str | None = None
+    while True:
+        query = {"limit": [str(limit)], **({"continue": [token]} if token else {})}
+        if token and retry is not None and retry.random() < 0.25:
+            run(tags.list(ALICE, namespace, list_options(query)))
+        result, meta = run(tags.list(ALICE, namespace, list_options(query)))
+        shown += [str(ref) for ref in result.refs]
+        token = meta.continue_
+        if token is None:
+            return shown
+
+
+def test_a_walk_of_a_lexically_sorted_catalog_shows_every_repository() -> None:
+    # Plainly, `team/app-x` comes before `team/app/b`; by components after it. The rest a page handed
+    # on began after its last repository in catalog order: `team/app/b`, after `team/app-x` in the
+    # registry's order, was cut from it and never shown.
+    registry = Lexical({"team/app-x": {"a"}, "team/app/b": {"a"}, "team/b": {"a", "b"}})
+    for limit in (1, 2, 3):
+        tags = service(registry, Clock())
+        whole, _ = run(tags.list(ALICE, "team", list_options({})))
+        assert [ref.repository_path for ref in whole.refs] == ["app-x", "app/b", "b", "b"]
+        assert walk_all(tags, "team", limit) == [str(ref) for ref in whole.refs], limit
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_a_walk_shows_what_the_unpaged_list_shows_in_either_catalog_order(seed: int) -> None:
+    # Random repositories nested in one another, with names that sort differently plainly and by
+    # components (`app-x` and `app/b`, `b.c` and `b/z`) or in distribution 2.8's walk (`app/0` before
+    # `app`); catalog pages of a few names; tokens given again (a client's retry).
+    rng = random.Random(seed)
+    double = (Lexical, Registry, Distribution28)[seed % 3]
+    parts = ["app", "app-x", "0", "b", "b.c", "z"]
+    content = {
+        f"{namespace}/" + "/".join(rng.choice(parts) for _ in range(rng.randint(1, 3))): {
+            f"t{i}" for i in range(rng.randint(1, 3))
+        }
+        for namespace in ("team", "ops")
+        for _ in range(rng.randint(1, 15))
+    }
+    clock = Clock()
+    registry = double(content)
+    inventory = Inventory(registry, concurrency=rng.choice([1, 4]), page_size=rng.choice([2, 3, 1000]))  # type: ignore[arg-type]
+    tags = TagsService(
+        inventory=inventory,
+        registry_host="registry.test",
+        authorizer=AlwaysAllow(),
+        versions=ResourceVersions(clock),
+        walks=WalkCache(clock),
+    )
+    namespace = rng.choice(["team", None])
+    whole, _ = run(tags.list(ALICE, namespace, list_options({})))
+    assert len(whole.refs) == sum(
+        len(found) for name, found in content.items() if namespace is None or name.startswith("team/")
+    )
+    for limit in (1, 2, 3, 5):
+        assert walk_all(tags, namespace, limit, rng) == [str(ref) for ref in whole.refs], limit
