@@ -739,13 +739,17 @@ def test_numbers_in_the_exec_extension_are_read_as_go_yaml_reads_them(tmp_path: 
 @pytest.mark.parametrize(
     ("extension", "problem"),
     [
-        ("limit: .inf", "json: unsupported value: .inf"),
-        ("limit: -.Inf", "json: unsupported value: -.Inf"),
-        ("limit: .nan", "json: unsupported value: .nan"),
-        ("limit: !!binary '!!!'", "!!binary value contains invalid base64 data"),
-        ("limit: !!binary aGVs bG8=", "!!binary value contains invalid base64 data"),
-        ("limit: !!timestamp soon", "cannot decode !!str `soon` as a !!timestamp"),
-        ("limit: !!int 1:20", "cannot decode !!str `1:20` as a !!int"),
+        ("limit: .inf", "limit: json: unsupported value: .inf"),
+        ("limit: -.Inf", "limit: json: unsupported value: -.Inf"),
+        ("limit: .nan", "limit: json: unsupported value: .nan"),
+        ("limit: !!binary '!!!'", "limit: !!binary value contains invalid base64 data"),
+        ("limit: !!binary aGVs bG8=", "limit: !!binary value contains invalid base64 data"),
+        ("limit: !!timestamp soon", "limit: cannot decode !!str as a !!timestamp"),
+        # go-yaml's time.Parse refuses an hour, a minute or a second out of range.
+        ("limit: !!timestamp 2024-01-01T24:00:00Z", "limit: cannot decode !!str as a !!timestamp"),
+        ("limit: !!timestamp 2024-01-01T10:60:00Z", "limit: cannot decode !!str as a !!timestamp"),
+        ("limit: !!timestamp 2024-01-01 10:00:60", "limit: cannot decode !!str as a !!timestamp"),
+        ("limit: !!int 1:20", "limit: cannot decode !!str as a !!int"),
     ],
 )
 def test_values_kubectl_cannot_read_are_refused_in_one_line(
@@ -795,6 +799,8 @@ def test_exec_args_and_env_values_are_read_as_kubectl_reads_them(tmp_path: Path)
         ("[]", "[{name: FOO, value: [x]}]", 'env "FOO": value must be a string, not a list'),
         ("[]", "[{value: x}]", "env[0]: name must be a non-empty string, not null"),
         ("[]", "[{name: 1, value: x}]", "env[0]: name must be a non-empty string, not a number"),
+        # client-go: "env variable name must be specified".
+        ("[]", "[{name: '', value: x}]", "env[0]: name must be a non-empty string, not an empty one"),
     ],
 )
 def test_exec_args_and_env_of_the_wrong_shape_are_refused_as_kubectl_refuses_them(
@@ -934,3 +940,131 @@ def test_a_null_entry_in_a_list_of_clusters_users_or_contexts_is_skipped_as_in_k
         "contexts:\n- ~\n- name: x\n  context: {cluster: c, user: u}\ncurrent-context: x\n"
     )
     assert load_cluster_config(str(path)) == ClusterConfig(SERVER, token="tok")
+
+
+@pytest.mark.parametrize("written", ["08", "1e3", "0o17", "007", "0755", "12"])
+def test_a_namespace_written_as_a_number_is_refused_as_kubectl_refuses_it(
+    tmp_path: Path, written: str
+) -> None:
+    # kubectl 1.32: "cannot unmarshal number into Go struct field Context.contexts.context.namespace of type
+    # string". It was the number's re-spelling (08 as "8", 1e3 as "1000"), the leader-election Lease's
+    # namespace out of a pod (review-ops2 F2).
+    path = tmp_path / "kc"
+    path.write_text(
+        ALIASED_HEAD.replace("{cluster: c, user: u}", "{cluster: c, user: u, namespace: " + written + "}")
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_cluster_config(str(path))
+    assert (
+        str(raised.value)
+        == f'kubeconfig {str(path)!r}: context "x": namespace must be a string, not a number'
+    )
+
+
+@pytest.mark.parametrize("field", ["token", "password", "client-key-data", "username"])
+@pytest.mark.parametrize(
+    ("written", "problem"),
+    [
+        ("*Pa55w0rd-s3cret", "an alias (*…) names no anchor (quote the value if it is text)"),
+        ("!!int s3cret", "cannot decode !!str as a !!int"),
+        ("!!float s3cret", "cannot decode !!str as a !!float"),
+        ("!!bool s3cret", "cannot decode !!str as a !!bool"),
+        ("!!null s3cret", "cannot decode !!str as a !!null"),
+        ("!!timestamp s3cret", "cannot decode !!str as a !!timestamp"),
+    ],
+)
+def test_a_credential_kubectl_cannot_read_is_refused_without_showing_it(
+    tmp_path: Path, field: str, written: str, problem: str
+) -> None:
+    # An unquoted password beginning with "*" is an alias, a tagged one is decoded by its tag: both refusals
+    # quoted the value, in the start-up line the server's log keeps (review-ops2 F6).
+    path = tmp_path / "kc"
+    path.write_text(ALIASED_HEAD.replace("user: {token: tok}", "user:\n    " + field + ": " + written))
+    with pytest.raises(ConfigError) as raised:
+        load_cluster_config(str(path))
+    assert str(raised.value) == (
+        f"cannot read kubeconfig {str(path)!r}: {field}: {problem} at line 7, column {len(field) + 7}"
+    )
+    assert "s3cret" not in str(raised.value)
+
+
+def test_an_undefined_alias_in_an_exec_plugins_env_is_refused_without_showing_it(tmp_path: Path) -> None:
+    path = exec_kubeconfig(tmp_path, env="[{name: FOO, value: *s3cret}]")
+    with pytest.raises(ConfigError) as raised:
+        load_cluster_config(str(path))
+    assert "value: an alias (*…) names no anchor" in str(raised.value)
+    assert "s3cret" not in str(raised.value)
+
+
+def chain(links: int) -> str:
+    """A top-level key holding ``links`` mappings, each merging the one before it (``<<: *a{n-1}``)."""
+    return "x-chain:\n  a0: &a0 {k0: v}\n" + "".join(
+        f"  a{n}: &a{n} {{<<: *a{n - 1}, k{n}: v}}\n" for n in range(1, links + 1)
+    )
+
+
+@pytest.mark.parametrize(
+    "aliases",
+    [
+        chain(1200),
+        # Each level merges the one below twice: 2**20 nodes to go-yaml, which counts each merge.
+        "x-bomb:\n  b0: &b0 {k: v}\n"
+        + "".join(f"  b{n}: &b{n} {{<<: [*b{n - 1}, *b{n - 1}], k{n}: v}}\n" for n in range(1, 21)),
+    ],
+)
+def test_merge_keys_past_go_yamls_bound_are_refused_before_the_document_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, aliases: str
+) -> None:
+    # kubectl 1.32 refuses these at once ("document contains excessive aliasing"): go-yaml counts a merged
+    # alias as an alias. They were accepted, a 230 KB chain after 145 s and 731 MB, each mapping merged
+    # into the next (review-ops2 F1). Now counted on the composed nodes, before any mapping is built.
+    import yaml
+
+    built: list[object] = []
+    monkeypatch.setattr(yaml.SafeLoader, "flatten_mapping", lambda self, node: built.append(node))
+    path = tmp_path / "kc"
+    path.write_text(aliases + ALIASED_HEAD)
+    with pytest.raises(ConfigError, match="the document contains excessive aliasing"):
+        load_cluster_config(str(path))
+    assert built == []
+
+
+def test_merge_keys_within_go_yamls_bound_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "kc"
+    path.write_text(
+        chain(50)
+        + "clusters:\n- name: c\n  cluster: &c {server: "
+        + SERVER
+        + "}\n- name: d\n  cluster: {<<: *c, insecure-skip-tls-verify: y}\n"
+        "users:\n- name: u\n  user: {token: tok}\n"
+        "contexts:\n- name: x\n  context: {cluster: d, user: u}\ncurrent-context: x\n"
+    )
+    assert load_cluster_config(str(path)) == ClusterConfig(SERVER, token="tok", insecure_skip_tls_verify=True)
+
+
+def test_a_non_specific_tag_makes_a_string_as_in_go_yaml(tmp_path: Path) -> None:
+    # kubectl 1.32: "! 8080" is the text 8080 (go-yaml resolves a "!"-tagged scalar as a string); it was
+    # read as a plain scalar: the argument refused as a number, the namespace "0755" taken as "493"
+    # (review-ops2 F4).
+    path = exec_kubeconfig(
+        tmp_path, extension="n: ! 12", args="[--port, ! 8080]", env="[{name: FOO, value: ! 0755}]"
+    )
+    path.write_text(
+        path.read_text().replace("{cluster: c, user: u}", "{cluster: c, user: u, namespace: ! 0755}")
+    )
+    config = load_cluster_config(str(path))
+    assert config is not None and config.namespace == "0755"
+    assert (seen_by_plugin(tmp_path)["argv"], seen_by_plugin(tmp_path)["FOO"]) == (["--port", "8080"], "0755")
+    assert extension_sent(tmp_path) == {"false": "12"}
+
+
+def test_an_extension_aliasing_an_anchor_written_outside_extensions_is_sent_as_kubectl_sends_it(
+    tmp_path: Path,
+) -> None:
+    # kubectl 1.32 sends {"debug": true, ...}: the anchor, met first outside any extension, was turned into
+    # its text in place, and the extension, the same object, was sent as "yes" (review-ops2 F3).
+    path = exec_kubeconfig(tmp_path, extension="{}")
+    text = path.read_text().replace("      extension:\n        {}\n", "      extension: *ext\n")
+    path.write_text("x-shared:\n  ext: &ext {debug: yes, level: on, list: [y, n]}\n" + text)
+    assert load_cluster_config(str(path)) is not None
+    assert extension_sent(tmp_path) == {"debug": True, "level": True, "list": [True, False]}

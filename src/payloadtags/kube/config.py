@@ -191,10 +191,15 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
     try:
         # Bytes: PyYAML then reads UTF-16 by its byte order mark, as go-yaml does (PowerShell 5 writes it).
         # Only the first document is read, as go-yaml's Unmarshal reads it: a file may end in a "---".
-        documents = yaml.load_all(Path(path).read_bytes(), Loader=_go_yaml_loader())
-        document = next(documents, None)
-        documents.close()
-        problem = _alias_problem(document)
+        loader = _go_yaml_loader()(Path(path).read_bytes())
+        try:
+            node = loader.get_node() if loader.check_node() else None
+            # Counted on the nodes, before any is built: merging a chain of merge keys builds each
+            # mapping again, in time and memory quadratic in the chain's length.
+            problem = _alias_problem(node)
+            document = None if problem or node is None else loader.construct_document(node)
+        finally:
+            loader.dispose()
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ConfigError(f"cannot read kubeconfig {path!r}: {_gist(e)}") from e
     except RecursionError:
@@ -213,6 +218,7 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
             # ("argument of type 'NoneType' is not iterable").
             document[kind] = [entry for entry in document[kind] if entry is not None]
     context_entry, user, cluster_entry = _chosen(document, context, path)
+    _extensions_as_sent(document, set())
     _as_written(document, set())
     base = os.path.dirname(os.path.abspath(path))
     plugin = None
@@ -255,7 +261,7 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
         server = _without_userinfo(cluster.server)
         raise ConfigError(f"kubeconfig {path!r}: cluster server {server!r}: {problem}")
     namespace = context_entry.get("namespace")
-    return attrs.evolve(cluster, namespace=str(namespace) if namespace else None)
+    return attrs.evolve(cluster, namespace=namespace or None)
 
 
 # A cluster's fields whose type the kubernetes library does not check, with the type client-go decodes.
@@ -319,6 +325,35 @@ def _go_yaml_loader() -> type[Any]:
             if kind is yaml.ScalarNode and implicit[0]:
                 return _go_plain(value)[0]
             return super().resolve(kind, value, implicit)
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            event = self.peek_event()
+            key = index.value if isinstance(index, yaml.ScalarNode) else None
+            if isinstance(event, yaml.AliasEvent) and event.anchor not in self.anchors:
+                # PyYAML's own message quotes the name: an unquoted password that begins with "*".
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    _field(key) + "an alias (*…) names no anchor (quote the value if it is text)",
+                    event.start_mark,
+                )
+            node = super().compose_node(parent, index)
+            if key is not None and isinstance(node, yaml.ScalarNode):
+                # The key it stands under, for a refusal to name instead of the value (`_go_tags`).
+                node.field = key
+            return node
+
+        def compose_scalar_node(self, anchor: Any) -> Any:
+            event = self.peek_event()
+            if event.tag != "!":
+                return super().compose_scalar_node(anchor)
+            # The non-specific tag: a string to go-yaml (`! 8080` is "8080"); PyYAML resolves it as if
+            # untagged, its parser marking it implicit as a plain scalar.
+            self.get_event()
+            node = yaml.ScalarNode(_YAML + "str", event.value, event.start_mark, event.end_mark, event.style)
+            if anchor is not None:
+                self.anchors[anchor] = node
+            return node
 
     for tag, constructor in _go_tags(yaml).items():
         Loader.add_constructor(tag, constructor)
@@ -392,7 +427,9 @@ def _go_tags(yaml: Any) -> dict[str | None, Any]:
         return tag.replace(_YAML, "!!")
 
     def refused(node: Any, problem: str) -> yaml.constructor.ConstructorError:
-        return yaml.constructor.ConstructorError(None, None, problem, node.start_mark)
+        return yaml.constructor.ConstructorError(
+            None, None, _field(getattr(node, "field", None)) + problem, node.start_mark
+        )
 
     def resolved(loader: Any, node: Any) -> Any:
         """An implicit or an explicit !!null, !!bool, !!int or !!float: the plain scalar go-yaml reads,
@@ -400,7 +437,8 @@ def _go_tags(yaml: Any) -> dict[str | None, Any]:
         text = loader.construct_scalar(node)
         tag, value = _go_plain(text)
         if tag != node.tag and (tag, node.tag) != (_YAML + "int", _YAML + "float"):
-            raise refused(node, f"cannot decode {short(tag)} `{text}` as a {short(node.tag)}")
+            # go-yaml quotes the text: it may be a secret (`token: !!int …`).
+            raise refused(node, f"cannot decode {short(tag)} as a {short(node.tag)}")
         if isinstance(value, float) and not math.isfinite(value):
             # kubectl's sigs.k8s.io/yaml turns the document into JSON, which has none, and refuses the file.
             raise refused(node, f"json: unsupported value: {text}")
@@ -417,7 +455,7 @@ def _go_tags(yaml: Any) -> dict[str | None, Any]:
             if len(numbers) > 3 and not (numbers[3] < 24 and numbers[4] < 60 and numbers[5] < 60):
                 raise ValueError(text)
         except ValueError:
-            raise refused(node, f"cannot decode !!str `{text}` as a !!timestamp") from None
+            raise refused(node, "cannot decode !!str as a !!timestamp") from None
         return text
 
     def binary(loader: Any, node: Any) -> str:
@@ -447,6 +485,11 @@ def _go_tags(yaml: Any) -> dict[str | None, Any]:
     }
 
 
+def _field(key: object) -> str:
+    """A refusal's start: the key its value stands under, when it is one that can be shown on a line."""
+    return f"{key}: " if isinstance(key, str) and key.isprintable() and 0 < len(key) <= 64 else ""
+
+
 def _booleans(section: dict[str, Any], fields: tuple[str, ...]) -> None:
     """A boolean field's `_Boolean` read as the boolean."""
     for field in fields:
@@ -455,35 +498,62 @@ def _booleans(section: dict[str, Any], fields: tuple[str, ...]) -> None:
             section[field] = value.value
 
 
-def _as_written(value: Any, seen: set[int], free: bool = False) -> Any:
+def _as_written(value: Any, seen: set[int]) -> Any:
     """``value`` with every `_Boolean` left (outside the boolean fields) as the plain text written; a
     mapping or a list is changed in place, as the sections taken from it are in use, once (an alias
-    names the same one again). In a free-form section (``free``: an ``extension`` of an
-    ``extensions`` list, a RawExtension that client-go decodes with no type) a `_Boolean` is the
-    boolean, as kubectl sends it on (to an exec plugin, as its ``config``)."""
+    names the same one again). Extensions are made as sent first (`_extensions_as_sent`)."""
     if isinstance(value, _Boolean):
-        return value.value if free else str.__str__(value)
-    if free and isinstance(value, dict):
-        # A key as sigs.k8s.io/yaml writes it in JSON: a boolean key as "true", which Python's True would
-        # make the same key as the number 1.
-        items = list(value.items())
-        value.clear()
-        value.update((str(k.value).lower() if isinstance(k, _Boolean) else k, v) for k, v in items)
+        return str.__str__(value)
     if not isinstance(value, dict | list) or id(value) in seen:
         return value
     seen.add(id(value))
     if isinstance(value, dict):
-        extensions = value.get("extensions")
-        if not free and isinstance(extensions, list):
-            for entry in extensions:
-                if isinstance(entry, dict) and "extension" in entry:
-                    entry["extension"] = _as_written(entry["extension"], seen, free=True)
-        items = [(_as_written(k, seen, free), _as_written(v, seen, free)) for k, v in value.items()]
+        items = [(_as_written(k, seen), _as_written(v, seen)) for k, v in value.items()]
         value.clear()
         value.update(items)
     else:
-        value[:] = [_as_written(v, seen, free) for v in value]
+        value[:] = [_as_written(v, seen) for v in value]
     return value
+
+
+def _extensions_as_sent(value: Any, seen: set[int]) -> None:
+    """Each ``extension`` of an ``extensions`` list replaced by `_as_sent`'s copy of it. Before
+    `_as_written`: an anchor met first outside an extension would have lost its booleans there."""
+    if not isinstance(value, dict | list) or id(value) in seen:
+        return
+    seen.add(id(value))
+    if isinstance(value, dict):
+        extensions = value.get("extensions")
+        if isinstance(extensions, list):
+            for entry in extensions:
+                if isinstance(entry, dict) and "extension" in entry:
+                    entry["extension"] = _as_sent(entry["extension"], {})
+    for item in value.values() if isinstance(value, dict) else value:
+        _extensions_as_sent(item, seen)
+
+
+def _as_sent(value: Any, made: dict[int, Any]) -> Any:
+    """A free-form section (an ``extension``: a RawExtension that client-go decodes with no type) as
+    kubectl sends it on (to an exec plugin, as its ``config``): each `_Boolean` the boolean, and a boolean
+    key as sigs.k8s.io/yaml writes it in JSON ("true", which Python's True would make the same key as the
+    number 1). A copy, each mapping or list made once (``made``, by id): the same one may stand
+    elsewhere too, through an anchor, where its text stands."""
+    if isinstance(value, _Boolean):
+        return value.value
+    if not isinstance(value, dict | list):
+        return value
+    if id(value) in made:
+        return made[id(value)]
+    if isinstance(value, list):
+        copied: list[Any] = []
+        made[id(value)] = copied
+        copied.extend(_as_sent(v, made) for v in value)
+        return copied
+    mapping: dict[Any, Any] = {}
+    made[id(value)] = mapping
+    for k, v in value.items():
+        mapping[str(k.value).lower() if isinstance(k, _Boolean) else k] = _as_sent(v, made)
+    return mapping
 
 
 # go-yaml v2's bound on aliases (kubectl's reader): past 1000 nodes with more than 100 from aliases, a
@@ -497,14 +567,18 @@ def _allowed_alias_share(nodes: int) -> float:
     return 0.99 - 0.89 * (nodes - 400_000) / 3_600_000
 
 
-def _alias_problem(document: Any) -> str | None:
+def _alias_problem(root: Any) -> str | None:
     """Why go-yaml would refuse the document's aliases: an anchor whose value contains itself, or too
-    many nodes decoded for aliases. Counted as go-yaml counts while it decodes, in the document's order:
-    every node, an alias's own node and then its value's nodes again, the latter as aliased; measured
-    without expanding them (each mapping or list walked once), so that the walks that follow
-    (`_as_written`, the plugin's JSON) see a bounded, acyclic document. A mapping or list met again is
-    an alias (PyYAML makes one object for an anchor and its aliases)."""
-    cost: dict[int, int] = {}  # nodes decoding a mapping or list takes, its own aliases expanded, by id
+    many nodes decoded for aliases. Counted on the composed nodes (``root``, None for no document), before
+    anything is built, as go-yaml counts while it decodes, in the document's order: every node, an
+    alias's own node and then its value's nodes again, the latter as aliased; a merge key's value as any
+    other (``<<: *a`` is an alias of a), without the merge key itself or a list of merged mappings, which
+    go-yaml does not decode as nodes. Measured without expanding them (each node walked once), so that
+    what follows (building the document, `_as_written`, the plugin's JSON) is bounded and acyclic. A node
+    met again is an alias (PyYAML's composer gives an anchor and its aliases one node)."""
+    import yaml
+
+    cost: dict[int, int] = {}  # nodes decoding a node takes, its own aliases expanded, by id
     walking: set[int] = set()  # met again inside itself: an anchor that contains itself
     decoded, aliased = 1, 0  # the document's node, then as go-yaml's decodeCount and aliasCount
 
@@ -513,31 +587,43 @@ def _alias_problem(document: Any) -> str | None:
         if aliased > 100 and decoded > 1000 and aliased / decoded > _allowed_alias_share(decoded):
             raise _Excessive(decoded)
 
-    def walk(value: dict[Any, Any] | list[Any]) -> int:
+    def children(node: Any) -> list[Any]:
+        if isinstance(node, yaml.SequenceNode):
+            return list(node.value)
+        if not isinstance(node, yaml.MappingNode):
+            return []
+        found: list[Any] = []
+        for key, value in node.value:
+            if key.tag != _YAML + "merge":
+                found += (key, value)
+            elif isinstance(value, yaml.SequenceNode) and id(value) not in cost:
+                found += value.value
+            else:
+                found.append(value)
+        return found
+
+    def walk(node: Any) -> int:
         nonlocal decoded, aliased
-        walking.add(id(value))
+        walking.add(id(node))
         total = 1
         decoded += 1
-        for item in [*value.keys(), *value.values()] if isinstance(value, dict) else value:
-            if not isinstance(item, dict | list):
-                total += 1
-                decoded += 1
-            elif id(item) in walking:
+        for child in children(node):
+            if id(child) in walking:
                 raise _Cycle
-            elif id(item) in cost:  # an alias: its node, then its value once more
-                total += 1 + cost[id(item)]
-                decoded += 1 + cost[id(item)]
-                aliased += cost[id(item)]
+            if id(child) in cost:  # an alias: its node, then its value once more
+                total += 1 + cost[id(child)]
+                decoded += 1 + cost[id(child)]
+                aliased += cost[id(child)]
                 excessive()
             else:
-                total += walk(item)
-        walking.discard(id(value))
-        cost[id(value)] = total
+                total += walk(child)
+        walking.discard(id(node))
+        cost[id(node)] = total
         return total
 
     try:
-        if isinstance(document, dict | list):
-            walk(document)
+        if root is not None:
+            walk(root)
         excessive()
     except _Cycle:
         return "a YAML anchor's value contains itself (an alias inside it names it)"
@@ -619,7 +705,8 @@ def _check_exec_strings(section: dict[str, Any], where: str) -> None:
         name, value = entry.get("name"), entry.get("value")
         if not isinstance(name, str) or not name:
             # client-go: "env variable name must be specified"; a number is refused as it decodes.
-            raise ConfigError(f"{where}: env[{index}]: name must be a non-empty string, not {_kind(name)}")
+            kind = "an empty one" if name == "" else _kind(name)
+            raise ConfigError(f"{where}: env[{index}]: name must be a non-empty string, not {kind}")
         if value is not None and not isinstance(value, str):
             raise ConfigError(f'{where}: env "{name}": value must be a string, not {_kind(value)}')
         entry["value"] = "" if value is None else value
@@ -669,6 +756,15 @@ def _chosen(
                 f'kubeconfig {path!r}: context "{context_name}": {field} must be the name of a '
                 f"{field}s entry, not {_kind(value)}"
             )
+    namespace = chosen.get("namespace")
+    if namespace is not None and not isinstance(namespace, str):
+        # As client-go refuses it. A number's text is go-yaml's (08 is 8, 1e3 is 1000): taken as the
+        # namespace it was another one, the leader-election Lease's out of a pod. A boolean word stays the
+        # text written (a `_Boolean` is a string), as in the other fields no check reads.
+        raise ConfigError(
+            f'kubeconfig {path!r}: context "{context_name}": namespace must be a string, '
+            f"not {_kind(namespace)}"
+        )
     user = section("users", user_name, "user") if user_name else {}
     if user is None:
         raise ConfigError(
