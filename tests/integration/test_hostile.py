@@ -7,6 +7,7 @@ Every refusal must be a Kubernetes Status in JSON, come quickly, and leave the s
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import functools
 import json
 import re
@@ -885,6 +886,84 @@ async def test_one_address_flooding_bare_connects_does_not_evict_another_clients
         if not hold.called:
             hold.callback(None)
         await proxy.stop()
+
+
+@pytest.mark.parametrize("n", [10, 30])
+@pytest_twisted.ensureDeferred
+async def test_the_front_proxys_connections_made_at_once_on_a_server_full_of_idle_ones_are_all_answered(
+    make_server, registry, reactor, front_proxy, n
+):
+    """The server is full of other clients' idle connections (handshaken, no request yet: evictable).
+    kube-apiserver opens n connections at once (its informers watching again after a restart), then
+    makes their handshakes: each evicts another client's idle connection, none of its own, which wait
+    for their address's turn with no byte read, or make their handshake (review-hostile2 HH1: 9 of
+    10 and 29 of 30 were reset, each new one evicting the one before it as a bare connect, and past
+    20 its address counted as flooding)."""
+    ca, proxy_cert = front_proxy
+    limit = 40
+    api = await make_server(
+        registry,
+        http=HttpLimits(max_connections=limit),
+        requestheader_client_ca_file=str(ca.cert_file),
+        requestheader_allowed_names=("front-proxy-client",),
+    )
+    t = target(api)
+    connections = api.running.connections
+    idle: list[Any] = []
+
+    def fill() -> None:
+        for i in range(limit):  # ten from each of four addresses: within their bursts
+            idle.append(t.connect(timeout=HANG_GUARD, source=f"127.0.0.{3 + i % 4}"))
+
+    def burst() -> list[str]:
+        raws = [socket.create_connection(("127.0.0.1", t.port), timeout=HANG_GUARD) for _ in range(n)]
+
+        def ask(raw: socket.socket) -> str:
+            try:
+                with t.handshake(raw, proxy_cert) as sock:
+                    sock.sendall(request_bytes("GET", "/version", {"X-Remote-User": "alice"}))
+                    return str(read_reply(sock).code)
+            except OSError as error:
+                return type(error).__name__
+
+        with concurrent.futures.ThreadPoolExecutor(n) as pool:
+            return list(pool.map(ask, raws))
+
+    try:
+        await in_thread(fill)
+        await until(lambda: len(connections.protocols) == limit, reactor)
+        results = await in_thread(burst)
+    finally:
+        for sock in idle:
+            sock.close()
+    assert results == ["200"] * n, collections.Counter(results)
+    assert not connections.clients.flooding("127.0.0.1")
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_that_made_their_handshake_never_make_their_address_flood(
+    make_server, registry, reactor
+):
+    """An address floods (evicts only its own) once its connections close bare, no byte come, faster
+    than its handshake rate; one whose connections closed after their TLS handshake does not: the TLS
+    layer tells the connection its first byte came (GuardedTLS.dataReceived, review-hostile2 HH3)."""
+    api = await make_server(
+        registry,
+        # Four handshakes' worth of tokens, one back every 100 s: three bare closes make an address flood.
+        http=HttpLimits(handshake_rate_per_client=0.01, handshake_burst_per_client=4),
+    )
+    t = target(api)
+    clients = api.running.connections.clients
+
+    def closed_after(make: Any, source: str) -> None:
+        for _ in range(3):
+            make(source).close()
+
+    await in_thread(closed_after, lambda source: t.connect(timeout=HANG_GUARD, source=source), "127.0.0.2")
+    await in_thread(closed_after, functools.partial(_bare, t), "127.0.0.3")
+    await until(lambda: all(clients.addresses[h].open == 0 for h in ("127.0.0.2", "127.0.0.3")), reactor)
+    assert clients.flooding("127.0.0.3")  # bare connects
+    assert not clients.flooding("127.0.0.2")  # handshakes made
 
 
 @pytest_twisted.ensureDeferred

@@ -493,20 +493,21 @@ def test_choosing_whom_to_evict_looks_at_a_few_connections_however_many_are_open
     assert table.examined - before <= 50 * 3
     table.site.resource.held[0].finish()  # the oldest connection's answer is done: it is idle now
     clock.advance(0)
-    # Past half its burst the flood evicted only its own, in its address's order; the entries it left
-    # in the order of all are dropped by the next choice made there: a few looks each, all told.
+    # Past its burst (its handshakes wait for a token) the flood evicted only its own, in its address's
+    # order; the entries it left in the order of all are dropped by the next choice made there: a few
+    # looks each, all told.
     newcomer = _open(table, clock, "10.9.9.8")
     assert table.examined - before <= 51 * 3
-    # Of the two idle connections of no proven client, the one no byte came on (a bare connect) goes
-    # first; then the older one.
-    assert flood[-1] is not None and flood[-1][1].disconnecting and not oldest.disconnecting
+    # Of the two idle connections of no proven client, the older goes first, whether a byte came on
+    # the other or not (a bare connect); then the other.
+    assert oldest.disconnecting
+    assert flood[-1] is not None and not flood[-1][1].disconnecting
     assert newcomer is not None
     newcomer[0].dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
     clock.advance(0)
-    before = table.examined
-    another = _open(table, clock, "10.9.9.6")
-    assert table.examined - before <= 3
-    assert oldest.disconnecting and not newcomer[1].disconnecting
+    another = _open(table, clock, "10.9.9.6")  # drops the flood's stale entries: paid for by its moves
+    assert table.examined - before <= 52 * 3
+    assert flood[-1][1].disconnecting and not newcomer[1].disconnecting
     assert events[-2:] == ["evicted"] * 2
     assert another is not None
     another[0].dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -527,12 +528,12 @@ class _Proving(_ProbesAdmitted):
 def _scanned_choice(table: LimitedConnections, host: str) -> ClientConnection | None:
     """Whom eviction took when it looked at every connection, oldest first (before the order was kept):
     for a new connection from ``host``, which evicts only its own when its address floods."""
-    best, best_rank = None, 7
-    # As Clients.flooding will tell once the new connection is paid for.
+    best, best_rank = None, 6
+    # As Clients.flooding tells (the connections closed bare are paid for).
     address = table.clients.addresses.get(host)
     flooding = address is not None and (
         bool(address.waiting)
-        or address.connects.refill(table.clients.monotonic()) - 1 < max(1.0, address.connects.burst / 2)
+        or address.connects.refill(table.clients.monotonic()) < max(1.0, address.connects.burst / 2)
     )
     for wrapper in table.protocols:
         if wrapper in table._evicted or wrapper in table._probes:
@@ -543,9 +544,9 @@ def _scanned_choice(table: LimitedConnections, host: str) -> ClientConnection | 
         if channel.serving:
             if not channel.stalled:
                 continue
-            rank = 3
+            rank = 2
         else:
-            rank = 2 if channel.proven > 0 else 1 if channel.heard else 0
+            rank = 1 if channel.proven > 0 else 0
         if wrapper.front_proxy:
             rank += 3
         if rank < best_rank:

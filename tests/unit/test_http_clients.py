@@ -49,23 +49,29 @@ def test_an_address_is_capped_on_its_handshaken_connections_so_the_front_proxy_i
     assert clients.refused == 2
 
 
-def test_an_address_connecting_past_its_handshake_rate_is_flooding() -> None:
-    """Every connect is paid, its handshake made or not (a bare connect's never is): an address whose
-    connections are closed before their handshake floods all the same."""
+def test_an_address_whose_connections_close_bare_past_its_handshake_rate_is_flooding() -> None:
+    """Every connection closed bare (no byte come) is paid, its handshake never made: an address whose
+    connections are closed before their handshake floods. Connections open, or closed once a byte came,
+    cost nothing here: a burst of connections that make their handshake is not a flood."""
     limits = HttpLimits(handshake_rate_per_client=2.0, handshake_burst_per_client=4)
     clock = Clock()
     clients = Clients(limits, clock, clock.seconds)
     assert not clients.flooding("10.0.0.1")  # nothing known of it
+    for _ in range(10):  # open at once, their handshakes under way
+        assert clients.opened("10.0.0.1")
+    assert not clients.flooding("10.0.0.1")
+    for _ in range(10):
+        clients.closed("10.0.0.1", counted=False)  # a byte came on each
+    assert not clients.flooding("10.0.0.1")
     for _ in range(2):
         assert clients.opened("10.0.0.1")
+        clients.closed("10.0.0.1", counted=False, bare=True)
         assert not clients.flooding("10.0.0.1")
-        clients.closed("10.0.0.1", counted=False)  # before its handshake
     assert clients.opened("10.0.0.1")
+    clients.closed("10.0.0.1", counted=False, bare=True)
     assert clients.flooding("10.0.0.1")  # three of four: past half its burst
     clock.advance(0.5)  # 2 a second
     assert not clients.flooding("10.0.0.1")
-    assert clients.handshaken("10.0.0.1", front_proxy=True)  # the front proxy's cost it nothing
-    assert clients.addresses["10.0.0.1"].connects.tokens == 3
     assert not clients.flooding("10.0.0.2")
 
 

@@ -160,7 +160,7 @@ def head_too_large(limit: int) -> ApiError:
 MAX_LINE = 16384
 
 # The ranks of GuardedChannel.eviction_rank: 0 to 5.
-EVICTION_RANKS = 7
+EVICTION_RANKS = 6
 
 # Go's parseHexUint: a chunk size of more than 16 hex digits is over 64 bits.
 MAX_CHUNK_SIZE_DIGITS = 16
@@ -309,7 +309,9 @@ class GuardedChannel(http.HTTPChannel):
     _replaying = False  # behind the property _replay_pending
     _handling = False  # behind the property _handlingRequest
     proven = 0  # requests of an authenticated user answered on this connection: eviction spares them
-    heard = False  # a byte came on this connection (its TLS handshake's first): see eviction_rank
+    # A byte came on this connection (its TLS handshake's first): closed without one, it was a bare
+    # connect, which its address pays for (Clients.flooding).
+    heard = False
     # Taken in over --max-connections while every connection was being answered: it may only ask a
     # health probe, and closes after its answer (LimitedConnections).
     probe_only = False
@@ -381,24 +383,27 @@ class GuardedChannel(http.HTTPChannel):
         """Which connections a new one evicts first (LimitedConnections._evict), lowest first; None:
         this one is not to be evicted (being answered to a client that reads, or closed).
 
-        0. of which no byte has come: a flood's bare connects (each costs it a connect only), before
-           the fresh connection of a client whose handshake is under way;
-        1. of no proven client, not being answered: a flood of idle or slow connections, or of ones
-           that were answered only probes, 401s or 404s (which anyone gets);
-        2. of an authenticated client, idle between requests;
-        3. whose client has stopped taking the response written to it (a list it does not read, a
+        0. of no proven client, not being answered: a flood of bare, idle or slow connections, or of
+           ones that were answered only probes, 401s or 404s (which anyone gets), and fresh ones
+           whose handshake is under way or waits for its turn, the oldest first. No "bare connect
+           first" rank: the connections of a burst wait for their address's turn, paused, no byte
+           read, and one that ranked first for it was evicted by the next of the same burst
+           (kube-apiserver's 30 at once, 29 closed); a flood above its rate is kept to its own
+           connections instead (LimitedConnections._evict);
+        1. of an authenticated client, idle between requests;
+        2. whose client has stopped taking the response written to it (a list it does not read, a
            watch it left): it loses nothing it was reading;
-        4-6. the last three of the verified front proxy's (which has made its handshake): kube-apiserver
-           carries every user of the aggregated API on its connections, and a request it sends on one
-           closed under it fails when it may not be retried (a DELETE)."""
+        3-5. the same three of the verified front proxy's (which has made its handshake):
+           kube-apiserver carries every user of the aggregated API on its connections, and a request
+           it sends on one closed under it fails when it may not be retried (a DELETE)."""
         if self._lost:
             return None
         if self.serving:
             if not self.stalled:
                 return None
-            rank = 3
+            rank = 2
         else:
-            rank = 2 if self.proven > 0 else 1 if self.heard else 0
+            rank = 1 if self.proven > 0 else 0
         return rank + 3 if self.front_proxy else rank
 
     def rerank(self) -> None:
@@ -920,10 +925,7 @@ class ClientConnection(ProtocolWrapper):
 
     def heard(self) -> None:
         """The first byte came on this connection (to its TLS layer): no longer a bare connect."""
-        channel = self.wrappedProtocol
-        if not channel.heard:
-            channel.heard = True
-            channel.rerank()
+        self.wrappedProtocol.heard = True
 
     def dataReceived(self, data: bytes) -> None:
         self.heard()  # where no TLS layer is (tests)
@@ -949,7 +951,8 @@ class ClientConnection(ProtocolWrapper):
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         if not self._lost:
             self._lost = True
-            self.factory.clients.closed(self.host, counted=self.counted)
+            bare = not self.wrappedProtocol.heard
+            self.factory.clients.closed(self.host, counted=self.counted, bare=bare)
         super().connectionLost(reason)
 
 
@@ -969,14 +972,13 @@ def _no_front_proxy(chain: tuple[x509.Certificate, ...]) -> bool:
 
 class LimitedConnections(WrappingFactory):
     """Holds at most ``limit`` connections, and a few more for health probes and for the front proxy.
-    At the limit, a new connection evicts one (see GuardedChannel.eviction_rank): first those no byte
-    came on (bare connects), then those of no proven client (a flood's, idle, dribbling its head, or
-    answered only probes and 401s), then those
+    At the limit, a new connection evicts one (see GuardedChannel.eviction_rank): first those of no
+    proven client (a flood's, idle, dribbling its head, or answered only probes and 401s), then those
     idle between requests, then those whose client stopped reading what is written to it; the verified
-    front proxy's (kube-apiserver's) only when no other can go; an address connecting faster than its
-    handshake rate evicts only its own (see _evict). The candidates are kept in that order as their
-    state changes (EvictionOrder), of all connections and of each address: a choice looks at a few
-    connections, not at every one.
+    front proxy's (kube-apiserver's) only when no other can go; an address whose connections close
+    bare faster than its handshake rate evicts only its own (see _evict). The candidates are kept in
+    that order as their state changes (EvictionOrder), of all connections and of each address: a
+    choice looks at a few connections, not at every one.
 
     When every connection is being answered (watches, lists being read), the new one is still taken
     in, over the limit:
@@ -1087,7 +1089,7 @@ class LimitedConnections(WrappingFactory):
             elif self._probe_place(host):
                 place = self._probes
             else:
-                self.clients.closed(host, counted=False)
+                self.clients.closed(host, counted=False, bare=True)
                 if self.on_refused is not None:
                     self.on_refused("refused")
                 return None
@@ -1191,11 +1193,14 @@ class LimitedConnections(WrappingFactory):
         taken in over the limit); False when there is none: every one is being answered to a client
         that reads.
 
-        An address that opens connections faster than its handshake rate (Clients.flooding: a flood of
-        bare connects, each costing it a connect only) evicts only its own, the first of its address's
-        order: its churn never closes the fresh connection of another client, which is the first to
-        go while its handshake and first request are under way (the kubelet's probe, kube-apiserver's
-        new connection before its certificate is seen)."""
+        An address whose connections close bare (no byte come) faster than its handshake rate, or
+        whose handshakes wait for a token (Clients.flooding: a flood of connects, each costing it a
+        connect only), evicts only its own, the first of its address's order: its churn never closes
+        the fresh connection of another client, which is the first to go while its handshake and first
+        request are under way (the kubelet's probe, kube-apiserver's new connection before its
+        certificate is seen). kube-apiserver's connections made at once, which all send their
+        handshake, never make its address flood (up to --handshake-burst-per-client of them at once):
+        each evicts another client's connection, not one of its own still waiting for its turn."""
         if self.clients.flooding(host):
             own = self._own.get(host)
             if own is None:

@@ -72,8 +72,10 @@ class Address:
     bucket: Bucket
     open: int = 0  # connections open from it
     counted: int = 0  # of them, those counted against the cap: handshaken, and not the front proxy's
-    # Its new connections, paid at the handshake rate whether or not their handshake is ever made (a
-    # bare connect's is not): whether it floods (Clients.flooding).
+    # Its connections closed bare (no byte come: refused, evicted, or timed out before a handshake
+    # began), paid at the handshake rate: whether it floods (Clients.flooding). Paid at the close, not
+    # at the connect: a burst of connections that all make their handshake (kube-apiserver's, made at
+    # once) costs nothing here, while a flood of bare connects pays for each.
     connects: Bucket = attrs.field(default=None)
     waiting: deque[Callable[[], bool]] = attrs.Factory(deque)  # handshakes waiting for a token
     release: IDelayedCall | None = None
@@ -115,15 +117,14 @@ class Clients:
             self._forget_later(address)
             return False
         address.open += 1
-        connects = address.connects
-        connects.refill(self.monotonic())
-        connects.tokens = max(connects.tokens - 1, -connects.burst)
         return True
 
     def flooding(self, host: str) -> bool:
         """Whether ``host`` opens connections faster than its handshake rate: its handshakes wait for a
-        token, or its connects (each paid, handshake or not: one evicted or closed while it waits
-        for its handshake's token gives that token back) have spent half its burst or more."""
+        token, or its connections closed bare (one evicted or closed while it waits for its
+        handshake's token gives that token back, but is paid for here) have spent half its burst or
+        more. Connections still open, their handshake under way or waiting, are not counted: those
+        of a burst are not yet known to be a flood's."""
         address = self.addresses.get(host)
         if address is None:
             return False
@@ -149,9 +150,9 @@ class Clients:
         once. Any other is counted now; False when the address reached its cap meanwhile (close it)."""
         address = self._address(host)
         if front_proxy:
-            for bucket in (address.bucket, address.connects):
-                bucket.refill(self.monotonic())
-                bucket.tokens = min(bucket.burst, bucket.tokens + 1)
+            bucket = address.bucket
+            bucket.refill(self.monotonic())
+            bucket.tokens = min(bucket.burst, bucket.tokens + 1)
             self._release(address)
             return True
         if address.counted >= self.limits.max_connections_per_client:
@@ -160,11 +161,16 @@ class Clients:
         address.counted += 1
         return True
 
-    def closed(self, host: str, counted: bool) -> None:
+    def closed(self, host: str, counted: bool, bare: bool = False) -> None:
+        """A connection from ``host`` is closed; ``bare``: no byte ever came on it (a connect only)."""
         address = self._address(host)
         address.open -= 1
         if counted:
             address.counted -= 1
+        if bare:
+            connects = address.connects
+            connects.refill(self.monotonic())
+            connects.tokens = max(connects.tokens - 1, -connects.burst)
         self._forget_later(address)
 
     # -- requests -----------------------------------------------------------------------------------
