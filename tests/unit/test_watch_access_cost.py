@@ -17,7 +17,6 @@ from twisted.internet.task import Clock
 from payloadtags.access import rbac
 from payloadtags.access.authn import UserInfo
 from payloadtags.access.authz import Readable
-from payloadtags.access.patterns import PathPattern
 from payloadtags.access.rbac import PathMatcher, RbacAuthorizer, RbacIndex
 from payloadtags.metrics import CountingAuthorizer, Metrics
 from payloadtags.model import GROUP
@@ -200,49 +199,36 @@ def test_a_memo_of_decisions_forgets_the_oldest_paths_at_its_bound(monkeypatch: 
     assert list(matcher._memo) == ["pr-6", "pr-7", "pr-8", "pr-9"]
 
 
-@attrs.define
-class Computed:
-    """Counts the access decisions made by running a rule's pattern, not found in a memo."""
-
-    count: int = 0
-
-    def patch(self, monkeypatch: Any) -> None:
-        run = PathPattern.matches
-
-        def counting(pattern: PathPattern, path: str) -> bool:
-            self.count += 1
-            return run(pattern, path)
-
-        monkeypatch.setattr(PathPattern, "matches", counting)
-
-
-def test_namespaces_with_the_same_rules_each_have_their_memo(monkeypatch: Any) -> None:
-    """One ClusterRole bound cluster-wide: the rules of every namespace mean the same. They were one
-    matcher, one memo of _MAX_MEMO paths for the paths of all namespaces: an all-namespaces list's
-    decisions cycled through it, each one computed again and evicting another (docs/watch.md,
-    "Bounds", says one per namespace and meaning; the review's memo_cycle_ns.py: 10-60x slower)."""
-    monkeypatch.setattr(rbac, "_MAX_MEMO", 4)
-    computed = Computed()
-    computed.patch(monkeypatch)
+def test_namespaces_with_the_same_rules_share_one_matcher_and_its_bounded_memo(monkeypatch: Any) -> None:
+    """One ClusterRole bound cluster-wide: the rules of every namespace mean the same, and decide every
+    path alike. A matcher (and its memo of _MAX_MEMO paths) per namespace and meaning made the memory
+    of decisions grow with the namespaces named: a user's GETs of made-up names in made-up namespaces
+    (decided before any registry read, 403s memoized too) filled a memo in each (the review's
+    memo_namespaces.py: 500 matchers, 500,001 paths, 85 MiB for 500,000 GETs). One matcher per meaning
+    again, its memo at most _MAX_MEMO paths whatever the namespaces: an all-namespaces list cycling
+    through more paths than that makes each decision again, a few microseconds (the memo evicts in
+    O(1): test_a_full_memo_forgets_its_oldest_path_without_scanning_it)."""
+    monkeypatch.setattr(rbac, "_MAX_MEMO", 64)
     index = RbacIndex()
     rule = {"apiGroups": [GROUP], "resources": ["payloadrepositoryaccesses"], "verbs": ["get"]}
-    index.upsert("ClusterRole", cluster_role("reader", {**rule, "resourceNames": ["app-*"]}))
+    index.upsert("ClusterRole", cluster_role("reader", {**rule, "resourceNames": ["team-*/**"]}))
     index.upsert(
         "ClusterRoleBinding",
         cluster_role_binding("reader", role_ref("ClusterRole", "reader"), group_subject("devs")),
     )
-    user = UserInfo("alice", groups=("devs",))
-    spaces = ["a", "b", "c"]
-    passes = []
-    for _ in range(3):
-        before = computed.count
-        for namespace in spaces:
-            for n in range(4):
-                assert index.allowed(user, "get", namespace, f"app-{n}-{namespace}")
-        passes.append(computed.count - before)
-    assert passes == [12, 0, 0]  # were 12 each
-    # Users with the same rules in a namespace still share its matcher.
-    assert index.matcher(UserInfo("bob", groups=("devs",)), "get", "a") is index.matcher(user, "get", "a")
+    user = UserInfo("mallory", groups=("devs",))
+    for n in range(100):
+        for m in range(20):
+            assert not index.allowed(user, "get", f"made-up-{n}", f"made-up-{m}")
+    matchers = {id(matcher): matcher for matcher in index._shared.values()}
+    memoized = sum(len(matcher._memo) for matcher in matchers.values())
+    assert (len(matchers), memoized) == (1, 20)  # were (64, 1280): a matcher per namespace held
+    for n in range(100):
+        assert index.allowed(user, "get", f"made-up-{n}", f"team-{n}/app")
+    assert sum(len(matcher._memo) for matcher in index._shared.values()) == 64
+    # Users with the same rules share it, in every namespace.
+    bob = UserInfo("bob", groups=("devs",))
+    assert index.matcher(bob, "get", "a") is index.matcher(user, "get", "b")
 
 
 class WatchedMemo(collections.OrderedDict[str, bool]):

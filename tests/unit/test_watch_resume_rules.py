@@ -3,6 +3,8 @@ last resourceVersion or bookmark is a 410, as it is for a running watch (docs/wa
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 import pytest
 from twisted.internet.defer import Deferred
@@ -13,6 +15,7 @@ from payloadtags.access.rbac import RbacAuthorizer, RbacIndex
 from payloadtags.identity import UserInfo
 from payloadtags.watch import ScopeSource, Watcher, WatchHub, WatchLimits
 from payloadtags.watch.rules import RulesLedger
+from tests.unit.test_rbac import cluster_role, cluster_role_binding, role_ref, user_subject
 from tests.unit.test_watch import (
     GROUP,
     FakeReader,
@@ -667,4 +670,122 @@ def test_a_resume_after_the_reap_dropped_a_namespace_of_an_all_namespaces_watch_
     clock.advance(1)
     assert hub.checked_generation == index.generation
     assert not resumed(hub, source, int(added[-1].split()[2]))
+    hub.stop()
+
+
+def churned_all_namespaces_watch(
+    max_entries: int, namespaces: int
+) -> tuple[WatchHub, ScopeSource, Watcher, int, Clock]:
+    """alice's all-namespaces watch (one ClusterRole bound to her: no RBAC change at all) while
+    ``namespaces`` CI namespaces each get a tag that is deleted, a reap after each. Returns the hub, the
+    source, the watch, the sequence once it started, and the clock."""
+    reader = FakeReader({"keep/app": {"v1"}})
+    clock = Clock()
+    hub, index, authorizer = rbac_hub(reader, clock)
+    RBAC[hub] = Rbac(index, authorizer)
+    hub.rules.max_entries = max_entries
+    rule = {"apiGroups": [GROUP], "resources": ["payloadrepositoryaccesses"], "verbs": ["get"]}
+    index.upsert("ClusterRole", cluster_role("reader", {**rule, "resourceNames": ["app"]}))
+    index.upsert(
+        "ClusterRoleBinding",
+        cluster_role_binding("reader", role_ref("ClusterRole", "reader"), user_subject("alice")),
+    )
+    source = ready(hub, None)
+    w, _ = rbac_watcher(authorizer, "alice")
+    assert hub.start(w, source, since=None, timeout=None)
+    hub.check_access()
+    started = hub.versions.current
+    for n in range(namespaces):
+        repository = f"ci-{n}/app"
+        reader.repositories[repository] = {"v1"}
+        hub.repository_changed(repository)
+        while one_turn(clock):
+            pass
+        del reader.repositories[repository]
+        hub.repository_changed(repository)
+        while one_turn(clock):
+            pass
+        hub.reap()
+    return hub, source, w, started, clock
+
+
+def test_the_bound_of_the_rules_noted_holds_for_a_lone_user_whose_watch_reaps_many_namespaces() -> None:
+    """Each reap notes the namespaces an all-namespaces watch drops (for its client's resumes), and
+    nothing took a namespace out of a user's entry: the bound evicted only other users, so a lone
+    user's entry grew with every namespace that came and went (the review's ledger_growth.py: 10,001
+    noted against a bound of 50), and each watch, access check and list of hers compared them all.
+    Her oldest namespaces go first now, and her resumes from before are 410 (what they held there can
+    no longer be judged); a resume from after is served."""
+    hub, source, w, started, _ = churned_all_namespaces_watch(max_entries=8, namespaces=40)
+    (noted,) = hub.rules.entries.values()
+    assert len(noted.rules) <= 8 and hub.rules.size <= 8, (len(noted.rules), hub.rules.size)  # were 41
+    assert "ci-39" in noted.rules and "ci-0" not in noted.rules
+    assert not resumed(hub, source, started)
+    assert resumed(hub, source, hub.versions.current)
+    w.end("test")
+    hub.stop()
+
+
+def test_a_user_noted_in_more_namespaces_than_the_bound_resumes_from_before_with_410() -> None:
+    """The ledger itself: a user noted in more namespaces than the bound in all keeps the newest, and
+    her entry, incomplete, dates a change then."""
+    hub, source, _, _ = ended_stream("team", ["app"])
+    ledger = RulesLedger(max_entries=4)
+    alice = UserInfo("alice")
+    matcher = RBAC[hub].index.matcher(alice, "get", "team")
+    before = hub.versions.current
+    assert ledger.admits(source, alice, ["team"], lambda _: matcher, before, hub.versions.next)
+    for n in range(10):
+        ledger.saw(source, alice, [(f"ns-{n}", [matcher])], lambda _: matcher, hub.versions.next)
+    (noted,) = ledger.entries.values()
+    assert ledger.size == len(noted.rules) <= 4 and "ns-9" in noted.rules  # were 11
+    assert not ledger.admits(source, alice, [], lambda _: matcher, before, hub.versions.next)
+    assert ledger.admits(source, alice, [], lambda _: matcher, hub.versions.current, hub.versions.next)
+    hub.stop()
+
+
+def test_the_reap_keeps_the_rules_it_could_not_tell_the_ledger_and_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The ledger fails once as the reap tells it the rules of `ci`, gone from the scope: the watch keeps
+    them (dropped untold, a resume from before the DELETED that emptied `ci`, after a revocation there,
+    would be served), the reap completes (raising, it would stop the LoopingCall: no source reaped
+    again), and the next reap tells them and drops them."""
+    reader = FakeReader({"keep/x": {"v1"}})
+    clock = Clock()
+    hub, index, authorizer = rbac_hub(reader, clock)
+    grant(index, "alice", "keep", ["x"], "alice")
+    grant(index, "alice", "ci", ["app"], "alice")
+    source = ready(hub, None)
+    w, _ = rbac_watcher(authorizer, "alice")
+    assert hub.start(w, source, since=None, timeout=None)
+    hub.check_access()
+    for change in ("add", "delete"):
+        if change == "add":
+            reader.repositories["ci/app"] = {"v1"}
+        else:
+            del reader.repositories["ci/app"]
+        hub.repository_changed("ci/app")
+        while one_turn(clock):
+            pass
+    real = RulesLedger.saw
+    told: list[list[str]] = []
+
+    def failing_once(self: RulesLedger, *args: Any, **kwargs: Any) -> None:
+        told.append([namespace for namespace, _ in args[2]])
+        if len(told) == 1:
+            raise RuntimeError("the ledger failed")
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(RulesLedger, "saw", failing_once)
+    hub.reap()  # does not raise
+    assert told == [["ci"]]
+    assert [namespace for namespace, _ in w.rules_seen()] == ["keep", "ci"]  # kept: not told
+    assert not any("ci" in noted.rules for noted in hub.rules.entries.values())
+    hub.reap()
+    assert told == [["ci"], ["ci"]]
+    assert [namespace for namespace, _ in w.rules_seen()] == ["keep"]
+    (noted,) = hub.rules.entries.values()
+    assert "ci" in noted.rules
+    w.end("test")
     hub.stop()

@@ -151,11 +151,14 @@ class RbacIndex:
     _matchers: collections.OrderedDict[tuple[Any, ...], tuple[int, PathMatcher]] = attrs.field(
         factory=collections.OrderedDict, init=False
     )
-    # The matchers in use by namespace and what their rules mean (``fingerprint``): users, and so their
-    # watches, with the same rules in a namespace share one matcher and its memo of decisions. Not across
-    # namespaces: one rule bound cluster-wide would have one memo (of _MAX_MEMO paths) for the paths of
-    # every namespace, and an all-namespaces list's decisions cycle through it, none memoized.
-    _shared: weakref.WeakValueDictionary[tuple[str, bytes], PathMatcher] = attrs.field(
+    # The matchers in use by what their rules mean (``fingerprint``), whatever the namespace: users, and
+    # so their watches, with the same rules share one matcher and its memo of decisions (the same rules
+    # decide a path alike in every namespace). Not one per namespace: any user may name namespaces (a
+    # GET of a made-up name is decided before any read), and a memo each made the decisions kept grow
+    # with them, up to _MAX_MEMO memos of _MAX_MEMO paths. So at most _MAX_MEMO paths per distinct set of
+    # rules, which only RBAC objects make; an all-namespaces list cycling through more makes each
+    # decision again (a few microseconds: the memo evicts in O(1)).
+    _shared: weakref.WeakValueDictionary[bytes, PathMatcher] = attrs.field(
         factory=weakref.WeakValueDictionary, init=False
     )
     # Compiled patterns by source, kept across rebuilds: one RBAC edit should not recompile them all.
@@ -227,7 +230,7 @@ class RbacIndex:
         if found is not None and found[1].same_rules(fresh):
             fresh = found[1]
         else:
-            fresh = self._shared.setdefault((namespace, fresh.fingerprint), fresh)
+            fresh = self._shared.setdefault(fresh.fingerprint, fresh)
         self._matchers[key] = (self._built, fresh)
         self._matchers.move_to_end(key)
         if len(self._matchers) > _MAX_MEMO:

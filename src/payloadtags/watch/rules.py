@@ -28,14 +28,17 @@ starts and as it ends.)
 Bounded: past ``max_entries`` (user, namespace) pairs in all, the least recently used user of a scope is
 forgotten, and the sequence then is kept for her in a fixed table of slots (by a hash of scope and
 user): a resume of hers from below it is 410 until she is noted again, from the rules a watch of hers
-still running ran under if one is, else from her next watch's. Another user sharing the slot has the
-same 410 (one in `FORGOTTEN_SLOTS`). Entries go with their scope's source (`WatchHub.reap`), whose
-history a resume then cannot use anyway. Each replica keeps its own, in its own numbers.
+still running ran under if one is, else from her next watch's. A user alone past it (an all-namespaces
+watch notes every namespace it drops) keeps her newest namespaces, and her resumes from before are 410.
+Another user sharing the slot has the same 410 (one in `FORGOTTEN_SLOTS`). Entries go with their
+scope's source (`WatchHub.reap`), whose history a resume then cannot use anyway. Each replica keeps
+its own, in its own numbers.
 """
 
 from __future__ import annotations
 
 import collections
+import itertools
 import zlib
 from collections.abc import Callable, Iterable
 
@@ -277,6 +280,21 @@ class RulesLedger:
             key, dropped = self.entries.popitem(last=False)
             self.size -= dropped.cost
             self._forget_key(key)
+        if self.size > self.max_entries:
+            self._trim()
+
+    def _trim(self) -> None:
+        """One user alone past the bound (an all-namespaces watch of hers notes every namespace it drops
+        at the reap: with CI namespaces coming and going, her entry grew without end, and each watch,
+        access check and list of hers compared them all): her oldest namespaces go, down to seven
+        eighths of the bound (a compact dict rebuilt now and then, not its oldest key looked for past
+        the slots of those deleted before on every noting). What her client holds from before in them
+        can no longer be judged: a change dated now, so a resume of hers from before is 410."""
+        (source, _), noted = next(iter(self.entries.items()))
+        keep = max(1, self.max_entries - self.max_entries // 8)
+        noted.rules = dict(itertools.islice(noted.rules.items(), max(0, len(noted.rules) - keep), None))
+        noted.changed_at = max(noted.changed_at, source.versions.next())
+        self.size = noted.cost
 
     def _slot(self, key: tuple[ScopeSource, UserKey]) -> int:
         # The same in every run (str hashes are not): a user shares her slot with the same others.
