@@ -844,6 +844,10 @@ class Inventory:
         RegistryConflict, the tag kept)."""
         return await self.client.delete_tag(ref.repository, ref.tag, expected=expected)
 
+    async def check_delete(self, ref: TagRef) -> None:
+        """Raise what `delete` would for a registry that cannot delete now; changes nothing."""
+        await self.client.check_delete(ref.repository, ref.tag)
+
 
 def _unfinished(
     namespace: str | None,

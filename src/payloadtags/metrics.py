@@ -285,6 +285,9 @@ class InstrumentedRegistry:
         call = self.inner.delete_manifest(repository, digest, hooks=checks.hooks())
         return await self._measure("delete_manifest", call, checks)
 
+    async def check_delete(self, repository: str, tag: str) -> None:
+        return await self._measure("check_delete", self.inner.check_delete(repository, tag))
+
     async def close(self) -> None:
         await self.inner.close()
 

@@ -610,6 +610,42 @@ async def test_delete_server_dry_run_changes_nothing(kubectl, registry, repo):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_server_dry_run_the_registry_would_refuse_fails_as_the_delete_does(
+    make_server, kubectl_for, registry, nodelete_registry, repo
+):
+    # review-newcomer 1: against a registry with deletes turned off, `--dry-run=server` said
+    # "deleted (server dry run)" and a dry-run deletecollection listed every tag, where the real
+    # requests fail 503. kubectl 1.32 now shows the same error for both.
+    ns = namespace_of(repo)
+    push(registry, ns, "app", "v1", "v2")
+    kubectl = kubectl_for(await make_server(nodelete_registry))
+    target = name("app", "v1")
+    refused = (
+        f"Error from server (ServiceUnavailable): registry {nodelete_registry.url} does not allow deletes "
+        f"(storage.delete.enabled is false): deleting tag {ns}/app:v1 is not possible; ask the registry's "
+        "administrator"
+    )
+
+    dry = failed(await kubectl("delete", "prt", "-n", ns, target, "--dry-run=server"))
+    real = failed(await kubectl("delete", "prt", "-n", ns, target))
+
+    assert (dry.out, error_line(dry)) == ("", refused)
+    assert (real.out, error_line(real)) == ("", refused)
+
+    path = f"/apis/{GROUP}/v1alpha1/namespaces/{ns}/payloadrepositorytags"
+    dry = failed(await kubectl("delete", "--raw", path + "?dryRun=All"))
+    real = failed(await kubectl("delete", "--raw", path))
+
+    assert dry.out == real.out == ""
+    assert error_line(dry) == error_line(real)
+    assert error_line(dry).startswith(
+        "Error from server (ServiceUnavailable): deletecollection of "
+        f"{RESOURCE} in namespace {ns} is not finished: 2 of 2 selected tag(s) are still there"
+    )
+    assert images.list_tags(registry, f"{ns}/app") == ["v1", "v2"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_delete_missing_name_is_not_found(kubectl, registry, repo):
     ns = namespace_of(repo)
     push(registry, ns, "app", "v1")

@@ -1993,6 +1993,30 @@ async def test_a_registry_refusing_deletes_is_503(
     assert images.list_tags(registry, repo) == ["v1"]
 
 
+@pytest.mark.parametrize("refusing", ["readonly_registry", "nodelete_registry"])
+@pytest.mark.parametrize("request_", ["delete", "deletecollection"])
+@pytest_twisted.ensureDeferred
+async def test_a_dry_run_the_registry_would_refuse_fails_as_the_request_would(
+    make_server, registry, repo, request, refusing, request_
+):
+    # review-newcomer 1: a dry run answered "deleted" (and a dry-run deletecollection listed every
+    # tag) where the same request without dryRun is refused 503: docs/api.md says a dry run followed
+    # by the same request deletes what the dry run showed. It now fails with the same answer.
+    namespace, path = split(repo)
+    images.push_oci_image(registry, repo, "v1")
+    images.push_oci_image(registry, repo, "v2")
+    target = request.getfixturevalue(refusing)
+    server = await make_server(target)
+    client = server.client(server.pki.admin)
+    url = f"{collection(namespace)}/{encode_name(path, 'v1')}" if request_ == "delete" else collection(namespace)
+    dry = await client.delete(url + "?dryRun=All")
+    dry_status = assert_status(dry, 503, "ServiceUnavailable")
+    real = await client.delete(url)
+    assert dry_status == assert_status(real, 503, "ServiceUnavailable")
+    assert dry.header("retry-after") == real.header("retry-after")
+    assert images.list_tags(registry, repo) == ["v1", "v2"]
+
+
 # --- routes served directly -------------------------------------------------------------------------
 
 

@@ -550,6 +550,10 @@ class TagsService:
             raise not_found(name)
         self._check_preconditions(ref, options)
         if options.dry_run:
+            # Fails where the delete would for the registry (deletes off, read-only, no delete
+            # permission), with its answer: a dry run that succeeds is followed by the same request
+            # deleting what it showed (docs/api.md).
+            await self.inventory.check_delete(ref)
             _audit(user, ref, None, dry_run=True)
             return self._object(ref)
         try:
@@ -621,6 +625,7 @@ class TagsService:
                 self._check_preconditions(ref, options)
         meta = ListMeta(resource_version=self.versions.current(), continue_=selected_meta.continue_)
         if options.dry_run:
+            await self._check_deletes(namespace, refs)
             for ref in refs:
                 _audit(user, ref, None, dry_run=True)
             return [self._object(ref) for ref in refs], meta
@@ -684,6 +689,27 @@ class TagsService:
             again_selected = [ref for ref in listed if ref in selected]
             checked = await self._left_by_late_writes(again_selected, leaves, failed)
             todo = list(checked)
+
+    async def _check_deletes(self, namespace: str, refs: builtins.list[TagRef]) -> None:
+        """A dry-run deletecollection's check: the real one's answer (`_collection_incomplete`) when
+        the registry would refuse the deletes of ``refs`` (deletes off, read-only), each tag's
+        `Inventory.check_delete` in the real one's order and concurrency. The check is believed for
+        a while once passed (`RegistryClient.check_delete`): one request for a selection that may go."""
+        failed: dict[TagRef, str] = {}
+        lasting: set[TagRef] = set()
+
+        async def check(ref: TagRef) -> None:
+            try:
+                await self.inventory.check_delete(ref)
+            except RegistryError as error:
+                failed[ref] = str(error)
+                if error.lasting:
+                    lasting.add(ref)
+
+        await bounded_map(check, _across_repositories(refs), self.delete_concurrency)
+        if failed:
+            left = [ref for ref in refs if ref in failed]
+            raise _collection_incomplete(namespace, len(refs), left, failed, (), lasting)
 
     async def _left_by_late_writes(
         self, refs: builtins.list[TagRef], leaves: Collection[tuple[str, str, str]], failed: dict[TagRef, str]

@@ -855,10 +855,24 @@ class RegistryClient:
         if reply.status not in (200, 202, 204):
             raise self._error(reply, f"deleting manifest {repository}@{digest}")
 
-    async def _probe_delete(self, repository: str, tag: str) -> None:
+    async def check_delete(self, repository: str, tag: str) -> None:
+        """The check a delete of the tag makes before it writes (the probe, believed as long), so that
+        a dry run fails where the delete would (docs/api.md): the same error, with the same words.
+        Not in the repository's turn, nor under the checks of a mutation holding it: it writes
+        nothing, and a dry run neither waits behind deletes nor fails on another delete's checks."""
+        self._check_repository(repository)
+        self._check_tag(tag)
+        if self._reactor.seconds() < self._probe_valid_until:
+            return
+        await self._probe_delete(repository, tag, gated=False)
+
+    async def _probe_delete(self, repository: str, tag: str, *, gated: bool = True) -> None:
         try:
             reply = await self._call(
-                "DELETE", f"/v2/{repository}/manifests/{_PROBE_DIGEST}", scope=self._delete(repository)
+                "DELETE",
+                f"/v2/{repository}/manifests/{_PROBE_DIGEST}",
+                scope=self._delete(repository),
+                gated=gated,
             )
         except RegistryUnavailable as error:
             self._probe_valid_until = 0.0
@@ -1392,13 +1406,15 @@ class RegistryClient:
         max_body: int = JSON_LIMIT,
         redirects: bool = False,
         on_send: Callable[[], object] | None = None,
+        gated: bool = True,
     ) -> _Reply:
         """One registry request, authenticated as the registry demands: at most one 401 round.
 
         A write of a repository whose turn a mutation with checks holds (`_gated`) runs them once its
-        connection slot is held, right before it goes out, on each attempt."""
+        connection slot is held, right before it goes out, on each attempt (unless not ``gated``: a
+        request of no mutation, `check_delete`)."""
         url = path_or_url if "://" in path_or_url else self._base + path_or_url
-        ready = self._ready(method, url, scope)
+        ready = self._ready(method, url, scope) if gated else None
         if ready is not None and ready.before is not None:
             # The token first, where the registry is known to want one: then only the request's own
             # round trip follows the confirmation, not a token service's too.

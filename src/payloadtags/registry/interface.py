@@ -132,6 +132,11 @@ class Registry(Catalog, Protocol):
         """Remove a manifest and every tag that names it. ``hooks``: see `WriteHooks`."""
         ...
 
+    async def check_delete(self, repository: str, tag: str, /) -> None:
+        """Raise what `delete_tag` of this tag would for a registry that cannot delete now (deletes
+        turned off, read-only, the account may not delete), changing nothing: a dry run's check."""
+        ...
+
     async def close(self) -> None:
         """Drop the pooled connections."""
         ...
