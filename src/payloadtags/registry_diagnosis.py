@@ -15,11 +15,15 @@ from typing import Any, Protocol
 import attrs
 from twisted.logger import Logger
 
-from payloadtags.registry import RegistryAuthFailed, RegistryError, RegistryNotFound
+from payloadtags.registry import RegistryAuthFailed, RegistryDeleteDisabled, RegistryError, RegistryNotFound
 from payloadtags.registry.client import RootAnswer
 
 log = Logger()
 
+# Where the deletes check looks when the catalog names no repository: its DELETE names a digest no
+# registry holds, so it changes nothing, in a repository that need not exist.
+CHECK_REPOSITORY = "payloadtags-check/deletes"
+CHECK_TAG = "check"
 CREDENTIAL_FLAGS = "--registry-username-file/--registry-password-file"
 TLS_WORDS = ("certificate", "ssl", "tls", "handshake")
 
@@ -30,6 +34,8 @@ class Probed(Protocol):
     async def ping(self) -> None: ...
 
     async def catalog(self, last: str | None = None, n: int = ...) -> Any: ...
+
+    async def check_delete(self, repository: str, tag: str, /) -> None: ...
 
 
 def _hint(error: RegistryError) -> str:
@@ -73,9 +79,11 @@ async def probe(registry: Probed, url: str) -> str:
         line = f"registry {url} is reachable but refuses this server: {_hint(error)}"
         log.error("{line}", line=line, registryUrl=url)
         return line
+    first: str | None = None
     try:
-        await registry.catalog(n=1)
+        page = await registry.catalog(n=1)
         catalog = "allowed"
+        first = page.repositories[0] if page.repositories else None
     except RegistryError as error:
         catalog = f"denied ({error}); namespace lists need the catalog"
     line = (
@@ -86,7 +94,28 @@ async def probe(registry: Probed, url: str) -> str:
         log.info("{line}", line=line, registryUrl=url, apiVersion=root.api_version, auth=auth)
     else:
         log.warn("{line}", line=line, registryUrl=url, apiVersion=root.api_version, auth=auth)
+    await _check_deletes(registry, url, first)
     return line
+
+
+async def _check_deletes(registry: Probed, url: str, repository: str | None) -> None:
+    """Warn when the registry has deletes turned off: otherwise the operator learns it from a user's
+    failed delete, or a namespace cleanup that does nothing. The check a delete makes (a DELETE of a
+    digest no registry holds, which changes nothing), in a repository the catalog showed when it
+    did (the registry account's rights there). Any other outcome is left to the deletes themselves:
+    a read-only registry (maintenance) is so for a while, and an account may delete in some
+    repositories only."""
+    try:
+        await registry.check_delete(repository or CHECK_REPOSITORY, CHECK_TAG)
+    except RegistryDeleteDisabled:
+        log.warn(
+            "registry {registryUrl} does not allow deletes (storage.delete.enabled is false): every "
+            "delete, deletecollection and namespace cleanup will fail with 503 until its administrator "
+            "sets storage.delete.enabled to true",
+            registryUrl=url,
+        )
+    except RegistryError as error:
+        log.debug("registry {registryUrl}: deletes check: {error}", registryUrl=url, error=str(error))
 
 
 @attrs.define

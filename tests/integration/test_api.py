@@ -2008,7 +2008,9 @@ async def test_a_dry_run_the_registry_would_refuse_fails_as_the_request_would(
     target = request.getfixturevalue(refusing)
     server = await make_server(target)
     client = server.client(server.pki.admin)
-    url = f"{collection(namespace)}/{encode_name(path, 'v1')}" if request_ == "delete" else collection(namespace)
+    url = collection(namespace)
+    if request_ == "delete":
+        url += "/" + encode_name(path, "v1")
     dry = await client.delete(url + "?dryRun=All")
     dry_status = assert_status(dry, 503, "ServiceUnavailable")
     real = await client.delete(url)

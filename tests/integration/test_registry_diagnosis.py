@@ -7,14 +7,15 @@ from typing import Any
 
 import pytest_twisted
 from twisted.internet.task import Clock
-from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.web.pages import notFound
 from twisted.web.server import Site
 from zope.interface import implementer
 
 from payloadtags.registry import RegistryAuthFailed, RegistryNotFound, RegistryUnavailable
 from payloadtags.registry_diagnosis import FailureLog, probe
-from tests.support.registry_server import free_port
+from tests.support import images
+from tests.support.registry_server import RegistryServer, free_port
 
 
 @implementer(ILogObserver)
@@ -42,6 +43,39 @@ async def test_a_healthy_registry_is_described(make_client, registry):
         f"registry {registry.url} reachable: API version registry/2.0, authentication none, catalog allowed"
     )
     assert [e["log_level"] for e in captured.events] == [LogLevel.info]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_registry_with_deletes_turned_off_is_said_at_start(make_client, registry, nodelete_registry):
+    # review-newcomer 3: the probe said "reachable … catalog allowed" and nothing more; the operator
+    # learnt that deletes were off from a user's failed delete. One warning now says it, and what
+    # it means; the server still starts (the probe's line is the same as before).
+    images.push_oci_image(registry, "diagnosis/deletes", "v1")
+    with Captured() as captured:
+        line = await probe(make_client(nodelete_registry), nodelete_registry.url)
+    assert line == (
+        f"registry {nodelete_registry.url} reachable: API version registry/2.0, authentication none, "
+        "catalog allowed"
+    )
+    said = [(e["log_level"], formatEvent(e)) for e in captured.events]
+    assert said == [
+        (LogLevel.info, line),
+        (
+            LogLevel.warn,
+            f"registry {nodelete_registry.url} does not allow deletes (storage.delete.enabled is false): "
+            "every delete, deletecollection and namespace cleanup will fail with 503 until its "
+            "administrator sets storage.delete.enabled to true",
+        ),
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_registry_with_deletes_turned_off_and_no_repository_is_said_at_start(make_client):
+    # The same before anything was pushed (a registry just installed): the check needs no repository.
+    with RegistryServer(delete_enabled=False) as empty, Captured() as captured:
+        await probe(make_client(empty), empty.url)
+    assert [e["log_level"] for e in captured.events] == [LogLevel.info, LogLevel.warn]
+    assert "does not allow deletes (storage.delete.enabled is false)" in formatEvent(captured.events[1])
 
 
 @pytest_twisted.ensureDeferred
