@@ -51,12 +51,19 @@ def _hint(error: RegistryError) -> str:
     return text
 
 
+def _once(text: str, url: str) -> str:
+    """``text`` after "registry URL cannot be used: ", naming the registry once: the client's errors
+    begin with "registry URL" ("… is unavailable: …"), said "it" there."""
+    named = f"registry {url.rstrip('/')} "
+    return "it " + text[len(named) :] if text.startswith(named) else text
+
+
 async def probe(registry: Probed, url: str) -> str:
     """Probe the registry once; log and return the line (for tests)."""
     try:
         root = await registry.root()
     except RegistryError as error:
-        line = f"registry {url} cannot be used: {_hint(error)}"
+        line = f"registry {url} cannot be used: {_once(_hint(error), url)}"
         log.error("{line}", line=line, registryUrl=url)
         return line
     if root.status == 404:

@@ -107,9 +107,9 @@ async def test_an_untrusted_certificate_names_the_ca_flag(make_client, tls_regis
 async def test_nothing_listening_says_unavailable(make_client):
     url = f"http://127.0.0.1:{free_port()}"
     line = await probe(make_client(url), url)
-    assert line.startswith(
-        f"registry {url} cannot be used: registry {url} is unavailable: connection refused"
-    )
+    # review-newcomer 6: the URL once, where it read "registry URL cannot be used: registry URL is …".
+    assert line.startswith(f"registry {url} cannot be used: it is unavailable: connection refused")
+    assert line.count(url) == 1, line
 
 
 @pytest_twisted.ensureDeferred
