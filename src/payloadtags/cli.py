@@ -8,6 +8,7 @@ kubeconfig loaded: payloadtags.startup) and only then run (payloadtags.server).
 from __future__ import annotations
 
 import argparse
+import difflib
 import ipaddress
 import os
 import re
@@ -31,6 +32,11 @@ from payloadtags.settings import (
 from payloadtags.tls import CIPHER_SUITES
 from payloadtags.validators import address_problem
 
+# What `payloadtags --help` says (the module's docstring is for developers).
+DESCRIPTION = (
+    "Serve the tags of an OCI container registry as Kubernetes objects (PayloadRepositoryTag), as a "
+    "Kubernetes aggregated API server. Its flags: payloadtags serve --help."
+)
 USERNAME_ENV = "PAYLOADTAGS_REGISTRY_USERNAME"
 PASSWORD_ENV = "PAYLOADTAGS_REGISTRY_PASSWORD"
 
@@ -202,7 +208,43 @@ def _paths(text: str) -> tuple[str, ...]:
 
 
 class _Parser(argparse.ArgumentParser):
-    """Mistakes argparse finds itself (unknown flag, missing value) end like every other: one line, 1."""
+    """Mistakes argparse finds itself (unknown flag, missing value) end like every other: one line, 1.
+
+    A command's unknown flags are its own mistakes, said first and pointing at its help (argparse
+    leaves them to the top-level parser, whose help lists none of the command's flags, and says
+    them only after a missing required flag, which a misspelt one often is), with a near miss."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self._subparsers is None:  # a command's parser (the top-level one passes the rest on)
+            unknown = self._unknown_flags(sys.argv[1:] if args is None else args)
+            if unknown:
+                self.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return super().parse_known_args(args, namespace)
+
+    def _unknown_flags(self, args: Sequence[str]) -> list[str]:
+        """Each argument argparse would take for a flag this parser has not, with a near miss."""
+        shown = [
+            option
+            for action in self._actions
+            if action.help != argparse.SUPPRESS
+            for option in action.option_strings
+            if option.startswith("--")
+        ]
+        unknown = []
+        for arg in args:
+            if arg == "--":
+                break  # what follows is positional
+            if not arg.startswith("-") or arg == "-" or self._negative_number_matcher.match(arg):
+                continue  # a value (argparse reads a negative number as one here: no flag looks like one)
+            name = arg.split("=", 1)[0]
+            if name in self._option_string_actions or arg[:2] in self._option_string_actions:
+                continue
+            spelt = name.replace("_", "-").lower()
+            near = [spelt] if spelt in shown else difflib.get_close_matches(spelt, shown, n=1)
+            unknown.append(f"{arg} (did you mean {near[0]}?)" if near else arg)
+        return unknown
 
     def error(self, message: str) -> NoReturn:
         self.exit(1, f"{self.prog}: {message} (see {self.prog} --help)\n")
@@ -247,7 +289,7 @@ def _deprecated(group: Any, *names: str, instead: str, **kwargs: Any) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="payloadtags", description=__doc__, allow_abbrev=False)
+    parser = _Parser(prog="payloadtags", description=DESCRIPTION, allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"payloadtags {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     serve = commands.add_parser(

@@ -311,12 +311,58 @@ def test_main_reports_usage_errors_in_one_line(capsys):
 
 
 def test_unknown_flags_and_missing_values_exit_1_in_one_line(capsys):
+    # review-newcomer 4: the hint pointed at `payloadtags --help`, which lists no serve flag.
     with pytest.raises(SystemExit) as done:
         main(["serve", "--registry-url=http://x", "--bogus"])
     assert done.value.code == 1
     assert (
-        capsys.readouterr().err == "payloadtags: unrecognized arguments: --bogus (see payloadtags --help)\n"
+        capsys.readouterr().err
+        == "payloadtags serve: unrecognized arguments: --bogus (see payloadtags serve --help)\n"
     )
+    with pytest.raises(SystemExit) as done:
+        main(["serve", "--registry-url=http://x", "--secure-port"])
+    assert done.value.code == 1
+    assert capsys.readouterr().err == (
+        "payloadtags serve: argument --secure-port: expected one argument (see payloadtags serve --help)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [
+        ("--registry_url=http://x", "--registry-url"),
+        ("--registry-urll=http://x", "--registry-url"),
+        ("--secure_port", "--secure-port"),
+        ("--kubeconfg", "--kubeconfig"),
+    ],
+)
+def test_a_misspelt_flag_is_named_with_its_near_miss_before_missing_ones(capsys, typed, meant):
+    # review-newcomer 4: `--registry_url=…` said only "the following arguments are required:
+    # --registry-url", never naming the flag typed; a near miss is now named, as argparse 3.14 can.
+    with pytest.raises(SystemExit) as done:
+        main(["serve", typed, "--authorization-mode=AlwaysAllow"])
+    assert done.value.code == 1
+    assert capsys.readouterr().err == (
+        f"payloadtags serve: unrecognized arguments: {typed} (did you mean {meant}?) "
+        "(see payloadtags serve --help)\n"
+    )
+
+
+def test_a_value_that_looks_like_a_flag_is_left_to_its_flag(capsys):
+    # Only what argparse itself takes for an option is checked: a negative number is a value.
+    assert main(["serve", "--registry-url=http://x", "--secure-port", "-5"]) == 1
+    err = capsys.readouterr().err
+    assert "--secure-port" in err and "unrecognized" not in err
+
+
+def test_top_level_help_is_for_users(capsys):
+    # review-newcomer 4: it showed the module's docstring (internal names, RST markup).
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Serve the tags of an OCI container registry as Kubernetes objects" in text
+    assert "payloadtags serve --help" in text
+    assert "``" not in text and "payloadtags.startup" not in text and "Settings" not in text
 
 
 def test_deprecated_spellings_still_work_and_warn(capsys):
