@@ -40,6 +40,7 @@ from payloadtags.http.channel import GuardedSite, GuardedTLSFactory, LimitedConn
 from payloadtags.identity import UserInfo
 from payloadtags.inventory import Inventory
 from payloadtags.kube import ClusterClient, KubeClient, Reflector
+from payloadtags.kube.diagnosis import access_log, cause
 from payloadtags.lifecycle import OrderedServices, Part, StopSignals
 from payloadtags.limits import FRONT_PROXY_CONNECTIONS, held_watch_limits, watch_limits
 from payloadtags.listen import listen
@@ -336,9 +337,17 @@ def _access_rules(authorizer: AlwaysAllow | RbacAuthorizer) -> Callable[[UserInf
 
 def _synced(reflectors: list[Reflector], what: str) -> Callable[[], Awaitable[None]]:
     async def check() -> None:
-        waiting = [r.name for r in reflectors if not r.has_synced]
-        if waiting:
-            raise RuntimeError(f"{what} not synced yet: {', '.join(waiting)}")
+        waiting = [r for r in reflectors if not r.has_synced]
+        # Those that failed say why: a refusal (403) is no wait, as "not synced yet" would suggest.
+        failing = [f"{r.name}: {cause(r.last_error)}" for r in waiting if r.last_error is not None]
+        pending = [r.name for r in waiting if r.last_error is None]
+        said = []
+        if failing:
+            said.append(f"{what} cannot be read: {'; '.join(failing)}")
+        if pending:
+            said.append(f"{what} not synced yet: {', '.join(pending)}")
+        if said:
+            raise RuntimeError("; ".join(said))
 
     return check
 
@@ -362,7 +371,11 @@ async def start(
 
     kube = KubeClient(reactor, cluster) if cluster is not None else None
     reflectors: list[Reflector] = []
-    options = reflector_options or {}
+    options = dict(reflector_options or {})
+    if cluster is not None:
+        # A refused user, rejected credentials or an unreachable API fail every reflector alike:
+        # said once for all, with the fix, and not once a retry each (docs/troubleshooting.md).
+        options.setdefault("on_failure", access_log(cluster, monotonic))
     token = None
     if kube is not None:
         token = TokenReviewAuthenticator(

@@ -47,6 +47,7 @@ from payloadtags.kube.errors import (
     KubeStreamLost,
     KubeTimeout,
     KubeUnavailable,
+    KubeUnreachable,
     status_from_body,
 )
 from payloadtags.kube.execcred import PLUGIN_TIMEOUT, ExecCredential, ExecPlugin, run_plugin
@@ -308,7 +309,7 @@ class KubeClient:
             )
         except _CONNECTION_ERRORS as e:
             _raise_if_cancelled(e)
-            raise KubeUnavailable(f"{method} {path}: {_describe(e)}") from e
+            raise KubeUnreachable(f"{method} {path}: {_describe(e)}") from e
 
     async def _bounded(self, work: Coroutine[Any, Any, T], what: str) -> T:
         """Run `work` under the request timeout, turning expiry into `KubeTimeout`; a caller's

@@ -78,6 +78,10 @@ class KubeUnavailable(KubeError):
     """The API server could not be reached, or the connection to it broke."""
 
 
+class KubeUnreachable(KubeUnavailable):
+    """A request to the API server failed on the way: refused, reset, TLS or DNS failure."""
+
+
 class KubeStreamLost(KubeUnavailable):
     """A watch stream ended abruptly (not a clean end of the chunked response)."""
 

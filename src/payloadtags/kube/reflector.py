@@ -14,7 +14,7 @@ resumed like a broken one. Time and randomness are injected so all of this is te
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 import attrs
@@ -108,6 +108,9 @@ class Reflector:
     backoff_reset_after: float = 120.0
     rng: random.Random = attrs.field(factory=random.Random)
     name: str = ""
+    # Told each failure (the path, the error): True when it said it (a cause every reflector meets
+    # alike, said once for all with its fix: `ClusterAccessLog`), so that this one does not.
+    on_failure: Callable[[str, KubeError], bool] | None = None
 
     _items: dict[str, JsonObject] = attrs.field(factory=dict, init=False)
     _listeners: list[StoreListener] = attrs.field(factory=list, init=False)
@@ -120,6 +123,8 @@ class Reflector:
     _retried_at: float | None = attrs.field(default=None, init=False)
     lists: int = attrs.field(default=0, init=False)
     watches: int = attrs.field(default=0, init=False)
+    # The last failure (not a 410) since the last complete list: why the store is not synced yet.
+    last_error: KubeError | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         if not self.name:
@@ -211,14 +216,23 @@ class Reflector:
                     # through (a server whose history keeps vanishing) is slowed down like a failure.
                     if self._expired_streak == 1:
                         continue
-                else:
+                elif not self._said(e):
                     log.warn("Reflector {name}: API error {error}", name=self.name, error=e)
                 await self._sleep(e.retry_after)
             except (KubeError, _ShortWatch) as e:
                 if self._stopping:
                     return
-                log.warn("Reflector {name}: {error}; retrying", name=self.name, error=e)
+                if not (isinstance(e, KubeError) and self._said(e)):
+                    log.warn("Reflector {name}: {error}; retrying", name=self.name, error=e)
                 await self._sleep()
+
+    def _said(self, error: KubeError) -> bool:
+        """Notes ``error`` as the last one; whether `on_failure` said it (then logged at debug only)."""
+        self.last_error = error
+        if self.on_failure is not None and self.on_failure(self.path, error):
+            log.debug("Reflector {name}: {error}; retrying", name=self.name, error=error)
+            return True
+        return False
 
     async def _sleep(self, at_least: float | None = None) -> None:
         if (
@@ -292,6 +306,7 @@ class Reflector:
             if key not in new:
                 self._notify("on_delete", obj)
         self._notify("on_replaced", list(new.values()))
+        self.last_error = None
         if not self._synced:
             self._synced = True
             waiters, self._sync_waiters = self._sync_waiters, []

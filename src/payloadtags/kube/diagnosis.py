@@ -1,0 +1,126 @@
+"""Saying what is wrong with the cluster API access, once for every reflector: refused credentials
+(401), refused access (403), an unreachable server.
+
+Each reflector retries on its own (`Reflector`), and a kubeconfig whose user lacks its grants fails
+every one of them on every retry: a raw warning each gave some thirty lines in ten seconds, none
+saying what to do. These causes are said instead in one line each, with the fix, at most once per
+period (with the count left out since), and `cause` gives the words /readyz shows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import attrs
+from twisted.logger import Logger
+
+from payloadtags.kube.config import ClusterConfig, _without_userinfo
+from payloadtags.kube.errors import KubeApiError, KubeError, KubeUnreachable
+
+log = Logger()
+
+# A line for each cause at most this often: a lasting refusal is still said, without filling the log.
+PERIOD = 60.0
+
+RBAC_FILE = "manifests/base/rbac-server.yaml"
+
+
+def cause(error: BaseException) -> str:
+    """What a failure of the cluster API means, as /readyz says it: refused, rejected, unreachable."""
+    if isinstance(error, KubeApiError) and error.code == 403:
+        return f"refused: {error}"
+    if isinstance(error, KubeApiError) and error.code == 401:
+        return f"credentials rejected: {error}"
+    if isinstance(error, KubeUnreachable):
+        return f"unreachable: {error}"
+    return str(error)
+
+
+def _grant(path: str) -> str:
+    """The grant that lets payloadtags read ``path`` (docs/install.md, "RBAC")."""
+    if "/configmaps" in path:
+        return (
+            "bind it the Role extension-apiserver-authentication-reader in kube-system (RoleBinding "
+            "payloadtags:authentication-reader)"
+        )
+    return "bind it the ClusterRole payloadtags:server (ClusterRoleBinding payloadtags:server)"
+
+
+@attrs.define
+class ClusterAccessLog:
+    """Logs the cluster API's refusals and unreachability with what to do, rate-limited per cause.
+
+    ``server``: the cluster API's URL as messages show it; ``in_cluster``: the credentials are the
+    pod's service account's, not a kubeconfig's. Timed on ``monotonic``, as the registry's failure
+    lines are: a wall clock stepped back would keep every line out for as long as the step."""
+
+    server: str
+    in_cluster: bool = False
+    monotonic: Callable[[], float] = time.monotonic
+    period: float = PERIOD
+    _last: dict[str, float] = attrs.field(factory=dict, init=False)
+    _suppressed: dict[str, int] = attrs.field(factory=dict, init=False)
+
+    def __call__(self, path: str, error: KubeError) -> bool:
+        """Say ``error`` of a request for ``path`` when it is one of the causes said here; True then
+        (its caller says nothing more), False for any other failure (its caller says it)."""
+        said = self._line(path, error)
+        if said is None:
+            return False
+        key, line = said
+        now = self.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.period:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return True
+        self._last[key] = now
+        suppressed = self._suppressed.pop(key, 0)
+        log.warn(
+            "{line}{more}",
+            line=line,
+            # Counted since the last line: the period, or longer when the failures had stopped.
+            more=f" ({suppressed} more like it in the {now - last:.0f}s since the last line)"
+            if last is not None and suppressed
+            else "",
+        )
+        return True
+
+    def _line(self, path: str, error: KubeError) -> tuple[str, str] | None:
+        user = "the pod's service account" if self.in_cluster else "the kubeconfig's user"
+        retries = "payloadtags retries, and is not ready until it can read what it needs"
+        if isinstance(error, KubeApiError) and error.code == 403:
+            grant = _grant(path)
+            return (
+                f"403 {grant}",
+                f"the cluster API {self.server} refuses {user}: {error.message or error} (403); "
+                f"{grant} ({RBAC_FILE}, docs/install.md); {retries}",
+            )
+        if isinstance(error, KubeApiError) and error.code == 401:
+            check = (
+                "check the service account token mounted in the pod"
+                if self.in_cluster
+                else "check the user's token, client certificate or exec plugin in the kubeconfig"
+            )
+            return (
+                "401",
+                f"the cluster API {self.server} rejects the credentials of {user} "
+                f"(401 {error.reason or 'Unauthorized'}); {check}; {retries}",
+            )
+        if isinstance(error, KubeUnreachable):
+            check = (
+                "check KUBERNETES_SERVICE_HOST/PORT and the network path from the pod"
+                if self.in_cluster
+                else "check the cluster's server URL in the kubeconfig (--kubeconfig) and the network "
+                "path to it"
+            )
+            return (
+                "unreachable",
+                f"the cluster API {self.server} is unreachable ({error}); {check}; {retries}",
+            )
+        return None
+
+
+def access_log(cluster: ClusterConfig, monotonic: Callable[[], float] = time.monotonic) -> ClusterAccessLog:
+    """The `ClusterAccessLog` of ``cluster``, naming its server without credentials."""
+    return ClusterAccessLog(_without_userinfo(cluster.server), cluster.in_cluster, monotonic)

@@ -1,0 +1,178 @@
+"""What payloadtags says when the cluster API refuses its kubeconfig's user, rejects its credentials
+or cannot be reached (review-newcomer 2): one line per cause, with what to do, at most once a period
+(where every reflector warned on every retry: some thirty raw lines in ten seconds, for ever), and
+/readyz's failing check says the cause (where it said "not synced yet", as if a wait would do).
+
+Against the cluster-API double, with the server's intervals on a `Clock` that only the test moves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel, formatEvent
+
+from payloadtags.kube.diagnosis import PERIOD
+from tests.support.kubeapi import KubeApiDouble, eventually
+from tests.support.logcapture import collected_logs
+from tests.support.registry_server import free_port
+
+pytestmark = [pytest.mark.registry]
+
+# Guards against a hang only, never a measure of speed: generous for a loaded machine.
+HANG_GUARD = 30.0
+REFLECTORS = (
+    "extension-apiserver-authentication",
+    "Role",
+    "ClusterRole",
+    "RoleBinding",
+    "ClusterRoleBinding",
+)
+
+
+def retries(events: list[dict[str, Any]], name: str) -> int:
+    """How often the reflector ``name`` failed: said by itself, or at debug once the access log said it."""
+    return sum(
+        1
+        for e in events
+        if e.get("log_namespace") == "payloadtags.kube.reflector"
+        and e["log_level"] in (LogLevel.debug, LogLevel.warn)
+        and e.get("name") == name
+    )
+
+
+def kube_warnings(events: list[dict[str, Any]]) -> list[str]:
+    return [
+        formatEvent(e)
+        for e in events
+        if str(e.get("log_namespace", "")).startswith("payloadtags.kube") and e["log_level"] >= LogLevel.warn
+    ]
+
+
+async def failed_each(events: list[dict[str, Any]], times: int) -> None:
+    def enough() -> bool:
+        return all(retries(events, name) >= times for name in REFLECTORS)
+
+    await eventually(enough, within=HANG_GUARD)
+
+
+async def readyz_reason(server: Any, events: list[dict[str, Any]]) -> str:
+    """The reason of the failing rbac readiness check (withheld from the caller, logged)."""
+    assert (await server.client(None).get("/readyz/rbac")).code == 500
+    said = [formatEvent(e) for e in events if e.get("log_namespace") == "payloadtags.api.health"]
+    assert said, "no readyz failure logged"
+    return said[-1]
+
+
+def unauthorized_kubeconfig(kube_api: KubeApiDouble, tmp_path: Path) -> Path:
+    path = kube_api.write_kubeconfig(tmp_path / "badtoken", username="someone", auth="token")
+    config = json.loads(path.read_text())
+    config["users"][0]["user"]["token"] = "not-a-token-the-api-knows"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def unreachable_kubeconfig(kube_api: KubeApiDouble, tmp_path: Path) -> Path:
+    path = kube_api.write_kubeconfig(tmp_path / "unreachable")
+    config = json.loads(path.read_text())
+    config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{free_port()}"
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_user_without_grants_gets_one_line_per_grant_and_readyz_says_refused(
+    make_server, registry, kube_api, tmp_path
+):
+    kube_api.authorizer = lambda user, info: False  # nobody but system:masters may do anything
+    kubeconfig = kube_api.write_kubeconfig(tmp_path / "nobody", username="nobody", groups=())
+    clock = Clock()
+    with collected_logs() as events:
+        server = await make_server(
+            registry, kubeconfig=str(kubeconfig), authorization_mode="RBAC", monotonic=clock.seconds
+        )
+        await failed_each(events, 3)
+        lines = kube_warnings(events)
+        reason = await readyz_reason(server, events)
+        # A period later, each cause is said again, with the count of the refusals it left out.
+        clock.advance(PERIOD)
+        before = {name: retries(events, name) for name in REFLECTORS}
+        await eventually(
+            lambda: all(retries(events, name) > before[name] for name in REFLECTORS), within=HANG_GUARD
+        )
+        again = kube_warnings(events)[len(lines) :]
+    prefix = f"the cluster API {kube_api.url} refuses the kubeconfig's user: "
+    retry = "payloadtags retries, and is not ready until it can read what it needs"
+    assert len(lines) == 2, lines
+    (reader,) = [line for line in lines if "configmaps" in line]
+    (server_role,) = [line for line in lines if "configmaps" not in line]
+    assert reader == (
+        f'{prefix}configmaps is forbidden: User "nobody" cannot list resource "configmaps" in API group "" '
+        'in the namespace "kube-system" (403); bind it the Role extension-apiserver-authentication-reader '
+        "in kube-system (RoleBinding payloadtags:authentication-reader) (manifests/base/rbac-server.yaml, "
+        f"docs/install.md); {retry}"
+    )
+    assert server_role.startswith(prefix), server_role
+    assert 'is forbidden: User "nobody" cannot list resource "' in server_role
+    assert server_role.endswith(
+        "(403); bind it the ClusterRole payloadtags:server (ClusterRoleBinding payloadtags:server) "
+        f"(manifests/base/rbac-server.yaml, docs/install.md); {retry}"
+    )
+    assert not any("Reflector" in line for line in lines)
+    assert reason.startswith("readyz check rbac failed: RBAC objects cannot be read: "), reason
+    assert "not synced yet" not in reason
+    for kind in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"):
+        assert f"{kind}: refused: 403 Forbidden: " in reason, reason
+    assert len(again) == 2, again
+    assert all(f"more like it in the {PERIOD:.0f}s since the last line)" in line for line in again), again
+
+
+@pytest_twisted.ensureDeferred
+async def test_rejected_credentials_get_one_line_and_readyz_says_rejected(
+    make_server, registry, kube_api, tmp_path
+):
+    kubeconfig = unauthorized_kubeconfig(kube_api, tmp_path)
+    with collected_logs() as events:
+        server = await make_server(
+            registry, kubeconfig=str(kubeconfig), authorization_mode="RBAC", monotonic=Clock().seconds
+        )
+        await failed_each(events, 3)
+        lines = kube_warnings(events)
+        reason = await readyz_reason(server, events)
+    assert lines == [
+        f"the cluster API {kube_api.url} rejects the credentials of the kubeconfig's user (401 "
+        "Unauthorized); check the user's token, client certificate or exec plugin in the kubeconfig; "
+        "payloadtags retries, and is not ready until it can read what it needs"
+    ]
+    assert reason.startswith(
+        "readyz check rbac failed: RBAC objects cannot be read: Role: credentials rejected: 401 Unauthorized"
+    ), reason
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unreachable_cluster_api_gets_one_line_and_readyz_says_unreachable(
+    make_server, registry, kube_api, tmp_path
+):
+    kubeconfig = unreachable_kubeconfig(kube_api, tmp_path)
+    server_url = json.loads(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+    with collected_logs() as events:
+        server = await make_server(
+            registry, kubeconfig=str(kubeconfig), authorization_mode="RBAC", monotonic=Clock().seconds
+        )
+        await failed_each(events, 3)
+        lines = kube_warnings(events)
+        reason = await readyz_reason(server, events)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"the cluster API {server_url} is unreachable (GET /"), lines
+    assert "onnection refused" in lines[0]
+    assert lines[0].endswith(
+        "; check the cluster's server URL in the kubeconfig (--kubeconfig) and the network path to it; "
+        "payloadtags retries, and is not ready until it can read what it needs"
+    )
+    assert reason.startswith(
+        "readyz check rbac failed: RBAC objects cannot be read: Role: unreachable: GET /"
+    )
