@@ -43,6 +43,9 @@ class Deleting(Registry):
         self.content[repository].discard(tag)
         return digest
 
+    async def check_delete(self, repository: str, tag: str) -> None:
+        """A dry run's check (`Inventory.check_delete`): deletes work here."""
+
 
 def service(registry: Deleting) -> tuple[TagsService, list[str]]:
     changed: list[str] = []
