@@ -692,24 +692,28 @@ class TagsService:
 
     async def _check_deletes(self, namespace: str, refs: builtins.list[TagRef]) -> None:
         """A dry-run deletecollection's check: the real one's answer (`_collection_incomplete`) when
-        the registry would refuse the deletes of ``refs`` (deletes off, read-only), each tag's
-        `Inventory.check_delete` in the real one's order and concurrency. The check is believed for
-        a while once passed (`RegistryClient.check_delete`): one request for a selection that may go."""
+        the registry would refuse the deletes of ``refs`` (deletes off, read-only). The check is the
+        registry's, not a tag's (`Inventory.check_delete`, believed for a while once passed): the
+        first tag's says it; when it fails, those the answer names are checked for their own words,
+        and the rest are left as the first was, as the real request would leave them."""
+        if not refs:
+            return
         failed: dict[TagRef, str] = {}
         lasting: set[TagRef] = set()
-
-        async def check(ref: TagRef) -> None:
+        for ref in refs[:NAMED_LEFT]:
             try:
                 await self.inventory.check_delete(ref)
             except RegistryError as error:
                 failed[ref] = str(error)
                 if error.lasting:
                     lasting.add(ref)
-
-        await bounded_map(check, _across_repositories(refs), self.delete_concurrency)
-        if failed:
-            left = [ref for ref in refs if ref in failed]
-            raise _collection_incomplete(namespace, len(refs), left, failed, (), lasting)
+            if not failed:
+                return  # deletes work here
+        rest = refs[NAMED_LEFT:]
+        left = [ref for ref in refs[:NAMED_LEFT] if ref in failed] + rest
+        if refs[0] in lasting:
+            lasting.update(rest)
+        raise _collection_incomplete(namespace, len(refs), left, failed, (), lasting)
 
     async def _left_by_late_writes(
         self, refs: builtins.list[TagRef], leaves: Collection[tuple[str, str, str]], failed: dict[TagRef, str]
