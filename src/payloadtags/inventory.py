@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 
 from payloadtags.deferreds import bounded_map
 from payloadtags.names import TagRef, split_repository
-from payloadtags.registry import Catalog, Manifest, Registry, namespace_of
+from payloadtags.registry import Catalog, Manifest, Registry, namespace_of, sorts_by_components
 from payloadtags.registry.blobcache import BlobCache
 from payloadtags.registry.content import (
     MAX_JSON_DEPTH,
@@ -200,8 +200,13 @@ class CatalogCursor:
     """Reads the catalog a page at a time, as ``(repository, namespace, path)`` triples.
 
     For one namespace the catalog is sought with ``last`` and read only until the first name outside
-    ``<namespace>/``: the registry orders names component by component, so a namespace's repositories
-    are contiguous and come right after the namespace's own name.
+    ``<namespace>/``: a namespace's repositories are contiguous in either order. By components (the
+    registry's order, when it is distribution's) they come right after the namespace's own name. A
+    registry that sorts plainly puts `team-x/a` and `team.x/a` between `team` and `team/a` ("-" and
+    "." sort below "/"): so, until the first name inside, a name that sorts plainly before
+    ``<namespace>/`` is passed over, not taken for the end, unless the client knows its registry
+    sorts by components (`sorts_by_components`). Until it knows, an empty namespace is read through
+    the `<namespace>-*` and `<namespace>.*` names after it (docs/registry.md, "Catalog").
 
     Names come in catalog order (`catalog_key`), as the repository index has them and lists show
     them, also from distribution 2.8, whose storage walk lists `team/app/0` before `team/app`
@@ -244,6 +249,19 @@ class CatalogCursor:
     guessed: set[str] = attrs.field(init=False, factory=set)
     # The rest it resumed from (`resuming`): while no catalog page is read, its rests are cut from it.
     _resumed: CatalogRest | None = attrs.field(init=False, default=None)
+    # Whether the cursor has reached ``<namespace>/`` (a name in it, or began in it): from then on
+    # the first name outside ends the namespace, in whatever order (see above).
+    _reached: bool = attrs.field(
+        init=False,
+        default=attrs.Factory(
+            lambda self: (
+                self.namespace is not None
+                and self.last is not None
+                and self.last.startswith(self.namespace + "/")
+            ),
+            takes_self=True,
+        ),
+    )
 
     @classmethod
     def resuming(
@@ -259,6 +277,7 @@ class CatalogCursor:
         cursor._top = rest.top
         cursor.guessed = set(rest.guessed)
         cursor._resumed = rest
+        cursor._reached = True  # it handed out ``rest.after``, a repository in the namespace
         return cursor
 
     def rests(self, seen: Sequence[Entry], *afters: tuple[str, int] | None) -> list[CatalogRest | None]:
@@ -345,11 +364,21 @@ class CatalogCursor:
         self.done = not more or not names
         if self.namespace is not None:
             inside = self.namespace + "/"
+            # Before the namespace is reached, names that sort plainly before it are passed over
+            # (`team-x/a` before `team/a`), unless the registry is known to sort by components.
+            passing = not self._reached and not sorts_by_components(self.client)
+            start = 0
             for end, repository in enumerate(names):
-                if not repository.startswith(inside):
+                if repository.startswith(inside):
+                    self._reached = True
+                elif passing and not self._reached and repository < inside:
+                    start = end + 1
+                else:
                     self.done = True
-                    names = names[:end]
+                    names = names[start:end]
                     break
+            else:
+                names = names[start:]
         if self.key_order:
             names = self._in_key_order(sought, names, None if self.done else page.repositories[-1])
         if page.repositories:

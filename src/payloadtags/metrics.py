@@ -247,6 +247,12 @@ class InstrumentedRegistry:
         # up at --registry-timeout, its wait for a connection included: the registry's slowness.
         return await self._measure("ping", self.inner.ping(), cancel_is_timeout=True)
 
+    @property
+    def catalog_order(self) -> str | None:
+        """The inner client's (`registry.sorts_by_components`)."""
+        order: str | None = getattr(self.inner, "catalog_order", None)
+        return order
+
     async def catalog(self, last: str | None = None, n: int = MAX_CATALOG_PAGE) -> CatalogPage:
         return await self._measure("catalog", self.inner.catalog(last=last, n=n))
 

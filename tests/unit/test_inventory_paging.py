@@ -25,6 +25,9 @@ from tests.unit.test_repoindex import run
 
 
 class Registry:
+    # What `RegistryClient.catalog_order` says once a page has shown it (`sorts_by_components`).
+    catalog_order: str | None = "component"
+
     def __init__(self, content: dict[str, set[str]]) -> None:
         self.content = {name: set(tags) for name, tags in content.items()}
         self.tag_reads: list[str] = []
@@ -63,6 +66,8 @@ class Lexical(Registry):
     """A registry that sorts its catalog plainly, character by character, as the API's description has
     it (docs/registry.md, "Catalog"), and answers ``last=`` so: `team/app-x` before `team/app/b`, which
     catalog order (component by component) puts the other way round."""
+
+    catalog_order = None  # as the client has it until a page shows the order
 
     async def catalog(self, last: str | None = None, n: int = 1000) -> CatalogPage:
         self.catalog_reads += 1
@@ -209,6 +214,45 @@ def test_a_walk_of_distribution_28s_catalog_equals_the_unpaged_list_in_catalog_o
     walk's page after `team/app` showed `team/app/0` again. Both show every tag once, in catalog order
     (`team/app` first, as the repository index has them)."""
     check_walks_equal_unpaged(content, namespace, limit, Distribution28)
+
+
+class Unsaid(Registry):
+    """Sorted by components, by a client that has not learnt so (no page has shown it yet)."""
+
+    catalog_order = None
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 5])
+def test_a_plainly_sorted_namespace_is_listed_past_the_names_that_sort_before_it(limit: int) -> None:
+    # Plainly, `team-x/a` and `team.x/b` come after `team` and before `team/a` ("-" and "." sort below
+    # "/"): the cursor sought `last=team` and stopped at the first of them, so the namespace, paged or
+    # not, listed nothing. The names before it span catalog pages (of three names here).
+    content = {
+        "team-a/x": {"1"},
+        "team-b/y": {"1"},
+        "team-x/a": {"1"},
+        "team.x/b": {"1"},
+        "team/a": {"1", "2"},
+        "team/b": {"1"},
+        "team/c/d": {"1"},
+        "team0/c": {"1"},
+        "teamx/d": {"1"},
+    }
+    for double in (Lexical, Registry, Unsaid, Distribution28):
+        check_walks_equal_unpaged(content, "team", limit, double)
+
+
+def test_an_empty_namespace_with_names_that_sort_before_it_lists_nothing() -> None:
+    content = {"team-x/a": {"1"}, "team-y/b": {"1"}, "team.x/c": {"1"}, "ops/a": {"1"}, "teamz/a": {"1"}}
+    for double in (Lexical, Registry, Unsaid, Distribution28):
+        for page_size in (1, 2, 1000):
+            registry = double(content)
+            inventory = Inventory(registry, concurrency=4, page_size=page_size)  # type: ignore[arg-type]
+            assert run(inventory.list("team")).refs == []
+            if double.catalog_order == "component":
+                # Known to sort by components: `team-x/a`, the first name after `team`, ends it.
+                assert registry.catalog_reads == 1, (double, page_size)
+            assert walk(inventory, "team", 1) == ([], 1)
 
 
 def test_distribution_28s_nested_repositories_in_catalog_order_at_every_page_boundary() -> None:

@@ -14,7 +14,14 @@ from twisted.internet.task import Clock, deferLater
 from payloadtags.access.authz import AlwaysAllow
 from payloadtags.identity import UserInfo
 from payloadtags.metrics import CountingAuthorizer, InstrumentedRegistry, Metrics
-from payloadtags.registry import Before, Check, RegistryNotFound, RegistryUnavailable, WriteHooks
+from payloadtags.registry import (
+    Before,
+    Check,
+    RegistryNotFound,
+    RegistryUnavailable,
+    WriteHooks,
+    sorts_by_components,
+)
 from tests.support.write_hooks import run_hooks
 
 
@@ -257,3 +264,13 @@ def test_a_readiness_check_given_up_is_logged_as_a_registry_timeout() -> None:
     assert texts[0].startswith("registry ping failed: ")
     assert "--registry-timeout" in texts[0]
     assert "(5 more like it in the 30s since the last line)" in texts[1]
+
+
+def test_the_instrumented_registry_says_the_catalog_order_its_client_learnt() -> None:
+    # A namespace list stops at the first name outside it at once only when the registry is known to
+    # sort by components (`inventory.CatalogCursor`); the server's lists read the instrumented client.
+    inner = Registry([])
+    registry = InstrumentedRegistry(inner, Metrics())  # type: ignore[arg-type]
+    assert not sorts_by_components(registry)  # a client that does not say
+    inner.catalog_order = "component"  # type: ignore[attr-defined]
+    assert sorts_by_components(registry)

@@ -40,6 +40,7 @@ from payloadtags.registry import (
     RegistrySettings,
     RegistryTimeout,
     RegistryUnavailable,
+    sorts_by_components,
 )
 from payloadtags.registry.client import PROBE_VALIDITY
 from payloadtags.registry.content import MAX_JSON_DEPTH
@@ -625,9 +626,14 @@ def test_catalog_pages_in_component_or_lexical_order_both_move_on() -> None:
         last = urllib.parse.parse_qs(urllib.parse.urlsplit(request.url).query)["last"][0]
         return json_answer({"repositories": [after[last]]})
 
-    for last, name in after.items():
+    for (last, name), order in zip(after.items(), ["component", "lexical"], strict=True):
         client, _ = make(page)
+        assert client.catalog_order is None  # not known before a page shows it
         assert result(client.catalog(last=last)).repositories == [name]
+        # Known from then on: a namespace list stops at the first name outside it at once only when
+        # the registry sorts by components (`CatalogCursor`).
+        assert client.catalog_order == order
+        assert sorts_by_components(client) == (order == "component")
     # One registry keeps one order: pages that would go round between the two are refused.
     client, _ = make(page)
     result(client.catalog(last="team/x"))

@@ -521,7 +521,8 @@ class Cascade:
 
         while True:
             # `last=<namespace>` seeks to the first `<namespace>/…` repository and the cursor stops at
-            # the first name outside it, so a prefix sibling (`team-a` for `team`) is never listed.
+            # the first name outside it, so a prefix sibling (`team-a` for `team`) is never listed
+            # (plainly sorted, one before it is read past: `CatalogCursor`).
             position = walk.position()
             # In the registry's own order, what a seek leaves out listed here (`skipped`).
             cursor = CatalogCursor(

@@ -35,7 +35,7 @@ from .errors import (
     RegistryTimeout,
     RegistryUnavailable,
 )
-from .interface import Before, Catalog, Check, Registry, Sent, Waiting, WriteHooks
+from .interface import Before, Catalog, Check, Registry, Sent, Waiting, WriteHooks, sorts_by_components
 from .late import LateWrites, namespace_of
 from .queue import RepositoryQueue
 
@@ -79,4 +79,5 @@ __all__ = [
     "is_valid_repository",
     "is_valid_tag",
     "namespace_of",
+    "sorts_by_components",
 ]

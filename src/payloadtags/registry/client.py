@@ -345,6 +345,12 @@ class RegistryClient:
             challenge=reply.header("WWW-Authenticate"),
         )
 
+    @property
+    def catalog_order(self) -> str | None:
+        """The order of catalog names, "component" or "lexical", once a page has shown which
+        (`_check_advances`); None until then (`registry.sorts_by_components`)."""
+        return self._catalog_order
+
     async def catalog(self, last: str | None = None, n: int = MAX_CATALOG_PAGE) -> CatalogPage:
         """One page of repository names after ``last`` (which need not exist).
 

@@ -86,6 +86,13 @@ class Catalog(Protocol):
         ...
 
 
+def sorts_by_components(catalog: Catalog) -> bool:
+    """Whether ``catalog`` is known to order its names component by component, as distribution does
+    (`RegistryClient.catalog`): its ``catalog_order`` is "component" once a page has shown it. Not a
+    member of `Catalog`: a catalog that does not say is one whose order is not known."""
+    return getattr(catalog, "catalog_order", None) == "component"
+
+
 class Registry(Catalog, Protocol):
     """Everything payloadtags does with the registry."""
 
@@ -142,4 +149,4 @@ class Registry(Catalog, Protocol):
         ...
 
 
-__all__ = ["Before", "Catalog", "Check", "Registry", "Sent", "Waiting", "WriteHooks"]
+__all__ = ["Before", "Catalog", "Check", "Registry", "Sent", "Waiting", "WriteHooks", "sorts_by_components"]
