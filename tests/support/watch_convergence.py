@@ -12,8 +12,11 @@ One run:
   stream that ends (its timeout, or the plan dropping the connection) is watched again from the last
   resourceVersion the client saw (an event's or a bookmark's); an ``ERROR`` 410 relists, as does a
   ``continue`` that expired. Clients start at planned moments: the first of a scope lists it while
-  nobody watches it, later ones while it has a source. In a third of the runs idle scopes are kept
-  for a second only, and the plan keeps a client away longer than that (its source may go: 410);
+  nobody watches it, later ones while it has a source (if its watch opened by then). Once the plan
+  is out, one more client watches a scope, and only once its watch is open does another start and
+  list that scope (`Run.list_while_watched`): every run lists a scope that has a source. In a third
+  of the runs idle scopes are kept for a second only, and the plan keeps a client away longer than
+  that (its source may go: 410);
 - half the clients are slow to watch after each list (a few tenths of a second, while changes go on:
   they are the watch's first events) and have that watch's connection cut after one to three events,
   resuming from the last resourceVersion they saw;
@@ -88,7 +91,7 @@ class Config:
     repositories: int = 2  # per namespace at the start
     tags: int = 2  # per repository at the start
     operations: int = 40
-    clients: int = 6  # started in all, at most
+    clients: int = 6  # started by the plan, at most (`Run.list_while_watched` adds two)
 
     def describe(self) -> str:
         return described(self)
@@ -142,6 +145,12 @@ class Client:
     # What it did, for the timeline of a tag it got wrong: (when, what, the tags it concerns).
     journal: list[tuple[float, str, frozenset[Key]]] = attrs.Factory(list)
     done: Deferred[None] | None = None
+    # Set by the run for a client that must be watching while another lists its scope
+    # (`Run.list_while_watched`): its watches last until the run ends one, and ``watching`` fires once
+    # one is open (or the client ended). ``listed`` fires once its first list is made (or it ended).
+    held: bool = False
+    watching: Deferred[None] = attrs.Factory(Deferred)
+    listed: Deferred[None] = attrs.Factory(Deferred)
 
     def describe(self) -> str:
         paging = "unpaged" if self.limit is None else f"limit={self.limit}"
@@ -196,6 +205,11 @@ class Client:
         except Exception as error:
             if not self.stopping:
                 self.violation(f"failed: {error!r}")
+        finally:
+            # Whoever waits for what it would have done goes on: it will not do it now.
+            for waited in (self.watching, self.listed):
+                if not waited.called:
+                    waited.callback(None)
 
     async def _reflect(self) -> None:
         relist = True
@@ -256,6 +270,8 @@ class Client:
                     self.note(f"list at {rv}", frozenset(items.values()))
                     counts["lists"] += 1
                     counts["lists with a source" if self.run.watched(self.scope) else "lists without"] += 1
+                    if not self.listed.called:
+                        self.listed.callback(None)
                     return True
         return False
 
@@ -269,12 +285,14 @@ class Client:
     async def _watch(self, cut: int = 0) -> str:
         """One watch stream: "ended" (resume from self.rv), "expired" (relist) or "error"; ``cut``:
         its connection goes after that many events."""
+        timeout = self.rng.randint(1, 3)
         query = self.selected(
             {
                 "watch": "true",
                 "resourceVersion": self.rv,
                 "allowWatchBookmarks": "true",
-                "timeoutSeconds": str(self.rng.randint(1, 3)),
+                # Held: longer than any run, so that only the run's drop ends it.
+                "timeoutSeconds": str(600 if self.held else timeout),
             }
         )
         path = collection(self.scope) + "?" + urllib.parse.urlencode(query)
@@ -285,6 +303,8 @@ class Client:
             self.violation(f"watch {path}: {opened.code}")
             return "error"
         self.stream = opened
+        if self.held and not self.watching.called:
+            self.watching.callback(None)
         last = self.run.sequence(self.rv)
         try:
             while True:
@@ -460,6 +480,7 @@ class Run:
                 await deferLater(self.reactor, rng.uniform(0.0, 0.03), lambda: None)
             while len(self.clients) < 2:  # a run checks at least two clients
                 self.start_client()
+            await self.list_while_watched()
             await gatherResults(running, consumeErrors=True)
             await self.quiet()
             return self.report
@@ -536,10 +557,16 @@ class Run:
         if len(self.clients) < self.config.clients:
             self.start_client()
 
-    def start_client(self) -> None:
+    def start_client(self, held: bool = False) -> Client:
+        """A client of a scope the seed picks; ``held``: one that watches until the run drops it,
+        neither slow to watch nor cut (`list_while_watched`)."""
         rng = self.rng
         # Scopes repeat, so that later clients list a scope that already has a source.
         scope = rng.choice([None, *self.namespaces[:2]])
+        return self._start_client(scope, held)
+
+    def _start_client(self, scope: str | None, held: bool = False) -> Client:
+        rng = self.rng
         limit = rng.choice([None, None, 1, 2, 3])
         client = Client(
             name=str(len(self.clients)),
@@ -548,8 +575,9 @@ class Run:
             api=self.admin(),
             rng=random.Random(rng.random()),
             run=self,
+            held=held,
         )
-        if client.rng.random() < 0.5:
+        if client.rng.random() < 0.5 and not held:
             # Slow to watch after its lists, and cut among the watch's first events.
             client.linger = client.rng.uniform(0.05, 0.3)
             client.cut = client.rng.randint(1, 3)
@@ -557,6 +585,24 @@ class Run:
         self.change(f"{client.describe()} starts", None)
         self.report.counts["clients"] += 1
         client.start()
+        return client
+
+    async def list_while_watched(self) -> None:
+        """Once the plan is out (its operations may still run), a scope is listed while it has a
+        source, whatever the timing: a held client lists and watches it, and only once its watch is
+        open does another client start and list the scope; the held one is dropped (it resumes as
+        any client) once that list is made. The plan's later clients of a scope may list it before
+        the first one's watch opened (under load, every one of them did in some runs); without this,
+        a run could check no list of a scope that has a source."""
+        holder = self.start_client(held=True)
+        await holder.watching
+        if holder.stream is None:
+            return  # it ended on a violation of its own; the run fails on it
+        lister = self._start_client(holder.scope)
+        await lister.listed
+        self.change(f"{holder.describe()} is let go", None)
+        holder.held = False
+        holder.drop(relist=False)
 
     def plan_waiter(self) -> Coroutine[Any, Any, None] | None:
         """A tag pushed into a new repository whose push notification is lost (the index does not
