@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest_twisted
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 
 from payloadtags.limits import HttpLimits
 from payloadtags.names import encode_name
@@ -152,13 +152,15 @@ async def test_a_replicas_removal_waits_for_the_unanswered_write_of_its_single_d
         hold.callback(None)  # the re-tag lands now, within the time its 504 named
         await proxy.settled()
         assert images.list_tags(fresh_registry, repo) == ["v1"]
-        # The namespace controller goes on calling; the calls past the time the PUT could land delete
-        # what it left.
-        for _ in range(10):
+        # The namespace controller goes on calling, backing off between calls (each 504 comes at once
+        # once the PUT's time is past what the request's deadline leaves); the calls past the time the
+        # PUT could land delete what it left.
+        for _ in range(20):
             removal = await masters.delete(collection)
             if removal.code == 200:
                 break
             assert removal.code == 504, removal.body
+            await deferLater(reactor, 0.5, lambda: None)
     assert removal.code == 200, removal.body
     assert images.list_tags(fresh_registry, repo) == []
 
