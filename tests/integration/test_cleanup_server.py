@@ -46,13 +46,7 @@ async def test_the_server_cleans_a_deleted_namespace_and_reports_it(
     images.push_oci_image(fresh_registry, f"{kept}/app", "v1")
     orphan = unique_namespace("orphan")  # content without a Namespace: the sweep at start removes it
     images.push_oci_image(fresh_registry, f"{orphan}/app", "v1")
-    server = await make_server(
-        fresh_registry,
-        kubeconfig=str(kube_kubeconfig),
-        authorization_mode="RBAC",
-        namespace_cleanup=True,
-        **FAST,
-    )
+    server = await _cleanup_server(make_server, fresh_registry, kube_kubeconfig)
 
     assert await eventually(lambda: _now(_lease_holder(kube_api) is not None), within=5) is True
     assert await eventually(lambda: _now(images.list_tags(fresh_registry, f"{orphan}/app") == []), within=5)
@@ -77,6 +71,24 @@ async def _now(value: bool) -> bool:
     return value
 
 
+async def _cleanup_server(make_server: Any, upstream: Any, kube_kubeconfig: Any, **options: Any) -> Any:
+    """A server with namespace cleanup against the test cluster (RBAC, fast leader election), its
+    registry ``upstream``, with ``options`` besides."""
+    return await make_server(
+        upstream,
+        kubeconfig=str(kube_kubeconfig),
+        authorization_mode="RBAC",
+        namespace_cleanup=True,
+        **FAST,
+        **options,
+    )
+
+
+def _controller(server: Any, pki: Any) -> Any:
+    """``server``'s client for the namespace controller (in system:masters)."""
+    return server.client(pki.client_ca.client("namespace-controller", ("system:masters",)))
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_deletecollections_deletes_are_counted_on_metrics(
     make_server,
@@ -92,13 +104,7 @@ async def test_a_deletecollections_deletes_are_counted_on_metrics(
     images.push_oci_image(fresh_registry, f"{ns}/app", "v1")
     images.tag_manifest(fresh_registry, f"{ns}/app", "v1", "v2")
     _another_replica_leads(kube_api)
-    server = await make_server(
-        fresh_registry,
-        kubeconfig=str(kube_kubeconfig),
-        authorization_mode="RBAC",
-        namespace_cleanup=True,
-        **FAST,
-    )
+    server = await _cleanup_server(make_server, fresh_registry, kube_kubeconfig)
     kube_api.store.delete(NAMESPACES, ns)  # Terminating
     masters = pki.client_ca.client("namespace-controller", ("system:masters",))
     answer = await server.client(masters).delete(
@@ -261,20 +267,9 @@ async def test_a_tag_by_tag_deletecollection_answers_its_own_504_before_the_requ
     with "get the tags again to see which are gone", which a look at once shows falsely done. It
     answers its own 504 at once: no time is left for the write before the deadline."""
     ns = unique_namespace("latedeadline")
-    _another_replica_leads(kube_api)
-    ensure_namespace(kube_api, ns)
-    repo = f"{ns}/app"
-    images.push_oci_image(fresh_registry, repo, "v1")
-    server = await make_server(
-        fresh_registry,
-        registry=RegistrySettings(url=fresh_registry.url, timeout=5.0),
-        kubeconfig=str(kube_kubeconfig),
-        authorization_mode="RBAC",
-        namespace_cleanup=True,
-        http=HttpLimits(request_timeout=3.0),
-        **FAST,
+    repo, server, masters = await _deadline_server(
+        make_server, fresh_registry, kube_kubeconfig, pki, kube_api, ns
     )
-    masters = server.client(pki.client_ca.client("namespace-controller", ("system:masters",)))
     try:
         late_writes = server.running.api.service.late_writes
         # As the registry client notes a delete whose re-tag went unanswered.
@@ -300,17 +295,14 @@ async def _deadline_server(
     ensure_namespace(kube_api, ns)
     repo = f"{ns}/app"
     images.push_oci_image(fresh_registry, repo, "v1")
-    server = await make_server(
+    server = await _cleanup_server(
+        make_server,
         fresh_registry,
+        kube_kubeconfig,
         registry=RegistrySettings(url=fresh_registry.url, timeout=5.0),
-        kubeconfig=str(kube_kubeconfig),
-        authorization_mode="RBAC",
-        namespace_cleanup=True,
         http=HttpLimits(request_timeout=3.0),
-        **FAST,
     )
-    masters = server.client(pki.client_ca.client("namespace-controller", ("system:masters",)))
-    return repo, server, masters
+    return repo, server, _controller(server, pki)
 
 
 @pytest_twisted.ensureDeferred
@@ -435,17 +427,14 @@ async def _held_retag(
     puts: list[str] = []
     hold: Deferred[None] = Deferred()
     proxy = FaultProxy(reactor, fresh_registry.url, first_put(repo, puts), hold=hold)
-    server = await make_server(
+    server = await _cleanup_server(
+        make_server,
         proxy.url,
+        kube_kubeconfig,
         registry=RegistrySettings(url=proxy.url, timeout=registry_timeout),
-        kubeconfig=str(kube_kubeconfig),
-        authorization_mode="RBAC",
-        namespace_cleanup=True,
-        **FAST,
         **limits,
     )
-    masters = server.client(pki.client_ca.client("namespace-controller", ("system:masters",)))
-    return repo, hold, proxy, server, masters
+    return repo, hold, proxy, server, _controller(server, pki)
 
 
 @asynccontextmanager

@@ -84,6 +84,19 @@ def unreachable_kubeconfig(kube_api: KubeApiDouble, tmp_path: Path) -> Path:
     return path
 
 
+async def _warnings_and_reason(make_server: Any, registry: Any, kubeconfig: Path) -> tuple[list[str], str]:
+    """A server whose cluster access goes through ``kubeconfig``: its warnings about the cluster API
+    once each reflector has failed three times, and the reason /readyz gives then."""
+    with collected_logs() as events:
+        server = await make_server(
+            registry, kubeconfig=str(kubeconfig), authorization_mode="RBAC", monotonic=Clock().seconds
+        )
+        await failed_each(events, 3)
+        lines = kube_warnings(events)
+        reason = await readyz_reason(server, events)
+    return lines, reason
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_user_without_grants_gets_one_line_per_grant_and_readyz_says_refused(
     make_server, registry, kube_api, tmp_path
@@ -136,13 +149,7 @@ async def test_rejected_credentials_get_one_line_and_readyz_says_rejected(
     make_server, registry, kube_api, tmp_path
 ):
     kubeconfig = unauthorized_kubeconfig(kube_api, tmp_path)
-    with collected_logs() as events:
-        server = await make_server(
-            registry, kubeconfig=str(kubeconfig), authorization_mode="RBAC", monotonic=Clock().seconds
-        )
-        await failed_each(events, 3)
-        lines = kube_warnings(events)
-        reason = await readyz_reason(server, events)
+    lines, reason = await _warnings_and_reason(make_server, registry, kubeconfig)
     assert lines == [
         f"the cluster API {kube_api.url} rejects the credentials of the kubeconfig's user (401 "
         "Unauthorized); check the user's token, client certificate or exec plugin in the kubeconfig; "
@@ -159,13 +166,7 @@ async def test_an_unreachable_cluster_api_gets_one_line_and_readyz_says_unreacha
 ):
     kubeconfig = unreachable_kubeconfig(kube_api, tmp_path)
     server_url = json.loads(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
-    with collected_logs() as events:
-        server = await make_server(
-            registry, kubeconfig=str(kubeconfig), authorization_mode="RBAC", monotonic=Clock().seconds
-        )
-        await failed_each(events, 3)
-        lines = kube_warnings(events)
-        reason = await readyz_reason(server, events)
+    lines, reason = await _warnings_and_reason(make_server, registry, kubeconfig)
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"the cluster API {server_url} is unreachable (GET /"), lines
     assert "onnection refused" in lines[0]

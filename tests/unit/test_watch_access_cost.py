@@ -47,6 +47,22 @@ def push(reader: FakeReader, hub: Any, clock: Clock, repository: str, tag: str) 
         pass
 
 
+def _assert_the_client_holds(w: Watcher, sink: FakeSink, expected: set[str]) -> None:
+    """The watch closed for changed access rules, or the client's view (ADDED less DELETED, in the
+    order written) is ``expected``."""
+    view: set[str] = set()
+    for line in sink.lines:
+        kind, name = line.split()[:2]
+        if kind == b"ADDED":
+            view.add(name.decode())
+        elif kind == b"DELETED":
+            view.discard(name.decode())
+    if w.closed:
+        assert gone(sink) and w.reason == "access rules changed", sink.lines
+    else:
+        assert view == expected, sink.lines
+
+
 def test_events_are_decided_by_the_rules_the_watch_holds_while_they_do_not_change() -> None:
     reader = FakeReader({"team/app": {"v1"}, "team/web": {"w1"}})
     clock = Clock()
@@ -141,17 +157,7 @@ def test_a_revocation_and_a_deletion_before_the_check_in_an_all_namespaces_watch
         while one_turn(clock):
             pass
         hub.check_access()
-    view: set[str] = set()
-    for line in sink.lines:
-        kind, name = line.split()[:2]
-        if kind == b"ADDED":
-            view.add(name.decode())
-        elif kind == b"DELETED":
-            view.discard(name.decode())
-    if w.closed:
-        assert gone(sink) and w.reason == "access rules changed", sink.lines
-    else:
-        assert view == {"team/b:v1"}, sink.lines
+    _assert_the_client_holds(w, sink, {"team/b:v1"})
     hub.stop()
 
 
@@ -291,15 +297,5 @@ def test_the_reap_keeps_the_rules_of_a_namespace_a_revocation_before_the_check_l
             pass
         hub.reap()
         hub.check_access()
-    view: set[str] = set()
-    for line in sink.lines:
-        kind, name = line.split()[:2]
-        if kind == b"ADDED":
-            view.add(name.decode())
-        elif kind == b"DELETED":
-            view.discard(name.decode())
-    if w.closed:
-        assert gone(sink) and w.reason == "access rules changed", sink.lines
-    else:
-        assert view == {"team/a:t0"}, sink.lines
+    _assert_the_client_holds(w, sink, {"team/a:t0"})
     hub.stop()

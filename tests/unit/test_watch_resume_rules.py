@@ -635,13 +635,12 @@ def test_a_page_decision_with_other_groups_compares_every_namespace() -> None:
     hub.stop()
 
 
-def test_a_resume_after_the_reap_dropped_a_namespace_of_an_all_namespaces_watch_and_a_revocation() -> None:
-    """An all-namespaces watch sends `ci/app:v1`'s ADDED, then its DELETED (`ci` empties); the reap
-    drops the rules of `ci`, gone from the scope, and the stream breaks before its client reads the
-    DELETED. Her access in `ci` is taken back and the client resumes from the ADDED: a 410, as for any
-    revocation between two streams. The reap dropped the rules before the ledger was told them (only at
-    the watch's end): the resume was served, the DELETED replayed was decided by the new rules and
-    dropped, and the client kept `ci/app:v1` (the review's resume_after_reap.py)."""
+def _watching_keep_with_ci_granted() -> tuple[
+    FakeReader, Clock, WatchHub, RbacIndex, ScopeSource, Watcher, FakeSink
+]:
+    """Alice's all-namespaces watch, begun and checked, with `keep/x:v1` and her grants in `keep` and
+    (still empty) `ci`: the reader, the clock, the hub (in ``RBAC``), its index, the source, the watch
+    and its sink."""
     reader = FakeReader({"keep/x": {"v1"}})
     clock = Clock()
     hub, index, authorizer = rbac_hub(reader, clock)
@@ -652,16 +651,32 @@ def test_a_resume_after_the_reap_dropped_a_namespace_of_an_all_namespaces_watch_
     w, sink = rbac_watcher(authorizer, "alice")
     assert hub.start(w, source, since=None, timeout=None)
     hub.check_access()
-    reader.repositories["ci/app"] = {"v1"}
+    return reader, clock, hub, index, source, w, sink
+
+
+def _change_ci_app(reader: FakeReader, hub: WatchHub, clock: Clock, tags: set[str] | None) -> None:
+    """`ci/app` given ``tags`` (None: deleted), the hub told, and its work done."""
+    if tags is None:
+        del reader.repositories["ci/app"]
+    else:
+        reader.repositories["ci/app"] = tags
     hub.repository_changed("ci/app")
     while one_turn(clock):
         pass
+
+
+def test_a_resume_after_the_reap_dropped_a_namespace_of_an_all_namespaces_watch_and_a_revocation() -> None:
+    """An all-namespaces watch sends `ci/app:v1`'s ADDED, then its DELETED (`ci` empties); the reap
+    drops the rules of `ci`, gone from the scope, and the stream breaks before its client reads the
+    DELETED. Her access in `ci` is taken back and the client resumes from the ADDED: a 410, as for any
+    revocation between two streams. The reap dropped the rules before the ledger was told them (only at
+    the watch's end): the resume was served, the DELETED replayed was decided by the new rules and
+    dropped, and the client kept `ci/app:v1` (the review's resume_after_reap.py)."""
+    reader, clock, hub, index, source, w, sink = _watching_keep_with_ci_granted()
+    _change_ci_app(reader, hub, clock, {"v1"})
     added = [line for line in sink.lines if line.startswith(b"ADDED ci/app:v1")]
     assert added, sink.lines
-    del reader.repositories["ci/app"]
-    hub.repository_changed("ci/app")
-    while one_turn(clock):
-        pass
+    _change_ci_app(reader, hub, clock, None)
     assert sink.lines[-1].startswith(b"DELETED ci/app:v1"), sink.lines
     hub.reap()
     assert [namespace for namespace, _ in w.rules_seen()] == ["keep"]  # still forgotten by the watch
@@ -751,23 +766,9 @@ def test_the_reap_keeps_the_rules_it_could_not_tell_the_ledger_and_goes_on(
     them (dropped untold, a resume from before the DELETED that emptied `ci`, after a revocation there,
     would be served), the reap completes (raising, it would stop the LoopingCall: no source reaped
     again), and the next reap tells them and drops them."""
-    reader = FakeReader({"keep/x": {"v1"}})
-    clock = Clock()
-    hub, index, authorizer = rbac_hub(reader, clock)
-    grant(index, "alice", "keep", ["x"], "alice")
-    grant(index, "alice", "ci", ["app"], "alice")
-    source = ready(hub, None)
-    w, _ = rbac_watcher(authorizer, "alice")
-    assert hub.start(w, source, since=None, timeout=None)
-    hub.check_access()
-    for change in ("add", "delete"):
-        if change == "add":
-            reader.repositories["ci/app"] = {"v1"}
-        else:
-            del reader.repositories["ci/app"]
-        hub.repository_changed("ci/app")
-        while one_turn(clock):
-            pass
+    reader, clock, hub, _, _, w, _ = _watching_keep_with_ci_granted()
+    for tags in ({"v1"}, None):
+        _change_ci_app(reader, hub, clock, tags)
     real = RulesLedger.saw
     told: list[list[str]] = []
 
