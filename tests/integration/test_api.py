@@ -989,6 +989,16 @@ def _v1_as_admin(api: Any, registry: Any, repo: str) -> tuple[Any, str]:
     return api.client(api.pki.admin), f"{collection(namespace)}/{encode_name(path, 'v1')}"
 
 
+# The headers of a client that asks for a Table and nothing else.
+AS_TABLE = {"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"}
+
+
+def _v1_collection_as_admin(api: Any, registry: Any, repo: str) -> tuple[Any, str]:
+    """The admin's client and the address of the tags of ``repo``'s namespace, v1 pushed into ``repo``."""
+    client, _ = _v1_as_admin(api, registry, repo)
+    return client, collection(split(repo)[0])
+
+
 @pytest_twisted.ensureDeferred
 async def test_bad_delete_bodies(api, registry, repo):
     client, url = _v1_as_admin(api, registry, repo)
@@ -1187,26 +1197,23 @@ async def test_a_tables_include_object_is_read_after_the_list_options(api, regis
     # kube-apiserver reads a Table's TableOptions last: a list's in transformResponseObject, after
     # r.List; a watch's in serveWatchHandler, after rw.Watch. Decoding (400), validation (422) and
     # storage (400) all answer first.
-    namespace, _ = split(repo)
-    client, _ = _v1_as_admin(api, registry, repo)
-    base = collection(namespace)
-    table = {"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"}
+    client, base = _v1_collection_as_admin(api, registry, repo)
     for query in (
         "includeObject=bogus&resourceVersionMatch=Bogus",
         "watch=true&timeoutSeconds=1&includeObject=bogus&resourceVersionMatch=Exact",
     ):
-        status = assert_status(await client.get(f"{base}?{query}", headers=table), 422, "Invalid")
+        status = assert_status(await client.get(f"{base}?{query}", headers=AS_TABLE), 422, "Invalid")
         assert status["details"]["kind"] == "ListOptions", query
     for query in (
         "includeObject=bogus&limit=abc",
         "includeObject=bogus&resourceVersion=abc",
         "watch=true&timeoutSeconds=1&includeObject=bogus&limit=abc",
     ):
-        status = assert_status(await client.get(f"{base}?{query}", headers=table), 400, "BadRequest")
+        status = assert_status(await client.get(f"{base}?{query}", headers=AS_TABLE), 400, "BadRequest")
         assert "Unable to convert to Table" not in status["message"], query
     # Valid options: the includeObject is still refused, for a list and a watch alike.
     for query in ("includeObject=bogus", "watch=true&timeoutSeconds=1&includeObject=bogus"):
-        status = assert_status(await client.get(f"{base}?{query}", headers=table), 400, "BadRequest")
+        status = assert_status(await client.get(f"{base}?{query}", headers=AS_TABLE), 400, "BadRequest")
         assert "Unable to convert to Table" in status["message"], query
 
 
@@ -1215,10 +1222,7 @@ async def test_a_lists_own_errors_come_before_a_tables_include_object(api, regis
     # kube-apiserver reads a list's TableOptions once r.List has succeeded: its storage's errors (a
     # resourceVersion it has not reached, 504; an exact one it no longer has, 410; a continue token
     # that does not decode, 400) answer first. They were the includeObject's 400.
-    namespace, _ = split(repo)
-    client, _ = _v1_as_admin(api, registry, repo)
-    base = collection(namespace)
-    table = {"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"}
+    client, base = _v1_collection_as_admin(api, registry, repo)
     listed = await client.get(base)
     current = int(listed.json()["metadata"]["resourceVersion"])
     for query, code, reason in (
@@ -1227,9 +1231,9 @@ async def test_a_lists_own_errors_come_before_a_tables_include_object(api, regis
         (f"resourceVersion={current - 1}&resourceVersionMatch=Exact", 410, "Expired"),
         ("continue=bogus", 400, "BadRequest"),
     ):
-        plain = assert_status(await client.get(f"{base}?{query}", headers=table), code, reason)
+        plain = assert_status(await client.get(f"{base}?{query}", headers=AS_TABLE), code, reason)
         bad = assert_status(
-            await client.get(f"{base}?{query}&includeObject=bogus", headers=table), code, reason
+            await client.get(f"{base}?{query}&includeObject=bogus", headers=AS_TABLE), code, reason
         )
         assert bad["message"] == plain["message"], query
         assert "Unable to convert to Table" not in bad["message"], query
@@ -1242,24 +1246,21 @@ async def test_a_streaming_list_from_a_future_resource_version_is_504_after_the_
     # kube-apiserver's cacher opens such a watch (a 200 whose stream carries the error as an ERROR
     # event), so serveWatchHandler's includeObject (400) and stream media type (406) come first.
     # payloadtags answers the 504 of a list (docs/watch.md), after them.
-    namespace, _ = split(repo)
-    client, _ = _v1_as_admin(api, registry, repo)
-    base = collection(namespace)
+    client, base = _v1_collection_as_admin(api, registry, repo)
     listed = await client.get(base)
     current = int(listed.json()["metadata"]["resourceVersion"])
     streaming = (
         "watch=true&timeoutSeconds=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan"
         f"&allowWatchBookmarks=true&resourceVersion={current + 1000}"
     )
-    table = {"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"}
     status = assert_status(
-        await client.get(f"{base}?{streaming}&includeObject=bogus", headers=table), 400, "BadRequest"
+        await client.get(f"{base}?{streaming}&includeObject=bogus", headers=AS_TABLE), 400, "BadRequest"
     )
     assert "Unable to convert to Table" in status["message"]
     assert_status(
         await client.get(f"{base}?{streaming}", headers={"Accept": "application/yaml"}), 406, "NotAcceptable"
     )
-    reply = await client.get(f"{base}?{streaming}", headers=table)
+    reply = await client.get(f"{base}?{streaming}", headers=AS_TABLE)
     assert_status(reply, 504, "Timeout")
     assert reply.header("retry-after") == "1"
 

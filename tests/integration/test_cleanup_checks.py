@@ -89,6 +89,20 @@ async def outcome_of(work: Deferred[Any]) -> str:
     return "finished"
 
 
+async def _ended(
+    hold: Deferred[None] | None, leader: Deferred[Any], removal: Deferred[Any] | None, client: RegistryClient
+) -> None:
+    """Whatever the test left: the held answer let go, the leader's cascade and the removal cancelled
+    if still running, and the client closed."""
+    if hold is not None and not hold.called:
+        hold.callback(None)
+    if not leader.called:
+        leader.cancel()
+    if removal is not None and not removal.called:
+        removal.cancel()
+    await client.close()
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_confirmation_the_api_cannot_give_lets_the_turn_go_for_its_backoff(
     registry: RegistryServer,
@@ -377,13 +391,7 @@ async def test_a_deletecollection_stops_waiting_at_its_budget(
         answer.callback(None)  # gone: the leader goes on
         assert await outcome_of(leader) == "finished"
     finally:
-        if answer is not None and not answer.called:
-            answer.callback(None)
-        if not leader.called:
-            leader.cancel()
-        if removal is not None and not removal.called:
-            removal.cancel()
-        await client.close()
+        await _ended(answer, leader, removal, client)
     assert images.list_tags(registry, repository) == []
 
 
@@ -796,13 +804,7 @@ async def test_a_leader_that_loses_its_lease_while_a_repairs_put_is_out_stops_an
         removal = Deferred.fromCoroutine(remover.remove(namespace, 2.0))
         await removal  # deletes what the PUT left
     finally:
-        if not held.called:
-            held.callback(None)
-        if not leader.called:
-            leader.cancel()
-        if removal is not None and not removal.called:
-            removal.cancel()
-        await client.close()
+        await _ended(held, leader, removal, client)
     assert images.list_tags(registry, repository) == []
 
 

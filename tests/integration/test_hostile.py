@@ -730,6 +730,42 @@ def read_head(sock: ssl.SSLSocket) -> Reply:
     return read_reply(sock, head=True)
 
 
+def _stalling_registry(
+    registry: Any, repo: str, reactor: Any
+) -> tuple[str, defer.Deferred[None], FaultProxy]:
+    """A namespace beside ``repo``'s, ``slow``, with slow/app:v1, and a proxy before ``registry`` that
+    holds every request of it until ``hold`` fires: ``slow``, ``hold`` and the proxy."""
+    namespace = repo.split("/")[0]
+    slow = f"{namespace}slow"
+    images.push_oci_image(registry, f"{slow}/app", "v1")
+    hold: defer.Deferred[None] = defer.Deferred()
+    proxy = FaultProxy(
+        reactor,
+        registry.url,
+        lambda method, path: STALL if path.startswith(f"/v2/{slow}/") else None,
+        hold=hold,
+    )
+    return slow, hold, proxy
+
+
+async def _answering(t: Target, api: Any, slow: str, n: int, held: list[Any]) -> None:
+    """``n`` connections of the admin's, each being answered a list of ``slow`` its registry holds;
+    they go to ``held``."""
+    for _ in range(n):
+        sock = await in_thread(t.connect, api.pki.admin, timeout=HANG_GUARD)
+        held.append(sock)
+        await in_thread(sock.sendall, request_bytes("GET", f"{B}/namespaces/{slow}/payloadrepositorytags"))
+
+
+async def _released(held: list[Any], hold: defer.Deferred[None], proxy: FaultProxy) -> None:
+    """The connections in ``held`` closed, the held requests let go and the proxy stopped."""
+    for sock in held:
+        sock.close()
+    if not hold.called:
+        hold.callback(None)
+    await proxy.stop()
+
+
 @pytest_twisted.ensureDeferred
 async def test_watches_leave_connections_to_others_and_a_full_server_answers_probes(
     make_server, registry, repo, reactor
@@ -739,16 +775,8 @@ async def test_watches_leave_connections_to_others_and_a_full_server_answers_pro
     once every connection is being answered a new one may still ask a probe (answered, then closed);
     anything else on it gets 429."""
     namespace = repo.split("/")[0]
-    slow = f"{namespace}slow"
     images.push_oci_image(registry, f"{namespace}/app", "v1")
-    images.push_oci_image(registry, f"{slow}/app", "v1")
-    hold: defer.Deferred[None] = defer.Deferred()
-    proxy = FaultProxy(
-        reactor,
-        registry.url,
-        lambda method, path: STALL if path.startswith(f"/v2/{slow}/") else None,
-        hold=hold,
-    )
+    slow, hold, proxy = _stalling_registry(registry, repo, reactor)
     try:
         api = await make_server(proxy.url, http=HttpLimits(max_connections=4, request_timeout=HANG_GUARD))
         t = target(api)
@@ -822,16 +850,7 @@ async def test_one_address_flooding_bare_connects_does_not_evict_another_clients
     request are under way, when it is the first to be evicted: the flood evicts only its own
     connections, so the newcomer is answered."""
     ca, proxy_cert = front_proxy
-    namespace = repo.split("/")[0]
-    slow = f"{namespace}slow"
-    images.push_oci_image(registry, f"{slow}/app", "v1")
-    hold: defer.Deferred[None] = defer.Deferred()
-    proxy = FaultProxy(
-        reactor,
-        registry.url,
-        lambda method, path: STALL if path.startswith(f"/v2/{slow}/") else None,
-        hold=hold,
-    )
+    slow, hold, proxy = _stalling_registry(registry, repo, reactor)
     held: list[Any] = []
     try:
         api = await make_server(
@@ -848,12 +867,7 @@ async def test_one_address_flooding_bare_connects_does_not_evict_another_clients
         )
         t = target(api)
         connections = api.running.connections
-        for _ in range(3):
-            sock = await in_thread(t.connect, api.pki.admin, timeout=HANG_GUARD)
-            held.append(sock)
-            await in_thread(
-                sock.sendall, request_bytes("GET", f"{B}/namespaces/{slow}/payloadrepositorytags")
-            )
+        await _answering(t, api, slow, 3, held)
         await until(lambda: sum(w.wrappedProtocol.serving for w in connections.protocols) == 3, reactor)
         events: list[str] = []
         connections.on_refused = events.append
@@ -887,11 +901,7 @@ async def test_one_address_flooding_bare_connects_does_not_evict_another_clients
         # The 16 places kept for kube-apiserver's handshakes, two probe places, then nothing.
         assert events[20:] == ["refused"] * 2, events[20:]
     finally:
-        for sock in held:
-            sock.close()
-        if not hold.called:
-            hold.callback(None)
-        await proxy.stop()
+        await _released(held, hold, proxy)
 
 
 @pytest.mark.parametrize("n", [10, 30])
@@ -981,16 +991,7 @@ async def test_a_server_full_of_another_clients_answers_still_serves_the_front_p
     connections, and is answered as ever; another client's extra connection is not (it may ask a
     probe only), and /livez still answers."""
     ca, proxy_cert = front_proxy
-    namespace = repo.split("/")[0]
-    slow = f"{namespace}slow"
-    images.push_oci_image(registry, f"{slow}/app", "v1")
-    hold: defer.Deferred[None] = defer.Deferred()
-    proxy = FaultProxy(
-        reactor,
-        registry.url,
-        lambda method, path: STALL if path.startswith(f"/v2/{slow}/") else None,
-        hold=hold,
-    )
+    slow, hold, proxy = _stalling_registry(registry, repo, reactor)
     held: list[ssl.SSLSocket] = []
     try:
         api = await make_server(
@@ -1001,12 +1002,7 @@ async def test_a_server_full_of_another_clients_answers_still_serves_the_front_p
         )
         t = target(api)
         connections = api.running.connections
-        for _ in range(4):
-            sock = await in_thread(t.connect, api.pki.admin, timeout=HANG_GUARD)
-            held.append(sock)
-            await in_thread(
-                sock.sendall, request_bytes("GET", f"{B}/namespaces/{slow}/payloadrepositorytags")
-            )
+        await _answering(t, api, slow, 4, held)
         await until(
             lambda: (
                 len(connections.protocols) == 4
@@ -1050,11 +1046,7 @@ async def test_a_server_full_of_another_clients_answers_still_serves_the_front_p
         await in_thread(sock.sendall, request_bytes("GET", "/version", proxied))
         assert (await in_thread(read_reply, sock, buffer)).code == 200
     finally:
-        for sock in held:
-            sock.close()
-        if not hold.called:
-            hold.callback(None)
-        await proxy.stop()
+        await _released(held, hold, proxy)
 
 
 async def until(condition: Any, reactor: Any) -> None:

@@ -511,12 +511,10 @@ async def test_a_removal_waits_for_a_single_deletes_unanswered_retag(registry, r
     (review-removal2 finding 2): only a cascade's repairs were noted. The registry client notes every
     write of its own: the removal waits until the re-tag can no longer land, and deletes what it
     left."""
-    namespace, _, path = repo.partition("/")
+    namespace = repo.partition("/")[0]
     hold, proxy, clock, client, service = retag_removal(registry, repo, shorter_than=50.0, budget=100.0)
     async with released(proxy, client, hold):
-        with pytest.raises(RegistryError) as caught:
-            await service.delete(USER, namespace, encode_name(path, "v1"), DeleteOptions())
-        assert caught.value.unanswered
+        assert (await _single_delete_fails(service, repo)).unanswered
         removing, delays = await removal_until_it_waits(service, namespace, clock)
         assert images.list_tags(registry, repo) == []
         assert not removing.called, "the removal answered while the delete's re-tag could still land"
@@ -524,6 +522,14 @@ async def test_a_removal_waits_for_a_single_deletes_unanswered_retag(registry, r
         items, _ = await land_and_wait_out(registry, repo, proxy, hold, clock, delays, removing)
     assert [item.spec.tag for item in items] == ["v1"]
     assert images.list_tags(registry, repo) == []
+
+
+async def _single_delete_fails(service: TagsService, repo: str) -> RegistryError:
+    """The single delete of ``repo``:v1 through ``service``, which must fail: its error."""
+    namespace, _, path = repo.partition("/")
+    with pytest.raises(RegistryError) as caught:
+        await service.delete(USER, namespace, encode_name(path, "v1"), DeleteOptions())
+    return caught.value
 
 
 def _state(service: TagsService, state: str) -> None:
@@ -549,13 +555,11 @@ async def test_a_tag_by_tag_deletecollection_is_a_timeout_while_a_single_deletes
     (review-removal4 finding 1: only the wholesale removal read the record of writes that may still
     land). With less budget than the write may take to land, it is now a 504 without Retry-After
     that names the write; the call after that time deletes what the write left."""
-    namespace, _, path = repo.partition("/")
+    namespace = repo.partition("/")[0]
     hold, proxy, clock, client, service = retag_removal(registry, repo, shorter_than=0.0, budget=0.9)
     _state(service, state)
     async with released(proxy, client, hold):
-        with pytest.raises(RegistryError) as caught:
-            await service.delete(USER, namespace, encode_name(path, "v1"), DeleteOptions())
-        assert caught.value.unanswered
+        assert (await _single_delete_fails(service, repo)).unanswered
         with pytest.raises(ApiError) as answered:
             await service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
         assert images.list_tags(registry, repo) == []
@@ -581,12 +585,11 @@ async def test_a_tag_by_tag_deletecollection_waits_within_its_budget_for_a_retag
 ) -> None:
     """As above, with budget enough: the call waits until the re-tag can no longer land, then deletes
     what it left and answers 200."""
-    namespace, _, path = repo.partition("/")
+    namespace = repo.partition("/")[0]
     hold, proxy, clock, client, service = retag_removal(registry, repo, shorter_than=50.0, budget=100.0)
     _state(service, EXISTS)
     async with released(proxy, client, hold):
-        with pytest.raises(RegistryError):
-            await service.delete(USER, namespace, encode_name(path, "v1"), DeleteOptions())
+        await _single_delete_fails(service, repo)
         removing, delays = await removal_until_it_waits(service, namespace, clock)
         assert images.list_tags(registry, repo) == []
         assert not removing.called, "the deletecollection answered while the re-tag could still land"
@@ -609,8 +612,7 @@ async def test_a_tag_by_tag_deletecollection_keeps_a_push_of_a_selected_name_mad
     hold, proxy, clock, client, service = retag_removal(registry, repo, shorter_than=50.0, budget=100.0)
     _state(service, EXISTS)
     async with released(proxy, client, hold):
-        with pytest.raises(RegistryError):
-            await service.delete(USER, namespace, encode_name(path, "v1"), DeleteOptions())
+        await _single_delete_fails(service, repo)
         removing, delays = await removal_until_it_waits(service, namespace, clock)
         assert not removing.called
         assert images.list_tags(registry, repo) == []
@@ -659,8 +661,7 @@ async def test_a_tag_by_tag_deletecollection_keeps_a_push_of_a_selected_name_mad
     _state(service, EXISTS)
     pushed: list[str] = []
     async with released(proxy, client, hold):
-        with pytest.raises(RegistryError):
-            await service.delete(USER, namespace, encode_name(path, "v1"), DeleteOptions())
+        await _single_delete_fails(service, repo)
         service.inventory = PushedAfterTheLook(
             client, lambda: pushed.append(images.push_oci_image(registry, repo, "v1", seed="another-client"))
         )
@@ -686,12 +687,11 @@ async def test_a_tag_by_tag_deletecollection_waits_no_longer_than_its_requests_d
     again to see which are gone"): the user looked at once, saw none, and the re-tag then brought the
     tag back (review-ds D5). The wait ends a margin before the deadline: with no time left for the
     write, the call answers its own 504, which names the write and how long it may still land."""
-    namespace, _, path = repo.partition("/")
+    namespace = repo.partition("/")[0]
     hold, proxy, clock, client, service = retag_removal(registry, repo, shorter_than=50.0, budget=100.0)
     _state(service, EXISTS)
     async with released(proxy, client, hold):
-        with pytest.raises(RegistryError):
-            await service.delete(USER, namespace, encode_name(path, "v1"), DeleteOptions())
+        await _single_delete_fails(service, repo)
         removing, delays = await removal_until_it_waits(service, namespace, clock, time_left=1.5)
         assert delays == [] and removing.called, f"waited {delays} s, past the request's deadline"
         with pytest.raises(ApiError) as answered:
@@ -709,12 +709,11 @@ async def test_a_tag_by_tag_deletecollection_drops_the_late_write_it_waited_out(
     past, for the life of the process (review-ds D3: only a cascade's pass that found the namespace
     empty dropped one). Once its time has passed it is dropped, and where it would have left the tag
     with it."""
-    namespace, _, path = repo.partition("/")
+    namespace = repo.partition("/")[0]
     hold, proxy, clock, client, service = retag_removal(registry, repo, shorter_than=50.0, budget=100.0)
     _state(service, EXISTS)
     async with released(proxy, client, hold):
-        with pytest.raises(RegistryError):
-            await service.delete(USER, namespace, encode_name(path, "v1"), DeleteOptions())
+        await _single_delete_fails(service, repo)
         removing, delays = await removal_until_it_waits(service, namespace, clock)
         items, _ = await land_and_wait_out(registry, repo, proxy, hold, clock, delays, removing)
     assert [item.spec.tag for item in items] == ["v1"]
