@@ -214,7 +214,16 @@ def _cleanup(
         )
     except ValueError as error:
         raise ConfigurationError(f"namespace cleanup: {error}") from None
-    return CleanupController(reactor, kube, registry, options, metrics=metrics, late_writes=late_writes)
+    return CleanupController(
+        reactor,
+        kube,
+        registry,
+        options,
+        metrics=metrics,
+        late_writes=late_writes,
+        # The same log as the server's reflectors: a cause they share is said once for all.
+        on_failure=reflector_options.get("on_failure"),
+    )
 
 
 def _rotation_watchers(

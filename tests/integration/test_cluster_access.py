@@ -177,3 +177,56 @@ async def test_an_unreachable_cluster_api_gets_one_line_and_readyz_says_unreacha
     assert reason.startswith(
         "readyz check rbac failed: RBAC objects cannot be read: Role: unreachable: GET /"
     )
+
+
+CLEANUP = "namespaces (cleanup)"
+
+
+def cleanup_only_refused(user: Any, info: Any) -> bool:
+    """Everything but the namespaces: the cleanup controller's watch is the only one refused."""
+    return bool(info.resource.plural != "namespaces")
+
+
+@pytest.mark.parametrize("cause", ["refused", "rejected", "unreachable"])
+@pytest_twisted.ensureDeferred
+async def test_the_cleanup_namespace_watch_says_its_cause_in_the_same_one_line(
+    make_server, fresh_registry, kube_api, tmp_path, cause
+):
+    """The namespace watch of the cleanup controller goes through the same log as the server's own
+    reflectors, where it warned on each retry ("Reflector namespaces (cleanup): ..."): a cause they
+    share is one line for all, and a refusal of namespaces alone is its own line with its grant.
+    Leader election off: this replica leads, and watches the namespaces, at once (a registry of its
+    own: the sweep must not see the shared one, though it waits for a namespace list that never comes)."""
+    if cause == "refused":
+        kube_api.authorizer = cleanup_only_refused
+        kubeconfig = kube_api.write_kubeconfig(tmp_path / "nobody", username="nobody", groups=())
+    elif cause == "rejected":
+        kubeconfig = unauthorized_kubeconfig(kube_api, tmp_path)
+    else:
+        kubeconfig = unreachable_kubeconfig(kube_api, tmp_path)
+    server_url = json.loads(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+    with collected_logs() as events:
+        await make_server(
+            fresh_registry,
+            kubeconfig=str(kubeconfig),
+            authorization_mode="RBAC",
+            namespace_cleanup=True,
+            leader_elect=False,
+            monotonic=Clock().seconds,
+        )
+        await eventually(lambda: retries(events, CLEANUP) >= 3, within=HANG_GUARD)
+        lines = kube_warnings(events)
+    assert not any("Reflector" in line for line in lines), lines
+    retry = "payloadtags retries, and is not ready until it can read what it needs"
+    assert len(lines) == 1, lines
+    if cause == "refused":
+        assert lines[0] == (
+            f"the cluster API {server_url} refuses the kubeconfig's user: namespaces is forbidden: "
+            'User "nobody" cannot list resource "namespaces" in API group "" at the cluster scope '
+            "(403); bind it the ClusterRole payloadtags:server (ClusterRoleBinding payloadtags:server) "
+            f"(manifests/base/rbac-server.yaml, docs/install.md); {retry}"
+        )
+    elif cause == "rejected":
+        assert lines[0].startswith(f"the cluster API {server_url} rejects the credentials"), lines
+    else:
+        assert lines[0].startswith(f"the cluster API {server_url} is unreachable (GET /"), lines

@@ -25,7 +25,7 @@ from payloadtags.cleanup.metrics import CleanupMetrics
 from payloadtags.cleanup.sweep import Sweep, SweepResult, namespace_state, require_gone
 from payloadtags.cleanup.watcher import NAMESPACES_PATH, NamespaceTriggers, NamespaceView
 from payloadtags.deferreds import cancel_and_wait
-from payloadtags.kube import Backoff, ClusterClient, Reflector
+from payloadtags.kube import Backoff, ClusterClient, KubeError, Reflector
 from payloadtags.registry import LateWrites
 from payloadtags.registry.errors import RegistryError
 from payloadtags.validators import positive
@@ -82,8 +82,13 @@ class CleanupController:
         metrics: CleanupMetrics | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         late_writes: LateWrites | None = None,
+        on_failure: Callable[[str, KubeError], bool] | None = None,
     ) -> None:
         self._clock = reactor
+        # Told each failure of the namespace watch (`Reflector.on_failure`): the server's
+        # `ClusterAccessLog`, which says a refusal, rejected credentials or an unreachable API once
+        # for all its reflectors, where this one warned on each retry.
+        self._on_failure = on_failure
         self._kube = kube
         self._registry = registry
         self.options = options or CleanupOptions()
@@ -209,6 +214,7 @@ class CleanupController:
             watch_timeout=options.watch_timeout,
             backoff=attrs.evolve(options.watch_backoff),
             name="namespaces (cleanup)",
+            on_failure=self._on_failure,
         )
         self._view = NamespaceView(self._reflector)
         self._reflector.add_listener(NamespaceTriggers(self._trigger))
