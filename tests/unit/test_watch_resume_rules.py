@@ -3,6 +3,7 @@ last resourceVersion or bookmark is a 410, as it is for a running watch (docs/wa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -689,16 +690,21 @@ def test_a_resume_after_the_reap_dropped_a_namespace_of_an_all_namespaces_watch_
 
 
 def churned_all_namespaces_watch(
-    max_entries: int, namespaces: int
+    max_entries: int,
+    namespaces: int,
+    user_share: int | None = None,
+    first: Callable[[WatchHub, ScopeSource, Clock], None] | None = None,
 ) -> tuple[WatchHub, ScopeSource, Watcher, int, Clock]:
     """alice's all-namespaces watch (one ClusterRole bound to her: no RBAC change at all) while
-    ``namespaces`` CI namespaces each get a tag that is deleted, a reap after each. Returns the hub, the
-    source, the watch, the sequence once it started, and the clock."""
+    ``namespaces`` CI namespaces each get a tag that is deleted, a reap after each; ``first``, given the
+    hub, the source and the clock, runs before her watch starts. Returns the hub, the source, the watch,
+    the sequence once it started, and the clock."""
     reader = FakeReader({"keep/app": {"v1"}})
     clock = Clock()
     hub, index, authorizer = rbac_hub(reader, clock)
     RBAC[hub] = Rbac(index, authorizer)
     hub.rules.max_entries = max_entries
+    hub.rules.user_share = user_share
     rule = {"apiGroups": [GROUP], "resources": ["payloadrepositoryaccesses"], "verbs": ["get"]}
     index.upsert("ClusterRole", cluster_role("reader", {**rule, "resourceNames": ["app"]}))
     index.upsert(
@@ -706,6 +712,8 @@ def churned_all_namespaces_watch(
         cluster_role_binding("reader", role_ref("ClusterRole", "reader"), user_subject("alice")),
     )
     source = ready(hub, None)
+    if first is not None:
+        first(hub, source, clock)
     w, _ = rbac_watcher(authorizer, "alice")
     assert hub.start(w, source, since=None, timeout=None)
     hub.check_access()
@@ -757,6 +765,42 @@ def test_a_user_noted_in_more_namespaces_than_the_bound_resumes_from_before_with
     assert not ledger.admits(source, alice, [], lambda _: matcher, before, hub.versions.next)
     assert ledger.admits(source, alice, [], lambda _: matcher, hub.versions.current, hub.versions.next)
     hub.stop()
+
+
+def test_one_users_churn_keeps_to_her_share_and_another_users_resume_is_served() -> None:
+    """The bound of one user's rules was the bound of all (100,000): alice's all-namespaces watch, noting
+    every CI namespace it drops, evicted every other user of the ledger before her own oldest
+    namespaces went, and bob's resume was 410 (a relist for each of his informers), however little he
+    had noted. Her entry keeps to her share now (a tenth of the bound, at least 4,096: here 4 of 16), and
+    bob, noted in one namespace, keeps his."""
+    ended: list[int] = []
+
+    def bobs_ended_stream(hub: WatchHub, source: ScopeSource, clock: Clock) -> None:
+        grant(RBAC[hub].index, "bob", "keep", ["app"], "bob")
+        w, _ = rbac_watcher(RBAC[hub].authorizer, "bob")
+        assert hub.start(w, source, since=None, timeout=5)
+        clock.advance(5)
+        assert w.reason == "timeout"
+        ended.append(hub.versions.current)
+
+    hub, source, w, started, _ = churned_all_namespaces_watch(
+        max_entries=16, namespaces=40, user_share=4, first=bobs_ended_stream
+    )
+    alice = hub.rules.entries[(source, ("alice", ""))]
+    assert len(alice.rules) <= 4 and "ci-39" in alice.rules, sorted(alice.rules)
+    assert (source, ("bob", "")) in hub.rules.entries  # was evicted by her churn
+    assert resumed(hub, source, ended[0], user="bob")  # was 410
+    assert not resumed(hub, source, started)  # hers from before her oldest went: as before
+    w.end("test")
+    hub.stop()
+
+
+def test_a_users_share_of_the_rules_noted_is_a_tenth_of_the_bound_at_least_4096() -> None:
+    assert RulesLedger().share == 10_000
+    assert RulesLedger(max_entries=20_000).share == 4096
+    assert RulesLedger(max_entries=50).share == 50  # never more than the bound
+    assert RulesLedger(max_entries=50, user_share=5).share == 5
+    assert RulesLedger(max_entries=50, user_share=80).share == 50
 
 
 def test_the_reap_keeps_the_rules_it_could_not_tell_the_ledger_and_goes_on(

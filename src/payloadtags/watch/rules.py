@@ -28,8 +28,9 @@ starts and as it ends.)
 Bounded: past ``max_entries`` (user, namespace) pairs in all, the least recently used user of a scope is
 forgotten, and the sequence then is kept for her in a fixed table of slots (by a hash of scope and
 user): a resume of hers from below it is 410 until she is noted again, from the rules a watch of hers
-still running ran under if one is, else from her next watch's. A user alone past it (an all-namespaces
-watch notes every namespace it drops) keeps her newest namespaces, and her resumes from before are 410.
+still running ran under if one is, else from her next watch's. A user past her share of it in a scope
+(`RulesLedger.share`: an all-namespaces watch notes every namespace it drops) keeps her newest
+namespaces, and her resumes from before are 410: her churn never evicts the other users.
 Another user sharing the slot has the same 410 (one in `FORGOTTEN_SLOTS`). Entries go with their
 scope's source (`WatchHub.reap`), whose history a resume then cannot use anyway. Each replica keeps
 its own, in its own numbers.
@@ -51,6 +52,10 @@ from payloadtags.watch.source import ScopeSource
 # (user, namespace) pairs kept in all unless told (`WatchLimits.resume_rules`): about 450 bytes the
 # first of a user and scope, under 100 each further one (docs/watch.md, "Bounds").
 MAX_ENTRIES = 100_000
+# One user's share of them in a scope, unless told: a tenth of the bound, at least this many (never
+# more than the bound). Her all-namespaces watch notes every namespace it drops: without a share of
+# her own, her churn evicted every other user before her own oldest namespaces went.
+MIN_USER_SHARE = 4096
 # Sequences of forgotten users: a fixed table (32 KiB), whatever the number of users forgotten.
 FORGOTTEN_SLOTS = 4096
 
@@ -109,6 +114,9 @@ class PageDecisions:
 @attrs.define(eq=False)
 class RulesLedger:
     max_entries: int = MAX_ENTRIES
+    # The namespaces one user's entry of a scope keeps (`share`); None: a tenth of the bound, at least
+    # MIN_USER_SHARE.
+    user_share: int | None = None
     # Per (source, user), least recently used first.
     entries: collections.OrderedDict[tuple[ScopeSource, UserKey], Noted] = attrs.field(
         factory=collections.OrderedDict
@@ -116,6 +124,15 @@ class RulesLedger:
     size: int = 0
     # Per slot of (scope, user): the sequence the last user forgotten there was forgotten at.
     forgotten: list[int] = attrs.field(factory=list, repr=False)
+
+    @property
+    def share(self) -> int:
+        """The namespaces one user's entry of a scope keeps: past it, her oldest go (`_trim`), and the
+        other users' entries stay."""
+        asked = (
+            self.user_share if self.user_share is not None else max(self.max_entries // 10, MIN_USER_SHARE)
+        )
+        return max(1, min(asked, self.max_entries))
 
     def admits(
         self,
@@ -141,7 +158,7 @@ class RulesLedger:
         if changed:
             self._changed(source, noted, user, stamp)
         noted.groups = user.groups
-        self._resized(noted, before)
+        self._resized(source, noted, before)
         return since is None or since >= noted.changed_at
 
     def knows(self, source: ScopeSource, user: UserInfo) -> bool:
@@ -247,7 +264,7 @@ class RulesLedger:
         if changed:
             noted.changed_at = max(noted.changed_at, stamp())
         noted.groups = user.groups
-        self._resized(noted, before)
+        self._resized(source, noted, before)
 
     def drop(self, source: ScopeSource, user: UserInfo) -> None:
         """Forgets ``user`` in ``source``'s scope (her rules could not be told): her resumes from before
@@ -274,27 +291,29 @@ class RulesLedger:
         self.size += noted.cost
         return noted
 
-    def _resized(self, noted: Noted, before: int) -> None:
+    def _resized(self, source: ScopeSource, noted: Noted, before: int) -> None:
+        if noted.cost > self.share:
+            self._trim(source, noted)
         self.size += noted.cost - before
+        # The least recently used go first; never the entry just noted (the most recent), which keeps
+        # to its share, at most the bound.
         while self.size > self.max_entries and len(self.entries) > 1:
             key, dropped = self.entries.popitem(last=False)
             self.size -= dropped.cost
             self._forget_key(key)
-        if self.size > self.max_entries:
-            self._trim()
 
-    def _trim(self) -> None:
-        """One user alone past the bound (an all-namespaces watch of hers notes every namespace it drops
-        at the reap: with CI namespaces coming and going, her entry grew without end, and each watch,
-        access check and list of hers compared them all): her oldest namespaces go, down to seven
-        eighths of the bound (a compact dict rebuilt now and then, not its oldest key looked for past
-        the slots of those deleted before on every noting). What her client holds from before in them
-        can no longer be judged: a change dated now, so a resume of hers from before is 410."""
-        (source, _), noted = next(iter(self.entries.items()))
-        keep = max(1, self.max_entries - self.max_entries // 8)
+    def _trim(self, source: ScopeSource, noted: Noted) -> None:
+        """One user past her share (an all-namespaces watch of hers notes every namespace it drops at
+        the reap: with CI namespaces coming and going, her entry grew without end, each watch, access
+        check and list of hers compared them all, and the bound then evicted every other user): her
+        oldest namespaces go, down to seven eighths of her share (a compact dict rebuilt now and then,
+        not its oldest key looked for past the slots of those deleted before on every noting). What
+        her client holds from before in them can no longer be judged: a change dated now, so a resume
+        of hers from before is 410."""
+        share = self.share
+        keep = max(1, share - share // 8)
         noted.rules = dict(itertools.islice(noted.rules.items(), max(0, len(noted.rules) - keep), None))
         noted.changed_at = max(noted.changed_at, source.versions.next())
-        self.size = noted.cost
 
     def _slot(self, key: tuple[ScopeSource, UserKey]) -> int:
         # The same in every run (str hashes are not): a user shares her slot with the same others.
@@ -311,4 +330,13 @@ class RulesLedger:
         return self.forgotten[self._slot(key)] if self.forgotten else 0
 
 
-__all__ = ["FORGOTTEN_SLOTS", "MAX_ENTRIES", "Noted", "PageDecisions", "RulesLedger", "UserKey", "user_key"]
+__all__ = [
+    "FORGOTTEN_SLOTS",
+    "MAX_ENTRIES",
+    "MIN_USER_SHARE",
+    "Noted",
+    "PageDecisions",
+    "RulesLedger",
+    "UserKey",
+    "user_key",
+]
