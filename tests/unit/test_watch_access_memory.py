@@ -9,17 +9,24 @@ from __future__ import annotations
 
 import gc
 import tracemalloc
+from collections.abc import Callable
 
 from twisted.internet.task import Clock
 
+from payloadtags.access.rbac import RbacAuthorizer, RbacIndex
+from payloadtags.identity import UserInfo
 from payloadtags.names import TagRef
+from tests.unit.test_rbac import cluster_role, cluster_role_binding, role_ref, user_subject
 from tests.unit.test_watch import (
+    GROUP,
     FakeReader,
     alice_watching,
     gone,
     grant,
     make_hub,
     one_turn,
+    rbac_hub,
+    rbac_watcher,
     ready,
     watcher,
 )
@@ -73,6 +80,86 @@ def test_an_idle_watch_holds_no_memory_per_repository_of_its_scope() -> None:
     # A decision per repository was about 226 bytes: 660 kB a watch here.
     assert held < 8_000, held
     hub.stop()
+
+
+def _traced(work: Callable[[], object]) -> int:
+    """The bytes ``work`` leaves allocated (tracemalloc), what it returns kept meanwhile."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = work()  # noqa: F841 (alive until measured)
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+NAMESPACES = 1000
+WATCHES = 10
+READER = {"apiGroups": [GROUP], "resources": ["payloadrepositoryaccesses"], "verbs": ["get"]}
+
+
+def _all_namespaces_watches(users: list[str]) -> int:
+    """Bytes a namespace and watch that ``len(users)`` all-namespaces watches of ``users`` (in turn)
+    hold once each has written what it started with (a tag in each of NAMESPACES namespaces) and an
+    access check has run: the rules each keeps of each namespace, the authorizer's entries of each
+    user's rules there and the resume ledger's."""
+    reader = FakeReader({f"ns-{n:04d}/app": {"v1"} for n in range(NAMESPACES)})
+    hub, index, authorizer = rbac_hub(reader, Clock())
+    index.upsert("ClusterRole", cluster_role("reader", READER))
+    subjects = [user_subject(user) for user in sorted(set(users))]
+    index.upsert(
+        "ClusterRoleBinding", cluster_role_binding("reader", role_ref("ClusterRole", "reader"), *subjects)
+    )
+    source = ready(hub, None)
+
+    def start() -> list[object]:
+        kept: list[object] = []
+        for user in users:
+            w, sink = rbac_watcher(authorizer, user)
+            assert hub.start(w, source, since=None, timeout=None)
+            assert w.opening is None and len(sink.lines) == NAMESPACES
+            sink.lines.clear()  # what the client received is not the server's
+            kept.append(w)
+        hub.check_access()
+        return kept
+
+    held = _traced(start)
+    hub.stop()
+    return held // (NAMESPACES * len(users))
+
+
+def test_all_namespaces_watches_hold_about_what_docs_watch_says_a_namespace_and_watch() -> None:
+    """docs/watch.md ("Bounds"), measured so (2,000 namespaces, 20 watches): about 210 bytes a
+    namespace and watch when they are one user's, about 490 when each is another user's with the same
+    rules. Held here to half as much again: a watch that kept more per namespace (a decision per
+    repository, a copy of its rules) is caught."""
+    one_user = _all_namespaces_watches(["alice"] * WATCHES)
+    many_users = _all_namespaces_watches([f"user-{n:02d}" for n in range(WATCHES)])
+    assert one_user < 210 * 3 // 2, one_user
+    assert many_users < 490 * 3 // 2, many_users
+
+
+def test_a_memo_of_made_up_paths_holds_about_what_docs_watch_says_a_path() -> None:
+    """docs/watch.md ("Bounds"): a memoized path about 80 bytes, about 180 in all with a 50-character
+    path only the memo holds (a GET of a made-up name): about 11 MiB for a full memo of one meaning."""
+    index = RbacIndex()
+    authorizer = RbacAuthorizer(index, ready=lambda: True)
+    index.upsert("ClusterRole", cluster_role("reader", {**READER, "resourceNames": ["app"]}))
+    index.upsert(
+        "ClusterRoleBinding",
+        cluster_role_binding("reader", role_ref("ClusterRole", "reader"), user_subject("a")),
+    )
+    rules = authorizer.rules(UserInfo("a"), "get", "team")
+    paths = 20_000
+
+    def made_up() -> None:
+        for n in range(paths):
+            assert not rules.matches(f"made-up-{n:08d}-{'x' * 33}")
+
+    per_path = _traced(made_up) / paths
+    assert 100 < per_path < 180 * 3 // 2, per_path
 
 
 def test_a_revocation_before_the_check_and_a_deletion_handed_over_then_still_reach_the_client() -> None:
