@@ -3,6 +3,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,12 @@ from twisted.python.failure import Failure
 from payloadtags.kube.config import ClusterConfig, ConfigError, in_pod, load_cluster_config
 from payloadtags.kube.execcred import PluginError, run_plugin
 from tests.support.kubeapi import write_kubeconfig
+from tests.support.kubectl import KUBECTL
 from tests.support.pki import Authority
 
 SERVER = "https://127.0.0.1:6443"
+# Guards against a hang of kubectl only, never a measure of speed.
+HANG_GUARD = 60.0
 
 
 @pytest.fixture(scope="module")
@@ -415,8 +419,8 @@ def test_one_letter_booleans_are_read_as_kubectl_reads_them(
 @pytest.mark.parametrize("spelling", ["y", "n", "Y", "yes", "off", "true"])
 def test_boolean_spellings_elsewhere_are_kept_as_written(tmp_path: Path, spelling: str) -> None:
     # Only a boolean field reads them as booleans, as sigs.k8s.io/yaml decodes to the field's type: a
-    # context namespace "y" went to namespace "True", a plugin's argument "n" to "False"
-    # (review-opscheck2 F3).
+    # context namespace "y" went to namespace "True" (review-opscheck2 F3). (kubectl refuses the file; a
+    # plugin's argument or environment value so written is refused, below.)
     script = plugin(
         tmp_path / "plugin",
         'echo "$@|$FLAG|$KUBERNETES_EXEC_INFO" > seen\n'
@@ -428,20 +432,16 @@ def test_boolean_spellings_elsewhere_are_kept_as_written(tmp_path: Path, spellin
         "clusters:\n- name: c\n  cluster:\n    server: " + SERVER + "\n    insecure-skip-tls-verify: y\n"
         "    disable-compression: Y\n"
         "users:\n- name: u\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n"
-        f"      command: {script}\n      args: [--verbose, {spelling}]\n"
-        f"      env: [{{name: FLAG, value: {spelling}}}]\n      provideClusterInfo: y\n"
+        f"      command: {script}\n      args: [--verbose]\n"
+        "      env: [{name: FLAG, value: x}]\n      provideClusterInfo: y\n"
         f"contexts:\n- name: x\n  context: {{cluster: c, user: u, namespace: {spelling}}}\n"
         "current-context: x\n"
     )
     config = load_cluster_config(str(path))
     assert config is not None and config.exec_plugin is not None
     assert config.namespace == spelling
-    assert (config.exec_plugin.args, config.exec_plugin.env) == (
-        ("--verbose", spelling),
-        (("FLAG", spelling),),
-    )
     args, flag, info = (tmp_path / "seen").read_text().strip().split("|")
-    assert (args, flag) == (f"--verbose {spelling}", spelling)
+    assert (args, flag) == ("--verbose", "x")
     # The boolean fields are booleans, for the plugin too.
     assert json.loads(info)["spec"]["cluster"] == {
         "server": SERVER,
@@ -1068,3 +1068,111 @@ def test_an_extension_aliasing_an_anchor_written_outside_extensions_is_sent_as_k
     path.write_text("x-shared:\n  ext: &ext {debug: yes, level: on, list: [y, n]}\n" + text)
     assert load_cluster_config(str(path)) is not None
     assert extension_sent(tmp_path) == {"debug": True, "level": True, "list": [True, False]}
+
+
+def kubectl_view(path: Path) -> dict[str, Any] | str:
+    """How the real kubectl (1.32, go-yaml v2) reads ``path``: `kubectl config view --raw -o json`'s
+    document, or its error when it refuses the file."""
+    done = subprocess.run(
+        [KUBECTL, "config", "view", "--raw", "-o", "json", "--kubeconfig", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+        check=False,
+    )
+    if done.returncode:
+        return done.stderr.strip()
+    document: dict[str, Any] = json.loads(done.stdout)
+    return document
+
+
+def kubectl_extension(path: Path) -> object:
+    document = kubectl_view(path)
+    assert isinstance(document, dict), document
+    return document["clusters"][0]["cluster"]["extensions"][0]["extension"]
+
+
+def test_boolean_keys_and_the_same_text_quoted_are_two_keys_in_the_exec_extension_as_in_kubectl(
+    tmp_path: Path,
+) -> None:
+    # kubectl 1.32 sends on: 1 as "true": 1 beside 'on': 2, two keys; two boolean keys (on, yes) are one,
+    # the last. The boolean key and the quoted text were one key as PyYAML built the mapping (a
+    # `_Boolean` is a string equal to its text): "true": 2, the "on" key lost.
+    path = exec_kubeconfig(tmp_path, extension="on: 1\n'on': 2\nyes: 3\n'y': 4\nn: 5\nN: 6")
+    assert load_cluster_config(str(path)) is not None
+    sent = {"true": 3, "on": 2, "y": 4, "false": 6}
+    assert extension_sent(tmp_path) == sent
+    assert kubectl_extension(path) == sent
+
+
+def test_non_finite_keys_in_the_exec_extension_are_sent_as_kubectl_sends_them(tmp_path: Path) -> None:
+    # A key is no JSON value: kubectl 1.32 reads .inf, -.Inf and .NaN keys and sends them as go-yaml
+    # writes them (".inf", "-.inf", ".nan"; +.inf and .inf being one key). They were refused ("json:
+    # unsupported value"), as such a value is.
+    path = exec_kubeconfig(tmp_path, extension=".inf: a\n-.Inf: b\n.NaN: c\n+.inf: d\nlist: [{.INF: e}]")
+    assert load_cluster_config(str(path)) is not None
+    sent = {".inf": "d", "-.inf": "b", ".nan": "c", "list": [{".inf": "e"}]}
+    assert extension_sent(tmp_path) == sent
+    assert kubectl_extension(path) == sent
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "problem"),
+    [
+        ("[--verbose, y]", "[]", "args[1] must be a string, not a boolean"),
+        ("[--verbose, true]", "[]", "args[1] must be a string, not a boolean"),
+        ("[Off]", "[]", "args[0] must be a string, not a boolean"),
+        ("[]", "[{name: FOO, value: on}]", 'env "FOO": value must be a string, not a boolean'),
+        ("[]", "[{name: FOO, value: yes}]", 'env "FOO": value must be a string, not a boolean'),
+        ("[]", "[{name: y, value: x}]", "env[0]: name must be a non-empty string, not a boolean"),
+    ],
+)
+def test_a_boolean_word_in_exec_args_or_env_is_refused_as_kubectl_refuses_it(
+    tmp_path: Path, args: str, env: str, problem: str
+) -> None:
+    # kubectl 1.32: "json: cannot unmarshal bool into Go struct field ExecConfig.users.user.exec.args of
+    # type string" (ExecEnvVar...env.value, env.name). The plugin was run with the text written.
+    path = exec_kubeconfig(tmp_path, args=args, env=env)
+    refused = kubectl_view(path)
+    assert isinstance(refused, str) and "cannot unmarshal bool into Go struct field" in refused, refused
+    with pytest.raises(ConfigError) as raised:
+        load_cluster_config(str(path))
+    assert str(raised.value) == f'kubeconfig {str(path)!r}: user "u": exec: {problem}'
+    assert not (tmp_path / "seen").exists()
+    # Quoted, it is text to both.
+    quoted = re.sub(r"\b(y|true|Off|on|yes)\b", r"'\1'", path.read_text().split("args: ")[1])
+    path.write_text(path.read_text().split("args: ")[0] + "args: " + quoted)
+    assert isinstance(kubectl_view(path), dict)
+    assert load_cluster_config(str(path)) is not None
+
+
+@pytest.mark.parametrize(
+    ("where", "place"),
+    [
+        ("extension", "line 9, column 9"),
+        ("extension-empty", "line 9, column 10"),
+        ("elsewhere", "line 1, column 23"),
+    ],
+)
+def test_a_null_key_is_refused_in_one_line_as_kubectl_refuses_it(
+    tmp_path: Path, where: str, place: str
+) -> None:
+    # kubectl 1.32: "unsupported map key of type: %!s(<nil>), key: <nil>, value: ..." (sigs.k8s.io/yaml
+    # turns the whole document into JSON, whose keys are strings), wherever the key stands. An extension's
+    # was sent to the plugin as "null".
+    if where == "extension":
+        path = exec_kubeconfig(tmp_path, extension="~: x")
+    elif where == "extension-empty":
+        path = exec_kubeconfig(tmp_path, extension="? \n: x")
+    else:
+        path = exec_kubeconfig(tmp_path)
+        path.write_text("preferences: {extra: {null: x}}\n" + path.read_text())
+    refused = kubectl_view(path)
+    assert isinstance(refused, str) and "unsupported map key of type" in refused, refused
+    with pytest.raises(ConfigError) as raised:
+        load_cluster_config(str(path))
+    assert str(raised.value) == (
+        f"cannot read kubeconfig {str(path)!r}: a null key (~, null or nothing before the colon: kubectl's "
+        f"unsupported map key; quote it if it is text) at {place}"
+    )
+    assert not (tmp_path / "seen").exists()

@@ -14,7 +14,7 @@ import functools
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -303,6 +303,30 @@ class _Boolean(str):
         return boolean
 
 
+class _BooleanKey(_Boolean):
+    """A boolean as a mapping's key: one key with every other boolean of its value (go-yaml's map has
+    one ``true``: ``on: 1`` then ``yes: 2`` is ``true: 2``), and another key than any string (``on: 1``
+    and ``'on': 2`` are two keys to kubectl, "true" and "on", where a `_Boolean`, equal to its text,
+    made them one)."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _BooleanKey) and self.value == other.value
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash((_BooleanKey, self.value))
+
+
+# A non-finite number as a key, as sigs.k8s.io/yaml writes it in JSON (after go-yaml's float text).
+_GO_SPECIAL_KEYS = {math.inf: ".inf", -math.inf: "-.inf"}
+
+
+def _special_key(key: float) -> str:
+    return ".nan" if math.isnan(key) else _GO_SPECIAL_KEYS[key]
+
+
 # The kubeconfig's boolean fields, by section: client-go decodes only these as booleans.
 _CLUSTER_BOOLEANS = ("insecure-skip-tls-verify", "disable-compression")
 _EXEC_BOOLEANS = ("provideClusterInfo",)
@@ -342,6 +366,37 @@ def _go_yaml_loader() -> type[Any]:
                 # The key it stands under, for a refusal to name instead of the value (`_go_tags`).
                 node.field = key
             return node
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            """PyYAML's, with the keys as sigs.k8s.io/yaml (kubectl) makes them JSON keys: a null key is
+            refused (JSON has none: "unsupported map key"), a boolean is a `_BooleanKey`, and a
+            non-finite number is read (refused as a value: JSON has none; a key is written as text)."""
+            if isinstance(node, yaml.MappingNode):
+                self.flatten_mapping(node)
+            mapping: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key: Any = _non_finite_key(key_node)
+                if key is None:
+                    key = self.construct_object(key_node, deep=deep)
+                if key is None:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        "a null key (~, null or nothing before the colon: kubectl's unsupported map key; "
+                        "quote it if it is text)",
+                        key_node.start_mark,
+                    )
+                if isinstance(key, _Boolean):
+                    key = _BooleanKey(key, key.value)
+                if not isinstance(key, Hashable):
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        "found unhashable key",
+                        key_node.start_mark,
+                    )
+                mapping[key] = self.construct_object(value_node, deep=deep)
+            return mapping
 
         def compose_scalar_node(self, anchor: Any) -> Any:
             event = self.peek_event()
@@ -417,6 +472,18 @@ def _go_number(plain: str) -> int | float | None:
         # Go's JSON writes a float under 1e21 without an exponent or a fraction when it has none
         # (1e3 as 1000), which a plugin's Go decoder reads into an integer; Python's would write 1000.0.
         return int(decimal.Decimal(repr(value))) if value.is_integer() and abs(value) < 1e21 else value
+    return None
+
+
+def _non_finite_key(node: Any) -> float | None:
+    """A key node that go-yaml reads as a non-finite number (``.inf``, ``-.Inf``, ``.nan``): the number,
+    else None (read as any node)."""
+    import yaml
+
+    if isinstance(node, yaml.ScalarNode) and node.tag == _YAML + "float":
+        value = _go_plain(node.value)[1]
+        if isinstance(value, float) and not math.isfinite(value):
+            return value
     return None
 
 
@@ -552,7 +619,11 @@ def _as_sent(value: Any, made: dict[int, Any]) -> Any:
     mapping: dict[Any, Any] = {}
     made[id(value)] = mapping
     for k, v in value.items():
-        mapping[str(k.value).lower() if isinstance(k, _Boolean) else k] = _as_sent(v, made)
+        if isinstance(k, _Boolean):
+            k = str(k.value).lower()
+        elif isinstance(k, float) and not math.isfinite(k):
+            k = _special_key(k)  # Python's JSON would write Infinity
+        mapping[k] = _as_sent(v, made)
     return mapping
 
 
@@ -683,14 +754,15 @@ def _check_types(
 def _check_exec_strings(section: dict[str, Any], where: str) -> None:
     """An exec plugin's ``args`` and ``env`` as client-go decodes them, refused in one line where it
     refuses them: a list of strings, and a list of mappings with a ``name`` and a string ``value``. A null
-    is the empty string, as Go's JSON decodes it into a string. A boolean word is the text written, as
-    elsewhere outside a boolean field (kubectl refuses it). The values are not shown: they may be secrets."""
+    is the empty string, as Go's JSON decodes it into a string. A boolean word (an unquoted ``y``,
+    ``true``, ``off``) is refused as a boolean, as kubectl refuses it: the plugin was run with the text
+    written. The values are not shown: they may be secrets."""
     args = section.get("args")
     if args is not None and not isinstance(args, list):
         # A string was run one argument per character, a mapping as its keys.
         raise ConfigError(f"{where}: args must be a list of strings, not {_kind(args)}")
     for index, arg in enumerate(args or ()):
-        if arg is not None and not isinstance(arg, str):
+        if arg is not None and (not isinstance(arg, str) or isinstance(arg, _Boolean)):
             raise ConfigError(f"{where}: args[{index}] must be a string, not {_kind(arg)}")
     if args:
         section["args"] = ["" if arg is None else arg for arg in args]
@@ -703,11 +775,11 @@ def _check_exec_strings(section: dict[str, Any], where: str) -> None:
                 f"{where}: env[{index}] must be a mapping with a name and a value, not {_kind(entry)}"
             )
         name, value = entry.get("name"), entry.get("value")
-        if not isinstance(name, str) or not name:
+        if not isinstance(name, str) or isinstance(name, _Boolean) or not name:
             # client-go: "env variable name must be specified"; a number is refused as it decodes.
             kind = "an empty one" if name == "" else _kind(name)
             raise ConfigError(f"{where}: env[{index}]: name must be a non-empty string, not {kind}")
-        if value is not None and not isinstance(value, str):
+        if value is not None and (not isinstance(value, str) or isinstance(value, _Boolean)):
             raise ConfigError(f'{where}: env "{name}": value must be a string, not {_kind(value)}')
         entry["value"] = "" if value is None else value
 
