@@ -159,6 +159,27 @@ def test_an_address_is_forgotten_once_closed_and_its_bucket_is_full() -> None:
     assert not clock.getDelayedCalls()
 
 
+def test_an_address_whose_last_connection_closed_while_its_handshake_waited_is_forgotten() -> None:
+    """The last connection closes while its handshake waits for a token: the waiting entry is let go
+    when the token comes (it takes none), and the address is forgotten once its buckets are full, as
+    any other (review-hostile3 F2: it was held for good, with no timer left to drop it, so every
+    source address that ever waited cost its record for the life of the process)."""
+    clock = Clock()
+    clients = Clients(LIMITS, clock, clock.seconds)
+    for host in ("a", "b"):
+        for _ in range(3):  # a burst of two, the third waits
+            assert clients.opened(host)
+            clients.handshake(host, lambda: False)  # each answers it was closed meanwhile
+        for _ in range(3):
+            clients.closed(host, counted=False, bare=True)
+    assert clients.addresses["a"].waiting
+    clock.advance(0.5)  # the waiting entry is let go: nothing is open, nothing waits
+    assert not clients.addresses["a"].waiting
+    clock.advance(10)  # every bucket full again
+    assert clients.addresses == {}
+    assert not clock.getDelayedCalls()
+
+
 def test_turns_give_each_client_one_request_a_round() -> None:
     clock = Clock()
     scheduler = FairScheduler(clock, lambda key: 0.0)

@@ -201,6 +201,10 @@ class Clients:
                 address.bucket.tokens -= 1
         if address.waiting:
             self._release_later(address)
+        else:
+            # Its last connection may have closed while its handshake waited (closed() could not
+            # forget the address then): forgotten once its buckets are full, as any other.
+            self._forget_later(address)
 
     def _release_later(self, address: Address) -> None:
         if address.release is not None:
