@@ -957,6 +957,73 @@ async def test_the_front_proxys_connections_made_at_once_on_a_server_full_of_idl
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_front_proxys_burst_evicting_its_own_leaves_its_address_unflooded_and_its_answer(
+    make_server, registry, reactor, front_proxy
+):
+    """The server is full of authenticated clients' idle connections, so kube-apiserver's connections
+    made at once are the only ones of no proven client and evict one another as they wait for their
+    address's turn (docs/hardening.md, what this does not prevent). Those so evicted were never let
+    speak: they are not charged to its address as bare connects, so its address does not flood after
+    the burst, and its next connection evicts a user's idle connection, not its own answered one
+    (review-hostile3 F1: its address flooded, and the answered connection was reset)."""
+    ca, proxy_cert = front_proxy
+    limit, n = 40, 30
+    api = await make_server(
+        registry,
+        http=HttpLimits(max_connections=limit),
+        requestheader_client_ca_file=str(ca.cert_file),
+        requestheader_allowed_names=("front-proxy-client",),
+    )
+    t = target(api)
+    connections = api.running.connections
+    idle: list[Any] = []
+    kept: list[Any] = []
+
+    def fill() -> None:
+        for i in range(limit):  # ten from each of four addresses: within their bursts
+            sock = t.connect(api.pki.admin, timeout=HANG_GUARD, source=f"127.0.0.{3 + i % 4}")
+            idle.append(sock)
+            sock.sendall(request_bytes("GET", "/version"))
+            assert read_reply(sock).code == 200
+
+    def burst() -> list[str]:
+        raws = [socket.create_connection(("127.0.0.1", t.port), timeout=HANG_GUARD) for _ in range(n)]
+
+        def ask(raw: socket.socket) -> str:
+            try:
+                sock = t.handshake(raw, proxy_cert)
+                sock.sendall(request_bytes("GET", "/version", {"X-Remote-User": "alice"}))
+                code = str(read_reply(sock).code)
+                kept.append(sock)  # answered: kept open, idle
+                return code
+            except OSError as error:
+                raw.close()
+                return type(error).__name__
+
+        with concurrent.futures.ThreadPoolExecutor(n) as pool:
+            return list(pool.map(ask, raws))
+
+    def again() -> tuple[int, int]:
+        raw = socket.create_connection(("127.0.0.1", t.port), timeout=HANG_GUARD)
+        with t.handshake(raw, proxy_cert) as sock:
+            sock.sendall(request_bytes("GET", "/version", {"X-Remote-User": "bob"}))
+            new = read_reply(sock).code
+        kept[0].sendall(request_bytes("GET", "/version", {"X-Remote-User": "alice"}))
+        return new, read_reply(kept[0]).code
+
+    try:
+        await in_thread(fill)
+        await until(lambda: len(connections.protocols) == limit, reactor)
+        results = await in_thread(burst)
+        assert kept, collections.Counter(results)
+        assert not connections.clients.flooding("127.0.0.1")
+        assert await in_thread(again) == (200, 200)
+    finally:
+        for sock in idle + kept:
+            sock.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_connections_that_made_their_handshake_never_make_their_address_flood(
     make_server, registry, reactor
 ):

@@ -876,6 +876,13 @@ class ClientConnection(ProtocolWrapper):
     host = ""
     front_proxy = False
     counted = False  # against its address's cap: its handshake is done, and it is not the front proxy's
+    # The server holds its reading paused: it waits for its address's handshake token or turn, so no
+    # byte can come on it yet.
+    held = False
+    # Evicted while held: closed without a byte, but never let speak, so not a bare connect its
+    # address pays for (a burst's connections evicting one another as they wait for their turn are
+    # not a flood).
+    spared = False
     _lost = False
 
     def makeConnection(self, transport: Any) -> None:
@@ -905,8 +912,10 @@ class ClientConnection(ProtocolWrapper):
         # a burst of connections from one address costs at most one handshake a turn of the reactor.
         # The transport is reading already: when the handshake may start now, it just goes on.
         if not self.factory.clients.handshake(self.host, self._start):
+            self.held = True
             self.pauseProducing()
         elif not self.factory.scheduler.claim(address_key(self.host)):
+            self.held = True
             self.pauseProducing()
             self._take_turn()
 
@@ -920,7 +929,8 @@ class ClientConnection(ProtocolWrapper):
         self.factory.scheduler.submit(address_key(self.host), self._read)
 
     def _read(self) -> None:
-        if not self._lost:
+        if not self._lost and not self.spared:
+            self.held = False
             self.resumeProducing()
 
     def heard(self) -> None:
@@ -951,7 +961,7 @@ class ClientConnection(ProtocolWrapper):
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         if not self._lost:
             self._lost = True
-            bare = not self.wrappedProtocol.heard
+            bare = not self.wrappedProtocol.heard and not self.spared
             self.factory.clients.closed(self.host, counted=self.counted, bare=bare)
         super().connectionLost(reason)
 
@@ -1178,6 +1188,7 @@ class LimitedConnections(WrappingFactory):
         self._drop(wrapper, "client-limit")
 
     def _drop(self, wrapper: ClientConnection, why: str = "evicted") -> None:
+        wrapper.spared = wrapper.held  # closed while the server held it paused: not a bare connect
         wrapper.wrappedProtocol.ranked = None
         self._place(wrapper, 0, None)
         self._probes.pop(wrapper, None)
@@ -1200,7 +1211,8 @@ class LimitedConnections(WrappingFactory):
         request are under way (the kubelet's probe, kube-apiserver's new connection before its
         certificate is seen). kube-apiserver's connections made at once, which all send their
         handshake, never make its address flood (up to --handshake-burst-per-client of them at once):
-        each evicts another client's connection, not one of its own still waiting for its turn."""
+        each evicts another client's connection of the first rank while there is one, else one of its
+        own still waiting for its turn, not charged to its address as a bare close (spared)."""
         if self.clients.flooding(host):
             own = self._own.get(host)
             if own is None:

@@ -73,9 +73,11 @@ class Address:
     open: int = 0  # connections open from it
     counted: int = 0  # of them, those counted against the cap: handshaken, and not the front proxy's
     # Its connections closed bare (no byte come: refused, evicted, or timed out before a handshake
-    # began), paid at the handshake rate: whether it floods (Clients.flooding). Paid at the close, not
-    # at the connect: a burst of connections that all make their handshake (kube-apiserver's, made at
-    # once) costs nothing here, while a flood of bare connects pays for each.
+    # began; not one evicted while the server held it waiting for its token or turn, never let speak),
+    # paid at the handshake rate: whether it floods (Clients.flooding). Paid at the close, not at the
+    # connect: a burst of connections that all make their handshake (kube-apiserver's, made at once)
+    # costs nothing here, nor do those of it evicted while they waited, while a flood of bare connects
+    # pays for each.
     connects: Bucket = attrs.field(default=None)
     waiting: deque[Callable[[], bool]] = attrs.Factory(deque)  # handshakes waiting for a token
     release: IDelayedCall | None = None
@@ -121,10 +123,11 @@ class Clients:
 
     def flooding(self, host: str) -> bool:
         """Whether ``host`` opens connections faster than its handshake rate: its handshakes wait for a
-        token, or its connections closed bare (one evicted or closed while it waits for its
-        handshake's token gives that token back, but is paid for here) have spent half its burst or
-        more. Connections still open, their handshake under way or waiting, are not counted: those
-        of a burst are not yet known to be a flood's."""
+        token, or its connections closed bare (one closed while it waits for its handshake's token
+        takes no token, but is paid for here, unless the server evicted it while it waited: see
+        ClientConnection.spared) have spent half its burst or more. Connections still open, their
+        handshake under way or waiting, are not counted: those of a burst are not yet known to be a
+        flood's."""
         address = self.addresses.get(host)
         if address is None:
             return False
