@@ -502,6 +502,23 @@ def test_a_burst_evicting_its_own_connections_held_for_their_turn_does_not_make_
     assert not table.clients.flooding("10.0.0.2")
 
 
+def test_connects_refused_at_a_full_server_are_bare_closes_and_make_their_address_flood() -> None:
+    """A connect refused at a full server (no one to evict, no place over the limit) is closed bare and
+    charged to its address: past half its burst the address floods, and once a connection becomes
+    evictable its connects evict only its own, none here (review-hostile3 F3: no test noticed when
+    refusals were not charged)."""
+    table, events, clock = _table(limit=1, probes=0)
+    busy = _asking(table, clock, "10.0.0.1")
+    for _ in range(21):
+        assert _open(table, clock, "10.6.6.6") is None
+    assert events == ["refused"] * 21
+    assert table.clients.flooding("10.6.6.6")
+    table.site.resource.held[0].finish()  # its answer is done: the connection is idle, evictable
+    clock.advance(0)
+    assert _open(table, clock, "10.6.6.6") is None
+    assert events[-1] == "refused" and not busy.disconnecting
+
+
 def test_choosing_whom_to_evict_looks_at_a_few_connections_however_many_are_open() -> None:
     """On a full table every new connection chooses whom to evict. Looking at every open connection
     for it made a flood of n connects cost n² looks: the candidates are kept in their order instead,
