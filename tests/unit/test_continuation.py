@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from payloadtags.api.continuation import Continuation, decode, encode
+from payloadtags.api import continuation
+from payloadtags.api.continuation import DECODED_MAX, Continuation, another_list, decode, encode
 from payloadtags.api.errors import ApiError
 from payloadtags.names import TagRef
 
@@ -166,3 +167,82 @@ def test_a_token_is_spelled_as_json_dumps_spells_it(
     raw = json.dumps(data, separators=(",", ":")).encode()
     expected = base64.urlsafe_b64encode(raw).decode().rstrip("=")
     assert encode(Continuation(resource_version, scope, TagRef(*last), walk)) == expected
+
+
+# -- the cache of decoded tokens (each page of a walk decodes its token) ----------------------------------
+
+
+def test_a_token_decoded_again_for_another_list_is_still_400() -> None:
+    # The cache keeps what the text decodes to, not whether it suited the list it was first given to.
+    text = encode(TOKEN)
+    assert decode(text, "team-a") == TOKEN
+    assert _bad(text, "team-b").message == another_list().message
+    assert _bad(text, "").message == another_list().message
+    assert decode(text, "team-a") == TOKEN
+
+
+def test_decoded_tokens_are_kept_by_their_exact_text() -> None:
+    first = encode(TOKEN)
+    other = Continuation("1712345678000000", "team-a", TagRef("team-a", "test/http-echo", "v1.3"), "walk-b")
+    second = encode(other)
+    assert decode(first, "team-a") == TOKEN
+    assert decode(second, "team-a") == other
+    assert decode(first, "team-a") == TOKEN
+    # Base64 spellings that decode to the same bytes are different keys, each decoded by itself.
+    assert decode(first + "=" * (-len(first) % 4), "team-a") == TOKEN
+
+
+def test_a_malformed_token_is_400_every_time() -> None:
+    for _ in range(3):
+        _bad("garbage", "ns")
+    # A token whose text is a kept one's with a character changed decodes (or fails) on its own.
+    text = encode(TOKEN)
+    _bad(text[:-1] + ("A" if text[-1] != "A" else "B") + "!", "team-a")
+
+
+def test_the_cache_of_decoded_tokens_is_bounded() -> None:
+    tokens = [
+        Continuation(str(n + 1), "ns", TagRef("ns", "app", f"v{n}"), "w") for n in range(2 * DECODED_MAX)
+    ]
+    texts = [encode(token) for token in tokens]
+    continuation._decoded.clear()
+    for token, text in zip(tokens, texts, strict=True):
+        assert decode(text, "ns") == token
+    assert len(continuation._decoded) == DECODED_MAX
+    # The most recently decoded are the ones kept.
+    assert texts[-1] in continuation._decoded
+    assert texts[0] not in continuation._decoded
+    # Those dropped decode as before.
+    assert decode(texts[0], "ns") == tokens[0]
+
+
+def test_a_long_token_is_decoded_and_not_kept() -> None:
+    # Longer than any token this server hands out (a field it does not read makes it so).
+    long_text = _raw(_good(pad="x" * continuation.DECODED_TEXT_MAX))
+    assert decode(long_text, "ns") == Continuation("5", "ns", TagRef("ns", "app", "v1"))
+    assert long_text not in continuation._decoded
+
+
+def test_a_token_is_kept_as_it_is_made_and_decodes_as_its_text_does() -> None:
+    text = encode(TOKEN)
+    assert continuation._decoded[text] == ("1712345678000000", "team-a", TOKEN.last, None)
+    assert decode(text, "team-a") == TOKEN
+    continuation._decoded.clear()
+    assert decode(text, "team-a") == TOKEN
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param(Continuation("5", "NS", TagRef("NS", "app", "v1")), id="namespace"),
+        pytest.param(Continuation("5", "ns", TagRef("ns", "App", "v1")), id="path"),
+        pytest.param(Continuation("5", "ns", TagRef("ns", "app", "")), id="tag"),
+        pytest.param(Continuation("x", "ns", TagRef("ns", "app", "v1")), id="resourceVersion"),
+        pytest.param(Continuation("5", "ns", TagRef("ns", "app", "v1"), "not a walk"), id="walk"),
+    ],
+)
+def test_a_token_made_of_what_decoding_refuses_is_refused_kept_or_not(token: Continuation) -> None:
+    text = encode(token)
+    _bad(text, token.scope)
+    continuation._decoded.clear()
+    _bad(text, token.scope)

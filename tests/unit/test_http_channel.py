@@ -14,7 +14,9 @@ from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
+from twisted.web.http import datetimeToString
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import Interface, implementer, providedBy
@@ -841,3 +843,27 @@ def test_a_chunk_line_ending_with_a_bare_lf_is_400_at_once(body: bytes) -> None:
     channel.dataReceived(head + body)
     assert transport.value().startswith(b"HTTP/1.1 400 "), transport.value()[:100]
     assert b"bare LF" in transport.value()
+
+
+def test_the_date_header_is_twisteds_text_for_the_second() -> None:
+    # Made once a second (GuardedRequest.process): the same bytes as twisted.web.http's for that second.
+    for _ in range(2):  # made, then kept
+        before = datetimeToString()
+        made = channel_module._http_date()
+        assert made in (before, datetimeToString())
+
+
+def test_the_bytes_waiting_to_be_sent_are_read_from_the_tcp_transport_under_the_wrappers() -> None:
+    # The wrappers hand an attribute they lack down to their transport: the FileDescriptor is found
+    # once, and reads the same as through them.
+    tcp = FileDescriptor()
+    tcp.dataBuffer = b"x" * 100
+    tcp.offset = 30
+    tcp._tempDataLen = 5
+    lower = ProtocolWrapper(WrappingFactory(None), Protocol())
+    upper = ProtocolWrapper(WrappingFactory(None), Protocol())
+    lower.makeConnection(tcp)
+    upper.makeConnection(lower)
+    assert channel_module._sending_transport(upper) is tcp
+    assert channel_module._unsent(channel_module._sending_transport(upper)) == 75
+    assert channel_module._unsent(channel_module._sending_transport(StringTransport())) is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections import OrderedDict
 from json.encoder import encode_basestring_ascii as _quote
 
 import attrs
@@ -16,6 +17,16 @@ from payloadtags.names import TagRef, is_namespace, is_repository_path
 from payloadtags.watch import parse_version
 
 _VERSION = 1
+
+# Decoded tokens, by their exact text. Each page of a walk decodes the token the page before handed
+# out: a token is kept here as it is made (what it decodes to is known then), and a retry or a dry
+# run followed by the same deletecollection gives a token again. A token decodes to the same fields
+# whoever gives it (it carries no identity; every check that depends on the caller or the list is
+# made after the decode, on each request), so one cache serves every request. Bounded in entries and
+# in the length of a token it keeps (a token made here is at most about 800 characters: a namespace,
+# a repository path, a tag and a walk id); the least recently used dropped first.
+DECODED_MAX = 256
+DECODED_TEXT_MAX = 1024
 
 
 @attrs.frozen
@@ -36,7 +47,12 @@ def encode(token: Continuation) -> str:
         f'"last":[{_quote(last.namespace)},{_quote(last.repository_path)},{_quote(last.tag)}]'
         + ("}" if token.walk is None else f',"w":{_quote(token.walk)}}}')
     )
-    return base64.urlsafe_b64encode(raw.encode("ascii")).decode("ascii").rstrip("=")
+    text = base64.urlsafe_b64encode(raw.encode("ascii")).decode("ascii").rstrip("=")
+    # What decoding the text gives (the spelling round-trips: test_continuation), checked as decoding
+    # checks it, so that a token made of names the decode would refuse is refused all the same.
+    valid = _valid(token.resource_version, last.namespace, last.repository_path, last.tag, token.walk)
+    _keep(text, _copied((token.resource_version, token.scope, last, token.walk)) if valid else _MALFORMED)
+    return text
 
 
 def another_list() -> ApiError:
@@ -46,26 +62,77 @@ def another_list() -> ApiError:
 
 def decode(text: str, scope: str) -> Continuation:
     """Decode a token for a list in ``scope``, or raise 400 as kube-apiserver does for a bad token."""
+    fields = _decoded.get(text)
+    if fields is None:
+        fields = _decode_fields(text)
+        _keep(text, fields)
+    else:
+        _decoded.move_to_end(text)
+    if fields is _MALFORMED:
+        raise bad_request("continue key is not valid: the token is malformed")
+    resource_version, token_scope, last, walk = _copied(fields)
+    if token_scope != scope or (scope and last.namespace != scope):
+        raise another_list()
+    return Continuation(resource_version, scope, last, walk)
+
+
+# What a token decodes to: its resourceVersion, scope (as the token spells it: a scope that is no
+# string is another list's), last key and walk id; or _MALFORMED.
+_Fields = tuple[str, object, TagRef, "str | None"]
+_MALFORMED: _Fields = ("", "", TagRef("", "", ""), None)
+_decoded: OrderedDict[str, _Fields] = OrderedDict()
+
+
+def _keep(text: str, fields: _Fields) -> None:
+    if len(text) <= DECODED_TEXT_MAX:
+        _decoded[text] = fields
+        _decoded.move_to_end(text)
+        if len(_decoded) > DECODED_MAX:
+            _decoded.popitem(last=False)
+
+
+def _copied(fields: _Fields) -> _Fields:
+    """``fields`` in strings of their own. What a token decodes to is the caller's alone (a walk keeps
+    the key and the walk id, and counts their memory as freed with it, api/walks.py), as decoding
+    the text makes it; and what the cache keeps is nobody else's (a page's key is cut from the
+    catalog names its walk keeps)."""
+    resource_version, scope, last, walk = fields
+    return (
+        _own(resource_version),
+        scope,
+        TagRef(_own(last.namespace), _own(last.repository_path), _own(last.tag)),
+        None if walk is None else _own(walk),
+    )
+
+
+def _own(text: str) -> str:
+    # A new string of the same characters (slicing or str() give the same object back). One of a
+    # character is CPython's own, shared by everyone anyway.
+    return text.encode().decode() if len(text) > 1 else text
+
+
+def _valid(resource_version: object, ns: object, path: object, tag: object, walk: object) -> bool:
+    return bool(
+        isinstance(resource_version, str)
+        and parse_version(resource_version) is not None
+        and all(isinstance(x, str) for x in (ns, path, tag))
+        and is_namespace(ns)  # type: ignore[arg-type]
+        and is_repository_path(path)  # type: ignore[arg-type]
+        and tag
+        and (walk is None or is_walk_id(walk))
+    )
+
+
+def _decode_fields(text: str) -> _Fields:
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         data = json.loads(raw)
         ns, path, tag = data["last"]
         resource_version, token_scope = data["rv"], data["scope"]
         walk = data.get("w")
-        valid = (
-            data["v"] == _VERSION
-            and isinstance(resource_version, str)
-            and parse_version(resource_version) is not None
-            and all(isinstance(x, str) for x in (ns, path, tag))
-            and is_namespace(ns)
-            and is_repository_path(path)
-            and tag
-            and (walk is None or is_walk_id(walk))
-        )
+        valid = data["v"] == _VERSION and _valid(resource_version, ns, path, tag, walk)
     except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
         valid = False
     if not valid:
-        raise bad_request("continue key is not valid: the token is malformed")
-    if token_scope != scope or (scope and ns != scope):
-        raise another_list()
-    return Continuation(resource_version, scope, TagRef(ns, path, tag), walk)
+        return _MALFORMED
+    return resource_version, token_scope, TagRef(ns, path, tag), walk

@@ -33,8 +33,10 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
+from urllib.parse import unquote_to_bytes
 
 from cryptography import x509
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener
@@ -44,10 +46,10 @@ from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
-from twisted.web import http
+from twisted.web import http, resource
 from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource
-from twisted.web.server import Request, Site
+from twisted.web.server import Request, Site, version
 from zope.interface import directlyProvides, implementer, providedBy
 
 from payloadtags.api.errors import ApiError, bad_request, internal, too_many_requests
@@ -80,6 +82,11 @@ CLOSE_GRACE = 2.0
 # the transport asks for more only once it has sent everything, and a steady slow reader of a large
 # chunk (a list's is hundreds of kB) takes longer than the idle timeout to empty it.
 STALL_CHECK = 1.0
+
+# twisted.web.http is a module with deprecated attributes: each attribute read from it goes through
+# twisted.python.deprecate's proxy (microseconds), and the transfer decoder's class was read for every
+# header of every request.
+_ChunkedTransferDecoder = http._ChunkedTransferDecoder
 
 
 class Admission(Protocol):
@@ -187,7 +194,7 @@ class HeadPool:
         self.taken -= size
 
 
-class GuardedChunks(http._ChunkedTransferDecoder):
+class GuardedChunks(_ChunkedTransferDecoder):
     """Twisted's chunked decoder, answering at once what it would otherwise wait for: a chunk size
     over 64 bits (Go: 400), and a chunk declared larger than what the body may still hold (the 413
     of ``--max-request-body-bytes`` is due as soon as the size says so, not after the body deadline)."""
@@ -271,7 +278,25 @@ class GuardedRequest(Request):
             # Twisted answers these itself, with an empty 405.
             self.write_status(ApiError(405, "MethodNotAllowed", "only OPTIONS applies to the target *"))
             return
-        super().process()
+        # twisted.web.server.Request.process, with the Date header's text made once a second
+        # (_http_date) rather than for every request.
+        self.site = self.channel.site
+        self.setHeader(b"Server", version)
+        self.setHeader(b"Date", _http_date())
+        self.prepath = []
+        self.postpath = list(map(_unquote, self.path[1:].split(b"/")))
+        if self.path == b"*":
+            self._handleStar()
+            return
+        try:
+            found = self.site.getResourceFor(self)
+            if resource._IEncodingResource.providedBy(found):
+                encoder = found.getEncoder(self)
+                if encoder is not None:
+                    self._encoder = encoder
+            self.render(found)
+        except BaseException:
+            self.processingFailed(Failure())
 
     def processingFailed(self, reason: Failure) -> None:
         log.failure("unhandled error serving {uri}", failure=reason, uri=self.uri)
@@ -284,6 +309,26 @@ class GuardedRequest(Request):
         self.setHeader(b"content-length", str(len(body)).encode())
         self.write(body)
         self.finish()
+
+
+_date: tuple[int, bytes] = (-1, b"")
+_NOT_LOOKED = object()
+
+
+def _http_date() -> bytes:
+    """The Date header's text for now, as twisted.web.http.datetimeToString gives it (to the second):
+    made once per second."""
+    global _date
+    now = time.time()
+    second = int(now)
+    if _date[0] != second:
+        _date = (second, http.datetimeToString(now))
+    return _date[1]
+
+
+def _unquote(segment: bytes) -> bytes:
+    # What twisted.web.server.Request.process unquotes each path segment with; most have no escape.
+    return unquote_to_bytes(segment) if b"%" in segment else segment
 
 
 class GuardedChannel(http.HTTPChannel):
@@ -327,6 +372,7 @@ class GuardedChannel(http.HTTPChannel):
     # that waited to be sent at the last look (None: the transport does not tell).
     _reading_at = 0.0
     _unsent: int | None = None
+    _found_sender: object = _NOT_LOOKED  # _sender's
 
     def __init__(self) -> None:
         super().__init__()
@@ -356,8 +402,13 @@ class GuardedChannel(http.HTTPChannel):
     def _handlingRequest(self) -> bool:
         return self._handling
 
+    # A setter that leaves its field as it was changes no rank: nothing to tell (most of a response's
+    # sets are such ones).
+
     @_handlingRequest.setter
     def _handlingRequest(self, value: bool) -> None:
+        if value == self._handling:
+            return
         self._handling = value
         self.rerank()
 
@@ -367,6 +418,8 @@ class GuardedChannel(http.HTTPChannel):
 
     @_replay_pending.setter
     def _replay_pending(self, value: bool) -> None:
+        if value == self._replaying:
+            return
         self._replaying = value
         self.rerank()
 
@@ -376,6 +429,8 @@ class GuardedChannel(http.HTTPChannel):
 
     @_deadline_kind.setter
     def _deadline_kind(self, value: str) -> None:
+        if value == self._kind:
+            return
         self._kind = value
         self.rerank()
 
@@ -396,10 +451,11 @@ class GuardedChannel(http.HTTPChannel):
         3-5. the same three of the verified front proxy's (which has made its handshake):
            kube-apiserver carries every user of the aggregated API on its connections, and a request
            it sends on one closed under it fails when it may not be retried (a DELETE)."""
+        # The fields behind the properties (serving, stalled): this runs on every change of them.
         if self._lost:
             return None
-        if self.serving:
-            if not self.stalled:
+        if self._handling and not self._replaying:
+            if self._kind != "stalled":
                 return None
             rank = 2
         else:
@@ -440,12 +496,21 @@ class GuardedChannel(http.HTTPChannel):
         it has sent everything, the connection looks every STALL_CHECK whether what waits to be sent
         went down."""
         self._reading_at = self.site.reactor.seconds()
-        self._unsent = _unsent(self.transport)
+        self._unsent = _unsent(self._sender())
         self._arm(min(STALL_CHECK, self.limits.idle_timeout), "stalled")
+
+    def _sender(self) -> object:
+        """The TCP transport under the wrappers (ClientConnection, TLS), looked for once per connection:
+        each look is a few attribute reads that miss and go through every wrapper's __getattr__, and a
+        large response looks twice (the client reads it more slowly than it is written)."""
+        sender = self._found_sender
+        if sender is _NOT_LOOKED:
+            sender = self._found_sender = _sending_transport(self.transport)
+        return sender
 
     def _stall_check(self) -> None:
         now = self.site.reactor.seconds()
-        unsent = _unsent(self.transport)
+        unsent = _unsent(self._sender())
         if unsent is not None and self._unsent is not None and unsent < self._unsent:
             self._reading_at = now  # the client took some
         self._unsent = unsent
@@ -479,7 +544,8 @@ class GuardedChannel(http.HTTPChannel):
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self._lost = True
-        self._deadline_kind = ""  # and out of the eviction order
+        self._deadline_kind = ""
+        self.rerank()  # out of the eviction order
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
@@ -576,11 +642,7 @@ class GuardedChannel(http.HTTPChannel):
     def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
         chosen = bool(super()._maybeChooseTransferDecoder(header, data))
         decoder = self._transferDecoder
-        if (
-            chosen
-            and isinstance(decoder, http._ChunkedTransferDecoder)
-            and not isinstance(decoder, GuardedChunks)
-        ):
+        if chosen and isinstance(decoder, _ChunkedTransferDecoder) and not isinstance(decoder, GuardedChunks):
             self._transferDecoder = GuardedChunks(self, self.requests[-1])
         return chosen
 
@@ -760,20 +822,39 @@ class GuardedChannel(http.HTTPChannel):
             abort()
 
 
-def _unsent(transport: object) -> int | None:
-    """The bytes written to the connection and not yet sent, as the TCP transport under the wrappers
-    (ClientConnection, TLS) counts them; None when there is no such transport to ask (a test's)."""
+def _sending_transport(transport: object) -> object:
+    """The TCP transport under the wrappers (ClientConnection, TLS): a FileDescriptor, whose dataBuffer
+    is its own (each wrapper's __getattr__ hands an attribute it lacks down to its transport: read
+    through them, every attribute is two or three lookups that miss). Otherwise the first that has a
+    dataBuffer of bytes; None when none has (a test's)."""
+    layer = transport
+    for _ in range(4):
+        if layer is None:
+            break
+        if isinstance(layer, FileDescriptor):
+            return layer
+        layer = getattr(layer, "transport", None)
     for _ in range(4):
         if transport is None:
             return None
-        buffered = getattr(transport, "dataBuffer", None)
-        if isinstance(buffered, bytes):
-            # twisted.internet.abstract.FileDescriptor: dataBuffer from offset on, then the writes
-            # not joined to it yet.
-            offset = getattr(transport, "offset", 0)
-            return len(buffered) - offset + getattr(transport, "_tempDataLen", 0)
+        if isinstance(getattr(transport, "dataBuffer", None), bytes):
+            return transport
         transport = getattr(transport, "transport", None)
     return None
+
+
+def _unsent(transport: object) -> int | None:
+    """The bytes written to the connection and not yet sent, as the TCP transport (`_sending_transport`)
+    counts them; None when there is no such transport to ask."""
+    if transport is None:
+        return None
+    buffered = getattr(transport, "dataBuffer", None)
+    if not isinstance(buffered, bytes):
+        return None
+    # twisted.internet.abstract.FileDescriptor: dataBuffer from offset on, then the writes not joined to
+    # it yet.
+    offset = getattr(transport, "offset", 0)
+    return len(buffered) - offset + getattr(transport, "_tempDataLen", 0)
 
 
 def _drop_before_decrypting(transport: object) -> None:
