@@ -855,3 +855,69 @@ async def test_a_tag_by_tag_deletecollection_whose_budget_ends_with_a_write_out_
         ), message
         hold.callback(None)
         await deleting
+
+
+class OnlyVisible(AlwaysAllow):
+    """A caller who may see and delete the path ``visible`` of every namespace only (a
+    payloadrepositoryaccess with resourceNames: [visible])."""
+
+    def allowed(self, user: Any, verb: str, namespace: str, repository_path: str) -> bool:
+        return repository_path == "visible"
+
+    def allowed_everywhere(self, user: Any, verb: str, namespace: str) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("time_left", [None, 1.5])
+@pytest_twisted.ensureDeferred
+async def test_a_tag_by_tag_deletecollection_neither_waits_for_nor_names_a_late_write_the_caller_may_not_see(
+    registry, repo, time_left
+) -> None:
+    """An admin's single delete of a tag of ``repo`` has its re-tag go unanswered; then a caller who
+    may see the path ``visible`` only deletes all it sees of the namespace. The call waited for the
+    admin's write (with no deadline), or answered a 504 naming its repository and tag (1.5 s before
+    its deadline): a path the caller may not list, and that someone deletes it now (review-ds4
+    finding 1). A late write elsewhere cannot leave a tag the caller's selection holds: the call
+    deletes the visible tag and answers 200 at once."""
+    namespace = repo.partition("/")[0]
+    visible = f"{namespace}/visible"
+    images.push_oci_image(registry, visible, "mine", seed="visible")
+    hold, proxy, clock, client, service = retag_removal(registry, repo, shorter_than=50.0, budget=100.0)
+    _state(service, EXISTS)
+    async with released(proxy, client, hold):
+        await _single_delete_fails(service, repo)
+        service.authorizer = OnlyVisible()
+        removing, delays = await removal_until_it_waits(service, namespace, clock, time_left=time_left)
+        assert delays == [] and removing.called, f"waited {delays} s for a write the caller may not see"
+        items, _ = await removing
+    assert [(item.spec.repository_path, item.spec.tag) for item in items] == [("visible", "mine")]
+    assert images.list_tags(registry, visible) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tag_by_tag_deletecollection_still_waits_for_a_late_write_the_caller_may_see(
+    registry, repo
+) -> None:
+    """As above, the admin's write in the path the caller may see: the call waits for it and names it,
+    as before (1.5 s before its deadline: the 504 naming the write)."""
+    namespace, _, path = repo.partition("/")
+    mine: str = path
+
+    class OnlyThis(OnlyVisible):
+        def allowed(self, user: Any, verb: str, namespace: str, repository_path: str) -> bool:
+            return repository_path == mine
+
+    hold, proxy, clock, client, service = retag_removal(registry, repo, shorter_than=50.0, budget=100.0)
+    _state(service, EXISTS)
+    images.push_oci_image(registry, f"{namespace}/hidden", "theirs", seed="hidden")
+    async with released(proxy, client, hold):
+        await _single_delete_fails(service, repo)
+        service.authorizer = OnlyThis()
+        removing, _ = await removal_until_it_waits(service, namespace, clock, time_left=1.5)
+        with pytest.raises(ApiError) as answered:
+            await removing
+    error = answered.value
+    assert (error.code, error.retry_after) == (504, None), error.message
+    message = " ".join(error.message.split())
+    assert f"deleting tag {repo}:v1, and may still carry it out within about 1s" in message, message
+    assert images.list_tags(registry, f"{namespace}/hidden") == ["theirs"]

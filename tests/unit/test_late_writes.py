@@ -184,3 +184,33 @@ def test_a_write_out_says_how_long_after_its_request_ends_it_may_land() -> None:
     late.sent("team", "deleting tag team/app:v3")
     assert late.out_within("team") == "later"
     assert late.out_within("elsewhere") == "later"
+
+
+def test_a_look_scoped_to_some_repositories_sees_only_their_writes() -> None:
+    """A caller who may see some repositories of a namespace only waits for, and is told of, the late
+    writes of those (review-ds4 F1); one of unknown repository counts for every look, unnamed."""
+    clock = Clock()
+    late = LateWrites(clock)
+    mine = {"team/mine"}.__contains__
+    late.note("team", "deleting tag team/theirs:v1", 30.0, "team/theirs")
+    out = late.sent("team", "deleting tag team/theirs:v2", ("team/theirs", "v2", "sha256:2"), after=10.0)
+    assert late.pending("team", mine) is None
+    assert late.leaves("team", mine) == frozenset()
+    assert late.out_within("team", mine) == "later"
+    assert outcome(late.wait_out("team", 100.0, mine)) == [None]
+    assert late.pending("team") == ("deleting tag team/theirs:v2", math.inf)  # the namespace's look
+    late.note("team", "deleting tag team/mine:v1", 20.0, "team/mine")
+    late.sent("team", "deleting tag team/mine:v2", ("team/mine", "v2", "sha256:3"), after=10.0)
+    assert late.pending("team", mine) == ("deleting tag team/mine:v2", math.inf)
+    assert late.leaves("team", mine) == {("team/mine", "v2", "sha256:3")}
+    late.ended("team", out, None)
+    late.ended("team", out + 1, 5.0)  # mine may land until 5.0; noted at 20.0 already
+    assert late.pending("team", mine) == ("deleting tag team/mine:v1", 20.0)
+    assert late.pending("team") == ("deleting tag team/theirs:v1", 30.0)
+    clock.advance(20.0)
+    assert late.pending("team", mine) is None
+    assert late.pending("team") == ("deleting tag team/theirs:v1", 30.0)
+    late.note("team", "deleting tag team/somewhere:v1", 40.0)  # no repository given
+    assert late.pending("team", mine) == ("writing to the registry", 40.0)
+    clock.advance(20.0)
+    assert late.pending("team", mine) is None and late.pending("team") is None

@@ -42,6 +42,7 @@ from payloadtags.model import (
 from payloadtags.names import InvalidName, TagRef, is_namespace, ref_from_name
 from payloadtags.registry import LateWrites, asking
 from payloadtags.registry.errors import RegistryConflict, RegistryError, RegistryNotFound
+from payloadtags.registry.late import Within
 from payloadtags.watch import parse_version
 
 audit_log = Logger(namespace="payloadtags.audit")
@@ -643,6 +644,10 @@ class TagsService:
         # After a wait for a late write: where each tag it may have left was checked to be (passed to
         # the delete, which reads it in its repository's turn: a push of its name since is kept).
         checked: dict[TagRef, str] = {}
+        # The late writes it waits for and names: those of the repositories the caller may see. One
+        # elsewhere cannot leave a tag its selection holds, and waiting for it, or naming it, would
+        # tell a caller of one path of the namespace what happens in the others (review-ds4 F1).
+        visible = self._visible_repositories(user, namespace)
 
         async def remove(ref: TagRef) -> PayloadRepositoryTag | None:
             try:
@@ -681,8 +686,10 @@ class TagsService:
             # Nor while a write of this process may still land in the namespace (a single delete's
             # re-tag, a cascade's repair: `LateWrites`), as for the namespace's removal: the namespace
             # controller also deletes tag by tag when the namespace's state could not be read.
-            leaves = self.late_writes.leaves(namespace) if self.late_writes is not None else frozenset()
-            if not await self._waited_for_late_writes(namespace, len(refs), deadline):
+            leaves = (
+                self.late_writes.leaves(namespace, visible) if self.late_writes is not None else frozenset()
+            )
+            if not await self._waited_for_late_writes(namespace, len(refs), deadline, visible):
                 return [deleted[ref] for ref in refs if ref in deleted], meta
             # It could land meanwhile: delete what it left, and look again.
             listed = (await self._select(user, namespace, unfiltered, authorize=False, shown=False))[0].refs
@@ -748,19 +755,30 @@ class TagsService:
                 )
         return left
 
-    async def _waited_for_late_writes(self, namespace: str, total: int, deadline: float) -> bool:
+    def _visible_repositories(self, user: UserInfo, namespace: str) -> Within | None:
+        """The repositories of ``namespace`` whose tags ``user`` may see, as `LateWrites` scopes a look:
+        None when that is all of them."""
+        if self.authorizer.allowed_everywhere(user, "get", namespace):
+            return None
+        readable = Readable(self.authorizer, user)
+        return lambda repository: readable(namespace, repository.partition("/")[2])
+
+    async def _waited_for_late_writes(
+        self, namespace: str, total: int, deadline: float, visible: Within | None = None
+    ) -> bool:
         """Wait until no write of this process may land in ``namespace`` any more, before ``deadline``
         (on the clock of `late_writes`: the budget's end, or a margin before the request's deadline;
         True: waited; False: none may land); else a 504 without Retry-After that names the write. One
         still out (sent, not answered) is waited for too: its answer may come before the deadline, and
-        then what it left is deleted (`LateWrites.wait_out`)."""
+        then what it left is deleted (`LateWrites.wait_out`). ``visible``: only the writes of those
+        repositories (`LateWrites.pending`)."""
         late_writes = self.late_writes
         if late_writes is None:
             return False
-        late = late_writes.pending(namespace)
+        late = late_writes.pending(namespace, visible)
         if late is None or late[1] <= late_writes.now():
             return False
-        late = await late_writes.wait_out(namespace, deadline)
+        late = await late_writes.wait_out(namespace, deadline, visible)
         if late is None:
             return True
         what, until = late
@@ -769,7 +787,7 @@ class TagsService:
             # No length from now: its request may not even have left (`LateWrites.out_within`).
             when = (
                 f"the registry has not answered a write made while {what} yet, and may carry it out "
-                f"{late_writes.out_within(namespace)}"
+                f"{late_writes.out_within(namespace, visible)}"
             )
             then = "once that time has passed, list the tags"
         else:

@@ -753,6 +753,7 @@ class RegistryClient:
                     namespace_of(repository),
                     f"deleting tag {repository}:{tag}",
                     self._late_writes.now() + LATE_WRITE_GRACE * self._settings.timeout,
+                    repository,
                 )
             raise
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -12,6 +13,15 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 def namespace_of(repository: str) -> str:
     """The namespace a repository belongs to (its first path component, as the inventory maps it)."""
     return repository.partition("/")[0]
+
+
+# Which repositories a caller's answer may depend on (`LateWrites.pending`'s ``within``): a caller's
+# deletecollection waits for, and names, only the late writes of repositories it may see.
+Within = Callable[[str], bool]
+
+# A write of unknown repository as a scoped answer describes it: it may be in any repository, so it
+# is waited for, and its own description (naming its repository) is not shown.
+ANONYMOUS = "writing to the registry"
 
 
 @attrs.define
@@ -51,19 +61,30 @@ class LateWrites:
     # The latest time of the entries dropped once it had passed: a pass begun before it may have
     # missed what that write left, whichever namespace it was in (`since`).
     _dropped: float = -math.inf
+    # The namespace's noted writes by repository (None: not given), each the latest noted: what a
+    # scoped look reads (`pending`'s ``within``). Kept with the namespace's entry, whose time is the
+    # latest of them (dropped or settled with it).
+    _noted: dict[str, dict[str | None, tuple[str, float]]] = attrs.Factory(dict)
+    # The repository of each write out that gave one (`sent`): by number.
+    _placed: dict[int, str] = attrs.Factory(dict)
 
     def now(self) -> float:
         return self.clock.seconds()
 
-    def note(self, namespace: str, what: str, until: float) -> None:
-        """A write that went unanswered may land until ``until`` (on `clock`)."""
-        self._note(namespace, what, until)
+    def note(self, namespace: str, what: str, until: float, repository: str | None = None) -> None:
+        """A write that went unanswered may land until ``until`` (on `clock`); ``repository``: where,
+        for a look scoped to some repositories (`pending`'s ``within``); None, anywhere."""
+        self._note(namespace, what, until, repository)
         self._wake(namespace)
 
-    def _note(self, namespace: str, what: str, until: float) -> None:
+    def _note(self, namespace: str, what: str, until: float, repository: str | None) -> None:
         known = self._writes.get(namespace)
         if known is None or until >= known[1]:
             self._writes[namespace] = (what, until)
+        noted = self._noted.setdefault(namespace, {})
+        known = noted.get(repository)
+        if known is None or until >= known[1]:
+            noted[repository] = (what, until)
         # The others whose time has passed go; this one's is kept with where its writes would leave
         # tags (a delete noted again at its end, its write's own time just passed).
         now = self.now()
@@ -86,6 +107,7 @@ class LateWrites:
         self._out.setdefault(namespace, {})[self._sent] = what
         if leaves is not None:
             self._leaves.setdefault(namespace, set()).add(leaves)
+            self._placed[self._sent] = leaves[0]
         if after is not None:
             self._after[self._sent] = after
         return self._sent
@@ -98,24 +120,42 @@ class LateWrites:
             return
         what = out.pop(number, None)
         self._after.pop(number, None)
+        repository = self._placed.pop(number, None)
         if not out:
             del self._out[namespace]
         if what is not None and grace is not None:
-            self._note(namespace, what, self.now() + grace)
+            self._note(namespace, what, self.now() + grace, repository)
         self._forget(namespace)
         self._wake(namespace)
 
-    def pending(self, namespace: str) -> tuple[str, float] | None:
+    def pending(self, namespace: str, within: Within | None = None) -> tuple[str, float] | None:
         """(what, until when) of the namespace's write that may land latest: until infinity while one
-        is out; None when none may land."""
+        is out; None when none may land. ``within``: only the writes of the repositories it admits
+        (one of unknown repository counts, described as `ANONYMOUS`); None, all."""
         out = self._out.get(namespace)
         if out:
-            return next(iter(out.values())), math.inf
+            for number, what in out.items():
+                if within is None:
+                    return what, math.inf
+                repository = self._placed.get(number)
+                if repository is None:
+                    return ANONYMOUS, math.inf
+                if within(repository):
+                    return what, math.inf
         known = self._writes.get(namespace)
         if known is not None and known[1] <= self.now():
             self._drop(namespace)
             return None
-        return known
+        if known is None or within is None:
+            return known
+        now = self.now()
+        latest: tuple[str, float] | None = None
+        for repository, (what, until) in self._noted.get(namespace, {}).items():
+            if until <= now or (repository is not None and not within(repository)):
+                continue
+            if latest is None or until > latest[1]:
+                latest = (what if repository is not None else ANONYMOUS, until)
+        return latest
 
     def since(self, namespace: str, began: float) -> tuple[str, float] | None:
         """As `pending`, for a pass begun at ``began`` (on `clock`) that found the namespace empty: the
@@ -129,30 +169,40 @@ class LateWrites:
             return "this pass ran (its record dropped once its time passed)", self._dropped
         return None
 
-    def out_within(self, namespace: str) -> str:
+    def out_within(self, namespace: str, within: Within | None = None) -> str:
         """When the namespace's writes still out may land, for a message: "up to about 10s after the
         registry answers it or its request times out" (the longest their senders gave: `sent`'s
         ``after``), or "later" when one's sender gave none. Counted from the request's end, which no
         one here can tell: a write out may still wait to leave (review-ds2 F1: a time from when it was
-        sent passed, and the write, still waiting for a connection slot, landed after it)."""
-        out = self._out.get(namespace)
+        sent passed, and the write, still waiting for a connection slot, landed after it). ``within``:
+        of the writes `pending` with it counts."""
+        out = {
+            number: what
+            for number, what in self._out.get(namespace, {}).items()
+            if within is None or number not in self._placed or within(self._placed[number])
+        }
         if not out or any(number not in self._after for number in out):
             return "later"
         after = max(self._after[number] for number in out)
         return f"up to about {math.ceil(after)}s after the registry answers it or its request times out"
 
-    def wait_out(self, namespace: str, deadline: float = math.inf) -> Deferred[tuple[str, float] | None]:
+    def wait_out(
+        self, namespace: str, deadline: float = math.inf, within: Within | None = None
+    ) -> Deferred[tuple[str, float] | None]:
         """Fires with None once no write of this process may land in ``namespace`` any more (none out,
         and the time of every unanswered one passed); else at ``deadline`` (on `clock`) with the one
         that may land latest then, as `pending` gives it (until infinity while it is out). At once when
         a write's time is at or past ``deadline``: nothing shortens it. Woken when a write of the
         namespace ends or is noted (`ended`, `note`), and at the time the latest may land until; a
-        caller that cancels it (its request gone) leaves nothing behind here."""
-        return Deferred.fromCoroutine(self._wait_out(namespace, deadline))
+        caller that cancels it (its request gone) leaves nothing behind here. ``within``: only the
+        writes `pending` with it counts."""
+        return Deferred.fromCoroutine(self._wait_out(namespace, deadline, within))
 
-    async def _wait_out(self, namespace: str, deadline: float) -> tuple[str, float] | None:
+    async def _wait_out(
+        self, namespace: str, deadline: float, within: Within | None
+    ) -> tuple[str, float] | None:
         while True:
-            late = self.pending(namespace)
+            late = self.pending(namespace, within)
             now = self.now()
             if late is None or late[1] <= now:
                 return None
@@ -193,17 +243,21 @@ class LateWrites:
         known = self._writes.get(namespace)
         if known is not None and known[1] <= began:
             del self._writes[namespace]
+            self._noted.pop(namespace, None)
             self._forget(namespace)
 
-    def leaves(self, namespace: str) -> frozenset[tuple[str, str, str]]:
+    def leaves(self, namespace: str, within: Within | None = None) -> frozenset[tuple[str, str, str]]:
         """Where the namespace's writes that may still land (`pending`) would leave a tag: (repository,
         tag, digest) each. A tag found elsewhere after they can no longer land was not left by them (a
-        push of its name by someone else meanwhile)."""
-        return frozenset(self._leaves.get(namespace, ()))
+        push of its name by someone else meanwhile). ``within``: those of the repositories it admits."""
+        return frozenset(
+            left for left in self._leaves.get(namespace, ()) if within is None or within(left[0])
+        )
 
     def _drop(self, namespace: str) -> None:
         """Drops the namespace's entry, its time passed."""
         _, until = self._writes.pop(namespace)
+        self._noted.pop(namespace, None)
         self._dropped = max(self._dropped, until)
         self._forget(namespace)
 
@@ -213,4 +267,4 @@ class LateWrites:
             self._leaves.pop(namespace, None)
 
 
-__all__ = ["LateWrites", "namespace_of"]
+__all__ = ["ANONYMOUS", "LateWrites", "Within", "namespace_of"]
