@@ -16,7 +16,7 @@ from payloadtags.names import encode_name
 from payloadtags.registry.client import RegistrySettings
 from tests.support import images
 from tests.support.cleanup_fixtures import unique_namespace
-from tests.support.faultproxy import GATEWAY_LATE, FaultProxy
+from tests.support.faultproxy import GATEWAY_LATE, STALL, FaultProxy
 from tests.support.kubeapi.resources import LEASES, NAMESPACES
 from tests.support.logcapture import collected_logs
 from tests.support.rbac import ensure_namespace, eventually
@@ -335,6 +335,55 @@ async def test_a_namespaces_removal_answers_its_own_504_before_the_requests_dead
     assert f"removing the content of namespace {ns}: not finished within" in body, body
     assert f"a write made while deleting tag {repo}:v0, and may still carry it out within about" in body, body
     assert images.list_tags(fresh_registry, repo) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_namespaces_removal_cut_before_the_deadline_answers_its_own_504_whatever_its_last_look_takes(
+    reactor,
+    make_server,
+    fresh_registry,
+    kube_api,
+    kube_kubeconfig,
+    pki,
+):
+    """As above, behind a registry whose tag list of the repository answers after 1.3 s (a slow storage,
+    not a timeout): the selection's list took 1.3 s of the request's 3, the removal was cut at the
+    margin, and then its last look at the tags, another 1.3 s, ran past the deadline, which cut the call
+    with "get the tags again" while the write may land (review-ds4 F2). That look is bounded by half
+    the margin; cut, it names no tag, and the call answers its own 504 naming the write."""
+    _another_replica_leads(kube_api)
+    ns = unique_namespace("slowlook")
+    ensure_namespace(kube_api, ns)
+    repo = f"{ns}/app"
+    images.push_oci_image(fresh_registry, repo, "v1")
+    armed: list[bool] = []
+
+    def decide(method: str, path: str) -> str | None:
+        return STALL if armed and method == "GET" and path.endswith(f"/{repo}/tags/list") else None
+
+    proxy = FaultProxy(reactor, fresh_registry.url, decide, stall=1.3)
+    server = await _cleanup_server(
+        make_server,
+        proxy.url,
+        kube_kubeconfig,
+        registry=RegistrySettings(url=proxy.url, timeout=5.0),
+        http=HttpLimits(request_timeout=3.0),
+    )
+    try:
+        late_writes = server.running.api.service.late_writes
+        late_writes.note(ns, f"deleting tag {repo}:v0", late_writes.now() + 30.0)
+        kube_api.store.delete(NAMESPACES, ns)  # Terminating: its content goes wholesale
+        armed.append(True)
+        removal = await _controller(server, pki).delete(f"{B}/namespaces/{ns}/payloadrepositorytags")
+    finally:
+        await server.stop()
+        await proxy.settled()
+        await proxy.stop()
+    body = removal.body.decode()
+    assert removal.code == 504, body
+    assert "get the tags again" not in body, body
+    assert f"removing the content of namespace {ns}: not finished within" in body, body
+    assert f"a write made while deleting tag {repo}:v0, and may still carry it out within about" in body, body
 
 
 class _SlowAuthentication:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import builtins
 import math
-from collections.abc import Callable, Collection, Sequence
-from typing import Protocol
+from collections.abc import Callable, Collection, Coroutine, Sequence
+from typing import Any, Protocol
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -26,7 +26,7 @@ from payloadtags.api.errors import (
 from payloadtags.api.options import DeleteOptions, ListOptions
 from payloadtags.api.selectors import tag_filter
 from payloadtags.api.walks import Kept, Listed, WalkCache, new_walk_id
-from payloadtags.deferreds import GoesOn, bounded_map
+from payloadtags.deferreds import DeadlineExpired, GoesOn, bounded_map, within
 from payloadtags.inventory import Inventory, Page, Run, Runs
 from payloadtags.model import (
     GROUP,
@@ -755,6 +755,22 @@ class TagsService:
                 )
         return left
 
+    async def _still_listed(
+        self, look: Coroutine[Any, Any, tuple[Page, ListMeta]], refs: builtins.list[TagRef], until: float
+    ) -> builtins.list[TagRef]:
+        """Those of ``refs`` that ``look`` (a selection) lists, if it ends before ``until`` (on the clock
+        of `late_writes`); else none, the look cancelled."""
+        if self.late_writes is None or until == math.inf:
+            again = (await look)[0].refs
+        else:
+            clock = self.late_writes.clock
+            try:
+                again = (await within(clock, max(0.0, until - clock.seconds()), look))[0].refs
+            except DeadlineExpired:
+                return []
+        selected = set(refs)
+        return [ref for ref in again if ref in selected]
+
     def _visible_repositories(self, user: UserInfo, namespace: str) -> Within | None:
         """The repositories of ``namespace`` whose tags ``user`` may see, as `LateWrites` scopes a look:
         None when that is all of them."""
@@ -851,11 +867,16 @@ class TagsService:
         finally:
             for repository in dict.fromkeys(ref.repository for ref in refs):
                 self.changed(repository)
-        again = (await self._select(user, namespace, selection, authorize=False, shown=False))[0].refs
+        look = self._select(user, namespace, selection, authorize=False, shown=False)
+        if pending:
+            # Its answer is this 504 whatever the look finds, which only names the tags still there:
+            # the look gets half the margin (a slow tag list ran past the deadline, whose "get the tags
+            # again" came back while the write may land: review-ds4 F2), and cut, it names none.
+            left = await self._still_listed(look, refs, cut + DEADLINE_MARGIN / 2)
+            raise _removal_unanswered(namespace, len(refs), left, why)
+        again = (await look)[0].refs
         selected = set(refs)
         left = [ref for ref in again if ref in selected]
-        if pending:
-            raise _removal_unanswered(namespace, len(refs), left, why)
         if left:
             raise _collection_incomplete(
                 namespace,
