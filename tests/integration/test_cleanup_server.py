@@ -386,6 +386,60 @@ async def test_a_namespaces_removal_cut_before_the_deadline_answers_its_own_504_
     assert f"a write made while deleting tag {repo}:v0, and may still carry it out within about" in body, body
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_deletecollection_keeps_the_requests_own_timeout_parameter(
+    reactor,
+    make_server,
+    fresh_registry,
+    kube_api,
+    kube_kubeconfig,
+    pki,
+):
+    """client-go sends ``?timeout=`` with the request of a client that has a timeout, and kube-apiserver
+    keeps the smaller of it and its --request-timeout, counted from the request's receipt, cutting the
+    proxied call then with its own generic timeout. The call ignored it: with a late write for 6 s more,
+    ``?timeout=2s`` and the server's default 60 s, it waited the write out past the caller's 2 s
+    (review-ds4 F3). The deadline is now the parameter's, and the call answers its own 504 naming the
+    write, as with a --request-timeout of 2 s. A malformed value is kube-apiserver's 400, before
+    anything is deleted."""
+    _another_replica_leads(kube_api)
+    ns = unique_namespace("timeoutparam")
+    ensure_namespace(kube_api, ns)
+    repo = f"{ns}/app"
+    images.push_oci_image(fresh_registry, repo, "v1")
+    server = await _cleanup_server(
+        make_server,
+        fresh_registry,
+        kube_kubeconfig,
+        registry=RegistrySettings(url=fresh_registry.url, timeout=5.0),
+    )
+    masters = _controller(server, pki)
+    collection = f"{B}/namespaces/{ns}/payloadrepositorytags"
+    try:
+        late_writes = server.running.api.service.late_writes
+        late_writes.note(ns, f"deleting tag {repo}:v0", late_writes.now() + 6.0, repo)
+        bad = await masters.delete(f"{collection}?timeout=2")
+        assert images.list_tags(fresh_registry, repo) == ["v1"]
+        listed = await masters.get(f"{collection}?timeout=soon")
+        removal = await masters.delete(f"{collection}?timeout=2s")
+    finally:
+        await server.stop()
+    assert bad.code == 400, bad.body
+    assert bad.json()["reason"] == "BadRequest", bad.body
+    assert bad.json()["message"] == (
+        'invalid timeout specified in the request URL - time: missing unit in duration "2"'
+    ), bad.body
+    assert listed.code == 400, listed.body
+    assert listed.json()["message"] == (
+        'invalid timeout specified in the request URL - time: invalid duration "soon"'
+    ), listed.body
+    body = removal.body.decode()
+    assert removal.code == 504, body
+    assert "get the tags again" not in body, body
+    assert f"a write made while deleting tag {repo}:v0, and may still carry it out within about" in body, body
+    assert images.list_tags(fresh_registry, repo) == []
+
+
 class _SlowAuthentication:
     """The server's authenticator, whose every answer takes ``took`` seconds on ``clock`` (the API's:
     a TokenReview against a busy cluster API)."""

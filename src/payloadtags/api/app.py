@@ -31,6 +31,7 @@ from payloadtags import __version__
 from payloadtags.access.authn import Credentials, CredentialsRefused, RequestAuthenticator, UserInfo
 from payloadtags.access.authz import AlwaysAllow, AuthorizationNotReady, PathAuthorizer, path_matches
 from payloadtags.api import discovery, formats, openapi
+from payloadtags.api.durations import request_timeout
 from payloadtags.api.errors import (
     ApiError,
     bad_request,
@@ -459,22 +460,30 @@ class ApiServer:
             # it holds its seat meanwhile, but while it waits for a client that does not read (_Seat).
             request.notifyFinish().addBoth(lambda _: self._finished(seat))
             try:
+                # The request's own ``timeout`` when shorter (client-go's; behind the aggregator the
+                # caller's deadline whatever this server does), read before anything else, as
+                # kube-apiserver's WithRequestDeadline does: a malformed one is its 400. Not a watch's.
+                given = (
+                    self.request_timeout
+                    if watch
+                    else request_timeout(_query(request).get("timeout"), self.request_timeout)
+                )
                 if bounded and not counted:
                     raise too_many_requests()
                 if not watching:
                     # Armed below once the work first waits, a little after this: the deadline the
                     # work is told is never later than the one that cuts it.
-                    setattr(request, _DEADLINE, received + self.request_timeout)
+                    setattr(request, _DEADLINE, received + given)
                 work = Deferred.fromCoroutine(self._serve(fn, request, anonymous, head, kwargs))
                 # Past the deadline the work is cancelled where it waits (registry calls included).
                 # Work done already (a page from the walk cache, discovery) has no deadline to keep:
                 # its timer would be made and cancelled in the same turn.
                 if not watching and not work.called:
-                    work.addTimeout(self.request_timeout, self._clock())
+                    work.addTimeout(given, self._clock())
                 try:
                     body = await work
                 except TimeoutError:
-                    message = f"the request did not complete within {self.request_timeout:g}s"
+                    message = f"the request did not complete within {given:g}s"
                     if request.method == b"DELETE":
                         # Cut short between its writes a delete would leave the tag on a copy: one
                         # under way goes on (RegistryClient.delete_tag), and the client must look.
