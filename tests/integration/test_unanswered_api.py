@@ -861,8 +861,9 @@ async def test_a_tag_by_tag_deletecollection_whose_budget_ends_with_a_write_out_
         message = " ".join(error.message.split())
         assert (
             f"the registry has not answered a write made while deleting tag {repo}:v1 yet, and may carry "
-            "it out up to about 1200s after the registry answers it or its request times out (it would "
-            "leave the tag in the namespace): once that time has passed, list the tags" in message
+            "it out when the registry answers it, or up to about 1200s after its request times out: "
+            "within about 1800s of when its request leaves (it would leave the tag in the namespace): "
+            "once that time has passed, list the tags" in message
         ), message
         hold.callback(None)
         await deleting

@@ -1417,6 +1417,23 @@ def test_a_delete_at_the_digest_its_caller_found_keeps_a_tag_pushed_again_on_dis
     assert agent.paths()[-1] == "GET /v2/a/b/manifests/v1"
 
 
+@pytest.mark.parametrize("by_tag", [True, False], ids=["delete by tag", "distribution 2.8"])
+def test_a_delete_at_the_digest_its_caller_found_keeps_a_tag_found_dangling(by_tag: bool) -> None:
+    """As above, the tag found dangling by the delete's read in the turn (its manifest deleted since the
+    caller's look): not where the caller found it, so kept, with nothing written (no tag delete, no
+    repair's placeholder); a conflict saying so. Untested, a compare that let a dangling tag through
+    passed every test (review-ds4 F5)."""
+    registry = DeleteRegistry(tag_delete=Answer(202) if by_tag else error_answer(400, "DIGEST_INVALID"))
+    registry.dangle()
+    client, agent = make(registry)
+    with pytest.raises(RegistryConflict) as caught:
+        result(client.delete_tag("a/b", "v1", expected=MANIFEST_DIGEST))
+    assert caught.value.current is None
+    assert f"tag a/b:v1 is dangling, not at {MANIFEST_DIGEST}" in caught.value.message, caught.value.message
+    assert registry.tag == MANIFEST_DIGEST and registry.put_bodies == []
+    assert [path.split(" ")[0] for path in agent.paths()] == ["GET", "GET"]  # read only: nothing written
+
+
 def test_unique_manifest_delete_on_distribution_2_8() -> None:
     registry = DeleteRegistry(tag_delete=error_answer(400, "DIGEST_INVALID"))
     clock = Clock()

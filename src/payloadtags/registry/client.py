@@ -1338,7 +1338,9 @@ class RegistryClient:
         late = LATE_WRITE_GRACE * self._settings.timeout
         # Unanswered, it may land for `late` after its request ends: what a user is told while it is
         # out. Not a time from now: its request may wait for a slot or a token first, unbounded.
-        number = self._late_writes.sent(namespace, what, (repository, reference, digest), after=late)
+        number = self._late_writes.sent(
+            namespace, what, (repository, reference, digest), after=late, timeout=self._settings.timeout
+        )
         grace: float | None = None  # answered, or never sent (a caller's check said stop)
         try:
             return await self._put_manifest_once(repository, reference, body, media_type, what)

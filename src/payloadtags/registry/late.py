@@ -58,6 +58,8 @@ class LateWrites:
     # How long after its request ends each write out may land at the latest, as its sender puts it
     # (`sent`): by number.
     _after: dict[int, float] = attrs.Factory(dict)
+    # Each write out's request timeout, as its sender gives it (`sent`): by number.
+    _timeout: dict[int, float] = attrs.Factory(dict)
     # The latest time of the entries dropped once it had passed: a pass begun before it may have
     # missed what that write left, whichever namespace it was in (`since`).
     _dropped: float = -math.inf
@@ -97,12 +99,14 @@ class LateWrites:
         what: str,
         leaves: tuple[str, str, str] | None = None,
         after: float | None = None,
+        timeout: float | None = None,
     ) -> int:
         """A write is out from now on; its number, for `ended`. ``leaves``: where it would leave a tag
         if it landed (repository, tag, digest), for `leaves`; ``after``: how many seconds after its
         request ends (answered, or unanswered: the ``grace`` it will end with) it may land at the
-        latest, for `out_within`. Not a time from now: a write is out from before its request leaves
-        (a wait for a connection slot, for a token, a 401's second try), which no one bounds."""
+        latest, and ``timeout``: how long after it leaves its request times out, for `out_within`. Not
+        a time from now: a write is out from before its request leaves (a wait for a connection slot,
+        for a token, a 401's second try), which no one bounds."""
         self._sent += 1
         self._out.setdefault(namespace, {})[self._sent] = what
         if leaves is not None:
@@ -110,6 +114,8 @@ class LateWrites:
             self._placed[self._sent] = leaves[0]
         if after is not None:
             self._after[self._sent] = after
+        if timeout is not None:
+            self._timeout[self._sent] = timeout
         return self._sent
 
     def ended(self, namespace: str, number: int, grace: float | None) -> None:
@@ -120,6 +126,7 @@ class LateWrites:
             return
         what = out.pop(number, None)
         self._after.pop(number, None)
+        self._timeout.pop(number, None)
         repository = self._placed.pop(number, None)
         if not out:
             del self._out[namespace]
@@ -170,9 +177,11 @@ class LateWrites:
         return None
 
     def out_within(self, namespace: str, within: Within | None = None) -> str:
-        """When the namespace's writes still out may land, for a message: "up to about 10s after the
-        registry answers it or its request times out" (the longest their senders gave: `sent`'s
-        ``after``), or "later" when one's sender gave none. Counted from the request's end, which no
+        """When the namespace's writes still out may land, for a message: "when the registry answers it,
+        or up to about 20s after its request times out: within about 30s of when its request leaves"
+        (the longest their senders gave: `sent`'s ``after``, and with ``timeout`` the bound from the
+        request's start; an answered write is done, not carried out later: review-ds4 F6), or "later"
+        when one's sender gave no ``after``. Counted from the request's end, which no
         one here can tell: a write out may still wait to leave (review-ds2 F1: a time from when it was
         sent passed, and the write, still waiting for a connection slot, landed after it). ``within``:
         of the writes `pending` with it counts."""
@@ -184,7 +193,11 @@ class LateWrites:
         if not out or any(number not in self._after for number in out):
             return "later"
         after = max(self._after[number] for number in out)
-        return f"up to about {math.ceil(after)}s after the registry answers it or its request times out"
+        said = f"when the registry answers it, or up to about {math.ceil(after)}s after its request times out"
+        if any(number not in self._timeout for number in out):
+            return said
+        bound = max(self._timeout[number] + self._after[number] for number in out)
+        return f"{said}: within about {math.ceil(bound)}s of when its request leaves"
 
     def wait_out(
         self, namespace: str, deadline: float = math.inf, within: Within | None = None
