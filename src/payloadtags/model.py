@@ -176,10 +176,11 @@ _VARIANT_DIGIT = {f"{d:x}": f"{(d & 0x3) | 0x8:x}" for d in range(16)}
 
 
 # Many uids at once (uids_of): each tag's SHA-1 from C-level maps, then the text of all of them from
-# one hex with a "-" after every 2 bytes. A digest is 20 bytes, 50 characters there (10 groups of 4
-# hex digits and their dashes); of those, a uuid keeps the first 8 groups as 8-4-4-4-12, so the
-# dashes after groups 1, 6 and 7 and everything after group 8 go, and the dash after group 8
-# becomes the separator between uids.
+# one hex with a "-" after every 2 bytes. A uuid is a digest's first 16 bytes: the last 4 of each
+# digest are deleted first (four strided deletions of the joined digests), and each uuid is 40
+# characters of the hex (8 groups of 4 hex digits and their dashes); it spells them 8-4-4-4-12, so
+# the dashes after groups 1, 6 and 7 go, and the dash after group 8 becomes the separator between
+# uids.
 def _uid_hash() -> Callable[[bytes], Any]:
     try:
         # A keyword argument through functools.partial doubles a small hash's cost: without it
@@ -195,7 +196,7 @@ _sha1 = _uid_hash()
 _digest = type(_sha1(b"")).digest
 _VERSION_BYTE = bytes((b & 0x0F) | 0x50 for b in range(256))  # version 5
 _VARIANT_BYTE = bytes((b & 0x3F) | 0x80 for b in range(256))  # RFC 4122 variant
-_GONE = (4, 29, 34, *range(40, 50))  # offsets in a digest's 50 characters that a uid drops
+_GONE = (4, 29, 34)  # offsets in a uuid's 40 characters of the hex that its spelling drops
 _SEPARATOR = 39
 _FEW = 16  # fewer uids are spelled one by one: the fixed cost of the slices is more than theirs
 
@@ -212,20 +213,35 @@ def _uid(prefix: bytes, tag: str) -> str:
     return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT_DIGIT[x[16]]}{x[17:20]}-{x[20:32]}"
 
 
+def _names(prefix: bytes, tags: Sequence[str]) -> list[bytes]:
+    """``prefix + tag.encode()`` of each of ``tags``: the bytes each uid hashes.
+
+    Made from one text, the prefix put before each tag with one replace of the NULs between the tags,
+    and split at those NULs: a bytes object per tag, where encoding each tag and adding it to the
+    prefix makes two. A prefix or a tag with a NUL of its own (never a name of the registry's grammar)
+    takes the plain way."""
+    text = "\0".join(tags).encode()
+    if b"\0" in prefix or text.count(b"\0") != len(tags) - 1:
+        return list(map(prefix.__add__, map(str.encode, tags)))
+    return (prefix + text.replace(b"\0", b"\0" + prefix)).split(b"\0")
+
+
 def uids_of(prefix: bytes, tags: Sequence[str]) -> list[str]:
     """``_uid`` of each of ``tags``, from ``uid_prefix(namespace, repositoryPath)``, at once."""
     count = len(tags)
     if count < _FEW:
         return [_uid(prefix, tag) for tag in tags]
-    digests = bytearray(b"".join(map(_digest, map(_sha1, map(prefix.__add__, map(str.encode, tags))))))
-    digests[6::20] = digests[6::20].translate(_VERSION_BYTE)
-    digests[8::20] = digests[8::20].translate(_VARIANT_BYTE)
+    digests = bytearray(b"".join(map(_digest, map(_sha1, _names(prefix, tags)))))
+    for kept in (19, 18, 17, 16):  # each digest's last byte, of 20 bytes, then of 19, 18 and 17
+        del digests[kept :: kept + 1]
+    digests[6::16] = digests[6::16].translate(_VERSION_BYTE)
+    digests[8::16] = digests[8::16].translate(_VARIANT_BYTE)
     text = bytearray(digests.hex("-", 2), "ascii")
-    size = len(text)  # 50 per digest but the last one's final dash
+    size = len(text)  # 40 per uuid but the last one's final dash
     for offset in _GONE:
-        text[offset::50] = b"@" * len(range(offset, size, 50))
-    text[_SEPARATOR::50] = b"," * count
-    return text.translate(None, b"@").decode("ascii").split(",")[:-1]
+        text[offset::40] = b"@" * len(range(offset, size, 40))
+    text[_SEPARATOR::40] = b"," * (count - 1)
+    return text.translate(None, b"@").decode("ascii").split(",")
 
 
 def uid_for(ref: TagRef) -> str:

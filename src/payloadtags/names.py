@@ -156,14 +156,21 @@ class NameEncoder:
             return self._tails_one_by_one(tags)
         sizes = list(map(len, tags))
         rest = self._rest_text
-        parts = [rest] * (3 * len(tags))  # rest, tag, its padding; for each tag
-        parts[1::3] = tags
         try:
-            parts[2::3] = map(self._padding.__getitem__, sizes)
-            marks = b"".join(map(self._marks.__getitem__, sizes))
+            if min(sizes) == max(sizes):
+                # Tags of one length (as a registry's often are: versions, dates, commits): one
+                # padding for all, put after each with the next tag's rest by one join.
+                padding = self._padding[sizes[0]]
+                padded = rest + (padding + rest).join(tags) + padding
+                marks = self._marks[sizes[0]] * len(tags)
+            else:
+                parts = [rest] * (3 * len(tags))  # rest, tag, its padding; for each tag
+                parts[1::3] = tags
+                parts[2::3] = map(self._padding.__getitem__, sizes)
+                marks = b"".join(map(self._marks.__getitem__, sizes))
+                padded = "".join(parts)
         except IndexError:  # a tag longer than the tables
             return self._tails_one_by_one(tags)
-        padded = "".join(parts)
         if not padded.isascii():  # lengths in characters are lengths in bytes for ASCII only
             return self._tails_one_by_one(tags)
         data = padded.encode("ascii")

@@ -386,3 +386,20 @@ def test_uids_of_a_whole_chunk_are_each_tags_uuid5() -> None:
     tags = [f"v{i}.{i % 7}" for i in range(500)]
     expected = [uid_for(TagRef("team", "apps/web", tag)) for tag in tags]
     assert uids_of(uid_prefix("team", "apps/web"), tags) == expected
+
+
+@pytest.mark.property
+@given(
+    namespace=_namespaces,
+    path=_paths.map("/".join),
+    tags=st.lists(_tags, min_size=16, max_size=60),
+    odd=st.one_of(st.none(), st.text(min_size=0, max_size=4).map(lambda text: f"{text}\0")),
+)
+def test_uids_of_a_chunk_of_grammar_tags_are_each_tags_uuid5(
+    namespace: str, path: str, tags: list[str], odd: str | None
+) -> None:
+    # A chunk's hashed bytes are made from one text split at NULs between the tags; a tag with a
+    # NUL of its own (outside the grammar) takes the plain way. Either way each uid is its uuid5.
+    chosen = tags if odd is None else [*tags[:8], odd, *tags[8:]]
+    expected = [str(uuid.uuid5(_UID_NAMESPACE, f"{namespace}/{path}:{tag}")) for tag in chosen]
+    assert uids_of(uid_prefix(namespace, path), tuple(chosen)) == expected

@@ -359,3 +359,38 @@ def test_base32_of_whole_groups_covers_every_digit_in_every_column() -> None:
     data = bytes(range(256)) * 5 + bytes(255 - b for b in range(256)) * 5
     assert _base32_groups(data) == base64.b32encode(data).decode().lower()
     assert _base32_groups(b"") == ""
+
+
+# A tag of the registry's grammar of exactly ``size`` characters (1 to 128).
+def _grammar_tags_of(size: int) -> st.SearchStrategy[str]:
+    return st.from_regex(rf"[A-Za-z0-9_][A-Za-z0-9_.-]{{{size - 1}}}", fullmatch=True)
+
+
+@pytest.mark.property
+@given(
+    path=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789._-/", min_size=1, max_size=40),
+    size=st.one_of(st.sampled_from([1, 2, 3, 4, 5, 6, 9, 10, 11, 127, 128]), st.integers(1, 128)),
+    data=st.data(),
+)
+def test_names_of_a_chunk_of_tags_of_one_length_are_each_tags_name(
+    path: str, size: int, data: st.DataObject
+) -> None:
+    # Tags of one length take the way that pads them all alike; the names are the same as the
+    # standard library's base32, and as those of the same tags spelled one by one.
+    tags = data.draw(st.lists(_grammar_tags_of(size), min_size=8, max_size=40))
+    encoder = NameEncoder(path)
+    expected = [base64.b32encode(f"{path}:{tag}".encode()).decode().rstrip("=").lower() for tag in tags]
+    assert encoder.many(tags) == expected
+    assert [encoder.head + tail for tail in encoder.tails(tuple(tags))] == expected
+
+
+def test_names_of_a_chunk_of_tags_of_one_length_at_every_length() -> None:
+    # Every tail length the tables hold and beyond them, every length of the encoder's rest, and a
+    # chunk of one length that is not ASCII (lengths in characters are not lengths in bytes).
+    for path in ("a", "ab", "abc", "abcd", "abcde"):
+        encoder = NameEncoder(path)
+        for size in (*range(0, 140), 299, 300, 301):
+            tags = [format(i, "x").rjust(size, "t")[-size:] if size else "" for i in range(9)]
+            assert encoder.many(tags) == [encode_name(path, tag) for tag in tags], (path, size)
+        tags = [f"é{i}" for i in range(9)]
+        assert encoder.many(tags) == [encode_name(path, tag) for tag in tags]

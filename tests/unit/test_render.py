@@ -427,3 +427,16 @@ def test_include_object_invalid_quotes_as_go(value: str, shown: str) -> None:
     with pytest.raises(ApiError) as caught:
         include_object(value)
     assert f"Invalid value: {shown}: " in caught.value.message
+
+
+@pytest.mark.property
+@given(
+    tags=st.one_of(
+        st.lists(st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", fullmatch=True), max_size=40),
+        st.lists(st.text(max_size=12), max_size=40),
+    )
+)
+def test_tags_are_escaped_each_as_json_dumps_spells_it(tags: list[str]) -> None:
+    # Tags of the grammar are their own spelling (no string made per tag); any other text, as the
+    # registry could answer, is escaped as json.dumps escapes it.
+    assert list(render._escaped(tags)) == [json.dumps(tag)[1:-1] for tag in tags]

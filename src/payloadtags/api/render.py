@@ -228,12 +228,17 @@ def _merged(template: Template) -> tuple[list[str], list[tuple[int, int]]]:
     return pieces, fields
 
 
-def _escaped(tags: Sequence[str]) -> list[str]:
+def _escaped(tags: Sequence[str]) -> Sequence[str]:
     """The tags as JSON strings spell them, without their quotes.
 
-    One escape of all of them, split where the separators went: exact when the separators are the
-    only escapes (a tag with a backslash or a control character, never seen from a registry, is
-    escaped on its own)."""
+    Tags of the registry's grammar need no escape, and are their own spelling: one escape of all of
+    them together, no longer than the text, says so, and no string is made per tag. Otherwise one
+    escape of all of them, split where the separators went: exact when the separators are the only
+    escapes (a tag with a quote, a backslash, a control character or a non-ASCII character, never
+    seen from a registry, is escaped on its own)."""
+    plain = "".join(tags)
+    if len(_quote(plain)) == len(plain) + 2:  # each escape lengthens the text
+        return tags
     text = _quote(_SEPARATOR.join(tags))
     if text.count("\\") == len(tags) - 1:
         return text[1:-1].split(_QUOTED_SEPARATOR)
