@@ -198,7 +198,7 @@ _VERSION_BYTE = bytes((b & 0x0F) | 0x50 for b in range(256))  # version 5
 _VARIANT_BYTE = bytes((b & 0x3F) | 0x80 for b in range(256))  # RFC 4122 variant
 _GONE = (4, 29, 34)  # offsets in a uuid's 40 characters of the hex that its spelling drops
 _SEPARATOR = 39
-_FEW = 16  # fewer uids are spelled one by one: the fixed cost of the slices is more than theirs
+_FEW = 8  # fewer uids are spelled one by one: the fixed cost of the slices is more than theirs
 
 
 def uid_prefix(namespace: str, repository_path: str) -> bytes:

@@ -109,7 +109,7 @@ _MARK_COLUMNS = [
 ]
 _SPELL = bytearray(_DIGITS)
 _SPELL[_END] = ord(",")
-_FEW = 8
+_FEW = 4
 _MAX_TAIL = 300  # longer tags (the grammar allows 128) take the general path
 # Per length of the encoder's rest (0..4), per tag length: the tag's zero padding, and its marks.
 _PADDING = [["\0" * (5 - (rest + size) % 5) for size in range(_MAX_TAIL)] for rest in range(5)]

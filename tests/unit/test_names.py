@@ -329,12 +329,12 @@ def test_names_of_many_tags_at_once_are_each_tags_name(path: str, tags: list[str
             st.text(min_size=0, max_size=12),  # what a registry could answer: any text, even ""
             st.text(alphabet="ab", min_size=290, max_size=320),  # longer than the grammar allows
         ),
-        min_size=8,
+        min_size=4,
         max_size=60,
     ),
 )
 def test_names_of_a_chunk_spelled_column_by_column_are_each_tags_name(path: str, tags: list[str]) -> None:
-    # Eight tags and more are encoded together (every tail length modulo 5 next to every other),
+    # Four tags and more are encoded together (every tail length modulo 5 next to every other),
     # fewer one by one; either way each name is the standard library's base32 of its text.
     encoder = NameEncoder(path)
     expected = [base64.b32encode(f"{path}:{tag}".encode()).decode().rstrip("=").lower() for tag in tags]
@@ -377,7 +377,7 @@ def test_names_of_a_chunk_of_tags_of_one_length_are_each_tags_name(
 ) -> None:
     # Tags of one length take the way that pads them all alike; the names are the same as the
     # standard library's base32, and as those of the same tags spelled one by one.
-    tags = data.draw(st.lists(_grammar_tags_of(size), min_size=8, max_size=40))
+    tags = data.draw(st.lists(_grammar_tags_of(size), min_size=4, max_size=40))
     encoder = NameEncoder(path)
     expected = [base64.b32encode(f"{path}:{tag}".encode()).decode().rstrip("=").lower() for tag in tags]
     assert encoder.many(tags) == expected

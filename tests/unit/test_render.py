@@ -440,3 +440,18 @@ def test_tags_are_escaped_each_as_json_dumps_spells_it(tags: list[str]) -> None:
     # Tags of the grammar are their own spelling (no string made per tag); any other text, as the
     # registry could answer, is escaped as json.dumps escapes it.
     assert list(render._escaped(tags)) == [json.dumps(tag)[1:-1] for tag in tags]
+
+
+def test_a_shared_run_takes_its_repositorys_maker_again_in_the_next_list() -> None:
+    # Lists of a namespace of many repositories, one after another, each run shared (the server's
+    # way): each repository's item maker is made for the first list and taken again by the next,
+    # for up to render.MAKERS_KEPT repositories; the text is the same either way.
+    render._maker.cache_clear()
+    refs = [TagRef("ns", f"app-{i:03d}", f"v{j}") for i in range(100) for j in range(3)]
+    runs = [Run(run.namespace, run.repository_path, tuple(run.tags)) for run in _runs(refs)]
+    shared = render.SharedText()
+    texts = [b"".join(list_chunks(runs, META, FULL, HOST, shared=shared)) for _ in range(2)]
+    assert shared.formatted == 200  # each run shared by its list (nobody else's), and let go
+    assert texts[0] == texts[1] == _reference(refs, META, FULL, "Metadata")
+    assert render._maker.cache_info().misses == 100
+    assert render._maker.cache_info().hits == 100

@@ -252,8 +252,10 @@ def _items(run: Run, registry_host: str, media: MediaType, include: str) -> Iter
 
 # A walk's pages of a few tags each show the same repository page after page: its item maker (the
 # template, the names' encoder, the uids' prefix) is made once for them, not on every page (about a
-# tenth of a one-tag page's own CPU). Makers hold only text made from their key; a few dozen are kept.
-MAKERS_KEPT = 64
+# tenth of a one-tag page's own CPU); so are the runs of lists of a namespace one after another (about
+# 6 us a repository, a third of a run of 10 tags). Makers hold only text made from their key, 1-2.5 kB
+# each: enough are kept for the repositories of a few lists of a namespace of 100 (about 600 kB).
+MAKERS_KEPT = 256
 
 
 @functools.lru_cache(maxsize=MAKERS_KEPT)
@@ -402,7 +404,7 @@ class _SharedRun:
         self.count = -(-len(self.tags) // chunk_items)
         self.blocks: dict[int, bytes] = {}  # block index -> its items, each after a comma
         self.last = -1  # the block formatted last
-        self._maker = _ItemMaker(run, registry_host, media, include)
+        self._maker = _maker(run.namespace, run.repository_path, registry_host, media, include)
         self.places: list[_Place] = []
 
     def join(self) -> _Place:
