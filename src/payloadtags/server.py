@@ -463,6 +463,7 @@ async def start(
         authorizer=CountingAuthorizer(authorizer, metrics),
         versions=watch_hub,
         delete_concurrency=settings.delete_concurrency,
+        check_concurrency=settings.registry_concurrency,
         removal=remover,
         late_writes=late_writes,
         walks=walks,

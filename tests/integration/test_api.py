@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -26,6 +27,7 @@ from payloadtags.api.render import CHUNK_ITEMS, render_list
 from payloadtags.limits import WatchLimits
 from payloadtags.model import GROUP, ListMeta, tag_object
 from payloadtags.names import TagRef, encode_name
+from payloadtags.registry import RegistrySettings
 from payloadtags.registry.content import MAX_JSON_DEPTH
 from payloadtags.registry.schema1 import SIGNED_SCHEMA1
 from tests.integration.test_output_bounds import many_tags
@@ -35,6 +37,7 @@ from tests.support.faultproxy import ERROR_BEFORE, FaultProxy
 from tests.support.interleaving import USER, Replica
 from tests.support.kubectl import read_yaml_locally
 from tests.support.raw import Target, exchange, request_bytes
+from tests.support.registry_server import RegistryServer, TokenServer
 from tests.support.scripted_http import serving
 
 B = "/apis/payload-registry.deckhouse.io/v1alpha1"
@@ -2018,6 +2021,77 @@ async def test_a_dry_run_the_registry_would_refuse_fails_as_the_request_would(
     assert dry_status == assert_status(real, 503, "ServiceUnavailable")
     assert dry.header("retry-after") == real.header("retry-after")
     assert images.list_tags(registry, repo) == ["v1", "v2"]
+
+
+def _app2_denied(user: str | None, rtype: str, name: str, actions: list[str]) -> list[str]:
+    # review-ops4 1: the account may pull and push everywhere, but delete in ops4/app1 only, as a
+    # token registry (Harbor, GitLab) grants delete per repository.
+    if name == "ops4/app2":
+        return [action for action in actions if action not in ("delete", "*")]
+    return actions
+
+
+async def _per_repository_deletes(tmp_path: Path, make_server: Any) -> tuple[Any, Any, Any]:
+    token = TokenServer(tmp_path, users={"robot": "pw"}, grant=_app2_denied)
+    registry = RegistryServer(token_server=token, username="robot", password="pw")
+    for repo in ("ops4/app1", "ops4/app2"):
+        images.push_oci_image(registry, repo, "v1")
+        images.push_oci_image(registry, repo, "v2")
+    settings = RegistrySettings(url=registry.url, username="robot", password="pw", timeout=5.0)
+    return token, registry, await make_server(registry.url, registry=settings)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dry_run_is_refused_in_a_repository_the_account_may_not_delete_in(
+    tmp_path: Path, make_server: Any
+) -> None:
+    # review-ops4 1: the registry's "deletes work" was believed 10 s for every repository once one
+    # had passed: a dry run in ops4/app2 right after one in ops4/app1 answered 200 where the delete is
+    # refused 503. The check is now believed for its own repository only.
+    token, registry, server = await _per_repository_deletes(tmp_path, make_server)
+    try:
+        client = server.client(server.pki.admin)
+        base = collection("ops4")
+        allowed = await client.delete(f"{base}/{encode_name('app1', 'v1')}?dryRun=All")
+        assert allowed.code == 200, allowed.body
+        dry = await client.delete(f"{base}/{encode_name('app2', 'v1')}?dryRun=All")
+        dry_status = assert_status(dry, 503, "ServiceUnavailable")
+        real = await client.delete(f"{base}/{encode_name('app2', 'v1')}")
+        assert dry_status == assert_status(real, 503, "ServiceUnavailable")
+        assert images.list_tags(registry, "ops4/app1") == ["v1", "v2"]
+        assert images.list_tags(registry, "ops4/app2") == ["v1", "v2"]
+    finally:
+        registry.stop()
+        token.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dry_run_deletecollection_checks_every_repository_it_selects(
+    tmp_path: Path, make_server: Any
+) -> None:
+    # review-ops4 1: a dry-run deletecollection checked its first tag only (ops4/app1) and answered
+    # 200 listing all four tags, where the request deleted app1's and was refused 503 for app2's. It
+    # now checks once per repository of the selection, and fails as the request does.
+    token, registry, server = await _per_repository_deletes(tmp_path, make_server)
+    try:
+        client = server.client(server.pki.admin)
+        base = collection("ops4")
+        dry = await client.delete(f"{base}?dryRun=All")
+        dry_status = assert_status(dry, 503, "ServiceUnavailable")
+        assert images.list_tags(registry, "ops4/app1") == ["v1", "v2"]  # a dry run deletes nothing
+        real = await client.delete(base)
+        real_status = assert_status(real, 503, "ServiceUnavailable")
+        assert dry.header("retry-after") == real.header("retry-after")
+        for status in (dry_status, real_status):
+            assert "2 of 4 selected tag(s) are still there" in status["message"]
+            fields = [cause["field"] for cause in status["details"]["causes"]]
+            assert fields == [encode_name("app2", "v1"), encode_name("app2", "v2")]
+            for cause in status["details"]["causes"]:
+                assert "does not grant repository:ops4/app2:delete" in cause["message"]
+        assert images.list_tags(registry, "ops4/app2") == ["v1", "v2"]
+    finally:
+        registry.stop()
+        token.close()
 
 
 # --- routes served directly -------------------------------------------------------------------------

@@ -910,7 +910,7 @@ async def test_a_removals_repair_stops_at_its_budget_after_writes_that_change_no
     )
     # The client's state on 2.8 after an earlier tag delete: no DELETE by tag; the probe due again or not.
     client._delete_by_tag = False
-    client._probe_valid_until = 0.0 if probe == "probe due" else math.inf
+    client._probe_valid_until = {} if probe == "probe due" else {repository: math.inf}
     api = Api(held=True)
     clock, remover = gone_remover(client)
     removal: Deferred[None] | None = None

@@ -3,8 +3,15 @@ causes say what is left and what may still land, and nothing that is not so."""
 
 from __future__ import annotations
 
-from payloadtags.api.tags import _collection_incomplete
+from typing import Any, cast
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from payloadtags.api.errors import ApiError
+from payloadtags.api.tags import TagsService, _collection_incomplete
 from payloadtags.names import TagRef
+from payloadtags.registry import RegistryUnavailable
 
 GONE = TagRef("team", "app", "v1")
 LEFT = TagRef("team", "app", "v2")
@@ -41,3 +48,76 @@ def test_a_pending_tag_still_there_is_left_and_the_others_pending_are_not() -> N
         ("ResourceLeft", LEFT.name),
         ("WriteUnanswered", GONE.name),
     ]
+
+
+class _Checks:
+    """An inventory whose delete check of a repository is refused when named in ``refusing``, and
+    held until the test fires it when ``held``: the check's calls, by repository, are kept."""
+
+    def __init__(self, refusing: set[str], held: bool = False) -> None:
+        self.refusing = refusing
+        self.held = held
+        self.calls: list[str] = []
+        self.waiting: list[Deferred[None]] = []
+        self.most = 0
+
+    async def check_delete(self, ref: TagRef) -> None:
+        self.calls.append(ref.repository)
+        if self.held:
+            waiting: Deferred[None] = Deferred()
+            self.waiting.append(waiting)
+            self.most = max(self.most, len([d for d in self.waiting if not d.called]))
+            await waiting
+        if ref.repository in self.refusing:
+            raise RegistryUnavailable(f"denied: the token does not grant repository:{ref.repository}:delete")
+
+
+def _service(inventory: _Checks, check_concurrency: int = 16) -> TagsService:
+    return TagsService(
+        inventory=cast(Any, inventory),
+        registry_host="registry.example.com",
+        authorizer=cast(Any, None),
+        versions=cast(Any, None),
+        check_concurrency=check_concurrency,
+    )
+
+
+def _failure(outcome: Deferred[None]) -> ApiError:
+    failures: list[Failure] = []
+    outcome.addErrback(failures.append)
+    [failure] = failures
+    assert isinstance(failure.value, ApiError)
+    return failure.value
+
+
+def test_a_dry_run_checks_each_repository_it_selects_once() -> None:
+    # review-ops4 1: the check was made for the selection's first tag only, so a repository the
+    # account may not delete in was shown deleted when it came after one it may.
+    refs = [TagRef("team", f"app{i % 3}", f"v{i}") for i in range(9)]
+    checks = _Checks({"team/app2"})
+    error = _failure(Deferred.fromCoroutine(_service(checks)._check_deletes("team", refs)))
+    assert sorted(checks.calls[:3]) == ["team/app0", "team/app1", "team/app2"]
+    # The refused repository's other tags are checked for their own words; nothing else is.
+    assert checks.calls[3:] == ["team/app2", "team/app2"]
+    assert error.code == 503 and "3 of 9 selected tag(s) are still there" in error.message
+    assert error.details is not None and error.details.causes is not None
+    denied = [ref.name for ref in refs if ref.repository == "team/app2"]
+    assert [c["field"] for c in error.details.causes] == denied
+
+
+def test_a_dry_run_over_thousands_of_repositories_is_bounded_and_keeps_its_stack() -> None:
+    # Checks that pass at once (believed for a while) run in a loop, not nested (8f5a64c's
+    # RecursionError); held ones are at most check_concurrency at a time.
+    refs = [TagRef("team", f"app{i}", "v1") for i in range(5000)]
+    quick = _Checks(set())
+    done = Deferred.fromCoroutine(_service(quick)._check_deletes("team", refs))
+    assert done.called and len(quick.calls) == 5000
+    held = _Checks({"team/app4999"}, held=True)
+    outcome = Deferred.fromCoroutine(_service(held, check_concurrency=4)._check_deletes("team", refs))
+    while not outcome.called:
+        pending = [d for d in held.waiting if not d.called]
+        assert 0 < len(pending) <= 4
+        pending[0].callback(None)
+    assert held.most == 4
+    error = _failure(outcome)
+    assert "1 of 5000 selected tag(s) are still there" in error.message

@@ -26,7 +26,7 @@ from payloadtags.api.errors import (
 from payloadtags.api.options import DeleteOptions, ListOptions
 from payloadtags.api.selectors import tag_filter
 from payloadtags.api.walks import Kept, Listed, WalkCache, new_walk_id
-from payloadtags.deferreds import DeadlineExpired, GoesOn, bounded_map, within
+from payloadtags.deferreds import DeadlineExpired, GoesOn, bounded_each, bounded_map, within
 from payloadtags.inventory import Inventory, Page, Run, Runs
 from payloadtags.model import (
     GROUP,
@@ -288,6 +288,9 @@ class TagsService:
     authorizer: Authorizer
     versions: VersionSource
     delete_concurrency: int = 4
+    # Repositories a dry-run deletecollection checks at once (`_check_deletes`): the registry client's
+    # connection slots (--registry-concurrency), which its checks wait for in any case.
+    check_concurrency: int = 16
     # With it, a deletecollection of a whole namespace that is being deleted deletes by digest.
     removal: NamespaceRemoval | None = None
     # Seconds such a deletecollection works before it answers 503 (the namespace controller retries);
@@ -699,27 +702,46 @@ class TagsService:
 
     async def _check_deletes(self, namespace: str, refs: builtins.list[TagRef]) -> None:
         """A dry-run deletecollection's check: the real one's answer (`_collection_incomplete`) when
-        the registry would refuse the deletes of ``refs`` (deletes off, read-only). The check is the
-        registry's, not a tag's (`Inventory.check_delete`, believed for a while once passed): the
-        first tag's says it; when it fails, those the answer names are checked for their own words,
-        and the rest are left as the first was, as the real request would leave them."""
+        the registry would refuse the deletes of ``refs`` (deletes off, read-only, no delete
+        permission in a repository). The check is a repository's, not a tag's (a token registry grants
+        delete per repository; `Inventory.check_delete`, believed a while for its repository once
+        passed): each repository of the selection is checked once, with its first tag, up to
+        `check_concurrency` at a time and none held for those not reached (a selection over thousands
+        of repositories neither starts thousands of calls at once nor runs out of stack: 8f5a64c).
+        The tags of a refused repository are left as the real request leaves them; those its answer
+        names are checked for their own words."""
         if not refs:
             return
-        failed: dict[TagRef, str] = {}
-        lasting: set[TagRef] = set()
-        for ref in refs[:NAMED_LEFT]:
+        first: dict[str, TagRef] = {}
+        for ref in refs:
+            first.setdefault(ref.repository, ref)
+        refused: dict[str, RegistryError] = {}
+
+        async def check(ref: TagRef) -> None:
             try:
                 await self.inventory.check_delete(ref)
             except RegistryError as error:
-                failed[ref] = str(error)
-                if error.lasting:
-                    lasting.add(ref)
-            if not failed:
-                return  # deletes work here
-        rest = refs[NAMED_LEFT:]
-        left = [ref for ref in refs[:NAMED_LEFT] if ref in failed] + rest
-        if refs[0] in lasting:
-            lasting.update(rest)
+                refused[ref.repository] = error
+
+        await bounded_each(check, first.values(), self.check_concurrency)
+        if not refused:
+            return  # deletes work in every repository selected
+        left = [ref for ref in refs if ref.repository in refused]
+        named = left[:NAMED_LEFT]
+
+        async def words(ref: TagRef) -> RegistryError:
+            if first[ref.repository] is ref:
+                return refused[ref.repository]
+            try:
+                await self.inventory.check_delete(ref)
+            except RegistryError as error:
+                return error
+            return refused[ref.repository]  # passed meanwhile: said as its repository's check was
+
+        errors = await bounded_map(words, named, self.check_concurrency)
+        failed = {ref: str(error) for ref, error in zip(named, errors, strict=True)}
+        lasting = {ref for ref, error in zip(named, errors, strict=True) if error.lasting}
+        lasting.update(ref for ref in left[NAMED_LEFT:] if refused[ref.repository].lasting)
         raise _collection_incomplete(namespace, len(refs), left, failed, (), lasting)
 
     async def _left_by_late_writes(

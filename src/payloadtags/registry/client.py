@@ -95,6 +95,9 @@ ERROR_BODY_LIMIT = 64 << 10
 MAX_TAG_PAGES = 10_000
 DEFAULT_RETRY_AFTER = 5
 PROBE_VALIDITY = 10.0  # seconds
+# Expired probe passes dropped per new one at most: two per pass keeps the record within those of
+# the last PROBE_VALIDITY seconds, at a bounded cost per probe.
+_PRUNED_AT_ONCE = 2
 # After a write of ours under a tag goes unanswered, the tag is watched this many timeouts long for
 # the write to land, so that the delete can finish instead of reporting a write in doubt.
 LATE_WRITE_GRACE = 2.0
@@ -295,8 +298,12 @@ class RegistryClient:
         self._catalog_refused: int | None = None
         # Calls waiting for the one stepping a refused catalog page down (None: none is).
         self._catalog_waiters: list[Deferred[None]] | None = None
-        # Until when the last probe's "deletes work here" is believed (reactor seconds).
-        self._probe_valid_until = 0.0
+        # Until when each repository's last probe's "deletes work here" is believed (reactor seconds),
+        # oldest first. Per repository: a token registry grants delete per repository (Harbor, GitLab),
+        # so one repository's pass says nothing of another's. Entries past their time are dropped as
+        # new ones come (`_believe_deletes`), so it holds the repositories probed in the last
+        # PROBE_VALIDITY seconds.
+        self._probe_valid_until: dict[str, float] = {}
         # Every mutation of a repository waits for the earlier ones of this process to finish.
         self._queue = queue if queue is not None else RepositoryQueue()
         # The caller's checks of the mutation holding a repository's turn (`WriteHooks`), made
@@ -788,7 +795,7 @@ class RegistryClient:
                         registry=self._name,
                     )
                 self._delete_by_tag = False
-            elif self._reactor.seconds() >= self._probe_valid_until:
+            elif not self._deletes_believed(repository):
                 await self._probe_delete(repository, tag)
             # The read the re-tag is conditional on: the last request before the write.
             original = self._as_expected(repository, tag, await self._read_tag(repository, tag), expected)
@@ -869,9 +876,23 @@ class RegistryClient:
         nothing, and a dry run neither waits behind deletes nor fails on another delete's checks."""
         self._check_repository(repository)
         self._check_tag(tag)
-        if self._reactor.seconds() < self._probe_valid_until:
+        if self._deletes_believed(repository):
             return
         await self._probe_delete(repository, tag, gated=False)
+
+    def _deletes_believed(self, repository: str) -> bool:
+        now: float = self._reactor.seconds()
+        return now < self._probe_valid_until.get(repository, 0.0)
+
+    def _believe_deletes(self, repository: str) -> None:
+        now: float = self._reactor.seconds()
+        valid = self._probe_valid_until
+        valid.pop(repository, None)  # re-inserted last: the dict stays in order of time
+        for oldest in list(itertools.islice(valid, _PRUNED_AT_ONCE)):
+            if valid[oldest] > now:
+                break
+            del valid[oldest]
+        valid[repository] = now + PROBE_VALIDITY
 
     async def _probe_delete(self, repository: str, tag: str, *, gated: bool = True) -> None:
         try:
@@ -882,7 +903,7 @@ class RegistryClient:
                 gated=gated,
             )
         except RegistryUnavailable as error:
-            self._probe_valid_until = 0.0
+            self._probe_valid_until.pop(repository, None)
             if not error.unanswered:
                 raise
             raise self._probe_unanswered(repository, tag, "the connection closed first") from error
@@ -892,7 +913,7 @@ class RegistryClient:
             # retry hint, not a 503 with one: a registry that just took its whole timeout not to
             # answer is not helped by a repeat at once, and client-go repeats a Retry-After ten times,
             # each waiting the timeout again, before kubectl shows anything.
-            self._probe_valid_until = 0.0
+            self._probe_valid_until.pop(repository, None)
             timeout = self._settings.timeout
             timed_out = RegistryTimeout(
                 self._probe_message(
@@ -905,9 +926,9 @@ class RegistryClient:
             # Deletes work here; this digest simply does not exist. Believed for a while: a registry
             # that turns read-only or delete-disabled meanwhile refuses the re-tag or the digest
             # delete instead, and the tag is left (or put back) as it was.
-            self._probe_valid_until = self._reactor.seconds() + PROBE_VALIDITY
+            self._believe_deletes(repository)
             return
-        self._probe_valid_until = 0.0
+        self._probe_valid_until.pop(repository, None)
         refused = self._error(reply, f"deleting tag {repository}:{tag}")
         if refused.unanswered:
             raise self._probe_unanswered(repository, tag, f"HTTP {reply.status} from a gateway") from refused
