@@ -321,6 +321,41 @@ def test_a_leader_warns_once_when_its_renewals_fail_and_says_when_they_work_agai
     a.stop()
 
 
+def test_a_flapping_api_warns_once_a_minute_per_cause_across_good_renewals() -> None:
+    # review-ops4 4: a good renewal forgot the last warning, so each outage of a flapping API warned
+    # again (3 lines in 24 s). A cause said less than a minute ago is counted, not said, even after
+    # the lease answered in between; "answers again" follows only an outage that was said.
+    clock, api = Clock(), FakeLeases()
+    a = Candidate(api, clock, "a")
+    a.elector.start()
+    advance(clock, 4.0)
+    with collected_logs() as events:
+        for _ in range(8):  # 8 outages in about 40 s, each of two failed renewals
+            api.down = True
+            advance(clock, 3.0)
+            api.down = False
+            advance(clock, 2.0)
+        assert a.leads
+        assert _election_lines(events, LogLevel.warn) == [
+            "Leader election: could not get, create or update the lease default/payloadtags-cleanup "
+            "(1 failed attempt in a row): connection refused"
+        ]
+        assert len(_election_lines(events, LogLevel.info)) == 1
+        api.error = FORBIDDEN  # another cause: said at once
+        advance(clock, 3.0)
+        assert len(_election_lines(events, LogLevel.warn)) == 2
+        api.error = None
+        advance(clock, 2.0)
+        advance(clock, 25.0)  # past a minute since the first outage was said
+        api.down = True
+        advance(clock, 3.0)
+        warnings = _election_lines(events, LogLevel.warn)
+        assert len(warnings) == 3 and warnings[2].endswith("(1 failed attempt in a row): connection refused")
+        api.down = False
+        advance(clock, 2.0)
+    a.stop()
+
+
 def test_racing_candidates_one_wins() -> None:
     clock, api = Clock(), FakeLeases()
     candidates = [Candidate(api, clock, name) for name in "abcde"]

@@ -183,10 +183,15 @@ class LeaderElector:
         self._task: Deferred[None] | None = None
         self._stopping = False
         self._reported_leader: str | None = None
-        # Failed attempts since the last that reached the API; what failed and when it was last logged.
+        # Failed attempts since the last that reached the API, what failed last, and whether this run
+        # of failures was warned about.
         self._failures = 0
         self._failure_kind: tuple[type, int | None] | None = None
-        self._failure_logged = float("-inf")
+        self._failures_said = False
+        # When each kind of failure was last warned about (monotonic): kept across successes, so that
+        # an API that flaps is said once a minute per cause, not once per outage. Kinds older than
+        # FAILURE_LOG_INTERVAL are dropped as others are said: a handful at most.
+        self._failure_logged: dict[tuple[type, int | None], float] = {}
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -301,28 +306,36 @@ class LeaderElector:
             self._attempt_failed(e)
             return None
         if self._failures:
-            log.info(
+            # Said after an outage that was said; one only counted (its cause said less than a
+            # minute ago) ends as quietly.
+            (log.info if self._failures_said else log.debug)(
                 "Leader election: the lease {namespace}/{name} answers again, after {attempts}",
                 namespace=self.options.lease_namespace,
                 name=self.options.lease_name,
                 failures=self._failures,
                 attempts=_failed_attempts(self._failures),
             )
-            self._failures, self._failure_kind = 0, None
+            self._failures, self._failure_kind, self._failures_said = 0, None, False
         return sent
 
     def _attempt_failed(self, error: Exception) -> None:
         """Warns, as client-go does, but not every retry period: a Lease that is forbidden or an API
-        that is down would fill the log. Once for a new kind of failure, then once a minute."""
+        that is down would fill the log. Once for a new kind of failure, then once a minute, whether
+        or not an attempt worked in between (an API that flaps)."""
         self._failures += 1
         # The kind, not the text: a timeout's text names the seconds left, which differ every time.
         kind = (type(error), error.code if isinstance(error, KubeApiError) else None)
         now = self._monotonic()
-        if kind == self._failure_kind and now - self._failure_logged < FAILURE_LOG_INTERVAL:
+        again = kind == self._failure_kind
+        self._failure_kind = kind
+        if now - self._failure_logged.get(kind, float("-inf")) < FAILURE_LOG_INTERVAL:
             log.debug("Leader election: attempt failed: {error}", error=error)
             return
-        again = kind == self._failure_kind
-        self._failure_kind, self._failure_logged = kind, now
+        for old, logged in list(self._failure_logged.items()):
+            if now - logged >= FAILURE_LOG_INTERVAL:
+                del self._failure_logged[old]
+        self._failure_logged[kind] = now
+        self._failures_said = True
         log.warn(
             "Leader election: {still}could not get, create or update the lease {namespace}/{name} "
             "({attempts} in a row): {error}",
