@@ -11,11 +11,22 @@ from typing import Any
 import pytest
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, formatEvent
 
 from payloadtags.kube import Backoff, Reflector, StoreListener, WatchEvent
-from payloadtags.kube.errors import KubeApiError, KubeStreamLost, KubeUnavailable, make_status
+from payloadtags.kube.diagnosis import PERIOD, ClusterAccessLog
+from payloadtags.kube.errors import (
+    KubeApiError,
+    KubeCredentialUnavailable,
+    KubeStreamLost,
+    KubeTimeout,
+    KubeUnavailable,
+    make_status,
+)
+from tests.support.logcapture import collected_logs
 
 PATH = "/api/v1/namespaces"
+SERVER = "https://cluster.example"
 
 
 def ns(name: str, rv: int, **labels: str) -> dict[str, Any]:
@@ -431,3 +442,59 @@ def test_start_twice_is_a_bug(reflector: Reflector, source: FakeSource) -> None:
     reflector.start()
     with pytest.raises(RuntimeError):
         reflector.start()
+
+
+def test_a_flapping_api_is_said_once_per_cause_for_all_reflectors(clock: Clock) -> None:
+    # review-ops4 3: only an unreachable API went through the ClusterAccessLog; a broken watch, a
+    # reply cut short, a timeout and an exec plugin failing at renewal were warned by each reflector
+    # on each retry (30 "watch stream broken" lines in 18 s from five reflectors). Each is now one
+    # line per cause for all of them, at most once a period; the reflectors say them at debug.
+    access = ClusterAccessLog(SERVER, monotonic=clock.seconds)
+    pairs = []
+    for _ in range(5):
+        source = FakeSource()
+        reflector = Reflector(
+            source,
+            PATH,
+            clock,
+            backoff=Backoff(initial=1.0, factor=1.0, cap=1.0, jitter=0.0),
+            rng=random.Random(3),
+            on_failure=access,
+        )
+        pairs.append((source, reflector))
+    causes = [
+        KubeStreamLost("watch stream broken: Connection to the other side was lost"),
+        KubeUnavailable("GET /api/v1/namespaces: reply cut short: connection lost"),
+        KubeTimeout("GET /api/v1/namespaces: no answer within 30s"),
+        KubeCredentialUnavailable("cannot renew the cluster API credential: plugin exited with 1"),
+    ]
+    with collected_logs() as events:
+        streams = [synced(reflector, source, [], 10) for source, reflector in pairs]
+        for _ in range(3):  # three flaps, each failing every reflector with each cause in turn
+            for cause in causes:
+                for stream in streams:
+                    stream.end(cause)
+                clock.advance(1.0)
+                streams = [source.stream() for source, _ in pairs]
+        said = [
+            formatEvent(e)
+            for e in events
+            if str(e.get("log_namespace", "")).startswith("payloadtags") and e["log_level"] >= LogLevel.warn
+        ]
+        # A broken watch and a reply cut short are one cause: the API, or the way to it, went away.
+        assert len(said) == 3, said
+        assert said[0].startswith(f"the cluster API {SERVER} broke off a request (watch stream broken")
+        assert "no answer within 30s" in said[1] and "does not answer in time" in said[1]
+        assert "could not renew its credential" in said[2] and "exec plugin" in said[2]
+        assert all(" more like it" not in line for line in said)
+        clock.advance(PERIOD)
+        for stream in streams:
+            stream.end(causes[0])
+        again = [
+            formatEvent(e)
+            for e in events
+            if str(e.get("log_namespace", "")).startswith("payloadtags") and e["log_level"] >= LogLevel.warn
+        ][3:]
+        assert len(again) == 1 and "(29 more like it in the 72s since the last line)" in again[0], again
+    for _, reflector in pairs:
+        Deferred.fromCoroutine(reflector.stop())

@@ -86,8 +86,9 @@ class CleanupController:
     ) -> None:
         self._clock = reactor
         # Told each failure of the namespace watch (`Reflector.on_failure`): the server's
-        # `ClusterAccessLog`, which says a refusal, rejected credentials or an unreachable API once
-        # for all its reflectors, where this one warned on each retry.
+        # `ClusterAccessLog`, which says a refusal, rejected credentials, an unreachable API or one
+        # that breaks off or does not answer once for all its reflectors, where this one warned on
+        # each retry.
         self._on_failure = on_failure
         self._kube = kube
         self._registry = registry

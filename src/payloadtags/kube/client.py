@@ -43,6 +43,7 @@ from payloadtags.jsontypes import JsonObject
 from payloadtags.kube.config import ClusterConfig
 from payloadtags.kube.errors import (
     KubeApiError,
+    KubeCredentialUnavailable,
     KubeProtocolError,
     KubeStreamLost,
     KubeTimeout,
@@ -394,9 +395,9 @@ class _TokenSource:
         try:
             result = await self._run(self._clock, plugin, self._plugin_timeout)
         except Exception as e:
-            raise KubeUnavailable(f"cannot renew the cluster API credential: {_describe(e)}") from e
+            raise KubeCredentialUnavailable(f"cannot renew the cluster API credential: {_describe(e)}") from e
         if result.token is None:
-            raise KubeUnavailable(
+            raise KubeCredentialUnavailable(
                 f"exec plugin {plugin.command} now prints a client certificate, not a token"
             )
         self._token, self._expires_at, self._stale = result.token, result.expires_at, False

@@ -1,10 +1,12 @@
 """Saying what is wrong with the cluster API access, once for every reflector: refused credentials
-(401), refused access (403), an unreachable server.
+(401), refused access (403), an unreachable server, requests broken off (a watch stream lost, a
+reply cut short), requests unanswered in time, an exec plugin that cannot renew the credential.
 
 Each reflector retries on its own (`Reflector`), and a kubeconfig whose user lacks its grants fails
 every one of them on every retry: a raw warning each gave some thirty lines in ten seconds, none
 saying what to do. These causes are said instead in one line each, with the fix, at most once per
-period (with the count left out since), and `cause` gives the words /readyz shows.
+period (with the count left out since), and `cause` gives the words /readyz shows. A flapping API
+fails every reflector's watch at once, on every flap: that is one cause too.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ import attrs
 from twisted.logger import Logger
 
 from payloadtags.kube.config import ClusterConfig, _without_userinfo
-from payloadtags.kube.errors import KubeApiError, KubeError, KubeUnreachable
+from payloadtags.kube.errors import (
+    KubeApiError,
+    KubeCredentialUnavailable,
+    KubeError,
+    KubeTimeout,
+    KubeUnavailable,
+    KubeUnreachable,
+)
 
 log = Logger()
 
@@ -49,7 +58,8 @@ def _grant(path: str) -> str:
 
 @attrs.define
 class ClusterAccessLog:
-    """Logs the cluster API's refusals and unreachability with what to do, rate-limited per cause.
+    """Logs the cluster API's refusals, unreachability and broken or unanswered requests with what to
+    do, rate-limited per cause.
 
     ``server``: the cluster API's URL as messages show it; ``in_cluster``: the credentials are the
     pod's service account's, not a kubeconfig's. Timed on ``monotonic``, as the registry's failure
@@ -117,6 +127,28 @@ class ClusterAccessLog:
             return (
                 "unreachable",
                 f"the cluster API {self.server} is unreachable ({error}); {check}; {retries}",
+            )
+        if isinstance(error, KubeCredentialUnavailable):
+            return (
+                "credential",
+                f"the cluster API {self.server} cannot be asked: {user} could not renew its credential "
+                f"({error}); check the exec plugin in the kubeconfig (run its command as payloadtags "
+                f"does, with the same environment); {retries}",
+            )
+        if isinstance(error, KubeUnavailable):
+            # A watch stream lost, a reply cut short: the API (or a proxy or load balancer on the
+            # way) went away mid-request, as an API server restarting or flapping does.
+            return (
+                "interrupted",
+                f"the cluster API {self.server} broke off a request ({error}); check that the API "
+                f"server is up and what sits on the network path to it (a proxy or load balancer "
+                f"cutting connections); {retries}",
+            )
+        if isinstance(error, KubeTimeout):
+            return (
+                "timeout",
+                f"the cluster API {self.server} does not answer in time ({error}); check the API "
+                f"server's load and the network path to it (a firewall dropping packets); {retries}",
             )
         return None
 

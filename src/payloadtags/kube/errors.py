@@ -82,6 +82,10 @@ class KubeUnreachable(KubeUnavailable):
     """A request to the API server failed on the way: refused, reset, TLS or DNS failure."""
 
 
+class KubeCredentialUnavailable(KubeUnavailable):
+    """The kubeconfig's exec plugin could not renew the credential: no request could be sent."""
+
+
 class KubeStreamLost(KubeUnavailable):
     """A watch stream ended abruptly (not a clean end of the chunked response)."""
 
