@@ -7,6 +7,7 @@ handler. Everything it returns is plain data that the reactor-side client uses w
 
 from __future__ import annotations
 
+import ast
 import base64
 import datetime
 import decimal
@@ -936,6 +937,35 @@ def _with_plugin_credential(cluster: ClusterConfig, plugin: ExecPlugin, path: st
     )
 
 
+# A quote in a PyYAML problem or context: its repr of the text it met ('x', "'", '\\t').
+_QUOTE = re.compile(r""" ?('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
+# The quotes a refusal may keep: a token's name ('<block end>', '<scalar>'); one character is kept too.
+_TOKEN_NAME = re.compile(r"'<[a-z ]+>'")
+
+
+def _unquoted(text: str | None) -> str | None:
+    """``text`` without the quotes that could show part of a value: a refusal names the key and
+    place, never the value (a password written ``!Sup3r!s3cret`` is a tag handle, which PyYAML
+    quotes whole: "found undefined tag handle '!Sup3r!'"; an anchor's name, in "found duplicate
+    anchor"). Allow-listed: a quote of one character (the scanner's "found character '%' that cannot
+    start any token") and a token's name; any other is dropped, as kubectl says "found undefined tag
+    handle" alone."""
+    if text is None:
+        return None
+
+    def kept(match: re.Match[str]) -> str:
+        quoted = match.group(1)
+        if _TOKEN_NAME.fullmatch(quoted):
+            return match.group(0)
+        try:
+            value = ast.literal_eval(quoted)
+        except (ValueError, SyntaxError):
+            return ""
+        return match.group(0) if isinstance(value, str) and len(value) <= 1 else ""
+
+    return _QUOTE.sub(kept, text)
+
+
 def _gist(error: Exception) -> str:
     """The error on one line, as start-up reports every problem: a YAML error's own text spans several,
     with the offending line quoted and a caret under the place."""
@@ -943,12 +973,13 @@ def _gist(error: Exception) -> str:
 
     if isinstance(error, yaml.MarkedYAMLError):
         mark = error.problem_mark or error.context_mark
-        gist = error.problem or error.context or "not valid YAML"
+        problem, context = _unquoted(error.problem), _unquoted(error.context)
+        gist = problem or context or "not valid YAML"
         if mark is not None:
             gist += f" at line {mark.line + 1}, column {mark.column + 1}"
-        if error.problem and error.context:
+        if problem and context:
             start = error.context_mark
-            gist += f" ({error.context}" + (
+            gist += f" ({context}" + (
                 f" at line {start.line + 1}, column {start.column + 1})" if start else ")"
             )
         return gist
