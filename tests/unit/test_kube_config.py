@@ -1142,6 +1142,26 @@ def test_non_finite_keys_in_the_exec_extension_are_sent_as_kubectl_sends_them(tm
     assert kubectl_extension(path) == sent
 
 
+def test_underscores_in_a_number_starting_with_a_dot_are_read_as_kubectl_reads_them(tmp_path: Path) -> None:
+    # review-ops4 5: go-yaml v2 reads a plain scalar starting with "." with Go's ParseFloat on the text as
+    # written, which takes an underscore only between digits: ._5 and .5__ are text to kubectl 1.32. They
+    # were read as 0.5 (every underscore dropped first, as go-yaml does after a digit or a sign), so the
+    # plugin got a number, and args: [._5] was refused as one.
+    written = "._5, .5__, .5_, ._, .5_0, -._5, +.5__, ._5e1, .5_0e1_0, .5e_1, .5_e1, ._e1, 1__0, .5E1_0, .0_0"
+    path = exec_kubeconfig(tmp_path, args="[._5, .5__]", extension=f"list: [{written}]")
+    viewed = kubectl_view(path)
+    assert isinstance(viewed, dict), viewed
+    assert viewed["users"][0]["user"]["exec"]["args"] == ["._5", ".5__"]
+    texts = ["._5", ".5__", ".5_", "._"]
+    sent = {
+        "list": [*texts, 0.5, -0.5, 0.5, "._5e1", 5000000000, ".5e_1", ".5_e1", "._e1", 10, 5000000000, 0]
+    }
+    assert kubectl_extension(path) == sent
+    assert load_cluster_config(str(path)) is not None
+    assert extension_sent(tmp_path) == sent
+    assert seen_by_plugin(tmp_path)["argv"] == ["._5", ".5__"]
+
+
 @pytest.mark.parametrize(
     ("args", "env", "problem"),
     [

@@ -448,11 +448,31 @@ def _go_plain(text: str) -> tuple[str, Any]:
         return _YAML + "float", _GO_SPECIAL_FLOATS[text]
     if text == "<<":
         return _YAML + "merge", text
-    if text[:1] in tuple("+-.0123456789"):
+    if text[:1] in tuple("+-.0123456789") and (text[0] != "." or _underscores_ok(text)):
         number = _go_number(text.replace("_", ""))
         if number is not None:
             return _YAML + ("int" if isinstance(number, int) else "float"), number
     return _YAML + "str", text
+
+
+def _underscores_ok(text: str) -> bool:
+    """Whether Go's ParseFloat takes the underscores of ``text`` (its ``underscoreOK``): each between
+    two digits. go-yaml v2 reads a plain scalar starting with "." with ParseFloat on the text as
+    written (``._5`` and ``.5__`` are text), where one starting with a digit or a sign has every
+    underscore dropped first."""
+    before = "^"  # what came last: ^ the start, 0 a digit, _ an underscore, ! anything else
+    for char in text:
+        if char.isascii() and char.isdigit():
+            before = "0"
+        elif char == "_":
+            if before != "0":
+                return False
+            before = "_"
+        elif before == "_":
+            return False
+        else:
+            before = "!"
+    return before != "_"
 
 
 def _go_number(plain: str) -> int | float | None:
