@@ -649,7 +649,8 @@ def _parser() -> argparse.ArgumentParser:
         type=_lenient(_count),
         default=100000,
         help="(user, namespace) pairs whose access rules are kept for watches that resume after their "
-        "stream ended (about 100 bytes each); a user forgotten past it relists once",
+        "stream ended (about 100 bytes each); past it the least recently used user is forgotten and "
+        "relists once at her next resume (a user's own scope's namespaces are always kept)",
     )
     return parser
 

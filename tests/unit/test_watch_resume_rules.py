@@ -3,6 +3,7 @@ last resourceVersion or bookmark is a 410, as it is for a running watch (docs/wa
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from payloadtags.access.authz import Readable
-from payloadtags.access.rbac import RbacAuthorizer, RbacIndex
+from payloadtags.access.rbac import PathMatcher, RbacAuthorizer, RbacIndex
 from payloadtags.identity import UserInfo
 from payloadtags.watch import ScopeSource, Watcher, WatchHub, WatchLimits
 from payloadtags.watch.rules import RulesLedger
@@ -751,7 +752,8 @@ def test_the_bound_of_the_rules_noted_holds_for_a_lone_user_whose_watch_reaps_ma
 
 def test_a_user_noted_in_more_namespaces_than_the_bound_resumes_from_before_with_410() -> None:
     """The ledger itself: a user noted in more namespaces than the bound in all keeps the newest, and
-    her entry, incomplete, dates a change then."""
+    her entry, incomplete, dates a change by when those it dropped went out of her scope (her stream
+    sent there after ``before``): a resume from before is 410, one from after served."""
     hub, source, _, _ = ended_stream("team", ["app"])
     ledger = RulesLedger(max_entries=4)
     alice = UserInfo("alice")
@@ -759,6 +761,7 @@ def test_a_user_noted_in_more_namespaces_than_the_bound_resumes_from_before_with
     before = hub.versions.current
     assert ledger.admits(source, alice, ["team"], lambda _: matcher, before, hub.versions.next)
     for n in range(10):
+        hub.versions.next()  # what her stream sent in ns-n, and its DELETED
         ledger.saw(source, alice, [(f"ns-{n}", [matcher])], lambda _: matcher, hub.versions.next)
     (noted,) = ledger.entries.values()
     assert ledger.size == len(noted.rules) <= 4 and "ns-9" in noted.rules  # were 11
@@ -832,5 +835,83 @@ def test_the_reap_keeps_the_rules_it_could_not_tell_the_ledger_and_goes_on(
     assert [namespace for namespace, _ in w.rules_seen()] == ["keep"]
     (noted,) = hub.rules.entries.values()
     assert "ci" in noted.rules
+    w.end("test")
+    hub.stop()
+
+
+@pytest.mark.parametrize(("max_entries", "user_share"), [(4, None), (100, 2)])
+def test_a_scope_past_the_bound_or_her_share_serves_every_informer_cycle_and_resume(
+    max_entries: int, user_share: int | None
+) -> None:
+    """alice may read `app` in 6 namespaces (one Role each, no change at all); her all-namespaces
+    scope has more than the bound (4), or than her share of it (2). Each watch start noted every
+    namespace of the scope, went past it and trimmed her oldest, dating a change after the list the
+    watch started from: every watch from a list, and every resume from a stream's last bookmark, was
+    410, for ever (review-watch4 F1, its list_watch_loop.py). The namespaces of the scope now are never
+    trimmed: each cycle is served, and a revocation in one of them between two streams is 410 still."""
+    reader = FakeReader({f"ns{i}/app": {"v1"} for i in range(6)})
+    clock = Clock()
+    hub, index, authorizer = rbac_hub(reader, clock)
+    RBAC[hub] = Rbac(index, authorizer)
+    hub.rules.max_entries = max_entries
+    hub.rules.user_share = user_share
+    for i in range(6):
+        grant(index, "alice", f"ns{i}", ["app"], f"a{i}")
+    source = ready(hub, None)
+    hub.check_access()
+    while one_turn(clock):
+        pass
+    outcomes = []
+    for _ in range(4):  # an informer: a list, a watch from it, a resume from its last bookmark
+        listed = list_sequence(hub, None, UserInfo("alice"))
+        w, _ = rbac_watcher(authorizer, "alice")
+        started = hub.start(w, source, since=listed, timeout=5)
+        clock.advance(5)
+        assert w.reason == ("timeout" if started else None)
+        outcomes += [started, resumed(hub, source, hub.versions.current)]
+    assert outcomes == [True] * 8  # were all False
+    ended = hub.versions.current
+    grant(index, "alice", "ns3", ["other"], "a3")  # ns3's `app` taken back
+    clock.advance(1)
+    assert not resumed(hub, source, ended)
+    hub.stop()
+
+
+def _same(matcher: PathMatcher, namespace: str) -> PathMatcher:
+    return matcher
+
+
+def test_a_lone_user_past_her_share_evicts_no_other_user() -> None:
+    """review-watch4 F4: alice's all-namespaces watch reaps CI namespaces until her entry alone is past
+    the bound (8); the least recently used went first, bob and carol, noted in one namespace each,
+    then hers was trimmed anyway, and their resumes were 410. She keeps to her share (4) now, first."""
+    hub, source, w, _, clock = churned_all_namespaces_watch(max_entries=8, namespaces=5, user_share=4)
+    ledger = hub.rules
+    others = []
+    for name in ("bob", "carol"):
+        user = UserInfo(name)
+        matcher = RBAC[hub].index.matcher(user, "get", "team")
+        since = hub.versions.current
+        rules = functools.partial(_same, matcher)
+        assert ledger.admits(source, user, ["team"], rules, since, hub.versions.next)
+        others.append((user, matcher, since))
+    reader = hub.reader
+    assert isinstance(reader, FakeReader)
+    for n in range(5, 10):
+        repository = f"ci-{n}/app"
+        for tags in ({"v1"}, None):
+            if tags is None:
+                del reader.repositories[repository]
+            else:
+                reader.repositories[repository] = tags
+            hub.repository_changed(repository)
+            while one_turn(clock):
+                pass
+        hub.reap()
+    assert [key[1][0] for key in ledger.entries] == ["bob", "carol", "alice"]
+    assert ledger.size <= 8
+    for user, matcher, since in others:
+        rules = functools.partial(_same, matcher)
+        assert ledger.admits(source, user, ["team"], rules, since, hub.versions.next)
     w.end("test")
     hub.stop()

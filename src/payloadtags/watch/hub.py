@@ -413,7 +413,13 @@ class WatchHub:
         if rules_of is None or not isinstance(watcher.readable, Readable):
             return
         self.rules.saw(
-            source, watcher.readable.user, dropped, rules_of, self.versions.next, every_namespace=False
+            source,
+            watcher.readable.user,
+            dropped,
+            rules_of,
+            self.versions.next,
+            every_namespace=False,
+            gone=True,
         )
 
     # -- watchers ---------------------------------------------------------------------------------

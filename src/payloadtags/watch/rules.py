@@ -29,8 +29,9 @@ Bounded: past ``max_entries`` (user, namespace) pairs in all, the least recently
 forgotten, and the sequence then is kept for her in a fixed table of slots (by a hash of scope and
 user): a resume of hers from below it is 410 until she is noted again, from the rules a watch of hers
 still running ran under if one is, else from her next watch's. A user past her share of it in a scope
-(`RulesLedger.share`: an all-namespaces watch notes every namespace it drops) keeps her newest
-namespaces, and her resumes from before are 410: her churn never evicts the other users.
+(`RulesLedger.share`: an all-namespaces watch notes every namespace it drops) drops those out of her
+scope, the longest gone first, and her resumes from before they left it are 410: her churn never evicts
+the other users. Those of her scope now are never dropped (a watch from a list of hers would be 410).
 Another user sharing the slot has the same 410 (one in `FORGOTTEN_SLOTS`). Entries go with their
 scope's source (`WatchHub.reap`), whose history a resume then cannot use anyway. Each replica keeps
 its own, in its own numbers.
@@ -41,12 +42,13 @@ from __future__ import annotations
 import collections
 import itertools
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 import attrs
 
 from payloadtags.access.rbac import PathMatcher
 from payloadtags.identity import UserInfo
+from payloadtags.registry import namespace_of
 from payloadtags.watch.source import ScopeSource
 
 # (user, namespace) pairs kept in all unless told (`WatchLimits.resume_rules`): about 450 bytes the
@@ -79,6 +81,14 @@ class Noted:
     # (Not so at an access check for a second running watch of hers, which compares only where it
     # sent: each watch of hers compares every namespace as it starts and as it ends.)
     groups: tuple[str, ...] = ()
+    # Per namespace noted out of the scope (the reap's, `RulesLedger.saw` with ``gone``): the sequence
+    # then, after the DELETED that emptied it; in the order noted, the oldest first. Only these go past
+    # her share (`RulesLedger._trim`), dated by it: a client that resumes from it holds nothing there.
+    gone: dict[str, int] = attrs.field(factory=dict)
+    # The namespaces kept at her last trim (`RulesLedger._trim`): more than her share when those of her
+    # scope are. The next trim waits for an eighth of her share more, not one namespace more: each
+    # looks at the whole scope.
+    trimmed_to: int = 0
 
     @property
     def cost(self) -> int:
@@ -150,7 +160,12 @@ class RulesLedger:
         noted = self._entry(source, user)
         before = noted.cost
         changed = False
-        for namespace in {*noted.rules, *namespaces}:
+        scope = set(namespaces)
+        if noted.gone:
+            # Back in the scope: no longer dated by when it left it.
+            for namespace in scope:
+                noted.gone.pop(namespace, None)
+        for namespace in {*noted.rules, *scope}:
             now = rules_of(namespace).fingerprint
             old = noted.rules.setdefault(namespace, now)  # noted first: no change
             if old != now:
@@ -158,7 +173,7 @@ class RulesLedger:
         if changed:
             self._changed(source, noted, user, stamp)
         noted.groups = user.groups
-        self._resized(source, noted, before)
+        self._resized(source, noted, before, scope)
         return since is None or since >= noted.changed_at
 
     def knows(self, source: ScopeSource, user: UserInfo) -> bool:
@@ -244,11 +259,13 @@ class RulesLedger:
         rules_of: Callable[[str], PathMatcher],
         stamp: Callable[[], int],
         every_namespace: bool = True,
+        gone: bool = False,
     ) -> None:
         """Notes the rules that decided what a watch of ``user`` sent, per namespace (``seen``), and
         those in force now in each namespace noted (only in those of ``seen`` unless
         ``every_namespace``): any that differ from the rules noted is a change. Also at an access check
-        (``seen``: what the running watch sent since the last one)."""
+        (``seen``: what the running watch sent since the last one). ``gone``: the namespaces of
+        ``seen`` are out of the scope now (the reap), their sequence noted (`Noted.gone`)."""
         noted = self._entry(source, user)
         before = noted.cost
         fingerprints: dict[str, set[bytes]] = {}
@@ -263,6 +280,10 @@ class RulesLedger:
             noted.rules[namespace] = now
         if changed:
             noted.changed_at = max(noted.changed_at, stamp())
+        if gone:
+            for namespace in fingerprints:
+                noted.gone.pop(namespace, None)  # to the end: the newest
+                noted.gone[namespace] = source.versions.current
         noted.groups = user.groups
         self._resized(source, noted, before)
 
@@ -291,29 +312,46 @@ class RulesLedger:
         self.size += noted.cost
         return noted
 
-    def _resized(self, source: ScopeSource, noted: Noted, before: int) -> None:
-        if noted.cost > self.share:
-            self._trim(source, noted)
+    def _resized(
+        self, source: ScopeSource, noted: Noted, before: int, scope: Collection[str] | None = None
+    ) -> None:
+        share = self.share
+        if noted.cost > max(share, noted.trimmed_to + share // 8):
+            self._trim(source, noted, _scope_namespaces(source) if scope is None else scope)
         self.size += noted.cost - before
         # The least recently used go first; never the entry just noted (the most recent), which keeps
-        # to its share, at most the bound.
+        # to its share, at most the bound, past those of its scope now.
         while self.size > self.max_entries and len(self.entries) > 1:
             key, dropped = self.entries.popitem(last=False)
             self.size -= dropped.cost
             self._forget_key(key)
 
-    def _trim(self, source: ScopeSource, noted: Noted) -> None:
+    def _trim(self, source: ScopeSource, noted: Noted, scope: Collection[str]) -> None:
         """One user past her share (an all-namespaces watch of hers notes every namespace it drops at
         the reap: with CI namespaces coming and going, her entry grew without end, each watch, access
-        check and list of hers compared them all, and the bound then evicted every other user): her
-        oldest namespaces go, down to seven eighths of her share (a compact dict rebuilt now and then,
-        not its oldest key looked for past the slots of those deleted before on every noting). What
-        her client holds from before in them can no longer be judged: a change dated now, so a resume
-        of hers from before is 410."""
+        check and list of hers compared them all, and the bound then evicted every other user): the
+        namespaces out of her scope go, those noted out of it first and the oldest first, down to
+        seven eighths of her share (a compact dict rebuilt now and then, not its oldest key looked for
+        past the slots of those deleted before on every noting). Never one of the scope now (``scope``):
+        what her client holds there could never be judged again, and every watch of hers, from a list
+        or a resume, was 410 (review-watch4 F1). A change is dated by the sequence each went out of
+        the scope at (`Noted.gone`; one out of it not noted so, now): a resume from before it may hold
+        tags there, one from after holds none, and is served (her watch from a list made since)."""
         share = self.share
         keep = max(1, share - share // 8)
-        noted.rules = dict(itertools.islice(noted.rules.items(), max(0, len(noted.rules) - keep), None))
-        noted.changed_at = max(noted.changed_at, source.versions.next())
+        for namespace in [namespace for namespace in noted.gone if namespace in scope]:
+            del noted.gone[namespace]  # back in the scope
+        current = source.versions.current
+        for namespace in noted.rules:
+            if namespace not in scope and namespace not in noted.gone:
+                noted.gone[namespace] = current
+        dropped = list(itertools.islice(noted.gone, max(0, len(noted.rules) - keep)))
+        for namespace in dropped:
+            del noted.rules[namespace]
+            noted.changed_at = max(noted.changed_at, noted.gone.pop(namespace))
+        if dropped:
+            noted.rules = dict(noted.rules)
+        noted.trimmed_to = len(noted.rules)
 
     def _slot(self, key: tuple[ScopeSource, UserKey]) -> int:
         # The same in every run (str hashes are not): a user shares her slot with the same others.
@@ -328,6 +366,13 @@ class RulesLedger:
 
     def _forgotten_at(self, key: tuple[ScopeSource, UserKey]) -> int:
         return self.forgotten[self._slot(key)] if self.forgotten else 0
+
+
+def _scope_namespaces(source: ScopeSource) -> Collection[str]:
+    """The namespaces of ``source``'s scope now (with tags)."""
+    if source.namespace is not None:
+        return (source.namespace,)
+    return set(map(namespace_of, source.tags))
 
 
 __all__ = [
