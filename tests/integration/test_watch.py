@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -1157,6 +1158,36 @@ async def test_a_watch_waiting_on_a_read_when_the_server_stops_gets_a_status_bef
     assert not [e for e in events if "unhandled error" in e.get("log_format", "")]
 
 
+@pytest.mark.parametrize("accept", ["application/json", "application/yaml", TABLE])
+@pytest_twisted.ensureDeferred
+async def test_a_list_s_resource_version_errors_never_wait_on_its_scope_s_watch_read(
+    make_server, registry, repo, monkeypatch, accept
+):
+    """A list too new (504) or Exact at a resourceVersion gone (410), while a watch of its scope waits
+    on the scope's first read: answered at once, the read still held, whatever the media type. Only a
+    Table's were (9e7f117 left a JSON list's to `list_runs`, after the scope's read: they waited on it
+    and became its error, a 503, when it failed; review-watch4 F3)."""
+    namespace, _ = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "v1")
+    api = await make_server(registry)
+    client = api.client(api.pki.admin)
+    now = int((await client.get(collection(namespace))).json()["metadata"]["resourceVersion"])
+    _, reader, asked = _gated_hub(api, monkeypatch)
+    watching = Deferred.fromCoroutine(stream(client, f"{collection(namespace)}?watch=true"))
+    assert await eventually(lambda: _ready(len(asked) == 1), within=20)
+    codes = []
+    for query in (f"resourceVersion={now + 1000}", f"resourceVersion={now - 1}&resourceVersionMatch=Exact"):
+        answer = Deferred.fromCoroutine(
+            client.get(f"{collection(namespace)}?{query}", headers={"Accept": accept})
+        )
+        assert await eventually(functools.partial(_called, answer), within=20)  # waited on the read
+        codes.append((await answer).code)
+    assert not reader.gate.called
+    assert codes == [504, 410]
+    reader.gate.callback(None)
+    (await watching).close()
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_watch_that_fails_after_its_head_ends_with_an_error_event(api, repo, monkeypatch):
     namespace, _ = repo.split("/", 1)
@@ -1181,6 +1212,10 @@ async def test_a_watch_that_fails_after_its_head_ends_with_an_error_event(api, r
 
 async def _ready(condition: bool) -> bool | None:
     return True if condition else None
+
+
+async def _called(answer: Deferred[Any]) -> bool | None:
+    return True if answer.called else None
 
 
 @pytest_twisted.ensureDeferred

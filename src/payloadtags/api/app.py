@@ -959,10 +959,14 @@ class ApiServer:
         # transformResponseObject): a bad option, and the list's own errors (its resourceVersion, 504
         # or 410; its continue token, 400: they need no registry read) are answered before a bad
         # includeObject. Still before the registry is read, which a 400 would waste. Only a Table has
-        # an includeObject to check: any other list leaves those checks to `list_runs`, and a page of
-        # a walk does not decode its continue token twice.
+        # an includeObject to check: any other list checks only its resourceVersion here, before the
+        # scope's watch read it may wait on (an answer that needs no read never waits on one, nor
+        # becomes its error), and leaves its continue token to `list_runs`: a page of a walk does not
+        # decode it twice.
         if media.form is Form.TABLE:
             self.service.check_list(namespace, options)
+        else:
+            self.service.check_version(options)
         include = _include(media, query)
         hub = self.watch_hub
         record = None

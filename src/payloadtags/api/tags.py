@@ -367,6 +367,11 @@ class TagsService:
         if options.continue_ is not None:
             continuation.decode(options.continue_, namespace or "")
 
+    def check_version(self, options: ListOptions) -> None:
+        """A list's resourceVersion errors (504, 410), as `list_runs` raises them: no registry read,
+        no continue token decoded."""
+        self._check_version(options, self.versions.current())
+
     def _check_version(self, options: ListOptions, current: str) -> None:
         if options.exact:
             requested = parse_version(options.resource_version or "")
