@@ -7,7 +7,6 @@ payloadtags_authorization_decisions_total once per watcher and event."""
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,7 +20,14 @@ from payloadtags.access.rbac import PathMatcher, RbacAuthorizer, RbacIndex
 from payloadtags.metrics import CountingAuthorizer, Metrics
 from payloadtags.model import GROUP
 from payloadtags.watch.watcher import Watcher
-from tests.unit.test_rbac import cluster_role, cluster_role_binding, group_subject, role_ref
+from tests.unit.test_rbac import (
+    cluster_role,
+    cluster_role_binding,
+    group_subject,
+    role,
+    role_binding,
+    role_ref,
+)
 from tests.unit.test_watch import FakeReader, FakeSink, gone, grant, one_turn, rbac_hub, ready, render
 
 
@@ -196,7 +202,7 @@ def test_the_matcher_cache_evicts_the_least_recently_used_one_at_a_time(monkeypa
 def test_a_memo_of_decisions_forgets_the_oldest_paths_at_its_bound(monkeypatch: Any) -> None:
     """CI churn: repositories pushed and deleted. A full memo kept the deleted ones' decisions and
     memoized nothing new; the oldest now go, one at a time."""
-    monkeypatch.setattr(rbac, "_MAX_MEMO", 4)
+    monkeypatch.setattr(rbac, "_MAX_MEMO_PATHS", 4)
     index = RbacIndex()
     grant(index, "alice", "team", ["pr-*"], "alice")
     matcher = index.matcher(UserInfo("alice"), "get", "team")
@@ -211,10 +217,10 @@ def test_namespaces_with_the_same_rules_share_one_matcher_and_its_bounded_memo(m
     of decisions grow with the namespaces named: a user's GETs of made-up names in made-up namespaces
     (decided before any registry read, 403s memoized too) filled a memo in each (the review's
     memo_namespaces.py: 500 matchers, 500,001 paths, 85 MiB for 500,000 GETs). One matcher per meaning
-    again, its memo at most _MAX_MEMO paths whatever the namespaces: an all-namespaces list cycling
+    again, its memo at most _MAX_MEMO_PATHS paths whatever the namespaces: an all-namespaces list cycling
     through more paths than that makes each decision again, a few microseconds (the memo evicts in
     O(1): test_a_full_memo_forgets_its_oldest_path_without_scanning_it)."""
-    monkeypatch.setattr(rbac, "_MAX_MEMO", 64)
+    monkeypatch.setattr(rbac, "_MAX_MEMO_PATHS", 64)
     index = RbacIndex()
     rule = {"apiGroups": [GROUP], "resources": ["payloadrepositoryaccesses"], "verbs": ["get"]}
     index.upsert("ClusterRole", cluster_role("reader", {**rule, "resourceNames": ["team-*/**"]}))
@@ -237,7 +243,7 @@ def test_namespaces_with_the_same_rules_share_one_matcher_and_its_bounded_memo(m
     assert index.matcher(bob, "get", "a") is index.matcher(user, "get", "b")
 
 
-class WatchedMemo(collections.OrderedDict[str, bool]):
+class WatchedMemo(dict[str, bool]):
     """A memo that counts how often it is scanned from its start and how many entries it evicts."""
 
     scans = 0
@@ -247,16 +253,17 @@ class WatchedMemo(collections.OrderedDict[str, bool]):
         WatchedMemo.scans += 1
         return super().__iter__()
 
-    def popitem(self, last: bool = True) -> tuple[str, bool]:
+    def __delitem__(self, key: str) -> None:
         WatchedMemo.evicted += 1
-        return super().popitem(last=last)
+        super().__delitem__(key)
 
 
 def test_a_full_memo_forgets_its_oldest_path_without_scanning_it(monkeypatch: Any) -> None:
     """The oldest path was found with ``next(iter(memo))`` on a dict: past the slots of those deleted
     before, scanned on every eviction until the dict resized (10-150 us a new path on a full memo of
-    65,536, the review's memo_evict.py). One O(1) ``popitem`` per path evicted now, and no scan."""
-    monkeypatch.setattr(rbac, "_MAX_MEMO", 4)
+    65,536, the review's memo_evict.py). One O(1) delete per path evicted now (the oldest found by
+    the index's budget), and no scan."""
+    monkeypatch.setattr(rbac, "_MAX_MEMO_PATHS", 4)
     index = RbacIndex()
     grant(index, "alice", "team", ["pr-*"], "alice")
     matcher = index.matcher(UserInfo("alice"), "get", "team")
@@ -299,3 +306,31 @@ def test_the_reap_keeps_the_rules_of_a_namespace_a_revocation_before_the_check_l
         hub.check_access()
     _assert_the_client_holds(w, sink, {"team/a:t0"})
     hub.stop()
+
+
+def test_every_meaning_s_memo_counts_against_one_budget_of_paths(monkeypatch: Any) -> None:
+    """A Role per namespace (a multi-tenant cluster): each namespace's rules mean something else, and
+    each had its own memo of _MAX_MEMO paths, filled by anyone's GETs of made-up names there (decided
+    before any registry read, 403s memoized too; review-watch4 F2, memo_per_meaning.py: 200 namespaces,
+    400,000 paths, 66 MiB). All memos now hold at most _MAX_MEMO_PATHS paths together, the oldest
+    forgotten first; a decision forgotten is made again, alike."""
+    monkeypatch.setattr(rbac, "_MAX_MEMO_PATHS", 64)
+    index = RbacIndex()
+    rule = {"apiGroups": [GROUP], "resources": ["payloadrepositoryaccesses"], "verbs": ["get"]}
+    for n in range(20):
+        namespace = f"tenant-{n}"
+        index.upsert("Role", role(namespace, "r", {**rule, "resourceNames": [f"team-{n}/**"]}))
+        index.upsert(
+            "RoleBinding",
+            role_binding(namespace, "r", role_ref("Role", "r"), group_subject("system:authenticated")),
+        )
+    mallory = UserInfo("mallory", groups=("system:authenticated",))
+    for m in range(20):
+        for n in range(20):
+            assert not index.allowed(mallory, "get", f"tenant-{n}", f"made-up-{m}/x")
+    matchers = {id(matcher): matcher for matcher in index._shared.values()}
+    assert len(matchers) == 20
+    assert sum(len(matcher._memo) for matcher in matchers.values()) == 64  # were 400
+    assert len(index.memos) == 64
+    assert index.allowed(mallory, "get", "tenant-3", "team-3/app")
+    assert not index.allowed(mallory, "get", "tenant-3", "made-up-0/x")  # forgotten: decided again

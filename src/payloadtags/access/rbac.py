@@ -33,6 +33,30 @@ log = Logger()
 ACCESS_RESOURCE = "payloadrepositoryaccesses"
 RBAC_GROUP = "rbac.authorization.k8s.io"
 _MAX_MEMO = 65536
+# Access decisions memoized in all, every meaning's memo together (`MemoBudget`): about 85 bytes a path,
+# 190 with a 50-character made-up path only the memo holds, about 25 MiB then (docs/watch.md, "Bounds").
+_MAX_MEMO_PATHS = 131072
+
+
+@attrs.define(eq=False)
+class MemoBudget:
+    """The paths memoized by every matcher of an index, the oldest first, at most _MAX_MEMO_PATHS in
+    all: a bound per memo was one per meaning, and with a Role per namespace (a multi-tenant cluster)
+    any user's GETs of made-up names filled a memo in every namespace (review-watch4 F2: 200 namespaces,
+    66 MiB). A path memoized is in its matcher's memo exactly while it is here: forgetting the oldest is
+    O(1), a ``popleft`` and a dict delete."""
+
+    _order: collections.deque[tuple[PathMatcher, str]] = attrs.field(factory=collections.deque)
+
+    def memoized(self, matcher: PathMatcher, path: str) -> None:
+        """``path`` was just added to ``matcher``'s memo."""
+        self._order.append((matcher, path))
+        while len(self._order) > _MAX_MEMO_PATHS:
+            oldest, forgotten = self._order.popleft()
+            del oldest._memo[forgotten]
+
+    def __len__(self) -> int:
+        return len(self._order)
 
 
 @attrs.frozen
@@ -79,10 +103,13 @@ class PathMatcher:
     patterns: tuple[PathPattern, ...]
     _literals: frozenset[str] = attrs.field(init=False)
     _globs: tuple[PathPattern, ...] = attrs.field(init=False)
-    # Oldest first: an OrderedDict, whose popitem(last=False) is O(1). A dict's first key, once the
-    # oldest were deleted, is found past their empty slots, scanned on every eviction until it resizes
-    # (10-150 us a new path on a full memo, against 2 for a decision made, memoized or not).
-    _memo: collections.OrderedDict[str, bool] = attrs.field(factory=collections.OrderedDict, init=False)
+    # Where the paths memoized are counted and forgotten, the oldest first, with those of the other
+    # matchers of its index; None: nothing memoized.
+    budget: MemoBudget | None = attrs.field(default=None, kw_only=True)
+    # Its paths forgotten by the budget, never by a scan for the oldest here: a dict's first key, once
+    # the oldest were deleted, is found past their empty slots, scanned on every eviction until it
+    # resizes (10-150 us a new path on a full memo, against 2 for a decision made, memoized or not).
+    _memo: dict[str, bool] = attrs.field(factory=dict, init=False)
     # What the rules mean, in 16 bytes: the patterns as a set (their order, that of the bindings in
     # the index, decides nothing; patterns match lowercased) and allow_all. Equal fingerprints decide
     # every path alike; a watch's resumes keep it rather than the matcher (`watch.rules`).
@@ -108,11 +135,11 @@ class PathMatcher:
         known = self._memo.get(path)
         if known is None:
             known = path.lower() in self._literals or any(p.matches(path) for p in self._globs)
-            if len(self._memo) >= _MAX_MEMO:
-                # The oldest first: those of repositories deleted since (CI churn) go in time, where a
-                # full memo kept them and memoized nothing new.
-                self._memo.popitem(last=False)
-            self._memo[path] = known
+            if self.budget is not None:
+                # The oldest first, of every meaning: those of repositories deleted since (CI churn) go
+                # in time, where a full memo kept them and memoized nothing new.
+                self._memo[path] = known
+                self.budget.memoized(self, path)
         return known
 
 
@@ -155,12 +182,15 @@ class RbacIndex:
     # so their watches, with the same rules share one matcher and its memo of decisions (the same rules
     # decide a path alike in every namespace). Not one per namespace: any user may name namespaces (a
     # GET of a made-up name is decided before any read), and a memo each made the decisions kept grow
-    # with them, up to _MAX_MEMO memos of _MAX_MEMO paths. So at most _MAX_MEMO paths per distinct set of
-    # rules, which only RBAC objects make; an all-namespaces list cycling through more makes each
-    # decision again (a few microseconds: the memo evicts in O(1)).
+    # with them, up to _MAX_MEMO memos of _MAX_MEMO paths. Their paths are counted together (``memos``):
+    # at most _MAX_MEMO_PATHS in all, however many distinct sets of rules RBAC objects make (a Role
+    # per namespace); lists cycling through more make each decision again (a few microseconds: the
+    # oldest is forgotten in O(1)).
     _shared: weakref.WeakValueDictionary[bytes, PathMatcher] = attrs.field(
         factory=weakref.WeakValueDictionary, init=False
     )
+    # Every matcher's memo together: at most _MAX_MEMO_PATHS paths in all, whatever the meanings.
+    memos: MemoBudget = attrs.field(factory=MemoBudget, init=False)
     # Compiled patterns by source, kept across rebuilds: one RBAC edit should not recompile them all.
     _compiled: dict[str, PathPattern | PatternError] = attrs.field(factory=dict, init=False)
     _warned: set[str] = attrs.field(factory=set, init=False)
@@ -251,7 +281,7 @@ class RbacIndex:
         if not patterns:
             return _DENY
         unique = tuple({p.source: p for p in patterns}.values())
-        return PathMatcher(False, unique)
+        return PathMatcher(False, unique, budget=self.memos)
 
     def _rules_of(self, binding: Binding) -> tuple[Rule, ...]:
         if binding.role_kind == "ClusterRole":
