@@ -853,6 +853,18 @@ def test_the_date_header_is_twisteds_text_for_the_second() -> None:
         assert made in (before, datetimeToString())
 
 
+def test_the_date_header_follows_the_clock_across_a_second_and_a_step_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The text kept for a second is that second's: made again at the next one, and after the clock
+    # steps back (NTP), never a second it no longer is.
+    now = [1_700_000_000.2]
+    monkeypatch.setattr(channel_module.time, "time", lambda: now[0])
+    for at in (1_700_000_000.2, 1_700_000_000.999, 1_700_000_001.0, 1_700_000_001.5, 1_699_999_990.5):
+        now[0] = at
+        assert channel_module._http_date() == datetimeToString(int(at)), at
+
+
 def test_the_bytes_waiting_to_be_sent_are_read_from_the_tcp_transport_under_the_wrappers() -> None:
     # The wrappers hand an attribute they lack down to their transport: the FileDescriptor is found
     # once, and reads the same as through them.

@@ -107,8 +107,9 @@ def _copied(fields: _Fields) -> _Fields:
 
 def _own(text: str) -> str:
     # A new string of the same characters (slicing or str() give the same object back). One of a
-    # character is CPython's own, shared by everyone anyway.
-    return text.encode().decode() if len(text) > 1 else text
+    # character is CPython's own, shared by everyone anyway. A forged token's tag may hold a lone
+    # surrogate (JSON's \ud800), which strict UTF-8 refuses: the copy must not (a 500).
+    return text[:1] + text[1:] if len(text) > 1 else text
 
 
 def _valid(resource_version: object, ns: object, path: object, tag: object, walk: object) -> bool:
