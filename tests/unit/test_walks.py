@@ -7,6 +7,7 @@ On a twisted Clock; the service-level tests walk a double of distribution 2.8's 
 from __future__ import annotations
 
 import random
+import sys
 from typing import Any
 
 import attrs
@@ -18,7 +19,7 @@ from payloadtags.api import continuation
 from payloadtags.api.errors import ApiError
 from payloadtags.api.options import list_options
 from payloadtags.api.tags import Observe, ResourceVersions, TagsService
-from payloadtags.api.walks import Kept, Listed, WalkCache, is_walk_id, kept_size, new_walk_id
+from payloadtags.api.walks import Kept, Listed, WalkCache, _list_size, is_walk_id, kept_size, new_walk_id
 from payloadtags.identity import UserInfo
 from payloadtags.inventory import CatalogRest, Inventory
 from payloadtags.metrics import Metrics
@@ -713,3 +714,24 @@ def test_a_walk_shows_what_the_unpaged_list_shows_in_either_catalog_order(seed: 
     )
     for limit in (1, 2, 3, 5):
         assert walk_all(tags, namespace, limit, rng) == [str(ref) for ref in whole.refs], limit
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [
+        ("v1", "v22", "v333"),
+        ("a", "v22", "v333"),
+        ("v1", "b", "v333"),
+        ("v1", "v22", "c"),
+        ("x",),
+        ("v1", "", "v333"),
+        (*(f"t{i}" for i in range(300)), "7", *(f"u{i}" for i in range(300))),
+    ],
+)
+def test_a_tag_list_is_measured_as_a_length_per_tag_measures_it(tags: tuple[str, ...]) -> None:
+    # A list is measured by joining its tags (one pass in C); a tag of one character anywhere in it is
+    # CPython's own string all the same, not the list's.
+    lengths = list(map(len, tags))
+    own = len(lengths) - lengths.count(1)
+    expected = sys.getsizeof(tags) + own * sys.getsizeof("") + sum(lengths) - (len(lengths) - own)
+    assert _list_size(tags) == (expected, len(tags))
