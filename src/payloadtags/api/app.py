@@ -183,8 +183,20 @@ def _client_gone(request: Request) -> bool:
 def _head(request: IRequest, code: int, content_type: str) -> None:
     """The status and headers every answer with a body has."""
     request.setResponseCode(code)
-    request.setHeader(b"content-type", content_type.encode())
-    request.setHeader(b"cache-control", b"no-cache, private")
+    # What setHeader stores, set in the response's Headers directly: the names as Headers spells them
+    # (tests/unit/test_app_headers.py) and the values encoded once per text, rather than both encoded
+    # and checked again on every request (issue #11). Headers._rawHeaders is Twisted's own: an upgrade
+    # must check it still stores names and values so.
+    raw = request.responseHeaders._rawHeaders
+    raw[b"Content-Type"] = [_header_value(content_type)]
+    raw[b"Cache-Control"] = [b"no-cache, private"]
+
+
+@functools.lru_cache(maxsize=64)
+def _header_value(text: str) -> bytes:
+    """A header value as Headers.setRawHeaders stores it (UTF-8, line breaks made spaces). The texts
+    are the server's own few (media types)."""
+    return b" ".join(text.encode().splitlines())
 
 
 def _write_json(request: IRequest, code: int, body: Any, content_type: str = JSON_TYPE) -> bytes:
@@ -1013,7 +1025,7 @@ class ApiServer:
                 body = list_text(runs.runs, meta, shape, self.service.registry_host, include)
                 body = formats.reencode(body, media)
                 begin()
-                request.setHeader(b"content-length", b"%d" % len(body))
+                request.responseHeaders._rawHeaders[b"Content-Length"] = [b"%d" % len(body)]  # as in _head
                 return body
             # A whole list is formatted and written as its repositories are read (docs/api.md,
             # "Large lists"): its first chunk goes out once read, so a registry failure before it is

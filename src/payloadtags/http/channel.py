@@ -293,8 +293,11 @@ class GuardedRequest(Request):
         # twisted.web.server.Request.process, with the Date header's text made once a second
         # (_http_date) rather than for every request.
         self.site = self.channel.site
-        self.setHeader(b"Server", version)
-        self.setHeader(b"Date", _http_date())
+        # What setHeader stores, set directly (names as Headers spells them, values Twisted's and
+        # _http_date's bytes), not encoded and checked again per request (issue #11).
+        raw = self.responseHeaders._rawHeaders
+        raw[b"Server"] = [version]
+        raw[b"Date"] = [_http_date()]
         self.prepath = []
         self.postpath = list(map(_unquote, self.path[1:].split(b"/")))
         if self.path == b"*":
