@@ -61,6 +61,8 @@ log = Logger()
 # How long the registry check's outcome answers /readyz probes (docs/hardening.md): a registry request
 # per second at most, whatever the number of probes, and a failing registry shows within a second.
 REGISTRY_CHECK_TTL = 1.0
+# The collector's youngest generation threshold once serving (`serve`).
+YOUNG_COLLECTION_THRESHOLD = 10_000
 
 
 def _flag_authentication(settings: Settings) -> FlagConfig:
@@ -678,6 +680,15 @@ def serve(settings: Settings, completed: Completed | None = None, signals: StopS
         # collector's sight makes every later full collection (and so every request) cheaper.
         gc.collect()
         gc.freeze()
+        # The youngest generation is collected after 10,000 more container objects were made than
+        # freed, not 700. Only what reference counting cannot free (reference cycles) waits for it,
+        # and no more than that many objects of it; the rest is freed as before. Measured with
+        # gc.callbacks in a server serving pages of 500 through 100,000 tags in 100 repositories
+        # (bench/request_cpu.py): at 700, 51 young collections per 1,000 pages, 0.4 ms of CPU a page
+        # (of about 3); at 10,000, 2.4 and 0.03 ms. A page cost 0.85 as much and an unpaged list of
+        # 100,000 tags 0.73, for the same objects collected; the highest resident memory was 1.2 MB
+        # more (84 MB), issue #11.
+        gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *gc.get_threshold()[1:])
         await defer.Deferred()
 
     try:
