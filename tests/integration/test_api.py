@@ -1595,6 +1595,29 @@ async def test_deletecollection_with_a_bad_continue_token_is_400_and_deletes_not
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_token_naming_a_repository_over_the_registrys_bound_is_400_malformed(api, registry, repo):
+    # A tampered token whose last key is a repository of 256 characters or more (every component in
+    # the grammar): the page read that repository's tags first, which the registry client refuses to
+    # ask for (a name no registry holds), and the list and the deletecollection answered 404 with the
+    # router's "could not find the requested resource".
+    namespace, _ = split(repo)
+    names = _push_abc(registry, repo)
+    client = api.client(api.pki.admin)
+    for length in (256, 300):
+        path = "/".join(["a"] * ((length - len(namespace)) // 2))
+        path += "a" * (length - len(namespace) - 1 - len(path))
+        assert len(f"{namespace}/{path}") == length
+        token = continuation.encode(continuation.Continuation("1", namespace, TagRef(namespace, path, "v1")))
+        continuation._decoded.clear()  # as another replica would, which never made the token
+        for method, dry in (("GET", ""), ("DELETE", "&dryRun=All"), ("DELETE", "")):
+            for limit in ("", "&limit=1"):
+                reply = await client.request(method, collection(namespace) + f"?continue={token}{dry}{limit}")
+                status = assert_status(reply, 400, "BadRequest")
+                assert status["message"] == "continue key is not valid: the token is malformed"
+                assert _left(registry, repo) == names
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_token_naming_another_lists_walk_is_400_and_reaches_no_other_namespace(api, registry, repo):
     # An all-namespaces page's token given a namespace's scope: its walk kept the catalog names after
     # the page, other namespaces' among them, and the namespace's list showed them and its

@@ -114,10 +114,21 @@ def test_round_trip_property(rv: str, namespace: str, path: str, tag: str, all_n
         pytest.param(_raw(_good(last=["ns", "App", "v1"])), id="bad-path"),
         pytest.param(_raw(_good(last=["NS", "app", "v1"])), id="bad-namespace"),
         pytest.param(_raw(_good(last=[None, "app", "v1"])), id="namespace-null"),
+        # A repository name over the registry's bound (255 characters): no page hands it out, and the
+        # registry client refuses to read it (a 404, not the 400 of any malformed token).
+        pytest.param(_raw(_good(last=["ns", "a" * 253, "v1"])), id="repository-256-characters"),
+        pytest.param(_raw(_good(last=["ns", "/".join(["a"] * 130), "v1"])), id="repository-262-characters"),
     ],
 )
 def test_malformed_tokens_are_400(text: str) -> None:
     _bad(text, "ns")
+
+
+def test_a_repository_of_255_characters_is_a_good_token() -> None:
+    token = Continuation("5", "ns", TagRef("ns", "a" * 252, "v1"))
+    assert len(token.last.repository) == 255
+    assert decode(_raw(_good(last=["ns", "a" * 252, "v1"])), "ns") == token
+    assert decode(encode(token), "ns") == token
 
 
 def test_truncated_token_is_400() -> None:
@@ -239,6 +250,7 @@ def test_a_token_is_kept_as_it_is_made_and_decodes_as_its_text_does() -> None:
         pytest.param(Continuation("5", "ns", TagRef("ns", "app", "")), id="tag"),
         pytest.param(Continuation("x", "ns", TagRef("ns", "app", "v1")), id="resourceVersion"),
         pytest.param(Continuation("5", "ns", TagRef("ns", "app", "v1"), "not a walk"), id="walk"),
+        pytest.param(Continuation("5", "ns", TagRef("ns", "a" * 253, "v1")), id="repository-length"),
     ],
 )
 def test_a_token_made_of_what_decoding_refuses_is_refused_kept_or_not(token: Continuation) -> None:

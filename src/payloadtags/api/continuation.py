@@ -14,6 +14,7 @@ import attrs
 from payloadtags.api.errors import ApiError, bad_request
 from payloadtags.api.walks import is_walk_id
 from payloadtags.names import TagRef, is_namespace, is_repository_path
+from payloadtags.registry.content import MAX_REPOSITORY_LENGTH
 from payloadtags.watch import parse_version
 
 _VERSION = 1
@@ -119,6 +120,9 @@ def _valid(resource_version: object, ns: object, path: object, tag: object, walk
         and all(isinstance(x, str) for x in (ns, path, tag))
         and is_namespace(ns)  # type: ignore[arg-type]
         and is_repository_path(path)  # type: ignore[arg-type]
+        # The whole name within the registry's bound too: no page ends in a longer one (the registry
+        # client refuses to read it), so only a tampered token names one, malformed as any other.
+        and len(ns) + 1 + len(path) <= MAX_REPOSITORY_LENGTH  # type: ignore[arg-type]
         and tag
         and (walk is None or is_walk_id(walk))
     )
