@@ -19,7 +19,16 @@ from payloadtags.api import continuation
 from payloadtags.api.errors import ApiError
 from payloadtags.api.options import list_options
 from payloadtags.api.tags import Observe, ResourceVersions, TagsService
-from payloadtags.api.walks import Kept, Listed, WalkCache, _list_size, is_walk_id, kept_size, new_walk_id
+from payloadtags.api.walks import (
+    Kept,
+    Listed,
+    WalkCache,
+    _list_size,
+    identity_size,
+    is_walk_id,
+    kept_size,
+    new_walk_id,
+)
 from payloadtags.identity import UserInfo
 from payloadtags.inventory import CatalogRest, Inventory
 from payloadtags.metrics import Metrics
@@ -30,6 +39,8 @@ from tests.unit.test_repoindex import run
 
 ALICE = UserInfo("alice", groups=("devs",))
 BOB = UserInfo("bob", groups=("devs",))
+# What the cache counts for ALICE's identity, once, whatever her walks keep.
+IDENTITY = identity_size(ALICE)
 
 
 @attrs.frozen
@@ -111,7 +122,7 @@ def test_abandoned_walks_are_freed_without_another_list() -> None:
 
 def test_past_the_total_bound_the_least_recently_continued_walks_go() -> None:
     clock = Clock()
-    cache = WalkCache(clock, max_bytes=cost(a=4) * 5 // 2)
+    cache = WalkCache(clock, max_bytes=cost(a=4) * 5 // 2 + IDENTITY)
     keep(cache, ALICE, "w1", a=4)
     clock.advance(1)
     keep(cache, ALICE, "w2", b=4)
@@ -121,7 +132,7 @@ def test_past_the_total_bound_the_least_recently_continued_walks_go() -> None:
     assert held(cache, ALICE, "w2") is None
     assert held(cache, ALICE, "w1") == lists(a=4)
     assert held(cache, ALICE, "w3") == lists(c=4)
-    assert cache.size == cost(a=4) + cost(c=4) and cache.names == 8
+    assert cache.size == cost(a=4) + cost(c=4) + IDENTITY and cache.names == 8
     keep(cache, BOB, "huge", d=100)  # larger than the bound on its own: not kept, nothing evicted
     assert held(cache, BOB, "huge") is None
     assert cache.names == 8 and len(cache) == 2
@@ -135,6 +146,37 @@ def test_walks_are_kept_per_caller() -> None:
     assert held(cache, ALICE, "w") == lists(a=2)
 
 
+def test_a_callers_identity_is_held_once_for_all_her_walks_counted_once_and_freed_with_the_last() -> None:
+    # Every request authenticates to a new UserInfo, its strings new too: each walk's key held the one
+    # of the page that last kept it, uncounted (review-walks W1). One object per identity now.
+    def alice() -> UserInfo:
+        return UserInfo("".join(["ali", "ce"]), groups=("".join(["de", "vs"]),))
+
+    clock = Clock()
+    cache = WalkCache(clock)
+    first = alice()
+    keep(cache, first, "w1", a=1)
+    keep(cache, alice(), "w1", a=1)  # w1's next page
+    clock.advance(1)
+    keep(cache, alice(), "w2", a=1)
+    assert cache.size == 2 * cost(a=1) + IDENTITY
+    assert [who for who, _ in cache._walks] == [first, first]
+    assert all(who is first for who, _ in cache._walks)
+    # Found by any object of the same identity, by no other identity.
+    assert held(cache, alice(), "w2") == lists(a=1)
+    assert held(cache, UserInfo("alice", groups=("admins",)), "w2") is None
+    assert held(cache, UserInfo("alice", groups=("devs",), uid="1"), "w2") is None
+    # Another identity is counted on its own, and each goes with its last walk.
+    keep(cache, BOB, "w3", a=1)
+    assert cache.size == 3 * cost(a=1) + IDENTITY + identity_size(BOB)
+    clock.advance(59.5)
+    assert cache.listed(alice(), "w1") is None and cache.listed(alice(), "w2") is not None
+    assert cache.size == 2 * cost(a=1) + IDENTITY + identity_size(BOB)
+    clock.advance(1)
+    assert cache.listed(BOB, "w3") is None
+    assert (cache.size, len(cache), cache.names) == (0, 0, 0)
+
+
 def test_a_walk_keeps_for_its_last_two_tokens_and_only_for_the_list_it_walks() -> None:
     cache = WalkCache(Clock())
     later, last = TagRef("team", "b", "v1"), TagRef("team", "c", "v1")
@@ -145,7 +187,7 @@ def test_a_walk_keeps_for_its_last_two_tokens_and_only_for_the_list_it_walks() -
     assert held(cache, ALICE, "w") == used and held(cache, ALICE, "w", later) == lists(b=3)
     # b's list: counted once (the second token's mapping and its entry count besides).
     assert cache.names == 5
-    assert cache.size == kept_size({AT: Kept(used), later: Kept({"b": used["b"]})}, AT)[0]
+    assert cache.size == kept_size({AT: Kept(used), later: Kept({"b": used["b"]})}, AT)[0] + IDENTITY
     cache.keep(ALICE, "w", TEAM, (later, Kept(lists(b=3))), (last, Kept(lists(c=1))))
     assert held(cache, ALICE, "w") is None  # a token two pages back: read again
     assert held(cache, ALICE, "w", later) == lists(b=3) and held(cache, ALICE, "w", last) == lists(c=1)
@@ -163,7 +205,7 @@ def test_past_the_bound_a_walk_keeps_what_its_next_page_starts_from() -> None:
     later = TagRef("team", "b", "v1")
     cache.keep(ALICE, "w", TEAM, (AT, Kept(lists(a=6))), (later, Kept(lists(b=6))))
     assert held(cache, ALICE, "w") is None and held(cache, ALICE, "w", later) == lists(b=6)
-    assert cache.size == kept_size({later: Kept(lists(b=6))})[0] and cache.names == 6
+    assert cache.size == kept_size({later: Kept(lists(b=6))})[0] + IDENTITY and cache.names == 6
 
 
 def rest(*repositories: str) -> CatalogRest:
@@ -188,7 +230,7 @@ def test_what_a_walk_keeps_counts_the_bytes_of_its_names() -> None:
 def test_the_bound_evicts_by_bytes_not_by_count() -> None:
     clock = Clock()
     small = kept_size({AT: Kept({}, rest(*"bcdefghijk"))})[0]
-    cache = WalkCache(clock, max_bytes=small * 3)
+    cache = WalkCache(clock, max_bytes=small * 3 + IDENTITY)
     for walk in ("w1", "w2", "w3"):  # three walks of short names: within the bound
         cache.keep(ALICE, walk, TEAM, None, (AT, Kept({}, rest(*"bcdefghijk"))))
     assert len(cache) == 3 and cache.names == 30
@@ -196,7 +238,7 @@ def test_the_bound_evicts_by_bytes_not_by_count() -> None:
     cache.keep(ALICE, "long", TEAM, None, (AT, Kept({}, rest(*(c * 100 for c in "bcdefghijk")))))
     assert cache.listed(ALICE, "long") == TEAM
     assert cache.listed(ALICE, "w1") is None
-    assert cache.size <= small * 3 and cache.names < 40
+    assert cache.size <= small * 3 + IDENTITY and cache.names < 40
 
 
 class Counted(tuple[str, ...]):
@@ -227,7 +269,7 @@ def test_a_page_measures_only_the_lists_it_brought() -> None:
         asked = (handed[0], Kept({"team/a": big}))
     assert Counted.passes == 1 + 20  # the big list once, each small one once
     # What is counted is what the walk keeps now: the big list (once) and the last page's small one.
-    assert (cache.size, cache.names) == kept_size(kept, at)
+    assert (cache.size - IDENTITY, cache.names) == kept_size(kept, at)
     assert cache.names == 1000 + 1
 
 

@@ -13,11 +13,12 @@ token given again (a retry, a dry run followed by the same deletecollection) sel
 Earlier tokens' are dropped.
 
 Only registry data is kept (whole tag lists); access and selectors are applied on every page. Entries
-are keyed by the caller's identity as well as the walk id, so nothing is shared between users, and
-bound to the list the walk lists (`Listed`): another list's token naming the walk does not get them. A
-walk is dropped when it was not continued for ``ttl`` seconds, and, least recently continued first,
-when all walks together hold more than ``max_bytes`` (the memory the names take, `kept_size`); once
-its last page is served it keeps only what that page used. A page that finds nothing kept (dropped,
+are keyed by the caller's identity (the whole `UserInfo`, compared by value) as well as the walk id, so
+nothing is shared between users, and bound to the list the walk lists (`Listed`): another list's token
+naming the walk does not get them. A walk is dropped when it was not continued for ``ttl`` seconds,
+and, least recently continued first, when all walks together hold more than ``max_bytes`` (the memory
+the names take, `kept_size`, and the identities their keys hold, `_Identity`); once its last page is
+served it keeps only what that page used. A page that finds nothing kept (dropped,
 another replica, a restart, an older token) reads the registry, as a first page does.
 """
 
@@ -114,6 +115,36 @@ class _Walk:
     touched: float
     # The measures of its longer tag lists and of its rests' names, for its next page (`_measure`).
     measured: Measured = attrs.field(factory=dict)
+
+
+@attrs.define(eq=False)
+class _Identity:
+    """A caller's identity as the walks' keys hold it: one `UserInfo` per identity, however many walks it
+    has and whichever request's object each page came with (every authenticator makes one per
+    request), counted once, with the first walk that holds it, and freed with the last."""
+
+    who: UserInfo
+    walks: int
+    size: int
+
+
+# What an identity costs the cache besides its record and strings: its `_Identity`, its size (an int)
+# and its slot in the dict of identities.
+_IDENTITY = sys.getsizeof(_Identity(UserInfo(""), 0, 0)) + sys.getsizeof(1 << 20) + 3 * 8
+
+
+def identity_size(who: UserInfo) -> int:
+    """The memory ``who`` takes (its record, its strings and the tuples that hold them) and its entry
+    in the cache. A string shared with others (a group constant, a string of one character) is counted
+    all the same: more than is freed, never less."""
+    strings = [who.name, who.uid, *who.groups]
+    size = sys.getsizeof(who) + (sys.getsizeof(who.groups) if who.groups else 0)
+    if who.extra:
+        size += sys.getsizeof(who.extra)
+        for key, values in who.extra:
+            size += sys.getsizeof((key, values)) + (sys.getsizeof(values) if values else 0)
+            strings += (key, *values)
+    return size + _IDENTITY + sum(sys.getsizeof(string) for string in strings if len(string) > 1)
 
 
 Key = tuple[UserInfo, str]
@@ -293,7 +324,9 @@ class WalkCache:
     # Told of each continued page's lookup: True when its walk's lists were found (metrics).
     on_lookup: Callable[[bool], None] | None = None
     _walks: OrderedDict[Key, _Walk] = attrs.field(factory=OrderedDict)  # least recently used first
-    size: int = 0  # bytes kept, all walks (`kept_size`)
+    # The identities the walks' keys hold, each the one object all its walks' keys hold (`_Identity`).
+    _identities: dict[UserInfo, _Identity] = attrs.field(factory=dict)
+    size: int = 0  # bytes kept, all walks (`kept_size`) and the identities they hold
     names: int = 0  # tags and catalog names kept, all walks (metrics)
     _sweep: LoopingCall | None = None
 
@@ -342,12 +375,27 @@ class WalkCache:
         """What the walk keeps after a page: for the token it was asked with (``asked``: its last key
         and what the page used; None for a first page) and for the one it handed out (``handed``;
         None when it was the walk's last). Replaces what the walk kept before."""
-        key = (who, walk)
+        # Taken before the walk's old entry is dropped: the identity stays, not measured again.
+        identity = self._hold(who)
+        key = (identity.who, walk)
         before: Measured = {}
         if key in self._walks:
             before = self._walks[key].measured
             self._drop(key)
         self._expire()
+        try:
+            self._keep(key, listed, asked, handed, before)
+        finally:
+            self._release(identity)
+
+    def _keep(
+        self,
+        key: Key,
+        listed: Listed,
+        asked: tuple[TagRef, Kept] | None,
+        handed: tuple[TagRef, Kept] | None,
+        before: Measured,
+    ) -> None:
         kept = dict(pair for pair in (asked, handed) if pair is not None and (pair[1].lists or pair[1].rest))
         at = asked[0] if asked is not None else None
         size, names, measured = _measure(kept, at, before)
@@ -358,10 +406,26 @@ class WalkCache:
         if not kept or size > self.max_bytes:
             return
         self._walks[key] = _Walk(listed, kept, size, names, self.clock.seconds(), measured)
+        self._hold(key[0])
         self.size += size
         self.names += names
-        while self.size > self.max_bytes:
+        while self.size > self.max_bytes and self._walks:
             self._drop(next(iter(self._walks)))
+
+    def _hold(self, who: UserInfo) -> _Identity:
+        """``who``'s identity, held once more (the one object of equal identities)."""
+        identity = self._identities.get(who)
+        if identity is None:
+            identity = self._identities[who] = _Identity(who, 0, identity_size(who))
+            self.size += identity.size
+        identity.walks += 1
+        return identity
+
+    def _release(self, identity: _Identity) -> None:
+        identity.walks -= 1
+        if not identity.walks:
+            del self._identities[identity.who]
+            self.size -= identity.size
 
     def _expire(self) -> None:
         before = self.clock.seconds() - self.ttl
@@ -375,6 +439,7 @@ class WalkCache:
         walk = self._walks.pop(key)
         self.size -= walk.size
         self.names -= walk.names
+        self._release(self._identities[key[0]])
 
 
 __all__ = [
@@ -383,6 +448,7 @@ __all__ = [
     "Kept",
     "Listed",
     "WalkCache",
+    "identity_size",
     "is_walk_id",
     "kept_size",
     "new_walk_id",
