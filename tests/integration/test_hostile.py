@@ -957,6 +957,67 @@ async def test_the_front_proxys_connections_made_at_once_on_a_server_full_of_idl
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_flood_in_bursts_past_its_handshake_burst_floods_and_leaves_the_kubelets_connection(
+    make_server, registry, reactor
+):
+    """One address's burst of 100 bare connects (past its handshake burst of 40), all closed: its
+    connections the server evicts while they wait for a handshake token are charged as bare closes, so
+    the address still floods once none waits, and its next burst evicts only its own, never the
+    kubelet's connection made between the bursts, whose probe is then answered (review-conns5 F1: every
+    connection evicted while held was spared, the address did not flood between bursts, and the next
+    burst's first connect evicted the kubelet's). The handshake rate is 2 a second so that the address's
+    record of the first burst lasts half a minute, far longer than the test takes."""
+    api = await make_server(registry, http=HttpLimits(max_connections=3, handshake_rate_per_client=2.0))
+    t = target(api)
+    connections = api.running.connections
+    idle: list[Any] = []
+
+    def fill() -> None:
+        for _ in range(2):  # authenticated and idle: evicted after any connection of no proven client
+            sock = t.connect(api.pki.admin, timeout=HANG_GUARD, source="127.0.0.3")
+            idle.append(sock)
+            sock.sendall(request_bytes("GET", "/version"))
+            assert read_reply(sock).code == 200
+
+    def burst() -> None:
+        socks = []
+        for _ in range(100):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.2", 0))
+            sock.settimeout(HANG_GUARD)
+            try:
+                sock.connect(("127.0.0.1", t.port))
+            except OSError:
+                sock.close()
+                continue
+            socks.append(sock)
+        for sock in socks:
+            sock.close()
+
+    def only_the_idle() -> bool:
+        address = connections.clients.addresses.get("127.0.0.2")
+        return len(connections.protocols) == 2 and (address is None or not address.waiting)
+
+    kubelet = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        await in_thread(fill)
+        await in_thread(burst)
+        await until(only_the_idle, reactor)
+        assert connections.clients.flooding("127.0.0.2")
+        await in_thread(kubelet.settimeout, HANG_GUARD)
+        await in_thread(kubelet.connect, ("127.0.0.1", t.port))  # its handshake not begun: rank 0
+        await until(lambda: len(connections.protocols) == 3, reactor)
+        await in_thread(burst)
+        with await in_thread(t.handshake, kubelet) as sock:
+            await in_thread(sock.sendall, request_bytes("GET", "/livez"))
+            assert (await in_thread(read_reply, sock)).code == 200
+    finally:
+        kubelet.close()
+        for sock in idle:
+            sock.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_front_proxys_burst_evicting_its_own_leaves_its_address_unflooded_and_its_answer(
     make_server, registry, reactor, front_proxy
 ):

@@ -568,6 +568,120 @@ def test_a_burst_evicting_its_own_connections_held_for_their_turn_does_not_make_
     assert not table.clients.flooding("10.0.0.2")
 
 
+def _burst(table: LimitedConnections, host: str, n: int) -> list[tuple[ClientConnection, StringTransport]]:
+    """``n`` connects from ``host`` accepted in one turn of the reactor (none is let read yet)."""
+    burst: list[tuple[ClientConnection, StringTransport]] = []
+    for _ in range(n):
+        wrapper = table.buildProtocol(IPv4Address("TCP", host, 5555))
+        if wrapper is None:
+            continue
+        assert isinstance(wrapper, ClientConnection)
+        transport = StringTransport()
+        wrapper.makeConnection(transport)
+        burst.append((wrapper, transport))
+    return burst
+
+
+def test_a_flood_in_bursts_past_its_handshake_burst_floods_and_never_evicts_the_kubelets_connection() -> None:
+    """100 connects from one address every half second (200/s, ten times its handshake rate), each
+    burst accepted in one turn, all closed bare by the client. Past its handshake burst the burst's
+    connections wait for a token: one the server evicts while it waits is charged as a bare close
+    (only one that took its token and waits for its address's turn is spared), so the address floods
+    when its next burst comes, and evicts only its own, never the kubelet's connection whose handshake
+    and probe are under way (review-conns5 F1: all were spared, its connects bucket stayed full, it did
+    not flood between bursts, and each burst evicted the kubelet's connection)."""
+    table, _, clock = _table(limit=3, probes=2)
+    _asking(table, clock, "10.0.0.1")
+    _asking(table, clock, "10.0.0.2")
+    flooding: list[bool] = []
+    for round_ in range(10):
+        kubelet = _open(table, clock, "10.0.0.9")
+        assert kubelet is not None
+        flooding.append(table.clients.flooding("10.6.6.6"))
+        burst = _burst(table, "10.6.6.6", 100)
+        # The first burst comes from an address with no history: it may evict anyone's.
+        assert not (round_ and kubelet[1].disconnecting)
+        kubelet[0].connectionLost(Failure(ConnectionDone()))  # answered
+        for _ in range(100):  # half a second: the client closed them all, seen once each may read
+            for wrapper, transport in burst:
+                if not wrapper._lost and (transport.disconnecting or transport.producerState == "producing"):
+                    wrapper.connectionLost(Failure(ConnectionDone()))
+            clock.advance(0.005)
+    assert flooding == [False] + [True] * 9
+
+
+def test_a_steady_flood_past_its_rate_floods_once_its_burst_is_spent_and_never_evicts_the_kubelets() -> None:
+    """One address connects 30 times a second (one and a half times its handshake rate) and keeps its
+    last 5 connections open; each connection sends a byte once read, so none closes bare. Once its
+    burst is spent the address floods at every connect, not only while a handshake waits for a token
+    (each new token ended that for a moment), so it evicts only its own, never the kubelet's connection
+    whose handshake and probe are under way (review-conns5 F2: about a fifth of the probes failed)."""
+    table, _, clock = _table(limit=3, probes=2)
+    _asking(table, clock, "10.0.0.1")
+    _asking(table, clock, "10.0.0.2")
+    flood: list[tuple[ClientConnection, StringTransport]] = []
+    evicted = []
+    for step in range(300):  # ten seconds
+        kubelet = _open(table, clock, "10.0.0.9") if step % 3 == 0 else None
+        flood.extend(_burst(table, "10.6.6.6", 1))
+        if kubelet is not None:
+            if step >= 150:  # its burst spent (40 connects more than 20 a second allow: 4 seconds)
+                evicted.append(kubelet[1].disconnecting)
+            kubelet[0].connectionLost(Failure(ConnectionDone()))  # answered, or reset
+        clock.advance(1 / 30)
+        for wrapper, transport in flood:
+            if not wrapper._lost and transport.producerState == "producing":
+                wrapper.heard()  # its byte is read
+        for wrapper, transport in flood:
+            if not wrapper._lost and transport.disconnecting:
+                wrapper.connectionLost(Failure(ConnectionDone()))
+        live = [pair for pair in flood if not pair[0]._lost]
+        for wrapper, _ in live[:-5]:  # the client keeps its last five
+            wrapper.connectionLost(Failure(ConnectionDone()))
+        flood = [pair for pair in flood if not pair[0]._lost]
+    assert table.clients.flooding("10.6.6.6")
+    assert evicted == [False] * 50
+
+
+class _ResumeWatching(StringTransport):
+    """Records a resume after the connection was aborted (StringTransport raises then, which the
+    scheduler would only log)."""
+
+    resumed_after_abort = False
+
+    def resumeProducing(self) -> None:
+        if self.disconnecting:
+            self.resumed_after_abort = True
+            return
+        super().resumeProducing()
+
+
+@pytest.mark.parametrize("waits_for", ["turn", "token"])
+def test_a_connection_evicted_while_waiting_is_not_resumed_when_its_token_or_turn_comes(
+    waits_for: str,
+) -> None:
+    """The server aborted it while it held its reading paused, waiting for its address's turn (spared:
+    not charged) or for a handshake token (charged); its turn or token comes before the abort is seen:
+    it stays paused, and takes no token (review-conns5 F3: nothing noticed when it was resumed)."""
+    table, _, clock = _table(limit=1, probes=0, burst=40 if waits_for == "turn" else 1)
+    _open(table, clock, "10.0.0.1")  # idle: the one place
+    burst: list[tuple[ClientConnection, _ResumeWatching]] = []
+    for _ in range(3):  # accepted in one turn: the second and third wait for their address's turn
+        wrapper = table.buildProtocol(IPv4Address("TCP", "10.0.0.2", 5555))
+        assert isinstance(wrapper, ClientConnection)
+        transport = _ResumeWatching()
+        wrapper.makeConnection(transport)
+        burst.append((wrapper, transport))
+    held, _ = burst[1]
+    assert burst[1][1].disconnecting  # evicted by the third while held
+    assert held.spared == (waits_for == "turn")
+    clock.advance(0.05)  # its token and turn come; the abort has not been seen yet (no connectionLost)
+    clock.advance(0)
+    assert not burst[1][1].resumed_after_abort
+    assert burst[1][1].producerState == "paused"
+    assert burst[2][1].producerState == "producing"  # the last one had its turn and reads
+
+
 def test_connects_refused_at_a_full_server_are_bare_closes_and_make_their_address_flood() -> None:
     """A connect refused at a full server (no one to evict, no place over the limit) is closed bare and
     charged to its address: past half its burst the address floods, and once a connection becomes
@@ -637,11 +751,14 @@ def _scanned_choice(table: LimitedConnections, host: str) -> ClientConnection | 
     """Whom eviction took when it looked at every connection, oldest first (before the order was kept):
     for a new connection from ``host``, which evicts only its own when its address floods."""
     best, best_rank = None, 6
-    # As Clients.flooding tells (the connections closed bare are paid for).
+    # As Clients.flooding tells (the connections closed bare are paid for, and the connects taken in,
+    # this one included).
     address = table.clients.addresses.get(host)
+    now = table.clients.monotonic()
     flooding = address is not None and (
         bool(address.waiting)
-        or address.connects.refill(table.clients.monotonic()) < max(1.0, address.connects.burst / 2)
+        or address.connects.refill(now) < max(1.0, address.connects.burst / 2)
+        or address.accepted.refill(now) < 1
     )
     for wrapper in table.protocols:
         if wrapper in table._evicted or wrapper in table._probes:

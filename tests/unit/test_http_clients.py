@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 from twisted.internet.task import Clock
 
@@ -57,12 +58,13 @@ def test_an_address_whose_connections_close_bare_past_its_handshake_rate_is_floo
     clock = Clock()
     clients = Clients(limits, clock, clock.seconds)
     assert not clients.flooding("10.0.0.1")  # nothing known of it
-    for _ in range(10):  # open at once, their handshakes under way
+    for _ in range(4):  # open at once, within its burst, their handshakes under way
         assert clients.opened("10.0.0.1")
     assert not clients.flooding("10.0.0.1")
-    for _ in range(10):
+    for _ in range(4):
         clients.closed("10.0.0.1", counted=False)  # a byte came on each
     assert not clients.flooding("10.0.0.1")
+    clock.advance(2)  # the connects' tokens are back
     for _ in range(2):
         assert clients.opened("10.0.0.1")
         clients.closed("10.0.0.1", counted=False, bare=True)
@@ -176,6 +178,34 @@ def test_an_address_whose_last_connection_closed_while_its_handshake_waited_is_f
     clock.advance(0.5)  # the waiting entry is let go: nothing is open, nothing waits
     assert not clients.addresses["a"].waiting
     clock.advance(10)  # every bucket full again
+    assert clients.addresses == {}
+    assert not clock.getDelayedCalls()
+
+
+class _CountingClock(Clock):
+    """Fails a test whose timers would go on setting one another without the time moving."""
+
+    def callLater(self, delay: float, callable: Any, *args: Any, **kw: Any) -> Any:
+        if len(self.calls) > 100 or getattr(self, "_set", 0) > 1000:
+            raise AssertionError("timers set without end")
+        self._set = getattr(self, "_set", 0) + 1
+        return super().callLater(delay, callable, *args, **kw)
+
+
+def test_a_bucket_a_rounding_error_short_of_full_forgets_its_address_without_looping() -> None:
+    """The wait until the bucket is full can be shorter than the clock's resolution at this time: a
+    timer set for it would be due at once, find the bucket unchanged, and set another without end under
+    a test's Clock (review-conns5 O1, at t = 34.552 with 39.99999999999994 tokens of 40)."""
+    clock = _CountingClock()
+    clock.advance(34.552)
+    clients = Clients(HttpLimits(handshake_rate_per_client=20.0), clock, clock.seconds)
+    assert clients.opened("a")
+    address = clients.addresses["a"]
+    address.accepted.tokens = 40.0  # its connect forgotten: the one wait left is the tiny one
+    address.connects.tokens = 39.99999999999994
+    clients.closed("a", counted=False)
+    clock.advance(0)
+    clock.advance(0.001)
     assert clients.addresses == {}
     assert not clock.getDelayedCalls()
 

@@ -994,10 +994,18 @@ class ClientConnection(ProtocolWrapper):
     # The server holds its reading paused: it waits for its address's handshake token or turn, so no
     # byte can come on it yet.
     held = False
-    # Evicted while held: closed without a byte, but never let speak, so not a bare connect its
-    # address pays for (a burst's connections evicting one another as they wait for their turn are
-    # not a flood).
+    # Held waiting for its address's handshake token (not yet its turn): the address is past its
+    # handshake burst, a flood by definition (Clients.flooding).
+    tokenless = False
+    # Evicted while held for its address's turn with its token taken: closed without a byte, but
+    # never let speak, so not a bare connect its address pays for (a burst within its handshake burst,
+    # kube-apiserver's connections made at once, evicting one another as they wait for their turn is
+    # not a flood). One evicted while it waits for a token is charged: sparing those let a flood in
+    # bursts past its handshake burst erase its own record (review-conns5 F1).
     spared = False
+    # The server aborted it (LimitedConnections._drop); until its connectionLost is seen, its token or
+    # turn, if they come, are not taken: resuming an aborted transport fails.
+    dropped = False
     _lost = False
 
     def makeConnection(self, transport: Any) -> None:
@@ -1028,6 +1036,7 @@ class ClientConnection(ProtocolWrapper):
         # The transport is reading already: when the handshake may start now, it just goes on.
         if not self.factory.clients.handshake(self.host, self._start):
             self.held = True
+            self.tokenless = True
             self.pauseProducing()
         elif not self.factory.scheduler.claim(address_key(self.host)):
             self.held = True
@@ -1035,8 +1044,9 @@ class ClientConnection(ProtocolWrapper):
             self._take_turn()
 
     def _start(self) -> bool:
-        if self._lost:
+        if self._lost or self.dropped:
             return False
+        self.tokenless = False
         self._take_turn()
         return True
 
@@ -1044,7 +1054,7 @@ class ClientConnection(ProtocolWrapper):
         self.factory.scheduler.submit(address_key(self.host), self._read)
 
     def _read(self) -> None:
-        if not self._lost and not self.spared:
+        if not self._lost and not self.dropped:
             self.held = False
             self.resumeProducing()
 
@@ -1303,7 +1313,9 @@ class LimitedConnections(WrappingFactory):
         self._drop(wrapper, "client-limit")
 
     def _drop(self, wrapper: ClientConnection, why: str = "evicted") -> None:
-        wrapper.spared = wrapper.held  # closed while the server held it paused: not a bare connect
+        # Closed while the server held it paused for its turn, its token taken: not a bare connect.
+        wrapper.spared = wrapper.held and not wrapper.tokenless
+        wrapper.dropped = True
         wrapper.wrappedProtocol.ranked = None
         self._place(wrapper, 0, None)
         self._probes.pop(wrapper, None)
@@ -1319,15 +1331,16 @@ class LimitedConnections(WrappingFactory):
         taken in over the limit); False when there is none: every one is being answered to a client
         that reads.
 
-        An address whose connections close bare (no byte come) faster than its handshake rate, or
-        whose handshakes wait for a token (Clients.flooding: a flood of connects, each costing it a
-        connect only), evicts only its own, the first of its address's order: its churn never closes
-        the fresh connection of another client, which is the first to go while its handshake and first
-        request are under way (the kubelet's probe, kube-apiserver's new connection before its
-        certificate is seen). kube-apiserver's connections made at once, which all send their
+        An address whose connections close bare (no byte come) faster than its handshake rate, whose
+        handshakes wait for a token, or whose connects are past its burst and rate (Clients.flooding:
+        a flood of connects), evicts only its own, the first of its address's order: its churn never
+        closes the fresh connection of another client, which is the first to go while its handshake
+        and first request are under way (the kubelet's probe, kube-apiserver's new connection before
+        its certificate is seen). kube-apiserver's connections made at once, which all send their
         handshake, never make its address flood (up to --handshake-burst-per-client of them at once):
         each evicts another client's connection of the first rank while there is one, else one of its
-        own still waiting for its turn, not charged to its address as a bare close (spared)."""
+        own still waiting for its turn with its token taken, not charged to its address as a bare
+        close (spared)."""
         if self.clients.flooding(host):
             own = self._own.get(host)
             if own is None:

@@ -73,12 +73,19 @@ class Address:
     open: int = 0  # connections open from it
     counted: int = 0  # of them, those counted against the cap: handshaken, and not the front proxy's
     # Its connections closed bare (no byte come: refused, evicted, or timed out before a handshake
-    # began; not one evicted while the server held it waiting for its token or turn, never let speak),
-    # paid at the handshake rate: whether it floods (Clients.flooding). Paid at the close, not at the
-    # connect: a burst of connections that all make their handshake (kube-apiserver's, made at once)
-    # costs nothing here, nor do those of it evicted while they waited, while a flood of bare connects
-    # pays for each.
+    # began; not one evicted while the server held it waiting for its turn, its token taken, never let
+    # speak), paid at the handshake rate: whether it floods (Clients.flooding). Paid at the close, not
+    # at the connect: a burst of connections that all make their handshake (kube-apiserver's, made at
+    # once) costs nothing here, nor do those of it evicted while they waited for their turn, while a
+    # flood of bare connects pays for each.
     connects: Bucket = attrs.field(default=None)
+    # Its connects taken in (not refused at its cap), paid at the handshake rate when taken in, down
+    # to minus the burst; the front proxy's given back once its certificate is seen: past its burst
+    # and rate, the address floods however its connections end. Without it, a steady flood at one and
+    # a half to twice its rate, one byte on each connect (none closed bare), flooded only while a
+    # handshake waited for a token, which each new token ended for a moment: every other connect
+    # found the address not flooding and evicted anyone's fresh connection (review-conns5 F2).
+    accepted: Bucket = attrs.field(default=None)
     waiting: deque[Callable[[], bool]] = attrs.Factory(deque)  # handshakes waiting for a token
     release: IDelayedCall | None = None
     forget: IDelayedCall | None = None
@@ -105,7 +112,8 @@ class Clients:
             burst = float(self.limits.handshake_burst_per_client)
             bucket = Bucket(self.limits.handshake_rate_per_client, burst, burst, self.monotonic())
             connects = Bucket(self.limits.handshake_rate_per_client, burst, burst, self.monotonic())
-            found = self.addresses[host] = Address(host, bucket, connects=connects)
+            accepted = Bucket(self.limits.handshake_rate_per_client, burst, burst, self.monotonic())
+            found = self.addresses[host] = Address(host, bucket, connects=connects, accepted=accepted)
         return found
 
     # -- connections --------------------------------------------------------------------------------
@@ -119,20 +127,29 @@ class Clients:
             self._forget_later(address)
             return False
         address.open += 1
+        accepted = address.accepted
+        accepted.refill(self.monotonic())
+        accepted.tokens = max(accepted.tokens - 1, -accepted.burst)
         return True
 
     def flooding(self, host: str) -> bool:
         """Whether ``host`` opens connections faster than its handshake rate: its handshakes wait for a
         token, or its connections closed bare (one closed while it waits for its handshake's token
         takes no token, but is paid for here, unless the server evicted it while it waited: see
-        ClientConnection.spared) have spent half its burst or more. Connections still open, their
-        handshake under way or waiting, are not counted: those of a burst are not yet known to be a
-        flood's."""
+        ClientConnection.spared) have spent half its burst or more, or its connects taken in (this
+        one included) are past its burst and rate, however they ended. Within its burst, connections
+        still open, their handshake under way or waiting for their turn, are not counted: those of a
+        burst are not yet known to be a flood's."""
         address = self.addresses.get(host)
         if address is None:
             return False
+        now = self.monotonic()
         connects = address.connects
-        return bool(address.waiting) or connects.refill(self.monotonic()) < max(1.0, connects.burst / 2)
+        return (
+            bool(address.waiting)
+            or connects.refill(now) < max(1.0, connects.burst / 2)
+            or address.accepted.refill(now) < 0
+        )
 
     def handshake(self, host: str, start: Callable[[], bool]) -> bool:
         """Whether the handshake of a connection from ``host`` may start now. If not, ``start`` is
@@ -156,6 +173,9 @@ class Clients:
             bucket = address.bucket
             bucket.refill(self.monotonic())
             bucket.tokens = min(bucket.burst, bucket.tokens + 1)
+            accepted = address.accepted
+            accepted.refill(self.monotonic())
+            accepted.tokens = min(accepted.burst, accepted.tokens + 1)
             self._release(address)
             return True
         if address.counted >= self.limits.max_connections_per_client:
@@ -225,7 +245,10 @@ class Clients:
         if address.open > 0 or address.waiting or address.forget is not None:
             return
         now = self.monotonic()
-        wait = max(bucket.wait_for(bucket.burst, now) for bucket in (address.bucket, address.connects))
+        wait = max(
+            bucket.wait_for(bucket.burst, now)
+            for bucket in (address.bucket, address.connects, address.accepted)
+        )
         if wait == 0:
             if self.addresses.get(address.host) is address:
                 del self.addresses[address.host]
@@ -235,7 +258,10 @@ class Clients:
             address.forget = None
             self._forget_later(address)
 
-        address.forget = self.clock.callLater(wait, forget)
+        # At least a millisecond: a wait shorter than the clock's resolution at this time (a bucket a
+        # rounding error short of full) would be due at once and find nothing changed, without end
+        # under a test's Clock.
+        address.forget = self.clock.callLater(max(wait, 0.001), forget)
 
 
 class FairScheduler:
