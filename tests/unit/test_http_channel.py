@@ -26,7 +26,6 @@ from payloadtags.http import channel as channel_module
 from payloadtags.http.channel import (
     CLOSE_GRACE,
     STALL_CHECK,
-    WHOLE_WRITE_MAX,
     ClientConnection,
     GuardedChannel,
     GuardedSite,
@@ -309,69 +308,6 @@ def test_a_client_that_reads_a_large_response_slowly_but_steadily_is_not_cut() -
     clock.pump([0.5] * int(idle / 0.5))  # then it stops reading
     assert not transport.disconnecting
     clock.advance(STALL_CHECK)
-    assert transport.disconnecting
-
-
-def _answer_whole(request: Request, size: int, fill: bytes = b"x") -> None:
-    request.setHeader(b"content-length", b"%d" % size)
-    request.write(fill * size)
-    request.finish()
-
-
-def test_a_body_written_whole_does_not_pause_and_what_the_client_leaves_still_stops_it() -> None:
-    """A page (a body framed by its length, written in one piece) of more than the transport's 64 kB
-    goes in whole without pausing the connection (which cost a pause, a stall check, a resume and a
-    replay per page). The bound holds: a client that does not read it has its next response pause the
-    connection as before, one that stops reading is cut after the idle timeout, a body over
-    WHOLE_WRITE_MAX pauses, and a streamed (chunked) response still pauses at 64 kB."""
-    clock, resource = Clock(), _Held()
-    idle = 3.0
-    site = GuardedSite(resource, HttpLimits(idle_timeout=idle), _Admitting(), reactor=clock)
-    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.9", 5555))
-    assert isinstance(channel, GuardedChannel)
-    transport = _SlowSocket()
-    channel.makeConnection(transport)
-    channel.dataReceived(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
-    clock.advance(0)
-    _answer_whole(resource.held.pop(), 250_000)
-    assert not channel._waitingForTransport and not transport.producerPaused
-    assert transport.bufferSize == FileDescriptor.bufferSize  # the mark is back for what follows
-    # The client asks for the next page without reading this one: the next body finds the transport
-    # over its mark and pauses the connection; nothing more is read from the client meanwhile.
-    channel.dataReceived(b"GET /b HTTP/1.1\r\nHost: a\r\n\r\n")
-    clock.advance(0)
-    _answer_whole(resource.held.pop(), 250_000, b"y")
-    assert channel._waitingForTransport and transport.producerPaused
-    assert transport.unsent() > 500_000
-    channel.dataReceived(b"GET /c HTTP/1.1\r\nHost: a\r\n\r\n")
-    clock.advance(0)
-    assert not resource.held  # held back until the client reads
-    transport.read(transport.unsent())
-    clock.advance(0)
-    assert not channel._waitingForTransport
-    third = resource.held.pop()
-    assert not resource.held
-    # A body over the bound is written as before: the connection pauses at the mark.
-    _answer_whole(third, WHOLE_WRITE_MAX + 1)
-    assert channel._waitingForTransport
-    transport.read(transport.unsent())
-    clock.advance(0)
-    assert not channel._waitingForTransport
-    # A streamed response pauses at the mark too.
-    channel.dataReceived(b"GET /d HTTP/1.1\r\nHost: a\r\n\r\n")
-    clock.advance(0)
-    (streaming,) = resource.held
-    streaming.write(b"z" * 100_000)
-    assert channel._waitingForTransport
-    transport.read(transport.unsent())
-    clock.advance(0)
-    streaming.finish()
-    # A whole body the client never reads: the connection is cut after the idle timeout.
-    channel.dataReceived(b"GET /e HTTP/1.1\r\nHost: a\r\n\r\n")
-    clock.advance(0)
-    _answer_whole(resource.held.pop(), 250_000)
-    assert not channel._waitingForTransport
-    clock.pump([0.5] * int(idle / 0.5))
     assert transport.disconnecting
 
 

@@ -82,18 +82,6 @@ CLOSE_GRACE = 2.0
 # the transport asks for more only once it has sent everything, and a steady slow reader of a large
 # chunk (a list's is hundreds of kB) takes longer than the idle timeout to empty it.
 STALL_CHECK = 1.0
-# A response body written in one piece (framed by its length: a page of a list, a GET) of at most this
-# many bytes goes into the TCP transport whole without pausing the connection, when the transport was
-# not over its high-water mark (64 kB) before it (`GuardedChannel.write`). A page of 500 tags is about
-# 250 kB: at 64 kB every page paused the connection, armed the stall check, then resumed and replayed
-# it once sent, about 4% of a served page's CPU (issue #11). A connection holds at most this more than
-# before (the transport's mark plus one body), and only for a body its client asked for: what a
-# client does not read still stops the next response (its write finds the transport over the mark),
-# and streamed responses (a watch, an unpaged list: chunked) pause at the mark as before.
-WHOLE_WRITE_MAX = 1 << 20
-# TLS records and their headers on top of a body's bytes: 5 bytes of header and up to 24 of MAC and
-# padding per record of 16 kB, with room to spare.
-_TLS_SLACK = WHOLE_WRITE_MAX // 256 + 4096
 
 # twisted.web.http is a module with deprecated attributes: each attribute read from it goes through
 # twisted.python.deprecate's proxy (microseconds), and the transfer decoder's class was read for every
@@ -726,25 +714,6 @@ class GuardedChannel(http.HTTPChannel):
         super().allContentReceived()
 
     # -- responses ----------------------------------------------------------------------------------
-
-    def write(self, data: bytes) -> None:
-        """A body framed by its length, written in one piece (chunked ones go by writeSequence): taken
-        whole by the TCP transport without pausing this connection when it fits (`WHOLE_WRITE_MAX`)."""
-        sender = self._sender()
-        if (
-            len(data) <= WHOLE_WRITE_MAX
-            and isinstance(sender, FileDescriptor)
-            and not sender.producerPaused
-            and not sender._isSendBufferFull()
-        ):
-            mark = sender.bufferSize
-            sender.bufferSize = mark + WHOLE_WRITE_MAX + _TLS_SLACK
-            try:
-                super().write(data)
-            finally:
-                sender.bufferSize = mark
-            return
-        super().write(data)
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Headers) -> None:
         if self.persistent and (self.site.draining or self.probe_only):
