@@ -16,7 +16,7 @@ from payloadtags.names import encode_name
 from payloadtags.registry.client import RegistrySettings
 from tests.support import images
 from tests.support.cleanup_fixtures import unique_namespace
-from tests.support.faultproxy import GATEWAY_LATE, STALL, FaultProxy
+from tests.support.faultproxy import ERROR_BEFORE, GATEWAY_LATE, STALL, FaultProxy
 from tests.support.kubeapi.resources import LEASES, NAMESPACES
 from tests.support.logcapture import collected_logs
 from tests.support.rbac import ensure_namespace, eventually
@@ -382,6 +382,118 @@ async def test_a_namespaces_removal_cut_before_the_deadline_answers_its_own_504_
     body = removal.body.decode()
     assert removal.code == 504, body
     assert "get the tags again" not in body, body
+    assert f"removing the content of namespace {ns}: not finished within" in body, body
+    assert f"a write made while deleting tag {repo}:v0, and may still carry it out within about" in body, body
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tag_by_tag_deletecollection_answers_its_own_504_whatever_its_look_before_the_wait_takes(
+    reactor,
+    make_server,
+    fresh_registry,
+    kube_api,
+    kube_kubeconfig,
+    pki,
+):
+    """As above, the namespace live, so its tags go one by one: the look at the tags after the deletes,
+    made before checking for a late write with nothing bounding it, ran behind a slow tag list past the
+    request's deadline of 3 s, which answered "get the tags again" while the write may land for 30 s
+    more (review-ds6 F2; the reviewer's list answered after 1.6 s, the selection's too). With a write
+    that may land, that look is bounded by half the margin; cut, the call answers its own 504 naming
+    the write. Here the look's tag list is held until the call has answered."""
+    _another_replica_leads(kube_api)
+    ns = unique_namespace("slowagain")
+    ensure_namespace(kube_api, ns)  # live: tag by tag
+    repo = f"{ns}/app"
+    images.push_oci_image(fresh_registry, repo, "v1")
+    deleted: list[str] = []
+    held: Deferred[None] = Deferred()
+
+    def decide(method: str, path: str) -> str | None:
+        if method == "DELETE" and f"/{repo}/manifests/sha256:" in path:
+            deleted.append(path)
+        return STALL if deleted and method == "GET" and path.endswith(f"/{repo}/tags/list") else None
+
+    proxy = FaultProxy(reactor, fresh_registry.url, decide, hold=held)
+    server = await _cleanup_server(
+        make_server,
+        proxy.url,
+        kube_kubeconfig,
+        registry=RegistrySettings(url=proxy.url, timeout=5.0),
+        http=HttpLimits(request_timeout=3.0),
+    )
+    try:
+        late_writes = server.running.api.service.late_writes
+        late_writes.note(ns, f"deleting tag {repo}:v0", late_writes.now() + 30.0, repo)
+        removal = await _controller(server, pki).delete(f"{B}/namespaces/{ns}/payloadrepositorytags")
+    finally:
+        held.callback(None)
+        await server.stop()
+        await proxy.settled()
+        await proxy.stop()
+    body = removal.body.decode()
+    assert deleted, body
+    assert removal.code == 504, body
+    assert "get the tags again" not in body, body
+    assert f"a write made while deleting tag {repo}:v0, and may still carry it out within about" in body, body
+    assert images.list_tags(fresh_registry, repo) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_namespaces_removal_whose_last_look_fails_answers_its_own_504(
+    reactor,
+    make_server,
+    fresh_registry,
+    kube_api,
+    kube_kubeconfig,
+    pki,
+):
+    """As above, the tag list failing (a 500) once the removal has ended, not slow: the error of the
+    last look came back as the retriable 503 "retry later", dropping the write that may land for 30 s
+    more (review-ds6 F4). The answer is the removal's 504 naming the write, no tag named."""
+    _another_replica_leads(kube_api)
+    ns = unique_namespace("failinglook")
+    ensure_namespace(kube_api, ns)
+    repo = f"{ns}/app"
+    images.push_oci_image(fresh_registry, repo, "v1")
+    removed: list[str] = []
+    failed: list[str] = []
+
+    def decide(method: str, path: str) -> str | None:
+        if removed and method == "GET" and path.endswith(f"/{repo}/tags/list"):
+            failed.append(path)
+            return ERROR_BEFORE
+        return None
+
+    proxy = FaultProxy(reactor, fresh_registry.url, decide)
+    server = await _cleanup_server(
+        make_server,
+        proxy.url,
+        kube_kubeconfig,
+        registry=RegistrySettings(url=proxy.url, timeout=5.0),
+        http=HttpLimits(request_timeout=3.0),
+    )
+    service = server.running.api.service
+    changed = service.changed
+
+    def ended(repository: str) -> None:  # the removal has ended: from now on the tag list fails
+        removed.append(repository)
+        changed(repository)
+
+    service.changed = ended
+    try:
+        late_writes = service.late_writes
+        late_writes.note(ns, f"deleting tag {repo}:v0", late_writes.now() + 30.0)
+        kube_api.store.delete(NAMESPACES, ns)  # Terminating: its content goes wholesale
+        removal = await _controller(server, pki).delete(f"{B}/namespaces/{ns}/payloadrepositorytags")
+    finally:
+        await server.stop()
+        await proxy.settled()
+        await proxy.stop()
+    body = removal.body.decode()
+    assert failed, f"the last look was not made while failing: {body}"
+    assert removal.code == 504, body
+    assert "retry later" not in body and "get the tags again" not in body, body
     assert f"removing the content of namespace {ns}: not finished within" in body, body
     assert f"a write made while deleting tag {repo}:v0, and may still carry it out within about" in body, body
 

@@ -513,6 +513,30 @@ async def test_request_deadline_cancels_the_work_and_answers_504(make_server, en
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_timer_that_ends_a_request_keeps_its_own_timeout_parameter(
+    make_server, endless_registry, reactor
+):
+    """``?timeout=1s``, shorter than --request-timeout, is the request's deadline (kube-apiserver's
+    WithRequestDeadline), and what cuts the work then: the deadline the work was told was, and nothing
+    held the timer to it (review-ds6 F3). The server's clock is the test's: once the registry is
+    asked, a second on it ends the request, where --request-timeout's minute would not."""
+    url, catalog = endless_registry
+    api = await make_server(url, http=HttpLimits(request_timeout=HANG_GUARD))
+    clock = task.Clock()
+    api.running.api.clock = clock
+    before = catalog.pages
+    asked = defer.Deferred.fromCoroutine(
+        api.client(api.pki.admin).get(f"{B}/payloadrepositorytags?timeout=1s")
+    )
+    while catalog.pages == before:  # the work waits on the registry: its timer is armed
+        await task.deferLater(reactor, 0.01, lambda: None)
+    clock.advance(1.0)
+    reply = await asked.addTimeout(10.0, reactor)
+    assert reply.code == 504, reply.body
+    assert reply.json()["message"] == "Timeout: the request did not complete within 1s", reply.body
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_client_gone_during_a_slow_read_is_counted_499_and_logs_no_error(
     make_server, endless_registry, reactor
 ):

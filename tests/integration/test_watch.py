@@ -388,6 +388,32 @@ async def test_any_watch_value_but_false_or_0_is_a_watch(api, registry, repo):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_watch_ignores_its_requests_timeout_parameter(make_server, registry, repo):
+    """client-go sends ``?timeout=`` on every request of a client with a timeout, watches included
+    (kubectl get -w --request-timeout=5s), and kube-apiserver's WithRequestDeadline skips long-running
+    requests: a malformed value, a 400 for any other request, is not one for a watch, and a short one
+    does not end it (review-ds6 F3), nor --request-timeout. The server's clock is the test's: past
+    both on it, the watch still brings a push."""
+    namespace, _ = repo.split("/", 1)
+    api = await make_server(registry, watch=WatchLimits(resync_period=0.2))
+    clock = task.Clock()
+    api.running.api.clock = clock
+    client = api.client(api.pki.admin)
+    malformed = await stream(client, f"{collection(namespace)}?watch=true&resourceVersion=0&timeout=soon")
+    short = await stream(client, f"{collection(namespace)}?watch=true&resourceVersion=0&timeout=1s")
+    try:
+        assert (malformed.code, short.code) == (200, 200)
+        clock.advance(3600.0)  # past its own timeout, and past --request-timeout
+        images.push_oci_image(registry, repo, "v1")
+        for watch in (malformed, short):
+            added = await watch.next()
+            assert (added["type"], added["object"]["spec"]["tag"]) == ("ADDED", "v1"), added
+    finally:
+        malformed.close()
+        short.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_watches_are_limited_per_user_and_exempt_from_the_deadline(
     make_server, registry, repo, reactor
 ):

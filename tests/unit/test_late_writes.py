@@ -224,3 +224,15 @@ def test_a_look_scoped_to_some_repositories_sees_only_their_writes() -> None:
     assert late.pending("team", mine) == ("writing to the registry", 40.0)
     clock.advance(20.0)
     assert late.pending("team", mine) is None and late.pending("team") is None
+
+
+def test_the_repositories_of_a_namespaces_writes_are_those_out_noted_or_leaving_a_tag() -> None:
+    """What a deletecollection decides the caller's view of as it begins (review-ds6 F1)."""
+    late = LateWrites(Clock())
+    assert late.repositories("team") == frozenset()
+    late.note("team", "deleting tag team/a:v1", 30.0, "team/a")
+    late.note("team", "writing somewhere", 30.0)  # no repository: none to decide
+    late.sent("team", "deleting tag team/b:v1", ("team/b", "v1", "sha256:1"))
+    late.sent("team", "repairing", None)
+    late.sent("other", "deleting tag other/c:v1", ("other/c", "v1", "sha256:2"))
+    assert late.repositories("team") == {"team/a", "team/b"}

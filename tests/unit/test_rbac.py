@@ -12,7 +12,7 @@ from twisted.logger import Logger
 
 from payloadtags.access import rbac
 from payloadtags.access.authn import UserInfo
-from payloadtags.access.authz import AuthorizationNotReady
+from payloadtags.access.authz import AlwaysAllow, AuthorizationNotReady, readable_as_now
 from payloadtags.access.rbac import RbacAuthorizer, RbacIndex
 from tests.support.logcapture import Collect
 
@@ -650,3 +650,26 @@ def test_non_resource_urls_count_only_through_cluster_role_bindings() -> None:
         [{"metadata": {"name": "reader"}, "rules": [{"nonResourceURLs": ["/metrics"], "verbs": ["GET"]}]}],
     )
     assert not index.allowed_path(scraper, "get", "/metrics")
+
+
+def test_readable_as_now_keeps_the_decisions_of_the_rules_it_was_taken_from() -> None:
+    """A deletecollection's view of what its caller may see is taken as it begins: a rule edited
+    during the call changes none of its decisions (review-ds6 F1), from the RBAC rules or, for
+    another authorizer, each path as first asked."""
+    index, ready, authorizer = alice_may_get_app()
+    ready[0] = True
+    as_now = readable_as_now(authorizer, ALICE, "team-a")
+    index.remove("Role", role("team-a", "r"))
+    assert not authorizer.allowed(ALICE, "get", "team-a", "app")
+    assert as_now("app") and as_now("App") and not as_now("web")
+
+    revoked: list[bool] = []
+
+    class Revoking(AlwaysAllow):
+        def allowed(self, user: UserInfo, verb: str, namespace: str, repository_path: str) -> bool:
+            return not revoked
+
+    asked_first = readable_as_now(Revoking(), ALICE, "team-a")
+    assert asked_first("app")
+    revoked.append(True)
+    assert asked_first("app") and not asked_first("web")

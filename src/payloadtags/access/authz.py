@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 import attrs
 
@@ -35,6 +36,39 @@ class Readable:
 
     def __call__(self, namespace: str, repository_path: str) -> bool:
         return self.authorizer.allowed(self.user, "get", namespace, repository_path)
+
+
+class PathRules(Protocol):
+    def matches(self, path: str) -> bool:
+        """Whether the rules allow ``path``, as they stood when they were taken."""
+        ...
+
+
+@runtime_checkable
+class RuleSource(Protocol):
+    """An authorizer that gives the rules it decides by (`RbacAuthorizer.rules`): one kept decides as
+    they stood when it was taken, whatever changes after."""
+
+    def rules(self, user: UserInfo, verb: str, namespace: str) -> PathRules: ...
+
+
+def readable_as_now(authorizer: Authorizer, user: UserInfo, namespace: str) -> Callable[[str], bool]:
+    """Whether ``user`` may see the tags of a repository path of ``namespace``, as the rules stand now:
+    a change of them afterwards changes no decision, as kube-apiserver authorizes a request once, at
+    its start. From the rules themselves where ``authorizer`` gives them; else each path as first
+    asked, kept (those a caller needs should be asked at once)."""
+    if isinstance(authorizer, RuleSource):
+        return authorizer.rules(user, "get", namespace).matches
+    readable = Readable(authorizer, user)
+    decided: dict[str, bool] = {}
+
+    def decide(path: str) -> bool:
+        known = decided.get(path)
+        if known is None:
+            known = decided[path] = readable(namespace, path)
+        return known
+
+    return decide
 
 
 class PathAuthorizer(Protocol):

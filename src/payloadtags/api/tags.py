@@ -5,14 +5,14 @@ from __future__ import annotations
 import builtins
 import math
 from collections.abc import Callable, Collection, Coroutine, Sequence
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from payloadtags.access.authn import UserInfo
-from payloadtags.access.authz import Authorizer, Readable
+from payloadtags.access.authz import Authorizer, Readable, readable_as_now
 from payloadtags.api import continuation
 from payloadtags.api.errors import (
     ApiError,
@@ -626,6 +626,11 @@ class TagsService:
         refs = selection.refs
         # Whether the selection is gone is checked over all of it from its start, with no kept lists.
         unfiltered = attrs.evolve(list_options, limit=None, continue_=None)
+        # The late writes it waits for and names: those of the repositories the caller may see, as it
+        # saw them when selecting. One elsewhere cannot leave a tag its selection holds, and waiting for
+        # it, or naming it, would tell a caller of one path of the namespace what happens in the others
+        # (review-ds4 F1).
+        visible = self._visible_repositories(user, namespace, refs)
         for ref in refs:
             if not self.authorizer.allowed(user, "delete", ref.namespace, ref.repository_path):
                 raise access_denied(user.name, "deletecollection", namespace, None, ref.repository_path)
@@ -652,10 +657,6 @@ class TagsService:
         # After a wait for a late write: where each tag it may have left was checked to be (passed to
         # the delete, which reads it in its repository's turn: a push of its name since is kept).
         checked: dict[TagRef, str] = {}
-        # The late writes it waits for and names: those of the repositories the caller may see. One
-        # elsewhere cannot leave a tag its selection holds, and waiting for it, or naming it, would
-        # tell a caller of one path of the namespace what happens in the others (review-ds4 F1).
-        visible = self._visible_repositories(user, namespace)
 
         async def remove(ref: TagRef) -> PayloadRepositoryTag | None:
             try:
@@ -686,7 +687,28 @@ class TagsService:
             # tag listed again (a failed delete, a push of the same name meanwhile) makes it a
             # retriable 503; tags first pushed after the selection was read are not part of this
             # request.
-            again = (await self._select(user, namespace, unfiltered, authorize=False, shown=False))[0].refs
+            look = self._select(user, namespace, unfiltered, authorize=False, shown=False)
+            late = self._late_write(namespace, visible)
+            if late is not None and cut != math.inf and self.late_writes is not None:
+                # A write may land: the answer is 200 only after it can no longer, and else its 504,
+                # which the look must leave time for. Unbounded, a slow tag list ran it past the
+                # deadline, whose "get the tags again" came back while the write may land (review-ds6
+                # F2): it gets half the margin, as a removal's last look; cut, the 504 names no tag.
+                clock = self.late_writes.clock
+                try:
+                    looked = await within(clock, max(0.0, cut + DEADLINE_MARGIN / 2 - clock.seconds()), look)
+                except DeadlineExpired:
+                    unanswered = [ref for ref in refs if ref in pending]
+                    if unanswered:
+                        raise _collection_incomplete(
+                            namespace, len(refs), [], failed, unanswered, lasting
+                        ) from None
+                    self._raise_late_write(
+                        namespace, len(refs), self._late_write(namespace, visible) or late, visible
+                    )
+                again = looked[0].refs
+            else:
+                again = (await look)[0].refs
             left = [ref for ref in again if ref in selected]
             if left or pending:
                 unanswered = [ref for ref in refs if ref in pending]
@@ -786,25 +808,37 @@ class TagsService:
         self, look: Coroutine[Any, Any, tuple[Page, ListMeta]], refs: builtins.list[TagRef], until: float
     ) -> builtins.list[TagRef]:
         """Those of ``refs`` that ``look`` (a selection) lists, if it ends before ``until`` (on the clock
-        of `late_writes`); else none, the look cancelled."""
-        if self.late_writes is None or until == math.inf:
-            again = (await look)[0].refs
-        else:
-            clock = self.late_writes.clock
-            try:
+        of `late_writes`); else none, the look cancelled. A look the registry fails names none too: the
+        answer it is for is the write's 504 whatever it finds, not the retriable 503 of the look's
+        error, which would drop the write (review-ds6 F4)."""
+        try:
+            if self.late_writes is None or until == math.inf:
+                again = (await look)[0].refs
+            else:
+                clock = self.late_writes.clock
                 again = (await within(clock, max(0.0, until - clock.seconds()), look))[0].refs
-            except DeadlineExpired:
-                return []
+        except (DeadlineExpired, RegistryError):
+            return []
         selected = set(refs)
         return [ref for ref in again if ref in selected]
 
-    def _visible_repositories(self, user: UserInfo, namespace: str) -> Within | None:
+    def _visible_repositories(
+        self, user: UserInfo, namespace: str, refs: builtins.list[TagRef]
+    ) -> Within | None:
         """The repositories of ``namespace`` whose tags ``user`` may see, as `LateWrites` scopes a look:
-        None when that is all of them."""
+        None when that is all of them. Decided as the call begins, as kube-apiserver authorizes a
+        request once: decided at each look, a get revoked during the call dropped a write that may
+        bring back a tag of the selection from the wait, and the call answered 200 (review-ds6 F1).
+        Those of the selected ``refs`` are always in; those of the namespace's late writes are decided
+        at once (`readable_as_now`)."""
         if self.authorizer.allowed_everywhere(user, "get", namespace):
             return None
-        readable = Readable(self.authorizer, user)
-        return lambda repository: readable(namespace, repository.partition("/")[2])
+        readable = readable_as_now(self.authorizer, user, namespace)
+        selected = {ref.repository for ref in refs}
+        if self.late_writes is not None:
+            for repository in self.late_writes.repositories(namespace):
+                readable(repository.partition("/")[2])
+        return lambda repository: repository in selected or readable(repository.partition("/")[2])
 
     async def _waited_for_late_writes(
         self, namespace: str, total: int, deadline: float, visible: Within | None = None
@@ -816,14 +850,30 @@ class TagsService:
         then what it left is deleted (`LateWrites.wait_out`). ``visible``: only the writes of those
         repositories (`LateWrites.pending`)."""
         late_writes = self.late_writes
-        if late_writes is None:
-            return False
-        late = late_writes.pending(namespace, visible)
-        if late is None or late[1] <= late_writes.now():
+        if late_writes is None or self._late_write(namespace, visible) is None:
             return False
         late = await late_writes.wait_out(namespace, deadline, visible)
         if late is None:
             return True
+        self._raise_late_write(namespace, total, late, visible)
+
+    def _late_write(self, namespace: str, visible: Within | None) -> tuple[str, float] | None:
+        """The write of this process that may land in ``namespace`` latest (what, until when), of the
+        repositories ``visible`` admits; None when none may any more."""
+        if self.late_writes is None:
+            return None
+        late = self.late_writes.pending(namespace, visible)
+        if late is None or late[1] <= self.late_writes.now():
+            return None
+        return late
+
+    def _raise_late_write(
+        self, namespace: str, total: int, late: tuple[str, float], visible: Within | None
+    ) -> NoReturn:
+        """The 504 without Retry-After of a deletecollection cut while ``late`` (what, until when) may
+        land, naming it."""
+        late_writes = self.late_writes
+        assert late_writes is not None
         what, until = late
         left = until - late_writes.now()
         if left == math.inf:

@@ -259,6 +259,14 @@ class LateWrites:
             self._noted.pop(namespace, None)
             self._forget(namespace)
 
+    def repositories(self, namespace: str) -> frozenset[str]:
+        """The repositories of the namespace's writes that are out or noted, where known: those a
+        scoped look (`pending`'s ``within``) may be asked about."""
+        out = (self._placed.get(number) for number in self._out.get(namespace, {}))
+        noted = self._noted.get(namespace, {})
+        left = (left[0] for left in self._leaves.get(namespace, ()))
+        return frozenset(r for r in (*out, *noted, *left) if r is not None)
+
     def leaves(self, namespace: str, within: Within | None = None) -> frozenset[tuple[str, str, str]]:
         """Where the namespace's writes that may still land (`pending`) would leave a tag: (repository,
         tag, digest) each. A tag found elsewhere after they can no longer land was not left by them (a
