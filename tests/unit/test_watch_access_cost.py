@@ -7,6 +7,8 @@ payloadtags_authorization_decisions_total once per watcher and event."""
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -334,3 +336,23 @@ def test_every_meaning_s_memo_counts_against_one_budget_of_paths(monkeypatch: An
     assert len(index.memos) == 64
     assert index.allowed(mallory, "get", "tenant-3", "team-3/app")
     assert not index.allowed(mallory, "get", "tenant-3", "made-up-0/x")  # forgotten: decided again
+
+
+def test_a_matcher_replaced_by_an_rbac_edit_goes_with_its_memo() -> None:
+    """A Role of many names edited again and again (a tenant admin, a GitOps controller), a GET after
+    each edit: the memo budget held every matcher that memoized a path, so each replaced one stayed
+    alive with its names and patterns until 131,072 newer paths were memoized (review-watch6 F2,
+    pinned_matchers.py: 800 edits of a 1,000-name Role, 167 MiB). Only the matcher in use lives now,
+    and the budget still forgets the oldest path first."""
+    index = RbacIndex()
+    alice = UserInfo("alice")
+    replaced: list[weakref.ref[PathMatcher]] = []
+    for edit in range(50):
+        grant(index, "alice", "tenant", [f"r{edit}-{n}" for n in range(100)], "mine")
+        assert not index.allowed(alice, "get", "tenant", "made-up")
+        assert index.allowed(alice, "get", "tenant", f"r{edit}-7")
+        replaced.append(weakref.ref(index.matcher(alice, "get", "tenant")))
+    gc.collect()
+    assert [ref() is not None for ref in replaced] == [False] * 49 + [True]  # were all alive
+    assert len(index._shared) == 1  # were 50
+    assert len(index.memos) == 100  # the dead ones' entries, skipped as they come

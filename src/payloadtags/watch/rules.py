@@ -54,9 +54,10 @@ from payloadtags.watch.source import ScopeSource
 # (user, namespace) pairs kept in all unless told (`WatchLimits.resume_rules`): about 450 bytes the
 # first of a user and scope, under 100 each further one (docs/watch.md, "Bounds").
 MAX_ENTRIES = 100_000
-# One user's share of them in a scope, unless told: a tenth of the bound, at least this many (never
-# more than the bound). Her all-namespaces watch notes every namespace it drops: without a share of
-# her own, her churn evicted every other user before her own oldest namespaces went.
+# One user's share of them in a scope, unless told: a tenth of the bound, at least this many, never
+# more than half the bound (`RulesLedger.share`). Her all-namespaces watch notes every namespace it
+# drops: without a share of her own, her churn evicted every other user before her own oldest
+# namespaces went.
 MIN_USER_SHARE = 4096
 # Sequences of forgotten users: a fixed table (32 KiB), whatever the number of users forgotten.
 FORGOTTEN_SLOTS = 4096
@@ -82,8 +83,10 @@ class Noted:
     # sent: each watch of hers compares every namespace as it starts and as it ends.)
     groups: tuple[str, ...] = ()
     # Per namespace noted out of the scope (the reap's, `RulesLedger.saw` with ``gone``): the sequence
-    # then, after the DELETED that emptied it; in the order noted, the oldest first. Only these go past
-    # her share (`RulesLedger._trim`), dated by it: a client that resumes from it holds nothing there.
+    # then, after the DELETED that emptied it (its latest leaving: a leaving noted again is dated
+    # again); in the order noted, the oldest first. Seen in the scope again (`_returned`), it is out of
+    # here. These go first past her share (`RulesLedger._trim`), dated by it: a client that resumes
+    # from it holds nothing there.
     gone: dict[str, int] = attrs.field(factory=dict)
     # The namespaces kept at her last trim (`RulesLedger._trim`): more than her share when those of her
     # scope are. The next trim waits for an eighth of her share more, not one namespace more: each
@@ -138,11 +141,13 @@ class RulesLedger:
     @property
     def share(self) -> int:
         """The namespaces one user's entry of a scope keeps: past it, her oldest go (`_trim`), and the
-        other users' entries stay."""
+        other users' entries stay. At most half the bound: her trim waits for an eighth of her share
+        more (`_resized`), and a share of the whole bound (4,096 with a bound below 4,096) let her
+        churn evict every other user before her own namespaces went (review-watch6 F3)."""
         asked = (
             self.user_share if self.user_share is not None else max(self.max_entries // 10, MIN_USER_SHARE)
         )
-        return max(1, min(asked, self.max_entries))
+        return max(1, min(asked, self.max_entries // 2))
 
     def admits(
         self,
@@ -162,9 +167,7 @@ class RulesLedger:
         changed = False
         scope = set(namespaces)
         if noted.gone:
-            # Back in the scope: no longer dated by when it left it.
-            for namespace in scope:
-                noted.gone.pop(namespace, None)
+            _returned(noted, scope)
         for namespace in {*noted.rules, *scope}:
             now = rules_of(namespace).fingerprint
             old = noted.rules.setdefault(namespace, now)  # noted first: no change
@@ -202,6 +205,9 @@ class RulesLedger:
         if noted is None:
             return
         self.entries.move_to_end((source, user_key(user)))
+        if namespaces is not None and noted.gone:
+            namespaces = list(namespaces)
+            _returned(noted, namespaces)  # a page decided there: back in the scope
         checked = self._compared(noted, user, namespaces)
         # All computed before any is noted: a failure leaves no fingerprint noted without its date.
         now = {namespace: rules_of(namespace).fingerprint for namespace in checked}
@@ -229,6 +235,8 @@ class RulesLedger:
         noted = self.entries.get((source, user_key(user)))
         if noted is None:
             return
+        if noted.gone:
+            _returned(noted, (namespace,))
         old = noted.rules.get(namespace)
         if old is not None and old != rules_of(namespace).fingerprint:
             self.listed(source, user, rules_of, stamp, [namespace])
@@ -284,6 +292,9 @@ class RulesLedger:
             for namespace in fingerprints:
                 noted.gone.pop(namespace, None)  # to the end: the newest
                 noted.gone[namespace] = source.versions.current
+        elif noted.gone:
+            # Decided in since it left: back in the scope (`_returned`).
+            _returned(noted, fingerprints)
         noted.groups = user.groups
         self._resized(source, noted, before)
 
@@ -316,7 +327,15 @@ class RulesLedger:
         self, source: ScopeSource, noted: Noted, before: int, scope: Collection[str] | None = None
     ) -> None:
         share = self.share
-        if noted.cost > max(share, noted.trimmed_to + share // 8):
+        # Past her share: when she grew by an eighth of it since her last trim (her scope alone may be
+        # past it: each trim looks at the whole scope), or once an eighth of it is noted gone, or some
+        # noted are out of ``scope`` (a watch start's, compared whole anyway): those can always go, and
+        # a scope that shrank kept what left it for ever (review-watch6 F4).
+        if noted.cost > share and (
+            noted.cost > noted.trimmed_to + share // 8
+            or len(noted.gone) > share // 8
+            or (scope is not None and any(namespace not in scope for namespace in noted.rules))
+        ):
             self._trim(source, noted, _scope_namespaces(source) if scope is None else scope)
         self.size += noted.cost - before
         # The least recently used go first; never the entry just noted (the most recent), which keeps
@@ -366,6 +385,17 @@ class RulesLedger:
 
     def _forgotten_at(self, key: tuple[ScopeSource, UserKey]) -> int:
         return self.forgotten[self._slot(key)] if self.forgotten else 0
+
+
+def _returned(noted: Noted, namespaces: Iterable[str]) -> None:
+    """``namespaces`` were seen in ``noted``'s scope (a watch of hers decided there, a page of her
+    list, her watch started with them): no longer dated by when they left it. A namespace that left,
+    came back (sent to a client of hers) and left again while no watch of hers ran kept the date it
+    first left, and a trim dropped it dated so: a resume from between the two, after her access there
+    was taken back, was served, and its client kept what the second leaving deleted (review-watch6 F1).
+    One out of the scope and not noted gone is dated at the trim, after anything sent there."""
+    for namespace in namespaces:
+        noted.gone.pop(namespace, None)
 
 
 def _scope_namespaces(source: ScopeSource) -> Collection[str]:
