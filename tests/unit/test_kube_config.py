@@ -12,7 +12,7 @@ import pytest
 from twisted.python.failure import Failure
 
 from payloadtags.kube.config import ClusterConfig, ConfigError, in_pod, load_cluster_config
-from payloadtags.kube.execcred import PluginError, run_plugin
+from payloadtags.kube.execcred import ExecPlugin, PluginError, run_plugin, run_plugin_blocking
 from tests.support.kubeapi import write_kubeconfig
 from tests.support.kubectl import KUBECTL
 from tests.support.pki import Authority
@@ -1222,3 +1222,87 @@ def test_a_null_key_is_refused_in_one_line_as_kubectl_refuses_it(
         f"unsupported map key; quote it if it is text) at {place}"
     )
     assert not (tmp_path / "seen").exists()
+
+
+def kubectl_runs_the_plugin(path: Path) -> str:
+    """Make the real kubectl run the kubeconfig's plugin (a request to a server that is not there): its
+    stderr, the plugin having recorded what it saw when kubectl ran it. kubectl needs interactiveMode,
+    which payloadtags reads as Never when it is missing."""
+    mode = path.parent / "kubectl-kc"
+    mode.write_text(
+        path.read_text().replace(
+            "provideClusterInfo: true\n", "provideClusterInfo: true\n      interactiveMode: Never\n"
+        )
+    )
+    done = subprocess.run(
+        [KUBECTL, "--kubeconfig", str(mode), "--request-timeout=2s", "get", "--raw", "/version"],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+        check=False,
+    )
+    return done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "problem"),
+    [
+        # kubectl 1.32: "getting credentials: exec: exec: environment variable contains NUL".
+        ("[]", '[{name: FOO, value: "s3cr3t\\0x"}]', 'env "FOO": value must not contain a NUL character'),
+        ("[]", '[{name: "FOO\\0", value: s3cr3t}]', "env[0]: name must not contain a NUL character"),
+        ('["--t=s3cr3t\\0"]', "[]", "args[0] must not contain a NUL character"),
+        (
+            "[]",
+            '[{name: FOO, value: "s3cr3t\\uD800"}]',
+            'env "FOO": value must not contain a lone surrogate (\\uD800-\\uDFFF), which has no UTF-8 form',
+        ),
+        (
+            '["s3cr3t\\uDC00"]',
+            "[]",
+            "args[0] must not contain a lone surrogate (\\uD800-\\uDFFF), which has no UTF-8 form",
+        ),
+        ("[]", "[{name: '=FOO', value: s3cr3t}]", "env[0]: name must not begin with '='"),
+    ],
+)
+def test_what_a_process_cannot_carry_in_exec_args_or_env_is_refused_in_one_line(
+    tmp_path: Path, args: str, env: str, problem: str
+) -> None:
+    # review-ops6 F3: start-up ended in a traceback out of subprocess (ValueError: embedded null byte,
+    # UnicodeEncodeError). Now one line naming the field, never the value.
+    path = exec_kubeconfig(tmp_path, args=args, env=env)
+    with pytest.raises(ConfigError) as raised:
+        load_cluster_config(str(path))
+    assert str(raised.value) == f'kubeconfig {str(path)!r}: user "u": exec: {problem}'
+    assert "s3cr3t" not in str(raised.value)
+    assert not (tmp_path / "seen").exists()
+    if "NUL" in problem and "args" not in problem:
+        assert "environment variable contains NUL" in kubectl_runs_the_plugin(path)
+
+
+def test_an_equals_sign_in_an_exec_env_name_reaches_the_plugin_as_kubectl_passes_it(tmp_path: Path) -> None:
+    # review-ops6 F3: kubectl 1.32 passes the entry as NAME=value, so name FOO=B with value x is the
+    # variable FOO holding B=x; start-up ended in "ValueError: illegal environment variable name".
+    path = exec_kubeconfig(tmp_path, env="[{name: FOO=B, value: x}]")
+    kubectl_runs_the_plugin(path)
+    by_kubectl = seen_by_plugin(tmp_path)["FOO"]
+    (tmp_path / "seen").unlink()
+    assert load_cluster_config(str(path)) is not None
+    assert seen_by_plugin(tmp_path)["FOO"] == by_kubectl == "B=x"
+
+
+def test_a_plugin_the_os_cannot_run_with_its_env_fails_as_a_plugin_error_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    # review-ops6 F3: both runners caught only OSError; what the kubeconfig's check lets through and the
+    # OS refuses is a PluginError (the start-up's one line, a renewal's failure), never a ValueError.
+    plugin = ExecPlugin(
+        command=sys.executable, api_version="client.authentication.k8s.io/v1", env=(("FOO", "s3cr3t\0"),)
+    )
+    with pytest.raises(PluginError) as raised:
+        run_plugin_blocking(plugin)
+    assert "s3cr3t" not in str(raised.value)
+    failed: list[Failure] = []
+    from twisted.internet import reactor
+
+    run_plugin(reactor, plugin).addErrback(failed.append)
+    assert failed and failed[0].check(PluginError) and "s3cr3t" not in str(failed[0].value)

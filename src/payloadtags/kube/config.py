@@ -785,6 +785,7 @@ def _check_exec_strings(section: dict[str, Any], where: str) -> None:
     for index, arg in enumerate(args or ()):
         if arg is not None and (not isinstance(arg, str) or isinstance(arg, _Boolean)):
             raise ConfigError(f"{where}: args[{index}] must be a string, not {_kind(arg)}")
+        _check_os_string(arg, f"{where}: args[{index}]")
     if args:
         section["args"] = ["" if arg is None else arg for arg in args]
     env = section.get("env")
@@ -800,9 +801,30 @@ def _check_exec_strings(section: dict[str, Any], where: str) -> None:
             # client-go: "env variable name must be specified"; a number is refused as it decodes.
             kind = "an empty one" if name == "" else _kind(name)
             raise ConfigError(f"{where}: env[{index}]: name must be a non-empty string, not {kind}")
+        _check_os_string(name, f"{where}: env[{index}]: name")
+        if name.startswith("="):
+            # kubectl passes "=A=x" on; a process environment cannot hold it from here (Python refuses
+            # it, and a variable named "" is no use to a plugin).
+            raise ConfigError(f"{where}: env[{index}]: name must not begin with '='")
         if value is not None and (not isinstance(value, str) or isinstance(value, _Boolean)):
             raise ConfigError(f'{where}: env "{name}": value must be a string, not {_kind(value)}')
+        _check_os_string(value, f'{where}: env "{name}": value')
         entry["value"] = "" if value is None else value
+
+
+def _check_os_string(text: str | None, where: str) -> None:
+    """What an exec plugin's argument or environment cannot carry, refused in one line at load rather
+    than in a traceback when the plugin is run: a NUL (kubectl refuses it too: "environment variable
+    contains NUL"), and a lone surrogate (which has no UTF-8 form). The text is not shown: it may be a
+    secret."""
+    if text is None:
+        return
+    if "\0" in text:
+        raise ConfigError(f"{where} must not contain a NUL character")
+    if any("\ud800" <= char <= "\udfff" for char in text):
+        raise ConfigError(
+            f"{where} must not contain a lone surrogate (\\uD800-\\uDFFF), which has no UTF-8 form"
+        )
 
 
 def _kind(value: object) -> str:

@@ -79,7 +79,7 @@ class ExecPlugin:
             command=command,
             api_version=api_version,
             args=tuple(section.get("args") or ()),
-            env=tuple((e["name"], e["value"]) for e in section.get("env") or ()),
+            env=tuple(_as_environ(e["name"], e["value"]) for e in section.get("env") or ()),
             folder=folder,
             cluster=info,
             ca_file=os.path.join(folder or "", str(ca_file)) if ca_file else None,
@@ -195,6 +195,14 @@ def _failed(plugin: ExecPlugin, code: int | None, stderr: bytes) -> PluginError:
     return PluginError(f"exec plugin {plugin.command} {how}" + (f": {detail}" if detail else ""))
 
 
+def _as_environ(name: str, value: str) -> tuple[str, str]:
+    """An env entry as the plugin sees it when kubectl runs it: kubectl passes ``NAME=value`` as
+    written, so a name ``A=B`` with value ``x`` is the variable ``A`` holding ``B=x`` (the process
+    environment reads up to the first ``=``). Python refuses a name with ``=``, so it is split here."""
+    head, sep, rest = name.partition("=")
+    return (head, rest + sep + value) if sep else (name, value)
+
+
 def run_plugin_blocking(plugin: ExecPlugin, timeout: float = PLUGIN_TIMEOUT) -> ExecCredential:
     """Run the plugin and wait for it. Blocking: only at start-up, off the reactor."""
     try:
@@ -208,7 +216,9 @@ def run_plugin_blocking(plugin: ExecPlugin, timeout: float = PLUGIN_TIMEOUT) -> 
         )
     except subprocess.TimeoutExpired as e:
         raise PluginError(f"exec plugin {plugin.command} gave no credential within {timeout:g}s") from e
-    except OSError as e:
+    except (OSError, ValueError) as e:
+        # ValueError: what the OS cannot take in an argument or the environment (the kubeconfig's
+        # check refuses it first); its text names no value.
         raise PluginError(f"cannot run exec plugin {plugin.command}: {e}") from e
     if done.returncode != 0:
         raise _failed(plugin, done.returncode, done.stderr)
@@ -261,7 +271,9 @@ def run_plugin(reactor: Any, plugin: ExecPlugin, timeout: float = PLUGIN_TIMEOUT
     argv = plugin.argv()
     try:
         reactor.spawnProcess(protocol, argv[0], argv, env=plugin.environment())
-    except OSError as e:
+    except (OSError, ValueError) as e:
+        # ValueError: what the OS cannot take in an argument or the environment (the kubeconfig's
+        # check refuses it first); its text names no value.
         done.errback(PluginError(f"cannot run exec plugin {plugin.command}: {e}"))
         return done
     except PluginError as e:
