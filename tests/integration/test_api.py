@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -2112,6 +2113,65 @@ async def test_a_dry_run_deletecollection_checks_every_repository_it_selects(
             for cause in status["details"]["causes"]:
                 assert "does not grant repository:ops4/app2:delete" in cause["message"]
         assert images.list_tags(registry, "ops4/app2") == ["v1", "v2"]
+    finally:
+        registry.stop()
+        token.close()
+
+
+class _NoPushIn:
+    """review-ops6 F1: a cleanup robot's grant: pull and delete in ops6/b, but not push (once the
+    test's images are pushed); everything in ops6/a."""
+
+    def __init__(self) -> None:
+        self.locked = False
+
+    def __call__(self, user: str | None, rtype: str, name: str, actions: list[str]) -> list[str]:
+        if self.locked and name == "ops6/b":
+            return [action for action in actions if action not in ("push", "*")]
+        return actions
+
+
+async def _pull_and_delete_only(tmp_path: Path, make_server: Any) -> tuple[Any, Any, Any]:
+    grant = _NoPushIn()
+    token = TokenServer(tmp_path, users={"robot": "pw"}, grant=grant)
+    registry = RegistryServer(token_server=token, username="robot", password="pw")
+    for repo in ("ops6/a", "ops6/b"):
+        images.push_oci_image(registry, repo, "v1")
+        images.push_oci_image(registry, repo, "v2")
+    grant.locked = True
+    settings = RegistrySettings(url=registry.url, username="robot", password="pw", timeout=5.0)
+    return token, registry, await make_server(registry.url, registry=settings)
+
+
+@pytest.mark.parametrize("request_", ["delete", "deletecollection"])
+@pytest_twisted.ensureDeferred
+async def test_a_dry_run_is_refused_where_the_account_may_delete_but_not_push_and_a_delete_re_tags(
+    tmp_path: Path, make_server: Any, request_: str
+) -> None:
+    # review-ops6 F1: where the registry has no tag delete, a delete re-tags (a manifest PUT: push)
+    # before it deletes the digest. The dry run checked delete only and answered 200 (listing every
+    # tag) where the request was refused 503 for ops6/b ("does not grant repository:ops6/b:pull,push")
+    # after deleting ops6/a's. It now checks push too, in each repository.
+    token, registry, server = await _pull_and_delete_only(tmp_path, make_server)
+    try:
+        client = server.client(server.pki.admin)
+        url = collection("ops6")
+        if request_ == "delete":
+            url += "/" + encode_name("b", "v1")
+        dry = await client.delete(url + "?dryRun=All")
+        dry_status = assert_status(dry, 503, "ServiceUnavailable")
+        assert images.list_tags(registry, "ops6/a") == ["v1", "v2"]  # a dry run deletes nothing
+        real = await client.delete(url)
+        real_status = assert_status(real, 503, "ServiceUnavailable")
+        assert dry.header("retry-after") == real.header("retry-after")
+        for status in (dry_status, real_status):
+            # distribution names the scope's actions in either order (a Go map's).
+            assert re.search(r"does not grant repository:ops6/b:(pull,push|push,pull);", status["message"])
+            if request_ == "deletecollection":
+                assert "2 of 4 selected tag(s) are still there" in status["message"]
+                fields = [cause["field"] for cause in status["details"]["causes"]]
+                assert fields == [encode_name("b", "v1"), encode_name("b", "v2")]
+        assert images.list_tags(registry, "ops6/b") == ["v1", "v2"]
     finally:
         registry.stop()
         token.close()

@@ -1467,6 +1467,30 @@ def test_unique_manifest_delete_on_distribution_2_8() -> None:
     assert [p.split(" ")[0] for p in agent.paths()] == ["DELETE", "GET", "PUT", "DELETE"]
 
 
+def test_the_per_repository_probe_memory_drops_expired_passes_two_per_new_pass() -> None:
+    # review-ops6 F7: the record of passed checks (per repository, ebeeb57) is pruned as new passes
+    # come: at most two expired entries per pass, oldest first, none that is still believed. No test
+    # held it: removing the pruning left every test passing.
+    clock = Clock()
+    client, _ = make(lambda sent: Answer(404, {}, b""), clock)
+    for index in range(100):
+        client._believe_deletes(f"burst/{index}")
+    clock.advance(PROBE_VALIDITY / 2)
+    client._believe_deletes("young/0")
+    assert len(client._probe_valid_until) == 101  # nothing has expired yet: nothing dropped
+    clock.advance(PROBE_VALIDITY / 2)  # the burst has expired, young/0 has not
+    for index in range(10):
+        client._believe_deletes(f"new/{index}")
+    assert len(client._probe_valid_until) == 101 - 20 + 10
+    assert list(client._probe_valid_until)[:2] == ["burst/20", "burst/21"]
+    assert client._deletes_believed("new/9") and not client._deletes_believed("burst/99")
+    for index in range(40):
+        client._believe_deletes(f"more/{index}")
+    # The burst gone, pruning stops at the first entry still believed.
+    assert next(iter(client._probe_valid_until)) == "young/0"
+    assert len(client._probe_valid_until) == 1 + 10 + 40
+
+
 def test_read_only_and_delete_disabled_are_found_before_writing() -> None:
     read_only = Answer(405, {"Content-Type": "text/plain", "Allow": "GET, HEAD"}, b"Method not allowed\n")
     registry = DeleteRegistry(tag_delete=read_only, probe=read_only)

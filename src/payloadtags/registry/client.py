@@ -109,7 +109,14 @@ SETTLE_TRIES = 3
 # Deleting this digest never deletes anything, yet the registry says whether deletes are possible:
 # 404 when they are, 405 UNSUPPORTED when storage deletes are off, a bare 405 when it is read-only.
 _PROBE_DIGEST = "sha256:" + "0" * 64
+# Writing to this upload session, which no registry holds, writes nothing, yet a token registry first
+# checks the push its write needs: 401 insufficient_scope where the token lacks it, else 404
+# BLOB_UPLOAD_UNKNOWN (or 400 BLOB_UPLOAD_INVALID: no upload state). What a dry run checks besides the
+# delete where a delete re-tags (`check_delete`).
+_PROBE_UPLOAD = "00000000-0000-4000-8000-000000000000"
 _LINK_NEXT_RE = re.compile(r'<([^>]*)>\s*;[^,]*?rel\s*=\s*"?next"?', re.IGNORECASE)
+# How the delete probe is named in its messages.
+_DELETE_CHECK = "a DELETE of a digest that does not exist"
 # A mutation whose caller gave no hooks: nothing to check before its writes (`_gated`).
 _NO_HOOKS = WriteHooks()
 
@@ -300,10 +307,12 @@ class RegistryClient:
         self._catalog_waiters: list[Deferred[None]] | None = None
         # Until when each repository's last probe's "deletes work here" is believed (reactor seconds),
         # oldest first. Per repository: a token registry grants delete per repository (Harbor, GitLab),
-        # so one repository's pass says nothing of another's. Entries past their time are dropped as
-        # new ones come (`_believe_deletes`), so it holds the repositories probed in the last
-        # PROBE_VALIDITY seconds.
+        # so one repository's pass says nothing of another's. At most two expired entries are dropped
+        # per new pass (`_believe`): bounded by the repositories probed, not by time.
         self._probe_valid_until: dict[str, float] = {}
+        # The same for "pushes work here" (`_probe_push`), which only a dry run checks: a real delete's
+        # re-tag is refused by itself where pushes are not granted, a dry run must say so beforehand.
+        self._push_valid_until: dict[str, float] = {}
         # Every mutation of a repository waits for the earlier ones of this process to finish.
         self._queue = queue if queue is not None else RepositoryQueue()
         # The caller's checks of the mutation holding a repository's turn (`WriteHooks`), made
@@ -876,17 +885,28 @@ class RegistryClient:
         nothing, and a dry run neither waits behind deletes nor fails on another delete's checks."""
         self._check_repository(repository)
         self._check_tag(tag)
-        if self._deletes_believed(repository):
-            return
-        await self._probe_delete(repository, tag, gated=False)
+        if not self._deletes_believed(repository):
+            await self._probe_delete(repository, tag, gated=False)
+        # Where the delete re-tags (no tag delete, or not known yet), it writes a manifest: the
+        # account needs push too (a cleanup robot may be granted pull and delete alone). Before this
+        # process has deleted a tag, a registry that deletes by tag is checked for push as well.
+        if self._delete_by_tag is not True and not self._believed(self._push_valid_until, repository):
+            await self._probe_push(repository, tag)
 
     def _deletes_believed(self, repository: str) -> bool:
+        return self._believed(self._probe_valid_until, repository)
+
+    def _believed(self, valid: dict[str, float], repository: str) -> bool:
         now: float = self._reactor.seconds()
-        return now < self._probe_valid_until.get(repository, 0.0)
+        return now < valid.get(repository, 0.0)
 
     def _believe_deletes(self, repository: str) -> None:
+        self._believe(self._probe_valid_until, repository)
+
+    def _believe(self, valid: dict[str, float], repository: str) -> None:
+        """Believe a repository's pass for PROBE_VALIDITY seconds, dropping up to `_PRUNED_AT_ONCE`
+        expired entries of ``valid`` (oldest first) on the way."""
         now: float = self._reactor.seconds()
-        valid = self._probe_valid_until
         valid.pop(repository, None)  # re-inserted last: the dict stays in order of time
         for oldest in list(itertools.islice(valid, _PRUNED_AT_ONCE)):
             if valid[oldest] > now:
@@ -934,17 +954,61 @@ class RegistryClient:
             raise self._probe_unanswered(repository, tag, f"HTTP {reply.status} from a gateway") from refused
         raise refused
 
-    def _probe_unanswered(self, repository: str, tag: str, cause: str) -> RegistryUnavailable:
-        """The probe's unanswered DELETE names a digest no registry holds: nothing of it can land
-        late, and nothing was changed, so it is said as what is known, and may be retried at once
-        (a gateway's instant 5xx, a connection lost; not a timeout, `_probe_delete`)."""
-        return RegistryUnavailable(self._probe_message(repository, tag, cause, "retry later"))
+    async def _probe_push(self, repository: str, tag: str) -> None:
+        """Whether the account may push in the repository, as a re-tag needs, told without writing: a
+        PATCH of an upload session no registry holds (`_PROBE_UPLOAD`). A refusal is the re-tag's own
+        (401 insufficient_scope: "the token does not grant repository:…:pull,push"), so that a dry run
+        fails with the words of the delete it stands for."""
+        check = "a write to an upload that does not exist"
+        try:
+            reply = await self._call(
+                "PATCH",
+                f"/v2/{repository}/blobs/uploads/{_PROBE_UPLOAD}",
+                scope=self._push(repository),
+                headers={"Content-Type": "application/octet-stream"},
+                body=b"",
+                gated=False,
+            )
+        except RegistryUnavailable as error:
+            self._push_valid_until.pop(repository, None)
+            if not error.unanswered:
+                raise
+            raise self._probe_unanswered(repository, tag, "the connection closed first", check) from error
+        except RegistryTimeout as error:
+            self._push_valid_until.pop(repository, None)
+            timeout = self._settings.timeout
+            timed_out = RegistryTimeout(
+                self._probe_message(
+                    repository, tag, f"timed out after {timeout:g}s", "retry the delete later", check
+                )
+            )
+            timed_out.unanswered = False  # nothing of it can land: the upload is no registry's
+            raise timed_out from error
+        if reply.status in (404, 400):
+            self._believe(self._push_valid_until, repository)
+            return
+        self._push_valid_until.pop(repository, None)
+        refused = self._error(reply, f"deleting tag {repository}:{tag}")
+        if refused.unanswered:
+            raise self._probe_unanswered(
+                repository, tag, f"HTTP {reply.status} from a gateway", check
+            ) from refused
+        raise refused
 
-    def _probe_message(self, repository: str, tag: str, cause: str, advice: str) -> str:
+    def _probe_unanswered(
+        self, repository: str, tag: str, cause: str, check: str = _DELETE_CHECK
+    ) -> RegistryUnavailable:
+        """The probe's unanswered request names a digest (an upload) no registry holds: nothing of it
+        can land late, and nothing was changed, so it is said as what is known, and may be retried at
+        once (a gateway's instant 5xx, a connection lost; not a timeout, `_probe_delete`)."""
+        return RegistryUnavailable(self._probe_message(repository, tag, cause, "retry later", check))
+
+    def _probe_message(
+        self, repository: str, tag: str, cause: str, advice: str, check: str = _DELETE_CHECK
+    ) -> str:
         return (
             f"registry {self._name}: deleting tag {repository}:{tag}: whether this registry can delete "
-            f"could not be told: its check (a DELETE of a digest that does not exist) got no answer "
-            f"({cause}); nothing was changed; {advice}"
+            f"could not be told: its check ({check}) got no answer ({cause}); nothing was changed; {advice}"
         )
 
     async def _read_tag(self, repository: str, tag: str) -> Manifest | None:
