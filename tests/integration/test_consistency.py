@@ -713,3 +713,43 @@ async def test_a_delete_request_past_its_deadline_answers_504_and_the_delete_is_
             assert not any(f"{repo}:waiting" in line for line in said)
     finally:
         await proxy.stop()
+
+
+@pytest.mark.parametrize("collection_", [False, True])
+@pytest_twisted.ensureDeferred
+async def test_a_dry_run_delete_past_its_deadline_says_nothing_was_deleted(
+    reactor: Any, registry: RegistryServer, repo: str, make_server: Any, collection_: bool
+) -> None:
+    """review-ops6 F2: a dry run's 504 said "a delete already under way is finished by the server: get
+    the tags again to see which are gone", where a dry run deletes nothing. Its check (the probe) is
+    held unanswered past the request's deadline; the 504 now says nothing was deleted, and to retry."""
+    namespace, path = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "v1")
+    armed: list[bool] = []
+    hold: Deferred[None] = Deferred()
+
+    def decide(method: str, url: str) -> str | None:
+        return STALL if armed and method == "DELETE" and "/manifests/sha256:" in url else None
+
+    proxy = FaultProxy(reactor, registry.url, decide, hold=hold)
+    try:
+        server = await make_server(proxy.url, http=HttpLimits(request_timeout=1.0))
+        client = server.client(server.pki.admin)
+        item = f"/apis/payload-registry.deckhouse.io/v1alpha1/namespaces/{namespace}/payloadrepositorytags"
+        if not collection_:
+            item += "/" + TagRef(namespace, path, "v1").name
+        armed.append(True)
+        reply = await client.delete(item + "?dryRun=All")
+        assert reply.code == 504, reply.body
+        message = reply.json()["message"]
+        assert (
+            message
+            == "Timeout: the request did not complete within 1s; nothing was deleted (a dry run): try again"
+        )
+        hold.callback(None)
+        await proxy.settled()
+        assert images.list_tags(registry, repo) == ["v1"]
+    finally:
+        if not hold.called:
+            hold.callback(None)
+        await proxy.stop()

@@ -104,6 +104,8 @@ _USER = "_payloadtags_user"
 # When the request's deadline falls, on the server's clock (`ApiServer.request_timeout`, counted from
 # when its handler began, before authentication): absent for one without a deadline (a watch).
 _DEADLINE = "_payloadtags_deadline"
+# Set on a DELETE once its DeleteOptions ask for a dry run: its timeout says that nothing was deleted.
+_DRY_RUN = "_payloadtags_dry_run"
 # The request's seat among --max-requests-inflight (_Seat), for the writer of a long response.
 _SEAT = "_payloadtags_seat"
 
@@ -496,7 +498,10 @@ class ApiServer:
                     body = await work
                 except TimeoutError:
                     message = f"the request did not complete within {given:g}s"
-                    if request.method == b"DELETE":
+                    if getattr(request, _DRY_RUN, False):
+                        # Its checks cut short: it deleted nothing, and a retry finds them believed.
+                        message += "; nothing was deleted (a dry run): try again"
+                    elif request.method == b"DELETE":
                         # Cut short between its writes a delete would leave the tag on a copy: one
                         # under way goes on (RegistryClient.delete_tag), and the client must look.
                         message += (
@@ -1220,6 +1225,7 @@ class ApiServer:
         media = negotiate(_header(request, "accept"), collection=False)
         query = _query(request)
         options = delete_options(query, self._body(request), _header(request, "content-type"))
+        setattr(request, _DRY_RUN, options.dry_run)
         media = _with_pretty(media, query)
         include = _include(media, query)
         obj = await self.service.delete(user, namespace, name, options)
@@ -1237,6 +1243,7 @@ class ApiServer:
             {k: v for k, v in query.items() if k not in ("dryRun", "propagationPolicy")}, deleting=True
         )
         options = delete_options(query, self._body(request), _header(request, "content-type"))
+        setattr(request, _DRY_RUN, options.dry_run)
         storage_refusals(listing)
         media = _with_pretty(media, query)
         include = _include(media, query)
