@@ -18,8 +18,10 @@ from payloadtags.kube.diagnosis import PERIOD, ClusterAccessLog
 from payloadtags.kube.errors import (
     KubeApiError,
     KubeCredentialUnavailable,
+    KubeReplyCutShort,
     KubeStreamLost,
     KubeTimeout,
+    KubeTokenUnreadable,
     KubeUnavailable,
     make_status,
 )
@@ -464,7 +466,7 @@ def test_a_flapping_api_is_said_once_per_cause_for_all_reflectors(clock: Clock) 
         pairs.append((source, reflector))
     causes = [
         KubeStreamLost("watch stream broken: Connection to the other side was lost"),
-        KubeUnavailable("GET /api/v1/namespaces: reply cut short: connection lost"),
+        KubeReplyCutShort("GET /api/v1/namespaces: reply cut short: connection lost"),
         KubeTimeout("GET /api/v1/namespaces: no answer within 30s"),
         KubeCredentialUnavailable("cannot renew the cluster API credential: plugin exited with 1"),
     ]
@@ -496,5 +498,96 @@ def test_a_flapping_api_is_said_once_per_cause_for_all_reflectors(clock: Clock) 
             if str(e.get("log_namespace", "")).startswith("payloadtags") and e["log_level"] >= LogLevel.warn
         ][3:]
         assert len(again) == 1 and "(29 more like it in the 72s since the last line)" in again[0], again
+    for _, reflector in pairs:
+        Deferred.fromCoroutine(reflector.stop())
+
+
+def _five_reflectors(clock: Clock, access: ClusterAccessLog) -> list[tuple[FakeSource, Reflector]]:
+    pairs = []
+    for _ in range(5):
+        source = FakeSource()
+        reflector = Reflector(
+            source,
+            PATH,
+            clock,
+            backoff=Backoff(initial=1.0, factor=1.0, cap=1.0, jitter=0.0),
+            rng=random.Random(3),
+            on_failure=access,
+        )
+        pairs.append((source, reflector))
+    return pairs
+
+
+def _warnings(events: list[dict[str, Any]]) -> list[str]:
+    return [
+        formatEvent(e)
+        for e in events
+        if str(e.get("log_namespace", "")).startswith("payloadtags") and e["log_level"] >= LogLevel.warn
+    ]
+
+
+def test_an_api_behind_a_load_balancer_answering_5xx_or_429_is_said_once_for_all_reflectors(
+    clock: Clock,
+) -> None:
+    # review-ops6 F4: a 503 "no healthy upstream" or 502 of a load balancer while the API server
+    # restarts, kube-apiserver's 503 or 429 under load: every reflector warned "API error 503 ..." on
+    # every retry (30 lines for three flaps of five reflectors). Now one line, one cause, with what it
+    # means, at most once a period; the reflectors say it at debug.
+    access = ClusterAccessLog(SERVER, monotonic=clock.seconds)
+    pairs = _five_reflectors(clock, access)
+    causes = [
+        KubeApiError(make_status(503, "no healthy upstream"), 503),
+        KubeApiError(make_status(502, "Bad Gateway"), 502),
+        KubeApiError(make_status(429, "too many requests, please try again later"), 429),
+    ]
+    with collected_logs() as events:
+        streams = [synced(reflector, source, [], 10) for source, reflector in pairs]
+        for _ in range(3):
+            for cause in causes:
+                for stream in streams:
+                    stream.end(cause)
+                clock.advance(1.0)
+                streams = [source.stream() for source, _ in pairs]
+        said = _warnings(events)
+        assert len(said) == 1, said
+        assert said[0].startswith(f"the cluster API {SERVER} answers 503 ServiceUnavailable (")
+        assert "no healthy upstream" in said[0]
+        assert "the API server, or a load balancer in front of it, is unavailable or throttling" in said[0]
+        clock.advance(PERIOD)
+        for stream in streams:
+            stream.end(causes[2])
+        again = _warnings(events)[1:]
+        assert len(again) == 1 and "answers 429" in again[0] and "(44 more like it in the" in again[0], again
+    for _, reflector in pairs:
+        Deferred.fromCoroutine(reflector.stop())
+
+
+def test_an_unreadable_token_file_is_its_own_cause_not_a_broken_connection(clock: Clock) -> None:
+    # review-ops6 F5: a token file that cannot be read (before any token was) was said as "the cluster
+    # API broke off a request ... a proxy or load balancer cutting connections", and not at all within
+    # a minute of a flap's line (the same cause). It is its own cause now, with its own fix.
+    access = ClusterAccessLog(SERVER, in_cluster=True, monotonic=clock.seconds)
+    pairs = _five_reflectors(clock, access)
+    with collected_logs() as events:
+        streams = [synced(reflector, source, [], 10) for source, reflector in pairs]
+        for stream in streams:
+            stream.end(KubeStreamLost("watch stream broken: Connection to the other side was lost"))
+        clock.advance(1.0)
+        streams = [source.stream() for source, _ in pairs]
+        unreadable = KubeTokenUnreadable(
+            "cannot read token file /var/run/secrets/kubernetes.io/serviceaccount/token: No such file"
+        )
+        for stream in streams:
+            stream.end(unreadable)
+        clock.advance(1.0)
+        said = _warnings(events)
+        assert len(said) == 2, said
+        assert "broke off a request" in said[0]
+        assert said[1].startswith(
+            f"the cluster API {SERVER} cannot be asked: the pod's service account's token cannot be read "
+            "(cannot read token file /var/run/secrets/kubernetes.io/serviceaccount/token: No such file); "
+            "check the service account token mounted in the pod"
+        )
+        assert "proxy or load balancer" not in said[1]
     for _, reflector in pairs:
         Deferred.fromCoroutine(reflector.stop())

@@ -45,9 +45,10 @@ from payloadtags.kube.errors import (
     KubeApiError,
     KubeCredentialUnavailable,
     KubeProtocolError,
+    KubeReplyCutShort,
     KubeStreamLost,
     KubeTimeout,
-    KubeUnavailable,
+    KubeTokenUnreadable,
     KubeUnreachable,
     status_from_body,
 )
@@ -333,7 +334,7 @@ async def _read_body(response: IResponse, what: str) -> bytes:
         return await treq.content(response)
     except _CONNECTION_ERRORS as e:
         _raise_if_cancelled(e)
-        raise KubeUnavailable(f"{what}: reply cut short: {_describe(e)}") from e
+        raise KubeReplyCutShort(f"{what}: reply cut short: {_describe(e)}") from e
 
 
 def _raise_if_cancelled(error: BaseException) -> None:
@@ -415,7 +416,7 @@ class _TokenSource:
                 self._token = Path(self._config.token_file).read_text().strip() or self._token
             except OSError as e:
                 if self._token is None:
-                    raise KubeUnavailable(f"cannot read token file {self._config.token_file}: {e}") from e
+                    raise KubeTokenUnreadable(f"cannot read token file {self._config.token_file}: {e}") from e
                 log.warn(
                     "Keeping the previous token: cannot read {path}: {error}",
                     path=self._config.token_file,

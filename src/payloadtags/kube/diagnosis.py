@@ -1,6 +1,7 @@
 """Saying what is wrong with the cluster API access, once for every reflector: refused credentials
 (401), refused access (403), an unreachable server, requests broken off (a watch stream lost, a
-reply cut short), requests unanswered in time, an exec plugin that cannot renew the credential.
+reply cut short), requests unanswered in time, an API server (or its load balancer) answering 502,
+503, 504 or 429, an exec plugin that cannot renew the credential, a token file that cannot be read.
 
 Each reflector retries on its own (`Reflector`), and a kubeconfig whose user lacks its grants fails
 every one of them on every retry: a raw warning each gave some thirty lines in ten seconds, none
@@ -22,8 +23,10 @@ from payloadtags.kube.errors import (
     KubeApiError,
     KubeCredentialUnavailable,
     KubeError,
+    KubeReplyCutShort,
+    KubeStreamLost,
     KubeTimeout,
-    KubeUnavailable,
+    KubeTokenUnreadable,
     KubeUnreachable,
 )
 
@@ -33,6 +36,10 @@ log = Logger()
 PERIOD = 60.0
 
 RBAC_FILE = "manifests/base/rbac-server.yaml"
+
+# The cluster API's answers that say it (or what stands in front of it) cannot serve now: a gateway's
+# 502/504, an unavailable or shedding 503, a throttling 429.
+_UNAVAILABLE_CODES = frozenset({429, 502, 503, 504})
 
 
 def cause(error: BaseException) -> str:
@@ -135,7 +142,29 @@ class ClusterAccessLog:
                 f"({error}); check the exec plugin in the kubeconfig (run its command as payloadtags "
                 f"does, with the same environment); {retries}",
             )
-        if isinstance(error, KubeUnavailable):
+        if isinstance(error, KubeTokenUnreadable):
+            check = (
+                "check the service account token mounted in the pod (its projected volume)"
+                if self.in_cluster
+                else "check the tokenFile the kubeconfig's user names, and that it is mounted and readable"
+            )
+            return (
+                "token file",
+                f"the cluster API {self.server} cannot be asked: {user}'s token cannot be read "
+                f"({error}); {check}; {retries}",
+            )
+        if isinstance(error, KubeApiError) and error.code in _UNAVAILABLE_CODES:
+            # An API server restarting behind a load balancer (502, 503 "no healthy upstream"), or
+            # kube-apiserver's own 503 or 429 (API Priority and Fairness) under load: like a flap,
+            # every reflector meets it at once, on every retry; one cause for all of them.
+            return (
+                "unavailable",
+                f"the cluster API {self.server} answers {error.code} {error.reason or ''}".rstrip()
+                + f" ({error.message or error}): the API server, or a load balancer in front of it, "
+                f"is unavailable or throttling; check the API server (its load, restarts) and what "
+                f"sits in front of it; {retries}",
+            )
+        if isinstance(error, KubeStreamLost | KubeReplyCutShort):
             # A watch stream lost, a reply cut short: the API (or a proxy or load balancer on the
             # way) went away mid-request, as an API server restarting or flapping does.
             return (

@@ -90,6 +90,15 @@ class KubeStreamLost(KubeUnavailable):
     """A watch stream ended abruptly (not a clean end of the chunked response)."""
 
 
+class KubeReplyCutShort(KubeUnavailable):
+    """A reply's body ended before its end: the connection broke mid-reply."""
+
+
+class KubeTokenUnreadable(KubeUnavailable):
+    """The token file (a kubeconfig's tokenFile, the pod's service account token) could not be read
+    before any token was: no request could be sent."""
+
+
 class KubeTimeout(KubeError):
     """The API server did not answer within the request timeout."""
 
