@@ -489,6 +489,13 @@ class _EndlessCatalog(resource.Resource):
         request.setHeader(b"content-type", b"application/json")
         return b'{"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]}'
 
+    def render_PATCH(self, request: Any) -> bytes:
+        # The start-up check that pushes work here, as a delete that re-tags needs (a write to an
+        # upload session no registry holds).
+        request.setResponseCode(404)
+        request.setHeader(b"content-type", b"application/json")
+        return b'{"errors": [{"code": "BLOB_UPLOAD_UNKNOWN", "message": "blob upload unknown"}]}'
+
 
 @pytest.fixture
 def endless_registry(reactor: Any) -> Iterator[tuple[str, _EndlessCatalog]]:
