@@ -14,6 +14,7 @@ from payloadtags.access import rbac
 from payloadtags.access.authn import UserInfo
 from payloadtags.access.authz import AlwaysAllow, AuthorizationNotReady, readable_as_now
 from payloadtags.access.rbac import RbacAuthorizer, RbacIndex
+from payloadtags.metrics import CountingAuthorizer, Metrics
 from tests.support.logcapture import Collect
 
 GROUP = "payload-registry.deckhouse.io"
@@ -673,3 +674,13 @@ def test_readable_as_now_keeps_the_decisions_of_the_rules_it_was_taken_from() ->
     assert asked_first("app")
     revoked.append(True)
     assert asked_first("app") and not asked_first("web")
+
+
+def test_readable_as_now_takes_the_rules_through_the_servers_counting_authorizer() -> None:
+    """The server counts its decisions (CountingAuthorizer around RbacAuthorizer): the rules are taken
+    from the one it wraps, where a path first asked after an edit followed the new rules (review-ds8 3)."""
+    index, ready, authorizer = alice_may_get_app()
+    ready[0] = True
+    as_now = readable_as_now(CountingAuthorizer(authorizer, Metrics()), ALICE, "team-a")
+    index.remove("Role", role("team-a", "r"))
+    assert as_now("app") and not as_now("web")

@@ -52,13 +52,24 @@ class RuleSource(Protocol):
     def rules(self, user: UserInfo, verb: str, namespace: str) -> PathRules: ...
 
 
+@runtime_checkable
+class Wrapping(Protocol):
+    """An authorizer that decides as another does (`metrics.CountingAuthorizer`, which counts)."""
+
+    inner: Authorizer
+
+
 def readable_as_now(authorizer: Authorizer, user: UserInfo, namespace: str) -> Callable[[str], bool]:
     """Whether ``user`` may see the tags of a repository path of ``namespace``, as the rules stand now:
     a change of them afterwards changes no decision, as kube-apiserver authorizes a request once, at
-    its start. From the rules themselves where ``authorizer`` gives them; else each path as first
-    asked, kept (those a caller needs should be asked at once)."""
-    if isinstance(authorizer, RuleSource):
-        return authorizer.rules(user, "get", namespace).matches
+    its start. From the rules themselves where ``authorizer`` (or the one it wraps: the server counts
+    its decisions) gives them; else each path as first asked, kept (those a caller needs should be
+    asked at once)."""
+    source: object = authorizer
+    while not isinstance(source, RuleSource) and isinstance(source, Wrapping):
+        source = source.inner
+    if isinstance(source, RuleSource):
+        return source.rules(user, "get", namespace).matches
     readable = Readable(authorizer, user)
     decided: dict[str, bool] = {}
 
