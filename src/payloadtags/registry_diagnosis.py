@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import attrs
 from twisted.logger import Logger
 
+from payloadtags.onceper import OncePerPeriod
 from payloadtags.registry import RegistryAuthFailed, RegistryDeleteDisabled, RegistryError, RegistryNotFound
 from payloadtags.registry.client import RootAnswer
 
@@ -134,27 +135,22 @@ class FailureLog:
 
     monotonic: Callable[[], float] = time.monotonic
     period: float = 30.0
-    _last: dict[tuple[str, str], float] = attrs.field(factory=dict, init=False)
-    _suppressed: dict[tuple[str, str], int] = attrs.field(factory=dict, init=False)
+    _once: OncePerPeriod[tuple[str, str]] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._once = OncePerPeriod(self.period, self.monotonic)
 
     def __call__(self, operation: str, error: BaseException) -> None:
         if not isinstance(error, RegistryError) or isinstance(error, RegistryNotFound):
             return  # not found is an answer, not a failure; cancellations are the caller's
-        key = (operation, type(error).__name__)
-        now = self.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self.period:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+        said = self._once((operation, type(error).__name__))
+        if said is None:
             return
-        self._last[key] = now
-        suppressed = self._suppressed.pop(key, 0)
         log.warn(
             "registry {operation} failed: {error}{more}",
             operation=operation,
             error=_hint(error),
             # Counted since the last line: the period, or much longer when the failures stopped.
-            more=f" ({suppressed} more like it in the {now - last:.0f}s since the last line)"
-            if suppressed and last is not None
-            else "",
+            more=said.more(),
             kind=type(error).__name__,
         )

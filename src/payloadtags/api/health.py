@@ -17,6 +17,7 @@ from twisted.logger import Logger
 
 from payloadtags.api.selectors import go_quote
 from payloadtags.deferreds import InFlight, Waiters
+from payloadtags.onceper import OncePerPeriod
 
 Check = Callable[[], Awaitable[None]]
 
@@ -35,38 +36,26 @@ class _RateLimitedLog:
 
     monotonic: Callable[[], float]
     period: float = LOG_PERIOD
-    _last: dict[tuple[str, str], float] = attrs.field(factory=dict, init=False)
-    _suppressed: dict[tuple[str, str], int] = attrs.field(factory=dict, init=False)
-    _ended: set[tuple[str, str]] = attrs.field(factory=set, init=False)
+    _once: OncePerPeriod[tuple[str, str]] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._once = OncePerPeriod(self.period, self.monotonic)
 
     def more(self, key: tuple[str, str]) -> str | None:
         """None when a line about ``key`` was logged within the period of the same episode (this one
         is counted); otherwise the suffix of the line to log now."""
-        now = self.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self.period and key not in self._ended:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return None
-        self._last[key] = now
-        self._ended.discard(key)
-        suppressed = self._suppressed.pop(key, 0)
-        if not suppressed or last is None:
-            return ""
+        said = self._once(key)
         # The interval they were counted in: the period, or much longer when the failures stopped.
-        return f" ({suppressed} more like it in the {now - last:.0f}s since the last line)"
+        return None if said is None else said.more()
 
     def passed(self, key: tuple[str, str]) -> str | None:
         """Ends the episode of ``key``. When failures were left out of the log since its last line,
         the suffix of a line that says so, once: they belong to this episode, not the next one,
         whose first line may give another reason."""
-        if key not in self._last or key in self._ended:
+        ended = self._once.forget(key)
+        if ended is None or not ended.suppressed or ended.since is None:
             return None
-        self._ended.add(key)
-        suppressed = self._suppressed.pop(key, 0)
-        if not suppressed:
-            return None
-        since = self.monotonic() - self._last[key]
-        return f" ({suppressed} more like the last line in the {since:.0f}s after it)"
+        return f" ({ended.suppressed} more like the last line in the {ended.since:.0f}s after it)"
 
 
 @attrs.define

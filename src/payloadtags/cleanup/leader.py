@@ -40,6 +40,7 @@ from payloadtags import deferreds
 from payloadtags.cleanup.metrics import CleanupMetrics
 from payloadtags.deferreds import DeadlineExpired
 from payloadtags.kube import KubeApiError, KubeError, resource_path
+from payloadtags.onceper import OncePerPeriod
 from payloadtags.validators import positive
 
 log = Logger()
@@ -189,9 +190,10 @@ class LeaderElector:
         self._failure_kind: tuple[type, int | None] | None = None
         self._failures_said = False
         # When each kind of failure was last warned about (monotonic): kept across successes, so that
-        # an API that flaps is said once a minute per cause, not once per outage. Kinds older than
-        # FAILURE_LOG_INTERVAL are dropped as others are said: a handful at most.
-        self._failure_logged: dict[tuple[type, int | None], float] = {}
+        # an API that flaps is said once a minute per cause, not once per outage.
+        self._failure_logged: OncePerPeriod[tuple[type, int | None]] = OncePerPeriod(
+            FAILURE_LOG_INTERVAL, monotonic
+        )
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -325,16 +327,11 @@ class LeaderElector:
         self._failures += 1
         # The kind, not the text: a timeout's text names the seconds left, which differ every time.
         kind = (type(error), error.code if isinstance(error, KubeApiError) else None)
-        now = self._monotonic()
         again = kind == self._failure_kind
         self._failure_kind = kind
-        if now - self._failure_logged.get(kind, float("-inf")) < FAILURE_LOG_INTERVAL:
+        if self._failure_logged(kind) is None:
             log.debug("Leader election: attempt failed: {error}", error=error)
             return
-        for old, logged in list(self._failure_logged.items()):
-            if now - logged >= FAILURE_LOG_INTERVAL:
-                del self._failure_logged[old]
-        self._failure_logged[kind] = now
         self._failures_said = True
         log.warn(
             "Leader election: {still}could not get, create or update the lease {namespace}/{name} "

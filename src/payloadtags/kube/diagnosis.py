@@ -29,6 +29,7 @@ from payloadtags.kube.errors import (
     KubeTokenUnreadable,
     KubeUnreachable,
 )
+from payloadtags.onceper import OncePerPeriod
 
 log = Logger()
 
@@ -76,8 +77,10 @@ class ClusterAccessLog:
     in_cluster: bool = False
     monotonic: Callable[[], float] = time.monotonic
     period: float = PERIOD
-    _last: dict[str, float] = attrs.field(factory=dict, init=False)
-    _suppressed: dict[str, int] = attrs.field(factory=dict, init=False)
+    _once: OncePerPeriod[str] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._once = OncePerPeriod(self.period, self.monotonic)
 
     def __call__(self, path: str, error: KubeError) -> bool:
         """Say ``error`` of a request for ``path`` when it is one of the causes said here; True then
@@ -86,21 +89,10 @@ class ClusterAccessLog:
         if said is None:
             return False
         key, line = said
-        now = self.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self.period:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return True
-        self._last[key] = now
-        suppressed = self._suppressed.pop(key, 0)
-        log.warn(
-            "{line}{more}",
-            line=line,
+        again = self._once(key)
+        if again is not None:
             # Counted since the last line: the period, or longer when the failures had stopped.
-            more=f" ({suppressed} more like it in the {now - last:.0f}s since the last line)"
-            if last is not None and suppressed
-            else "",
-        )
+            log.warn("{line}{more}", line=line, more=again.more())
         return True
 
     def _line(self, path: str, error: KubeError) -> tuple[str, str] | None:
