@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import random
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -446,62 +446,6 @@ def test_start_twice_is_a_bug(reflector: Reflector, source: FakeSource) -> None:
         reflector.start()
 
 
-def test_a_flapping_api_is_said_once_per_cause_for_all_reflectors(clock: Clock) -> None:
-    # review-ops4 3: only an unreachable API went through the ClusterAccessLog; a broken watch, a
-    # reply cut short, a timeout and an exec plugin failing at renewal were warned by each reflector
-    # on each retry (30 "watch stream broken" lines in 18 s from five reflectors). Each is now one
-    # line per cause for all of them, at most once a period; the reflectors say them at debug.
-    access = ClusterAccessLog(SERVER, monotonic=clock.seconds)
-    pairs = []
-    for _ in range(5):
-        source = FakeSource()
-        reflector = Reflector(
-            source,
-            PATH,
-            clock,
-            backoff=Backoff(initial=1.0, factor=1.0, cap=1.0, jitter=0.0),
-            rng=random.Random(3),
-            on_failure=access,
-        )
-        pairs.append((source, reflector))
-    causes = [
-        KubeStreamLost("watch stream broken: Connection to the other side was lost"),
-        KubeReplyCutShort("GET /api/v1/namespaces: reply cut short: connection lost"),
-        KubeTimeout("GET /api/v1/namespaces: no answer within 30s"),
-        KubeCredentialUnavailable("cannot renew the cluster API credential: plugin exited with 1"),
-    ]
-    with collected_logs() as events:
-        streams = [synced(reflector, source, [], 10) for source, reflector in pairs]
-        for _ in range(3):  # three flaps, each failing every reflector with each cause in turn
-            for cause in causes:
-                for stream in streams:
-                    stream.end(cause)
-                clock.advance(1.0)
-                streams = [source.stream() for source, _ in pairs]
-        said = [
-            formatEvent(e)
-            for e in events
-            if str(e.get("log_namespace", "")).startswith("payloadtags") and e["log_level"] >= LogLevel.warn
-        ]
-        # A broken watch and a reply cut short are one cause: the API, or the way to it, went away.
-        assert len(said) == 3, said
-        assert said[0].startswith(f"the cluster API {SERVER} broke off a request (watch stream broken")
-        assert "no answer within 30s" in said[1] and "does not answer in time" in said[1]
-        assert "could not renew its credential" in said[2] and "exec plugin" in said[2]
-        assert all(" more like it" not in line for line in said)
-        clock.advance(PERIOD)
-        for stream in streams:
-            stream.end(causes[0])
-        again = [
-            formatEvent(e)
-            for e in events
-            if str(e.get("log_namespace", "")).startswith("payloadtags") and e["log_level"] >= LogLevel.warn
-        ][3:]
-        assert len(again) == 1 and "(29 more like it in the 72s since the last line)" in again[0], again
-    for _, reflector in pairs:
-        Deferred.fromCoroutine(reflector.stop())
-
-
 def _five_reflectors(clock: Clock, access: ClusterAccessLog) -> list[tuple[FakeSource, Reflector]]:
     pairs = []
     for _ in range(5):
@@ -526,6 +470,52 @@ def _warnings(events: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def _flaps(
+    clock: Clock, pairs: list[tuple[FakeSource, Reflector]], causes: Sequence[Exception]
+) -> list[FakeStream]:
+    """Three flaps, each failing every reflector's watch with each cause in turn; the streams open
+    after."""
+    streams = [synced(reflector, source, [], 10) for source, reflector in pairs]
+    for _ in range(3):
+        for cause in causes:
+            for stream in streams:
+                stream.end(cause)
+            clock.advance(1.0)
+            streams = [source.stream() for source, _ in pairs]
+    return streams
+
+
+def test_a_flapping_api_is_said_once_per_cause_for_all_reflectors(clock: Clock) -> None:
+    # review-ops4 3: only an unreachable API went through the ClusterAccessLog; a broken watch, a
+    # reply cut short, a timeout and an exec plugin failing at renewal were warned by each reflector
+    # on each retry (30 "watch stream broken" lines in 18 s from five reflectors). Each is now one
+    # line per cause for all of them, at most once a period; the reflectors say them at debug.
+    access = ClusterAccessLog(SERVER, monotonic=clock.seconds)
+    pairs = _five_reflectors(clock, access)
+    causes = [
+        KubeStreamLost("watch stream broken: Connection to the other side was lost"),
+        KubeReplyCutShort("GET /api/v1/namespaces: reply cut short: connection lost"),
+        KubeTimeout("GET /api/v1/namespaces: no answer within 30s"),
+        KubeCredentialUnavailable("cannot renew the cluster API credential: plugin exited with 1"),
+    ]
+    with collected_logs() as events:
+        streams = _flaps(clock, pairs, causes)
+        said = _warnings(events)
+        # A broken watch and a reply cut short are one cause: the API, or the way to it, went away.
+        assert len(said) == 3, said
+        assert said[0].startswith(f"the cluster API {SERVER} broke off a request (watch stream broken")
+        assert "no answer within 30s" in said[1] and "does not answer in time" in said[1]
+        assert "could not renew its credential" in said[2] and "exec plugin" in said[2]
+        assert all(" more like it" not in line for line in said)
+        clock.advance(PERIOD)
+        for stream in streams:
+            stream.end(causes[0])
+        again = _warnings(events)[3:]
+        assert len(again) == 1 and "(29 more like it in the 72s since the last line)" in again[0], again
+    for _, reflector in pairs:
+        Deferred.fromCoroutine(reflector.stop())
+
+
 def test_an_api_behind_a_load_balancer_answering_5xx_or_429_is_said_once_for_all_reflectors(
     clock: Clock,
 ) -> None:
@@ -541,13 +531,7 @@ def test_an_api_behind_a_load_balancer_answering_5xx_or_429_is_said_once_for_all
         KubeApiError(make_status(429, "too many requests, please try again later"), 429),
     ]
     with collected_logs() as events:
-        streams = [synced(reflector, source, [], 10) for source, reflector in pairs]
-        for _ in range(3):
-            for cause in causes:
-                for stream in streams:
-                    stream.end(cause)
-                clock.advance(1.0)
-                streams = [source.stream() for source, _ in pairs]
+        streams = _flaps(clock, pairs, causes)
         said = _warnings(events)
         assert len(said) == 1, said
         assert said[0].startswith(f"the cluster API {SERVER} answers 503 ServiceUnavailable (")
