@@ -786,6 +786,16 @@ def test_exec_args_and_env_values_are_read_as_kubectl_reads_them(tmp_path: Path)
     assert seen_by_plugin(tmp_path / "empty")["FOO"] == ""
 
 
+def _refused_without_the_value(tmp_path: Path, path: Path, problem: str) -> None:
+    """The kubeconfig at ``path`` is refused with ``problem`` in one line that never shows the value
+    (``s3cr3t``), and the plugin never ran."""
+    with pytest.raises(ConfigError) as raised:
+        load_cluster_config(str(path))
+    assert str(raised.value) == f'kubeconfig {str(path)!r}: user "u": exec: {problem}'
+    assert "s3cr3t" not in str(raised.value)
+    assert not (tmp_path / "seen").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "env", "problem"),
     [
@@ -810,11 +820,7 @@ def test_exec_args_and_env_of_the_wrong_shape_are_refused_as_kubectl_refuses_the
     # []string", and so on. A string was run as one argument per character, a number as Python's text of
     # it (1.10 as 1.1), a mapping as its keys (review-ops F7); the value is never shown, it may be a secret.
     path = exec_kubeconfig(tmp_path, args=args, env=env)
-    with pytest.raises(ConfigError) as raised:
-        load_cluster_config(str(path))
-    assert str(raised.value) == f'kubeconfig {str(path)!r}: user "u": exec: {problem}'
-    assert "s3cr3t" not in str(raised.value)
-    assert not (tmp_path / "seen").exists()
+    _refused_without_the_value(tmp_path, path, problem)
 
 
 def test_the_plugin_runs_in_the_callers_directory_its_relative_command_found_beside_the_kubeconfig(
@@ -1270,11 +1276,7 @@ def test_what_a_process_cannot_carry_in_exec_args_or_env_is_refused_in_one_line(
     # review-ops6 F3: start-up ended in a traceback out of subprocess (ValueError: embedded null byte,
     # UnicodeEncodeError). Now one line naming the field, never the value.
     path = exec_kubeconfig(tmp_path, args=args, env=env)
-    with pytest.raises(ConfigError) as raised:
-        load_cluster_config(str(path))
-    assert str(raised.value) == f'kubeconfig {str(path)!r}: user "u": exec: {problem}'
-    assert "s3cr3t" not in str(raised.value)
-    assert not (tmp_path / "seen").exists()
+    _refused_without_the_value(tmp_path, path, problem)
     if "NUL" in problem and "args" not in problem:
         assert "environment variable contains NUL" in kubectl_runs_the_plugin(path)
 
