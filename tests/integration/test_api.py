@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -2055,14 +2056,36 @@ def _app2_denied(user: str | None, rtype: str, name: str, actions: list[str]) ->
     return actions
 
 
-async def _per_repository_deletes(tmp_path: Path, make_server: Any) -> tuple[Any, Any, Any]:
-    token = TokenServer(tmp_path, users={"robot": "pw"}, grant=_app2_denied)
+@contextlib.asynccontextmanager
+async def _robot_registry(
+    tmp_path: Path,
+    make_server: Any,
+    grant: Callable[[str | None, str, str, list[str]], list[str]],
+    repos: tuple[str, ...],
+    pushed: Callable[[], object] = lambda: None,
+) -> AsyncIterator[tuple[Any, Any]]:
+    """A token registry whose account "robot" is granted ``grant``, v1 and v2 pushed into each of
+    ``repos`` (then ``pushed`` called), and a server on it as the robot: the registry and the admin's
+    client. The registry and the token server stop after."""
+    token = TokenServer(tmp_path, users={"robot": "pw"}, grant=grant)
     registry = RegistryServer(token_server=token, username="robot", password="pw")
-    for repo in ("ops4/app1", "ops4/app2"):
-        images.push_oci_image(registry, repo, "v1")
-        images.push_oci_image(registry, repo, "v2")
-    settings = RegistrySettings(url=registry.url, username="robot", password="pw", timeout=5.0)
-    return token, registry, await make_server(registry.url, registry=settings)
+    try:
+        for repo in repos:
+            images.push_oci_image(registry, repo, "v1")
+            images.push_oci_image(registry, repo, "v2")
+        pushed()
+        settings = RegistrySettings(url=registry.url, username="robot", password="pw", timeout=5.0)
+        server = await make_server(registry.url, registry=settings)
+        yield registry, server.client(server.pki.admin)
+    finally:
+        registry.stop()
+        token.close()
+
+
+def _per_repository_deletes(
+    tmp_path: Path, make_server: Any
+) -> contextlib.AbstractAsyncContextManager[tuple[Any, Any]]:
+    return _robot_registry(tmp_path, make_server, _app2_denied, ("ops4/app1", "ops4/app2"))
 
 
 @pytest_twisted.ensureDeferred
@@ -2072,9 +2095,7 @@ async def test_a_dry_run_is_refused_in_a_repository_the_account_may_not_delete_i
     # review-ops4 1: the registry's "deletes work" was believed 10 s for every repository once one
     # had passed: a dry run in ops4/app2 right after one in ops4/app1 answered 200 where the delete is
     # refused 503. The check is now believed for its own repository only.
-    token, registry, server = await _per_repository_deletes(tmp_path, make_server)
-    try:
-        client = server.client(server.pki.admin)
+    async with _per_repository_deletes(tmp_path, make_server) as (registry, client):
         base = collection("ops4")
         allowed = await client.delete(f"{base}/{encode_name('app1', 'v1')}?dryRun=All")
         assert allowed.code == 200, allowed.body
@@ -2084,9 +2105,6 @@ async def test_a_dry_run_is_refused_in_a_repository_the_account_may_not_delete_i
         assert dry_status == assert_status(real, 503, "ServiceUnavailable")
         assert images.list_tags(registry, "ops4/app1") == ["v1", "v2"]
         assert images.list_tags(registry, "ops4/app2") == ["v1", "v2"]
-    finally:
-        registry.stop()
-        token.close()
 
 
 @pytest_twisted.ensureDeferred
@@ -2096,9 +2114,7 @@ async def test_a_dry_run_deletecollection_checks_every_repository_it_selects(
     # review-ops4 1: a dry-run deletecollection checked its first tag only (ops4/app1) and answered
     # 200 listing all four tags, where the request deleted app1's and was refused 503 for app2's. It
     # now checks once per repository of the selection, and fails as the request does.
-    token, registry, server = await _per_repository_deletes(tmp_path, make_server)
-    try:
-        client = server.client(server.pki.admin)
+    async with _per_repository_deletes(tmp_path, make_server) as (registry, client):
         base = collection("ops4")
         dry = await client.delete(f"{base}?dryRun=All")
         dry_status = assert_status(dry, 503, "ServiceUnavailable")
@@ -2113,9 +2129,6 @@ async def test_a_dry_run_deletecollection_checks_every_repository_it_selects(
             for cause in status["details"]["causes"]:
                 assert "does not grant repository:ops4/app2:delete" in cause["message"]
         assert images.list_tags(registry, "ops4/app2") == ["v1", "v2"]
-    finally:
-        registry.stop()
-        token.close()
 
 
 class _NoPushIn:
@@ -2125,22 +2138,20 @@ class _NoPushIn:
     def __init__(self) -> None:
         self.locked = False
 
+    def lock(self) -> None:
+        self.locked = True
+
     def __call__(self, user: str | None, rtype: str, name: str, actions: list[str]) -> list[str]:
         if self.locked and name == "ops6/b":
             return [action for action in actions if action not in ("push", "*")]
         return actions
 
 
-async def _pull_and_delete_only(tmp_path: Path, make_server: Any) -> tuple[Any, Any, Any]:
+def _pull_and_delete_only(
+    tmp_path: Path, make_server: Any
+) -> contextlib.AbstractAsyncContextManager[tuple[Any, Any]]:
     grant = _NoPushIn()
-    token = TokenServer(tmp_path, users={"robot": "pw"}, grant=grant)
-    registry = RegistryServer(token_server=token, username="robot", password="pw")
-    for repo in ("ops6/a", "ops6/b"):
-        images.push_oci_image(registry, repo, "v1")
-        images.push_oci_image(registry, repo, "v2")
-    grant.locked = True
-    settings = RegistrySettings(url=registry.url, username="robot", password="pw", timeout=5.0)
-    return token, registry, await make_server(registry.url, registry=settings)
+    return _robot_registry(tmp_path, make_server, grant, ("ops6/a", "ops6/b"), grant.lock)
 
 
 @pytest.mark.parametrize("request_", ["delete", "deletecollection"])
@@ -2152,9 +2163,7 @@ async def test_a_dry_run_is_refused_where_the_account_may_delete_but_not_push_an
     # before it deletes the digest. The dry run checked delete only and answered 200 (listing every
     # tag) where the request was refused 503 for ops6/b ("does not grant repository:ops6/b:pull,push")
     # after deleting ops6/a's. It now checks push too, in each repository.
-    token, registry, server = await _pull_and_delete_only(tmp_path, make_server)
-    try:
-        client = server.client(server.pki.admin)
+    async with _pull_and_delete_only(tmp_path, make_server) as (registry, client):
         url = collection("ops6")
         if request_ == "delete":
             url += "/" + encode_name("b", "v1")
@@ -2172,9 +2181,6 @@ async def test_a_dry_run_is_refused_where_the_account_may_delete_but_not_push_an
                 fields = [cause["field"] for cause in status["details"]["causes"]]
                 assert fields == [encode_name("b", "v1"), encode_name("b", "v2")]
         assert images.list_tags(registry, "ops6/b") == ["v1", "v2"]
-    finally:
-        registry.stop()
-        token.close()
 
 
 # --- routes served directly -------------------------------------------------------------------------
