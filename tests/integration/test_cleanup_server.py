@@ -277,32 +277,48 @@ async def test_a_tag_by_tag_deletecollection_answers_its_own_504_before_the_requ
         removal = await masters.delete(f"{B}/namespaces/{ns}/payloadrepositorytags")  # tag by tag
     finally:
         await server.stop()
-    body = removal.body.decode()
-    assert removal.code == 504, body
-    assert "get the tags again" not in body, body
-    assert f"a write made while deleting tag {repo}:v0, and may still carry it out within about" in body, body
+    _own_504(removal, repo)
     assert images.list_tags(fresh_registry, repo) == []
 
 
 async def _deadline_server(
-    make_server: Any, fresh_registry: Any, kube_kubeconfig: Any, pki: Any, kube_api: Any, ns: str
+    make_server: Any,
+    fresh_registry: Any,
+    kube_kubeconfig: Any,
+    pki: Any,
+    kube_api: Any,
+    ns: str,
+    *,
+    proxy: FaultProxy | None = None,
+    request_timeout: float | None = 3.0,
 ) -> tuple[str, Any, Any]:
     """Namespace ``ns`` with ``ns``/app:v1, and a server with namespace cleanup (another replica leads)
-    whose requests have 3 s, and a write of its own that may land in ``ns`` for 30 s more (as the
-    registry client notes a delete whose re-tag went unanswered): the repository, the server and its
-    client for the namespace controller."""
+    whose requests have ``request_timeout`` seconds (None: the default), its registry the test's or,
+    given, the ``proxy`` before it: the repository, the server and its client for the namespace
+    controller. The tests note the server's own write that may land in ``ns``, as the registry client
+    notes a delete whose re-tag went unanswered."""
     _another_replica_leads(kube_api)
     ensure_namespace(kube_api, ns)
     repo = f"{ns}/app"
     images.push_oci_image(fresh_registry, repo, "v1")
+    url = fresh_registry.url if proxy is None else proxy.url
+    limits = {} if request_timeout is None else {"http": HttpLimits(request_timeout=request_timeout)}
     server = await _cleanup_server(
-        make_server,
-        fresh_registry,
-        kube_kubeconfig,
-        registry=RegistrySettings(url=fresh_registry.url, timeout=5.0),
-        http=HttpLimits(request_timeout=3.0),
+        make_server, url, kube_kubeconfig, registry=RegistrySettings(url=url, timeout=5.0), **limits
     )
     return repo, server, _controller(server, pki)
+
+
+def _own_504(removal: Any, repo: str, *said: str) -> str:
+    """Asserts that ``removal`` is the call's own 504 (not the deadline's "get the tags again"),
+    saying each of ``said`` and naming the write that may land in ``repo``; its body."""
+    body: str = removal.body.decode()
+    assert removal.code == 504, body
+    assert "get the tags again" not in body, body
+    for words in said:
+        assert words in body, body
+    assert f"a write made while deleting tag {repo}:v0, and may still carry it out within about" in body, body
+    return body
 
 
 @pytest_twisted.ensureDeferred
@@ -329,11 +345,7 @@ async def test_a_namespaces_removal_answers_its_own_504_before_the_requests_dead
         removal = await masters.delete(f"{B}/namespaces/{ns}/payloadrepositorytags")
     finally:
         await server.stop()
-    body = removal.body.decode()
-    assert removal.code == 504, body
-    assert "get the tags again" not in body, body
-    assert f"removing the content of namespace {ns}: not finished within" in body, body
-    assert f"a write made while deleting tag {repo}:v0, and may still carry it out within about" in body, body
+    _own_504(removal, repo, f"removing the content of namespace {ns}: not finished within")
     assert images.list_tags(fresh_registry, repo) == []
 
 
@@ -351,23 +363,16 @@ async def test_a_namespaces_removal_cut_before_the_deadline_answers_its_own_504_
     margin, and then its last look at the tags, another 1.3 s, ran past the deadline, which cut the call
     with "get the tags again" while the write may land (review-ds4 F2). That look is bounded by half
     the margin; cut, it names no tag, and the call answers its own 504 naming the write."""
-    _another_replica_leads(kube_api)
     ns = unique_namespace("slowlook")
-    ensure_namespace(kube_api, ns)
     repo = f"{ns}/app"
-    images.push_oci_image(fresh_registry, repo, "v1")
     armed: list[bool] = []
 
     def decide(method: str, path: str) -> str | None:
         return STALL if armed and method == "GET" and path.endswith(f"/{repo}/tags/list") else None
 
     proxy = FaultProxy(reactor, fresh_registry.url, decide, stall=1.3)
-    server = await _cleanup_server(
-        make_server,
-        proxy.url,
-        kube_kubeconfig,
-        registry=RegistrySettings(url=proxy.url, timeout=5.0),
-        http=HttpLimits(request_timeout=3.0),
+    repo, server, _ = await _deadline_server(
+        make_server, fresh_registry, kube_kubeconfig, pki, kube_api, ns, proxy=proxy
     )
     try:
         late_writes = server.running.api.service.late_writes
@@ -379,11 +384,7 @@ async def test_a_namespaces_removal_cut_before_the_deadline_answers_its_own_504_
         await server.stop()
         await proxy.settled()
         await proxy.stop()
-    body = removal.body.decode()
-    assert removal.code == 504, body
-    assert "get the tags again" not in body, body
-    assert f"removing the content of namespace {ns}: not finished within" in body, body
-    assert f"a write made while deleting tag {repo}:v0, and may still carry it out within about" in body, body
+    _own_504(removal, repo, f"removing the content of namespace {ns}: not finished within")
 
 
 @pytest_twisted.ensureDeferred
@@ -401,11 +402,8 @@ async def test_a_tag_by_tag_deletecollection_answers_its_own_504_whatever_its_lo
     more (review-ds6 F2; the reviewer's list answered after 1.6 s, the selection's too). With a write
     that may land, that look is bounded by half the margin; cut, the call answers its own 504 naming
     the write. Here the look's tag list is held until the call has answered."""
-    _another_replica_leads(kube_api)
-    ns = unique_namespace("slowagain")
-    ensure_namespace(kube_api, ns)  # live: tag by tag
+    ns = unique_namespace("slowagain")  # live: tag by tag
     repo = f"{ns}/app"
-    images.push_oci_image(fresh_registry, repo, "v1")
     deleted: list[str] = []
     held: Deferred[None] = Deferred()
 
@@ -415,12 +413,8 @@ async def test_a_tag_by_tag_deletecollection_answers_its_own_504_whatever_its_lo
         return STALL if deleted and method == "GET" and path.endswith(f"/{repo}/tags/list") else None
 
     proxy = FaultProxy(reactor, fresh_registry.url, decide, hold=held)
-    server = await _cleanup_server(
-        make_server,
-        proxy.url,
-        kube_kubeconfig,
-        registry=RegistrySettings(url=proxy.url, timeout=5.0),
-        http=HttpLimits(request_timeout=3.0),
+    repo, server, _ = await _deadline_server(
+        make_server, fresh_registry, kube_kubeconfig, pki, kube_api, ns, proxy=proxy
     )
     try:
         late_writes = server.running.api.service.late_writes
@@ -431,11 +425,8 @@ async def test_a_tag_by_tag_deletecollection_answers_its_own_504_whatever_its_lo
         await server.stop()
         await proxy.settled()
         await proxy.stop()
-    body = removal.body.decode()
-    assert deleted, body
-    assert removal.code == 504, body
-    assert "get the tags again" not in body, body
-    assert f"a write made while deleting tag {repo}:v0, and may still carry it out within about" in body, body
+    assert deleted, removal.body.decode()
+    _own_504(removal, repo)
     assert images.list_tags(fresh_registry, repo) == []
 
 
@@ -451,11 +442,8 @@ async def test_a_namespaces_removal_whose_last_look_fails_answers_its_own_504(
     """As above, the tag list failing (a 500) once the removal has ended, not slow: the error of the
     last look came back as the retriable 503 "retry later", dropping the write that may land for 30 s
     more (review-ds6 F4). The answer is the removal's 504 naming the write, no tag named."""
-    _another_replica_leads(kube_api)
     ns = unique_namespace("failinglook")
-    ensure_namespace(kube_api, ns)
     repo = f"{ns}/app"
-    images.push_oci_image(fresh_registry, repo, "v1")
     removed: list[str] = []
     failed: list[str] = []
 
@@ -466,12 +454,8 @@ async def test_a_namespaces_removal_whose_last_look_fails_answers_its_own_504(
         return None
 
     proxy = FaultProxy(reactor, fresh_registry.url, decide)
-    server = await _cleanup_server(
-        make_server,
-        proxy.url,
-        kube_kubeconfig,
-        registry=RegistrySettings(url=proxy.url, timeout=5.0),
-        http=HttpLimits(request_timeout=3.0),
+    repo, server, _ = await _deadline_server(
+        make_server, fresh_registry, kube_kubeconfig, pki, kube_api, ns, proxy=proxy
     )
     service = server.running.api.service
     changed = service.changed
@@ -490,12 +474,9 @@ async def test_a_namespaces_removal_whose_last_look_fails_answers_its_own_504(
         await server.stop()
         await proxy.settled()
         await proxy.stop()
-    body = removal.body.decode()
-    assert failed, f"the last look was not made while failing: {body}"
-    assert removal.code == 504, body
-    assert "retry later" not in body and "get the tags again" not in body, body
-    assert f"removing the content of namespace {ns}: not finished within" in body, body
-    assert f"a write made while deleting tag {repo}:v0, and may still carry it out within about" in body, body
+    assert failed, f"the last look was not made while failing: {removal.body.decode()}"
+    body = _own_504(removal, repo, f"removing the content of namespace {ns}: not finished within")
+    assert "retry later" not in body, body
 
 
 @pytest_twisted.ensureDeferred
@@ -514,18 +495,10 @@ async def test_a_deletecollection_keeps_the_requests_own_timeout_parameter(
     (review-ds4 F3). The deadline is now the parameter's, and the call answers its own 504 naming the
     write, as with a --request-timeout of 2 s. A malformed value is kube-apiserver's 400, before
     anything is deleted."""
-    _another_replica_leads(kube_api)
     ns = unique_namespace("timeoutparam")
-    ensure_namespace(kube_api, ns)
-    repo = f"{ns}/app"
-    images.push_oci_image(fresh_registry, repo, "v1")
-    server = await _cleanup_server(
-        make_server,
-        fresh_registry,
-        kube_kubeconfig,
-        registry=RegistrySettings(url=fresh_registry.url, timeout=5.0),
+    repo, server, masters = await _deadline_server(
+        make_server, fresh_registry, kube_kubeconfig, pki, kube_api, ns, request_timeout=None
     )
-    masters = _controller(server, pki)
     collection = f"{B}/namespaces/{ns}/payloadrepositorytags"
     try:
         late_writes = server.running.api.service.late_writes
@@ -545,10 +518,7 @@ async def test_a_deletecollection_keeps_the_requests_own_timeout_parameter(
     assert listed.json()["message"] == (
         'invalid timeout specified in the request URL - time: invalid duration "soon"'
     ), listed.body
-    body = removal.body.decode()
-    assert removal.code == 504, body
-    assert "get the tags again" not in body, body
-    assert f"a write made while deleting tag {repo}:v0, and may still carry it out within about" in body, body
+    _own_504(removal, repo)
     assert images.list_tags(fresh_registry, repo) == []
 
 
