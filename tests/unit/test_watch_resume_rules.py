@@ -690,17 +690,12 @@ def test_a_resume_after_the_reap_dropped_a_namespace_of_an_all_namespaces_watch_
     hub.stop()
 
 
-def churned_all_namespaces_watch(
-    max_entries: int,
-    namespaces: int,
-    user_share: int | None = None,
-    first: Callable[[WatchHub, ScopeSource, Clock], None] | None = None,
-) -> tuple[WatchHub, ScopeSource, Watcher, int, Clock]:
-    """alice's all-namespaces watch (one ClusterRole bound to her: no RBAC change at all) while
-    ``namespaces`` CI namespaces each get a tag that is deleted, a reap after each; ``first``, given the
-    hub, the source and the clock, runs before her watch starts. Returns the hub, the source, the watch,
-    the sequence once it started, and the clock."""
-    reader = FakeReader({"keep/app": {"v1"}})
+def _app_readable_by_alice(
+    reader: FakeReader, max_entries: int, user_share: int | None
+) -> tuple[WatchHub, ScopeSource, RbacAuthorizer, Clock]:
+    """A hub over ``reader`` whose rules ledger keeps ``max_entries`` (``user_share`` a user), where one
+    ClusterRole bound to alice lets her read every namespace's `app`: the hub, its all-namespaces
+    source (ready), the authorizer and the clock."""
     clock = Clock()
     hub, index, authorizer = rbac_hub(reader, clock)
     RBAC[hub] = Rbac(index, authorizer)
@@ -712,7 +707,21 @@ def churned_all_namespaces_watch(
         "ClusterRoleBinding",
         cluster_role_binding("reader", role_ref("ClusterRole", "reader"), user_subject("alice")),
     )
-    source = ready(hub, None)
+    return hub, ready(hub, None), authorizer, clock
+
+
+def churned_all_namespaces_watch(
+    max_entries: int,
+    namespaces: int,
+    user_share: int | None = None,
+    first: Callable[[WatchHub, ScopeSource, Clock], None] | None = None,
+) -> tuple[WatchHub, ScopeSource, Watcher, int, Clock]:
+    """alice's all-namespaces watch (one ClusterRole bound to her: no RBAC change at all) while
+    ``namespaces`` CI namespaces each get a tag that is deleted, a reap after each; ``first``, given the
+    hub, the source and the clock, runs before her watch starts. Returns the hub, the source, the watch,
+    the sequence once it started, and the clock."""
+    reader = FakeReader({"keep/app": {"v1"}})
+    hub, source, authorizer, clock = _app_readable_by_alice(reader, max_entries, user_share)
     if first is not None:
         first(hub, source, clock)
     w, _ = rbac_watcher(authorizer, "alice")
@@ -844,17 +853,7 @@ def test_the_namespaces_that_left_a_scope_that_shrank_go_within_her_share() -> N
     her share now, at the reap; and at her next watch start when they left with no watch of hers
     running."""
     reader = FakeReader({f"ns{i}/app": {"v1"} for i in range(40)})
-    clock = Clock()
-    hub, index, authorizer = rbac_hub(reader, clock)
-    RBAC[hub] = Rbac(index, authorizer)
-    hub.rules.max_entries, hub.rules.user_share = 1000, 4
-    rule = {"apiGroups": [GROUP], "resources": ["payloadrepositoryaccesses"], "verbs": ["get"]}
-    index.upsert("ClusterRole", cluster_role("reader", {**rule, "resourceNames": ["app"]}))
-    index.upsert(
-        "ClusterRoleBinding",
-        cluster_role_binding("reader", role_ref("ClusterRole", "reader"), user_subject("alice")),
-    )
-    source = ready(hub, None)
+    hub, source, authorizer, clock = _app_readable_by_alice(reader, 1000, 4)
     w, _ = rbac_watcher(authorizer, "alice")
     assert hub.start(w, source, since=None, timeout=None)
     hub.check_access()
