@@ -913,6 +913,24 @@ async def test_a_tag_by_tag_deletecollection_neither_waits_for_nor_names_a_late_
     assert images.list_tags(registry, visible) == []
 
 
+async def _removal_1_5s_before_its_deadline(
+    registry: Any, repo: str, authorizer: OnlyVisible
+) -> tuple[ApiError, list[float]]:
+    """An admin's single delete of ``repo``:v1 has its re-tag go unanswered; then, ``authorizer``
+    deciding, a deletecollection of the live namespace 1.5 s before its request's deadline, which must
+    fail: its error and the delays of the waits it scheduled."""
+    namespace = repo.partition("/")[0]
+    hold, proxy, clock, client, service = retag_removal(registry, repo, shorter_than=50.0, budget=100.0)
+    _state(service, EXISTS)
+    async with released(proxy, client, hold):
+        await _single_delete_fails(service, repo)
+        service.authorizer = authorizer
+        removing, delays = await removal_until_it_waits(service, namespace, clock, time_left=1.5)
+        with pytest.raises(ApiError) as answered:
+            await removing
+    return answered.value, delays
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_tag_by_tag_deletecollection_still_waits_for_a_late_write_the_caller_may_see(
     registry, repo
@@ -926,16 +944,8 @@ async def test_a_tag_by_tag_deletecollection_still_waits_for_a_late_write_the_ca
         def allowed(self, user: Any, verb: str, namespace: str, repository_path: str) -> bool:
             return repository_path == mine
 
-    hold, proxy, clock, client, service = retag_removal(registry, repo, shorter_than=50.0, budget=100.0)
-    _state(service, EXISTS)
     images.push_oci_image(registry, f"{namespace}/hidden", "theirs", seed="hidden")
-    async with released(proxy, client, hold):
-        await _single_delete_fails(service, repo)
-        service.authorizer = OnlyThis()
-        removing, _ = await removal_until_it_waits(service, namespace, clock, time_left=1.5)
-        with pytest.raises(ApiError) as answered:
-            await removing
-    error = answered.value
+    error, _ = await _removal_1_5s_before_its_deadline(registry, repo, OnlyThis())
     assert (error.code, error.retry_after) == (504, None), error.message
     message = " ".join(error.message.split())
     assert f"deleting tag {repo}:v1, and may still carry it out within about 1s" in message, message
@@ -953,8 +963,7 @@ async def test_a_tag_by_tag_deletecollection_waits_for_the_writes_of_what_the_ca
     answered 200, and the re-tag then brought v1 back (review-ds6 F1). kube-apiserver authorizes a
     request once, at its start: the call waits for the writes of what the caller could see then, and
     answers the 504 naming the write."""
-    namespace, _, path = repo.partition("/")
-    mine: str = path
+    mine: str = repo.partition("/")[2]
     revoked: list[bool] = []
 
     class RevokedMidCall(OnlyVisible):
@@ -964,16 +973,8 @@ async def test_a_tag_by_tag_deletecollection_waits_for_the_writes_of_what_the_ca
                 return True
             return repository_path == mine and not revoked
 
-    hold, proxy, clock, client, service = retag_removal(registry, repo, shorter_than=50.0, budget=100.0)
-    _state(service, EXISTS)
-    async with released(proxy, client, hold):
-        await _single_delete_fails(service, repo)
-        service.authorizer = RevokedMidCall()
-        removing, delays = await removal_until_it_waits(service, namespace, clock, time_left=1.5)
-        with pytest.raises(ApiError) as answered:
-            await removing
+    error, delays = await _removal_1_5s_before_its_deadline(registry, repo, RevokedMidCall())
     assert revoked, "the caller's access was never revoked"
-    error = answered.value
     assert (error.code, error.retry_after) == (504, None), f"{error.message} (waited {delays})"
     message = " ".join(error.message.split())
     assert f"deleting tag {repo}:v1, and may still carry it out within about 1s" in message, message
