@@ -15,7 +15,7 @@ import socket
 import ssl
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -935,6 +935,28 @@ async def test_one_address_flooding_bare_connects_does_not_evict_another_clients
         await _released(held, hold, proxy)
 
 
+async def _behind_the_front_proxy(
+    make_server: Any, registry: Any, ca: Any, limit: int
+) -> tuple[Any, Target, Any]:
+    """A server of at most ``limit`` connections that trusts ``ca``'s front-proxy-client (as
+    kube-apiserver's aggregator reaches it): the server, its target and its connections."""
+    api = await make_server(
+        registry,
+        http=HttpLimits(max_connections=limit),
+        requestheader_client_ca_file=str(ca.cert_file),
+        requestheader_allowed_names=("front-proxy-client",),
+    )
+    return api, target(api), api.running.connections
+
+
+def _at_once(t: Target, n: int, ask: Callable[[socket.socket], str]) -> list[str]:
+    """``n`` connections to ``t`` made at once, then each ``ask``ed in a thread of its own: the
+    answers."""
+    raws = [socket.create_connection(("127.0.0.1", t.port), timeout=HANG_GUARD) for _ in range(n)]
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        return list(pool.map(ask, raws))
+
+
 @pytest.mark.parametrize("n", [10, 30])
 @pytest_twisted.ensureDeferred
 async def test_the_front_proxys_connections_made_at_once_on_a_server_full_of_idle_ones_are_all_answered(
@@ -948,14 +970,7 @@ async def test_the_front_proxys_connections_made_at_once_on_a_server_full_of_idl
     20 its address counted as flooding)."""
     ca, proxy_cert = front_proxy
     limit = 40
-    api = await make_server(
-        registry,
-        http=HttpLimits(max_connections=limit),
-        requestheader_client_ca_file=str(ca.cert_file),
-        requestheader_allowed_names=("front-proxy-client",),
-    )
-    t = target(api)
-    connections = api.running.connections
+    _, t, connections = await _behind_the_front_proxy(make_server, registry, ca, limit)
     idle: list[Any] = []
 
     def fill() -> None:
@@ -963,8 +978,6 @@ async def test_the_front_proxys_connections_made_at_once_on_a_server_full_of_idl
             idle.append(t.connect(timeout=HANG_GUARD, source=f"127.0.0.{3 + i % 4}"))
 
     def burst() -> list[str]:
-        raws = [socket.create_connection(("127.0.0.1", t.port), timeout=HANG_GUARD) for _ in range(n)]
-
         def ask(raw: socket.socket) -> str:
             try:
                 with t.handshake(raw, proxy_cert) as sock:
@@ -973,8 +986,7 @@ async def test_the_front_proxys_connections_made_at_once_on_a_server_full_of_idl
             except OSError as error:
                 return type(error).__name__
 
-        with concurrent.futures.ThreadPoolExecutor(n) as pool:
-            return list(pool.map(ask, raws))
+        return _at_once(t, n, ask)
 
     try:
         await in_thread(fill)
@@ -1060,14 +1072,7 @@ async def test_the_front_proxys_burst_evicting_its_own_leaves_its_address_unfloo
     (review-hostile3 F1: its address flooded, and the answered connection was reset)."""
     ca, proxy_cert = front_proxy
     limit, n = 40, 30
-    api = await make_server(
-        registry,
-        http=HttpLimits(max_connections=limit),
-        requestheader_client_ca_file=str(ca.cert_file),
-        requestheader_allowed_names=("front-proxy-client",),
-    )
-    t = target(api)
-    connections = api.running.connections
+    api, t, connections = await _behind_the_front_proxy(make_server, registry, ca, limit)
     idle: list[Any] = []
     kept: list[Any] = []
 
@@ -1079,8 +1084,6 @@ async def test_the_front_proxys_burst_evicting_its_own_leaves_its_address_unfloo
             assert read_reply(sock).code == 200
 
     def burst() -> list[str]:
-        raws = [socket.create_connection(("127.0.0.1", t.port), timeout=HANG_GUARD) for _ in range(n)]
-
         def ask(raw: socket.socket) -> str:
             try:
                 sock = t.handshake(raw, proxy_cert)
@@ -1092,8 +1095,7 @@ async def test_the_front_proxys_burst_evicting_its_own_leaves_its_address_unfloo
                 raw.close()
                 return type(error).__name__
 
-        with concurrent.futures.ThreadPoolExecutor(n) as pool:
-            return list(pool.map(ask, raws))
+        return _at_once(t, n, ask)
 
     def again() -> tuple[int, int]:
         raw = socket.create_connection(("127.0.0.1", t.port), timeout=HANG_GUARD)
