@@ -579,6 +579,105 @@ def test_a_steady_flood_past_its_rate_floods_once_its_burst_is_spent_and_never_e
     assert evicted == [False] * 50
 
 
+def _full_of_authenticated_idle_connections(limit: int) -> tuple[LimitedConnections, list[str], Clock]:
+    """A table whose ``limit`` places hold authenticated clients' idle connections (ten from each of
+    four addresses, within their bursts), its places for the front proxy kept."""
+    table, events, clock = _table(limit=limit, probes=0, front_proxy_places=3)
+    table.site.admission = _Proving()
+    for i in range(limit):
+        _answered(table, clock, _open(table, clock, f"10.0.0.{3 + i % 4}"), front_proxy=False)
+    return table, events, clock
+
+
+def _answered(
+    table: LimitedConnections,
+    clock: Clock,
+    opened: tuple[ClientConnection, StringTransport] | None,
+    front_proxy: bool,
+) -> None:
+    """The connection makes its handshake, and an authenticated user's request is answered on it."""
+    assert opened is not None
+    _handshake(opened, front_proxy=front_proxy)
+    opened[0].dataReceived(b"GET /proven HTTP/1.1\r\nHost: a\r\n\r\n")
+    clock.advance(0)
+    table.site.resource.held[-1].finish()
+    clock.advance(0)
+    assert opened[0].wrappedProtocol.proven == 1 and not opened[0].wrappedProtocol.serving
+
+
+@pytest.mark.parametrize(("n", "rounds"), [(30, 2), (20, 3)])
+def test_kube_apiservers_bursts_and_reconnects_evicting_one_another_leave_its_address_unflooded(
+    n: int, rounds: int
+) -> None:
+    """On a server full of authenticated clients' idle connections, kube-apiserver's connections made
+    at once evict one another as they wait for their address's turn, all but the last, and its
+    reflectors connect again at once, a tenth of a second later: 30 and 30 again, or 20 three times.
+    Those evicted while held for their turn are given back to its address once one of them shows the
+    front proxy's certificate, so its address does not flood, and its next connection evicts a user's
+    idle connection, not its own answered one (review-conns7 F1: their connects were charged, its
+    address flooded after the second burst, and its next connection evicted its own answered one)."""
+    table, events, clock = _full_of_authenticated_idle_connections(40)
+    answered: list[tuple[ClientConnection, StringTransport]] = []
+    for _ in range(rounds):
+        burst = _burst(table, "10.0.0.2", n)
+        clock.advance(0)
+        for wrapper, transport in burst:
+            if transport.disconnecting:
+                wrapper.connectionLost(Failure(ConnectionDone()))  # the abort is seen
+        (last,) = [pair for pair in burst if not pair[1].disconnecting]
+        while last[1].producerState != "producing":  # its token, then its turn
+            clock.advance(0.005)
+        _answered(table, clock, last, front_proxy=True)
+        answered.append(last)
+        clock.advance(0.1 - clock.seconds() % 0.1)
+    assert not table.clients.flooding("10.0.0.2")
+    events.clear()
+    assert _open(table, clock, "10.0.0.2") is not None
+    assert events == ["evicted"]
+    assert not any(transport.disconnecting for _, transport in answered)
+
+
+def test_a_flood_in_bursts_evicting_its_own_connections_held_for_their_turn_is_held_to_its_rate() -> None:
+    """One address connects 30 times a second (one and a half times its handshake rate), in one burst
+    a second, on a server full of authenticated clients' idle connections: each connect evicts the one
+    before it while it waits for its turn, its handshake token taken (spared, not a bare close); the
+    client sends a byte on each connection let read, and leaves. Its connects are still charged (none
+    showed the front proxy's certificate), so the address floods once its burst is spent and evicts
+    only its own, never the kubelet's connection whose handshake and probe are under way (a give-back
+    of every spared connect let it flood at up to twice its rate without its address flooding, the
+    kubelet's connection evicted by every burst)."""
+    table, _, clock = _full_of_authenticated_idle_connections(40)
+    flooding: list[bool] = []
+    kubelet_evicted: list[bool] = []
+    flood: list[tuple[ClientConnection, StringTransport]] = []
+    spared: list[int] = []
+    for _ in range(20):
+        spared.append(0)
+        flooding.append(table.clients.flooding("10.6.6.6"))
+        kubelet = _open(table, clock, "10.0.0.9")
+        assert kubelet is not None
+        flood.extend(_burst(table, "10.6.6.6", 30))
+        kubelet_evicted.append(kubelet[1].disconnecting)
+        kubelet[0].connectionLost(Failure(ConnectionDone()))  # answered, or reset
+        for _ in range(200):  # a second
+            clock.advance(0.005)
+            for wrapper, transport in flood:
+                if transport.disconnecting:
+                    spared[-1] += wrapper.spared
+                    wrapper.connectionLost(Failure(ConnectionDone()))
+                elif transport.producerState == "producing":
+                    wrapper.heard()  # its byte is read
+                    wrapper.connectionLost(Failure(ConnectionDone()))  # and the client leaves
+            flood = [pair for pair in flood if not pair[0]._lost]
+    # Until its address floods, most of each burst is evicted while held for its turn: all of the
+    # first two after the first connect, then as many as there are tokens (20 a second).
+    assert spared[:4] == [28, 28, 18, 18]
+    # Each of its first bursts evicts the kubelet's connection, the oldest of the first kind; its
+    # burst spent (40 connects more than 20 a second allow: 4 seconds), its address floods, for good.
+    assert flooding == [False] * 4 + [True] * 16
+    assert kubelet_evicted == [True] * 4 + [False] * 16
+
+
 class _ResumeWatching(StringTransport):
     """Records a resume after the connection was aborted (StringTransport raises then, which the
     scheduler would only log)."""

@@ -77,6 +77,47 @@ def test_an_address_whose_connections_close_bare_past_its_handshake_rate_is_floo
     assert not clients.flooding("10.0.0.2")
 
 
+def test_the_front_proxys_connects_are_given_back_so_its_address_does_not_flood() -> None:
+    """kube-apiserver's address connects 60 times in a second, three times what its burst and rate
+    allow, each connection showing the front proxy's certificate: each connect is given back with its
+    handshake token, and its address does not flood; another address's connects, none of them bare,
+    make it flood (review-conns7 F2: no test noticed the give-back removed)."""
+    clock = Clock()
+    clients = Clients(HttpLimits(), clock, clock.seconds)
+    for _ in range(60):
+        clock.advance(1 / 60)
+        assert clients.opened("10.0.0.1")
+        assert clients.handshake("10.0.0.1", lambda: True)
+        assert clients.handshaken("10.0.0.1", front_proxy=True)
+        assert clients.opened("10.0.0.2")
+        clients.closed("10.0.0.2", counted=False)  # a byte came on it, then it was closed
+    assert not clients.flooding("10.0.0.1")
+    assert clients.flooding("10.0.0.2")
+
+
+def test_connects_evicted_while_waiting_for_their_turn_are_given_back_when_the_front_proxy_shows() -> None:
+    """Connects the server evicted while they waited for their turn (spared) are still charged, but
+    given back, at most a burst of them, once a connection of their address shows the front proxy's
+    certificate: they were kube-apiserver's burst, evicting one another. Another address's stay
+    charged (a flood could have its own evicted so without end)."""
+    limits = HttpLimits(handshake_rate_per_client=2.0, handshake_burst_per_client=4)
+    clock = Clock()
+    clients = Clients(limits, clock, clock.seconds)
+    for host in ("10.0.0.1", "10.0.0.2"):
+        for _ in range(6):
+            assert clients.opened(host)
+            clients.closed(host, counted=False, spared=True)
+        assert clients.flooding(host)  # six connects, with a burst of four: charged
+        assert clients.addresses[host].spared == 4  # at most a burst
+        assert clients.opened(host)
+    assert clients.handshaken("10.0.0.2", front_proxy=False)
+    assert clients.flooding("10.0.0.2")
+    assert clients.handshaken("10.0.0.1", front_proxy=True)
+    assert not clients.flooding("10.0.0.1")  # -3, then its own connect and four spared given back
+    assert clients.addresses["10.0.0.1"].accepted.tokens == 2
+    assert clients.addresses["10.0.0.1"].spared == 0
+
+
 def test_handshakes_beyond_the_burst_wait_for_tokens_in_order() -> None:
     clock = Clock()
     clients = Clients(LIMITS, clock, clock.seconds)

@@ -970,7 +970,8 @@ class ClientConnection(ProtocolWrapper):
     # never let speak, so not a bare connect its address pays for (a burst within its handshake burst,
     # kube-apiserver's connections made at once, evicting one another as they wait for their turn is
     # not a flood). One evicted while it waits for a token is charged: sparing those let a flood in
-    # bursts past its handshake burst erase its own record (review-conns5 F1).
+    # bursts past its handshake burst erase its own record (review-conns5 F1). Its connect stays paid
+    # for until a connection of its address shows the front proxy's certificate (Address.spared).
     spared = False
     # The server aborted it (LimitedConnections._drop); until its connectionLost is seen, its token or
     # turn, if they come, are not taken: resuming an aborted transport fails.
@@ -1056,7 +1057,7 @@ class ClientConnection(ProtocolWrapper):
         if not self._lost:
             self._lost = True
             bare = not self.wrappedProtocol.heard and not self.spared
-            self.factory.clients.closed(self.host, counted=self.counted, bare=bare)
+            self.factory.clients.closed(self.host, counted=self.counted, bare=bare, spared=self.spared)
         super().connectionLost(reason)
 
 

@@ -86,6 +86,16 @@ class Address:
     # handshake waited for a token, which each new token ended for a moment: every other connect
     # found the address not flooding and evicted anyone's fresh connection (review-conns5 F2).
     accepted: Bucket = attrs.field(default=None)
+    # Its connects evicted while held for their turn (spared), since one of its connections last
+    # showed the front proxy's certificate, at most its burst: given back to ``accepted`` then. A burst
+    # of kube-apiserver's evicts one another as they wait for their turn (on a server full of
+    # authenticated clients' idle connections) and its reflectors connect again at once: charged, 30
+    # and their 29 retries flooded its address, and its next connection evicted its own answered one
+    # (review-conns7 F1). Given back only to the front proxy's address: a flood that has its own
+    # connects evicted while they wait for their turn, every one having taken a handshake token, could
+    # otherwise connect at twice its rate without flooding (one sharing kube-apiserver's address has
+    # its own given back with them: at most a burst each time kube-apiserver's connection shows).
+    spared: int = 0
     waiting: deque[Callable[[], bool]] = attrs.Factory(deque)  # handshakes waiting for a token
     release: IDelayedCall | None = None
     forget: IDelayedCall | None = None
@@ -166,8 +176,9 @@ class Clients:
     def handshaken(self, host: str, front_proxy: bool) -> bool:
         """The TLS handshake of a connection from ``host`` is done. The front proxy's (it presented
         the front proxy's verified certificate) is never counted against the cap, and its handshake
-        token is given back: kube-apiserver's connections cost it nothing, however many it opens at
-        once. Any other is counted now; False when the address reached its cap meanwhile (close it)."""
+        token and its connect are given back, with the connects of its address spared since (see
+        Address.spared): kube-apiserver's connections cost it nothing, however many it opens at once.
+        Any other is counted now; False when the address reached its cap meanwhile (close it)."""
         address = self._address(host)
         if front_proxy:
             bucket = address.bucket
@@ -175,7 +186,8 @@ class Clients:
             bucket.tokens = min(bucket.burst, bucket.tokens + 1)
             accepted = address.accepted
             accepted.refill(self.monotonic())
-            accepted.tokens = min(accepted.burst, accepted.tokens + 1)
+            accepted.tokens = min(accepted.burst, accepted.tokens + 1 + address.spared)
+            address.spared = 0
             self._release(address)
             return True
         if address.counted >= self.limits.max_connections_per_client:
@@ -184,12 +196,16 @@ class Clients:
         address.counted += 1
         return True
 
-    def closed(self, host: str, counted: bool, bare: bool = False) -> None:
-        """A connection from ``host`` is closed; ``bare``: no byte ever came on it (a connect only)."""
+    def closed(self, host: str, counted: bool, bare: bool = False, spared: bool = False) -> None:
+        """A connection from ``host`` is closed; ``bare``: no byte ever came on it (a connect only);
+        ``spared``: the server evicted it while it was held for its turn, its token taken (see
+        Address.spared)."""
         address = self._address(host)
         address.open -= 1
         if counted:
             address.counted -= 1
+        if spared:
+            address.spared = min(address.spared + 1, self.limits.handshake_burst_per_client)
         if bare:
             connects = address.connects
             connects.refill(self.monotonic())
