@@ -1,13 +1,21 @@
-"""The headers set in a response's Headers directly (issue #11) are what setHeader would store."""
+"""The headers set in a response's Headers directly (issue #11) are what setHeader would store, and
+what the server copies of Twisted, or relies on of its private parts, is still as it was: an upgrade
+of Twisted fails here, saying what to re-check, rather than serve on a copy of a method it changed."""
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+from typing import Any, cast
+
 import pytest
+from twisted.web import http
 from twisted.web.http_headers import Headers, _nameEncoder
-from twisted.web.server import Request
+from twisted.web.server import Request, version
 from twisted.web.test.requesthelper import DummyChannel
 
 from payloadtags.api import app
+from payloadtags.http import channel
 
 
 @pytest.mark.parametrize(
@@ -27,3 +35,51 @@ def test_the_head_of_an_answer_is_what_set_header_stores(content_type: str) -> N
 @pytest.mark.parametrize("name", [b"Content-Type", b"Cache-Control", b"Content-Length", b"Server", b"Date"])
 def test_the_names_set_directly_are_spelled_as_headers_spells_them(name: bytes) -> None:
     assert _nameEncoder.encode(name.lower()) == name
+
+
+def test_the_copy_of_twisteds_request_process_is_of_the_installed_twisteds() -> None:
+    """GuardedRequest.process is twisted.web.server.Request.process with the Date header made once a
+    second and the Server and Date headers set in the Headers directly (3149345, 5541b07). Twisted
+    changing its process (a header, the path's parsing, the encoder, the error path) would leave the
+    copy serving the old way, unsaid."""
+    source = inspect.getsource(Request.process)
+    digest = hashlib.sha256(source.encode()).hexdigest()
+    assert digest == channel.TWISTED_PROCESS_SHA256, (
+        "twisted.web.server.Request.process is not the one GuardedRequest.process "
+        "(src/payloadtags/http/channel.py) was copied from (Twisted 26.10.0): compare the two (the "
+        "Server and Date headers, prepath and postpath and their unquoting, the '*' path, the "
+        "resource's encoder, render and processingFailed), carry what changed over to the copy, then "
+        f"set TWISTED_PROCESS_SHA256 to {digest}. The installed one:\n{source}"
+    )
+
+
+def test_the_raw_headers_have_the_shape_the_server_writes_into() -> None:
+    """GuardedRequest.process, app._head and a page's Content-Length write Headers._rawHeaders, a
+    private attribute: a dict of the name as Headers spells it to the list of the values' bytes, which
+    getRawHeaders reads and the response's head is written from (getAllRawHeaders)."""
+    headers = Headers()
+    assert type(headers._rawHeaders) is dict and not headers._rawHeaders
+    headers.setRawHeaders(b"content-type", [b"application/json"])
+    assert headers._rawHeaders == {b"Content-Type": [b"application/json"]}
+    headers._rawHeaders[b"Content-Length"] = [b"12"]
+    assert headers.getRawHeaders(b"content-length") == [b"12"]
+    assert headers.hasHeader(b"content-length")
+    assert list(headers.getAllRawHeaders()) == [
+        (b"Content-Type", [b"application/json"]),
+        (b"Content-Length", [b"12"]),
+    ]
+    headers.removeHeader(b"content-length")
+    assert headers._rawHeaders == {b"Content-Type": [b"application/json"]}
+
+
+def test_the_server_and_date_headers_process_sets_are_what_set_header_stores() -> None:
+    request = channel.GuardedRequest(cast(Any, DummyChannel()))
+    request.method, request.path, request.uri, request.clientproto = b"GET", b"/x", b"/x", b"HTTP/1.1"
+    before = http.datetimeToString()
+    request.process()
+    after = http.datetimeToString()
+    written = dict(request.responseHeaders.getAllRawHeaders())
+    expected = Headers()
+    expected.setRawHeaders(b"server", [version])
+    assert written[b"Server"] == expected.getRawHeaders(b"server")
+    assert written[b"Date"] in ([before], [after])

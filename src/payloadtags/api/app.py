@@ -188,7 +188,7 @@ def _head(request: IRequest, code: int, content_type: str) -> None:
     # What setHeader stores, set in the response's Headers directly: the names as Headers spells them
     # (tests/unit/test_app_headers.py) and the values encoded once per text, rather than both encoded
     # and checked again on every request (issue #11). Headers._rawHeaders is Twisted's own: an upgrade
-    # must check it still stores names and values so.
+    # that stores names and values otherwise fails tests/unit/test_app_headers.py.
     raw = request.responseHeaders._rawHeaders
     raw[b"Content-Type"] = [_header_value(content_type)]
     raw[b"Cache-Control"] = [b"no-cache, private"]

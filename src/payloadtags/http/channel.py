@@ -32,7 +32,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 from urllib.parse import unquote_to_bytes
 
 from cryptography import x509
@@ -278,11 +278,12 @@ class GuardedRequest(Request):
             # Twisted answers these itself, with an empty 405.
             self.write_status(ApiError(405, "MethodNotAllowed", "only OPTIONS applies to the target *"))
             return
-        # twisted.web.server.Request.process, with the Date header's text made once a second
-        # (_http_date) rather than for every request.
+        # twisted.web.server.Request.process (TWISTED_PROCESS_SHA256), with the Date header's text
+        # made once a second (_http_date) rather than for every request.
         self.site = self.channel.site
         # What setHeader stores, set directly (names as Headers spells them, values Twisted's and
-        # _http_date's bytes), not encoded and checked again per request (issue #11).
+        # _http_date's bytes), not encoded and checked again per request (issue #11); the private
+        # _rawHeaders's shape is checked by tests/unit/test_app_headers.py.
         raw = self.responseHeaders._rawHeaders
         raw[b"Server"] = [version]
         raw[b"Date"] = [_http_date()]
@@ -313,6 +314,11 @@ class GuardedRequest(Request):
         self.write(body)
         self.finish()
 
+
+# The SHA-256 of the source of twisted.web.server.Request.process (Twisted 26.10.0) that
+# GuardedRequest.process copies: tests/unit/test_app_headers.py fails when the installed Twisted's
+# differs, so that an upgrade re-checks the copy before it serves (and then records the new digest).
+TWISTED_PROCESS_SHA256: Final = "f75c1431d226a2298ad3aaa14130a9ad7c9b4e4a5f435cf63b46586e5a35563d"
 
 _date: tuple[int, bytes] = (-1, b"")
 _NOT_LOOKED = object()
