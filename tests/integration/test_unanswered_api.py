@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
+import attrs
 import pytest
 import pytest_twisted
 from twisted.internet import reactor as global_reactor
@@ -32,7 +33,7 @@ from payloadtags.cleanup.removal import NamespaceRemover
 from payloadtags.cleanup.sweep import EXISTS, TERMINATING, UNKNOWN
 from payloadtags.inventory import Inventory
 from payloadtags.kube import Backoff
-from payloadtags.metrics import InstrumentedRegistry, Metrics
+from payloadtags.metrics import CountingAuthorizer, InstrumentedRegistry, Metrics
 from payloadtags.names import encode_name
 from payloadtags.registry import LateWrites
 from payloadtags.registry.client import LATE_WRITE_GRACE, RegistryClient, RegistrySettings
@@ -978,3 +979,115 @@ async def test_a_tag_by_tag_deletecollection_waits_for_the_writes_of_what_the_ca
     assert (error.code, error.retry_after) == (504, None), f"{error.message} (waited {delays})"
     message = " ".join(error.message.split())
     assert f"deleting tag {repo}:v1, and may still carry it out within about 1s" in message, message
+
+
+@attrs.frozen
+class _Paths:
+    """Rules as `RbacAuthorizer.rules` gives them: the paths they allowed when taken."""
+
+    paths: frozenset[str]
+
+    def matches(self, path: str) -> bool:
+        return path in self.paths
+
+
+@attrs.define
+class RevokedWhileSelecting:
+    """A caller who may see and delete the paths ``may_see`` of every namespace; right after the call's
+    first `get` decision, its get on ``revoke`` is taken away (an edit of its payloadrepositoryaccess
+    reaching the informer while the selection is read from the registry). Each path is decided as it
+    is asked (`allowed`)."""
+
+    may_see: set[str]
+    revoke: str | None
+    may_delete: frozenset[str] = attrs.field(init=False)
+    decided: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        self.may_delete = frozenset(self.may_see)
+
+    def _decide(self) -> frozenset[str]:
+        """The paths get allows for this decision; the first one made, the revocation follows it."""
+        allowed = frozenset(self.may_see)
+        if not self.decided:
+            self.decided = True
+            self.may_see.discard(self.revoke or "")
+        return allowed
+
+    def allowed(self, user: Any, verb: str, namespace: str, repository_path: str) -> bool:
+        if verb == "delete":
+            return repository_path in self.may_delete
+        return repository_path in self._decide()
+
+    def allowed_everywhere(self, user: Any, verb: str, namespace: str) -> bool:
+        return False
+
+
+@attrs.define
+class RevokedWhileSelectingByRules(RevokedWhileSelecting):
+    """As above, giving the rules it decides by, as `RbacAuthorizer` does (`RuleSource`)."""
+
+    def rules(self, user: Any, verb: str, namespace: str) -> _Paths:
+        assert verb == "get", verb
+        return _Paths(self._decide())
+
+
+@pytest.mark.parametrize(
+    ("revoked", "by_rules"), [(False, True), (True, True), (True, False)], ids=["kept", "rules", "as-asked"]
+)
+@pytest_twisted.ensureDeferred
+async def test_a_get_revoked_while_the_selection_is_read_drops_no_late_write_from_the_wait(
+    registry, repo, revoked, by_rules
+) -> None:
+    """An admin's single delete of ``repo``'s v1 has its re-tag go unanswered. A caller who may see
+    that path and ``visible`` deletes all she sees but v1 (a field selector), so ``repo``'s path is
+    among the repositories whose late writes she waits for only as a path she may see. Her get on it
+    is revoked right after the call's first decision, while the selection is read. What she may see was
+    decided only once the selection had been read: the write was dropped from the wait and the call
+    answered 200 at once (review-unrev F3). As docs/access.md says, it is decided as the call begins,
+    as kube-apiserver authorizes a request: the 504 naming the write, as when the rule stays. With the
+    server's authorizer (the RBAC rules through `CountingAuthorizer`), and one that decides each path
+    as asked."""
+    namespace, _, path = repo.partition("/")
+    images.push_oci_image(registry, f"{namespace}/visible", "keep-me", seed="visible")
+    kind = RevokedWhileSelectingByRules if by_rules else RevokedWhileSelecting
+    authorizer = kind({path, "visible"}, revoke=path if revoked else None)
+    hold, proxy, _, client, service = retag_removal(registry, repo, shorter_than=50.0, budget=100.0)
+    _state(service, EXISTS)
+    async with released(proxy, client, hold):
+        await _single_delete_fails(service, repo)  # the admin's: its re-tag may still land
+        service.authorizer = CountingAuthorizer(authorizer, Metrics())
+        options = list_options({"fieldSelector": [f"metadata.name!={encode_name(path, 'v1')}"]})
+        with pytest.raises(ApiError) as answered:
+            await service.delete_collection(USER, namespace, options, DeleteOptions(), time_left=1.5)
+    assert authorizer.decided and (path not in authorizer.may_see) == revoked
+    error = answered.value
+    assert (error.code, error.retry_after) == (504, None), error.message
+    message = " ".join(error.message.split())
+    assert f"deleting tag {repo}:v1, and may still carry it out within about 1s" in message, message
+    assert images.list_tags(registry, f"{namespace}/visible") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_get_revoked_while_the_selection_is_read_changes_not_what_it_deletes(registry, repo) -> None:
+    """A caller who may see ``repo``'s path and ``visible`` deletes all she sees; her get on ``visible``
+    is revoked right after the call's first decision, while the selection is read. The selection
+    decided each path as it read it, on the rules of that moment: ``visible``'s tag was left out of
+    what the call deleted (review-unrev F3). It is decided once, as the call begins (docs/access.md):
+    both tags go. With the server's authorizer (the RBAC rules through `CountingAuthorizer`)."""
+    namespace, _, path = repo.partition("/")
+    images.push_oci_image(registry, f"{namespace}/visible", "keep-me", seed="visible")
+    images.push_oci_image(registry, repo, "v1")
+    authorizer = RevokedWhileSelectingByRules({path, "visible"}, revoke="visible")
+    client, service = removal_service(registry.url, WaitClock(shorter_than=50.0), budget=100.0, timeout=5.0)
+    _state(service, EXISTS)
+    service.authorizer = CountingAuthorizer(authorizer, Metrics())
+    try:
+        items, _ = await service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
+    finally:
+        await client.close()
+    assert authorizer.decided and "visible" not in authorizer.may_see
+    deleted = sorted((item.spec.repository_path, item.spec.tag) for item in items)
+    assert deleted == sorted([(path, "v1"), ("visible", "keep-me")]), deleted
+    assert images.list_tags(registry, f"{namespace}/visible") == []
+    assert images.list_tags(registry, repo) == []

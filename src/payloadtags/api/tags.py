@@ -414,13 +414,17 @@ class TagsService:
         authorize: bool = True,
         shown: bool = True,
         decided: Callable[[str], None] | None = None,
+        readable: Callable[[str, str], bool] | None = None,
     ) -> tuple[Page, ListMeta]:
         """The page ``options`` select. ``shown``: a client is shown it, and may watch from its
         resourceVersion, so its reads are reported for that watch (`VersionSource.observer`); a
         deletecollection's selections are not, and their reads must not stand in a record for what a
-        list showed."""
+        list showed. ``readable``: what ``user`` may see, decided by the caller (a deletecollection's,
+        as it began); else each path as it is read."""
         scope = namespace or ""
         listing = self._begin(user, namespace, options, authorize)
+        if readable is not None:
+            listing = attrs.evolve(listing, readable=readable)
         if decided is not None:
             listing = attrs.evolve(listing, readable=_noting(listing.readable, decided))
         namespace = listing.namespace
@@ -618,7 +622,18 @@ class TagsService:
         # where continue points (the start when absent) to the end.
         called = self.late_writes.now() if self.late_writes is not None else 0.0
         cut = math.inf if time_left is None else called + time_left - DEADLINE_MARGIN
-        selection, selected_meta = await self._select(user, namespace, list_options, shown=False)
+        # What the caller may see, decided once, before anything is read (as kube-apiserver authorizes
+        # a request at its start): the selection and the late writes waited for both follow it. Taken
+        # after the selection's registry read, a get revoked meanwhile dropped a write from the wait,
+        # and the selection decided each path as it read it (review-unrev F3).
+        sees_all, sees = self._seen_as_the_call_begins(user, namespace)
+
+        def seen(at: str, path: str) -> bool:
+            return at == namespace and sees(path)
+
+        selection, selected_meta = await self._select(
+            user, namespace, list_options, shown=False, readable=seen
+        )
         if not is_namespace(namespace):
             # Nothing to delete where no namespace can be (an empty selection, read from nowhere); and
             # nothing to remove wholesale either (`_remove_namespace`).
@@ -630,7 +645,7 @@ class TagsService:
         # saw them when selecting. One elsewhere cannot leave a tag its selection holds, and waiting for
         # it, or naming it, would tell a caller of one path of the namespace what happens in the others
         # (review-ds4 F1).
-        visible = self._visible_repositories(user, namespace, refs)
+        visible = None if sees_all else self._visible_repositories(sees, refs)
         for ref in refs:
             if not self.authorizer.allowed(user, "delete", ref.namespace, ref.repository_path):
                 raise access_denied(user.name, "deletecollection", namespace, None, ref.repository_path)
@@ -649,7 +664,7 @@ class TagsService:
         lasting: set[TagRef] = set()  # failed in a way a retry meets again
         if (
             self.removal is not None
-            and self._asks_whole_namespace(user, namespace, list_options)
+            and self._asks_whole_namespace(user, namespace, list_options, sees_all)
             and await self.removal.deleting(namespace)
         ):
             return await self._remove_namespace(user, namespace, refs, unfiltered, meta, cut)
@@ -822,23 +837,26 @@ class TagsService:
         selected = set(refs)
         return [ref for ref in again if ref in selected]
 
-    def _visible_repositories(
-        self, user: UserInfo, namespace: str, refs: builtins.list[TagRef]
-    ) -> Within | None:
-        """The repositories of ``namespace`` whose tags ``user`` may see, as `LateWrites` scopes a look:
-        None when that is all of them. Decided as the call begins, as kube-apiserver authorizes a
-        request once: decided at each look, a get revoked during the call dropped a write that may
-        bring back a tag of the selection from the wait, and the call answered 200 (review-ds6 F1).
-        Those of the selected ``refs`` are always in; those of the namespace's late writes are decided
-        at once (`readable_as_now`)."""
+    def _seen_as_the_call_begins(self, user: UserInfo, namespace: str) -> tuple[bool, Callable[[str], bool]]:
+        """Whether ``user`` may see every repository path of ``namespace``, and whether a given one, as
+        the rules stand now (`readable_as_now`): a deletecollection's view, decided as it begins, as
+        kube-apiserver authorizes a request once. The paths of the namespace's late writes are decided
+        at once, where the authorizer gives no rules to keep."""
         if self.authorizer.allowed_everywhere(user, "get", namespace):
-            return None
+            return True, lambda path: True
         readable = readable_as_now(self.authorizer, user, namespace)
-        selected = {ref.repository for ref in refs}
         if self.late_writes is not None:
             for repository in self.late_writes.repositories(namespace):
                 readable(repository.partition("/")[2])
-        return lambda repository: repository in selected or readable(repository.partition("/")[2])
+        return False, readable
+
+    def _visible_repositories(self, sees: Callable[[str], bool], refs: builtins.list[TagRef]) -> Within:
+        """The repositories whose tags the caller sees (``sees``: `_seen_as_the_call_begins`), as
+        `LateWrites` scopes a look. Decided as the call begins: decided at each look, a get revoked
+        during the call dropped a write that may bring back a tag of the selection from the wait, and
+        the call answered 200 (review-ds6 F1). Those of the selected ``refs`` are always in."""
+        selected = {ref.repository for ref in refs}
+        return lambda repository: repository in selected or sees(repository.partition("/")[2])
 
     async def _waited_for_late_writes(
         self, namespace: str, total: int, deadline: float, visible: Within | None = None
@@ -897,17 +915,19 @@ class TagsService:
             "those still there",
         )
 
-    def _asks_whole_namespace(self, user: UserInfo, namespace: str, selection: ListOptions) -> bool:
+    def _asks_whole_namespace(
+        self, user: UserInfo, namespace: str, selection: ListOptions, sees_all: bool
+    ) -> bool:
         """Whether a deletecollection asks for all of ``namespace`` and may have it: no selector, no
-        page (limit, continue), and a caller who may see and delete every path there. Only then may
-        its content go wholesale (`_remove_namespace`), which takes tags pushed after the selection
-        was read as well."""
+        page (limit, continue), and a caller who may see (``sees_all``, as the call began) and delete
+        every path there. Only then may its content go wholesale (`_remove_namespace`), which takes
+        tags pushed after the selection was read as well."""
         return (
             selection.limit is None
             and selection.continue_ is None
             and not selection.labels.requirements
             and not selection.fields.requirements
-            and self.authorizer.allowed_everywhere(user, "get", namespace)
+            and sees_all
             and self.authorizer.allowed_everywhere(user, "delete", namespace)
         )
 
