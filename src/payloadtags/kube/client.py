@@ -7,6 +7,7 @@ has a timeout; every failure is one of the `payloadtags.kube.errors` exceptions.
 from __future__ import annotations
 
 import json
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
@@ -56,6 +57,7 @@ from payloadtags.kube.execcred import PLUGIN_TIMEOUT, ExecCredential, ExecPlugin
 from payloadtags.kube.framing import LineFramer
 from payloadtags.kube.keepalive import KeepAliveEndpoints
 from payloadtags.kube.tls import ClusterTLSPolicy
+from payloadtags.onceper import OncePerPeriod
 
 log = Logger()
 
@@ -65,6 +67,7 @@ DEFAULT_REQUEST_TIMEOUT: Final = 30.0
 # client-go re-reads a service-account token file once a minute; kubelet rotates it well before
 # it expires, so a minute-old copy is always still valid.
 TOKEN_REREAD_PERIOD: Final = 60.0
+_UNREADABLE_LOG_PERIOD: Final = 60.0
 MERGE_PATCH: Final = "application/merge-patch+json"
 # kube-apiserver sends a watch that asked for bookmarks one about every minute even when nothing
 # changes (the watch cache's bookmark frequency); a stream silent for longer than this has died without
@@ -367,6 +370,7 @@ class _TokenSource:
         *,
         plugin_timeout: float = PLUGIN_TIMEOUT,
         run: PluginRunner = run_plugin,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
         self._clock = clock
@@ -378,6 +382,9 @@ class _TokenSource:
         self._expires_at = config.token_expires_at
         self._stale = False
         self._renewals: InFlight[None, str] = InFlight()
+        # A file that stays unreadable is met at each re-read and at each 401 (each invalidates): said
+        # once a period per cause.
+        self._unreadable_said: OncePerPeriod[str] = OncePerPeriod(_UNREADABLE_LOG_PERIOD, monotonic)
 
     async def token(self) -> str | None:
         """The token to send; may run the exec plugin (on the reactor) and wait for it."""
@@ -413,20 +420,41 @@ class _TokenSource:
             try:
                 # A synchronous read on the reactor, on purpose: the projected token is a few
                 # hundred bytes on a tmpfs, read at most once a minute.
-                self._token = Path(self._config.token_file).read_text().strip() or self._token
+                self._token = _read_token(self._config.token_file) or self._token
             except OSError as e:
                 if self._token is None:
                     raise KubeTokenUnreadable(f"cannot read token file {self._config.token_file}: {e}") from e
-                log.warn(
-                    "Keeping the previous token: cannot read {path}: {error}",
-                    path=self._config.token_file,
-                    error=e,
-                )
+                said = self._unreadable_said(str(e))
+                if said is not None:
+                    log.warn(
+                        "Keeping the previous token: cannot read {path}: {error}{more}",
+                        path=self._config.token_file,
+                        error=e,
+                        more=said.more(),
+                    )
         return self._token
 
     def invalidate(self) -> None:
         self._read_at = float("-inf")
         self._stale = True
+
+
+class _NotText(OSError):
+    """A token file whose bytes are not UTF-8: unreadable, as a missing one is."""
+
+    def __str__(self) -> str:
+        return "it is not UTF-8 text"
+
+
+def _read_token(path: str) -> str:
+    """The token a file holds. Bytes that are not UTF-8 are refused as the file being unreadable:
+    client-go sends them as they are, but no cluster issues such a token (a service account's is a
+    JWT, ASCII), so it would only be a 401, and the token (a str) cannot carry them. The bytes are not
+    said: they are part of the token."""
+    try:
+        return Path(path).read_bytes().decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise _NotText() from None
 
 
 class WatchStream:

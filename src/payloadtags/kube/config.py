@@ -346,10 +346,29 @@ def _go_yaml_loader() -> type[Any]:
     import yaml
 
     class Loader(yaml.SafeLoader):
+        def __init__(self, stream: Any) -> None:
+            super().__init__(stream)
+            # Where the node being composed stands, each step its parent and index (`_place`): made
+            # into a path (users[0].user.token) only for a refusal to name.
+            self.steps: list[tuple[Any, Any]] = []
+
         def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
             if kind is yaml.ScalarNode and implicit[0]:
                 return _go_plain(value)[0]
             return super().resolve(kind, value, implicit)
+
+        def scan_flow_scalar_non_spaces(self, double: bool, start_mark: Any) -> Any:
+            try:
+                return super().scan_flow_scalar_non_spaces(double, start_mark)
+            except ValueError:
+                # chr() of a \U escape past the last code point, which PyYAML lets out as it is; go-yaml
+                # refuses it with the surrogates (`compose_node`).
+                raise yaml.scanner.ScannerError(
+                    "while scanning a double-quoted scalar",
+                    start_mark,
+                    "found invalid Unicode character escape code (past \\U0010FFFF)",
+                    self.get_mark(),
+                ) from None
 
         def compose_node(self, parent: Any, index: Any) -> Any:
             event = self.peek_event()
@@ -362,7 +381,25 @@ def _go_yaml_loader() -> type[Any]:
                     _field(key) + "an alias (*…) names no anchor (quote the value if it is text)",
                     event.start_mark,
                 )
-            node = super().compose_node(parent, index)
+            self.steps.append((parent, index))
+            try:
+                node = super().compose_node(parent, index)
+            finally:
+                self.steps.pop()
+            if isinstance(node, yaml.ScalarNode) and _SURROGATE.search(node.value):
+                place = _place([*self.steps, (parent, index)])
+                # go-yaml refuses any escape of a surrogate, a valid pair's too ("found invalid Unicode
+                # character escape code"), so kubectl refuses the whole file, whatever field holds it;
+                # only an escape makes one (a surrogate's bytes are not UTF-8). Left in, it has no UTF-8
+                # form: a token cannot go into a header, a server or a namespace into a URL, a path or
+                # an argument to the OS. The value is not shown: it may be a secret.
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    (f"{place}: " if place else "") + "found invalid Unicode character escape code (a "
+                    "surrogate, \\uD800-\\uDFFF, which has no UTF-8 form)",
+                    node.start_mark,
+                )
             if key is not None and isinstance(node, yaml.ScalarNode):
                 # The key it stands under, for a refusal to name instead of the value (`_go_tags`).
                 node.field = key
@@ -571,6 +608,29 @@ def _go_tags(yaml: Any) -> dict[str | None, Any]:
         _YAML + "pairs": untagged,
         None: untagged,
     }
+
+
+# What no UTF-8 text holds, which a double-quoted YAML scalar's \u or \U escape alone can make.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _place(steps: list[tuple[Any, Any]]) -> str:
+    """Where a node stands, from the steps down to it, each a parent and the index it was composed
+    with: a mapping's value by its key (``users[0].user.token``), a list's item by its position, a key
+    as a key of its mapping. A key that cannot be shown on a line is written as ``…``."""
+    import yaml
+
+    path = ""
+    for parent, index in steps:
+        if isinstance(index, int):
+            path += f"[{index}]"
+        elif isinstance(index, yaml.Node):
+            key = index.value if isinstance(index, yaml.ScalarNode) else None
+            name = key if isinstance(key, str) and _field(key) else "…"
+            path += f".{name}" if path else name
+        elif isinstance(parent, yaml.MappingNode):
+            path += ": a key" if path else "a key"
+    return path
 
 
 def _field(key: object) -> str:
@@ -815,16 +875,10 @@ def _check_exec_strings(section: dict[str, Any], where: str) -> None:
 def _check_os_string(text: str | None, where: str) -> None:
     """What an exec plugin's argument or environment cannot carry, refused in one line at load rather
     than in a traceback when the plugin is run: a NUL (kubectl refuses it too: "environment variable
-    contains NUL"), and a lone surrogate (which has no UTF-8 form). The text is not shown: it may be a
-    secret."""
-    if text is None:
-        return
-    if "\0" in text:
+    contains NUL"). A surrogate, which has no UTF-8 form, is refused with the file, in any field
+    (`_go_yaml_loader`). The text is not shown: it may be a secret."""
+    if text is not None and "\0" in text:
         raise ConfigError(f"{where} must not contain a NUL character")
-    if any("\ud800" <= char <= "\udfff" for char in text):
-        raise ConfigError(
-            f"{where} must not contain a lone surrogate (\\uD800-\\uDFFF), which has no UTF-8 form"
-        )
 
 
 def _kind(value: object) -> str:
@@ -1049,14 +1103,21 @@ def _from_service_account(environ: Mapping[str, str], service_account_dir: str) 
         try_refresh_token=False,
         environ=environ,
     )
+    namespace_file = Path(service_account_dir) / "namespace"
     try:
         loader.load_and_set(configuration)
     except (ConfigException, OSError) as e:
         raise ConfigError(f"cannot load the in-cluster configuration: {e}") from e
+    except UnicodeDecodeError as e:  # the byte is not shown: it is part of the token
+        raise ConfigError(f"cannot load the in-cluster configuration: {token_file} is not UTF-8 text") from e
     try:
-        namespace = (Path(service_account_dir) / "namespace").read_text().strip() or None
+        namespace = namespace_file.read_text(encoding="utf-8").strip() or None
     except OSError:
         namespace = None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"cannot load the in-cluster configuration: {namespace_file} is not UTF-8 text"
+        ) from e
     return attrs.evolve(_convert(configuration, token_file=token_file, in_cluster=True), namespace=namespace)
 
 

@@ -178,15 +178,30 @@ def parse_output(plugin: ExecPlugin, output: bytes) -> ExecCredential:
             raise PluginError(f"exec plugin {plugin.command}: bad expirationTimestamp") from e
     token = status.get("token")
     if isinstance(token, str) and token:
+        _check_utf8(plugin, "token", token)
         return ExecCredential(token=token, expires_at=expires_at)
     cert, key = status.get("clientCertificateData"), status.get("clientKeyData")
     if isinstance(cert, str) and isinstance(key, str) and cert and key:
+        _check_utf8(plugin, "clientCertificateData", cert)
+        _check_utf8(plugin, "clientKeyData", key)
         return ExecCredential(
             client_cert_data=cert.encode(), client_key_data=key.encode(), expires_at=expires_at
         )
     raise PluginError(
         f"exec plugin {plugin.command}: the ExecCredential has no token and no client certificate"
     )
+
+
+def _check_utf8(plugin: ExecPlugin, field: str, text: str) -> None:
+    """A credential printed with a JSON escape of a lone surrogate (``"\\ud800"``), which has no UTF-8
+    form (a header or a PEM cannot carry it), is refused as the plugin failing: a failed run at start
+    (one line) or at a renewal (tried again, said once a minute). kubectl sends U+FFFD in its place,
+    which no cluster issued either. The text is not shown: it is a secret."""
+    if any("\ud800" <= char <= "\udfff" for char in text):
+        raise PluginError(
+            f"exec plugin {plugin.command}: the ExecCredential's status.{field} holds a lone surrogate "
+            "(a \\uD800-\\uDFFF escape), which has no UTF-8 form"
+        )
 
 
 def _failed(plugin: ExecPlugin, code: int | None, stderr: bytes) -> PluginError:
