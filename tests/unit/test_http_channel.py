@@ -867,6 +867,44 @@ def test_the_order_kept_chooses_whom_eviction_chose_by_looking_at_every_connecti
     assert evictions > 300 and 50 < own < evictions - 50, (evictions, own)
 
 
+def test_a_kept_alive_connection_tells_its_eviction_orders_two_changes_a_request() -> None:
+    """Each request answered on a kept-alive connection moves it from idle to being answered and back:
+    the eviction order is told those two changes, not the passing states between them (issue #11: a
+    served page's fixed cost), and the rank it holds after each step is the one its state gives."""
+    table, _events, clock = _table(4, front_proxy_places=1)
+    site = table.wrappedFactory
+    site.admission = _Proving()
+    opened = _open(table, clock, "10.0.0.1")
+    assert opened is not None
+    _handshake(opened, front_proxy=True)
+    wrapper, _transport = opened
+    channel = wrapper.wrappedProtocol
+    told: list[int | None] = []
+    place = channel.ranked
+    assert place is not None
+
+    def ranked(rank: int | None) -> None:
+        told.append(rank)
+        place(rank)
+
+    channel.ranked = ranked
+    own = table._own["10.0.0.1"]
+    for path in (b"/proven", b"/proven", b"/x"):
+        wrapper.dataReceived(b"GET " + path + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+        clock.advance(0)
+        assert channel.serving and channel.eviction_rank() is None
+        site.resource.held.pop().finish()
+        assert not channel.serving and channel.eviction_rank() == 4  # idle, of a proven client
+        clock.advance(0)  # the next request may be read
+        assert not channel.serving and channel.eviction_rank() == 4
+    assert told == [None, 4] * 3
+    # The address's own order is the one it had, not made anew for each request; it goes with the
+    # address's last connection.
+    assert table._own["10.0.0.1"] is own
+    wrapper.connectionLost(Failure(ConnectionDone()))
+    assert "10.0.0.1" not in table._own and not len(table._order)
+
+
 def test_the_eviction_order_holds_a_bounded_number_of_stale_entries() -> None:
     """Connections moving between ranks, and closing, leave entries behind in the order's heaps:
     those are dropped once they outnumber the live ones, so a long-lived server holds no closed

@@ -440,8 +440,12 @@ class GuardedChannel(http.HTTPChannel):
     def _deadline_kind(self, value: str) -> None:
         if value == self._kind:
             return
+        # Of the kinds, the rank tells only "stalled" from the rest: a request's head, body and idle
+        # deadlines (three sets a request) leave it as it was.
+        changes_rank = "stalled" in (value, self._kind)
         self._kind = value
-        self.rerank()
+        if changes_rank:
+            self.rerank()
 
     def eviction_rank(self) -> int | None:
         """Which connections a new one evicts first (LimitedConnections._evict), lowest first; None:
@@ -733,7 +737,8 @@ class GuardedChannel(http.HTTPChannel):
     def requestDone(self, request: http.Request) -> None:
         if isinstance(request, Request) and self.site.admission.proves(request):
             self.proven += 1
-            self.rerank()
+            if self.proven == 1:  # the rank reads only whether one was
+                self.rerank()
         self._give_back_head()
         if request.code == 401 and self.client_key[0] == "address":
             self.site.clients.unauthenticated(self.host)
@@ -782,8 +787,11 @@ class GuardedChannel(http.HTTPChannel):
         if self._waitingForTransport:
             self._stall()  # resumeProducing goes on
             return
-        self._replay_pending = False
+        # Not handling first: the connection goes from waiting to replay (idle) to idle, one rank,
+        # where the other order passed through "being answered" (not to be evicted) and told the
+        # eviction order twice for nothing, on every request.
         self._handlingRequest = False
+        self._replay_pending = False
         data, self._dataBuffer = b"".join(self._dataBuffer), []
         if not data and self.site.draining:
             self._close()  # idle, and the server is draining
@@ -1158,7 +1166,11 @@ class LimitedConnections(WrappingFactory):
                 return
             own = self._own[wrapper.host] = EvictionOrder(EVICTION_RANKS)
         own.place(wrapper, number, rank)
-        if not len(own):
+        # An address's order emptied by a connection being answered is kept for it to come back to
+        # (every request of a lone connection would make and fill a new one, issue #11); it goes once
+        # a connection of the address leaves the table (ranked no more) while it is empty, so none
+        # outlives its address's connections.
+        if not len(own) and wrapper.wrappedProtocol.ranked is None:
             self._own_examined += own.examined
             del self._own[wrapper.host]
 
