@@ -28,7 +28,8 @@ class UserInfo:
         # the anonymous user and anyone a front proxy already placed in either group keep their groups.
         if self.name == ANONYMOUS or AUTHENTICATED in self.groups or UNAUTHENTICATED in self.groups:
             return self
-        return attrs.evolve(self, groups=(*self.groups, AUTHENTICATED))
+        # Made directly: attrs.evolve looks the class's fields up on every call (once a request).
+        return UserInfo(self.name, self.uid, (*self.groups, AUTHENTICATED), self.extra)
 
 
 __all__ = ["ANONYMOUS", "AUTHENTICATED", "MASTERS", "UNAUTHENTICATED", "UserInfo"]

@@ -8,7 +8,9 @@ import pytest
 import pytest_twisted
 from cryptography import x509
 
-from payloadtags.access.authn import Credentials, CredentialsRefused, UserInfo
+from payloadtags import identity
+from payloadtags.access.authconfig import DynamicAuthentication, FlagConfig
+from payloadtags.access.authn import AUTHENTICATED, Credentials, CredentialsRefused, UserInfo
 from payloadtags.access.requestheader import RequestHeaderAuthenticator, RequestHeaderConfig
 from tests.support.pki import Authority
 
@@ -285,3 +287,77 @@ def test_identity_headers_lists_what_must_be_stripped() -> None:
     assert RequestHeaderConfig(uid_headers=()).identity_headers(["x-remote-uid", "x-remote-user"]) == [
         "x-remote-user"
     ]
+
+
+def test_the_authenticator_strips_what_its_configuration_names_from_names_it_made_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue #11 (a request's fixed cost): the header names are lower-cased once per configuration,
+    not per request; what is stripped is what the configuration names."""
+    config = RequestHeaderConfig(
+        username_headers=("X-Remote-User", "X-Other-User"),
+        group_headers=("X-Remote-Group",),
+        extra_prefixes=("X-Remote-Extra-", "X-Other-Extra-"),
+        uid_headers=("X-Remote-Uid",),
+    )
+    names = [
+        "host",
+        "x-remote-user",
+        "x-other-user",
+        "x-remote-group",
+        "x-remote-uid",
+        "x-remote-extra-scopes",
+        "x-other-extra-a",
+        "x-remote-extra-",
+        "authorization",
+        "x-remote-users",
+    ]
+    expected = config.identity_headers(names)
+    auth = RequestHeaderAuthenticator(config)
+    monkeypatch.setattr(RequestHeaderConfig, "identity_headers", None)
+    assert auth.identity_headers(names) == expected
+    assert auth.identity_headers(dict.fromkeys(names)) == expected
+    dynamic = DynamicAuthentication(FlagConfig(client_cas=(), requestheader=config))
+    assert dynamic.identity_headers(credentials(None, {n: ["x"] for n in names})) == expected
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_first_value_of_the_first_user_header_that_has_one_is_the_name_each_header_read_whole(
+    front_ca: Authority, proxy_cert: x509.Certificate
+) -> None:
+    auth = authenticator(
+        front_ca,
+        username_headers=("X-A", "X-B", "X-C"),
+        uid_headers=("X-U1", "X-U2"),
+        group_headers=("X-G", "X-H"),
+    )
+    headers = {
+        "X-A": ["", ""],
+        "X-B": ["", "bob", "carol"],
+        "X-U2": ["", "7"],
+        "X-H": ["h1", ""],
+        "X-G": ["g"],
+    }
+    user = await auth.authenticate(credentials(proxy_cert, headers))
+    assert user == UserInfo(name="bob", uid="7", groups=("g", "h1", ""))
+    # A header after the one that named the user is not read; one before it, or the naming one, is.
+    after = {**headers, "X-C": ["\udcff"]}
+    assert await auth.authenticate(credentials(proxy_cert, after)) == user
+    for named in ("X-A", "X-B"):
+        with pytest.raises(CredentialsRefused, match=f"front proxy's {named} header"):
+            await auth.authenticate(credentials(proxy_cert, {**headers, named: [*headers[named], "\udcff"]}))
+    assert await auth.authenticate(credentials(proxy_cert, {"X-A": [""], "X-U1": ["1"]})) is None
+
+
+def test_the_authenticated_group_is_added_without_attrs_evolve(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a request (issue #11): attrs.evolve looks the class's fields up on every call."""
+
+    def refused(*args: object, **kwargs: object) -> object:
+        raise AssertionError("attrs.evolve")
+
+    monkeypatch.setattr(identity.attrs, "evolve", refused)
+    user = UserInfo(name="alice", uid="1", groups=("devs",), extra=(("k", ("v",)),))
+    added = user.with_authenticated_group()
+    assert added == UserInfo(name="alice", uid="1", groups=("devs", AUTHENTICATED), extra=(("k", ("v",)),))
+    assert hash(added) == hash(UserInfo("alice", "1", ("devs", AUTHENTICATED), (("k", ("v",)),)))
+    assert added.with_authenticated_group() is added

@@ -205,7 +205,7 @@ class DynamicAuthentication:
 
     def identity_headers(self, credentials: Credentials) -> list[str]:
         """Identity headers on a request, from the front proxy or forged."""
-        return self.config.requestheader.identity_headers(list(credentials.headers))
+        return self._requestheader.identity_headers(credentials.headers)
 
     async def authenticate(self, credentials: Credentials) -> UserInfo | None:
         return await self._chain.authenticate(credentials)

@@ -6,6 +6,7 @@ CA and, when allowed names are configured, whose CN is one of them. Anywhere els
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from urllib.parse import unquote
 
 import attrs
@@ -40,6 +41,18 @@ def _utf8(header: str, values: list[str]) -> list[str]:
     return values
 
 
+def _first(names: tuple[tuple[str, str], ...], headers: dict[str, list[str]]) -> str:
+    """The first non-empty value of the first of ``names`` that has one; each header's values up to
+    that one are checked as UTF-8 whole, as a header is read; "" when none has one."""
+    for header, key in names:
+        values = headers.get(key)
+        if values:
+            for value in _utf8(header, values):
+                if value:
+                    return value
+    return ""
+
+
 def _extra_key(header: str, prefix: str) -> str:
     # kube-apiserver sends the keys lower-cased and percent-encoded (UTF-8), so the name is ASCII.
     key = header[len(prefix) :].lower()
@@ -61,6 +74,30 @@ class RequestHeaderAuthenticator:
     config: RequestHeaderConfig
     # Asked twice per request (who is calling; which headers to strip) and once per connection.
     _trust: ChainDecisions[bool] = attrs.field(factory=ChainDecisions, init=False, eq=False, repr=False)
+    # The configuration's header names as every request looks them up, made once with it rather than
+    # on each request (issue #11): (name as configured, lower-cased) per header; the identity names.
+    _users: tuple[tuple[str, str], ...] = attrs.field(init=False, eq=False, repr=False)
+    _groups: tuple[tuple[str, str], ...] = attrs.field(init=False, eq=False, repr=False)
+    _uids: tuple[tuple[str, str], ...] = attrs.field(init=False, eq=False, repr=False)
+    _prefixes: tuple[str, ...] = attrs.field(init=False, eq=False, repr=False)
+    _exact: frozenset[str] = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        config = self.config
+        for field, names in (
+            ("_users", config.username_headers),
+            ("_groups", config.group_headers),
+            ("_uids", config.uid_headers),
+        ):
+            object.__setattr__(self, field, tuple((h, h.lower()) for h in names))
+        object.__setattr__(self, "_prefixes", tuple(p.lower() for p in config.extra_prefixes))
+        exact = (*config.username_headers, *config.group_headers, *config.uid_headers)
+        object.__setattr__(self, "_exact", frozenset(h.lower() for h in exact))
+
+    def identity_headers(self, names: Iterable[str]) -> list[str]:
+        """As `RequestHeaderConfig.identity_headers`, with the names made once."""
+        exact, prefixes = self._exact, self._prefixes
+        return [n for n in names if n in exact or (prefixes and n.startswith(prefixes))]
 
     def trusted(self, credentials: Credentials) -> bool:
         return self._trust.get(credentials, self._trusted)
@@ -74,17 +111,19 @@ class RequestHeaderAuthenticator:
     async def authenticate(self, credentials: Credentials) -> UserInfo | None:
         if not self.trusted(credentials):
             return None
-        name = next(
-            (v for h in self.config.username_headers for v in _utf8(h, credentials.header(h)) if v),
-            None,
-        )
+        headers = credentials.headers
+        name = _first(self._users, headers)
         if not name:
             return None
-        groups = tuple(v for h in self.config.group_headers for v in _utf8(h, credentials.header(h)))
-        uid = next((v for h in self.config.uid_headers for v in _utf8(h, credentials.header(h)) if v), "")
+        groups: tuple[str, ...] = ()
+        for header, key in self._groups:
+            values = headers.get(key)
+            if values:
+                groups += tuple(_utf8(header, values))
+        uid = _first(self._uids, headers)
         extra: dict[str, list[str]] = {}
-        for prefix in (p.lower() for p in self.config.extra_prefixes):
-            for header, values in credentials.headers.items():
+        for prefix in self._prefixes:
+            for header, values in headers.items():
                 if header.startswith(prefix) and len(header) > len(prefix):
                     extra.setdefault(_extra_key(header, prefix), []).extend(_utf8(header, values))
         return UserInfo(
