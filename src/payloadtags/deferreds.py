@@ -139,12 +139,16 @@ class DeadlineExpired(Exception):
         self.seconds = seconds
 
 
-async def within(clock: IReactorTime, seconds: float, work: Awaitable[T]) -> T:
+async def within(
+    clock: IReactorTime, seconds: float, work: Awaitable[T], *, cut_if: Callable[[], bool] | None = None
+) -> T:
     """The result of `work`, which is cancelled if it has not ended `seconds` after the call.
 
     Raises DeadlineExpired when the deadline cancelled the work, and CancelledError when the caller
     cancelled: whatever `work` then fails with (a transport may report a cancel as a lookup or
     connection failure), the cancel is noted as it comes in. Other failures pass through unchanged.
+    With ``cut_if``, the deadline cancels the work only if ``cut_if()`` is true then; else the work
+    goes on unbounded.
     """
     # A coroutine is run as it is; another awaitable (a Deferred the caller may hold) is awaited by
     # one of ours, so that the callbacks below are not added to it.
@@ -153,6 +157,8 @@ async def within(clock: IReactorTime, seconds: float, work: Awaitable[T]) -> T:
 
     def expire() -> None:
         nonlocal expired
+        if cut_if is not None and not cut_if():
+            return
         expired = True
         d.cancel()
 

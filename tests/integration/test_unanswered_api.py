@@ -723,6 +723,32 @@ async def test_a_tag_by_tag_deletecollection_waits_no_longer_than_its_requests_d
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_tag_by_tag_deletecollections_own_unanswered_delete_names_a_longer_write_there(
+    registry, repo
+) -> None:
+    """Its own delete's re-tag goes unanswered (it may land for about 1 s) while another write of this
+    process in the same repository may land for 30 s: the collection's 504 named its own write only,
+    "wait that long, then list the tags", and a look after that second showed the namespace falsely
+    done (review-ds8 F5). It names the latest write that may land there too, and to wait for it."""
+    namespace = repo.partition("/")[0]
+    hold, proxy, clock, client, service = retag_removal(registry, repo, shorter_than=50.0, budget=100.0)
+    _state(service, EXISTS)
+    late_writes = service.late_writes
+    assert late_writes is not None
+    late_writes.note(namespace, f"re-tagging {repo}:v0", late_writes.now() + 30.0, repo)
+    async with released(proxy, client, hold):
+        removing, _ = await removal_until_it_waits(service, namespace, clock, time_left=1.5)
+        with pytest.raises(ApiError) as answered:
+            await removing
+    error = answered.value
+    assert (error.code, error.retry_after) == (504, None), error.message
+    message = " ".join(error.message.split())
+    assert "the registry did not answer writes made to delete 1 of the 1" in message, message
+    assert f"re-tagging {repo}:v0, and may still carry it out within about 30s" in message, message
+    assert "wait until the latest has passed, then list the tags" in message, message
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_tag_by_tag_deletecollection_drops_the_late_write_it_waited_out(registry, repo) -> None:
     """As the wait within the budget above: the record kept the namespace's late write, its time long
     past, for the life of the process (review-ds D3: only a cascade's pass that found the namespace
@@ -888,6 +914,45 @@ class OnlyVisible(AlwaysAllow):
         return False
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_deletecollection_waits_for_a_write_in_a_selected_repository_whatever_the_rules_then(
+    registry, repo
+) -> None:
+    """The repositories of the selected tags are always in the wait, however the rules change: here a
+    write of another request in the selected repository goes unanswered during the call (right after
+    its delete check), and the caller's get on that path is revoked at that moment. The call waits for
+    it; without that rule the write's repository was decided on the new rules as it appeared, and the
+    call answered 200 while the write may bring the tag back (review-ds8 F4: no test held the rule)."""
+    namespace, _, path = repo.partition("/")
+    mine: str = path
+    revoked: list[bool] = []
+    images.push_oci_image(registry, repo, "v1")
+    clock = WaitClock(shorter_than=50.0)
+    client, service = removal_service(registry.url, clock, budget=100.0, timeout=0.5)
+    _state(service, EXISTS)
+    late_writes = client.late_writes
+
+    class RevokedAsAWriteBegins(OnlyVisible):
+        def allowed(self, user: Any, verb: str, namespace_: str, repository_path: str) -> bool:
+            if verb == "delete" and repository_path == mine:
+                if not revoked:
+                    revoked.append(True)
+                    late_writes.note(namespace, f"re-tagging {repo}:v1", late_writes.now() + 30.0, repo)
+                return True
+            return repository_path == mine and not revoked
+
+    try:
+        service.authorizer = RevokedAsAWriteBegins()
+        removing, delays = await removal_until_it_waits(service, namespace, clock)
+        assert revoked, "the caller's access was never revoked"
+        assert delays == [30.0] and not removing.called, f"waited {delays} s for the write"
+        clock.advance(30.0)  # the write can no longer land
+        items, _ = await removing
+    finally:
+        await client.close()
+    assert [item.spec.tag for item in items] == ["v1"]
+
+
 @pytest.mark.parametrize("time_left", [None, 1.5])
 @pytest_twisted.ensureDeferred
 async def test_a_tag_by_tag_deletecollection_neither_waits_for_nor_names_a_late_write_the_caller_may_not_see(
@@ -908,6 +973,14 @@ async def test_a_tag_by_tag_deletecollection_neither_waits_for_nor_names_a_late_
         await _single_delete_fails(service, repo)
         service.authorizer = OnlyVisible()
         removing, delays = await removal_until_it_waits(service, namespace, clock, time_left=time_left)
+        if not removing.called and time_left is not None:
+            # The bound of its pass, half the margin past the cut (review-ds8 F1), is no wait: the
+            # call ends with the clock standing still.
+            assert delays == [1.0], f"waited {delays} s for a write the caller may not see"
+            more = clock.waits()
+            more.addCallback(delays.append)
+            await first_of(removing, more)
+            del delays[0]
         assert delays == [] and removing.called, f"waited {delays} s for a write the caller may not see"
         items, _ = await removing
     assert [(item.spec.repository_path, item.spec.tag) for item in items] == [("visible", "mine")]

@@ -50,6 +50,18 @@ def test_a_pending_tag_still_there_is_left_and_the_others_pending_are_not() -> N
     ]
 
 
+def test_a_pending_tag_of_a_cut_call_claims_no_look_and_the_latest_write_is_waited_for() -> None:
+    """Cut before its look ended (review-ds8 F1, F2), the 504 does not say that none is listed; with the
+    latest write that may land there (review-ds8 F5), it says to wait until that has passed."""
+    latest = "the registry did not answer a write made while re-tagging team/app:v0 (within about 30s)"
+    error = _collection_incomplete("team", 2, [], {GONE: LATE}, [GONE], (), latest, seen=False)
+    message = error.message
+    assert "listed now" not in message, message
+    assert "which of the 2 selected tag(s) are still there is not known (no look ended)" in message, message
+    assert f"its message gives, and the latest write of this process there: {latest}" in message
+    assert "wait until the latest has passed, then list the tags" in message, message
+
+
 class _Checks:
     """An inventory whose delete check of a repository is refused when named in ``refusing``, and
     held until the test fires it when ``held``: the check's calls, by repository, are kept."""

@@ -61,6 +61,22 @@ def test_within_cancels_the_work_at_the_deadline() -> None:
     assert isinstance(error.__cause__, CancelledError)
 
 
+def test_within_cuts_the_work_only_if_its_condition_holds_at_the_deadline() -> None:
+    """``cut_if``: a deletecollection cuts its deletes before the request's deadline only while a write
+    may land (review-ds8 F1); else they go on, and the deadline's own answer stands."""
+    clock = Clock()
+    work: Deferred[str] = Deferred()
+    d = run(within(clock, 5, work, cut_if=lambda: False))
+    clock.advance(5)
+    assert not d.called and not work.called
+    work.callback("done")
+    assert d.result == "done"
+    held: Deferred[str] = Deferred()
+    cut = run(within(clock, 5, held, cut_if=lambda: True))
+    clock.advance(5)
+    assert isinstance(failure_of(cut), DeadlineExpired)
+
+
 def test_a_callers_cancel_stays_a_cancel_whatever_the_work_fails_with() -> None:
     clock = Clock()
     # A transport that reports a cancel as something else (HostnameEndpoint's DNSLookupError).

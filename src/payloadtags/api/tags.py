@@ -64,15 +64,20 @@ def _collection_incomplete(
     why: dict[TagRef, str],
     pending: Collection[TagRef] = (),
     lasting: Collection[TagRef] = (),
+    latest: str = "",
+    *,
+    seen: bool = True,
 ) -> ApiError:
     """503 with Retry-After: the namespace controller (and kubectl) retry, and the next try resumes.
     With ``pending`` (tags whose delete wrote something the registry did not answer, and may still
     carry out), 504 with none: a repeat sent by client-go while such a write is pending could
     succeed, and the write then bring its tag back after the answer said so. With every tag left in
     ``lasting`` (refused in a way a retry meets again: `RegistryError.lasting`), 503 with none, as for
-    a single delete: client-go would repeat the request up to ten times for the same answer."""
+    a single delete: client-go would repeat the request up to ten times for the same answer.
+    ``latest``: with ``pending``, the write of this process that may land latest there, said
+    (`TagsService._latest`); ``seen``: False when no look after the deletes ended (cut, or failed)."""
     if pending:
-        return _collection_unanswered(namespace, total, left, why, pending)
+        return _collection_unanswered(namespace, total, left, why, pending, latest, seen=seen)
     refused = bool(left) and all(ref in lasting for ref in left)
     named = [
         f'"{ref.name}" ({ref.repository}:{ref.tag}: {why.get(ref, "still listed after its delete")})'
@@ -98,7 +103,14 @@ def _collection_incomplete(
 
 
 def _collection_unanswered(
-    namespace: str, total: int, left: list[TagRef], why: dict[TagRef, str], pending: Collection[TagRef]
+    namespace: str,
+    total: int,
+    left: list[TagRef],
+    why: dict[TagRef, str],
+    pending: Collection[TagRef],
+    latest: str = "",
+    *,
+    seen: bool = True,
 ) -> ApiError:
     shown = [*left, *(ref for ref in pending if ref not in left)][:NAMED_LEFT]
     named = [
@@ -108,17 +120,24 @@ def _collection_unanswered(
     more = f" and {len(left) - len(shown)} more still there" if len(left) > len(shown) else ""
     # Counted against the selection, not the tags left: a pending tag may read as gone ("0 of 2 …
     # still there, … delete 1 of them" read as one of none).
-    still = (
-        f"{len(left)} of {total} selected tag(s) are still there, and"
-        if left
-        else f"none of the {total} selected tag(s) is listed now, but"
-    )
+    if left:
+        still = f"{len(left)} of {total} selected tag(s) are still there, and"
+    elif seen:
+        still = f"none of the {total} selected tag(s) is listed now, but"
+    else:
+        # Cut before its look ended, or the look failed: it cannot say what is listed.
+        still = f"which of the {total} selected tag(s) are still there is not known (no look ended), and"
+    # The latest write that may land there, when said: a look once the deletes' own writes can no
+    # longer land showed the namespace falsely done while a longer one may (review-ds8 F5).
+    latest = f", and the latest write of this process there: {latest}" if latest else ""
+    wait = "wait until the latest has passed" if latest else "wait that long"
     message = (
         f"Timeout: deletecollection of {QUALIFIED_RESOURCE} in namespace {namespace} is not finished: "
         f"{still} the registry did not answer writes made to delete {len(pending)} of the {total}, "
         f"which it may still carry out: {'; '.join(named)}{more}; each may still land within the time "
-        "its message gives (deleting again at once can answer success before a late write brings a tag "
-        "back): wait that long, then list the tags (kubectl get) and delete again only those still there"
+        f"its message gives{latest} (deleting again at once can answer success before a late write "
+        f"brings a tag back): {wait}, then list the tags (kubectl get) and delete again only those "
+        "still there"
     )
     listed = set(left)
     causes = [
@@ -693,41 +712,93 @@ class TagsService:
         began = self.late_writes.now() if self.late_writes is not None else 0.0
         # The wait for a late write ends with the budget, or before the request's deadline.
         deadline = min(began + self.removal_budget, cut)
-        todo = refs
-        while True:
+
+        # Set when a pass is cut (`may_land`): the late write seen then, if any.
+        cut_short: list[tuple[str, float] | None] = []
+
+        async def one_pass(
+            todo: builtins.list[TagRef] | None, leaves: frozenset[tuple[str, str, str]]
+        ) -> Page:
+            """Deletes ``todo`` (None: after a wait for a late write, those of the selection it may have
+            left, looked for first), then looks at the tags: what the look lists."""
+            nonlocal checked
+            if todo is None:
+                listed, _ = await self._select(user, namespace, unfiltered, authorize=False, shown=False)
+                checked = await self._left_by_late_writes(
+                    [ref for ref in listed.refs if ref in selected], leaves, failed
+                )
+                todo = list(checked)
             order = _across_repositories(todo)
             outcome = dict(zip(order, await bounded_map(remove, order, self.delete_concurrency), strict=True))
             deleted.update((ref, obj) for ref, obj in outcome.items() if obj is not None)
+            if cut_short:
+                raise DeadlineExpired(0.0)  # cut as the deletes ended: no unbounded look after it
             # 200 says the selection is gone, so look: the namespace controller takes it as done. A
             # tag listed again (a failed delete, a push of the same name meanwhile) makes it a
             # retriable 503; tags first pushed after the selection was read are not part of this
             # request.
-            look = self._select(user, namespace, unfiltered, authorize=False, shown=False)
+            return (await self._select(user, namespace, unfiltered, authorize=False, shown=False))[0]
+
+        def may_land() -> bool:
+            """Whether a write may land as the pass is cut: its own deletes' unanswered, or one of the
+            late writes it waits for (kept: what its 504 names)."""
             late = self._late_write(namespace, visible)
-            if late is not None and cut != math.inf and self.late_writes is not None:
-                # A write may land: the answer is 200 only after it can no longer, and else its 504,
-                # which the look must leave time for. Unbounded, a slow tag list ran it past the
-                # deadline, whose "get the tags again" came back while the write may land (review-ds6
-                # F2): it gets half the margin, as a removal's last look; cut, the 504 names no tag.
-                clock = self.late_writes.clock
-                try:
-                    looked = await within(clock, max(0.0, cut + DEADLINE_MARGIN / 2 - clock.seconds()), look)
-                except DeadlineExpired:
-                    unanswered = [ref for ref in refs if ref in pending]
-                    if unanswered:
-                        raise _collection_incomplete(
-                            namespace, len(refs), [], failed, unanswered, lasting
-                        ) from None
-                    self._raise_late_write(
-                        namespace, len(refs), self._late_write(namespace, visible) or late, visible
-                    )
-                again = looked[0].refs
-            else:
-                again = (await look)[0].refs
-            left = [ref for ref in again if ref in selected]
+            if pending or late is not None:
+                cut_short.append(late)
+            return bool(cut_short)
+
+        todo: builtins.list[TagRef] | None = refs
+        leaves: frozenset[tuple[str, str, str]] = frozenset()
+        while True:
+            work = one_pass(todo, leaves)
+            try:
+                if cut != math.inf and self.late_writes is not None:
+                    # While a write may land, the pass (its deletes and its look) ends by half the
+                    # margin past the cut: the answer is 200 only after the write can no longer land,
+                    # and else its 504, which the pass must leave time for. Unbounded, a slow tag list
+                    # (review-ds6 F2) or a held DELETE (review-ds8 F1) ran it past the deadline, whose
+                    # "get the tags again" came back while the write may land. With none, it goes on:
+                    # the deadline's answer is true then.
+                    clock = self.late_writes.clock
+                    until = max(0.0, cut + DEADLINE_MARGIN / 2 - clock.seconds())
+                    looked = await within(clock, until, work, cut_if=may_land)
+                else:
+                    looked = await work
+                if cut_short:
+                    raise DeadlineExpired(0.0)
+            except (DeadlineExpired, RegistryError):
+                # Cut, or a look the registry failed, while a write may land: the answer is the write's
+                # 504 (the collection's when its own deletes went unanswered) whatever the look would
+                # find, not the retriable 503 of the look's error, which drops the write (review-ds8 F2,
+                # as a removal's: review-ds6 F4). It names no tag: none was seen.
+                late = self._late_write(namespace, visible) or next(filter(None, cut_short), None)
+                unanswered = [ref for ref in refs if ref in pending]
+                if unanswered:
+                    raise _collection_incomplete(
+                        namespace,
+                        len(refs),
+                        [],
+                        failed,
+                        unanswered,
+                        lasting,
+                        self._latest(namespace, late, visible),
+                        seen=False,
+                    ) from None
+                if late is None:
+                    raise
+                self._raise_late_write(namespace, len(refs), late, visible)
+            left = [ref for ref in looked.refs if ref in selected]
             if left or pending:
                 unanswered = [ref for ref in refs if ref in pending]
-                raise _collection_incomplete(namespace, len(refs), left, failed, unanswered, lasting)
+                raise _collection_incomplete(
+                    namespace,
+                    len(refs),
+                    left,
+                    failed,
+                    unanswered,
+                    lasting,
+                    self._latest(namespace, self._late_write(namespace, visible), visible),
+                )
             # Nor while a write of this process may still land in the namespace (a single delete's
             # re-tag, a cascade's repair: `LateWrites`), as for the namespace's removal: the namespace
             # controller also deletes tag by tag when the namespace's state could not be read.
@@ -737,10 +808,7 @@ class TagsService:
             if not await self._waited_for_late_writes(namespace, len(refs), deadline, visible):
                 return [deleted[ref] for ref in refs if ref in deleted], meta
             # It could land meanwhile: delete what it left, and look again.
-            listed = (await self._select(user, namespace, unfiltered, authorize=False, shown=False))[0].refs
-            again_selected = [ref for ref in listed if ref in selected]
-            checked = await self._left_by_late_writes(again_selected, leaves, failed)
-            todo = list(checked)
+            todo = None
 
     async def _check_deletes(self, namespace: str, refs: builtins.list[TagRef]) -> None:
         """A dry-run deletecollection's check: the real one's answer (`_collection_incomplete`) when
@@ -885,28 +953,40 @@ class TagsService:
             return None
         return late
 
-    def _raise_late_write(
-        self, namespace: str, total: int, late: tuple[str, float], visible: Within | None
-    ) -> NoReturn:
-        """The 504 without Retry-After of a deletecollection cut while ``late`` (what, until when) may
-        land, naming it."""
+    def _late_write_said(
+        self, namespace: str, late: tuple[str, float], visible: Within | None
+    ) -> tuple[str, str]:
+        """``late`` (what, until when) for a message: when it may land, and what to do before looking."""
         late_writes = self.late_writes
         assert late_writes is not None
         what, until = late
         left = until - late_writes.now()
         if left == math.inf:
             # No length from now: its request may not even have left (`LateWrites.out_within`).
-            when = (
+            return (
                 f"the registry has not answered a write made while {what} yet, and may carry it out "
-                f"{late_writes.out_within(namespace, visible)}"
+                f"{late_writes.out_within(namespace, visible)}",
+                "once that time has passed, list the tags",
             )
-            then = "once that time has passed, list the tags"
-        else:
-            when = (
-                f"the registry did not answer a write made while {what}, and may still carry it out "
-                f"within about {math.ceil(left)}s"
-            )
-            then = "wait that long, then list the tags"
+        return (
+            f"the registry did not answer a write made while {what}, and may still carry it out "
+            f"within about {math.ceil(left)}s",
+            "wait that long, then list the tags",
+        )
+
+    def _latest(self, namespace: str, late: tuple[str, float] | None, visible: Within | None) -> str:
+        """For the collection's 504 over its own unanswered deletes: the write ``late`` that may land
+        latest of those the call waits for (its own among them), said as `_raise_late_write` says it;
+        "" for none. Its own deletes' bounds alone (about a second) hid a longer write in the same
+        repositories: a look after them showed the namespace falsely done (review-ds8 F5)."""
+        return "" if late is None else self._late_write_said(namespace, late, visible)[0]
+
+    def _raise_late_write(
+        self, namespace: str, total: int, late: tuple[str, float], visible: Within | None
+    ) -> NoReturn:
+        """The 504 without Retry-After of a deletecollection cut while ``late`` (what, until when) may
+        land, naming it."""
+        when, then = self._late_write_said(namespace, late, visible)
         raise _removal_unanswered(
             namespace,
             total,
