@@ -1909,3 +1909,92 @@ async def test_leaving_a_group_between_two_all_namespaces_streams_is_410_whateve
     line = await again.next()
     again.close()
     assert (line["type"], line["object"].get("code")) == ("ERROR", 410), line
+
+
+async def _all_showing(client: ApiClient, shown: set[tuple[str, str]]) -> str | None:
+    """The resourceVersion of a whole list of all namespaces (no ``limit``) that shows the
+    (namespace, repository path) pairs ``shown``."""
+    reply = await client.get(f"{B}/payloadrepositorytags")
+    if reply.code != 200:
+        return None
+    body = reply.json()
+    items = {(i["metadata"]["namespace"], i["spec"]["repositoryPath"]) for i in body["items"]}
+    return str(body["metadata"]["resourceVersion"]) if items == shown else None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_namespace_that_came_back_in_her_whole_list_and_left_again_is_dated_by_its_second_leaving(
+    make_server, registry, repo, pki, kube_api, kube_kubeconfig, reactor
+):
+    """alice's -A watch sees `x/app` deleted, and the reap notes `x` gone from her scope at that
+    sequence; her watch ends. `x/app` is pushed again and a whole -A list of hers (no ``limit``) shows
+    it; it is deleted again with no watch of hers running. Her next watch start drops `x` (she is past
+    her share), her access in `x` is taken back, and the client of the list watches from it. `x` was
+    dated by its first leaving, before the list: that watch was served, its `DELETED` decided by the
+    new rules was dropped, and the client kept `x/app` for good. A whole list's decisions bring a
+    namespace back into her scope as a page's do; the watch is 410."""
+    namespace, _ = repo.split("/", 1)
+    x = f"{namespace}x"
+    api, alice = await _alice(
+        make_server, registry, kube_api, kube_kubeconfig, pki, f"{namespace}/app", f"{x}/app"
+    )
+    grant(kube_api, x, "alice", ["get"], ["app"], "alice-read")
+    hub = api.running.api.watch_hub
+    hub.rules.max_entries, hub.rules.user_share = 100_000, 50_000  # no trim yet
+    both = {(namespace, "app"), (x, "app")}
+    listed = await eventually(lambda: _all_showing(alice, both), within=20)
+    assert listed
+    url = f"{B}/payloadrepositorytags"
+    first = await stream(alice, f"{url}?watch=true&allowWatchBookmarks=true&resourceVersion={listed}")
+    assert first.code == 200
+
+    def deleted() -> None:
+        digest = images.resolve(registry, f"{x}/app", "v1")
+        assert digest is not None
+        assert images.delete_manifest(registry, f"{x}/app", digest) == 202
+
+    def noted() -> Any:
+        (entry,) = [n for (_, (name, _)), n in hub.rules.entries.items() if name == "alice"]
+        return entry
+
+    deleted()
+    line = await first.next()
+    while (line["type"], line["object"]["metadata"].get("namespace")) != ("DELETED", x):
+        line = await first.next()
+    hub.reap()
+    assert x in noted().gone
+    first.close()
+
+    async def none_watching() -> bool:
+        return not hub.watchers
+
+    assert await eventually(none_watching, within=20)
+    images.push_oci_image(registry, f"{x}/app", "v1", seed=f"{x}/app")
+    came_back = await eventually(lambda: _all_showing(alice, both), within=20)
+    assert came_back
+    deleted()
+    source = hub.sources[None]
+
+    async def left_again() -> bool:
+        # The source saw it leave again (its return was the list's, reported to it): the watch
+        # started next is sent nothing there (one that decided there would note her rules there).
+        events = [event.type.value for event in source.ring if event.ref.namespace == x]
+        return events[-1:] == ["DELETED"] and events.count("DELETED") == 2
+
+    assert await eventually(left_again, within=20)
+    hub.rules.user_share = len(noted().rules) - 1  # her next watch start trims what left her scope
+    second = await stream(alice, f"{url}?watch=true&allowWatchBookmarks=true&resourceVersion=0")
+    assert second.code == 200
+    await second.next()
+    assert x not in noted().rules  # dropped by the trim at its start
+    generation = hub.access_generation()
+    kube_api.store.delete(ROLEBINDINGS, "alice-read", x)
+    assert await eventually(lambda: _checked(api, generation), within=20)
+    again = await stream(
+        alice, f"{url}?watch=true&allowWatchBookmarks=true&timeoutSeconds=2&resourceVersion={came_back}"
+    )
+    assert again.code == 200
+    line = await again.next()
+    again.close()
+    second.close()
+    assert (line["type"], line["object"].get("code")) == ("ERROR", 410), line  # was served

@@ -6,6 +6,7 @@ window ahead, and nothing is read once the client has gone or the list has faile
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -97,6 +98,7 @@ def start(
     media: Any = FULL,
     versions: Recorded | None = None,
     authorizer: Any = None,
+    decided: Callable[[str], None] | None = None,
 ) -> tuple[Request, Deferred[None], list[Any]]:
     service = TagsService(
         inventory=Inventory(registry, concurrency=WINDOW),  # type: ignore[arg-type]
@@ -104,7 +106,7 @@ def start(
         authorizer=authorizer or AlwaysAllow(),
         versions=versions or Recorded(),
     )
-    runs, meta = run(service.list_runs(ALICE, "team", list_options(query or {})))
+    runs, meta = run(service.list_runs(ALICE, "team", list_options(query or {}), decided))
     request = Request()
 
     def begin() -> None:
@@ -170,6 +172,22 @@ def test_selectors_and_access_apply_as_they_did() -> None:
     finish(clock, results)
     assert b"".join(request.written) == reference(["team/r02"])
     assert registry.started == ["team/r02"]  # a repository the caller may not see is not read
+
+
+def test_a_whole_list_tells_each_access_decision_as_it_makes_it() -> None:
+    """As a page does: the namespace of each repository decided, before anything of it is written (the
+    watch hub dates by it a namespace that left the caller's scope and came back, `WatchHub.
+    list_decisions`; a whole list told nothing, and a resume from it could be served with her client
+    holding a tag deleted where she may no longer see)."""
+    clock = Clock()
+    registry = SlowRegistry(clock, REPOSITORIES[:3])
+    decided: list[str] = []
+    request, _, results = start(registry, clock, authorizer=Only("team", "r02"), decided=decided.append)
+    before = (list(decided), list(request.written))
+    finish(clock, results)
+    assert before == (["team"] * 3, [])  # were ([], [])
+    assert b"".join(request.written) == reference(["team/r02"])
+    assert decided == ["team"] * 3
 
 
 def test_a_client_that_goes_away_stops_the_reads() -> None:

@@ -992,13 +992,16 @@ def test_a_lone_user_past_her_share_evicts_no_other_user() -> None:
     hub.stop()
 
 
-def _left_came_back_and_left_again(redate: bool) -> bool:
+def _left_came_back_and_left_again(redate: bool, back: str = "watch") -> bool:
     """alice's all-namespaces watch W1 sees `x/app` deleted (the reap notes `x` gone), then back: W1
-    sends its ADDED, and its client reads up to it. `x/app` is deleted again, while W1 runs (``redate``:
-    the reap notes it gone again, and W1 breaks before its client reads the DELETED) or once W1 broke
-    (no watch of hers running). A second client of hers watches, one CI namespace comes and goes (her
-    share is 2: the trim drops `x`), her access in `x` is taken back, and W1's client resumes from the
-    ADDED: whether it is served (its client holds `x/app:v1`, deleted where she may no longer see)."""
+    sends its ADDED, and its client reads up to it (``back``: "watch"). `x/app` is deleted again, while
+    W1 runs (``redate``: the reap notes it gone again, and W1 breaks before its client reads the
+    DELETED) or once W1 broke (no watch of hers running). Or W1 ends before `x/app` comes back, and a
+    list of hers shows it (``back``: "page", a page of it deciding in `x`; "pinned", one pinned to `x`
+    by a `metadata.namespace` selector; "whole", a whole list, no ``limit``), then it is deleted again.
+    A second client of hers watches, one CI namespace comes and goes (her share is 2: the trim drops
+    `x`), her access in `x` is taken back, and the client that holds `x/app:v1` resumes from the ADDED
+    or the list: whether it is served (it holds `x/app:v1`, deleted where she may no longer see)."""
     reader = FakeReader({"keep/app": {"v1"}, "x/app": {"v1"}})
     clock = Clock()
     hub, index, authorizer = rbac_hub(reader, clock)
@@ -1007,6 +1010,7 @@ def _left_came_back_and_left_again(redate: bool) -> bool:
     for namespace in ("keep", "x", "ci"):
         grant(index, "alice", namespace, ["app"], f"a-{namespace}")
     source = ready(hub, None)
+    alice = UserInfo("alice")
 
     def change(repository: str, tags: set[str] | None) -> None:
         if tags is None:
@@ -1024,9 +1028,15 @@ def _left_came_back_and_left_again(redate: bool) -> bool:
     hub.reap()
     (noted,) = hub.rules.entries.values()
     assert "x" in noted.gone
+    if back != "watch":
+        w1.stopProducing()
     change("x/app", {"v1"})
-    added = [line for line in sink.lines if line.startswith(b"ADDED x/app:v1")]
-    assert added, sink.lines
+    if back == "watch":
+        added = [line for line in sink.lines if line.startswith(b"ADDED x/app:v1")]
+        assert added, sink.lines
+        since = int(added[-1].split()[2])
+    else:
+        since = _listed_in_x(hub, alice, back)
     if redate:
         change("x/app", None)
         hub.reap()
@@ -1042,19 +1052,114 @@ def _left_came_back_and_left_again(redate: bool) -> bool:
     hub.reap()
     grant(index, "alice", "x", ["other"], "a-x")  # her access in `x` taken back
     clock.advance(1)
-    served = resumed(hub, source, int(added[-1].split()[2]))
+    served = resumed(hub, source, since)
     w2.end("test")
     hub.stop()
     return served
 
 
-@pytest.mark.parametrize("redate", [False, True])
-def test_a_namespace_that_left_came_back_and_left_again_is_dated_by_its_last_leaving(redate: bool) -> None:
+def _listed_in_x(hub: WatchHub, alice: UserInfo, how: str) -> int:
+    """The sequence of a list of the all-namespaces scope by alice that shows `x/app:v1` (``how``: a
+    page of it, "page"; pinned to `x`, "pinned"; a whole list, "whole"), its access decisions told as
+    the server tells them."""
+    if how == "pinned":
+        rv: list[tuple[str, object]] = []
+        Deferred.fromCoroutine(hub.open_list(None, alice, ["x"])).addCallback(rv.append)
+        listed = hub.versions.parse(rv[0][0])
+        assert listed is not None
+        return listed
+    listed = list_sequence(hub, None, alice)
+    if how == "page":
+        decisions = hub.page_decisions(None, alice)
+        decisions.decided("keep")
+        decisions.decided("x")
+        hub.listed_page(None, alice, decisions)
+    else:
+        decided = hub.list_decisions(None, alice)
+        assert decided is not None
+        decided("keep")
+        decided("x")
+    return listed
+
+
+@pytest.mark.parametrize(
+    ("redate", "back"),
+    [(False, "watch"), (True, "watch"), (False, "page"), (False, "pinned"), (False, "whole")],
+)
+def test_a_namespace_that_left_came_back_and_left_again_is_dated_by_its_last_leaving(
+    redate: bool, back: str
+) -> None:
     """The date a namespace left her scope (`Noted.gone`) was its first leaving: back in the scope and
     sent to a client of hers, it kept it, and when it left again with no watch of hers running, a trim
     dropped it dated so. A resume from between the two, after her access there was taken back, was
     served: the DELETED replayed was decided by the new rules and dropped, and the client kept the
     deleted tag (review-watch6 F1, stale_gone_date.py). Seen in the scope again, it is no longer dated by
     its first leaving; the reap dates a second leaving it notes by it (``redate``: the review's
-    stale_gone_date_v2.py, where a reap keeping the first date served the resume, review-watch6 F5)."""
-    assert not _left_came_back_and_left_again(redate)
+    stale_gone_date_v2.py, where a reap keeping the first date served the resume, review-watch6 F5).
+    Seen by a list of hers too (``back``): a page's or a pinned list's (review-watch8 F1,
+    list_return.py: no test failed with that removed), and a whole list's, which told nothing and
+    served the resume from it."""
+    assert not _left_came_back_and_left_again(redate, back)
+
+
+def _resume_after_her_scope_shrank(
+    left: int, other: bool, changed: bool = False
+) -> tuple[WatchHub, ScopeSource, int, bool]:
+    """alice may read `app` in 40 namespaces (one ClusterRole), past her share (4); her stream ends at
+    ``since``, and the last ``left`` of them are emptied while her informer reconnects (the reap run;
+    ``other``: a second client of hers watches throughout and no reap runs yet). ``changed``: a Role
+    then gives her more in `ns39`, one that left. Returns the hub, the source, ``since`` and whether
+    her resume from it is served."""
+    reader = FakeReader({f"ns{i}/app": {"v1"} for i in range(40)})
+    hub, source, authorizer, clock = _app_readable_by_alice(reader, 1000, 4)
+    w, _ = rbac_watcher(authorizer, "alice")
+    assert hub.start(w, source, since=None, timeout=None)
+    if other:
+        w2, _ = rbac_watcher(authorizer, "alice")
+        assert hub.start(w2, source, since=None, timeout=None)
+    hub.check_access()
+    since = hub.versions.current  # her client read up to here; the stream then breaks
+    w.end("test")
+    for i in range(40 - left, 40):
+        del reader.repositories[f"ns{i}/app"]
+        hub.repository_changed(f"ns{i}/app")
+        while one_turn(clock):
+            pass
+    if not other:
+        hub.reap()
+    if changed:
+        grant(RBAC[hub].index, "alice", "ns39", ["other"], "a39")
+        clock.advance(1)
+    return hub, source, since, resumed(hub, source, since)
+
+
+@pytest.mark.parametrize(("left", "other"), [(20, False), (3, False), (1, True)])
+def test_a_resume_after_her_scope_shrank_is_served_when_her_rules_did_not_change(
+    left: int, other: bool
+) -> None:
+    """The watch start that resumes trims the namespaces that left her scope (she is past her share)
+    and dated that after the resume's resourceVersion, having just compared her rules in each of them
+    and found them the same: a needless 410, and a relist of her whole scope (review-watch8 F2,
+    resume_after_shrink.py). The verdict is given by the rules it compared, before the trim. The
+    trim's date binds the resumes after it, which compare those namespaces no more: one from the same
+    resourceVersion once her rules changed in one that left is 410."""
+    hub, source, since, served = _resume_after_her_scope_shrank(left, other)
+    assert served  # was 410
+    (noted,) = hub.rules.entries.values()
+    assert "ns39" not in noted.rules  # trimmed
+    assert noted.changed_at > since
+    grant(RBAC[hub].index, "alice", "ns39", ["other"], "a39")
+    hub.check_access()
+    assert not resumed(hub, source, since)
+    hub.stop()
+
+
+@pytest.mark.parametrize(("left", "other"), [(20, False), (3, False), (1, True)])
+def test_a_resume_after_her_scope_shrank_and_her_rules_changed_where_it_shrank_is_410(
+    left: int, other: bool
+) -> None:
+    """As above, with her rules changed in a namespace that left before she resumes: the watch start
+    compares them there before it trims it, and the resume is 410."""
+    hub, _, _, served = _resume_after_her_scope_shrank(left, other, changed=True)
+    assert not served
+    hub.stop()

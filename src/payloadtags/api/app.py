@@ -1001,6 +1001,10 @@ class ApiServer:
         # Each access decision of a page, compared with her rules noted as it is made (a change of
         # them noted meanwhile has its date), and its namespace kept for the rules check once read.
         decisions = hub.page_decisions(namespace, user) if hub is not None and paged and possible else None
+        decided: Callable[[str], None] | None = None if decisions is None else decisions.decided
+        if hub is not None and possible and not paged:
+            # A whole list's: the namespaces it shows are back in her scope, if they had left it.
+            decided = hub.list_decisions(namespace, user)
         shown = False
 
         def begin() -> None:
@@ -1009,9 +1013,7 @@ class ApiServer:
             _head(request, 200, media.content_type)
 
         try:
-            runs, meta = await self.service.list_runs(
-                user, namespace, options, None if decisions is None else decisions.decided
-            )
+            runs, meta = await self.service.list_runs(user, namespace, options, decided)
             if hub is not None and decisions is not None:
                 # Every page, continued ones too: her rules may change after the list took its
                 # resourceVersion, decide this page, and be changed back before the watch from it, or

@@ -280,7 +280,8 @@ def _noting(
 ) -> Callable[[str, str], bool]:
     # Each access decision of a page is told as it is made, in the same reactor turn: her rules may
     # change between two of them (a page's reads span registry awaits), and what the page shows is
-    # what the rules of each decision decided, whatever they are once it is read.
+    # what the rules of each decision decided, whatever they are once it is read. A whole list's, for
+    # the namespaces it shows (`WatchHub.list_decisions`).
     def noted(namespace: str, repository_path: str) -> bool:
         allowed = readable(namespace, repository_path)
         decided(namespace)
@@ -355,8 +356,8 @@ class TagsService:
         decided: Callable[[str], None] | None = None,
     ) -> tuple[Runs, ListMeta]:
         """The tags a list shows, a repository at a time. A whole list (no limit, no continue) is
-        read as it is written (`Inventory.reader`); a page is read first, whole (`reads_a_page`), and
-        ``decided`` is told the namespace of each access decision it makes, as it makes it."""
+        read as it is written (`Inventory.reader`); a page is read first, whole (`reads_a_page`).
+        ``decided`` is told the namespace of each access decision either makes, as it makes it."""
         if reads_a_page(options):
             page, meta = await self._select(user, namespace, options, decided=decided)
             return PageRuns(page.runs), meta
@@ -366,7 +367,7 @@ class TagsService:
         reader = self.inventory.reader(
             listing.namespace,
             accept=listing.accept,
-            readable=listing.readable,
+            readable=listing.readable if decided is None else _noting(listing.readable, decided),
             observe=self.versions.observer(listing.watch_scope, listing.current),
         )
         return reader, ListMeta(resource_version=listing.current)

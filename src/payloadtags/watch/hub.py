@@ -187,6 +187,18 @@ class WatchHub:
 
         return PageDecisions(lambda decided_in: ledger.decided(source, user, decided_in, rules, stamp))
 
+    def list_decisions(self, namespace: str | None, user: UserInfo) -> Callable[[str], None] | None:
+        """Where a whole list (no ``limit``) of the all-namespaces scope by ``user`` tells the namespace
+        of each access decision it makes (`RulesLedger.returned`): one that left her scope and came back
+        is dated by its next leaving, as when a page or a watch of hers decides there. Also when she is
+        not noted as the list starts: her first watch may start while it reads, and its reap note a
+        namespace gone that comes back before the list reads it. None: no all-namespaces source (a
+        namespace scope has one namespace, never noted gone)."""
+        source = self.sources.get(namespace)
+        if namespace is not None or source is None:
+            return None
+        return functools.partial(self.rules.returned, source, user)
+
     def listed_page(
         self,
         namespace: str | None,

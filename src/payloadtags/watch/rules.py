@@ -176,8 +176,13 @@ class RulesLedger:
         if changed:
             self._changed(source, noted, user, stamp)
         noted.groups = user.groups
+        # Given before the trim: it compared her rules in every namespace a trim now drops, and a
+        # resume judged by them is served as any other. The trim's date binds the resumes after it,
+        # which no longer compare those (taken after it, a needless 410 and relist of her whole scope
+        # whenever a namespace left it while her client reconnected, review-watch8 F2).
+        admitted = since is None or since >= noted.changed_at
         self._resized(source, noted, before, scope)
-        return since is None or since >= noted.changed_at
+        return admitted
 
     def knows(self, source: ScopeSource, user: UserInfo) -> bool:
         """Whether ``user``'s rules are noted in ``source``'s scope (a list of hers there is compared)."""
@@ -240,6 +245,18 @@ class RulesLedger:
         old = noted.rules.get(namespace)
         if old is not None and old != rules_of(namespace).fingerprint:
             self.listed(source, user, rules_of, stamp, [namespace])
+
+    def returned(self, source: ScopeSource, user: UserInfo, namespace: str) -> None:
+        """An access decision of a whole list (no ``limit``) of ``user``'s in ``namespace`` of
+        ``source``'s scope, just made: back in her scope (`_returned`), as a page's decision is
+        (`decided`). A whole list compares her rules only as it starts (docs/watch.md, "Limits"); the
+        namespaces it reads are known only as it reads them, and one that came back and was shown by
+        it kept the date it first left: dropped by a trim after it left again, a resume from the list,
+        after her access there was taken back, was served, and its client kept what the second leaving
+        deleted. A dict lookup, and one more while she has namespaces noted gone."""
+        noted = self.entries.get((source, user_key(user)))
+        if noted is not None and noted.gone:
+            _returned(noted, (namespace,))
 
     def _compared(self, noted: Noted, user: UserInfo, namespaces: Iterable[str] | None) -> Iterable[str]:
         """The namespaces noted for her that a noting of ``user``'s rules in ``namespaces`` (None: all)
