@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import itertools
 import json
@@ -1617,6 +1618,44 @@ async def test_a_token_naming_a_repository_over_the_registrys_bound_is_400_malfo
                 status = assert_status(reply, 400, "BadRequest")
                 assert status["message"] == "continue key is not valid: the token is malformed"
                 assert _left(registry, repo) == names
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_token_kube_apiserver_or_the_tag_grammar_calls_malformed_is_400(api, registry, repo):
+    # Forged tokens a list answered 200: resourceVersion 0 (the list said "0" and handed out tokens of
+    # "0"; kube-apiserver's storage refuses it as a start), "007" (echoed as the list's), a last tag
+    # outside the registry's grammar, and "v" true or 1.0 (equal to 1 in Python) (review-unrev F4).
+    namespace, path = split(repo)
+    names = _push_abc(registry, repo)
+    client = api.client(api.pki.admin)
+
+    def forged(**changes: Any) -> str:
+        data = {"v": 1, "rv": "1", "scope": namespace, "last": [namespace, path, "a"], **changes}
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+    start = "incorrect encoded start resourceVersion (version meta.k8s.io/v1)"
+    malformed = "the token is malformed"
+    cases = [(forged(rv="0"), start), (forged(rv="007"), malformed), (forged(v=True), malformed)]
+    cases += [(forged(v=1.0), malformed)]
+    cases += [
+        (forged(last=[namespace, path, tag]), malformed) for tag in ("a/b", "a\0", ".a", "a b", "t" * 129)
+    ]
+    for token, why in cases:
+        for method, query, accept in (
+            ("GET", "", "application/json"),
+            ("GET", "", TABLE),
+            ("DELETE", "&dryRun=All", "application/json"),
+            ("DELETE", "", "application/json"),
+        ):
+            continuation._decoded.clear()  # as another replica would, which never made the token
+            reply = await client.request(
+                method,
+                collection(namespace) + f"?limit=1&continue={token}{query}",
+                headers={"Accept": accept},
+            )
+            status = assert_status(reply, 400, "BadRequest")
+            assert status["message"] == f"continue key is not valid: {why}", (token, method, accept)
+    assert _left(registry, repo) == names
 
 
 @pytest_twisted.ensureDeferred

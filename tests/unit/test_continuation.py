@@ -62,7 +62,7 @@ _component = st.from_regex(r"[a-z0-9]{1,5}([._-][a-z0-9]{1,5}){0,2}", fullmatch=
 
 @pytest.mark.property
 @given(
-    rv=st.integers(0, 2**64 - 1).map(str),
+    rv=st.integers(1, 2**64 - 1).map(str),
     namespace=st.from_regex(r"[a-z0-9]([-a-z0-9]{0,10}[a-z0-9])?", fullmatch=True),
     path=st.lists(_component, min_size=1, max_size=3).map("/".join),
     tag=st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,20}", fullmatch=True),
@@ -104,12 +104,27 @@ def test_round_trip_property(rv: str, namespace: str, path: str, tag: str, all_n
         # Beyond what kube-apiserver parses as a resourceVersion (uint64), and past int()'s 4300 digits.
         pytest.param(_raw(_good(rv="18446744073709551616")), id="rv-beyond-uint64"),
         pytest.param(_raw(_good(rv="9" * 5000)), id="rv-5000-digits"),
+        # A version spelled otherwise than a list's is spelled: the list would echo it as its own.
+        pytest.param(_raw(_good(rv="007")), id="rv-leading-zero"),
+        # "v" is exactly the number 1: true and 1.0 compare equal to it.
+        pytest.param(_raw(_good(v=True)), id="version-true"),
+        pytest.param(_raw(_good(v=1.0)), id="version-float"),
         pytest.param(_raw(_good(last=["ns", "app"])), id="last-too-short"),
         pytest.param(_raw(_good(last=["ns", "app", "v1", "x"])), id="last-too-long"),
         pytest.param(_raw(_good(last="ns/app:v1")), id="last-string"),
         pytest.param(_raw(_good(last={"ns": 1})), id="last-object"),
         pytest.param(_raw(_good(last=["ns", "app", 1])), id="tag-number"),
         pytest.param(_raw(_good(last=["ns", "app", ""])), id="empty-tag"),
+        # The registry's tag grammar (docs/api.md: a last key outside it is malformed).
+        pytest.param(_raw(_good(last=["ns", "app", "a/b"])), id="tag-slash"),
+        pytest.param(_raw(_good(last=["ns", "app", "a\0"])), id="tag-nul"),
+        pytest.param(_raw(_good(last=["ns", "app", "a b"])), id="tag-space"),
+        pytest.param(_raw(_good(last=["ns", "app", ".a"])), id="tag-leading-dot"),
+        pytest.param(_raw(_good(last=["ns", "app", "-a"])), id="tag-leading-dash"),
+        pytest.param(_raw(_good(last=["ns", "app", "a\n"])), id="tag-trailing-newline"),
+        pytest.param(_raw(_good(last=["ns", "app", "t" * 129])), id="tag-129-characters"),
+        pytest.param(_raw(_good(last=["ns", "app", "t" * 6000])), id="tag-6000-characters"),
+        pytest.param(_raw(_good(last=["ns", "app", "\u00e9"])), id="tag-not-ascii"),
         pytest.param(_raw(_good(last=["ns", "", "v1"])), id="empty-path"),
         pytest.param(_raw(_good(last=["ns", "App", "v1"])), id="bad-path"),
         pytest.param(_raw(_good(last=["NS", "app", "v1"])), id="bad-namespace"),
@@ -121,7 +136,25 @@ def test_round_trip_property(rv: str, namespace: str, path: str, tag: str, all_n
     ],
 )
 def test_malformed_tokens_are_400(text: str) -> None:
-    _bad(text, "ns")
+    assert _bad(text, "ns").message == "continue key is not valid: the token is malformed"
+
+
+def test_a_tag_of_128_characters_is_a_good_token() -> None:
+    token = Continuation("5", "ns", TagRef("ns", "app", "_" + "t" * 126 + "."))
+    assert decode(_raw(_good(last=["ns", "app", token.last.tag])), "ns") == token
+    assert decode(encode(token), "ns") == token
+
+
+@pytest.mark.parametrize("rv", ["0", "00"])
+def test_a_token_of_resource_version_0_is_400_as_kube_apiserver_words_it(rv: str) -> None:
+    # kube-apiserver's storage.ErrInvalidStartRV; a list answered at "0" handed out tokens of "0".
+    text = _raw(_good(rv=rv))
+    for _ in range(2):  # decoded, then from the cache
+        error = _bad(text, "ns")
+        assert error.message == (
+            "continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)"
+        )
+    assert _bad(encode(Continuation(rv, "ns", TagRef("ns", "app", "v1"))), "ns").message == error.message
 
 
 def test_a_repository_of_255_characters_is_a_good_token() -> None:
@@ -248,6 +281,8 @@ def test_a_token_is_kept_as_it_is_made_and_decodes_as_its_text_does() -> None:
         pytest.param(Continuation("5", "NS", TagRef("NS", "app", "v1")), id="namespace"),
         pytest.param(Continuation("5", "ns", TagRef("ns", "App", "v1")), id="path"),
         pytest.param(Continuation("5", "ns", TagRef("ns", "app", "")), id="tag"),
+        pytest.param(Continuation("5", "ns", TagRef("ns", "app", "a b")), id="tag-grammar"),
+        pytest.param(Continuation("05", "ns", TagRef("ns", "app", "v1")), id="resourceVersion-leading-zero"),
         pytest.param(Continuation("x", "ns", TagRef("ns", "app", "v1")), id="resourceVersion"),
         pytest.param(Continuation("5", "ns", TagRef("ns", "app", "v1"), "not a walk"), id="walk"),
         pytest.param(Continuation("5", "ns", TagRef("ns", "a" * 253, "v1")), id="repository-length"),
@@ -261,10 +296,10 @@ def test_a_token_made_of_what_decoding_refuses_is_refused_kept_or_not(token: Con
 
 
 @pytest.mark.parametrize("tag", ["\ud800x", "a\udfff", "\udc80\udc80"])
-def test_a_forged_token_whose_tag_holds_a_lone_surrogate_decodes_as_its_text_says(tag: str) -> None:
-    # JSON can spell a lone surrogate (\ud800); the decoded strings are copied for the caller, and a
-    # strict UTF-8 round trip of that copy raised (a 500 on list, Table and deletecollection).
+def test_a_forged_token_whose_tag_holds_a_lone_surrogate_is_400_malformed(tag: str) -> None:
+    # JSON can spell a lone surrogate (\ud800); the decoded strings were copied for the caller through
+    # strict UTF-8 once (a 500 on list, Table and deletecollection). Outside the tag grammar: malformed.
     text = _raw(_good(last=["ns", "app", tag]))
     for _ in range(2):  # decoded, then from the cache
-        assert decode(text, "ns") == Continuation("5", "ns", TagRef("ns", "app", tag))
-    assert decode(encode(Continuation("5", "ns", TagRef("ns", "app", tag))), "ns").last.tag == tag
+        assert _bad(text, "ns").message == "continue key is not valid: the token is malformed"
+    _bad(encode(Continuation("5", "ns", TagRef("ns", "app", tag))), "ns")

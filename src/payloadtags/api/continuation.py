@@ -14,7 +14,7 @@ import attrs
 from payloadtags.api.errors import ApiError, bad_request
 from payloadtags.api.walks import is_walk_id
 from payloadtags.names import TagRef, is_namespace, is_repository_path
-from payloadtags.registry.content import MAX_REPOSITORY_LENGTH
+from payloadtags.registry.content import MAX_REPOSITORY_LENGTH, is_valid_tag
 from payloadtags.watch import parse_version
 
 _VERSION = 1
@@ -51,8 +51,10 @@ def encode(token: Continuation) -> str:
     text = base64.urlsafe_b64encode(raw.encode("ascii")).decode("ascii").rstrip("=")
     # What decoding the text gives (the spelling round-trips: test_continuation), checked as decoding
     # checks it, so that a token made of names the decode would refuse is refused all the same.
-    valid = _valid(token.resource_version, last.namespace, last.repository_path, last.tag, token.walk)
-    _keep(text, _copied((token.resource_version, token.scope, last, token.walk)) if valid else _MALFORMED)
+    refused = _refused(token.resource_version, last.namespace, last.repository_path, last.tag, token.walk)
+    _keep(
+        text, _copied((token.resource_version, token.scope, last, token.walk)) if refused is None else refused
+    )
     return text
 
 
@@ -69,8 +71,8 @@ def decode(text: str, scope: str) -> Continuation:
         _keep(text, fields)
     else:
         _decoded.move_to_end(text)
-    if fields is _MALFORMED:
-        raise bad_request("continue key is not valid: the token is malformed")
+    if fields[1] is _REFUSED:
+        raise bad_request(f"continue key is not valid: {fields[0]}")
     resource_version, token_scope, last, walk = _copied(fields)
     if token_scope != scope or (scope and last.namespace != scope):
         raise another_list()
@@ -78,9 +80,18 @@ def decode(text: str, scope: str) -> Continuation:
 
 
 # What a token decodes to: its resourceVersion, scope (as the token spells it: a scope that is no
-# string is another list's), last key and walk id; or _MALFORMED.
+# string is another list's), last key and walk id; or a refusal: the scope _REFUSED, and the 400's
+# reason where the resourceVersion would be (one identity check on a page's decode tells them apart).
 _Fields = tuple[str, object, TagRef, "str | None"]
-_MALFORMED: _Fields = ("", "", TagRef("", "", ""), None)
+_REFUSED = object()
+_MALFORMED: _Fields = ("the token is malformed", _REFUSED, TagRef("", "", ""), None)
+# kube-apiserver's own refusal of a token whose resourceVersion is 0 (storage.ErrInvalidStartRV).
+_ZERO_START: _Fields = (
+    "incorrect encoded start resourceVersion (version meta.k8s.io/v1)",
+    _REFUSED,
+    TagRef("", "", ""),
+    None,
+)
 _decoded: OrderedDict[str, _Fields] = OrderedDict()
 
 
@@ -113,19 +124,29 @@ def _own(text: str) -> str:
     return text[:1] + text[1:] if len(text) > 1 else text
 
 
-def _valid(resource_version: object, ns: object, path: object, tag: object, walk: object) -> bool:
-    return bool(
-        isinstance(resource_version, str)
-        and parse_version(resource_version) is not None
+def _refused(resource_version: object, ns: object, path: object, tag: object, walk: object) -> _Fields | None:
+    """None for a token's fields that name a page to resume after; else the refusal they get."""
+    if not isinstance(resource_version, str) or (version := parse_version(resource_version)) is None:
+        return _MALFORMED
+    if version == 0:
+        # No list is answered at resourceVersion 0 (a replica's versions start at 1), and kube-apiserver
+        # refuses a token of 0 as a start (its tokens carry the version as a number).
+        return _ZERO_START
+    valid = (
+        # Spelled as a version is spelled, no leading zero: "007" would be echoed as the list's.
+        resource_version[0] != "0"
         and all(isinstance(x, str) for x in (ns, path, tag))
         and is_namespace(ns)  # type: ignore[arg-type]
         and is_repository_path(path)  # type: ignore[arg-type]
         # The whole name within the registry's bound too: no page ends in a longer one (the registry
         # client refuses to read it), so only a tampered token names one, malformed as any other.
         and len(ns) + 1 + len(path) <= MAX_REPOSITORY_LENGTH  # type: ignore[arg-type]
-        and tag
+        # The registry's tag grammar (docs/api.md): the registry client reads no other tag, so no page
+        # ends in one.
+        and is_valid_tag(tag)  # type: ignore[arg-type]
         and (walk is None or is_walk_id(walk))
     )
+    return None if valid else _MALFORMED
 
 
 def _decode_fields(text: str) -> _Fields:
@@ -135,9 +156,15 @@ def _decode_fields(text: str) -> _Fields:
         ns, path, tag = data["last"]
         resource_version, token_scope = data["rv"], data["scope"]
         walk = data.get("w")
-        valid = data["v"] == _VERSION and _valid(resource_version, ns, path, tag, walk)
+        # Exactly the number 1: true and 1.0 compare equal to it.
+        v = data["v"]
+        refused = (
+            _refused(resource_version, ns, path, tag, walk)
+            if type(v) is int and v == _VERSION
+            else _MALFORMED
+        )
     except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
-        valid = False
-    if not valid:
-        return _MALFORMED
+        refused = _MALFORMED
+    if refused is not None:
+        return refused
     return resource_version, token_scope, TagRef(ns, path, tag), walk
