@@ -180,7 +180,7 @@ def kept_size(kept: Mapping[TagRef, Kept], asked: TagRef | None = None) -> tuple
 
 
 def _measure(
-    kept: Mapping[TagRef, Kept], asked: TagRef | None, before: Measured
+    kept: Mapping[TagRef, Kept], asked: TagRef | None, before: Measured, listed: Listed | None = None
 ) -> tuple[int, int, Measured]:
     """`kept_size`, and the measures to remember with the walk (tag lists of `_REMEMBERED_FROM` tags or
     more and the tuples of catalog names its rests are cut from, counted with it). An object in
@@ -204,7 +204,11 @@ def _measure(
     the tag list its token keeps, unless that repository was shown to its end. So does a catalog
     rest's ``after`` (made from a key for each rest), ``last`` (where the catalog goes on, an
     entry's repository string or one the walk alone holds) and ``top`` (likewise). A walk of a few
-    short tag lists under long names keeps as much in these as in its lists."""
+    short tag lists under long names keeps as much in these as in its lists.
+
+    And the namespace its `Listed` (its last page's) pins in an all-namespaces list: the
+    metadata.namespace selector's value, a string of that request's own (no key or catalog entry
+    holds it; the scope is ""). A namespace list's scope and namespace are its path's."""
     size = _WALK
     mappings: dict[int, Mapping[str, Sequence[str]]] = {}
     rests: dict[int, CatalogRest] = {}
@@ -241,6 +245,8 @@ def _measure(
     for rest in rests.values():
         # ``after`` is made for the rest (`TagRef.repository`): no entry's.
         loose += ((rest.after, None, 0), (rest.last, rest.last, 0), (rest.top, rest.top, 0))
+    if listed is not None and not listed.scope:
+        loose.append((listed.namespace, None, 0))
     for ref, one in kept.items():
         size += sys.getsizeof(ref)
         # The asked key's strings are decoded from its token: the walk's alone.
@@ -398,11 +404,11 @@ class WalkCache:
     ) -> None:
         kept = dict(pair for pair in (asked, handed) if pair is not None and (pair[1].lists or pair[1].rest))
         at = asked[0] if asked is not None else None
-        size, names, measured = _measure(kept, at, before)
+        size, names, measured = _measure(kept, at, before, listed)
         if size > self.max_bytes and handed is not None and handed[0] in kept:
             # Too much for both: the next page's come first, a repeated page reads the registry.
             kept = {handed[0]: handed[1]}
-            size, names, measured = _measure(kept, at, measured)
+            size, names, measured = _measure(kept, at, measured, listed)
         if not kept or size > self.max_bytes:
             return
         self._walks[key] = _Walk(listed, kept, size, names, self.clock.seconds(), measured)
