@@ -94,6 +94,9 @@ def complete(
         kubeconfig_failed=cluster_failed or settings.kubeconfig is not None,
         missing_token=pod_without_token(environ, service_account_dir),
     )
+    namespace = lease_namespace(settings, cluster, environ)
+    if cluster is not None:
+        _check_lease(settings, namespace, errors)
     if errors or serving is None:
         raise ConfigurationError(*errors)
     return Completed(
@@ -101,7 +104,7 @@ def complete(
         serving_origin=origin,
         cluster=cluster,
         authorization_mode=mode,
-        lease_namespace=lease_namespace(settings, cluster, environ),
+        lease_namespace=namespace,
         events_token=events_token,
         notices=_proxy_notice(environ) + _credential_notice(settings),
     )
@@ -139,6 +142,26 @@ def lease_namespace(settings: Settings, cluster: ClusterConfig | None, environ: 
     if cluster is not None and cluster.namespace:
         return cluster.namespace
     return "default"
+
+
+def _check_lease(settings: Settings, namespace: str, errors: list[str]) -> None:
+    """Refuse a Lease name or namespace without a UTF-8 form: bytes that are not UTF-8 in an argument or
+    the environment come out as surrogate escapes, which no request path can carry (every request of the
+    leader election would fail inside the client). The namespace file and a kubeconfig's are checked
+    where they are read."""
+    namespace_source = (
+        "--leader-elect-resource-namespace"
+        if settings.leader_elect_resource_namespace
+        else f"${POD_NAMESPACE_ENV}"
+    )
+    for source, value in (
+        ("--leader-elect-resource-name", settings.leader_elect_resource_name),
+        (namespace_source, namespace),
+    ):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            errors.append(f"{source}: {value!r} holds bytes that are not UTF-8")
 
 
 def _serving(settings: Settings, errors: list[str]) -> tuple[ServingCertificate | None, str]:
@@ -211,6 +234,10 @@ def _events_token(settings: Settings, errors: list[str]) -> str | None:
             token = f.read().strip()
     except OSError as error:
         errors.append(f"--registry-events-token-file {path}: cannot read: {error.strerror}")
+        return None
+    except UnicodeDecodeError:
+        # Its own words name a byte of the token and its position: not said.
+        errors.append(f"--registry-events-token-file {path}: cannot read: it is not UTF-8 text")
         return None
     if not token:
         errors.append(f"--registry-events-token-file {path} is empty")

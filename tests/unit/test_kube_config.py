@@ -98,6 +98,37 @@ def test_an_in_cluster_file_that_is_not_utf8_is_refused_in_one_line(service_acco
     assert str(raised.value) == (
         f"cannot load the in-cluster configuration: {service_account / name} is not UTF-8 text"
     )
+    assert "s3cr3t" not in str(raised.value) and "xff" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "problem"),
+    [
+        # What os.environ makes of bytes that are not UTF-8: a surrogate escape, which no request can carry.
+        (
+            "10.96.0.\udcff",
+            "443",
+            "'10.96.0.\\udcff' is not a host name (DNS labels: letters, digits, '-') or an IP address",
+        ),
+        ("10.96.0.1", "44\udcff", "Port could not be cast to integer value as '44\\udcff'"),
+        ("fd00::\udcff", "443", "'fd00::\\udcff' does not appear to be an IPv4 or IPv6 address"),
+        ("a b", "443", "'a b' is not a host name (DNS labels: letters, digits, '-') or an IP address"),
+    ],
+)
+def test_an_in_cluster_address_that_cannot_be_requested_is_refused_in_one_line(
+    service_account: Path, host: str, port: str, problem: str
+) -> None:
+    # kcfg2's leftover: it was loaded, and every request of the client then raised UnicodeEncodeError
+    # (the reflector "stopped by a bug"), where a kubeconfig's server is checked at load.
+    environ = {"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": port}
+    with pytest.raises(ConfigError) as raised:
+        load_cluster_config(None, environ=environ, service_account_dir=str(service_account))
+    server = "https://" + (f"[{host}]" if ":" in host else host) + f":{port}"
+    assert str(raised.value) == (
+        f"cannot load the in-cluster configuration: cluster server {server!r} (from $KUBERNETES_SERVICE_HOST "
+        f"and $KUBERNETES_SERVICE_PORT): {problem}"
+    )
+    str(raised.value).encode("utf-8")  # it can be logged
 
 
 def test_in_cluster_ipv6_host_is_bracketed(service_account: Path) -> None:
@@ -233,6 +264,23 @@ def test_a_token_file_is_kept_as_a_file_to_reread_and_wins_over_a_token(tmp_path
     )
     assert config is not None
     assert (config.token_file, config.token) == (str(tmp_path / "token"), None)
+
+
+def test_a_token_file_that_is_not_utf8_at_load_is_refused_naming_the_file_never_a_byte(
+    tmp_path: Path,
+) -> None:
+    # kcfg2's leftover: the kubernetes library's own words named a byte of the token and its position
+    # ("'utf-8' codec can't decode byte 0xf3 in position 6").
+    (tmp_path / "token").write_bytes(b"s3cr3t\xf3-tok\n")
+    kubeconfig = kubeconfig_with_user(tmp_path / "kc", {"tokenFile": "token"})
+    with pytest.raises(ConfigError) as raised:
+        load_cluster_config(str(kubeconfig))
+    message = str(raised.value)
+    assert message == (
+        f'kubeconfig {str(kubeconfig)!r}: user "u": tokenFile {str(tmp_path / "token")!r} is not UTF-8 text'
+    )
+    for piece in ("0xf3", "xf3", "\\xf3", "position", "s3cr3t", "tok\n"):
+        assert piece not in message
 
 
 def plugin(path: Path, body: str) -> Path:

@@ -892,3 +892,35 @@ def test_a_pod_without_its_token_is_told_to_mount_it(tmp_path: Path, mode: str |
     ]
     # Standalone on purpose stays possible.
     assert complete(settings(), environ=environ, service_account_dir=str(tmp_path)).cluster is None
+
+
+@pytest.mark.parametrize(
+    ("values", "environ", "source"),
+    [
+        ({"leader_elect_resource_namespace": "ops\udcff"}, {}, "--leader-elect-resource-namespace"),
+        ({}, {"POD_NAMESPACE": "ops\udcff"}, "$POD_NAMESPACE"),
+        ({"leader_elect_resource_name": "lease\udcff"}, {}, "--leader-elect-resource-name"),
+    ],
+)
+def test_a_lease_name_or_namespace_that_is_not_utf8_is_refused_in_one_line(
+    tmp_path: Path, ca: Authority, values: dict[str, object], environ: dict[str, str], source: str
+) -> None:
+    # kcfg3: bytes that are not UTF-8 in an argument or the environment come out as surrogate escapes,
+    # which no request path can carry: every Lease request of the leader election raised
+    # UnicodeEncodeError instead of start-up saying so.
+    path = write_kubeconfig(tmp_path / "kc", "https://127.0.0.1:1", ca.cert_file.read_bytes(), token="t")
+    with pytest.raises(ConfigurationError) as raised:
+        complete(settings(kubeconfig=str(path), **values), environ=environ)
+    value = next(v for v in [*values.values(), *environ.values()] if isinstance(v, str))
+    assert raised.value.errors == [f"{source}: {value!r} holds bytes that are not UTF-8"]
+
+
+def test_an_events_token_file_that_is_not_utf8_is_refused_naming_the_file_never_a_byte(
+    tmp_path: Path,
+) -> None:
+    # kcfg3: start-up ended in a UnicodeDecodeError traceback, whose words name a byte of the token.
+    token = tmp_path / "events-token"
+    token.write_bytes(b"s3cr3t\xf3-tok\n")
+    (error,) = errors_of(registry_events_token_file=str(token))
+    assert error == f"--registry-events-token-file {token}: cannot read: it is not UTF-8 text"
+    assert "xf3" not in error and "s3cr3t" not in error and "position" not in error

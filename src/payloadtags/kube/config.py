@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 SERVICE_HOST_ENV = "KUBERNETES_SERVICE_HOST"
+SERVICE_PORT_ENV = "KUBERNETES_SERVICE_PORT"
 
 
 class ConfigError(Exception):
@@ -233,6 +234,11 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
         # The plugin is run below by our own runner, which also reads when its credential expires; the
         # library would run it a second time and keep neither the expiry nor a way to renew.
         user.pop("exec")
+    token_file = user.get("tokenFile")
+    if token_file:
+        _check_token_file(
+            os.path.join(base, token_file), f'kubeconfig {path!r}: user "{context_entry.get("user")}"'
+        )
     configuration = Configuration()
     try:
         kube_config.load_kube_config_from_dict(
@@ -242,10 +248,12 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
             client_configuration=configuration,
             persist_config=False,
         )
+    except UnicodeDecodeError:
+        # Its own words name a byte and its place, and the file read is a credential: not said.
+        raise ConfigError(f"cannot load kubeconfig {path!r}: a file it names is not UTF-8 text") from None
     except (kube_config.ConfigException, OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ConfigError(f"cannot load kubeconfig {path!r}: {_gist(e)}") from e
     # As client-go: a tokenFile is re-read (it rotates), and wins over a token beside it.
-    token_file = user.get("tokenFile")
     try:
         cluster = _convert(
             configuration, token_file=os.path.join(base, token_file) if token_file else None, in_cluster=False
@@ -254,10 +262,7 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
         raise ConfigError(f"kubeconfig {path!r}: {_gist(e)}") from e
     if plugin is not None:
         cluster = _with_plugin_credential(cluster, plugin, path)
-    try:
-        problem = address_problem(urlsplit(cluster.server))
-    except ValueError as e:  # e.g. an unclosed IPv6 bracket
-        problem = str(e)
+    problem = _server_problem(cluster.server)
     if problem:
         server = _without_userinfo(cluster.server)
         raise ConfigError(f"kubeconfig {path!r}: cluster server {server!r}: {problem}")
@@ -1104,6 +1109,18 @@ def _from_service_account(environ: Mapping[str, str], service_account_dir: str) 
         environ=environ,
     )
     namespace_file = Path(service_account_dir) / "namespace"
+    host, port = environ.get(SERVICE_HOST_ENV), environ.get(SERVICE_PORT_ENV)
+    if host and port:
+        # Checked as a kubeconfig's server is, and before the loader, which fails on some with a ValueError:
+        # the environment may hold what no request can carry (bytes that are not UTF-8 come out of
+        # os.environ as surrogate escapes), and every request would fail inside the client.
+        server = f"https://[{host}]:{port}" if ":" in host or "%" in host else f"https://{host}:{port}"
+        problem = _server_problem(server)
+        if problem:
+            raise ConfigError(
+                f"cannot load the in-cluster configuration: cluster server {server!r} (from "
+                f"${SERVICE_HOST_ENV} and ${SERVICE_PORT_ENV}): {problem}"
+            )
     try:
         loader.load_and_set(configuration)
     except (ConfigException, OSError) as e:
@@ -1119,6 +1136,24 @@ def _from_service_account(environ: Mapping[str, str], service_account_dir: str) 
             f"cannot load the in-cluster configuration: {namespace_file} is not UTF-8 text"
         ) from e
     return attrs.evolve(_convert(configuration, token_file=token_file, in_cluster=True), namespace=namespace)
+
+
+def _server_problem(server: str) -> str | None:
+    try:
+        return address_problem(urlsplit(server))
+    except ValueError as e:  # e.g. an unclosed IPv6 bracket
+        return str(e)
+
+
+def _check_token_file(token_file: str, where: str) -> None:
+    """Refuse a token file whose bytes are not UTF-8, naming the file only: the library's own words
+    name a byte of the token and its position. One that cannot be read is left to the library."""
+    try:
+        Path(token_file).read_bytes().decode("utf-8")
+    except OSError:
+        return
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: tokenFile {token_file!r} is not UTF-8 text") from None
 
 
 def _convert(configuration: Configuration, *, token_file: str | None, in_cluster: bool) -> ClusterConfig:
