@@ -839,3 +839,26 @@ def test_wrong_content_type_is_415(content_type: str) -> None:
 
 def test_content_type_is_irrelevant_without_a_body() -> None:
     assert delete_options(_q(dryRun="All"), b"", "text/plain") == DeleteOptions(dry_run=True)
+
+
+LIMITS = [[], [""], ["0"], ["500"], ["+5"], ["007"], ["-0"], ["-1"], ["x"], [" 5"], ["1", "-2"]]
+LIMITS += [["9223372036854775807"], ["9223372036854775808"], ["-9223372036854775809"]]
+
+
+@pytest.mark.parametrize("limit", [None, *LIMITS])
+@pytest.mark.parametrize("token", [None, [], [""], ["abc"], ["a", "b"]])
+def test_a_page_query_is_decided_as_any_query(limit: list[str] | None, token: list[str] | None) -> None:
+    # A query of nothing but limit and continue (every page of a walk) is decided by a shorter path
+    # (`_page_options`): the same options, or the same error, as with any other key besides.
+    query = {
+        **({} if limit is None else {"limit": limit}),
+        **({} if token is None else {"continue": token}),
+    }
+
+    def decided(query: dict[str, list[str]]) -> object:
+        try:
+            return list_options(query)
+        except ApiError as error:
+            return _body(error)
+
+    assert decided(query) == decided({**query, "pretty": ["true"]})

@@ -191,12 +191,22 @@ def decode_list_query(query: Query) -> tuple[int | None, int | None, LabelSelect
     return timeout, limit, labels, fields
 
 
+# The query of a page as kubectl and client-go ask for one: a limit and, past the first page, a continue
+# token (`_page_options`).
+_PAGE_KEYS = frozenset({"limit", "continue"})
+# The selectors of a query without any (both immutable, shared by such lists).
+_NO_LABELS = LabelSelector()
+_NO_FIELDS = FieldSelector()
+
+
 def list_options(query: Query, deleting: bool = False) -> ListOptions:
     """``deleting``: the options of a deletecollection, which kube-apiserver lists by whatever its
     query's watch says (docs/api.md, "Delete"); a list's watch is served elsewhere, or not at all.
     Checked in kube-apiserver's order: decoding (400, the selectors parsed), validation (422, every error
     it finds), the field selector's field names (400), then, for a list, what its storage refuses (400,
     storage_refusals); a deletecollection checks that after its DeleteOptions, as there."""
+    if not deleting and query.keys() <= _PAGE_KEYS:
+        return _page_options(query)
     watch = bool(flag(query, "watch"))
     if watch and not deleting:
         raise method_not_allowed("watch")
@@ -234,6 +244,23 @@ def list_options(query: Query, deleting: bool = False) -> ListOptions:
     if not deleting:
         storage_refusals(options)
     return options
+
+
+def _page_options(query: Query) -> ListOptions:
+    """`list_options` of a list's query that holds nothing but ``limit`` and ``continue``, as it decides
+    them: with no selector, watch, resourceVersion or match, only the limit can be wrong (400 as no
+    integer, 422 when negative), and storage refuses nothing. Every page of a walk asks this: the
+    steps that find nothing to decode or check are not taken (issue #11)."""
+    limit = integer(query, "limit")
+    if limit is not None and limit < 0:
+        raise invalid_options("ListOptions", [invalid_value("limit", str(limit), "must be non-negative")])
+    return ListOptions(
+        labels=_NO_LABELS,
+        fields=_NO_FIELDS,
+        limit=limit or None,  # 0 is no limit too, as upstream
+        continue_=first(query, "continue") or None,
+        resource_version=None,
+    )
 
 
 def storage_refusals(options: ListOptions) -> None:
