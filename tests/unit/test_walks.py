@@ -200,6 +200,31 @@ def test_a_walk_keeps_for_its_last_two_tokens_and_only_for_the_list_it_walks() -
     assert cache.listed(ALICE, "w") == TEAM and cache.listed(BOB, "w") is None
 
 
+def test_a_continued_pages_one_look_is_listed_then_held() -> None:
+    # `continued` answers a continued page as `listed` and `held` did one after the other: the list the
+    # walk walks, and what it kept for that page when the list is the page's; a walk of another scope
+    # (its token given to another list, which refuses it) tells no lookup.
+    looked: list[bool] = []
+    clock = Clock()
+    cache = WalkCache(clock, on_lookup=looked.append)
+    keep(cache, ALICE, "w", a=2)
+    assert cache.continued(ALICE, "w", TEAM, AT) == (TEAM, cache.held(ALICE, "w", TEAM, AT))
+    assert looked == [True, True]
+    assert cache.continued(ALICE, "w", Listed("team", None), AT) == (TEAM, None)
+    assert cache.continued(ALICE, "w", TEAM, TagRef("team", "b", "v1")) == (TEAM, None)
+    assert cache.continued(BOB, "w", TEAM, AT) == (None, None)
+    assert looked == [True, True, False, False, False]
+    assert cache.continued(ALICE, "w", Listed("", None), AT) == (TEAM, None)
+    assert looked == [True, True, False, False, False]
+    # A lookup that finds its page restarts the walk's ttl, as `held` does.
+    clock.advance(59)
+    assert cache.continued(ALICE, "w", TEAM, AT)[1] is not None
+    clock.advance(59)
+    assert cache.continued(ALICE, "w", TEAM, AT)[1] is not None
+    clock.advance(60.5)
+    assert cache.continued(ALICE, "w", TEAM, AT) == (None, None) and len(cache) == 0
+
+
 def test_past_the_bound_a_walk_keeps_what_its_next_page_starts_from() -> None:
     cache = WalkCache(Clock(), max_bytes=cost(a=6) * 3 // 2)
     later = TagRef("team", "b", "v1")

@@ -472,13 +472,12 @@ class TagsService:
         if token is not None:
             after, resource_version, walk = token.last, token.resource_version, token.walk
             if walk is not None and self.walks is not None:
-                walked = self.walks.listed(user, walk)
+                # Registry data only, read for this same caller's walk of this list: access and
+                # selectors below are decided again on this page.
+                walked, kept = self.walks.continued(user, walk, listed, after)
                 if walked is not None and walked.scope != scope:
                     # A token of another list, given this one's scope: its walk's data is not read.
                     raise continuation.another_list()
-                # Registry data only, read for this same caller's walk of this list: access and
-                # selectors below are decided again on this page.
-                kept = self.walks.held(user, walk, listed, after)
         resource_version = resource_version or listing.current
         observe = self.versions.observer(listing.watch_scope, resource_version) if shown else None
         # The walk's earlier pages reported its kept lists to this same record already (a 10,000-tag

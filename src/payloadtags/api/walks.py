@@ -370,6 +370,28 @@ class WalkCache:
             self.on_lookup(kept is not None)
         return kept
 
+    def continued(
+        self, who: UserInfo, walk: str, listed: Listed, at: TagRef
+    ) -> tuple[Listed | None, Kept | None]:
+        """`listed`, then `held` unless the walk lists another scope than ``listed``'s (its token is
+        another list's: the caller refuses it, and no lookup is told), in one look: a continued page's
+        (one expiry, one lookup of the walk, issue #11)."""
+        self._expire()
+        key = (who, walk)
+        entry = self._walks.get(key)
+        if entry is None:
+            kept = None
+        else:
+            if entry.listed.scope != listed.scope:
+                return entry.listed, None
+            kept = entry.kept.get(at) if entry.listed == listed else None
+            if kept is not None:
+                entry.touched = self.clock.seconds()
+                self._walks.move_to_end(key)
+        if self.on_lookup is not None:
+            self.on_lookup(kept is not None)
+        return (entry.listed if entry is not None else None), kept
+
     def keep(
         self,
         who: UserInfo,
@@ -385,9 +407,13 @@ class WalkCache:
         identity = self._hold(who)
         key = (identity.who, walk)
         before: Measured = {}
-        if key in self._walks:
-            before = self._walks[key].measured
-            self._drop(key)
+        old = self._walks.pop(key, None)
+        if old is not None:
+            # `_drop`, with the identity at hand (the one its key holds: equal identities share it).
+            before = old.measured
+            self.size -= old.size
+            self.names -= old.names
+            self._release(identity)
         self._expire()
         try:
             self._keep(key, listed, asked, handed, before)
