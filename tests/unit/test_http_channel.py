@@ -637,15 +637,122 @@ def test_kube_apiservers_bursts_and_reconnects_evicting_one_another_leave_its_ad
     assert not any(transport.disconnecting for _, transport in answered)
 
 
+def _connect(table: LimitedConnections, host: str) -> tuple[ClientConnection, StringTransport]:
+    """One connect from ``host``, taken in; it reads once its token and turn come (clock advances)."""
+    (opened,) = _burst(table, host, 1)
+    return opened
+
+
+def _client_side(pairs: list[tuple[ClientConnection, StringTransport]]) -> None:
+    """Each aborted connection is seen closed; each let read has its ClientHello read (heard)."""
+    for wrapper, transport in pairs:
+        if wrapper._lost:
+            continue
+        if transport.disconnecting:
+            wrapper.connectionLost(Failure(ConnectionDone()))
+        elif transport.producerState == "producing":
+            wrapper.heard()
+
+
+@pytest.mark.parametrize(
+    ("n", "rounds", "gap"), [(30, 2, 0.002), (20, 3, 0.002), (30, 2, 0.01), (25, 2, 0.005)]
+)
+def test_kube_apiservers_connects_a_few_ms_apart_evicted_during_their_handshakes_leave_its_address_unflooded(
+    n: int, rounds: int, gap: float
+) -> None:
+    """kube-apiserver's reflectors reconnect a few ms apart, not in one turn of the reactor, on a server
+    full of authenticated clients' idle connections: each connection gets its token and its turn, its
+    ClientHello is read, and the next one evicts it while its handshake is under way. The last one of
+    each round shows the front proxy's certificate and is answered; the next round comes a tenth of a
+    second later. Those evicted during their handshake, their token taken, are given back with the
+    ones evicted while held for their turn, so its address does not flood and its next connection
+    evicts a user's idle connection, not its own answered one (review-conns9 F1: only those held for
+    their turn were given back; its address flooded, or its next connect took it past its burst and
+    evicted its own answered connection)."""
+    table, events, clock = _full_of_authenticated_idle_connections(40)
+    answered: list[tuple[ClientConnection, StringTransport]] = []
+    for _ in range(rounds):
+        storm: list[tuple[ClientConnection, StringTransport]] = []
+        for _ in range(n):
+            storm.append(_connect(table, "10.0.0.2"))
+            clock.advance(gap)
+            _client_side(storm)
+        (last,) = [pair for pair in storm if not pair[0]._lost]
+        last[0].heard()
+        while last[1].producerState != "producing":  # its token, then its turn
+            clock.advance(0.005)
+        _answered(table, clock, last, front_proxy=True)
+        answered.append(last)
+        clock.advance(0.1 - clock.seconds() % 0.1)
+    assert not table.clients.flooding("10.0.0.2")
+    assert table.clients.addresses["10.0.0.2"].spared == 0  # given back
+    events.clear()
+    assert _open(table, clock, "10.0.0.2") is not None
+    assert events == ["evicted"]
+    assert not any(transport.disconnecting for _, transport in answered)
+
+
+def test_a_connection_closed_at_its_address_cap_once_its_handshake_is_done_is_not_given_back() -> None:
+    """Its handshake was done, so it showed whose it was: closed because its address reached its cap
+    meanwhile, its connect is not kept for a give-back (only one evicted before its handshake was
+    done is)."""
+    table, _, clock = _table(limit=10, per_client=1, front_proxy_places=1)
+    first, second = _open(table, clock, "10.0.0.2"), _open(table, clock, "10.0.0.2")
+    _handshake(first, front_proxy=False)
+    assert second is not None
+    _handshake(second, front_proxy=False)  # the address is at its cap: closed
+    assert second[1].disconnecting and second[0].dropped and not second[0].unshown
+    second[0].connectionLost(Failure(ConnectionDone()))
+    assert table.clients.addresses["10.0.0.2"].spared == 0
+
+
+def test_a_flood_evicted_during_its_handshakes_is_held_to_its_rate() -> None:
+    """One address connects 30 times a second (one and a half times its handshake rate), one connect at
+    a time, on a server full of authenticated clients' idle connections: each connection is let read,
+    sends its ClientHello, and is evicted by the next while its handshake is under way (its connect
+    kept for a give-back that only the front proxy's certificate brings, at most a burst of them);
+    every tenth completes its handshake, without the front proxy's certificate, and leaves. Its
+    connects stay charged, so the address floods once its burst is spent and evicts only its own,
+    never the kubelet's connection whose handshake and probe are under way."""
+    table, _, clock = _full_of_authenticated_idle_connections(40)
+    flooding: list[bool] = []
+    kubelet_evicted: list[bool] = []
+    flood: list[tuple[ClientConnection, StringTransport]] = []
+    for step in range(300):  # ten seconds
+        kubelet = _open(table, clock, "10.0.0.9") if step % 3 == 0 else None
+        if kubelet is not None:
+            flooding.append(table.clients.flooding("10.6.6.6"))
+        flood.extend(_burst(table, "10.6.6.6", 1))  # refused once it floods and has none of its own
+        if kubelet is not None:
+            kubelet_evicted.append(kubelet[1].disconnecting)
+            kubelet[0].connectionLost(Failure(ConnectionDone()))  # answered, or reset
+        clock.advance(1 / 30)
+        _client_side(flood)
+        if step % 10 == 9:
+            for pair in flood:
+                if not pair[0]._lost and pair[1].producerState == "producing":
+                    _handshake(pair, front_proxy=False)
+                    pair[0].connectionLost(Failure(ConnectionDone()))  # and the client leaves
+        flood = [pair for pair in flood if not pair[0]._lost]
+        assert table.clients.addresses["10.6.6.6"].spared <= 40  # at most its burst
+    # Its burst spent (40 connects more than 20 a second allow: 4 seconds), its address floods, for
+    # good, and evicts only its own.
+    assert flooding == [False] * 40 + [True] * 60
+    assert kubelet_evicted[40:] == [False] * 60
+    # Its connects evicted during their handshake are kept for a give-back that never comes.
+    assert table.clients.addresses["10.6.6.6"].spared == 40
+
+
 def test_a_flood_in_bursts_evicting_its_own_connections_held_for_their_turn_is_held_to_its_rate() -> None:
     """One address connects 30 times a second (one and a half times its handshake rate), in one burst
     a second, on a server full of authenticated clients' idle connections: each connect evicts the one
-    before it while it waits for its turn, its handshake token taken (spared, not a bare close); the
-    client sends a byte on each connection let read, and leaves. Its connects are still charged (none
-    showed the front proxy's certificate), so the address floods once its burst is spent and evicts
-    only its own, never the kubelet's connection whose handshake and probe are under way (a give-back
-    of every spared connect let it flood at up to twice its rate without its address flooding, the
-    kubelet's connection evicted by every burst)."""
+    before it while it waits for its turn, its handshake token taken (spared, not a bare close); each
+    connection let read makes its handshake, without the front proxy's certificate, and leaves. Its
+    connects are still charged (none showed the front proxy's certificate), so the address floods once
+    its burst is spent and evicts only its own, never the kubelet's connection whose handshake and
+    probe are under way (a give-back of every spared connect, or of them at any address's handshake,
+    let it flood at up to twice its rate without its address flooding, the kubelet's connection
+    evicted by every burst)."""
     table, _, clock = _full_of_authenticated_idle_connections(40)
     flooding: list[bool] = []
     kubelet_evicted: list[bool] = []
@@ -666,7 +773,9 @@ def test_a_flood_in_bursts_evicting_its_own_connections_held_for_their_turn_is_h
                     spared[-1] += wrapper.spared
                     wrapper.connectionLost(Failure(ConnectionDone()))
                 elif transport.producerState == "producing":
-                    wrapper.heard()  # its byte is read
+                    wrapper.heard()  # its ClientHello is read
+                    # its handshake is done, without the front proxy's certificate: nothing given back
+                    _handshake((wrapper, transport), front_proxy=False)
                     wrapper.connectionLost(Failure(ConnectionDone()))  # and the client leaves
             flood = [pair for pair in flood if not pair[0]._lost]
     # Until its address floods, most of each burst is evicted while held for its turn: all of the

@@ -987,6 +987,13 @@ class ClientConnection(ProtocolWrapper):
     # bursts past its handshake burst erase its own record (review-conns5 F1). Its connect stays paid
     # for until a connection of its address shows the front proxy's certificate (Address.spared).
     spared = False
+    # Evicted before its handshake was done, its token taken: held for its turn (spared), or let read
+    # and evicted while its handshake was under way (connects a few ms apart evict one another so, or
+    # a slow handshake is evicted by the next connect). Never let show whose it was, so its connect is
+    # given back with those spared once a connection of its address shows the front proxy's
+    # certificate (Address.spared; review-conns9 F1). Whether it closed bare is decided apart: one
+    # no byte came on after its turn looks exactly like a bare flood's, and is charged as one.
+    unshown = False
     # The server aborted it (LimitedConnections._drop); until its connectionLost is seen, its token or
     # turn, if they come, are not taken: resuming an aborted transport fails.
     dropped = False
@@ -1071,7 +1078,7 @@ class ClientConnection(ProtocolWrapper):
         if not self._lost:
             self._lost = True
             bare = not self.wrappedProtocol.heard and not self.spared
-            self.factory.clients.closed(self.host, counted=self.counted, bare=bare, spared=self.spared)
+            self.factory.clients.closed(self.host, counted=self.counted, bare=bare, spared=self.unshown)
         super().connectionLost(reason)
 
 
@@ -1301,8 +1308,13 @@ class LimitedConnections(WrappingFactory):
         self._drop(wrapper, "client-limit")
 
     def _drop(self, wrapper: ClientConnection, why: str = "evicted") -> None:
-        # Closed while the server held it paused for its turn, its token taken: not a bare connect.
-        wrapper.spared = wrapper.held and not wrapper.tokenless
+        # Closed before its handshake was done, its token taken (not for its address's cap, which
+        # only a done handshake reaches): its connect may be given back (unshown). Closed while the
+        # server held it paused for its turn, so: not a bare connect either (spared).
+        wrapper.unshown = (
+            why == "evicted" and not wrapper.tokenless and not wrapper.counted and not wrapper.front_proxy
+        )
+        wrapper.spared = wrapper.held and wrapper.unshown
         wrapper.dropped = True
         wrapper.wrappedProtocol.ranked = None
         self._place(wrapper, 0, None)

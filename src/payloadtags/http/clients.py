@@ -86,15 +86,18 @@ class Address:
     # handshake waited for a token, which each new token ended for a moment: every other connect
     # found the address not flooding and evicted anyone's fresh connection (review-conns5 F2).
     accepted: Bucket = attrs.field(default=None)
-    # Its connects evicted while held for their turn (spared), since one of its connections last
-    # showed the front proxy's certificate, at most its burst: given back to ``accepted`` then. A burst
-    # of kube-apiserver's evicts one another as they wait for their turn (on a server full of
-    # authenticated clients' idle connections) and its reflectors connect again at once: charged, 30
-    # and their 29 retries flooded its address, and its next connection evicted its own answered one
-    # (review-conns7 F1). Given back only to the front proxy's address: a flood that has its own
-    # connects evicted while they wait for their turn, every one having taken a handshake token, could
-    # otherwise connect at twice its rate without flooding (one sharing kube-apiserver's address has
-    # its own given back with them: at most a burst each time kube-apiserver's connection shows).
+    # Its connects evicted before their handshake was done, their token taken (ClientConnection.unshown:
+    # held for their turn, or let read and evicted during their handshake), since one of its
+    # connections last showed the front proxy's certificate, at most its burst: given back to
+    # ``accepted`` then. A burst of kube-apiserver's evicts one another as they wait for their turn,
+    # or during their handshakes when they come a few ms apart (on a server full of authenticated
+    # clients' idle connections), and its reflectors connect again at once: charged, 30 and their 29
+    # retries flooded its address, and its next connection evicted its own answered one
+    # (review-conns7 F1; review-conns9 F1 for those evicted during their handshake). Given back only
+    # to the front proxy's address: a flood that has its own connects evicted before their handshake
+    # is done, every one having taken a handshake token, could otherwise connect at twice its rate
+    # without flooding (one sharing kube-apiserver's address has its own given back with them: at most
+    # a burst each time kube-apiserver's connection shows).
     spared: int = 0
     waiting: deque[Callable[[], bool]] = attrs.Factory(deque)  # handshakes waiting for a token
     release: IDelayedCall | None = None
@@ -198,7 +201,7 @@ class Clients:
 
     def closed(self, host: str, counted: bool, bare: bool = False, spared: bool = False) -> None:
         """A connection from ``host`` is closed; ``bare``: no byte ever came on it (a connect only);
-        ``spared``: the server evicted it while it was held for its turn, its token taken (see
+        ``spared``: the server evicted it before its handshake was done, its token taken (see
         Address.spared)."""
         address = self._address(host)
         address.open -= 1
