@@ -172,7 +172,7 @@ async def test_extra_keys_are_lower_cased_and_percent_decoded(
                 "X-Remote-User": ["alice"],
                 "X-Remote-Extra-Authentication.kubernetes.io%2fcredential-Id": ["JTI=abc"],
                 "X-Remote-Extra-Scopes": ["view", "edit"],
-                "X-Remote-Extra-": ["no key: ignored"],
+                "X-Remote-Extra-": ["the empty key"],
                 "X-Remote-Extras": ["not the prefix"],
             },
         )
@@ -181,6 +181,7 @@ async def test_extra_keys_are_lower_cased_and_percent_decoded(
     assert dict(user.extra) == {
         "authentication.kubernetes.io/credential-id": ("JTI=abc",),
         "scopes": ("view", "edit"),
+        "": ("the empty key",),
     }
 
 
@@ -322,31 +323,79 @@ def test_the_authenticator_strips_what_its_configuration_names_from_names_it_mad
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_first_value_of_the_first_user_header_that_has_one_is_the_name_each_header_read_whole(
+async def test_the_first_value_of_the_first_user_header_whose_first_value_is_not_empty_is_the_name(
     front_ca: Authority, proxy_cert: x509.Certificate
 ) -> None:
+    """As k8s.io/apiserver (headerValue: Go's Header.Get, the first value only): a header whose first value
+    is empty names nobody, even with a later value, and the next configured header is asked; the same
+    for the uid. Each header read is checked as UTF-8 whole, as a header is read."""
     auth = authenticator(
         front_ca,
-        username_headers=("X-A", "X-B", "X-C"),
+        username_headers=("X-A", "X-B", "X-C", "X-D"),
         uid_headers=("X-U1", "X-U2"),
         group_headers=("X-G", "X-H"),
     )
     headers = {
         "X-A": ["", ""],
-        "X-B": ["", "bob", "carol"],
-        "X-U2": ["", "7"],
+        "X-B": ["", "bob"],
+        "X-C": ["carol", "dave"],
+        "X-U1": ["", "6"],
+        "X-U2": ["7", "8"],
         "X-H": ["h1", ""],
         "X-G": ["g"],
     }
     user = await auth.authenticate(credentials(proxy_cert, headers))
-    assert user == UserInfo(name="bob", uid="7", groups=("g", "h1", ""))
+    assert user == UserInfo(name="carol", uid="7", groups=("g", "h1"))
     # A header after the one that named the user is not read; one before it, or the naming one, is.
-    after = {**headers, "X-C": ["\udcff"]}
+    after = {**headers, "X-D": ["\udcff"]}
     assert await auth.authenticate(credentials(proxy_cert, after)) == user
-    for named in ("X-A", "X-B"):
+    for named in ("X-A", "X-B", "X-C"):
         with pytest.raises(CredentialsRefused, match=f"front proxy's {named} header"):
             await auth.authenticate(credentials(proxy_cert, {**headers, named: [*headers[named], "\udcff"]}))
     assert await auth.authenticate(credentials(proxy_cert, {"X-A": [""], "X-U1": ["1"]})) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_user_header_whose_first_value_is_empty_names_nobody(
+    front_ca: Authority, proxy_cert: x509.Certificate
+) -> None:
+    """Twisted gives `X-Remote-User: ` then `X-Remote-User: bob` as ["", "bob"]; kube-apiserver's
+    h.Get reads "" and does not authenticate the request by its headers: neither does payloadtags."""
+    auth = authenticator(front_ca, uid_headers=("X-Remote-Uid",))
+    assert await auth.authenticate(credentials(proxy_cert, {"X-Remote-User": ["", "bob"]})) is None
+    user = await auth.authenticate(
+        credentials(proxy_cert, {"X-Remote-User": ["a"], "X-Remote-Uid": ["", "u"]})
+    )
+    assert user is not None and user.uid == ""
+
+
+@pytest_twisted.ensureDeferred
+async def test_empty_group_values_are_dropped(front_ca: Authority, proxy_cert: x509.Certificate) -> None:
+    """As k8s.io/apiserver's allHeaderValues: an empty value (`X-Remote-Group:`) names no group."""
+    auth = authenticator(front_ca, group_headers=("X-Remote-Group", "X-More-Groups"))
+    user = await auth.authenticate(
+        credentials(
+            proxy_cert,
+            {"X-Remote-User": ["alice"], "X-Remote-Group": ["devs", ""], "X-More-Groups": ["", "ops", ""]},
+        )
+    )
+    assert user is not None and user.groups == ("devs", "ops")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_header_named_exactly_the_extra_prefix_is_an_extra_with_an_empty_key(
+    front_ca: Authority, proxy_cert: x509.Certificate
+) -> None:
+    """As k8s.io/apiserver (hasPrefixIgnoreCase: len(name) >= len(prefix)); its values, empty ones too,
+    are kept as every extra's are."""
+    auth = authenticator(front_ca, extra_prefixes=("X-Remote-Extra-", "X-Proxy-Extra-"))
+    user = await auth.authenticate(
+        credentials(
+            proxy_cert,
+            {"X-Remote-User": ["alice"], "X-Remote-Extra-": ["v", ""], "X-Proxy-Extra-": ["w"]},
+        )
+    )
+    assert user is not None and user.extra == (("", ("v", "", "w")),)
 
 
 def test_the_authenticated_group_is_added_without_attrs_evolve(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -42,14 +42,14 @@ def _utf8(header: str, values: list[str]) -> list[str]:
 
 
 def _first(names: tuple[tuple[str, str], ...], headers: dict[str, list[str]]) -> str:
-    """The first non-empty value of the first of ``names`` that has one; each header's values up to
-    that one are checked as UTF-8 whole, as a header is read; "" when none has one."""
+    """The first value of the first of ``names`` whose first value is not empty, as k8s.io/apiserver
+    reads it (Go's ``Header.Get``: a later value of the same header is never the name, so
+    ``["", "bob"]`` names nobody from that header); each header read up to that one is checked as
+    UTF-8 whole, as a header is read; "" when none has one."""
     for header, key in names:
         values = headers.get(key)
-        if values:
-            for value in _utf8(header, values):
-                if value:
-                    return value
+        if values and _utf8(header, values)[0]:
+            return values[0]
     return ""
 
 
@@ -119,12 +119,15 @@ class RequestHeaderAuthenticator:
         for header, key in self._groups:
             values = headers.get(key)
             if values:
-                groups += tuple(_utf8(header, values))
+                # Empty values name no group: k8s.io/apiserver drops them too.
+                groups += tuple(v for v in _utf8(header, values) if v)
         uid = _first(self._uids, headers)
         extra: dict[str, list[str]] = {}
         for prefix in self._prefixes:
             for header, values in headers.items():
-                if header.startswith(prefix) and len(header) > len(prefix):
+                # A header named exactly the prefix is an extra whose key is "", as in k8s.io/apiserver
+                # (and it is stripped from an untrusted request like any other prefixed one).
+                if header.startswith(prefix):
                     extra.setdefault(_extra_key(header, prefix), []).extend(_utf8(header, values))
         return UserInfo(
             name=name,
