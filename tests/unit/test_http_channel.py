@@ -909,23 +909,63 @@ def _scanned_choice(table: LimitedConnections, host: str) -> ClientConnection | 
             continue
         if flooding and wrapper.host != host:
             continue
-        channel = wrapper.wrappedProtocol
-        if channel.serving:
-            if not channel.stalled:
-                continue
-            rank = 2
-        else:
-            rank = 1 if channel.proven > 0 else 0
-        if wrapper.front_proxy:
-            rank += 3
-        if rank < best_rank:
+        rank = _scanned_rank(wrapper)
+        if rank is not None and rank < best_rank:
             best, best_rank = wrapper, rank
     return best
 
 
+def _scanned_rank(wrapper: ClientConnection) -> int | None:
+    """The rank docs/hardening.md gives a connection's state (None: not to be evicted): 0 of no proven
+    client and not being answered, 1 an authenticated client's idle one, 2 one whose client stopped
+    reading the response, 3-5 the same of the front proxy's."""
+    channel = wrapper.wrappedProtocol
+    if channel.serving:
+        if not channel.stalled:
+            return None
+        rank = 2
+    else:
+        rank = 1 if channel.proven > 0 else 0
+    return rank + 3 if wrapper.front_proxy else rank
+
+
+def _check_ranks(table: LimitedConnections, step: int) -> None:
+    """Each connection the table ranks holds, in the order of all and in its address's, the rank its
+    state gives; an address's order is kept only while the address has a ranked connection; and each
+    order's first is the oldest connection of the lowest rank."""
+    ranked: dict[str, list[tuple[int, ClientConnection]]] = {}
+    for wrapper in table.protocols:
+        assert isinstance(wrapper, ClientConnection)
+        place = wrapper.wrappedProtocol.ranked
+        own = table._own.get(wrapper.host)
+        if place is None:  # evicted, a probe's: out of both orders
+            assert wrapper not in table._order._rank, step
+            assert own is None or wrapper not in own._rank, step
+            continue
+        rank = _scanned_rank(wrapper)
+        assert table._order._rank.get(wrapper) == rank, (step, table._order._rank.get(wrapper), rank)
+        # An address's order is made by its first connection that may be evicted.
+        assert (own._rank.get(wrapper) if own is not None else None) == rank, (step, "own", rank)
+        number = place.args[1]  # type: ignore[attr-defined]  # the functools.partial the table made
+        ranked.setdefault(wrapper.host, []).append((number, wrapper))
+    assert set(table._order._rank) <= set(table.protocols), step
+    assert set(table._own) <= set(ranked), (step, "an address order outlived its ranked connections")
+
+    def first(numbered: list[tuple[int, ClientConnection]]) -> ClientConnection | None:
+        held = [(table._order._rank[w], n, w) for n, w in numbered if w in table._order._rank]
+        return min(held, key=lambda h: h[:2])[2] if held else None
+
+    assert table._order.first() is first([pair for pairs in ranked.values() for pair in pairs]), step
+    for host, own in table._own.items():
+        assert own.first() is first(ranked[host]), (step, host)
+
+
 def test_the_order_kept_chooses_whom_eviction_chose_by_looking_at_every_connection() -> None:
-    """Connections asked, answered, proven, stalled, reading again, front-proxied and closed at
-    random: each new connection on the full table evicts the one a look at every connection picked."""
+    """Connections asked (one request or two pipelined), answered (at once or after a write), proven,
+    stalled, reading again, front-proxied, timed out and closed at random: after every step each
+    connection holds the rank its state gives (review-fixed F2: checked only at evictions, nearly always
+    decided at rank 0, a stalled connection ranked as an idle one went unnoticed), and each new
+    connection on the full table evicts the one a look at every connection picked."""
     import random
 
     rng = random.Random(35)
@@ -939,9 +979,24 @@ def test_the_order_kept_chooses_whom_eviction_chose_by_looking_at_every_connecti
     table.front_proxy_connections = 0
     site.resource.held.clear()
     evictions = own = 0
+    actions = [
+        "open",
+        "open",
+        "open",
+        "open",
+        "ask",
+        "pipeline",
+        "answer",
+        "write",
+        "stall",
+        "read",
+        "proxy",
+        "close",
+    ]
     for step in range(3000):
         live = [w for w in table.protocols if w not in table._evicted]
-        action = rng.choice(["open", "open", "ask", "answer", "stall", "read", "proxy", "close"])
+        # Now and then (the table is to be full at most steps) time passes to someone's deadline.
+        action = "expire" if rng.random() < 0.01 else rng.choice(actions)
         if action == "open" or not live:
             host = f"10.0.{step % 7}.1"
             expected = _scanned_choice(table, host) if len(live) >= size else None
@@ -953,15 +1008,20 @@ def test_the_order_kept_chooses_whom_eviction_chose_by_looking_at_every_connecti
                 expected.connectionLost(Failure(ConnectionDone()))
             elif len(live) >= size:
                 assert opened is None
+            _check_ranks(table, step)
             continue
         wrapper = rng.choice(live)
         channel = wrapper.wrappedProtocol
+        ask = b"GET " + rng.choice([b"/x", b"/proven"]) + b" HTTP/1.1\r\nHost: a\r\n\r\n"
         if action == "ask" and not channel.requests:
-            path = rng.choice([b"/x", b"/proven"])
-            wrapper.dataReceived(b"GET " + path + b" HTTP/1.1\r\nHost: a\r\n\r\n")
-        elif action == "answer":
+            wrapper.dataReceived(ask)
+        elif action == "pipeline" and not channel.requests:
+            wrapper.dataReceived(ask * 2)  # the second waits for the first's answer, then its turn
+        elif action in ("answer", "write"):
             for request in site.resource.held:
                 if getattr(request, "channel", None) is channel and not request.finished:
+                    if action == "write":
+                        request.write(b"x" * 10)
                     request.finish()
             site.resource.held[:] = [r for r in site.resource.held if getattr(r, "channel", None)]
         elif action == "stall" and channel.serving:
@@ -972,8 +1032,51 @@ def test_the_order_kept_chooses_whom_eviction_chose_by_looking_at_every_connecti
             _handshake((wrapper, wrapper.transport), front_proxy=True)
         elif action == "close":
             wrapper.connectionLost(Failure(ConnectionDone()))
+        elif action == "expire":  # past a head, idle or stalled connection's deadline: closed
+            clock.advance(rng.choice([5, 30, 65, 125]))
+            for closed in [w for w in table.protocols if w.transport.disconnecting]:
+                closed.connectionLost(Failure(ConnectionDone()))
+        _check_ranks(table, step)
         clock.advance(0.003)
+        _check_ranks(table, step)
     assert evictions > 300 and 50 < own < evictions - 50, (evictions, own)
+
+
+def test_an_idle_authenticated_connection_is_evicted_before_an_older_one_whose_client_stopped_reading() -> (
+    None
+):
+    """docs/hardening.md's order: 2. an authenticated client's connection, idle between requests, goes
+    before 3. one whose client stopped taking the response written to it, even an older one (review-fixed
+    F2: no test failed with a stalled connection ranked as an idle one)."""
+    clock = Clock()
+    limits = HttpLimits(max_connections=2, max_connections_per_client=100, handshake_burst_per_client=40)
+    site = GuardedSite(_Held(), limits, _Proving(), reactor=clock, monotonic=clock.seconds)
+    table = LimitedConnections(site, 2, probe_connections=0)
+    stalled = _open(table, clock, "10.0.0.1")
+    idle = _open(table, clock, "10.0.0.2")
+    assert stalled is not None and idle is not None
+    for wrapper, _transport in (stalled, idle):
+        wrapper.dataReceived(b"GET /proven HTTP/1.1\r\nHost: a\r\n\r\n")
+        clock.advance(0)
+    assert [request.channel for request in site.resource.held] == [
+        w.wrappedProtocol for w, _ in (stalled, idle)
+    ]
+    site.resource.held[1].finish()  # the younger one is answered: idle, of a proven client
+    clock.advance(0)
+    stalled[0].wrappedProtocol.pauseProducing()  # the older one's client stops reading its response
+    assert stalled[0].wrappedProtocol.stalled and not idle[0].wrappedProtocol.serving
+    clock.advance(1)
+    newcomer = _open(table, clock, "10.0.0.3")
+    assert newcomer is not None
+    assert idle[1].disconnecting and not stalled[1].disconnecting
+    # Then, the others being answered to clients that read, the stalled one goes rather than a new
+    # connection being refused.
+    idle[0].connectionLost(Failure(ConnectionDone()))
+    newcomer[0].dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    clock.advance(0)
+    assert newcomer[0].wrappedProtocol.serving
+    assert _open(table, clock, "10.0.0.4") is not None
+    assert stalled[1].disconnecting and not newcomer[1].disconnecting
 
 
 def test_a_kept_alive_connection_tells_its_eviction_orders_two_changes_a_request() -> None:
