@@ -1184,6 +1184,34 @@ def kubectl_view(path: Path) -> dict[str, Any] | str:
     return document
 
 
+def kubectl_views(paths: list[Path]) -> list[dict[str, Any] | str]:
+    """`kubectl_view` of each path, the kubectl processes run side by side (each takes a fraction of a
+    second, mostly waiting)."""
+    command = [KUBECTL, "config", "view", "--raw", "-o", "json", "--kubeconfig"]
+    running = [
+        subprocess.Popen([*command, str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for path in paths
+    ]
+    views: list[dict[str, Any] | str] = []
+    for process in running:
+        out, err = process.communicate(timeout=HANG_GUARD)
+        views.append(err.strip() if process.returncode else json.loads(out))
+    return views
+
+
+def kubectl_line(refused: str) -> int:
+    """The line kubectl names in its refusal of a file ("yaml: line 11: found …")."""
+    found = re.search(r"yaml: line (\d+):", refused)
+    assert found, refused
+    return int(found.group(1))
+
+
+def our_line(message: str) -> int:
+    found = re.search(r" at line (\d+), column \d+", message)
+    assert found, message
+    return int(found.group(1))
+
+
 def kubectl_extension(path: Path) -> object:
     document = kubectl_view(path)
     assert isinstance(document, dict), document
@@ -1423,21 +1451,88 @@ def test_a_surrogate_escape_anywhere_is_refused_at_load_in_one_line_as_kubectl_r
         "(a surrogate, \\uD800-\\uDFFF, which has no UTF-8 form) at line "
     ), message
     assert "s3cr3t" not in message and "\n" not in message
+    assert our_line(message) == kubectl_line(refused)
 
 
+# \U00110000 on: chr() raised ValueError out of PyYAML's scanner; from \U80000000 on, OverflowError,
+# which the refusal of the first missed (review-kcfg F1).
+_PAST_THE_LAST_CODE_POINT = ["\\U00110000", "\\U7FFFFFFF", "\\U80000000", "\\UFFFFFFFF"]
+
+
+@pytest.mark.parametrize(("place", "field"), _ESCAPE_PLACES)
+@pytest.mark.parametrize("escape", _PAST_THE_LAST_CODE_POINT)
 def test_an_escape_past_the_last_code_point_is_refused_in_one_line_as_kubectl_refuses_it(
-    tmp_path: Path,
+    tmp_path: Path, place: str, field: str, escape: str
 ) -> None:
-    # PyYAML's own scanner raised ValueError (chr() arg not in range) out of start-up.
-    path = escape_kubeconfig(tmp_path / "kc", "token", "s3cr3t\\U00110000")
+    # Start-up ended in a traceback; the refusal then named no field, and from \U80000000 on there was
+    # a traceback again (review-kcfg F1, F4).
+    path = escape_kubeconfig(tmp_path / "kc", place, f"s3cr3t{escape}")
     refused = kubectl_view(path)
     assert isinstance(refused, str) and "found invalid Unicode character escape code" in refused, refused
     with pytest.raises(ConfigError) as raised:
         load_cluster_config(str(path))
-    assert str(raised.value) == (
-        f"cannot read kubeconfig {str(path)!r}: found invalid Unicode character escape code (past "
-        "\\U0010FFFF) at line 6, column 26 (while scanning a double-quoted scalar at line 6, column 17)"
+    message = str(raised.value)
+    assert message.startswith(
+        f"cannot read kubeconfig {str(path)!r}: {field}: found invalid Unicode character escape code "
+        "(past \\U0010FFFF) at line "
+    ), message
+    assert "s3cr3t" not in message and "\n" not in message
+    assert our_line(message) == kubectl_line(refused)
+
+
+@pytest.mark.parametrize("escape", ["\\ud800", "\\U00110000", "\\UFFFFFFFF"])
+def test_an_escape_in_a_value_over_several_lines_is_refused_at_the_escapes_line_as_kubectl_names_it(
+    tmp_path: Path, escape: str
+) -> None:
+    # review-kcfg F4: the refusal named the line where the value starts, kubectl the escape's.
+    path = tmp_path / "kc"
+    path.write_text(
+        f"clusters:\n- name: c\n  cluster: {{server: {SERVER}, insecure-skip-tls-verify: true}}\n"
+        "contexts:\n- name: x\n  context: {cluster: c, user: u}\ncurrent-context: x\n"
+        f'users:\n- name: u\n  user:\n    token: "s3cr3t\n      more\n      end{escape}"\n'
     )
+    refused = kubectl_view(path)
+    assert isinstance(refused, str) and kubectl_line(refused) == 13, refused
+    with pytest.raises(ConfigError) as raised:
+        load_cluster_config(str(path))
+    message = str(raised.value)
+    assert message.startswith(f"cannot read kubeconfig {str(path)!r}: users[0].user.token: "), message
+    assert " at line 13, column 10" in message, message
+
+
+# go-yaml v2's escapes of one character (its scannerc.go; kubectl 1.27-1.33 read a kubeconfig with it):
+# YAML 1.1's, with \' and without YAML 1.2's \/, the table of PyYAML.
+_GO_ESCAPES = "0abt\tnvfre \"'\\NLP_"
+
+
+def test_every_escape_kubectl_reads_is_read_as_kubectl_reads_it(tmp_path: Path) -> None:
+    # review-kcfg F3: "\'" refused the kubeconfig that kubectl reads.
+    escapes = "".join(f"\\{char}" for char in _GO_ESCAPES) + "\\x41\\u00e9\\U0001F600"
+    path = escape_kubeconfig(tmp_path / "kc", "token", f"s3cr3t{escapes}")
+    document = kubectl_view(path)
+    assert isinstance(document, dict), document
+    config = load_cluster_config(str(path))
+    assert config is not None
+    assert (
+        config.token
+        == document["users"][0]["user"]["token"]
+        == "s3cr3t\0\a\b\t\t\n\v\f\r\x1b \"'\\\x85\u2028\u2029\xa0Aé😀"
+    )
+
+
+def test_every_other_escape_of_one_character_is_refused_as_kubectl_refuses_it(tmp_path: Path) -> None:
+    # review-kcfg F3: "\/" (YAML 1.2's) was read, and kubectl refuses the file.
+    others = [chr(code) for code in range(0x21, 0x7F) if chr(code) not in _GO_ESCAPES + "xuU"]
+    paths = [
+        escape_kubeconfig(tmp_path / f"kc{code:x}", "token", f"s3cr3t\\{chr(code)}")
+        for code in map(ord, others)
+    ]
+    for char, path, refused in zip(others, paths, kubectl_views(paths), strict=True):
+        assert isinstance(refused, str) and "found unknown escape character" in refused, (char, refused)
+        with pytest.raises(ConfigError) as raised:
+            load_cluster_config(str(path))
+        message = str(raised.value)
+        assert f"found unknown escape character {char!r} at line 6" in message, message
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ import os
 import re
 from collections.abc import Hashable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 import attrs
@@ -351,11 +351,23 @@ def _go_yaml_loader() -> type[Any]:
     import yaml
 
     class Loader(yaml.SafeLoader):
+        # go-yaml v2's escapes of one character (its scannerc.go): YAML 1.1's, with \' and without YAML
+        # 1.2's \/, which PyYAML has; kubectl refuses the file for any other ("found unknown escape
+        # character").
+        ESCAPE_REPLACEMENTS: ClassVar[dict[str, str]] = {
+            **{char: text for char, text in yaml.SafeLoader.ESCAPE_REPLACEMENTS.items() if char != "/"},
+            "'": "'",
+        }
+
         def __init__(self, stream: Any) -> None:
             super().__init__(stream)
             # Where the node being composed stands, each step its parent and index (`_place`): made
             # into a path (users[0].user.token) only for a refusal to name.
             self.steps: list[tuple[Any, Any]] = []
+            # Where each escape go-yaml refuses was scanned, and what it refuses it for: refused when
+            # the node holding it is composed, where its path is known (`compose_node`). The scanner
+            # reads a token ahead: the list may hold one of a node to come.
+            self.bad_escapes: list[tuple[Any, str]] = []
 
         def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
             if kind is yaml.ScalarNode and implicit[0]:
@@ -363,17 +375,66 @@ def _go_yaml_loader() -> type[Any]:
             return super().resolve(kind, value, implicit)
 
         def scan_flow_scalar_non_spaces(self, double: bool, start_mark: Any) -> Any:
-            try:
+            """PyYAML's, with each escape of a code (``\\x``, ``\\u``, ``\\U``) read by `_code_escape`
+            and the one-character escapes of go-yaml v2."""
+            if not double:
                 return super().scan_flow_scalar_non_spaces(double, start_mark)
-            except ValueError:
-                # chr() of a \U escape past the last code point, which PyYAML lets out as it is; go-yaml
-                # refuses it with the surrogates (`compose_node`).
-                raise yaml.scanner.ScannerError(
-                    "while scanning a double-quoted scalar",
-                    start_mark,
-                    "found invalid Unicode character escape code (past \\U0010FFFF)",
-                    self.get_mark(),
-                ) from None
+            chunks = []
+            while True:
+                length = 0
+                while self.peek(length) not in '"\\\0 \t\r\n\x85\u2028\u2029':
+                    length += 1
+                if length:
+                    chunks.append(self.prefix(length))
+                    self.forward(length)
+                if self.peek() != "\\":
+                    return chunks
+                if self.peek(1) in self.ESCAPE_CODES:
+                    chunks.append(self._code_escape(start_mark))
+                    continue
+                # An escape of one character, or of a line break, read as PyYAML reads it.
+                mark = self.get_mark()
+                self.forward()
+                char = self.peek()
+                if char in self.ESCAPE_REPLACEMENTS:
+                    chunks.append(self.ESCAPE_REPLACEMENTS[char])
+                    self.forward()
+                elif char in "\r\n\x85\u2028\u2029":
+                    self.scan_line_break()
+                    chunks.extend(self.scan_flow_scalar_breaks(double, start_mark))
+                else:
+                    raise yaml.scanner.ScannerError(
+                        "while scanning a double-quoted scalar",
+                        start_mark,
+                        f"found unknown escape character {char!r}",
+                        mark,
+                    )
+
+        def _code_escape(self, start_mark: Any) -> str:
+            """The character of an escape of its code, as PyYAML reads it; one that go-yaml refuses (a
+            surrogate, or past \\U0010FFFF, where chr() raised ValueError or OverflowError) is noted
+            and left out, to be refused with the node's path (`compose_node`)."""
+            mark = self.get_mark()
+            length = self.ESCAPE_CODES[self.peek(1)]
+            self.forward(2)
+            for k in range(length):
+                if self.peek(k) not in "0123456789ABCDEFabcdef":
+                    raise yaml.scanner.ScannerError(
+                        "while scanning a double-quoted scalar",
+                        start_mark,
+                        f"expected escape sequence of {length} hexadecimal numbers, but found "
+                        f"{self.peek(k)!r}",
+                        self.get_mark(),
+                    )
+            code = int(self.prefix(length), 16)
+            self.forward(length)
+            if 0xD800 <= code <= 0xDFFF:
+                self.bad_escapes.append((mark, "a surrogate, \\uD800-\\uDFFF, which has no UTF-8 form"))
+            elif code > 0x10FFFF:
+                self.bad_escapes.append((mark, "past \\U0010FFFF"))
+            else:
+                return chr(code)
+            return ""
 
         def compose_node(self, parent: Any, index: Any) -> Any:
             event = self.peek_event()
@@ -391,24 +452,32 @@ def _go_yaml_loader() -> type[Any]:
                 node = super().compose_node(parent, index)
             finally:
                 self.steps.pop()
-            if isinstance(node, yaml.ScalarNode) and _SURROGATE.search(node.value):
+            bad = self._bad_escape(node)
+            if bad is not None:
                 place = _place([*self.steps, (parent, index)])
-                # go-yaml refuses any escape of a surrogate, a valid pair's too ("found invalid Unicode
-                # character escape code"), so kubectl refuses the whole file, whatever field holds it;
-                # only an escape makes one (a surrogate's bytes are not UTF-8). Left in, it has no UTF-8
-                # form: a token cannot go into a header, a server or a namespace into a URL, a path or
-                # an argument to the OS. The value is not shown: it may be a secret.
+                mark, why = bad
+                # go-yaml refuses any escape of a surrogate, a valid pair's too, and one past the last
+                # code point ("found invalid Unicode character escape code"), so kubectl refuses the
+                # whole file, whatever field holds it, naming the escape's line. Left in, a surrogate
+                # has no UTF-8 form: a token cannot go into a header, a server or a namespace into a
+                # URL, a path or an argument to the OS. The value is not shown: it may be a secret.
                 raise yaml.composer.ComposerError(
                     None,
                     None,
-                    (f"{place}: " if place else "") + "found invalid Unicode character escape code (a "
-                    "surrogate, \\uD800-\\uDFFF, which has no UTF-8 form)",
-                    node.start_mark,
+                    (f"{place}: " if place else "") + f"found invalid Unicode character escape code ({why})",
+                    mark,
                 )
             if key is not None and isinstance(node, yaml.ScalarNode):
                 # The key it stands under, for a refusal to name instead of the value (`_go_tags`).
                 node.field = key
             return node
+
+        def _bad_escape(self, node: Any) -> tuple[Any, str] | None:
+            """The first escape go-yaml refuses in a scalar node: where it is, and why."""
+            if not self.bad_escapes or not isinstance(node, yaml.ScalarNode):
+                return None
+            start, end = node.start_mark.index, node.end_mark.index
+            return next(((m, why) for m, why in self.bad_escapes if start <= m.index < end), None)
 
         def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
             """PyYAML's, with the keys as sigs.k8s.io/yaml (kubectl) makes them JSON keys: a null key is
@@ -613,10 +682,6 @@ def _go_tags(yaml: Any) -> dict[str | None, Any]:
         _YAML + "pairs": untagged,
         None: untagged,
     }
-
-
-# What no UTF-8 text holds, which a double-quoted YAML scalar's \u or \U escape alone can make.
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _place(steps: list[tuple[Any, Any]]) -> str:

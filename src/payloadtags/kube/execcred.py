@@ -157,10 +157,16 @@ class ExecCredential:
 
 
 def parse_output(plugin: ExecPlugin, output: bytes) -> ExecCredential:
+    if len(output) > _OUTPUT_LIMIT:
+        raise PluginError(f"exec plugin {plugin.command}: output is larger than {_OUTPUT_LIMIT >> 20} MiB")
     try:
         data = json.loads(output)
     except ValueError as e:
         raise PluginError(f"exec plugin {plugin.command}: output is not JSON") from e
+    except RecursionError as e:
+        # Python's decoder nests as deep as its stack lets it, about a thousand levels; kubectl's stops
+        # at 10000 ("exceeded max depth"). No ExecCredential comes near either.
+        raise PluginError(f"exec plugin {plugin.command}: output is nested too deeply to read") from e
     if not isinstance(data, dict) or not isinstance(data.get("status"), dict):
         raise PluginError(f"exec plugin {plugin.command}: output is not an ExecCredential with a status")
     if data.get("apiVersion") != plugin.api_version:
@@ -204,6 +210,20 @@ def _check_utf8(plugin: ExecPlugin, field: str, text: str) -> None:
         )
 
 
+def _credential(plugin: ExecPlugin, output: bytes) -> ExecCredential:
+    """`parse_output`, whose every failure is the run's, at once: a bug in reading the output failed
+    neither run cleanly (a traceback at start; at a renewal, the run held until the plugin timeout,
+    said as the plugin giving nothing). Only its kind is said: the output holds a secret."""
+    try:
+        return parse_output(plugin, output)
+    except PluginError:
+        raise
+    except Exception as e:
+        raise PluginError(
+            f"exec plugin {plugin.command}: its output could not be read ({type(e).__name__})"
+        ) from e
+
+
 def _failed(plugin: ExecPlugin, code: int | None, stderr: bytes) -> PluginError:
     detail = " ".join(stderr.decode("utf-8", "replace").split())[:500]
     how = f"exited with {code}" if code is not None else "was killed"
@@ -237,7 +257,7 @@ def run_plugin_blocking(plugin: ExecPlugin, timeout: float = PLUGIN_TIMEOUT) -> 
         raise PluginError(f"cannot run exec plugin {plugin.command}: {e}") from e
     if done.returncode != 0:
         raise _failed(plugin, done.returncode, done.stderr)
-    return parse_output(plugin, done.stdout)
+    return _credential(plugin, done.stdout)
 
 
 class _PluginProcess(ProcessProtocol):
@@ -252,7 +272,8 @@ class _PluginProcess(ProcessProtocol):
         self.transport.closeStdin()
 
     def outReceived(self, data: bytes) -> None:
-        self._out += data[: _OUTPUT_LIMIT - len(self._out)]
+        # A byte past the limit is kept, for `parse_output` to refuse the output as too large.
+        self._out += data[: _OUTPUT_LIMIT + 1 - len(self._out)]
 
     def errReceived(self, data: bytes) -> None:
         self._err += data[: 4096 - len(self._err)]
@@ -262,9 +283,11 @@ class _PluginProcess(ProcessProtocol):
             return
         if reason.check(ProcessDone):
             try:
-                self._done.callback(parse_output(self._plugin, bytes(self._out)))
+                credential = _credential(self._plugin, bytes(self._out))
             except PluginError as e:
                 self._done.errback(e)
+            else:
+                self._done.callback(credential)
             return
         self._done.errback(_failed(self._plugin, getattr(reason.value, "exitCode", None), bytes(self._err)))
 

@@ -1,0 +1,114 @@
+"""An exec plugin's output that cannot be read: a failed run, at once, at start and at a renewal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.error import ProcessDone
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from payloadtags.kube import execcred
+from payloadtags.kube.config import ConfigError, load_cluster_config
+from payloadtags.kube.execcred import ExecPlugin, PluginError, run_plugin
+
+API_VERSION = "client.authentication.k8s.io/v1"
+# kubectl 1.32 refuses these at once too: "decoding stdout: yaml: exceeded max depth of 10000".
+DEEP = {"unclosed": b"[" * 100_000, "closed": b"[" * 100_000 + b"]" * 100_000}
+
+
+class _Transport:
+    def closeStdin(self) -> None:
+        pass
+
+    def signalProcess(self, _signal: str) -> None:
+        pass
+
+
+class Processes(Clock):
+    """A reactor whose processes the test drives: each spawned protocol is kept, connected, for the test
+    to hand output and an end; time moves only when the test advances it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.protocols: list[Any] = []
+
+    def spawnProcess(self, protocol: Any, _executable: str, _argv: list[str], **_kwargs: object) -> None:
+        protocol.makeConnection(_Transport())
+        self.protocols.append(protocol)
+
+
+def renewal(output: bytes) -> tuple[Processes, list[Failure]]:
+    """A run on `Processes` whose plugin prints `output` and exits with 0; its failures."""
+    reactor = Processes()
+    failed: list[Failure] = []
+    run_plugin(reactor, ExecPlugin(command="get-token", api_version=API_VERSION)).addErrback(failed.append)
+    [protocol] = reactor.protocols
+    protocol.outReceived(output)
+    protocol.processEnded(Failure(ProcessDone(0)))
+    return reactor, failed
+
+
+@pytest.mark.parametrize("output", DEEP.values(), ids=DEEP.keys())
+def test_a_renewal_whose_plugin_prints_json_nested_too_deeply_fails_as_soon_as_the_plugin_exits(
+    output: bytes,
+) -> None:
+    # review-kcfg F2: parse_output's RecursionError escaped processEnded; the run failed only at the
+    # plugin timeout (60 s), said as "gave no credential within 60s".
+    reactor, failed = renewal(output)
+    assert len(failed) == 1 and failed[0].check(PluginError), failed
+    assert str(failed[0].value) == "exec plugin get-token: output is nested too deeply to read"
+    assert not reactor.getDelayedCalls()  # the timeout's timer is gone with the run
+
+
+def test_a_renewal_whose_output_the_reader_fails_on_fails_at_once_without_the_output(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Any failure to read the output is the run's: a bug there must not hold the run until the timeout.
+    def broken(_plugin: ExecPlugin, output: bytes) -> execcred.ExecCredential:
+        raise KeyError(output.decode())
+
+    monkeypatch.setattr(execcred, "parse_output", broken)
+    reactor, failed = renewal(b"s3cr3t")
+    assert len(failed) == 1 and failed[0].check(PluginError), failed
+    assert str(failed[0].value) == "exec plugin get-token: its output could not be read (KeyError)"
+    assert not reactor.getDelayedCalls()
+
+
+def test_output_past_the_limit_is_refused_as_too_large_not_as_cut_json() -> None:
+    # The output was cut at 1 MiB, then refused as "not JSON", which it may well be.
+    status = {"token": "t" * (1 << 20)}
+    output = json.dumps({"apiVersion": API_VERSION, "kind": "ExecCredential", "status": status}).encode()
+    _reactor, failed = renewal(output)
+    assert len(failed) == 1 and str(failed[0].value) == "exec plugin get-token: output is larger than 1 MiB"
+
+
+@pytest.mark.parametrize("output", DEEP.values(), ids=DEEP.keys())
+def test_a_plugin_printing_json_nested_too_deeply_is_refused_at_start_in_one_line(
+    tmp_path: Path, output: bytes
+) -> None:
+    # review-kcfg F2: start-up ended in a RecursionError traceback.
+    (tmp_path / "out").write_bytes(output)
+    script = tmp_path / "plugin"
+    script.write_text('#!/bin/sh\ncat "$(dirname "$0")/out"\n')
+    script.chmod(0o755)
+    kubeconfig = tmp_path / "kc"
+    user = {"exec": {"apiVersion": API_VERSION, "command": str(script)}}
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:6443"}}],
+                "users": [{"name": "u", "user": user}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_cluster_config(str(kubeconfig))
+    assert str(raised.value) == (
+        f"kubeconfig {str(kubeconfig)!r}: exec plugin {script}: output is nested too deeply to read"
+    )
