@@ -1998,3 +1998,46 @@ async def test_a_namespace_that_came_back_in_her_whole_list_and_left_again_is_da
     again.close()
     second.close()
     assert (line["type"], line["object"].get("code")) == ("ERROR", 410), line  # was served
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_namespace_new_to_her_scope_that_her_whole_list_shows_is_noted_by_it(
+    make_server, registry, repo, pki, kube_api, kube_kubeconfig, reactor
+):
+    """alice's -A watch runs and ends: her rules are noted in the namespaces then. `y/app` is pushed
+    with no watch of hers running, a whole -A list of hers (no ``limit``) shows it, her access in `y`
+    is taken back, and the client of the list watches from it. A list noted no namespace not noted for
+    her: that watch's start noted the rules then as the first ones in `y`, and was served; its client
+    kept `y/app` for good (report-watch9, new_ns_list_kept.py). The list notes her rules in `y` as it
+    decides there: the watch is 410."""
+    namespace, _ = repo.split("/", 1)
+    y = f"{namespace}y"
+    api, alice = await _alice(make_server, registry, kube_api, kube_kubeconfig, pki, f"{namespace}/app")
+    grant(kube_api, y, "alice", ["get"], ["app"], "alice-read")
+    hub = api.running.api.watch_hub
+    listed = await eventually(lambda: _all_showing(alice, {(namespace, "app")}), within=20)
+    assert listed
+    url = f"{B}/payloadrepositorytags"
+    first = await stream(alice, f"{url}?watch=true&allowWatchBookmarks=true&resourceVersion={listed}")
+    assert first.code == 200  # started: her rules noted
+    first.close()
+
+    async def none_watching() -> bool:
+        return not hub.watchers
+
+    assert await eventually(none_watching, within=20)
+    (noted,) = [n for (_, (name, _)), n in hub.rules.entries.items() if name == "alice"]
+    assert y not in noted.rules
+    images.push_oci_image(registry, f"{y}/app", "v1", seed=f"{y}/app")
+    shown = await eventually(lambda: _all_showing(alice, {(namespace, "app"), (y, "app")}), within=20)
+    assert shown
+    generation = hub.access_generation()
+    kube_api.store.delete(ROLEBINDINGS, "alice-read", y)
+    assert await eventually(lambda: _checked(api, generation), within=20)
+    again = await stream(
+        alice, f"{url}?watch=true&allowWatchBookmarks=true&timeoutSeconds=2&resourceVersion={shown}"
+    )
+    assert again.code == 200
+    line = await again.next()
+    again.close()
+    assert (line["type"], line["object"].get("code")) == ("ERROR", 410), line  # was served

@@ -525,10 +525,17 @@ def test_a_page_decided_by_rules_changed_back_before_it_ended_is_a_change(
     hub.stop()
 
 
-def test_a_page_s_decisions_note_no_user_and_no_namespace_not_noted() -> None:
-    """As a list: a page's decisions add no entry for a user not noted in the scope, and none for a
-    namespace not noted for her (here one with no tags: an all-namespaces scope notes those with tags)."""
+@pytest.mark.parametrize("how", ["page", "whole"])
+def test_a_list_s_decisions_note_no_user_not_noted_and_namespaces_only_hers_within_her_share(
+    how: str,
+) -> None:
+    """As a list: a page's decisions (or a whole list's) add no entry for a user not noted in the scope
+    (bob's: a user who only lists costs nothing), and note a namespace not noted for a user noted there
+    (here one with no tags: an all-namespaces scope notes those with tags) with her rules in it, as a
+    first noting (no change), within her share: past it, those out of her scope go (their leaving
+    dated), and the ledger's size is that of its entries."""
     hub, index, _, clock = _hub({"team/app": {"v1"}})
+    hub.rules.max_entries, hub.rules.user_share = 100, 4
     grant(index, "alice", "team", ["app"], "alice")
     grant(index, "alice", "other", ["app"], "alice")
     grant(index, "bob", "team", ["app"], "bob")
@@ -537,14 +544,32 @@ def test_a_page_s_decisions_note_no_user_and_no_namespace_not_noted() -> None:
     _stream_of(hub, source, clock, alice, None)
     [(noted_before, changed_before)] = [(dict(n.rules), n.changed_at) for n in hub.rules.entries.values()]
     assert set(noted_before) == {"team"}
+
+    def decide(user: UserInfo, namespaces: list[str]) -> None:
+        if how == "page":
+            decisions = hub.page_decisions(None, user)
+            for namespace in namespaces:
+                decisions.decided(namespace)
+            hub.listed_page(None, user, decisions)
+        else:
+            decided = hub.list_decisions(None, user)
+            assert decided is not None
+            for namespace in namespaces:
+                decided(namespace)
+
     for user in (alice, bob):
-        decisions = hub.page_decisions(None, user)
-        decisions.decided("team")
-        decisions.decided("other")
-        hub.listed_page(None, user, decisions)
+        decide(user, ["team", "other"])
     [noted] = hub.rules.entries.values()
-    assert [key for _, key in hub.rules.entries] == [("alice", "")] and hub.rules.size == 1
-    assert (noted.rules, noted.changed_at) == (noted_before, changed_before)
+    assert [key for _, key in hub.rules.entries] == [("alice", "")] and hub.rules.size == 2
+    assert hub.access_rules is not None
+    other = hub.access_rules(alice, "other").fingerprint
+    assert (noted.rules, noted.changed_at) == ({**noted_before, "other": other}, changed_before)
+    for user in (alice, bob):
+        decide(user, [f"empty{i}" for i in range(20)])
+    assert [key for _, key in hub.rules.entries] == [("alice", "")]
+    assert "team" in noted.rules and noted.cost <= hub.rules.share
+    assert hub.rules.size == noted.cost
+    assert noted.changed_at > changed_before  # those dropped: a resume from before them is 410
     hub.stop()
 
 
@@ -1162,4 +1187,149 @@ def test_a_resume_after_her_scope_shrank_and_her_rules_changed_where_it_shrank_i
     compares them there before it trims it, and the resume is 410."""
     hub, _, _, served = _resume_after_her_scope_shrank(left, other, changed=True)
     assert not served
+    hub.stop()
+
+
+# -- watch10: a list notes a namespace new to a noted user's scope, as a first noting, within her share --
+
+
+def _new_namespace_listed(how: str, emptied: bool) -> bool:
+    """alice's all-namespaces watch runs and ends (`keep` noted for her). `y/app` is pushed with no
+    watch of hers running, and a list of hers shows it (``how``: a page of it, "page"; a whole list,
+    "whole"); ``emptied``: `y/app` is deleted then. Her access in `y` is changed (`app` taken back),
+    and the client of the list watches from it: whether it is served (it holds `y/app:v1`, decided by
+    rules that are no longer hers)."""
+    hub, index, reader, clock = _hub({"keep/app": {"v1"}})
+    for namespace in ("keep", "y"):
+        grant(index, "alice", namespace, ["app"], f"a-{namespace}")
+    source = ready(hub, None)
+    alice = UserInfo("alice")
+
+    def change(repository: str, tags: set[str] | None) -> None:
+        if tags is None:
+            del reader.repositories[repository]
+        else:
+            reader.repositories[repository] = tags
+        hub.repository_changed(repository)
+        while one_turn(clock):
+            pass
+
+    w1, _ = rbac_watcher(RBAC[hub].authorizer, "alice")
+    assert hub.start(w1, source, since=None, timeout=None)
+    hub.check_access()
+    w1.end("test")
+    change("y/app", {"v1"})
+    listed = list_sequence(hub, None, alice)
+    if how == "page":
+        decisions = hub.page_decisions(None, alice)
+        decisions.decided("keep")
+        decisions.decided("y")
+        hub.listed_page(None, alice, decisions)
+    else:
+        decided = hub.list_decisions(None, alice)
+        assert decided is not None
+        decided("keep")
+        decided("y")
+    assert hub.rules.size == sum(entry.cost for entry in hub.rules.entries.values())
+    if emptied:
+        change("y/app", None)
+    grant(index, "alice", "y", ["other"], "a-y")
+    clock.advance(1)
+    served = resumed(hub, source, listed)
+    hub.stop()
+    return served
+
+
+@pytest.mark.parametrize("emptied", [True, False])
+@pytest.mark.parametrize("how", ["page", "whole"])
+def test_a_namespace_new_to_her_scope_that_her_list_shows_is_noted_by_it(how: str, emptied: bool) -> None:
+    """A list noted no namespace not already noted for her: in one that came to her all-namespaces
+    scope after her last watch started, her list showed it, her rules there changed, and the watch from
+    that list was served (its start noted the rules then as the first ones, or, the namespace emptied
+    meanwhile, compared nothing there); her client kept what the list showed (report-watch9,
+    new_ns_list.py and new_ns_list_kept.py). A noted user's list decision in a namespace not noted for
+    her notes her rules there, as a first noting: the watch from that list is 410."""
+    assert not _new_namespace_listed(how, emptied)
+
+
+@pytest.mark.parametrize("emptied", [True, False])
+@pytest.mark.parametrize("how", ["page", "whole"])
+def test_a_namespace_new_to_her_scope_that_her_list_shows_keeps_the_watch_from_it(
+    how: str, emptied: bool
+) -> None:
+    """The first noting is no change: with her rules there unchanged, the watch from the list that
+    showed the new namespace is served."""
+    hub, index, reader, clock = _hub({"keep/app": {"v1"}})
+    for namespace in ("keep", "y"):
+        grant(index, "alice", namespace, ["app"], f"a-{namespace}")
+    source = ready(hub, None)
+    alice = UserInfo("alice")
+    _stream_of(hub, source, clock, alice, None)
+    reader.repositories["y/app"] = {"v1"}
+    hub.repository_changed("y/app")
+    while one_turn(clock):
+        pass
+    listed = list_sequence(hub, None, alice)
+    if how == "page":
+        decisions = hub.page_decisions(None, alice)
+        decisions.decided("y")
+        hub.listed_page(None, alice, decisions)
+    else:
+        decided = hub.list_decisions(None, alice)
+        assert decided is not None
+        decided("y")
+    (noted,) = hub.rules.entries.values()
+    assert "y" in noted.rules and noted.changed_at <= listed  # a first noting: no change
+    if emptied:
+        del reader.repositories["y/app"]
+        hub.repository_changed("y/app")
+        while one_turn(clock):
+            pass
+    clock.advance(1)
+    assert resumed(hub, source, listed)
+    hub.stop()
+
+
+@pytest.mark.parametrize("how", ["page", "whole"])
+def test_a_noted_user_listing_many_new_namespaces_stays_within_her_share(how: str) -> None:
+    """CI namespaces come and go, and a list of hers shows each while it has tags: each is noted for
+    her as it is decided in, and her entry never grows past her share (the namespaces gone from her
+    scope dropped, the oldest first, dated so that a resume from before their leaving is 410); the
+    size of the ledger is that of its entries, and the other users' entries stay."""
+    hub, index, reader, clock = _hub({"keep/app": {"v1"}})
+    hub.rules.max_entries, hub.rules.user_share = 40, 8
+    grant(index, "alice", "keep", ["app"], "a-keep")
+    grant(index, "bob", "keep", ["app"], "b-keep")
+    source = ready(hub, None)
+    alice, bob = UserInfo("alice"), UserInfo("bob")
+    _stream_of(hub, source, clock, bob, None)
+    _stream_of(hub, source, clock, alice, None)
+    first = list_sequence(hub, None, alice)
+    for i in range(100):
+        repository = f"ci{i}/app"
+        grant(index, "alice", f"ci{i}", ["app"], f"a-ci{i}")
+        reader.repositories[repository] = {"v1"}
+        hub.repository_changed(repository)
+        while one_turn(clock):
+            pass
+        if how == "page":
+            decisions = hub.page_decisions(None, alice)
+            decisions.decided(f"ci{i}")
+            hub.listed_page(None, alice, decisions)
+        else:
+            decided = hub.list_decisions(None, alice)
+            assert decided is not None
+            decided(f"ci{i}")
+        del reader.repositories[repository]
+        hub.repository_changed(repository)
+        while one_turn(clock):
+            pass
+        noted = hub.rules.entries[(source, ("alice", ""))]
+        assert noted.cost <= hub.rules.share, i
+        assert hub.rules.size == sum(entry.cost for entry in hub.rules.entries.values())
+    assert (source, ("bob", "")) in hub.rules.entries
+    assert f"ci{99}" in noted.rules and "ci0" not in noted.rules
+    # ci0 was dropped dated after the list that showed it: the watch from that list is 410.
+    assert not resumed(hub, source, first)
+    assert _resumed_as(hub, source, list_sequence(hub, None, bob), bob)
     hub.stop()

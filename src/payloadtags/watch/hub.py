@@ -190,14 +190,22 @@ class WatchHub:
     def list_decisions(self, namespace: str | None, user: UserInfo) -> Callable[[str], None] | None:
         """Where a whole list (no ``limit``) of the all-namespaces scope by ``user`` tells the namespace
         of each access decision it makes (`RulesLedger.returned`): one that left her scope and came back
-        is dated by its next leaving, as when a page or a watch of hers decides there. Also when she is
+        is dated by its next leaving, as when a page or a watch of hers decides there, and one not
+        noted for her is noted, by her rules then, as a page's decision notes it. Also when she is
         not noted as the list starts: her first watch may start while it reads, and its reap note a
-        namespace gone that comes back before the list reads it. None: no all-namespaces source (a
-        namespace scope has one namespace, never noted gone)."""
+        namespace gone that comes back before the list reads it (a user never noted is not noted by
+        it). None: no all-namespaces source (a namespace scope has one namespace, noted by her
+        watch's start), or no access rules (nothing is noted)."""
+        rules_of = self.access_rules
         source = self.sources.get(namespace)
-        if namespace is not None or source is None:
+        if namespace is not None or source is None or rules_of is None:
             return None
-        return functools.partial(self.rules.returned, source, user)
+        ledger, stamp = self.rules, self._change_stamp
+
+        def rules(scope_namespace: str) -> PathMatcher:
+            return rules_of(user, scope_namespace)
+
+        return lambda decided_in: ledger.returned(source, user, decided_in, rules, stamp)
 
     def listed_page(
         self,

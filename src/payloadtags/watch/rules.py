@@ -18,7 +18,9 @@ the rules of a namespace gone from its scope (`WatchHub._forget_rules`: its clie
 before the DELETED that emptied it), and when a user already noted lists
 the scope (`listed`: her list, each of its pages, was decided by the rules then, which may be changed
 back before its watch; a page by the rules of each of its decisions, compared with those noted as it
-makes them, `PageDecisions`). The rules noted first are no change. The groups of the request her
+makes them, `PageDecisions`; and, in a namespace not noted for her, a decision of any list of hers
+notes her rules there as the first ones, within her share, `RulesLedger._first`). The rules noted
+first are no change. The groups of the request her
 rules were last computed for are noted too, and taken only with her rules compared in every namespace
 noted for her (`_compared`): a change her groups make is dated when a list or a watch of hers sees it,
 not by an access check. (An access check for a second running watch of hers with other groups takes
@@ -202,8 +204,9 @@ class RulesLedger:
         so that a watch of hers from a list made before it is 410, and one from this list is not
         judged by the rules noted before it (her rules changed and changed back between this list,
         or one of its pages, and its watch are a change). Only a user already noted: a list adds no
-        entry (one per user and namespace of every list would be the cost docs/watch.md declines),
-        and notes no namespace she was not noted in. ``namespaces``: only those (what a page decided
+        entry (one per user and namespace of every list would be the cost docs/watch.md declines);
+        a namespace not noted for her is noted by the list's decision there (`_first`), not here.
+        ``namespaces``: only those (what a page decided
         in), not every one noted for her (None); every one all the same when her groups are not
         those noted (`_compared`)."""
         noted = self.entries.get((source, user_key(user)))
@@ -235,28 +238,70 @@ class RulesLedger:
         made, not once the page ends: a decision by the rules noted then changed nothing, whatever is
         noted later (a change of them noted meanwhile, by an access check or another list of hers,
         has its own date; noted again at the page's end, it would be dated after a later list of hers
-        that was decided wholly by the new rules, a spurious 410 for that list's watch). A dict lookup
-        when they are the same."""
+        that was decided wholly by the new rules, a spurious 410 for that list's watch). Not noted
+        for her there: noted now, as the first ones (`_first`). A dict lookup when they are the
+        same."""
         noted = self.entries.get((source, user_key(user)))
         if noted is None:
             return
         if noted.gone:
             _returned(noted, (namespace,))
         old = noted.rules.get(namespace)
-        if old is not None and old != rules_of(namespace).fingerprint:
+        if old is None:
+            self._first(source, noted, user, namespace, rules_of, stamp)
+        elif old != rules_of(namespace).fingerprint:
             self.listed(source, user, rules_of, stamp, [namespace])
 
-    def returned(self, source: ScopeSource, user: UserInfo, namespace: str) -> None:
+    def returned(
+        self,
+        source: ScopeSource,
+        user: UserInfo,
+        namespace: str,
+        rules_of: Callable[[str], PathMatcher],
+        stamp: Callable[[], int],
+    ) -> None:
         """An access decision of a whole list (no ``limit``) of ``user``'s in ``namespace`` of
         ``source``'s scope, just made: back in her scope (`_returned`), as a page's decision is
-        (`decided`). A whole list compares her rules only as it starts (docs/watch.md, "Limits"); the
-        namespaces it reads are known only as it reads them, and one that came back and was shown by
-        it kept the date it first left: dropped by a trim after it left again, a resume from the list,
-        after her access there was taken back, was served, and its client kept what the second leaving
-        deleted. A dict lookup, and one more while she has namespaces noted gone."""
+        (`decided`), and, not noted for her yet, noted (`_first`). A whole list compares her rules only
+        as it starts (docs/watch.md, "Limits"); the namespaces it reads are known only as it reads
+        them, and one that came back and was shown by it kept the date it first left: dropped by a
+        trim after it left again, a resume from the list, after her access there was taken back, was
+        served, and its client kept what the second leaving deleted. A dict lookup or two, and one
+        more while she has namespaces noted gone."""
         noted = self.entries.get((source, user_key(user)))
-        if noted is not None and noted.gone:
+        if noted is None:
+            return
+        if noted.gone:
             _returned(noted, (namespace,))
+        if namespace not in noted.rules:
+            self._first(source, noted, user, namespace, rules_of, stamp)
+
+    def _first(
+        self,
+        source: ScopeSource,
+        noted: Noted,
+        user: UserInfo,
+        namespace: str,
+        rules_of: Callable[[str], PathMatcher],
+        stamp: Callable[[], int],
+    ) -> None:
+        """A decision of a list of ``user``'s (noted in the scope) in ``namespace``, not noted for her:
+        her rules there now (those it was made by) are noted, as the first ones (no change). Not
+        noted, a namespace that came to her scope since her last watch started (or one her share
+        dropped that came back) was compared by nothing between her list and its watch: her rules
+        there changed, the watch from that list was served (its start noted the rules then as the
+        first ones, or, the namespace emptied meanwhile, compared nothing there), and her client kept
+        what the list showed (report-watch9). Within her share (`_resized`): past it, those out of her
+        scope go, dated so that a resume from before they left is 410. A user not noted is not noted
+        by a list (docs/watch.md, "Access"). Her groups, not those noted, are taken first with every
+        namespace noted compared (`listed`), so that every rules noted are those of the groups noted."""
+        now = rules_of(namespace).fingerprint  # computed first: a failure notes nothing
+        if frozenset(noted.groups) != frozenset(user.groups):
+            self.listed(source, user, rules_of, stamp, [namespace])
+        self.entries.move_to_end((source, user_key(user)))  # never the one the bound evicts
+        before = noted.cost
+        noted.rules[namespace] = now
+        self._resized(source, noted, before)
 
     def _compared(self, noted: Noted, user: UserInfo, namespaces: Iterable[str] | None) -> Iterable[str]:
         """The namespaces noted for her that a noting of ``user``'s rules in ``namespaces`` (None: all)
