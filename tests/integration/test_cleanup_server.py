@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -29,6 +29,8 @@ FAST = {
     "namespace_sweep_period": 0.0,
 }
 B = "/apis/payload-registry.deckhouse.io/v1alpha1"
+# What the server's start-up registry check deletes in the first catalog repository (absent).
+PROBE_DIGEST = "sha256:" + "0" * 64
 
 
 @pytest_twisted.ensureDeferred
@@ -144,13 +146,31 @@ async def test_a_replicas_removal_waits_for_the_unanswered_write_of_its_single_d
         kube_kubeconfig,
         pki,
         ns,
-        registry_timeout=1.0,
+        # The unanswered re-tag may land for LATE_WRITE_GRACE (2) x 3 s = 6 s from the end of the single
+        # delete's work, and the deletecollection's wait ends a margin (1 s) after it is received. A
+        # registry timeout of 1 s gave it 2 s, and a deletecollection received more than 1 s after that
+        # end, on a loaded machine, rightly waited the write out and answered 200 (review-ds10 F4).
+        registry_timeout=3.0,
         http=HttpLimits(request_timeout=2.0),
     )
     collection = f"{B}/namespaces/{ns}/payloadrepositorytags"
+    service = server.running.api.service
+    changed = service.changed
+    single_ended: Deferred[None] = Deferred()
+
+    def ended(repository: str) -> None:  # the single delete's work has ended: its write is noted
+        if repository == repo and not single_ended.called:
+            single_ended.callback(None)
+        changed(repository)
+
+    service.changed = ended
     async with _released(hold, proxy, server):
         single = await masters.delete(f"{collection}/{encode_name('app', 'v1')}")
         assert single.code == 504, single.body
+        # Its work may outlast its request's deadline (2 s): it waits, in the registry's time, for what
+        # the gateway's 504 left to land, then goes on alone and notes the write at its end, from
+        # which the deletecollection, sent at once, has 5 s to be received.
+        await single_ended
         kube_api.store.delete(NAMESPACES, ns)  # Terminating
         removal = await masters.delete(collection)
         assert removal.code == 504, removal.body  # not 200: the re-tag may still land
@@ -161,7 +181,7 @@ async def test_a_replicas_removal_waits_for_the_unanswered_write_of_its_single_d
         # The namespace controller goes on calling, backing off between calls (each 504 comes at once
         # once the PUT's time is past what the request's deadline leaves); the calls past the time the
         # PUT could land delete what it left.
-        for _ in range(20):
+        for _ in range(40):
             removal = await masters.delete(collection)
             if removal.code == 200:
                 break
@@ -401,23 +421,32 @@ async def test_a_tag_by_tag_deletecollection_answers_its_own_504_whatever_its_lo
     request's deadline of 3 s, which answered "get the tags again" while the write may land for 30 s
     more (review-ds6 F2; the reviewer's list answered after 1.6 s, the selection's too). With a write
     that may land, that look is bounded by half the margin; cut, the call answers its own 504 naming
-    the write. Here the look's tag list is held until the call has answered."""
+    the write. Here the look's tag list is held until the call has answered: from the end of the
+    call's own delete (the service's ``changed`` hook), not from a DELETE the proxy sees, which the
+    server's start-up probe of sha256:0...0 in the first catalog repository matched, stalling the
+    selection's own tag list instead (review-ds10 F3)."""
     ns = unique_namespace("slowagain")  # live: tag by tag
     repo = f"{ns}/app"
     deleted: list[str] = []
     held: Deferred[None] = Deferred()
 
     def decide(method: str, path: str) -> str | None:
-        if method == "DELETE" and f"/{repo}/manifests/sha256:" in path:
-            deleted.append(path)
         return STALL if deleted and method == "GET" and path.endswith(f"/{repo}/tags/list") else None
 
     proxy = FaultProxy(reactor, fresh_registry.url, decide, hold=held)
     repo, server, _ = await _deadline_server(
         make_server, fresh_registry, kube_kubeconfig, pki, kube_api, ns, proxy=proxy
     )
+    service = server.running.api.service
+    changed = service.changed
+
+    def ended(repository: str) -> None:  # its delete has ended: from now on the tag list is held
+        deleted.append(repository)
+        changed(repository)
+
+    service.changed = ended
     try:
-        late_writes = server.running.api.service.late_writes
+        late_writes = service.late_writes
         late_writes.note(ns, f"deleting tag {repo}:v0", late_writes.now() + 30.0, repo)
         removal = await _controller(server, pki).delete(f"{B}/namespaces/{ns}/payloadrepositorytags")
     finally:
@@ -453,7 +482,8 @@ async def test_a_tag_by_tag_deletecollection_whose_deletes_are_held_answers_its_
     stalled: list[str] = []
 
     def decide(method: str, path: str) -> str | None:
-        if method == "DELETE" and f"/{repo}/manifests/" in path:
+        # The call's own delete, not the server's start-up probe of sha256:0...0 (review-ds10).
+        if method == "DELETE" and f"/{repo}/manifests/" in path and not path.endswith(PROBE_DIGEST):
             stalled.append(path)
             return STALL
         return None
@@ -539,6 +569,110 @@ async def test_a_tag_by_tag_deletecollection_whose_look_fails_answers_its_own_50
     assert removal.code == 504, body
     assert "retry later" not in body and "get the tags again" not in body, body
     assert f"a write made while deleting tag {repo}:v0, and may still carry it out within about" in body, body
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tag_by_tag_deletecollection_whose_own_delete_and_look_fail_names_the_latest_write(
+    reactor,
+    make_server,
+    fresh_registry,
+    kube_api,
+    kube_kubeconfig,
+    pki,
+):
+    """As above, the call's own re-tag unanswered too (a gateway's 504: its delete may land for 2 s),
+    and a write of this process there that may land for 30 s: the collection's 504 over its own
+    unanswered delete, when its look fails, must name the longer write and say that no look ended
+    (review-ds8 F5 on the cut or failed path). Neither was held by a test (review-ds10 F1): with the
+    latest write dropped the 504 said to wait about 2 s, then look, and a look then showed the
+    namespace falsely done; with the look taken as ended it said none of the tags "is listed now"."""
+    _another_replica_leads(kube_api)
+    ns = unique_namespace("latestcut")
+    ensure_namespace(kube_api, ns)  # live: tag by tag
+    repo = f"{ns}/app"
+    images.push_oci_image(fresh_registry, repo, "v1")
+    hold: Deferred[None] = Deferred()
+    puts: list[str] = []
+    deleted: list[str] = []
+    failed: list[str] = []
+    retag: Callable[[str, str], str | None] = first_put(repo, puts)
+
+    def decide(method: str, path: str) -> str | None:
+        if deleted and method == "GET" and path.endswith(f"/{repo}/tags/list"):
+            failed.append(path)
+            return ERROR_BEFORE
+        return retag(method, path)
+
+    proxy = FaultProxy(reactor, fresh_registry.url, decide, hold=hold)
+    server = await _cleanup_server(
+        make_server,
+        proxy.url,
+        kube_kubeconfig,
+        registry=RegistrySettings(url=proxy.url, timeout=1.0),
+        http=HttpLimits(request_timeout=20.0),
+    )
+    service = server.running.api.service
+    changed = service.changed
+
+    def ended(repository: str) -> None:  # its delete has ended: from now on the tag list fails
+        deleted.append(repository)
+        changed(repository)
+
+    service.changed = ended
+    async with _released(hold, proxy, server):
+        late_writes = service.late_writes
+        late_writes.note(ns, f"deleting tag {repo}:v0", late_writes.now() + 30.0, repo)
+        removal = await _controller(server, pki).delete(f"{B}/namespaces/{ns}/payloadrepositorytags")
+    body = removal.body.decode()
+    assert puts and failed, body
+    assert removal.code == 504, body
+    assert "the registry did not answer writes made to delete 1 of the 1" in body, body
+    assert "is not known (no look ended)" in body, body
+    assert f"a write made while deleting tag {repo}:v0, and may still carry it out within about" in body, body
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tag_by_tag_deletecollection_with_held_deletes_and_no_late_write_gets_the_deadlines_504(
+    reactor,
+    make_server,
+    fresh_registry,
+    kube_api,
+    kube_kubeconfig,
+    pki,
+):
+    """As the held deletes above, but no write of this process may land: the deletes go on past the cut
+    and the request's deadline answers its own 504 (docs/consistency.md: "with none, its deletes go on,
+    and the deadline's answer holds"). No test held this (review-ds10 F2): with the pass cut whatever
+    may land, the call answered a 500 "Internal error occurred" and logged a traceback."""
+    _another_replica_leads(kube_api)
+    ns = unique_namespace("heldnolate")
+    ensure_namespace(kube_api, ns)  # live: tag by tag
+    repo = f"{ns}/app"
+    images.push_oci_image(fresh_registry, repo, "v1")
+    held: Deferred[None] = Deferred()
+    stalled: list[str] = []
+
+    def decide(method: str, path: str) -> str | None:
+        # The call's own delete, not the server's start-up probe of sha256:0...0.
+        if method == "DELETE" and f"/{repo}/manifests/" in path and not path.endswith(PROBE_DIGEST):
+            stalled.append(path)
+            return STALL
+        return None
+
+    proxy = FaultProxy(reactor, fresh_registry.url, decide, hold=held)
+    server = await _cleanup_server(
+        make_server,
+        proxy.url,
+        kube_kubeconfig,
+        registry=RegistrySettings(url=proxy.url, timeout=5.0),
+        http=HttpLimits(request_timeout=3.0),
+    )
+    async with _released(held, proxy, server):
+        removal = await _controller(server, pki).delete(f"{B}/namespaces/{ns}/payloadrepositorytags")
+    body = removal.body.decode()
+    assert stalled, body
+    assert removal.code == 504, body
+    assert "a delete already under way is finished by the server" in body, body
 
 
 @pytest_twisted.ensureDeferred
