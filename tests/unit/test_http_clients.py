@@ -118,6 +118,33 @@ def test_connects_evicted_while_waiting_for_their_turn_are_given_back_when_the_f
     assert clients.addresses["10.0.0.1"].spared == 0
 
 
+def test_tokens_of_connects_evicted_before_their_handshake_come_back_when_the_front_proxy_shows() -> None:
+    """Each connect evicted before its handshake was done took a handshake token: once a connection of
+    its address shows the front proxy's certificate, those tokens come back with the connects, at most
+    a burst (kube-apiserver's next reconnect round does not wait for tokens, which made those evicted
+    while waiting bare closes and flooded its address: review-conns11 F1). Another address's stay
+    spent."""
+    limits = HttpLimits(handshake_rate_per_client=2.0, handshake_burst_per_client=4)
+    clock = Clock()
+    clients = Clients(limits, clock, clock.seconds)
+    for host in ("10.0.0.1", "10.0.0.2"):
+        for _ in range(3):  # evicted during their handshake (or held for their turn), tokens taken
+            assert clients.opened(host) and clients.handshake(host, lambda: True)
+            clients.closed(host, counted=False, spared=True)
+        assert clients.opened(host) and clients.handshake(host, lambda: True)  # the one that stays
+        assert clients.addresses[host].bucket.tokens == 0
+    assert clients.handshaken("10.0.0.2", front_proxy=False)
+    assert clients.addresses["10.0.0.2"].bucket.tokens == 0  # charged: nothing given back
+    assert clients.handshaken("10.0.0.1", front_proxy=True)
+    assert clients.addresses["10.0.0.1"].bucket.tokens == 4  # its own token, and the three evicted ones'
+    assert clients.addresses["10.0.0.1"].spared == 0
+    assert clients.opened("10.0.0.1") and clients.handshake("10.0.0.1", lambda: True)
+    clients.closed("10.0.0.1", counted=False, spared=True)
+    assert clients.opened("10.0.0.1")
+    assert clients.handshaken("10.0.0.1", front_proxy=True)
+    assert clients.addresses["10.0.0.1"].bucket.tokens == 4  # at most its burst
+
+
 def test_handshakes_beyond_the_burst_wait_for_tokens_in_order() -> None:
     clock = Clock()
     clients = Clients(LIMITS, clock, clock.seconds)

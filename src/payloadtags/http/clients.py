@@ -89,15 +89,16 @@ class Address:
     # Its connects evicted before their handshake was done, their token taken (ClientConnection.unshown:
     # held for their turn, or let read and evicted during their handshake), since one of its
     # connections last showed the front proxy's certificate, at most its burst: given back to
-    # ``accepted`` then. A burst of kube-apiserver's evicts one another as they wait for their turn,
-    # or during their handshakes when they come a few ms apart (on a server full of authenticated
-    # clients' idle connections), and its reflectors connect again at once: charged, 30 and their 29
-    # retries flooded its address, and its next connection evicted its own answered one
+    # ``accepted`` and to its handshake ``bucket`` then. A burst of kube-apiserver's evicts one
+    # another as they wait for their turn, or during their handshakes when they come a few ms apart
+    # (on a server full of authenticated clients' idle connections), and its reflectors connect again
+    # at once: charged, 30 and their 29 retries flooded its address, and its next connection evicted
+    # its own answered one
     # (review-conns7 F1; review-conns9 F1 for those evicted during their handshake). Given back only
     # to the front proxy's address: a flood that has its own connects evicted before their handshake
     # is done, every one having taken a handshake token, could otherwise connect at twice its rate
     # without flooding (one sharing kube-apiserver's address has its own given back with them: at most
-    # a burst each time kube-apiserver's connection shows).
+    # a burst of connects and of handshakes each time kube-apiserver's connection shows).
     spared: int = 0
     waiting: deque[Callable[[], bool]] = attrs.Factory(deque)  # handshakes waiting for a token
     release: IDelayedCall | None = None
@@ -179,14 +180,19 @@ class Clients:
     def handshaken(self, host: str, front_proxy: bool) -> bool:
         """The TLS handshake of a connection from ``host`` is done. The front proxy's (it presented
         the front proxy's verified certificate) is never counted against the cap, and its handshake
-        token and its connect are given back, with the connects of its address spared since (see
-        Address.spared): kube-apiserver's connections cost it nothing, however many it opens at once.
+        token and its connect are given back, with the handshake tokens and connects of its address
+        spared since (see Address.spared), at most its burst: kube-apiserver's connections cost it
+        nothing, however many it opens at once (up to its burst) and however often it does so again.
         Any other is counted now; False when the address reached its cap meanwhile (close it)."""
         address = self._address(host)
         if front_proxy:
+            # The spared connects' handshake tokens too: kept spent, kube-apiserver's third round of
+            # reconnects within a second found its bucket near empty, its connects waited for a
+            # token, those evicted while waiting were charged as bare, and its address flooded
+            # (review-conns11 F1).
             bucket = address.bucket
             bucket.refill(self.monotonic())
-            bucket.tokens = min(bucket.burst, bucket.tokens + 1)
+            bucket.tokens = min(bucket.burst, bucket.tokens + 1 + address.spared)
             accepted = address.accepted
             accepted.refill(self.monotonic())
             accepted.tokens = min(accepted.burst, accepted.tokens + 1 + address.spared)
