@@ -12,7 +12,9 @@ from typing import Any
 
 import attrs
 import pytest
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 
 from payloadtags.access.authz import AlwaysAllow
 from payloadtags.api import continuation
@@ -35,6 +37,8 @@ from payloadtags.metrics import Metrics
 from payloadtags.names import TagRef, encode_name, split_repository
 from payloadtags.registry import CatalogPage
 from tests.unit.test_inventory_paging import Distribution28, Lexical, Registry
+from tests.unit.test_registry_cancellation import track
+from tests.unit.test_registry_reads import Held, client_for, tags_reply
 from tests.unit.test_repoindex import run
 
 ALICE = UserInfo("alice", groups=("devs",))
@@ -802,3 +806,36 @@ def test_a_tag_list_is_measured_as_a_length_per_tag_measures_it(tags: tuple[str,
     own = len(lengths) - lengths.count(1)
     expected = sys.getsizeof(tags) + own * sys.getsizeof("") + sum(lengths) - (len(lengths) - own)
     assert _list_size(tags) == (expected, len(tags))
+
+
+# Tags a registry may list outside the tag grammar (ECR's reach 300 characters; a registry that is
+# not distribution may list anything).
+LISTED_OUTSIDE_THE_GRAMMAR = ["-rc1", ".hidden", "a+b", "t" * 129, "t" * 300, "with space", "\u00fc"]
+
+
+def test_the_registry_client_hands_out_tags_outside_the_grammar() -> None:
+    clock, held = MemoryReactorClock(), Held()
+    client = client_for(held, clock)
+    got = track(Deferred.fromCoroutine(client.tags("team/app")))
+    held.pending[0][1].callback(tags_reply("v1", *LISTED_OUTSIDE_THE_GRAMMAR))
+    assert got and set(got[0]) == {"v1", *LISTED_OUTSIDE_THE_GRAMMAR}
+
+
+@pytest.mark.parametrize("tag", LISTED_OUTSIDE_THE_GRAMMAR)
+@pytest.mark.parametrize("pinned", [False, True], ids=["namespace", "pinned"])
+def test_a_walk_goes_past_a_page_ending_on_a_listed_tag_outside_the_grammar(tag: str, pinned: bool) -> None:
+    # Its token was 400 "the token is malformed" at the next page (e6e0d53): kubectl stopped halfway,
+    # an informer's relist failed at the same page every time.
+    tags = service(Registry({"team/app": {tag, "zz"}, "team/b": {"v1"}}), Clock())
+    seen: list[str] = []
+    token: str | None = None
+    for _ in range(3):
+        query = {"limit": ["1"], **({"continue": [token]} if token else {})}
+        if pinned:
+            query["fieldSelector"] = ["metadata.namespace=team"]
+        result, meta = run(tags.list(ALICE, None if pinned else "team", list_options(query)))
+        seen += [f"{ref.repository_path}:{ref.tag}" for ref in result.refs]
+        token = meta.continue_
+        continuation._decoded.clear()  # the next page decodes its token again, as another replica would
+    assert token is None
+    assert seen == [*(f"app:{t}" for t in sorted([tag, "zz"])), "b:v1"]

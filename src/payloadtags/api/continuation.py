@@ -14,7 +14,7 @@ import attrs
 from payloadtags.api.errors import ApiError, bad_request
 from payloadtags.api.walks import is_walk_id
 from payloadtags.names import TagRef, is_namespace, is_repository_path
-from payloadtags.registry.content import MAX_REPOSITORY_LENGTH, is_valid_tag
+from payloadtags.registry.content import MAX_REPOSITORY_LENGTH
 from payloadtags.watch import parse_version
 
 _VERSION = 1
@@ -141,12 +141,23 @@ def _refused(resource_version: object, ns: object, path: object, tag: object, wa
         # The whole name within the registry's bound too: no page ends in a longer one (the registry
         # client refuses to read it), so only a tampered token names one, malformed as any other.
         and len(ns) + 1 + len(path) <= MAX_REPOSITORY_LENGTH  # type: ignore[arg-type]
-        # The registry's tag grammar (docs/api.md): the registry client reads no other tag, so no page
-        # ends in one.
-        and is_valid_tag(tag)  # type: ignore[arg-type]
+        # Any tag a page could have ended on, not the tag grammar: the registry client hands out every
+        # tag the registry lists (ECR's reach 300 characters), and a walk must go on past each. Only
+        # text UTF-8 can carry: the copy for the caller and the registry reads could not (a 500).
+        and tag != ""
+        and _encodable(tag)  # type: ignore[arg-type]
         and (walk is None or is_walk_id(walk))
     )
     return None if valid else _MALFORMED
+
+
+def _encodable(text: str) -> bool:
+    # A lone surrogate (JSON's \ud800) is the only str strict UTF-8 refuses.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _decode_fields(text: str) -> _Fields:
