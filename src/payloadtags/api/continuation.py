@@ -111,7 +111,9 @@ def _copied(fields: _Fields) -> _Fields:
     resource_version, scope, last, walk = fields
     return (
         _own(resource_version),
-        scope,
+        # A token made for a list is made of the request's own scope string (its URL's namespace), which
+        # its walk keeps, counted and freed with it: kept here, it would outlive the walk.
+        _own(scope) if isinstance(scope, str) else scope,
         TagRef(_own(last.namespace), _own(last.repository_path), _own(last.tag)),
         None if walk is None else _own(walk),
     )

@@ -206,9 +206,10 @@ def _measure(
     entry's repository string or one the walk alone holds) and ``top`` (likewise). A walk of a few
     short tag lists under long names keeps as much in these as in its lists.
 
-    And the namespace its `Listed` (its last page's) pins in an all-namespaces list: the
-    metadata.namespace selector's value, a string of that request's own (no key or catalog entry
-    holds it; the scope is ""). A namespace list's scope and namespace are its path's."""
+    And the namespaces of the list: its `Listed`'s (its last page's) scope and namespace, and each
+    rest's namespace (the page's that made it). Each is a string of that request's own, its URL's
+    or its metadata.namespace selector's value, that no key or catalog entry holds (the tokens
+    decoded keep copies of their own, api/continuation.py); the one of every page, counted once."""
     size = _WALK
     mappings: dict[int, Mapping[str, Sequence[str]]] = {}
     rests: dict[int, CatalogRest] = {}
@@ -224,7 +225,9 @@ def _measure(
         size += sys.getsizeof(rest)
         if rest.guessed and id(rest.guessed) not in counted:  # its strings are entries'
             counted[id(rest.guessed)] = (rest.guessed, sys.getsizeof(rest.guessed), 0, None)
-        if id(rest.shared) not in counted:
+        # No names (a page that ended in the namespace's last repository): the one empty tuple, never
+        # freed, and no index of them kept.
+        if rest.shared and id(rest.shared) not in counted:
             measure = _known(before, rest.shared) or _entries_size(rest.shared)
             counted[id(rest.shared)] = measure
             shared.add(id(rest.shared))
@@ -244,9 +247,16 @@ def _measure(
     loose: list[tuple[str | None, str | None, int]] = []
     for rest in rests.values():
         # ``after`` is made for the rest (`TagRef.repository`): no entry's.
-        loose += ((rest.after, None, 0), (rest.last, rest.last, 0), (rest.top, rest.top, 0))
-    if listed is not None and not listed.scope:
-        loose.append((listed.namespace, None, 0))
+        # ``namespace`` is the one its page read: that request's own string (the URL's, or a
+        # metadata.namespace selector's value), no entry's; each page's may be another string.
+        loose += (
+            (rest.after, None, 0),
+            (rest.last, rest.last, 0),
+            (rest.top, rest.top, 0),
+            (rest.namespace, None, 0),
+        )
+    if listed is not None:
+        loose += ((listed.scope, None, 0), (listed.namespace, None, 0))
     for ref, one in kept.items():
         size += sys.getsizeof(ref)
         # The asked key's strings are decoded from its token: the walk's alone.
