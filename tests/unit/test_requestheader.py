@@ -197,6 +197,34 @@ async def test_extra_with_several_prefixes(front_ca: Authority, proxy_cert: x509
     assert user is not None and dict(user.extra) == {"team": ("a", "b")}
 
 
+@pytest.mark.parametrize(
+    ("header", "key"),
+    [
+        # As Go's url.PathUnescape gives them (k8s.io/apiserver's unescapeExtraKey): a key with any
+        # escape that is not `%` and two hex digits is kept whole as sent (lower-cased), never half
+        # decoded, and is then no UTF-8 question, whatever its other escapes encode.
+        ("X-Remote-Extra-%zz%41", "%zz%41"),
+        ("X-Remote-Extra-%ZZ%41", "%zz%41"),
+        ("X-Remote-Extra-%zz%c3", "%zz%c3"),
+        ("X-Remote-Extra-A%4", "a%4"),
+        ("X-Remote-Extra-%", "%"),
+        ("X-Remote-Extra-%%41", "%%41"),
+        ("X-Remote-Extra-%4g%2f", "%4g%2f"),
+        # Well formed: decoded, `+` is no space.
+        ("X-Remote-Extra-%41b", "Ab"),
+        ("X-Remote-Extra-+%2B", "++"),
+        ("X-Remote-Extra-%25zz", "%zz"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_an_extra_key_with_a_broken_escape_is_kept_as_sent(
+    front_ca: Authority, proxy_cert: x509.Certificate, header: str, key: str
+) -> None:
+    auth = authenticator(front_ca)
+    user = await auth.authenticate(credentials(proxy_cert, {"X-Remote-User": ["alice"], header: ["v"]}))
+    assert user is not None and dict(user.extra) == {key: ("v",)}
+
+
 @pytest_twisted.ensureDeferred
 async def test_uid_headers(front_ca: Authority, proxy_cert: x509.Certificate) -> None:
     headers = {"X-Remote-User": ["alice"], "X-Remote-Uid": ["1234-abcd"]}

@@ -6,6 +6,7 @@ CA and, when allowed names are configured, whose CN is one of them. Anywhere els
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from urllib.parse import unquote
 
@@ -53,10 +54,18 @@ def _first(names: tuple[tuple[str, str], ...], headers: dict[str, list[str]]) ->
     return ""
 
 
+# Go's url.PathUnescape accepts a `%` only before two hex digits; anything else fails the whole key.
+_GO_ESCAPED = re.compile(r"(?:[^%]|%[0-9a-fA-F]{2})*")
+
+
 def _extra_key(header: str, prefix: str) -> str:
     # kube-apiserver sends the keys lower-cased and percent-encoded (UTF-8), so the name is ASCII.
     key = header[len(prefix) :].lower()
     if key.isascii():
+        if not _GO_ESCAPED.fullmatch(key):
+            # k8s.io/apiserver's unescapeExtraKey keeps a key PathUnescape fails on exactly as sent,
+            # where Python's unquote would decode its good escapes and leave the broken ones.
+            return key
         try:
             return unquote(key, errors="strict")
         except UnicodeDecodeError:
