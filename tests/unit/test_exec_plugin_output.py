@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from twisted.python.failure import Failure
 
 from payloadtags.kube import execcred
 from payloadtags.kube.config import ConfigError, load_cluster_config
-from payloadtags.kube.execcred import ExecPlugin, PluginError, run_plugin
+from payloadtags.kube.execcred import ExecPlugin, PluginError, run_plugin, run_plugin_blocking
 
 API_VERSION = "client.authentication.k8s.io/v1"
 # kubectl 1.32 refuses these at once too: "decoding stdout: yaml: exceeded max depth of 10000".
@@ -112,3 +114,60 @@ def test_a_plugin_printing_json_nested_too_deeply_is_refused_at_start_in_one_lin
     assert str(raised.value) == (
         f"kubeconfig {str(kubeconfig)!r}: exec plugin {script}: output is nested too deeply to read"
     )
+
+
+# A plugin that prints `total` bytes (None: without end) to stdout, or to stderr and then exits 3,
+# 64 KiB a write, noting after each write how much it has written (in a file replaced whole); with no
+# end, or once stdout is all written, it waits never to exit by itself.
+PRINTER = """\
+import os, sys, time
+total = None if sys.argv[2] == "endless" else int(sys.argv[2])
+fd = 2 if sys.argv[3] == "stderr" else 1
+written = 0
+while total is None or written < total:
+    written += os.write(fd, b"x" * 65536)
+    with open(sys.argv[1] + ".new", "w") as note:
+        note.write(str(written))
+    os.replace(sys.argv[1] + ".new", sys.argv[1])  # whole, even if killed here
+if fd == 2:
+    sys.exit(3)
+time.sleep(3600)
+"""
+
+
+def printer(tmp_path: Path, total: str, stream: str) -> tuple[ExecPlugin, Path]:
+    script, note = tmp_path / "printer.py", tmp_path / "written"
+    script.write_text(PRINTER)
+    args = (str(script), str(note), total, stream)
+    return ExecPlugin(command=sys.executable, api_version=API_VERSION, args=args), note
+
+
+@pytest.mark.parametrize("total", ["endless", str(64 << 20)])
+def test_a_plugin_printing_past_the_limit_at_start_is_stopped_within_the_limit_and_refused(
+    tmp_path: Path, total: str
+) -> None:
+    # review-late F2: at start the whole output was read before the 1 MiB refusal (64 MiB held 126 MiB
+    # at its peak; a plugin that never stops printing, until the 60 s timeout). It is read up to the
+    # limit and a byte, as at a renewal; then the plugin is killed and refused as too large at once.
+    plugin, note = printer(tmp_path, total, "stdout")
+    with pytest.raises(PluginError) as raised:
+        run_plugin_blocking(plugin)
+    assert str(raised.value) == f"exec plugin {sys.executable}: output is larger than 1 MiB"
+    # What it could write past what was read: the pipe's buffer and a write under way.
+    assert int(note.read_text()) <= (1 << 20) + 4 * 65536
+
+
+def test_a_plugin_printing_much_to_stderr_at_start_is_held_as_a_renewal_holds_it(tmp_path: Path) -> None:
+    # review-late F2: stderr too was held whole; only its first 4 KiB are kept, as at a renewal (the
+    # message shows 500 characters of it), the rest read and dropped so that the plugin can exit.
+    plugin, note = printer(tmp_path, str(8 << 20), "stderr")
+    tracemalloc.start()
+    try:
+        with pytest.raises(PluginError) as raised:
+            run_plugin_blocking(plugin)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert str(raised.value).startswith(f"exec plugin {sys.executable} exited with 3: ")
+    assert int(note.read_text()) == 8 << 20
+    assert peak < 1 << 20

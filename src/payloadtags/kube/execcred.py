@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import selectors
 import subprocess
+import time
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -239,25 +241,63 @@ def _as_environ(name: str, value: str) -> tuple[str, str]:
 
 
 def run_plugin_blocking(plugin: ExecPlugin, timeout: float = PLUGIN_TIMEOUT) -> ExecCredential:
-    """Run the plugin and wait for it. Blocking: only at start-up, off the reactor."""
+    """Run the plugin and wait for it. Blocking: only at start-up, off the reactor.
+
+    Its output is held as a renewal holds it (`_PluginProcess`): stdout up to the limit and a byte,
+    stderr's first 4 KiB. A plugin whose stdout passes the limit is killed and refused at once, rather
+    than read whole (or, when it never stops printing, until the timeout)."""
     try:
-        done = subprocess.run(
+        process = subprocess.Popen(
             plugin.argv(),
             env=plugin.environment(),
             stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=timeout,
-            check=False,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
-    except subprocess.TimeoutExpired as e:
-        raise PluginError(f"exec plugin {plugin.command} gave no credential within {timeout:g}s") from e
     except (OSError, ValueError) as e:
         # ValueError: what the OS cannot take in an argument or the environment (the kubeconfig's
         # check refuses it first); its text names no value.
         raise PluginError(f"cannot run exec plugin {plugin.command}: {e}") from e
-    if done.returncode != 0:
-        raise _failed(plugin, done.returncode, done.stderr)
-    return _credential(plugin, done.stdout)
+    with process:
+        try:
+            out, err, code = _wait_bounded(process, time.monotonic() + timeout)
+        except subprocess.TimeoutExpired as e:
+            raise PluginError(f"exec plugin {plugin.command} gave no credential within {timeout:g}s") from e
+        finally:
+            if process.returncode is None:
+                process.kill()
+                process.wait()
+    if code is not None and code != 0:
+        raise _failed(plugin, code, err)
+    return _credential(plugin, out)
+
+
+def _wait_bounded(process: subprocess.Popen[bytes], deadline: float) -> tuple[bytes, bytes, int | None]:
+    """stdout (up to the limit and a byte), stderr (its first 4 KiB) and the exit code of ``process``,
+    read until it has closed both and exited; the code is None when stdout passed the limit, which is
+    not waited for. TimeoutExpired past ``deadline``."""
+    assert process.stdout is not None and process.stderr is not None
+    kept = {process.stdout.fileno(): bytearray(), process.stderr.fileno(): bytearray()}
+    limits = {process.stdout.fileno(): _OUTPUT_LIMIT + 1, process.stderr.fileno(): 4096}
+    out = kept[process.stdout.fileno()]
+    with selectors.DefaultSelector() as selector:
+        for fd in kept:
+            selector.register(fd, selectors.EVENT_READ)
+        while selector.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise subprocess.TimeoutExpired(process.args, 0)
+            for key, _ in selector.select(left):
+                data = os.read(key.fd, 65536)
+                if not data:
+                    selector.unregister(key.fd)
+                    continue
+                # Past its bound a stream is still read, and dropped, so that the plugin can go on.
+                kept[key.fd] += data[: limits[key.fd] - len(kept[key.fd])]
+                if len(out) > _OUTPUT_LIMIT:
+                    return bytes(out), bytes(kept[process.stderr.fileno()]), None
+    code = process.wait(max(0.0, deadline - time.monotonic()))
+    return bytes(out), bytes(kept[process.stderr.fileno()]), code
 
 
 class _PluginProcess(ProcessProtocol):
