@@ -95,7 +95,9 @@ def complete(
         missing_token=pod_without_token(environ, service_account_dir),
     )
     namespace = lease_namespace(settings, cluster, environ)
-    if cluster is not None:
+    # The Lease is requested only by the cleanup's leader election: a value no request uses stops nothing
+    # (as kube-controller-manager ignores its resource settings under --leader-elect=false).
+    if cluster is not None and settings.namespace_cleanup and settings.leader_elect:
         _check_lease(settings, namespace, errors)
     if errors or serving is None:
         raise ConfigurationError(*errors)

@@ -915,6 +915,29 @@ def test_a_lease_name_or_namespace_that_is_not_utf8_is_refused_in_one_line(
     assert raised.value.errors == [f"{source}: {value!r} holds bytes that are not UTF-8"]
 
 
+@pytest.mark.parametrize(
+    "off", [{"leader_elect": False}, {"namespace_cleanup": False}], ids=["no-leader-elect", "no-cleanup"]
+)
+@pytest.mark.parametrize(
+    ("values", "environ"),
+    [
+        ({}, {"POD_NAMESPACE": "ops\udcff"}),
+        ({"leader_elect_resource_namespace": "ops\udcff"}, {}),
+        ({"leader_elect_resource_name": "lease\udcff"}, {}),
+    ],
+    ids=["pod-namespace", "namespace-flag", "lease-name"],
+)
+def test_a_lease_name_or_namespace_that_is_not_utf8_does_not_stop_start_when_no_lease_is_requested(
+    tmp_path: Path, ca: Authority, off: dict[str, bool], values: dict[str, str], environ: dict[str, str]
+) -> None:
+    # review-misc F2: they were refused whenever a cluster was configured, though the Lease is requested
+    # only with namespace cleanup and leader election both on ($POD_NAMESPACE can be set for other
+    # reasons; kube-controller-manager ignores its resource settings under --leader-elect=false).
+    path = write_kubeconfig(tmp_path / "kc", "https://127.0.0.1:1", ca.cert_file.read_bytes(), token="t")
+    completed = complete(settings(kubeconfig=str(path), **off, **values), environ=environ)
+    assert completed.cluster is not None
+
+
 def test_an_events_token_file_that_is_not_utf8_is_refused_naming_the_file_never_a_byte(
     tmp_path: Path,
 ) -> None:
