@@ -283,6 +283,19 @@ def test_a_token_file_that_is_not_utf8_at_load_is_refused_naming_the_file_never_
         assert piece not in message
 
 
+def test_a_token_file_path_with_a_nul_is_refused_in_one_line_naming_the_field_never_the_value(
+    tmp_path: Path,
+) -> None:
+    # review-misc F1: reading the file raised ValueError (embedded null byte) before the loader's own
+    # handling, and start-up ended in a traceback.
+    kubeconfig = kubeconfig_with_user(tmp_path / "kc", {"tokenFile": "s3cr3t\0en"})
+    with pytest.raises(ConfigError) as raised:
+        load_cluster_config(str(kubeconfig))
+    message = str(raised.value)
+    assert message == f'kubeconfig {str(kubeconfig)!r}: user "u": tokenFile holds a NUL byte'
+    assert "s3cr3t" not in message
+
+
 def plugin(path: Path, body: str) -> Path:
     # It writes what it saw beside itself: a plugin runs in the caller's working directory, as in client-go.
     path.write_text('#!/bin/sh\ncd "$(dirname "$0")"\n' + body)

@@ -1212,13 +1212,19 @@ def _server_problem(server: str) -> str | None:
 
 def _check_token_file(token_file: str, where: str) -> None:
     """Refuse a token file whose bytes are not UTF-8, naming the file only: the library's own words
-    name a byte of the token and its position. One that cannot be read is left to the library."""
+    name a byte of the token and its position. A path with a NUL, which no file has, is refused naming
+    the field only (read, it raised ValueError, a traceback at start). One that cannot be read is left to
+    the library."""
+    if "\0" in token_file:
+        raise ConfigError(f"{where}: tokenFile holds a NUL byte")
     try:
         Path(token_file).read_bytes().decode("utf-8")
     except OSError:
         return
     except UnicodeDecodeError:
         raise ConfigError(f"{where}: tokenFile {token_file!r} is not UTF-8 text") from None
+    except ValueError:  # a path the file system cannot take: the loader says it in one line
+        return
 
 
 def _convert(configuration: Configuration, *, token_file: str | None, in_cluster: bool) -> ClusterConfig:
