@@ -473,8 +473,29 @@ async def test_a_tag_by_tag_deletecollection_whose_deletes_are_held_answers_its_
     the write may land for 27 s more, and a look once the held delete landed showed the namespace
     falsely done (review-ds8 F1). While a write may land, the deletes end by half the margin past the
     cut too, and the call answers its own 504 naming the write."""
+    repo, body = await _deletecollection_with_held_deletes(
+        reactor, make_server, fresh_registry, kube_api, kube_kubeconfig, pki, "slowdelete", late=True
+    )
+    assert "get the tags again" not in body, body
+    assert f"a write made while deleting tag {repo}:v0, and may still carry it out within about" in body, body
+
+
+async def _deletecollection_with_held_deletes(
+    reactor: Any,
+    make_server: Any,
+    fresh_registry: Any,
+    kube_api: Any,
+    kube_kubeconfig: Any,
+    pki: Any,
+    name: str,
+    *,
+    late: bool,
+) -> tuple[str, str]:
+    """A deletecollection of a live namespace (tag by tag) whose own registry DELETEs are held until it
+    is answered, with a 3 s request deadline; ``late``: a write of this process noted to land within
+    30 s in the repository. Its answer, a 504 once its deletes were asked for: (repository, body)."""
     _another_replica_leads(kube_api)
-    ns = unique_namespace("slowdelete")
+    ns = unique_namespace(name)
     ensure_namespace(kube_api, ns)  # live: tag by tag
     repo = f"{ns}/app"
     images.push_oci_image(fresh_registry, repo, "v1")
@@ -496,20 +517,15 @@ async def test_a_tag_by_tag_deletecollection_whose_deletes_are_held_answers_its_
         registry=RegistrySettings(url=proxy.url, timeout=5.0),
         http=HttpLimits(request_timeout=3.0),
     )
-    try:
-        late_writes = server.running.api.service.late_writes
-        late_writes.note(ns, f"deleting tag {repo}:v0", late_writes.now() + 30.0, repo)
+    async with _released(held, proxy, server):
+        if late:
+            late_writes = server.running.api.service.late_writes
+            late_writes.note(ns, f"deleting tag {repo}:v0", late_writes.now() + 30.0, repo)
         removal = await _controller(server, pki).delete(f"{B}/namespaces/{ns}/payloadrepositorytags")
-    finally:
-        held.callback(None)
-        await server.stop()
-        await proxy.settled()
-        await proxy.stop()
     body = removal.body.decode()
     assert stalled, body
     assert removal.code == 504, body
-    assert "get the tags again" not in body, body
-    assert f"a write made while deleting tag {repo}:v0, and may still carry it out within about" in body, body
+    return repo, body
 
 
 @pytest_twisted.ensureDeferred
@@ -644,34 +660,9 @@ async def test_a_tag_by_tag_deletecollection_with_held_deletes_and_no_late_write
     and the request's deadline answers its own 504 (docs/consistency.md: "with none, its deletes go on,
     and the deadline's answer holds"). No test held this (review-ds10 F2): with the pass cut whatever
     may land, the call answered a 500 "Internal error occurred" and logged a traceback."""
-    _another_replica_leads(kube_api)
-    ns = unique_namespace("heldnolate")
-    ensure_namespace(kube_api, ns)  # live: tag by tag
-    repo = f"{ns}/app"
-    images.push_oci_image(fresh_registry, repo, "v1")
-    held: Deferred[None] = Deferred()
-    stalled: list[str] = []
-
-    def decide(method: str, path: str) -> str | None:
-        # The call's own delete, not the server's start-up probe of sha256:0...0.
-        if method == "DELETE" and f"/{repo}/manifests/" in path and not path.endswith(PROBE_DIGEST):
-            stalled.append(path)
-            return STALL
-        return None
-
-    proxy = FaultProxy(reactor, fresh_registry.url, decide, hold=held)
-    server = await _cleanup_server(
-        make_server,
-        proxy.url,
-        kube_kubeconfig,
-        registry=RegistrySettings(url=proxy.url, timeout=5.0),
-        http=HttpLimits(request_timeout=3.0),
+    _, body = await _deletecollection_with_held_deletes(
+        reactor, make_server, fresh_registry, kube_api, kube_kubeconfig, pki, "heldnolate", late=False
     )
-    async with _released(held, proxy, server):
-        removal = await _controller(server, pki).delete(f"{B}/namespaces/{ns}/payloadrepositorytags")
-    body = removal.body.decode()
-    assert stalled, body
-    assert removal.code == 504, body
     assert "a delete already under way is finished by the server" in body, body
 
 
