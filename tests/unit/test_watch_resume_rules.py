@@ -1333,3 +1333,161 @@ def test_a_noted_user_listing_many_new_namespaces_stays_within_her_share(how: st
     assert not resumed(hub, source, first)
     assert _resumed_as(hub, source, list_sequence(hub, None, bob), bob)
     hub.stop()
+
+
+# -- watch12: a list's trim past her share (review-watch11) --
+
+
+def _decide_all(hub: WatchHub, user: UserInfo, namespaces: list[str], how: str) -> None:
+    """A list of the all-namespaces scope by ``user`` decides in ``namespaces``: one page, or a whole
+    list."""
+    if how == "page":
+        decisions = hub.page_decisions(None, user)
+        for namespace in namespaces:
+            decisions.decided(namespace)
+        hub.listed_page(None, user, decisions)
+    else:
+        decided = hub.list_decisions(None, user)
+        assert decided is not None
+        for namespace in namespaces:
+            decided(namespace)
+
+
+@pytest.mark.parametrize("how", ["page", "whole"])
+def test_past_her_share_a_list_s_trim_keeps_the_namespace_it_just_showed(how: str) -> None:
+    """alice is at her share (8). Her list shows y/app, pushed while it reads, which the source has not
+    read yet: its decision in y notes it (past her share: a trim). The trim dropped y (out of the
+    source's scope), dated at the list's resourceVersion: her access in y taken back before the watch
+    from that list, the watch was served, and its client kept y/app (review-watch11 F1)."""
+    spaces = [f"k{i}" for i in range(8)]
+    hub, index, reader, clock = _hub({f"{n}/app": {"v1"} for n in spaces})
+    hub.rules.max_entries, hub.rules.user_share = 40, 8
+    for n in [*spaces, "y"]:
+        grant(index, "alice", n, ["app"], f"a-{n}")
+    source = ready(hub, None)
+    alice = UserInfo("alice")
+    _stream_of(hub, source, clock, alice, None)
+    listed = list_sequence(hub, None, alice)
+    reader.repositories["y/app"] = {"v1"}  # read by the list, not by the source yet
+    _decide_all(hub, alice, [*spaces, "y"], how)
+    noted = hub.rules.entries[(source, ("alice", ""))]
+    assert "y" in noted.rules and noted.changed_at <= listed
+    assert hub.rules.size == sum(entry.cost for entry in hub.rules.entries.values())
+    hub.repository_changed("y/app")
+    while one_turn(clock):
+        pass
+    grant(index, "alice", "y", ["other"], "a-y")
+    clock.advance(1)
+    assert not resumed(hub, source, listed)  # her client holds y/app:v1
+    hub.stop()
+
+
+@pytest.mark.parametrize("how", ["page", "whole"])
+def test_past_her_share_a_list_s_trim_dates_a_namespace_by_its_leaving(how: str) -> None:
+    """k7 left alice's scope while no watch of hers ran (nothing noted it gone), then she lists: a write
+    while her list reads, and its decision in a new namespace (y) trims her entry past her share (8).
+    The trim dated k7 at the sequence then, after the list's resourceVersion: the watch from the list
+    was a needless 410 (review-watch11 F2). It is dated by its leaving now (its DELETED): served, and a
+    resume from before its leaving is 410."""
+    spaces = [f"k{i}" for i in range(8)]
+    hub, index, reader, clock = _hub({f"{n}/app": {"v1"} for n in spaces})
+    hub.rules.max_entries, hub.rules.user_share = 40, 8
+    for n in [*spaces, "y"]:
+        grant(index, "alice", n, ["app"], f"a-{n}")
+    source = ready(hub, None)
+    alice = UserInfo("alice")
+
+    def change(repository: str, tags: set[str] | None) -> None:
+        if tags is None:
+            del reader.repositories[repository]
+        else:
+            reader.repositories[repository] = tags
+        hub.repository_changed(repository)
+        while one_turn(clock):
+            pass
+
+    bookmark = _stream_of(hub, source, clock, alice, None)
+    change("k7/app", None)
+    change("y/app", {"v1"})
+    listed = list_sequence(hub, None, alice)
+    change("k0/other", {"v1"})  # after the list's resourceVersion
+    _decide_all(hub, alice, [*spaces[:7], "y"], how)
+    noted = hub.rules.entries[(source, ("alice", ""))]
+    assert "k7" not in noted.rules and bookmark < noted.changed_at <= listed
+    clock.advance(1)
+    assert resumed(hub, source, listed)
+    assert not resumed(hub, source, bookmark)  # her client may hold k7/app there
+    hub.stop()
+
+
+def test_a_page_decision_new_to_her_with_other_groups_takes_them_having_compared_every_namespace() -> None:
+    """`RulesLedger._first` with other groups than those noted compares every namespace noted for her
+    before it notes the new one and takes her groups: the rules noted are then all those of the groups
+    noted, and a change her new groups make where the page did not decide is dated as the decision is
+    made, not when the page ends (review-watch11 F3)."""
+    hub, index, reader, clock = _hub({"team/app": {"v1"}, "team/secret": {"s1"}})
+    grant(index, "alice", "team", ["app"], "alice")
+    _grant_group(index, "devs", "team", ["secret"], "devs")
+    grant(index, "alice", "y", ["app"], "a-y")
+    source = ready(hub, None)
+    alone, in_devs = UserInfo("alice"), UserInfo("alice", groups=("devs",))
+    _stream_of(hub, source, clock, alone, None)
+    noted = hub.rules.entries[(source, ("alice", ""))]
+    before = (noted.changed_at, hub.versions.current)
+    reader.repositories["y/app"] = {"v1"}
+    decisions = hub.page_decisions(None, in_devs)
+    decisions.decided("y")  # new to her; her rules in team are other with devs
+    assert hub.access_rules is not None
+    assert noted.groups == in_devs.groups
+    assert noted.rules == {n: hub.access_rules(in_devs, n).fingerprint for n in ("team", "y")}
+    assert noted.changed_at > before[1] > before[0]
+    hub.stop()
+
+
+def test_a_list_s_decision_new_to_her_never_has_the_bound_evict_her_own_entry() -> None:
+    """Her list started, then bob's watch noted him (the most recent): her list's decision in a
+    namespace new to her grows her entry past the bound, which evicts the least recently used entry.
+    It was hers (noted before bob): her watch from that list was a forgotten user's 410. Bob's goes
+    (review-watch11 F3)."""
+    hub, index, _, clock = _hub({"team/app": {"v1"}})
+    hub.rules.max_entries = 2
+    for user in ("alice", "bob"):
+        grant(index, user, "team", ["app"], user)
+    source = ready(hub, None)
+    alice, bob = UserInfo("alice"), UserInfo("bob")
+    _stream_of(hub, source, clock, alice, None)
+    listed = list_sequence(hub, None, alice)
+    _stream_of(hub, source, clock, bob, None)
+    _decide_all(hub, alice, ["team", "y"], "page")
+    assert [key for _, key in hub.rules.entries] == [("alice", "")]
+    assert hub.rules.size == 2
+    assert resumed(hub, source, listed)
+    hub.stop()
+
+
+@pytest.mark.parametrize("how", ["page", "whole"])
+def test_past_her_share_a_list_deciding_in_empty_namespaces_keeps_its_watch(how: str) -> None:
+    """Namespaces whose repositories are empty are decided in by each list of hers and never in the
+    source: a list's trim past her share drops them with no event to date them by. Dated after the
+    list's resourceVersion, the watch from every such list was 410, and the relist noted them again:
+    dated by the history's floor, it is served."""
+    spaces = [f"k{i}" for i in range(8)]
+    hub, index, reader, clock = _hub({f"{n}/app": {"v1"} for n in spaces})
+    hub.rules.max_entries, hub.rules.user_share = 40, 8
+    for n in spaces:
+        grant(index, "alice", n, ["app"], f"a-{n}")
+    source = ready(hub, None)
+    alice = UserInfo("alice")
+    _stream_of(hub, source, clock, alice, None)
+    for _ in range(3):
+        listed = list_sequence(hub, None, alice)
+        reader.repositories["k0/other"] = {f"v{hub.versions.current}"}  # a write while it reads
+        hub.repository_changed("k0/other")
+        while one_turn(clock):
+            pass
+        _decide_all(hub, alice, [*spaces, *(f"empty{i}" for i in range(6))], how)
+        noted = hub.rules.entries[(source, ("alice", ""))]
+        assert noted.cost <= hub.rules.share + hub.rules.share // 8 + 6
+        assert hub.rules.size == noted.cost
+        assert resumed(hub, source, listed)
+    hub.stop()

@@ -33,7 +33,9 @@ user): a resume of hers from below it is 410 until she is noted again, from the 
 still running ran under if one is, else from her next watch's. A user past her share of it in a scope
 (`RulesLedger.share`: an all-namespaces watch notes every namespace it drops) drops those out of her
 scope, the longest gone first, and her resumes from before they left it are 410: her churn never evicts
-the other users. Those of her scope now are never dropped (a watch from a list of hers would be 410).
+the other users. Those of her scope now are never dropped (a watch from a list of hers would be 410);
+a list's noting past her share (`_first`) keeps the namespace it just noted, and dates each one out of
+her scope not noted gone by the source's last event there (its leaving), or the history's floor.
 Another user sharing the slot has the same 410 (one in `FORGOTTEN_SLOTS`). Entries go with their
 scope's source (`WatchHub.reap`), whose history a resume then cannot use anyway. Each replica keeps
 its own, in its own numbers.
@@ -292,16 +294,21 @@ class RulesLedger:
         there changed, the watch from that list was served (its start noted the rules then as the
         first ones, or, the namespace emptied meanwhile, compared nothing there), and her client kept
         what the list showed (report-watch9). Within her share (`_resized`): past it, those out of her
-        scope go, dated so that a resume from before they left is 410. A user not noted is not noted
+        scope go (never this one), dated by their leaving (`_trim`). A user not noted is not noted
         by a list (docs/watch.md, "Access"). Her groups, not those noted, are taken first with every
         namespace noted compared (`listed`), so that every rules noted are those of the groups noted."""
         now = rules_of(namespace).fingerprint  # computed first: a failure notes nothing
         if frozenset(noted.groups) != frozenset(user.groups):
+            # Keeps every rules noted those of the groups noted, as every noting does. Without it no
+            # resume is judged wrongly that we know of (review-watch11 F3): any later noting with
+            # other groups than those noted compares every namespace and dates a change by a new
+            # sequence. But the new namespace's rules would be of groups not noted, and a noting with
+            # the groups noted, comparing only some namespaces (`_compared`), would leave them so.
             self.listed(source, user, rules_of, stamp, [namespace])
         self.entries.move_to_end((source, user_key(user)))  # never the one the bound evicts
         before = noted.cost
         noted.rules[namespace] = now
-        self._resized(source, noted, before)
+        self._resized(source, noted, before, listing=namespace)
 
     def _compared(self, noted: Noted, user: UserInfo, namespaces: Iterable[str] | None) -> Iterable[str]:
         """The namespaces noted for her that a noting of ``user``'s rules in ``namespaces`` (None: all)
@@ -386,7 +393,12 @@ class RulesLedger:
         return noted
 
     def _resized(
-        self, source: ScopeSource, noted: Noted, before: int, scope: Collection[str] | None = None
+        self,
+        source: ScopeSource,
+        noted: Noted,
+        before: int,
+        scope: Collection[str] | None = None,
+        listing: str | None = None,
     ) -> None:
         share = self.share
         # Past her share: when she grew by an eighth of it since her last trim (her scope alone may be
@@ -398,7 +410,7 @@ class RulesLedger:
             or len(noted.gone) > share // 8
             or (scope is not None and any(namespace not in scope for namespace in noted.rules))
         ):
-            self._trim(source, noted, _scope_namespaces(source) if scope is None else scope)
+            self._trim(source, noted, _scope_namespaces(source) if scope is None else scope, listing)
         self.size += noted.cost - before
         # The least recently used go first; never the entry just noted (the most recent), which keeps
         # to its share, at most the bound, past those of its scope now.
@@ -407,7 +419,9 @@ class RulesLedger:
             self.size -= dropped.cost
             self._forget_key(key)
 
-    def _trim(self, source: ScopeSource, noted: Noted, scope: Collection[str]) -> None:
+    def _trim(
+        self, source: ScopeSource, noted: Noted, scope: Collection[str], listing: str | None = None
+    ) -> None:
         """One user past her share (an all-namespaces watch of hers notes every namespace it drops at
         the reap: with CI namespaces coming and going, her entry grew without end, each watch, access
         check and list of hers compared them all, and the bound then evicted every other user): the
@@ -417,15 +431,27 @@ class RulesLedger:
         what her client holds there could never be judged again, and every watch of hers, from a list
         or a resume, was 410 (review-watch4 F1). A change is dated by the sequence each went out of
         the scope at (`Noted.gone`; one out of it not noted so, now): a resume from before it may hold
-        tags there, one from after holds none, and is served (her watch from a list made since)."""
+        tags there, one from after holds none, and is served (her watch from a list made since).
+
+        ``listing``: the namespace a list's decision just noted (`_first`), in the middle of that
+        list, whose resourceVersion was taken before. That one is kept: the source may not have read
+        what the list just showed there from the registry (out of ``scope``), and dropped, dated now
+        (the list's resourceVersion), the watch from that list was served after her rules there
+        changed (review-watch11 F1). One out of the scope not noted gone is dated by its leaving, the
+        source's last event there (a ``DELETED``): dated now, after the list's resourceVersion when
+        something was written while it read, the watch from it was a needless 410 though the
+        namespace left before (F2). With no event there in the history, at its floor (`_left_at`)."""
         share = self.share
         keep = max(1, share - share // 8)
         for namespace in [namespace for namespace in noted.gone if namespace in scope]:
             del noted.gone[namespace]  # back in the scope
         current = source.versions.current
-        for namespace in noted.rules:
-            if namespace not in scope and namespace not in noted.gone:
-                noted.gone[namespace] = current
+        left = [n for n in noted.rules if n not in scope and n not in noted.gone and n != listing]
+        if listing is None:
+            noted.gone.update((namespace, current) for namespace in left)
+        else:
+            dates = _left_at(source, set(left))
+            noted.gone.update((namespace, dates[namespace]) for namespace in left)
         dropped = list(itertools.islice(noted.gone, max(0, len(noted.rules) - keep)))
         for namespace in dropped:
             del noted.rules[namespace]
@@ -458,6 +484,25 @@ def _returned(noted: Noted, namespaces: Iterable[str]) -> None:
     One out of the scope and not noted gone is dated at the trim, after anything sent there."""
     for namespace in namespaces:
         noted.gone.pop(namespace, None)
+
+
+def _left_at(source: ScopeSource, namespaces: Collection[str]) -> dict[str, int]:
+    """The sequence each of ``namespaces`` (out of ``source``'s scope now) left it at: that of the
+    source's last event there, a ``DELETED``; the history's floor when it holds none (left before its
+    oldest event, or never in the scope since: a resume from below the floor is 410 anyway). Not past
+    every resourceVersion issued: a namespace whose repositories are empty is decided in by every
+    list of hers and never in the source, and the watch from each list that trimmed it was 410, the
+    relist noting it again (a relist loop). One pass over the history, newest first, stopping once
+    all are found: a list's trim (`RulesLedger._trim`), once per an eighth of her share."""
+    dates: dict[str, int] = {}
+    for event in reversed(source.ring):
+        if len(dates) == len(namespaces):
+            break
+        namespace = event.ref.namespace
+        if namespace in namespaces and namespace not in dates:
+            dates[namespace] = event.sequence
+    dates.update((namespace, source.floor) for namespace in namespaces if namespace not in dates)
+    return dates
 
 
 def _scope_namespaces(source: ScopeSource) -> Collection[str]:
