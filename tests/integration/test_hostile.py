@@ -531,12 +531,17 @@ async def test_the_timer_that_ends_a_request_keeps_its_own_timeout_parameter(
     api = await make_server(url, http=HttpLimits(request_timeout=HANG_GUARD))
     clock = task.Clock()
     api.running.api.clock = clock
+    # The start-up probe reads a catalog page too, at a time of its own: were it counted below as
+    # the request's, the second would pass before the request's timer is armed, and nothing end it.
+    await api.running.registry_probe
     before = catalog.pages
     asked = defer.Deferred.fromCoroutine(
         api.client(api.pki.admin).get(f"{B}/payloadrepositorytags?timeout=1s")
     )
-    while catalog.pages == before:  # the work waits on the registry: its timer is armed
+    # The work waits on the registry, its timer armed on the server's clock (the only one there).
+    while catalog.pages == before or not clock.getDelayedCalls():
         await task.deferLater(reactor, 0.01, lambda: None)
+    assert [call.getTime() for call in clock.getDelayedCalls()] == [1.0]
     clock.advance(1.0)
     reply = await asked.addTimeout(10.0, reactor)
     assert reply.code == 504, reply.body
