@@ -82,7 +82,7 @@ def keep(cache: WalkCache, who: UserInfo, walk: str, **repositories: int) -> Non
 
 
 def held(cache: WalkCache, who: UserInfo, walk: str, at: TagRef = AT) -> Any:
-    kept = cache.held(who, walk, TEAM, at)
+    kept = cache.continued(who, walk, TEAM, at)[1]
     return kept.lists if kept is not None else None
 
 
@@ -199,20 +199,21 @@ def test_a_walk_keeps_for_its_last_two_tokens_and_only_for_the_list_it_walks() -
     cache.keep(ALICE, "w", TEAM, (last, Kept(lists(c=1))), None)
     assert held(cache, ALICE, "w", later) is None and held(cache, ALICE, "w", last) == lists(c=1)
     # Another list does not get them, and is told which list the walk walks.
-    assert cache.held(ALICE, "w", Listed("", None), last) is None
-    assert cache.held(ALICE, "w", Listed("", "team"), last) is None
+    assert cache.continued(ALICE, "w", Listed("", None), last)[1] is None
+    assert cache.continued(ALICE, "w", Listed("", "team"), last)[1] is None
     assert cache.listed(ALICE, "w") == TEAM and cache.listed(BOB, "w") is None
 
 
 def test_a_continued_pages_one_look_is_listed_then_held() -> None:
-    # `continued` answers a continued page as `listed` and `held` did one after the other: the list the
-    # walk walks, and what it kept for that page when the list is the page's; a walk of another scope
-    # (its token given to another list, which refuses it) tells no lookup.
+    # `continued` answers a continued page in one look: the list the walk walks, and what it kept for
+    # that page when the list is the page's; a walk of another scope (its token given to another list,
+    # which refuses it) tells no lookup.
     looked: list[bool] = []
     clock = Clock()
     cache = WalkCache(clock, on_lookup=looked.append)
     keep(cache, ALICE, "w", a=2)
-    assert cache.continued(ALICE, "w", TEAM, AT) == (TEAM, cache.held(ALICE, "w", TEAM, AT))
+    assert cache.continued(ALICE, "w", TEAM, AT) == (TEAM, Kept(lists(a=2)))
+    assert cache.continued(ALICE, "w", TEAM, AT) == (TEAM, Kept(lists(a=2)))
     assert looked == [True, True]
     assert cache.continued(ALICE, "w", Listed("team", None), AT) == (TEAM, None)
     assert cache.continued(ALICE, "w", TEAM, TagRef("team", "b", "v1")) == (TEAM, None)
@@ -220,7 +221,7 @@ def test_a_continued_pages_one_look_is_listed_then_held() -> None:
     assert looked == [True, True, False, False, False]
     assert cache.continued(ALICE, "w", Listed("", None), AT) == (TEAM, None)
     assert looked == [True, True, False, False, False]
-    # A lookup that finds its page restarts the walk's ttl, as `held` does.
+    # A lookup that finds its page restarts the walk's ttl.
     clock.advance(59)
     assert cache.continued(ALICE, "w", TEAM, AT)[1] is not None
     clock.advance(59)
@@ -502,22 +503,22 @@ def test_a_walk_keeps_only_the_repositories_it_has_not_passed_and_its_last_page_
     first = continuation.decode(token, "team")
     walk = first.walk
     assert walk is not None
-    kept = walks.held(ALICE, walk, TEAM, first.last)
+    kept = walks.continued(ALICE, walk, TEAM, first.last)[1]
     assert kept is not None and "team/r0" not in kept.lists and "team/r1" in kept.lists
     shown, token = page(tags, ALICE, token)
     assert shown == ["r1:b", "r2:a", "r2:b"] and token is not None and walk_id(token) == walk
     second = continuation.decode(token, "team")
-    kept = walks.held(ALICE, walk, TEAM, second.last)
+    kept = walks.continued(ALICE, walk, TEAM, second.last)[1]
     assert kept is not None and set(kept.lists) <= {"team/r2", "team/r3"} and "team/r2" in kept.lists
     shown, token = page(tags, ALICE, token)
     assert shown == ["r3:a", "r3:b"] and token is None
     assert sorted(registry.tag_reads) == [f"team/r{i}" for i in range(4)]  # each read once
     # After the last page, what it used, for the token it was asked with; nothing after the ttl.
-    assert walks.held(ALICE, walk, TEAM, first.last) is None
-    kept = walks.held(ALICE, walk, TEAM, second.last)
+    assert walks.continued(ALICE, walk, TEAM, first.last)[1] is None
+    kept = walks.continued(ALICE, walk, TEAM, second.last)[1]
     assert kept is not None and set(kept.lists) == {"team/r2", "team/r3"}
     clock.advance(61)
-    assert walks.held(ALICE, walk, TEAM, second.last) is None and walks.size == 0
+    assert walks.continued(ALICE, walk, TEAM, second.last)[1] is None and walks.size == 0
 
 
 def test_the_same_token_given_again_selects_the_same_tags() -> None:

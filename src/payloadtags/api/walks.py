@@ -366,26 +366,14 @@ class WalkCache:
         entry = self._walks.get((who, walk))
         return entry.listed if entry is not None else None
 
-    def held(self, who: UserInfo, walk: str, listed: Listed, at: TagRef) -> Kept | None:
-        """What ``who``'s walk ``walk`` of ``listed`` kept for the page after ``at`` (the token's last
-        key); None when nothing is kept for it."""
-        self._expire()
-        entry = self._walks.get((who, walk))
-        kept = entry.kept.get(at) if entry is not None and entry.listed == listed else None
-        if kept is not None:
-            assert entry is not None
-            entry.touched = self.clock.seconds()
-            self._walks.move_to_end((who, walk))
-        if self.on_lookup is not None:
-            self.on_lookup(kept is not None)
-        return kept
-
     def continued(
         self, who: UserInfo, walk: str, listed: Listed, at: TagRef
     ) -> tuple[Listed | None, Kept | None]:
-        """`listed`, then `held` unless the walk lists another scope than ``listed``'s (its token is
-        another list's: the caller refuses it, and no lookup is told), in one look: a continued page's
-        (one expiry, one lookup of the walk, issue #11)."""
+        """A continued page's look, in one (issue #11): the list ``who``'s walk ``walk`` keeps data for
+        (None when it keeps none), and what it kept for the page after ``at`` (the token's last key)
+        when that list is ``listed``, else None. A walk of another scope than ``listed``'s (its token is
+        another list's: the caller refuses it) tells no lookup; any other look tells whether it found
+        the page's lists, and one that did restarts the walk's ttl."""
         self._expire()
         key = (who, walk)
         entry = self._walks.get(key)
