@@ -243,11 +243,9 @@ class RulesLedger:
         that was decided wholly by the new rules, a spurious 410 for that list's watch). Not noted
         for her there: noted now, as the first ones (`_first`). A dict lookup when they are the
         same."""
-        noted = self.entries.get((source, user_key(user)))
+        noted = self._back(source, user, namespace)
         if noted is None:
             return
-        if noted.gone:
-            _returned(noted, (namespace,))
         old = noted.rules.get(namespace)
         if old is None:
             self._first(source, noted, user, namespace, rules_of, stamp)
@@ -270,13 +268,17 @@ class RulesLedger:
         trim after it left again, a resume from the list, after her access there was taken back, was
         served, and its client kept what the second leaving deleted. A dict lookup or two, and one
         more while she has namespaces noted gone."""
-        noted = self.entries.get((source, user_key(user)))
-        if noted is None:
-            return
-        if noted.gone:
-            _returned(noted, (namespace,))
-        if namespace not in noted.rules:
+        noted = self._back(source, user, namespace)
+        if noted is not None and namespace not in noted.rules:
             self._first(source, noted, user, namespace, rules_of, stamp)
+
+    def _back(self, source: ScopeSource, user: UserInfo, namespace: str) -> Noted | None:
+        """What is noted for ``user`` in ``source``'s scope (None: she is not), with ``namespace``, where
+        one of her lists just decided, back in her scope if it had left it (`_returned`)."""
+        noted = self.entries.get((source, user_key(user)))
+        if noted is not None and noted.gone:
+            _returned(noted, (namespace,))
+        return noted
 
     def _first(
         self,
@@ -293,7 +295,7 @@ class RulesLedger:
         dropped that came back) was compared by nothing between her list and its watch: her rules
         there changed, the watch from that list was served (its start noted the rules then as the
         first ones, or, the namespace emptied meanwhile, compared nothing there), and her client kept
-        what the list showed (report-watch9). Within her share (`_resized`): past it, those out of her
+        what the list showed. Within her share (`_resized`): past it, those out of her
         scope go (never this one), dated by their leaving (`_trim`). A user not noted is not noted
         by a list (docs/watch.md, "Access"). Her groups, not those noted, are taken first with every
         namespace noted compared (`listed`), so that every rules noted are those of the groups noted."""
