@@ -1453,6 +1453,7 @@ def test_a_list_s_decision_new_to_her_never_has_the_bound_evict_her_own_entry() 
     hub.rules.max_entries = 2
     for user in ("alice", "bob"):
         grant(index, user, "team", ["app"], user)
+    grant(index, "alice", "y", ["app"], "a-y")  # where her list shows y/app, pushed while it reads
     source = ready(hub, None)
     alice, bob = UserInfo("alice"), UserInfo("bob")
     _stream_of(hub, source, clock, alice, None)
@@ -1490,4 +1491,182 @@ def test_past_her_share_a_list_deciding_in_empty_namespaces_keeps_its_watch(how:
         assert noted.cost <= hub.rules.share + hub.rules.share // 8 + 6
         assert hub.rules.size == noted.cost
         assert resumed(hub, source, listed)
+    hub.stop()
+
+
+# -- watch14: a list's trim past her share and the namespaces that list showed --
+
+
+def _list_shows_unread_namespaces(how: str, pages: bool, repushed: bool) -> bool:
+    """alice is past her share (8). Her list shows y1, y2 and y3, pushed while no read of the source
+    saw them (y1 ``repushed``: after a delete before the list, its DELETED in the history), and its
+    later decision's trim dropped y1, dated at the floor or at that DELETED, at or before the list's
+    resourceVersion. Her access in y1 is taken back before the source reads the push. Whether the
+    watch from that list is served. ``pages``: y1 is decided and read (its read told to the source)
+    before y2 and y3 are decided (an earlier page, or an earlier slice of a whole list); else all are
+    decided before any is read (one slice)."""
+    spaces = [f"k{i}" for i in range(8)]
+    old = {"y1/app": {"v0"}} if repushed else {}
+    hub, index, reader, clock = _hub({**{f"{n}/app": {"v1"} for n in spaces}, **old})
+    hub.rules.max_entries, hub.rules.user_share = 40, 8
+    for n in [*spaces, "y1", "y2", "y3"]:
+        grant(index, "alice", n, ["app"], f"a-{n}")
+    source = ready(hub, None)
+    alice = UserInfo("alice")
+    _stream_of(hub, source, clock, alice, None)
+    if repushed:
+        del reader.repositories["y1/app"]
+        hub.repository_changed("y1/app")
+        while one_turn(clock):
+            pass
+    listed = list_sequence(hub, None, alice)
+    for n in ("y1", "y2", "y3"):
+        reader.repositories[f"{n}/app"] = {"v1"}  # the source reads none of them (no notification)
+    observe = hub.observer(None, hub.versions.format(listed))
+    assert observe is not None
+    first, second = ([*spaces, "y1"], ["y2", "y3"]) if pages else ([*spaces, "y1", "y2", "y3"], [])
+    decide = hub.list_decisions(None, alice) if how == "whole" else None
+    for namespaces in (first, second):
+        decisions = hub.page_decisions(None, alice) if decide is None else None
+        for namespace in namespaces:
+            (decide or decisions.decided)(namespace)  # type: ignore[union-attr]
+        for namespace in namespaces:
+            observe(f"{namespace}/app", sorted(reader.repositories[f"{namespace}/app"]))
+        if decisions is not None:
+            hub.listed_page(None, alice, decisions)
+    noted = hub.rules.entries[(source, ("alice", ""))]
+    assert noted.changed_at <= listed
+    assert hub.rules.size == sum(entry.cost for entry in hub.rules.entries.values())
+    grant(index, "alice", "y1", ["other"], "a-y1")  # her client holds y1/app:v1
+    clock.advance(1)
+    served = resumed(hub, source, listed)
+    hub.stop()
+    return served
+
+
+@pytest.mark.parametrize("repushed", [False, True], ids=["pushed", "repushed"])
+@pytest.mark.parametrize("pages", [False, True], ids=["one-slice", "pages"])
+@pytest.mark.parametrize("how", ["page", "whole"])
+def test_past_her_share_a_list_s_trim_keeps_every_namespace_it_showed_the_source_has_not_read(
+    how: str, pages: bool, repushed: bool
+) -> None:
+    """A list's trim kept only the namespace its decision just noted: another that the list showed
+    and the source had not read was dropped, dated at or before the list's resourceVersion, and the
+    watch from that list was served after her access there was taken back (its client kept y1/app)."""
+    assert not _list_shows_unread_namespaces(how, pages, repushed)
+
+
+@pytest.mark.parametrize("how", ["page", "whole"])
+def test_past_her_share_lists_showing_what_the_source_never_read_are_no_relist_loop(how: str) -> None:
+    """Every list of hers decides in namespaces she may read whose repositories are empty (never in
+    the source) and shows y/app, which the source does not read (no notification, no resync): each
+    list's trim keeps them while it reads, and y while the source has not read it; the watch from
+    every list is served (a 410 each time was a relist loop), her entry stays within her share and
+    those, and once the source reads y the watch from the next list is served too."""
+    spaces = [f"k{i}" for i in range(8)]
+    empty = [f"empty{i}" for i in range(6)]
+    hub, index, reader, clock = _hub({f"{n}/app": {"v1"} for n in spaces})
+    hub.rules.max_entries, hub.rules.user_share = 40, 8
+    for n in [*spaces, *empty, "y"]:
+        grant(index, "alice", n, ["app"], f"a-{n}")
+    source = ready(hub, None)
+    alice = UserInfo("alice")
+    _stream_of(hub, source, clock, alice, None)
+    reader.repositories.update({f"{n}/app": set() for n in empty} | {"y/app": {"v1"}})
+
+    def write() -> None:
+        reader.repositories["k0/other"] = {f"v{hub.versions.current}"}
+        hub.repository_changed("k0/other")
+        while one_turn(clock):
+            pass
+
+    for turn in range(4):
+        if turn == 3:
+            hub.repository_changed("y/app")  # the source reads y at last
+        listed = list_sequence(hub, None, alice)
+        write()  # while it reads: a trim's date now is past its resourceVersion
+        observe = hub.observer(None, hub.versions.format(listed))
+        assert observe is not None
+        namespaces = [*spaces, *empty, "y"]
+        decide = hub.list_decisions(None, alice) if how == "whole" else None
+        for half in (namespaces[:9], namespaces[9:]):  # two pages, or two slices of a whole list
+            decisions = hub.page_decisions(None, alice) if decide is None else None
+            for namespace in half:
+                (decide or decisions.decided)(namespace)  # type: ignore[union-attr]
+            for namespace in half:
+                observe(f"{namespace}/app", sorted(reader.repositories[f"{namespace}/app"]))
+            if decisions is not None:
+                hub.listed_page(None, alice, decisions)
+        noted = hub.rules.entries[(source, ("alice", ""))]
+        assert noted.cost <= hub.rules.share + hub.rules.share // 8 + len(empty) + 1, turn
+        assert hub.rules.size == noted.cost
+        assert resumed(hub, source, listed), turn
+    hub.stop()
+
+
+@pytest.mark.parametrize("how", ["page", "whole"])
+def test_past_her_share_a_trim_while_her_list_reads_keeps_what_that_list_decided_in(how: str) -> None:
+    """Her list has decided in y1, y2 and y3 (pushed, not read by the source) and not read them yet
+    when another watch of hers starts: its trim dropped them, dated at the sequence then (the list's
+    resourceVersion), and once her access in y1 was taken back the watch from that list was served
+    (its client kept y1/app). The namespaces her lists reading now decided in are kept."""
+    spaces = [f"k{i}" for i in range(8)]
+    hub, index, reader, clock = _hub({f"{n}/app": {"v1"} for n in spaces})
+    hub.rules.max_entries, hub.rules.user_share = 40, 8
+    for n in [*spaces, "y1", "y2", "y3"]:
+        grant(index, "alice", n, ["app"], f"a-{n}")
+    source = ready(hub, None)
+    alice = UserInfo("alice")
+    _stream_of(hub, source, clock, alice, None)
+    listed = list_sequence(hub, None, alice)
+    for n in ("y1", "y2", "y3"):
+        reader.repositories[f"{n}/app"] = {"v1"}
+    decisions = hub.page_decisions(None, alice)
+    decide = hub.list_decisions(None, alice) if how == "whole" else decisions.decided
+    assert decide is not None
+    for namespace in [*spaces, "y1", "y2", "y3"]:
+        decide(namespace)
+    assert resumed(hub, source, hub.versions.current)  # another watch of hers: its start trims
+    observe = hub.observer(None, hub.versions.format(listed))
+    assert observe is not None
+    for namespace in [*spaces, "y1", "y2", "y3"]:
+        observe(f"{namespace}/app", sorted(reader.repositories[f"{namespace}/app"]))
+    if how == "page":
+        hub.listed_page(None, alice, decisions)
+    del decisions, decide  # the list has ended
+    grant(index, "alice", "y1", ["other"], "a-y1")  # her client holds y1/app:v1
+    clock.advance(1)
+    assert not resumed(hub, source, listed)
+    hub.stop()
+
+
+def test_past_her_share_a_whole_list_begun_before_she_was_noted_keeps_what_it_decided_in() -> None:
+    """Her whole list began before her first watch of the scope noted her (nothing to keep its
+    decisions for then): its first decision new to her keeps its decisions from then on, so that its
+    own later trim keeps y1, which it showed and the source has not read."""
+    spaces = [f"k{i}" for i in range(8)]
+    hub, index, reader, clock = _hub({f"{n}/app": {"v1"} for n in spaces})
+    hub.rules.max_entries, hub.rules.user_share = 40, 8
+    for n in [*spaces, "y1", "y2", "y3"]:
+        grant(index, "alice", n, ["app"], f"a-{n}")
+    source = ready(hub, None)
+    alice = UserInfo("alice")
+    listed = list_sequence(hub, None, alice)
+    decide = hub.list_decisions(None, alice)
+    assert decide is not None and (source, ("alice", "")) not in hub.rules.entries
+    w, _ = _as(RBAC[hub].authorizer, alice)
+    assert hub.start(w, source, since=None, timeout=5)  # her first watch, while the list reads
+    clock.advance(5)
+    for n in ("y1", "y2", "y3"):
+        reader.repositories[f"{n}/app"] = {"v1"}
+    for namespace in [*spaces, "y1", "y2", "y3"]:
+        decide(namespace)
+    observe = hub.observer(None, hub.versions.format(listed))
+    assert observe is not None
+    for namespace in [*spaces, "y1", "y2", "y3"]:
+        observe(f"{namespace}/app", sorted(reader.repositories[f"{namespace}/app"]))
+    del decide  # the list has ended
+    grant(index, "alice", "y1", ["other"], "a-y1")  # her client holds y1/app:v1
+    clock.advance(1)
+    assert not resumed(hub, source, listed)
     hub.stop()

@@ -176,16 +176,16 @@ class WatchHub:
         anyone else's (all-namespaces pages of every user, while the garbage collector's watch keeps
         that scope's source) costs no lookup per decision. One whose first watch there starts while
         the page reads is noted by the rules then (docs/watch.md, "Limits of this design")."""
-        rules_of = self.access_rules
+        rules = self._rules_of(user)
         source = self.sources.get(namespace)
-        if rules_of is None or source is None or not self.rules.knows(source, user):
+        if rules is None or source is None or not self.rules.knows(source, user):
             return PageDecisions()
         ledger, stamp = self.rules, self._change_stamp
-
-        def rules(scope_namespace: str) -> PathMatcher:
-            return rules_of(user, scope_namespace)
-
-        return PageDecisions(lambda decided_in: ledger.decided(source, user, decided_in, rules, stamp))
+        decisions = PageDecisions(
+            lambda decided_in, listing: ledger.decided(source, user, decided_in, rules, stamp, listing)
+        )
+        ledger.reading(source, user, decisions)  # what it decides in is kept while it reads
+        return decisions
 
     def list_decisions(self, namespace: str | None, user: UserInfo) -> Callable[[str], None] | None:
         """Where a whole list (no ``limit``) of the all-namespaces scope by ``user`` tells the namespace
@@ -196,16 +196,22 @@ class WatchHub:
         namespace gone that comes back before the list reads it (a user never noted is not noted by
         it). None: no all-namespaces source (a namespace scope has one namespace, noted by her
         watch's start), or no access rules (nothing is noted)."""
-        rules_of = self.access_rules
+        rules = self._rules_of(user)
         source = self.sources.get(namespace)
-        if namespace is not None or source is None or rules_of is None:
+        if namespace is not None or source is None or rules is None:
             return None
         ledger, stamp = self.rules, self._change_stamp
+        # Its decisions kept as a page's, so that what it decides in is kept while it reads.
+        decisions = PageDecisions(
+            lambda decided_in, listing: ledger.returned(source, user, decided_in, rules, stamp, listing)
+        )
+        ledger.reading(source, user, decisions)
+        return decisions.decided
 
-        def rules(scope_namespace: str) -> PathMatcher:
-            return rules_of(user, scope_namespace)
-
-        return lambda decided_in: ledger.returned(source, user, decided_in, rules, stamp)
+    def _rules_of(self, user: UserInfo) -> Callable[[str], PathMatcher] | None:
+        """``user``'s rules per namespace, as her decisions are made (None: no access rules)."""
+        rules_of = self.access_rules
+        return None if rules_of is None else functools.partial(rules_of, user)
 
     def listed_page(
         self,

@@ -35,7 +35,9 @@ still running ran under if one is, else from her next watch's. A user past her s
 scope, the longest gone first, and her resumes from before they left it are 410: her churn never evicts
 the other users. Those of her scope now are never dropped (a watch from a list of hers would be 410);
 a list's noting past her share (`_first`) keeps the namespace it just noted, and dates each one out of
-her scope not noted gone by the source's last event there (its leaving), or the history's floor.
+her scope not noted gone by the source's last event there (its leaving), or the history's floor. No
+trim drops one where a list showed tags the source has not read, nor one a list of hers being read
+decided in (`Noted.lists`): her client may hold tags there that no date of the source's tells.
 Another user sharing the slot has the same 410 (one in `FORGOTTEN_SLOTS`). Entries go with their
 scope's source (`WatchHub.reap`), whose history a resume then cannot use anyway. Each replica keeps
 its own, in its own numbers.
@@ -45,6 +47,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import weakref
 import zlib
 from collections.abc import Callable, Collection, Iterable
 
@@ -65,6 +68,8 @@ MAX_ENTRIES = 100_000
 MIN_USER_SHARE = 4096
 # Sequences of forgotten users: a fixed table (32 KiB), whatever the number of users forgotten.
 FORGOTTEN_SLOTS = 4096
+# The fingerprint of rules that let her read nothing in a namespace (`RulesLedger._trim`).
+_NOTHING = PathMatcher(False, ()).fingerprint
 
 # A user's rules are hers by name and uid: groups and extras are of one request.
 UserKey = tuple[str, str]
@@ -96,6 +101,9 @@ class Noted:
     # scope are. The next trim waits for an eighth of her share more, not one namespace more: each
     # looks at the whole scope.
     trimmed_to: int = 0
+    # Her lists of the scope reading now (a page's or a whole list's `PageDecisions`), known weakly:
+    # gone with their request. A trim keeps the namespaces they decided in (`RulesLedger._trim`).
+    lists: weakref.WeakSet[PageDecisions] | None = None
 
     @property
     def cost(self) -> int:
@@ -114,18 +122,21 @@ class PageDecisions:
     hers that noted and dated the change already, and a decision by the rules noted when it was made
     changed nothing. A decision (one per repository the page reaches) costs a lookup of her rules
     there, in the memo the decision itself looked up, and of those noted; nothing per tag. The
-    namespaces decided in are kept, for the check of her rules once the page is read."""
+    namespaces decided in are kept, for the check of her rules once the page is read, and for a trim
+    of her entry while the page reads (`RulesLedger._trim`): a slice of repositories is decided, then
+    read, and what it shows there is told to the source only then. A whole list's decisions are
+    kept so too (`WatchHub.list_decisions`), a namespace once."""
 
-    # Compares a decision in a namespace with the rules noted for her there (`WatchHub.page_decisions`);
-    # None: her rules are not noted in the scope, or not decided by RBAC.
-    note: Callable[[str], None] | None = None
+    # Compares a decision in a namespace with the rules noted for her there (`WatchHub.page_decisions`),
+    # told these decisions; None: her rules are not noted in the scope, or not decided by RBAC.
+    note: Callable[[str, PageDecisions], None] | None = None
     namespaces: set[str] = attrs.field(factory=set)
 
     def decided(self, namespace: str) -> None:
         """An access decision of the page in ``namespace``, just made."""
         self.namespaces.add(namespace)
         if self.note is not None:
-            self.note(namespace)
+            self.note(namespace, self)  # not held by ``note``: gone with its request
 
 
 @attrs.define(eq=False)
@@ -188,6 +199,14 @@ class RulesLedger:
         self._resized(source, noted, before, scope)
         return admitted
 
+    def reading(self, source: ScopeSource, user: UserInfo, listing: PageDecisions) -> None:
+        """A page of ``user``'s list of ``source``'s scope, or a whole list of hers, starts: while it
+        reads (``listing`` is referenced), every trim of her entry keeps the namespaces it decided in
+        (`_trim`), a watch start's or another list's too. Nothing when she is not noted there."""
+        noted = self.entries.get((source, user_key(user)))
+        if noted is not None:
+            _reading(noted, listing)
+
     def knows(self, source: ScopeSource, user: UserInfo) -> bool:
         """Whether ``user``'s rules are noted in ``source``'s scope (a list of hers there is compared)."""
         return (source, user_key(user)) in self.entries
@@ -233,6 +252,7 @@ class RulesLedger:
         namespace: str,
         rules_of: Callable[[str], PathMatcher],
         stamp: Callable[[], int],
+        listing: PageDecisions | None = None,
     ) -> None:
         """An access decision of a page of ``user``'s list in ``namespace``, just made, by her rules
         there now (`PageDecisions`): if they are not those noted for her there, the change is noted
@@ -241,14 +261,14 @@ class RulesLedger:
         noted later (a change of them noted meanwhile, by an access check or another list of hers,
         has its own date; noted again at the page's end, it would be dated after a later list of hers
         that was decided wholly by the new rules, a spurious 410 for that list's watch). Not noted
-        for her there: noted now, as the first ones (`_first`). A dict lookup when they are the
-        same."""
+        for her there: noted now, as the first ones (`_first`; ``listing``: the page's). A dict lookup
+        when they are the same."""
         noted = self._back(source, user, namespace)
         if noted is None:
             return
         old = noted.rules.get(namespace)
         if old is None:
-            self._first(source, noted, user, namespace, rules_of, stamp)
+            self._first(source, noted, user, namespace, rules_of, stamp, listing)
         elif old != rules_of(namespace).fingerprint:
             self.listed(source, user, rules_of, stamp, [namespace])
 
@@ -259,6 +279,7 @@ class RulesLedger:
         namespace: str,
         rules_of: Callable[[str], PathMatcher],
         stamp: Callable[[], int],
+        listing: PageDecisions | None = None,
     ) -> None:
         """An access decision of a whole list (no ``limit``) of ``user``'s in ``namespace`` of
         ``source``'s scope, just made: back in her scope (`_returned`), as a page's decision is
@@ -266,11 +287,11 @@ class RulesLedger:
         as it starts (docs/watch.md, "Limits"); the namespaces it reads are known only as it reads
         them, and one that came back and was shown by it kept the date it first left: dropped by a
         trim after it left again, a resume from the list, after her access there was taken back, was
-        served, and its client kept what the second leaving deleted. A dict lookup or two, and one
-        more while she has namespaces noted gone."""
+        served, and its client kept what the second leaving deleted. ``listing``: the list's decisions
+        (`_first`). A dict lookup or two, and one more while she has namespaces noted gone."""
         noted = self._back(source, user, namespace)
         if noted is not None and namespace not in noted.rules:
-            self._first(source, noted, user, namespace, rules_of, stamp)
+            self._first(source, noted, user, namespace, rules_of, stamp, listing)
 
     def _back(self, source: ScopeSource, user: UserInfo, namespace: str) -> Noted | None:
         """What is noted for ``user`` in ``source``'s scope (None: she is not), with ``namespace``, where
@@ -288,6 +309,7 @@ class RulesLedger:
         namespace: str,
         rules_of: Callable[[str], PathMatcher],
         stamp: Callable[[], int],
+        listing: PageDecisions | None = None,
     ) -> None:
         """A decision of a list of ``user``'s (noted in the scope) in ``namespace``, not noted for her:
         her rules there now (those it was made by) are noted, as the first ones (no change). Not
@@ -295,8 +317,9 @@ class RulesLedger:
         dropped that came back) was compared by nothing between her list and its watch: her rules
         there changed, the watch from that list was served (its start noted the rules then as the
         first ones, or, the namespace emptied meanwhile, compared nothing there), and her client kept
-        what the list showed. Within her share (`_resized`): past it, those out of her
-        scope go (never this one), dated by their leaving (`_trim`). A user not noted is not noted
+        what the list showed. Within her share (`_resized`): past it, those out of her scope go
+        (never this one, nor one ``listing``, the list's decisions, or another list of hers reading
+        now decided in: `reading`), dated by their leaving (`_trim`). A user not noted is not noted
         by a list (docs/watch.md, "Access"). Her groups, not those noted, are taken first with every
         namespace noted compared (`listed`), so that every rules noted are those of the groups noted."""
         now = rules_of(namespace).fingerprint  # computed first: a failure notes nothing
@@ -310,6 +333,8 @@ class RulesLedger:
         self.entries.move_to_end((source, user_key(user)))  # never the one the bound evicts
         before = noted.cost
         noted.rules[namespace] = now
+        if listing is not None:
+            _reading(noted, listing)  # a whole list begun before she was noted
         self._resized(source, noted, before, listing=namespace)
 
     def _compared(self, noted: Noted, user: UserInfo, namespaces: Iterable[str] | None) -> Iterable[str]:
@@ -435,26 +460,47 @@ class RulesLedger:
         the scope at (`Noted.gone`; one out of it not noted so, now): a resume from before it may hold
         tags there, one from after holds none, and is served (her watch from a list made since).
 
-        ``listing``: the namespace a list's decision just noted (`_first`), in the middle of that
-        list, whose resourceVersion was taken before. That one is kept: the source may not have read
-        what the list just showed there from the registry (out of ``scope``), and dropped, dated now
-        (the list's resourceVersion), the watch from that list was served after her rules there
-        changed (review-watch11 F1). One out of the scope not noted gone is dated by its leaving, the
-        source's last event there (a ``DELETED``): dated now, after the list's resourceVersion when
-        something was written while it read, the watch from it was a needless 410 though the
-        namespace left before (F2). With no event there in the history, at its floor (`_left_at`)."""
+        Never one where a list showed tags the source has not read (out of ``scope``): its client
+        holds them, and no date of the source's tells it (the history has nothing there after the
+        list's resourceVersion). Dropped, dated at the floor or at a ``DELETED`` before a push again,
+        the watch from that list was served after her rules there changed, and its client kept what
+        the list showed. Kept so: those of the lists' reads told to the source, anyone's
+        (`ScopeSource.unconfirmed_namespaces`: until a read of the source has the tags, the
+        namespace then in ``scope``, or finds them gone, its ``DELETED`` after the list), and those
+        her lists reading now decided in (`Noted.lists`; a slice of repositories is decided, then
+        read and told) where the rules noted let her read something. ``listing``: the namespace a
+        list's decision just noted (`_first`), in the middle of that list, whose resourceVersion was
+        taken before (review-watch11 F1). A namespace of empty repositories, decided in by every
+        list of hers and never in the source, goes at a trim once that list has ended.
+
+        A list's trim dates one out of the scope not noted gone by its leaving, the source's last
+        event there (a ``DELETED``): dated now, after the list's resourceVersion when something was
+        written while it read, the watch from it was a needless 410 though the namespace left before
+        (review-watch11 F2). With no event there in the history, at its floor (`_left_at`): dated
+        after the list's resourceVersion, a namespace of empty repositories made the watch from
+        every list 410 (a relist loop)."""
         share = self.share
         keep = max(1, share - share // 8)
         for namespace in [namespace for namespace in noted.gone if namespace in scope]:
             del noted.gone[namespace]  # back in the scope
         current = source.versions.current
-        left = [n for n in noted.rules if n not in scope and n not in noted.gone and n != listing]
+        unread = source.unconfirmed_namespaces()
+        lists = list(noted.lists or ())
+
+        def kept(namespace: str) -> bool:
+            if namespace == listing or namespace in unread:
+                return True
+            # One a list decided in where the rules noted for her let her read nothing showed nothing.
+            return noted.rules[namespace] != _NOTHING and any(namespace in d.namespaces for d in lists)
+
+        left = [n for n in noted.rules if n not in scope and n not in noted.gone and not kept(n)]
         if listing is None:
             noted.gone.update((namespace, current) for namespace in left)
         else:
             dates = _left_at(source, set(left))
             noted.gone.update((namespace, dates[namespace]) for namespace in left)
-        dropped = list(itertools.islice(noted.gone, max(0, len(noted.rules) - keep)))
+        excess = max(0, len(noted.rules) - keep)
+        dropped = list(itertools.islice((n for n in noted.gone if not kept(n)), excess))
         for namespace in dropped:
             del noted.rules[namespace]
             noted.changed_at = max(noted.changed_at, noted.gone.pop(namespace))
@@ -486,6 +532,12 @@ def _returned(noted: Noted, namespaces: Iterable[str]) -> None:
     One out of the scope and not noted gone is dated at the trim, after anything sent there."""
     for namespace in namespaces:
         noted.gone.pop(namespace, None)
+
+
+def _reading(noted: Noted, listing: PageDecisions) -> None:
+    if noted.lists is None:
+        noted.lists = weakref.WeakSet()
+    noted.lists.add(listing)
 
 
 def _left_at(source: ScopeSource, namespaces: Collection[str]) -> dict[str, int]:

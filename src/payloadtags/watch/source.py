@@ -145,6 +145,13 @@ class ScopeSource:
             self._reporters.popitem(last=False)
         return report
 
+    def unconfirmed_namespaces(self) -> set[str]:
+        """The namespaces where lists showed tags the snapshot lacks (`list_read`), until a read applied
+        to the snapshot has them (the namespace is then in the scope) or a read finds them gone (their
+        ``DELETED`` sent, after those lists' resourceVersions), or a reset gives them up (every watch
+        from before it is 410). At most ``max_pending`` tags' worth."""
+        return {parts[0] for repository in self._shown if (parts := split_repository(repository)) is not None}
+
     def covers(self, repository: str) -> bool:
         parts = split_repository(repository)
         return parts is not None and (self.namespace is None or parts[0] == self.namespace)
