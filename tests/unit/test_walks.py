@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 
 from payloadtags.access.authz import AlwaysAllow
-from payloadtags.api import continuation
+from payloadtags.api import continuation, walks
 from payloadtags.api.errors import ApiError
 from payloadtags.api.options import list_options
 from payloadtags.api.tags import Observe, ResourceVersions, TagsService
@@ -269,6 +269,64 @@ def test_the_bound_evicts_by_bytes_not_by_count() -> None:
     assert cache.listed(ALICE, "long") == TEAM
     assert cache.listed(ALICE, "w1") is None
     assert cache.size <= small * 3 + IDENTITY and cache.names < 40
+
+
+def test_a_pages_keep_is_measured_exactly_only_when_the_size_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Which strings of a walk are whose (its keys', its rests', its catalog entries') was most of a
+    # page's keep, and the walk's next page replaced that count before anything read it (issue #11).
+    # A page's keep counts an upper bound; the exact measure is made when the size is read (or the
+    # bound comes near max_bytes: test_the_bound_evicts_by_bytes_not_by_count), once.
+    measures: list[object] = []
+    measure = walks._measure
+
+    def counted(*args: Any) -> Any:
+        measures.append(args)
+        return measure(*args)
+
+    monkeypatch.setattr(walks, "_measure", counted)
+    big = tuple(f"v{i}" for i in range(100))
+    cache = WalkCache(Clock())
+    asked: tuple[TagRef, Kept] | None = None
+    for number in range(5):
+        handed = (
+            TagRef("team", "a", f"v{number}"),
+            Kept({"team/a": big, f"team/s{number}": ("x1",)}, rest("b")),
+        )
+        cache.keep(ALICE, "w", TEAM, asked, handed)
+        kept = dict(pair for pair in (asked, handed) if pair is not None)
+        at = asked[0] if asked is not None else None
+        asked = (handed[0], Kept({"team/a": big}, handed[1].rest))
+    exact = measure(kept, at, {}, TEAM)  # not through the patch
+    assert cache.names == exact[1] and measures == []  # the names are counted exactly as kept
+    assert cache.size == exact[0] + IDENTITY and len(measures) == 1
+    assert cache.size == exact[0] + IDENTITY and len(measures) == 1  # measured once
+
+
+@pytest.mark.parametrize(
+    "kept",
+    [
+        pytest.param({AT: Kept(lists(a=3))}, id="one list"),
+        pytest.param({AT: Kept({"team/a": ("x", "y", "v1")})}, id="tags of one character"),
+        pytest.param({AT: Kept({}, rest(*(c * 100 for c in "bcd")))}, id="long catalog names"),
+        pytest.param(
+            {
+                AT: Kept({"team/a": tuple(f"v{i}" for i in range(70)), "team/b": ()}, rest("b", "c")),
+                TagRef("team", "b", "x1"): Kept({"team/b": ()}, rest("c")),
+            },
+            id="two tokens",
+        ),
+    ],
+)
+def test_a_pages_count_is_at_least_its_measure(kept: dict[TagRef, Kept]) -> None:
+    # The bound drops walks by their exact measure: a page's count may be more, never less, and
+    # counts the same names and remembers the same measures.
+    for at in (None, AT):
+        bound, names, measured = walks._bound(kept, {}, TEAM)
+        exact = walks._measure(kept, at, {}, TEAM)
+        assert bound >= exact[0] and names == exact[1] and measured.keys() == exact[2].keys()
+        # And from a page before's measures, exact or bounds.
+        assert walks._bound(kept, measured, TEAM)[0] == bound
+        assert walks._bound(kept, exact[2], TEAM)[0] >= exact[0]
 
 
 class Counted(tuple[str, ...]):

@@ -24,6 +24,7 @@ another replica, a restart, an older token) reads the registry, as a first page 
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 import sys
@@ -110,11 +111,14 @@ class _Walk:
     # By the last key of the token that continues from them: the one its last page was asked with and
     # the one that page handed out.
     kept: dict[TagRef, Kept]
-    size: int  # bytes, `kept_size`
+    # Bytes: `kept_size` once measured, until then an upper bound of it (`_bound`).
+    size: int
     names: int
     touched: float
     # The measures of its longer tag lists and of its rests' names, for its next page (`_measure`).
     measured: Measured = attrs.field(factory=dict)
+    # The key its last page was asked with (one of ``kept``'s), for its exact measure.
+    asked: TagRef | None = None
 
 
 @attrs.define(eq=False)
@@ -170,6 +174,8 @@ Index = dict[str, Entry]
 # a tuple of catalog entries its `Index` (counted in its bytes), made once for the walk's pages.
 Measure = tuple[object, int, int, Index | None]
 Measured = dict[int, Measure]
+# The index of a tag list's measure that is an upper bound of its bytes (`_bound`), not its measure.
+_LOOSE: Index = {}
 
 
 def kept_size(kept: Mapping[TagRef, Kept], asked: TagRef | None = None) -> tuple[int, int]:
@@ -283,6 +289,65 @@ def _measure(
     return size, sum(one[2] for one in counted.values()), measured
 
 
+def _bound(kept: Mapping[TagRef, Kept], before: Measured, listed: Listed) -> tuple[int, int, Measured]:
+    """An upper bound of `_measure`'s bytes, its names (exact) and the measures it remembers (the
+    same), without its look at which strings are whose: every string a key, a mapping or a rest
+    holds is counted as if it were the walk's own, each time it is held. A page's keep counts this
+    much (issue #11: the strings' look was most of a page's keep, and the walk's next page replaces
+    what it counted before anyone reads it); the exact measure is made when the cache's size is
+    read or the bound comes near ``max_bytes`` (`WalkCache._settle`). The catalog names a page
+    brought are measured here as `_measure` does, its tag lists bounded (`_list_bound`), and either
+    remembered as `_measure` remembers them (a bound until the exact measure replaces it)."""
+    # A string's size taken as CPython gives it (at least what `_measure` counts it), not its length.
+    size = _WALK + _str_size(listed.scope) + _str_size(listed.namespace)
+    counted: Measured = {}
+    names = 0
+    mapping_ids: list[int] = []
+    rest_ids: list[int] = []
+    for ref, one in kept.items():
+        size += (
+            sys.getsizeof(one)
+            + sys.getsizeof(ref)
+            + sys.getsizeof(ref.namespace)
+            + sys.getsizeof(ref.repository_path)
+            + sys.getsizeof(ref.tag)
+        )
+        rest = one.rest
+        if rest is not None and id(rest) not in rest_ids:
+            rest_ids.append(id(rest))
+            size += sys.getsizeof(rest) + sys.getsizeof(rest.after) + _str_size(rest.namespace)
+            size += _str_size(rest.last) + _str_size(rest.top)
+            if rest.guessed and id(rest.guessed) not in counted:
+                counted[id(rest.guessed)] = (rest.guessed, sys.getsizeof(rest.guessed), 0, None)
+            if rest.shared and id(rest.shared) not in counted:
+                measure = _known(before, rest.shared) or _entries_size(rest.shared)
+                counted[id(rest.shared)] = measure
+        mapping = one.lists
+        if id(mapping) in mapping_ids:
+            continue
+        mapping_ids.append(id(mapping))
+        size += sys.getsizeof(mapping) + sum(map(sys.getsizeof, mapping))
+        for tags in mapping.values():
+            if id(tags) not in counted:
+                known = before.get(id(tags))  # exact or a bound
+                counted[id(tags)] = (
+                    known
+                    if known is not None and known[0] is tags
+                    else (tags, _list_bound(tags), len(tags), _LOOSE)
+                )
+    measured: Measured = {}
+    for key, item in counted.items():
+        size += item[1]
+        names += item[2]
+        if item[2] >= _REMEMBERED_FROM or (item[3] is not None and item[3] is not _LOOSE and item[2] > 0):
+            measured[key] = item
+    return size + len(measured) * _REMEMBERED, names, measured
+
+
+def _str_size(string: str | None) -> int:
+    return 0 if string is None else sys.getsizeof(string)
+
+
 def _an_entrys(entries: Sequence[Index], string: str, repository: str, index: int) -> bool:
     """Whether ``string`` is the string at ``index`` (0: the repository, 1: its namespace, 2: its path)
     of the entry of ``repository`` in any of them."""
@@ -314,8 +379,15 @@ def _entries_size(entries: tuple[Entry, ...]) -> Measure:
 
 
 def _known(before: Measured, what: object) -> Measure | None:
+    """The exact measure of ``what`` remembered in ``before``, or None."""
     known = before.get(id(what))
-    return known if known is not None and known[0] is what else None
+    return known if known is not None and known[0] is what and known[3] is not _LOOSE else None
+
+
+def _list_bound(tags: Sequence[str]) -> int:
+    # `_list_size`'s bytes or more: every tag counted as a string of its own (one of a character, which
+    # CPython shares, too), with no look for them (half of the measure, issue #11).
+    return sys.getsizeof(tags) + len(tags) * _STR + len("".join(tags)) if tags else 0
 
 
 def _list_size(tags: Sequence[str]) -> tuple[int, int]:
@@ -342,9 +414,21 @@ class WalkCache:
     _walks: OrderedDict[Key, _Walk] = attrs.field(factory=OrderedDict)  # least recently used first
     # The identities the walks' keys hold, each the one object all its walks' keys hold (`_Identity`).
     _identities: dict[UserInfo, _Identity] = attrs.field(factory=dict)
-    size: int = 0  # bytes kept, all walks (`kept_size`) and the identities they hold
+    # Bytes kept, all walks and the identities they hold: the walks' exact measures (`kept_size`) and,
+    # for those in ``_pending``, their upper bounds (`_bound`). `size` is the exact count.
+    _size: int = 0
+    _pending: set[Key] = attrs.field(factory=set)  # the walks whose size is their bound
     names: int = 0  # tags and catalog names kept, all walks (metrics)
+    # At most the oldest walk's ``touched`` (inf: none was kept since the cache emptied): an
+    # `_expire` before it is due looks at no walk (each page made two, issue #11).
+    _oldest: float = math.inf
     _sweep: LoopingCall | None = None
+
+    @property
+    def size(self) -> int:
+        """The bytes kept, all walks (`kept_size`) and the identities they hold."""
+        self._settle()
+        return self._size
 
     def run(self) -> None:
         """Frees abandoned walks within ``ttl`` and a half, also when no list comes to notice them."""
@@ -384,7 +468,7 @@ class WalkCache:
                 return entry.listed, None
             kept = entry.kept.get(at) if entry.listed == listed else None
             if kept is not None:
-                entry.touched = self.clock.seconds()
+                entry.touched = self._touch()
                 self._walks.move_to_end(key)
         if self.on_lookup is not None:
             self.on_lookup(kept is not None)
@@ -401,7 +485,8 @@ class WalkCache:
         """What the walk keeps after a page: for the token it was asked with (``asked``: its last key
         and what the page used; None for a first page) and for the one it handed out (``handed``;
         None when it was the walk's last). Replaces what the walk kept before."""
-        # Taken before the walk's old entry is dropped: the identity stays, not measured again.
+        # Taken before the walk's old entry is dropped: the identity stays, not measured again. The
+        # page's entry takes this hold over (`_keep`); none kept, it is released.
         identity = self._hold(who)
         key = (identity.who, walk)
         before: Measured = {}
@@ -409,14 +494,17 @@ class WalkCache:
         if old is not None:
             # `_drop`, with the identity at hand (the one its key holds: equal identities share it).
             before = old.measured
-            self.size -= old.size
+            self._size -= old.size
             self.names -= old.names
+            self._pending.discard(key)
             self._release(identity)
         self._expire()
+        held = False
         try:
-            self._keep(key, listed, asked, handed, before)
+            held = self._keep(key, listed, asked, handed, before)
         finally:
-            self._release(identity)
+            if not held:
+                self._release(identity)
 
     def _keep(
         self,
@@ -425,29 +513,54 @@ class WalkCache:
         asked: tuple[TagRef, Kept] | None,
         handed: tuple[TagRef, Kept] | None,
         before: Measured,
-    ) -> None:
-        kept = dict(pair for pair in (asked, handed) if pair is not None and (pair[1].lists or pair[1].rest))
+    ) -> bool:
+        """Whether the walk's entry was made, holding ``key``'s identity (the caller's hold)."""
+        kept: dict[TagRef, Kept] = {}
+        if asked is not None and (asked[1].lists or asked[1].rest):
+            kept[asked[0]] = asked[1]
+        if handed is not None and (handed[1].lists or handed[1].rest):
+            kept[handed[0]] = handed[1]
         at = asked[0] if asked is not None else None
-        size, names, measured = _measure(kept, at, before, listed)
+        # Measured exactly only where the bound might decide (the exact measure is at most the bound).
+        size, names, measured = _bound(kept, before, listed)
+        exact = size > self.max_bytes
+        if exact:
+            size, names, measured = _measure(kept, at, measured, listed)
         if size > self.max_bytes and handed is not None and handed[0] in kept:
             # Too much for both: the next page's come first, a repeated page reads the registry.
             kept = {handed[0]: handed[1]}
             size, names, measured = _measure(kept, at, measured, listed)
         if not kept or size > self.max_bytes:
-            return
-        self._walks[key] = _Walk(listed, kept, size, names, self.clock.seconds(), measured)
-        self._hold(key[0])
-        self.size += size
+            return False
+        self._walks[key] = _Walk(listed, kept, size, names, self._touch(), measured, at)
+        if not exact:
+            self._pending.add(key)
+        self._size += size
         self.names += names
-        while self.size > self.max_bytes and self._walks:
-            self._drop(next(iter(self._walks)))
+        while self._size > self.max_bytes and self._walks:
+            if self._pending:
+                self._settle()
+            else:
+                self._drop(next(iter(self._walks)))
+        return True
+
+    def _settle(self) -> None:
+        """Every walk's size measured exactly (`_measure`): the ones kept since it was last made."""
+        # Emptied one by one, as the walks' dict is: its table stays, as big as the most walks ever
+        # pending at once (clear() would free it, and a walk's count would not have been what
+        # dropping it frees).
+        while self._pending:
+            walk = self._walks[self._pending.pop()]
+            size, _, walk.measured = _measure(walk.kept, walk.asked, walk.measured, walk.listed)
+            self._size += size - walk.size
+            walk.size = size
 
     def _hold(self, who: UserInfo) -> _Identity:
         """``who``'s identity, held once more (the one object of equal identities)."""
         identity = self._identities.get(who)
         if identity is None:
             identity = self._identities[who] = _Identity(who, 0, identity_size(who))
-            self.size += identity.size
+            self._size += identity.size
         identity.walks += 1
         return identity
 
@@ -455,20 +568,30 @@ class WalkCache:
         identity.walks -= 1
         if not identity.walks:
             del self._identities[identity.who]
-            self.size -= identity.size
+            self._size -= identity.size
+
+    def _touch(self) -> float:
+        now = self.clock.seconds()
+        self._oldest = min(self._oldest, now)
+        return now
 
     def _expire(self) -> None:
         before = self.clock.seconds() - self.ttl
+        if self._oldest >= before:
+            return
         while self._walks:
             key, oldest = next(iter(self._walks.items()))
             if oldest.touched >= before:
+                self._oldest = oldest.touched
                 return
             self._drop(key)
+        self._oldest = math.inf
 
     def _drop(self, key: Key) -> None:
         walk = self._walks.pop(key)
-        self.size -= walk.size
+        self._size -= walk.size
         self.names -= walk.names
+        self._pending.discard(key)
         self._release(self._identities[key[0]])
 
 
