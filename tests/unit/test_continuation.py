@@ -320,3 +320,38 @@ def test_a_forged_token_whose_tag_holds_a_lone_surrogate_is_400_malformed(tag: s
     for _ in range(2):  # decoded, then from the cache
         assert _bad(text, "ns").message == "continue key is not valid: the token is malformed"
     _bad(encode(Continuation("5", "ns", TagRef("ns", "app", tag))), "ns")
+
+
+def test_a_walks_next_token_is_checked_for_its_tag_and_refused_as_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A walk's tokens differ by their tag within a repository: its resourceVersion, scope, walk id,
+    # namespace and path were checked on every page (issue #11). Now once, while they are remembered;
+    # a tag the decode would refuse is refused all the same.
+    checked: list[object] = []
+    refused = continuation._refused
+
+    def counted(*fields: object) -> object:
+        checked.append(fields[3])
+        return refused(*fields)
+
+    monkeypatch.setattr(continuation, "_refused", counted)
+    walk = "walk-id-1234"
+    tokens = [Continuation("7", "ns", TagRef("ns", "app", f"v{n}"), walk) for n in range(5)]
+    texts = [encode(token) for token in tokens]
+    assert len(checked) == 1  # the first
+    for token, text in zip(tokens, texts, strict=True):
+        continuation._decoded.pop(text)  # decoded as made: the kept fields are the text's
+        assert decode(text, "ns") == token
+    for tag in ("", "\ud800x"):
+        _bad(encode(Continuation("7", "ns", TagRef("ns", "app", tag), walk)), "ns")
+    # What is remembered is in strings of its own: no walk's, no request's.
+    parts = continuation._parts[("7", "ns", "ns", "app", walk)]
+    assert parts.walk is not walk and parts.path is not tokens[0].last.repository_path
+
+
+def test_the_parts_remembered_are_bounded() -> None:
+    for number in range(continuation.PARTS_MAX + 10):
+        encode(Continuation("7", "ns", TagRef("ns", f"app{number}", "v1")))
+    assert len(continuation._parts) == continuation.PARTS_MAX
+    assert ("7", "ns", "ns", "app0", None) not in continuation._parts

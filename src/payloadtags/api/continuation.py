@@ -40,22 +40,84 @@ class Continuation:
 
 
 def encode(token: Continuation) -> str:
-    # The JSON json.dumps(..., separators=(",", ":")) gives for {"v", "rv", "scope", "last"[, "w"]},
-    # spelled directly: a token is made for every page.
     last = token.last
-    raw = (
-        f'{{"v":{_VERSION},"rv":{_quote(token.resource_version)},"scope":{_quote(token.scope)},'
-        f'"last":[{_quote(last.namespace)},{_quote(last.repository_path)},{_quote(last.tag)}]'
-        + ("}" if token.walk is None else f',"w":{_quote(token.walk)}}}')
+    tag = last.tag
+    parts = _parts.get(
+        (token.resource_version, token.scope, last.namespace, last.repository_path, token.walk)
     )
-    text = base64.urlsafe_b64encode(raw.encode("ascii")).decode("ascii").rstrip("=")
-    # What decoding the text gives (the spelling round-trips: test_continuation), checked as decoding
-    # checks it, so that a token made of names the decode would refuse is refused all the same.
-    refused = _refused(token.resource_version, last.namespace, last.repository_path, last.tag, token.walk)
+    if parts is None:
+        parts = _Parts.of(token)
+        # What decoding the text gives (the spelling round-trips: test_continuation), checked as
+        # decoding checks it, so that a token made of names the decode would refuse is refused all the
+        # same.
+        refused = _refused(token.resource_version, last.namespace, last.repository_path, tag, token.walk)
+        if refused is None:
+            parts.remember()
+    elif isinstance(tag, str) and tag != "" and (tag.isascii() or _encodable(tag)):
+        refused = None
+    else:
+        refused = _MALFORMED
+    raw = parts.head + _quote(tag) + parts.tail
+    text = binascii.b2a_base64(raw.encode("ascii"), newline=False).translate(_URL_SAFE).decode("ascii")
+    text = text.rstrip("=")
     _keep(
-        text, _copied((token.resource_version, token.scope, last, token.walk)) if refused is None else refused
+        text,
+        refused
+        if refused is not None
+        else (
+            parts.resource_version,
+            parts.scope,
+            TagRef(parts.namespace, parts.path, _own(tag)),
+            parts.walk,
+        ),
     )
     return text
+
+
+_URL_SAFE = bytes.maketrans(b"+/", b"-_")  # base64.urlsafe_b64encode's
+
+
+@attrs.frozen
+class _Parts:
+    """A token's fields besides its tag, in strings of their own (`_own`), and its text around the
+    tag: the JSON json.dumps(..., separators=(",", ":")) gives for {"v", "rv", "scope", "last"[, "w"]},
+    spelled directly (a token is made for every page)."""
+
+    resource_version: str
+    scope: str
+    namespace: str
+    path: str
+    walk: str | None
+    head: str
+    tail: str
+
+    @classmethod
+    def of(cls, token: Continuation) -> _Parts:
+        last = token.last
+        return cls(
+            _own(token.resource_version),
+            _own(token.scope),
+            _own(last.namespace),
+            _own(last.repository_path),
+            None if token.walk is None else _own(token.walk),
+            f'{{"v":{_VERSION},"rv":{_quote(token.resource_version)},"scope":{_quote(token.scope)},'
+            f'"last":[{_quote(last.namespace)},{_quote(last.repository_path)},',
+            "]}" if token.walk is None else f'],"w":{_quote(token.walk)}}}',
+        )
+
+    def remember(self) -> None:
+        _parts[(self.resource_version, self.scope, self.namespace, self.path, self.walk)] = self
+        if len(_parts) > PARTS_MAX:
+            del _parts[next(iter(_parts))]
+
+
+# The parts of the tokens made lately, found valid (`_refused`): the same on every page of a walk
+# (its resourceVersion, scope and walk id) and within one repository (its namespace and path), so
+# that a walk's next token is spelled, checked and copied for its tag alone (issue #11). Keyed by
+# their own strings: a walk's are not held here either. A few kB each at most; the oldest dropped
+# first.
+PARTS_MAX = 64
+_parts: dict[tuple[str, str, str, str, str | None], _Parts] = {}
 
 
 def another_list() -> ApiError:
@@ -71,12 +133,18 @@ def decode(text: str, scope: str) -> Continuation:
         _keep(text, fields)
     else:
         _decoded.move_to_end(text)
-    if fields[1] is _REFUSED:
-        raise bad_request(f"continue key is not valid: {fields[0]}")
-    resource_version, token_scope, last, walk = _copied(fields)
+    resource_version, token_scope, last, walk = fields
+    if token_scope is _REFUSED:
+        raise bad_request(f"continue key is not valid: {resource_version}")
     if token_scope != scope or (scope and last.namespace != scope):
         raise another_list()
-    return Continuation(resource_version, scope, last, walk)
+    # In strings of the caller's own (`_own`); the token's scope is only compared.
+    return Continuation(
+        _own(resource_version),
+        scope,
+        TagRef(_own(last.namespace), _own(last.repository_path), _own(last.tag)),
+        None if walk is None else _own(walk),
+    )
 
 
 # What a token decodes to: its resourceVersion, scope (as the token spells it: a scope that is no
@@ -103,23 +171,13 @@ def _keep(text: str, fields: _Fields) -> None:
             _decoded.popitem(last=False)
 
 
-def _copied(fields: _Fields) -> _Fields:
-    """``fields`` in strings of their own. What a token decodes to is the caller's alone (a walk keeps
-    the key and the walk id, and counts their memory as freed with it, api/walks.py), as decoding
-    the text makes it; and what the cache keeps is nobody else's (a page's key is cut from the
-    catalog names its walk keeps)."""
-    resource_version, scope, last, walk = fields
-    return (
-        _own(resource_version),
-        # A token made for a list is made of the request's own scope string (its URL's namespace), which
-        # its walk keeps, counted and freed with it: kept here, it would outlive the walk.
-        _own(scope) if isinstance(scope, str) else scope,
-        TagRef(_own(last.namespace), _own(last.repository_path), _own(last.tag)),
-        None if walk is None else _own(walk),
-    )
-
-
 def _own(text: str) -> str:
+    """``text`` in a string of its own. What a token decodes to is the caller's alone (a walk keeps
+    the key and the walk id, and counts their memory as freed with it, api/walks.py), as decoding
+    the text makes it; and what the caches here keep is nobody else's (a page's key is cut from the
+    catalog names its walk keeps; a token made for a list is made of the request's own scope string,
+    its URL's namespace, which its walk keeps, counted and freed with it: kept here, it would
+    outlive the walk)."""
     # A new string of the same characters (slicing or str() give the same object back). One of a
     # character is CPython's own, shared by everyone anyway. A forged token's tag may hold a lone
     # surrogate (JSON's \ud800), which strict UTF-8 refuses: the copy must not (a 500).
