@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import pytest
 from twisted.internet.task import Clock
 
 from payloadtags.http.clients import ClientKey, Clients, FairScheduler, address_key, connection_key
@@ -108,14 +109,14 @@ def test_connects_evicted_while_waiting_for_their_turn_are_given_back_when_the_f
             assert clients.opened(host)
             clients.closed(host, counted=False, spared=True)
         assert clients.flooding(host)  # six connects, with a burst of four: charged
-        assert clients.addresses[host].spared == 4  # at most a burst
+        assert len(clients.addresses[host].spared) == 4  # at most a burst
         assert clients.opened(host)
     assert clients.handshaken("10.0.0.2", front_proxy=False)
     assert clients.flooding("10.0.0.2")
     assert clients.handshaken("10.0.0.1", front_proxy=True)
     assert not clients.flooding("10.0.0.1")  # -3, then its own connect and four spared given back
     assert clients.addresses["10.0.0.1"].accepted.tokens == 2
-    assert clients.addresses["10.0.0.1"].spared == 0
+    assert not clients.addresses["10.0.0.1"].spared
 
 
 def test_tokens_of_connects_evicted_before_their_handshake_come_back_when_the_front_proxy_shows() -> None:
@@ -137,7 +138,7 @@ def test_tokens_of_connects_evicted_before_their_handshake_come_back_when_the_fr
     assert clients.addresses["10.0.0.2"].bucket.tokens == 0  # charged: nothing given back
     assert clients.handshaken("10.0.0.1", front_proxy=True)
     assert clients.addresses["10.0.0.1"].bucket.tokens == 4  # its own token, and the three evicted ones'
-    assert clients.addresses["10.0.0.1"].spared == 0
+    assert not clients.addresses["10.0.0.1"].spared
     assert clients.opened("10.0.0.1") and clients.handshake("10.0.0.1", lambda: True)
     clients.closed("10.0.0.1", counted=False, spared=True)
     assert clients.opened("10.0.0.1")
@@ -343,3 +344,118 @@ def test_a_wall_clock_step_back_does_not_stall_handshakes() -> None:
     assert clients.delayed == 0
     clients.unauthenticated("b")
     assert clients.ready_in(address_key("b")) == 0
+
+
+def _evicted_before_its_handshake(clients: Clients, host: str) -> None:
+    """A connect taken in, its handshake token taken, evicted before its handshake was done."""
+    assert clients.opened(host) and clients.handshake(host, lambda: True)
+    clients.closed(host, counted=False, spared=True)
+
+
+def _handshakes(clients: Clients, host: str, n: int) -> None:
+    """``n`` connects of a client sharing the address, each making a handshake without the front
+    proxy's certificate, then leaving: each pays its connect and its handshake token."""
+    for _ in range(n):
+        assert clients.opened(host) and clients.handshake(host, lambda: True)
+        assert clients.handshaken(host, front_proxy=False)
+        clients.closed(host, counted=True)
+
+
+def _shows(clients: Clients, host: str) -> tuple[float, float]:
+    """A connection of ``host`` shows the front proxy's certificate: its handshake bucket and
+    ``accepted`` after the give-back."""
+    assert clients.opened(host) and clients.handshake(host, lambda: True)
+    assert clients.handshaken(host, front_proxy=True)
+    address = clients.addresses[host]
+    return address.bucket.tokens, address.accepted.tokens
+
+
+def test_a_give_back_below_the_burst_is_the_spared_connects_and_no_more() -> None:
+    """Two connects evicted before their handshake, four handshakes more: three tokens left when
+    the front proxy's connection takes its own; the show gives back its own and the two spared,
+    six on the handshake bucket and on ``accepted``, not the burst (review-conns13 F2: a give-back
+    filling either to its burst passed every test)."""
+    limits = HttpLimits(handshake_rate_per_client=2.0, handshake_burst_per_client=10)
+    clock = Clock()
+    clients = Clients(limits, clock, clock.seconds)
+    for _ in range(2):
+        _evicted_before_its_handshake(clients, "10.0.0.1")
+    _handshakes(clients, "10.0.0.1", 4)
+    assert _shows(clients, "10.0.0.1") == (6, 6)
+
+
+@pytest.mark.parametrize("spared", [0, 10])
+def test_connects_evicted_before_the_buckets_refilled_are_not_given_back_again(spared: int) -> None:
+    """kube-apiserver keeps a connection open (its address is never forgotten); a client sharing its
+    address has ten connects evicted before their handshake, then waits ten seconds: the buckets'
+    refill has given their tokens back. It spends nine now, and kube-apiserver's next connection
+    shows: nothing more comes back than without those ten connects, on the handshake bucket and on
+    ``accepted``, and its second connect after floods (review-conns13 F1: the show gave
+    them back a second time, up to a burst each time, and it made twice as many connects without
+    flooding)."""
+    limits = HttpLimits(handshake_rate_per_client=2.0, handshake_burst_per_client=10)
+    clock = Clock()
+    clients = Clients(limits, clock, clock.seconds)
+    _shows(clients, "10.0.0.2")  # kube-apiserver's, kept open
+    for _ in range(spared):
+        _evicted_before_its_handshake(clients, "10.0.0.2")
+    clock.advance(10)
+    _handshakes(clients, "10.0.0.2", 9)
+    assert _shows(clients, "10.0.0.2") == (1, 1)
+    _handshakes(clients, "10.0.0.2", 1)
+    assert not clients.flooding("10.0.0.2")
+    assert clients.opened("10.0.0.2")
+    assert clients.flooding("10.0.0.2")  # past its burst and rate
+
+
+def test_connects_evicted_a_while_ago_come_back_less_what_the_refill_gave_since() -> None:
+    """Four connects evicted before their handshake, then a second (two tokens of refill): the refill
+    gave back two of them, the show the other two, on the handshake bucket and on ``accepted``:
+    each ends where it would without those four connects."""
+    limits = HttpLimits(handshake_rate_per_client=2.0, handshake_burst_per_client=10)
+    clock = Clock()
+    clients = Clients(limits, clock, clock.seconds)
+    for _ in range(4):
+        _evicted_before_its_handshake(clients, "10.0.0.1")
+    clock.advance(1)
+    _handshakes(clients, "10.0.0.1", 5)  # 10 - 4 + 2 - 5 = 3
+    assert _shows(clients, "10.0.0.1") == (5, 5)  # without those four: 10, then 5
+
+
+def test_a_connect_taken_in_before_the_buckets_refilled_and_evicted_later_is_not_given_back() -> None:
+    """A connect taken in, its handshake let start, stalls; ten seconds later (the buckets full again)
+    its address spends its burst and the connect is evicted: its tokens were given back by the
+    refill since it was taken in, not since it was evicted, so the show gives back only its own."""
+    limits = HttpLimits(handshake_rate_per_client=2.0, handshake_burst_per_client=10)
+    clock = Clock()
+    clients = Clients(limits, clock, clock.seconds)
+    _shows(clients, "10.0.0.2")  # kube-apiserver's, kept open
+    stalled = []
+    for _ in range(10):
+        assert clients.opened("10.0.0.2")
+        stalled.append(clients.restored("10.0.0.2"))
+        assert clients.handshake("10.0.0.2", lambda: True)
+    clock.advance(10)
+    _handshakes(clients, "10.0.0.2", 9)
+    for taken_in in stalled:
+        clients.closed("10.0.0.2", counted=False, spared=True, taken_in=taken_in)
+    assert _shows(clients, "10.0.0.2") == (1, 1)
+
+
+def test_connects_taken_in_past_accepteds_floor_took_nothing_and_get_nothing_back() -> None:
+    """Eight bare connects take ``accepted`` down to minus its burst, its floor; two more, each taken
+    in there (taking nothing of it) with its handshake token, are evicted before their handshake:
+    the show gives back their handshake tokens, but on ``accepted`` only the front proxy's own
+    connect, as without those two (given back in full, they took the address out of its flood)."""
+    limits = HttpLimits(handshake_rate_per_client=2.0, handshake_burst_per_client=4)
+    clock = Clock()
+    clients = Clients(limits, clock, clock.seconds)
+    for _ in range(8):
+        assert clients.opened("10.0.0.1")
+        clients.closed("10.0.0.1", counted=False, bare=True)
+    for _ in range(2):
+        taken_in = clients.restored("10.0.0.1")
+        assert clients.opened("10.0.0.1") and clients.handshake("10.0.0.1", lambda: True)
+        clients.closed("10.0.0.1", counted=False, spared=True, taken_in=taken_in)
+    assert clients.addresses["10.0.0.1"].accepted.tokens == -4
+    assert _shows(clients, "10.0.0.1") == (4, -3)

@@ -54,7 +54,14 @@ from zope.interface import directlyProvides, implementer, providedBy
 
 from payloadtags.api.errors import ApiError, bad_request, internal, too_many_requests
 from payloadtags.deferreds import Waiters
-from payloadtags.http.clients import ClientKey, Clients, FairScheduler, address_key, connection_key
+from payloadtags.http.clients import (
+    ClientKey,
+    Clients,
+    FairScheduler,
+    Restored,
+    address_key,
+    connection_key,
+)
 from payloadtags.http.eviction import EvictionOrder
 from payloadtags.limits import (
     FRONT_PROXY_CONNECTIONS,
@@ -994,6 +1001,9 @@ class ClientConnection(ProtocolWrapper):
     # certificate (Address.spared; review-conns9 F1). Whether it closed bare is decided apart: one
     # no byte came on after its turn looks exactly like a bare flood's, and is charged as one.
     unshown = False
+    # What its address's buckets had been given back when it was taken in (Clients.restored): what a
+    # give-back of its connect, if it is unshown, counts from (Address.spared).
+    taken_in: Restored | None = None
     # The server aborted it (LimitedConnections._drop); until its connectionLost is seen, its token or
     # turn, if they come, are not taken: resuming an aborted transport fails.
     dropped = False
@@ -1078,7 +1088,9 @@ class ClientConnection(ProtocolWrapper):
         if not self._lost:
             self._lost = True
             bare = not self.wrappedProtocol.heard and not self.spared
-            self.factory.clients.closed(self.host, counted=self.counted, bare=bare, spared=self.unshown)
+            self.factory.clients.closed(
+                self.host, counted=self.counted, bare=bare, spared=self.unshown, taken_in=self.taken_in
+            )
         super().connectionLost(reason)
 
 
@@ -1206,6 +1218,7 @@ class LimitedConnections(WrappingFactory):
         """None refuses the connection: the listening port closes it at once, before any TLS byte
         (GuardedTLSFactory builds no TLS layer for it)."""
         host = str(getattr(addr, "host", addr))
+        taken_in = self.clients.restored(host)  # before its connect is paid (Clients.opened)
         # The address's cap first: a connection refused for it takes no one's place (evicts no one).
         if not self.clients.opened(host):
             if self.on_refused is not None:
@@ -1227,6 +1240,7 @@ class LimitedConnections(WrappingFactory):
         assert isinstance(wrapper, ClientConnection)
         channel = wrapper.wrappedProtocol
         wrapper.host = channel.host = host
+        wrapper.taken_in = taken_in
         channel.client_key = address_key(host)
         if place is not None:
             channel.probe_only = True

@@ -21,6 +21,7 @@ Health probes bypass all of it (they are cheap, and a busy server is not a dead 
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import time
 from collections import deque
@@ -40,6 +41,11 @@ ClientKey = tuple[str, str | int]
 _connection_numbers = itertools.count(1)
 
 
+# What an address's handshake bucket and its ``accepted`` had been given (Bucket.restored) when one of
+# its connections was taken in.
+Restored = tuple[float, float]
+
+
 def address_key(host: str) -> ClientKey:
     return ("address", host)
 
@@ -54,11 +60,32 @@ class Bucket:
     burst: float
     tokens: float
     stamp: float
+    # Tokens it was given since it was made: its refill, at its rate whether it was full or not, what
+    # was given back (give_back), and a take its floor forgave (Clients.opened). What a give-back of
+    # tokens taken since a moment (spared_back) counts as given back already: whatever the bucket
+    # would have held more without those tokens shrinks by no more than that.
+    restored: float = 0.0
 
     def refill(self, now: float) -> float:
+        self.restored += (now - self.stamp) * self.rate
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
         return self.tokens
+
+    def give_back(self, tokens: float) -> None:
+        self.tokens = min(self.burst, self.tokens + tokens)
+        self.restored += tokens
+
+    def spared_back(self, taken: list[float]) -> float:
+        """How many of the tokens taken when ``restored`` stood at each of ``taken`` (oldest first)
+        are still missing, what it was given since counted as giving them back first: never more
+        than it would hold more without them (what it was given filled it as much with them as
+        without, unless it reached its burst without them; then no more was lost than was given).
+        The caller brings its refill up to now first."""
+        back = 0.0
+        for count, restored in enumerate(reversed(taken), 1):
+            back = max(back, count - (self.restored - restored))
+        return back
 
     def wait_for(self, level: float, now: float) -> float:
         """Seconds until the bucket holds ``level`` tokens."""
@@ -88,18 +115,23 @@ class Address:
     accepted: Bucket = attrs.field(default=None)
     # Its connects evicted before their handshake was done, their token taken (ClientConnection.unshown:
     # held for their turn, or let read and evicted during their handshake), since one of its
-    # connections last showed the front proxy's certificate, at most its burst: given back to
-    # ``accepted`` and to its handshake ``bucket`` then. A burst of kube-apiserver's evicts one
-    # another as they wait for their turn, or during their handshakes when they come a few ms apart
-    # (on a server full of authenticated clients' idle connections), and its reflectors connect again
-    # at once: charged, 30 and their 29 retries flooded its address, and its next connection evicted
-    # its own answered one
-    # (review-conns7 F1; review-conns9 F1 for those evicted during their handshake). Given back only
-    # to the front proxy's address: a flood that has its own connects evicted before their handshake
-    # is done, every one having taken a handshake token, could otherwise connect at twice its rate
-    # without flooding (one sharing kube-apiserver's address has its own given back with them: at most
-    # a burst of connects and of handshakes each time kube-apiserver's connection shows).
-    spared: int = 0
+    # connections last showed the front proxy's certificate, at most its burst (the newest), each as
+    # what its buckets had been given when it was taken in (Restored), oldest first: given back to
+    # ``accepted`` and to its handshake ``bucket`` then, less what each was given since, by its refill
+    # or a give-back (Bucket.spared_back). A burst of kube-apiserver's evicts one another as they wait
+    # for their turn, or during their handshakes when they come a few ms apart (on a server full of
+    # authenticated clients' idle connections), and its reflectors connect again at once: charged,
+    # 30 and their 29 retries flooded its address, and its next connection evicted its own answered
+    # one (review-conns7 F1; review-conns9 F1 for those evicted during their handshake). Given back
+    # only to the front proxy's address: a flood that has its own connects evicted before their
+    # handshake is done, every one having taken a handshake token, could otherwise connect at twice
+    # its rate without flooding (one sharing kube-apiserver's address has its own given back with
+    # them: at most a burst of connects and of handshakes each time kube-apiserver's connection shows,
+    # never more than it would have without those connects). Given back in full however long ago they
+    # were taken in, they came back twice, by the refill and by the show: a client sharing the
+    # address had up to a burst more at each show (review-conns13 F1); counted from the eviction, a
+    # connect whose handshake stalled past the refill would still have been.
+    spared: list[Restored] = attrs.Factory(list)
     waiting: deque[Callable[[], bool]] = attrs.Factory(deque)  # handshakes waiting for a token
     release: IDelayedCall | None = None
     forget: IDelayedCall | None = None
@@ -143,8 +175,22 @@ class Clients:
         address.open += 1
         accepted = address.accepted
         accepted.refill(self.monotonic())
-        accepted.tokens = max(accepted.tokens - 1, -accepted.burst)
+        # Past its floor a connect takes nothing: counted as given back at once, so a show gives back
+        # no more of one of those evicted before its handshake (Address.spared) than it took.
+        taken = accepted.tokens - max(accepted.tokens - 1, -accepted.burst)
+        accepted.tokens -= taken
+        accepted.restored += 1 - taken
         return True
+
+    def restored(self, host: str) -> Restored:
+        """What ``host``'s handshake bucket and ``accepted`` have been given so far (Bucket.restored):
+        a connection about to be taken in keeps it, for its connect and its handshake token to be
+        given back, if it is spared, less what came since (Address.spared)."""
+        address = self._address(host)
+        now = self.monotonic()
+        address.bucket.refill(now)
+        address.accepted.refill(now)
+        return address.bucket.restored, address.accepted.restored
 
     def flooding(self, host: str) -> bool:
         """Whether ``host`` opens connections faster than its handshake rate: its handshakes wait for a
@@ -181,8 +227,9 @@ class Clients:
         """The TLS handshake of a connection from ``host`` is done. The front proxy's (it presented
         the front proxy's verified certificate) is never counted against the cap, and its handshake
         token and its connect are given back, with the handshake tokens and connects of its address
-        spared since (see Address.spared), at most its burst: kube-apiserver's connections cost it
-        nothing, however many it opens at once (up to its burst) and however often it does so again.
+        spared since (see Address.spared), at most its burst, less what the buckets were given since
+        those were taken in: kube-apiserver's connections cost it nothing, however many it opens at
+        once (up to its burst) and however often it does so again.
         Any other is counted now; False when the address reached its cap meanwhile (close it)."""
         address = self._address(host)
         if front_proxy:
@@ -190,13 +237,14 @@ class Clients:
             # reconnects within a second found its bucket near empty, its connects waited for a
             # token, those evicted while waiting were charged as bare, and its address flooded
             # (review-conns11 F1).
-            bucket = address.bucket
-            bucket.refill(self.monotonic())
-            bucket.tokens = min(bucket.burst, bucket.tokens + 1 + address.spared)
-            accepted = address.accepted
-            accepted.refill(self.monotonic())
-            accepted.tokens = min(accepted.burst, accepted.tokens + 1 + address.spared)
-            address.spared = 0
+            now = self.monotonic()
+            for bucket, taken in (
+                (address.bucket, [spared[0] for spared in address.spared]),
+                (address.accepted, [spared[1] for spared in address.spared]),
+            ):
+                bucket.refill(now)
+                bucket.give_back(1 + bucket.spared_back(taken))
+            address.spared.clear()
             self._release(address)
             return True
         if address.counted >= self.limits.max_connections_per_client:
@@ -205,16 +253,25 @@ class Clients:
         address.counted += 1
         return True
 
-    def closed(self, host: str, counted: bool, bare: bool = False, spared: bool = False) -> None:
+    def closed(
+        self,
+        host: str,
+        counted: bool,
+        bare: bool = False,
+        spared: bool = False,
+        taken_in: Restored | None = None,
+    ) -> None:
         """A connection from ``host`` is closed; ``bare``: no byte ever came on it (a connect only);
         ``spared``: the server evicted it before its handshake was done, its token taken (see
-        Address.spared)."""
+        Address.spared); ``taken_in``: ``restored`` when it was taken in (now if not given)."""
         address = self._address(host)
         address.open -= 1
         if counted:
             address.counted -= 1
         if spared:
-            address.spared = min(address.spared + 1, self.limits.handshake_burst_per_client)
+            bisect.insort(address.spared, taken_in if taken_in is not None else self.restored(host))
+            if len(address.spared) > self.limits.handshake_burst_per_client:
+                del address.spared[0]  # the oldest: without it as much or less comes back
         if bare:
             connects = address.connects
             connects.refill(self.monotonic())
