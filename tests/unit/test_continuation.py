@@ -355,3 +355,38 @@ def test_the_parts_remembered_are_bounded() -> None:
         encode(Continuation("7", "ns", TagRef("ns", f"app{number}", "v1")))
     assert len(continuation._parts) == continuation.PARTS_MAX
     assert ("7", "ns", "ns", "app0", None) not in continuation._parts
+
+
+# Tokens whose text holds "_" ("v?>") and "-" ("v>?>"), and whose base64 is padded ("==" and "="); one
+# of a multiple of four characters ("v1"), which Python's lenient decoding takes with junk added.
+_UNDERSCORE = Continuation("5", "ns", TagRef("ns", "app", "v?>"))
+_DASH = Continuation("5", "ns", TagRef("ns", "app", "v>?>"))
+_WHOLE = Continuation("5", "ns", TagRef("ns", "app", "v1"))
+
+
+@pytest.mark.parametrize(
+    ("token", "respell"),
+    [
+        pytest.param(_UNDERSCORE, lambda text: text + "==", id="padded"),
+        pytest.param(_DASH, lambda text: text + "=", id="padded-once"),
+        pytest.param(_UNDERSCORE, lambda text: text.replace("_", "/"), id="standard-slash"),
+        pytest.param(_DASH, lambda text: text.replace("-", "+"), id="standard-plus"),
+        pytest.param(_WHOLE, lambda text: text + " ", id="trailing-space"),
+        pytest.param(_WHOLE, lambda text: text + "!", id="trailing-junk"),
+        pytest.param(_WHOLE, lambda text: text[:8] + "." + text[8:], id="junk-inside"),
+        pytest.param(_UNDERSCORE, lambda text: text + "!", id="trailing-junk-of-another-length"),
+    ],
+)
+def test_base64_that_go_refuses_is_400_malformed(token: Continuation, respell: Any) -> None:
+    # kube-apiserver decodes a token with Go's base64.RawURLEncoding: the URL-safe alphabet only, no
+    # padding, nothing else; the same text here is the same 400, not the page the token would give.
+    text = encode(token)
+    assert decode(text, "ns") == token
+    for _ in range(2):  # decoded, then from the cache
+        assert _bad(respell(text), "ns").message == "continue key is not valid: the token is malformed"
+
+
+def test_line_breaks_in_a_token_are_skipped_as_go_skips_them() -> None:
+    # Go's base64 decoder ignores "\r" and "\n" wherever they are: kube-apiserver takes such a token.
+    text = encode(_UNDERSCORE)
+    assert decode(text[:10] + "\r\n" + text[10:] + "\n", "ns") == _UNDERSCORE

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections import OrderedDict
 from json.encoder import encode_basestring_ascii as _quote
 
@@ -220,7 +221,17 @@ def _encodable(text: str) -> bool:
     return True
 
 
+# What Go's base64.RawURLEncoding, with which kube-apiserver decodes a token, takes: the URL-safe
+# alphabet, no padding (it skips line breaks). Python's decoding drops any other character and takes
+# padding and the standard alphabet's "+" and "/": such text is malformed there, so here too.
+_RAW_URL_BASE64 = re.compile(r"[A-Za-z0-9_-]*")
+
+
 def _decode_fields(text: str) -> _Fields:
+    if "\r" in text or "\n" in text:
+        text = text.replace("\r", "").replace("\n", "")
+    if _RAW_URL_BASE64.fullmatch(text) is None:
+        return _MALFORMED
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         data = json.loads(raw)
