@@ -505,6 +505,75 @@ def endless_registry(reactor: Any) -> Iterator[tuple[str, _EndlessCatalog]]:
     port.stopListening()
 
 
+class _OddTags(resource.Resource):
+    """A registry listing ``team/app``'s tags as given and ``team/b``'s ``v1``."""
+
+    isLeaf = True
+
+    def __init__(self, app: list[str]) -> None:
+        super().__init__()
+        self.TAGS = {"team/app": app, "team/b": ["v1"]}
+
+    def render_GET(self, request: Any) -> bytes:
+        path = request.path.decode()
+        request.setHeader(b"content-type", b"application/json")
+        if path == "/v2/":
+            return b"{}"
+        if path == "/v2/_catalog":
+            return json.dumps({"repositories": sorted(self.TAGS)}).encode()
+        repository = path.removeprefix("/v2/").removesuffix("/tags/list")
+        if repository in self.TAGS:
+            return json.dumps({"name": repository, "tags": self.TAGS[repository]}).encode()
+        request.setResponseCode(404)
+        return b'{"errors": [{"code": "NAME_UNKNOWN", "message": "repository name not known"}]}'
+
+    render_DELETE = _EndlessCatalog.render_DELETE
+    render_PATCH = _EndlessCatalog.render_PATCH
+
+
+@pytest.mark.parametrize(
+    "app",
+    [
+        pytest.param(["", "zz"], id="empty"),
+        pytest.param(["zz", "\udfff"], id="lone-surrogate"),
+        pytest.param(["", "\udfff"], id="only-these"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_walk_of_a_registry_listing_tags_no_object_can_name_goes_to_the_end(
+    make_server, reactor, app
+):
+    """Tags no object can name: "" (distribution cannot store one, another registry can list it) and a
+    lone surrogate (JSON's \\udfff), which UTF-8 cannot carry. A page that ended on the empty tag
+    handed out a token its next page refused as malformed: kubectl stopped half way (review-walks6
+    F1); a lone surrogate failed every list (500). No list shows either, so the unpaged list and every
+    walk show the same tags, to the end."""
+    port = reactor.listenTCP(0, server.Site(_OddTags(app)), interface="127.0.0.1")
+    try:
+        api = await make_server(f"http://127.0.0.1:{port.getHost().port}")
+        client = api.client(api.pki.admin)
+        collection = f"{B}/namespaces/team/payloadrepositorytags"
+
+        def shown(reply: Any) -> list[tuple[str, str]]:
+            assert reply.code == 200, reply.body
+            return [(item["spec"]["repositoryPath"], item["spec"]["tag"]) for item in reply.json()["items"]]
+
+        whole = shown(await client.get(collection))
+        assert whole == [("app", tag) for tag in app if tag == "zz"] + [("b", "v1")]
+        for limit in (1, 2):
+            walked, token = [], None
+            for _ in range(len(whole) + 1):
+                continued = f"&continue={token}" if token else ""
+                reply = await client.get(f"{collection}?limit={limit}{continued}")
+                walked += shown(reply)
+                token = reply.json()["metadata"].get("continue")
+                if not token:
+                    break
+            assert (walked, token) == (whole, None)
+    finally:
+        await port.stopListening()
+
+
 @pytest_twisted.ensureDeferred
 async def test_request_deadline_cancels_the_work_and_answers_504(make_server, endless_registry, reactor):
     url, catalog = endless_registry

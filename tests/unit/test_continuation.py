@@ -130,8 +130,8 @@ def test_malformed_tokens_are_400(text: str) -> None:
 
 
 # Tags outside the registry's tag grammar that a registry may list all the same (ECR's reach 300
-# characters; the registry client hands out every tag listed): a page may end on one, and its token
-# must take the walk on (docs/api.md, "List options").
+# characters; the registry client hands out every tag listed but "" and lone surrogates): a page may
+# end on one, and its token must take the walk on (docs/api.md, "List options").
 OUTSIDE_THE_GRAMMAR = [
     "a/b",
     "a\0",

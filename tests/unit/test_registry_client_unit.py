@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseNeverReceived
 from twisted.web.http_headers import Headers
@@ -42,7 +43,7 @@ from payloadtags.registry import (
     RegistryUnavailable,
     sorts_by_components,
 )
-from payloadtags.registry.client import PROBE_VALIDITY
+from payloadtags.registry.client import PROBE_VALIDITY, UNNAMEABLE_LOG_PERIOD
 from payloadtags.registry.content import MAX_JSON_DEPTH
 from payloadtags.repoindex import RepositoryIndex
 
@@ -484,6 +485,33 @@ def test_tags_of_pages_that_overlap_are_listed_once() -> None:
 
     client, _ = make(pages)
     assert result(client.tags("a/b")) == ("a", "b", "m", "z")
+
+
+def test_tags_no_object_can_name_are_left_out_and_said_once_per_period() -> None:
+    # A registry may list "" (distribution cannot store it; another registry can list it) or, spelled
+    # \udfff in JSON, a lone surrogate, which UTF-8 cannot carry. No object is named by either: a page
+    # ending on one would hand out a token its next page refuses (docs/api.md, "List options"). Left out
+    # here, no list, page, watch or get shows one.
+    clock = Clock()
+    listed = {"team/app": ["v1", "", "\udfff", "a\ud800b", "\u00e9", "zz"], "team/b": ["", "v2"]}
+    client, _ = make(
+        lambda r: json_answer({"tags": listed[r.url.split("/v2/")[1].removesuffix("/tags/list")]}), clock
+    )
+    with capturedLogs() as events:
+        assert result(client.tags("team/app")) == ("v1", "zz", "\u00e9")
+        assert result(client.tags("team/app")) == ("v1", "zz", "\u00e9")  # said once
+        assert result(client.tags("team/b")) == ("v2",)  # another repository's own line
+        clock.advance(UNNAMEABLE_LOG_PERIOD)
+        assert result(client.tags("team/app")) == ("v1", "zz", "\u00e9")
+    said = [formatEvent(event) for event in events]
+    assert said == [
+        "Leaving out 3 of the 6 tags team/app lists: no object can name a tag that is empty or holds a "
+        "lone surrogate (which UTF-8 cannot carry)",
+        "Leaving out 1 of the 2 tags team/b lists: no object can name a tag that is empty or holds a "
+        "lone surrogate (which UTF-8 cannot carry)",
+        "Leaving out 3 of the 6 tags team/app lists: no object can name a tag that is empty or holds a "
+        "lone surrogate (which UTF-8 cannot carry) (1 more like it in the 3600s since the last line)",
+    ]
 
 
 @pytest.mark.parametrize(

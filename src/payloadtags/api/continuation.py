@@ -203,8 +203,9 @@ def _refused(resource_version: object, ns: object, path: object, tag: object, wa
         # client refuses to read it), so only a tampered token names one, malformed as any other.
         and len(ns) + 1 + len(path) <= MAX_REPOSITORY_LENGTH  # type: ignore[arg-type]
         # Any tag a page could have ended on, not the tag grammar: the registry client hands out every
-        # tag the registry lists (ECR's reach 300 characters), and a walk must go on past each. Only
-        # text UTF-8 can carry: the copy for the caller and the registry reads could not (a 500).
+        # tag the registry lists (ECR's reach 300 characters), and a walk must go on past each; but
+        # the empty one and text UTF-8 cannot carry, which it leaves out (`RegistryClient._nameable`):
+        # only a tampered token names one (and the copy for the caller could not carry the latter).
         and tag != ""
         and _encodable(tag)  # type: ignore[arg-type]
         and (walk is None or is_walk_id(walk))

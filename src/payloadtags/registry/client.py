@@ -38,6 +38,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 
 from payloadtags.deferreds import DeadlineExpired, carried_through, is_cancellation, within
+from payloadtags.onceper import OncePerPeriod
 from payloadtags.validators import positive
 
 from . import schema1
@@ -121,6 +122,8 @@ _DELETE_CHECK = "a DELETE of a digest that does not exist"
 _NO_HOOKS = WriteHooks()
 
 log = Logger()
+# How often the tags of one repository that no object can name are said to be left out (`_nameable`).
+UNNAMEABLE_LOG_PERIOD = 3600.0
 
 T = TypeVar("T")
 
@@ -323,6 +326,8 @@ class RegistryClient:
         #: read it is conditional on to the write's answer (reactor seconds), the time in which another
         #: client's push to that tag can be overwritten. kind: retag, restore or repair.
         self.on_window: Callable[[str, str, float, float], None] | None = None
+        # Repositories whose tags no object can name were said to be left out (`_nameable`).
+        self._unnameable_said: OncePerPeriod[str] = OncePerPeriod(UNNAMEABLE_LOG_PERIOD, reactor.seconds)
 
     @property
     def late_writes(self) -> LateWrites:
@@ -530,7 +535,7 @@ class RegistryClient:
         read = 0  # the bytes of the pages read: all of them are held at once
         for _ in range(MAX_TAG_PAGES):
             if url is None:
-                return _sorted_once(found)
+                return _sorted_once(self._nameable(repository, found))
             asked.add(url)
             reply = await self._call(
                 "GET", url, scope=self._pull(repository), max_body=JSON_LIMIT, on_send=on_send
@@ -543,7 +548,7 @@ class RegistryClient:
                     "more than this client reads",
                 )
             if reply.status == 404 and "NAME_UNKNOWN" in reply.error_codes():
-                return _sorted_once(found)
+                return _sorted_once(self._nameable(repository, found))
             if reply.status != 200:
                 raise self._error(reply, f"the tags of {repository}")
             tags = self._json(reply, f"the tags of {repository}").get("tags") or []
@@ -563,6 +568,30 @@ class RegistryClient:
                 )
             last = after if after is not None else last
         raise self._protocol(None, f"the tags of {repository} span more than {MAX_TAG_PAGES} pages")
+
+    def _nameable(self, repository: str, tags: list[str]) -> list[str]:
+        """``tags`` without the ones no object can name: "" (distribution cannot store it, another
+        registry may list it) and a lone surrogate (JSON's \\udfff), which UTF-8 cannot carry. A
+        list page ending on one would hand out a continue token that its next page refuses, and no
+        request can name it; left out here, no list, page, watch or get shows one (docs/registry.md,
+        "Tags")."""
+        # The usual list holds neither: one lookup, and one join (encoded only when it is not ASCII).
+        if "" not in tags:
+            joined = "".join(tags)
+            if joined.isascii() or _encodable(joined):
+                return tags
+        kept = [tag for tag in tags if tag and _encodable(tag)]
+        said = self._unnameable_said(repository)
+        if said is not None:
+            log.warn(
+                "Leaving out {count} of the {total} tags {repository} lists: no object can name a tag that "
+                "is empty or holds a lone surrogate (which UTF-8 cannot carry){more}",
+                count=len(tags) - len(kept),
+                total=len(tags),
+                repository=repository,
+                more=said.more(),
+            )
+        return kept
 
     async def manifest(self, repository: str, reference: str) -> Manifest:
         """The manifest a tag or digest names, exactly as stored."""
@@ -2035,6 +2064,15 @@ def _tag_after(tag: str, last: str) -> bool:
     """Whether ``tag`` comes after ``last`` in the order tags are paged in: lexical, which the
     distribution spec also describes as case-insensitive; either is taken."""
     return tag > last or tag.casefold() > last.casefold()
+
+
+def _encodable(text: str) -> bool:
+    # A lone surrogate is the only str strict UTF-8 refuses.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _path_and_query(url: str) -> str:
