@@ -29,6 +29,9 @@ FAST = {
     "namespace_sweep_period": 0.0,
 }
 B = "/apis/payload-registry.deckhouse.io/v1alpha1"
+# How long a test waits for what its own Clock should have made happen at once: a call that waits
+# on a Clock nobody moves again fails after it, not never.
+HANG_GUARD = 30.0
 # What the server's start-up registry check deletes in the first catalog repository (absent).
 PROBE_DIGEST = "sha256:" + "0" * 64
 
@@ -787,7 +790,14 @@ async def test_a_tag_by_tag_deletecollection_counts_its_requests_deadline_from_t
     put the wait's end past the deadline, which cut it with "get the tags again" (review-ds2 F4). A
     write that may land for 1.5 s more is not waited for with 0.5 s left: its own 504, at once (its
     deletes, which end half the margin past the cut while a write may land, have no time: review-ds8
-    F1)."""
+    F1).
+
+    No real time is raced: the late writes (and the waits and cuts the call makes on their clock) run
+    on a Clock of their own, which moves only once the call has deleted a tag (it has reached the
+    service, and its pass is under way), and then by less than the write's 1.5 s. Noted on the real
+    clock before the request was sent, a slow connection, authentication or registry read let the
+    write expire before the call looked, and the 504 never came. Under the regression the call waits
+    for the write on that Clock, which is not moved again: the hang guard fails it."""
     ns = unique_namespace("latedeadlineauth")
     repo, server, masters = await _deadline_server(
         make_server, fresh_registry, kube_kubeconfig, pki, kube_api, ns
@@ -796,10 +806,27 @@ async def test_a_tag_by_tag_deletecollection_counts_its_requests_deadline_from_t
     clock = Clock()  # the API's: its deadline, and what authentication takes on it
     api.clock = clock
     api.authenticator = _SlowAuthentication(api.authenticator, clock, 2.5)
+    service = api.service
+    late_writes = service.late_writes
+    writes_clock = Clock()  # the late writes': the call's cut and waits are on it
+    late_writes.clock = writes_clock
+    changed = service.changed
+
+    def deleted(repository: str) -> None:
+        # The call is in its pass: 1 s of the write's 1.5 passes, in a turn of its own (as its cut's
+        # timer fires in the server, not within a delete's answer).
+        changed(repository)
+        if not moved:
+            moved.append(reactor.callLater(0, writes_clock.advance, 1.0))
+
+    moved: list[Any] = []
+
+    service.changed = deleted
     try:
-        late_writes = api.service.late_writes
-        late_writes.note(ns, f"deleting tag {repo}:v0", late_writes.now() + 1.5)
-        removal = await masters.delete(f"{B}/namespaces/{ns}/payloadrepositorytags")  # tag by tag
+        late_writes.note(ns, f"deleting tag {repo}:v0", writes_clock.seconds() + 1.5)
+        removal = await Deferred.fromCoroutine(
+            masters.delete(f"{B}/namespaces/{ns}/payloadrepositorytags")  # tag by tag
+        ).addTimeout(HANG_GUARD, reactor)
     finally:
         await server.stop()
     body = removal.body.decode()
