@@ -36,17 +36,27 @@ from tests.support.logcapture import collected_logs
 from tests.support.registry_server import RegistryServer
 
 ZEROS = "0" * 64
+# The client's registry timeout where the test holds a request at the proxy (`FaultProxy.hold`) and
+# releases it at the step it is about (the delete's first read after it, or its error): the held one
+# meets the timeout whatever the machine's speed, and every other one must not, a loaded machine's
+# included. A timeout of 0.3 s, with a stall of the proxy's racing it, was missed there by plain reads.
+HELD_TIMEOUT = 2.0
 
 
 @pytest_twisted.async_yield_fixture
 async def proxied(reactor: Any, registry: RegistryServer) -> Any:
-    """proxied(decide, stall=, timeout=) -> (FaultProxy, Replica) in front of the session registry."""
+    """proxied(decide, stall=, timeout=, hold=) -> (FaultProxy, Replica) in front of the session
+    registry; ``hold``: what the stalled and late requests wait for instead of ``stall``."""
     made: list[tuple[FaultProxy, Replica]] = []
 
     def make(
-        decide: Callable[[str, str], str | None], stall: float = 3.0, timeout: float = 5.0, **options: Any
+        decide: Callable[[str, str], str | None],
+        stall: float = 3.0,
+        timeout: float = 5.0,
+        hold: Deferred[None] | None = None,
+        **options: Any,
     ) -> tuple[FaultProxy, Replica]:
-        proxy = FaultProxy(reactor, registry.url, decide, stall=stall)
+        proxy = FaultProxy(reactor, registry.url, decide, stall=stall, hold=hold)
         replica = Replica.make(reactor, proxy.url, timeout=timeout, **options)
         made.append((proxy, replica))
         return proxy, replica
@@ -60,6 +70,27 @@ async def proxied(reactor: Any, registry: RegistryServer) -> Any:
 def unique_delete(method: str, path: str) -> bool:
     """The digest DELETE of the unique copy (not the probe, not a tag)."""
     return method == "DELETE" and "/manifests/sha256:" in path and not path.endswith(ZEROS)
+
+
+def reads(method: str, path: str, tag: str = "v1") -> bool:
+    """A read of ``tag`` (where it points)."""
+    return method in ("GET", "HEAD") and path.endswith(f"/manifests/{tag}")
+
+
+def release(hold: Deferred[None]) -> None:
+    """The held requests go on (to the registry, or their answer to a client that gave up on them)."""
+    if not hold.called:
+        hold.callback(None)
+
+
+def watched(hold: Deferred[None], seen: list[str], path: str) -> None:
+    """A read of the tag after a write the proxy holds went unanswered: the second one releases the
+    write, which lands between two of the delete's reads. The first has not seen it, so a delete that
+    does not watch the tag for it (it reads the tag once) finds the tag as it was, whatever the
+    machine's speed; one that watches sees it land at a later read."""
+    seen.append(path)
+    if len(seen) == 2:
+        release(hold)
 
 
 # --- conditional writes ------------------------------------------------------------------------------
@@ -111,27 +142,36 @@ async def test_a_delete_whose_answer_was_lost_succeeds(registry, repo, proxied) 
 
 
 @pytest.mark.parametrize(
-    ("fault", "stall", "client_timeout"),
+    ("fault", "client_timeout"),
     [
-        (LATE, 0.6, 0.4),  # our own timeout
+        (LATE, HELD_TIMEOUT),  # our own timeout
         # A gateway's 504 at once (its upstream timeout shorter than the registry's time to answer),
-        # the write landing a second later: no answer, as a timeout (docs/consistency.md).
-        (GATEWAY_LATE, 1.0, 5.0),
+        # the write landing a moment later: no answer, as a timeout (docs/consistency.md).
+        (GATEWAY_LATE, 5.0),
     ],
 )
 @pytest_twisted.ensureDeferred
 async def test_a_retag_landing_soon_after_timeout_finishes(
-    registry: RegistryServer, repo: str, proxied: Any, fault: str, stall: float, client_timeout: float
+    registry: RegistryServer, repo: str, proxied: Any, fault: str, client_timeout: float
 ) -> None:
-    """The re-tag reaches the registry a moment after the client gave up on it: the delete watches
-    the tag for that, sees its copy land, and finishes; the sibling stays."""
+    """The re-tag reaches the registry a moment after the client gave up on it (between two reads of
+    the tag after it): the delete watches the tag for that, sees its copy land, and finishes; the
+    sibling stays."""
     digest = images.push_oci_image(registry, repo, "v1")
     images.tag_manifest(registry, repo, "v1", "sibling")
+    hold: Deferred[None] = Deferred()
+    retags: list[str] = []
+    seen: list[str] = []
 
     def decide(method: str, path: str) -> str | None:
-        return fault if method == "PUT" and path.endswith("/manifests/v1") else None
+        if method == "PUT" and path.endswith("/manifests/v1"):
+            retags.append(path)
+            return fault
+        if retags and reads(method, path):
+            watched(hold, seen, path)
+        return None
 
-    proxy, replica = proxied(decide, stall=stall, timeout=client_timeout)
+    proxy, replica = proxied(decide, timeout=client_timeout, hold=hold)
     assert await replica.client.delete_tag(repo, "v1") == digest
     assert proxy.injected[fault] == 1
     await proxy.settled()
@@ -151,6 +191,7 @@ async def test_a_failed_read_while_the_retag_is_late_does_not_end_the_wait(
     images.tag_manifest(registry, repo, "v1", "sibling")
     late: list[str] = []
     failed: list[str] = []
+    seen: list[str] = []
 
     def decide(method: str, path: str) -> str | None:
         if method == "PUT" and path.endswith("/manifests/v1") and not late:
@@ -159,9 +200,12 @@ async def test_a_failed_read_while_the_retag_is_late_does_not_end_the_wait(
         if late and not failed and method == "HEAD" and path.endswith("/manifests/v1"):
             failed.append(path)
             return ERROR_BEFORE
+        if failed and reads(method, path):
+            watched(hold, seen, path)  # read again after the failed read: the re-tag lands later
         return None
 
-    proxy, replica = proxied(decide, stall=0.6, timeout=0.4)
+    hold: Deferred[None] = Deferred()
+    proxy, replica = proxied(decide, timeout=HELD_TIMEOUT, hold=hold)
     assert await replica.client.delete_tag(repo, "v1") == digest
     assert proxy.injected[LATE] == 1 and proxy.injected[ERROR_BEFORE] == 1
     await proxy.settled()
@@ -185,9 +229,11 @@ async def test_a_retag_the_registry_carries_out_late_is_named_in_the_error(
             return LATE
         return None
 
-    proxy, replica = proxied(decide, stall=2.0, timeout=0.3)  # past the wait for it
+    hold: Deferred[None] = Deferred()
+    proxy, replica = proxied(decide, timeout=HELD_TIMEOUT, hold=hold)
     with pytest.raises(RegistryTimeout) as caught:
         await replica.client.delete_tag(repo, "v1")
+    release(hold)  # past the wait for it
     message = caught.value.message
     assert f"left as it was, on {digest}" in message
     assert "may still carry it out" in message
@@ -217,9 +263,11 @@ async def test_a_late_retag_after_someone_else_deleted_the_tag_is_no_success(
             return LATE
         return None
 
-    proxy, replica = proxied(decide, stall=2.0, timeout=0.3)  # past the wait for it
+    hold: Deferred[None] = Deferred()
+    proxy, replica = proxied(decide, timeout=HELD_TIMEOUT, hold=hold)
     with pytest.raises(RegistryTimeout) as caught:
         await replica.client.delete_tag(repo, "v1")
+    release(hold)  # past the wait for it
     message = caught.value.message
     assert f"tag {repo}:v1 is gone now" in message and "may still carry it out" in message
     await proxy.settled()
@@ -262,6 +310,7 @@ async def test_a_restore_carried_out_late_is_waited_for_even_after_the_copy_was_
     digest = images.push_oci_image(registry, repo, "v1")
     puts: list[str] = []
     copies: list[str] = []
+    seen: list[str] = []
 
     def decide(method: str, path: str) -> str | None:
         if method == "PUT" and path.endswith("/manifests/v1"):
@@ -273,9 +322,12 @@ async def test_a_restore_carried_out_late_is_waited_for_even_after_the_copy_was_
             copies.append(copy)
             assert images.delete_manifest(registry, repo, copy) == 202  # the other replica's delete
             return LATE  # the restore
+        if len(puts) > 1 and reads(method, path):
+            watched(hold, seen, path)  # the delete watches the tag after the restore: it lands
         return ERROR_BEFORE if unique_delete(method, path) else None
 
-    proxy, replica = proxied(decide, stall=0.6, timeout=0.4)
+    hold: Deferred[None] = Deferred()
+    proxy, replica = proxied(decide, timeout=HELD_TIMEOUT, hold=hold)
     with pytest.raises(RegistryError) as caught:
         await replica.client.delete_tag(repo, "v1")
     assert proxy.injected[LATE] == 1 and copies
@@ -302,13 +354,15 @@ async def test_a_late_restore_whose_tag_cannot_be_read_reports_where_the_tag_was
             return ERROR_BEFORE
         return ERROR_BEFORE if unique_delete(method, path) else None
 
-    proxy, replica = proxied(decide, stall=3.0, timeout=0.4)  # lands well after the wait for it
+    hold: Deferred[None] = Deferred()
+    proxy, replica = proxied(decide, timeout=HELD_TIMEOUT, hold=hold)
     with pytest.raises(RegistryError) as caught:
         await replica.client.delete_tag(repo, "v1")
     copy = images.resolve(registry, repo, "v1")
     assert copy is not None and copy != digest
     assert f"now points at {copy}, a copy of {digest}" in caught.value.message, caught.value.message
     assert "gone" not in caught.value.message
+    release(hold)  # the restore lands, after the wait for it
     await proxy.settled()
 
 
@@ -337,8 +391,9 @@ async def test_a_restore_whose_answer_was_lost_is_reported_where_the_tag_is(regi
 # --- a gateway in front of the registry ----------------------------------------------------------------
 # An ingress, load balancer or sidecar whose upstream timeout is shorter than the registry's time to
 # answer sends its own 504 at once; the registry carries the write out later. Its 5xx to a write is
-# no answer (docs/consistency.md), as a timeout is not. Each write lands 1 s or so after that 504,
-# well within the 2 x 5 s that a delete watches the tag for it.
+# no answer (docs/consistency.md), as a timeout is not. Each write lands between two of the delete's
+# reads of the tag past that 504 (the proxy holds it until the second: `watched`), within the 2 x 5 s
+# that a delete watches the tag for it, however slow the machine is.
 
 
 @pytest_twisted.ensureDeferred
@@ -350,15 +405,19 @@ async def test_a_retag_behind_a_gateway_timeout_after_someone_else_deleted_the_t
     reported success there, and the tag came back after it."""
     digest = images.push_oci_image(registry, repo, "v1")
     held: list[str] = []
+    seen: list[str] = []
 
     def decide(method: str, path: str) -> str | None:
         if method == "PUT" and path.endswith("/manifests/v1") and not held:
             held.append(path)
             assert images.delete_manifest(registry, repo, digest) == 202  # the other client's delete
             return GATEWAY_LATE
+        if held and reads(method, path):
+            watched(hold, seen, path)
         return None
 
-    proxy, replica = proxied(decide, stall=1.0, timeout=5.0)
+    hold: Deferred[None] = Deferred()
+    proxy, replica = proxied(decide, timeout=5.0, hold=hold)
     assert await replica.client.delete_tag(repo, "v1") == digest  # the copy landed, and went
     await proxy.settled()
     assert images.list_tags(registry, repo) == []
@@ -374,6 +433,7 @@ async def test_a_restore_behind_a_gateway_timeout_is_waited_for_so_a_retry_is_no
     digest = images.push_oci_image(registry, repo, "v1")
     puts: list[str] = []
     copy_deletes: list[str] = []
+    seen: list[str] = []
 
     def decide(method: str, path: str) -> str | None:
         if method == "PUT" and "/manifests/" in path:
@@ -382,9 +442,12 @@ async def test_a_restore_behind_a_gateway_timeout_is_waited_for_so_a_retry_is_no
         if unique_delete(method, path):
             copy_deletes.append(path)
             return ERROR_BEFORE if len(copy_deletes) <= 2 else None  # the first delete's two tries
+        if len(puts) >= 2 and reads(method, path):
+            watched(hold, seen, path)
         return None
 
-    proxy, replica = proxied(decide, stall=1.5, timeout=5.0)
+    hold: Deferred[None] = Deferred()
+    proxy, replica = proxied(decide, timeout=5.0, hold=hold)
     with pytest.raises(RegistryUnavailable) as caught:
         await replica.client.delete_tag(repo, "v1")
     assert proxy.injected[GATEWAY_LATE] == 1
@@ -448,9 +511,12 @@ async def test_a_delete_left_dangling_by_the_registry_finishes_past_a_failed_che
         if half_done and not stalled and method == "HEAD" and path.endswith("/manifests/v1"):
             stalled.append(path)
             return STALL
+        if stalled and reads(method, path):
+            release(hold)  # the read is tried again: the stalled one's answer comes, too late
         return None
 
-    proxy, replica = proxied(decide, stall=0.6, timeout=0.4)
+    hold: Deferred[None] = Deferred()
+    proxy, replica = proxied(decide, timeout=HELD_TIMEOUT, hold=hold)
     assert await replica.client.delete_tag(repo, "v1") == digest
     assert half_done and stalled
     await proxy.settled()
