@@ -678,9 +678,6 @@ class TagsService:
                 _audit(user, ref, None, dry_run=True)
             return [self._object(ref) for ref in refs], meta
 
-        failed: dict[TagRef, str] = {}
-        pending: set[TagRef] = set()  # failed with a write the registry may still carry out
-        lasting: set[TagRef] = set()  # failed in a way a retry meets again
         if (
             self.removal is not None
             and self._asks_whole_namespace(user, namespace, list_options, sees_all)
@@ -688,69 +685,15 @@ class TagsService:
         ):
             return await self._remove_namespace(user, namespace, refs, unfiltered, meta, cut)
 
-        # After a wait for a late write: where each tag it may have left was checked to be (passed to
-        # the delete, which reads it in its repository's turn: a push of its name since is kept).
-        checked: dict[TagRef, str] = {}
-
-        async def remove(ref: TagRef) -> PayloadRepositoryTag | None:
-            try:
-                digest = await self._delete_audited(user, ref, checked.get(ref))
-            except RegistryNotFound:
-                return None  # deleted by someone else meanwhile: the goal is reached
-            except RegistryError as error:
-                # The others go on; what is left is named below and the caller retries.
-                failed[ref] = str(error)
-                if error.unanswered:
-                    pending.add(ref)
-                elif error.lasting:
-                    lasting.add(ref)
-                return None
-            return self._object(ref, TagStatus(digest=digest) if digest is not None else None)
-
-        selected = set(refs)
-        deleted: dict[TagRef, PayloadRepositoryTag] = {}
+        passes = _TagByTag(self, user, namespace, set(refs), unfiltered, visible)
         began = self.late_writes.now() if self.late_writes is not None else 0.0
         # The wait for a late write ends with the budget, or before the request's deadline.
         deadline = min(began + self.removal_budget, cut)
 
-        # Set when a pass is cut (`may_land`): the late write seen then, if any.
-        cut_short: list[tuple[str, float] | None] = []
-
-        async def one_pass(
-            todo: builtins.list[TagRef] | None, leaves: frozenset[tuple[str, str, str]]
-        ) -> Page:
-            """Deletes ``todo`` (None: after a wait for a late write, those of the selection it may have
-            left, looked for first), then looks at the tags: what the look lists."""
-            nonlocal checked
-            if todo is None:
-                listed, _ = await self._select(user, namespace, unfiltered, authorize=False, shown=False)
-                checked = await self._left_by_late_writes(
-                    [ref for ref in listed.refs if ref in selected], leaves, failed
-                )
-                todo = list(checked)
-            order = _across_repositories(todo)
-            outcome = dict(zip(order, await bounded_map(remove, order, self.delete_concurrency), strict=True))
-            deleted.update((ref, obj) for ref, obj in outcome.items() if obj is not None)
-            if cut_short:
-                raise DeadlineExpired(0.0)  # cut as the deletes ended: no unbounded look after it
-            # 200 says the selection is gone, so look: the namespace controller takes it as done. A
-            # tag listed again (a failed delete, a push of the same name meanwhile) makes it a
-            # retriable 503; tags first pushed after the selection was read are not part of this
-            # request.
-            return (await self._select(user, namespace, unfiltered, authorize=False, shown=False))[0]
-
-        def may_land() -> bool:
-            """Whether a write may land as the pass is cut: its own deletes' unanswered, or one of the
-            late writes it waits for (kept: what its 504 names)."""
-            late = self._late_write(namespace, visible)
-            if pending or late is not None:
-                cut_short.append(late)
-            return bool(cut_short)
-
         todo: builtins.list[TagRef] | None = refs
         leaves: frozenset[tuple[str, str, str]] = frozenset()
         while True:
-            work = one_pass(todo, leaves)
+            work = passes.one_pass(todo, leaves)
             try:
                 if cut != math.inf and self.late_writes is not None:
                     # While a write may land, the pass (its deletes and its look) ends by half the
@@ -761,42 +704,42 @@ class TagsService:
                     # the deadline's answer is true then.
                     clock = self.late_writes.clock
                     until = max(0.0, cut + DEADLINE_MARGIN / 2 - clock.seconds())
-                    looked = await within(clock, until, work, cut_if=may_land)
+                    looked = await within(clock, until, work, cut_if=passes.may_land)
                 else:
                     looked = await work
-                if cut_short:
+                if passes.cut_short:
                     raise DeadlineExpired(0.0)
             except (DeadlineExpired, RegistryError):
                 # Cut, or a look the registry failed, while a write may land: the answer is the write's
                 # 504 (the collection's when its own deletes went unanswered) whatever the look would
                 # find, not the retriable 503 of the look's error, which drops the write (review-ds8 F2,
                 # as a removal's: review-ds6 F4). It names no tag: none was seen.
-                late = self._late_write(namespace, visible) or next(filter(None, cut_short), None)
-                unanswered = [ref for ref in refs if ref in pending]
+                late = self._late_write(namespace, visible) or next(filter(None, passes.cut_short), None)
+                unanswered = [ref for ref in refs if ref in passes.pending]
                 if unanswered:
                     raise _collection_incomplete(
                         namespace,
                         len(refs),
                         [],
-                        failed,
+                        passes.failed,
                         unanswered,
-                        lasting,
+                        passes.lasting,
                         self._latest(namespace, late, visible),
                         seen=False,
                     ) from None
                 if late is None:
                     raise
                 self._raise_late_write(namespace, len(refs), late, visible)
-            left = [ref for ref in looked.refs if ref in selected]
-            if left or pending:
-                unanswered = [ref for ref in refs if ref in pending]
+            left = [ref for ref in looked.refs if ref in passes.selected]
+            if left or passes.pending:
+                unanswered = [ref for ref in refs if ref in passes.pending]
                 raise _collection_incomplete(
                     namespace,
                     len(refs),
                     left,
-                    failed,
+                    passes.failed,
                     unanswered,
-                    lasting,
+                    passes.lasting,
                     self._latest(namespace, self._late_write(namespace, visible), visible),
                 )
             # Nor while a write of this process may still land in the namespace (a single delete's
@@ -806,7 +749,7 @@ class TagsService:
                 self.late_writes.leaves(namespace, visible) if self.late_writes is not None else frozenset()
             )
             if not await self._waited_for_late_writes(namespace, len(refs), deadline, visible):
-                return [deleted[ref] for ref in refs if ref in deleted], meta
+                return [passes.deleted[ref] for ref in refs if ref in passes.deleted], meta
             # It could land meanwhile: delete what it left, and look again.
             todo = None
 
@@ -1065,3 +1008,79 @@ class TagsService:
         for ref in refs:
             _audit(user, ref, None, dry_run=False)
         return [self._object(ref) for ref in refs], meta
+
+
+@attrs.define(eq=False)
+class _TagByTag:
+    """A deletecollection that deletes its selection tag by tag (`TagsService.delete_collection`, when
+    its namespace's content does not go wholesale), pass after pass: each pass's deletes and look, how
+    one is cut, and what they have done so far, which its answer names."""
+
+    service: TagsService
+    user: UserInfo
+    namespace: str
+    selected: set[TagRef]  # the call's selection: only those are deleted, and looked for
+    unfiltered: ListOptions  # what a look reads: all of the selection from its start, no kept lists
+    visible: Within | None  # whose late writes it waits for and names (`_visible_repositories`)
+    deleted: dict[TagRef, PayloadRepositoryTag] = attrs.Factory(dict)
+    failed: dict[TagRef, str] = attrs.Factory(dict)
+    pending: set[TagRef] = attrs.Factory(set)  # failed with a write the registry may still carry out
+    lasting: set[TagRef] = attrs.Factory(set)  # failed in a way a retry meets again
+    # After a wait for a late write: where each tag it may have left was checked to be (passed to
+    # the delete, which reads it in its repository's turn: a push of its name since is kept).
+    checked: dict[TagRef, str] = attrs.Factory(dict)
+    # Set when a pass is cut (`may_land`): the late write seen then, if any.
+    cut_short: list[tuple[str, float] | None] = attrs.Factory(list)
+
+    async def remove(self, ref: TagRef) -> PayloadRepositoryTag | None:
+        service = self.service
+        try:
+            digest = await service._delete_audited(self.user, ref, self.checked.get(ref))
+        except RegistryNotFound:
+            return None  # deleted by someone else meanwhile: the goal is reached
+        except RegistryError as error:
+            # The others go on; what is left is named below and the caller retries.
+            self.failed[ref] = str(error)
+            if error.unanswered:
+                self.pending.add(ref)
+            elif error.lasting:
+                self.lasting.add(ref)
+            return None
+        return service._object(ref, TagStatus(digest=digest) if digest is not None else None)
+
+    async def one_pass(
+        self, todo: builtins.list[TagRef] | None, leaves: frozenset[tuple[str, str, str]]
+    ) -> Page:
+        """Deletes ``todo`` (None: after a wait for a late write, those of the selection it may have
+        left, looked for first), then looks at the tags: what the look lists."""
+        service = self.service
+        if todo is None:
+            listed, _ = await service._select(
+                self.user, self.namespace, self.unfiltered, authorize=False, shown=False
+            )
+            self.checked = await service._left_by_late_writes(
+                [ref for ref in listed.refs if ref in self.selected], leaves, self.failed
+            )
+            todo = list(self.checked)
+        order = _across_repositories(todo)
+        outcome = dict(
+            zip(order, await bounded_map(self.remove, order, service.delete_concurrency), strict=True)
+        )
+        self.deleted.update((ref, obj) for ref, obj in outcome.items() if obj is not None)
+        if self.cut_short:
+            raise DeadlineExpired(0.0)  # cut as the deletes ended: no unbounded look after it
+        # 200 says the selection is gone, so look: the namespace controller takes it as done. A
+        # tag listed again (a failed delete, a push of the same name meanwhile) makes it a
+        # retriable 503; tags first pushed after the selection was read are not part of this
+        # request.
+        return (
+            await service._select(self.user, self.namespace, self.unfiltered, authorize=False, shown=False)
+        )[0]
+
+    def may_land(self) -> bool:
+        """Whether a write may land as the pass is cut: its own deletes' unanswered, or one of the
+        late writes it waits for (kept: what its 504 names)."""
+        late = self.service._late_write(self.namespace, self.visible)
+        if self.pending or late is not None:
+            self.cut_short.append(late)
+        return bool(self.cut_short)
