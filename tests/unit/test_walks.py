@@ -86,6 +86,12 @@ def held(cache: WalkCache, who: UserInfo, walk: str, at: TagRef = AT) -> Any:
     return kept.lists if kept is not None else None
 
 
+def walked(cache: WalkCache, who: UserInfo, walk: str) -> Listed | None:
+    """The list ``who``'s walk ``walk`` keeps data for (None: none), as a continued page's look tells
+    it, asked by a page of a scope no walk here lists: a look that restarts no walk's ttl."""
+    return cache.continued(who, walk, Listed("elsewhere", "elsewhere"), AT)[0]
+
+
 def test_a_walk_is_kept_until_it_was_not_continued_for_the_ttl() -> None:
     clock = Clock()
     cache = WalkCache(clock, ttl=60)
@@ -174,10 +180,10 @@ def test_a_callers_identity_is_held_once_for_all_her_walks_counted_once_and_free
     keep(cache, BOB, "w3", a=1)
     assert cache.size == 3 * cost(a=1) + IDENTITY + identity_size(BOB)
     clock.advance(59.5)
-    assert cache.listed(alice(), "w1") is None and cache.listed(alice(), "w2") is not None
+    assert walked(cache, alice(), "w1") is None and walked(cache, alice(), "w2") is not None
     assert cache.size == 2 * cost(a=1) + IDENTITY + identity_size(BOB)
     clock.advance(1)
-    assert cache.listed(BOB, "w3") is None
+    assert walked(cache, BOB, "w3") is None
     assert (cache.size, len(cache), cache.names) == (0, 0, 0)
 
 
@@ -201,7 +207,7 @@ def test_a_walk_keeps_for_its_last_two_tokens_and_only_for_the_list_it_walks() -
     # Another list does not get them, and is told which list the walk walks.
     assert cache.continued(ALICE, "w", Listed("", None), last)[1] is None
     assert cache.continued(ALICE, "w", Listed("", "team"), last)[1] is None
-    assert cache.listed(ALICE, "w") == TEAM and cache.listed(BOB, "w") is None
+    assert walked(cache, ALICE, "w") == TEAM and walked(cache, BOB, "w") is None
 
 
 def test_a_continued_pages_one_look_is_listed_then_held() -> None:
@@ -266,8 +272,8 @@ def test_the_bound_evicts_by_bytes_not_by_count() -> None:
     assert len(cache) == 3 and cache.names == 30
     # As many names, longer: the bytes go over the bound, and the least recently used walks go.
     cache.keep(ALICE, "long", TEAM, None, (AT, Kept({}, rest(*(c * 100 for c in "bcdefghijk")))))
-    assert cache.listed(ALICE, "long") == TEAM
-    assert cache.listed(ALICE, "w1") is None
+    assert walked(cache, ALICE, "long") == TEAM
+    assert walked(cache, ALICE, "w1") is None
     assert cache.size <= small * 3 + IDENTITY and cache.names < 40
 
 

@@ -444,12 +444,6 @@ class WalkCache:
     def __len__(self) -> int:
         return len(self._walks)
 
-    def listed(self, who: UserInfo, walk: str) -> Listed | None:
-        """The list ``who``'s walk ``walk`` keeps data for; None when it keeps none."""
-        self._expire()
-        entry = self._walks.get((who, walk))
-        return entry.listed if entry is not None else None
-
     def continued(
         self, who: UserInfo, walk: str, listed: Listed, at: TagRef
     ) -> tuple[Listed | None, Kept | None]:
