@@ -377,6 +377,8 @@ async def start(
     log.info("serving certificate: {origin}", origin=completed.serving_origin)
     for notice in completed.notices:
         log.info("{notice}", notice=notice)
+    for warning in completed.warnings:
+        log.warn("{warning}", warning=warning)
     metrics = Metrics()
     tls_options = TlsOptions(settings.tls_min_version, settings.tls_cipher_suites)
 

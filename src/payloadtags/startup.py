@@ -48,6 +48,8 @@ class Completed:
     events_token: str | None = attrs.field(default=None, repr=False)
     # Lines for the start-up log (info): settings that are there but have no effect.
     notices: tuple[str, ...] = ()
+    # Lines said at start as warnings: something taken otherwise than it is written, but as kubectl takes it.
+    warnings: tuple[str, ...] = ()
 
 
 def complete(
@@ -109,6 +111,7 @@ def complete(
         lease_namespace=namespace,
         events_token=events_token,
         notices=_proxy_notice(environ) + _credential_notice(settings),
+        warnings=cluster.warnings if cluster else (),
     )
 
 

@@ -28,6 +28,7 @@ from payloadtags.kube import (
     resource_path,
 )
 from tests.support.kubeapi import KubeApiDouble, RequestInfo, User, eventually, resources
+from tests.support.kubectl import Kubectl
 from tests.support.listening import stop_listening, tcp_port
 from tests.support.pki import Authority
 
@@ -389,6 +390,31 @@ async def test_a_kubeconfig_token_file_is_reread_after_a_401(kube_api: KubeApiDo
         token_file.write_text("token-2\n")
         assert (await error_of(client.list(NS))).code == 401
         assert await listed_as(client, kube_api) == "robot-2"
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("token_file", ["missing", "with-a-nul\0"])
+@pytest_twisted.ensureDeferred
+async def test_a_token_beside_a_token_file_that_cannot_be_read_is_sent_as_kubectl_sends_it(
+    kube_api: KubeApiDouble, tmp_path: Path, token_file: str
+) -> None:
+    # review-misc3 F1: client-go's bearer round tripper starts from the static token and keeps it
+    # whenever the file cannot be read; payloadtags sent nothing (a missing file) or refused to start
+    # (a path with a NUL, which kubectl reads without complaint when a token stands beside it).
+    kube_api.add_token("static-token", "robot", ("system:masters",))
+    kubeconfig = with_user(
+        kube_api.write_kubeconfig(tmp_path / "conf" / "kc"),
+        {"tokenFile": token_file, "token": "static-token"},
+    )
+    kubectl = Kubectl(kubeconfig, tmp_path / "kubectl-cache")
+    assert (await kubectl("get", "--raw", NS)).code == 0
+    assert kube_api.requests_for(NS)[-1].user == "robot"
+    config = load_cluster_config(str(kubeconfig))
+    assert config is not None
+    client = KubeClient(reactor, config, request_timeout=5)
+    try:
+        assert await listed_as(client, kube_api) == "robot"
     finally:
         await client.close()
 

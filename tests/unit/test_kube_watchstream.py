@@ -293,6 +293,30 @@ def test_a_token_file_that_is_not_utf8_at_first_use_is_unreadable(tmp_path: Path
     assert str(raised.value) == f"cannot read token file {token_file}: it is not UTF-8 text"
 
 
+def test_a_token_beside_a_token_file_is_sent_until_the_file_can_be_read_and_the_file_wins_then(
+    tmp_path: Path,
+) -> None:
+    # review-misc3 F1: as client-go's bearer round tripper, which starts from the static token; the
+    # first read that failed raised KubeTokenUnreadable, and nothing was sent.
+    token_file = tmp_path / "token"
+    clock = Clock()
+    config = ClusterConfig("https://k", token="static", token_file=str(token_file))
+    source = _TokenSource(config, clock, 60.0, monotonic=clock.seconds)
+    with collected_logs() as events:
+        assert source.current() == "static"
+    said = [formatEvent(event) for event in events]
+    assert said == [
+        f"Sending the kubeconfig's token: cannot read {token_file}: [Errno 2] No such file or "
+        f"directory: {str(token_file)!r}"
+    ], said
+    token_file.write_text("from-file\n")
+    clock.advance(60)
+    assert source.current() == "from-file"
+    token_file.unlink()
+    source.invalidate()
+    assert source.current() == "from-file"  # the file's token, once read, is kept rather than the static one
+
+
 def test_a_missing_token_file_at_first_use_is_unavailable(tmp_path: Path) -> None:
     source = _TokenSource(ClusterConfig("https://k", token_file=str(tmp_path / "none")), Clock(), 60.0)
     with pytest.raises(KubeUnavailable):

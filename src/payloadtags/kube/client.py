@@ -375,7 +375,10 @@ class _TokenSource:
         self._config = config
         self._clock = clock
         self._period = period
-        self._token: str | None = None
+        # As client-go's bearer round tripper: a kubeconfig's token beside its tokenFile is sent until the
+        # file has been read, and so whenever it cannot be (the file's token, once read, is kept instead).
+        self._token: str | None = config.token
+        self._from_file = False
         self._read_at = float("-inf")
         self._plugin_timeout = plugin_timeout
         self._run = run
@@ -420,18 +423,24 @@ class _TokenSource:
             try:
                 # A synchronous read on the reactor, on purpose: the projected token is a few
                 # hundred bytes on a tmpfs, read at most once a minute.
-                self._token = _read_token(self._config.token_file) or self._token
+                read = _read_token(self._config.token_file)
             except OSError as e:
                 if self._token is None:
                     raise KubeTokenUnreadable(f"cannot read token file {self._config.token_file}: {e}") from e
                 said = self._unreadable_said(str(e))
                 if said is not None:
                     log.warn(
-                        "Keeping the previous token: cannot read {path}: {error}{more}",
+                        "{kept}: cannot read {path}: {error}{more}",
+                        kept="Keeping the previous token"
+                        if self._from_file
+                        else "Sending the kubeconfig's token",
                         path=self._config.token_file,
                         error=e,
                         more=said.more(),
                     )
+            else:
+                if read:
+                    self._token, self._from_file = read, True
         return self._token
 
     def invalidate(self) -> None:

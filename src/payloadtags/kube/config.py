@@ -80,7 +80,6 @@ _EXCLUSIVE = (
     ("ca_file", "ca_data"),
     ("client_cert_file", "client_cert_data"),
     ("client_key_file", "client_key_data"),
-    ("token", "token_file"),
     ("token_file", "exec_plugin"),
 )
 
@@ -91,9 +90,11 @@ class ClusterConfig:
 
     Credentials come either as file paths or as PEM bytes. A `token_file` (the in-cluster
     service-account token, or a kubeconfig user's ``tokenFile``) is re-read by the client periodically
-    and after a 401, because such tokens rotate. An `exec_plugin` is run again by the client once
-    `token_expires_at` (POSIX seconds) has passed and after a 401; `token` is then the credential it
-    printed at start-up. Any other `token` is used as it is. The token never appears in ``repr``.
+    and after a 401, because such tokens rotate; a `token` beside it is sent while the file cannot be
+    read (as client-go's bearer round tripper does), and the file's once it can. An `exec_plugin` is
+    run again by the client once `token_expires_at` (POSIX seconds) has passed and after a 401; `token`
+    is then the credential it printed at start-up. Any other `token` is used as it is. The token never
+    appears in ``repr``.
     """
 
     server: str = attrs.field(repr=_redact_url)
@@ -112,6 +113,8 @@ class ClusterConfig:
     in_cluster: bool = False
     # The namespace of the kubeconfig's context, or the pod's: where namespaced objects of our own go.
     namespace: str | None = None
+    # What loading found that does not stop the start but is worth a warning there (a line each, no secret).
+    warnings: tuple[str, ...] = ()
 
     @server.validator
     def _check_server(self, _attribute: attrs.Attribute[Any], value: str) -> None:
@@ -235,10 +238,17 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
         # library would run it a second time and keep neither the expiry nor a way to renew.
         user.pop("exec")
     token_file = user.get("tokenFile")
+    token_beside = bool(user.get("token"))
+    warnings: tuple[str, ...] = ()
     if token_file:
-        _check_token_file(
-            os.path.join(base, token_file), f'kubeconfig {path!r}: user "{context_entry.get("user")}"'
-        )
+        where = f'kubeconfig {path!r}: user "{context_entry.get("user")}"'
+        if _check_token_file(os.path.join(base, token_file), where, token_beside=token_beside):
+            # No file has such a path: the token beside it is the credential, for good (client-go reads
+            # the file at each request, fails each time and sends the token).
+            warnings = (
+                f"{where}: tokenFile holds a NUL byte, so it cannot be read: the token beside it is sent",
+            )
+            token_file = None
     configuration = Configuration()
     try:
         kube_config.load_kube_config_from_dict(
@@ -253,10 +263,15 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
         raise ConfigError(f"cannot load kubeconfig {path!r}: a file it names is not UTF-8 text") from None
     except (kube_config.ConfigException, OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ConfigError(f"cannot load kubeconfig {path!r}: {_gist(e)}") from e
-    # As client-go: a tokenFile is re-read (it rotates), and wins over a token beside it.
+    # As client-go: a tokenFile is re-read (it rotates), and wins over a token beside it whenever it can be
+    # read; the token is sent while it cannot. (The library took the token, when there is one, and
+    # left the file.)
     try:
         cluster = _convert(
-            configuration, token_file=os.path.join(base, token_file) if token_file else None, in_cluster=False
+            configuration,
+            token_file=os.path.join(base, token_file) if token_file else None,
+            token_beside=token_beside,
+            in_cluster=False,
         )
     except ValueError as e:  # ClusterConfig's own checks; what _chosen saw first is named there
         raise ConfigError(f"kubeconfig {path!r}: {_gist(e)}") from e
@@ -267,7 +282,7 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
         server = _without_userinfo(cluster.server)
         raise ConfigError(f"kubeconfig {path!r}: cluster server {server!r}: {problem}")
     namespace = context_entry.get("namespace")
-    return attrs.evolve(cluster, namespace=namespace or None)
+    return attrs.evolve(cluster, namespace=namespace or None, warnings=warnings)
 
 
 # A cluster's fields whose type the kubernetes library does not check, with the type client-go decodes.
@@ -1210,26 +1225,32 @@ def _server_problem(server: str) -> str | None:
         return str(e)
 
 
-def _check_token_file(token_file: str, where: str) -> None:
+def _check_token_file(token_file: str, where: str, *, token_beside: bool) -> bool:
     """Refuse a token file whose bytes are not UTF-8, naming the file only: the library's own words
     name a byte of the token and its position. A path with a NUL, which no file has, is refused naming
-    the field only (read, it raised ValueError, a traceback at start). One that cannot be read is left to
-    the library."""
+    the field only (read, it raised ValueError, a traceback at start), unless a token stands beside it:
+    kubectl then sends that token, and so is True returned (the file is never to be read). One that
+    cannot be read otherwise is left to the library (and, with a token beside it, to the client)."""
     if "\0" in token_file:
+        if token_beside:
+            return True
         raise ConfigError(f"{where}: tokenFile holds a NUL byte")
     try:
         Path(token_file).read_bytes().decode("utf-8")
     except OSError:
-        return
+        return False
     except UnicodeDecodeError:
         raise ConfigError(f"{where}: tokenFile {token_file!r} is not UTF-8 text") from None
     except ValueError:  # a path the file system cannot take: the loader says it in one line
-        return
+        return False
+    return False
 
 
-def _convert(configuration: Configuration, *, token_file: str | None, in_cluster: bool) -> ClusterConfig:
+def _convert(
+    configuration: Configuration, *, token_file: str | None, in_cluster: bool, token_beside: bool = False
+) -> ClusterConfig:
     token = None
-    if token_file is None:
+    if token_file is None or token_beside:
         token = _bearer_token(
             configuration.api_key.get("BearerToken") or configuration.api_key.get("authorization")
         )
