@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import socket
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 from payloadtags.kube import (
     ClusterConfig,
+    ConfigError,
     KubeApiError,
     KubeClient,
     KubeStreamLost,
@@ -28,7 +32,7 @@ from payloadtags.kube import (
     resource_path,
 )
 from tests.support.kubeapi import KubeApiDouble, RequestInfo, User, eventually, resources
-from tests.support.kubectl import Kubectl
+from tests.support.kubectl import KUBECTL, Kubectl
 from tests.support.listening import stop_listening, tcp_port
 from tests.support.pki import Authority
 
@@ -492,6 +496,64 @@ async def test_a_hanging_exec_plugin_neither_blocks_the_reactor_nor_holds_reques
         assert await listed_as(client, kube_api) == "robot-2"
     finally:
         await client.close()
+
+
+HELPER_PLUGIN = """#!/bin/sh
+# Leaves a helper holding its stderr (not stdout), as a plugin that starts a daemon may, and notes the
+# helper's pid; then token-N on its Nth run, or, while the file `fail` exists, "denied" and exit 1.
+cd "$(dirname "$0")"
+sleep 3600 >/dev/null </dev/null &
+echo $! >> helpers
+n=$(($(cat runs 2>/dev/null || echo 0) + 1)); echo $n > runs
+[ -e fail ] && { echo denied >&2; exit 1; }
+printf '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential",'
+printf '"status":{"token":"plugin-%s","expirationTimestamp":"2999-01-01T00:00:00Z"}}' "$n"
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_helper_an_exec_plugin_leaves_holding_its_stderr_holds_neither_the_start_nor_a_renewal(
+    kube_api: KubeApiDouble, tmp_path: Path
+) -> None:
+    # review-misc3 F2: the run waited for stderr's end as well as stdout's and the exit, so a helper
+    # the plugin left behind held the start and each renewal until it ended, or until the plugin
+    # timeout failed them. kubectl hands the plugin its own stderr and waits for stdout and the exit.
+    # The helpers live until the test ends them: before the fix each run here failed at its timeout.
+    kubeconfig = plugin_kubeconfig(kube_api, tmp_path / "conf")
+    plugin = tmp_path / "conf" / "plugin.sh"
+    plugin.write_text(HELPER_PLUGIN)
+    helpers = tmp_path / "conf" / "helpers"
+    try:
+        config = load_cluster_config(str(kubeconfig))
+        assert config is not None and config.token == "plugin-1"
+        # kubectl hands the plugin its own stderr, which the helper then holds: a file here, not the pipe
+        # the test would wait on.
+        wrapper = tmp_path / "kubectl"
+        wrapper.write_text(f'#!/bin/sh\nexec {KUBECTL} "$@" 2>>"$(dirname "$0")/kubectl.err"\n')
+        wrapper.chmod(0o755)
+        kubectl = Kubectl(kubeconfig, tmp_path / "kubectl-cache", binary=str(wrapper))
+        assert (await kubectl("get", "--raw", NS)).code == 0
+        assert kube_api.requests_for(NS)[-1].user == "robot-2"
+        client = KubeClient(reactor, config, request_timeout=5)
+        try:
+            del kube_api.tokens["plugin-1"]
+            assert (await error_of(client.list(NS))).code == 401
+            assert await listed_as(client, kube_api) == "robot-3"
+            # What the plugin wrote to stderr before it exited is still read, and said.
+            (tmp_path / "conf" / "fail").touch()
+            del kube_api.tokens["plugin-3"]
+            assert (await error_of(client.list(NS))).code == 401
+            with pytest.raises(KubeUnavailable, match=r"plugin\.sh exited with 1: denied$"):
+                await client.list(NS)
+        finally:
+            await client.close()
+        with pytest.raises(ConfigError, match=r"plugin\.sh exited with 1: denied$"):
+            load_cluster_config(str(kubeconfig))
+        assert len(helpers.read_text().split()) == 5
+    finally:
+        for pid in helpers.read_text().split() if helpers.exists() else ():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
 
 
 SURROGATE_PLUGIN = r"""#!/bin/sh

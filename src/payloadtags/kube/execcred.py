@@ -31,6 +31,9 @@ from payloadtags.jsontypes import JsonObject
 # that never answers must not hold every request to the cluster API forever.
 PLUGIN_TIMEOUT: Final = 60.0
 _OUTPUT_LIMIT: Final = 1 << 20
+_ERROR_LIMIT: Final = 4096
+# Between stdout's end and the plugin's exit (a moment, as a rule), how often the exit is looked at.
+_EXIT_POLL: Final = 0.01
 
 
 class PluginError(Exception):
@@ -274,20 +277,34 @@ def run_plugin_blocking(plugin: ExecPlugin, timeout: float = PLUGIN_TIMEOUT) -> 
 
 def _wait_bounded(process: subprocess.Popen[bytes], deadline: float) -> tuple[bytes, bytes, int | None]:
     """stdout (up to the limit and a byte), stderr (its first 4 KiB) and the exit code of ``process``,
-    read until it has closed both and exited; the code is None when stdout passed the limit, which is
-    not waited for. TimeoutExpired past ``deadline``."""
+    read until stdout has ended and it has exited; the code is None when stdout passed the limit, which
+    is not waited for. TimeoutExpired past ``deadline``.
+
+    stderr's end is not waited for: kubectl hands a plugin its own stderr and waits only for stdout and
+    the exit, so a helper the plugin leaves holding stderr does not hold the run. Until the exit stderr
+    is read (a plugin blocked on a full stderr pipe would never exit); at the exit, what it holds by
+    then is read without waiting for more."""
     assert process.stdout is not None and process.stderr is not None
-    kept = {process.stdout.fileno(): bytearray(), process.stderr.fileno(): bytearray()}
-    limits = {process.stdout.fileno(): _OUTPUT_LIMIT + 1, process.stderr.fileno(): 4096}
-    out = kept[process.stdout.fileno()]
+    out_fd, err_fd = process.stdout.fileno(), process.stderr.fileno()
+    kept = {out_fd: bytearray(), err_fd: bytearray()}
+    limits = {out_fd: _OUTPUT_LIMIT + 1, err_fd: _ERROR_LIMIT}
+    out, err = kept[out_fd], kept[err_fd]
+    code = None
     with selectors.DefaultSelector() as selector:
         for fd in kept:
             selector.register(fd, selectors.EVENT_READ)
         while selector.get_map():
+            stdout_open = out_fd in selector.get_map()
+            if not stdout_open:
+                code = process.poll()
+                if code is not None:
+                    _read_held(err_fd, err)
+                    break
             left = deadline - time.monotonic()
             if left <= 0:
                 raise subprocess.TimeoutExpired(process.args, 0)
-            for key, _ in selector.select(left):
+            # Once stdout has ended, only stderr is watched, and the exit looked at between its reads.
+            for key, _ in selector.select(left if stdout_open else min(left, _EXIT_POLL)):
                 data = os.read(key.fd, 65536)
                 if not data:
                     selector.unregister(key.fd)
@@ -295,17 +312,38 @@ def _wait_bounded(process: subprocess.Popen[bytes], deadline: float) -> tuple[by
                 # Past its bound a stream is still read, and dropped, so that the plugin can go on.
                 kept[key.fd] += data[: limits[key.fd] - len(kept[key.fd])]
                 if len(out) > _OUTPUT_LIMIT:
-                    return bytes(out), bytes(kept[process.stderr.fileno()]), None
-    code = process.wait(max(0.0, deadline - time.monotonic()))
-    return bytes(out), bytes(kept[process.stderr.fileno()]), code
+                    return bytes(out), bytes(err), None
+    if code is None:
+        code = process.wait(max(0.0, deadline - time.monotonic()))
+    return bytes(out), bytes(err), code
+
+
+def _read_held(fd: int, kept: bytearray) -> None:
+    """Add to `kept`, up to its bound, what the pipe `fd` holds now, without waiting for more: what a
+    plugin wrote before it exited. At most the bound is read, however fast a helper still writes."""
+    os.set_blocking(fd, False)
+    while len(kept) < _ERROR_LIMIT:
+        try:
+            data = os.read(fd, _ERROR_LIMIT - len(kept))
+        except OSError:  # BlockingIOError: nothing more for now
+            return
+        if not data:
+            return
+        kept += data
 
 
 class _PluginProcess(ProcessProtocol):
+    """A renewal's run. As `_wait_bounded` at start, it is over once stdout has ended and the plugin has
+    exited, not when stderr ends too (Twisted's ``processEnded``): a helper the plugin leaves holding
+    stderr must not hold the renewal (kubectl does not wait for it)."""
+
     def __init__(self, plugin: ExecPlugin, done: Deferred[ExecCredential]) -> None:
         self._plugin = plugin
         self._done = done
         self._out = bytearray()
         self._err = bytearray()
+        self._out_ended = False
+        self._exited: Failure | None = None
 
     def connectionMade(self) -> None:
         assert self.transport is not None
@@ -316,11 +354,26 @@ class _PluginProcess(ProcessProtocol):
         self._out += data[: _OUTPUT_LIMIT + 1 - len(self._out)]
 
     def errReceived(self, data: bytes) -> None:
-        self._err += data[: 4096 - len(self._err)]
+        self._err += data[: _ERROR_LIMIT - len(self._err)]
+
+    def outConnectionLost(self) -> None:
+        self._out_ended = True
+        self._settle()
+
+    def processExited(self, reason: Failure) -> None:
+        self._exited = reason
+        self._settle()
 
     def processEnded(self, reason: Failure) -> None:
-        if self._done.called:
+        # Twisted calls it after the two above; they have settled the run, unless they were not called.
+        self._out_ended, self._exited = True, self._exited or reason
+        self._settle()
+
+    def _settle(self) -> None:
+        if self._done.called or not self._out_ended or self._exited is None:
             return
+        self._close_stderr()
+        reason = self._exited
         if reason.check(ProcessDone):
             try:
                 credential = _credential(self._plugin, bytes(self._out))
@@ -330,6 +383,17 @@ class _PluginProcess(ProcessProtocol):
                 self._done.callback(credential)
             return
         self._done.errback(_failed(self._plugin, getattr(reason.value, "exitCode", None), bytes(self._err)))
+
+    def _close_stderr(self) -> None:
+        """Read what stderr holds now (written before the exit, maybe not yet read by the reactor),
+        without waiting for more, and stop reading it: a helper that still holds it gets EPIPE, as a
+        grandchild still writing stdout does once it closes."""
+        # The pipe's reader, on POSIX; absent once stderr has ended (all of it was received then).
+        reader = getattr(self.transport, "pipes", {}).get(2)
+        if reader is None or self.transport is None:
+            return
+        _read_held(reader.fileno(), self._err)
+        self.transport.closeChildFD(2)
 
     def kill(self) -> None:
         if self.transport is not None:
