@@ -40,8 +40,6 @@ DESCRIPTION = (
 USERNAME_ENV = "PAYLOADTAGS_REGISTRY_USERNAME"
 PASSWORD_ENV = "PAYLOADTAGS_REGISTRY_PASSWORD"
 
-# client-go's leader election refuses a renew deadline within this factor of the retry period.
-JITTER_FACTOR = 1.2
 # What the deprecated -v/--verbose switched on: every request logged (kube-apiserver logs them at 3).
 REQUEST_LOG_VERBOSITY = 3
 
@@ -790,21 +788,8 @@ def _settings(args: argparse.Namespace, errors: list[str]) -> Settings:
         errors.append("--tls-cert-file and --tls-private-key-file go together")
     if args.tls_cert_file and args.cert_dir:
         errors.append("--cert-dir is for the self-signed pair: give it or --tls-cert-file, not both")
-    lease, renew, retry = (
-        args.leader_elect_lease_duration,
-        args.leader_elect_renew_deadline,
-        args.leader_elect_retry_period,
-    )
-    if isinstance(lease, float) and isinstance(renew, float) and lease <= renew:
-        errors.append(
-            f"--leader-elect-lease-duration ({lease:g}s) must be greater than "
-            f"--leader-elect-renew-deadline ({renew:g}s)"
-        )
-    if isinstance(renew, float) and isinstance(retry, float) and renew <= JITTER_FACTOR * retry:
-        errors.append(
-            f"--leader-elect-renew-deadline ({renew:g}s) must be greater than "
-            f"{JITTER_FACTOR} x --leader-elect-retry-period ({retry:g}s)"
-        )
+    # The --leader-elect-* durations against each other: at start (startup.complete), only when a Lease
+    # is requested.
     username = _secret(args.registry_username_file, USERNAME_ENV, "--registry-username-file", errors)
     password = _secret(args.registry_password_file, PASSWORD_ENV, "--registry-password-file", errors)
     if password and not username:

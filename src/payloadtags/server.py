@@ -198,6 +198,19 @@ def _cleanup(
     if "backoff" in reflector_options:
         watch["watch_backoff"] = reflector_options["backoff"]
     try:
+        election = LeaderElectionOptions(
+            lease_name=settings.leader_elect_resource_name, lease_namespace=lease_namespace
+        )
+        if settings.leader_elect:
+            # The durations are checked (startup.complete) and used only with leader election on:
+            # without it they are not read, and values client-go would refuse stop nothing.
+            election = LeaderElectionOptions(
+                lease_name=settings.leader_elect_resource_name,
+                lease_namespace=lease_namespace,
+                lease_duration=settings.leader_elect_lease_duration,
+                renew_deadline=settings.leader_elect_renew_deadline,
+                retry_period=settings.leader_elect_retry_period,
+            )
         options = CleanupOptions(
             sweep_period=settings.namespace_sweep_period,
             sweep_dry_run=settings.namespace_sweep_dry_run,
@@ -205,13 +218,7 @@ def _cleanup(
             namespace_concurrency=settings.namespace_cleanup_workers,
             leader_elect=settings.leader_elect,
             late_write_grace=LATE_WRITE_GRACE * settings.registry.timeout,
-            leader_election=LeaderElectionOptions(
-                lease_name=settings.leader_elect_resource_name,
-                lease_namespace=lease_namespace,
-                lease_duration=settings.leader_elect_lease_duration,
-                renew_deadline=settings.leader_elect_renew_deadline,
-                retry_period=settings.leader_elect_retry_period,
-            ),
+            leader_election=election,
             **watch,
         )
     except ValueError as error:

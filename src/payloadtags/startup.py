@@ -13,6 +13,7 @@ from pathlib import Path
 
 import attrs
 
+from payloadtags.cleanup.leader import JITTER_FACTOR
 from payloadtags.kube import ClusterConfig, load_cluster_config
 from payloadtags.kube import ConfigError as KubeConfigError
 from payloadtags.kube.config import SERVICE_ACCOUNT_DIR, SERVICE_HOST_ENV, pod_without_token
@@ -98,9 +99,11 @@ def complete(
     )
     namespace = lease_namespace(settings, cluster, environ)
     # The Lease is requested only by the cleanup's leader election: a value no request uses stops nothing
-    # (as kube-controller-manager ignores its resource settings under --leader-elect=false).
+    # (as kube-controller-manager ignores its resource settings, and validates none of its durations,
+    # under --leader-elect=false).
     if cluster is not None and settings.namespace_cleanup and settings.leader_elect:
         _check_lease(settings, namespace, errors)
+        _check_lease_timing(settings, errors)
     if errors or serving is None:
         raise ConfigurationError(*errors)
     return Completed(
@@ -167,6 +170,25 @@ def _check_lease(settings: Settings, namespace: str, errors: list[str]) -> None:
             value.encode("utf-8")
         except UnicodeEncodeError:
             errors.append(f"{source}: {value!r} holds bytes that are not UTF-8")
+
+
+def _check_lease_timing(settings: Settings, errors: list[str]) -> None:
+    """client-go's rules for the durations (those of `LeaderElectionOptions`), said with the flags."""
+    lease, renew, retry = (
+        settings.leader_elect_lease_duration,
+        settings.leader_elect_renew_deadline,
+        settings.leader_elect_retry_period,
+    )
+    if lease <= renew:
+        errors.append(
+            f"--leader-elect-lease-duration ({lease:g}s) must be greater than "
+            f"--leader-elect-renew-deadline ({renew:g}s)"
+        )
+    if renew <= JITTER_FACTOR * retry:
+        errors.append(
+            f"--leader-elect-renew-deadline ({renew:g}s) must be greater than "
+            f"{JITTER_FACTOR} x --leader-elect-retry-period ({retry:g}s)"
+        )
 
 
 def _serving(settings: Settings, errors: list[str]) -> tuple[ServingCertificate | None, str]:
