@@ -607,8 +607,18 @@ async def test_the_timer_that_ends_a_request_keeps_its_own_timeout_parameter(
     asked = defer.Deferred.fromCoroutine(
         api.client(api.pki.admin).get(f"{B}/payloadrepositorytags?timeout=1s")
     )
-    # The work waits on the registry, its timer armed on the server's clock (the only one there).
+    # The work waits on the registry, its timer armed on the server's clock (the only one there). The
+    # wait is bounded: a timer never armed fails the test rather than hang it (review-misc3 F4).
+    give_up = reactor.seconds() + HANG_GUARD
     while catalog.pages == before or not clock.getDelayedCalls():
+        if reactor.seconds() > give_up:
+            asked.addErrback(lambda _: None).cancel()
+            pytest.fail(
+                "the request's timer was never armed on the server's clock"
+                if catalog.pages > before
+                else "the request never asked the registry",
+                pytrace=False,
+            )
         await task.deferLater(reactor, 0.01, lambda: None)
     assert [call.getTime() for call in clock.getDelayedCalls()] == [1.0]
     clock.advance(1.0)
