@@ -2316,6 +2316,54 @@ async def test_routes_served_without_klein_answer_as_klein_does(api, registry, r
     assert len(direct) == count
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_direct_routes_request_runs_one_coroutine_in_a_deferred_and_asks_notify_finish_once(
+    api, registry, repo, monkeypatch
+):
+    """A request of a route served without Klein runs its work (ApiServer._serve) in the one Deferred
+    made of a coroutine, whose callbacks answer, count and log it, and is told its end by one
+    notifyFinish (issue #11: a handler coroutine awaiting the work made a second of each, on every
+    discovery, list, page and get). The answers themselves: the test above and the rest of this file."""
+    from twisted.internet.defer import Deferred
+
+    from payloadtags.api import app as app_module
+
+    made: list[str] = []
+
+    class Counted(Deferred[Any]):
+        @classmethod
+        def fromCoroutine(cls, coroutine: Any) -> Deferred[Any]:
+            made.append(coroutine.__qualname__)
+            return Deferred.fromCoroutine(coroutine)
+
+    asked: list[bytes] = []
+    notify_finish = http.Request.notifyFinish
+
+    def counted(self: http.Request) -> Any:
+        asked.append(self.path)
+        return notify_finish(self)
+
+    monkeypatch.setattr(app_module, "Deferred", Counted)
+    monkeypatch.setattr(http.Request, "notifyFinish", counted)
+    namespace, _ = split(repo)
+    images.push_oci_image(registry, f"{namespace}/app", "v1")
+    images.push_oci_image(registry, f"{namespace}/app", "v2", seed="2")
+    client = api.client(api.pki.admin)
+    # A whole list is written as its client reads it: its writer asks notifyFinish once more.
+    for target, code, writer in [
+        (B, 200, 0),
+        (collection(namespace), 200, 1),
+        (collection(namespace) + "?limit=1", 200, 0),
+        (f"{collection(namespace)}/{encode_name('app', 'v1')}", 200, 0),
+        (f"{collection(namespace)}/{encode_name('app', 'nope')}", 404, 0),
+        (collection(namespace) + "?timeout=x", 400, 0),
+    ]:
+        del made[:], asked[:]
+        assert (await client.get(target)).code == code, target
+        assert made == ["ApiServer._serve"] or (code == 400 and made == []), (target, made)
+        assert asked == [target.partition("?")[0].encode()] * (1 + writer), (target, asked)
+
+
 @pytest.mark.parametrize("deleting", ["tag by tag", "the namespace's content"])
 @pytest_twisted.ensureDeferred
 async def test_a_deletecollection_the_registry_refuses_for_good_is_503_without_retry(

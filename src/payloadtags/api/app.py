@@ -18,7 +18,7 @@ from urllib.parse import parse_qs
 
 import attrs
 from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -286,6 +286,20 @@ class _Utf8Paths(Resource):
             return _write_error(request, bad_request("the Host header is not a valid host name"))
 
 
+# A route's answer to a request with its path's variables: the body, once the request's metrics and log
+# line are taken; the callable, when given, is told first when the request finishes.
+Respond = Callable[[Request, dict[str, Any], Callable[[object], None] | None], Deferred[bytes]]
+
+
+@attrs.frozen
+class _Responder:
+    """What ApiServer._endpoint makes of a route's function: Klein's handler, and the answer a direct
+    route gives without Klein."""
+
+    handler: Callable[..., Coroutine[Any, Any, bytes]]
+    respond: Respond
+
+
 @attrs.frozen
 class _DirectRoute:
     """A GET route served without Klein's routing: its path's segments, None where a segment is a
@@ -293,13 +307,13 @@ class _DirectRoute:
 
     parts: tuple[str | None, ...]
     names: tuple[str, ...]
-    handler: Callable[..., Coroutine[Any, Any, bytes]]
+    respond: Respond
 
     @classmethod
-    def of(cls, path: str, handler: Callable[..., Coroutine[Any, Any, bytes]]) -> _DirectRoute:
+    def of(cls, path: str, respond: Respond) -> _DirectRoute:
         parts = tuple(None if part.startswith("<") else part for part in path[1:].split("/"))
         names = tuple(part[1:-1] for part in path[1:].split("/") if part.startswith("<"))
-        return cls(parts, names, handler)
+        return cls(parts, names, respond)
 
     def match(self, segments: list[str]) -> dict[str, str] | None:
         values = []
@@ -451,12 +465,19 @@ class ApiServer:
         limited: bool = True,
         head: bool = True,
         watches: bool = False,
-    ) -> Callable[..., Coroutine[Any, Any, bytes]]:
+    ) -> _Responder:
         """``watches``: whether the route serves watches (the collection's GET)."""
 
-        @functools.wraps(fn)
         # Klein hands over twisted.web's Request, whose channel, code and notifyFinish IRequest lacks.
-        async def handler(request: Request, **kwargs: Any) -> bytes:
+        def respond(
+            request: Request, kwargs: dict[str, Any], ended: Callable[[object], None] | None = None
+        ) -> Deferred[bytes]:
+            """The answer's body, once the request's metrics and log line are taken. ``ended``: told
+            first when the request finishes (or its client goes), before its seat is given back.
+
+            Callbacks on the work's own Deferred, not a coroutine awaiting it: a direct route's
+            request (_run_direct) then makes one Deferred of a coroutine and asks notifyFinish once,
+            where a handler coroutine run in a Deferred of its own made two of each (issue #11)."""
             started = time.monotonic()
             received = self._clock().seconds()
             self._inflight += 1
@@ -472,7 +493,17 @@ class ApiServer:
             setattr(request, _SEAT, seat)
             # In flight until the response is written (or the client is gone), not merely computed;
             # it holds its seat meanwhile, but while it waits for a client that does not read (_Seat).
-            request.notifyFinish().addBoth(lambda _: self._finished(seat))
+            if ended is None:
+                request.notifyFinish().addBoth(lambda _: self._finished(seat))
+            else:
+
+                def finished(reason: object) -> None:
+                    ended(reason)
+                    self._finished(seat)
+
+                request.notifyFinish().addBoth(finished)
+            given = self.request_timeout
+            working = False  # whether the work began: only its failures may be its deadline's
             try:
                 # The request's own ``timeout`` when shorter (client-go's; behind the aggregator the
                 # caller's deadline whatever this server does), read before anything else, as
@@ -489,14 +520,18 @@ class ApiServer:
                     # work is told is never later than the one that cuts it.
                     setattr(request, _DEADLINE, received + given)
                 work = Deferred.fromCoroutine(self._serve(fn, request, anonymous, head, kwargs))
+                working = True
                 # Past the deadline the work is cancelled where it waits (registry calls included).
                 # Work done already (a page from the walk cache, discovery) has no deadline to keep:
                 # its timer would be made and cancelled in the same turn.
                 if not watching and not work.called:
                     work.addTimeout(given, self._clock())
-                try:
-                    body = await work
-                except TimeoutError:
+            except Exception:
+                work = fail()
+
+            def failed(failure: Failure) -> bytes | Failure:
+                error = failure.value
+                if working and isinstance(error, TimeoutError):
                     message = f"the request did not complete within {given:g}s"
                     if getattr(request, _DRY_RUN, False):
                         # Its checks cut short: it deleted nothing, and a retry finds them believed.
@@ -508,19 +543,25 @@ class ApiServer:
                             "; a delete already under way is finished by the server: get the tags "
                             "again to see which are gone"
                         )
-                    raise timeout(message) from None
-                return body
-            except ApiError as error:
-                return _write_error(request, error)
-            except Exception as error:
+                    error = timeout(message)
+                if isinstance(error, ApiError):
+                    return _write_error(request, error)
+                if not isinstance(error, Exception):
+                    return failure
                 if request.channel is None and is_cancellation(error):
                     # The client went away, and its work was cancelled: nothing went wrong, and nobody
                     # is left to answer (counted as 499 below).
                     log.debug("{method} {uri}: the client went away", method=request.method, uri=request.uri)
                     return b""
-                log.failure("unhandled error serving {method} {uri}", method=request.method, uri=request.uri)
+                log.failure(
+                    "unhandled error serving {method} {uri}",
+                    failure=failure,
+                    method=request.method,
+                    uri=request.uri,
+                )
                 return _write_error(request, internal("the server could not complete the request"))
-            finally:
+
+            def observed(result: bytes | Failure) -> bytes | Failure:
                 elapsed = time.monotonic() - started
                 # A client gone before the head of its answer is counted apart from the codes it could
                 # have been sent, so that it raises no 5xx alert (docs/metrics.md).
@@ -536,8 +577,16 @@ class ApiServer:
                         user=user.name if user else "-",
                         ms=elapsed * 1000,
                     )
+                return result
 
-        return handler
+            return work.addErrback(failed).addBoth(observed)
+
+        @functools.wraps(fn)
+        async def handler(request: Request, **kwargs: Any) -> bytes:
+            # Klein's routes: Klein cancels what this awaits when the client goes away.
+            return await respond(request, kwargs)
+
+        return _Responder(handler, respond)
 
     async def _serve(
         self,
@@ -639,11 +688,13 @@ class ApiServer:
         # Klein names endpoints after the function by default; handlers made from one function (the
         # health endpoints) would then all run the last one registered.
         endpoint = f"{' '.join(methods)} {path}"
-        handler = self._endpoint(fn, anonymous, limited, head, watches)
-        self.app.route(path, methods=methods, branch=False, strict_slashes=False, endpoint=endpoint)(handler)
+        responder = self._endpoint(fn, anonymous, limited, head, watches)
+        self.app.route(path, methods=methods, branch=False, strict_slashes=False, endpoint=endpoint)(
+            responder.handler
+        )
         if direct:
             assert methods == ["GET"], methods
-            route = _DirectRoute.of(path, handler)
+            route = _DirectRoute.of(path, responder.respond)
             # Routes with fewer variables first, as werkzeug prefers static segments.
             routes = self._direct.setdefault(len(route.parts), [])
             routes.append(route)
@@ -677,9 +728,10 @@ class ApiServer:
     def _run_direct(
         self, request: Request, route: _DirectRoute, kwargs: dict[str, str], segments: int
     ) -> int:
-        # What KleinResource.render does for a matched route whose handler gives bytes (_endpoint's
-        # handlers answer every Exception themselves): the path moves to prepath, the work is
-        # cancelled if the client goes away, the bytes are written and the request finished.
+        # What KleinResource.render does for a matched route whose handler gives bytes (the route's
+        # answer handles every Exception itself): the path moves to prepath, the work is cancelled if
+        # the client goes away, the bytes are written and the request finished. The route's answer
+        # is told the request's end by its own notifyFinish (one per request).
         postpath = request.postpath or []
         request.prepath = [*(request.prepath or []), *postpath[:segments]]
         request.postpath = postpath[segments:]
@@ -692,8 +744,7 @@ class ApiServer:
             if isinstance(reason, Failure) and work is not None:
                 work.cancel()
 
-        request.notifyFinish().addBoth(ended)
-        work = Deferred.fromCoroutine(route.handler(request, **kwargs))
+        work = route.respond(request, kwargs, ended)
 
         def write(body: bytes) -> None:
             request.write(body)
