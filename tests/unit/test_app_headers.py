@@ -32,9 +32,62 @@ def test_the_head_of_an_answer_is_what_set_header_stores(content_type: str) -> N
     assert request.code == 200
 
 
-@pytest.mark.parametrize("name", [b"Content-Type", b"Cache-Control", b"Content-Length", b"Server", b"Date"])
+@pytest.mark.parametrize(
+    "name", [b"Content-Type", b"Cache-Control", b"Content-Length", b"Server", b"Date", b"ETag", b"Vary"]
+)
 def test_the_names_set_directly_are_spelled_as_headers_spells_them(name: bytes) -> None:
     assert _nameEncoder.encode(name.lower()) == name
+
+
+class _Documents:
+    """What ApiServer._cached reads of its server: the rendered documents."""
+
+    def __init__(self) -> None:
+        self._documents: dict[int, tuple[Any, str, bytes]] = {}
+
+    def _rendered(self, body: Any) -> tuple[str, bytes]:
+        return app.ApiServer._rendered(cast(Any, self), body)
+
+    def _cached(self, request: Request, body: Any, content_type: str) -> bytes:
+        return app.ApiServer._cached(cast(Any, self), request, body, content_type)
+
+
+@pytest.mark.parametrize("matching", [False, True])
+def test_a_documents_head_is_what_set_header_stores_in_the_same_order(matching: bool) -> None:
+    """Discovery and OpenAPI documents set ETag and Vary in the Headers directly (issue #11)."""
+    documents = _Documents()
+    body = {"kind": "APIGroupList", "groups": []}
+    tag = app.discovery.etag(body)
+    request = Request(DummyChannel())
+    if matching:
+        request.requestHeaders.setRawHeaders(b"if-none-match", [tag.encode()])
+    answer = documents._cached(request, body, "application/json;g=apidiscovery.k8s.io")
+    expected = Headers()
+    expected.setRawHeaders(b"etag", [tag.encode()])
+    expected.setRawHeaders(b"vary", [b"Accept"])
+    if not matching:
+        expected.setRawHeaders(b"content-type", [b"application/json;g=apidiscovery.k8s.io"])
+        expected.setRawHeaders(b"cache-control", [b"no-cache, private"])
+    assert list(request.responseHeaders.getAllRawHeaders()) == list(expected.getAllRawHeaders())
+    assert (request.code, answer) == ((304, b"") if matching else (200, documents._rendered(body)[1]))
+
+
+def test_a_request_without_a_query_parses_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Most requests (discovery, gets, a whole list) have no query: nothing to parse (issue #11)."""
+    parsed: list[str] = []
+
+    def parse_qs(text: str, keep_blank_values: bool) -> dict[str, list[str]]:
+        parsed.append(text)
+        return {"x": [""]}
+
+    monkeypatch.setattr(app, "parse_qs", parse_qs)
+    for uri, query in [(b"/apis", {}), (b"/apis?", {}), (b"/apis?#x", {}), (b"/apis?x", {"x": [""]})]:
+        request = Request(DummyChannel())
+        request.uri = uri
+        assert dict(app._query(request)) == query, uri
+    assert parsed == ["x"]
+    with pytest.raises(TypeError):
+        app._NO_QUERY["x"] = [""]  # type: ignore[index]
 
 
 def test_the_copy_of_twisteds_request_process_is_of_the_installed_twisteds() -> None:

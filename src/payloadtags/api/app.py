@@ -110,11 +110,15 @@ _DRY_RUN = "_payloadtags_dry_run"
 _SEAT = "_payloadtags_seat"
 
 
+_NO_QUERY: Query = MappingProxyType({})
+
+
 def _query(request: IRequest) -> Query:
     query: Query | None = getattr(request, _QUERY, None)
     if query is None:
-        # Read-only: every reader of the request shares it.
-        query = MappingProxyType(parse_qs(_target(request)[1], keep_blank_values=True))
+        # Read-only: every reader of the request shares it; most requests have none to parse.
+        text = _target(request)[1]
+        query = MappingProxyType(parse_qs(text, keep_blank_values=True)) if text else _NO_QUERY
         setattr(request, _QUERY, query)
     return query
 
@@ -197,7 +201,7 @@ def _head(request: IRequest, code: int, content_type: str) -> None:
 @functools.lru_cache(maxsize=64)
 def _header_value(text: str) -> bytes:
     """A header value as Headers.setRawHeaders stores it (UTF-8, line breaks made spaces). The texts
-    are the server's own few (media types)."""
+    are the server's own few (media types, the ETags of its documents)."""
     return b" ".join(text.encode().splitlines())
 
 
@@ -843,8 +847,11 @@ class ApiServer:
 
     def _cached(self, request: IRequest, body: Any, content_type: str = JSON_TYPE) -> bytes:
         tag, rendered = self._rendered(body)
-        request.setHeader(b"etag", tag.encode())
-        request.setHeader(b"vary", b"Accept")
+        # What setHeader stores, set directly as _head does (issue #11): the names as Headers spells
+        # them, the ETag's bytes made once per document (_header_value).
+        raw = request.responseHeaders._rawHeaders
+        raw[b"ETag"] = [_header_value(tag)]
+        raw[b"Vary"] = [b"Accept"]
         if _header(request, "if-none-match") == tag:
             request.setResponseCode(304)
             return b""
