@@ -10,7 +10,7 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer
+from twisted.internet.interfaces import IAddress, IConsumer, IDelayedCall, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -1241,6 +1241,45 @@ def test_a_kept_alive_connection_tells_its_eviction_orders_two_changes_a_request
     assert table._own["10.0.0.1"] is own
     wrapper.connectionLost(Failure(ConnectionDone()))
     assert "10.0.0.1" not in table._own and not len(table._order)
+
+
+def test_a_kept_alive_connection_asks_its_transport_for_its_addresses_once() -> None:
+    """Each request is made with the connection's peer and local addresses: the connection asks its
+    transport for them once, not for every request (issue #11: a served request's fixed cost; over TCP
+    getHost is a getsockname system call)."""
+    table, _events, clock = _table(4)
+    opened = _open(table, clock, "10.0.0.1")
+    assert opened is not None
+    wrapper, transport = opened
+    asked: list[str] = []
+    peer, host = transport.getPeer, transport.getHost
+
+    def get_peer() -> IAddress:
+        asked.append("peer")
+        address: IAddress = peer()
+        return address
+
+    def get_host() -> IAddress:
+        asked.append("host")
+        address: IAddress = host()
+        return address
+
+    transport.getPeer = get_peer  # type: ignore[method-assign]
+    transport.getHost = get_host  # type: ignore[method-assign]
+    site = table.wrappedFactory
+    assert isinstance(site.resource, _Held)
+    requests = []
+    for _ in range(3):
+        wrapper.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        clock.advance(0)
+        request = site.resource.held.pop()
+        requests.append(request)
+        request.finish()
+        clock.advance(0)
+    assert sorted(asked) == ["host", "peer"]
+    for request in requests:
+        assert request.getClientAddress() == peer() and request.getHost() == host()
+    assert transport.value().count(b"HTTP/1.1 200 OK") == 3
 
 
 def test_the_eviction_order_holds_a_bounded_number_of_stale_entries() -> None:

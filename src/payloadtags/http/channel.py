@@ -39,7 +39,7 @@ from cryptography import x509
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IDelayedCall, IHandshakeListener
+from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.internet.protocol import Protocol as BaseProtocol
 from twisted.logger import Logger
@@ -389,10 +389,28 @@ class GuardedChannel(http.HTTPChannel):
     _reading_at = 0.0
     _unsent: int | None = None
     _found_sender: object = _NOT_LOOKED  # _sender's
+    _peer: IAddress | None = None  # getPeer's
+    _local: IAddress | None = None  # getHost's
 
     def __init__(self) -> None:
         super().__init__()
         self._held: list[bytes] = []
+
+    # A connection's addresses are its own for its life: asked of the transport once, not for each
+    # request (Twisted's Request asks both as it is made, through the connection's and the TLS layer's
+    # wrappers, and the TCP transport's getHost is a getsockname system call) (issue #11).
+
+    def getPeer(self) -> IAddress:
+        peer = self._peer
+        if peer is None:
+            peer = self._peer = super().getPeer()
+        return peer
+
+    def getHost(self) -> IAddress:
+        local = self._local
+        if local is None:
+            local = self._local = super().getHost()
+        return local
 
     @property
     def limits(self) -> HttpLimits:
