@@ -2041,3 +2041,99 @@ async def test_a_namespace_new_to_her_scope_that_her_whole_list_shows_is_noted_b
     line = await again.next()
     again.close()
     assert (line["type"], line["object"].get("code")) == ("ERROR", 410), line  # was served
+
+
+async def _alice_unread(
+    make_server: Any, registry: Any, kube_api: Any, kube_kubeconfig: Any, pki: Any, namespace: str
+) -> tuple[Any, ApiClient, str]:
+    """A server deciding access by RBAC whose sources read the registry only as they start (no
+    notification, an hour's resync period), alice, who may see `app` in ``namespace`` and in `y`
+    (``namespace`` + "y"), and the resourceVersion of her -A list once one ran and ended a watch of
+    hers there (her rules noted): `y/app` is pushed after it, read by her next lists, not by the
+    source."""
+    images.push_oci_image(registry, f"{namespace}/app", "v1", seed=f"{namespace}/app")
+    api = await make_server(
+        registry,
+        kubeconfig=str(kube_kubeconfig),
+        authorization_mode="RBAC",
+        watch=WatchLimits(resync_period=3600),
+    )
+    grant(kube_api, namespace, "alice", ["get"], ["app"], "alice-read")
+    grant(kube_api, f"{namespace}y", "alice", ["get"], ["app"], "alice-read")
+    alice = api.client(pki.client_ca.client("alice"))
+    hub = api.running.api.watch_hub
+    listed = await eventually(lambda: _all_showing(alice, {(namespace, "app")}), within=20)
+    assert listed
+    first = await stream(alice, f"{B}/payloadrepositorytags?watch=true&resourceVersion={listed}")
+    assert first.code == 200  # started: her rules noted
+    first.close()
+
+    async def none_watching() -> bool:
+        return not hub.watchers
+
+    assert await eventually(none_watching, within=20)
+    return api, alice, listed
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_running_watch_from_a_list_that_showed_a_push_the_source_has_not_read_ends_on_a_revocation(
+    make_server, registry, repo, pki, kube_api, kube_kubeconfig, reactor
+):
+    """alice's -A list shows `y/app`, pushed, which the scope's source has not read, and the watch from
+    it runs. Her access in `y` is taken back: the access check compared only the repositories the
+    source holds, and the watch ran on; the source's read of `y/app` made an ADDED decided by the new
+    rules, not sent, and her client kept `y/app` (review-watch13 F5). It ends with 410."""
+    namespace, _ = repo.split("/", 1)
+    y = f"{namespace}y"
+    api, alice, _ = await _alice_unread(make_server, registry, kube_api, kube_kubeconfig, pki, namespace)
+    hub = api.running.api.watch_hub
+    images.push_oci_image(registry, f"{y}/app", "v1", seed=f"{y}/app")
+    shown = await _all_showing(alice, {(namespace, "app"), (y, "app")})
+    assert shown
+    assert not any(repository.startswith(f"{y}/") for repository in hub.sources[None].tags)
+    url = f"{B}/payloadrepositorytags"
+    w = await stream(alice, f"{url}?watch=true&timeoutSeconds=30&resourceVersion={shown}")
+    assert w.code == 200
+    generation = hub.access_generation()
+    kube_api.store.delete(ROLEBINDINGS, "alice-read", y)
+    assert await eventually(lambda: _checked(api, generation), within=20)
+    line = await w.next()
+    w.close()
+    assert (line["type"], line["object"].get("code")) == ("ERROR", 410), line  # ran on
+
+
+@pytest_twisted.ensureDeferred
+async def test_past_her_share_the_watch_from_a_list_that_showed_a_push_the_source_has_not_read_keeps_it(
+    make_server, registry, repo, pki, kube_api, kube_kubeconfig, reactor
+):
+    """At her share, alice's -A list shows `y/app`, pushed, which the scope's source has not read, and
+    the watch from it starts at once (an informer's) and ends on its timeout after a last bookmark.
+    The watch start's trim dropped `y`, dated at the list's resourceVersion: her access in `y` taken
+    back, the re-watch from the bookmark was served, and her client kept `y/app` (review-watch13 F2).
+    It is 410."""
+    namespace, _ = repo.split("/", 1)
+    y = f"{namespace}y"
+    api, alice, _ = await _alice_unread(make_server, registry, kube_api, kube_kubeconfig, pki, namespace)
+    hub = api.running.api.watch_hub
+    (noted,) = [n for (_, (name, _)), n in hub.rules.entries.items() if name == "alice"]
+    hub.rules.user_share = len(noted.rules)
+    images.push_oci_image(registry, f"{y}/app", "v1", seed=f"{y}/app")
+    shown = await _all_showing(alice, {(namespace, "app"), (y, "app")})
+    assert shown
+    url = f"{B}/payloadrepositorytags?watch=true&allowWatchBookmarks=true"
+    w = await stream(alice, f"{url}&timeoutSeconds=1&resourceVersion={shown}")
+    assert w.code == 200
+    await w.ended
+    last = shown
+    while w.lines.pending:
+        line = json.loads(w.lines.pending.pop(0) or b"{}")
+        last = line.get("object", {}).get("metadata", {}).get("resourceVersion") or last
+    assert not any(repository.startswith(f"{y}/") for repository in hub.sources[None].tags)
+    generation = hub.access_generation()
+    kube_api.store.delete(ROLEBINDINGS, "alice-read", y)
+    assert await eventually(lambda: _checked(api, generation), within=20)
+    again = await stream(alice, f"{url}&timeoutSeconds=2&resourceVersion={last}")
+    assert again.code == 200
+    line = await again.next()
+    again.close()
+    assert (line["type"], line["object"].get("code")) == ("ERROR", 410), line  # was served

@@ -1420,6 +1420,46 @@ def test_past_her_share_a_list_s_trim_dates_a_namespace_by_its_leaving(how: str)
     hub.stop()
 
 
+@pytest.mark.parametrize("how", ["page", "whole"])
+def test_past_her_share_a_list_s_trim_dates_a_namespace_by_its_latest_leaving(how: str) -> None:
+    """k7 leaves alice's scope, comes back, and her list shows it; it leaves again after the list's
+    resourceVersion, and a later list of hers trims her entry past her share (8), dropping k7. Dated
+    by its first leaving (before the list), her access in k7 taken back, the watch from that list was
+    served, and its client kept k7/app (review-watch13 F4): dated by the second, it is 410."""
+    spaces = [f"k{i}" for i in range(8)]
+    hub, index, reader, clock = _hub({f"{n}/app": {"v1"} for n in spaces})
+    hub.rules.max_entries, hub.rules.user_share = 40, 8
+    for n in [*spaces, "y"]:
+        grant(index, "alice", n, ["app"], f"a-{n}")
+    source = ready(hub, None)
+    alice = UserInfo("alice")
+
+    def change(repository: str, tags: set[str] | None) -> None:
+        if tags is None:
+            del reader.repositories[repository]
+        else:
+            reader.repositories[repository] = tags
+        hub.repository_changed(repository)
+        while one_turn(clock):
+            pass
+
+    _stream_of(hub, source, clock, alice, None)
+    change("k7/app", None)  # its first leaving
+    change("k7/app", {"v2"})
+    listed = list_sequence(hub, None, alice)
+    _decide_all(hub, alice, spaces, how)  # shows k7/app:v2
+    change("k7/app", None)  # its second leaving, after the list's resourceVersion
+    change("y/app", {"v1"})
+    list_sequence(hub, None, alice)
+    _decide_all(hub, alice, [*spaces[:7], "y"], how)  # past her share: drops k7
+    noted = hub.rules.entries[(source, ("alice", ""))]
+    assert "k7" not in noted.rules and noted.changed_at > listed
+    grant(index, "alice", "k7", ["other"], "a-k7")
+    clock.advance(1)
+    assert not resumed(hub, source, listed)  # her client holds k7/app:v2
+    hub.stop()
+
+
 def test_a_page_decision_new_to_her_with_other_groups_takes_them_having_compared_every_namespace() -> None:
     """`RulesLedger._first` with other groups than those noted compares every namespace noted for her
     before it notes the new one and takes her groups: the rules noted are then all those of the groups

@@ -743,8 +743,14 @@ class WatchHub:
                     rechecked.add(key)
                 # With the repositories of the events still on their way to it: those of a
                 # repository whose last tags were deleted are decided when handed over, by the new
-                # rules, and its client would keep what the DELETED it no longer sees removes.
-                if watcher.access_changed(source.tags, leaving=source.fanout.waiting(watcher)):
+                # rules, and its client would keep what the DELETED it no longer sees removes. And
+                # with those where a list showed tags the source has not read (`unconfirmed`): the
+                # watch from that list sends them only once a read finds them (an ADDED, or a DELETED
+                # should they go first), decided by the new rules then, and its client would keep
+                # what the list showed and she may no longer see (review-watch13 F5). Only a
+                # revocation there counts: one she now may see comes with that event.
+                leaving = itertools.chain(source.fanout.waiting(watcher), source.unconfirmed())
+                if watcher.access_changed(source.tags, leaving=leaving):
                     # Its client's cache holds tags it may no longer see, or lacks ones it now may. A
                     # stream that just ends is watched again from its last resourceVersion, which
                     # replays neither: the 410 makes the client relist under the new rules.
@@ -823,10 +829,13 @@ def _cut_when_lost(watcher: Watcher, events: Iterator[Event]) -> Iterator[Event]
 
 
 def _namespaces(source: ScopeSource) -> Iterable[str]:
-    """The namespaces whose rules decide what a watch of ``source``'s scope sends."""
+    """The namespaces whose rules decide what a watch of ``source``'s scope sends: those the source
+    holds tags in, and those where a list showed tags it has not read (`ScopeSource.unconfirmed`),
+    which a watch from that list is sent once a read finds them. Their rules are noted as it starts and
+    kept while it runs, so that the access check tells a change of them (`check_access`)."""
     if source.namespace is not None:
         return (source.namespace,)
-    return set(map(namespace_of, source.tags))
+    return set(map(namespace_of, source.tags)) | source.unconfirmed_namespaces()
 
 
 __all__ = ["InventoryReader", "TooManyWatches", "WatchHub", "WatchLimits", "WatchSlot"]

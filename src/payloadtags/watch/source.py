@@ -13,7 +13,7 @@ import collections
 import contextvars
 import enum
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Protocol
 
 import attrs
@@ -145,11 +145,15 @@ class ScopeSource:
             self._reporters.popitem(last=False)
         return report
 
+    def unconfirmed(self) -> Collection[str]:
+        """The repositories where lists showed tags the snapshot lacks (`list_read`), until a read
+        applied to the snapshot has them (the repository is then in the scope) or a read finds them
+        gone (their ``DELETED`` sent, after those lists' resourceVersions), or a reset gives them up
+        (every watch from before it is 410). At most ``max_pending`` tags' worth."""
+        return self._shown.keys()
+
     def unconfirmed_namespaces(self) -> set[str]:
-        """The namespaces where lists showed tags the snapshot lacks (`list_read`), until a read applied
-        to the snapshot has them (the namespace is then in the scope) or a read finds them gone (their
-        ``DELETED`` sent, after those lists' resourceVersions), or a reset gives them up (every watch
-        from before it is 410). At most ``max_pending`` tags' worth."""
+        """The namespaces of `unconfirmed`."""
         return {parts[0] for repository in self._shown if (parts := split_repository(repository)) is not None}
 
     def covers(self, repository: str) -> bool:
