@@ -1173,6 +1173,19 @@ async def test_a_selector_that_does_not_parse_is_400_before_any_422(api, registr
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_status_line_names_its_code_as_kube_apiserver_does(api, registry, repo):
+    # Twisted's table lacks 422 and 429: its "Unknown Status" reached curl -i and proxies' logs, where Go's
+    # net/http (kube-apiserver) says "Unprocessable Entity" and "Too Many Requests".
+    namespace, _ = split(repo)
+    client, _ = _v1_as_admin(api, registry, repo)
+    base = collection(namespace)
+    listed = await client.get(base)
+    assert (listed.code, listed.phrase) == (200, b"OK")
+    invalid = await client.get(f"{base}?fieldSelector=spec.x%3D1&resourceVersionMatch=Bogus")
+    assert (invalid.code, invalid.phrase) == (422, b"Unprocessable Entity")
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_watch_decodes_limit_as_every_list_options(api, registry, repo):
     # ListResource decodes the whole query into ListOptions before it branches on watch: Limit is an
     # int64 there too.

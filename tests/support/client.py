@@ -42,6 +42,7 @@ class Response:
     code: int
     headers: dict[str, list[str]]
     body: bytes
+    phrase: bytes = b""
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -85,7 +86,7 @@ class ApiClient:
         response = await http.request(method, self.base_url + path, headers=send_headers, data=data)
         content = await treq.content(response)
         raw = {k.decode().lower(): [v.decode() for v in vs] for k, vs in response.headers.getAllRawHeaders()}
-        return Response(response.code, raw, content)
+        return Response(response.code, raw, content, response.phrase)
 
     async def get(self, path: str, **kwargs: Any) -> Response:
         return await self.request("GET", path, **kwargs)

@@ -1408,7 +1408,7 @@ def test_parsed_large_heads_are_bounded_while_their_requests_last_and_past_it_ge
     third, refused = channels[2]
     third.dataReceived(head)
     clock.advance(0)
-    assert refused.value().startswith(b"HTTP/1.1 429 ")
+    assert refused.value().startswith(b"HTTP/1.1 429 Too Many Requests\r\n")
     assert b"retry-after: 1\r\n" in refused.value().lower() and b"large request heads" in refused.value()
     assert len(resource.held) == 2
     assert (site.head_pool.taken, site.parsed_heads.taken) == (0, 2 * each)

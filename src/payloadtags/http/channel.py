@@ -32,6 +32,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any, Final, Protocol
 from urllib.parse import unquote_to_bytes
 
@@ -122,6 +123,19 @@ def refusal_bytes(error: ApiError) -> bytes:
     return _fixed_refusal(error.code, error.reason, error.message, error.retry_after)
 
 
+def reason_phrase(code: int) -> bytes:
+    """The status line's reason phrase: Twisted's, or the standard one for a code its table lacks (422
+    and 429, which it would send as "Unknown Status" where Go's net/http, and so kube-apiserver, say
+    "Unprocessable Entity" and "Too Many Requests")."""
+    phrase = http.RESPONSES.get(code)
+    if phrase is None:
+        phrase = _PHRASES.get(code, b"Unknown Status")
+    return phrase
+
+
+_PHRASES: Final = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+
+
 @functools.lru_cache(maxsize=64)
 def _fixed_refusal(code: int, reason: str, message: str, retry_after: int | None) -> bytes:
     # Refusals are a handful of fixed answers (401, 408, 413, 431, the 400 of a request that is not
@@ -132,7 +146,7 @@ def _fixed_refusal(code: int, reason: str, message: str, retry_after: int | None
 
 def _refusal(code: int, reason: str, message: str, retry_after: int | None, body: bytes) -> bytes:
     head = [
-        b"HTTP/1.1 %d %s" % (code, http.RESPONSES.get(code, b"Error")),
+        b"HTTP/1.1 %d %s" % (code, reason_phrase(code)),
         b"content-type: application/json",
         b"cache-control: no-cache, private",
         b"content-length: %d" % len(body),
@@ -253,6 +267,9 @@ class GuardedRequest(Request):
 
     def __init__(self, channel: GuardedChannel, *args: Any, **kwargs: Any) -> None:
         super().__init__(channel, *args, parsePOSTFormSubmission=False, **kwargs)
+
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
+        super().setResponseCode(code, reason_phrase(code) if message is None else message)
 
     def gotLength(self, length: int | None) -> None:
         self.content = io.BytesIO()
