@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import random
 import sys
+import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -24,6 +26,7 @@ from payloadtags.api.tags import Observe, ResourceVersions, TagsService
 from payloadtags.api.walks import (
     Kept,
     Listed,
+    Reported,
     WalkCache,
     _list_size,
     identity_size,
@@ -335,6 +338,20 @@ def test_a_pages_count_is_at_least_its_measure(kept: dict[TagRef, Kept]) -> None
         assert walks._bound(kept, exact[2], TEAM)[0] >= exact[0]
 
 
+def _reporter(repository: str, tags: Sequence[str]) -> None:
+    pass
+
+
+def test_a_pages_count_covers_where_it_reported_as_its_measure_does() -> None:
+    # A walk's `Reported` is its own, counted by the measure; the bound counts it too, whatever its
+    # slack elsewhere.
+    for kept in ({AT: Kept(lists(a=3))}, {AT: Kept({}, rest("b"))}):
+        reported = {ref: attrs.evolve(one, reported_to=Reported(_reporter)) for ref, one in kept.items()}
+        more = walks._measure(reported, AT, {}, TEAM)[0] - walks._measure(kept, AT, {}, TEAM)[0]
+        assert more > 0
+        assert walks._bound(reported, {}, TEAM)[0] - walks._bound(kept, {}, TEAM)[0] >= more
+
+
 class Counted(tuple[str, ...]):
     """A tag list that counts how often its tags are gone through (measuring it does that)."""
 
@@ -474,7 +491,11 @@ def test_walk_ids_are_random_and_token_safe() -> None:
     ids = {new_walk_id() for _ in range(100)}
     assert len(ids) == 100
     assert all(is_walk_id(walk) for walk in ids)
-    assert not is_walk_id("") and not is_walk_id("a/b") and not is_walk_id("x" * 65) and not is_walk_id(7)
+    assert not is_walk_id("") and not is_walk_id("a/b") and not is_walk_id(7)
+    # Of the minted length only: a token's id is the walk's key, counted at that length (an id of 64
+    # characters, which a forged token could carry, was counted as 16: review-walks6 F3).
+    assert not is_walk_id("x" * 15) and not is_walk_id("x" * 17) and not is_walk_id("x" * 64)
+    assert is_walk_id("x" * 16)
 
 
 # --- walks through the service ----------------------------------------------------------------------
@@ -678,10 +699,9 @@ def test_lookups_are_counted_as_hits_and_misses() -> None:
     assert (count("hit"), count("miss")) == (1.0, 1.0)
 
 
-def test_a_malformed_walk_id_is_a_bad_token() -> None:
-    token = continuation.encode(
-        continuation.Continuation("5", "team", TagRef("team", "a", "v1"), walk="no/slashes")
-    )
+@pytest.mark.parametrize("walk", ["no/slashes", "x" * 15, "x" * 17, "x" * 64])
+def test_a_malformed_walk_id_is_a_bad_token(walk: str) -> None:
+    token = continuation.encode(continuation.Continuation("5", "team", TagRef("team", "a", "v1"), walk=walk))
     with pytest.raises(ApiError) as caught:
         continuation.decode(token, "team")
     assert caught.value.code == 400
@@ -736,7 +756,10 @@ def test_a_walk_reports_each_list_to_the_watch_record_once_and_again_to_a_new_re
     token = None
     for _ in range(3):
         _, token = page(tags, ALICE, token, limit=100)
+    reporter = weakref.ref(records.observer("team", "5"))
     records.remake()  # the record expired, and one was made under the same resourceVersion
+    # The walk does not hold the record's callable: gone from the source, it is gone (review-walks6 F2).
+    assert reporter() is None
     while token:
         _, token = page(tags, ALICE, token, limit=100)
     # The first page read both (a slice of reads); the new record learns the kept lists from the page

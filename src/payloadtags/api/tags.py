@@ -25,7 +25,7 @@ from payloadtags.api.errors import (
 )
 from payloadtags.api.options import DeleteOptions, ListOptions
 from payloadtags.api.selectors import tag_filter
-from payloadtags.api.walks import Kept, Listed, WalkCache, new_walk_id
+from payloadtags.api.walks import Kept, Listed, Reported, WalkCache, new_walk_id
 from payloadtags.deferreds import DeadlineExpired, GoesOn, bounded_each, bounded_map, within
 from payloadtags.inventory import Inventory, Page, Run, Runs
 from payloadtags.model import (
@@ -483,7 +483,10 @@ class TagsService:
         # The walk's earlier pages reported its kept lists to this same record already (a 10,000-tag
         # list costs milliseconds to compare again); a record made anew under the same
         # resourceVersion (the old one expired) is a new callable, and learns them on this page.
-        reported = kept is not None and kept.reported_to is observe
+        reported_to = kept.reported_to if kept is not None else None
+        reported = kept is not None and (reported_to() if reported_to is not None else None) is observe
+        if not reported:
+            reported_to = Reported(observe) if observe is not None else None
         page = await self.inventory.list(
             namespace,
             limit=options.limit,
@@ -500,12 +503,12 @@ class TagsService:
         # What this page used stays for the token it was asked with (given again, that token selects
         # the same tags: a retry, a dry run and then the same deletecollection), and what the next
         # page starts from for the token it hands out.
-        asked = (after, Kept(page.used, page.began, observe)) if after is not None and walk else None
+        asked = (after, Kept(page.used, page.began, reported_to)) if after is not None and walk else None
         handed = None
         if page.more and last is not None:
             # A walk whose token carried no id (an older replica's) gets one from here on.
             walk = walk or (new_walk_id() if self.walks is not None else None)
-            handed = (last, Kept(page.held, page.rest, observe))
+            handed = (last, Kept(page.held, page.rest, reported_to))
             meta.continue_ = continuation.encode(
                 continuation.Continuation(resource_version, scope, last, walk)
             )

@@ -28,6 +28,7 @@ import math
 import re
 import secrets
 import sys
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from itertools import chain
@@ -41,9 +42,12 @@ from payloadtags.identity import UserInfo
 from payloadtags.inventory import CatalogRest
 from payloadtags.names import TagRef
 
-# A walk id: random, URL-safe, carried in the (opaque) continue token.
+# A walk id: random, URL-safe, carried in the (opaque) continue token; 12 random bytes in base64, the
+# same length whoever mints it. A token's id is the walk's key from then on, counted at this length
+# (`_WALK`): one of another length, which only a forged token carries, is malformed.
 WALK_ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-WALK_ID_MAX = 64
+WALK_ID_BYTES = 12
+WALK_ID_LENGTH = 16
 
 # kubectl asks for the next page as soon as it has the previous one; a minute covers a slow client
 # and costs at most the bound below.
@@ -75,12 +79,12 @@ _ONE_CHARACTER_LINE = re.compile("\n.\n")
 
 
 def new_walk_id() -> str:
-    return secrets.token_urlsafe(12)
+    return secrets.token_urlsafe(WALK_ID_BYTES)
 
 
 def is_walk_id(text: object) -> bool:
     # Checked on every continued page: stripping the alphabet runs in C, a test per character does not.
-    return isinstance(text, str) and 0 < len(text) <= WALK_ID_MAX and not text.strip(WALK_ID_ALPHABET)
+    return isinstance(text, str) and len(text) == WALK_ID_LENGTH and not text.strip(WALK_ID_ALPHABET)
 
 
 @attrs.frozen
@@ -94,6 +98,18 @@ class Listed:
     namespace: str | None
 
 
+class Reported(weakref.ref):  # type: ignore[type-arg]
+    """Where a page reported every one of the lists it kept (the version source's callable: the watch
+    hub's record, or a watched scope's reporter of the resourceVersion), held weakly: the walk holds
+    nothing of the hub's. A watched scope's source keeps the reporters of its last 64 versions; a walk
+    holding one of another version held it alone, uncounted (review-walks6 F2). Dead, it reports to
+    no one: the page reports the lists again, to whatever takes them now. Of a class of its own, so
+    that each is its walk's own object (CPython gives everyone one plain `weakref.ref` of an object),
+    counted with the walk (`_REPORTED`)."""
+
+    __slots__ = ()
+
+
 @attrs.frozen
 class Kept:
     """What a walk kept for the page that continues from one of its tokens."""
@@ -101,8 +117,8 @@ class Kept:
     lists: Mapping[str, Sequence[str]]
     # The catalog names read past the repository the token points into (`inventory.Page.rest`).
     rest: CatalogRest | None = None
-    # Where the page that kept them reported every one of the lists (the watch hub's record), or None.
-    reported_to: object = None
+    # Where the page that kept them reported every one of the lists, or None.
+    reported_to: Reported | None = None
 
 
 @attrs.define(eq=False)
@@ -164,8 +180,10 @@ _WALK = (
     + sys.getsizeof(Listed("", None))
     + sys.getsizeof((None, None))
     + _STR
-    + len(new_walk_id())
+    + WALK_ID_LENGTH
 )
+# A page's `Reported`, which both its tokens' `Kept` hold.
+_REPORTED = sys.getsizeof(Reported(new_walk_id))
 Entry = tuple[str, str, str]
 # A tuple of catalog entries' entries by repository (`_index`).
 Index = dict[str, Entry]
@@ -219,11 +237,15 @@ def _measure(
     size = _WALK
     mappings: dict[int, Mapping[str, Sequence[str]]] = {}
     rests: dict[int, CatalogRest] = {}
+    reported: set[int] = set()
     for one in kept.values():
         size += sys.getsizeof(one)
         mappings.setdefault(id(one.lists), one.lists)
         if one.rest is not None:
             rests.setdefault(id(one.rest), one.rest)
+        if one.reported_to is not None and id(one.reported_to) not in reported:
+            reported.add(id(one.reported_to))
+            size += _REPORTED
     counted: Measured = {}  # tag lists and tuples of entries, by id
     shared: set[int] = set()
     entries: list[Index] = []
@@ -307,6 +329,7 @@ def _bound(kept: Mapping[TagRef, Kept], before: Measured, listed: Listed) -> tup
     for ref, one in kept.items():
         size += (
             sys.getsizeof(one)
+            + (_REPORTED if one.reported_to is not None else 0)  # each token's, the page's one
             + sys.getsizeof(ref)
             + sys.getsizeof(ref.namespace)
             + sys.getsizeof(ref.repository_path)
@@ -594,6 +617,7 @@ __all__ = [
     "DEFAULT_TTL",
     "Kept",
     "Listed",
+    "Reported",
     "WalkCache",
     "identity_size",
     "is_walk_id",
