@@ -59,7 +59,7 @@ from payloadtags.http.clients import (
     ClientKey,
     Clients,
     FairScheduler,
-    Restored,
+    Ticket,
     address_key,
     connection_key,
 )
@@ -1027,18 +1027,18 @@ class ClientConnection(ProtocolWrapper):
     # kube-apiserver's connections made at once, evicting one another as they wait for their turn is
     # not a flood). One evicted while it waits for a token is charged: sparing those let a flood in
     # bursts past its handshake burst erase its own record (review-conns5 F1). Its connect stays paid
-    # for until a connection of its address shows the front proxy's certificate (Address.spared).
+    # for until a connection of its address shows the front proxy's certificate (Bucket.show).
     spared = False
     # Evicted before its handshake was done, its token taken: held for its turn (spared), or let read
     # and evicted while its handshake was under way (connects a few ms apart evict one another so, or
     # a slow handshake is evicted by the next connect). Never let show whose it was, so its connect is
     # given back with those spared once a connection of its address shows the front proxy's
-    # certificate (Address.spared; review-conns9 F1). Whether it closed bare is decided apart: one
+    # certificate (Address.pending; review-conns9 F1). Whether it closed bare is decided apart: one
     # no byte came on after its turn looks exactly like a bare flood's, and is charged as one.
     unshown = False
-    # What its address's buckets had been given back when it was taken in (Clients.restored): what a
-    # give-back of its connect, if it is unshown, counts from (Address.spared).
-    taken_in: Restored | None = None
+    # Its takes of its address's buckets (Clients.opened): left out of them once it is unshown and a
+    # connection of its address shows the front proxy's certificate (Bucket.show).
+    ticket: Ticket | None = None
     # The server aborted it (LimitedConnections._drop); until its connectionLost is seen, its token or
     # turn, if they come, are not taken: resuming an aborted transport fails.
     dropped = False
@@ -1070,7 +1070,7 @@ class ClientConnection(ProtocolWrapper):
         # Nothing is read, so no handshake is made, until the address has a token and then its turn:
         # a burst of connections from one address costs at most one handshake a turn of the reactor.
         # The transport is reading already: when the handshake may start now, it just goes on.
-        if not self.factory.clients.handshake(self.host, self._start):
+        if not self.factory.clients.handshake(self.host, self._start, self.ticket):
             self.held = True
             self.tokenless = True
             self.pauseProducing()
@@ -1108,7 +1108,7 @@ class ClientConnection(ProtocolWrapper):
         handle = getattr(self.transport, "getHandle", None)
         chain = verified_peer_chain(handle()) if handle is not None else ()
         front_proxy = bool(chain) and self.factory.front_proxy(chain)
-        if not self.factory.clients.handshaken(self.host, front_proxy):
+        if not self.factory.clients.handshaken(self.host, front_proxy, self.ticket):
             self.factory.over_cap(self)  # its address reached its cap during the handshake
             return
         self.counted = not front_proxy
@@ -1124,7 +1124,7 @@ class ClientConnection(ProtocolWrapper):
             self._lost = True
             bare = not self.wrappedProtocol.heard and not self.spared
             self.factory.clients.closed(
-                self.host, counted=self.counted, bare=bare, spared=self.unshown, taken_in=self.taken_in
+                self.host, counted=self.counted, bare=bare, spared=self.unshown, ticket=self.ticket
             )
         super().connectionLost(reason)
 
@@ -1253,9 +1253,9 @@ class LimitedConnections(WrappingFactory):
         """None refuses the connection: the listening port closes it at once, before any TLS byte
         (GuardedTLSFactory builds no TLS layer for it)."""
         host = str(getattr(addr, "host", addr))
-        taken_in = self.clients.restored(host)  # before its connect is paid (Clients.opened)
         # The address's cap first: a connection refused for it takes no one's place (evicts no one).
-        if not self.clients.opened(host):
+        ticket = self.clients.opened(host)
+        if ticket is None:
             if self.on_refused is not None:
                 self.on_refused("client-limit")
             return None
@@ -1267,7 +1267,7 @@ class LimitedConnections(WrappingFactory):
             elif self._probe_place(host):
                 place = self._probes
             else:
-                self.clients.closed(host, counted=False, bare=True)
+                self.clients.closed(host, counted=False, bare=True, ticket=ticket)
                 if self.on_refused is not None:
                     self.on_refused("refused")
                 return None
@@ -1275,7 +1275,7 @@ class LimitedConnections(WrappingFactory):
         assert isinstance(wrapper, ClientConnection)
         channel = wrapper.wrappedProtocol
         wrapper.host = channel.host = host
-        wrapper.taken_in = taken_in
+        wrapper.ticket = ticket
         channel.client_key = address_key(host)
         if place is not None:
             channel.probe_only = True

@@ -21,7 +21,6 @@ Health probes bypass all of it (they are cheap, and a busy server is not a dead 
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import time
 from collections import deque
@@ -39,11 +38,19 @@ log = Logger()
 # ("address", "10.1.2.3") for a source address, ("connection", n) for one front-proxy connection.
 ClientKey = tuple[str, str | int]
 _connection_numbers = itertools.count(1)
+# Entries a bucket's log keeps at most (Bucket._note), for its memory: a reconnect storm's come to far
+# fewer; past it, its oldest half is folded into its start (so less is given back, never more).
+LOG_LIMIT = 512
 
 
-# What an address's handshake bucket and its ``accepted`` had been given (Bucket.restored) when one of
-# its connections was taken in.
-Restored = tuple[float, float]
+@attrs.define(eq=False)
+class Ticket:
+    """One connection's takes of its address's buckets (their numbers, Bucket.taken): which of the
+    takes in a Bucket's log are its own, to be left out when it is spared (Address.pending)."""
+
+    bucket: int | None = None  # its handshake token
+    accepted: int | None = None  # its connect
+    pending: bool = True  # not yet shown nor closed: it may still be spared
 
 
 def address_key(host: str) -> ClientKey:
@@ -60,32 +67,77 @@ class Bucket:
     burst: float
     tokens: float
     stamp: float
-    # Tokens it was given since it was made: its refill, at its rate whether it was full or not, what
-    # was given back (give_back), and a take its floor forgave (Clients.opened). What a give-back of
-    # tokens taken since a moment (spared_back) counts as given back already: whatever the bucket
-    # would have held more without those tokens shrinks by no more than that.
-    restored: float = 0.0
+    # Floor of a take (``accepted``: minus its burst; the handshake bucket: none, a 401 takes it into
+    # debt).
+    floor: float = float("-inf")
+    # Its log, kept while a connection of its address may still be spared or was spared and not yet
+    # given back (Clients._settle): ``start``, its tokens before the first entry; then each change as
+    # ("add", amount) (its refill, merged), ("take", number) (a take, numbered from ``taken``), or
+    # ("show", 1) (a front-proxy show, whose give-back counts as its own token only). Replayed
+    # without the spared connections' takes (without): what it would hold had they never come.
+    start: float = 0.0
+    log: list[tuple[str, float]] = attrs.Factory(list)
+    taken: int = 0
+    # The numbers of the takes in its log of its address's connects evicted before their handshake
+    # was done, their token taken (Address, ClientConnection.unshown).
+    spared: set[int] = attrs.Factory(set)
+    folded: int = 0  # the takes numbered up to this one were folded into its start
+
+    def _note(self, kind: str, amount: float) -> None:
+        if not self.log:
+            self.start = self.tokens
+        if kind == "add" and self.log and self.log[-1][0] == "add":
+            # min(burst, min(burst, x + a) + b) == min(burst, x + a + b) for a, b >= 0
+            amount += self.log.pop()[1]
+        elif len(self.log) >= LOG_LIMIT:
+            # Replayed from its level then, not from before those: with the spared connects' takes
+            # among them kept, it gives back less, never more.
+            half = len(self.log) // 2
+            self.start = self.without(set(), half)
+            self.folded = max([self.folded] + [int(n) for kind, n in self.log[:half] if kind == "take"])
+            self.spared = {taken for taken in self.spared if taken > self.folded}
+            del self.log[:half]
+        self.log.append((kind, amount))
 
     def refill(self, now: float) -> float:
-        self.restored += (now - self.stamp) * self.rate
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        added = (now - self.stamp) * self.rate
+        if self.log and added > 0:
+            self._note("add", added)
+        self.tokens = min(self.burst, self.tokens + added)
         self.stamp = now
         return self.tokens
 
-    def give_back(self, tokens: float) -> None:
-        self.tokens = min(self.burst, self.tokens + tokens)
-        self.restored += tokens
+    def take(self) -> int:
+        """Takes a token (down to its floor); returns the take's number. The caller refills first."""
+        self.taken += 1
+        self._note("take", self.taken)
+        self.tokens = max(self.tokens - 1, self.floor)
+        return self.taken
 
-    def spared_back(self, taken: list[float]) -> float:
-        """How many of the tokens taken when ``restored`` stood at each of ``taken`` (oldest first)
-        are still missing, what it was given since counted as giving them back first: never more
-        than it would hold more without them (what it was given filled it as much with them as
-        without, unless it reached its burst without them; then no more was lost than was given).
-        The caller brings its refill up to now first."""
-        back = 0.0
-        for count, restored in enumerate(reversed(taken), 1):
-            back = max(back, count - (self.restored - restored))
-        return back
+    def without(self, spared: set[int], upto: int | None = None) -> float:
+        """What it would hold now had the takes numbered ``spared`` never been made, and so no
+        give-back of them: its log replayed from its start, each show giving its own token only.
+        ``upto``: only its first entries: with ``spared`` empty, no more than it held after those."""
+        tokens = self.start
+        for kind, amount in self.log[:upto]:
+            if kind == "add":
+                tokens = min(self.burst, tokens + amount)
+            elif kind == "show":
+                tokens = min(self.burst, tokens + 1)
+            elif amount not in spared:
+                tokens = max(tokens - 1, self.floor)
+        return tokens
+
+    def show(self) -> None:
+        """A front-proxy show: its own token back, and what the spared takes still keep spent
+        (without). The caller refills first."""
+        self._note("show", 1)
+        self.tokens = max(min(self.burst, self.tokens + 1), self.without(self.spared))
+
+    def settle(self) -> None:
+        """No connection of its address may be spared or wait for a give-back: its log is dropped."""
+        self.log.clear()
+        self.spared.clear()
 
     def wait_for(self, level: float, now: float) -> float:
         """Seconds until the bucket holds ``level`` tokens."""
@@ -113,26 +165,27 @@ class Address:
     # handshake waited for a token, which each new token ended for a moment: every other connect
     # found the address not flooding and evicted anyone's fresh connection (review-conns5 F2).
     accepted: Bucket = attrs.field(default=None)
-    # Its connects evicted before their handshake was done, their token taken (ClientConnection.unshown:
-    # held for their turn, or let read and evicted during their handshake), since one of its
-    # connections last showed the front proxy's certificate, at most its burst (the newest), each as
-    # what its buckets had been given when it was taken in (Restored), oldest first: given back to
-    # ``accepted`` and to its handshake ``bucket`` then, less what each was given since, by its refill
-    # or a give-back (Bucket.spared_back). A burst of kube-apiserver's evicts one another as they wait
-    # for their turn, or during their handshakes when they come a few ms apart (on a server full of
-    # authenticated clients' idle connections), and its reflectors connect again at once: charged,
-    # 30 and their 29 retries flooded its address, and its next connection evicted its own answered
-    # one (review-conns7 F1; review-conns9 F1 for those evicted during their handshake). Given back
-    # only to the front proxy's address: a flood that has its own connects evicted before their
-    # handshake is done, every one having taken a handshake token, could otherwise connect at twice
-    # its rate without flooding (one sharing kube-apiserver's address has its own given back with
-    # them: at most a burst of connects and of handshakes each time kube-apiserver's connection shows,
-    # never more than it would have without those connects). Given back in full however long ago they
-    # were taken in, they came back twice, by the refill and by the show: a client sharing the
-    # address had up to a burst more at each show (review-conns13 F1); counted from the eviction, a
-    # connect whose handshake stalled past the refill would still have been.
-    spared: list[Restored] = attrs.Factory(list)
-    waiting: deque[Callable[[], bool]] = attrs.Factory(deque)  # handshakes waiting for a token
+    # Its connects evicted before their handshake was done, their token taken (ClientConnection.unshown: held
+    # for their turn, or let read and evicted during their handshake) are kept as their takes of its handshake
+    # ``bucket`` and of ``accepted`` (Ticket, Bucket.spared), as long as the buckets' logs are
+    # (Clients._settle). Once one of its connections shows the front proxy's certificate, each bucket is given
+    # back what those takes still keep spent: it is then as full as it would be had those connects never come
+    # (Bucket.show; never fuller, whatever it was given or spent meanwhile: its log is replayed without them).
+    # A burst of kube-apiserver's evicts one another as they wait for their turn, or during their handshakes
+    # when they come a few ms apart (on a server full of authenticated clients' idle connections), and its
+    # reflectors connect again at once: charged, 30 and their 29 retries flooded its address, and its next
+    # connection evicted its own answered one (review-conns7 F1; review-conns9 F1 for those evicted during
+    # their handshake). Given back only to the front proxy's address: a flood that has its own connects
+    # evicted before their handshake is done, every one having taken a handshake token, could otherwise
+    # connect at twice its rate without flooding (one sharing kube-apiserver's address has its own given back
+    # with them, never more than it would have without those connects). Given back as a count, in full, they
+    # came back twice, by the refill and by the show (review-conns13 F1); less everything the buckets were
+    # given since each was taken in, kube-apiserver lost each show's own token for every one of its connects
+    # under way at that show and evicted after it, and its storms flooded again (review-conns15 F1).
+    pending: int = 0  # its Tickets pending: connections taken in, neither shown nor closed
+    unreturned: bool = False  # one of its connects was spared since it last showed the front proxy
+    # Handshakes waiting for a token, each with its connection's Ticket.
+    waiting: deque[tuple[Callable[[], bool], Ticket | None]] = attrs.Factory(deque)
     release: IDelayedCall | None = None
     forget: IDelayedCall | None = None
 
@@ -158,39 +211,28 @@ class Clients:
             burst = float(self.limits.handshake_burst_per_client)
             bucket = Bucket(self.limits.handshake_rate_per_client, burst, burst, self.monotonic())
             connects = Bucket(self.limits.handshake_rate_per_client, burst, burst, self.monotonic())
-            accepted = Bucket(self.limits.handshake_rate_per_client, burst, burst, self.monotonic())
+            accepted = Bucket(
+                self.limits.handshake_rate_per_client, burst, burst, self.monotonic(), floor=-burst
+            )
             found = self.addresses[host] = Address(host, bucket, connects=connects, accepted=accepted)
         return found
 
     # -- connections --------------------------------------------------------------------------------
 
-    def opened(self, host: str) -> bool:
-        """A new connection from ``host``; False when the address is at its cap (close it). It is
-        counted against the cap once its handshake is done (handshaken)."""
+    def opened(self, host: str) -> Ticket | None:
+        """A new connection from ``host``: its Ticket, to be passed to handshake, handshaken and
+        closed; None when the address is at its cap (close it). It is counted against the cap once its
+        handshake is done (handshaken)."""
         address = self._address(host)
         if address.counted >= self.limits.max_connections_per_client:
             self.refused += 1
             self._forget_later(address)
-            return False
+            return None
         address.open += 1
         accepted = address.accepted
         accepted.refill(self.monotonic())
-        # Past its floor a connect takes nothing: counted as given back at once, so a show gives back
-        # no more of one of those evicted before its handshake (Address.spared) than it took.
-        taken = accepted.tokens - max(accepted.tokens - 1, -accepted.burst)
-        accepted.tokens -= taken
-        accepted.restored += 1 - taken
-        return True
-
-    def restored(self, host: str) -> Restored:
-        """What ``host``'s handshake bucket and ``accepted`` have been given so far (Bucket.restored):
-        a connection about to be taken in keeps it, for its connect and its handshake token to be
-        given back, if it is spared, less what came since (Address.spared)."""
-        address = self._address(host)
-        now = self.monotonic()
-        address.bucket.refill(now)
-        address.accepted.refill(now)
-        return address.bucket.restored, address.accepted.restored
+        address.pending += 1
+        return Ticket(accepted=accepted.take())
 
     def flooding(self, host: str) -> bool:
         """Whether ``host`` opens connections faster than its handshake rate: its handshakes wait for a
@@ -211,42 +253,46 @@ class Clients:
             or address.accepted.refill(now) < 0
         )
 
-    def handshake(self, host: str, start: Callable[[], bool]) -> bool:
+    def handshake(self, host: str, start: Callable[[], bool], ticket: Ticket | None = None) -> bool:
         """Whether the handshake of a connection from ``host`` may start now. If not, ``start`` is
         called when a token is there; it answers whether the connection was still open to take it."""
         address = self._address(host)
         if not address.waiting and address.bucket.refill(self.monotonic()) >= 1:
-            address.bucket.tokens -= 1
+            taken = address.bucket.take()
+            if ticket is not None:
+                ticket.bucket = taken
+            else:
+                self._settle(address)
             return True
         self.delayed += 1
-        address.waiting.append(start)
+        address.waiting.append((start, ticket))
         self._release_later(address)
         return False
 
-    def handshaken(self, host: str, front_proxy: bool) -> bool:
+    def handshaken(self, host: str, front_proxy: bool, ticket: Ticket | None = None) -> bool:
         """The TLS handshake of a connection from ``host`` is done. The front proxy's (it presented
         the front proxy's verified certificate) is never counted against the cap, and its handshake
         token and its connect are given back, with the handshake tokens and connects of its address
-        spared since (see Address.spared), at most its burst, less what the buckets were given since
-        those were taken in: kube-apiserver's connections cost it nothing, however many it opens at
-        once (up to its burst) and however often it does so again.
+        spared since (see Address.pending), as much as they still keep spent: kube-apiserver's
+        connections cost it nothing, however many it opens at once (up to its burst) and however
+        often it does so again.
         Any other is counted now; False when the address reached its cap meanwhile (close it)."""
         address = self._address(host)
+        self._resolve(address, ticket)
         if front_proxy:
             # The spared connects' handshake tokens too: kept spent, kube-apiserver's third round of
             # reconnects within a second found its bucket near empty, its connects waited for a
             # token, those evicted while waiting were charged as bare, and its address flooded
             # (review-conns11 F1).
             now = self.monotonic()
-            for bucket, taken in (
-                (address.bucket, [spared[0] for spared in address.spared]),
-                (address.accepted, [spared[1] for spared in address.spared]),
-            ):
+            for bucket in (address.bucket, address.accepted):
                 bucket.refill(now)
-                bucket.give_back(1 + bucket.spared_back(taken))
-            address.spared.clear()
+                bucket.show()
+            address.unreturned = False
+            self._settle(address)
             self._release(address)
             return True
+        self._settle(address)
         if address.counted >= self.limits.max_connections_per_client:
             self.refused += 1
             return False
@@ -259,19 +305,22 @@ class Clients:
         counted: bool,
         bare: bool = False,
         spared: bool = False,
-        taken_in: Restored | None = None,
+        ticket: Ticket | None = None,
     ) -> None:
         """A connection from ``host`` is closed; ``bare``: no byte ever came on it (a connect only);
         ``spared``: the server evicted it before its handshake was done, its token taken (see
-        Address.spared); ``taken_in``: ``restored`` when it was taken in (now if not given)."""
+        Address.pending); ``ticket``: its takes (opened)."""
         address = self._address(host)
         address.open -= 1
         if counted:
             address.counted -= 1
-        if spared:
-            bisect.insort(address.spared, taken_in if taken_in is not None else self.restored(host))
-            if len(address.spared) > self.limits.handshake_burst_per_client:
-                del address.spared[0]  # the oldest: without it as much or less comes back
+        if spared and ticket is not None and ticket.pending:
+            for taken, bucket in ((ticket.bucket, address.bucket), (ticket.accepted, address.accepted)):
+                if taken is not None and bucket.log and taken > bucket.folded:
+                    bucket.spared.add(taken)
+            address.unreturned = True
+        self._resolve(address, ticket)
+        self._settle(address)
         if bare:
             connects = address.connects
             connects.refill(self.monotonic())
@@ -284,7 +333,20 @@ class Clients:
         """A request from ``host`` was answered 401."""
         address = self._address(host)
         address.bucket.refill(self.monotonic())
-        address.bucket.tokens -= 1
+        address.bucket.take()
+        self._settle(address)
+
+    def _resolve(self, address: Address, ticket: Ticket | None) -> None:
+        if ticket is not None and ticket.pending:
+            ticket.pending = False
+            address.pending -= 1
+
+    def _settle(self, address: Address) -> None:
+        """Drops the buckets' logs once none of the address's connections may still be spared or is
+        spared and not given back: the buckets are then as full as without any spared connect."""
+        if address.pending == 0 and not address.unreturned:
+            address.bucket.settle()
+            address.accepted.settle()
 
     def ready_in(self, key: ClientKey) -> float:
         """Seconds until this client's next request may run (0: now)."""
@@ -301,9 +363,11 @@ class Clients:
     def _release(self, address: Address) -> None:
         now = self.monotonic()
         while address.waiting and address.bucket.refill(now) >= 1:
-            start = address.waiting.popleft()
+            start, ticket = address.waiting.popleft()
             if start():  # a connection closed while waiting takes no token
-                address.bucket.tokens -= 1
+                taken = address.bucket.take()
+                if ticket is not None:
+                    ticket.bucket = taken
         if address.waiting:
             self._release_later(address)
         else:
