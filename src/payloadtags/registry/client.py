@@ -326,8 +326,10 @@ class RegistryClient:
         #: read it is conditional on to the write's answer (reactor seconds), the time in which another
         #: client's push to that tag can be overwritten. kind: retag, restore or repair.
         self.on_window: Callable[[str, str, float, float], None] | None = None
-        # Repositories whose tags no object can name were said to be left out (`_nameable`).
-        self._unnameable_said: OncePerPeriod[str] = OncePerPeriod(UNNAMEABLE_LOG_PERIOD, reactor.seconds)
+        # Whether tags no object can name were said to be left out (`_nameable`): one line a period
+        # for the whole registry, naming the repository met, and counting the others, as a registry
+        # listing them may do so in thousands of repositories.
+        self._unnameable_said: OncePerPeriod[None] = OncePerPeriod(UNNAMEABLE_LOG_PERIOD, reactor.seconds)
 
     @property
     def late_writes(self) -> LateWrites:
@@ -581,7 +583,7 @@ class RegistryClient:
             if joined.isascii() or _encodable(joined):
                 return tags
         kept = [tag for tag in tags if tag and _encodable(tag)]
-        said = self._unnameable_said(repository)
+        said = self._unnameable_said(None)
         if said is not None:
             log.warn(
                 "Leaving out {count} of the {total} tags {repository} lists: no object can name a tag that "
