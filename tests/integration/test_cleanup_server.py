@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 import pytest_twisted
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 
 from payloadtags.limits import HttpLimits
 from payloadtags.names import encode_name
@@ -138,7 +140,13 @@ async def test_a_replicas_removal_waits_for_the_unanswered_write_of_its_single_d
     gateway's 504; the registry gets the PUT later) and the delete answers 504; the namespace is then
     deleted, and the namespace controller's deletecollection on this replica must not answer 200
     before that PUT can no longer land: it answers 504 (its request's deadline comes first) until
-    then, and 200 only once it has deleted what the PUT left."""
+    then, and 200 only once it has deleted what the PUT left.
+
+    No real time is raced (review-misc3 F6): the late writes run on a Clock of the test's, which moves
+    only once the re-tag has landed, and then to the time it may land until. On the real clock the
+    deletecollection had to be received within about 5 s of the single delete's end (the write's 6 s
+    less the margin before its deadline); a test process starved that long got the right 200 and
+    failed."""
     ns = unique_namespace("late")
     _another_replica_leads(kube_api)
     repo, hold, proxy, server, masters = await _held_retag(
@@ -149,15 +157,20 @@ async def test_a_replicas_removal_waits_for_the_unanswered_write_of_its_single_d
         kube_kubeconfig,
         pki,
         ns,
-        # The unanswered re-tag may land for LATE_WRITE_GRACE (2) x 3 s = 6 s from the end of the single
-        # delete's work, and the deletecollection's wait ends a margin (1 s) after it is received. A
-        # registry timeout of 1 s gave it 2 s, and a deletecollection received more than 1 s after that
-        # end, on a loaded machine, rightly waited the write out and answered 200 (review-ds10 F4).
+        # The unanswered re-tag may land for LATE_WRITE_GRACE (2) x 3 s = 6 s (on the late writes'
+        # clock) from the end of the single delete's work, which watches the tag that long on the
+        # reactor: its request's deadline (5 s) comes first, and the work goes on alone (`GoesOn`).
+        # The deletecollection's wait ends a margin (1 s) before its own deadline: 4 s, short of 6 s
+        # whatever the real clock says, so its answer is the write's 504 at once; its deletes have
+        # those 4 s of the reactor.
         registry_timeout=3.0,
-        http=HttpLimits(request_timeout=2.0),
+        http=HttpLimits(request_timeout=5.0),
     )
     collection = f"{B}/namespaces/{ns}/payloadrepositorytags"
     service = server.running.api.service
+    late_writes = service.late_writes
+    writes_clock = Clock()  # the late writes': the removal's waits and cut are counted on it too
+    late_writes.clock = writes_clock
     changed = service.changed
     single_ended: Deferred[None] = Deferred()
 
@@ -170,10 +183,11 @@ async def test_a_replicas_removal_waits_for_the_unanswered_write_of_its_single_d
     async with _released(hold, proxy, server):
         single = await masters.delete(f"{collection}/{encode_name('app', 'v1')}")
         assert single.code == 504, single.body
-        # Its work may outlast its request's deadline (2 s): it waits, in the registry's time, for what
-        # the gateway's 504 left to land, then goes on alone and notes the write at its end, from
-        # which the deletecollection, sent at once, has 5 s to be received.
-        await single_ended
+        # Its work outlasts its request's deadline: it waits, in the registry's time, for what the
+        # gateway's 504 left to land, then goes on alone and notes the write at its end.
+        await _hooked(
+            reactor, single_ended, "the single delete's work never told the service's `changed` of its end"
+        )
         kube_api.store.delete(NAMESPACES, ns)  # Terminating
         removal = await masters.delete(collection)
         assert removal.code == 504, removal.body  # not 200: the re-tag may still land
@@ -181,17 +195,28 @@ async def test_a_replicas_removal_waits_for_the_unanswered_write_of_its_single_d
         hold.callback(None)  # the re-tag lands now, within the time its 504 named
         await proxy.settled()
         assert images.list_tags(fresh_registry, repo) == ["v1"]
-        # The namespace controller goes on calling, backing off between calls (each 504 comes at once
-        # once the PUT's time is past what the request's deadline leaves); the calls past the time the
-        # PUT could land delete what it left.
-        for _ in range(40):
-            removal = await masters.delete(collection)
-            if removal.code == 200:
-                break
-            assert removal.code == 504, removal.body
-            await deferLater(reactor, 0.5, lambda: None)
+        # The namespace controller goes on calling: while the PUT's time has not passed, each call
+        # answers 504 (this process cannot tell that it landed); once it has, the call deletes what
+        # it left and answers 200.
+        removal = await masters.delete(collection)
+        assert removal.code == 504, removal.body
+        late = late_writes.pending(ns)
+        assert late is not None and late[1] > writes_clock.seconds(), late
+        writes_clock.advance(late[1] - writes_clock.seconds())
+        removal = await masters.delete(collection)
     assert removal.code == 200, removal.body
     assert images.list_tags(fresh_registry, repo) == []
+
+
+async def _hooked(reactor: Any, fired: Deferred[None], never: str) -> None:
+    """Waits for ``fired``, which a hook of the server's fires: ``never`` fails the test if it has not
+    within HANG_GUARD, rather than leave it waiting for good (review-misc3 F5)."""
+    try:
+        await fired.addTimeout(HANG_GUARD, reactor)
+        return
+    except defer.TimeoutError:
+        pass
+    pytest.fail(f"{never} within {HANG_GUARD:g}s", pytrace=False)
 
 
 @pytest_twisted.ensureDeferred
