@@ -311,6 +311,78 @@ def test_a_pages_keep_is_measured_exactly_only_when_the_size_is_read(monkeypatch
     assert cache.size == exact[0] + IDENTITY and len(measures) == 1  # measured once
 
 
+def test_no_pages_keep_measures_more_than_its_own_walk_and_one_other(monkeypatch: pytest.MonkeyPatch) -> None:
+    # review-walks8 F1: the page whose bound first took the total over max_bytes measured every walk
+    # kept since the last exact measure, on the reactor thread (12,047 walks, 2 s at the default 32
+    # MiB). A page's keep measures its own walk and at most one other, whatever the cache holds.
+    calls: list[object] = []
+    measure = walks._measure
+
+    def counted(*args: Any) -> Any:
+        calls.append(args)
+        return measure(*args)
+
+    monkeypatch.setattr(walks, "_measure", counted)
+
+    def handed(number: int) -> tuple[TagRef, Kept]:
+        lists = {f"team/r{number}-{j}": tuple(f"v{k}" for k in range(5)) for j in range(4)}
+        return TagRef("team", f"r{number}-0", "v1"), Kept(lists)
+
+    one = measure(dict([handed(0)]), None, {}, TEAM)[0]
+    cache = WalkCache(Clock(), max_bytes=one * 1000)  # about 1,000 such walks by exact measure
+    most = 0
+    for number in range(3000):
+        before = len(calls)
+        cache.keep(ALICE, f"w{number:015d}", TEAM, None, handed(number))
+        most = max(most, len(calls) - before)
+    assert most <= 2, f"one page's keep measured {most} walks"
+    # The walks an exact count per page keeps: the most recent, as many as fit.
+    kept = [number for number in range(3000) if (ALICE, f"w{number:015d}") in cache._walks]
+    assert kept == list(range(3000 - len(kept), 3000))
+    assert cache.size + measure(dict([handed(kept[0] - 1)]), None, {}, TEAM)[0] > cache.max_bytes
+
+
+def test_a_walk_over_its_bound_but_within_its_measure_keeps_both_tokens() -> None:
+    # review-walks8 F2: a walk's own "too much for both tokens" is decided on its exact measure, not
+    # on its bound (tags of one character are CPython's own strings, bounded at 50 bytes each).
+    ones = ("x",) * 5000
+    asked = (TagRef("team", "a", "x"), Kept({"team/a": ones}))
+    handed = (TagRef("team", "b", "v1"), Kept({"team/b": ("v1", "v2")}))
+    kept = dict([asked, handed])
+    exact = walks._measure(kept, asked[0], {}, TEAM)[0]
+    cache = WalkCache(Clock(), max_bytes=exact + IDENTITY + 100)
+    assert walks._bound(kept, {}, TEAM)[0] > cache.max_bytes
+    cache.keep(ALICE, "w", TEAM, asked, handed)
+    assert cache.continued(ALICE, "w", TEAM, handed[0])[1] is not None
+    assert cache.continued(ALICE, "w", TEAM, asked[0])[1] is not None  # a retry of the asked token
+
+
+def test_a_measure_that_raises_while_a_page_is_fitted_leaves_its_walk_its_identitys_hold(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # review-walks8 note: were a walk's exact measure to raise once the page's entry is made, keep's
+    # release of the identity (for a page that kept nothing) took the hold the entry holds, and
+    # dropping the walks later raised KeyError.
+    clock = Clock()
+    page = (AT, Kept(lists(a=3)))
+    exact = walks._measure(dict([page]), None, {}, TEAM)[0]
+    assert walks._bound(dict([page]), {}, TEAM)[0] > exact
+    cache = WalkCache(clock, max_bytes=2 * exact + IDENTITY)  # both fit, but not both bounds
+    cache.keep(ALICE, "w1", TEAM, None, page)
+
+    def fails(*args: Any) -> Any:
+        raise RuntimeError("measure")
+
+    monkeypatch.setattr(walks, "_measure", fails)
+    with pytest.raises(RuntimeError):
+        cache.keep(ALICE, "w2", TEAM, None, (AT, Kept(lists(a=3))))
+    monkeypatch.undo()
+    assert walked(cache, ALICE, "w2") == TEAM
+    clock.advance(cache.ttl + 1)
+    assert walked(cache, ALICE, "w1") is None and len(cache) == 0  # both dropped, no KeyError
+    assert cache.size == 0 and cache.names == 0
+
+
 @pytest.mark.parametrize(
     "kept",
     [

@@ -74,6 +74,12 @@ _REMEMBERED_FROM = 64
 # What remembering a measure costs, counted with the walk: the entry (a tuple of the object, its bytes,
 # its names and a tuple of catalog entries' index), its key (the object's id) and its dict slot.
 _REMEMBERED = sys.getsizeof((0, 0, 0, None)) + 3 * sys.getsizeof(1 << 40) + 6 * 8
+# How many walks may be counted by their bound (`_bound`) rather than measured (`WalkCache._pending`):
+# the last page's, whose walk's next page (kubectl's, at once) replaces it unmeasured. Each other
+# page's keep measures at most this many walks besides its own, however many the cache holds: when
+# all could wait for the bound to reach ``max_bytes``, the page that took it there measured every walk
+# kept since (review-walks8 F1: 12,047 walks, 2 s on the reactor thread at the default bound).
+_PENDING_MAX = 1
 # A tag of one character inside a tag list's lines (`_list_size`).
 _ONE_CHARACTER_LINE = re.compile("\n.\n")
 
@@ -316,10 +322,11 @@ def _bound(kept: Mapping[TagRef, Kept], before: Measured, listed: Listed) -> tup
     same), without its look at which strings are whose: every string a key, a mapping or a rest
     holds is counted as if it were the walk's own, each time it is held. A page's keep counts this
     much (issue #11: the strings' look was most of a page's keep, and the walk's next page replaces
-    what it counted before anyone reads it); the exact measure is made when the cache's size is
-    read or the bound comes near ``max_bytes`` (`WalkCache._settle`). The catalog names a page
-    brought are measured here as `_measure` does, its tag lists bounded (`_list_bound`), and either
-    remembered as `_measure` remembers them (a bound until the exact measure replaces it)."""
+    what it counted before anyone reads it); the exact measure is made by the next page of another
+    walk, or when the bound comes over ``max_bytes`` or the cache's size is read (`WalkCache._fit`).
+    The catalog names a page brought are measured here as `_measure` does, its tag lists bounded
+    (`_list_bound`), and either remembered as `_measure` remembers them (a bound until the exact
+    measure replaces it)."""
     # A string's size taken as CPython gives it (at least what `_measure` counts it), not its length.
     size = _WALK + _str_size(listed.scope) + _str_size(listed.namespace)
     counted: Measured = {}
@@ -440,7 +447,9 @@ class WalkCache:
     # Bytes kept, all walks and the identities they hold: the walks' exact measures (`kept_size`) and,
     # for those in ``_pending``, their upper bounds (`_bound`). `size` is the exact count.
     _size: int = 0
-    _pending: set[Key] = attrs.field(factory=set)  # the walks whose size is their bound
+    # The walks whose size is their bound, the one kept first first: at most `_PENDING_MAX` between
+    # pages (`_fit`), so that no page measures more than a few walks.
+    _pending: dict[Key, None] = attrs.field(factory=dict)
     names: int = 0  # tags and catalog names kept, all walks (metrics)
     # At most the oldest walk's ``touched`` (inf: none was kept since the cache emptied): an
     # `_expire` before it is due looks at no walk (each page made two, issue #11).
@@ -450,7 +459,8 @@ class WalkCache:
     @property
     def size(self) -> int:
         """The bytes kept, all walks (`kept_size`) and the identities they hold."""
-        self._settle()
+        while self._pending:  # `_PENDING_MAX` walks at most
+            self._settle()
         return self._size
 
     def run(self) -> None:
@@ -513,7 +523,7 @@ class WalkCache:
             before = old.measured
             self._size -= old.size
             self.names -= old.names
-            self._pending.discard(key)
+            self._pending.pop(key, None)
             self._release(identity)
         self._expire()
         held = False
@@ -522,6 +532,9 @@ class WalkCache:
         finally:
             if not held:
                 self._release(identity)
+        # Once the entry holds the identity: should a measure raise here, its hold stays its own.
+        if held:
+            self._fit()
 
     def _keep(
         self,
@@ -531,7 +544,8 @@ class WalkCache:
         handed: tuple[TagRef, Kept] | None,
         before: Measured,
     ) -> bool:
-        """Whether the walk's entry was made, holding ``key``'s identity (the caller's hold)."""
+        """Whether the walk's entry was made, holding ``key``'s identity (the caller's hold); counted,
+        not yet fitted within ``max_bytes`` (`_fit`)."""
         kept: dict[TagRef, Kept] = {}
         if asked is not None and (asked[1].lists or asked[1].rest):
             kept[asked[0]] = asked[1]
@@ -550,27 +564,33 @@ class WalkCache:
         if not kept or size > self.max_bytes:
             return False
         self._walks[key] = _Walk(listed, kept, size, names, self._touch(), measured, at)
-        if not exact:
-            self._pending.add(key)
         self._size += size
         self.names += names
+        if not exact:
+            self._pending[key] = None
+        return True
+
+    def _fit(self) -> None:
+        """The walks within ``max_bytes``, least recently continued dropped first, each only once
+        every walk is measured exactly: the same walks go as with an exact measure on every page,
+        and a page measures at most `_PENDING_MAX` + 1 walks (its own among them)."""
+        while len(self._pending) > _PENDING_MAX:
+            self._settle()
         while self._size > self.max_bytes and self._walks:
             if self._pending:
                 self._settle()
             else:
                 self._drop(next(iter(self._walks)))
-        return True
 
     def _settle(self) -> None:
-        """Every walk's size measured exactly (`_measure`): the ones kept since it was last made."""
-        # Emptied one by one, as the walks' dict is: its table stays, as big as the most walks ever
-        # pending at once (clear() would free it, and a walk's count would not have been what
-        # dropping it frees).
-        while self._pending:
-            walk = self._walks[self._pending.pop()]
-            size, _, walk.measured = _measure(walk.kept, walk.asked, walk.measured, walk.listed)
-            self._size += size - walk.size
-            walk.size = size
+        """The walk pending longest measured exactly (`_measure`). Taken out of ``_pending`` first:
+        should the measure raise, its size stays its bound, more than dropping it frees, never less."""
+        key = next(iter(self._pending))
+        del self._pending[key]
+        walk = self._walks[key]
+        size, _, walk.measured = _measure(walk.kept, walk.asked, walk.measured, walk.listed)
+        self._size += size - walk.size
+        walk.size = size
 
     def _hold(self, who: UserInfo) -> _Identity:
         """``who``'s identity, held once more (the one object of equal identities)."""
@@ -608,7 +628,7 @@ class WalkCache:
         walk = self._walks.pop(key)
         self._size -= walk.size
         self.names -= walk.names
-        self._pending.discard(key)
+        self._pending.pop(key, None)
         self._release(self._identities[key[0]])
 
 
