@@ -423,6 +423,42 @@ async def test_a_token_beside_a_token_file_that_cannot_be_read_is_sent_as_kubect
         await client.close()
 
 
+@pytest.mark.parametrize("blank", [" ", "\t"])
+@pytest_twisted.ensureDeferred
+async def test_a_blank_token_is_no_credential_as_kubectl_takes_it(
+    kube_api: KubeApiDouble, tmp_path: Path, blank: str
+) -> None:
+    # review-misc4 F1: a token of only spaces or a tab beside a readable tokenFile refused the start
+    # ("unsupported kubeconfig credential scheme 'Bearer'"); kubectl sends the file's token. Without a
+    # file kubectl sends `Authorization: Bearer` with nothing after it, which the API server takes as no
+    # credential at all: payloadtags starts and sends none either.
+    kube_api.add_token("file-token", "robot", ("system:masters",))
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "token").write_text("file-token\n")
+    beside = with_user(
+        kube_api.write_kubeconfig(tmp_path / "conf" / "kc"), {"tokenFile": "token", "token": blank}
+    )
+    assert (await Kubectl(beside, tmp_path / "kubectl-cache")("get", "--raw", NS)).code == 0
+    assert kube_api.requests_for(NS)[-1].user == "robot"
+    config = load_cluster_config(str(beside))
+    assert config is not None and config.token is None
+    client = KubeClient(reactor, config, request_timeout=5)
+    try:
+        assert await listed_as(client, kube_api) == "robot"
+    finally:
+        await client.close()
+    alone = with_user(kube_api.write_kubeconfig(tmp_path / "conf" / "kc-alone"), {"token": blank})
+    assert (await Kubectl(alone, tmp_path / "kubectl-cache")("get", "--raw", NS)).code != 0
+    assert kube_api.requests_for(NS)[-1].code == 401
+    config = load_cluster_config(str(alone))
+    assert config is not None and config.token is None and config.token_file is None
+    client = KubeClient(reactor, config, request_timeout=5)
+    try:
+        assert (await error_of(client.list(NS))).code == 401
+    finally:
+        await client.close()
+
+
 PLUGIN = """#!/bin/sh
 # An ExecCredential plugin: token-N on its Nth run, expiring at what the file `expiry` says.
 cd "$(dirname "$0")"

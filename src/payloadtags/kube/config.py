@@ -237,6 +237,10 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
         # The plugin is run below by our own runner, which also reads when its credential expires; the
         # library would run it a second time and keep neither the expiry nor a way to renew.
         user.pop("exec")
+    if isinstance(user.get("token"), str) and not user["token"].strip():
+        # client-go sends a blank token as it stands (`Authorization: Bearer` and nothing after), which the
+        # API server takes as no credential: none is sent, and a tokenFile beside it is the credential.
+        user.pop("token")
     token_file = user.get("tokenFile")
     token_beside = bool(user.get("token"))
     warnings: tuple[str, ...] = ()
