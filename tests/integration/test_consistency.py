@@ -85,12 +85,30 @@ def release(hold: Deferred[None]) -> None:
 
 def watched(hold: Deferred[None], seen: list[str], path: str) -> None:
     """A read of the tag after a write the proxy holds went unanswered: the second one releases the
-    write, which lands between two of the delete's reads. The first has not seen it, so a delete that
-    does not watch the tag for it (it reads the tag once) finds the tag as it was, whatever the
-    machine's speed; one that watches sees it land at a later read."""
+    write, which lands between two of the delete's reads. (The second may be a look after the watch,
+    by a delete that read the tag once and gave up: the write then races that look. Where that matters,
+    `lands_in_the_watch` decides it.)"""
     seen.append(path)
     if len(seen) == 2:
         release(hold)
+
+
+def lands_in_the_watch(
+    monkeypatch: pytest.MonkeyPatch, replica: Replica, proxy: FaultProxy, hold: Deferred[None]
+) -> None:
+    """The held write is released at the delete's first pause between two reads of the tag, and the
+    pause ends only once the registry has answered it: the write lands after the watch's first read and
+    before its second, however slow the machine is. A delete that reads the tag once and goes on never
+    pauses there, so the write stays held past everything it does: it finds the tag as it was."""
+    pause = replica.client._pause
+
+    async def paused() -> None:
+        if not hold.called:
+            release(hold)
+            await proxy.settled()  # the watch's read was answered: the write is all that is in flight
+        await pause()
+
+    monkeypatch.setattr(replica.client, "_pause", lambda: Deferred.fromCoroutine(paused()))
 
 
 # --- conditional writes ------------------------------------------------------------------------------
@@ -152,7 +170,12 @@ async def test_a_delete_whose_answer_was_lost_succeeds(registry, repo, proxied) 
 )
 @pytest_twisted.ensureDeferred
 async def test_a_retag_landing_soon_after_timeout_finishes(
-    registry: RegistryServer, repo: str, proxied: Any, fault: str, client_timeout: float
+    registry: RegistryServer,
+    repo: str,
+    proxied: Any,
+    fault: str,
+    client_timeout: float,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The re-tag reaches the registry a moment after the client gave up on it (between two reads of
     the tag after it): the delete watches the tag for that, sees its copy land, and finishes; the
@@ -161,17 +184,15 @@ async def test_a_retag_landing_soon_after_timeout_finishes(
     images.tag_manifest(registry, repo, "v1", "sibling")
     hold: Deferred[None] = Deferred()
     retags: list[str] = []
-    seen: list[str] = []
 
     def decide(method: str, path: str) -> str | None:
         if method == "PUT" and path.endswith("/manifests/v1"):
             retags.append(path)
             return fault
-        if retags and reads(method, path):
-            watched(hold, seen, path)
         return None
 
     proxy, replica = proxied(decide, timeout=client_timeout, hold=hold)
+    lands_in_the_watch(monkeypatch, replica, proxy, hold)
     assert await replica.client.delete_tag(repo, "v1") == digest
     assert proxy.injected[fault] == 1
     await proxy.settled()
@@ -392,32 +413,31 @@ async def test_a_restore_whose_answer_was_lost_is_reported_where_the_tag_is(regi
 # An ingress, load balancer or sidecar whose upstream timeout is shorter than the registry's time to
 # answer sends its own 504 at once; the registry carries the write out later. Its 5xx to a write is
 # no answer (docs/consistency.md), as a timeout is not. Each write lands between two of the delete's
-# reads of the tag past that 504 (the proxy holds it until the second: `watched`), within the 2 x 5 s
-# that a delete watches the tag for it, however slow the machine is.
+# reads of the tag past that 504 (the proxy holds it until the watch's first pause, `lands_in_the_watch`,
+# or the second read, `watched`), within the 2 x 5 s that a delete watches the tag for it, however slow
+# the machine is.
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_retag_behind_a_gateway_timeout_after_someone_else_deleted_the_tag_is_not_undone(
-    registry, repo, proxied
+    registry, repo, proxied, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Another client deletes the tag while our re-tag is held behind the gateway's 504: the tag reads
     as gone, but the re-tag still lands and brings it back. Taking the 504 for an answer, the delete
     reported success there, and the tag came back after it."""
     digest = images.push_oci_image(registry, repo, "v1")
     held: list[str] = []
-    seen: list[str] = []
 
     def decide(method: str, path: str) -> str | None:
         if method == "PUT" and path.endswith("/manifests/v1") and not held:
             held.append(path)
             assert images.delete_manifest(registry, repo, digest) == 202  # the other client's delete
             return GATEWAY_LATE
-        if held and reads(method, path):
-            watched(hold, seen, path)
         return None
 
     hold: Deferred[None] = Deferred()
     proxy, replica = proxied(decide, timeout=5.0, hold=hold)
+    lands_in_the_watch(monkeypatch, replica, proxy, hold)
     assert await replica.client.delete_tag(repo, "v1") == digest  # the copy landed, and went
     await proxy.settled()
     assert images.list_tags(registry, repo) == []
