@@ -27,6 +27,16 @@ def bounded_decimal(digits: str, maximum: int) -> int | None:
     return value if value <= maximum else None
 
 
+def utf8_encodable(text: str) -> bool:
+    """Whether strict UTF-8 carries ``text``: a lone surrogate (JSON's ``\\ud800``) is the only str it
+    refuses."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 # One DNS label as the resolver takes it (RFC 1123); a name in another script arrives here as IDNA.
 _DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)", re.IGNORECASE)
 

@@ -16,6 +16,7 @@ from payloadtags.api.errors import ApiError, bad_request
 from payloadtags.api.walks import is_walk_id
 from payloadtags.names import TagRef, is_namespace, is_repository_path
 from payloadtags.registry.content import MAX_REPOSITORY_LENGTH
+from payloadtags.validators import utf8_encodable
 from payloadtags.watch import parse_version
 
 _VERSION = 1
@@ -54,7 +55,7 @@ def encode(token: Continuation) -> str:
         refused = _refused(token.resource_version, last.namespace, last.repository_path, tag, token.walk)
         if refused is None:
             parts.remember()
-    elif isinstance(tag, str) and tag != "" and (tag.isascii() or _encodable(tag)):
+    elif isinstance(tag, str) and tag != "" and (tag.isascii() or utf8_encodable(tag)):
         refused = None
     else:
         refused = _MALFORMED
@@ -207,19 +208,10 @@ def _refused(resource_version: object, ns: object, path: object, tag: object, wa
         # the empty one and text UTF-8 cannot carry, which it leaves out (`RegistryClient._nameable`):
         # only a tampered token names one (and the copy for the caller could not carry the latter).
         and tag != ""
-        and _encodable(tag)  # type: ignore[arg-type]
+        and utf8_encodable(tag)  # type: ignore[arg-type]
         and (walk is None or is_walk_id(walk))
     )
     return None if valid else _MALFORMED
-
-
-def _encodable(text: str) -> bool:
-    # A lone surrogate (JSON's \ud800) is the only str strict UTF-8 refuses.
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 # What Go's base64.RawURLEncoding, with which kube-apiserver decodes a token, takes: the URL-safe

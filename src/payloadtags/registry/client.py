@@ -39,7 +39,7 @@ from twisted.web.iweb import IAgent, IResponse
 
 from payloadtags.deferreds import DeadlineExpired, carried_through, is_cancellation, within
 from payloadtags.onceper import OncePerPeriod
-from payloadtags.validators import positive
+from payloadtags.validators import positive, utf8_encodable
 
 from . import schema1
 from .auth import Authenticator, TokenAnswer, TokenRequest
@@ -580,9 +580,9 @@ class RegistryClient:
         # The usual list holds neither: one lookup, and one join (encoded only when it is not ASCII).
         if "" not in tags:
             joined = "".join(tags)
-            if joined.isascii() or _encodable(joined):
+            if joined.isascii() or utf8_encodable(joined):
                 return tags
-        kept = [tag for tag in tags if tag and _encodable(tag)]
+        kept = [tag for tag in tags if tag and utf8_encodable(tag)]
         said = self._unnameable_said(None)
         if said is not None:
             log.warn(
@@ -2066,15 +2066,6 @@ def _tag_after(tag: str, last: str) -> bool:
     """Whether ``tag`` comes after ``last`` in the order tags are paged in: lexical, which the
     distribution spec also describes as case-insensitive; either is taken."""
     return tag > last or tag.casefold() > last.casefold()
-
-
-def _encodable(text: str) -> bool:
-    # A lone surrogate is the only str strict UTF-8 refuses.
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _path_and_query(url: str) -> str:
