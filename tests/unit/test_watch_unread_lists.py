@@ -5,11 +5,15 @@ and the watch from a list starts at once, as an informer's does."""
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
+
 import pytest
 from twisted.internet.task import Clock
 
 from payloadtags.identity import UserInfo
 from payloadtags.watch import ScopeSource, WatchHub
+from payloadtags.watch import watcher as watcher_module
 from tests.unit.test_watch import FakeReader, from_list, grant, list_sequence, one_turn, ready
 from tests.unit.test_watch_resume_rules import RBAC, _as, _hub, _stream_of, resumed
 
@@ -172,4 +176,108 @@ def test_a_trim_after_a_list_of_the_unwatched_scope_drops_what_it_showed_its_wat
     clock.advance(1)
     w, _ = _as(RBAC[hub].authorizer, ALICE)
     assert not from_list(hub, w, source, listed)
+    hub.stop()
+
+
+def test_a_grant_of_a_repository_a_list_showed_unread_leaves_the_running_watch_alone() -> None:
+    """docs/watch.md ("Access"): only a revocation where a list showed tags the source has not read
+    ends the watch from it. Her list of all namespaces does not show y/app (denied), which the source
+    has not read; y/app granted, the watch runs on, and the source's read of it sends its ADDED
+    (review-watch16 F2: a check that took those repositories as the scope ended it with 410, and
+    every all-namespaces watch of hers relisted)."""
+    hub, index, reader, clock = _hub({"k0/app": {"v1"}, "y/lib": {"v1"}})
+    grant(index, "alice", "k0", ["app"], "a-k0")
+    grant(index, "alice", "y", ["lib"], "a-y")
+    source = ready(hub, None)
+    _stream_of(hub, source, clock, ALICE, None)
+    reader.repositories["y/app"] = {"v1"}  # pushed, the source has not read it
+    listed = list_sequence(hub, None, ALICE)
+    observe = hub.observer(None, hub.versions.format(listed))
+    assert observe is not None
+    for repository, tags in sorted(reader.repositories.items()):
+        observe(repository, sorted(tags))  # as a list of anyone's that showed y/app would
+    _settle(clock)
+    assert "y/app" in source.unconfirmed()
+    w, sink = _as(RBAC[hub].authorizer, ALICE)
+    assert hub.start(w, source, since=listed, timeout=None)
+    grant(index, "alice", "y", ["lib", "app"], "a-y")  # y/app granted
+    clock.advance(1)
+    assert not w.closed, (w.reason, sink.lines)
+    hub.repository_changed("y/app")  # the source reads it: its ADDED shows it
+    _settle(clock)
+    assert any(line.startswith(b"ADDED y/app:v1") for line in sink.lines), sink.lines
+    hub.stop()
+
+
+def test_a_list_once_ended_leaves_nothing_in_her_entry() -> None:
+    """docs/watch.md ("Bounds"): about 450 bytes a user and scope. An entry kept the set of her lists
+    reading now (`Noted.lists`) once they had ended, empty: about 870 bytes more, for every user who
+    listed once (review-watch16 F1). 2,000 users, each noted by a watch, each list a page read and
+    ended: the entries hold what they did before."""
+    users = [UserInfo(f"u{i}") for i in range(2000)]
+    hub, index, _, _ = _hub({"team/app": {"v1"}})
+    for user in users:
+        grant(index, user.name, "team", ["app"], f"r-{user.name}")
+    source = ready(hub, "team")
+    for user in users:  # a watch of hers notes her
+        w, _ = _as(RBAC[hub].authorizer, user)
+        assert hub.start(w, source, since=None, timeout=None)
+        w.end("test")
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for user in users:
+            list_sequence(hub, "team", user)
+            decisions = hub.page_decisions("team", user)
+            decisions.decided("team")
+            hub.listed_page("team", user, decisions)
+            del decisions  # the list has ended
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert all(hub.rules.entries[(source, (user.name, ""))].lists is None for user in users)
+    assert kept / len(users) < 200, kept / len(users)
+    hub.stop()
+
+
+def test_an_access_check_looks_only_at_the_unread_repositories_of_the_namespaces_whose_rules_changed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """review-watch16 (its F5 note): one change of alice's rules in k0, with 3,000 repositories in 300
+    other namespaces shown by a list and not read by the source, made each of her 20 watches look at
+    all of them (60,020 repositories in one check). Now those of k0 only: none here."""
+    hub, index, reader, clock = _hub({"k0/app": {"v1"}})
+    grant(index, "alice", "k0", ["app"], "a-k0")
+    grant(index, "alice", "ns0", ["app"], "a-ns0")
+    source = ready(hub, None)
+    listed = list_sequence(hub, None, UserInfo("bob"))
+    observe = hub.observer(None, hub.versions.format(listed))
+    assert observe is not None
+    unread = [f"ns{i % 300}/r{i}" for i in range(3000)]
+    for repository in unread:
+        reader.repositories[repository] = {"v1"}
+        reader.unindexed.add(repository)  # the scope's reads do not see it: it stays unread
+        observe(repository, ["v1"])
+    _settle(clock)
+    assert len(source.unconfirmed()) == len(unread)
+    watches = []
+    for _ in range(20):
+        w, _ = _as(RBAC[hub].authorizer, ALICE)
+        assert hub.start(w, source, since=None, timeout=None)
+        watches.append(w)
+    looked_at: list[str] = []
+    split = watcher_module.split_repository
+
+    def counted(repository: str) -> tuple[str, str] | None:
+        looked_at.append(repository)
+        return split(repository)
+
+    monkeypatch.setattr(watcher_module, "split_repository", counted)
+    grant(index, "alice", "k0", ["app", "other"], "a-k0")  # shows her nothing new
+    clock.advance(1)
+    monkeypatch.undo()
+    assert not any(w.closed for w in watches)
+    assert set(looked_at) == {"k0/app"}, len(looked_at)
     hub.stop()

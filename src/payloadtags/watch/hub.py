@@ -748,9 +748,12 @@ class WatchHub:
                 # watch from that list sends them only once a read finds them (an ADDED, or a DELETED
                 # should they go first), decided by the new rules then, and its client would keep
                 # what the list showed and she may no longer see (review-watch13 F5). Only a
-                # revocation there counts: one she now may see comes with that event.
-                leaving = itertools.chain(source.fanout.waiting(watcher), source.unconfirmed())
-                if watcher.access_changed(source.tags, leaving=leaving):
+                # revocation there counts: one she now may see comes with that event. Only those of
+                # the namespaces whose rules changed are looked at (`unconfirmed_in`): all of them,
+                # up to ``max_pending``, for every watch of a user whose rules changed anywhere was
+                # the most of a check's work (review-watch16).
+                leaving = source.fanout.waiting(watcher)
+                if watcher.access_changed(source.tags, leaving=leaving, unread_in=source.unconfirmed_in):
                     # Its client's cache holds tags it may no longer see, or lacks ones it now may. A
                     # stream that just ends is watched again from its last resourceVersion, which
                     # replays neither: the 410 makes the client relist under the new rules.

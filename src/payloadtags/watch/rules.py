@@ -102,8 +102,9 @@ class Noted:
     # looks at the whole scope.
     trimmed_to: int = 0
     # Her lists of the scope reading now (a page's or a whole list's `PageDecisions`), known weakly:
-    # gone with their request. A trim keeps the namespaces they decided in (`RulesLedger._trim`).
-    lists: weakref.WeakSet[PageDecisions] | None = None
+    # gone with their request, and None once none reads (`_reading`). A trim keeps the namespaces
+    # they decided in (`RulesLedger._trim`).
+    lists: list[weakref.ref[PageDecisions]] | None = None
 
     @property
     def cost(self) -> int:
@@ -485,7 +486,7 @@ class RulesLedger:
             del noted.gone[namespace]  # back in the scope
         current = source.versions.current
         unread = source.unconfirmed_namespaces()
-        lists = list(noted.lists or ())
+        lists = [decisions for ref in noted.lists or () if (decisions := ref()) is not None]
 
         def kept(namespace: str) -> bool:
             if namespace == listing or namespace in unread:
@@ -535,9 +536,21 @@ def _returned(noted: Noted, namespaces: Iterable[str]) -> None:
 
 
 def _reading(noted: Noted, listing: PageDecisions) -> None:
+    """Notes ``listing`` in ``noted.lists`` until it ends. References of its own, each gone as its
+    list ends, and the list of them with the last: a `weakref.WeakSet` stays once empty, about 870
+    bytes, twice what docs/watch.md ("Bounds") gives a whole entry, in every entry of a user who
+    listed once (review-watch16 F1)."""
     if noted.lists is None:
-        noted.lists = weakref.WeakSet()
-    noted.lists.add(listing)
+        noted.lists = []
+    elif any(ref() is listing for ref in noted.lists):
+        return
+
+    def ended(gone: weakref.ref[PageDecisions]) -> None:
+        # By identity: a dead reference equals only itself, a live one compares what it refers to.
+        left = [ref for ref in noted.lists or () if ref is not gone]
+        noted.lists = left or None
+
+    noted.lists.append(weakref.ref(listing, ended))
 
 
 def _left_at(source: ScopeSource, namespaces: Collection[str]) -> dict[str, int]:

@@ -13,7 +13,7 @@ import collections
 import contextvars
 import enum
 import weakref
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Protocol
 
 import attrs
@@ -109,6 +109,9 @@ class ScopeSource:
     # did not show, until a read made after those lists' confirms them (`list_read`); at most
     # ``max_pending`` in all, past which the scope's watches relist (``on_reset``).
     _shown: dict[str, set[str]] = attrs.field(factory=dict)
+    # The repositories of ``_shown`` by namespace: an access check looks only at those of the
+    # namespaces whose rules changed (`unconfirmed_in`), not at all of them for every watch.
+    _shown_in: dict[str, set[str]] = attrs.field(factory=dict)
     _hidden: dict[str, set[str]] = attrs.field(factory=dict)
     # Per repository, the last read number issued when a list's differences were noted: only a read
     # numbered above it started after that list's read, and may confirm them.
@@ -154,7 +157,12 @@ class ScopeSource:
 
     def unconfirmed_namespaces(self) -> set[str]:
         """The namespaces of `unconfirmed`."""
-        return {parts[0] for repository in self._shown if (parts := split_repository(repository)) is not None}
+        return set(self._shown_in)
+
+    def unconfirmed_in(self, namespaces: Iterable[str]) -> Iterator[str]:
+        """The repositories of `unconfirmed` in ``namespaces``."""
+        for namespace in namespaces:
+            yield from self._shown_in.get(namespace, ())
 
     def covers(self, repository: str) -> bool:
         parts = split_repository(repository)
@@ -302,12 +310,27 @@ class ScopeSource:
         if len(tags) == len(old) and old.issuperset(tags):
             return
         seen = frozenset(tags)
-        self._note(self._shown, repository, seen - old)
+        self._note_shown(repository, seen - old)
         self._note(self._hidden, repository, old - seen)
         if self._pending > self.max_pending:
             self._reset()
             return
         self._check(repository)
+
+    def _note_shown(self, repository: str, tags: frozenset[str]) -> None:
+        parts = split_repository(repository)
+        if tags and parts is not None:
+            self._shown_in.setdefault(parts[0], set()).add(repository)
+            self._note(self._shown, repository, tags)
+
+    def _unnote_shown(self, repository: str) -> set[str]:
+        shown = self._shown.pop(repository, set())
+        parts = split_repository(repository)
+        if parts is not None and (repositories := self._shown_in.get(parts[0])) is not None:
+            repositories.discard(repository)
+            if not repositories:
+                del self._shown_in[parts[0]]
+        return shown
 
     def _note(self, pending: dict[str, set[str]], repository: str, tags: frozenset[str]) -> None:
         if not tags:
@@ -328,6 +351,7 @@ class ScopeSource:
             bound=self.max_pending,
         )
         self._shown.clear()
+        self._shown_in.clear()
         self._hidden.clear()
         self._noted.clear()
         self._pending = 0
@@ -364,7 +388,7 @@ class ScopeSource:
         if mark <= self._noted.get(repository, mark):
             return
         del self._noted[repository]
-        shown = self._shown.pop(repository, set())
+        shown = self._unnote_shown(repository)
         hidden = self._hidden.pop(repository, set())
         self._pending -= len(shown) + len(hidden)
         parts = split_repository(repository)
@@ -381,7 +405,7 @@ class ScopeSource:
             if tag in now:
                 self.emit(EventType.ADDED, TagRef(parts[0], parts[1], tag))
         if unknown:
-            self._note(self._shown, repository, frozenset(unknown))
+            self._note_shown(repository, frozenset(unknown))
         gone = (hidden & snapshot) - now
         if gone:
             # The snapshot holds tags that are gone: a read applied to it sends their DELETED. They

@@ -195,13 +195,20 @@ class Watcher:
         check (`_ruled_by`)."""
         return list(self._ruled_by.items())
 
-    def access_changed(self, scope: Iterable[str], leaving: Iterable[str] = ()) -> bool:
+    def access_changed(
+        self,
+        scope: Iterable[str],
+        leaving: Iterable[str] = (),
+        unread_in: Callable[[Iterable[str]], Iterable[str]] | None = None,
+    ) -> bool:
         """After a change of the access rules: True when the user may now see a repository of the
         watched scope (``scope``: the repositories that have tags) that any rules its client's view was
         decided by hid, or no longer one they showed; or no longer one of ``leaving`` (repositories
         whose last tags' deletions are still on their way to it: decided as they are handed over, a
         DELETED it no longer sees would leave its client the tag; one it now sees is a DELETED of a
-        tag it never had). Also True on any change of its rules in the scope while what it starts
+        tag it never had), or of ``unread_in`` (those of the namespaces whose rules changed, given
+        them: those a list showed tags of that the source has not read, counted as ``leaving``).
+        Also True on any change of its rules in the scope while what it starts
         with is not all written: those events are decided as they are written, and may be of a
         repository emptied since (a grant would show a tag that is gone, with no DELETED after). The
         client's cache then lacks tags or holds stale ones, and only a relist mends it. False when the
@@ -218,8 +225,10 @@ class Watcher:
             return False
         if self.opening is not None or self._decided_otherwise:
             return True
+        unread = () if unread_in is None else unread_in(changed)
         for repository, revoked_only in itertools.chain(
-            ((repository, False) for repository in scope), ((repository, True) for repository in leaving)
+            ((repository, False) for repository in scope),
+            ((repository, True) for repository in itertools.chain(leaving, unread)),
         ):
             parts = split_repository(repository)
             if parts is None:
