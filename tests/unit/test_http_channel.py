@@ -713,18 +713,21 @@ def test_kube_apiservers_connects_a_few_ms_apart_evicted_during_their_handshakes
 
 
 @pytest.mark.parametrize(
-    ("free", "n", "gap", "handshake", "rounds"),
+    ("free", "n", "gap", "handshake", "rounds", "between", "burst"),
     [
-        (10, 40, 0.001, 0.004, 10),
-        (15, 40, 0.001, 0.006, 10),
-        (6, 40, 0.002, 0.004, 20),
-        (10, 30, 0.001, 0.005, 20),
+        (10, 40, 0.001, 0.004, 10, 0.1, 40),
+        (15, 40, 0.001, 0.006, 10, 0.1, 40),
+        (6, 40, 0.002, 0.004, 20, 0.1, 40),
+        (10, 30, 0.001, 0.005, 20, 0.1, 40),
+        # Past the buckets' log limit of 512 entries within a round (review-conns17 F1).
+        (60, 300, 0.0005, 0.006, 6, 0.5, 400),
     ],
 )
 def test_kube_apiservers_storms_with_several_handshakes_under_way_at_a_show_leave_its_address_unflooded(
-    free: int, n: int, gap: float, handshake: float, rounds: int
+    free: int, n: int, gap: float, handshake: float, rounds: int, between: float, burst: int
 ) -> None:
-    """Rounds 0.1 s apart on a server of 40 places, ``free`` of them left by kube-apiserver closing as
+    """Rounds ``between`` seconds apart on a server of ``burst`` places (at least 40), with
+    --handshake-burst-per-client=``burst``, ``free`` of them left by kube-apiserver closing as
     many of its answered connections before each round: ``n`` connects ``gap`` apart, each
     handshake done (the front proxy's certificate shown) ``handshake`` after it is let read, unless a
     later connect of the round evicts it first. So several of its connections are in their handshake
@@ -732,10 +735,14 @@ def test_kube_apiservers_storms_with_several_handshakes_under_way_at_a_show_leav
     ones still keep spent, so its address never floods and its next connection evicts a user's idle
     connection, not its own answered one (review-conns15 F1: a show counted the earlier shows' own
     tokens against the connects evicted after them; its buckets drained round by round, its
-    address flooded from the fourth round and its next connect reset its own answered connection)."""
-    table, events, clock = _table(limit=40, probes=0, front_proxy_places=3)
+    address flooded from the fourth round and its next connect reset its own answered connection;
+    review-conns17 F1: 300 connects a round within a burst of 400 logged past 512 entries, and each
+    fold of the log kept the evicted connects' takes spent: the same drain, flooding from the fifth
+    round)."""
+    places = max(40, burst)
+    table, events, clock = _table(limit=places, probes=0, front_proxy_places=3, burst=burst, per_client=1000)
     table.site.admission = _Proving()
-    for i in range(40 - free - 1):
+    for i in range(places - free - 1):
         _answered(table, clock, _open(table, clock, f"10.0.0.{3 + i % 4}"), front_proxy=False)
     kube = _open(table, clock, "10.0.0.2")
     assert kube is not None
@@ -776,7 +783,7 @@ def test_kube_apiservers_storms_with_several_handshakes_under_way_at_a_show_leav
         while not all(wrapper._lost or id(wrapper) in shown for wrapper, _ in pairs):
             clock.advance(0.0005)
             tick(pairs, let)
-        clock.advance(0.1 - clock.seconds() % 0.1)
+        clock.advance(between - clock.seconds() % between)
     assert flooded == 0 and not table.clients.flooding("10.0.0.2")
     events.clear()
     assert _open(table, clock, "10.0.0.2") is not None

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
+from payloadtags.http import clients as clients_module
 from payloadtags.http.clients import ClientKey, Clients, FairScheduler, Ticket, address_key, connection_key
 from payloadtags.limits import HttpLimits
 
@@ -609,3 +610,67 @@ def test_a_client_sharing_kube_apiservers_address_never_ends_fuller_than_without
     refills, the extra connects never leave the handshake bucket or ``accepted`` fuller than without
     them (docs/hardening.md)."""
     assert {seed: wrong for seed in range(400) if (wrong := _both_worlds(seed, 60))} == {}
+
+
+def test_a_fold_of_the_log_keeps_the_give_back_of_the_connects_already_evicted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kube-apiserver's K starts its handshake; a sharing client's X is taken in and evicted under way;
+    then 401s and connects that spoke fill the buckets' logs past a (small) limit, and the fold takes
+    in X's takes; K shows: the buckets are as they are without X (review-conns17 F1: the fold kept
+    X's takes spent and forgot them, and its give-back was lost)."""
+    monkeypatch.setattr(clients_module, "LOG_LIMIT", 8)
+    monkeypatch.setattr(clients_module, "LOG_PER_BURST", 0)
+    clock = Clock()
+    host = "10.0.0.2"
+    limits = HttpLimits(handshake_rate_per_client=1.0, handshake_burst_per_client=4)
+    worlds = [Clients(limits, clock, clock.seconds) for _ in range(2)]  # with X, without
+    kube = []
+    for clients in worlds:
+        _shows(clients, host)
+        kube.append(_started(clients))
+    x = _started(worlds[0])
+    worlds[0].closed(host, counted=False, spared=True, ticket=x)
+    for _ in range(8):
+        clock.advance(0.25)
+        for clients in worlds:
+            clients.unauthenticated(host)
+            ticket = clients.opened(host)
+            clients.closed(host, counted=False, ticket=ticket)
+    assert all(
+        bucket.folded for bucket in (worlds[0].addresses[host].bucket, worlds[0].addresses[host].accepted)
+    )
+    for clients, ticket in zip(worlds, kube, strict=True):
+        assert clients.handshaken(host, front_proxy=True, ticket=ticket)
+    assert _levels(worlds[0]) == _levels(worlds[1])
+
+
+def test_an_address_drops_its_logs_once_nothing_is_pending_and_its_buckets_are_full() -> None:
+    """An address never the front proxy's keeps one connection open; one of its connects is evicted
+    during its handshake; then a request a second, and a 401 and a handshaken connect every ten
+    seconds, within its rate: once nothing is pending and both buckets are full again, the buckets'
+    logs are dropped (review-conns17 L1: only a front-proxy show dropped them, and every address that
+    once had a connect evicted under way kept up to two full logs as long as it kept a connection)."""
+    clock = Clock()
+    host = "10.0.0.7"
+    clients = Clients(
+        HttpLimits(handshake_rate_per_client=10, handshake_burst_per_client=20), clock, clock.seconds
+    )
+    kept = clients.opened(host)
+    assert clients.handshake(host, lambda: True, kept)
+    assert clients.handshaken(host, False, kept)
+    evicted = clients.opened(host)
+    assert clients.handshake(host, lambda: True, evicted)
+    clients.closed(host, counted=False, spared=True, ticket=evicted)
+    for second in range(60):
+        clock.advance(1)
+        clients.ready_in(address_key(host))
+        if second % 10 == 0:
+            clients.unauthenticated(host)
+            ticket = clients.opened(host)
+            assert clients.handshake(host, lambda: True, ticket)
+            assert clients.handshaken(host, False, ticket)
+            clients.closed(host, counted=True, ticket=ticket)
+    address = clients.addresses[host]
+    assert address.pending == 0
+    assert (address.bucket.log, address.accepted.log) == ([], [])

@@ -38,9 +38,14 @@ log = Logger()
 # ("address", "10.1.2.3") for a source address, ("connection", n) for one front-proxy connection.
 ClientKey = tuple[str, str | int]
 _connection_numbers = itertools.count(1)
-# Entries a bucket's log keeps at most (Bucket._note), for its memory: a reconnect storm's come to far
-# fewer; past it, its oldest half is folded into its start (so less is given back, never more).
+# Entries a bucket's log keeps at most (Bucket._note), for its memory: LOG_LIMIT, or LOG_PER_BURST per
+# token of its burst if more. A connect logs about four entries in each bucket (refill, take, refill,
+# show), so a storm of up to its burst's connects logs at most half the limit and folds no take still
+# pending (review-conns17 F1: 300 connects a round within a burst of 400 passed 512 entries, and folds
+# lost the give-back of the connects evicted under way). Past it, its oldest half is folded into its
+# start (so less is given back, never more).
 LOG_LIMIT = 512
+LOG_PER_BURST = 8
 
 
 @attrs.define(eq=False)
@@ -89,11 +94,12 @@ class Bucket:
         if kind == "add" and self.log and self.log[-1][0] == "add":
             # min(burst, min(burst, x + a) + b) == min(burst, x + a + b) for a, b >= 0
             amount += self.log.pop()[1]
-        elif len(self.log) >= LOG_LIMIT:
-            # Replayed from its level then, not from before those: with the spared connects' takes
-            # among them kept, it gives back less, never more.
+        elif len(self.log) >= max(LOG_LIMIT, LOG_PER_BURST * self.burst):
+            # Replayed from its level then, not from before those, without the takes already spared
+            # (exact for them; kept spent, their give-back was lost: review-conns17 F1): with the takes
+            # among them spared later kept, it gives back less, never more.
             half = len(self.log) // 2
-            self.start = self.without(set(), half)
+            self.start = self.without(self.spared, half)
             self.folded = max([self.folded] + [int(n) for kind, n in self.log[:half] if kind == "take"])
             self.spared = {taken for taken in self.spared if taken > self.folded}
             del self.log[:half]
@@ -229,6 +235,7 @@ class Clients:
             self._forget_later(address)
             return None
         address.open += 1
+        self._settle_full(address)
         accepted = address.accepted
         accepted.refill(self.monotonic())
         address.pending += 1
@@ -257,6 +264,7 @@ class Clients:
         """Whether the handshake of a connection from ``host`` may start now. If not, ``start`` is
         called when a token is there; it answers whether the connection was still open to take it."""
         address = self._address(host)
+        self._settle_full(address)
         if not address.waiting and address.bucket.refill(self.monotonic()) >= 1:
             taken = address.bucket.take()
             if ticket is not None:
@@ -332,6 +340,7 @@ class Clients:
     def unauthenticated(self, host: str) -> None:
         """A request from ``host`` was answered 401."""
         address = self._address(host)
+        self._settle_full(address)
         address.bucket.refill(self.monotonic())
         address.bucket.take()
         self._settle(address)
@@ -347,6 +356,19 @@ class Clients:
         if address.pending == 0 and not address.unreturned:
             address.bucket.settle()
             address.accepted.settle()
+
+    def _settle_full(self, address: Address) -> None:
+        """Before a take: once nothing is pending and both buckets are full again, the replay without
+        the spared takes cannot be fuller than they are, so nothing is left to give back and the logs
+        are dropped. Else an address never the front proxy's that once had a connect spared kept both
+        logs for as long as it kept a connection (review-conns17 L1)."""
+        if address.pending or not (address.bucket.log or address.accepted.log):
+            return
+        now = self.monotonic()
+        buckets = (address.bucket, address.accepted)
+        if all(bucket.refill(now) >= bucket.burst for bucket in buckets):
+            address.unreturned = False
+            self._settle(address)
 
     def ready_in(self, key: ClientKey) -> float:
         """Seconds until this client's next request may run (0: now)."""
