@@ -421,7 +421,7 @@ async def start(
         if not authentication.config.trusted_cas:
             log.warn("no --client-ca-file: no client can authenticate; only health endpoints will answer")
 
-    registry_client = RegistryClient(reactor, settings.registry, reads_at_turn_end=True)
+    registry_client = RegistryClient(reactor, settings.registry, reads_at_turn_end=True, monotonic=monotonic)
     registry = InstrumentedRegistry(registry_client, metrics, on_failure=FailureLog(monotonic))
     events_token = completed.events_token
     index = RepositoryIndex() if events_token else None

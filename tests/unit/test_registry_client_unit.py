@@ -166,10 +166,17 @@ class ScriptedAgent:
 
 
 def make(
-    handler: Handler, clock: Clock | None = None, **settings: Any
+    handler: Handler, clock: Clock | None = None, monotonic: Clock | None = None, **settings: Any
 ) -> tuple[RegistryClient, ScriptedAgent]:
+    """A client on ``clock`` (the reactor's, a wall clock) whose rate-limited warnings are timed on
+    ``monotonic`` (default: a Clock of its own, which stands still)."""
     agent = ScriptedAgent(handler)
-    client = RegistryClient(clock or Clock(), RegistrySettings(url=REGISTRY, **settings), agent=agent)
+    client = RegistryClient(
+        clock or Clock(),
+        RegistrySettings(url=REGISTRY, **settings),
+        agent=agent,
+        monotonic=(monotonic or Clock()).seconds,
+    )
     return client, agent
 
 
@@ -492,10 +499,11 @@ def test_tags_no_object_can_name_are_left_out_and_said_once_per_period_for_the_r
     # \udfff in JSON, a lone surrogate, which UTF-8 cannot carry. No object is named by either: a page
     # ending on one would hand out a token its next page refuses (docs/api.md, "List options"). Left out
     # here, no list, page, watch or get shows one.
-    clock = Clock()
+    monotonic = Clock()
     listed = {"team/app": ["v1", "", "\udfff", "a\ud800b", "\u00e9", "zz"], "team/b": ["", "v2"]}
     client, _ = make(
-        lambda r: json_answer({"tags": listed[r.url.split("/v2/")[1].removesuffix("/tags/list")]}), clock
+        lambda r: json_answer({"tags": listed[r.url.split("/v2/")[1].removesuffix("/tags/list")]}),
+        monotonic=monotonic,
     )
     with capturedLogs() as events:
         assert result(client.tags("team/app")) == ("v1", "zz", "\u00e9")
@@ -505,7 +513,7 @@ def test_tags_no_object_can_name_are_left_out_and_said_once_per_period_for_the_r
         for n in range(300):
             listed[f"many/r{n}"] = ["", "v"]
             assert result(client.tags(f"many/r{n}")) == ("v",)
-        clock.advance(UNNAMEABLE_LOG_PERIOD)
+        monotonic.advance(UNNAMEABLE_LOG_PERIOD)
         assert result(client.tags("team/b")) == ("v2",)
     said = [formatEvent(event) for event in events]
     assert said == [
@@ -514,6 +522,23 @@ def test_tags_no_object_can_name_are_left_out_and_said_once_per_period_for_the_r
         "Leaving out 1 of the 2 tags team/b lists: no object can name a tag that is empty or holds a "
         "lone surrogate (which UTF-8 cannot carry) (302 more like it in the 3600s since the last line)",
     ]
+
+
+def test_the_warning_about_tags_no_object_can_name_is_timed_on_the_monotonic_clock_not_the_wall() -> None:
+    # The period ran on the reactor's clock, the wall clock, against onceper's contract: stepped forward,
+    # the warning came again within the hour; stepped back, it was silenced for as long as the step.
+    wall, monotonic = Clock(), Clock()
+    wall.advance(1e9)
+    client, _ = make(lambda _r: json_answer({"tags": ["", "v"]}), wall, monotonic)
+    with capturedLogs() as events:
+        assert result(client.tags("team/a")) == ("v",)
+        wall.advance(2 * UNNAMEABLE_LOG_PERIOD)  # stepped forward: the period is not over
+        assert result(client.tags("team/b")) == ("v",)
+        wall.advance(-10 * UNNAMEABLE_LOG_PERIOD)  # stepped back: the period ends when its hour has run
+        monotonic.advance(UNNAMEABLE_LOG_PERIOD)
+        assert result(client.tags("team/c")) == ("v",)
+    assert [event["repository"] for event in events] == ["team/a", "team/c"]
+    assert formatEvent(events[-1]).endswith("(1 more like it in the 3600s since the last line)")
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import json
 import operator
 import os
 import re
+import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar, cast
@@ -246,6 +247,7 @@ class RegistryClient:
         reads_at_turn_end: bool = False,
         finish_begun_deletes: bool = True,
         late_writes: LateWrites | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """``reads_at_turn_end``: a shared read (catalog page, tag list) that gets a connection slot
         goes out at the end of the reactor turn instead of at once, so that the requests handled later
@@ -255,7 +257,10 @@ class RegistryClient:
         the process would (tests that stand a cancel for a crash).
 
         ``late_writes``: where this client's writes that may still land are kept (`late_writes`;
-        default: a record of its own, on ``reactor``)."""
+        default: a record of its own, on ``reactor``).
+
+        ``monotonic``: the clock of the rate-limited warnings (`payloadtags.onceper`), not the
+        reactor's: that is the wall clock, which NTP may step back."""
         self._reactor = reactor
         self._reads_at_turn_end = reads_at_turn_end
         self._finish_begun_deletes = finish_begun_deletes
@@ -329,7 +334,7 @@ class RegistryClient:
         # Whether tags no object can name were said to be left out (`_nameable`): one line a period
         # for the whole registry, naming the repository met, and counting the others, as a registry
         # listing them may do so in thousands of repositories.
-        self._unnameable_said: OncePerPeriod[None] = OncePerPeriod(UNNAMEABLE_LOG_PERIOD, reactor.seconds)
+        self._unnameable_said: OncePerPeriod[None] = OncePerPeriod(UNNAMEABLE_LOG_PERIOD, monotonic)
 
     @property
     def late_writes(self) -> LateWrites:
