@@ -14,8 +14,10 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.protocol import ProcessProtocol, Protocol, ServerFactory
+from twisted.internet.task import Clock
 from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
 
 from payloadtags.kube import (
     ClusterConfig,
@@ -31,9 +33,11 @@ from payloadtags.kube import (
     load_cluster_config,
     resource_path,
 )
+from payloadtags.kube.execcred import PLUGIN_TIMEOUT, ExecPlugin, PluginError, run_plugin
 from tests.support.kubeapi import KubeApiDouble, RequestInfo, User, eventually, resources
 from tests.support.kubectl import KUBECTL, Kubectl
 from tests.support.listening import stop_listening, tcp_port
+from tests.support.logcapture import collected_logs
 from tests.support.pki import Authority
 
 CM = "/api/v1/namespaces/default/configmaps"
@@ -590,6 +594,80 @@ async def test_a_helper_an_exec_plugin_leaves_holding_its_stderr_holds_neither_t
         for pid in helpers.read_text().split() if helpers.exists() else ():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGKILL)
+
+
+# Guards against a hang only, never a measure of speed.
+HANG_GUARD = 30.0
+SILENT_HELPER_PLUGIN = """#!/bin/sh
+# Leaves a helper holding its stderr (not stdout) and notes the helper's pid; then never answers.
+cd "$(dirname "$0")"
+sleep 3600 >/dev/null </dev/null &
+echo $! > helper
+exec sleep 3600
+"""
+
+
+class ClockedProcesses(Clock):
+    """Spawns real processes on the running reactor, noting each one's end (Twisted's, once it has
+    exited and every pipe to it is closed); its timers (a plugin run's timeout) are the test's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ended: list[Failure] = []
+
+    def spawnProcess(self, protocol: ProcessProtocol, *args: Any, **kwargs: Any) -> Any:
+        ended = protocol.processEnded
+
+        def note(reason: Failure) -> None:
+            self.ended.append(reason)
+            ended(reason)
+
+        protocol.processEnded = note  # type: ignore[method-assign]  # a test's probe on one instance
+        return reactor.spawnProcess(protocol, *args, **kwargs)
+
+
+def open_fds() -> set[tuple[int, str]]:
+    """This process's open file descriptors, each with what it is (a pipe's is its inode)."""
+    opened = set()
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):  # the listing's own, closed by now
+            opened.add((int(name), os.readlink(f"/proc/self/fd/{name}")))
+    return opened
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_renewal_that_times_out_closes_its_pipes_though_a_helper_of_the_plugin_holds_stderr(
+    tmp_path: Path,
+) -> None:
+    # The timeout killed the plugin but left its pipes to end by themselves: one that a helper of the
+    # plugin still held (stderr here) stayed open, and was read, until that helper exited. The helper
+    # itself is left running, as kubectl leaves it.
+    script = tmp_path / "plugin.sh"
+    script.write_text(SILENT_HELPER_PLUGIN)
+    script.chmod(0o755)
+    helper = tmp_path / "helper"
+    clock = ClockedProcesses()
+    before = open_fds()
+    try:
+        with collected_logs() as events:
+            plugin = ExecPlugin(command=str(script), api_version="client.authentication.k8s.io/v1")
+            renewal = run_plugin(clock, plugin, timeout=PLUGIN_TIMEOUT)
+            # The bounds guard against a hang only (a loaded machine may be slow to start a shell).
+            await eventually(lambda: helper.exists() and helper.read_text().endswith("\n"), within=HANG_GUARD)
+            assert open_fds() - before  # the run's pipes
+            clock.advance(PLUGIN_TIMEOUT)
+            with pytest.raises(PluginError, match=r"gave no credential within 60s$"):
+                await renewal
+            # Twisted ends the run once the plugin is reaped and every pipe to it closed: before the
+            # fix, only when the helper exited (in an hour).
+            await eventually(lambda: clock.ended, within=HANG_GUARD)
+        assert not open_fds() - before
+        os.kill(int(helper.read_text()), 0)  # still running
+        assert not [event for event in events if event.get("log_failure") or event.get("isError")]
+    finally:
+        if helper.exists() and helper.read_text().strip():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(helper.read_text()), signal.SIGKILL)
 
 
 SURROGATE_PLUGIN = r"""#!/bin/sh

@@ -395,18 +395,27 @@ class _PluginProcess(ProcessProtocol):
         _read_held(reader.fileno(), self._err)
         self.transport.closeChildFD(2)
 
-    def kill(self) -> None:
-        if self.transport is not None:
-            try:
-                self.transport.signalProcess("KILL")
-            except ProcessExitedAlready:
-                pass
+    def abandon(self) -> None:
+        """At the timeout: kill the plugin, stop reading its pipes and close our end of each. Killing it
+        is not enough: a helper it started may hold one (stderr, as a rule) until that helper exits,
+        and the pipe, read all along, with it. The helper is left running, as kubectl leaves it; like
+        one still writing after a plugin's exit (`_close_stderr`), it gets EPIPE."""
+        if self.transport is None:
+            return
+        try:
+            self.transport.signalProcess("KILL")
+        except ProcessExitedAlready:  # it had exited; a helper still held its stdout
+            pass
+        # Each pipe ends as stdout's does when it reaches its end (outConnectionLost, then processEnded
+        # once the plugin is reaped): the run is settled already, so nothing more is done or said.
+        self.transport.loseConnection()
 
 
 def run_plugin(reactor: Any, plugin: ExecPlugin, timeout: float = PLUGIN_TIMEOUT) -> Deferred[ExecCredential]:
     """Run the plugin as a child process of the reactor; the result fires when it has exited.
 
-    Past `timeout` the process is killed and the result fails with `PluginError`.
+    Past `timeout` the process is killed, every pipe to it closed (whoever else holds its other end),
+    and the result fails with `PluginError`.
     """
     done: Deferred[ExecCredential] = Deferred()
     protocol = _PluginProcess(plugin, done)
@@ -425,7 +434,7 @@ def run_plugin(reactor: Any, plugin: ExecPlugin, timeout: float = PLUGIN_TIMEOUT
     def expire() -> None:
         if not done.called:
             done.errback(PluginError(f"exec plugin {plugin.command} gave no credential within {timeout:g}s"))
-            protocol.kill()
+            protocol.abandon()
 
     timer = reactor.callLater(timeout, expire)
 
