@@ -32,8 +32,8 @@ machine are not charged to the server. The clock tick is 10 ms, so a kind's CPU 
 read to within 10 ms: ``--requests`` keeps that a small part.
 
 Usage: .venv/bin/python bench/request_cpu.py [--requests 1000] [--reps 3] [--tags 2000] [--repositories 1]
-       [--limit 500] [--kinds discovery,discovery-cert,pipelined,get,page,list] [--before SRC] [--after SRC]
-       [--profile FILE] [--json FILE] [--pin]
+       [--limit 500] [--kinds discovery,discovery-cert,pipelined,get,page,list] [--table] [--before SRC]
+       [--after SRC] [--profile FILE] [--json FILE] [--pin]
 
 ``--pin`` puts the servers on the first CPU and the registry and this client on the others, as a
 deployment separates them (the server's pod, the registry, kube-apiserver).
@@ -82,6 +82,8 @@ GET_NAMESPACE = "bench-get"
 KINDS = ("discovery", "discovery-cert", "pipelined", "get", "page", "list")
 PIPELINED = 32  # requests sent at once by the pipelined kind (the server holds up to 16 kB of them)
 PROXIED = {"X-Remote-User": "admin", "X-Remote-Group": "system:masters", "Accept": "application/json"}
+# What kubectl get asks for a list (`--table`): the pages and lists as Tables.
+TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"
 
 
 class Connection:
@@ -142,9 +144,14 @@ class _KeptOpen:
         return getattr(self._reader, name)
 
 
-def requests_of(kind: str, connection: Connection, limit: int, tags: int) -> Callable[[int], int]:
-    """A function sending ``n`` requests of ``kind``; it returns how many requests it sent."""
+def requests_of(
+    kind: str, connection: Connection, limit: int, tags: int, table: bool = False
+) -> Callable[[int], int]:
+    """A function sending ``n`` requests of ``kind``; it returns how many requests it sent. ``table``:
+    pages and lists asked for as Tables, as kubectl get asks."""
     collection = f"{GROUP_PATH}/namespaces/{NAMESPACE}/payloadrepositorytags"
+    listed = {**PROXIED, "Accept": TABLE} if table else PROXIED
+    field = "rows" if table else "items"
     if kind in ("discovery", "discovery-cert"):
         headers = PROXIED if kind == "discovery" else {"Accept": "application/json"}
 
@@ -181,7 +188,7 @@ def requests_of(kind: str, connection: Connection, limit: int, tags: int) -> Cal
                 query = f"?limit={limit}"
                 if token:
                     query += "&continue=" + urllib.parse.quote(token)
-                document = json.loads(connection.get(collection + query, PROXIED))
+                document = json.loads(connection.get(collection + query, listed))
                 token = document["metadata"].get("continue", "")
                 sent += 1
             return sent
@@ -191,7 +198,7 @@ def requests_of(kind: str, connection: Connection, limit: int, tags: int) -> Cal
 
         def lists(n: int) -> int:
             for _ in range(n):
-                if len(json.loads(connection.get(collection, PROXIED))["items"]) != tags:
+                if len(json.loads(connection.get(collection, listed))[field]) != tags:
                     raise RuntimeError("the list is not the whole repository")
             return n
 
@@ -205,13 +212,21 @@ def system_seconds(pid: int) -> float:
         return int(f.read().rpartition(")")[2].split()[12]) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(pid: int, send: Callable[[int], int], n: int) -> tuple[float, float]:
-    """Server CPU per request (ms) for ``n`` requests, and the kernel's part of it."""
-    before, system = cpu_seconds(pid), system_seconds(pid)
+def minor_faults(pid: int) -> int:
+    """Page faults of a process that took no disk read (memory the kernel mapped on first touch)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rpartition(")")[2].split()[7])
+
+
+def measure(pid: int, send: Callable[[int], int], n: int) -> tuple[float, float, float]:
+    """Server CPU per request (ms) for ``n`` requests, the kernel's part of it, and minor page faults
+    per request."""
+    before, system, faults = cpu_seconds(pid), system_seconds(pid), minor_faults(pid)
     sent = send(n)
     return (
         (cpu_seconds(pid) - before) * 1000 / sent,
         (system_seconds(pid) - system) * 1000 / sent,
+        (minor_faults(pid) - faults) / sent,
     )
 
 
@@ -262,6 +277,7 @@ async def run(
         "repositories": args.repositories,
         "limit": args.limit,
         "pinned": args.pin,
+        "table": args.table,
         "reps": [],
     }
 
@@ -273,12 +289,13 @@ async def run(
                 pid, url = servers[name]
                 connection = Connection(url, ca_file, pki.admin if kind == "discovery-cert" else proxy)
                 try:
-                    send = requests_of(kind, connection, args.limit, args.tags)
+                    send = requests_of(kind, connection, args.limit, args.tags, args.table)
                     n = args.requests if kind != "list" else max(1, args.requests * args.limit // args.tags)
                     send(max(2, n // 20))  # handshake, caches and the walk cache warm
-                    total, system = measure(pid, send, n)
+                    total, system, faults = measure(pid, send, n)
                     rep.setdefault(kind, {})[name] = total
                     rep.setdefault(f"{kind} (kernel)", {})[name] = system
+                    rep.setdefault(f"{kind} (minor faults)", {})[name] = faults
                 finally:
                     connection.close()
         return rep
@@ -307,7 +324,9 @@ def summarize(results: dict[str, Any]) -> str:
         f"Machine: {results['machine']}; load average {results['load']}",
         f"{results['requests']} requests per kind, server and repetition; {len(reps)} repetitions; "
         f"pages of {results['limit']} from {results['tags']} tags in {results['repositories']} "
-        "repositories" + ("; the servers on a CPU of their own (--pin)" if results.get("pinned") else ""),
+        "repositories"
+        + ("; as Tables" if results.get("table") else "")
+        + ("; the servers on a CPU of their own (--pin)" if results.get("pinned") else ""),
         "",
         "| kind | "
         + " | ".join(f"{n}: server CPU per request, ms (range)" for n in names)
@@ -348,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repositories", type=int, default=1, help="the tags spread over this many")
     parser.add_argument("--limit", type=int, default=500, help="page size of the walks")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"some of {','.join(KINDS)}")
+    parser.add_argument("--table", action="store_true", help="pages and lists as Tables (kubectl get's)")
     parser.add_argument("--before", help="also run another tree's server code (its src, as PYTHONPATH)")
     parser.add_argument("--after", help="run another tree's server code as the one measured (its src)")
     parser.add_argument("--profile", help="run this tree's server under cProfile (CPU time), stats here")
