@@ -317,6 +317,20 @@ def test_streamed_list_equals_rendered_list(media: str, include: str, chunk_item
             assert len(chunks) >= max(len(chosen) // chunk_items, 1)
 
 
+@pytest.mark.parametrize("media", list(_MEDIA), ids=list(_MEDIA))
+def test_a_page_with_runs_of_no_tag_is_the_page_without_them(media: str) -> None:
+    # A page's text is laid from its first run with tags on (render.list_text): runs of no tag before,
+    # between and after those, or only such runs, add nothing, as in a streamed list.
+    refs = [*REFS, TagRef("team-b", "test/http-echo2", "v2")]
+    runs = _runs(refs)
+    empty = [Run("team-a", "aaa", ()), Run("team-b", "m", [])]
+    expected = _reference(refs, META, _MEDIA[media], "Metadata")
+    with_empty = [empty[0], runs[0], empty[1], *runs[1:], Run("team-b", "zzz", ())]
+    assert list_text(with_empty, META, _MEDIA[media], HOST) == expected
+    assert b"".join(list_chunks(with_empty, META, _MEDIA[media], HOST)) == expected
+    assert list_text(empty, META, _MEDIA[media], HOST) == _reference([], META, _MEDIA[media], "Metadata")
+
+
 @pytest.mark.property
 @given(
     tags=st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=6, unique=True),
