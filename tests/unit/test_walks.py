@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import sys
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -280,19 +280,28 @@ def test_the_bound_evicts_by_bytes_not_by_count() -> None:
     assert cache.size <= small * 3 + IDENTITY and cache.names < 40
 
 
+def _counting_measures(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[list[object], Callable[..., tuple[int, int, walks.Measured]]]:
+    """`walks._measure` patched to note each call: the calls' arguments, and the measure itself (to
+    measure with outside the count)."""
+    calls: list[object] = []
+    measure = walks._measure
+
+    def counted(*args: Any) -> Any:
+        calls.append(args)
+        return measure(*args)
+
+    monkeypatch.setattr(walks, "_measure", counted)
+    return calls, measure
+
+
 def test_a_pages_keep_is_measured_exactly_only_when_the_size_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     # Which strings of a walk are whose (its keys', its rests', its catalog entries') was most of a
     # page's keep, and the walk's next page replaced that count before anything read it (issue #11).
     # A page's keep counts an upper bound; the exact measure is made when the size is read (or the
     # bound comes near max_bytes: test_the_bound_evicts_by_bytes_not_by_count), once.
-    measures: list[object] = []
-    measure = walks._measure
-
-    def counted(*args: Any) -> Any:
-        measures.append(args)
-        return measure(*args)
-
-    monkeypatch.setattr(walks, "_measure", counted)
+    measures, measure = _counting_measures(monkeypatch)
     big = tuple(f"v{i}" for i in range(100))
     cache = WalkCache(Clock())
     asked: tuple[TagRef, Kept] | None = None
@@ -315,14 +324,7 @@ def test_no_pages_keep_measures_more_than_its_own_walk_and_one_other(monkeypatch
     # review-walks8 F1: the page whose bound first took the total over max_bytes measured every walk
     # kept since the last exact measure, on the reactor thread (12,047 walks, 2 s at the default 32
     # MiB). A page's keep measures its own walk and at most one other, whatever the cache holds.
-    calls: list[object] = []
-    measure = walks._measure
-
-    def counted(*args: Any) -> Any:
-        calls.append(args)
-        return measure(*args)
-
-    monkeypatch.setattr(walks, "_measure", counted)
+    calls, measure = _counting_measures(monkeypatch)
 
     def handed(number: int) -> tuple[TagRef, Kept]:
         lists = {f"team/r{number}-{j}": tuple(f"v{k}" for k in range(5)) for j in range(4)}
