@@ -878,6 +878,18 @@ def test_a_connection_closed_at_its_address_cap_once_its_handshake_is_done_is_no
     assert not table.clients.addresses["10.0.0.2"].unreturned
 
 
+def _evicted_by_another_address(
+    table: LimitedConnections, clock: Clock, mine: tuple[ClientConnection, StringTransport]
+) -> None:
+    """Another address's connect evicts ``mine`` (10.0.0.2's, its handshake done) from the full table:
+    its connect is not kept for a give-back."""
+    other = _open(table, clock, "10.0.0.7")
+    assert other is not None and mine[1].disconnecting
+    mine[0].connectionLost(Failure(ConnectionDone()))
+    assert not mine[0].unshown
+    assert not table.clients.addresses["10.0.0.2"].unreturned
+
+
 def test_a_connection_evicted_after_its_handshake_not_the_front_proxys_stays_charged() -> None:
     """A connection from kube-apiserver's address (a client sharing it) makes its handshake without the
     front proxy's certificate (counted), stays idle, and another address's connect evicts it: it showed
@@ -887,11 +899,7 @@ def test_a_connection_evicted_after_its_handshake_not_the_front_proxys_stays_cha
     mine = _open(table, clock, "10.0.0.2")
     _handshake(mine, front_proxy=False)
     assert mine is not None and mine[0].counted
-    other = _open(table, clock, "10.0.0.7")
-    assert other is not None and mine[1].disconnecting
-    mine[0].connectionLost(Failure(ConnectionDone()))
-    assert not mine[0].unshown
-    assert not table.clients.addresses["10.0.0.2"].unreturned
+    _evicted_by_another_address(table, clock, mine)
 
 
 def test_the_front_proxys_connection_evicted_is_not_given_back_twice() -> None:
@@ -905,11 +913,7 @@ def test_the_front_proxys_connection_evicted_is_not_given_back_twice() -> None:
     kept = _open(table, clock, "10.0.0.2")
     _answered(table, clock, kept, front_proxy=True)
     assert mine is not None and mine[0].front_proxy
-    other = _open(table, clock, "10.0.0.7")
-    assert other is not None and mine[1].disconnecting
-    mine[0].connectionLost(Failure(ConnectionDone()))
-    assert not mine[0].unshown
-    assert not table.clients.addresses["10.0.0.2"].unreturned
+    _evicted_by_another_address(table, clock, mine)
 
 
 def test_a_flood_evicted_during_its_handshakes_is_held_to_its_rate() -> None:
