@@ -379,6 +379,26 @@ async def listed_as(client: KubeClient, kube_api: KubeApiDouble) -> str | None:
     return kube_api.requests_for(NS)[-1].user
 
 
+async def sent_as_kubectl_sends_it(
+    kube_api: KubeApiDouble, tmp_path: Path, token: str, user: dict[str, Any]
+) -> ClusterConfig:
+    """With robot's ``token`` known to the API, kubectl with a kubeconfig whose user section is
+    ``user`` (in tmp_path/conf) is served as robot, and so is payloadtags' client from it: its
+    configuration."""
+    kube_api.add_token(token, "robot", ("system:masters",))
+    kubeconfig = with_user(kube_api.write_kubeconfig(tmp_path / "conf" / "kc"), user)
+    assert (await Kubectl(kubeconfig, tmp_path / "kubectl-cache")("get", "--raw", NS)).code == 0
+    assert kube_api.requests_for(NS)[-1].user == "robot"
+    config = load_cluster_config(str(kubeconfig))
+    assert config is not None
+    client = KubeClient(reactor, config, request_timeout=5)
+    try:
+        assert await listed_as(client, kube_api) == "robot"
+    finally:
+        await client.close()
+    return config
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_kubeconfig_token_file_is_reread_after_a_401(kube_api: KubeApiDouble, tmp_path: Path) -> None:
     token_file = tmp_path / "conf" / "token"
@@ -410,21 +430,9 @@ async def test_a_token_beside_a_token_file_that_cannot_be_read_is_sent_as_kubect
     # review-misc3 F1: client-go's bearer round tripper starts from the static token and keeps it
     # whenever the file cannot be read; payloadtags sent nothing (a missing file) or refused to start
     # (a path with a NUL, which kubectl reads without complaint when a token stands beside it).
-    kube_api.add_token("static-token", "robot", ("system:masters",))
-    kubeconfig = with_user(
-        kube_api.write_kubeconfig(tmp_path / "conf" / "kc"),
-        {"tokenFile": token_file, "token": "static-token"},
+    await sent_as_kubectl_sends_it(
+        kube_api, tmp_path, "static-token", {"tokenFile": token_file, "token": "static-token"}
     )
-    kubectl = Kubectl(kubeconfig, tmp_path / "kubectl-cache")
-    assert (await kubectl("get", "--raw", NS)).code == 0
-    assert kube_api.requests_for(NS)[-1].user == "robot"
-    config = load_cluster_config(str(kubeconfig))
-    assert config is not None
-    client = KubeClient(reactor, config, request_timeout=5)
-    try:
-        assert await listed_as(client, kube_api) == "robot"
-    finally:
-        await client.close()
 
 
 @pytest.mark.parametrize("blank", [" ", "\t"])
@@ -436,21 +444,10 @@ async def test_a_blank_token_is_no_credential_as_kubectl_takes_it(
     # ("unsupported kubeconfig credential scheme 'Bearer'"); kubectl sends the file's token. Without a
     # file kubectl sends `Authorization: Bearer` with nothing after it, which the API server takes as no
     # credential at all: payloadtags starts and sends none either.
-    kube_api.add_token("file-token", "robot", ("system:masters",))
     (tmp_path / "conf").mkdir()
     (tmp_path / "conf" / "token").write_text("file-token\n")
-    beside = with_user(
-        kube_api.write_kubeconfig(tmp_path / "conf" / "kc"), {"tokenFile": "token", "token": blank}
-    )
-    assert (await Kubectl(beside, tmp_path / "kubectl-cache")("get", "--raw", NS)).code == 0
-    assert kube_api.requests_for(NS)[-1].user == "robot"
-    config = load_cluster_config(str(beside))
-    assert config is not None and config.token is None
-    client = KubeClient(reactor, config, request_timeout=5)
-    try:
-        assert await listed_as(client, kube_api) == "robot"
-    finally:
-        await client.close()
+    beside = {"tokenFile": "token", "token": blank}
+    assert (await sent_as_kubectl_sends_it(kube_api, tmp_path, "file-token", beside)).token is None
     alone = with_user(kube_api.write_kubeconfig(tmp_path / "conf" / "kc-alone"), {"token": blank})
     assert (await Kubectl(alone, tmp_path / "kubectl-cache")("get", "--raw", NS)).code != 0
     assert kube_api.requests_for(NS)[-1].code == 401
