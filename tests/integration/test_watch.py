@@ -1922,6 +1922,39 @@ async def _all_showing(client: ApiClient, shown: set[tuple[str, str]]) -> str | 
     return str(body["metadata"]["resourceVersion"]) if items == shown else None
 
 
+async def _none_watching(hub: Any) -> None:
+    """Until ``hub`` runs no watch (the ones closed have ended on the server)."""
+
+    async def none_watching() -> bool:
+        return not hub.watchers
+
+    assert await eventually(none_watching, within=20)
+
+
+async def _revoked(api: Any, kube_api: Any, namespace: str) -> None:
+    """alice's access in ``namespace`` is taken back (RoleBinding alice-read), and ``api``'s access
+    check has run since."""
+    generation = api.running.api.watch_hub.access_generation()
+    kube_api.store.delete(ROLEBINDINGS, "alice-read", namespace)
+    assert await eventually(lambda: _checked(api, generation), within=20)
+
+
+async def _resumed_after_revocation_is_410(
+    api: Any, kube_api: Any, alice: ApiClient, namespace: str, since: str
+) -> None:
+    """`_revoked` in ``namespace``, then a watch of alice's from ``since`` (where her client holds a
+    repository of ``namespace``, which she may no longer see): it is 410, not served."""
+    await _revoked(api, kube_api, namespace)
+    again = await stream(
+        alice,
+        f"{B}/payloadrepositorytags?watch=true&allowWatchBookmarks=true&timeoutSeconds=2&resourceVersion={since}",
+    )
+    assert again.code == 200
+    line = await again.next()
+    again.close()
+    assert (line["type"], line["object"].get("code")) == ("ERROR", 410), line  # was served
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_namespace_that_came_back_in_her_whole_list_and_left_again_is_dated_by_its_second_leaving(
     make_server, registry, repo, pki, kube_api, kube_kubeconfig, reactor
@@ -1964,11 +1997,7 @@ async def test_a_namespace_that_came_back_in_her_whole_list_and_left_again_is_da
     hub.reap()
     assert x in noted().gone
     first.close()
-
-    async def none_watching() -> bool:
-        return not hub.watchers
-
-    assert await eventually(none_watching, within=20)
+    await _none_watching(hub)
     images.push_oci_image(registry, f"{x}/app", "v1", seed=f"{x}/app")
     came_back = await eventually(lambda: _all_showing(alice, both), within=20)
     assert came_back
@@ -1987,17 +2016,8 @@ async def test_a_namespace_that_came_back_in_her_whole_list_and_left_again_is_da
     assert second.code == 200
     await second.next()
     assert x not in noted().rules  # dropped by the trim at its start
-    generation = hub.access_generation()
-    kube_api.store.delete(ROLEBINDINGS, "alice-read", x)
-    assert await eventually(lambda: _checked(api, generation), within=20)
-    again = await stream(
-        alice, f"{url}?watch=true&allowWatchBookmarks=true&timeoutSeconds=2&resourceVersion={came_back}"
-    )
-    assert again.code == 200
-    line = await again.next()
-    again.close()
+    await _resumed_after_revocation_is_410(api, kube_api, alice, x, came_back)
     second.close()
-    assert (line["type"], line["object"].get("code")) == ("ERROR", 410), line  # was served
 
 
 @pytest_twisted.ensureDeferred
@@ -2021,26 +2041,13 @@ async def test_a_namespace_new_to_her_scope_that_her_whole_list_shows_is_noted_b
     first = await stream(alice, f"{url}?watch=true&allowWatchBookmarks=true&resourceVersion={listed}")
     assert first.code == 200  # started: her rules noted
     first.close()
-
-    async def none_watching() -> bool:
-        return not hub.watchers
-
-    assert await eventually(none_watching, within=20)
+    await _none_watching(hub)
     (noted,) = [n for (_, (name, _)), n in hub.rules.entries.items() if name == "alice"]
     assert y not in noted.rules
     images.push_oci_image(registry, f"{y}/app", "v1", seed=f"{y}/app")
     shown = await eventually(lambda: _all_showing(alice, {(namespace, "app"), (y, "app")}), within=20)
     assert shown
-    generation = hub.access_generation()
-    kube_api.store.delete(ROLEBINDINGS, "alice-read", y)
-    assert await eventually(lambda: _checked(api, generation), within=20)
-    again = await stream(
-        alice, f"{url}?watch=true&allowWatchBookmarks=true&timeoutSeconds=2&resourceVersion={shown}"
-    )
-    assert again.code == 200
-    line = await again.next()
-    again.close()
-    assert (line["type"], line["object"].get("code")) == ("ERROR", 410), line  # was served
+    await _resumed_after_revocation_is_410(api, kube_api, alice, y, shown)
 
 
 async def _alice_unread(
@@ -2067,11 +2074,7 @@ async def _alice_unread(
     first = await stream(alice, f"{B}/payloadrepositorytags?watch=true&resourceVersion={listed}")
     assert first.code == 200  # started: her rules noted
     first.close()
-
-    async def none_watching() -> bool:
-        return not hub.watchers
-
-    assert await eventually(none_watching, within=20)
+    await _none_watching(hub)
     return api, alice, listed
 
 
@@ -2094,9 +2097,7 @@ async def test_a_running_watch_from_a_list_that_showed_a_push_the_source_has_not
     url = f"{B}/payloadrepositorytags"
     w = await stream(alice, f"{url}?watch=true&timeoutSeconds=30&resourceVersion={shown}")
     assert w.code == 200
-    generation = hub.access_generation()
-    kube_api.store.delete(ROLEBINDINGS, "alice-read", y)
-    assert await eventually(lambda: _checked(api, generation), within=20)
+    await _revoked(api, kube_api, y)
     line = await w.next()
     w.close()
     assert (line["type"], line["object"].get("code")) == ("ERROR", 410), line  # ran on
@@ -2129,11 +2130,4 @@ async def test_past_her_share_the_watch_from_a_list_that_showed_a_push_the_sourc
         line = json.loads(w.lines.pending.pop(0) or b"{}")
         last = line.get("object", {}).get("metadata", {}).get("resourceVersion") or last
     assert not any(repository.startswith(f"{y}/") for repository in hub.sources[None].tags)
-    generation = hub.access_generation()
-    kube_api.store.delete(ROLEBINDINGS, "alice-read", y)
-    assert await eventually(lambda: _checked(api, generation), within=20)
-    again = await stream(alice, f"{url}&timeoutSeconds=2&resourceVersion={last}")
-    assert again.code == 200
-    line = await again.next()
-    again.close()
-    assert (line["type"], line["object"].get("code")) == ("ERROR", 410), line  # was served
+    await _resumed_after_revocation_is_410(api, kube_api, alice, y, last)
