@@ -556,6 +556,64 @@ async def _deletecollection_with_held_deletes(
     return repo, body
 
 
+async def _deletecollection_whose_look_fails(
+    reactor: Any,
+    make_server: Any,
+    fresh_registry: Any,
+    kube_api: Any,
+    kube_kubeconfig: Any,
+    pki: Any,
+    name: str,
+    *,
+    retag: bool,
+    registry_timeout: float,
+    request_timeout: float,
+) -> tuple[str, Any, list[str], list[str]]:
+    """A deletecollection of a live namespace (tag by tag, another replica leading) with a write of this
+    process noted to land within 30 s in its repository: once the call's delete has ended, the tag
+    list it looks at fails (a 500). ``retag``: the call's own re-tag of app:v1 is answered a gateway's
+    504 too, and reaches the registry only as the test ends. Its answer: (repository, the response, the
+    re-tags answered 504, the failed looks)."""
+    _another_replica_leads(kube_api)
+    ns = unique_namespace(name)
+    ensure_namespace(kube_api, ns)  # live: tag by tag
+    repo = f"{ns}/app"
+    images.push_oci_image(fresh_registry, repo, "v1")
+    hold: Deferred[None] = Deferred()
+    puts: list[str] = []
+    deleted: list[str] = []
+    failed: list[str] = []
+    put: Callable[[str, str], str | None] = first_put(repo, puts) if retag else lambda method, path: None
+
+    def decide(method: str, path: str) -> str | None:
+        if deleted and method == "GET" and path.endswith(f"/{repo}/tags/list"):
+            failed.append(path)
+            return ERROR_BEFORE
+        return put(method, path)
+
+    proxy = FaultProxy(reactor, fresh_registry.url, decide, hold=hold if retag else None)
+    server = await _cleanup_server(
+        make_server,
+        proxy.url,
+        kube_kubeconfig,
+        registry=RegistrySettings(url=proxy.url, timeout=registry_timeout),
+        http=HttpLimits(request_timeout=request_timeout),
+    )
+    service = server.running.api.service
+    changed = service.changed
+
+    def ended(repository: str) -> None:  # its delete has ended: from now on the tag list fails
+        deleted.append(repository)
+        changed(repository)
+
+    service.changed = ended
+    async with _released(hold, proxy, server):
+        late_writes = service.late_writes
+        late_writes.note(ns, f"deleting tag {repo}:v0", late_writes.now() + 30.0, repo)
+        removal = await _controller(server, pki).delete(f"{B}/namespaces/{ns}/payloadrepositorytags")
+    return repo, removal, puts, failed
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_tag_by_tag_deletecollection_whose_look_fails_answers_its_own_504(
     reactor,
@@ -569,44 +627,18 @@ async def test_a_tag_by_tag_deletecollection_whose_look_fails_answers_its_own_50
     back as the retriable 503 "retry later", dropping the write that may land for 30 s more (review-ds8
     F2; a removal's last look answers the write's 504 since review-ds6 F4). It answers the write's 504
     too, no tag named."""
-    _another_replica_leads(kube_api)
-    ns = unique_namespace("failagain")
-    ensure_namespace(kube_api, ns)  # live: tag by tag
-    repo = f"{ns}/app"
-    images.push_oci_image(fresh_registry, repo, "v1")
-    deleted: list[str] = []
-    failed: list[str] = []
-
-    def decide(method: str, path: str) -> str | None:
-        if deleted and method == "GET" and path.endswith(f"/{repo}/tags/list"):
-            failed.append(path)
-            return ERROR_BEFORE
-        return None
-
-    proxy = FaultProxy(reactor, fresh_registry.url, decide)
-    server = await _cleanup_server(
+    repo, removal, _, failed = await _deletecollection_whose_look_fails(
+        reactor,
         make_server,
-        proxy.url,
+        fresh_registry,
+        kube_api,
         kube_kubeconfig,
-        registry=RegistrySettings(url=proxy.url, timeout=5.0),
-        http=HttpLimits(request_timeout=3.0),
+        pki,
+        "failagain",
+        retag=False,
+        registry_timeout=5.0,
+        request_timeout=3.0,
     )
-    service = server.running.api.service
-    changed = service.changed
-
-    def ended(repository: str) -> None:  # its delete has ended: from now on the tag list fails
-        deleted.append(repository)
-        changed(repository)
-
-    service.changed = ended
-    try:
-        late_writes = service.late_writes
-        late_writes.note(ns, f"deleting tag {repo}:v0", late_writes.now() + 30.0, repo)
-        removal = await _controller(server, pki).delete(f"{B}/namespaces/{ns}/payloadrepositorytags")
-    finally:
-        await server.stop()
-        await proxy.settled()
-        await proxy.stop()
     body = removal.body.decode()
     assert failed, f"the look was not made while failing: {body}"
     assert images.list_tags(fresh_registry, repo) == []
@@ -630,43 +662,18 @@ async def test_a_tag_by_tag_deletecollection_whose_own_delete_and_look_fail_name
     (review-ds8 F5 on the cut or failed path). Neither was held by a test (review-ds10 F1): with the
     latest write dropped the 504 said to wait about 2 s, then look, and a look then showed the
     namespace falsely done; with the look taken as ended it said none of the tags "is listed now"."""
-    _another_replica_leads(kube_api)
-    ns = unique_namespace("latestcut")
-    ensure_namespace(kube_api, ns)  # live: tag by tag
-    repo = f"{ns}/app"
-    images.push_oci_image(fresh_registry, repo, "v1")
-    hold: Deferred[None] = Deferred()
-    puts: list[str] = []
-    deleted: list[str] = []
-    failed: list[str] = []
-    retag: Callable[[str, str], str | None] = first_put(repo, puts)
-
-    def decide(method: str, path: str) -> str | None:
-        if deleted and method == "GET" and path.endswith(f"/{repo}/tags/list"):
-            failed.append(path)
-            return ERROR_BEFORE
-        return retag(method, path)
-
-    proxy = FaultProxy(reactor, fresh_registry.url, decide, hold=hold)
-    server = await _cleanup_server(
+    repo, removal, puts, failed = await _deletecollection_whose_look_fails(
+        reactor,
         make_server,
-        proxy.url,
+        fresh_registry,
+        kube_api,
         kube_kubeconfig,
-        registry=RegistrySettings(url=proxy.url, timeout=1.0),
-        http=HttpLimits(request_timeout=20.0),
+        pki,
+        "latestcut",
+        retag=True,
+        registry_timeout=1.0,
+        request_timeout=20.0,
     )
-    service = server.running.api.service
-    changed = service.changed
-
-    def ended(repository: str) -> None:  # its delete has ended: from now on the tag list fails
-        deleted.append(repository)
-        changed(repository)
-
-    service.changed = ended
-    async with _released(hold, proxy, server):
-        late_writes = service.late_writes
-        late_writes.note(ns, f"deleting tag {repo}:v0", late_writes.now() + 30.0, repo)
-        removal = await _controller(server, pki).delete(f"{B}/namespaces/{ns}/payloadrepositorytags")
     body = removal.body.decode()
     assert puts and failed, body
     assert removal.code == 504, body
