@@ -243,6 +243,22 @@ def _hub(repositories: dict[str, set[str]]) -> tuple[WatchHub, RbacIndex, FakeRe
     return hub, index, reader, clock
 
 
+def _changer(hub: WatchHub, reader: FakeReader, clock: Clock) -> Callable[[str, set[str] | None], None]:
+    """``change(repository, tags)``: the registry's tags of ``repository`` are ``tags`` now (None: it is
+    gone), the hub told, and every turn of its sources run."""
+
+    def change(repository: str, tags: set[str] | None) -> None:
+        if tags is None:
+            del reader.repositories[repository]
+        else:
+            reader.repositories[repository] = tags
+        hub.repository_changed(repository)
+        while one_turn(clock):
+            pass
+
+    return change
+
+
 def test_leaving_a_group_between_two_streams_is_410_for_the_resume() -> None:
     """Her rules are those of her name and her groups: a request of hers with other groups (a new
     certificate, an OIDC groups claim, a front proxy's X-Remote-Group) is hers all the same."""
@@ -997,16 +1013,10 @@ def test_a_lone_user_past_her_share_evicts_no_other_user() -> None:
         others.append((user, matcher, since))
     reader = hub.reader
     assert isinstance(reader, FakeReader)
+    change = _changer(hub, reader, clock)
     for n in range(5, 10):
-        repository = f"ci-{n}/app"
         for tags in ({"v1"}, None):
-            if tags is None:
-                del reader.repositories[repository]
-            else:
-                reader.repositories[repository] = tags
-            hub.repository_changed(repository)
-            while one_turn(clock):
-                pass
+            change(f"ci-{n}/app", tags)
         hub.reap()
     assert [key[1][0] for key in ledger.entries] == ["bob", "carol", "alice"]
     assert ledger.size <= 8
@@ -1036,16 +1046,7 @@ def _left_came_back_and_left_again(redate: bool, back: str = "watch") -> bool:
         grant(index, "alice", namespace, ["app"], f"a-{namespace}")
     source = ready(hub, None)
     alice = UserInfo("alice")
-
-    def change(repository: str, tags: set[str] | None) -> None:
-        if tags is None:
-            del reader.repositories[repository]
-        else:
-            reader.repositories[repository] = tags
-        hub.repository_changed(repository)
-        while one_turn(clock):
-            pass
-
+    change = _changer(hub, reader, clock)
     w1, sink = rbac_watcher(authorizer, "alice")
     assert hub.start(w1, source, since=None, timeout=None)
     hub.check_access()
@@ -1204,16 +1205,7 @@ def _new_namespace_listed(how: str, emptied: bool) -> bool:
         grant(index, "alice", namespace, ["app"], f"a-{namespace}")
     source = ready(hub, None)
     alice = UserInfo("alice")
-
-    def change(repository: str, tags: set[str] | None) -> None:
-        if tags is None:
-            del reader.repositories[repository]
-        else:
-            reader.repositories[repository] = tags
-        hub.repository_changed(repository)
-        while one_turn(clock):
-            pass
-
+    change = _changer(hub, reader, clock)
     w1, _ = rbac_watcher(RBAC[hub].authorizer, "alice")
     assert hub.start(w1, source, since=None, timeout=None)
     hub.check_access()
@@ -1353,18 +1345,25 @@ def _decide_all(hub: WatchHub, user: UserInfo, namespaces: list[str], how: str) 
             decided(namespace)
 
 
+def _at_her_share(*more: str) -> tuple[WatchHub, RbacIndex, FakeReader, Clock, ScopeSource, list[str]]:
+    """alice may see app in k0 to k7 (each holding app:v1) and in ``more`` (no repository there yet),
+    her share 8 in a ledger of 40: the hub, its RBAC index, reader and clock, the ready source of all
+    namespaces, and k0 to k7."""
+    spaces = [f"k{i}" for i in range(8)]
+    hub, index, reader, clock = _hub({f"{n}/app": {"v1"} for n in spaces})
+    hub.rules.max_entries, hub.rules.user_share = 40, 8
+    for n in [*spaces, *more]:
+        grant(index, "alice", n, ["app"], f"a-{n}")
+    return hub, index, reader, clock, ready(hub, None), spaces
+
+
 @pytest.mark.parametrize("how", ["page", "whole"])
 def test_past_her_share_a_list_s_trim_keeps_the_namespace_it_just_showed(how: str) -> None:
     """alice is at her share (8). Her list shows y/app, pushed while it reads, which the source has not
     read yet: its decision in y notes it (past her share: a trim). The trim dropped y (out of the
     source's scope), dated at the list's resourceVersion: her access in y taken back before the watch
     from that list, the watch was served, and its client kept y/app (review-watch11 F1)."""
-    spaces = [f"k{i}" for i in range(8)]
-    hub, index, reader, clock = _hub({f"{n}/app": {"v1"} for n in spaces})
-    hub.rules.max_entries, hub.rules.user_share = 40, 8
-    for n in [*spaces, "y"]:
-        grant(index, "alice", n, ["app"], f"a-{n}")
-    source = ready(hub, None)
+    hub, index, reader, clock, source, spaces = _at_her_share("y")
     alice = UserInfo("alice")
     _stream_of(hub, source, clock, alice, None)
     listed = list_sequence(hub, None, alice)
@@ -1389,23 +1388,9 @@ def test_past_her_share_a_list_s_trim_dates_a_namespace_by_its_leaving(how: str)
     The trim dated k7 at the sequence then, after the list's resourceVersion: the watch from the list
     was a needless 410 (review-watch11 F2). It is dated by its leaving now (its DELETED): served, and a
     resume from before its leaving is 410."""
-    spaces = [f"k{i}" for i in range(8)]
-    hub, index, reader, clock = _hub({f"{n}/app": {"v1"} for n in spaces})
-    hub.rules.max_entries, hub.rules.user_share = 40, 8
-    for n in [*spaces, "y"]:
-        grant(index, "alice", n, ["app"], f"a-{n}")
-    source = ready(hub, None)
+    hub, _, reader, clock, source, spaces = _at_her_share("y")
     alice = UserInfo("alice")
-
-    def change(repository: str, tags: set[str] | None) -> None:
-        if tags is None:
-            del reader.repositories[repository]
-        else:
-            reader.repositories[repository] = tags
-        hub.repository_changed(repository)
-        while one_turn(clock):
-            pass
-
+    change = _changer(hub, reader, clock)
     bookmark = _stream_of(hub, source, clock, alice, None)
     change("k7/app", None)
     change("y/app", {"v1"})
@@ -1426,23 +1411,9 @@ def test_past_her_share_a_list_s_trim_dates_a_namespace_by_its_latest_leaving(ho
     resourceVersion, and a later list of hers trims her entry past her share (8), dropping k7. Dated
     by its first leaving (before the list), her access in k7 taken back, the watch from that list was
     served, and its client kept k7/app (review-watch13 F4): dated by the second, it is 410."""
-    spaces = [f"k{i}" for i in range(8)]
-    hub, index, reader, clock = _hub({f"{n}/app": {"v1"} for n in spaces})
-    hub.rules.max_entries, hub.rules.user_share = 40, 8
-    for n in [*spaces, "y"]:
-        grant(index, "alice", n, ["app"], f"a-{n}")
-    source = ready(hub, None)
+    hub, index, reader, clock, source, spaces = _at_her_share("y")
     alice = UserInfo("alice")
-
-    def change(repository: str, tags: set[str] | None) -> None:
-        if tags is None:
-            del reader.repositories[repository]
-        else:
-            reader.repositories[repository] = tags
-        hub.repository_changed(repository)
-        while one_turn(clock):
-            pass
-
+    change = _changer(hub, reader, clock)
     _stream_of(hub, source, clock, alice, None)
     change("k7/app", None)  # its first leaving
     change("k7/app", {"v2"})
@@ -1512,12 +1483,7 @@ def test_past_her_share_a_list_deciding_in_empty_namespaces_keeps_its_watch(how:
     source: a list's trim past her share drops them with no event to date them by. Dated after the
     list's resourceVersion, the watch from every such list was 410, and the relist noted them again:
     dated by the history's floor, it is served."""
-    spaces = [f"k{i}" for i in range(8)]
-    hub, index, reader, clock = _hub({f"{n}/app": {"v1"} for n in spaces})
-    hub.rules.max_entries, hub.rules.user_share = 40, 8
-    for n in spaces:
-        grant(index, "alice", n, ["app"], f"a-{n}")
-    source = ready(hub, None)
+    hub, _, reader, clock, source, spaces = _at_her_share()
     alice = UserInfo("alice")
     _stream_of(hub, source, clock, alice, None)
     for _ in range(3):
@@ -1535,6 +1501,27 @@ def test_past_her_share_a_list_deciding_in_empty_namespaces_keeps_its_watch(how:
 
 
 # -- watch14: a list's trim past her share and the namespaces that list showed --
+
+
+def _list_in_slices(
+    hub: WatchHub,
+    reader: FakeReader,
+    user: UserInfo,
+    how: str,
+    observe: Callable[[str, list[str]], None],
+    slices: tuple[list[str], ...],
+) -> None:
+    """A list of the all-namespaces scope by ``user`` decides in each of ``slices`` in turn, then reads
+    it (told to ``observe``): a page a slice, or the slices of one whole list."""
+    decide = hub.list_decisions(None, user) if how == "whole" else None
+    for namespaces in slices:
+        decisions = hub.page_decisions(None, user) if decide is None else None
+        for namespace in namespaces:
+            (decide or decisions.decided)(namespace)  # type: ignore[union-attr]
+        for namespace in namespaces:
+            observe(f"{namespace}/app", sorted(reader.repositories[f"{namespace}/app"]))
+        if decisions is not None:
+            hub.listed_page(None, user, decisions)
 
 
 def _list_shows_unread_namespaces(how: str, pages: bool, repushed: bool) -> bool:
@@ -1565,15 +1552,7 @@ def _list_shows_unread_namespaces(how: str, pages: bool, repushed: bool) -> bool
     observe = hub.observer(None, hub.versions.format(listed))
     assert observe is not None
     first, second = ([*spaces, "y1"], ["y2", "y3"]) if pages else ([*spaces, "y1", "y2", "y3"], [])
-    decide = hub.list_decisions(None, alice) if how == "whole" else None
-    for namespaces in (first, second):
-        decisions = hub.page_decisions(None, alice) if decide is None else None
-        for namespace in namespaces:
-            (decide or decisions.decided)(namespace)  # type: ignore[union-attr]
-        for namespace in namespaces:
-            observe(f"{namespace}/app", sorted(reader.repositories[f"{namespace}/app"]))
-        if decisions is not None:
-            hub.listed_page(None, alice, decisions)
+    _list_in_slices(hub, reader, alice, how, observe, (first, second))
     noted = hub.rules.entries[(source, ("alice", ""))]
     assert noted.changed_at <= listed
     assert hub.rules.size == sum(entry.cost for entry in hub.rules.entries.values())
@@ -1603,13 +1582,8 @@ def test_past_her_share_lists_showing_what_the_source_never_read_are_no_relist_l
     list's trim keeps them while it reads, and y while the source has not read it; the watch from
     every list is served (a 410 each time was a relist loop), her entry stays within her share and
     those, and once the source reads y the watch from the next list is served too."""
-    spaces = [f"k{i}" for i in range(8)]
     empty = [f"empty{i}" for i in range(6)]
-    hub, index, reader, clock = _hub({f"{n}/app": {"v1"} for n in spaces})
-    hub.rules.max_entries, hub.rules.user_share = 40, 8
-    for n in [*spaces, *empty, "y"]:
-        grant(index, "alice", n, ["app"], f"a-{n}")
-    source = ready(hub, None)
+    hub, _, reader, clock, source, spaces = _at_her_share(*empty, "y")
     alice = UserInfo("alice")
     _stream_of(hub, source, clock, alice, None)
     reader.repositories.update({f"{n}/app": set() for n in empty} | {"y/app": {"v1"}})
@@ -1628,15 +1602,7 @@ def test_past_her_share_lists_showing_what_the_source_never_read_are_no_relist_l
         observe = hub.observer(None, hub.versions.format(listed))
         assert observe is not None
         namespaces = [*spaces, *empty, "y"]
-        decide = hub.list_decisions(None, alice) if how == "whole" else None
-        for half in (namespaces[:9], namespaces[9:]):  # two pages, or two slices of a whole list
-            decisions = hub.page_decisions(None, alice) if decide is None else None
-            for namespace in half:
-                (decide or decisions.decided)(namespace)  # type: ignore[union-attr]
-            for namespace in half:
-                observe(f"{namespace}/app", sorted(reader.repositories[f"{namespace}/app"]))
-            if decisions is not None:
-                hub.listed_page(None, alice, decisions)
+        _list_in_slices(hub, reader, alice, how, observe, (namespaces[:9], namespaces[9:]))
         noted = hub.rules.entries[(source, ("alice", ""))]
         assert noted.cost <= hub.rules.share + hub.rules.share // 8 + len(empty) + 1, turn
         assert hub.rules.size == noted.cost
@@ -1650,12 +1616,7 @@ def test_past_her_share_a_trim_while_her_list_reads_keeps_what_that_list_decided
     when another watch of hers starts: its trim dropped them, dated at the sequence then (the list's
     resourceVersion), and once her access in y1 was taken back the watch from that list was served
     (its client kept y1/app). The namespaces her lists reading now decided in are kept."""
-    spaces = [f"k{i}" for i in range(8)]
-    hub, index, reader, clock = _hub({f"{n}/app": {"v1"} for n in spaces})
-    hub.rules.max_entries, hub.rules.user_share = 40, 8
-    for n in [*spaces, "y1", "y2", "y3"]:
-        grant(index, "alice", n, ["app"], f"a-{n}")
-    source = ready(hub, None)
+    hub, index, reader, clock, source, spaces = _at_her_share("y1", "y2", "y3")
     alice = UserInfo("alice")
     _stream_of(hub, source, clock, alice, None)
     listed = list_sequence(hub, None, alice)
@@ -1684,12 +1645,7 @@ def test_past_her_share_a_whole_list_begun_before_she_was_noted_keeps_what_it_de
     """Her whole list began before her first watch of the scope noted her (nothing to keep its
     decisions for then): its first decision new to her keeps its decisions from then on, so that its
     own later trim keeps y1, which it showed and the source has not read."""
-    spaces = [f"k{i}" for i in range(8)]
-    hub, index, reader, clock = _hub({f"{n}/app": {"v1"} for n in spaces})
-    hub.rules.max_entries, hub.rules.user_share = 40, 8
-    for n in [*spaces, "y1", "y2", "y3"]:
-        grant(index, "alice", n, ["app"], f"a-{n}")
-    source = ready(hub, None)
+    hub, index, reader, clock, source, spaces = _at_her_share("y1", "y2", "y3")
     alice = UserInfo("alice")
     listed = list_sequence(hub, None, alice)
     decide = hub.list_decisions(None, alice)
