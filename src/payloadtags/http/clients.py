@@ -114,11 +114,17 @@ class Bucket:
         return self.tokens
 
     def take(self) -> int:
-        """Takes a token (down to its floor); returns the take's number. The caller refills first."""
+        """Takes a token (down to its floor), logged; returns the take's number. The caller refills
+        first."""
         self.taken += 1
         self._note("take", self.taken)
-        self.tokens = max(self.tokens - 1, self.floor)
+        self.spend()
         return self.taken
+
+    def spend(self) -> None:
+        """Takes a token (down to its floor), unlogged: for a bucket nothing is ever given back to.
+        The caller refills first."""
+        self.tokens = max(self.tokens - 1, self.floor)
 
     def without(self, spared: set[int], upto: int | None = None) -> float:
         """What it would hold now had the takes numbered ``spared`` never been made, and so no
@@ -216,7 +222,9 @@ class Clients:
         if found is None:
             burst = float(self.limits.handshake_burst_per_client)
             bucket = Bucket(self.limits.handshake_rate_per_client, burst, burst, self.monotonic())
-            connects = Bucket(self.limits.handshake_rate_per_client, burst, burst, self.monotonic())
+            connects = Bucket(
+                self.limits.handshake_rate_per_client, burst, burst, self.monotonic(), floor=-burst
+            )
             accepted = Bucket(
                 self.limits.handshake_rate_per_client, burst, burst, self.monotonic(), floor=-burst
             )
@@ -264,13 +272,8 @@ class Clients:
         """Whether the handshake of a connection from ``host`` may start now. If not, ``start`` is
         called when a token is there; it answers whether the connection was still open to take it."""
         address = self._address(host)
-        self._settle_full(address)
         if not address.waiting and address.bucket.refill(self.monotonic()) >= 1:
-            taken = address.bucket.take()
-            if ticket is not None:
-                ticket.bucket = taken
-            else:
-                self._settle(address)
+            self._take_token(address, ticket)
             return True
         self.delayed += 1
         address.waiting.append((start, ticket))
@@ -330,9 +333,8 @@ class Clients:
         self._resolve(address, ticket)
         self._settle(address)
         if bare:
-            connects = address.connects
-            connects.refill(self.monotonic())
-            connects.tokens = max(connects.tokens - 1, -connects.burst)
+            address.connects.refill(self.monotonic())
+            address.connects.spend()
         self._forget_later(address)
 
     # -- requests -----------------------------------------------------------------------------------
@@ -358,10 +360,11 @@ class Clients:
             address.accepted.settle()
 
     def _settle_full(self, address: Address) -> None:
-        """Before a take: once nothing is pending and both buckets are full again, the replay without
-        the spared takes cannot be fuller than they are, so nothing is left to give back and the logs
-        are dropped. Else an address never the front proxy's that once had a connect spared kept both
-        logs for as long as it kept a connection (review-conns17 L1)."""
+        """Before a connect is taken in or a 401 takes a token (a handshake's take has its own
+        connection pending): once nothing is pending and both buckets are full again, the replay
+        without the spared takes cannot be fuller than they are, so nothing is left to give back and
+        the logs are dropped. Else an address never the front proxy's that once had a connect spared
+        kept both logs for as long as it kept a connection (review-conns17 L1)."""
         if address.pending or not (address.bucket.log or address.accepted.log):
             return
         now = self.monotonic()
@@ -382,14 +385,22 @@ class Clients:
 
     # -- waiting handshakes and forgetting addresses -----------------------------------------------
 
+    def _take_token(self, address: Address, ticket: Ticket | None) -> None:
+        """A handshake takes its token (refilled by the caller), as its connection's take if it has a
+        Ticket; without one (a test's) it can never be spared, and the log it may have started is
+        dropped unless it is needed."""
+        taken = address.bucket.take()
+        if ticket is not None:
+            ticket.bucket = taken
+        else:
+            self._settle(address)
+
     def _release(self, address: Address) -> None:
         now = self.monotonic()
         while address.waiting and address.bucket.refill(now) >= 1:
             start, ticket = address.waiting.popleft()
             if start():  # a connection closed while waiting takes no token
-                taken = address.bucket.take()
-                if ticket is not None:
-                    ticket.bucket = taken
+                self._take_token(address, ticket)
         if address.waiting:
             self._release_later(address)
         else:
