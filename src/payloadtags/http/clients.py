@@ -39,11 +39,13 @@ log = Logger()
 ClientKey = tuple[str, str | int]
 _connection_numbers = itertools.count(1)
 # Entries a bucket's log keeps at most (Bucket._note), for its memory: LOG_LIMIT, or LOG_PER_BURST per
-# token of its burst if more. A connect logs about four entries in each bucket (refill, take, refill,
-# show), so a storm of up to its burst's connects logs at most half the limit and folds no take still
-# pending (review-conns17 F1: 300 connects a round within a burst of 400 passed 512 entries, and folds
-# lost the give-back of the connects evicted under way). Past it, its oldest half is folded into its
-# start (so less is given back, never more).
+# token of its burst if more. Past it, its oldest half is folded into its start, which gives back less
+# for a connect still under way whose take is folded in, never more. A connect logs at most four entries
+# in each bucket (refill, take, refill, show; refills merge), so a take stays in the log while up to its
+# burst's connects of its address come after it: at 512 entries and a burst of 400, one of
+# kube-apiserver's connects under way while 64 to 128 others of its connects were taken in lost its
+# give-back (review-conns19 F1). Its storms do not need it: only a few of their connects are under way
+# at once, far fewer than would fold past one of them even at 512.
 LOG_LIMIT = 512
 LOG_PER_BURST = 8
 
