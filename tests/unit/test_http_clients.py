@@ -732,3 +732,23 @@ def test_the_logs_are_kept_while_one_bucket_is_short_of_full() -> None:
     (review-conns19 F2: dropping them once either bucket was full passed every test, and the show then
     kept its connect spent)."""
     assert _one_spared_then_bare_connects(True) == pytest.approx(_one_spared_then_bare_connects(False))
+
+
+def test_a_connect_whose_takes_were_folded_in_leaves_nothing_to_give_back_and_the_logs_are_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """K0 starts its handshake; 20 connects show at one instant and the logs (limit 16) fold K0's
+    takes in; K0 is evicted: nothing is left to give back of it, and with nothing pending the logs
+    are dropped (review-conns19 N2: the address was marked as owed a give-back, and kept them)."""
+    monkeypatch.setattr(clients_module, "LOG_LIMIT", 16)
+    monkeypatch.setattr(clients_module, "LOG_PER_BURST", 0)
+    _, clients = _sharing(burst=40)
+    k0 = _started(clients)
+    for _ in range(20):
+        assert clients.handshaken("10.0.0.2", front_proxy=True, ticket=_started(clients))
+    address = clients.addresses["10.0.0.2"]
+    assert k0.bucket is not None and k0.accepted is not None
+    assert address.bucket.folded >= k0.bucket and address.accepted.folded >= k0.accepted
+    clients.closed("10.0.0.2", counted=False, spared=True, ticket=k0)
+    assert (address.pending, address.unreturned) == (0, False)
+    assert (address.bucket.log, address.accepted.log) == ([], [])

@@ -331,7 +331,9 @@ class Clients:
             for taken, bucket in ((ticket.bucket, address.bucket), (ticket.accepted, address.accepted)):
                 if taken is not None and bucket.log and taken > bucket.folded:
                     bucket.spared.add(taken)
-            address.unreturned = True
+                    # Only then: its takes already folded in have nothing left to give back, and
+                    # the logs are not to be kept for them (review-conns19 N2).
+                    address.unreturned = True
         self._resolve(address, ticket)
         self._settle(address)
         if bare:
