@@ -752,3 +752,35 @@ def test_a_connect_whose_takes_were_folded_in_leaves_nothing_to_give_back_and_th
     clients.closed("10.0.0.2", counted=False, spared=True, ticket=k0)
     assert (address.pending, address.unreturned) == (0, False)
     assert (address.bucket.log, address.accepted.log) == ([], [])
+
+
+def test_an_address_with_only_requests_on_its_open_connection_drops_its_logs_once_its_buckets_are_full() -> (
+    None
+):
+    """An address never the front proxy's keeps a connection open; 30 of its connects are evicted
+    during their handshake while one more is under way, which is then handshaken; then only requests
+    on its open connection, and one 401 before the buckets are full: once they are, the logs are
+    dropped without waiting for its next connect, and no timer is left (review-conns19 L1: they were
+    held as long as the connection was)."""
+    clock = Clock()
+    host = "10.0.0.9"
+    clients = Clients(
+        HttpLimits(handshake_rate_per_client=10, handshake_burst_per_client=20), clock, clock.seconds
+    )
+    kept = clients.opened(host)
+    assert kept and clients.handshake(host, lambda: True, kept)
+    assert clients.handshaken(host, False, kept)
+    under_way = _started(clients, host)
+    for _ in range(30):
+        clock.advance(0.1)
+        _evicted_before_its_handshake(clients, host)
+    assert clients.handshaken(host, False, under_way)
+    address = clients.addresses[host]
+    assert (address.pending, address.unreturned) == (0, True)
+    clients.unauthenticated(host)  # taken from before the timer is due: it is set again when due
+    for _ in range(20):
+        clock.advance(0.05)
+        clients.ready_in(address_key(host))
+    assert (address.bucket.log, address.accepted.log) == ([], [])
+    assert not address.unreturned
+    assert not clock.getDelayedCalls()

@@ -202,6 +202,7 @@ class Address:
     waiting: deque[tuple[Callable[[], bool], Ticket | None]] = attrs.Factory(deque)
     release: IDelayedCall | None = None
     forget: IDelayedCall | None = None
+    settle: IDelayedCall | None = None  # Clients._settle_later
 
 
 class Clients:
@@ -358,17 +359,23 @@ class Clients:
 
     def _settle(self, address: Address) -> None:
         """Drops the buckets' logs once none of the address's connections may still be spared or is
-        spared and not given back: the buckets are then as full as without any spared connect."""
-        if address.pending == 0 and not address.unreturned:
+        spared and not given back: the buckets are then as full as without any spared connect. With
+        one spared and not given back, once both buckets are full again (_settle_later)."""
+        if address.pending:
+            return
+        if not address.unreturned:
             address.bucket.settle()
             address.accepted.settle()
+        else:
+            self._settle_later(address)
 
     def _settle_full(self, address: Address) -> None:
         """Before a connect is taken in or a 401 takes a token (a handshake's take has its own
-        connection pending): once nothing is pending and both buckets are full again, the replay
-        without the spared takes cannot be fuller than they are, so nothing is left to give back and
-        the logs are dropped. Else an address never the front proxy's that once had a connect spared
-        kept both logs for as long as it kept a connection (review-conns17 L1)."""
+        connection pending), and when both buckets should be full (_settle_later): once nothing is
+        pending and both buckets are full again, the replay without the spared takes cannot be fuller
+        than they are, so nothing is left to give back and the logs are dropped. Else an address never
+        the front proxy's that once had a connect spared kept both logs for as long as it kept a
+        connection (review-conns17 L1)."""
         if address.pending or not (address.bucket.log or address.accepted.log):
             return
         now = self.monotonic()
@@ -376,6 +383,25 @@ class Clients:
         if all(bucket.refill(now) >= bucket.burst for bucket in buckets):
             address.unreturned = False
             self._settle(address)
+
+    def _settle_later(self, address: Address) -> None:
+        """Nothing pending, a spared connect not given back: the logs are dropped once both buckets
+        are full again (_settle_full), even when no connect or 401 of the address comes then. Else one
+        that kept a connection open, requests only on it, held them as long as it did (review-conns19
+        L1)."""
+        if address.settle is not None:
+            return
+        now = self.monotonic()
+        wait = max(bucket.wait_for(bucket.burst, now) for bucket in (address.bucket, address.accepted))
+
+        def settle() -> None:
+            address.settle = None
+            self._settle_full(address)
+            if not address.pending and address.unreturned:  # taken from since: not full yet
+                self._settle_later(address)
+
+        # At least a millisecond, as in _forget_later.
+        address.settle = self.clock.callLater(max(wait, 0.001), settle)
 
     def ready_in(self, key: ClientKey) -> float:
         """Seconds until this client's next request may run (0: now)."""
