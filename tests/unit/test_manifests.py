@@ -9,12 +9,14 @@ cert-manager kinds have no schema in kubernetes-validate; a small strict schema 
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ import yaml
 from payloadtags.access.authn import UserInfo
 from payloadtags.access.rbac import RbacIndex
 from payloadtags.cli import _parser, settings_from
+from tests.support.networkpolicy import admission_problems
 
 # Renders and validates the deployment trees with kubectl and the schemas: packaging, not the unit tier.
 pytestmark = [pytest.mark.kubectl, pytest.mark.packaging]
@@ -45,6 +48,7 @@ CERT_MANAGER = "cert-manager.io/v1"
 PROMETHEUS_OPERATOR = "monitoring.coreos.com/v1"  # no schema in kubernetes-validate either
 
 Obj = dict[str, Any]
+Mutant = Callable[[list[Obj]], object]
 
 
 # --- rendering ----------------------------------------------------------------------------------------
@@ -854,6 +858,98 @@ def test_examples_mean_what_they_say(
     user: UserInfo, verb: str, namespace: str, path: str, allowed: bool
 ) -> None:
     assert _index(examples()).allowed(user, verb, namespace, path) is allowed
+
+
+# --- the NetworkPolicy (docs/install.md section 4) --------------------------------------------------------
+
+
+def _policy(objects: list[Obj]) -> Obj:
+    return one(objects, "NetworkPolicy", "payloadtags")
+
+
+def _rule_of(policy: Obj, index: int) -> Obj:
+    rule: Obj = policy["spec"]["ingress"][index]
+    return rule
+
+
+def _mutants() -> dict[str, Mutant]:
+    """Ways to open the example's policy wider than documented; each edits the rendered objects in place."""
+
+    def cidr(value: str) -> Mutant:
+        return lambda objs: _rule_of(_policy(objs), 0)["from"][0]["ipBlock"].update(cidr=value)
+
+    def add_rule(rule: Obj) -> Mutant:
+        return lambda objs: _policy(objs)["spec"]["ingress"].append(rule)
+
+    def peer(index: int, **changes: Any) -> Mutant:
+        return lambda objs: _rule_of(_policy(objs), index)["from"][0].update(changes)
+
+    def second_policy(objs: list[Obj]) -> None:
+        extra = copy.deepcopy(_policy(objs))
+        extra["metadata"]["name"] = "allow-all"
+        extra["spec"]["ingress"] = [{}]
+        objs.append(extra)
+
+    https = [{"protocol": "TCP", "port": "https"}]
+    return {
+        # The reviewer's two (review "newcomer", F1): both passed scripts/check-deploy.
+        "control plane range 0.0.0.0/0": cidr("0.0.0.0/0"),
+        "a rule with from: []": add_rule({"from": [], "ports": https}),
+        "control plane range ::/0": cidr("::/0"),
+        "a public range": cidr("8.8.8.0/24"),
+        "the placeholder range": cidr("192.0.2.0/24"),
+        "a rule without from": add_rule({"ports": https}),
+        "an empty rule": add_rule({}),
+        "an empty peer": add_rule({"from": [{}], "ports": https}),
+        "any namespace's prometheus pods": peer(2, namespaceSelector={}),
+        "any pod in kube-system": peer(1, podSelector={}),
+        "every pod of monitoring": lambda objs: _rule_of(_policy(objs), 2)["from"][0].pop("podSelector"),
+        "every port": lambda objs: _rule_of(_policy(objs), 2).pop("ports"),
+        "a second policy admitting all": second_policy,
+    }
+
+
+@pytest.fixture(scope="module")
+def example_overlay() -> list[Obj]:
+    return kustomize("examples/overlay")
+
+
+def test_example_network_policy_admits_the_documented_sources(example_overlay: list[Obj]) -> None:
+    assert admission_problems(example_overlay, POD_LABELS) == []
+
+
+@pytest.mark.parametrize("mutant", list(_mutants()))
+def test_network_policy_check_refuses_wider_policies(example_overlay: list[Obj], mutant: str) -> None:
+    objects = copy.deepcopy(example_overlay)
+    _mutants()[mutant](objects)
+    assert admission_problems(objects, POD_LABELS) != []
+
+
+@pytest.mark.packaging  # runs scripts/check-deploy on a copy of the checkout
+def test_check_deploy_refuses_a_policy_open_to_every_source(tmp_path: Path) -> None:
+    # The reviewer's mutants on the sources, as a user would make them; the script must fail on both.
+    for name in ("manifests", "scripts", "tests/support"):
+        shutil.copytree(ROOT / name, tmp_path / name)
+    shutil.copy(ROOT / "Dockerfile", tmp_path)
+    (tmp_path / "tests" / "__init__.py").touch()
+    overlay = tmp_path / "manifests/examples/overlay/kustomization.yaml"
+    overlay.write_text(overlay.read_text().replace("value: 10.0.0.0/24", "value: 0.0.0.0/0"))
+    component = tmp_path / "manifests/components/network-policy/networkpolicy.yaml"
+    component.write_text(
+        component.read_text() + "  - from: []\n    ports:\n    - protocol: TCP\n      port: https\n"
+    )
+    env_bin = Path(sys.executable).parent
+    result = subprocess.run(
+        [str(tmp_path / "scripts" / "check-deploy")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "VENV": str(env_bin.parent)},
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "ingress rule 0: ipBlock 0.0.0.0/0 admits addresses outside" in result.stderr
+    assert "ingress rule 3 has no `from`, so it admits every source" in result.stderr
 
 
 # --- the CI script ---------------------------------------------------------------------------------------

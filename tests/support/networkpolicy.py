@@ -1,0 +1,81 @@
+"""What manifests/components/network-policy must admit, checked by scripts/check-deploy and the unit tests.
+
+docs/install.md (section 4) promises a policy that admits, on the ``https`` port only, kube-apiserver from
+the control plane's address range, kube-apiserver through Konnectivity agents in ``kube-system`` and
+Prometheus pods in ``monitoring``. NetworkPolicy rules are unions and their empty forms are wildcards: a
+rule without ``from`` (or with ``from: []``), a peer ``{}``, an empty ``namespaceSelector`` or
+``podSelector``, or an ipBlock of ``0.0.0.0/0`` each admit far more than that. So every peer must be one of
+the documented ones exactly, not merely of the right kind
+(https://kubernetes.io/docs/concepts/services-networking/network-policies/).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+PLACEHOLDER_RANGE = "192.0.2.0/24"
+HTTPS_ONLY = [{"protocol": "TCP", "port": "https"}]
+KONNECTIVITY = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+    "podSelector": {"matchLabels": {"k8s-app": "konnectivity-agent"}},
+}
+PROMETHEUS = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+}
+
+
+def _range_problem(peer: dict[str, Any]) -> str | None:
+    """None if ``peer`` is an ipBlock of one private range (the control plane's), else why not."""
+    block = peer.get("ipBlock")
+    if set(peer) != {"ipBlock"} or not isinstance(block, dict) or set(block) - {"cidr", "except"}:
+        return f"a peer that is not one of the documented ones: {peer}"
+    cidr = block.get("cidr")
+    if cidr == PLACEHOLDER_RANGE:
+        return f"the control plane's range is still the placeholder {PLACEHOLDER_RANGE}"
+    try:
+        network = ipaddress.ip_network(str(cidr))
+    except ValueError:
+        return f"ipBlock {cidr!r} is not an address range"
+    # A control plane sits in private address space; 0.0.0.0/0, ::/0 or a public range admits the world.
+    if not network.is_private:
+        return f"ipBlock {cidr} admits addresses outside private networks (every source, for /0)"
+    return None
+
+
+def admission_problems(objects: list[dict[str, Any]], pod_labels: dict[str, str]) -> list[str]:
+    """Why the NetworkPolicies among ``objects`` admit more or other than docs/install.md says, if so."""
+    policies = [o for o in objects if o.get("kind") == "NetworkPolicy"]
+    if len(policies) != 1:
+        # Policies add up: a second one selecting the pods widens what the first admits.
+        return [f"expected one NetworkPolicy, found {len(policies)}"]
+    spec = policies[0].get("spec") or {}
+    problems = []
+    if spec.get("policyTypes") != ["Ingress"]:
+        problems.append("the NetworkPolicy must restrict ingress (policyTypes: [Ingress])")
+    if spec.get("podSelector") != {"matchLabels": pod_labels}:
+        problems.append("the NetworkPolicy must select the payloadtags pods")
+    seen_apiserver = seen_prometheus = False
+    for index, rule in enumerate(spec.get("ingress") or []):
+        if rule.get("ports") != HTTPS_ONLY:
+            problems.append(f"ingress rule {index} must admit the https port only, not {rule.get('ports')}")
+        peers = rule.get("from")
+        if not peers:
+            # Absent or empty, `from` matches every source.
+            problems.append(f"ingress rule {index} has no `from`, so it admits every source")
+            continue
+        for peer in peers:
+            if peer == PROMETHEUS:
+                seen_prometheus = True
+            elif peer != KONNECTIVITY:
+                problem = _range_problem(peer)
+                if problem is None:
+                    seen_apiserver = True
+                else:
+                    problems.append(f"ingress rule {index}: {problem}")
+    if not seen_apiserver:
+        problems.append("the NetworkPolicy does not admit kube-apiserver from the control plane's range")
+    if not seen_prometheus:
+        problems.append("the NetworkPolicy does not admit Prometheus")
+    return problems
