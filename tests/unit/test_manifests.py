@@ -287,10 +287,17 @@ def test_server_cluster_role_reads_rbac_objects_and_namespaces(base: list[Obj]) 
     assert "aggregationRule" not in role
 
 
-def test_leader_election_role_is_leases_in_own_namespace(base: list[Obj]) -> None:
+def test_leader_election_role_is_leases_in_own_namespace(base: list[Obj], tmp_path: Path) -> None:
     role = one(base, "Role", "payloadtags:leader-election")
     assert role["metadata"]["namespace"] == NAMESPACE
-    assert _rules(role) == [_rule(["coordination.k8s.io"], ["leases"], ["get", "create", "update"])]
+    # get and update reach only the Lease the server uses, as the Deployment's args set it up;
+    # create cannot be limited by name (RBAC sees no name on a create).
+    lease = _startup_settings(base, tmp_path).leader_elect_resource_name
+    assert lease == "payloadtags-cleanup"
+    assert _rules(role) == [
+        {**_rule(["coordination.k8s.io"], ["leases"], ["get", "update"]), "resourceNames": [lease]},
+        _rule(["coordination.k8s.io"], ["leases"], ["create"]),
+    ]
 
 
 def test_tags_are_available_to_all_authenticated_users(base: list[Obj]) -> None:
