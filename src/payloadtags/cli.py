@@ -422,7 +422,8 @@ def _parser() -> argparse.ArgumentParser:
         "--registry-concurrency",
         type=_lenient(_count),
         default=16,
-        help="registry requests in flight for one list",
+        help="registry requests in flight at once, for the whole server (the tag lists every list reads, "
+        "the connections of the pool); requests beyond it wait their turn in arrival order",
     )
     registry.add_argument(
         "--delete-concurrency",
@@ -647,8 +648,9 @@ def _parser() -> argparse.ArgumentParser:
         type=_lenient(_count),
         default=100000,
         help="(user, namespace) pairs whose access rules are kept for watches that resume after their "
-        "stream ended (about 100 bytes each); past it the least recently used user is forgotten and "
-        "relists once at her next resume (a user's own scope's namespaces are always kept)",
+        "stream ended (about 450 bytes the first of a user and scope, under 100 each further namespace); "
+        "past it the least recently used user is forgotten and relists once at her next resume (a user's "
+        "own scope's namespaces are always kept)",
     )
     return parser
 

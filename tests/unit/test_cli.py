@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
 import pytest
 
 from payloadtags.cli import (
@@ -458,3 +461,35 @@ def test_durations(text, seconds):
 def test_bad_durations(text):
     with pytest.raises(Exception, match="duration"):
         _duration(text)
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def _help_of(flag: str) -> str:
+    (commands,) = (a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    (action,) = (a for a in commands.choices["serve"]._actions if flag in a.option_strings)
+    return " ".join(str(action.help).split())
+
+
+def _doc_row(flag: str) -> str:
+    text = (DOCS / "configuration.md").read_text()
+    (row,) = (line for line in text.splitlines() if line.startswith(f"| `{flag}` |"))
+    return row
+
+
+def test_help_of_registry_concurrency_says_it_bounds_the_whole_server():
+    # review-newcomer F2: `--help` said "for one list"; the value sizes one semaphore for all requests.
+    help_text = _help_of("--registry-concurrency")
+    assert "for one list" not in help_text
+    assert help_text in _doc_row("--registry-concurrency")
+    assert "for the whole server" in help_text
+
+
+def test_help_of_watch_resume_rules_gives_the_documented_cost():
+    # review-newcomer L2: `--help` said "about 100 bytes each", a quarter of the first pair's cost.
+    cost = "about 450 bytes the first of a user and scope, under 100 each further namespace"
+    assert cost in _help_of("--watch-resume-rules")
+    assert cost in _doc_row("--watch-resume-rules")
+    watch_md = " ".join((DOCS / "watch.md").read_text().split())
+    assert "about 450 bytes a user and scope and under 100 bytes a further namespace" in watch_md
