@@ -52,6 +52,18 @@ class UsageError(Exception):
         self.errors = list(errors)
 
 
+class UnreadableCredentials(UsageError):
+    """The flags are sound but a registry credential file they name cannot be read.
+
+    Carries the settings made without it, so that start-up's file round still runs and reports every
+    other file problem with this one (docs/configuration.md: all of them at once).
+    """
+
+    def __init__(self, settings: Settings, *errors: str) -> None:
+        super().__init__(*errors)
+        self.settings = settings
+
+
 @attrs.frozen
 class Invalid:
     """A flag value that did not convert; kept so that every bad flag is reported, not only the first."""
@@ -792,14 +804,17 @@ def _settings(args: argparse.Namespace, errors: list[str]) -> Settings:
         errors.append("--cert-dir is for the self-signed pair: give it or --tls-cert-file, not both")
     # The --leader-elect-* durations against each other: at start (startup.complete), only when a Lease
     # is requested.
-    username = _secret(args.registry_username_file, USERNAME_ENV, "--registry-username-file", errors)
-    password = _secret(args.registry_password_file, PASSWORD_ENV, "--registry-password-file", errors)
+    # Read here, as the registry settings hold the values; a file that cannot be read is a file problem,
+    # reported with those of the file round (main), not instead of them.
+    unreadable: list[str] = []
+    username = _secret(args.registry_username_file, USERNAME_ENV, "--registry-username-file", unreadable)
+    password = _secret(args.registry_password_file, PASSWORD_ENV, "--registry-password-file", unreadable)
     if password and not username:
         # A token alone (the Secret's `username` empty or absent): Basic ":token", as before a1b8178;
         # token-only registries accept it, and refusing it broke such installs (review-startup2 F2).
         username = ""
     if errors:
-        raise UsageError(*errors)
+        raise UsageError(*errors, *unreadable)
     namespace_cleanup = args.namespace_cleanup
     if args.deprecated_no_namespace_cleanup is False:
         namespace_cleanup = False
@@ -820,7 +835,7 @@ def _settings(args: argparse.Namespace, errors: list[str]) -> Settings:
         timeout=args.registry_timeout,
         max_connections=args.registry_concurrency,
     )
-    return Settings(
+    settings = Settings(
         registry=registry,
         registry_host=args.registry_host or urlsplit(url).netloc,
         bind_address=args.bind_address,
@@ -868,6 +883,9 @@ def _settings(args: argparse.Namespace, errors: list[str]) -> Settings:
         watch=_watch_limits(args),
         watch_flags=frozenset(name for name in _HELD_WATCH_FLAGS if getattr(args, name) is not None),
     )
+    if unreadable:
+        raise UnreadableCredentials(settings, *unreadable)
+    return settings
 
 
 def _report(errors: Sequence[str]) -> int:
@@ -881,8 +899,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for warning in deprecation_warnings(args):
         print(warning, file=sys.stderr)
+    unreadable: list[str] = []
     try:
         settings = settings_from(args, parser)
+    except UnreadableCredentials as error:
+        settings, unreadable = error.settings, error.errors
     except UsageError as error:
         return _report(error.errors)
     # Imported late: `--help` and flag mistakes should not pay for Twisted.
@@ -895,7 +916,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         completed = complete(settings)
     except ConfigurationError as error:
-        return _report(error.errors)
+        return _report([*unreadable, *error.errors])
+    if unreadable:
+        return _report(unreadable)
     from payloadtags.server import serve
 
     return serve(settings, completed, signals)

@@ -1015,3 +1015,49 @@ def test_the_cleanup_is_built_without_leader_election_whatever_its_durations(
         LateWrites(clock),
     )
     assert built is not None and not built.options.leader_elect
+
+
+def test_an_unreadable_credential_file_is_reported_with_the_other_file_problems(tmp_path: Path) -> None:
+    # review-newcomer L1: the credential files were read with the flags, and a missing one stopped the
+    # start before the file round, hiding the certificate, key and CA problems of the same start.
+    missing = {name: tmp_path / name for name in ("password", "username", "serving.crt", "serving.key", "ca")}
+    result = _serve(
+        "--authorization-mode=AlwaysAllow",
+        f"--registry-password-file={missing['password']}",
+        f"--registry-username-file={missing['username']}",
+        f"--tls-cert-file={missing['serving.crt']}",
+        f"--tls-private-key-file={missing['serving.key']}",
+        f"--client-ca-file={missing['ca']}",
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"payloadtags: {flag} {missing[name]}: cannot read: No such file or directory"
+        for flag, name in (
+            ("--registry-username-file", "username"),
+            ("--registry-password-file", "password"),
+            ("--tls-cert-file", "serving.crt"),
+            ("--tls-private-key-file", "serving.key"),
+            ("--client-ca-file", "ca"),
+        )
+    ]
+
+
+def test_an_unreadable_credential_file_alone_stops_the_start(tmp_path: Path) -> None:
+    password = tmp_path / "password"
+    result = _serve("--authorization-mode=AlwaysAllow", f"--registry-password-file={password}")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"payloadtags: --registry-password-file {password}: cannot read: No such file or directory"
+    ]
+
+
+def test_a_flag_mistake_still_reports_the_credential_file_with_it(tmp_path: Path) -> None:
+    # Flag mistakes stop the start before the file round, as before; the credential line stays with them.
+    password = tmp_path / "password"
+    result = _serve("--tls-min-version=VersionTLS11", f"--registry-password-file={password}")
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("payloadtags: --tls-min-version=VersionTLS11"), lines
+    assert lines[1] == (
+        f"payloadtags: --registry-password-file {password}: cannot read: No such file or directory"
+    )
