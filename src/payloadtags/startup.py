@@ -114,7 +114,21 @@ def complete(
         lease_namespace=namespace,
         events_token=events_token,
         notices=_proxy_notice(environ) + _credential_notice(settings),
-        warnings=cluster.warnings if cluster else (),
+        warnings=(cluster.warnings + _unverified_cluster_warning(settings, cluster)) if cluster else (),
+    )
+
+
+def _unverified_cluster_warning(settings: Settings, cluster: ClusterConfig) -> tuple[str, ...]:
+    # kubectl says nothing of it, but a server is not a CLI: every identity (TokenReview) and access rule
+    # (the RBAC objects) it acts on comes over this connection, and its own credential goes there.
+    if not cluster.insecure_skip_tls_verify:
+        return ()
+    where = f"--kubeconfig {settings.kubeconfig}" if settings.kubeconfig else "in-cluster configuration"
+    return (
+        f"{where}: insecure-skip-tls-verify is true, so the cluster API's "
+        "certificate is not verified: whoever is on the network path to it can answer as the cluster API, "
+        "deciding who callers are (TokenReview) and what they may read and delete (the RBAC objects), and "
+        "can take the credential payloadtags sends; give the cluster's CA (certificate-authority) instead",
     )
 
 

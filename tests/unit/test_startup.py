@@ -234,6 +234,27 @@ def test_kubeconfig_context_namespace_is_read(tmp_path: Path, ca: Authority) -> 
     assert completed.lease_namespace == "ops"
 
 
+def test_a_kubeconfig_that_skips_tls_verification_starts_with_a_warning_saying_what_is_at_risk(
+    tmp_path: Path, ca: Authority
+) -> None:
+    # review-newcomer N3: it started without a word, though callers' identities (TokenReview) and access
+    # rules (RBAC objects) come over that connection.
+    token = "s3cr3t-token"
+    path = write_kubeconfig(tmp_path / "kc", "https://127.0.0.1:1", ca.cert_file.read_bytes(), token=token)
+    verified = complete(settings(kubeconfig=str(path)), environ=NO_POD)
+    assert verified.warnings == ()
+    document = json.loads(path.read_text())
+    cluster = document["clusters"][0]["cluster"]
+    del cluster["certificate-authority-data"]
+    cluster["insecure-skip-tls-verify"] = True
+    path.write_text(json.dumps(document))
+    (warning,) = complete(settings(kubeconfig=str(path)), environ=NO_POD).warnings
+    assert warning.startswith(f"--kubeconfig {path}: insecure-skip-tls-verify is true, so the cluster API's ")
+    for risk in ("not verified", "callers are (TokenReview)", "read and delete (the RBAC objects)"):
+        assert risk in warning
+    assert token not in warning
+
+
 def test_the_unspecified_address_socket_takes_both_families() -> None:
     sock = dual_stack_socket()
     if not socket.has_ipv6:  # the IPv4 fallback
