@@ -27,6 +27,13 @@ CHECK_REPOSITORY = "payloadtags-check/deletes"
 CHECK_TAG = "check"
 CREDENTIAL_FLAGS = "--registry-username-file/--registry-password-file"
 TLS_WORDS = ("certificate", "ssl", "tls", "handshake")
+# OpenSSL's words when the first bytes back are no TLS record: the port answered in plain text.
+NOT_TLS = "wrong version number"
+# What HTTPS servers answer a plain HTTP request with (Go's net/http, as distribution's; nginx).
+PLAIN_TO_TLS = (
+    b"Client sent an HTTP request to an HTTPS server",
+    b"The plain HTTP request was sent to HTTPS port",
+)
 
 
 class Probed(Protocol):
@@ -39,9 +46,17 @@ class Probed(Protocol):
     async def check_delete(self, repository: str, tag: str, /) -> None: ...
 
 
-def _hint(error: RegistryError) -> str:
+def _with_scheme(url: str, scheme: str) -> str:
+    return f"{scheme}://{url.split('://', 1)[-1]}"
+
+
+def _hint(error: RegistryError, url: str | None = None) -> str:
     text = str(error)
     lowered = text.lower()
+    if NOT_TLS in lowered:
+        # https:// to a plain-HTTP registry (the README's own example is one): no CA would help.
+        use = _with_scheme(url, "http") if url else "http://"
+        return f"{text}; the port does not speak TLS (it answered in plain text): use {use} in --registry-url"
     if any(word in lowered for word in TLS_WORDS):
         return (
             f"{text}; if the registry's certificate is signed by a private CA, give that CA with "
@@ -64,13 +79,20 @@ async def probe(registry: Probed, url: str) -> str:
     try:
         root = await registry.root()
     except RegistryError as error:
-        line = f"registry {url} cannot be used: {_once(_hint(error), url)}"
+        line = f"registry {url} cannot be used: {_once(_hint(error, url), url)}"
         log.error("{line}", line=line, registryUrl=url)
         return line
     if root.status == 404:
         line = (
             f"registry {url} answered 404 to GET /v2/: --registry-url does not point at an OCI distribution "
             "API; give the registry's root (scheme and host[:port]), not a path or a web UI"
+        )
+        log.error("{line}", line=line, registryUrl=url)
+        return line
+    if root.status == 400 and any(words in root.body for words in PLAIN_TO_TLS):
+        line = (
+            f"registry {url} answered HTTP 400 to GET /v2/: the port serves HTTPS, not plain HTTP: "
+            f"use {_with_scheme(url, 'https')} in --registry-url"
         )
         log.error("{line}", line=line, registryUrl=url)
         return line

@@ -104,6 +104,30 @@ async def test_an_untrusted_certificate_names_the_ca_flag(make_client, tls_regis
 
 
 @pytest_twisted.ensureDeferred
+async def test_https_to_a_plain_http_registry_says_to_use_http(make_client, registry):
+    # review-newcomer L3: the README's registry is plain HTTP; written https://, the advice was a private CA.
+    url = registry.url.replace("http://", "https://")
+    line = await probe(make_client(url), url)
+    assert line.startswith(f"registry {url} cannot be used: it is unavailable: TLS failure: "), line
+    assert line.endswith(
+        f"; the port does not speak TLS (it answered in plain text): use {registry.url} in --registry-url"
+    )
+    assert "--registry-ca-file" not in line
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_to_a_tls_registry_says_to_use_https(make_client, tls_registry):
+    # review-newcomer L3: distribution answers plain HTTP on its TLS port with a 400, which read as
+    # "is --registry-url the registry's API?".
+    url = tls_registry.url.replace("https://", "http://")
+    line = await probe(make_client(url), url)
+    assert line == (
+        f"registry {url} answered HTTP 400 to GET /v2/: the port serves HTTPS, not plain HTTP: "
+        f"use {tls_registry.url} in --registry-url"
+    )
+
+
+@pytest_twisted.ensureDeferred
 async def test_nothing_listening_says_unavailable(make_client):
     url = f"http://127.0.0.1:{free_port()}"
     line = await probe(make_client(url), url)

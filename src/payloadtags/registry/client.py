@@ -232,6 +232,8 @@ class RootAnswer:
     status: int
     api_version: str | None
     challenge: str | None
+    # The start of the answer's body (JSON_LIMIT at most): a TLS port's answer to plain HTTP says so there.
+    body: bytes = attrs.field(default=b"", repr=False)
 
 
 class RegistryClient:
@@ -371,6 +373,7 @@ class RegistryClient:
             status=reply.status,
             api_version=reply.header("Docker-Distribution-API-Version"),
             challenge=reply.header("WWW-Authenticate"),
+            body=reply.body,
         )
 
     @property
