@@ -532,6 +532,7 @@ async def start(
         max_body=settings.http.max_request_body_bytes,
         watch_hub=watch_hub,
         request_log=settings.verbosity >= DEBUG_VERBOSITY,
+        standalone=cluster is None,
     )
     site = GuardedSite(api.resource(), settings.http, api, reactor=reactor, monotonic=monotonic)
     connections = LimitedConnections(

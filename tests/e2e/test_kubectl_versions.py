@@ -96,6 +96,24 @@ async def test_get_in_every_output_then_delete(versioned: Kubectl, registry: Any
 
 @pytest.mark.kubectl
 @pytest_twisted.ensureDeferred
+async def test_get_of_a_missing_tag_names_it(versioned: Kubectl, registry: Any, repo: str) -> None:
+    """review-newcomer L4: after the tag's 404 every kubectl asks for the namespace (not "default"),
+    and standalone payloadtags' 404 for that path made kubectl print "the server could not find the
+    requested resource" in place of the tag's own NotFound. Standalone, that check is answered 403."""
+    namespace, path = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "v1")
+    name = encode_name(path, "v1")
+    ok(await versioned("delete", "prt", "-n", namespace, name))
+    for missing in (name, name + "typo"):
+        result = await versioned("get", "prt", "-n", namespace, missing)
+        assert (result.code, result.out) == (1, "")
+        assert result.err.strip().splitlines()[-1] == (
+            f'Error from server (NotFound): {RESOURCE} "{missing}" not found'
+        )
+
+
+@pytest.mark.kubectl
+@pytest_twisted.ensureDeferred
 async def test_create_is_method_not_allowed(
     versioned: Kubectl, registry: Any, repo: str, tmp_path: Path
 ) -> None:

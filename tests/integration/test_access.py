@@ -348,6 +348,14 @@ async def test_system_masters_is_always_allowed(rbac_server, registry, namespace
     assert await eventually(lambda: names_seen(rbac_server.client(root), namespace)) == [("app", "v1")]
 
 
+@pytest_twisted.ensureDeferred
+async def test_with_a_cluster_api_the_namespace_check_is_not_answered_here(rbac_server, namespace, pki):
+    # Standalone only (review-newcomer L4): behind kube-apiserver, /api/v1 is kube-apiserver's to answer.
+    root = pki.client_ca.client("root", ("system:masters",))
+    reply = await rbac_server.client(root).get(f"/api/v1/namespaces/{namespace}")
+    assert (reply.code, reply.json()["reason"]) == (404, "NotFound")
+
+
 # --- front proxy -------------------------------------------------------------------------------------
 
 

@@ -229,6 +229,27 @@ async def test_repository_whose_tags_were_all_deleted_has_no_objects(api, regist
 
 
 @pytest_twisted.ensureDeferred
+async def test_standalone_answers_kubectls_namespace_check_as_forbidden(api):
+    # review-newcomer L4: kubectl asks for the namespace after an object's 404 and prints that answer
+    # instead when it is a 404 too; kube-apiserver's 403 for a user who may not get namespaces keeps
+    # the object's message (tests/e2e/test_kubectl_versions.py).
+    reply = await api.client(api.pki.admin).get("/api/v1/namespaces/team-a")
+    assert reply.code == 403
+    assert reply.json() == {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": 'namespaces "team-a" is forbidden: User "admin" cannot get resource "namespaces" in API '
+        'group "" in the namespace "team-a"',
+        "reason": "Forbidden",
+        "details": {"name": "team-a", "kind": "namespaces"},
+        "code": 403,
+    }
+    assert (await api.client(None).get("/api/v1/namespaces/team-a")).code == 401
+
+
+@pytest_twisted.ensureDeferred
 async def test_missing_namespace_lists_empty(api):
     reply = await api.client(api.pki.admin).get(collection("no-such-namespace-here"))
     assert reply.code == 200

@@ -38,6 +38,7 @@ from payloadtags.api.errors import (
     cluster_wide_delete_collection_not_allowed,
     internal,
     method_not_allowed,
+    namespace_forbidden,
     path_method_not_allowed,
     path_not_found,
     resource_version_too_large,
@@ -402,6 +403,8 @@ class ApiServer:
     max_body: int = MAX_BODY
     # Serves watch=true on the collection; without it a watch is 405.
     watch_hub: WatchHub | None = None
+    # No cluster API: nothing else answers kubectl's namespace check (_namespace).
+    standalone: bool = False
     # Whether each request's line is logged (at debug level): off, the line is not even built (the
     # log's level filter would drop it only after a good deal of work on every request).
     request_log: bool = True
@@ -818,6 +821,8 @@ class ApiServer:
         self._route(f"{BASE}/{RESOURCE}", ["DELETE"], self._delete_across_namespaces)
         if self.repository_index is not None and self.events_token:
             self._route("/registry/events", ["POST"], self._registry_events, anonymous=True)
+        if self.standalone:
+            self._route("/api/v1/namespaces/<namespace>", ["GET"], self._namespace)
 
         @self.app.handle_errors(NotFound)
         def _not_found(request: IRequest, failure: Any) -> bytes:
@@ -919,6 +924,15 @@ class ApiServer:
             request.setHeader(b"cache-control", b"public, immutable")
             request.setHeader(b"expires", formatdate(self._clock().seconds() + _YEAR, usegmt=True).encode())
         return reply
+
+    async def _namespace(self, request: IRequest, user: UserInfo, namespace: str) -> bytes:
+        # After a 404 for an object in a namespace other than "default", kubectl (1.27 to 1.33) gets
+        # the namespace and, when that is a 404 too, prints its generic "could not find the requested
+        # resource" instead of the object's NotFound. Behind kube-apiserver the namespace is its to
+        # answer (the aggregator never sends /api/v1 here); standalone, nothing else would. A 403, as
+        # kube-apiserver answers a user who may not read namespaces, keeps the object's message and
+        # claims nothing about namespaces, which standalone payloadtags does not have.
+        raise namespace_forbidden(namespace, user.name)
 
     async def _version(self, request: IRequest, user: UserInfo) -> bytes:
         major, minor, *_ = __version__.split(".")

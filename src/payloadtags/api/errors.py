@@ -99,6 +99,18 @@ def forbidden(message: str, name: str | None = None) -> ApiError:
     return ApiError(403, "Forbidden", message, _resource_details(name))
 
 
+def namespace_forbidden(namespace: str, user: str) -> ApiError:
+    """kube-apiserver's answer to ``GET /api/v1/namespaces/<namespace>`` by a user who may not get
+    namespaces (its RequestInfo takes a namespace's name as the request's namespace too)."""
+    return ApiError(
+        403,
+        "Forbidden",
+        f'namespaces "{namespace}" is forbidden: User "{user}" cannot get resource "namespaces" in API '
+        f'group "" in the namespace "{namespace}"',
+        StatusDetails(name=namespace, kind="namespaces"),
+    )
+
+
 def conflict(name: str, message: str) -> ApiError:
     return ApiError(
         409,
