@@ -35,6 +35,11 @@ def push_samples(registry: RegistryServer) -> None:
     images.push_artifact(registry, "team-b/charts/web", "0.3.0")
 
 
+def say(text: str) -> None:
+    """What the demo is doing, told apart from the commands and their output."""
+    print(f"demo: {text}", flush=True)
+
+
 def wait_ready(url: str, timeout: float = 15.0) -> None:
     import ssl
 
@@ -58,8 +63,18 @@ def main() -> int:
     pki = Pki.create(work / "pki")
     port = free_port()
     url = f"https://127.0.0.1:{port}"
+    say(
+        "starting a local registry (docker-registry on 127.0.0.1) and pushing sample images: the module "
+        "documentation's d8-system/http-echo, d8-system/test/http-echo and d8-system/test/http-echo2, "
+        "and a few in team-a and team-b"
+    )
     with RegistryServer() as registry:
         push_samples(registry)
+        say(
+            f"starting payloadtags in standalone mode on {url} in front of it, with "
+            "--authorization-mode=AlwaysAllow: any client with a certificate of the demo's own CA may see "
+            "and delete every tag"
+        )
         server = subprocess.Popen(
             [
                 str(ROOT / ".venv" / "bin" / "payloadtags"),
@@ -118,6 +133,11 @@ def main() -> int:
                 capture_output=True,
             )
             env = {**os.environ, "KUBECONFIG": str(kubeconfig), "HOME": str(work)}
+            say(
+                "kubectl runs with a kubeconfig of its own whose context namespace is d8-system: "
+                "the commands without -n show d8-system"
+            )
+            print(flush=True)
             commands = [
                 ["api-resources", "--api-group=payload-registry.deckhouse.io"],
                 ["get", "payloadrepositorytags.payload-registry.deckhouse.io"],
@@ -139,6 +159,8 @@ def main() -> int:
                 ["get", "prt"],
             ]
             for args in commands:
+                if args[0] == "delete":
+                    say("the delete is real: the tag leaves the sample registry, its siblings stay")
                 print(f"$ kubectl {' '.join(args)}", flush=True)
                 subprocess.run([kubectl, *args], env=env, check=False)
                 print(flush=True)
@@ -146,6 +168,12 @@ def main() -> int:
             server.terminate()
             server.wait(timeout=10)
     shutil.rmtree(work, ignore_errors=True)
+    say(
+        f"done. It ran a sample registry ({registry.url}), payloadtags standalone ({url}) where any "
+        "client of its CA could see and delete everything (AlwaysAllow), and kubectl with d8-system as "
+        "its default namespace; all of it is stopped and removed now. To run payloadtags yourself: "
+        'docs/install.md, "Standalone mode"; in a cluster: docs/install.md from the top'
+    )
     return 0
 
 

@@ -114,6 +114,26 @@ def test_uninstall_default_is_the_checkouts_tree(tmp_path: Path) -> None:
     assert _trees(calls, "delete") == [ROOT / "manifests" / "cert-manager"]
 
 
+def test_demo_says_what_it_installs_before_setup_runs(tmp_path: Path) -> None:
+    # review-newcomer N1: scripts/setup takes minutes on a fresh machine; the demo said nothing first.
+    (tmp_path / "scripts").mkdir()
+    shutil.copy2(ROOT / "scripts" / "demo", tmp_path / "scripts" / "demo")
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    for stub, text in (("scripts/setup", "echo SETUP\n"), (".venv/bin/python", 'echo "DEMO $*"\n')):
+        (tmp_path / stub).write_text("#!/bin/sh\n" + text)
+        (tmp_path / stub).chmod(0o755)
+    result = subprocess.run(
+        [str(tmp_path / "scripts" / "demo")], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "demo: installing what it needs (docker-registry from apt, .venv from requirements.lock): "
+        "a few minutes on a fresh machine, seconds once done",
+        "SETUP",
+        "DEMO scripts/demo.py",
+    ]
+
+
 # --- scripts/setup on a fresh Debian 12 --------------------------------------------------------------
 
 # The system python3 as a fresh Debian has it before python3-venv: no ensurepip. It logs every call.
@@ -160,7 +180,7 @@ def test_setup_without_uv_installs_python3_venv_and_leaves_the_system_python_alo
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHON", "UV")}
     env.update(PATH=f"{stubs}:/usr/bin:/bin", STUBS=str(stubs))
 
-    def setup() -> None:
+    def setup() -> list[str]:
         result = subprocess.run(
             [str(tree / "scripts" / "setup")],
             env=env,
@@ -170,8 +190,14 @@ def test_setup_without_uv_installs_python3_venv_and_leaves_the_system_python_alo
             check=False,
         )
         assert result.returncode == 0, result.stdout + result.stderr
+        return [line for line in result.stdout.splitlines() if line.startswith("setup: ")]
 
-    setup()
+    # It says what it does in its long steps (review-newcomer N1: minutes without a word).
+    assert setup() == [
+        "setup: installing python3-venv from apt",
+        "setup: making .venv (a virtual environment for payloadtags and its tests)",
+        "setup: installing the packages of requirements.lock and payloadtags into .venv",
+    ]
     assert (stubs / "apt-get.log").read_text().splitlines() == [
         "update -qq",
         "install -y -qq python3-venv",
@@ -185,5 +211,6 @@ def test_setup_without_uv_installs_python3_venv_and_leaves_the_system_python_alo
     assert version.stdout.split()[:2] == ["uv", uv_pin.removeprefix("uv==")]
     subprocess.run([tree / ".venv" / "bin" / "python", "-c", "import payloadtags"], check=True, timeout=60)
 
-    setup()  # again: with the uv now in .venv, and nothing more from apt
+    # Again: with the uv now in .venv, and nothing more from apt.
+    assert setup() == ["setup: installing the packages of requirements.lock and payloadtags into .venv"]
     assert len((stubs / "apt-get.log").read_text().splitlines()) == 2
