@@ -29,11 +29,15 @@ With ``page`` and ``list`` both, the summary also gives a walk's server CPU over
 Reported per kind and server: the median of the repetitions' server CPU per request (ms) and their
 spread, and the ratio of the two servers. CPU time, not wall time: other processes' turns on a busy
 machine are not charged to the server. The clock tick is 10 ms, so a kind's CPU per repetition is only
-read to within 10 ms: ``--requests`` keeps that a small part.
+read to within 10 ms: ``--requests`` keeps that a small part. With ``--fine`` it is read from the
+scheduler's count in nanoseconds (``/proc/<pid>/task/*/schedstat``), so that short batches, many
+repetitions and their minimum can be compared (the ``(kernel)`` rows stay in ticks). ``--syscalls``
+then counts the server's system calls per request (``strace -c``) in one more batch per kind and
+server: a figure the machine's load does not move.
 
 Usage: .venv/bin/python bench/request_cpu.py [--requests 1000] [--reps 3] [--tags 2000] [--repositories 1]
        [--limit 500] [--kinds discovery,discovery-cert,pipelined,get,page,list] [--table] [--before SRC]
-       [--after SRC] [--profile FILE] [--json FILE] [--pin]
+       [--after SRC] [--profile FILE] [--json FILE] [--pin] [--fine] [--syscalls]
 
 ``--pin`` puts the servers on the first CPU and the registry and this client on the others, as a
 deployment separates them (the server's pod, the registry, kube-apiserver).
@@ -42,9 +46,11 @@ deployment separates them (the server's pod, the registry, kube-apiserver).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
+import signal
 import ssl
 import statistics
 import subprocess
@@ -218,16 +224,52 @@ def minor_faults(pid: int) -> int:
         return int(f.read().rpartition(")")[2].split()[7])
 
 
-def measure(pid: int, send: Callable[[int], int], n: int) -> tuple[float, float, float]:
-    """Server CPU per request (ms) for ``n`` requests, the kernel's part of it, and minor page faults
-    per request."""
-    before, system, faults = cpu_seconds(pid), system_seconds(pid), minor_faults(pid)
+def run_seconds(pid: int) -> float:
+    """CPU time of a process's threads (user + system) to the nanosecond, as the scheduler counts it
+    (``/proc/<pid>/task/*/schedstat``): a thread that ends between two readings takes its time along."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+def measure(pid: int, send: Callable[[int], int], n: int, fine: bool) -> tuple[float, float, float]:
+    """Server CPU per request (ms) for ``n`` requests, the kernel's part of it (ticks only), and minor
+    page faults per request."""
+    cpu = run_seconds if fine else cpu_seconds
+    before, system, faults = cpu(pid), system_seconds(pid), minor_faults(pid)
     sent = send(n)
     return (
-        (cpu_seconds(pid) - before) * 1000 / sent,
+        (cpu(pid) - before) * 1000 / sent,
         (system_seconds(pid) - system) * 1000 / sent,
         (minor_faults(pid) - faults) / sent,
     )
+
+
+def count_syscalls(pid: int, send: Callable[[int], int], n: int, out: Path) -> dict[str, float]:
+    """The server's system calls per request over ``n`` requests, by name (``strace -c`` attached to
+    all its threads for the batch). strace slows the server: no CPU is read in these batches."""
+    tracer = subprocess.Popen(
+        ["strace", "-c", "-f", "-p", str(pid), "-o", str(out)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert tracer.stderr is not None
+        tracer.stderr.readline()  # "strace: Process <pid> attached ...": traced from now on
+        sent = send(n)
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait()
+    counts: dict[str, float] = {}
+    for line in out.read_text().splitlines():
+        fields = line.split()
+        # "% time  seconds  usecs/call  calls  [errors]  syscall"; the header, rules and total skipped
+        if len(fields) >= 5 and fields[3].isdigit() and fields[-1] != "total":
+            counts[fields[-1]] = int(fields[3]) / sent
+    return counts
 
 
 async def run(
@@ -278,6 +320,7 @@ async def run(
         "limit": args.limit,
         "pinned": args.pin,
         "table": args.table,
+        "fine": args.fine,
         "reps": [],
     }
 
@@ -292,13 +335,29 @@ async def run(
                     send = requests_of(kind, connection, args.limit, args.tags, args.table)
                     n = args.requests if kind != "list" else max(1, args.requests * args.limit // args.tags)
                     send(max(2, n // 20))  # handshake, caches and the walk cache warm
-                    total, system, faults = measure(pid, send, n)
+                    total, system, faults = measure(pid, send, n, args.fine)
                     rep.setdefault(kind, {})[name] = total
                     rep.setdefault(f"{kind} (kernel)", {})[name] = system
                     rep.setdefault(f"{kind} (minor faults)", {})[name] = faults
                 finally:
                     connection.close()
         return rep
+
+    def syscalls() -> dict[str, dict[str, dict[str, float]]]:
+        counted: dict[str, dict[str, dict[str, float]]] = {}  # kind -> server -> syscall -> per request
+        for kind in kinds:
+            for name, (pid, url) in servers.items():
+                connection = Connection(url, ca_file, pki.admin if kind == "discovery-cert" else proxy)
+                try:
+                    send = requests_of(kind, connection, args.limit, args.tags, args.table)
+                    n = args.requests if kind != "list" else max(1, args.requests * args.limit // args.tags)
+                    send(max(2, n // 20))
+                    counted.setdefault(kind, {})[name] = count_syscalls(
+                        pid, send, n, work / f"strace-{kind}-{name}.txt"
+                    )
+                finally:
+                    connection.close()
+        return counted
 
     for i in range(args.reps):
         rep = await deferToThread(one_rep, i)
@@ -308,6 +367,8 @@ async def run(
             + "; ".join(f"{k} " + ", ".join(f"{n} {v:.3f}" for n, v in r.items()) for k, r in rep.items()),
             flush=True,
         )
+    if args.syscalls:
+        results["syscalls"] = await deferToThread(syscalls)
     return results
 
 
@@ -330,7 +391,7 @@ def summarize(results: dict[str, Any]) -> str:
         "",
         "| kind | "
         + " | ".join(f"{n}: server CPU per request, ms (range)" for n in names)
-        + (" | after / before |" if len(names) > 1 else " |"),
+        + (" | after / before: medians; minimums; paired repetitions (median) |" if len(names) > 1 else " |"),
         "|---|" + "---:|" * (len(names) + (1 if len(names) > 1 else 0)),
     ]
     for kind in reps[0]:
@@ -342,8 +403,14 @@ def summarize(results: dict[str, Any]) -> str:
             cells.append(f"{medians[name]:.3f} ({min(values):.3f}-{max(values):.3f})")
         if len(names) > 1:
             # Below one clock tick a kind's CPU reads 0: no ratio then.
-            ratio = medians["after"] / medians["before"] if medians["before"] else None
-            cells.append("-" if ratio is None else f"{ratio:.2f}")
+            lowest = min(rep[kind]["before"] for rep in reps)
+            paired = [rep[kind]["after"] / rep[kind]["before"] for rep in reps if rep[kind]["before"]]
+            cells.append(
+                "-"
+                if not medians["before"] or not lowest or not paired
+                else f"{medians['after'] / medians['before']:.3f}; "
+                f"{min(rep[kind]['after'] for rep in reps) / lowest:.3f}; {statistics.median(paired):.3f}"
+            )
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
     if "page" in reps[0] and "list" in reps[0]:
         pages = -(-results["tags"] // results["limit"])
@@ -354,6 +421,14 @@ def summarize(results: dict[str, Any]) -> str:
             lines.append(
                 f"- {name}: a walk's server CPU / an unpaged list's: median {statistics.median(ratios):.2f} "
                 f"({min(ratios):.2f}-{max(ratios):.2f})"
+            )
+    for kind, per_server in results.get("syscalls", {}).items():
+        for name, counts in per_server.items():
+            top = sorted(counts.items(), key=lambda item: -item[1])[:8]
+            lines.append(
+                f"- {kind}, {name}: {sum(counts.values()):.2f} system calls per request ("
+                + ", ".join(f"{call} {count:.2f}" for call, count in top)
+                + ")"
             )
     lines.append(f"total {results['total_seconds']:.0f}s")
     return "\n".join(lines)
@@ -372,6 +447,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--after", help="run another tree's server code as the one measured (its src)")
     parser.add_argument("--profile", help="run this tree's server under cProfile (CPU time), stats here")
     parser.add_argument("--json", type=Path, help="also write raw figures here")
+    parser.add_argument(
+        "--syscalls",
+        action="store_true",
+        help="then one more batch per kind and server with strace -c: the server's system calls per request",
+    )
+    parser.add_argument(
+        "--fine",
+        action="store_true",
+        help="the server's CPU from the scheduler's count in ns, not /proc's 10 ms ticks (short batches)",
+    )
     parser.add_argument(
         "--pin",
         action="store_true",
