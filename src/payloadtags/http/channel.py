@@ -40,12 +40,12 @@ from cryptography import x509
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener
+from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener, IReactorTime
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.internet.protocol import Protocol as BaseProtocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.web import http, resource
 from twisted.web.http_headers import Headers
@@ -777,6 +777,13 @@ class GuardedChannel(http.HTTPChannel):
         super().writeHeaders(version, code, reason, headers)
 
     def requestDone(self, request: http.Request) -> None:
+        # The response's last byte is written (Request.finish, for Klein's routes and the direct ones
+        # alike): it goes to the client in this turn of the reactor, not in its next round. First, while
+        # the request is still being handled: a transport that sends all and resumes the channel
+        # then only clears _waitingForTransport, which the rest of this method reads.
+        send = getattr(self.transport, "send_response", None)
+        if send is not None:
+            send()
         if isinstance(request, Request) and self.site.admission.proves(request):
             self.proven += 1
             if self.proven == 1:  # the rank reads only whether one was
@@ -1064,6 +1071,11 @@ class ClientConnection(ProtocolWrapper):
 
     def abortConnection(self) -> None:
         self.transport.abortConnection()
+
+    def send_response(self) -> None:
+        send = getattr(self.transport, "send_response", None)
+        if send is not None:
+            send()
 
     def connectionMade(self) -> None:
         _limit_send_buffer(self.transport)
@@ -1405,10 +1417,96 @@ class LimitedConnections(WrappingFactory):
         return True
 
 
-class GuardedTLS(BufferingTLSTransport):
-    """Twisted's TLS layer, connected at less cost (see makeConnection)."""
+class GuardedTLS(TLSMemoryBIOProtocol):
+    """Twisted's TLS layer, connected at less cost (see makeConnection), holding small writes as its
+    BufferingTLSTransport does, but sending a whole response at once (send_response).
 
+    Twisted's BufferingTLSTransport holds writes until the reactor's next turn (a timed call), so
+    that the pieces of a response (its head, its body, a chunk's framing) become one TLS record
+    rather than several; only then does the TCP transport take the record, and it sends it once a
+    poll reports the socket writable. A response to a kept-alive request so cost the reactor one more
+    round (the timed call, a poll and the dispatch of its write) before the client had it: 6 system
+    calls a request where 5 do. Here, once the channel has written the last byte of a response, what
+    is held is encrypted at once and handed to the socket in the same turn, as much as it takes
+    (issue #11). The writes of a response written over several turns (a long list in chunks, a
+    watch) are still held until the next turn, as before; what the socket does not take waits in
+    the TCP transport as before, and pauses the channel when it is more than the transport's buffer."""
+
+    # Twisted's _AggregateSmallWrites.MAX_BUFFER_SIZE: more than this is encrypted at once.
+    HOLD = 64_000
     _heard = False
+    _flush: IDelayedCall | None = None  # the next turn's sending of what is held
+    _closed = False  # connectionLost: writes are dropped
+
+    def __init__(self, factory: GuardedTLSFactory, wrappedProtocol: Any) -> None:
+        super().__init__(factory, wrappedProtocol)
+        self._clock = factory.clock
+        self._held: list[bytes] = []
+        self._room = self.HOLD
+
+    def write(self, data: bytes) -> None:
+        if self._closed:
+            return
+        # As Twisted's aggregator: a TypeError now for what is not bytes, and a copy of a bytearray
+        # the caller may change before it is sent.
+        self._held.append(data + b"")
+        self._room -= len(data)
+        if self._room < 0:
+            self._send_held()
+        elif self._flush is None:
+            self._flush = self._clock.callLater(0, self._flush_held)
+
+    def writeSequence(self, sequence: Any) -> None:
+        self.write(b"".join(sequence))
+
+    def _flush_held(self) -> None:
+        self._flush = None
+        self._send_held()
+
+    def _no_flush(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+
+    def _send_held(self) -> None:
+        held = self._held
+        if held:
+            self._held = []
+            self._room = self.HOLD
+            TLSMemoryBIOProtocol.write(self, held[0] if len(held) == 1 else b"".join(held))
+
+    def send_response(self) -> None:
+        """A response is whole (called first thing in the channel's requestDone): encrypt what is held
+        now, and send what the socket takes of what waits in the TCP transport, in this turn."""
+        self._no_flush()
+        self._send_held()
+        tcp = self.transport
+        if not isinstance(tcp, FileDescriptor) or tcp.disconnecting or tcp.disconnected or not _unsent(tcp):
+            return
+        # What the reactor calls once the socket is writable (IWriteDescriptor.doWrite), here
+        # before its turn. When it sends everything and had paused its producer (the response
+        # was larger than its buffer), it resumes the channel, which, its request still being
+        # handled, only notes that the transport wants more (requestDone goes on with that). It
+        # answers why the connection is lost when the send fails (a reset, a closed socket),
+        # where the reactor would close the transport with that reason: here the transport is
+        # aborted (its connectionLost, ConnectionAborted, comes in the next turn; not in this
+        # call, under the channel that is finishing a response). Not while it is closing: its
+        # last send would close it there and then.
+        if tcp.doWrite() is not None:
+            abort = getattr(tcp, "abortConnection", None)
+            if abort is not None:
+                abort()
+
+    def loseConnection(self) -> None:
+        self._no_flush()
+        self._send_held()
+        super().loseConnection()
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self._no_flush()
+        self._closed = True
+        self._held = []
+        super().connectionLost(reason)
 
     def dataReceived(self, data: bytes) -> None:
         if not self._heard:
@@ -1448,6 +1546,16 @@ class GuardedTLSFactory(TLSMemoryBIOFactory):
     connection made for it) and is closed by the listening port."""
 
     protocol = GuardedTLS
+
+    def __init__(
+        self, contextFactory: Any, isClient: bool, wrappedFactory: Any, clock: IReactorTime | None = None
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as default_reactor
+
+            clock = default_reactor
+        super().__init__(contextFactory, isClient, wrappedFactory, clock)
+        self.clock: IReactorTime = clock
 
     def buildProtocol(self, addr: Any) -> GuardedTLS | None:  # type: ignore[override]
         inner = self.wrappedFactory.buildProtocol(addr)

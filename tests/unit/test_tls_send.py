@@ -1,0 +1,451 @@
+"""When the server's TLS layer (GuardedTLS) sends what the channel writes: a whole response in the turn
+of the reactor that ends it, the pieces of a response written over several turns together in the next
+turn, nothing past what the client reads, and a failed send closing the connection.
+
+The stack is the server's own from the TLS layer up (GuardedTLSFactory, LimitedConnections,
+GuardedChannel), with real TLS to a client in the test; under it a TCP transport (Twisted's
+FileDescriptor, as the reactor's TCP connections are) whose socket the test plays, on a clock whose
+turns the test makes: a turn runs the calls due, then asks each transport registered for writing to
+write, as the reactor does once its socket is writable."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from OpenSSL import SSL
+from twisted.internet import main
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+from zope.interface import implementer
+
+from payloadtags.api.errors import ApiError
+from payloadtags.http.channel import (
+    CLOSE_GRACE,
+    STALL_CHECK,
+    ClientConnection,
+    GuardedChannel,
+    GuardedSite,
+    GuardedTLS,
+    GuardedTLSFactory,
+    LimitedConnections,
+    _no_front_proxy,
+)
+from payloadtags.limits import HttpLimits
+from payloadtags.tls import ContextFactory, ServingCertificate, server_context
+
+_SERVER_CONTEXT = ContextFactory(server_context(ServingCertificate.self_signed(), ()))
+
+
+class _Loop:
+    """The reactor under the TCP transport: the test's clock, and the transports registered for
+    writing, each asked to write once a turn (its socket is always writable: how much it takes is
+    the socket's)."""
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.writers: list[FileDescriptor] = []
+
+    def callLater(self, delay: float, f: Any, *args: Any, **kwargs: Any) -> Any:
+        return self.clock.callLater(delay, f, *args, **kwargs)
+
+    def addReader(self, reader: object) -> None:
+        pass
+
+    def removeReader(self, reader: object) -> None:
+        pass
+
+    def addWriter(self, writer: FileDescriptor) -> None:
+        if writer not in self.writers:
+            self.writers.append(writer)
+
+    def removeWriter(self, writer: FileDescriptor) -> None:
+        if writer in self.writers:
+            self.writers.remove(writer)
+
+    def turn(self) -> None:
+        self.clock.advance(0)
+        for writer in list(self.writers):
+            why = writer.doWrite()
+            if why is not None:  # as the reactor: the transport is closed with the reason
+                self.removeWriter(writer)
+                writer.connectionLost(Failure(why))
+
+
+class _Socket(FileDescriptor):
+    """Twisted's TCP transport with the socket played by the test: it takes what the client reads
+    (``room``: None for everything) into ``sent``, or fails as a reset connection does."""
+
+    def __init__(self, loop: _Loop) -> None:
+        super().__init__(reactor=loop)  # type: ignore[arg-type]
+        self.connected = 1
+        self.sent = bytearray()
+        self.room: int | None = None
+        self.reset = False
+        self.lost: list[Failure] = []
+        self.protocol: Any = None
+
+    def writeSomeData(self, data: bytes) -> int | Exception:
+        if self.reset:
+            return main.CONNECTION_LOST  # tcp.Connection.writeSomeData's answer to ECONNRESET
+        data = data[: self.SEND_LIMIT]  # as tcp.Connection.writeSomeData: at most this a send
+        taken = len(data) if self.room is None else min(len(data), self.room)
+        if self.room is not None:
+            self.room -= taken
+        self.sent += data[:taken]
+        return taken
+
+    def abortConnection(self) -> None:
+        # tcp.Connection's (_AbortingMixin): the protocol hears of it in the next turn.
+        self.stopReading()
+        self.stopWriting()
+        self.reactor.callLater(0, self.connectionLost, Failure(ConnectionAborted()))  # type: ignore[attr-defined]
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.lost:
+            return
+        self.lost.append(reason)
+        super().connectionLost(reason)
+        self.protocol.connectionLost(reason)
+
+    def unsent(self) -> int:
+        return len(self.dataBuffer) - self.offset + self._tempDataLen
+
+    def getPeer(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.9", 5555)
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 443)
+
+    def getHandle(self) -> None:
+        return None
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        pass
+
+
+class _Held(Resource):
+    """Answers nothing until the test writes and finishes the request."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[Request] = []
+
+    def render_GET(self, request: Request) -> int:
+        self.held.append(request)
+        return NOT_DONE_YET
+
+
+class _Admitting:
+    def admit(self, request: Request) -> Deferred[ApiError | None]:
+        return succeed(None)
+
+    def is_probe(self, path: bytes) -> bool:
+        return False
+
+    def proves(self, request: Request) -> bool:
+        return False
+
+
+class _Connection:
+    """One client connection to the server's TLS layer, over a _Socket, handshake done."""
+
+    def __init__(self, idle_timeout: float = 60.0) -> None:
+        self.loop = _Loop()
+        self.resource = _Held()
+        site = GuardedSite(
+            self.resource,
+            HttpLimits(idle_timeout=idle_timeout),
+            _Admitting(),
+            reactor=self.loop.clock,
+            monotonic=self.loop.clock.seconds,
+        )
+        table = LimitedConnections(site, 10, front_proxy=_no_front_proxy)
+        factory = GuardedTLSFactory(_SERVER_CONTEXT, False, table, clock=self.loop.clock)
+        tls = factory.buildProtocol(IPv4Address("TCP", "127.0.0.9", 5555))
+        assert isinstance(tls, GuardedTLS)
+        self.tls = tls
+        self.socket = _Socket(self.loop)
+        self.socket.protocol = tls
+        tls.makeConnection(self.socket)
+        self.loop.turn()  # the connection's turn to read
+        wrapper = tls.wrappedProtocol
+        assert isinstance(wrapper, ClientConnection)
+        assert isinstance(wrapper.wrappedProtocol, GuardedChannel)
+        self.channel = wrapper.wrappedProtocol
+        context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        self.client = SSL.Connection(context, None)
+        self.client.set_connect_state()
+        self.plain = bytearray()
+        for _ in range(10):
+            try:
+                self.client.do_handshake()
+                break
+            except SSL.WantReadError:
+                self._to_server()
+                self.loop.turn()
+                self._from_server()
+        else:
+            raise AssertionError("no TLS handshake")
+        self.loop.turn()
+
+    def _to_server(self) -> None:
+        while True:
+            try:
+                data = self.client.bio_read(1 << 16)
+            except SSL.WantReadError:
+                return
+            self.tls.dataReceived(data)
+
+    def _from_server(self) -> None:
+        data, self.socket.sent = bytes(self.socket.sent), bytearray()
+        if data:
+            self.client.bio_write(data)
+
+    def send(self, data: bytes) -> None:
+        self.client.sendall(data)
+        self._to_server()
+
+    def received(self) -> bytes:
+        """What the client has read of the server's answers so far (from what the socket took)."""
+        self._from_server()
+        while True:
+            try:
+                self.plain += self.client.recv(1 << 16)
+            except (SSL.WantReadError, SSL.ZeroReturnError):
+                return bytes(self.plain)
+
+
+def _get(path: bytes) -> bytes:
+    return b"GET " + path + b" HTTP/1.1\r\nHost: a\r\n\r\n"
+
+
+def _answer(request: Request, body: bytes) -> None:
+    request.setHeader(b"content-length", str(len(body)).encode())
+    request.write(body)
+    request.finish()
+
+
+def test_a_whole_response_is_on_the_socket_in_the_turn_that_ends_it() -> None:
+    """Without this, Twisted's TLS layer held the response until the reactor's next turn, and the
+    TCP transport sent it once the reactor, a turn later, found its socket writable: here no turn
+    passes between the response's end and the socket's send."""
+    connection = _Connection()
+    connection.send(_get(b"/a"))
+    connection.loop.turn()  # the request's turn: the resource holds it
+    (request,) = connection.resource.held
+    _answer(request, b"the answer")
+    received = connection.received()  # no turn of the clock or the loop since
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert received.endswith(b"\r\n\r\nthe answer")
+    assert connection.socket.unsent() == 0
+    assert connection.loop.writers == []  # nothing left for the reactor to send
+
+
+def test_the_writes_of_a_response_written_over_turns_go_out_together_in_the_next_turn() -> None:
+    """A response written in pieces (a list in chunks, a watch) is held and sent a turn later, its
+    pieces in one TLS record, as Twisted's BufferingTLSTransport does; its last piece goes at once."""
+    connection = _Connection()
+    connection.send(_get(b"/a"))
+    connection.loop.turn()
+    (request,) = connection.resource.held
+    request.write(b"one ")
+    request.write(b"two ")
+    assert connection.received() == b""  # held for the turn
+    connection.loop.turn()
+    first = connection.received()
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n") and first.endswith(b"one \r\n4\r\ntwo \r\n")
+    request.write(b"three")
+    request.finish()
+    assert connection.received() == first + b"5\r\nthree\r\n0\r\n\r\n"
+
+
+def test_pipelined_requests_are_answered_in_order_each_in_the_turn_that_ends_it() -> None:
+    connection = _Connection()
+    connection.send(_get(b"/a") + _get(b"/b") + _get(b"/c"))
+    connection.loop.turn()
+    answered = b""
+    for index, path in enumerate((b"/a", b"/b", b"/c")):
+        request = connection.resource.held[index]
+        assert request.path == path
+        assert len(connection.resource.held) == index + 1  # the next waits for this one's answer
+        _answer(request, path)
+        answered = connection.received()
+        assert answered.count(b"HTTP/1.1 200 OK") == index + 1 and answered.endswith(b"\r\n\r\n" + path)
+        connection.loop.turn()  # the next pipelined request is parsed in the next turn
+    assert answered.count(b"HTTP/1.1 200 OK") == 3
+
+
+def test_a_client_that_does_not_read_holds_one_response_and_the_next_request_waits() -> None:
+    """Backpressure: a large answer to a client that reads nothing stays in the TCP transport (one
+    response's worth), the pipelined request behind it is not parsed, and once the client reads it
+    all, the next request is answered and sent as before."""
+    connection = _Connection()
+    connection.socket.room = 0  # the client reads nothing
+    connection.send(_get(b"/big") + _get(b"/small"))
+    connection.loop.turn()
+    (big,) = connection.resource.held
+    _answer(big, b"x" * 300_000)
+    for _ in range(5):
+        connection.loop.turn()
+    assert connection.received() == b""
+    assert 300_000 < connection.socket.unsent() < 310_000  # the one response, in TLS records
+    assert len(connection.resource.held) == 1  # the next request waits for the client to read
+    assert connection.channel._waitingForTransport
+    connection.socket.room = None  # it reads again
+    for _ in range(3):
+        connection.loop.turn()
+    assert len(connection.resource.held) == 2
+    _answer(connection.resource.held[1], b"small")
+    received = connection.received()
+    assert received.count(b"HTTP/1.1 200 OK") == 2 and received.endswith(b"\r\n\r\nsmall")
+    assert connection.socket.unsent() == 0
+
+
+def test_a_response_whose_send_fails_closes_the_connection() -> None:
+    """The client reset the connection while its answer was being made: the send at the answer's end
+    fails, and the connection is closed (its request told so) in the next turn, as the reactor
+    closes one whose send fails."""
+    connection = _Connection()
+    connection.send(_get(b"/a"))
+    connection.loop.turn()
+    (request,) = connection.resource.held
+    gone: list[Failure] = []
+    request.notifyFinish().addErrback(gone.append)
+    connection.socket.reset = True
+    _answer(request, b"the answer")
+    assert not connection.socket.lost  # not under the channel finishing its response
+    connection.loop.turn()
+    (reason,) = connection.socket.lost
+    assert reason.check(ConnectionLost)
+    assert connection.channel._lost
+    assert connection.loop.writers == []
+
+
+def test_a_client_gone_mid_response_closes_the_connection_and_its_request_hears_of_it() -> None:
+    connection = _Connection()
+    connection.send(_get(b"/a"))
+    connection.loop.turn()
+    (request,) = connection.resource.held
+    ended: list[object] = []
+    request.notifyFinish().addBoth(ended.append)
+    request.write(b"part of it")
+    connection.loop.turn()
+    assert connection.received().endswith(b"part of it\r\n")
+    connection.socket.reset = True
+    request.write(b"more")
+    connection.loop.turn()  # the held piece's send fails: the reactor closes the connection
+    assert connection.socket.lost and connection.channel._lost
+    assert len(ended) == 1 and isinstance(ended[0], Failure)
+    request.write(b"written after the close")  # dropped, as Twisted's TLS layer drops them
+    connection.loop.turn()
+    assert connection.loop.writers == []
+
+
+@implementer(IPushProducer)
+class _Producer:
+    def __init__(self) -> None:
+        self.told: list[str] = []
+
+    def pauseProducing(self) -> None:
+        self.told.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.told.append("resume")
+
+    def stopProducing(self) -> None:
+        self.told.append("stop")
+
+
+def test_the_tcp_transports_write_called_by_the_tls_layer_resumes_only_a_paused_producer() -> None:
+    """GuardedTLS.send_response calls the TCP transport's doWrite (what the reactor calls once the
+    socket is writable) first thing in the channel's requestDone. There a whole send stops writing
+    and tells the producer (the channel) nothing unless the transport had paused it, and a failed
+    send answers the reason and leaves the transport as it was, its bytes kept and registered for
+    writing, closing nothing. Twisted changing any of that would make the call unsafe there (a channel
+    resumed in the middle of requestDone, a connection closed under it): re-check send_response."""
+    loop = _Loop()
+    tcp = _Socket(loop)
+    producer = _Producer()
+    tcp.registerProducer(producer, True)
+    tcp.write(b"a response")
+    assert loop.writers == [tcp] and not tcp.producerPaused
+    assert tcp.doWrite() is None
+    assert bytes(tcp.sent) == b"a response" and tcp.unsent() == 0
+    assert loop.writers == [] and producer.told == []
+    tcp.write(b"x" * (tcp.bufferSize + 1))  # more than its buffer: the producer is paused
+    assert producer.told == ["pause"] and tcp.producerPaused
+    assert tcp.doWrite() is None
+    assert tcp.unsent() == 0 and producer.told == ["pause", "resume"] and loop.writers == []
+    tcp.write(b"another")
+    tcp.reset = True
+    assert tcp.doWrite() is main.CONNECTION_LOST
+    assert tcp.unsent() == len(b"another") and loop.writers == [tcp]
+    assert producer.told == ["pause", "resume"] and not tcp.disconnected and not tcp.lost
+
+
+def test_a_large_response_begins_to_go_out_in_the_turn_that_ends_it() -> None:
+    """A page larger than the TCP transport's buffer pauses the channel; its end sends what the
+    socket takes (a send's worth) in its turn, the rest in the reactor's next turns, and the next
+    pipelined request is answered once all of it is sent."""
+    connection = _Connection()
+    connection.send(_get(b"/big") + _get(b"/small"))
+    connection.loop.turn()
+    (big,) = connection.resource.held
+    _answer(big, b"x" * 300_000)
+    sent = len(connection.received())
+    assert 0 < sent < 300_000  # in this turn: the first send
+    assert connection.channel._waitingForTransport and len(connection.resource.held) == 1
+    for _ in range(4):
+        connection.loop.turn()
+    assert len(connection.resource.held) == 2
+    _answer(connection.resource.held[1], b"small")
+    received = connection.received()
+    assert received.count(b"HTTP/1.1 200 OK") == 2 and received.endswith(b"\r\n\r\nsmall")
+    assert received.count(b"x") >= 300_000
+
+
+def test_a_client_that_reads_nothing_of_a_whole_response_is_closed_after_the_idle_timeout() -> None:
+    connection = _Connection(idle_timeout=3.0)
+    connection.socket.room = 0
+    connection.send(_get(b"/big"))
+    connection.loop.turn()
+    (big,) = connection.resource.held
+    _answer(big, b"x" * 300_000)
+    connection.loop.turn()
+    unsent = connection.socket.unsent()
+    assert unsent > 300_000
+    connection.loop.clock.pump([0.5] * 5)
+    assert not connection.tls.disconnecting
+    assert connection.socket.unsent() == unsent  # nothing more was buffered meanwhile
+    connection.loop.clock.advance(STALL_CHECK)
+    assert connection.tls.disconnecting  # closed: its answer is dropped with the connection
+    connection.loop.clock.advance(CLOSE_GRACE)
+    connection.loop.turn()
+    assert connection.socket.lost and connection.channel._lost
+
+
+def test_a_response_ending_on_a_closing_transport_is_left_to_the_reactor_which_closes_it_cleanly() -> None:
+    """The TCP transport is already closing (its last bytes out, then the close) when a response ends:
+    sending there would close it under the channel, so the reactor sends and closes it, cleanly."""
+    connection = _Connection()
+    connection.send(_get(b"/a"))
+    connection.loop.turn()
+    (request,) = connection.resource.held
+    request.write(b"part")
+    connection.socket.loseConnection()
+    request.write(b" and the rest")
+    request.finish()
+    assert not connection.socket.lost
+    connection.loop.turn()
+    (reason,) = connection.socket.lost
+    assert reason.check(ConnectionDone)
+    assert connection.received().endswith(b"part\r\nd\r\n and the rest\r\n0\r\n\r\n")
