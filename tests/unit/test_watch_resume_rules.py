@@ -1382,6 +1382,36 @@ def test_past_her_share_a_list_s_trim_keeps_the_namespace_it_just_showed(how: st
 
 
 @pytest.mark.parametrize("how", ["page", "whole"])
+def test_past_her_share_a_list_s_trim_keeps_the_namespace_it_just_noted_where_she_reads_nothing(
+    how: str,
+) -> None:
+    """alice is at her share (8). z/app's last tag is deleted after her list's resourceVersion (the
+    source reads it: a DELETED), and her list then decides in z, where she may read nothing (it shows
+    nothing there): the decision notes z (past her share: a trim). Nothing else keeps z: no list showed
+    tags there, and her lists keep only the namespaces where her rules let her read something. Dropped,
+    z was dated by its leaving, after the list's resourceVersion: the watch from that list was 410
+    though her rules are unchanged and her client holds nothing in z. Kept (the namespace the list
+    just noted), the watch is served."""
+    hub, _, reader, clock, source, spaces = _at_her_share()
+    alice = UserInfo("alice")
+    change = _changer(hub, reader, clock)
+    _stream_of(hub, source, clock, alice, None)
+    change("z/app", {"v1"})
+    listed = list_sequence(hub, None, alice)
+    change("z/app", None)  # after the list's resourceVersion
+    _decide_all(hub, alice, ["z"], how)
+    assert hub.access_rules is not None
+    assert hub.access_rules(alice, "z").fingerprint == PathMatcher(False, ()).fingerprint
+    assert "z" not in source.unconfirmed_namespaces()
+    noted = hub.rules.entries[(source, ("alice", ""))]
+    assert noted.trimmed_to > 0  # past her share: a trim ran
+    clock.advance(1)
+    assert resumed(hub, source, listed)
+    assert set(noted.rules) == {*spaces, "z"}
+    hub.stop()
+
+
+@pytest.mark.parametrize("how", ["page", "whole"])
 def test_past_her_share_a_list_s_trim_dates_a_namespace_by_its_leaving(how: str) -> None:
     """k7 left alice's scope while no watch of hers ran (nothing noted it gone), then she lists: a write
     while her list reads, and its decision in a new namespace (y) trims her entry past her share (8).

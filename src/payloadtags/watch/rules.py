@@ -489,6 +489,9 @@ class RulesLedger:
         lists = [decisions for ref in noted.lists or () if (decisions := ref()) is not None]
 
         def kept(namespace: str) -> bool:
+            # ``listing`` even where she may read nothing, which the lists' check below lets go: its
+            # last tags deleted while the list read, it was dated by that DELETED, after the list's
+            # resourceVersion, and the watch from that list was a needless 410.
             if namespace == listing or namespace in unread:
                 return True
             # One a list decided in where the rules noted for her let her read nothing showed nothing.
