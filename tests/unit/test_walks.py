@@ -393,6 +393,7 @@ def test_a_measure_that_raises_while_a_page_is_fitted_leaves_its_walk_its_identi
         # (review-walks12 L1: at 70 tags it did).
         pytest.param({AT: Kept({"team/a": tuple(f"v{i}" for i in range(1_000))})}, id="a list of 1,000 tags"),
         pytest.param({AT: Kept({"team/a": ("x", "y", "v1")})}, id="tags of one character"),
+        pytest.param({AT: Kept({"team/a": ("x", "\u00fc", "v1", "\u6f22" * 9)})}, id="tags not ascii"),
         pytest.param({AT: Kept({}, rest(*(c * 100 for c in "bcd")))}, id="long catalog names"),
         pytest.param(
             {

@@ -55,8 +55,8 @@ DEFAULT_TTL = 60.0
 # What all walks together may keep, counted by `kept_size`. The count follows CPython's objects, each
 # counted once per walk however many of the walk's tokens hold it (see `_measure`), so it is the memory
 # dropping the walks frees: measured with tracemalloc (tests/unit/test_walks_memory.py) for first and
-# continued pages, short and 210-character repository names, long tag lists and repositories with no
-# tag left, within 5% (docs/api.md, "List options").
+# continued pages, short and 210-character repository names, long tag lists, tags that are not ASCII
+# and repositories with no tag left, within 5% (docs/api.md, "List options").
 DEFAULT_MAX_BYTES = 32 << 20
 
 # CPython's per-object sizes (64-bit): an ASCII string's header (its characters come on top), and a
@@ -223,10 +223,14 @@ def _measure(
     keeps for both tokens are cut from one tuple of entries (`inventory.CatalogCursor.rests`), and a
     mapping's key is the string of a catalog entry. What is distinct is counted each: every repository
     a mapping names (its key string, its slot) even when all share one tag list, as the ``()`` of
-    every repository with no tag left does. Names are ASCII (the registry's grammar), a byte a
-    character. Whether a string is an entry's is looked up in the entries' index by its repository
-    (made once per tuple of entries and remembered with the walk, `_entries_size`): a string is not
-    counted twice, and no set of all their strings is made per page.
+    every repository with no tag left does. Repository names are ASCII (the grammar every catalog
+    entry is checked for), a byte a character; a tag may not be (the registry client hands out every
+    tag the registry lists), nor a catalog name a rest holds where the catalog goes on: a list with a
+    tag that is not ASCII, and each such string, is counted as CPython counts it (review-walks12 L2:
+    up to 2.5 times the memory an ASCII count gave). Whether a string is an entry's is looked up in
+    the entries' index by its repository (made once per tuple of entries and remembered with the
+    walk, `_entries_size`): a string is not counted twice, and no set of all their strings is made
+    per page.
 
     The keys count too, each string once: the asked one is decoded from its token (the `TagRef` and
     its three strings are the walk's alone), a handed one is cut from the page's last entry (its
@@ -307,7 +311,8 @@ def _measure(
             and (cut_from is None or not _an_entrys(entries, string, cut_from, index))
         ):
             strings.add(id(string))
-            size += _STR + len(string)
+            # One that is not ASCII takes more than a byte a character (sys.getsizeof: thrice the time).
+            size += _STR + len(string) if string.isascii() else sys.getsizeof(string)
     measured = {
         key: one
         for key, one in counted.items()
@@ -417,7 +422,19 @@ def _known(before: Measured, what: object) -> Measure | None:
 def _list_bound(tags: Sequence[str]) -> int:
     # `_list_size`'s bytes or more: every tag counted as a string of its own (one of a character, which
     # CPython shares, too), with no look for them (half of the measure, issue #11).
-    return sys.getsizeof(tags) + len(tags) * _STR + len("".join(tags)) if tags else 0
+    if not tags:
+        return 0
+    joined = "".join(tags)
+    if not joined.isascii():  # a flag of the string's, not a scan
+        return _strings_size(tags)
+    return sys.getsizeof(tags) + len(tags) * _STR + len(joined)
+
+
+def _strings_size(tags: Sequence[str]) -> int:
+    """A tag list with a tag that is not ASCII, as CPython counts it: such a string's header is longer
+    (73 to 76 bytes) and its characters take 1, 2 or 4 bytes each, by the widest. Its tags of one
+    character, which CPython may share, are counted too: more than is freed, never less."""
+    return sys.getsizeof(tags) + sum(map(sys.getsizeof, tags))
 
 
 def _list_size(tags: Sequence[str]) -> tuple[int, int]:
@@ -426,6 +443,8 @@ def _list_size(tags: Sequence[str]) -> tuple[int, int]:
     # One pass over the tags, in C (a length per tag took twice as long, issue #11): their characters
     # are the joined text's less the separators, and a tag of one character (rare) is a line of one.
     joined = "\n".join(tags)
+    if not joined.isascii():
+        return _strings_size(tags), len(tags)
     if len(tags[0]) > 1 and len(tags[-1]) > 1 and _ONE_CHARACTER_LINE.search(joined) is None:
         return sys.getsizeof(tags) + len(tags) * _STR + len(joined) - (len(tags) - 1), len(tags)
     lengths = list(map(len, tags))
