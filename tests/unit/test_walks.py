@@ -974,6 +974,13 @@ def test_a_tag_list_is_measured_as_a_length_per_tag_measures_it(tags: tuple[str,
     assert _list_size(tags) == (expected, len(tags))
 
 
+def test_a_page_with_more_to_come_says_nothing_of_how_many_items_remain() -> None:
+    # docs/api.md ("List options"): counting them would read every repository the walk has not reached.
+    tags = service(Registry({"team/a": {"v1", "v2", "v3"}, "team/b": {"v1"}}), Clock())
+    _, meta = run(tags.list(ALICE, "team", list_options({"limit": ["1"]})))
+    assert meta.continue_ is not None and meta.remaining_item_count is None
+
+
 # Tags a registry may list outside the tag grammar (ECR's reach 300 characters; a registry that is
 # not distribution may list anything).
 LISTED_OUTSIDE_THE_GRAMMAR = ["-rc1", ".hidden", "a+b", "t" * 129, "t" * 300, "with space", "\u00fc"]
