@@ -359,6 +359,30 @@ def test_a_walk_over_its_bound_but_within_its_measure_keeps_both_tokens() -> Non
     assert cache.continued(ALICE, "w", TEAM, asked[0])[1] is not None  # a retry of the asked token
 
 
+@pytest.mark.parametrize("asked_kept", ["nothing", "too much for both"])
+def test_a_walk_holds_no_key_of_a_token_whose_data_it_does_not_keep(asked_kept: str) -> None:
+    # review-walks12 N3: the walk held the asked token's key (a `TagRef` and strings decoded for it
+    # alone) for its exact measure even when nothing was kept for that token, and counted none of it.
+    import gc
+
+    handed = (TagRef("team", "b", "v1"), Kept({"team/b": ("v1", "v2")}))
+    at = TagRef("team", "a", "".join(["v", "0"]))
+    if asked_kept == "nothing":
+        asked, max_bytes = (at, Kept({})), walks.DEFAULT_MAX_BYTES
+    else:
+        asked = (at, Kept({"team/a": tuple(f"v{i}" for i in range(5000))}))
+        max_bytes = walks._measure(dict([handed]), None, {}, TEAM)[0] + IDENTITY + 100
+    cache = WalkCache(Clock(), max_bytes=max_bytes)
+    cache.keep(ALICE, "w", TEAM, asked, handed)
+    assert cache.continued(ALICE, "w", TEAM, handed[0])[1] is not None
+    assert cache.continued(ALICE, "w", TEAM, at)[1] is None
+    key = weakref.ref(at)
+    del at, asked
+    gc.collect()
+    assert key() is None
+    assert cache.size == walks._measure(dict([handed]), None, {}, TEAM)[0] + IDENTITY
+
+
 def test_a_measure_that_raises_while_a_page_is_fitted_leaves_its_walk_its_identitys_hold(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

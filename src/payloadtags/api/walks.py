@@ -139,7 +139,8 @@ class _Walk:
     touched: float
     # The measures of its longer tag lists and of its rests' names, for its next page (`_measure`).
     measured: Measured = attrs.field(factory=dict)
-    # The key its last page was asked with (one of ``kept``'s), for its exact measure.
+    # The key its last page was asked with, for its exact measure; None when ``kept`` keeps nothing
+    # for it (nothing of that page's, or too much for both tokens).
     asked: TagRef | None = None
 
 
@@ -582,7 +583,9 @@ class WalkCache:
             size, names, measured = _measure(kept, at, measured, listed)
         if not kept or size > self.max_bytes:
             return False
-        self._walks[key] = _Walk(listed, kept, size, names, self._touch(), measured, at)
+        # The asked key only while its token's data is kept: else nothing measures it, nor needs it.
+        asked_kept = at if at in kept else None
+        self._walks[key] = _Walk(listed, kept, size, names, self._touch(), measured, asked_kept)
         self._size += size
         self.names += names
         if not exact:
