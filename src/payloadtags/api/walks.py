@@ -258,20 +258,12 @@ def _measure(
             reported.add(id(one.reported_to))
             size += _REPORTED
     counted: Measured = {}  # tag lists and tuples of entries, by id
-    shared: set[int] = set()
     entries: list[Index] = []
     for rest in rests.values():
         size += sys.getsizeof(rest)
-        if rest.guessed and id(rest.guessed) not in counted:  # its strings are entries'
-            counted[id(rest.guessed)] = (rest.guessed, sys.getsizeof(rest.guessed), 0, None)
-        # No names (a page that ended in the namespace's last repository): the one empty tuple, never
-        # freed, and no index of them kept.
-        if rest.shared and id(rest.shared) not in counted:
-            measure = _known(before, rest.shared) or _entries_size(rest.shared)
-            counted[id(rest.shared)] = measure
-            shared.add(id(rest.shared))
-            if measure[3] is not None:  # always: made by `_entries_size`
-                entries.append(measure[3])
+        shared = _count_rest(rest, before, counted)
+        if shared is not None:
+            entries.append(shared)
     # The strings counted so far that are no entry's, by the object.
     strings: set[int] = set()
     for mapping in mappings.values():
@@ -314,13 +306,8 @@ def _measure(
             strings.add(id(string))
             # One that is not ASCII takes more than a byte a character (sys.getsizeof: thrice the time).
             size += _STR + len(string) if string.isascii() else sys.getsizeof(string)
-    measured = {
-        key: one
-        for key, one in counted.items()
-        if one[2] >= _REMEMBERED_FROM or (key in shared and one[2] > 0)
-    }
-    size += sum(one[1] for one in counted.values()) + len(measured) * _REMEMBERED
-    return size, sum(one[2] for one in counted.values()), measured
+    counted_size, names, measured = _remembered(counted)
+    return size + counted_size, names, measured
 
 
 def _bound(kept: Mapping[TagRef, Kept], before: Measured, listed: Listed) -> tuple[int, int, Measured]:
@@ -336,7 +323,6 @@ def _bound(kept: Mapping[TagRef, Kept], before: Measured, listed: Listed) -> tup
     # A string's size taken as CPython gives it (at least what `_measure` counts it), not its length.
     size = _WALK + _str_size(listed.scope) + _str_size(listed.namespace)
     counted: Measured = {}
-    names = 0
     mapping_ids: list[int] = []
     rest_ids: list[int] = []
     for ref, one in kept.items():
@@ -353,11 +339,7 @@ def _bound(kept: Mapping[TagRef, Kept], before: Measured, listed: Listed) -> tup
             rest_ids.append(id(rest))
             size += sys.getsizeof(rest) + sys.getsizeof(rest.after) + _str_size(rest.namespace)
             size += _str_size(rest.last) + _str_size(rest.top)
-            if rest.guessed and id(rest.guessed) not in counted:
-                counted[id(rest.guessed)] = (rest.guessed, sys.getsizeof(rest.guessed), 0, None)
-            if rest.shared and id(rest.shared) not in counted:
-                measure = _known(before, rest.shared) or _entries_size(rest.shared)
-                counted[id(rest.shared)] = measure
+            _count_rest(rest, before, counted)
         mapping = one.lists
         if id(mapping) in mapping_ids:
             continue
@@ -371,12 +353,36 @@ def _bound(kept: Mapping[TagRef, Kept], before: Measured, listed: Listed) -> tup
                     if known is not None and known[0] is tags
                     else (tags, _list_bound(tags), len(tags), _LOOSE)
                 )
+    counted_size, names, measured = _remembered(counted)
+    return size + counted_size, names, measured
+
+
+def _count_rest(rest: CatalogRest, before: Measured, counted: Measured) -> Index | None:
+    """A rest's tuples of catalog names counted into ``counted`` (each once, by id; the tuple it shares
+    with the walk's other rests measured as ``before`` remembers it, else anew), as `_measure` and
+    `_bound` both count them: the index of the shared one's entries when this counted it, else None."""
+    if rest.guessed and id(rest.guessed) not in counted:  # its strings are entries'
+        counted[id(rest.guessed)] = (rest.guessed, sys.getsizeof(rest.guessed), 0, None)
+    # No names (a page that ended in the namespace's last repository): the one empty tuple, never
+    # freed, and no index of them kept.
+    if not rest.shared or id(rest.shared) in counted:
+        return None
+    measure = counted[id(rest.shared)] = _known(before, rest.shared) or _entries_size(rest.shared)
+    return measure[3]  # always an index: made by `_entries_size`
+
+
+def _remembered(counted: Measured) -> tuple[int, int, Measured]:
+    """The bytes and names of the objects counted, and those of their measures a walk remembers for
+    its next page (counted with them): tag lists of `_REMEMBERED_FROM` tags or more (exact, or a
+    bound), and the tuples of catalog entries its rests are cut from (those with an index of their
+    entries, which only `_entries_size` makes)."""
+    size = names = 0
     measured: Measured = {}
-    for key, item in counted.items():
-        size += item[1]
-        names += item[2]
-        if item[2] >= _REMEMBERED_FROM or (item[3] is not None and item[3] is not _LOOSE and item[2] > 0):
-            measured[key] = item
+    for key, one in counted.items():
+        size += one[1]
+        names += one[2]
+        if one[2] >= _REMEMBERED_FROM or (one[3] is not None and one[3] is not _LOOSE):
+            measured[key] = one
     return size + len(measured) * _REMEMBERED, names, measured
 
 
@@ -539,12 +545,8 @@ class WalkCache:
         before: Measured = {}
         old = self._walks.pop(key, None)
         if old is not None:
-            # `_drop`, with the identity at hand (the one its key holds: equal identities share it).
             before = old.measured
-            self._size -= old.size
-            self.names -= old.names
-            self._pending.pop(key, None)
-            self._release(identity)
+            self._forget(key, old, identity)  # the one its key holds: equal identities share it
         self._expire()
         held = False
         try:
@@ -647,11 +649,14 @@ class WalkCache:
         self._oldest = math.inf
 
     def _drop(self, key: Key) -> None:
-        walk = self._walks.pop(key)
+        self._forget(key, self._walks.pop(key), self._identities[key[0]])
+
+    def _forget(self, key: Key, walk: _Walk, identity: _Identity) -> None:
+        """What the walk taken out of ``_walks`` counted, and its hold of ``identity``, let go."""
         self._size -= walk.size
         self.names -= walk.names
         self._pending.pop(key, None)
-        self._release(self._identities[key[0]])
+        self._release(identity)
 
 
 __all__ = [
