@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import re
 from typing import Any
@@ -37,6 +38,19 @@ def utf8_encodable(text: str) -> bool:
     return True
 
 
+def without_line_ends(text: str) -> str:
+    """``text`` without its CR and LF characters, which Go's base64 decoding skips (kubeconfig data
+    fields, continue tokens)."""
+    return text.replace("\r", "").replace("\n", "")
+
+
+def unpadded_urlsafe_b64decode(text: str) -> bytes:
+    """URL-safe base64 written without its padding (Go's RawURLEncoding, JWS) decoded, as Python's
+    decoding does it (characters outside the alphabet dropped: a caller that refuses them checks
+    first). Raises binascii.Error for text no padding makes whole (a length of 1 modulo 4)."""
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
 # One DNS label as the resolver takes it (RFC 1123); a name in another script arrives here as IDNA.
 _DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)", re.IGNORECASE)
 
@@ -67,4 +81,11 @@ def address_problem(parts: SplitResult) -> str | None:
     return None
 
 
-__all__ = ["address_problem", "bounded_decimal", "positive"]
+__all__ = [
+    "address_problem",
+    "bounded_decimal",
+    "positive",
+    "unpadded_urlsafe_b64decode",
+    "utf8_encodable",
+    "without_line_ends",
+]

@@ -3,7 +3,6 @@ which walk it belongs to (the id under which its tag lists are kept, api/walks.p
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import re
@@ -16,7 +15,7 @@ from payloadtags.api.errors import ApiError, bad_request
 from payloadtags.api.walks import is_walk_id
 from payloadtags.names import TagRef, is_namespace, is_repository_path
 from payloadtags.registry.content import MAX_REPOSITORY_LENGTH
-from payloadtags.validators import utf8_encodable
+from payloadtags.validators import unpadded_urlsafe_b64decode, utf8_encodable, without_line_ends
 from payloadtags.watch import parse_version
 
 _VERSION = 1
@@ -55,7 +54,7 @@ def encode(token: Continuation) -> str:
         refused = _refused(token.resource_version, last.namespace, last.repository_path, tag, token.walk)
         if refused is None:
             parts.remember()
-    elif isinstance(tag, str) and tag != "" and (tag.isascii() or utf8_encodable(tag)):
+    elif _good_tag(tag):
         refused = None
     else:
         refused = _MALFORMED
@@ -207,11 +206,16 @@ def _refused(resource_version: object, ns: object, path: object, tag: object, wa
         # tag the registry lists (ECR's reach 300 characters), and a walk must go on past each; but
         # the empty one and text UTF-8 cannot carry, which it leaves out (`RegistryClient._nameable`):
         # only a tampered token names one (and the copy for the caller could not carry the latter).
-        and tag != ""
-        and utf8_encodable(tag)  # type: ignore[arg-type]
+        and _good_tag(tag)
         and (walk is None or is_walk_id(walk))
     )
     return None if valid else _MALFORMED
+
+
+def _good_tag(tag: object) -> bool:
+    """Whether a page could have ended on ``tag``: any tag the registry client hands out, which is any
+    non-empty text UTF-8 can carry (`RegistryClient._nameable`)."""
+    return isinstance(tag, str) and tag != "" and (tag.isascii() or utf8_encodable(tag))
 
 
 # What Go's base64.RawURLEncoding, with which kube-apiserver decodes a token, takes: the URL-safe
@@ -222,11 +226,11 @@ _RAW_URL_BASE64 = re.compile(r"[A-Za-z0-9_-]*")
 
 def _decode_fields(text: str) -> _Fields:
     if "\r" in text or "\n" in text:
-        text = text.replace("\r", "").replace("\n", "")
+        text = without_line_ends(text)
     if _RAW_URL_BASE64.fullmatch(text) is None:
         return _MALFORMED
     try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        raw = unpadded_urlsafe_b64decode(text)
         data = json.loads(raw)
         ns, path, tag = data["last"]
         resource_version, token_scope = data["rv"], data["scope"]

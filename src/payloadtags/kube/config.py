@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from payloadtags.kube.execcred import ExecPlugin, PluginError, run_plugin_blocking
-from payloadtags.validators import address_problem
+from payloadtags.validators import address_problem, without_line_ends
 
 if TYPE_CHECKING:
     from kubernetes.client import Configuration
@@ -679,7 +679,7 @@ def _go_tags(yaml: Any) -> dict[str | None, Any]:
     def binary(loader: Any, node: Any) -> str:
         text = str(loader.construct_scalar(node))
         try:
-            data = base64.b64decode(_without_line_ends(text), validate=True)
+            data = base64.b64decode(without_line_ends(text), validate=True)
         except ValueError:
             raise refused(node, "!!binary value contains invalid base64 data") from None
         # Go's JSON writes each byte that is not UTF-8 as U+FFFD, as the plugin then gets it.
@@ -891,12 +891,8 @@ def _tidied(section: dict[str, Any], fields: tuple[tuple[str, type], ...]) -> No
     for field, kind in fields:
         value = section.get(field)
         if kind is str and isinstance(value, str):
-            if value == "" or (field.endswith("-data") and not _without_line_ends(value)):
+            if value == "" or (field.endswith("-data") and not without_line_ends(value)):
                 del section[field]
-
-
-def _without_line_ends(data: str) -> str:
-    return data.replace("\r", "").replace("\n", "")
 
 
 def _check_types(
@@ -914,7 +910,7 @@ def _check_types(
             raise ConfigError(f"kubeconfig {path!r}: {where}: {field} must be {expected}, not {_kind(value)}")
         if isinstance(value, str) and field.endswith("-data"):
             try:
-                base64.b64decode(_without_line_ends(value), validate=True)
+                base64.b64decode(without_line_ends(value), validate=True)
             except ValueError:
                 # As client-go ("illegal base64 data"); the library failed in its words, or wrote
                 # what it could decode to a file of its own and refused that file.

@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
+from payloadtags.validators import unpadded_urlsafe_b64decode
+
 SIGNED_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+prettyjws"
 _INDENT = 3  # libtrust's pretty form, as docker and distribution write it
 
@@ -94,7 +96,7 @@ def _unb64(text: Any) -> bytes:
     if not isinstance(text, str):
         raise TypeError("not base64url text")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        return unpadded_urlsafe_b64decode(text)
     except binascii.Error as error:
         raise ValueError(str(error)) from None
 
