@@ -460,6 +460,34 @@ async def test_a_blank_token_is_no_credential_as_kubectl_takes_it(
         await client.close()
 
 
+@pytest.mark.parametrize("beside", [{"token": " "}, {"token": "\t"}, {"tokenFile": "empty"}])
+@pytest_twisted.ensureDeferred
+async def test_an_exec_plugin_beside_a_blank_token_or_an_empty_token_file_is_not_run(
+    kube_api: KubeApiDouble, tmp_path: Path, beside: dict[str, str]
+) -> None:
+    # review-misc5 F2: kubectl runs no plugin beside a token (a blank one too) or a tokenFile. Once
+    # payloadtags had dropped the blank token (or when the file was empty), the kubernetes library ran the
+    # plugin at load with its own runner (no bound on time or size, no renewal) and its token was sent.
+    kubeconfig = plugin_kubeconfig(kube_api, tmp_path / "conf")
+    (tmp_path / "conf" / "empty").write_text("")
+    user = json.loads(kubeconfig.read_text())["users"][0]["user"]
+    with_user(kubeconfig, {**user, **beside})
+    await Kubectl(kubeconfig, tmp_path / "kubectl-cache")("get", "--raw", NS)
+    assert not (tmp_path / "conf" / "runs").exists()
+    config = load_cluster_config(str(kubeconfig))
+    assert config is not None and config.exec_plugin is None
+    assert not (tmp_path / "conf" / "runs").exists()
+    if "token" in beside:
+        # kubectl sends the blank token, which the API server takes as none: anonymous, as without a plugin.
+        assert kube_api.requests_for(NS)[-1].code == 401
+        assert config.token is None and config.token_file is None
+        client = KubeClient(reactor, config, request_timeout=5)
+        try:
+            assert (await error_of(client.list(NS))).code == 401
+        finally:
+            await client.close()
+
+
 PLUGIN = """#!/bin/sh
 # An ExecCredential plugin: token-N on its Nth run, expiring at what the file `expiry` says.
 cd "$(dirname "$0")"

@@ -227,6 +227,7 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
     _as_written(document, set())
     base = os.path.dirname(os.path.abspath(path))
     plugin = None
+    # As client-go: a plugin runs only for a user with no token (a blank one included) and no tokenFile.
     if isinstance(user.get("exec"), dict) and not (
         user.get("token") or user.get("tokenFile") or user.get("auth-provider")
     ):
@@ -234,8 +235,10 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
             plugin = ExecPlugin.from_kubeconfig(user["exec"], base, cluster_entry)
         except (PluginError, KeyError, TypeError) as e:
             raise ConfigError(f"kubeconfig {path!r}: {_gist(e)}") from e
-        # The plugin is run below by our own runner, which also reads when its credential expires; the
-        # library would run it a second time and keep neither the expiry nor a way to renew.
+    if isinstance(user.get("exec"), dict):
+        # Run below by our own runner, or not at all. The library's runner would run it whenever the
+        # user it loads has no token: once the blank token is dropped, or beside an empty tokenFile.
+        # It has no time or size bound, and keeps neither the expiry nor a way to renew.
         user.pop("exec")
     if isinstance(user.get("token"), str) and not user["token"].strip():
         # client-go sends a blank token as it stands (`Authorization: Bearer` and nothing after), which the
