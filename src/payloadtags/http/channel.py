@@ -32,7 +32,6 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from http import HTTPStatus
 from typing import Any, Final, Protocol
 from urllib.parse import unquote_to_bytes
 
@@ -124,16 +123,36 @@ def refusal_bytes(error: ApiError) -> bytes:
 
 
 def reason_phrase(code: int) -> bytes:
-    """The status line's reason phrase: Twisted's, or the standard one for a code its table lacks (422
-    and 429, which it would send as "Unknown Status" where Go's net/http, and so kube-apiserver, say
-    "Unprocessable Entity" and "Too Many Requests")."""
-    phrase = http.RESPONSES.get(code)
-    if phrase is None:
-        phrase = _PHRASES.get(code, b"Unknown Status")
-    return phrase
+    """The status line's reason phrase: Go's net/http's (and so kube-apiserver's) for every code
+    payloadtags sends, Twisted's for any other."""
+    return _GO_PHRASES.get(code) or http.RESPONSES.get(code, b"Unknown Status")
 
 
-_PHRASES: Final = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+# Fixed here, not taken from a library: Twisted's table lacks 422, 429 and 431 ("Unknown Status") and
+# spells 408 and 504 "Time-out"; Python's HTTPStatus follows the running version (3.13 says
+# "Unprocessable Content" and "Content Too Large").
+_GO_PHRASES: Final[dict[int, bytes]] = {
+    200: b"OK",
+    201: b"Created",
+    304: b"Not Modified",
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    406: b"Not Acceptable",
+    408: b"Request Timeout",
+    409: b"Conflict",
+    410: b"Gone",
+    413: b"Request Entity Too Large",
+    415: b"Unsupported Media Type",
+    422: b"Unprocessable Entity",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
 
 
 @functools.lru_cache(maxsize=64)
