@@ -20,6 +20,7 @@ from payloadtags.kube.config import SERVICE_ACCOUNT_DIR, SERVICE_HOST_ENV, pod_w
 from payloadtags.kube.tls import client_tls_problems
 from payloadtags.settings import Settings
 from payloadtags.tls import CertificateError, ServingCertificate, load_certificates, load_private_key
+from payloadtags.validators import utf8_encodable
 
 # Names Kubernetes components use for the pair they generate into --cert-dir.
 CERT_DIR_CERT = "apiserver.crt"
@@ -180,9 +181,7 @@ def _check_lease(settings: Settings, namespace: str, errors: list[str]) -> None:
         ("--leader-elect-resource-name", settings.leader_elect_resource_name),
         (namespace_source, namespace),
     ):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
+        if not utf8_encodable(value):
             errors.append(f"{source}: {value!r} holds bytes that are not UTF-8")
 
 

@@ -12,6 +12,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
 from payloadtags.identity import AUTHENTICATED, MASTERS, UserInfo
+from payloadtags.validators import utf8_encodable
 
 T = TypeVar("T")
 
@@ -48,13 +49,9 @@ class CredentialsRefused(Exception):
 
 def is_utf8(text: str) -> bool:
     """Whether a header value, decoded as for `Credentials.headers`, was valid UTF-8 on the wire."""
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate: a byte that was not UTF-8
-        return False
-    return True
+    # Decoded with surrogateescape: a byte that was not UTF-8 is a lone surrogate. ASCII, the usual
+    # case, needs no encoding to tell.
+    return text.isascii() or utf8_encodable(text)
 
 
 class Authenticator(Protocol):

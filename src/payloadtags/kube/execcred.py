@@ -26,6 +26,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
 from payloadtags.jsontypes import JsonObject
+from payloadtags.validators import utf8_encodable
 
 # A plugin may have to reach an identity provider; client-go gives it no deadline at all, but a plugin
 # that never answers must not hold every request to the cluster API forever.
@@ -208,7 +209,7 @@ def _check_utf8(plugin: ExecPlugin, field: str, text: str) -> None:
     form (a header or a PEM cannot carry it), is refused as the plugin failing: a failed run at start
     (one line) or at a renewal (tried again, said once a minute). kubectl sends U+FFFD in its place,
     which no cluster issued either. The text is not shown: it is a secret."""
-    if any("\ud800" <= char <= "\udfff" for char in text):
+    if not utf8_encodable(text):
         raise PluginError(
             f"exec plugin {plugin.command}: the ExecCredential's status.{field} holds a lone surrogate "
             "(a \\uD800-\\uDFFF escape), which has no UTF-8 form"
