@@ -315,6 +315,17 @@ def test_a_token_file_path_with_a_nul_beside_a_token_is_a_warning_naming_the_fie
     )
 
 
+@pytest.mark.parametrize("token_file", ["missing", "s3cr3t\0en"])
+def test_a_blank_token_beside_a_token_file_that_cannot_be_read_is_no_token_and_the_start_is_refused(
+    tmp_path: Path, token_file: str
+) -> None:
+    # review-misc5 N2, as docs/configuration.md says: kubectl sends the blank token (no credential to the
+    # API server); payloadtags takes it as no token at all, so the file is needed, as without a token.
+    kubeconfig = kubeconfig_with_user(tmp_path / "kc", {"tokenFile": token_file, "token": " "})
+    with pytest.raises(ConfigError, match=r"No such file or directory|tokenFile holds a NUL byte"):
+        load_cluster_config(str(kubeconfig))
+
+
 def plugin(path: Path, body: str) -> Path:
     # It writes what it saw beside itself: a plugin runs in the caller's working directory, as in client-go.
     path.write_text('#!/bin/sh\ncd "$(dirname "$0")"\n' + body)
