@@ -486,7 +486,9 @@ class RulesLedger:
             del noted.gone[namespace]  # back in the scope
         current = source.versions.current
         unread = source.unconfirmed_namespaces()
-        lists = [decisions for ref in noted.lists or () if (decisions := ref()) is not None]
+        # A copy: a list of hers ending meanwhile (a collection) is taken out in place, and a loop over
+        # ``noted.lists`` itself would skip the next one, a list still reading (`_reading`).
+        lists = [decisions for ref in tuple(noted.lists or ()) if (decisions := ref()) is not None]
 
         def kept(namespace: str) -> bool:
             # ``listing`` even where she may read nothing, which the lists' check below lets go: its
@@ -542,18 +544,36 @@ def _reading(noted: Noted, listing: PageDecisions) -> None:
     """Notes ``listing`` in ``noted.lists`` until it ends. References of its own, each gone as its
     list ends, and the list of them with the last: a `weakref.WeakSet` stays once empty, about 870
     bytes, twice what docs/watch.md ("Bounds") gives a whole entry, in every entry of a user who
-    listed once (review-watch16 F1)."""
-    if noted.lists is None:
-        noted.lists = []
-    elif any(ref() is listing for ref in noted.lists):
+    listed once (review-watch16 F1).
+
+    A list ends where its last reference goes or, held in a reference cycle (a client gone in the
+    middle of a list), at the collection that frees it, which runs at any allocation: in the middle
+    of this, of a trim or of another list's ``ended``. So ``ended`` takes out its own reference in
+    place (``in`` and ``remove``: neither allocates, and a dead reference equals only itself) and
+    lets the list go once empty; this and the trim iterate a copy (a removal in place skips the next
+    one), and this sets ``noted.lists`` again after adding to it (an ``ended`` between its read and
+    the append lets the list go). ``ended`` rebuilding the list, and this reading it three times, a
+    collection in between failed her list request (`TypeError`, `AttributeError`), lost the
+    reference of a list reading (a trim then dropped what it decided in), or left a dead one in her
+    entry for good (review-watch18 F1)."""
+    known = noted.lists
+    if known is not None and any(ref() is listing for ref in tuple(known)):
         return
 
     def ended(gone: weakref.ref[PageDecisions]) -> None:
-        # By identity: a dead reference equals only itself, a live one compares what it refers to.
-        left = [ref for ref in noted.lists or () if ref is not gone]
-        noted.lists = left or None
+        lists = noted.lists
+        if lists is not None and gone in lists:
+            lists.remove(gone)
+            if not lists:
+                noted.lists = None
 
-    noted.lists.append(weakref.ref(listing, ended))
+    ref = weakref.ref(listing, ended)
+    lists = noted.lists
+    if lists is None:
+        noted.lists = [ref]  # none reads: no ``ended`` can change it meanwhile
+    else:
+        lists.append(ref)
+        noted.lists = lists  # again: the last other list of hers may have ended since the read
 
 
 def _left_at(source: ScopeSource, namespaces: Collection[str]) -> dict[str, int]:
