@@ -741,17 +741,16 @@ class WatchHub:
                         every_namespace=key not in rechecked,
                     )
                     rechecked.add(key)
-                # With the repositories of the events still on their way to it: those of a
-                # repository whose last tags were deleted are decided when handed over, by the new
-                # rules, and its client would keep what the DELETED it no longer sees removes. And
-                # with those where a list showed tags the source has not read (`unconfirmed`): the
-                # watch from that list sends them only once a read finds them (an ADDED, or a DELETED
-                # should they go first), decided by the new rules then, and its client would keep
-                # what the list showed and she may no longer see (review-watch13 F5). Only a
-                # revocation there counts: one she now may see comes with that event. Only those of
-                # the namespaces whose rules changed are looked at (`unconfirmed_in`): all of them,
-                # up to ``max_pending``, for every watch of a user whose rules changed anywhere was
-                # the most of a check's work (review-watch16).
+                # With the repositories of the events still on their way to it: those of a repository
+                # whose last tags were deleted are decided when handed over, by the new rules, and its
+                # client would keep what the DELETED it no longer sees removes. And with those where a
+                # list showed tags the source has not read: the watch from that list sends them only
+                # once a read finds them (an ADDED, or a DELETED should they go first), decided by the
+                # new rules then, and its client would keep what the list showed and she may no longer
+                # see (review-watch13 F5). Only a revocation there counts: one she now may see comes
+                # with that event. Only those of the namespaces whose rules changed are looked at
+                # (`unconfirmed_in`): all of them, up to ``max_pending``, for every watch of a user
+                # whose rules changed anywhere was the most of a check's work (review-watch16).
                 leaving = source.fanout.waiting(watcher)
                 if watcher.access_changed(source.tags, leaving=leaving, unread_in=source.unconfirmed_in):
                     # Its client's cache holds tags it may no longer see, or lacks ones it now may. A
@@ -833,9 +832,10 @@ def _cut_when_lost(watcher: Watcher, events: Iterator[Event]) -> Iterator[Event]
 
 def _namespaces(source: ScopeSource) -> Iterable[str]:
     """The namespaces whose rules decide what a watch of ``source``'s scope sends: those the source
-    holds tags in, and those where a list showed tags it has not read (`ScopeSource.unconfirmed`),
-    which a watch from that list is sent once a read finds them. Their rules are noted as it starts and
-    kept while it runs, so that the access check tells a change of them (`check_access`)."""
+    holds tags in, and those where a list showed tags it has not read
+    (`ScopeSource.unconfirmed_namespaces`), which a watch from that list is sent once a read finds
+    them. Their rules are noted as it starts and kept while it runs, so that the access check tells a
+    change of them (`check_access`)."""
     if source.namespace is not None:
         return (source.namespace,)
     return set(map(namespace_of, source.tags)) | source.unconfirmed_namespaces()

@@ -13,7 +13,7 @@ import collections
 import contextvars
 import enum
 import weakref
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
 import attrs
@@ -107,11 +107,10 @@ class ScopeSource:
     )
     # Per repository, tags lists showed that the snapshot lacked, and tags the snapshot held that lists
     # did not show, until a read made after those lists' confirms them (`list_read`); at most
-    # ``max_pending`` in all, past which the scope's watches relist (``on_reset``).
-    _shown: dict[str, set[str]] = attrs.field(factory=dict)
-    # The repositories of ``_shown`` by namespace: an access check looks only at those of the
+    # ``max_pending`` in all, past which the scope's watches relist (``on_reset``). Those shown are
+    # kept by namespace (no namespace without one): an access check looks only at those of the
     # namespaces whose rules changed (`unconfirmed_in`), not at all of them for every watch.
-    _shown_in: dict[str, set[str]] = attrs.field(factory=dict)
+    _shown: dict[str, dict[str, set[str]]] = attrs.field(factory=dict)
     _hidden: dict[str, set[str]] = attrs.field(factory=dict)
     # Per repository, the last read number issued when a list's differences were noted: only a read
     # numbered above it started after that list's read, and may confirm them.
@@ -148,21 +147,18 @@ class ScopeSource:
             self._reporters.popitem(last=False)
         return report
 
-    def unconfirmed(self) -> Collection[str]:
-        """The repositories where lists showed tags the snapshot lacks (`list_read`), until a read
-        applied to the snapshot has them (the repository is then in the scope) or a read finds them
-        gone (their ``DELETED`` sent, after those lists' resourceVersions), or a reset gives them up
-        (every watch from before it is 410). At most ``max_pending`` tags' worth."""
-        return self._shown.keys()
-
     def unconfirmed_namespaces(self) -> set[str]:
-        """The namespaces of `unconfirmed`."""
-        return set(self._shown_in)
+        """The namespaces of the unconfirmed repositories (`unconfirmed_in`)."""
+        return set(self._shown)
 
     def unconfirmed_in(self, namespaces: Iterable[str]) -> Iterator[str]:
-        """The repositories of `unconfirmed` in ``namespaces``."""
+        """The repositories of ``namespaces`` where lists showed tags the snapshot lacks (`list_read`),
+        until a read applied to the snapshot has them (the repository is then in the scope) or a
+        read finds them gone (their ``DELETED`` sent, after those lists' resourceVersions), or a
+        reset gives them up (every watch from before it is 410). At most ``max_pending`` tags' worth
+        in all."""
         for namespace in namespaces:
-            yield from self._shown_in.get(namespace, ())
+            yield from self._shown.get(namespace, ())
 
     def covers(self, repository: str) -> bool:
         parts = split_repository(repository)
@@ -319,17 +315,17 @@ class ScopeSource:
 
     def _note_shown(self, repository: str, tags: frozenset[str]) -> None:
         parts = split_repository(repository)
-        if tags and parts is not None:
-            self._shown_in.setdefault(parts[0], set()).add(repository)
-            self._note(self._shown, repository, tags)
+        if tags and parts is not None:  # no namespace kept without a repository
+            self._note(self._shown.setdefault(parts[0], {}), repository, tags)
 
     def _unnote_shown(self, repository: str) -> set[str]:
-        shown = self._shown.pop(repository, set())
         parts = split_repository(repository)
-        if parts is not None and (repositories := self._shown_in.get(parts[0])) is not None:
-            repositories.discard(repository)
-            if not repositories:
-                del self._shown_in[parts[0]]
+        shown_in = None if parts is None else self._shown.get(parts[0])
+        if parts is None or shown_in is None:
+            return set()
+        shown = shown_in.pop(repository, set())
+        if not shown_in:
+            del self._shown[parts[0]]
         return shown
 
     def _note(self, pending: dict[str, set[str]], repository: str, tags: frozenset[str]) -> None:
@@ -351,7 +347,6 @@ class ScopeSource:
             bound=self.max_pending,
         )
         self._shown.clear()
-        self._shown_in.clear()
         self._hidden.clear()
         self._noted.clear()
         self._pending = 0
