@@ -660,7 +660,7 @@ def _parser() -> argparse.ArgumentParser:
         type=_lenient(_count),
         default=100000,
         help="(user, namespace) pairs whose access rules are kept for watches that resume after their "
-        "stream ended (about 450 bytes the first of a user and scope, under 100 each further namespace); "
+        "stream ended (about 530 bytes the first of a user and scope, under 100 each further namespace); "
         "past it the least recently used user is forgotten and relists once at her next resume (a user's "
         "own scope's namespaces are always kept)",
     )

@@ -215,7 +215,7 @@ def test_a_grant_of_a_repository_a_list_showed_unread_leaves_the_running_watch_a
 
 
 def test_a_list_once_ended_leaves_nothing_in_her_entry() -> None:
-    """docs/watch.md ("Bounds"): about 450 bytes a user and scope. An entry kept the set of her lists
+    """docs/watch.md ("Bounds"): about 530 bytes a user and scope. An entry kept the set of her lists
     reading now (`Noted.lists`) once they had ended, empty: about 870 bytes more, for every user who
     listed once (review-watch16 F1). 2,000 users, each noted by a watch, each list a page read and
     ended: the entries hold what they did before."""

@@ -58,7 +58,7 @@ from payloadtags.identity import UserInfo
 from payloadtags.registry import namespace_of
 from payloadtags.watch.source import ScopeSource
 
-# (user, namespace) pairs kept in all unless told (`WatchLimits.resume_rules`): about 450 bytes the
+# (user, namespace) pairs kept in all unless told (`WatchLimits.resume_rules`): about 530 bytes the
 # first of a user and scope, under 100 each further one (docs/watch.md, "Bounds").
 MAX_ENTRIES = 100_000
 # One user's share of them in a scope, unless told: a tenth of the bound, at least this many, never
