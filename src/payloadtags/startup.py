@@ -122,9 +122,20 @@ def complete(
 def _unverified_cluster_warning(settings: Settings, cluster: ClusterConfig) -> tuple[str, ...]:
     # kubectl says nothing of it, but a server is not a CLI: every identity (TokenReview) and access rule
     # (the RBAC objects) it acts on comes over this connection, and its own credential goes there.
+    where = f"--kubeconfig {settings.kubeconfig}" if settings.kubeconfig else "in-cluster configuration"
+    if not cluster.uses_tls:
+        # Worse than an unverified certificate (and insecure-skip-tls-verify means nothing here): the
+        # credential can be read off the wire by anyone who sees the traffic, not only by a machine in the
+        # middle.
+        return (
+            f"{where}: the cluster API's server is plain http://, so nothing sent to it or received from it "
+            "is encrypted or verified: whoever is on the network path to it can read the credential "
+            "payloadtags sends, and can answer as the cluster API, deciding who callers are (TokenReview) "
+            "and what they may read and delete (the RBAC objects); use its https:// URL in server and give "
+            "the cluster's CA (certificate-authority)",
+        )
     if not cluster.insecure_skip_tls_verify:
         return ()
-    where = f"--kubeconfig {settings.kubeconfig}" if settings.kubeconfig else "in-cluster configuration"
     return (
         f"{where}: insecure-skip-tls-verify is true, so the cluster API's "
         "certificate is not verified: whoever is on the network path to it can answer as the cluster API, "

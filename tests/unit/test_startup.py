@@ -255,6 +255,29 @@ def test_a_kubeconfig_that_skips_tls_verification_starts_with_a_warning_saying_w
     assert token not in warning
 
 
+@pytest.mark.parametrize("insecure", [{}, {"insecure-skip-tls-verify": True}])
+def test_a_kubeconfig_whose_server_is_plain_http_starts_with_a_warning_saying_what_is_at_risk(
+    tmp_path: Path, insecure: dict[str, bool]
+) -> None:
+    # ops2's note on N3: http:// has the risk of insecure-skip-tls-verify and more (the token in clear), and
+    # started without a word. One warning, the one whose fix works: a CA alone would not help here.
+    token = "s3cr3t-token"
+    cluster = {"server": "http://127.0.0.1:1", **insecure}
+    path = _kubeconfig(tmp_path, cluster, {"token": token}, {"cluster": "c", "user": "u"})
+    (warning,) = complete(settings(kubeconfig=str(path)), environ=NO_POD).warnings
+    assert warning.startswith(f"--kubeconfig {path}: the cluster API's server is plain http://, so "), warning
+    for risk in (
+        "nothing sent to it or received from it is encrypted or verified",
+        "read the credential payloadtags sends",
+        "callers are (TokenReview)",
+        "read and delete (the RBAC objects)",
+    ):
+        assert risk in warning
+    fix = "use its https:// URL in server and give the cluster's CA (certificate-authority)"
+    assert warning.endswith(fix)
+    assert token not in warning
+
+
 def test_the_unspecified_address_socket_takes_both_families() -> None:
     sock = dual_stack_socket()
     if not socket.has_ipv6:  # the IPv4 fallback
