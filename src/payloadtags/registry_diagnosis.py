@@ -96,6 +96,20 @@ async def probe(registry: Probed, url: str) -> str:
         )
         log.error("{line}", line=line, registryUrl=url)
         return line
+    if root.status >= 500 or root.status == 429:
+        # Something answered for the registry and is failing or turning requests away: the URL may well be
+        # right, so the question below would send the operator to the wrong place.
+        state = (
+            "is failing: check that it runs, and its log"
+            if root.status >= 500
+            else "turns requests away for now (too many requests): check its rate limits"
+        )
+        line = (
+            f"registry {url} answered HTTP {root.status} to GET /v2/: "
+            f"the registry (or a proxy in front of it) {state}"
+        )
+        log.error("{line}", line=line, registryUrl=url)
+        return line
     if root.status not in (200, 401):
         line = (
             f"registry {url} answered HTTP {root.status} to GET /v2/; is --registry-url the registry's API?"
@@ -106,7 +120,10 @@ async def probe(registry: Probed, url: str) -> str:
     try:
         await registry.ping()
     except RegistryError as error:
-        line = f"registry {url} is reachable but refuses this server: {_hint(error)}"
+        # Only a refusal of the credentials is the registry refusing: a token service that is down or
+        # answers 5xx, or a realm that is no token service, is said as it is.
+        said = "refuses this server" if isinstance(error, RegistryAuthFailed) else "cannot be used"
+        line = f"registry {url} is reachable but {said}: {_hint(error)}"
         log.error("{line}", line=line, registryUrl=url)
         return line
     first: str | None = None
@@ -115,7 +132,9 @@ async def probe(registry: Probed, url: str) -> str:
         catalog = "allowed"
         first = page.repositories[0] if page.repositories else None
     except RegistryError as error:
-        catalog = f"denied ({error}); namespace lists need the catalog"
+        # Denied is for a refusal (the account's rights); a 5xx or a timeout is a failure, and may pass.
+        outcome = "denied" if isinstance(error, RegistryAuthFailed) else "failed"
+        catalog = f"{outcome} ({error}); namespace lists need the catalog"
     line = (
         f"registry {url} reachable: API version {root.api_version or 'not announced'}, "
         f"authentication {auth}, catalog {catalog}"

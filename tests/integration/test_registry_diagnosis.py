@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from typing import Any
 
@@ -12,10 +13,11 @@ from twisted.web.pages import notFound
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from payloadtags.registry import RegistryAuthFailed, RegistryNotFound, RegistryUnavailable
+from payloadtags.registry import RegistryAuthFailed, RegistryClient, RegistryNotFound, RegistryUnavailable
 from payloadtags.registry_diagnosis import FailureLog, probe
 from tests.support import images
-from tests.support.registry_server import RegistryServer, free_port
+from tests.support.rbac import eventually
+from tests.support.registry_server import RegistryServer, TokenServer, free_port
 
 
 @implementer(ILogObserver)
@@ -99,8 +101,12 @@ async def test_token_auth_is_named(make_client, token_registry):
 @pytest_twisted.ensureDeferred
 async def test_an_untrusted_certificate_names_the_ca_flag(make_client, tls_registry):
     line = await probe(make_client(tls_registry, ca_file=None), tls_registry.url)
-    assert line.startswith(f"registry {tls_registry.url} cannot be used: ")
-    assert "give that CA with --registry-ca-file" in line
+    # ops3: no "check that it runs and is reachable" either: it ran and answered, with its certificate.
+    assert line == (
+        f"registry {tls_registry.url} cannot be used: it is unavailable: TLS failure: certificate verify "
+        "failed; if the registry's certificate is signed by a private CA, give that CA with "
+        "--registry-ca-file (and check that --registry-url names a host in the certificate)"
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -108,11 +114,11 @@ async def test_https_to_a_plain_http_registry_says_to_use_http(make_client, regi
     # review-newcomer L3: the README's registry is plain HTTP; written https://, the advice was a private CA.
     url = registry.url.replace("http://", "https://")
     line = await probe(make_client(url), url)
-    assert line.startswith(f"registry {url} cannot be used: it is unavailable: TLS failure: "), line
-    assert line.endswith(
-        f"; the port does not speak TLS (it answered in plain text): use {registry.url} in --registry-url"
+    # ops3: without the client's "check that it runs and is reachable" before the hint: it answered.
+    assert line == (
+        f"registry {url} cannot be used: it is unavailable: TLS failure: wrong version number; "
+        f"the port does not speak TLS (it answered in plain text): use {registry.url} in --registry-url"
     )
-    assert "--registry-ca-file" not in line
 
 
 @pytest_twisted.ensureDeferred
@@ -124,6 +130,71 @@ async def test_http_to_a_tls_registry_says_to_use_https(make_client, tls_registr
     assert line == (
         f"registry {url} answered HTTP 400 to GET /v2/: the port serves HTTPS, not plain HTTP: "
         f"use {tls_registry.url} in --registry-url"
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_token_service_that_fails_is_not_called_a_refusal(make_client, tmp_path):
+    # ops3: "is reachable but refuses this server" was said of every failure of the authenticated GET
+    # /v2/, though only rejected credentials are a refusal; a token service that is down or answers 5xx
+    # refuses nothing.
+    tokens = TokenServer(tmp_path, users={"robot": "pw"})
+    try:
+        with RegistryServer(token_server=tokens, username="robot", password="pw") as registry:
+            rejected = await probe(make_client(registry, password="wrong"), registry.url)
+            tokens.fail_with = 503
+            failing = await probe(make_client(registry), registry.url)
+            tokens.close()
+            down = await probe(make_client(registry), registry.url)
+    finally:
+        tokens.close()  # again after the test's own close: a no-op
+    service = f"the token service {tokens.realm} of registry {registry.url}"
+    assert failing == (
+        f"registry {registry.url} is reachable but cannot be used: {service} answered HTTP 503; retry later"
+    )
+    assert down == (
+        f"registry {registry.url} is reachable but cannot be used: {service} is unavailable: connection "
+        "refused; check that it runs and is reachable"
+    )
+    assert rejected.startswith(f"registry {registry.url} is reachable but refuses this server: "), rejected
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_catalog_that_fails_is_not_called_denied(make_client, tmp_path):
+    # ops3: "catalog denied (… HTTP 500 …; retry later)": a registry failing the catalog denies nothing
+    # (no credentials are needed here). Its storage's repositories folder is a file: distribution answers
+    # the catalog 500, and GET /v2/ 200.
+    with RegistryServer() as registry:
+        repositories = registry.root / "docker" / "registry" / "v2" / "repositories"
+        repositories.parent.mkdir(parents=True, exist_ok=True)
+        repositories.write_text("not a folder")
+        line = await probe(make_client(registry), registry.url)
+    assert line == (
+        f"registry {registry.url} reachable: API version registry/2.0, authentication none, catalog failed "
+        f"(registry {registry.url} failed the repository catalog with HTTP 500 (UNKNOWN: unknown error); "
+        "retry later); namespace lists need the catalog"
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failing_registry_is_not_asked_whether_the_url_is_its_api(make_client):
+    # ops3: a 503 to GET /v2/ read "is --registry-url the registry's API?", though the URL was right.
+    # distribution answers every request 503 once its storage health check fails: here its storage root
+    # is made a symbolic link to itself, which the check's stat cannot follow.
+    health = {"health": {"storagedriver": {"enabled": True, "interval": "100ms", "threshold": 1}}}
+    with RegistryServer(extra_config=health) as registry:
+        shutil.rmtree(registry.root)
+        registry.root.symlink_to(registry.root)
+        client: RegistryClient = make_client(registry)
+
+        async def unhealthy() -> bool:
+            return (await client.root()).status == 503
+
+        assert await eventually(unhealthy, within=10.0), registry.log_tail()
+        line = await probe(client, registry.url)
+    assert line == (
+        f"registry {registry.url} answered HTTP 503 to GET /v2/: the registry (or a proxy in front of it) "
+        "is failing: check that it runs, and its log"
     )
 
 

@@ -204,14 +204,20 @@ def _retry_after(value: str | None, default: int = DEFAULT_RETRY_AFTER) -> int:
     return min(max(seconds, 1), 3600)
 
 
-def _cause(error: BaseException) -> str:
-    """A short human reason for a transport failure, digging into Twisted's wrapped reasons."""
+def _underlying(error: BaseException) -> BaseException:
+    """The failure inside Twisted's wrapped reasons (the first that is not a cancellation)."""
     if isinstance(error, ResponseNeverReceived | ResponseFailed | RequestTransmissionFailed):
         reasons = getattr(error, "reasons", None) or []
         for reason in reasons:
             value = getattr(reason, "value", None)
             if value is not None and not isinstance(value, CancelledError):
-                return _cause(value)
+                return _underlying(value)
+    return error
+
+
+def _cause(error: BaseException) -> str:
+    """A short human reason for a transport failure, digging into Twisted's wrapped reasons."""
+    error = _underlying(error)
     if isinstance(error, net_errors.ConnectionRefusedError):
         return "connection refused"
     if isinstance(error, net_errors.TimeoutError):
@@ -1836,8 +1842,11 @@ class RegistryClient:
                 if unanswered
                 else ""
             )
+            # A TLS failure is an answer: the server runs and was reached, and the reason says what to fix.
+            answered = isinstance(_underlying(error), SSL.Error)
+            check = "" if answered else "; check that it runs and is reachable"
             unavailable = RegistryUnavailable(
-                f"{where} is unavailable: {reason}; check that it runs and is reachable{late}",
+                f"{where} is unavailable: {reason}{check}{late}",
                 retry_after=DEFAULT_RETRY_AFTER,
             )
             unavailable.unanswered = unanswered
