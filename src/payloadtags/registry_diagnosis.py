@@ -16,7 +16,13 @@ import attrs
 from twisted.logger import Logger
 
 from payloadtags.onceper import OncePerPeriod
-from payloadtags.registry import RegistryAuthFailed, RegistryDeleteDisabled, RegistryError, RegistryNotFound
+from payloadtags.registry import (
+    RegistryAuthFailed,
+    RegistryDeleteDisabled,
+    RegistryError,
+    RegistryNotFound,
+    RegistryUnavailable,
+)
 from payloadtags.registry.client import RootAnswer
 
 log = Logger()
@@ -53,6 +59,21 @@ def _with_scheme(url: str, scheme: str) -> str:
 def _hint(error: RegistryError, url: str | None = None) -> str:
     text = str(error)
     lowered = text.lower()
+    if isinstance(error, RegistryUnavailable) and error.elsewhere:
+        # The registry named that server (its token realm, a redirect): --registry-url is not the cause.
+        if NOT_TLS in lowered:
+            return (
+                f"{text}; that server does not speak TLS (it answered in plain text): the registry's "
+                "configuration names it (its token realm, or where its storage redirects reads), and should "
+                "give it with http://"
+            )
+        if any(word in lowered for word in TLS_WORDS):
+            return (
+                f"{text}; if that server's certificate is signed by a private CA, give that CA with "
+                "--registry-ca-file (it is used for every https:// connection to the registry and the "
+                "servers it names)"
+            )
+        return text
     if NOT_TLS in lowered:
         # https:// to a plain-HTTP registry (the README's own example is one): no CA would help.
         use = _with_scheme(url, "http") if url else "http://"

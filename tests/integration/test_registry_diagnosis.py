@@ -160,6 +160,27 @@ async def test_a_token_service_that_fails_is_not_called_a_refusal(make_client, t
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_token_realm_of_the_wrong_scheme_is_not_blamed_on_registry_url(make_client, tmp_path):
+    # ops3: the registry's auth.token.realm says https:// for a plain-HTTP token service; the line said
+    # "use http:// in --registry-url", which was already http:// and is not where the realm comes from.
+    tokens = TokenServer(tmp_path, users={"robot": "pw"})
+    realm = tokens.realm.replace("http://", "https://")
+    token = {"realm": realm, "service": tokens.service, "issuer": tokens.issuer}
+    auth = {"auth": {"token": {**token, "rootcertbundle": str(tokens.cert_file)}}}
+    try:
+        with RegistryServer(extra_config=auth, username="robot", password="pw") as registry:
+            line = await probe(make_client(registry), registry.url)
+    finally:
+        tokens.close()
+    assert line == (
+        f"registry {registry.url} is reachable but cannot be used: the token service {realm} of registry "
+        f"{registry.url} is unavailable: TLS failure: wrong version number; that server does not speak TLS "
+        "(it answered in plain text): the registry's configuration names it (its token realm, or where its "
+        "storage redirects reads), and should give it with http://"
+    )
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_catalog_that_fails_is_not_called_denied(make_client, tmp_path):
     # ops3: "catalog denied (… HTTP 500 …; retry later)": a registry failing the catalog denies nothing
     # (no credentials are needed here). Its storage's repositories folder is a file: distribution answers

@@ -1850,6 +1850,7 @@ class RegistryClient:
                 retry_after=DEFAULT_RETRY_AFTER,
             )
             unavailable.unanswered = unanswered
+            unavailable.elsewhere = peer is not None or not url.startswith(self._base)
             return unavailable
         log.failure("Unexpected failure talking to {where}", Failure(error), where=where)
         return RegistryProtocolError(f"{where}: unexpected failure: {reason}")

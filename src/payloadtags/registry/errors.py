@@ -37,7 +37,12 @@ class RegistryError(Exception):
 
 
 class RegistryUnavailable(RegistryError):
-    """The registry cannot be reached or failed (connection refused/reset, DNS, TLS, 429, 5xx)."""
+    """The registry cannot be reached or failed (connection refused/reset, DNS, TLS, 429, 5xx).
+
+    ``elsewhere``: the failure is at another server the registry sent the client to (its token service,
+    where it redirected a read), whose URL the registry gives, not --registry-url."""
+
+    elsewhere: bool = False
 
     def __init__(self, message: str, retry_after: int = 5) -> None:
         super().__init__(message)
