@@ -61,54 +61,109 @@ async def test_interleaving_many_seeds(reactor: Any, fresh_registry: RegistrySer
     assert not failures, "\n\n".join(failures)
 
 
-class _LateBeforeTheLook(Run):
-    """A run whose other replica's unanswered re-tag reaches the registry after a deletecollection's
-    200, at a set time relative to the checker's look at the namespace (`after_200`): the tag is put
-    back on that replica's copy (a manifest with the delete's nonce), as the registry carries the write
-    out, and the proxy's record says so."""
+class _LeftAfterThe200(Run):
+    """A run whose doomed namespace, as the checker looks at it after replica 0's deletecollection
+    answered 200 (`Run.after_200`), holds one tag, t0 in its first repository, on a copy (a manifest
+    with a delete's nonce) that a re-tag carried out late put back, by the proxies' record. ``case``
+    says whose write it was, when it reached the registry and what it put."""
 
-    def __init__(self, reactor: Any, registry: RegistryServer, reaches: str) -> None:
+    def __init__(self, reactor: Any, registry: RegistryServer, case: str) -> None:
         super().__init__(reactor, registry, Config(seed=0, live_namespaces=0), "ilate")
-        self.reaches = reaches  # "before the look" or "after the look"
-        self.repository = self.repositories[self.doomed[0]][0]
+        self.case = case
+        self.namespace = self.doomed[0]
+        self.repository, self.second = self.repositories[self.namespace]  # listed in this order
+        self.begin_removal(self.namespace)
+        self.restarted = self.now()  # replica 0's process, in the "killed process" case
+        self.put = ""
 
-    def content(self, namespace: str) -> dict[str, list[str]]:
-        # The copy is in place before the look lists the namespace; the proxy's record says when the
-        # write that put it there reached the registry.
-        now = self.now()
-        self.late_retag(now if self.reaches == "before the look" else now + 1.0)
-        return super().content(namespace)
+    def born(self, replica: int) -> float:
+        if self.case == "by a killed process of the replica that answered":
+            return self.restarted
+        return super().born(replica)
 
-    def late_retag(self, reached: float) -> None:
-        images.push_oci_image(
+    def list_repository(self, repository: str) -> tuple[list[str], float]:
+        case = self.case
+        if repository == self.second:
+            if case == "after its repository was listed, before the look ended":
+                self.late_write(1, self.now(), self.put)
+            return super().list_repository(repository)
+        self.put = images.push_oci_image(
             self.registry.url, self.repository, "t0", annotations={DELETE_NONCE_ANNOTATION: "late"}
         )
+        now = self.now()
+        if case in (
+            "before the look",
+            "gone by the read, its manifest deleted",
+            "gone by the read, another deleted",
+        ):
+            self.late_write(1, now, self.put)
+        elif case == "by the replica that answered":
+            self.late_write(0, now, self.put)
+        elif case == "by a killed process of the replica that answered":
+            self.late_write(0, now, self.put, received=self.restarted - 2 * self.config.timeout)
+        elif case == "before the removal began":
+            self.late_write(1, self.removal_began[self.namespace] - 100.0, self.put)
+        elif case == "that put something else":
+            self.late_write(1, now, images.sha256(b"another manifest"))
+        listed = super().list_repository(repository)
+        if case == "after the look":
+            self.late_write(1, listed[1] + 1.0, self.put)
+        if case.startswith("gone by the read"):
+            # Replica 1's own delete removes its copy between the look's listing and its read.
+            images.delete_manifest(self.registry.url, self.repository, self.put)
+            deleted = self.put if case == "gone by the read, its manifest deleted" else images.sha256(b"x")
+            at = self.now()
+            path = f"/v2/{self.repository}/manifests/{deleted}"
+            self.proxies[1].exchanges.append(Exchange("DELETE", path, at, at, at + 0.01, 202, None))
+        return listed
+
+    def late_write(self, proxy: int, reached: float, put: str, received: float | None = None) -> None:
+        """Record a PUT of t0 that put ``put`` and reached the registry at ``reached``, held in the
+        proxy past its client's timeout since ``received``."""
         path = f"/v2/{self.repository}/manifests/t0"
-        received = reached - 2 * self.config.timeout  # sent by the replica, held past its timeout
-        self.proxies[1].exchanges.append(
-            Exchange("PUT", path, received, reached, reached + 0.01, 201, "late")
+        received = reached - 2 * self.config.timeout if received is None else received
+        self.proxies[proxy].exchanges.append(
+            Exchange("PUT", path, received, reached, reached + 0.01, 201, "late", put)
         )
 
 
-@pytest.mark.parametrize("reaches", ["before the look", "after the look"])
+# Whether the tag left is a window hit (True) or a violation (False).
+LEFT_AFTER_THE_200 = {
+    # The slow tier's seeds 77000 and 77052 on a loaded machine.
+    "before the look": True,
+    "after the look": False,
+    # The replica that answered waits until none of its own writes may still land.
+    "by the replica that answered": False,
+    # A restarted process has no record of what the killed one sent.
+    "by a killed process of the replica that answered": True,
+    "after its repository was listed, before the look ended": False,
+    # The removal's own listings saw it.
+    "before the removal began": False,
+    "that put something else": False,
+    # Replica 1's delete of its copy explains why the look's read found nothing.
+    "gone by the read, its manifest deleted": True,
+    "gone by the read, another deleted": False,
+}
+
+
+@pytest.mark.parametrize("case", list(LEFT_AFTER_THE_200))
 @pytest_twisted.ensureDeferred
-async def test_a_late_write_of_the_other_replica_is_a_window_hit_only_if_it_landed_before_the_look(
-    reactor: Any, fresh_registry: RegistryServer, reaches: str
+async def test_a_tag_left_after_a_200_is_a_window_hit_only_if_another_replicas_late_write_put_it_back(
+    reactor: Any, fresh_registry: RegistryServer, case: str
 ) -> None:
-    """The slow tier's seeds 77000 and 77052 on a loaded machine: replica 0's removal answered 200,
-    then replica 1's late re-tag put the tag back on its copy, before the checker listed the
-    namespace. The write is one of another replica, which the 200 cannot know of (docs/consistency.md,
-    "deletecollection", what remains): a residual-window hit, not a violation, whether it reached the
-    registry before the 200 was looked at or between then and the look. A late write that reached the
-    registry only after the look cannot have put back what the look saw: the 200 left the tag."""
-    run = _LateBeforeTheLook(reactor, fresh_registry, reaches)
+    """A tag a deletecollection's 200 left is a residual-window hit only when a write the 200 cannot
+    have waited for explains it (docs/consistency.md, "deletecollection", what remains): a late write
+    of another replica (or of a process of the answering one that was killed), that reached the
+    registry after the removal began and before the checker's look listed the tag's repository, and
+    that put what the look read there. Anything else is a violation (review misc5 F1)."""
+    run = _LeftAfterThe200(reactor, fresh_registry, case)
     try:
-        await run.after_200(run.doomed[0])
+        await run.after_200(run.namespace, 0)
     finally:
         await run.stop()
         for proxy in run.proxies:
             await proxy.stop()
-    if reaches == "before the look":
+    if LEFT_AFTER_THE_200[case]:
         assert run.report.violations == []
         assert run.report.late_write_hits == 1
     else:

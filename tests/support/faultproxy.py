@@ -21,6 +21,7 @@ It runs on the test's reactor: whoever sends requests through it must not block 
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -56,7 +57,9 @@ class Exchange:
     """One request: the client sent it by ``received`` (when the proxy had it); it reached the
     registry at ``sent`` and was answered at ``answered`` (the proxy's reactor clock), whatever the
     client then got. A write took effect inside [sent, answered], however late after the client
-    gave up on it; ``answered`` is None when the registry never answered (the effect is unknown)."""
+    gave up on it; ``answered`` is None when the registry never answered (the effect is unknown).
+    ``body_digest``: a PUT's body as a digest, for a manifest PUT the digest the registry stores it
+    under (what the write put at its tag)."""
 
     method: str
     path: str
@@ -65,6 +68,7 @@ class Exchange:
     answered: float | None
     status: int | None
     fault: str | None
+    body_digest: str | None = None
 
 
 _HOP_BY_HOP = {
@@ -219,7 +223,8 @@ class FaultProxy:
         self.forwarded += 1
         sent = float(self.reactor.seconds())
         index = len(self.exchanges)
-        self.exchanges.append(Exchange(method, path.split("?")[0], received, sent, None, None, fault))
+        put = "sha256:" + hashlib.sha256(body).hexdigest() if method == "PUT" else None
+        self.exchanges.append(Exchange(method, path.split("?")[0], received, sent, None, None, fault, put))
         response = await treq.request(
             method,
             self.target + path,

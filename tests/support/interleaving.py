@@ -167,6 +167,18 @@ class Delete:
     message: str = ""  # what a failed or conflicting delete told its user
 
 
+@attrs.frozen
+class Found:
+    """A tag a look at a doomed namespace found: when its repository's tag listing answered, and the
+    digest it held when read right after (None: gone by then), at ``read``."""
+
+    repository: str
+    tag: str
+    listed: float
+    digest: str | None
+    read: float
+
+
 @attrs.define
 class Report:
     config: Config
@@ -250,6 +262,7 @@ class Run:
             for namespace in self.live + self.doomed
         }
         self.counter = 0
+        self.removal_began: dict[str, float] = {}
         self.windows: dict[str, list[tuple[str, float, float]]] = collections.defaultdict(list)
 
     def make_replicas(self) -> list[Replica]:
@@ -372,12 +385,18 @@ class Run:
                     killer.cancel()
         return await task
 
-    async def remove_namespace(self, namespace: str) -> None:
-        """What a namespace deletion does: deletecollection until 200, on both replicas, and the cascades."""
+    def begin_removal(self, namespace: str) -> float:
+        """Record that the namespace's removal begins now (for each of its tags, and for `after_200`)."""
         started = self.now()
+        self.removal_began[namespace] = started
         for repository in self.repositories[namespace]:
             for tag in self.tags_of(repository):
                 self.deletes[(repository, tag)].append(Delete(started, outcome="namespace"))
+        return started
+
+    async def remove_namespace(self, namespace: str) -> None:
+        """What a namespace deletion does: deletecollection until 200, on both replicas, and the cascades."""
+        started = self.begin_removal(namespace)
 
         async def collection(replica: Replica) -> None:
             options = list_options({})
@@ -390,7 +409,7 @@ class Run:
                 except (ApiError, RegistryError, CancelledError):
                     await deferLater(self.reactor, 0.02, lambda: None)
                     continue
-                await self.after_200(namespace)
+                await self.after_200(namespace, self.replicas.index(replica))
                 return
             self.report.violations.append(f"deletecollection of {namespace} never answered 200")
 
@@ -410,67 +429,100 @@ class Run:
         )
         self.report.doomed_seconds.append(self.now() - started)
 
-    async def after_200(self, namespace: str) -> None:
-        """What a deletecollection's 200 left of the namespace: nothing, or only tags on a manifest
-        of ours that a write carried out late (by another replica) put back, which its own delete
-        then removes (the final check says whether it did)."""
+    async def after_200(self, namespace: str, replica: int) -> None:
+        """What a deletecollection's 200 (answered by ``replica``, an index into the proxies) left of
+        the namespace: nothing, or only tags that a write the 200 cannot have waited for put back
+        (`_explained`), which that write's own delete then removes (the final check says whether it
+        did)."""
         at = self.now()
-        left = await deferToThread(self.content, namespace)
-        # The write may reach the registry after the 200, before the look below lists the tag (the
-        # slow tier's seeds 77000 and 77052 on a loaded machine: within 30 ms of the removal's last
-        # listing): it put back what the look saw all the same. One that reached it after the look
-        # did not, and explains nothing.
-        looked = self.now()
+        born = self.born(replica)  # read now: the process that answered, not a later restart of it
+        left = await deferToThread(self.look, namespace)
         if not left:
             return
-        ours = await deferToThread(self._on_ours, left)
-        late = all(
-            ours[(repository, tag)] and self._late_write_before(repository, tag, looked)
-            for repository, tags in left.items()
-            for tag in tags
-        )
-        if late:
+        unexplained = [found for found in left if not self._explained(found, replica, born, namespace)]
+        if not unexplained:
             self.report.late_write_hits += 1
             self.report.restore_window_hits += 1
             return
         timelines = [
-            f"{repository}:{tag}:\n{self.timeline(repository, tag)}"
-            for repository, tags in left.items()
-            for tag in tags
+            f"{found.repository}:{found.tag}: listed at {found.listed - self.began:.3f}, holding "
+            f"{found.digest or 'nothing by its read'} at {found.read - self.began:.3f}:\n"
+            f"{self.timeline(found.repository, found.tag)}"
+            for found in unexplained
         ]
+        content: dict[str, list[str]] = collections.defaultdict(list)
+        for found in left:
+            content[found.repository].append(found.tag)
         self.report.violations.append(
-            f"deletecollection of {namespace} answered 200 at {at - self.began:.3f} with {left} left "
-            f"(listed by {looked - self.began:.3f})\n" + "\n".join(timelines)
+            f"deletecollection of {namespace} answered 200 by replica {replica} at {at - self.began:.3f} "
+            f"with {dict(content)} left\n" + "\n".join(timelines)
         )
 
-    def _on_ours(self, left: dict[str, list[str]]) -> dict[tuple[str, str], bool]:
-        found = {}
-        for repository, tags in left.items():
-            for tag in tags:
-                fetched = images.get_manifest(self.registry.url, repository, tag)
-                # Gone since it was listed: the late write's own delete can remove it in between
-                # (what it pointed at cannot be read any more); `after_200` still asks for a late
-                # write under the tag before the listing, and the final check for nothing left.
-                found[(repository, tag)] = fetched is None or _ours(fetched.content)
-        return found
+    def _explained(self, found: Found, replica: int, born: float, namespace: str) -> bool:
+        """Whether a write the 200 cannot have waited for put back the tag ``found`` saw: a manifest PUT
+        under the tag that reached the registry after its client's timeout (a late write), after the
+        namespace's removal began (one before it, the removal's listings saw) and before the look
+        listed the tag's repository (one after cannot have put back what the look saw), from another
+        replica (docs/consistency.md, "deletecollection", what remains: the replica that answered
+        waits until none of its own writes may still land) or from a process of that replica that
+        died before ``born``, and that put what the look read there. A tag gone by the look's read
+        (a delete between the listing and the read) is explained by such a write whose manifest a
+        delete by digest then removed before that read."""
+        path = f"/v2/{found.repository}/manifests/{found.tag}"
+        began = self.removal_began[namespace]
+        for index, proxy in enumerate(self.proxies):
+            for write in proxy.exchanges:
+                if (
+                    write.path != path
+                    or write.method != "PUT"
+                    or write.sent - write.received <= self.config.timeout
+                    or not began <= write.sent <= found.listed
+                    or (index == replica and write.received >= born)
+                ):
+                    continue
+                if found.digest is None:
+                    if self._deleted(found.repository, write.body_digest, write.sent, found.read):
+                        return True
+                elif write.body_digest == found.digest:
+                    return True
+        return False
 
-    def _late_write_before(self, repository: str, tag: str, at: float) -> bool:
-        """Whether a replica's write under the tag reached the registry after its client's timeout,
-        before ``at``."""
-        path = f"/v2/{repository}/manifests/{tag}"
-        return any(
-            exchange.path == path
-            and exchange.method == "PUT"
-            and exchange.sent - exchange.received > self.config.timeout
-            and exchange.sent <= at
+    def _deleted(self, repository: str, digest: str | None, since: float, until: float) -> bool:
+        """Whether a delete of the manifest ``digest`` reached the registry within [since, until]."""
+        path = f"/v2/{repository}/manifests/{digest}"
+        return digest is not None and any(
+            exchange.path == path and exchange.method == "DELETE" and since <= exchange.sent <= until
             for proxy in self.proxies
             for exchange in proxy.exchanges
         )
 
+    def born(self, replica: int) -> float:
+        """When the process of ``replica`` that runs now started: a write it sent earlier is another
+        process's, which this one does not know of. Here a replica is never restarted (a kill cancels
+        its operation, the replica keeps its client and its record of writes that may still land)."""
+        return float("-inf")
+
+    def look(self, namespace: str) -> list[Found]:
+        """Every tag of the namespace, with when its repository's listing answered and what it held
+        when read right after (blocking: run it in a thread)."""
+        found = []
+        for repository in self.repositories[namespace]:
+            tags, listed = self.list_repository(repository)
+            for tag in tags:
+                fetched = images.get_manifest(self.registry.url, repository, tag)
+                digest = None if fetched is None else fetched.digest
+                found.append(Found(repository, tag, listed, digest, self.now()))
+        return found
+
+    def list_repository(self, repository: str) -> tuple[list[str], float]:
+        """The repository's tags, and when the registry's answer was in."""
+        tags = images.list_tags(self.registry.url, repository)
+        return tags, self.now()
+
     def content(self, namespace: str) -> dict[str, list[str]]:
         found = {}
         for repository in self.repositories[namespace]:
-            tags = images.list_tags(self.registry.url, repository)
+            tags, _ = self.list_repository(repository)
             if tags:
                 found[repository] = tags
         return found

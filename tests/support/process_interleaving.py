@@ -76,6 +76,8 @@ class ProcessRun(Run):
         # A replica is killed only once it serves, and one kill at a time: never while starting.
         self.serving = [False for _ in self.proxies]
         self.restarts = [DeferredLock() for _ in self.proxies]
+        # When each replica's process was started: its requests before then are a killed process's.
+        self.launched = [float("-inf") for _ in self.proxies]
         self.logs: list[str] = []  # of processes killed or stopped
         # Kills planned at steps of the plan: the step, and which replica.
         self.kill_at: dict[int, int] = {}
@@ -106,6 +108,7 @@ class ProcessRun(Run):
     async def launch(self, slot: int) -> None:
         for attempt in range(5):
             process = ServerProcess(self.reactor, self.args(slot))
+            self.launched[slot] = self.now()  # the previous process (if any) is dead by now
             process.start()
             self.processes[slot] = process
             try:
@@ -131,6 +134,10 @@ class ProcessRun(Run):
             if process is not None:
                 await process.kill()
                 self.logs.append(process.log)
+
+    def born(self, replica: int) -> float:
+        # A killed process's writes are another process's: the restarted one has no record of them.
+        return self.launched[replica]
 
     def alive(self, slot: int) -> bool:
         process = self.processes[slot]
@@ -210,10 +217,7 @@ class ProcessRun(Run):
         """A namespace deletion: the Namespace goes Terminating (the leader's cascade starts), the
         namespace controller calls deletecollection on both replicas at once until each answers 200,
         and once more, then finalizes the namespace."""
-        started = self.now()
-        for repository in self.repositories[namespace]:
-            for tag in self.tags_of(repository):
-                self.deletes[(repository, tag)].append(Delete(started, outcome="namespace"))
+        started = self.begin_removal(namespace)
         self.kube.store.delete(NAMESPACES, namespace)
 
         async def controller(slot: int) -> None:
@@ -238,7 +242,7 @@ class ProcessRun(Run):
                 if response.code != 200:
                     await deferLater(self.reactor, 0.05, lambda: None)
                     continue
-                await self.after_200(namespace)
+                await self.after_200(namespace, slot)
                 return
             self.report.violations.append(f"deletecollection of {namespace} never answered 200")
 
