@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -486,6 +487,48 @@ async def test_an_exec_plugin_beside_a_blank_token_or_an_empty_token_file_is_not
             assert (await error_of(client.list(NS))).code == 401
         finally:
             await client.close()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        ("client-certificate", "client-key"),
+        ("client-certificate-data", "client-key-data"),
+        ("client-certificate", "client-key-data"),
+        ("client-certificate-data", "client-key"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_an_exec_plugin_beside_a_client_certificate_and_its_key_is_not_run(
+    kube_api: KubeApiDouble, tmp_path: Path, fields: tuple[str, str]
+) -> None:
+    # review-misc6 (new): client-go's exec authenticator steps aside for a certificate with its key, in
+    # either form, as for a token: kubectl 1.27, 1.32 and 1.33 never run the plugin, and the certificate is
+    # the credential. payloadtags ran it at start (one that failed refused the start) and sent its token
+    # beside the certificate.
+    kubeconfig = plugin_kubeconfig(kube_api, tmp_path / "conf")
+    issued = kube_api.issue_client_cert("cert-robot", ("system:masters",))
+    user = json.loads(kubeconfig.read_text())["users"][0]["user"]
+    for field, source in zip(fields, (issued.cert_file, issued.key_file), strict=True):
+        if field.endswith("-data"):
+            user[field] = base64.b64encode(source.read_bytes()).decode()
+        else:
+            # Relative, as a kubeconfig may give it: against the kubeconfig's folder.
+            (tmp_path / "conf" / source.name).write_bytes(source.read_bytes())
+            user[field] = source.name
+    with_user(kubeconfig, user)
+    assert (await Kubectl(kubeconfig, tmp_path / "kubectl-cache")("get", "--raw", NS)).code == 0
+    assert kube_api.requests_for(NS)[-1].user == "cert-robot"
+    assert not (tmp_path / "conf" / "runs").exists()
+    config = load_cluster_config(str(kubeconfig))
+    assert config is not None and config.exec_plugin is None and config.token is None
+    assert config.has_client_cert and not (tmp_path / "conf" / "runs").exists()
+    client = KubeClient(reactor, config, request_timeout=5)
+    try:
+        assert await listed_as(client, kube_api) == "cert-robot"
+    finally:
+        await client.close()
+    assert not (tmp_path / "conf" / "runs").exists()
 
 
 PLUGIN = """#!/bin/sh

@@ -227,10 +227,7 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
     _as_written(document, set())
     base = os.path.dirname(os.path.abspath(path))
     plugin = None
-    # As client-go: a plugin runs only for a user with no token (a blank one included) and no tokenFile.
-    if isinstance(user.get("exec"), dict) and not (
-        user.get("token") or user.get("tokenFile") or user.get("auth-provider")
-    ):
+    if isinstance(user.get("exec"), dict) and not _has_own_credential(user):
         try:
             plugin = ExecPlugin.from_kubeconfig(user["exec"], base, cluster_entry)
         except (PluginError, KeyError, TypeError) as e:
@@ -290,6 +287,19 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
         raise ConfigError(f"kubeconfig {path!r}: cluster server {server!r}: {problem}")
     namespace = context_entry.get("namespace")
     return attrs.evolve(cluster, namespace=namespace or None, warnings=warnings)
+
+
+def _has_own_credential(user: dict[str, Any]) -> bool:
+    """Whether the user has a credential beside which client-go's exec authenticator steps aside, so
+    that kubectl never runs the plugin: a token (a blank one included), a tokenFile (an empty one too),
+    or a client certificate with its key, each as a file or as data. A key alone is no credential to
+    client-go, which copies the key only with a certificate. The user's fields are tidied: an empty one
+    is absent, as to client-go."""
+    has_cert = bool(user.get("client-certificate") or user.get("client-certificate-data"))
+    has_key = bool(user.get("client-key") or user.get("client-key-data"))
+    return bool(user.get("token") or user.get("tokenFile") or user.get("auth-provider")) or (
+        has_cert and has_key
+    )
 
 
 # A cluster's fields whose type the kubernetes library does not check, with the type client-go decodes.
