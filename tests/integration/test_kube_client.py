@@ -15,6 +15,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessDone
 from twisted.internet.protocol import ProcessProtocol, Protocol, ServerFactory
 from twisted.internet.task import Clock
 from twisted.protocols.tls import TLSMemoryBIOProtocol
@@ -676,21 +677,29 @@ exec sleep 3600
 
 
 class ClockedProcesses(Clock):
-    """Spawns real processes on the running reactor, noting each one's end (Twisted's, once it has
-    exited and every pipe to it is closed); its timers (a plugin run's timeout) are the test's."""
+    """Spawns real processes on the running reactor, noting each one's exit (once reaped: a signal then
+    finds no process) and its end (Twisted's, once it has exited and every pipe to it is closed); its
+    timers (a plugin run's timeout) are the test's."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.exited: list[Failure] = []
         self.ended: list[Failure] = []
 
     def spawnProcess(self, protocol: ProcessProtocol, *args: Any, **kwargs: Any) -> Any:
-        ended = protocol.processEnded
+        exited, ended = protocol.processExited, protocol.processEnded
 
-        def note(reason: Failure) -> None:
+        def note_exit(reason: Failure) -> None:
+            self.exited.append(reason)
+            exited(reason)
+
+        def note_end(reason: Failure) -> None:
             self.ended.append(reason)
             ended(reason)
 
-        protocol.processEnded = note  # type: ignore[method-assign]  # a test's probe on one instance
+        # A test's probes on one instance.
+        protocol.processExited = note_exit  # type: ignore[method-assign]
+        protocol.processEnded = note_end  # type: ignore[method-assign]
         return reactor.spawnProcess(protocol, *args, **kwargs)
 
 
@@ -729,6 +738,58 @@ async def test_a_renewal_that_times_out_closes_its_pipes_though_a_helper_of_the_
             # Twisted ends the run once the plugin is reaped and every pipe to it closed: before the
             # fix, only when the helper exited (in an hour).
             await eventually(lambda: clock.ended, within=HANG_GUARD)
+        assert not open_fds() - before
+        os.kill(int(helper.read_text()), 0)  # still running
+        assert not [event for event in events if event.get("log_failure") or event.get("isError")]
+    finally:
+        if helper.exists() and helper.read_text().strip():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(helper.read_text()), signal.SIGKILL)
+
+
+EXITING_HELPER_PLUGIN = """#!/bin/sh
+# Leaves a helper holding its stdout (not stderr) and notes the helper's pid; prints a credential if the
+# file `print` exists; then exits at once, its stdout not ended while the helper lives.
+cd "$(dirname "$0")"
+sleep 3600 </dev/null 2>/dev/null &
+echo $! > helper
+if [ -e print ]; then
+  printf '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"t"}}'
+fi
+exit 0
+"""
+
+
+@pytest.mark.parametrize("printed", [False, True], ids=["nothing-printed", "a-credential-printed"])
+@pytest_twisted.ensureDeferred
+async def test_a_renewal_that_times_out_after_the_plugin_exited_closes_the_stdout_a_helper_of_it_holds(
+    tmp_path: Path, printed: bool
+) -> None:
+    # review-r2a F1: a plugin that has exited, and been reaped, while a helper it started holds its stdout
+    # has not finished its run (stdout has not ended), so the timeout comes; killing the plugin then
+    # finds no process (ProcessExitedAlready). Its pipes must be closed all the same, or the one the helper
+    # holds stays open, and read, until the helper exits. A credential printed before is not taken: the
+    # run was not over (kubectl would still be waiting for stdout's end).
+    script = tmp_path / "plugin.sh"
+    script.write_text(EXITING_HELPER_PLUGIN)
+    script.chmod(0o755)
+    if printed:
+        (tmp_path / "print").touch()
+    helper = tmp_path / "helper"
+    clock = ClockedProcesses()
+    before = open_fds()
+    try:
+        with collected_logs() as events:
+            plugin = ExecPlugin(command=str(script), api_version="client.authentication.k8s.io/v1")
+            renewal = run_plugin(clock, plugin, timeout=PLUGIN_TIMEOUT)
+            # The bounds guard against a hang only (a loaded machine may be slow to start a shell).
+            await eventually(lambda: clock.exited, within=HANG_GUARD)
+            assert clock.exited[0].check(ProcessDone) and not clock.ended  # stdout held by the helper
+            clock.advance(PLUGIN_TIMEOUT)
+            with pytest.raises(PluginError, match=r"gave no credential within 60s$"):
+                await renewal
+            await eventually(lambda: clock.ended, within=HANG_GUARD)
+        assert len(clock.ended) == 1
         assert not open_fds() - before
         os.kill(int(helper.read_text()), 0)  # still running
         assert not [event for event in events if event.get("log_failure") or event.get("isError")]
