@@ -387,8 +387,10 @@ class _PluginProcess(ProcessProtocol):
 
     def _close_stderr(self) -> None:
         """Read what stderr holds now (written before the exit, maybe not yet read by the reactor),
-        without waiting for more, and stop reading it: a helper that still holds it gets EPIPE, as a
-        grandchild still writing stdout does once it closes."""
+        without waiting for more, and stop reading it. A helper that still holds it is killed by SIGPIPE
+        at its next write to it (EPIPE if it ignores SIGPIPE): Twisted gives the plugin SIGPIPE's default,
+        not Python's ignoring it. Under kubectl, which hands the plugin its own stderr, the helper's
+        writes still reach that stderr."""
         # The pipe's reader, on POSIX; absent once stderr has ended (all of it was received then).
         reader = getattr(self.transport, "pipes", {}).get(2)
         if reader is None or self.transport is None:
@@ -399,8 +401,9 @@ class _PluginProcess(ProcessProtocol):
     def abandon(self) -> None:
         """At the timeout: kill the plugin, stop reading its pipes and close our end of each. Killing it
         is not enough: a helper it started may hold one (stderr, as a rule) until that helper exits,
-        and the pipe, read all along, with it. The helper is left running, as kubectl leaves it; like
-        one still writing after a plugin's exit (`_close_stderr`), it gets EPIPE."""
+        and the pipe, read all along, with it. The helper is left running, as kubectl leaves it; as one
+        still holding stderr after a plugin's exit (`_close_stderr`), it is killed by SIGPIPE at its
+        next write to a pipe closed here."""
         if self.transport is None:
             return
         try:
