@@ -413,6 +413,72 @@ def test_a_large_response_begins_to_go_out_in_the_turn_that_ends_it() -> None:
     assert received.count(b"x") >= 300_000
 
 
+def test_a_response_past_the_buffer_sent_whole_at_its_end_leaves_the_next_request_to_the_next_turn() -> None:
+    """A response larger than the TCP transport's buffer pauses the channel; when the socket takes it
+    in one send at its end, that send resumes the channel. requestDone sends first, while its request
+    is still being handled, so the resume only notes that the transport has room: sent later in
+    requestDone, the resume parsed the next pipelined request inside Request.finish, before the
+    finished request's notifyFinish callbacks ran (where the API gives back its in-flight seat)."""
+    connection = _Connection()
+    connection.send(_get(b"/big") + _get(b"/next"))
+    connection.loop.turn()
+    (big,) = connection.resource.held
+    parsed_when_told: list[int] = []
+    big.notifyFinish().addCallback(lambda _: parsed_when_told.append(len(connection.resource.held)))
+    body = b"x" * (connection.socket.bufferSize + 4_000)  # pauses the channel, within one send
+    assert len(body) + 1_000 < connection.socket.SEND_LIMIT
+    _answer(big, body)
+    assert connection.socket.unsent() == 0  # all of it on the socket in this turn
+    assert parsed_when_told == [1]  # its end told with the next request not yet parsed
+    assert len(connection.resource.held) == 1
+    connection.loop.turn()
+    assert [request.path for request in connection.resource.held] == [b"/big", b"/next"]
+    _answer(connection.resource.held[1], b"next")
+    received = connection.received()
+    assert received.count(b"HTTP/1.1 200 OK") == 2 and received.endswith(b"\r\n\r\nnext")
+
+
+def test_a_failed_send_at_a_responses_end_parses_no_request_pipelined_behind_it() -> None:
+    """The send at a response's end fails (the client reset the connection) and the TCP transport is
+    aborted there: the abort's connectionLost is due before requestDone's parse of the next pipelined
+    request, so that request is never parsed, admitted or served for a client that is gone. Left to
+    the reactor, the broken socket would be found at its next poll, after that parse."""
+    connection = _Connection()
+    connection.send(_get(b"/a") + _get(b"/b"))
+    connection.loop.turn()
+    (request,) = connection.resource.held
+    connection.socket.reset = True
+    _answer(request, b"the answer")
+    for _ in range(3):
+        connection.loop.turn()
+    assert [held.path for held in connection.resource.held] == [b"/a"]  # /b never parsed
+    (reason,) = connection.socket.lost
+    assert reason.check(ConnectionAborted)  # closed by the abort, not by the reactor
+    assert connection.channel._lost
+
+
+def test_what_is_held_goes_out_before_a_close_made_in_the_same_turn() -> None:
+    """A piece of a response is held for the turn's end, and the connection is closed in the same
+    turn (a deadline, a drain): the held bytes are sent first, then the connection closes, as
+    Twisted's BufferingTLSTransport did. Twisted's TLS layer drops what is written once it is
+    closing, so without the send they were lost."""
+    connection = _Connection()
+    connection.send(_get(b"/a"))
+    connection.loop.turn()
+    (request,) = connection.resource.held
+    request.write(b"part")
+    assert connection.received() == b""  # held for the turn
+    connection.channel._close()  # in the same turn as the write, as a deadline closes it
+    for _ in range(3):
+        connection.loop.turn()
+    received = connection.received()
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n") and received.endswith(b"\r\n4\r\npart\r\n")
+    assert connection.tls.disconnecting
+    connection.loop.clock.advance(CLOSE_GRACE)  # the client sends no close_notify back
+    connection.loop.turn()
+    assert connection.socket.lost and connection.channel._lost
+
+
 def test_a_client_that_reads_nothing_of_a_whole_response_is_closed_after_the_idle_timeout() -> None:
     connection = _Connection(idle_timeout=3.0)
     connection.socket.room = 0
