@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from OpenSSL import SSL
 from twisted.internet import main
 from twisted.internet.abstract import FileDescriptor
@@ -308,6 +309,39 @@ def test_a_client_that_does_not_read_holds_one_response_and_the_next_request_wai
     received = connection.received()
     assert received.count(b"HTTP/1.1 200 OK") == 2 and received.endswith(b"\r\n\r\nsmall")
     assert connection.socket.unsent() == 0
+
+
+class _Answering(_Held):
+    """Answers every request at once with a body of ``size`` bytes, counting them."""
+
+    size = 0
+
+    def render_GET(self, request: Request) -> bytes:  # type: ignore[override]
+        self.held.append(request)
+        body = b"y" * self.size
+        request.setHeader(b"content-length", str(len(body)).encode())
+        return body
+
+
+@pytest.mark.parametrize("size", [200, 18_000, 64_000])
+def test_a_client_that_does_not_read_holds_the_transports_buffer_and_one_answer(size: int) -> None:
+    """docs/hardening.md's bound: the next pipelined request is parsed while the TCP transport holds
+    no more than its buffer (64 KiB) of unsent answers, so a client that reads nothing holds those
+    and the answer that crossed them, whatever the answers' size; the requests behind wait unparsed."""
+    connection = _Connection()
+    resource = _Answering()
+    resource.size = size
+    connection.channel.site.resource = resource
+    connection.socket.room = 0  # the client reads nothing
+    count = 2 + 2 * connection.socket.bufferSize // size
+    connection.send(b"".join(_get(b"/%03d" % index) for index in range(count)))
+    for _ in range(count + 5):
+        connection.loop.turn()
+    unsent = connection.socket.unsent()
+    answer = size + 1_000  # its head and TLS framing
+    assert connection.socket.bufferSize < unsent <= connection.socket.bufferSize + answer
+    assert unsent // answer <= len(resource.held) < count  # the rest are not parsed
+    assert connection.channel._waitingForTransport
 
 
 def test_a_response_whose_send_fails_closes_the_connection() -> None:

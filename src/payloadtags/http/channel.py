@@ -7,8 +7,9 @@ What Twisted does on its own and what is changed here:
 * the body is read whatever the headers say: here reading stops after the headers, the site's
   ``Admission`` (authentication) decides, and only an admitted request's body is read;
 * the response to a pipelined request is written whether or not the client reads: here the next
-  pipelined request waits until the transport has sent the previous response, so one connection holds
-  at most one response and 16 kB of requests;
+  pipelined request waits until the previous response is whole and the transport holds no more than
+  its buffer (64 KiB) unsent, so one connection holds at most that, the response that went past it,
+  and 16 kB of requests;
 * errors found by the HTTP parser are a bare ``400`` with no body: here every refusal is a Kubernetes
   ``Status`` in JSON;
 * a client may dribble a request head or body forever: here the head must arrive within
