@@ -543,7 +543,12 @@ async def start(
         front_proxy_connections=FRONT_PROXY_CONNECTIONS if settings.requestheader_client_ca_file else 0,
     )
     front = Serving(
-        reactor, settings, GuardedTLSFactory(context_factory, False, connections), connections, api, mode
+        reactor,
+        settings,
+        GuardedTLSFactory(context_factory, False, connections, clock=reactor),
+        connections,
+        api,
+        mode,
     )
     registry_probe: defer.Deferred[str] | None = None
 

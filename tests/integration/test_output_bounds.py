@@ -20,8 +20,11 @@ import pytest
 import pytest_twisted
 from twisted.internet import task
 from twisted.internet.threads import deferToThread
+from zope.interface import directlyProvides, providedBy
 
+from payloadtags.http.channel import GuardedTLS
 from tests.support import images
+from tests.support.harness import Pki, start_server
 from tests.support.raw import Reply, Target, read_reply, request_bytes
 
 B = "/apis/payload-registry.deckhouse.io/v1alpha1"
@@ -131,3 +134,37 @@ async def test_a_watch_that_is_not_read_is_paced_and_holds_little(
     assert added == TAGS
     assert size > 6 * BOUND
     assert largest.value < BOUND, (largest.value, size)
+
+
+class _Recording:
+    """The reactor, noting each call scheduled on it: a reactor of the test's own, as a test with a fake
+    clock gives the server."""
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self.scheduled: list[Any] = []
+        directlyProvides(self, providedBy(reactor))
+
+    def callLater(self, delay: float, f: Any, *args: Any, **kwargs: Any) -> Any:
+        self.scheduled.append(f)
+        return self._reactor.callLater(delay, f, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_tls_layer_holds_writes_for_the_turn_on_the_reactor_the_server_was_given(
+    reactor: Any, pki: Pki, registry: Any
+) -> None:
+    """The server's TLS layer sends what a response writes over a turn at the turn's end, a call
+    scheduled on its factory's clock: that is the reactor start() was given, not Twisted's global one,
+    so a test's clock drives it as it drives the rest of the server."""
+    recording = _Recording(reactor)
+    server = await start_server(recording, pki, registry.url)
+    try:
+        response = await server.client(pki.admin).get(f"{B}/namespaces/tls-clock/payloadrepositorytags")
+        assert response.code == 200
+    finally:
+        await server.stop()
+    assert any(isinstance(getattr(f, "__self__", None), GuardedTLS) for f in recording.scheduled)

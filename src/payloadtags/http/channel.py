@@ -40,7 +40,7 @@ from cryptography import x509
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.internet.protocol import Protocol as BaseProtocol
 from twisted.logger import Logger
@@ -1460,7 +1460,6 @@ class GuardedTLS(TLSMemoryBIOProtocol):
 
     def __init__(self, factory: GuardedTLSFactory, wrappedProtocol: Any) -> None:
         super().__init__(factory, wrappedProtocol)
-        self._clock = factory.clock
         self._held: list[bytes] = []
         self._room = self.HOLD
 
@@ -1474,7 +1473,8 @@ class GuardedTLS(TLSMemoryBIOProtocol):
         if self._room < 0:
             self._send_held()
         elif self._flush is None:
-            self._flush = self._clock.callLater(0, self._flush_held)
+            # The factory's clock: TLSMemoryBIOFactory keeps it for its own BufferingTLSTransport.
+            self._flush = self.factory._clock.callLater(0, self._flush_held)
 
     def writeSequence(self, sequence: Any) -> None:
         self.write(b"".join(sequence))
@@ -1566,16 +1566,6 @@ class GuardedTLSFactory(TLSMemoryBIOFactory):
     connection made for it) and is closed by the listening port."""
 
     protocol = GuardedTLS
-
-    def __init__(
-        self, contextFactory: Any, isClient: bool, wrappedFactory: Any, clock: IReactorTime | None = None
-    ) -> None:
-        if clock is None:
-            from twisted.internet import reactor as default_reactor
-
-            clock = default_reactor
-        super().__init__(contextFactory, isClient, wrappedFactory, clock)
-        self.clock: IReactorTime = clock
 
     def buildProtocol(self, addr: Any) -> GuardedTLS | None:  # type: ignore[override]
         inner = self.wrappedFactory.buildProtocol(addr)
