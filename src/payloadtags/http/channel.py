@@ -1510,8 +1510,10 @@ class GuardedTLS(TLSMemoryBIOProtocol):
         # answers why the connection is lost when the send fails (a reset, a closed socket),
         # where the reactor would close the transport with that reason: here the transport is
         # aborted (its connectionLost, ConnectionAborted, comes in the next turn; not in this
-        # call, under the channel that is finishing a response). Not while it is closing: its
-        # last send would close it there and then.
+        # call, under the channel that is finishing a response), ahead of the next pipelined
+        # request's parse, which requestDone schedules after this call: nothing more is parsed
+        # or served for a client that is gone. Not while it is closing: its last send would
+        # close it there and then.
         if tcp.doWrite() is not None:
             abort = getattr(tcp, "abortConnection", None)
             if abort is not None:
