@@ -285,7 +285,7 @@ def test_pipelined_requests_are_answered_in_order_each_in_the_turn_that_ends_it(
     assert answered.count(b"HTTP/1.1 200 OK") == 3
 
 
-def test_a_client_that_does_not_read_holds_one_response_and_the_next_request_waits() -> None:
+def test_a_client_that_does_not_read_a_large_response_holds_it_alone_and_the_next_request_waits() -> None:
     """Backpressure: a large answer to a client that reads nothing stays in the TCP transport (one
     response's worth), the pipelined request behind it is not parsed, and once the client reads it
     all, the next request is answered and sent as before."""
