@@ -33,6 +33,8 @@ CHECK_REPOSITORY = "payloadtags-check/deletes"
 CHECK_TAG = "check"
 CREDENTIAL_FLAGS = "--registry-username-file/--registry-password-file"
 TLS_WORDS = ("certificate", "ssl", "tls", "handshake")
+# registry/transport.py's words when a certificate does not name the host asked: no CA fixes that.
+NAME_MISMATCH = "certificate does not match"
 # OpenSSL's words when the first bytes back are no TLS record: the port answered in plain text.
 NOT_TLS = "wrong version number"
 # What HTTPS servers answer a plain HTTP request with (Go's net/http, as distribution's; nginx).
@@ -67,6 +69,12 @@ def _hint(error: RegistryError, url: str | None = None) -> str:
                 "configuration names it (its token realm, or where its storage redirects reads), and should "
                 "give it with http://"
             )
+        if NAME_MISMATCH in lowered:
+            return (
+                f"{text}; that server's certificate does not name the host the registry gives it by "
+                "(no CA fixes that): correct the host in the registry's configuration (its token realm, or "
+                "where its storage redirects reads), or that server's certificate"
+            )
         if any(word in lowered for word in TLS_WORDS):
             return (
                 f"{text}; if that server's certificate is signed by a private CA, give that CA with "
@@ -78,6 +86,11 @@ def _hint(error: RegistryError, url: str | None = None) -> str:
         # https:// to a plain-HTTP registry (the README's own example is one): no CA would help.
         use = _with_scheme(url, "http") if url else "http://"
         return f"{text}; the port does not speak TLS (it answered in plain text): use {use} in --registry-url"
+    if NAME_MISMATCH in lowered:
+        return (
+            f"{text}; the registry's certificate does not name the host in --registry-url "
+            "(no CA fixes that): give --registry-url a host its certificate names"
+        )
     if any(word in lowered for word in TLS_WORDS):
         return (
             f"{text}; if the registry's certificate is signed by a private CA, give that CA with "

@@ -77,7 +77,15 @@ from .errors import (
 from .interface import Sent, Waiting, WriteHooks
 from .late import LateWrites, namespace_of
 from .queue import RepositoryQueue
-from .transport import BodyTooLarge, BytesProducer, KeptEndpoints, OriginRequests, TLSPolicy, read_body
+from .transport import (
+    BodyTooLarge,
+    BytesProducer,
+    FollowedAgent,
+    KeptEndpoints,
+    OriginRequests,
+    TLSPolicy,
+    read_body,
+)
 
 ACCEPT_MANIFESTS = ", ".join(MANIFEST_MEDIA_TYPES)
 DELETE_NONCE_ANNOTATION = "io.deckhouse.payloadtags.delete-nonce"
@@ -293,9 +301,6 @@ class RegistryClient:
             if self._base.isascii():
                 self._origin = OriginRequests(self._pool, endpoints, f"{parts.scheme}://{parts.netloc}")
         self._agent = agent
-        # Blob reads follow redirects (storage backends like S3 answer with one) on the Agent too;
-        # the Authorization header is dropped when a redirect leads to another origin.
-        self._redirecting = RedirectAgent(agent)
         self._http = HTTPClient(agent, data_to_body_producer=BytesProducer)
         # The pool keeps idle connections; this bounds the busy ones, so a burst of API requests
         # queues here instead of opening hundreds of sockets to the registry.
@@ -1783,13 +1788,11 @@ class RegistryClient:
             # Reads go straight to the Agent: treq's URL and cookie handling cost more CPU than the
             # rest of a small tags/list exchange (its IDNA checks alone a tenth of a single-tag GET's
             # CPU, through the config blob), and a read needs neither.
-            agent = self._redirecting if redirects else self._agent
-            response = await agent.request(
-                method.encode("ascii"),
-                url.encode("ascii"),
-                Headers(cast("dict[str, list[str]]", request_headers)),  # all str, as built above
-                None,
-            )
+            sent = Headers(cast("dict[str, list[str]]", request_headers))  # all str, as built above
+            if redirects:
+                response = await self._redirected(method, url, sent)
+            else:
+                response = await self._agent.request(method.encode("ascii"), url.encode("ascii"), sent, None)
         else:
             response = await self._http.request(
                 method,
@@ -1806,6 +1809,22 @@ class RegistryClient:
             answered_by = response.request.absoluteURI.decode("ascii", "replace")
         return _Reply(method, url, response.code, response.headers, content, answered_by, self._name)
 
+    async def _redirected(self, method: str, url: str, headers: Headers) -> IResponse:
+        """A read that follows redirects (storage backends like S3 answer blob reads with one), on the
+        Agent too; the Authorization header is dropped when a redirect leads to another origin. A
+        failure where a redirect led is said as that server's (`RegistryUnavailable.elsewhere`)."""
+        followed = FollowedAgent(self._agent)
+        try:
+            response: IResponse = await RedirectAgent(followed).request(
+                method.encode("ascii"), url.encode("ascii"), headers
+            )
+            return response
+        except Exception as error:
+            target = (followed.last or b"").decode("ascii", "replace")
+            if not target or target == url or is_cancellation(error):
+                raise
+            raise self._transport_error(error, method, target) from error
+
     # --- answers ----------------------------------------------------------------------------------
 
     def _transport_error(
@@ -1813,7 +1832,7 @@ class RegistryClient:
     ) -> RegistryError:
         if peer is not None:
             where = peer
-        elif url.startswith(self._base):
+        elif _origin(url) == _origin(self._base):
             where = f"registry {self._name}"
         else:
             where = f"registry {self._name} (via {_origin_text(url)})"
@@ -1850,7 +1869,7 @@ class RegistryClient:
                 retry_after=DEFAULT_RETRY_AFTER,
             )
             unavailable.unanswered = unanswered
-            unavailable.elsewhere = peer is not None or not url.startswith(self._base)
+            unavailable.elsewhere = peer is not None or _origin(url) != _origin(self._base)
             return unavailable
         log.failure("Unexpected failure talking to {where}", Failure(error), where=where)
         return RegistryProtocolError(f"{where}: unexpected failure: {reason}")

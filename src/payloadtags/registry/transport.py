@@ -17,7 +17,14 @@ from twisted.web._newclient import Request
 from twisted.web.client import URI, HTTPConnectionPool, ResponseDone, _StandardEndpointFactory
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS, IResponse
+from twisted.web.iweb import (
+    UNKNOWN_LENGTH,
+    IAgent,
+    IAgentEndpointFactory,
+    IBodyProducer,
+    IPolicyForHTTPS,
+    IResponse,
+)
 from zope.interface import implementer
 
 
@@ -251,3 +258,24 @@ def read_body(response: IResponse, limit: int, truncate: bool = False) -> Deferr
 
 
 __all__ = ["BodyTooLarge", "BytesProducer", "KeptEndpoints", "OriginRequests", "TLSPolicy", "read_body"]
+
+
+@implementer(IAgent)
+class FollowedAgent:
+    """The Agent one redirecting request follows its redirects on, noting the last URI it asked: a
+    failure there (a storage backend's TLS) is that server's, not the registry's. One per request,
+    as concurrent requests each follow their own redirects."""
+
+    def __init__(self, agent: IAgent) -> None:
+        self._agent = agent
+        self.last: bytes | None = None
+
+    def request(
+        self,
+        method: bytes,
+        uri: bytes,
+        headers: Headers | None = None,
+        bodyProducer: IBodyProducer | None = None,
+    ) -> Deferred[IResponse]:
+        self.last = uri
+        return self._agent.request(method, uri, headers, bodyProducer)
