@@ -7,7 +7,9 @@ naming the flag or the file.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -123,6 +125,16 @@ def _unverified_cluster_warning(settings: Settings, cluster: ClusterConfig) -> t
     # kubectl says nothing of it, but a server is not a CLI: every identity (TokenReview) and access rule
     # (the RBAC objects) it acts on comes over this connection, and its own credential goes there.
     where = f"--kubeconfig {settings.kubeconfig}" if settings.kubeconfig else "in-cluster configuration"
+    if not cluster.uses_tls and _is_loopback(cluster.server):
+        # `kubectl proxy` (or a sidecar like it) holds the credential itself and serves plain HTTP on
+        # loopback: there is no network path to read, so the warning below would send the operator after
+        # an https:// URL that does not exist. What still holds is said instead.
+        return (
+            f"{where}: the cluster API's server is plain http:// on loopback (as `kubectl proxy` serves): "
+            "nothing on that connection crosses a network, and only processes on this host (in a pod, its "
+            "containers) can read or answer it; if what listens there passes requests on to another machine "
+            "in plain text, that leg is as open as an http:// server elsewhere",
+        )
     if not cluster.uses_tls:
         # Worse than an unverified certificate (and insecure-skip-tls-verify means nothing here): the
         # credential can be read off the wire by anyone who sees the traffic, not only by a machine in the
@@ -142,6 +154,16 @@ def _unverified_cluster_warning(settings: Settings, cluster: ClusterConfig) -> t
         "deciding who callers are (TokenReview) and what they may read and delete (the RBAC objects), and "
         "can take the credential payloadtags sends; give the cluster's CA (certificate-authority) instead",
     )
+
+
+def _is_loopback(server: str) -> bool:
+    host = urllib.parse.urlsplit(server).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):  # RFC 6761: always loopback
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _proxy_notice(environ: Mapping[str, str]) -> tuple[str, ...]:

@@ -262,7 +262,7 @@ def test_a_kubeconfig_whose_server_is_plain_http_starts_with_a_warning_saying_wh
     # ops2's note on N3: http:// has the risk of insecure-skip-tls-verify and more (the token in clear), and
     # started without a word. One warning, the one whose fix works: a CA alone would not help here.
     token = "s3cr3t-token"
-    cluster = {"server": "http://127.0.0.1:1", **insecure}
+    cluster = {"server": "http://cluster.test:1", **insecure}
     path = _kubeconfig(tmp_path, cluster, {"token": token}, {"cluster": "c", "user": "u"})
     (warning,) = complete(settings(kubeconfig=str(path)), environ=NO_POD).warnings
     assert warning.startswith(f"--kubeconfig {path}: the cluster API's server is plain http://, so "), warning
@@ -276,6 +276,23 @@ def test_a_kubeconfig_whose_server_is_plain_http_starts_with_a_warning_saying_wh
     fix = "use its https:// URL in server and give the cluster's CA (certificate-authority)"
     assert warning.endswith(fix)
     assert token not in warning
+
+
+@pytest.mark.parametrize("server", ["http://127.0.0.1:8001", "http://[::1]:8001", "http://localhost:8001"])
+def test_a_kubeconfig_whose_server_is_plain_http_on_loopback_is_not_told_of_a_network_path(
+    tmp_path: Path, server: str
+) -> None:
+    # review r2d N1: `kubectl proxy` serves plain HTTP on loopback and holds the credential itself; the
+    # warning spoke of "whoever is on the network path" and told to use an https:// URL it does not have.
+    cluster = {"server": server}
+    path = _kubeconfig(tmp_path, cluster, {"token": "s3cr3t-token"}, {"cluster": "c", "user": "u"})
+    (warning,) = complete(settings(kubeconfig=str(path)), environ=NO_POD).warnings
+    assert warning == (
+        f"--kubeconfig {path}: the cluster API's server is plain http:// on loopback (as `kubectl proxy` "
+        "serves): nothing on that connection crosses a network, and only processes on this host (in a pod, "
+        "its containers) can read or answer it; if what listens there passes requests on to another machine "
+        "in plain text, that leg is as open as an http:// server elsewhere"
+    )
 
 
 def test_the_unspecified_address_socket_takes_both_families() -> None:
