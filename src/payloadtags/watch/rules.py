@@ -493,7 +493,10 @@ class RulesLedger:
         def kept(namespace: str) -> bool:
             # ``listing`` even where she may read nothing, which the lists' check below lets go: its
             # last tags deleted while the list read, it was dated by that DELETED, after the list's
-            # resourceVersion, and the watch from that list was a needless 410.
+            # resourceVersion, and the watch from that list was a needless 410. Only at the trim its
+            # own decision starts: a later trim of the same list (its next decisions in other
+            # namespaces) has another ``listing`` and may still drop it so, the needless 410 back
+            # (left by design, report-trim: a namespace where she reads nothing, not the listing one).
             if namespace == listing or namespace in unread:
                 return True
             # One a list decided in where the rules noted for her let her read nothing showed nothing.
