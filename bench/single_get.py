@@ -186,9 +186,11 @@ def start_server(
     src: str | None = None,
     profile: str | None = None,
     name: str = "payloadtags",
+    extra: tuple[str, ...] = (),
 ) -> tuple[subprocess.Popen[bytes], str]:
     """payloadtags behind the front proxy (AlwaysAllow), its output in ``work/<name>.log``. ``src``: run
-    another tree's server code (its src, first on PYTHONPATH); ``profile``: run it under cProfile."""
+    another tree's server code (its src, first on PYTHONPATH); ``profile``: run it under cProfile;
+    ``extra``: more flags."""
     port = free_port()
     # CPU time, not wall time: on a busy machine wall time charges other processes' turns to
     # whichever call the server was in (a socket send, say).
@@ -203,6 +205,7 @@ def start_server(
                 *pki.standalone_args(port, registry_url),
                 f"--requestheader-client-ca-file={proxy_ca.cert_file}",
                 "--requestheader-allowed-names=front-proxy-client",
+                *extra,
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,
