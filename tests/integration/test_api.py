@@ -1926,6 +1926,55 @@ async def test_discovery(api):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_path_with_an_empty_segment_is_answered_as_an_unknown_path_not_redirected(
+    api, registry, repo
+):
+    """werkzeug merged ``//`` and answered 308 with no Location (report-r2c F1), before authentication;
+    the aggregator makes any redirect a 502. Such a path is now one no route serves: for anyone, what
+    ``/nope`` gets (a 404 without a body; with one, authentication first, then the 404)."""
+    namespace, _ = split(repo)
+    _, item = _v1_as_admin(api, registry, repo)
+    base = collection(namespace)
+    target = Target(api.running.port, str(api.pki.server_ca.cert_file))
+
+    async def ask(method: str, url: str, user: Any) -> tuple[int, str | None, str | None]:
+        body = b"{}" if method == "POST" else b""
+        headers = {"Content-Type": "application/json"} if body else {}
+        reply = await deferToThread(exchange, target, request_bytes(method, url, headers, body), user)
+        assert not 300 <= reply.code < 400, (method, url, reply.code, reply.headers, reply.body)
+        assert "location" not in reply.headers, (method, url, reply.headers)
+        if method == "HEAD":
+            return reply.code, None, None
+        status = reply.json()
+        return reply.code, status.get("reason"), status.get("message")
+
+    doubled = (
+        base.replace("/namespaces/", "/namespaces//"),
+        f"{base}//",
+        f"{item}//",
+        item.replace("/payloadrepositorytags/", "/payloadrepositorytags//"),
+        f"/apis//{GROUP}",
+        "/apis//",
+        f"{B}//",
+        "/healthz//",
+        "/version//",
+    )
+    for user in (None, api.pki.admin):
+        for method in ("GET", "HEAD", "DELETE", "POST"):
+            unknown = await ask(method, "/nope", user)
+            expected = 401 if user is None and method == "POST" else 404
+            assert unknown[0] == expected, (method, user, unknown)
+            for url in doubled:
+                if method == "POST" and url.startswith("/healthz"):
+                    continue  # refused for its body before anything else, whatever the path after it
+                assert await ask(method, url, user) == unknown, (method, url, user)
+    # One trailing slash is the path without it (strict_slashes=False), not a redirect to it.
+    for url, served in ((base, 200), (item, 200), ("/apis", 200), (B, 200), ("/version", 200)):
+        assert (await ask("GET", f"{url}/", api.pki.admin))[0] == served, url
+        assert (await ask("GET", f"{url}/", None))[0] == 401, url
+
+
+@pytest_twisted.ensureDeferred
 async def test_anonymous_requests_are_401_but_health_is_open(api):
     anonymous = api.client(None)
     status = assert_status(await anonymous.get(collection("ns1")), 401, "Unauthorized")

@@ -425,6 +425,15 @@ class ApiServer:
     _direct: dict[int, list[_DirectRoute]] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
+        # werkzeug answers a path it would serve once its slashes are merged (``a//b``), or once a
+        # slash is added or a rule's defaults dropped, with a redirect; Klein sends it as a 3xx with
+        # no Location, which no client follows and the aggregator turns into a 502. kube-apiserver
+        # redirects none of them: such a path is one no route serves, a 404. The routes add no
+        # trailing slashes (strict_slashes=False each), defaults or redirect_to of their own.
+        url_map = self.app.url_map
+        url_map.merge_slashes = False
+        url_map.strict_slashes = False
+        url_map.redirect_defaults = False
         self._routes()
 
     def resource(self) -> Resource:
@@ -713,8 +722,8 @@ class ApiServer:
         does not serve, which Klein then routes.
 
         Served only where Klein's match is plain: a GET whose path has no percent-escapes, empty or
-        dot segments or trailing slash (Twisted unquotes segments and werkzeug merges slashes and
-        redirects; those go through Klein)."""
+        dot segments or trailing slash (Twisted unquotes segments, werkzeug strips leading slashes
+        and serves a trailing one; those go through Klein)."""
         path = request.path
         if (
             request.method != b"GET"
