@@ -932,6 +932,36 @@ def test_exec_args_and_env_of_the_wrong_shape_are_refused_as_kubectl_refuses_the
     _refused_without_the_value(tmp_path, path, problem)
 
 
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        ("'../plugin --client-secret=s3cr3t'", "string"),
+        ("''", "string"),
+        ("[../plugin, --client-secret=s3cr3t]", "array"),
+        ("[]", "array"),
+        ("3", "number"),
+        ("true", "bool"),
+    ],
+)
+def test_an_exec_that_is_not_a_mapping_is_refused_in_one_line_as_kubectl_refuses_it(
+    tmp_path: Path, value: str, kind: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # It was read: the library made a plugin of it, failed (TypeError) and logged
+    # "ERROR:root:string indices must be integers" while the start went on without it (report-r2c L1).
+    path = exec_kubeconfig(tmp_path)
+    path.write_text(re.sub(r"    exec:\n(      .*\n)+", f"    exec: {value}\n", path.read_text()))
+    refused = kubectl_view(path)
+    assert isinstance(refused, str), refused
+    assert f"cannot unmarshal {kind} into Go struct field AuthInfo.users.user.exec" in refused
+    with pytest.raises(ConfigError) as raised:
+        load_cluster_config(str(path))
+    said = {"string": "a string", "array": "a list", "number": "a number", "bool": "a boolean"}[kind]
+    assert str(raised.value) == f'kubeconfig {str(path)!r}: user "u": exec must be a mapping, not {said}'
+    assert "s3cr3t" not in str(raised.value)
+    assert "ERROR" not in capfd.readouterr().err
+    assert not (tmp_path / "seen").exists()
+
+
 def test_the_plugin_runs_in_the_callers_directory_its_relative_command_found_beside_the_kubeconfig(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1045,7 +1045,16 @@ def _chosen(
             else f'kubeconfig {path!r}: cluster was not specified for context "{context_name}"'
         )
     _booleans(cluster, _CLUSTER_BOOLEANS)
-    if isinstance(user.get("exec"), dict):
+    exec_section = user.get("exec")
+    if exec_section is not None and not isinstance(exec_section, dict):
+        # As client-go, which refuses the file ("cannot unmarshal string into Go struct field
+        # AuthInfo.users.user.exec"); the library took a string or a list for a plugin, failed on it
+        # and only logged that (`ERROR:root:`), going on without it. The value is not shown: a hand
+        # edit may have put a command line with a secret here.
+        raise ConfigError(
+            f'kubeconfig {path!r}: user "{user_name}": exec must be a mapping, not {_kind(exec_section)}'
+        )
+    if isinstance(exec_section, dict):
         _booleans(user["exec"], _EXEC_BOOLEANS)
         # Any value the kubernetes library takes for true handed the plugin the cluster's details, a
         # quoted "false" included; client-go refuses the file.
