@@ -46,8 +46,14 @@ def without_line_ends(text: str) -> str:
 
 def unpadded_urlsafe_b64decode(text: str) -> bytes:
     """URL-safe base64 written without its padding (Go's RawURLEncoding, JWS) decoded, as Python's
-    decoding does it (characters outside the alphabet dropped: a caller that refuses them checks
-    first). Raises binascii.Error for text no padding makes whole (a length of 1 modulo 4)."""
+    lenient decoding does it. It takes more than Go's decoder: padded text (``AB==``, ``AB=``), the
+    standard alphabet's ``+`` and ``/`` (as ``-`` and ``_``), and other ASCII characters, which are
+    dropped (``AB!CD``; ``!!!!`` is empty): a caller that must refuse them checks the text first.
+
+    Raises binascii.Error (a ValueError) when what is left is no whole base64: a length of 1 modulo 4
+    (``A``, ``ABCDE``); the padding, counted before the characters were dropped, wrong for what is
+    left (``AB!``, ``ABC!``); an ``=`` before the end (``AB=C``). Raises a plain ValueError, not
+    binascii.Error, for text that is not ASCII (``é``)."""
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 

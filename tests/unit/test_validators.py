@@ -27,3 +27,27 @@ def test_unpadded_urlsafe_base64_decodes_what_go_raw_url_encoding_writes(data: b
 def test_unpadded_urlsafe_base64_of_a_length_no_padding_makes_whole_is_an_error() -> None:
     with pytest.raises(binascii.Error):
         unpadded_urlsafe_b64decode("abcde")
+
+
+@pytest.mark.parametrize(
+    ("text", "decoded"),
+    [("AB==", b"\x00"), ("AB=", b"\x00"), ("a+/b", b"k\xef\xdb"), ("AB!CD", b"\x00\x10\x83"), ("!!!!", b"")],
+)
+def test_unpadded_urlsafe_base64_takes_what_its_docstring_says_go_refuses(text: str, decoded: bytes) -> None:
+    # Padding, the standard alphabet, characters dropped: what a caller checks first if it must refuse them
+    # (report-r2c N2: the docstring named one failure and none of these).
+    assert unpadded_urlsafe_b64decode(text) == decoded
+
+
+@pytest.mark.parametrize("text", ["A", "ABCDE", "AB!", "ABC!", "AB=C"])
+def test_unpadded_urlsafe_base64_that_is_no_whole_base64_once_dropped_is_a_binascii_error(text: str) -> None:
+    with pytest.raises(binascii.Error):
+        unpadded_urlsafe_b64decode(text)
+
+
+def test_unpadded_urlsafe_base64_that_is_not_ascii_is_a_plain_value_error() -> None:
+    # Not a binascii.Error: `except binascii.Error` (schema1's _unb64) lets it through as the ValueError
+    # its callers expect.
+    with pytest.raises(ValueError) as raised:
+        unpadded_urlsafe_b64decode("é")
+    assert not isinstance(raised.value, binascii.Error)
