@@ -22,6 +22,7 @@ import attrs
 from payloadtags import __version__
 from payloadtags.limits import HttpLimits, WatchLimits
 from payloadtags.registry import RegistrySettings
+from payloadtags.registry_diagnosis import CREDENTIAL_FLAGS
 from payloadtags.settings import (
     AUTHORIZATION_MODES,
     DEFAULT_ALWAYS_ALLOW_PATHS,
@@ -30,7 +31,7 @@ from payloadtags.settings import (
     Settings,
 )
 from payloadtags.tls import CIPHER_SUITES
-from payloadtags.validators import address_problem
+from payloadtags.validators import address_problem, at_in_authority, has_userinfo, without_userinfo
 
 # What `payloadtags --help` says (the module's docstring is for developers).
 DESCRIPTION = (
@@ -257,7 +258,17 @@ class _Parser(argparse.ArgumentParser):
         return unknown
 
     def error(self, message: str) -> NoReturn:
-        self.exit(1, f"{self.prog}: {message} (see {self.prog} --help)\n")
+        self.exit(1, f"{self.prog}: {_without_passwords(message)} (see {self.prog} --help)\n")
+
+
+def _without_passwords(message: str) -> str:
+    """argparse's message with what may be a URL's user:password@ redacted in each word: it echoes what
+    was typed (--registry_url=https://user:pw@…, a URL left without its flag), and goes to the pod's log."""
+    words = []
+    for word in message.split(" "):
+        flag, equals, value = word.partition("=") if word.startswith("-") else ("", "", word)
+        words.append(flag + equals + without_userinfo(value) if "@" in value else word)
+    return " ".join(words)
 
 
 class _Help(argparse.HelpFormatter):
@@ -731,6 +742,19 @@ def _secret(file_path: str | None, env: str, flag: str, errors: list[str]) -> st
 
 def _check_registry_url(text: str, errors: list[str]) -> str:
     url = text.strip().rstrip("/")
+    if has_userinfo(url):
+        # These lines go to the pod's log: the URL is shown with all before its last '@' redacted, and
+        # nothing parsed from it is: with a password in it, where the host begins is a guess (a password
+        # may hold '/', '?', '#' or '['), and a path, port or urlsplit's own error could be a piece of it.
+        errors.append(
+            f"--registry-url {without_userinfo(url)!r} must not carry credentials (user:password@ before "
+            f"the host); use {CREDENTIAL_FLAGS}"
+            if at_in_authority(url)
+            else f"--registry-url {without_userinfo(url)!r} has an '@' after its host, refused since it may "
+            "end a password that holds '/', '?' or '#' (user:password@): give the registry's root, scheme "
+            f"and host[:port], and its credentials with {CREDENTIAL_FLAGS}"
+        )
+        return url
     try:
         parts = urlsplit(url)
     except ValueError as error:  # e.g. an unclosed IPv6 bracket
@@ -739,10 +763,6 @@ def _check_registry_url(text: str, errors: list[str]) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         errors.append(f"--registry-url must be an http:// or https:// URL, not {text!r}")
         return url
-    if parts.username or parts.password:
-        errors.append(
-            "--registry-url must not carry credentials; use --registry-username-file/--registry-password-file"
-        )
     if parts.query or parts.fragment:
         errors.append(f"--registry-url {text!r} must not have a query or fragment")
     if parts.path in ("/v2", "/v2/") or parts.path.endswith("/v2"):
@@ -764,7 +784,12 @@ def _check_registry_url(text: str, errors: list[str]) -> str:
 def _check_registry_host(text: str | None, errors: list[str]) -> None:
     if not text:
         return  # unset or empty (as the base manifests pass it): the URL's host[:port]
-    if "://" in text:
+    if has_userinfo(text):
+        # Shown redacted and not parsed, as --registry-url: a piece of it could be a password.
+        errors.append(
+            f"--registry-host {without_userinfo(text)!r} must be host[:port], without user:password@"
+        )
+    elif "://" in text:
         try:
             example = urlsplit(text).netloc
         except ValueError:

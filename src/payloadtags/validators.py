@@ -87,11 +87,47 @@ def address_problem(parts: SplitResult) -> str | None:
     return None
 
 
+def userinfo_span(url: str) -> tuple[int, int]:
+    """Where a URL's possible ``user:password`` starts and ends (empty when it has no ``@``): from the
+    authority's start (after ``//``; a URL without it is taken as authority first) to the last ``@``
+    anywhere after it. The authority ends at the first ``/``, ``?`` or ``#`` for urlsplit and Go's
+    url.Parse alike, but a password may hold those unencoded (base64 ones hold ``/``): an ``@`` after
+    them may still end a password, which the URL's host (a port that is not one) would then show."""
+    start = url.find("//")
+    start = 0 if start < 0 else start + 2
+    return start, max(url.rfind("@", start), start)
+
+
+def has_userinfo(url: str) -> bool:
+    """Whether a URL may carry ``user[:password]@`` before its host."""
+    start, end = userinfo_span(url)
+    return end > start or url.startswith("@", start)
+
+
+def at_in_authority(url: str) -> bool:
+    """Whether an ``@`` stands before the first ``/``, ``?`` or ``#`` after the authority's start: user
+    information as URL parsers read it, rather than an ``@`` that only may end a password."""
+    start = userinfo_span(url)[0]
+    ends = [found for found in (url.find(c, start) for c in "/?#") if found >= 0]
+    return "@" in url[start : min(ends, default=len(url))]
+
+
+def without_userinfo(url: str) -> str:
+    """The URL with any ``user:password@`` replaced, for every message, log line and repr that
+    shows a server (the cluster API's, the registry's)."""
+    start, end = userinfo_span(url)
+    return url[:start] + "<redacted>" + url[end:] if has_userinfo(url) else url
+
+
 __all__ = [
     "address_problem",
+    "at_in_authority",
     "bounded_decimal",
+    "has_userinfo",
     "positive",
     "unpadded_urlsafe_b64decode",
+    "userinfo_span",
     "utf8_encodable",
     "without_line_ends",
+    "without_userinfo",
 ]

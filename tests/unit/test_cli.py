@@ -243,6 +243,58 @@ def test_usage_errors(argv, message):
     assert len(raised.value.errors) == 1
 
 
+# review r2b F1: a password in --registry-url was echoed by every other message, and the /v2 and path
+# advice even gave it back ("give https://al1ce:s3cret@reg.example"). Each of these went through one
+# path that echoed the URL (or a piece urlsplit parsed out of it: its path, its bracketed "host").
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--registry-url=https://al1ce:s3cret@reg.example/v2"], "'https://<redacted>@reg.example/v2' must"),
+        (["--registry-url=https://al1ce:s3cret@reg.example/team"], "must not carry credentials"),
+        (["--registry-url=https://al1ce:s3cret@reg.example/?a=1#f"], "must not carry credentials"),
+        (["--registry-url=ftp://al1ce:s3cret@reg.example"], "'ftp://<redacted>@reg.example' must not carry"),
+        (["--registry-url=al1ce:s3cret@reg.example:5000"], "'<redacted>@reg.example:5000' must not carry"),
+        (["--registry-url=https://al1ce:s3cret@bad_host"], "must not carry credentials"),
+        (["--registry-url=https://al1ce:s3cret@reg:port"], "must not carry credentials"),
+        (["--registry-url=http://al1ce:[s3cret]@reg.example"], "must not carry credentials"),
+        (["--registry-url=https://al1ce:[s3cret@reg.example"], "must not carry credentials"),
+        # A password holding '/' (base64 ones do): urlsplit takes "/s3cret@reg.example" for the path.
+        (["--registry-url=https://al1ce:ab/s3cret@reg.example"], "'https://<redacted>@reg.example' has"),
+        (["--registry-url=https://al1ce:ab?s3cret@reg.example"], "has an '@' after its host"),
+        (["--registry-host=al1ce:s3cret@reg.example"], "-host '<redacted>@reg.example' must be"),
+        (["--registry-host=https://al1ce:s3cret@reg.example"], "without user:password@"),
+        (["--registry-host=al1ce:[s3cret]@reg.example"], "without user:password@"),
+    ],
+)
+def test_no_message_shows_a_password_given_in_a_registry_flag(argv, message):
+    args = _parser().parse_args(["serve", "--registry-url=http://127.0.0.1:5000", *argv])
+    with pytest.raises(UsageError, match=message) as raised:
+        settings_from(args)
+    assert len(raised.value.errors) == 1
+    assert "s3cret" not in str(raised.value) and "al1ce" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (
+            ["serve", "--registry_url=https://al1ce:s3cret@reg.example"],
+            "--registry_url=https://<redacted>@reg",
+        ),
+        (["serve", "--registry_url=al1ce:s3cret@reg.example"], "--registry_url=<redacted>@reg.example"),
+        (["serve", "--registry-url=http://x", "https://al1ce:s3cret@reg.example"], "https://<redacted>@reg"),
+        (["--registry-url=https://al1ce:s3cret@reg.example", "serve"], "required: --registry-url"),
+    ],
+)
+def test_argparse_errors_show_no_password_typed_with_a_url(capsys, argv, said):
+    # argparse echoes what was typed: a misspelt --registry-url, or a URL left without its flag.
+    with pytest.raises(SystemExit):
+        main(argv)
+    err = capsys.readouterr().err
+    assert said in err
+    assert "s3cret" not in err and "al1ce" not in err
+
+
 @pytest.mark.parametrize(
     "argv",
     [

@@ -207,6 +207,23 @@ def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://al1ce:s3cret@reg.example",
+        "ftp://al1ce:s3cret@reg.example",
+        "https://al1ce:[s3cret]@reg.example",  # urlsplit's own error quoted the bracketed "host"
+        "https://al1ce:ab/s3cret@reg.example",  # a password with '/': urlsplit sees no user at all
+    ],
+)
+def test_the_settings_refuse_a_url_with_credentials_without_showing_them(url: str) -> None:
+    # review r2b F1: a refusal's message goes wherever its caller logs it.
+    with pytest.raises(ValueError, match="must not contain credentials") as raised:
+        RegistrySettings(url=url)
+    assert "s3cret" not in str(raised.value) and "al1ce" not in str(raised.value)
+    assert "<redacted>@reg.example" in str(raised.value)
+
+
 # --- timeouts and connection limits ---------------------------------------------------------------------
 
 

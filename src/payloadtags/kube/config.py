@@ -23,7 +23,13 @@ from urllib.parse import urlsplit
 import attrs
 
 from payloadtags.kube.execcred import ExecPlugin, PluginError, run_plugin_blocking
-from payloadtags.validators import address_problem, without_line_ends
+from payloadtags.validators import (
+    address_problem,
+    at_in_authority,
+    has_userinfo,
+    without_line_ends,
+    without_userinfo,
+)
 
 if TYPE_CHECKING:
     from kubernetes.client import Configuration
@@ -41,39 +47,8 @@ def _redact(value: object) -> str:
     return "None" if value is None else "'<redacted>'"
 
 
-def _userinfo(url: str) -> tuple[int, int]:
-    """Where a URL's possible ``user:password`` starts and ends (empty when it has no ``@``): from the
-    authority's start (after ``//``; a URL without it is taken as authority first) to the last ``@``
-    anywhere after it. The authority ends at the first ``/``, ``?`` or ``#`` for urlsplit and Go's
-    url.Parse alike, but a password may hold those unencoded (base64 ones hold ``/``): an ``@`` after
-    them may still end a password, which the URL's host (a port that is not one) would then show."""
-    start = url.find("//")
-    start = 0 if start < 0 else start + 2
-    return start, max(url.rfind("@", start), start)
-
-
-def _has_userinfo(url: str) -> bool:
-    """Whether a URL may carry ``user[:password]@`` before its host."""
-    start, end = _userinfo(url)
-    return end > start or url.startswith("@", start)
-
-
-def _at_in_authority(url: str) -> bool:
-    """Whether an ``@`` stands before the first ``/``, ``?`` or ``#`` after the authority's start: user
-    information as URL parsers read it, rather than an ``@`` that only may end a password."""
-    start = _userinfo(url)[0]
-    ends = [found for found in (url.find(c, start) for c in "/?#") if found >= 0]
-    return "@" in url[start : min(ends, default=len(url))]
-
-
-def _without_userinfo(url: str) -> str:
-    """The URL with any ``user:password@`` replaced, for every message and repr that shows a server."""
-    start, end = _userinfo(url)
-    return url[:start] + "<redacted>" + url[end:] if _has_userinfo(url) else url
-
-
 def _redact_url(value: object) -> str:
-    return repr(_without_userinfo(value) if isinstance(value, str) else value)
+    return repr(without_userinfo(value) if isinstance(value, str) else value)
 
 
 _EXCLUSIVE = (
@@ -119,7 +94,7 @@ class ClusterConfig:
     @server.validator
     def _check_server(self, _attribute: attrs.Attribute[Any], value: str) -> None:
         if not value.startswith(("https://", "http://")):
-            raise ValueError(f"cluster server must be an http(s) URL, not {_without_userinfo(value)!r}")
+            raise ValueError(f"cluster server must be an http(s) URL, not {without_userinfo(value)!r}")
 
     def __attrs_post_init__(self) -> None:
         for a, b in _EXCLUSIVE:
@@ -283,7 +258,7 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
         cluster = _with_plugin_credential(cluster, plugin, path)
     problem = _server_problem(cluster.server)
     if problem:
-        server = _without_userinfo(cluster.server)
+        server = without_userinfo(cluster.server)
         raise ConfigError(f"kubeconfig {path!r}: cluster server {server!r}: {problem}")
     namespace = context_entry.get("namespace")
     return attrs.evolve(cluster, namespace=namespace or None, warnings=warnings)
@@ -1067,12 +1042,12 @@ def _chosen(
     _check_user(user, f'kubeconfig {path!r}: user "{user_name}"')
     if not cluster.get("server"):
         raise ConfigError(f'kubeconfig {path!r}: cluster "{cluster_name}" has no server')
-    if _has_userinfo(cluster["server"]):
+    if has_userinfo(cluster["server"]):
         # client-go would send them as Basic credentials; we would fail on every connection instead.
         # The server is not shown: it holds a password. Any '@' counts, even after a '/', '?' or '#':
         # it may end a password that holds them.
         where = f'kubeconfig {path!r}: cluster "{cluster_name}": server'
-        if _at_in_authority(cluster["server"]):
+        if at_in_authority(cluster["server"]):
             raise ConfigError(
                 f"{where} must not carry credentials (user:password@ before the host): give the user a "
                 "token, a client certificate or an exec plugin"

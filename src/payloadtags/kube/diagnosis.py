@@ -18,7 +18,7 @@ from collections.abc import Callable
 import attrs
 from twisted.logger import Logger
 
-from payloadtags.kube.config import ClusterConfig, _without_userinfo
+from payloadtags.kube.config import ClusterConfig
 from payloadtags.kube.errors import (
     KubeApiError,
     KubeCredentialUnavailable,
@@ -30,6 +30,7 @@ from payloadtags.kube.errors import (
     KubeUnreachable,
 )
 from payloadtags.onceper import OncePerPeriod
+from payloadtags.validators import without_userinfo
 
 log = Logger()
 
@@ -176,4 +177,4 @@ class ClusterAccessLog:
 
 def access_log(cluster: ClusterConfig, monotonic: Callable[[], float] = time.monotonic) -> ClusterAccessLog:
     """The `ClusterAccessLog` of ``cluster``, naming its server without credentials."""
-    return ClusterAccessLog(_without_userinfo(cluster.server), cluster.in_cluster, monotonic)
+    return ClusterAccessLog(without_userinfo(cluster.server), cluster.in_cluster, monotonic)

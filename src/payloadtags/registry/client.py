@@ -40,7 +40,7 @@ from twisted.web.iweb import IAgent, IResponse
 
 from payloadtags.deferreds import DeadlineExpired, carried_through, is_cancellation, within
 from payloadtags.onceper import OncePerPeriod
-from payloadtags.validators import positive, utf8_encodable
+from payloadtags.validators import has_userinfo, positive, utf8_encodable, without_userinfo
 
 from . import schema1
 from .auth import Authenticator, TokenAnswer, TokenRequest
@@ -138,11 +138,13 @@ T = TypeVar("T")
 
 
 def _check_url(instance: Any, attribute: Any, value: str) -> None:
+    if has_userinfo(value):
+        # Checked first and the URL shown redacted: urlsplit's own error may quote a piece of the password.
+        shown = without_userinfo(value)
+        raise ValueError(f"registry url {shown!r} must not contain credentials; use username and password")
     parts = urllib.parse.urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"registry url must be http:// or https:// with a host, not {value!r}")
-    if parts.username or parts.password:
-        raise ValueError("registry url must not contain credentials; use username and password")
 
 
 @attrs.frozen
