@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 from twisted.logger import Logger
@@ -35,6 +36,10 @@ CREDENTIAL_FLAGS = "--registry-username-file/--registry-password-file"
 TLS_WORDS = ("certificate", "ssl", "tls", "handshake")
 # registry/transport.py's words when a certificate does not name the host asked: no CA fixes that.
 NAME_MISMATCH = "certificate does not match"
+# Said with each advice to go to http://: the password of a registry's Basic authentication, or the one
+# sent to its token service, would go unencrypted.
+IN_CLEAR = "registry credentials, if any, would then cross the network unencrypted"
+DEFAULT_PORTS = {"http": 80, "https": 443}
 # OpenSSL's words when the first bytes back are no TLS record: the port answered in plain text.
 NOT_TLS = "wrong version number"
 # What HTTPS servers answer a plain HTTP request with (Go's net/http, as distribution's; nginx).
@@ -54,8 +59,20 @@ class Probed(Protocol):
     async def check_delete(self, repository: str, tag: str, /) -> None: ...
 
 
+def _port(url: str) -> str:
+    """The port that answered, said so that an implied one is seen: ``port 443 (https's default)``."""
+    parts = urlsplit(url)
+    if parts.port is not None:
+        return f"port {parts.port}"
+    return f"port {DEFAULT_PORTS[parts.scheme]} ({parts.scheme}'s default)"
+
+
 def _with_scheme(url: str, scheme: str) -> str:
-    return f"{scheme}://{url.split('://', 1)[-1]}"
+    """``url`` with the other scheme on the port that answered: a URL without a port is on its scheme's
+    default, and the other scheme's default (https://reg -> http://reg, 443 -> 80) is another port."""
+    parts = urlsplit(url)
+    netloc = parts.netloc if parts.port is not None else f"{parts.netloc}:{DEFAULT_PORTS[parts.scheme]}"
+    return urlunsplit(parts._replace(scheme=scheme, netloc=netloc))
 
 
 def _hint(error: RegistryError, url: str | None = None) -> str:
@@ -67,7 +84,7 @@ def _hint(error: RegistryError, url: str | None = None) -> str:
             return (
                 f"{text}; that server does not speak TLS (it answered in plain text): the registry's "
                 "configuration names it (its token realm, or where its storage redirects reads), and should "
-                "give it with http://"
+                f"give it with http:// ({IN_CLEAR})"
             )
         if NAME_MISMATCH in lowered:
             return (
@@ -84,8 +101,11 @@ def _hint(error: RegistryError, url: str | None = None) -> str:
         return text
     if NOT_TLS in lowered:
         # https:// to a plain-HTTP registry (the README's own example is one): no CA would help.
-        use = _with_scheme(url, "http") if url else "http://"
-        return f"{text}; the port does not speak TLS (it answered in plain text): use {use} in --registry-url"
+        use, port = (_with_scheme(url, "http"), _port(url)) if url else ("http://", "the port")
+        return (
+            f"{text}; {port} does not speak TLS (it answered in plain text): use {use} in --registry-url "
+            f"({IN_CLEAR})"
+        )
     if NAME_MISMATCH in lowered:
         return (
             f"{text}; the registry's certificate does not name the host in --registry-url "
@@ -125,7 +145,7 @@ async def probe(registry: Probed, url: str) -> str:
         return line
     if root.status == 400 and any(words in root.body for words in PLAIN_TO_TLS):
         line = (
-            f"registry {url} answered HTTP 400 to GET /v2/: the port serves HTTPS, not plain HTTP: "
+            f"registry {url} answered HTTP 400 to GET /v2/: {_port(url)} serves HTTPS, not plain HTTP: "
             f"use {_with_scheme(url, 'https')} in --registry-url"
         )
         log.error("{line}", line=line, registryUrl=url)

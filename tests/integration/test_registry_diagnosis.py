@@ -5,7 +5,10 @@ from __future__ import annotations
 import shutil
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
+import attrs
+import pytest
 import pytest_twisted
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
@@ -14,7 +17,8 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from payloadtags.registry import RegistryAuthFailed, RegistryClient, RegistryNotFound, RegistryUnavailable
-from payloadtags.registry_diagnosis import FailureLog, probe
+from payloadtags.registry.client import RootAnswer
+from payloadtags.registry_diagnosis import FailureLog, _hint, probe
 from tests.support import images
 from tests.support.rbac import eventually
 from tests.support.registry_server import RegistryServer, TokenServer, free_port
@@ -115,9 +119,11 @@ async def test_https_to_a_plain_http_registry_says_to_use_http(make_client, regi
     url = registry.url.replace("http://", "https://")
     line = await probe(make_client(url), url)
     # ops3: without the client's "check that it runs and is reachable" before the hint: it answered.
+    # review r2b N4: following the advice sends a password in clear; the line says so.
     assert line == (
         f"registry {url} cannot be used: it is unavailable: TLS failure: wrong version number; "
-        f"the port does not speak TLS (it answered in plain text): use {registry.url} in --registry-url"
+        f"port {urlsplit(url).port} does not speak TLS (it answered in plain text): use {registry.url} in "
+        "--registry-url (registry credentials, if any, would then cross the network unencrypted)"
     )
 
 
@@ -128,8 +134,51 @@ async def test_http_to_a_tls_registry_says_to_use_https(make_client, tls_registr
     url = tls_registry.url.replace("https://", "http://")
     line = await probe(make_client(url), url)
     assert line == (
-        f"registry {url} answered HTTP 400 to GET /v2/: the port serves HTTPS, not plain HTTP: "
-        f"use {tls_registry.url} in --registry-url"
+        f"registry {url} answered HTTP 400 to GET /v2/: port {urlsplit(url).port} serves HTTPS, not plain "
+        f"HTTP: use {tls_registry.url} in --registry-url"
+    )
+
+
+# review r2b L6: the advice swapped the scheme and kept the rest, so a URL without a port was sent to
+# the other scheme's default port (https://reg on 443 -> http://reg, port 80), not the one that
+# answered. No registry here can listen on 443 or 80 (privileged ports): the advice is a function of
+# the URL and of the client's error, given as RegistryClient words it.
+@pytest.mark.parametrize(
+    ("url", "tried", "advice"),
+    [
+        ("https://reg.example", "port 443 (https's default)", "http://reg.example:443"),
+        ("https://[fd00::1]", "port 443 (https's default)", "http://[fd00::1]:443"),
+        ("https://reg.example:5000", "port 5000", "http://reg.example:5000"),
+    ],
+)
+def test_the_http_advice_keeps_the_port_that_answered(url, tried, advice):
+    error = RegistryUnavailable(f"registry {url} is unavailable: TLS failure: wrong version number")
+    assert _hint(error, url) == (
+        f"registry {url} is unavailable: TLS failure: wrong version number; {tried} does not speak TLS "
+        f"(it answered in plain text): use {advice} in --registry-url (registry credentials, if any, would "
+        "then cross the network unencrypted)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "tried", "advice"),
+    [
+        ("http://reg.example", "port 80 (http's default)", "https://reg.example:80"),
+        ("http://reg.example:5000", "port 5000", "https://reg.example:5000"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_the_https_advice_keeps_the_port_that_answered(url, tried, advice):
+    # distribution's answer on its TLS port (test_http_to_a_tls_registry_says_to_use_https), on port 80.
+    @attrs.define
+    class AnswersPlainHttpWith400:
+        async def root(self) -> RootAnswer:
+            return RootAnswer(400, None, None, b"Client sent an HTTP request to an HTTPS server.\n")
+
+    line = await probe(AnswersPlainHttpWith400(), url)  # type: ignore[arg-type]
+    assert line == (
+        f"registry {url} answered HTTP 400 to GET /v2/: {tried} serves HTTPS, not plain HTTP: "
+        f"use {advice} in --registry-url"
     )
 
 
@@ -176,7 +225,8 @@ async def test_a_token_realm_of_the_wrong_scheme_is_not_blamed_on_registry_url(m
         f"registry {registry.url} is reachable but cannot be used: the token service {realm} of registry "
         f"{registry.url} is unavailable: TLS failure: wrong version number; that server does not speak TLS "
         "(it answered in plain text): the registry's configuration names it (its token realm, or where its "
-        "storage redirects reads), and should give it with http://"
+        "storage redirects reads), and should give it with http:// (registry credentials, if any, would then "
+        "cross the network unencrypted)"
     )
 
 
