@@ -26,21 +26,54 @@ PROMETHEUS = {
 }
 
 
+# docs/install.md section 4 asks for "the addresses kube-apiserver connects from (the control plane
+# nodes)": a few addresses. A range wider than these holds more than a control plane (a /8 or /12 is a
+# whole private block, usually the nodes and the pod network with them), and an implementation may
+# match pods' addresses against an ipBlock (Calico does), so every pod would be admitted.
+WIDEST_PREFIX = {4: 16, 6: 48}
+# RFC 6598's shared address space: not "private" for Python, but where some providers put a control plane.
+SHARED_ADDRESS_SPACE = ipaddress.IPv4Network("100.64.0.0/10")
+
+
 def _range_problem(peer: dict[str, Any]) -> str | None:
-    """None if ``peer`` is an ipBlock of one private range (the control plane's), else why not."""
+    """None if ``peer`` is an ipBlock of one private range no wider than a control plane's, else why not."""
     block = peer.get("ipBlock")
     if set(peer) != {"ipBlock"} or not isinstance(block, dict) or set(block) - {"cidr", "except"}:
         return f"a peer that is not one of the documented ones: {peer}"
     cidr = block.get("cidr")
     if cidr == PLACEHOLDER_RANGE:
         return f"the control plane's range is still the placeholder {PLACEHOLDER_RANGE}"
+    address, slash, _ = str(cidr).partition("/")
     try:
-        network = ipaddress.ip_network(str(cidr))
+        # Read as kube-apiserver reads it (Go's ParseCIDR): the range its prefix gives, host bits dropped.
+        network = ipaddress.ip_network(str(cidr), strict=False)
     except ValueError:
-        return f"ipBlock {cidr!r} is not an address range"
-    # A control plane sits in private address space; 0.0.0.0/0, ::/0 or a public range admits the world.
-    if not network.is_private:
-        return f"ipBlock {cidr} admits addresses outside private networks (every source, for /0)"
+        network = None
+    if network is None or not slash:
+        return f"ipBlock {cidr!r} is not an address range (a CIDR such as 10.0.0.0/24)"
+    if ipaddress.ip_address(address) != network.network_address:
+        # kube-apiserver takes 10.0.0.5/8 as 10.0.0.0/8 with a warning that the value is ambiguous (the
+        # range, or the one address?), and refuses it where StrictIPCIDRValidation is on (alpha since 1.33).
+        return (
+            f"ipBlock {cidr} has bits set after its prefix, which kube-apiserver reads as {network} and "
+            f"calls ambiguous (newer ones refuse it): write {network} for the range, or "
+            f"{address}/{network.max_prefixlen} for the one address"
+        )
+    if network.prefixlen == 0:
+        return f"ipBlock {cidr} admits every source"
+    if network.network_address.is_unspecified:
+        # 0.0.0.0/8 is "private" for Python, but it is "this network": no connection comes from it.
+        return f"ipBlock {cidr} is the unspecified address range, which no connection comes from"
+    # A control plane sits in private address space (or the shared one); a public range admits the world.
+    shared = isinstance(network, ipaddress.IPv4Network) and network.subnet_of(SHARED_ADDRESS_SPACE)
+    if not (network.is_private or shared):
+        return f"ipBlock {cidr} admits addresses outside private networks"
+    if network.prefixlen < WIDEST_PREFIX[network.version]:
+        return (
+            f"ipBlock {cidr} is wider than a /{WIDEST_PREFIX[network.version]}: docs/install.md asks for the "
+            "addresses kube-apiserver connects from (the control plane nodes), and a range this wide usually "
+            "holds the cluster's nodes and pods too, which it would admit"
+        )
     return None
 
 

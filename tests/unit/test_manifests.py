@@ -905,6 +905,11 @@ def _mutants() -> dict[str, Mutant]:
         "control plane range ::/0": cidr("::/0"),
         "a public range": cidr("8.8.8.0/24"),
         "the placeholder range": cidr("192.0.2.0/24"),
+        # review r2b L3: each passed, though docs/install.md asks for the control plane nodes' addresses.
+        "a whole private block": cidr("10.0.0.0/8"),
+        "another whole private block": cidr("172.16.0.0/12"),
+        "a private IPv6 block": cidr("fd00::/8"),
+        "this network": cidr("0.0.0.0/8"),
         "a rule without from": add_rule({"ports": https}),
         "an empty rule": add_rule({}),
         "an empty peer": add_rule({"from": [{}], "ports": https}),
@@ -923,6 +928,41 @@ def example_overlay() -> list[Obj]:
 
 def test_example_network_policy_admits_the_documented_sources(example_overlay: list[Obj]) -> None:
     assert admission_problems(example_overlay, POD_LABELS) == []
+
+
+# review r2b L3: valid ranges were refused for the wrong reason, and an ambiguous one for a false one.
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        # RFC 6598's shared address space, where some providers put a control plane: not "every source".
+        ("100.64.0.0/24", None),
+        ("100.64.0.0/10", "ingress rule 0: ipBlock 100.64.0.0/10 is wider than a /16: docs/install.md asks"),
+        ("10.0.0.5/32", None),
+        ("fd00:1:2::/48", None),
+        (
+            "10.0.0.5/24",
+            "ingress rule 0: ipBlock 10.0.0.5/24 has bits set after its prefix, which kube-apiserver reads "
+            "as 10.0.0.0/24 and calls ambiguous (newer ones refuse it): write 10.0.0.0/24 for the range, "
+            "or 10.0.0.5/32 for the one address",
+        ),
+        (
+            "10.0.0.5",
+            "ingress rule 0: ipBlock '10.0.0.5' is not an address range (a CIDR such as 10.0.0.0/24)",
+        ),
+        ("0.0.0.0/0", "ingress rule 0: ipBlock 0.0.0.0/0 admits every source"),
+        ("::/0", "ingress rule 0: ipBlock ::/0 admits every source"),
+    ],
+)
+def test_network_policy_check_reads_a_range_as_kubernetes_does(
+    example_overlay: list[Obj], value: str, said: str | None
+) -> None:
+    objects = copy.deepcopy(example_overlay)
+    _rule_of(_policy(objects), 0)["from"][0]["ipBlock"]["cidr"] = value
+    problems = admission_problems(objects, POD_LABELS)
+    if said is None:
+        assert problems == []
+    else:
+        assert problems[0].startswith(said), problems
 
 
 @pytest.mark.parametrize("mutant", list(_mutants()))
@@ -955,7 +995,7 @@ def test_check_deploy_refuses_a_policy_open_to_every_source(tmp_path: Path) -> N
         env={**os.environ, "VENV": str(env_bin.parent)},
     )
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "ingress rule 0: ipBlock 0.0.0.0/0 admits addresses outside" in result.stderr
+    assert "ingress rule 0: ipBlock 0.0.0.0/0 admits every source" in result.stderr
     assert "ingress rule 3 has no `from`, so it admits every source" in result.stderr
 
 
