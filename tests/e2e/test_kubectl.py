@@ -90,8 +90,8 @@ def assert_not_found(result: Result, object_name: str) -> None:
     """kubectl's report of a missing object: the object's own NotFound.
 
     After the object's 404, kubectl checks GET /api/v1/namespaces/<ns> (not for "default") and prints
-    that check's error instead when it is a 404 too. Standalone payloadtags answers the check 403, as
-    kube-apiserver answers a user who may not read namespaces, so the object's message stays
+    that check's error instead when it is a 404 too. Standalone payloadtags answers the check 403, the
+    code kube-apiserver gives a user who may not read namespaces, so the object's message stays
     (review-newcomer L4: it was the generic "the server could not find the requested resource").
     """
     assert result.code == 1, result
@@ -454,6 +454,19 @@ async def test_get_missing_name_is_not_found(kubectl, registry, repo):
     missing = name("app", "v2")
 
     assert_not_found(await kubectl("get", "prt", "-n", ns, missing), missing)
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_namespace_standalone_says_there_are_none_not_that_rbac_denies_it(kubectl):
+    # review r2b N2: the answer that keeps kubectl's NotFound above read, asked directly, as an RBAC
+    # denial of the user ("User ... cannot get resource "namespaces""), which could send an operator to
+    # grant a Role; standalone payloadtags has no namespaces. (`kubectl get namespace` itself stops
+    # earlier: no discovery document here lists namespaces.)
+    result = failed(await kubectl("get", "--raw", "/api/v1/namespaces/team-a"))
+    assert error_line(result) == (
+        'Error from server (Forbidden): namespaces "team-a" is forbidden: standalone payloadtags serves no '
+        "namespaces (it has no cluster API; kubectl asks for the namespace after an object's NotFound)"
+    )
 
 
 @pytest_twisted.ensureDeferred

@@ -240,8 +240,10 @@ async def test_standalone_answers_kubectls_namespace_check_as_forbidden(api):
         "apiVersion": "v1",
         "metadata": {},
         "status": "Failure",
-        "message": 'namespaces "team-a" is forbidden: User "admin" cannot get resource "namespaces" in API '
-        'group "" in the namespace "team-a"',
+        # review r2b N2: it said 'User "admin" cannot get resource "namespaces" ...', an RBAC denial,
+        # printed so by `kubectl get namespace team-a`; there is no namespace and no RBAC for one here.
+        "message": 'namespaces "team-a" is forbidden: standalone payloadtags serves no namespaces (it has no '
+        "cluster API; kubectl asks for the namespace after an object's NotFound)",
         "reason": "Forbidden",
         "details": {"name": "team-a", "kind": "namespaces"},
         "code": 403,

@@ -944,8 +944,9 @@ class ApiServer:
         # resource" instead of the object's NotFound. Behind kube-apiserver the namespace is its to
         # answer (the aggregator never sends /api/v1 here); standalone, nothing else would. A 403, as
         # kube-apiserver answers a user who may not read namespaces, keeps the object's message and
-        # claims nothing about namespaces, which standalone payloadtags does not have.
-        raise namespace_forbidden(namespace, user.name)
+        # claims nothing about namespaces, which standalone payloadtags does not have; its message says
+        # so (review r2b N2: `kubectl get namespace` printed an RBAC denial of the user).
+        raise namespace_forbidden(namespace)
 
     async def _version(self, request: IRequest, user: UserInfo) -> bytes:
         major, minor, *_ = __version__.split(".")

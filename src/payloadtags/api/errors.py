@@ -99,14 +99,15 @@ def forbidden(message: str, name: str | None = None) -> ApiError:
     return ApiError(403, "Forbidden", message, _resource_details(name))
 
 
-def namespace_forbidden(namespace: str, user: str) -> ApiError:
-    """kube-apiserver's answer to ``GET /api/v1/namespaces/<namespace>`` by a user who may not get
-    namespaces (its RequestInfo takes a namespace's name as the request's namespace too)."""
+def namespace_forbidden(namespace: str) -> ApiError:
+    """The standalone server's answer to ``GET /api/v1/namespaces/<namespace>``: kube-apiserver's code
+    and reason for a user who may not get namespaces (kubectl reads only those), and a message that
+    says what is true, not an RBAC denial an operator might go and grant a Role for."""
     return ApiError(
         403,
         "Forbidden",
-        f'namespaces "{namespace}" is forbidden: User "{user}" cannot get resource "namespaces" in API '
-        f'group "" in the namespace "{namespace}"',
+        f'namespaces "{namespace}" is forbidden: standalone payloadtags serves no namespaces (it has no '
+        "cluster API; kubectl asks for the namespace after an object's NotFound)",
         StatusDetails(name=namespace, kind="namespaces"),
     )
 
