@@ -22,7 +22,7 @@ from typing import Any, Final, Generic, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, FirstError, gatherResults
 from twisted.internet.error import ConnectingCancelledError
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 T = TypeVar("T")
@@ -140,7 +140,12 @@ class DeadlineExpired(Exception):
 
 
 async def within(
-    clock: IReactorTime, seconds: float, work: Awaitable[T], *, cut_if: Callable[[], bool] | None = None
+    clock: IReactorTime,
+    seconds: float,
+    work: Awaitable[T],
+    *,
+    cut_if: Callable[[], bool] | None = None,
+    look_first: bool = False,
 ) -> T:
     """The result of `work`, which is cancelled if it has not ended `seconds` after the call.
 
@@ -148,15 +153,25 @@ async def within(
     cancelled: whatever `work` then fails with (a transport may report a cancel as a lookup or
     connection failure), the cancel is noted as it comes in. Other failures pass through unchanged.
     With ``cut_if``, the deadline cancels the work only if ``cut_if()`` is true then; else the work
-    goes on unbounded.
+    goes on unbounded. With ``look_first``, the deadline, once due, waits one more turn of the
+    reactor (``callLater(0)``), in which it reads what its sockets hold, before it cuts.
     """
     # A coroutine is run as it is; another awaitable (a Deferred the caller may hold) is awaited by
     # one of ours, so that the callbacks below are not added to it.
     d = Deferred.fromCoroutine(work if inspect.iscoroutine(work) else _as_coroutine(work))
     expired = cancelled = False
+    looked = not look_first
+    call: IDelayedCall  # the deadline's timed call, then its one look (see expire)
 
     def expire() -> None:
-        nonlocal expired
+        nonlocal expired, looked, call
+        if not looked:
+            # After a stretch without a poll (its thread busy, or not scheduled on a loaded
+            # machine), the reactor runs the timed calls then due before it polls its sockets: an
+            # answer that came in time may be waiting there, unread. The next turn polls first.
+            looked = True
+            call = clock.callLater(0, expire)
+            return
         if cut_if is not None and not cut_if():
             return
         expired = True

@@ -40,6 +40,7 @@ from payloadtags.registry.schema1 import SIGNED_SCHEMA1
 from tests.support import images
 from tests.support.registry_server import RegistryServer, TokenServer, free_port, make_tls_files
 from tests.support.scripted_http import serving
+from tests.support.stallrelay import StallRelay
 
 pytestmark = pytest.mark.registry
 
@@ -99,6 +100,26 @@ async def test_silent_registry_times_out(make_client: MakeClient, silent_server:
     with pytest.raises(RegistryTimeout) as caught:
         await client.manifest("some/repo", "latest")
     assert silent_server in caught.value.message
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_answer_in_time_is_not_lost_to_its_deadline_due_when_the_reactor_resumes(
+    reactor: Any, registry: RegistryServer, make_client: MakeClient, repo: str
+) -> None:
+    """The registry answers at once, but the server's reactor is busy (a loaded machine does not run
+    it) from just after the request left until past the request's deadline: when it resumes, the
+    answer is in its socket and the deadline is due. The answer came in time and is taken; the
+    deadline gives the reactor one look at its sockets before it cuts."""
+    digest = images.push_oci_image(registry, repo, "v1")
+    timeout = 0.5
+    with StallRelay(registry.url) as relay:
+        client = make_client(relay.url, timeout=timeout)
+        assert await client.tags(repo) == ("v1",)
+        relay.stall_next(reactor, timeout)
+        assert await client.tags(repo) == ("v1",)
+        relay.stall_next(reactor, timeout)
+        assert (await client.manifest(repo, "v1")).digest == digest
+        assert [method for method, _ in relay.stalled] == ["GET", "GET"]
 
 
 @pytest_twisted.ensureDeferred

@@ -77,6 +77,28 @@ def test_within_cuts_the_work_only_if_its_condition_holds_at_the_deadline() -> N
     assert isinstance(failure_of(cut), DeadlineExpired)
 
 
+@pytest.mark.parametrize("look_first", [False, True])
+def test_within_look_first_takes_an_answer_due_with_the_deadline_and_cuts_if_none(look_first: bool) -> None:
+    """``look_first``: the deadline and the work's end are due in the same turn, the deadline first
+    (a reactor resuming after a stall runs its timed calls before it polls its sockets). Only with it
+    does the work's end win; with nothing to end it, the deadline still cuts a turn later."""
+    clock = Clock()
+    work: Deferred[str] = Deferred()
+    d = run(within(clock, 5, work, look_first=look_first))
+    clock.callLater(5, work.callback, "done")  # due with the deadline, after it
+    clock.advance(5)
+    if look_first:
+        assert d.result == "done"
+        assert clock.getDelayedCalls() == []
+    else:
+        assert isinstance(failure_of(d), DeadlineExpired)
+    held: Deferred[str] = Deferred()
+    cut = run(within(clock, 5, held, look_first=look_first))
+    clock.advance(5)
+    assert isinstance(failure_of(cut), DeadlineExpired)
+    assert clock.getDelayedCalls() == []
+
+
 def test_a_callers_cancel_stays_a_cancel_whatever_the_work_fails_with() -> None:
     clock = Clock()
     # A transport that reports a cancel as something else (HostnameEndpoint's DNSLookupError).

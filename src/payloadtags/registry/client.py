@@ -1736,7 +1736,8 @@ class RegistryClient:
     ) -> _Reply:
         attempt = self._roundtrip(method, url, headers, body, authorization, max_body, redirects)
         try:
-            return await within(self._reactor, self._settings.timeout, attempt)
+            # An answer in the socket when the deadline is due counts as in time (see `within`).
+            return await within(self._reactor, self._settings.timeout, attempt, look_first=True)
         except CancelledError:
             raise
         except DeadlineExpired as error:
