@@ -89,12 +89,15 @@ def address_problem(parts: SplitResult) -> str | None:
 
 def userinfo_span(url: str) -> tuple[int, int]:
     """Where a URL's possible ``user:password`` starts and ends (empty when it has no ``@``): from the
-    authority's start (after ``//``; a URL without it is taken as authority first) to the last ``@``
-    anywhere after it. The authority ends at the first ``/``, ``?`` or ``#`` for urlsplit and Go's
+    authority's start (after a scheme's ``//``; a URL without one is taken as authority first) to the
+    last ``@`` anywhere after it. The authority ends at the first ``/``, ``?`` or ``#`` for urlsplit and Go's
     url.Parse alike, but a password may hold those unencoded (base64 ones hold ``/``): an ``@`` after
     them may still end a password, which the URL's host (a port that is not one) would then show."""
     start = url.find("//")
-    start = 0 if start < 0 else start + 2
+    # Only a "//" right after a scheme (or at the start) opens the authority: in "user:pa//ss@host"
+    # it is inside the password, and starting there would show "user:pa//".
+    opens = start >= 0 and re.fullmatch(r"(?:[A-Za-z][A-Za-z0-9+.-]*:)?", url[:start]) is not None
+    start = start + 2 if opens else 0
     return start, max(url.rfind("@", start), start)
 
 

@@ -254,6 +254,8 @@ def test_usage_errors(argv, message):
         (["--registry-url=https://al1ce:s3cret@reg.example/?a=1#f"], "must not carry credentials"),
         (["--registry-url=ftp://al1ce:s3cret@reg.example"], "'ftp://<redacted>@reg.example' must not carry"),
         (["--registry-url=al1ce:s3cret@reg.example:5000"], "'<redacted>@reg.example:5000' must not carry"),
+        # review r2f F1: a "//" in the password of a URL without a scheme was taken for the authority's start.
+        (["--registry-url=al1ce:s3//cret@reg.example"], "'<redacted>@reg.example' has an '@'"),
         (["--registry-url=https://al1ce:s3cret@bad_host"], "must not carry credentials"),
         (["--registry-url=https://al1ce:s3cret@reg:port"], "must not carry credentials"),
         (["--registry-url=http://al1ce:[s3cret]@reg.example"], "must not carry credentials"),
@@ -264,6 +266,7 @@ def test_usage_errors(argv, message):
         (["--registry-host=al1ce:s3cret@reg.example"], "-host '<redacted>@reg.example' must be"),
         (["--registry-host=https://al1ce:s3cret@reg.example"], "without user:password@"),
         (["--registry-host=al1ce:[s3cret]@reg.example"], "without user:password@"),
+        (["--registry-host=al1ce:s3//cret@reg.example"], "-host '<redacted>@reg.example' must be"),
     ],
 )
 def test_no_message_shows_a_password_given_in_a_registry_flag(argv, message):
@@ -282,6 +285,7 @@ def test_no_message_shows_a_password_given_in_a_registry_flag(argv, message):
             "--registry_url=https://<redacted>@reg",
         ),
         (["serve", "--registry_url=al1ce:s3cret@reg.example"], "--registry_url=<redacted>@reg.example"),
+        (["serve", "--registry_url=al1ce:s3//cret@reg.example"], "--registry_url=<redacted>@reg.example"),
         (["serve", "--registry-url=http://x", "https://al1ce:s3cret@reg.example"], "https://<redacted>@reg"),
         (["--registry-url=https://al1ce:s3cret@reg.example", "serve"], "required: --registry-url"),
     ],

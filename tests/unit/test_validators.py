@@ -7,7 +7,7 @@ import binascii
 
 import pytest
 
-from payloadtags.validators import unpadded_urlsafe_b64decode, without_line_ends
+from payloadtags.validators import unpadded_urlsafe_b64decode, without_line_ends, without_userinfo
 
 
 def test_line_ends_are_taken_out_wherever_they_are() -> None:
@@ -51,3 +51,18 @@ def test_unpadded_urlsafe_base64_that_is_not_ascii_is_a_plain_value_error() -> N
     with pytest.raises(ValueError) as raised:
         unpadded_urlsafe_b64decode("é")
     assert not isinstance(raised.value, binascii.Error)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://al1ce:s3//cret@reg.example", "https://<redacted>@reg.example"),
+        # review r2f F1: without a scheme, a "//" in the password is not where the authority starts.
+        ("al1ce:s3//cret@reg.example", "<redacted>@reg.example"),
+        ("al1ce:s3cret@reg.example:5000", "<redacted>@reg.example:5000"),
+        ("//al1ce:s3cret@reg.example", "//<redacted>@reg.example"),
+        ("https://reg.example/a//b", "https://reg.example/a//b"),
+    ],
+)
+def test_without_userinfo_redacts_all_of_a_password_holding_slashes(url, shown):
+    assert without_userinfo(url) == shown
