@@ -225,9 +225,12 @@ class _Parser(argparse.ArgumentParser):
     leaves them to the top-level parser, whose help lists none of the command's flags, and says
     them only after a missing required flag, which a misspelt one often is), with a near miss."""
 
+    given: tuple[str, ...] = ()  # the arguments being parsed, for error() to redact whole
+
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
+        self.given = tuple(sys.argv[1:] if args is None else args)
         if self._subparsers is None:  # a command's parser (the top-level one passes the rest on)
             unknown = self._unknown_flags(sys.argv[1:] if args is None else args)
             if unknown:
@@ -258,12 +261,20 @@ class _Parser(argparse.ArgumentParser):
         return unknown
 
     def error(self, message: str) -> NoReturn:
-        self.exit(1, f"{self.prog}: {_without_passwords(message)} (see {self.prog} --help)\n")
+        self.exit(1, f"{self.prog}: {_without_passwords(message, self.given)} (see {self.prog} --help)\n")
 
 
-def _without_passwords(message: str) -> str:
-    """argparse's message with what may be a URL's user:password@ redacted in each word: it echoes what
-    was typed (--registry_url=https://user:pw@…, a URL left without its flag), and goes to the pod's log."""
+def _without_passwords(message: str, given: Sequence[str] = ()) -> str:
+    """argparse's message with what may be a URL's user:password@ redacted: it echoes what was typed
+    (--registry_url=https://user:pw@…, a URL left without its flag), and goes to the pod's log.
+
+    Each argument given is redacted whole, since a quoted password may hold a space and a word of the
+    message would then be only part of it; then each word, for what argparse echoes otherwise."""
+    for arg in sorted({arg for arg in given if "@" in arg}, key=len, reverse=True):
+        flag, equals, value = arg.partition("=") if arg.startswith("-") else ("", "", arg)
+        message = message.replace(arg, flag + equals + without_userinfo(value))
+        if value:
+            message = message.replace(value, without_userinfo(value))  # a bad value is echoed alone
     words = []
     for word in message.split(" "):
         flag, equals, value = word.partition("=") if word.startswith("-") else ("", "", word)

@@ -288,6 +288,16 @@ def test_no_message_shows_a_password_given_in_a_registry_flag(argv, message):
         (["serve", "--registry_url=al1ce:s3//cret@reg.example"], "--registry_url=<redacted>@reg.example"),
         (["serve", "--registry-url=http://x", "https://al1ce:s3cret@reg.example"], "https://<redacted>@reg"),
         (["--registry-url=https://al1ce:s3cret@reg.example", "serve"], "required: --registry-url"),
+        # review r2f L2: a quoted password with a space was split with the message's words.
+        (
+            ["serve", "--registry-url=http://x", "https://al1ce:s3cret x@reg.example"],
+            "https://<redacted>@reg",
+        ),
+        (
+            ["serve", "--registry_url=https://al1ce:s3cret x@reg.example"],
+            "--registry_url=https://<redacted>@",
+        ),
+        (["serve", "--registry_url=al1ce:s3cret x@reg.example"], "--registry_url=<redacted>@reg.example"),
     ],
 )
 def test_argparse_errors_show_no_password_typed_with_a_url(capsys, argv, said):
