@@ -158,7 +158,9 @@ def _unverified_cluster_warning(settings: Settings, cluster: ClusterConfig) -> t
 
 def _is_loopback(server: str) -> bool:
     host = urllib.parse.urlsplit(server).hostname or ""
-    if host == "localhost" or host.endswith(".localhost"):  # RFC 6761: always loopback
+    # "localhost" only: a pod's /etc/hosts maps it to 127.0.0.1 first, while a "*.localhost" name goes
+    # through hosts and DNS like any other (glibc does not apply RFC 6761) and may lead elsewhere.
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
