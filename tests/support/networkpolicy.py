@@ -12,6 +12,7 @@ the documented ones exactly, not merely of the right kind
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Any
 
 PLACEHOLDER_RANGE = "192.0.2.0/24"
@@ -35,6 +36,10 @@ WIDEST_PREFIX = {4: 16, 6: 48}
 SHARED_ADDRESS_SPACE = ipaddress.IPv4Network("100.64.0.0/10")
 
 
+# Go's ParseCIDR grammar: an address without a zone, "/", a decimal prefix length (RFC 4632, RFC 4291).
+_GO_CIDR = re.compile(r"[0-9A-Fa-f.:]+/[0-9]+")
+
+
 def _range_problem(peer: dict[str, Any]) -> str | None:
     """None if ``peer`` is an ipBlock of one private range no wider than a control plane's, else why not."""
     block = peer.get("ipBlock")
@@ -46,7 +51,9 @@ def _range_problem(peer: dict[str, Any]) -> str | None:
     address, slash, _ = str(cidr).partition("/")
     try:
         # Read as kube-apiserver reads it (Go's ParseCIDR): the range its prefix gives, host bits dropped.
-        network = ipaddress.ip_network(str(cidr), strict=False)
+        # Python also takes a netmask or hostmask after the "/" and an IPv6 zone, which Go refuses.
+        decimal_prefix = _GO_CIDR.fullmatch(str(cidr)) is not None
+        network = ipaddress.ip_network(str(cidr), strict=False) if decimal_prefix else None
     except ValueError:
         network = None
     if network is None or not slash:

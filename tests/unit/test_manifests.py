@@ -951,6 +951,11 @@ def test_example_network_policy_admits_the_documented_sources(example_overlay: l
         ),
         ("0.0.0.0/0", "ingress rule 0: ipBlock 0.0.0.0/0 admits every source"),
         ("::/0", "ingress rule 0: ipBlock ::/0 admits every source"),
+        # review r2f L3: Python reads a netmask, a hostmask and an IPv6 zone; Go's ParseCIDR refuses them.
+        *(
+            (cidr, f"ingress rule 0: ipBlock {cidr!r} is not an address range")
+            for cidr in ("10.1.0.0/255.255.255.0", "10.1.0.0/0.0.0.255", "fd00::%eth0/64", "fe80::%1/64")
+        ),
     ],
 )
 def test_network_policy_check_reads_a_range_as_kubernetes_does(
