@@ -1964,6 +1964,11 @@ async def test_a_path_with_an_empty_segment_is_answered_as_an_unknown_path_not_r
         "//apis",  # werkzeug strips leading slashes: this one was served as /apis
         f"/{base}",
         "//healthz",
+        # review r2f L1: Twisted unquotes each segment, so "%2F" gives a leading "/" to the path routed.
+        "/%2Fapis",
+        "/%2F%2Fapis",
+        f"/%2Fapis/{GROUP}/v1alpha1",
+        "/%2Fhealthz",
     )
     for user in (None, api.pki.admin):
         for method in ("GET", "HEAD", "DELETE", "POST"):

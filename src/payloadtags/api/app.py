@@ -264,9 +264,9 @@ Handler = Callable[..., Awaitable[bytes]]
 
 class _Utf8Paths(Resource):
     """Klein answers a path or Host that is not UTF-8 with a bare text 400, and one that is no host name
-    with a 500: refuse them as a Status. A path that begins with an empty segment (``//apis``) is one no
-    route serves, as any other with one (the URL map merges no slashes): werkzeug strips the leading
-    slashes and would serve it as ``/apis``."""
+    with a 500: refuse them as a Status. A path that begins with an empty segment (``//apis``, or
+    ``/%2Fapis``, unquoted) is one no route serves, as any other with one (the URL map merges no
+    slashes): werkzeug strips the leading slashes and would serve it as ``/apis``."""
 
     isLeaf = True
 
@@ -282,7 +282,8 @@ class _Utf8Paths(Resource):
             request.getRequestHostname().decode("utf-8")
         except UnicodeDecodeError:
             return _write_error(request, bad_request("the request path is not valid UTF-8"))
-        if request.path.startswith(b"//"):
+        # The path Klein routes: segments unquoted, so "/%2Fapis" is "//apis" here as in kube-apiserver.
+        if b"/".join(request.postpath or []).startswith(b"/"):
             return _write_error(request, path_not_found())
         served = self.direct(request)
         if served is not None:
