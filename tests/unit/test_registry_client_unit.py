@@ -1222,6 +1222,36 @@ def test_a_silent_token_service_times_out_without_a_write_in_doubt() -> None:
     assert not caught.value.unanswered
 
 
+@pytest.mark.parametrize(
+    ("location", "said"),
+    [
+        # review r2f L4: the registry answered its redirect at once; its storage backend never answered.
+        ("https://storage.test/blobs/1?signature=x", f"registry {REGISTRY} (via https://storage.test)"),
+        # A redirect within the registry's origin leaves the registry the one that did not answer.
+        (f"{REGISTRY}/storage/blobs/1", f"registry {REGISTRY}"),
+    ],
+)
+def test_a_redirected_read_that_times_out_names_the_server_that_did_not_answer(
+    location: str, said: str
+) -> None:
+    data = b'{"architecture": "amd64"}'
+
+    def handler(request: Sent) -> Answer | Deferred[Any]:
+        return Deferred() if request.url == location else Answer(307, {"Location": location})
+
+    clock = Clock()
+    client, agent = make(handler, clock, timeout=10.0)
+    outcome = run(client.blob("a/b", digest_of(data)))
+    clock.advance(10)
+    with pytest.raises(RegistryTimeout) as caught:
+        result(outcome)
+    assert [s.url for s in agent.sent] == [f"{REGISTRY}/v2/a/b/blobs/{digest_of(data)}", location]
+    assert caught.value.message == (
+        f"{said} did not answer GET /v2/a/b/blobs/{digest_of(data)} within 10s; it may be overloaded, "
+        "retry later"
+    )
+
+
 def test_a_guess_whose_token_service_times_out_fails_not_empty() -> None:
     """A guessed name (`CatalogCursor.guessed`) may be a real repository 2.8's seek left out: only its
     404 reads as empty; a timeout is the list's error, as a listed repository's (review-catalogfix3 R2)."""

@@ -1734,15 +1734,19 @@ class RegistryClient:
         redirects: bool,
         peer: str | None,
     ) -> _Reply:
-        attempt = self._roundtrip(method, url, headers, body, authorization, max_body, redirects)
+        followed = FollowedAgent(self._agent)
+        attempt = self._roundtrip(method, url, headers, body, authorization, max_body, redirects, followed)
         try:
             # An answer in the socket when the deadline is due counts as in time (see `within`).
             return await within(self._reactor, self._settings.timeout, attempt, look_first=True)
         except CancelledError:
             raise
         except DeadlineExpired as error:
+            # Where a redirect led (a storage backend) is the server that did not answer: the registry
+            # answered its redirect at once.
+            asked = (followed.last or b"").decode("ascii", "replace") or url
             raise RegistryTimeout(
-                f"{peer or f'registry {self._name}'} did not answer {method} {_path(url)} within "
+                f"{self._server_of(asked, peer)} did not answer {method} {_path(url)} within "
                 f"{self._settings.timeout:g}s; it may be overloaded, retry later"
             ) from error.__cause__
         except Exception as error:
@@ -1766,6 +1770,7 @@ class RegistryClient:
         authorization: str | None,
         max_body: int,
         redirects: bool,
+        followed: FollowedAgent,
     ) -> _Reply:
         request_headers: dict[bytes | str, list[bytes | str]] = {"User-Agent": ["payloadtags"]}
         for name, value in (headers or {}).items():
@@ -1793,7 +1798,7 @@ class RegistryClient:
             # CPU, through the config blob), and a read needs neither.
             sent = Headers(cast("dict[str, list[str]]", request_headers))  # all str, as built above
             if redirects:
-                response = await self._redirected(method, url, sent)
+                response = await self._redirected(method, url, sent, followed)
             else:
                 response = await self._agent.request(method.encode("ascii"), url.encode("ascii"), sent, None)
         else:
@@ -1812,11 +1817,13 @@ class RegistryClient:
             answered_by = response.request.absoluteURI.decode("ascii", "replace")
         return _Reply(method, url, response.code, response.headers, content, answered_by, self._name)
 
-    async def _redirected(self, method: str, url: str, headers: Headers) -> IResponse:
+    async def _redirected(
+        self, method: str, url: str, headers: Headers, followed: FollowedAgent
+    ) -> IResponse:
         """A read that follows redirects (storage backends like S3 answer blob reads with one), on the
-        Agent too; the Authorization header is dropped when a redirect leads to another origin. A
-        failure where a redirect led is said as that server's (`RegistryUnavailable.elsewhere`)."""
-        followed = FollowedAgent(self._agent)
+        Agent too, through ``followed`` (on this client's Agent); the Authorization header is dropped
+        when a redirect leads to another origin. A failure where a redirect led is said as that
+        server's (`RegistryUnavailable.elsewhere`)."""
         try:
             response: IResponse = await RedirectAgent(followed).request(
                 method.encode("ascii"), url.encode("ascii"), headers
@@ -1830,15 +1837,18 @@ class RegistryClient:
 
     # --- answers ----------------------------------------------------------------------------------
 
+    def _server_of(self, url: str, peer: str | None = None) -> str:
+        """The server a failure of a request to ``url`` is said of: the registry, or where it sent us."""
+        if peer is not None:
+            return peer
+        if _origin(url) == _origin(self._base):
+            return f"registry {self._name}"
+        return f"registry {self._name} (via {_origin_text(url)})"
+
     def _transport_error(
         self, error: BaseException, method: str, url: str, peer: str | None = None
     ) -> RegistryError:
-        if peer is not None:
-            where = peer
-        elif _origin(url) == _origin(self._base):
-            where = f"registry {self._name}"
-        else:
-            where = f"registry {self._name} (via {_origin_text(url)})"
+        where = self._server_of(url, peer)
         if isinstance(error, net_errors.DNSLookupError):
             reason = f"cannot resolve the host name ({_cause(error)})"
         else:
