@@ -89,14 +89,17 @@ def address_problem(parts: SplitResult) -> str | None:
 
 def userinfo_span(url: str) -> tuple[int, int]:
     """Where a URL's possible ``user:password`` starts and ends (empty when it has no ``@``): from the
-    authority's start (after a scheme's ``//``; a URL without one is taken as authority first) to the
-    last ``@`` anywhere after it. The authority ends at the first ``/``, ``?`` or ``#`` for urlsplit and Go's
-    url.Parse alike, but a password may hold those unencoded (base64 ones hold ``/``): an ``@`` after
-    them may still end a password, which the URL's host (a port that is not one) would then show."""
+    authority's start (after ``http://`` or ``https://``; a URL without either is taken as authority
+    first) to the last ``@`` anywhere after it. The authority ends at the first ``/``, ``?`` or ``#``
+    for urlsplit and Go's url.Parse alike, but a password may hold those unencoded (base64 ones hold
+    ``/``): an ``@`` after them may still end a password, which the URL's host (a port that is not
+    one) would then show."""
     start = url.find("//")
-    # Only a "//" right after a scheme (or at the start) opens the authority: in "user:pa//ss@host"
-    # it is inside the password, and starting there would show "user:pa//".
-    opens = start >= 0 and re.fullmatch(r"(?:[A-Za-z][A-Za-z0-9+.-]*:)?", url[:start]) is not None
+    # Only a "//" right after http: or https: (or at the start) opens the authority: in
+    # "user:pa//ss@host" it is inside the password, and in "user://pass@host" (a base64 password may
+    # begin with "//") "user:" would pass for a scheme. Only http(s) servers are taken, so another
+    # scheme is refused anyway, with all before its last "@" redacted.
+    opens = start >= 0 and url[:start].lower() in ("", "http:", "https:")
     start = start + 2 if opens else 0
     return start, max(url.rfind("@", start), start)
 

@@ -60,6 +60,9 @@ def test_unpadded_urlsafe_base64_that_is_not_ascii_is_a_plain_value_error() -> N
         # review r2f F1: without a scheme, a "//" in the password is not where the authority starts.
         ("al1ce:s3//cret@reg.example", "<redacted>@reg.example"),
         ("al1ce:s3cret@reg.example:5000", "<redacted>@reg.example:5000"),
+        # A user name that looks like a scheme, and a base64 password that begins with "//".
+        ("al1ce://8Acret@reg.example", "<redacted>@reg.example"),
+        ("HTTPS://al1ce:s3cret@reg.example", "HTTPS://<redacted>@reg.example"),
         ("//al1ce:s3cret@reg.example", "//<redacted>@reg.example"),
         ("https://reg.example/a//b", "https://reg.example/a//b"),
     ],
