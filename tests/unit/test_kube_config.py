@@ -480,6 +480,151 @@ def test_an_empty_or_null_data_key_beside_its_file_is_absent_as_in_client_go(
     )
 
 
+def kubectl_refusal(path: Path) -> str:
+    """The real kubectl's stderr for a request with the kubeconfig, to a server that is not there: a
+    kubeconfig it takes ends in "The connection to the server ... was refused", one it refuses in its
+    own words."""
+    done = subprocess.run(
+        [KUBECTL, "--kubeconfig", str(path), "--request-timeout=2s", "get", "--raw", "/version"],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+        check=False,
+    )
+    assert done.returncode != 0
+    return done.stderr
+
+
+def both_kubeconfig(tmp_path: Path, ca: Authority, cluster: dict[str, str], user: dict[str, object]) -> Path:
+    """A kubeconfig whose fields name the CA's and alice's PEM files ("ca", "cert", "key") or their data
+    ("ca-data", ...), beside an exec plugin that records whether it ran (kubectl runs none beside a
+    client certificate with its key, nor for a kubeconfig it refuses)."""
+    alice = ca.client("alice")
+    pems = {"ca": ca.cert_file, "cert": alice.cert_file, "key": alice.key_file}
+    values = {name: str(pem) for name, pem in pems.items()}
+    values |= {f"{name}-data": base64.b64encode(pem.read_bytes()).decode() for name, pem in pems.items()}
+    script = plugin(tmp_path / "plugin", "touch ran\nexit 1\n")
+    exec_section = {
+        "apiVersion": "client.authentication.k8s.io/v1",
+        "command": str(script),
+        "interactiveMode": "Never",
+    }
+    path = tmp_path / "kc"
+    path.write_text(
+        json.dumps(
+            {
+                "clusters": [
+                    {
+                        "name": "c",
+                        "cluster": {"server": SERVER} | {k: values.get(v, v) for k, v in cluster.items()},
+                    }
+                ],
+                "users": [
+                    {
+                        "name": "u",
+                        "user": {"exec": exec_section}
+                        | {k: values.get(v, v) if isinstance(v, str) else v for k, v in user.items()},
+                    }
+                ],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("cluster", "user", "refused", "kubectl_says"),
+    [
+        (
+            {},
+            {"client-certificate": "cert", "client-certificate-data": "cert-data", "client-key": "key"},
+            'user "u": client-certificate and client-certificate-data are both given',
+            "client-cert-data and client-cert are both specified for u. client-cert-data will override.",
+        ),
+        (
+            {},
+            {"client-certificate": "cert", "client-key": "key", "client-key-data": "key-data"},
+            'user "u": client-key and client-key-data are both given',
+            "client-key-data and client-key are both specified for u; client-key-data will override",
+        ),
+        (
+            {},
+            {
+                "client-certificate": "cert",
+                "client-certificate-data": "cert-data",
+                "client-key": "key",
+                "client-key-data": "key-data",
+            },
+            'user "u": client-certificate and client-certificate-data; client-key and client-key-data are '
+            "both given",
+            "client-key-data and client-key are both specified for u; client-key-data will override",
+        ),
+        (
+            {"certificate-authority": "ca", "certificate-authority-data": "ca-data"},
+            {"token": "tok"},
+            'cluster "c": certificate-authority and certificate-authority-data are both given',
+            "certificate-authority-data and certificate-authority are both specified for c. "
+            "certificate-authority-data will override.",
+        ),
+    ],
+    ids=["client-certificate", "client-key", "both-pairs", "certificate-authority"],
+)
+def test_a_file_beside_its_data_is_refused_in_one_line_as_kubectl_refuses_it(
+    tmp_path: Path,
+    ca: Authority,
+    cluster: dict[str, str],
+    user: dict[str, object],
+    refused: str,
+    kubectl_says: str,
+) -> None:
+    # The library took the data silently, so which certificate, key or CA was used was its choice;
+    # kubectl 1.32 refuses the file, running no plugin (review r2e L1).
+    path = both_kubeconfig(tmp_path, ca, cluster, user)
+    assert kubectl_says in kubectl_refusal(path)
+    assert not (tmp_path / "ran").exists()
+    with pytest.raises(ConfigError) as raised:
+        load_cluster_config(str(path))
+    assert str(raised.value) == (
+        f"kubeconfig {str(path)!r}: {refused}, which kubectl refuses: give the file or the data"
+    )
+    assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize(
+    ("cluster", "user"),
+    [
+        ({}, {"client-certificate": "", "client-certificate-data": "cert-data", "client-key": "key"}),
+        ({}, {"client-certificate": "cert", "client-certificate-data": "", "client-key": "key"}),
+        ({}, {"client-certificate": "cert", "client-key": None, "client-key-data": "key-data"}),
+        ({"certificate-authority": "", "certificate-authority-data": "ca-data"}, {"token": "tok"}),
+        ({"certificate-authority": "ca", "certificate-authority-data": "\n"}, {"token": "tok"}),
+    ],
+)
+def test_an_empty_file_or_data_beside_the_other_is_absent_as_in_kubectl(
+    tmp_path: Path, ca: Authority, cluster: dict[str, str], user: dict[str, object]
+) -> None:
+    path = both_kubeconfig(tmp_path, ca, cluster, user)
+    assert "was refused - did you specify the right host or port?" in kubectl_refusal(path)
+    config = load_cluster_config(str(path))
+    assert config is not None
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_key_as_file_and_data_without_a_certificate_is_refused_as_a_key_alone(
+    tmp_path: Path, ca: Authority
+) -> None:
+    # client-go checks the key's pair only beside a certificate, and ignores a key alone (kubectl sends
+    # the token); payloadtags refuses a key alone, as docs/configuration.md says, in those words.
+    path = both_kubeconfig(
+        tmp_path, ca, {}, {"token": "tok", "client-key": "key", "client-key-data": "key-data"}
+    )
+    assert "was refused - did you specify the right host or port?" in kubectl_refusal(path)
+    with pytest.raises(ConfigError, match="a client certificate needs its key, and a key its certificate"):
+        load_cluster_config(str(path))
+
+
 @pytest.mark.parametrize("data", [" ", "=", "====", "not base64!"])
 @pytest.mark.parametrize("key", ["certificate-authority-data", "client-certificate-data", "client-key-data"])
 def test_a_data_key_that_is_not_base64_is_refused_naming_it(tmp_path: Path, key: str, data: str) -> None:

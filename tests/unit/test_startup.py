@@ -765,43 +765,65 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def _tls_kubeconfig(tmp_path: Path, ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> Path:
-    cluster = {"server": "https://127.0.0.1:1", "certificate-authority-data": _b64(ca_pem)}
-    user = {"client-certificate-data": _b64(cert_pem), "client-key-data": _b64(key_pem)}
+def _tls_kubeconfig(
+    tmp_path: Path, ca_pem: bytes, cert_pem: bytes, key_pem: bytes, *, inline: bool = True
+) -> Path:
+    """A kubeconfig with the CA, certificate and key as ``*-data`` fields, or as files beside it."""
+    pems = {"certificate-authority": ca_pem, "client-certificate": cert_pem, "client-key": key_pem}
+    fields: dict[str, str] = {}
+    for field, pem in pems.items():
+        if inline:
+            fields[f"{field}-data"] = _b64(pem)
+        else:
+            (tmp_path / field).write_bytes(pem)
+            fields[field] = str(tmp_path / field)
+    cluster = {"server": "https://127.0.0.1:1", **{k: v for k, v in fields.items() if "authority" in k}}
+    user = {k: v for k, v in fields.items() if k.startswith("client-")}
     return _kubeconfig(tmp_path, cluster, user, {"cluster": "c", "user": "u"})
 
 
 GARBAGE_PEM = b"-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n"
 
 
-def test_bad_tls_data_in_the_kubeconfig_is_one_line_per_problem(ca: Authority, tmp_path: Path) -> None:
+@pytest.mark.parametrize("inline", [True, False], ids=["data", "files"])
+def test_bad_tls_data_in_the_kubeconfig_is_one_line_per_problem(
+    ca: Authority, tmp_path: Path, inline: bool
+) -> None:
+    # Each names the field the user wrote: `client-certificate-data` was named `client-certificate`,
+    # the file the kubernetes library wrote it to (review r2e N1).
+    data = "-data" if inline else ""
+    ca_field, cert_field, key_field = (
+        f"certificate-authority{data}",
+        f"client-certificate{data}",
+        f"client-key{data}",
+    )
     one, other = ca.client("one"), ca.client("other")
     ca_pem, cert, key = ca.cert_file.read_bytes(), one.cert_file.read_bytes(), one.key_file.read_bytes()
     where = f"--kubeconfig: kubeconfig '{tmp_path / 'kubeconfig'}'"
     cases = [
         (
             (ca_pem, cert, other.key_file.read_bytes()),
-            ["the client key (client-key) does not match the client certificate (client-certificate)"],
+            [f"the client key ({key_field}) does not match the client certificate ({cert_field})"],
         ),
         (
             (ca_pem, GARBAGE_PEM, key),
-            ["the client certificate (client-certificate) holds no valid PEM certificate"],
+            [f"the client certificate ({cert_field}) holds no valid PEM certificate"],
         ),
-        ((GARBAGE_PEM, cert, key), ["the cluster CA (certificate-authority) holds no valid PEM certificate"]),
-        ((ca_pem, cert, b"not a key"), ["the client key (client-key) is not a PEM private key"]),
+        ((GARBAGE_PEM, cert, key), [f"the cluster CA ({ca_field}) holds no valid PEM certificate"]),
+        ((ca_pem, cert, b"not a key"), [f"the client key ({key_field}) is not a PEM private key"]),
         (
             (GARBAGE_PEM, GARBAGE_PEM, key),
             [
-                "the cluster CA (certificate-authority) holds no valid PEM certificate",
-                "the client certificate (client-certificate) holds no valid PEM certificate",
+                f"the cluster CA ({ca_field}) holds no valid PEM certificate",
+                f"the client certificate ({cert_field}) holds no valid PEM certificate",
             ],
         ),
     ]
     for pems, problems in cases:
-        path = _tls_kubeconfig(tmp_path, *pems)
+        path = _tls_kubeconfig(tmp_path, *pems, inline=inline)
         assert errors_of(kubeconfig=str(path), authorization_mode=None) == [f"{where}: {p}" for p in problems]
     # The good pair passes, as the client will build it.
-    path = _tls_kubeconfig(tmp_path, ca_pem, cert, key)
+    path = _tls_kubeconfig(tmp_path, ca_pem, cert, key, inline=inline)
     assert complete(settings(kubeconfig=str(path)), environ=NO_POD).cluster is not None
 
 
@@ -813,8 +835,8 @@ def test_bad_tls_data_in_the_kubeconfig_exits_1_before_serving(ca: Authority, tm
     result = _serve(f"--kubeconfig={path}", "--bind-address=127.0.0.1", "--secure-port=0")
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
-        f"payloadtags: --kubeconfig: kubeconfig '{path}': the client key (client-key) does not match the "
-        "client certificate (client-certificate)"
+        f"payloadtags: --kubeconfig: kubeconfig '{path}': the client key (client-key-data) does not match "
+        "the client certificate (client-certificate-data)"
     ]
 
 
@@ -853,7 +875,7 @@ def test_a_certificate_key_type_that_cannot_be_loaded_is_one_line(ca: Authority,
     one = ca.client("one")
     path = _tls_kubeconfig(tmp_path, ca.cert_file.read_bytes(), SM2_CERTIFICATE, one.key_file.read_bytes())
     assert errors_of(kubeconfig=str(path), authorization_mode=None) == [
-        f"--kubeconfig: kubeconfig '{path}': the client certificate (client-certificate) has a key type "
+        f"--kubeconfig: kubeconfig '{path}': the client certificate (client-certificate-data) has a key type "
         "that cannot be used (Curve 1.2.156.10197.1.301 is not supported)"
     ]
     cert = tmp_path / "sm2.crt"

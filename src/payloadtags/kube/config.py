@@ -90,6 +90,11 @@ class ClusterConfig:
     namespace: str | None = None
     # What loading found that does not stop the start but is worth a warning there (a line each, no secret).
     warnings: tuple[str, ...] = ()
+    # The kubeconfig fields the CA, client certificate and key were read from, for a refusal to name the
+    # one the user wrote: the kubernetes library writes a ``*-data`` field to a file of its own.
+    ca_field: str = "certificate-authority"
+    client_cert_field: str = "client-certificate"
+    client_key_field: str = "client-key"
 
     @server.validator
     def _check_server(self, _attribute: attrs.Attribute[Any], value: str) -> None:
@@ -198,6 +203,9 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
             # ("argument of type 'NoneType' is not iterable").
             document[kind] = [entry for entry in document[kind] if entry is not None]
     context_entry, user, cluster_entry = _chosen(document, context, path)
+    # After _chosen: an empty field is gone, and a file beside its data refused, so one at most is left.
+    ca_field = _written(cluster_entry, "certificate-authority")
+    cert_field, key_field = _written(user, "client-certificate"), _written(user, "client-key")
     _extensions_as_sent(document, set())
     _as_written(document, set())
     base = os.path.dirname(os.path.abspath(path))
@@ -261,7 +269,19 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
         server = without_userinfo(cluster.server)
         raise ConfigError(f"kubeconfig {path!r}: cluster server {server!r}: {problem}")
     namespace = context_entry.get("namespace")
-    return attrs.evolve(cluster, namespace=namespace or None, warnings=warnings)
+    return attrs.evolve(
+        cluster,
+        namespace=namespace or None,
+        warnings=warnings,
+        ca_field=ca_field,
+        client_cert_field=cert_field,
+        client_key_field=key_field,
+    )
+
+
+def _written(section: dict[str, Any], field: str) -> str:
+    """Which of a field's two forms the section gives: its ``*-data`` or its file (also when neither)."""
+    return f"{field}-data" if section.get(f"{field}-data") else field
 
 
 def _has_own_credential(user: dict[str, Any]) -> bool:
@@ -1040,6 +1060,17 @@ def _chosen(
     _check_types(cluster, _CLUSTER_FIELDS, f'cluster "{cluster_name}"', path)
     _check_types(user, _USER_FIELDS, f'user "{user_name}"', path)
     _check_user(user, f'kubeconfig {path!r}: user "{user_name}"')
+    # In client-go's order: the user's pairs, then the cluster's. The key's only with a certificate, as
+    # client-go checks it: a key alone is refused below, as no credential.
+    has_cert = bool(user.get("client-certificate") or user.get("client-certificate-data"))
+    _refuse_file_and_data(
+        user,
+        ("client-certificate", "client-key") if has_cert else (),
+        f'kubeconfig {path!r}: user "{user_name}"',
+    )
+    _refuse_file_and_data(
+        cluster, ("certificate-authority",), f'kubeconfig {path!r}: cluster "{cluster_name}"'
+    )
     if not cluster.get("server"):
         raise ConfigError(f'kubeconfig {path!r}: cluster "{cluster_name}" has no server')
     if has_userinfo(cluster["server"]):
@@ -1073,6 +1104,20 @@ def _chosen(
             "support: it connects to the cluster API directly (remove proxy-url and allow that connection)"
         )
     return chosen, user, cluster
+
+
+def _refuse_file_and_data(section: dict[str, Any], fields: tuple[str, ...], where: str) -> None:
+    """Refuse a field given both as a file and as data (``client-certificate`` and
+    ``client-certificate-data``), as kubectl refuses the file ("client-cert-data and client-cert are both
+    specified"): the kubernetes library silently takes the data, so which certificate, key or CA is used
+    would be its choice. An empty one of the two is absent (`_tidied`), as to client-go."""
+    both = [
+        f"{field} and {field}-data" for field in fields if section.get(field) and section.get(f"{field}-data")
+    ]
+    if both:
+        raise ConfigError(
+            f"{where}: {'; '.join(both)} are both given, which kubectl refuses: give the file or the data"
+        )
 
 
 def _check_user(user: dict[str, Any], where: str) -> None:

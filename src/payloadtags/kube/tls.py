@@ -84,7 +84,7 @@ def client_tls_problems(config: ClusterConfig) -> list[str]:
         ca_name = (
             f"the ServiceAccount CA {config.ca_file}"
             if config.in_cluster and config.ca_file
-            else "the cluster CA (certificate-authority)"
+            else f"the cluster CA ({config.ca_field})"
         )
         ca = _contents(config.ca_file, config.ca_data, ca_name, problems)
         if ca is not None and _certificates(ca) is None:
@@ -92,24 +92,30 @@ def client_tls_problems(config: ClusterConfig) -> list[str]:
     cert = _contents(
         config.client_cert_file,
         config.client_cert_data,
-        "the client certificate (client-certificate)",
+        f"the client certificate ({config.client_cert_field})",
         problems,
     )
     key_data = _contents(
-        config.client_key_file, config.client_key_data, "the client key (client-key)", problems
+        config.client_key_file,
+        config.client_key_data,
+        f"the client key ({config.client_key_field})",
+        problems,
     )
     leaf = None
     if cert is not None:
         chain = _certificates(cert)
         if chain is None:
-            problems.append("the client certificate (client-certificate) holds no valid PEM certificate")
+            problems.append(
+                f"the client certificate ({config.client_cert_field}) holds no valid PEM certificate"
+            )
         else:
             try:
                 chain[0].public_key()
             except (ValueError, UnsupportedAlgorithm) as e:
                 # It parses, but its key (say, on SM2's curve) is none that cryptography or OpenSSL can use.
                 problems.append(
-                    f"the client certificate (client-certificate) has a key type that cannot be used ({e})"
+                    f"the client certificate ({config.client_cert_field}) has a key type that cannot be used "
+                    f"({e})"
                 )
             else:
                 leaf = chain[0]
@@ -118,18 +124,20 @@ def client_tls_problems(config: ClusterConfig) -> list[str]:
         try:
             key = load_pem_private_key(key_data, password=None)
         except TypeError:
-            problems.append("the client key (client-key) is encrypted; give it unencrypted")
+            problems.append(f"the client key ({config.client_key_field}) is encrypted; give it unencrypted")
         except (ValueError, UnsupportedAlgorithm):
-            problems.append("the client key (client-key) is not a PEM private key")
+            problems.append(f"the client key ({config.client_key_field}) is not a PEM private key")
         else:
             if not isinstance(key, _SIGNING_KEYS):
                 problems.append(
-                    f"the client key (client-key): a {type(key).__name__} cannot sign a TLS handshake"
+                    f"the client key ({config.client_key_field}): a {type(key).__name__} cannot sign a TLS "
+                    "handshake"
                 )
                 key = None
     if leaf is not None and key is not None and _public(key.public_key()) != _public(leaf.public_key()):
         problems.append(
-            "the client key (client-key) does not match the client certificate (client-certificate)"
+            f"the client key ({config.client_key_field}) does not match the client certificate "
+            f"({config.client_cert_field})"
         )
     if not problems:
         try:
