@@ -827,6 +827,27 @@ def test_bad_tls_data_in_the_kubeconfig_is_one_line_per_problem(
     assert complete(settings(kubeconfig=str(path)), environ=NO_POD).cluster is not None
 
 
+def test_bad_tls_data_an_exec_plugin_prints_names_the_plugins_fields(ca: Authority, tmp_path: Path) -> None:
+    # Named `client-certificate` before, a field the kubeconfig does not hold (review r2e N1).
+    one = ca.client("one")
+    status = {"clientCertificateData": GARBAGE_PEM.decode(), "clientKeyData": one.key_file.read_text()}
+    credential = {"apiVersion": "client.authentication.k8s.io/v1", "status": status}
+    script = tmp_path / "get-cert"
+    script.write_text(f"#!/bin/sh\ncat <<'EOF'\n{json.dumps(credential)}\nEOF\n")
+    script.chmod(0o755)
+    exec_section = {
+        "apiVersion": "client.authentication.k8s.io/v1",
+        "command": str(script),
+        "interactiveMode": "Never",
+    }
+    cluster = {"server": "https://127.0.0.1:1", "certificate-authority-data": _b64(ca.cert_file.read_bytes())}
+    path = _kubeconfig(tmp_path, cluster, {"exec": exec_section}, {"cluster": "c", "user": "u"})
+    assert errors_of(kubeconfig=str(path), authorization_mode=None) == [
+        f"--kubeconfig: kubeconfig '{path}': the client certificate (the exec plugin's "
+        "status.clientCertificateData) holds no valid PEM certificate"
+    ]
+
+
 def test_bad_tls_data_in_the_kubeconfig_exits_1_before_serving(ca: Authority, tmp_path: Path) -> None:
     one, other = ca.client("one"), ca.client("other")
     path = _tls_kubeconfig(

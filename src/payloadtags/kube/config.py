@@ -262,6 +262,9 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
         )
     except ValueError as e:  # ClusterConfig's own checks; what _chosen saw first is named there
         raise ConfigError(f"kubeconfig {path!r}: {_gist(e)}") from e
+    cluster = attrs.evolve(
+        cluster, ca_field=ca_field, client_cert_field=cert_field, client_key_field=key_field
+    )
     if plugin is not None:
         cluster = _with_plugin_credential(cluster, plugin, path)
     problem = _server_problem(cluster.server)
@@ -269,14 +272,7 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
         server = without_userinfo(cluster.server)
         raise ConfigError(f"kubeconfig {path!r}: cluster server {server!r}: {problem}")
     namespace = context_entry.get("namespace")
-    return attrs.evolve(
-        cluster,
-        namespace=namespace or None,
-        warnings=warnings,
-        ca_field=ca_field,
-        client_cert_field=cert_field,
-        client_key_field=key_field,
-    )
+    return attrs.evolve(cluster, namespace=namespace or None, warnings=warnings)
 
 
 def _written(section: dict[str, Any], field: str) -> str:
@@ -1157,6 +1153,8 @@ def _with_plugin_credential(cluster: ClusterConfig, plugin: ExecPlugin, path: st
         client_key_file=None,
         client_cert_data=credential.client_cert_data,
         client_key_data=credential.client_key_data,
+        client_cert_field="the exec plugin's status.clientCertificateData",
+        client_key_field="the exec plugin's status.clientKeyData",
     )
 
 
