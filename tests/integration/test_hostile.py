@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import functools
 import json
 import re
+import select
 import socket
 import ssl
 import tempfile
@@ -428,6 +430,111 @@ async def test_a_client_that_does_not_read_holds_one_response_at_most(api, react
     # more. Twisted alone went on answering into its own memory: about 1 000 in the same second.
     assert served < 300, served
     assert largest < 256 * 1024, largest
+
+
+def _unparsed_requests(wrapper: Any) -> int:
+    """What the server holds of a connection's requests not yet parsed (pipelined behind the one
+    being answered, or the line being read)."""
+    channel = wrapper.wrappedProtocol
+    return sum(map(len, channel._dataBuffer)) + len(channel._buffer or b"")
+
+
+@pytest.mark.parametrize("who", ["admin", "nobody"])
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_reads_no_answer_and_sends_on_is_not_read_past_a_bound(
+    make_server, registry, reactor, who
+):
+    """docs/hardening.md: a client that pipelines requests and reads none of the answers makes the
+    server hold 16 kB of its requests and what one read brings, then the server stops reading it
+    (review r2e F1: it read on, 34 MB in 4 s of /healthz without a certificate); the stall check
+    still closes it, and other connections are answered meanwhile."""
+    api = await make_server(registry, http=HttpLimits(idle_timeout=3.0))
+    user = api.pki.admin if who == "admin" else None
+    request = request_bytes("GET", "/openapi/v2" if who == "admin" else "/healthz")
+    largest = 0
+    seen: set[Any] = set()
+
+    def sample() -> None:
+        nonlocal largest
+        for wrapper in api.running.connections.protocols:
+            held = _unparsed_requests(wrapper)
+            if held:
+                seen.add(wrapper)
+            largest = max(largest, held)
+
+    sampler = task.LoopingCall(sample)
+    sampler.clock = reactor
+    sampler.start(0.01)
+    sent = 0
+
+    def flood() -> ssl.SSLSocket:
+        nonlocal sent
+        sock = target(api).connect(user, timeout=HANG_GUARD, receive_buffer=4096)
+        batch = request * 100
+        sock.settimeout(1.0)  # a send that waits this long: the server no longer reads
+        while sent < 32 * 2**20:
+            try:
+                sock.sendall(batch)
+            except (TimeoutError, ssl.SSLError, OSError):
+                break
+            sent += len(batch)
+        return sock
+
+    before = _rss()
+    sock = await in_thread(flood)
+    try:
+        grown = _rss() - before
+        probe = await in_thread(exchange, target(api), request_bytes("GET", "/healthz"))
+        assert probe.code == 200
+        # The stall check (idle timeout without the client taking a byte) closes the connection.
+        for _ in range(int(HANG_GUARD / 0.1)):
+            if not seen & set(api.running.connections.protocols):
+                break
+            await task.deferLater(reactor, 0.1, lambda: None)
+        assert seen and not seen & set(api.running.connections.protocols)
+    finally:
+        sampler.stop()
+        sock.close()
+    # 16 kB, then what one read of the TCP socket (64 KiB) brings, decrypted with the partial TLS
+    # record (up to 16 kB) the read before left. Without the bound: the 32 MB the client sent.
+    assert largest < 100_000, (largest, sent)
+    assert sent < 32 * 2**20
+    assert grown < 8 * 2**20, grown
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_reads_its_pipelined_answers_slowly_is_answered_every_one(api):
+    """Reading paused past 16 kB of pipelined requests goes on as the client reads: a client that
+    sends 5 000 requests at once and reads the answers slowly, a few kB at a time, gets every one."""
+    count = 5000
+    requests = request_bytes("GET", "/healthz") * count
+
+    def pipeline() -> int:
+        # One thread both sends and reads (an SSL connection is not to be used by two at once).
+        with target(api).connect(timeout=HANG_GUARD, receive_buffer=4096) as sock:
+            sock.setblocking(False)
+            offset = 0
+            buffer = bytearray()
+            answered = 0
+            while answered < count:
+                if offset < len(requests):
+                    with contextlib.suppress(ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                        offset += sock.send(requests[offset : offset + 16_384])
+                try:
+                    chunk = sock.recv(4096)
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    writing = [sock] if offset < len(requests) else []
+                    if not any(select.select([sock], writing, [], HANG_GUARD)):
+                        break
+                    continue
+                if not chunk:
+                    break
+                buffer += chunk
+                answered = buffer.count(b"HTTP/1.1 200 OK")
+                time.sleep(0.0005)  # a slow reader
+            return answered
+
+    assert await in_thread(pipeline) == count
 
 
 def _unsent_bytes(wrapper: Any) -> int:

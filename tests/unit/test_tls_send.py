@@ -52,15 +52,16 @@ class _Loop:
     def __init__(self) -> None:
         self.clock = Clock()
         self.writers: list[FileDescriptor] = []
+        self.readers: set[object] = set()  # the transports reading: only they get what the client sends
 
     def callLater(self, delay: float, f: Any, *args: Any, **kwargs: Any) -> Any:
         return self.clock.callLater(delay, f, *args, **kwargs)
 
     def addReader(self, reader: object) -> None:
-        pass
+        self.readers.add(reader)
 
     def removeReader(self, reader: object) -> None:
-        pass
+        self.readers.discard(reader)
 
     def addWriter(self, writer: FileDescriptor) -> None:
         if writer not in self.writers:
@@ -91,6 +92,7 @@ class _Socket(FileDescriptor):
         self.reset = False
         self.lost: list[Failure] = []
         self.protocol: Any = None
+        self.startReading()  # as tcp.Connection
 
     def writeSomeData(self, data: bytes) -> int | Exception:
         if self.reset:
@@ -511,6 +513,40 @@ def test_what_is_held_goes_out_before_a_close_made_in_the_same_turn() -> None:
     connection.loop.clock.advance(CLOSE_GRACE)  # the client sends no close_notify back
     connection.loop.turn()
     assert connection.socket.lost and connection.channel._lost
+
+
+@pytest.mark.parametrize("size", [200, 18_000, 300_000])
+def test_a_client_that_reads_no_answer_and_sends_on_is_not_read_past_16_kB_of_requests(size: int) -> None:
+    """docs/hardening.md's bound on requests: once 16 kB of pipelined requests wait behind an answer
+    the client does not read, the connection is no longer read (what the client sends on stays in its
+    kernel's buffers), whatever the answers' size; once the client reads, every request is answered."""
+    connection = _Connection()
+    resource = _Answering()
+    resource.size = size
+    connection.channel.site.resource = resource
+    connection.socket.room = 0  # the client reads nothing
+    chunk = b"".join(_get(b"/%05d" % index) for index in range(100))  # about 3.3 kB
+    sent = 0
+    for _ in range(300):
+        if connection.socket in connection.loop.readers:  # as the kernel: delivered only when read
+            connection.send(chunk)
+            sent += len(chunk)
+        connection.loop.turn()
+    buffered = sum(map(len, connection.channel._dataBuffer))
+    assert buffered <= 16_384 + len(chunk)  # 16 kB and the read that went past them
+    assert connection.socket not in connection.loop.readers  # the rest stays with the client
+    assert connection.channel._waitingForTransport
+    connection.socket.room = None  # it reads again: every request sent is answered, in order
+    resource.size = 10  # (the rest small: the test is not about large answers sent)
+    for _ in range(10 * sent // len(chunk) + 50):
+        connection.loop.turn()
+        connection.received()
+    assert len(resource.held) == sent // len(_get(b"/00000"))
+    assert [request.uri for request in resource.held] == [
+        b"/%05d" % (i % 100) for i in range(len(resource.held))
+    ]
+    assert connection.received().count(b"HTTP/1.1 200 OK") == len(resource.held)
+    assert connection.socket in connection.loop.readers
 
 
 def test_a_client_that_reads_nothing_of_a_whole_response_is_closed_after_the_idle_timeout() -> None:

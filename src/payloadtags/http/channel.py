@@ -8,8 +8,11 @@ What Twisted does on its own and what is changed here:
   ``Admission`` (authentication) decides, and only an admitted request's body is read;
 * the response to a pipelined request is written whether or not the client reads: here the next
   pipelined request waits until the previous response is whole and the transport holds no more than
-  its buffer (64 KiB) unsent, so one connection holds at most that, the response that went past it,
-  and 16 kB of requests;
+  its buffer (64 KiB) unsent, so one connection holds at most that and the response that went past it;
+* Twisted stops reading a connection past 16 kB of requests pipelined behind the one being answered,
+  but not while that answer waits for the client to read it: here it stops then too, so a connection
+  holds 16 kB of requests and what one read brings (the TCP read, 64 KiB, with the part of a TLS
+  record the read before left);
 * errors found by the HTTP parser are a bare ``400`` with no body: here every refusal is a Kubernetes
   ``Status`` in JSON;
 * a client may dribble a request head or body forever: here the head must arrive within
@@ -643,6 +646,16 @@ class GuardedChannel(http.HTTPChannel):
             self._held.append(data)
             return
         super().rawDataReceived(data)
+        if (
+            self._handlingRequest
+            and self._waitingForTransport
+            and sum(map(len, self._dataBuffer)) > self._optimisticEagerReadSize
+        ):
+            # Twisted stops reading at 16 kB of requests pipelined behind the one being answered, but
+            # not while that answer waits for the client to read it: a client that reads no answer
+            # and sends on was read without bound (review r2e F1). Here reading stops then too; the
+            # next request's replay (_replay) reads on.
+            self._networkProducer.pauseProducing()
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self.refuse(ApiError(431, "BadRequest", "a request header line is too long"))
