@@ -64,8 +64,9 @@ async def test_interleaving_many_seeds(reactor: Any, fresh_registry: RegistrySer
 class _LeftAfterThe200(Run):
     """A run whose doomed namespace, as the checker looks at it after replica 0's deletecollection
     answered 200 (`Run.after_200`), holds one tag, t0 in its first repository, on a copy (a manifest
-    with a delete's nonce) that a re-tag carried out late put back, by the proxies' record. ``case``
-    says whose write it was, when it reached the registry and what it put."""
+    with a delete's nonce) that a re-tag (carried out late, in most cases) put back, by the proxies'
+    record. ``case`` says whose write it was, when it reached the registry, what it put and what
+    writes followed it before the look read the tag."""
 
     def __init__(self, reactor: Any, registry: RegistryServer, case: str) -> None:
         super().__init__(reactor, registry, Config(seed=0, live_namespaces=0), "ilate")
@@ -95,8 +96,10 @@ class _LeftAfterThe200(Run):
             "before the look",
             "gone by the read, its manifest deleted",
             "gone by the read, another deleted",
-        ):
+        ) or case.startswith("re-tagged"):
             self.late_write(1, now, self.put)
+        elif case == "by the other replica, on time":
+            self.late_write(1, now, self.put, received=now - 0.05)
         elif case == "by the replica that answered":
             self.late_write(0, now, self.put)
         elif case == "by a killed process of the replica that answered":
@@ -115,6 +118,21 @@ class _LeftAfterThe200(Run):
             at = self.now()
             path = f"/v2/{self.repository}/manifests/{deleted}"
             self.proxies[1].exchanges.append(Exchange("DELETE", path, at, at, at + 0.01, 202, None))
+        if case.startswith("re-tagged"):
+            # A tag-by-tag delete of t0 (a copy of its own per delete), between the look's listing and
+            # its read: t0 re-tagged onto a new copy, then (", deleted") that copy deleted by digest.
+            by = 0 if case.startswith("re-tagged by the replica that answered") else 1
+            at = self.now()
+            copy = images.push_oci_image(
+                self.registry.url, self.repository, "t0", annotations={DELETE_NONCE_ANNOTATION: "again"}
+            )
+            path = f"/v2/{self.repository}/manifests/t0"
+            self.proxies[by].exchanges.append(Exchange("PUT", path, at, at, at + 0.01, 201, None, copy))
+            if case.endswith(", deleted"):
+                images.delete_manifest(self.registry.url, self.repository, copy)
+                at = self.now()
+                path = f"/v2/{self.repository}/manifests/{copy}"
+                self.proxies[by].exchanges.append(Exchange("DELETE", path, at, at, at + 0.01, 202, None))
         return listed
 
     def late_write(self, proxy: int, reached: float, put: str, received: float | None = None) -> None:
@@ -143,19 +161,27 @@ LEFT_AFTER_THE_200 = {
     # Replica 1's delete of its copy explains why the look's read found nothing.
     "gone by the read, its manifest deleted": True,
     "gone by the read, another deleted": False,
+    # Review r2e F3: any write of another replica, late or not ("What remains").
+    "by the other replica, on time": True,
+    # Review r2e F2: the other replica's tag-by-tag delete of t0 between the look's listing and read.
+    "re-tagged by the other replica before the read": True,
+    "re-tagged by the other replica before the read, deleted": True,
+    "re-tagged by the replica that answered before the read": False,
+    "re-tagged by the replica that answered before the read, deleted": False,
 }
 
 
 @pytest.mark.parametrize("case", list(LEFT_AFTER_THE_200))
 @pytest_twisted.ensureDeferred
-async def test_a_tag_left_after_a_200_is_a_window_hit_only_if_another_replicas_late_write_put_it_back(
+async def test_a_tag_left_after_a_200_is_a_window_hit_only_if_another_replicas_write_put_it_back(
     reactor: Any, fresh_registry: RegistryServer, case: str
 ) -> None:
     """A tag a deletecollection's 200 left is a residual-window hit only when a write the 200 cannot
-    have waited for explains it (docs/consistency.md, "deletecollection", what remains): a late write
-    of another replica (or of a process of the answering one that was killed), that reached the
-    registry after the removal began and before the checker's look listed the tag's repository, and
-    that put what the look read there. Anything else is a violation (review misc5 F1)."""
+    have waited for explains it (docs/consistency.md, "deletecollection", what remains): a write of
+    another replica, late or not (or of a process of the answering one that was killed), that reached
+    the registry after the removal began and before the checker's look listed the tag's repository,
+    and that put what the look read there, or what such a write put, or deleted, by the read. Anything
+    else is a violation (review misc5 F1, review r2e F2 and F3)."""
     run = _LeftAfterThe200(reactor, fresh_registry, case)
     try:
         await run.after_200(run.namespace, 0)
@@ -170,3 +196,78 @@ async def test_a_tag_left_after_a_200_is_a_window_hit_only_if_another_replicas_l
         assert len(run.report.violations) == 1
         assert f"'{run.repository}': ['t0']" in run.report.violations[0]
         assert run.report.late_write_hits == 0
+
+
+class _OwnWriteAfterThe200(Run):
+    """A run whose doomed namespace is empty when replica 0's deletecollection answers 200, and whose
+    proxies' record holds a manifest PUT into it that reaches the registry one second after that 200.
+    ``case`` says whose write it was and when the proxy had it (review r2e L2)."""
+
+    def __init__(self, reactor: Any, registry: RegistryServer, case: str) -> None:
+        super().__init__(reactor, registry, Config(seed=0, live_namespaces=0), "iown")
+        self.case = case
+        self.namespace = self.doomed[0]
+        self.begin_removal(self.namespace)
+        self.restarted = self.now()
+
+    def born(self, replica: int) -> float:
+        if self.case == "by a killed process of the replica that answered":
+            return self.restarted
+        return super().born(replica)
+
+    def list_repository(self, repository: str) -> tuple[list[str], float]:
+        if repository == self.repositories[self.namespace][0]:
+            timeout = self.config.timeout
+            now = self.now()
+            received = {
+                "by the replica that answered": now - 0.01,
+                "by the replica that answered, timed out": now - 1.5 * timeout,
+                "by the replica that answered, past its record": now - 2.5 * timeout,
+                "by the replica that answered, after the 200": now + 0.5,
+                "by a killed process of the replica that answered": self.restarted - 0.01,
+                "by the other replica": now - 0.01,
+            }[self.case]
+            proxy = 1 if self.case == "by the other replica" else 0
+            path = f"/v2/{repository}/manifests/t0"
+            self.proxies[proxy].exchanges.append(
+                Exchange("PUT", path, received, now + 1.0, now + 1.01, 201, "late", images.sha256(b"m"))
+            )
+        return [], self.now()
+
+
+# Whether the write landing after the 200 is a violation (True): the answering replica waits until none
+# of its own writes may still land (docs/consistency.md, "deletecollection").
+OWN_WRITE_AFTER_THE_200 = {
+    "by the replica that answered": True,
+    "by the replica that answered, timed out": True,
+    # Kept LATE_WRITE_GRACE registry timeouts after its request ended: a write that lands later still.
+    "by the replica that answered, past its record": False,
+    "by the replica that answered, after the 200": False,
+    "by a killed process of the replica that answered": False,
+    "by the other replica": False,
+}
+
+
+@pytest.mark.parametrize("case", list(OWN_WRITE_AFTER_THE_200))
+@pytest_twisted.ensureDeferred
+async def test_a_write_of_the_answering_replica_that_lands_after_its_200_is_a_violation(
+    reactor: Any, fresh_registry: RegistryServer, case: str
+) -> None:
+    """A deletecollection's 200 waits until no write of the process may still land in the namespace:
+    a write of that process, sent before the 200 and still in its record then, that reaches the
+    registry after the 200 is a violation, even when nothing is left for the look right after the 200
+    to see (review r2e L2)."""
+    run = _OwnWriteAfterThe200(reactor, fresh_registry, case)
+    try:
+        await run.after_200(run.namespace, 0)
+        run.check_own_writes()
+    finally:
+        await run.stop()
+        for proxy in run.proxies:
+            await proxy.stop()
+    if OWN_WRITE_AFTER_THE_200[case]:
+        assert len(run.report.violations) == 1
+        assert "without waiting for its own write" in run.report.violations[0]
+        assert f"{run.repositories[run.namespace][0]}:t0" in run.report.violations[0]
+    else:
+        assert run.report.violations == []

@@ -63,9 +63,10 @@ from payloadtags.registry import (
     RegistryError,
     RegistrySettings,
 )
+from payloadtags.registry.client import LATE_WRITE_GRACE
 from tests.support import images
 from tests.support.dangling import dangling_tags
-from tests.support.faultproxy import FAULTS, FaultProxy
+from tests.support.faultproxy import FAULTS, Exchange, FaultProxy
 from tests.support.registry_server import RegistryServer
 
 USER = UserInfo(name="interleaving")
@@ -179,6 +180,24 @@ class Found:
     read: float
 
 
+@attrs.frozen
+class Answer:
+    """A deletecollection's 200: of which namespace, by which replica (an index into the proxies),
+    decided by when and seen by the checker when, and when the process that answered started."""
+
+    namespace: str
+    replica: int
+    decided: float
+    at: float
+    born: float
+
+
+# How much earlier than the proxy had it a replica may have ended a write's request (cancelled while
+# the request was on its way), in seconds: its record holds the write that much less after the proxy's
+# `received` (a lot for loopback, little beside the registry timeout).
+_OWN_WRITE_SLACK = 0.1
+
+
 @attrs.define
 class Report:
     config: Config
@@ -263,6 +282,8 @@ class Run:
         }
         self.counter = 0
         self.removal_began: dict[str, float] = {}
+        # Each deletecollection's 200, for `check_own_writes`.
+        self.answers: list[Answer] = []
         self.windows: dict[str, list[tuple[str, float, float]]] = collections.defaultdict(list)
 
     def make_replicas(self) -> list[Replica]:
@@ -429,13 +450,15 @@ class Run:
         )
         self.report.doomed_seconds.append(self.now() - started)
 
-    async def after_200(self, namespace: str, replica: int) -> None:
+    async def after_200(self, namespace: str, replica: int, decided: float | None = None) -> None:
         """What a deletecollection's 200 (answered by ``replica``, an index into the proxies) left of
         the namespace: nothing, or only tags that a write the 200 cannot have waited for put back
         (`_explained`), which that write's own delete then removes (the final check says whether it
-        did)."""
+        did). ``decided``: by when the replica had decided to answer 200, when earlier than now (a
+        process's answer travels). Recorded for `check_own_writes`."""
         at = self.now()
         born = self.born(replica)  # read now: the process that answered, not a later restart of it
+        self.answers.append(Answer(namespace, replica, at if decided is None else decided, at, born))
         left = await deferToThread(self.look, namespace)
         if not left:
             return
@@ -459,33 +482,72 @@ class Run:
         )
 
     def _explained(self, found: Found, replica: int, born: float, namespace: str) -> bool:
-        """Whether a write the 200 cannot have waited for put back the tag ``found`` saw: a manifest PUT
-        under the tag that reached the registry after its client's timeout (a late write), after the
-        namespace's removal began (one before it, the removal's listings saw) and before the look
-        listed the tag's repository (one after cannot have put back what the look saw), from another
-        replica (docs/consistency.md, "deletecollection", what remains: the replica that answered
-        waits until none of its own writes may still land) or from a process of that replica that
-        died before ``born``, and that put what the look read there. A tag gone by the look's read
-        (a delete between the listing and the read) is explained by such a write whose manifest a
-        delete by digest then removed before that read."""
+        """Whether a write the 200 cannot have waited for explains the tag ``found`` saw
+        (docs/consistency.md, "deletecollection", what remains: a write another replica made, which
+        this replica does not know of, late or not; the replica that answered waits until none of its
+        own writes may still land): a manifest PUT under the tag by another replica or by a process
+        of the answering one that died before ``born`` (`_unknown`), that reached the registry after
+        the namespace's removal began (one before it, the removal's listings saw) and before the look
+        listed the tag's repository (one after cannot have put back what the look saw). That explains
+        the listing; the look's read right after is then explained by what such writes did meanwhile
+        (the other replica's tag-by-tag delete of that tag re-tags it onto a copy of its own, then
+        deletes that copy): it holds what the write put, or what a later such write put by the read,
+        or nothing, when a delete of one of those manifests reached the registry by the read."""
         path = f"/v2/{found.repository}/manifests/{found.tag}"
         began = self.removal_began[namespace]
-        for index, proxy in enumerate(self.proxies):
-            for write in proxy.exchanges:
-                if (
-                    write.path != path
-                    or write.method != "PUT"
-                    or write.sent - write.received <= self.config.timeout
-                    or not began <= write.sent <= found.listed
-                    or (index == replica and write.received >= born)
-                ):
-                    continue
-                if found.digest is None:
-                    if self._deleted(found.repository, write.body_digest, write.sent, found.read):
-                        return True
-                elif write.body_digest == found.digest:
+        writes = [
+            write
+            for index, proxy in enumerate(self.proxies)
+            for write in proxy.exchanges
+            if write.path == path and write.method == "PUT" and self._unknown(index, write, replica, born)
+        ]
+        for write in writes:
+            if not began <= write.sent <= found.listed:
+                continue
+            put = {write.body_digest} | {
+                later.body_digest for later in writes if write.sent < later.sent <= found.read
+            }
+            if found.digest is None:
+                if any(self._deleted(found.repository, digest, write.sent, found.read) for digest in put):
                     return True
+            elif found.digest in put:
+                return True
         return False
+
+    @staticmethod
+    def _unknown(index: int, write: Exchange, replica: int, born: float) -> bool:
+        """Whether ``write``, through proxy ``index``, is one the process of ``replica`` born at
+        ``born`` does not know of: another replica's, or a killed process's of the same one."""
+        return index != replica or write.received < born
+
+    def check_own_writes(self) -> None:
+        """Whether each deletecollection's 200 waited for its own replica's writes, as
+        docs/consistency.md says it does ("deletecollection": until no write of the process may still
+        land in the namespace): a manifest PUT into the namespace by the process that answered, sent
+        before it decided to answer and still in its record of writes that may land then (it keeps one
+        for `LATE_WRITE_GRACE` registry timeouts once its request ended, unanswered or cancelled, and
+        the request ended no earlier than the proxy had it: `_OWN_WRITE_SLACK` covers a cancel while
+        the request was on its way), must not reach the registry after the 200 (run once the proxies
+        have settled)."""
+        held = LATE_WRITE_GRACE * self.config.timeout - _OWN_WRITE_SLACK
+        for answer in self.answers:
+            prefix = f"/v2/{answer.namespace}/"
+            for write in self.proxies[answer.replica].exchanges:
+                if (
+                    write.method == "PUT"
+                    and write.path.startswith(prefix)
+                    and "/manifests/" in write.path
+                    and write.status == 201
+                    and answer.born <= write.received < answer.decided < write.received + held
+                    and write.sent > answer.at
+                ):
+                    repository, tag = write.path[len("/v2/") :].split("/manifests/")
+                    self.report.violations.append(
+                        f"deletecollection of {answer.namespace} answered 200 by replica {answer.replica} "
+                        f"at {answer.at - self.began:.3f} without waiting for its own write: "
+                        f"{repository}:{tag} sent at {write.received - self.began:.3f} reached the registry "
+                        f"at {write.sent - self.began:.3f}\n{self.timeline(repository, tag)}"
+                    )
 
     def _deleted(self, repository: str, digest: str | None, since: float, until: float) -> bool:
         """Whether a delete of the manifest ``digest`` reached the registry within [since, until]."""
@@ -612,6 +674,7 @@ class Run:
     def check(self) -> None:
         url = self.registry.url
         violations = self.report.violations
+        self.check_own_writes()
         for namespace in self.doomed:
             left = self.content(namespace)
             if left:

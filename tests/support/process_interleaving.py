@@ -231,6 +231,7 @@ class ProcessRun(Run):
                     self.report.violations.append(f"replica {slot} did not come back within 300s")
                     return
                 self.report.operations["deletecollection"] += 1
+                asked = self.now()  # the process decides its 200 after this, and before it is here
                 try:
                     response = await self.client(slot, controller=True).delete(
                         collection(namespace), headers=CONTROLLER_HEADERS
@@ -242,7 +243,7 @@ class ProcessRun(Run):
                 if response.code != 200:
                     await deferLater(self.reactor, 0.05, lambda: None)
                     continue
-                await self.after_200(namespace, slot)
+                await self.after_200(namespace, slot, decided=asked)
                 return
             self.report.violations.append(f"deletecollection of {namespace} never answered 200")
 
