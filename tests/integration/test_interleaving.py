@@ -12,11 +12,15 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import deferLater
 
+from payloadtags.api.options import DeleteOptions, list_options
+from payloadtags.names import TagRef
 from payloadtags.registry import DELETE_NONCE_ANNOTATION
 from tests.support import images
-from tests.support.faultproxy import Exchange
-from tests.support.interleaving import Config, Report, Run, run_many_seeds, run_seed
+from tests.support.faultproxy import LATE, Exchange
+from tests.support.interleaving import USER, Config, Replica, Report, Run, run_many_seeds, run_seed
 from tests.support.registry_server import RegistryServer
 
 DEFAULT_SEEDS = (1, 2, 3)
@@ -271,3 +275,69 @@ async def test_a_write_of_the_answering_replica_that_lands_after_its_200_is_a_vi
         assert f"{run.repositories[run.namespace][0]}:t0" in run.report.violations[0]
     else:
         assert run.report.violations == []
+
+
+class _OwnLateWrite(Run):
+    """Replica ``replica`` (0 deletes its Terminating namespace by digest, 1 tag by tag), whose proxy
+    holds a single delete's re-tag of t0 until ``reaches`` fires."""
+
+    def __init__(self, reactor: Any, registry: RegistryServer, replica: int) -> None:
+        config = Config(seed=0, live_namespaces=0, fault_rate=0.0, kill_rate=0.0, timeout=1.0)
+        super().__init__(reactor, registry, config, "iwait")
+        self.namespace = self.doomed[0]
+        self.repository = self.repositories[self.namespace][0]
+        self.reaches: Deferred[None] = Deferred()
+        self.proxy = self.proxies[replica]
+        self.proxy.hold = self.reaches
+        retag = f"/v2/{self.repository}/manifests/t0"
+        self.proxy.decide = lambda method, path: LATE if method == "PUT" and path == retag else None
+
+    def make_replicas(self) -> list[Replica]:
+        # A budget that outlasts the wait (three registry timeouts): the 200 comes in one call.
+        return [
+            Replica.make(
+                self.reactor,
+                self.proxies[0].url,
+                self.config.timeout,
+                deleting=lambda namespace: namespace in self.doomed,
+                removal_budget=10.0,
+            ),
+            Replica.make(self.reactor, self.proxies[1].url, self.config.timeout, removal_budget=10.0),
+        ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_deletecollection_answers_200_only_once_its_own_late_write_may_no_longer_land(
+    reactor: Any, fresh_registry: RegistryServer
+) -> None:
+    """The product against `Run.check_own_writes`: replica 0's deletecollection (by digest: the
+    namespace is Terminating) after its own single delete was killed with its re-tag in the proxy
+    (held there until the 200 is in) answers 200 only once that write may no longer land, so its
+    landing after the 200 is no violation. Fails with a removal that does not wait for its process's
+    writes (review r2e L2), and with replicas whose cascades keep a record of late writes apart from
+    their registry client's (as `Replica.make` did)."""
+    replica = 0
+    run = _OwnLateWrite(reactor, fresh_registry, replica)
+    service = run.replicas[replica].service
+    try:
+        await run.fill()
+        name = TagRef(run.namespace, run.repository.split("/", 1)[1], "t0").name
+        single = Deferred.fromCoroutine(service.delete(USER, run.namespace, name, DeleteOptions()))
+        while not run.proxy.injected[LATE]:
+            await deferLater(reactor, 0.01, lambda: None)
+        # Its re-tag is in the proxy, held: a kill (the run's cancel) of the delete now leaves it to
+        # land, as far as the replica knows, within LATE_WRITE_GRACE registry timeouts.
+        single.cancel()
+        with pytest.raises(CancelledError):
+            await single
+        await service.delete_collection(USER, run.namespace, list_options({}), DeleteOptions())
+        await run.after_200(run.namespace, replica)
+        run.reaches.callback(None)
+        await run.proxy.settled()
+        run.check_own_writes()
+    finally:
+        await run.stop()
+        for proxy in run.proxies:
+            await proxy.stop()
+    assert run.proxy.injected[LATE] == 1
+    assert run.report.violations == [], run.report.violations[0][:800]

@@ -99,8 +99,18 @@ class Replica:
         client = RegistryClient(
             reactor, RegistrySettings(url=url, timeout=timeout), finish_begun_deletes=finish_begun_deletes
         )
+        # One record of the writes that may still land, for the client that notes them, every cascade
+        # and the deletecollections, as `payloadtags.server` wires a process: with a record of their
+        # own, a removal would never wait for a single delete's re-tag or another cascade's repair.
+        late_writes = client.late_writes
+        grace = LATE_WRITE_GRACE * timeout
         cascade = Cascade(
-            client, reactor, concurrency=4, backoff=lambda: Backoff(initial=0.02, factor=2.0, cap=0.2)
+            client,
+            reactor,
+            concurrency=4,
+            backoff=lambda: Backoff(initial=0.02, factor=2.0, cap=0.2),
+            late_write_grace=grace,
+            late_writes=late_writes,
         )
         removal = None
         if deleting is not None:
@@ -109,7 +119,14 @@ class Replica:
                 return (TERMINATING if deleting(namespace) else EXISTS), None
 
             removal = NamespaceRemover(
-                Cascade(client, reactor, concurrency=4, backoff=lambda: Backoff(initial=0.02, cap=0.2)),
+                Cascade(
+                    client,
+                    reactor,
+                    concurrency=4,
+                    backoff=lambda: Backoff(initial=0.02, cap=0.2),
+                    late_write_grace=grace,
+                    late_writes=late_writes,
+                ),
                 reactor,
                 check,
             )
@@ -120,6 +137,7 @@ class Replica:
             versions=ResourceVersions(reactor),
             removal=removal,
             removal_budget=removal_budget,
+            late_writes=late_writes,
         )
         return cls(client, service, cascade, removal)
 
