@@ -271,15 +271,22 @@ def _without_passwords(message: str, given: Sequence[str] = ()) -> str:
     Each argument given is redacted whole, since a quoted password may hold a space and a word of the
     message would then be only part of it; then each word, for what argparse echoes otherwise."""
     for arg in sorted({arg for arg in given if "@" in arg}, key=len, reverse=True):
-        flag, equals, value = arg.partition("=") if arg.startswith("-") else ("", "", arg)
-        message = message.replace(arg, flag + equals + without_userinfo(value))
+        message = message.replace(arg, _redacted(arg))
+        value = _flag_and_value(arg)[2]
         if value:
             message = message.replace(value, without_userinfo(value))  # a bad value is echoed alone
-    words = []
-    for word in message.split(" "):
-        flag, equals, value = word.partition("=") if word.startswith("-") else ("", "", word)
-        words.append(flag + equals + without_userinfo(value) if "@" in value else word)
-    return " ".join(words)
+    return " ".join(_redacted(word) for word in message.split(" "))
+
+
+def _flag_and_value(word: str) -> tuple[str, str, str]:
+    """``--flag``, ``=`` and the value of ``--flag=value``; of anything else, only the value."""
+    return word.partition("=") if word.startswith("-") else ("", "", word)
+
+
+def _redacted(word: str) -> str:
+    """The word with the user information of its value redacted, when its value has an ``@``."""
+    flag, equals, value = _flag_and_value(word)
+    return flag + equals + without_userinfo(value) if "@" in value else word
 
 
 class _Help(argparse.HelpFormatter):

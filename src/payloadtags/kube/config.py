@@ -286,11 +286,14 @@ def _has_own_credential(user: dict[str, Any]) -> bool:
     or a client certificate with its key, each as a file or as data. A key alone is no credential to
     client-go, which copies the key only with a certificate. The user's fields are tidied: an empty one
     is absent, as to client-go."""
-    has_cert = bool(user.get("client-certificate") or user.get("client-certificate-data"))
-    has_key = bool(user.get("client-key") or user.get("client-key-data"))
     return bool(user.get("token") or user.get("tokenFile") or user.get("auth-provider")) or (
-        has_cert and has_key
+        _given(user, "client-certificate") and _given(user, "client-key")
     )
+
+
+def _given(section: dict[str, Any], field: str) -> bool:
+    """Whether the section gives the field in either form, its file or its ``*-data``."""
+    return bool(section.get(field) or section.get(f"{field}-data"))
 
 
 # A cluster's fields whose type the kubernetes library does not check, with the type client-go decodes.
@@ -1058,10 +1061,9 @@ def _chosen(
     _check_user(user, f'kubeconfig {path!r}: user "{user_name}"')
     # In client-go's order: the user's pairs, then the cluster's. The key's only with a certificate, as
     # client-go checks it: a key alone is refused below, as no credential.
-    has_cert = bool(user.get("client-certificate") or user.get("client-certificate-data"))
     _refuse_file_and_data(
         user,
-        ("client-certificate", "client-key") if has_cert else (),
+        ("client-certificate", "client-key") if _given(user, "client-certificate") else (),
         f'kubeconfig {path!r}: user "{user_name}"',
     )
     _refuse_file_and_data(

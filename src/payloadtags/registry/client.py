@@ -1734,7 +1734,8 @@ class RegistryClient:
         redirects: bool,
         peer: str | None,
     ) -> _Reply:
-        followed = FollowedAgent(self._agent)
+        # Only a read that follows redirects notes where they led (most requests follow none).
+        followed = FollowedAgent(self._agent) if redirects else None
         attempt = self._roundtrip(method, url, headers, body, authorization, max_body, redirects, followed)
         try:
             # An answer in the socket when the deadline is due counts as in time (see `within`).
@@ -1744,7 +1745,8 @@ class RegistryClient:
         except DeadlineExpired as error:
             # Where a redirect led (a storage backend) is the server that did not answer: the registry
             # answered its redirect at once.
-            asked = (followed.last or b"").decode("ascii", "replace") or url
+            last = followed.last if followed is not None else None
+            asked = (last or b"").decode("ascii", "replace") or url
             raise RegistryTimeout(
                 f"{self._server_of(asked, peer)} did not answer {method} {_path(url)} within "
                 f"{self._settings.timeout:g}s; it may be overloaded, retry later"
@@ -1770,7 +1772,7 @@ class RegistryClient:
         authorization: str | None,
         max_body: int,
         redirects: bool,
-        followed: FollowedAgent,
+        followed: FollowedAgent | None,
     ) -> _Reply:
         request_headers: dict[bytes | str, list[bytes | str]] = {"User-Agent": ["payloadtags"]}
         for name, value in (headers or {}).items():
@@ -1797,7 +1799,7 @@ class RegistryClient:
             # rest of a small tags/list exchange (its IDNA checks alone a tenth of a single-tag GET's
             # CPU, through the config blob), and a read needs neither.
             sent = Headers(cast("dict[str, list[str]]", request_headers))  # all str, as built above
-            if redirects:
+            if followed is not None:
                 response = await self._redirected(method, url, sent, followed)
             else:
                 response = await self._agent.request(method.encode("ascii"), url.encode("ascii"), sent, None)
