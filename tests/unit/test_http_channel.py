@@ -18,7 +18,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web.http import datetimeToString
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import Request
 from zope.interface import Interface, implementer, providedBy
 
 from payloadtags.api.errors import ApiError
@@ -38,6 +38,8 @@ from payloadtags.http.channel import (
 from payloadtags.http.clients import LOG_LIMIT
 from payloadtags.http.eviction import EvictionOrder
 from payloadtags.limits import HEAD_BYTES, HEADER_LINE_COST, LINGER, HttpLimits
+from tests.support.held_site import Admitting as _Admitting
+from tests.support.held_site import Held as _Held
 
 
 def _tcp_pair() -> tuple[socket.socket, socket.socket]:
@@ -150,31 +152,6 @@ def test_the_close_is_forced_after_its_grace_and_an_idle_connection_closes() -> 
 
 
 # --- the drain: keep-alive ends ------------------------------------------------------------------
-
-
-class _Admitting:
-    def admit(self, request: Request) -> Deferred[ApiError | None]:
-        return succeed(None)
-
-    def is_probe(self, path: bytes) -> bool:
-        return False
-
-    def proves(self, request: Request) -> bool:
-        return False
-
-
-class _Held(Resource):
-    """Answers nothing until the test finishes the request."""
-
-    isLeaf = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.held: list[Request] = []
-
-    def render_GET(self, request: Request) -> int:
-        self.held.append(request)
-        return NOT_DONE_YET
 
 
 def _connected(site: GuardedSite) -> tuple[GuardedChannel, StringTransport]:

@@ -17,16 +17,13 @@ from OpenSSL import SSL
 from twisted.internet import main
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import Request
 from zope.interface import implementer
 
-from payloadtags.api.errors import ApiError
 from payloadtags.http.channel import (
     CLOSE_GRACE,
     STALL_CHECK,
@@ -40,6 +37,8 @@ from payloadtags.http.channel import (
 )
 from payloadtags.limits import HttpLimits
 from payloadtags.tls import ContextFactory, ServingCertificate, server_context
+from tests.support.held_site import Admitting as _Admitting
+from tests.support.held_site import Held as _Held
 
 _SERVER_CONTEXT = ContextFactory(server_context(ServingCertificate.self_signed(), ()))
 
@@ -131,31 +130,6 @@ class _Socket(FileDescriptor):
 
     def setTcpNoDelay(self, enabled: bool) -> None:
         pass
-
-
-class _Held(Resource):
-    """Answers nothing until the test writes and finishes the request."""
-
-    isLeaf = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.held: list[Request] = []
-
-    def render_GET(self, request: Request) -> int:
-        self.held.append(request)
-        return NOT_DONE_YET
-
-
-class _Admitting:
-    def admit(self, request: Request) -> Deferred[ApiError | None]:
-        return succeed(None)
-
-    def is_probe(self, path: bytes) -> bool:
-        return False
-
-    def proves(self, request: Request) -> bool:
-        return False
 
 
 class _Connection:
