@@ -381,6 +381,15 @@ async def listed_as(client: KubeClient, kube_api: KubeApiDouble) -> str | None:
     return kube_api.requests_for(NS)[-1].user
 
 
+async def served_as(config: ClusterConfig, kube_api: KubeApiDouble) -> str | None:
+    """Whom a client made from ``config`` is served as, on one list (the client closed after)."""
+    client = KubeClient(reactor, config, request_timeout=5)
+    try:
+        return await listed_as(client, kube_api)
+    finally:
+        await client.close()
+
+
 async def sent_as_kubectl_sends_it(
     kube_api: KubeApiDouble, tmp_path: Path, token: str, user: dict[str, Any]
 ) -> ClusterConfig:
@@ -393,11 +402,7 @@ async def sent_as_kubectl_sends_it(
     assert kube_api.requests_for(NS)[-1].user == "robot"
     config = load_cluster_config(str(kubeconfig))
     assert config is not None
-    client = KubeClient(reactor, config, request_timeout=5)
-    try:
-        assert await listed_as(client, kube_api) == "robot"
-    finally:
-        await client.close()
+    assert await served_as(config, kube_api) == "robot"
     return config
 
 
@@ -524,11 +529,7 @@ async def test_an_exec_plugin_beside_a_client_certificate_and_its_key_is_not_run
     config = load_cluster_config(str(kubeconfig))
     assert config is not None and config.exec_plugin is None and config.token is None
     assert config.has_client_cert and not (tmp_path / "conf" / "runs").exists()
-    client = KubeClient(reactor, config, request_timeout=5)
-    try:
-        assert await listed_as(client, kube_api) == "cert-robot"
-    finally:
-        await client.close()
+    assert await served_as(config, kube_api) == "cert-robot"
     assert not (tmp_path / "conf" / "runs").exists()
 
 
@@ -885,11 +886,7 @@ async def test_empty_data_keys_beside_their_files_leave_the_files_in_force(
     kubeconfig.write_text(json.dumps(document))
     config = load_cluster_config(str(kubeconfig))
     assert config is not None
-    client = KubeClient(reactor, config, request_timeout=5)
-    try:
-        assert await listed_as(client, kube_api) == "robot"
-    finally:
-        await client.close()
+    assert await served_as(config, kube_api) == "robot"
 
 
 @pytest_twisted.ensureDeferred
