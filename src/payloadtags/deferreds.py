@@ -146,6 +146,7 @@ async def within(
     *,
     cut_if: Callable[[], bool] | None = None,
     look_first: bool = False,
+    progress: Callable[[], int] | None = None,
 ) -> T:
     """The result of `work`, which is cancelled if it has not ended `seconds` after the call.
 
@@ -153,23 +154,47 @@ async def within(
     cancelled: whatever `work` then fails with (a transport may report a cancel as a lookup or
     connection failure), the cancel is noted as it comes in. Other failures pass through unchanged.
     With ``cut_if``, the deadline cancels the work only if ``cut_if()`` is true then; else the work
-    goes on unbounded. With ``look_first``, the deadline, once due, waits one more turn of the
-    reactor (``callLater(0)``), in which it reads what its sockets hold, before it cuts.
+    goes on unbounded.
+
+    With ``look_first``, the deadline, once due, first gives the reactor a turn (``callLater(0)``),
+    in which it polls its sockets, and cuts only if the work has still not ended then. In one turn
+    the reactor reads at most 64 KiB of a socket (Twisted's ``bufferSize``), so an answer that takes
+    more reads takes more turns: with ``progress`` too (a count of what the work has taken in, such as
+    the bytes of an answer's body), it looks again each turn while the last turn raised that count,
+    for at most ``seconds`` after the deadline ran. So an answer still coming in when the deadline is
+    due is read on, for at most about twice ``seconds`` in all (plus however late the reactor ran the
+    deadline); one that brought nothing in the last turn, silent, stalled or trickling, is cut then:
+    one turn after the deadline, or two when the look read what had piled up.
     """
     # A coroutine is run as it is; another awaitable (a Deferred the caller may hold) is awaited by
     # one of ours, so that the callbacks below are not added to it.
     d = Deferred.fromCoroutine(work if inspect.iscoroutine(work) else _as_coroutine(work))
     expired = cancelled = False
-    looked = not look_first
-    call: IDelayedCall  # the deadline's timed call, then its one look (see expire)
+    looks_until: float | None = None  # set when the deadline first runs, if it looks
+    seen = 0  # progress() when the deadline last ran or looked
+    call: IDelayedCall  # the deadline's timed call, then each of its looks (see expire)
 
-    def expire() -> None:
-        nonlocal expired, looked, call
-        if not looked:
+    def look_again() -> bool:
+        nonlocal looks_until, seen
+        if not look_first:
+            return False
+        now_seen = progress() if progress is not None else 0
+        if looks_until is None:
             # After a stretch without a poll (its thread busy, or not scheduled on a loaded
             # machine), the reactor runs the timed calls then due before it polls its sockets: an
             # answer that came in time may be waiting there, unread. The next turn polls first.
-            looked = True
+            looks_until, seen = clock.seconds() + seconds, now_seen
+            return True
+        # A turn that brought nothing: what was waiting has been read. The bound holds against an
+        # answer that goes on coming in (a registry streaming a large body slowly).
+        if now_seen == seen or clock.seconds() >= looks_until:
+            return False
+        seen = now_seen
+        return True
+
+    def expire() -> None:
+        nonlocal expired, call
+        if look_again():
             call = clock.callLater(0, expire)
             return
         if cut_if is not None and not cut_if():

@@ -123,6 +123,29 @@ async def test_an_answer_in_time_is_not_lost_to_its_deadline_due_when_the_reacto
 
 
 @pytest_twisted.ensureDeferred
+async def test_an_answer_in_time_longer_than_one_read_is_not_lost_to_its_deadline_either(
+    reactor: Any, registry: RegistryServer, make_client: MakeClient, repo: str
+) -> None:
+    """As above, with a tags list of about 85 KiB: the reactor reads at most 64 KiB of a socket a turn,
+    so the whole answer, waiting in the socket when the reactor resumes, takes more than the one look
+    to read. The deadline reads on while each turn brings more of it."""
+    images.push_oci_image(registry, repo, "v1")
+    fetched = images.get_manifest(registry, repo, "v1")
+    assert fetched is not None
+    session = images.Session(registry)
+    tags = {"v1"} | {f"t{i:03d}-" + "x" * 115 for i in range(700)}
+    for tag in sorted(tags - {"v1"}):
+        images.push_manifest(session, repo, tag, fetched.content, fetched.media_type)
+    timeout = 0.5
+    with StallRelay(registry.url) as relay:
+        client = make_client(relay.url, timeout=timeout)
+        assert set(await client.tags(repo)) == tags
+        relay.stall_next(reactor, timeout)
+        assert set(await client.tags(repo)) == tags
+        assert [method for method, _ in relay.stalled] == ["GET"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_tags_are_sorted(registry: RegistryServer, registry_client: RegistryClient, repo: str) -> None:
     images.push_oci_image(registry, repo, "v1")
     wanted = ["v1", "b", "2", "c", "10", "a", "latest", "1.0.0", "Z"]

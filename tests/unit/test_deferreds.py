@@ -77,16 +77,33 @@ def test_within_cuts_the_work_only_if_its_condition_holds_at_the_deadline() -> N
     assert isinstance(failure_of(cut), DeadlineExpired)
 
 
+class Turns(Clock):
+    """A Clock that runs its calls turn by turn, as the reactor does: a call made during a turn, even
+    a ``callLater(0)``, runs in the next one (Clock.advance would run it in the same advance). So a
+    deadline that looked forever would show as a test failure, not a hang."""
+
+    def turn(self, amount: float = 0) -> None:
+        self.rightNow += amount
+        due = sorted(
+            (call for call in self.calls if call.getTime() <= self.rightNow), key=lambda c: c.getTime()
+        )
+        for call in due:
+            if call in self.calls:  # not cancelled by an earlier call of this turn
+                self.calls.remove(call)
+                call.called = 1
+                call.func(*call.args, **call.kw)
+
+
 @pytest.mark.parametrize("look_first", [False, True])
 def test_within_look_first_takes_an_answer_due_with_the_deadline_and_cuts_if_none(look_first: bool) -> None:
     """``look_first``: the deadline and the work's end are due in the same turn, the deadline first
     (a reactor resuming after a stall runs its timed calls before it polls its sockets). Only with it
     does the work's end win; with nothing to end it, the deadline still cuts a turn later."""
-    clock = Clock()
+    clock = Turns()
     work: Deferred[str] = Deferred()
     d = run(within(clock, 5, work, look_first=look_first))
     clock.callLater(5, work.callback, "done")  # due with the deadline, after it
-    clock.advance(5)
+    clock.turn(5)
     if look_first:
         assert d.result == "done"
         assert clock.getDelayedCalls() == []
@@ -94,8 +111,76 @@ def test_within_look_first_takes_an_answer_due_with_the_deadline_and_cuts_if_non
         assert isinstance(failure_of(d), DeadlineExpired)
     held: Deferred[str] = Deferred()
     cut = run(within(clock, 5, held, look_first=look_first))
-    clock.advance(5)
+    clock.turn(5)
+    if look_first:
+        assert not cut.called  # its look is the next turn
+        clock.turn()
     assert isinstance(failure_of(cut), DeadlineExpired)
+    assert clock.getDelayedCalls() == []
+
+
+def test_within_looks_again_while_the_answer_comes_in_and_cuts_in_the_first_turn_without() -> None:
+    """With ``progress``: an answer longer than one read (64 KiB a turn) that was waiting when the
+    deadline ran is read on, turn after turn, while each turn brings some of it; the first turn that
+    brings nothing cuts. What came before the deadline does not count."""
+    clock = Turns()
+    received = [0]
+    held: Deferred[str] = Deferred()
+    d = run(within(clock, 5, held, look_first=True, progress=lambda: received[0]))
+    received[0] += 100  # the head and a first part, before the deadline
+    clock.turn(5)  # the deadline: looks
+    for _ in range(3):
+        received[0] += 65536  # what the look's turn read
+        clock.turn()
+        assert not d.called
+    clock.turn()  # nothing more came
+    assert isinstance(failure_of(d), DeadlineExpired)
+    assert clock.getDelayedCalls() == []
+
+    ends: Deferred[str] = Deferred()
+    received[0] = 0
+    d = run(within(clock, 5, ends, look_first=True, progress=lambda: received[0]))
+    clock.turn(5)
+    received[0] += 65536
+    clock.turn()
+    ends.callback("all of it")  # the next turn read the rest
+    assert d.result == "all of it"
+    assert clock.getDelayedCalls() == []
+
+    # Nothing in the look's turn: cut then, as without ``progress``.
+    silent: Deferred[str] = Deferred()
+    d = run(within(clock, 5, silent, look_first=True, progress=lambda: received[0]))
+    clock.turn(5)
+    clock.turn()
+    assert isinstance(failure_of(d), DeadlineExpired)
+
+
+def test_within_looks_on_for_at_most_its_seconds_after_the_deadline_ran() -> None:
+    """An answer that never stops coming in (each turn brings some) is cut once the looks have gone on
+    for ``seconds`` after the deadline ran, here 5 s: not in the turn at 9 s, in the one at 10 s."""
+    clock = Turns()
+    received = [0]
+    streaming: Deferred[str] = Deferred()
+    d = run(within(clock, 5, streaming, look_first=True, progress=lambda: received[0]))
+    clock.turn(5)
+    for _ in range(4):
+        received[0] += 1
+        clock.turn(1)
+        assert not d.called, clock.seconds()
+    received[0] += 1
+    clock.turn(1)
+    assert isinstance(failure_of(d), DeadlineExpired)
+    assert clock.getDelayedCalls() == []
+
+
+def test_within_progress_without_look_first_cuts_at_the_deadline() -> None:
+    clock = Turns()
+    received = [0]
+    held: Deferred[str] = Deferred()
+    d = run(within(clock, 5, held, progress=lambda: received[0]))
+    received[0] += 1
+    clock.turn(5)
+    assert isinstance(failure_of(d), DeadlineExpired)
     assert clock.getDelayedCalls() == []
 
 

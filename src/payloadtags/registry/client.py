@@ -78,6 +78,7 @@ from .interface import Sent, Waiting, WriteHooks
 from .late import LateWrites, namespace_of
 from .queue import RepositoryQueue
 from .transport import (
+    BodyBytes,
     BodyTooLarge,
     BytesProducer,
     FollowedAgent,
@@ -1736,10 +1737,21 @@ class RegistryClient:
     ) -> _Reply:
         # Only a read that follows redirects notes where they led (most requests follow none).
         followed = FollowedAgent(self._agent) if redirects else None
-        attempt = self._roundtrip(method, url, headers, body, authorization, max_body, redirects, followed)
+        counted = BodyBytes()
+        attempt = self._roundtrip(
+            method, url, headers, body, authorization, max_body, redirects, followed, counted
+        )
         try:
-            # An answer in the socket when the deadline is due counts as in time (see `within`).
-            return await within(self._reactor, self._settings.timeout, attempt, look_first=True)
+            # An answer waiting in the socket when the deadline is due, unread because the reactor did
+            # not poll, counts as in time: the deadline lets the reactor read, and reads on while each
+            # turn brings more of the body (at most 64 KiB a turn), at most another timeout (`within`).
+            return await within(
+                self._reactor,
+                self._settings.timeout,
+                attempt,
+                look_first=True,
+                progress=lambda: counted.count,
+            )
         except CancelledError:
             raise
         except DeadlineExpired as error:
@@ -1773,6 +1785,7 @@ class RegistryClient:
         max_body: int,
         redirects: bool,
         followed: FollowedAgent | None,
+        counted: BodyBytes,
     ) -> _Reply:
         request_headers: dict[bytes | str, list[bytes | str]] = {"User-Agent": ["payloadtags"]}
         for name, value in (headers or {}).items():
@@ -1813,7 +1826,9 @@ class RegistryClient:
                 unbuffered=True,
             )
         ok = 200 <= response.code < 300
-        content = await read_body(response, max_body if ok else ERROR_BODY_LIMIT, truncate=not ok)
+        content = await read_body(
+            response, max_body if ok else ERROR_BODY_LIMIT, truncate=not ok, counted=counted
+        )
         answered_by = url
         if redirects and response.request is not None:
             answered_by = response.request.absoluteURI.decode("ascii", "replace")

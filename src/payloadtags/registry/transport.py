@@ -185,9 +185,25 @@ class BodyTooLarge(Exception):
         self.length = length
 
 
+class BodyBytes:
+    """How many body bytes a request's answers have brought so far: a deadline that finds this count
+    grown in its last turn goes on reading (`deferreds.within`'s ``progress``)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
 class _Collector(Protocol):
-    def __init__(self, finished: Deferred[bytes], limit: int, truncate: bool, length: int | None) -> None:
+    def __init__(
+        self,
+        finished: Deferred[bytes],
+        limit: int,
+        truncate: bool,
+        length: int | None,
+        counted: BodyBytes | None,
+    ) -> None:
         self._finished = finished
+        self._counted = counted
         self._limit = limit
         self._truncate = truncate
         self._length = length
@@ -202,6 +218,8 @@ class _Collector(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._done:
             return
+        if self._counted is not None:
+            self._counted.count += len(data)
         room = self._limit - self._size
         if len(data) > room:
             if self._truncate:
@@ -242,9 +260,12 @@ class _Collector(Protocol):
             IPushProducer(self.transport).stopProducing()
 
 
-def read_body(response: IResponse, limit: int, truncate: bool = False) -> Deferred[bytes]:
+def read_body(
+    response: IResponse, limit: int, truncate: bool = False, counted: BodyBytes | None = None
+) -> Deferred[bytes]:
     """The response body, at most ``limit`` bytes: longer fails with BodyTooLarge, or is cut when
-    ``truncate`` (for error bodies, where the status matters more than the text)."""
+    ``truncate`` (for error bodies, where the status matters more than the text). Each byte that
+    arrives is counted in ``counted``, if given."""
     length = response.length if response.length is not UNKNOWN_LENGTH else None
     collector: _Collector
 
@@ -252,12 +273,20 @@ def read_body(response: IResponse, limit: int, truncate: bool = False) -> Deferr
         collector.cancel()
 
     finished: Deferred[bytes] = Deferred(cancel)
-    collector = _Collector(finished, limit, truncate, length)
+    collector = _Collector(finished, limit, truncate, length, counted)
     response.deliverBody(collector)
     return finished
 
 
-__all__ = ["BodyTooLarge", "BytesProducer", "KeptEndpoints", "OriginRequests", "TLSPolicy", "read_body"]
+__all__ = [
+    "BodyBytes",
+    "BodyTooLarge",
+    "BytesProducer",
+    "KeptEndpoints",
+    "OriginRequests",
+    "TLSPolicy",
+    "read_body",
+]
 
 
 @implementer(IAgent)
