@@ -8,6 +8,8 @@ import json
 import os
 import signal
 import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,7 @@ from tests.support.kubectl import KUBECTL, Kubectl
 from tests.support.listening import stop_listening, tcp_port
 from tests.support.logcapture import collected_logs
 from tests.support.pki import Authority
+from tests.support.stallrelay import StallRelay
 
 CM = "/api/v1/namespaces/default/configmaps"
 NS = "/api/v1/namespaces"
@@ -1037,3 +1040,50 @@ def test_resource_table_is_complete() -> None:
         "leases.coordination.k8s.io",
         "tokenreviews.authentication.k8s.io",
     }
+
+
+class _OneConfigMap(BaseHTTPRequestHandler):
+    """Answers every GET with one ConfigMap whose data is ``size`` bytes."""
+
+    protocol_version = "HTTP/1.1"
+    size = 0
+
+    def do_GET(self) -> None:
+        body = json.dumps(cm("big", blob="x" * self.size)).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("size", [100, 85_000])
+@pytest_twisted.ensureDeferred
+async def test_an_answer_in_time_is_not_lost_to_the_request_deadline_due_when_the_reactor_resumes(
+    size: int,
+) -> None:
+    """The cluster API answers at once, but the server's reactor is busy from just after the request
+    left until past its deadline (tests/support/stallrelay.py): when it resumes, the deadline is due
+    and the answer is in its socket. The answer came in time and is taken, also when it takes more
+    than one read (64 KiB a turn). The cluster API here is a plain HTTP server in a thread: the
+    double runs in the reactor the relay stalls, so it could not answer during the stall."""
+    handler = type("Handler", (_OneConfigMap,), {"size": size})
+    api = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=api.serve_forever, daemon=True).start()
+    timeout = 0.5
+    try:
+        with StallRelay(f"http://127.0.0.1:{api.server_address[1]}") as relay:
+            client = KubeClient(reactor, ClusterConfig(relay.url), request_timeout=timeout)
+            try:
+                assert len((await client.get(f"{CM}/big"))["data"]["blob"]) == size
+                relay.stall_next(reactor, timeout)
+                assert len((await client.get(f"{CM}/big"))["data"]["blob"]) == size
+                assert [method for method, _ in relay.stalled] == ["GET"]
+            finally:
+                await client.close()
+    finally:
+        api.shutdown()
+        api.server_close()

@@ -216,7 +216,10 @@ class KubeClient:
             idle_timeout = self._watch_idle_timeout
         response = await self._bounded(self._send("GET", path, query), f"watch {path}")
         if response.code != 200:
-            body = await self._bounded(_read_body(response, f"watch {path}"), f"watch {path}")
+            counted = _BodyBytes()
+            body = await self._bounded(
+                _read_body(response, f"watch {path}", counted), f"watch {path}", counted
+            )
             raise self._api_error(response, body)
         stream = WatchStream(
             response, self._reactor, stream_timeout=stream_timeout, idle_timeout=idle_timeout
@@ -269,12 +272,14 @@ class KubeClient:
     ) -> JsonObject:
         what = f"{method} {path}"
 
+        counted = _BodyBytes()
+
         async def exchange() -> tuple[IResponse, bytes]:
             data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
             response = await self._send(method, path, params, data, content_type)
-            return response, await _read_body(response, what)
+            return response, await _read_body(response, what, counted)
 
-        response, raw = await self._bounded(exchange(), what)
+        response, raw = await self._bounded(exchange(), what, counted)
         if response.code >= 400:
             raise self._api_error(response, raw)
         try:
@@ -316,11 +321,17 @@ class KubeClient:
             _raise_if_cancelled(e)
             raise KubeUnreachable(f"{method} {path}: {_describe(e)}") from e
 
-    async def _bounded(self, work: Coroutine[Any, Any, T], what: str) -> T:
+    async def _bounded(self, work: Coroutine[Any, Any, T], what: str, counted: _BodyBytes | None = None) -> T:
         """Run `work` under the request timeout, turning expiry into `KubeTimeout`; a caller's
-        cancel stays CancelledError (see `within`)."""
+        cancel stays CancelledError (see `within`). An answer waiting in the socket when the timeout
+        is due, unread because the reactor did not poll, counts as in time: the deadline lets the
+        reactor read first, and reads on while each turn brings more of the body it reads into
+        ``counted`` (at most 64 KiB a turn), for at most another request timeout (`within`)."""
+        progress = (lambda: counted.count) if counted is not None else None
         try:
-            return await within(self._reactor, self._request_timeout, work)
+            return await within(
+                self._reactor, self._request_timeout, work, look_first=True, progress=progress
+            )
         except DeadlineExpired as e:
             raise KubeTimeout(f"{what}: no answer within {self._request_timeout:g}s") from e.__cause__
 
@@ -332,12 +343,26 @@ class KubeClient:
         return KubeApiError(status_from_body(response.code, body, retry_after), response.code)
 
 
-async def _read_body(response: IResponse, what: str) -> bytes:
+class _BodyBytes:
+    """How many body bytes an answer has brought so far (see `KubeClient._bounded`)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+async def _read_body(response: IResponse, what: str, counted: _BodyBytes) -> bytes:
+    parts: list[bytes] = []
+
+    def take(data: bytes) -> None:
+        parts.append(data)
+        counted.count += len(data)
+
     try:
-        return await treq.content(response)
+        await treq.collect(response, take)
     except _CONNECTION_ERRORS as e:
         _raise_if_cancelled(e)
         raise KubeReplyCutShort(f"{what}: reply cut short: {_describe(e)}") from e
+    return b"".join(parts)
 
 
 def _raise_if_cancelled(error: BaseException) -> None:
