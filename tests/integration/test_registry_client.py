@@ -7,6 +7,7 @@ import itertools
 import json
 import socket
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,6 +17,7 @@ import pytest_twisted
 from twisted.protocols import portforward
 from twisted.web import server
 
+from payloadtags.api.health import SharedCheck
 from payloadtags.cleanup import Cascade
 from payloadtags.registry import (
     DELETE_NONCE_ANNOTATION,
@@ -142,6 +144,23 @@ async def test_an_answer_in_time_longer_than_one_read_is_not_lost_to_its_deadlin
         assert set(await client.tags(repo)) == tags
         relay.stall_next(reactor, timeout)
         assert set(await client.tags(repo)) == tags
+        assert [method for method, _ in relay.stalled] == ["GET"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_readiness_check_does_not_give_up_a_ping_answered_in_time(
+    reactor: Any, registry: RegistryServer, make_client: MakeClient
+) -> None:
+    """As above, for the readiness check's ping (server.py's SharedCheck): the check's give-up timer
+    started before the ping's deadline, so after the stall it is due first, in the same turn. It gives
+    the ping's deadline its look at the socket before it gives the ping up."""
+    timeout = 0.5
+    with StallRelay(registry.url) as relay:
+        client = make_client(relay.url, timeout=timeout)
+        check = SharedCheck(client.ping, time.monotonic, 0.0, timeout, reactor)
+        await check()
+        relay.stall_next(reactor, timeout)
+        await check()
         assert [method for method, _ in relay.stalled] == ["GET"]
 
 

@@ -433,7 +433,8 @@ def test_a_lone_probe_waiting_for_a_connection_is_answered_within_the_registry_t
 def test_a_run_is_given_up_at_its_timeout_on_the_monotonic_clock() -> None:
     # review-opscheck H2: the reactor's timers follow the wall clock. Stepped back, the give-up timer
     # would hold a hung run, and whoever waits for it, as long as the step: the next probe gives it
-    # up. Stepped forward, the timer fires early: the run is not given up before its time.
+    # up (a turn later, as its timer does: see the tests below). Stepped forward, the timer fires
+    # early: the run is not given up before its time.
     gated, monotonic, wall = Gated(), Clock(), Clock()
     checks = HealthChecks(
         {"readyz": [("registry", SharedCheck(gated, monotonic.seconds, 1.0, TIMEOUT, wall))]},
@@ -450,8 +451,47 @@ def test_a_run_is_given_up_at_its_timeout_on_the_monotonic_clock() -> None:
     wall.advance(0.1)
     assert not waiting.called
     _probe(checks)
+    assert not waiting.called  # given up a turn later, as at its timer
+    wall.advance(0)
     assert waiting.result[0] == 500  # type: ignore[index]
     assert _under_way(gated) == 1  # the probe's own run
+
+
+def test_a_run_answered_in_the_turn_its_timer_is_due_is_not_given_up() -> None:
+    """review r3dead L2. A reactor that resumes after a stall past a run's timeout runs its timed
+    calls before it polls: the run's timer and the answer waiting in the socket come in the same
+    turn, the timer first. The run is given up only a turn later, so the answer wins; with no
+    answer, the run is still given up then."""
+    gated, clock, checks = _shared(ttl=1.0)
+    waiting = _probe(checks)
+    clock.callLater(TIMEOUT, gated.end)  # due with the timer, after it
+    clock.advance(TIMEOUT)
+    assert waiting.result == (200, "ok")
+    hung = _probe(checks)
+    clock.advance(TIMEOUT)  # the timer, then its turn: in one advance
+    assert hung.result[0] == 500  # type: ignore[index]
+    assert _under_way(gated) == 0
+
+
+def test_a_run_a_probe_finds_overdue_is_given_up_a_turn_later_too() -> None:
+    """As above, when the give-up comes from a probe (the timer, on a wall clock stepped back, is an
+    hour away): the answer read in the turn after the probe still wins."""
+    gated, monotonic, wall = Gated(), Clock(), Clock()
+    checks = HealthChecks(
+        {"readyz": [("registry", SharedCheck(gated, monotonic.seconds, 1.0, TIMEOUT, wall))]},
+        monotonic.seconds,
+    )
+    waiting = _probe(checks)
+    monotonic.advance(TIMEOUT)
+    later = _probe(checks)  # finds the run overdue, and starts its own
+    gated.runs[0].callback(None)  # the answer, read in the next turn
+    wall.advance(0)
+    assert waiting.result == (200, "ok")
+    monotonic.advance(TIMEOUT)
+    _probe(checks)
+    assert not later.called
+    wall.advance(0)
+    assert later.result[0] == 500  # type: ignore[index]
 
 
 def test_a_wall_clock_step_back_does_not_hold_readiness_for_the_step() -> None:  # review-opscheck H2

@@ -73,10 +73,15 @@ class SharedCheck:
     soon as one of them ends, and the probes meanwhile wait for it (a run that starts after them).
     Older runs are never given up for it: whoever probes, however often, a registry that answers
     within ``timeout`` is never reported failing. A run is given up only once it has run ``timeout``
-    (cancelled, which frees what it holds: a registry connection, or its place in the line for one;
-    the probes waiting for it are told "still running after Ns, given up"): at its own timer, and,
-    should the reactor's clock (the wall clock) have been stepped back, at the next probe. So a probe
-    waits at most about two ``timeout``: a slot, then its run.
+    and the reactor has had one more turn, in which it reads what its sockets hold (cancelled, which
+    frees what it holds: a registry connection, or its place in the line for one; the probes waiting
+    for it are told "still running after Ns, given up"): at its own timer, and, should the reactor's
+    clock (the wall clock) have been stepped back, at the next probe, a turn later. The turn is for a
+    reactor that resumes after a stall with the answer waiting in its socket: the run's timer started
+    before the ping's own deadline, so it is due first, and without the turn it would give up a ping
+    whose deadline lets the reactor read that answer (`deferreds.within`'s ``look_first``). One turn
+    reads 64 KiB, far more than a ping's answer. So a probe waits at most about two ``timeout``: a
+    slot, then its run.
 
     A caller who stops waiting (its connection gone) does not cancel the run, for the others nor
     when it was the only one: the outcome is still kept for the next callers, and a cancel is not a
@@ -101,6 +106,7 @@ class SharedCheck:
     _work: dict[float, Deferred[None]] = attrs.field(factory=dict, init=False)  # the runs' checks
     _timers: dict[float, IDelayedCall] = attrs.field(factory=dict, init=False)
     _given_up: dict[float, BaseException] = attrs.field(factory=dict, init=False)  # why, by start
+    _looked: set[float] = attrs.field(factory=set, init=False)  # runs due to be given up a turn later
     _started: float | None = attrs.field(default=None, init=False)  # the latest run's start
     # The probes waiting for a due run that waits for a slot (None when no run waits).
     _due: Waiters[BaseException | None] | None = attrs.field(default=None, init=False)
@@ -110,7 +116,11 @@ class SharedCheck:
     async def __call__(self) -> None:
         now = self.monotonic()
         for started in [started for started in self._work if now - started >= self.timeout]:
-            self._give_up(started)  # its timer, on the wall clock, may not have fired yet
+            if started not in self._looked:  # its timer, on the wall clock, may not have fired yet
+                timer = self._timers[started]
+                if timer.active():
+                    timer.cancel()
+                self._expire(started)
         if self._due is None and (self._started is None or now - self._started >= self.ttl):
             if len(self._work) < self.max_runs:
                 self._started = now
@@ -140,6 +150,10 @@ class SharedCheck:
         left = self.timeout - (self.monotonic() - started)
         if left > 0:
             self._timers[started] = self.clock.callLater(left, self._expire, started)
+        elif started not in self._looked:
+            # A turn first: after a stall, the answer may be in the socket, unread (see above).
+            self._looked.add(started)
+            self._timers[started] = self.clock.callLater(0, self._expire, started)
         else:
             self._give_up(started)
 
@@ -158,6 +172,7 @@ class SharedCheck:
         finally:
             self._work.pop(started, None)
             self._given_up.pop(started, None)
+            self._looked.discard(started)
             timer = self._timers.pop(started, None)
             if timer is not None and timer.active():
                 timer.cancel()
