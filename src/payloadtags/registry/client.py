@@ -1755,13 +1755,16 @@ class RegistryClient:
         except CancelledError:
             raise
         except DeadlineExpired as error:
-            # Where a redirect led (a storage backend) is the server that did not answer: the registry
-            # answered its redirect at once.
-            last = followed.last if followed is not None else None
-            asked = (last or b"").decode("ascii", "replace") or url
+            # After a redirect elsewhere (a storage backend), either server may have taken the time:
+            # the registry for its redirect (or the reactor, stalled, to read it), then its storage.
+            last = (followed.last or b"").decode("ascii", "replace") if followed is not None else ""
+            if peer is None and last and _origin(last) != _origin(self._base):
+                who, them = f"registry {self._name} and its redirect to {_origin_text(last)}", "either"
+            else:
+                who, them = self._server_of(last or url, peer), "it"
             raise RegistryTimeout(
-                f"{self._server_of(asked, peer)} did not answer {method} {_path(url)} within "
-                f"{self._settings.timeout:g}s; it may be overloaded, retry later"
+                f"{who} did not answer {method} {_path(url)} within {self._settings.timeout:g}s; "
+                f"{them} may be overloaded, retry later"
             ) from error.__cause__
         except Exception as error:
             if isinstance(error, BodyTooLarge):
