@@ -1986,6 +1986,45 @@ async def test_a_path_with_an_empty_segment_is_answered_as_an_unknown_path_not_r
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_target_that_is_no_path_is_refused_not_served_as_its_path_minus_a_byte(api, registry, repo):
+    """Twisted served a target's path from its second byte on, whatever its first (review r3misc F1):
+    ``GET xapis`` was /apis, ``DELETE x<collection>`` deleted the tags, anonymous ``GET xhealthz`` was 200.
+    Go's net/http (kube-apiserver) refuses such a target (400 "invalid URI for request"), before
+    authentication; an absolute-form target (``https://host/apis``) it serves as its path, and so now
+    does payloadtags (it was a 404)."""
+    namespace, _ = split(repo)
+    client, item = _v1_as_admin(api, registry, repo)
+    base = collection(namespace)
+    target = Target(api.running.port, str(api.pki.server_ca.cert_file))
+
+    async def ask(method: str, url: str, user: Any) -> Any:
+        body = b"{}" if method == "POST" else b""
+        headers = {"Content-Type": "application/json"} if body else {}
+        return await deferToThread(exchange, target, request_bytes(method, url, headers, body), user)
+
+    for user in (None, api.pki.admin):
+        for method, url in (
+            ("GET", "xapis"),
+            ("GET", "*apis"),
+            ("GET", "xmetrics"),
+            ("GET", "xhealthz"),
+            ("GET", "x" + item[1:]),
+            ("DELETE", "x" + base[1:]),
+            ("DELETE", "x" + item[1:]),
+            ("POST", "x" + base[1:]),
+            ("GET", "ftp://localhost/apis"),
+        ):
+            reply = await ask(method, url, user)
+            assert reply.code == 400 and reply.is_status(400), (method, url, user, reply)
+            assert "invalid URI for request" in reply.json()["message"]
+    assert (await client.get(item)).code == 200  # nothing was deleted
+    served = await ask("GET", f"https://localhost:{api.running.port}/apis", api.pki.admin)
+    assert served.code == 200 and served.json()["kind"] == "APIGroupList", served
+    assert (await ask("GET", "http://localhost/apis", None)).code == 401
+    assert (await ask("GET", "http://localhost/healthz", None)).code == 200
+
+
+@pytest_twisted.ensureDeferred
 async def test_anonymous_requests_are_401_but_health_is_open(api):
     anonymous = api.client(None)
     status = assert_status(await anonymous.get(collection("ns1")), 401, "Unauthorized")

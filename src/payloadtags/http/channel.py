@@ -32,6 +32,7 @@ import functools
 import io
 import itertools
 import json
+import re
 import socket
 import sys
 import time
@@ -382,6 +383,27 @@ def _http_date() -> bytes:
     return _date[1]
 
 
+INVALID_TARGET: Final = 'invalid URI for request: the target must be a path beginning with "/"'
+
+# An absolute-form request target of an http or https URL (RFC 9112 3.2.2): its scheme and authority.
+_ABSOLUTE_FORM = re.compile(rb"https?://[^/?]*", re.IGNORECASE)
+
+
+def origin_form(target: bytes) -> bytes | None:
+    """The request target as the path (and query) it is served as, or None when it is refused, as Go's
+    net/http (kube-apiserver) reads a target (url.ParseRequestURI): a path and "*" as they are; an
+    absolute-form one ("https://host/apis?x") as its path and query ("/" for an empty path), its authority
+    ignored; anything else is "invalid URI for request". (Go takes any scheme, and "http:/apis" too: only
+    http and https URLs with an authority are absolute-form for RFC 9112, the rest are refused.)"""
+    if target.startswith(b"/") or target == b"*":
+        return target
+    absolute = _ABSOLUTE_FORM.match(target)
+    if absolute is None:
+        return None
+    rest = target[absolute.end() :]
+    return rest if rest.startswith(b"/") else b"/" + rest
+
+
 def _unquote(segment: bytes) -> bytes:
     # What twisted.web.server.Request.process unquotes each path segment with; most have no escape.
     return unquote_to_bytes(segment) if b"%" in segment else segment
@@ -672,7 +694,19 @@ class GuardedChannel(http.HTTPChannel):
             self._head_cost += len(line) + 2 + HEADER_LINE_COST
             if not self._head_fits():
                 return
+        requests = len(self.requests)
         super().lineReceived(line)
+        if len(self.requests) > requests and not self._refusing:
+            # That was a request line: its target is read before anything else of the request.
+            self._read_target()
+
+    def _read_target(self) -> None:
+        target = origin_form(self._path)
+        if target is None:
+            # Twisted would serve "xapis" as /apis (it drops a target's first byte, whatever it is).
+            self.refuse(bad_request(INVALID_TARGET))
+            return
+        self._path = target
 
     def _head_fits(self) -> bool:
         """Whether the head read so far is within its limit; when not, it has been refused."""

@@ -1,0 +1,122 @@
+"""The request target as the channel reads it (review r3misc F1, N2): a path is served as it is, an
+absolute-form http(s) URL as its path, anything else is refused with a 400 Status before the request is
+authenticated or routed, as Go's net/http (kube-apiserver) refuses it ("invalid URI for request")."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from payloadtags.api.errors import ApiError
+from payloadtags.http.channel import INVALID_TARGET, GuardedChannel, GuardedSite
+from payloadtags.limits import HttpLimits
+
+
+class _Counting:
+    """Admission (where a request with a body is authenticated) that admits all and counts its calls."""
+
+    def __init__(self) -> None:
+        self.admitted: list[bytes] = []
+
+    def admit(self, request: Request) -> Deferred[ApiError | None]:
+        self.admitted.append(request.uri)
+        return succeed(None)
+
+    def is_probe(self, path: bytes) -> bool:
+        return False
+
+    def proves(self, request: Request) -> bool:
+        return False
+
+
+class _Echo(Resource):
+    """Answers every request with the path and query it was served as."""
+
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        return b"served " + request.uri
+
+
+def _exchange(data: bytes) -> tuple[bytes, StringTransport, _Counting]:
+    root = Resource()
+    root.putChild(b"apis", _Echo())
+    root.putChild(b"", _Echo())
+    admission = _Counting()
+    site = GuardedSite(root, HttpLimits(), admission, reactor=Clock())
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.9", 5555))
+    assert isinstance(channel, GuardedChannel)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(data)
+    return transport.value(), transport, admission
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"xapis",
+        b"*apis",
+        b".apis",
+        b"Xapis/a/b",
+        b"x/apis",
+        b"ftp://x/apis",
+        b"http:/apis",
+        b"x:apis",
+        b"?a=1",
+    ],
+)
+def test_a_target_that_is_no_path_is_refused_with_a_status_not_served_as_its_path_minus_a_byte(
+    target: bytes,
+) -> None:
+    answer, transport, _ = _exchange(b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer
+    status = json.loads(body)
+    assert (status["kind"], status["code"], status["reason"]) == ("Status", 400, "BadRequest")
+    assert status["message"] == INVALID_TARGET
+    assert b"served" not in answer
+    assert transport.disconnecting or b"connection: close" in head.lower()
+
+
+def test_a_target_that_is_no_path_is_refused_before_its_body_is_admitted() -> None:
+    # A DELETE with a body: admission (authentication) would come first, then routing as /apis.
+    request = b"DELETE x/apis HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}"
+    answer, _, admission = _exchange(request)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert admission.admitted == []
+    # The same request to the path it used to be served as is admitted, then served.
+    answer, _, admission = _exchange(request.replace(b"x/apis", b"/apis", 1))
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"served /apis"), answer
+    assert admission.admitted == [b"/apis"]
+
+
+@pytest.mark.parametrize(
+    ("target", "served"),
+    [
+        (b"http://x/apis", b"/apis"),
+        (b"HTTPS://payloadtags.example:443/apis/a?limit=1", b"/apis/a?limit=1"),
+        (b"https://user@x/apis", b"/apis"),
+        (b"http://x", b"/"),
+        (b"http://x?limit=1", b"/?limit=1"),
+    ],
+)
+def test_an_absolute_form_http_target_is_served_as_its_path_as_go_serves_it(
+    target: bytes, served: bytes
+) -> None:
+    answer, _, _ = _exchange(b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"served " + served), answer
+
+
+def test_the_asterisk_target_is_still_for_options_alone() -> None:
+    answer, _, _ = _exchange(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    answer, _, _ = _exchange(b"GET * HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 405 "), answer
