@@ -38,6 +38,33 @@ SHARED_ADDRESS_SPACE = ipaddress.IPv4Network("100.64.0.0/10")
 
 # Go's ParseCIDR grammar: an address without a zone, "/", a decimal prefix length (RFC 4632, RFC 4291).
 _GO_CIDR = re.compile(r"[0-9A-Fa-f.:]+/[0-9]+")
+# IPv4-mapped IPv6 addresses (RFC 4291 2.5.5.2): ::ffff:a.b.c.d.
+_IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _go_network(text: object) -> Network | None:
+    """The range a CIDR stands for, read as kube-apiserver reads it (Go's ParseCIDR: host bits dropped),
+    or None when it is none. Python also takes a netmask or hostmask after the "/" and an IPv6 zone,
+    which Go refuses."""
+    if not isinstance(text, str) or _GO_CIDR.fullmatch(text) is None:
+        return None
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None
+
+
+def _as_ipv4(network: Network) -> ipaddress.IPv4Network | None:
+    """The IPv4 range an IPv4-mapped IPv6 range matches, else None. Go's IPNet.Contains reads such a
+    range's address as IPv4 and its mask's last 32 bits, and matches an IPv4 source against them:
+    ::ffff:0.0.0.0/96 is every IPv4 address, ::ffff:10.0.0.0/104 is 10.0.0.0/8."""
+    if not isinstance(network, ipaddress.IPv6Network) or not network.subnet_of(_IPV4_MAPPED):
+        return None
+    mapped = network.network_address.ipv4_mapped
+    assert mapped is not None  # inside ::ffff:0:0/96
+    return ipaddress.IPv4Network((mapped, network.prefixlen - 96))
 
 
 def _range_problem(peer: dict[str, Any]) -> str | None:
@@ -48,17 +75,11 @@ def _range_problem(peer: dict[str, Any]) -> str | None:
     cidr = block.get("cidr")
     if cidr == PLACEHOLDER_RANGE:
         return f"the control plane's range is still the placeholder {PLACEHOLDER_RANGE}"
-    address, slash, _ = str(cidr).partition("/")
-    try:
-        # Read as kube-apiserver reads it (Go's ParseCIDR): the range its prefix gives, host bits dropped.
-        # Python also takes a netmask or hostmask after the "/" and an IPv6 zone, which Go refuses.
-        decimal_prefix = _GO_CIDR.fullmatch(str(cidr)) is not None
-        network = ipaddress.ip_network(str(cidr), strict=False) if decimal_prefix else None
-    except ValueError:
-        network = None
-    if network is None or not slash:
+    network = _go_network(cidr)
+    if network is None:
         return f"ipBlock {cidr!r} is not an address range (a CIDR such as 10.0.0.0/24)"
-    if ipaddress.ip_address(address) != network.network_address:
+    address = ipaddress.ip_address(str(cidr).partition("/")[0])
+    if address != network.network_address:
         # kube-apiserver takes 10.0.0.5/8 as 10.0.0.0/8 with a warning that the value is ambiguous (the
         # range, or the one address?), and refuses it where StrictIPCIDRValidation is on (alpha since 1.33).
         return (
@@ -66,6 +87,19 @@ def _range_problem(peer: dict[str, Any]) -> str | None:
             f"calls ambiguous (newer ones refuse it): write {network} for the range, or "
             f"{address}/{network.max_prefixlen} for the one address"
         )
+    ipv4 = _as_ipv4(network)
+    if ipv4 is not None:
+        # Judged as the IPv4 range it matches; and refused even when that one would do, since policy
+        # agents differ on it (some never match an IPv4 source against an IPv6 block).
+        return _width_problem(f"{cidr} (the IPv4 range {ipv4})", ipv4) or (
+            f"ipBlock {cidr} is the IPv4 range {ipv4} written as an IPv4-mapped IPv6 range, which not every "
+            f"NetworkPolicy implementation matches IPv4 sources against: write {ipv4}"
+        )
+    return _width_problem(str(cidr), network) or _except_problem(str(cidr), network, block.get("except"))
+
+
+def _width_problem(cidr: str, network: Network) -> str | None:
+    """Why ``network`` admits more than a control plane's addresses, if it does."""
     if network.prefixlen == 0:
         return f"ipBlock {cidr} admits every source"
     if network.network_address.is_unspecified:
@@ -82,6 +116,42 @@ def _range_problem(peer: dict[str, Any]) -> str | None:
             "holds the cluster's nodes and pods too, which it would admit"
         )
     return None
+
+
+def _except_problem(cidr: str, network: Network, excepted: object) -> str | None:
+    """Why an ipBlock's ``except`` list is refused by kube-apiserver or leaves the block admitting no
+    address, if it is or does."""
+    if excepted is None:
+        return None
+    if not isinstance(excepted, list):
+        return f"ipBlock {cidr}: except must be a list of ranges, not {excepted!r}"
+    ranges: list[Network] = []
+    for entry in excepted:
+        inner = _go_network(entry)
+        # kube-apiserver's ValidateIPBlock: each entry is a CIDR, a strict subset of the block's.
+        if inner is None or not _inside(inner, network):
+            return (
+                f"ipBlock {cidr}: except entry {entry!r} is not a range inside it (kube-apiserver refuses it)"
+            )
+        if inner.prefixlen == network.prefixlen:
+            return f"ipBlock {cidr}: except entry {entry!r} is the whole range (kube-apiserver refuses it)"
+        ranges.append(inner)
+    # Each is inside the block: together they are the whole block when they merge into it.
+    merged = [
+        *ipaddress.collapse_addresses(r for r in ranges if isinstance(r, ipaddress.IPv4Network)),
+        *ipaddress.collapse_addresses(r for r in ranges if isinstance(r, ipaddress.IPv6Network)),
+    ]
+    if merged == [network]:
+        return f"ipBlock {cidr}: its except entries cover the whole range, so it admits no address"
+    return None
+
+
+def _inside(inner: Network, outer: Network) -> bool:
+    if isinstance(inner, ipaddress.IPv4Network) and isinstance(outer, ipaddress.IPv4Network):
+        return inner.subnet_of(outer)
+    if isinstance(inner, ipaddress.IPv6Network) and isinstance(outer, ipaddress.IPv6Network):
+        return inner.subnet_of(outer)
+    return False
 
 
 def admission_problems(objects: list[dict[str, Any]], pod_labels: dict[str, str]) -> list[str]:

@@ -956,6 +956,29 @@ def test_example_network_policy_admits_the_documented_sources(example_overlay: l
             (cidr, f"ingress rule 0: ipBlock {cidr!r} is not an address range")
             for cidr in ("10.1.0.0/255.255.255.0", "10.1.0.0/0.0.0.255", "fd00::%eth0/64", "fe80::%1/64")
         ),
+        # review r3misc F2: Go matches an IPv4 source against an IPv4-mapped range by its last 32 bits.
+        (
+            "::ffff:0.0.0.0/96",
+            "ingress rule 0: ipBlock ::ffff:0.0.0.0/96 (the IPv4 range 0.0.0.0/0) admits every",
+        ),
+        (
+            "::ffff:0:0/96",
+            "ingress rule 0: ipBlock ::ffff:0:0/96 (the IPv4 range 0.0.0.0/0) admits every source",
+        ),
+        (
+            "::ffff:10.0.0.0/104",
+            "ingress rule 0: ipBlock ::ffff:10.0.0.0/104 (the IPv4 range 10.0.0.0/8) is wider",
+        ),
+        (
+            "::ffff:8.8.8.0/120",
+            "ingress rule 0: ipBlock ::ffff:8.8.8.0/120 (the IPv4 range 8.8.8.0/24) admits ad",
+        ),
+        (
+            "::ffff:10.0.0.0/120",
+            "ingress rule 0: ipBlock ::ffff:10.0.0.0/120 is the IPv4 range 10.0.0.0/24 written as an "
+            "IPv4-mapped IPv6 range, which not every NetworkPolicy implementation matches IPv4 sources "
+            "against: write 10.0.0.0/24",
+        ),
     ],
 )
 def test_network_policy_check_reads_a_range_as_kubernetes_does(
@@ -968,6 +991,58 @@ def test_network_policy_check_reads_a_range_as_kubernetes_does(
         assert problems == []
     else:
         assert problems[0].startswith(said), problems
+
+
+# review r3misc L3: kube-apiserver refuses an `except` entry that is no range strictly inside the block;
+# entries that cover the whole block leave it admitting no address (kube-apiserver cut off).
+@pytest.mark.parametrize(
+    ("excepted", "said"),
+    [
+        (["10.0.0.0/25"], None),
+        (["10.0.0.0/26", "10.0.0.128/25"], None),
+        (["garbage"], "ingress rule 0: ipBlock 10.0.0.0/24: except entry 'garbage' is not a range inside it"),
+        (
+            ["10.0.0.5"],
+            "ingress rule 0: ipBlock 10.0.0.0/24: except entry '10.0.0.5' is not a range inside it",
+        ),
+        (
+            ["192.168.0.0/24"],
+            "ingress rule 0: ipBlock 10.0.0.0/24: except entry '192.168.0.0/24' is not a range",
+        ),
+        (["10.0.0.0/16"], "ingress rule 0: ipBlock 10.0.0.0/24: except entry '10.0.0.0/16' is not a range"),
+        (
+            ["::ffff:10.0.0.0/120"],
+            "ingress rule 0: ipBlock 10.0.0.0/24: except entry '::ffff:10.0.0.0/120' is",
+        ),
+        (
+            ["10.0.0.0/24"],
+            "ingress rule 0: ipBlock 10.0.0.0/24: except entry '10.0.0.0/24' is the whole range",
+        ),
+        (
+            ["10.0.0.0/25", "10.0.0.128/26", "10.0.0.192/26"],
+            "ingress rule 0: ipBlock 10.0.0.0/24: its except entries cover the whole range, so it admits no",
+        ),
+        ("10.0.0.0/25", "ingress rule 0: ipBlock 10.0.0.0/24: except must be a list of ranges"),
+    ],
+)
+def test_network_policy_check_reads_an_ip_blocks_except_list(
+    example_overlay: list[Obj], excepted: Any, said: str | None
+) -> None:
+    objects = copy.deepcopy(example_overlay)
+    block = _rule_of(_policy(objects), 0)["from"][0]["ipBlock"]
+    assert block == {"cidr": "10.0.0.0/24"}  # the example's
+    block["except"] = excepted
+    problems = admission_problems(objects, POD_LABELS)
+    if said is None:
+        assert problems == []
+    else:
+        assert problems[0].startswith(said), problems
+        # The range admits no one else: the control plane is not admitted by this policy either.
+        if "cover" in said:
+            assert (
+                problems[-1]
+                == "the NetworkPolicy does not admit kube-apiserver from the control plane's range"
+            )
 
 
 @pytest.mark.parametrize("mutant", list(_mutants()))
