@@ -1256,6 +1256,35 @@ def test_a_redirected_read_that_times_out_names_the_servers_that_did_not_answer(
     )
 
 
+@pytest.mark.parametrize(
+    ("location", "said"),
+    [
+        # review r3misc L1: an S3/MinIO outage was said as the registry's failure.
+        ("https://storage.test/blobs/1?signature=x", f"registry {REGISTRY} (via https://storage.test)"),
+        (f"{REGISTRY}/storage/blobs/1", f"registry {REGISTRY}"),
+    ],
+)
+@pytest.mark.parametrize("status", [500, 503, 429])
+def test_a_redirected_read_that_fails_with_5xx_or_429_names_the_server_that_failed(
+    location: str, said: str, status: int
+) -> None:
+    data = b'{"architecture": "amd64"}'
+
+    def handler(request: Sent) -> Answer:
+        if request.url == location:
+            return Answer(status, {"Content-Type": "application/xml", "Retry-After": "7"}, b"<Error/>")
+        return Answer(307, {"Location": location})
+
+    client, _ = make(handler)
+    with pytest.raises(RegistryUnavailable) as caught:
+        result(client.blob("a/b", digest_of(data)))
+    assert caught.value.message == (
+        f"{said} failed blob a/b@{digest_of(data)} with HTTP {status}; retry later"
+    )
+    assert caught.value.retry_after == 7
+    assert caught.value.elsewhere == (said != f"registry {REGISTRY}")
+
+
 def test_a_guess_whose_token_service_times_out_fails_not_empty() -> None:
     """A guessed name (`CatalogCursor.guessed`) may be a real repository 2.8's seek left out: only its
     404 reads as empty; a timeout is the list's error, as a listed repository's (review-catalogfix3 R2)."""

@@ -1973,12 +1973,15 @@ class RegistryClient:
             unsupported.certain = True
             return unsupported
         if status == 429 or status >= 500:
-            return RegistryUnavailable(
-                f"registry {self._name} failed {what} with HTTP {status}"
-                + (f" ({detail})" if detail else "")
-                + "; retry later",
+            # Where a redirect led (a storage backend) failed, not the registry, which answered at once.
+            elsewhere = self._elsewhere(reply)
+            failed = RegistryUnavailable(
+                f"{self._server_of(reply.answered_by) if elsewhere else f'registry {self._name}'} failed "
+                f"{what} with HTTP {status}" + (f" ({detail})" if detail else "") + "; retry later",
                 retry_after=_retry_after(reply.header("Retry-After")),
             )
+            failed.elsewhere = elsewhere
+            return failed
         return self._protocol(reply, f"{what}: unexpected HTTP {status}" + (f" ({detail})" if detail else ""))
 
     def _token_error(self, reply: _Reply, service: str) -> RegistryError:
