@@ -43,7 +43,7 @@ from payloadtags.registry import (
     RegistryUnavailable,
     sorts_by_components,
 )
-from payloadtags.registry.client import PROBE_VALIDITY, UNNAMEABLE_LOG_PERIOD
+from payloadtags.registry.client import PROBE_VALIDITY, UNFOLLOWABLE_LOG_PERIOD, UNNAMEABLE_LOG_PERIOD
 from payloadtags.registry.content import MAX_JSON_DEPTH
 from payloadtags.repoindex import RepositoryIndex
 
@@ -1283,6 +1283,76 @@ def test_a_redirected_read_that_fails_with_5xx_or_429_names_the_server_that_fail
     )
     assert caught.value.retry_after == 7
     assert caught.value.elsewhere == (said != f"registry {REGISTRY}")
+
+
+STORAGE_HOP = "https://storage.test/blobs/1?signature=x"
+
+
+@pytest.mark.parametrize(
+    ("first", "location", "said"),
+    [
+        # review r3misc L2: each was an "unexpected failure" with a critical traceback, on every read.
+        (None, b"ftp://storage.test/x?signature=x", "to ftp://storage.test (not http or https)"),
+        (None, b"file:///etc/passwd", "to file:// (not http or https)"),
+        (None, b"https://[bad/x", "to a Location that is not a URL (Invalid IPv6 URL)"),
+        (None, b"https://st\xc3\xb6rage.test/x", "to a Location that is not ASCII"),
+        (
+            None,
+            b"https://storage.test:99999/x",
+            "to a Location that is not a URL (Port out of range 0-65535)",
+        ),
+        (None, b"https:///x", "to https:// (no server)"),
+        # The storage backend's own redirect: the storage backend redirected.
+        (STORAGE_HOP, b"ftp://other.test/x", "to ftp://other.test (not http or https)"),
+    ],
+)
+def test_a_redirect_this_client_cannot_follow_is_a_protocol_error_said_once_a_period(
+    first: str | None, location: bytes, said: str
+) -> None:
+    data = b'{"architecture": "amd64"}'
+    blob = f"/v2/a/b/blobs/{digest_of(data)}"
+
+    def handler(request: Sent) -> Answer:
+        if first is not None and request.url != first:
+            return Answer(307, {"Location": first})
+        return Answer(307, {}, raw_headers={b"Location": location})
+
+    monotonic = Clock()
+    client, agent = make(handler, monotonic=monotonic)
+    where = f"registry {REGISTRY}" + ("" if first is None else " (via https://storage.test)")
+    with capturedLogs() as events:
+        for _ in range(3):
+            with pytest.raises(RegistryProtocolError) as caught:
+                result(client.blob("a/b", digest_of(data)))
+            assert caught.value.message == (
+                f"{where} redirected GET {blob} {said}, which this client cannot follow; check where the "
+                "registry's storage redirects reads"
+            )
+        monotonic.advance(UNFOLLOWABLE_LOG_PERIOD)
+        with pytest.raises(RegistryProtocolError):
+            result(client.blob("a/b", digest_of(data)))
+    assert [s.url for s in agent.sent] == [f"{REGISTRY}{blob}", *([first] if first else [])] * 4  # no more
+    assert [(event["log_level"].name, formatEvent(event)) for event in events] == [
+        ("warn", f"{where} redirected a read {said}, which this client cannot follow"),
+        (
+            "warn",
+            f"{where} redirected a read {said}, which this client cannot follow (2 more like it in the "
+            f"{UNFOLLOWABLE_LOG_PERIOD:.0f}s since the last line)",
+        ),
+    ]
+
+
+def test_a_redirect_to_an_upper_case_scheme_is_followed() -> None:
+    data = b'{"architecture": "amd64"}'
+
+    def handler(request: Sent) -> Answer:
+        if request.url.startswith("https://storage.test/"):
+            return Answer(200, {}, data)
+        return Answer(307, {"Location": "HTTPS://storage.test/blobs/1?signature=x"})
+
+    client, agent = make(handler)
+    assert result(client.blob("a/b", digest_of(data))) == data
+    assert agent.sent[-1].url == "https://storage.test/blobs/1?signature=x"
 
 
 def test_a_guess_whose_token_service_times_out_fails_not_empty() -> None:

@@ -30,7 +30,6 @@ from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
     HTTPConnectionPool,
-    RedirectAgent,
     RequestTransmissionFailed,
     ResponseFailed,
     ResponseNeverReceived,
@@ -81,10 +80,12 @@ from .transport import (
     BodyBytes,
     BodyTooLarge,
     BytesProducer,
+    CheckedRedirects,
     FollowedAgent,
     KeptEndpoints,
     OriginRequests,
     TLSPolicy,
+    UnfollowableRedirect,
     read_body,
 )
 
@@ -134,6 +135,8 @@ _NO_HOOKS = WriteHooks()
 log = Logger()
 # How often the tags of one repository that no object can name are said to be left out (`_nameable`).
 UNNAMEABLE_LOG_PERIOD = 3600.0
+# How often a redirect this client cannot follow is said again (each read it redirects meets it).
+UNFOLLOWABLE_LOG_PERIOD = 600.0
 
 T = TypeVar("T")
 
@@ -351,6 +354,8 @@ class RegistryClient:
         # for the whole registry, naming the repository met, and counting the others, as a registry
         # listing them may do so in thousands of repositories.
         self._unnameable_said: OncePerPeriod[None] = OncePerPeriod(UNNAMEABLE_LOG_PERIOD, monotonic)
+        # Redirects this client cannot follow, said once a period per reason (`_redirected`).
+        self._unfollowable_said: OncePerPeriod[str] = OncePerPeriod(UNFOLLOWABLE_LOG_PERIOD, monotonic)
 
     @property
     def late_writes(self) -> LateWrites:
@@ -1845,10 +1850,26 @@ class RegistryClient:
         when a redirect leads to another origin. A failure where a redirect led is said as that
         server's (`RegistryUnavailable.elsewhere`)."""
         try:
-            response: IResponse = await RedirectAgent(followed).request(
+            response: IResponse = await CheckedRedirects(followed).request(
                 method.encode("ascii"), url.encode("ascii"), headers
             )
             return response
+        except UnfollowableRedirect as error:
+            # A configuration error of the registry (or its storage), met by every read it redirects:
+            # one line a period, not a traceback per read.
+            where = self._server_of((followed.last or b"").decode("ascii", "replace") or url)
+            said = self._unfollowable_said(error.reason)
+            if said is not None:
+                log.warn(
+                    "{where} redirected a read {reason}, which this client cannot follow{more}",
+                    where=where,
+                    reason=error.reason,
+                    more=said.more(),
+                )
+            raise RegistryProtocolError(
+                f"{where} redirected {method} {_path(url)} {error.reason}, which this client cannot "
+                "follow; check where the registry's storage redirects reads"
+            ) from None
         except Exception as error:
             target = (followed.last or b"").decode("ascii", "replace")
             if not target or target == url or is_cancellation(error):
