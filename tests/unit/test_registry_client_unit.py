@@ -43,7 +43,12 @@ from payloadtags.registry import (
     RegistryUnavailable,
     sorts_by_components,
 )
-from payloadtags.registry.client import PROBE_VALIDITY, UNFOLLOWABLE_LOG_PERIOD, UNNAMEABLE_LOG_PERIOD
+from payloadtags.registry.client import (
+    PROBE_VALIDITY,
+    REDIRECT_LIMIT,
+    UNFOLLOWABLE_LOG_PERIOD,
+    UNNAMEABLE_LOG_PERIOD,
+)
 from payloadtags.registry.content import MAX_JSON_DEPTH
 from payloadtags.repoindex import RepositoryIndex
 
@@ -1340,6 +1345,26 @@ def test_a_redirect_this_client_cannot_follow_is_a_protocol_error_said_once_a_pe
             f"{UNFOLLOWABLE_LOG_PERIOD:.0f}s since the last line)",
         ),
     ]
+
+
+@pytest.mark.parametrize("location", [None, STORAGE_HOP], ids=["to itself", "registry and storage"])
+def test_a_redirect_loop_is_said_to_be_a_loop_not_a_server_to_check_runs(location: str | None) -> None:
+    # review r3misc N3: "registry R is unavailable: 307 Infinite redirection detected to ...; check that it
+    # runs and is reachable".
+    data = b'{"architecture": "amd64"}'
+    blob = f"{REGISTRY}/v2/a/b/blobs/{digest_of(data)}"
+
+    def handler(request: Sent) -> Answer:
+        return Answer(307, {"Location": blob if location is None or request.url == location else location})
+
+    client, agent = make(handler)
+    with pytest.raises(RegistryProtocolError) as caught:
+        result(client.blob("a/b", digest_of(data)))
+    assert caught.value.message == (
+        f"registry {REGISTRY} redirected GET /v2/a/b/blobs/{digest_of(data)} in a loop: more than "
+        f"{REDIRECT_LIMIT} redirects without an answer; check where the registry's storage redirects reads"
+    )
+    assert len(agent.sent) == REDIRECT_LIMIT + 1
 
 
 def test_a_redirect_to_an_upper_case_scheme_is_followed() -> None:

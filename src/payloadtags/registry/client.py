@@ -34,6 +34,7 @@ from twisted.web.client import (
     ResponseFailed,
     ResponseNeverReceived,
 )
+from twisted.web.error import InfiniteRedirection
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 
@@ -135,6 +136,9 @@ _NO_HOOKS = WriteHooks()
 log = Logger()
 # How often the tags of one repository that no object can name are said to be left out (`_nameable`).
 UNNAMEABLE_LOG_PERIOD = 3600.0
+# Redirects a read follows before it is a loop (Twisted's RedirectAgent's default, and Go's http.Client's
+# ten are fewer).
+REDIRECT_LIMIT = 20
 # How often a redirect this client cannot follow is said again (each read it redirects meets it).
 UNFOLLOWABLE_LOG_PERIOD = 600.0
 
@@ -1850,7 +1854,7 @@ class RegistryClient:
         when a redirect leads to another origin. A failure where a redirect led is said as that
         server's (`RegistryUnavailable.elsewhere`)."""
         try:
-            response: IResponse = await CheckedRedirects(followed).request(
+            response: IResponse = await CheckedRedirects(followed, REDIRECT_LIMIT).request(
                 method.encode("ascii"), url.encode("ascii"), headers
             )
             return response
@@ -1871,6 +1875,14 @@ class RegistryClient:
                 "follow; check where the registry's storage redirects reads"
             ) from None
         except Exception as error:
+            if isinstance(_underlying(error), InfiniteRedirection):
+                # Every server answered at once, sending the read on: not one that is down (the
+                # transport error's "check that it runs"), a loop in the registry's configuration.
+                raise RegistryProtocolError(
+                    f"registry {self._name} redirected {method} {_path(url)} in a loop: more than "
+                    f"{REDIRECT_LIMIT} redirects without an answer; check where the registry's storage "
+                    "redirects reads"
+                ) from None
             target = (followed.last or b"").decode("ascii", "replace")
             if not target or target == url or is_cancellation(error):
                 raise
