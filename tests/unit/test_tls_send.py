@@ -10,6 +10,7 @@ write, as the reactor does once its socket is writable."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from payloadtags.http.channel import (
+    BUFFERED_PIECES,
     CLOSE_GRACE,
     STALL_CHECK,
     ClientConnection,
@@ -559,3 +561,132 @@ def test_a_response_ending_on_a_closing_transport_is_left_to_the_reactor_which_c
     (reason,) = connection.socket.lost
     assert reason.check(ConnectionDone)
     assert connection.received().endswith(b"part\r\nd\r\n and the rest\r\n0\r\n\r\n")
+
+
+class _HeldPosts(_Held):
+    """Holds every request, one with a body too, until the test answers it."""
+
+    def render_POST(self, request: Request) -> int:
+        return self.render_GET(request)
+
+
+def _post(body: bytes, framing: str) -> bytes:
+    head = b"POST /body HTTP/1.1\r\nHost: a\r\n"
+    if framing == "chunked":
+        return head + b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    if framing == "100-continue":
+        head += b"Expect: 100-continue\r\n"
+    return head + b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked", "100-continue"])
+def test_requests_pipelined_behind_a_body_are_not_read_past_16_kB(framing: str) -> None:
+    """docs/hardening.md's bound on requests after a request with a body: what follows the body is
+    kept for later, and once that passes 16 kB reading stops, whether or not the answer waits for
+    the client. Twisted checks nothing there: a body ending in a large read (here the requests
+    replayed from a full buffer) was followed by one more read, 130 kB held on a real server
+    (review r3pipe F1)."""
+    connection = _Connection()
+    connection.resource = connection.channel.site.resource = _HeldPosts()
+    behind = b"".join(_get(b"/%05d" % index) for index in range(800))  # about 26 kB
+    connection.send(_get(b"/first") + _post(b"b" * 1000, framing) + behind)
+    connection.loop.turn()
+    (first,) = connection.resource.held
+    assert connection.socket not in connection.loop.readers  # Twisted's own pause
+    _answer(first, b"first")
+    connection.loop.turn()  # the requests buffered are replayed: the POST is read whole
+    post = connection.resource.held[1]
+    assert post.content is not None and post.content.read() == b"b" * 1000
+    channel = connection.channel
+    assert channel._handlingRequest and not channel._waitingForTransport
+    assert 16_384 < sum(map(len, channel._dataBuffer)) <= len(behind)
+    assert connection.socket not in connection.loop.readers  # the rest stays with the client
+    _answer(post, b"done")
+    for index in range(3):  # and reading goes on with the requests held
+        connection.loop.turn()
+        _answer(connection.resource.held[index + 2], b"ok")
+    assert connection.received().count(b"HTTP/1.1 200 OK") == 5
+
+
+def test_a_body_over_16_kB_is_read_whole_and_the_request_behind_it_waits() -> None:
+    """The bound on pipelined requests does not stop a body being read: reading stops only once a
+    request is whole and being answered."""
+    connection = _Connection()
+    connection.resource = connection.channel.site.resource = _HeldPosts()
+    body = bytes(range(256)) * 400  # 102 kB, over 16 kB and over one read
+    connection.send(_post(body, "content-length") + _get(b"/next"))
+    connection.loop.turn()
+    (post,) = connection.resource.held
+    assert post.content is not None and post.content.read() == body
+    assert connection.socket in connection.loop.readers  # 40 bytes are buffered: still reading
+    _answer(post, b"done")
+    connection.loop.turn()
+    assert [request.path for request in connection.resource.held] == [b"/body", b"/next"]
+
+
+def test_requests_pipelined_in_one_byte_tls_records_are_held_in_a_bounded_number_of_pieces() -> None:
+    """A client that sends each byte of its pipelined requests in its own TLS record, behind an answer
+    it does not read: the channel gets one piece per record. Held one object each and summed whole
+    after each, 16 kB of them were 571 kB of objects and a quadratic count of additions (seconds of
+    CPU, review r3pipe L1); here they are joined past BUFFERED_PIECES, so the pieces held and the
+    work per record stay bounded."""
+    connection = _Connection()
+    resource = _Answering()
+    resource.size = 300_000
+    connection.channel.site.resource = resource
+    connection.socket.room = 0  # the client reads nothing
+    connection.send(_get(b"/first"))
+    for _ in range(5):
+        connection.loop.turn()
+    channel = connection.channel
+    assert channel._waitingForTransport
+    stream = b"".join(_get(b"/%05d" % index) for index in range(1000))  # 30 kB
+    pieces = objects = sent = 0
+    while connection.socket in connection.loop.readers:
+        for byte in range(sent, sent + 2800):  # about one TCP read (64 KiB) of 1-byte records
+            connection.client.send(stream[byte : byte + 1])
+        sent += 2800
+        connection._to_server()
+        pieces = max(pieces, len(channel._dataBuffer))
+        objects = max(objects, sum(map(sys.getsizeof, channel._dataBuffer)))
+        connection.loop.turn()
+    assert pieces <= BUFFERED_PIECES + 1
+    assert objects < 2 * (16_384 + 2800)  # the bytes held, and little else
+    assert 16_384 < sum(map(len, channel._dataBuffer)) <= 16_384 + 2800
+
+
+def test_a_client_that_reads_no_streamed_answer_and_sends_on_is_not_read_past_16_kB_of_requests() -> None:
+    """The bound on requests while the answer is still being written (a list in chunks, a watch) to a
+    client that does not read it: the answer is not whole, so no replay is pending, and reading stops
+    all the same; once the answer ends and the client reads, the requests behind it are answered."""
+    connection = _Connection()
+    connection.socket.room = 0  # the client reads nothing
+    connection.send(_get(b"/stream"))
+    connection.loop.turn()
+    (stream,) = connection.resource.held
+    for _ in range(10):
+        stream.write(b"s" * 30_000)
+        connection.loop.turn()
+    channel = connection.channel
+    assert channel._waitingForTransport and not channel._replay_pending
+    chunk = b"".join(_get(b"/%05d" % index) for index in range(100))  # about 3.3 kB
+    sent = 0
+    for _ in range(300):
+        if connection.socket in connection.loop.readers:  # as the kernel: delivered only when read
+            connection.send(chunk)
+            sent += len(chunk)
+        connection.loop.turn()
+    assert 16_384 < sum(map(len, channel._dataBuffer)) <= 16_384 + len(chunk)
+    assert connection.socket not in connection.loop.readers
+    assert len(connection.resource.held) == 1
+    stream.finish()
+    connection.socket.room = None  # it reads again: the requests behind are answered
+    answered = 1
+    for _ in range(sent // len(_get(b"/00000")) + 50):  # one request a turn
+        connection.loop.turn()
+        for request in connection.resource.held[answered:]:
+            _answer(request, b"ok")
+            answered += 1
+        connection.received()
+    assert answered == 1 + sent // len(_get(b"/00000"))
+    assert connection.received().count(b"HTTP/1.1 200 OK") == answered
