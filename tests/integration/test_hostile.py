@@ -15,6 +15,7 @@ import re
 import select
 import socket
 import ssl
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import LogLevel
 from twisted.web import resource, server
 
+from payloadtags.http.channel import BUFFERED_PIECES
 from payloadtags.limits import HEAD_BYTES, HEADER_LINE_COST, HttpLimits
 from tests.integration.test_output_bounds import many_tags
 from tests.support import images
@@ -500,6 +502,52 @@ async def test_a_client_that_reads_no_answer_and_sends_on_is_not_read_past_a_bou
     assert largest < 100_000, (largest, sent)
     assert sent < 32 * 2**20
     assert grown < 8 * 2**20, grown
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_pipelined_in_one_byte_tls_records_cost_their_bytes_not_a_piece_each(
+    make_server, registry, reactor
+):
+    """docs/hardening.md: the bound on pipelined requests counts what Python holds for them too. A
+    client without a certificate that sends each byte in its own TLS record and reads nothing gives
+    the channel one piece per byte: kept one object each, 19 kB of /healthz were 2 850 pieces and
+    136 kB of objects, summed whole after each piece (1.6 s of CPU; review r3pipe L1)."""
+    api = await make_server(registry)
+    pieces = objects = 0
+
+    def sample() -> None:
+        nonlocal pieces, objects
+        for wrapper in api.running.connections.protocols:
+            held = wrapper.wrappedProtocol._dataBuffer
+            pieces = max(pieces, len(held))
+            objects = max(objects, sum(map(sys.getsizeof, held)))
+
+    sampler = task.LoopingCall(sample)
+    sampler.clock = reactor
+    sampler.start(0.005)
+    stream = request_bytes("GET", "/healthz") * 20_000
+    sent = 0
+
+    def flood() -> ssl.SSLSocket:
+        nonlocal sent
+        sock = target(api).connect(None, timeout=HANG_GUARD, receive_buffer=4096)
+        sock.settimeout(3.0)  # a send that waits this long: the server no longer reads
+        with contextlib.suppress(TimeoutError, ssl.SSLError, OSError):
+            while sent < len(stream):
+                sock.sendall(stream[sent : sent + 1])
+                sent += 1
+        return sock
+
+    sock = await in_thread(flood)
+    try:
+        await task.deferLater(reactor, 0.5, lambda: None)
+    finally:
+        sampler.stop()
+        sock.close()
+    assert sent < len(stream)  # reading stopped
+    assert 0 < pieces <= BUFFERED_PIECES + 1, pieces
+    # 16 kB, one read (64 KiB of 23-byte records: 2 850 bytes) and the pieces' own size (33 B each).
+    assert objects < 25_000, objects
 
 
 @pytest_twisted.ensureDeferred

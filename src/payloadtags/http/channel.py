@@ -10,9 +10,11 @@ What Twisted does on its own and what is changed here:
   pipelined request waits until the previous response is whole and the transport holds no more than
   its buffer (64 KiB) unsent, so one connection holds at most that and the response that went past it;
 * Twisted stops reading a connection past 16 kB of requests pipelined behind the one being answered,
-  but not while that answer waits for the client to read it: here it stops then too, so a connection
-  holds 16 kB of requests and what one read brings (the TCP read, 64 KiB, with the part of a TLS
-  record the read before left);
+  but not while that answer waits for the client to read it nor after the read that ends a body, and
+  keeps each TLS record's bytes as an object of their own, summed again after each: here it stops
+  whenever a request is being answered, so a connection holds 16 kB of requests and what one read
+  brings (the TCP read, 64 KiB, with the part of a TLS record the read before left), under 100 kB,
+  in at most ``BUFFERED_PIECES`` + 1 pieces however small the client's records;
 * errors found by the HTTP parser are a bare ``400`` with no body: here every refusal is a Kubernetes
   ``Status`` in JSON;
 * a client may dribble a request head or body forever: here the head must arrive within
