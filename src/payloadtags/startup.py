@@ -123,7 +123,9 @@ def complete(
 
 def _unverified_cluster_warning(settings: Settings, cluster: ClusterConfig) -> tuple[str, ...]:
     # kubectl says nothing of it, but a server is not a CLI: every identity (TokenReview) and access rule
-    # (the RBAC objects) it acts on comes over this connection, and its own credential goes there.
+    # (the RBAC objects) it acts on comes over this connection, and its callers' tokens go there to be
+    # reviewed. (Its own credential goes there only over TLS: on http:// the loader drops the user's, as
+    # client-go does, with a warning of its own.)
     where = f"--kubeconfig {settings.kubeconfig}" if settings.kubeconfig else "in-cluster configuration"
     if not cluster.uses_tls and _is_loopback(cluster.server):
         # `kubectl proxy` (or a sidecar like it) holds the credential itself and serves plain HTTP on
@@ -137,14 +139,14 @@ def _unverified_cluster_warning(settings: Settings, cluster: ClusterConfig) -> t
         )
     if not cluster.uses_tls:
         # Worse than an unverified certificate (and insecure-skip-tls-verify means nothing here): the
-        # credential can be read off the wire by anyone who sees the traffic, not only by a machine in the
-        # middle.
+        # callers' tokens under review can be read off the wire by anyone who sees the traffic, not only
+        # by a machine in the middle.
         return (
             f"{where}: the cluster API's server is plain http://, so nothing sent to it or received from it "
-            "is encrypted or verified: whoever is on the network path to it can read the credential "
-            "payloadtags sends, and can answer as the cluster API, deciding who callers are (TokenReview) "
-            "and what they may read and delete (the RBAC objects); use its https:// URL in server and give "
-            "the cluster's CA (certificate-authority)",
+            "is encrypted or verified: whoever is on the network path to it can read the callers' bearer "
+            "tokens payloadtags sends it to review, and can answer as the cluster API, deciding who callers "
+            "are (TokenReview) and what they may read and delete (the RBAC objects); use its https:// URL in "
+            "server and give the cluster's CA (certificate-authority)",
         )
     if not cluster.insecure_skip_tls_verify:
         return ()

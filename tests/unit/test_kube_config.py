@@ -231,7 +231,7 @@ def test_basic_auth_is_not_supported(tmp_path: Path) -> None:
     path.write_text(
         json.dumps(
             {
-                "clusters": [{"name": "c", "cluster": {"server": "http://127.0.0.1:8080"}}],
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:8080"}}],
                 "users": [{"name": "u", "user": {"username": "a", "password": "b"}}],
                 "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
                 "current-context": "x",

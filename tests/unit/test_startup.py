@@ -261,16 +261,20 @@ def test_a_kubeconfig_that_skips_tls_verification_starts_with_a_warning_saying_w
 def test_a_kubeconfig_whose_server_is_plain_http_starts_with_a_warning_saying_what_is_at_risk(
     tmp_path: Path, insecure: dict[str, bool], server: str
 ) -> None:
-    # ops2's note on N3: http:// has the risk of insecure-skip-tls-verify and more (the token in clear), and
-    # started without a word. One warning, the one whose fix works: a CA alone would not help here.
+    # ops2's note on N3: http:// has the risk of insecure-skip-tls-verify and more (tokens in clear), and
+    # started without a word. One warning, the one whose fix works: a CA alone would not help here. The
+    # user's token is not sent there (review r3cfg F2): the loader's warning, first, says so.
     token = "s3cr3t-token"
     cluster = {"server": server, **insecure}
     path = _kubeconfig(tmp_path, cluster, {"token": token}, {"cluster": "c", "user": "u"})
-    (warning,) = complete(settings(kubeconfig=str(path)), environ=NO_POD).warnings
+    completed = complete(settings(kubeconfig=str(path)), environ=NO_POD)
+    assert completed.cluster is not None and completed.cluster.token is None
+    unused, warning = completed.warnings
+    assert unused.startswith(f"kubeconfig '{path}': user \"u\": token not used: "), unused
     assert warning.startswith(f"--kubeconfig {path}: the cluster API's server is plain http://, so "), warning
     for risk in (
         "nothing sent to it or received from it is encrypted or verified",
-        "read the credential payloadtags sends",
+        "read the callers' bearer tokens payloadtags sends it to review",
         "callers are (TokenReview)",
         "read and delete (the RBAC objects)",
     ):
@@ -286,8 +290,10 @@ def test_a_kubeconfig_whose_server_is_plain_http_on_loopback_is_not_told_of_a_ne
 ) -> None:
     # review r2d N1: `kubectl proxy` serves plain HTTP on loopback and holds the credential itself; the
     # warning spoke of "whoever is on the network path" and told to use an https:// URL it does not have.
+    # The kubeconfig kubectl proxy is used with has no credential of its own (one would not be used there,
+    # tests/unit/test_kube_config_plain_http.py).
     cluster = {"server": server}
-    path = _kubeconfig(tmp_path, cluster, {"token": "s3cr3t-token"}, {"cluster": "c", "user": "u"})
+    path = _kubeconfig(tmp_path, cluster, {}, {"cluster": "c", "user": "u"})
     (warning,) = complete(settings(kubeconfig=str(path)), environ=NO_POD).warnings
     assert warning == (
         f"--kubeconfig {path}: the cluster API's server is plain http:// on loopback (as `kubectl proxy` "
@@ -544,12 +550,12 @@ def test_an_auth_provider_is_refused_in_one_line(tmp_path: Path, provider: objec
 def test_a_null_auth_provider_is_absent_as_in_client_go(tmp_path: Path) -> None:
     path = _kubeconfig(
         tmp_path,
-        {"server": "http://127.0.0.1:1"},
+        {"server": "https://127.0.0.1:1"},
         {"token": "t", "auth-provider": None, "as": "", "as-groups": []},
         {"cluster": "c", "user": "u"},
     )
     assert complete(settings(kubeconfig=str(path)), environ=NO_POD).cluster == ClusterConfig(
-        server="http://127.0.0.1:1", token="t"
+        server="https://127.0.0.1:1", token="t"
     )
 
 

@@ -203,6 +203,17 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
             # ("argument of type 'NoneType' is not iterable").
             document[kind] = [entry for entry in document[kind] if entry is not None]
     context_entry, user, cluster_entry = _chosen(document, context, path)
+    warnings: tuple[str, ...] = ()
+    unused = _without_credentials(user) if not _is_https(cluster_entry["server"]) else []
+    if unused:
+        # As client-go, which takes a user's credentials for an https:// server only (kubectl sends none
+        # to an http:// one, nor runs its plugin): on plain http:// whoever sees the traffic could read
+        # them. A `kubectl proxy` there holds its own credential and adds it.
+        warnings = (
+            f'kubeconfig {path!r}: user "{context_entry.get("user")}": {", ".join(unused)} not used: the '
+            "cluster's server is plain http://, to which kubectl sends no credential either (one would "
+            "cross the connection unencrypted), so payloadtags connects without one",
+        )
     # After _chosen: an empty field is gone, and a file beside its data refused, so one at most is left.
     ca_field = _written(cluster_entry, "certificate-authority")
     cert_field, key_field = _written(user, "client-certificate"), _written(user, "client-key")
@@ -226,13 +237,12 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
         user.pop("token")
     token_file = user.get("tokenFile")
     token_beside = bool(user.get("token"))
-    warnings: tuple[str, ...] = ()
     if token_file:
         where = f'kubeconfig {path!r}: user "{context_entry.get("user")}"'
         if _check_token_file(os.path.join(base, token_file), where, token_beside=token_beside):
             # No file has such a path: the token beside it is the credential, for good (client-go reads
             # the file at each request, fails each time and sends the token).
-            warnings = (
+            warnings += (
                 f"{where}: tokenFile holds a NUL byte, so it cannot be read: the token beside it is sent",
             )
             token_file = None
@@ -273,6 +283,33 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
         raise ConfigError(f"kubeconfig {path!r}: cluster server {server!r}: {problem}")
     namespace = context_entry.get("namespace")
     return attrs.evolve(cluster, namespace=namespace or None, warnings=warnings)
+
+
+# A user's credentials, as client-go's getUserIdentificationPartialConfig takes them (auth-provider is
+# refused by `_check_user`), in the order a warning names them.
+_CREDENTIALS = (
+    "token",
+    "tokenFile",
+    "client-certificate",
+    "client-certificate-data",
+    "client-key",
+    "client-key-data",
+    "username",
+    "password",
+    "exec",
+)
+
+
+def _is_https(server: str) -> bool:
+    # Not urlsplit: it raises on some servers (an unclosed IPv6 bracket) that _server_problem names later.
+    return server[: len("https://")].lower() == "https://"
+
+
+def _without_credentials(user: dict[str, Any]) -> list[str]:
+    """Take the user's credentials out of its section; what was there, named for a warning (a plugin's
+    section as "exec (the plugin is not run)")."""
+    unused = [field for field in _CREDENTIALS if user.pop(field, None) is not None]
+    return ["exec (its plugin is not run)" if field == "exec" else field for field in unused]
 
 
 def _written(section: dict[str, Any], field: str) -> str:
