@@ -31,7 +31,13 @@ from payloadtags.settings import (
     Settings,
 )
 from payloadtags.tls import CIPHER_SUITES
-from payloadtags.validators import address_problem, at_in_authority, has_userinfo, without_userinfo
+from payloadtags.validators import (
+    address_problem,
+    at_in_authority,
+    has_userinfo,
+    userinfo_span,
+    without_userinfo,
+)
 
 # What `payloadtags --help` says (the module's docstring is for developers).
 DESCRIPTION = (
@@ -265,28 +271,74 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _without_passwords(message: str, given: Sequence[str] = ()) -> str:
-    """argparse's message with what may be a URL's user:password@ redacted: it echoes what was typed
-    (--registry_url=https://user:pw@…, a URL left without its flag), and goes to the pod's log.
+    """The message with what may be a URL's user:password@ redacted: argparse echoes what was typed
+    (--registry_url=https://user:pw@…, a URL left without its flag, a one-string "--flag URL" of a
+    manifest), whole, as a value alone, or a part of it, as it stands or escaped as repr() writes it,
+    and goes to the pod's log.
 
-    Each argument given is redacted whole, since a quoted password may hold a space and a word of the
-    message would then be only part of it; then each word, for what argparse echoes otherwise."""
-    for arg in sorted({arg for arg in given if "@" in arg}, key=len, reverse=True):
-        message = message.replace(arg, _redacted(arg))
-        value = _flag_and_value(arg)[2]
-        if value:
-            message = message.replace(value, without_userinfo(value))  # a bad value is echoed alone
-    return " ".join(_redacted(word) for word in message.split(" "))
+    What precedes the last ``@`` of an argument is taken for user information (`_userinfo`). An echo of
+    any part of it ends right before that ``@``, so before each ``@`` of the message the longest end of
+    any argument's user information, as typed or escaped, is redacted, however the message quotes,
+    splits or joins the arguments. Then each word, for an ``@`` no argument gave."""
+    forms = {form for arg in given for form in _escaped_forms(_userinfo(arg)) if form}
+    spans: list[tuple[int, int]] = []
+    for at, char in enumerate(message):
+        if char == "@":
+            longest = max((_shared_end(message, at, form) for form in forms), default=0)
+            if longest:
+                spans.append((at - longest, at))
+    for begin, end in reversed(_merged(spans)):
+        message = message[:begin] + "<redacted>" + message[end:]
+    return " ".join(word if "<redacted>@" in word else _redacted(word) for word in message.split(" "))
 
 
-def _flag_and_value(word: str) -> tuple[str, str, str]:
-    """``--flag``, ``=`` and the value of ``--flag=value``; of anything else, only the value."""
-    return word.partition("=") if word.startswith("-") else ("", "", word)
+def _userinfo(arg: str) -> str:
+    """All of an argument before its last ``@``, but a flag's name and ``=`` (``--registry_url=``) and
+    an http(s) scheme; empty without an ``@``."""
+    at = arg.rfind("@")
+    if at < 0:
+        return ""
+    flag = _FLAG_EQUALS.match(arg)
+    value_start = flag.end() if flag else 0
+    return arg[value_start + userinfo_span(arg[value_start:])[0] : at]
+
+
+# A flag's name with its '=': two dashes, letters, digits, '-' and '_' (never a ':' of user:password).
+_FLAG_EQUALS = re.compile(r"--[A-Za-z0-9][A-Za-z0-9_-]*=")
+
+
+def _escaped_forms(text: str) -> tuple[str, ...]:
+    """The text as typed and as repr() writes it inside either quote (argparse's %r: a tab as \\t, a
+    quote escaped when the whole value holds both kinds)."""
+    both = repr(text + "'\"")  # single-quoted, each ' escaped: the text, then \'" and the closing '
+    return (text, repr(text)[1:-1], both[1:-4])
+
+
+def _shared_end(message: str, at: int, form: str) -> int:
+    """The length of the longest end of ``form`` that the message has right before ``at``."""
+    for length in range(min(len(form), at), 0, -1):
+        if message.startswith(form[-length:], at - length):
+            return length
+    return 0
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for begin, end in sorted(spans):
+        if merged and begin <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((begin, end))
+    return merged
 
 
 def _redacted(word: str) -> str:
-    """The word with the user information of its value redacted, when its value has an ``@``."""
-    flag, equals, value = _flag_and_value(word)
-    return flag + equals + without_userinfo(value) if "@" in value else word
+    """The word with the user information of its value redacted, when it has an ``@``."""
+    if "@" not in word:
+        return word
+    flag = _FLAG_EQUALS.match(word)
+    value_start = flag.end() if flag else 0
+    return word[:value_start] + without_userinfo(word[value_start:])
 
 
 class _Help(argparse.HelpFormatter):
@@ -834,7 +886,8 @@ def settings_from(args: argparse.Namespace, parser: argparse.ArgumentParser | No
     for dest, value in vars(args).items():
         if isinstance(value, Invalid):
             flag = flags.get(dest, "--" + dest.removeprefix("deprecated_").replace("_", "-"))
-            errors.append(f"{flag}={value.text}: {value.reason}")
+            # A value meant for another flag may be a URL with a password (a manifest that lost one).
+            errors.append(_without_passwords(f"{flag}={value.text}: {value.reason}", (value.text,)))
     return _settings(args, errors)
 
 

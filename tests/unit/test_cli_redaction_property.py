@@ -1,0 +1,89 @@
+"""No start-up message shows a password typed in a URL, however the argument list around it is written
+(review r3cfg F1): generated passwords of URL-special characters, in every way a flag and its value may
+be typed or mistyped."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from payloadtags.cli import main
+
+# Hundreds of argument lists through the whole parser: in the default suite, not the unit tier.
+pytestmark = pytest.mark.property
+
+# What a password may hold that URL parsers, argparse or its repr() treat specially.
+SPECIAL = "/?#@: %[]'\"\\=-.,;&\t!$*+|"
+# A password starts with PW and ends with QX, and holds MM between: none is in any message otherwise,
+# so a piece of either end, or of the middle, shown anywhere is a leak.
+MARKS = ("PW", "MM", "QX")
+
+FLAGS = [
+    "--registry-url",
+    "--registry-host",
+    "--registry_url",  # misspelt: unknown
+    "--registry-u",  # an abbreviation argparse is not allowed to take
+    "--registry",  # ambiguous
+    "--help",
+    "-h",
+    "--v",
+    "--secure-port",
+    "--tls-min-version",
+    "--request-timeout",
+    "--leader-elect",
+    "--authorization-mode",
+    "--bind-address",
+]
+# How the flag and its value are typed: one argument joined by each separator, or two arguments.
+SEPARATORS = ["=", ":", "\t", " ", "", None]
+
+
+@st.composite
+def argument_lists(draw: st.DrawFn) -> tuple[list[str], str]:
+    piece = st.text(alphabet=SPECIAL + "ab", max_size=6)
+    password = f"PW{draw(piece)}MM{draw(piece)}QX"
+    user = draw(st.sampled_from(["al1ce", "a/b", "-u", "--u", "u=v", ""]))
+    userinfo = f"{user}:{password}" if user else password
+    scheme = draw(st.sampled_from(["https://", "http://", "HTTPS://", "", "ftp://", " https://", "//"]))
+    host = draw(st.sampled_from(["reg.example", "[::1]:5000", "reg.example:5000/path", "r", ""]))
+    url = f"{scheme}{userinfo}@{host}"
+    flag = draw(st.sampled_from(FLAGS))
+    separator = draw(st.sampled_from(SEPARATORS))
+    typed = [flag, url] if separator is None else [f"{flag}{separator}{url}"]
+    where = draw(st.sampled_from(["after", "before", "alone", "positional"]))
+    base = ["--registry-url=http://127.0.0.1:5000"]
+    argv = {
+        "after": ["serve", *base, *typed],
+        "before": [*typed, "serve", *base],
+        "alone": ["serve", *typed],
+        "positional": ["serve", *base, url],
+    }[where]
+    return argv, password
+
+
+def said(argv: list[str]) -> str:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), contextlib.suppress(SystemExit):
+        main(argv)
+    return out.getvalue() + err.getvalue()
+
+
+@settings(max_examples=400)
+@given(argument_lists())
+@example((["serve", "--registry-url:https://al1ce:PW;MM;QX@reg.example"], "PW;MM;QX"))
+@example((["serve", "--help=HTTPS://al1ce:PW;:, ]\tMM/aQX@r"], "PW;:, ]\tMM/aQX"))
+@example((["serve", "--registry-url https://al1ce:PW MMQX@reg.example"], "PW MMQX"))
+@example((["serve", "--registry-url=http://r", "--registry-host", "-al1ce:PWMMQX@reg"], "PWMMQX"))
+@example((["serve", '--registry-url:HTTPS://al1ce:PW"=##"MM&QX@[::1]:5000'], 'PW"=##"MM&QX'))
+@example((["serve", "-hal1ce:PW'\"MMQX@x"], "PW'\"MMQX"))
+def test_no_message_shows_a_password_typed_in_a_url(case: tuple[list[str], str]) -> None:
+    argv, password = case
+    text = said(argv)
+    assert "Traceback" not in text
+    for mark in MARKS:
+        assert mark not in text, (argv, text)
+    assert password not in text
