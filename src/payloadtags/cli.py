@@ -36,6 +36,7 @@ from payloadtags.validators import (
     at_in_authority,
     has_userinfo,
     userinfo_span,
+    utf8_encodable,
     without_userinfo,
 )
 
@@ -807,7 +808,17 @@ def _secret(file_path: str | None, env: str, flag: str, errors: list[str]) -> st
         except OSError as error:
             errors.append(f"{flag} {file_path}: cannot read: {error.strerror}")
             return None
-    return os.environ.get(env) or None
+        except UnicodeDecodeError:
+            # Its own words name a byte of the secret and its position: not said.
+            errors.append(f"{flag} {file_path}: cannot read: it is not UTF-8 text")
+            return None
+    value = os.environ.get(env)
+    if value and not utf8_encodable(value):
+        # os.environ holds such bytes as lone surrogates, which the Authorization header cannot encode:
+        # it failed at the registry's first challenge, in a traceback, on every probe.
+        errors.append(f"${env} is not UTF-8 text")
+        return None
+    return value or None
 
 
 def _check_registry_url(text: str, errors: list[str]) -> str:
