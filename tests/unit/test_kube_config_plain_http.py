@@ -187,3 +187,37 @@ def test_over_https_the_credentials_are_taken(tmp_path: Path, ca: Authority) -> 
     config = load_cluster_config(str(path))
     assert config is not None
     assert (config.token, config.warnings) == ("s3cret-token", ())
+
+
+@pytest.mark.kubectl
+def test_a_scheme_in_capitals_is_read_as_kubectl_reads_it(
+    tmp_path: Path, ca: Authority, recorder: tuple[str, list[str]]
+) -> None:
+    # review r3cfg L4: HTTP:// and HTTPS:// were refused ("cluster server must be an http(s) URL"), where
+    # kubectl takes them (Go lowercases the scheme).
+    url, seen = recorder
+    path = kubeconfig(tmp_path / "kc", url.replace("http://", "HTTP://"), {})
+    done = subprocess.run(
+        [KUBECTL, "--kubeconfig", str(path), "--request-timeout=5s", "get", "--raw", "/version"],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert seen and set(seen) == {"<none>"}
+    config = load_cluster_config(str(path))
+    assert config is not None and config.server == url
+
+    path = kubeconfig(tmp_path / "kc", "HTTPS://127.0.0.1:6443", {"token": "s3cret-token"})
+    document = json.loads(path.read_text())
+    document["clusters"][0]["cluster"]["certificate-authority"] = str(ca.cert_file)
+    path.write_text(json.dumps(document))
+    config = load_cluster_config(str(path))
+    assert config is not None
+    assert (config.server, config.token, config.ca_file, config.warnings) == (
+        "https://127.0.0.1:6443",
+        "s3cret-token",
+        str(ca.cert_file),
+        (),
+    )

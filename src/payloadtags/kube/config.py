@@ -203,6 +203,11 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
             # ("argument of type 'NoneType' is not iterable").
             document[kind] = [entry for entry in document[kind] if entry is not None]
     context_entry, user, cluster_entry = _chosen(document, context, path)
+    scheme = _SCHEME.match(cluster_entry["server"])
+    if scheme:
+        # HTTPS:// is https:// to kubectl (Go's url.Parse lowercases the scheme); the library and
+        # ClusterConfig look for it in lower case (the library left the CA and the client certificate out).
+        cluster_entry["server"] = scheme.group(1).lower() + cluster_entry["server"][scheme.end(1) :]
     warnings: tuple[str, ...] = ()
     unused = _without_credentials(user) if not _is_https(cluster_entry["server"]) else []
     if unused:
@@ -300,9 +305,12 @@ _CREDENTIALS = (
 )
 
 
+# A server's http(s) scheme, in any case.
+_SCHEME = re.compile(r"(https?)://", re.IGNORECASE)
+
+
 def _is_https(server: str) -> bool:
-    # Not urlsplit: it raises on some servers (an unclosed IPv6 bracket) that _server_problem names later.
-    return server[: len("https://")].lower() == "https://"
+    return server.startswith("https://")  # the scheme lowercased (`_SCHEME`)
 
 
 def _without_credentials(user: dict[str, Any]) -> list[str]:
