@@ -226,20 +226,32 @@ def test_a_broken_kubeconfig_is_a_config_error(tmp_path: Path) -> None:
         load_cluster_config(str(path))
 
 
-def test_basic_auth_is_not_supported(tmp_path: Path) -> None:
-    path = tmp_path / "kc"
-    path.write_text(
-        json.dumps(
-            {
-                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:8080"}}],
-                "users": [{"name": "u", "user": {"username": "a", "password": "b"}}],
-                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-                "current-context": "x",
-            }
-        )
-    )
-    with pytest.raises(ConfigError, match="unsupported"):
+@pytest.mark.parametrize(
+    ("user", "named"),
+    [
+        ({"username": "a", "password": "s3cret"}, "username and password"),
+        # kubectl sends Basic and runs no plugin; payloadtags ran the plugin and sent its token.
+        ({"username": "a", "exec": True}, "username"),
+        # kubectl refuses it ("more than one authentication method"); payloadtags took the token silently.
+        ({"token": "t", "username": "a", "password": "s3cret"}, "username and password"),
+        ({"password": "s3cret", "exec": True}, "password"),
+    ],
+)
+def test_basic_auth_is_refused_naming_the_file_the_user_and_the_fields(
+    tmp_path: Path, user: dict[str, object], named: str
+) -> None:
+    # review r3cfg L3: the refusal was "unsupported kubeconfig credential scheme 'Basic'", naming nothing.
+    if user.pop("exec", False):
+        script = plugin(tmp_path / "plugin", "touch ran\nexit 1\n")
+        user["exec"] = {"apiVersion": "client.authentication.k8s.io/v1", "command": str(script)}
+    path = kubeconfig_with_user(tmp_path / "kc", user)
+    with pytest.raises(ConfigError) as raised:
         load_cluster_config(str(path))
+    assert str(raised.value) == (
+        f'kubeconfig {str(path)!r}: user "u": {named} (basic auth) is not supported, as no Kubernetes API '
+        "server takes it since 1.19: give the user a token, a client certificate or an exec plugin"
+    )
+    assert not (tmp_path / "ran").exists()
 
 
 def kubeconfig_with_user(path: Path, user: dict[str, object]) -> Path:

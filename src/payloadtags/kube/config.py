@@ -219,6 +219,15 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
             "cluster's server is plain http://, to which kubectl sends no credential either (one would "
             "cross the connection unencrypted), so payloadtags connects without one",
         )
+    basic = [field for field in ("username", "password") if field in user]
+    if basic:
+        # Left after the plain-http rule above: kubectl would send Basic credentials (and refuse them beside
+        # a token), which no API server takes since Kubernetes 1.19; the library's refusal named nothing.
+        raise ConfigError(
+            f'kubeconfig {path!r}: user "{context_entry.get("user")}": {" and ".join(basic)} (basic auth) '
+            "is not supported, as no Kubernetes API server takes it since 1.19: give the user a token, a "
+            "client certificate or an exec plugin"
+        )
     # After _chosen: an empty field is gone, and a file beside its data refused, so one at most is left.
     ca_field = _written(cluster_entry, "certificate-authority")
     cert_field, key_field = _written(user, "client-certificate"), _written(user, "client-key")
@@ -1360,6 +1369,6 @@ def _bearer_token(header: str | None) -> str | None:
         return None
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        # Basic auth was removed from Kubernetes in 1.19; nothing else reaches this point.
+        # Basic auth is refused before the loader runs (`_from_kubeconfig`); nothing else reaches this point.
         raise ConfigError(f"unsupported kubeconfig credential scheme {scheme!r}")
     return token.strip()
