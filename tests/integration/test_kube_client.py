@@ -482,8 +482,16 @@ async def test_an_exec_plugin_beside_a_blank_token_or_an_empty_token_file_is_not
     (tmp_path / "conf" / "empty").write_text("")
     user = json.loads(kubeconfig.read_text())["users"][0]["user"]
     with_user(kubeconfig, {**user, **beside})
-    await Kubectl(kubeconfig, tmp_path / "kubectl-cache")("get", "--raw", NS)
+    done = await Kubectl(kubeconfig, tmp_path / "kubectl-cache")("get", "--raw", NS)
     assert not (tmp_path / "conf" / "runs").exists()
+    if "tokenFile" in beside:
+        # review r3cfg N4: kubectl refuses an empty tokenFile ("read empty token from file"); so does
+        # payloadtags at start, where it went on without a credential.
+        assert done.code != 0 and "read empty token from file" in done.err
+        with pytest.raises(ConfigError, match=r"tokenFile '.*/empty' is empty, which kubectl refuses too$"):
+            load_cluster_config(str(kubeconfig))
+        assert not (tmp_path / "conf" / "runs").exists()
+        return
     config = load_cluster_config(str(kubeconfig))
     assert config is not None and config.exec_plugin is None
     assert not (tmp_path / "conf" / "runs").exists()

@@ -327,6 +327,27 @@ def test_a_token_file_path_with_a_nul_beside_a_token_is_a_warning_naming_the_fie
     )
 
 
+@pytest.mark.parametrize("text", ["", " \n"])
+def test_an_empty_token_file_is_refused_as_kubectl_refuses_it_unless_a_token_stands_beside_it(
+    tmp_path: Path, text: str
+) -> None:
+    # review r3cfg N4: kubectl refuses it ("read empty token from file", or for a blank one a request it
+    # cannot send) and runs no exec plugin beside it; payloadtags went on without a credential.
+    (tmp_path / "empty").write_text(text)
+    kubeconfig = kubeconfig_with_user(tmp_path / "kc", {"tokenFile": "empty"})
+    with pytest.raises(ConfigError) as raised:
+        load_cluster_config(str(kubeconfig))
+    assert str(raised.value) == (
+        f'kubeconfig {str(kubeconfig)!r}: user "u": tokenFile {str(tmp_path / "empty")!r} is empty, which '
+        "kubectl refuses too"
+    )
+    # kubectl sends the token beside it (client-go reads the file only without one).
+    config = load_cluster_config(
+        str(kubeconfig_with_user(tmp_path / "kc", {"tokenFile": "empty", "token": "t"}))
+    )
+    assert config is not None and config.token == "t"
+
+
 @pytest.mark.parametrize("token_file", ["missing", "s3cr3t\0en"])
 def test_a_blank_token_beside_a_token_file_that_cannot_be_read_is_no_token_and_the_start_is_refused(
     tmp_path: Path, token_file: str

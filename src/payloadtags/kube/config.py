@@ -1326,19 +1326,24 @@ def _check_token_file(token_file: str, where: str, *, token_beside: bool) -> boo
     name a byte of the token and its position. A path with a NUL, which no file has, is refused naming
     the field only (read, it raised ValueError, a traceback at start), unless a token stands beside it:
     kubectl then sends that token, and so is True returned (the file is never to be read). One that
-    cannot be read otherwise is left to the library (and, with a token beside it, to the client)."""
+    cannot be read otherwise is left to the library (and, with a token beside it, to the client). An
+    empty one (or blank) is refused, unless a token stands beside it."""
     if "\0" in token_file:
         if token_beside:
             return True
         raise ConfigError(f"{where}: tokenFile holds a NUL byte")
     try:
-        Path(token_file).read_bytes().decode("utf-8")
+        text = Path(token_file).read_bytes().decode("utf-8")
     except OSError:
         return False
     except UnicodeDecodeError:
         raise ConfigError(f"{where}: tokenFile {token_file!r} is not UTF-8 text") from None
     except ValueError:  # a path the file system cannot take: the loader says it in one line
         return False
+    if not text.strip() and not token_beside:
+        # As kubectl ("read empty token from file", or a request it cannot send for a blank one), which
+        # runs no exec plugin beside it either: payloadtags would go on without a credential.
+        raise ConfigError(f"{where}: tokenFile {token_file!r} is empty, which kubectl refuses too")
     return False
 
 
