@@ -28,6 +28,12 @@ def bounded_decimal(digits: str, maximum: int) -> int | None:
     return value if value <= maximum else None
 
 
+def header_safe(text: str) -> bool:
+    """Whether an HTTP header's value can carry ``text`` as it is: no control character but a tab (Go's
+    httpguts.ValidHeaderFieldValue, by which kubectl fails a request with a line end or NUL in a token)."""
+    return not any((char < " " and char != "\t") or char == "\x7f" for char in text)
+
+
 def utf8_encodable(text: str) -> bool:
     """Whether strict UTF-8 carries ``text``: a lone surrogate (JSON's ``\\ud800``) is the only str it
     refuses."""
@@ -130,6 +136,7 @@ __all__ = [
     "at_in_authority",
     "bounded_decimal",
     "has_userinfo",
+    "header_safe",
     "positive",
     "unpadded_urlsafe_b64decode",
     "userinfo_span",

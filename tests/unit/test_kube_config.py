@@ -1747,15 +1747,16 @@ _GO_ESCAPES = "0abt\tnvfre \"'\\NLP_"
 
 def test_every_escape_kubectl_reads_is_read_as_kubectl_reads_it(tmp_path: Path) -> None:
     # review-kcfg F3: "\'" refused the kubeconfig that kubectl reads.
+    # In a namespace: a token is refused for the control characters (they cannot be sent, r3cfg N2).
     escapes = "".join(f"\\{char}" for char in _GO_ESCAPES) + "\\x41\\u00e9\\U0001F600"
-    path = escape_kubeconfig(tmp_path / "kc", "token", f"s3cr3t{escapes}")
+    path = escape_kubeconfig(tmp_path / "kc", "namespace", f"s3cr3t{escapes}")
     document = kubectl_view(path)
     assert isinstance(document, dict), document
     config = load_cluster_config(str(path))
     assert config is not None
     assert (
-        config.token
-        == document["users"][0]["user"]["token"]
+        config.namespace
+        == document["contexts"][0]["context"]["namespace"]
         == "s3cr3t\0\a\b\t\t\n\v\f\r\x1b \"'\\\x85\u2028\u2029\xa0Aé😀"
     )
 
@@ -1807,6 +1808,42 @@ def test_an_exec_plugin_printing_a_token_without_a_utf8_form_is_refused_at_load_
     assert str(raised.value) == (
         f"kubeconfig {str(path)!r}: exec plugin {script}: the ExecCredential's status.token holds a lone "
         "surrogate (a \\uD800-\\uDFFF escape), which has no UTF-8 form"
+    )
+
+
+@pytest.mark.parametrize("token", ["s3cr3t\nx", "s3cr3t\0x", "s3cr3t\r", "s3cr3t\x7f"])
+def test_a_token_a_header_cannot_carry_is_refused_as_kubectl_cannot_send_it(
+    tmp_path: Path, token: str
+) -> None:
+    # review r3cfg N2: a line end or NUL in the token was sent mangled (Twisted turns a line end into a
+    # space) or cut; kubectl fails every request ("net/http: invalid header field value for
+    # \"Authorization\""). Refused at start, in the kubeconfig, its tokenFile, or a plugin's output (a
+    # failed run, as at a renewal), never showing the token.
+    output = json.dumps(
+        {"apiVersion": "client.authentication.k8s.io/v1", "status": {"token": token}}
+    ).encode()
+    with pytest.raises(PluginError) as failed:
+        parse_output(ExecPlugin(command="get-token", api_version="client.authentication.k8s.io/v1"), output)
+    assert str(failed.value) == (
+        "exec plugin get-token: the ExecCredential's status.token holds a control character (a line end, "
+        "NUL…), which no Authorization header can carry"
+    )
+    inner = token + "tail"  # at the end, a line end is stripped (the token is the stripped text)
+    path = kubeconfig_with_user(tmp_path / "kc", {"token": inner})
+    with pytest.raises(ConfigError) as raised:
+        load_cluster_config(str(path))
+    assert str(raised.value) == (
+        f'kubeconfig {str(path)!r}: user "u": token holds a control character (a line end, NUL…), which no '
+        "Authorization header can carry, as kubectl cannot send it either"
+    )
+    (tmp_path / "token").write_text(inner + "\n")
+    path = kubeconfig_with_user(tmp_path / "kc", {"tokenFile": "token"})
+    with pytest.raises(ConfigError) as raised:
+        load_cluster_config(str(path))
+    assert "s3cr3t" not in str(raised.value)
+    assert str(raised.value).endswith(
+        "holds a control character (a line end, NUL…) inside the token, which no Authorization header can "
+        "carry, as kubectl cannot send it either"
     )
 
 

@@ -27,6 +27,7 @@ from payloadtags.validators import (
     address_problem,
     at_in_authority,
     has_userinfo,
+    header_safe,
     without_line_ends,
     without_userinfo,
 )
@@ -218,6 +219,14 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
             f'kubeconfig {path!r}: user "{context_entry.get("user")}": {", ".join(unused)} not used: the '
             "cluster's server is plain http://, to which kubectl sends no credential either (one would "
             "cross the connection unencrypted), so payloadtags connects without one",
+        )
+    token = user.get("token")
+    if isinstance(token, str) and not header_safe(token.strip()):
+        # Sent, it was mangled (a line end) or cut (a NUL); kubectl fails every request with it ("invalid
+        # header field value"). A blank token with a line end is none, below, as documented.
+        raise ConfigError(
+            f'kubeconfig {path!r}: user "{context_entry.get("user")}": token holds a control character (a '
+            "line end, NUL…), which no Authorization header can carry, as kubectl cannot send it either"
         )
     basic = [field for field in ("username", "password") if field in user]
     if basic:
@@ -1340,6 +1349,11 @@ def _check_token_file(token_file: str, where: str, *, token_beside: bool) -> boo
         raise ConfigError(f"{where}: tokenFile {token_file!r} is not UTF-8 text") from None
     except ValueError:  # a path the file system cannot take: the loader says it in one line
         return False
+    if not header_safe(text.strip()):
+        raise ConfigError(
+            f"{where}: tokenFile {token_file!r} holds a control character (a line end, NUL…) inside the "
+            "token, which no Authorization header can carry, as kubectl cannot send it either"
+        )
     if not text.strip() and not token_beside:
         # As kubectl ("read empty token from file", or a request it cannot send for a blank one), which
         # runs no exec plugin beside it either: payloadtags would go on without a credential.

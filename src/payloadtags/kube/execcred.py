@@ -26,7 +26,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
 from payloadtags.jsontypes import JsonObject
-from payloadtags.validators import utf8_encodable
+from payloadtags.validators import header_safe, utf8_encodable
 
 # A plugin may have to reach an identity provider; client-go gives it no deadline at all, but a plugin
 # that never answers must not hold every request to the cluster API forever.
@@ -191,6 +191,12 @@ def parse_output(plugin: ExecPlugin, output: bytes) -> ExecCredential:
     token = status.get("token")
     if isinstance(token, str) and token:
         _check_utf8(plugin, "token", token)
+        if not header_safe(token):
+            # Sent, it was mangled (a line end) or cut (a NUL); kubectl fails every request with it.
+            raise PluginError(
+                f"exec plugin {plugin.command}: the ExecCredential's status.token holds a control character "
+                "(a line end, NUL…), which no Authorization header can carry"
+            )
         return ExecCredential(token=token, expires_at=expires_at)
     cert, key = status.get("clientCertificateData"), status.get("clientKeyData")
     if isinstance(cert, str) and isinstance(key, str) and cert and key:
