@@ -327,6 +327,27 @@ def test_a_token_file_path_with_a_nul_beside_a_token_is_a_warning_naming_the_fie
     )
 
 
+@pytest.mark.parametrize(
+    "server", ["http://loc\talhost:8001", "https://127.0.0.1:6443\n", "https://127.0.0.\x7f1"]
+)
+def test_a_server_with_a_control_character_is_refused_as_kubectl_refuses_it(
+    tmp_path: Path, server: str
+) -> None:
+    # review r3cfg N1: urlsplit drops a tab or line end, so "http://loc<TAB>alhost" was loaded (and taken
+    # for loopback); kubectl refuses the URL.
+    path = kubeconfig_with_user(tmp_path / "kc", {"token": "t"})
+    document = json.loads(path.read_text())
+    document["clusters"][0]["cluster"] = {"server": server}
+    path.write_text(json.dumps(document))
+    assert "invalid control character in URL" in kubectl_refusal(path)
+    with pytest.raises(ConfigError) as raised:
+        load_cluster_config(str(path))
+    assert str(raised.value) == (
+        f"kubeconfig {str(path)!r}: cluster server {server!r} holds a control character, which kubectl "
+        "refuses too (net/url: invalid control character in URL)"
+    )
+
+
 @pytest.mark.parametrize("text", ["", " \n"])
 def test_an_empty_token_file_is_refused_as_kubectl_refuses_it_unless_a_token_stands_beside_it(
     tmp_path: Path, text: str

@@ -209,6 +209,13 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
         # HTTPS:// is https:// to kubectl (Go's url.Parse lowercases the scheme); the library and
         # ClusterConfig look for it in lower case (the library left the CA and the client certificate out).
         cluster_entry["server"] = scheme.group(1).lower() + cluster_entry["server"][scheme.end(1) :]
+    if any(char < " " or char == "\x7f" for char in cluster_entry["server"]):
+        # kubectl refuses it ("net/url: invalid control character in URL"); urlsplit drops a tab or line
+        # end silently, so the server payloadtags connected to was not the one written.
+        raise ConfigError(
+            f"kubeconfig {path!r}: cluster server {without_userinfo(cluster_entry['server'])!r} holds a "
+            "control character, which kubectl refuses too (net/url: invalid control character in URL)"
+        )
     warnings: tuple[str, ...] = ()
     unused = _without_credentials(user) if not _is_https(cluster_entry["server"]) else []
     if unused:
