@@ -12,6 +12,10 @@ One run, against a real registry:
 - single deletes through either replica's TagsService, and *doomed* namespaces removed the way a
   namespace deletion removes them: deletecollection repeated until it answers 200, through both
   replicas at once, and a cascade on each replica;
+- single deletes of a doomed namespace's tags just before and while its removal runs (before it
+  answered 200), most of them with their re-tag held in the proxy past the client's timeout (it lands
+  late), most of those killed while it is held: a replica's own write that its removal's 200 must
+  wait for (`check_own_writes`);
 - kills: an operation in flight is cancelled, its connections dropped mid-request, as a process
   killed at that moment leaves them (what it sent may or may not have landed); a killed
   deletecollection or cascade is started again, as a restarted replica would.
@@ -66,7 +70,7 @@ from payloadtags.registry import (
 from payloadtags.registry.client import LATE_WRITE_GRACE
 from tests.support import images
 from tests.support.dangling import dangling_tags
-from tests.support.faultproxy import FAULTS, Exchange, FaultProxy
+from tests.support.faultproxy import FAULTS, LATE, Exchange, FaultProxy
 from tests.support.registry_server import RegistryServer
 
 USER = UserInfo(name="interleaving")
@@ -156,6 +160,9 @@ class Config:
     fault_rate: float = 0.08  # of registry requests through the proxy
     kill_rate: float = 0.08  # of operations started
     timeout: float = 0.6  # the replicas' registry timeout; a stall lasts twice as long
+    # Single deletes of a doomed namespace's tags: at which steps of the plan, from the one its
+    # removal begins at (`Run.delete_doomed`).
+    doomed_deletes: tuple[int, ...] = (-3, -2, -1, 1)
 
     def describe(self) -> str:
         return described(self)
@@ -271,6 +278,12 @@ class Run:
         fault_rng = random.Random(config.seed * 7919 + 1)
 
         def decide(method: str, path: str) -> str | None:
+            if self.faulting and method == "PUT" and path in self.late_puts:
+                # A doomed namespace's single delete asked for its re-tag to land late (`delete_doomed`),
+                # and maybe to be killed once it is held.
+                self.late_puts.pop(path).callback(None)
+                self.report.operations["late re-tag in a doomed namespace"] += 1
+                return LATE
             # Reads fail less often than writes: a run must make progress to say anything.
             rate = self.config.fault_rate * (1.0 if method in ("PUT", "DELETE", "POST") else 0.3)
             if not self.faulting or fault_rng.random() >= rate:
@@ -278,6 +291,9 @@ class Run:
             return fault_rng.choice(FAULTS)
 
         self.faulting = True
+        # Manifest paths whose next PUT the proxies hold past the client's timeout, each with what fires
+        # once it is held (`delete_doomed`).
+        self.late_puts: dict[str, Deferred[None]] = {}
         # One proxy per replica, so that every request the registry saw is known to be whose.
         self.proxies = [FaultProxy(reactor, registry.url, decide, stall=config.timeout * 2) for _ in range(2)]
         self.replicas = self.make_replicas()
@@ -389,7 +405,10 @@ class Run:
     def replica(self) -> Replica:
         return self.rng.choice(self.replicas)
 
-    async def delete_one(self, namespace: str, repository: str, tag: str) -> None:
+    async def delete_one(
+        self, namespace: str, repository: str, tag: str, kill: Deferred[None] | None = None
+    ) -> None:
+        """``kill``: when it fires, the delete is killed (if still running), besides `_maybe_killed`."""
         record = Delete(self.now())
         self.deletes[(repository, tag)].append(record)
         ref = TagRef(namespace, repository.split("/", 1)[1], tag)
@@ -397,7 +416,9 @@ class Run:
         self.report.operations["delete"] += 1
         try:
             try:
-                await self._maybe_killed(replica.service.delete(USER, namespace, ref.name, DeleteOptions()))
+                await self._maybe_killed(
+                    replica.service.delete(USER, namespace, ref.name, DeleteOptions()), kill
+                )
             except RegistryError as error:
                 raise api_error_for(error) from error  # as the API's handler wrapper does
             record.outcome = "ok"
@@ -410,9 +431,18 @@ class Run:
         finally:
             record.end = self.now()
 
-    async def _maybe_killed(self, work: Coroutine[Any, Any, Any]) -> Any:
-        """Run ``work``; with probability kill_rate cancel it part-way, as a killed process stops."""
+    async def _maybe_killed(self, work: Coroutine[Any, Any, Any], kill: Deferred[None] | None = None) -> Any:
+        """Run ``work``; with probability kill_rate cancel it part-way, as a killed process stops; and
+        when ``kill`` fires."""
         task = Deferred.fromCoroutine(work)
+        if kill is not None:
+
+            def killing(_: None) -> None:
+                if not task.called:
+                    self.report.kills += 1
+                    task.cancel()
+
+            kill.addCallback(killing)
         if self.rng.random() < self.config.kill_rate:
             delay = self.rng.uniform(0.0, 0.05)
             self.report.kills += 1
@@ -423,6 +453,31 @@ class Run:
                 if killer.active():
                     killer.cancel()
         return await task
+
+    async def delete_doomed(self, namespace: str) -> None:
+        """A single delete of a tag of ``namespace`` around its removal's start, unless a
+        deletecollection of it already answered 200 (a user's delete then finds nothing); most of the
+        time its re-tag is held in the proxy past the client's timeout (LATE), and most of those times
+        the delete is then killed within two timeouts (its wait for that write's effect cut short): a
+        write of the replica's own that may still land when its removal decides, which its 200 must
+        wait for (review r3check L1)."""
+        repository = self.rng.choice(self.repositories[namespace])
+        tag = self.rng.choice(self.tags_of(repository))  # as filled: the plan does not depend on timing
+        late = self.rng.random() < 0.8
+        killed = self.rng.random() < 0.7
+        delay = self.rng.uniform(0.0, 2 * self.config.timeout)
+        if any(answer.namespace == namespace for answer in self.answers):
+            return
+        path = f"/v2/{repository}/manifests/{tag}"
+        held: Deferred[None] = Deferred()  # fired by the proxy as it holds the re-tag
+        if late:
+            self.late_puts[path] = held
+            if killed:
+                held.addCallback(lambda _: deferLater(self.reactor, delay, lambda: None))
+        try:
+            await self.delete_one(namespace, repository, tag, held if late and killed else None)
+        finally:
+            self.late_puts.pop(path, None)  # a delete that wrote nothing leaves no mark for another write
 
     def begin_removal(self, namespace: str) -> float:
         """Record that the namespace's removal begins now (for each of its tags, and for `after_200`)."""
@@ -664,10 +719,18 @@ class Run:
             await self.fill()
             self.faulting = True
             doom_at = {self.rng.randrange(self.config.operations): namespace for namespace in self.doomed}
+            # The doomed namespace's single deletes, a few steps before and after its removal begins.
+            doomed_at = {
+                at + offset: namespace
+                for at, namespace in doom_at.items()
+                for offset in self.config.doomed_deletes
+            }
             running: list[Deferred[None]] = []
             for step in range(self.config.operations):
                 if step in doom_at:
                     running.append(Deferred.fromCoroutine(self.remove_namespace(doom_at[step])))
+                if step in doomed_at:
+                    running.append(Deferred.fromCoroutine(self.delete_doomed(doomed_at[step])))
                 running.extend(self.at_step(step))
                 running.append(Deferred.fromCoroutine(self.plan_step()()))
                 await deferLater(self.reactor, self.step_pause(), lambda: None)

@@ -195,7 +195,10 @@ class ProcessRun(Run):
             self.report.violations.append(f"{what}: payloadtags answered 500: {message}")
         return message
 
-    async def delete_one(self, namespace: str, repository: str, tag: str) -> None:
+    async def delete_one(
+        self, namespace: str, repository: str, tag: str, kill: Deferred[None] | None = None
+    ) -> None:
+        # ``kill`` is not taken: a process's delete stops only with its process (`kill_and_restart`).
         record = Delete(self.now())
         self.deletes[(repository, tag)].append(record)
         ref = TagRef(namespace, repository.split("/", 1)[1], tag)
