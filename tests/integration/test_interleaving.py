@@ -79,7 +79,15 @@ class _LeftAfterThe200(Run):
         self.repository, self.second = self.repositories[self.namespace]  # listed in this order
         self.begin_removal(self.namespace)
         self.restarted = self.now()  # replica 0's process, in the "killed process" case
+        if case not in SEEN_BY_THE_ANSWERING_REPLICA:
+            # Replica 0's removal listed t0's repository without it: what a correct 200 rests on.
+            self.listing(self.restarted, ())
         self.put = ""
+
+    def listing(self, at: float, tags: tuple[str, ...]) -> None:
+        """Record replica 0's listing of t0's repository, served at ``at``, naming ``tags``."""
+        path = f"/v2/{self.repository}/tags/list"
+        self.proxies[0].exchanges.append(Exchange("GET", path, at, at, at, 200, None, listed=tags))
 
     def born(self, replica: int) -> float:
         if self.case == "by a killed process of the replica that answered":
@@ -112,6 +120,16 @@ class _LeftAfterThe200(Run):
             self.late_write(1, self.removal_began[self.namespace] - 100.0, self.put)
         elif case == "that put something else":
             self.late_write(1, now, images.sha256(b"another manifest"))
+        elif case in SEEN_BY_THE_ANSWERING_REPLICA:
+            # Replica 1's re-tag landed a quarter into the span from the removal's start to the 200;
+            # replica 0 listed the repository after it, before its 200.
+            began, answered = self.removal_began[self.namespace], self.answers[-1].at
+            quarter = (answered - began) / 4
+            path = f"/v2/{self.repository}/manifests/t0"
+            self.proxies[1].exchanges.append(
+                Exchange("PUT", path, began, began + quarter, began + quarter, 201, None, self.put)
+            )
+            self.listing(began + 2 * quarter, SEEN_BY_THE_ANSWERING_REPLICA[case])
         listed = super().list_repository(repository)
         if case == "after the look":
             self.late_write(1, listed[1] + 1.0, self.put)
@@ -149,6 +167,13 @@ class _LeftAfterThe200(Run):
         )
 
 
+# What replica 0's one listing of t0's repository, after replica 1's write of t0 landed (and none
+# before it), named (review r3check F1).
+SEEN_BY_THE_ANSWERING_REPLICA = {
+    "by the other replica, which a later listing of the replica that answered showed": ("t0",),
+    "by the other replica, landed before the listing of the replica that answered": (),
+}
+
 # Whether the tag left is a window hit (True) or a violation (False).
 LEFT_AFTER_THE_200 = {
     # The slow tier's seeds 77000 and 77052 on a loaded machine.
@@ -172,6 +197,9 @@ LEFT_AFTER_THE_200 = {
     "re-tagged by the other replica before the read, deleted": True,
     "re-tagged by the replica that answered before the read": False,
     "re-tagged by the replica that answered before the read, deleted": False,
+    # Review r3check F1: the replica that answered saw the tag after that write (or saw it gone after
+    # it: then something else put it back), and answered 200 on no listing that write came after.
+    **dict.fromkeys(SEEN_BY_THE_ANSWERING_REPLICA, False),
 }
 
 
@@ -184,8 +212,9 @@ async def test_a_tag_left_after_a_200_is_a_window_hit_only_if_another_replicas_w
     have waited for explains it (docs/consistency.md, "deletecollection", what remains): a write of
     another replica, late or not (or of a process of the answering one that was killed), that reached
     the registry after the removal began and before the checker's look listed the tag's repository,
-    and that put what the look read there, or what such a write put, or deleted, by the read. Anything
-    else is a violation (review misc5 F1, review r2e F2 and F3)."""
+    after a listing of it by the answering replica that did not show the tag, and that put what the
+    look read there, or what such a write put, or deleted, by the read. Anything else is a violation
+    (review misc5 F1, review r2e F2 and F3, review r3check F1)."""
     run = _LeftAfterThe200(reactor, fresh_registry, case)
     try:
         await run.after_200(run.namespace, 0)

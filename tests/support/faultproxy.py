@@ -59,7 +59,8 @@ class Exchange:
     client then got. A write took effect inside [sent, answered], however late after the client
     gave up on it; ``answered`` is None when the registry never answered (the effect is unknown).
     ``body_digest``: a PUT's body as a digest, for a manifest PUT the digest the registry stores it
-    under (what the write put at its tag)."""
+    under (what the write put at its tag). ``listed``: the tags a tag listing (``GET .../tags/list``
+    answered 200) named, None for any other request."""
 
     method: str
     path: str
@@ -69,6 +70,7 @@ class Exchange:
     status: int | None
     fault: str | None
     body_digest: str | None = None
+    listed: tuple[str, ...] | None = None
 
 
 _HOP_BY_HOP = {
@@ -235,7 +237,10 @@ class FaultProxy:
         )
         content = await treq.content(response)
         self.exchanges[index] = attrs.evolve(
-            self.exchanges[index], answered=float(self.reactor.seconds()), status=response.code
+            self.exchanges[index],
+            answered=float(self.reactor.seconds()),
+            status=response.code,
+            listed=_listed(method, path, response.code, content),
         )
         return response.code, response.headers, content
 
@@ -266,3 +271,13 @@ __all__ = [
     "Exchange",
     "FaultProxy",
 ]
+
+
+def _listed(method: str, path: str, code: int, content: bytes) -> tuple[str, ...] | None:
+    """The tags a tag listing's answer named (`Exchange.listed`); None for anything else."""
+    if method != "GET" or code != 200 or not path.split("?")[0].endswith("/tags/list"):
+        return None
+    try:
+        return tuple(json.loads(content).get("tags") or ())
+    except (ValueError, AttributeError):
+        return None

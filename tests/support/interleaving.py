@@ -535,7 +535,7 @@ class Run:
         left = await deferToThread(self.look, namespace)
         if not left:
             return
-        unexplained = [found for found in left if not self._explained(found, replica, born, namespace)]
+        unexplained = [found for found in left if not self._explained(found, replica, born, namespace, at)]
         if not unexplained:
             self.report.late_write_hits += 1
             self.report.restore_window_hits += 1
@@ -554,14 +554,18 @@ class Run:
             f"with {dict(content)} left\n" + "\n".join(timelines)
         )
 
-    def _explained(self, found: Found, replica: int, born: float, namespace: str) -> bool:
-        """Whether a write the 200 cannot have waited for explains the tag ``found`` saw
-        (docs/consistency.md, "deletecollection", what remains: a write another replica made, which
+    def _explained(self, found: Found, replica: int, born: float, namespace: str, at: float) -> bool:
+        """Whether a write the 200 (seen at ``at``) cannot have waited for explains the tag ``found``
+        saw (docs/consistency.md, "deletecollection", what remains: a write another replica made, which
         this replica does not know of, late or not; the replica that answered waits until none of its
         own writes may still land): a manifest PUT under the tag by another replica or by a process
         of the answering one that died before ``born`` (`_unknown`), that reached the registry after
         the namespace's removal began (one before it, the removal's listings saw) and before the look
-        listed the tag's repository (one after cannot have put back what the look saw). That explains
+        listed the tag's repository (one after cannot have put back what the look saw), and that may
+        have landed after a listing of the repository that did not show the tag, by the process that
+        answered, since the removal began and before the 200 (`_clearing_listings`): a correct 200
+        rests on such a listing; a write that landed before all of them, they saw (review r3check F1:
+        a write the answering process's own later listing showed is no excuse). That explains
         the listing; the look's read right after is then explained by what such writes did meanwhile
         (the other replica's tag-by-tag delete of that tag re-tags it onto a copy of its own, then
         deletes that copy): it holds what the write put, or what a later such write put by the read,
@@ -574,8 +578,11 @@ class Run:
             for write in proxy.exchanges
             if write.path == path and write.method == "PUT" and self._unknown(index, write, replica, born)
         ]
+        cleared = self._clearing_listings(found, replica, born, began, at)
         for write in writes:
             if not began <= write.sent <= found.listed:
+                continue
+            if not any(write.answered is None or write.answered > since for since in cleared):
                 continue
             put = {write.body_digest} | {
                 later.body_digest for later in writes if write.sent < later.sent <= found.read
@@ -586,6 +593,26 @@ class Run:
             elif found.digest in put:
                 return True
         return False
+
+    def _clearing_listings(
+        self, found: Found, replica: int, born: float, began: float, at: float
+    ) -> list[float]:
+        """When the registry served each listing of ``found``'s repository that did not show its tag,
+        sent by the process of ``replica`` born at ``born``, since the removal began (``began``), and
+        answered to it (no fault) before its 200 was seen (``at``): what that 200 may rest on."""
+        listing = f"/v2/{found.repository}/tags/list"
+        return [
+            exchange.sent
+            for exchange in self.proxies[replica].exchanges
+            if exchange.path == listing
+            and exchange.listed is not None
+            and found.tag not in exchange.listed
+            and exchange.fault is None
+            and born <= exchange.received
+            and began <= exchange.sent
+            and exchange.answered is not None
+            and exchange.answered <= at
+        ]
 
     @staticmethod
     def _unknown(index: int, write: Exchange, replica: int, born: float) -> bool:
