@@ -252,15 +252,22 @@ class _OwnWriteAfterThe200(Run):
         if repository == self.repositories[self.namespace][0]:
             timeout = self.config.timeout
             now = self.now()
+            # Before the 200 as the run saw it (not the look's time: a slow look would put it after).
+            decided = self.answers[-1].decided
             received = {
-                "by the replica that answered": now - 0.01,
-                "by the replica that answered, timed out": now - 1.5 * timeout,
-                "by the replica that answered, past its record": now - 2.5 * timeout,
-                "by the replica that answered, after the 200": now + 0.5,
+                "by the replica that answered": decided - 0.01,
+                "by the replica that answered, timed out": decided - 1.5 * timeout,
+                "by the replica that answered, timed out two and a half timeouts before": decided
+                - 2.5 * timeout,
+                "by the replica that answered, killed as the proxy had it": decided - 2.5 * timeout,
+                "by the replica that answered, past its record": decided - 3.5 * timeout,
+                "by the replica that answered, after the 200": decided + 0.5,
                 "by a killed process of the replica that answered": self.restarted - 0.01,
-                "by the other replica": now - 0.01,
+                "by the other replica": decided - 0.01,
             }[self.case]
             proxy = 1 if self.case == "by the other replica" else 0
+            if self.case == "by the replica that answered, killed as the proxy had it":
+                self.cancels.append((0, received))
             path = f"/v2/{repository}/manifests/t0"
             self.proxies[proxy].exchanges.append(
                 Exchange("PUT", path, received, now + 1.0, now + 1.01, 201, "late", images.sha256(b"m"))
@@ -273,6 +280,11 @@ class _OwnWriteAfterThe200(Run):
 OWN_WRITE_AFTER_THE_200 = {
     "by the replica that answered": True,
     "by the replica that answered, timed out": True,
+    # Its request timed out a registry timeout after the proxy had it (a LATE write), and it is kept
+    # LATE_WRITE_GRACE registry timeouts from then: three in all (review r3check L2).
+    "by the replica that answered, timed out two and a half timeouts before": True,
+    # A kill may have ended the request as soon as it was sent: kept two timeouts from then.
+    "by the replica that answered, killed as the proxy had it": False,
     # Kept LATE_WRITE_GRACE registry timeouts after its request ended: a write that lands later still.
     "by the replica that answered, past its record": False,
     "by the replica that answered, after the 200": False,
@@ -355,7 +367,9 @@ async def test_a_deletecollection_answers_200_only_once_its_own_late_write_may_n
         while not run.proxy.injected[LATE]:
             await deferLater(reactor, 0.01, lambda: None)
         # Its re-tag is in the proxy, held: a kill (the run's cancel) of the delete now leaves it to
-        # land, as far as the replica knows, within LATE_WRITE_GRACE registry timeouts.
+        # land, as far as the replica knows, within LATE_WRITE_GRACE registry timeouts (from now: kept
+        # for `check_own_writes`, as the run's kills are).
+        run.cancels.append((replica, run.now()))
         single.cancel()
         with pytest.raises(CancelledError):
             await single

@@ -70,7 +70,7 @@ from payloadtags.registry import (
 from payloadtags.registry.client import LATE_WRITE_GRACE
 from tests.support import images
 from tests.support.dangling import dangling_tags
-from tests.support.faultproxy import FAULTS, LATE, Exchange, FaultProxy
+from tests.support.faultproxy import FAULTS, LATE, STALL, Exchange, FaultProxy
 from tests.support.registry_server import RegistryServer
 
 USER = UserInfo(name="interleaving")
@@ -318,6 +318,9 @@ class Run:
         self.removal_began: dict[str, float] = {}
         # Each deletecollection's 200, for `check_own_writes`.
         self.answers: list[Answer] = []
+        # Each cancel of an operation of a replica (a kill): the replica's index, and when
+        # (`check_own_writes`: it may have ended a request of that replica at once).
+        self.cancels: list[tuple[int, float]] = []
         self.windows: dict[str, list[tuple[str, float, float]]] = collections.defaultdict(list)
 
     def make_replicas(self) -> list[Replica]:
@@ -417,7 +420,7 @@ class Run:
         try:
             try:
                 await self._maybe_killed(
-                    replica.service.delete(USER, namespace, ref.name, DeleteOptions()), kill
+                    replica.service.delete(USER, namespace, ref.name, DeleteOptions()), replica, kill
                 )
             except RegistryError as error:
                 raise api_error_for(error) from error  # as the API's handler wrapper does
@@ -431,22 +434,31 @@ class Run:
         finally:
             record.end = self.now()
 
-    async def _maybe_killed(self, work: Coroutine[Any, Any, Any], kill: Deferred[None] | None = None) -> Any:
-        """Run ``work``; with probability kill_rate cancel it part-way, as a killed process stops; and
-        when ``kill`` fires."""
+    async def _maybe_killed(
+        self, work: Coroutine[Any, Any, Any], replica: Replica, kill: Deferred[None] | None = None
+    ) -> Any:
+        """Run ``work`` on ``replica``; with probability kill_rate cancel it part-way, as a killed
+        process stops; and when ``kill`` fires. Each cancel is kept (`cancels`)."""
         task = Deferred.fromCoroutine(work)
+        index = self.replicas.index(replica)
+
+        def killing(_: object = None) -> None:
+            if not task.called:
+                self.cancels.append((index, self.now()))
+                task.cancel()
+
         if kill is not None:
 
-            def killing(_: None) -> None:
+            def killing_once_fired(_: None) -> None:
                 if not task.called:
                     self.report.kills += 1
-                    task.cancel()
+                killing()
 
-            kill.addCallback(killing)
+            kill.addCallback(killing_once_fired)
         if self.rng.random() < self.config.kill_rate:
             delay = self.rng.uniform(0.0, 0.05)
             self.report.kills += 1
-            killer = self.reactor.callLater(delay, task.cancel)
+            killer = self.reactor.callLater(delay, killing)
             try:
                 return await task
             finally:
@@ -498,7 +510,7 @@ class Run:
                 self.report.operations["deletecollection"] += 1
                 try:
                     await self._maybe_killed(
-                        replica.service.delete_collection(USER, namespace, options, DeleteOptions())
+                        replica.service.delete_collection(USER, namespace, options, DeleteOptions()), replica
                     )
                 except (ApiError, RegistryError, CancelledError):
                     await deferLater(self.reactor, 0.02, lambda: None)
@@ -511,7 +523,7 @@ class Run:
             for _attempt in range(50):
                 self.report.operations["cascade"] += 1
                 try:
-                    await self._maybe_killed(replica.cascade.run(namespace))
+                    await self._maybe_killed(replica.cascade.run(namespace), replica)
                     return
                 except CancelledError:
                     continue  # restarted, as the next leader (or the restarted one) would
@@ -625,11 +637,12 @@ class Run:
         docs/consistency.md says it does ("deletecollection": until no write of the process may still
         land in the namespace): a manifest PUT into the namespace by the process that answered, sent
         before it decided to answer and still in its record of writes that may land then (it keeps one
-        for `LATE_WRITE_GRACE` registry timeouts once its request ended, unanswered or cancelled, and
-        the request ended no earlier than the proxy had it: `_OWN_WRITE_SLACK` covers a cancel while
-        the request was on its way), must not reach the registry after the 200 (run once the proxies
-        have settled)."""
-        held = LATE_WRITE_GRACE * self.config.timeout - _OWN_WRITE_SLACK
+        for `LATE_WRITE_GRACE` registry timeouts once its request ended, unanswered or cancelled, at
+        the earliest when `_request_ended` says), must not reach the registry after the 200 (run once
+        the proxies have settled). Only a write the registry answered 201 is checked (one that landed),
+        and ``decided`` is when the process decided at the latest (the process tier: when the request
+        was sent, so a write of the call itself is not checked there)."""
+        grace = LATE_WRITE_GRACE * self.config.timeout
         for answer in self.answers:
             prefix = f"/v2/{answer.namespace}/"
             for write in self.proxies[answer.replica].exchanges:
@@ -638,7 +651,8 @@ class Run:
                     and write.path.startswith(prefix)
                     and "/manifests/" in write.path
                     and write.status == 201
-                    and answer.born <= write.received < answer.decided < write.received + held
+                    and answer.born <= write.received < answer.decided
+                    and answer.decided < self._request_ended(answer.replica, write) + grace
                     and write.sent > answer.at
                 ):
                     repository, tag = write.path[len("/v2/") :].split("/manifests/")
@@ -648,6 +662,24 @@ class Run:
                         f"{repository}:{tag} sent at {write.received - self.began:.3f} reached the registry "
                         f"at {write.sent - self.began:.3f}\n{self.timeline(repository, tag)}"
                     )
+
+    def _request_ended(self, replica: int, write: Exchange) -> float:
+        """When the request of ``replica`` that sent ``write`` ended at the earliest, as its process's
+        record of late writes counts from (review r3check L2): the client's timeout after the proxy had
+        it, for a write the proxy held past that timeout (STALL, LATE), unless an operation of the
+        replica was cancelled (a kill) before then, which may have ended it at once; else when the
+        proxy had it. `_OWN_WRITE_SLACK` earlier: the client's deadline runs from just before the
+        proxy had the request, and a cancel may come while it is on its way. A cancel the product makes
+        itself (a budget's end) is not seen here: one within the slack of the proxy's receipt of a held
+        write, with a 200 decided in the moment between its record's end and its landing, would be
+        taken for a violation."""
+        earliest = write.received - _OWN_WRITE_SLACK
+        until = write.received + self.config.timeout
+        if write.fault not in (STALL, LATE):
+            return earliest
+        if any(index == replica and earliest <= at <= until for index, at in self.cancels):
+            return earliest
+        return until - _OWN_WRITE_SLACK
 
     def _deleted(self, repository: str, digest: str | None, since: float, until: float) -> bool:
         """Whether a delete of the manifest ``digest`` reached the registry within [since, until]."""
