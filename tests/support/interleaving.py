@@ -28,7 +28,11 @@ Invariants, checked against the registry directly once everything has settled:
    except a copy that a failed delete reported in its error;
 3. no dangling tag anywhere;
 4. every doomed namespace is empty, and every deletecollection that answered 200 left nothing of
-   its namespace at that moment.
+   its namespace at that moment but what a write it cannot know of put back after the removal began
+   (another replica's, or a killed earlier process's of the same replica; `Run._explained`), and no
+   write of its own process that was still in that process's record of writes that may land
+   reached the registry after it (`Run.check_own_writes`). Each replica has a record of its own, as
+   each process of a deployment does.
 
 The seed fixes the plan (operations, targets, kills, fault decisions in order); thread and network
 timing still vary, so a failing seed is re-run with the command the failure prints.

@@ -234,7 +234,11 @@ class ProcessRun(Run):
                     self.report.violations.append(f"replica {slot} did not come back within 300s")
                     return
                 self.report.operations["deletecollection"] += 1
-                asked = self.now()  # the process decides its 200 after this, and before it is here
+                # The process decides its 200 after this, and before it is here. The checker takes
+                # this as the decision time (`Answer.decided`), the latest it can know of without the
+                # process telling it: `check_own_writes` then checks the writes sent before the
+                # request, not those of the call itself (the in-process run does).
+                asked = self.now()
                 try:
                     response = await self.client(slot, controller=True).delete(
                         collection(namespace), headers=CONTROLLER_HEADERS
