@@ -10,6 +10,7 @@ write, as the reactor does once its socket is writable."""
 
 from __future__ import annotations
 
+import errno
 import sys
 from typing import Any
 
@@ -81,29 +82,48 @@ class _Loop:
                 writer.connectionLost(Failure(why))
 
 
+class _PlayedSocket:
+    """The TCP transport's socket (``tcp.Connection.socket``), played by the test: its sends are the
+    transport's `_Socket.take` (GuardedTLS sends to it when the transport holds nothing)."""
+
+    def __init__(self, transport: _Socket) -> None:
+        self.transport = transport
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        if self.transport.reset:
+            raise ConnectionResetError(errno.ECONNRESET, "reset")
+        return self.transport.take(bytes(data))
+
+
 class _Socket(FileDescriptor):
     """Twisted's TCP transport with the socket played by the test: it takes what the client reads
-    (``room``: None for everything) into ``sent``, or fails as a reset connection does."""
+    (``room``: None for everything) into ``sent``, or fails as a reset connection does. ``sends``: the
+    size of each send (the transport's own, and GuardedTLS's to its socket)."""
 
     def __init__(self, loop: _Loop) -> None:
         super().__init__(reactor=loop)  # type: ignore[arg-type]
         self.connected = 1
         self.sent = bytearray()
+        self.sends: list[int] = []
         self.room: int | None = None
         self.reset = False
         self.lost: list[Failure] = []
         self.protocol: Any = None
+        self.socket = _PlayedSocket(self)
         self.startReading()  # as tcp.Connection
 
-    def writeSomeData(self, data: bytes) -> int | Exception:
-        if self.reset:
-            return main.CONNECTION_LOST  # tcp.Connection.writeSomeData's answer to ECONNRESET
-        data = data[: self.SEND_LIMIT]  # as tcp.Connection.writeSomeData: at most this a send
+    def take(self, data: bytes) -> int:
         taken = len(data) if self.room is None else min(len(data), self.room)
         if self.room is not None:
             self.room -= taken
         self.sent += data[:taken]
+        self.sends.append(taken)
         return taken
+
+    def writeSomeData(self, data: bytes) -> int | Exception:
+        if self.reset:
+            return main.CONNECTION_LOST  # tcp.Connection.writeSomeData's answer to ECONNRESET
+        return self.take(data[: self.SEND_LIMIT])  # as tcp.Connection.writeSomeData: at most this a send
 
     def abortConnection(self) -> None:
         # tcp.Connection's (_AbortingMixin): the protocol hears of it in the next turn.
@@ -404,18 +424,48 @@ def test_the_tcp_transports_write_called_by_the_tls_layer_resumes_only_a_paused_
     assert producer.told == ["pause", "resume"] and not tcp.disconnected and not tcp.lost
 
 
-def test_a_large_response_begins_to_go_out_in_the_turn_that_ends_it() -> None:
-    """A page larger than the TCP transport's buffer pauses the channel; its end sends what the
-    socket takes (a send's worth) in its turn, the rest in the reactor's next turns, and the next
-    pipelined request is answered once all of it is sent."""
+def test_a_page_past_the_transports_buffer_goes_to_the_socket_in_one_send_its_channel_never_paused() -> None:
+    """A page of 500 tags (170 kB) written at once, to a socket that takes it all (the kernel's send
+    buffer, SEND_BUFFER, is larger): one send, in the turn it is written, and the channel is never
+    paused. Twisted's TLS layer handed the TCP transport a write per 16 kB record, the transport
+    paused the channel (stalled, its eviction rank told) past its 64 kB buffer, and sent 128 kB a
+    turn: two sends a reactor turn apart, and a stall and resume, for every page (issue #11)."""
+    connection = _Connection()
+    connection.send(_get(b"/page"))
+    connection.loop.turn()
+    (page,) = connection.resource.held
+    kinds: list[str] = []
+    arm = connection.channel._arm
+
+    def noted(seconds: float, kind: str) -> None:
+        kinds.append(kind)
+        arm(seconds, kind)
+
+    connection.channel._arm = noted  # type: ignore[method-assign]
+    connection.received()  # what was sent before (the handshake's last records)
+    connection.socket.sends.clear()
+    body = b"x" * 170_000
+    _answer(page, body)
+    assert connection.received().endswith(b"\r\n\r\n" + body)  # all of it, in this turn
+    assert len(connection.socket.sends) == 1  # head, body and their records in one send
+    assert "stalled" not in kinds and not connection.socket.producerPaused
+    assert connection.socket.unsent() == 0 and connection.loop.writers == []
+
+
+def test_a_large_response_the_socket_does_not_take_whole_goes_on_in_the_next_turns() -> None:
+    """A page larger than what the socket takes at once: what it takes goes in the turn the page is
+    written, the rest waits in the TCP transport (which pauses the channel) and goes in the
+    reactor's next turns, and the next pipelined request is answered once all of it is sent."""
     connection = _Connection()
     connection.send(_get(b"/big") + _get(b"/small"))
     connection.loop.turn()
     (big,) = connection.resource.held
+    connection.socket.room = 100_000  # what the socket's buffer has room for now
     _answer(big, b"x" * 300_000)
     sent = len(connection.received())
-    assert 0 < sent < 300_000  # in this turn: the first send
+    assert 0 < sent < 300_000  # in this turn: what the socket took
     assert connection.channel._waitingForTransport and len(connection.resource.held) == 1
+    connection.socket.room = None  # the client reads on
     for _ in range(4):
         connection.loop.turn()
     assert len(connection.resource.held) == 2

@@ -43,6 +43,8 @@ from typing import Any, Final, Protocol
 from urllib.parse import unquote_to_bytes
 
 from cryptography import x509
+from OpenSSL.SSL import Error as SSLError
+from OpenSSL.SSL import WantReadError
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -1497,6 +1499,12 @@ class LimitedConnections(WrappingFactory):
         return True
 
 
+# A TLS record's plain text at most (2**14), and more than any cipher suite adds to it (TLS 1.3's AES-GCM: 22
+# bytes; TLS 1.2's: 29).
+_RECORD = 16_384
+_RECORD_FRAMING = 64
+
+
 class GuardedTLS(TLSMemoryBIOProtocol):
     """Twisted's TLS layer, connected at less cost (see makeConnection), holding small writes as its
     BufferingTLSTransport does, but sending a whole response at once (send_response).
@@ -1553,7 +1561,92 @@ class GuardedTLS(TLSMemoryBIOProtocol):
         if held:
             self._held = []
             self._room = self.HOLD
-            TLSMemoryBIOProtocol.write(self, held[0] if len(held) == 1 else b"".join(held))
+            data = held[0] if len(held) == 1 else b"".join(held)
+            if not self._send_records(data):
+                TLSMemoryBIOProtocol.write(self, data)
+
+    def _send_records(self, data: bytes) -> bool:
+        """Whether ``data`` was encrypted and sent (or handed to the TCP transport) here; False, with
+        nothing done, where Twisted's TLS layer is to write it (a handshake under way, writes it
+        buffered, a TLS connection lost or closing).
+
+        Twisted's TLS layer encrypts a write record by record, each 16 kB cut from it as a copy, each
+        record read out of OpenSSL and handed to the TCP transport as a write of its own; the TCP
+        transport pauses the connection once it holds more than 64 kB and sends at most 128 kB per
+        turn of the reactor. A page of 500 tags (170 kB) so took two sends a reactor turn apart, and
+        its channel was paused, stalled and resumed in between (issue #11). Here the records are made
+        from a view of ``data`` (no copies), read out of OpenSSL at once, and sent to the socket in
+        one call when the TCP transport holds nothing (the kernel's send buffer, SEND_BUFFER, takes a
+        page whole): the same records and bytes in the same order; what the socket does not take
+        goes to the TCP transport as before."""
+        tls = self._tlsConnection
+        if (
+            self._lostTLSConnection
+            or not self._handshakeDone
+            or self._appSendBuffer
+            or self.disconnecting
+            or tls is None
+        ):
+            return False
+        view = memoryview(data)
+        end = len(data)
+        at = 0
+        try:
+            while at < end:
+                # One record a call (OpenSSL's partial writes): the 16 kB records Twisted's cuts make.
+                at += tls.send(view[at:])
+        except WantReadError:
+            # Encrypted so far goes out first; the rest waits in Twisted's TLS layer for what OpenSSL
+            # wants to read (as its own _write does).
+            self._send_encrypted(at)
+            self._bufferedWrite(data[at:])
+            return True
+        except SSLError:
+            self._tlsShutdownFinished(Failure())
+            return True
+        self._send_encrypted(end)
+        return True
+
+    def _send_encrypted(self, size: int) -> None:
+        """What OpenSSL has encrypted (``size`` bytes of plain text), read out at once and sent: to the
+        socket when the TCP transport holds nothing unsent (what the socket does not take, and
+        anything when it holds some, to the transport, which keeps the order)."""
+        tls = self._tlsConnection
+        # Room for the records' framing and anything else OpenSSL had to send: read in one call.
+        room = size + (size // _RECORD + 1) * _RECORD_FRAMING + 4096
+        pieces = []
+        while True:
+            try:
+                piece = tls.bio_read(room)
+            except WantReadError:
+                break
+            pieces.append(piece)
+            if len(piece) < room:  # all there was
+                break
+        if not pieces:
+            return
+        records = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        tcp = self.transport
+        # A TCP connection's socket (tcp.Connection.socket); a transport without one is left to write.
+        send = getattr(getattr(tcp, "socket", None), "send", None)
+        if (
+            isinstance(tcp, FileDescriptor)
+            and send is not None
+            and tcp.connected
+            and not tcp.disconnecting
+            and not tcp.disconnected
+            and not _unsent(tcp)
+        ):
+            try:
+                sent = send(records)
+            except OSError:
+                # Full (EWOULDBLOCK), or the connection failed: the transport's own send finds out
+                # which, and closes it if it has to.
+                sent = 0
+            if sent == len(records):
+                return
+            records = records[sent:]
+        tcp.write(records)  # type: ignore[union-attr]
 
     def send_response(self) -> None:
         """A response is whole (called first thing in the channel's requestDone): encrypt what is held
