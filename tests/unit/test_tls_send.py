@@ -19,6 +19,7 @@ from OpenSSL import SSL
 from twisted.internet import main
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
@@ -26,6 +27,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from payloadtags.api.errors import ApiError
 from payloadtags.http.channel import (
     BUFFERED_PIECES,
     CLOSE_GRACE,
@@ -703,6 +705,49 @@ def test_requests_pipelined_in_one_byte_tls_records_are_held_in_a_bounded_number
     assert pieces <= BUFFERED_PIECES + 1
     assert objects < 2 * (16_384 + 2800)  # the bytes held, and little else
     assert 16_384 < sum(map(len, channel._dataBuffer)) <= 16_384 + 2800
+
+
+class _LaterAdmission(_Admitting):
+    """Admits each request when the test says so (an authentication that asks the cluster API)."""
+
+    def __init__(self) -> None:
+        self.waiting: list[Deferred[ApiError | None]] = []
+
+    def admit(self, request: Request) -> Deferred[ApiError | None]:
+        self.waiting.append(Deferred())
+        return self.waiting[-1]
+
+
+def test_what_comes_with_a_head_in_one_byte_tls_records_is_held_in_a_bounded_number_of_pieces() -> None:
+    """What comes in the read that brought the head of a request with a body is kept while the
+    request is authenticated, a piece per TLS record; in one-byte records, a read of 2,850 was 2,850
+    objects (120 kB for 2,850 bytes) for as long as a TokenReview takes (review r4chan L2). Here they
+    are joined past BUFFERED_PIECES, and read as they came once the request is admitted."""
+    connection = _Connection()
+    admission = _LaterAdmission()
+    connection.channel.site.admission = admission
+    connection.resource = connection.channel.site.resource = _HeldPosts()
+    head = b"POST /body HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n"
+    behind = b"".join(_get(b"/%05d" % index) for index in range(100))
+    stream = head + b"{}" + behind
+    for byte in range(len(stream)):  # 1-byte records, read before admission answers
+        connection.client.send(stream[byte : byte + 1])
+    connection._to_server()
+    held = connection.channel._held
+    assert len(admission.waiting) == 1 and connection.resource.held == []
+    assert len(held) <= BUFFERED_PIECES + 1
+    assert sum(map(len, held)) == len(b"{}" + behind)
+    assert sum(map(sys.getsizeof, held)) < 2 * len(b"{}" + behind)  # the bytes held, and little else
+    admission.waiting[0].callback(None)
+    connection.loop.turn()
+    (post,) = connection.resource.held
+    assert post.content is not None and post.content.read() == b"{}"
+    for _ in range(110):
+        for request in connection.resource.held:
+            if not request.finished:
+                _answer(request, b"ok")
+        connection.loop.turn()
+    assert [request.path for request in connection.resource.held[1:]] == [b"/%05d" % i for i in range(100)]
 
 
 def test_a_client_that_reads_no_streamed_answer_and_sends_on_is_not_read_past_16_kB_of_requests() -> None:

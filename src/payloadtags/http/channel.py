@@ -412,6 +412,15 @@ def origin_form(target: bytes) -> bytes | None:
     return rest if rest.startswith(b"/") else b"/" + rest
 
 
+def _kept(pieces: list[bytes], data: bytes) -> list[bytes]:
+    """``pieces`` with ``data`` added: the bytes kept of a connection, a piece per TLS record the
+    channel was handed, joined into one once there are more than BUFFERED_PIECES. Kept one object
+    each, a client sending one-byte records made each byte an object of its own (review r3pipe L1,
+    r4chan L2); joined at once, requests sent whole would be copied for nothing."""
+    pieces.append(data)
+    return [b"".join(pieces)] if len(pieces) > BUFFERED_PIECES else pieces
+
+
 def _unquote(segment: bytes) -> bytes:
     # What twisted.web.server.Request.process unquotes each path segment with; most have no escape.
     return unquote_to_bytes(segment) if b"%" in segment else segment
@@ -672,19 +681,16 @@ class GuardedChannel(http.HTTPChannel):
         if self._refusing:
             return
         if self._admitting:
-            # What arrived with the head; reading is paused, so nothing more comes until admission.
-            self._held.append(data)
+            # What arrived with the head: reading is paused, but the rest of the TCP read that
+            # brought it still comes, a piece per TLS record, until admission.
+            self._held = _kept(self._held, data)
             return
         if self._handlingRequest:
             # A request is being answered: what comes is the requests pipelined behind it, kept for
             # _replay. Twisted's own branch for this appends each piece (one TLS record) and sums
             # them all after each: a client sending one-byte records made that quadratic, 16 kB of
-            # them half a megabyte of objects and seconds of CPU (review r3pipe L1). Here the pieces
-            # are joined into one once there are a few dozen.
-            buffered = self._dataBuffer
-            buffered.append(data)
-            if len(buffered) > BUFFERED_PIECES:
-                self._dataBuffer = [b"".join(buffered)]
+            # them half a megabyte of objects and seconds of CPU (review r3pipe L1).
+            self._dataBuffer = _kept(self._dataBuffer, data)
         else:
             # A body; what follows its end is put in _dataBuffer (Twisted's _finishRequestBody).
             super().rawDataReceived(data)
