@@ -15,7 +15,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from payloadtags.api.errors import ApiError
-from payloadtags.http.channel import INVALID_TARGET, GuardedChannel, GuardedSite
+from payloadtags.http.channel import INVALID_AUTHORITY, INVALID_TARGET, GuardedChannel, GuardedSite
 from payloadtags.limits import HttpLimits
 
 
@@ -106,6 +106,17 @@ def test_a_target_that_is_no_path_is_refused_before_its_body_is_admitted() -> No
         (b"https://user@x/apis", b"/apis"),
         (b"http://x", b"/"),
         (b"http://x?limit=1", b"/?limit=1"),
+        # Authorities Go 1.19's net/http takes (compared side by side, review r4chan L1).
+        (b"http://u:p@h:8443/apis", b"/apis"),
+        (b"http://a@b@h/apis", b"/apis"),
+        (b"http://[::1]:8443/apis", b"/apis"),
+        (b"https://[fe80::1%25eth0]/apis", b"/apis"),
+        (b"https://h%C3%A9/apis", b"/apis"),
+        (b"https://h:99999/apis", b"/apis"),
+        (b"http://h:/apis", b"/apis"),
+        (b"http://h]/apis", b"/apis"),
+        (b"https:///apis", b"/apis"),
+        (b"https://h?x/apis", b"/?x/apis"),
     ],
 )
 def test_an_absolute_form_http_target_is_served_as_its_path_as_go_serves_it(
@@ -120,3 +131,36 @@ def test_the_asterisk_target_is_still_for_options_alone() -> None:
     assert answer.startswith(b"HTTP/1.1 200 "), answer
     answer, _, _ = _exchange(b"GET * HTTP/1.1\r\nHost: a\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 405 "), answer
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"https://h#x/apis",
+        b"https://h%41/apis",  # only a byte past ASCII may be escaped in a host
+        b"https://h%zz/apis",
+        b"https://u%zz@h/apis",
+        b"https://u^@h/apis",
+        b"https://h:abc/apis",
+        b"https://a:b:8x/apis",
+        b"https://[::1/apis",
+        b"http://[::1]x/apis",
+        b"https://[fe80::1%25e%C3%A9]/apis",  # a zone escapes ASCII host characters only
+        b"https://h\\x/apis",
+        b"https://h|x/apis",
+        b"https://h{x}?limit=1",
+    ],
+)
+def test_an_absolute_form_target_with_a_malformed_authority_is_refused_as_go_refuses_it(
+    target: bytes,
+) -> None:
+    """Go's url.ParseRequestURI checks the authority it then ignores (review r4chan L1): these are 400
+    there, where they were served as their path here."""
+    answer, transport, admission = _exchange(
+        b"DELETE " + target + b" HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer
+    assert json.loads(body)["message"] == INVALID_AUTHORITY
+    assert b"served" not in answer and admission.admitted == []
+    assert transport.disconnecting or b"connection: close" in head.lower()

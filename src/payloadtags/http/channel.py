@@ -36,6 +36,7 @@ import itertools
 import json
 import re
 import socket
+import string
 import sys
 import time
 from collections.abc import Callable
@@ -392,22 +393,69 @@ def _http_date() -> bytes:
 
 
 INVALID_TARGET: Final = 'invalid URI for request: the target must be a path beginning with "/"'
-
-# An absolute-form request target of an http or https URL (RFC 9112 3.2.2): its scheme and authority.
-_ABSOLUTE_FORM = re.compile(rb"https?://[^/?]*", re.IGNORECASE)
+INVALID_AUTHORITY: Final = "invalid URI for request: the authority of the absolute-form target is malformed"
 
 
-def origin_form(target: bytes) -> bytes | None:
-    """The request target as the path (and query) it is served as, or None when it is refused, as Go's
-    net/http (kube-apiserver) reads a target (url.ParseRequestURI): a path and "*" as they are; an
-    absolute-form one ("https://host/apis?x") as its path and query ("/" for an empty path), its authority
-    ignored; anything else is "invalid URI for request". (Go takes any scheme, and "http:/apis" too: only
-    http and https URLs with an authority are absolute-form for RFC 9112, the rest are refused.)"""
+class InvalidTarget(ValueError):
+    """A request target Go's url.ParseRequestURI refuses; its text is the refusal's message."""
+
+
+# An absolute-form request target of an http or https URL (RFC 9112 3.2.2): its scheme and, as group 1,
+# its authority (to the path, the query or the end: Go cuts the query off first).
+_ABSOLUTE_FORM = re.compile(rb"https?://([^/?]*)", re.IGNORECASE)
+# What Go's net/url takes in an authority (parseAuthority; compared with Go 1.19's, which the Go that
+# builds kube-apiserver 1.32 keeps): a userinfo of its validUserinfo characters and well-formed
+# escapes; a host of its host characters (shouldEscape's exceptions, and any byte past ASCII) where an
+# escape is of a byte past ASCII or %25 only; after the last ":" (outside a bracketed literal) a port of
+# digits alone.
+_USERINFO = re.compile(rb"(?:[-A-Za-z0-9._:~!$&'()*+,;=@]|%[0-9A-Fa-f]{2})*")
+_HOST_ASCII = string.ascii_letters.encode() + string.digits.encode() + b"-._~!$&'()*+,;=:[]<>\""
+_HOST_BYTE = b"[" + re.escape(_HOST_ASCII) + rb"\x80-\xff]"
+_HOST = re.compile(rb"(?:" + _HOST_BYTE + rb"|%25|%[89A-Fa-f][0-9A-Fa-f])*")
+# An IPv6 literal's zone (after its "%25"): an escape is of a space, a "%" or an ASCII host character.
+_ZONE = re.compile(rb"(?:" + _HOST_BYTE + rb"|%[0-9A-Fa-f]{2})*")
+_ZONE_ESCAPED = frozenset(b" %" + _HOST_ASCII)
+_PORT = re.compile(rb"(?::[0-9]*)?")
+
+
+def _valid_authority(authority: bytes) -> bool:
+    """Whether Go's url.ParseRequestURI takes this authority of an absolute-form target."""
+    userinfo, at, host = authority.rpartition(b"@")
+    if at and _USERINFO.fullmatch(userinfo) is None:
+        return False
+    if host.startswith(b"["):
+        end = host.rfind(b"]")
+        if end < 0 or _PORT.fullmatch(host, end + 1) is None:
+            return False
+        zone = host.find(b"%25", 0, end)
+        if zone >= 0:
+            escapes = re.findall(rb"%([0-9A-Fa-f]{2})", host[zone + 3 : end])
+            return (
+                _HOST.fullmatch(host, 0, zone) is not None
+                and _ZONE.fullmatch(host, zone + 3, end) is not None
+                and all(int(escape, 16) in _ZONE_ESCAPED for escape in escapes)
+            )
+    else:
+        colon = host.rfind(b":")
+        if colon >= 0 and _PORT.fullmatch(host, colon) is None:
+            return False
+    return _HOST.fullmatch(host) is not None
+
+
+def origin_form(target: bytes) -> bytes:
+    """The request target as the path (and query) it is served as, as Go's net/http (kube-apiserver)
+    reads a target (url.ParseRequestURI): a path and "*" as they are; an absolute-form one
+    ("https://host/apis?x") as its path and query ("/" for an empty path), its authority checked as Go
+    checks it and then ignored. Raises InvalidTarget for anything else. (Go takes any scheme, and
+    "http:/apis" too: only http and https URLs with an authority are absolute-form for RFC 9112, the
+    rest are refused.)"""
     if target.startswith(b"/") or target == b"*":
         return target
     absolute = _ABSOLUTE_FORM.match(target)
     if absolute is None:
-        return None
+        raise InvalidTarget(INVALID_TARGET)
+    if not _valid_authority(absolute[1]):
+        raise InvalidTarget(INVALID_AUTHORITY)
     rest = target[absolute.end() :]
     return rest if rest.startswith(b"/") else b"/" + rest
 
@@ -722,12 +770,11 @@ class GuardedChannel(http.HTTPChannel):
             self._read_target()
 
     def _read_target(self) -> None:
-        target = origin_form(self._path)
-        if target is None:
+        try:
+            self._path = origin_form(self._path)
+        except InvalidTarget as refused:
             # Twisted would serve "xapis" as /apis (it drops a target's first byte, whatever it is).
-            self.refuse(bad_request(INVALID_TARGET))
-            return
-        self._path = target
+            self.refuse(bad_request(str(refused)))
 
     def _head_fits(self) -> bool:
         """Whether the head read so far is within its limit; when not, it has been refused."""
