@@ -222,7 +222,7 @@ async def test_expect_100_continue_comes_only_after_authentication(api):
 
 
 BAD_REQUESTS = {
-    "invalid percent-escape in the path": (b"GET /apis/%zz HTTP/1.1\r\nHost: x\r\n\r\n", (400, 404)),
+    "invalid percent-escape in the path": (b"GET /apis/%zz HTTP/1.1\r\nHost: x\r\n\r\n", (400,)),
     "invalid utf-8 in the path": (b"GET /apis/%ff%fe HTTP/1.1\r\nHost: x\r\n\r\n", (400, 404)),
     "too many headers": (
         b"GET /version HTTP/1.1\r\n" + b"".join(b"X-%d: a\r\n" % i for i in range(600)) + b"\r\n",

@@ -15,7 +15,13 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from payloadtags.api.errors import ApiError
-from payloadtags.http.channel import INVALID_AUTHORITY, INVALID_TARGET, GuardedChannel, GuardedSite
+from payloadtags.http.channel import (
+    INVALID_AUTHORITY,
+    INVALID_ESCAPE,
+    INVALID_TARGET,
+    GuardedChannel,
+    GuardedSite,
+)
 from payloadtags.limits import HttpLimits
 
 
@@ -164,3 +170,32 @@ def test_an_absolute_form_target_with_a_malformed_authority_is_refused_as_go_ref
     assert json.loads(body)["message"] == INVALID_AUTHORITY
     assert b"served" not in answer and admission.admitted == []
     assert transport.disconnecting or b"connection: close" in head.lower()
+
+
+@pytest.mark.parametrize("target", [b"/%zz", b"/apis%", b"/apis/%4", b"/apis%g1?limit=1", b"https://h/%zz"])
+def test_a_bad_percent_escape_in_the_path_is_refused_as_go_refuses_it(target: bytes) -> None:
+    """Go's url.ParseRequestURI refuses a "%" of the path not followed by two hex digits (400); it was
+    routed here, and not found (404; review r4chan N1)."""
+    answer, _, admission = _exchange(
+        b"DELETE " + target + b" HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer
+    assert json.loads(body)["message"] == INVALID_ESCAPE
+    assert admission.admitted == []
+
+
+@pytest.mark.parametrize(
+    ("target", "served"),
+    [
+        (b"/apis?limit=%zz", b"/apis?limit=%zz"),  # Go keeps the query raw: its handler decides
+        (b"/apis?a=%", b"/apis?a=%"),
+        (b"/apis/%41", b"/apis/%41"),
+        (b"https://h/apis?a=%zz", b"/apis?a=%zz"),
+    ],
+)
+def test_a_bad_escape_in_the_query_and_a_good_one_in_the_path_are_served(
+    target: bytes, served: bytes
+) -> None:
+    answer, _, _ = _exchange(b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"served " + served), answer

@@ -394,6 +394,7 @@ def _http_date() -> bytes:
 
 INVALID_TARGET: Final = 'invalid URI for request: the target must be a path beginning with "/"'
 INVALID_AUTHORITY: Final = "invalid URI for request: the authority of the absolute-form target is malformed"
+INVALID_ESCAPE: Final = 'invalid URI for request: a "%" in the path is not followed by two hex digits'
 
 
 class InvalidTarget(ValueError):
@@ -416,6 +417,8 @@ _HOST = re.compile(rb"(?:" + _HOST_BYTE + rb"|%25|%[89A-Fa-f][0-9A-Fa-f])*")
 _ZONE = re.compile(rb"(?:" + _HOST_BYTE + rb"|%[0-9A-Fa-f]{2})*")
 _ZONE_ESCAPED = frozenset(b" %" + _HOST_ASCII)
 _PORT = re.compile(rb"(?::[0-9]*)?")
+# A "%" not followed by two hex digits: in a path (not a query), Go's unescape refuses the target.
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 
 
 def _valid_authority(authority: bytes) -> bool:
@@ -446,18 +449,25 @@ def origin_form(target: bytes) -> bytes:
     """The request target as the path (and query) it is served as, as Go's net/http (kube-apiserver)
     reads a target (url.ParseRequestURI): a path and "*" as they are; an absolute-form one
     ("https://host/apis?x") as its path and query ("/" for an empty path), its authority checked as Go
-    checks it and then ignored. Raises InvalidTarget for anything else. (Go takes any scheme, and
-    "http:/apis" too: only http and https URLs with an authority are absolute-form for RFC 9112, the
-    rest are refused.)"""
-    if target.startswith(b"/") or target == b"*":
+    checks it and then ignored. Raises InvalidTarget for anything else, and for a path holding a "%"
+    not followed by two hex digits. (Go takes any scheme, and "http:/apis" too: only http and https
+    URLs with an authority are absolute-form for RFC 9112, the rest are refused.)"""
+    if target.startswith(b"/"):
+        path = target
+    elif target == b"*":
         return target
-    absolute = _ABSOLUTE_FORM.match(target)
-    if absolute is None:
-        raise InvalidTarget(INVALID_TARGET)
-    if not _valid_authority(absolute[1]):
-        raise InvalidTarget(INVALID_AUTHORITY)
-    rest = target[absolute.end() :]
-    return rest if rest.startswith(b"/") else b"/" + rest
+    else:
+        absolute = _ABSOLUTE_FORM.match(target)
+        if absolute is None:
+            raise InvalidTarget(INVALID_TARGET)
+        if not _valid_authority(absolute[1]):
+            raise InvalidTarget(INVALID_AUTHORITY)
+        rest = target[absolute.end() :]
+        path = rest if rest.startswith(b"/") else b"/" + rest
+    # Most targets have no "%": one scan of the bytes, the path cut from its query only when one does.
+    if b"%" in path and _BAD_ESCAPE.search(path, 0, len(path.partition(b"?")[0])):
+        raise InvalidTarget(INVALID_ESCAPE)
+    return path
 
 
 def _kept(pieces: list[bytes], data: bytes) -> list[bytes]:
