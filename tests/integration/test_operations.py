@@ -9,6 +9,7 @@ from typing import Any
 import pytest_twisted
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import deferToThread
 from twisted.logger import LogLevel, formatEvent
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -22,6 +23,7 @@ from tests.support.harness import Pki, ServerUnderTest
 from tests.support.logcapture import collected_logs
 from tests.support.pki import Authority, Issued
 from tests.support.process import ServerProcess
+from tests.support.raw import Target, exchange, request_bytes
 from tests.support.rbac import eventually
 from tests.support.registry_server import free_port
 
@@ -105,6 +107,21 @@ async def test_always_allow_paths_decide_which_paths_skip_authentication(make_se
     assert (await anonymous.get("/readyz")).code == 401
     assert (await anonymous.get("/healthz/ping")).code == 401
     assert (await server.client(server.pki.admin).get("/readyz")).code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_admission_reads_a_hash_in_the_path_as_routing_does(make_server, registry):
+    # Review r4chan N3: admission dropped a "#..." from the path, routing kept it (as Go keeps it), so
+    # an anonymous POST /metrics#x under --metrics-anonymous had its body read, then was not found,
+    # and POST /healthz#x was "health endpoints take no request body". Now both are the path a
+    # route names nowhere: authentication first, as kube-apiserver.
+    server = await make_server(registry, metrics_anonymous=True)
+    target = Target(server.running.port, str(server.pki.server_ca.cert_file))
+    codes = {}
+    for path in ("/metrics", "/metrics#x", "/healthz#x", "/apis#x"):
+        raw = request_bytes("POST", path, {"Content-Type": "application/json"}, b"{}")
+        codes[path] = (await deferToThread(exchange, target, raw, None)).code
+    assert codes == {"/metrics": 405, "/metrics#x": 401, "/healthz#x": 401, "/apis#x": 401}
 
 
 class _CountedHealth(HealthChecks):

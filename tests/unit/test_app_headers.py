@@ -81,11 +81,15 @@ def test_a_request_without_a_query_parses_none(monkeypatch: pytest.MonkeyPatch) 
         return {"x": [""]}
 
     monkeypatch.setattr(app, "parse_qs", parse_qs)
-    for uri, query in [(b"/apis", {}), (b"/apis?", {}), (b"/apis?#x", {}), (b"/apis?x", {"x": [""]})]:
+    for uri, query in [(b"/apis", {}), (b"/apis?", {}), (b"/apis#?", {}), (b"/apis?x", {"x": [""]})]:
         request = Request(DummyChannel())
         request.uri = uri
         assert dict(app._query(request)) == query, uri
     assert parsed == ["x"]
+    # A "#" is the query's, as in Go's RawQuery (review r4chan N3): no client sends a fragment.
+    request = Request(DummyChannel())
+    request.uri = b"/apis?#x"
+    assert dict(app._query(request)) == {"x": [""]} and parsed == ["x", "#x"]
     with pytest.raises(TypeError):
         app._NO_QUERY["x"] = [""]  # type: ignore[index]
 

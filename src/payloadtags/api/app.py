@@ -126,11 +126,13 @@ def _query(request: IRequest) -> Query:
 
 def _target(request: IRequest) -> tuple[str, str]:
     """Path and query of the request target. Not urlsplit: a path starting with "//" would be read as
-    a host (and "//[" raise), where the server must only ever see a path."""
+    a host (and "//[" raise), where the server must only ever see a path. A "#" is a byte of the path or
+    the query, as Go's url.ParseRequestURI keeps it (a client sends no fragment) and as Twisted routes
+    the path: admission decided on the path without it, routing with it (review r4chan N3)."""
     target: tuple[str, str] | None = getattr(request, _TARGET, None)
     if target is None:
         path, _, query = request.uri.decode("utf-8", "replace").partition("?")
-        target = (path.partition("#")[0], query.partition("#")[0])
+        target = (path, query)
         setattr(request, _TARGET, target)
     return target
 
