@@ -119,7 +119,16 @@ _MARKS = [
 ]
 
 
-@functools.lru_cache(maxsize=65536)
+# The names of the tags asked for lately (a GET's decode checks its name by encoding it again; a watch
+# event names its tag): the same few tags asked for again and again cost a lookup. Lists spell their
+# names with `NameEncoder` and never come here. An entry holds its key's strings and the name, about
+# 300 bytes: the thousand kept hold about 300 kB. (At 65,536 entries the cache held 15-18 MiB for the
+# life of the process once one watch of a big namespace had sent its tags, issue #11; a whole
+# namespace's names, a sweep, find none of themselves in it anyway, and one name costs 2 us.)
+NAMES_KEPT = 1024
+
+
+@functools.lru_cache(maxsize=NAMES_KEPT)
 def encode_name(repository_path: str, tag: str) -> str:
     return _base32(f"{repository_path}:{tag}".encode())
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+import tracemalloc
 
 import pytest
 from hypothesis import given
@@ -49,6 +50,22 @@ def test_namespace_is_not_part_of_the_name() -> None:
     assert (
         TagRef("team-a", "app", "v1").name == TagRef("team-b", "app", "v1").name == encode_name("app", "v1")
     )
+
+
+def test_the_names_of_a_big_namespace_are_not_kept_after_they_are_spelled() -> None:
+    """A watch of a namespace of 100,000 tags names each tag in its events (TagRef.name): what the
+    names' cache keeps afterwards is bounded by a few hundred kB, not by the namespace (issue #11)."""
+    encode_name.cache_clear()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(100_000):
+            TagRef("team-a", "app", f"v{i:06d}").name  # noqa: B018 (the tag's text lives only here)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+        encode_name.cache_clear()
+    assert held < 1 << 20
 
 
 def test_tags_may_hold_uppercase_and_the_name_stays_lowercase() -> None:
