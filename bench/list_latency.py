@@ -623,15 +623,17 @@ def start_server(
     extra_args: tuple[str, ...] = (),
     server_src: str | None = None,
     profile: Path | None = None,
+    launcher: str = PROFILER,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """``server_src``: run another tree's server code (its src/ directory first on PYTHONPATH);
-    ``profile``: run the server (``launch="cli"``) under cProfile, its stats written there at its end."""
+    ``profile``: run the server (``launch="cli"``) under cProfile, its stats written there at its end
+    (or under another ``launcher``: Python code given that path, then the server's arguments)."""
     port = free_port()
     token_file = work / "events.token"
     if index:
         token_file.write_text(EVENTS_TOKEN + "\n")
     if launch == "cli":
-        program = [sys.executable, "-c", PROFILER, str(profile.resolve())] if profile else []
+        program = [sys.executable, "-c", launcher, str(profile.resolve())] if profile else []
         command = [
             *(program or [str(ROOT / ".venv" / "bin" / "payloadtags")]),
             "serve",
