@@ -14,12 +14,13 @@ them). Phases:
    1 s); ``warm idle``: then idle past the caches' lifetimes (``--settle``, default 200 s: walks live
    60 s after their last page, list records 120 s unused);
 3. ``--rounds`` times: the big lists (of ``sN``: an unpaged JSON list, an unpaged Table list, a walk in
-   pages of 500, ``--concurrent`` unpaged JSON lists at once), the dump right after them (``after``),
+   pages of 500, with ``--watch S`` a watch of S seconds from no resourceVersion (an event per tag),
+   ``--concurrent`` unpaged JSON lists at once), the dump right after them (``after``),
    then idle ``--settle`` seconds (``settled``). With ``--trim``, after the last: glibc's
    ``malloc_trim(0)`` and the RSS after it (what glibc could give back).
 
 Usage: .venv/bin/python bench/list_memory.py [--tags 100000] [--rounds 3] [--settle 200]
-       [--concurrent 10] [--trim] [--trace N] [--keep DIR] [--json FILE]
+       [--concurrent 10] [--watch S] [--trim] [--trace N] [--keep DIR] [--json FILE]
 """
 
 from __future__ import annotations
@@ -245,6 +246,13 @@ async def run(
             ):
                 if await fn() != expected:
                     raise RuntimeError("a big list saw different tags")
+            if args.watch:  # its first events: one ADDED per tag of the namespace
+                await _get(
+                    server._http,
+                    reactor,
+                    f"{url}{GROUP_PATH}/namespaces/{big.namespace}/payloadrepositorytags"
+                    f"?watch=1&timeoutSeconds={args.watch}",
+                )
             outcomes = await gatherResults(
                 [Deferred.fromCoroutine(server.list(big.namespace)) for _ in range(args.concurrent)]
             )
@@ -305,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--settle", type=float, default=200.0)
     parser.add_argument("--concurrent", type=int, default=10, help="unpaged lists at once, per round")
+    parser.add_argument(
+        "--watch", type=int, default=0, help="each round also watches sN this many seconds (0: no watch)"
+    )
     parser.add_argument("--trace", type=int, default=0, help="tracemalloc frames (0: off)")
     parser.add_argument(
         "--trim", action="store_true", help="after the last idle phase, malloc_trim(0) and the RSS after it"
