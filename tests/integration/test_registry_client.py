@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.logger import formatEvent
 from twisted.protocols import portforward
 from twisted.web import server
 
@@ -40,6 +41,7 @@ from payloadtags.registry.auth import basic_authorization
 from payloadtags.registry.content import MAX_JSON_DEPTH
 from payloadtags.registry.schema1 import SIGNED_SCHEMA1
 from tests.support import images
+from tests.support.logcapture import collected_logs
 from tests.support.registry_server import RegistryServer, TokenServer, free_port, make_tls_files
 from tests.support.scripted_http import serving
 from tests.support.stallrelay import StallRelay
@@ -774,6 +776,54 @@ async def test_a_redirect_target_asking_for_credentials_never_gets_them(
     )
     assert storage.seen == [("GET", "/bucket/blob?signature=x", None)]
     assert [authorization for _, _, authorization in registry.seen] == [None, secret]
+
+
+@pytest.mark.parametrize(
+    ("location", "said"),
+    [
+        # review r4reg F1: Agent refused each with a ValueError naming the whole Location (its presigned
+        # query, its password): a critical traceback on every read, and the same in the 503's message.
+        (
+            b"http://storage.test/a b?X-Amz-Signature=SECRET",
+            "to http://storage.test (a space or control character in the URL)",
+        ),
+        (
+            b"http://storage.test/a?X-Amz-Signature=SECRET\x7f",
+            "to http://storage.test (a space or control character in the URL)",
+        ),
+        (b"http://robot:SECRET@storage.test/a", "to http://storage.test (credentials in the URL)"),
+        (b"http://storage..test/a?X-Amz-Signature=SECRET", "to http://storage..test (not a host name)"),
+        (b"http://storage_test/a?X-Amz-Signature=SECRET", "to http://storage_test (not a host name)"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_redirect_the_agent_would_refuse_is_a_plain_503_naming_only_its_origin(
+    reactor: Any, make_client: MakeClient, location: bytes, said: str
+) -> None:
+    """On the real Agent, which the unit tests' fake does not stand for: it refuses a URI that its
+    own checks (a byte outside 0x21-0x7e, a host name IDNA refuses) do not take."""
+
+    def registry_answer(request: server.Request, path: str) -> bytes:
+        request.setResponseCode(307)
+        request.setHeader(b"Location", location)
+        return b""
+
+    digest = "sha256:" + "a" * 64
+    async with serving(reactor, registry_answer) as (registry_url, _):
+        client = make_client(registry_url)
+        with collected_logs() as events:
+            for _ in range(2):
+                with pytest.raises(RegistryProtocolError) as caught:
+                    await client.blob("team/app", digest)
+                assert caught.value.message == (
+                    f"registry {registry_url} redirected GET /v2/team/app/blobs/{digest} {said}, which this "
+                    "client cannot follow; check where the registry's storage redirects reads"
+                )
+    assert not [event for event in events if "SECRET" in formatEvent(event)]
+    ours = [event for event in events if event.get("log_namespace", "").startswith("payloadtags")]
+    assert [(event["log_level"].name, formatEvent(event)) for event in ours] == [
+        ("warn", f"registry {registry_url} redirected a read {said}, which this client cannot follow"),
+    ]
 
 
 def _scope(scope: str) -> tuple[str, str, frozenset[str]]:
