@@ -1019,6 +1019,44 @@ async def test_a_silent_server_times_out() -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_body_its_deadline_cut_is_read_no_further_and_its_connection_closed() -> None:
+    """review r4reg F2: treq.collect has no canceller, so a body the request timeout cut went on being
+    read into memory; a cluster API (or a proxy) streaming a body without end grew it without bound."""
+
+    class Endless(Protocol):
+        started = lost = False
+
+        def dataReceived(self, data: bytes) -> None:
+            if self.transport is not None and not self.started:
+                self.started = True
+                self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+                self.transport.write(b"Transfer-Encoding: chunked\r\n\r\n")
+                self._more()
+
+        def _more(self) -> None:
+            if not self.lost and self.transport is not None:
+                self.transport.write(b"4000\r\n" + b" " * 0x4000 + b"\r\n")
+                reactor.callLater(0, self._more)
+
+        def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+            self.lost = True
+            streams.append(self)
+
+    streams: list[Endless] = []
+    factory = ServerFactory()
+    factory.protocol = Endless
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    client = KubeClient(reactor, ClusterConfig(f"http://127.0.0.1:{tcp_port(port)}"), request_timeout=0.2)
+    try:
+        with pytest.raises(KubeTimeout):
+            await client.get(NS + "/default")
+        await eventually(lambda: streams)  # the client closed the connection
+    finally:
+        await client.close()
+        await stop_listening(port)
+
+
+@pytest_twisted.ensureDeferred
 async def test_plain_http_double(tmp_path: Path) -> None:
     double = KubeApiDouble(reactor, tmp_path, tls=False)
     double.start()

@@ -16,7 +16,6 @@ from urllib.parse import quote
 
 import attrs
 import cattrs
-import treq
 from OpenSSL import SSL
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred
@@ -38,6 +37,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 
 from payloadtags import __version__
+from payloadtags.bodies import BodyBytes, read_body
 from payloadtags.deferreds import DeadlineExpired, InFlight, is_cancellation, within
 from payloadtags.identity import UserInfo
 from payloadtags.jsontypes import JsonObject
@@ -216,7 +216,7 @@ class KubeClient:
             idle_timeout = self._watch_idle_timeout
         response = await self._bounded(self._send("GET", path, query), f"watch {path}")
         if response.code != 200:
-            counted = _BodyBytes()
+            counted = BodyBytes()
             body = await self._bounded(
                 _read_body(response, f"watch {path}", counted), f"watch {path}", counted
             )
@@ -272,7 +272,7 @@ class KubeClient:
     ) -> JsonObject:
         what = f"{method} {path}"
 
-        counted = _BodyBytes()
+        counted = BodyBytes()
 
         async def exchange() -> tuple[IResponse, bytes]:
             data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
@@ -321,7 +321,7 @@ class KubeClient:
             _raise_if_cancelled(e)
             raise KubeUnreachable(f"{method} {path}: {_describe(e)}") from e
 
-    async def _bounded(self, work: Coroutine[Any, Any, T], what: str, counted: _BodyBytes | None = None) -> T:
+    async def _bounded(self, work: Coroutine[Any, Any, T], what: str, counted: BodyBytes | None = None) -> T:
         """Run `work` under the request timeout, turning expiry into `KubeTimeout`; a caller's
         cancel stays CancelledError (see `within`). An answer waiting in the socket when the timeout
         is due, unread because the reactor did not poll, counts as in time: the deadline lets the
@@ -343,26 +343,13 @@ class KubeClient:
         return KubeApiError(status_from_body(response.code, body, retry_after), response.code)
 
 
-class _BodyBytes:
-    """How many body bytes an answer has brought so far (see `KubeClient._bounded`)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-
-async def _read_body(response: IResponse, what: str, counted: _BodyBytes) -> bytes:
-    parts: list[bytes] = []
-
-    def take(data: bytes) -> None:
-        parts.append(data)
-        counted.count += len(data)
-
+async def _read_body(response: IResponse, what: str, counted: BodyBytes) -> bytes:
+    # read_body, unlike treq.collect, stops reading when the deadline cuts it (review r4reg F2).
     try:
-        await treq.collect(response, take)
+        return await read_body(response, None, counted=counted)
     except _CONNECTION_ERRORS as e:
         _raise_if_cancelled(e)
         raise KubeReplyCutShort(f"{what}: reply cut short: {_describe(e)}") from e
-    return b"".join(parts)
 
 
 def _raise_if_cancelled(error: BaseException) -> None:

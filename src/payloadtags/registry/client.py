@@ -38,6 +38,7 @@ from twisted.web.error import InfiniteRedirection
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 
+from payloadtags.bodies import BodyBytes, BodyTooLarge, read_body
 from payloadtags.deferreds import DeadlineExpired, carried_through, is_cancellation, within
 from payloadtags.onceper import OncePerPeriod
 from payloadtags.validators import has_userinfo, positive, utf8_encodable, without_userinfo
@@ -78,8 +79,6 @@ from .interface import Sent, Waiting, WriteHooks
 from .late import LateWrites, namespace_of
 from .queue import RepositoryQueue
 from .transport import (
-    BodyBytes,
-    BodyTooLarge,
     BytesProducer,
     CheckedRedirects,
     FollowedAgent,
@@ -87,7 +86,6 @@ from .transport import (
     OriginRequests,
     TLSPolicy,
     UnfollowableRedirect,
-    read_body,
 )
 
 ACCEPT_MANIFESTS = ", ".join(MANIFEST_MEDIA_TYPES)
