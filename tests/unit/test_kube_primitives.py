@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import inspect
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -8,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from payloadtags.kube.backoff import Backoff
+from payloadtags.kube.client import DEFAULT_REQUEST_TIMEOUT
 from payloadtags.kube.errors import KubeApiError, KubeProtocolError, status_from_body
 from payloadtags.kube.framing import LineFramer
 
@@ -108,3 +111,17 @@ def test_status_bodies_are_decoded_and_non_status_bodies_synthesised() -> None:
     assert not error.expired
     assert status_from_body(502, b"")["message"] == "Bad Gateway"
     assert KubeApiError(status_from_body(410, b""), 410).expired
+
+
+def test_the_cluster_api_request_timeout_is_the_fixed_one_docs_hardening_states() -> None:
+    """review r4reg F3: docs/hardening.md said each cluster API request is bounded by
+    --request-timeout; server.py builds KubeClient with its default, set by no flag."""
+    from payloadtags import server
+
+    hardening = (Path(__file__).resolve().parents[2] / "docs" / "hardening.md").read_text()
+    said = " ".join(hardening.split())
+    assert (
+        "The same goes for each cluster API request (a watch's head included, not its stream), "
+        f"within {DEFAULT_REQUEST_TIMEOUT:g} s" in said
+    )
+    assert "KubeClient(reactor, cluster)" in inspect.getsource(server.start)
