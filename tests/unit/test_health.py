@@ -675,3 +675,37 @@ async def test_unknown_names_are_quoted_as_go_percent_q() -> None:  # review-hea
     assert answer[1].splitlines()[3] == (
         'warn: some health checks cannot be excluded: no matches for "\\x01","\\t","\\x7f","é\\x01"'
     )
+
+
+def test_two_probes_finding_a_run_overdue_in_one_turn_give_it_its_turn_too() -> None:
+    """review r4reg L2: the second probe of the turn must not give up the run the first left a turn."""
+    gated, monotonic, wall = Gated(), Clock(), Clock()
+    checks = HealthChecks(
+        {"readyz": [("registry", SharedCheck(gated, monotonic.seconds, 1.0, TIMEOUT, wall))]},
+        monotonic.seconds,
+    )
+    waiting = _probe(checks)
+    monotonic.advance(TIMEOUT)
+    _probe(checks)  # finds the run overdue: gives it a turn
+    _probe(checks)  # the same turn
+    gated.runs[0].callback(None)  # the answer, read in the next turn
+    wall.advance(0)
+    assert waiting.result == (200, "ok")
+
+
+def test_a_run_whose_look_a_wall_clock_step_back_holds_is_given_up_by_the_next_probe() -> None:
+    """review r4reg L1: the look a probe arms is on the wall clock; stepped back before it ran, the run is
+    held for the step, since later probes skip a run already looked at."""
+    gated, monotonic, wall = Gated(), Clock(), Clock()
+    wall.advance(1_800_000_000)
+    shared = SharedCheck(gated, monotonic.seconds, 1.0, TIMEOUT, wall)
+    checks = HealthChecks({"readyz": [("registry", shared)]}, monotonic.seconds)
+    _probe(checks)  # a run that hangs
+    monotonic.advance(TIMEOUT)
+    _probe(checks)  # finds it overdue: its look is armed at the wall clock's now
+    wall.rightNow -= 3600  # stepped back before the next turn
+    for _ in range(5):
+        monotonic.advance(TIMEOUT)
+        wall.advance(TIMEOUT)
+        _probe(checks)
+    assert gated.runs[0].called, "the first run is still held (its registry connection too)"

@@ -76,7 +76,8 @@ class SharedCheck:
     and the reactor has had one more turn, in which it reads what its sockets hold (cancelled, which
     frees what it holds: a registry connection, or its place in the line for one; the probes waiting
     for it are told "still running after Ns, given up"): at its own timer, and, should the reactor's
-    clock (the wall clock) have been stepped back, at the next probe, a turn later. The turn is for a
+    clock (the wall clock) have been stepped back, at the next probe, a turn later (or at once, when
+    the step came after a probe armed that turn's look, which would wait for the clock). The turn is for a
     reactor that resumes after a stall with the answer waiting in its socket: the run's timer started
     before the ping's own deadline, so it is due first, and without the turn it would give up a ping
     whose deadline lets the reactor read that answer (`deferreds.within`'s ``look_first``). One turn
@@ -116,11 +117,16 @@ class SharedCheck:
     async def __call__(self) -> None:
         now = self.monotonic()
         for started in [started for started in self._work if now - started >= self.timeout]:
+            timer = self._timers[started]
             if started not in self._looked:  # its timer, on the wall clock, may not have fired yet
-                timer = self._timers[started]
                 if timer.active():
                     timer.cancel()
                 self._expire(started)
+            elif timer.active() and timer.getTime() > self.clock.seconds():
+                # Its look was armed for the next turn, but the wall clock has been stepped back since:
+                # it would come only once the clock caught up, holding the run (review r4reg L1).
+                timer.cancel()
+                self._give_up(started)
         if self._due is None and (self._started is None or now - self._started >= self.ttl):
             if len(self._work) < self.max_runs:
                 self._started = now
