@@ -128,6 +128,17 @@ def _except_problem(cidr: str, network: Network, excepted: object) -> str | None
     ranges: list[Network] = []
     for entry in excepted:
         inner = _go_network(entry)
+        if isinstance(network, ipaddress.IPv4Network) and isinstance(inner, ipaddress.IPv6Network):
+            if inner.network_address.ipv4_mapped is not None:
+                # kube-apiserver takes it (Go's IPNet.Contains reads the address as IPv4, and compares
+                # the mask lengths as plain numbers, so even ::ffff:10.0.0.0/100 passes): refused here
+                # as the cidr is, since policy agents differ on matching IPv4 sources against it.
+                ipv4 = _as_ipv4(inner)
+                instead = f": write {ipv4}" if ipv4 is not None else ""
+                return (
+                    f"ipBlock {cidr}: except entry {entry!r} is an IPv4-mapped IPv6 range, which not every "
+                    f"NetworkPolicy implementation matches IPv4 sources against{instead}"
+                )
         # kube-apiserver's ValidateIPBlock: each entry is a CIDR, a strict subset of the block's.
         if inner is None or not _inside(inner, network):
             return (

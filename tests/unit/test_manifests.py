@@ -1010,9 +1010,21 @@ def test_network_policy_check_reads_a_range_as_kubernetes_does(
             "ingress rule 0: ipBlock 10.0.0.0/24: except entry '192.168.0.0/24' is not a range",
         ),
         (["10.0.0.0/16"], "ingress rule 0: ipBlock 10.0.0.0/24: except entry '10.0.0.0/16' is not a range"),
+        # review r4reg N1: kube-apiserver takes these two (even the wider one); refused for another reason.
         (
             ["::ffff:10.0.0.0/120"],
-            "ingress rule 0: ipBlock 10.0.0.0/24: except entry '::ffff:10.0.0.0/120' is",
+            "ingress rule 0: ipBlock 10.0.0.0/24: except entry '::ffff:10.0.0.0/120' is an IPv4-mapped IPv6 "
+            "range, which not every NetworkPolicy implementation matches IPv4 sources against: write "
+            "10.0.0.0/24",
+        ),
+        (
+            ["::ffff:10.0.0.0/100"],
+            "ingress rule 0: ipBlock 10.0.0.0/24: except entry '::ffff:10.0.0.0/100' is an IPv4-mapped IPv6 "
+            "range, which not every NetworkPolicy implementation matches IPv4 sources against",
+        ),
+        (
+            ["fd00::/120"],
+            "ingress rule 0: ipBlock 10.0.0.0/24: except entry 'fd00::/120' is not a range inside",
         ),
         (
             ["10.0.0.0/24"],
