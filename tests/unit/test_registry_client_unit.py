@@ -1304,7 +1304,13 @@ STORAGE_HOP = "https://storage.test/blobs/1?signature=x"
         (
             None,
             b"https://storage.test:99999/x",
-            "to a Location that is not a URL (Port out of range 0-65535)",
+            "to https://storage.test (a port that is not a number up to 65535)",
+        ),
+        # review r4reg N2: urllib's message quoted the port's text.
+        (
+            None,
+            b"https://storage.test:secretpw/x",
+            "to https://storage.test (a port that is not a number up to 65535)",
         ),
         (None, b"https:///x", "to https:// (no server)"),
         # The storage backend's own redirect: the storage backend redirected.

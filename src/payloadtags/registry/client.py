@@ -356,7 +356,8 @@ class RegistryClient:
         # for the whole registry, naming the repository met, and counting the others, as a registry
         # listing them may do so in thousands of repositories.
         self._unnameable_said: OncePerPeriod[None] = OncePerPeriod(UNNAMEABLE_LOG_PERIOD, monotonic)
-        # Redirects this client cannot follow, said once a period per reason (`_redirected`).
+        # Redirects this client cannot follow, said once a period per reason (`_redirected`); a reason
+        # names where the redirect points, so that is once a period per host (at most MAX_KEYS kept).
         self._unfollowable_said: OncePerPeriod[str] = OncePerPeriod(UNFOLLOWABLE_LOG_PERIOD, monotonic)
 
     @property

@@ -247,9 +247,16 @@ class CheckedRedirects(RedirectAgent):
         try:
             resolved: bytes = super()._resolveLocation(requestURI, location)
             parts = urllib.parse.urlsplit(resolved.decode("ascii"))
-            port = parts.port  # a ValueError for a port that is no number, or out of range
         except ValueError as error:
             raise UnfollowableRedirect(f"to a Location that is not a URL ({error})") from None
+        try:
+            port = parts.port  # a ValueError for a port that is no number, or out of range
+        except ValueError:
+            # Not urllib's message: it quotes the port's text, which may be anything (review r4reg N2).
+            host = repr(parts.hostname or "")[1:-1]
+            raise UnfollowableRedirect(
+                f"to {parts.scheme}://{host} (a port that is not a number up to 65535)"
+            ) from None
         origin = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
         shown = repr(origin)[1:-1]  # a control character escaped, not written into a log line
         if not _REQUESTABLE.fullmatch(resolved.strip()):
