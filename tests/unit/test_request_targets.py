@@ -123,6 +123,8 @@ def test_a_target_that_is_no_path_is_refused_before_its_body_is_admitted() -> No
         (b"http://h]/apis", b"/apis"),
         (b"https:///apis", b"/apis"),
         (b"https://h?x/apis", b"/?x/apis"),
+        (b"http://a:b:80/apis", b"/apis"),  # the port is after the last ":" (review r5chan L1)
+        (b"https://[::1]]/apis", b"/apis"),  # the literal ends at the last "]"
     ],
 )
 def test_an_absolute_form_http_target_is_served_as_its_path_as_go_serves_it(
@@ -172,7 +174,9 @@ def test_an_absolute_form_target_with_a_malformed_authority_is_refused_as_go_ref
     assert transport.disconnecting or b"connection: close" in head.lower()
 
 
-@pytest.mark.parametrize("target", [b"/%zz", b"/apis%", b"/apis/%4", b"/apis%g1?limit=1", b"https://h/%zz"])
+@pytest.mark.parametrize(
+    "target", [b"/%zz", b"/apis%", b"/apis/%4", b"/apis%g1?limit=1", b"https://h/%zz", b"/apis#%zz"]
+)
 def test_a_bad_percent_escape_in_the_path_is_refused_as_go_refuses_it(target: bytes) -> None:
     """Go's url.ParseRequestURI refuses a "%" of the path not followed by two hex digits (400); it was
     routed here, and not found (404; review r4chan N1)."""
