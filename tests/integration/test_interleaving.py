@@ -16,6 +16,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import deferLater
 
 from payloadtags.api.options import DeleteOptions, list_options
+from payloadtags.api.tags import TagsService
 from payloadtags.names import TagRef
 from payloadtags.registry import DELETE_NONCE_ANNOTATION
 from tests.support import images
@@ -384,3 +385,170 @@ async def test_a_deletecollection_answers_200_only_once_its_own_late_write_may_n
             await proxy.stop()
     assert run.proxy.injected[LATE] == 1
     assert run.report.violations == [], run.report.violations[0][:800]
+
+
+async def _retag_killed_of_a_tag_gone(run: _OwnLateWrite, replica: int) -> None:
+    """Replica ``replica``'s single delete of t0 killed with its re-tag held in the proxy, then t0 (and
+    t1, on the same manifest) gone, its manifest deleted by digest as another replica's removal
+    deletes it: a deletecollection now selects without t0, which the re-tag brings back once it lands."""
+    await run.fill()
+    run.begin_removal(run.namespace)
+    tag = TagRef(run.namespace, run.repository.split("/", 1)[1], "t0")
+    digest = images.resolve(run.registry.url, run.repository, "t0")
+    assert digest is not None
+    service = run.replicas[replica].service
+    single = Deferred.fromCoroutine(service.delete(USER, run.namespace, tag.name, DeleteOptions()))
+    while not run.proxy.injected[LATE]:
+        await deferLater(run.reactor, 0.01, lambda: None)
+    run.cancels.append((replica, run.now()))
+    single.cancel()
+    with pytest.raises(CancelledError):
+        await single
+    images.delete_manifest(run.registry.url, run.repository, digest)
+    held = run.proxy.decide
+    # Only that re-tag is held: the deletecollection's own re-tags go through.
+    run.proxy.decide = lambda method, path: None if run.reaches.called else held(method, path)
+
+
+async def _after_the_200(run: _OwnLateWrite, replica: int) -> dict[str, list[str]]:
+    """The checker's look after replica ``replica``'s 200, and what the namespace holds then."""
+    await run.after_200(run.namespace, replica)
+    await run.proxy.settled()
+    run.check_own_writes()
+    return run.content(run.namespace)
+
+
+# A deletecollection's query (t0, t1: those tags' names) and whether its 200 leaves t0 back: only
+# a call that asks for every tag its selector matches (no page) takes in what its own late write
+# brought back, when its selector matches it.
+TAKES_BACK = {
+    "all of the namespace": ({}, False),
+    "a selector that matches t0": ({"fieldSelector": ["metadata.name!={t1}"]}, False),
+    "a selector that does not match t0": ({"fieldSelector": ["metadata.name!={t0}"]}, True),
+    "a page": ({"limit": ["100"]}, True),
+}
+
+
+@pytest.mark.parametrize("case", list(TAKES_BACK))
+@pytest_twisted.ensureDeferred
+async def test_a_deletecollection_of_all_of_a_namespace_deletes_what_its_own_late_write_brought_back(
+    reactor: Any, fresh_registry: RegistryServer, case: str
+) -> None:
+    """Replica 1 (tag by tag) deletes all of its namespace after `_retag_killed_of_a_tag_gone`; the
+    re-tag lands as the call sends its first DELETE (after its selection), and the call waits for
+    it. t0 existed before the single delete and, as the registry ends, after it: the 200 must not
+    leave it (the slow tier's seed 80302). Failed before the fix: the call deleted only its selection
+    after the wait, and answered 200 with t0 there, the answering replica's own write. A call that
+    does not ask for t0 (`TAKES_BACK`) leaves it, as a tag its request is not about."""
+    replica = 1
+    run = _OwnLateWrite(reactor, fresh_registry, replica)
+    service = run.replicas[replica].service
+    path = run.repository.split("/", 1)[1]
+    names = {tag: TagRef(run.namespace, path, tag).name for tag in ("t0", "t1")}
+    query, kept = TAKES_BACK[case]
+    options = list_options(
+        {key: [value.format(**names) for value in values] for key, values in query.items()}
+    )
+    try:
+        await _retag_killed_of_a_tag_gone(run, replica)
+        decide = run.proxy.decide
+
+        def release_at_the_first_delete(method: str, path: str) -> str | None:
+            if method == "DELETE" and not run.reaches.called:
+                run.reaches.callback(None)
+            return decide(method, path)
+
+        run.proxy.decide = release_at_the_first_delete
+        await service.delete_collection(USER, run.namespace, options, DeleteOptions())
+        assert run.reaches.called
+        left = await _after_the_200(run, replica)
+    finally:
+        await run.stop()
+        for proxy in run.proxies:
+            await proxy.stop()
+    assert run.proxy.injected[LATE] == 1
+    if kept:
+        # The checker's invariant is all of the namespace's: a call that asks for less is no case of it.
+        assert left == {run.repository: ["t0"]}
+    else:
+        assert left == {}
+        assert run.report.violations == [], run.report.violations[0][:800]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_deletecollection_looks_for_what_a_write_out_as_it_selected_left_once_out_of_the_record(
+    reactor: Any, fresh_registry: RegistryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, but the re-tag lands after the selection and leaves the process's record (its time
+    passed) before the call's first look at the tags: the call, which then has no write to wait for,
+    still looks once for what a write out as it selected left, and deletes t0. Failed before the fix
+    (t0 left at the 200), and with the fix without that look."""
+    replica = 1
+    run = _OwnLateWrite(reactor, fresh_registry, replica)
+    service = run.replicas[replica].service
+    late_writes = run.replicas[replica].client.late_writes
+    select = TagsService._select
+    selections = 0
+
+    async def select_after_the_record(self: TagsService, *args: Any, **kwargs: Any) -> Any:
+        nonlocal selections
+        selections += self is service
+        if self is service and selections == 2:  # the first pass's look, after its deletes
+            run.reaches.callback(None)
+            await run.proxy.settled()
+            while late_writes.pending(run.namespace) is not None:
+                await deferLater(reactor, 0.05, lambda: None)
+        return await select(self, *args, **kwargs)
+
+    try:
+        await _retag_killed_of_a_tag_gone(run, replica)
+        monkeypatch.setattr(TagsService, "_select", select_after_the_record)
+        await service.delete_collection(USER, run.namespace, list_options({}), DeleteOptions())
+        assert run.reaches.called
+        left = await _after_the_200(run, replica)
+    finally:
+        await run.stop()
+        for proxy in run.proxies:
+            await proxy.stop()
+    assert run.proxy.injected[LATE] == 1
+    assert left == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_deletecollection_keeps_a_tag_its_own_late_write_brought_back_once_a_client_pushed_it_again(
+    reactor: Any, fresh_registry: RegistryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As `test_a_deletecollection_of_all_of_a_namespace_deletes_what_its_own_late_write_brought_back`,
+    but a client pushes t0 again (another manifest) after the re-tag landed, before the call looks for
+    what that write left: t0 is then no longer where the write would leave it, but a push after the
+    selection, which is not part of the request (docs/consistency.md, "deletecollection"): kept, and
+    the call still answers 200."""
+    replica = 1
+    run = _OwnLateWrite(reactor, fresh_registry, replica)
+    service = run.replicas[replica].service
+    select = TagsService._select
+    selections = 0
+    pushed: list[str] = []
+
+    async def push_before_the_look_for_what_it_left(self: TagsService, *args: Any, **kwargs: Any) -> Any:
+        nonlocal selections
+        selections += self is service
+        if self is service and selections == 2:  # the first pass's look: the re-tag lands first
+            run.reaches.callback(None)
+            await run.proxy.settled()
+        if self is service and selections == 3:  # after the wait: the look for what the write left
+            pushed.append(images.push_oci_image(run.registry.url, run.repository, "t0", seed="client"))
+        return await select(self, *args, **kwargs)
+
+    try:
+        await _retag_killed_of_a_tag_gone(run, replica)
+        monkeypatch.setattr(TagsService, "_select", push_before_the_look_for_what_it_left)
+        await service.delete_collection(USER, run.namespace, list_options({}), DeleteOptions())
+        left = run.content(run.namespace)
+    finally:
+        await run.stop()
+        for proxy in run.proxies:
+            await proxy.stop()
+    assert run.proxy.injected[LATE] == 1
+    assert left == {run.repository: ["t0"]}
+    assert images.resolve(run.registry.url, run.repository, "t0") == pushed[0]
