@@ -206,20 +206,31 @@ def _one_of(choices: Sequence[str]) -> Callable[[str], str]:
 
 def _cipher_suites(text: str) -> tuple[str, ...]:
     suites = _list(text)
-    unknown = [suite for suite in suites if suite not in CIPHER_SUITES]
+    unknown = _bad(text, suites, lambda suite: suite not in CIPHER_SUITES)
     if unknown:
         raise argparse.ArgumentTypeError(
-            f"unknown or insecure cipher suite(s) {', '.join(unknown)}; known: {', '.join(CIPHER_SUITES)}"
+            f"unknown or insecure cipher suite(s) {unknown}; known: {', '.join(CIPHER_SUITES)}"
         )
     return suites
 
 
 def _paths(text: str) -> tuple[str, ...]:
     paths = _list(text)
-    bad = [path for path in paths if not path.startswith("/")]
+    bad = _bad(text, paths, lambda path: not path.startswith("/"))
     if bad:
-        raise argparse.ArgumentTypeError(f"paths must start with '/': {', '.join(bad)}")
+        raise argparse.ArgumentTypeError(f"paths must start with '/': {bad}")
     return paths
+
+
+def _bad(text: str, entries: tuple[str, ...], is_bad: Callable[[str], bool]) -> str:
+    """The entries of a list value that fail, as typed; by position (from 1) when the value has an '@'.
+
+    Such a value may be a URL with a password that took this flag's place, and its pieces cut at a
+    ',' inside the password no longer end at the '@' the redaction of the message looks for."""
+    if "@" not in text:
+        return ", ".join(entry for entry in entries if is_bad(entry))
+    positions = [str(number) for number, entry in enumerate(entries, 1) if is_bad(entry)]
+    return f"entries {', '.join(positions)}" if positions else ""
 
 
 # -- the parser --------------------------------------------------------------------------------------

@@ -354,6 +354,20 @@ def test_argparse_errors_show_no_password_typed_with_a_url(capsys, argv, said):
         (["--v", "https://al1ce:s3cret@x"], "--v=https://<redacted>@x: 'https://<redacted>@x' is not"),
         (["--tls-min-version", "al1ce:s3cret@x"], "--tls-min-version=<redacted>@x: "),
         (["--leader-elect", "https://al1ce:s3c ret@x"], "--leader-elect=https://<redacted>@x: "),
+        # review r4cfg F1: a list-valued flag split its value on ',' and quoted the pieces.
+        (
+            ["--tls-cipher-suites=https://al1ce:s3,cret@r"],
+            "--tls-cipher-suites=https://<redacted>@r: unknown or insecure cipher suite(s) entries 1, 2;",
+        ),
+        (["--tls-cipher-suites", "https://al1ce:s3,cret@reg.example"], "cipher suite(s) entries 1, 2; known"),
+        (
+            ["--authorization-always-allow-paths", "al1ce:s3,cret@r"],
+            "--authorization-always-allow-paths=<redacted>@r: paths must start with '/': entries 1, 2\n",
+        ),
+        (
+            ["--authorization-always-allow-paths", "/a,al1ce,s3c@r"],
+            "--authorization-always-allow-paths=<redacted>@r: paths must start with '/': entries 2, 3",
+        ),
     ],
 )
 def test_a_bad_value_shows_no_password_when_a_url_took_another_flags_place(capsys, argv, said):

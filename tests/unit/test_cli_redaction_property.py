@@ -37,6 +37,9 @@ FLAGS = [
     "--leader-elect",
     "--authorization-mode",
     "--bind-address",
+    # Both split their value on ',' and name the bad pieces (review r4cfg F1).
+    "--tls-cipher-suites",
+    "--authorization-always-allow-paths",
 ]
 # How the flag and its value are typed: one argument joined by each separator, or two arguments.
 SEPARATORS = ["=", ":", "\t", " ", "", None]
@@ -45,7 +48,9 @@ SEPARATORS = ["=", ":", "\t", " ", "", None]
 @st.composite
 def argument_lists(draw: st.DrawFn) -> tuple[list[str], str]:
     piece = st.text(alphabet=SPECIAL + "ab", max_size=6)
-    password = f"PW{draw(piece)}MM{draw(piece)}QX"
+    # A ',' often beside a mark: a flag that splits on ',' would show the piece before or after it.
+    comma = st.sampled_from(["", ","])
+    password = f"PW{draw(comma)}{draw(piece)}{draw(comma)}MM{draw(comma)}{draw(piece)}{draw(comma)}QX"
     user = draw(st.sampled_from(["al1ce", "a/b", "-u", "--u", "u=v", ""]))
     userinfo = f"{user}:{password}" if user else password
     scheme = draw(st.sampled_from(["https://", "http://", "HTTPS://", "", "ftp://", " https://", "//"]))
@@ -80,6 +85,8 @@ def said(argv: list[str]) -> str:
 @example((["serve", "--registry-url=http://r", "--registry-host", "-al1ce:PWMMQX@reg"], "PWMMQX"))
 @example((["serve", '--registry-url:HTTPS://al1ce:PW"=##"MM&QX@[::1]:5000'], 'PW"=##"MM&QX'))
 @example((["serve", "-hal1ce:PW'\"MMQX@x"], "PW'\"MMQX"))
+@example((["serve", "--registry-url=http://r", "--tls-cipher-suites=https://a:PWMM,QX@r"], "PWMM,QX"))
+@example((["serve", "--authorization-always-allow-paths", "//a:PW,@,MM,QX@r"], "PW,@,MM,QX"))
 def test_no_message_shows_a_password_typed_in_a_url(case: tuple[list[str], str]) -> None:
     argv, password = case
     text = said(argv)
