@@ -292,6 +292,13 @@ def _without_passwords(message: str, given: Sequence[str] = ()) -> str:
     any part of it ends right before that ``@``, so before each ``@`` of the message the longest end of
     any argument's user information, as typed or escaped, is redacted, however the message quotes,
     splits or joins the arguments. Then each word, for an ``@`` no argument gave."""
+    message = _echoes_redacted(message, given)
+    return " ".join(word if "<redacted>@" in word else _redacted(word) for word in message.split(" "))
+
+
+def _echoes_redacted(message: str, given: Sequence[str]) -> str:
+    """The message with the longest end of any argument's user information before each ``@``
+    redacted (`_without_passwords`)."""
     forms = {form for arg in given for form in _escaped_forms(_userinfo(arg)) if form}
     spans: list[tuple[int, int]] = []
     covered = len(message)  # where the leftmost span found so far begins
@@ -308,7 +315,7 @@ def _without_passwords(message: str, given: Sequence[str] = ()) -> str:
         at = message.rfind("@", 0, at)
     for begin, end in reversed(_merged(spans)):
         message = message[:begin] + "<redacted>" + message[end:]
-    return " ".join(word if "<redacted>@" in word else _redacted(word) for word in message.split(" "))
+    return message
 
 
 def _userinfo(arg: str) -> str:
@@ -1015,10 +1022,29 @@ def _settings(args: argparse.Namespace, errors: list[str]) -> Settings:
     return settings
 
 
-def _report(errors: Sequence[str]) -> int:
+def _report(errors: Sequence[str], args: argparse.Namespace | None = None) -> int:
+    # A URL given to a file flag (a manifest that lost a value) is quoted as a path that cannot be
+    # read: what its '@' ends is redacted as in a flag mistake (review r4cfg L2). Only what those
+    # values echo, so that a name with an '@' elsewhere (a kubeconfig's context) is shown.
+    paths = [getattr(args, dest) or "" for dest in _FILE_FLAGS] if args is not None else []
     for error in errors:
-        print(f"payloadtags: {error}", file=sys.stderr)
+        print(f"payloadtags: {_echoes_redacted(error, paths)}", file=sys.stderr)
     return 1
+
+
+# The flags whose value is a file or folder read at start.
+_FILE_FLAGS = (
+    "tls_cert_file",
+    "tls_private_key_file",
+    "cert_dir",
+    "client_ca_file",
+    "requestheader_client_ca_file",
+    "kubeconfig",
+    "registry_ca_file",
+    "registry_username_file",
+    "registry_password_file",
+    "registry_events_token_file",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1032,7 +1058,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UnreadableCredentials as error:
         settings, unreadable = error.settings, error.errors
     except UsageError as error:
-        return _report(error.errors)
+        return _report(error.errors, args)
     # Imported late: `--help` and flag mistakes should not pay for Twisted.
     from payloadtags.lifecycle import StopSignals
     from payloadtags.startup import ConfigurationError, complete
@@ -1043,9 +1069,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         completed = complete(settings)
     except ConfigurationError as error:
-        return _report([*unreadable, *error.errors])
+        return _report([*unreadable, *error.errors], args)
     if unreadable:
-        return _report(unreadable)
+        return _report(unreadable, args)
     from payloadtags.server import serve
 
     return serve(settings, completed, signals)

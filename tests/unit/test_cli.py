@@ -629,3 +629,24 @@ def test_help_of_watch_resume_rules_gives_the_documented_cost():
     assert cost in _doc_row("--watch-resume-rules")
     watch_md = " ".join((DOCS / "watch.md").read_text().split())
     assert "about 530 bytes a user and scope and under 100 bytes a further namespace" in watch_md
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--kubeconfig", "https://al1ce:s3cret@r"], "kubeconfig 'https://<redacted>@r' does not exist"),
+        (
+            ["--tls-cert-file", "https://al1ce:s3cret@r", "--tls-private-key-file", "/nonexistent.key"],
+            "--tls-cert-file https://<redacted>@r: cannot read",
+        ),
+        (["--registry-password-file", "al1ce:s3cret@r"], "--registry-password-file <redacted>@r: cannot"),
+        (["--client-ca-file", "https://al1ce:s3cret@r"], "https://<redacted>@r"),
+    ],
+)
+def test_a_url_given_to_a_file_flag_is_shown_without_its_password(capsys, argv, said):
+    # review r4cfg L2: a file that cannot be read was named as given, a URL that took its place whole.
+    base = ["serve", "--registry-url=http://127.0.0.1:5000", "--authorization-mode=AlwaysAllow"]
+    assert main([*base, *argv]) == 1
+    err = capsys.readouterr().err
+    assert said in err
+    assert "s3cret" not in err and "al1ce" not in err
