@@ -1868,6 +1868,16 @@ def test_a_token_a_header_cannot_carry_is_refused_as_kubectl_cannot_send_it(
     )
 
 
+@pytest.mark.parametrize("token", ["s3cr3t\n", "s3cr3t\r\n", "\ns3cr3t", "\r\ns3cr3t\n"])
+def test_a_line_end_at_either_end_of_a_kubeconfig_token_is_stripped(tmp_path: Path, token: str) -> None:
+    # review r4cfg T2: documented ("at either end of either, a line end is stripped") and untested. More
+    # lenient than kubectl, which fails every request with it ("invalid header field value"): a token
+    # written as a YAML block scalar (`token: |`) ends in a line end.
+    path = kubeconfig_with_user(tmp_path / "kc", {"token": token})
+    config = load_cluster_config(str(path))
+    assert config is not None and config.token == "s3cr3t"
+
+
 @pytest.mark.parametrize("field", ["clientCertificateData", "clientKeyData"])
 def test_a_client_certificate_without_a_utf8_form_is_a_plugin_error(field: str) -> None:
     # It raised UnicodeEncodeError out of parse_output: a traceback at start, a renewal held until the
