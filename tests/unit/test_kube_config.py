@@ -360,7 +360,7 @@ def test_an_empty_token_file_is_refused_as_kubectl_refuses_it_unless_a_token_sta
         load_cluster_config(str(kubeconfig))
     assert str(raised.value) == (
         f'kubeconfig {str(kubeconfig)!r}: user "u": tokenFile {str(tmp_path / "empty")!r} is empty, which '
-        "kubectl refuses too"
+        "kubectl refuses too unless a token (a blank one too) stands beside it"
     )
     # kubectl sends the token beside it (client-go reads the file only without one).
     config = load_cluster_config(

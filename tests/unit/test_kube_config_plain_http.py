@@ -88,7 +88,7 @@ def users(tmp_path: Path, ca: Authority) -> dict[str, tuple[dict[str, object], s
             "client-certificate, client-key",
         ),
         "certificate data": (data, "client-certificate-data, client-key-data"),
-        "exec": ({"exec": plugin(tmp_path / "plugin")}, "exec (its plugin is not run)"),
+        "exec": ({"exec": plugin(tmp_path / "plugin")}, "exec"),
         # payloadtags refused basic auth ("unsupported kubeconfig credential scheme"); kubectl ignores it.
         "basic": ({"username": "bob", "password": "s3cret-pw"}, "username, password"),
     }
@@ -148,10 +148,11 @@ def test_no_credential_of_the_user_goes_to_a_plain_http_server_as_in_kubectl(
     credentials = (config.token, config.token_file, config.exec_plugin, config.client_cert_file)
     assert credentials == (None, None, None, None)
     assert (config.client_cert_data, config.client_key_file, config.client_key_data) == (None, None, None)
+    not_run = " (its exec plugin is not run)" if named == "exec" else ""
     assert config.warnings == (
-        f'kubeconfig {str(path)!r}: user "u": {named} not used: the cluster\'s server is plain http://, to '
-        "which kubectl sends no credential either (one would cross the connection unencrypted), so "
-        "payloadtags connects without one",
+        f'kubeconfig {str(path)!r}: user "u": {named} not used{not_run}: the cluster\'s server is plain '
+        "http://, to which kubectl sends no credential either (one would cross the connection unencrypted), "
+        "so payloadtags connects without one",
     )
     assert "s3cret" not in repr(config)
 
@@ -168,6 +169,19 @@ def test_the_rule_is_the_scheme_not_the_host(tmp_path: Path, server: str) -> Non
     config = load_cluster_config(str(path))
     assert config is not None
     assert (config.token, config.warnings[0].split(": ")[2]) == (None, "token not used")
+
+
+@pytest.mark.parametrize("server", ["HTTPS://", "https://", "http:///"])
+def test_a_server_without_a_host_is_refused_as_written(tmp_path: Path, server: str) -> None:
+    # review r4cfg N1: refused as "not 'https:'", the server lowercased and its slashes taken off; kubectl
+    # 1.32: host must be a URL or a host:port pair: "HTTPS://".
+    path = kubeconfig(tmp_path / "kc", server, {"token": "s3cret-token"})
+    with pytest.raises(ConfigError) as raised:
+        load_cluster_config(str(path))
+    assert (
+        str(raised.value)
+        == f"kubeconfig {str(path)!r}: cluster server {server!r} has no host, as kubectl refuses it"
+    )
 
 
 def test_a_server_that_does_not_parse_is_still_refused_in_one_line(tmp_path: Path) -> None:

@@ -205,6 +205,13 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
             document[kind] = [entry for entry in document[kind] if entry is not None]
     context_entry, user, cluster_entry = _chosen(document, context, path)
     scheme = _SCHEME.match(cluster_entry["server"])
+    if scheme and not cluster_entry["server"][scheme.end() :].strip("/"):
+        # Said as written: the check of the server's form below sees it lowercased and without its
+        # slashes ('https:'), which is not what the file holds (review r4cfg N1).
+        raise ConfigError(
+            f"kubeconfig {path!r}: cluster server {cluster_entry['server']!r} has no host, as kubectl "
+            "refuses it"
+        )
     if scheme:
         # HTTPS:// is https:// to kubectl (Go's url.Parse lowercases the scheme); the library and
         # ClusterConfig look for it in lower case (the library left the CA and the client certificate out).
@@ -222,10 +229,11 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
         # As client-go, which takes a user's credentials for an https:// server only (kubectl sends none
         # to an http:// one, nor runs its plugin): on plain http:// whoever sees the traffic could read
         # them. A `kubectl proxy` there holds its own credential and adds it.
+        plugin_note = " (its exec plugin is not run)" if "exec" in unused else ""
         warnings = (
-            f'kubeconfig {path!r}: user "{context_entry.get("user")}": {", ".join(unused)} not used: the '
-            "cluster's server is plain http://, to which kubectl sends no credential either (one would "
-            "cross the connection unencrypted), so payloadtags connects without one",
+            f'kubeconfig {path!r}: user "{context_entry.get("user")}": {", ".join(unused)} not used'
+            f"{plugin_note}: the cluster's server is plain http://, to which kubectl sends no credential "
+            "either (one would cross the connection unencrypted), so payloadtags connects without one",
         )
     token = user.get("token")
     if isinstance(token, str) and not header_safe(token.strip()):
@@ -339,10 +347,8 @@ def _is_https(server: str) -> bool:
 
 
 def _without_credentials(user: dict[str, Any]) -> list[str]:
-    """Take the user's credentials out of its section; what was there, named for a warning (a plugin's
-    section as "exec (the plugin is not run)")."""
-    unused = [field for field in _CREDENTIALS if user.pop(field, None) is not None]
-    return ["exec (its plugin is not run)" if field == "exec" else field for field in unused]
+    """Take the user's credentials out of its section; the fields that were there, for a warning."""
+    return [field for field in _CREDENTIALS if user.pop(field, None) is not None]
 
 
 def _written(section: dict[str, Any], field: str) -> str:
@@ -1364,7 +1370,10 @@ def _check_token_file(token_file: str, where: str, *, token_beside: bool) -> boo
     if not text.strip() and not token_beside:
         # As kubectl ("read empty token from file", or a request it cannot send for a blank one), which
         # runs no exec plugin beside it either: payloadtags would go on without a credential.
-        raise ConfigError(f"{where}: tokenFile {token_file!r} is empty, which kubectl refuses too")
+        raise ConfigError(
+            f"{where}: tokenFile {token_file!r} is empty, which kubectl refuses too unless a token (a blank "
+            "one too) stands beside it"
+        )
     return False
 
 
