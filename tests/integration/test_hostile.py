@@ -397,7 +397,7 @@ async def test_pipelined_requests_are_answered_in_order_one_at_a_time(api):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_client_that_does_not_read_holds_one_response_at_most(api, reactor):
+async def test_a_client_that_does_not_read_is_answered_until_its_socket_buffers_are_full(api, reactor):
     """Pipelined requests whose responses are not read: once the socket's buffers are full the
     server stops taking requests, instead of answering every buffered one into its own memory."""
     served_before = _served(api)
