@@ -391,8 +391,7 @@ class Clients:
         L1)."""
         if address.settle is not None:
             return
-        now = self.monotonic()
-        wait = max(bucket.wait_for(bucket.burst, now) for bucket in (address.bucket, address.accepted))
+        wait = _until_full(self.monotonic(), address.bucket, address.accepted)
 
         def settle() -> None:
             address.settle = None
@@ -400,8 +399,7 @@ class Clients:
             if not address.pending and address.unreturned:  # taken from since: not full yet
                 self._settle_later(address)
 
-        # At least a millisecond, as in _forget_later.
-        address.settle = self.clock.callLater(max(wait, 0.001), settle)
+        address.settle = _call_after(self.clock, wait, settle)
 
     def ready_in(self, key: ClientKey) -> float:
         """Seconds until this client's next request may run (0: now)."""
@@ -447,17 +445,13 @@ class Clients:
             address.release = None
             self._release(address)
 
-        address.release = self.clock.callLater(max(wait, 0.001), release)
+        address.release = _call_after(self.clock, wait, release)
 
     def _forget_later(self, address: Address) -> None:
         """Drop the address's record once nothing is open and its bucket is full again."""
         if address.open > 0 or address.waiting or address.forget is not None:
             return
-        now = self.monotonic()
-        wait = max(
-            bucket.wait_for(bucket.burst, now)
-            for bucket in (address.bucket, address.connects, address.accepted)
-        )
+        wait = _until_full(self.monotonic(), address.bucket, address.connects, address.accepted)
         if wait == 0:
             if self.addresses.get(address.host) is address:
                 del self.addresses[address.host]
@@ -467,10 +461,20 @@ class Clients:
             address.forget = None
             self._forget_later(address)
 
-        # At least a millisecond: a wait shorter than the clock's resolution at this time (a bucket a
-        # rounding error short of full) would be due at once and find nothing changed, without end
-        # under a test's Clock.
-        address.forget = self.clock.callLater(max(wait, 0.001), forget)
+        address.forget = _call_after(self.clock, wait, forget)
+
+
+def _until_full(now: float, *buckets: Bucket) -> float:
+    """Seconds until every one of these buckets is full again (0: they are)."""
+    return max(bucket.wait_for(bucket.burst, now) for bucket in buckets)
+
+
+def _call_after(clock: Any, wait: float, call: Callable[[], None]) -> IDelayedCall:
+    # At least a millisecond: a wait shorter than the clock's resolution at this time (a bucket a
+    # rounding error short of full) would be due at once and find nothing changed, without end
+    # under a test's Clock.
+    delayed: IDelayedCall = clock.callLater(max(wait, 0.001), call)
+    return delayed
 
 
 class FairScheduler:
