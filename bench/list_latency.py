@@ -81,7 +81,8 @@ OTHER_TAG = "v1"
 CONCURRENCY = 16  # payloadtags' default --registry-concurrency
 CATALOG_PAGE = 1000  # payloadtags' Inventory.page_size
 REQUEST_TIMEOUT = 30.0
-LIST_PATH = f"/apis/payload-registry.deckhouse.io/v1alpha1/namespaces/{NAMESPACE}/payloadrepositorytags"
+GROUP_PATH = "/apis/payload-registry.deckhouse.io/v1alpha1"
+LIST_PATH = f"{GROUP_PATH}/namespaces/{NAMESPACE}/payloadrepositorytags"
 TABLE_ACCEPT = (
     "application/json;as=Table;v=v1;g=meta.k8s.io,"
     "application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"

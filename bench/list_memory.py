@@ -42,8 +42,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from list_latency import _get, report, run_with_registry, start_server, stop_process, wait_ready  # noqa: E402
-from list_scale import GROUP_PATH, Server, layouts, seed_image, write_repository  # noqa: E402
+from list_latency import GROUP_PATH, _get, report, run_with_registry, start_server, stop_process, wait_ready  # noqa: E402
+from list_scale import Server, layouts, seed_image, write_repository  # noqa: E402
 from tests.support.harness import Pki  # noqa: E402
 
 from payloadtags.names import encode_name  # noqa: E402

@@ -85,6 +85,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from list_latency import (  # noqa: E402
     CATALOG_PAGE,
+    GROUP_PATH,
     DirectClient,
     Filler,
     _ClientTLS,
@@ -105,7 +106,6 @@ from tests.support.kubectl import KUBECTL, Kubectl  # noqa: E402
 from tests.support.pki import Authority, Issued  # noqa: E402
 from tests.support.registry_server import RegistryServer  # noqa: E402
 
-GROUP_PATH = "/apis/payload-registry.deckhouse.io/v1alpha1"
 TABLE_ACCEPT = (
     "application/json;as=Table;v=v1;g=meta.k8s.io,"
     "application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"

@@ -34,9 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from list_latency import _get, run_reactor, start_server, stop_process, wait_ready  # noqa: E402
+from list_latency import GROUP_PATH, _get, run_reactor, start_server, stop_process, wait_ready  # noqa: E402
 from list_scale import (  # noqa: E402
-    GROUP_PATH,
     AccessLog,
     Layout,
     Server,

@@ -56,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from list_latency import (  # noqa: E402
+    GROUP_PATH,
     _ClientTLS,
     _get,
     _Policy,
@@ -76,7 +77,6 @@ from tests.support.registry_server import RegistryServer  # noqa: E402
 
 from payloadtags.names import encode_name  # noqa: E402
 
-GROUP_PATH = "/apis/payload-registry.deckhouse.io/v1alpha1"
 CONCURRENCY = 4
 TIMEOUT = "1s"
 GET_REPOSITORIES = 2

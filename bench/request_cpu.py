@@ -68,6 +68,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from list_latency import (  # noqa: E402
+    GROUP_PATH,
     cpu_seconds,
     report,
     run_with_registry,
@@ -82,7 +83,6 @@ from tests.support.registry_server import RegistryServer  # noqa: E402
 
 from payloadtags.names import encode_name  # noqa: E402
 
-GROUP_PATH = "/apis/payload-registry.deckhouse.io/v1alpha1"
 NAMESPACE = "bench"
 GET_NAMESPACE = "bench-get"
 KINDS = ("discovery", "discovery-cert", "pipelined", "get", "page", "list")

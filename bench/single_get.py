@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from list_latency import (  # noqa: E402
+    GROUP_PATH,
     PROFILER,
     _ClientTLS,
     _get,
@@ -68,7 +69,6 @@ from tests.support.registry_server import RegistryServer, free_port  # noqa: E40
 from payloadtags.names import encode_name  # noqa: E402
 from payloadtags.registry.client import ACCEPT_MANIFESTS  # noqa: E402
 
-GROUP_PATH = "/apis/payload-registry.deckhouse.io/v1alpha1"
 NAMESPACE = "bench"
 REPOSITORIES = 10
 TAGS = 5
