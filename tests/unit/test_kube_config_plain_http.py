@@ -94,11 +94,14 @@ def users(tmp_path: Path, ca: Authority) -> dict[str, tuple[dict[str, object], s
     }
 
 
-def kubeconfig(path: Path, server: str, user: dict[str, object]) -> Path:
+def kubeconfig(path: Path, server: str, user: dict[str, object], ca_file: Path | None = None) -> Path:
+    cluster: dict[str, object] = {"server": server}
+    if ca_file is not None:
+        cluster["certificate-authority"] = str(ca_file)
     path.write_text(
         json.dumps(
             {
-                "clusters": [{"name": "c", "cluster": {"server": server}}],
+                "clusters": [{"name": "c", "cluster": cluster}],
                 "users": [{"name": "u", "user": user}],
                 "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u", "namespace": "ns"}}],
                 "current-context": "x",
@@ -106,6 +109,18 @@ def kubeconfig(path: Path, server: str, user: dict[str, object]) -> Path:
         )
     )
     return path
+
+
+def kubectl_get_version(path: Path) -> None:
+    """The real kubectl's `get --raw /version` with the kubeconfig, which must succeed."""
+    done = subprocess.run(
+        [KUBECTL, "--kubeconfig", str(path), "--request-timeout=5s", "get", "--raw", "/version"],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
 
 
 CASES = [
@@ -128,16 +143,9 @@ def test_no_credential_of_the_user_goes_to_a_plain_http_server_as_in_kubectl(
     url, seen = recorder
     user, named = users(tmp_path, ca)[case]
     path = kubeconfig(tmp_path / "kc", url, user)
-    done = subprocess.run(
-        [KUBECTL, "--kubeconfig", str(path), "--request-timeout=5s", "get", "--raw", "/version"],
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD,
-        check=False,
-    )
+    kubectl_get_version(path)
     # The reference: kubectl sent no credential and ran no plugin (client-go's DirectClientConfig takes
     # the user's identification only for an https:// server).
-    assert done.returncode == 0, done.stderr
     assert seen and set(seen) == {"<none>"}
     assert not (tmp_path / "ran").exists()
 
@@ -200,10 +208,7 @@ def test_a_user_without_credentials_on_plain_http_loads_without_a_warning_of_its
 
 def test_over_https_the_credentials_are_taken(tmp_path: Path, ca: Authority) -> None:
     user, _ = users(tmp_path, ca)["token"]
-    path = kubeconfig(tmp_path / "kc", "https://127.0.0.1:6443", {**user})
-    document = json.loads(path.read_text())
-    document["clusters"][0]["cluster"]["certificate-authority"] = str(ca.cert_file)
-    path.write_text(json.dumps(document))
+    path = kubeconfig(tmp_path / "kc", "https://127.0.0.1:6443", {**user}, ca.cert_file)
     config = load_cluster_config(str(path))
     assert config is not None
     assert (config.token, config.warnings) == ("s3cret-token", ())
@@ -217,22 +222,12 @@ def test_a_scheme_in_capitals_is_read_as_kubectl_reads_it(
     # kubectl takes them (Go lowercases the scheme).
     url, seen = recorder
     path = kubeconfig(tmp_path / "kc", url.replace("http://", "HTTP://"), {})
-    done = subprocess.run(
-        [KUBECTL, "--kubeconfig", str(path), "--request-timeout=5s", "get", "--raw", "/version"],
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    kubectl_get_version(path)
     assert seen and set(seen) == {"<none>"}
     config = load_cluster_config(str(path))
     assert config is not None and config.server == url
 
-    path = kubeconfig(tmp_path / "kc", "HTTPS://127.0.0.1:6443", {"token": "s3cret-token"})
-    document = json.loads(path.read_text())
-    document["clusters"][0]["cluster"]["certificate-authority"] = str(ca.cert_file)
-    path.write_text(json.dumps(document))
+    path = kubeconfig(tmp_path / "kc", "HTTPS://127.0.0.1:6443", {"token": "s3cret-token"}, ca.cert_file)
     config = load_cluster_config(str(path))
     assert config is not None
     assert (config.server, config.token, config.ca_file, config.warnings) == (
