@@ -65,6 +65,19 @@ def _exchange(data: bytes) -> tuple[bytes, StringTransport, _Counting]:
     return transport.value(), transport, admission
 
 
+def _refused_before_admission(target: bytes, message: str) -> tuple[bytes, StringTransport]:
+    """A DELETE with a body to the target is 400 with this message, its body never admitted (nor
+    served); the answer's head and the transport."""
+    answer, transport, admission = _exchange(
+        b"DELETE " + target + b" HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer
+    assert json.loads(body)["message"] == message
+    assert b"served" not in answer and admission.admitted == []
+    return head, transport
+
+
 @pytest.mark.parametrize(
     "target",
     [
@@ -164,13 +177,7 @@ def test_an_absolute_form_target_with_a_malformed_authority_is_refused_as_go_ref
 ) -> None:
     """Go's url.ParseRequestURI checks the authority it then ignores (review r4chan L1): these are 400
     there, where they were served as their path here."""
-    answer, transport, admission = _exchange(
-        b"DELETE " + target + b" HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}"
-    )
-    head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 400 "), answer
-    assert json.loads(body)["message"] == INVALID_AUTHORITY
-    assert b"served" not in answer and admission.admitted == []
+    head, transport = _refused_before_admission(target, INVALID_AUTHORITY)
     assert transport.disconnecting or b"connection: close" in head.lower()
 
 
@@ -180,13 +187,7 @@ def test_an_absolute_form_target_with_a_malformed_authority_is_refused_as_go_ref
 def test_a_bad_percent_escape_in_the_path_is_refused_as_go_refuses_it(target: bytes) -> None:
     """Go's url.ParseRequestURI refuses a "%" of the path not followed by two hex digits (400); it was
     routed here, and not found (404; review r4chan N1)."""
-    answer, _, admission = _exchange(
-        b"DELETE " + target + b" HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}"
-    )
-    head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 400 "), answer
-    assert json.loads(body)["message"] == INVALID_ESCAPE
-    assert admission.admitted == []
+    _refused_before_admission(target, INVALID_ESCAPE)
 
 
 @pytest.mark.parametrize(
