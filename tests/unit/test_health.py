@@ -263,6 +263,17 @@ def test_a_probe_that_goes_away_does_not_cancel_the_run_for_the_others() -> None
     assert len(gated.runs) == 1
 
 
+def _held_registry_check() -> tuple[Gated, Clock, Clock, HealthChecks]:
+    """readyz with one registry check whose runs end when the test says; the monotonic clock its
+    give-up is measured on and the wall clock its timers follow, apart."""
+    gated, monotonic, wall = Gated(), Clock(), Clock()
+    checks = HealthChecks(
+        {"readyz": [("registry", SharedCheck(gated, monotonic.seconds, 1.0, TIMEOUT, wall))]},
+        monotonic.seconds,
+    )
+    return gated, monotonic, wall, checks
+
+
 def _probe(checks: HealthChecks) -> defer.Deferred[tuple[int, str] | None]:
     return defer.Deferred.fromCoroutine(_run(checks))
 
@@ -435,11 +446,7 @@ def test_a_run_is_given_up_at_its_timeout_on_the_monotonic_clock() -> None:
     # would hold a hung run, and whoever waits for it, as long as the step: the next probe gives it
     # up (a turn later, as its timer does: see the tests below). Stepped forward, the timer fires
     # early: the run is not given up before its time.
-    gated, monotonic, wall = Gated(), Clock(), Clock()
-    checks = HealthChecks(
-        {"readyz": [("registry", SharedCheck(gated, monotonic.seconds, 1.0, TIMEOUT, wall))]},
-        monotonic.seconds,
-    )
+    gated, monotonic, wall, checks = _held_registry_check()
     waiting = _probe(checks)
     wall.advance(TIMEOUT)  # a step forward: the timer fires at once
     assert not waiting.called
@@ -476,11 +483,7 @@ def test_a_run_answered_in_the_turn_its_timer_is_due_is_not_given_up() -> None:
 def test_a_run_a_probe_finds_overdue_is_given_up_a_turn_later_too() -> None:
     """As above, when the give-up comes from a probe (the timer, on a wall clock stepped back, is an
     hour away): the answer read in the turn after the probe still wins."""
-    gated, monotonic, wall = Gated(), Clock(), Clock()
-    checks = HealthChecks(
-        {"readyz": [("registry", SharedCheck(gated, monotonic.seconds, 1.0, TIMEOUT, wall))]},
-        monotonic.seconds,
-    )
+    gated, monotonic, wall, checks = _held_registry_check()
     waiting = _probe(checks)
     monotonic.advance(TIMEOUT)
     later = _probe(checks)  # finds the run overdue, and starts its own
@@ -679,11 +682,7 @@ async def test_unknown_names_are_quoted_as_go_percent_q() -> None:  # review-hea
 
 def test_two_probes_finding_a_run_overdue_in_one_turn_give_it_its_turn_too() -> None:
     """review r4reg L2: the second probe of the turn must not give up the run the first left a turn."""
-    gated, monotonic, wall = Gated(), Clock(), Clock()
-    checks = HealthChecks(
-        {"readyz": [("registry", SharedCheck(gated, monotonic.seconds, 1.0, TIMEOUT, wall))]},
-        monotonic.seconds,
-    )
+    gated, monotonic, wall, checks = _held_registry_check()
     waiting = _probe(checks)
     monotonic.advance(TIMEOUT)
     _probe(checks)  # finds the run overdue: gives it a turn
