@@ -543,6 +543,19 @@ def test_what_is_held_goes_out_before_a_close_made_in_the_same_turn() -> None:
     assert connection.socket.lost and connection.channel._lost
 
 
+def _send_on_while_read(connection: _Connection) -> tuple[bytes, int]:
+    """The client pipelines 100 requests at a time (about 3.3 kB) for 300 turns, each delivered only
+    while the connection is read, as the kernel delivers it: that chunk, and how much was sent."""
+    chunk = b"".join(_get(b"/%05d" % index) for index in range(100))
+    sent = 0
+    for _ in range(300):
+        if connection.socket in connection.loop.readers:
+            connection.send(chunk)
+            sent += len(chunk)
+        connection.loop.turn()
+    return chunk, sent
+
+
 @pytest.mark.parametrize("size", [200, 18_000, 300_000])
 def test_a_client_that_reads_no_answer_and_sends_on_is_not_read_past_16_kB_of_requests(size: int) -> None:
     """docs/hardening.md's bound on requests: once 16 kB of pipelined requests wait behind an answer
@@ -553,13 +566,7 @@ def test_a_client_that_reads_no_answer_and_sends_on_is_not_read_past_16_kB_of_re
     resource.size = size
     connection.channel.site.resource = resource
     connection.socket.room = 0  # the client reads nothing
-    chunk = b"".join(_get(b"/%05d" % index) for index in range(100))  # about 3.3 kB
-    sent = 0
-    for _ in range(300):
-        if connection.socket in connection.loop.readers:  # as the kernel: delivered only when read
-            connection.send(chunk)
-            sent += len(chunk)
-        connection.loop.turn()
+    chunk, sent = _send_on_while_read(connection)
     buffered = sum(map(len, connection.channel._dataBuffer))
     assert buffered <= 16_384 + len(chunk)  # 16 kB and the read that went past them
     assert connection.socket not in connection.loop.readers  # the rest stays with the client
@@ -764,13 +771,7 @@ def test_a_client_that_reads_no_streamed_answer_and_sends_on_is_not_read_past_16
         connection.loop.turn()
     channel = connection.channel
     assert channel._waitingForTransport and not channel._replay_pending
-    chunk = b"".join(_get(b"/%05d" % index) for index in range(100))  # about 3.3 kB
-    sent = 0
-    for _ in range(300):
-        if connection.socket in connection.loop.readers:  # as the kernel: delivered only when read
-            connection.send(chunk)
-            sent += len(chunk)
-        connection.loop.turn()
+    chunk, sent = _send_on_while_read(connection)
     assert 16_384 < sum(map(len, channel._dataBuffer)) <= 16_384 + len(chunk)
     assert connection.socket not in connection.loop.readers
     assert len(connection.resource.held) == 1
