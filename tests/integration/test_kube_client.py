@@ -18,6 +18,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone
+from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import ProcessProtocol, Protocol, ServerFactory
 from twisted.internet.task import Clock
 from twisted.protocols.tls import TLSMemoryBIOProtocol
@@ -1000,16 +1001,22 @@ async def test_injected_errors_and_retry_after(kube_api: KubeApiDouble, kube_cli
     assert (await kube_client.get(NS + "/default"))["metadata"]["name"] == "default"
 
 
+def _serving(protocol: type[Protocol]) -> tuple[IListeningPort, KubeClient]:
+    """A cluster API on loopback whose connections are this protocol, and a client of it whose requests
+    time out after 0.2 s."""
+    factory = ServerFactory()
+    factory.protocol = protocol
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    return port, KubeClient(reactor, ClusterConfig(f"http://127.0.0.1:{tcp_port(port)}"), request_timeout=0.2)
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_silent_server_times_out() -> None:
     class Silent(Protocol):
         def dataReceived(self, data: bytes) -> None:
             pass
 
-    factory = ServerFactory()
-    factory.protocol = Silent
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-    client = KubeClient(reactor, ClusterConfig(f"http://127.0.0.1:{tcp_port(port)}"), request_timeout=0.2)
+    port, client = _serving(Silent)
     try:
         with pytest.raises(KubeTimeout):
             await client.get(NS)
@@ -1045,10 +1052,7 @@ async def test_a_body_its_deadline_cut_is_read_no_further_and_its_connection_clo
             streams.append(self)
 
     streams: list[Endless] = []
-    factory = ServerFactory()
-    factory.protocol = Endless
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-    client = KubeClient(reactor, ClusterConfig(f"http://127.0.0.1:{tcp_port(port)}"), request_timeout=0.2)
+    port, client = _serving(Endless)
     try:
         with pytest.raises(KubeTimeout):
             await client.get(NS + "/default")
