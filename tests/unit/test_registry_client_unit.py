@@ -1313,6 +1313,12 @@ STORAGE_HOP = "https://storage.test/blobs/1?signature=x"
             "to https://storage.test (a port that is not a number up to 65535)",
         ),
         (None, b"https:///x", "to https:// (no server)"),
+        # review r5reg L1: a control character of the host is escaped, not written into the log line.
+        (
+            None,
+            b"http://sto\x01rage.test/x?signature=x",
+            "to http://sto\\x01rage.test (a space or control character in the URL)",
+        ),
         # The storage backend's own redirect: the storage backend redirected.
         (STORAGE_HOP, b"ftp://other.test/x", "to ftp://other.test (not http or https)"),
     ],
