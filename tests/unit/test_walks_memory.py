@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gc
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from twisted.internet.task import Clock
@@ -26,6 +26,7 @@ from payloadtags.names import TagRef
 from payloadtags.registry import CatalogPage
 from payloadtags.repoindex import RepositoryIndex
 from payloadtags.watch import WatchHub
+from tests.support.frozen_heap import frozen_heap  # noqa: F401  (a fixture)
 from tests.unit.test_inventory_paging import Registry
 from tests.unit.test_repoindex import run
 from tests.unit.test_watch import FakeReader, make_hub, ready
@@ -34,6 +35,9 @@ ALICE = UserInfo("alice", groups=("devs",))
 AT = TagRef("team", "e00000", "v1")
 # How far the count may be from the memory (docs/api.md, "List options").
 WITHIN = 0.05
+
+# gc.collect() three times a measurement: see frozen_heap.
+pytestmark = pytest.mark.usefixtures("frozen_heap")
 
 
 class FreshRegistry(Registry):
@@ -63,20 +67,6 @@ def service(
         versions=versions if versions is not None else ResourceVersions(clock),
         walks=WalkCache(clock),
     )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def frozen_heap() -> Iterator[None]:
-    """The objects of the tests that ran before these (the whole suite's, in `scripts/test`) set aside:
-    each ``gc.collect()`` here went through all of them, seconds a walk in a full run, against about a
-    tenth of that in this module alone. Frozen objects were allocated before any tracing starts, so
-    what a walk holds and frees is traced as before; and a full collection still empties the free lists."""
-    gc.collect()
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 def counted_and_held(

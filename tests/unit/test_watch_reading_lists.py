@@ -13,14 +13,20 @@ import itertools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import pytest
+
 from payloadtags.identity import UserInfo
 from payloadtags.watch import WatchHub
 from payloadtags.watch.rules import Noted, PageDecisions, _reading
+from tests.support.frozen_heap import frozen_heap  # noqa: F401  (a fixture)
 from tests.unit.test_watch import grant, list_sequence
 from tests.unit.test_watch_resume_rules import _at_her_share, _stream_of, resumed
 
 ALICE = UserInfo("alice")
 UNREAD = ["y1", "y2", "y3"]
+
+# A full collection before each n, and one every hundred or so at threshold 1: see frozen_heap.
+pytestmark = pytest.mark.usefixtures("frozen_heap")
 
 
 @contextmanager
