@@ -364,6 +364,37 @@ def test_a_response_whose_send_fails_closes_the_connection() -> None:
     assert connection.loop.writers == []
 
 
+class _FailingSend:
+    """The server's OpenSSL connection, but its send fails as OpenSSL's SSL_write does on a fatal
+    error."""
+
+    def __init__(self, real: SSL.Connection) -> None:
+        self.real = real
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        raise SSL.Error([("SSL routines", "", "simulated fatal error")])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_a_tls_error_while_encrypting_a_response_closes_the_connection() -> None:
+    """As Twisted's TLS layer does: an error from OpenSSL while it encrypts a response ends the TLS
+    connection and closes the transport; the client is not left waiting until the idle timeout for
+    an answer that will never come."""
+    connection = _Connection()
+    connection.send(_get(b"/a"))
+    connection.loop.turn()
+    (request,) = connection.resource.held
+    connection.tls._tlsConnection = _FailingSend(connection.tls._tlsConnection)  # type: ignore[assignment]
+    request.setHeader(b"content-length", b"100000")
+    request.write(b"z" * 100_000)  # past HOLD: encrypted now
+    for _ in range(3):
+        connection.loop.turn()
+    assert connection.tls._lostTLSConnection
+    assert connection.socket.lost or connection.socket.disconnecting
+
+
 def test_a_client_gone_mid_response_closes_the_connection_and_its_request_hears_of_it() -> None:
     connection = _Connection()
     connection.send(_get(b"/a"))
@@ -454,6 +485,59 @@ def test_a_page_past_the_transports_buffer_goes_to_the_socket_in_one_send_its_ch
     assert connection.socket.unsent() == 0 and connection.loop.writers == []
 
 
+class _Encrypting:
+    """The server's OpenSSL connection, watched: how much plain text it has encrypted into its memory
+    BIO and not yet given out (``held``), and the most it ever held (``most``). A memory BIO gives
+    what it holds up to the size asked, so a read that gives less than asked, or nothing, empties
+    it."""
+
+    def __init__(self, real: SSL.Connection) -> None:
+        self.real = real
+        self.held = 0
+        self.most = 0
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        taken = self.real.send(data, flags)
+        self.held += taken
+        self.most = max(self.most, self.held)
+        return taken
+
+    def bio_read(self, size: int) -> bytes:
+        try:
+            piece = self.real.bio_read(size)
+        except SSL.WantReadError:
+            self.held = 0
+            raise
+        if len(piece) < size:
+            self.held = 0
+        return piece
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_a_pages_records_are_read_out_of_openssl_one_by_one_and_still_sent_in_one_send() -> None:
+    """OpenSSL's memory BIO grows to the most it ever held and never gives the memory back: a page
+    (170 kB) encrypted whole before it was read out kept 170 kB allocated for as long as its
+    kept-alive connection lived, idle or not (about 128 kB a connection more, measured on the real
+    server). Each record is read out as it is made, so the BIO never holds more than one (16 kB of
+    plain text); the records still go to the socket in one send."""
+    connection = _Connection()
+    connection.send(_get(b"/page"))
+    connection.loop.turn()
+    (page,) = connection.resource.held
+    watched = _Encrypting(connection.tls._tlsConnection)
+    connection.tls._tlsConnection = watched  # type: ignore[assignment]
+    connection.received()  # what was sent before (the handshake's last records)
+    connection.socket.sends.clear()
+    body = b"x" * 170_000
+    _answer(page, body)
+    assert connection.received().endswith(b"\r\n\r\n" + body)
+    assert len(connection.socket.sends) == 1
+    assert watched.held == 0
+    assert 0 < watched.most <= 16_384  # a record's plain text at most (TLS's 2**14)
+
+
 def test_a_large_response_the_socket_does_not_take_whole_goes_on_in_the_next_turns() -> None:
     """A page larger than what the socket takes at once: what it takes goes in the turn the page is
     written, the rest waits in the TCP transport (which pauses the channel) and goes in the
@@ -475,6 +559,31 @@ def test_a_large_response_the_socket_does_not_take_whole_goes_on_in_the_next_tur
     received = connection.received()
     assert received.count(b"HTTP/1.1 200 OK") == 2 and received.endswith(b"\r\n\r\nsmall")
     assert received.count(b"x") >= 300_000
+
+
+def test_a_write_held_while_the_transport_still_holds_an_earlier_one_goes_out_after_it() -> None:
+    """A streamed answer: a 300 kB piece the socket takes a third of (the TCP transport holds the
+    rest), then, the client reading again, a small piece sent in the next turn before the reactor
+    asks the transport to write. The small piece's records go behind the transport's, not to the
+    socket ahead of them: the client's TLS fails on records out of order."""
+    connection = _Connection()
+    connection.send(_get(b"/stream"))
+    connection.loop.turn()
+    (request,) = connection.resource.held
+    connection.socket.room = 100_000
+    request.write(b"a" * 300_000)  # past HOLD: encrypted and sent at once
+    assert connection.socket.unsent() > 0
+    connection.socket.room = None  # the client reads again
+    request.write(b"tail")  # held for the next turn
+    connection.loop.turn()  # its sending runs before the transport's doWrite
+    for _ in range(5):
+        connection.loop.turn()
+    try:
+        received = connection.received()
+    except SSL.Error as error:
+        raise AssertionError(f"the client's TLS failed: records out of order ({error})") from None
+    assert received.endswith(b"a" * 1000 + b"\r\n4\r\ntail\r\n")
+    assert connection.socket.unsent() == 0
 
 
 def test_a_response_past_the_buffer_sent_whole_at_its_end_leaves_the_next_request_to_the_next_turn() -> None:

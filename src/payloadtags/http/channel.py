@@ -1566,6 +1566,8 @@ class LimitedConnections(WrappingFactory):
 # bytes; TLS 1.2's: 29).
 _RECORD = 16_384
 _RECORD_FRAMING = 64
+# A bio_read: a record and its framing in one call (a TLS 1.3 session ticket or alert, more, in another).
+_READ = _RECORD + 4 * _RECORD_FRAMING
 
 
 class GuardedTLS(TLSMemoryBIOProtocol):
@@ -1638,10 +1640,11 @@ class GuardedTLS(TLSMemoryBIOProtocol):
         transport pauses the connection once it holds more than 64 kB and sends at most 128 kB per
         turn of the reactor. A page of 500 tags (170 kB) so took two sends a reactor turn apart, and
         its channel was paused, stalled and resumed in between (issue #11). Here the records are made
-        from a view of ``data`` (no copies), read out of OpenSSL at once, and sent to the socket in
-        one call when the TCP transport holds nothing (the kernel's send buffer, SEND_BUFFER, takes a
-        page whole): the same records and bytes in the same order; what the socket does not take
-        goes to the TCP transport as before."""
+        from a view of ``data`` (no copies), each read out of OpenSSL as it is made (its memory BIO
+        never holds more than a record), and all sent to the socket in one call when the TCP
+        transport holds nothing (the kernel's send buffer, SEND_BUFFER, takes a page whole): the
+        same records and bytes in the same order; what the socket does not take goes to the TCP
+        transport as before."""
         tls = self._tlsConnection
         if (
             self._lostTLSConnection
@@ -1654,38 +1657,46 @@ class GuardedTLS(TLSMemoryBIOProtocol):
         view = memoryview(data)
         end = len(data)
         at = 0
+        pieces: list[bytes] = []
         try:
             while at < end:
                 # One record a call (OpenSSL's partial writes): the 16 kB records Twisted's cuts make.
                 at += tls.send(view[at:])
+                # Each record read out as it is made: OpenSSL's memory BIO grows to the most it ever
+                # held and never shrinks, so a whole response left in it would keep that much memory
+                # for the connection's life (a kept-alive client's, idle too).
+                self._read_out(pieces)
         except WantReadError:
             # Encrypted so far goes out first; the rest waits in Twisted's TLS layer for what OpenSSL
             # wants to read (as its own _write does).
-            self._send_encrypted(at)
+            self._send_encrypted(pieces)
             self._bufferedWrite(data[at:])
             return True
         except SSLError:
+            # What was encrypted before goes out, as Twisted's _write had sent it record by record.
+            self._send_encrypted(pieces)
             self._tlsShutdownFinished(Failure())
             return True
-        self._send_encrypted(end)
+        self._send_encrypted(pieces)
         return True
 
-    def _send_encrypted(self, size: int) -> None:
-        """What OpenSSL has encrypted (``size`` bytes of plain text), read out at once and sent: to the
-        socket when the TCP transport holds nothing unsent (what the socket does not take, and
-        anything when it holds some, to the transport, which keeps the order)."""
+    def _read_out(self, pieces: list[bytes]) -> None:
+        """What OpenSSL has encrypted (a record, and anything it had to send ahead of it), appended
+        to ``pieces``: the memory BIO is left empty."""
         tls = self._tlsConnection
-        # Room for the records' framing and anything else OpenSSL had to send: read in one call.
-        room = size + (size // _RECORD + 1) * _RECORD_FRAMING + 4096
-        pieces = []
         while True:
             try:
-                piece = tls.bio_read(room)
+                piece = tls.bio_read(_READ)
             except WantReadError:
-                break
+                return
             pieces.append(piece)
-            if len(piece) < room:  # all there was
-                break
+            if len(piece) < _READ:  # all there was: a memory BIO gives what it holds, up to the size asked
+                return
+
+    def _send_encrypted(self, pieces: list[bytes]) -> None:
+        """The records read out, sent at once: to the socket when the TCP transport holds nothing
+        unsent (what the socket does not take, and anything when it holds some, to the transport,
+        which keeps the order)."""
         if not pieces:
             return
         records = pieces[0] if len(pieces) == 1 else b"".join(pieces)
