@@ -365,14 +365,18 @@ def test_a_response_whose_send_fails_closes_the_connection() -> None:
 
 
 class _FailingSend:
-    """The server's OpenSSL connection, but its send fails as OpenSSL's SSL_write does on a fatal
-    error."""
+    """The server's OpenSSL connection, but its sends after the first ``good`` fail as OpenSSL's
+    SSL_write does on a fatal error."""
 
-    def __init__(self, real: SSL.Connection) -> None:
+    def __init__(self, real: SSL.Connection, good: int = 0) -> None:
         self.real = real
+        self.good = good
 
     def send(self, data: Any, flags: int = 0) -> int:
-        raise SSL.Error([("SSL routines", "", "simulated fatal error")])
+        if self.good == 0:
+            raise SSL.Error([("SSL routines", "", "simulated fatal error")])
+        self.good -= 1
+        return self.real.send(data, flags)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
@@ -389,6 +393,25 @@ def test_a_tls_error_while_encrypting_a_response_closes_the_connection() -> None
     connection.tls._tlsConnection = _FailingSend(connection.tls._tlsConnection)  # type: ignore[assignment]
     request.setHeader(b"content-length", b"100000")
     request.write(b"z" * 100_000)  # past HOLD: encrypted now
+    for _ in range(3):
+        connection.loop.turn()
+    assert connection.tls._lostTLSConnection
+    assert connection.socket.lost or connection.socket.disconnecting
+
+
+def test_the_records_made_before_a_tls_error_reach_the_client_before_the_connection_closes() -> None:
+    """As Twisted's TLS layer, which hands each record to the transport as it is made: what OpenSSL
+    encrypted of a response before an error is sent, then the connection is closed."""
+    connection = _Connection()
+    connection.send(_get(b"/a"))
+    connection.loop.turn()
+    (request,) = connection.resource.held
+    connection.tls._tlsConnection = _FailingSend(connection.tls._tlsConnection, good=1)  # type: ignore[assignment]
+    request.setHeader(b"content-length", b"100000")
+    request.write(b"z" * 100_000)  # past HOLD: encrypted now, its first record only
+    received = connection.received()
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert received.endswith(b"z" * 1000) and len(received) <= 16_384
     for _ in range(3):
         connection.loop.turn()
     assert connection.tls._lostTLSConnection

@@ -1667,13 +1667,16 @@ class GuardedTLS(TLSMemoryBIOProtocol):
                 # for the connection's life (a kept-alive client's, idle too).
                 self._read_out(pieces)
         except WantReadError:
-            # Encrypted so far goes out first; the rest waits in Twisted's TLS layer for what OpenSSL
-            # wants to read (as its own _write does).
+            # Encrypted so far (and what OpenSSL wrote before it stopped) goes out first; the rest
+            # waits in Twisted's TLS layer for what OpenSSL wants to read (as its own _write does).
+            self._read_out(pieces)
             self._send_encrypted(pieces)
             self._bufferedWrite(data[at:])
             return True
         except SSLError:
-            # What was encrypted before goes out, as Twisted's _write had sent it record by record.
+            # What was encrypted before goes out, as Twisted's _write had sent it record by record,
+            # and any alert OpenSSL wrote for the error.
+            self._read_out(pieces)
             self._send_encrypted(pieces)
             self._tlsShutdownFinished(Failure())
             return True
