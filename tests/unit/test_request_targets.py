@@ -8,7 +8,7 @@ import json
 
 import pytest
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
@@ -23,9 +23,10 @@ from payloadtags.http.channel import (
     GuardedSite,
 )
 from payloadtags.limits import HttpLimits
+from tests.support.held_site import Admitting
 
 
-class _Counting:
+class _Counting(Admitting):
     """Admission (where a request with a body is authenticated) that admits all and counts its calls."""
 
     def __init__(self) -> None:
@@ -33,13 +34,7 @@ class _Counting:
 
     def admit(self, request: Request) -> Deferred[ApiError | None]:
         self.admitted.append(request.uri)
-        return succeed(None)
-
-    def is_probe(self, path: bytes) -> bool:
-        return False
-
-    def proves(self, request: Request) -> bool:
-        return False
+        return super().admit(request)
 
 
 class _Echo(Resource):
