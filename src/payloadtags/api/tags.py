@@ -653,10 +653,6 @@ class TagsService:
         def seen(at: str, path: str) -> bool:
             return at == namespace and sees(path)
 
-        # Where the process's writes out as the selection is read would leave a tag: one may land after
-        # the read and be dropped from the record before the first look ends, and the call then never
-        # waits for it; what it left is looked for once all the same (below).
-        out = self.late_writes.leaves(namespace) if self.late_writes is not None else frozenset()
         selection, selected_meta = await self._select(
             user, namespace, list_options, shown=False, readable=seen
         )
@@ -692,17 +688,13 @@ class TagsService:
         ):
             return await self._remove_namespace(user, namespace, refs, unfiltered, meta, cut)
 
-        # Unpaged, the call asks for every tag its selector matches (all of the namespace without one):
-        # a tag its process's own late write brought back after the selection was read is deleted too.
-        takes_back = list_options.limit is None and list_options.continue_ is None
-        passes = _TagByTag(self, user, namespace, set(refs), list(refs), unfiltered, visible, takes_back)
+        passes = _TagByTag(self, user, namespace, set(refs), unfiltered, visible)
         began = self.late_writes.now() if self.late_writes is not None else 0.0
         # The wait for a late write ends with the budget, or before the request's deadline.
         deadline = min(began + self.removal_budget, cut)
 
         todo: builtins.list[TagRef] | None = refs
         leaves: frozenset[tuple[str, str, str]] = frozenset()
-        unseen = frozenset(left for left in out if visible is None or visible(left[0]))
         while True:
             work = passes.one_pass(todo, leaves)
             try:
@@ -726,11 +718,11 @@ class TagsService:
                 # find, not the retriable 503 of the look's error, which drops the write (review-ds8 F2,
                 # as a removal's: review-ds6 F4). It names no tag: none was seen.
                 late = self._late_write(namespace, visible) or next(filter(None, passes.cut_short), None)
-                unanswered = [ref for ref in passes.order if ref in passes.pending]
+                unanswered = [ref for ref in refs if ref in passes.pending]
                 if unanswered:
                     raise _collection_incomplete(
                         namespace,
-                        len(passes.order),
+                        len(refs),
                         [],
                         passes.failed,
                         unanswered,
@@ -740,13 +732,13 @@ class TagsService:
                     ) from None
                 if late is None:
                     raise
-                self._raise_late_write(namespace, len(passes.order), late, visible)
+                self._raise_late_write(namespace, len(refs), late, visible)
             left = [ref for ref in looked.refs if ref in passes.selected]
             if left or passes.pending:
-                unanswered = [ref for ref in passes.order if ref in passes.pending]
+                unanswered = [ref for ref in refs if ref in passes.pending]
                 raise _collection_incomplete(
                     namespace,
-                    len(passes.order),
+                    len(refs),
                     left,
                     passes.failed,
                     unanswered,
@@ -759,14 +751,10 @@ class TagsService:
             leaves = (
                 self.late_writes.leaves(namespace, visible) if self.late_writes is not None else frozenset()
             )
-            if not await self._waited_for_late_writes(namespace, len(passes.order), deadline, visible):
-                if not unseen:
-                    return [passes.deleted[ref] for ref in passes.order if ref in passes.deleted], meta
-                # None may land any more, but one out as the selection was read may have landed after
-                # it, before this pass's look ended, and left the record since: look for what it left.
-                leaves = frozenset()
+            if not await self._waited_for_late_writes(namespace, len(refs), deadline, visible):
+                return [passes.deleted[ref] for ref in refs if ref in passes.deleted], meta
             # It could land meanwhile: delete what it left, and look again.
-            leaves, unseen, todo = leaves | unseen, frozenset(), None
+            todo = None
 
     async def _check_deletes(self, namespace: str, refs: builtins.list[TagRef]) -> None:
         """A dry-run deletecollection's check: the real one's answer (`_collection_incomplete`) when
@@ -1034,13 +1022,9 @@ class _TagByTag:
     service: TagsService
     user: UserInfo
     namespace: str
-    selected: set[TagRef]  # the call's selection, and what its own late writes brought back: deleted
-    order: builtins.list[TagRef]  # the same, in the order its answer names them
+    selected: set[TagRef]  # the call's selection: only those are deleted, and looked for
     unfiltered: ListOptions  # what a look reads: all of the selection from its start, no kept lists
     visible: Within | None  # whose late writes it waits for and names (`_visible_repositories`)
-    # Whether a tag its selector matches that the process's own late write brought back after the
-    # selection was read is taken in too (an unpaged call: `TagsService.delete_collection`).
-    takes_back: bool
     deleted: dict[TagRef, PayloadRepositoryTag] = attrs.Factory(dict)
     failed: dict[TagRef, str] = attrs.Factory(dict)
     pending: set[TagRef] = attrs.Factory(set)  # failed with a write the registry may still carry out
@@ -1071,8 +1055,7 @@ class _TagByTag:
         self, todo: builtins.list[TagRef] | None, leaves: frozenset[tuple[str, str, str]]
     ) -> Page:
         """Deletes ``todo`` (None: after a wait for a late write, those of the selection it may have
-        left, looked for first, and those it brought back: `brought_back`), then looks at the tags:
-        what the look lists."""
+        left, looked for first), then looks at the tags: what the look lists."""
         service = self.service
         if todo is None:
             listed, _ = await service._select(
@@ -1081,7 +1064,6 @@ class _TagByTag:
             self.checked = await service._left_by_late_writes(
                 [ref for ref in listed.refs if ref in self.selected], leaves, self.failed
             )
-            self.checked.update(await self.brought_back(listed.refs, leaves))
             todo = list(self.checked)
         order = _across_repositories(todo)
         outcome = dict(
@@ -1097,37 +1079,6 @@ class _TagByTag:
         return (
             await service._select(self.user, self.namespace, self.unfiltered, authorize=False, shown=False)
         )[0]
-
-    async def brought_back(
-        self, listed: builtins.list[TagRef], leaves: frozenset[tuple[str, str, str]]
-    ) -> dict[TagRef, str]:
-        """Of ``listed`` (a look after a wait for a late write), the tags outside the selection that such
-        a write of this process left, where it would leave them (``leaves``), with that digest, when the
-        call takes them (`takes_back`) and the caller may delete them; from now on part of the
-        selection. The selection was read while the write was out: a tag it brought back after (a single
-        delete's re-tag of a tag another call deleted meanwhile) existed before and after that write
-        as the client sees it, and a 200 for every tag the selector matches must not leave it (the
-        slow tier's seed 80302). One elsewhere was pushed by someone else after the selection: not part
-        of this request, and not named. (A push of a restore's own content under its name, while the
-        restore was out, cannot be told from it, and goes too.)"""
-        if not self.takes_back or not leaves:
-            return {}
-        named = {(repository, tag) for repository, tag, _ in leaves}
-        authorizer = self.service.authorizer
-        candidates = [
-            ref
-            for ref in listed
-            if ref not in self.selected
-            and (ref.repository, ref.tag) in named
-            and authorizer.allowed(self.user, "delete", ref.namespace, ref.repository_path)
-        ]
-        if not candidates:
-            return {}
-        # Why one is not where the write would leave it is not this request's to say (dropped).
-        left = await self.service._left_by_late_writes(candidates, leaves, {})
-        self.selected.update(left)
-        self.order.extend(left)
-        return left
 
     def may_land(self) -> bool:
         """Whether a write may land as the pass is cut: its own deletes' unanswered, or one of the
