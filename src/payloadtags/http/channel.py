@@ -1660,8 +1660,10 @@ class GuardedTLS(TLSMemoryBIOProtocol):
         pieces: list[bytes] = []
         try:
             while at < end:
-                # One record a call (OpenSSL's partial writes): the 16 kB records Twisted's cuts make.
-                at += tls.send(view[at:])
+                # One record a call, as Twisted's 16 kB cuts make: handed more than 64 kB, OpenSSL may
+                # encrypt several records at once (TLS 1.2 CBC without encrypt-then-MAC: up to eight),
+                # and the memory BIO would keep their size (review r5send F1).
+                at += tls.send(view[at : at + _RECORD])
                 # Each record read out as it is made: OpenSSL's memory BIO grows to the most it ever
                 # held and never shrinks, so a whole response left in it would keep that much memory
                 # for the connection's life (a kept-alive client's, idle too).
