@@ -107,8 +107,10 @@ async def write_streamed(
                 finally:
                     if waiting is not None:
                         waiting(False)
-            else:
-                await deferLater(clock, 0, lambda: None)
+            # A turn of the reactor after each chunk, also once resumed: the transport resumes the
+            # writer from its write in the reactor's I/O phase, and the next chunk, made at once, would
+            # go in the same turn as the one before (a client reading fast enough to drain it at once).
+            await deferLater(clock, 0, lambda: None)
     except Exception as error:
         if gone or pacer.stopped:
             return  # nobody to tell
