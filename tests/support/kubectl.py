@@ -17,6 +17,28 @@ from tests.support.pki import Issued
 KUBECTL = shutil.which("kubectl") or "kubectl"
 
 
+def version_with(
+    kubeconfig: Path, request_timeout: str, hang_guard: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """The real kubectl's `get --raw /version` with this kubeconfig, run to its end (for tests that
+    compare what kubectl takes or refuses in a kubeconfig with what payloadtags does)."""
+    return subprocess.run(
+        [
+            KUBECTL,
+            "--kubeconfig",
+            str(kubeconfig),
+            f"--request-timeout={request_timeout}",
+            "get",
+            "--raw",
+            "/version",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=hang_guard,
+        check=False,
+    )
+
+
 @attrs.frozen
 class Result:
     code: int

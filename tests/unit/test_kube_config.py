@@ -20,7 +20,7 @@ from payloadtags.kube.execcred import (
     run_plugin_blocking,
 )
 from tests.support.kubeapi import write_kubeconfig
-from tests.support.kubectl import KUBECTL
+from tests.support.kubectl import KUBECTL, version_with
 from tests.support.pki import Authority
 
 SERVER = "https://127.0.0.1:6443"
@@ -538,13 +538,7 @@ def kubectl_refusal(path: Path) -> str:
     """The real kubectl's stderr for a request with the kubeconfig, to a server that is not there: a
     kubeconfig it takes ends in "The connection to the server ... was refused", one it refuses in its
     own words."""
-    done = subprocess.run(
-        [KUBECTL, "--kubeconfig", str(path), "--request-timeout=2s", "get", "--raw", "/version"],
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD,
-        check=False,
-    )
+    done = version_with(path, "2s", HANG_GUARD)
     assert done.returncode != 0
     return done.stderr
 
@@ -1607,13 +1601,7 @@ def kubectl_runs_the_plugin(path: Path) -> str:
             "provideClusterInfo: true\n", "provideClusterInfo: true\n      interactiveMode: Never\n"
         )
     )
-    done = subprocess.run(
-        [KUBECTL, "--kubeconfig", str(mode), "--request-timeout=2s", "get", "--raw", "/version"],
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD,
-        check=False,
-    )
+    done = version_with(mode, "2s", HANG_GUARD)
     return done.stderr
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import http.server
 import json
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from payloadtags.kube.config import ConfigError, load_cluster_config
-from tests.support.kubectl import KUBECTL
+from tests.support.kubectl import version_with
 from tests.support.pki import Authority
 
 # Guards against a hang of kubectl only, never a measure of speed.
@@ -113,13 +112,7 @@ def kubeconfig(path: Path, server: str, user: dict[str, object], ca_file: Path |
 
 def kubectl_get_version(path: Path) -> None:
     """The real kubectl's `get --raw /version` with the kubeconfig, which must succeed."""
-    done = subprocess.run(
-        [KUBECTL, "--kubeconfig", str(path), "--request-timeout=5s", "get", "--raw", "/version"],
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD,
-        check=False,
-    )
+    done = version_with(path, "5s", HANG_GUARD)
     assert done.returncode == 0, done.stderr
 
 
