@@ -34,6 +34,20 @@ def header_safe(text: str) -> bool:
     return not any((char < " " and char != "\t") or char == "\x7f" for char in text)
 
 
+# Go's unicode.IsSpace, the set strings.TrimSpace takes off a token file's ends in client-go: Python's
+# str.isspace() set but for U+001C-U+001F, which Go keeps (and kubectl then cannot send).
+GO_SPACE = (
+    "\t\n\v\f\r \x85\xa0\u1680"
+    "\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000"
+)
+
+
+def go_trim_space(text: str) -> str:
+    """``text`` without the white space at its ends, as Go's strings.TrimSpace takes it off."""
+    return text.strip(GO_SPACE)
+
+
 def utf8_encodable(text: str) -> bool:
     """Whether strict UTF-8 carries ``text``: a lone surrogate (JSON's ``\\ud800``) is the only str it
     refuses."""

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
+from payloadtags.kube.client import _TokenSource
 from payloadtags.kube.config import ClusterConfig, ConfigError, in_pod, load_cluster_config
 from payloadtags.kube.execcred import (
     ExecPlugin,
@@ -1864,6 +1866,57 @@ def test_a_line_end_at_either_end_of_a_kubeconfig_token_is_stripped(tmp_path: Pa
     path = kubeconfig_with_user(tmp_path / "kc", {"token": token})
     config = load_cluster_config(str(path))
     assert config is not None and config.token == "s3cr3t"
+
+
+@pytest.mark.parametrize(
+    ("field", "written", "read"),
+    [
+        # A control character at an end, no line end: kubectl fails every request with it.
+        ("token", "s3cr3t\x0b", None),
+        ("token", "s3cr3t\x0c", None),
+        ("token", "s3cr3t\x1f", None),
+        ("token", "\x1cs3cr3t", None),
+        ("token", "\x0b", None),
+        # A Unicode space or a tab at an end: kubectl sends it as written.
+        ("token", "s3cr3t\x85", "s3cr3t\x85"),
+        ("token", "s3cr3t\xa0", "s3cr3t\xa0"),
+        ("token", "s3cr3t\u2028", "s3cr3t\u2028"),
+        ("token", "\u3000s3cr3t", "\u3000s3cr3t"),
+        ("token", "\ts3cr3t", "\ts3cr3t"),
+        # client-go takes Go's white space off a file's ends (strings.TrimSpace), which U+001C-U+001F
+        # are not.
+        ("tokenFile", "s3cr3t\x1f", None),
+        ("tokenFile", "\x1cs3cr3t\n", None),
+        ("tokenFile", "\x0b\u3000s3cr3t\x0c\x85\xa0\u2028\t\n", "s3cr3t"),
+    ],
+)
+def test_the_ends_of_a_kubeconfig_token_are_read_as_kubectl_reads_them(
+    tmp_path: Path, field: str, written: str, read: str | None
+) -> None:
+    # review r5cfg L1: every end Python's strip() takes off was taken off, control characters
+    # (refused, as documented, anywhere else in the token) and Unicode spaces (which kubectl sends)
+    # alike; only a line end at either end of a `token` is let off (the test above).
+    if field == "token":
+        user: dict[str, object] = {"token": written}
+    else:
+        (tmp_path / "token").write_text(written, encoding="utf-8")
+        user = {"tokenFile": "token"}
+    path = kubeconfig_with_user(tmp_path / "kc", user)
+    kubectl_says = kubectl_refusal(path)
+    if read is None:
+        assert 'invalid header field value for "Authorization"' in kubectl_says
+        with pytest.raises(ConfigError, match="holds a control character") as raised:
+            load_cluster_config(str(path))
+        assert "s3cr3t" not in str(raised.value)
+        return
+    assert "invalid header" not in kubectl_says and "refused" in kubectl_says  # sent, to no server
+    config = load_cluster_config(str(path))
+    assert config is not None
+    if field == "token":
+        assert config.token == read
+    else:
+        assert config.token_file is not None
+        assert _TokenSource(config, Clock(), 60.0).current() == read
 
 
 @pytest.mark.parametrize("field", ["clientCertificateData", "clientKeyData"])

@@ -244,6 +244,19 @@ def test_token_file_is_reread_once_a_period_and_after_invalidation(tmp_path: Pat
     assert source.current() == "three"
 
 
+def test_a_reread_token_file_loses_the_white_space_client_go_takes_off_its_ends(tmp_path: Path) -> None:
+    # review r5cfg L1: Python's strip() took U+001C-U+001F too, which Go's strings.TrimSpace keeps (and
+    # kubectl then fails every request with, as documented: a file is checked at start only).
+    token_file = tmp_path / "token"
+    token_file.write_text("\x0b one\u3000\x85\t\n", encoding="utf-8")
+    clock = Clock()
+    source = _TokenSource(ClusterConfig("https://k", token_file=str(token_file)), clock, 60.0)
+    assert source.current() == "one"
+    token_file.write_text("\x1ctwo\x1f\n", encoding="utf-8")
+    source.invalidate()
+    assert source.current() == "\x1ctwo\x1f"
+
+
 def test_an_unreadable_token_file_keeps_the_last_token(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("one")

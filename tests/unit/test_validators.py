@@ -4,10 +4,24 @@ from __future__ import annotations
 
 import base64
 import binascii
+import sys
 
 import pytest
 
-from payloadtags.validators import unpadded_urlsafe_b64decode, without_line_ends, without_userinfo
+from payloadtags.validators import (
+    GO_SPACE,
+    go_trim_space,
+    unpadded_urlsafe_b64decode,
+    without_line_ends,
+    without_userinfo,
+)
+
+
+def test_go_space_is_pythons_white_space_but_for_the_four_separators_go_keeps() -> None:
+    # Go's unicode.IsSpace (strings.TrimSpace, as client-go reads a tokenFile) leaves U+001C-U+001F out.
+    python = {chr(code) for code in range(sys.maxunicode + 1) if chr(code).isspace()}
+    assert set(GO_SPACE) == python - {"\x1c", "\x1d", "\x1e", "\x1f"}
+    assert go_trim_space("\u3000\x0b t\x1co\x85k\x1f\xa0\n") == "t\x1co\x85k\x1f"
 
 
 def test_line_ends_are_taken_out_wherever_they_are() -> None:

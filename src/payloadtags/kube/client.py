@@ -58,6 +58,7 @@ from payloadtags.kube.framing import LineFramer
 from payloadtags.kube.keepalive import KeepAliveEndpoints
 from payloadtags.kube.tls import ClusterTLSPolicy
 from payloadtags.onceper import OncePerPeriod
+from payloadtags.validators import go_trim_space
 
 log = Logger()
 
@@ -473,7 +474,8 @@ def _read_token(path: str) -> str:
     JWT, ASCII), so it would only be a 401, and the token (a str) cannot carry them. The bytes are not
     said: they are part of the token."""
     try:
-        return Path(path).read_bytes().decode("utf-8").strip()
+        # As client-go reads it (strings.TrimSpace): Python's strip() also took U+001C-U+001F.
+        return go_trim_space(Path(path).read_bytes().decode("utf-8"))
     except UnicodeDecodeError:
         raise _NotText() from None
 

@@ -26,6 +26,7 @@ from payloadtags.kube.execcred import ExecPlugin, PluginError, run_plugin_blocki
 from payloadtags.validators import (
     address_problem,
     at_in_authority,
+    go_trim_space,
     has_userinfo,
     header_safe,
     without_line_ends,
@@ -236,9 +237,11 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
             "either (one would cross the connection unencrypted), so payloadtags connects without one",
         )
     token = user.get("token")
-    if isinstance(token, str) and not header_safe(token.strip()):
+    if isinstance(token, str) and not header_safe(token.strip("\r\n")):
         # Sent, it was mangled (a line end) or cut (a NUL); kubectl fails every request with it ("invalid
-        # header field value"). A blank token with a line end is none, below, as documented.
+        # header field value"). A line end at either end is let off, as documented: a YAML block scalar
+        # (`token: |`) ends in one. Any other character at an end is the token's: kubectl sends it as
+        # written (a Unicode space) or fails (VT, FF, U+001C-U+001F). A blank token is none, below.
         raise ConfigError(
             f'kubeconfig {path!r}: user "{context_entry.get("user")}": token holds a control character (a '
             "line end, NUL…), which no Authorization header can carry, as kubectl cannot send it either"
@@ -1362,12 +1365,14 @@ def _check_token_file(token_file: str, where: str, *, token_beside: bool) -> boo
         raise ConfigError(f"{where}: tokenFile {token_file!r} is not UTF-8 text") from None
     except ValueError:  # a path the file system cannot take: the loader says it in one line
         return False
-    if not header_safe(text.strip()):
+    # client-go takes Go's white space off the file's ends (not Python's: U+001C-U+001F stay, and
+    # kubectl cannot send them).
+    if not header_safe(go_trim_space(text)):
         raise ConfigError(
             f"{where}: tokenFile {token_file!r} holds a control character (a line end, NUL…) inside the "
             "token, which no Authorization header can carry, as kubectl cannot send it either"
         )
-    if not text.strip() and not token_beside:
+    if not go_trim_space(text) and not token_beside:
         # As kubectl ("read empty token from file", or a request it cannot send for a blank one), which
         # runs no exec plugin beside it either: payloadtags would go on without a credential.
         raise ConfigError(
@@ -1406,4 +1411,5 @@ def _bearer_token(header: str | None) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         # Basic auth is refused before the loader runs (`_from_kubeconfig`); nothing else reaches this point.
         raise ConfigError(f"unsupported kubeconfig credential scheme {scheme!r}")
-    return token.strip()
+    # Only the line ends `_from_kubeconfig` let off: kubectl sends the rest as written.
+    return token.strip("\r\n")
