@@ -14,6 +14,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
@@ -1024,11 +1025,22 @@ def _settings(args: argparse.Namespace, errors: list[str]) -> Settings:
 
 def _report(errors: Sequence[str], args: argparse.Namespace | None = None) -> int:
     # A URL given to a file flag (a manifest that lost a value) is quoted as a path that cannot be
-    # read: what its '@' ends is redacted as in a flag mistake (review r4cfg L2). Only what those
-    # values echo, so that a name with an '@' elsewhere (a kubeconfig's context) is shown.
-    paths = [getattr(args, dest) or "" for dest in _FILE_FLAGS] if args is not None else []
+    # read: all before its last '@' is redacted (review r4cfg L2). Only where a message echoes a value
+    # whole, as typed, escaped or made a path of (pathlib's "https:/"), never any end of it: a
+    # kubeconfig user's name that ends as the folder before an '@' does (/home/alice@corp/kc, a user
+    # "alice@corp") is shown (review r5cfg L3). The longest first, so a shorter one inside it is gone.
+    values = [getattr(args, dest) or "" for dest in _FILE_FLAGS] if args is not None else []
+    echoes = {
+        form
+        for value in values
+        if "@" in value
+        for path in (value, os.path.normpath(value), str(Path(value)))
+        for form in _escaped_forms(path)
+    }
     for error in errors:
-        print(f"payloadtags: {_echoes_redacted(error, paths)}", file=sys.stderr)
+        for echo in sorted(echoes, key=len, reverse=True):
+            error = error.replace(echo, without_userinfo(echo))
+        print(f"payloadtags: {error}", file=sys.stderr)
     return 1
 
 

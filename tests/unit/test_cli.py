@@ -650,3 +650,28 @@ def test_a_url_given_to_a_file_flag_is_shown_without_its_password(capsys, argv, 
     err = capsys.readouterr().err
     assert said in err
     assert "s3cret" not in err and "al1ce" not in err
+
+
+BASIC_AUTH_KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters:
+- {name: c, cluster: {server: "https://127.0.0.1:1"}}
+users:
+- {name: "USER", user: {username: a, password: b}}
+contexts:
+- {name: x, context: {cluster: c, user: "USER"}}
+current-context: x
+"""
+
+
+@pytest.mark.parametrize(("folder", "user"), [("alice@corp", "alice@corp"), ("jacob@corp", "bob@corp")])
+def test_a_kubeconfig_users_name_is_shown_beside_a_kubeconfig_path_with_an_at(tmp_path, capsys, folder, user):
+    # review r5cfg L3: any end of what precedes the path's '@' (/home/alice) was redacted before any '@'
+    # of the message, so the user's name was too, whole or in part ('"b<redacted>@corp"'). A home
+    # folder named after its user (SSSD, AD: /home/alice@corp) is common.
+    (tmp_path / folder).mkdir()
+    kubeconfig = tmp_path / folder / "kc"
+    kubeconfig.write_text(BASIC_AUTH_KUBECONFIG.replace("USER", user))
+    assert main(["serve", "--registry-url=http://127.0.0.1:5000", f"--kubeconfig={kubeconfig}"]) == 1
+    err = capsys.readouterr().err
+    assert f"kubeconfig '<redacted>@corp/kc': user \"{user}\": username and password" in err, err
