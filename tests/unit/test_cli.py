@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from payloadtags.cli import (
+    _FILE_FLAGS,
     PASSWORD_ENV,
     USERNAME_ENV,
     UsageError,
@@ -650,6 +651,53 @@ def test_a_url_given_to_a_file_flag_is_shown_without_its_password(capsys, argv, 
     err = capsys.readouterr().err
     assert said in err
     assert "s3cret" not in err and "al1ce" not in err
+
+
+A_URL = "https://al1ce:s3cret@r"
+# Each file flag, with what makes start-up refuse it, naming it (the `{tmp}` of --cert-dir: a folder
+# that cannot be made, under a file).
+EACH_FILE_FLAG = {
+    "tls_cert_file": ["--tls-cert-file", A_URL, "--tls-private-key-file=/nonexistent.key"],
+    "tls_private_key_file": ["--tls-cert-file=/nonexistent.crt", "--tls-private-key-file", A_URL],
+    "cert_dir": ["--cert-dir", "{tmp}/a-file/" + A_URL],
+    "client_ca_file": ["--client-ca-file", A_URL],
+    "requestheader_client_ca_file": ["--requestheader-client-ca-file", A_URL],
+    "kubeconfig": ["--kubeconfig", A_URL],
+    "registry_ca_file": ["--registry-ca-file", A_URL],
+    "registry_username_file": ["--registry-username-file", A_URL],
+    "registry_password_file": ["--registry-password-file", A_URL],
+    "registry_events_token_file": ["--registry-events-token-file", A_URL],
+}
+# main() reports through three paths: a flag mistake (UsageError, with the credential files that could
+# not be read), start-up's refusals (with them too), and those files alone.
+EACH_REFUSAL_PATH = {
+    "usage-password": ["--registry-password-file", A_URL, "--tls-cert-file=/nonexistent.crt"],
+    "usage-username": ["--registry-username-file", A_URL, "--tls-cert-file=/nonexistent.crt"],
+    "startup-password": ["--registry-password-file", A_URL, "--client-ca-file=/nonexistent.crt"],
+    "startup-username": ["--registry-username-file", A_URL, "--client-ca-file=/nonexistent.crt"],
+    "unreadable-alone": ["--registry-password-file", A_URL],
+}
+
+
+def test_every_file_flag_is_in_the_redaction_test() -> None:
+    assert set(EACH_FILE_FLAG) == set(_FILE_FLAGS)
+
+
+@pytest.mark.parametrize(
+    "argv", [*EACH_FILE_FLAG.values(), *EACH_REFUSAL_PATH.values()], ids=[*EACH_FILE_FLAG, *EACH_REFUSAL_PATH]
+)
+def test_a_url_given_to_any_file_flag_on_any_refusal_path_is_shown_without_its_password(
+    tmp_path, monkeypatch, capsys, argv
+):
+    # review r5cfg T1: the test above names 4 of the 10 file flags and one of main()'s three refusal
+    # paths; a flag left out of _FILE_FLAGS, or a path reporting without the values, showed the URL.
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.chdir(tmp_path)
+    base = ["serve", "--registry-url=http://127.0.0.1:5000", "--authorization-mode=AlwaysAllow"]
+    assert main([*base, *(arg.format(tmp=tmp_path) for arg in argv)]) == 1
+    err = capsys.readouterr().err
+    assert "<redacted>@r" in err, err  # the value is named
+    assert "s3cret" not in err and "al1ce" not in err, err
 
 
 BASIC_AUTH_KUBECONFIG = """apiVersion: v1
