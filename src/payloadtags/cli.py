@@ -301,6 +301,7 @@ def _echoes_redacted(message: str, given: Sequence[str]) -> str:
     """The message with the longest end of any argument's user information before each ``@``
     redacted (`_without_passwords`)."""
     forms = {form for arg in given for form in _escaped_forms(_userinfo(arg)) if form}
+    longest_first = sorted(forms, key=len, reverse=True)
     spans: list[tuple[int, int]] = []
     covered = len(message)  # where the leftmost span found so far begins
     # From the right, so that an '@' inside a span already found (an argument's user information
@@ -313,6 +314,20 @@ def _echoes_redacted(message: str, given: Sequence[str]) -> str:
             if longest:
                 spans.append((at - longest, at))
             covered = at - longest
+        elif covered:
+            # Inside the span: a form longer than the span's part before this '@' may reach further left
+            # (review r5cfg L2: the span "ec@host X" before "@y", another argument's "PW:sec" before the
+            # "@host" in it). That part is taken as matching, not read again, which keeps this linear;
+            # at worst a few characters more are redacted.
+            inside, before, reach = at - covered, message[covered - 1], 0
+            for form in longest_first:
+                if len(form) <= inside:
+                    break
+                if form[-1 - inside] == before:
+                    reach = max(reach, _shared_end(message, covered, form, inside))
+            if reach:
+                spans.append((covered - reach, covered))
+                covered -= reach
         at = message.rfind("@", 0, at)
     for begin, end in reversed(_merged(spans)):
         message = message[:begin] + "<redacted>" + message[end:]
@@ -341,12 +356,12 @@ def _escaped_forms(text: str) -> tuple[str, ...]:
     return (text, repr(text)[1:-1], both[1:-4])
 
 
-def _shared_end(message: str, at: int, form: str) -> int:
-    """The length of the longest end of ``form`` that the message has right before ``at``: their
-    common end, read backwards to the first difference."""
+def _shared_end(message: str, at: int, form: str, skip: int = 0) -> int:
+    """The length of the longest end of ``form``, less its last ``skip`` characters, that the message
+    has right before ``at``: their common end, read backwards to the first difference."""
     length = 0
-    limit = min(len(form), at)
-    while length < limit and message[at - 1 - length] == form[-1 - length]:
+    limit = min(len(form) - skip, at)
+    while length < limit and message[at - 1 - length] == form[-1 - skip - length]:
         length += 1
     return length
 

@@ -338,6 +338,17 @@ def test_no_message_shows_a_password_given_in_a_registry_flag(argv, message):
         (["serve", "--help=HTTPS://al1ce:s3cret;:, ]\t/a@r"], "argument 'HTTPS://<redacted>@r'"),
         (["serve", "--help=https://al1ce:s3c\\ret@x"], "argument 'https://<redacted>@x'"),
         (["serve", "-hal1ce:s3cret@x"], "ignored explicit argument '<redacted>@x'"),
+        # review r5cfg L2: an argument repeating the password's end, the host and the next argument made
+        # a span ("cret@reg X" before "@y") over the password's '@', which was not scanned again; what
+        # preceded the span was shown ("https://al1ce:s3<redacted>@y").
+        (
+            ["serve", "--registry-url=http://x", "https://al1ce:s3cret@reg", "X@y", "cret@reg X@z"],
+            "arguments: https://<redacted>@y <redacted>@z (see",
+        ),
+        (
+            ["serve", "--registry-url=http://x", "https://al1ce:s3cret@reg", "X@y Z@w", "et@reg X@y Z@z"],
+            "arguments: https://<redacted>@w <redacted>@z (see",
+        ),
     ],
 )
 def test_argparse_errors_show_no_password_typed_with_a_url(capsys, argv, said):

@@ -52,8 +52,11 @@ def lines_run(work: Callable[[], str], bound: int) -> tuple[int, str]:
         ("y" * (ONE_ARGUMENT // 2) + "@h", "z@" * (ONE_ARGUMENT // 4)),
         # Many '@'s no argument's user information ends before.
         ("https://al1ce:s3cret@h", "a@" * (ONE_ARGUMENT // 2)),
+        # '@'s inside a span, before each of which the user information reaches past the span (r5cfg
+        # L2): a manifest's one-string list of words.
+        ("https://al1ce:s3cret@h", "q@ " * (ONE_ARGUMENT // 3) + "@h"),
     ],
-    ids=["one-argument", "two-arguments", "unmatched-ats"],
+    ids=["one-argument", "two-arguments", "unmatched-ats", "ats-inside-spans"],
 )
 def test_redacting_a_long_argument_reads_it_about_once(given: tuple[str, ...]) -> None:
     message = f"unrecognized arguments: {' '.join(given)}"
