@@ -855,6 +855,38 @@ async def test_metrics_are_authorized_by_rbac_non_resource_rules(rbac_server: Se
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_listed_health_check_path_skips_rbac_and_an_unlisted_one_does_not(
+    make_server, registry, kube_api, kube_kubeconfig, pki
+):
+    # Review r6misc L2: a user RBAC grants no path may read exactly what is listed (a check's own path,
+    # a prefix ending in '*'); every other health path is RBAC's to decide, as before.
+    server: ServerUnderTest = await make_server(
+        registry,
+        kubeconfig=str(kube_kubeconfig),
+        authorization_mode="RBAC",
+        always_allow_paths=("/healthz/ping", "/readyz/*"),
+    )
+    master = server.client(pki.client_ca.client("master", ("system:masters",)))
+
+    async def synced() -> bool:  # until then every decision is 503
+        return (await master.get("/readyz/rbac")).code == 200
+
+    assert await eventually(synced, within=30) is True
+    stranger = server.client(pki.client_ca.client("stranger"))
+    paths = ("/healthz/ping", "/readyz/ping", "/healthz", "/healthz/log", "/readyz", "/livez/ping")
+    assert {p: (await stranger.get(p)).code for p in paths} == {
+        "/healthz/ping": 200,
+        "/readyz/ping": 200,
+        "/healthz": 403,
+        "/healthz/log": 403,
+        "/readyz": 403,
+        "/livez/ping": 403,
+    }
+    reply = await stranger.get("/livez/ping")
+    assert reply.json()["message"] == 'forbidden: User "stranger" cannot get path "/livez/ping"'
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_failing_token_review_is_a_401_not_a_500(rbac_server, kube_api, namespace):
     kube_api.inject_error(500, method="POST", path="/apis/authentication.k8s.io/v1/tokenreviews", times=20)
     reply = await rbac_server.client().get(

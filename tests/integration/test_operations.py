@@ -110,6 +110,22 @@ async def test_always_allow_paths_decide_which_paths_skip_authentication(make_se
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_listed_health_check_or_prefix_is_served_to_anyone_and_nothing_else(make_server, registry):
+    # Review r6misc L2: a check's own path (`/healthz/ping`) or a prefix under an endpoint (`/readyz/*`)
+    # was accepted and then ignored: an anonymous probe of it was 401. k8s.io/apiserver's path
+    # authorizer serves exactly what is listed: neither opens its endpoint nor another check.
+    server = await make_server(registry, always_allow_paths=("/healthz/ping", "/readyz/*"))
+    anonymous = server.client(None)
+    admin = server.client(server.pki.admin)
+    served = ("/healthz/ping", "/readyz/ping", "/readyz/registry", "/readyz/p%69ng")
+    kept = ("/healthz", "/healthz/log", "/readyz", "/livez", "/livez/ping", "/metrics", "/version")
+    codes = {p: (await admin.get(p)).code for p in served + kept}
+    assert codes == {**dict.fromkeys(served + kept, 200), "/healthz/log": 404}  # no such check
+    codes = {p: (await anonymous.get(p)).code for p in served + kept}
+    assert codes == {**dict.fromkeys(served, 200), **dict.fromkeys(kept, 401)}
+
+
+@pytest_twisted.ensureDeferred
 async def test_admission_reads_a_hash_in_the_path_as_routing_does(make_server, registry):
     # Review r4chan N3: admission dropped a "#..." from the path, routing kept it (as Go keeps it), so
     # an anonymous POST /metrics#x under --metrics-anonymous had its body read, then was not found,

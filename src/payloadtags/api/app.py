@@ -10,7 +10,7 @@ import hmac
 import json
 import time
 import weakref
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapping
 from email.utils import formatdate
 from types import MappingProxyType
 from typing import Any
@@ -89,6 +89,9 @@ log = Logger()
 
 BASE = f"/apis/{GROUP_VERSION}"
 HEALTH_ENDPOINTS = ("healthz", "livez", "readyz")
+# Whether a route serves anyone without a credential: for all its requests, or as the path's
+# variables (a route's kwargs) decide.
+Anonymous = bool | Callable[[Mapping[str, Any]], bool]
 MAX_BODY = 3 << 20
 # The code requests are counted with whose client went away before their answer: nginx's "client
 # closed request" (kube-apiserver counts them as 500s, kubernetes/kubernetes#139256).
@@ -484,7 +487,7 @@ class ApiServer:
     def _endpoint(
         self,
         fn: Callable[..., Awaitable[bytes]],
-        anonymous: bool = False,
+        anonymous: Anonymous = False,
         limited: bool = True,
         head: bool = True,
         watches: bool = False,
@@ -615,11 +618,11 @@ class ApiServer:
         self,
         fn: Callable[..., Awaitable[bytes]],
         request: Request,
-        anonymous: bool,
+        anonymous: Anonymous,
         head: bool,
         kwargs: dict[str, Any],
     ) -> bytes:
-        if not anonymous:
+        if not (anonymous(kwargs) if callable(anonymous) else anonymous):
             user = self._admitted.pop(request, None) or await self._authenticate(request)
             if user is None:
                 raise unauthorized()
@@ -700,7 +703,7 @@ class ApiServer:
         path: str,
         methods: list[str],
         fn: Callable[..., Awaitable[bytes]],
-        anonymous: bool = False,
+        anonymous: Anonymous = False,
         limited: bool = True,
         direct: bool = False,
         head: bool = True,
@@ -790,6 +793,9 @@ class ApiServer:
     def _always_allowed(self, path: str) -> bool:
         return any(path_matches(pattern, path) for pattern in self.always_allow_paths)
 
+    def _check_always_allowed(self, endpoint: str, kwargs: Mapping[str, Any]) -> bool:
+        return self._always_allowed(f"/{endpoint}") or self._always_allowed(f"/{endpoint}/{kwargs['check']}")
+
     def _routes(self) -> None:
         for endpoint in HEALTH_ENDPOINTS:
             # Probes are never turned away by the in-flight limit: a busy server is not a dead one.
@@ -804,8 +810,11 @@ class ApiServer:
                 f"/{endpoint}/<check>",
                 ["GET"],
                 functools.partial(self._health, endpoint=endpoint),
-                # k8s.io/apiserver: "/healthz" also covers "/healthz/<check>".
-                anonymous=self._always_allowed(f"/{endpoint}"),
+                # Decided per request, as k8s.io/apiserver's path authorizer decides: the check's own
+                # path listed (`/healthz/ping`), or a prefix of it ending in '*' (`/readyz/*`). This
+                # server's choice besides: a listed endpoint opens the checks under it (k8s.io/apiserver
+                # matches `/healthz` exactly), so that the default list lets a probe ask one check.
+                anonymous=functools.partial(self._check_always_allowed, endpoint),
                 limited=False,
             )
         self._route("/version", ["GET"], self._version)
