@@ -1676,9 +1676,9 @@ class GuardedTLS(TLSMemoryBIOProtocol):
             self._bufferedWrite(data[at:])
             return True
         except SSLError:
-            # What was encrypted before goes out, as Twisted's _write had sent it record by record,
-            # and any alert OpenSSL wrote for the error.
-            self._read_out(pieces)
+            # What was encrypted before goes out, as Twisted's _write had sent it record by record;
+            # then whatever OpenSSL wrote for the error (an alert), which _tlsShutdownFinished
+            # flushes to the TCP transport itself, after these.
             self._send_encrypted(pieces)
             self._tlsShutdownFinished(Failure())
             return True
