@@ -33,11 +33,16 @@ read to within 10 ms: ``--requests`` keeps that a small part. With ``--fine`` it
 scheduler's count in nanoseconds (``/proc/<pid>/task/*/schedstat``), so that short batches, many
 repetitions and their minimum can be compared (the ``(kernel)`` rows stay in ticks). ``--syscalls``
 then counts the server's system calls per request (``strace -c``) in one more batch per kind and
-server: a figure the machine's load does not move.
+server: a figure the machine's load does not move. ``--instructions`` runs each server under
+valgrind's callgrind instead, with nothing counted but one batch per kind (``--requests``; a list's is
+the same tags as a walk of that many pages, at least one list), counted from the first request to the
+last answer (``callgrind_control``): the user-space instructions every thread of the server ran per
+request (not the kernel's, for its system calls), a count the load does not move either (no CPU is
+read then; callgrind runs the server some 50 times slower: a walk of 100,000 tags takes minutes).
 
 Usage: .venv/bin/python bench/request_cpu.py [--requests 1000] [--reps 3] [--tags 2000] [--repositories 1]
        [--limit 500] [--kinds discovery,discovery-cert,pipelined,get,page,list] [--table] [--before SRC]
-       [--after SRC] [--profile FILE] [--json FILE] [--pin] [--fine] [--syscalls]
+       [--after SRC] [--profile FILE] [--json FILE] [--pin] [--fine] [--syscalls] [--instructions]
 
 ``--pin`` puts the servers on the first CPU and the registry and this client on the others, as a
 deployment separates them (the server's pod, the registry, kube-apiserver).
@@ -272,6 +277,27 @@ def count_syscalls(pid: int, send: Callable[[int], int], n: int, out: Path) -> d
     return counts
 
 
+def count_instructions(pid: int, send: Callable[[int], int], n: int, out: Path) -> float:
+    """The instructions the server (run under ``valgrind --tool=callgrind --instr-atstart=no
+    --callgrind-out-file=<out>``) ran per request over ``n`` requests: counting switched on after the
+    warm-up, off after the last answer, then dumped and read (the dump's ``totals``)."""
+
+    def control(*command: str) -> None:
+        subprocess.run(["callgrind_control", *command, str(pid)], check=True, capture_output=True)
+
+    control("--zero")
+    control("--instr=on")
+    sent = send(n)
+    control("--instr=off")
+    dumps = set(out.parent.glob(out.name + ".*"))
+    control(f"--dump=batch-{len(dumps) + 1}")
+    (dump,) = set(out.parent.glob(out.name + ".*")) - dumps
+    for line in dump.read_text().splitlines():
+        if line.startswith("totals:"):
+            return int(line.split()[1]) / sent
+    raise RuntimeError(f"no totals in {dump}")
+
+
 async def run(
     reactor: Any,
     args: argparse.Namespace,
@@ -294,12 +320,28 @@ async def run(
     ca_file = str(pki.server_ca.cert_file)
     servers: dict[str, tuple[int, str]] = {}
     variants = {"after": args.after, **({"before": args.before} if args.before else {})}
+    counted = {name: work / f"callgrind-{name}.out" for name in variants}
     for name, src in variants.items():
+        wrapper = (
+            ("valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={counted[name]}")
+            if args.instructions
+            else ()
+        )
         process, url = start_server(
-            work, pki, proxy_ca, registry.url, src, args.profile if name == "after" else None, name
+            work,
+            pki,
+            proxy_ca,
+            registry.url,
+            src,
+            args.profile if name == "after" else None,
+            name,
+            wrapper=wrapper,
         )
         started.append(process)
-        await deferToThread(wait_ready, url, ca_file, process, work / f"{name}.log")
+        # Under valgrind the server starts some five times slower.
+        await deferToThread(
+            wait_ready, url, ca_file, process, work / f"{name}.log", 600.0 if args.instructions else 30.0
+        )
         servers[name] = (process.pid, url)
     if args.pin:
         # Deployed, the server does not share its CPU with the registry or the client (kube-apiserver);
@@ -359,6 +401,24 @@ async def run(
                     connection.close()
         return counted
 
+    def instructions() -> dict[str, dict[str, float]]:
+        counts: dict[str, dict[str, float]] = {}  # kind -> server -> instructions per request
+        for kind in kinds:
+            for name, (pid, url) in servers.items():
+                connection = Connection(url, ca_file, pki.admin if kind == "discovery-cert" else proxy)
+                try:
+                    send = requests_of(kind, connection, args.limit, args.tags, args.table)
+                    n = args.requests if kind != "list" else max(1, args.requests * args.limit // args.tags)
+                    send(max(2, n // 20))
+                    counts.setdefault(kind, {})[name] = count_instructions(pid, send, n, counted[name])
+                    print(f"# {kind}, {name}: {counts[kind][name]:,.0f} instructions per request", flush=True)
+                finally:
+                    connection.close()
+        return counts
+
+    if args.instructions:
+        results["instructions"] = await deferToThread(instructions)
+        return results
     for i in range(args.reps):
         rep = await deferToThread(one_rep, i)
         results["reps"].append(rep)
@@ -379,6 +439,8 @@ def pin(pid: int, cpus: set[int]) -> None:
 
 
 def summarize(results: dict[str, Any]) -> str:
+    if "instructions" in results:
+        return summarize_instructions(results)
     reps = results["reps"]
     names = list(reps[0][next(iter(reps[0]))])
     lines = [
@@ -434,6 +496,37 @@ def summarize(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def summarize_instructions(results: dict[str, Any]) -> str:
+    counts = results["instructions"]
+    names = list(counts[next(iter(counts))])
+    lines = [
+        f"Machine: {results['machine']}; load average {results['load']} (a count: the load does not move it)",
+        f"{results['requests']} requests per kind and server under callgrind; pages of {results['limit']} "
+        f"from {results['tags']} tags in {results['repositories']} repositories"
+        + ("; as Tables" if results.get("table") else ""),
+        "",
+        "| kind | "
+        + " | ".join(f"{n}: instructions per request" for n in names)
+        + (" | after / before |" if len(names) > 1 else " |"),
+        "|---|" + "---:|" * (len(names) + (1 if len(names) > 1 else 0)),
+    ]
+    for kind, per_server in counts.items():
+        cells = [f"{per_server[n]:,.0f}" for n in names]
+        if len(names) > 1:
+            cells.append(f"{per_server['after'] / per_server['before']:.4f}")
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    if "page" in counts and "list" in counts:
+        pages = -(-results["tags"] // results["limit"])
+        for name in names:
+            lines.append(
+                f"- {name}: a walk's instructions / an unpaged list's: "
+                f"{pages * counts['page'][name] / counts['list'][name]:.3f}; a page's beyond its share of "
+                f"the list: {counts['page'][name] - counts['list'][name] / pages:,.0f}"
+            )
+    lines.append(f"total {results['total_seconds']:.0f}s")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=1000, help="per kind, server and repetition")
@@ -456,6 +549,11 @@ def main(argv: list[str] | None = None) -> int:
         "--fine",
         action="store_true",
         help="the server's CPU from the scheduler's count in ns, not /proc's 10 ms ticks (short batches)",
+    )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="only count the servers' instructions per request under valgrind's callgrind (no CPU read)",
     )
     parser.add_argument(
         "--pin",

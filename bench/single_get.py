@@ -187,10 +187,11 @@ def start_server(
     profile: str | None = None,
     name: str = "payloadtags",
     extra: tuple[str, ...] = (),
+    wrapper: tuple[str, ...] = (),
 ) -> tuple[subprocess.Popen[bytes], str]:
     """payloadtags behind the front proxy (AlwaysAllow), its output in ``work/<name>.log``. ``src``: run
     another tree's server code (its src, first on PYTHONPATH); ``profile``: run it under cProfile;
-    ``extra``: more flags."""
+    ``extra``: more flags; ``wrapper``: the command it runs under (valgrind's, say)."""
     port = free_port()
     # CPU time, not wall time: on a busy machine wall time charges other processes' turns to
     # whichever call the server was in (a socket send, say).
@@ -200,6 +201,7 @@ def start_server(
     try:
         process = subprocess.Popen(
             [
+                *wrapper,
                 *(runner or [str(ROOT / ".venv" / "bin" / "payloadtags")]),
                 "serve",
                 *pki.standalone_args(port, registry_url),
