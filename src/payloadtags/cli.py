@@ -299,8 +299,35 @@ def _without_passwords(message: str, given: Sequence[str] = ()) -> str:
 
 def _echoes_redacted(message: str, given: Sequence[str]) -> str:
     """The message with the longest end of any argument's user information before each ``@``
-    redacted (`_without_passwords`)."""
+    redacted (`_without_passwords`), or more where finding it would take more than linear work."""
+    pieces, shown = [], 0
+    for begin, end in _redacted_spans(message, given):
+        pieces += [message[shown:begin], "<redacted>"]
+        shown = end
+    return "".join([*pieces, message[shown:]])
+
+
+def _redacted_spans(message: str, given: Sequence[str]) -> list[tuple[int, int]]:
+    """Where `_echoes_redacted` redacts, from left to right, none overlapping."""
     forms = {form for arg in given for form in _escaped_forms(_userinfo(arg)) if form}
+    spans = _echo_spans(message, forms, _WORK_PER_CHARACTER * len(message) + _WORK_ALWAYS)
+    if spans is None:
+        spans = _runs_of_form_characters(message, forms)
+    return _merged(spans)
+
+
+# The characters `_echo_spans` may compare, per character of the message and at least: twenty URLs
+# with a user and an '@' in their password, echoed in one line, need a tenth of it. Many distinct
+# long arguments full of '@'s, or sharing a long end, need work that grows as their number times
+# their length (review r6cfg L1, L2: 0.3 MB of them took 86 s); past the bound the coarser rule of
+# `_runs_of_form_characters` is taken, which reads the message once.
+_WORK_PER_CHARACTER = 2
+_WORK_ALWAYS = 10_000
+
+
+def _echo_spans(message: str, forms: set[str], work: int) -> list[tuple[int, int]] | None:
+    """Before each ``@`` of the message, the span of the longest end of a form, or None when that
+    takes more than ``work`` characters compared."""
     longest_first = sorted(forms, key=len, reverse=True)
     spans: list[tuple[int, int]] = []
     covered = len(message)  # where the leftmost span found so far begins
@@ -310,28 +337,49 @@ def _echoes_redacted(message: str, given: Sequence[str]) -> str:
     at = message.rfind("@")
     while at >= 0:
         if at <= covered:  # (at a span's first character, what precedes it is not redacted yet)
-            longest = max((_shared_end(message, at, form) for form in forms), default=0)
+            ends = [_shared_end(message, at, form) for form in forms]
+            work -= len(ends) + sum(ends)
+            longest = max(ends, default=0)
             if longest:
                 spans.append((at - longest, at))
             covered = at - longest
         elif covered:
             # Inside the span: a form longer than the span's part before this '@' may reach further left
             # (review r5cfg L2: the span "ec@host X" before "@y", another argument's "PW:sec" before the
-            # "@host" in it). That part is taken as matching, not read again, which keeps this linear;
-            # at worst a few characters more are redacted.
+            # "@host" in it). That part is taken as matching, not read again: at worst a few characters
+            # more are redacted. Each '@' still tries every longer form (the work bound's reason).
             inside, before, reach = at - covered, message[covered - 1], 0
             for form in longest_first:
                 if len(form) <= inside:
                     break
+                work -= 1
                 if form[-1 - inside] == before:
-                    reach = max(reach, _shared_end(message, covered, form, inside))
+                    end = _shared_end(message, covered, form, inside)
+                    work -= end
+                    reach = max(reach, end)
             if reach:
                 spans.append((covered - reach, covered))
                 covered -= reach
+        if work < 0:
+            return None
         at = message.rfind("@", 0, at)
-    for begin, end in reversed(_merged(spans)):
-        message = message[:begin] + "<redacted>" + message[end:]
-    return message
+    return spans
+
+
+def _runs_of_form_characters(message: str, forms: set[str]) -> list[tuple[int, int]]:
+    """Before each ``@`` of the message, the span of the longest run of characters each found in a
+    form. A form's end is such a run, so this never redacts less than `_echo_spans`, and it reads the
+    message once; it is coarser (a user's name beside a URL whose password holds its letters is
+    redacted too), and only taken for argument lists no one types."""
+    characters = {char for form in forms for char in form}
+    spans = []
+    run = 0  # where the run of form characters up to here begins
+    for index, char in enumerate(message):
+        if char == "@" and run < index:
+            spans.append((run, index))
+        if char not in characters:
+            run = index + 1
+    return spans
 
 
 def _userinfo(arg: str) -> str:
