@@ -490,7 +490,7 @@ async def test_an_exec_plugin_beside_a_blank_token_or_an_empty_token_file_is_not
         # payloadtags at start, where it went on without a credential.
         assert done.code != 0 and "read empty token from file" in done.err
         with pytest.raises(
-            ConfigError, match=r"tokenFile '.*/empty' is empty, which kubectl refuses too unless"
+            ConfigError, match=r"tokenFile '.*/empty' is empty or blank, refused unless a token"
         ):
             load_cluster_config(str(kubeconfig))
         assert not (tmp_path / "conf" / "runs").exists()

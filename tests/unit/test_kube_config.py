@@ -350,19 +350,21 @@ def test_a_server_with_a_control_character_is_refused_as_kubectl_refuses_it(
     )
 
 
-@pytest.mark.parametrize("text", ["", " \n"])
+@pytest.mark.parametrize("text", ["", " \n", " ", "\xa0"])
 def test_an_empty_token_file_is_refused_as_kubectl_refuses_it_unless_a_token_stands_beside_it(
     tmp_path: Path, text: str
 ) -> None:
-    # review r3cfg N4: kubectl refuses it ("read empty token from file", or for a blank one a request it
-    # cannot send) and runs no exec plugin beside it; payloadtags went on without a credential.
+    # review r3cfg N4: kubectl refuses an empty one ("read empty token from file") and runs no exec
+    # plugin beside it; payloadtags went on without a credential. A blank one kubectl sends as no
+    # credential, or cannot send for a line end in it: refused too, and said so (review r6cfg L3).
     (tmp_path / "empty").write_text(text)
     kubeconfig = kubeconfig_with_user(tmp_path / "kc", {"tokenFile": "empty"})
     with pytest.raises(ConfigError) as raised:
         load_cluster_config(str(kubeconfig))
     assert str(raised.value) == (
-        f'kubeconfig {str(kubeconfig)!r}: user "u": tokenFile {str(tmp_path / "empty")!r} is empty, which '
-        "kubectl refuses too unless a token (a blank one too) stands beside it"
+        f'kubeconfig {str(kubeconfig)!r}: user "u": tokenFile {str(tmp_path / "empty")!r} is empty or blank, '
+        "refused unless a token (a blank one too) stands beside it: kubectl refuses an empty one, and for "
+        "a blank one sends no credential (or fails every request, for a line end in it)"
     )
     # kubectl sends the token beside it (client-go reads the file only without one).
     config = load_cluster_config(

@@ -1373,11 +1373,14 @@ def _check_token_file(token_file: str, where: str, *, token_beside: bool) -> boo
             "token, which no Authorization header can carry, as kubectl cannot send it either"
         )
     if not go_trim_space(text) and not token_beside:
-        # As kubectl ("read empty token from file", or a request it cannot send for a blank one), which
-        # runs no exec plugin beside it either: payloadtags would go on without a credential.
+        # kubectl refuses an empty file ("read empty token from file") and sends a blank one as no
+        # credential ("Bearer" and nothing else, or a request it cannot send for a line end in it),
+        # running no exec plugin beside either: payloadtags would go on without a credential. Refusing
+        # the blank one too is stricter than kubectl (review r6cfg L3).
         raise ConfigError(
-            f"{where}: tokenFile {token_file!r} is empty, which kubectl refuses too unless a token (a blank "
-            "one too) stands beside it"
+            f"{where}: tokenFile {token_file!r} is empty or blank, refused unless a token (a blank one too) "
+            "stands beside it: kubectl refuses an empty one, and for a blank one sends no credential (or "
+            "fails every request, for a line end in it)"
         )
     return False
 
