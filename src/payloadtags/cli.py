@@ -1092,12 +1092,14 @@ def _report(errors: Sequence[str], args: argparse.Namespace | None = None) -> in
     # whole, as typed, escaped or made a path of (pathlib's "https:/"), never any end of it: a
     # kubeconfig user's name that ends as the folder before an '@' does (/home/alice@corp/kc, a user
     # "alice@corp") is shown (review r5cfg L3). The longest first, so a shorter one inside it is gone.
+    # (No refusal prints a value normalised otherwise: os.path.normpath's, which differs from pathlib's
+    # only for a "..", is printed by none, review r6cfg N1.)
     values = [getattr(args, dest) or "" for dest in _FILE_FLAGS] if args is not None else []
     echoes = {
         form
         for value in values
         if "@" in value
-        for path in (value, os.path.normpath(value), str(Path(value)))
+        for path in (value, str(Path(value)))
         for form in _escaped_forms(path)
     }
     for error in errors:
