@@ -22,7 +22,7 @@ from payloadtags.kube.config import SERVICE_ACCOUNT_DIR, SERVICE_HOST_ENV, pod_w
 from payloadtags.kube.tls import client_tls_problems
 from payloadtags.settings import Settings
 from payloadtags.tls import CertificateError, ServingCertificate, load_certificates, load_private_key
-from payloadtags.validators import utf8_encodable
+from payloadtags.validators import utf8_encodable, without_userinfo
 
 # Names Kubernetes components use for the pair they generate into --cert-dir.
 CERT_DIR_CERT = "apiserver.crt"
@@ -244,7 +244,7 @@ def _check_lease_timing(settings: Settings, errors: list[str]) -> None:
 def _serving(settings: Settings, errors: list[str]) -> tuple[ServingCertificate | None, str]:
     if settings.tls_cert_file and settings.tls_private_key_file:
         serving = _pair(settings.tls_cert_file, settings.tls_private_key_file, errors)
-        return serving, f"--tls-cert-file {settings.tls_cert_file}"
+        return serving, f"--tls-cert-file {_logged(settings.tls_cert_file)}"
     if not settings.cert_dir:
         return ServingCertificate.self_signed(), "a self-signed certificate for localhost, in memory"
     directory = Path(settings.cert_dir)
@@ -258,7 +258,7 @@ def _serving(settings: Settings, errors: list[str]) -> tuple[ServingCertificate 
             "--cert-dir",
             " (delete both files to have a new pair generated)",
         )
-        return serving, f"the self-signed pair in --cert-dir {directory}"
+        return serving, f"the self-signed pair in --cert-dir {_logged(directory)}"
     serving = ServingCertificate.self_signed()
     certificate, key = serving.pem()
     try:
@@ -271,7 +271,15 @@ def _serving(settings: Settings, errors: list[str]) -> tuple[ServingCertificate 
     except OSError as error:
         errors.append(f"--cert-dir {directory}: cannot write the self-signed pair: {error.strerror}")
         return None, ""
-    return serving, f"a new self-signed pair written to --cert-dir {directory}"
+    return serving, f"a new self-signed pair written to --cert-dir {_logged(directory)}"
+
+
+def _logged(path: str | Path) -> str:
+    """A file flag's value as the start's log line names it: all before its last '@' redacted, as the
+    refusals name it (cli's `_report`). A URL given to a file flag may still name a file or a folder
+    (--cert-dir=https://user:pw@h is made under the working directory), and the start then succeeds
+    and logs it (review r6cfg N3)."""
+    return without_userinfo(str(path))
 
 
 def _pair(

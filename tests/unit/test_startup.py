@@ -196,6 +196,24 @@ def test_standalone_without_always_allow_is_refused() -> None:
     assert "pass --authorization-mode=AlwaysAllow to run standalone" in error
 
 
+def test_a_url_given_to_cert_dir_or_tls_cert_file_is_logged_without_its_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # review r6cfg N3: a URL that took a file flag's value is a folder (or file) that can be made under
+    # the working directory ("https:/al1ce:s3cret@r"); the start then succeeded and logged it whole.
+    monkeypatch.chdir(tmp_path)
+    url = "https://al1ce:s3cret@r"
+    first = complete(settings(cert_dir=url), environ=NO_POD)
+    assert first.serving_origin == "a new self-signed pair written to --cert-dir <redacted>@r"
+    second = complete(settings(cert_dir=url), environ=NO_POD)
+    assert second.serving_origin == "the self-signed pair in --cert-dir <redacted>@r"
+    pair = complete(
+        settings(tls_cert_file=f"{url}/{CERT_DIR_CERT}", tls_private_key_file=f"{url}/{CERT_DIR_KEY}"),
+        environ=NO_POD,
+    )
+    assert pair.serving_origin == f"--tls-cert-file https://<redacted>@r/{CERT_DIR_CERT}"
+
+
 def test_cert_dir_pair_is_written_once_and_reused(tmp_path: Path) -> None:
     directory = tmp_path / "certs"
     first = complete(settings(cert_dir=str(directory)), environ=NO_POD)
