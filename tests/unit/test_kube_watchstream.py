@@ -297,6 +297,47 @@ def test_a_token_file_rewritten_with_bytes_that_are_not_utf8_keeps_the_last_toke
     assert source.current() == "three"
 
 
+@pytest.mark.parametrize("blank", ["", "\n", " \u3000\t"])
+def test_a_token_file_that_becomes_blank_keeps_the_last_token_said_once_a_minute(
+    tmp_path: Path, blank: str
+) -> None:
+    # review r6cfg N6: it was kept without a word, where a missing or unreadable file is said; client-go
+    # keeps it too and logs "Unable to rotate token: read empty token from file".
+    token_file = tmp_path / "token"
+    token_file.write_text("one\n")
+    clock = Clock()
+    config = ClusterConfig("https://k", token_file=str(token_file))
+    source = _TokenSource(config, clock, 60.0, monotonic=clock.seconds)
+    assert source.current() == "one"
+    token_file.write_text(blank, encoding="utf-8")
+    with collected_logs() as events:
+        clock.advance(60)
+        assert source.current() == "one"
+        source.invalidate()  # a 401 reads it again: said once a minute
+        assert source.current() == "one"
+        clock.advance(60)
+        assert source.current() == "one"
+    said = [formatEvent(event) for event in events]
+    line = f"Keeping the previous token: cannot read {token_file}: it is blank"
+    assert said == [line, line + " (1 more like it in the 60s since the last line)"], said
+    token_file.write_text("two")
+    clock.advance(60)
+    assert source.current() == "two"
+    # Blank from the start beside the kubeconfig's token: that token is the credential, as at start.
+    token_file.write_text(blank, encoding="utf-8")
+    beside = _TokenSource(
+        ClusterConfig("https://k", token="static", token_file=str(token_file)),
+        clock,
+        60.0,
+        monotonic=clock.seconds,
+    )
+    with collected_logs() as events:
+        assert beside.current() == "static"
+        clock.advance(60)
+        assert beside.current() == "static"
+    assert events == []
+
+
 def test_a_token_file_that_is_not_utf8_at_first_use_is_unreadable(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_bytes(b"s3cr3t-\xff\n")

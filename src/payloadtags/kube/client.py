@@ -440,21 +440,27 @@ class _TokenSource:
             except OSError as e:
                 if self._token is None:
                     raise KubeTokenUnreadable(f"cannot read token file {self._config.token_file}: {e}") from e
-                said = self._unreadable_said(str(e))
-                if said is not None:
-                    log.warn(
-                        "{kept}: cannot read {path}: {error}{more}",
-                        kept="Keeping the previous token"
-                        if self._from_file
-                        else "Sending the kubeconfig's token",
-                        path=self._config.token_file,
-                        error=e,
-                        more=said.more(),
-                    )
+                self._say_kept(str(e))
             else:
                 if read:
                     self._token, self._from_file = read, True
+                elif self._from_file:
+                    # Kept, as client-go keeps it ("Unable to rotate token: read empty token from file"):
+                    # a writer that truncates before it writes (review r6cfg N6). A file blank from the
+                    # start leaves the kubeconfig's token beside it in force, as documented, unsaid.
+                    self._say_kept("it is blank")
         return self._token
+
+    def _say_kept(self, cause: str) -> None:
+        said = self._unreadable_said(cause)
+        if said is not None:
+            log.warn(
+                "{kept}: cannot read {path}: {error}{more}",
+                kept="Keeping the previous token" if self._from_file else "Sending the kubeconfig's token",
+                path=self._config.token_file,
+                error=cause,
+                more=said.more(),
+            )
 
     def invalidate(self) -> None:
         self._read_at = float("-inf")
