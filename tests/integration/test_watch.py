@@ -1161,6 +1161,31 @@ async def test_watches_past_the_limit_that_waited_on_a_read_get_429_before_any_b
 
 
 @pytest_twisted.ensureDeferred
+async def test_watches_by_made_up_names_leave_no_read_number_in_the_scope_s_source(
+    make_server, registry, repo
+):
+    """Review r6watch F2: `kubectl get NAME -w` of tags in repositories that do not exist reads each
+    repository first (no tags). The scope's source, alive as long as its namespace is watched, kept
+    a read number for every one of them."""
+    namespace, _ = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "v1")
+    api = await make_server(registry, watch=WatchLimits(resync_period=3600))
+    client = api.client(api.pki.admin)
+    held = await stream(client, f"{collection(namespace)}?watch=true&resourceVersion=0")
+    await held.next()
+    source = api.running.api.watch_hub.sources[namespace]
+    for i in range(30):
+        name = encode_name(f"made-up-{i}", "x")
+        query = f"watch=true&resourceVersion=0&fieldSelector=metadata.name%3D{name}"
+        opened = await stream(client, f"{collection(namespace)}?{query}")
+        assert opened.code == 200
+        opened.close()
+    held.close()
+    assert source.tags.keys() == {repo}
+    assert set(source._marks) <= {repo}, source._marks
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_watch_waiting_on_a_read_when_the_server_stops_gets_a_status_before_any_byte(
     make_server, registry, repo, monkeypatch
 ):

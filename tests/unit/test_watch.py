@@ -391,6 +391,48 @@ def test_a_source_is_dropped_once_the_watch_that_waited_on_it_gave_up() -> None:
     hub.stop()
 
 
+def test_a_source_keeps_no_read_number_for_a_repository_without_tags() -> None:
+    """Review r6watch F2: a source numbered every repository it ever read, tags or none (a watch by
+    a made-up name reads its repository first; a deleted repository), for its whole life. A number
+    is needed only to tell an older read still under way as stale: without tags and none under way,
+    it goes."""
+    reader = FakeReader({"team/app": {"v1"}, "team/gone": {"g"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=10)
+    source = ready(hub, "team")
+    for i in range(30):
+        Deferred.fromCoroutine(source.read(f"team/made-up-{i}"))
+    del reader.repositories["team/gone"]
+    source.repository_changed("team/gone")
+    assert set(source._marks) <= {"team/app"}, source._marks
+    clock.advance(10)
+    assert set(source._marks) <= {"team/app"} and set(source.tags) == {"team/app"}
+
+
+def test_a_read_older_than_a_tagless_one_is_still_stale_when_it_lands() -> None:
+    """A resync under way reads team/app with its tag; meanwhile a notification's read finds it
+    deleted. The older read, landing after, must not bring the tag back: the tagless read's number
+    is kept until no older read is under way, then forgotten."""
+    reader = FakeReader({"team/app": {"v1"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=1000)
+    source = ready(hub, "team")
+    w, sink = watcher()
+    assert hub.start(w, source, since=None, timeout=None)
+    reader.scope_held = []
+    source.resync()  # its read is numbered now, before the delete
+    del reader.repositories["team/app"]
+    hub.repository_changed("team/app")
+    assert "team/app" in source._marks  # the resync's read, older, is still under way
+    reader.repositories["team/app"] = {"v1"}  # what that older read saw
+    reader.scope_held[0].callback(None)
+    assert [line.split()[:2] for line in sink.lines] == [
+        [b"ADDED", b"team/app:v1"],
+        [b"DELETED", b"team/app:v1"],
+    ]
+    assert "team/app" not in source.tags and not source._marks
+
+
 # -- lists of scopes nobody watches -----------------------------------------------------------------
 
 

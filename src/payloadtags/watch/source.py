@@ -81,8 +81,13 @@ class ScopeSource:
     # took a line (its iterator never ran, so no `finally` of it does) leaves nothing behind it.
     _readers: set[weakref.ref[_Reader]] = attrs.field(factory=set)
     # Reads are numbered when they start; a read older than the one a repository last took is stale.
+    # A repository's number is kept only while an older read may still land: past that, one without
+    # tags is forgotten (`_forget_mark`), or every repository ever read (a watch by a made-up name, a
+    # deleted repository) would stay here for the source's life (review r6watch F2).
     _reads: int = 0
     _marks: dict[str, int] = attrs.field(factory=dict)
+    # The numbers of the reads under way (of the scope or of one repository).
+    _flying: set[int] = attrs.field(factory=set)
     # Bounds every resync (a registry that answers forever must not hold the loop).
     clock: IReactorTime | None = None
     timeout: float | None = None
@@ -226,6 +231,17 @@ class ScopeSource:
     async def _resync_once(self) -> None:
         mark = self._next_mark()
         try:
+            await self._resync_read(mark)
+        finally:
+            self._flying.discard(mark)
+        # What this read's own number kept from being forgotten; and those of repositories whose
+        # tagless read landed while an older read was still under way.
+        oldest = min(self._flying, default=self._reads + 1)
+        for repository in [r for r, m in self._marks.items() if m < oldest and r not in self.tags]:
+            del self._marks[repository]
+
+    async def _resync_read(self, mark: int) -> None:
+        try:
             refs = await self.reader.scope_tags(self.namespace)
         except CancelledError as error:
             if not self.ready:
@@ -271,7 +287,10 @@ class ScopeSource:
                 self.repository_changed(repository)
 
     def _next_mark(self) -> int:
+        """The number of a read that starts now, under way until its caller discards it from
+        ``_flying``."""
         self._reads += 1
+        self._flying.add(self._reads)
         return self._reads
 
     def repository_changed(self, repository: str) -> None:
@@ -443,19 +462,22 @@ class ScopeSource:
         """One read of a repository's tag list, taken by ``apply`` and `_confirm`; False if it failed."""
         mark = self._next_mark()
         try:
-            tags = frozenset(await self.reader.repository_tags(repository))
-        except RegistryNotFound:
-            tags = frozenset()
-        except Exception as error:
-            log.warn(
-                "watch read of {repository} failed: {error}; the next resync covers it",
-                repository=repository,
-                error=str(error) or repr(error),
-            )
-            return False
-        apply(tags, mark)
-        self._confirm(repository, tags, mark)
-        return True
+            try:
+                tags = frozenset(await self.reader.repository_tags(repository))
+            except RegistryNotFound:
+                tags = frozenset()
+            except Exception as error:
+                log.warn(
+                    "watch read of {repository} failed: {error}; the next resync covers it",
+                    repository=repository,
+                    error=str(error) or repr(error),
+                )
+                return False
+            apply(tags, mark)
+            self._confirm(repository, tags, mark)
+            return True
+        finally:
+            self._flying.discard(mark)
 
     async def read(self, repository: str) -> bool:
         """Reads one repository now, in the caller's context (a read sent after its request began
@@ -478,12 +500,13 @@ class ScopeSource:
         this repository was applied already)."""
         if self._marks.get(repository, 0) > mark:
             return False
-        self._marks[repository] = mark
         old = self.tags.get(repository, frozenset())
         if tags:
             self.tags[repository] = tags
+            self._marks[repository] = mark
         else:
             self.tags.pop(repository, None)
+            self._forget_mark(repository, mark)
         if not self.ready or old == tags:
             return True  # the first read is the baseline: no events
         parts = split_repository(repository)
@@ -495,6 +518,16 @@ class ScopeSource:
         for tag in sorted(tags - old):
             self.emit(EventType.ADDED, TagRef(namespace, path, tag))
         return True
+
+    def _forget_mark(self, repository: str, mark: int) -> None:
+        """A read numbered ``mark`` found ``repository`` without tags. Its number is needed only to
+        tell an older read still under way as stale: with none, a read that lands later is newer
+        (and the repository without a number is as one never read); else it is kept until the end of
+        the scope read that finds no older one (`_resync_once`)."""
+        if min(self._flying, default=mark) < mark:
+            self._marks[repository] = mark
+        else:
+            self._marks.pop(repository, None)
 
     def emit(self, kind: EventType, ref: TagRef) -> Event:
         """An event of the scope: the next resourceVersion, kept in the history, sent to every watcher."""
