@@ -25,10 +25,11 @@ from twisted.python.failure import Failure
 
 from payloadtags.limits import WatchLimits
 from payloadtags.names import encode_name
+from tests.e2e.test_kubectl_versions import binary
 from tests.support import images
 from tests.support.harness import ServerUnderTest
 from tests.support.kubeapi import eventually
-from tests.support.kubectl import KUBECTL, Kubectl
+from tests.support.kubectl import Kubectl
 
 pytestmark = [pytest.mark.kubectl, pytest.mark.registry]
 
@@ -85,8 +86,9 @@ def start_kubectl(kubectl: Kubectl, *args: str) -> Running:
         "KUBECONFIG": str(kubectl.kubeconfig),
     }
     protocol = Running()
+    binary = kubectl.binary
     global_reactor.spawnProcess(
-        protocol, KUBECTL, [KUBECTL, "--cache-dir", str(kubectl.cache_dir), *args], env=env
+        protocol, binary, [binary, "--cache-dir", str(kubectl.cache_dir), *args], env=env
     )
     return protocol
 
@@ -122,6 +124,41 @@ async def test_kubectl_get_w_prints_a_pushed_tag_and_a_deleted_one(kubectl, regi
         running.stop()
     await running.exited
     assert "error" not in running.stderr.lower(), running.stderr
+
+
+@pytest.mark.parametrize("version", ["1.27", "1.32"])
+@pytest.mark.parametrize("events", [False, True])
+@pytest_twisted.ensureDeferred
+async def test_kubectl_get_w_prints_the_same_table_with_columns_in_the_first_event_only(
+    watched, registry, repo, tmp_path, pki, version, events
+):
+    """A Table watch's columns come in its first event only (review r6watch L1), as kube-apiserver
+    sends them: kubectl 1.27 (the oldest beside gcloud) and 1.32 print one header and every row, a
+    row pushed and one deleted while they watch, in the columns of the first event."""
+    namespace, path = repo.split("/", 1)
+    old = images.push_oci_image(registry, repo, "old")
+    images.push_oci_image(registry, repo, "kept", seed="kept")
+    kubectl = Kubectl.write(
+        tmp_path / f"kube-{version}", watched.url, pki.server_ca.cert_file, pki.admin, binary=binary(version)
+    )
+    flags = ["--output-watch-events"] if events else []
+    running = start_kubectl(kubectl, "get", "prt", "-n", namespace, "-w", *flags)
+    try:
+        lead = ["ADDED"] if events else []
+        header = ["EVENT"] if events else []
+        assert (await running.line()).split() == [*header, "NAME", "REPOSITORY", "TAG"]
+        rows = [(await running.line()).split() for _ in range(2)]
+        assert sorted(rows) == sorted([[*lead, encode_name(path, t), path, t] for t in ("kept", "old")])
+        images.push_oci_image(registry, repo, "new", seed="new")
+        assert (await running.line()).split() == [*lead, encode_name(path, "new"), path, "new"]
+        delete_tag(registry, repo, old)
+        gone = ["DELETED"] if events else []
+        assert (await running.line()).split() == [*gone, encode_name(path, "old"), path, "old"]
+        assert not running.exited.called, running.stderr
+    finally:
+        running.stop()
+    await running.exited
+    assert running.lines.pending == [] and "error" not in running.stderr.lower(), running.stderr
 
 
 @pytest_twisted.ensureDeferred

@@ -1186,6 +1186,36 @@ async def test_watches_by_made_up_names_leave_no_read_number_in_the_scope_s_sour
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_table_watch_sends_the_column_definitions_in_its_first_event_only(
+    make_server, registry, repo
+):
+    """Review r6watch L1: as kube-apiserver, a Table watch's columns are in its first event, not
+    repeated in every one (half of each line); kubectl keeps the last columns it was sent. Each
+    watch gets them first, whatever the scope's other watches were sent."""
+    namespace, path = repo.split("/", 1)
+    for tag in ("a", "b"):
+        images.push_oci_image(registry, repo, tag, seed=tag)
+    api = await make_server(registry, watch=WatchLimits(resync_period=3600))
+    client = api.client(api.pki.admin)
+    url = f"{collection(namespace)}?watch=true&resourceVersion=0"
+    first = await stream(client, url, {"Accept": TABLE})
+    events = [await first.next() for _ in range(2)]
+    second = await stream(client, url, {"Accept": TABLE})
+    events_second = [await second.next() for _ in range(2)]
+    deleted = await client.delete(f"{collection(namespace)}/{encode_name(path, 'a')}")
+    assert deleted.code == 200
+    events.append(await first.next())
+    events_second.append(await second.next())
+    first.close()
+    second.close()
+    for got in (events, events_second):
+        assert [e["type"] for e in got] == ["ADDED", "ADDED", "DELETED"]
+        assert [c["name"] for c in got[0]["object"]["columnDefinitions"]][:3] == ["Name", "Repository", "Tag"]
+        assert [e["object"]["columnDefinitions"] for e in got[1:]] == [[], []]
+        assert [e["object"]["rows"][0]["cells"][2] for e in got] == ["a", "b", "a"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_watch_waiting_on_a_read_when_the_server_stops_gets_a_status_before_any_byte(
     make_server, registry, repo, monkeypatch
 ):

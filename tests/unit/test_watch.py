@@ -1499,6 +1499,46 @@ def test_a_bookmark_of_a_dropped_source_is_not_taken_for_a_later_list() -> None:
 # -- watchers ----------------------------------------------------------------------------------------
 
 
+def headed(event: Event) -> bytes:
+    return b"H " + render(event)
+
+
+@pytest.mark.parametrize("paused", [False, True])
+def test_a_watch_writes_its_first_event_in_the_first_form_and_the_others_in_the_later_one(
+    paused: bool,
+) -> None:
+    """Review r6watch L1: a Table watch's columns go in its first event only (render_after). Live
+    events taken while what it starts with is not written yet (paused: its client reads slowly) are
+    written after it; the first line written is in the first form whatever came first."""
+    sink = FakeSink()
+    w = Watcher("alice", sink, headed, lambda ref: True, lambda ns, path: True, render_after=render)
+    w.form, w.form_after = "headed", "plain"
+    w.paused = paused
+    w.begin(Event(1, EventType.ADDED, TagRef("team", "app", t)) for t in ("a", "b"))
+    live = [
+        Event(2, EventType.ADDED, TagRef("team", "app", "c")),
+        Event(3, EventType.ADDED, TagRef("team", "app", "d")),
+    ]
+    lines: list[Lines] = [{}, {}]
+    w.take(live, lines)
+    w.resumeProducing()
+    assert [line.split()[0] for line in sink.lines][:1] == [b"H"]
+    assert [line.split()[-2] for line in sink.lines] == [
+        b"team/app:a",
+        b"team/app:b",
+        b"team/app:c",
+        b"team/app:d",
+    ]
+    assert lines[1] == {"plain": render(live[1])}  # shared with the scope's other watchers of that form
+    assert sum(line.startswith(b"H") for line in sink.lines) == (2 if paused else 1)
+    # A watch that starts with nothing: its first live event carries the first form.
+    empty_sink = FakeSink()
+    empty = Watcher("bob", empty_sink, headed, lambda ref: True, lambda ns, path: True, render_after=render)
+    empty.begin([])
+    empty.take(live, [{}, {}])
+    assert [line.split()[0] for line in empty_sink.lines] == [b"H", b"ADDED"]
+
+
 def test_a_slow_watcher_is_disconnected_not_buffered_without_bound() -> None:
     reader = FakeReader({"team/app": set()})
     clock = Clock()

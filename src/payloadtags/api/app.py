@@ -1268,11 +1268,15 @@ class ApiServer:
         _head(request, 200, media.content_type)
         request.setHeader(b"x-content-type-options", b"nosniff")
         renderer = EventRenderer(media, include, self.service.registry_host, hub.versions.format)
+        # A Table's columns in its first event only, as kube-apiserver sends them (docs/watch.md).
+        after = attrs.evolve(renderer, headers=False) if media.form is Form.TABLE else None
         watcher = Watcher(
             user=user.name,
             sink=ResponseSink(request),
             render=renderer.event,
             form=renderer,
+            render_after=None if after is None else after.event,
+            form_after=after,
             accept=options.accept(),
             selectors=(options.labels, options.fields),
             readable=readable,

@@ -128,6 +128,8 @@ class EventRenderer:
     include: str
     registry_host: str
     format_version: Callable[[int], str] = attrs.field(eq=False)
+    # A Table's column definitions: in the first event of a watch only (`Watcher.render_after`).
+    headers: bool = True
 
     def event(self, event: Event) -> bytes:
         obj = tag_object(self.registry_host, event.ref)
@@ -138,7 +140,7 @@ class EventRenderer:
                 Table(
                     api_version=self.media.meta_api_version,
                     metadata=ListMeta(resource_version=obj.metadata.resource_version),
-                    column_definitions=COLUMNS,
+                    column_definitions=COLUMNS if self.headers else [],
                     rows=[row(obj, self.media, self.include)],
                 )
             )

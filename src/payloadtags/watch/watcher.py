@@ -87,6 +87,12 @@ class Watcher:
     # Watchers of the same form share each event's line (`Fanout`): what ``render`` makes of an event
     # depends on nothing else. None: ``render`` itself.
     form: Hashable | None = None
+    # The form of every event after the first this watch writes, when it differs: a Table watch's
+    # events without the column definitions the first one carries, as kube-apiserver sends them
+    # (kubectl keeps the last columns it was sent), where repeating them was half of each line
+    # (review r6watch L1). Shared as ``form_after`` (None: ``render_after`` itself).
+    render_after: Render | None = None
+    form_after: Hashable | None = None
     # The sequence up to which the scope's events are this watch's past (`Fanout`): handed to it, or
     # covered by what it started with (set then).
     taken: int = 0
@@ -120,6 +126,11 @@ class Watcher:
     # Per namespace, the rules in force at ``_current_at`` (the access generation).
     _current: dict[str, PathMatcher] = attrs.field(factory=dict, init=False)
     _current_at: int | None = attrs.field(default=None, init=False)
+    # Whether an event of what it starts with, or a live one, was rendered in the first form. What it
+    # starts with is written before any live event, so its first event is always in the first form;
+    # a live one is in the later form only once one of those, written before it, was.
+    _first_opening: bool = attrs.field(default=False, init=False)
+    _first_live: bool = attrs.field(default=False, init=False)
 
     def visible(self, ref: TagRef) -> bool:
         # The selectors first: a tag they reject costs no access decision.
@@ -248,14 +259,10 @@ class Watcher:
         """Events of the scope, in order, with the lines other watchers rendered of them."""
         if self.closed:
             return
-        form = self.render if self.form is None else self.form
         out: list[bytes] = []
         for event, rendered in zip(events, lines, strict=True):
             if self.visible(event.ref):
-                line = rendered.get(form)
-                if line is None:
-                    line = rendered[form] = self.render(event)
-                out.append(line)
+                out.append(self._line(event, rendered))
         if self.paused or self.buffer or self.opening is not None:
             for line in out:
                 self.send(line)  # the buffer's bound applies
@@ -268,9 +275,29 @@ class Watcher:
     def begin(self, events: Iterable[Event], then: Iterable[bytes] = ()) -> None:
         """Start with ``events`` (those visible, rendered one at a time) and then the lines ``then``,
         written as the transport takes them, before any live event."""
-        visible = (self.render(event) for event in events if self.visible(event.ref))
+        visible = (self._line(event) for event in events if self.visible(event.ref))
         self.opening = _chain(visible, iter(then))
         self._pump()
+
+    def _line(self, event: Event, rendered: Lines | None = None) -> bytes:
+        """An event's line: of what it starts with (no ``rendered``), or live, shared through
+        ``rendered`` with the scope's other watchers of its form."""
+        after_first = self._first_opening or (rendered is not None and self._first_live)
+        if self.render_after is None or not after_first:
+            render, form = self.render, self.form
+            if rendered is None:
+                self._first_opening = True
+            else:
+                self._first_live = True
+        else:
+            render, form = self.render_after, self.form_after
+        if rendered is None:
+            return render(event)
+        key = render if form is None else form
+        line = rendered.get(key)
+        if line is None:
+            line = rendered[key] = render(event)
+        return line
 
     def send(self, line: bytes) -> None:
         if self.closed:
