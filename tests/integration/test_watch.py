@@ -1161,6 +1161,67 @@ async def test_watches_past_the_limit_that_waited_on_a_read_get_429_before_any_b
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_watch_of_a_new_scope_while_every_kept_scope_is_in_use_gets_429_before_any_byte(
+    make_server, registry, repo, monkeypatch
+):
+    """At most --max-watches scopes are kept (review r6watch F1). Here one: the scope of a list that
+    waits for its first read (its watch gone). A watch of another scope then gets 429 with
+    Retry-After rather than a second source; once the list is answered, the idle scope is dropped
+    to make room and the same watch is served."""
+    namespace, _ = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "v1")
+    api = await make_server(registry, watch=WatchLimits(max_watches=1))
+    client = api.client(api.pki.admin)
+    hub, reader, _ = _gated_hub(api, monkeypatch)
+    with collected_logs() as events:
+        first = Deferred.fromCoroutine(stream(client, f"{collection(namespace)}?watch=true"))
+        assert await eventually(lambda: _ready(namespace in hub.sources), within=20)
+        listed = Deferred.fromCoroutine(client.get(collection(namespace)))
+        assert await eventually(lambda: _ready(hub._holds[namespace] == 2), within=20)
+        first.cancel()  # its client went away; the list still waits on the scope's read
+        first.addErrback(lambda _: None)
+        assert await eventually(lambda: _ready(hub._holds[namespace] == 1 and not hub._reserved), within=20)
+        refused = await stream(client, f"{collection(namespace + '-other')}?watch=true")
+        assert refused.code == 429 and refused.headers["retry-after"] == ["1"]
+        await refused.ended
+        body = json.loads(b"".join(refused.lines.pending))
+        assert (body["kind"], body["code"], body["reason"]) == ("Status", 429, "TooManyRequests")
+        assert "too many watched scopes on this server (1)" in body["message"]
+        assert list(hub.sources) == [namespace]
+        reader.gate.callback(None)
+        assert (await listed).code == 200
+        served = await stream(client, f"{collection(namespace + '-other')}?watch=true")
+        assert served.code == 200 and list(hub.sources) == [namespace + "-other"]
+        served.close()
+    assert not [e for e in events if "unhandled error" in e.get("log_format", "")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_watches_of_made_up_namespaces_opened_and_closed_keep_no_more_scopes_than_max_watches(
+    make_server, registry, repo, reactor
+):
+    """Review r6watch F1: one user opens and closes watches of 12 namespaces, none of which exists,
+    one after the other. Each used to leave its scope's source behind for
+    --watch-scope-idle-timeout, rereading its namespace every resync period; at most --max-watches
+    (2) are kept now, and a watch of a real namespace is served as before."""
+    namespace, _ = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "v1")
+    api = await make_server(registry, watch=WatchLimits(max_watches=2, max_watches_per_user=2))
+    client = api.client(api.pki.admin)
+    hub = api.running.api.watch_hub
+    for i in range(12):
+        opened = await stream(client, f"{collection(f'made-up-{i}')}?watch=true")
+        assert opened.code == 200
+        opened.close()
+        await eventually(lambda: _ready(not hub.watchers), within=20)
+        assert len(hub.sources) <= 2, sorted(map(str, hub.sources))
+    watch = await stream(client, f"{collection(namespace)}?watch=true")
+    assert watch.code == 200
+    assert (await watch.next())["object"]["spec"]["tag"] == "v1"
+    watch.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_watches_by_made_up_names_leave_no_read_number_in_the_scope_s_source(
     make_server, registry, repo
 ):

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import attrs
 import pytest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 
 from payloadtags.access.authz import AuthorizationNotReady, Readable
 from payloadtags.access.rbac import RbacAuthorizer, RbacIndex
@@ -33,7 +34,7 @@ from payloadtags.watch import (
     WatchLimits,
 )
 from payloadtags.watch.fanout import Lines
-from payloadtags.watch.hub import MAX_UNCONFIRMED_READS
+from payloadtags.watch.hub import MAX_UNCONFIRMED_READS, UNUSED_SCOPE_TTL
 from payloadtags.watch.openings import Openings
 from payloadtags.watch.source import Event, EventType
 from payloadtags.watch.versions import EPOCH_MAX
@@ -381,9 +382,10 @@ def test_a_source_is_dropped_once_the_watch_that_waited_on_it_gave_up() -> None:
     clock.advance(120)
     assert hub.sources.get("team") is source
     slot.release()  # its request went away before the watch started
-    clock.advance(30)
+    clock.advance(UNUSED_SCOPE_TTL - 1)
     assert hub.sources.get("team") is source  # idle from then on
-    clock.advance(60)
+    # No watch started on it: kept a reconnect's worth, not idle_scope_ttl.
+    clock.advance(UNUSED_SCOPE_TTL)
     assert "team" not in hub.sources
     # A watch never starts on a dropped source: its client relists.
     assert not hub.start(watcher()[0], source, since=None, timeout=None)
@@ -431,6 +433,133 @@ def test_a_read_older_than_a_tagless_one_is_still_stale_when_it_lands() -> None:
         [b"DELETED", b"team/app:v1"],
     ]
     assert "team/app" not in source.tags and not source._marks
+
+
+# -- how many sources are kept ----------------------------------------------------------------------
+
+
+def open_and_close(hub: WatchHub, w: Watcher, namespace: str) -> bool:
+    """A watch of ``namespace`` as api/app.py starts one (its slot, its scope's source, the start),
+    ended by its client at once: whether it was served (False: TooManyWatches, a 429)."""
+    try:
+        slot = hub.admit(w.user)
+    except TooManyWatches:
+        return False
+    got: list[ScopeSource | Failure] = []
+    Deferred.fromCoroutine(hub.source(namespace, slot)).addBoth(got.append)
+    assert got, "the source became ready without waiting on the fake reader"
+    if isinstance(got[0], Failure):
+        got[0].trap(TooManyWatches)
+        slot.release()
+        return False
+    assert hub.start(w, got[0], since=None, timeout=None, slot=slot)
+    w.end("client gone", write=False)
+    return True
+
+
+def test_watches_opened_and_closed_keep_no_more_sources_than_max_watches_nor_their_rereads() -> None:
+    """Review r6watch F1: one user opens and closes 1,000 watches of made-up namespaces, 100 a
+    second. Each used to leave its scope's source behind, rereading it every resync period (10 s)
+    for idle_scope_ttl (2 min): 1,000 sources, 100 scope reads a second once her flood is over.
+    Now at most max_watches are kept (the one idle longest dropped to make room), and an empty
+    scope's idle source goes after UNUSED_SCOPE_TTL: then only bob's namespace is reread. His watch
+    is served as before, and so is carol's new one."""
+    reader = FakeReader({"team/app": {"v1"}, "other/web": {"w1"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, max_watches=4, max_watches_per_user=4, resync_period=10, idle_scope_ttl=120)
+    hub.run()
+    bob, bob_sink = watcher("bob")
+    assert hub.start(bob, ready(hub, "team"), since=None, timeout=None)
+    flood_reads = 0
+    for i in range(1_000):
+        before = reader.scope_reads
+        assert open_and_close(hub, watcher("mallory")[0], f"made-up-{i}")
+        flood_reads += reader.scope_reads - before - 1  # past the baseline her watch asked for
+        assert len(hub.sources) <= 4
+        clock.advance(0.01)
+    # What her flood made rerun while it lasted: next to nothing (a source lives 0.03 s here).
+    assert flood_reads <= 3, flood_reads
+    assert len(hub.sources) == 4
+    clock.advance(UNUSED_SCOPE_TTL + UNUSED_SCOPE_TTL / 2)
+    assert set(hub.sources) == {"team"}  # hers are empty: dropped a reconnect's worth after
+    before = reader.scope_reads
+    for _ in range(6):
+        clock.advance(10)
+    assert reader.scope_reads - before == 6  # team's, every 10 s
+    reader.repositories["team/app"].add("v2")
+    clock.advance(10)
+    assert [line.split()[:2] for line in bob_sink.lines] == [
+        [b"ADDED", b"team/app:v1"],
+        [b"ADDED", b"team/app:v2"],
+    ]
+    carol, carol_sink = watcher("carol")
+    slot = hub.admit("carol")
+    got: list[ScopeSource] = []
+    Deferred.fromCoroutine(hub.source("other", slot)).addCallback(got.append)
+    assert hub.start(carol, got[0], since=None, timeout=None, slot=slot)
+    assert carol_sink.lines[0].startswith(b"ADDED other/web:w1") and not bob.closed
+    hub.stop()
+
+
+def test_a_new_scope_is_refused_while_every_kept_source_is_in_use() -> None:
+    """With max_watches sources kept and none idle (a watch on one, a list waiting for the other's
+    first read), a watch of a third scope gets TooManyWatches (a 429 with Retry-After) rather than a
+    source past the bound; once one is idle, it is dropped to make room and the watch is served."""
+    reader = FakeReader({"a/app": {"v1"}, "b/app": {"v1"}, "c/app": {"v1"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, max_watches=2, max_watches_per_user=2)
+    hub.run()
+    assert hub.start(watcher()[0], ready(hub, "a"), since=None, timeout=None)
+    reader.scope_held = []
+    slot = hub.admit("bob")
+    waiting = Deferred.fromCoroutine(hub.source("b", slot))
+    listed: list[str] = []
+    Deferred.fromCoroutine(hub.list_version("b")).addCallback(listed.append)
+    # Bob's watch gave up (its request cancelled, as api/app.py's is when its client goes); the
+    # list still waits for b's first read.
+    waiting.addErrback(lambda failure: failure.trap(CancelledError))
+    waiting.cancel()
+    slot.release()
+    assert not open_and_close(hub, watcher("carol")[0], "c")
+    assert set(hub.sources) == {"a", "b"} and not hub._reserved
+    reader.scope_held[0].callback(None)
+    reader.scope_held = None
+    assert listed
+    assert open_and_close(hub, watcher("carol")[0], "c")
+    assert set(hub.sources) == {"a", "c"}
+    hub.stop()
+
+
+def test_a_scope_nobody_could_read_in_or_without_tags_is_dropped_soon_after_its_watch() -> None:
+    """A watch of a namespace its user may read nothing in (another team's), or of one with no tags
+    (a made-up name), keeps its source for UNUSED_SCOPE_TTL once it ends, not idle_scope_ttl:
+    nobody resumes there with anything to lose. One her rules let her read in is kept as before."""
+    reader = FakeReader({"team/app": {"v1"}, "mine/app": {"v1"}})
+    clock = Clock()
+    index = RbacIndex()
+    authorizer = RbacAuthorizer(index, ready=lambda: True)
+    hub = WatchHub(
+        reader,
+        clock,
+        WatchLimits(resync_period=10, idle_scope_ttl=120),
+        access_generation=lambda: index.generation,
+        access_rules=lambda user, namespace: authorizer.rules(user, "get", namespace),
+    )
+    hub.run()
+    grant(index, "mallory", "mine", ["app"], "mallory")
+    grant(index, "mallory", "empty", ["app"], "mallory-empty")
+    for namespace in ("team", "mine", "empty"):
+        w, _ = rbac_watcher(authorizer, "mallory")
+        assert open_and_close(hub, w, namespace)
+    clock.advance(UNUSED_SCOPE_TTL + UNUSED_SCOPE_TTL / 2)
+    assert set(hub.sources) == {"mine"}
+    before = reader.scope_reads
+    for _ in range(10):
+        clock.advance(10)
+    assert set(hub.sources) == {"mine"} and reader.scope_reads - before == 10
+    clock.advance(30)
+    assert not hub.sources  # idle_scope_ttl after her watch
+    hub.stop()
 
 
 # -- lists of scopes nobody watches -----------------------------------------------------------------

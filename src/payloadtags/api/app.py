@@ -1217,7 +1217,12 @@ class ApiServer:
         assert hub is not None
         assert isinstance(request, Request)
         warm = namespace in hub.sources
-        source = await hub.source(namespace, slot)
+        try:
+            source = await hub.source(namespace, slot)
+        except TooManyWatches as error:
+            # Every scope kept is in use (docs/watch.md, "Bounds"): refused before the head, as a
+            # watch past --max-watches is.
+            raise too_many_requests(retry_after=1, message=str(error)) from None
         since: int | None = None
         listed: Listed | None = None
         confirmed: frozenset[str] = frozenset()

@@ -5,8 +5,9 @@ baseline, so every change after the list is an event after the list's resourceVe
 none, no source is started (a plain list costs one read of the registry, no rereads after it): the list
 records what it reads (``watch.listed``), and a watch from its resourceVersion starts the source and is
 first sent the differences from that record: its opening, private to it (``watch.openings``). A source
-outlives its last watcher by ``idle_scope_ttl`` (a reflector's reconnect); a watch from before a source's
-baseline with no record gets 410 Gone.
+outlives its last watcher by ``idle_scope_ttl`` (a reflector's reconnect), or by ``UNUSED_SCOPE_TTL``
+when nobody has anything to resume there; at most ``max_watches`` are kept. A watch from before a
+source's baseline with no record gets 410 Gone.
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ _UNCONFIRMED = "too many tags changed in the registry since this scope was last 
 # watch starts (`confirm_listed`): past this many the watch is 410 Gone; at most this many at once.
 MAX_UNCONFIRMED_READS = 100
 _CONCURRENT_READS = 8
+# Sources dropped to make room (`WatchHub._make_room`) between two sweeps of what refers to them.
+_SWEEP_EVERY = 64
+# How long an idle source is kept whose scope is a namespace with no tags, or one no watch of it could
+# read anything in (a made-up name, another team's namespace): a reconnect's worth, not
+# ``idle_scope_ttl`` of rereads for nobody (review r6watch F1). Held to ``idle_scope_ttl``.
+UNUSED_SCOPE_TTL = 10.0
 
 
 class TooManyWatches(Exception):
@@ -115,6 +122,12 @@ class WatchHub:
     _reserved_per_user: collections.Counter[str] = attrs.field(factory=collections.Counter)
     _loops: dict[str | None, LoopingCall] = attrs.field(factory=dict)
     _touched: dict[str | None, float] = attrs.field(factory=dict)
+    # The namespace scopes a watch whose user may read something there started on: kept idle for
+    # ``idle_scope_ttl`` while they have tags, the others for ``UNUSED_SCOPE_TTL`` (`_idle_ttl`).
+    _wanted: set[str] = attrs.field(factory=set)
+    # Sources dropped since the rules ledger and the openings last let go of dropped ones
+    # (`_sweep_when_due`).
+    _unswept: int = 0
     # Per scope, the lists and watches waiting on its source (`source`): it is not reaped meanwhile.
     _holds: collections.Counter[str | None] = attrs.field(factory=collections.Counter)
     _timers: dict[Watcher, IDelayedCall] = attrs.field(factory=dict)
@@ -323,6 +336,7 @@ class WatchHub:
         resourceVersion for it."""
         source = self.sources.get(namespace)
         if source is None:
+            self._make_room()
             source = ScopeSource(
                 namespace,
                 self.reader,
@@ -378,34 +392,96 @@ class WatchHub:
                 source.repository_changed(repository)
 
     def reap(self) -> None:
-        """Drops sources nobody watches and nobody listed for ``idle_scope_ttl``, and list records
-        and openings nobody used for as long."""
+        """Drops sources nobody watches and nobody listed for their idle time (`_idle_ttl`), and
+        list records and openings nobody used for ``idle_scope_ttl``."""
         now = self.clock.seconds()
         self._forget_rules()
         dropped = self.listed.expire(now - self.limits.idle_scope_ttl)
-        for scope, source in list(self.sources.items()):
-            if (
-                source.subscribers
-                or self._holds[scope]
-                or now - self._touched.get(scope, now) < self.limits.idle_scope_ttl
-            ):
-                continue
-            loop = self._loops.pop(scope)
-            if loop.running:
-                loop.stop()
-            del self.sources[scope]
-            self._touched.pop(scope, None)
-            dropped = True
-        self.rules.forget(lambda source: self.sources.get(source.namespace) is source)
+        dropped = self._drop_idle(now) or dropped
+        self._unswept = 0
+        self.rules.forget(self._current)
         if dropped:
-            # While nobody watches, nothing else moves the sequence: a later list of the scope would
-            # open its record under a resourceVersion already given out (to the expired record's
-            # lists, or by the dropped source: a bookmark, an event), and a watch from that one would
-            # be sent the differences from the later list's reads, never the changes made before it.
-            self.versions.next()
-        self.openings.expire(
-            now - self.limits.idle_scope_ttl, lambda source: self.sources.get(source.namespace) is source
-        )
+            self._moved_on()
+        self.openings.expire(now - self.limits.idle_scope_ttl, self._current)
+
+    def reap_unused(self) -> None:
+        """Drops the idle sources kept for ``UNUSED_SCOPE_TTL`` once it is over: between two reaps,
+        which keep the others for ``idle_scope_ttl``."""
+        if self._drop_idle(self.clock.seconds()):
+            self._moved_on()
+            self._sweep_when_due()
+
+    def _current(self, source: ScopeSource) -> bool:
+        return self.sources.get(source.namespace) is source
+
+    def _moved_on(self) -> None:
+        # While nobody watches, nothing else moves the sequence: a later list of the scope would
+        # open its record under a resourceVersion already given out (to the expired record's
+        # lists, or by the dropped source: a bookmark, an event), and a watch from that one would
+        # be sent the differences from the later list's reads, never the changes made before it.
+        self.versions.next()
+
+    def _idle(self, scope: str | None, source: ScopeSource) -> bool:
+        """Nobody watches the scope, and no list or watch waits on its source."""
+        return not source.subscribers and not self._holds[scope]
+
+    def _idle_ttl(self, scope: str | None, source: ScopeSource) -> float:
+        """How long the source is kept once idle: ``idle_scope_ttl`` (a reflector's reconnect
+        resumes from its history, and lists of it are compared with it) for all namespaces and a
+        namespace with tags that a watch whose user may read something there used; else
+        ``UNUSED_SCOPE_TTL``: whoever resumes there relists nothing or next to nothing."""
+        if scope is None or (source.tags and scope in self._wanted):
+            return self.limits.idle_scope_ttl
+        return min(UNUSED_SCOPE_TTL, self.limits.idle_scope_ttl)
+
+    def _drop_idle(self, now: float) -> bool:
+        dropped = False
+        for scope, source in list(self.sources.items()):
+            idle_for = now - self._touched.get(scope, now)
+            if self._idle(scope, source) and idle_for >= self._idle_ttl(scope, source):
+                self._drop(scope)
+                dropped = True
+        return dropped
+
+    def _drop(self, scope: str | None) -> None:
+        """Drops an idle scope's source and stops its resyncs. The rules noted there and the openings
+        of it go at the next reap, or once a number of sources went (`_sweep_when_due`)."""
+        loop = self._loops.pop(scope)
+        if loop.running:
+            loop.stop()
+        del self.sources[scope]
+        self._touched.pop(scope, None)
+        if scope is not None:
+            self._wanted.discard(scope)
+        self._unswept += 1
+
+    def _make_room(self) -> None:
+        """Before a new source: with ``max_watches`` sources kept, the one idle the longest is
+        dropped (every source in use has a watch, or a watch or list waiting for its read, so a
+        watch that finds none idle is one too many: TooManyWatches, 429). Without this bound, watches
+        opened and closed at once by one user kept a source each, every one rereading its scope
+        until its idle time was over (review r6watch F1)."""
+        if len(self.sources) < self.limits.max_watches:
+            return
+        idle = [
+            (self._touched.get(scope, 0.0), index, scope)
+            for index, (scope, source) in enumerate(self.sources.items())
+            if self._idle(scope, source)
+        ]
+        if not idle:
+            raise TooManyWatches(f"too many watched scopes on this server ({self.limits.max_watches})")
+        self._drop(min(idle)[2])
+        self._moved_on()
+        self._sweep_when_due()
+
+    def _sweep_when_due(self) -> None:
+        """What the rules ledger and the openings hold of dropped sources (their snapshots and
+        histories with them), let go of every ``_SWEEP_EVERY`` sources dropped, not only at the next
+        reap: watches opened and closed at once drop a source every few of them."""
+        if self._unswept >= _SWEEP_EVERY:
+            self._unswept = 0
+            self.rules.forget(self._current)
+            self.openings.expire(self.clock.seconds() - self.limits.idle_scope_ttl, self._current)
 
     def _forget_rules(self) -> None:
         """All-namespaces watches drop the rules they noted in namespaces gone from their scope (no
@@ -526,6 +602,8 @@ class WatchHub:
                 return False
         slot.release()
         self._know_rules(watcher, source)
+        if source.namespace is not None and _may_read_some(watcher, source.namespace):
+            self._wanted.add(source.namespace)
         if listed is not None:
             backlog = self._open_listed(watcher, source, listed, confirmed)
         self.watchers.add(watcher)
@@ -776,6 +854,7 @@ class WatchHub:
         self.checked_generation = self.access_generation()
         for period, work in (
             (self.limits.idle_scope_ttl / 2, self.reap),
+            (min(UNUSED_SCOPE_TTL, self.limits.idle_scope_ttl) / 2, self.reap_unused),
             (self.limits.bookmark_interval, self.bookmarks),
             (self.limits.access_check_interval, self.check_access),
         ):
@@ -828,6 +907,15 @@ def _cut_when_lost(watcher: Watcher, events: Iterator[Event]) -> Iterator[Event]
         # As a slow client whose send buffer overflowed: it resumes from the last event it got,
         # which is no longer kept (410), and relists.
         watcher.end("slow", abort=True)
+
+
+def _may_read_some(watcher: Watcher, namespace: str) -> bool:
+    """Whether the watcher's user may read any path in ``namespace`` (by the rules it noted as it
+    started; without access rules, anyone may read everything)."""
+    if watcher.rules is None:
+        return True
+    rules = watcher.rules(namespace)
+    return rules.allow_all or bool(rules.patterns)
 
 
 def _namespaces(source: ScopeSource) -> Iterable[str]:
