@@ -21,7 +21,10 @@ What it does (all on 127.0.0.1; everything it starts is stopped at the end, also
    - ``page``: walks of the namespace ``bench`` with ``limit=--limit`` (front-proxied), page after
      page, counted per page; a walk's pages after its first are served from the walk cache (no
      registry read);
-   - ``list``: the whole namespace ``bench`` unpaged (as many tags in all as the pages had), per list.
+   - ``list``: the whole namespace ``bench`` unpaged (as many tags in all as the pages had), per list;
+   - ``page-idle``: ``page`` with the client waiting ``IDLE`` (5 ms) after each page before it asks for
+     the next: the server idle between requests for longer than a client that only reads and parses
+     each page leaves it, the same requests and instructions served after a longer sleep.
 
 With ``page`` and ``list`` both, the summary also gives a walk's server CPU over an unpaged list's
 (``page`` times pages per walk / ``list``).
@@ -90,8 +93,9 @@ from payloadtags.names import encode_name  # noqa: E402
 
 NAMESPACE = "bench"
 GET_NAMESPACE = "bench-get"
-KINDS = ("discovery", "discovery-cert", "pipelined", "get", "page", "list")
+KINDS = ("discovery", "discovery-cert", "pipelined", "get", "page", "list", "page-idle")
 PIPELINED = 32  # requests sent at once by the pipelined kind (the server holds up to 16 kB of them)
+IDLE = 0.005  # seconds the client of page-idle waits after each page
 PROXIED = {"X-Remote-User": "admin", "X-Remote-Group": "system:masters", "Accept": "application/json"}
 # What kubectl get asks for a list (`--table`): the pages and lists as Tables.
 TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"
@@ -190,7 +194,8 @@ def requests_of(
             return n
 
         return get
-    if kind == "page":
+    if kind in ("page", "page-idle"):
+        idle = IDLE if kind == "page-idle" else 0.0
 
         def pages(n: int) -> int:
             sent = 0
@@ -202,6 +207,8 @@ def requests_of(
                 document = json.loads(connection.get(collection + query, listed))
                 token = document["metadata"].get("continue", "")
                 sent += 1
+                if idle:
+                    time.sleep(idle)
             return sent
 
         return pages
