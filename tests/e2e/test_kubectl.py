@@ -531,14 +531,24 @@ async def test_chunk_size_0_lists_everything_in_one_request(kubectl, registry, r
 
 
 @pytest_twisted.ensureDeferred
-async def test_chunked_listing_across_namespaces_matches_the_unchunked_one(kubectl, registry, repo):
+async def test_chunked_listing_across_namespaces_matches_the_unchunked_one(
+    make_server, kubectl_for, fresh_registry, repo
+):
+    # A registry of its own: the session registry holds what every earlier test of the worker pushed
+    # (13,000 tags after the integration files' big repositories), and pages of a few tags over all of
+    # it took kubectl minutes. Here pages of four over six tags: two, the first across the namespaces.
+    registry = fresh_registry
+    kubectl = kubectl_for(await make_server(registry))
     ns = namespace_of(repo)
     push(registry, ns, "a", "1", "2")
     push(registry, f"{ns}-b", "a", "1")
     push(registry, f"{ns}-b", "a/b", "1", "2", "3")
 
     whole = ok(await kubectl("get", "prt", "-A"))
-    chunked = ok(await kubectl("get", "prt", "-A", "--chunk-size=10"))
+    chunked = ok(await kubectl("get", "prt", "-A", "--chunk-size=4", "-v=6"))
+
+    pages = [line for line in chunked.err.splitlines() if "/v1alpha1/payloadrepositorytags?" in line]
+    assert len(pages) == 2 and all("limit=4" in line for line in pages), chunked.err
 
     # Each page is a separate table, but kubectl prints one header and aligns the rows page by page;
     # compare cells, not spacing.
