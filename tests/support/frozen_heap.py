@@ -11,7 +11,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def frozen_heap() -> Iterator[None]:
-    """The objects of the tests that ran before the module's (the whole suite's, in `scripts/test`) set
+    """The objects of the tests that ran before the module's (a `scripts/test` worker's: half the suite) set
     aside with ``gc.freeze()``: each full collection went through all of them, seconds a test in a full
     run. What the module's tests allocate is still collected; frozen objects were allocated before any
     tracemalloc tracing starts, so they were never in its figures; and a full collection still empties
