@@ -1,0 +1,265 @@
+"""A tag-by-tag deletecollection and the tags its own process's late writes bring back after its
+selection was read (docs/consistency.md, "deletecollection"): the slow tier's seed 80302 made
+deterministic, and the cases review r5own found in the first attempt at it (F1, F2, F3, L1).
+
+Each runs `_OwnLateWrite` (tests/integration/test_interleaving.py): replica 1 deletes tag by tag,
+its proxy holding a write until ``reaches`` fires.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import deferLater
+
+from payloadtags.access.authn import UserInfo
+from payloadtags.api.errors import ApiError
+from payloadtags.api.options import DeleteOptions, ListOptions, list_options
+from payloadtags.api.tags import TagsService
+from payloadtags.names import TagRef
+from payloadtags.registry.errors import RegistryError
+from tests.integration.test_interleaving import _OwnLateWrite
+from tests.support import images
+from tests.support.faultproxy import ERROR_BEFORE, LATE
+from tests.support.interleaving import USER
+from tests.support.registry_server import RegistryServer
+
+REPLICA = 1  # deletes tag by tag: its namespace is not Terminating for it
+
+
+async def _retag_killed_of_a_tag_gone(run: _OwnLateWrite) -> None:
+    """Replica 1's single delete of t0 killed with its re-tag held in the proxy, then t0 (and t1, on the
+    same manifest) gone, its manifest deleted by digest as the other replica's removal deletes it: a
+    deletecollection now selects without t0, which the re-tag brings back once it lands (seed 80302)."""
+    await run.fill()
+    await _killed_retag(run)
+    digest = images.resolve(run.registry.url, run.repository, "t0")
+    assert digest is not None
+    images.delete_manifest(run.registry.url, run.repository, digest)
+    _hold_only_that_write(run)
+
+
+async def _killed_retag(run: _OwnLateWrite) -> None:
+    """Replica 1's single delete of t0, killed once its re-tag is in the proxy, held."""
+    run.begin_removal(run.namespace)
+    tag = TagRef(run.namespace, run.repository.split("/", 1)[1], "t0")
+    service = run.replicas[REPLICA].service
+    single = Deferred.fromCoroutine(service.delete(USER, run.namespace, tag.name, DeleteOptions()))
+    while not run.proxy.injected[LATE]:
+        await deferLater(run.reactor, 0.01, lambda: None)
+    run.cancels.append((REPLICA, run.now()))
+    single.cancel()
+    with pytest.raises(CancelledError):
+        await single
+
+
+def _hold_only_that_write(run: _OwnLateWrite) -> None:
+    """From now on the proxy holds no other write: the deletecollection's own re-tags go through."""
+    held = run.proxy.decide
+    run.proxy.decide = lambda method, path: None if run.reaches.called else held(method, path)
+
+
+def _release_before_the_first_look(
+    run: _OwnLateWrite, monkeypatch: pytest.MonkeyPatch, before: Callable[[], object] | None = None
+) -> None:
+    """The held write goes on, and lands, once the call's selection was read and its first deletes
+    ended, before its first look (``before`` runs first). Not alongside the call's own deletes: a
+    digest DELETE that reads a tag link distribution 2.8 is rewriting for a PUT in the same repository
+    fails with 500 (docs/consistency.md, "Dangling tags"), which would answer a retriable 503 here."""
+    service = run.replicas[REPLICA].service
+    select = TagsService._select
+    selections = 0
+
+    async def release(self: TagsService, *args: Any, **kwargs: Any) -> Any:
+        nonlocal selections
+        selections += self is service
+        if self is service and selections == 2:
+            if before is not None:
+                before()
+            run.reaches.callback(None)
+            await run.proxy.settled()
+        return await select(self, *args, **kwargs)
+
+    monkeypatch.setattr(TagsService, "_select", release)
+
+
+async def _after_the_200(run: _OwnLateWrite) -> dict[str, list[str]]:
+    """The checker's look after replica 1's 200, and what the namespace holds then."""
+    await run.after_200(run.namespace, REPLICA)
+    await run.proxy.settled()
+    run.check_own_writes()
+    return run.content(run.namespace)
+
+
+async def _stop(run: _OwnLateWrite) -> None:
+    await run.stop()
+    for proxy in run.proxies:
+        await proxy.stop()
+
+
+async def _answer(
+    service: TagsService, namespace: str, options: ListOptions, user: UserInfo = USER
+) -> ApiError | None:
+    """The deletecollection's error, None for its 200."""
+    try:
+        await service.delete_collection(user, namespace, options, DeleteOptions(), time_left=8.0)
+    except ApiError as error:
+        return error
+    return None
+
+
+# A deletecollection's query (t0, t1: those tags' names) and whether its 200 leaves t0 back: only
+# a call that asks for every tag its selector matches (no page) takes in what its own late write
+# brought back, when its selector matches it.
+TAKES_BACK = {
+    "a selector that does not match t0": ({"fieldSelector": ["metadata.name!={t0}"]}, True),
+    "a page": ({"limit": ["100"]}, True),
+}
+
+
+@pytest.mark.parametrize("case", list(TAKES_BACK))
+@pytest_twisted.ensureDeferred
+async def test_a_deletecollection_deletes_what_its_own_late_write_brought_back_after_its_selection(
+    reactor: Any, fresh_registry: RegistryServer, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """Seed 80302, deterministic: replica 1 deletes all of its namespace after
+    `_retag_killed_of_a_tag_gone`; the re-tag lands after the call's selection was read, and the call
+    waits for it. t0 existed before the single delete and, as the registry
+    ends, after it: the 200 must not leave it. Failed before the fix: the call deleted only its
+    selection after the wait, and answered 200 with t0 there, the answering replica's own write. A
+    call that does not ask for t0 (`TAKES_BACK`) leaves it, as a tag its request is not about."""
+    run = _OwnLateWrite(reactor, fresh_registry, REPLICA)
+    service = run.replicas[REPLICA].service
+    path = run.repository.split("/", 1)[1]
+    names = {tag: TagRef(run.namespace, path, tag).name for tag in ("t0", "t1")}
+    query, kept = TAKES_BACK[case]
+    options = list_options(
+        {key: [value.format(**names) for value in values] for key, values in query.items()}
+    )
+    try:
+        await _retag_killed_of_a_tag_gone(run)
+        _release_before_the_first_look(run, monkeypatch)
+        await service.delete_collection(USER, run.namespace, options, DeleteOptions())
+        assert run.reaches.called
+        left = await _after_the_200(run)
+    finally:
+        await _stop(run)
+    assert run.proxy.injected[LATE] == 1
+    if kept:
+        # The checker's invariant is all of the namespace's: a call that asks for less is no case of it.
+        assert left == {run.repository: ["t0"]}
+    else:
+        assert left == {}
+        assert run.report.violations == [], run.report.violations[0][:800]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_deletecollection_keeps_a_tag_its_own_late_write_brought_back_once_a_client_pushed_it_again(
+    reactor: Any, fresh_registry: RegistryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the seed's case, but a client pushes t0 again (another manifest) after the re-tag landed,
+    before the call looks for what that write left: t0 is then no longer where the write would leave
+    it, but a push after the selection, which is not part of the request: kept, and the call still
+    answers 200."""
+    run = _OwnLateWrite(reactor, fresh_registry, REPLICA)
+    service = run.replicas[REPLICA].service
+    select = TagsService._select
+    selections = 0
+    pushed: list[str] = []
+
+    async def push_before_the_look_for_what_it_left(self: TagsService, *args: Any, **kwargs: Any) -> Any:
+        nonlocal selections
+        selections += self is service
+        if self is service and selections == 2:  # the first pass's look: the re-tag lands first
+            run.reaches.callback(None)
+            await run.proxy.settled()
+        if self is service and selections == 3:  # after the wait: the look for what the write left
+            pushed.append(images.push_oci_image(run.registry.url, run.repository, "t0", seed="client"))
+        return await select(self, *args, **kwargs)
+
+    try:
+        await _retag_killed_of_a_tag_gone(run)
+        monkeypatch.setattr(TagsService, "_select", push_before_the_look_for_what_it_left)
+        await service.delete_collection(USER, run.namespace, list_options({}), DeleteOptions())
+        left = run.content(run.namespace)
+    finally:
+        await _stop(run)
+    assert run.proxy.injected[LATE] == 1
+    assert left == {run.repository: ["t0"]}
+    assert images.resolve(run.registry.url, run.repository, "t0") == pushed[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_push_after_the_selection_at_an_answered_restores_digest_is_kept(
+    reactor: Any, fresh_registry: RegistryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """r5own F1 (the first attempt's data loss): a restore answered before the deletecollection began
+    (never out during it) put t0 back on its original digest while another write of the namespace may
+    still land (a killed single delete's re-tag of b:t2, held; b:t2 then deleted by digest). A client
+    deletes t0, the call of all of the namespace selects without t0 and b:t2, and the client pushes t0
+    again with the very same image (a CI re-push of the same build) after the selection: not part of
+    the request, and a client's push: kept, and the call answers 200 (b:t2, which the re-tag brings
+    back meanwhile, is the seed's case, for the tests above)."""
+    run = _OwnLateWrite(reactor, fresh_registry, REPLICA)
+    service = run.replicas[REPLICA].service
+    ns = run.namespace
+    a = run.repository
+    b = run.repositories[ns][1]
+    t0 = TagRef(ns, a.split("/", 1)[1], "t0").name
+    b_t2 = TagRef(ns, b.split("/", 1)[1], "t2").name
+    failing = [True]
+    copied = [False]
+    retags = [0]
+
+    def decide(method: str, path: str) -> str | None:
+        if method == "PUT" and path == f"/v2/{b}/manifests/t2":
+            retags[0] += 1
+            return LATE if retags[0] == 1 else None  # the single delete's; the call's own goes
+        if failing[0] and method == "PUT" and path == f"/v2/{a}/manifests/t0":
+            copied[0] = True  # the re-tag to its copy: the copy's DELETEs after it fail
+        if failing[0] and copied[0] and method == "DELETE" and path.startswith(f"/v2/{a}/manifests/sha256:"):
+            return ERROR_BEFORE
+        return None
+
+    pushed: list[str] = []
+    try:
+        await run.fill()
+        fetched = images.get_manifest(run.registry.url, a, "t0")
+        assert fetched is not None
+        run.proxy.decide = decide
+        other = Deferred.fromCoroutine(service.delete(USER, ns, b_t2, DeleteOptions()))
+        while not run.proxy.injected[LATE]:
+            await deferLater(reactor, 0.01, lambda: None)
+        run.cancels.append((REPLICA, run.now()))
+        other.cancel()
+        with pytest.raises(CancelledError):
+            await other
+        b_digest = images.resolve(run.registry.url, b, "t2")
+        assert b_digest is not None
+        images.delete_manifest(run.registry.url, b, b_digest)  # another call's (t2, t3)
+        # The single delete of t0 fails (its copy's DELETEs refused): t0 restored, answered.
+        with pytest.raises(RegistryError):
+            await service.delete(USER, ns, t0, DeleteOptions())
+        assert images.resolve(run.registry.url, a, "t0") == fetched.digest
+        failing[0] = False
+        images.delete_manifest(run.registry.url, a, fetched.digest)  # the client's delete (t0, t1)
+
+        def push_after_the_selection() -> None:
+            pushed.append(
+                images.push_manifest(run.registry.url, a, "t0", fetched.content, fetched.media_type)
+            )
+
+        _release_before_the_first_look(run, monkeypatch, push_after_the_selection)
+        error = await _answer(service, ns, list_options({}))
+        await run.proxy.settled()
+        left = run.content(ns)
+    finally:
+        await _stop(run)
+    assert pushed == [fetched.digest]
+    assert error is None, error.message
+    assert left.get(a) == ["t0"], "the client's push after the selection was deleted"
+    assert images.resolve(run.registry.url, a, "t0") == fetched.digest
