@@ -17,13 +17,16 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import deferLater
 
 from payloadtags.access.authn import UserInfo
+from payloadtags.access.rbac import RbacAuthorizer, RbacIndex
 from payloadtags.api.errors import ApiError
 from payloadtags.api.options import DeleteOptions, ListOptions, list_options
 from payloadtags.api.tags import TagsService
+from payloadtags.model import GROUP
 from payloadtags.names import TagRef
 from payloadtags.registry.errors import RegistryError
 from tests.integration.test_interleaving import _OwnLateWrite
 from tests.support import images
+from tests.support.dangling import make_dangling
 from tests.support.faultproxy import ERROR_BEFORE, LATE
 from tests.support.interleaving import USER
 from tests.support.registry_server import RegistryServer
@@ -112,10 +115,22 @@ async def _answer(
     return None
 
 
+def _names_t0_left(error: ApiError | None, run: _OwnLateWrite) -> None:
+    """The retriable 503 whose tags left are t0 alone: the retry's selection holds it."""
+    assert error is not None, "answered 200"
+    t0 = TagRef(run.namespace, run.repository.split("/", 1)[1], "t0").name
+    assert (error.code, error.retry_after) == (503, 1), error.message
+    assert error.details is not None and [c["field"] for c in error.details.causes or ()] == [t0], (
+        error.message
+    )
+
+
 # A deletecollection's query (t0, t1: those tags' names) and whether its 200 leaves t0 back: only
 # a call that asks for every tag its selector matches (no page) takes in what its own late write
 # brought back, when its selector matches it.
 TAKES_BACK = {
+    "all of the namespace": ({}, False),
+    "a selector that matches t0": ({"fieldSelector": ["metadata.name!={t1}"]}, False),
     "a selector that does not match t0": ({"fieldSelector": ["metadata.name!={t0}"]}, True),
     "a page": ({"limit": ["100"]}, True),
 }
@@ -155,6 +170,53 @@ async def test_a_deletecollection_deletes_what_its_own_late_write_brought_back_a
     else:
         assert left == {}
         assert run.report.violations == [], run.report.violations[0][:800]
+
+
+@pytest.mark.parametrize("sent", ["before the call", "as the selection is read"])
+@pytest_twisted.ensureDeferred
+async def test_a_deletecollection_looks_for_what_a_write_of_its_time_left_once_out_of_the_record(
+    reactor: Any, fresh_registry: RegistryServer, monkeypatch: pytest.MonkeyPatch, sent: str
+) -> None:
+    """The re-tag lands after the selection and leaves the process's record (its time passed) before
+    the call's first look at the tags ends: the call, which then has no write to wait for, still looks
+    once for what a write out as it began, or sent since (r5own F2: sent during the selection's read,
+    before its registry read of the repository), left, and deletes t0."""
+    run = _OwnLateWrite(reactor, fresh_registry, REPLICA)
+    service = run.replicas[REPLICA].service
+    late_writes = run.replicas[REPLICA].client.late_writes
+    select = TagsService._select
+    selections = 0
+
+    async def select_around_the_write(self: TagsService, *args: Any, **kwargs: Any) -> Any:
+        nonlocal selections
+        selections += self is service
+        if self is service and selections == 1 and sent == "as the selection is read":
+            await _killed_retag(run)
+            digest = images.resolve(run.registry.url, run.repository, "t0")
+            assert digest is not None
+            images.delete_manifest(run.registry.url, run.repository, digest)
+            _hold_only_that_write(run)
+        if self is service and selections == 2:  # the first pass's look, after its deletes
+            run.reaches.callback(None)
+            await run.proxy.settled()
+            while late_writes.pending(run.namespace) is not None:
+                await deferLater(reactor, 0.05, lambda: None)
+        return await select(self, *args, **kwargs)
+
+    try:
+        if sent == "before the call":
+            await _retag_killed_of_a_tag_gone(run)
+        else:
+            await run.fill()
+        monkeypatch.setattr(TagsService, "_select", select_around_the_write)
+        await service.delete_collection(USER, run.namespace, list_options({}), DeleteOptions())
+        assert run.reaches.called
+        left = await _after_the_200(run)
+    finally:
+        await _stop(run)
+    assert run.proxy.injected[LATE] == 1
+    assert left == {}
+    assert run.report.violations == [], run.report.violations[0][:800]
 
 
 @pytest_twisted.ensureDeferred
@@ -263,3 +325,198 @@ async def test_a_client_push_after_the_selection_at_an_answered_restores_digest_
     assert error is None, error.message
     assert left.get(a) == ["t0"], "the client's push after the selection was deleted"
     assert images.resolve(run.registry.url, a, "t0") == fetched.digest
+
+
+@pytest.mark.parametrize("selected", [False, True], ids=["outside the selection", "selected"])
+@pytest_twisted.ensureDeferred
+async def test_a_tag_a_late_restore_brought_back_is_named_not_deleted(
+    reactor: Any, fresh_registry: RegistryServer, monkeypatch: pytest.MonkeyPatch, selected: bool
+) -> None:
+    """A restore's content is the client's own (what the tag held before the delete): a tag found there
+    after the selection may be a client's push of the same image as well as the restore. Replica 1's
+    single delete of t0 fails (its copy's DELETEs refused) and is killed with its restore held.
+    Outside the selection: the copy (t0 with it) is deleted by digest, the call of all of the namespace
+    selects without t0, and the restore lands before its first look. Selected: the call selects
+    t0 on the copy and deletes it, and the restore lands right after its first look. Either way the
+    call does not delete t0 where the restore put it: it answers the retriable 503 naming it, and the
+    retry's selection holds it."""
+    run = _OwnLateWrite(reactor, fresh_registry, REPLICA)
+    service = run.replicas[REPLICA].service
+    ns = run.namespace
+    a = run.repository
+    t0 = TagRef(ns, a.split("/", 1)[1], "t0").name
+    failing = [True]
+    puts = [0]
+
+    def decide(method: str, path: str) -> str | None:
+        if failing[0] and method == "PUT" and path == f"/v2/{a}/manifests/t0":
+            puts[0] += 1
+            return LATE if puts[0] == 2 else None  # the re-tag goes, the restore is held
+        if failing[0] and puts[0] and method == "DELETE" and path.startswith(f"/v2/{a}/manifests/sha256:"):
+            return ERROR_BEFORE
+        return None
+
+    try:
+        await run.fill()
+        original = images.resolve(run.registry.url, a, "t0")
+        run.proxy.decide = decide
+        run.begin_removal(ns)
+        single = Deferred.fromCoroutine(service.delete(USER, ns, t0, DeleteOptions()))
+        while not run.proxy.injected[LATE]:
+            await deferLater(reactor, 0.01, lambda: None)
+        run.cancels.append((REPLICA, run.now()))
+        single.cancel()
+        with pytest.raises(CancelledError):
+            await single
+        failing[0] = False
+        copy = images.resolve(run.registry.url, a, "t0")
+        assert copy not in (None, original)
+        if selected:
+            select = TagsService._select
+            selections = 0
+
+            async def land_after_the_first_look(self: TagsService, *args: Any, **kwargs: Any) -> Any:
+                nonlocal selections
+                selections += self is service
+                looked = await select(self, *args, **kwargs)
+                if self is service and selections == 2:
+                    run.reaches.callback(None)
+                    await run.proxy.settled()
+                return looked
+
+            monkeypatch.setattr(TagsService, "_select", land_after_the_first_look)
+        else:
+            images.delete_manifest(run.registry.url, a, copy)  # another call deleted t0 meanwhile
+            _release_before_the_first_look(run, monkeypatch)
+        error = await _answer(service, ns, list_options({}))
+        await run.proxy.settled()
+        left = run.content(ns)
+    finally:
+        await _stop(run)
+    assert run.proxy.injected[LATE] == 1
+    _names_t0_left(error, run)
+    assert left == {a: ["t0"]}
+    assert images.resolve(run.registry.url, a, "t0") == original
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tag_its_own_write_brought_back_whose_read_fails_is_no_200(
+    reactor: Any, fresh_registry: RegistryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """r5own F3: the seed's case, but the registry fails the read of t0 by tag after the re-tag
+    landed: the call cannot tell whether it is where its write would leave it, so it neither deletes
+    it nor answers 200 with it there: the retriable 503 naming it, as for a selected tag."""
+    run = _OwnLateWrite(reactor, fresh_registry, REPLICA)
+    service = run.replicas[REPLICA].service
+    t0_path = f"/v2/{run.repository}/manifests/t0"
+    try:
+        await _retag_killed_of_a_tag_gone(run)
+
+        decide = run.proxy.decide
+
+        def fail_its_read(method: str, path: str) -> str | None:
+            if run.reaches.called and method in ("GET", "HEAD") and path == t0_path:
+                return ERROR_BEFORE
+            return decide(method, path)
+
+        run.proxy.decide = fail_its_read
+        _release_before_the_first_look(run, monkeypatch)
+        error = await _answer(service, run.namespace, list_options({}))
+        await run.proxy.settled()
+        left = run.content(run.namespace)
+    finally:
+        await _stop(run)
+    assert run.proxy.injected[LATE] == 1
+    _names_t0_left(error, run)
+    assert run.proxy.injected[ERROR_BEFORE] >= 1
+    assert left == {run.repository: ["t0"]}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tag_its_own_write_brought_back_left_dangling_is_no_200(
+    reactor: Any, fresh_registry: RegistryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seed's case, but t0 is left dangling on the re-tag's copy (listed, its manifest gone, as a
+    half-failed digest DELETE leaves it) before the call looks for what that write left: the call
+    cannot delete it at a digest, so it neither deletes it nor answers 200 with it listed: the
+    retriable 503 naming it, whose retry repairs and deletes it as a selected tag."""
+    run = _OwnLateWrite(reactor, fresh_registry, REPLICA)
+    service = run.replicas[REPLICA].service
+    select = TagsService._select
+    selections = 0
+
+    async def dangle_before_the_look_for_what_it_left(self: TagsService, *args: Any, **kwargs: Any) -> Any:
+        nonlocal selections
+        selections += self is service
+        if self is service and selections == 2:  # the first pass's look: the re-tag lands first
+            run.reaches.callback(None)
+            await run.proxy.settled()
+            copy = images.resolve(run.registry.url, run.repository, "t0")
+            assert copy is not None
+            make_dangling(run.registry, run.repository, copy)
+        return await select(self, *args, **kwargs)
+
+    try:
+        await _retag_killed_of_a_tag_gone(run)
+        monkeypatch.setattr(TagsService, "_select", dangle_before_the_look_for_what_it_left)
+        error = await _answer(service, run.namespace, list_options({}))
+        left = run.content(run.namespace)
+    finally:
+        await _stop(run)
+    assert run.proxy.injected[LATE] == 1
+    _names_t0_left(error, run)
+    assert left == {run.repository: ["t0"]}
+
+
+def _may_delete_all_but(user: UserInfo, namespace: str, paths: list[str]) -> RbacAuthorizer:
+    """RBAC rules: ``user`` may get every repository path of ``namespace``, and delete ``paths`` only."""
+    index = RbacIndex()
+    meta = {"namespace": namespace, "name": "narrow", "uid": "uid-narrow"}
+    rule = {"apiGroups": [GROUP], "resources": ["payloadrepositoryaccesses"]}
+    index.upsert(
+        "Role",
+        {
+            "kind": "Role",
+            "metadata": meta,
+            "rules": [{**rule, "verbs": ["get"]}, {**rule, "verbs": ["delete"], "resourceNames": paths}],
+        },
+    )
+    index.upsert(
+        "RoleBinding",
+        {
+            "kind": "RoleBinding",
+            "metadata": {"namespace": namespace, "name": "narrow"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "narrow"},
+            "subjects": [{"kind": "User", "name": user.name}],
+        },
+    )
+    return RbacAuthorizer(index, ready=lambda: True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tag_its_own_write_brought_back_stays_where_the_caller_may_not_delete(
+    reactor: Any, fresh_registry: RegistryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """r5own L1, with a real RBAC rule: the seed's case, by a caller who may see every path of the
+    namespace but delete only the other repository's, and who selects (field selector) every tag but
+    app0's t2 and t3. t0, brought back in app0 by the re-tag, is not the caller's to delete: it stays,
+    and the answer is no 200 but the retriable 503 naming it (a selection holding it is refused)."""
+    run = _OwnLateWrite(reactor, fresh_registry, REPLICA)
+    service = run.replicas[REPLICA].service
+    path = run.repository.split("/", 1)[1]
+    others = [repository.split("/", 1)[1] for repository in run.repositories[run.namespace][1:]]
+    user = UserInfo(name="narrow")
+    names = [TagRef(run.namespace, path, tag).name for tag in ("t2", "t3")]
+    options = list_options({"fieldSelector": [",".join(f"metadata.name!={name}" for name in names)]})
+    try:
+        await _retag_killed_of_a_tag_gone(run)
+        object.__setattr__(service, "authorizer", _may_delete_all_but(user, run.namespace, others))
+        _release_before_the_first_look(run, monkeypatch)
+        error = await _answer(service, run.namespace, options, user)
+        assert run.reaches.called
+        await run.proxy.settled()
+        left = run.content(run.namespace)
+    finally:
+        await _stop(run)
+    _names_t0_left(error, run)
+    assert left == {run.repository: ["t0", "t2", "t3"]}

@@ -11,6 +11,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from payloadtags.registry import LateWrites
+from payloadtags.registry.late import COPY, PLACEHOLDER, RESTORE
 
 
 def outcome(waiting: Deferred[Any]) -> list[object]:
@@ -127,7 +128,7 @@ def test_an_entry_whose_time_passed_is_dropped_and_the_record_stays_bounded() ->
     assert late._writes == {"other": ("deleting tag other/app:v1", 30.0)}
     # Where a write would leave its tag goes with its namespace's entry.
     late.ended("other", late.sent("other", "deleting tag other/app:v2", ("other/app", "v2", "sha256:1")), 5.0)
-    assert late.leaves("other") == {("other/app", "v2", "sha256:1")}
+    assert late.leaves("other") == {("other/app", "v2", "sha256:1"): COPY}
     clock.advance(20.0)
     assert late.pending("other") is None
     assert (late._writes, late._out, late._leaves, late._after) == ({}, {}, {}, {})
@@ -143,7 +144,7 @@ def test_a_namespace_noted_again_as_its_time_passes_keeps_where_its_writes_would
     clock.advance(4.0)
     late.note("team", "deleting tag team/app:v1", 8.0)
     assert late.pending("team") == ("deleting tag team/app:v1", 8.0)
-    assert late.leaves("team") == {("team/app", "v1", "sha256:1")}
+    assert late.leaves("team") == {("team/app", "v1", "sha256:1"): COPY}
 
 
 def test_a_pass_begun_before_a_dropped_entrys_time_is_told_of_it() -> None:
@@ -205,14 +206,14 @@ def test_a_look_scoped_to_some_repositories_sees_only_their_writes() -> None:
     late.note("team", "deleting tag team/theirs:v1", 30.0, "team/theirs")
     out = late.sent("team", "deleting tag team/theirs:v2", ("team/theirs", "v2", "sha256:2"), after=10.0)
     assert late.pending("team", mine) is None
-    assert late.leaves("team", mine) == frozenset()
+    assert late.leaves("team", mine) == {}
     assert late.out_within("team", mine) == "later"
     assert outcome(late.wait_out("team", 100.0, mine)) == [None]
     assert late.pending("team") == ("deleting tag team/theirs:v2", math.inf)  # the namespace's look
     late.note("team", "deleting tag team/mine:v1", 20.0, "team/mine")
     late.sent("team", "deleting tag team/mine:v2", ("team/mine", "v2", "sha256:3"), after=10.0)
     assert late.pending("team", mine) == ("deleting tag team/mine:v2", math.inf)
-    assert late.leaves("team", mine) == {("team/mine", "v2", "sha256:3")}
+    assert late.leaves("team", mine) == {("team/mine", "v2", "sha256:3"): COPY}
     late.ended("team", out, None)
     late.ended("team", out + 1, 5.0)  # mine may land until 5.0; noted at 20.0 already
     assert late.pending("team", mine) == ("deleting tag team/mine:v1", 20.0)
@@ -236,3 +237,67 @@ def test_the_repositories_of_a_namespaces_writes_are_those_out_noted_or_leaving_
     late.sent("team", "repairing", None)
     late.sent("other", "deleting tag other/c:v1", ("other/c", "v1", "sha256:2"))
     assert late.repositories("team") == {"team/a", "team/b"}
+
+
+def test_a_watch_holds_the_writes_of_its_time_and_not_those_answered_before_it() -> None:
+    """A deletecollection's `Watch` (review r5own F1, F2): where the writes that may still land as it
+    begins would leave a tag, and those of every write sent until it ends, answered or not, each with
+    its kind. A write answered before it began is in neither: a restore's digest, where a client's
+    push of the same image puts the tag too, was taken for what that write left (r5own F1)."""
+    late = LateWrites(Clock())
+    answered = late.sent("team", "restoring tag team/app:v1", ("team/app", "v1", "sha256:1"), kind=RESTORE)
+    out = late.sent("team", "deleting tag team/app:v2", ("team/app", "v2", "sha256:2"))
+    late.ended("team", answered, None)  # answered while another write of the namespace is out
+    assert late.leaves("team") == {("team/app", "v2", "sha256:2"): COPY}
+    watch = late.watch("team")
+    elsewhere = late.watch("other")
+    sent = late.sent(
+        "team", "repairing dangling tag team/app:v3", ("team/app", "v3", "sha256:3"), kind=PLACEHOLDER
+    )
+    late.ended("team", sent, None)
+    late.ended("team", out, None)
+    assert late.leaves("team") == {}
+    assert watch.leaves == {("team/app", "v2", "sha256:2"): COPY, ("team/app", "v3", "sha256:3"): PLACEHOLDER}
+    assert elsewhere.leaves == {}
+    late.unwatch(watch)
+    late.unwatch(elsewhere)
+    late.sent("team", "restoring tag team/app:v4", ("team/app", "v4", "sha256:4"), kind=RESTORE)
+    assert len(watch.leaves) == 2
+    assert late._watches == {}
+
+
+def test_a_restore_unanswered_keeps_its_kind_where_a_copy_would_leave_the_same_tag() -> None:
+    """An unanswered write's leave is kept with its kind while its namespace has a write out or noted;
+    a restore's wins over any other kind at the same leave: a tag there may be a client's push."""
+    late = LateWrites(Clock())
+    leave = ("team/app", "v1", "sha256:1")
+    late.ended("team", late.sent("team", "restoring tag team/app:v1", leave, kind=RESTORE), 5.0)
+    late.ended("team", late.sent("team", "deleting tag team/app:v1", leave), 5.0)
+    assert late.leaves("team") == {leave: RESTORE}
+    assert late.watch("team").leaves == {leave: RESTORE}
+
+
+def test_a_watch_knows_when_each_leaves_writes_were_answered() -> None:
+    """A deletecollection looks once more for what a write of its time left unless a look begun after
+    the registry answered it counted that tag (`_TagByTag.seen_after`): the watch keeps when a leave's
+    writes were answered, and none for a leave one of whose writes went unanswered or is still out."""
+    clock = Clock()
+    late = LateWrites(clock)
+    noted = ("team/app", "v0", "sha256:0")
+    late.ended("team", late.sent("team", "deleting tag team/app:v0", noted), 5.0)
+    before = late.sent("team", "deleting tag team/app:v1", ("team/app", "v1", "sha256:1"))
+    watch = late.watch("team")
+    clock.advance(1.0)
+    late.ended("team", before, None)
+    twice = ("team/app", "v2", "sha256:2")
+    first = late.sent("team", "deleting tag team/app:v2", twice)
+    second = late.sent("team", "deleting tag team/app:v2", twice)
+    clock.advance(1.0)
+    late.ended("team", first, None)
+    assert twice not in watch.answered  # the other one is still out
+    late.ended("team", second, None)
+    lost = ("team/app", "v3", "sha256:3")
+    late.ended("team", late.sent("team", "deleting tag team/app:v3", lost), 5.0)
+    assert watch.answered == {("team/app", "v1", "sha256:1"): 1, twice: 3}  # in order of the answers
+    assert late.answers() == 3
+    assert watch.unanswered == {noted, lost}

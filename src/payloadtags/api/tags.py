@@ -42,7 +42,7 @@ from payloadtags.model import (
 from payloadtags.names import InvalidName, TagRef, is_namespace, ref_from_name
 from payloadtags.registry import LateWrites, asking
 from payloadtags.registry.errors import RegistryConflict, RegistryError, RegistryNotFound
-from payloadtags.registry.late import Within
+from payloadtags.registry.late import RESTORE, Leave, Watch, Within
 from payloadtags.watch import parse_version
 
 audit_log = Logger(namespace="payloadtags.audit")
@@ -636,6 +636,25 @@ class TagsService:
         namespace's removal) end `DEADLINE_MARGIN` before it, so that the call answers its own error
         naming what it waited for, not the deadline's "get the tags again", which a look at once shows
         falsely done."""
+        # Where this process's writes to the namespace would leave a tag, from the call's start on:
+        # those that may still land as it begins, and each one sent until it ends. A tag-by-tag call
+        # looks for what they left, also outside its selection (`_TagByTag.brought_back`).
+        watch = self.late_writes.watch(namespace) if self.late_writes is not None else Watch(namespace)
+        try:
+            return await self._delete_collection(user, namespace, list_options, options, time_left, watch)
+        finally:
+            if self.late_writes is not None:
+                self.late_writes.unwatch(watch)
+
+    async def _delete_collection(
+        self,
+        user: UserInfo,
+        namespace: str,
+        list_options: ListOptions,
+        options: DeleteOptions,
+        time_left: float | None,
+        watch: Watch,
+    ) -> tuple[builtins.list[PayloadRepositoryTag], ListMeta]:
         # The selection is what the caller's own list shows, as `kubectl delete --all` sees it: an
         # answer that depended on tags the caller may not see would tell whether they exist. One
         # selected tag the caller may not delete refuses the whole request before anything goes.
@@ -688,13 +707,23 @@ class TagsService:
         ):
             return await self._remove_namespace(user, namespace, refs, unfiltered, meta, cut)
 
-        passes = _TagByTag(self, user, namespace, set(refs), unfiltered, visible)
+        # Unpaged, the call asks for every tag its selector matches (all of the namespace without one):
+        # a tag its process's own late write brought back after the selection was read is part of it.
+        takes_back = list_options.limit is None and list_options.continue_ is None
+        passes = _TagByTag(self, user, namespace, set(refs), list(refs), unfiltered, visible, takes_back)
         began = self.late_writes.now() if self.late_writes is not None else 0.0
         # The wait for a late write ends with the budget, or before the request's deadline.
         deadline = min(began + self.removal_budget, cut)
 
+        def watched() -> dict[Leave, str]:
+            return {
+                leave: kind for leave, kind in watch.leaves.items() if visible is None or visible(leave[0])
+            }
+
         todo: builtins.list[TagRef] | None = refs
-        leaves: frozenset[tuple[str, str, str]] = frozenset()
+        leaves: dict[Leave, str] = {}
+        # The leaves a pass looked for, begun once their writes could no longer land.
+        looked_for: set[Leave] = set()
         while True:
             work = passes.one_pass(todo, leaves)
             try:
@@ -718,11 +747,11 @@ class TagsService:
                 # find, not the retriable 503 of the look's error, which drops the write (review-ds8 F2,
                 # as a removal's: review-ds6 F4). It names no tag: none was seen.
                 late = self._late_write(namespace, visible) or next(filter(None, passes.cut_short), None)
-                unanswered = [ref for ref in refs if ref in passes.pending]
+                unanswered = [ref for ref in passes.order if ref in passes.pending]
                 if unanswered:
                     raise _collection_incomplete(
                         namespace,
-                        len(refs),
+                        len(passes.order),
                         [],
                         passes.failed,
                         unanswered,
@@ -732,13 +761,13 @@ class TagsService:
                     ) from None
                 if late is None:
                     raise
-                self._raise_late_write(namespace, len(refs), late, visible)
+                self._raise_late_write(namespace, len(passes.order), late, visible)
             left = [ref for ref in looked.refs if ref in passes.selected]
             if left or passes.pending:
-                unanswered = [ref for ref in refs if ref in passes.pending]
+                unanswered = [ref for ref in passes.order if ref in passes.pending]
                 raise _collection_incomplete(
                     namespace,
-                    len(refs),
+                    len(passes.order),
                     left,
                     passes.failed,
                     unanswered,
@@ -748,12 +777,20 @@ class TagsService:
             # Nor while a write of this process may still land in the namespace (a single delete's
             # re-tag, a cascade's repair: `LateWrites`), as for the namespace's removal: the namespace
             # controller also deletes tag by tag when the namespace's state could not be read.
-            leaves = (
-                self.late_writes.leaves(namespace, visible) if self.late_writes is not None else frozenset()
-            )
-            if not await self._waited_for_late_writes(namespace, len(refs), deadline, visible):
-                return [passes.deleted[ref] for ref in refs if ref in passes.deleted], meta
-            # It could land meanwhile: delete what it left, and look again.
+            waited = await self._waited_for_late_writes(namespace, len(passes.order), deadline, visible)
+            # None may land now. Each write of the call's time (out as it began, or sent since) may have
+            # landed after the selection was read, or after a look, and left the record since (answered,
+            # or its time passed) without this call waiting for it: a pass begun now sees what it left.
+            # Not needed for one a pass begun after it could no longer land looked for, nor for one of
+            # a selected tag answered before the last look began, which counted that tag (the call's own
+            # deletes' re-tags among them).
+            leaves = watched()
+            if not waited and all(
+                leave in looked_for or passes.seen_after(leave, watch.answered.get(leave)) for leave in leaves
+            ):
+                return [passes.deleted[ref] for ref in passes.order if ref in passes.deleted], meta
+            # Delete what they left, and look again.
+            looked_for = set(leaves)
             todo = None
 
     async def _check_deletes(self, namespace: str, refs: builtins.list[TagRef]) -> None:
@@ -801,14 +838,16 @@ class TagsService:
         raise _collection_incomplete(namespace, len(refs), left, failed, (), lasting)
 
     async def _left_by_late_writes(
-        self, refs: builtins.list[TagRef], leaves: Collection[tuple[str, str, str]], failed: dict[TagRef, str]
+        self, refs: builtins.list[TagRef], leaves: dict[Leave, str], failed: dict[TagRef, str]
     ) -> dict[TagRef, str]:
         """Those of ``refs`` (selected tags listed again after the wait for this process's late writes)
-        that point where such a write would leave them (`LateWrites.leaves`), with that digest: what it
-        left, deleted next at that digest only (a push of the name between this look and the delete is
-        kept too: `Registry.delete_tag`'s ``expected``). Any other was pushed again meanwhile by someone
-        else, and is kept: its reason goes to ``failed``, and the look that follows makes it the
-        retriable 503 a push of the same name before the first look gets."""
+        that point where such a write would leave them (``leaves``: the call's `Watch`) with content of
+        payloadtags' own (a re-tag's copy, a repair's placeholder), with that digest: what it left,
+        deleted next at that digest only (a push of the name between this look and the delete is kept
+        too: `Registry.delete_tag`'s ``expected``). Any other was pushed again meanwhile by someone
+        else, or may have been (at a restore's digest: the client's own content, which a push of that
+        very image gives too), and is kept: its reason goes to ``failed``, and the look that follows
+        makes it the retriable 503 a push of the same name before the first look gets."""
 
         async def where(ref: TagRef) -> str | None:
             try:
@@ -824,7 +863,14 @@ class TagsService:
         for ref, digest in zip(refs, found, strict=True):
             if digest is None:
                 continue
-            if (ref.repository, ref.tag, digest) in leaves:
+            kind = leaves.get((ref.repository, ref.tag, digest))
+            if kind == RESTORE:
+                failed[ref] = (
+                    f"points at {digest} again, where a restore of payloadtags that went unanswered puts "
+                    "it back (what it held before a failed delete), as a push of that very image does: "
+                    "kept here"
+                )
+            elif kind is not None:
                 left[ref] = digest
             else:
                 failed[ref] = (
@@ -1022,9 +1068,15 @@ class _TagByTag:
     service: TagsService
     user: UserInfo
     namespace: str
-    selected: set[TagRef]  # the call's selection: only those are deleted, and looked for
+    # The call's selection, and what its own late writes brought back (`brought_back`): only those
+    # are deleted, and looked for.
+    selected: set[TagRef]
+    order: builtins.list[TagRef]  # the same, in the order its answer names them
     unfiltered: ListOptions  # what a look reads: all of the selection from its start, no kept lists
     visible: Within | None  # whose late writes it waits for and names (`_visible_repositories`)
+    # Whether a tag outside the selection that its process's own late write brought back is part of
+    # the call (an unpaged call: `TagsService.delete_collection`).
+    takes_back: bool
     deleted: dict[TagRef, PayloadRepositoryTag] = attrs.Factory(dict)
     failed: dict[TagRef, str] = attrs.Factory(dict)
     pending: set[TagRef] = attrs.Factory(set)  # failed with a write the registry may still carry out
@@ -1034,6 +1086,8 @@ class _TagByTag:
     checked: dict[TagRef, str] = attrs.Factory(dict)
     # Set when a pass is cut (`may_land`): the late write seen then, if any.
     cut_short: list[tuple[str, float] | None] = attrs.Factory(list)
+    # When the last pass's look began, as `LateWrites.answers` counts.
+    looked_at: int = -1
 
     async def remove(self, ref: TagRef) -> PayloadRepositoryTag | None:
         service = self.service
@@ -1051,11 +1105,10 @@ class _TagByTag:
             return None
         return service._object(ref, TagStatus(digest=digest) if digest is not None else None)
 
-    async def one_pass(
-        self, todo: builtins.list[TagRef] | None, leaves: frozenset[tuple[str, str, str]]
-    ) -> Page:
-        """Deletes ``todo`` (None: after a wait for a late write, those of the selection it may have
-        left, looked for first), then looks at the tags: what the look lists."""
+    async def one_pass(self, todo: builtins.list[TagRef] | None, leaves: dict[Leave, str]) -> Page:
+        """Deletes ``todo`` (None: once the late writes of the call's time can no longer land, those of
+        the selection they may have left, looked for first, and those they brought back:
+        `brought_back`), then looks at the tags: what the look lists."""
         service = self.service
         if todo is None:
             listed, _ = await service._select(
@@ -1064,6 +1117,7 @@ class _TagByTag:
             self.checked = await service._left_by_late_writes(
                 [ref for ref in listed.refs if ref in self.selected], leaves, self.failed
             )
+            self.checked.update(await self.brought_back(listed.refs, leaves))
             todo = list(self.checked)
         order = _across_repositories(todo)
         outcome = dict(
@@ -1076,9 +1130,83 @@ class _TagByTag:
         # tag listed again (a failed delete, a push of the same name meanwhile) makes it a
         # retriable 503; tags first pushed after the selection was read are not part of this
         # request.
+        if service.late_writes is not None:
+            self.looked_at = service.late_writes.answers()
         return (
             await service._select(self.user, self.namespace, self.unfiltered, authorize=False, shown=False)
         )[0]
+
+    async def brought_back(
+        self, listed: builtins.list[TagRef], leaves: dict[Leave, str]
+    ) -> dict[TagRef, str]:
+        """Of ``listed`` (a look begun once the writes of ``leaves``, the call's `Watch`, could no longer
+        land), the tags outside the selection at the leave of such a write, when the call takes them
+        (`takes_back`): from now on part of the selection. Such a write (a single delete's re-tag of a
+        tag another call deleted meanwhile, held by the network) may have brought the tag back after the
+        selection read it as gone; it existed before and after that delete as a client sees it, and
+        a 200 for every tag the selector matches must not leave it (the slow tier's seed 80302).
+
+        One at the digest of a re-tag's copy or a repair's placeholder (content only payloadtags
+        writes) is deleted there, where the caller may delete it. Any other such tag is not deleted and
+        not left to a 200: it is named (`failed`), and the look that follows makes the retriable 503,
+        whose retry selects it: at a restore's digest (the client's own content: a push of that very
+        image cannot be told from it), where the caller may not delete it, where it could not be read,
+        or listed with no manifest. One at another digest was pushed after the selection by someone
+        else: not part of this request, and not named."""
+        if not self.takes_back or not leaves:
+            return {}
+        named = {(repository, tag) for repository, tag, _ in leaves}
+        candidates = [
+            ref for ref in listed if ref not in self.selected and (ref.repository, ref.tag) in named
+        ]
+        if not candidates:
+            return {}
+        service = self.service
+
+        async def where(ref: TagRef) -> str | RegistryError | None:
+            try:
+                return await service.inventory.digest(ref)
+            except RegistryNotFound:
+                return None
+            except RegistryError as error:
+                return error
+
+        found = await bounded_map(where, candidates, service.delete_concurrency)
+        taken: dict[TagRef, str] = {}
+        why = "a write of payloadtags that went unanswered may have brought it back after the selection"
+        for ref, digest in zip(candidates, found, strict=True):
+            if isinstance(digest, RegistryError):
+                reason = f"{why}; where it points could not be read: {digest}"
+            elif digest is None:
+                reason = f"{why}; it is listed but names no manifest"
+            elif (ref.repository, ref.tag, digest) not in leaves:
+                continue
+            elif leaves[(ref.repository, ref.tag, digest)] == RESTORE:
+                reason = (
+                    f"{why}: a restore, to {digest}, what it held before a failed delete, as a push of that "
+                    "very image does; not deleted by this request"
+                )
+            elif not service.authorizer.allowed(self.user, "delete", ref.namespace, ref.repository_path):
+                reason = f"{why} (to {digest}); {self.user.name} may not delete it"
+            else:
+                taken[ref] = digest
+                reason = ""
+            self.selected.add(ref)
+            self.order.append(ref)
+            if reason:
+                self.failed[ref] = reason
+        return taken
+
+    def seen_after(self, leave: Leave, answered: int | None) -> bool:
+        """Whether the last look counted what a write answered at ``answered`` (`LateWrites.answers`;
+        None: not answered) left at ``leave``: a selected tag, listed there if it was, begun after that
+        answer."""
+        repository, tag, _ = leave
+        return (
+            answered is not None
+            and answered <= self.looked_at
+            and TagRef(self.namespace, repository.partition("/")[2], tag) in self.selected
+        )
 
     def may_land(self) -> bool:
         """Whether a write may land as the pass is cut: its own deletes' unanswered, or one of the

@@ -76,7 +76,7 @@ from .errors import (
     RegistryUnavailable,
 )
 from .interface import Sent, Waiting, WriteHooks
-from .late import LateWrites, namespace_of
+from .late import COPY, PLACEHOLDER, RESTORE, LateWrites, namespace_of
 from .queue import RepositoryQueue
 from .transport import (
     BytesProducer,
@@ -1159,7 +1159,9 @@ class RegistryClient:
         """Point the tag at `body` (digest `ours`, on no other tag), then delete that digest: the tag
         goes and nothing else with it. A failed step is settled by re-reading the tag."""
         try:
-            await self._put_manifest(repository, tag, body, media_type, what)
+            await self._put_manifest(
+                repository, tag, body, media_type, what, COPY if kind == "retag" else PLACEHOLDER
+            )
         except RegistryError as error:
             self._window(kind, repository, tag, read_at)
             if error.unanswered:
@@ -1304,7 +1306,7 @@ class RegistryClient:
             restore_error: RegistryError | None = None
             try:
                 await self._put_manifest(
-                    repository, tag, original.content, original.media_type, f"restoring tag {where}"
+                    repository, tag, original.content, original.media_type, f"restoring tag {where}", RESTORE
                 )
             except RegistryError as failed:
                 restore_error = failed
@@ -1472,20 +1474,26 @@ class RegistryClient:
         return digest
 
     async def _put_manifest(
-        self, repository: str, reference: str, body: bytes, media_type: str, what: str
+        self, repository: str, reference: str, body: bytes, media_type: str, what: str, kind: str
     ) -> str:
         # Out from here until answered (`late_writes`): a removal of the namespace meanwhile does not
         # report it empty, even when whoever sent it stops waiting (a budget spent, a client gone).
         namespace = namespace_of(repository)
-        # What it would leave landing late (``reference`` is the tag): a call that waited for it deletes
-        # the tag only there (`LateWrites.leaves`).
+        # What it would leave landing late (``reference`` is the tag), and what that is (``kind``: our
+        # own copy or placeholder, or a restore of the client's content): a call that waited for it
+        # deletes the tag only there, and only ours (`LateWrites.leaves`, `LateWrites.watch`).
         digest = compute_digest(digested(body, media_type))
         assert digest is not None
         late = LATE_WRITE_GRACE * self._settings.timeout
         # Unanswered, it may land for `late` after its request ends: what a user is told while it is
         # out. Not a time from now: its request may wait for a slot or a token first, unbounded.
         number = self._late_writes.sent(
-            namespace, what, (repository, reference, digest), after=late, timeout=self._settings.timeout
+            namespace,
+            what,
+            (repository, reference, digest),
+            after=late,
+            timeout=self._settings.timeout,
+            kind=kind,
         )
         grace: float | None = None  # answered, or never sent (a caller's check said stop)
         try:

@@ -19,6 +19,58 @@ def namespace_of(repository: str) -> str:
 # deletecollection waits for, and names, only the late writes of repositories it may see.
 Within = Callable[[str], bool]
 
+# Where a manifest write would leave a tag if it landed: (repository, tag, digest).
+Leave = tuple[str, str, str]
+
+# What a manifest write puts under its tag (`LateWrites.sent`'s ``kind``). A re-tag's copy (its
+# delete nonce) and a repair's placeholder (a random annotation) hold content only payloadtags
+# writes: a tag found at one's digest is that write's doing. A restore puts back what the tag held
+# before a failed delete, the client's own content: a tag found there may as well be a client's push
+# of that very image.
+COPY = "copy"
+PLACEHOLDER = "placeholder"
+RESTORE = "restore"
+
+
+@attrs.define(eq=False)
+class Watch:
+    """Where the writes of ``namespace`` a caller watches would leave a tag, each with its kind: those
+    that may still land as it began (out, or unanswered and noted), and every one sent after, until
+    it ends (`LateWrites.watch`, `LateWrites.unwatch`). One answered before it began is not in it: a
+    tag found at its digest during the call was put there by someone else."""
+
+    namespace: str
+    leaves: dict[Leave, str] = attrs.Factory(dict)
+    # When the registry answered the writes of a leave, each of them (the latest answer, as
+    # `LateWrites.answers` counts: an order, not a time): one answered has been carried out, and a
+    # look begun after it sees what it left. Not for a leave with a write unanswered (`unanswered`) or
+    # still out.
+    answered: dict[Leave, int] = attrs.Factory(dict)
+    unanswered: set[Leave] = attrs.Factory(set)
+    _out: dict[Leave, int] = attrs.Factory(dict)  # how many of the leave's writes are out
+
+    def add(self, leave: Leave, kind: str) -> None:
+        # A restore's is the one that cannot be told from a client's push: it wins.
+        if self.leaves.get(leave) != RESTORE:
+            self.leaves[leave] = kind
+
+    def sent(self, leave: Leave) -> None:
+        self._out[leave] = self._out.get(leave, 0) + 1
+        self.answered.pop(leave, None)
+
+    def ended(self, leave: Leave, answered: int | None) -> None:
+        out = self._out.get(leave, 0)
+        if out <= 1:
+            self._out.pop(leave, None)
+        else:
+            self._out[leave] = out - 1
+        if answered is None:
+            self.unanswered.add(leave)
+            self.answered.pop(leave, None)
+        elif leave not in self.unanswered and leave not in self._out:
+            self.answered[leave] = answered
+
+
 # A write of unknown repository as a scoped answer describes it: it may be in any repository, so it
 # is waited for, and its own description (naming its repository) is not shown.
 ANONYMOUS = "writing to the registry"
@@ -50,9 +102,13 @@ class LateWrites:
     # Writes sent and not answered yet: namespace -> {its number: description}.
     _out: dict[str, dict[int, str]] = attrs.Factory(dict)
     _sent: int = 0
-    # Where the namespace's writes, out or noted, would leave a tag if they landed: (repository, tag,
-    # digest), given by `sent`. Kept while the namespace has a write out or noted (`_forget`).
-    _leaves: dict[str, set[tuple[str, str, str]]] = attrs.Factory(dict)
+    # Where each write out would leave a tag if it landed, and its kind, given by `sent`: by number.
+    _leave: dict[int, tuple[Leave, str]] = attrs.Factory(dict)
+    # Where the namespace's writes that ended unanswered would leave a tag, and their kinds: kept while
+    # the namespace has a write out or noted (`_forget`). One answered leaves nothing here.
+    _leaves: dict[str, dict[Leave, str]] = attrs.Factory(dict)
+    # The calls watching where the namespace's writes would leave tags (`watch`), by namespace.
+    _watches: dict[str, list[Watch]] = attrs.Factory(dict)
     # What `wait_out` calls wait for, by namespace: fired when one of its writes ends or is noted.
     _woken: dict[str, list[Deferred[None]]] = attrs.Factory(dict)
     # How long after its request ends each write out may land at the latest, as its sender puts it
@@ -69,6 +125,8 @@ class LateWrites:
     _noted: dict[str, dict[str | None, tuple[str, float]]] = attrs.Factory(dict)
     # The repository of each write out that gave one (`sent`): by number.
     _placed: dict[int, str] = attrs.Factory(dict)
+    # How many writes the registry has answered (`answers`).
+    _answers: int = 0
 
     def now(self) -> float:
         return self.clock.seconds()
@@ -97,21 +155,26 @@ class LateWrites:
         self,
         namespace: str,
         what: str,
-        leaves: tuple[str, str, str] | None = None,
+        leaves: Leave | None = None,
         after: float | None = None,
         timeout: float | None = None,
+        kind: str = COPY,
     ) -> int:
         """A write is out from now on; its number, for `ended`. ``leaves``: where it would leave a tag
         if it landed (repository, tag, digest), for `leaves`; ``after``: how many seconds after its
         request ends (answered, or unanswered: the ``grace`` it will end with) it may land at the
         latest, and ``timeout``: how long after it leaves its request times out, for `out_within`. Not
         a time from now: a write is out from before its request leaves (a wait for a connection slot,
-        for a token, a 401's second try), which no one bounds."""
+        for a token, a 401's second try), which no one bounds. ``kind``: what it puts under the tag
+        (`COPY`, `PLACEHOLDER`, `RESTORE`)."""
         self._sent += 1
         self._out.setdefault(namespace, {})[self._sent] = what
         if leaves is not None:
-            self._leaves.setdefault(namespace, set()).add(leaves)
+            self._leave[self._sent] = (leaves, kind)
             self._placed[self._sent] = leaves[0]
+            for watch in self._watches.get(namespace, ()):
+                watch.add(leaves, kind)
+                watch.sent(leaves)
         if after is not None:
             self._after[self._sent] = after
         if timeout is not None:
@@ -128,6 +191,17 @@ class LateWrites:
         self._after.pop(number, None)
         self._timeout.pop(number, None)
         repository = self._placed.pop(number, None)
+        leave = self._leave.pop(number, None)
+        if grace is None:
+            self._answers += 1
+        if leave is not None:
+            for watch in self._watches.get(namespace, ()):
+                if leave[0] in watch.leaves:
+                    watch.ended(leave[0], self._answers if grace is None else None)
+        if what is not None and grace is not None and leave is not None:
+            known = self._leaves.setdefault(namespace, {})
+            if known.get(leave[0]) != RESTORE:
+                known[leave[0]] = leave[1]
         if not out:
             del self._out[namespace]
         if what is not None and grace is not None:
@@ -267,13 +341,45 @@ class LateWrites:
         left = (left[0] for left in self._leaves.get(namespace, ()))
         return frozenset(r for r in (*out, *noted, *left) if r is not None)
 
-    def leaves(self, namespace: str, within: Within | None = None) -> frozenset[tuple[str, str, str]]:
-        """Where the namespace's writes that may still land (`pending`) would leave a tag: (repository,
-        tag, digest) each. A tag found elsewhere after they can no longer land was not left by them (a
-        push of its name by someone else meanwhile). ``within``: those of the repositories it admits."""
-        return frozenset(
-            left for left in self._leaves.get(namespace, ()) if within is None or within(left[0])
-        )
+    def leaves(self, namespace: str, within: Within | None = None) -> dict[Leave, str]:
+        """Where the namespace's writes that may still land (`pending`: out, or unanswered and noted)
+        would leave a tag, each with its kind. A tag found elsewhere after they can no longer land was
+        not left by them (a push of its name by someone else meanwhile). ``within``: those of the
+        repositories it admits."""
+        found: dict[Leave, str] = {}
+        for number in self._out.get(namespace, {}):
+            if number in self._leave:
+                leave, kind = self._leave[number]
+                if found.get(leave) != RESTORE:
+                    found[leave] = kind
+        for leave, kind in self._leaves.get(namespace, {}).items():
+            if found.get(leave) != RESTORE:
+                found[leave] = kind
+        return {leave: kind for leave, kind in found.items() if within is None or within(leave[0])}
+
+    def answers(self) -> int:
+        """How many writes the registry has answered so far: what a `Watch` keeps of each answer, to
+        tell one answered before a look began (at most the count as it began) from one after. A count,
+        not a clock: two events of one instant are still in order."""
+        return self._answers
+
+    def watch(self, namespace: str) -> Watch:
+        """Starts watching where the namespace's writes would leave tags: those that may still land now
+        (`leaves`), and each one `sent` from now on, answered or not, until `unwatch`."""
+        watch = Watch(namespace, self.leaves(namespace))
+        for number in self._out.get(namespace, {}):
+            if number in self._leave:
+                watch.sent(self._leave[number][0])
+        watch.unanswered.update(self._leaves.get(namespace, {}))
+        self._watches.setdefault(namespace, []).append(watch)
+        return watch
+
+    def unwatch(self, watch: Watch) -> None:
+        watching = self._watches.get(watch.namespace, [])
+        if watch in watching:
+            watching.remove(watch)
+        if not watching:
+            self._watches.pop(watch.namespace, None)
 
     def _drop(self, namespace: str) -> None:
         """Drops the namespace's entry, its time passed."""
@@ -288,4 +394,14 @@ class LateWrites:
             self._leaves.pop(namespace, None)
 
 
-__all__ = ["ANONYMOUS", "LateWrites", "Within", "namespace_of"]
+__all__ = [
+    "ANONYMOUS",
+    "COPY",
+    "PLACEHOLDER",
+    "RESTORE",
+    "LateWrites",
+    "Leave",
+    "Watch",
+    "Within",
+    "namespace_of",
+]
