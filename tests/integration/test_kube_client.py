@@ -38,6 +38,7 @@ from payloadtags.kube import (
     load_cluster_config,
     resource_path,
 )
+from payloadtags.kube.errors import KubeTokenUnreadable
 from payloadtags.kube.execcred import PLUGIN_TIMEOUT, ExecPlugin, PluginError, run_plugin
 from tests.support.kubeapi import KubeApiDouble, RequestInfo, User, eventually, resources
 from tests.support.kubectl import KUBECTL, Kubectl
@@ -429,6 +430,30 @@ async def test_a_kubeconfig_token_file_is_reread_after_a_401(kube_api: KubeApiDo
         token_file.write_text("token-2\n")
         assert (await error_of(client.list(NS))).code == 401
         assert await listed_as(client, kube_api) == "robot-2"
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_token_file_emptied_after_the_start_check_sends_no_request(
+    kube_api: KubeApiDouble, tmp_path: Path
+) -> None:
+    # review r7misc L2: emptied between the start's check and the first request, it sent the request
+    # without a credential and said nothing; it now fails as a missing one does.
+    token_file = tmp_path / "token"
+    token_file.write_text("token-1\n")
+    kube_api.add_token("token-1", "robot-1", ("system:masters",))
+    kubeconfig = with_user(kube_api.write_kubeconfig(tmp_path / "kc"), {"tokenFile": str(token_file)})
+    config = load_cluster_config(str(kubeconfig))
+    assert config is not None and config.token is None
+    token_file.write_text("")
+    client = KubeClient(reactor, config, request_timeout=5)
+    try:
+        with pytest.raises(KubeTokenUnreadable, match="it is blank"):
+            await client.list(NS)
+        assert kube_api.requests_for(NS) == []
+        token_file.write_text("token-1\n")
+        assert await listed_as(client, kube_api) == "robot-1"
     finally:
         await client.close()
 

@@ -347,6 +347,24 @@ def test_a_token_file_that_is_not_utf8_at_first_use_is_unreadable(tmp_path: Path
     assert str(raised.value) == f"cannot read token file {token_file}: it is not UTF-8 text"
 
 
+@pytest.mark.parametrize("blank", ["", "\n", " \u3000\t"])
+def test_a_token_file_blank_at_first_use_is_unreadable(tmp_path: Path, blank: str) -> None:
+    # review r7misc L2: blank after the start check (a writer that truncates before it writes), with no
+    # token beside it, it gave None: requests went without a credential and nothing was said.
+    token_file = tmp_path / "token"
+    token_file.write_text(blank, encoding="utf-8")
+    clock = Clock()
+    source = _TokenSource(
+        ClusterConfig("https://k", token_file=str(token_file)), clock, 60.0, monotonic=clock.seconds
+    )
+    for _ in range(2):  # each request reads it again while no token was read
+        with pytest.raises(KubeTokenUnreadable) as raised:
+            source.current()
+        assert str(raised.value) == f"cannot read token file {token_file}: it is blank"
+    token_file.write_text("one\n")
+    assert source.current() == "one"
+
+
 def test_a_token_beside_a_token_file_is_sent_until_the_file_can_be_read_and_the_file_wins_then(
     tmp_path: Path,
 ) -> None:

@@ -449,6 +449,13 @@ class _TokenSource:
                     # a writer that truncates before it writes (review r6cfg N6). A file blank from the
                     # start leaves the kubeconfig's token beside it in force, as documented, unsaid.
                     self._say_kept("it is blank")
+                elif self._token is None:
+                    # Emptied since the start check passed, with no token to send instead: as a missing
+                    # file, rather than requests sent without a credential and nothing said (review
+                    # r7misc L2), and as the start refuses a blank one.
+                    raise KubeTokenUnreadable(
+                        f"cannot read token file {self._config.token_file}: it is blank"
+                    )
         return self._token
 
     def _say_kept(self, cause: str) -> None:
