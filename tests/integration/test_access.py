@@ -887,6 +887,73 @@ async def test_a_listed_health_check_path_skips_rbac_and_an_unlisted_one_does_no
 
 
 @pytest_twisted.ensureDeferred
+async def test_rbac_matches_non_resource_urls_against_the_decoded_path(
+    make_server, registry, kube_api, kube_kubeconfig, pki
+):
+    # Review r7misc N3: the raw path was matched, so `/healthz/p%69ng`, which is served as the check
+    # `ping`, was 403 for a user granted `/healthz/ping`. kube-apiserver authorizes Go's decoded URL.Path.
+    # Only /livez served without RBAC: the default list opens every health check.
+    server: ServerUnderTest = await make_server(
+        registry, kubeconfig=str(kube_kubeconfig), authorization_mode="RBAC", always_allow_paths=("/livez",)
+    )
+    prober = pki.client_ca.client("prober")
+    kube_api.store.create(
+        CLUSTERROLES,
+        {
+            "metadata": {"name": "ping-reader"},
+            "rules": [{"nonResourceURLs": ["/healthz/ping"], "verbs": ["get"]}],
+        },
+    )
+    kube_api.store.create(
+        CLUSTERROLEBINDINGS,
+        {
+            "metadata": {"name": "prober-ping"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "ping-reader",
+            },
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "prober"}],
+        },
+    )
+
+    async def granted() -> bool:
+        return (await server.client(prober).get("/healthz/ping")).code == 200
+
+    assert await eventually(granted, within=30) is True
+    target = Target(server.running.port, str(server.pki.server_ca.cert_file))
+
+    async def asked(path: str) -> Reply:
+        return await threads.deferToThread(exchange, target, request_bytes("GET", path), prober)
+
+    paths = (
+        "/healthz/p%69ng",
+        "/healthz/%70%69%6e%67",
+        "/healthz/ping/",
+        "/healthz/ping%2F",
+        "/healthz/%6cog",
+    )
+    replies = {path: await asked(path) for path in (*paths, "/m%65trics")}
+    assert {path: reply.code for path, reply in replies.items()} == {
+        "/healthz/p%69ng": 200,
+        "/healthz/%70%69%6e%67": 200,
+        # Decoded, still not the path granted (kube-apiserver's answer too), though served as `ping`.
+        "/healthz/ping/": 403,
+        "/healthz/ping%2F": 403,
+        "/healthz/%6cog": 403,
+        "/m%65trics": 403,
+    }
+    denied = {
+        path: replies[path].json()["message"] for path in ("/healthz/ping%2F", "/healthz/%6cog", "/m%65trics")
+    }
+    assert denied == {
+        "/healthz/ping%2F": 'forbidden: User "prober" cannot get path "/healthz/ping/"',
+        "/healthz/%6cog": 'forbidden: User "prober" cannot get path "/healthz/log"',
+        "/m%65trics": 'forbidden: User "prober" cannot get path "/metrics"',
+    }
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_failing_token_review_is_a_401_not_a_500(rbac_server, kube_api, namespace):
     kube_api.inject_error(500, method="POST", path="/apis/authentication.k8s.io/v1/tokenreviews", times=20)
     reply = await rbac_server.client().get(

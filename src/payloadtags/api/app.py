@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapp
 from email.utils import formatdate
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote_to_bytes
 
 import attrs
 from klein import Klein
@@ -981,7 +981,10 @@ class ApiServer:
     def _authorize_path(self, request: IRequest, user: UserInfo | None) -> None:
         if user is None:  # served anonymously: always allowed
             return
-        path = request.path.decode("utf-8", "replace")
+        # The path as routing reads it, percent-escapes decoded (review r7misc N3: `/healthz/p%69ng`,
+        # served as the check `ping`, was refused to a user granted `/healthz/ping`), as kube-apiserver
+        # authorizes Go's decoded URL.Path. Both read the same string, so a grant opens what it names.
+        path = unquote_to_bytes(request.path).decode("utf-8", "replace")
         if not self.path_authorizer.allowed_path(user, "get", path):
             raise ApiError(403, "Forbidden", f'forbidden: User "{user.name}" cannot get path "{path}"')
 
