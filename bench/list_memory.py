@@ -17,10 +17,11 @@ them). Phases:
    pages of 500, with ``--watch S`` a watch of S seconds from no resourceVersion (an event per tag),
    ``--concurrent`` unpaged JSON lists at once), the dump right after them (``after``),
    then idle ``--settle`` seconds (``settled``). With ``--trim``, after the last: glibc's
-   ``malloc_trim(0)`` and the RSS after it (what glibc could give back).
+   ``malloc_trim(0)`` and the RSS after it (what glibc could give back). With ``--map``, after the last:
+   which blocks keep Python's arenas (bench/arena_map.py), into ``N.arenas.json`` among the dumps.
 
 Usage: .venv/bin/python bench/list_memory.py [--tags 100000] [--rounds 3] [--settle 200]
-       [--concurrent 10] [--watch S] [--trim] [--trace N] [--keep DIR] [--json FILE]
+       [--concurrent 10] [--watch S] [--trim] [--map] [--trace N] [--keep DIR] [--json FILE]
 """
 
 from __future__ import annotations
@@ -103,6 +104,10 @@ def dump(signum, frame):
         libc.malloc_trim(0)
         with open(base + ".trim", "w") as f:
             json.dump({"rss": rss(), "mallinfo": heap, "mallinfo_after": mallinfo()}, f)
+    if os.path.exists(os.path.join(out, "map")):  # the arenas and the blocks that keep them
+        sys.path.insert(0, os.environ["LIST_MEMORY_BENCH"])
+        import arena_map
+        arena_map.map_arenas(base + ".arenas.json")
     os.rename(base + ".json.tmp", base + ".json")
 
 signal.signal(signal.SIGUSR1, dump)
@@ -116,6 +121,7 @@ def start(work: Path, pki: Pki, registry_url: str, frames: int) -> tuple[Any, st
     dumps = work / "dumps"
     dumps.mkdir()
     os.environ["LIST_MEMORY_TRACE"] = str(frames)
+    os.environ["LIST_MEMORY_BENCH"] = str(ROOT / "bench")
     process, url = start_server(work, pki, registry_url, profile=dumps, launcher=LAUNCHER)
     return process, url, dumps
 
@@ -262,6 +268,8 @@ async def run(
             await idle()
             if args.trim and round_ + 1 == args.rounds:
                 (dumps / "trim").touch()
+            if args.map and round_ + 1 == args.rounds:
+                (dumps / "map").touch()
             await phase(f"settled {round_ + 1}")
             if args.trim and round_ + 1 == args.rounds:
                 trimmed = json.loads((dumps / f"{count}.trim").read_text())
@@ -319,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trace", type=int, default=0, help="tracemalloc frames (0: off)")
     parser.add_argument(
         "--trim", action="store_true", help="after the last idle phase, malloc_trim(0) and the RSS after it"
+    )
+    parser.add_argument(
+        "--map", action="store_true", help="after the last idle phase, map the arenas (bench/arena_map.py)"
     )
     parser.add_argument("--keep", type=Path, help="copy the server's dumps there")
     parser.add_argument("--json", type=Path)
