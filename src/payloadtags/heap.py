@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
+from typing import Any
 
 # mallopt's parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -47,3 +49,28 @@ def keep_freed_heap(environ: dict[str, str] | None = None) -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
         mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     )
+
+
+def give_back_free_heap() -> bool:
+    """glibc's ``malloc_trim(0)``: the free pages inside its heap, not only at its top, go back to the
+    kernel (`quiet.WhenQuiet`, once lists have stopped: the chunks they freed below what stays in use
+    are otherwise kept for the life of the process). False where the C library is not glibc."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    # Looked up once: a library loaded anew makes classes of its own, garbage for a later collection.
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+        libc.gnu_get_libc_version  # noqa: B018 (glibc only)
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim

@@ -23,7 +23,9 @@ from payloadtags.access.rbac import PathMatcher, RbacAuthorizer, RbacIndex
 from payloadtags.access.requestheader import RequestHeaderConfig
 from payloadtags.access.tokens import TokenReviewAuthenticator
 from payloadtags.api.app import ApiServer
+from payloadtags.api.continuation import forget_tokens
 from payloadtags.api.health import HealthChecks, SharedCheck
+from payloadtags.api.render import forget_makers
 from payloadtags.api.tags import TagsService
 from payloadtags.api.walks import WalkCache
 from payloadtags.cleanup import (
@@ -35,7 +37,7 @@ from payloadtags.cleanup import (
 from payloadtags.cleanup.removal import namespace_remover
 from payloadtags.cluster import authentication_reflector, rbac_reflectors, token_reviewer
 from payloadtags.deferreds import DeadlineExpired, within
-from payloadtags.heap import keep_freed_heap
+from payloadtags.heap import give_back_free_heap, keep_freed_heap
 from payloadtags.http.channel import GuardedSite, GuardedTLSFactory, LimitedConnections
 from payloadtags.identity import UserInfo
 from payloadtags.inventory import Inventory
@@ -46,6 +48,8 @@ from payloadtags.limits import FRONT_PROXY_CONNECTIONS, held_watch_limits, watch
 from payloadtags.listen import listen
 from payloadtags.logs import DEBUG_VERBOSITY, begin_logging
 from payloadtags.metrics import CountingAuthorizer, InstrumentedRegistry, Metrics
+from payloadtags.names import encode_name
+from payloadtags.quiet import WhenQuiet
 from payloadtags.registry import LATE_WRITE_GRACE, Catalog, LateWrites, Registry, RegistryClient
 from payloadtags.registry_diagnosis import FailureLog, probe
 from payloadtags.reloader import FileWatcher
@@ -146,6 +150,21 @@ class Serving:
             )
             for connection in list(self.connections.protocols):
                 connection.transport.abortConnection()
+
+
+# What a server does once lists have stopped a while (quiet.WhenQuiet): drops what their requests left
+# in the caches requests share (the item makers of their repositories, their tokens' parts and
+# decodings, their tags' names), collects the garbage cycles among what they made (objects that
+# outlived a young collection wait for a full one, which a quiet server may never run), and then gives
+# glibc's free heap back: the chunks the lists freed below what stays in use, 6-7 MiB after lists of
+# 100,000 tags (docs/benchmarks.md, "What keeps the arenas, and a quiet server").
+WHEN_QUIET: tuple[Callable[[], object], ...] = (
+    forget_makers,
+    forget_tokens,
+    encode_name.cache_clear,
+    gc.collect,
+    give_back_free_heap,
+)
 
 
 @attrs.define
@@ -480,6 +499,7 @@ async def start(
         walks=walks,
         changed=watch_hub.repository_changed,
     )
+    quiet = WhenQuiet(reactor, lambda: service.lists, WHEN_QUIET)
 
     async def ping() -> None:
         return None
@@ -603,6 +623,7 @@ async def start(
         Part("cluster-client", stop=kube.close) if kube is not None else None,
         Part("watch", start=watch_hub.run, stop=watch_hub.stop),
         Part("list-walks", start=walks.run, stop=walks.stop),
+        Part("when-quiet", start=quiet.run, stop=quiet.stop),
         Part("reflectors", start=start_reflectors, stop=stop_reflectors),
         Part("registry-probe", start=begin_probe, stop=end_probe),
         Part("file-watchers", start=start_watchers, stop=stop_watchers),

@@ -164,6 +164,12 @@ _ZERO_START: _Fields = (
 _decoded: OrderedDict[str, _Fields] = OrderedDict()
 
 
+def forget_tokens() -> None:
+    """Drops the tokens' decodings and parts kept (quiet.WhenQuiet)."""
+    _decoded.clear()
+    _parts.clear()
+
+
 def _keep(text: str, fields: _Fields) -> None:
     if len(text) <= DECODED_TEXT_MAX:
         _decoded[text] = fields

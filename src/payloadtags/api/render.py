@@ -271,6 +271,11 @@ def _maker(
     return _ItemMaker(Run(namespace, repository_path, ()), registry_host, media, include)
 
 
+def forget_makers() -> None:
+    """Drops the item makers kept (quiet.WhenQuiet)."""
+    _maker.cache_clear()
+
+
 def _in_chunks(
     make: Callable[[_ItemMaker, Sequence[str]], _Made],
     run: Run,

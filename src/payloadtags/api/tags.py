@@ -324,6 +324,9 @@ class TagsService:
     # Told each repository a delete of this service changed, or may have (one that failed half-way),
     # once the delete has ended: the watch hub rereads it, so watches need not wait for a resync.
     changed: Callable[[str], None] = lambda repository: None
+    # Lists begun (pages and deletecollections included): what tells that lists are being served
+    # (quiet.WhenQuiet).
+    lists: int = 0
 
     def _object(self, ref: TagRef, status: TagStatus | None = None) -> PayloadRepositoryTag:
         return tag_object(self.registry_host, ref, status)
@@ -410,6 +413,7 @@ class TagsService:
         self, user: UserInfo, namespace: str | None, options: ListOptions, authorize: bool = True
     ) -> _Listing:
         """What every list decides before it reads the registry."""
+        self.lists += 1
         pinned_namespace = options.fields.required("metadata.namespace")
         # Registry reads that go out from now on may be shared with this request (a list arriving
         # while an identical one is being read joins its reads that were not sent yet when it came).

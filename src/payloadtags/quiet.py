@@ -1,0 +1,58 @@
+"""What a server does once it has been quiet a while after serving lists: forget what they left.
+
+A list of a big namespace fills the caches its requests share (the item makers of its repositories,
+its continue tokens' parts, the names of its tags), and those entries outlive it: each bounded, they
+are the few blocks left in the arenas of 1 MiB that Python's allocator took for the list's short-lived
+objects, and an arena goes back to the system only once all of it is free. The walks and the watch
+hub's records free themselves after their lifetimes; these are only ever pushed out by newer entries.
+So, once no list has begun for ``after`` seconds (checked every ``after / 3``), they are emptied, once
+per quiet spell: the next request makes its entries again, at the cost of its first request (a few
+microseconds a repository). Everything runs on ``clock``, between requests, never during one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+
+# After the walks' lifetime (60 s after a walk's last page, freed within 90 s) and the watch hub's
+# records' (120 s unused, dropped within 180 s): what they kept is gone by then too.
+QUIET_AFTER = 180.0
+
+
+@attrs.define(eq=False)
+class WhenQuiet:
+    """Runs ``actions`` once after each spell of lists, when ``begun`` (the lists begun so far) has not
+    changed for ``after`` seconds."""
+
+    clock: IReactorTime
+    begun: Callable[[], int]
+    actions: Sequence[Callable[[], object]]
+    after: float = QUIET_AFTER
+    _seen: int = 0
+    _since: float = 0.0
+    _done: bool = True  # nothing served yet: nothing to forget
+    _loop: LoopingCall | None = None
+
+    def run(self) -> None:
+        self._seen, self._since = self.begun(), self.clock.seconds()
+        self._loop = LoopingCall(self.check)
+        self._loop.clock = self.clock
+        self._loop.start(self.after / 3, now=False)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+
+    def check(self) -> None:
+        begun, now = self.begun(), self.clock.seconds()
+        if begun != self._seen:
+            self._seen, self._since, self._done = begun, now, False
+        elif not self._done and now - self._since >= self.after:
+            self._done = True
+            for action in self.actions:
+                action()

@@ -1,0 +1,126 @@
+"""Once lists have stopped a while, the server drops what they left in the caches requests share
+(payloadtags/quiet.py, server.WHEN_QUIET): once per quiet spell, on the Clock, never while lists go on."""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from payloadtags.access.authz import AlwaysAllow
+from payloadtags.api import continuation, render
+from payloadtags.api.continuation import Continuation
+from payloadtags.api.options import list_options
+from payloadtags.api.render import list_text
+from payloadtags.api.tags import TagsService
+from payloadtags.heap import give_back_free_heap
+from payloadtags.inventory import Inventory, Run
+from payloadtags.model import ListMeta
+from payloadtags.names import TagRef, encode_name
+from payloadtags.quiet import QUIET_AFTER, WhenQuiet
+from payloadtags.server import WHEN_QUIET
+from tests.unit.test_list_stream import ALICE, WINDOW, Recorded, SlowRegistry
+from tests.unit.test_render import FULL, HOST, TABLE
+
+
+def _wait(clock: Clock, seconds: float) -> None:
+    for _ in range(int(seconds // 10)):
+        clock.advance(10)
+
+
+def _quiet(clock: Clock, lists: list[int], done: list[float]) -> WhenQuiet:
+    quiet = WhenQuiet(clock, lambda: lists[0], (lambda: done.append(clock.seconds()),))
+    quiet.run()
+    return quiet
+
+
+def test_it_runs_once_after_the_lists_stop_and_never_while_they_go_on() -> None:
+    clock, lists, done = Clock(), [0], list[float]()
+    quiet = _quiet(clock, lists, done)
+    _wait(clock, 10 * QUIET_AFTER)
+    assert done == []  # nothing was listed: nothing to forget
+    for _ in range(40):  # a list every 30 s for 20 minutes: never quiet
+        lists[0] += 1
+        clock.advance(30)
+    assert done == []
+    last_list = clock.seconds() - 30
+    _wait(clock, QUIET_AFTER * 4 / 3)
+    assert len(done) == 1
+    assert QUIET_AFTER <= done[0] - last_list <= QUIET_AFTER * 4 / 3
+    _wait(clock, 10 * QUIET_AFTER)
+    assert len(done) == 1  # once per quiet spell
+    lists[0] += 1  # the next spell
+    _wait(clock, 2 * QUIET_AFTER)
+    assert len(done) == 2
+    quiet.stop()
+    lists[0] += 1
+    _wait(clock, 10 * QUIET_AFTER)
+    assert len(done) == 2
+    assert clock.getDelayedCalls() == []
+
+
+def test_every_list_is_counted() -> None:
+    clock = Clock()
+    service = TagsService(
+        inventory=Inventory(SlowRegistry(clock, ["team/a"]), concurrency=WINDOW),  # type: ignore[arg-type]
+        registry_host=HOST,
+        authorizer=AlwaysAllow(),
+        versions=Recorded(),
+    )
+    for query in ({}, {"limit": ["1"]}):  # a whole list, a page
+        Deferred.fromCoroutine(service.list_runs(ALICE, "team", list_options(query)))
+    assert service.lists == 2
+    _wait(clock, 10)
+
+
+def _big_list_leaves() -> None:
+    """What a list of 100 repositories and its walk's tokens leave in the shared caches."""
+    runs = [Run("team", f"app-{index:03d}", [f"v{tag}" for tag in range(20)]) for index in range(100)]
+    meta = ListMeta(resource_version="7")
+    for media in (FULL, TABLE):
+        list_text(runs, meta, media, HOST)
+    for one in runs:
+        last = TagRef(one.namespace, one.repository_path, one.tags[-1])
+        text = continuation.encode(Continuation("7", "team", last, "AAAAAAAAAAAAAAAA"))
+        continuation.decode(text, "team")
+        encode_name(one.repository_path, one.tags[0])
+
+
+def test_a_quiet_server_keeps_nothing_of_a_big_list_in_the_shared_caches() -> None:
+    # Each entry is small, but they are the blocks that keep the arenas a big list's objects took
+    # (docs/benchmarks.md, "What stays, by kind"): measured, what the list left is gone. Warmed
+    # first: what the first list of all makes once (templates, envelopes) stays by design, and so does
+    # the C library's function, looked up once.
+    _big_list_leaves()
+    give_back_free_heap()
+    render._maker.cache_clear()
+    continuation._decoded.clear()
+    continuation._parts.clear()
+    encode_name.cache_clear()
+    clock, lists = Clock(), [0]
+    quiet = WhenQuiet(clock, lambda: lists[0], WHEN_QUIET)
+    quiet.run()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        lists[0] += 1
+        _big_list_leaves()
+        gc.collect()
+        left = tracemalloc.get_traced_memory()[0] - before
+        _wait(clock, QUIET_AFTER * 4 / 3)
+        after = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+        quiet.stop()
+    assert left > 200_000  # 200 item makers, 100 tokens' parts and decodings, 100 names
+    assert after < 4_000, after  # the Clock's next call
+    assert render._maker.cache_info().currsize == 0
+    assert continuation._decoded == {} and continuation._parts == {}
+    assert encode_name.cache_info().currsize == 0
+
+
+def test_the_free_heap_is_given_back_after_the_caches_and_the_collection_free_theirs() -> None:
+    # What they free is what glibc can give back (tests/unit/test_heap.py measures the giving back).
+    assert WHEN_QUIET[-2:] == (gc.collect, give_back_free_heap)
