@@ -18,6 +18,7 @@ from payloadtags.limits import HttpLimits, WatchLimits
 from payloadtags.names import encode_name
 from payloadtags.watch import WatchHub
 from payloadtags.watch import hub as watch_hub
+from payloadtags.watch.listed import RECORD_COST
 from tests.support import images
 from tests.support.client import ApiClient, Stream, stream
 from tests.support.faultproxy import ERROR_BEFORE, STALL, FaultProxy
@@ -1244,6 +1245,42 @@ async def test_watches_by_made_up_names_leave_no_read_number_in_the_scope_s_sour
     held.close()
     assert source.tags.keys() == {repo}
     assert set(source._marks) <= {repo}, source._marks
+
+
+@pytest_twisted.ensureDeferred
+async def test_lists_of_made_up_namespaces_keep_no_more_records_than_their_bound(make_server, registry, repo):
+    """Review r7watch F1: a list of a namespace nobody watches opens a record of its reads
+    (watch.listed), kept for --watch-scope-idle-timeout. Records were bounded in tags only, so one of
+    a namespace with nothing in it cost nothing against the bound: 300 lists of made-up namespaces
+    kept 300. A record counts now (the bound lowered here to 10 records' worth)."""
+    images.push_oci_image(registry, repo, "v1")
+    api = await make_server(registry, watch=WatchLimits(resync_period=3600))
+    client = api.client(api.pki.admin)
+    hub = api.running.api.watch_hub
+    hub.listed.max_size = 10 * RECORD_COST
+    for i in range(300):
+        assert (await client.get(collection(f"made-up-{i}"))).code == 200
+    assert len(hub.listed.records) <= 10, (len(hub.listed.records), hub.listed.size)
+
+
+@pytest_twisted.ensureDeferred
+async def test_lists_by_made_up_names_keep_no_more_in_a_record_than_its_bound(make_server, registry, repo):
+    """Review r7watch F1: a list by name (fieldSelector metadata.name) of a tag in a repository that
+    does not exist reads that repository (no tags) and records the read in the namespace's record,
+    which counted nothing against the bound: 300 such lists kept 300 entries in one record. A
+    repository read counts now (the bound lowered here to 10 records' worth)."""
+    namespace, _ = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "v1")
+    api = await make_server(registry, watch=WatchLimits(resync_period=3600))
+    client = api.client(api.pki.admin)
+    hub = api.running.api.watch_hub
+    hub.listed.max_size = 10 * RECORD_COST
+    for i in range(300):
+        name = encode_name(f"made-up-{i}", "x")
+        reply = await client.get(f"{collection(namespace)}?fieldSelector=metadata.name%3D{name}")
+        assert reply.code == 200
+    entries = sum(len(r.reads) for r in hub.listed.records.values())
+    assert entries <= 10, (entries, hub.listed.size, len(hub.listed.records))
 
 
 @pytest_twisted.ensureDeferred

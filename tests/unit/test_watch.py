@@ -35,6 +35,7 @@ from payloadtags.watch import (
 )
 from payloadtags.watch.fanout import Lines
 from payloadtags.watch.hub import MAX_UNCONFIRMED_READS, UNUSED_SCOPE_TTL
+from payloadtags.watch.listed import RECORD_COST, REPOSITORY_COST
 from payloadtags.watch.openings import Openings
 from payloadtags.watch.source import Event, EventType
 from payloadtags.watch.versions import EPOCH_MAX
@@ -1563,13 +1564,14 @@ def test_records_past_their_bound_are_dropped_and_their_watches_get_gone() -> No
     reader = FakeReader({"a/x": {"1", "2"}, "b/y": {"1", "2"}})
     clock = Clock()
     hub = make_hub(reader, clock, resync_period=10)
-    hub.listed = ListedScopes(max_tags=3)
+    # Room for two records of one repository of two tags each, less one.
+    hub.listed = ListedScopes(max_size=2 * (RECORD_COST + REPOSITORY_COST + 2) - 1)
     first, observe_a = listing(hub, "a")
     observe_a("a/x", ["1", "2"])
     clock.advance(1)
     second, observe_b = listing(hub, "b")
     assert second == first
-    observe_b("b/y", ["1", "2"])  # 4 tags > 3: the oldest record goes
+    observe_b("b/y", ["1", "2"])  # over the bound: the oldest record goes
     assert hub.listed_at("a", first) is None and hub.listed_at("b", second) is not None
     assert hub.versions.current > first  # later lists never add to the dropped record's key
     assert listing(hub, "a")[0] > first
@@ -1577,9 +1579,53 @@ def test_records_past_their_bound_are_dropped_and_their_watches_get_gone() -> No
     assert not hub.start(watcher()[0], source, since=first, timeout=None, listed=None)
     big, observe_big = listing(hub, "b")
     record = hub.listed_at("b", big)
-    observe_big("b/y", ["1", "2", "3", "4"])  # alone over the bound
+    observe_big("b/y", [str(tag) for tag in range(20)])  # alone over the bound
     assert record is not None and record.dropped
     assert not hub.start(watcher()[0], ready(hub, "b"), since=big, timeout=None, listed=record)
+
+
+def test_records_of_made_up_namespaces_and_repositories_count_against_the_bound() -> None:
+    """Review r7watch F1: a record, and a repository a record read without tags, counted nothing
+    against the bound (tags only). Lists of made-up namespaces kept a record each, lists by name of
+    tags in made-up repositories an entry each in their namespace's record, as many as were made: not
+    bounded by the 250,000 the bound's memory (docs/watch.md) was reckoned for. Now each costs what
+    it holds: the oldest go as for tags, the sequence moves on, a watch from a dropped record's
+    resourceVersion gets 410 and a list after the flood is served from its record."""
+    reader = FakeReader({"team/app": {"v1"}, "prod/app": {"v1"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=10, idle_scope_ttl=120)
+    hub.listed = ListedScopes(max_size=10 * RECORD_COST)
+    flooded, _ = listing(hub, "made-up-0")
+    for i in range(1, 1000):
+        clock.advance(0.01)
+        listing(hub, f"made-up-{i}")
+        assert hub.listed.size == sum(record.size for record in hub.listed.records.values())
+        assert hub.listed.size <= hub.listed.max_size and len(hub.listed.records) <= 10
+    assert hub.listed_at("made-up-0", flooded) is None
+    assert listing(hub, "made-up-0")[0] > flooded  # its key is never given out again
+    gone, _ = watcher()
+    assert not hub.start(gone, ready(hub, "made-up-0"), since=flooded, timeout=None, listed=None)
+    # Lists by name of tags in made-up repositories: one record of the namespace, an entry a list.
+    clock.advance(1)
+    sequence, _ = listing(hub, "team")
+    for i in range(1000):
+        clock.advance(0.01)
+        by_name = hub.observer("team", hub.versions.format(sequence), direct=True)
+        if by_name is None:  # the record went for the bound: the next list opens another
+            sequence, _ = listing(hub, "team")
+            continue
+        by_name(f"team/made-up-{i}", ())
+        assert hub.listed.size == sum(record.size for record in hub.listed.records.values())
+        assert hub.listed.size <= hub.listed.max_size
+    assert sum(len(record.reads) for record in hub.listed.records.values()) < 10
+    # A list made after the flood is served from its record, as before.
+    clock.advance(1)
+    bob_at, observe = listing(hub, "prod")
+    observe("prod/app", ("v1",))
+    reader.repositories["prod/app"] = {"v1", "v2"}
+    w, sink = watcher()
+    assert from_list(hub, w, ready(hub, "prod"), bob_at)
+    assert [line.split()[:2] for line in sink.lines] == [[b"ADDED", b"prod/app:v2"]]
 
 
 def test_an_expired_record_s_resource_version_is_never_taken_again() -> None:

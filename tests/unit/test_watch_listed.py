@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from payloadtags.names import TagRef
-from payloadtags.watch.listed import Listed, ListedScopes
+from payloadtags.watch.listed import REPOSITORY_COST, Listed, ListedScopes
 from payloadtags.watch.source import EventType
 
 
@@ -24,7 +24,7 @@ def test_the_same_answer_again_is_taken_once_and_an_equal_other_one_is_still_rec
     record = Listed(scope="team", sequence=1, touched=0.0)
     answer = Counted(("v1", "v2"))
     Counted.walks = 0
-    assert record.observe("team/app", answer) == 2
+    assert record.observe("team/app", answer) == REPOSITORY_COST + 2
     for _ in range(9):  # nine more lists that shared the read
         assert record.observe("team/app", answer) == 0
     assert Counted.walks == 1
@@ -43,7 +43,7 @@ def test_the_same_answer_again_is_taken_once_and_an_equal_other_one_is_still_rec
 def test_an_equal_answer_of_another_read_adds_nothing_and_is_not_turned_into_a_set() -> None:
     # A list repeated while nothing changes reads equal answers, each its own tuple.
     record = Listed(scope="team", sequence=1, touched=0.0)
-    assert record.observe("team/app", ("v1", "v2"), vouch=False) == 2
+    assert record.observe("team/app", ("v1", "v2"), vouch=False) == REPOSITORY_COST + 2
     assert record.reads["team/app"] == (frozenset(), frozenset({"v1", "v2"}))
     Counted.walks = 0
     assert record.observe("team/app", Counted(("v1", "v2"))) == 0
@@ -54,18 +54,24 @@ def test_an_equal_answer_of_another_read_adds_nothing_and_is_not_turned_into_a_s
     assert Counted.walks == 1
     assert record.observe("team/app", Counted(("v1", "v3"))) == 1
     assert record.reads["team/app"] == (frozenset(), frozenset({"v1", "v2", "v3"}))
-    assert record.size == 3
+    assert record.size == REPOSITORY_COST + 3
+
+
+def opened(scopes: ListedScopes, scope: str, sequence: int, now: float) -> Listed:
+    record = scopes.open(scope, sequence, now)
+    assert record is not None, "there is room for it"
+    return record
 
 
 def test_a_list_that_failed_no_longer_counts_so_the_others_are_not_sent_their_own_tags_again() -> None:
     scopes = ListedScopes()
-    refused = scopes.open("team", 1, now=0.0)  # refused before it read anything (access rules loading)
+    refused = opened(scopes, "team", 1, now=0.0)  # refused before it read anything (access rules loading)
     scopes.leave(refused)
-    record = scopes.open("team", 1, now=1.0)  # the retry, shown what it reads
+    record = opened(scopes, "team", 1, now=1.0)  # the retry, shown what it reads
     scopes.observe(record, "team/app", ("v1",))
     assert list(record.changes({"team/app": frozenset({"v1"})})) == []
     # Two lists that both succeed still count each other: the second may never read a repository.
-    other = scopes.open("team", 2, now=2.0)
+    other = opened(scopes, "team", 2, now=2.0)
     scopes.open("team", 2, now=2.0)
     scopes.observe(other, "team/app", ("v1",))
     assert list(other.changes({"team/app": frozenset({"v1"})})) == [

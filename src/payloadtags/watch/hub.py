@@ -179,6 +179,11 @@ class WatchHub:
                 self._note_list(source, user, namespaces)
         else:
             record = self.listed.open(namespace, self.versions.current, self.clock.seconds())
+            if record is None:
+                # Records were dropped to make room: their keys are never given out again.
+                self._moved_on()
+                record = self.listed.open(namespace, self.versions.current, self.clock.seconds())
+                assert record is not None, "room was made for it"
         return self.current(), record
 
     def page_decisions(self, namespace: str | None, user: UserInfo) -> PageDecisions:

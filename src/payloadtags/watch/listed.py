@@ -13,11 +13,15 @@ by any of these reads, the events bring it to the state read for the watch; the 
 may arrive twice (an ``ADDED`` for a tag the client has, a ``DELETED`` for one it has not), which
 informers and kubectl take in their stride.
 
-Records are bounded in total tags; the oldest go first, and records nobody used for a while expire. A
-watch whose record is gone is answered 410 Gone and its client relists. The key of a record that is gone
-is never given to another one: the sequence moves on (``WatchHub``), so that a later list of the scope
-takes another resourceVersion and a watch from the old one is not sent the differences from the later
-list's reads (changes made between the two lists would never be sent).
+Records are bounded in total size, what they hold counted in tags: a tag counts 1, a record and each
+repository a record read (with tags or without) `RECORD_COST` and `REPOSITORY_COST` (what each holds
+is about as much as that many tags), so that lists of made-up namespaces, and lists by name of tags in
+made-up repositories, are bounded as lists that read tags are. The oldest go first, and records nobody
+used for a while expire. A watch whose record is gone is answered 410 Gone and its client relists.
+The key of a record that is gone is never given to another one: the sequence moves on (``WatchHub``),
+so that a later list of the scope takes another resourceVersion and a watch from the old one is not
+sent the differences from the later list's reads (changes made between the two lists would never be
+sent).
 """
 
 from __future__ import annotations
@@ -28,6 +32,15 @@ import attrs
 
 from payloadtags.names import TagRef, split_repository
 from payloadtags.watch.source import EventType
+
+# What a record, and a repository read recorded in it, cost against the bound, in tags (229 bytes at
+# most: docs/watch.md). Measured with tracemalloc (hub.open_list and its observer, Listed.observe of no
+# tags): a record of a 63-character namespace with its reporting callable, 724 bytes; a repository
+# read without tags, 606 bytes with a 10-character path and 833 with a 255-character one (its name,
+# its registry answer and the two sets that keep it). Without these costs, a record or a repository
+# without tags counted nothing, and one user's lists kept any number of them (review r7watch F1).
+RECORD_COST = 4
+REPOSITORY_COST = 4
 
 
 @attrs.define(eq=False)
@@ -50,7 +63,8 @@ class Listed:
     lists: int = 0
 
     def observe(self, repository: str, tags: Sequence[str], vouch: bool = True) -> int:
-        """Records one read; returns how many tags the record grew by. A read that does not ``vouch``
+        """Records one read; returns how much the record grew by (`REPOSITORY_COST` for a repository
+        it had not read, and 1 a tag). A read that does not ``vouch``
         (a list by name's: it reads its repository directly, where the scope's lists see only the
         repositories their view of the scope holds) never stands for the other lists' reads: a list
         that joined after it may never read that repository (one the repository index does not know
@@ -71,8 +85,9 @@ class Listed:
             # With several lists, another of them may never read it (pushed after that walk passed
             # its place): as far as that list's client knows, none of these tags is there.
             self.reads[repository] = (seen if self.lists <= 1 and vouch else frozenset(), seen)
-            self.size += len(seen)
-            return len(seen)
+            grown = REPOSITORY_COST + len(seen)
+            self.size += grown
+            return grown
         if old[0] == seen and old[1] == seen:
             return 0  # the common case: the same tags again, nothing new to keep
         new = (old[0] & seen, old[1] | seen)
@@ -127,20 +142,28 @@ def _kept(reads: tuple[frozenset[str], frozenset[str]]) -> int:
 
 @attrs.define(eq=False)
 class ListedScopes:
-    """The records of lists of unwatched scopes, bounded by ``max_tags`` in total."""
+    """The records of lists of unwatched scopes, bounded by ``max_size`` in total (counted in tags,
+    `RECORD_COST`, `REPOSITORY_COST`)."""
 
     # Up to about 55 MiB: 229 bytes per counted tag of 128 characters (the registry's longest; 121
     # bytes for 20), the strings with the frozensets and the registry answer's tuple that hold them.
     # Measured with tracemalloc, what dropping the records of one-repository lists frees (docs/watch.md).
-    max_tags: int = 250_000
+    # Records and repositories cost less per counted tag (above).
+    max_size: int = attrs.field(default=250_000, validator=attrs.validators.ge(RECORD_COST))
     records: dict[tuple[str | None, int], Listed] = attrs.field(factory=dict)
     size: int = 0
 
-    def open(self, scope: str | None, sequence: int, now: float) -> Listed:
-        """The record lists of ``scope`` at ``sequence`` add to (created by the first one)."""
+    def open(self, scope: str | None, sequence: int, now: float) -> Listed | None:
+        """The record lists of ``scope`` at ``sequence`` add to (created by the first one). None when
+        a new one had no room: the oldest records were dropped to make it, and their keys must not be
+        reused; the caller moves the sequence on and opens the record at the next one."""
         record = self.records.get((scope, sequence))
         if record is None:
-            record = self.records[(scope, sequence)] = Listed(scope, sequence, now)
+            if self.size + RECORD_COST > self.max_size:
+                self._shrink(self.max_size - RECORD_COST)
+                return None
+            record = self.records[(scope, sequence)] = Listed(scope, sequence, now, size=RECORD_COST)
+            self.size += RECORD_COST
         record.touched = now
         record.lists += 1
         return record
@@ -161,16 +184,19 @@ class ListedScopes:
         """Adds a read to a record (`Listed.observe`); False when the bound dropped records (their keys
         must not be reused: the caller moves the sequence on)."""
         self.size += record.observe(repository, tags, vouch)
-        if self.size <= self.max_tags:
+        if self.size <= self.max_size:
             return True
-        # Oldest first; a record larger than the bound on its own goes too.
-        for key, other in sorted(self.records.items(), key=lambda item: item[1].touched):
-            if self.size <= self.max_tags:
-                break
-            self._drop(key, other)
-        if self.size > self.max_tags:
+        self._shrink(self.max_size)
+        if self.size > self.max_size:  # a record larger than the bound on its own goes too
             self._drop((record.scope, record.sequence), record)
         return False
+
+    def _shrink(self, size: int) -> None:
+        """Drops records, oldest first, until they hold no more than ``size``."""
+        for key, other in sorted(self.records.items(), key=lambda item: item[1].touched):
+            if self.size <= size:
+                break
+            self._drop(key, other)
 
     def _drop(self, key: tuple[str | None, int], record: Listed) -> None:
         if self.records.get(key) is record:
