@@ -436,6 +436,32 @@ def test_a_read_older_than_a_tagless_one_is_still_stale_when_it_lands() -> None:
     assert "team/app" not in source.tags and not source._marks
 
 
+def test_a_notification_read_older_than_a_tagless_read_stays_stale_across_a_resync() -> None:
+    """Review r7watch L1, the other order: a notification's read of team/app (the oldest) is under
+    way with its tag; a read in a request's context (newer) finds the repository deleted; then a
+    whole resync (newest) runs and ends. The older read, landing last, must not bring the tag back:
+    the resync's pruning keeps the tagless read's number while a read older than it is under way.
+    (A resync pruning below its own number instead passed every other test.)"""
+    reader = FakeReader({"team/app": {"v1"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=1000)
+    source = ready(hub, "team")
+    w, sink = watcher()
+    assert hub.start(w, source, since=None, timeout=None)
+    reader.held = []
+    hub.repository_changed("team/app")  # read A, sees v1
+    Deferred.fromCoroutine(source.read("team/app"))  # read B
+    del reader.repositories["team/app"]
+    reader.held[1].callback([])  # B: deleted
+    source.resync()  # C: a read of the scope, done at once, team/app absent
+    reader.held[0].callback(["v1"])  # A lands last
+    assert [line.split()[:2] for line in sink.lines] == [
+        [b"ADDED", b"team/app:v1"],
+        [b"DELETED", b"team/app:v1"],
+    ]
+    assert "team/app" not in source.tags
+
+
 # -- how many sources are kept ----------------------------------------------------------------------
 
 
