@@ -1198,6 +1198,44 @@ async def test_a_watch_of_a_new_scope_while_every_kept_scope_is_in_use_gets_429_
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_resume_from_before_a_scope_dropped_to_make_room_never_misses_a_delete(
+    make_server, registry, repo, monkeypatch
+):
+    """Review r7watch L2: a client holds v1 at resourceVersion C (a list of the watched scope). The
+    scope's source is dropped to make room for another scope (--max-watches=1); v1 is deleted; a
+    list of the scope (no source now) records what it reads. A watch resumed from C must be told v1
+    is gone (DELETED, or 410 and a relist), never served from the later list's record as if it were
+    C's: the sequence moves on when a source is dropped to make room, as when one idles out."""
+    namespace, _ = repo.split("/", 1)
+    digest = images.push_oci_image(registry, repo, "v1")
+    api = await make_server(registry, watch=WatchLimits(max_watches=1, resync_period=3600))
+    client = api.client(api.pki.admin)
+    hub = api.running.api.watch_hub
+    first = await stream(client, f"{collection(namespace)}?watch=true")
+    assert (await first.next())["object"]["spec"]["tag"] == "v1"
+    held = (await client.get(collection(namespace))).json()
+    assert [i["spec"]["tag"] for i in held["items"]] == ["v1"]
+    c = held["metadata"]["resourceVersion"]
+    first.close()
+    await eventually(lambda: _ready(not hub.watchers), within=20)
+    _, reader, _ = _gated_hub(api, monkeypatch)
+    other = Deferred.fromCoroutine(stream(client, f"{collection(namespace + '-other')}?watch=true"))
+    assert await eventually(lambda: _ready(namespace not in hub.sources), within=20)
+    assert images.delete_manifest(registry, repo, digest) == 202
+    listing = (await client.get(collection(namespace))).json()
+    assert listing["items"] == []
+    reader.gate.callback(None)
+    (await other).close()
+    await eventually(lambda: _ready(not hub.watchers), within=20)
+    resumed = await stream(client, f"{collection(namespace)}?watch=true&resourceVersion={c}&timeoutSeconds=3")
+    assert resumed.code == 200
+    await resumed.ended
+    events = [json.loads(line) for line in resumed.lines.pending]
+    told = [(e["type"], e["object"].get("code") or e["object"]["spec"]["tag"]) for e in events]
+    assert told in ([("DELETED", "v1")], [("ERROR", 410)]), (c, listing["metadata"]["resourceVersion"], told)
+
+
+@pytest_twisted.ensureDeferred
 async def test_watches_of_made_up_namespaces_opened_and_closed_keep_no_more_scopes_than_max_watches(
     make_server, registry, repo, reactor
 ):
