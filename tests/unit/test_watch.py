@@ -557,6 +557,31 @@ def test_a_new_scope_is_refused_while_every_kept_source_is_in_use() -> None:
     hub.stop()
 
 
+def test_a_flood_of_made_up_scopes_does_not_evict_a_scope_someone_resumes_in() -> None:
+    """Review r7watch N1: bob's watch of team (tags he may read) ends, as a reflector's does at its
+    timeout, and he resumes 2 s later. Meanwhile mallory opens and closes watches of made-up
+    namespaces (empty, nobody resumes there). With room for 4 sources, her 4th new scope dropped
+    bob's, the one idle longest, though 3 of hers were idle too and worth nothing to anyone: bob's
+    resume was 410 and his client relisted. Hers make room among themselves now."""
+    reader = FakeReader({"team/app": {"v1"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, max_watches=4, max_watches_per_user=4, resync_period=10, idle_scope_ttl=120)
+    hub.run()
+    bob, _ = watcher("bob")
+    assert hub.start(bob, ready(hub, "team"), since=None, timeout=None)
+    clock.advance(1)
+    since = hub.versions.current
+    bob.end("timeout", write=False)
+    for i in range(4):
+        clock.advance(0.4)
+        assert open_and_close(hub, watcher("mallory")[0], f"made-up-{i}")
+    assert len(hub.sources) == 4 and "team" in hub.sources
+    clock.advance(0.4)
+    again, _ = watcher("bob")
+    assert hub.start(again, ready(hub, "team"), since=since, timeout=None), "bob's resume is 410"
+    hub.stop()
+
+
 def test_a_scope_nobody_could_read_in_or_without_tags_is_dropped_soon_after_its_watch() -> None:
     """A watch of a namespace its user may read nothing in (another team's), or of one with no tags
     (a made-up name), keeps its source for UNUSED_SCOPE_TTL once it ends, not idle_scope_ttl:

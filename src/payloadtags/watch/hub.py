@@ -435,9 +435,12 @@ class WatchHub:
         resumes from its history, and lists of it are compared with it) for all namespaces and a
         namespace with tags that a watch whose user may read something there used; else
         ``UNUSED_SCOPE_TTL``: whoever resumes there relists nothing or next to nothing."""
-        if scope is None or (source.tags and scope in self._wanted):
+        if self._worth_keeping(scope, source):
             return self.limits.idle_scope_ttl
         return min(UNUSED_SCOPE_TTL, self.limits.idle_scope_ttl)
+
+    def _worth_keeping(self, scope: str | None, source: ScopeSource) -> bool:
+        return scope is None or bool(source.tags and scope in self._wanted)
 
     def _drop_idle(self, now: float) -> bool:
         dropped = False
@@ -461,21 +464,25 @@ class WatchHub:
         self._unswept += 1
 
     def _make_room(self) -> None:
-        """Before a new source: with ``max_watches`` sources kept, the one idle the longest is
-        dropped (every source in use has a watch, or a watch or list waiting for its read, so a
-        watch that finds none idle is one too many: TooManyWatches, 429). Without this bound, watches
-        opened and closed at once by one user kept a source each, every one rereading its scope
-        until its idle time was over (review r6watch F1)."""
+        """Before a new source: with ``max_watches`` sources kept, an idle one is dropped (every
+        source in use has a watch, or a watch or list waiting for its read, so a watch that finds
+        none idle is one too many: TooManyWatches, 429). Without this bound, watches opened and
+        closed at once by one user kept a source each, every one rereading its scope until its idle
+        time was over (review r6watch F1). The one idle longest among those kept briefly
+        (`_idle_ttl`: no tags, or nobody could read there) goes first, then among the others: by
+        age alone, one user's flood of watches of made-up namespaces, always the newest, dropped
+        every other user's idle namespace (a reflector between two watches) before its own empty
+        ones, and their resumes were 410 (review r7watch N1)."""
         if len(self.sources) < self.limits.max_watches:
             return
         idle = [
-            (self._touched.get(scope, 0.0), index, scope)
+            (self._worth_keeping(scope, source), self._touched.get(scope, 0.0), index, scope)
             for index, (scope, source) in enumerate(self.sources.items())
             if self._idle(scope, source)
         ]
         if not idle:
             raise TooManyWatches(f"too many watched scopes on this server ({self.limits.max_watches})")
-        self._drop(min(idle)[2])
+        self._drop(min(idle)[-1])
         self._moved_on()
         self._sweep_when_due()
 
