@@ -1199,12 +1199,14 @@ class ApiServer:
             # The limits are decided now, before a byte is sent: the slot is held while the watch
             # waits for its scope's read, so watches that wait together cannot all pass them.
             slot = hub.admit(user.name)
+            try:
+                return await self._watch_admitted(request, user, namespace, options, media, include, slot)
+            finally:
+                slot.release()  # unless the watch took it
         except TooManyWatches as error:
+            # Past --max-watches (per user), every scope kept in use (docs/watch.md, "Bounds") or the
+            # server stopping: always before the head (hub.start, given the slot, never raises it).
             raise too_many_requests(retry_after=1, message=str(error)) from None
-        try:
-            return await self._watch_admitted(request, user, namespace, options, media, include, slot)
-        finally:
-            slot.release()  # unless the watch took it
 
     async def _watch_admitted(
         self,
@@ -1220,12 +1222,7 @@ class ApiServer:
         assert hub is not None
         assert isinstance(request, Request)
         warm = namespace in hub.sources
-        try:
-            source = await hub.source(namespace, slot)
-        except TooManyWatches as error:
-            # Every scope kept is in use (docs/watch.md, "Bounds"): refused before the head, as a
-            # watch past --max-watches is.
-            raise too_many_requests(retry_after=1, message=str(error)) from None
+        source = await hub.source(namespace, slot)  # TooManyWatches: every scope kept is in use
         since: int | None = None
         listed: Listed | None = None
         confirmed: frozenset[str] = frozenset()
@@ -1269,10 +1266,7 @@ class ApiServer:
                         since, listed = -1, None  # too many repositories to read, or a read failed: 410
                     else:
                         confirmed = known
-        try:
-            hub.check_running()  # it stopped while this watch waited: refused before the head too
-        except TooManyWatches as error:
-            raise too_many_requests(retry_after=1, message=str(error)) from None
+        hub.check_running()  # it stopped while this watch waited: refused before the head too
         _head(request, 200, media.content_type)
         request.setHeader(b"x-content-type-options", b"nosniff")
         renderer = EventRenderer(media, include, self.service.registry_host, hub.versions.format)

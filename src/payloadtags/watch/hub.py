@@ -403,11 +403,9 @@ class WatchHub:
         self._forget_rules()
         dropped = self.listed.expire(now - self.limits.idle_scope_ttl)
         dropped = self._drop_idle(now) or dropped
-        self._unswept = 0
-        self.rules.forget(self._current)
         if dropped:
             self._moved_on()
-        self.openings.expire(now - self.limits.idle_scope_ttl, self._current)
+        self._sweep()
 
     def reap_unused(self) -> None:
         """Drops the idle sources kept for ``UNUSED_SCOPE_TTL`` once it is over: between two reaps,
@@ -491,9 +489,14 @@ class WatchHub:
         histories with them), let go of every ``_SWEEP_EVERY`` sources dropped, not only at the next
         reap: watches opened and closed at once drop a source every few of them."""
         if self._unswept >= _SWEEP_EVERY:
-            self._unswept = 0
-            self.rules.forget(self._current)
-            self.openings.expire(self.clock.seconds() - self.limits.idle_scope_ttl, self._current)
+            self._sweep()
+
+    def _sweep(self) -> None:
+        """The rules ledger and the openings let go of what they hold of dropped sources, and the
+        openings of those nobody used for ``idle_scope_ttl``."""
+        self._unswept = 0
+        self.rules.forget(self._current)
+        self.openings.expire(self.clock.seconds() - self.limits.idle_scope_ttl, self._current)
 
     def _forget_rules(self) -> None:
         """All-namespaces watches drop the rules they noted in namespaces gone from their scope (no
