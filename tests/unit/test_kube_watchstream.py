@@ -268,33 +268,45 @@ def test_an_unreadable_token_file_keeps_the_last_token(tmp_path: Path) -> None:
     assert source.current() == "one"
 
 
-def test_a_token_file_rewritten_with_bytes_that_are_not_utf8_keeps_the_last_token_said_once_a_minute(
-    tmp_path: Path,
-) -> None:
-    # review-unrev F2: the re-read raised UnicodeDecodeError out of the client, and each reflector that
-    # asked next stopped "by a bug". kubectl 1.32 sends such bytes as they are; no cluster issues such a
-    # token, and a str header cannot carry them: the file is unreadable, as a missing one is.
+def _keeps_the_last_token_said_once_a_minute(
+    tmp_path: Path, unreadable: bytes, why: str, rereads: int
+) -> Path:
+    """A token file read as "one" is rewritten as ``unreadable``: each read keeps "one", ``why`` is said
+    once a minute with a count of the ``rereads`` (each a 401's) not said, and a readable file is taken
+    again."""
     token_file = tmp_path / "token"
     token_file.write_text("one\n")
     clock = Clock()
     config = ClusterConfig("https://k", token_file=str(token_file))
     source = _TokenSource(config, clock, 60.0, monotonic=clock.seconds)
     assert source.current() == "one"
-    token_file.write_bytes(b"s3cr3t-\xff-two\n")
+    token_file.write_bytes(unreadable)
     with collected_logs() as events:
         clock.advance(60)
         assert source.current() == "one"
-        for _ in range(3):  # each 401 reads it again: said once a minute
+        for _ in range(rereads):
             source.invalidate()
             assert source.current() == "one"
         clock.advance(60)
         assert source.current() == "one"
     said = [formatEvent(event) for event in events]
-    line = f"Keeping the previous token: cannot read {token_file}: it is not UTF-8 text"
-    assert said == [line, line + " (3 more like it in the 60s since the last line)"], said
-    token_file.write_text("three")
+    line = f"Keeping the previous token: cannot read {token_file}: {why}"
+    assert said == [line, line + f" ({rereads} more like it in the 60s since the last line)"], said
+    token_file.write_text("two")
     clock.advance(60)
-    assert source.current() == "three"
+    assert source.current() == "two"
+    return token_file
+
+
+def test_a_token_file_rewritten_with_bytes_that_are_not_utf8_keeps_the_last_token_said_once_a_minute(
+    tmp_path: Path,
+) -> None:
+    # review-unrev F2: the re-read raised UnicodeDecodeError out of the client, and each reflector that
+    # asked next stopped "by a bug". kubectl 1.32 sends such bytes as they are; no cluster issues such a
+    # token, and a str header cannot carry them: the file is unreadable, as a missing one is.
+    _keeps_the_last_token_said_once_a_minute(
+        tmp_path, b"s3cr3t-\xff-two\n", "it is not UTF-8 text", rereads=3
+    )
 
 
 @pytest.mark.parametrize("blank", ["", "\n", " \u3000\t"])
@@ -303,28 +315,10 @@ def test_a_token_file_that_becomes_blank_keeps_the_last_token_said_once_a_minute
 ) -> None:
     # review r6cfg N6: it was kept without a word, where a missing or unreadable file is said; client-go
     # keeps it too and logs "Unable to rotate token: read empty token from file".
-    token_file = tmp_path / "token"
-    token_file.write_text("one\n")
-    clock = Clock()
-    config = ClusterConfig("https://k", token_file=str(token_file))
-    source = _TokenSource(config, clock, 60.0, monotonic=clock.seconds)
-    assert source.current() == "one"
-    token_file.write_text(blank, encoding="utf-8")
-    with collected_logs() as events:
-        clock.advance(60)
-        assert source.current() == "one"
-        source.invalidate()  # a 401 reads it again: said once a minute
-        assert source.current() == "one"
-        clock.advance(60)
-        assert source.current() == "one"
-    said = [formatEvent(event) for event in events]
-    line = f"Keeping the previous token: cannot read {token_file}: it is blank"
-    assert said == [line, line + " (1 more like it in the 60s since the last line)"], said
-    token_file.write_text("two")
-    clock.advance(60)
-    assert source.current() == "two"
+    token_file = _keeps_the_last_token_said_once_a_minute(tmp_path, blank.encode(), "it is blank", rereads=1)
     # Blank from the start beside the kubeconfig's token: that token is the credential, as at start.
     token_file.write_text(blank, encoding="utf-8")
+    clock = Clock()
     beside = _TokenSource(
         ClusterConfig("https://k", token="static", token_file=str(token_file)),
         clock,
