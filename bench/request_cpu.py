@@ -65,7 +65,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -373,54 +373,48 @@ async def run(
         "reps": [],
     }
 
+    @contextlib.contextmanager
+    def warmed(kind: str, url: str) -> Iterator[tuple[Callable[[int], int], int]]:
+        """A sender of ``kind`` requests to ``url`` and how many to measure, after a few unmeasured ones."""
+        connection = Connection(url, ca_file, pki.admin if kind == "discovery-cert" else proxy)
+        try:
+            send = requests_of(kind, connection, args.limit, args.tags, args.table)
+            n = args.requests if kind != "list" else max(1, args.requests * args.limit // args.tags)
+            send(max(2, n // 20))  # handshake, caches and the walk cache warm
+            yield send, n
+        finally:
+            connection.close()
+
     def one_rep(i: int) -> dict[str, dict[str, float]]:
         rep: dict[str, dict[str, float]] = {}  # kind -> server -> CPU per request, ms
         order = list(servers) if i % 2 == 0 else list(servers)[::-1]
         for kind in kinds:
             for name in order:
                 pid, url = servers[name]
-                connection = Connection(url, ca_file, pki.admin if kind == "discovery-cert" else proxy)
-                try:
-                    send = requests_of(kind, connection, args.limit, args.tags, args.table)
-                    n = args.requests if kind != "list" else max(1, args.requests * args.limit // args.tags)
-                    send(max(2, n // 20))  # handshake, caches and the walk cache warm
+                with warmed(kind, url) as (send, n):
                     total, system, faults = measure(pid, send, n, args.fine)
-                    rep.setdefault(kind, {})[name] = total
-                    rep.setdefault(f"{kind} (kernel)", {})[name] = system
-                    rep.setdefault(f"{kind} (minor faults)", {})[name] = faults
-                finally:
-                    connection.close()
+                rep.setdefault(kind, {})[name] = total
+                rep.setdefault(f"{kind} (kernel)", {})[name] = system
+                rep.setdefault(f"{kind} (minor faults)", {})[name] = faults
         return rep
 
     def syscalls() -> dict[str, dict[str, dict[str, float]]]:
         counted: dict[str, dict[str, dict[str, float]]] = {}  # kind -> server -> syscall -> per request
         for kind in kinds:
             for name, (pid, url) in servers.items():
-                connection = Connection(url, ca_file, pki.admin if kind == "discovery-cert" else proxy)
-                try:
-                    send = requests_of(kind, connection, args.limit, args.tags, args.table)
-                    n = args.requests if kind != "list" else max(1, args.requests * args.limit // args.tags)
-                    send(max(2, n // 20))
+                with warmed(kind, url) as (send, n):
                     counted.setdefault(kind, {})[name] = count_syscalls(
                         pid, send, n, work / f"strace-{kind}-{name}.txt"
                     )
-                finally:
-                    connection.close()
         return counted
 
     def instructions() -> dict[str, dict[str, float]]:
         counts: dict[str, dict[str, float]] = {}  # kind -> server -> instructions per request
         for kind in kinds:
             for name, (pid, url) in servers.items():
-                connection = Connection(url, ca_file, pki.admin if kind == "discovery-cert" else proxy)
-                try:
-                    send = requests_of(kind, connection, args.limit, args.tags, args.table)
-                    n = args.requests if kind != "list" else max(1, args.requests * args.limit // args.tags)
-                    send(max(2, n // 20))
+                with warmed(kind, url) as (send, n):
                     counts.setdefault(kind, {})[name] = count_instructions(pid, send, n, counted[name])
-                    print(f"# {kind}, {name}: {counts[kind][name]:,.0f} instructions per request", flush=True)
-                finally:
-                    connection.close()
+                print(f"# {kind}, {name}: {counts[kind][name]:,.0f} instructions per request", flush=True)
         return counts
 
     if args.instructions:
