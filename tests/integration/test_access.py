@@ -815,6 +815,22 @@ async def test_denied_repositories_are_not_read(rbac_server, kube_api, registry,
 # --- non-resource URLs --------------------------------------------------------------------------------
 
 
+def grant_paths(kube_api: KubeApiDouble, user: str, role: str, paths: list[str]) -> None:
+    """A ClusterRole ``role`` allowing GET on the non-resource URLs ``paths``, and a binding of it (of the
+    same name) to ``user``."""
+    kube_api.store.create(
+        CLUSTERROLES, {"metadata": {"name": role}, "rules": [{"nonResourceURLs": paths, "verbs": ["get"]}]}
+    )
+    kube_api.store.create(
+        CLUSTERROLEBINDINGS,
+        {
+            "metadata": {"name": role},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        },
+    )
+
+
 @pytest_twisted.ensureDeferred
 async def test_metrics_are_authorized_by_rbac_non_resource_rules(rbac_server: ServerUnderTest, kube_api, pki):
     """A Prometheus ServiceAccount is granted /metrics the usual way: a ClusterRole with nonResourceURLs."""
@@ -825,25 +841,7 @@ async def test_metrics_are_authorized_by_rbac_non_resource_rules(rbac_server: Se
 
     assert await eventually(synced, within=5) is True
     assert (await rbac_server.client(scraper).get("/metrics")).code == 403
-    kube_api.store.create(
-        CLUSTERROLES,
-        {
-            "metadata": {"name": "metrics-reader"},
-            "rules": [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}],
-        },
-    )
-    kube_api.store.create(
-        CLUSTERROLEBINDINGS,
-        {
-            "metadata": {"name": "scraper-metrics"},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": "metrics-reader",
-            },
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "scraper"}],
-        },
-    )
+    grant_paths(kube_api, "scraper", "metrics-reader", ["/metrics"])
 
     async def scraped() -> bool:
         return (await rbac_server.client(scraper).get("/metrics")).code == 200
@@ -897,25 +895,7 @@ async def test_rbac_matches_non_resource_urls_against_the_decoded_path(
         registry, kubeconfig=str(kube_kubeconfig), authorization_mode="RBAC", always_allow_paths=("/livez",)
     )
     prober = pki.client_ca.client("prober")
-    kube_api.store.create(
-        CLUSTERROLES,
-        {
-            "metadata": {"name": "ping-reader"},
-            "rules": [{"nonResourceURLs": ["/healthz/ping"], "verbs": ["get"]}],
-        },
-    )
-    kube_api.store.create(
-        CLUSTERROLEBINDINGS,
-        {
-            "metadata": {"name": "prober-ping"},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": "ping-reader",
-            },
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "prober"}],
-        },
-    )
+    grant_paths(kube_api, "prober", "ping-reader", ["/healthz/ping"])
 
     async def granted() -> bool:
         return (await server.client(prober).get("/healthz/ping")).code == 200
