@@ -17,7 +17,7 @@ import ctypes
 import ctypes.util
 import functools
 import os
-from typing import Any
+from collections.abc import Callable
 
 # mallopt's parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -63,7 +63,7 @@ def give_back_free_heap() -> bool:
 
 
 @functools.cache
-def _malloc_trim() -> Any:
+def _malloc_trim() -> Callable[[int], int] | None:
     # Looked up once: a library loaded anew makes classes of its own, garbage for a later collection.
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

@@ -793,7 +793,7 @@ class ApiServer:
     def _always_allowed(self, path: str) -> bool:
         return any(path_matches(pattern, path) for pattern in self.always_allow_paths)
 
-    def _check_always_allowed(self, endpoint: str, kwargs: Mapping[str, Any]) -> bool:
+    def _health_check_always_allowed(self, endpoint: str, kwargs: Mapping[str, Any]) -> bool:
         return self._always_allowed(f"/{endpoint}") or self._always_allowed(f"/{endpoint}/{kwargs['check']}")
 
     def _routes(self) -> None:
@@ -814,7 +814,7 @@ class ApiServer:
                 # path listed (`/healthz/ping`), or a prefix of it ending in '*' (`/readyz/*`). This
                 # server's choice besides: a listed endpoint opens the checks under it (k8s.io/apiserver
                 # matches `/healthz` exactly), so that the default list lets a probe ask one check.
-                anonymous=functools.partial(self._check_always_allowed, endpoint),
+                anonymous=functools.partial(self._health_check_always_allowed, endpoint),
                 limited=False,
             )
         self._route("/version", ["GET"], self._version)
@@ -1271,7 +1271,7 @@ class ApiServer:
         request.setHeader(b"x-content-type-options", b"nosniff")
         renderer = EventRenderer(media, include, self.service.registry_host, hub.versions.format)
         # A Table's columns in its first event only, as kube-apiserver sends them (docs/watch.md).
-        after = attrs.evolve(renderer, headers=False) if media.form is Form.TABLE else None
+        after = attrs.evolve(renderer, columns=False) if media.form is Form.TABLE else None
         watcher = Watcher(
             user=user.name,
             sink=ResponseSink(request),

@@ -128,8 +128,9 @@ class EventRenderer:
     include: str
     registry_host: str
     format_version: Callable[[int], str] = attrs.field(eq=False)
-    # A Table's column definitions: in the first event of a watch only (`Watcher.render_after`).
-    headers: bool = True
+    # Whether a Table event carries the column definitions: the first event of a watch only
+    # (`Watcher.render_after`).
+    columns: bool = True
 
     def event(self, event: Event) -> bytes:
         obj = tag_object(self.registry_host, event.ref)
@@ -140,7 +141,7 @@ class EventRenderer:
                 Table(
                     api_version=self.media.meta_api_version,
                     metadata=ListMeta(resource_version=obj.metadata.resource_version),
-                    column_definitions=COLUMNS if self.headers else [],
+                    column_definitions=COLUMNS if self.columns else [],
                     rows=[row(obj, self.media, self.include)],
                 )
             )

@@ -25,10 +25,9 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 import attrs
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from payloadtags.limits import HttpLimits
@@ -209,7 +208,7 @@ class Clients:
     """Per source address: open connections, the bucket of unauthenticated work, waiting handshakes."""
 
     def __init__(
-        self, limits: HttpLimits, clock: Any, monotonic: Callable[[], float] = time.monotonic
+        self, limits: HttpLimits, clock: IReactorTime, monotonic: Callable[[], float] = time.monotonic
     ) -> None:
         self.limits = limits
         self.clock = clock  # for timers only
@@ -469,18 +468,17 @@ def _until_full(now: float, *buckets: Bucket) -> float:
     return max(bucket.wait_for(bucket.burst, now) for bucket in buckets)
 
 
-def _call_after(clock: Any, wait: float, call: Callable[[], None]) -> IDelayedCall:
+def _call_after(clock: IReactorTime, wait: float, call: Callable[[], None]) -> IDelayedCall:
     # At least a millisecond: a wait shorter than the clock's resolution at this time (a bucket a
     # rounding error short of full) would be due at once and find nothing changed, without end
     # under a test's Clock.
-    delayed: IDelayedCall = clock.callLater(max(wait, 0.001), call)
-    return delayed
+    return clock.callLater(max(wait, 0.001), call)
 
 
 class FairScheduler:
     """Runs whole requests in turns: at most one per client per turn of the reactor, round-robin."""
 
-    def __init__(self, clock: Any, ready_in: Callable[[ClientKey], float]) -> None:
+    def __init__(self, clock: IReactorTime, ready_in: Callable[[ClientKey], float]) -> None:
         self.clock = clock
         self.ready_in = ready_in
         self._queues: dict[ClientKey, deque[Callable[[], None]]] = {}
