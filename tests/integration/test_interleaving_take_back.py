@@ -8,7 +8,7 @@ its proxy holding a write until ``reaches`` fires.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -73,21 +73,34 @@ def _release_before_the_first_look(
     ended, before its first look (``before`` runs first). Not alongside the call's own deletes: a
     digest DELETE that reads a tag link distribution 2.8 is rewriting for a PUT in the same repository
     fails with 500 (docs/consistency.md, "Dangling tags"), which would answer a retriable 503 here."""
-    service = run.replicas[REPLICA].service
-    select = TagsService._select
-    selections = 0
 
-    async def release(self: TagsService, *args: Any, **kwargs: Any) -> Any:
-        nonlocal selections
-        selections += self is service
-        if self is service and selections == 2:
+    async def release(selections: int) -> None:
+        if selections == 2:
             if before is not None:
                 before()
             run.reaches.callback(None)
             await run.proxy.settled()
+
+    _before_each_selection(run, monkeypatch, release)
+
+
+def _before_each_selection(
+    run: _OwnLateWrite, monkeypatch: pytest.MonkeyPatch, step: Callable[[int], Awaitable[None]]
+) -> None:
+    """From now on ``step(n)`` runs before replica 1's nth read of tags (`TagsService._select`):
+    the call's selection, then each pass's look."""
+    service = run.replicas[REPLICA].service
+    select = TagsService._select
+    selections = 0
+
+    async def stepped(self: TagsService, *args: Any, **kwargs: Any) -> Any:
+        nonlocal selections
+        if self is service:
+            selections += 1
+            await step(selections)
         return await select(self, *args, **kwargs)
 
-    monkeypatch.setattr(TagsService, "_select", release)
+    monkeypatch.setattr(TagsService, "_select", stepped)
 
 
 async def _after_the_200(run: _OwnLateWrite) -> dict[str, list[str]]:
@@ -184,31 +197,26 @@ async def test_a_deletecollection_looks_for_what_a_write_of_its_time_left_once_o
     run = _OwnLateWrite(reactor, fresh_registry, REPLICA)
     service = run.replicas[REPLICA].service
     late_writes = run.replicas[REPLICA].client.late_writes
-    select = TagsService._select
-    selections = 0
 
-    async def select_around_the_write(self: TagsService, *args: Any, **kwargs: Any) -> Any:
-        nonlocal selections
-        selections += self is service
-        if self is service and selections == 1 and sent == "as the selection is read":
+    async def around_the_write(selections: int) -> None:
+        if selections == 1 and sent == "as the selection is read":
             await _killed_retag(run)
             digest = images.resolve(run.registry.url, run.repository, "t0")
             assert digest is not None
             images.delete_manifest(run.registry.url, run.repository, digest)
             _hold_only_that_write(run)
-        if self is service and selections == 2:  # the first pass's look, after its deletes
+        if selections == 2:  # the first pass's look, after its deletes
             run.reaches.callback(None)
             await run.proxy.settled()
             while late_writes.pending(run.namespace) is not None:
                 await deferLater(reactor, 0.05, lambda: None)
-        return await select(self, *args, **kwargs)
 
     try:
         if sent == "before the call":
             await _retag_killed_of_a_tag_gone(run)
         else:
             await run.fill()
-        monkeypatch.setattr(TagsService, "_select", select_around_the_write)
+        _before_each_selection(run, monkeypatch, around_the_write)
         await service.delete_collection(USER, run.namespace, list_options({}), DeleteOptions())
         assert run.reaches.called
         left = await _after_the_200(run)
@@ -229,23 +237,18 @@ async def test_a_deletecollection_keeps_a_tag_its_own_late_write_brought_back_on
     answers 200."""
     run = _OwnLateWrite(reactor, fresh_registry, REPLICA)
     service = run.replicas[REPLICA].service
-    select = TagsService._select
-    selections = 0
     pushed: list[str] = []
 
-    async def push_before_the_look_for_what_it_left(self: TagsService, *args: Any, **kwargs: Any) -> Any:
-        nonlocal selections
-        selections += self is service
-        if self is service and selections == 2:  # the first pass's look: the re-tag lands first
+    async def push_before_the_look_for_what_it_left(selections: int) -> None:
+        if selections == 2:  # the first pass's look: the re-tag lands first
             run.reaches.callback(None)
             await run.proxy.settled()
-        if self is service and selections == 3:  # after the wait: the look for what the write left
+        if selections == 3:  # after the wait: the look for what the write left
             pushed.append(images.push_oci_image(run.registry.url, run.repository, "t0", seed="client"))
-        return await select(self, *args, **kwargs)
 
     try:
         await _retag_killed_of_a_tag_gone(run)
-        monkeypatch.setattr(TagsService, "_select", push_before_the_look_for_what_it_left)
+        _before_each_selection(run, monkeypatch, push_before_the_look_for_what_it_left)
         await service.delete_collection(USER, run.namespace, list_options({}), DeleteOptions())
         left = run.content(run.namespace)
     finally:
@@ -442,23 +445,18 @@ async def test_a_tag_its_own_write_brought_back_left_dangling_is_no_200(
     retriable 503 naming it, whose retry repairs and deletes it as a selected tag."""
     run = _OwnLateWrite(reactor, fresh_registry, REPLICA)
     service = run.replicas[REPLICA].service
-    select = TagsService._select
-    selections = 0
 
-    async def dangle_before_the_look_for_what_it_left(self: TagsService, *args: Any, **kwargs: Any) -> Any:
-        nonlocal selections
-        selections += self is service
-        if self is service and selections == 2:  # the first pass's look: the re-tag lands first
+    async def dangle_before_the_look_for_what_it_left(selections: int) -> None:
+        if selections == 2:  # the first pass's look: the re-tag lands first
             run.reaches.callback(None)
             await run.proxy.settled()
             copy = images.resolve(run.registry.url, run.repository, "t0")
             assert copy is not None
             make_dangling(run.registry, run.repository, copy)
-        return await select(self, *args, **kwargs)
 
     try:
         await _retag_killed_of_a_tag_gone(run)
-        monkeypatch.setattr(TagsService, "_select", dangle_before_the_look_for_what_it_left)
+        _before_each_selection(run, monkeypatch, dangle_before_the_look_for_what_it_left)
         error = await _answer(service, run.namespace, list_options({}))
         left = run.content(run.namespace)
     finally:
