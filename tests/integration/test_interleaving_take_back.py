@@ -51,13 +51,19 @@ async def _killed_retag(run: _OwnLateWrite) -> None:
     run.begin_removal(run.namespace)
     tag = TagRef(run.namespace, run.repository.split("/", 1)[1], "t0")
     service = run.replicas[REPLICA].service
-    single = Deferred.fromCoroutine(service.delete(USER, run.namespace, tag.name, DeleteOptions()))
+    await _kill_once_held(
+        run, Deferred.fromCoroutine(service.delete(USER, run.namespace, tag.name, DeleteOptions()))
+    )
+
+
+async def _kill_once_held(run: _OwnLateWrite, deleting: Deferred[Any]) -> None:
+    """Kills replica 1's ``deleting`` once the proxy holds a write of it, noted as the run's kills are."""
     while not run.proxy.injected[LATE]:
         await deferLater(run.reactor, 0.01, lambda: None)
     run.cancels.append((REPLICA, run.now()))
-    single.cancel()
+    deleting.cancel()
     with pytest.raises(CancelledError):
-        await single
+        await deleting
 
 
 def _hold_only_that_write(run: _OwnLateWrite) -> None:
@@ -296,13 +302,7 @@ async def test_a_client_push_after_the_selection_at_an_answered_restores_digest_
         fetched = images.get_manifest(run.registry.url, a, "t0")
         assert fetched is not None
         run.proxy.decide = decide
-        other = Deferred.fromCoroutine(service.delete(USER, ns, b_t2, DeleteOptions()))
-        while not run.proxy.injected[LATE]:
-            await deferLater(reactor, 0.01, lambda: None)
-        run.cancels.append((REPLICA, run.now()))
-        other.cancel()
-        with pytest.raises(CancelledError):
-            await other
+        await _kill_once_held(run, Deferred.fromCoroutine(service.delete(USER, ns, b_t2, DeleteOptions())))
         b_digest = images.resolve(run.registry.url, b, "t2")
         assert b_digest is not None
         images.delete_manifest(run.registry.url, b, b_digest)  # another call's (t2, t3)
@@ -364,13 +364,7 @@ async def test_a_tag_a_late_restore_brought_back_is_named_not_deleted(
         original = images.resolve(run.registry.url, a, "t0")
         run.proxy.decide = decide
         run.begin_removal(ns)
-        single = Deferred.fromCoroutine(service.delete(USER, ns, t0, DeleteOptions()))
-        while not run.proxy.injected[LATE]:
-            await deferLater(reactor, 0.01, lambda: None)
-        run.cancels.append((REPLICA, run.now()))
-        single.cancel()
-        with pytest.raises(CancelledError):
-            await single
+        await _kill_once_held(run, Deferred.fromCoroutine(service.delete(USER, ns, t0, DeleteOptions())))
         failing[0] = False
         copy = images.resolve(run.registry.url, a, "t0")
         assert copy not in (None, original)
