@@ -13,7 +13,7 @@ import ipaddress
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
@@ -280,36 +280,50 @@ class _Parser(argparse.ArgumentParser):
         return unknown
 
     def error(self, message: str) -> NoReturn:
-        self.exit(1, f"{self.prog}: {_without_passwords(message, self.given)} (see {self.prog} --help)\n")
+        redacted = _without_passwords(message, self.given, self._flags())
+        self.exit(1, f"{self.prog}: {redacted} (see {self.prog} --help)\n")
+
+    def _flags(self) -> set[str]:
+        """The option strings of this parser and its commands': the top-level parser is given, and
+        echoes, the arguments of a command too."""
+        flags = set(self._option_string_actions)
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for command in action.choices.values():
+                    flags |= command._flags() if isinstance(command, _Parser) else set()
+        return flags
 
 
-def _without_passwords(message: str, given: Sequence[str] = ()) -> str:
+def _without_passwords(message: str, given: Sequence[str] = (), flags: Set[str] = frozenset()) -> str:
     """The message with what may be a URL's user:password@ redacted: argparse echoes what was typed
     (--registry_url=https://user:pw@…, a URL left without its flag, a one-string "--flag URL" of a
     manifest), whole, as a value alone, or a part of it, as it stands or escaped as repr() writes it,
     and goes to the pod's log.
 
-    What precedes the last ``@`` of an argument is taken for user information (`_userinfo`). An echo of
-    any part of it ends right before that ``@``, so before each ``@`` of the message the longest end of
-    any argument's user information, as typed or escaped, is redacted, however the message quotes,
-    splits or joins the arguments. Then each word, for an ``@`` no argument gave."""
-    message = _echoes_redacted(message, given)
-    return " ".join(word if "<redacted>@" in word else _redacted(word) for word in message.split(" "))
+    What precedes the last ``@`` of an argument is taken for user information (`_userinfo`: but one of
+    the ``flags`` and its ``=``). An echo of any part of it ends right before that ``@``, so before each
+    ``@`` of the message the longest end of any argument's user information, as typed or escaped, is
+    redacted, however the message quotes, splits or joins the arguments. Then each word, for an ``@``
+    no argument gave."""
+    message = _echoes_redacted(message, given, flags)
+    return " ".join(word if "<redacted>@" in word else _redacted(word, flags) for word in message.split(" "))
 
 
-def _echoes_redacted(message: str, given: Sequence[str]) -> str:
+def _echoes_redacted(message: str, given: Sequence[str], flags: Set[str]) -> str:
     """The message with the longest end of any argument's user information before each ``@``
     redacted (`_without_passwords`), or more where finding it would take more than linear work."""
     pieces, shown = [], 0
-    for begin, end in _redacted_spans(message, given):
+    for begin, end in _redacted_spans(message, given, flags):
         pieces += [message[shown:begin], "<redacted>"]
         shown = end
     return "".join([*pieces, message[shown:]])
 
 
-def _redacted_spans(message: str, given: Sequence[str]) -> list[tuple[int, int]]:
+def _redacted_spans(
+    message: str, given: Sequence[str], flags: Set[str] = frozenset()
+) -> list[tuple[int, int]]:
     """Where `_echoes_redacted` redacts, from left to right, none overlapping."""
-    forms = {form for arg in given for form in _escaped_forms(_userinfo(arg)) if form}
+    forms = {form for arg in given for form in _escaped_forms(_userinfo(arg, flags)) if form}
     spans = _echo_spans(message, forms, _WORK_PER_CHARACTER * len(message) + _WORK_ALWAYS)
     if spans is None:
         spans = _runs_of_form_characters(message, forms)
@@ -382,19 +396,24 @@ def _runs_of_form_characters(message: str, forms: set[str]) -> list[tuple[int, i
     return spans
 
 
-def _userinfo(arg: str) -> str:
-    """All of an argument before its last ``@``, but a flag's name and ``=`` (``--registry_url=``) and
-    an http(s) scheme; empty without an ``@``."""
+def _userinfo(arg: str, flags: Set[str] = frozenset()) -> str:
+    """All of an argument before its last ``@``, but one of the flags with its ``=``
+    (``--registry-url=``) and an http(s) scheme after either; empty without an ``@``."""
     at = arg.rfind("@")
     if at < 0:
         return ""
-    flag = _FLAG_EQUALS.match(arg)
-    value_start = flag.end() if flag else 0
+    value_start = _value_start(arg, flags)
     return arg[value_start + userinfo_span(arg[value_start:])[0] : at]
 
 
-# A flag's name with its '=': two dashes, letters, digits, '-' and '_' (never a ':' of user:password).
-_FLAG_EQUALS = re.compile(r"--[A-Za-z0-9][A-Za-z0-9_-]*=")
+def _value_start(arg: str, flags: Set[str]) -> int:
+    """Where the value of a ``--flag=value`` argument starts, when the flag is one of ``flags``; else 0.
+
+    Only a flag the parser has: a name that merely looks like one may end in a password glued to it
+    (``--registry-urlPW=X@host``, its password ``PW=X``), which showing the name would show (review
+    r4cfg N4)."""
+    name, equals, _ = arg.partition("=")
+    return len(name) + 1 if equals and name in flags else 0
 
 
 def _escaped_forms(text: str) -> tuple[str, ...]:
@@ -424,12 +443,11 @@ def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return merged
 
 
-def _redacted(word: str) -> str:
+def _redacted(word: str, flags: Set[str]) -> str:
     """The word with the user information of its value redacted, when it has an ``@``."""
     if "@" not in word:
         return word
-    flag = _FLAG_EQUALS.match(word)
-    value_start = flag.end() if flag else 0
+    value_start = _value_start(word, flags)
     return word[:value_start] + without_userinfo(word[value_start:])
 
 

@@ -89,6 +89,8 @@ def said(argv: list[str]) -> str:
 @example((["serve", "-hal1ce:PW'\"MMQX@x"], "PW'\"MMQX"))
 @example((["serve", "--registry-url=http://r", "--tls-cipher-suites=https://a:PWMM,QX@r"], "PWMM,QX"))
 @example((["serve", "--authorization-always-allow-paths", "//a:PW,@,MM,QX@r"], "PW,@,MM,QX"))
+# review r4cfg N4: a password glued to a flag's name, no separator, looked like the flag's name and '='.
+@example((["serve", "--registry-url=http://127.0.0.1:5000", "--registry-urlPWMM=QX@reg.example"], "PWMM=QX"))
 def test_no_message_shows_a_password_typed_in_a_url(case: tuple[list[str], str]) -> None:
     argv, password = case
     text = said(argv)
