@@ -24,6 +24,7 @@ from tests.support.client import ApiClient, Stream, stream
 from tests.support.faultproxy import ERROR_BEFORE, STALL, FaultProxy
 from tests.support.kubeapi.resources import ROLEBINDINGS
 from tests.support.logcapture import collected_logs
+from tests.support.looked_at import LookedAt
 from tests.support.rbac import ensure_namespace, eventually, grant
 
 B = "/apis/payload-registry.deckhouse.io/v1alpha1"
@@ -1319,6 +1320,34 @@ async def test_lists_by_made_up_names_keep_no_more_in_a_record_than_its_bound(ma
         assert reply.code == 200
     entries = sum(len(r.reads) for r in hub.listed.records.values())
     assert entries <= 10, (entries, hub.listed.size, len(hub.listed.records))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_list_of_a_made_up_namespace_at_the_records_bound_looks_at_the_oldest_record_only(
+    make_server, registry, repo
+):
+    """Review r8watch F1: with the records' default bound (250,000 tags' worth) filled by records of
+    lists of made-up namespaces (62,500 of them, 4 each: what lists at 521 a second leave within
+    --watch-scope-idle-timeout), each further such list dropped the oldest record by sorting them
+    all, in the reactor thread (36 to 47 ms a list). The records are kept in the order they were last
+    used: a drop looks at the oldest only. Counted in records looked at, not timed."""
+    images.push_oci_image(registry, repo, "v1")
+    # No reap (every idle_scope_ttl / 2) while the lists are made: it looks at every record.
+    api = await make_server(registry, watch=WatchLimits(resync_period=3600, idle_scope_ttl=3600))
+    client = api.client(api.pki.admin)
+    hub = api.running.api.watch_hub
+    # The flood's records, as its lists leave them (made directly: 62,500 HTTPS lists take minutes).
+    now = hub.clock.seconds()
+    while hub.listed.open(f"flood-{len(hub.listed.records)}", hub.versions.current, now) is not None:
+        pass
+    flood = len(hub.listed.records)
+    assert flood == hub.listed.max_size // RECORD_COST - 1  # the open that found no room dropped one
+    hub.listed.records = records = LookedAt(hub.listed.records)
+    for i in range(50):
+        assert (await client.get(collection(f"made-up-{i}"))).code == 200
+    dropped = flood + 50 - len(records)
+    assert dropped == 49, dropped  # the first list took the room left, each other one dropped one
+    assert records.looked_at <= 2 * dropped, (records.looked_at, dropped)
 
 
 @pytest_twisted.ensureDeferred

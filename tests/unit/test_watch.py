@@ -39,6 +39,7 @@ from payloadtags.watch.listed import RECORD_COST, REPOSITORY_COST
 from payloadtags.watch.openings import Openings
 from payloadtags.watch.source import Event, EventType
 from payloadtags.watch.versions import EPOCH_MAX
+from tests.support.looked_at import LookedAt
 from tests.unit.test_registry_reads import Held, client_for, tags_reply
 
 GROUP = "payload-registry.deckhouse.io"
@@ -1677,6 +1678,48 @@ def test_records_of_made_up_namespaces_and_repositories_count_against_the_bound(
     w, sink = watcher()
     assert from_list(hub, w, ready(hub, "prod"), bob_at)
     assert [line.split()[:2] for line in sink.lines] == [[b"ADDED", b"prod/app:v2"]]
+
+
+def test_the_records_bound_drops_the_least_recently_used_looking_at_no_other_record() -> None:
+    """Review r8watch F1: at the records' bound, each drop (for a list of a made-up namespace, or a
+    read that grows a record past the bound) sorted every record by when it was last used: 62,500
+    records at the default bound, sorted again for each list, in the reactor thread. The records are
+    kept in the order they were last used (a list joining one, a later page of its walk): a drop
+    looks at the oldest only, and what was used since goes last."""
+    reader = FakeReader({"team/app": {"v1"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=10, idle_scope_ttl=120)
+    hub.listed = ListedScopes(max_size=1000 * RECORD_COST)
+    paged, _ = listing(hub, "paged")
+    clock.advance(0.01)
+    joined, _ = listing(hub, "joined")
+    for i in range(998):
+        clock.advance(0.01)
+        listing(hub, f"made-up-{i}")
+    assert len(hub.listed.records) == 1000 and hub.listed.size == hub.listed.max_size
+    clock.advance(0.01)
+    assert hub.observer("paged", hub.versions.format(paged)) is not None  # a later page of its walk
+    clock.advance(0.01)
+    rv: list[str] = []
+    Deferred.fromCoroutine(hub.list_version("joined")).addCallback(rv.append)
+    assert rv == [hub.versions.format(joined)]  # another list joins the record (its first page)
+    hub.listed.records = records = LookedAt(hub.listed.records)
+    for i in range(998):
+        clock.advance(0.01)
+        listing(hub, f"later-{i}")
+    looked_at = records.looked_at
+    assert looked_at == 998, looked_at  # one a drop
+    assert ("paged", paged) in records and ("joined", joined) in records  # the made-up ones went first
+    assert not any(str(key[0]).startswith("made-up-") for key in records)
+    # A read that grows a record past the bound drops the oldest as well.
+    clock.advance(0.01)
+    sequence, observe = listing(hub, "team")
+    records.looked_at = 0
+    observe("team/app", ("v1",))
+    looked_at = records.looked_at
+    assert looked_at == 2, looked_at  # the two oldest (4 each), for a read that counts 5
+    assert ("joined", joined) not in records and ("team", sequence) in records
+    assert hub.listed.size <= hub.listed.max_size
 
 
 def test_an_expired_record_s_resource_version_is_never_taken_again() -> None:
