@@ -39,6 +39,7 @@ from payloadtags.watch.listed import RECORD_COST, REPOSITORY_COST
 from payloadtags.watch.openings import Openings
 from payloadtags.watch.source import Event, EventType
 from payloadtags.watch.versions import EPOCH_MAX
+from payloadtags.watch.watcher import _WRITE_BYTES
 from tests.support.looked_at import LookedAt
 from tests.unit.test_registry_reads import Held, client_for, tags_reply
 
@@ -2327,6 +2328,34 @@ def test_what_a_watch_starts_with_is_paced_by_the_client_not_buffered() -> None:
     assert [line.split()[1] for line in lines[:50]] == [f"team/app:v{i:03d}" for i in range(50)]
     assert lines[50].startswith("BOOKMARK") and lines[51].startswith("ADDED team/app:z")
     assert len(lines) == 52 and not w.closed and not w.buffer
+
+
+def test_with_a_clock_what_a_watch_starts_with_goes_a_piece_per_turn() -> None:
+    """A transport that never pushes back (a client on loopback) still gets the opening a piece per
+    reactor turn; a resume while the next piece waits for its turn writes nothing more, live events
+    wait behind the opening in order, and a watch that ends leaves no call behind."""
+    clock = Clock()
+    w, sink = watcher(max_buffered=10)
+    w.clock = clock
+    events = [Event(i, EventType.ADDED, TagRef("team", "app", f"t{i:05d}" + "x" * 200)) for i in range(1500)]
+    lines = [*map(render, events), bookmark(1500, True), b"ADDED team/app:live 1501\n"]
+    w.begin(iter(events), [lines[1500]])
+    per_turn = [sum(map(len, sink.lines)) + len(sink.lines)]
+    w.resumeProducing()  # the transport drained: the piece waits for its turn all the same
+    assert sum(map(len, sink.lines)) + len(sink.lines) == per_turn[0]
+    w.send(lines[1501])  # a live event, behind the opening
+    while clock.getDelayedCalls():
+        before = sum(map(len, sink.lines)) + len(sink.lines)
+        one_turn(clock)
+        per_turn.append(sum(map(len, sink.lines)) + len(sink.lines) - before)
+    assert [line + b"\n" for line in sink.lines] == lines and w.opening is None and not w.buffer
+    assert len(per_turn) >= 5 and max(per_turn) <= _WRITE_BYTES + len(lines[0])
+    stopped, _ = watcher()
+    stopped.clock = clock
+    stopped.begin(iter(events))
+    assert clock.getDelayedCalls()
+    stopped.end("client gone", write=False)
+    assert not clock.getDelayedCalls()
 
 
 def test_a_watch_whose_client_does_not_read_holds_no_copy_of_the_scope() -> None:

@@ -1284,6 +1284,8 @@ class ApiServer:
             readable=readable,
             bookmark=renderer.bookmark if options.bookmarks else None,
             max_buffered=hub.limits.send_buffer,
+            # What it starts with (a namespace's every tag) a piece per reactor turn, probes between.
+            clock=self._clock(),
         )
         if since == -1:
             request.write(expired(rv))

@@ -8,7 +8,10 @@ memory per watcher stays bounded, and the client's reflector relists.
 What a watch starts with (an ADDED for every tag of a namespace, or the retained events since a
 resourceVersion) can be far more than that buffer: it is rendered a line at a time as the transport
 takes it (``begin``), so a client that reads it slowly is paced, not cut, and holds one line of it in
-the server's memory; live events that come meanwhile wait in the buffer, after it.
+the server's memory; live events that come meanwhile wait in the buffer, after it. With a ``clock``,
+at most ``_WRITE_BYTES`` of it is rendered and written in one turn of the reactor: a client on
+loopback takes it as fast as it is written, so the transport never pushed back, and the 100,000 ADDED
+events of a namespace went out in one turn, /livez held for up to 1.8 s (review r8quiet N2).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Protocol
 
 import attrs
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from payloadtags.access.rbac import PathMatcher
 from payloadtags.model import Status, to_json
@@ -100,6 +104,10 @@ class Watcher:
     paused: bool = False
     # The lines the watch starts with, not yet written; live events wait behind them.
     opening: Iterator[bytes] | None = None
+    # Where set (the HTTP server's reactor): the opening is written ``_WRITE_BYTES`` a turn, the next
+    # piece in a turn of its own (``_piece``). None: all of it that the transport takes, at once.
+    clock: IReactorTime | None = None
+    _piece: IDelayedCall | None = attrs.field(default=None, init=False)
     closed: bool = False
     reason: str | None = None
     done: Deferred[str] = attrs.field(factory=Deferred)
@@ -319,18 +327,29 @@ class Watcher:
         self._pump()
 
     def _pump(self) -> None:
+        if self._piece is not None:
+            return  # the opening goes on in the turn already asked for: one piece a turn
+        written = 0
         while self.opening is not None and not self.paused and not self.closed:
+            if self.clock is not None and written >= _WRITE_BYTES:
+                self._piece = self.clock.callLater(0, self._next_piece)
+                return
             line = next(self.opening, None)
             if line is None:
                 self.opening = None
             else:
                 self.sink.write(line)
+                written += len(line)
         while self.opening is None and self.buffer and not self.paused and not self.closed:
             lines, size = [], 0
             while self.buffer and size < _WRITE_BYTES:
                 lines.append(self.buffer.popleft())
                 size += len(lines[-1])
             self.sink.write(b"".join(lines))
+
+    def _next_piece(self) -> None:
+        self._piece = None
+        self._pump()
 
     def stopProducing(self) -> None:
         self.end("client gone", abort=False, write=False)
@@ -344,6 +363,9 @@ class Watcher:
         self.reason = reason
         self.buffer.clear()
         self.opening = None
+        if self._piece is not None:
+            self._piece.cancel()
+            self._piece = None
         try:
             for callback in self.on_close:
                 callback(self)
