@@ -59,7 +59,7 @@ class FakeReader:
     # When set, each scope read waits on a Deferred appended here before it reads.
     scope_held: list[Deferred[None]] | None = None
 
-    async def scope_tags(self, namespace: str | None) -> list[TagRef]:
+    async def scope_tags(self, namespace: str | None) -> dict[str, list[str]]:
         self.scope_reads += 1
         if self.scope_held is not None:
             self.scope_held.append(Deferred())
@@ -72,7 +72,7 @@ class FakeReader:
             assert parts is not None
             if (namespace is None or parts[0] == namespace) and repository not in self.unindexed:
                 refs.extend(TagRef(parts[0], parts[1], tag) for tag in sorted(tags))
-        return refs
+        return by_repository(refs)
 
     async def repository_tags(self, repository: str) -> list[str]:
         self.repository_reads.append(repository)
@@ -100,6 +100,14 @@ class FakeSink:
 
     def abort(self) -> None:
         self.aborted = True
+
+
+def by_repository(refs: Sequence[TagRef]) -> dict[str, list[str]]:
+    """A scope read as the reader gives it: the tags by repository, those without tags left out."""
+    seen: dict[str, list[str]] = {}
+    for ref in refs:
+        seen.setdefault(ref.repository, []).append(ref.tag)
+    return seen
 
 
 def render(event: Event) -> bytes:
@@ -225,8 +233,8 @@ class ClientReader:
     client: RegistryClient
     baseline: list[TagRef]
 
-    async def scope_tags(self, namespace: str | None) -> list[TagRef]:
-        return self.baseline
+    async def scope_tags(self, namespace: str | None) -> dict[str, list[str]]:
+        return by_repository(self.baseline)
 
     async def repository_tags(self, repository: str) -> tuple[str, ...]:
         return await self.client.tags(repository)
@@ -1159,7 +1167,7 @@ class SnapReader(FakeReader):
     hold_scope: list[Deferred[None]] = attrs.field(factory=list)
     holding: bool = False
 
-    async def scope_tags(self, namespace: str | None) -> list[TagRef]:
+    async def scope_tags(self, namespace: str | None) -> dict[str, list[str]]:
         self.scope_reads += 1
         refs: list[TagRef] = []
         for repository, tags in sorted(self.repositories.items()):
@@ -1170,7 +1178,7 @@ class SnapReader(FakeReader):
         if self.holding:
             self.hold_scope.append(Deferred())
             await self.hold_scope[-1]
-        return refs
+        return by_repository(refs)
 
 
 def test_a_watch_s_first_events_never_tell_another_watch_a_tag_it_holds_is_deleted() -> None:
@@ -2265,10 +2273,10 @@ def test_event_type_values_are_the_wire_names() -> None:
 
 @attrs.define
 class HangingReader:
-    pending: list[Deferred[list[TagRef]]] = attrs.field(factory=list)
+    pending: list[Deferred[dict[str, list[str]]]] = attrs.field(factory=list)
 
-    async def scope_tags(self, namespace: str | None) -> list[TagRef]:
-        d: Deferred[list[TagRef]] = Deferred()
+    async def scope_tags(self, namespace: str | None) -> dict[str, list[str]]:
+        d: Deferred[dict[str, list[str]]] = Deferred()
         self.pending.append(d)
         return await d
 

@@ -87,8 +87,15 @@ class InventoryReader:
 
     inventory: Inventory
 
-    async def scope_tags(self, namespace: str | None) -> list[TagRef]:
-        return (await self.inventory.list(namespace)).refs
+    async def scope_tags(self, namespace: str | None) -> dict[str, Collection[str]]:
+        seen: dict[str, Collection[str]] = {}
+        for run in (await self.inventory.list(namespace)).runs:
+            if run.tags:
+                repository = f"{run.namespace}/{run.repository_path}"
+                # A whole list has one run a repository; should it have more, they are one read.
+                old = seen.get(repository)
+                seen[repository] = run.tags if old is None else (*old, *run.tags)
+        return seen
 
     async def repository_tags(self, repository: str) -> tuple[str, ...]:
         tags = await self.inventory.client.tags(repository)

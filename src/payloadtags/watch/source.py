@@ -13,7 +13,7 @@ import collections
 import contextvars
 import enum
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 import attrs
@@ -49,7 +49,12 @@ class Event:
 class ScopeReader(Protocol):
     """Reads the registry for a source: every tag of a scope, or one repository's tags."""
 
-    async def scope_tags(self, namespace: str | None) -> list[TagRef]: ...
+    async def scope_tags(self, namespace: str | None) -> Mapping[str, Collection[str]]:
+        """Every tag of the scope, by repository ("namespace/path"); repositories without tags are
+        left out. Grouped as read: a reference made for each tag and grouped again here held the
+        reactor for a tenth of a second at 100,000 tags, twice as a watch from no resourceVersion
+        starts (review r8quiet N2)."""
+        ...
 
     async def repository_tags(self, repository: str) -> Sequence[str]: ...
 
@@ -242,7 +247,7 @@ class ScopeSource:
 
     async def _resync_read(self, mark: int) -> None:
         try:
-            refs = await self.reader.scope_tags(self.namespace)
+            seen = await self.reader.scope_tags(self.namespace)
         except CancelledError as error:
             if not self.ready:
                 self.fail_waiters(error)
@@ -259,9 +264,6 @@ class ScopeSource:
                 self.fail_waiters(error)
             return
         self.resyncs += 1
-        seen: dict[str, set[str]] = {}
-        for ref in refs:
-            seen.setdefault(ref.repository, set()).add(ref.tag)
         for repository in set(self.tags) | set(seen):
             if repository not in seen and repository in self._read_alone:
                 # The scope's reads go through the repository index, which may have learnt of it only
