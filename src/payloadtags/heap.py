@@ -17,7 +17,6 @@ import ctypes
 import ctypes.util
 import functools
 import os
-from collections.abc import Callable
 
 # mallopt's parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -32,22 +31,18 @@ _OPERATOR_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLO
 
 def keep_freed_heap(environ: dict[str, str] | None = None) -> bool:
     """Sets glibc's mmap and trim thresholds; False where the C library is not glibc or the
-    operator tuned its allocator already (``MALLOC_*_`` variables or a ``glibc.malloc`` tunable)."""
+    operator tuned its allocator already (``MALLOC_*_`` variables or a ``glibc.malloc`` tunable).
+    Called at start, it looks the C library up in any case, for `give_back_free_heap` too."""
+    libc = _glibc()
     environ = dict(os.environ) if environ is None else environ
     if any(name in environ for name in _OPERATOR_SETTINGS) or "glibc.malloc" in environ.get(
         "GLIBC_TUNABLES", ""
     ):
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-        libc.gnu_get_libc_version  # noqa: B018 (glibc's mallopt only: musl has none of this)
-    except (OSError, AttributeError):
+    if libc is None:
         return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+        libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     )
 
 
@@ -55,22 +50,27 @@ def give_back_free_heap() -> bool:
     """glibc's ``malloc_trim(0)``: the free pages inside its heap, not only at its top, go back to the
     kernel (`quiet.WhenQuiet`, once lists have stopped: the chunks they freed below what stays in use
     are otherwise kept for the life of the process). False where the C library is not glibc."""
-    trim = _malloc_trim()
-    if trim is None:
+    libc = _glibc()
+    if libc is None:
         return False
-    trim(0)
+    libc.malloc_trim(0)
     return True
 
 
 @functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    # Looked up once: a library loaded anew makes classes of its own, garbage for a later collection.
+def _glibc() -> ctypes.CDLL | None:
+    """The C library where it is glibc (mallopt and malloc_trim are glibc's: musl has neither), looked
+    up once: ``find_library`` runs ``ldconfig -p`` in a subprocess, which `keep_freed_heap` does at
+    start rather than the first quiet action on the reactor's thread; and a library loaded anew makes
+    classes of its own, garbage for a later collection."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
+        mallopt, trim = libc.mallopt, libc.malloc_trim
         libc.gnu_get_libc_version  # noqa: B018 (glibc only)
     except (OSError, AttributeError):
         return None
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
-    return trim
+    return libc

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes.util
 import json
 import subprocess
 import sys
 
-from payloadtags.heap import keep_freed_heap
+import pytest
+
+from payloadtags import heap
+from payloadtags.heap import give_back_free_heap, keep_freed_heap
 
 # Runs in a process of its own (mallopt is process-wide): takes and frees a 600 kB buffer, as a page
 # of a Table does, and reports glibc's heap (mallinfo2: `arena` is the brk heap, `hblkhd` the bytes in
@@ -87,3 +91,23 @@ def test_the_free_heap_below_what_stays_in_use_is_given_back() -> None:
     assert result["given"] is True
     # About 40 MB was freed in 1 kB chunks between the kept ones: most of it goes back.
     assert result["before"] - result["after"] > 20_000_000, result
+
+
+def test_the_c_library_is_looked_up_once_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    # find_library runs ldconfig in a subprocess: at start (serve calls keep_freed_heap before the
+    # reactor runs), never on the reactor's thread in the first quiet action.
+    looked_up: list[str] = []
+    find_library = ctypes.util.find_library
+
+    def counted(name: str) -> str | None:
+        looked_up.append(name)
+        return find_library(name)
+
+    monkeypatch.setattr(ctypes.util, "find_library", counted)
+    heap._glibc.cache_clear()
+    # Even where the operator tuned the allocator, and keep_freed_heap changes nothing.
+    assert keep_freed_heap({"MALLOC_TRIM_THRESHOLD_": "131072"}) is False
+    assert looked_up == ["c"]
+    assert give_back_free_heap() is True
+    assert give_back_free_heap() is True
+    assert looked_up == ["c"]
