@@ -7,7 +7,10 @@ objects, and an arena goes back to the system only once all of it is free. The w
 hub's records free themselves after their lifetimes; these are only ever pushed out by newer entries.
 So, once no list has begun for ``after`` seconds (checked every ``after / 3``), they are emptied, once
 per quiet spell: the next request makes its entries again, at the cost of its first request (a few
-microseconds a repository). Everything runs on ``clock``, between requests, never during one.
+microseconds a repository). Everything runs on ``clock``, in a turn of its own, on no request's path.
+With ``after`` from `quiet_after` no list is still being served then: the last one began longer ago
+than its deadline, which ends it, its streaming included. Watches are not lists: they may be served
+meanwhile (their next events wait that turn), and what they hold stays theirs.
 """
 
 from __future__ import annotations
@@ -17,10 +20,22 @@ from collections.abc import Callable, Sequence
 import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+log = Logger()
 
 # After the walks' lifetime (60 s after a walk's last page, freed within 90 s) and the watch hub's
 # records' (120 s unused, dropped within 180 s): what they kept is gone by then too.
 QUIET_AFTER = 180.0
+# Past a list's deadline: the two minutes the default deadline (60 s) leaves of QUIET_AFTER, which
+# outlast its walk (freed within 90 s of its last page).
+_AFTER_THE_DEADLINE = 120.0
+
+
+def quiet_after(request_timeout: float) -> float:
+    """How long no list may have begun before the server goes quiet: QUIET_AFTER, or longer where
+    ``--request-timeout`` lets a list last longer, so that none is still being served then."""
+    return max(QUIET_AFTER, request_timeout + _AFTER_THE_DEADLINE)
 
 
 @attrs.define(eq=False)
@@ -55,4 +70,9 @@ class WhenQuiet:
         elif not self._done and now - self._since >= self.after:
             self._done = True
             for action in self.actions:
-                action()
+                # One that fails must cost neither the actions after it nor the later spells: the
+                # LoopingCall stops for good at the first exception that escapes.
+                try:
+                    action()
+                except Exception:
+                    log.failure("a quiet action failed: {action!r}", action=action)

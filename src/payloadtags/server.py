@@ -11,7 +11,7 @@ from typing import Any
 import attrs
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
@@ -49,7 +49,7 @@ from payloadtags.listen import listen
 from payloadtags.logs import DEBUG_VERBOSITY, begin_logging
 from payloadtags.metrics import CountingAuthorizer, InstrumentedRegistry, Metrics
 from payloadtags.names import encode_name
-from payloadtags.quiet import WhenQuiet
+from payloadtags.quiet import WhenQuiet, quiet_after
 from payloadtags.registry import LATE_WRITE_GRACE, Catalog, LateWrites, Registry, RegistryClient
 from payloadtags.registry_diagnosis import FailureLog, probe
 from payloadtags.reloader import FileWatcher
@@ -185,6 +185,7 @@ class RunningServer:
     index: RepositoryIndex | None = None
     index_refresh: LoopingCall | None = None
     registry_probe: defer.Deferred[str] | None = None
+    quiet: WhenQuiet | None = None
 
     async def stop(self) -> None:
         """Graceful: readyz fails at once, then the parts stop in the reverse of their start order
@@ -395,7 +396,10 @@ async def start(
     reflector_options: dict[str, Any] | None = None,
     completed: Completed | None = None,
     monotonic: Callable[[], float] = time.monotonic,
+    quiet_clock: IReactorTime | None = None,
 ) -> RunningServer:
+    """``quiet_clock``: the clock of the quiet loop (`quiet.WhenQuiet`; a task.Clock's, to drive it),
+    the reactor's unless given."""
     if completed is None:
         # Blocking (reads files, may run a credential plugin): off the reactor thread, once.
         completed = await deferToThread(complete, settings)
@@ -499,7 +503,13 @@ async def start(
         walks=walks,
         changed=watch_hub.repository_changed,
     )
-    quiet = WhenQuiet(reactor, lambda: service.lists, WHEN_QUIET)
+    quiet = WhenQuiet(
+        quiet_clock or reactor,
+        lambda: service.lists,
+        WHEN_QUIET,
+        # Longer than any list lasts (its deadline ends it): none is being served when it runs.
+        quiet_after(settings.http.request_timeout),
+    )
 
     async def ping() -> None:
         return None
@@ -657,6 +667,7 @@ async def start(
         index=index,
         index_refresh=index_refresh,
         registry_probe=registry_probe,
+        quiet=quiet,
     )
     return running
 

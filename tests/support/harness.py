@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from twisted.internet.interfaces import IReactorTime
 
 from payloadtags.kube import Backoff
 from payloadtags.registry import RegistrySettings
@@ -97,9 +98,13 @@ async def start_server(
     registry_url: str,
     *,
     monotonic: Callable[[], float] = time.monotonic,
+    quiet_clock: IReactorTime | None = None,
     **overrides: Any,
 ) -> ServerUnderTest:
-    """``monotonic``: the clock of the server's intervals (a task.Clock's, to drive them)."""
+    """``monotonic``: the clock of the server's intervals (a task.Clock's, to drive them);
+    ``quiet_clock``: its quiet loop's (the reactor's unless given)."""
     settings = settings_for(pki, registry_url, **overrides)
-    running = await start(reactor, settings, reflector_options=FAST_REFLECTORS, monotonic=monotonic)
+    running = await start(
+        reactor, settings, reflector_options=FAST_REFLECTORS, monotonic=monotonic, quiet_clock=quiet_clock
+    )
     return ServerUnderTest(running, pki, settings)

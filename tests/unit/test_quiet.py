@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import tracemalloc
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -13,16 +14,19 @@ from payloadtags.access.authz import AlwaysAllow
 from payloadtags.api import continuation, render
 from payloadtags.api.continuation import Continuation
 from payloadtags.api.options import list_options
-from payloadtags.api.render import list_text
+from payloadtags.api.render import list_text, streamed_list_chunks
+from payloadtags.api.streaming import write_streamed
 from payloadtags.api.tags import TagsService
 from payloadtags.heap import give_back_free_heap
-from payloadtags.inventory import Inventory, Run
+from payloadtags.inventory import Inventory, Run, Runs
 from payloadtags.model import ListMeta
 from payloadtags.names import TagRef, encode_name
-from payloadtags.quiet import QUIET_AFTER, WhenQuiet
+from payloadtags.quiet import QUIET_AFTER, WhenQuiet, quiet_after
 from payloadtags.server import WHEN_QUIET
-from tests.unit.test_list_stream import ALICE, WINDOW, Recorded, SlowRegistry
+from tests.support.logcapture import collected_logs
+from tests.unit.test_list_stream import ALICE, REPOSITORIES, WINDOW, Recorded, SlowRegistry
 from tests.unit.test_render import FULL, HOST, TABLE
+from tests.unit.test_streaming import Request
 
 
 def _wait(clock: Clock, seconds: float) -> None:
@@ -59,6 +63,64 @@ def test_it_runs_once_after_the_lists_stop_and_never_while_they_go_on() -> None:
     _wait(clock, 10 * QUIET_AFTER)
     assert len(done) == 2
     assert clock.getDelayedCalls() == []
+
+
+def test_an_action_that_fails_is_logged_and_the_rest_run_then_and_in_later_spells() -> None:
+    clock, lists, done = Clock(), [0], list[float]()
+
+    def failing() -> None:
+        raise RuntimeError("a quiet action fails")
+
+    quiet = WhenQuiet(clock, lambda: lists[0], (failing, lambda: done.append(clock.seconds())))
+    quiet.run()
+    with collected_logs() as events:
+        lists[0] += 1
+        _wait(clock, 2 * QUIET_AFTER)
+        lists[0] += 1  # the next spell
+        _wait(clock, 2 * QUIET_AFTER)
+    quiet.stop()
+    assert len(done) == 2
+    failures = [event for event in events if "log_failure" in event]
+    assert [event["log_failure"].check(RuntimeError) for event in failures] == [RuntimeError] * 2
+    assert all(event["log_format"].startswith("a quiet action failed") for event in failures)
+
+
+class _SlowerThanItsDeadline(SlowRegistry):
+    def seconds_for(self, repository: str) -> float:
+        return 200.0  # 12 repositories, 4 at a time: 600 s for the whole list
+
+
+def test_no_list_is_still_being_served_when_the_server_goes_quiet() -> None:
+    """With --request-timeout=5m a list lasts up to 5 minutes, past QUIET_AFTER after it began: the
+    server waits for the deadline that cuts it (app.py's addTimeout, its streaming included)."""
+    clock, deadline = Clock(), 300.0
+    service = TagsService(
+        inventory=Inventory(_SlowerThanItsDeadline(clock, REPOSITORIES), concurrency=WINDOW),  # type: ignore[arg-type]
+        registry_host=HOST,
+        authorizer=AlwaysAllow(),
+        versions=Recorded(),
+    )
+    ran: list[float] = []
+    quiet = WhenQuiet(
+        clock, lambda: service.lists, (lambda: ran.append(clock.seconds()),), quiet_after(deadline)
+    )
+    quiet.run()
+    listed: list[tuple[Runs, ListMeta]] = []
+    Deferred.fromCoroutine(service.list_runs(ALICE, "team", list_options({}))).addCallback(listed.append)
+    runs, meta = listed[0]  # the catalog answers at once: the tags are read as the list streams
+    request: Any = Request()
+    chunks = streamed_list_chunks(runs, meta, FULL, HOST)
+    writing = Deferred.fromCoroutine(
+        write_streamed(request, chunks, clock, lambda: setattr(request, "code", 200))
+    )
+    writing.addTimeout(deadline, clock)
+    ended: list[float] = []
+    writing.addBoth(lambda _: ended.append(clock.seconds()))
+    _wait(clock, 3 * QUIET_AFTER + deadline)
+    quiet.stop()
+    assert ended == [deadline] and request.aborted  # cut by its deadline, after its first bytes
+    assert len(ran) == 1 and ran[0] > ended[0]
+    assert quiet_after(60.0) == QUIET_AFTER  # the default --request-timeout: 3 minutes, as before
 
 
 def test_every_list_is_counted() -> None:

@@ -1,0 +1,57 @@
+"""A server goes quiet once its lists have stopped a while: the caches they filled are emptied
+(server.WHEN_QUIET through quiet.WhenQuiet, on the quiet loop's clock, here a task.Clock)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest_twisted
+from twisted.internet.task import Clock
+
+from payloadtags.api import continuation, render
+from payloadtags.limits import HttpLimits
+from payloadtags.quiet import QUIET_AFTER
+from tests.support import images
+from tests.support.registry_server import RegistryServer
+
+B = "/apis/payload-registry.deckhouse.io/v1alpha1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_goes_quiet_after_its_lists_and_not_before(
+    make_server: Callable[..., Any], registry: RegistryServer, repo: str
+) -> None:
+    for tag in ("v1", "v2"):
+        images.push_oci_image(registry, repo, tag)
+    clock = Clock()
+    server = await make_server(registry, quiet_clock=clock)
+    quiet = server.running.quiet
+    assert quiet.after == QUIET_AFTER  # the default --request-timeout (60 s) ends every list before
+    client = server.client(server.pki.admin)
+    collection = f"{B}/namespaces/{repo.split('/')[0]}/payloadrepositorytags"
+    assert (await client.get(collection)).code == 200
+    page = await client.get(f"{collection}?limit=1")
+    assert page.code == 200 and page.json()["metadata"]["continue"]
+    assert quiet.begun() == 2
+
+    def left() -> tuple[int, int]:
+        return render._maker.cache_info().currsize, len(continuation._parts)
+
+    clock.advance(QUIET_AFTER / 3)  # the loop's first look: lists have begun since it started
+    for _ in range(2):
+        clock.advance(QUIET_AFTER / 3)
+        assert all(left()), "emptied before 3 minutes without a list"
+    clock.advance(QUIET_AFTER / 3)
+    assert left() == (0, 0)
+    await server.stop()
+    assert clock.getDelayedCalls() == []  # the loop ends with the server
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_longer_request_timeout_makes_the_server_wait_past_it(
+    make_server: Callable[..., Any], registry: RegistryServer
+) -> None:
+    # --request-timeout=5m: a list may still be served 5 minutes after it began, so 7 minutes.
+    server = await make_server(registry, http=HttpLimits(request_timeout=300.0))
+    assert server.running.quiet.after == 300.0 + 120.0
