@@ -26,6 +26,17 @@ ARENA = 1 << 20
 HEADER = 48
 GC_HEAD = 16
 HAVE_GC = 1 << 14
+# An instance of a class with a managed dict (Py_TPFLAGS_MANAGED_DICT: every class without
+# __slots__) has two pointers before its GC header too (_PyType_PreHeaderSize): its block starts
+# GC_HEAD + PRE_HEADER before the object.
+MANAGED_DICT = 1 << 4
+PRE_HEADER = 16
+
+
+def block_of(o: Any) -> int:
+    """The address of the block ``o`` lives in: the object, after its headers."""
+    flags = type(o).__flags__
+    return id(o) - (GC_HEAD if flags & HAVE_GC else 0) - (PRE_HEADER if flags & MANAGED_DICT else 0)
 
 
 def anonymous_ranges() -> list[tuple[int, int]]:
@@ -141,8 +152,8 @@ def map_arenas(path: str, detail_below: int = 48) -> None:
             objects.setdefault(id(r), r)
             parent.setdefault(id(r), o)
     pools: dict[int, list[Any]] = collections.defaultdict(list)
-    for address, o in objects.items():
-        block = address - GC_HEAD if type(o).__flags__ & HAVE_GC else address
+    for o in objects.values():
+        block = block_of(o)
         pool = block & ~(POOL - 1)
         if pool not in pool_of or block - pool < HEADER:
             continue
