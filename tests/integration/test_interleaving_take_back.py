@@ -1,6 +1,7 @@
 """A tag-by-tag deletecollection and the tags its own process's late writes bring back after its
 selection was read (docs/consistency.md, "deletecollection"): the slow tier's seed 80302 made
-deterministic, and the cases review r5own found in the first attempt at it (F1, F2, F3, L1).
+deterministic, the cases review r5own found in the first attempt at it (F1, F2, F3, L1), and what
+bounds the call's extra looks (review r7own F1, L2).
 
 Each runs `_OwnLateWrite` (tests/integration/test_interleaving.py): replica 1 deletes tag by tag,
 its proxy holding a write until ``reaches`` fires.
@@ -24,6 +25,7 @@ from payloadtags.api.tags import TagsService
 from payloadtags.model import GROUP
 from payloadtags.names import TagRef
 from payloadtags.registry.errors import RegistryError
+from payloadtags.registry.late import COPY
 from tests.integration.test_interleaving import _OwnLateWrite
 from tests.support import images
 from tests.support.dangling import make_dangling
@@ -124,11 +126,15 @@ async def _stop(run: _OwnLateWrite) -> None:
 
 
 async def _answer(
-    service: TagsService, namespace: str, options: ListOptions, user: UserInfo = USER
+    service: TagsService,
+    namespace: str,
+    options: ListOptions,
+    user: UserInfo = USER,
+    time_left: float = 8.0,
 ) -> ApiError | None:
     """The deletecollection's error, None for its 200."""
     try:
-        await service.delete_collection(user, namespace, options, DeleteOptions(), time_left=8.0)
+        await service.delete_collection(user, namespace, options, DeleteOptions(), time_left=time_left)
     except ApiError as error:
         return error
     return None
@@ -512,3 +518,146 @@ async def test_a_tag_its_own_write_brought_back_stays_where_the_caller_may_not_d
         await _stop(run)
     _names_t0_left(error, run)
     assert left == {run.repository: ["t0", "t2", "t3"]}
+
+
+TIME_LEFT = 3.0
+STREAM = 8  # writes of the process in the namespace, one as each look of the call begins
+
+
+def _during_each_look(
+    run: _OwnLateWrite, monkeypatch: pytest.MonkeyPatch, write: Callable[[int], Awaitable[None]]
+) -> list[int]:
+    """From the call's first look on, ``write(n)`` as each read of tags of replica 1 begins, up to
+    `STREAM` of them; returns [reads so far, writes so far]."""
+    counts = [0, 0]
+
+    async def step(selections: int) -> None:
+        counts[0] = selections
+        if selections >= 2 and counts[1] < STREAM:
+            counts[1] += 1
+            await write(counts[1])
+
+    _before_each_selection(run, monkeypatch, step)
+    return counts
+
+
+@pytest.mark.parametrize("selector", [True, False], ids=["one tag", "all of the namespace"])
+@pytest.mark.parametrize("pause", [0.0, 0.5], ids=["at once", "0.5 s apart, past the deadline"])
+@pytest_twisted.ensureDeferred
+async def test_other_clients_single_deletes_during_a_deletecollection_do_not_keep_it_looking(
+    reactor: Any,
+    fresh_registry: RegistryServer,
+    monkeypatch: pytest.MonkeyPatch,
+    pause: float,
+    selector: bool,
+) -> None:
+    """A deletecollection (of app0's t1 by field selector, or of all of the namespace) while other
+    clients push tags to another repository and delete them one by one through the same process, one
+    as each look of the call begins: each delete is a re-tag write of the process in the namespace,
+    answered, its copy deleted. None can leave a tag the call's look lists (not matched; or gone with
+    its copy), so the call answers its 200 after one look. Each made it look again (review r7own F1):
+    a listing of the namespace per write, past the request's deadline (0.5 s apart, the 200 came
+    after 4.4-5.4 s of a call given 3)."""
+    run = _OwnLateWrite(reactor, fresh_registry, REPLICA)
+    run.proxy.decide = lambda method, path: None  # nothing held
+    service = run.replicas[REPLICA].service
+    ns = run.namespace
+    a, b = run.repositories[ns][0], run.repositories[ns][1]
+    t1 = TagRef(ns, a.split("/", 1)[1], "t1").name
+
+    async def a_client_deletes_a_tag_of_b(n: int) -> None:
+        await deferLater(reactor, pause, lambda: None)
+        images.push_oci_image(run.registry.url, b, f"s{n}", seed=f"s{n}")
+        await service.delete(USER, ns, TagRef(ns, b.split("/", 1)[1], f"s{n}").name, DeleteOptions())
+
+    try:
+        await run.fill()
+        counts = _during_each_look(run, monkeypatch, a_client_deletes_a_tag_of_b)
+        query = {"fieldSelector": [f"metadata.name={t1}"]} if selector else {}
+        deleted, _ = await service.delete_collection(
+            USER, ns, list_options(query), DeleteOptions(), time_left=TIME_LEFT
+        )
+    finally:
+        await _stop(run)
+    selections, streamed = counts
+    if selector:
+        assert [obj.metadata.name for obj in deleted] == [t1]
+    assert selections == 2, f"{selections - 1} looks after the selection, {streamed} deletes by others"
+
+
+@pytest.mark.parametrize("selector", [True, False], ids=["one tag", "all of the namespace"])
+@pytest_twisted.ensureDeferred
+async def test_a_deletecollection_looks_again_for_writes_of_its_process_only_within_its_deadline(
+    reactor: Any, fresh_registry: RegistryServer, monkeypatch: pytest.MonkeyPatch, selector: bool
+) -> None:
+    """Writes of the process to tags of another repository, answered during each look of the call,
+    0.5 s apart, whose copies are not known gone (recorded by hand: a re-tag whose sender stopped
+    before deleting its copy). Selecting app0's t1 alone, the call's look cannot list such a tag: its
+    200 after one look. Of all of the namespace, each makes the call look again, but not once its
+    deadline (less the margin) is spent: the retriable 503 naming the tags the latest such writes may
+    have put back, not a 200 at the stream's end (review r7own F1)."""
+    run = _OwnLateWrite(reactor, fresh_registry, REPLICA)
+    run.proxy.decide = lambda method, path: None
+    service = run.replicas[REPLICA].service
+    late_writes = run.replicas[REPLICA].client.late_writes
+    ns = run.namespace
+    a, b = run.repositories[ns][0], run.repositories[ns][1]
+    t1 = TagRef(ns, a.split("/", 1)[1], "t1").name
+
+    async def a_write_answered(n: int) -> None:
+        await deferLater(reactor, 0.5, lambda: None)
+        leave = (b, f"s{n}", f"sha256:{n:064x}")
+        late_writes.ended(ns, late_writes.sent(ns, f"deleting tag {b}:s{n}", leave, kind=COPY), None)
+
+    query = {"fieldSelector": [f"metadata.name={t1}"]} if selector else {}
+    try:
+        await run.fill()
+        counts = _during_each_look(run, monkeypatch, a_write_answered)
+        error = await _answer(service, ns, list_options(query), time_left=TIME_LEFT)
+    finally:
+        await _stop(run)
+    if selector:
+        assert error is None, error.message
+        assert counts[0] == 2, counts
+        return
+    assert error is not None, f"answered 200 after {counts[0] - 1} looks"
+    assert (error.code, error.retry_after) == (503, 1), error.message
+    assert error.details is not None
+    named = [c["field"] for c in error.details.causes or ()]
+    written = [TagRef(ns, b.split("/", 1)[1], f"s{n}").name for n in range(1, counts[1] + 1)]
+    # The latest write (sent as the last look began), and any other not looked for since.
+    assert named and named[-1] == written[-1] and set(named) <= set(written), error.message
+    assert counts[1] < STREAM, counts
+
+
+@pytest.mark.parametrize("ends", ["answered", "cancelled while it waits"])
+@pytest_twisted.ensureDeferred
+async def test_a_deletecollection_leaves_no_watch_behind(
+    reactor: Any, fresh_registry: RegistryServer, ends: str
+) -> None:
+    """A deletecollection's `Watch` is released when it ends, answered or cancelled (its client gone,
+    its deadline): kept, it would gather every later write of the namespace for the process's life,
+    and each write sent would go through it (review r7own L2)."""
+    run = _OwnLateWrite(reactor, fresh_registry, REPLICA)
+    service = run.replicas[REPLICA].service
+    late_writes = run.replicas[REPLICA].client.late_writes
+    try:
+        await _retag_killed_of_a_tag_gone(run)
+        call = Deferred.fromCoroutine(
+            service.delete_collection(USER, run.namespace, list_options({}), DeleteOptions())
+        )
+        await deferLater(reactor, 0.3, lambda: None)
+        assert not call.called  # waiting for the held re-tag
+        assert late_writes.watching(run.namespace) == 1
+        if ends == "answered":
+            run.reaches.callback(None)
+            await call
+        else:
+            call.cancel()
+            with pytest.raises(CancelledError):
+                await call
+            run.reaches.callback(None)
+        await run.proxy.settled()
+    finally:
+        await _stop(run)
+    assert late_writes.watching(run.namespace) == 0

@@ -301,3 +301,25 @@ def test_a_watch_knows_when_each_leaves_writes_were_answered() -> None:
     assert watch.answered == {("team/app", "v1", "sha256:1"): 1, twice: 3}  # in order of the answers
     assert late.answers() == 3
     assert watch.unanswered == {noted, lost}
+
+
+def test_a_watch_forgets_a_copy_once_its_digest_delete_was_answered() -> None:
+    """`LateWrites.gone`: the registry deleted the copy's digest, and every tag on it: what that write
+    left needs no look (review r7own F1). Not a write still out or unanswered, nor a restore's leave."""
+    clock = Clock()
+    late = LateWrites(clock)
+    watch = late.watch("team")
+    copy, held, restore = (
+        ("team/app", "v1", "sha256:aa"),
+        ("team/app", "v2", "sha256:bb"),
+        ("team/app", "v3", "sha256:cc"),
+    )
+    late.ended("team", late.sent("team", "deleting tag team/app:v1", copy), None)
+    late.sent("team", "deleting tag team/app:v2", held)
+    late.ended("team", late.sent("team", "restoring tag team/app:v3", restore, kind=RESTORE), None)
+    for leave in (copy, held, restore):
+        late.gone("team", leave)
+    assert watch.leaves == {held: COPY, restore: RESTORE}
+    assert copy not in watch.answered
+    late.unwatch(watch)
+    assert late.watching("team") == 0

@@ -102,6 +102,31 @@ def _collection_incomplete(
     return ApiError(503, "ServiceUnavailable", message, details, retry_after=retry_after)
 
 
+def _tag_at(namespace: str, leave: Leave) -> TagRef:
+    """The tag a write would leave at ``leave`` (repository, tag, digest) of ``namespace``."""
+    return TagRef(namespace, leave[0].partition("/")[2], leave[1])
+
+
+def _collection_unlooked(namespace: str, total: int, leaves: Collection[Leave]) -> ApiError:
+    """503 with Retry-After for a deletecollection whose budget or deadline was spent before it looked
+    for what writes of its process sent during its passes may have left at ``leaves`` (answered, or
+    whose time passed): such a tag is part of the call, and a retry's selection takes it."""
+    refs = list(dict.fromkeys(_tag_at(namespace, leave) for leave in leaves))
+    why = (
+        "a write of payloadtags during this request may have put it back after the last look, which had "
+        "no time left to look again"
+    )
+    named = [f'"{ref.name}" ({ref.repository}:{ref.tag})' for ref in refs[:NAMED_LEFT]]
+    more = f" and {len(refs) - NAMED_LEFT} more" if len(refs) > NAMED_LEFT else ""
+    message = (
+        f"deletecollection of {QUALIFIED_RESOURCE} in namespace {namespace} is not finished: {why} "
+        f"(of {total} selected tag(s)): {'; '.join(named)}{more}; retry"
+    )
+    causes = [{"reason": "ResourceLeft", "field": ref.name, "message": why} for ref in refs[:NAMED_LEFT]]
+    details = StatusDetails(group=GROUP, kind=RESOURCE, causes=causes, retry_after_seconds=1)
+    return ApiError(503, "ServiceUnavailable", message, details, retry_after=1)
+
+
 def _collection_unanswered(
     namespace: str,
     total: int,
@@ -719,9 +744,17 @@ class TagsService:
         # The wait for a late write ends with the budget, or before the request's deadline.
         deadline = min(began + self.removal_budget, cut)
 
+        matches = self._selected(list_options)
+
         def watched() -> dict[Leave, str]:
+            # Only where the call's look could list a tag: a repository the caller sees, a tag its
+            # selectors keep. A write of any other cannot leave a tag the call asks for, and passing
+            # again for it made a stream of other clients' deletes keep the call going (review r7own F1).
             return {
-                leave: kind for leave, kind in watch.leaves.items() if visible is None or visible(leave[0])
+                leave: kind
+                for leave, kind in watch.leaves.items()
+                if (visible is None or visible(leave[0]))
+                and (matches is None or matches(_tag_at(namespace, leave)))
             }
 
         todo: builtins.list[TagRef] | None = refs
@@ -789,10 +822,18 @@ class TagsService:
             # a selected tag answered before the last look began, which counted that tag (the call's own
             # deletes' re-tags among them).
             leaves = watched()
-            if not waited and all(
-                leave in looked_for or passes.seen_after(leave, watch.answered.get(leave)) for leave in leaves
-            ):
+            unseen = [
+                leave
+                for leave in leaves
+                if leave not in looked_for and not passes.seen_after(leave, watch.answered.get(leave))
+            ]
+            if not waited and not unseen:
                 return [passes.deleted[ref] for ref in passes.order if ref in passes.deleted], meta
+            if not waited and self.late_writes is not None and self.late_writes.now() >= deadline:
+                # Writes sent during each pass would make it pass again with no other end (review r7own
+                # F1): none once the budget or the cut is spent. Not a 200, which would hide a tag such
+                # a write may have left: the retriable 503 naming them, whose retry selects them.
+                raise _collection_unlooked(namespace, len(passes.order), unseen)
             # Delete what they left, and look again.
             looked_for = set(leaves)
             todo = None
@@ -1205,11 +1246,10 @@ class _TagByTag:
         """Whether the last look counted what a write answered at ``answered`` (`LateWrites.answers`;
         None: not answered) left at ``leave``: a selected tag, listed there if it was, begun after that
         answer."""
-        repository, tag, _ = leave
         return (
             answered is not None
             and answered <= self.looked_at
-            and TagRef(self.namespace, repository.partition("/")[2], tag) in self.selected
+            and _tag_at(self.namespace, leave) in self.selected
         )
 
     def may_land(self) -> bool:

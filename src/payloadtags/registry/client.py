@@ -1175,9 +1175,13 @@ class RegistryClient:
         except RegistryNotFound:
             # Someone else deleted our copy, and the tag with it: the tag is gone, as asked.
             # Restoring it here would bring back a tag that a concurrent delete had removed.
+            self._late_writes.gone(namespace_of(repository), (repository, tag, ours))
             return
         except RegistryError as error:
             await self._settle(repository, tag, error, ours, original)
+            return
+        # The copy is deleted, and every tag on it: none can be where the write left it.
+        self._late_writes.gone(namespace_of(repository), (repository, tag, ours))
 
     async def _await_landing(
         self, repository: str, tag: str, written: str | None, before: set[str | None], seen: str | None

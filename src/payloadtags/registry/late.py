@@ -70,6 +70,14 @@ class Watch:
         elif leave not in self.unanswered and leave not in self._out:
             self.answered[leave] = answered
 
+    def gone(self, leave: Leave) -> None:
+        """No tag can be at ``leave`` any more (`LateWrites.gone`): forgotten, unless a write of it is
+        out or went unanswered (it may still land there) or it is a restore's (not ours to judge)."""
+        if leave in self._out or leave in self.unanswered or self.leaves.get(leave) == RESTORE:
+            return
+        self.leaves.pop(leave, None)
+        self.answered.pop(leave, None)
+
 
 # A write of unknown repository as a scoped answer describes it: it may be in any repository, so it
 # is waited for, and its own description (naming its repository) is not shown.
@@ -373,6 +381,18 @@ class LateWrites:
         watch.unanswered.update(self._leaves.get(namespace, {}))
         self._watches.setdefault(namespace, []).append(watch)
         return watch
+
+    def gone(self, namespace: str, leave: Leave) -> None:
+        """The registry answered the delete of the manifest at ``leave``'s digest (deleted, or found
+        gone): a write's copy or placeholder, a digest on no other tag, so no tag is there any more
+        and what the write left needs no look. The watches forget it: kept, each other client's
+        single delete sent during a deletecollection made the call pass once more (review r7own F1)."""
+        for watch in self._watches.get(namespace, ()):
+            watch.gone(leave)
+
+    def watching(self, namespace: str) -> int:
+        """How many calls watch the namespace's writes (`watch`): none once they all ended."""
+        return len(self._watches.get(namespace, ()))
 
     def unwatch(self, watch: Watch) -> None:
         watching = self._watches.get(watch.namespace, [])
