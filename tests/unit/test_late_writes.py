@@ -303,6 +303,25 @@ def test_a_watch_knows_when_each_leaves_writes_were_answered() -> None:
     assert watch.unanswered == {noted, lost}
 
 
+def test_a_watch_holds_no_unanswered_write_whose_time_passed() -> None:
+    """The writes a call looks for are those that may still land as it begins (docs/consistency.md):
+    a restore that ended unanswered and whose time passed long ago is not among them, although another
+    write of the namespace is out and keeps its entry (review r7own L1)."""
+    clock = Clock()
+    late = LateWrites(clock)
+    restore = late.sent("team", "restoring tag team/app:v1", ("team/app", "v1", "sha256:aa"), kind=RESTORE)
+    late.ended("team", restore, 2.0)  # may land until 2.0
+    clock.advance(1.0)
+    late.sent("team", "deleting tag team/app:v2", ("team/app", "v2", "sha256:bb"))  # out, held
+    assert ("team/app", "v1", "sha256:aa") in late.watch("team").leaves  # may still land
+    clock.advance(100.0)
+    assert late.pending("team") is not None  # the second one is out
+    watch = late.watch("team")
+    assert ("team/app", "v1", "sha256:aa") not in watch.leaves, watch.leaves
+    assert ("team/app", "v1", "sha256:aa") not in watch.unanswered
+    assert ("team/app", "v1", "sha256:aa") not in late.leaves("team")
+
+
 def test_a_watch_forgets_a_copy_once_its_digest_delete_was_answered() -> None:
     """`LateWrites.gone`: the registry deleted the copy's digest, and every tag on it: what that write
     left needs no look (review r7own F1). Not a write still out or unanswered, nor a restore's leave."""

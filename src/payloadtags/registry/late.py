@@ -32,12 +32,19 @@ PLACEHOLDER = "placeholder"
 RESTORE = "restore"
 
 
+def _keep(leaves: dict[Leave, str], leave: Leave, kind: str) -> None:
+    """Records ``kind`` at ``leave`` in ``leaves``; a restore's kind wins where writes share a leave:
+    it is the one that cannot be told from a client's push."""
+    if leaves.get(leave) != RESTORE:
+        leaves[leave] = kind
+
+
 @attrs.define(eq=False)
 class Watch:
     """Where the writes of ``namespace`` a caller watches would leave a tag, each with its kind: those
-    that may still land as it began (out, or unanswered and noted), and every one sent after, until
-    it ends (`LateWrites.watch`, `LateWrites.unwatch`). One answered before it began is not in it: a
-    tag found at its digest during the call was put there by someone else."""
+    that may still land as it began (out, or ended unanswered and its time not passed), and every one
+    sent after, until it ends (`LateWrites.watch`, `LateWrites.unwatch`). One answered before it began
+    is not in it: a tag found at its digest during the call was put there by someone else."""
 
     namespace: str
     leaves: dict[Leave, str] = attrs.Factory(dict)
@@ -50,9 +57,7 @@ class Watch:
     _out: dict[Leave, int] = attrs.Factory(dict)  # how many of the leave's writes are out
 
     def add(self, leave: Leave, kind: str) -> None:
-        # A restore's is the one that cannot be told from a client's push: it wins.
-        if self.leaves.get(leave) != RESTORE:
-            self.leaves[leave] = kind
+        _keep(self.leaves, leave, kind)
 
     def sent(self, leave: Leave) -> None:
         self._out[leave] = self._out.get(leave, 0) + 1
@@ -115,6 +120,10 @@ class LateWrites:
     # Where the namespace's writes that ended unanswered would leave a tag, and their kinds: kept while
     # the namespace has a write out or noted (`_forget`). One answered leaves nothing here.
     _leaves: dict[str, dict[Leave, str]] = attrs.Factory(dict)
+    # Until when each of those may land (the latest of its writes, or of a note of its repository
+    # since): one whose time passed is in no call's look any more (`_unanswered`), even while the
+    # namespace's entry is kept for other writes (review r7own L1).
+    _until: dict[str, dict[Leave, float]] = attrs.Factory(dict)
     # The calls watching where the namespace's writes would leave tags (`watch`), by namespace.
     _watches: dict[str, list[Watch]] = attrs.Factory(dict)
     # What `wait_out` calls wait for, by namespace: fired when one of its writes ends or is noted.
@@ -153,6 +162,12 @@ class LateWrites:
         known = noted.get(repository)
         if known is None or until >= known[1]:
             noted[repository] = (what, until)
+        # A write noted again (a delete at its end, after its re-tag went unanswered) may land until
+        # then: so may what its repository's unanswered writes left (None: any repository).
+        times = self._until.get(namespace, {})
+        for leave, time in times.items():
+            if repository is None or leave[0] == repository:
+                times[leave] = max(time, until)
         # The others whose time has passed go; this one's is kept with where its writes would leave
         # tags (a delete noted again at its end, its write's own time just passed).
         now = self.now()
@@ -207,9 +222,9 @@ class LateWrites:
                 if leave[0] in watch.leaves:
                     watch.ended(leave[0], self._answers if grace is None else None)
         if what is not None and grace is not None and leave is not None:
-            known = self._leaves.setdefault(namespace, {})
-            if known.get(leave[0]) != RESTORE:
-                known[leave[0]] = leave[1]
+            _keep(self._leaves.setdefault(namespace, {}), leave[0], leave[1])
+            until = self._until.setdefault(namespace, {})
+            until[leave[0]] = max(until.get(leave[0], -math.inf), self.now() + grace)
         if not out:
             del self._out[namespace]
         if what is not None and grace is not None:
@@ -350,19 +365,16 @@ class LateWrites:
         return frozenset(r for r in (*out, *noted, *left) if r is not None)
 
     def leaves(self, namespace: str, within: Within | None = None) -> dict[Leave, str]:
-        """Where the namespace's writes that may still land (`pending`: out, or unanswered and noted)
-        would leave a tag, each with its kind. A tag found elsewhere after they can no longer land was
-        not left by them (a push of its name by someone else meanwhile). ``within``: those of the
-        repositories it admits."""
+        """Where the namespace's writes that may still land (out, or ended unanswered and their time
+        not passed) would leave a tag, each with its kind. A tag found elsewhere after they can no
+        longer land was not left by them (a push of its name by someone else meanwhile). ``within``:
+        those of the repositories it admits."""
         found: dict[Leave, str] = {}
         for number in self._out.get(namespace, {}):
             if number in self._leave:
-                leave, kind = self._leave[number]
-                if found.get(leave) != RESTORE:
-                    found[leave] = kind
-        for leave, kind in self._leaves.get(namespace, {}).items():
-            if found.get(leave) != RESTORE:
-                found[leave] = kind
+                _keep(found, *self._leave[number])
+        for leave, kind in self._unanswered(namespace).items():
+            _keep(found, leave, kind)
         return {leave: kind for leave, kind in found.items() if within is None or within(leave[0])}
 
     def answers(self) -> int:
@@ -378,9 +390,15 @@ class LateWrites:
         for number in self._out.get(namespace, {}):
             if number in self._leave:
                 watch.sent(self._leave[number][0])
-        watch.unanswered.update(self._leaves.get(namespace, {}))
+        watch.unanswered.update(self._unanswered(namespace))
         self._watches.setdefault(namespace, []).append(watch)
         return watch
+
+    def _unanswered(self, namespace: str) -> dict[Leave, str]:
+        """Where the namespace's writes that ended unanswered and may still land would leave a tag."""
+        now = self.now()
+        until = self._until.get(namespace, {})
+        return {leave: kind for leave, kind in self._leaves.get(namespace, {}).items() if until[leave] > now}
 
     def gone(self, namespace: str, leave: Leave) -> None:
         """The registry answered the delete of the manifest at ``leave``'s digest (deleted, or found
@@ -412,6 +430,7 @@ class LateWrites:
         """Drops where the namespace's writes would leave tags once none is out or noted."""
         if namespace not in self._out and namespace not in self._writes:
             self._leaves.pop(namespace, None)
+            self._until.pop(namespace, None)
 
 
 __all__ = [
