@@ -15,6 +15,7 @@ import pytest
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
 from payloadtags.access.authz import AuthorizationNotReady, Readable
@@ -39,7 +40,7 @@ from payloadtags.watch.listed import RECORD_COST, REPOSITORY_COST
 from payloadtags.watch.openings import Openings
 from payloadtags.watch.source import Event, EventType
 from payloadtags.watch.versions import EPOCH_MAX
-from payloadtags.watch.watcher import _WRITE_BYTES
+from payloadtags.watch.watcher import _EXAMINED, _WRITE_BYTES
 from tests.support.looked_at import LookedAt
 from tests.unit.test_registry_reads import Held, client_for, tags_reply
 
@@ -2364,6 +2365,61 @@ def test_with_a_clock_what_a_watch_starts_with_goes_a_piece_per_turn() -> None:
     assert clock.getDelayedCalls()
     stopped.end("client gone", write=False)
     assert not clock.getDelayedCalls()
+
+
+def test_with_a_clock_a_selective_watch_examines_a_bounded_number_of_events_per_turn() -> None:
+    """A watch whose selectors reject all but the last of a large snapshot writes almost nothing, yet
+    examines (decides, renders) only a bounded number of its events a turn: the rest of the reactor
+    (a liveness probe) is served between them as for a watch that writes them all (review r9stall L2)."""
+    clock = Clock()
+    w, sink = watcher()
+    w.clock = clock
+    examined = [0]
+
+    def accept(ref: TagRef) -> bool:
+        examined[0] += 1
+        return ref.tag == "t04999"
+
+    w.accept = accept
+    events = [Event(i, EventType.ADDED, TagRef("team", "app", f"t{i:05d}")) for i in range(5000)]
+    w.begin(iter(events), [bookmark(5000, True)])
+    per_turn = [examined[0]]
+    while clock.getDelayedCalls():
+        before = examined[0]
+        one_turn(clock)
+        per_turn.append(examined[0] - before)
+    assert [line + b"\n" for line in sink.lines] == [render(events[-1]), bookmark(5000, True)]
+    assert sum(per_turn) == 5000 and w.opening is None and not w.closed
+    assert len(per_turn) >= 4 and max(per_turn) <= _WRITE_BYTES // _EXAMINED + 1, per_turn
+
+
+def test_with_a_clock_a_failure_in_a_later_piece_ends_the_watch_as_an_error() -> None:
+    """A bug while a later piece of the opening is rendered (raised from a delayed call, where nothing
+    else would end the watch) cuts the watch, logged, rather than leaving it open and silent with its
+    client waiting (review r9stall N1)."""
+    clock = Clock()
+    w, sink = watcher()
+    w.clock = clock
+    ended: list[Watcher] = []
+    w.on_close.append(ended.append)
+
+    def failing(event: Event) -> bytes:
+        if event.sequence == 1000:
+            raise ValueError("a bug")
+        return render(event)
+
+    w.render = failing
+    w.begin(Event(i, EventType.ADDED, TagRef("team", "app", f"t{i:05d}" + "x" * 200)) for i in range(1500))
+    assert w.opening is not None and 0 < len(sink.lines) < 1000
+    with capturedLogs() as logged:
+        while clock.getDelayedCalls():
+            one_turn(clock)
+    assert w.closed and w.reason == "error" and sink.aborted and ended == [w]
+    assert w.opening is None and w._piece is None and not clock.getDelayedCalls()
+    assert [event for event in logged if "log_failure" in event]
+    written = len(sink.lines)
+    w.send(b"ADDED team/app:live 1501\n")
+    assert len(sink.lines) == written and not w.buffer
 
 
 def test_a_watch_whose_client_does_not_read_holds_no_copy_of_the_scope() -> None:

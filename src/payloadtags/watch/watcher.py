@@ -11,7 +11,11 @@ takes it (``begin``), so a client that reads it slowly is paced, not cut, and ho
 the server's memory; live events that come meanwhile wait in the buffer, after it. With a ``clock``,
 at most ``_WRITE_BYTES`` of it is rendered and written in one turn of the reactor: a client on
 loopback takes it as fast as it is written, so the transport never pushed back, and the 100,000 ADDED
-events of a namespace went out in one turn, /livez held for up to 1.8 s (review r8quiet N2).
+events of a namespace went out in one turn, /livez held for up to 1.8 s (review r8quiet N2). An
+event the watch may not see is written as nothing but counts ``_EXAMINED`` bytes: a watch whose
+selectors reject most of a large scope is paced as well (review r9stall L2). Events that come
+meanwhile wait in the send buffer even when the client keeps up, so more than ``max_buffered`` of
+them during a long opening cut the watch as a slow client's (review r9stall L1).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Protocol
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
 
 from payloadtags.access.rbac import PathMatcher
 from payloadtags.model import Status, to_json
@@ -47,9 +52,13 @@ class Sink(Protocol):
 
 Render = Callable[[Event], bytes]
 
+log = Logger()
+
 # One write carries at most about this much of the events handed over together: the transport tells
 # it is full (pauses the watcher) only after a write, and the rest waits in the bounded buffer.
 _WRITE_BYTES = 64 * 1024
+# What examining one event of an opening counts for against ``_WRITE_BYTES`` (rejected or not).
+_EXAMINED = 64
 
 
 def event_line(kind: str, obj: object) -> bytes:
@@ -283,7 +292,9 @@ class Watcher:
     def begin(self, events: Iterable[Event], then: Iterable[bytes] = ()) -> None:
         """Start with ``events`` (those visible, rendered one at a time) and then the lines ``then``,
         written as the transport takes them, before any live event."""
-        visible = (self._line(event) for event in events if self.visible(event.ref))
+        # A rejected event is an empty line: it counts towards the turn's piece (``_pump``) as an
+        # examined event, so a watch whose selectors reject most of a large scope is paced too.
+        visible = (self._line(event) if self.visible(event.ref) else b"" for event in events)
         self.opening = _chain(visible, iter(then))
         self._pump()
 
@@ -338,8 +349,9 @@ class Watcher:
             if line is None:
                 self.opening = None
             else:
-                self.sink.write(line)
-                written += len(line)
+                if line:
+                    self.sink.write(line)
+                written += len(line) + _EXAMINED
         while self.opening is None and self.buffer and not self.paused and not self.closed:
             lines, size = [], 0
             while self.buffer and size < _WRITE_BYTES:
@@ -349,7 +361,13 @@ class Watcher:
 
     def _next_piece(self) -> None:
         self._piece = None
-        self._pump()
+        try:
+            self._pump()
+        except Exception:
+            # Raised from a delayed call, nothing above would end the watch: it would stay open with
+            # no piece to come and its client waiting (review r9stall N1). Cut it; the client relists.
+            log.failure("writing a watch's opening failed; dropping it")
+            self.end("error", abort=True)
 
     def stopProducing(self) -> None:
         self.end("client gone", abort=False, write=False)
