@@ -24,6 +24,7 @@ from payloadtags.api.options import DeleteOptions, ListOptions, list_options
 from payloadtags.api.tags import TagsService
 from payloadtags.model import GROUP
 from payloadtags.names import TagRef
+from payloadtags.registry.client import RegistryClient
 from payloadtags.registry.errors import RegistryError
 from payloadtags.registry.late import COPY
 from tests.integration.test_interleaving import _OwnLateWrite
@@ -583,6 +584,44 @@ async def test_other_clients_single_deletes_during_a_deletecollection_do_not_kee
     if selector:
         assert [obj.metadata.name for obj in deleted] == [t1]
     assert selections == 2, f"{selections - 1} looks after the selection, {streamed} deletes by others"
+
+
+@pytest_twisted.ensureDeferred
+async def test_other_clients_deletes_whose_copy_someone_else_deleted_do_not_keep_a_call_looking(
+    reactor: Any, fresh_registry: RegistryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above (all of the namespace, at once), but each other client's copy in app1 is deleted by
+    digest by someone else right before that client's own digest DELETE, which then gets 404: the tag
+    went with the copy all the same (`gone` on the 404 path), so the call still looks once. Every
+    other test passed with that `gone` call removed (review r8own L2)."""
+    run = _OwnLateWrite(reactor, fresh_registry, REPLICA)
+    run.proxy.decide = lambda method, path: None
+    service = run.replicas[REPLICA].service
+    ns = run.namespace
+    b = run.repositories[ns][1]
+    deleted_first: list[str] = []
+    delete_manifest = RegistryClient._delete_manifest
+
+    async def someone_else_first(self: RegistryClient, repository: str, digest: str) -> None:
+        if repository == b:
+            images.delete_manifest(run.registry.url, repository, digest)
+            deleted_first.append(digest)
+        await delete_manifest(self, repository, digest)
+
+    monkeypatch.setattr(RegistryClient, "_delete_manifest", someone_else_first)
+
+    async def a_client_deletes_a_tag_of_b(n: int) -> None:
+        images.push_oci_image(run.registry.url, b, f"s{n}", seed=f"s{n}")
+        await service.delete(USER, ns, TagRef(ns, b.split("/", 1)[1], f"s{n}").name, DeleteOptions())
+
+    try:
+        await run.fill()
+        counts = _during_each_look(run, monkeypatch, a_client_deletes_a_tag_of_b)
+        await service.delete_collection(USER, ns, list_options({}), DeleteOptions(), time_left=TIME_LEFT)
+    finally:
+        await _stop(run)
+    assert deleted_first
+    assert counts[0] == 2, f"{counts[0] - 1} looks after the selection, {counts[1]} deletes by others"
 
 
 @pytest.mark.parametrize("selector", [True, False], ids=["one tag", "all of the namespace"])
