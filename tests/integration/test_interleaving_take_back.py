@@ -663,6 +663,8 @@ async def test_a_deletecollection_looks_again_for_writes_of_its_process_only_wit
     assert (error.code, error.retry_after) == (503, 1), error.message
     assert error.details is not None
     named = [c["field"] for c in error.details.causes or ()]
+    # No look read them: not `ResourceLeft` (review r8own L1).
+    assert {c["reason"] for c in error.details.causes or ()} == {"NotLookedFor"}, error.details.causes
     written = [TagRef(ns, b.split("/", 1)[1], f"s{n}").name for n in range(1, counts[1] + 1)]
     # The latest write (sent as the last look began), and any other not looked for since.
     assert named and named[-1] == written[-1] and set(named) <= set(written), error.message

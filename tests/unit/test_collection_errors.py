@@ -9,7 +9,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from payloadtags.api.errors import ApiError
-from payloadtags.api.tags import TagsService, _collection_incomplete
+from payloadtags.api.tags import TagsService, _collection_incomplete, _collection_unlooked
 from payloadtags.names import TagRef
 from payloadtags.registry import RegistryUnavailable
 
@@ -100,6 +100,21 @@ def _failure(outcome: Deferred[None]) -> ApiError:
     [failure] = failures
     assert isinstance(failure.value, ApiError)
     return failure.value
+
+
+def test_the_unlooked_503_says_whether_its_tags_are_there_is_not_known() -> None:
+    """The 503 of a call whose deadline came before it looked for what writes of its process may have
+    put back: no look read those tags, so their causes are not `ResourceLeft` (a tag a look listed),
+    and they are not named as some of the selection, which is deleted (review r8own L1)."""
+    error = _collection_unlooked("team", 2, [("team/app", "v2", "sha256:" + "0" * 64)] * 2)
+    assert (error.code, error.retry_after) == (503, 1)
+    assert error.details is not None
+    assert [(c["reason"], c["field"]) for c in error.details.causes or ()] == [("NotLookedFor", LEFT.name)]
+    assert "its 2 tag(s) are deleted, but writes of payloadtags during this request may have put back" in (
+        error.message
+    )
+    assert "selected tag(s)" not in error.message, error.message
+    assert f'"{LEFT.name}" ({LEFT.repository}:v2); retry' in error.message, error.message
 
 
 def test_a_dry_run_checks_each_repository_it_selects_once() -> None:

@@ -112,17 +112,20 @@ def _collection_unlooked(namespace: str, total: int, leaves: Collection[Leave]) 
     for what writes of its process sent during its passes may have left at ``leaves`` (answered, or
     whose time passed): such a tag is part of the call, and a retry's selection takes it."""
     refs = list(dict.fromkeys(_tag_at(namespace, leave) for leave in leaves))
+    # No look read these tags (there was no time left for one): each may be there or not, so not
+    # `ResourceLeft`, which says a look listed it (review r8own L1).
     why = (
         "a write of payloadtags during this request may have put it back after the last look, which had "
-        "no time left to look again"
+        "no time left to look again: whether it is there is not known"
     )
     named = [f'"{ref.name}" ({ref.repository}:{ref.tag})' for ref in refs[:NAMED_LEFT]]
     more = f" and {len(refs) - NAMED_LEFT} more" if len(refs) > NAMED_LEFT else ""
     message = (
-        f"deletecollection of {QUALIFIED_RESOURCE} in namespace {namespace} is not finished: {why} "
-        f"(of {total} selected tag(s)): {'; '.join(named)}{more}; retry"
+        f"deletecollection of {QUALIFIED_RESOURCE} in namespace {namespace} is not finished: its "
+        f"{total} tag(s) are deleted, but writes of payloadtags during this request may have put back, "
+        f"after the last look, which had no time left to look again: {'; '.join(named)}{more}; retry"
     )
-    causes = [{"reason": "ResourceLeft", "field": ref.name, "message": why} for ref in refs[:NAMED_LEFT]]
+    causes = [{"reason": "NotLookedFor", "field": ref.name, "message": why} for ref in refs[:NAMED_LEFT]]
     details = StatusDetails(group=GROUP, kind=RESOURCE, causes=causes, retry_after_seconds=1)
     return ApiError(503, "ServiceUnavailable", message, details, retry_after=1)
 
