@@ -671,6 +671,70 @@ async def test_a_deletecollection_looks_again_for_writes_of_its_process_only_wit
     assert counts[1] < STREAM, counts
 
 
+@pytest.mark.parametrize(
+    "held",
+    ["held across the call", "out as each look begins", "unanswered just before", "to t1 itself, held"],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_write_to_a_tag_the_selector_cannot_match_does_not_hold_a_one_tag_call(
+    reactor: Any, fresh_registry: RegistryServer, monkeypatch: pytest.MonkeyPatch, held: str
+) -> None:
+    """A deletecollection of app0's t1 by field selector while a write of the process to a tag of app1
+    is out or may land (another client's single delete whose re-tag the registry has not answered, or
+    did not answer: recorded by hand, as the client records it). The call's look cannot list that tag,
+    so its 200 after one look. It waited for such a write as for any of the namespace (review r8own
+    F1): held across the call, its 504 naming that other write at the deadline; out as each look
+    begins (answered 0.3 s later, its copy deleted), one more look per write; unanswered just
+    before, its 504 saying to wait about 20 s. A write that could put back t1 itself is still waited
+    for: held across the call, its 504."""
+    run = _OwnLateWrite(reactor, fresh_registry, REPLICA)
+    run.proxy.decide = lambda method, path: None
+    service = run.replicas[REPLICA].service
+    late_writes = run.replicas[REPLICA].client.late_writes
+    ns = run.namespace
+    a, b = run.repositories[ns][0], run.repositories[ns][1]
+    t1 = TagRef(ns, a.split("/", 1)[1], "t1").name
+    query = list_options({"fieldSelector": [f"metadata.name={t1}"]})
+    counts = [0, 0]
+    try:
+        await run.fill()
+        if held == "unanswered just before":
+            leave = (b, "s0", f"sha256:{0:064x}")
+            late_writes.ended(ns, late_writes.sent(ns, f"deleting tag {b}:s0", leave, kind=COPY), 20.0)
+            error = await _answer(service, ns, query, time_left=TIME_LEFT)
+        elif held in ("held across the call", "to t1 itself, held"):
+            leave = (
+                (a, "t1", f"sha256:{0:064x}")
+                if held == "to t1 itself, held"
+                else (b, "s0", f"sha256:{0:064x}")
+            )
+            number = late_writes.sent(ns, f"deleting tag {leave[0]}:{leave[1]}", leave, kind=COPY)
+            error = await _answer(service, ns, query, time_left=TIME_LEFT)
+            late_writes.ended(ns, number, None)
+        else:
+
+            async def a_write_out_then_answered(n: int) -> None:
+                leave = (b, f"s{n}", f"sha256:{n:064x}")
+                number = late_writes.sent(ns, f"deleting tag {b}:s{n}", leave, kind=COPY)
+                reactor.callLater(0.3, late_writes.ended, ns, number, None)
+                # and its copy deleted, as `_put_then_delete` says it
+                reactor.callLater(0.31, late_writes.gone, ns, leave)
+
+            counts = _during_each_look(run, monkeypatch, a_write_out_then_answered)
+            error = await _answer(service, ns, query, time_left=TIME_LEFT)
+        left = run.content(ns)
+    finally:
+        await _stop(run)
+    if held == "to t1 itself, held":
+        assert error is not None and (error.code, error.retry_after) == (504, None), error
+        assert f"while deleting tag {a}:t1" in error.message, error.message
+        return
+    assert error is None, f"{error.code}: {error.message}"
+    assert "t1" not in left.get(a, []), left
+    if held == "out as each look begins":
+        assert counts[0] == 2, counts
+
+
 @pytest.mark.parametrize("ends", ["answered", "cancelled while it waits"])
 @pytest_twisted.ensureDeferred
 async def test_a_deletecollection_leaves_no_watch_behind(

@@ -351,6 +351,20 @@ def tag_filter(labels: LabelSelector, fields: FieldSelector) -> Callable[[TagRef
     return _TagTest(namespace, nothing, required, excluded)
 
 
+def paths_kept(accept: Callable[[TagRef], bool] | None) -> Callable[[str], bool] | None:
+    """Which repository paths may hold a tag ``accept`` (a `tag_filter`) keeps; None: any. A field
+    selector that requires one name keeps tags of that name's repository only (none, when no tag has
+    that name)."""
+    if not isinstance(accept, _TagTest):
+        return None
+    if accept.nothing:
+        return lambda path: False
+    if accept.required is not None:
+        only = accept.required[0]
+        return lambda path: path == only
+    return None
+
+
 def _split_terms(text: str) -> list[str]:
     """The terms of a field selector: split on commas a backslash does not escape, the escapes kept
     (fields.splitTerms)."""

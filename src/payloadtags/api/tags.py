@@ -24,7 +24,7 @@ from payloadtags.api.errors import (
     resource_version_too_large,
 )
 from payloadtags.api.options import DeleteOptions, ListOptions
-from payloadtags.api.selectors import tag_filter
+from payloadtags.api.selectors import paths_kept, tag_filter
 from payloadtags.api.walks import Kept, Listed, Reported, WalkCache, new_walk_id
 from payloadtags.deferreds import DeadlineExpired, GoesOn, bounded_each, bounded_map, within
 from payloadtags.inventory import Inventory, Page, Run, Runs
@@ -105,6 +105,21 @@ def _collection_incomplete(
 def _tag_at(namespace: str, leave: Leave) -> TagRef:
     """The tag a write would leave at ``leave`` (repository, tag, digest) of ``namespace``."""
     return TagRef(namespace, leave[0].partition("/")[2], leave[1])
+
+
+def _within_kept(visible: Within | None, kept: Callable[[str], bool] | None) -> Within | None:
+    """The repositories whose late writes a tag-by-tag deletecollection waits for and names: those the
+    caller sees (``visible``) that may hold a tag its selectors keep (``kept``, by repository path). A
+    write elsewhere cannot leave a tag its look lists: waited for, a call selecting one tag by name
+    waited out (or answered a 504 naming) another client's re-tag in another repository, and passed
+    again after each (review r8own F1). A write of unknown repository is still waited for."""
+    if kept is None:
+        return visible
+
+    def within(repository: str) -> bool:
+        return kept(repository.partition("/")[2]) and (visible is None or visible(repository))
+
+    return within
 
 
 def _collection_unlooked(namespace: str, total: int, leaves: Collection[Leave]) -> ApiError:
@@ -742,12 +757,12 @@ class TagsService:
         # Unpaged, the call asks for every tag its selector matches (all of the namespace without one):
         # a tag its process's own late write brought back after the selection was read is part of it.
         takes_back = list_options.limit is None and list_options.continue_ is None
+        matches = self._selected(list_options)
+        visible = _within_kept(visible, paths_kept(matches))
         passes = _TagByTag(self, user, namespace, set(refs), list(refs), unfiltered, visible, takes_back)
         began = self.late_writes.now() if self.late_writes is not None else 0.0
         # The wait for a late write ends with the budget, or before the request's deadline.
         deadline = min(began + self.removal_budget, cut)
-
-        matches = self._selected(list_options)
 
         def watched() -> dict[Leave, str]:
             # Only where the call's look could list a tag: a repository the caller sees, a tag its
