@@ -1120,8 +1120,9 @@ def _report(errors: Sequence[str], args: argparse.Namespace | None = None) -> in
         for path in (value, str(Path(value)))
         for form in _escaped_forms(path)
     }
+    longest_first = sorted(echoes, key=len, reverse=True)
     for error in errors:
-        for echo in sorted(echoes, key=len, reverse=True):
+        for echo in longest_first:
             error = error.replace(echo, without_userinfo(echo))
         print(f"payloadtags: {error}", file=sys.stderr)
     return 1
