@@ -146,8 +146,8 @@ class Watcher:
     # Whether an event of what it starts with, or a live one, was rendered in the first form. What it
     # starts with is written before any live event, so its first event is always in the first form;
     # a live one is in the later form only once one of those, written before it, was.
-    _first_opening: bool = attrs.field(default=False, init=False)
-    _first_live: bool = attrs.field(default=False, init=False)
+    _opening_rendered_first_form: bool = attrs.field(default=False, init=False)
+    _live_rendered_first_form: bool = attrs.field(default=False, init=False)
 
     def visible(self, ref: TagRef) -> bool:
         # The selectors first: a tag they reject costs no access decision.
@@ -301,13 +301,15 @@ class Watcher:
     def _line(self, event: Event, rendered: Lines | None = None) -> bytes:
         """An event's line: of what it starts with (no ``rendered``), or live, shared through
         ``rendered`` with the scope's other watchers of its form."""
-        after_first = self._first_opening or (rendered is not None and self._first_live)
+        after_first = self._opening_rendered_first_form or (
+            rendered is not None and self._live_rendered_first_form
+        )
         if self.render_after is None or not after_first:
             render, form = self.render, self.form
             if rendered is None:
-                self._first_opening = True
+                self._opening_rendered_first_form = True
             else:
-                self._first_live = True
+                self._live_rendered_first_form = True
         else:
             render, form = self.render_after, self.form_after
         if rendered is None:
