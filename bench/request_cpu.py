@@ -439,24 +439,43 @@ def pin(pid: int, cpus: set[int]) -> None:
         os.sched_setaffinity(int(task.name), cpus)
 
 
+def _head(
+    results: dict[str, Any],
+    names: list[str],
+    *,
+    run: str,
+    column: str,
+    ratio: str,
+    load_note: str = "",
+    setup: str = "",
+) -> list[str]:
+    """The lines a summary opens with: the machine, what ran on what data, and the head of its table (a
+    ``column`` per server, then the ``ratio`` column when two ran)."""
+    return [
+        f"Machine: {results['machine']}; load average {results['load']}{load_note}",
+        f"{run}; pages of {results['limit']} from {results['tags']} tags in {results['repositories']} "
+        "repositories" + ("; as Tables" if results.get("table") else "") + setup,
+        "",
+        "| kind | "
+        + " | ".join(f"{n}: {column}" for n in names)
+        + (f" | {ratio} |" if len(names) > 1 else " |"),
+        "|---|" + "---:|" * (len(names) + (1 if len(names) > 1 else 0)),
+    ]
+
+
 def summarize(results: dict[str, Any]) -> str:
     if "instructions" in results:
         return summarize_instructions(results)
     reps = results["reps"]
     names = list(reps[0][next(iter(reps[0]))])
-    lines = [
-        f"Machine: {results['machine']}; load average {results['load']}",
-        f"{results['requests']} requests per kind, server and repetition; {len(reps)} repetitions; "
-        f"pages of {results['limit']} from {results['tags']} tags in {results['repositories']} "
-        "repositories"
-        + ("; as Tables" if results.get("table") else "")
-        + ("; the servers on a CPU of their own (--pin)" if results.get("pinned") else ""),
-        "",
-        "| kind | "
-        + " | ".join(f"{n}: server CPU per request, ms (range)" for n in names)
-        + (" | after / before: medians; minimums; paired repetitions (median) |" if len(names) > 1 else " |"),
-        "|---|" + "---:|" * (len(names) + (1 if len(names) > 1 else 0)),
-    ]
+    lines = _head(
+        results,
+        names,
+        run=f"{results['requests']} requests per kind, server and repetition; {len(reps)} repetitions",
+        setup="; the servers on a CPU of their own (--pin)" if results.get("pinned") else "",
+        column="server CPU per request, ms (range)",
+        ratio="after / before: medians; minimums; paired repetitions (median)",
+    )
     for kind in reps[0]:
         cells = []
         medians = {}
@@ -500,17 +519,14 @@ def summarize(results: dict[str, Any]) -> str:
 def summarize_instructions(results: dict[str, Any]) -> str:
     counts = results["instructions"]
     names = list(counts[next(iter(counts))])
-    lines = [
-        f"Machine: {results['machine']}; load average {results['load']} (a count: the load does not move it)",
-        f"{results['requests']} requests per kind and server under callgrind; pages of {results['limit']} "
-        f"from {results['tags']} tags in {results['repositories']} repositories"
-        + ("; as Tables" if results.get("table") else ""),
-        "",
-        "| kind | "
-        + " | ".join(f"{n}: instructions per request" for n in names)
-        + (" | after / before |" if len(names) > 1 else " |"),
-        "|---|" + "---:|" * (len(names) + (1 if len(names) > 1 else 0)),
-    ]
+    lines = _head(
+        results,
+        names,
+        load_note=" (a count: the load does not move it)",
+        run=f"{results['requests']} requests per kind and server under callgrind",
+        column="instructions per request",
+        ratio="after / before",
+    )
     for kind, per_server in counts.items():
         cells = [f"{per_server[n]:,.0f}" for n in names]
         if len(names) > 1:
