@@ -15,6 +15,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from payloadtags.validators import without_userinfo
+
 log = Logger()
 
 
@@ -62,11 +64,23 @@ class FileWatcher:
             log.error(
                 "{what}: cannot load the changed files {paths}: {error}; keeping the previous ones",
                 what=self.what,
-                paths=", ".join(os.path.basename(p) for p in self.paths),
-                error=str(error),
+                paths=", ".join(without_userinfo(os.path.basename(p)) for p in self.paths),
+                error=self._redacted(str(error)),
             )
             self._seen = current  # do not retry the same broken content every period
             return False
         self._seen = current
-        log.info("{what}: reloaded {paths}", what=self.what, paths=", ".join(self.paths))
+        log.info(
+            "{what}: reloaded {paths}", what=self.what, paths=", ".join(map(without_userinfo, self.paths))
+        )
         return True
+
+    def _redacted(self, message: str) -> str:
+        """``message`` with each of the paths it names as the start's log names them (startup's
+        `_logged`): all before a path's last '@' redacted. A URL given to a file flag may name a file
+        (--tls-cert-file=https://user:pw@h/tls.crt is read under the working directory), and a reload's
+        error names the file as given. The longest first: a shorter path inside a longer one, redacted
+        first, would leave the longer one's start shown and the longer one no longer found."""
+        for path in sorted((p for p in self.paths if "@" in p), key=len, reverse=True):
+            message = message.replace(path, without_userinfo(path))
+        return message
