@@ -52,7 +52,8 @@ class Completed:
     events_token: str | None = attrs.field(default=None, repr=False)
     # Lines for the start-up log (info): settings that are there but have no effect.
     notices: tuple[str, ...] = ()
-    # Lines said at start as warnings: something taken otherwise than it is written, but as kubectl takes it.
+    # Lines said at start as warnings: something taken otherwise than it is written, but as kubectl (or
+    # kube-apiserver) takes it.
     warnings: tuple[str, ...] = ()
 
 
@@ -117,7 +118,26 @@ def complete(
         lease_namespace=namespace,
         events_token=events_token,
         notices=_proxy_notice(environ) + _credential_notice(settings),
-        warnings=(cluster.warnings + _unverified_cluster_warning(settings, cluster)) if cluster else (),
+        warnings=((cluster.warnings + _unverified_cluster_warning(settings, cluster)) if cluster else ())
+        + _always_allow_warnings(settings),
+    )
+
+
+def _always_allow_warnings(settings: Settings) -> tuple[str, ...]:
+    """A line for each --authorization-always-allow-paths entry ending in '/' (`/readyz/`).
+
+    k8s.io/apiserver's path authorizer takes such an entry and matches it exactly: it opens the path
+    `/readyz/` alone, which kube-apiserver's health handlers (at `/readyz` and `/readyz/<check>`) do
+    not serve. Here a request's trailing '/' is dropped before the match (`/readyz/` is served as
+    `/readyz`), so no request equals it. Either way it opens nothing that answers, which the start
+    says rather than leave a probe meeting 401s (review r7misc N4). (Matching it as written would
+    serve `/readyz` to anyone as `/readyz/` only, an opening kube-apiserver does not have.)"""
+    entries = dict.fromkeys(p for p in settings.always_allow_paths if len(p) > 1 and p.endswith("/"))
+    return tuple(
+        f"--authorization-always-allow-paths: the entry {shown!r} ends in '/' and opens nothing: a "
+        "request's path is matched with its trailing '/' dropped, so none equals it; write "
+        f"{shown.rstrip('/') or '/'!r} instead, or {shown + '*'!r} for the paths under it"
+        for shown in map(without_userinfo, entries)
     )
 
 

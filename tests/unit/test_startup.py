@@ -214,6 +214,22 @@ def test_a_url_given_to_cert_dir_or_tls_cert_file_is_logged_without_its_password
     assert pair.serving_origin == f"--tls-cert-file https://<redacted>@r/{CERT_DIR_CERT}"
 
 
+def test_an_always_allow_entry_ending_in_a_slash_is_said_once_at_start() -> None:
+    # Review r7misc N4: `/readyz/` or `/healthz/ping/` was taken and opened nothing, without a word: a
+    # request's trailing '/' is dropped before the match. k8s.io/apiserver takes it too and opens the
+    # path `/readyz/` alone, which kube-apiserver does not serve: it opens nothing there either.
+    entries = ("/readyz/", "/healthz/ping/", "/readyz/", "/", "/livez", "/readyz/*", "/metrics")
+    assert complete(settings(always_allow_paths=entries), environ=NO_POD).warnings == (
+        "--authorization-always-allow-paths: the entry '/readyz/' ends in '/' and opens nothing: a request's "
+        "path is matched with its trailing '/' dropped, so none equals it; write '/readyz' instead, or "
+        "'/readyz/*' for the paths under it",
+        "--authorization-always-allow-paths: the entry '/healthz/ping/' ends in '/' and opens nothing: a "
+        "request's path is matched with its trailing '/' dropped, so none equals it; write '/healthz/ping' "
+        "instead, or '/healthz/ping/*' for the paths under it",
+    )
+    assert complete(settings(), environ=NO_POD).warnings == ()
+
+
 def test_cert_dir_pair_is_written_once_and_reused(tmp_path: Path) -> None:
     directory = tmp_path / "certs"
     first = complete(settings(cert_dir=str(directory)), environ=NO_POD)
