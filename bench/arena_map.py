@@ -133,6 +133,10 @@ def map_arenas(path: str, detail_below: int = 48) -> None:
     gc.collect()
     ranges = anonymous_ranges()
     scanned = scan_pools(ranges)
+    # Before the map's own bookkeeping below, made in the free blocks just counted: else it is
+    # placed and named among what keeps the arenas (pool_of's tuples and numbers, the sparse arenas'
+    # most of all).
+    tracked = gc.get_objects()
     # From here on the map's own objects take free blocks: the counts above are from before them.
     pool_of: dict[int, tuple[int, int, int]] = {}
     arenas: dict[int, dict[int, tuple[int, int]]] = collections.defaultdict(dict)
@@ -144,7 +148,6 @@ def map_arenas(path: str, detail_below: int = 48) -> None:
             arenas[arena][pool] = (count, size // 16 - 1)
         else:
             free_pools[arena] += 1
-    tracked = gc.get_objects()
     objects: dict[int, Any] = {id(o): o for o in tracked}
     parent: dict[int, Any] = {}
     for o in tracked:
