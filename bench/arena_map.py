@@ -31,6 +31,19 @@ HAVE_GC = 1 << 14
 # GC_HEAD + PRE_HEADER before the object.
 MANAGED_DICT = 1 << 4
 PRE_HEADER = 16
+# The only version whose layouts the constants above are: another's pool headers and object headers
+# may differ (3.12 puts managed weak references before the GC header too), and its placements would
+# be wrong without a sign of it.
+LAYOUT_OF = (3, 11)
+
+
+def refusal(version: tuple[int, ...] | None = None) -> str | None:
+    """Why the map cannot be made under ``version`` (this Python's by default); None: it can."""
+    running = tuple((version or sys.version_info)[:2])
+    if running == LAYOUT_OF:
+        return None
+    made_for, this = ".".join(map(str, LAYOUT_OF)), ".".join(map(str, running))
+    return f"arena_map reads CPython {made_for}'s obmalloc and object layout, not {this}'s: no map made"
 
 
 def block_of(o: Any) -> int:
@@ -128,7 +141,13 @@ def by_size(used: dict[int, tuple[int, int]], pools: dict[int, list[Any]]) -> di
 def map_arenas(path: str, detail_below: int = 48) -> None:
     """Writes ``path``: per arena its pools and blocks in use, the objects found in it by kind, and for
     the sparse arenas (fewer than ``detail_below`` pools in use) each object with its holders and,
-    when tracemalloc traced it, where it was made."""
+    when tracemalloc traced it, where it was made. Under another Python than 3.11 it writes only
+    ``{"error": ...}`` (`refusal`): the dump it is part of still completes."""
+    refused = refusal()
+    if refused is not None:
+        with open(path, "w") as f:
+            json.dump({"error": refused, "arenas": []}, f)
+        return
     gc.unfreeze()  # what the server froze at its start is objects too (the last dump: no harm)
     gc.collect()
     ranges = anonymous_ranges()

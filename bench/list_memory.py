@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import arena_map  # noqa: E402
 from list_latency import GROUP_PATH, _get, report, run_with_registry, start_server, stop_process, wait_ready  # noqa: E402
 from list_scale import Server, layouts, seed_image, write_repository  # noqa: E402
 from tests.support.harness import Pki  # noqa: E402
@@ -334,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="copy the server's dumps there")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    if args.map and (refused := arena_map.refusal()) is not None:
+        parser.error(refused)  # before the minutes of lists, not in the last dump
     results = run_with_registry(
         "payloadtags-memory-",
         lambda reactor, registry, work, started: run(reactor, args, registry, work, started),

@@ -63,3 +63,58 @@ def test_the_map_names_in_an_arena_no_more_objects_than_its_blocks_in_use(tmp_pa
     ]
     assert over == []
     assert held_by_the_map == []
+
+
+def test_the_map_is_made_under_python_3_11_only() -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import arena_map
+    finally:
+        sys.path.remove(str(BENCH))
+    assert arena_map.refusal((3, 11)) is None
+    assert arena_map.refusal((3, 11, 7)) is None
+    assert arena_map.refusal((3, 12)) == (
+        "arena_map reads CPython 3.11's obmalloc and object layout, not 3.12's: no map made"
+    )
+
+
+# As under another Python than the one whose layout the map reads (review r10quiet N4).
+_OTHER_PYTHON = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import arena_map
+
+arena_map.LAYOUT_OF = (3, 99)
+if sys.argv[2] == "map":
+    arena_map.map_arenas(sys.argv[3])
+else:
+    import list_memory
+
+    list_memory.run_with_registry = lambda *args: sys.exit(3)  # no run: the map refused first
+    list_memory.main(["--map", "--tags", "10"])
+"""
+_REFUSED = (
+    f"arena_map reads CPython 3.99's obmalloc and object layout, not 3.{sys.version_info[1]}'s: no map made"
+)
+
+
+def test_under_another_python_the_map_says_why_it_made_none(tmp_path: Path) -> None:
+    out = tmp_path / "arenas.json"
+    subprocess.run(
+        [sys.executable, "-c", _OTHER_PYTHON, str(BENCH), "map", str(out)], check=True, timeout=120
+    )
+    assert json.loads(out.read_text()) == {
+        "error": _REFUSED,
+        "arenas": [],
+    }
+
+
+def test_list_memory_refuses_a_map_it_cannot_make_before_it_starts() -> None:
+    run = subprocess.run(
+        [sys.executable, "-c", _OTHER_PYTHON, str(BENCH), "bench"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2
+    assert run.stderr.splitlines()[-1].endswith(f"error: {_REFUSED}")
