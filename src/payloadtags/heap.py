@@ -17,6 +17,7 @@ import ctypes
 import ctypes.util
 import functools
 import os
+from collections.abc import Mapping
 
 # mallopt's parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -29,32 +30,40 @@ TRIM_THRESHOLD = 8 << 20
 _OPERATOR_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")
 
 
-def keep_freed_heap(environ: dict[str, str] | None = None) -> bool:
+def keep_freed_heap(environ: Mapping[str, str] | None = None) -> bool:
     """Sets glibc's mmap and trim thresholds; False where the C library is not glibc or the
-    operator tuned its allocator already (``MALLOC_*_`` variables or a ``glibc.malloc`` tunable).
-    Called at start, it looks the C library up in any case, for `give_back_free_heap` too."""
+    operator tuned its allocator already (`operators_settings`). Called at start, it looks the C
+    library up in any case, for `give_back_free_heap` too."""
     libc = _glibc()
-    environ = dict(os.environ) if environ is None else environ
-    if any(name in environ for name in _OPERATOR_SETTINGS) or "glibc.malloc" in environ.get(
-        "GLIBC_TUNABLES", ""
-    ):
-        return False
-    if libc is None:
+    if operators_settings(environ) or libc is None:
         return False
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
         libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     )
 
 
-def give_back_free_heap() -> bool:
+def give_back_free_heap(environ: Mapping[str, str] | None = None) -> bool:
     """glibc's ``malloc_trim(0)``: the free pages inside its heap, not only at its top, go back to the
     kernel (`quiet.WhenQuiet`, once lists have stopped: the chunks they freed below what stays in use
-    are otherwise kept for the life of the process). False where the C library is not glibc."""
+    are otherwise kept for the life of the process). False where the C library is not glibc, or the
+    operator tuned its allocator (`operators_settings`): how much free heap the process keeps is then
+    the operator's to say (a trim threshold or top pad set high is meant to keep it), and a trim to
+    nothing each quiet spell would undo it."""
     libc = _glibc()
-    if libc is None:
+    if libc is None or operators_settings(environ):
         return False
     libc.malloc_trim(0)
     return True
+
+
+def operators_settings(environ: Mapping[str, str] | None = None) -> list[str]:
+    """What the operator set for glibc's allocator in ``environ`` (the process's by default): the
+    allocator is then left as it is, its thresholds unset and its free heap not trimmed."""
+    environ = os.environ if environ is None else environ
+    names = [name for name in _OPERATOR_SETTINGS if name in environ]
+    if "glibc.malloc" in environ.get("GLIBC_TUNABLES", ""):
+        names.append("GLIBC_TUNABLES")
+    return names
 
 
 @functools.cache

@@ -156,8 +156,9 @@ class Serving:
 # in the caches requests share (the item makers of their repositories, their tokens' parts and
 # decodings, their tags' names), collects the garbage cycles among what they made (objects that
 # outlived a young collection wait for a full one, which a quiet server may never run), and then gives
-# glibc's free heap back: the chunks the lists freed below what stays in use, 6-7 MiB after lists of
-# 100,000 tags (docs/benchmarks.md, "What keeps the arenas, and a quiet server").
+# glibc's free heap back (unless the operator tuned its allocator): the chunks the lists freed below
+# what stays in use, 6-7 MiB after lists of 100,000 tags (docs/benchmarks.md, "What keeps the arenas,
+# and a quiet server").
 WHEN_QUIET: tuple[Callable[[], object], ...] = (
     forget_makers,
     forget_tokens,

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import attrs
 import pytest
 
 from payloadtags import heap
@@ -142,3 +143,41 @@ def test_a_c_library_without_glibcs_allocator_leaves_the_heap_alone(
     finally:
         monkeypatch.undo()
         heap._glibc.cache_clear()
+
+
+@attrs.define
+class _Recorded:
+    """glibc's allocator functions, recording their calls."""
+
+    calls: list[tuple[str, int]] = attrs.Factory(list)
+
+    def mallopt(self, parameter: int, value: int) -> int:
+        self.calls.append(("mallopt", parameter))
+        return 1
+
+    def malloc_trim(self, pad: int) -> int:
+        self.calls.append(("malloc_trim", pad))
+        return 1
+
+
+def test_an_operators_allocator_settings_are_not_trimmed_either(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Review r10quiet N3: with the allocator left as the operator set it at start, the quiet action
+    # still trimmed its free heap to nothing once per quiet spell, a trim threshold set high to keep
+    # it notwithstanding.
+    libc = _Recorded()
+    monkeypatch.setattr(heap, "_glibc", lambda: libc)
+    for environ in (
+        {"MALLOC_TRIM_THRESHOLD_": "268435456"},
+        {"MALLOC_TOP_PAD_": "67108864"},
+        {"MALLOC_MMAP_THRESHOLD_": "131072"},
+        {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=268435456"},
+    ):
+        assert keep_freed_heap(environ) is False
+        assert give_back_free_heap(environ) is False
+    # As the quiet action calls it: the process's own environment.
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "268435456")
+    assert give_back_free_heap() is False
+    assert libc.calls == []
+    # Tunables of other things than the allocator are no reason to leave it alone.
+    assert give_back_free_heap({"GLIBC_TUNABLES": "glibc.rtld.optional_static_tls=512"}) is True
+    assert libc.calls == [("malloc_trim", 0)]
