@@ -30,16 +30,28 @@ TRIM_THRESHOLD = 8 << 20
 _OPERATOR_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")
 
 
-def keep_freed_heap(environ: Mapping[str, str] | None = None) -> bool:
-    """Sets glibc's mmap and trim thresholds; False where the C library is not glibc or the
-    operator tuned its allocator already (`operators_settings`). Called at start, it looks the C
-    library up in any case, for `give_back_free_heap` too."""
+def keep_freed_heap(environ: Mapping[str, str] | None = None) -> str | None:
+    """Sets glibc's mmap and trim thresholds: None once they are set; else why they are not (the C
+    library is not glibc, or the operator tuned its allocator already: `operators_settings`), a line
+    the start logs once, as nothing else says it. Called at start, it looks the C library up in any
+    case, for `give_back_free_heap` too."""
     libc = _glibc()
-    if operators_settings(environ) or libc is None:
-        return False
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-        libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-    )
+    tuned = operators_settings(environ)
+    if tuned:
+        return (
+            f"glibc's allocator left as {', '.join(tuned)} set it: no thresholds fixed, and a quiet "
+            "server gives no free heap back"
+        )
+    if libc is None:
+        return (
+            "the C library is not glibc: its allocator's thresholds are its own, and a quiet server "
+            "gives no free heap back"
+        )
+    if not (
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    ):
+        return "glibc's mallopt refused the heap's thresholds: the allocator keeps its own"
+    return None
 
 
 def give_back_free_heap(environ: Mapping[str, str] | None = None) -> bool:

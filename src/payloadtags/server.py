@@ -695,7 +695,9 @@ def serve(settings: Settings, completed: Completed | None = None, signals: StopS
             return 1
     begin_logging(settings.log_format, settings.verbosity)
     # Before the heap takes shape: pages and chunks free what the next one takes again.
-    keep_freed_heap()
+    left_alone = keep_freed_heap()
+    if left_alone is not None:
+        log.info("{why}", why=left_alone)
     exit_code = 0
 
     async def main(reactor: Any) -> None:

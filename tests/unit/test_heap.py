@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ctypes.util
 import json
+import os
+import socket
 import subprocess
 import sys
 
@@ -12,6 +14,7 @@ import pytest
 
 from payloadtags import heap
 from payloadtags.heap import give_back_free_heap, keep_freed_heap
+from tests.support.process import ROOT
 
 # Runs in a process of its own (mallopt is process-wide): takes and frees a 600 kB buffer, as a page
 # of a Table does, and reports glibc's heap (mallinfo2: `arena` is the brk heap, `hblkhd` the bytes in
@@ -27,7 +30,7 @@ class Info(ctypes.Structure):
 
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = Info
-kept = keep_freed_heap({}) if sys.argv[1] == "keep" else None
+kept = keep_freed_heap({}) is None if sys.argv[1] == "keep" else None
 before = libc.mallinfo2()
 buffer = bytearray(600_000)
 held = libc.mallinfo2()
@@ -59,8 +62,17 @@ def test_a_freed_buffer_stays_in_the_heap_for_the_next_request() -> None:
 
 
 def test_an_operators_allocator_settings_are_left_alone() -> None:
-    assert keep_freed_heap({"MALLOC_TRIM_THRESHOLD_": "131072"}) is False
-    assert keep_freed_heap({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=131072"}) is False
+    # Said once at start (review r10quiet L3: nothing said it).
+    assert keep_freed_heap({"MALLOC_TRIM_THRESHOLD_": "131072"}) == (
+        "glibc's allocator left as MALLOC_TRIM_THRESHOLD_ set it: no thresholds fixed, and a quiet server "
+        "gives no free heap back"
+    )
+    assert keep_freed_heap(
+        {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=131072", "MALLOC_TOP_PAD_": "0"}
+    ) == (
+        "glibc's allocator left as MALLOC_TOP_PAD_, GLIBC_TUNABLES set it: no thresholds fixed, and a quiet "
+        "server gives no free heap back"
+    )
 
 
 # Fills glibc's heap with 1 kB buffers (above pymalloc's 512 bytes), frees all but every 64th, so that
@@ -107,7 +119,7 @@ def test_the_c_library_is_looked_up_once_at_start(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(ctypes.util, "find_library", counted)
     heap._glibc.cache_clear()
     # Even where the operator tuned the allocator, and keep_freed_heap changes nothing.
-    assert keep_freed_heap({"MALLOC_TRIM_THRESHOLD_": "131072"}) is False
+    assert keep_freed_heap({"MALLOC_TRIM_THRESHOLD_": "131072"}) is not None
     assert looked_up == ["c"]
     assert give_back_free_heap() is True
     assert give_back_free_heap() is True
@@ -128,6 +140,12 @@ def _no_c_library(*args: object, **kwargs: object) -> ctypes.CDLL:
     raise OSError("libc.so.6: cannot open shared object file")
 
 
+_NOT_GLIBC = (
+    "the C library is not glibc: its allocator's thresholds are its own, and a quiet server gives no "
+    "free heap back"
+)
+
+
 @pytest.mark.parametrize("library", [_NotGlibc, _no_c_library], ids=["not glibc", "none found"])
 def test_a_c_library_without_glibcs_allocator_leaves_the_heap_alone(
     monkeypatch: pytest.MonkeyPatch, library: object
@@ -138,7 +156,7 @@ def test_a_c_library_without_glibcs_allocator_leaves_the_heap_alone(
     monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
     heap._glibc.cache_clear()
     try:
-        assert keep_freed_heap({}) is False
+        assert keep_freed_heap({}) == _NOT_GLIBC
         assert give_back_free_heap() is False
     finally:
         monkeypatch.undo()
@@ -172,7 +190,7 @@ def test_an_operators_allocator_settings_are_not_trimmed_either(monkeypatch: pyt
         {"MALLOC_MMAP_THRESHOLD_": "131072"},
         {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=268435456"},
     ):
-        assert keep_freed_heap(environ) is False
+        assert keep_freed_heap(environ) is not None
         assert give_back_free_heap(environ) is False
     # As the quiet action calls it: the process's own environment.
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "268435456")
@@ -181,3 +199,68 @@ def test_an_operators_allocator_settings_are_not_trimmed_either(monkeypatch: pyt
     # Tunables of other things than the allocator are no reason to leave it alone.
     assert give_back_free_heap({"GLIBC_TUNABLES": "glibc.rtld.optional_static_tls=512"}) is True
     assert libc.calls == [("malloc_trim", 0)]
+
+
+# `payloadtags serve`, on a port already taken: it exits once it has logged what it says at start.
+# "musl": as where the C library is not glibc.
+_SERVE = """
+import sys
+import payloadtags.heap as heap
+
+if sys.argv[1] == "musl":
+    heap._glibc = lambda: None
+from payloadtags.cli import main
+
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("library", "environ", "said"),
+    [
+        ("musl", {}, [_NOT_GLIBC]),
+        (
+            "glibc",
+            {"MALLOC_TRIM_THRESHOLD_": "268435456"},
+            [
+                "glibc's allocator left as MALLOC_TRIM_THRESHOLD_ set it: no thresholds fixed, and a quiet "
+                "server gives no free heap back"
+            ],
+        ),
+        ("glibc", {}, []),
+    ],
+    ids=["not glibc", "operator's settings", "glibc"],
+)
+def test_a_server_whose_heap_is_left_alone_says_so_once_at_start(
+    library: str, environ: dict[str, str], said: list[str]
+) -> None:
+    # Review r10quiet L3: it said nothing, neither that its heap's thresholds were not set nor that
+    # a quiet server gives no heap back.
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        answer = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _SERVE,
+                library,
+                "serve",
+                "--registry-url=http://127.0.0.1:1",
+                "--authorization-mode=AlwaysAllow",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={taken.getsockname()[1]}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT / "src"), **environ},
+        )
+    finally:
+        taken.close()
+    assert answer.returncode == 1, answer.stderr  # the port: it got that far
+    lines = answer.stderr.splitlines()
+    about_the_heap = [line for line in lines if "free heap" in line or "allocator" in line]
+    assert [line.split("] ", 1)[1] for line in about_the_heap] == said
+    assert all("[payloadtags.server#info]" in line for line in about_the_heap)
