@@ -4,9 +4,11 @@ A list of a big namespace fills the caches its requests share (the item makers o
 its continue tokens' parts, the names of its tags), and those entries outlive it: each bounded, they
 are the few blocks left in the arenas of 1 MiB that Python's allocator took for the list's short-lived
 objects, and an arena goes back to the system only once all of it is free. The walks and the watch
-hub's records free themselves after their lifetimes; these are only ever pushed out by newer entries.
-So, once no list has begun for ``after`` seconds (checked every ``after / 3``), they are emptied, once
-per quiet spell: the next request makes its entries again, at the cost of its first request (a few
+hub's list records free themselves after their lifetimes; these are only ever pushed out by newer
+entries. So, once no list has begun for ``after`` seconds (checked every ``after / 3``) and what
+frees itself later is gone (``held``: the list records, kept ``--watch-scope-idle-timeout`` after
+their last use, a list's or a watch's from its resourceVersion), they are emptied, once per quiet
+spell: the next request makes its entries again, at the cost of its first request (a few
 microseconds a repository). Everything runs on ``clock``, in a turn of its own, on no request's path.
 With ``after`` from `quiet_after` no list is still being served then: the last one began longer ago
 than its deadline, which ends it, its streaming included. Watches are not lists: they may be served
@@ -24,8 +26,10 @@ from twisted.logger import Logger
 
 log = Logger()
 
-# After the walks' lifetime (60 s after a walk's last page, freed within 90 s) and the watch hub's
-# records' (120 s unused, dropped within 180 s): what they kept is gone by then too.
+# After the walks' lifetime (60 s after a walk's last page, freed within 90 s) and, at the default
+# --watch-scope-idle-timeout, the watch hub's list records' (120 s unused, dropped within 180 s): what
+# they kept is gone by then too. Records kept longer (a longer timeout, a watch from a list's
+# resourceVersion using its record later) are waited for (`WhenQuiet.held`), whatever the setting.
 QUIET_AFTER = 180.0
 # Past a list's deadline: the two minutes the default deadline (60 s) leaves of QUIET_AFTER, which
 # outlast its walk (freed within 90 s of its last page).
@@ -41,12 +45,16 @@ def quiet_after(request_timeout: float) -> float:
 @attrs.define(eq=False)
 class WhenQuiet:
     """Runs ``actions`` once after each spell of lists, when ``begun`` (the lists begun so far) has not
-    changed for ``after`` seconds."""
+    changed for ``after`` seconds and ``held`` answers False."""
 
     clock: IReactorTime
     begun: Callable[[], int]
     actions: Sequence[Callable[[], object]]
     after: float = QUIET_AFTER
+    # Whether what lists left that frees itself later is still there (the watch hub's list records):
+    # the actions wait for it to go, else what it held would stay in the heap and the arenas until
+    # the next spell's action (review r10quiet L1).
+    held: Callable[[], bool] = lambda: False
     _seen: int = 0
     _since: float = 0.0
     _done: bool = True  # nothing served yet: nothing to forget
@@ -67,7 +75,7 @@ class WhenQuiet:
         begun, now = self.begun(), self.clock.seconds()
         if begun != self._seen:
             self._seen, self._since, self._done = begun, now, False
-        elif not self._done and now - self._since >= self.after:
+        elif not self._done and now - self._since >= self.after and not self.held():
             self._done = True
             for action in self.actions:
                 # One that fails must cost neither the actions after it nor the later spells: the

@@ -510,6 +510,8 @@ async def start(
         WHEN_QUIET,
         # Longer than any list lasts (its deadline ends it): none is being served when it runs.
         quiet_after(settings.http.request_timeout),
+        # And once the list records are gone, kept --watch-scope-idle-timeout after their last use.
+        held=lambda: bool(watch_hub.listed.records),
     )
 
     async def ping() -> None:

@@ -42,6 +42,14 @@ async def test_a_server_goes_quiet_after_its_lists_and_not_before(
     for _ in range(2):
         clock.advance(QUIET_AFTER / 3)
         assert all(left()), "emptied before 3 minutes without a list"
+    # The lists' record (a namespace nobody watches) is kept --watch-scope-idle-timeout after its
+    # last use, on the hub's clock (the reactor here): the server waits for it (review r10quiet L1).
+    hub = server.running.api.watch_hub
+    assert quiet.held() and hub.listed.records
+    clock.advance(QUIET_AFTER / 3)
+    assert all(left()), "emptied while the lists' record was kept"
+    hub.listed.expire(float("inf"))  # as the hub's reap drops it once unused that long
+    assert not quiet.held()
     clock.advance(QUIET_AFTER / 3)
     assert left() == (0, 0)
     await server.stop()
