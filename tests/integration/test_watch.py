@@ -20,7 +20,7 @@ from payloadtags.limits import HttpLimits, WatchLimits
 from payloadtags.names import encode_name
 from payloadtags.watch import WatchHub
 from payloadtags.watch import hub as watch_hub
-from payloadtags.watch.listed import RECORD_COST
+from payloadtags.watch.listed import RECORD_COST, REPOSITORY_COST, USER_COST
 from payloadtags.watch.watcher import _WRITE_BYTES
 from tests.integration.test_output_bounds import many_tags
 from tests.support import images
@@ -1353,6 +1353,38 @@ async def test_lists_of_made_up_namespaces_keep_no_more_records_than_their_bound
 
 
 @pytest_twisted.ensureDeferred
+async def test_another_user_s_watch_resumes_from_her_list_after_one_user_floods_the_records(
+    make_server, registry, repo
+):
+    """One user's lists of made-up namespaces fill the records' bound (lowered here to 10 records'
+    worth): her own records go, least recently used first, not alice's, which was the least recently
+    used of all. Alice's watch from her list is served from its record (an ADDED for the tag pushed
+    since), where it was 410 Expired and her client relisted."""
+    namespace, path = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "v1")
+    api = await make_server(registry, watch=WatchLimits(resync_period=3600))
+    alice = api.client(api.pki.client_ca.client("alice", stem="alice-fair"))
+    mallory = api.client(api.pki.client_ca.client("mallory", stem="mallory-fair"))
+    hub = api.running.api.watch_hub
+    hub.listed.max_size = 10 * RECORD_COST
+    listing = (await alice.get(collection(namespace))).json()
+    rv = listing["metadata"]["resourceVersion"]
+    assert [item["spec"]["tag"] for item in listing["items"]] == ["v1"]
+    for i in range(30):
+        assert (await mallory.get(collection(f"made-up-{i}"))).code == 200
+    images.push_oci_image(registry, repo, "v2", seed="two")
+    watch = await stream(alice, f"{collection(namespace)}?watch=true&resourceVersion={rv}")
+    assert watch.code == 200
+    added = await watch.next()
+    assert (added["type"], added["object"].get("spec", {}).get("tag")) == ("ADDED", "v2"), added
+    assert added["object"]["metadata"]["name"] == encode_name(path, "v2")
+    watch.close()
+    # Each one's records count against her: mallory's hold what alice's left of the bound at most.
+    assert hub.listed.weight("alice") == USER_COST + RECORD_COST + REPOSITORY_COST + 1
+    assert 0 < hub.listed.weight("mallory") <= hub.listed.max_size - hub.listed.weight("alice")
+
+
+@pytest_twisted.ensureDeferred
 async def test_lists_by_made_up_names_keep_no_more_in_a_record_than_its_bound(make_server, registry, repo):
     """Review r7watch F1: a list by name (fieldSelector metadata.name) of a tag in a repository that
     does not exist reads that repository (no tags) and records the read in the namespace's record,
@@ -1391,13 +1423,18 @@ async def test_a_list_of_a_made_up_namespace_at_the_records_bound_looks_at_the_o
     while hub.listed.open(f"flood-{len(hub.listed.records)}", hub.versions.current, now) is not None:
         pass
     flood = len(hub.listed.records)
-    assert flood == hub.listed.max_size // RECORD_COST - 1  # the open that found no room dropped one
+    # The open that found no room dropped one; the flood's user counts USER_COST.
+    assert flood == (hub.listed.max_size - USER_COST) // RECORD_COST - 1
     hub.listed.records = records = LookedAt(hub.listed.records)
+    holder = hub.listed.holders[""]  # the flood's, the one who holds the most: hers go
+    holder.records = flooded = LookedAt(holder.records)
     for i in range(50):
         assert (await client.get(collection(f"made-up-{i}"))).code == 200
     dropped = flood + 50 - len(records)
-    assert dropped == 49, dropped  # the first list took the room left, each other one dropped one
-    assert records.looked_at <= 2 * dropped, (records.looked_at, dropped)
+    # Each list dropped one of the flood's (the first one's room for her entry, USER_COST, too).
+    assert dropped == 50, dropped
+    looked_at = records.looked_at + flooded.looked_at
+    assert looked_at <= 8 * dropped, (looked_at, dropped)  # a handful a drop (unit test's)
 
 
 @pytest_twisted.ensureDeferred

@@ -36,7 +36,7 @@ from payloadtags.watch import (
 )
 from payloadtags.watch.fanout import Lines
 from payloadtags.watch.hub import MAX_UNCONFIRMED_READS, UNUSED_SCOPE_TTL
-from payloadtags.watch.listed import RECORD_COST, REPOSITORY_COST
+from payloadtags.watch.listed import RECORD_COST, REPOSITORY_COST, USER_COST
 from payloadtags.watch.openings import Openings
 from payloadtags.watch.source import Event, EventType
 from payloadtags.watch.versions import EPOCH_MAX
@@ -1661,7 +1661,8 @@ def test_records_of_made_up_namespaces_and_repositories_count_against_the_bound(
     for i in range(1, 1000):
         clock.advance(0.01)
         listing(hub, f"made-up-{i}")
-        assert hub.listed.size == sum(record.size for record in hub.listed.records.values())
+        kept = sum(record.size for record in hub.listed.records.values())
+        assert hub.listed.size == kept + USER_COST * len(hub.listed.holders)
         assert hub.listed.size <= hub.listed.max_size and len(hub.listed.records) <= 10
     assert hub.listed_at("made-up-0", flooded) is None
     assert listing(hub, "made-up-0")[0] > flooded  # its key is never given out again
@@ -1677,7 +1678,8 @@ def test_records_of_made_up_namespaces_and_repositories_count_against_the_bound(
             sequence, _ = listing(hub, "team")
             continue
         by_name(f"team/made-up-{i}", ())
-        assert hub.listed.size == sum(record.size for record in hub.listed.records.values())
+        kept = sum(record.size for record in hub.listed.records.values())
+        assert hub.listed.size == kept + USER_COST * len(hub.listed.holders)
         assert hub.listed.size <= hub.listed.max_size
     assert sum(len(record.reads) for record in hub.listed.records.values()) < 10
     # A list made after the flood is served from its record, as before.
@@ -1699,7 +1701,7 @@ def test_the_records_bound_drops_the_least_recently_used_looking_at_no_other_rec
     reader = FakeReader({"team/app": {"v1"}})
     clock = Clock()
     hub = make_hub(reader, clock, resync_period=10, idle_scope_ttl=120)
-    hub.listed = ListedScopes(max_size=1000 * RECORD_COST)
+    hub.listed = ListedScopes(max_size=1000 * RECORD_COST + USER_COST)  # one user's lists
     paged, _ = listing(hub, "paged")
     clock.advance(0.01)
     joined, _ = listing(hub, "joined")
@@ -1714,20 +1716,24 @@ def test_the_records_bound_drops_the_least_recently_used_looking_at_no_other_rec
     Deferred.fromCoroutine(hub.list_version("joined")).addCallback(rv.append)
     assert rv == [hub.versions.format(joined)]  # another list joins the record (its first page)
     hub.listed.records = records = LookedAt(hub.listed.records)
+    holder = hub.listed.holders[""]  # one user's lists: her records are all of them
+    holder.records = mine = LookedAt(holder.records)
     for i in range(998):
         clock.advance(0.01)
         listing(hub, f"later-{i}")
-    looked_at = records.looked_at
-    assert looked_at == 998, looked_at  # one a drop
+    looked_at = records.looked_at + mine.looked_at
+    # A handful a list (her oldest record; her key, which names it, checked and pushed anew), never
+    # the 1,000 records.
+    assert looked_at <= 8 * 998, looked_at
     assert ("paged", paged) in records and ("joined", joined) in records  # the made-up ones went first
     assert not any(str(key[0]).startswith("made-up-") for key in records)
     # A read that grows a record past the bound drops the oldest as well.
     clock.advance(0.01)
     sequence, observe = listing(hub, "team")
-    records.looked_at = 0
+    records.looked_at = mine.looked_at = 0
     observe("team/app", ("v1",))
-    looked_at = records.looked_at
-    assert looked_at == 2, looked_at  # the two oldest (4 each), for a read that counts 5
+    looked_at = records.looked_at + mine.looked_at
+    assert looked_at <= 8 * 2, looked_at  # the two oldest (4 each) go, for a read that counts 5
     assert ("joined", joined) not in records and ("team", sequence) in records
     assert hub.listed.size <= hub.listed.max_size
 

@@ -132,6 +132,8 @@ class WatchHub:
     # The namespace scopes a watch whose user may read something there started on: kept idle for
     # ``idle_scope_ttl`` while they have tags, the others for ``UNUSED_SCOPE_TTL`` (`_idle_ttl`).
     _wanted: set[str] = attrs.field(factory=set)
+    # Per kept source, the user whose watch made it (`_make_room`: whoever made the most goes first).
+    _made_by: dict[str | None, str] = attrs.field(factory=dict)
     # Sources dropped since the rules ledger and the openings last let go of dropped ones
     # (`_sweep_when_due`).
     _unswept: int = 0
@@ -185,11 +187,14 @@ class WatchHub:
                 # Before the resourceVersion is taken: a change noted here is dated at or below it.
                 self._note_list(source, user, namespaces)
         else:
-            record = self.listed.open(namespace, self.versions.current, self.clock.seconds())
+            # Counted against her (``user.name``, as the watches per user are): at the bound, the
+            # records of whoever holds the most go first (`ListedScopes`).
+            owner = "" if user is None else user.name
+            record = self.listed.open(namespace, self.versions.current, self.clock.seconds(), owner)
             if record is None:
                 # Records were dropped to make room: their keys are never given out again.
                 self._moved_on()
-                record = self.listed.open(namespace, self.versions.current, self.clock.seconds())
+                record = self.listed.open(namespace, self.versions.current, self.clock.seconds(), owner)
                 assert record is not None, "room was made for it"
         return self.current(), record
 
@@ -360,6 +365,7 @@ class WatchHub:
                 on_reset=self._reset_watches,
             )
             self.sources[namespace] = source
+            self._made_by[namespace] = "" if slot is None else slot.user
             loop = LoopingCall(source.resync)
             loop.clock = self.clock
             # The first read is the baseline, made by when_ready below; the loop resyncs after it.
@@ -463,6 +469,7 @@ class WatchHub:
         if loop.running:
             loop.stop()
         del self.sources[scope]
+        self._made_by.pop(scope, None)
         self._touched.pop(scope, None)
         if scope is not None:
             self._wanted.discard(scope)
@@ -477,11 +484,21 @@ class WatchHub:
         (`_idle_ttl`: no tags, or nobody could read there) goes first, then among the others: by
         age alone, one user's flood of watches of made-up namespaces, always the newest, dropped
         every other user's idle namespace (a reflector between two watches) before its own empty
-        ones, and their resumes were 410 (review r7watch N1)."""
+        ones, and their resumes were 410 (review r7watch N1). Within each of the two, the sources
+        of the user whose watches made the most of those kept go first: one who watches many
+        namespaces she may read, with tags, drops her own idle ones before another user's. A source
+        is shared by every watch of its scope, and counts for the user who made it."""
         if len(self.sources) < self.limits.max_watches:
             return
+        made = collections.Counter(self._made_by.values())
         idle = [
-            (self._worth_keeping(scope, source), self._touched.get(scope, 0.0), index, scope)
+            (
+                self._worth_keeping(scope, source),
+                -made[self._made_by.get(scope, "")],
+                self._touched.get(scope, 0.0),
+                index,
+                scope,
+            )
             for index, (scope, source) in enumerate(self.sources.items())
             if self._idle(scope, source)
         ]

@@ -16,8 +16,10 @@ informers and kubectl take in their stride.
 Records are bounded in total size, what they hold counted in tags: a tag counts 1, a record and each
 repository a record read (with tags or without) `RECORD_COST` and `REPOSITORY_COST` (what each holds
 is about as much as that many tags), so that lists of made-up namespaces, and lists by name of tags in
-made-up repositories, are bounded as lists that read tags are. The oldest go first, and records nobody
-used for a while expire. A watch whose record is gone is answered 410 Gone and its client relists.
+made-up repositories, are bounded as lists that read tags are. A record counts against the user whose
+list opened it; at the bound, the least recently used record of the user who holds the most goes first,
+so that one user's flood of lists pushes out her own records before anyone else's. Records nobody used
+for a while expire. A watch whose record is gone is answered 410 Gone and its client relists.
 The key of a record that is gone is never given to another one: the sequence moves on (``WatchHub``),
 so that a later list of the scope takes another resourceVersion and a watch from the old one is not
 sent the differences from the later list's reads (changes made between the two lists would never be
@@ -26,6 +28,8 @@ sent).
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
@@ -34,14 +38,17 @@ import attrs
 from payloadtags.names import TagRef, split_repository
 from payloadtags.watch.source import EventType
 
-# What a record, and a repository read recorded in it, cost against the bound, in tags (229 bytes at
-# most: docs/watch.md). Measured with tracemalloc (hub.open_list and its observer, Listed.observe of no
-# tags): a record of a 63-character namespace with its reporting callable, 724 bytes; a repository
-# read without tags, 606 bytes with a 10-character path and 833 with a 255-character one (its name,
-# its registry answer and the two sets that keep it). Without these costs, a record or a repository
-# without tags counted nothing, and one user's lists kept any number of them (review r7watch F1).
+# What a record, a repository read recorded in it, and a user who holds records cost against the
+# bound, in tags (229 bytes at most: docs/watch.md). Measured with tracemalloc (hub.open_list and its
+# observer, Listed.observe of no tags): a record of a 63-character namespace with its reporting
+# callable, 888 bytes (with its place in its user's order); a repository read without tags, 606 bytes
+# with a 10-character path and 833 with a 255-character one (its name, its registry answer and the
+# two sets that keep it); a record each of another user, 1,511 bytes (her order, her key in the heap
+# and her entry: 623 bytes a user). Without these costs, a record or a repository without tags counted
+# nothing, and one user's lists kept any number of them (review r7watch F1).
 RECORD_COST = 4
 REPOSITORY_COST = 4
+USER_COST = 4
 
 
 @attrs.define(eq=False)
@@ -51,6 +58,10 @@ class Listed:
     scope: str | None
     sequence: int
     touched: float
+    # The user whose list opened it: its whole size counts against her (`ListedScopes`).
+    owner: str = ""
+    # When it was last used, in the order of all records' uses (`ListedScopes`: ties between users).
+    used: int = 0
     reads: dict[str, tuple[frozenset[str], frozenset[str]]] = attrs.field(factory=dict)
     size: int = 0
     dropped: bool = False
@@ -141,35 +152,77 @@ def _kept(reads: tuple[frozenset[str], frozenset[str]]) -> int:
     return len(some) if every is some else len(every) + len(some)
 
 
+Key = tuple[str | None, int]
+
+
+@attrs.define(eq=False)
+class _Holder:
+    """One user's records, least recently used first, and what they weigh together with her entry
+    (`USER_COST`)."""
+
+    records: OrderedDict[Key, Listed] = attrs.field(factory=OrderedDict)
+    weight: int = 0
+
+    def heap_key(self, user: str) -> tuple[int, int, str]:
+        # The heaviest first; of users as heavy, the one whose least recently used record is older.
+        return (-self.weight, next(iter(self.records.values())).used, user)
+
+
 @attrs.define(eq=False)
 class ListedScopes:
     """The records of lists of unwatched scopes, bounded by ``max_size`` in total (counted in tags,
-    `RECORD_COST`, `REPOSITORY_COST`)."""
+    `RECORD_COST`, `REPOSITORY_COST`, `USER_COST`). At the bound, records go from the user who holds the most
+    (the user whose list opened each record), her least recently used first; as heavy users, the one
+    whose least recently used record is older: with one user, least recently used first."""
 
     # Up to about 55 MiB: 229 bytes per counted tag of 128 characters (the registry's longest; 121
     # bytes for 20), the strings with the frozensets and the registry answer's tuple that hold them.
     # Measured with tracemalloc, what dropping the records of one-repository lists frees (docs/watch.md).
-    # Records and repositories cost less per counted tag (above).
-    max_size: int = attrs.field(default=250_000, validator=attrs.validators.ge(RECORD_COST))
-    # In the order they were last used (`open`, `get` with ``now``), least recently first: the bound
-    # drops from the front. Sorting them by ``touched`` for each drop looked at every record, 62,500 at
-    # the default bound for each list of a made-up namespace (review r8watch F1). Not a plain dict:
-    # taking its first item again and again after deletions scans past the deleted slots.
-    records: OrderedDict[tuple[str | None, int], Listed] = attrs.field(factory=OrderedDict)
+    # Records, repositories and users' entries cost less per counted tag (above).
+    max_size: int = attrs.field(default=250_000, validator=attrs.validators.ge(RECORD_COST + USER_COST))
+    # In the order they were last used (`open`, `get` with ``now``), least recently first, which is
+    # the order of ``touched``: expiry stops at the first record used since. Sorting them by
+    # ``touched`` for each drop looked at every record, 62,500 at the default bound for each list of
+    # a made-up namespace (review r8watch F1). Not a plain dict: taking its first item again and again
+    # after deletions scans past the deleted slots.
+    records: OrderedDict[Key, Listed] = attrs.field(factory=OrderedDict)
     size: int = 0
+    # Per user, her records in the same order and their weight; with one user in all, dropping the
+    # least recently used of hers is dropping the least recently used of all. Dropping from the front
+    # of all records instead let one user's lists of made-up namespaces push out every other user's
+    # records (their watches 410, their clients relisting).
+    holders: dict[str, _Holder] = attrs.field(factory=dict)
+    # The users by `_Holder.heap_key`: an entry is pushed whenever a user's key changes, and one that
+    # no longer is her key is skipped (and popped) when the heaviest is looked for; rebuilt when the
+    # stale entries outnumber the users. Finding the heaviest costs O(log users), not a look at every
+    # user (one each, 62,500 users, for each drop).
+    _heap: list[tuple[int, int, str]] = attrs.field(factory=list)
+    _uses: Iterator[int] = attrs.field(factory=itertools.count)
 
-    def open(self, scope: str | None, sequence: int, now: float) -> Listed | None:
-        """The record lists of ``scope`` at ``sequence`` add to (created by the first one). None when
-        a new one had no room: the oldest records were dropped to make it, and their keys must not be
-        reused; the caller moves the sequence on and opens the record at the next one."""
-        record = self.records.get((scope, sequence))
+    def open(self, scope: str | None, sequence: int, now: float, user: str = "") -> Listed | None:
+        """The record lists of ``scope`` at ``sequence`` add to (created by the first one, whose
+        ``user`` it counts against). None when a new one had no room: records were dropped to make
+        it, and their keys must not be reused; the caller moves the sequence on and opens the record
+        at the next one."""
+        key = (scope, sequence)
+        record = self.records.get(key)
         if record is None:
-            if self.size + RECORD_COST > self.max_size:
-                self._shrink(self.max_size - RECORD_COST)
+            holder = self.holders.get(user)
+            cost = RECORD_COST if holder is not None else RECORD_COST + USER_COST
+            if self.size + cost > self.max_size:
+                self._shrink(self.max_size - cost)
                 return None
-            record = self.records[(scope, sequence)] = Listed(scope, sequence, now, size=RECORD_COST)
+            record = Listed(scope, sequence, now, owner=user, size=RECORD_COST)
+            if holder is None:
+                holder = self.holders[user] = _Holder(weight=USER_COST)
+                self.size += USER_COST
+            record.used = next(self._uses)
+            self.records[key] = holder.records[key] = record
+            holder.weight += RECORD_COST
             self.size += RECORD_COST
-        self.records.move_to_end((scope, sequence))
+            self._push(user, holder)
+        else:
+            self._touch(key, record)
         record.touched = now
         record.lists += 1
         return record
@@ -183,14 +236,33 @@ class ListedScopes:
     def get(self, scope: str | None, sequence: int, now: float | None = None) -> Listed | None:
         record = self.records.get((scope, sequence))
         if record is not None and now is not None:
-            self.records.move_to_end((scope, sequence))
+            self._touch((scope, sequence), record)
             record.touched = now
         return record
+
+    def weight(self, user: str) -> int:
+        """What the records ``user``'s lists opened hold, and her entry, counted as the bound counts."""
+        holder = self.holders.get(user)
+        return 0 if holder is None else holder.weight
+
+    def _touch(self, key: Key, record: Listed) -> None:
+        holder = self.holders[record.owner]
+        first = next(iter(holder.records)) == key
+        self.records.move_to_end(key)
+        holder.records.move_to_end(key)
+        record.used = next(self._uses)
+        if first:  # her least recently used record is another now: her key changed
+            self._push(record.owner, holder)
 
     def observe(self, record: Listed, repository: str, tags: Sequence[str], vouch: bool = True) -> bool:
         """Adds a read to a record (`Listed.observe`); False when the bound dropped records (their keys
         must not be reused: the caller moves the sequence on)."""
-        self.size += record.observe(repository, tags, vouch)
+        grown = record.observe(repository, tags, vouch)
+        if grown:
+            holder = self.holders[record.owner]
+            holder.weight += grown
+            self.size += grown
+            self._push(record.owner, holder)
         if self.size <= self.max_size:
             return True
         self._shrink(self.max_size)
@@ -199,27 +271,59 @@ class ListedScopes:
         return False
 
     def _shrink(self, size: int) -> None:
-        """Drops records, least recently used first, until they hold no more than ``size``."""
+        """Drops records until they hold no more than ``size``: each time the least recently used
+        record of the user who holds the most."""
         while self.size > size and self.records:
-            key, other = next(iter(self.records.items()))
-            self._drop(key, other)
+            holder = self.holders[self._heaviest()]
+            key, record = next(iter(holder.records.items()))
+            self._drop(key, record)
 
-    def _drop(self, key: tuple[str | None, int], record: Listed) -> None:
+    def _heaviest(self) -> str:
+        heap = self._heap
+        while True:
+            entry = heap[0]
+            holder = self.holders.get(entry[2])
+            if holder is not None and holder.heap_key(entry[2]) == entry:
+                return entry[2]
+            heapq.heappop(heap)  # a key she no longer has: pushed anew when it changed
+
+    def _push(self, user: str, holder: _Holder) -> None:
+        heapq.heappush(self._heap, holder.heap_key(user))
+        if len(self._heap) > 2 * len(self.holders) + 64:
+            self._heap = [each.heap_key(name) for name, each in self.holders.items()]
+            heapq.heapify(self._heap)
+
+    def _drop(self, key: Key, record: Listed) -> None:
         if self.records.get(key) is record:
             del self.records[key]
         if not record.dropped:
             record.dropped = True
             self.size -= record.size
+            holder = self.holders[record.owner]
+            del holder.records[key]
+            holder.weight -= record.size
+            if holder.records:
+                self._push(record.owner, holder)
+            else:  # what is left of her weight is what her entry costs (USER_COST)
+                self.size -= holder.weight
+                del self.holders[record.owner]
             record.reads.clear()
             record.last.clear()
 
     def expire(self, before: float) -> bool:
         """Drops the records not used since ``before``; True when any went (their keys must not be
-        reused either)."""
-        expired = [(key, record) for key, record in self.records.items() if record.touched < before]
-        for key, record in expired:
+        reused either). The records are in the order of their last use: the first one used since
+        ends it, and a reap looks at the expired ones and one more, not at every record. (Should the
+        wall clock step back, the records used after the step wait behind those used before it: they
+        expire late by at most the step.)"""
+        expired = False
+        while self.records:
+            key, record = next(iter(self.records.items()))
+            if record.touched >= before:
+                break
             self._drop(key, record)
-        return bool(expired)
+            expired = True
+        return expired
 
 
 __all__ = ["Listed", "ListedScopes"]

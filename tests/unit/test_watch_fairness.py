@@ -1,0 +1,325 @@
+"""One user's lists and watches push out her own list records and idle scopes first: at the records'
+bound the least recently used record of the user who holds the most goes (watch.listed.ListedScopes),
+and of the idle sources at --max-watches, those of the user whose watches made the most
+(WatchHub._make_room). Until then one user's lists of made-up namespaces dropped every other user's
+records, least recently used first (their watches 410, their clients relisting)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+
+import attrs
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from payloadtags.identity import UserInfo
+from payloadtags.watch import WatchHub
+from payloadtags.watch.listed import RECORD_COST, REPOSITORY_COST, USER_COST, Listed, ListedScopes
+from payloadtags.watch.source import ScopeSource
+from tests.unit.test_watch import FakeReader, from_list, make_hub, open_and_close, ready, watcher
+
+
+def opens(scopes: ListedScopes, user: str, scope: str, clock: Clock, sequence: int = 1) -> Listed:
+    """A list of ``scope`` by ``user`` that found room for its record."""
+    record = scopes.open(scope, sequence, clock.seconds(), user)
+    assert record is not None
+    return record
+
+
+def test_a_flooder_s_records_go_before_another_user_s() -> None:
+    clock = Clock()
+    scopes = ListedScopes(max_size=10 * RECORD_COST + 2 * USER_COST)
+    alice = opens(scopes, "alice", "team", clock)
+    assert scopes.observe(alice, "team/app", ("v1", "v2"))  # her entry, 4 + 4 + 2: 14
+    for i in range(20):
+        clock.advance(1)
+        if scopes.open(f"made-up-{i}", 1, clock.seconds(), "mallory") is None:
+            scopes.open(f"made-up-{i}", 2 + i, clock.seconds(), "mallory")  # the sequence moved on
+    # Alice's record, the least recently used of all, is kept: Mallory holds more (7 records, 32).
+    assert ("team", 1) in scopes.records and not alice.dropped
+    assert scopes.weight("alice") == 14 and scopes.weight("mallory") == USER_COST + 7 * RECORD_COST
+    assert scopes.size == 46  # the last list that found no room made it, then opened its record
+
+
+def test_another_user_s_records_go_once_the_flooder_holds_no_more_than_they_do() -> None:
+    clock = Clock()
+    scopes = ListedScopes(max_size=6 * RECORD_COST + 2 * USER_COST)
+    alice = [opens(scopes, "alice", f"team-{i}", clock) for i in range(3)]
+    clock.advance(1)
+    mallory = [opens(scopes, "mallory", f"made-up-{i}", clock) for i in range(3)]
+    assert scopes.size == scopes.max_size
+    # Mallory's record grows past the bound: she holds the most, her oldest goes (not alice's older).
+    clock.advance(1)
+    assert not scopes.observe(mallory[2], "made-up-2/x", ())
+    assert mallory[0].dropped and not any(record.dropped for record in alice)
+    assert (scopes.weight("alice"), scopes.weight("mallory")) == (16, 16)
+    # As heavy now: the one whose least recently used record is older loses it (alice's, listed first).
+    clock.advance(1)
+    assert scopes.open("made-up-3", 1, clock.seconds(), "mallory") is None
+    assert alice[0].dropped and not mallory[1].dropped
+    assert (scopes.weight("alice"), scopes.weight("mallory")) == (12, 16)
+
+
+def test_of_users_as_heavy_the_one_whose_oldest_record_is_older_loses_it() -> None:
+    clock = Clock()
+    scopes = ListedScopes(max_size=4 * RECORD_COST + 3 * USER_COST)  # room for carol's entry
+    bob = opens(scopes, "bob", "b1", clock)
+    clock.advance(1)
+    alice = opens(scopes, "alice", "a1", clock)
+    clock.advance(1)
+    later = [opens(scopes, "bob", "b2", clock), opens(scopes, "alice", "a2", clock)]
+    # bob's b1 is the oldest record; used again now, alice's a1 is: hers goes.
+    clock.advance(1)
+    assert scopes.get("b1", 1, clock.seconds()) is bob
+    assert scopes.open("c1", 1, clock.seconds(), "carol") is None
+    assert alice.dropped and not bob.dropped and not any(record.dropped for record in later)
+    assert scopes.weight("alice") == USER_COST + RECORD_COST == scopes.weight("bob") - RECORD_COST
+
+
+def test_one_user_alone_loses_her_least_recently_used_records_as_before() -> None:
+    clock = Clock()
+    scopes = ListedScopes(max_size=5 * RECORD_COST + USER_COST)
+    records = [opens(scopes, "alice", f"ns-{i}", clock) for i in range(5)]
+    clock.advance(1)
+    assert scopes.get("ns-0", 1, clock.seconds()) is records[0]  # used again: the last to go
+    clock.advance(1)
+    assert scopes.open("ns-5", 1, clock.seconds(), "alice") is None
+    assert [record.dropped for record in records] == [False, True, False, False, False]
+    assert opens(scopes, "alice", "ns-5", clock, sequence=2).size == RECORD_COST
+    # 4 + 1 more: two of hers go, the two least recently used (ns-3 itself: a read adds to a record
+    # without using it again).
+    assert not scopes.observe(records[3], "ns-3/app", ("v1",))
+    assert [record.dropped for record in records] == [False, True, True, True, False]
+    assert list(scopes.records) == [("ns-4", 1), ("ns-0", 1), ("ns-5", 2)]
+
+
+def test_the_expiry_looks_at_the_expired_records_and_stops_at_the_first_used_since() -> None:
+    clock = Clock()
+    scopes = ListedScopes()
+    old = [opens(scopes, "alice", f"old-{i}", clock) for i in range(3)]
+    clock.advance(100)
+    young = [opens(scopes, "mallory", f"young-{i}", clock) for i in range(3)]
+    clock.advance(30)
+    assert scopes.get("old-1", 1, clock.seconds()) is old[1]  # used again: young now
+    looked: list[Listed] = []
+    records = scopes.records
+
+    class Counted(OrderedDict[tuple[str | None, int], Listed]):
+        def items(self) -> Iterator[tuple[tuple[str | None, int], Listed]]:  # type: ignore[override]
+            for key, record in super().items():  # counts what the expiry is handed
+                looked.append(record)
+                yield key, record
+
+    scopes.records = Counted(records)
+    assert scopes.expire(clock.seconds() - 120)
+    assert [record.dropped for record in old] == [True, False, True]
+    assert not any(record.dropped for record in young)
+    assert looked == [old[0], old[2], young[0]]  # the two expired and the first one kept
+    assert scopes.size == 4 * RECORD_COST + 2 * USER_COST == scopes.weight("alice") + scopes.weight("mallory")
+
+
+def test_a_watch_from_another_user_s_list_is_served_from_its_record_after_a_flood() -> None:
+    """Through the hub: alice lists `team` (no source), mallory lists made-up namespaces past the
+    bound; alice's watch from her list still starts from its record (an ADDED for the tag pushed
+    since), not 410 Gone. Before, her record, the least recently used, went first."""
+    reader = FakeReader({"team/app": {"v1"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=10, idle_scope_ttl=120)
+    hub.listed = ListedScopes(max_size=10 * RECORD_COST)
+    at = listing_of(hub, "team", UserInfo(name="alice"))
+    observe = hub.observer("team", hub.versions.format(at))
+    assert observe is not None
+    observe("team/app", ("v1",))
+    for i in range(30):
+        clock.advance(0.1)
+        listing_of(hub, f"made-up-{i}", UserInfo(name="mallory"))
+    assert hub.listed.weight("mallory") >= hub.listed.max_size - hub.listed.weight("alice") - RECORD_COST
+    reader.repositories["team/app"] = {"v1", "v2"}
+    w, sink = watcher("alice")
+    assert from_list(hub, w, ready(hub, "team"), at)
+    assert [line.split()[:2] for line in sink.lines] == [[b"ADDED", b"team/app:v2"]]
+
+
+def listing_of(hub: WatchHub, namespace: str, user: UserInfo) -> int:
+    rv: list[tuple[str, Listed | None]] = []
+    Deferred.fromCoroutine(hub.open_list(namespace, user)).addCallback(rv.append)
+    assert rv and rv[0][1] is not None and rv[0][1].owner == user.name
+    sequence = hub.versions.parse(rv[0][0])
+    assert sequence is not None
+    return sequence
+
+
+def test_idle_scopes_of_the_user_whose_watches_made_the_most_go_first() -> None:
+    """With --max-watches scopes kept, a new one drops an idle one: those worth keeping (tags, a
+    watch that may read there) were dropped by age alone, so one user who opens and closes watches of
+    many namespaces she may read dropped another user's between two of his watches (review r8watch,
+    64b2f76's limitation). Now of the user who made the most kept sources first."""
+    reader = FakeReader({f"{ns}/app": {"v1"} for ns in ("team", "m0", "m1", "m2", "m3")})
+    clock = Clock()
+    hub = make_hub(reader, clock, max_watches=4, max_watches_per_user=4, resync_period=10, idle_scope_ttl=120)
+    hub.run()
+    bob, _ = watcher("bob")
+    assert hub.start(bob, ready_by(hub, "team", "bob"), since=None, timeout=None)
+    clock.advance(1)
+    since = hub.versions.current
+    bob.end("timeout", write=False)
+    for i in range(4):
+        clock.advance(0.4)
+        assert open_and_close(hub, watcher("mallory")[0], f"m{i}")
+    assert "team" in hub.sources and "m0" not in hub.sources  # her own oldest went, not bob's older one
+    again, _ = watcher("bob")
+    assert hub.start(again, ready(hub, "team"), since=since, timeout=None), "bob's resume is 410"
+    hub.stop()
+
+
+def ready_by(hub: WatchHub, namespace: str, user: str) -> ScopeSource:
+    """The scope's source made for a watch of ``user`` (its slot), as api/app.py makes it."""
+    slot = hub.admit(user)
+    got: list[object] = []
+    Deferred.fromCoroutine(hub.source(namespace, slot)).addCallback(got.append)
+    assert got
+    slot.release()
+    return hub.sources[namespace]
+
+
+# -- the bound against a model ----------------------------------------------------------------------
+
+
+@attrs.define
+class Model:
+    """What the bound keeps, made the plain way: every drop sorts the users by weight (their records'
+    sizes and their entry), then by when their least recently used record was used."""
+
+    max_size: int
+    records: dict[tuple[str, int], tuple[str, int, float]] = attrs.field(factory=dict)  # owner, used, touched
+    sizes: dict[tuple[str, int], int] = attrs.field(factory=dict)
+    uses: int = 0
+
+    def weights(self) -> dict[str, int]:
+        weights: dict[str, int] = {}
+        for key, (owner, _, _) in self.records.items():
+            weights[owner] = weights.get(owner, USER_COST) + self.sizes[key]
+        return weights
+
+    def total(self) -> int:
+        return sum(self.weights().values())
+
+    def touch(self, key: tuple[str, int], now: float) -> None:
+        owner = self.records[key][0]
+        self.uses += 1
+        self.records[key] = (owner, self.uses, now)
+
+    def victim(self) -> tuple[str, int]:
+        weights = self.weights()
+        oldest: dict[str, tuple[int, tuple[str, int]]] = {}
+        for key, (owner, used, _) in self.records.items():
+            if owner not in oldest or used < oldest[owner][0]:
+                oldest[owner] = (used, key)
+        user = min(weights, key=lambda name: (-weights[name], oldest[name][0]))
+        return oldest[user][1]
+
+    def shrink(self, size: int) -> None:
+        while self.total() > size and self.records:
+            self.drop(self.victim())
+
+    def drop(self, key: tuple[str, int]) -> None:
+        del self.records[key], self.sizes[key]
+
+
+USERS = st.sampled_from(["alice", "bob", "mallory"])
+STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("open"), USERS, st.integers(0, 5)),
+        st.tuples(st.just("touch"), st.integers(0, 50), st.integers(0, 0)),
+        st.tuples(st.just("observe"), st.integers(0, 50), st.integers(0, 12)),
+        st.tuples(st.just("expire"), st.integers(0, 50), st.integers(0, 0)),
+    ),
+    max_size=80,
+)
+
+
+@pytest.mark.property
+@settings(max_examples=300, deadline=None)
+@given(steps=STEPS, max_records=st.integers(1, 8))
+def test_the_bound_drops_as_the_plain_model_does_and_the_weights_add_up(
+    steps: list[tuple[str, object, int]], max_records: int
+) -> None:
+    """Random lists (a new record, or one joined), later pages (a record used again), reads (growing a
+    record, maybe past the bound) and expiries: the records kept are the model's, the weights per
+    user are what their records hold, and they add up to the size."""
+    clock = Clock()
+    scopes = ListedScopes(max_size=max_records * RECORD_COST + USER_COST + 3)
+    model = Model(scopes.max_size)
+    sequence = 1
+    for kind, first, second in steps:
+        clock.advance(1)
+        now = clock.seconds()
+        kept = sorted(model.records)
+        if kind == "open":
+            assert isinstance(first, str)
+            key = (f"ns-{second}", sequence)
+            cost = RECORD_COST + (0 if first in model.weights() else USER_COST)
+            record = scopes.open(key[0], sequence, now, first)
+            if key in model.records:
+                model.touch(key, now)
+                assert record is not None
+            elif model.total() + cost > model.max_size:
+                model.shrink(model.max_size - cost)
+                assert record is None
+                sequence += 1  # as the hub moves on: a key is never opened again
+            else:
+                model.uses += 1
+                model.records[key] = (first, model.uses, now)
+                model.sizes[key] = RECORD_COST
+                assert record is not None
+        elif kind == "touch" and kept:
+            assert isinstance(first, int)
+            key = kept[first % len(kept)]
+            assert scopes.get(*key, now) is not None
+            model.touch(key, now)
+        elif kind == "observe" and kept:
+            assert isinstance(first, int)
+            key = kept[first % len(kept)]
+            record = scopes.records[key]
+            tags = tuple(f"t{i}" for i in range(second % 5))
+            before = record.size
+            fits = scopes.observe(record, f"{key[0]}/r{second // 5}", tags)
+            model.sizes[key] += record.size - before  # a dropped record keeps its size
+            if model.total() > model.max_size:
+                assert not fits
+                model.shrink(model.max_size)
+                if model.total() > model.max_size:
+                    model.drop(key)
+            else:
+                assert fits
+        elif kind == "expire":
+            assert isinstance(first, int)
+            since = now - first
+            gone = [key for key, (_, _, touched) in model.records.items() if touched < since]
+            for key in gone:
+                model.drop(key)
+            assert scopes.expire(since) == bool(gone)
+        assert set(scopes.records) == set(model.records)
+        held = sum(record.size for record in scopes.records.values())
+        assert scopes.size == held + USER_COST * len(scopes.holders) <= scopes.max_size
+        assert {user: scopes.weight(user) for user in model.weights()} == model.weights()
+        assert set(scopes.holders) == set(model.weights())
+        assert sum(holder.weight for holder in scopes.holders.values()) == scopes.size
+        for user, holder in scopes.holders.items():
+            mine = [key for key in scopes.records if scopes.records[key].owner == user]
+            assert list(holder.records) == mine  # her records in the order of all records' uses
+        assert list(scopes.records) == sorted(model.records, key=lambda key: model.records[key][1])
+
+
+def test_repository_costs_count_for_the_record_s_owner() -> None:
+    clock = Clock()
+    scopes = ListedScopes()
+    record = opens(scopes, "alice", "team", clock)
+    scopes.observe(record, "team/a", ())
+    scopes.observe(record, "team/b", ("v1",))
+    assert scopes.weight("alice") == USER_COST + RECORD_COST + 2 * REPOSITORY_COST + 1 == scopes.size
+    assert scopes.weight("bob") == 0
