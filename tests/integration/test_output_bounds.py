@@ -12,6 +12,7 @@ the whole list: the server paused, it did not cut.
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,10 @@ from twisted.internet.threads import deferToThread
 from zope.interface import directlyProvides, providedBy
 
 from payloadtags.http.channel import GuardedTLS
+from payloadtags.watch.watcher import Watcher
 from tests.support import images
 from tests.support.harness import Pki, start_server
+from tests.support.logcapture import collected_logs
 from tests.support.raw import Reply, Target, read_reply, request_bytes
 
 B = "/apis/payload-registry.deckhouse.io/v1alpha1"
@@ -134,6 +137,61 @@ async def test_a_watch_that_is_not_read_is_paced_and_holds_little(
     assert added == TAGS
     assert size > 6 * BOUND
     assert largest.value < BOUND, (largest.value, size)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failure_in_a_watchs_opening_written_as_a_slow_client_reads_is_the_watchs_error(
+    api: Any, reactor: Any, big_namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rest of a watch's opening to a client that reads slowly is written when the transport
+    resumes the watcher. A render bug there (injected: the first line rendered after the transport
+    paused the watcher) ends the watch counted as an error, its stream cut before the initial events
+    end; it is not raised into Twisted, which dropped the connection as "client gone" (review
+    r10watch L2)."""
+    paused: set[int] = set()
+    pause, line = Watcher.pauseProducing, Watcher._line
+
+    def noted(watcher: Watcher) -> None:
+        paused.add(id(watcher))
+        pause(watcher)
+
+    def failing(watcher: Watcher, event: Any, rendered: Any = None) -> bytes:
+        if id(watcher) in paused and not watcher.paused:
+            raise ValueError("a render bug")
+        return line(watcher, event, rendered)
+
+    monkeypatch.setattr(Watcher, "pauseProducing", noted)
+    monkeypatch.setattr(Watcher, "_line", failing)
+    client = api.client(api.pki.admin)
+
+    async def ended(reason: str) -> float:
+        text = (await client.get("/metrics")).body.decode()
+        start = f'payloadtags_watches_ended_total{{reason="{reason}"}} '
+        return sum(float(row.rsplit(" ", 1)[1]) for row in text.splitlines() if row.startswith(start))
+
+    errors, gone = await ended("error"), await ended("client gone")
+    t = Target(api.running.port, str(api.pki.server_ca.cert_file))
+    path = f"{B}/namespaces/{big_namespace}/payloadrepositorytags?watch=true&sendInitialEvents=true"
+    path += "&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true"
+
+    def slow_reader() -> bytes:
+        with t.connect(api.pki.admin, timeout=60, receive_buffer=4096) as sock:
+            sock.sendall(request_bytes("GET", path))
+            time.sleep(1.0)  # not reading: the transport pauses the watcher
+            data = bytearray()
+            try:
+                while chunk := sock.recv(1 << 16):
+                    data += chunk
+            except (ConnectionResetError, ssl.SSLError):
+                pass  # the stream cut
+            return bytes(data)
+
+    with collected_logs() as logged:
+        data = await deferToThread(slow_reader)
+    assert paused and b'"type":"ADDED"' in data and b"k8s.io/initial-events-end" not in data
+    assert (await ended("error"), await ended("client gone")) == (errors + 1, gone)
+    failures = [event for event in logged if "log_failure" in event]
+    assert [event["log_format"] for event in failures] == ["writing a watch's stream failed; dropping it"]
 
 
 class _Recording:

@@ -2428,6 +2428,35 @@ def test_with_a_clock_a_failure_in_a_later_piece_ends_the_watch_as_an_error() ->
     assert len(sink.lines) == written and not w.buffer
 
 
+def test_a_failure_in_a_piece_written_on_the_transports_resume_ends_the_watch_as_an_error() -> None:
+    """A client that reads slowly pauses the watcher mid-opening; the rest is written when the transport
+    resumes it. A bug there is the watch's failure, logged and counted as an error, not raised into the
+    transport (which would log it as Twisted's own and drop the connection as "client gone"; review
+    r10watch L2)."""
+    clock = Clock()
+    w, _ = watcher()
+    w.clock = clock
+    sink = PushingBackSink(watcher=w)
+    w.sink = sink
+    ended: list[Watcher] = []
+    w.on_close.append(ended.append)
+
+    def failing(event: Event) -> bytes:
+        if event.sequence == 6:
+            raise ValueError("a bug")
+        return render(event)
+
+    w.render = failing
+    w.begin(Event(i, EventType.ADDED, TagRef("team", "app", f"t{i:05d}")) for i in range(100))
+    assert len(sink.lines) == 4 and w.paused and w.opening is not None and not clock.getDelayedCalls()
+    with capturedLogs() as logged:
+        w.resumeProducing()  # the client read 4 lines: the transport resumes the watcher
+    assert w.closed and w.reason == "error" and sink.aborted and ended == [w]
+    assert len(sink.lines) == 6
+    assert w.opening is None and w._piece is None and not clock.getDelayedCalls()
+    assert [event for event in logged if "log_failure" in event]
+
+
 def test_a_watch_whose_client_does_not_read_holds_no_copy_of_the_scope() -> None:
     """Clients that start a watch and never read it hold, each, a line of what it starts with and the
     list of the scope's repositories, not a reference for every tag of the scope; what they are sent

@@ -337,7 +337,7 @@ class Watcher:
 
     def resumeProducing(self) -> None:
         self.paused = False
-        self._pump()
+        self._pump_or_end()
 
     def _pump(self) -> None:
         if self._piece is not None:
@@ -363,12 +363,19 @@ class Watcher:
 
     def _next_piece(self) -> None:
         self._piece = None
+        self._pump_or_end()
+
+    def _pump_or_end(self) -> None:
+        """``_pump`` where nothing above would end the watch on a failure: cut it, counted as an error;
+        the client relists."""
         try:
             self._pump()
         except Exception:
-            # Raised from a delayed call, nothing above would end the watch: it would stay open with
-            # no piece to come and its client waiting (review r9stall N1). Cut it; the client relists.
-            log.failure("writing a watch's opening failed; dropping it")
+            # From a delayed call the watch would stay open with no piece to come and its client
+            # waiting (review r9stall N1). From the transport's resume (a client that reads slowly)
+            # Twisted would log it as its own and drop the connection, counted as "client gone"
+            # (review r10watch L2).
+            log.failure("writing a watch's stream failed; dropping it")
             self.end("error", abort=True)
 
     def stopProducing(self) -> None:
