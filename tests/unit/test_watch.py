@@ -2521,6 +2521,38 @@ def test_every_reason_a_watch_ends_with_is_documented_with_its_metric() -> None:
     assert {reason for reason in reasons if f"`{reason}`" not in row} == set()
 
 
+# Where the watch core ends a watch as an "error", and the words that name that case in docs/metrics.md.
+_ERROR_CASES = {
+    "start": "failed to start",
+    "_pump_or_end": "failed while what it starts with was written",
+    "check_access": "could not be checked after an access change",
+}
+
+
+def test_every_way_a_watch_ends_as_an_error_is_named_with_its_metric() -> None:
+    """``reason="error"`` counts unrelated failures: docs/metrics.md names each, so that an operator
+    reading the counter knows what it may mean (review r10watch N3: a failed later piece of an opening
+    was not named). A new ``end("error")`` fails here until its case is named there and here."""
+    root = Path(__file__).resolve().parents[2]
+    ending: set[str] = set()
+    for module in (root / "src/payloadtags/watch").glob("*.py"):
+        for function in ast.walk(ast.parse(module.read_text())):
+            if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef) and any(
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "end"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and node.args[0].value == "error"
+                for node in ast.walk(function)
+            ):
+                ending.add(function.name)
+    assert ending == set(_ERROR_CASES)
+    (row,) = [line for line in (root / "docs/metrics.md").read_text().splitlines() if "watches_ended" in line]
+    error = row[row.index("`error`") :]
+    assert [words for words in _ERROR_CASES.values() if words not in error] == []
+
+
 def test_a_grant_while_the_snapshot_is_unwritten_ends_the_watch_rather_than_show_a_deleted_tag() -> None:
     """alice (app only) starts a watch from the snapshot, her client not reading yet. team/secret's
     last tag is deleted (hidden from her: dropped), then she is granted secret. The unwritten
