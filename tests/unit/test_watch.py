@@ -2399,6 +2399,33 @@ def test_with_a_clock_a_selective_watch_examines_a_bounded_number_of_events_per_
     assert len(per_turn) >= 4 and max(per_turn) <= _WRITE_BYTES // _EXAMINED + 1, per_turn
 
 
+def test_with_a_clock_written_events_count_as_examined_too() -> None:
+    """Each event of an opening counts as examined whether it is written or not: a full watch of short
+    lines examines per turn no more events than a selective one, about a thousand (docs/watch.md),
+    not the 2,400 and more of its lines of at most 27 bytes that fill a piece's bytes (review r10watch N4)."""
+    clock = Clock()
+    w, sink = watcher()
+    w.clock = clock
+    examined = [0]
+
+    def accept(ref: TagRef) -> bool:
+        examined[0] += 1
+        return True
+
+    w.accept = accept
+    events = [Event(i, EventType.ADDED, TagRef("team", "app", f"t{i:05d}")) for i in range(5000)]
+    assert len(render(events[-1])) <= 27
+    w.begin(iter(events))
+    per_turn = [examined[0]]
+    while clock.getDelayedCalls():
+        before = examined[0]
+        one_turn(clock)
+        per_turn.append(examined[0] - before)
+    assert [line + b"\n" for line in sink.lines] == list(map(render, events))
+    assert sum(per_turn) == 5000 and w.opening is None and not w.closed
+    assert max(per_turn) <= _WRITE_BYTES // _EXAMINED + 1, per_turn
+
+
 def test_with_a_clock_a_failure_in_a_later_piece_ends_the_watch_as_an_error() -> None:
     """A bug while a later piece of the opening is rendered (raised from a delayed call, where nothing
     else would end the watch) cuts the watch, logged, rather than leaving it open and silent with its
