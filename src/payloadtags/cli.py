@@ -251,9 +251,17 @@ class _Parser(argparse.ArgumentParser):
     ) -> tuple[argparse.Namespace, list[str]]:
         self.given = tuple(sys.argv[1:] if args is None else args)
         if self._subparsers is None:  # a command's parser (the top-level one passes the rest on)
-            unknown = self._unknown_flags(sys.argv[1:] if args is None else args)
+            unknown = self._unknown_flags(self.given)
             if unknown:
                 self.error(f"unrecognized arguments: {' '.join(unknown)}")
+        else:
+            for arg in self.given:
+                if arg == "--" or not arg.startswith("-"):
+                    break  # the command
+                if self._parse_optional(arg) is None:
+                    # argparse takes an unknown flag with a space in it (``--password=a b``) for the
+                    # command, and would quote it whole as an invalid one.
+                    self.error(f"unrecognized arguments: {_unknown_flag_named(arg, self._flags())}")
         return super().parse_known_args(args, namespace)
 
     def _unknown_flags(self, args: Sequence[str]) -> list[str]:
@@ -276,8 +284,20 @@ class _Parser(argparse.ArgumentParser):
                 continue
             spelt = name.replace("_", "-").lower()
             near = [spelt] if spelt in shown else difflib.get_close_matches(spelt, shown, n=1)
-            unknown.append(f"{arg} (did you mean {near[0]}?)" if near else arg)
+            said = _unknown_flag_named(arg, self._flags())
+            unknown.append(f"{said} (did you mean {near[0]}?)" if near else said)
         return unknown
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        """argparse's own, but an unknown flag before the command is named as a command's is."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            flags = self._flags()
+            named = (_unknown_flag_named(arg, flags) for arg in extras)
+            self.error(f"unrecognized arguments: {' '.join(named)}")
+        return parsed
 
     def error(self, message: str) -> NoReturn:
         redacted = _without_passwords(message, self.given, self._flags())
@@ -292,6 +312,27 @@ class _Parser(argparse.ArgumentParser):
                 for command in action.choices.values():
                     flags |= command._flags() if isinstance(command, _Parser) else set()
         return flags
+
+
+def _unknown_flag_named(arg: str, flags: Set[str]) -> str:
+    """An unknown ``--name=value`` named as pflag names it, by ``--name`` alone (review r10cfg L4): the
+    value typed into a flag that does not exist may be a password (``--registry-password=…`` for
+    ``--registry-password-file``), and the message goes to the pod's log.
+
+    The name ends at the first ``=`` or white space (a manifest's one-string ``"--flag value"``). Before
+    a value with an ``@`` it may end in user information glued to a flag's name
+    (``--registry-urlal1ce=pw@host``, review r4cfg N4): it is not said at all. An argument with
+    neither, or whose name is one of the ``flags`` (a command's flag before the command, a one-string
+    ``"--registry-url URL"``), is said as typed, where the value is no secret typed in the wrong place;
+    `_without_passwords` then redacts its user information."""
+    parts = _NAME_END.split(arg, maxsplit=1)
+    if not arg.startswith("-") or len(parts) == 1 or parts[0] in flags:
+        return arg
+    name, value = parts
+    return name if "@" not in value else "<redacted>"
+
+
+_NAME_END = re.compile(r"[=\s]")
 
 
 def _without_passwords(message: str, given: Sequence[str] = (), flags: Set[str] = frozenset()) -> str:

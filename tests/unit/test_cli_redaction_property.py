@@ -138,3 +138,44 @@ def test_the_redaction_never_shows_what_the_plain_rule_redacts(
         if every_at(message, given) - redacted:
             shown.append((given, message))
     assert shown == []
+
+
+# Names of flags that do not exist: a slip for a real one (the likeliest way a secret reaches one), or any
+# (but a real short flag with its value glued to it, `-hx`).
+REAL_FLAGS = cli._parser()._flags()  # type: ignore[attr-defined]
+SLIPS = ["--registry-password", "--registry-username", "--token", "--password", "--registry_url"]
+UNKNOWN_NAMES = st.one_of(
+    st.sampled_from(SLIPS), st.from_regex(r"--?[a-z][a-z_-]{0,15}", fullmatch=True)
+).filter(lambda name: name not in REAL_FLAGS and name[:2] not in REAL_FLAGS)
+URL = "--registry-url=http://127.0.0.1:5000"
+
+
+@st.composite
+def unknown_flags_with_values(draw: st.DrawFn) -> list[str]:
+    """One or two unknown ``--name=value`` whose values hold the MARKS, before or after the command."""
+    piece = st.text(alphabet=SPECIAL + "ab\u00e9\u00a0\u2028\uff20", max_size=6)
+    typed = [
+        f"{draw(UNKNOWN_NAMES)}=PW{draw(piece)}MM{draw(piece)}QX" for _ in range(draw(st.integers(1, 2)))
+    ]
+    where = draw(st.sampled_from(["after", "before", "alone"]))
+    return {"after": ["serve", URL, *typed], "before": [*typed, "serve", URL], "alone": ["serve", *typed]}[
+        where
+    ]
+
+
+@settings(max_examples=300)
+@given(unknown_flags_with_values())
+@example(["serve", URL, "--registry-password=PWhunter2MMQX"])
+@example(["--registry-password=PWhunter2MMQX", "serve", URL])
+# argparse takes an unknown flag with a space in it before the command for the command (an invalid one).
+@example(["--registry-password=PW hunter2MMQX", "serve", URL])
+# A manifest's one-string "--flag value".
+@example(["serve", URL, "--registry-password PWhunter2MMQX"])
+@example(["--registry-password\tPWhunter2MMQX", "serve", URL])
+def test_no_message_shows_the_value_of_an_unknown_flag(argv: list[str]) -> None:
+    # review r10cfg L4: `--registry-password=hunter2` (for --registry-password-file) was echoed whole to
+    # the pod's log; pflag, which Kubernetes components use, names the flag alone ("unknown flag: --x").
+    text = said(argv)
+    assert "Traceback" not in text and "unrecognized arguments" in text, (argv, text)
+    for mark in MARKS:
+        assert mark not in text, (argv, text)
