@@ -33,6 +33,7 @@ from payloadtags.settings import (
 )
 from payloadtags.tls import CIPHER_SUITES
 from payloadtags.validators import (
+    AT_SIGNS,
     address_problem,
     at_in_authority,
     has_userinfo,
@@ -329,7 +330,7 @@ def _unknown_flag_named(arg: str, flags: Set[str]) -> str:
     if not arg.startswith("-") or len(parts) == 1 or parts[0] in flags:
         return arg
     name, value = parts
-    return name if "@" not in value else "<redacted>"
+    return "<redacted>" if any(at in value for at in AT_SIGNS) else name
 
 
 _NAME_END = re.compile(r"[=\s]")
@@ -345,9 +346,14 @@ def _without_passwords(message: str, given: Sequence[str] = (), flags: Set[str] 
     the ``flags`` and its ``=``). An echo of any part of it ends right before that ``@``, so before each
     ``@`` of the message the longest end of any argument's user information, as typed or escaped, is
     redacted, however the message quotes, splits or joins the arguments. Then each word, for an ``@``
-    no argument gave."""
-    message = _echoes_redacted(message, given, flags)
+    no argument gave. A full-width or small at sign counts as an ``@`` (`AT_SIGNS`), and is shown as
+    one."""
+    message = message.translate(_AS_AT)
+    message = _echoes_redacted(message, [arg.translate(_AS_AT) for arg in given], flags)
     return " ".join(word if "<redacted>@" in word else _redacted(word, flags) for word in message.split(" "))
+
+
+_AS_AT = str.maketrans(dict.fromkeys(AT_SIGNS, "@"))
 
 
 def _echoes_redacted(message: str, given: Sequence[str], flags: Set[str]) -> str:
@@ -1157,7 +1163,7 @@ def _report(errors: Sequence[str], args: argparse.Namespace | None = None) -> in
     echoes = {
         form
         for value in values
-        if "@" in value
+        if any(at in value for at in AT_SIGNS)
         for path in (value, str(Path(value)))
         for form in _escaped_forms(path)
     }

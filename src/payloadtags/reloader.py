@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from payloadtags.validators import without_userinfo
+from payloadtags.validators import AT_SIGNS, without_userinfo
 
 log = Logger()
 
@@ -81,6 +81,7 @@ class FileWatcher:
         (--tls-cert-file=https://user:pw@h/tls.crt is read under the working directory), and a reload's
         error names the file as given. The longest first: a shorter path inside a longer one, redacted
         first, would leave the longer one's start shown and the longer one no longer found."""
-        for path in sorted((p for p in self.paths if "@" in p), key=len, reverse=True):
+        held = (p for p in self.paths if any(at in p for at in AT_SIGNS))
+        for path in sorted(held, key=len, reverse=True):
             message = message.replace(path, without_userinfo(path))
         return message

@@ -107,13 +107,19 @@ def address_problem(parts: SplitResult) -> str | None:
     return None
 
 
+# '@' and the two characters NFKC normalization makes one of (U+FF20 full-width, U+FE6B small), as a
+# CJK input method may type it: urlsplit refuses a netloc holding them as it would user information,
+# and its error quotes the netloc whole, with the password before one (review r10cfg L3).
+AT_SIGNS = "@\uff20\ufe6b"
+
+
 def userinfo_span(url: str) -> tuple[int, int]:
     """Where a URL's possible ``user:password`` starts and ends (empty when it has no ``@``): from the
     authority's start (after ``http://`` or ``https://``; a URL without either is taken as authority
-    first) to the last ``@`` anywhere after it. The authority ends at the first ``/``, ``?`` or ``#``
-    for urlsplit and Go's url.Parse alike, but a password may hold those unencoded (base64 ones hold
-    ``/``): an ``@`` after them may still end a password, which the URL's host (a port that is not
-    one) would then show."""
+    first) to the last ``@`` (or another of `AT_SIGNS`) anywhere after it. The authority ends at the
+    first ``/``, ``?`` or ``#`` for urlsplit and Go's url.Parse alike, but a password may hold those
+    unencoded (base64 ones hold ``/``): an ``@`` after them may still end a password, which the URL's
+    host (a port that is not one) would then show."""
     start = url.find("//")
     # Only a "//" right after http: or https: (or at the start) opens the authority: in
     # "user:pa//ss@host" it is inside the password, and in "user://pass@host" (a base64 password may
@@ -121,13 +127,13 @@ def userinfo_span(url: str) -> tuple[int, int]:
     # scheme is refused anyway, with all before its last "@" redacted.
     opens = start >= 0 and url[:start].lower() in ("", "http:", "https:")
     start = start + 2 if opens else 0
-    return start, max(url.rfind("@", start), start)
+    return start, max(start, *(url.rfind(at, start) for at in AT_SIGNS))
 
 
 def has_userinfo(url: str) -> bool:
     """Whether a URL may carry ``user[:password]@`` before its host."""
     start, end = userinfo_span(url)
-    return end > start or url.startswith("@", start)
+    return end > start or url.startswith(tuple(AT_SIGNS), start)
 
 
 def at_in_authority(url: str) -> bool:
@@ -135,7 +141,8 @@ def at_in_authority(url: str) -> bool:
     information as URL parsers read it, rather than an ``@`` that only may end a password."""
     start = userinfo_span(url)[0]
     ends = [found for found in (url.find(c, start) for c in "/?#") if found >= 0]
-    return "@" in url[start : min(ends, default=len(url))]
+    authority = url[start : min(ends, default=len(url))]
+    return any(at in authority for at in AT_SIGNS)
 
 
 def without_userinfo(url: str) -> str:
@@ -146,6 +153,7 @@ def without_userinfo(url: str) -> str:
 
 
 __all__ = [
+    "AT_SIGNS",
     "address_problem",
     "at_in_authority",
     "bounded_decimal",

@@ -293,6 +293,19 @@ def test_usage_errors(argv, message):
         (["--registry-host=https://al1ce:s3cret@reg.example"], "without user:password@"),
         (["--registry-host=al1ce:[s3cret]@reg.example"], "without user:password@"),
         (["--registry-host=al1ce:s3//cret@reg.example"], "-host '<redacted>@reg.example' must be"),
+        # review r10cfg L3: an at sign typed full-width (U+FF20) or small (U+FE6B), which NFKC makes '@':
+        # urlsplit's refusal quoted the netloc whole.
+        (
+            ["--registry-url=https://al1ce:s3cret\uff20reg.example"],
+            "'https://<redacted>\uff20reg.example' must",
+        ),
+        (
+            ["--registry-url=https://al1ce:s3cret\ufe6breg.example"],
+            "'https://<redacted>\ufe6breg.example' must",
+        ),
+        (["--registry-url=https://al1ce:s3/cret\uff20reg.example"], "has an '@' after its host"),
+        (["--registry-host=al1ce:s3cret\uff20reg.example"], "-host '<redacted>\uff20reg.example' must be"),
+        (["--registry-host=al1ce:s3cret\ufe6breg"], "-host '<redacted>\ufe6breg' must be"),
     ],
 )
 def test_no_message_shows_a_password_given_in_a_registry_flag(argv, message):
@@ -329,6 +342,19 @@ def test_no_message_shows_a_password_given_in_a_registry_flag(argv, message):
         (["serve", "--registry-url\thttps://al1ce:s3cret@reg.example"], "arguments: <redacted>@reg.example"),
         # A manifest's one-string "--flag URL", the password holding a space.
         (["serve", "--registry-url https://al1ce:s3c ret@reg.example"], "arguments: <redacted>@reg.example"),
+        # review r10cfg L3: an at sign typed full-width or small counts as one (shown as '@').
+        (
+            ["serve", "--registry-url=http://x", "https://al1ce:s3cret\uff20reg.example"],
+            "https://<redacted>@reg",
+        ),
+        (
+            ["serve", "--registry-url=http://x", "--registry-url:al1ce:s3cret\ufe6breg"],
+            "arguments: <redacted>@reg",
+        ),
+        (
+            ["serve", "--registry-url=http://x", "--registry_urlal1ce=s3cret\uff20reg"],
+            "arguments: <redacted> (did",
+        ),
         # A value beginning with '-', left over as an unknown flag.
         (["serve", "--registry-url=http://r", "--registry-host", "-al1ce:s3cret@reg"], "<redacted>@reg"),
         # An '=' in the password: what stands before it is no flag's name.

@@ -40,8 +40,10 @@ def serving_watcher(clock: Clock, cert_file: str, key_file: str) -> FileWatcher:
         ("https://al1ce:s3cret@r", "https://<redacted>@r"),
         ("https://al1ce:s3/cret@r", "https://<redacted>@r"),
         ("al1ce:s3cret@r", "<redacted>@r"),
+        # review r10cfg L3: an at sign typed full-width, which NFKC makes '@'.
+        ("https://al1ce:s3cret\uff20r", "https://<redacted>\uff20r"),
     ],
-    ids=["url", "slash-in-password", "no-scheme"],
+    ids=["url", "slash-in-password", "no-scheme", "full-width-at"],
 )
 def test_a_url_given_to_a_watched_file_flag_is_logged_without_its_password(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, redacted: str
@@ -67,7 +69,7 @@ def test_a_url_given_to_a_watched_file_flag_is_logged_without_its_password(
     shown = "\n".join(lines + [json.dumps(klog_record(event)) for event in events])
     assert "al1ce" not in shown and "cret" not in shown, shown
     redacted_cert, redacted_key = f"{redacted}/tls.crt", f"{redacted}.key"
-    prefix = "serving certificate: cannot load the changed files tls.crt, <redacted>@r.key: "
+    prefix = f"serving certificate: cannot load the changed files tls.crt, <redacted>{redacted[-2:]}.key: "
     assert lines == [
         f"{prefix}--tls-cert-file {redacted_cert}: not a PEM certificate bundle (cannot parse it); "
         "keeping the previous ones",

@@ -638,6 +638,10 @@ def test_insecure_beside_a_ca_is_refused_as_client_go_does(tmp_path: Path, ca: d
         "https://admin:PASSWORD@kube_example:6443",
         "https://admin:PASSWORD@[::1:6443",
         "admin:PASSWORD@kube.example:6443",
+        # review r10cfg L3: an at sign typed full-width (U+FF20) or small (U+FE6B), which NFKC makes
+        # '@': urlsplit's refusal quoted the netloc whole.
+        "https://admin:PASSWORD\uff20kube.example:6443",
+        "https://admin:PASSWORD\ufe6bkube.example:6443",
     ],
 )
 def test_a_server_with_credentials_is_refused_without_showing_them(tmp_path: Path, server: str) -> None:
