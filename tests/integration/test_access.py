@@ -815,12 +815,13 @@ async def test_denied_repositories_are_not_read(rbac_server, kube_api, registry,
 # --- non-resource URLs --------------------------------------------------------------------------------
 
 
-def grant_paths(kube_api: KubeApiDouble, user: str, role: str, paths: list[str]) -> None:
-    """A ClusterRole ``role`` allowing GET on the non-resource URLs ``paths``, and a binding of it (of the
-    same name) to ``user``."""
-    kube_api.store.create(
-        CLUSTERROLES, {"metadata": {"name": role}, "rules": [{"nonResourceURLs": paths, "verbs": ["get"]}]}
-    )
+def grant_paths(
+    kube_api: KubeApiDouble, user: str, role: str, paths: list[str], verbs: tuple[str, ...] = ("get",)
+) -> None:
+    """A ClusterRole ``role`` allowing ``verbs`` (GET) on the non-resource URLs ``paths``, and a binding of
+    it (of the same name) to ``user``."""
+    rules = [{"nonResourceURLs": paths, "verbs": list(verbs)}]
+    kube_api.store.create(CLUSTERROLES, {"metadata": {"name": role}, "rules": rules})
     kube_api.store.create(
         CLUSTERROLEBINDINGS,
         {
@@ -931,6 +932,46 @@ async def test_rbac_matches_non_resource_urls_against_the_decoded_path(
         "/healthz/%6cog": 'forbidden: User "prober" cannot get path "/healthz/log"',
         "/m%65trics": 'forbidden: User "prober" cannot get path "/metrics"',
     }
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_head_of_a_health_or_metrics_path_is_authorized_as_the_verb_head(
+    make_server, registry, kube_api, kube_kubeconfig, pki
+):
+    # Review r10cfg L1: a HEAD was authorized as `get`. k8s.io/apiserver's RequestInfoFactory gives a
+    # non-resource request the verb strings.ToLower(req.Method): a grant of `get` alone refuses a HEAD
+    # there, and one of `head` alone serves it.
+    server: ServerUnderTest = await make_server(
+        registry, kubeconfig=str(kube_kubeconfig), authorization_mode="RBAC", always_allow_paths=("/livez",)
+    )
+    users = {"getter": pki.client_ca.client("getter"), "header": pki.client_ca.client("header")}
+    grant_paths(kube_api, "getter", "get-checks", ["/healthz/ping", "/metrics"], verbs=("get",))
+    grant_paths(kube_api, "header", "head-checks", ["/healthz/ping", "/metrics"], verbs=("head",))
+
+    async def granted() -> bool:
+        return (await server.client(users["getter"]).get("/healthz/ping")).code == 200
+
+    assert await eventually(granted, within=30) is True
+    target = Target(server.running.port, str(server.pki.server_ca.cert_file))
+    replies = {
+        (name, method, path): await threads.deferToThread(exchange, target, request_bytes(method, path), user)
+        for name, user in users.items()
+        for method in ("GET", "HEAD")
+        for path in ("/healthz/ping", "/metrics")
+    }
+    assert {key: reply.code for key, reply in replies.items()} == {
+        ("getter", "GET", "/healthz/ping"): 200,
+        ("getter", "GET", "/metrics"): 200,
+        ("getter", "HEAD", "/healthz/ping"): 403,
+        ("getter", "HEAD", "/metrics"): 403,
+        ("header", "GET", "/healthz/ping"): 403,
+        ("header", "GET", "/metrics"): 403,
+        ("header", "HEAD", "/healthz/ping"): 200,
+        ("header", "HEAD", "/metrics"): 200,
+    }
+    assert replies["header", "GET", "/metrics"].json()["message"] == (
+        'forbidden: User "header" cannot get path "/metrics"'
+    )
 
 
 @pytest_twisted.ensureDeferred

@@ -985,8 +985,12 @@ class ApiServer:
         # served as the check `ping`, was refused to a user granted `/healthz/ping`), as kube-apiserver
         # authorizes Go's decoded URL.Path. Both read the same string, so a grant opens what it names.
         path = unquote_to_bytes(request.path).decode("utf-8", "replace")
-        if not self.path_authorizer.allowed_path(user, "get", path):
-            raise ApiError(403, "Forbidden", f'forbidden: User "{user.name}" cannot get path "{path}"')
+        # The method lowercased, as k8s.io/apiserver's RequestInfoFactory names a non-resource request's
+        # verb: a HEAD is `head`, which a grant of `get` does not allow (review r10cfg L1; only a
+        # resource request's HEAD is `get`).
+        verb = request.method.decode("ascii", "replace").lower()
+        if not self.path_authorizer.allowed_path(user, verb, path):
+            raise ApiError(403, "Forbidden", f'forbidden: User "{user.name}" cannot {verb} path "{path}"')
 
     async def _metrics(self, request: IRequest, user: UserInfo | None = None) -> bytes:
         if user is None or not set(self.metrics_groups) & set(user.groups):
