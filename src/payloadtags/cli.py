@@ -218,9 +218,15 @@ def _cipher_suites(text: str) -> tuple[str, ...]:
 
 def _paths(text: str) -> tuple[str, ...]:
     paths = _list(text)
-    bad = _bad(text, paths, lambda path: not path.startswith("/"))
-    if bad:
-        raise argparse.ArgumentTypeError(f"paths must start with '/': {bad}")
+    unrooted = _bad(text, paths, lambda path: not path.startswith("/"))
+    # k8s.io/apiserver's path authorizer refuses these ("only trailing * allowed"): `/healthz/**` or
+    # `/readyz/*x` would open nothing here, silently (review r10cfg L2).
+    starred = _bad(text, paths, lambda path: "*" in path[:-1])
+    problems = [f"paths must start with '/': {unrooted}"] if unrooted else []
+    if starred:
+        problems.append(f"only a trailing '*' is allowed, as in kube-apiserver: {starred}")
+    if problems:
+        raise argparse.ArgumentTypeError("; ".join(problems))
     return paths
 
 

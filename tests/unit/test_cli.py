@@ -268,6 +268,21 @@ def test_usage_errors(argv, message):
     assert len(raised.value.errors) == 1
 
 
+def test_an_always_allowed_path_with_a_star_before_its_end_is_refused():
+    # review r10cfg L2: k8s.io/apiserver's path authorizer refuses a '*' before an entry's last
+    # character ("only trailing * allowed"); here `/healthz/**` or `/readyz/*x` opened nothing, silently.
+    value = "/livez/*,/healthz/**,/readyz/*x,**"
+    args = _parser().parse_args(
+        ["serve", "--registry-url=http://x", f"--authorization-always-allow-paths={value}"]
+    )
+    with pytest.raises(UsageError) as raised:
+        settings_from(args)
+    assert raised.value.errors == [
+        f"--authorization-always-allow-paths={value}: paths must start with '/': **; only a trailing '*' "
+        "is allowed, as in kube-apiserver: /healthz/**, /readyz/*x, **"
+    ]
+
+
 # review r2b F1: a password in --registry-url was echoed by every other message, and the /v2 and path
 # advice even gave it back ("give https://al1ce:s3cret@reg.example"). Each of these went through one
 # path that echoed the URL (or a piece urlsplit parsed out of it: its path, its bracketed "host").

@@ -653,6 +653,39 @@ def test_non_resource_urls_count_only_through_cluster_role_bindings() -> None:
     assert not index.allowed_path(scraper, "get", "/metrics")
 
 
+@pytest.mark.parametrize(
+    ("urls", "allowed", "refused"),
+    [
+        (["/healthz/**"], ["/healthz/ping", "/healthz/", "/healthz/**"], ["/healthz", "/metrics"]),
+        (["**"], ["/metrics", "/healthz/ping", "/"], []),
+        (["/readyz*"], ["/readyz", "/readyz/ping", "/readyzx"], ["/healthz"]),
+        (["/readyz/*x"], ["/readyz/*x"], ["/readyz/ax", "/readyz/x"]),  # no '*' inside: exact only
+    ],
+)
+def test_non_resource_urls_lose_every_trailing_star_as_in_kube_apiserver(
+    urls: list[str], allowed: list[str], refused: list[str]
+) -> None:
+    # Review r10cfg L2: RBAC's NonResourceURLMatches trims every trailing '*' (strings.TrimRight), and
+    # RBAC's validation accepts `/healthz/**` and `**`; they opened nothing here.
+    from payloadtags.access.authn import UserInfo
+    from payloadtags.access.rbac import RbacIndex
+
+    index = RbacIndex()
+    index.replace(
+        "ClusterRole", [{"metadata": {"name": "r"}, "rules": [{"nonResourceURLs": urls, "verbs": ["get"]}]}]
+    )
+    ref = {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "r"}
+    index.replace(
+        "ClusterRoleBinding",
+        [{"metadata": {"name": "b"}, "roleRef": ref, "subjects": [{"kind": "User", "name": "u"}]}],
+    )
+    user = UserInfo(name="u")
+    assert {path: index.allowed_path(user, "get", path) for path in allowed + refused} == {
+        **dict.fromkeys(allowed, True),
+        **dict.fromkeys(refused, False),
+    }
+
+
 def test_readable_as_now_keeps_the_decisions_of_the_rules_it_was_taken_from() -> None:
     """A deletecollection's view of what its caller may see is taken as it begins: a rule edited
     during the call changes none of its decisions (review-ds6 F1), from the RBAC rules or, for

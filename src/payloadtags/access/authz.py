@@ -102,7 +102,9 @@ class AlwaysAllow:
 
 def path_matches(pattern: str, path: str) -> bool:
     """RBAC's nonResourceURLs (and --authorization-always-allow-paths) matching: exact, or a prefix
-    ending in ``*``."""
-    if pattern == "*" or pattern == path:
+    ending in ``*``. Every trailing ``*`` goes, as RBAC's NonResourceURLMatches trims them (review r10cfg
+    L2: `/healthz/**` and `**`, which RBAC's validation accepts, opened nothing); the start refuses an
+    always-allow entry with more than one, as k8s.io/apiserver's path authorizer does."""
+    if pattern == path:
         return True
-    return pattern.endswith("*") and path.startswith(pattern[:-1])
+    return pattern.endswith("*") and path.startswith(pattern.rstrip("*"))
