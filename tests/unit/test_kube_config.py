@@ -358,14 +358,17 @@ def test_an_empty_token_file_is_refused_as_kubectl_refuses_it_unless_a_token_sta
     # plugin beside it; payloadtags went on without a credential. A blank one kubectl sends as no
     # credential, or cannot send for a line end in it: refused too, and said so (review r6cfg L3).
     (tmp_path / "empty").write_text(text)
-    kubeconfig = kubeconfig_with_user(tmp_path / "kc", {"tokenFile": "empty"})
-    with pytest.raises(ConfigError) as raised:
-        load_cluster_config(str(kubeconfig))
-    assert str(raised.value) == (
-        f'kubeconfig {str(kubeconfig)!r}: user "u": tokenFile {str(tmp_path / "empty")!r} is empty or blank, '
-        "refused unless a token (a blank one too) stands beside it: kubectl refuses an empty one, and for "
-        "a blank one sends no credential (or fails every request, for a line end in it)"
-    )
+    # A blank token beside it is none (docs/configuration.md): the same refusal, whose words said that
+    # "a token (a blank one too)" beside the file would save it (review r10cfg L5).
+    for beside in ({}, {"token": "  "}):
+        kubeconfig = kubeconfig_with_user(tmp_path / "kc", {"tokenFile": "empty", **beside})
+        with pytest.raises(ConfigError) as raised:
+            load_cluster_config(str(kubeconfig))
+        assert str(raised.value) == (
+            f'kubeconfig {str(kubeconfig)!r}: user "u": tokenFile {str(tmp_path / "empty")!r} is empty or '
+            "blank, refused unless a token that is not blank stands beside it: kubectl refuses an empty one, "
+            "and for a blank one sends no credential (or fails every request, for a line end in it)"
+        )
     # kubectl sends the token beside it (client-go reads the file only without one).
     config = load_cluster_config(
         str(kubeconfig_with_user(tmp_path / "kc", {"tokenFile": "empty", "token": "t"}))

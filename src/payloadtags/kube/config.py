@@ -1378,7 +1378,7 @@ def _check_token_file(token_file: str, where: str, *, token_beside: bool) -> boo
         # running no exec plugin beside either: payloadtags would go on without a credential. Refusing
         # the blank one too is stricter than kubectl (review r6cfg L3).
         raise ConfigError(
-            f"{where}: tokenFile {token_file!r} is empty or blank, refused unless a token (a blank one too) "
+            f"{where}: tokenFile {token_file!r} is empty or blank, refused unless a token that is not blank "
             "stands beside it: kubectl refuses an empty one, and for a blank one sends no credential (or "
             "fails every request, for a line end in it)"
         )
