@@ -935,6 +935,37 @@ async def test_rbac_matches_non_resource_urls_against_the_decoded_path(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_health_or_metrics_path_with_a_trailing_slash_is_not_found_once_authorized(
+    make_server, registry, kube_api, kube_kubeconfig, pki
+):
+    # Review r10cfg N1: a grant of `/readyz/*` read `/readyz/` as `/readyz`, the overall result, which
+    # the grant does not name. kube-apiserver authorizes it as a prefix match too, then answers 404: its
+    # mux serves `/readyz` and `/readyz/<check>` exactly. Likewise a check's or /metrics' path with '/'.
+    server: ServerUnderTest = await make_server(
+        registry, kubeconfig=str(kube_kubeconfig), authorization_mode="RBAC", always_allow_paths=("/livez",)
+    )
+    prober = pki.client_ca.client("prober")
+    grant_paths(kube_api, "prober", "checks", ["/readyz/*", "/healthz/*", "/metrics/"])
+
+    async def granted() -> bool:
+        return (await server.client(prober).get("/readyz/ping")).code == 200
+
+    assert await eventually(granted, within=30) is True
+    target = Target(server.running.port, str(server.pki.server_ca.cert_file))
+    paths = ("/readyz/", "/readyz/?verbose", "/healthz/ping/", "/healthz/ping%2F", "/metrics/", "/livez/")
+    replies = {
+        path: await threads.deferToThread(exchange, target, request_bytes("GET", path), prober)
+        for path in (*paths, "/readyz", "/metrics")
+    }
+    assert {path: reply.code for path, reply in replies.items()} == {
+        **dict.fromkeys(paths, 404),
+        "/readyz": 403,  # not granted: refused before it is looked for, as in kube-apiserver
+        "/metrics": 403,
+    }
+    assert replies["/readyz/"].json()["reason"] == "NotFound"
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_head_of_a_health_or_metrics_path_is_authorized_as_the_verb_head(
     make_server, registry, kube_api, kube_kubeconfig, pki
 ):

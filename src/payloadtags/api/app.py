@@ -258,6 +258,20 @@ def _with_pretty(media: MediaType, query: Query) -> MediaType:
     return attrs.evolve(media, pretty=True)
 
 
+def _decoded_path(request: IRequest) -> str:
+    """The path as routing reads it, percent-escapes decoded, as kube-apiserver reads Go's URL.Path."""
+    return unquote_to_bytes(request.path).decode("utf-8", "replace")
+
+
+def _refuse_a_trailing_slash(request: IRequest) -> None:
+    """A health or metrics path ending in '/' (`/readyz/`, `/healthz/ping/`, `/metrics%2F`) is not found,
+    once authorized, as kube-apiserver's mux serves `/readyz` and `/readyz/<check>` exactly (review
+    r10cfg N1: a grant of `/readyz/*` read `/readyz/` as the overall result). Routing takes such a path
+    for the one without its '/' (strict_slashes=False, which the API's paths need)."""
+    if _decoded_path(request).endswith("/"):
+        raise path_not_found()
+
+
 def _write_error(request: IRequest, error: ApiError) -> bytes:
     if error.retry_after is not None:
         request.setHeader(b"retry-after", str(error.retry_after).encode())
@@ -984,7 +998,7 @@ class ApiServer:
         # The path as routing reads it, percent-escapes decoded (review r7misc N3: `/healthz/p%69ng`,
         # served as the check `ping`, was refused to a user granted `/healthz/ping`), as kube-apiserver
         # authorizes Go's decoded URL.Path. Both read the same string, so a grant opens what it names.
-        path = unquote_to_bytes(request.path).decode("utf-8", "replace")
+        path = _decoded_path(request)
         # The method lowercased, as k8s.io/apiserver's RequestInfoFactory names a non-resource request's
         # verb: a HEAD is `head`, which a grant of `get` does not allow (review r10cfg L1; only a
         # resource request's HEAD is `get`).
@@ -995,6 +1009,7 @@ class ApiServer:
     async def _metrics(self, request: IRequest, user: UserInfo | None = None) -> bytes:
         if user is None or not set(self.metrics_groups) & set(user.groups):
             self._authorize_path(request, user)
+        _refuse_a_trailing_slash(request)
         request.setResponseCode(200)
         request.setHeader(b"content-type", CONTENT_TYPE.encode())
         return self.metrics.exposition()
@@ -1003,6 +1018,7 @@ class ApiServer:
         self, request: IRequest, endpoint: str, check: str | None = None, user: UserInfo | None = None
     ) -> bytes:
         self._authorize_path(request, user)
+        _refuse_a_trailing_slash(request)
         query = _query(request)
         result = await self.health.run(endpoint, check, "verbose" in query, query.get("exclude", []))
         if result is None:
