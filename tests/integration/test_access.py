@@ -910,6 +910,9 @@ async def test_rbac_matches_non_resource_urls_against_the_decoded_path(
     paths = (
         "/healthz/p%69ng",
         "/healthz/%70%69%6e%67",
+        # The path alone is authorized, not its query (review r10cfg T1: no test failed when it was).
+        "/healthz/ping?verbose",
+        "/healthz/p%69ng?exclude=log",
         "/healthz/ping/",
         "/healthz/ping%2F",
         "/healthz/%6cog",
@@ -918,6 +921,8 @@ async def test_rbac_matches_non_resource_urls_against_the_decoded_path(
     assert {path: reply.code for path, reply in replies.items()} == {
         "/healthz/p%69ng": 200,
         "/healthz/%70%69%6e%67": 200,
+        "/healthz/ping?verbose": 200,
+        "/healthz/p%69ng?exclude=log": 200,
         # Decoded, still not the path granted (kube-apiserver's answer too), though served as `ping`.
         "/healthz/ping/": 403,
         "/healthz/ping%2F": 403,
@@ -990,6 +995,8 @@ async def test_a_head_of_a_health_or_metrics_path_is_authorized_as_the_verb_head
         for method in ("GET", "HEAD")
         for path in ("/healthz/ping", "/metrics")
     }
+    # The path alone is authorized, not its query (review r10cfg T1).
+    assert (await server.client(users["getter"]).get("/metrics?x=1")).code == 200
     assert {key: reply.code for key, reply in replies.items()} == {
         ("getter", "GET", "/healthz/ping"): 200,
         ("getter", "GET", "/metrics"): 200,
