@@ -36,7 +36,9 @@ from payloadtags.validators import (
     AT_SIGNS,
     address_problem,
     at_in_authority,
+    escaped_forms,
     has_userinfo,
+    paths_redacted,
     userinfo_span,
     utf8_encodable,
     without_userinfo,
@@ -376,7 +378,7 @@ def _redacted_spans(
     message: str, given: Sequence[str], flags: Set[str] = frozenset()
 ) -> list[tuple[int, int]]:
     """Where `_echoes_redacted` redacts, from left to right, none overlapping."""
-    forms = {form for arg in given for form in _escaped_forms(_userinfo(arg, flags)) if form}
+    forms = {form for arg in given for form in escaped_forms(_userinfo(arg, flags)) if form}
     spans = _echo_spans(message, forms, _WORK_PER_CHARACTER * len(message) + _WORK_ALWAYS)
     if spans is None:
         spans = _runs_of_form_characters(message, forms)
@@ -467,13 +469,6 @@ def _value_start(arg: str, flags: Set[str]) -> int:
     r4cfg N4)."""
     name, equals, _ = arg.partition("=")
     return len(name) + 1 if equals and name in flags else 0
-
-
-def _escaped_forms(text: str) -> tuple[str, ...]:
-    """The text as typed and as repr() writes it inside either quote (argparse's %r: a tab as \\t, a
-    quote escaped when the whole value holds both kinds)."""
-    both = repr(text + "'\"")  # single-quoted, each ' escaped: the text, then \'" and the closing '
-    return (text, repr(text)[1:-1], both[1:-4])
 
 
 def _shared_end(message: str, at: int, form: str, skip: int = 0) -> int:
@@ -1164,20 +1159,18 @@ def _report(errors: Sequence[str], args: argparse.Namespace | None = None) -> in
     # kubeconfig user's name that ends as the folder before an '@' does (/home/alice@corp/kc, a user
     # "alice@corp") is shown (review r5cfg L3). The longest first, so a shorter one inside it is gone.
     # (No refusal prints a value normalised otherwise: os.path.normpath's, which differs from pathlib's
-    # only for a "..", is printed by none, review r6cfg N1.)
+    # only for a "..", is printed by none, review r6cfg N1.) And the folder a kubeconfig's relative
+    # files are joined to (its tokenFile, client-key, certificate-authority): a refusal names them by
+    # the joined path, in which neither form above is found (review r11misc F1).
     values = [getattr(args, dest) or "" for dest in _FILE_FLAGS] if args is not None else []
-    echoes = {
-        form
+    paths = [
+        path
         for value in values
-        if any(at in value for at in AT_SIGNS)
-        for path in (value, str(Path(value)))
-        for form in _escaped_forms(path)
-    }
-    longest_first = sorted(echoes, key=len, reverse=True)
+        if has_userinfo(value)
+        for path in (value, str(Path(value)), os.path.dirname(os.path.abspath(value)))
+    ]
     for error in errors:
-        for echo in longest_first:
-            error = error.replace(echo, without_userinfo(echo))
-        print(f"payloadtags: {error}", file=sys.stderr)
+        print(f"payloadtags: {paths_redacted(error, paths)}", file=sys.stderr)
     return 1
 
 

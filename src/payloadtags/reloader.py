@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from payloadtags.validators import AT_SIGNS, without_userinfo
+from payloadtags.validators import paths_redacted, without_userinfo
 
 log = Logger()
 
@@ -79,9 +79,5 @@ class FileWatcher:
         """``message`` with each of the paths it names as the start's log names them (startup's
         `_logged`): all before a path's last '@' redacted. A URL given to a file flag may name a file
         (--tls-cert-file=https://user:pw@h/tls.crt is read under the working directory), and a reload's
-        error names the file as given. The longest first: a shorter path inside a longer one, redacted
-        first, would leave the longer one's start shown and the longer one no longer found."""
-        held = (p for p in self.paths if any(at in p for at in AT_SIGNS))
-        for path in sorted(held, key=len, reverse=True):
-            message = message.replace(path, without_userinfo(path))
-        return message
+        error names the file as given (or quoted, as an OSError does)."""
+        return paths_redacted(message, self.paths)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import re
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import SplitResult
 
@@ -152,13 +153,37 @@ def without_userinfo(url: str) -> str:
     return url[:start] + "<redacted>" + url[end:] if has_userinfo(url) else url
 
 
+def escaped_forms(text: str) -> tuple[str, ...]:
+    """The text as typed and as repr() writes it inside either quote (argparse's %r, an OSError's
+    filename: a tab as \\t, a quote escaped when the whole text holds both kinds)."""
+    both = repr(text + "'\"")  # single-quoted, each ' escaped: the text, then \'" and the closing '
+    return (text, repr(text)[1:-1], both[1:-4])
+
+
+def paths_redacted(message: str, paths: Iterable[str]) -> str:
+    """``message`` with each of ``paths`` that holds an '@' shown as `without_userinfo` shows it, wherever
+    the message names it whole: as given, or quoted by repr() (an OSError's text repeats its filename
+    so). A URL given to a file flag may name a file under the working directory, and so may a file
+    beside it (a kubeconfig's tokenFile). Never any end of a path: a kubeconfig user "alice@corp" is not
+    the folder /home/alice@corp. The longest first: a shorter path inside a longer one, redacted first,
+    would leave the longer one's start shown and the longer one no longer found."""
+    # has_userinfo rather than '@' in it: on a path the two agree, and it is where what counts as an
+    # at sign is decided.
+    echoes = {form for path in paths if has_userinfo(path) for form in escaped_forms(path)}
+    for echo in sorted(echoes, key=len, reverse=True):
+        message = message.replace(echo, without_userinfo(echo))
+    return message
+
+
 __all__ = [
     "AT_SIGNS",
     "address_problem",
     "at_in_authority",
     "bounded_decimal",
+    "escaped_forms",
     "has_userinfo",
     "header_safe",
+    "paths_redacted",
     "positive",
     "unpadded_urlsafe_b64decode",
     "userinfo_span",

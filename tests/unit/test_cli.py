@@ -758,6 +758,46 @@ def test_a_url_given_to_any_file_flag_on_any_refusal_path_is_shown_without_its_p
     assert "s3c" not in err and "al1ce" not in err, err
 
 
+# A kubeconfig whose relative files (USER_FIELDS: the user's) are joined to its folder.
+RELATIVE_FILES_KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://k.example"CLUSTER_FIELDS}}]
+users: [{name: u, user: {USER_FIELDS}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+"""
+
+
+@pytest.mark.parametrize(
+    ("cluster_fields", "user_fields", "named"),
+    [
+        ("", "tokenFile: token", "tokenFile '<redacted>@r/token' is empty"),
+        ("", "tokenFile: control", "tokenFile '<redacted>@r/control' holds a control"),
+        (", certificate-authority: ca.crt", "token: t", "File does not exist: <redacted>@r/ca.crt"),
+        ("", "client-certificate: c.crt, client-key: c.key", "File does not exist: <redacted>@r/c"),
+    ],
+    ids=["token-file", "token-file-control", "certificate-authority", "client-certificate"],
+)
+def test_a_kubeconfig_files_beside_a_url_shaped_kubeconfig_are_named_without_its_password(
+    tmp_path, monkeypatch, capsys, cluster_fields, user_fields, named
+):
+    # review r11misc F1: a URL that took --kubeconfig's place and names a file (under the working
+    # directory, `https:/al1ce:s3cret@r/kc`) has its relative files joined to that folder, named by the
+    # joined path, in which neither the value as typed nor as pathlib makes it is found.
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "https:" / "al1ce:s3cret@r"
+    folder.mkdir(parents=True)
+    text = RELATIVE_FILES_KUBECONFIG.replace("CLUSTER_FIELDS", cluster_fields)
+    (folder / "kc").write_text(text.replace("USER_FIELDS", user_fields))
+    (folder / "token").write_text("   \n")
+    (folder / "control").write_text("a\x01b\n")
+    argv = ["serve", "--registry-url=http://127.0.0.1:5000", f"--kubeconfig={A_URL}/kc"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert named in err, err
+    assert "s3c" not in err and "al1ce" not in err, err
+
+
 BASIC_AUTH_KUBECONFIG = """apiVersion: v1
 kind: Config
 clusters:

@@ -13,7 +13,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from payloadtags import cli
-from payloadtags.cli import _escaped_forms, _merged, _redacted_spans, _shared_end, _userinfo, main
+from payloadtags.cli import _merged, _redacted_spans, _shared_end, _userinfo, main
+from payloadtags.validators import escaped_forms
 
 # Hundreds of argument lists through the whole parser: in the default suite, not the unit tier.
 pytestmark = pytest.mark.property
@@ -103,7 +104,7 @@ def test_no_message_shows_a_password_typed_in_a_url(case: tuple[list[str], str])
 def every_at(message: str, given: list[str]) -> set[int]:
     """What the plain rule redacts: before each '@' of the message, the longest end any argument's user
     information, as typed or escaped, shares with it (each '@' read on its own, which is quadratic)."""
-    forms = {form for arg in given for form in _escaped_forms(_userinfo(arg)) if form}
+    forms = {form for arg in given for form in escaped_forms(_userinfo(arg)) if form}
     spans = []
     for at, char in enumerate(message):
         if char == "@":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from zope.interface import implementer
 
 from payloadtags.kube import ClusterConfig, WatchEvent, resource_path
 from payloadtags.kube.client import WatchStream, _TokenSource
+from payloadtags.kube.config import load_cluster_config
 from payloadtags.kube.errors import (
     KubeApiError,
     KubeProtocolError,
@@ -26,6 +28,7 @@ from payloadtags.kube.errors import (
     KubeUnavailable,
 )
 from payloadtags.kube.execcred import ExecCredential, ExecPlugin, PluginError
+from payloadtags.logs import klog_record
 from tests.support.logcapture import collected_logs
 
 
@@ -381,6 +384,57 @@ def test_a_token_beside_a_token_file_is_sent_until_the_file_can_be_read_and_the_
     token_file.unlink()
     source.invalidate()
     assert source.current() == "from-file"  # the file's token, once read, is kept rather than the static one
+
+
+URL_SHAPED_KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://k.example"}}]
+users: [{name: u, user: {tokenFile: token}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+"""
+
+
+def test_a_token_file_beside_a_url_shaped_kubeconfig_is_named_without_the_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # review r11misc F1: a URL that took --kubeconfig's place names a file under the working directory;
+    # its relative tokenFile is joined to that folder (https:/al1ce:s3cret@r/token). The warning said
+    # once a minute while the file cannot be read showed the password twice (the path, and the OSError
+    # repeating it quoted), and so did the errors raised when no token was read yet.
+    monkeypatch.chdir(tmp_path)
+    kubeconfig = "https://al1ce:s3cret@r/kc"
+    Path(kubeconfig).parent.mkdir(parents=True)
+    Path(kubeconfig).write_text(URL_SHAPED_KUBECONFIG)
+    token = Path(kubeconfig).parent / "token"
+    token.write_text("one\n")
+    config = load_cluster_config(kubeconfig)
+    assert config is not None
+    clock = Clock()
+    source = _TokenSource(config, clock, 60.0, monotonic=clock.seconds)
+    assert source.current() == "one"
+    token.unlink()
+    with collected_logs() as events:
+        clock.advance(60)
+        assert source.current() == "one"
+    said = [formatEvent(event) for event in events]
+    records = [json.dumps(klog_record(event)) for event in events]
+    assert "s3cret" not in "\n".join(said + records) and "al1ce" not in "\n".join(said + records), records
+    assert said == [
+        "Keeping the previous token: cannot read <redacted>@r/token: [Errno 2] No such file or directory: "
+        "'<redacted>@r/token'"
+    ], said
+    missing = _TokenSource(config, clock, 60.0, monotonic=clock.seconds)
+    with pytest.raises(KubeTokenUnreadable) as raised:
+        missing.current()
+    assert str(raised.value) == (
+        "cannot read token file <redacted>@r/token: [Errno 2] No such file or directory: '<redacted>@r/token'"
+    )
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__  # no traceback shows it
+    token.write_text("  \n")
+    with pytest.raises(KubeTokenUnreadable) as raised:
+        missing.current()
+    assert str(raised.value) == "cannot read token file <redacted>@r/token: it is blank"
 
 
 def test_a_missing_token_file_at_first_use_is_unavailable(tmp_path: Path) -> None:

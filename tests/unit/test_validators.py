@@ -11,6 +11,7 @@ import pytest
 from payloadtags.validators import (
     GO_SPACE,
     go_trim_space,
+    paths_redacted,
     unpadded_urlsafe_b64decode,
     without_line_ends,
     without_userinfo,
@@ -83,3 +84,16 @@ def test_unpadded_urlsafe_base64_that_is_not_ascii_is_a_plain_value_error() -> N
 )
 def test_without_userinfo_redacts_all_of_a_password_holding_slashes(url, shown):
     assert without_userinfo(url) == shown
+
+
+def test_paths_redacted_redacts_each_path_as_given_or_quoted_longest_first_and_nothing_else() -> None:
+    # review r11misc N1: the one helper behind cli's refusals, the file watcher and the token source. An
+    # OSError repeats its filename quoted (a tab escaped); a path inside a longer one is replaced after
+    # it; an end of a path (a user "alice@corp" beside /home/alice@corp) is not a path.
+    token, kubeconfig = "/w/https:/al1ce:s3\tcret@r/token", "/home/alice@corp/kc"
+    message = f'{kubeconfig} user "alice@corp": {token}: {OSError(2, "No such file", token)}'
+    assert paths_redacted(message, [kubeconfig, "/w/https:/al1ce:s3\tcret@r", token, "/no/at"]) == (
+        '<redacted>@corp/kc user "alice@corp": <redacted>@r/token: '
+        "[Errno 2] No such file: '<redacted>@r/token'"
+    )
+    assert paths_redacted("al1ce:s3cret@r.key", ["s3cret@r", "al1ce:s3cret@r.key"]) == "<redacted>@r.key"

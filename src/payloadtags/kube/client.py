@@ -58,7 +58,7 @@ from payloadtags.kube.framing import LineFramer
 from payloadtags.kube.keepalive import KeepAliveEndpoints
 from payloadtags.kube.tls import ClusterTLSPolicy
 from payloadtags.onceper import OncePerPeriod
-from payloadtags.validators import go_trim_space
+from payloadtags.validators import go_trim_space, paths_redacted
 
 log = Logger()
 
@@ -439,7 +439,10 @@ class _TokenSource:
                 read = _read_token(self._config.token_file)
             except OSError as e:
                 if self._token is None:
-                    raise KubeTokenUnreadable(f"cannot read token file {self._config.token_file}: {e}") from e
+                    # Not chained: a traceback would show the OSError's path unredacted (its words are here).
+                    raise KubeTokenUnreadable(
+                        self._shown(f"cannot read token file {self._config.token_file}: {e}")
+                    ) from None
                 self._say_kept(str(e))
             else:
                 if read:
@@ -454,7 +457,7 @@ class _TokenSource:
                     # file, rather than requests sent without a credential and nothing said (review
                     # r7misc L2), and as the start refuses a blank one.
                     raise KubeTokenUnreadable(
-                        f"cannot read token file {self._config.token_file}: it is blank"
+                        self._shown(f"cannot read token file {self._config.token_file}: it is blank")
                     )
         return self._token
 
@@ -464,10 +467,17 @@ class _TokenSource:
             log.warn(
                 "{kept}: cannot read {path}: {error}{more}",
                 kept="Keeping the previous token" if self._from_file else "Sending the kubeconfig's token",
-                path=self._config.token_file,
-                error=cause,
+                path=self._shown(self._config.token_file or ""),
+                error=self._shown(cause),
                 more=said.more(),
             )
+
+    def _shown(self, text: str) -> str:
+        """``text`` with the token file's user information redacted wherever it names the file (an
+        OSError repeats it, quoted). A kubeconfig's relative tokenFile is joined to its folder, which a
+        URL that took --kubeconfig's place makes `https:/user:pw@host` under the working directory
+        (review r11misc F1)."""
+        return paths_redacted(text, (self._config.token_file or "",))
 
     def invalidate(self) -> None:
         self._read_at = float("-inf")
