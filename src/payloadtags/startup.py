@@ -15,6 +15,7 @@ from pathlib import Path
 
 import attrs
 
+from payloadtags.api.app import HEALTH_ENDPOINTS
 from payloadtags.cleanup.leader import JITTER_FACTOR
 from payloadtags.kube import ClusterConfig, load_cluster_config
 from payloadtags.kube import ConfigError as KubeConfigError
@@ -134,10 +135,28 @@ def _always_allow_warnings(settings: Settings) -> tuple[str, ...]:
     serve `/readyz` to anyone as `/readyz/` only, an opening kube-apiserver does not have.)"""
     entries = dict.fromkeys(p for p in settings.always_allow_paths if len(p) > 1 and p.endswith("/"))
     return tuple(
-        f"--authorization-always-allow-paths: the entry {shown!r} ends in '/' and opens nothing: a "
-        "request's path is matched with its trailing '/' dropped, so none equals it; write "
-        f"{shown.rstrip('/') or '/'!r} instead, or {shown + '*'!r} for the paths under it"
-        for shown in map(without_userinfo, entries)
+        f"--authorization-always-allow-paths: the entry {without_userinfo(entry)!r} ends in '/' and opens "
+        "nothing: a request's path is matched with its trailing '/' dropped, so none equals it; "
+        + _instead(entry.rstrip("/") or "/")
+        for entry in entries
+    )
+
+
+def _instead(path: str) -> str:
+    """What the warning of an entry ending in '/' offers in its place, ``path`` being the entry without
+    it: only what opens something (review r11misc L1). Nothing is served under a check or /metrics, and
+    any other path needs a credential whatever the list says. (No such entry holds a '*': the flag
+    refuses one before an entry's end.)"""
+    shown = without_userinfo(path)
+    endpoints = [f"/{endpoint}" for endpoint in HEALTH_ENDPOINTS]
+    if path in endpoints:
+        return f"write {shown!r} instead, or {shown + '/*'!r} for the checks under it"
+    is_check = any(path.startswith(f"{endpoint}/") for endpoint in endpoints) and path.count("/") == 2
+    if path == "/metrics" or is_check:
+        return f"write {shown!r} instead"
+    return (
+        f"{shown!r} would open nothing either: only the health endpoints, their checks and /metrics "
+        "are served without a credential"
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from typing import Any
 
@@ -143,6 +144,26 @@ async def test_an_entry_ending_in_a_slash_opens_nothing_and_the_start_says_so(ma
     codes = {p: (await anonymous.get(p)).code for p in paths}
     # `/livez/` is admitted as `/livez`, then not found, as kube-apiserver serves no `/livez/`.
     assert codes == {**dict.fromkeys(paths, 401), "/livez": 200, "/livez/": 404}
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_the_warning_of_an_entry_ending_in_a_slash_offers_instead_opens_what_it_says(
+    make_server, registry
+):
+    # Review r11misc L1: '/healthz/ping/' was offered '/healthz/ping/*', and '/metrics/' '/metrics/*',
+    # which open nothing that answers (nothing is served under a check or /metrics). Each path a
+    # warning offers is listed in a second server and asked for, a '*' standing for a check.
+    entries = ("/healthz/ping/", "/metrics/", "/readyz//", "/livez/")
+    with collected_logs() as events:
+        await make_server(registry, always_allow_paths=entries)
+    said = [line for e in events if "--authorization-always-allow-paths" in (line := formatEvent(e))]
+    offered = [path for line in said for path in re.findall(r"'(/[^']*)'", line.split("; write ")[1])]
+    assert offered == ["/healthz/ping", "/metrics", "/readyz", "/readyz/*", "/livez", "/livez/*"], said
+    server = await make_server(registry, always_allow_paths=tuple(offered))
+    anonymous = server.client(None)
+    asked = [path.replace("*", "ping") for path in offered]
+    codes = {path: (await anonymous.get(path)).code for path in asked}
+    assert codes == dict.fromkeys(asked, 200)
 
 
 @pytest_twisted.ensureDeferred

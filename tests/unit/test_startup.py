@@ -218,14 +218,22 @@ def test_an_always_allow_entry_ending_in_a_slash_is_said_once_at_start() -> None
     # Review r7misc N4: `/readyz/` or `/healthz/ping/` was taken and opened nothing, without a word: a
     # request's trailing '/' is dropped before the match. k8s.io/apiserver takes it too and opens the
     # path `/readyz/` alone, which kube-apiserver does not serve: it opens nothing there either.
-    entries = ("/readyz/", "/healthz/ping/", "/readyz/", "/", "/livez", "/readyz/*", "/metrics")
+    # Review r11misc L1: what it offers instead opens something: nothing is served under a check or
+    # /metrics ('/healthz/ping/*' opened nothing), and another path needs a credential whatever is listed.
+    entries: tuple[str, ...] = ("/readyz/", "/healthz/ping/", "/readyz/", "/", "/livez", "/readyz/*")
+    entries += ("/metrics", "/metrics/", "/version/", "/readyz//", "/healthz/ping/x/", "//")
+    opens_nothing = "--authorization-always-allow-paths: the entry {!r} ends in '/' and opens nothing: a "
+    opens_nothing += "request's path is matched with its trailing '/' dropped, so none equals it; "
+    nor = "{!r} would open nothing either: only the health endpoints, their checks and /metrics are served "
+    nor += "without a credential"
     assert complete(settings(always_allow_paths=entries), environ=NO_POD).warnings == (
-        "--authorization-always-allow-paths: the entry '/readyz/' ends in '/' and opens nothing: a request's "
-        "path is matched with its trailing '/' dropped, so none equals it; write '/readyz' instead, or "
-        "'/readyz/*' for the paths under it",
-        "--authorization-always-allow-paths: the entry '/healthz/ping/' ends in '/' and opens nothing: a "
-        "request's path is matched with its trailing '/' dropped, so none equals it; write '/healthz/ping' "
-        "instead, or '/healthz/ping/*' for the paths under it",
+        opens_nothing.format("/readyz/") + "write '/readyz' instead, or '/readyz/*' for the checks under it",
+        opens_nothing.format("/healthz/ping/") + "write '/healthz/ping' instead",
+        opens_nothing.format("/metrics/") + "write '/metrics' instead",
+        opens_nothing.format("/version/") + nor.format("/version"),
+        opens_nothing.format("/readyz//") + "write '/readyz' instead, or '/readyz/*' for the checks under it",
+        opens_nothing.format("/healthz/ping/x/") + nor.format("/healthz/ping/x"),
+        opens_nothing.format("//") + nor.format("/"),
     )
     assert complete(settings(), environ=NO_POD).warnings == ()
 
