@@ -238,6 +238,18 @@ def test_an_always_allow_entry_ending_in_a_slash_is_said_once_at_start() -> None
     assert complete(settings(), environ=NO_POD).warnings == ()
 
 
+def test_an_always_allow_entry_ending_in_a_slash_is_said_without_a_urls_user_information() -> None:
+    # Review r11misc L2: a scheme-relative URL that took the flag's place begins with '/', so it is an
+    # entry, warned about; the redaction of its password there was untested.
+    warnings = complete(settings(always_allow_paths=("//al1ce:s3cret@r/",)), environ=NO_POD).warnings
+    assert warnings == (
+        "--authorization-always-allow-paths: the entry '//<redacted>@r/' ends in '/' and opens nothing: a "
+        "request's path is matched with its trailing '/' dropped, so none equals it; '//<redacted>@r' would "
+        "open nothing either: only the health endpoints, their checks and /metrics are served without a "
+        "credential",
+    )
+
+
 def test_cert_dir_pair_is_written_once_and_reused(tmp_path: Path) -> None:
     directory = tmp_path / "certs"
     first = complete(settings(cert_dir=str(directory)), environ=NO_POD)
