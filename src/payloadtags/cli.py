@@ -14,7 +14,6 @@ import os
 import re
 import sys
 from collections.abc import Callable, Sequence, Set
-from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
@@ -37,6 +36,7 @@ from payloadtags.validators import (
     address_problem,
     at_in_authority,
     escaped_forms,
+    file_flag_forms,
     has_userinfo,
     paths_redacted,
     userinfo_span,
@@ -1163,12 +1163,7 @@ def _report(errors: Sequence[str], args: argparse.Namespace | None = None) -> in
     # files are joined to (its tokenFile, client-key, certificate-authority): a refusal names them by
     # the joined path, in which neither form above is found (review r11misc F1).
     values = [getattr(args, dest) or "" for dest in _FILE_FLAGS] if args is not None else []
-    paths = [
-        path
-        for value in values
-        if has_userinfo(value)
-        for path in (value, str(Path(value)), os.path.dirname(os.path.abspath(value)))
-    ]
+    paths = [path for value in values if has_userinfo(value) for path in file_flag_forms(value)]
     for error in errors:
         print(f"payloadtags: {paths_redacted(error, paths)}", file=sys.stderr)
     return 1

@@ -23,7 +23,7 @@ from payloadtags.kube.config import SERVICE_ACCOUNT_DIR, SERVICE_HOST_ENV, pod_w
 from payloadtags.kube.tls import client_tls_problems
 from payloadtags.settings import Settings
 from payloadtags.tls import CertificateError, ServingCertificate, load_certificates, load_private_key
-from payloadtags.validators import utf8_encodable, without_userinfo
+from payloadtags.validators import file_flag_forms, paths_redacted, utf8_encodable, without_userinfo
 
 # Names Kubernetes components use for the pair they generate into --cert-dir.
 CERT_DIR_CERT = "apiserver.crt"
@@ -119,9 +119,20 @@ def complete(
         lease_namespace=namespace,
         events_token=events_token,
         notices=_proxy_notice(environ) + _credential_notice(settings),
-        warnings=((cluster.warnings + _unverified_cluster_warning(settings, cluster)) if cluster else ())
-        + _always_allow_warnings(settings),
+        warnings=_cluster_warnings(settings, cluster) + _always_allow_warnings(settings),
     )
+
+
+def _cluster_warnings(settings: Settings, cluster: ClusterConfig | None) -> tuple[str, ...]:
+    """The cluster configuration's warnings, which name a --kubeconfig value as typed (and a file
+    beside it joined to its folder): redacted as the refusals redact it (cli's `_report`), since a URL
+    that took the flag's place may name a file under the working directory, and the start then
+    succeeds and logs them."""
+    if cluster is None:
+        return ()
+    warnings = cluster.warnings + _unverified_cluster_warning(settings, cluster)
+    paths = file_flag_forms(settings.kubeconfig) if settings.kubeconfig else ()
+    return tuple(paths_redacted(warning, paths) for warning in warnings)
 
 
 def _always_allow_warnings(settings: Settings) -> tuple[str, ...]:

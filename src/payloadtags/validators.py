@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import os
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult
 
@@ -160,6 +162,13 @@ def escaped_forms(text: str) -> tuple[str, ...]:
     return (text, repr(text)[1:-1], both[1:-4])
 
 
+def file_flag_forms(value: str) -> tuple[str, ...]:
+    """The paths a message may name a file flag's value by: as typed, as pathlib makes it (a URL's
+    "https://" as "https:/"), and the folder a kubeconfig's relative files (tokenFile, client-key,
+    certificate-authority) are joined to, which a message names them under (review r11misc F1)."""
+    return (value, str(Path(value)), os.path.dirname(os.path.abspath(value)))
+
+
 def paths_redacted(message: str, paths: Iterable[str]) -> str:
     """``message`` with each of ``paths`` that holds an '@' shown as `without_userinfo` shows it, wherever
     the message names it whole: as given, or quoted by repr() (an OSError's text repeats its filename
@@ -181,6 +190,7 @@ __all__ = [
     "at_in_authority",
     "bounded_decimal",
     "escaped_forms",
+    "file_flag_forms",
     "has_userinfo",
     "header_safe",
     "paths_redacted",

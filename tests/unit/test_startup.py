@@ -338,6 +338,30 @@ def test_a_kubeconfig_whose_server_is_plain_http_starts_with_a_warning_saying_wh
     assert token not in warning
 
 
+@pytest.mark.parametrize(
+    ("server", "user"),
+    [("http://cluster.test:1", "tokenFile: token"), ("https://cluster.test:1", "token: t")],
+    ids=["plain-http", "insecure-skip-tls-verify"],
+)
+def test_the_warnings_of_a_url_shaped_kubeconfig_that_names_a_file_show_no_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: str, user: str
+) -> None:
+    # Found beside review r11misc F1: a URL that took --kubeconfig's place (https://al1ce:s3cret@r/kc)
+    # and names a file under the working directory starts with warnings, logged, that named it as typed.
+    monkeypatch.chdir(tmp_path)
+    kubeconfig = "https://al1ce:s3cret@r/kc"
+    Path(kubeconfig).parent.mkdir(parents=True)
+    Path(kubeconfig).write_text(
+        "apiVersion: v1\nkind: Config\n"
+        f'clusters: [{{name: c, cluster: {{server: "{server}", insecure-skip-tls-verify: true}}}}]\n'
+        f"users: [{{name: u, user: {{{user}}}}}]\n"
+        "contexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n"
+    )
+    warnings = complete(settings(kubeconfig=kubeconfig), environ=NO_POD).warnings
+    assert warnings and not any("al1ce" in warning or "s3cret" in warning for warning in warnings), warnings
+    assert all("https://<redacted>@r/kc" in warning for warning in warnings), warnings
+
+
 @pytest.mark.parametrize("server", ["http://127.0.0.1:8001", "http://[::1]:8001", "http://localhost:8001"])
 def test_a_kubeconfig_whose_server_is_plain_http_on_loopback_is_not_told_of_a_network_path(
     tmp_path: Path, server: str
