@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IPushProducer
@@ -21,6 +23,7 @@ from payloadtags.kube.client import WatchStream, _TokenSource
 from payloadtags.kube.config import load_cluster_config
 from payloadtags.kube.errors import (
     KubeApiError,
+    KubeCredentialUnavailable,
     KubeProtocolError,
     KubeStreamLost,
     KubeTimeout,
@@ -514,6 +517,33 @@ def test_a_failed_renewal_is_unavailable_and_a_cancelled_waiter_leaves_the_run_t
     assert len(plugin.runs) == 2
     plugin.runs[1].callback(_credential("ok", None))
     assert result(again) == "ok"
+
+
+def test_a_renewal_that_cannot_read_the_cas_file_beside_a_url_shaped_kubeconfig_shows_no_password(
+    tmp_path: Path,
+) -> None:
+    # Found beside review r11misc F1: the plugin's cluster CA file, relative in the kubeconfig, is joined
+    # to its folder (https:/al1ce:s3cret@r under the working directory, for a URL that took
+    # --kubeconfig's place) and read again at each run; the OSError quoted its path.
+    folder = str(tmp_path / "https:" / "al1ce:s3cret@r")
+    plugin = ExecPlugin(
+        command="get-token",
+        api_version="client.authentication.k8s.io/v1",
+        folder=folder,
+        cluster={"server": "https://k"},
+        ca_file=os.path.join(folder, "ca.crt"),
+    )
+    config = ClusterConfig("https://k", token="startup", token_expires_at=100.0, exec_plugin=plugin)
+    # The reactor's own runner: the CA file is read, and fails, before any process is started.
+    source = _TokenSource(config, global_reactor, 60.0)
+    renewed = token_of(source)
+    failed = renewed.result
+    renewed.addErrback(lambda _: None)
+    assert isinstance(failed, Failure) and isinstance(failed.value, KubeCredentialUnavailable)
+    assert str(failed.value) == (
+        "cannot renew the cluster API credential: exec plugin get-token: cannot read the cluster's CA "
+        "bundle: [Errno 2] No such file or directory: '<redacted>@r/ca.crt'"
+    )
 
 
 def test_resource_paths() -> None:

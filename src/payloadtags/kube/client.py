@@ -419,7 +419,11 @@ class _TokenSource:
         try:
             result = await self._run(self._clock, plugin, self._plugin_timeout)
         except Exception as e:
-            raise KubeCredentialUnavailable(f"cannot renew the cluster API credential: {_describe(e)}") from e
+            # A file the plugin is found by or given (a relative command, the cluster's CA) is joined to
+            # the kubeconfig's folder, which a URL that took --kubeconfig's place makes
+            # `https:/user:pw@host` under the working directory (review r11misc F1).
+            why = paths_redacted(_describe(e), (plugin.folder or "",))
+            raise KubeCredentialUnavailable(f"cannot renew the cluster API credential: {why}") from e
         if result.token is None:
             raise KubeCredentialUnavailable(
                 f"exec plugin {plugin.command} now prints a client certificate, not a token"
