@@ -7,12 +7,14 @@ objects, and an arena goes back to the system only once all of it is free. The w
 hub's list records free themselves after their lifetimes; these are only ever pushed out by newer
 entries. So, once no list has begun for ``after`` seconds (checked every ``after / 3``) and what
 frees itself later is gone (``held``: the list records, kept ``--watch-scope-idle-timeout`` after
-their last use, a list's or a watch's from its resourceVersion), they are emptied, once per quiet
-spell: the next request makes its entries again, at the cost of its first request (a few
-microseconds a repository). Everything runs on ``clock``, in a turn of its own, on no request's path.
-With ``after`` from `quiet_after` no list is still being served then: the last one began longer ago
-than its deadline, which ends it, its streaming included. Watches are not lists: they may be served
-meanwhile (their next events wait that turn), and what they hold stays theirs.
+their last use, a list's or a watch's from its resourceVersion) or has been waited for
+``held_at_most`` (a client watching again and again from its list's resourceVersion keeps its record
+for as long as it does so), they are emptied, once per quiet spell: the next request makes its
+entries again, at the cost of its first request (a few microseconds a repository). Everything runs
+on ``clock``, in a turn of its own, on no request's path. With ``after`` from `quiet_after` no list
+is still being served then: the last one began longer ago than its deadline, which ends it, its
+streaming included. Watches are not lists: they may be served meanwhile (their next events wait that
+turn), and what they hold stays theirs.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ log = Logger()
 # After the walks' lifetime (60 s after a walk's last page, freed within 90 s) and, at the default
 # --watch-scope-idle-timeout, the watch hub's list records' (120 s unused, dropped within 180 s): what
 # they kept is gone by then too. Records kept longer (a longer timeout, a watch from a list's
-# resourceVersion using its record later) are waited for (`WhenQuiet.held`), whatever the setting.
+# resourceVersion using its record later) are waited for (`WhenQuiet.held`), up to 1.5 timeouts more.
 QUIET_AFTER = 180.0
 # Past a list's deadline: the two minutes the default deadline (60 s) leaves of QUIET_AFTER, which
 # outlast its walk (freed within 90 s of its last page).
@@ -45,7 +47,7 @@ def quiet_after(request_timeout: float) -> float:
 @attrs.define(eq=False)
 class WhenQuiet:
     """Runs ``actions`` once after each spell of lists, when ``begun`` (the lists begun so far) has not
-    changed for ``after`` seconds and ``held`` answers False."""
+    changed for ``after`` seconds and ``held`` answers False, or ``held_at_most`` seconds after that."""
 
     clock: IReactorTime
     begun: Callable[[], int]
@@ -55,6 +57,11 @@ class WhenQuiet:
     # the actions wait for it to go, else what it held would stay in the heap and the arenas until
     # the next spell's action (review r10quiet L1).
     held: Callable[[], bool] = lambda: False
+    # How long past ``after`` ``held`` is waited for at most: what is still held then is kept by its
+    # users (a watch from a list's resourceVersion renewing its record), and waiting frees none of it;
+    # and a ``held`` that answers True for good (the hub's reap loop stopped) costs no later spell
+    # its actions (review r12quiet L1, N1).
+    held_at_most: float = float("inf")
     _seen: int = 0
     _since: float = 0.0
     _done: bool = True  # nothing served yet: nothing to forget
@@ -75,7 +82,11 @@ class WhenQuiet:
         begun, now = self.begun(), self.clock.seconds()
         if begun != self._seen:
             self._seen, self._since, self._done = begun, now, False
-        elif not self._done and now - self._since >= self.after and not self.held():
+        elif (
+            not self._done
+            and now - self._since >= self.after
+            and (now - self._since >= self.after + self.held_at_most or not self.held())
+        ):
             self._done = True
             for action in self.actions:
                 # One that fails must cost neither the actions after it nor the later spells: the

@@ -510,8 +510,11 @@ async def start(
         WHEN_QUIET,
         # Longer than any list lasts (its deadline ends it): none is being served when it runs.
         quiet_after(settings.http.request_timeout),
-        # And once the list records are gone, kept --watch-scope-idle-timeout after their last use.
+        # And once the list records are gone, kept --watch-scope-idle-timeout after their last use,
+        # or 1.5 timeouts more have passed: an unused one is reaped by then (a reap every half
+        # timeout), so one still there is in use, and waiting for it would free nothing.
         held=lambda: bool(watch_hub.listed.records),
+        held_at_most=1.5 * watch_hub.limits.idle_scope_ttl,
     )
 
     async def ping() -> None:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest_twisted
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 
 from payloadtags.api import continuation, render
 from payloadtags.limits import HttpLimits
@@ -63,3 +63,37 @@ async def test_a_longer_request_timeout_makes_the_server_wait_past_it(
     # --request-timeout=5m: a list may still be served 5 minutes after it began, so 7 minutes.
     server = await make_server(registry, http=HttpLimits(request_timeout=300.0))
     assert server.running.quiet.after == 300.0 + 120.0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_waits_for_a_record_its_client_keeps_a_bounded_time(
+    make_server: Callable[..., Any], registry: RegistryServer, repo: str, reactor: Any
+) -> None:
+    # Review r12quiet L1: a client that watches again and again from its list's resourceVersion (no
+    # bookmarks, nothing changing in the namespace) renews the list's record at each watch, so the
+    # record, and ``held``, last as long as it goes on. The server waits 1.5 timeouts past the 3
+    # minutes at most: what is held then is kept by its users, and waiting frees none of it.
+    images.push_oci_image(registry, repo, "v1")
+    clock = Clock()
+    server = await make_server(registry, quiet_clock=clock)
+    quiet, hub = server.running.quiet, server.running.api.watch_hub
+    client = server.client(server.pki.admin)
+    collection = f"{B}/namespaces/{repo.split('/')[0]}/payloadrepositorytags"
+    rv = (await client.get(collection)).json()["metadata"]["resourceVersion"]
+    (record,) = hub.listed.records.values()
+    touched = [record.touched]
+    for _ in range(3):
+        await deferLater(reactor, 1.0, lambda: None)
+        watch = await client.get(f"{collection}?watch=true&resourceVersion={rv}&timeoutSeconds=1")
+        assert watch.code == 200
+        touched.append(record.touched)
+    assert touched == sorted(set(touched)), touched  # each watch kept it
+    assert list(hub.listed.records.values()) == [record] and quiet.held()
+    clock.advance(QUIET_AFTER / 3)  # the loop's first look: a list has begun since it started
+    at_most = QUIET_AFTER + 1.5 * hub.limits.idle_scope_ttl
+    for _ in range(int(at_most // (QUIET_AFTER / 3)) - 1):
+        clock.advance(QUIET_AFTER / 3)
+        assert render._maker.cache_info().currsize, "emptied while the record was kept, before the bound"
+    clock.advance(QUIET_AFTER / 3)
+    assert quiet.held() and render._maker.cache_info().currsize == 0
+    await server.stop()

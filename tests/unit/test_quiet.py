@@ -87,6 +87,27 @@ def test_an_action_that_fails_is_logged_and_the_rest_run_then_and_in_later_spell
     assert all(event["log_format"].startswith("a quiet action failed") for event in failures)
 
 
+def test_what_stays_held_is_waited_for_a_bounded_time() -> None:
+    # Review r12quiet N1: ``held`` True for good (the hub's reap loop stopped by an exception that
+    # escaped it, say) kept every later quiet action away too; now they run ``held_at_most`` late.
+    clock, lists, done = Clock(), [0], list[float]()
+    quiet = WhenQuiet(
+        clock,
+        lambda: lists[0],
+        (lambda: done.append(clock.seconds()),),
+        held=lambda: True,
+        held_at_most=180.0,
+    )
+    quiet.run()
+    for spell in range(2):
+        lists[0] += 1
+        since = QUIET_AFTER / 3 * (clock.seconds() // (QUIET_AFTER / 3) + 1)  # the loop's next look
+        _wait(clock, 3 * (QUIET_AFTER + 180.0))
+        assert len(done) == spell + 1  # once per spell
+        assert done[-1] == since + QUIET_AFTER + 180.0
+    quiet.stop()
+
+
 def _records_when_quiet(ttl: float, watch_at: float | None = None) -> list[tuple[float, int]]:
     """A big list of a scope nobody watches, with --watch-scope-idle-timeout ``ttl``, and a watch from
     its resourceVersion ``watch_at`` seconds later: when the quiet action ran, and the list records
@@ -136,6 +157,55 @@ def test_a_record_a_watch_used_later_is_waited_for_too() -> None:
     assert len(ran) == 1
     at, records = ran[0]
     assert records == 0 and at > 150.0 + 120.0
+
+
+def _quiet_with_a_client_resuming_from_a_small_list(ttl: float, every: float) -> list[float]:
+    """A big list of `big` at 0 (a namespace nobody watches), a small list of `small` at 10 s, and a
+    client (no bookmarks: the Python client's `watch.stream` in a loop, a hand-written controller)
+    that watches `small` from its list's resourceVersion every ``every`` seconds for an hour. Nothing
+    changes in `small`, so it never sees a newer resourceVersion, and each watch looks the record up
+    (app.py, `hub.listed_at`), which keeps it. When did the quiet action run? Wired as server.start."""
+    clock = Clock()
+    hub = make_hub(FakeReader({"big/app": {"v1"}, "small/app": {"v1"}}), clock, idle_scope_ttl=ttl)
+    hub.run()
+    lists, ran = [0], list[float]()
+    quiet = WhenQuiet(
+        clock,
+        lambda: lists[0],
+        (lambda: ran.append(clock.seconds()),),
+        quiet_after(60.0),
+        held=lambda: bool(hub.listed.records),
+        held_at_most=1.5 * ttl,
+    )
+    quiet.run()
+    lists[0] += 1
+    _, observe = listing(hub, "big")
+    observe("big/app", [f"v{index}" for index in range(100_000)])
+    clock.advance(10)
+    lists[0] += 1
+    small, observe = listing(hub, "small")
+    observe("small/app", ["v1"])
+    for step in range(1, 3600 // 10):
+        clock.advance(10)
+        if (step * 10) % every == 0:
+            assert hub.listed_at("small", small) is not None  # the watch from its resourceVersion
+    assert hub.listed.records  # the small list's, kept all along by its client
+    quiet.stop()
+    hub.stop()
+    return ran
+
+
+@pytest.mark.parametrize(("ttl", "every"), [(120.0, 60.0), (600.0, 300.0)])
+def test_a_client_resuming_from_a_small_list_does_not_keep_a_big_lists_quiet_action_away(
+    ttl: float, every: float
+) -> None:
+    # Review r12quiet L1: the one record of `small`, a tag, kept ``held`` True for the hour, and the
+    # action that forgets what the 100,000-tag list of `big` left (caches, garbage, free heap) never
+    # ran. Waiting past 1.5 timeouts frees nothing: what is held then is kept by its users.
+    ran = _quiet_with_a_client_resuming_from_a_small_list(ttl, every)
+    assert len(ran) == 1
+    # The loop's first look after the lists (60 s), then 3 minutes and 1.5 timeouts at most.
+    assert ran[0] <= QUIET_AFTER / 3 + QUIET_AFTER + 1.5 * ttl
 
 
 class _SlowerThanItsDeadline(SlowRegistry):
