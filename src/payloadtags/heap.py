@@ -28,6 +28,9 @@ TRIM_THRESHOLD = 8 << 20
 
 # What an operator may have set for glibc's allocator already: that is left as it is.
 _OPERATOR_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")
+# The same three as tunables. The allocator's others (arena_max, hugetlb, tcache_count, ...) say nothing
+# of how much free heap the process keeps, any more than MALLOC_ARENA_MAX does.
+_OPERATOR_TUNABLES = ("glibc.malloc.trim_threshold", "glibc.malloc.mmap_threshold", "glibc.malloc.top_pad")
 
 
 def keep_freed_heap(environ: Mapping[str, str] | None = None) -> str | None:
@@ -73,9 +76,16 @@ def operators_settings(environ: Mapping[str, str] | None = None) -> list[str]:
     allocator is then left as it is, its thresholds unset and its free heap not trimmed."""
     environ = os.environ if environ is None else environ
     names = [name for name in _OPERATOR_SETTINGS if name in environ]
-    if "glibc.malloc" in environ.get("GLIBC_TUNABLES", ""):
+    if any(_a_threshold_tunable(entry) for entry in environ.get("GLIBC_TUNABLES", "").split(":")):
         names.append("GLIBC_TUNABLES")
     return names
+
+
+def _a_threshold_tunable(entry: str) -> bool:
+    """Whether a GLIBC_TUNABLES entry (``name=value``, ':' between them) sets one of the three: glibc
+    ignores an entry without '=', and applies an empty value (as 0), as it does ``MALLOC_*_=``."""
+    name, equals, _ = entry.partition("=")
+    return bool(equals) and name in _OPERATOR_TUNABLES
 
 
 @functools.cache

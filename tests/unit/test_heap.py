@@ -201,6 +201,29 @@ def test_an_operators_allocator_settings_are_not_trimmed_either(monkeypatch: pyt
     assert libc.calls == [("malloc_trim", 0)]
 
 
+def test_tunables_of_other_parts_of_the_allocator_are_no_reason_to_leave_its_heap_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Review r12quiet L2: any "glibc.malloc" text in GLIBC_TUNABLES counted. glibc.malloc.arena_max=2
+    # fixes no threshold (glibc 2.36, checked by a probe), exactly as MALLOC_ARENA_MAX=2, which is rightly
+    # ignored; and glibc ignores an entry without '='. Both left the heap untuned and untrimmed.
+    libc = _Recorded()
+    monkeypatch.setattr(heap, "_glibc", lambda: libc)
+    assert keep_freed_heap({"MALLOC_ARENA_MAX": "2"}) is None
+    for tunables in (
+        "glibc.malloc.arena_max=2",
+        "glibc.malloc.hugetlb=1",
+        "glibc.malloc.tcache_count=0:glibc.malloc.mxfast=0",
+        "glibc.malloc.trim_threshold",  # no value: glibc ignores it
+        "glibc.malloc.top_pad_x=1",
+    ):
+        assert keep_freed_heap({"GLIBC_TUNABLES": tunables}) is None, tunables
+        assert give_back_free_heap({"GLIBC_TUNABLES": tunables}) is True, tunables
+    # One of the three among others, or set empty (glibc applies it as 0), still counts.
+    for tunables in ("glibc.malloc.arena_max=2:glibc.malloc.top_pad=0", "glibc.malloc.mmap_threshold="):
+        assert heap.operators_settings({"GLIBC_TUNABLES": tunables}) == ["GLIBC_TUNABLES"], tunables
+
+
 # `payloadtags serve`, on a port already taken: it exits once it has logged what it says at start.
 # "musl": as where the C library is not glibc.
 _SERVE = """
