@@ -39,16 +39,17 @@ def keep_freed_heap(environ: Mapping[str, str] | None = None) -> str | None:
     the start logs once, as nothing else says it. Called at start, it looks the C library up in any
     case, for `give_back_free_heap` too."""
     libc = _glibc()
+    # First: without glibc nothing reads the MALLOC_* names an image's environment may still carry.
+    if libc is None:
+        return (
+            "the C library is not glibc: its allocator's thresholds are its own, and a quiet server "
+            "gives no free heap back"
+        )
     tuned = operators_settings(environ)
     if tuned:
         return (
             f"glibc's allocator left as {', '.join(tuned)} set it: no thresholds fixed, and a quiet "
             "server gives no free heap back"
-        )
-    if libc is None:
-        return (
-            "the C library is not glibc: its allocator's thresholds are its own, and a quiet server "
-            "gives no free heap back"
         )
     if not (
         libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
