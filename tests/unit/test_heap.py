@@ -227,6 +227,38 @@ def test_tunables_of_other_parts_of_the_allocator_are_no_reason_to_leave_its_hea
         assert heap.operators_settings({"GLIBC_TUNABLES": tunables}) == ["GLIBC_TUNABLES"], tunables
 
 
+def test_an_empty_setting_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    # glibc 2.36 applies MALLOC_MMAP_THRESHOLD_= (empty) as 0, as it does glibc.malloc.mmap_threshold=
+    # (review r12quiet L4: counting only a non-empty value passed every other test).
+    libc = _Recorded()
+    monkeypatch.setattr(heap, "_glibc", lambda: libc)
+    for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_"):
+        assert keep_freed_heap({name: ""}) is not None
+        assert give_back_free_heap({name: ""}) is False
+    assert libc.calls == []
+
+
+class _Refusing(_Recorded):
+    def mallopt(self, parameter: int, value: int) -> int:
+        super().mallopt(parameter, value)
+        return 0
+
+
+class _RefusingTheTrimThreshold(_Recorded):
+    def mallopt(self, parameter: int, value: int) -> int:
+        super().mallopt(parameter, value)
+        return int(parameter != heap._M_TRIM_THRESHOLD)
+
+
+@pytest.mark.parametrize("library", [_Refusing, _RefusingTheTrimThreshold], ids=["both", "the second"])
+def test_a_refused_threshold_is_said(monkeypatch: pytest.MonkeyPatch, library: type[_Recorded]) -> None:
+    # Review r12quiet L4: the start line for a mallopt that refuses was never checked; nor was the
+    # second mallopt's answer.
+    libc = library()
+    monkeypatch.setattr(heap, "_glibc", lambda: libc)
+    assert keep_freed_heap({}) == "glibc's mallopt refused the heap's thresholds: the allocator keeps its own"
+
+
 # `payloadtags serve`, on a port already taken: it exits once it has logged what it says at start.
 # "musl": as where the C library is not glibc.
 _SERVE = """
