@@ -673,7 +673,14 @@ async def test_a_deletecollection_looks_again_for_writes_of_its_process_only_wit
 
 @pytest.mark.parametrize(
     "held",
-    ["held across the call", "out as each look begins", "unanswered just before", "to t1 itself, held"],
+    [
+        "held across the call",
+        "held, with a label selector keeping no tag",
+        "held, with a label selector keeping every tag",
+        "out as each look begins",
+        "unanswered just before",
+        "to t1 itself, held",
+    ],
 )
 @pytest_twisted.ensureDeferred
 async def test_a_write_to_a_tag_the_selector_cannot_match_does_not_hold_a_one_tag_call(
@@ -686,7 +693,9 @@ async def test_a_write_to_a_tag_the_selector_cannot_match_does_not_hold_a_one_ta
     F1): held across the call, its 504 naming that other write at the deadline; out as each look
     begins (answered 0.3 s later, its copy deleted), one more look per write; unanswered just
     before, its 504 saying to wait about 20 s. A write that could put back t1 itself is still waited
-    for: held across the call, its 504."""
+    for: held across the call, its 504. With a label selector beside the name, held: one that keeps
+    no tag (tags carry no labels, so ``-l app`` selects nothing) waited for every repository, to its
+    504 (review r9own L1); one that keeps every tag (``!app``) is as none."""
     run = _OwnLateWrite(reactor, fresh_registry, REPLICA)
     run.proxy.decide = lambda method, path: None
     service = run.replicas[REPLICA].service
@@ -694,7 +703,10 @@ async def test_a_write_to_a_tag_the_selector_cannot_match_does_not_hold_a_one_ta
     ns = run.namespace
     a, b = run.repositories[ns][0], run.repositories[ns][1]
     t1 = TagRef(ns, a.split("/", 1)[1], "t1").name
-    query = list_options({"fieldSelector": [f"metadata.name={t1}"]})
+    raw = {"fieldSelector": [f"metadata.name={t1}"]}
+    if held.startswith("held, with a label selector"):
+        raw["labelSelector"] = ["app" if held.endswith("no tag") else "!app"]
+    query = list_options(raw)
     counts = [0, 0]
     try:
         await run.fill()
@@ -702,7 +714,7 @@ async def test_a_write_to_a_tag_the_selector_cannot_match_does_not_hold_a_one_ta
             leave = (b, "s0", f"sha256:{0:064x}")
             late_writes.ended(ns, late_writes.sent(ns, f"deleting tag {b}:s0", leave, kind=COPY), 20.0)
             error = await _answer(service, ns, query, time_left=TIME_LEFT)
-        elif held in ("held across the call", "to t1 itself, held"):
+        elif "held" in held:
             leave = (
                 (a, "t1", f"sha256:{0:064x}")
                 if held == "to t1 itself, held"
@@ -730,6 +742,9 @@ async def test_a_write_to_a_tag_the_selector_cannot_match_does_not_hold_a_one_ta
         assert f"while deleting tag {a}:t1" in error.message, error.message
         return
     assert error is None, f"{error.code}: {error.message}"
+    if held.endswith("no tag"):
+        assert "t1" in left.get(a, []), left  # not selected
+        return
     assert "t1" not in left.get(a, []), left
     if held == "out as each look begins":
         assert counts[0] == 2, counts

@@ -72,6 +72,10 @@ def test_the_paths_a_selector_keeps_hold_every_tag_it_keeps(
         parse_label_selector("app" if labelled else "!app"), FieldSelector(tuple(requirements))
     )
     kept = paths_kept(accept)
+    if labelled:
+        # Tags carry no labels: "app" keeps no tag, so no path; it kept every path, and a one-name
+        # deletecollection with it waited for writes in every repository (review r9own L1).
+        assert kept is not None and not any(kept(path) for path in _PATHS), requirements
     if kept is None:
         return
     assert accept is not None
@@ -85,6 +89,14 @@ def test_a_selector_of_one_name_keeps_that_names_path_only() -> None:
     kept = paths_kept(one)
     assert kept is not None and kept("team/app") and not kept("app")
     assert paths_kept(tag_filter(LabelSelector(), parse_field_selector("metadata.namespace=ns1"))) is None
+    # With a label selector that keeps no tag (tags carry none), not even that name's path.
+    none = paths_kept(
+        tag_filter(
+            parse_label_selector("app"),
+            parse_field_selector(f"metadata.name={encode_name('team/app', 'v1')}"),
+        )
+    )
+    assert none is not None and not none("team/app")
 
 
 @pytest.mark.property

@@ -329,8 +329,11 @@ def _tag_of(name: str) -> tuple[str, str] | None:
 def tag_filter(labels: LabelSelector, fields: FieldSelector) -> Callable[[TagRef], bool] | None:
     """Which tags the selectors keep, each decided in O(1) whatever the number of terms; None when
     they keep every tag."""
-    if not labels.matches({}):  # tags carry no labels: the label selector decides once for all
-        return lambda ref: False
+    if not labels.matches({}):
+        # Tags carry no labels: the label selector decides once for all. Keeping none, it is the
+        # filter of no tag, so that `paths_kept` keeps no path either: a plain "no" kept every path,
+        # and a one-name deletecollection with it waited for writes in every repository (review r9own L1).
+        return _TagTest(None, True, None, {})
     namespace = fields.tests.get("metadata.namespace")
     name = fields.tests.get("metadata.name")
     if namespace is None and name is None:
