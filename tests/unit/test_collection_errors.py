@@ -115,6 +115,19 @@ def test_the_unlooked_503_says_whether_its_tags_are_there_is_not_known() -> None
     )
     assert "selected tag(s)" not in error.message, error.message
     assert f'"{LEFT.name}" ({LEFT.repository}:v2); retry' in error.message, error.message
+    # Such a write may have been answered before the last look began (of a tag outside the
+    # selection, which that look may have listed without taking it in): not "after the last look"
+    # (review r9own N1).
+    assert "last look" not in error.message, error.message
+    assert all("last look" not in c["message"] for c in error.details.causes or ()), error.details.causes
+
+
+def test_the_unlooked_503_of_an_empty_selection_says_it_selected_none() -> None:
+    """A call that selected nothing, while a write of its process to a tag its selector matches was
+    answered during it with its copy not known gone: "its 0 tag(s) are deleted" (review r9own N2)."""
+    error = _collection_unlooked("team", 0, [("team/app", "v2", "sha256:" + "0" * 64)])
+    assert "0 tag(s)" not in error.message, error.message
+    assert "not finished: it selected no tag, but writes of payloadtags" in error.message, error.message
 
 
 def test_a_dry_run_checks_each_repository_it_selects_once() -> None:

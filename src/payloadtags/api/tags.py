@@ -127,18 +127,23 @@ def _collection_unlooked(namespace: str, total: int, leaves: Collection[Leave]) 
     for what writes of its process sent during its passes may have left at ``leaves`` (answered, or
     whose time passed): such a tag is part of the call, and a retry's selection takes it."""
     refs = list(dict.fromkeys(_tag_at(namespace, leave) for leave in leaves))
-    # No look read these tags (there was no time left for one): each may be there or not, so not
-    # `ResourceLeft`, which says a look listed it (review r8own L1).
+    # No look read these tags for what the writes left (there was no time left for one): each may be
+    # there or not, so not `ResourceLeft`, which says a look listed it (review r8own L1). Not "after
+    # the last look" either: a write answered before the last look began, of a tag outside the
+    # selection, is named too, and that look may have listed the tag without taking it in (review
+    # r9own N1).
     why = (
-        "a write of payloadtags during this request may have put it back after the last look, which had "
-        "no time left to look again: whether it is there is not known"
+        "a write of payloadtags during this request may have put it back, and the request had no time "
+        "left to check for it: whether it is there is not known"
     )
     named = [f'"{ref.name}" ({ref.repository}:{ref.tag})' for ref in refs[:NAMED_LEFT]]
     more = f" and {len(refs) - NAMED_LEFT} more" if len(refs) > NAMED_LEFT else ""
+    # An empty selection has nothing deleted to speak of (review r9own N2).
+    done = f"its {total} tag(s) are deleted" if total else "it selected no tag"
     message = (
-        f"deletecollection of {QUALIFIED_RESOURCE} in namespace {namespace} is not finished: its "
-        f"{total} tag(s) are deleted, but writes of payloadtags during this request may have put back, "
-        f"after the last look, which had no time left to look again: {'; '.join(named)}{more}; retry"
+        f"deletecollection of {QUALIFIED_RESOURCE} in namespace {namespace} is not finished: {done}, but "
+        "writes of payloadtags during this request may have put back tags that it had no time left to "
+        f"check for: {'; '.join(named)}{more}; retry"
     )
     causes = [{"reason": "NotLookedFor", "field": ref.name, "message": why} for ref in refs[:NAMED_LEFT]]
     details = StatusDetails(group=GROUP, kind=RESOURCE, causes=causes, retry_after_seconds=1)
