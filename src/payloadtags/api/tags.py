@@ -125,7 +125,8 @@ def _within_kept(visible: Within | None, kept: Callable[[str], bool] | None) -> 
 def _collection_unlooked(namespace: str, total: int, leaves: Collection[Leave]) -> ApiError:
     """503 with Retry-After for a deletecollection whose budget or deadline was spent before it looked
     for what writes of its process sent during its passes may have left at ``leaves`` (answered, or
-    whose time passed): such a tag is part of the call, and a retry's selection takes it."""
+    whose time passed; none when the writes it waited for left nothing it knows of): such a tag is
+    part of the call, and a retry's selection takes it."""
     refs = list(dict.fromkeys(_tag_at(namespace, leave) for leave in leaves))
     # No look read these tags for what the writes left (there was no time left for one): each may be
     # there or not, so not `ResourceLeft`, which says a look listed it (review r8own L1). Not "after
@@ -140,10 +141,11 @@ def _collection_unlooked(namespace: str, total: int, leaves: Collection[Leave]) 
     more = f" and {len(refs) - NAMED_LEFT} more" if len(refs) > NAMED_LEFT else ""
     # An empty selection has nothing deleted to speak of (review r9own N2).
     done = f"its {total} tag(s) are deleted" if total else "it selected no tag"
+    which = f": {'; '.join(named)}{more}" if named else ""
     message = (
         f"deletecollection of {QUALIFIED_RESOURCE} in namespace {namespace} is not finished: {done}, but "
-        "writes of payloadtags during this request may have put back tags that it had no time left to "
-        f"check for: {'; '.join(named)}{more}; retry"
+        f"writes of payloadtags during this request may have put back tags that it had no time left to "
+        f"check for{which}; retry"
     )
     causes = [{"reason": "NotLookedFor", "field": ref.name, "message": why} for ref in refs[:NAMED_LEFT]]
     details = StatusDetails(group=GROUP, kind=RESOURCE, causes=causes, retry_after_seconds=1)
@@ -852,10 +854,13 @@ class TagsService:
             ]
             if not waited and not unseen:
                 return [passes.deleted[ref] for ref in passes.order if ref in passes.deleted], meta
-            if not waited and self.late_writes is not None and self.late_writes.now() >= deadline:
+            if self.late_writes is not None and self.late_writes.now() >= deadline:
                 # Writes sent during each pass would make it pass again with no other end (review r7own
-                # F1): none once the budget or the cut is spent. Not a 200, which would hide a tag such
-                # a write may have left: the retriable 503 naming them, whose retry selects them.
+                # F1): none once the budget or the cut is spent, also after a wait that ended there (a
+                # pass begun then ran past the deadline unbounded, no write left to cut it: review r8own
+                # N1). Not a 200, which would hide a tag such a write may have left: the retriable 503
+                # naming them, whose retry selects them (none named after a wait whose writes left
+                # nothing the call's look lists, or nothing known).
                 raise _collection_unlooked(namespace, len(passes.order), unseen)
             # Delete what they left, and look again.
             looked_for = set(leaves)

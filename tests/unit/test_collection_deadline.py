@@ -1,0 +1,107 @@
+"""A tag-by-tag deletecollection begins no look once its deadline is spent (docs/consistency.md,
+"deletecollection"), also after a wait for a late write that ended there: a pass begun then ran past
+the deadline with nothing to cut it, no write being left that may land (review r8own N1).
+
+On the test's clock, with the registry a double: the call's deletes and looks end at once, and the
+write it waits for is recorded by hand, as the registry client records a re-tag's PUT."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from payloadtags.access.authz import AlwaysAllow
+from payloadtags.api.errors import ApiError
+from payloadtags.api.options import DeleteOptions, list_options
+from payloadtags.api.tags import DEADLINE_MARGIN, ResourceVersions, TagsService
+from payloadtags.identity import UserInfo
+from payloadtags.inventory import Inventory
+from payloadtags.names import TagRef
+from payloadtags.registry import LateWrites
+from payloadtags.registry.late import COPY
+from tests.unit.test_inventory_paging import Registry
+
+ADMIN = UserInfo("admin", groups=("system:masters",))
+TIME_LEFT = 5.0
+DEADLINE = TIME_LEFT - DEADLINE_MARGIN  # the call begins at 0
+ELSEWHERE = TagRef("team", "app", "v9")  # where the write would leave a tag: not selected
+
+
+class _Deleting(Registry):
+    """The listing double, whose deletes end at once; each read of tags noted with its time."""
+
+    def __init__(self, content: dict[str, set[str]], clock: Clock) -> None:
+        super().__init__(content)
+        self.clock = clock
+        self.read_at: list[float] = []
+
+    async def tags(self, repository: str) -> list[str]:
+        self.read_at.append(self.clock.seconds())
+        return await super().tags(repository)
+
+    async def delete_tag(self, repository: str, tag: str, expected: str | None = None) -> str | None:
+        self.content[repository].discard(tag)
+        return None
+
+    async def resolve(self, repository: str, tag: str) -> str:
+        return "sha256:" + "1" * 64
+
+
+def _answer(selector: str | None) -> tuple[ApiError | None, _Deleting]:
+    """A deletecollection of team/app's v1 (all of the namespace, or by ``selector``) with
+    `TIME_LEFT`, while a re-tag of the process to `ELSEWHERE` is out, answered just as the call's
+    deadline comes: the wait for it ends with no write left that may land, at the deadline."""
+    clock = Clock()
+    late_writes = LateWrites(clock)
+    registry = _Deleting({"team/app": {"v1"}}, clock)
+    tags = TagsService(
+        inventory=Inventory(registry, concurrency=4),  # type: ignore[arg-type]
+        registry_host="registry.test",
+        authorizer=AlwaysAllow(),
+        versions=ResourceVersions(clock),
+        late_writes=late_writes,
+    )
+    leave = (ELSEWHERE.repository, ELSEWHERE.tag, "sha256:" + "0" * 64)
+    number = late_writes.sent("team", f"deleting tag {ELSEWHERE.repository}:v9", leave, kind=COPY)
+    # Set before the call's own timer at the same time: the answer comes first.
+    clock.callLater(DEADLINE, late_writes.ended, "team", number, None)
+    query = {} if selector is None else {"fieldSelector": [selector]}
+    call = Deferred.fromCoroutine(
+        tags.delete_collection(ADMIN, "team", list_options(query), DeleteOptions(), time_left=TIME_LEFT)
+    )
+    assert not call.called  # waiting for the write
+    clock.advance(DEADLINE)
+    assert call.called
+    failures: list[Failure] = []
+    call.addErrback(failures.append)
+    if not failures:
+        return None, registry
+    assert isinstance(failures[0].value, ApiError)
+    return failures[0].value, registry
+
+
+def test_no_look_begins_after_a_wait_that_ended_at_the_deadline() -> None:
+    """The write may have left `ELSEWHERE` (all of the namespace: a tag the call takes in): the
+    retriable 503 naming it, which no look checked for. It answered 200 after a look at the deadline."""
+    error, registry = _answer(None)
+    assert all(at < DEADLINE for at in registry.read_at), registry.read_at
+    assert error is not None, "answered 200"
+    assert (error.code, error.retry_after) == (503, 1), error.message
+    assert error.details is not None
+    assert [(c["reason"], c["field"]) for c in error.details.causes or ()] == [
+        ("NotLookedFor", ELSEWHERE.name)
+    ]
+
+
+def test_no_look_begins_after_a_wait_that_ended_at_the_deadline_for_a_write_the_look_cannot_list() -> None:
+    """The write's tag is one the selector does not keep, and the wait was for it all the same (its
+    repository may hold a tag the selector keeps): no tag to name, and still no look past the
+    deadline, nor a 200 that a look did not back."""
+    error, registry = _answer(f"metadata.name!={ELSEWHERE.name}")
+    assert all(at < DEADLINE for at in registry.read_at), registry.read_at
+    assert error is not None, "answered 200"
+    assert (error.code, error.retry_after) == (503, 1), error.message
+    assert error.details is not None
+    assert not error.details.causes, error.details.causes
+    assert "may have put back tags that it had no time left to check for; retry" in error.message
