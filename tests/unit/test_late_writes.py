@@ -6,12 +6,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import pytest
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from payloadtags.registry import LateWrites
-from payloadtags.registry.late import COPY, PLACEHOLDER, RESTORE
+from payloadtags.registry.late import COPY, PLACEHOLDER, RESTORE, Kind
 
 
 def outcome(waiting: Deferred[Any]) -> list[object]:
@@ -127,7 +128,11 @@ def test_an_entry_whose_time_passed_is_dropped_and_the_record_stays_bounded() ->
     late.note("other", "deleting tag other/app:v1", 30.0)
     assert late._writes == {"other": ("deleting tag other/app:v1", 30.0)}
     # Where a write would leave its tag goes with its namespace's entry.
-    late.ended("other", late.sent("other", "deleting tag other/app:v2", ("other/app", "v2", "sha256:1")), 5.0)
+    late.ended(
+        "other",
+        late.sent("other", "deleting tag other/app:v2", ("other/app", "v2", "sha256:1"), kind=COPY),
+        5.0,
+    )
     assert late.leaves("other") == {("other/app", "v2", "sha256:1"): COPY}
     clock.advance(20.0)
     assert late.pending("other") is None
@@ -140,7 +145,9 @@ def test_a_namespace_noted_again_as_its_time_passes_keeps_where_its_writes_would
     leave its tag stays known (the tag-by-tag deletecollection that waits for it deletes it there)."""
     clock = Clock()
     late = LateWrites(clock)
-    late.ended("team", late.sent("team", "deleting tag team/app:v1", ("team/app", "v1", "sha256:1")), 4.0)
+    late.ended(
+        "team", late.sent("team", "deleting tag team/app:v1", ("team/app", "v1", "sha256:1"), kind=COPY), 4.0
+    )
     clock.advance(4.0)
     late.note("team", "deleting tag team/app:v1", 8.0)
     assert late.pending("team") == ("deleting tag team/app:v1", 8.0)
@@ -204,14 +211,16 @@ def test_a_look_scoped_to_some_repositories_sees_only_their_writes() -> None:
     late = LateWrites(clock)
     mine = {"team/mine"}.__contains__
     late.note("team", "deleting tag team/theirs:v1", 30.0, "team/theirs")
-    out = late.sent("team", "deleting tag team/theirs:v2", ("team/theirs", "v2", "sha256:2"), after=10.0)
+    out = late.sent(
+        "team", "deleting tag team/theirs:v2", ("team/theirs", "v2", "sha256:2"), after=10.0, kind=COPY
+    )
     assert late.pending("team", mine) is None
     assert late.leaves("team", mine) == {}
     assert late.out_within("team", mine) == "later"
     assert outcome(late.wait_out("team", 100.0, mine)) == [None]
     assert late.pending("team") == ("deleting tag team/theirs:v2", math.inf)  # the namespace's look
     late.note("team", "deleting tag team/mine:v1", 20.0, "team/mine")
-    late.sent("team", "deleting tag team/mine:v2", ("team/mine", "v2", "sha256:3"), after=10.0)
+    late.sent("team", "deleting tag team/mine:v2", ("team/mine", "v2", "sha256:3"), after=10.0, kind=COPY)
     assert late.pending("team", mine) == ("deleting tag team/mine:v2", math.inf)
     assert late.leaves("team", mine) == {("team/mine", "v2", "sha256:3"): COPY}
     late.ended("team", out, None)
@@ -233,9 +242,9 @@ def test_the_repositories_of_a_namespaces_writes_are_those_out_noted_or_leaving_
     assert late.repositories("team") == frozenset()
     late.note("team", "deleting tag team/a:v1", 30.0, "team/a")
     late.note("team", "writing somewhere", 30.0)  # no repository: none to decide
-    late.sent("team", "deleting tag team/b:v1", ("team/b", "v1", "sha256:1"))
+    late.sent("team", "deleting tag team/b:v1", ("team/b", "v1", "sha256:1"), kind=COPY)
     late.sent("team", "repairing", None)
-    late.sent("other", "deleting tag other/c:v1", ("other/c", "v1", "sha256:2"))
+    late.sent("other", "deleting tag other/c:v1", ("other/c", "v1", "sha256:2"), kind=COPY)
     assert late.repositories("team") == {"team/a", "team/b"}
 
 
@@ -246,7 +255,7 @@ def test_a_watch_holds_the_writes_of_its_time_and_not_those_answered_before_it()
     push of the same image puts the tag too, was taken for what that write left (r5own F1)."""
     late = LateWrites(Clock())
     answered = late.sent("team", "restoring tag team/app:v1", ("team/app", "v1", "sha256:1"), kind=RESTORE)
-    out = late.sent("team", "deleting tag team/app:v2", ("team/app", "v2", "sha256:2"))
+    out = late.sent("team", "deleting tag team/app:v2", ("team/app", "v2", "sha256:2"), kind=COPY)
     late.ended("team", answered, None)  # answered while another write of the namespace is out
     assert late.leaves("team") == {("team/app", "v2", "sha256:2"): COPY}
     watch = late.watch("team")
@@ -272,7 +281,7 @@ def test_a_restore_unanswered_keeps_its_kind_where_a_copy_would_leave_the_same_t
     late = LateWrites(Clock())
     leave = ("team/app", "v1", "sha256:1")
     late.ended("team", late.sent("team", "restoring tag team/app:v1", leave, kind=RESTORE), 5.0)
-    late.ended("team", late.sent("team", "deleting tag team/app:v1", leave), 5.0)
+    late.ended("team", late.sent("team", "deleting tag team/app:v1", leave, kind=COPY), 5.0)
     assert late.leaves("team") == {leave: RESTORE}
     assert late.watch("team").leaves == {leave: RESTORE}
 
@@ -284,20 +293,20 @@ def test_a_watch_knows_when_each_leaves_writes_were_answered() -> None:
     clock = Clock()
     late = LateWrites(clock)
     noted = ("team/app", "v0", "sha256:0")
-    late.ended("team", late.sent("team", "deleting tag team/app:v0", noted), 5.0)
-    before = late.sent("team", "deleting tag team/app:v1", ("team/app", "v1", "sha256:1"))
+    late.ended("team", late.sent("team", "deleting tag team/app:v0", noted, kind=COPY), 5.0)
+    before = late.sent("team", "deleting tag team/app:v1", ("team/app", "v1", "sha256:1"), kind=COPY)
     watch = late.watch("team")
     clock.advance(1.0)
     late.ended("team", before, None)
     twice = ("team/app", "v2", "sha256:2")
-    first = late.sent("team", "deleting tag team/app:v2", twice)
-    second = late.sent("team", "deleting tag team/app:v2", twice)
+    first = late.sent("team", "deleting tag team/app:v2", twice, kind=COPY)
+    second = late.sent("team", "deleting tag team/app:v2", twice, kind=COPY)
     clock.advance(1.0)
     late.ended("team", first, None)
     assert twice not in watch.answered  # the other one is still out
     late.ended("team", second, None)
     lost = ("team/app", "v3", "sha256:3")
-    late.ended("team", late.sent("team", "deleting tag team/app:v3", lost), 5.0)
+    late.ended("team", late.sent("team", "deleting tag team/app:v3", lost, kind=COPY), 5.0)
     assert watch.answered == {("team/app", "v1", "sha256:1"): 1, twice: 3}  # in order of the answers
     assert late.answers() == 3
     assert watch.unanswered == {noted, lost}
@@ -312,7 +321,7 @@ def test_a_watch_holds_no_unanswered_write_whose_time_passed() -> None:
     restore = late.sent("team", "restoring tag team/app:v1", ("team/app", "v1", "sha256:aa"), kind=RESTORE)
     late.ended("team", restore, 2.0)  # may land until 2.0
     clock.advance(1.0)
-    late.sent("team", "deleting tag team/app:v2", ("team/app", "v2", "sha256:bb"))  # out, held
+    late.sent("team", "deleting tag team/app:v2", ("team/app", "v2", "sha256:bb"), kind=COPY)  # out, held
     assert ("team/app", "v1", "sha256:aa") in late.watch("team").leaves  # may still land
     clock.advance(100.0)
     assert late.pending("team") is not None  # the second one is out
@@ -333,8 +342,8 @@ def test_a_watch_forgets_a_copy_once_its_digest_delete_was_answered() -> None:
         ("team/app", "v2", "sha256:bb"),
         ("team/app", "v3", "sha256:cc"),
     )
-    late.ended("team", late.sent("team", "deleting tag team/app:v1", copy), None)
-    late.sent("team", "deleting tag team/app:v2", held)
+    late.ended("team", late.sent("team", "deleting tag team/app:v1", copy, kind=COPY), None)
+    late.sent("team", "deleting tag team/app:v2", held, kind=COPY)
     late.ended("team", late.sent("team", "restoring tag team/app:v3", restore, kind=RESTORE), None)
     for leave in (copy, held, restore):
         late.gone("team", leave)
@@ -342,3 +351,18 @@ def test_a_watch_forgets_a_copy_once_its_digest_delete_was_answered() -> None:
     assert copy not in watch.answered
     late.unwatch(watch)
     assert late.watching("team") == 0
+
+
+def test_a_write_that_would_leave_a_tag_says_what_it_would_put_there() -> None:
+    """A write's kind is a `Kind`, given with its leave and only then: `sent` defaulted to a copy, so a
+    sender that forgot it recorded a restore (the client's own content, never deleted where found) as
+    a copy, which a deletecollection deletes where it finds it."""
+    late = LateWrites(Clock())
+    leave = ("team/app", "v1", "sha256:1")
+    with pytest.raises(TypeError):
+        late.sent("team", "restoring tag team/app:v1", leave)  # type: ignore[call-overload]
+    with pytest.raises(TypeError):
+        late.sent("team", "deleting tag team/app:v1", None, kind=COPY)  # type: ignore[call-overload]
+    assert late.pending("team") is None  # neither was recorded
+    late.sent("team", "restoring tag team/app:v1", leave, kind=RESTORE)
+    assert late.leaves("team") == {leave: Kind.RESTORE}

@@ -42,7 +42,7 @@ from payloadtags.model import (
 from payloadtags.names import InvalidName, TagRef, is_namespace, ref_from_name
 from payloadtags.registry import LateWrites, asking
 from payloadtags.registry.errors import RegistryConflict, RegistryError, RegistryNotFound
-from payloadtags.registry.late import RESTORE, Leave, Watch, Within
+from payloadtags.registry.late import RESTORE, Kind, Leave, Watch, Within
 from payloadtags.watch import parse_version
 
 audit_log = Logger(namespace="payloadtags.audit")
@@ -771,7 +771,7 @@ class TagsService:
         # The wait for a late write ends with the budget, or before the request's deadline.
         deadline = min(began + self.removal_budget, cut)
 
-        def watched() -> dict[Leave, str]:
+        def watched() -> dict[Leave, Kind]:
             # Only where the call's look could list a tag: a repository the caller sees, a tag its
             # selectors keep. A write of any other cannot leave a tag the call asks for, and passing
             # again for it made a stream of other clients' deletes keep the call going (review r7own F1).
@@ -783,7 +783,7 @@ class TagsService:
             }
 
         todo: builtins.list[TagRef] | None = refs
-        leaves: dict[Leave, str] = {}
+        leaves: dict[Leave, Kind] = {}
         # The leaves a pass looked for, begun once their writes could no longer land.
         looked_for: set[Leave] = set()
         while True:
@@ -911,7 +911,7 @@ class TagsService:
         raise _collection_incomplete(namespace, len(refs), left, failed, (), lasting)
 
     async def _left_by_late_writes(
-        self, refs: builtins.list[TagRef], leaves: dict[Leave, str], failed: dict[TagRef, str]
+        self, refs: builtins.list[TagRef], leaves: dict[Leave, Kind], failed: dict[TagRef, str]
     ) -> dict[TagRef, str]:
         """Those of ``refs`` (selected tags listed again after the wait for this process's late writes)
         that point where such a write would leave them (``leaves``: the call's `Watch`) with content of
@@ -1178,7 +1178,7 @@ class _TagByTag:
             return None
         return service._object(ref, TagStatus(digest=digest) if digest is not None else None)
 
-    async def one_pass(self, todo: builtins.list[TagRef] | None, leaves: dict[Leave, str]) -> Page:
+    async def one_pass(self, todo: builtins.list[TagRef] | None, leaves: dict[Leave, Kind]) -> Page:
         """Deletes ``todo`` (None: once the late writes of the call's time can no longer land, those of
         the selection they may have left, looked for first, and those they brought back:
         `brought_back`), then looks at the tags: what the look lists."""
@@ -1210,7 +1210,7 @@ class _TagByTag:
         )[0]
 
     async def brought_back(
-        self, listed: builtins.list[TagRef], leaves: dict[Leave, str]
+        self, listed: builtins.list[TagRef], leaves: dict[Leave, Kind]
     ) -> dict[TagRef, str]:
         """Of ``listed`` (a look begun once the writes of ``leaves``, the call's `Watch`, could no longer
         land), the tags outside the selection at the leave of such a write, when the call takes them

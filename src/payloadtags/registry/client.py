@@ -76,7 +76,7 @@ from .errors import (
     RegistryUnavailable,
 )
 from .interface import Sent, Waiting, WriteHooks
-from .late import COPY, PLACEHOLDER, RESTORE, LateWrites, namespace_of
+from .late import COPY, PLACEHOLDER, RESTORE, Kind, LateWrites, namespace_of
 from .queue import RepositoryQueue
 from .transport import (
     BytesProducer,
@@ -1478,7 +1478,7 @@ class RegistryClient:
         return digest
 
     async def _put_manifest(
-        self, repository: str, reference: str, body: bytes, media_type: str, what: str, kind: str
+        self, repository: str, reference: str, body: bytes, media_type: str, what: str, kind: Kind
     ) -> str:
         # Out from here until answered (`late_writes`): a removal of the namespace meanwhile does not
         # report it empty, even when whoever sent it stops waiting (a budget spent, a client gone).

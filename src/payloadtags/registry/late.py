@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Callable
+from typing import overload
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -22,17 +24,26 @@ Within = Callable[[str], bool]
 # Where a manifest write would leave a tag if it landed: (repository, tag, digest).
 Leave = tuple[str, str, str]
 
-# What a manifest write puts under its tag (`LateWrites.sent`'s ``kind``). A re-tag's copy (its
-# delete nonce) and a repair's placeholder (a random annotation) hold content only payloadtags
-# writes: a tag found at one's digest is that write's doing. A restore puts back what the tag held
-# before a failed delete, the client's own content: a tag found there may as well be a client's push
-# of that very image.
-COPY = "copy"
-PLACEHOLDER = "placeholder"
-RESTORE = "restore"
+
+class Kind(enum.Enum):
+    """What a manifest write puts under its tag (`LateWrites.sent`'s ``kind``). A re-tag's copy (its
+    delete nonce) and a repair's placeholder (a random annotation) hold content only payloadtags
+    writes: a tag found at one's digest is that write's doing. A restore puts back what the tag held
+    before a failed delete, the client's own content: a tag found there may as well be a client's push
+    of that very image. An enum, not bare strings: a misspelt kind was a copy to every check but the
+    restore's, which decides whether a tag is deleted."""
+
+    COPY = "copy"
+    PLACEHOLDER = "placeholder"
+    RESTORE = "restore"
 
 
-def _keep(leaves: dict[Leave, str], leave: Leave, kind: str) -> None:
+COPY = Kind.COPY
+PLACEHOLDER = Kind.PLACEHOLDER
+RESTORE = Kind.RESTORE
+
+
+def _keep(leaves: dict[Leave, Kind], leave: Leave, kind: Kind) -> None:
     """Records ``kind`` at ``leave`` in ``leaves``; a restore's kind wins where writes share a leave:
     it is the one that cannot be told from a client's push."""
     if leaves.get(leave) != RESTORE:
@@ -47,7 +58,7 @@ class Watch:
     is not in it: a tag found at its digest during the call was put there by someone else."""
 
     namespace: str
-    leaves: dict[Leave, str] = attrs.Factory(dict)
+    leaves: dict[Leave, Kind] = attrs.Factory(dict)
     # When the registry answered the writes of a leave, each of them (the latest answer, as
     # `LateWrites.answers` counts: an order, not a time): one answered has been carried out, and a
     # look begun after it sees what it left. Not for a leave with a write unanswered (`unanswered`) or
@@ -56,7 +67,7 @@ class Watch:
     unanswered: set[Leave] = attrs.Factory(set)
     _out: dict[Leave, int] = attrs.Factory(dict)  # how many of the leave's writes are out
 
-    def add(self, leave: Leave, kind: str) -> None:
+    def add(self, leave: Leave, kind: Kind) -> None:
         _keep(self.leaves, leave, kind)
 
     def sent(self, leave: Leave) -> None:
@@ -116,10 +127,10 @@ class LateWrites:
     _out: dict[str, dict[int, str]] = attrs.Factory(dict)
     _sent: int = 0
     # Where each write out would leave a tag if it landed, and its kind, given by `sent`: by number.
-    _leave: dict[int, tuple[Leave, str]] = attrs.Factory(dict)
+    _leave: dict[int, tuple[Leave, Kind]] = attrs.Factory(dict)
     # Where the namespace's writes that ended unanswered would leave a tag, and their kinds: kept while
     # the namespace has a write out or noted (`_forget`). One answered leaves nothing here.
-    _leaves: dict[str, dict[Leave, str]] = attrs.Factory(dict)
+    _leaves: dict[str, dict[Leave, Kind]] = attrs.Factory(dict)
     # Until when each of those may land (the latest of its writes, or of a note of its repository
     # since): one whose time passed is in no call's look any more (`_unanswered`), even while the
     # namespace's entry is kept for other writes (review r7own L1).
@@ -174,6 +185,29 @@ class LateWrites:
         for passed in [n for n, (_, time) in self._writes.items() if time <= now and n != namespace]:
             self._drop(passed)
 
+    @overload
+    def sent(
+        self,
+        namespace: str,
+        what: str,
+        leaves: None = None,
+        after: float | None = None,
+        timeout: float | None = None,
+        kind: None = None,
+    ) -> int: ...
+
+    @overload
+    def sent(
+        self,
+        namespace: str,
+        what: str,
+        leaves: Leave,
+        after: float | None = None,
+        timeout: float | None = None,
+        *,
+        kind: Kind,
+    ) -> int: ...
+
     def sent(
         self,
         namespace: str,
@@ -181,7 +215,7 @@ class LateWrites:
         leaves: Leave | None = None,
         after: float | None = None,
         timeout: float | None = None,
-        kind: str = COPY,
+        kind: Kind | None = None,
     ) -> int:
         """A write is out from now on; its number, for `ended`. ``leaves``: where it would leave a tag
         if it landed (repository, tag, digest), for `leaves`; ``after``: how many seconds after its
@@ -189,10 +223,13 @@ class LateWrites:
         latest, and ``timeout``: how long after it leaves its request times out, for `out_within`. Not
         a time from now: a write is out from before its request leaves (a wait for a connection slot,
         for a token, a 401's second try), which no one bounds. ``kind``: what it puts under the tag
-        (`COPY`, `PLACEHOLDER`, `RESTORE`)."""
+        (`COPY`, `PLACEHOLDER`, `RESTORE`), required with ``leaves``: a default made every write whose
+        sender forgot it a copy, which a deletecollection deletes where it finds it."""
+        if (leaves is None) != (kind is None):
+            raise TypeError("a write's kind is given with its leaves, and only then")
         self._sent += 1
         self._out.setdefault(namespace, {})[self._sent] = what
-        if leaves is not None:
+        if leaves is not None and kind is not None:
             self._leave[self._sent] = (leaves, kind)
             self._placed[self._sent] = leaves[0]
             for watch in self._watches.get(namespace, ()):
@@ -364,12 +401,12 @@ class LateWrites:
         left = (left[0] for left in self._leaves.get(namespace, ()))
         return frozenset(r for r in (*out, *noted, *left) if r is not None)
 
-    def leaves(self, namespace: str, within: Within | None = None) -> dict[Leave, str]:
+    def leaves(self, namespace: str, within: Within | None = None) -> dict[Leave, Kind]:
         """Where the namespace's writes that may still land (out, or ended unanswered and their time
         not passed) would leave a tag, each with its kind. A tag found elsewhere after they can no
         longer land was not left by them (a push of its name by someone else meanwhile). ``within``:
         those of the repositories it admits."""
-        found: dict[Leave, str] = {}
+        found: dict[Leave, Kind] = {}
         for number in self._out.get(namespace, {}):
             if number in self._leave:
                 _keep(found, *self._leave[number])
@@ -394,7 +431,7 @@ class LateWrites:
         self._watches.setdefault(namespace, []).append(watch)
         return watch
 
-    def _unanswered(self, namespace: str) -> dict[Leave, str]:
+    def _unanswered(self, namespace: str) -> dict[Leave, Kind]:
         """Where the namespace's writes that ended unanswered and may still land would leave a tag."""
         now = self.now()
         until = self._until.get(namespace, {})
@@ -438,6 +475,7 @@ __all__ = [
     "COPY",
     "PLACEHOLDER",
     "RESTORE",
+    "Kind",
     "LateWrites",
     "Leave",
     "Watch",
