@@ -16,6 +16,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import deferLater
+from twisted.logger import formatEvent
 
 from payloadtags.access.authn import UserInfo
 from payloadtags.access.rbac import RbacAuthorizer, RbacIndex
@@ -32,6 +33,7 @@ from tests.support import images
 from tests.support.dangling import make_dangling
 from tests.support.faultproxy import ERROR_BEFORE, LATE
 from tests.support.interleaving import USER
+from tests.support.logcapture import collected_logs
 from tests.support.registry_server import RegistryServer
 
 REPLICA = 1  # deletes tag by tag: its namespace is not Terminating for it
@@ -172,7 +174,9 @@ async def test_a_deletecollection_deletes_what_its_own_late_write_brought_back_a
     waits for it. t0 existed before the single delete and, as the registry
     ends, after it: the 200 must not leave it. Failed before the fix: the call deleted only its
     selection after the wait, and answered 200 with t0 there, the answering replica's own write. A
-    call that does not ask for t0 (`TAKES_BACK`) leaves it, as a tag its request is not about."""
+    call that does not ask for t0 (`TAKES_BACK`) leaves it, as a tag its request is not about.
+    Its audit line for t0 says that t0 was not in its selection and whose write brought it back: it
+    named the caller alone, as though the caller had selected it (review r7own N1)."""
     run = _OwnLateWrite(reactor, fresh_registry, REPLICA)
     service = run.replicas[REPLICA].service
     path = run.repository.split("/", 1)[1]
@@ -184,18 +188,27 @@ async def test_a_deletecollection_deletes_what_its_own_late_write_brought_back_a
     try:
         await _retag_killed_of_a_tag_gone(run)
         _release_before_the_first_look(run, monkeypatch)
-        await service.delete_collection(USER, run.namespace, options, DeleteOptions())
+        with collected_logs() as events:
+            await service.delete_collection(USER, run.namespace, options, DeleteOptions())
         assert run.reaches.called
         left = await _after_the_200(run)
     finally:
         await _stop(run)
     assert run.proxy.injected[LATE] == 1
+    audit = [formatEvent(e) for e in events if e.get("log_namespace") == "payloadtags.audit"]
     if kept:
         # The checker's invariant is all of the namespace's: a call that asks for less is no case of it.
         assert left == {run.repository: ["t0"]}
+        assert not any(f"{run.repository}:t0 " in line for line in audit), audit
     else:
         assert left == {}
         assert run.report.violations == [], run.report.violations[0][:800]
+        [t0] = [line for line in audit if f"deleted tag {run.repository}:t0 " in line]
+        assert f"by {USER.name}, not in the request's selection: a re-tag that payloadtags made" in t0, t0
+        assert "for another request or its cleanup brought it back" in t0, t0
+    # The tags it selected: the caller's alone.
+    selected = [line for line in audit if f"{run.repository}:t0 " not in line]
+    assert selected and not any("selection" in line for line in selected), audit
 
 
 @pytest.mark.parametrize("sent", ["before the call", "as the selection is read"])

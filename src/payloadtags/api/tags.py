@@ -42,7 +42,7 @@ from payloadtags.model import (
 from payloadtags.names import InvalidName, TagRef, is_namespace, ref_from_name
 from payloadtags.registry import LateWrites, asking
 from payloadtags.registry.errors import RegistryConflict, RegistryError, RegistryNotFound
-from payloadtags.registry.late import RESTORE, Kind, Leave, Watch, Within
+from payloadtags.registry.late import COPY, PLACEHOLDER, RESTORE, Kind, Leave, Watch, Within
 from payloadtags.watch import parse_version
 
 audit_log = Logger(namespace="payloadtags.audit")
@@ -230,10 +230,36 @@ def _across_repositories(refs: list[TagRef]) -> list[TagRef]:
     return [lane[i] for i in range(max(map(len, lanes), default=0)) for lane in lanes if i < len(lane)]
 
 
-def _audit(user: UserInfo, ref: TagRef, digest: str | None, dry_run: bool) -> None:
-    """One line per deleted tag: who deleted what (the digest it pointed at), or would have."""
+# A tag a deletecollection took in (`_TagByTag.brought_back`): the write of payloadtags that brought it
+# back, by what it left there. Never a restore's: such a tag is named, not deleted.
+_BROUGHT_BACK = {
+    COPY: "a re-tag that payloadtags made deleting it for another request or its cleanup",
+    PLACEHOLDER: "a placeholder that payloadtags wrote repairing it for another request or its cleanup",
+}
+
+
+def _taken_in(brought_back: Kind | None) -> tuple[str, dict[str, str]]:
+    """What an audit line adds for a tag its deletecollection took in (``brought_back``: what the late
+    write left there; None: a tag it selected), and its field: not in the request's selection, and
+    whose write brought it back. The line said only "by" the caller, as though the caller had
+    selected it, while the write was another call's (review r7own N1)."""
+    if brought_back is None:
+        return "", {}
+    said = (
+        ", not in the request's selection: {broughtBackBy} brought it back, landing late, after the "
+        "selection was read, and the request took it in"
+    )
+    return said, {"broughtBackBy": _BROUGHT_BACK[brought_back]}
+
+
+def _audit(
+    user: UserInfo, ref: TagRef, digest: str | None, dry_run: bool, brought_back: Kind | None = None
+) -> None:
+    """One line per deleted tag: who deleted what (the digest it pointed at), or would have; for a
+    tag its deletecollection took in, whose write brought it back (`_taken_in`)."""
+    said, fields = _taken_in(brought_back)
     audit_log.info(
-        "{verb} tag {repository}:{tag} ({digest}) by {user}",
+        "{verb} tag {repository}:{tag} ({digest}) by {user}" + said,
         verb="dry-run delete" if dry_run else "deleted",
         user=user.name,
         namespace=ref.namespace,
@@ -242,6 +268,7 @@ def _audit(user: UserInfo, ref: TagRef, digest: str | None, dry_run: bool) -> No
         tag=ref.tag,
         digest=digest or "-",
         dryRun=dry_run,
+        **fields,
     )
 
 
@@ -653,19 +680,24 @@ class TagsService:
             raise conflict(ref.name, str(error)) from None
         return self._object(ref, TagStatus(digest=digest) if digest is not None else None)
 
-    async def _delete_audited(self, user: UserInfo, ref: TagRef, expected: str | None = None) -> str | None:
+    async def _delete_audited(
+        self, user: UserInfo, ref: TagRef, expected: str | None = None, brought_back: Kind | None = None
+    ) -> str | None:
+        """``brought_back``: for a tag a deletecollection took in, what the late write left (`_audit`)."""
         try:
             digest = await self.inventory.delete(ref, expected)
         except GoesOn as going:
             # The registry client finishes a delete that had begun writing and logs how it ended;
             # this line says who asked for it. One that had not begun was dropped: nothing to say.
+            said, fields = _taken_in(brought_back)
             audit_log.info(
-                "delete of tag {repository}:{tag} by {user}: under way when its request ended",
+                "delete of tag {repository}:{tag} by {user}" + said + ": under way when its request ended",
                 user=user.name,
                 namespace=ref.namespace,
                 repository=ref.repository,
                 repositoryPath=ref.repository_path,
                 tag=ref.tag,
+                **fields,
             )
             going.ended.addCallback(lambda _: self.changed(ref.repository))
             raise
@@ -673,7 +705,7 @@ class TagsService:
             self.changed(ref.repository)  # a failure half-way may have changed the registry
             raise
         self.changed(ref.repository)
-        _audit(user, ref, digest, dry_run=False)
+        _audit(user, ref, digest, dry_run=False, brought_back=brought_back)
         return digest
 
     async def delete_collection(
@@ -1161,11 +1193,16 @@ class _TagByTag:
     cut_short: list[tuple[str, float] | None] = attrs.Factory(list)
     # When the last pass's look began, as `LateWrites.answers` counts.
     looked_at: int = -1
+    # The tags the pass took in (`brought_back`), each with what the late write that brought it back
+    # left there: its audit line says so.
+    taken_in: dict[TagRef, Kind] = attrs.Factory(dict)
 
     async def remove(self, ref: TagRef) -> PayloadRepositoryTag | None:
         service = self.service
         try:
-            digest = await service._delete_audited(self.user, ref, self.checked.get(ref))
+            digest = await service._delete_audited(
+                self.user, ref, self.checked.get(ref), self.taken_in.get(ref)
+            )
         except RegistryNotFound:
             return None  # deleted by someone else meanwhile: the goal is reached
         except RegistryError as error:
@@ -1183,6 +1220,9 @@ class _TagByTag:
         the selection they may have left, looked for first, and those they brought back:
         `brought_back`), then looks at the tags: what the look lists."""
         service = self.service
+        # Taken in by this pass only: a tag taken in before is selected now, and what brings it back
+        # again may be this call's own delete of it.
+        self.taken_in = {}
         if todo is None:
             listed, _ = await service._select(
                 self.user, self.namespace, self.unfiltered, authorize=False, shown=False
@@ -1263,6 +1303,7 @@ class _TagByTag:
                 reason = f"{why} (to {digest}); {self.user.name} may not delete it"
             else:
                 taken[ref] = digest
+                self.taken_in[ref] = leaves[(ref.repository, ref.tag, digest)]
                 reason = ""
             self.selected.add(ref)
             self.order.append(ref)
