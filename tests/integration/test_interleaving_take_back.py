@@ -763,6 +763,59 @@ async def test_a_write_to_a_tag_the_selector_cannot_match_does_not_hold_a_one_ta
         assert counts[0] == 2, counts
 
 
+# A deletecollection by a selector that pins no name, and the tag of app1 another client's re-tag is
+# to (s0): whether the selector keeps that tag.
+NOT_PINNED = {
+    "metadata.name!= that tag": ("metadata.name!={s0}", False),
+    "metadata.name!= another tag": ("metadata.name!={t1}", True),
+    "metadata.namespace=": ("metadata.namespace={ns}", True),
+}
+
+
+@pytest.mark.parametrize("case", list(NOT_PINNED))
+@pytest.mark.parametrize("held", ["held across the call", "unanswered just before"])
+@pytest_twisted.ensureDeferred
+async def test_a_deletecollection_waits_only_for_writes_to_tags_its_selector_keeps(
+    reactor: Any, fresh_registry: RegistryServer, case: str, held: str
+) -> None:
+    """As above, for selectors that pin no tag's name: a write of the process to app1's s0 (another
+    client's single delete whose re-tag the registry has not answered, held across the call, or did
+    not answer just before) holds the call only when its selector keeps s0. It waited for every
+    repository the caller sees whatever the selector (review r8own F1): `metadata.name!=<s0>` waited
+    to its 504 naming that write. One it keeps is still waited for: the 504 naming it."""
+    run = _OwnLateWrite(reactor, fresh_registry, REPLICA)
+    run.proxy.decide = lambda method, path: None
+    service = run.replicas[REPLICA].service
+    late_writes = run.replicas[REPLICA].client.late_writes
+    ns = run.namespace
+    a, b = run.repositories[ns][0], run.repositories[ns][1]
+    names = {
+        "s0": TagRef(ns, b.split("/", 1)[1], "s0").name,
+        "t1": TagRef(ns, a.split("/", 1)[1], "t1").name,
+        "ns": ns,
+    }
+    selector, keeps = NOT_PINNED[case]
+    query = list_options({"fieldSelector": [selector.format(**names)]})
+    leave = (b, "s0", f"sha256:{0:064x}")
+    try:
+        await run.fill()
+        number = late_writes.sent(ns, f"deleting tag {b}:s0", leave, kind=COPY)
+        if held == "unanswered just before":
+            late_writes.ended(ns, number, 20.0)
+        error = await _answer(service, ns, query, time_left=TIME_LEFT)
+        if held == "held across the call":
+            late_writes.ended(ns, number, None)
+        left = run.content(ns)
+    finally:
+        await _stop(run)
+    if keeps:
+        assert error is not None and (error.code, error.retry_after) == (504, None), error
+        assert f"while deleting tag {b}:s0" in error.message, error.message
+        return
+    assert error is None, f"{error.code}: {error.message}"
+    assert left == {}, left  # every tag of the namespace but s0, which it does not hold
+
+
 @pytest.mark.parametrize("ends", ["answered", "cancelled while it waits"])
 @pytest_twisted.ensureDeferred
 async def test_a_deletecollection_leaves_no_watch_behind(

@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from payloadtags.registry import LateWrites
-from payloadtags.registry.late import COPY, PLACEHOLDER, RESTORE, Kind
+from payloadtags.registry.late import COPY, PLACEHOLDER, RESTORE, Kind, Scope
 
 
 def outcome(waiting: Deferred[Any]) -> list[object]:
@@ -210,30 +210,31 @@ def test_a_look_scoped_to_some_repositories_sees_only_their_writes() -> None:
     clock = Clock()
     late = LateWrites(clock)
     mine = {"team/mine"}.__contains__
+    scope = Scope(mine)
     late.note("team", "deleting tag team/theirs:v1", 30.0, "team/theirs")
     out = late.sent(
         "team", "deleting tag team/theirs:v2", ("team/theirs", "v2", "sha256:2"), after=10.0, kind=COPY
     )
-    assert late.pending("team", mine) is None
+    assert late.pending("team", scope) is None
     assert late.leaves("team", mine) == {}
-    assert late.out_within("team", mine) == "later"
-    assert outcome(late.wait_out("team", 100.0, mine)) == [None]
+    assert late.out_within("team", scope) == "later"
+    assert outcome(late.wait_out("team", 100.0, scope)) == [None]
     assert late.pending("team") == ("deleting tag team/theirs:v2", math.inf)  # the namespace's look
     late.note("team", "deleting tag team/mine:v1", 20.0, "team/mine")
     late.sent("team", "deleting tag team/mine:v2", ("team/mine", "v2", "sha256:3"), after=10.0, kind=COPY)
-    assert late.pending("team", mine) == ("deleting tag team/mine:v2", math.inf)
+    assert late.pending("team", scope) == ("deleting tag team/mine:v2", math.inf)
     assert late.leaves("team", mine) == {("team/mine", "v2", "sha256:3"): COPY}
     late.ended("team", out, None)
     late.ended("team", out + 1, 5.0)  # mine may land until 5.0; noted at 20.0 already
-    assert late.pending("team", mine) == ("deleting tag team/mine:v1", 20.0)
+    assert late.pending("team", scope) == ("deleting tag team/mine:v1", 20.0)
     assert late.pending("team") == ("deleting tag team/theirs:v1", 30.0)
     clock.advance(20.0)
-    assert late.pending("team", mine) is None
+    assert late.pending("team", scope) is None
     assert late.pending("team") == ("deleting tag team/theirs:v1", 30.0)
     late.note("team", "deleting tag team/somewhere:v1", 40.0)  # no repository given
-    assert late.pending("team", mine) == ("writing to the registry", 40.0)
+    assert late.pending("team", scope) == ("writing to the registry", 40.0)
     clock.advance(20.0)
-    assert late.pending("team", mine) is None and late.pending("team") is None
+    assert late.pending("team", scope) is None and late.pending("team") is None
 
 
 def test_the_repositories_of_a_namespaces_writes_are_those_out_noted_or_leaving_a_tag() -> None:
@@ -366,3 +367,38 @@ def test_a_write_that_would_leave_a_tag_says_what_it_would_put_there() -> None:
     assert late.pending("team") is None  # neither was recorded
     late.sent("team", "restoring tag team/app:v1", leave, kind=RESTORE)
     assert late.leaves("team") == {leave: Kind.RESTORE}
+
+
+def test_a_look_scoped_to_some_tags_sees_only_writes_that_could_leave_one() -> None:
+    """A deletecollection with a selector waits only for writes that could put back a tag it lists
+    (review r8own F1): one to another tag of a repository it sees is not its concern, out, ended
+    unanswered, or noted at a delete's end; a write of unknown tag (a note without one) still counts,
+    and one of unknown repository too."""
+    clock = Clock()
+    late = LateWrites(clock)
+    scope = Scope(None, lambda repository, tag: tag == "v1")
+    theirs = late.sent(
+        "team", "deleting tag team/app:v2", ("team/app", "v2", "sha256:2"), after=10.0, kind=COPY
+    )
+    assert late.pending("team", scope) is None
+    assert late.out_within("team", scope) == "later"  # none of those it counts is out
+    assert outcome(late.wait_out("team", 100.0, scope)) == [None]
+    assert late.pending("team") == ("deleting tag team/app:v2", math.inf)
+    late.ended("team", theirs, 20.0)  # unanswered: may land until 20
+    late.note("team", "deleting tag team/app:v2", 30.0, "team/app", "v2")  # the delete's end
+    assert late.pending("team", scope) is None
+    assert late.pending("team") == ("deleting tag team/app:v2", 30.0)
+    mine = late.sent(
+        "team", "deleting tag team/app:v1", ("team/app", "v1", "sha256:1"), after=10.0, kind=COPY
+    )
+    assert late.pending("team", scope) == ("deleting tag team/app:v1", math.inf)
+    late.ended("team", mine, 5.0)
+    assert late.pending("team", scope) == ("deleting tag team/app:v1", 5.0)
+    late.note("team", "deleting tag team/app:v3", 10.0, "team/app")  # its tag not given
+    assert late.pending("team", scope) == ("deleting tag team/app:v3", 10.0)
+    late.note("team", "writing somewhere", 12.0)  # nor its repository: named, every one being seen
+    assert late.pending("team", scope) == ("writing somewhere", 12.0)
+    assert late.pending("team", Scope({"team/web"}.__contains__)) == ("writing to the registry", 12.0)
+    clock.advance(12.0)
+    assert late.pending("team", scope) is None
+    assert late.pending("team") == ("deleting tag team/app:v2", 30.0)

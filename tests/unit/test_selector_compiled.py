@@ -5,7 +5,7 @@ the reactor for most of a second per list)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import pytest
@@ -18,12 +18,12 @@ from payloadtags.api.selectors import (
     FieldRequirement,
     FieldSelector,
     LabelSelector,
+    _TagTest,
     parse_field_selector,
     parse_label_selector,
-    paths_kept,
     tag_filter,
 )
-from payloadtags.api.tags import TagsService
+from payloadtags.api.tags import TagsService, _late_scope
 from payloadtags.api.watch import WatchOptions
 from payloadtags.inventory import SELECT_SLICE, Inventory, _select
 from payloadtags.names import TagRef, encode_name
@@ -59,44 +59,65 @@ _requirement = st.builds(
 )
 
 
+def _by_repository(accept: Callable[[TagRef], bool] | None) -> Callable[[str], bool] | None:
+    """The scope of a deletecollection's wait for late writes before it went by tag (review r8own F1,
+    r9own L1): the repository paths that may hold a tag the selector keeps, from its compiled form
+    alone (one required name's path; none, for a selector that keeps no tag; else any, None). The
+    scope by tag must stay within it."""
+    if not isinstance(accept, _TagTest):
+        return None
+    if accept.nothing:
+        return lambda path: False
+    if accept.required is not None:
+        only = accept.required[0]
+        return lambda path: path == only
+    return None
+
+
 @pytest.mark.property
 @settings(max_examples=300, deadline=None)
-@given(st.lists(_requirement, max_size=6), st.booleans())
-def test_the_paths_a_selector_keeps_hold_every_tag_it_keeps(
-    requirements: list[FieldRequirement], labelled: bool
+@given(st.lists(_requirement, max_size=6), st.booleans(), st.sets(st.sampled_from(_PATHS)))
+def test_a_deletecollection_waits_for_every_write_that_could_put_back_a_tag_it_lists_and_no_other(
+    requirements: list[FieldRequirement], labelled: bool, seen: set[str]
 ) -> None:
-    """`paths_kept` (which repositories a deletecollection's wait for late writes covers, review
-    r8own F1) never leaves out the path of a tag the selector keeps: the wait would miss a write that
-    could put it back."""
+    """`_late_scope` (which late writes a deletecollection waits for, looks again after and names)
+    counts a write of a known tag exactly when the call's look would list that tag (a repository
+    the caller sees, a tag its selectors keep): never fewer (it would miss a write that could put
+    one back), and no other (review r8own F1: it waited for every tag of the repositories). A write
+    of unknown tag counts wherever the caller sees. Each stays within the scope by repository it
+    replaces. With "app" (tags carry no labels: no tag kept), only writes of unknown tag count
+    (review r9own L1: it was never checked, the property returning early)."""
     accept = tag_filter(
         parse_label_selector("app" if labelled else "!app"), FieldSelector(tuple(requirements))
     )
-    kept = paths_kept(accept)
-    if labelled:
-        # Tags carry no labels: "app" keeps no tag, so no path; it kept every path, and a one-name
-        # deletecollection with it waited for writes in every repository (review r9own L1).
-        assert kept is not None and not any(kept(path) for path in _PATHS), requirements
-    if kept is None:
-        return
-    assert accept is not None
-    for ref in _REFS:
-        if accept(ref):
-            assert kept(ref.repository_path), (requirements, ref)
+    old = _by_repository(accept)
+    for namespace in _NAMESPACES:
+        visible = {f"{namespace}/{path}" for path in seen}
+        scope = _late_scope(namespace, visible.__contains__, accept)
+        assert scope is not None
+        for path in _PATHS:
+            repository = f"{namespace}/{path}"
+            assert scope.admits(repository, None) == (repository in visible)
+            for tag in _TAGS:
+                ref = TagRef(namespace, path, tag)
+                listed = repository in visible and (accept is None or accept(ref))
+                assert scope.admits(repository, tag) == listed, (requirements, ref)
+                assert not listed or old is None or old(path), (requirements, ref)
+                assert not (labelled and listed), (requirements, ref)
 
 
-def test_a_selector_of_one_name_keeps_that_names_path_only() -> None:
-    one = tag_filter(LabelSelector(), parse_field_selector(f"metadata.name={encode_name('team/app', 'v1')}"))
-    kept = paths_kept(one)
-    assert kept is not None and kept("team/app") and not kept("app")
-    assert paths_kept(tag_filter(LabelSelector(), parse_field_selector("metadata.namespace=ns1"))) is None
-    # With a label selector that keeps no tag (tags carry none), not even that name's path.
-    none = paths_kept(
-        tag_filter(
-            parse_label_selector("app"),
-            parse_field_selector(f"metadata.name={encode_name('team/app', 'v1')}"),
-        )
+def test_a_selector_of_one_name_waits_for_writes_of_that_tag_only() -> None:
+    name = encode_name("team/app", "v1")
+    one = _late_scope("ns1", None, tag_filter(LabelSelector(), parse_field_selector(f"metadata.name={name}")))
+    assert one is not None
+    assert one.admits("ns1/team/app", "v1") and one.admits("ns1/team/app", None)
+    assert not one.admits("ns1/team/app", "v2") and not one.admits("ns1/app", "v1")
+    # With a label selector that keeps no tag (tags carry none), not even that one.
+    none = _late_scope(
+        "ns1", None, tag_filter(parse_label_selector("app"), parse_field_selector(f"metadata.name={name}"))
     )
-    assert none is not None and not none("team/app")
+    assert none is not None
+    assert not none.admits("ns1/team/app", "v1")
 
 
 @pytest.mark.property

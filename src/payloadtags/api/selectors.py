@@ -331,8 +331,7 @@ def tag_filter(labels: LabelSelector, fields: FieldSelector) -> Callable[[TagRef
     they keep every tag."""
     if not labels.matches({}):
         # Tags carry no labels: the label selector decides once for all. Keeping none, it is the
-        # filter of no tag, so that `paths_kept` keeps no path either: a plain "no" kept every path,
-        # and a one-name deletecollection with it waited for writes in every repository (review r9own L1).
+        # filter of no tag, which selects a repository at once (`_TagTest.select`; review r9own L1).
         return _TagTest(None, True, None, {})
     namespace = fields.tests.get("metadata.namespace")
     name = fields.tests.get("metadata.name")
@@ -352,20 +351,6 @@ def tag_filter(labels: LabelSelector, fields: FieldSelector) -> Callable[[TagRef
                     by_path.setdefault(tag[0], set()).add(tag[1])
             excluded = {path: frozenset(tags) for path, tags in by_path.items()}
     return _TagTest(namespace, nothing, required, excluded)
-
-
-def paths_kept(accept: Callable[[TagRef], bool] | None) -> Callable[[str], bool] | None:
-    """Which repository paths may hold a tag ``accept`` (a `tag_filter`) keeps; None: any. A field
-    selector that requires one name keeps tags of that name's repository only (none, when no tag has
-    that name)."""
-    if not isinstance(accept, _TagTest):
-        return None
-    if accept.nothing:
-        return lambda path: False
-    if accept.required is not None:
-        only = accept.required[0]
-        return lambda path: path == only
-    return None
 
 
 def _split_terms(text: str) -> list[str]:

@@ -24,7 +24,7 @@ from payloadtags.api.errors import (
     resource_version_too_large,
 )
 from payloadtags.api.options import DeleteOptions, ListOptions
-from payloadtags.api.selectors import paths_kept, tag_filter
+from payloadtags.api.selectors import tag_filter
 from payloadtags.api.walks import Kept, Listed, Reported, WalkCache, new_walk_id
 from payloadtags.deferreds import DeadlineExpired, GoesOn, bounded_each, bounded_map, within
 from payloadtags.inventory import Inventory, Page, Run, Runs
@@ -42,7 +42,7 @@ from payloadtags.model import (
 from payloadtags.names import InvalidName, TagRef, is_namespace, ref_from_name
 from payloadtags.registry import LateWrites, asking
 from payloadtags.registry.errors import RegistryConflict, RegistryError, RegistryNotFound
-from payloadtags.registry.late import COPY, PLACEHOLDER, RESTORE, Kind, Leave, Watch, Within
+from payloadtags.registry.late import COPY, PLACEHOLDER, RESTORE, Kind, Leave, Scope, Watch, Within
 from payloadtags.watch import parse_version
 
 audit_log = Logger(namespace="payloadtags.audit")
@@ -107,19 +107,20 @@ def _tag_at(namespace: str, leave: Leave) -> TagRef:
     return TagRef(namespace, leave[0].partition("/")[2], leave[1])
 
 
-def _within_kept(visible: Within | None, kept: Callable[[str], bool] | None) -> Within | None:
-    """The repositories whose late writes a tag-by-tag deletecollection waits for and names: those the
-    caller sees (``visible``) that may hold a tag its selectors keep (``kept``, by repository path). A
-    write elsewhere cannot leave a tag its look lists: waited for, a call selecting one tag by name
-    waited out (or answered a 504 naming) another client's re-tag in another repository, and passed
-    again after each (review r8own F1). A write of unknown repository is still waited for."""
-    if kept is None:
-        return visible
-
-    def within(repository: str) -> bool:
-        return kept(repository.partition("/")[2]) and (visible is None or visible(repository))
-
-    return within
+def _late_scope(
+    namespace: str, visible: Within | None, matches: Callable[[TagRef], bool] | None
+) -> Scope | None:
+    """The late writes a tag-by-tag deletecollection waits for, looks again after and names: those
+    that could leave a tag its look lists, in a repository the caller sees (``visible``) and, of a
+    write whose tag is known (every manifest write and delete of the registry client's), of a tag its
+    selectors keep (``matches``). A write elsewhere cannot leave a tag it asks for: waited for, a
+    call with a selector waited out (or answered a 504 naming) another client's re-tag of a tag the
+    selector cannot match, and passed again after each (review r8own F1). A write of unknown
+    repository or tag still counts. None: every write (a write of unknown repository then keeps its
+    own description)."""
+    if matches is None:
+        return None if visible is None else Scope(visible)
+    return Scope(visible, lambda repository, tag: matches(_tag_at(namespace, (repository, tag, ""))))
 
 
 def _collection_unlooked(namespace: str, total: int, leaves: Collection[Leave]) -> ApiError:
@@ -796,22 +797,20 @@ class TagsService:
         # Unpaged, the call asks for every tag its selector matches (all of the namespace without one):
         # a tag its process's own late write brought back after the selection was read is part of it.
         takes_back = list_options.limit is None and list_options.continue_ is None
-        matches = self._selected(list_options)
-        visible = _within_kept(visible, paths_kept(matches))
-        passes = _TagByTag(self, user, namespace, set(refs), list(refs), unfiltered, visible, takes_back)
+        scope = _late_scope(namespace, visible, self._selected(list_options))
+        passes = _TagByTag(self, user, namespace, set(refs), list(refs), unfiltered, scope, takes_back)
         began = self.late_writes.now() if self.late_writes is not None else 0.0
         # The wait for a late write ends with the budget, or before the request's deadline.
         deadline = min(began + self.removal_budget, cut)
 
         def watched() -> dict[Leave, Kind]:
-            # Only where the call's look could list a tag: a repository the caller sees, a tag its
-            # selectors keep. A write of any other cannot leave a tag the call asks for, and passing
-            # again for it made a stream of other clients' deletes keep the call going (review r7own F1).
+            # Only where the call's look could list a tag (``scope``), as for the wait: a write of any
+            # other cannot leave a tag the call asks for, and passing again for it made a stream of
+            # other clients' deletes keep the call going (review r7own F1).
             return {
                 leave: kind
                 for leave, kind in watch.leaves.items()
-                if (visible is None or visible(leave[0]))
-                and (matches is None or matches(_tag_at(namespace, leave)))
+                if scope is None or scope.admits(leave[0], leave[1])
             }
 
         todo: builtins.list[TagRef] | None = refs
@@ -840,7 +839,7 @@ class TagsService:
                 # 504 (the collection's when its own deletes went unanswered) whatever the look would
                 # find, not the retriable 503 of the look's error, which drops the write (review-ds8 F2,
                 # as a removal's: review-ds6 F4). It names no tag: none was seen.
-                late = self._late_write(namespace, visible) or next(filter(None, passes.cut_short), None)
+                late = self._late_write(namespace, scope) or next(filter(None, passes.cut_short), None)
                 unanswered = [ref for ref in passes.order if ref in passes.pending]
                 if unanswered:
                     raise _collection_incomplete(
@@ -850,12 +849,12 @@ class TagsService:
                         passes.failed,
                         unanswered,
                         passes.lasting,
-                        self._latest(namespace, late, visible),
+                        self._latest(namespace, late, scope),
                         seen=False,
                     ) from None
                 if late is None:
                     raise
-                self._raise_late_write(namespace, len(passes.order), late, visible)
+                self._raise_late_write(namespace, len(passes.order), late, scope)
             left = [ref for ref in looked.refs if ref in passes.selected]
             if left or passes.pending:
                 unanswered = [ref for ref in passes.order if ref in passes.pending]
@@ -866,12 +865,12 @@ class TagsService:
                     passes.failed,
                     unanswered,
                     passes.lasting,
-                    self._latest(namespace, self._late_write(namespace, visible), visible),
+                    self._latest(namespace, self._late_write(namespace, scope), scope),
                 )
             # Nor while a write of this process may still land in the namespace (a single delete's
             # re-tag, a cascade's repair: `LateWrites`), as for the namespace's removal: the namespace
             # controller also deletes tag by tag when the namespace's state could not be read.
-            waited = await self._waited_for_late_writes(namespace, len(passes.order), deadline, visible)
+            waited = await self._waited_for_late_writes(namespace, len(passes.order), deadline, scope)
             # None may land now. Each write of the call's time (out as it began, or sent since) may have
             # landed after the selection was read, or after a look, and left the record since (answered,
             # or its time passed) without this call waiting for it: a pass begun now sees what it left.
@@ -1024,34 +1023,34 @@ class TagsService:
         return lambda repository: repository in selected or sees(repository.partition("/")[2])
 
     async def _waited_for_late_writes(
-        self, namespace: str, total: int, deadline: float, visible: Within | None = None
+        self, namespace: str, total: int, deadline: float, scope: Scope | None = None
     ) -> bool:
         """Wait until no write of this process may land in ``namespace`` any more, before ``deadline``
         (on the clock of `late_writes`: the budget's end, or a margin before the request's deadline;
         True: waited; False: none may land); else a 504 without Retry-After that names the write. One
         still out (sent, not answered) is waited for too: its answer may come before the deadline, and
-        then what it left is deleted (`LateWrites.wait_out`). ``visible``: only the writes of those
-        repositories (`LateWrites.pending`)."""
+        then what it left is deleted (`LateWrites.wait_out`). ``scope``: only the writes it admits
+        (`LateWrites.pending`)."""
         late_writes = self.late_writes
-        if late_writes is None or self._late_write(namespace, visible) is None:
+        if late_writes is None or self._late_write(namespace, scope) is None:
             return False
-        late = await late_writes.wait_out(namespace, deadline, visible)
+        late = await late_writes.wait_out(namespace, deadline, scope)
         if late is None:
             return True
-        self._raise_late_write(namespace, total, late, visible)
+        self._raise_late_write(namespace, total, late, scope)
 
-    def _late_write(self, namespace: str, visible: Within | None) -> tuple[str, float] | None:
-        """The write of this process that may land in ``namespace`` latest (what, until when), of the
-        repositories ``visible`` admits; None when none may any more."""
+    def _late_write(self, namespace: str, scope: Scope | None) -> tuple[str, float] | None:
+        """The write of this process that may land in ``namespace`` latest (what, until when), of those
+        ``scope`` admits; None when none may any more."""
         if self.late_writes is None:
             return None
-        late = self.late_writes.pending(namespace, visible)
+        late = self.late_writes.pending(namespace, scope)
         if late is None or late[1] <= self.late_writes.now():
             return None
         return late
 
     def _late_write_said(
-        self, namespace: str, late: tuple[str, float], visible: Within | None
+        self, namespace: str, late: tuple[str, float], scope: Scope | None
     ) -> tuple[str, str]:
         """``late`` (what, until when) for a message: when it may land, and what to do before looking."""
         late_writes = self.late_writes
@@ -1062,7 +1061,7 @@ class TagsService:
             # No length from now: its request may not even have left (`LateWrites.out_within`).
             return (
                 f"the registry has not answered a write made while {what} yet, and may carry it out "
-                f"{late_writes.out_within(namespace, visible)}",
+                f"{late_writes.out_within(namespace, scope)}",
                 "once that time has passed, list the tags",
             )
         return (
@@ -1071,19 +1070,19 @@ class TagsService:
             "wait that long, then list the tags",
         )
 
-    def _latest(self, namespace: str, late: tuple[str, float] | None, visible: Within | None) -> str:
+    def _latest(self, namespace: str, late: tuple[str, float] | None, scope: Scope | None) -> str:
         """For the collection's 504 over its own unanswered deletes: the write ``late`` that may land
         latest of those the call waits for (its own among them), said as `_raise_late_write` says it;
         "" for none. Its own deletes' bounds alone (about a second) hid a longer write in the same
         repositories: a look after them showed the namespace falsely done (review-ds8 F5)."""
-        return "" if late is None else self._late_write_said(namespace, late, visible)[0]
+        return "" if late is None else self._late_write_said(namespace, late, scope)[0]
 
     def _raise_late_write(
-        self, namespace: str, total: int, late: tuple[str, float], visible: Within | None
+        self, namespace: str, total: int, late: tuple[str, float], scope: Scope | None
     ) -> NoReturn:
         """The 504 without Retry-After of a deletecollection cut while ``late`` (what, until when) may
         land, naming it."""
-        when, then = self._late_write_said(namespace, late, visible)
+        when, then = self._late_write_said(namespace, late, scope)
         raise _removal_unanswered(
             namespace,
             total,
@@ -1178,7 +1177,7 @@ class _TagByTag:
     selected: set[TagRef]
     order: builtins.list[TagRef]  # the same, in the order its answer names them
     unfiltered: ListOptions  # what a look reads: all of the selection from its start, no kept lists
-    visible: Within | None  # whose late writes it waits for and names (`_visible_repositories`)
+    scope: Scope | None  # whose late writes it waits for and names (`_late_scope`)
     # Whether a tag outside the selection that its process's own late write brought back is part of
     # the call (an unpaged call: `TagsService.delete_collection`).
     takes_back: bool
@@ -1324,7 +1323,7 @@ class _TagByTag:
     def may_land(self) -> bool:
         """Whether a write may land as the pass is cut: its own deletes' unanswered, or one of the
         late writes it waits for (kept: what its 504 names)."""
-        late = self.service._late_write(self.namespace, self.visible)
+        late = self.service._late_write(self.namespace, self.scope)
         if self.pending or late is not None:
             self.cut_short.append(late)
         return bool(self.cut_short)

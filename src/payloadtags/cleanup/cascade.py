@@ -760,7 +760,7 @@ class Cascade:
     def _unanswered(self, repository: str, tag: str) -> None:
         until = self.late_writes.now() + self.late_write_grace
         self.late_writes.note(
-            namespace_of(repository), f"repairing dangling tag {repository}:{tag}", until, repository
+            namespace_of(repository), f"repairing dangling tag {repository}:{tag}", until, repository, tag
         )
 
 

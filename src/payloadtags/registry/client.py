@@ -826,11 +826,14 @@ class RegistryClient:
                 # and whether or not its caller still waits for it (carried on alone). Only after a
                 # write sent and not answered: a read that timed out (the delete's first, with nothing
                 # sent) or an unanswered DELETE leaves no tag behind.
+                # Every write of a delete is to its own tag (a re-tag, a restore, a repair): a
+                # deletecollection whose selector cannot match it does not wait for it.
                 self._late_writes.note(
                     namespace_of(repository),
                     f"deleting tag {repository}:{tag}",
                     self._late_writes.now() + LATE_WRITE_GRACE * self._settings.timeout,
                     repository,
+                    tag,
                 )
             raise
         finally:

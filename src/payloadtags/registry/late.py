@@ -17,8 +17,8 @@ def namespace_of(repository: str) -> str:
     return repository.partition("/")[0]
 
 
-# Which repositories a caller's answer may depend on (`LateWrites.pending`'s ``within``): a caller's
-# deletecollection waits for, and names, only the late writes of repositories it may see.
+# Which repositories a caller's answer may depend on (`Scope`): a caller's deletecollection waits
+# for, and names, only the late writes of repositories it may see.
 Within = Callable[[str], bool]
 
 # Where a manifest write would leave a tag if it landed: (repository, tag, digest).
@@ -48,6 +48,25 @@ def _keep(leaves: dict[Leave, Kind], leave: Leave, kind: Kind) -> None:
     it is the one that cannot be told from a client's push."""
     if leaves.get(leave) != RESTORE:
         leaves[leave] = kind
+
+
+@attrs.frozen
+class Scope:
+    """Which of a namespace's late writes a caller's answer depends on (`LateWrites.pending`): those of
+    the repositories ``repositories`` admits (None: every one) and, of a write whose tag is known,
+    those of the tags ``tags`` admits, by (repository, tag) (None: every one). A write of unknown
+    repository counts, and so does one of unknown tag in a repository admitted: it may leave any tag
+    there. A deletecollection with a selector waits only for writes that could put back a tag it
+    lists: scoped by repository alone, it waited out another client's re-tag of a tag its selector
+    cannot match, to a 504 naming that write (review r8own F1)."""
+
+    repositories: Within | None = None
+    tags: Callable[[str, str], bool] | None = None
+
+    def admits(self, repository: str, tag: str | None) -> bool:
+        if self.repositories is not None and not self.repositories(repository):
+            return False
+        return tag is None or self.tags is None or self.tags(repository, tag)
 
 
 @attrs.define(eq=False)
@@ -95,8 +114,8 @@ class Watch:
         self.answered.pop(leave, None)
 
 
-# A write of unknown repository as a scoped answer describes it: it may be in any repository, so it
-# is waited for, and its own description (naming its repository) is not shown.
+# A write of unknown repository as an answer scoped to some repositories describes it: it may be in
+# any repository, so it is waited for, and its own description (naming its repository) is not shown.
 ANONYMOUS = "writing to the registry"
 
 
@@ -147,10 +166,10 @@ class LateWrites:
     # The latest time of the entries dropped once it had passed: a pass begun before it may have
     # missed what that write left, whichever namespace it was in (`since`).
     _dropped: float = -math.inf
-    # The namespace's noted writes by repository (None: not given), each the latest noted: what a
-    # scoped look reads (`pending`'s ``within``). Kept with the namespace's entry, whose time is the
+    # The namespace's noted writes by (repository, tag) (None: not given), each the latest noted: what
+    # a scoped look reads (`pending`'s ``scope``). Kept with the namespace's entry, whose time is the
     # latest of them (dropped or settled with it).
-    _noted: dict[str, dict[str | None, tuple[str, float]]] = attrs.Factory(dict)
+    _noted: dict[str, dict[tuple[str | None, str | None], tuple[str, float]]] = attrs.Factory(dict)
     # The repository of each write out that gave one (`sent`): by number.
     _placed: dict[int, str] = attrs.Factory(dict)
     # How many writes the registry has answered (`answers`).
@@ -159,20 +178,26 @@ class LateWrites:
     def now(self) -> float:
         return self.clock.seconds()
 
-    def note(self, namespace: str, what: str, until: float, repository: str | None = None) -> None:
-        """A write that went unanswered may land until ``until`` (on `clock`); ``repository``: where,
-        for a look scoped to some repositories (`pending`'s ``within``); None, anywhere."""
-        self._note(namespace, what, until, repository)
+    def note(
+        self, namespace: str, what: str, until: float, repository: str | None = None, tag: str | None = None
+    ) -> None:
+        """A write that went unanswered may land until ``until`` (on `clock`); ``repository`` and
+        ``tag``: where, for a scoped look (`pending`'s ``scope``); None, anywhere (a tag of the
+        repository given, for ``tag``)."""
+        self._note(namespace, what, until, repository, tag)
         self._wake(namespace)
 
-    def _note(self, namespace: str, what: str, until: float, repository: str | None) -> None:
+    def _note(
+        self, namespace: str, what: str, until: float, repository: str | None, tag: str | None = None
+    ) -> None:
         known = self._writes.get(namespace)
         if known is None or until >= known[1]:
             self._writes[namespace] = (what, until)
         noted = self._noted.setdefault(namespace, {})
-        known = noted.get(repository)
+        where = (repository, tag if repository is not None else None)
+        known = noted.get(where)
         if known is None or until >= known[1]:
-            noted[repository] = (what, until)
+            noted[where] = (what, until)
         # A write noted again (a delete at its end, after its re-tag went unanswered) may land until
         # then: so may what its repository's unanswered writes left (None: any repository).
         times = self._until.get(namespace, {})
@@ -265,37 +290,39 @@ class LateWrites:
         if not out:
             del self._out[namespace]
         if what is not None and grace is not None:
-            self._note(namespace, what, self.now() + grace, repository)
+            self._note(namespace, what, self.now() + grace, repository, leave[0][1] if leave else None)
         self._forget(namespace)
         self._wake(namespace)
 
-    def pending(self, namespace: str, within: Within | None = None) -> tuple[str, float] | None:
+    def pending(self, namespace: str, scope: Scope | None = None) -> tuple[str, float] | None:
         """(what, until when) of the namespace's write that may land latest: until infinity while one
-        is out; None when none may land. ``within``: only the writes of the repositories it admits
-        (one of unknown repository counts, described as `ANONYMOUS`); None, all."""
+        is out; None when none may land. ``scope``: only the writes it admits (one of unknown
+        repository counts, described as `ANONYMOUS` when the scope leaves out some repositories);
+        None, all."""
+        # Its description may name a repository the caller may not see.
+        hidden = scope is not None and scope.repositories is not None
         out = self._out.get(namespace)
         if out:
             for number, what in out.items():
-                if within is None:
+                if scope is None:
                     return what, math.inf
-                repository = self._placed.get(number)
-                if repository is None:
-                    return ANONYMOUS, math.inf
-                if within(repository):
+                if number not in self._placed:
+                    return ANONYMOUS if hidden else what, math.inf
+                if self._admitted(scope, number):
                     return what, math.inf
         known = self._writes.get(namespace)
         if known is not None and known[1] <= self.now():
             self._drop(namespace)
             return None
-        if known is None or within is None:
+        if known is None or scope is None:
             return known
         now = self.now()
         latest: tuple[str, float] | None = None
-        for repository, (what, until) in self._noted.get(namespace, {}).items():
-            if until <= now or (repository is not None and not within(repository)):
+        for (repository, tag), (what, until) in self._noted.get(namespace, {}).items():
+            if until <= now or (repository is not None and not scope.admits(repository, tag)):
                 continue
             if latest is None or until > latest[1]:
-                latest = (what if repository is not None else ANONYMOUS, until)
+                latest = (what if repository is not None or not hidden else ANONYMOUS, until)
         return latest
 
     def since(self, namespace: str, began: float) -> tuple[str, float] | None:
@@ -310,19 +337,24 @@ class LateWrites:
             return "this pass ran (its record dropped once its time passed)", self._dropped
         return None
 
-    def out_within(self, namespace: str, within: Within | None = None) -> str:
+    def _admitted(self, scope: Scope, number: int) -> bool:
+        """Whether ``scope`` admits the write out numbered so, which gave where it would leave a tag."""
+        repository, tag, _ = self._leave[number][0]
+        return scope.admits(repository, tag)
+
+    def out_within(self, namespace: str, scope: Scope | None = None) -> str:
         """When the namespace's writes still out may land, for a message: "when the registry answers it,
         or up to about 20s after its request times out: within about 30s of when its request leaves"
         (the longest their senders gave: `sent`'s ``after``, and with ``timeout`` the bound from the
         request's start; an answered write is done, not carried out later: review-ds4 F6), or "later"
         when one's sender gave no ``after``. Counted from the request's end, which no
         one here can tell: a write out may still wait to leave (review-ds2 F1: a time from when it was
-        sent passed, and the write, still waiting for a connection slot, landed after it). ``within``:
+        sent passed, and the write, still waiting for a connection slot, landed after it). ``scope``:
         of the writes `pending` with it counts."""
         out = {
             number: what
             for number, what in self._out.get(namespace, {}).items()
-            if within is None or number not in self._placed or within(self._placed[number])
+            if scope is None or number not in self._placed or self._admitted(scope, number)
         }
         if not out or any(number not in self._after for number in out):
             return "later"
@@ -334,22 +366,22 @@ class LateWrites:
         return f"{said}: within about {math.ceil(bound)}s of when its request leaves"
 
     def wait_out(
-        self, namespace: str, deadline: float = math.inf, within: Within | None = None
+        self, namespace: str, deadline: float = math.inf, scope: Scope | None = None
     ) -> Deferred[tuple[str, float] | None]:
         """Fires with None once no write of this process may land in ``namespace`` any more (none out,
         and the time of every unanswered one passed); else at ``deadline`` (on `clock`) with the one
         that may land latest then, as `pending` gives it (until infinity while it is out). At once when
         a write's time is at or past ``deadline``: nothing shortens it. Woken when a write of the
         namespace ends or is noted (`ended`, `note`), and at the time the latest may land until; a
-        caller that cancels it (its request gone) leaves nothing behind here. ``within``: only the
+        caller that cancels it (its request gone) leaves nothing behind here. ``scope``: only the
         writes `pending` with it counts."""
-        return Deferred.fromCoroutine(self._wait_out(namespace, deadline, within))
+        return Deferred.fromCoroutine(self._wait_out(namespace, deadline, scope))
 
     async def _wait_out(
-        self, namespace: str, deadline: float, within: Within | None
+        self, namespace: str, deadline: float, scope: Scope | None
     ) -> tuple[str, float] | None:
         while True:
-            late = self.pending(namespace, within)
+            late = self.pending(namespace, scope)
             now = self.now()
             if late is None or late[1] <= now:
                 return None
@@ -395,9 +427,9 @@ class LateWrites:
 
     def repositories(self, namespace: str) -> frozenset[str]:
         """The repositories of the namespace's writes that are out or noted, where known: those a
-        scoped look (`pending`'s ``within``) may be asked about."""
+        scoped look (`pending`'s ``scope``) may be asked about."""
         out = (self._placed.get(number) for number in self._out.get(namespace, {}))
-        noted = self._noted.get(namespace, {})
+        noted = (repository for repository, _ in self._noted.get(namespace, {}))
         left = (left[0] for left in self._leaves.get(namespace, ()))
         return frozenset(r for r in (*out, *noted, *left) if r is not None)
 
@@ -478,6 +510,7 @@ __all__ = [
     "Kind",
     "LateWrites",
     "Leave",
+    "Scope",
     "Watch",
     "Within",
     "namespace_of",
