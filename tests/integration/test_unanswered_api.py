@@ -38,6 +38,7 @@ from payloadtags.names import encode_name
 from payloadtags.registry import LateWrites
 from payloadtags.registry.client import LATE_WRITE_GRACE, RegistryClient, RegistrySettings
 from payloadtags.registry.errors import RegistryError
+from payloadtags.registry.late import Scope
 from tests.support import images
 from tests.support.dangling import make_dangling
 from tests.support.faultproxy import DROPPED_LATE, GATEWAY_LATE, LATE, STALL, FaultProxy
@@ -599,6 +600,25 @@ async def test_a_tag_by_tag_deletecollection_is_a_timeout_while_a_single_deletes
         items, _ = await service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
     assert [item.spec.tag for item in items] == ["v1"]
     assert images.list_tags(registry, repo) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_single_deletes_unanswered_writes_are_noted_with_their_tag(registry, repo) -> None:
+    """A single delete of v1 whose re-tag goes unanswered is noted at its end with v1 (every write of
+    a delete is to its own tag): a deletecollection whose selectors do not keep v1 does not wait for
+    it, one that keeps v1 waits for it as long as for the namespace (review r8own F1). Noted by
+    repository only, it held every selector."""
+    namespace = repo.partition("/")[0]
+    hold, proxy, _, client, service = retag_removal(registry, repo, shorter_than=0.0, budget=0.9)
+    _state(service, EXISTS)
+    async with released(proxy, client, hold):
+        assert (await _single_delete_fails(service, repo)).unanswered
+        late_writes = client.late_writes
+        others = Scope(None, lambda repository, tag: tag != "v1")
+        v1 = Scope(None, lambda repository, tag: (repository, tag) == (repo, "v1"))
+        assert late_writes.pending(namespace, others) is None
+        assert late_writes.pending(namespace, v1) == late_writes.pending(namespace)
+        assert late_writes.pending(namespace) == (f"deleting tag {repo}:v1", late_writes.now() + LANDS)
 
 
 @pytest_twisted.ensureDeferred
