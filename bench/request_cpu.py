@@ -45,7 +45,8 @@ read then; callgrind runs the server some 50 times slower: a walk of 100,000 tag
 
 Usage: .venv/bin/python bench/request_cpu.py [--requests 1000] [--reps 3] [--tags 2000] [--repositories 1]
        [--limit 500] [--kinds discovery,discovery-cert,pipelined,get,page,list] [--table] [--before SRC]
-       [--after SRC] [--profile FILE] [--json FILE] [--pin] [--fine] [--syscalls] [--instructions]
+       [--after SRC] [--before-env NAME=VALUE] [--after-env NAME=VALUE] [--profile FILE] [--json FILE]
+       [--pin] [--fine] [--syscalls] [--instructions]
 
 ``--pin`` puts the servers on the first CPU and the registry and this client on the others, as a
 deployment separates them (the server's pod, the registry, kube-apiserver).
@@ -343,6 +344,7 @@ async def run(
             args.profile if name == "after" else None,
             name,
             wrapper=wrapper,
+            environ=dict(setting.split("=", 1) for setting in getattr(args, f"{name}_env")),
         )
         started.append(process)
         # Under valgrind the server starts some five times slower.
@@ -555,6 +557,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", action="store_true", help="pages and lists as Tables (kubectl get's)")
     parser.add_argument("--before", help="also run another tree's server code (its src, as PYTHONPATH)")
     parser.add_argument("--after", help="run another tree's server code as the one measured (its src)")
+    for name in ("before", "after"):
+        parser.add_argument(
+            f"--{name}-env",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help=f"an environment variable of the {name} server only (PYTHONMALLOC=malloc, say); repeatable",
+        )
     parser.add_argument("--profile", help="run this tree's server under cProfile (CPU time), stats here")
     parser.add_argument("--json", type=Path, help="also write raw figures here")
     parser.add_argument(

@@ -188,15 +188,19 @@ def start_server(
     name: str = "payloadtags",
     extra: tuple[str, ...] = (),
     wrapper: tuple[str, ...] = (),
+    environ: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """payloadtags behind the front proxy (AlwaysAllow), its output in ``work/<name>.log``. ``src``: run
     another tree's server code (its src, first on PYTHONPATH); ``profile``: run it under cProfile;
-    ``extra``: more flags; ``wrapper``: the command it runs under (valgrind's, say)."""
+    ``extra``: more flags; ``wrapper``: the command it runs under (valgrind's, say); ``environ``: more
+    environment variables (``PYTHONMALLOC``, say)."""
     port = free_port()
     # CPU time, not wall time: on a busy machine wall time charges other processes' turns to
     # whichever call the server was in (a socket send, say).
     runner = [sys.executable, "-c", PROFILER, str(Path(profile).resolve())] if profile else []
     env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())} if src else None
+    if environ:
+        env = {**(env or os.environ), **environ}
     log = (work / f"{name}.log").open("wb")
     try:
         process = subprocess.Popen(
