@@ -625,10 +625,12 @@ def start_server(
     server_src: str | None = None,
     profile: Path | None = None,
     launcher: str = PROFILER,
+    environ: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """``server_src``: run another tree's server code (its src/ directory first on PYTHONPATH);
     ``profile``: run the server (``launch="cli"``) under cProfile, its stats written there at its end
-    (or under another ``launcher``: Python code given that path, then the server's arguments)."""
+    (or under another ``launcher``: Python code given that path, then the server's arguments);
+    ``environ``: more environment variables for the server (``PYTHONMALLOC``, say)."""
     port = free_port()
     token_file = work / "events.token"
     if index:
@@ -663,6 +665,8 @@ def start_server(
     log = (work / "payloadtags.log").open("wb")
     try:
         env = {**os.environ, "PYTHONPATH": str(Path(server_src).resolve())} if server_src else None
+        if environ:
+            env = {**(env or os.environ), **environ}
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, env=env
         )

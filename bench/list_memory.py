@@ -118,12 +118,15 @@ main()
 """
 
 
-def start(work: Path, pki: Pki, registry_url: str, frames: int) -> tuple[Any, str, Path]:
+def start(
+    work: Path, pki: Pki, registry_url: str, frames: int, environ: dict[str, str]
+) -> tuple[Any, str, Path]:
+    work.mkdir(exist_ok=True)
     dumps = work / "dumps"
     dumps.mkdir()
     os.environ["LIST_MEMORY_TRACE"] = str(frames)
     os.environ["LIST_MEMORY_BENCH"] = str(ROOT / "bench")
-    process, url = start_server(work, pki, registry_url, profile=dumps, launcher=LAUNCHER)
+    process, url = start_server(work, pki, registry_url, profile=dumps, launcher=LAUNCHER, environ=environ)
     return process, url, dumps
 
 
@@ -170,6 +173,15 @@ def rollup_summary(text: str) -> dict[str, int]:
     return found
 
 
+def variants(given: list[str]) -> dict[str, dict[str, str]]:
+    """``main`` (this tree's server as it is) and each ``--variant LABEL=NAME=VALUE[,NAME=VALUE]``."""
+    found: dict[str, dict[str, str]] = {"main": {}}
+    for text in given:
+        label, _, settings = text.partition("=")
+        found[label] = dict(setting.split("=", 1) for setting in settings.split(",") if setting)
+    return found
+
+
 async def run(
     reactor: Any, args: argparse.Namespace, registry: Any, work: Path, started: list[Any]
 ) -> dict[str, Any]:
@@ -184,37 +196,52 @@ async def run(
 
     await deferToThread(fill)
     pki = await deferToThread(Pki.create, work / "pki")
-    process, url, dumps = start(work, pki, registry.url, args.trace)
-    started.append(process)
-    ca_file = str(pki.server_ca.cert_file)
-    await deferToThread(wait_ready, url, ca_file, process, work / "payloadtags.log")
-    server = Server(reactor, url, pki)
-    count = 0
     began = time.monotonic()
 
-    async def phase(name: str) -> None:
-        nonlocal count
-        count += 1
-        data = await dump(reactor, process, dumps, count)
-        summary = {
-            "phase": name,
-            "at_s": round(time.monotonic() - began),
-            "rss_kib": data["rss"],
-            "rss_before_gc_kib": data["rss_before_gc"],
-            "pymalloc": malloc_summary(data["malloc"]),
-            "rollup": rollup_summary(data["smaps_rollup"]),
-            "gc_objects": data["gc_objects"],
-            "modules": data["modules"],
-            "types": data["types"],
-            "mallinfo": data["mallinfo"],
-        }
-        results["phases"].append(summary)
-        print("# " + row(summary), flush=True)
+    async def serve(label: str, environ: dict[str, str]) -> None:
+        """One server's phases; each variant's server goes through them at the same time as the others,
+        on the same registry."""
+        process, url, dumps = start(work / label, pki, registry.url, args.trace, environ)
+        started.append(process)
+        ca_file = str(pki.server_ca.cert_file)
+        await deferToThread(wait_ready, url, ca_file, process, work / label / "payloadtags.log")
+        server = Server(reactor, url, pki)
+        try:
+            await phases(label, process, url, dumps, server)
+        finally:
+            await server.pool.closeCachedConnections()
+            await deferToThread(stop_process, process)
+            if args.keep:
+                import shutil
 
-    async def idle() -> None:
-        await deferLater(reactor, args.settle, lambda: None)
+                shutil.copytree(dumps, args.keep / label, dirs_exist_ok=True)
 
-    try:
+    async def phases(label: str, process: Any, url: str, dumps: Path, server: Server) -> None:
+        count = 0
+
+        async def phase(name: str) -> None:
+            nonlocal count
+            count += 1
+            data = await dump(reactor, process, dumps, count)
+            summary = {
+                "server": label,
+                "phase": name,
+                "at_s": round(time.monotonic() - began),
+                "rss_kib": data["rss"],
+                "rss_before_gc_kib": data["rss_before_gc"],
+                "pymalloc": malloc_summary(data["malloc"]),
+                "rollup": rollup_summary(data["smaps_rollup"]),
+                "gc_objects": data["gc_objects"],
+                "modules": data["modules"],
+                "types": data["types"],
+                "mallinfo": data["mallinfo"],
+            }
+            results["phases"].append(summary)
+            print("# " + row(summary), flush=True)
+
+        async def idle() -> None:
+            await deferLater(reactor, args.settle, lambda: None)
+
         await deferLater(reactor, 5, lambda: None)
         await phase("fresh")
         if args.trace:
@@ -274,22 +301,20 @@ async def run(
             await phase(f"settled {round_ + 1}")
             if args.trim and round_ + 1 == args.rounds:
                 trimmed = json.loads((dumps / f"{count}.trim").read_text())
-                results["trimmed"] = trimmed
-                print(f"# malloc_trim(0): RSS {trimmed['rss']['VmRSS'] / 1024:.1f} MiB", flush=True)
-    finally:
-        await server.pool.closeCachedConnections()
-        await deferToThread(stop_process, process)
-        if args.keep:
-            import shutil
+                results.setdefault("trimmed", {})[label] = trimmed
+                print(f"# {label}: malloc_trim(0): RSS {trimmed['rss']['VmRSS'] / 1024:.1f} MiB", flush=True)
 
-            shutil.copytree(dumps, args.keep, dirs_exist_ok=True)
+    await gatherResults(
+        [Deferred.fromCoroutine(serve(label, environ)) for label, environ in variants(args.variant).items()],
+        consumeErrors=True,
+    )
     return results
 
 
 MiB = 1 << 20
 COLUMNS = (
-    "| phase | at (s) | RSS (MiB) | anonymous | C heap: in use, free | Python arenas | their blocks in use, "
-    "free pools (MiB) | gc objects |"
+    "| server | phase | at (s) | RSS (MiB) | anonymous | C heap: in use, free | Python arenas | "
+    "their blocks in use, free pools (MiB) | gc objects |"
 )
 
 
@@ -299,7 +324,7 @@ def row(p: dict[str, Any]) -> str:
     heap, py = p["mallinfo"], p["pymalloc"]
     arenas, in_use = py.get("arenas_allocated_current"), py.get("bytes_in_allocated_blocks", 0) / MiB
     return (
-        f"| {p['phase']} | {p['at_s']} | {p['rss_kib']['VmRSS'] / 1024:.1f} | "
+        f"| {p.get('server', 'main')} | {p['phase']} | {p['at_s']} | {p['rss_kib']['VmRSS'] / 1024:.1f} | "
         f"{p['rollup'].get('Anonymous', 0) / 1024:.1f} | "
         f"{heap['uordblks'] / MiB:.1f}, {heap['fordblks'] / MiB:.1f} | {arenas} | "
         f"{in_use:.1f}, {py.get('unused_pools', 0) * 16384 / MiB:.1f} | "
@@ -308,10 +333,14 @@ def row(p: dict[str, Any]) -> str:
 
 
 def summarize(results: dict[str, Any]) -> str:
-    lines = [COLUMNS, "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    lines += [row(p) for p in results["phases"]]
-    if "trimmed" in results:
-        lines.append(f"after malloc_trim(0): RSS {results['trimmed']['rss']['VmRSS'] / 1024:.1f} MiB")
+    lines = [COLUMNS, "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    order = list(dict.fromkeys(p.get("server", "main") for p in results["phases"]))
+    lines += [row(p) for label in order for p in results["phases"] if p.get("server", "main") == label]
+    for label in order:
+        peak = max(p["rss_kib"]["VmHWM"] for p in results["phases"] if p.get("server", "main") == label)
+        lines.append(f"{label}: peak RSS {peak / 1024:.1f} MiB")
+    for label, trimmed in results.get("trimmed", {}).items():
+        lines.append(f"{label}: after malloc_trim(0): RSS {trimmed['rss']['VmRSS'] / 1024:.1f} MiB")
     lines.append(f"load: {results.get('load')}")
     return "\n".join(lines)
 
@@ -331,6 +360,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--map", action="store_true", help="after the last idle phase, map the arenas (bench/arena_map.py)"
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL=NAME=VALUE[,NAME=VALUE]",
+        help="also a server with these environment variables, beside main's, on the same registry",
     )
     parser.add_argument("--keep", type=Path, help="copy the server's dumps there")
     parser.add_argument("--json", type=Path)
