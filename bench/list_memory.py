@@ -20,8 +20,13 @@ them). Phases:
    ``malloc_trim(0)`` and the RSS after it (what glibc could give back). With ``--map``, after the last:
    which blocks keep Python's arenas (bench/arena_map.py), into ``N.arenas.json`` among the dumps.
 
+With ``--variant LABEL=NAME=VALUE[,NAME=VALUE]`` (repeatable) another server, with those environment
+variables (``PYTHONMALLOC=malloc``, an ``LD_PRELOAD``), goes through the same phases at the same time as
+main's, on the same registry: each row names its server.
+
 Usage: .venv/bin/python bench/list_memory.py [--tags 100000] [--rounds 3] [--settle 200]
        [--concurrent 10] [--watch S] [--trim] [--map] [--trace N] [--keep DIR] [--json FILE]
+       [--variant LABEL=NAME=VALUE[,NAME=VALUE]]
 """
 
 from __future__ import annotations
