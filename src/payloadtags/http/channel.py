@@ -381,11 +381,11 @@ _date: tuple[int, bytes] = (-1, b"")
 _NOT_LOOKED = object()
 
 
-def _http_date() -> bytes:
-    """The Date header's text for now, as twisted.web.http.datetimeToString gives it (to the second):
-    made once per second."""
+def _http_date(clock: Callable[[], float] = time.time) -> bytes:
+    """The Date header's text for now on ``clock``, as twisted.web.http.datetimeToString gives it (to
+    the second): made once per second."""
     global _date
-    now = time.time()
+    now = clock()
     second = int(now)
     if _date[0] != second:
         _date = (second, http.datetimeToString(now))
