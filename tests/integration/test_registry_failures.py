@@ -22,12 +22,12 @@ from payloadtags.names import encode_name
 from payloadtags.registry import RegistryClient, RegistrySettings
 from tests.conftest import TOKEN_USER
 from tests.integration.test_api import B, assert_status, collection
-from tests.integration.test_unanswered_api import first_of
 from tests.support import images
 from tests.support.cleanup_fixtures import unique_namespace
 from tests.support.rbac import eventually
 from tests.support.registry_server import RegistryServer, TokenServer
 from tests.support.scripted_http import serving
+from tests.support.unanswered import first_of
 
 
 @pytest_twisted.ensureDeferred
