@@ -54,7 +54,7 @@ WALK_ID_LENGTH = 16
 DEFAULT_TTL = 60.0
 # What all walks together may keep, counted by `kept_size`. The count follows CPython's objects, each
 # counted once per walk however many of the walk's tokens hold it (see `_measure`), so it is the memory
-# dropping the walks frees: measured with tracemalloc (tests/unit/test_walks_memory.py) for first and
+# dropping the walks frees: measured with tracemalloc (tests/unit/test_walks_memory*.py) for first and
 # continued pages, short and 210-character repository names, long tag lists, tags that are not ASCII
 # and repositories with no tag left, within 5% (docs/api.md, "List options").
 DEFAULT_MAX_BYTES = 32 << 20
