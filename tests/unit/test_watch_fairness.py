@@ -97,6 +97,40 @@ def test_one_user_alone_loses_her_least_recently_used_records_as_before() -> Non
     assert list(scopes.records) == [("ns-4", 1), ("ns-0", 1), ("ns-5", 2)]
 
 
+def test_one_read_larger_than_the_bound_alone_drops_only_its_own_record() -> None:
+    """A record that one read takes past the bound on its own is not kept, and the other records stay:
+    they could never make room for it. Before, its owner, holding the most, lost every other record of
+    hers first (her other lists' watches 410), then that one (review r10watch L1)."""
+    clock = Clock()
+    scopes = ListedScopes(max_size=100)
+    alice = [opens(scopes, "alice", f"team-{i}", clock) for i in range(2)]
+    mallory = [opens(scopes, "mallory", f"ns-{i}", clock) for i in range(3)]
+    clock.advance(1)
+    big = opens(scopes, "mallory", "big", clock)
+    assert not scopes.observe(big, "big/app", tuple(f"t{i}" for i in range(200)))
+    assert big.dropped and ("big", 1) not in scopes.records
+    assert [record.dropped for record in alice + mallory] == [False] * 5
+    assert scopes.size == 5 * RECORD_COST + 2 * USER_COST
+
+
+@pytest.mark.parametrize(("tags", "kept"), [(88, "big"), (89, "ns-0")])
+def test_a_record_that_fits_alone_only_with_its_owner_s_entry_pushes_out_her_others(
+    tags: int, kept: str
+) -> None:
+    """With her entry (`USER_COST`) a record of 96 just fits a bound of 100: her older record makes
+    room for it. At 97 it never fits: it goes alone and her older record stays."""
+    clock = Clock()
+    scopes = ListedScopes(max_size=100)
+    older = opens(scopes, "mallory", "ns-0", clock)
+    clock.advance(1)
+    big = opens(scopes, "mallory", "big", clock)
+    assert not scopes.observe(big, "big/app", tuple(f"t{i}" for i in range(tags)))
+    assert big.size == RECORD_COST + REPOSITORY_COST + tags
+    assert [key for key, _ in scopes.records] == [kept]
+    assert older.dropped == (kept == "big") and big.dropped == (kept != "big")
+    assert scopes.size == scopes.weight("mallory") == USER_COST + scopes.records[(kept, 1)].size
+
+
 def test_the_expiry_looks_at_the_expired_records_and_stops_at_the_first_used_since() -> None:
     clock = Clock()
     scopes = ListedScopes()
@@ -291,9 +325,10 @@ def test_the_bound_drops_as_the_plain_model_does_and_the_weights_add_up(
             model.sizes[key] += record.size - before  # a dropped record keeps its size
             if model.total() > model.max_size:
                 assert not fits
-                model.shrink(model.max_size)
-                if model.total() > model.max_size:
-                    model.drop(key)
+                if model.sizes[key] + USER_COST > model.max_size:
+                    model.drop(key)  # it never fits, and only it goes
+                else:
+                    model.shrink(model.max_size)
             else:
                 assert fits
         elif kind == "expire":

@@ -173,7 +173,8 @@ class ListedScopes:
     """The records of lists of unwatched scopes, bounded by ``max_size`` in total (counted in tags,
     `RECORD_COST`, `REPOSITORY_COST`, `USER_COST`). At the bound, records go from the user who holds the most
     (the user whose list opened each record), her least recently used first; as heavy users, the one
-    whose least recently used record is older: with one user, least recently used first."""
+    whose least recently used record is older: with one user, least recently used first. A record
+    that cannot fit even alone goes alone."""
 
     # Up to about 55 MiB: 229 bytes per counted tag of 128 characters (the registry's longest; 121
     # bytes for 20), the strings with the frozensets and the registry answer's tuple that hold them.
@@ -265,9 +266,13 @@ class ListedScopes:
             self._push(record.owner, holder)
         if self.size <= self.max_size:
             return True
-        self._shrink(self.max_size)
-        if self.size > self.max_size:  # a record larger than the bound on its own goes too
+        if record.size + USER_COST > self.max_size:
+            # It cannot fit even alone (with its owner's entry): it goes, and only it. Before this read
+            # all records fitted, so dropping it is enough; making room first dropped every other record
+            # of its owner, who held the most, before it (review r10watch L1).
             self._drop((record.scope, record.sequence), record)
+        else:
+            self._shrink(self.max_size)
         return False
 
     def _shrink(self, size: int) -> None:
