@@ -234,9 +234,11 @@ class ListedScopes:
         if record.lists > 0:
             record.lists -= 1
 
-    def get(self, scope: str | None, sequence: int, now: float | None = None) -> Listed | None:
+    def get(self, scope: str | None, sequence: int, now: float) -> Listed | None:
+        """The record of lists of ``scope`` at ``sequence``, used ``now`` (a later page of a list, a
+        watch from it): the last to go at the bound, the last to expire."""
         record = self.records.get((scope, sequence))
-        if record is not None and now is not None:
+        if record is not None:
             self._touch((scope, sequence), record)
             record.touched = now
         return record
