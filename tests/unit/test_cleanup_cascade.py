@@ -27,6 +27,7 @@ from payloadtags.registry.errors import (
     RegistryReadOnly,
     RegistryUnavailable,
 )
+from payloadtags.registry.late import Scope
 from tests.support.logcapture import collected_logs
 from tests.support.write_hooks import run_hooks
 
@@ -228,6 +229,23 @@ def test_a_cascade_does_not_end_while_a_repairs_unanswered_write_may_still_land(
     assert isinstance(result, CascadeResult), result
     assert registry.remaining("team/") == {}  # the pass begun at 5 deleted what it left
     assert registry.deletes[-1] == ("team/app", digest("placeholder"))
+
+
+def test_a_cascades_unanswered_repair_is_noted_with_its_tag() -> None:
+    # The cascade's own note of an unanswered repair of team/app:v1 is by (team/app, v1): a
+    # deletecollection whose selector keeps v1 waits for it, one whose selector cannot match v1 does
+    # not (review r10own N1: the note with no tag, or another, passed every test).
+    registry, clock = FakeRegistry(), Clock()
+    late = LateWrites(clock)
+    registry.push("team/app", "v1")
+    registry.fail("resolve", RegistryNotFound("team/app:v1"))  # dangling: repaired, a delete by tag
+    unanswered = RegistryUnavailable("team/app:v1: the repair's PUT got a gateway's 504")
+    unanswered.unanswered = True
+    registry.fail("delete", unanswered)
+    run(make_cascade(registry, clock, late_write_grace=5.0, late_writes=late), "team")
+    assert late.pending("team") is not None
+    assert late.pending("team", Scope(None, lambda repository, tag: tag != "v1")) is None
+    assert late.pending("team", Scope(None, lambda repository, tag: (repository, tag) == ("team/app", "v1")))
 
 
 def test_a_late_write_one_cascade_noted_holds_back_the_process_other_cascades() -> None:
