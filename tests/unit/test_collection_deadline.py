@@ -1,14 +1,16 @@
-"""A tag-by-tag deletecollection begins no look once its deadline is spent (docs/consistency.md,
+"""A tag-by-tag deletecollection begins no pass once its deadline is spent (docs/consistency.md,
 "deletecollection"), also after a wait for a late write that ended there: a pass begun then ran past
-the deadline with nothing to cut it, no write being left that may land (review r8own N1).
+the deadline with nothing to cut it, no write being left that may land (review r8own N1). One begun
+before the deadline may end after it (review r10own L1: the docs said no look began past it).
 
-On the test's clock, with the registry a double: the call's deletes and looks end at once, and the
-write it waits for is recorded by hand, as the registry client records a re-tag's PUT."""
+On the test's clock, with the registry a double: the call's deletes and looks end at once (or take
+`_SlowDeletes.SLOW` each), and the write it waits for is recorded by hand, as the registry client
+records a re-tag's PUT."""
 
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
 
 from payloadtags.access.authz import AlwaysAllow
@@ -104,3 +106,54 @@ def test_no_look_begins_after_a_wait_that_ended_at_the_deadline_for_a_write_of_u
     assert error.details is not None
     assert not error.details.causes, error.details.causes
     assert "may have put back tags that it had no time left to check for; retry" in error.message
+
+
+class _SlowDeletes(_Deleting):
+    """Each delete takes `SLOW` seconds on the test's clock."""
+
+    SLOW = 2.0
+
+    async def delete_tag(self, repository: str, tag: str, expected: str | None = None) -> str | None:
+        await deferLater(self.clock, self.SLOW, lambda: None)
+        return await super().delete_tag(repository, tag, expected)
+
+
+def test_a_pass_begun_before_the_deadline_ends_after_it_and_no_other_begins() -> None:
+    """Another request's re-tag of `ELSEWHERE` is out as the call (all of team, team/app's v1) begins;
+    it lands (v9 back) and is answered half a second before the call's deadline. The call waited, so it
+    passes again, begun before the deadline: it takes v9 in, deletes it (`SLOW`), and looks past the
+    deadline, with no write left to cut it short; that look lists none of the tags, the call answers
+    200 and begins no other pass (docs/consistency.md: no pass begins once the deadline is spent, one
+    begun before may end after it)."""
+    clock = Clock()
+    late_writes = LateWrites(clock)
+    registry = _SlowDeletes({"team/app": {"v1"}}, clock)
+    tags = TagsService(
+        inventory=Inventory(registry, concurrency=4),  # type: ignore[arg-type]
+        registry_host="registry.test",
+        authorizer=AlwaysAllow(),
+        versions=ResourceVersions(clock),
+        late_writes=late_writes,
+    )
+    leave = (ELSEWHERE.repository, ELSEWHERE.tag, "sha256:" + "1" * 64)  # the digest the double resolves
+    number = late_writes.sent("team", f"deleting tag {ELSEWHERE.repository}:v9", leave, kind=COPY)
+    landed = DEADLINE - 0.5
+
+    def lands() -> None:
+        registry.content[ELSEWHERE.repository].add(ELSEWHERE.tag)
+        late_writes.ended("team", number, None)
+
+    clock.callLater(landed, lands)
+    call = Deferred.fromCoroutine(
+        tags.delete_collection(ADMIN, "team", list_options({}), DeleteOptions(), time_left=TIME_LEFT)
+    )
+    clock.pump([0.5] * 20)  # 10 s: well past the request's own deadline
+    assert call.called
+    failures: list[Failure] = []
+    call.addErrback(failures.append)
+    assert not failures, failures[0].value
+    assert registry.content[ELSEWHERE.repository] == set()
+    # The selection, the first look (after v1's delete), the extra pass's read of what the write left
+    # (as it landed, before the deadline) and its look (after v9's delete, past it); no pass after it.
+    assert registry.read_at == [0.0, registry.SLOW, landed, landed + registry.SLOW], registry.read_at
+    assert registry.read_at[-1] > DEADLINE
