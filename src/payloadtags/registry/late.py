@@ -145,7 +145,8 @@ class LateWrites:
     # Writes sent and not answered yet: namespace -> {its number: description}.
     _out: dict[str, dict[int, str]] = attrs.Factory(dict)
     _sent: int = 0
-    # Where each write out would leave a tag if it landed, and its kind, given by `sent`: by number.
+    # Where each write out would leave a tag if it landed, and its kind, given by `sent`: by number. A
+    # write out not here gave none: its repository and tag are unknown (`pending` counts it).
     _leave: dict[int, tuple[Leave, Kind]] = attrs.Factory(dict)
     # Where the namespace's writes that ended unanswered would leave a tag, and their kinds: kept while
     # the namespace has a write out or noted (`_forget`). One answered leaves nothing here.
@@ -170,8 +171,6 @@ class LateWrites:
     # a scoped look reads (`pending`'s ``scope``). Kept with the namespace's entry, whose time is the
     # latest of them (dropped or settled with it).
     _noted: dict[str, dict[tuple[str | None, str | None], tuple[str, float]]] = attrs.Factory(dict)
-    # The repository of each write out that gave one (`sent`): by number.
-    _placed: dict[int, str] = attrs.Factory(dict)
     # How many writes the registry has answered (`answers`).
     _answers: int = 0
 
@@ -256,7 +255,6 @@ class LateWrites:
         self._out.setdefault(namespace, {})[self._sent] = what
         if leaves is not None and kind is not None:
             self._leave[self._sent] = (leaves, kind)
-            self._placed[self._sent] = leaves[0]
             for watch in self._watches.get(namespace, ()):
                 watch.add(leaves, kind)
                 watch.sent(leaves)
@@ -275,7 +273,6 @@ class LateWrites:
         what = out.pop(number, None)
         self._after.pop(number, None)
         self._timeout.pop(number, None)
-        repository = self._placed.pop(number, None)
         leave = self._leave.pop(number, None)
         if grace is None:
             self._answers += 1
@@ -290,7 +287,8 @@ class LateWrites:
         if not out:
             del self._out[namespace]
         if what is not None and grace is not None:
-            self._note(namespace, what, self.now() + grace, repository, leave[0][1] if leave else None)
+            repository, tag = (leave[0][0], leave[0][1]) if leave else (None, None)
+            self._note(namespace, what, self.now() + grace, repository, tag)
         self._forget(namespace)
         self._wake(namespace)
 
@@ -306,7 +304,7 @@ class LateWrites:
             for number, what in out.items():
                 if scope is None:
                     return what, math.inf
-                if number not in self._placed:
+                if number not in self._leave:
                     return ANONYMOUS if hidden else what, math.inf
                 if self._admitted(scope, number):
                     return what, math.inf
@@ -354,7 +352,7 @@ class LateWrites:
         out = {
             number: what
             for number, what in self._out.get(namespace, {}).items()
-            if scope is None or number not in self._placed or self._admitted(scope, number)
+            if scope is None or number not in self._leave or self._admitted(scope, number)
         }
         if not out or any(number not in self._after for number in out):
             return "later"
@@ -428,7 +426,7 @@ class LateWrites:
     def repositories(self, namespace: str) -> frozenset[str]:
         """The repositories of the namespace's writes that are out or noted, where known: those a
         scoped look (`pending`'s ``scope``) may be asked about."""
-        out = (self._placed.get(number) for number in self._out.get(namespace, {}))
+        out = (self._leave[number][0][0] for number in self._out.get(namespace, {}) if number in self._leave)
         noted = (repository for repository, _ in self._noted.get(namespace, {}))
         left = (left[0] for left in self._leaves.get(namespace, ()))
         return frozenset(r for r in (*out, *noted, *left) if r is not None)
