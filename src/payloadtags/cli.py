@@ -264,13 +264,16 @@ class _Parser(argparse.ArgumentParser):
             if unknown:
                 self.error(f"unrecognized arguments: {' '.join(unknown)}")
         else:
+            flags = self._flags()
             for arg in self.given:
                 if arg == "--" or not arg.startswith("-"):
                     break  # the command
-                if self._parse_optional(arg) is None:
-                    # argparse takes an unknown flag with a space in it (``--password=a b``) for the
-                    # command, and would quote it whole as an invalid one.
-                    self.error(f"unrecognized arguments: {_unknown_flag_named(arg, self._flags())}")
+                # A flag no parser has is refused here, by its name: argparse would leave it for the
+                # leftovers and take the argument after it, its value (``--registry-password hunter2
+                # serve``), for the command, quoting it whole as an invalid one (review r12cfg F1). So it
+                # would a flag with a space in it (``--password=a b``), which it takes for the command.
+                if not _names_a_flag(arg, flags) or self._parse_optional(arg) is None:
+                    self.error(f"unrecognized arguments: {_unknown_flag_named(arg, flags)}")
         return super().parse_known_args(args, namespace)
 
     def _unknown_flags(self, args: Sequence[str]) -> list[str]:
@@ -342,6 +345,11 @@ def _unknown_flag_named(arg: str, flags: Set[str]) -> str:
 
 
 _NAME_END = re.compile(r"[=\s]")
+
+
+def _names_a_flag(arg: str, flags: Set[str]) -> bool:
+    """Whether the argument is one of the ``flags``, or one given its value after an ``=``."""
+    return _NAME_END.split(arg, maxsplit=1)[0] in flags
 
 
 def _without_passwords(message: str, given: Sequence[str] = (), flags: Set[str] = frozenset()) -> str:

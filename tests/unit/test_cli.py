@@ -567,6 +567,27 @@ def test_a_misspelt_flag_is_named_with_its_near_miss_before_missing_ones(capsys,
     )
 
 
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--registry-password", "hunter2", "serve", "--registry-url=http://x"], "--registry-password"),
+        (["--x=1", "--token", "hunter2", "serve", "--help"], "--x"),
+        (["--token", "hunter2", "--version"], "--token"),
+        (["-p", "hunter2", "serve", "--registry-url=http://x"], "-p"),
+    ],
+)
+def test_an_unknown_flag_before_the_command_is_named_without_the_value_after_it(capsys, argv, named):
+    # review r12cfg F1: the value, typed after a space, was taken for the command and quoted whole
+    # ("invalid choice: 'hunter2'"); pflag says "unknown flag: --registry-password".
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 1
+    assert capsys.readouterr() == (
+        "",
+        f"payloadtags: unrecognized arguments: {named} (see payloadtags --help)\n",
+    )
+
+
 def test_a_value_that_looks_like_a_flag_is_left_to_its_flag(capsys):
     # Only what argparse itself takes for an option is checked: a negative number is a value.
     assert main(["serve", "--registry-url=http://x", "--secure-port", "-5"]) == 1

@@ -153,11 +153,13 @@ URL = "--registry-url=http://127.0.0.1:5000"
 
 @st.composite
 def unknown_flags_with_values(draw: st.DrawFn) -> list[str]:
-    """One or two unknown ``--name=value`` whose values hold the MARKS, before or after the command."""
+    """One or two unknown flags whose values hold the MARKS, before or after the command: ``--name=value``
+    or ``--name value``, the value its own argument (review r12cfg F1)."""
     piece = st.text(alphabet=SPECIAL + "ab\u00e9\u00a0\u2028\uff20", max_size=6)
-    typed = [
-        f"{draw(UNKNOWN_NAMES)}=PW{draw(piece)}MM{draw(piece)}QX" for _ in range(draw(st.integers(1, 2)))
-    ]
+    typed = []
+    for _ in range(draw(st.integers(1, 2))):
+        name, value = draw(UNKNOWN_NAMES), f"PW{draw(piece)}MM{draw(piece)}QX"
+        typed += draw(st.sampled_from([[f"{name}={value}"], [name, value]]))
     where = draw(st.sampled_from(["after", "before", "alone"]))
     return {"after": ["serve", URL, *typed], "before": [*typed, "serve", URL], "alone": ["serve", *typed]}[
         where
@@ -173,6 +175,11 @@ def unknown_flags_with_values(draw: st.DrawFn) -> list[str]:
 # A manifest's one-string "--flag value".
 @example(["serve", URL, "--registry-password PWhunter2MMQX"])
 @example(["--registry-password\tPWhunter2MMQX", "serve", URL])
+# The value as the argument after the flag: argparse took it, before the command, for the command.
+@example(["--registry-password", "PWhunter2MMQX", "serve", URL])
+@example(["--x=1", "--token", "PWhunter2MMQX", "serve", URL, "--help"])
+@example(["-p", "PWhunter2MMQX", "serve", "--help"])
+@example(["serve", URL, "--registry-password", "PWhunter2MMQX"])
 def test_no_message_shows_the_value_of_an_unknown_flag(argv: list[str]) -> None:
     # review r10cfg L4: `--registry-password=hunter2` (for --registry-password-file) was echoed whole to
     # the pod's log; pflag, which Kubernetes components use, names the flag alone ("unknown flag: --x").
