@@ -588,6 +588,20 @@ def test_an_unknown_flag_before_the_command_is_named_without_the_value_after_it(
     )
 
 
+@pytest.mark.parametrize("value", ["-Xhunter2", "--hunter2", "-hunter2", "hunter2"])
+def test_the_argument_after_an_unknown_flag_after_the_command_is_not_named(capsys, value):
+    # review r12cfg L1: a value starting with '-' (a base64url token, a generated password) was named
+    # as one more unknown flag.
+    with pytest.raises(SystemExit) as done:
+        main(["serve", "--registry-url=http://x", "--registry-password", value, "--bogus"])
+    assert done.value.code == 1
+    assert capsys.readouterr() == (
+        "",
+        "payloadtags serve: unrecognized arguments: --registry-password (did you mean "
+        "--registry-password-file?) --bogus (see payloadtags serve --help)\n",
+    )
+
+
 def test_a_value_that_looks_like_a_flag_is_left_to_its_flag(capsys):
     # Only what argparse itself takes for an option is checked: a negative number is a value.
     assert main(["serve", "--registry-url=http://x", "--secure-port", "-5"]) == 1

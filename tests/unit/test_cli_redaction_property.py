@@ -154,11 +154,13 @@ URL = "--registry-url=http://127.0.0.1:5000"
 @st.composite
 def unknown_flags_with_values(draw: st.DrawFn) -> list[str]:
     """One or two unknown flags whose values hold the MARKS, before or after the command: ``--name=value``
-    or ``--name value``, the value its own argument (review r12cfg F1)."""
+    or ``--name value``, the value its own argument (review r12cfg F1), which may start with a '-', as a
+    base64url token may (review r12cfg L1)."""
     piece = st.text(alphabet=SPECIAL + "ab\u00e9\u00a0\u2028\uff20", max_size=6)
+    dashes = st.sampled_from(["", "-", "--", "-X", "-h"])
     typed = []
     for _ in range(draw(st.integers(1, 2))):
-        name, value = draw(UNKNOWN_NAMES), f"PW{draw(piece)}MM{draw(piece)}QX"
+        name, value = draw(UNKNOWN_NAMES), f"{draw(dashes)}PW{draw(piece)}MM{draw(piece)}QX"
         typed += draw(st.sampled_from([[f"{name}={value}"], [name, value]]))
     where = draw(st.sampled_from(["after", "before", "alone"]))
     return {"after": ["serve", URL, *typed], "before": [*typed, "serve", URL], "alone": ["serve", *typed]}[
@@ -180,6 +182,8 @@ def unknown_flags_with_values(draw: st.DrawFn) -> list[str]:
 @example(["--x=1", "--token", "PWhunter2MMQX", "serve", URL, "--help"])
 @example(["-p", "PWhunter2MMQX", "serve", "--help"])
 @example(["serve", URL, "--registry-password", "PWhunter2MMQX"])
+@example(["serve", URL, "--registry-password", "-XPWhunter2MMQX"])
+@example(["serve", URL, "--token", "--PWhunter2MMQX", "--x=1"])
 def test_no_message_shows_the_value_of_an_unknown_flag(argv: list[str]) -> None:
     # review r10cfg L4: `--registry-password=hunter2` (for --registry-password-file) was echoed whole to
     # the pod's log; pflag, which Kubernetes components use, names the flag alone ("unknown flag: --x").
