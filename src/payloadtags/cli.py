@@ -233,11 +233,12 @@ def _paths(text: str) -> tuple[str, ...]:
 
 
 def _bad(text: str, entries: tuple[str, ...], is_bad: Callable[[str], bool]) -> str:
-    """The entries of a list value that fail, as typed; by position (from 1) when the value has an '@'.
+    """The entries of a list value that fail, as typed; by position (from 1) when the value has an '@'
+    (or a full-width or small one, `AT_SIGNS`, as the redaction counts them: review r12cfg L2).
 
     Such a value may be a URL with a password that took this flag's place, and its pieces cut at a
     ',' inside the password no longer end at the '@' the redaction of the message looks for."""
-    if "@" not in text:
+    if not any(at in text for at in AT_SIGNS):
         return ", ".join(entry for entry in entries if is_bad(entry))
     positions = [str(number) for number, entry in enumerate(entries, 1) if is_bad(entry)]
     return f"entries {', '.join(positions)}" if positions else ""

@@ -436,6 +436,15 @@ def test_argparse_errors_show_no_password_typed_with_a_url(capsys, argv, said):
             ["--authorization-always-allow-paths", "/a,al1ce,s3c@r"],
             "--authorization-always-allow-paths=<redacted>@r: paths must start with '/': entries 2, 3",
         ),
+        # review r12cfg L2: a full-width or small at sign counts as one there too.
+        (
+            ["--tls-cipher-suites=https://al1ce:s3,cret\uff20r"],
+            "--tls-cipher-suites=https://<redacted>@r: unknown or insecure cipher suite(s) entries 1, 2;",
+        ),
+        (
+            ["--authorization-always-allow-paths", "/a,al1ce,s3c\ufe6br"],
+            "--authorization-always-allow-paths=<redacted>@r: paths must start with '/': entries 2, 3",
+        ),
     ],
 )
 def test_a_bad_value_shows_no_password_when_a_url_took_another_flags_place(capsys, argv, said):
