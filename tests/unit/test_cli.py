@@ -18,6 +18,7 @@ from payloadtags.cli import (
     main,
     settings_from,
 )
+from payloadtags.validators import AT_SIGNS
 
 
 def parse(*argv: str):
@@ -775,6 +776,9 @@ EACH_ODD_VALUE = {
     "tab": ["--kubeconfig", "https://al1ce:s3c\tret@r"],
     "quotes": ["--client-ca-file", "https://al1ce:s3c'\"ret@r"],
     "another-value-inside": ["--client-ca-file=r@r", "--kubeconfig", "https://al1ce:s3cret@r@r"],
+    # review r12cfg T1: a full-width or small at sign is one too (AT_SIGNS).
+    "full-width-at": ["--registry-password-file", "https://al1ce:s3cret\uff20r"],
+    "small-at": ["--kubeconfig", "https://al1ce:s3cret\ufe6br"],
 }
 
 
@@ -798,7 +802,7 @@ def test_a_url_given_to_any_file_flag_on_any_refusal_path_is_shown_without_its_p
     base = ["serve", "--registry-url=http://127.0.0.1:5000", "--authorization-mode=AlwaysAllow"]
     assert main([*base, *(arg.format(tmp=tmp_path) for arg in argv)]) == 1
     err = capsys.readouterr().err
-    assert "<redacted>@r" in err, err  # the value is named
+    assert any(f"<redacted>{at}r" in err for at in AT_SIGNS), err  # the value is named, its sign as typed
     assert "s3c" not in err and "al1ce" not in err, err
 
 
