@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet.error import ProcessDone
+from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
@@ -171,3 +172,53 @@ def test_a_plugin_printing_much_to_stderr_at_start_is_held_as_a_renewal_holds_it
     assert str(raised.value).startswith(f"exec plugin {sys.executable} exited with 3: ")
     assert int(note.read_text()) == 8 << 20
     assert peak < 1 << 20
+
+
+# A plugin that fails naming itself by the path it was run as ($0), after what PAD holds.
+NAMES_ITSELF = '#!/bin/sh\nprintf "%s" "$PAD" >&2\necho "$0: no route to the IdP" >&2\nexit 1\n'
+# Where a URL that took --kubeconfig's place puts the kubeconfig's folder, under the working directory.
+URL_SHAPED_FOLDERS = {
+    "named whole": ("https:", "al1ce:s3cret@r"),
+    "two spaces in the working directory": ("my  work", "https:", "al1ce:s3cret@r"),
+    "a tab in the password": ("https:", "al1ce:s3cret\t@r"),
+    "cut at 500 characters inside the password": ("https:", "al1ce:s3cret@r"),
+}
+
+
+def names_itself(tmp_path: Path, case: str) -> tuple[ExecPlugin, str]:
+    """The plugin `NAMES_ITSELF` as ./plugin in a URL-shaped kubeconfig folder; the text it prints before
+    its path (for the cut case, enough that the first 500 characters end inside the password)."""
+    folder = tmp_path.joinpath(*URL_SHAPED_FOLDERS[case])
+    folder.mkdir(parents=True)
+    (folder / "plugin").write_text(NAMES_ITSELF)
+    (folder / "plugin").chmod(0o755)
+    pad = ""
+    if case.startswith("cut"):
+        shown = str(folder)[: str(folder).index("s3cret") + len("s3c")]
+        pad = "x" * (500 - len(shown) - 1) + " "
+    plugin = ExecPlugin(command="./plugin", api_version=API_VERSION, env=(("PAD", pad),), folder=str(folder))
+    return plugin, pad
+
+
+@pytest.mark.parametrize("case", URL_SHAPED_FOLDERS)
+def test_a_failing_plugins_stderr_naming_a_url_shaped_folder_shows_no_password(
+    tmp_path: Path, case: str
+) -> None:
+    # review r13cfg F1: stderr's white space was squeezed and the text cut at 500 characters before the
+    # kubeconfig's folder was redacted (at start by cli's report, at a renewal by the token source): a
+    # folder with a white space run in it was no longer found, and a cut inside it showed its start.
+    plugin, pad = names_itself(tmp_path, case)
+    said = f"exec plugin ./plugin exited with 1: {pad}<redacted>@r/./plugin: no route to the IdP"
+    with pytest.raises(PluginError) as raised:
+        run_plugin_blocking(plugin)
+    assert str(raised.value) == said
+    # A renewal's run, its stderr handed as the plugin writes it.
+    reactor = Processes()
+    failed: list[Failure] = []
+    run_plugin(reactor, plugin).addErrback(failed.append)
+    [protocol] = reactor.protocols
+    protocol.errReceived(
+        f"{pad}{os.path.join(plugin.folder or '', plugin.command)}: no route to the IdP\n".encode()
+    )
+    protocol.processEnded(Failure(ProcessTerminated(exitCode=1)))
+    assert len(failed) == 1 and str(failed[0].value) == said, failed

@@ -26,7 +26,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
 from payloadtags.jsontypes import JsonObject
-from payloadtags.validators import header_safe, utf8_encodable
+from payloadtags.validators import header_safe, paths_redacted, utf8_encodable
 
 # A plugin may have to reach an identity provider; client-go gives it no deadline at all, but a plugin
 # that never answers must not hold every request to the cluster API forever.
@@ -237,7 +237,12 @@ def _credential(plugin: ExecPlugin, output: bytes) -> ExecCredential:
 
 
 def _failed(plugin: ExecPlugin, code: int | None, stderr: bytes) -> PluginError:
-    detail = " ".join(stderr.decode("utf-8", "replace").split())[:500]
+    # A plugin that fails often names itself ($0, a traceback's file), by its path joined to the
+    # kubeconfig's folder, which a URL that took --kubeconfig's place makes `https:/user:pw@host` under
+    # the working directory. Redacted before white space is squeezed and the text cut: afterwards the
+    # folder may no longer be found whole, and its start before the cut would be shown (review r13cfg F1).
+    text = paths_redacted(stderr.decode("utf-8", "replace"), (plugin.folder or "",))
+    detail = " ".join(text.split())[:500]
     how = f"exited with {code}" if code is not None else "was killed"
     return PluginError(f"exec plugin {plugin.command} {how}" + (f": {detail}" if detail else ""))
 
