@@ -440,6 +440,43 @@ def test_a_token_file_beside_a_url_shaped_kubeconfig_is_named_without_the_passwo
     assert str(raised.value) == "cannot read token file <redacted>@r/token: it is blank"
 
 
+@pytest.mark.parametrize("written", ["absolute", "relative"])
+def test_a_token_file_in_a_folder_with_an_at_sign_is_named_whole(tmp_path: Path, written: str) -> None:
+    # review r13cfg L1: every tokenFile path with an '@' was shown from its last '@' only ("cannot read
+    # <redacted>@prod/token"), though only a kubeconfig's folder comes from a URL: a per-identity folder
+    # beside a kubeconfig at a plain path is shown whole, so that the operator can tell which file it is.
+    token = tmp_path / "tokens" / "ci-robot@prod" / "token"
+    token.parent.mkdir(parents=True)
+    token.write_text("one\n")
+    kubeconfig = tmp_path / "kc"
+    kubeconfig.write_text(
+        URL_SHAPED_KUBECONFIG.replace("tokenFile: token", f"tokenFile: {json.dumps(str(token))}")
+        if written == "absolute"
+        else URL_SHAPED_KUBECONFIG.replace("tokenFile: token", "tokenFile: tokens/ci-robot@prod/token")
+    )
+    config = load_cluster_config(str(kubeconfig))
+    assert config is not None
+    clock = Clock()
+    source = _TokenSource(config, clock, 60.0, monotonic=clock.seconds)
+    assert source.current() == "one"
+    token.unlink()
+    with collected_logs() as events:
+        clock.advance(60)
+        assert source.current() == "one"
+    said = [formatEvent(event) for event in events]
+    assert said == [
+        f"Keeping the previous token: cannot read {config.token_file}: [Errno 2] No such file or directory: "
+        f"{config.token_file!r}"
+    ], said
+    assert "ci-robot@prod/token" in said[0]
+    with pytest.raises(KubeTokenUnreadable) as raised:
+        _TokenSource(config, clock, 60.0).current()
+    assert str(raised.value) == (
+        f"cannot read token file {config.token_file}: [Errno 2] No such file or directory: "
+        f"{config.token_file!r}"
+    )
+
+
 def test_a_missing_token_file_at_first_use_is_unavailable(tmp_path: Path) -> None:
     source = _TokenSource(ClusterConfig("https://k", token_file=str(tmp_path / "none")), Clock(), 60.0)
     with pytest.raises(KubeUnavailable):

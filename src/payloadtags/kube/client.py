@@ -477,11 +477,12 @@ class _TokenSource:
             )
 
     def _shown(self, text: str) -> str:
-        """``text`` with the token file's user information redacted wherever it names the file (an
-        OSError repeats it, quoted). A kubeconfig's relative tokenFile is joined to its folder, which a
+        """``text`` with the kubeconfig's folder redacted wherever it names it (an OSError repeats the
+        token file's path, quoted). A kubeconfig's relative tokenFile is joined to its folder, which a
         URL that took --kubeconfig's place makes `https:/user:pw@host` under the working directory
-        (review r11misc F1)."""
-        return paths_redacted(text, (self._config.token_file or "",))
+        (review r11misc F1). Only the folder: a tokenFile written absolute, in a folder with an '@'
+        (/var/tokens/ci-robot@prod/token), comes from no URL and is shown whole (review r13cfg L1)."""
+        return paths_redacted(text, (self._config.kubeconfig_folder or "",))
 
     def invalidate(self) -> None:
         self._read_at = float("-inf")

@@ -83,6 +83,11 @@ class ClusterConfig:
     client_key_data: bytes | None = attrs.field(default=None, repr=_redact)
     token: str | None = attrs.field(default=None, repr=_redact)
     token_file: str | None = None
+    # The kubeconfig's folder, which its relative files are joined to: a URL that took --kubeconfig's
+    # place makes it `https:/user:pw@host` under the working directory, so a message naming such a file
+    # redacts it (and no more: an absolute tokenFile is shown whole, '@' or not, review r13cfg L1). It
+    # changes how messages name files, not how the cluster is reached: not compared.
+    kubeconfig_folder: str | None = attrs.field(default=None, repr=_redact_url, eq=False)
     exec_plugin: ExecPlugin | None = None
     token_expires_at: float | None = None
     insecure_skip_tls_verify: bool = False
@@ -314,7 +319,11 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
     except ValueError as e:  # ClusterConfig's own checks; what _chosen saw first is named there
         raise ConfigError(f"kubeconfig {path!r}: {_gist(e)}") from e
     cluster = attrs.evolve(
-        cluster, ca_field=ca_field, client_cert_field=cert_field, client_key_field=key_field
+        cluster,
+        ca_field=ca_field,
+        client_cert_field=cert_field,
+        client_key_field=key_field,
+        kubeconfig_folder=base,
     )
     if plugin is not None:
         cluster = _with_plugin_credential(cluster, plugin, path)
