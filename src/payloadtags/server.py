@@ -55,7 +55,7 @@ from payloadtags.registry_diagnosis import FailureLog, probe
 from payloadtags.reloader import FileWatcher
 from payloadtags.repoindex import RepositoryIndex
 from payloadtags.settings import Settings
-from payloadtags.startup import Completed, ConfigurationError, complete
+from payloadtags.startup import Completed, ConfigurationError, always_allow_warnings, complete
 from payloadtags.tls import ContextFactory, ServingCertificate, TlsOptions, load_certificates, server_context
 from payloadtags.watch import WatchHub
 from payloadtags.watch.hub import InventoryReader
@@ -551,6 +551,10 @@ async def start(
             remover.running = cleanup.cleaning  # deletecollection waits for the leader's cascade
         liveness.append(("leaderElection", cleanup.check_health))
     health = HealthChecks({"healthz": liveness, "livez": liveness, "readyz": readiness}, monotonic)
+    # Said here, not with the start's other warnings: the advice names only checks registered above.
+    names = {endpoint: [name for name, _ in checks] for endpoint, checks in health.checks.items()}
+    for warning in always_allow_warnings(settings.always_allow_paths, names):
+        log.warn("{warning}", warning=warning)
     api = ApiServer(
         service=service,
         authenticator=authentication,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -119,7 +119,7 @@ def complete(
         lease_namespace=namespace,
         events_token=events_token,
         notices=_proxy_notice(environ) + _credential_notice(settings),
-        warnings=_cluster_warnings(settings, cluster) + _always_allow_warnings(settings),
+        warnings=_cluster_warnings(settings, cluster),
     )
 
 
@@ -135,8 +135,10 @@ def _cluster_warnings(settings: Settings, cluster: ClusterConfig | None) -> tupl
     return tuple(paths_redacted(warning, paths) for warning in warnings)
 
 
-def _always_allow_warnings(settings: Settings) -> tuple[str, ...]:
-    """A line for each --authorization-always-allow-paths entry ending in '/' (`/readyz/`).
+def always_allow_warnings(entries: Sequence[str], checks: Mapping[str, Collection[str]]) -> tuple[str, ...]:
+    """A line for each --authorization-always-allow-paths entry ending in '/' (`/readyz/`), said at
+    start. ``checks``: the names of each health endpoint's checks, as the server has registered them
+    (so said once it has: the advice names only a check that exists, review r13cfg L2).
 
     k8s.io/apiserver's path authorizer takes such an entry and matches it exactly: it opens the path
     `/readyz/` alone, which kube-apiserver's health handlers (at `/readyz` and `/readyz/<check>`) do
@@ -144,26 +146,35 @@ def _always_allow_warnings(settings: Settings) -> tuple[str, ...]:
     `/readyz`), so no request equals it. Either way it opens nothing that answers, which the start
     says rather than leave a probe meeting 401s (review r7misc N4). (Matching it as written would
     serve `/readyz` to anyone as `/readyz/` only, an opening kube-apiserver does not have.)"""
-    entries = dict.fromkeys(p for p in settings.always_allow_paths if len(p) > 1 and p.endswith("/"))
+    slashed = dict.fromkeys(p for p in entries if len(p) > 1 and p.endswith("/"))
     return tuple(
         f"--authorization-always-allow-paths: the entry {without_userinfo(entry)!r} ends in '/' and opens "
         "nothing: a request's path is matched with its trailing '/' dropped, so none equals it; "
-        + _instead(entry.rstrip("/") or "/")
-        for entry in entries
+        + _instead(entry.rstrip("/") or "/", checks)
+        for entry in slashed
     )
 
 
-def _instead(path: str) -> str:
+def _instead(path: str, checks: Mapping[str, Collection[str]]) -> str:
     """What the warning of an entry ending in '/' offers in its place, ``path`` being the entry without
-    it: only what opens something (review r11misc L1). Nothing is served under a check or /metrics, and
-    any other path needs a credential whatever the list says. (No such entry holds a '*': the flag
-    refuses one before an entry's end.)"""
+    it: only what opens something (review r11misc L1). Nothing is served under a check or /metrics,
+    a check the endpoint does not have is not found (`/readyz/etcd`, from a kube-apiserver probe list,
+    review r13cfg L2), and any other path needs a credential whatever the list says. (No such entry
+    holds a '*': the flag refuses one before an entry's end.)"""
     shown = without_userinfo(path)
-    endpoints = [f"/{endpoint}" for endpoint in HEALTH_ENDPOINTS]
-    if path in endpoints:
+    if path in [f"/{endpoint}" for endpoint in HEALTH_ENDPOINTS]:
         return f"write {shown!r} instead, or {shown + '/*'!r} for the checks under it"
-    is_check = any(path.startswith(f"{endpoint}/") for endpoint in endpoints) and path.count("/") == 2
-    if path == "/metrics" or is_check:
+    endpoint, _, name = path[1:].partition("/")
+    if endpoint in HEALTH_ENDPOINTS and name and "/" not in name:
+        names = checks.get(endpoint, ())
+        if name in names:
+            return f"write {shown!r} instead"
+        # The name is not said apart from the path: a URL that took the flag's place may end in it.
+        return (
+            f"{shown!r} would open nothing either: it is no check of /{endpoint}, whose checks are "
+            + ", ".join(names)
+        )
+    if path == "/metrics":
         return f"write {shown!r} instead"
     return (
         f"{shown!r} would open nothing either: only the health endpoints, their checks and /metrics "

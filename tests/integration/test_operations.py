@@ -167,6 +167,29 @@ async def test_what_the_warning_of_an_entry_ending_in_a_slash_offers_instead_ope
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_check_the_warning_offers_is_one_the_server_has(make_server, registry):
+    # Review r13cfg L2: any '/<endpoint>/<name>/' was taken for a check and offered without its '/':
+    # '/readyz/etcd' (from a kube-apiserver probe list) then answered 404. Each path offered is listed in
+    # a second server and answers anyone 200; each said to open nothing, listed, answers no 200.
+    entries = ("/readyz/etcd/", "/livez/log/", "/readyz/registry/", "/livez/ping/", "/readyz/shutdown/")
+    with collected_logs() as events:
+        first = await make_server(registry, always_allow_paths=entries)
+    said = [line for e in events if "--authorization-always-allow-paths" in (line := formatEvent(e))]
+    tails = [line.split("so none equals it; ")[1] for line in said]
+    offered = [re.findall(r"^write '(/[^']*)' instead$", tail) for tail in tails]
+    nothing = [re.findall(r"^'(/[^']*)' would open nothing either", tail) for tail in tails]
+    assert offered == [[], [], ["/readyz/registry"], ["/livez/ping"], ["/readyz/shutdown"]], said
+    assert nothing == [["/readyz/etcd"], ["/livez/log"], [], [], []], said
+    admin = first.client(first.pki.admin)
+    assert (await admin.get("/readyz/etcd")).code == (await admin.get("/livez/log")).code == 404
+    listed = [path for paths in offered + nothing for path in paths]
+    second = await make_server(registry, always_allow_paths=tuple(listed))
+    anonymous = second.client(None)
+    codes = {path: (await anonymous.get(path)).code for path in listed}
+    assert codes == {**dict.fromkeys(listed, 200), "/readyz/etcd": 404, "/livez/log": 404}
+
+
+@pytest_twisted.ensureDeferred
 async def test_admission_reads_a_hash_in_the_path_as_routing_does(make_server, registry):
     # Review r4chan N3: admission dropped a "#..." from the path, routing kept it (as Go keeps it), so
     # an anonymous POST /metrics#x under --metrics-anonymous had its body read, then was not found,

@@ -23,7 +23,14 @@ from payloadtags.kube import ClusterConfig
 from payloadtags.listen import dual_stack_socket, listen
 from payloadtags.registry import RegistrySettings
 from payloadtags.settings import Settings
-from payloadtags.startup import CERT_DIR_CERT, CERT_DIR_KEY, ConfigurationError, complete, lease_namespace
+from payloadtags.startup import (
+    CERT_DIR_CERT,
+    CERT_DIR_KEY,
+    ConfigurationError,
+    always_allow_warnings,
+    complete,
+    lease_namespace,
+)
 from tests.support.kubeapi import write_kubeconfig
 from tests.support.pki import Authority
 from tests.support.process import ROOT
@@ -214,19 +221,27 @@ def test_a_url_given_to_cert_dir_or_tls_cert_file_is_logged_without_its_password
     assert pair.serving_origin == f"--tls-cert-file https://<redacted>@r/{CERT_DIR_CERT}"
 
 
+# The health checks a server without a cluster registers (server.start), by endpoint.
+STANDALONE_CHECKS = {"healthz": ["ping"], "livez": ["ping"], "readyz": ["ping", "shutdown", "registry"]}
+
+
 def test_an_always_allow_entry_ending_in_a_slash_is_said_once_at_start() -> None:
     # Review r7misc N4: `/readyz/` or `/healthz/ping/` was taken and opened nothing, without a word: a
     # request's trailing '/' is dropped before the match. k8s.io/apiserver takes it too and opens the
     # path `/readyz/` alone, which kube-apiserver does not serve: it opens nothing there either.
     # Review r11misc L1: what it offers instead opens something: nothing is served under a check or
     # /metrics ('/healthz/ping/*' opened nothing), and another path needs a credential whatever is listed.
+    # Review r13cfg L2: a check the endpoint does not have ('/readyz/etcd/', from a kube-apiserver probe
+    # list) was offered without its '/', which answers 404: only a registered check is offered.
     entries: tuple[str, ...] = ("/readyz/", "/healthz/ping/", "/readyz/", "/", "/livez", "/readyz/*")
     entries += ("/metrics", "/metrics/", "/version/", "/readyz//", "/healthz/ping/x/", "//")
+    entries += ("/readyz/registry/", "/readyz/etcd/", "/livez/shutdown/")
     opens_nothing = "--authorization-always-allow-paths: the entry {!r} ends in '/' and opens nothing: a "
     opens_nothing += "request's path is matched with its trailing '/' dropped, so none equals it; "
     nor = "{!r} would open nothing either: only the health endpoints, their checks and /metrics are served "
     nor += "without a credential"
-    assert complete(settings(always_allow_paths=entries), environ=NO_POD).warnings == (
+    no_check = "{!r} would open nothing either: it is no check of {}, whose checks are {}"
+    assert always_allow_warnings(entries, STANDALONE_CHECKS) == (
         opens_nothing.format("/readyz/") + "write '/readyz' instead, or '/readyz/*' for the checks under it",
         opens_nothing.format("/healthz/ping/") + "write '/healthz/ping' instead",
         opens_nothing.format("/metrics/") + "write '/metrics' instead",
@@ -234,19 +249,29 @@ def test_an_always_allow_entry_ending_in_a_slash_is_said_once_at_start() -> None
         opens_nothing.format("/readyz//") + "write '/readyz' instead, or '/readyz/*' for the checks under it",
         opens_nothing.format("/healthz/ping/x/") + nor.format("/healthz/ping/x"),
         opens_nothing.format("//") + nor.format("/"),
+        opens_nothing.format("/readyz/registry/") + "write '/readyz/registry' instead",
+        opens_nothing.format("/readyz/etcd/")
+        + no_check.format("/readyz/etcd", "/readyz", "ping, shutdown, registry"),
+        opens_nothing.format("/livez/shutdown/") + no_check.format("/livez/shutdown", "/livez", "ping"),
     )
-    assert complete(settings(), environ=NO_POD).warnings == ()
+    assert always_allow_warnings(settings().always_allow_paths, STANDALONE_CHECKS) == ()
+    # Said by the server once its checks are registered, not among the settings' warnings.
+    assert complete(settings(always_allow_paths=entries), environ=NO_POD).warnings == ()
 
 
 def test_an_always_allow_entry_ending_in_a_slash_is_said_without_a_urls_user_information() -> None:
     # Review r11misc L2: a scheme-relative URL that took the flag's place begins with '/', so it is an
-    # entry, warned about; the redaction of its password there was untested.
-    warnings = complete(settings(always_allow_paths=("//al1ce:s3cret@r/",)), environ=NO_POD).warnings
+    # entry, warned about; the redaction of its password there was untested. Nor does a check's name
+    # show it (an entry under an endpoint ending in the URL's host).
+    warnings = always_allow_warnings(("//al1ce:s3cret@r/", "/readyz/al1ce:s3cret@r/"), STANDALONE_CHECKS)
     assert warnings == (
         "--authorization-always-allow-paths: the entry '//<redacted>@r/' ends in '/' and opens nothing: a "
         "request's path is matched with its trailing '/' dropped, so none equals it; '//<redacted>@r' would "
         "open nothing either: only the health endpoints, their checks and /metrics are served without a "
         "credential",
+        "--authorization-always-allow-paths: the entry '<redacted>@r/' ends in '/' and opens nothing: a "
+        "request's path is matched with its trailing '/' dropped, so none equals it; '<redacted>@r' would "
+        "open nothing either: it is no check of /readyz, whose checks are ping, shutdown, registry",
     )
 
 
