@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from twisted.internet import reactor as global_reactor
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
@@ -30,7 +30,7 @@ from payloadtags.kube.errors import (
     KubeTokenUnreadable,
     KubeUnavailable,
 )
-from payloadtags.kube.execcred import ExecCredential, ExecPlugin, PluginError
+from payloadtags.kube.execcred import ExecCredential, ExecPlugin, PluginError, _failed
 from payloadtags.logs import klog_record
 from tests.support.logcapture import collected_logs
 
@@ -580,6 +580,50 @@ def test_a_renewal_that_cannot_read_the_cas_file_beside_a_url_shaped_kubeconfig_
     assert str(failed.value) == (
         "cannot renew the cluster API credential: exec plugin get-token: cannot read the cluster's CA "
         "bundle: [Errno 2] No such file or directory: '<redacted>@r/ca.crt'"
+    )
+
+
+def test_a_renewal_whose_plugin_names_itself_under_a_url_shaped_folder_shows_no_password() -> None:
+    # review r13cfg L3 (its test_whole_folder_is_redacted): a plugin that fails naming itself ($0) by its
+    # path joined to the kubeconfig's folder, as the runner says it (execcred._failed).
+    folder = "/srv/https:/al1ce:s3cret@r"
+    plugin = ExecPlugin(command="./plugin", api_version="client.authentication.k8s.io/v1", folder=folder)
+    config = ClusterConfig("https://k", token="startup", token_expires_at=100.0, exec_plugin=plugin)
+    stderr = f"{os.path.join(folder, './plugin')}: no route to the IdP\n".encode()
+    clock = Clock()
+    clock.advance(200)
+    source = _TokenSource(
+        config, clock, 60.0, run=lambda _clock, plugin, _timeout: fail(_failed(plugin, 1, stderr))
+    )
+    renewed = token_of(source)
+    failed = renewed.result
+    renewed.addErrback(lambda _: None)
+    assert isinstance(failed, Failure) and isinstance(failed.value, KubeCredentialUnavailable)
+    assert str(failed.value) == (
+        "cannot renew the cluster API credential: exec plugin ./plugin exited with 1: <redacted>@r/./plugin: "
+        "no route to the IdP"
+    )
+
+
+def test_a_renewal_whose_plugin_cannot_be_run_from_a_url_shaped_folder_shows_no_password(
+    tmp_path: Path,
+) -> None:
+    # review r13cfg L3: _renew's redaction of the kubeconfig's folder was tested only through the CA
+    # file's path, so redacting the CA file alone passed. A relative command is joined to the folder
+    # too (https:/al1ce:s3cret@r under the working directory, for a URL that took --kubeconfig's
+    # place), and a plugin that cannot be started is said with the OSError quoting that path.
+    folder = str(tmp_path / "https:" / "al1ce:s3cret@r")
+    plugin = ExecPlugin(command="./plugin", api_version="client.authentication.k8s.io/v1", folder=folder)
+    config = ClusterConfig("https://k", token="startup", token_expires_at=100.0, exec_plugin=plugin)
+    # The reactor's own runner: the spawn fails in this process, before any child runs.
+    source = _TokenSource(config, global_reactor, 60.0)
+    renewed = token_of(source)
+    failed = renewed.result
+    renewed.addErrback(lambda _: None)
+    assert isinstance(failed, Failure) and isinstance(failed.value, KubeCredentialUnavailable)
+    assert str(failed.value) == (
+        "cannot renew the cluster API credential: cannot run exec plugin ./plugin: [Errno 2] No such file "
+        "or directory: '<redacted>@r/./plugin'"
     )
 
 
