@@ -184,11 +184,26 @@ def paths_redacted(message: str, paths: Iterable[str]) -> str:
     return message
 
 
+def cut_end_redacted(text: str, paths: Iterable[str]) -> str:
+    """``text``, which was cut short, with the end of it that may start one of ``paths`` holding an '@'
+    redacted. `paths_redacted` finds a path only whole, and a cut inside one leaves its start, the
+    user information first (the folder of a URL that took a file flag's place, `/cwd/https:/user:pw@r`),
+    at the text's end. The longest such end, in any of the forms `paths_redacted` looks for."""
+    longest = 0
+    for path in paths:
+        if has_userinfo(path):
+            for form in escaped_forms(path):
+                ends = range(min(len(form), len(text)), longest, -1)
+                longest = next((size for size in ends if text.endswith(form[:size])), longest)
+    return text[: len(text) - longest] + "<redacted>" if longest else text
+
+
 __all__ = [
     "AT_SIGNS",
     "address_problem",
     "at_in_authority",
     "bounded_decimal",
+    "cut_end_redacted",
     "escaped_forms",
     "file_flag_forms",
     "has_userinfo",

@@ -222,3 +222,32 @@ def test_a_failing_plugins_stderr_naming_a_url_shaped_folder_shows_no_password(
     )
     protocol.processEnded(Failure(ProcessTerminated(exitCode=1)))
     assert len(failed) == 1 and str(failed[0].value) == said, failed
+
+
+@pytest.mark.parametrize("password", ["s3cret", "s3crét"], ids=["inside the password", "inside a character"])
+def test_a_failing_plugins_stderr_cut_at_4_kib_inside_a_url_shaped_folder_shows_no_password(
+    tmp_path: Path, password: str
+) -> None:
+    # Beside review r13cfg F1: only stderr's first 4 KiB are held. A plugin that writes white space
+    # first (a spinner cleared with blanks, say), then its path, was held up to inside the folder; the
+    # folder, not found whole, showed its start once the white space was squeezed.
+    folder = tmp_path / "https:" / f"al1ce:{password}@r"
+    folder.mkdir(parents=True)
+    (folder / "plugin").write_text(NAMES_ITSELF)
+    (folder / "plugin").chmod(0o755)
+    # The path's bytes up to the middle of the password's 'é' (of 'e'), past the first 4 KiB.
+    held = len(os.fsencode(folder)[: os.fsencode(folder).index(b"s3cr") + len("s3cr") + 1])
+    pad = " \r" * ((4096 - held) // 2) + " " * ((4096 - held) % 2)
+    plugin = ExecPlugin(command="./plugin", api_version=API_VERSION, env=(("PAD", pad),), folder=str(folder))
+    said = "exec plugin ./plugin exited with 1: <redacted>"
+    with pytest.raises(PluginError) as raised:
+        run_plugin_blocking(plugin)
+    assert str(raised.value) == said
+    reactor = Processes()
+    failed: list[Failure] = []
+    run_plugin(reactor, plugin).addErrback(failed.append)
+    [protocol] = reactor.protocols
+    path = os.path.join(plugin.folder or "", plugin.command)
+    protocol.errReceived(f"{pad}{path}: no route to the IdP\n".encode())
+    protocol.processEnded(Failure(ProcessTerminated(exitCode=1)))
+    assert len(failed) == 1 and str(failed[0].value) == said, failed

@@ -10,6 +10,7 @@ import pytest
 
 from payloadtags.validators import (
     GO_SPACE,
+    cut_end_redacted,
     go_trim_space,
     paths_redacted,
     unpadded_urlsafe_b64decode,
@@ -97,3 +98,16 @@ def test_paths_redacted_redacts_each_path_as_given_or_quoted_longest_first_and_n
         "[Errno 2] No such file: '<redacted>@r/token'"
     )
     assert paths_redacted("al1ce:s3cret@r.key", ["s3cret@r", "al1ce:s3cret@r.key"]) == "<redacted>@r.key"
+
+
+def test_cut_end_redacted_redacts_only_a_start_of_a_path_with_an_at_sign_at_the_texts_end() -> None:
+    # Beside review r13cfg F1: a plugin's stderr, held to its first 4 KiB, may end inside a folder that
+    # paths_redacted then does not find whole; the longest such end goes, as given or quoted.
+    folder = "/w/https:/al1ce:s3\tcret@r"
+    assert cut_end_redacted("failed: /w/https:/al1ce:s3", [folder]) == "failed: <redacted>"
+    assert cut_end_redacted("failed: '/w/https:/al1ce:s3\\tc", [folder]) == "failed: '<redacted>"
+    assert cut_end_redacted("failed: /w/https:/al1ce:s3", ["/w/https:/al1ce:s3cret"]) == (
+        "failed: /w/https:/al1ce:s3"  # no '@': nothing to redact
+    )
+    assert cut_end_redacted("failed: /x/y", [folder]) == "failed: /x/y"
+    assert cut_end_redacted("", [folder]) == ""

@@ -9,6 +9,7 @@ start-up (configuration loading is blocking anyway, see `payloadtags.kube.config
 from __future__ import annotations
 
 import base64
+import codecs
 import json
 import os
 import selectors
@@ -26,7 +27,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
 from payloadtags.jsontypes import JsonObject
-from payloadtags.validators import header_safe, paths_redacted, utf8_encodable
+from payloadtags.validators import cut_end_redacted, header_safe, paths_redacted, utf8_encodable
 
 # A plugin may have to reach an identity provider; client-go gives it no deadline at all, but a plugin
 # that never answers must not hold every request to the cluster API forever.
@@ -241,8 +242,14 @@ def _failed(plugin: ExecPlugin, code: int | None, stderr: bytes) -> PluginError:
     # kubeconfig's folder, which a URL that took --kubeconfig's place makes `https:/user:pw@host` under
     # the working directory. Redacted before white space is squeezed and the text cut: afterwards the
     # folder may no longer be found whole, and its start before the cut would be shown (review r13cfg F1).
-    text = paths_redacted(stderr.decode("utf-8", "replace"), (plugin.folder or "",))
-    detail = " ".join(text.split())[:500]
+    folders = (plugin.folder or "",)
+    # Only its first 4 KiB are held: a text cut there may end inside the folder, and inside a character
+    # (left out, not replaced, so that the folder's start is still found).
+    cut = len(stderr) >= _ERROR_LIMIT
+    text = paths_redacted(
+        codecs.getincrementaldecoder("utf-8")("replace").decode(stderr, final=not cut), folders
+    )
+    detail = " ".join((cut_end_redacted(text, folders) if cut else text).split())[:500]
     how = f"exited with {code}" if code is not None else "was killed"
     return PluginError(f"exec plugin {plugin.command} {how}" + (f": {detail}" if detail else ""))
 
