@@ -44,8 +44,9 @@ from payloadtags.watch.source import EventType
 # callable, 888 bytes (with its place in its user's order); a repository read without tags, 606 bytes
 # with a 10-character path and 833 with a 255-character one (its name, its registry answer and the
 # two sets that keep it); a record each of another user, 1,511 bytes (her order, her key in the heap
-# and her entry: 623 bytes a user). Without these costs, a record or a repository without tags counted
-# nothing, and one user's lists kept any number of them (review r7watch F1).
+# and her entry: 623 bytes a user, and her name once: her records share the string, 888 to 891 bytes
+# a record with a name of 0 to 4,000 characters). Without these costs, a record or a repository
+# without tags counted nothing, and one user's lists kept any number of them (review r7watch F1).
 RECORD_COST = 4
 REPOSITORY_COST = 4
 USER_COST = 4
@@ -160,12 +161,16 @@ class _Holder:
     """One user's records, least recently used first, and what they weigh together with her entry
     (`USER_COST`)."""
 
+    # Her name, the one string her records and her heap keys share: each request parses its own copy
+    # (the front proxy's header), and a copy in every record cost its length again in each of them
+    # (review r11watch F1).
+    name: str
     records: OrderedDict[Key, Listed] = attrs.field(factory=OrderedDict)
     weight: int = 0
 
-    def heap_key(self, user: str) -> tuple[int, int, str]:
+    def heap_key(self) -> tuple[int, int, str]:
         # The heaviest first; of users as heavy, the one whose least recently used record is older.
-        return (-self.weight, next(iter(self.records.values())).used, user)
+        return (-self.weight, next(iter(self.records.values())).used, self.name)
 
 
 @attrs.define(eq=False)
@@ -213,15 +218,15 @@ class ListedScopes:
             if self.size + cost > self.max_size:
                 self._shrink(self.max_size - cost)
                 return None
-            record = Listed(scope, sequence, now, owner=user, size=RECORD_COST)
             if holder is None:
-                holder = self.holders[user] = _Holder(weight=USER_COST)
+                holder = self.holders[user] = _Holder(user, weight=USER_COST)
                 self.size += USER_COST
+            record = Listed(scope, sequence, now, owner=holder.name, size=RECORD_COST)
             record.used = next(self._uses)
             self.records[key] = holder.records[key] = record
             holder.weight += RECORD_COST
             self.size += RECORD_COST
-            self._push(user, holder)
+            self._push(holder)
         else:
             self._touch(key, record)
         record.touched = now
@@ -255,7 +260,7 @@ class ListedScopes:
         holder.records.move_to_end(key)
         record.used = next(self._uses)
         if first:  # her least recently used record is another now: her key changed
-            self._push(record.owner, holder)
+            self._push(holder)
 
     def observe(self, record: Listed, repository: str, tags: Sequence[str], vouch: bool = True) -> bool:
         """Adds a read to a record (`Listed.observe`); False when the bound dropped records (their keys
@@ -265,7 +270,7 @@ class ListedScopes:
             holder = self.holders[record.owner]
             holder.weight += grown
             self.size += grown
-            self._push(record.owner, holder)
+            self._push(holder)
         if self.size <= self.max_size:
             return True
         if record.size + USER_COST > self.max_size:
@@ -290,14 +295,14 @@ class ListedScopes:
         while True:
             entry = heap[0]
             holder = self.holders.get(entry[2])
-            if holder is not None and holder.heap_key(entry[2]) == entry:
+            if holder is not None and holder.heap_key() == entry:
                 return entry[2]
             heapq.heappop(heap)  # a key she no longer has: pushed anew when it changed
 
-    def _push(self, user: str, holder: _Holder) -> None:
-        heapq.heappush(self._heap, holder.heap_key(user))
+    def _push(self, holder: _Holder) -> None:
+        heapq.heappush(self._heap, holder.heap_key())
         if len(self._heap) > 2 * len(self.holders) + 64:
-            self._heap = [each.heap_key(name) for name, each in self.holders.items()]
+            self._heap = [each.heap_key() for each in self.holders.values()]
             heapq.heapify(self._heap)
 
     def _drop(self, key: Key, record: Listed) -> None:
@@ -310,7 +315,7 @@ class ListedScopes:
             del holder.records[key]
             holder.weight -= record.size
             if holder.records:
-                self._push(record.owner, holder)
+                self._push(holder)
             else:  # what is left of her weight is what her entry costs (USER_COST)
                 self.size -= holder.weight
                 del self.holders[record.owner]
