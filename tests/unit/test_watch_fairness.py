@@ -433,3 +433,16 @@ def test_a_record_costs_what_the_docs_say_whatever_its_user_s_name() -> None:
     assert len(hub.listed.records) == n
     each = sum(stat.size_diff for stat in after.compare_to(before, "filename")) // n
     assert each <= RECORD_COST * 229, f"{each} bytes a record"
+
+
+def test_nothing_of_the_records_users_is_kept_once_every_record_is_gone() -> None:
+    """The quiet action waits for the list records to go (``held``: whether any is kept), so that what
+    they held is freed before it runs. A user whose last record went pushed nothing, and the heap was
+    trimmed only on a push: after 1,000 users of one record each had expired, their 1,000 keys stayed
+    (review r11watch L1)."""
+    scopes = ListedScopes()
+    for i in range(1_000):
+        assert scopes.open(f"made-up-{i}", 1, 0.0, f"user-{i}") is not None
+    assert scopes.expire(1.0)
+    assert not scopes.records and not scopes.holders
+    assert len(scopes._heap) <= 64, f"{len(scopes._heap)} users' keys kept in the heap"
