@@ -211,6 +211,35 @@ def test_idle_scopes_of_the_user_whose_watches_made_the_most_go_first() -> None:
     hub.stop()
 
 
+def test_a_flooder_s_churn_does_not_push_out_the_idle_scope_of_a_user_with_more_watches_in_use() -> None:
+    """Gina's controller watches four namespaces (three watches open, the fourth between two
+    watches); mallory opens and closes watches of namespaces she may read, with tags. Her sources in
+    use counted too: gina had made 4, mallory 2, and gina's one idle scope went while mallory kept
+    three idle (review r11watch L2). Only the idle ones count, those that can go."""
+    spaces = ("g0", "g1", "g2", "g3", "m0", "m1", "m2", "m3")
+    reader = FakeReader({f"{ns}/app": {"v1"} for ns in spaces})
+    clock = Clock()
+    hub = make_hub(reader, clock, max_watches=6, max_watches_per_user=8, resync_period=10, idle_scope_ttl=120)
+    hub.run()
+    for ns in ("g0", "g1", "g2"):
+        w, _ = watcher("gina")
+        assert hub.start(w, ready_by(hub, ns, "gina"), since=None, timeout=None)
+    between, _ = watcher("gina")
+    assert hub.start(between, ready_by(hub, "g3", "gina"), since=None, timeout=None)
+    clock.advance(1)
+    since = hub.versions.current
+    between.end("timeout", write=False)  # her reflector reconnects in a moment
+    for i in range(3):
+        clock.advance(0.4)
+        assert open_and_close(hub, watcher("mallory")[0], f"m{i}")
+    idle_of_mallory = [ns for ns in ("m0", "m1", "m2") if ns in hub.sources]
+    assert "g3" in hub.sources, f"gina's one idle scope went; mallory keeps {idle_of_mallory} idle"
+    assert idle_of_mallory == ["m1", "m2"]  # her own oldest went
+    again, _ = watcher("gina")
+    assert hub.start(again, ready(hub, "g3"), since=since, timeout=None), "gina's resume is 410"
+    hub.stop()
+
+
 def ready_by(hub: WatchHub, namespace: str, user: str) -> ScopeSource:
     """The scope's source made for a watch of ``user`` (its slot), as api/app.py makes it."""
     slot = hub.admit(user)

@@ -485,12 +485,19 @@ class WatchHub:
         age alone, one user's flood of watches of made-up namespaces, always the newest, dropped
         every other user's idle namespace (a reflector between two watches) before its own empty
         ones, and their resumes were 410 (review r7watch N1). Within each of the two, the sources
-        of the user whose watches made the most of those kept go first: one who watches many
+        of the user whose watches made the most of the idle ones go first: one who watches many
         namespaces she may read, with tags, drops her own idle ones before another user's. A source
         is shared by every watch of its scope, and counts for the user who made it."""
         if len(self.sources) < self.limits.max_watches:
             return
-        made = collections.Counter(self._made_by.values())
+        idle_sources = [
+            (index, scope, source)
+            for index, (scope, source) in enumerate(self.sources.items())
+            if self._idle(scope, source)
+        ]
+        # Her idle ones only, those that can go: counting her sources in use too let one user's churn
+        # of watches push out the one idle scope of a user with more watches open (review r11watch L2).
+        made = collections.Counter(self._made_by.get(scope, "") for _, scope, _ in idle_sources)
         idle = [
             (
                 self._worth_keeping(scope, source),
@@ -499,8 +506,7 @@ class WatchHub:
                 index,
                 scope,
             )
-            for index, (scope, source) in enumerate(self.sources.items())
-            if self._idle(scope, source)
+            for index, scope, source in idle_sources
         ]
         if not idle:
             raise TooManyWatches(f"too many watched scopes on this server ({self.limits.max_watches})")
