@@ -6,6 +6,7 @@ records, least recently used first (their watches 410, their clients relisting).
 
 from __future__ import annotations
 
+import heapq
 import tracemalloc
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -301,6 +302,7 @@ STEPS = st.lists(
     st.one_of(
         st.tuples(st.just("open"), USERS, st.integers(0, 5)),
         st.tuples(st.just("touch"), st.integers(0, 50), st.just(0)),
+        st.tuples(st.just("touch-lru"), USERS, st.just(0)),
         st.tuples(st.just("observe"), st.integers(0, 50), READS),
         st.tuples(st.just("leave"), st.integers(0, 50), st.just(0)),
         st.tuples(st.just("expire"), st.integers(0, 50), st.integers(0, 2)),
@@ -328,6 +330,36 @@ def test_the_bound_drops_as_the_plain_model_does_and_the_weights_add_up(
     add up to the size; a record handed out is marked dropped exactly when it is no longer kept. With
     review r10watch's model of the records (its test_r10watch_listed.py) folded in: its checks of
     the weights recounted from the reads, of the dropped marks and of lists that leave."""
+    against_the_model(steps, max_records)
+
+
+def test_the_users_heap_against_the_model_through_its_rebuilds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The steps above with 3 users and at most 80 of them seldom rebuild the heap (more than 70 keys):
+    a rebuild that left a user out passed them (review r11watch N1), and so did a heap never trimmed,
+    growing by a key a push (N2). Here 400 users of one record each, their records growing, then 3
+    users touching their least recently used record again and again (a stale key each time): the
+    heap is rebuilt, and after every step holds each user's key and at most 2 a user and 65 more."""
+    rebuilds = 0
+    heapify = heapq.heapify
+
+    def counted(heap: list[tuple[int, int, str]]) -> None:
+        nonlocal rebuilds
+        rebuilds += 1
+        heapify(heap)
+
+    monkeypatch.setattr(heapq, "heapify", counted)
+    flood: list[tuple[str, object, object]] = [("open", f"u{i % 40}", 100 + i) for i in range(400)]
+    flood += [("observe", 2 * i + 1, (0, frozenset(range(i % 24)), True)) for i in range(200)]
+    flood += [("touch-lru", f"u{i % 40}", 0) for i in range(400)]
+    against_the_model(flood, 30)
+    few: list[tuple[str, object, object]] = [("open", f"u{i % 3}", 100 + i) for i in range(60)]
+    few += [("touch-lru", f"u{i % 3}", 0) for i in range(300)]
+    few += [("open", f"u{i % 5}", 1000 + i) for i in range(60)] + [("expire", 0, 1)] * 5
+    against_the_model(few, 70)
+    assert rebuilds >= 3
+
+
+def against_the_model(steps: list[tuple[str, object, object]], max_records: int) -> None:
     clock = Clock()
     scopes = ListedScopes(max_size=max_records * RECORD_COST + USER_COST + 3)
     model = Model(scopes.max_size)
@@ -361,6 +393,14 @@ def test_the_bound_drops_as_the_plain_model_does_and_the_weights_add_up(
             assert scopes.get(record.scope, record.sequence, now) is (None if record.dropped else record)
             if key in model.records:
                 model.touch(key, now)
+        elif kind == "touch-lru":  # her key changes: the heap gets a key and keeps a stale one
+            hers = sorted(
+                (key for key in model.records if model.records[key][0] == first),
+                key=model.records.__getitem__,
+            )
+            if hers:
+                assert scopes.get(hers[0][0], hers[0][1], now) is not None
+                model.touch(hers[0], now)
         elif kind == "observe" and handed:
             assert isinstance(first, int) and isinstance(second, tuple)
             kept = [record for record in handed if not record.dropped]
@@ -413,6 +453,15 @@ def test_the_bound_drops_as_the_plain_model_does_and_the_weights_add_up(
             assert not record.dropped and record.size == recounted(record)
         for record in handed:
             assert record.dropped == (scopes.records.get((record.scope, record.sequence)) is not record)
+        heap = scopes._heap
+        assert all(heap[(i - 1) // 2] <= heap[i] for i in range(1, len(heap))), "not a heap"
+        in_heap = set(heap)
+        for user, holder in scopes.holders.items():
+            assert holder.heap_key() in in_heap, f"{user}'s key missing from the heap"
+        assert len(heap) <= 2 * len(scopes.holders) + 65, "the heap's stale keys were not trimmed"
+        if model.records:  # the first of the users' keys, each in the heap: whom _heaviest() finds
+            heaviest = min(scopes.holders.values(), key=lambda holder: holder.heap_key())
+            assert next(iter(heaviest.records)) == model.victim()
 
 
 def test_repository_costs_count_for_the_record_s_owner() -> None:
