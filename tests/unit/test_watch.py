@@ -2459,7 +2459,8 @@ def test_a_failure_in_a_piece_written_on_the_transports_resume_ends_the_watch_as
     """A client that reads slowly pauses the watcher mid-opening; the rest is written when the transport
     resumes it. A bug there is the watch's failure, logged and counted as an error, not raised into the
     transport (which would log it as Twisted's own and drop the connection as "client gone"; review
-    r10watch L2)."""
+    r10watch L2). Any bug: an exception of no particular kind (review r11watch N3: with ValueError only,
+    a guard that caught ValueError alone passed)."""
     clock = Clock()
     w, _ = watcher()
     w.clock = clock
@@ -2468,9 +2469,12 @@ def test_a_failure_in_a_piece_written_on_the_transports_resume_ends_the_watch_as
     ended: list[Watcher] = []
     w.on_close.append(ended.append)
 
+    class ABug(Exception):
+        pass
+
     def failing(event: Event) -> bytes:
         if event.sequence == 6:
-            raise ValueError("a bug")
+            raise ABug("a bug")
         return render(event)
 
     w.render = failing
