@@ -524,3 +524,40 @@ def test_nothing_of_the_records_users_is_kept_once_every_record_is_gone() -> Non
     assert scopes.expire(1.0)
     assert not scopes.records and not scopes.holders
     assert len(scopes._heap) <= 64, f"{len(scopes._heap)} users' keys kept in the heap"
+
+
+def test_a_user_s_entry_counts_her_name_s_length() -> None:
+    """Her entry holds her name once: 623 bytes and the name's string, under her 4 (916 bytes) only
+    with a name of less than about 240 characters. A name past 180 characters counts 1 more every
+    229 bytes it takes (review r11watch F1: a front proxy's names may be as long as a header line)."""
+    scopes = ListedScopes()
+    for name, extra in (("alice", 0), (LONG_NAME, 1), ("x" * 4_000, 17), ("y" * 16_000, 70)):
+        opens(scopes, name, f"team-{extra}", Clock())
+        assert scopes.weight(name) == USER_COST + extra + RECORD_COST
+    assert scopes.size == sum(scopes.weight(name) for name in scopes.holders)
+    record = opens(scopes, LONG_NAME, "other", Clock())
+    assert scopes.weight(LONG_NAME) == USER_COST + 1 + 2 * RECORD_COST  # her entry counted once
+    small = ListedScopes(max_size=RECORD_COST + USER_COST)
+    assert opens(small, "y" * 16_000, "team", Clock()).size == RECORD_COST  # one record still fits alone
+    assert small.size == small.max_size
+    assert record is not None
+
+
+def test_users_of_long_names_hold_no_more_than_they_count() -> None:
+    """One record each of 500 users of 4,000-character names, each a fresh string as requests have:
+    what they hold is under 229 bytes for each tag's worth they count."""
+    hub = make_hub(FakeReader({"team/app": {"v1"}}), Clock())
+    n = 500
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for i in range(n):
+            namespace = "m" * 53 + f"{i:010d}"
+            Deferred.fromCoroutine(hub.open_list(namespace, UserInfo(name=f"{i:010d}" + "u" * 3_990)))
+            hub.observer(namespace, hub.current())
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    assert len(hub.listed.holders) == n
+    held = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    assert held <= hub.listed.size * 229, f"{held // n} bytes a user, {hub.listed.size // n} counted"

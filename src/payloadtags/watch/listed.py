@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
@@ -45,8 +46,9 @@ from payloadtags.watch.source import EventType
 # with a 10-character path and 833 with a 255-character one (its name, its registry answer and the
 # two sets that keep it); a record each of another user, 1,511 bytes (her order, her key in the heap
 # and her entry: 623 bytes a user, and her name once: her records share the string, 888 to 891 bytes
-# a record with a name of 0 to 4,000 characters). Without these costs, a record or a repository
-# without tags counted nothing, and one user's lists kept any number of them (review r7watch F1).
+# a record with a name of 0 to 4,000 characters; a long name counts in her entry: _entry_cost).
+# Without these costs, a record or a repository without tags counted nothing, and one user's lists
+# kept any number of them (review r7watch F1).
 RECORD_COST = 4
 REPOSITORY_COST = 4
 USER_COST = 4
@@ -159,7 +161,7 @@ Key = tuple[str | None, int]
 @attrs.define(eq=False)
 class _Holder:
     """One user's records, least recently used first, and what they weigh together with her entry
-    (`USER_COST`)."""
+    (``entry``: `ListedScopes._entry_cost`)."""
 
     # Her name, the one string her records and her heap keys share: each request parses its own copy
     # (the front proxy's header), and a copy in every record cost its length again in each of them
@@ -167,6 +169,7 @@ class _Holder:
     name: str
     records: OrderedDict[Key, Listed] = attrs.field(factory=OrderedDict)
     weight: int = 0
+    entry: int = USER_COST
 
     def heap_key(self) -> tuple[int, int, str]:
         # The heaviest first; of users as heavy, the one whose least recently used record is older.
@@ -214,13 +217,14 @@ class ListedScopes:
         record = self.records.get(key)
         if record is None:
             holder = self.holders.get(user)
-            cost = RECORD_COST if holder is not None else RECORD_COST + USER_COST
+            entry = 0 if holder is not None else self._entry_cost(user)
+            cost = RECORD_COST + entry
             if self.size + cost > self.max_size:
                 self._shrink(self.max_size - cost)
                 return None
             if holder is None:
-                holder = self.holders[user] = _Holder(user, weight=USER_COST)
-                self.size += USER_COST
+                holder = self.holders[user] = _Holder(user, weight=entry, entry=entry)
+                self.size += entry
             record = Listed(scope, sequence, now, owner=holder.name, size=RECORD_COST)
             record.used = next(self._uses)
             self.records[key] = holder.records[key] = record
@@ -253,6 +257,14 @@ class ListedScopes:
         holder = self.holders.get(user)
         return 0 if holder is None else holder.weight
 
+    def _entry_cost(self, user: str) -> int:
+        """What a user's entry counts: `USER_COST`, and 1 more for every 229 bytes her name takes (her
+        records share it; 180 ASCII characters or more). A front proxy's name is as long as a header
+        line: with 16 kB her entry held about 18 times what her 4 counted (review r11watch F1). Never
+        so much that one record of hers cannot fit: the hub opens her record again at once after
+        making room."""
+        return min(USER_COST + sys.getsizeof(user) // 229, self.max_size - RECORD_COST)
+
     def _touch(self, key: Key, record: Listed) -> None:
         holder = self.holders[record.owner]
         first = next(iter(holder.records)) == key
@@ -273,7 +285,7 @@ class ListedScopes:
             self._push(holder)
         if self.size <= self.max_size:
             return True
-        if record.size + USER_COST > self.max_size:
+        if record.size + self.holders[record.owner].entry > self.max_size:
             # It cannot fit even alone (with its owner's entry): it goes, and only it. Before this read
             # all records fitted, so dropping it is enough; making room first dropped every other record
             # of its owner, who held the most, before it (review r10watch L1).
@@ -321,7 +333,7 @@ class ListedScopes:
             holder.weight -= record.size
             if holder.records:
                 self._push(holder)
-            else:  # what is left of her weight is what her entry costs (USER_COST)
+            else:  # what is left of her weight is what her entry costs (``entry``)
                 self.size -= holder.weight
                 del self.holders[record.owner]
                 # Her keys too: a user gone pushes nothing, so records expiring one by one left every
