@@ -82,11 +82,13 @@ class WhenQuiet:
         begun, now = self.begun(), self.clock.seconds()
         if begun != self._seen:
             self._seen, self._since, self._done = begun, now, False
-        elif (
-            not self._done
-            and now - self._since >= self.after
-            and (now - self._since >= self.after + self.held_at_most or not self.held())
-        ):
+            return
+        if self._done:
+            return
+        # ``after`` is three looks; ``held`` is waited for until the first look due at or after
+        # ``after + held_at_most``.
+        looks = self._looks_since(now)
+        if looks >= 3 and (looks * self.after / 3 >= self.after + self.held_at_most or not self.held()):
             self._done = True
             for action in self.actions:
                 # One that fails must cost neither the actions after it nor the later spells: the
@@ -95,3 +97,13 @@ class WhenQuiet:
                     action()
                 except Exception:
                     log.failure("a quiet action failed: {action!r}", action=action)
+
+    def _looks_since(self, now: float) -> int:
+        """The looks since the one that saw the last list begin (``_since``), each ``after / 3``.
+        Counted rather than timed: the loop's looks are due at whole intervals from its start, but each
+        runs at or after its time, late by an amount that varies, so the time between two is off by
+        that; timed, a first look late by a millisecond cost a whole look more (review r14misc L1).
+        A look later than half an interval counts as the next one. A list that began while the look
+        that saw it was late has begun that much less than ``after`` before the action: well within
+        the 2 minutes ``quiet_after`` leaves past a list's deadline."""
+        return round((now - self._since) / (self.after / 3))
