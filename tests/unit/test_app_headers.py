@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import time
 from typing import Any, cast
 
 import pytest
@@ -148,3 +149,16 @@ def test_the_server_and_date_headers_process_sets_are_what_set_header_stores(
     expected.setRawHeaders(b"date", [http.datetimeToString(at)])
     assert written[b"Server"] == expected.getRawHeaders(b"server")
     assert written[b"Date"] == expected.getRawHeaders(b"date")
+
+
+def test_the_date_header_process_sets_is_the_wall_clock_s() -> None:
+    # Review r14misc N1: the tests above give the Date their own clocks, so a default clock of
+    # _http_date other than the wall clock (time.monotonic: a Date in January 1970) passed them all.
+    # Here it is read from time.time itself, to the second: no real-time bound of Twisted's coarser clock.
+    request = channel.GuardedRequest(cast(Any, DummyChannel()))
+    request.method, request.path, request.uri, request.clientproto = b"GET", b"/x", b"/x", b"HTTP/1.1"
+    before = int(time.time())
+    request.process()
+    after = int(time.time())
+    date = request.responseHeaders.getRawHeaders(b"date", [b""])[0]
+    assert before <= http.stringToDatetime(date) <= after, date
