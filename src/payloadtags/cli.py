@@ -278,7 +278,7 @@ class _Parser(argparse.ArgumentParser):
         return super().parse_known_args(args, namespace)
 
     def _unknown_flags(self, args: Sequence[str]) -> list[str]:
-        """Each argument argparse would take for a flag this parser has not, with a near miss."""
+        """The first argument argparse would take for a flag this parser has not, with a near miss."""
         shown = [
             option
             for action in self._actions
@@ -286,17 +286,9 @@ class _Parser(argparse.ArgumentParser):
             for option in action.option_strings
             if option.startswith("--")
         ]
-        unknown: list[str] = []
-        maybe_its_value = False
         for arg in args:
             if arg == "--":
                 break  # what follows is positional
-            if maybe_its_value:
-                # The argument after an unknown flag without an '=' may be its value, one starting with
-                # '-' too (a base64url token, a generated password): it is not named (review r12cfg L1).
-                # pflag names only the first unknown flag.
-                maybe_its_value = False
-                continue
             if not arg.startswith("-") or arg == "-" or self._negative_number_matcher.match(arg):
                 continue  # a value (argparse reads a negative number as one here: no flag looks like one)
             name = arg.split("=", 1)[0]
@@ -305,9 +297,11 @@ class _Parser(argparse.ArgumentParser):
             spelt = name.replace("_", "-").lower()
             near = [spelt] if spelt in shown else difflib.get_close_matches(spelt, shown, n=1)
             said = _unknown_flag_named(arg, self._flags())
-            unknown.append(f"{said} (did you mean {near[0]}?)" if near else said)
-            maybe_its_value = _NAME_END.search(arg) is None
-        return unknown
+            # Only the first, as pflag: what follows an unknown flag without an '=' may be its value, one
+            # starting with '-' too (a base64url token, a generated password), and which argument is
+            # whose value is not known past it (reviews r12cfg L1, r15cfg F1).
+            return [f"{said} (did you mean {near[0]}?)" if near else said]
+        return []
 
     def parse_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None

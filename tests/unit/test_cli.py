@@ -601,15 +601,36 @@ def test_an_unknown_flag_before_the_command_is_named_without_the_value_after_it(
 @pytest.mark.parametrize("value", ["-Xhunter2", "--hunter2", "-hunter2", "hunter2"])
 def test_the_argument_after_an_unknown_flag_after_the_command_is_not_named(capsys, value):
     # review r12cfg L1: a value starting with '-' (a base64url token, a generated password) was named
-    # as one more unknown flag.
+    # as one more unknown flag. Only the first unknown flag is named, as pflag names it.
     with pytest.raises(SystemExit) as done:
         main(["serve", "--registry-url=http://x", "--registry-password", value, "--bogus"])
     assert done.value.code == 1
     assert capsys.readouterr() == (
         "",
         "payloadtags serve: unrecognized arguments: --registry-password (did you mean "
-        "--registry-password-file?) --bogus (see payloadtags serve --help)\n",
+        "--registry-password-file?) (see payloadtags serve --help)\n",
     )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--version", "--registry-password", "-Xhunter2"],
+        ["--bogus", "--registry-password", "-Xhunter2"],
+        ["--dry-run", "--token", "--hunter2"],
+        ["--a", "--b", "--registry-password", "-Xhunter2"],
+    ],
+)
+def test_a_value_after_a_second_unknown_flag_is_not_named_either(capsys, argv):
+    # review r15cfg F1: skipping only the argument after each unknown flag without '=' let an unknown
+    # flag without a value (``--version`` after the command) take the skip, and the misspelt password
+    # flag's value after it was named whole.
+    with pytest.raises(SystemExit) as done:
+        main(["serve", "--registry-url=http://127.0.0.1:5000", *argv])
+    assert done.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"payloadtags serve: unrecognized arguments: {argv[0]} ")
+    assert "hunter2" not in err
 
 
 def test_a_value_that_looks_like_a_flag_is_left_to_its_flag(capsys):
