@@ -15,7 +15,8 @@ them). Phases:
    60 s after their last page, list records 120 s unused);
 3. ``--rounds`` times: the big lists (of ``sN``: an unpaged JSON list, an unpaged Table list, a walk in
    pages of 500, with ``--watch S`` a watch of S seconds from no resourceVersion (an event per tag),
-   ``--concurrent`` unpaged JSON lists at once), the dump right after them (``after``),
+   ``--concurrent`` unpaged JSON lists at once; with ``--during S`` a dump S seconds into those), the
+   dump right after them (``after``),
    then idle ``--settle`` seconds (``settled``). With ``--trim``, after the last: glibc's
    ``malloc_trim(0)`` and the RSS after it (what glibc could give back). With ``--map``, after the last:
    which blocks keep Python's arenas (bench/arena_map.py), into ``N.arenas.json`` among the dumps.
@@ -25,7 +26,7 @@ variables (``PYTHONMALLOC=malloc``, an ``LD_PRELOAD``), goes through the same ph
 main's, on the same registry: each row names its server.
 
 Usage: .venv/bin/python bench/list_memory.py [--tags 100000] [--rounds 3] [--settle 200]
-       [--concurrent 10] [--watch S] [--trim] [--map] [--trace N] [--keep DIR] [--json FILE]
+       [--concurrent 10] [--during S] [--watch S] [--trim] [--map] [--trace N] [--keep DIR] [--json FILE]
        [--variant LABEL=NAME=VALUE[,NAME=VALUE]]
 """
 
@@ -292,9 +293,13 @@ async def run(
                     f"{url}{GROUP_PATH}/namespaces/{big.namespace}/payloadrepositorytags"
                     f"?watch=1&timeoutSeconds={args.watch}",
                 )
-            outcomes = await gatherResults(
+            pending = gatherResults(
                 [Deferred.fromCoroutine(server.list(big.namespace)) for _ in range(args.concurrent)]
             )
+            if args.during:  # the dump while the concurrent lists are being served
+                await deferLater(reactor, args.during, lambda: None)
+                await phase(f"during {round_ + 1}")
+            outcomes = await pending
             if any(o != expected for o in outcomes):
                 raise RuntimeError("a concurrent list saw different tags")
             await phase(f"after {round_ + 1}")
@@ -358,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrent", type=int, default=10, help="unpaged lists at once, per round")
     parser.add_argument(
         "--watch", type=int, default=0, help="each round also watches sN this many seconds (0: no watch)"
+    )
+    parser.add_argument(
+        "--during", type=float, default=0.0, help="also dump this many seconds into the concurrent lists"
     )
     parser.add_argument("--trace", type=int, default=0, help="tracemalloc frames (0: off)")
     parser.add_argument(
