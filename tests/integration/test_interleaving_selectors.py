@@ -5,14 +5,16 @@ out and other clients' pushes (a left-out tag moved onto a selected tag's digest
 through fault proxies answering 500s and stalling (review r11own).
 
 Invariants, besides the interleaving's (`tests.support.interleaving`: no tag lost, reverted or
-dangling; no own write landing after a 200):
+dangling; no own write to a selected tag landing after a 200: one to a tag left out is rightly
+not waited for):
 
 - every tag a 200 reports deleted matches the selector;
 - a tag the selector leaves out, that no single delete touched, stays on its last acknowledged push;
 - no 200 while a selected tag is back, but by a write its process cannot know of (`Run._explained`).
 
 A failing seed reruns with
-`INTERLEAVING_SEED=<seed> scripts/test -m slow <this file>::test_one_selector_seed`.
+`INTERLEAVING_SEED=<seed> SELECTOR_TAGS=.. SELECTOR_OPERATIONS=.. SELECTOR_FAULT_RATE=.. scripts/test -m slow
+<this file>::test_one_selector_seed`, as it prints.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ from payloadtags.registry import RegistryError
 from tests.support.interleaving import USER, Config, Delete, Found, Report, Run, run_many_seeds
 from tests.support.registry_server import RegistryServer
 
-DEFAULT_SEEDS = (1, 2)
+# 1 and 2 draw `metadata.name!=`; 91025 draws a one-name selector of a tag in a nested repository and
+# catches a wait that misses its writes (review r12own L2).
+DEFAULT_SEEDS = (1, 2, 91025)
 SLOW_SEEDS = range(5000, 5300)
 
 
@@ -45,6 +49,10 @@ class _SelectorRun(Run):
         self.query: dict[str, list[str]] = {}
         self.excluded: set[tuple[str, str]] = set()
         self.report.rerun = "tests/integration/test_interleaving_selectors.py::test_one_selector_seed"
+        self.report.rerun_settings = (
+            f"SELECTOR_TAGS={config.tags} SELECTOR_OPERATIONS={config.operations} "
+            f"SELECTOR_FAULT_RATE={config.fault_rate}"
+        )
 
     def name(self, repository: str, tag: str) -> str:
         return TagRef(self.namespace, repository.split("/", 1)[1], tag).name

@@ -245,8 +245,9 @@ class Report:
     # inside a restore's read-to-write window, and a push that copied a delete's transient copy.
     restore_window_hits: int = 0
     transient_copy_losses: int = 0
-    # The test that reruns one seed.
+    # The test that reruns one seed, and the settings of its own it ran with ("NAME=value ...").
     rerun: str = "tests/integration/test_interleaving.py::test_one_seed"
+    rerun_settings: str = ""
     # Of the window hits: a write that reached the registry after its client had given up on it (a
     # timeout), so its window lasted until the registry carried it out.
     late_write_hits: int = 0
@@ -269,6 +270,7 @@ class Report:
             f"{self.config.describe()}: reproduce with `INTERLEAVING_SEED={self.config.seed} "
             f"INTERLEAVING_OPERATIONS={self.config.operations} "
             f"INTERLEAVING_KILL_RATE={self.config.kill_rate} "
+            f"{self.rerun_settings + ' ' if self.rerun_settings else ''}"
             f"scripts/test -m slow {self.rerun}`"
         )
 
