@@ -342,7 +342,7 @@ def test_the_users_heap_against_the_model_through_its_rebuilds(monkeypatch: pyte
     rebuilds = 0
     heapify = heapq.heapify
 
-    def counted(heap: list[tuple[int, int, str]]) -> None:
+    def counted(heap: list[tuple[int, int, object]]) -> None:
         nonlocal rebuilds
         rebuilds += 1
         heapify(heap)
@@ -487,7 +487,7 @@ def test_a_user_s_records_share_one_copy_of_her_name() -> None:
     later = [scopes.open(f"made-up-{i}", 1, 0.0, "".join(["ali", "ce"])) for i in range(3)]
     assert first is not None and all(record is not None for record in later)
     assert all(record.owner is first.owner for record in later if record is not None)
-    assert all(entry[2] is first.owner for entry in scopes._heap)
+    assert all(entry[2].name is first.owner for entry in scopes._heap)
 
 
 def test_a_record_costs_what_the_docs_say_whatever_its_user_s_name() -> None:
@@ -561,3 +561,76 @@ def test_users_of_long_names_hold_no_more_than_they_count() -> None:
     assert len(hub.listed.holders) == n
     held = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
     assert held <= hub.listed.size * 229, f"{held // n} bytes a user, {hub.listed.size // n} counted"
+
+
+def test_users_gone_leave_no_copy_of_their_names_in_the_users_heap() -> None:
+    """1,000 users of 4,000-character names (a front proxy's) hold a record each, then 1,000 users of
+    short names; the first records expire. Their entries go, and what counted their names with them,
+    but the heap is not rebuilt (2,000 keys, at most 2 a user kept and 64): its stale keys kept each
+    gone user's name, 5.4 MB held against 1.8 MB counted (review r13watch F1)."""
+    scopes = ListedScopes()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for i in range(1_000):
+            assert scopes.open(f"gone-{i}", 1, 0.0, (f"{i:08d}" + "L" * 3_992).encode().decode()) is not None
+        for i in range(1_000):
+            assert scopes.open(f"kept-{i}", 1, 10.0, f"user-{i}".encode().decode()) is not None
+        assert scopes.expire(5.0)
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    assert len(scopes._heap) == 2_000  # not rebuilt: the stale keys are still there
+    held = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    assert held <= 1.2 * scopes.size * 229, f"{held} bytes held, {scopes.size * 229} counted"
+
+
+def test_users_who_come_back_hold_one_copy_of_their_names() -> None:
+    """30 users of 16,000-character names: their records all expire, and they list again, each request
+    with her name in another string. Their new entries, records and keys keep the new one; their old
+    keys (30, too few for a rebuild) kept the old one, twice what was counted (review r13watch F1)."""
+    scopes = ListedScopes()
+    names = [f"{i:08d}" + "a" * 15_992 for i in range(30)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for i, name in enumerate(names):
+            assert scopes.open(f"first-{i}", 1, 0.0, name.encode().decode()) is not None
+        assert scopes.expire(1.0)
+        for i, name in enumerate(names):
+            assert scopes.open(f"again-{i}", 1, 2.0, name.encode().decode()) is not None
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    assert len(scopes._heap) == 60  # not rebuilt: their old keys are still there
+    held = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    assert held <= 1.2 * scopes.size * 229, f"{held} bytes held, {scopes.size * 229} counted"
+
+
+def test_waves_of_users_of_long_names_stay_within_the_bound() -> None:
+    """Users of short names keep a record each and use it every window (their keys pushed, the heap
+    rebuilt now and then); waves of users of 16,000-character names fill the rest of the bound and
+    expire. The keys of 224 users gone stayed through every wave with their names: what was held
+    settled at 1.57 times the bound (review r13watch F1)."""
+    kept, wave = 290, 290
+    scopes = ListedScopes(max_size=kept * (RECORD_COST + USER_COST) + wave * (RECORD_COST + 74))
+    clock = Clock()
+    for i in range(kept):
+        opens(scopes, f"user-{i}", f"kept-{i}", clock)
+    most = 0
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for n in range(8):
+            clock.advance(10)
+            for i in range(wave):
+                name = (f"{n:04d}{i:04d}" + "L" * 15_992).encode().decode()
+                opens(scopes, name, f"wave-{n}-{i}", clock)
+            most = max(most, tracemalloc.get_traced_memory()[0] - base)
+            clock.advance(10)
+            for i in range(kept):
+                assert scopes.get(f"kept-{i}", 1, clock.seconds()) is not None
+            assert scopes.expire(clock.seconds() - 5)
+    finally:
+        tracemalloc.stop()
+    assert most <= scopes.max_size * 229, f"{most} bytes held at most, {scopes.max_size * 229} the bound"

@@ -163,17 +163,19 @@ class _Holder:
     """One user's records, least recently used first, and what they weigh together with her entry
     (``entry``: `ListedScopes._entry_cost`)."""
 
-    # Her name, the one string her records and her heap keys share: each request parses its own copy
-    # (the front proxy's header), and a copy in every record cost its length again in each of them
-    # (review r11watch F1).
+    # Her name, the one string her records share: each request parses its own copy (the front proxy's
+    # header), and a copy in every record cost its length again in each of them (review r11watch F1).
+    # Her heap keys hold her holder, not the name, which she lets go of when she goes (`_drop`).
     name: str
     records: OrderedDict[Key, Listed] = attrs.field(factory=OrderedDict)
     weight: int = 0
     entry: int = USER_COST
 
-    def heap_key(self) -> tuple[int, int, str]:
+    def heap_key(self) -> tuple[int, int, _Holder]:
         # The heaviest first; of users as heavy, the one whose least recently used record is older.
-        return (-self.weight, next(iter(self.records.values())).used, self.name)
+        # Holders are never compared (they have no order): ``used`` is one record's, and a record is
+        # one user's, so keys that differ differ before the holder.
+        return (-self.weight, next(iter(self.records.values())).used, self)
 
 
 @attrs.define(eq=False)
@@ -205,7 +207,7 @@ class ListedScopes:
     # no longer is her key is skipped (and popped) when the heaviest is looked for; rebuilt when the
     # stale entries outnumber the users. Finding the heaviest costs O(log users), not a look at every
     # user (one each, 62,500 users, for each drop).
-    _heap: list[tuple[int, int, str]] = attrs.field(factory=list)
+    _heap: list[tuple[int, int, _Holder]] = attrs.field(factory=list)
     _uses: Iterator[int] = attrs.field(factory=itertools.count)
 
     def open(self, scope: str | None, sequence: int, now: float, user: str = "") -> Listed | None:
@@ -298,17 +300,17 @@ class ListedScopes:
         """Drops records until they hold no more than ``size``: each time the least recently used
         record of the user who holds the most."""
         while self.size > size and self.records:
-            holder = self.holders[self._heaviest()]
+            holder = self._heaviest()
             key, record = next(iter(holder.records.items()))
             self._drop(key, record)
 
-    def _heaviest(self) -> str:
+    def _heaviest(self) -> _Holder:
         heap = self._heap
         while True:
             entry = heap[0]
-            holder = self.holders.get(entry[2])
-            if holder is not None and holder.heap_key() == entry:
-                return entry[2]
+            holder = entry[2]
+            if holder.records and holder.heap_key() == entry:  # a holder gone has no records
+                return holder
             heapq.heappop(heap)  # a key she no longer has: pushed anew when it changed
 
     def _push(self, holder: _Holder) -> None:
@@ -336,6 +338,10 @@ class ListedScopes:
             else:  # what is left of her weight is what her entry costs (``entry``)
                 self.size -= holder.weight
                 del self.holders[record.owner]
+                # Her stale keys keep her holder until a rebuild, which may be long after (at most 2 keys a
+                # user kept and 64): not her name, which nothing counts once she is gone. With names of
+                # 16 kB, waves of users who came and went held 1.57 times the bound (review r13watch F1).
+                holder.name = ""
                 # Her keys too: a user gone pushes nothing, so records expiring one by one left every
                 # gone user's keys in the heap, 9.75 MB after 31,250 users of one record each, still
                 # held when the quiet action ran (review r11watch L1).
