@@ -634,3 +634,20 @@ def test_waves_of_users_of_long_names_stay_within_the_bound() -> None:
     finally:
         tracemalloc.stop()
     assert most <= scopes.max_size * 229, f"{most} bytes held at most, {scopes.max_size * 229} the bound"
+
+
+def test_a_record_of_a_long_named_user_that_cannot_fit_with_her_entry_goes_alone() -> None:
+    """observe's "cannot fit even alone" counts the record's owner's entry (74 for a 16,000-character
+    name), not USER_COST: a record that fits with 4 but not with her 74 goes alone, and her other
+    record stays. Counting 4, or her entry left at 4, her other record went first (review r13watch L1,
+    as review r10watch L1)."""
+    scopes = ListedScopes(max_size=100)
+    name = "y" * 16_000
+    kept = opens(scopes, name, "a", Clock())
+    grows = opens(scopes, name, "b", Clock())
+    assert scopes.size == 74 + 2 * RECORD_COST
+    # It grows to 28: with 4 it would fit alone, with her 74 it cannot.
+    assert not scopes.observe(grows, "b/app", tuple(f"v{i}" for i in range(20)))
+    assert grows.dropped
+    assert not kept.dropped, "her other record went first"
+    assert scopes.size == 74 + RECORD_COST
