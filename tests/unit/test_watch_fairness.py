@@ -528,8 +528,9 @@ def test_nothing_of_the_records_users_is_kept_once_every_record_is_gone() -> Non
 
 def test_a_user_s_entry_counts_her_name_s_length() -> None:
     """Her entry holds her name once: 623 bytes and the name's string, under her 4 (916 bytes) only
-    with a name of less than about 240 characters. A name past 180 characters counts 1 more every
-    229 bytes it takes (review r11watch F1: a front proxy's names may be as long as a header line)."""
+    with a name of less than about 240 characters. A name of 180 ASCII characters or more counts 1
+    more every 229 bytes it takes (review r11watch F1: a front proxy's names may be as long as a
+    header line)."""
     scopes = ListedScopes()
     for name, extra in (("alice", 0), (LONG_NAME, 1), ("x" * 4_000, 17), ("y" * 16_000, 70)):
         opens(scopes, name, f"team-{extra}", Clock())
@@ -541,6 +542,19 @@ def test_a_user_s_entry_counts_her_name_s_length() -> None:
     assert opens(small, "y" * 16_000, "team", Clock()).size == RECORD_COST  # one record still fits alone
     assert small.size == small.max_size
     assert record is not None
+
+
+def test_a_name_counts_more_from_180_characters_in_ascii_and_from_fewer_in_others() -> None:
+    """docs/watch.md: 1 more for every 229 bytes her name takes in memory, from 180 characters in ASCII,
+    from fewer in others (with one character past U+00FF, each of them takes 2 bytes; past U+FFFF, 4),
+    39 at the fewest. The docs said from 180 characters, whatever they are (review r13watch N1)."""
+    firsts = {"a": 180, "\u00e9": 156, "\u0101": 78, "\U0001f600": 39}
+    for character, first in firsts.items():
+        scopes = ListedScopes()
+        for length, extra in ((first - 1, 0), (first, 1)):
+            name = "a" * (length - 1) + character  # one such character: the whole name takes its width
+            opens(scopes, name, f"team-{length}", Clock())
+            assert scopes.weight(name) == USER_COST + extra + RECORD_COST, (character, length)
 
 
 def test_users_of_long_names_hold_no_more_than_they_count() -> None:
