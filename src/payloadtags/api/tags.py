@@ -798,7 +798,7 @@ class TagsService:
         # a tag its process's own late write brought back after the selection was read is part of it.
         takes_back = list_options.limit is None and list_options.continue_ is None
         scope = _late_scope(namespace, visible, self._selected(list_options))
-        passes = _TagByTag(self, user, namespace, set(refs), list(refs), unfiltered, scope, takes_back)
+        passes = _TagByTag(self, user, namespace, dict.fromkeys(refs), unfiltered, scope, takes_back)
         began = self.late_writes.now() if self.late_writes is not None else 0.0
         # The wait for a late write ends with the budget, or before the request's deadline.
         deadline = min(began + self.removal_budget, cut)
@@ -840,11 +840,11 @@ class TagsService:
                 # find, not the retriable 503 of the look's error, which drops the write (review-ds8 F2,
                 # as a removal's: review-ds6 F4). It names no tag: none was seen.
                 late = self._late_write(namespace, scope) or next(filter(None, passes.cut_short), None)
-                unanswered = [ref for ref in passes.order if ref in passes.pending]
+                unanswered = [ref for ref in passes.selected if ref in passes.pending]
                 if unanswered:
                     raise _collection_incomplete(
                         namespace,
-                        len(passes.order),
+                        len(passes.selected),
                         [],
                         passes.failed,
                         unanswered,
@@ -854,13 +854,13 @@ class TagsService:
                     ) from None
                 if late is None:
                     raise
-                self._raise_late_write(namespace, len(passes.order), late, scope)
+                self._raise_late_write(namespace, len(passes.selected), late, scope)
             left = [ref for ref in looked.refs if ref in passes.selected]
             if left or passes.pending:
-                unanswered = [ref for ref in passes.order if ref in passes.pending]
+                unanswered = [ref for ref in passes.selected if ref in passes.pending]
                 raise _collection_incomplete(
                     namespace,
-                    len(passes.order),
+                    len(passes.selected),
                     left,
                     passes.failed,
                     unanswered,
@@ -870,7 +870,7 @@ class TagsService:
             # Nor while a write of this process may still land in the namespace (a single delete's
             # re-tag, a cascade's repair: `LateWrites`), as for the namespace's removal: the namespace
             # controller also deletes tag by tag when the namespace's state could not be read.
-            waited = await self._waited_for_late_writes(namespace, len(passes.order), deadline, scope)
+            waited = await self._waited_for_late_writes(namespace, len(passes.selected), deadline, scope)
             # None may land now. Each write of the call's time (out as it began, or sent since) may have
             # landed after the selection was read, or after a look, and left the record since (answered,
             # or its time passed) without this call waiting for it: a pass begun now sees what it left.
@@ -884,7 +884,7 @@ class TagsService:
                 if leave not in looked_for and not passes.seen_after(leave, watch.answered.get(leave))
             ]
             if not waited and not unseen:
-                return [passes.deleted[ref] for ref in passes.order if ref in passes.deleted], meta
+                return [passes.deleted[ref] for ref in passes.selected if ref in passes.deleted], meta
             if self.late_writes is not None and self.late_writes.now() >= deadline:
                 # Writes sent during each pass would make it pass again with no other end (review r7own
                 # F1): none once the budget or the cut is spent, also after a wait that ended there (a
@@ -892,7 +892,7 @@ class TagsService:
                 # N1). Not a 200, which would hide a tag such a write may have left: the retriable 503
                 # naming them, whose retry selects them (none named after a wait whose writes left
                 # nothing the call's look lists, or nothing known).
-                raise _collection_unlooked(namespace, len(passes.order), unseen)
+                raise _collection_unlooked(namespace, len(passes.selected), unseen)
             # Delete what they left, and look again.
             looked_for = set(leaves)
             todo = None
@@ -1173,9 +1173,9 @@ class _TagByTag:
     user: UserInfo
     namespace: str
     # The call's selection, and what its own late writes brought back (`brought_back`): only those
-    # are deleted, and looked for.
-    selected: set[TagRef]
-    order: builtins.list[TagRef]  # the same, in the order its answer names them
+    # are deleted, and looked for. A dict for an ordered set: its keys, in the order its answer names
+    # them, with no second collection to keep in step.
+    selected: dict[TagRef, None]
     unfiltered: ListOptions  # what a look reads: all of the selection from its start, no kept lists
     scope: Scope | None  # whose late writes it waits for and names (`_late_scope`)
     # Whether a tag outside the selection that its process's own late write brought back is part of
@@ -1304,8 +1304,7 @@ class _TagByTag:
                 taken[ref] = digest
                 self.taken_in[ref] = leaves[(ref.repository, ref.tag, digest)]
                 reason = ""
-            self.selected.add(ref)
-            self.order.append(ref)
+            self.selected[ref] = None
             if reason:
                 self.failed[ref] = reason
         return taken
