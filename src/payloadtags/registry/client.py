@@ -348,9 +348,9 @@ class RegistryClient:
         # right before each of its write requests leaves (`_call`): one mutation per repository at a
         # time, so the repository names it.
         self._gates: dict[str, WriteHooks] = {}
-        #: Called with (kind, "repository:tag", read, answered) for each conditional write: from the
-        #: read it is conditional on to the write's answer (reactor seconds), the time in which another
-        #: client's push to that tag can be overwritten. kind: retag, restore or repair.
+        #: Called with (operation, "repository:tag", read, answered) for each conditional write: from
+        #: the read it is conditional on to the write's answer (reactor seconds), the time in which
+        #: another client's push to that tag can be overwritten. operation: retag, restore or repair.
         self.on_window: Callable[[str, str, float, float], None] | None = None
         # Whether tags no object can name were said to be left out (`_nameable`): one line a period
         # for the whole registry, naming the repository met, and counting the others, as a registry
@@ -1111,9 +1111,9 @@ class RegistryClient:
         current = await self._current(repository, tag)
         return current, current is None and tag not in await self.tags(repository)
 
-    def _window(self, kind: str, repository: str, tag: str, since: float) -> None:
+    def _window(self, operation: str, repository: str, tag: str, since: float) -> None:
         if self.on_window is not None:
-            self.on_window(kind, f"{repository}:{tag}", since, self._reactor.seconds())
+            self.on_window(operation, f"{repository}:{tag}", since, self._reactor.seconds())
 
     async def _delete_tag_by_unique_manifest(self, repository: str, tag: str, original: Manifest) -> None:
         read_at = self._reactor.seconds()
@@ -1149,7 +1149,7 @@ class RegistryClient:
 
     async def _put_then_delete(
         self,
-        kind: str,
+        operation: str,
         repository: str,
         tag: str,
         body: bytes,
@@ -1160,19 +1160,21 @@ class RegistryClient:
         what: str,
     ) -> None:
         """Point the tag at `body` (digest `ours`, on no other tag), then delete that digest: the tag
-        goes and nothing else with it. A failed step is settled by re-reading the tag."""
+        goes and nothing else with it. A failed step is settled by re-reading the tag. ``operation``:
+        "retag" (`body` is a copy of the tag's manifest) or "repair" (a placeholder), as `on_window`
+        names it; `_put_manifest` records the `Kind` that follows from it."""
         try:
             await self._put_manifest(
-                repository, tag, body, media_type, what, COPY if kind == "retag" else PLACEHOLDER
+                repository, tag, body, media_type, what, COPY if operation == "retag" else PLACEHOLDER
             )
         except RegistryError as error:
-            self._window(kind, repository, tag, read_at)
+            self._window(operation, repository, tag, read_at)
             if error.unanswered:
                 before = original.digest if original else None
                 await self._await_landing(repository, tag, ours, {None, before}, before)
             await self._settle(repository, tag, error, ours, original, write_pending=error.unanswered)
             return
-        self._window(kind, repository, tag, read_at)
+        self._window(operation, repository, tag, read_at)
         try:
             await self._delete_manifest(repository, ours)
         except RegistryNotFound:
