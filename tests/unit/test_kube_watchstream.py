@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import CancelledError, Deferred, fail
@@ -19,7 +20,7 @@ from twisted.web.client import ResponseDone, ResponseFailed
 from zope.interface import implementer
 
 from payloadtags.kube import ClusterConfig, WatchEvent, resource_path
-from payloadtags.kube.client import WatchStream, _TokenSource
+from payloadtags.kube.client import PluginRunner, WatchStream, _TokenSource
 from payloadtags.kube.config import load_cluster_config
 from payloadtags.kube.errors import (
     KubeApiError,
@@ -398,6 +399,20 @@ current-context: x
 """
 
 
+def _said_once_the_token_file_is_gone(
+    config: ClusterConfig, token: Path, clock: Clock
+) -> list[dict[str, Any]]:
+    """What is logged as ``config``'s token file ``token``, read as "one", is deleted and read again a
+    minute later on ``clock``: the token kept."""
+    source = _TokenSource(config, clock, 60.0, monotonic=clock.seconds)
+    assert source.current() == "one"
+    token.unlink()
+    with collected_logs() as events:
+        clock.advance(60)
+        assert source.current() == "one"
+    return events
+
+
 def test_a_token_file_beside_a_url_shaped_kubeconfig_is_named_without_the_password(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -414,12 +429,7 @@ def test_a_token_file_beside_a_url_shaped_kubeconfig_is_named_without_the_passwo
     config = load_cluster_config(kubeconfig)
     assert config is not None
     clock = Clock()
-    source = _TokenSource(config, clock, 60.0, monotonic=clock.seconds)
-    assert source.current() == "one"
-    token.unlink()
-    with collected_logs() as events:
-        clock.advance(60)
-        assert source.current() == "one"
+    events = _said_once_the_token_file_is_gone(config, token, clock)
     said = [formatEvent(event) for event in events]
     records = [json.dumps(klog_record(event)) for event in events]
     assert "s3cret" not in "\n".join(said + records) and "al1ce" not in "\n".join(said + records), records
@@ -457,13 +467,7 @@ def test_a_token_file_in_a_folder_with_an_at_sign_is_named_whole(tmp_path: Path,
     config = load_cluster_config(str(kubeconfig))
     assert config is not None
     clock = Clock()
-    source = _TokenSource(config, clock, 60.0, monotonic=clock.seconds)
-    assert source.current() == "one"
-    token.unlink()
-    with collected_logs() as events:
-        clock.advance(60)
-        assert source.current() == "one"
-    said = [formatEvent(event) for event in events]
+    said = [formatEvent(event) for event in _said_once_the_token_file_is_gone(config, token, clock)]
     assert said == [
         f"Keeping the previous token: cannot read {config.token_file}: [Errno 2] No such file or directory: "
         f"{config.token_file!r}"
@@ -513,6 +517,19 @@ PLUGIN_CONFIG = ClusterConfig(
 
 def token_of(source: _TokenSource) -> Deferred[str | None]:
     return Deferred.fromCoroutine(source.token())
+
+
+def _renewal_error(plugin: ExecPlugin, run: PluginRunner | None = None) -> str:
+    """What a renewal by ``plugin``, its token expired, fails with at once: run by ``run``, else by the
+    reactor's own runner (whose failures tested here come before any process is started)."""
+    config = attrs.evolve(PLUGIN_CONFIG, exec_plugin=plugin)
+    if run is None:
+        source = _TokenSource(config, global_reactor, 60.0)
+    else:
+        clock = Clock()
+        clock.advance(200)
+        source = _TokenSource(config, clock, 60.0, run=run)
+    return str(failure_of(token_of(source), KubeCredentialUnavailable))
 
 
 def test_an_exec_credential_is_renewed_once_expired_by_one_run_for_all_waiters() -> None:
@@ -570,14 +587,8 @@ def test_a_renewal_that_cannot_read_the_cas_file_beside_a_url_shaped_kubeconfig_
         cluster={"server": "https://k"},
         ca_file=os.path.join(folder, "ca.crt"),
     )
-    config = ClusterConfig("https://k", token="startup", token_expires_at=100.0, exec_plugin=plugin)
     # The reactor's own runner: the CA file is read, and fails, before any process is started.
-    source = _TokenSource(config, global_reactor, 60.0)
-    renewed = token_of(source)
-    failed = renewed.result
-    renewed.addErrback(lambda _: None)
-    assert isinstance(failed, Failure) and isinstance(failed.value, KubeCredentialUnavailable)
-    assert str(failed.value) == (
+    assert _renewal_error(plugin) == (
         "cannot renew the cluster API credential: exec plugin get-token: cannot read the cluster's CA "
         "bundle: [Errno 2] No such file or directory: '<redacted>@r/ca.crt'"
     )
@@ -588,18 +599,10 @@ def test_a_renewal_whose_plugin_names_itself_under_a_url_shaped_folder_shows_no_
     # path joined to the kubeconfig's folder, as the runner says it (execcred._failed).
     folder = "/srv/https:/al1ce:s3cret@r"
     plugin = ExecPlugin(command="./plugin", api_version="client.authentication.k8s.io/v1", folder=folder)
-    config = ClusterConfig("https://k", token="startup", token_expires_at=100.0, exec_plugin=plugin)
     stderr = f"{os.path.join(folder, './plugin')}: no route to the IdP\n".encode()
-    clock = Clock()
-    clock.advance(200)
-    source = _TokenSource(
-        config, clock, 60.0, run=lambda _clock, plugin, _timeout: fail(_failed(plugin, 1, stderr))
-    )
-    renewed = token_of(source)
-    failed = renewed.result
-    renewed.addErrback(lambda _: None)
-    assert isinstance(failed, Failure) and isinstance(failed.value, KubeCredentialUnavailable)
-    assert str(failed.value) == (
+    assert _renewal_error(
+        plugin, run=lambda _reactor, plugin, _timeout: fail(_failed(plugin, 1, stderr))
+    ) == (
         "cannot renew the cluster API credential: exec plugin ./plugin exited with 1: <redacted>@r/./plugin: "
         "no route to the IdP"
     )
@@ -614,14 +617,8 @@ def test_a_renewal_whose_plugin_cannot_be_run_from_a_url_shaped_folder_shows_no_
     # place), and a plugin that cannot be started is said with the OSError quoting that path.
     folder = str(tmp_path / "https:" / "al1ce:s3cret@r")
     plugin = ExecPlugin(command="./plugin", api_version="client.authentication.k8s.io/v1", folder=folder)
-    config = ClusterConfig("https://k", token="startup", token_expires_at=100.0, exec_plugin=plugin)
     # The reactor's own runner: the spawn fails in this process, before any child runs.
-    source = _TokenSource(config, global_reactor, 60.0)
-    renewed = token_of(source)
-    failed = renewed.result
-    renewed.addErrback(lambda _: None)
-    assert isinstance(failed, Failure) and isinstance(failed.value, KubeCredentialUnavailable)
-    assert str(failed.value) == (
+    assert _renewal_error(plugin) == (
         "cannot renew the cluster API credential: cannot run exec plugin ./plugin: [Errno 2] No such file "
         "or directory: '<redacted>@r/./plugin'"
     )
