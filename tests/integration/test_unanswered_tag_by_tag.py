@@ -56,6 +56,26 @@ def _state(service: TagsService, state: str) -> None:
     service.removal.check = check
 
 
+def _message(error: ApiError, code: int, retry_after: int | None) -> str:
+    """``error``'s message, its white space folded, once its code and Retry-After are as given."""
+    assert (error.code, error.retry_after) == (code, retry_after), error.message
+    return " ".join(error.message.split())
+
+
+def _push_kept(error: ApiError, path: str, other: str) -> str:
+    """The message of the retriable 503 that keeps another client's push of v1 (at ``other``) to
+    ``path``, checked to name it."""
+    message = _message(error, 503, 1)
+    assert f'1 of 1 selected tag(s) are still there: "{encode_name(path, "v1")}"' in message, message
+    assert f"points at {other}" in message, message
+    return message
+
+
+def _retag_may_land(repo: str) -> str:
+    """How a 504 names the single delete's re-tag of ``repo``:v1 that may still land."""
+    return f"deleting tag {repo}:v1, and may still carry it out within about {LANDS:g}s"
+
+
 # EXISTS: `kubectl delete prt --all -n ns` in a live namespace. UNKNOWN: the namespace controller's
 # deletecollection of a Terminating namespace whose state payloadtags could not read (a cluster API
 # blip): both delete tag by tag.
@@ -155,11 +175,7 @@ async def test_a_tag_by_tag_deletecollection_keeps_a_push_of_a_selected_name_mad
         with pytest.raises(ApiError) as answered:
             await removing
         assert images.resolve(registry, repo, "v1") == other
-    error = answered.value
-    assert (error.code, error.retry_after) == (503, 1), error.message
-    message = " ".join(error.message.split())
-    assert f'1 of 1 selected tag(s) are still there: "{encode_name(path, "v1")}"' in message, message
-    assert f"points at {other}" in message, message
+    message = _push_kept(answered.value, path, other)
     assert message.endswith("; retry"), message
 
 
@@ -203,11 +219,7 @@ async def test_a_tag_by_tag_deletecollection_keeps_a_push_of_a_selected_name_mad
             await land_and_wait_out(registry, repo, proxy, hold, clock, delays, removing)
         [other] = pushed
         assert images.resolve(registry, repo, "v1") == other
-    error = answered.value
-    assert (error.code, error.retry_after) == (503, 1), error.message
-    message = " ".join(error.message.split())
-    assert f'1 of 1 selected tag(s) are still there: "{encode_name(path, "v1")}"' in message, message
-    assert f"points at {other}" in message, message
+    message = _push_kept(answered.value, path, other)
     assert "pushed again meanwhile, so kept" in message, message
 
 
@@ -236,10 +248,8 @@ async def test_a_tag_by_tag_deletecollection_waits_no_longer_than_its_requests_d
         assert removing.called, f"waited {delays[1:]} s, past the request's deadline"
         with pytest.raises(ApiError) as answered:
             await removing
-    error = answered.value
-    assert (error.code, error.retry_after) == (504, None), error.message
-    message = " ".join(error.message.split())
-    assert f"deleting tag {repo}:v1, and may still carry it out within about {LANDS:g}s" in message, message
+    message = _message(answered.value, 504, None)
+    assert _retag_may_land(repo) in message, message
     assert "wait that long, then list the tags" in message, message
 
 
@@ -261,9 +271,7 @@ async def test_a_tag_by_tag_deletecollections_own_unanswered_delete_names_a_long
         removing, _ = await removal_until_it_waits(service, namespace, clock, time_left=1.5)
         with pytest.raises(ApiError) as answered:
             await removing
-    error = answered.value
-    assert (error.code, error.retry_after) == (504, None), error.message
-    message = " ".join(error.message.split())
+    message = _message(answered.value, 504, None)
     assert "the registry did not answer writes made to delete 1 of the 1" in message, message
     assert f"re-tagging {repo}:v0, and may still carry it out within about 30s" in message, message
     assert "wait until the latest has passed, then list the tags" in message, message
@@ -560,9 +568,8 @@ async def test_a_tag_by_tag_deletecollection_still_waits_for_a_late_write_the_ca
 
     images.push_oci_image(registry, f"{namespace}/hidden", "theirs", seed="hidden")
     error, _ = await _removal_1_5s_before_its_deadline(registry, repo, OnlyThis())
-    assert (error.code, error.retry_after) == (504, None), error.message
-    message = " ".join(error.message.split())
-    assert f"deleting tag {repo}:v1, and may still carry it out within about {LANDS:g}s" in message, message
+    message = _message(error, 504, None)
+    assert _retag_may_land(repo) in message, message
     assert images.list_tags(registry, f"{namespace}/hidden") == ["theirs"]
 
 
@@ -591,7 +598,7 @@ async def test_a_tag_by_tag_deletecollection_waits_for_the_writes_of_what_the_ca
     assert revoked, "the caller's access was never revoked"
     assert (error.code, error.retry_after) == (504, None), f"{error.message} (waited {delays})"
     message = " ".join(error.message.split())
-    assert f"deleting tag {repo}:v1, and may still carry it out within about {LANDS:g}s" in message, message
+    assert _retag_may_land(repo) in message, message
 
 
 @attrs.frozen
@@ -679,10 +686,8 @@ async def test_a_get_revoked_while_the_selection_is_read_drops_no_late_write_fro
         with pytest.raises(ApiError) as answered:
             await service.delete_collection(USER, namespace, options, DeleteOptions(), time_left=1.5)
     assert authorizer.decided and (path not in authorizer.may_see) == revoked
-    error = answered.value
-    assert (error.code, error.retry_after) == (504, None), error.message
-    message = " ".join(error.message.split())
-    assert f"deleting tag {repo}:v1, and may still carry it out within about {LANDS:g}s" in message, message
+    message = _message(answered.value, 504, None)
+    assert _retag_may_land(repo) in message, message
     assert images.list_tags(registry, f"{namespace}/visible") == []
 
 
