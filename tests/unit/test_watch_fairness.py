@@ -629,12 +629,12 @@ def test_waves_of_users_of_long_names_stay_within_the_bound() -> None:
     kept, wave = 290, 290
     scopes = ListedScopes(max_size=kept * (RECORD_COST + USER_COST) + wave * (RECORD_COST + 74))
     clock = Clock()
-    for i in range(kept):
-        opens(scopes, f"user-{i}", f"kept-{i}", clock)
     most = 0
-    tracemalloc.start()
+    tracemalloc.start()  # before the kept users' records, which the bound counts too (review r14watch N1)
     try:
         base = tracemalloc.get_traced_memory()[0]
+        for i in range(kept):
+            opens(scopes, f"user-{i}", f"kept-{i}", clock)
         for n in range(8):
             clock.advance(10)
             for i in range(wave):
@@ -665,3 +665,31 @@ def test_a_record_of_a_long_named_user_that_cannot_fit_with_her_entry_goes_alone
     assert grows.dropped
     assert not kept.dropped, "her other record went first"
     assert scopes.size == 74 + RECORD_COST
+
+
+def test_a_user_lighter_since_a_record_of_hers_went_alone_is_not_taken_for_the_heaviest() -> None:
+    """Alice's second record grows past the bound and goes alone: her weight falls back to 8, her least
+    recently used record is the same, so her old key (her weight with the grown record) differs from her
+    key now only in its weight. Bob holds 32. At the bound the heaviest is Bob: his record goes, Alice's
+    stay. `_heaviest` taking a key whose ``used`` is still hers, whatever its weight, takes Alice (review
+    r14watch L1)."""
+    clock = Clock()
+    scopes = ListedScopes(max_size=60)
+    a1 = opens(scopes, "alice", "a1", clock)
+    a2 = opens(scopes, "alice", "a2", clock)
+    b1 = opens(scopes, "bob", "b1", clock)
+    assert scopes.observe(b1, "b1/app", tuple(f"v{i}" for i in range(20)))
+    assert scopes.weight("alice") == 12 and scopes.weight("bob") == 32
+    assert not scopes.observe(a2, "a2/app", tuple(f"v{i}" for i in range(60)))  # cannot fit alone
+    assert a2.dropped and not a1.dropped and scopes.weight("alice") == 8
+    # Carol lists until a list of hers needs room (40 of 60 now; she weighs 20 then): as the hub does,
+    # her list opens its record again at once.
+    for i in range(10):
+        if scopes.open(f"c{i}", 1, clock.seconds(), "carol") is None:
+            assert scopes.open(f"c{i}", 2, clock.seconds(), "carol") is not None
+            break
+    else:
+        raise AssertionError("no list of Carol's needed room")
+    assert scopes.size <= 60
+    assert not a1.dropped, "Alice's record went, Bob holds the most"
+    assert b1.dropped
