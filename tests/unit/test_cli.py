@@ -633,6 +633,20 @@ def test_a_value_after_a_second_unknown_flag_is_not_named_either(capsys, argv):
     assert "hunter2" not in err
 
 
+def test_the_arguments_after_a_double_dash_are_named_as_extra_arguments(capsys):
+    # After '--' nothing is a flag: the scan for unknown flags stops there, and the extra arguments are
+    # named as kube-apiserver names those it does not take, a '--name=value' without its value
+    # (review r16cli T1).
+    with pytest.raises(SystemExit) as done:
+        main(["serve", "--registry-url=http://x", "--", "--registry-password", "hunter2", "--token=s3cret"])
+    assert done.value.code == 1
+    assert capsys.readouterr() == (
+        "",
+        "payloadtags: unrecognized arguments: -- --registry-password hunter2 --token "
+        "(see payloadtags --help)\n",
+    )
+
+
 def test_a_value_that_looks_like_a_flag_is_left_to_its_flag(capsys):
     # Only what argparse itself takes for an option is checked: a negative number is a value.
     assert main(["serve", "--registry-url=http://x", "--secure-port", "-5"]) == 1
