@@ -88,7 +88,9 @@ class WhenQuiet:
         # ``after`` is three looks; ``held`` is waited for until the first look due at or after
         # ``after + held_at_most``.
         looks = self._looks_since(now)
-        if looks >= 3 and (looks * self.after / 3 >= self.after + self.held_at_most or not self.held()):
+        # Compared in looks, with a tolerance: a bound of a whole number of looks must not miss its
+        # look by float noise in the settings (review r15quiet L1).
+        if looks >= 3 and (looks >= 3 + self.held_at_most / (self.after / 3) - 1e-9 or not self.held()):
             self._done = True
             for action in self.actions:
                 # One that fails must cost neither the actions after it nor the later spells: the
@@ -104,6 +106,8 @@ class WhenQuiet:
         runs at or after its time, late by an amount that varies, so the time between two is off by
         that; timed, a first look late by a millisecond cost a whole look more (review r14misc L1).
         A look later than half an interval counts as the next one. A list that began while the look
-        that saw it was late has begun that much less than ``after`` before the action: well within
-        the 2 minutes ``quiet_after`` leaves past a list's deadline."""
+        that saw it was late has begun that much less than ``after`` before the action: within the 2
+        minutes ``quiet_after`` leaves past a list's deadline unless the reactor stalled for longer
+        (or half a look, ``after / 6``, is longer, past --request-timeout=10m); such a list is over
+        by its deadline all the same, and one still running would only fill the caches again."""
         return round((now - self._since) / (self.after / 3))
