@@ -235,19 +235,9 @@ class _SelectorRun(Run):
             if at == len(steps):
                 running.append(Deferred.fromCoroutine(self.collection()))
             await gatherResults(running, consumeErrors=True)
-            self.faulting = False
-            for proxy in self.proxies:
-                await proxy.settled()
-            for proxy in self.proxies:
-                self.report.faults.update(proxy.injected)
-            from twisted.internet.threads import deferToThread
-
-            await deferToThread(self.check)
-            return self.report
+            return await self.checked()
         finally:
-            await self.stop()
-            for proxy in self.proxies:
-                await proxy.stop()
+            await self.close()
 
 
 def _config(seed: int) -> Config:

@@ -803,17 +803,25 @@ class Run:
                 if namespace not in doom_at.values():
                     running.append(Deferred.fromCoroutine(self.remove_namespace(namespace)))
             await gatherResults(running, consumeErrors=True)
-            self.faulting = False
-            for proxy in self.proxies:  # stalled and late requests land before anything is checked
-                await proxy.settled()
-            for proxy in self.proxies:
-                self.report.faults.update(proxy.injected)
-            await deferToThread(self.check)
-            return self.report
+            return await self.checked()
         finally:
-            await self.stop()
-            for proxy in self.proxies:
-                await proxy.stop()
+            await self.close()
+
+    async def checked(self) -> Report:
+        """The report once the operations are over: the faults stop, stalled and late requests land,
+        then the invariants are checked (off the reactor: the checks read the registry's files)."""
+        self.faulting = False
+        for proxy in self.proxies:  # stalled and late requests land before anything is checked
+            await proxy.settled()
+        for proxy in self.proxies:
+            self.report.faults.update(proxy.injected)
+        await deferToThread(self.check)
+        return self.report
+
+    async def close(self) -> None:
+        await self.stop()
+        for proxy in self.proxies:
+            await proxy.stop()
 
     # -- invariants ------------------------------------------------------------------------------------
 
