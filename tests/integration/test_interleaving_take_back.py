@@ -24,7 +24,7 @@ from payloadtags.api.errors import ApiError
 from payloadtags.api.options import DeleteOptions, ListOptions, list_options
 from payloadtags.api.tags import TagsService
 from payloadtags.model import GROUP
-from payloadtags.names import TagRef
+from payloadtags.names import TagRef, ref_from_name
 from payloadtags.registry.client import RegistryClient
 from payloadtags.registry.errors import RegistryError
 from payloadtags.registry.late import COPY
@@ -189,7 +189,7 @@ async def test_a_deletecollection_deletes_what_its_own_late_write_brought_back_a
         await _retag_killed_of_a_tag_gone(run)
         _release_before_the_first_look(run, monkeypatch)
         with collected_logs() as events:
-            await service.delete_collection(USER, run.namespace, options, DeleteOptions())
+            answered, _ = await service.delete_collection(USER, run.namespace, options, DeleteOptions())
         assert run.reaches.called
         left = await _after_the_200(run)
     finally:
@@ -206,6 +206,10 @@ async def test_a_deletecollection_deletes_what_its_own_late_write_brought_back_a
         [t0] = [line for line in audit if f"deleted tag {run.repository}:t0 " in line]
         assert f"by {USER.name}, not in the request's selection: a re-tag that payloadtags made" in t0, t0
         assert "for another request or its cleanup brought it back" in t0, t0
+        # The 200 names its selection in list order, then the tag it took in (r13own L1).
+        named = [str(obj.metadata.name) for obj in answered]
+        assert named[-1] == names["t0"] and names["t0"] not in named[:-1], named
+        assert named[:-1] == sorted(named[:-1], key=lambda n: ref_from_name(run.namespace, n).sort_key), named
     # The tags it selected: the caller's alone.
     selected = [line for line in audit if f"{run.repository}:t0 " not in line]
     assert selected and not any("selection" in line for line in selected), audit
