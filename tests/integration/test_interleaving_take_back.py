@@ -385,6 +385,8 @@ async def test_a_tag_a_late_restore_brought_back_is_named_not_deleted(
 
     try:
         await run.fill()
+        # Every tag of the namespace, t0 with them: the call's "of N selected", with t0 taken in or not.
+        total = sum(len(tags) for tags in run.content(ns).values())
         original = images.resolve(run.registry.url, a, "t0")
         run.proxy.decide = decide
         run.begin_removal(ns)
@@ -416,6 +418,9 @@ async def test_a_tag_a_late_restore_brought_back_is_named_not_deleted(
         await _stop(run)
     assert run.proxy.injected[LATE] == 1
     _names_t0_left(error, run)
+    assert error is not None
+    # A tag taken in counts among those selected (review r13own L2).
+    assert f"1 of {total} selected tag(s) are still there" in " ".join(error.message.split()), error.message
     assert left == {a: ["t0"]}
     assert images.resolve(run.registry.url, a, "t0") == original
 

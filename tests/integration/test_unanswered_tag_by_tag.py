@@ -29,7 +29,7 @@ from payloadtags.registry.client import RegistryClient
 from payloadtags.registry.errors import RegistryError
 from payloadtags.registry.late import Scope
 from tests.support import images
-from tests.support.faultproxy import STALL, FaultProxy
+from tests.support.faultproxy import GATEWAY_LATE, STALL, FaultProxy
 from tests.support.interleaving import USER
 from tests.support.unanswered import (
     LANDS,
@@ -275,6 +275,58 @@ async def test_a_tag_by_tag_deletecollections_own_unanswered_delete_names_a_long
     assert "the registry did not answer writes made to delete 1 of the 1" in message, message
     assert f"re-tagging {repo}:v0, and may still carry it out within about 30s" in message, message
     assert "wait until the latest has passed, then list the tags" in message, message
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tag_by_tag_deletecollections_unanswered_deletes_are_named_in_list_order(
+    registry, repo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its own deletes of v1 and v2 both go unanswered, and someone else deletes both tags before its
+    look: the 504 names them in the order the tags list, the order that decides which are named when
+    more than `NAMED_LEFT` are (review r13own L2)."""
+    namespace, _, path = repo.partition("/")
+    images.push_oci_image(registry, repo, "v1")
+    images.push_oci_image(registry, repo, "v2")
+    puts: list[str] = []
+    hold: Deferred[None] = Deferred()
+
+    def each_first_retag(method: str, url: str) -> str | None:
+        # The first re-tag PUT of each tag gets a gateway's late 5xx, held until the test lets it go.
+        if method == "PUT" and url.rsplit("/", 1)[1] in ("v1", "v2"):
+            puts.append(url)
+            return GATEWAY_LATE if puts.count(url) == 1 else None
+        return None
+
+    select = TagsService._select
+    selections = 0
+
+    async def deleted_before_the_look(self: TagsService, *args: Any, **kwargs: Any) -> Any:
+        # Neither tag is left for the look to list: the 504 names them by their writes alone.
+        nonlocal selections
+        selections += 1
+        if selections == 2:
+            for tag in ("v1", "v2"):
+                digest = images.resolve(registry, repo, tag)
+                assert digest is not None
+                images.delete_manifest(registry, repo, digest)
+        return await select(self, *args, **kwargs)
+
+    monkeypatch.setattr(TagsService, "_select", deleted_before_the_look)
+    proxy = FaultProxy(global_reactor, registry.url, each_first_retag, hold=hold)
+    clock = WaitClock(shorter_than=50.0)
+    client, service = removal_service(proxy.url, clock, budget=100.0, timeout=TIMEOUT)
+    _state(service, EXISTS)
+    async with released(proxy, client, hold):
+        removing, _ = await removal_until_it_waits(service, namespace, clock, time_left=1.5)
+        with pytest.raises(ApiError) as answered:
+            await removing
+    message = _message(answered.value, 504, None)
+    assert "none of the 2 selected tag(s) is listed now" in message, message
+    assert "the registry did not answer writes made to delete 2 of the 2" in message, message
+    details = answered.value.details
+    assert details is not None
+    named = [cause["field"] for cause in details.causes or ()]
+    assert named == [encode_name(path, "v1"), encode_name(path, "v2")], message
 
 
 @pytest_twisted.ensureDeferred
