@@ -693,6 +693,47 @@ async def test_a_deletecollection_looks_again_for_writes_of_its_process_only_wit
     assert counts[1] < STREAM, counts
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_deletecollection_out_of_time_to_look_counts_the_tag_it_took_in(
+    reactor: Any, fresh_registry: RegistryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the call of all of the namespace above, the first write answered during its looks put a
+    real tag back (b:s1, which the next look lists and the call takes in and deletes): the retriable
+    503 once its deadline is spent counts s1 among the tags it deleted (review r13own L2)."""
+    run = _OwnLateWrite(reactor, fresh_registry, REPLICA)
+    run.proxy.decide = lambda method, path: None
+    service = run.replicas[REPLICA].service
+    late_writes = run.replicas[REPLICA].client.late_writes
+    ns = run.namespace
+    b = run.repositories[ns][1]
+
+    async def a_write_answered(n: int) -> None:
+        await deferLater(reactor, 0.5, lambda: None)
+        if n == 1:
+            images.push_oci_image(run.registry.url, b, "s1")
+            digest = images.resolve(run.registry.url, b, "s1")
+            assert digest is not None
+        else:
+            digest = f"sha256:{n:064x}"
+        leave = (b, f"s{n}", digest)
+        late_writes.ended(ns, late_writes.sent(ns, f"deleting tag {b}:s{n}", leave, kind=COPY), None)
+
+    try:
+        await run.fill()
+        total = sum(len(tags) for tags in run.content(ns).values())
+        _during_each_look(run, monkeypatch, a_write_answered)
+        error = await _answer(service, ns, list_options({}), time_left=TIME_LEFT)
+        left = run.content(ns)
+    finally:
+        await _stop(run)
+    assert error is not None, "answered 200"
+    message = " ".join(error.message.split())
+    assert (error.code, error.retry_after) == (503, 1), message
+    assert left == {}, left
+    # The selection and s1, taken in.
+    assert f"its {total + 1} tag(s) are deleted" in message, message
+
+
 @pytest.mark.parametrize(
     "held",
     [
