@@ -29,7 +29,7 @@ from payloadtags.registry.client import RegistryClient
 from payloadtags.registry.errors import RegistryError
 from payloadtags.registry.late import Scope
 from tests.support import images
-from tests.support.faultproxy import GATEWAY_LATE, STALL, FaultProxy
+from tests.support.faultproxy import ERROR_BEFORE, GATEWAY_LATE, STALL, FaultProxy
 from tests.support.interleaving import USER
 from tests.support.unanswered import (
     LANDS,
@@ -277,17 +277,19 @@ async def test_a_tag_by_tag_deletecollections_own_unanswered_delete_names_a_long
     assert "wait until the latest has passed, then list the tags" in message, message
 
 
+@pytest.mark.parametrize("look", ["lists neither", "fails"])
 @pytest_twisted.ensureDeferred
 async def test_a_tag_by_tag_deletecollections_unanswered_deletes_are_named_in_list_order(
-    registry, repo, monkeypatch: pytest.MonkeyPatch
+    registry, repo, monkeypatch: pytest.MonkeyPatch, look: str
 ) -> None:
-    """Its own deletes of v1 and v2 both go unanswered, and someone else deletes both tags before its
-    look: the 504 names them in the order the tags list, the order that decides which are named when
-    more than `NAMED_LEFT` are (review r13own L2)."""
+    """Its own deletes of v1 and v2 both go unanswered, and then someone else deletes both tags before
+    its look, or its look fails: the 504 names them in the order the tags list, the order that decides
+    which are named when more than `NAMED_LEFT` are (review r13own L2)."""
     namespace, _, path = repo.partition("/")
     images.push_oci_image(registry, repo, "v1")
     images.push_oci_image(registry, repo, "v2")
     puts: list[str] = []
+    failing: list[bool] = []
     hold: Deferred[None] = Deferred()
 
     def each_first_retag(method: str, url: str) -> str | None:
@@ -295,16 +297,20 @@ async def test_a_tag_by_tag_deletecollections_unanswered_deletes_are_named_in_li
         if method == "PUT" and url.rsplit("/", 1)[1] in ("v1", "v2"):
             puts.append(url)
             return GATEWAY_LATE if puts.count(url) == 1 else None
+        if failing and method == "GET" and "/tags/list" in url:
+            return ERROR_BEFORE
         return None
 
     select = TagsService._select
     selections = 0
 
     async def deleted_before_the_look(self: TagsService, *args: Any, **kwargs: Any) -> Any:
-        # Neither tag is left for the look to list: the 504 names them by their writes alone.
+        # No look lists either tag (both gone, or the look fails): the 504 names them by their writes.
         nonlocal selections
         selections += 1
-        if selections == 2:
+        if selections == 2 and look == "fails":
+            failing.append(True)
+        elif selections == 2:
             for tag in ("v1", "v2"):
                 digest = images.resolve(registry, repo, tag)
                 assert digest is not None
@@ -321,7 +327,10 @@ async def test_a_tag_by_tag_deletecollections_unanswered_deletes_are_named_in_li
         with pytest.raises(ApiError) as answered:
             await removing
     message = _message(answered.value, 504, None)
-    assert "none of the 2 selected tag(s) is listed now" in message, message
+    if look == "fails":
+        assert "which of the 2 selected tag(s) are still there is not known" in message, message
+    else:
+        assert "none of the 2 selected tag(s) is listed now" in message, message
     assert "the registry did not answer writes made to delete 2 of the 2" in message, message
     details = answered.value.details
     assert details is not None
