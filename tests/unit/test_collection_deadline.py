@@ -50,6 +50,17 @@ class _Deleting(Registry):
         return "sha256:" + "1" * 64
 
 
+def _service(registry: object, clock: Clock, late_writes: LateWrites) -> TagsService:
+    """The service over the registry double, its clock and its record of late writes."""
+    return TagsService(
+        inventory=Inventory(registry, concurrency=4),  # type: ignore[arg-type]
+        registry_host="registry.test",
+        authorizer=AlwaysAllow(),
+        versions=ResourceVersions(clock),
+        late_writes=late_writes,
+    )
+
+
 def _answer(known: bool) -> tuple[ApiError | None, _Deleting]:
     """A deletecollection of all of team's tags (team/app's v1) with `TIME_LEFT`, while a write of the
     process is out (a re-tag to `ELSEWHERE`, or, not ``known``, one that gave no tag), answered just as
@@ -57,13 +68,7 @@ def _answer(known: bool) -> tuple[ApiError | None, _Deleting]:
     clock = Clock()
     late_writes = LateWrites(clock)
     registry = _Deleting({"team/app": {"v1"}}, clock)
-    tags = TagsService(
-        inventory=Inventory(registry, concurrency=4),  # type: ignore[arg-type]
-        registry_host="registry.test",
-        authorizer=AlwaysAllow(),
-        versions=ResourceVersions(clock),
-        late_writes=late_writes,
-    )
+    tags = _service(registry, clock, late_writes)
     leave = (ELSEWHERE.repository, ELSEWHERE.tag, "sha256:" + "0" * 64)
     what = f"deleting tag {ELSEWHERE.repository}:v9"
     number = late_writes.sent("team", what, leave, kind=COPY) if known else late_writes.sent("team", what)
@@ -128,13 +133,7 @@ def test_a_pass_begun_before_the_deadline_ends_after_it_and_no_other_begins() ->
     clock = Clock()
     late_writes = LateWrites(clock)
     registry = _SlowDeletes({"team/app": {"v1"}}, clock)
-    tags = TagsService(
-        inventory=Inventory(registry, concurrency=4),  # type: ignore[arg-type]
-        registry_host="registry.test",
-        authorizer=AlwaysAllow(),
-        versions=ResourceVersions(clock),
-        late_writes=late_writes,
-    )
+    tags = _service(registry, clock, late_writes)
     leave = (ELSEWHERE.repository, ELSEWHERE.tag, "sha256:" + "1" * 64)  # the digest the double resolves
     number = late_writes.sent("team", f"deleting tag {ELSEWHERE.repository}:v9", leave, kind=COPY)
     landed = DEADLINE - 0.5
