@@ -398,9 +398,11 @@ async def start(
     completed: Completed | None = None,
     monotonic: Callable[[], float] = time.monotonic,
     quiet_clock: IReactorTime | None = None,
+    landing_clock: IReactorTime | None = None,
 ) -> RunningServer:
     """``quiet_clock``: the clock of the quiet loop (`quiet.WhenQuiet`; a task.Clock's, to drive it),
-    the reactor's unless given."""
+    the reactor's unless given. ``landing_clock``: the registry client's for its watch of an
+    unanswered write (`RegistryClient`), the reactor's unless given."""
     if completed is None:
         # Blocking (reads files, may run a credential plugin): off the reactor thread, once.
         completed = await deferToThread(complete, settings)
@@ -445,7 +447,9 @@ async def start(
         if not authentication.config.trusted_cas:
             log.warn("no --client-ca-file: no client can authenticate; only health endpoints will answer")
 
-    registry_client = RegistryClient(reactor, settings.registry, reads_at_turn_end=True, monotonic=monotonic)
+    registry_client = RegistryClient(
+        reactor, settings.registry, reads_at_turn_end=True, monotonic=monotonic, landing_clock=landing_clock
+    )
     registry = InstrumentedRegistry(registry_client, metrics, on_failure=FailureLog(monotonic))
     events_token = completed.events_token
     index = RepositoryIndex() if events_token else None

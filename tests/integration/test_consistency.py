@@ -7,6 +7,7 @@ from another client go straight to the registry at the exact moment a fault is d
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,7 @@ from payloadtags.registry import (
     RegistryTimeout,
     RegistryUnavailable,
 )
+from payloadtags.registry.client import LATE_WRITE_GRACE
 from tests.support import images
 from tests.support.dangling import dangling_tags, make_dangling, race_dangling
 from tests.support.faultproxy import ERROR_AFTER, ERROR_BEFORE, GATEWAY_LATE, LATE, STALL, FaultProxy
@@ -34,6 +36,7 @@ from tests.support.interleaving import USER, Replica
 from tests.support.kubeapi import eventually
 from tests.support.logcapture import collected_logs
 from tests.support.registry_server import RegistryServer
+from tests.support.unanswered import WaitClock, first_of
 
 ZEROS = "0" * 64
 # The client's registry timeout where the test holds a request at the proxy (`FaultProxy.hold`) and
@@ -102,13 +105,13 @@ def lands_in_the_watch(
     pauses there, so the write stays held past everything it does: it finds the tag as it was."""
     pause = replica.client._pause
 
-    async def paused() -> None:
+    async def paused(*clock: Any) -> None:
         if not hold.called:
             release(hold)
             await proxy.settled()  # the watch's read was answered: the write is all that is in flight
-        await pause()
+        await pause(*clock)
 
-    monkeypatch.setattr(replica.client, "_pause", lambda: Deferred.fromCoroutine(paused()))
+    monkeypatch.setattr(replica.client, "_pause", lambda *clock: Deferred.fromCoroutine(paused(*clock)))
 
 
 # --- conditional writes ------------------------------------------------------------------------------
@@ -196,6 +199,50 @@ async def test_a_retag_landing_soon_after_timeout_finishes(
     assert await replica.client.delete_tag(repo, "v1") == digest
     assert proxy.injected[fault] == 1
     await proxy.settled()
+    assert images.list_tags(registry, repo) == ["sibling"]
+    assert images.resolve(registry, repo, "sibling") == digest
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_retag_landing_at_the_end_of_the_watch_is_caught(
+    registry: RegistryServer, repo: str, proxied: Any
+) -> None:
+    """The re-tag behind a gateway's 504 lands in the watch's last pause, the one that ends
+    `LATE_WRITE_GRACE` timeouts after the watch began, on its clock (the test's, moved pause by pause):
+    the delete's look after the watch sees its copy land, and it finishes; the sibling stays. A watch
+    shorter by a pause ended before the re-tag landed, and the delete reported a write in doubt that
+    then landed: the length of the watch is held here, where the tests above have the write land at
+    its first pause."""
+    digest = images.push_oci_image(registry, repo, "v1")
+    images.tag_manifest(registry, repo, "v1", "sibling")
+    hold: Deferred[None] = Deferred()
+    retags: list[str] = []
+
+    def decide(method: str, path: str) -> str | None:
+        if method == "PUT" and path.endswith("/manifests/v1"):
+            retags.append(path)
+            return GATEWAY_LATE if len(retags) == 1 else None
+        return None
+
+    timeout = 5.0
+    landing = WaitClock(shorter_than=math.inf)  # tells each pause of the watch, the only calls on it
+    proxy, replica = proxied(decide, timeout=timeout, hold=hold, landing_clock=landing)
+    deleting = Deferred.fromCoroutine(replica.client.delete_tag(repo, "v1"))
+    while True:
+        paused = landing.waits()
+        delays: list[float] = []
+        paused.addCallback(delays.append)
+        await first_of(deleting, paused)
+        assert not deleting.called, "the delete ended within the watch, its re-tag held"
+        [delay] = delays
+        if landing.seconds() + delay >= LATE_WRITE_GRACE * timeout:
+            break  # the watch's last pause
+        landing.advance(delay)
+    release(hold)  # the re-tag lands now, within the watch
+    await proxy.settled()
+    landing.advance(delay)
+    assert await deleting == digest
+    assert len(retags) == 1
     assert images.list_tags(registry, repo) == ["sibling"]
     assert images.resolve(registry, repo, "sibling") == digest
 

@@ -99,12 +99,19 @@ async def start_server(
     *,
     monotonic: Callable[[], float] = time.monotonic,
     quiet_clock: IReactorTime | None = None,
+    landing_clock: IReactorTime | None = None,
     **overrides: Any,
 ) -> ServerUnderTest:
     """``monotonic``: the clock of the server's intervals (a task.Clock's, to drive them);
-    ``quiet_clock``: its quiet loop's (the reactor's unless given)."""
+    ``quiet_clock``: its quiet loop's; ``landing_clock``: its registry client's watch for an
+    unanswered write to land (both the reactor's unless given)."""
     settings = settings_for(pki, registry_url, **overrides)
     running = await start(
-        reactor, settings, reflector_options=FAST_REFLECTORS, monotonic=monotonic, quiet_clock=quiet_clock
+        reactor,
+        settings,
+        reflector_options=FAST_REFLECTORS,
+        monotonic=monotonic,
+        quiet_clock=quiet_clock,
+        landing_clock=landing_clock,
     )
     return ServerUnderTest(running, pki, settings)

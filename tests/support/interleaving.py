@@ -49,6 +49,7 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred, DeferredLock, gatherResults
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
@@ -98,14 +99,20 @@ class Replica:
         deleting: Callable[[str], bool] | None = None,
         removal_budget: float = 2.0,
         finish_begun_deletes: bool = False,
+        landing_clock: IReactorTime | None = None,
     ) -> Replica:
         """``deleting``: which namespaces the cluster API would call Terminating; with it, the
         replica's deletecollection of those deletes by digest (`NamespaceRemover`), as in a cluster.
 
         A cancel stands for the death of the process here (the kills), so deletes stop wherever they
-        are, unless ``finish_begun_deletes`` (what a live server does when a request ends)."""
+        are, unless ``finish_begun_deletes`` (what a live server does when a request ends).
+
+        ``landing_clock``: the client's for its watch of an unanswered write (the reactor unless given)."""
         client = RegistryClient(
-            reactor, RegistrySettings(url=url, timeout=timeout), finish_begun_deletes=finish_begun_deletes
+            reactor,
+            RegistrySettings(url=url, timeout=timeout),
+            finish_begun_deletes=finish_begun_deletes,
+            landing_clock=landing_clock,
         )
         # One record of the writes that may still land, for the client that notes them, every cascade
         # and the deletecollections, as `payloadtags.server` wires a process: with a record of their

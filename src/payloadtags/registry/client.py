@@ -24,6 +24,7 @@ from OpenSSL import SSL
 from treq.client import HTTPClient
 from twisted.internet import error as net_errors
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredSemaphore
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -272,6 +273,7 @@ class RegistryClient:
         finish_begun_deletes: bool = True,
         late_writes: LateWrites | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        landing_clock: IReactorTime | None = None,
     ) -> None:
         """``reads_at_turn_end``: a shared read (catalog page, tag list) that gets a connection slot
         goes out at the end of the reactor turn instead of at once, so that the requests handled later
@@ -284,8 +286,13 @@ class RegistryClient:
         default: a record of its own, on ``reactor``).
 
         ``monotonic``: the clock of the rate-limited warnings (`payloadtags.onceper`), not the
-        reactor's: that is the wall clock, which NTP may step back."""
+        reactor's: that is the wall clock, which NTP may step back.
+
+        ``landing_clock``: the clock of the watch for an unanswered write to land (`_await_landing`):
+        its deadline and the pauses between its reads, which go to the registry on ``reactor`` all the
+        same. ``reactor`` unless given: a test's Clock ends the watch without its real seconds."""
         self._reactor = reactor
+        self._landing_clock: IReactorTime = landing_clock if landing_clock is not None else reactor
         self._reads_at_turn_end = reads_at_turn_end
         self._finish_begun_deletes = finish_begun_deletes
         self._carried: set[Deferred[Any]] = set()  # deletes going on after their callers stopped waiting
@@ -1101,10 +1108,11 @@ class RegistryClient:
                 await self._pause()
         return await step()
 
-    def _pause(self) -> Deferred[None]:
+    def _pause(self, clock: IReactorTime | None = None) -> Deferred[None]:
         """The wait between two reads of a tag while a delete settles: a quarter of the registry
-        timeout, within 0.05 to 1 s."""
-        return deferLater(self._reactor, min(1.0, max(0.05, self._settings.timeout / 4)), lambda: None)
+        timeout, within 0.05 to 1 s, on ``clock`` (the reactor unless given)."""
+        interval = min(1.0, max(0.05, self._settings.timeout / 4))
+        return deferLater(clock if clock is not None else self._reactor, interval, lambda: None)
 
     async def _where(self, repository: str, tag: str) -> tuple[str | None, bool]:
         """Where the tag points (None: nowhere) and whether it is gone (not listed either)."""
@@ -1198,16 +1206,17 @@ class RegistryClient:
         the write, so the wait goes on: ending it there let the write land after a delete that had
         reported the tag gone. Returns what the tag showed at the last read that answered (``seen``,
         what it showed before the write, when none did; None: no tag)."""
-        deadline = self._reactor.seconds() + LATE_WRITE_GRACE * self._settings.timeout
+        clock = self._landing_clock
+        deadline = clock.seconds() + LATE_WRITE_GRACE * self._settings.timeout
         current = seen
-        while self._reactor.seconds() < deadline:
+        while clock.seconds() < deadline:
             try:
                 current = await self._current(repository, tag)
             except RegistryError:
                 pass  # not known: read again after the interval, until the deadline
             if current == written or current not in before:
                 return current
-            await self._pause()
+            await self._pause(clock)
         return current
 
     def _late_advice(self) -> str:
