@@ -18,6 +18,7 @@ from payloadtags.names import encode_name
 from payloadtags.registry.client import RegistrySettings
 from tests.support import images
 from tests.support.cleanup_fixtures import unique_namespace
+from tests.support.clocks import SkipAhead
 from tests.support.faultproxy import ERROR_BEFORE, GATEWAY_LATE, STALL, FaultProxy
 from tests.support.kubeapi.resources import LEASES, NAMESPACES
 from tests.support.logcapture import collected_logs
@@ -235,9 +236,17 @@ async def test_the_leaders_cascade_waits_for_the_unanswered_write_of_a_single_de
     it waits, the re-tag lands meanwhile, and the pass after the wait deletes what it left."""
     ns = unique_namespace("lead")
     # The re-tag may land for two timeouts after the delete's answer: the cascade's first pass comes
-    # well within them.
+    # well within them. The single delete's watch for it ends at once (`SkipAhead`): it is held past.
     repo, hold, proxy, server, masters = await _held_retag(
-        reactor, make_server, fresh_registry, kube_api, kube_kubeconfig, pki, ns, registry_timeout=2.0
+        reactor,
+        make_server,
+        fresh_registry,
+        kube_api,
+        kube_kubeconfig,
+        pki,
+        ns,
+        registry_timeout=2.0,
+        landing_clock=SkipAhead(),
     )
 
     def logged(text: str) -> bool:
@@ -279,8 +288,17 @@ async def test_a_tag_by_tag_deletecollection_waits_for_the_unanswered_write_of_a
     budget), and deletes what it left."""
     ns = unique_namespace("tagwise")
     _another_replica_leads(kube_api)
+    # The single delete's watch for its re-tag ends at once (`SkipAhead`): the re-tag is held past it.
     repo, hold, proxy, server, masters = await _held_retag(
-        reactor, make_server, fresh_registry, kube_api, kube_kubeconfig, pki, ns, registry_timeout=2.0
+        reactor,
+        make_server,
+        fresh_registry,
+        kube_api,
+        kube_kubeconfig,
+        pki,
+        ns,
+        registry_timeout=2.0,
+        landing_clock=SkipAhead(),
     )
     collection = f"{B}/namespaces/{ns}/payloadrepositorytags"
     async with _released(hold, proxy, server):
@@ -902,7 +920,8 @@ async def _held_retag(
     """Namespace ``ns`` with ``ns``/app:v1, and a server with namespace cleanup whose registry (its
     timeout ``registry_timeout``) is behind a proxy that answers the first PUT of app:v1 (a re-tag) with a
     gateway's 504 and lets it reach the registry once ``hold`` fires: the repository, ``hold``, the
-    proxy, the server and its client for the namespace controller."""
+    proxy, the server and its client for the namespace controller. ``limits``: the server's other
+    settings (and its `start_server` clocks)."""
     ensure_namespace(kube_api, ns)
     repo = f"{ns}/app"
     images.push_oci_image(fresh_registry, repo, "v1")

@@ -30,6 +30,7 @@ from payloadtags.registry import (
 )
 from payloadtags.registry.client import LATE_WRITE_GRACE
 from tests.support import images
+from tests.support.clocks import SkipAhead
 from tests.support.dangling import dangling_tags, make_dangling, race_dangling
 from tests.support.faultproxy import ERROR_AFTER, ERROR_BEFORE, GATEWAY_LATE, LATE, STALL, FaultProxy
 from tests.support.interleaving import USER, Replica
@@ -298,7 +299,7 @@ async def test_a_retag_the_registry_carries_out_late_is_named_in_the_error(
         return None
 
     hold: Deferred[None] = Deferred()
-    proxy, replica = proxied(decide, timeout=HELD_TIMEOUT, hold=hold)
+    proxy, replica = proxied(decide, timeout=HELD_TIMEOUT, hold=hold, landing_clock=SkipAhead())
     with pytest.raises(RegistryTimeout) as caught:
         await replica.client.delete_tag(repo, "v1")
     release(hold)  # past the wait for it
@@ -332,7 +333,7 @@ async def test_a_late_retag_after_someone_else_deleted_the_tag_is_no_success(
         return None
 
     hold: Deferred[None] = Deferred()
-    proxy, replica = proxied(decide, timeout=HELD_TIMEOUT, hold=hold)
+    proxy, replica = proxied(decide, timeout=HELD_TIMEOUT, hold=hold, landing_clock=SkipAhead())
     with pytest.raises(RegistryTimeout) as caught:
         await replica.client.delete_tag(repo, "v1")
     release(hold)  # past the wait for it
@@ -423,7 +424,7 @@ async def test_a_late_restore_whose_tag_cannot_be_read_reports_where_the_tag_was
         return ERROR_BEFORE if unique_delete(method, path) else None
 
     hold: Deferred[None] = Deferred()
-    proxy, replica = proxied(decide, timeout=HELD_TIMEOUT, hold=hold)
+    proxy, replica = proxied(decide, timeout=HELD_TIMEOUT, hold=hold, landing_clock=SkipAhead())
     with pytest.raises(RegistryError) as caught:
         await replica.client.delete_tag(repo, "v1")
     copy = images.resolve(registry, repo, "v1")

@@ -6,7 +6,8 @@ the tag, kubectl said "deleted", and then the first attempt's re-tag landed and 
 back. Every unanswered write (a timeout, a connection closed without an answer, a gateway's 5xx)
 is answered as a timeout is: 504, no Retry-After, saying where the tag would be.
 
-The late write is held by the fault proxy until the test releases it, after the answer.
+The late write is held by the fault proxy until the test releases it, after the answer: the server's
+watch for it to land runs on a `SkipAhead`, which ends it without its seconds of real time.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from twisted.internet.defer import Deferred
 from payloadtags.names import encode_name
 from payloadtags.registry.client import RegistrySettings
 from tests.support import images
+from tests.support.clocks import SkipAhead
 from tests.support.faultproxy import DROPPED_LATE, GATEWAY_LATE, LATE, FaultProxy
 from tests.support.unanswered import (
     LANDS,
@@ -41,7 +43,9 @@ async def test_kubectl_delete_of_an_unanswered_retag_is_a_timeout_not_repeated(
     puts: list[str] = []
     hold: Deferred[None] = Deferred()
     proxy = FaultProxy(reactor, registry.url, first_retag(fault, puts), hold=hold)
-    server = await make_server(proxy.url, registry=RegistrySettings(url=proxy.url, timeout=TIMEOUT))
+    server = await make_server(
+        proxy.url, registry=RegistrySettings(url=proxy.url, timeout=TIMEOUT), landing_clock=SkipAhead()
+    )
     namespace, _, path = repo.partition("/")
     result = await kubectl_for(server)("delete", "prt", encode_name(path, "v1"), "-n", namespace)
     assert result.code != 0, result.out
@@ -69,7 +73,9 @@ async def _collection_timeout(
     """A deletecollection of ``repo``'s namespace through a proxy that faults as ``decide`` says:
     answered 504 Timeout, with nothing that invites a repeat (no Retry-After, no retryAfterSeconds)."""
     proxy = FaultProxy(reactor, registry.url, decide, hold=hold)
-    server = await make_server(proxy.url, registry=RegistrySettings(url=proxy.url, timeout=TIMEOUT))
+    server = await make_server(
+        proxy.url, registry=RegistrySettings(url=proxy.url, timeout=TIMEOUT), landing_clock=SkipAhead()
+    )
     namespace = repo.partition("/")[0]
     client = server.client(server.pki.admin)
     reply = await client.delete(f"{B}/namespaces/{namespace}/payloadrepositorytags")

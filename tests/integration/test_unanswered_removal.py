@@ -77,11 +77,11 @@ async def test_a_namespace_removal_is_not_done_while_a_repairs_placeholder_may_s
     and that pass deletes the tag it left.
 
     The order is told, not timed (review-dscheck2 G4): a read slower than the registry timeout (wall
-    time, as the repair's own watch for its write; 2 s, four times what it was) on a loaded machine
-    fails a pass, whose backoff the test took for the one after the PUT, or for the wait for the
-    late write. Backoffs are sat out until the PUT has been seen, and then until the cascade says
-    (its log) that it found the namespace empty and waits for the write; every wait of the test
-    also ends when the call does (a failure, not a hang)."""
+    time; 2 s, four times what it was) on a loaded machine fails a pass, whose backoff the test took
+    for the one after the PUT, or for the wait for the late write. Backoffs are sat out until the PUT
+    has been seen, and then until the cascade says (its log) that it found the namespace empty and
+    waits for the write; every wait of the test also ends when the call does (a failure, not a
+    hang)."""
     namespace = repo.partition("/")[0]
     puts, hold, proxy, clock, client, service = placeholder_removal(
         registry, repo, fault, shorter_than=50.0, budget=100.0, timeout=2.0

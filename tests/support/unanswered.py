@@ -27,6 +27,7 @@ from payloadtags.registry import LateWrites
 from payloadtags.registry.client import LATE_WRITE_GRACE, RegistryClient, RegistrySettings
 from payloadtags.registry.errors import RegistryError
 from tests.support import images
+from tests.support.clocks import SkipAhead
 from tests.support.faultproxy import GATEWAY_LATE, FaultProxy
 from tests.support.interleaving import USER
 
@@ -34,8 +35,8 @@ from tests.support.interleaving import USER
 # catalog, of a tag list, a delete's look before its re-tag) must be answered within it in real time
 # while the test is about something else: 0.5 s was missed on a loaded machine, 4 runs in 5 of this
 # file beside two busy loops (tests3), and 1 s once in 3 (review-misc5 F4). The late writes' times
-# derived from it run on the test's clock (`WaitClock`) and cost nothing; a single delete whose re-tag
-# goes unanswered watches the tag for `LANDS` of real time, though, so it is not longer still.
+# derived from it run on the test's clock (`WaitClock`), and a delete's watch of its unanswered write
+# on a `SkipAhead`: neither costs real time.
 TIMEOUT = 2.0
 # How long a write that went unanswered may land after its request ends: `LATE_WRITE_GRACE` timeouts, on
 # the test's clock; what the answers name ("may still carry it out within about 4s").
@@ -92,9 +93,13 @@ def removal_service(
     its budget and waits on ``clock``; registry requests and their timeouts on the reactor. The client
     notes its writes that may still land on ``clock`` as well, in the record the cascade reads, as the
     server's client and cascades share one (`LateWrites`). Both read and write through the client as
-    the server wires it (`wired`)."""
+    the server wires it (`wired`). A delete's watch of its unanswered write for it to land takes no
+    real time (`SkipAhead`): every test here lets a held write land after it, if at all."""
     client = RegistryClient(
-        global_reactor, RegistrySettings(url=url, timeout=timeout), late_writes=LateWrites(clock)
+        global_reactor,
+        RegistrySettings(url=url, timeout=timeout),
+        late_writes=LateWrites(clock),
+        landing_clock=SkipAhead(),
     )
     registry = wired(client)
 
