@@ -14,8 +14,9 @@ class SkipAhead(Clock):
     takes no real time, and its calls fire in their order, each at the time it asked for.
 
     For the registry client's watch of an unanswered write (`RegistryClient`'s ``landing_clock``)
-    where the test lets the write land only after the watch: the watch reads the tag as often as on the
-    reactor and ends at its own deadline, without the seconds of real time it cost every such test.
+    where the test lets the write land only after the watch: the watch, while it is the clock's only
+    user, reads the tag as often as on the reactor (watches that overlap move one clock, each reading
+    less often) and ends at its own deadline, without the seconds of real time it cost every such test.
     A test that proves a write landing within the watch is caught keeps the reactor, or drives a
     Clock of its own to the watch's last pause."""
 
