@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 from twisted.logger import Logger
@@ -25,6 +24,7 @@ from payloadtags.registry import (
     RegistryUnavailable,
 )
 from payloadtags.registry.client import RootAnswer
+from payloadtags.registry.schemes import port_said, with_scheme
 
 log = Logger()
 
@@ -39,7 +39,6 @@ NAME_MISMATCH = "certificate does not match"
 # Said with each advice to go to http://: the password of a registry's Basic authentication, or the one
 # sent to its token service, would go unencrypted.
 IN_CLEAR = "registry credentials, if any, would then cross the network unencrypted"
-DEFAULT_PORTS = {"http": 80, "https": 443}
 # OpenSSL's words when the first bytes back are no TLS record: the port answered in plain text.
 NOT_TLS = "wrong version number"
 # What HTTPS servers answer a plain HTTP request with (Go's net/http, as distribution's; nginx).
@@ -57,22 +56,6 @@ class Probed(Protocol):
     async def catalog(self, last: str | None = None, n: int = ...) -> Any: ...
 
     async def check_delete(self, repository: str, tag: str, /) -> None: ...
-
-
-def _port(url: str) -> str:
-    """The port that answered, said so that an implied one is seen: ``port 443 (https's default)``."""
-    parts = urlsplit(url)
-    if parts.port is not None:
-        return f"port {parts.port}"
-    return f"port {DEFAULT_PORTS[parts.scheme]} ({parts.scheme}'s default)"
-
-
-def _with_scheme(url: str, scheme: str) -> str:
-    """``url`` with the other scheme on the port that answered: a URL without a port is on its scheme's
-    default, and the other scheme's default (https://reg -> http://reg, 443 -> 80) is another port."""
-    parts = urlsplit(url)
-    netloc = parts.netloc if parts.port is not None else f"{parts.netloc}:{DEFAULT_PORTS[parts.scheme]}"
-    return urlunsplit(parts._replace(scheme=scheme, netloc=netloc))
 
 
 def _hint(error: RegistryError, url: str | None = None) -> str:
@@ -101,7 +84,7 @@ def _hint(error: RegistryError, url: str | None = None) -> str:
         return text
     if NOT_TLS in lowered:
         # https:// to a plain-HTTP registry (the README's own example is one): no CA would help.
-        use, port = (_with_scheme(url, "http"), _port(url)) if url else ("http://", "the port")
+        use, port = (with_scheme(url, "http"), port_said(url)) if url else ("http://", "the port")
         return (
             f"{text}; {port} does not speak TLS (it answered in plain text): use {use} in --registry-url "
             f"({IN_CLEAR})"
@@ -145,8 +128,8 @@ async def probe(registry: Probed, url: str) -> str:
         return line
     if root.status == 400 and any(words in root.body for words in PLAIN_TO_TLS):
         line = (
-            f"registry {url} answered HTTP 400 to GET /v2/: {_port(url)} serves HTTPS, not plain HTTP: "
-            f"use {_with_scheme(url, 'https')} in --registry-url"
+            f"registry {url} answered HTTP 400 to GET /v2/: {port_said(url)} serves HTTPS, not plain HTTP: "
+            f"use {with_scheme(url, 'https')} in --registry-url"
         )
         log.error("{line}", line=line, registryUrl=url)
         return line

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import shutil
 import time
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import attrs
 import pytest
 import pytest_twisted
+from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.web.pages import notFound
 from twisted.web.server import Site
 from zope.interface import implementer
 
+from payloadtags.api.registry_errors import api_error_for
 from payloadtags.registry import RegistryAuthFailed, RegistryClient, RegistryNotFound, RegistryUnavailable
 from payloadtags.registry.client import RootAnswer
 from payloadtags.registry_diagnosis import FailureLog, _hint, probe
@@ -137,6 +140,65 @@ async def test_http_to_a_tls_registry_says_to_use_https(make_client, tls_registr
         f"registry {url} answered HTTP 400 to GET /v2/: port {urlsplit(url).port} serves HTTPS, not plain "
         f"HTTP: use {tls_registry.url} in --registry-url"
     )
+
+
+class ClosesUnanswered(Protocol):
+    """What a port that serves HTTPS only does with a plain-HTTP request (openssl s_server, a TCP
+    passthrough proxy, payloadtags' own port): takes it, then closes the connection without a byte of
+    answer, cleanly or with a reset."""
+
+    def __init__(self, reset: bool) -> None:
+        self.reset = reset
+
+    def dataReceived(self, data: bytes) -> None:
+        transport = cast(ITCPTransport, self.transport)
+        if self.reset:
+            transport.abortConnection()
+        else:
+            transport.loseConnection()
+
+
+def closing_port(reactor: Any, reset: bool) -> Any:
+    return reactor.listenTCP(0, Factory.forProtocol(lambda: ClosesUnanswered(reset)), interface="127.0.0.1")
+
+
+def closed_advice(port: int) -> str:
+    return (
+        f"the connection was closed without an answer; if port {port} serves HTTPS only (such a port "
+        f"closes a plain-HTTP connection without an answer), use https://127.0.0.1:{port} in --registry-url; "
+        "otherwise check the registry's log and what sits in front of it (a proxy or load balancer)"
+    )
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
+@pytest_twisted.ensureDeferred
+async def test_http_to_a_port_that_closes_unanswered_says_to_try_https(make_client, reactor, reset):
+    # review r1user L3: "it is unavailable: Connection was closed cleanly.; check that it runs and is
+    # reachable": Twisted's words, and advice to check what had just taken the connection.
+    port = closing_port(reactor, reset)
+    number = port.getHost().port
+    url = f"http://127.0.0.1:{number}"
+    try:
+        line = await probe(make_client(url), url)
+    finally:
+        await port.stopListening()
+    assert line == f"registry {url} cannot be used: it is unavailable: {closed_advice(number)}"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_503_of_a_port_that_closes_unanswered_says_to_try_https(make_client, reactor):
+    # review r1user L3: a user meets the probe's words again in every 503 while serving.
+    port = closing_port(reactor, reset=False)
+    number = port.getHost().port
+    url = f"http://127.0.0.1:{number}"
+    try:
+        with pytest.raises(RegistryUnavailable) as caught:
+            await make_client(url).tags("team-a/app")
+    finally:
+        await port.stopListening()
+    error = api_error_for(caught.value)
+    assert (error.code, error.retry_after) == (503, 1)
+    assert str(error) == f"registry {url} is unavailable: {closed_advice(number)}"
 
 
 # review r2b L6: the advice swapped the scheme and kept the rest, so a URL without a port was sent to

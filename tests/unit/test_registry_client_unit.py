@@ -455,6 +455,20 @@ def test_an_unanswered_write_is_a_timeout_at_the_api_not_a_retriable_503(answer:
     assert api_error.details is None or api_error.details.retry_after_seconds is None
 
 
+def test_a_write_closed_unanswered_is_not_told_to_switch_schemes() -> None:
+    """review r1user L3: "the connection was closed without an answer" on http:// suggests a port that
+    serves HTTPS only, but a write comes after reads that port answered: the registry dropped it."""
+    client, _ = make(lambda r: fail(ResponseNeverReceived([Failure(ConnectionLost())])))
+    with pytest.raises(RegistryUnavailable) as caught:
+        result(client.delete_manifest("team/app", MANIFEST_DIGEST))
+    assert caught.value.message == (
+        f"registry {REGISTRY} is unavailable: the connection was closed without an answer; check the "
+        f"registry's log and what sits in front of it (a proxy or load balancer); the connection closed "
+        f"after DELETE /v2/team/app/manifests/{MANIFEST_DIGEST} went out, so the registry may still carry "
+        "it out"
+    )
+
+
 def test_a_read_whose_connection_is_lost_is_a_retriable_503() -> None:
     """A read has nothing to carry out later: retried, by the client's own reads and by client-go."""
     client, _ = make(lambda r: fail(ResponseNeverReceived([Failure(ConnectionLost())])))

@@ -1,6 +1,6 @@
 """What the registry lines advise, for failures the real registry in tests/integration cannot be made to give:
-a TLS failure where the registry redirected a read or at its token service (scripted agent), a refused
-catalog and a 429 (a probed double)."""
+a TLS failure where the registry redirected a read or at its token service, a connection closed without an
+answer on https:// or where a redirect led (scripted agent), a refused catalog and a 429 (a probed double)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,29 @@ import pytest
 import pytest_twisted
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseNeverReceived
 
-from payloadtags.registry import RegistryAuthFailed, RegistryDeleteDisabled, RegistryUnavailable
+from payloadtags.registry import (
+    RegistryAuthFailed,
+    RegistryClient,
+    RegistryDeleteDisabled,
+    RegistrySettings,
+    RegistryUnavailable,
+)
 from payloadtags.registry.client import RootAnswer
 from payloadtags.registry_diagnosis import _hint, probe
-from tests.unit.test_registry_client_unit import REGISTRY, Answer, Sent, digest_of, make, result
+from tests.unit.test_registry_client_unit import (
+    REGISTRY,
+    Answer,
+    ScriptedAgent,
+    Sent,
+    digest_of,
+    make,
+    result,
+)
 
 UNTRUSTED = SSL.Error([("SSL routines", "", "certificate verify failed")])
 # What registry/transport.py's _VerifyingCreator fails a connection with when the name does not match.
@@ -97,6 +113,46 @@ def test_a_registry_whose_certificate_names_another_host_is_told_no_ca_fixes_tha
         f"registry {REGISTRY} is unavailable: TLS failure: the server's certificate does not match "
         "registry.test; the registry's certificate does not name the host in --registry-url (no CA fixes "
         "that): give --registry-url a host its certificate names"
+    )
+
+
+def _closed_unanswered() -> Deferred[Any]:
+    return fail(ResponseNeverReceived([Failure(ConnectionDone())]))
+
+
+def test_https_closed_unanswered_is_not_told_to_switch_schemes() -> None:
+    # review r1user L3: the advice to try https:// is for a plain-HTTP request to an HTTPS-only port; on
+    # https:// the server (or a proxy) dropped the request, and it runs: not "check that it runs".
+    url = "https://registry.test"
+    client = RegistryClient(
+        Clock(), RegistrySettings(url=url), agent=ScriptedAgent(lambda _: _closed_unanswered())
+    )
+    with pytest.raises(RegistryUnavailable) as caught:
+        result(client.blob("a/b", digest_of(b"x")))
+    assert _hint(caught.value, url) == (
+        f"registry {url} is unavailable: the connection was closed without an answer; check the registry's "
+        "log and what sits in front of it (a proxy or load balancer)"
+    )
+
+
+def test_a_redirect_target_closed_unanswered_names_the_registrys_configuration() -> None:
+    # review r1user L3: where the registry redirects reads is its configuration's URL, not --registry-url's.
+    storage = "http://storage.test/blobs/1?signature=x"
+
+    def handler(request: Sent) -> Answer | Deferred[Any]:
+        if request.url == storage:
+            return _closed_unanswered()
+        return Answer(307, {"Location": storage})
+
+    client, _ = make(handler)
+    with pytest.raises(RegistryUnavailable) as caught:
+        result(client.blob("a/b", digest_of(b"x")))
+    assert caught.value.elsewhere
+    assert _hint(caught.value) == (
+        f"registry {REGISTRY} (via http://storage.test) is unavailable: the connection was closed without "
+        "an answer; if port 80 (http's default) serves HTTPS only (such a port closes a plain-HTTP "
+        "connection without an answer), use https://storage.test:80 in the registry's configuration; "
+        "otherwise check that server's log and what sits in front of it (a proxy or load balancer)"
     )
 
 

@@ -79,6 +79,7 @@ from .errors import (
 from .interface import Sent, Waiting, WriteHooks
 from .late import COPY, PLACEHOLDER, RESTORE, Kind, LateWrites, namespace_of
 from .queue import RepositoryQueue
+from .schemes import port_said, with_scheme
 from .transport import (
     BytesProducer,
     CheckedRedirects,
@@ -106,6 +107,7 @@ JSON_LIMIT = 32 << 20  # a tags list of a repository with very many tags
 ERROR_BODY_LIMIT = 64 << 10
 MAX_TAG_PAGES = 10_000
 DEFAULT_RETRY_AFTER = 5
+CLOSED_UNANSWERED = "the connection was closed without an answer"
 PROBE_VALIDITY = 10.0  # seconds
 # Expired probe passes dropped per new one at most: two per pass keeps the record within those of
 # the last PROBE_VALIDITY seconds, at a bounded cost per probe.
@@ -232,8 +234,19 @@ def _underlying(error: BaseException) -> BaseException:
     return error
 
 
+def _closed_unanswered(error: BaseException) -> bool:
+    """Whether the server took the connection and the request, then closed it without a byte of answer
+    (Twisted words it "Connection was closed cleanly."): it runs and was reached. An HTTPS-only port
+    does so with a plain-HTTP request (openssl s_server, a TCP-passthrough proxy, payloadtags' own)."""
+    return isinstance(error, ResponseNeverReceived) and isinstance(
+        _underlying(error), net_errors.ConnectionDone | net_errors.ConnectionLost
+    )
+
+
 def _cause(error: BaseException) -> str:
     """A short human reason for a transport failure, digging into Twisted's wrapped reasons."""
+    if _closed_unanswered(error):
+        return CLOSED_UNANSWERED
     error = _underlying(error)
     if isinstance(error, net_errors.ConnectionRefusedError):
         return "connection refused"
@@ -1954,7 +1967,10 @@ class RegistryClient:
             )
             # A TLS failure is an answer: the server runs and was reached, and the reason says what to fix.
             answered = isinstance(_underlying(error), SSL.Error)
-            check = "" if answered else "; check that it runs and is reachable"
+            if _closed_unanswered(error):
+                check = self._closed_advice(method, url, peer)
+            else:
+                check = "" if answered else "; check that it runs and is reachable"
             unavailable = RegistryUnavailable(
                 f"{where} is unavailable: {reason}{check}{late}",
                 retry_after=DEFAULT_RETRY_AFTER,
@@ -1964,6 +1980,24 @@ class RegistryClient:
             return unavailable
         log.failure("Unexpected failure talking to {where}", Failure(error), where=where)
         return RegistryProtocolError(f"{where}: unexpected failure: {reason}")
+
+    def _closed_advice(self, method: str, url: str, peer: str | None) -> str:
+        """What to check when ``url``'s server closed the connection without an answer: it runs and was
+        reached, so not "check that it runs". On http://, most likely a port that serves HTTPS only, as
+        the start-up probe says of one that answers 400 (registry_diagnosis). Not for a write: the reads
+        before it were answered on that URL."""
+        ours = peer is None and _origin(url) == _origin(self._base)
+        server = "the registry" if ours else "that server"
+        logs = f"check {server}'s log and what sits in front of it (a proxy or load balancer)"
+        if urllib.parse.urlsplit(url).scheme != "http" or method not in ("GET", "HEAD"):
+            return f"; {logs}"
+        # For a server the registry names (its token realm, where it redirects reads), the URL is the
+        # registry's configuration's, not --registry-url's.
+        where = "in --registry-url" if ours else "in the registry's configuration"
+        return (
+            f"; if {port_said(url)} serves HTTPS only (such a port closes a plain-HTTP connection without "
+            f"an answer), use {with_scheme(_origin_text(url), 'https')} {where}; otherwise {logs}"
+        )
 
     def _error(self, reply: _Reply, what: str) -> RegistryError:
         """The RegistryError for an unexpected answer about ``what``."""
