@@ -201,6 +201,51 @@ async def test_the_503_of_a_port_that_closes_unanswered_says_to_try_https(make_c
     assert str(error) == f"registry {url} is unavailable: {closed_advice(number)}"
 
 
+OK = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nDocker-Distribution-Api-Version: registry/2.0\r\n"
+    b"Content-Length: 2\r\n\r\n{}"
+)
+
+
+class AnswersOnce(Protocol):
+    """A plain-HTTP registry that answers one request, then takes each and closes it unanswered: one that
+    crashes or restarts mid-request, or a proxy whose backend is gone."""
+
+    def __init__(self, answers: list[int]) -> None:
+        self.answers = answers
+
+    def dataReceived(self, data: bytes) -> None:
+        transport = cast(ITCPTransport, self.transport)
+        if self.answers[0] > 0:
+            self.answers[0] -= 1
+            transport.write(OK)
+        else:
+            transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_registry_that_answered_plain_http_then_drops_a_read_is_not_told_to_try_https(
+    make_client, reactor
+):
+    # review r2doc L1: the port had just answered GET /v2/ over plain HTTP, yet the 503 led with "if port
+    # N serves HTTPS only …, use https://…". A port that has answered plain HTTP does serve it. (Twisted
+    # retries a read a reused connection drops once, on a new one; that one is dropped too here.)
+    answers = [1]
+    port = reactor.listenTCP(0, Factory.forProtocol(lambda: AnswersOnce(answers)), interface="127.0.0.1")
+    url = f"http://127.0.0.1:{port.getHost().port}"
+    client = make_client(url)
+    try:
+        await client.ping()
+        with pytest.raises(RegistryUnavailable) as caught:
+            await client.tags("team-a/app")
+    finally:
+        await port.stopListening()
+    assert str(api_error_for(caught.value)) == (
+        f"registry {url} is unavailable: the connection was closed without an answer; check the registry's "
+        "log and what sits in front of it (a proxy or load balancer)"
+    )
+
+
 # review r2b L6: the advice swapped the scheme and kept the rest, so a URL without a port was sent to
 # the other scheme's default port (https://reg on 443 -> http://reg, port 80), not the one that
 # answered. No registry here can listen on 443 or 80 (privileged ports): the advice is a function of

@@ -156,6 +156,32 @@ def test_a_redirect_target_closed_unanswered_names_the_registrys_configuration()
     )
 
 
+def test_a_redirect_target_that_answered_plain_http_then_closes_unanswered_is_not_told_to_try_https() -> None:
+    # review r2doc L1: a port that has answered this client over plain HTTP serves it; that server (or what
+    # sits in front of it) dropped the read. Each server is judged by its own answers: the registry's
+    # own answers (the redirects) say nothing of its storage's port.
+    data = b'{"architecture": "amd64"}'
+    storage = "http://storage.test/blobs/"
+    answered: list[str] = []
+
+    def handler(request: Sent) -> Answer | Deferred[Any]:
+        if request.url.startswith(storage):
+            if answered:
+                return _closed_unanswered()
+            answered.append(request.url)
+            return Answer(200, {}, data)
+        return Answer(307, {"Location": storage + request.url.rpartition("/")[2]})
+
+    client, _ = make(handler)
+    assert result(client.blob("a/b", digest_of(data))) == data
+    with pytest.raises(RegistryUnavailable) as caught:
+        result(client.blob("a/b", digest_of(b"x")))
+    assert _hint(caught.value) == (
+        f"registry {REGISTRY} (via http://storage.test) is unavailable: the connection was closed without "
+        "an answer; check that server's log and what sits in front of it (a proxy or load balancer)"
+    )
+
+
 class Probed:
     """The client as probe() uses it: GET /v2/ answers ``root``, the catalog fails with ``catalog_error``."""
 

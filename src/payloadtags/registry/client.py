@@ -108,6 +108,9 @@ ERROR_BODY_LIMIT = 64 << 10
 MAX_TAG_PAGES = 10_000
 DEFAULT_RETRY_AFTER = 5
 CLOSED_UNANSWERED = "the connection was closed without an answer"
+# How many http:// origins a client remembers to have answered it (`_plain_answered`): the registry, its
+# token service and its storage's few hosts; one forgotten is only given the https:// advice too.
+PLAIN_ANSWERED_KEPT = 16
 PROBE_VALIDITY = 10.0  # seconds
 # Expired probe passes dropped per new one at most: two per pass keeps the record within those of
 # the last PROBE_VALIDITY seconds, at a bounded cost per probe.
@@ -316,6 +319,11 @@ class RegistryClient:
         self._late_writes = late_writes if late_writes is not None else LateWrites(reactor)
         self._base = settings.url.rstrip("/")
         self._name = self._base  # how messages name the registry: its URL, which holds no credentials
+        # The http:// origins (the registry's, its token service's, where it redirects reads) that have
+        # answered this client: such a port serves plain HTTP, so a connection it later closes without
+        # an answer is the server or its proxy dropping the request, not a port that serves HTTPS only
+        # (`_closed_advice`). At most PLAIN_ANSWERED_KEPT, the registry's own first.
+        self._plain_answered: set[tuple[str, str]] = set()
         self._pool: HTTPConnectionPool | None = None
         # Reads from the registry's own origin skip Agent's per-request URL handling (set when this
         # client makes its own Agent; an injected one gets every request).
@@ -1875,14 +1883,21 @@ class RegistryClient:
                 allow_redirects=redirects,
                 unbuffered=True,
             )
+        answered_by = url
+        if redirects and response.request is not None:
+            answered_by = response.request.absoluteURI.decode("ascii", "replace")
+        self._answered(answered_by)
         ok = 200 <= response.code < 300
         content = await read_body(
             response, max_body if ok else ERROR_BODY_LIMIT, truncate=not ok, counted=counted
         )
-        answered_by = url
-        if redirects and response.request is not None:
-            answered_by = response.request.absoluteURI.decode("ascii", "replace")
         return _Reply(method, url, response.code, response.headers, content, answered_by, self._name)
+
+    def _answered(self, url: str) -> None:
+        """Notes that ``url``'s origin answered (`_plain_answered`) if it is an http:// one: its status
+        line and headers have come, whatever becomes of the body."""
+        if url.startswith("http://") and len(self._plain_answered) < PLAIN_ANSWERED_KEPT:
+            self._plain_answered.add(_origin(url))
 
     async def _redirected(
         self, method: str, url: str, headers: Headers, followed: FollowedAgent
@@ -1983,13 +1998,19 @@ class RegistryClient:
 
     def _closed_advice(self, method: str, url: str, peer: str | None) -> str:
         """What to check when ``url``'s server closed the connection without an answer: it runs and was
-        reached, so not "check that it runs". On http://, most likely a port that serves HTTPS only, as
-        the start-up probe says of one that answers 400 (registry_diagnosis). Not for a write: the reads
-        before it were answered on that URL."""
+        reached, so not "check that it runs". On an http:// port that has never answered this client,
+        maybe a port that serves HTTPS only, as the start-up probe says of one that answers 400
+        (registry_diagnosis). Not once the port has answered plain HTTP (`_plain_answered`): then the
+        server or what sits in front of it dropped the request (a crash, a restart, a proxy's backend
+        gone). Nor for a write: the reads before it were answered on that URL."""
         ours = peer is None and _origin(url) == _origin(self._base)
         server = "the registry" if ours else "that server"
         logs = f"check {server}'s log and what sits in front of it (a proxy or load balancer)"
-        if urllib.parse.urlsplit(url).scheme != "http" or method not in ("GET", "HEAD"):
+        if (
+            urllib.parse.urlsplit(url).scheme != "http"
+            or method not in ("GET", "HEAD")
+            or _origin(url) in self._plain_answered
+        ):
             return f"; {logs}"
         # For a server the registry names (its token realm, where it redirects reads), the URL is the
         # registry's configuration's, not --registry-url's.
