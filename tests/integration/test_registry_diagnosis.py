@@ -246,6 +246,35 @@ async def test_a_registry_that_answered_plain_http_then_drops_a_read_is_not_told
     )
 
 
+class HalfAnswers(Protocol):
+    """A registry (or proxy) that dies partway through its answer: a status line, headers and 1 of the 100
+    body bytes they announce, then a clean close."""
+
+    def dataReceived(self, data: bytes) -> None:
+        transport = cast(ITCPTransport, self.transport)
+        transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{")
+        transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_closed_partway_through_the_answer_is_said_in_our_words(make_client, reactor):
+    # review r2doc N2: "is unavailable: Connection was closed cleanly.; check that it runs and is
+    # reachable": Twisted's words, a stray ".;", and advice to check what had just begun to answer.
+    port = reactor.listenTCP(0, Factory.forProtocol(HalfAnswers), interface="127.0.0.1")
+    url = f"http://127.0.0.1:{port.getHost().port}"
+    try:
+        with pytest.raises(RegistryUnavailable) as caught:
+            await make_client(url).tags("team-a/app")
+    finally:
+        await port.stopListening()
+    error = api_error_for(caught.value)
+    assert (error.code, error.retry_after) == (503, 1)
+    assert str(error) == (
+        f"registry {url} is unavailable: the connection was closed partway through the answer; check the "
+        "registry's log and what sits in front of it (a proxy or load balancer)"
+    )
+
+
 # review r2b L6: the advice swapped the scheme and kept the rest, so a URL without a port was sent to
 # the other scheme's default port (https://reg on 443 -> http://reg, port 80), not the one that
 # answered. No registry here can listen on 443 or 80 (privileged ports): the advice is a function of

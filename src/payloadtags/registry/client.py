@@ -108,6 +108,7 @@ ERROR_BODY_LIMIT = 64 << 10
 MAX_TAG_PAGES = 10_000
 DEFAULT_RETRY_AFTER = 5
 CLOSED_UNANSWERED = "the connection was closed without an answer"
+CLOSED_PARTWAY = "the connection was closed partway through the answer"
 # How many http:// origins a client remembers to have answered it (`_plain_answered`): the registry, its
 # token service and its storage's few hosts; one forgotten is only given the https:// advice too.
 PLAIN_ANSWERED_KEPT = 16
@@ -246,10 +247,21 @@ def _closed_unanswered(error: BaseException) -> bool:
     )
 
 
+def _closed_partway(error: BaseException) -> bool:
+    """Whether the server began its answer (a status line at least) and closed the connection before
+    its end, as a registry or proxy that dies mid-answer does (Twisted words it "Connection was closed
+    cleanly." too): it ran and was reached."""
+    return isinstance(error, ResponseFailed) and isinstance(
+        _underlying(error), net_errors.ConnectionDone | net_errors.ConnectionLost
+    )
+
+
 def _cause(error: BaseException) -> str:
     """A short human reason for a transport failure, digging into Twisted's wrapped reasons."""
     if _closed_unanswered(error):
         return CLOSED_UNANSWERED
+    if _closed_partway(error):
+        return CLOSED_PARTWAY
     error = _underlying(error)
     if isinstance(error, net_errors.ConnectionRefusedError):
         return "connection refused"
@@ -1984,6 +1996,9 @@ class RegistryClient:
             answered = isinstance(_underlying(error), SSL.Error)
             if _closed_unanswered(error):
                 check = self._closed_advice(method, url, peer)
+            elif _closed_partway(error):
+                # It answered on this scheme: the server or what sits in front of it broke off.
+                check = f"; {self._logs_advice(url, peer)}"
             else:
                 check = "" if answered else "; check that it runs and is reachable"
             unavailable = RegistryUnavailable(
@@ -1996,6 +2011,12 @@ class RegistryClient:
         log.failure("Unexpected failure talking to {where}", Failure(error), where=where)
         return RegistryProtocolError(f"{where}: unexpected failure: {reason}")
 
+    def _logs_advice(self, url: str, peer: str | None) -> str:
+        """Where to look when ``url``'s server took a request and dropped it: it runs and was reached."""
+        ours = peer is None and _origin(url) == _origin(self._base)
+        server = "the registry" if ours else "that server"
+        return f"check {server}'s log and what sits in front of it (a proxy or load balancer)"
+
     def _closed_advice(self, method: str, url: str, peer: str | None) -> str:
         """What to check when ``url``'s server closed the connection without an answer: it runs and was
         reached, so not "check that it runs". On an http:// port that has never answered this client,
@@ -2004,8 +2025,7 @@ class RegistryClient:
         server or what sits in front of it dropped the request (a crash, a restart, a proxy's backend
         gone). Nor for a write: the reads before it were answered on that URL."""
         ours = peer is None and _origin(url) == _origin(self._base)
-        server = "the registry" if ours else "that server"
-        logs = f"check {server}'s log and what sits in front of it (a proxy or load balancer)"
+        logs = self._logs_advice(url, peer)
         if (
             urllib.parse.urlsplit(url).scheme != "http"
             or method not in ("GET", "HEAD")
