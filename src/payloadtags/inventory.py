@@ -5,7 +5,6 @@ It knows namespaces (a repository's first path segment) but nothing of HTTP or K
 
 from __future__ import annotations
 
-import bisect
 import json
 import math
 import re
@@ -29,6 +28,7 @@ from payloadtags.registry.content import (
     skipped_by_seek,
 )
 from payloadtags.registry.errors import RegistryAuthFailed, RegistryNotFound
+from payloadtags.registry.taglist import bisect_after
 from payloadtags.repoindex import RepositoryIndex, catalog_key
 
 T = TypeVar("T")
@@ -137,7 +137,7 @@ def _ended(seen: Sequence[Entry], passed: int, repository: str) -> int:
     return 0
 
 
-async def guessed_tags(tags: Callable[[str], Awaitable[tuple[str, ...]]], repository: str) -> tuple[str, ...]:
+async def guessed_tags(tags: Callable[[str], Awaitable[Sequence[str]]], repository: str) -> Sequence[str]:
     """The tags of a name a cursor guessed (``CatalogCursor.guessed``): none when the registry has no
     such repository (404: a path's directory, which the catalog never listed). Any other error is
     the list's, as a listed repository's is: such a name may be a real repository 2.8's seek left out
@@ -511,7 +511,7 @@ class RunReader:
     """
 
     cursor: CatalogCursor | IndexCursor
-    read: Callable[[str], Deferred[tuple[str, ...]]]
+    read: Callable[[str], Deferred[Sequence[str]]]
     window: int
     accept: Callable[[TagRef], bool] | None = None
     readable: Callable[[str, str], bool] = lambda namespace, path: True
@@ -544,7 +544,7 @@ class RunReader:
                     self._start()
                     if isinstance(head.outcome, Failure):
                         head.outcome.raiseException()
-                    tags: tuple[str, ...] = head.outcome
+                    tags: Sequence[str] = head.outcome
                     if self.observe is not None:
                         self.observe(head.repository, tags)
                     chosen = await self._choose(head.namespace, head.path, tags)
@@ -660,10 +660,10 @@ class Inventory:
 
     async def _tags_of(
         self, repositories: Sequence[str], guessed: Set[str] = frozenset()
-    ) -> list[tuple[str, ...]]:
+    ) -> list[Sequence[str]]:
         return await bounded_map(lambda name: self._tags(name, guessed), repositories, self.concurrency)
 
-    async def _tags(self, repository: str, guessed: Set[str]) -> tuple[str, ...]:
+    async def _tags(self, repository: str, guessed: Set[str]) -> Sequence[str]:
         if repository in guessed:
             return await guessed_tags(self.client.tags, repository)
         return await self.client.tags(repository)
@@ -691,7 +691,7 @@ class Inventory:
 
         cursor = self._cursor(namespace, None)
 
-        def read(repository: str) -> Deferred[tuple[str, ...]]:
+        def read(repository: str) -> Deferred[Sequence[str]]:
             return Deferred.fromCoroutine(self._tags(repository, cursor.guessed))
 
         return RunReader(cursor, read, self.concurrency, accept, readable, observe, self.pause)
@@ -929,7 +929,7 @@ class _PageBuilder:
         return 0 if self._limit is None else max(self._limit + 1 - self._count, 0)
 
     def add(self, namespace: str, path: str, tags: Sequence[str], after: str | None) -> None:
-        start = bisect.bisect_right(tags, after) if after is not None else 0
+        start = bisect_after(tags, after) if after is not None else 0
         room = None if self._limit is None else self._limit + 1 - self._count
         if self._accept is None:
             chosen: Sequence[str] = tags[start:] if room is None else tags[start : start + room]

@@ -6,7 +6,7 @@ Each server has its own CollectorRegistry, so several servers in one process (te
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -256,7 +256,7 @@ class InstrumentedRegistry:
     async def catalog(self, last: str | None = None, n: int = MAX_CATALOG_PAGE) -> CatalogPage:
         return await self._measure("catalog", self.inner.catalog(last=last, n=n))
 
-    async def tags(self, repository: str) -> tuple[str, ...]:
+    async def tags(self, repository: str) -> Sequence[str]:
         return await self._measure("tags", self.inner.tags(repository))
 
     async def manifest(self, repository: str, reference: str) -> Manifest:

@@ -9,7 +9,7 @@ deterministic; the Lease protocol between them goes over real HTTPS to the doubl
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -988,7 +988,7 @@ async def test_a_walk_resumed_after_a_digit_named_nested_repository_still_lists_
     listed: list[str] = []
 
     class Listing:
-        async def tags(self, repository: str) -> tuple[str, ...]:
+        async def tags(self, repository: str) -> Sequence[str]:
             listed.append(repository)
             return await registry_client.tags(repository)
 

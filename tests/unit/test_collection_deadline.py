@@ -9,6 +9,8 @@ records a re-tag's PUT."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
@@ -38,7 +40,7 @@ class _Deleting(Registry):
         self.clock = clock
         self.read_at: list[float] = []
 
-    async def tags(self, repository: str) -> list[str]:
+    async def tags(self, repository: str) -> Sequence[str]:
         self.read_at.append(self.clock.seconds())
         return await super().tags(repository)
 

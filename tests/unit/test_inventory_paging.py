@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from payloadtags.inventory import CatalogRest, Inventory, Page
 from payloadtags.names import TagRef
 from payloadtags.registry import CatalogPage
+from payloadtags.registry.taglist import TagList
 from payloadtags.repoindex import catalog_key
 from tests.unit.test_repoindex import run
 
@@ -40,11 +41,11 @@ class Registry:
             names = [name for name in names if catalog_key(name) > catalog_key(last)]
         return CatalogPage(names[:n], more=len(names) > n)
 
-    async def tags(self, repository: str) -> list[str]:
+    async def tags(self, repository: str) -> Sequence[str]:
         self.tag_reads.append(repository)
         found = list(self.content.get(repository, ()))
         random.shuffle(found)  # distribution answers in storage order
-        return sorted(found)  # as RegistryClient.tags does
+        return TagList(sorted(found))  # as RegistryClient.tags does
 
 
 class Distribution28(Registry):

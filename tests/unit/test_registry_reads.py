@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -10,6 +11,7 @@ from twisted.internet.testing import MemoryReactorClock
 
 from payloadtags.registry import RegistryClient, RegistrySettings, RegistryTimeout, RegistryUnavailable
 from payloadtags.registry.coalesce import Coalescer, asking
+from payloadtags.registry.taglist import TagList
 from tests.unit.test_registry_cancellation import REGISTRY, Agent, _Response, failure_of, track
 
 
@@ -54,7 +56,7 @@ def test_identical_reads_waiting_for_a_slot_are_made_once() -> None:
     assert all(result == [("v1", "v2")] for result in waiting)
     # Every caller gets the same answer, immutable: nobody's use of it changes what the others got,
     # and lists that show it whole can tell that they show the same thing (api.render.SharedText).
-    assert isinstance(waiting[0][0], tuple)
+    assert isinstance(waiting[0][0], TagList)
     assert all(result[0] is waiting[0][0] for result in waiting)
     held.pending[2][1].callback(tags_reply())
     assert other == [()]
@@ -198,7 +200,7 @@ def test_reads_at_turn_end_are_shared_by_the_requests_handled_in_that_turn() -> 
     settings = RegistrySettings(url=REGISTRY, timeout=10, max_connections=4)
     client = RegistryClient(clock, settings, agent=held.agent, reads_at_turn_end=True)
 
-    async def request() -> tuple[str, ...]:
+    async def request() -> Sequence[str]:
         asking()
         return await client.tags("team/app")
 

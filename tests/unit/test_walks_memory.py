@@ -41,7 +41,7 @@ pytestmark = pytest.mark.usefixtures("frozen_heap")
 class FreshRegistry(Registry):
     """Answers with new objects each time, as `RegistryClient` does."""
 
-    async def tags(self, repository: str) -> tuple[str, ...]:  # type: ignore[override]
+    async def tags(self, repository: str) -> tuple[str, ...]:
         # Not recorded in ``tag_reads``: that would hold the repository names the walk holds.
         return tuple("".join(tag) for tag in sorted(self.content.get(repository, ())))
 

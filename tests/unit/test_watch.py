@@ -237,7 +237,7 @@ class ClientReader:
     async def scope_tags(self, namespace: str | None) -> dict[str, list[str]]:
         return by_repository(self.baseline)
 
-    async def repository_tags(self, repository: str) -> tuple[str, ...]:
+    async def repository_tags(self, repository: str) -> Sequence[str]:
         return await self.client.tags(repository)
 
 

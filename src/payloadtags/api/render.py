@@ -31,6 +31,7 @@ from payloadtags.model import (
     uids_of,
 )
 from payloadtags.names import NameEncoder
+from payloadtags.registry.taglist import TagList
 
 COLUMNS = [
     TableColumnDefinition(
@@ -338,12 +339,13 @@ class _ItemMaker:
 # -- a run shown by several lists at once ----------------------------------------------------------
 #
 # Lists in flight together (ten kubectl's at once) read a repository once (registry.coalesce) and get
-# one tuple, the same object, for it; lists that came after that read went out read it again and get
-# another tuple, most often equal to the first. A run that is a registry answer whole (a tuple: no
-# selector made a list of its own) is the same text in every list of the same form that shows equal
-# tags: it is formatted once, in blocks of ``chunk_items`` items, and each list takes the blocks as it
-# writes them. Whether a caller may see the repository was decided before its run existed, and the
-# text is made from the tags alone, so sharing a run's text shares nothing a caller could not see.
+# one answer, the same object, for it; lists that came after that read went out read it again and get
+# another answer, most often equal to the first. A run that is a registry answer whole (a tuple or a
+# `TagList`: no selector made a list of its own) is the same text in every list of the same form that
+# shows equal tags: it is formatted once, in blocks of ``chunk_items`` items, and each list takes the
+# blocks as it writes them. Whether a caller may see the repository was decided before its run
+# existed, and the text is made from the tags alone, so sharing a run's text shares nothing a caller
+# could not see.
 # What is kept lives as long as a list is in the run: a block while a list in it has still to take
 # it, and at most ``max_blocks`` of them (those most lists still need; a list that comes to a block
 # no longer kept formats it again, and keeps it for the lists behind it); with one list in it, the
@@ -353,6 +355,7 @@ class _ItemMaker:
 SHARED_BLOCKS = 8
 
 _Key = tuple[str, str, str, MediaType, str, int]
+_WHOLE = (tuple, TagList)  # a registry answer whole, immutable
 
 
 class SharedText:
@@ -381,14 +384,14 @@ class SharedText:
         self, run: Run, registry_host: str, media: MediaType, include: str, chunk_items: int
     ) -> _Place | None:
         """A list's place in the shared text of ``run`` (or of a run of equal tags being written now);
-        None when the run is not a registry answer whole (only an immutable tuple is shared)."""
-        if type(run.tags) is not tuple or not run.tags:
+        None when the run is not a registry answer whole (only an immutable answer is shared)."""
+        if type(run.tags) not in _WHOLE or not run.tags:
             return None
         key = (run.namespace, run.repository_path, registry_host, media, include, chunk_items)
         runs = self._runs.setdefault(key, [])
         for shared in runs:
-            # The same coalesced answer, or an equal one read again (tuples of str compare in C, and
-            # unequal ones most often at their lengths).
+            # The same coalesced answer, or an equal one read again (tuples of str, or a TagList's
+            # blocks, compare in C, and unequal ones most often at their lengths).
             if shared.tags is run.tags or shared.tags == run.tags:
                 return shared.join()
         shared = _SharedRun(self, key, run, registry_host, media, include, chunk_items)
@@ -414,7 +417,9 @@ class _SharedRun:
         chunk_items: int,
     ) -> None:
         self.owner, self.key = owner, key
-        self.tags: tuple[str, ...] = tuple(run.tags)  # a tuple already: the same object
+        # A tuple or a TagList already: the same object (a TagList made into a tuple would make a str
+        # of every tag at once).
+        self.tags: Sequence[str] = run.tags if isinstance(run.tags, TagList) else tuple(run.tags)
         self.chunk_items = chunk_items
         self.count = -(-len(self.tags) // chunk_items)
         self.blocks: dict[int, bytes] = {}  # block index -> its items, each after a comma

@@ -41,6 +41,7 @@ from twisted.internet.task import LoopingCall
 from payloadtags.identity import UserInfo
 from payloadtags.inventory import CatalogRest
 from payloadtags.names import TagRef
+from payloadtags.registry.taglist import TagList
 
 # A walk id: random, URL-safe, carried in the (opaque) continue token; 12 random bytes in base64, the
 # same length whoever mints it. A token's id is the walk's key from then on, counted at this length
@@ -431,6 +432,8 @@ def _list_bound(tags: Sequence[str]) -> int:
     # CPython shares, too), with no look for them (half of the measure, issue #11).
     if not tags:
         return 0
+    if isinstance(tags, TagList):
+        return tags.held()
     joined = "".join(tags)
     if not joined.isascii():  # a flag of the string's, not a scan
         return _strings_size(tags)
@@ -447,6 +450,8 @@ def _strings_size(tags: Sequence[str]) -> int:
 def _list_size(tags: Sequence[str]) -> tuple[int, int]:
     if not tags:
         return 0, 0  # the one empty tuple, never freed (an empty list is a few dozen bytes)
+    if isinstance(tags, TagList):  # its tags as blocks of text: no str of their own
+        return tags.held(), len(tags)
     # One pass over the tags, in C (a length per tag took twice as long, issue #11): their characters
     # are the joined text's less the separators, and a tag of one character (rare) is a line of one.
     joined = "\n".join(tags)

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
 
 import attrs
@@ -609,7 +609,7 @@ class Cascade:
             # One repository's failure does not stop the others; the pass is retried as a whole.
             state.failed(repository, e)
 
-    async def _guessed_tags(self, repository: str) -> tuple[str, ...]:
+    async def _guessed_tags(self, repository: str) -> Sequence[str]:
         return await guessed_tags(self.registry.tags, repository)
 
     async def _unresolved(

@@ -42,6 +42,7 @@ from twisted.web.iweb import IAgent, IResponse
 from payloadtags.bodies import BodyBytes, BodyTooLarge, read_body
 from payloadtags.deferreds import DeadlineExpired, carried_through, is_cancellation, within
 from payloadtags.onceper import OncePerPeriod
+from payloadtags.registry.taglist import TagList
 from payloadtags.validators import has_userinfo, positive, utf8_encodable, without_userinfo
 
 from . import schema1
@@ -584,19 +585,22 @@ class RegistryClient:
                 "it: the registry does not page its catalog by last= and a walk of it would not end",
             )
 
-    async def tags(self, repository: str) -> tuple[str, ...]:
-        """All tags of a repository, sorted; () when it is unknown or has no tags left.
+    async def tags(self, repository: str) -> TagList:
+        """All tags of a repository, sorted; empty when it is unknown or has no tags left.
 
-        Callers whose reads were coalesced get the same tuple: immutable, so nobody's use of it
-        changes another's, and one object, so the lists that show it whole can tell that they show
-        the same thing and format it once (`api.render.SharedText`)."""
+        As a few long texts (`TagList`), not a str each: held by walks and list records for
+        minutes, a str per tag filled Python's small-object arenas, which a few blocks made meanwhile
+        then kept sparse once the lists were gone (issue #11). Callers whose reads were coalesced get
+        the same object: immutable, so nobody's use of it changes another's, and one object, so the
+        lists that show it whole can tell that they show the same thing and format it once
+        (`api.render.SharedText`)."""
         self._check_repository(repository)
-        tags: tuple[str, ...] = await self._reads.join(
+        tags: TagList = await self._reads.join(
             ("tags", repository), lambda on_send: self._tags(repository, on_send)
         )
         return tags
 
-    async def _tags(self, repository: str, on_send: Callable[[], object]) -> tuple[str, ...]:
+    async def _tags(self, repository: str, on_send: Callable[[], object]) -> TagList:
         found: list[str] = []
         url: str | None = f"{self._base}/v2/{repository}/tags/list"
         # distribution 2.8 answers everything in one page; other registries page with Link. A next
@@ -623,6 +627,12 @@ class RegistryClient:
                 return _sorted_once(self._nameable(repository, found))
             if reply.status != 200:
                 raise self._error(reply, f"the tags of {repository}")
+            if len(asked) == 1 and not reply.header_values("Link"):
+                # The whole list in one page, as distribution answers it: read without a str per tag
+                # held, when it is plain (`_plain_tags`); any other answer as json.loads reads it.
+                plain = _plain_tags(reply.body)
+                if plain is not None:
+                    return plain
             tags = self._json(reply, f"the tags of {repository}").get("tags") or []
             # One C-level pass: json.loads makes exactly str for a JSON string.
             if type(tags) is not list or not _TEXT.issuperset(map(type, tags)):
@@ -2308,13 +2318,55 @@ __all__ = [
 _TEXT = frozenset((str,))
 
 
-def _sorted_once(tags: list[str]) -> tuple[str, ...]:
+# distribution's answer to tags/list (Go's JSON encoder: compact, a newline after it): the repository's
+# name (any JSON string without an escape), then the tags. `_plain_tags` reads what is between the
+# tags' first and last quote.
+_PLAIN_HEAD = re.compile(rb'\{"name":"[\x20\x21\x23-\x5b\x5d-\x7e]*","tags":\["')
+_PLAIN_TAILS = (b'"]}\n', b'"]}')
+# The bytes of the tag grammar's characters (docs/registry.md, "Tags"), and the quotes and commas
+# between the tags.
+_TAG_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-"
+_PLAIN_BYTES = _TAG_BYTES + b'",'
+
+
+def _plain_tags(body: bytes) -> TagList | None:
+    """The tags of a ``tags/list`` answer whose tags need no JSON escape (distribution's, of tags in its
+    grammar), as ``_sorted_once(_nameable(json.loads(body)["tags"]))`` would answer them, without a
+    str per tag made by json.loads and kept (issue #11): each tag is a str only while the list is
+    sorted. None for any other answer (another layout or spacing, an escape, a byte outside the
+    grammar, an empty tag, a tag twice): json.loads reads it as before."""
+    head = _PLAIN_HEAD.match(body)
+    if head is None:
+        return None
+    for tail in _PLAIN_TAILS:
+        if body.endswith(tail):
+            array = body[head.end() : len(body) - len(tail)]
+            break
+    else:
+        return None
+    # In C, a byte at a time: only the grammar's bytes, and every quote and comma in a '","' between
+    # two tags, so the array is exactly ["tag","tag",...] and the tags are what json.loads makes.
+    if not array or array.translate(None, _PLAIN_BYTES):
+        return None
+    tags = array.decode("ascii").split('","')
+    between = len(tags) - 1
+    if array.count(b'"') != 2 * between or array.count(b",") != between:
+        return None
+    tags.sort()
+    # Sorted, an empty tag comes first (`_nameable` leaves it out, and says so), and a tag twice is
+    # next to itself (`_sorted_once` keeps it once): both are json.loads' path.
+    if not tags[0] or any(map(operator.eq, tags, itertools.islice(tags, 1, None))):
+        return None
+    return TagList(tags, plain=True)
+
+
+def _sorted_once(tags: list[str]) -> TagList:
     """``sorted(set(tags))``. A list rarely holds a tag twice (pages that overlap could): duplicates
     are looked for next to each other in the sorted list, which costs a fraction of a set."""
     ordered = sorted(tags)
     if any(map(operator.eq, ordered, itertools.islice(ordered, 1, None))):
-        return tuple(sorted(set(ordered)))
-    return tuple(ordered)
+        return TagList(sorted(set(ordered)))
+    return TagList(ordered)
 
 
 def _step_below(n: int) -> int:

@@ -11,7 +11,7 @@ Every method raises a `RegistryError` subclass when the registry fails or refuse
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import attrs
@@ -80,9 +80,10 @@ class Catalog(Protocol):
         """One page of at most ``n`` repository names after ``last``, in the registry's catalog order."""
         ...
 
-    async def tags(self, repository: str, /) -> tuple[str, ...]:
-        """The tags of ``repository``, sorted; empty for an unknown repository. Immutable: callers
-        whose reads were shared get the same tuple."""
+    async def tags(self, repository: str, /) -> Sequence[str]:
+        """The tags of ``repository``, sorted; empty for an unknown repository. Immutable (a tuple, or
+        `RegistryClient`'s `TagList`: its tags as a few texts): callers whose reads were shared get the
+        same object."""
         ...
 
 

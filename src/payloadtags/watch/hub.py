@@ -97,7 +97,7 @@ class InventoryReader:
                 seen[repository] = run.tags if old is None else (*old, *run.tags)
         return seen
 
-    async def repository_tags(self, repository: str) -> tuple[str, ...]:
+    async def repository_tags(self, repository: str) -> Sequence[str]:
         tags = await self.inventory.client.tags(repository)
         index = self.inventory.index
         if tags and index is not None:

@@ -37,7 +37,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import attrs
 
 from payloadtags.names import TagRef, split_repository
+from payloadtags.registry.taglist import TagList
 from payloadtags.watch.source import EventType
+
+# One read's tags: a set, or a registry answer as it came (its tags as one text).
+Tags = frozenset[str] | TagList
 
 # What a record, a repository read recorded in it, and a user who holds records cost against the
 # bound, in tags (229 bytes at most: docs/watch.md). Measured with tracemalloc (hub.open_list and its
@@ -65,7 +69,7 @@ class Listed:
     owner: str = ""
     # When it was last used, in the order of all records' uses (`ListedScopes`: ties between users).
     used: int = 0
-    reads: dict[str, tuple[frozenset[str], frozenset[str]]] = attrs.field(factory=dict)
+    reads: dict[str, tuple[Tags, Tags]] = attrs.field(factory=dict)
     size: int = 0
     dropped: bool = False
     # The one callable lists report to this record through (`WatchHub.observer`).
@@ -73,7 +77,7 @@ class Listed:
     # Per repository, the registry answer recorded last: an immutable tuple that lists sharing one read
     # (coalescing) all report; the same one, or an equal one, again adds nothing, and is not turned
     # into a set again.
-    last: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
+    last: dict[str, Sequence[str]] = attrs.field(factory=dict)
     # How many lists opened or joined the record (their first pages).
     lists: int = 0
 
@@ -86,7 +90,7 @@ class Listed:
         yet), and its client was shown none of those tags."""
         if self.dropped:
             return 0
-        if isinstance(tags, tuple):
+        if isinstance(tags, (tuple, TagList)):
             last = self.last.get(repository)
             # Taking a read is idempotent: the same tags again leave (every, some) as they are. A
             # list repeated while nothing changes reads equal answers (other tuples): comparing the
@@ -94,7 +98,8 @@ class Listed:
             if last is tags or (last is not None and last == tags):
                 return 0
             self.last[repository] = tags
-        seen = frozenset(tags)
+        # A TagList is kept as it is (its tags as one text), made a set only when a watch needs one.
+        seen: Tags = tags if isinstance(tags, TagList) else frozenset(tags)
         old = self.reads.get(repository)
         if old is None:
             # With several lists, another of them may never read it (pushed after that walk passed
@@ -105,7 +110,11 @@ class Listed:
             return grown
         if old[0] == seen and old[1] == seen:
             return 0  # the common case: the same tags again, nothing new to keep
-        new = (old[0] & seen, old[1] | seen)
+        every, some = old
+        new = (
+            every if not every or every == seen else _set(every) & _set(seen),
+            some if some == seen else _set(some) | _set(seen),
+        )
         self.reads[repository] = new
         grown = _kept(new) - _kept(old)
         self.size += grown
@@ -114,7 +123,7 @@ class Listed:
     def changes(
         self,
         now: Mapping[str, frozenset[str]],
-        reads: Mapping[str, tuple[frozenset[str], frozenset[str]]] | None = None,
+        reads: Mapping[str, tuple[Tags, Tags]] | None = None,
     ) -> Iterator[tuple[EventType, TagRef]]:
         """The events that bring a client shown any of the recorded reads (or ``reads``, a copy of
         them) to ``now`` (a read of the scope made after the lists'), in list order, made as they are
@@ -132,7 +141,7 @@ class Listed:
             current = now.get(repository)
             if current is None:
                 continue
-            every, some = reads.get(repository, (frozenset(), frozenset()))
+            every, some = map(_set, reads.get(repository, (frozenset(), frozenset())))
             for tag in sorted(some - current):
                 yield EventType.DELETED, TagRef(namespace, path, tag)
             for tag in sorted(current - every):
@@ -147,10 +156,14 @@ class Listed:
             parts = split_repository(repository)
             if some and repository not in now and parts is not None:
                 if self.scope is None or parts[0] == self.scope:
-                    yield repository, some
+                    yield repository, _set(some)
 
 
-def _kept(reads: tuple[frozenset[str], frozenset[str]]) -> int:
+def _set(tags: Tags) -> frozenset[str]:
+    return tags if isinstance(tags, frozenset) else frozenset(tags)
+
+
+def _kept(reads: tuple[Tags, Tags]) -> int:
     every, some = reads
     return len(some) if every is some else len(every) + len(some)
 
