@@ -57,6 +57,10 @@ class TagList(Sequence[str]):
             start, stop, step = index.indices(self._count)
             if step != 1:
                 return list(itertools.islice(self, start, stop, step)) if step > 0 else list(self)[index]
+            if start == 0 and stop == self._count:
+                # Itself, as a tuple's whole slice is: a page that shows an answer whole hands on the
+                # registry's answer, which lists showing the same one format once (`api.render.SharedText`).
+                return self
             return self._slice(start, stop) if start < stop else []
         if index < 0:
             index += self._count
