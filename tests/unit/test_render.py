@@ -17,9 +17,10 @@ from payloadtags.api import render
 from payloadtags.api.errors import ApiError
 from payloadtags.api.negotiation import Form, MediaType, negotiate
 from payloadtags.api.render import include_object, list_chunks, list_text, render_list, render_object
-from payloadtags.inventory import Run
+from payloadtags.inventory import Run, _PageBuilder
 from payloadtags.model import ListMeta, TagStatus, tag_object, uid_for
 from payloadtags.names import TagRef
+from payloadtags.registry.taglist import TagList
 
 HOST = "payload-registry.example.com"
 REFS = [
@@ -469,3 +470,15 @@ def test_a_shared_run_takes_its_repositorys_maker_again_in_the_next_list() -> No
     assert texts[0] == texts[1] == _reference(refs, META, FULL, "Metadata")
     assert render._maker.cache_info().misses == 100
     assert render._maker.cache_info().hits == 100
+
+
+def test_a_page_showing_an_answer_whole_hands_on_the_answer_and_shares_its_text() -> None:
+    # A page of a paged list that shows a repository's answer whole (a TagList) runs over the answer
+    # itself, not a copy of its tags, as it did over a tuple: lists showing it format it once
+    # (review r1tags L1: a TagList's whole slice was a list, which SharedText does not share).
+    tags = TagList([f"v{i:05d}" for i in range(600)])
+    page = _PageBuilder(1000, None)  # over render.CHUNK_ITEMS: streamed with the shared text
+    page.add("team", "app", tags, None)
+    runs, more = page.result()
+    assert not more and runs[0].tags is tags
+    assert render.SharedText().join(runs[0], HOST, _MEDIA["full"], "", 50) is not None
