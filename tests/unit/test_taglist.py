@@ -15,8 +15,12 @@ from payloadtags.registry.taglist import BLOCK, TagList, bisect_after
 TAGS = st.lists(st.text(alphabet="ab.-\n\u00e9", max_size=4), max_size=40).map(lambda t: sorted(set(t)))
 
 
-def numbered(count: int) -> list[str]:
-    return [f"t{i:05d}" for i in range(count)]
+def numbered(count: int, newline: bool = False) -> list[str]:
+    """``count`` sorted tags; with ``newline``, the middle one holds a newline (the list keeps a tuple)."""
+    tags = [f"t{i:05d}" for i in range(count)]
+    if newline and tags:
+        tags[count // 2] += "\nx"
+    return tags
 
 
 @given(TAGS)
@@ -77,3 +81,63 @@ def test_blocks_are_long_texts_and_a_block_each_is_held() -> None:
     # Ten texts and the tuple holding them, about the tags' characters: the tags' 2,500 str (about
     # 55 bytes each) are not made.
     assert kept.held() < len("\n".join(tags)) + 1024
+
+
+# The sizes at and around the block bounds, where a slice, `in` or `after` crosses from block to block.
+SIZES = [0, 1, 2, BLOCK - 1, BLOCK, BLOCK + 1, 2 * BLOCK - 1, 2 * BLOCK, 2 * BLOCK + 1, 3 * BLOCK]
+
+
+def probes(tags: list[str]) -> list[str]:
+    """Each tag, and strings next to it, around it, before and after all of them, and across two blocks."""
+    around = ["", "t", "t0", "u", "t99999", "\n", "t00249\n", "t00250\nt00251", "t00249\nt00250"]
+    return around + [probe for tag in tags for probe in (tag, tag + "~", tag[:-1], tag + "\n", tag + "\x00")]
+
+
+@pytest.mark.parametrize("newline", [False, True], ids=["blocks", "tuple"])
+@pytest.mark.parametrize("count", SIZES)
+def test_a_tag_list_at_the_block_bounds_is_its_tuple(count: int, newline: bool) -> None:
+    # Every bound and step a caller may slice with, at every block bound (review r1tags L2: random
+    # bounds rarely land on one, and an off-by-one there showed a page the wrong tags or raised).
+    tags = numbered(count, newline)
+    kept, expected = TagList(tags), tuple(tags)
+    assert len(kept) == count and bool(kept) == bool(expected)
+    assert list(kept) == tags and list(reversed(kept)) == tags[::-1]
+    for index in range(-count - 2, count + 2):
+        if -count <= index < count:
+            assert kept[index] == expected[index]
+        else:
+            with pytest.raises(IndexError):
+                kept[index]
+    near = (-1, 0, 1)
+    bounds = {None, *(edge + step for edge in (0, BLOCK, 2 * BLOCK, count, -BLOCK, -count) for step in near)}
+    for start in bounds:
+        for stop in bounds:
+            for step in (None, 1, 2, 3, BLOCK, BLOCK + 1, -1, -2, -BLOCK):
+                assert list(kept[start:stop:step]) == tags[start:stop:step], (start, stop, step)
+    for probe in [*probes(tags), 1, None, b"t00000", ("t00000",)]:
+        assert (probe in kept) == (probe in expected), probe
+    for tag in probes(tags):
+        assert kept.after(tag) == bisect.bisect_right(expected, tag) == bisect_after(kept, tag), tag
+
+
+@pytest.mark.parametrize("newline", [False, True], ids=["blocks", "tuple"])
+@pytest.mark.parametrize("count", SIZES)
+def test_a_tag_list_equals_a_list_or_tuple_of_its_tags_only(count: int, newline: bool) -> None:
+    tags = numbered(count, newline)
+    kept, expected = TagList(tags), tuple(tags)
+    again = TagList(list(tags), plain=not newline)
+    assert kept == expected and expected == kept and kept == again and again == kept
+    assert not (kept != expected or expected != kept or kept != again)
+    assert hash(kept) == hash(again)
+    if not count:
+        return
+    changed = [*tags[:-1], tags[-1] + "~"]
+    for other in (tags[:-1], tags[1:], changed, [*tags, "u"]):
+        assert kept != tuple(other) and tuple(other) != kept and not (kept == tuple(other))
+        assert kept != TagList(other) and TagList(other) != kept and not (kept == TagList(other))
+
+
+def test_lists_kept_as_tuples_differ_by_their_tags() -> None:
+    # Two lists of tags with newlines (no blocks either) of the same length are still told apart.
+    assert TagList(["a\nb"]) != TagList(["a\nc"]) and TagList(["a\nb", "c"]) != TagList(["a\nb", "d"])
+    assert TagList(["a\nb"]) == TagList(("a\nb",))
