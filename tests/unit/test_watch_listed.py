@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from payloadtags.names import TagRef
+from payloadtags.registry.taglist import TagList
 from payloadtags.watch.listed import REPOSITORY_COST, Listed, ListedScopes
 from payloadtags.watch.source import EventType
 
@@ -55,6 +56,25 @@ def test_an_equal_answer_of_another_read_adds_nothing_and_is_not_turned_into_a_s
     assert record.observe("team/app", Counted(("v1", "v3"))) == 1
     assert record.reads["team/app"] == (frozenset(), frozenset({"v1", "v2", "v3"}))
     assert record.size == REPOSITORY_COST + 3
+
+
+def test_a_read_kept_as_a_set_and_an_equal_answer_are_the_same_read() -> None:
+    # Another Catalog's read (a list: kept as a set), then the registry's equal answer (a TagList), or
+    # the other way round: the same tags, kept once (review r1tags N2: a set never equals a TagList, and
+    # each was kept as a new read, two sets grown by their length).
+    record = Listed(scope="team", sequence=1, touched=0.0)
+    assert record.observe("team/app", ["v1", "v2"]) == REPOSITORY_COST + 2
+    kept = record.reads["team/app"]
+    assert record.observe("team/app", TagList(["v1", "v2"])) == 0
+    assert record.reads["team/app"] is kept
+    answer = TagList(["v1"])
+    assert record.observe("team/other", answer) == REPOSITORY_COST + 1
+    assert record.observe("team/other", ["v1"]) == 0
+    assert record.reads["team/other"] == (answer, answer)
+    assert record.size == 2 * REPOSITORY_COST + 3
+    # An answer that differs is still taken: v2 is a tag some read saw, not one every read saw.
+    assert record.observe("team/app", TagList(["v1"])) == 1
+    assert record.reads["team/app"] == (frozenset({"v1"}), frozenset({"v1", "v2"}))
 
 
 def opened(scopes: ListedScopes, scope: str, sequence: int, now: float) -> Listed:

@@ -108,12 +108,12 @@ class Listed:
             grown = REPOSITORY_COST + len(seen)
             self.size += grown
             return grown
-        if old[0] == seen and old[1] == seen:
+        if _same(old[0], seen) and _same(old[1], seen):
             return 0  # the common case: the same tags again, nothing new to keep
         every, some = old
         new = (
-            every if not every or every == seen else _set(every) & _set(seen),
-            some if some == seen else _set(some) | _set(seen),
+            every if not every or _same(every, seen) else _set(every) & _set(seen),
+            some if _same(some, seen) else _set(some) | _set(seen),
         )
         self.reads[repository] = new
         grown = _kept(new) - _kept(old)
@@ -161,6 +161,16 @@ class Listed:
 
 def _set(tags: Tags) -> frozenset[str]:
     return tags if isinstance(tags, frozenset) else frozenset(tags)
+
+
+def _same(kept: Tags, seen: Tags) -> bool:
+    """Whether ``kept`` and ``seen`` hold the same tags. A set never equals a TagList of its tags: one
+    read kept as a set (a list of another Catalog's) and an equal answer after it would be kept twice
+    (review r1tags N2). As sets only when the forms differ and the lengths are equal: an empty set
+    (`every` of a record of several lists) is not compared with an answer's set made for it."""
+    if type(kept) is type(seen):
+        return kept == seen
+    return len(kept) == len(seen) and _set(kept) == _set(seen)
 
 
 def _kept(reads: tuple[Tags, Tags]) -> int:
