@@ -148,6 +148,25 @@ def test_the_client_answers_a_body_as_json_loads_path_does(body: bytes) -> None:
         assert answer == expected
 
 
+@given(st.lists(st.lists(GRAMMAR, max_size=6), min_size=1, max_size=4))
+@example([["a", "b"], ["c"]])
+def test_an_answer_over_link_pages_of_plain_bodies_is_every_pages_tags(pages: list[list[str]]) -> None:
+    # Every page as distribution writes it, all but the last with a Link to the next: the answer is all
+    # the pages' tags, not the first's or the last's (review r1tags L2: no test read a Link-paged
+    # answer, and reading a later page plainly, or the first one plainly despite its Link, passed).
+    def answer(method: str, url: str) -> _Response:
+        at = int(url.rsplit("last=p", 1)[1]) if "last=p" in url else 0
+        headers = {"Content-Type": "application/json"}
+        if at + 1 < len(pages):
+            headers["Link"] = f'</v2/team/app/tags/list?n=6&last=p{at + 1}>; rel="next"'
+        return _Response(200, headers, distribution("team/app", pages[at]))
+
+    settings = RegistrySettings(url=REGISTRY, timeout=10)
+    client = RegistryClient(MemoryReactorClock(), settings, agent=Agent(answer))
+    [got] = track(Deferred.fromCoroutine(client.tags("team/app")))
+    assert isinstance(got, TagList) and got == tuple(sorted({tag for page in pages for tag in page}))
+
+
 @pytest.mark.slow
 def test_every_short_array_is_read_as_json_loads_reads_it() -> None:
     # Every body of distribution's head and up to 6 bytes of JSON's array syntax after it (1.2 million
