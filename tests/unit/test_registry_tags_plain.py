@@ -110,6 +110,9 @@ def through_json(body: bytes) -> tuple[str, ...] | None:
 @example(b'{"name":"\\","tags":["a"]}')
 @example(b'{"name":"a\\"","tags":["b"]}')
 @example(b'{"name":"\\u0061","tags":["a"]}')
+# A backslash in a tag: an escape json.loads reads as another tag, or that ends none.
+@example(b'{"name":"a","tags":["a\\\\b"]}')
+@example(b'{"name":"a","tags":["a\\","b"]}')
 # Commas and quotes placed otherwise, empty tags, bytes after the end.
 @example(b'{"name":"a","tags":["a",","b"]}')
 @example(b'{"name":"a","tags":["a,","b"]}')
