@@ -289,7 +289,14 @@ class CatalogCursor:
         one is that one."""
         resumed = self._resumed
         guessed: frozenset[str] | None = None
+        # Whether the rests are cut from the resumed rest's whole tuple, no catalog page read since.
+        # Not told by ``shared is resumed.shared``: every empty tuple is the same object, and a page
+        # that resumed from no names and then read the catalog to its end handed out the rest it was
+        # given, whose catalog goes on: asked for again with it, the page read the catalog again
+        # and showed a repository created in between (review r1tags F1).
+        kept = False
         if resumed is not None and self._pages == resumed.pages:
+            kept = True
             # ``seen`` is the resumed rest's names (or none of them, when the page went through none)
             # and no name is ahead: a page that stays in one repository (or goes through a few of its
             # names) keeps the tuple it was given, however long.
@@ -299,7 +306,7 @@ class CatalogCursor:
             if 2 * low <= len(shared):
                 low, guessed = 0, resumed.guessed
             else:  # the rests have passed half of it: the names they passed are let go
-                shared = shared[low:]
+                shared, kept = shared[low:], False
         else:
             starts = [None if after is None else after[1] for after in afters]
             low = min((start for start in starts if start is not None), default=0)
@@ -315,11 +322,7 @@ class CatalogCursor:
         for after, start in zip(afters, starts, strict=True):
             if after is None or start is None:
                 rests.append(None)
-            elif (
-                resumed is not None
-                and shared is resumed.shared
-                and (start, after[0]) == (resumed.start, resumed.after)
-            ):
+            elif resumed is not None and kept and (start, after[0]) == (resumed.start, resumed.after):
                 rests.append(resumed)
             else:
                 rest = CatalogRest(

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from payloadtags.inventory import CatalogRest, Inventory, Page
@@ -458,6 +458,15 @@ def check_walk_under_changes(
 @pytest.mark.property
 @given(content=_content, changes=_changes(), limit=st.integers(1, 5), carry=st.booleans())
 @settings(max_examples=60, deadline=None)
+# Page 2 (after team/a:0) resumed from no catalog names, read the catalog to the namespace's end and
+# showed team/a:1; asked for again with what it used after team/b/c was pushed, it showed team/b/c:v1
+# too (review r1tags F1, found by the slow run).
+@example(
+    content={"a/0": set(), "team/0": {"0", "1"}, "team-a/0": set(), "team/a": {"0", "1"}},
+    changes=[("push", "team/a", "v1"), ("push", "team/a", "v1"), ("push", "team/b/c", "v1")],
+    limit=3,
+    carry=True,
+)
 def test_a_walk_under_concurrent_pushes_and_deletes(
     content: dict[str, set[str]], changes: list[tuple[str, str, str]], limit: int, carry: bool
 ) -> None:
@@ -471,3 +480,21 @@ def test_a_walk_under_concurrent_pushes_and_deletes_many(
     content: dict[str, set[str]], changes: list[tuple[str, str, str]], limit: int, carry: bool
 ) -> None:
     check_walk_under_changes(content, changes, limit, carry)
+
+
+def test_a_page_that_read_the_catalogs_end_past_its_rest_is_the_same_page_asked_again() -> None:
+    """A page resumed from a rest with no names whose catalog goes on, that then read the catalog to
+    the namespace's end, began where it read to: asked for again with what it used, it reads no
+    catalog page and shows no repository created in between (review r1tags F1)."""
+    registry = Registry({"team/0": {"0", "1"}, "team/a": {"0", "1"}, "team-a/0": set()})
+    inventory = Inventory(registry, concurrency=2, page_size=2)  # type: ignore[arg-type]
+    first = run(inventory.list("team", limit=3))
+    assert first.rest is not None and not first.rest.entries and not first.rest.done
+    second = run(inventory.list("team", limit=3, after=first.last, held=first.held, rest=first.rest))
+    assert [(ref.repository, ref.tag) for ref in second.refs] == [("team/a", "1")] and not second.more
+    assert second.began is not None and second.began.done and not second.began.entries
+    registry.content["team/b/c"] = {"v1"}
+    reads = registry.catalog_reads
+    again = run(inventory.list("team", limit=3, after=first.last, held=second.used, rest=second.began))
+    assert (again.refs, again.more) == (second.refs, second.more)
+    assert registry.catalog_reads == reads
