@@ -162,6 +162,37 @@ async def test_kubectl_get_w_prints_the_same_table_with_columns_in_the_first_eve
 
 
 @pytest_twisted.ensureDeferred
+async def test_two_kubectl_get_w_started_together_print_each_tag_once(kubectl, registry, repo):
+    """Two `kubectl get -w` of a namespace nobody watched, started together: their lists may share one
+    record, and before the fix a watch from it was sent every tag its list had shown, so that each
+    kubectl printed the namespace twice (review r1user L1). Each prints its header and rows, then the
+    tag pushed since, and nothing else."""
+    namespace, path = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "old")
+    images.push_oci_image(registry, repo, "kept", seed="kept")
+    args = ("get", "prt", "-n", namespace, "-w", "--output-watch-events")
+    both = [start_kubectl(kubectl, *args), start_kubectl(kubectl, *args)]
+    try:
+        for running in both:
+            assert (await running.line()).split() == ["EVENT", "NAME", "REPOSITORY", "TAG"]
+            rows = [(await running.line()).split() for _ in range(2)]
+            assert sorted(rows) == sorted(
+                ["ADDED", encode_name(path, tag), path, tag] for tag in ("kept", "old")
+            )
+        images.push_oci_image(registry, repo, "new", seed="new")
+        for running in both:
+            # Before the fix: ADDED kept and ADDED old again first.
+            assert (await running.line()).split() == ["ADDED", encode_name(path, "new"), path, "new"]
+            assert not running.exited.called, running.stderr
+    finally:
+        for running in both:
+            running.stop()
+    for running in both:
+        await running.exited
+        assert running.lines.pending == [] and "error" not in running.stderr.lower(), running.stderr
+
+
+@pytest_twisted.ensureDeferred
 async def test_kubectl_get_all_namespaces_w(kubectl, registry, repo):
     namespace, path = repo.split("/", 1)
     images.push_oci_image(registry, repo, "one")

@@ -87,7 +87,9 @@ class Recorded:
     def ahead(self, resource_version: str) -> bool:
         return int(resource_version) > int(self.current())
 
-    def observer(self, scope: str | None, resource_version: str, direct: bool = False) -> Observe | None:
+    def observer(
+        self, scope: str | None, resource_version: str, direct: bool = False, joined: Observe | None = None
+    ) -> Observe | None:
         return lambda repository, tags: self.observed.append((scope, resource_version, repository, len(tags)))
 
 

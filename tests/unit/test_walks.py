@@ -824,7 +824,9 @@ class Records:
     def ahead(self, resource_version: str) -> bool:
         return int(resource_version) > int(self.current())
 
-    def observer(self, scope: str | None, resource_version: str, direct: bool = False) -> Observe | None:
+    def observer(
+        self, scope: str | None, resource_version: str, direct: bool = False, joined: Observe | None = None
+    ) -> Observe | None:
         if self._report is None:
             generation = self.generation
             self._report = lambda repository, tags: self.reports.append((generation, repository, len(tags)))

@@ -20,6 +20,7 @@ from twisted.internet.task import Clock
 
 from payloadtags.identity import UserInfo
 from payloadtags.watch import WatchHub
+from payloadtags.watch.hub import ListReporter
 from payloadtags.watch.listed import RECORD_COST, REPOSITORY_COST, USER_COST, Listed, ListedScopes, _kept
 from payloadtags.watch.source import ScopeSource
 from tests.unit.test_watch import FakeReader, from_list, make_hub, open_and_close, ready, watcher
@@ -181,9 +182,9 @@ def test_a_watch_from_another_user_s_list_is_served_from_its_record_after_a_floo
 
 
 def listing_of(hub: WatchHub, namespace: str, user: UserInfo) -> int:
-    rv: list[tuple[str, Listed | None]] = []
+    rv: list[tuple[str, ListReporter | None]] = []
     Deferred.fromCoroutine(hub.open_list(namespace, user)).addCallback(rv.append)
-    assert rv and rv[0][1] is not None and rv[0][1].owner == user.name
+    assert rv and rv[0][1] is not None and rv[0][1].record.owner == user.name
     sequence = hub.versions.parse(rv[0][0])
     assert sequence is not None
     return sequence
@@ -491,7 +492,7 @@ def test_a_user_s_records_share_one_copy_of_her_name() -> None:
 
 
 def test_a_record_costs_what_the_docs_say_whatever_its_user_s_name() -> None:
-    """docs/watch.md: a record of a list of a namespace with nothing in it holds 888 bytes (with a
+    """docs/watch.md: a record of a list of a namespace with nothing in it holds 805 bytes (with a
     63-character name), under 229 bytes per tag's worth (RECORD_COST 4: 916), whatever her name. Each
     list here has a fresh UserInfo, as a request has: a copy of her name in each record made it 1,261
     bytes a record with a 340-character name (review r11watch F1)."""

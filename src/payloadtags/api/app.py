@@ -1107,7 +1107,7 @@ class ApiServer:
             self.service.check_version(options)
         include = _include(media, query)
         hub = self.watch_hub
-        record = None
+        joined = None
         possible = namespace is None or is_namespace(namespace)
         paged = reads_a_page(options)
         if hub is not None and options.continue_ is None and possible:
@@ -1118,7 +1118,7 @@ class ApiServer:
             # before its resourceVersion is taken: the watch from it is served).
             pinned = options.fields.required("metadata.namespace")
             checked = None if namespace is not None or pinned is None else [pinned]
-            _, record = await hub.open_list(namespace, user, checked)
+            _, joined = await hub.open_list(namespace, user, checked)
         # Each access decision of a page, compared with her rules noted as it is made (a change of
         # them noted meanwhile has its date), and its namespace kept for the rules check once read.
         decisions = hub.page_decisions(namespace, user) if hub is not None and paged and possible else None
@@ -1134,7 +1134,7 @@ class ApiServer:
             _head(request, 200, media.content_type)
 
         try:
-            runs, meta = await self.service.list_runs(user, namespace, options, decided)
+            runs, meta = await self.service.list_runs(user, namespace, options, decided, joined)
             if hub is not None and decisions is not None:
                 # Every page, continued ones too: her rules may change after the list took its
                 # resourceVersion, decide this page, and be changed back before the watch from it, or
@@ -1168,8 +1168,8 @@ class ApiServer:
         except BaseException:
             # Refused or failed before its client was shown anything (the access rules still
             # loading, a registry error): it is no list a watch may come from.
-            if hub is not None and record is not None and not shown:
-                hub.list_failed(record)
+            if hub is not None and joined is not None and not shown:
+                hub.list_failed(joined)
             raise
 
     async def _get(self, request: IRequest, user: UserInfo, namespace: str, name: str) -> bytes:

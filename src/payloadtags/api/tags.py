@@ -297,7 +297,9 @@ class ResourceVersions:
         self._last = max(int(self.clock.seconds() * 1_000_000), self._last + 1)
         return str(self._last)
 
-    def observer(self, scope: str | None, resource_version: str, direct: bool = False) -> Observe | None:
+    def observer(
+        self, scope: str | None, resource_version: str, direct: bool = False, joined: Observe | None = None
+    ) -> Observe | None:
         return None
 
     def ahead(self, resource_version: str) -> bool:
@@ -313,12 +315,17 @@ class VersionSource(Protocol):
 
     def current(self) -> str: ...
 
-    def observer(self, scope: str | None, resource_version: str, direct: bool = False) -> Observe | None:
+    def observer(
+        self, scope: str | None, resource_version: str, direct: bool = False, joined: Observe | None = None
+    ) -> Observe | None:
         """Where a list of ``scope`` at ``resource_version`` reports each tag list it reads from the
         registry (repository, tags), so that a watch from it can start later; None: nowhere. The same
         callable for as long as the same place takes the reports (a walk whose kept lists went there
         does not report them again). ``direct``: a list by name, which reads its one repository
-        directly rather than through the scope's view of its repositories."""
+        directly rather than through the scope's view of its repositories. ``joined``: where this
+        list reported before (its first page: what the watch hub gave it as it began; a later page:
+        its walk's), returned again while that is still where it reports, so that its reads are told
+        from other lists' (`watch.hub.ListReporter`)."""
         ...
 
     def ahead(self, resource_version: str) -> bool:
@@ -435,12 +442,15 @@ class TagsService:
         namespace: str | None,
         options: ListOptions,
         decided: Callable[[str], None] | None = None,
+        joined: Observe | None = None,
     ) -> tuple[Runs, ListMeta]:
         """The tags a list shows, a repository at a time. A whole list (no limit, no continue) is
         read as it is written (`Inventory.reader`); a page is read first, whole (`reads_a_page`).
-        ``decided`` is told the namespace of each access decision either makes, as it makes it."""
+        ``decided`` is told the namespace of each access decision either makes, as it makes it.
+        ``joined``: where the list reports its reads, as the version source gave it when the list
+        began (`VersionSource.observer`)."""
         if reads_a_page(options):
-            page, meta = await self._select(user, namespace, options, decided=decided)
+            page, meta = await self._select(user, namespace, options, decided=decided, joined=joined)
             return PageRuns(page.runs), meta
         listing = self._begin(user, namespace, options)
         if listing.namespace is not None and not is_namespace(listing.namespace):
@@ -449,7 +459,7 @@ class TagsService:
             listing.namespace,
             accept=listing.accept,
             readable=listing.readable if decided is None else _noting(listing.readable, decided),
-            observe=self.versions.observer(listing.watch_scope, listing.current),
+            observe=self.versions.observer(listing.watch_scope, listing.current, joined=joined),
         )
         return reader, ListMeta(resource_version=listing.current)
 
@@ -517,6 +527,7 @@ class TagsService:
         shown: bool = True,
         decided: Callable[[str], None] | None = None,
         readable: Callable[[str, str], bool] | None = None,
+        joined: Observe | None = None,
     ) -> tuple[Page, ListMeta]:
         """The page ``options`` select. ``shown``: a client is shown it, and may watch from its
         resourceVersion, so its reads are reported for that watch (`VersionSource.observer`); a
@@ -561,12 +572,19 @@ class TagsService:
                     # A token of another list, given this one's scope: its walk's data is not read.
                     raise continuation.another_list()
         resource_version = resource_version or listing.current
-        observe = self.versions.observer(listing.watch_scope, resource_version) if shown else None
         # The walk's earlier pages reported its kept lists to this same record already (a 10,000-tag
         # list costs milliseconds to compare again); a record made anew under the same
-        # resourceVersion (the old one expired) is a new callable, and learns them on this page.
+        # resourceVersion (the old one expired) is a new callable, and learns them on this page. The
+        # callable they reported to is this list's own in the record: a later page reports as the
+        # same list (a walk that kept nothing reports as a list the record does not know).
         reported_to = kept.reported_to if kept is not None else None
-        reported = kept is not None and (reported_to() if reported_to is not None else None) is observe
+        before = reported_to() if reported_to is not None else None
+        if token is None:
+            before = joined
+        observe = (
+            self.versions.observer(listing.watch_scope, resource_version, joined=before) if shown else None
+        )
+        reported = kept is not None and before is observe
         if not reported:
             reported_to = Reported(observe) if observe is not None else None
         page = await self.inventory.list(

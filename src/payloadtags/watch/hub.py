@@ -81,6 +81,21 @@ class WatchSlot:
             self._waits_on.clear()
 
 
+@attrs.define(eq=False)
+class ListReporter:
+    """Where one list that joined a record reports the tag lists it reads, each of its pages (the
+    first one's, handed on by its walk: `observer`'s ``joined``): by its bit, the record tells which
+    of its lists read a repository (`Listed.observe`). Without a bit (past `TRACKED_LISTS`, or no
+    room), it reports as the record's shared callable does. `list_failed` takes it back."""
+
+    hub: WatchHub
+    record: Listed
+    bit: int | None
+
+    def __call__(self, repository: str, tags: Sequence[str]) -> None:
+        self.hub._observe(self.record, repository, tags, bit=self.bit)
+
+
 @attrs.define
 class InventoryReader:
     """A source's reads through the inventory: unfiltered, every tag of the scope."""
@@ -174,9 +189,10 @@ class WatchHub:
         namespace: str | None,
         user: UserInfo | None = None,
         namespaces: Collection[str] | None = None,
-    ) -> tuple[str, Listed | None]:
-        """``list_version``, and the record the list joined, if any: a list that fails before its
-        client is shown anything leaves it (``list_failed``). A list of a watched scope by ``user``
+    ) -> tuple[str, ListReporter | None]:
+        """``list_version``, and where the list reports to the record it joined, if any (``observer``'s
+        ``joined``): a list that fails before its client is shown anything leaves it
+        (``list_failed``). A list of a watched scope by ``user``
         notes a change of her rules there if she was noted before (`RulesLedger.listed`), in
         ``namespaces`` only if given (a list that reads no other)."""
         record = None
@@ -196,7 +212,12 @@ class WatchHub:
                 self._moved_on()
                 record = self.listed.open(namespace, self.versions.current, self.clock.seconds(), owner)
                 assert record is not None, "room was made for it"
-        return self.current(), record
+            bit = self.listed.track(record)
+            joined = ListReporter(self, record, bit)
+            if bit is not None:
+                record.reporters += (joined,)  # its later pages hold it weakly
+            return self.current(), joined
+        return self.current(), None
 
     def page_decisions(self, namespace: str | None, user: UserInfo) -> PageDecisions:
         """Where a page of a list of ``namespace``'s scope by ``user`` tells each access decision as
@@ -272,11 +293,11 @@ class WatchHub:
             namespaces,
         )
 
-    def list_failed(self, record: Listed) -> None:
-        """A list that joined ``record`` failed before its client was shown anything (refused while
-        the access rules load, a registry error): the record no longer counts it, so the lists that
-        did succeed are not sent their own tags again as ``ADDED``."""
-        self.listed.leave(record)
+    def list_failed(self, joined: ListReporter) -> None:
+        """A list that joined a record (``joined``: `open_list`'s) failed before its client was shown
+        anything (refused while the access rules load, a registry error): the record no longer counts
+        it, so the lists that did succeed are not sent their own tags again as ``ADDED``."""
+        self.listed.leave(joined.record, joined.bit)
 
     def authorize(self, user: UserInfo, namespace: str | None) -> None:
         """AuthorizationNotReady while the access rules are still loading: a watch is refused then,
@@ -289,13 +310,19 @@ class WatchHub:
         return self.versions.ahead(resource_version)
 
     def observer(
-        self, scope: str | None, resource_version: str, direct: bool = False
+        self,
+        scope: str | None,
+        resource_version: str,
+        direct: bool = False,
+        joined: Callable[[str, Sequence[str]], None] | None = None,
     ) -> Callable[[str, Sequence[str]], None] | None:
         """Where a page of a list of ``scope`` at ``resource_version`` reports the tag lists it reads:
         the record its first page opened, while it is kept; else the scope's source, when it has one
         (``ScopeSource.reporter``); None when nothing is to be recorded. ``direct``: the list reads
         one repository by itself (a list by name), not through the scope's view of its repositories
-        (`Listed.observe`)."""
+        (`Listed.observe`). ``joined``: where the list reported before (`open_list`'s for its first
+        page, its walk's for a later one): the same again while it is that record's list's, so that
+        the record tells this list's reads from the others' (`ListReporter`)."""
         sequence = self.versions.parse(resource_version)
         record = None if sequence is None else self.listed.get(scope, sequence, self.clock.seconds())
         if record is None:
@@ -307,18 +334,23 @@ class WatchHub:
             return source.reporter(sequence)
         if direct:
             return lambda repository, tags: self._observe(record, repository, tags, vouch=False)
-        if record.report is not None:
-            # One callable per record: a walk tells by it that its kept lists were reported here.
-            return record.report
+        if joined is not None and any(joined is mine for mine in record.reporters):
+            return joined
+        if record.report is None:
+            # One callable per record for the lists it does not know apart: a walk tells by it that
+            # its kept lists were reported here.
+            record.report = ListReporter(self, record, None)
+        return record.report
 
-        def observe(repository: str, tags: Sequence[str]) -> None:
-            self._observe(record, repository, tags)
-
-        record.report = observe
-        return observe
-
-    def _observe(self, record: Listed, repository: str, tags: Sequence[str], vouch: bool = True) -> None:
-        if not self.listed.observe(record, repository, tags, vouch):
+    def _observe(
+        self,
+        record: Listed,
+        repository: str,
+        tags: Sequence[str],
+        vouch: bool = True,
+        bit: int | None = None,
+    ) -> None:
+        if not self.listed.observe(record, repository, tags, vouch, bit):
             # Records were dropped: lists from now on take a new sequence, so that a dropped
             # record's key never collects the reads of other lists (its watches get 410).
             self.versions.next()
@@ -974,4 +1006,4 @@ def _namespaces(source: ScopeSource) -> Iterable[str]:
     return set(map(namespace_of, source.tags)) | source.unconfirmed_namespaces()
 
 
-__all__ = ["InventoryReader", "TooManyWatches", "WatchHub", "WatchLimits", "WatchSlot"]
+__all__ = ["InventoryReader", "ListReporter", "TooManyWatches", "WatchHub", "WatchLimits", "WatchSlot"]

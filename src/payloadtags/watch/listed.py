@@ -7,11 +7,18 @@ their walks) adds to the same record. A watch from N then reads the scope once a
 events, the differences between that read and the record. Several reads of one repository are kept as
 the tags every read saw and the tags any read saw: a tag missing from any read is sent as ``ADDED``
 when it is there now, a tag seen by any read as ``DELETED`` when it is gone. A repository first read
-when the record had more than one list counts as missing from every read: another of those lists may
-never read it (a walk that passed its place before it was pushed). Whatever a client was shown
-by any of these reads, the events bring it to the state read for the watch; the cost is that a change
-may arrive twice (an ``ADDED`` for a tag the client has, a ``DELETED`` for one it has not), which
-informers and kubectl take in their stride.
+while the record had other lists counts as missing from every read until each of those lists has
+read it too (or failed before its client was shown anything): another of them may never read it (a
+walk that passed its place before it was pushed). Lists that joined after that first read see the
+repository (it was there when they started), so they are not waited for. To tell the lists apart,
+each of the first `TRACKED_LISTS` lists of a record has a bit of its own (`ListedScopes.track`), and
+reports through a callable of its own (`WatchHub.observer`), its later pages too; a repository first
+read while a list without one had joined (past the cap, or one whose identity its walk lost) stays
+missing from every read, as a repository a list by name read directly does. Whatever a client was
+shown by any of these reads, the events bring it to the state read for the watch; the cost is that a
+change may arrive twice (an ``ADDED`` for a tag the client has, a ``DELETED`` for one it has not), which
+informers and kubectl take in their stride; lists that arrive together and read the same are not
+sent their own tags again (review r1user L1).
 
 Records are bounded in total size, what they hold counted in tags: a tag counts 1, a record and each
 repository a record read (with tags or without) `RECORD_COST` and `REPOSITORY_COST` (what each holds
@@ -51,11 +58,27 @@ Tags = frozenset[str] | TagList
 # two sets that keep it); a record each of another user, 1,511 bytes (her order, her key in the heap
 # and her entry: 623 bytes a user, and her name once: her records share the string, 888 to 891 bytes
 # a record with a name of 0 to 4,000 characters; a long name counts in her entry: _entry_cost).
+# These with the callable a closure; its first list's `hub.ListReporter` takes 73 bytes less (805
+# against 878 measured so, review r1user L1).
 # Without these costs, a record or a repository without tags counted nothing, and one user's lists
 # kept any number of them (review r7watch F1).
 RECORD_COST = 4
 REPOSITORY_COST = 4
 USER_COST = 4
+# A list with a bit of its own in a record (its reporting callable and its place in the record's
+# tuple of them; the first list's is in `RECORD_COST`: 157 to 214 bytes measured as above, for the
+# 2nd to 8th list), and a repository waiting for lists to read it (its entry in ``Listed.pending``:
+# the lists' bits and the tags every read saw, apart while they differ from the others' sets, 58
+# bytes measured a repository of one tag read by one of two lists): 1 each.
+LIST_COST = 1
+PENDING_COST = 1
+# How many of a record's lists get a bit of their own: the masks stay small ints (CPython keeps those
+# up to 256 made once), and a record's reporting callables stay few. Lists past it are waited for by
+# no repository: one first read while such a list had joined counts as missing from every read.
+TRACKED_LISTS = 8
+# What ``reads`` holds as the tags every read saw of a repository missing from every read: one set
+# for all of them (CPython makes a new empty frozenset each time, 216 bytes).
+_NONE: frozenset[str] = frozenset()
 
 
 @attrs.define(eq=False)
@@ -78,18 +101,43 @@ class Listed:
     # (coalescing) all report; the same one, or an equal one, again adds nothing, and is not turned
     # into a set again.
     last: dict[str, Sequence[str]] = attrs.field(factory=dict)
-    # How many lists opened or joined the record (their first pages).
+    # How many lists opened or joined the record (their first pages) and did not fail; of them, how
+    # many have no bit of their own (`ListedScopes.track`).
     lists: int = 0
+    untracked: int = 0
+    # The bits handed out (the next one's number), and those of the lists that did not fail.
+    tracked: int = 0
+    live: int = 0
+    # The callables of the lists with a bit (`WatchHub.observer`): held here, so that a walk's later
+    # pages, which hold them weakly (`api.walks.Reported`), find their list's again.
+    reporters: tuple[Callable[[str, Sequence[str]], None], ...] = ()
+    # Per repository first read while other lists with a bit had joined: the bits of those that have
+    # not read it yet, and the tags every read of it saw. Until none is left, ``reads`` holds it as
+    # missing from every read (an empty first set). None while there is none.
+    pending: dict[str, tuple[int, Tags]] | None = None
 
-    def observe(self, repository: str, tags: Sequence[str], vouch: bool = True) -> int:
+    def observe(
+        self, repository: str, tags: Sequence[str], vouch: bool = True, bit: int | None = None
+    ) -> int:
         """Records one read; returns how much the record grew by (`REPOSITORY_COST` for a repository
-        it had not read, and 1 a tag). A read that does not ``vouch``
+        it had not read, and 1 a tag, `PENDING_COST` for one that waits for other lists to read it).
+        ``bit``: the reading list's (`ListedScopes.track`), None when it has none or is not known. A
+        read that does not ``vouch``
         (a list by name's: it reads its repository directly, where the scope's lists see only the
         repositories their view of the scope holds) never stands for the other lists' reads: a list
         that joined after it may never read that repository (one the repository index does not know
         yet), and its client was shown none of those tags."""
         if self.dropped:
             return 0
+        pending = self.pending
+        grown = 0
+        if pending is not None and bit is not None and vouch and repository in pending:
+            # Before the fast path below: lists that shared one registry read report the same tuple,
+            # and each of them is one of the lists this repository waits for (review r1user L1).
+            grown = self._read_by(repository, 1 << bit)
+        return grown + self._take(repository, tags, vouch, bit)
+
+    def _take(self, repository: str, tags: Sequence[str], vouch: bool, bit: int | None) -> int:
         if isinstance(tags, (tuple, TagList)):
             last = self.last.get(repository)
             # Taking a read is idempotent: the same tags again leave (every, some) as they are. A
@@ -102,10 +150,39 @@ class Listed:
         seen: Tags = tags if isinstance(tags, TagList) else frozenset(tags)
         old = self.reads.get(repository)
         if old is None:
-            # With several lists, another of them may never read it (pushed after that walk passed
-            # its place): as far as that list's client knows, none of these tags is there.
-            self.reads[repository] = (seen if self.lists <= 1 and vouch else frozenset(), seen)
-            grown = REPOSITORY_COST + len(seen)
+            waits = self._waits(vouch, bit)
+            if waits == 0:
+                self.reads[repository] = (seen, seen)
+                grown = REPOSITORY_COST + len(seen)
+            else:
+                # Another list may never read it (pushed after that walk passed its place): as far as
+                # that list's client knows, none of these tags is there.
+                self.reads[repository] = (_NONE, seen)
+                grown = REPOSITORY_COST + len(seen)
+                if waits > 0:  # lists with a bit, each of which may still read it
+                    if self.pending is None:
+                        self.pending = {}
+                    self.pending[repository] = (waits, seen)
+                    grown += PENDING_COST
+            self.size += grown
+            return grown
+        pending = self.pending
+        waiting = pending.get(repository) if pending is not None else None
+        if pending is not None and waiting is not None:
+            # Still waiting: the tags every read saw are kept apart, ``reads`` says none. Either stays
+            # as it was (a TagList too) while the reads agree; sets are made only to narrow or widen
+            # it (a set and a TagList neither compare by ``<=`` nor are ever ``==``).
+            before = self._weight(repository)
+            every, some = waiting[1], old[1]
+            if not _same(every, seen):
+                kept, now = _set(every), _set(seen)
+                every = every if kept <= now else kept & now
+            if not _same(some, seen):
+                kept, now = _set(some), _set(seen)
+                some = some if now <= kept else kept | now
+            pending[repository] = (waiting[0], every)
+            self.reads[repository] = (old[0], some)
+            grown = self._weight(repository) - before
             self.size += grown
             return grown
         if _same(old[0], seen) and _same(old[1], seen):
@@ -119,6 +196,63 @@ class Listed:
         grown = _kept(new) - _kept(old)
         self.size += grown
         return grown
+
+    def _waits(self, vouch: bool, bit: int | None) -> int:
+        """For a repository read first by a list with ``bit``: the bits of the other lists it waits
+        for (0: none, it is vouched for), or -1: it counts as missing from every read for good."""
+        if not vouch:
+            return -1  # a list by name's: the scope's lists, even later ones, may never see it
+        if bit is None:
+            # A list not known (no bit, or one whose walk lost it): alone, it is the one that read it.
+            if self.lists <= 1:
+                return 0
+            return -1 if self.untracked else self.live
+        if self.untracked:
+            return -1  # a list without a bit may never read it, and none would tell
+        return self.live & ~(1 << bit)
+
+    def _read_by(self, repository: str, bits: int) -> int:
+        """Lists with ``bits`` read ``repository``, or failed: once none is left to, the tags every
+        read saw stand (a client of any of the lists was shown them). Returns the growth."""
+        assert self.pending is not None
+        waits, every = self.pending[repository]
+        waits &= ~bits
+        if waits:
+            self.pending[repository] = (waits, every)
+            return 0
+        before = self._weight(repository)
+        del self.pending[repository]
+        some = self.reads[repository][1]
+        self.reads[repository] = (some if _same(every, some) else every, some)
+        grown = self._weight(repository) - before
+        self.size += grown
+        return grown
+
+    def left(self, bit: int | None) -> int:
+        """A list that joined failed before its client was shown anything: no repository waits for it.
+        Returns how much the record grew by (it shrinks)."""
+        if self.lists > 0:
+            self.lists -= 1
+        if bit is None:
+            if self.untracked > 0:
+                self.untracked -= 1
+            return 0
+        self.live &= ~(1 << bit)
+        grown = 0
+        if self.pending:
+            for repository in list(self.pending):
+                grown += self._read_by(repository, 1 << bit)
+        return grown
+
+    def _weight(self, repository: str) -> int:
+        """What one repository's entry counts, its wait included."""
+        reads = self.reads[repository]
+        weight = _kept(reads)
+        waiting = self.pending.get(repository) if self.pending is not None else None
+        if waiting is not None:
+            every = waiting[1]
+            weight += PENDING_COST + (0 if every is reads[1] else len(every))
+        return weight
 
     def changes(
         self,
@@ -260,13 +394,40 @@ class ListedScopes:
             self._touch(key, record)
         record.touched = now
         record.lists += 1
+        record.untracked += 1  # until `track` gives it a bit
         return record
 
-    def leave(self, record: Listed) -> None:
-        """A list that joined ``record`` failed: its client was shown nothing, so the record no longer
-        waits for it to read the repositories the others read."""
-        if record.lists > 0:
-            record.lists -= 1
+    def track(self, record: Listed) -> int | None:
+        """Gives the list that just opened or joined ``record`` a bit of its own (`Listed.observe`),
+        each after the first counted against the record's owner (`LIST_COST`; the first one's is in
+        `RECORD_COST`); None past `TRACKED_LISTS`, or when it does not fit under the bound (nothing
+        is dropped for it: without a bit, the record treats the list as before, a repository first read
+        after it joined as missing from every read)."""
+        cost = LIST_COST if record.tracked else 0
+        if record.dropped or record.tracked >= TRACKED_LISTS or self.size + cost > self.max_size:
+            return None
+        bit = record.tracked
+        record.tracked += 1
+        record.live |= 1 << bit
+        record.untracked -= 1
+        record.size += cost
+        self._grow(record, cost)
+        return bit
+
+    def leave(self, record: Listed, bit: int | None = None) -> None:
+        """A list that joined ``record`` (with ``bit``, if it got one) failed: its client was shown
+        nothing, so the record no longer waits for it to read the repositories the others read."""
+        if not record.dropped:
+            self._grow(record, record.left(bit))
+
+    def _grow(self, record: Listed, grown: int) -> None:
+        """Counts what ``record`` grew by (its own ``size`` has it already) for its owner and in all."""
+        if not grown:
+            return
+        holder = self.holders[record.owner]
+        holder.weight += grown
+        self.size += grown
+        self._push(holder)
 
     def get(self, scope: str | None, sequence: int, now: float) -> Listed | None:
         """The record of lists of ``scope`` at ``sequence``, used ``now`` (a later page of a list, a
@@ -299,15 +460,17 @@ class ListedScopes:
         if first:  # her least recently used record is another now: her key changed
             self._push(holder)
 
-    def observe(self, record: Listed, repository: str, tags: Sequence[str], vouch: bool = True) -> bool:
-        """Adds a read to a record (`Listed.observe`); False when the bound dropped records (their keys
-        must not be reused: the caller moves the sequence on)."""
-        grown = record.observe(repository, tags, vouch)
-        if grown:
-            holder = self.holders[record.owner]
-            holder.weight += grown
-            self.size += grown
-            self._push(holder)
+    def observe(
+        self,
+        record: Listed,
+        repository: str,
+        tags: Sequence[str],
+        vouch: bool = True,
+        bit: int | None = None,
+    ) -> bool:
+        """Adds a read to a record (`Listed.observe`), by the list with ``bit`` if known; False when
+        the bound dropped records (their keys must not be reused: the caller moves the sequence on)."""
+        self._grow(record, record.observe(repository, tags, vouch, bit))
         if self.size <= self.max_size:
             return True
         if record.size + self.holders[record.owner].entry > self.max_size:
@@ -371,6 +534,8 @@ class ListedScopes:
                 self._compact()
             record.reads.clear()
             record.last.clear()
+            record.pending = None
+            record.reporters = ()
 
     def expire(self, before: float) -> bool:
         """Drops the records not used since ``before``; True when any went (their keys must not be
@@ -388,4 +553,4 @@ class ListedScopes:
         return expired
 
 
-__all__ = ["Listed", "ListedScopes"]
+__all__ = ["LIST_COST", "PENDING_COST", "TRACKED_LISTS", "Listed", "ListedScopes"]

@@ -1,0 +1,114 @@
+"""Lists of a scope nobody watches that arrive together share one record (docs/watch.md, "Lists of
+scopes nobody watches"): a watch from their resourceVersion is sent no event for a tag its list showed
+as it is (review r1user L1: two lists at once, one user's `kubectl get prt -n NS` and another's
+`kubectl get prt -n NS -w`, and the watch was sent an ADDED for every tag its list had shown, so that
+`kubectl get -w` printed the namespace twice). Over HTTPS against the real registry."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest_twisted
+from twisted.internet.defer import ensureDeferred, gatherResults
+
+from payloadtags.limits import WatchLimits
+from tests.support import images
+from tests.support.client import ApiClient, stream
+
+B = "/apis/payload-registry.deckhouse.io/v1alpha1"
+
+
+async def _opening(client: ApiClient, url: str, listed: str) -> list[tuple[str, str]]:
+    """What a watch from ``listed`` is sent before it times out (nothing changes meanwhile)."""
+    watch = await stream(client, f"{url}?watch=true&resourceVersion={listed}&timeoutSeconds=2")
+    await watch.ended
+    events: list[dict[str, Any]] = []
+    while watch.lines.pending:
+        line = await watch.lines.get()
+        if line.strip():
+            events.append(json.loads(line))
+    return [(event["type"], event["object"]["spec"]["tag"]) for event in events]
+
+
+def _tags(response: Any) -> list[str]:
+    return [item["spec"]["tag"] for item in response.json()["items"]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_list_alone_then_its_watch_is_sent_nothing(make_server, registry, repo):
+    namespace = repo.split("/", 1)[0]
+    images.push_oci_image(registry, repo, "v1")
+    api = await make_server(registry, watch=WatchLimits(resync_period=30))
+    client = api.client(api.pki.admin)
+    url = f"{B}/namespaces/{namespace}/payloadrepositorytags"
+    listed = (await client.get(url + "?limit=500")).json()["metadata"]["resourceVersion"]
+    assert await _opening(client, url, listed) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_lists_at_once_then_a_watch_from_either_is_sent_nothing(make_server, registry, repo):
+    """The reviewer's reproducer: before the fix, [("ADDED", "v1")] from each."""
+    namespace = repo.split("/", 1)[0]
+    images.push_oci_image(registry, repo, "v1")
+    api = await make_server(registry, watch=WatchLimits(resync_period=30))
+    client = api.client(api.pki.admin)
+    url = f"{B}/namespaces/{namespace}/payloadrepositorytags"
+    first, second = await gatherResults(
+        [ensureDeferred(client.get(url + "?limit=500")), ensureDeferred(client.get(url + "?limit=500"))]
+    )
+    assert _tags(first) == _tags(second) == ["v1"]
+    listed = first.json()["metadata"]["resourceVersion"]
+    assert second.json()["metadata"]["resourceVersion"] == listed  # one record
+    # Both lists showed v1 and nothing changed: "only the changes after N".
+    assert await _opening(client, url, listed) == []
+    assert await _opening(client, url, listed) == []  # the other client's watch
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_whole_list_and_a_walk_at_once_then_watches_are_sent_nothing(make_server, registry, repo):
+    """One client's whole list (kubectl --chunk-size=0) and another's walk one tag a page: each page
+    of the walk reports as the same list, so the repositories it first reads on later pages (past
+    what its first page read ahead) are not taken for another list's, which the whole list would
+    then wait for in vain."""
+    namespace = repo.split("/", 1)[0]
+    others = [f"{namespace}/other-{i:02d}" for i in range(10)]
+    for name, tags in ((repo, ("v1", "v2")), *((other, ("w1",)) for other in others)):
+        for tag in tags:
+            images.push_oci_image(registry, name, tag)
+    api = await make_server(registry, watch=WatchLimits(resync_period=30))
+    client = api.client(api.pki.admin)
+    url = f"{B}/namespaces/{namespace}/payloadrepositorytags"
+    whole, page = await gatherResults(
+        [ensureDeferred(client.get(url)), ensureDeferred(client.get(url + "?limit=1"))]
+    )
+    listed = whole.json()["metadata"]["resourceVersion"]
+    walked = _tags(page)
+    token = page.json()["metadata"].get("continue")
+    while token:
+        page = await client.get(f"{url}?limit=1&continue={token}")
+        walked += _tags(page)
+        token = page.json()["metadata"].get("continue")
+    assert sorted(_tags(whole)) == sorted(walked) == ["v1", "v2", *["w1"] * 10]
+    assert await _opening(client, url, listed) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tag_pushed_between_two_lists_is_still_sent_to_the_watch_of_the_one_that_missed_it(
+    make_server, registry, repo
+):
+    """The other side: two lists at one resourceVersion, a repository pushed between them, read by
+    the second only. The first list's client has none of its tags: a watch from that resourceVersion is
+    sent them (the record cannot tell whose watch it is)."""
+    namespace = repo.split("/", 1)[0]
+    images.push_oci_image(registry, repo, "v1")
+    api = await make_server(registry, watch=WatchLimits(resync_period=30))
+    client = api.client(api.pki.admin)
+    url = f"{B}/namespaces/{namespace}/payloadrepositorytags"
+    first = await client.get(url + "?limit=500")
+    images.push_oci_image(registry, f"{namespace}/later", "n1")  # no watch: the sequence stays
+    second = await client.get(url + "?limit=500")
+    listed = first.json()["metadata"]["resourceVersion"]
+    assert second.json()["metadata"]["resourceVersion"] == listed  # one record
+    assert _tags(first) == ["v1"] and sorted(_tags(second)) == ["n1", "v1"]
+    assert await _opening(client, url, listed) == [("ADDED", "n1")]
