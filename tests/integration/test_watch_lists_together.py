@@ -13,6 +13,7 @@ import pytest_twisted
 from twisted.internet.defer import ensureDeferred, gatherResults
 
 from payloadtags.limits import WatchLimits
+from payloadtags.names import encode_name
 from tests.support import images
 from tests.support.client import ApiClient, stream
 
@@ -112,3 +113,25 @@ async def test_a_tag_pushed_between_two_lists_is_still_sent_to_the_watch_of_the_
     assert second.json()["metadata"]["resourceVersion"] == listed  # one record
     assert _tags(first) == ["v1"] and sorted(_tags(second)) == ["n1", "v1"]
     assert await _opening(client, url, listed) == [("ADDED", "n1")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_list_and_a_list_by_name_at_once_then_the_list_s_watch_is_sent_nothing_of_the_rest(
+    make_server, registry, repo
+):
+    """`kubectl get prt -n NS -w` beside `kubectl wait --for=delete prt/NAME` (a list by name): the list by
+    name's client holds one tag, so the other repositories the whole list read are not sent to a watch
+    from their resourceVersion. (The repository the list by name read directly may be: the scope's lists
+    may not see one read so.)"""
+    namespace, path = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "v1")
+    images.push_oci_image(registry, f"{namespace}/other", "o1")
+    api = await make_server(registry, watch=WatchLimits(resync_period=30))
+    client = api.client(api.pki.admin)
+    url = f"{B}/namespaces/{namespace}/payloadrepositorytags"
+    named = f"{url}?fieldSelector=metadata.name%3D{encode_name(path, 'v1')}"
+    whole, by_name = await gatherResults([ensureDeferred(client.get(url)), ensureDeferred(client.get(named))])
+    assert sorted(_tags(whole)) == ["o1", "v1"] and _tags(by_name) == ["v1"]
+    listed = whole.json()["metadata"]["resourceVersion"]
+    assert by_name.json()["metadata"]["resourceVersion"] == listed  # one record
+    assert ("ADDED", "o1") not in await _opening(client, url, listed)

@@ -273,6 +273,36 @@ def test_through_the_hub_a_list_s_later_pages_report_as_its_first_page_did() -> 
 TAGS = st.sampled_from([frozenset({0, 1}), frozenset({0, 1}), frozenset({1, 2}), frozenset()])
 
 
+def test_through_the_hub_a_list_by_name_is_not_waited_for_by_the_other_repositories() -> None:
+    """`kubectl wait --for=delete` or `kubectl get NAME -w` beside a list of the namespace: the list by
+    name's client holds one tag at most, and its watch selects that name too, so the repositories the
+    other list reads do not wait for it; the one it read directly first stays missing from every read."""
+    hub = make_hub(FakeReader({"team/app": {"v1"}}), Clock())
+    version, whole = hub_list(hub, "team")
+    _, by_name = hub_list(hub, "team")
+    direct = hub.observer("team", version, direct=True, joined=by_name)
+    assert direct is not None and direct is not by_name
+    record = whole.record
+    whole("team/other", ("o1",))
+    assert list(record.changes({"team/other": frozenset({"o1"})})) == []
+    direct("team/app", ("v1",))
+    whole("team/app", ("v1",))
+    assert list(record.changes({"team/app": frozenset({"v1"})})) == [
+        (EventType.ADDED, TagRef("team", "app", "v1"))
+    ]
+    # Read before the list by name said what it is: it no longer waits either.
+    version, whole = hub_list(hub, "made-up")
+    _, by_name = hub_list(hub, "made-up")
+    whole("made-up/x", ("x1",))
+    assert list(whole.record.changes({"made-up/x": frozenset({"x1"})})) != []
+    size = hub.listed.size
+    hub.observer("made-up", version, direct=True, joined=by_name)
+    assert list(whole.record.changes({"made-up/x": frozenset({"x1"})})) == []
+    assert hub.listed.size == size - PENDING_COST and whole.record.size == recounted(whole.record)
+    hub.list_failed(by_name)  # had it failed after all: the same again, and one list fewer
+    assert whole.record.lists == 1 and hub.listed.size == size - PENDING_COST
+
+
 @pytest.mark.property
 @settings(max_examples=300, deadline=None)
 @given(

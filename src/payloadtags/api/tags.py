@@ -552,7 +552,9 @@ class TagsService:
         if namespace is not None and pinned_name is not None and options.continue_ is None:
             # kubectl's delete-wait and single-object watches select by name: one tag-list read.
             observe = (
-                self.versions.observer(listing.watch_scope, listing.current, direct=True) if shown else None
+                self.versions.observer(listing.watch_scope, listing.current, direct=True, joined=joined)
+                if shown
+                else None
             )
             refs = await self._by_name(namespace, pinned_name, listing.accept, listing.readable, observe)
             runs = [Run(ref.namespace, ref.repository_path, [ref.tag]) for ref in refs]

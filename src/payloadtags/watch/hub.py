@@ -332,10 +332,15 @@ class WatchHub:
             if source is None or not source.ready or sequence is None or sequence < source.floor:
                 return None
             return source.reporter(sequence)
+        mine = joined if any(joined is one for one in record.reporters) else None
         if direct:
+            if isinstance(mine, ListReporter) and mine.bit is not None:
+                # Its client holds the one tag it names, and its watch selects it too: the
+                # repositories the other lists read need not wait for this one.
+                self.listed.aside(record, mine.bit)
             return lambda repository, tags: self._observe(record, repository, tags, vouch=False)
-        if joined is not None and any(joined is mine for mine in record.reporters):
-            return joined
+        if mine is not None:
+            return mine
         if record.report is None:
             # One callable per record for the lists it does not know apart: a walk tells by it that
             # its kept lists were reported here.

@@ -237,6 +237,12 @@ class Listed:
             if self.untracked > 0:
                 self.untracked -= 1
             return 0
+        return self.aside(bit)
+
+    def aside(self, bit: int) -> int:
+        """No repository waits for the list with ``bit`` (again: idempotent): it failed, or it is a list
+        by name, whose client holds one tag at most and whose watch, by that name too, is sent nothing
+        of the other repositories. Returns how much the record grew by (it shrinks)."""
         self.live &= ~(1 << bit)
         grown = 0
         if self.pending:
@@ -419,6 +425,11 @@ class ListedScopes:
         nothing, so the record no longer waits for it to read the repositories the others read."""
         if not record.dropped:
             self._grow(record, record.left(bit))
+
+    def aside(self, record: Listed, bit: int) -> None:
+        """The list with ``bit`` reads by name (`Listed.aside`): no repository waits for it."""
+        if not record.dropped:
+            self._grow(record, record.aside(bit))
 
     def _grow(self, record: Listed, grown: int) -> None:
         """Counts what ``record`` grew by (its own ``size`` has it already) for its owner and in all."""
