@@ -303,6 +303,41 @@ def test_through_the_hub_a_list_by_name_is_not_waited_for_by_the_other_repositor
     assert whole.record.lists == 1 and hub.listed.size == size - PENDING_COST
 
 
+def test_a_read_while_others_are_waited_for_narrows_what_every_read_saw() -> None:
+    """A repository that waits keeps the tags every read saw apart, and each read narrows them, the
+    reads of a list already read too (a walk's later page rereads it). The first list reads (t0, t1),
+    then (t1, t2); the second reads (t1, t2), the very tuple read last (the fast path takes nothing):
+    its client never had t0, so a watch from their resourceVersion is sent it (review r2watch L2)."""
+    scopes = ListedScopes()
+    record, first = join(scopes)
+    _, second = join(scopes)
+    scopes.observe(record, "team/app", ("t0", "t1"), bit=first)
+    reread = ("t1", "t2")
+    scopes.observe(record, "team/app", reread, bit=first)
+    scopes.observe(record, "team/app", reread, bit=second)
+    assert record.reads["team/app"] == (frozenset({"t1"}), frozenset({"t0", "t1", "t2"}))
+    assert (EventType.ADDED, TagRef("team", "app", "t0")) in list(
+        record.changes({"team/app": frozenset({"t0", "t1"})})
+    )
+    assert record.size == recounted(record)
+
+
+def test_through_the_hub_a_list_by_name_sets_aside_its_own_bit_only() -> None:
+    """Two lists of the namespace and a list by name: the first reads a repository the second never
+    reads (its walk passed the place). The list by name is no longer waited for, but the second list
+    still is, and its client has none of those tags: a watch from their resourceVersion is sent them
+    (review r2watch L3)."""
+    hub = make_hub(FakeReader({"team/app": {"v1"}}), Clock())
+    version, first = hub_list(hub, "team")
+    hub_list(hub, "team")
+    _, by_name = hub_list(hub, "team")
+    hub.observer("team", version, direct=True, joined=by_name)
+    first("team/app", ("v1",))
+    assert list(first.record.changes({"team/app": frozenset({"v1"})})) == [
+        (EventType.ADDED, TagRef("team", "app", "v1"))
+    ]
+
+
 @pytest.mark.property
 @settings(max_examples=300, deadline=None)
 @given(
