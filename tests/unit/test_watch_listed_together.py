@@ -90,7 +90,7 @@ def test_two_lists_that_read_equal_answers_each_are_sent_nothing() -> None:
     assert record.size == recounted(record) == RECORD_COST + LIST_COST + REPOSITORY_COST + 2 + PENDING_COST
     scopes.observe(record, "team/app", ("v2", "v1"), bit=first)
     assert list(record.changes(NOW)) == []
-    assert record.pending == {}
+    assert record.pending is None
     assert record.size == recounted(record)
 
 
@@ -320,6 +320,27 @@ def test_a_read_while_others_are_waited_for_narrows_what_every_read_saw() -> Non
         record.changes({"team/app": frozenset({"t0", "t1"})})
     )
     assert record.size == recounted(record)
+
+
+def test_a_record_keeps_no_table_of_waits_once_none_is_left() -> None:
+    """``Listed.pending`` is None again once no repository waits: CPython never shrinks a dict, so an
+    emptied table stayed as large as the most waits it held at once (4,688 bytes after 100), which the
+    record's size no longer counted (review r2watch N1). Waits that end through a list's failure too."""
+    scopes = ListedScopes()
+    record, first = join(scopes)
+    _, second = join(scopes)
+    for index in range(100):
+        scopes.observe(record, f"team/r{index}", ("v1",), bit=first)
+    assert record.pending is not None and len(record.pending) == 100
+    for index in range(100):
+        scopes.observe(record, f"team/r{index}", ("v1",), bit=second)
+    assert record.pending is None, f"an empty table is kept: {record.pending!r}"
+    assert record.size == recounted(record)
+    scopes.observe(record, "team/late", ("v1",), bit=first)
+    assert record.pending is not None
+    assert second is not None
+    scopes.leave(record, second)
+    assert record.pending is None and record.size == recounted(record)
 
 
 def test_through_the_hub_a_list_by_name_sets_aside_its_own_bit_only() -> None:
