@@ -51,12 +51,12 @@ def join(scopes: ListedScopes, sequence: int = 1, scope: str = "team") -> tuple[
     """A list opens or joins the record of ``scope`` at ``sequence``, and gets its bit (as the hub)."""
     record = scopes.open(scope, sequence, 0.0, "alice")
     assert record is not None
-    return record, scopes.track(record)
+    return record, scopes.track(record, lambda repository, tags: None)
 
 
 def recounted(record: Listed) -> int:
     """What a record holds, counted again from what it keeps."""
-    size = RECORD_COST + LIST_COST * max(record.tracked - 1, 0)
+    size = RECORD_COST + LIST_COST * max(len(record.reporters) - 1, 0)
     for repository, reads in record.reads.items():
         size += REPOSITORY_COST + _kept(reads)
         waiting = (record.pending or {}).get(repository)
@@ -196,7 +196,7 @@ def test_a_list_without_a_bit_makes_a_repository_first_read_after_it_joined_miss
     record, first = join(scopes)
     bits = [join(scopes)[1] for _ in range(TRACKED_LISTS)]
     assert bits[-1] is None and None not in bits[:-1]
-    assert record.tracked == TRACKED_LISTS and record.untracked == 1
+    assert len(record.reporters) == TRACKED_LISTS and record.untracked == 1
     for bit in (first, *bits):
         scopes.observe(record, "team/app", ("v1", "v2"), bit=bit)
     assert list(record.changes(NOW)) == ADDED_BOTH

@@ -212,10 +212,9 @@ class WatchHub:
                 self._moved_on()
                 record = self.listed.open(namespace, self.versions.current, self.clock.seconds(), owner)
                 assert record is not None, "room was made for it"
-            bit = self.listed.track(record)
-            joined = ListReporter(self, record, bit)
-            if bit is not None:
-                record.reporters += (joined,)  # its later pages hold it weakly
+            joined = ListReporter(self, record, None)
+            # The record holds it (its later pages hold it weakly) when it gives it a bit.
+            joined.bit = self.listed.track(record, joined)
             return self.current(), joined
         return self.current(), None
 

@@ -107,11 +107,11 @@ class Listed:
     # many have no bit of their own (`ListedScopes.track`).
     lists: int = 0
     untracked: int = 0
-    # The bits handed out (the next one's number), and those of the lists that did not fail.
-    tracked: int = 0
+    # The bits of the lists that did not fail.
     live: int = 0
-    # The callables of the lists with a bit (`WatchHub.observer`): held here, so that a walk's later
-    # pages, which hold them weakly (`api.walks.Reported`), find their list's again.
+    # The callables of the lists with a bit, in the order of their bits (`ListedScopes.track`: how
+    # many there are is the next one's bit): held here, so that a walk's later pages, which hold them
+    # weakly (`api.walks.Reported`), find their list's again (`WatchHub.observer`).
     reporters: tuple[Callable[[str, Sequence[str]], None], ...] = ()
     # Per repository first read while other lists with a bit had joined: the bits of those that have
     # not read it yet, and the tags every read of it saw. Until none is left, ``reads`` holds it as
@@ -409,17 +409,18 @@ class ListedScopes:
         record.untracked += 1  # until `track` gives it a bit
         return record
 
-    def track(self, record: Listed) -> int | None:
+    def track(self, record: Listed, reporter: Callable[[str, Sequence[str]], None]) -> int | None:
         """Gives the list that just opened or joined ``record`` a bit of its own (`Listed.observe`),
-        each after the first counted against the record's owner (`LIST_COST`; the first one's is in
-        `RECORD_COST`); None past `TRACKED_LISTS`, or when it does not fit under the bound (nothing
-        is dropped for it: without a bit, the record treats the list as before, a repository first read
-        after it joined as missing from every read)."""
-        cost = LIST_COST if record.tracked else 0
-        if record.dropped or record.tracked >= TRACKED_LISTS or self.size + cost > self.max_size:
+        and holds its ``reporter`` (`Listed.reporters`), each after the first counted against the
+        record's owner (`LIST_COST`; the first one's is in `RECORD_COST`); None past `TRACKED_LISTS`,
+        or when it does not fit under the bound (nothing is dropped for it: without a bit, the record
+        treats the list as before, a repository first read after it joined as missing from every
+        read)."""
+        bit = len(record.reporters)
+        cost = LIST_COST if bit else 0
+        if record.dropped or bit >= TRACKED_LISTS or self.size + cost > self.max_size:
             return None
-        bit = record.tracked
-        record.tracked += 1
+        record.reporters += (reporter,)
         record.live |= 1 << bit
         record.untracked -= 1
         record.size += cost
