@@ -20,7 +20,7 @@ from tests.support.client import ApiClient, stream
 B = "/apis/payload-registry.deckhouse.io/v1alpha1"
 
 
-async def _opening(client: ApiClient, url: str, listed: str) -> list[tuple[str, str]]:
+async def _sent(client: ApiClient, url: str, listed: str) -> list[dict[str, Any]]:
     """What a watch from ``listed`` is sent before it times out (nothing changes meanwhile)."""
     watch = await stream(client, f"{url}?watch=true&resourceVersion={listed}&timeoutSeconds=2")
     await watch.ended
@@ -29,7 +29,11 @@ async def _opening(client: ApiClient, url: str, listed: str) -> list[tuple[str, 
         line = await watch.lines.get()
         if line.strip():
             events.append(json.loads(line))
-    return [(event["type"], event["object"]["spec"]["tag"]) for event in events]
+    return events
+
+
+async def _opening(client: ApiClient, url: str, listed: str) -> list[tuple[str, str]]:
+    return [(event["type"], event["object"]["spec"]["tag"]) for event in await _sent(client, url, listed)]
 
 
 def _tags(response: Any) -> list[str]:
@@ -162,3 +166,39 @@ async def test_a_walk_that_stopped_after_its_first_page_is_not_sent_what_that_pa
     assert sorted(_tags(page)) == ["r0a", "r0b"] and page.json()["metadata"].get("continue")
     assert len(_tags(whole)) == 8
     assert sorted(await _opening(client, url, listed)) == [("ADDED", "r3a"), ("ADDED", "r3b")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_all_namespaces_list_beside_one_pinned_to_a_namespace_repeats_the_other_namespaces(
+    make_server, registry, repo
+):
+    """`kubectl get prt -A` beside `kubectl get prt -A --field-selector metadata.namespace=NS` share
+    the all-namespaces record, and the pinned list reads NS only: every repository of another
+    namespace waits for it in vain, and a watch from their resourceVersion is sent its tags again (a
+    repeat, never a loss: docs/watch.md, "Lists that arrive together"; review r2watch N3). What both
+    read is not sent."""
+    namespace = repo.split("/", 1)[0]
+    images.push_oci_image(registry, repo, "v1")
+    images.push_oci_image(registry, f"{namespace}x/app", "o1")
+    api = await make_server(registry, watch=WatchLimits(resync_period=30))
+    client = api.client(api.pki.admin)
+    url = f"{B}/payloadrepositorytags"
+    pinned = f"{url}?fieldSelector=metadata.namespace%3D{namespace}"
+    whole, only = await gatherResults([ensureDeferred(client.get(url)), ensureDeferred(client.get(pinned))])
+    listed = whole.json()["metadata"]["resourceVersion"]
+    assert only.json()["metadata"]["resourceVersion"] == listed  # one record
+    assert _tags(only) == ["v1"]
+    # The registry is the session's: other tests' namespaces are in both the list and the watch.
+    mine = (namespace, f"{namespace}x")
+    shown = {
+        (item["metadata"]["namespace"], item["spec"]["tag"])
+        for item in whole.json()["items"]
+        if item["metadata"]["namespace"] in mine
+    }
+    assert shown == {(namespace, "v1"), (f"{namespace}x", "o1")}
+    opening = [
+        (event["type"], event["object"]["metadata"]["namespace"], event["object"]["spec"]["tag"])
+        for event in await _sent(client, url, listed)
+        if event["object"]["metadata"]["namespace"] in mine
+    ]
+    assert opening == [("ADDED", f"{namespace}x", "o1")]

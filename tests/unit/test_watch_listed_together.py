@@ -145,9 +145,10 @@ def test_lists_that_join_between_a_repository_s_reads_are_not_waited_for() -> No
 
 
 def test_lists_that_read_different_repositories_are_sent_what_one_of_them_may_lack() -> None:
-    """Lists of users whose rules differ (or whose selectors do: they read whole tag lists alike): a
-    repository only one of them may read waits for the other in vain, and its tags are sent to a
-    watch from their resourceVersion. The other user's watch may not be sent them; this one's are
+    """Lists of users whose rules differ, or a list of all namespaces beside one pinned to a namespace
+    by ``metadata.namespace`` (it reads that namespace only; other selectors read whole tag lists
+    alike): a repository only one of them reads waits for the other in vain, and its tags are sent to
+    a watch from their resourceVersion. The other user's watch may not be sent them; this one's are
     repeats (docs/watch.md). What both read is not sent."""
     scopes = ListedScopes()
     record, bob = join(scopes)
