@@ -15,6 +15,7 @@ from twisted.internet.task import Clock
 
 from payloadtags.identity import UserInfo
 from payloadtags.names import TagRef
+from payloadtags.registry.taglist import TagList
 from payloadtags.watch.hub import ListReporter, WatchHub
 from payloadtags.watch.listed import (
     LIST_COST,
@@ -272,6 +273,9 @@ def test_through_the_hub_a_list_s_later_pages_report_as_its_first_page_did() -> 
 
 # Few tag sets, so that lists often read the same (and what is there now is often what they read).
 TAGS = st.sampled_from([frozenset({0, 1}), frozenset({0, 1}), frozenset({1, 2}), frozenset()])
+# A read's tags as lists report them: a registry answer (a TagList, or a tuple as before blob8's) or a
+# Catalog's list.
+FORMS = st.sampled_from([lambda tags: TagList(list(tags)), tuple, list])
 
 
 def test_through_the_hub_a_list_by_name_is_not_waited_for_by_the_other_repositories() -> None:
@@ -344,6 +348,59 @@ def test_a_record_keeps_no_table_of_waits_once_none_is_left() -> None:
     assert record.pending is None and record.size == recounted(record)
 
 
+def test_lists_that_wait_for_each_other_take_the_registry_s_tag_lists_as_it_hands_them() -> None:
+    """The registry client answers TagLists (`registry.taglist`), not tuples, and a Catalog's list a
+    list. Two lists read together, a third read by the first of them with other tags, a fourth list
+    that fails and a list by name: a repository's waits narrow and widen on sets (a frozenset and a
+    TagList are never ``==``, and ``<=`` between them raises TypeError), and a TagList read is kept as
+    it is, counted once, as where no list waits."""
+    scopes = ListedScopes()
+    record, first = join(scopes)
+    _, second = join(scopes)
+    _, failing = join(scopes)
+    _, by_name = join(scopes)
+    assert None not in (first, second, failing, by_name)
+    answer = TagList(["v1", "v2"])
+    scopes.observe(record, "team/app", answer, bit=first)
+    every, some = record.reads["team/app"]
+    assert every == frozenset() and some is answer, "a TagList read is kept as it is"
+    assert record.pending is not None and record.pending["team/app"][1] is answer
+    scopes.observe(record, "team/app", answer, bit=second)  # together: the one read both report
+    # A third read, by the first list (a later page of its walk), of other tags.
+    scopes.observe(record, "team/app", TagList(["v1", "v3"]), bit=first)
+    assert record.reads["team/app"] == (frozenset(), frozenset({"v1", "v2", "v3"}))
+    assert record.pending["team/app"][1] == frozenset({"v1"})
+    assert record.size == recounted(record)
+    # Equal answers of two reads (the fast path keeps none of them apart), and a Catalog's list then
+    # an answer: each a read in the waits' path.
+    kept = TagList(["o1"])
+    scopes.observe(record, "team/other", kept, bit=first)
+    scopes.observe(record, "team/other", TagList(["o1"]), bit=second)
+    scopes.observe(record, "team/mixed", ["m2", "m1"], bit=first)
+    scopes.observe(record, "team/mixed", TagList(["m1", "m2"]), bit=second)
+    assert record.size == recounted(record)
+    assert failing is not None and by_name is not None
+    scopes.leave(record, failing)  # failed before its client was shown anything
+    assert record.pending is not None and set(record.pending) == {"team/app", "team/other", "team/mixed"}
+    scopes.aside(record, by_name)  # a list by name: nothing waits for it
+    assert record.pending is None
+    assert record.reads["team/other"] == (kept, kept) and record.reads["team/other"][0] is kept
+    every, some = record.reads["team/mixed"]
+    assert every is some and every == frozenset({"m1", "m2"})
+    assert record.reads["team/app"] == (frozenset({"v1"}), frozenset({"v1", "v2", "v3"}))
+    now = {
+        "team/app": frozenset({"v1", "v2"}),
+        "team/other": frozenset({"o1"}),
+        "team/mixed": frozenset({"m1", "m2"}),
+    }
+    assert list(record.changes(now)) == [
+        (EventType.DELETED, TagRef("team", "app", "v3")),
+        (EventType.ADDED, TagRef("team", "app", "v2")),
+    ]
+    assert record.size == recounted(record)
+    assert scopes.size == USER_COST + record.size
+
+
 def test_through_the_hub_a_list_by_name_sets_aside_its_own_bit_only() -> None:
     """Two lists of the namespace and a list by name: the first reads a repository the second never
     reads (its walk passed the place). The list by name is no longer waited for, but the second list
@@ -369,7 +426,7 @@ def test_through_the_hub_a_list_by_name_sets_aside_its_own_bit_only() -> None:
             st.tuples(
                 st.just("read"),
                 st.integers(0, 11),
-                st.tuples(st.integers(0, 2), TAGS),
+                st.tuples(st.integers(0, 2), TAGS, FORMS),
             ),
             st.tuples(st.just("fail"), st.integers(0, 11), st.just(frozenset())),
         ),
@@ -381,12 +438,13 @@ def test_every_list_s_client_is_brought_to_now_and_lists_that_read_alike_are_sen
     steps: list[tuple[str, int, object]], now: list[frozenset[int]]
 ) -> None:
     """Random lists joining one record (some past TRACKED_LISTS), reading repositories (each read by a
-    list it may repeat, with other tags), failing before they showed anything. For every list that did
-    not fail, the events bring its client to ``now``: an ADDED for every tag there now that it did not
-    show (all of a repository it did not read, if it had joined before the repository's first read:
-    one that joined after sees it, and is modelled only once it read it), a DELETED for every tag
-    it showed that is gone. And a repository every list that joined before its first read has read,
-    each time with ``now``'s tags, none past the cap, is sent nothing. The size is what it keeps."""
+    list it may repeat, with other tags; a TagList, a tuple or a list), failing before they showed
+    anything. For every list that did not fail, the events bring its client to ``now``: an ADDED for every
+    tag there now that it did not show (all of a repository it did not read, if it had joined before the
+    repository's first read: one that joined after sees it, and is modelled only once it read it), a
+    DELETED for every tag it showed that is gone. And a repository every list that joined before its first
+    read has read, each time with ``now``'s tags, none past the cap, is sent nothing. The size is what it
+    keeps."""
     scopes = ListedScopes(max_size=10**6)
     record: Listed | None = None
     lists: list[tuple[int | None, dict[int, list[frozenset[int]]], bool]] = []  # bit, reads, failed
@@ -407,10 +465,11 @@ def test_every_list_s_client_is_brought_to_now_and_lists_that_read_alike_are_sen
             lists[index] = (bit, reads, True)
             continue
         assert isinstance(detail, tuple)
-        repository, tags = detail
+        repository, tags, form = detail
         first_read_at.setdefault(repository, len(lists))
         reads.setdefault(repository, []).append(tags)
-        scopes.observe(record, f"team/r{repository}", tuple(f"t{tag}" for tag in sorted(tags)), bit=bit)
+        answer = form(f"t{tag}" for tag in sorted(tags))
+        scopes.observe(record, f"team/r{repository}", answer, bit=bit)
     if record is None:
         return
     assert record.size == recounted(record)
