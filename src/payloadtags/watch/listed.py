@@ -134,8 +134,9 @@ class Listed:
         pending = self.pending
         grown = 0
         if pending is not None and bit is not None and vouch and repository in pending:
-            # Before the fast path below: lists that shared one registry read report the same tuple,
-            # and each of them is one of the lists this repository waits for (review r1user L1).
+            # Before the fast path below: lists that shared one registry read report the same answer
+            # (a TagList), and each of them is one of the lists this repository waits for (review
+            # r1user L1).
             grown = self._read_by(repository, 1 << bit)
         return grown + self._take(repository, tags, vouch, bit)
 
