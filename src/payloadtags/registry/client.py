@@ -2355,7 +2355,7 @@ def _plain_tags(body: bytes) -> TagList | None:
     tags.sort()
     # Sorted, an empty tag comes first (`_nameable` leaves it out, and says so), and a tag twice is
     # next to itself (`_sorted_once` keeps it once): both are json.loads' path.
-    if not tags[0] or any(map(operator.eq, tags, itertools.islice(tags, 1, None))):
+    if not tags[0] or _repeats(tags):
         return None
     return TagList(tags, plain=True)
 
@@ -2364,9 +2364,14 @@ def _sorted_once(tags: list[str]) -> TagList:
     """``sorted(set(tags))``. A list rarely holds a tag twice (pages that overlap could): duplicates
     are looked for next to each other in the sorted list, which costs a fraction of a set."""
     ordered = sorted(tags)
-    if any(map(operator.eq, ordered, itertools.islice(ordered, 1, None))):
+    if _repeats(ordered):
         return TagList(sorted(set(ordered)))
     return TagList(ordered)
+
+
+def _repeats(ordered: list[str]) -> bool:
+    """Whether sorted tags hold a tag twice: next to itself, looked for in one C-level pass."""
+    return any(map(operator.eq, ordered, itertools.islice(ordered, 1, None)))
 
 
 def _step_below(n: int) -> int:
