@@ -2010,7 +2010,7 @@ class RegistryClient:
                 check = self._closed_advice(method, url, peer)
             elif _closed_partway(error):
                 # It answered on this scheme: the server or what sits in front of it broke off.
-                check = f"; {self._logs_advice(url, peer)}"
+                check = f"; {self._logs_advice(self._is_registry(url, peer))}"
             else:
                 check = "" if answered else "; check that it runs and is reachable"
             unavailable = RegistryUnavailable(
@@ -2023,9 +2023,14 @@ class RegistryClient:
         log.failure("Unexpected failure talking to {where}", Failure(error), where=where)
         return RegistryProtocolError(f"{where}: unexpected failure: {reason}")
 
-    def _logs_advice(self, url: str, peer: str | None) -> str:
-        """Where to look when ``url``'s server took a request and dropped it: it runs and was reached."""
-        ours = peer is None and _origin(url) == _origin(self._base)
+    def _is_registry(self, url: str, peer: str | None) -> bool:
+        """Whether ``url`` is the registry's own, not a server it names (its token realm, where it
+        redirects reads)."""
+        return peer is None and _origin(url) == _origin(self._base)
+
+    def _logs_advice(self, ours: bool) -> str:
+        """Where to look when a server took a request and dropped it: it runs and was reached.
+        ``ours``: it is the registry's own (`_is_registry`)."""
         server = "the registry" if ours else "that server"
         return f"check {server}'s log and what sits in front of it (a proxy or load balancer)"
 
@@ -2036,8 +2041,8 @@ class RegistryClient:
         (registry_diagnosis). Not once the port has answered plain HTTP (`_plain_answered`): then the
         server or what sits in front of it dropped the request (a crash, a restart, a proxy's backend
         gone). Nor for a write: the reads before it were answered on that URL."""
-        ours = peer is None and _origin(url) == _origin(self._base)
-        logs = self._logs_advice(url, peer)
+        ours = self._is_registry(url, peer)
+        logs = self._logs_advice(ours)
         if (
             urllib.parse.urlsplit(url).scheme != "http"
             or method not in ("GET", "HEAD")
