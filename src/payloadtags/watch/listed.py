@@ -172,17 +172,9 @@ class Listed:
         pending = self.pending
         waiting = pending.get(repository) if pending is not None else None
         if pending is not None and waiting is not None:
-            # Still waiting: the tags every read saw are kept apart, ``reads`` says none. Either stays
-            # as it was (a TagList too) while the reads agree; sets are made only to narrow or widen
-            # it (a set and a TagList neither compare by ``<=`` nor are ever ``==``).
+            # Still waiting: the tags every read saw are kept apart, ``reads`` says none.
             before = self._weight(repository)
-            every, some = waiting[1], old[1]
-            if not _same(every, seen):
-                kept, now = _set(every), _set(seen)
-                every = every if kept <= now else kept & now
-            if not _same(some, seen):
-                kept, now = _set(some), _set(seen)
-                some = some if now <= kept else kept | now
+            every, some = _narrowed(waiting[1], seen), _widened(old[1], seen)
             pending[repository] = (waiting[0], every)
             self.reads[repository] = (old[0], some)
             grown = self._weight(repository) - before
@@ -190,11 +182,7 @@ class Listed:
             return grown
         if _same(old[0], seen) and _same(old[1], seen):
             return 0  # the common case: the same tags again, nothing new to keep
-        every, some = old
-        new = (
-            every if not every or _same(every, seen) else _set(every) & _set(seen),
-            some if _same(some, seen) else _set(some) | _set(seen),
-        )
+        new = (_narrowed(old[0], seen), _widened(old[1], seen))
         self.reads[repository] = new
         grown = _kept(new) - _kept(old)
         self.size += grown
@@ -318,6 +306,24 @@ def _same(kept: Tags, seen: Tags) -> bool:
     if type(kept) is type(seen):
         return kept == seen
     return len(kept) == len(seen) and _set(kept) == _set(seen)
+
+
+def _narrowed(every: Tags, seen: Tags) -> Tags:
+    """The tags ``every`` and a read that saw ``seen`` both hold: ``every`` itself (a TagList stays one)
+    when the read takes none of them away; a set is made only to narrow it (a set and a TagList
+    neither compare by ``<=`` nor are ever ``==``)."""
+    if not every or _same(every, seen):
+        return every
+    kept, now = _set(every), _set(seen)
+    return every if kept <= now else kept & now
+
+
+def _widened(some: Tags, seen: Tags) -> Tags:
+    """The tags ``some`` or a read that saw ``seen`` holds: ``some`` itself when the read adds none."""
+    if _same(some, seen):
+        return some
+    kept, now = _set(some), _set(seen)
+    return some if now <= kept else kept | now
 
 
 def _kept(reads: tuple[Tags, Tags]) -> int:
