@@ -55,6 +55,18 @@ def renewal(output: bytes) -> tuple[Processes, list[Failure]]:
     return reactor, failed
 
 
+def failed_renewal(plugin: ExecPlugin, stderr: bytes) -> list[Failure]:
+    """A run of ``plugin`` on `Processes` that writes ``stderr`` as it comes and exits with 1; its
+    failures."""
+    reactor = Processes()
+    failed: list[Failure] = []
+    run_plugin(reactor, plugin).addErrback(failed.append)
+    [protocol] = reactor.protocols
+    protocol.errReceived(stderr)
+    protocol.processEnded(Failure(ProcessTerminated(exitCode=1)))
+    return failed
+
+
 @pytest.mark.parametrize("output", DEEP.values(), ids=DEEP.keys())
 def test_a_renewal_whose_plugin_prints_json_nested_too_deeply_fails_as_soon_as_the_plugin_exits(
     output: bytes,
@@ -213,14 +225,9 @@ def test_a_failing_plugins_stderr_naming_a_url_shaped_folder_shows_no_password(
         run_plugin_blocking(plugin)
     assert str(raised.value) == said
     # A renewal's run, its stderr handed as the plugin writes it.
-    reactor = Processes()
-    failed: list[Failure] = []
-    run_plugin(reactor, plugin).addErrback(failed.append)
-    [protocol] = reactor.protocols
-    protocol.errReceived(
-        f"{pad}{os.path.join(plugin.folder or '', plugin.command)}: no route to the IdP\n".encode()
+    failed = failed_renewal(
+        plugin, f"{pad}{os.path.join(plugin.folder or '', plugin.command)}: no route to the IdP\n".encode()
     )
-    protocol.processEnded(Failure(ProcessTerminated(exitCode=1)))
     assert len(failed) == 1 and str(failed[0].value) == said, failed
 
 
@@ -243,11 +250,6 @@ def test_a_failing_plugins_stderr_cut_at_4_kib_inside_a_url_shaped_folder_shows_
     with pytest.raises(PluginError) as raised:
         run_plugin_blocking(plugin)
     assert str(raised.value) == said
-    reactor = Processes()
-    failed: list[Failure] = []
-    run_plugin(reactor, plugin).addErrback(failed.append)
-    [protocol] = reactor.protocols
     path = os.path.join(plugin.folder or "", plugin.command)
-    protocol.errReceived(f"{pad}{path}: no route to the IdP\n".encode())
-    protocol.processEnded(Failure(ProcessTerminated(exitCode=1)))
+    failed = failed_renewal(plugin, f"{pad}{path}: no route to the IdP\n".encode())
     assert len(failed) == 1 and str(failed[0].value) == said, failed
