@@ -358,7 +358,7 @@ def test_an_empty_token_file_is_refused_as_kubectl_refuses_it_unless_a_token_sta
     # plugin beside it; payloadtags went on without a credential. A blank one kubectl sends as no
     # credential, or cannot send for a line end in it: refused too, and said so (review r6cfg L3).
     (tmp_path / "empty").write_text(text)
-    # A blank token beside it is none (docs/configuration.md): the same refusal, whose words said that
+    # A blank token beside it is none (docs/kubeconfig.md): the same refusal, whose words said that
     # "a token (a blank one too)" beside the file would save it (review r10cfg L5).
     for beside in ({}, {"token": "  "}):
         kubeconfig = kubeconfig_with_user(tmp_path / "kc", {"tokenFile": "empty", **beside})
@@ -380,7 +380,7 @@ def test_an_empty_token_file_is_refused_as_kubectl_refuses_it_unless_a_token_sta
 def test_a_blank_token_beside_a_token_file_that_cannot_be_read_is_no_token_and_the_start_is_refused(
     tmp_path: Path, token_file: str
 ) -> None:
-    # review-misc5 N2, as docs/configuration.md says: kubectl sends the blank token (no credential to the
+    # review-misc5 N2, as docs/kubeconfig.md says: kubectl sends the blank token (no credential to the
     # API server); payloadtags takes it as no token at all, so the file is needed, as without a token.
     kubeconfig = kubeconfig_with_user(tmp_path / "kc", {"tokenFile": token_file, "token": " "})
     with pytest.raises(ConfigError, match=r"No such file or directory|tokenFile holds a NUL byte"):
@@ -671,7 +671,7 @@ def test_a_key_as_file_and_data_without_a_certificate_is_refused_as_a_key_alone(
     tmp_path: Path, ca: Authority
 ) -> None:
     # client-go checks the key's pair only beside a certificate, and ignores a key alone (kubectl sends
-    # the token); payloadtags refuses a key alone, as docs/configuration.md says, in those words.
+    # the token); payloadtags refuses a key alone, as docs/kubeconfig.md says, in those words.
     path = both_kubeconfig(
         tmp_path, ca, {}, {"token": "tok", "client-key": "key", "client-key-data": "key-data"}
     )
