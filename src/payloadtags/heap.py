@@ -8,7 +8,7 @@ requests cross that line depends on the heap's layout, so one server process shr
 heap several times per page (brk calls and page faults: a kernel time per page two to three times as
 large) and another, running the same code, never does. Fixed thresholds take that chance away:
 buffers under ``MMAP_THRESHOLD`` come from the heap, and up to ``TRIM_THRESHOLD`` of free heap is
-kept rather than given back and taken again (docs/benchmarks.md, "Seventh round").
+kept rather than given back and taken again (docs/benchmarks-history.md, "Seventh round").
 """
 
 from __future__ import annotations
