@@ -706,6 +706,75 @@ async def test_a_relist_showing_a_namespace_created_anew_stops_the_running_remov
     assert found[f"{team}/new"] == ["v1"] and len(found[f"{team}/app"]) == 3
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_namespace_deleted_again_under_its_new_uid_while_the_old_ones_cascade_runs_is_emptied(
+    kube_api: KubeApiDouble, fresh_registry: RegistryServer, make_controller: Any
+) -> None:
+    """A trigger that arrives while a cascade runs makes it run once more, also when the running one
+    stops because the namespace exists: here it was created anew and deleted again, and the old
+    namespace's cascade stops at the new uid. The new namespace's content goes, and what the old
+    cascade left of the old one's."""
+    team = unique_namespace("team")
+    create_namespace(kube_api, team)
+    push_old_tags(fresh_registry, team)
+    replica = make_controller(fresh_registry.url, leader_elect=False, cascade_concurrency=1, start=False)
+    old_uid = kube_api.store.get(NAMESPACES, team)["metadata"]["uid"]
+
+    async def recreate_and_delete_again() -> None:
+        kube_api.finalize_namespace(team)
+        create_namespace(kube_api, team)
+        images.push_oci_image(fresh_registry, f"{team}/new", "v1", seed=f"{team}-new")
+        kube_api.store.delete(NAMESPACES, team)  # the new namespace Terminating too
+        new_uid = kube_api.store.get(NAMESPACES, team)["metadata"]["uid"]
+        assert new_uid != old_uid
+
+        def seen() -> bool:
+            obj = replica.controller._view.get(team)
+            return obj is not None and obj["metadata"]["uid"] == new_uid
+
+        await eventually(seen, within=10)  # its trigger has come, while the old cascade runs
+
+    deleted = after_first_delete(replica.registry, recreate_and_delete_again)
+    replica.controller.start()
+    await eventually(lambda: replica.controller.synced, within=5)
+    kube_api.store.delete(NAMESPACES, team)
+    await eventually(lambda: len(deleted) >= 1, within=10)  # the old namespace's cascade has begun
+    await eventually(lambda: not replica.controller.busy, within=10)
+    assert content(fresh_registry, team) == {}
+    assert len(replica.controller.results) == 1
+    metrics = replica.controller.metrics
+    # One cleanup: the old namespace's run stopped, the new one's ran in its place.
+    assert (metrics.cascades_started_total, metrics.cascades_aborted_total) == (1, 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cascade_stops_when_the_store_shows_the_namespace_live_while_the_api_cannot_tell(
+    kube_api: KubeApiDouble, fresh_registry: RegistryServer, make_controller: Any
+) -> None:
+    """The guard before every request: the namespace not live again in the synced store. The store
+    has seen the namespace created anew while the cluster API answers 500 to its GET: the cascade
+    stops at once instead of backing off for as long as the API fails."""
+    team = unique_namespace("team")
+    create_namespace(kube_api, team)
+    push_old_tags(fresh_registry, team)
+    replica = make_controller(fresh_registry.url, leader_elect=False, cascade_concurrency=1, start=False)
+
+    async def recreate_while_the_api_fails() -> None:
+        kube_api.finalize_namespace(team)
+        create_namespace(kube_api, team)
+        kube_api.inject_error(500, method="GET", path=f"/api/v1/namespaces/{team}", times=10_000, exact=True)
+        await eventually(lambda: replica.controller._view.live(team), within=10)
+
+    deleted = after_first_delete(replica.registry, recreate_while_the_api_fails)
+    replica.controller.start()
+    await eventually(lambda: replica.controller.synced, within=5)
+    kube_api.store.delete(NAMESPACES, team)
+    await eventually(lambda: replica.controller.metrics.cascades_aborted_total == 1, within=10)
+    assert not replica.controller.busy and not replica.controller.results
+    assert len(deleted) == 1
+    assert len(content(fresh_registry, team)[f"{team}/app"]) == 3
+
+
 # -- several replicas --------------------------------------------------------------------------------
 
 
@@ -862,6 +931,24 @@ async def test_sweep_racing_a_namespace_creation(
     await sleep(0.3)
     assert content(fresh_registry, late) == made
     assert replica.controller.metrics.cascades_started_total == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sweep_candidate_the_cluster_api_cannot_confirm_is_skipped_as_unconfirmed(
+    kube_api: KubeApiDouble, fresh_registry: RegistryServer, make_controller: Any
+) -> None:
+    """An API error for the sweep's GET of a candidate: skipped and counted, no cascade, nothing deleted."""
+    orphan = unique_namespace("unsure")
+    images.push_oci_image(fresh_registry, f"{orphan}/app", "v1", seed=f"{orphan}-v1")
+    kube_api.inject_error(500, method="GET", path=f"/api/v1/namespaces/{orphan}", times=1000, exact=True)
+    replica = make_controller(fresh_registry.url, leader_elect=False)
+    await eventually(lambda: replica.controller.last_sweep is not None, within=10)
+    sweep = replica.controller.last_sweep
+    assert sweep.skipped_unconfirmed == (orphan,) and sweep.orphans == ()
+    metrics = replica.controller.metrics
+    assert metrics.sweep_skipped_unconfirmed_total == 1 and metrics.cascades_started_total == 0
+    assert not replica.controller.busy
+    assert content(fresh_registry, orphan) == {f"{orphan}/app": ["v1"]}
 
 
 @pytest_twisted.ensureDeferred
