@@ -9,6 +9,8 @@ deterministic; the Lease protocol between them goes over real HTTPS to the doubl
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 from twisted.logger import LogLevel, formatEvent
 
 from payloadtags.cleanup import Aborted, Cascade, CascadeResult, Unconfirmed, namespace_state
@@ -32,7 +35,7 @@ from tests.support.cleanup_fixtures import RegistryProxy, unique_namespace
 from tests.support.kubeapi import KubeApiDouble, eventually
 from tests.support.kubeapi.resources import LEASES, NAMESPACES
 from tests.support.logcapture import collected_logs
-from tests.support.registry_server import RegistryServer
+from tests.support.registry_server import REGISTRY_BINARY, RegistryServer, need_registry
 from tests.support.write_hooks import run_hooks
 
 
@@ -124,6 +127,66 @@ async def test_deleting_a_namespace_removes_its_content_and_only_its_content(
     await eventually(lambda: len(replica.controller.results) == 2 and not replica.controller.busy)
     assert replica.controller.results[-1].tags_deleted == 0
     assert {**content(fresh_registry, sibling), **content(fresh_registry, other)} == kept
+
+
+def readable_by_digest(
+    registry: RegistryServer, repository: str, *, manifests: Sequence[str] = (), blobs: Sequence[str] = ()
+) -> list[str]:
+    """The manifests and blobs `repository` still serves by digest."""
+    session = images.Session(registry.url)
+    return [d for d in manifests if images.get_manifest(session, repository, d) is not None] + [
+        d for d in blobs if images.blob(session, repository, d) is not None
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_cascade_deletes_tags_and_their_manifests_and_leaves_the_rest_to_garbage_collection(
+    tmp_path: Path,
+) -> None:
+    """docs/namespace-cleanup.md, first paragraph: the tags and the manifests they name go; an index's
+    child manifests, manifests pushed by digest alone and the repository's links to its layers and
+    config blobs stay readable by digest until the registry's `garbage-collect --delete-untagged`.
+    Pinned both ways, so that a cascade that removes more, or less, is noticed (and the doc changed)."""
+    need_registry()
+    ns = unique_namespace("gc")
+    repository = f"{ns}/app"
+    registry = RegistryServer(root=tmp_path / "data")
+    try:
+        arches = ("amd64", "arm64")
+        children = [
+            images.push_oci_image(registry, repository, None, seed=f"{ns}:{arch}", architecture=arch)
+            for arch in arches
+        ]
+        index = images.push_oci_index(registry, repository, "multi", architectures=arches, children=children)
+        plain = images.push_oci_image(registry, repository, "plain", seed=f"{ns}-plain")
+        by_digest = images.push_oci_image(registry, repository, None, seed=f"{ns}-by-digest")
+        fetched = images.get_manifest(registry, repository, plain)
+        assert fetched is not None
+        parts = fetched.json()
+        blobs = [parts["config"]["digest"], *(layer["digest"] for layer in parts["layers"])]
+        client = RegistryClient(reactor, RegistrySettings(url=registry.url, timeout=5.0))
+        try:
+            result = await Cascade(client, reactor).run(ns)
+        finally:
+            await client.close()
+        assert isinstance(result, CascadeResult) and result.errors == 0
+        assert (result.tags_deleted, result.manifests_deleted) == (2, 2)
+        assert content(registry, ns) == {}
+        # Gone: what the tags named.
+        assert readable_by_digest(registry, repository, manifests=[index, plain]) == []
+        # Stays, readable by digest through the deleted namespace's path.
+        untagged = [*children, by_digest]
+        stays = readable_by_digest(registry, repository, manifests=untagged, blobs=blobs)
+        assert stays == [*untagged, *blobs]
+    finally:
+        registry.stop()
+    # The registry's garbage collection, registry stopped, removes them.
+    config = tmp_path / "config.yml"
+    config.write_text(json.dumps(registry.config()))  # JSON is YAML
+    command = [REGISTRY_BINARY, "garbage-collect", "--delete-untagged", str(config)]
+    await deferToThread(subprocess.run, command, check=True, capture_output=True)
+    with RegistryServer(root=tmp_path / "data") as collected:
+        assert readable_by_digest(collected, repository, manifests=untagged, blobs=blobs) == []
 
 
 @pytest_twisted.ensureDeferred
