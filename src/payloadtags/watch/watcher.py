@@ -1,9 +1,11 @@
 """One watch stream: what its user may see, its bounded send buffer, its end.
 
 Events are written to the connection as they come while the transport takes them, those the scope's
-fan-out hands over together in one write (``take``). When the transport pushes back (a slow client),
-events wait in a buffer of at most ``max_buffered`` lines; one more and the watcher is disconnected:
-memory per watcher stays bounded, and the client's reflector relists.
+fan-out hands over together in one write (``take``). When the transport pushes back (a client that
+stopped reading, or one that reads more slowly than a burst of changes comes), events wait in a buffer
+of at most ``max_buffered`` lines; one more and the watcher is disconnected: memory per watcher stays
+bounded, and the client watches again from its last resourceVersion (a relist only when the burst
+outgrew the scope's history).
 
 What a watch starts with (an ADDED for every tag of a namespace, or the retained events since a
 resourceVersion) can be far more than that buffer: it is rendered a line at a time as the transport
