@@ -43,6 +43,7 @@ from payloadtags.identity import UserInfo
 from payloadtags.inventory import Inventory
 from payloadtags.kube import ClusterClient, KubeClient, Reflector
 from payloadtags.kube.diagnosis import access_log, cause
+from payloadtags.kube.errors import KubeError
 from payloadtags.lifecycle import OrderedServices, Part, StopSignals
 from payloadtags.limits import FRONT_PROXY_CONNECTIONS, held_watch_limits, watch_limits
 from payloadtags.listen import listen
@@ -210,6 +211,7 @@ def _cleanup(
     lease_namespace: str,
     metrics: CleanupMetrics,
     late_writes: LateWrites,
+    on_failure: Callable[[str, KubeError, bool], bool] | None = None,
 ) -> CleanupController | None:
     if kube is None or not settings.namespace_cleanup:
         return None
@@ -251,8 +253,9 @@ def _cleanup(
         options,
         metrics=metrics,
         late_writes=late_writes,
-        # The same log as the server's reflectors: a cause they share is said once for all.
-        on_failure=reflector_options.get("on_failure"),
+        # The same log as the server's reflectors (a cause they share is said once for each thing it
+        # holds back), which says that this watch's failure stops the cleanup, not readiness.
+        on_failure=on_failure,
     )
 
 
@@ -418,10 +421,13 @@ async def start(
     kube = KubeClient(reactor, cluster) if cluster is not None else None
     reflectors: list[Reflector] = []
     options = dict(reflector_options or {})
+    cleanup_failures = None
     if cluster is not None:
         # A refused user, rejected credentials or an unreachable API fail every reflector alike:
         # said once for all, with the fix, and not once a retry each (docs/troubleshooting.md).
-        options.setdefault("on_failure", access_log(cluster, monotonic))
+        access = access_log(cluster, monotonic)
+        options.setdefault("on_failure", access)
+        cleanup_failures = access.for_namespace_cleanup()
     token = None
     if kube is not None:
         token = TokenReviewAuthenticator(
@@ -546,7 +552,15 @@ async def start(
         readiness.append(("rbac", _synced(rbac_sources, "RBAC objects")))
     liveness: list[tuple[str, Any]] = [("ping", ping)]
     cleanup = _cleanup(
-        reactor, settings, kube, registry, options, completed.lease_namespace, cleanup_metrics, late_writes
+        reactor,
+        settings,
+        kube,
+        registry,
+        options,
+        completed.lease_namespace,
+        cleanup_metrics,
+        late_writes,
+        cleanup_failures,
     )
     if remover is not None or cleanup is not None:
         metrics.add_cleanup(cleanup_metrics)

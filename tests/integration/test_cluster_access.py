@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet.task import Clock
+from twisted.internet import reactor
+from twisted.internet.task import Clock, deferLater
 from twisted.logger import LogLevel, formatEvent
 
 from payloadtags.kube.diagnosis import PERIOD
@@ -180,6 +181,24 @@ async def test_an_unreachable_cluster_api_gets_one_line_and_readyz_says_unreacha
 
 
 CLEANUP = "namespaces (cleanup)"
+NOT_READY = "payloadtags retries, and is not ready until it can read what it needs"
+STAYS_READY = (
+    "payloadtags retries, and stays ready meanwhile with what it last read (the authentication "
+    "ConfigMap, RBAC objects): changes made since are not seen until it can read again"
+)
+CLEANUP_STOPPED = (
+    "payloadtags retries, and stays ready, but runs no namespace cleanup until it can read namespaces "
+    "(nor does another replica while this one leads): the tags of namespaces deleted meanwhile stay"
+)
+
+
+async def wait_ready(server: Any) -> None:
+    """Until /readyz (the manifests' probe: registry excluded) answers 200."""
+    for _ in range(int(HANG_GUARD / 0.05)):
+        if (await server.client(None).get("/readyz?exclude=registry")).code == 200:
+            return
+        await deferLater(reactor, 0.05)
+    raise AssertionError("not ready")
 
 
 def cleanup_only_refused(user: Any, info: Any) -> bool:
@@ -189,14 +208,17 @@ def cleanup_only_refused(user: Any, info: Any) -> bool:
 
 @pytest.mark.parametrize("cause", ["refused", "rejected", "unreachable"])
 @pytest_twisted.ensureDeferred
-async def test_the_cleanup_namespace_watch_says_its_cause_in_the_same_one_line(
+async def test_the_cleanup_namespace_watch_says_its_cause_and_that_it_stops_the_cleanup(
     make_server, fresh_registry, kube_api, tmp_path, cause
 ):
     """The namespace watch of the cleanup controller goes through the same log as the server's own
-    reflectors, where it warned on each retry ("Reflector namespaces (cleanup): ..."): a cause they
-    share is one line for all, and a refusal of namespaces alone is its own line with its grant.
-    Leader election off: this replica leads, and watches the namespaces, at once (a registry of its
-    own: the sweep must not see the shared one, though it waits for a namespace list that never comes)."""
+    reflectors, where it warned on each retry ("Reflector namespaces (cleanup): ..."), and says what
+    its failure holds back: the namespace cleanup, not readiness (r1ops L1: it said "not ready until
+    it can read what it needs" while /readyz stayed 200). A cause it shares with the readiness
+    reflectors is one line for each consequence, and a refusal of namespaces alone is one line with
+    its grant. Leader election off: this replica leads, and watches the namespaces, at once (a
+    registry of its own: the sweep must not see the shared one, though it waits for a namespace list
+    that never comes)."""
     if cause == "refused":
         kube_api.authorizer = cleanup_only_refused
         kubeconfig = kube_api.write_kubeconfig(tmp_path / "nobody", username="nobody", groups=())
@@ -206,7 +228,7 @@ async def test_the_cleanup_namespace_watch_says_its_cause_in_the_same_one_line(
         kubeconfig = unreachable_kubeconfig(kube_api, tmp_path)
     server_url = json.loads(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
     with collected_logs() as events:
-        await make_server(
+        server = await make_server(
             fresh_registry,
             kubeconfig=str(kubeconfig),
             authorization_mode="RBAC",
@@ -215,18 +237,47 @@ async def test_the_cleanup_namespace_watch_says_its_cause_in_the_same_one_line(
             monotonic=Clock().seconds,
         )
         await eventually(lambda: retries(events, CLEANUP) >= 3, within=HANG_GUARD)
+        if cause == "refused":
+            # Readiness does not wait for the namespaces (its own reads are allowed).
+            await wait_ready(server)
         lines = kube_warnings(events)
     assert not any("Reflector" in line for line in lines), lines
-    retry = "payloadtags retries, and is not ready until it can read what it needs"
-    assert len(lines) == 1, lines
     if cause == "refused":
-        assert lines[0] == (
+        assert lines == [
             f"the cluster API {server_url} refuses the kubeconfig's user: namespaces is forbidden: "
             'User "nobody" cannot list resource "namespaces" in API group "" at the cluster scope '
             "(403); bind it the ClusterRole payloadtags:server (ClusterRoleBinding payloadtags:server) "
-            f"(manifests/base/rbac-server.yaml, docs/install.md); {retry}"
+            f"(manifests/base/rbac-server.yaml, docs/install.md); {CLEANUP_STOPPED}"
+        ]
+        return
+    (cleanup,) = [line for line in lines if line.endswith(CLEANUP_STOPPED)]
+    (readiness,) = [line for line in lines if line.endswith(NOT_READY)]
+    assert len(lines) == 2, lines
+    said = "rejects the credentials" if cause == "rejected" else "is unreachable (GET /"
+    assert cleanup.startswith(f"the cluster API {server_url} {said}"), cleanup
+    assert readiness.startswith(f"the cluster API {server_url} {said}"), readiness
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_outage_after_a_good_start_says_the_replica_stays_ready(
+    make_server, registry, kube_api, kube_kubeconfig
+):
+    """r1ops L1: the cluster API gone after the reflectors had synced was said "payloadtags retries,
+    and is not ready until it can read what it needs", while the replica stays ready (a synced store
+    is kept through an outage: docs/configuration.md, "Health endpoints"). The line says so now."""
+    with collected_logs() as events:
+        server = await make_server(
+            registry, kubeconfig=str(kube_kubeconfig), authorization_mode="RBAC", monotonic=Clock().seconds
         )
-    elif cause == "rejected":
-        assert lines[0].startswith(f"the cluster API {server_url} rejects the credentials"), lines
-    else:
-        assert lines[0].startswith(f"the cluster API {server_url} is unreachable (GET /"), lines
+        await wait_ready(server)
+        await kube_api.go_down()
+        await failed_each(events, 3)
+        lines = kube_warnings(events)
+        ready = (await server.client(None).get("/readyz?exclude=registry")).code
+    assert ready == 200
+    # The watches broken off as it went, then every retry refused: two causes, one consequence.
+    assert [line.split(" (")[0] for line in lines] == [
+        f"the cluster API {kube_api.url} broke off a request",
+        f"the cluster API {kube_api.url} is unreachable",
+    ], lines
+    assert all(line.endswith(STAYS_READY) for line in lines), lines

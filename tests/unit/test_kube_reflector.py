@@ -8,6 +8,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import attrs
 import pytest
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
@@ -23,6 +24,7 @@ from payloadtags.kube.errors import (
     KubeTimeout,
     KubeTokenUnreadable,
     KubeUnavailable,
+    KubeUnreachable,
     make_status,
 )
 from tests.support.logcapture import collected_logs
@@ -574,4 +576,38 @@ def test_an_unreadable_token_file_is_its_own_cause_not_a_broken_connection(clock
         )
         assert "proxy or load balancer" not in said[1]
     for _, reflector in pairs:
+        Deferred.fromCoroutine(reflector.stop())
+
+
+def test_the_namespace_watch_says_what_its_failure_holds_back_before_and_after_its_sync(
+    clock: Clock,
+) -> None:
+    # r1ops L1: the cleanup's namespace watch said "is not ready until it can read what it needs",
+    # though /readyz never waits for it. Before its first list no namespace cleanup runs; after it,
+    # the cleanup goes on with what it read and misses the namespaces deleted since.
+    access = ClusterAccessLog(SERVER, monotonic=clock.seconds)
+    backoff = Backoff(initial=1.0, factor=1.0, cap=1.0, jitter=0.0)
+    unsynced = FakeSource()
+    cleanup = access.for_namespace_cleanup()
+    never = Reflector(unsynced, PATH, clock, backoff=backoff, on_failure=cleanup)
+    lost = FakeSource()
+    had = Reflector(lost, PATH, clock, backoff=attrs.evolve(backoff), on_failure=cleanup)
+    unreachable = KubeUnreachable("GET /api/v1/namespaces: Connection refused")
+    with collected_logs() as events:
+        never.start()
+        unsynced.reply("list", unreachable)
+        synced(had, lost, [], 10).end(unreachable)
+        said = _warnings(events)
+    assert len(said) == 2, said
+    assert said[0].endswith(
+        "payloadtags retries, and stays ready, but runs no namespace cleanup until it can read "
+        "namespaces (nor does another replica while this one leads): the tags of namespaces deleted "
+        "meanwhile stay"
+    ), said[0]
+    assert said[1].endswith(
+        "payloadtags retries, and stays ready; namespace cleanup goes on with the namespaces it last "
+        "read, and cleans up none deleted since until it can read namespaces again"
+    ), said[1]
+    assert not any("not ready" in line for line in said)
+    for reflector in (never, had):
         Deferred.fromCoroutine(reflector.stop())

@@ -82,7 +82,7 @@ class CleanupController:
         metrics: CleanupMetrics | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         late_writes: LateWrites | None = None,
-        on_failure: Callable[[str, KubeError], bool] | None = None,
+        on_failure: Callable[[str, KubeError, bool], bool] | None = None,
     ) -> None:
         self._clock = reactor
         # Told each failure of the namespace watch (`Reflector.on_failure`): the server's

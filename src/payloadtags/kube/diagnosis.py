@@ -8,6 +8,12 @@ every one of them on every retry: a raw warning each gave some thirty lines in t
 saying what to do. These causes are said instead in one line each, with the fix, at most once per
 period (with the count left out since), and `cause` gives the words /readyz shows. A flapping API
 fails every reflector's watch at once, on every flap: that is one cause too.
+
+Each line ends with what the failure holds back, which is not the same for every reflector: /readyz
+waits for the first list of the authentication ConfigMap and the RBAC objects, but not for a relist
+(a synced store is kept, and served from, through an outage), and never for the cleanup's namespace
+watch, whose failure stops the namespace cleanup instead. A line saying "not ready" where the replica
+stays ready sends the operator after a readiness problem there is not.
 """
 
 from __future__ import annotations
@@ -38,6 +44,38 @@ log = Logger()
 PERIOD = 60.0
 
 RBAC_FILE = "manifests/base/rbac-server.yaml"
+
+
+@attrs.frozen
+class Stake:
+    """What a reflector's failure holds back, said at the end of its line: ``waiting`` while its store
+    has not synced yet, ``synced`` once it has (it keeps what it read). ``key`` tells the lines apart:
+    one cause that holds back two things is two lines, each with its own consequence."""
+
+    key: str
+    waiting: str
+    synced: str
+
+    def said(self, synced: bool) -> tuple[str, str]:
+        return (f"{self.key} synced", self.synced) if synced else (self.key, self.waiting)
+
+
+# The authentication ConfigMap and the RBAC objects: /readyz waits for their first list only.
+READINESS = Stake(
+    "readiness",
+    waiting="payloadtags retries, and is not ready until it can read what it needs",
+    synced="payloadtags retries, and stays ready meanwhile with what it last read (the authentication "
+    "ConfigMap, RBAC objects): changes made since are not seen until it can read again",
+)
+# The cleanup controller's namespace watch (the leader's): not a readiness input.
+NAMESPACE_CLEANUP = Stake(
+    "namespace cleanup",
+    waiting="payloadtags retries, and stays ready, but runs no namespace cleanup until it can read "
+    "namespaces (nor does another replica while this one leads): the tags of namespaces deleted "
+    "meanwhile stay",
+    synced="payloadtags retries, and stays ready; namespace cleanup goes on with the namespaces it "
+    "last read, and cleans up none deleted since until it can read namespaces again",
+)
 
 # The cluster API's answers that say it (or what stands in front of it) cannot serve now: a gateway's
 # 502/504, an unavailable or shedding 503, a throttling 429.
@@ -83,22 +121,30 @@ class ClusterAccessLog:
     def __attrs_post_init__(self) -> None:
         self._once = OncePerPeriod(self.period, self.monotonic)
 
-    def __call__(self, path: str, error: KubeError) -> bool:
-        """Say ``error`` of a request for ``path`` when it is one of the causes said here; True then
-        (its caller says nothing more), False for any other failure (its caller says it)."""
-        said = self._line(path, error)
+    def __call__(self, path: str, error: KubeError, synced: bool = False) -> bool:
+        """Say ``error`` of a request for ``path`` (a readiness input's, ``synced`` once its store has
+        synced) when it is one of the causes said here; True then (its caller says nothing more),
+        False for any other failure (its caller says it)."""
+        return self._say(path, error, READINESS.said(synced))
+
+    def for_namespace_cleanup(self) -> Callable[[str, KubeError, bool], bool]:
+        """The same log for the cleanup controller's namespace watch, whose lines say what its
+        failure really holds back: the namespace cleanup, not readiness."""
+        return lambda path, error, synced: self._say(path, error, NAMESPACE_CLEANUP.said(synced))
+
+    def _say(self, path: str, error: KubeError, stake: tuple[str, str]) -> bool:
+        said = self._line(path, error, stake[1])
         if said is None:
             return False
         key, line = said
-        again = self._once(key)
+        again = self._once(f"{key}; {stake[0]}")
         if again is not None:
             # Counted since the last line: the period, or longer when the failures had stopped.
             log.warn("{line}{more}", line=line, more=again.more())
         return True
 
-    def _line(self, path: str, error: KubeError) -> tuple[str, str] | None:
+    def _line(self, path: str, error: KubeError, retries: str) -> tuple[str, str] | None:
         user = "the pod's service account" if self.in_cluster else "the kubeconfig's user"
-        retries = "payloadtags retries, and is not ready until it can read what it needs"
         if isinstance(error, KubeApiError) and error.code == 403:
             grant = _grant(path)
             return (

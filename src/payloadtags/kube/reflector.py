@@ -108,9 +108,10 @@ class Reflector:
     backoff_reset_after: float = 120.0
     rng: random.Random = attrs.field(factory=random.Random)
     name: str = ""
-    # Told each failure (the path, the error): True when it said it (a cause every reflector meets
-    # alike, said once for all with its fix: `ClusterAccessLog`), so that this one does not.
-    on_failure: Callable[[str, KubeError], bool] | None = None
+    # Told each failure (the path, the error, whether the store has synced: what the failure holds
+    # back depends on it): True when it said it (a cause every reflector meets alike, said once for
+    # all with its fix: `ClusterAccessLog`), so that this one does not.
+    on_failure: Callable[[str, KubeError, bool], bool] | None = None
 
     _items: dict[str, JsonObject] = attrs.field(factory=dict, init=False)
     _listeners: list[StoreListener] = attrs.field(factory=list, init=False)
@@ -229,7 +230,7 @@ class Reflector:
     def _said(self, error: KubeError) -> bool:
         """Notes ``error`` as the last one; whether `on_failure` said it (then logged at debug only)."""
         self.last_error = error
-        if self.on_failure is not None and self.on_failure(self.path, error):
+        if self.on_failure is not None and self.on_failure(self.path, error, self._synced):
             log.debug("Reflector {name}: {error}; retrying", name=self.name, error=error)
             return True
         return False
