@@ -20,6 +20,7 @@ from twisted.logger import LogLevel, formatEvent
 from payloadtags.kube.diagnosis import PERIOD
 from tests.support.kubeapi import KubeApiDouble, eventually
 from tests.support.logcapture import collected_logs
+from tests.support.pki import Authority
 from tests.support.registry_server import free_port
 
 pytestmark = [pytest.mark.registry]
@@ -178,6 +179,76 @@ async def test_an_unreachable_cluster_api_gets_one_line_and_readyz_says_unreacha
     assert reason.startswith(
         "readyz check rbac failed: RBAC objects cannot be read: Role: unreachable: GET /"
     )
+
+
+def untrusting_kubeconfig(kube_api: KubeApiDouble, tmp_path: Path) -> Path:
+    """A kubeconfig whose certificate-authority is not the CA that signed the cluster API's certificate."""
+    path = kube_api.write_kubeconfig(tmp_path / "wrongca")
+    other = Authority.create(tmp_path / "other", "not-the-cluster-ca")
+    config = json.loads(path.read_text())
+    cluster = config["clusters"][0]["cluster"]
+    del cluster["certificate-authority-data"]
+    cluster["certificate-authority"] = str(other.cert_file)
+    path.write_text(json.dumps(config))
+    return path
+
+
+def misnaming_kubeconfig(kube_api: KubeApiDouble, tmp_path: Path) -> Path:
+    """A kubeconfig whose tls-server-name is a name the cluster API's certificate does not hold."""
+    path = kube_api.write_kubeconfig(tmp_path / "wrongname")
+    config = json.loads(path.read_text())
+    config["clusters"][0]["cluster"]["tls-server-name"] = "kubernetes.default.svc"
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_untrusted_cluster_api_certificate_is_said_with_the_ca_to_fix(
+    make_server, registry, kube_api, tmp_path
+):
+    """r1ops L2: a cluster API whose certificate the kubeconfig's CA does not verify was said as
+    "unreachable", with advice to check the server URL and the network; the API is reached, and what
+    to fix is the CA (as the registry's line says for its own)."""
+    kubeconfig = untrusting_kubeconfig(kube_api, tmp_path)
+    lines, reason = await _warnings_and_reason(make_server, registry, kubeconfig)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(
+        f"the cluster API {kube_api.url} presents a certificate that is not trusted (GET /"
+    ), lines
+    assert lines[0].endswith(
+        "; check that the kubeconfig's certificate-authority (or certificate-authority-data) is the "
+        "CA that signed it (the certificate the server presents for tls-server-name, when set), and "
+        f"that the certificate has not expired; {NOT_READY}"
+    ), lines
+    assert "certificate verify failed" in lines[0]
+    assert "unreachable" not in lines[0] and "network path" not in lines[0]
+    assert reason.startswith(
+        "readyz check rbac failed: RBAC objects cannot be read: Role: certificate not trusted: GET /"
+    ), reason
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cluster_api_certificate_for_another_name_is_said_with_the_name_to_fix(
+    make_server, registry, kube_api, tmp_path
+):
+    """r1ops L2: the same for a certificate that does not name the host asked (here tls-server-name):
+    no CA fixes that, the name does."""
+    kubeconfig = misnaming_kubeconfig(kube_api, tmp_path)
+    lines, reason = await _warnings_and_reason(make_server, registry, kubeconfig)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(
+        f"the cluster API {kube_api.url} presents a certificate that is not for the name asked (GET /"
+    ), lines
+    assert "kubernetes.default.svc" in lines[0]
+    assert lines[0].endswith(
+        "; its certificate does not name the host in the kubeconfig's server URL, or its tls-server-name "
+        "when set (no CA fixes that): give tls-server-name a name the certificate holds, or correct the "
+        f"server URL; {NOT_READY}"
+    ), lines
+    assert "unreachable" not in lines[0]
+    assert reason.startswith(
+        "readyz check rbac failed: RBAC objects cannot be read: Role: certificate not for this host: GET /"
+    ), reason
 
 
 CLEANUP = "namespaces (cleanup)"

@@ -38,7 +38,7 @@ from payloadtags.kube import (
     load_cluster_config,
     resource_path,
 )
-from payloadtags.kube.errors import KubeTokenUnreadable
+from payloadtags.kube.errors import KubeCertificateRejected, KubeTokenUnreadable
 from payloadtags.kube.execcred import PLUGIN_TIMEOUT, ExecPlugin, PluginError, run_plugin
 from tests.support.kubeapi import KubeApiDouble, RequestInfo, User, eventually, resources
 from tests.support.kubectl import KUBECTL, Kubectl
@@ -1008,9 +1008,12 @@ async def test_tls_verification(kube_api: KubeApiDouble, tmp_path: Path) -> None
     )
     kube_api.add_token("t", "someone")
     try:
-        for client in (wrong_ca, wrong_name):
-            with pytest.raises(KubeUnavailable):
+        for client, wrong_name_said in ((wrong_ca, False), (wrong_name, True)):
+            # Told apart from an unreachable server (r1ops L2): the fix is the CA or the name.
+            with pytest.raises(KubeCertificateRejected) as rejected:
                 await client.get(NS)
+            assert isinstance(rejected.value, KubeUnavailable)
+            assert rejected.value.wrong_name is wrong_name_said
         assert (await insecure.get(NS + "/default"))["metadata"]["name"] == "default"
     finally:
         for client in (wrong_ca, wrong_name, insecure):

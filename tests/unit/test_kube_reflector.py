@@ -18,6 +18,7 @@ from payloadtags.kube import Backoff, Reflector, StoreListener, WatchEvent
 from payloadtags.kube.diagnosis import PERIOD, ClusterAccessLog
 from payloadtags.kube.errors import (
     KubeApiError,
+    KubeCertificateRejected,
     KubeCredentialUnavailable,
     KubeReplyCutShort,
     KubeStreamLost,
@@ -611,3 +612,24 @@ def test_the_namespace_watch_says_what_its_failure_holds_back_before_and_after_i
     assert not any("not ready" in line for line in said)
     for reflector in (never, had):
         Deferred.fromCoroutine(reflector.stop())
+
+
+@pytest.mark.parametrize("wrong_name", [False, True], ids=["untrusted", "wrong-name"])
+def test_a_rejected_certificate_in_a_pod_names_the_service_account_ca_or_the_address(
+    clock: Clock, wrong_name: bool
+) -> None:
+    # r1ops L2, in a pod: the CA is the service account's ca.crt, and the name KUBERNETES_SERVICE_HOST
+    # (no kubeconfig to fix); a proxy intercepting TLS on the way is the usual cause of either.
+    access = ClusterAccessLog(SERVER, in_cluster=True, monotonic=clock.seconds)
+    error = KubeCertificateRejected("GET /api/v1/namespaces: verify failed", wrong_name=wrong_name)
+    with collected_logs() as events:
+        assert access(PATH, error) is True
+        (said,) = _warnings(events)
+    if wrong_name:
+        assert said.startswith(f"the cluster API {SERVER} presents a certificate that is not for the name")
+        assert "does not name KUBERNETES_SERVICE_HOST (no CA fixes that)" in said
+    else:
+        assert said.startswith(f"the cluster API {SERVER} presents a certificate that is not trusted")
+        assert "the pod's service account CA (/var/run/secrets/kubernetes.io/serviceaccount/ca.crt)" in said
+    assert "proxy intercepting TLS" in said
+    assert "kubeconfig" not in said and "unreachable" not in said

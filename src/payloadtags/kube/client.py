@@ -17,6 +17,7 @@ from urllib.parse import quote
 import attrs
 import cattrs
 from OpenSSL import SSL
+from service_identity import VerificationError
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectError, ConnectingCancelledError, ConnectionClosed, DNSLookupError
@@ -44,6 +45,7 @@ from payloadtags.jsontypes import JsonObject
 from payloadtags.kube.config import ClusterConfig
 from payloadtags.kube.errors import (
     KubeApiError,
+    KubeCertificateRejected,
     KubeCredentialUnavailable,
     KubeProtocolError,
     KubeReplyCutShort,
@@ -320,7 +322,11 @@ class KubeClient:
             )
         except _CONNECTION_ERRORS as e:
             _raise_if_cancelled(e)
-            raise KubeUnreachable(f"{method} {path}: {_describe(e)}") from e
+            said = f"{method} {path}: {_describe(e)}"
+            rejected = _certificate_rejected(e)
+            if rejected is not None:
+                raise rejected(said) from e
+            raise KubeUnreachable(said) from e
 
     async def _bounded(self, work: Coroutine[Any, Any, T], what: str, counted: BodyBytes | None = None) -> T:
         """Run `work` under the request timeout, turning expiry into `KubeTimeout`; a caller's
@@ -357,6 +363,19 @@ def _raise_if_cancelled(error: BaseException) -> None:
     # Agent reports a cancelled request as a transport failure; see `deferreds.is_cancellation`.
     if is_cancellation(error):
         raise CancelledError() from error
+
+
+def _certificate_rejected(error: BaseException) -> Callable[[str], KubeCertificateRejected] | None:
+    """How to say a connection that failed because the server's certificate did not verify: its
+    chain (OpenSSL's "certificate verify failed": an unknown CA, an expired certificate) or its name
+    (`tls.ClusterTLSPolicy`'s check fails with service_identity's VerificationError); else None."""
+    for reason in getattr(error, "reasons", None) or ():
+        value = reason.value if isinstance(reason, Failure) else reason
+        if isinstance(value, VerificationError):
+            return lambda said: KubeCertificateRejected(said, wrong_name=True)
+        if isinstance(value, SSL.Error) and "certificate verify failed" in str(value):
+            return KubeCertificateRejected
+    return None
 
 
 def _describe(error: BaseException | None) -> str:

@@ -1,5 +1,6 @@
 """Saying what is wrong with the cluster API access, once for every reflector: refused credentials
-(401), refused access (403), an unreachable server, requests broken off (a watch stream lost, a
+(401), refused access (403), an unreachable server, a server certificate that does not verify,
+requests broken off (a watch stream lost, a
 reply cut short), requests unanswered in time, an API server (or its load balancer) answering 502,
 503, 504 or 429, an exec plugin that cannot renew the credential, a token file that cannot be read.
 
@@ -24,9 +25,10 @@ from collections.abc import Callable
 import attrs
 from twisted.logger import Logger
 
-from payloadtags.kube.config import ClusterConfig
+from payloadtags.kube.config import SERVICE_ACCOUNT_DIR, ClusterConfig
 from payloadtags.kube.errors import (
     KubeApiError,
+    KubeCertificateRejected,
     KubeCredentialUnavailable,
     KubeError,
     KubeReplyCutShort,
@@ -88,6 +90,8 @@ def cause(error: BaseException) -> str:
         return f"refused: {error}"
     if isinstance(error, KubeApiError) and error.code == 401:
         return f"credentials rejected: {error}"
+    if isinstance(error, KubeCertificateRejected):
+        return f"certificate {'not for this host' if error.wrong_name else 'not trusted'}: {error}"
     if isinstance(error, KubeUnreachable):
         return f"unreachable: {error}"
     return str(error)
@@ -163,6 +167,8 @@ class ClusterAccessLog:
                 f"the cluster API {self.server} rejects the credentials of {user} "
                 f"(401 {error.reason or 'Unauthorized'}); {check}; {retries}",
             )
+        if isinstance(error, KubeCertificateRejected):
+            return self._certificate(error, retries)
         if isinstance(error, KubeUnreachable):
             check = (
                 "check KUBERNETES_SERVICE_HOST/PORT and the network path from the pod"
@@ -219,6 +225,38 @@ class ClusterAccessLog:
                 f"server's load and the network path to it (a firewall dropping packets); {retries}",
             )
         return None
+
+    def _certificate(self, error: KubeCertificateRejected, retries: str) -> tuple[str, str]:
+        # Something answered at the URL, over the network: what to fix is the CA or the name, as the
+        # registry's line says for its own (registry_diagnosis). In a pod, a proxy intercepting TLS
+        # on the way shows this too.
+        if error.wrong_name:
+            check = (
+                "the certificate the API server presents does not name KUBERNETES_SERVICE_HOST (no CA "
+                "fixes that): check what answers on that address (a proxy intercepting TLS)"
+                if self.in_cluster
+                else "its certificate does not name the host in the kubeconfig's server URL, or its "
+                "tls-server-name when set (no CA fixes that): give tls-server-name a name the "
+                "certificate holds, or correct the server URL"
+            )
+            return (
+                "certificate name",
+                f"the cluster API {self.server} presents a certificate that is not for the name asked "
+                f"({error}); {check}; {retries}",
+            )
+        check = (
+            f"check that the pod's service account CA ({SERVICE_ACCOUNT_DIR}/ca.crt) signed it: a "
+            "proxy intercepting TLS on the way presents another certificate"
+            if self.in_cluster
+            else "check that the kubeconfig's certificate-authority (or certificate-authority-data) is "
+            "the CA that signed it (the certificate the server presents for tls-server-name, when set), "
+            "and that the certificate has not expired"
+        )
+        return (
+            "certificate",
+            f"the cluster API {self.server} presents a certificate that is not trusted ({error}); "
+            f"{check}; {retries}",
+        )
 
 
 def access_log(cluster: ClusterConfig, monotonic: Callable[[], float] = time.monotonic) -> ClusterAccessLog:

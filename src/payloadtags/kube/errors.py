@@ -82,6 +82,16 @@ class KubeUnreachable(KubeUnavailable):
     """A request to the API server failed on the way: refused, reset, TLS or DNS failure."""
 
 
+class KubeCertificateRejected(KubeUnreachable):
+    """The API server was reached, but its TLS certificate failed verification: not signed by a CA
+    the client trusts (or expired), or (``wrong_name``) not for the name the client asked for. The
+    fix is the CA or the name, not the URL or the network, so it is said apart."""
+
+    def __init__(self, message: str, *, wrong_name: bool = False) -> None:
+        super().__init__(message)
+        self.wrong_name = wrong_name
+
+
 class KubeCredentialUnavailable(KubeUnavailable):
     """The kubeconfig's exec plugin could not renew the credential: no request could be sent."""
 
