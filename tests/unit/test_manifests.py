@@ -168,6 +168,7 @@ def test_base_installs_exactly_these_objects(base: list[Obj]) -> None:
             ("Service", NAMESPACE, SERVICE),
             ("Deployment", NAMESPACE, "payloadtags"),
             ("PodDisruptionBudget", NAMESPACE, "payloadtags"),
+            ("ResourceQuota", NAMESPACE, "payloadtags-critical-pods"),
         ]
     )
 
@@ -182,6 +183,26 @@ def test_the_apiservice_is_a_tree_of_its_own(base: list[Obj], with_cert_manager:
 
 def test_pods_are_system_cluster_critical(pod: Obj) -> None:
     assert pod["priorityClassName"] == "system-cluster-critical"
+
+
+def test_the_critical_pods_have_a_quota_for_their_priority_class(base: list[Obj], deployment: Obj) -> None:
+    # r1ops L3: kube-apiserver can admit pods of a critical priority class only in namespaces with a
+    # ResourceQuota covering that class (AdmissionConfiguration `limitedResources`; GKE ships it), and
+    # the pods then count against it: room for a rollout whose old pods are still terminating (the
+    # quota counts them until their grace period ends), with one spare.
+    quota = one(base, "ResourceQuota")
+    pod = deployment["spec"]["template"]["spec"]
+    assert quota["metadata"]["namespace"] == deployment["metadata"]["namespace"] == NAMESPACE
+    assert quota["spec"]["scopeSelector"] == {
+        "matchExpressions": [
+            {"scopeName": "PriorityClass", "operator": "In", "values": [pod["priorityClassName"]]}
+        ]
+    }
+    # Pods only: a quota on cpu or memory would make every pod of the namespace declare them.
+    assert list(quota["spec"]["hard"]) == ["pods"] and "scopes" not in quota["spec"]
+    replicas = deployment["spec"]["replicas"]
+    surge = deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
+    assert int(quota["spec"]["hard"]["pods"]) == replicas + surge + replicas + 1
 
 
 def test_no_secret_is_shipped(base: list[Obj], with_cert_manager: list[Obj]) -> None:
