@@ -17,7 +17,7 @@ from twisted.internet.defer import CancelledError
 
 from payloadtags.access.authn import UserInfo
 from payloadtags.access.authz import Authorizer
-from payloadtags.registry import Before, CatalogPage, Check, Manifest, Registry, WriteHooks
+from payloadtags.registry import Before, CatalogPage, Check, Manifest, Registry, Resolved, WriteHooks
 from payloadtags.registry.client import MAX_CATALOG_PAGE
 from payloadtags.registry.errors import (
     RegistryDeleteDisabled,
@@ -264,6 +264,9 @@ class InstrumentedRegistry:
 
     async def resolve(self, repository: str, reference: str) -> str:
         return await self._measure("resolve", self.inner.resolve(repository, reference))
+
+    async def resolve_typed(self, repository: str, reference: str) -> Resolved:
+        return await self._measure("resolve", self.inner.resolve_typed(repository, reference))
 
     async def blob(self, repository: str, digest: str, max_bytes: int = 4 << 20) -> bytes:
         return await self._measure("blob", self.inner.blob(repository, digest, max_bytes=max_bytes))

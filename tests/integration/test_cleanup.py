@@ -139,17 +139,62 @@ def readable_by_digest(
     ]
 
 
+def image_blobs(registry: RegistryServer, repository: str, digest: str) -> list[str]:
+    """An image manifest's config and layer digests."""
+    fetched = images.get_manifest(registry, repository, digest)
+    assert fetched is not None
+    parts = fetched.json()
+    return [parts["config"]["digest"], *(layer["digest"] for layer in parts["layers"])]
+
+
+def children_of(registry: RegistryServer, repository: str, index: str) -> list[str]:
+    """The digests an index (a manifest list) names."""
+    fetched = images.get_manifest(registry, repository, index)
+    assert fetched is not None
+    return [entry["digest"] for entry in fetched.json()["manifests"]]
+
+
+def push_index_of(registry: RegistryServer, repository: str, tag: str | None, children: Sequence[str]) -> str:
+    """An OCI index over manifests already in ``repository`` (images or indexes), each entry with its
+    own media type: how a nested index is made."""
+    entries = []
+    for child in children:
+        fetched = images.get_manifest(registry, repository, child)
+        assert fetched is not None
+        entries.append({"mediaType": fetched.media_type, "digest": child, "size": len(fetched.content)})
+    body = images.canonical({"schemaVersion": 2, "mediaType": images.OCI_INDEX, "manifests": entries})
+    return images.push_manifest(registry, repository, tag or images.sha256(body), body, images.OCI_INDEX)
+
+
+async def cascade_once(registry: RegistryServer, namespace: str, **run: Any) -> CascadeResult:
+    """One `Cascade.run` of ``namespace`` with a client of its own."""
+    client = RegistryClient(reactor, RegistrySettings(url=registry.url, timeout=5.0))
+    try:
+        return await Cascade(client, reactor).run(namespace, **run)
+    finally:
+        await client.close()
+
+
+async def garbage_collect(registry: RegistryServer, config: Path) -> None:
+    """The registry's own `garbage-collect` (no --delete-untagged: on 2.8 that mode also deletes the
+    children of indexes still tagged), run on ``registry``'s root, which must be stopped."""
+    await deferToThread(config.write_text, json.dumps(registry.config()))  # JSON is YAML
+    command = [REGISTRY_BINARY, "garbage-collect", str(config)]
+    await deferToThread(subprocess.run, command, check=True, capture_output=True)
+
+
 @pytest_twisted.ensureDeferred
-async def test_the_cascade_deletes_tags_and_their_manifests_and_leaves_the_rest_to_garbage_collection(
+async def test_the_cascade_deletes_tags_their_manifests_and_an_index_s_children_and_gc_frees_the_rest(
     tmp_path: Path,
 ) -> None:
-    """docs/namespace-cleanup.md, first paragraph: the tags and the manifests they name go; an index's
-    child manifests, manifests pushed by digest alone and the repository's links to its layers and
-    config blobs stay readable by digest until the registry's `garbage-collect --delete-untagged`.
-    Pinned both ways, so that a cascade that removes more, or less, is noticed (and the doc changed)."""
+    """docs/namespace-cleanup.md, first paragraphs: the tags, the manifests they name and an index's
+    (a manifest list's) child manifests go, in the namespace's repositories only: the same children
+    pushed under another namespace, its index tagged, keep pulling. Manifests pushed by digest alone
+    and the repository's links to blobs stay; the registry's plain `garbage-collect` (safe for
+    multi-arch images, unlike 2.8's --delete-untagged) then frees the deleted images' blobs."""
     need_registry()
-    ns = unique_namespace("gc")
-    repository = f"{ns}/app"
+    ns, other = unique_namespace("gc"), unique_namespace("kept")
+    repository, listed, shared = f"{ns}/app", f"{ns}/docker", f"{ns}/shared"
     registry = RegistryServer(root=tmp_path / "data")
     try:
         arches = ("amd64", "arm64")
@@ -160,33 +205,91 @@ async def test_the_cascade_deletes_tags_and_their_manifests_and_leaves_the_rest_
         index = images.push_oci_index(registry, repository, "multi", architectures=arches, children=children)
         plain = images.push_oci_image(registry, repository, "plain", seed=f"{ns}-plain")
         by_digest = images.push_oci_image(registry, repository, None, seed=f"{ns}-by-digest")
-        fetched = images.get_manifest(registry, repository, plain)
-        assert fetched is not None
-        parts = fetched.json()
-        blobs = [parts["config"]["digest"], *(layer["digest"] for layer in parts["layers"])]
-        client = RegistryClient(reactor, RegistrySettings(url=registry.url, timeout=5.0))
-        try:
-            result = await Cascade(client, reactor).run(ns)
-        finally:
-            await client.close()
-        assert isinstance(result, CascadeResult) and result.errors == 0
-        assert (result.tags_deleted, result.manifests_deleted) == (2, 2)
+        docker_list = images.push_docker_manifest_list(registry, listed, "v1", seed=f"{ns}-list")
+        docker_children = children_of(registry, listed, docker_list)
+        # The same index, children and all, in this namespace and in another one.
+        common = [
+            images.push_oci_image(registry, repo, None, seed=f"{other}:{arch}", architecture=arch)
+            for repo in (f"{other}/app", shared)
+            for arch in arches
+        ]
+        assert common[:2] == common[2:]  # the same digests in both repositories
+        common = common[:2]
+        kept = [images.push_oci_index(registry, f"{other}/app", "v1", architectures=arches, children=common)]
+        kept += common
+        shared_index = images.push_oci_index(registry, shared, "v1", architectures=arches, children=common)
+        assert shared_index == kept[0]
+        blobs = [d for child in children for d in image_blobs(registry, repository, child)]
+        blobs += image_blobs(registry, repository, plain)
+
+        result = await cascade_once(registry, ns)
+        assert result.errors == 0
+        # Four tags; their four manifests, and the index's, the list's and the shared index's children.
+        assert (result.tags_deleted, result.manifests_deleted) == (4, 4 + 2 + 2 + 2)
         assert content(registry, ns) == {}
-        # Gone: what the tags named.
-        assert readable_by_digest(registry, repository, manifests=[index, plain]) == []
-        # Stays, readable by digest through the deleted namespace's path.
-        untagged = [*children, by_digest]
-        stays = readable_by_digest(registry, repository, manifests=untagged, blobs=blobs)
-        assert stays == [*untagged, *blobs]
+        deleted = [index, plain, *children]
+        assert readable_by_digest(registry, repository, manifests=deleted) == []
+        assert readable_by_digest(registry, listed, manifests=[docker_list, *docker_children]) == []
+        assert readable_by_digest(registry, shared, manifests=[shared_index, *common]) == []
+        # The other namespace's copy pulls whole.
+        assert readable_by_digest(registry, f"{other}/app", manifests=kept) == kept
+        # Stays until GC: the manifest pushed by digest alone (no tag finds it) and the blob links.
+        assert readable_by_digest(registry, repository, manifests=[by_digest]) == [by_digest]
+        assert readable_by_digest(registry, repository, blobs=blobs) == blobs
     finally:
         registry.stop()
-    # The registry's garbage collection, registry stopped, removes them.
-    config = tmp_path / "config.yml"
-    config.write_text(json.dumps(registry.config()))  # JSON is YAML
-    command = [REGISTRY_BINARY, "garbage-collect", "--delete-untagged", str(config)]
-    await deferToThread(subprocess.run, command, check=True, capture_output=True)
+    await garbage_collect(registry, tmp_path / "config.yml")
     with RegistryServer(root=tmp_path / "data") as collected:
-        assert readable_by_digest(collected, repository, manifests=untagged, blobs=blobs) == []
+        # The deleted images' blobs are freed: no longer served under the deleted namespace's path.
+        assert readable_by_digest(collected, repository, manifests=deleted, blobs=blobs) == []
+        # Plain GC keeps untagged manifests, and so the one pushed by digest alone.
+        assert readable_by_digest(collected, repository, manifests=[by_digest]) == [by_digest]
+        assert readable_by_digest(collected, f"{other}/app", manifests=kept) == kept
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_children_of_a_nested_index_go_with_it(fresh_registry: RegistryServer) -> None:
+    ns = unique_namespace("nested")
+    repository = f"{ns}/app"
+    inner = images.push_oci_index(fresh_registry, repository, None, seed=f"{ns}-inner")
+    grandchildren = children_of(fresh_registry, repository, inner)
+    sibling = images.push_oci_image(fresh_registry, repository, None, seed=f"{ns}-sibling")
+    outer = push_index_of(fresh_registry, repository, "v1", [inner, sibling])
+
+    result = await cascade_once(fresh_registry, ns)
+    assert (result.errors, result.tags_deleted, result.manifests_deleted) == (0, 1, 1 + 2 + 2)
+    everything = [outer, inner, sibling, *grandchildren]
+    assert readable_by_digest(fresh_registry, repository, manifests=everything) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cascade_stopped_between_an_index_s_children_is_finished_by_the_next_one(
+    fresh_registry: RegistryServer,
+) -> None:
+    """Children first: stopped after the first child's delete, the index is still tagged, and the next
+    cascade reads it again, the child gone answering 404 (progress), and deletes the rest."""
+    ns = unique_namespace("halfway")
+    repository = f"{ns}/app"
+    index = images.push_oci_index(fresh_registry, repository, "v1", seed=f"{ns}-index")
+    children = children_of(fresh_registry, repository, index)
+    confirmed = 0
+
+    async def second_delete_stops() -> None:
+        nonlocal confirmed
+        confirmed += 1
+        if confirmed == 2:
+            raise Aborted("stopped between the children")
+
+    with pytest.raises(Aborted):
+        await cascade_once(fresh_registry, ns, confirm=second_delete_stops)
+    second = children[1]
+    assert readable_by_digest(fresh_registry, repository, manifests=[index, *children]) == [index, second]
+    assert content(fresh_registry, ns) == {repository: ["v1"]}
+
+    result = await cascade_once(fresh_registry, ns)
+    assert (result.errors, result.tags_deleted, result.manifests_deleted) == (0, 1, 2)
+    assert readable_by_digest(fresh_registry, repository, manifests=[index, *children]) == []
+    assert content(fresh_registry, ns) == {}
 
 
 @pytest_twisted.ensureDeferred

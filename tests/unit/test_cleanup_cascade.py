@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import weakref
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
@@ -14,11 +15,19 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import LogLevel, formatEvent
 
-from payloadtags.cleanup.cascade import Aborted, Cascade, CascadeResult, LateWrites, Unconfirmed, Walk
+from payloadtags.cleanup.cascade import (
+    MAX_NESTING,
+    Aborted,
+    Cascade,
+    CascadeResult,
+    LateWrites,
+    Unconfirmed,
+    Walk,
+)
 from payloadtags.cleanup.metrics import CleanupMetrics
 from payloadtags.cleanup.watcher import NamespaceTriggers
 from payloadtags.kube import Backoff
-from payloadtags.registry import CatalogPage, WriteHooks
+from payloadtags.registry import OCI_INDEX, OCI_MANIFEST, CatalogPage, Manifest, Resolved, WriteHooks
 from payloadtags.registry.content import skipped_by_seek
 from payloadtags.registry.errors import (
     RegistryConflict,
@@ -73,6 +82,14 @@ class FakeRegistry:
             return self.repos[repository][tag]
         except KeyError:
             raise RegistryNotFound(f"{repository}:{tag}") from None
+
+    async def resolve_typed(self, repository: str, tag: str) -> Resolved:
+        # Through `resolve`, which the subclasses below hold up or fail; plain images only here (the
+        # child manifests of indexes are pinned against the real registry, test_cleanup.py).
+        return Resolved(await self.resolve(repository, tag), OCI_MANIFEST)
+
+    async def manifest(self, repository: str, reference: str) -> Manifest:
+        raise AssertionError("a plain image's manifest is never read")
 
     async def delete_manifest(
         self,
@@ -172,6 +189,115 @@ def test_registry_errors_are_retried_with_capped_backoff() -> None:
     assert result.errors == 4 and "down" in (result.last_error or "")
     assert registry.remaining("team/") == {}
     assert metrics.registry_errors_total == 4
+
+
+class Indexes(FakeRegistry):
+    """Manifests stored by digest, some of them indexes over others, as the registry keeps them: a
+    digest delete removes the manifest and untags its tags. ``said``: the media type a resolve gives
+    (absent: a plain image's; None: the registry did not say)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # (repository, digest) -> the children (digest, descriptor media type) of an index, or None.
+        self.stored: dict[tuple[str, str], list[tuple[str, str | None]] | None] = {}
+        self.said: dict[str, str | None] = {}
+        self.reads: list[str] = []
+
+    def put(self, repository: str, name: str, children: list[tuple[str, str | None]] | None = None) -> str:
+        stored = digest(f"{repository}@{name}")
+        self.stored[repository, stored] = children
+        return stored
+
+    async def resolve_typed(self, repository: str, tag: str) -> Resolved:
+        found = await self.resolve(repository, tag)
+        return Resolved(found, self.said.get(found, OCI_MANIFEST))
+
+    async def manifest(self, repository: str, reference: str) -> Manifest:
+        self.reads.append(reference)
+        if (repository, reference) not in self.stored:
+            raise RegistryNotFound(f"{repository}@{reference}")
+        children = self.stored[repository, reference]
+        if children is None:
+            return Manifest(reference, OCI_MANIFEST, b'{"schemaVersion": 2}')
+        entries = [{"digest": d} | ({"mediaType": t} if t else {}) for d, t in children]
+        body = json.dumps({"schemaVersion": 2, "manifests": entries}).encode()
+        return Manifest(reference, OCI_INDEX, body)
+
+    async def delete_manifest(
+        self,
+        repository: str,
+        manifest: str,
+        *,
+        hooks: WriteHooks | None = None,
+    ) -> None:
+        if self.stored.pop((repository, manifest), False) is False:
+            await super().delete_manifest(repository, manifest, hooks=hooks)  # a tag's, or a 404
+            return
+        await run_hooks(hooks)
+        tags = self.repos.get(repository, {})
+        for tag in [tag for tag, d in tags.items() if d == manifest]:
+            del tags[tag]
+        self.deletes.append((repository, manifest))
+
+
+def test_an_index_s_children_are_deleted_before_it_and_only_an_index_is_read() -> None:
+    registry, clock, metrics = Indexes(), Clock(), CleanupMetrics()
+    plain, child = registry.put("team/app", "plain"), registry.put("team/app", "amd64")
+    untyped = registry.put("team/app", "arm64")  # its descriptor gives no type: read to know
+    index = registry.put("team/app", "multi", [(child, OCI_MANIFEST), (untyped, None)])
+    registry.repos["team/app"] = {"multi": index, "plain": plain}
+    registry.said[index] = None  # the resolve's Content-Type said nothing: read to know
+    shared = registry.put("other/app", "amd64")  # the same image in another repository
+    outcome = run(make_cascade(registry, clock, metrics=metrics), "team")
+    [result] = outcome
+    assert isinstance(result, CascadeResult) and result.errors == 0
+    assert registry.reads == [index, untyped]  # never the plain images' (nothing extra for them)
+    deletes = [d for _, d in registry.deletes]
+    assert deletes.index(child) < deletes.index(untyped) < deletes.index(index)
+    assert sorted(deletes) == sorted([plain, child, untyped, index])
+    assert all(repository == "team/app" for repository, _ in registry.deletes)
+    assert ("other/app", shared) in registry.stored
+    assert (result.tags_deleted, result.manifests_deleted) == (2, 4)
+    assert metrics.manifests_deleted_total == 4
+
+
+def test_nested_indexes_are_read_as_deep_as_the_bound_and_the_deeper_one_is_deleted_unread() -> None:
+    registry, clock = Indexes(), Clock()
+    leaf = registry.put("team/app", "leaf")
+    chain = [leaf]
+    for level in range(MAX_NESTING + 1):
+        chain.append(registry.put("team/app", f"index{level}", [(chain[-1], OCI_INDEX)]))
+    top = chain[-1]
+    registry.said[top] = OCI_INDEX
+    registry.repos["team/app"] = {"v1": top}
+    [result] = run(make_cascade(registry, clock), "team")
+    assert isinstance(result, CascadeResult) and result.errors == 0
+    assert registry.reads == chain[:1:-1]  # the top and its nested ones, MAX_NESTING in all
+    assert len(registry.reads) == MAX_NESTING
+    # Children first, all the way up; the one nested deeper goes unread, its child stays (to GC).
+    assert [d for _, d in registry.deletes] == chain[1:]
+    assert list(registry.stored) == [("team/app", leaf)]
+
+
+def test_a_failed_read_or_child_delete_keeps_the_index_for_the_next_pass() -> None:
+    registry, clock = Indexes(), Clock()
+    child = registry.put("team/app", "amd64")
+    index = registry.put("team/app", "multi", [(child, OCI_MANIFEST)])
+    registry.repos["team/app"] = {"multi": index}
+    registry.said[index] = OCI_INDEX
+    reads = registry.manifest
+
+    async def failing_once(repository: str, reference: str) -> Manifest:
+        registry.manifest = reads  # type: ignore[method-assign]
+        raise RegistryUnavailable("down")
+
+    registry.manifest = failing_once  # type: ignore[method-assign]
+    outcome = run(make_cascade(registry, clock), "team")
+    assert outcome == [] and registry.deletes == []  # the index kept: nothing deleted unread
+    clock.advance(1.0)
+    [result] = outcome
+    assert isinstance(result, CascadeResult) and result.errors == 1
+    assert [d for _, d in registry.deletes] == [child, index]
 
 
 @pytest.mark.parametrize("unanswered", [False, True])

@@ -4,6 +4,16 @@ A namespace that is gone (or Terminating) loses all of its content, so deleting 
 manifest digest is right here: the registry untags every tag on a deleted digest, which takes one
 request per digest instead of the two or three a single-tag delete costs on distribution 2.8.
 
+An index (an OCI image index, a Docker manifest list: a multi-arch image) names its per-platform
+manifests by digest alone, untagged: deleting the index would leave them pullable by digest under the
+deleted namespace's path (distribution 2.8 has no garbage-collection mode that removes them and keeps
+other repositories' multi-arch images whole). So before a digest is deleted whose manifest is an index,
+it is read and its child manifests are deleted first, in the same repository (nested indexes' as well,
+`MAX_NESTING` deep), each like any other delete of the cascade: a cascade stopped between them leaves
+the index, which the next pass finds by its tag and reads again (a child gone already answers 404).
+Whether a digest is an index comes with its resolve (the HEAD's Content-Type, `resolve_typed`); only
+where the registry does not say is the manifest read to know.
+
 A tag listed whose manifest the registry no longer has (a dangling tag: distribution 2.8 leaves
 them when a digest DELETE fails half-way, as concurrent writes in one repository make it do) cannot
 be deleted by digest: it is repaired (pointed at a placeholder manifest, which is then deleted) by
@@ -56,15 +66,21 @@ from payloadtags.deferreds import bounded_each, gather
 from payloadtags.inventory import CatalogCursor, guessed_tags
 from payloadtags.kube import Backoff
 from payloadtags.names import is_namespace
-from payloadtags.registry import Catalog, LateWrites, WriteHooks, namespace_of
-from payloadtags.registry.content import catalog_key, skipped_by_seek
+from payloadtags.registry import Catalog, LateWrites, Manifest, Resolved, WriteHooks, namespace_of
+from payloadtags.registry.content import INDEX_MEDIA_TYPES, catalog_key, is_valid_digest, skipped_by_seek
 from payloadtags.registry.errors import RegistryConflict, RegistryError, RegistryNotFound, RegistryReadOnly
 
 log = Logger()
 
 T = TypeVar("T")
 
-_UNANSWERED = "unanswered"  # not a digest: a tag the registry failed to resolve in this pass
+# Not a digest: a tag the registry failed to resolve in this pass.
+_UNANSWERED = Resolved("unanswered")
+
+# How many levels of indexes are read for their children, the tagged one the first: an index of
+# indexes is rare, a third level unheard of. One nested deeper is deleted unread (its children stay
+# until GC): a bound on the reads a pathological chain of indexes costs.
+MAX_NESTING = 4
 
 Guard = Callable[[], str | None]
 """Called right before every registry request (reads too: a deletecollection's guard is its time
@@ -260,7 +276,9 @@ class _Frontier:
 class CascadeRegistry(Catalog, Protocol):
     """The part of the registry a cascade uses (a fake in unit tests)."""
 
-    async def resolve(self, repository: str, reference: str, /) -> str: ...
+    async def resolve_typed(self, repository: str, reference: str, /) -> Resolved: ...
+
+    async def manifest(self, repository: str, reference: str, /) -> Manifest: ...
 
     # ``hooks``: ``before``, ``check`` run right before each write request leaves, ``sent`` told then
     # (`WriteHooks`).
@@ -586,11 +604,13 @@ class Cascade:
                     [self._resolve(limit, guard, checks, repository, tag, state) for tag in chunk]
                 )
                 per_digest: dict[str, int] = {}
-                for tag, digest in zip(chunk, digests, strict=True):
-                    if digest is _UNANSWERED:
+                types: dict[str, str | None] = {}
+                for tag, resolved in zip(chunk, digests, strict=True):
+                    if resolved is _UNANSWERED:
                         continue  # the pass is retried; the tag is read again then
-                    if digest is not None:
-                        per_digest[digest] = per_digest.get(digest, 0) + 1
+                    if resolved is not None:
+                        per_digest[resolved.digest] = per_digest.get(resolved.digest, 0) + 1
+                        types[resolved.digest] = resolved.media_type
                     else:
                         unresolved.append(tag)
                 # One after the other: the registry client queues one repository's mutations anyway
@@ -601,7 +621,13 @@ class Cascade:
                 for digest, count in sorted(per_digest.items()):
                     if digest in failed:
                         continue
-                    if not await self._delete(limit, repository, digest, count, state, guard, checks):
+                    # An index's children first: its delete would leave no way to find them.
+                    children_gone = await self._children(
+                        limit, repository, digest, types[digest], state, guard, checks
+                    )
+                    if not children_gone or not await self._delete(
+                        limit, repository, digest, count, state, guard, checks
+                    ):
                         failed.add(digest)
             if unresolved:
                 await self._unresolved(repository, unresolved, state, limit, guard, checks)
@@ -664,10 +690,11 @@ class Cascade:
         repository: str,
         tag: str,
         state: _Pass,
-    ) -> str | None:
-        """The tag's digest; None when the registry has no manifest for it; _UNANSWERED on an error."""
+    ) -> Resolved | None:
+        """The tag's digest (and type); None when the registry has no manifest for it; _UNANSWERED on
+        an error."""
         try:
-            return await self._read(limit, guard, checks, self.registry.resolve, repository, tag)
+            return await self._read(limit, guard, checks, self.registry.resolve_typed, repository, tag)
         except RegistryNotFound:
             # Untagged meanwhile (another cascade, a delete through the API) or dangling.
             state.unresolved.note(f"{repository}:{tag}")
@@ -710,6 +737,48 @@ class Cascade:
         self.metrics.manifests_deleted_total += 1
         self.metrics.tags_deleted_total += tags
         return True
+
+    async def _children(
+        self,
+        limit: DeferredSemaphore,
+        repository: str,
+        digest: str,
+        media_type: str | None,
+        state: _Pass,
+        guard: Guard | None,
+        checks: _Checks,
+        depth: int = 0,
+    ) -> bool:
+        """Deletes the child manifests of ``digest`` when it is an index (``media_type`` None: not
+        known, so it is read), in ``repository`` only, before the index is: True once they are gone
+        (each deleted, by someone else first, or never there), or when it is no index. False when one
+        could not be (recorded; the pass is retried), and the index must stay: it is how the next
+        pass finds them."""
+        if media_type is not None and media_type not in INDEX_MEDIA_TYPES:
+            return True  # a plain image: nothing to read
+        try:
+            manifest = await self._read(limit, guard, checks, self.registry.manifest, repository, digest)
+        except RegistryNotFound:
+            return True  # deleted meanwhile: its own delete answers 404, progress
+        except RegistryError as e:
+            # As a delete's: the sibling deletes go on, the pass is retried. Never deleted unread: its
+            # children would stay with nothing left to find them by.
+            state.failed(f"{repository}@{digest}", e)
+            return False
+        if not manifest.is_index:
+            return True
+        gone = True
+        for child, child_type in _child_manifests(manifest):
+            # A nested index's own children first; one nested deeper than the bound is deleted unread.
+            if depth + 1 < MAX_NESTING and not await self._children(
+                limit, repository, child, child_type, state, guard, checks, depth + 1
+            ):
+                gone = False
+                continue
+            # Counted as manifests deleted, no tag: a 404 (already gone) is progress, as for any digest.
+            if not await self._delete(limit, repository, child, 0, state, guard, checks):
+                gone = False
+        return gone
 
     async def _repair(
         self,
@@ -878,6 +947,24 @@ class _Out:
         self.count += 1 if leaving else -1
         if not leaving and self.count == 0 and self.answered is not None:
             self.answered()
+
+
+def _child_manifests(index: Manifest) -> list[tuple[str, str | None]]:
+    """The manifests an index names, by digest, with the media type its descriptor gives (None: none
+    given): each once, in the index's order. Digests only, which the registry's own repository is
+    asked for: an index cannot name a manifest elsewhere."""
+    try:
+        entries = index.json().get("manifests")
+    except ValueError:
+        return []
+    children: dict[str, str | None] = {}
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        digest, media_type = entry.get("digest"), entry.get("mediaType")
+        if isinstance(digest, str) and is_valid_digest(digest) and digest not in children:
+            children[digest] = media_type if isinstance(media_type, str) and media_type else None
+    return list(children.items())
 
 
 async def _awaited(work: Awaitable[T]) -> T:

@@ -54,8 +54,10 @@ from .content import (
     OCI_MANIFEST,
     CatalogPage,
     Manifest,
+    Resolved,
     catalog_key,
     compute_digest,
+    declared_media_type,
     digested,
     infer_media_type,
     is_digest_reference,
@@ -701,6 +703,11 @@ class RegistryClient:
 
     async def resolve(self, repository: str, reference: str) -> str:
         """The digest a tag names, by HEAD (no body); falls back to GET without a digest header."""
+        return (await self.resolve_typed(repository, reference)).digest
+
+    async def resolve_typed(self, repository: str, reference: str) -> Resolved:
+        """`resolve`, with the manifest's media type as the HEAD's Content-Type says it (distribution
+        sends the manifest's own); the GET's, when it falls back to one. At no cost beyond `resolve`."""
         self._check_repository(repository)
         self._check_reference(reference)
         what = f"manifest {repository}:{reference}"
@@ -714,8 +721,9 @@ class RegistryClient:
             raise self._error(reply, what)
         digest = reply.header("Docker-Content-Digest")
         if digest and is_valid_digest(digest):
-            return digest
-        return (await self.manifest(repository, reference)).digest
+            return Resolved(digest, declared_media_type(reply.header("Content-Type")))
+        fetched = await self.manifest(repository, reference)
+        return Resolved(fetched.digest, fetched.media_type)
 
     async def blob(self, repository: str, digest: str, max_bytes: int = 4 << 20) -> bytes:
         """A blob's content (a config, say), checked against its digest; larger than max_bytes fails."""

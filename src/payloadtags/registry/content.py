@@ -153,10 +153,28 @@ class Manifest:
         return self.media_type in INDEX_MEDIA_TYPES
 
 
-def infer_media_type(content_type: str | None, document: dict[str, Any]) -> str:
-    """The manifest's type from Content-Type, else from the document (OCI allows omitting mediaType)."""
+@attrs.frozen
+class Resolved:
+    """What a tag or digest names: its digest and, when the registry said it, its media type."""
+
+    digest: str
+    # The answer's Content-Type; None when the registry sent none or a generic one ("application/json"),
+    # which tells nothing: whoever needs to know reads the manifest.
+    media_type: str | None = None
+
+
+def declared_media_type(content_type: str | None) -> str | None:
+    """A manifest's type as a Content-Type declares it; None for none or a generic one."""
     declared = (content_type or "").split(";", 1)[0].strip().lower()
     if declared and declared not in ("application/json", "application/octet-stream", "text/plain"):
+        return declared
+    return None
+
+
+def infer_media_type(content_type: str | None, document: dict[str, Any]) -> str:
+    """The manifest's type from Content-Type, else from the document (OCI allows omitting mediaType)."""
+    declared = declared_media_type(content_type)
+    if declared is not None:
         return declared
     field = document.get("mediaType")
     if isinstance(field, str) and field:
@@ -179,6 +197,7 @@ __all__ = [
     "SIGNED_SCHEMA1",
     "CatalogPage",
     "Manifest",
+    "Resolved",
     "catalog_key",
     "compute_digest",
     "digested",

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import attrs
 
-from .content import CatalogPage, Manifest
+from .content import CatalogPage, Manifest, Resolved
 
 Before = Callable[[], Awaitable[None]]
 """A caller's confirmation before a write request of a mutation leaves (`WriteHooks.before`)."""
@@ -107,6 +107,10 @@ class Registry(Catalog, Protocol):
 
     async def resolve(self, repository: str, reference: str, /) -> str:
         """The digest a tag names (a HEAD request)."""
+        ...
+
+    async def resolve_typed(self, repository: str, reference: str, /) -> Resolved:
+        """`resolve`, with the media type the registry's answer declares (None: not said)."""
         ...
 
     async def blob(self, repository: str, digest: str, /, max_bytes: int = ...) -> bytes:
