@@ -293,6 +293,46 @@ async def test_a_cascade_stopped_between_an_index_s_children_is_finished_by_the_
 
 
 @pytest_twisted.ensureDeferred
+async def test_an_index_the_client_refuses_to_read_is_deleted_unread_with_a_warning(
+    fresh_registry: RegistryServer,
+) -> None:
+    """An index distribution accepts and serves but the client refuses to read (here JSON nested
+    deeper than it parses, in a field distribution ignores: a RegistryProtocolError, which never
+    passes) does not hold the namespace's cleanup for ever: it is deleted unread, in the first pass,
+    and a warning names it and says its children stay (review r2child F1)."""
+    ns = unique_namespace("hostile")
+    repository = f"{ns}/app"
+    child = images.push_oci_image(fresh_registry, repository, None, seed=f"{ns}-child")
+    fetched = images.get_manifest(fresh_registry, repository, child)
+    assert fetched is not None
+    nested: Any = "x"
+    for _ in range(150):
+        nested = [nested]
+    entries = [{"mediaType": images.OCI_MANIFEST, "digest": child, "size": len(fetched.content)}]
+    body = images.canonical(
+        {"schemaVersion": 2, "mediaType": images.OCI_INDEX, "manifests": entries, "x": nested}
+    )
+    index = images.push_manifest(fresh_registry, repository, "v1", body, images.OCI_INDEX)
+    failed_passes = 0
+
+    async def wait(delay: float) -> None:
+        nonlocal failed_passes
+        failed_passes += 1
+        if failed_passes >= 3:
+            raise Aborted(f"{failed_passes} failed passes")
+
+    with collected_logs() as events:
+        result = await cascade_once(fresh_registry, ns, wait=wait)
+    assert (result.errors, result.passes, result.tags_deleted, result.manifests_deleted) == (0, 2, 1, 1)
+    assert readable_by_digest(fresh_registry, repository, manifests=[index]) == []
+    # Unread, so its child stays, as the warning says.
+    assert readable_by_digest(fresh_registry, repository, manifests=[child]) == [child]
+    [warning] = [line for line in log_lines(events, LogLevel.warn) if index in line]
+    assert f"{repository}@{index}" in warning and "nested more than" in warning
+    assert "child manifests stay" in warning
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_watch_stream_cut_midway_misses_nothing(
     kube_api: KubeApiDouble, fresh_registry: RegistryServer, make_controller: Any
 ) -> None:

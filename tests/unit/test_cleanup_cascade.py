@@ -33,7 +33,9 @@ from payloadtags.registry.errors import (
     RegistryConflict,
     RegistryError,
     RegistryNotFound,
+    RegistryProtocolError,
     RegistryReadOnly,
+    RegistryTimeout,
     RegistryUnavailable,
 )
 from payloadtags.registry.late import Scope
@@ -279,7 +281,13 @@ def test_nested_indexes_are_read_as_deep_as_the_bound_and_the_deeper_one_is_dele
     assert list(registry.stored) == [("team/app", leaf)]
 
 
-def test_a_failed_read_or_child_delete_keeps_the_index_for_the_next_pass() -> None:
+@pytest.mark.parametrize(
+    "error",
+    [RegistryUnavailable("down"), RegistryTimeout("slow"), RegistryReadOnly("maintenance")],
+    ids=["unavailable", "timeout", "read-only"],
+)
+def test_a_failed_read_of_an_index_keeps_it_for_the_next_pass(error: RegistryError) -> None:
+    """An error that may pass: the index is kept (its children are found through it only)."""
     registry, clock = Indexes(), Clock()
     child = registry.put("team/app", "amd64")
     index = registry.put("team/app", "multi", [(child, OCI_MANIFEST)])
@@ -289,15 +297,40 @@ def test_a_failed_read_or_child_delete_keeps_the_index_for_the_next_pass() -> No
 
     async def failing_once(repository: str, reference: str) -> Manifest:
         registry.manifest = reads  # type: ignore[method-assign]
-        raise RegistryUnavailable("down")
+        raise error
 
     registry.manifest = failing_once  # type: ignore[method-assign]
     outcome = run(make_cascade(registry, clock), "team")
     assert outcome == [] and registry.deletes == []  # the index kept: nothing deleted unread
-    clock.advance(1.0)
+    clock.advance(60.0)
     [result] = outcome
     assert isinstance(result, CascadeResult) and result.errors == 1
     assert [d for _, d in registry.deletes] == [child, index]
+
+
+def test_an_index_the_client_refuses_to_read_is_deleted_unread_with_a_warning() -> None:
+    """A RegistryProtocolError (malformed, too deep, too large) never passes: kept, the index would
+    fail every pass and the namespace never finish deleting (review r2child F1). Deleted unread in
+    the first pass instead, as one nested too deep is; the warning names it."""
+    registry, clock = Indexes(), Clock()
+    child = registry.put("team/app", "amd64")
+    index = registry.put("team/app", "multi", [(child, OCI_MANIFEST)])
+    registry.repos["team/app"] = {"multi": index}
+    registry.said[index] = OCI_INDEX
+
+    async def refused(repository: str, reference: str) -> Manifest:
+        registry.reads.append(reference)
+        raise RegistryProtocolError("manifest is JSON nested more than 100 levels deep")
+
+    registry.manifest = refused  # type: ignore[method-assign]
+    with collected_logs() as events:
+        [result] = run(make_cascade(registry, clock), "team")
+    assert isinstance(result, CascadeResult) and (result.errors, result.passes) == (0, 2)
+    assert registry.reads == [index] and registry.deletes == [("team/app", index)]
+    assert ("team/app", child) in registry.stored  # unread: its child stays
+    [warning] = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+    assert f"team/app@{index}" in warning and "nested more than 100 levels" in warning
+    assert "child manifests stay" in warning
 
 
 @pytest.mark.parametrize("unanswered", [False, True])

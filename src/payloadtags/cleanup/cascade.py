@@ -68,7 +68,13 @@ from payloadtags.kube import Backoff
 from payloadtags.names import is_namespace
 from payloadtags.registry import Catalog, LateWrites, Manifest, Resolved, WriteHooks, namespace_of
 from payloadtags.registry.content import INDEX_MEDIA_TYPES, catalog_key, is_valid_digest, skipped_by_seek
-from payloadtags.registry.errors import RegistryConflict, RegistryError, RegistryNotFound, RegistryReadOnly
+from payloadtags.registry.errors import (
+    RegistryConflict,
+    RegistryError,
+    RegistryNotFound,
+    RegistryProtocolError,
+    RegistryReadOnly,
+)
 
 log = Logger()
 
@@ -760,9 +766,22 @@ class Cascade:
             manifest = await self._read(limit, guard, checks, self.registry.manifest, repository, digest)
         except RegistryNotFound:
             return True  # deleted meanwhile: its own delete answers 404, progress
+        except RegistryProtocolError as e:
+            # Served, but not readable by this client (malformed, nested too deep, too large): that
+            # never passes, and kept, the index would fail every pass, the namespace never finishing
+            # its deletion. Deleted unread, as one nested too deep is: its children are left behind.
+            log.warn(
+                "Cleanup: index {where} cannot be read ({error}); deleting it unread: its child "
+                "manifests stay, readable by digest, until the registry's garbage collection "
+                "removes untagged manifests",
+                where=f"{repository}@{digest}",
+                error=str(e),
+            )
+            return True
         except RegistryError as e:
-            # As a delete's: the sibling deletes go on, the pass is retried. Never deleted unread: its
-            # children would stay with nothing left to find them by.
+            # One that may pass (5xx, a timeout, read-only, access being granted): as a delete's, the
+            # sibling deletes go on and the pass is retried, the index kept, as it is how the next
+            # pass finds its children.
             state.failed(f"{repository}@{digest}", e)
             return False
         if not manifest.is_index:
