@@ -232,10 +232,12 @@ class Indexes(FakeRegistry):
         *,
         hooks: WriteHooks | None = None,
     ) -> None:
-        if self.stored.pop((repository, manifest), False) is False:
+        if (repository, manifest) not in self.stored:
             await super().delete_manifest(repository, manifest, hooks=hooks)  # a tag's, or a 404
             return
         await run_hooks(hooks)
+        self._gate("delete")
+        del self.stored[repository, manifest]
         tags = self.repos.get(repository, {})
         for tag in [tag for tag, d in tags.items() if d == manifest]:
             del tags[tag]
@@ -331,6 +333,24 @@ def test_an_index_the_client_refuses_to_read_is_deleted_unread_with_a_warning() 
     [warning] = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
     assert f"team/app@{index}" in warning and "nested more than 100 levels" in warning
     assert "child manifests stay" in warning
+
+
+def test_a_failed_child_delete_keeps_the_index_for_the_next_pass() -> None:
+    """Review r2child F2: deleted, the index would leave its remaining children nothing to find
+    them by."""
+    registry, clock = Indexes(), Clock()
+    child = registry.put("team/app", "amd64")
+    index = registry.put("team/app", "multi", [(child, OCI_MANIFEST)])
+    registry.repos["team/app"] = {"multi": index}
+    registry.said[index] = OCI_INDEX
+    registry.fail("delete", RegistryUnavailable("down"))
+    outcome = run(make_cascade(registry, clock), "team")
+    assert outcome == [] and registry.deletes == []
+    assert ("team/app", index) in registry.stored and registry.repos["team/app"] == {"multi": index}
+    clock.advance(1.0)
+    [result] = outcome
+    assert isinstance(result, CascadeResult) and result.errors == 1
+    assert [d for _, d in registry.deletes] == [child, index]
 
 
 @pytest.mark.parametrize("unanswered", [False, True])
