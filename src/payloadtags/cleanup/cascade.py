@@ -208,6 +208,17 @@ class _Pass:
 
 
 @attrs.define
+class _Handled:
+    """The digests of one repository that a pass has deleted, found gone or failed to delete. Each is
+    read and deleted at most once in the pass, however many indexes name it: indexes that share
+    nested indexes (content a namespace member can push) would otherwise cost requests per path
+    through them, which grows as a power of their fan-out, and every pass when the deletes fail."""
+
+    gone: set[str] = attrs.Factory(set)
+    failed: set[str] = attrs.Factory(set)  # stays for the next pass
+
+
+@attrs.define
 class Walk:
     """Where a cascade's pass has got to in the namespace's catalog, kept from one cascade to the
     next (a deletecollection's calls, each bounded in time): the next goes on from there instead of
@@ -603,7 +614,7 @@ class Cascade:
                 return
             state.found += len(tags)
             unresolved: list[str] = []
-            failed: set[str] = set()  # digests whose delete failed: not tried again in this pass
+            handled = _Handled()
             for start in range(0, len(tags), self.resolve_chunk):
                 chunk = tags[start : start + self.resolve_chunk]
                 digests = await gather(
@@ -622,19 +633,15 @@ class Cascade:
                 # One after the other: the registry client queues one repository's mutations anyway
                 # (concurrent deletes in one repository are what leave 2.8 with dangling tags), and a
                 # delete waiting in that queue must not hold a slot another repository could use.
-                # A digest of an earlier chunk that shows up again was pushed since its delete, or
-                # failed to delete (left for the next pass).
                 for digest, count in sorted(per_digest.items()):
-                    if digest in failed:
+                    if digest in handled.failed or digest in handled.gone:
+                        # Failed: left for the next pass. Gone (a child of an index deleted before
+                        # it, or pushed again since an earlier chunk's delete): the next pass finds
+                        # it if it is back (this pass found tags, so there is one).
                         continue
-                    # An index's children first: its delete would leave no way to find them.
-                    children_gone = await self._children(
-                        limit, repository, digest, types[digest], state, guard, checks
+                    await self._wipe(
+                        limit, repository, digest, types[digest], count, state, guard, checks, handled
                     )
-                    if not children_gone or not await self._delete(
-                        limit, repository, digest, count, state, guard, checks
-                    ):
-                        failed.add(digest)
             if unresolved:
                 await self._unresolved(repository, unresolved, state, limit, guard, checks)
         except (RegistryError, Unconfirmed) as e:
@@ -711,6 +718,34 @@ class Cascade:
             state.failed(f"{repository}:{tag}", e)
             return _UNANSWERED
 
+    async def _wipe(
+        self,
+        limit: DeferredSemaphore,
+        repository: str,
+        digest: str,
+        media_type: str | None,
+        tags: int,
+        state: _Pass,
+        guard: Guard | None,
+        checks: _Checks,
+        handled: _Handled,
+        depth: int = 0,
+    ) -> bool:
+        """Deletes ``digest`` (named by ``tags`` of the chunk), an index's children first: its delete
+        would leave no way to find them. Read `MAX_NESTING` levels deep; an index nested deeper is
+        deleted unread. Once per pass however many indexes name it (`_Handled`): True when it is
+        gone, False when it failed and stays for the next pass."""
+        if digest in handled.failed:
+            return False
+        if digest in handled.gone:
+            return True
+        if depth < MAX_NESTING and not await self._children(
+            limit, repository, digest, media_type, state, guard, checks, handled, depth
+        ):
+            handled.failed.add(digest)
+            return False
+        return await self._delete(limit, repository, digest, tags, state, guard, checks, handled)
+
     async def _delete(
         self,
         limit: DeferredSemaphore,
@@ -720,6 +755,7 @@ class Cascade:
         state: _Pass,
         guard: Guard | None,
         checks: _Checks,
+        handled: _Handled,
     ) -> bool:
         """False when the delete failed (recorded; the pass is retried): True when the digest is gone,
         deleted by this request or, first, by someone else."""
@@ -731,18 +767,24 @@ class Cascade:
                 )
             except RegistryNotFound:
                 state.progress += 1  # someone else deleted it first: the goal is reached all the same
+                handled.gone.add(digest)
                 return True
             except RegistryError as e:
                 state.failed(f"{repository}@{digest}", e)  # as in _resolve: the sibling deletes go on
+                handled.failed.add(digest)
                 return False
         finally:
             limit.release()
+        handled.gone.add(digest)
         state.progress += 1
         state.manifests_deleted += 1
-        state.tags_deleted += tags
         self.metrics.manifests_deleted_total += 1
-        self.metrics.tags_deleted_total += tags
+        self._count_tags(state, tags)
         return True
+
+    def _count_tags(self, state: _Pass, tags: int) -> None:
+        state.tags_deleted += tags
+        self.metrics.tags_deleted_total += tags
 
     async def _children(
         self,
@@ -753,7 +795,8 @@ class Cascade:
         state: _Pass,
         guard: Guard | None,
         checks: _Checks,
-        depth: int = 0,
+        handled: _Handled,
+        depth: int,
     ) -> bool:
         """Deletes the child manifests of ``digest`` when it is an index (``media_type`` None: not
         known, so it is read), in ``repository`` only, before the index is: True once they are gone
@@ -788,14 +831,10 @@ class Cascade:
             return True
         gone = True
         for child, child_type in _child_manifests(manifest):
-            # A nested index's own children first; one nested deeper than the bound is deleted unread.
-            if depth + 1 < MAX_NESTING and not await self._children(
-                limit, repository, child, child_type, state, guard, checks, depth + 1
-            ):
-                gone = False
-                continue
             # Counted as manifests deleted, no tag: a 404 (already gone) is progress, as for any digest.
-            if not await self._delete(limit, repository, child, 0, state, guard, checks):
+            if not await self._wipe(
+                limit, repository, child, child_type, 0, state, guard, checks, handled, depth + 1
+            ):
                 gone = False
         return gone
 
