@@ -402,6 +402,33 @@ def test_indexes_that_share_nested_ones_cost_a_request_per_manifest_not_per_path
     assert registry.deletes[-1] == ("team/app", top) and registry.stored == {}
 
 
+@pytest.mark.parametrize("index_first", [True, False])
+def test_a_child_that_is_also_tagged_is_deleted_once_and_counts_its_tag(index_first: bool) -> None:
+    """Review r2child N1: `multi` names index I over image A, `amd64` names A, both in one chunk.
+    Whichever digest sorts first, A is deleted once and both tags count (each resolved to a digest
+    this cascade deleted): no DELETE of A again as a digest of its own, answered 404, its tag lost."""
+    registry, clock, metrics = Indexes(), Clock(), CleanupMetrics()
+    for attempt in range(20):  # names whose digests sort the way asked
+        child = registry.put("team/app", f"amd64-{attempt}")
+        index = registry.put("team/app", f"multi-{attempt}", [(child, OCI_MANIFEST)])
+        if (index < child) == index_first:
+            break
+    registry.stored = {key: value for key, value in registry.stored.items() if key[1] in (child, index)}
+    registry.repos["team/app"] = {"multi": index, "amd64": child}
+    registry.said[index] = OCI_INDEX
+    confirms = 0
+
+    async def confirm() -> None:
+        nonlocal confirms
+        confirms += 1
+
+    [result] = run(make_cascade(registry, clock, metrics=metrics), "team", confirm=confirm)
+    assert isinstance(result, CascadeResult) and result.errors == 0
+    assert [d for _, d in registry.deletes] == [child, index] and confirms == 2
+    assert (result.tags_deleted, result.manifests_deleted) == (2, 2)
+    assert (metrics.tags_deleted_total, metrics.manifests_deleted_total) == (2, 2)
+
+
 @pytest.mark.parametrize("unanswered", [False, True])
 def test_a_repair_that_met_a_push_with_its_write_pending_is_a_failure(unanswered: bool) -> None:
     # Pushed again while the repair's placeholder PUT went unanswered: that PUT may still land over

@@ -216,6 +216,8 @@ class _Handled:
 
     gone: set[str] = attrs.Factory(set)
     failed: set[str] = attrs.Factory(set)  # stays for the next pass
+    # Deleted by this cascade since the tags of the current chunk were resolved.
+    deleted_in_chunk: set[str] = attrs.Factory(set)
 
 
 @attrs.define
@@ -617,6 +619,7 @@ class Cascade:
             handled = _Handled()
             for start in range(0, len(tags), self.resolve_chunk):
                 chunk = tags[start : start + self.resolve_chunk]
+                handled.deleted_in_chunk.clear()  # before the chunk's resolves: deletes after them
                 digests = await gather(
                     [self._resolve(limit, guard, checks, repository, tag, state) for tag in chunk]
                 )
@@ -634,9 +637,14 @@ class Cascade:
                 # (concurrent deletes in one repository are what leave 2.8 with dangling tags), and a
                 # delete waiting in that queue must not hold a slot another repository could use.
                 for digest, count in sorted(per_digest.items()):
+                    if digest in handled.deleted_in_chunk:
+                        # Deleted as a child of an index of this chunk, after these tags resolved to
+                        # it: they went with that delete, and count as the tags of any other.
+                        self._count_tags(state, count)
+                        continue
                     if digest in handled.failed or digest in handled.gone:
-                        # Failed: left for the next pass. Gone (a child of an index deleted before
-                        # it, or pushed again since an earlier chunk's delete): the next pass finds
+                        # Failed: left for the next pass. Gone otherwise (by someone else, or before
+                        # this chunk's tags resolved to it: pushed again since): the next pass finds
                         # it if it is back (this pass found tags, so there is one).
                         continue
                     await self._wipe(
@@ -776,6 +784,7 @@ class Cascade:
         finally:
             limit.release()
         handled.gone.add(digest)
+        handled.deleted_in_chunk.add(digest)
         state.progress += 1
         state.manifests_deleted += 1
         self.metrics.manifests_deleted_total += 1
