@@ -248,6 +248,30 @@ async def test_the_cascade_deletes_tags_their_manifests_and_an_index_s_children_
 
 
 @pytest_twisted.ensureDeferred
+async def test_after_gc_a_layer_another_image_uses_is_still_served_under_the_deleted_namespace(
+    tmp_path: Path,
+) -> None:
+    """docs/registry.md, "Garbage collection" (review r2child L2): distribution's garbage collection
+    never removes a repository's links to blobs, so an image's layers and config that the same image
+    under another namespace still uses stay readable by digest under the deleted namespace's path."""
+    need_registry()
+    ns, other = unique_namespace("gcshared"), unique_namespace("gckept")
+    registry = RegistryServer(root=tmp_path / "data")
+    try:
+        shared = images.push_oci_image(registry, f"{ns}/app", "v1", seed="same-image")
+        assert images.push_oci_image(registry, f"{other}/app", "v1", seed="same-image") == shared
+        blobs = image_blobs(registry, f"{ns}/app", shared)
+        result = await cascade_once(registry, ns)
+        assert (result.errors, result.manifests_deleted) == (0, 1)
+    finally:
+        registry.stop()
+    await garbage_collect(registry, tmp_path / "config.yml")
+    with RegistryServer(root=tmp_path / "data") as collected:
+        assert readable_by_digest(collected, f"{ns}/app", manifests=[shared]) == []
+        assert readable_by_digest(collected, f"{ns}/app", blobs=blobs) == blobs
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_children_of_a_nested_index_go_with_it(fresh_registry: RegistryServer) -> None:
     ns = unique_namespace("nested")
     repository = f"{ns}/app"
