@@ -51,7 +51,15 @@ from payloadtags.logs import DEBUG_VERBOSITY, begin_logging
 from payloadtags.metrics import CountingAuthorizer, InstrumentedRegistry, Metrics
 from payloadtags.names import encode_name
 from payloadtags.quiet import WhenQuiet, quiet_after
-from payloadtags.registry import LATE_WRITE_GRACE, Catalog, LateWrites, Registry, RegistryClient
+from payloadtags.registry import (
+    CARRIED_DELETE_TIMEOUTS,
+    LATE_WRITE_GRACE,
+    CarriedDelete,
+    Catalog,
+    LateWrites,
+    Registry,
+    RegistryClient,
+)
 from payloadtags.registry_diagnosis import FailureLog, probe
 from payloadtags.reloader import FileWatcher
 from payloadtags.repoindex import RepositoryIndex
@@ -90,6 +98,51 @@ def _flag_authentication(settings: Settings) -> FlagConfig:
 
 
 @attrs.define
+class CarriedDeletes:
+    """The deletes a stop waits for: those that had begun writing when their requests were cut (or
+    their cascades stopped). Cut between its writes, such a delete would leave its tag on the copy
+    it wrote (docs/consistency.md), so the process goes on until each ends; this says, once each,
+    which they are, how long they may take, and what to do if the kubelet kills the process first."""
+
+    client: RegistryClient
+    # Who asked for a delete of (repository, tag), when a request did (`TagsService.asked_by`).
+    asked_by: Callable[[str, str], str | None] = lambda repository, tag: None
+    said: set[CarriedDelete] = attrs.Factory(set)
+
+    def say(self, when: str) -> None:
+        """One line for each delete begun and not said yet; ``when``: what the stop is doing."""
+        timeout = self.client.settings.timeout
+        for carried in self.client.begun_deletes():
+            if carried in self.said:
+                continue
+            self.said.add(carried)
+            self._say(carried, when, timeout)
+
+    def _say(self, carried: CarriedDelete, when: str, timeout: float) -> None:
+        who = self.asked_by(carried.repository, carried.tag)
+        log.warn(
+            "{when}: the delete of tag {where} asked by {who} has begun writing and goes on: the process "
+            "exits once it has ended, within {bound:g}s ({timeouts} x --registry-timeout; longer only "
+            "if the registry fails more than one of its requests). If the process is killed first, "
+            "the tag may be left on a copy payloadtags wrote to delete it: wait {late:g}s (a write may "
+            "still land), get the tag (kubectl get), and if it is still there, delete it again",
+            when=when,
+            where=carried.name,
+            repository=carried.repository,
+            tag=carried.tag,
+            who=who if who is not None else "a namespace removal (cleanup or deletecollection)",
+            bound=self.client.carried_bound,
+            timeouts=CARRIED_DELETE_TIMEOUTS,
+            late=LATE_WRITE_GRACE * timeout,
+        )
+
+    async def ended(self, when: str) -> None:
+        """Says the deletes begun and not said yet, then waits until every one has ended."""
+        self.say(when)
+        await self.client.carried_ended()
+
+
+@attrs.define
 class Serving:
     """The TLS listener and the drain that ends it: the part started last and stopped first."""
 
@@ -99,6 +152,7 @@ class Serving:
     connections: LimitedConnections
     api: ApiServer
     mode: str
+    carried: CarriedDeletes | None = None
     listener: IListeningPort | None = None
     port: int = 0
 
@@ -151,6 +205,8 @@ class Serving:
             )
             for connection in list(self.connections.protocols):
                 connection.transport.abortConnection()
+            if self.carried is not None:
+                self.carried.say("the grace period is over")
 
 
 # What a server does once lists have stopped a while (quiet.WhenQuiet): drops what their requests left
@@ -211,6 +267,7 @@ def _cleanup(
     lease_namespace: str,
     metrics: CleanupMetrics,
     late_writes: LateWrites,
+    carried: CarriedDeletes,
     on_failure: Callable[[str, KubeError, bool], bool] | None = None,
 ) -> CleanupController | None:
     if kube is None or not settings.namespace_cleanup:
@@ -256,6 +313,9 @@ def _cleanup(
         # The same log as the server's reflectors (a cause they share is said once for each thing it
         # holds back), which says that this watch's failure stops the cleanup, not readiness.
         on_failure=on_failure,
+        # Until its deletes carried on have ended, this replica may still write to a namespace
+        # that the next leader would clean: the Lease goes only then.
+        before_release=lambda: carried.ended("before the lease is released"),
     )
 
 
@@ -551,6 +611,7 @@ async def start(
     if rbac_sources:
         readiness.append(("rbac", _synced(rbac_sources, "RBAC objects")))
     liveness: list[tuple[str, Any]] = [("ping", ping)]
+    carried = CarriedDeletes(registry_client, lambda repository, tag: service.asked_by.get((repository, tag)))
     cleanup = _cleanup(
         reactor,
         settings,
@@ -560,6 +621,7 @@ async def start(
         completed.lease_namespace,
         cleanup_metrics,
         late_writes,
+        carried,
         cleanup_failures,
     )
     if remover is not None or cleanup is not None:
@@ -607,6 +669,7 @@ async def start(
         connections,
         api,
         mode,
+        carried,
     )
     registry_probe: defer.Deferred[str] | None = None
 
@@ -654,10 +717,16 @@ async def start(
         if index_refresh is not None and index_refresh.running:
             index_refresh.stop()
 
+    async def close_registry() -> None:
+        carried.say("stopping")  # those carried on since (a request's own deadline)
+        await registry.close()
+
     # The start order; stop runs it backwards, one part after the other, so the drain comes first
-    # and the clients that requests in flight still use close last.
+    # and the clients that requests in flight still use close last. The namespace cleanup starts
+    # before serving, and its stop (a leader's release of the Lease after the deletes carried on
+    # have ended) comes right after the drain.
     parts = [
-        Part("registry-client", stop=registry.close),
+        Part("registry-client", stop=close_registry),
         Part("cluster-client", stop=kube.close) if kube is not None else None,
         Part("watch", start=watch_hub.run, stop=watch_hub.stop),
         Part("list-walks", start=walks.run, stop=walks.stop),

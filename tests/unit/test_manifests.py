@@ -29,6 +29,7 @@ import yaml
 from payloadtags.access.authn import UserInfo
 from payloadtags.access.rbac import RbacIndex
 from payloadtags.cli import _parser, settings_from
+from payloadtags.registry import CARRIED_DELETE_TIMEOUTS
 from tests.support.networkpolicy import admission_problems
 
 # Renders and validates the deployment trees with kubectl and the schemas: packaging, not the unit tier.
@@ -515,7 +516,12 @@ def test_graceful_shutdown_fits_in_the_termination_grace_period(pod: Obj, contai
     delay = _seconds(args["--shutdown-delay-duration"])
     assert delay >= 3
     grace = _seconds(args.get("--shutdown-grace-period", "30s"))
-    assert pod["terminationGracePeriodSeconds"] > delay + grace
+    # review r1ops F1: a delete that had begun writing when the grace period ended goes on to its end
+    # (at most CARRIED_DELETE_TIMEOUTS registry timeouts), then the leader releases its Lease (bounded
+    # by the renew deadline): the kubelet's SIGKILL at 40s cut such a delete, leaving its tag on a copy.
+    carried = CARRIED_DELETE_TIMEOUTS * _seconds(args.get("--registry-timeout", "10s"))
+    release = _seconds(args.get("--leader-elect-renew-deadline", "10s"))
+    assert pod["terminationGracePeriodSeconds"] > delay + grace + carried + release
 
 
 def test_args_are_flags_the_server_accepts(container: Obj) -> None:

@@ -1232,6 +1232,7 @@ def test_the_cleanup_is_built_without_leader_election_whatever_its_durations(
         "default",
         CleanupMetrics(),
         LateWrites(clock),
+        object(),  # type: ignore[arg-type]
     )
     assert built is not None and not built.options.leader_elect
 

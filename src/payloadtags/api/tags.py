@@ -8,6 +8,7 @@ from collections.abc import Callable, Collection, Coroutine, Sequence
 from typing import Any, NoReturn, Protocol
 
 import attrs
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -412,6 +413,9 @@ class TagsService:
     # Lists begun (pages and deletecollections included): what tells that lists are being served
     # (quiet.WhenQuiet).
     lists: int = 0
+    # Who asked for each single delete under way (repository, tag -> user name), until it ends, its
+    # request cut or not: what a stop says of a delete it waits for (`server.CarriedDeletes`).
+    asked_by: dict[tuple[str, str], str] = attrs.Factory(dict)
 
     def _object(self, ref: TagRef, status: TagStatus | None = None) -> PayloadRepositoryTag:
         return tag_object(self.registry_host, ref, status)
@@ -705,9 +709,13 @@ class TagsService:
         self, user: UserInfo, ref: TagRef, expected: str | None = None, brought_back: Kind | None = None
     ) -> str | None:
         """``brought_back``: for a tag a deletecollection took in, what the late write left (`_audit`)."""
+        key = (ref.repository, ref.tag)
+        self.asked_by[key] = user.name
+        ended: Deferred[None] | None = None
         try:
             digest = await self.inventory.delete(ref, expected)
         except GoesOn as going:
+            ended = going.ended
             # The registry client finishes a delete that had begun writing and logs how it ended;
             # this line says who asked for it. One that had not begun was dropped: nothing to say.
             said, fields = _taken_in(brought_back)
@@ -725,9 +733,18 @@ class TagsService:
         except BaseException:
             self.changed(ref.repository)  # a failure half-way may have changed the registry
             raise
+        finally:
+            if ended is None:
+                self._forget_asker(key, user.name)
+            else:
+                ended.addCallback(lambda _: self._forget_asker(key, user.name))
         self.changed(ref.repository)
         _audit(user, ref, digest, dry_run=False, brought_back=brought_back)
         return digest
+
+    def _forget_asker(self, key: tuple[str, str], name: str) -> None:
+        if self.asked_by.get(key) == name:  # unless another delete of the tag began since
+            del self.asked_by[key]
 
     async def delete_collection(
         self,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -83,7 +83,10 @@ class CleanupController:
         monotonic: Callable[[], float] = time.monotonic,
         late_writes: LateWrites | None = None,
         on_failure: Callable[[str, KubeError, bool], bool] | None = None,
+        before_release: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``before_release``: what a leader's `stop` waits for before it releases the Lease
+        (`LeaderElector`'s)."""
         self._clock = reactor
         # Told each failure of the namespace watch (`Reflector.on_failure`): the server's
         # `ClusterAccessLog`, which says a refusal, rejected credentials, an unreachable API or one
@@ -116,6 +119,7 @@ class CleanupController:
                 on_stopped_leading=self._stop_leading,
                 metrics=self.metrics,
                 monotonic=monotonic,
+                before_release=before_release,
             )
         self._leading = False
         self._started = False

@@ -163,8 +163,13 @@ class LeaderElector:
         metrics: CleanupMetrics | None = None,
         rng: random.Random | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        before_release: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``before_release``: awaited by `stop` after the leader's work has stopped and before the
+        Lease is released (the process's deletes carried on to their end: until then this replica may
+        still write to a namespace the next leader would clean)."""
         self._client = client
+        self._before_release = before_release
         self._clock = clock
         self.options = options
         self._on_started = on_started_leading
@@ -244,6 +249,8 @@ class LeaderElector:
         if self._leading:
             await self._stop_leading("shutting down")
             if release:
+                if self._before_release is not None:
+                    await self._before_release()
                 await self._release()
 
     def _crashed(self, failure: Any) -> None:

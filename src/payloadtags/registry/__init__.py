@@ -2,9 +2,11 @@
 
 from .client import (
     ACCEPT_MANIFESTS,
+    CARRIED_DELETE_TIMEOUTS,
     DELETE_NONCE_ANNOTATION,
     LATE_WRITE_GRACE,
     REPAIR_ANNOTATION,
+    CarriedDelete,
     RegistryClient,
     RegistrySettings,
 )
@@ -42,6 +44,7 @@ from .queue import RepositoryQueue
 
 __all__ = [
     "ACCEPT_MANIFESTS",
+    "CARRIED_DELETE_TIMEOUTS",
     "DELETE_NONCE_ANNOTATION",
     "DOCKER_MANIFEST",
     "DOCKER_MANIFEST_LIST",
@@ -52,6 +55,7 @@ __all__ = [
     "OCI_MANIFEST",
     "REPAIR_ANNOTATION",
     "Before",
+    "CarriedDelete",
     "Catalog",
     "CatalogPage",
     "Check",

@@ -127,6 +127,16 @@ LATE_WRITE_GRACE = 2.0
 # or on a copy of ours) with only an error to say so, where a read that hit a 500 or a stall most
 # often succeeds the next time. Reads and content-addressed uploads are safe to repeat.
 SETTLE_TRIES = 3
+# The most --registry-timeouts a delete takes once it has begun writing (`delete_tag`), the time a
+# stop waits for one carried on (`carried_bound`). Its longest path is a 2.8 registry's first delete
+# of a dangling tag: the DELETE by tag, the probe, the read (manifest, then tag list), the repair's
+# blob (HEAD, POST, PUT) and look (HEAD), the placeholder's PUT and DELETE: 10 requests. One write
+# among them unanswered adds the watch for it to land (`_await_landing`: LATE_WRITE_GRACE timeouts,
+# its last read, a pause of at most 1 s), the read of where the tag is (two requests) and one more
+# write: 15. A token for each of the three scopes (pull, push, delete) where the registry's have
+# expired: 18; rounded up for the pauses. A registry that fails more of its requests takes it longer
+# (each of them still ends within the timeout).
+CARRIED_DELETE_TIMEOUTS = 20
 # Deleting this digest never deletes anything, yet the registry says whether deletes are possible:
 # 404 when they are, 405 UNSUPPORTED when storage deletes are off, a bare 405 when it is read-only.
 _PROBE_DIGEST = "sha256:" + "0" * 64
@@ -290,6 +300,24 @@ class RootAnswer:
     body: bytes = attrs.field(default=b"", repr=False)
 
 
+@attrs.define(eq=False)  # each is itself: kept in sets by identity
+class CarriedDelete:
+    """A delete of `RegistryClient.delete_tag` under way."""
+
+    repository: str
+    tag: str
+    writing: Deferred[None]  # fired before its first write
+
+    @property
+    def begun(self) -> bool:
+        """Whether it has begun writing: from then on it goes on to its end (`delete_tag`)."""
+        return self.writing.called
+
+    @property
+    def name(self) -> str:
+        return f"{self.repository}:{self.tag}"
+
+
 class RegistryClient:
     """One registry's OCI distribution API. Create once; call close() when done."""
 
@@ -326,7 +354,9 @@ class RegistryClient:
         self._landing_clock: IReactorTime = landing_clock if landing_clock is not None else reactor
         self._reads_at_turn_end = reads_at_turn_end
         self._finish_begun_deletes = finish_begun_deletes
-        self._carried: set[Deferred[Any]] = set()  # deletes going on after their callers stopped waiting
+        # The deletes running, each with what it deletes and whether it has begun writing: those that
+        # have go on after their callers stop waiting (`delete_tag`), and a stop waits for them.
+        self._carried: dict[Deferred[Any], CarriedDelete] = {}
         # Repository -> whether a manifest PUT of the delete holding its turn went unanswered.
         self._late_puts: dict[str, bool] = {}
         self._turn_waiters: list[Deferred[None]] | None = None
@@ -852,10 +882,10 @@ class RegistryClient:
         work = Deferred.fromCoroutine(self._delete_tag_in_turn(repository, tag, writing, gate, expected))
         if not self._finish_begun_deletes:
             return await work
-        self._carried.add(work)
+        self._carried[work] = CarriedDelete(repository, tag, writing)
 
         def done(result: object) -> object:
-            self._carried.discard(work)
+            self._carried.pop(work, None)
             return result
 
         work.addBoth(done)
@@ -969,6 +999,23 @@ class RegistryClient:
             log.failure(
                 "Deleting tag {where}, carried on after its caller had stopped waiting", outcome, where=where
             )
+
+    def begun_deletes(self) -> list[CarriedDelete]:
+        """The deletes running that have begun writing: those a stop does not cut (`delete_tag`)."""
+        return [carried for carried in self._carried.values() if carried.begun]
+
+    @property
+    def carried_bound(self) -> float:
+        """The longest a delete that has begun writing may still take, in seconds
+        (`CARRIED_DELETE_TIMEOUTS`)."""
+        return CARRIED_DELETE_TIMEOUTS * self._settings.timeout
+
+    async def carried_ended(self) -> None:
+        """Once every delete that has begun writing has ended (`delete_tag`): one that had not is
+        cancelled with its caller, and a stop does not wait for it."""
+        begun = [work for work, carried in self._carried.items() if carried.begun]
+        if begun:
+            await DeferredList(begun)
 
     async def close(self) -> None:
         """Wait for the deletes carried on after their callers stopped waiting (`delete_tag`), then
