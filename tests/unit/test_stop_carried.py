@@ -136,3 +136,82 @@ def test_the_lease_is_released_only_after_the_deletes_carried_on_have_ended() ->
         held.callback(Answer(202))
         assert stopped.called
         assert api.spec["holderIdentity"] == ""
+
+
+def _electors(clock: Clock, api: FakeLeases, carried: CarriedDeletes, started: list[str]) -> tuple[Any, ...]:
+    """Replicas a (leading, its stop waiting for ``carried``) and b (a candidate), on one Lease and
+    one Clock (their monotonic clock too)."""
+
+    def elector(identity: str) -> LeaderElector:
+        return LeaderElector(
+            api,
+            clock,
+            LeaderElectionOptions(identity=identity),
+            on_started_leading=lambda: started.append(identity),
+            on_stopped_leading=lambda: None,
+            monotonic=clock.seconds,
+            before_release=lambda: carried.ended("before the lease is released"),
+        )
+
+    a = elector("a")
+    a.start()
+    advance(clock, 1.0)
+    assert a.is_leader
+    b = elector("b")
+    b.start()
+    advance(clock, 1.0)
+    assert started == ["a"]
+    return a, b
+
+
+def test_no_other_replica_leads_while_the_deletes_carried_on_run() -> None:
+    # review r2ops F1: the stop cancelled the renew loop before it waited for the carried deletes, so
+    # the Lease lapsed a lease duration (15 s) later and b led while a still wrote; a's release then
+    # failed with 409 Conflict (the Lease was b's).
+    clock, api = Clock(), FakeLeases()
+    client, _, held = _begun_delete(clock)
+    started: list[str] = []
+    a, b = _electors(clock, api, CarriedDeletes(client), started)
+    renewed = len(api.writes)
+    with collected_logs() as logs:
+        stopped = Deferred.fromCoroutine(a.stop())
+        advance(clock, TIMEOUT / 2)  # two lease durations: its DELETE is still out
+        assert not stopped.called
+        assert not a.is_leader  # its work has stopped
+        assert started == ["a"], "b leads while a's carried delete still runs"
+        assert api.spec["holderIdentity"] == "a"
+        assert len(api.writes) > renewed  # renewed meanwhile
+        held.callback(Answer(202))
+        assert stopped.called
+        assert api.spec["holderIdentity"] == ""
+        advance(clock, 5.0)  # b's next tries
+    assert started == ["a", "b"]
+    assert _said(logs, "a released the lease")
+    assert not _said(logs, "could not release")
+    Deferred.fromCoroutine(b.stop())
+
+
+def test_a_lease_not_renewed_while_the_deletes_carried_on_run_is_said_lost_and_not_released() -> None:
+    # As while leading: no renew within the renew deadline, and the Lease is lost (another replica
+    # may take it once it lapses); said, and not released at the end (it may be another's by then).
+    clock, api = Clock(), FakeLeases()
+    client, _, held = _begun_delete(clock)
+    a, b = _electors(clock, api, CarriedDeletes(client), [])
+    assert Deferred.fromCoroutine(b.stop()).called  # no other writer of the Lease
+    with collected_logs() as logs:
+        stopped = Deferred.fromCoroutine(a.stop())
+        api.down = True
+        advance(clock, 9.0)
+        assert not _said(logs, "lost the lease")
+        advance(clock, 3.0)  # past the renew deadline (10 s) since the last renew
+        lost = _said(logs, "lost the lease while stopping")
+        assert len(lost) == 1, lost
+        assert "could not renew it for 10s" in lost[0], lost[0]
+        api.down = False
+        writes = len(api.writes)
+        advance(clock, TIMEOUT / 2)
+        assert not stopped.called
+        held.callback(Answer(202))
+        assert stopped.called
+    assert len(api.writes) == writes  # neither renewed nor released after it was lost
+    assert not _said(logs, "released the lease")

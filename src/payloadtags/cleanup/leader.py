@@ -9,8 +9,10 @@ resourceVersion, so of two candidates racing only one wins (the other gets 409 C
 The leader renews every ``retry_period``; when it could not renew for ``renew_deadline`` it stops
 leading (its work is stopped before anything else), and becomes a candidate again. As
 ``renew_deadline < lease_duration``, a leader that cannot reach the API stops its work before any
-other replica may take over. On a clean shutdown the leader stops its work, then releases the Lease
-(empty holder, 1 s duration) so that another replica takes over at its next try, not after expiry.
+other replica may take over. On a clean shutdown the leader stops its work, waits for what must end
+before another replica leads (`before_release`: the deletes the process carries on), renewing the
+Lease meanwhile, then releases it (empty holder, 1 s duration) so that another replica takes over at
+its next try, not after expiry.
 
 These intervals are measured on a monotonic clock, as client-go does: the reactor's clock is the wall
 clock, which NTP may step. A step back delays every reactor timer, the renew loop's included, so
@@ -188,6 +190,7 @@ class LeaderElector:
         self._last_renew = float("-inf")
         self._task: Deferred[None] | None = None
         self._stopping = False
+        self._cancelling = False  # `stop` is cancelling the loop or the hold
         self._reported_leader: str | None = None
         # Failed attempts since the last that reached the API, what failed last, and whether this run
         # of failures was warned about.
@@ -241,17 +244,52 @@ class LeaderElector:
 
     async def stop(self, *, release: bool = True) -> None:
         """Stop campaigning. A leader stops its work (`on_stopped_leading`), then releases the Lease
-        unless `release` is False (what a crash looks like to the other replicas)."""
+        unless `release` is False (what a crash looks like to the other replicas). With
+        ``before_release``, it keeps renewing the Lease until that has ended, then releases it."""
         self._stopping = True
         task, self._task = self._task, None
         if task is not None:
-            await deferreds.cancel_and_wait(task)
-        if self._leading:
+            await self._cancel(task)
+        if not self._leading:
+            return
+        if not release or self._before_release is None:
             await self._stop_leading("shutting down")
             if release:
-                if self._before_release is not None:
-                    await self._before_release()
                 await self._release()
+            return
+        # Until `before_release` has ended this replica may still write to a namespace the next
+        # leader would clean, and a Lease not renewed lapses after the lease duration: renewed as
+        # while leading, and lost as then if no renew succeeds within the renew deadline.
+        holding = Deferred.fromCoroutine(self._hold())
+        holding.addErrback(self._crashed)
+        try:
+            await self._stop_leading("shutting down")
+            await self._before_release()
+        finally:
+            held = not holding.called
+            await self._cancel(holding)
+        if held:
+            await self._release()
+
+    async def _cancel(self, task: Deferred[Any]) -> None:
+        self._cancelling = True
+        try:
+            await deferreds.cancel_and_wait(task)
+        finally:
+            self._cancelling = False
+
+    async def _hold(self) -> None:
+        """Renews the Lease without leading, until cancelled or no renew succeeded within the renew
+        deadline (the Lease is then lost: said, and `stop` does not release it)."""
+        while await self._renew():
+            pass
+        log.warn(
+            "Leader election: {identity} lost the lease while stopping: could not renew it for "
+            "{deadline:g}s; another replica may lead (and clean namespaces) before the deletes this one "
+            "carries on have ended",
+            identity=self.options.identity,
+            deadline=self.options.renew_deadline,
+        )
 
     def _crashed(self, failure: Any) -> None:
         if not failure.check(CancelledError):
@@ -281,16 +319,24 @@ class LeaderElector:
             await _maybe_await(self._on_started())
             # Leader: renew every retry period; give up after renew_deadline without success.
             while not self._stopping:
-                await deferLater(self._clock, options.retry_period)
-                remaining = self._last_renew + options.renew_deadline - self._monotonic()
-                renewed = await self._attempt(remaining) if remaining > 0 else None
-                if not self._current(self._last_renew):
-                    # Too late, renewed or not: `is_leader` has said no already, and what that
-                    # stopped starts over with a new term instead of this one going on.
+                if not await self._renew():
                     await self._stop_leading(f"could not renew the lease for {options.renew_deadline:g}s")
                     break
-                if renewed is not None:
-                    self._last_renew = renewed
+
+    async def _renew(self) -> bool:
+        """After a retry period, one try to renew: whether the Lease is still held (the last renew
+        that succeeded is younger than the renew deadline)."""
+        options = self.options
+        await deferLater(self._clock, options.retry_period)
+        remaining = self._last_renew + options.renew_deadline - self._monotonic()
+        renewed = await self._attempt(remaining) if remaining > 0 else None
+        if not self._current(self._last_renew):
+            # Too late, renewed or not: `is_leader` has said no already, and what that stopped
+            # starts over with a new term instead of this one going on.
+            return False
+        if renewed is not None:
+            self._last_renew = renewed
+        return True
 
     async def _stop_leading(self, why: str) -> None:
         if not self._leading:
@@ -307,7 +353,7 @@ class LeaderElector:
         try:
             sent = await self._bounded(self._try_acquire_or_renew(), within)
         except (KubeError, DeadlineExpired) as e:
-            if self._stopping:
+            if self._cancelling:
                 # KubeClient reports a cancelled request as CancelledError, but a LeaseClient may
                 # report it as a failure: `stop` must not look like a failed try, or the loop would
                 # wait a retry period and campaign again instead of ending.
