@@ -105,35 +105,63 @@ class CarriedDeletes:
     which they are, how long they may take, and what to do if the kubelet kills the process first."""
 
     client: RegistryClient
+    clock: IReactorTime
     # Who asked for a delete of (repository, tag), when a request did (`TagsService.asked_by`).
     asked_by: Callable[[str, str], str | None] = lambda repository, tag: None
     said: set[CarriedDelete] = attrs.Factory(set)
 
     def say(self, when: str) -> None:
-        """One line for each delete begun and not said yet; ``when``: what the stop is doing."""
-        timeout = self.client.settings.timeout
+        """One line for each delete begun and not said yet; ``when``: what the stop is doing. Said
+        again each time its usual bound has passed while it still runs: the last line before a kill
+        is then current (that bound is not a bound: `CARRIED_DELETE_TIMEOUTS`)."""
         for carried in self.client.begun_deletes():
             if carried in self.said:
                 continue
             self.said.add(carried)
-            self._say(carried, when, timeout)
+            who = self.asked_by(carried.repository, carried.tag)
+            self._say(
+                "{when}: the delete of tag {where} asked by {who} has begun writing and goes on: the "
+                "process exits once it has ended, usually within {bound:g}s ({timeouts} x "
+                "--registry-timeout; longer on a registry slow to answer, with a tag list in many pages "
+                "or tokens to renew)",
+                carried,
+                who,
+                when=when,
+            )
+            self._say_again(carried, who)
 
-    def _say(self, carried: CarriedDelete, when: str, timeout: float) -> None:
-        who = self.asked_by(carried.repository, carried.tag)
+    def _say_again(self, carried: CarriedDelete, who: str | None) -> None:
+        began = self.clock.seconds()
+
+        def again() -> None:
+            self._say(
+                "the delete of tag {where} asked by {who} is still running after {elapsed:g}s: the "
+                "process still waits for it",
+                carried,
+                who,
+                elapsed=self.clock.seconds() - began,
+            )
+
+        repeat = LoopingCall(again)
+        repeat.clock = self.clock
+        repeat.start(self.client.carried_bound, now=False)
+        carried.ended.addCallback(lambda _: repeat.stop())
+
+    def _say(self, text: str, carried: CarriedDelete, who: str | None, **fields: Any) -> None:
+        # What to do after a kill ends with the process: a write of the delete may land up to
+        # LATE_WRITE_GRACE timeouts after its request ended, and its requests end with the process.
         log.warn(
-            "{when}: the delete of tag {where} asked by {who} has begun writing and goes on: the process "
-            "exits once it has ended, within {bound:g}s ({timeouts} x --registry-timeout; longer only "
-            "if the registry fails more than one of its requests). If the process is killed first, "
-            "the tag may be left on a copy payloadtags wrote to delete it: wait {late:g}s (a write may "
-            "still land), get the tag (kubectl get), and if it is still there, delete it again",
-            when=when,
+            text + ". If the process is killed first, the tag may be left on a copy payloadtags wrote "
+            "to delete it: once the process has ended, wait {late:g}s (a write may still land), get the "
+            "tag (kubectl get), and if it is still there, delete it again",
             where=carried.name,
             repository=carried.repository,
             tag=carried.tag,
             who=who if who is not None else "a namespace removal (cleanup or deletecollection)",
             bound=self.client.carried_bound,
             timeouts=CARRIED_DELETE_TIMEOUTS,
-            late=LATE_WRITE_GRACE * timeout,
+            late=LATE_WRITE_GRACE * self.client.settings.timeout,
+            **fields,
         )
 
     async def ended(self, when: str) -> None:
@@ -611,7 +639,9 @@ async def start(
     if rbac_sources:
         readiness.append(("rbac", _synced(rbac_sources, "RBAC objects")))
     liveness: list[tuple[str, Any]] = [("ping", ping)]
-    carried = CarriedDeletes(registry_client, lambda repository, tag: service.asked_by.get((repository, tag)))
+    carried = CarriedDeletes(
+        registry_client, reactor, lambda repository, tag: service.asked_by.get((repository, tag))
+    )
     cleanup = _cleanup(
         reactor,
         settings,

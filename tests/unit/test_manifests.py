@@ -517,7 +517,7 @@ def test_graceful_shutdown_fits_in_the_termination_grace_period(pod: Obj, contai
     assert delay >= 3
     grace = _seconds(args.get("--shutdown-grace-period", "30s"))
     # review r1ops F1: a delete that had begun writing when the grace period ended goes on to its end
-    # (at most CARRIED_DELETE_TIMEOUTS registry timeouts), then the leader releases its Lease (bounded
+    # (usually within CARRIED_DELETE_TIMEOUTS registry timeouts), then the leader releases its Lease (bounded
     # by the renew deadline): the kubelet's SIGKILL at 40s cut such a delete, leaving its tag on a copy.
     carried = CARRIED_DELETE_TIMEOUTS * _seconds(args.get("--registry-timeout", "10s"))
     release = _seconds(args.get("--leader-elect-renew-deadline", "10s"))

@@ -13,7 +13,7 @@ from twisted.logger import formatEvent
 
 from payloadtags.cleanup.leader import LeaderElectionOptions, LeaderElector
 from payloadtags.deferreds import GoesOn
-from payloadtags.registry import CARRIED_DELETE_TIMEOUTS, RegistryClient
+from payloadtags.registry import CARRIED_DELETE_TIMEOUTS, CarriedDelete, RegistryClient
 from payloadtags.server import CarriedDeletes, Serving
 from tests.support.logcapture import collected_logs
 from tests.unit.test_cleanup_leader import FakeLeases, advance
@@ -62,7 +62,7 @@ def test_a_delete_carried_on_past_the_grace_period_is_said_by_name_and_waited_fo
     clock = Clock()
     client, delete, held = _begun_delete(clock)
     carried = CarriedDeletes(
-        client, lambda repository, tag: "admin" if (repository, tag) == ("a/b", "v1") else None
+        client, clock, lambda repository, tag: "admin" if (repository, tag) == ("a/b", "v1") else None
     )
     with collected_logs() as logs:
         drain = Deferred.fromCoroutine(_serving(clock, delete, carried).drain())
@@ -93,7 +93,7 @@ def test_a_delete_not_begun_at_the_end_of_the_grace_period_is_dropped_unsaid() -
     # The read before its first write is not answered: cut there, it writes nothing.
     client, agent = make(lambda request: Deferred(), clock, timeout=TIMEOUT)
     delete = Deferred.fromCoroutine(client.delete_tag("a/b", "v1"))
-    carried = CarriedDeletes(client)
+    carried = CarriedDeletes(client, clock)
     with collected_logs() as logs:
         drain = Deferred.fromCoroutine(_serving(clock, delete, carried).drain())
         clock.advance(GRACE)
@@ -110,7 +110,7 @@ def test_the_lease_is_released_only_after_the_deletes_carried_on_have_ended() ->
     # deletes, so the next leader could clean the namespace of a tag this replica was still writing.
     clock, api = Clock(), FakeLeases()
     client, _, held = _begun_delete(clock)
-    carried = CarriedDeletes(client)
+    carried = CarriedDeletes(client, clock)
     elector = LeaderElector(
         api,
         clock,
@@ -171,7 +171,7 @@ def test_no_other_replica_leads_while_the_deletes_carried_on_run() -> None:
     clock, api = Clock(), FakeLeases()
     client, _, held = _begun_delete(clock)
     started: list[str] = []
-    a, b = _electors(clock, api, CarriedDeletes(client), started)
+    a, b = _electors(clock, api, CarriedDeletes(client, clock), started)
     renewed = len(api.writes)
     with collected_logs() as logs:
         stopped = Deferred.fromCoroutine(a.stop())
@@ -196,7 +196,7 @@ def test_a_lease_not_renewed_while_the_deletes_carried_on_run_is_said_lost_and_n
     # may take it once it lapses); said, and not released at the end (it may be another's by then).
     clock, api = Clock(), FakeLeases()
     client, _, held = _begun_delete(clock)
-    a, b = _electors(clock, api, CarriedDeletes(client), [])
+    a, b = _electors(clock, api, CarriedDeletes(client, clock), [])
     assert Deferred.fromCoroutine(b.stop()).called  # no other writer of the Lease
     with collected_logs() as logs:
         stopped = Deferred.fromCoroutine(a.stop())
@@ -215,3 +215,41 @@ def test_a_lease_not_renewed_while_the_deletes_carried_on_run_is_said_lost_and_n
         assert stopped.called
     assert len(api.writes) == writes  # neither renewed nor released after it was lost
     assert not _said(logs, "released the lease")
+
+
+def test_a_delete_carried_on_past_its_usual_bound_is_said_again_until_it_ends() -> None:
+    # review r2ops L1: the bound said is no bound (a tag list in pages, token renewals, slow bodies
+    # take longer), so the line says "usually", and a delete still running once it has passed is said
+    # again, the last line before a kill current; N1: the wait after a kill counts from the process's end.
+    clock = Clock()
+    writing: Deferred[None] = Deferred()
+    writing.callback(None)
+    delete = CarriedDelete("a/b", "v1", writing)
+    client = types.SimpleNamespace(
+        begun_deletes=lambda: [delete] if not delete.ended.called else [],
+        carried_bound=CARRIED_DELETE_TIMEOUTS * 10.0,
+        settings=types.SimpleNamespace(timeout=10.0),
+    )
+    carried = CarriedDeletes(cast(Any, client), clock, lambda repository, tag: "admin")
+    with collected_logs() as logs:
+        carried.say("the grace period is over")
+        (first,) = _said(logs, "a/b:v1")
+        assert "goes on: the process exits once it has ended, usually within 200s (20 x" in first, first
+        assert "once the process has ended, wait 20s (a write may still land)" in first, first
+        carried.say("stopping")  # said once
+        clock.advance(199.0)
+        assert len(_said(logs, "a/b:v1")) == 1
+        clock.advance(1.0)
+        again = _said(logs, "still running")
+        assert again == [
+            "the delete of tag a/b:v1 asked by admin is still running after 200s: the process still waits "
+            "for it. If the process is killed first, the tag may be left on a copy payloadtags wrote to "
+            "delete it: once the process has ended, wait 20s (a write may still land), get the tag "
+            "(kubectl get), and if it is still there, delete it again"
+        ], again
+        clock.advance(200.0)
+        assert "still running after 400s" in _said(logs, "still running")[-1]
+        delete.ended.callback(None)
+        clock.advance(1000.0)
+        assert len(_said(logs, "a/b:v1")) == 3
+    assert clock.getDelayedCalls() == []

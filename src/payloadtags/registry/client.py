@@ -127,15 +127,17 @@ LATE_WRITE_GRACE = 2.0
 # or on a copy of ours) with only an error to say so, where a read that hit a 500 or a stall most
 # often succeeds the next time. Reads and content-addressed uploads are safe to repeat.
 SETTLE_TRIES = 3
-# The most --registry-timeouts a delete takes once it has begun writing (`delete_tag`), the time a
-# stop waits for one carried on (`carried_bound`). Its longest path is a 2.8 registry's first delete
-# of a dangling tag: the DELETE by tag, the probe, the read (manifest, then tag list), the repair's
-# blob (HEAD, POST, PUT) and look (HEAD), the placeholder's PUT and DELETE: 10 requests. One write
-# among them unanswered adds the watch for it to land (`_await_landing`: LATE_WRITE_GRACE timeouts,
-# its last read, a pause of at most 1 s), the read of where the tag is (two requests) and one more
-# write: 15. A token for each of the three scopes (pull, push, delete) where the registry's have
-# expired: 18; rounded up for the pauses. A registry that fails more of its requests takes it longer
-# (each of them still ends within the timeout).
+# How many --registry-timeouts a delete usually takes at most once it has begun writing
+# (`delete_tag`): what a stop says it may wait for one carried on (`carried_bound`). Its longest
+# path is a 2.8 registry's first delete of a dangling tag: the DELETE by tag, the probe, the read
+# (manifest, then tag list), the repair's blob (HEAD, POST, PUT) and look (HEAD), the placeholder's
+# PUT and DELETE: 10 requests. One write among them unanswered adds the watch for it to land
+# (`_await_landing`: LATE_WRITE_GRACE timeouts, its last read, a pause of at most 1 s), the read of
+# where the tag is (two requests) and one more write: 15. A token for each of the three scopes (pull,
+# push, delete) where the registry's have expired: 18; rounded up for the pauses. It is no bound (a
+# stop says "usually within" it): a registry that fails more of its requests, a tag list read in
+# pages (a request per page), a token renewed more than once (two requests each), a body read slowly
+# (up to one more timeout) and a wait for a connection slot (none) take it longer.
 CARRIED_DELETE_TIMEOUTS = 20
 # Deleting this digest never deletes anything, yet the registry says whether deletes are possible:
 # 404 when they are, 405 UNSUPPORTED when storage deletes are off, a bare 405 when it is read-only.
@@ -307,6 +309,7 @@ class CarriedDelete:
     repository: str
     tag: str
     writing: Deferred[None]  # fired before its first write
+    ended: Deferred[None] = attrs.Factory(Deferred)  # fired once it has ended, however
 
     @property
     def begun(self) -> bool:
@@ -882,10 +885,11 @@ class RegistryClient:
         work = Deferred.fromCoroutine(self._delete_tag_in_turn(repository, tag, writing, gate, expected))
         if not self._finish_begun_deletes:
             return await work
-        self._carried[work] = CarriedDelete(repository, tag, writing)
+        carried = self._carried[work] = CarriedDelete(repository, tag, writing)
 
         def done(result: object) -> object:
             self._carried.pop(work, None)
+            carried.ended.callback(None)
             return result
 
         work.addBoth(done)
