@@ -709,7 +709,7 @@ def _parser() -> argparse.ArgumentParser:
         "--namespace-cleanup",
         action=_GoBool,
         default=True,
-        help="delete a namespace's registry content when the namespace is deleted (default true)",
+        help="delete a namespace's tags and manifests from the registry when it is deleted (default true)",
     )
     _deprecated(
         cleanup,

@@ -233,7 +233,8 @@ async def test_the_cascade_deletes_tags_their_manifests_and_an_index_s_children_
         assert readable_by_digest(registry, shared, manifests=[shared_index, *common]) == []
         # The other namespace's copy pulls whole.
         assert readable_by_digest(registry, f"{other}/app", manifests=kept) == kept
-        # Stays until GC: the manifest pushed by digest alone (no tag finds it) and the blob links.
+        # Stays (plain GC keeps it too): the manifest pushed by digest alone (no tag finds it); and the
+        # blob links, until GC frees the blobs.
         assert readable_by_digest(registry, repository, manifests=[by_digest]) == [by_digest]
         assert readable_by_digest(registry, repository, blobs=blobs) == blobs
     finally:

@@ -84,8 +84,8 @@ T = TypeVar("T")
 _UNANSWERED = Resolved("unanswered")
 
 # How many levels of indexes are read for their children, the tagged one the first: an index of
-# indexes is rare, a third level unheard of. One nested deeper is deleted unread (its children stay
-# until GC): a bound on the reads a pathological chain of indexes costs.
+# indexes is rare, a third level unheard of. One nested deeper is deleted unread (its children stay,
+# as untagged manifests do): a bound on the reads a pathological chain of indexes costs.
 MAX_NESTING = 4
 
 Guard = Callable[[], str | None]
