@@ -87,6 +87,12 @@ class Authority:
         stem = stem or f"client-{common_name.replace(':', '_')}"
         return self._issue(stem, x509.Name(attributes), ExtendedKeyUsageOID.CLIENT_AUTH, None)
 
+    def client_with_subject(self, *common_names: str, stem: str) -> Issued:
+        """A client certificate whose subject holds these CN attributes in this order (none, or
+        several, as a CA may sign from a CSR)."""
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn) for cn in common_names])
+        return self._issue(stem, subject, ExtendedKeyUsageOID.CLIENT_AUTH, None)
+
     def server(self, hosts: tuple[str, ...] = ("localhost", "127.0.0.1"), stem: str = "serving") -> Issued:
         sans: list[x509.GeneralName] = []
         for host in hosts:

@@ -336,6 +336,19 @@ async def test_client_certificates_and_tokens_in_the_chain(cas: Cas, logged: lis
     assert await dynamic.authenticate(bearer) is not None
 
 
+@pytest_twisted.ensureDeferred
+async def test_the_user_of_a_client_certificate_is_its_last_common_name_as_in_go(cas: Cas) -> None:
+    """Go's pkix.Name keeps the last CN attribute as the subject's CommonName, which k8s.io/apiserver
+    takes as the user (review r1authn L4): the same certificate is the same user here as in
+    kube-apiserver, and RBAC written for one applies to the other."""
+    dynamic = DynamicAuthentication(FlagConfig())
+    dynamic.update_from_configmap(configmap(client=(cas.client,), front=(cas.front,)))
+    for names, user in ((("carol", "alice"), "alice"), ((), None)):
+        cert = cas.client.client_with_subject(*names, stem="-".join(names) or "none").cert
+        found = await dynamic.authenticate(Credentials(cert, {}))
+        assert (found.name if found else None) == user, names
+
+
 def test_trusted_cas_has_no_duplicates(cas: Cas) -> None:
     config = from_configmap(
         configmap(client=(cas.client, cas.front, cas.client), front=(cas.front, cas.front2, cas.front))

@@ -113,6 +113,19 @@ async def test_one_of_several_cas(front_ca: Authority, proxy_cert: x509.Certific
     assert await auth.authenticate(credentials(new_cert, IDENTITY)) is not None
 
 
+def test_the_allowed_name_is_the_last_common_name_as_in_go(front_ca: Authority) -> None:
+    """Go's pkix.Name keeps the last CN attribute as the subject's CommonName, and k8s.io/apiserver
+    checks that one against the allowed names (review r1authn L4): an allowed name before it does
+    not make the front proxy."""
+    auth = authenticator(front_ca)
+    for names, trusted in (
+        (("front-proxy-client", "someone-else"), False),
+        (("someone-else", "front-proxy-client"), True),
+    ):
+        cert = front_ca.client_with_subject(*names, stem="-".join(names)).cert
+        assert auth.trusted(credentials(cert, IDENTITY)) is trusted, names
+
+
 # --- what the headers say -------------------------------------------------------------------------
 
 

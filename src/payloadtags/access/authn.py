@@ -126,6 +126,15 @@ class ChainDecisions(Generic[T]):
         return decided
 
 
+def subject_common_name(certificate: x509.Certificate) -> str:
+    """The subject's common name as Go reads it (``pkix.Name.CommonName``, which k8s.io/apiserver
+    takes as a client certificate's user and checks against the front proxy's allowed names): the
+    LAST CN attribute when the subject holds several, "" when it holds none. Taking another one would
+    make the same certificate a different caller here than in kube-apiserver."""
+    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[-1].value) if names else ""
+
+
 def load_pem_bundle(data: bytes) -> list[x509.Certificate]:
     return x509.load_pem_x509_certificates(data) if data.strip() else []
 
@@ -146,11 +155,11 @@ class ClientCertificateAuthenticator:
         cert = credentials.peer_certificate
         if cert is None or not credentials.chains_to(self.authorities):
             return None
-        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        if not names or not str(names[0].value):
+        name = subject_common_name(cert)
+        if not name:
             return None
         groups = tuple(str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME))
-        return UserInfo(name=str(names[0].value), groups=groups)
+        return UserInfo(name=name, groups=groups)
 
 
 @attrs.define
@@ -179,4 +188,5 @@ __all__ = [
     "is_utf8",
     "issued_by",
     "load_pem_bundle",
+    "subject_common_name",
 ]

@@ -12,9 +12,15 @@ from urllib.parse import unquote
 
 import attrs
 from cryptography import x509
-from cryptography.x509.oid import NameOID
 
-from payloadtags.access.authn import ChainDecisions, Credentials, CredentialsRefused, UserInfo, is_utf8
+from payloadtags.access.authn import (
+    ChainDecisions,
+    Credentials,
+    CredentialsRefused,
+    UserInfo,
+    is_utf8,
+    subject_common_name,
+)
 
 
 @attrs.frozen
@@ -73,11 +79,6 @@ def _extra_key(header: str, prefix: str) -> str:
     raise CredentialsRefused(f"the front proxy's {header} header name is not a percent-encoded UTF-8 key")
 
 
-def common_name(certificate: x509.Certificate) -> str | None:
-    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(names[0].value) if names else None
-
-
 @attrs.frozen
 class RequestHeaderAuthenticator:
     config: RequestHeaderConfig
@@ -115,7 +116,7 @@ class RequestHeaderAuthenticator:
         cert = credentials.peer_certificate
         if cert is None or not credentials.chains_to(self.config.authorities):
             return False
-        return not self.config.allowed_names or common_name(cert) in self.config.allowed_names
+        return not self.config.allowed_names or subject_common_name(cert) in self.config.allowed_names
 
     async def authenticate(self, credentials: Credentials) -> UserInfo | None:
         if not self.trusted(credentials):
