@@ -127,6 +127,23 @@ def test_unset_values_take_the_defaults(unset: str | None) -> None:
     assert config.requestheader.uid_headers == ()
 
 
+@pytest_twisted.ensureDeferred
+async def test_an_empty_allowed_name_is_kept_as_kube_apiserver_keeps_it(cas: Cas) -> None:
+    """k8s.io/apiserver keeps "" in the ConfigMap's allowed names: `[""]` is the set {""}, which only a
+    certificate without CN matches, never "any CN" as `[]` (review r1authn N2). An empty header name
+    is skipped, as there."""
+    config = from_configmap(
+        {"requestheader-allowed-names": '[""]', "requestheader-username-headers": '["", "X-U"]'}
+    )
+    assert config.requestheader.allowed_names == ("",)
+    assert config.requestheader.username_headers == ("X-U",)
+    dynamic = DynamicAuthentication(FlagConfig())
+    dynamic.update_from_configmap(configmap(front=(cas.front,), allowed=[""]))
+    assert await dynamic.authenticate(proxied(cas.front.client("front-proxy-client").cert)) is None
+    without_cn = cas.front.client_with_subject(stem="without-cn").cert
+    assert await dynamic.authenticate(proxied(without_cn)) is not None
+
+
 @pytest.mark.parametrize(
     "key",
     [

@@ -54,6 +54,13 @@ def test_defaults():
     assert (settings.registry_events_token_file, settings.registry_index_refresh_period) == (None, 300.0)
 
 
+def test_an_empty_allowed_names_flag_allows_any_common_name_as_in_kube_apiserver():
+    """pflag reads `--requestheader-allowed-names=` as no names (its CSV reader returns none for an
+    empty value), which k8s.io/apiserver takes as any CN the CA signed; only the ConfigMap's `[""]`
+    is the empty name."""
+    assert parse("--requestheader-allowed-names=").requestheader_allowed_names == ()
+
+
 def test_every_flag_reaches_the_settings(tmp_path):
     settings = parse(
         "--registry-url=https://127.0.0.1:5000",

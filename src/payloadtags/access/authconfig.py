@@ -49,8 +49,10 @@ class AuthenticationConfig:
         return tuple(seen.values())
 
 
-def _string_list(data: Mapping[str, str], key: str) -> tuple[str, ...] | None:
-    """A JSON-encoded string array; None when the key is absent or empty ("unset")."""
+def _string_list(data: Mapping[str, str], key: str, *, keep_empty: bool = False) -> tuple[str, ...] | None:
+    """A JSON-encoded string array; None when the key is absent or empty ("unset"). Empty elements
+    are dropped, as k8s.io/apiserver skips empty header names, unless ``keep_empty``: it keeps an
+    empty allowed name, so `[""]` allows only a certificate without CN, where no names allow any."""
     raw = data.get(key)
     if raw is None or raw == "":
         return None
@@ -60,7 +62,7 @@ def _string_list(data: Mapping[str, str], key: str) -> tuple[str, ...] | None:
         raise ConfigMapError(f"{key} is not a JSON array: {error}") from None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigMapError(f"{key} must be a JSON array of strings")
-    return tuple(v for v in value if v)
+    return tuple(v for v in value if v or keep_empty)
 
 
 def _bundle(data: Mapping[str, str], key: str) -> tuple[x509.Certificate, ...]:
@@ -83,7 +85,7 @@ def from_configmap(data: Mapping[str, str]) -> AuthenticationConfig:
     defaults = RequestHeaderConfig()
     requestheader = RequestHeaderConfig(
         authorities=_bundle(data, "requestheader-client-ca-file"),
-        allowed_names=_string_list(data, "requestheader-allowed-names") or (),
+        allowed_names=_string_list(data, "requestheader-allowed-names", keep_empty=True) or (),
         username_headers=_string_list(data, "requestheader-username-headers") or defaults.username_headers,
         group_headers=_string_list(data, "requestheader-group-headers") or defaults.group_headers,
         extra_prefixes=_string_list(data, "requestheader-extra-headers-prefix") or defaults.extra_prefixes,
