@@ -54,3 +54,26 @@ async def test_two_users_see_different_lists_and_get_403(
     deleted = await alice("delete", "prt", "-n", namespace, theirs)
     assert deleted.code == 0, deleted.err
     assert images.list_tags(registry, f"{namespace}/frontend/web") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_kubectl_as_another_user_is_refused_not_done_with_the_callers_rights(
+    rbac_server, kube_api, registry, repo, pki, kubectl_for
+):
+    """kubectl --as sent straight to payloadtags (not through kube-apiserver, which would impersonate
+    and remove the headers) is refused: payloadtags does not impersonate (review r1authn L1)."""
+    namespace = repo.split("/", 1)[0]
+    images.push_oci_image(registry, f"{namespace}/ci/app", "v1")
+    grant(kube_api, namespace, "ops-admin", ["get", "delete"], None, "ops-admin")
+    admin: Kubectl = kubectl_for(rbac_server, pki.client_ca.client("ops-admin"), "ops-admin")
+    name = encode_name("ci/app", "v1")
+
+    async def granted() -> bool:
+        return (await admin("get", "prt", "-n", namespace, name)).code == 0
+
+    assert await eventually(granted, within=5) is True
+    refused = await admin("delete", "prt", "-n", namespace, name, "--as=ci-bot")
+    assert refused.code == 1
+    last = refused.err.strip().splitlines()[-1]
+    assert last.startswith("Error from server (Forbidden): payloadtags does not impersonate"), last
+    assert images.list_tags(registry, f"{namespace}/ci/app") == ["v1"]

@@ -791,6 +791,37 @@ async def test_bearer_token_with_curl(rbac_server, kube_api, registry, namespace
     assert len([r for r in reviews]) >= 2
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_request_asking_to_impersonate_is_refused_not_answered_with_the_callers_rights(
+    rbac_server: ServerUnderTest, kube_api, registry, namespace
+):
+    """payloadtags does not impersonate (review r1authn L1): kubectl --as sent to it directly used to
+    be answered with the caller's own rights, so `--as=ci-bot delete` deleted with an admin's."""
+    images.push_oci_image(registry, f"{namespace}/ci/app", "v1")
+    kube_api.add_token("admin-token", "ops-admin")
+    grant(kube_api, namespace, "ops-admin", ["get", "delete"], None, "ops-admin-all")
+    client = rbac_server.client(None)
+    item = f"{collection(namespace)}/{encode_name('ci/app', 'v1')}"
+    admin = {"Authorization": "Bearer admin-token"}
+
+    async def granted() -> bool:
+        return (await client.get(item, headers=admin)).code == 200
+
+    assert await eventually(granted, within=10) is True
+    # What `kubectl --as=ci-bot delete prt NAME` sends; then --as-group, --as-uid, an extra's key.
+    delete = await client.delete(item, headers={**admin, "Impersonate-User": "ci-bot"})
+    assert (delete.code, delete.json()["reason"]) == (403, "Forbidden"), delete.body
+    assert delete.json()["message"].startswith("payloadtags does not impersonate")
+    assert images.list_tags(registry, f"{namespace}/ci/app") == ["v1"]
+    for header in ("Impersonate-Group", "Impersonate-Uid", "Impersonate-Extra-Scopes"):
+        reply = await client.get(collection(namespace), headers={**admin, header: "x"})
+        assert (reply.code, reply.json()["reason"]) == (403, "Forbidden"), header
+    # Authentication comes first; probes take no identity; other headers are not impersonation.
+    assert (await client.get(collection(namespace), headers={"Impersonate-User": "ops-admin"})).code == 401
+    assert (await client.get("/healthz", headers={"Impersonate-User": "ci-bot"})).code == 200
+    assert (await client.get(item, headers={**admin, "Impersonated-By": "x"})).code == 200
+
+
 def _tag_reads(text: str) -> float:
     prefix = 'payloadtags_registry_operations_total{operation="tags",outcome="ok"} '
     line = next((line for line in text.splitlines() if line.startswith(prefix)), prefix + "0")

@@ -36,6 +36,7 @@ from payloadtags.api.errors import (
     ApiError,
     bad_request,
     cluster_wide_delete_collection_not_allowed,
+    impersonation_refused,
     internal,
     method_not_allowed,
     namespace_forbidden,
@@ -157,6 +158,19 @@ def _credentials(request: Request) -> Credentials:
         # stay distinguishable (see Credentials.headers) so that authentication can refuse them.
         headers[name.decode("latin-1").lower()] = [v.decode("utf-8", "surrogateescape") for v in values]
     return Credentials(peer_certificate=chain[0] if chain else None, headers=headers, peer_chain=chain)
+
+
+# What client-go sends for kubectl --as, --as-group, --as-uid and an impersonated user's extra.
+_IMPERSONATION = frozenset(("impersonate-user", "impersonate-group", "impersonate-uid"))
+
+
+def _impersonates(credentials: Credentials) -> bool:
+    """Whether a request asks to act as someone else (names lower-cased, as in Credentials)."""
+    return any(
+        name in _IMPERSONATION or name.startswith("impersonate-extra-")
+        for name in credentials.headers
+        if name.startswith("impersonate-")
+    )
 
 
 def _request_labels(request: IRequest, watch: bool | None = None) -> tuple[str, str]:
@@ -671,6 +685,8 @@ class ApiServer:
             log.warn("authentication failed: {error}", error=str(error) or repr(error))
             user = None
         self._strip_identity(request, credentials)
+        if user is not None and _impersonates(credentials):
+            raise impersonation_refused()
         return user
 
     def is_probe(self, path: bytes) -> bool:

@@ -99,6 +99,16 @@ def forbidden(message: str, name: str | None = None) -> ApiError:
     return ApiError(403, "Forbidden", message, _resource_details(name))
 
 
+def impersonation_refused() -> ApiError:
+    """403 for a request that asks to act as someone else: payloadtags makes no SubjectAccessReview to
+    allow it, and answering with the caller's own rights would do other than asked."""
+    return forbidden(
+        "payloadtags does not impersonate: this request carries Impersonate-* headers (kubectl --as, "
+        "--as-group, --as-uid); send it as the user itself, or use kubectl --as through the Kubernetes "
+        "API server, which applies impersonation and removes those headers before it forwards"
+    )
+
+
 def namespace_forbidden(namespace: str) -> ApiError:
     """The standalone server's answer to ``GET /api/v1/namespaces/<namespace>``: kube-apiserver's code
     and reason for a user who may not get namespaces (kubectl reads only those), and a message that
