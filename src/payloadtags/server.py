@@ -490,10 +490,13 @@ async def start(
     monotonic: Callable[[], float] = time.monotonic,
     quiet_clock: IReactorTime | None = None,
     landing_clock: IReactorTime | None = None,
+    review_delays: IReactorTime | None = None,
 ) -> RunningServer:
     """``quiet_clock``: the clock of the quiet loop (`quiet.WhenQuiet`; a task.Clock's, to drive it),
     the reactor's unless given. ``landing_clock``: the registry client's for its watch of an
-    unanswered write (`RegistryClient`), the reactor's unless given."""
+    unanswered write (`RegistryClient`), the reactor's unless given. ``review_delays``: the clock of
+    the waits between the attempts of a TokenReview (`TokenReviewAuthenticator`), the reactor's
+    unless given."""
     if completed is None:
         # Blocking (reads files, may run a credential plugin): off the reactor thread, once.
         completed = await deferToThread(complete, settings)
@@ -523,6 +526,7 @@ async def start(
             reactor,
             success_ttl=settings.token_cache_ttl,
             failure_ttl=settings.token_failure_cache_ttl,
+            delays=review_delays,
         )
     authentication = DynamicAuthentication(_flag_authentication(settings), token=token)
     context_factory = ContextFactory(server_context(serving, authentication.config.trusted_cas, tls_options))

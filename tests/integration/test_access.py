@@ -23,6 +23,7 @@ from payloadtags.identity import UserInfo
 from payloadtags.names import encode_name
 from tests.support import images
 from tests.support.client import ApiClient
+from tests.support.clocks import SkipAhead
 from tests.support.harness import ServerUnderTest
 from tests.support.kubeapi.resources import (
     CLUSTERROLEBINDINGS,
@@ -55,8 +56,9 @@ def namespace(repo: str) -> str:
 
 @pytest_twisted.async_yield_fixture
 async def rbac_server(make_server, registry, kube_api, kube_kubeconfig):
+    # The waits between TokenReview attempts take no real time; their lengths are tests/unit/test_tokens.py's.
     server: ServerUnderTest = await make_server(
-        registry, kubeconfig=str(kube_kubeconfig), authorization_mode="RBAC"
+        registry, kubeconfig=str(kube_kubeconfig), authorization_mode="RBAC", review_delays=SkipAhead()
     )
 
     async def synced() -> bool:  # until then every decision is 503, whatever a test waits for
@@ -1041,6 +1043,31 @@ async def test_a_head_of_a_health_or_metrics_path_is_authorized_as_the_verb_head
     assert replies["header", "GET", "/metrics"].json()["message"] == (
         'forbidden: User "header" cannot get path "/metrics"'
     )
+
+
+@pytest.mark.parametrize(("code", "reason"), [(429, "TooManyRequests"), (500, "InternalError")])
+@pytest_twisted.ensureDeferred
+async def test_a_token_review_that_fails_once_for_a_passing_cause_is_asked_again(
+    rbac_server: ServerUnderTest, kube_api, registry, namespace, code, reason
+):
+    """As k8s.io/apiserver's delegating authenticator (review r1authn L2): API Priority and Fairness
+    throttling payloadtags' TokenReview once does not turn a valid token away with 401."""
+    images.push_oci_image(registry, f"{namespace}/app", "v1")
+    grant(kube_api, namespace, "reader", ["get"], None, "reader")
+    kube_api.add_token("warm-token", "reader")
+    kube_api.add_token("fresh-token", "reader")
+    client = rbac_server.client(None)
+
+    async def granted() -> bool:
+        reply = await client.get(collection(namespace), headers={"Authorization": "Bearer warm-token"})
+        return reply.code == 200
+
+    assert await eventually(granted, within=10) is True
+    reviews = len(kube_api.requests_for("/apis/authentication.k8s.io/v1/tokenreviews"))
+    kube_api.inject_error(code, reason, path="/apis/authentication.k8s.io/v1/tokenreviews", times=1)
+    reply = await client.get(collection(namespace), headers={"Authorization": "Bearer fresh-token"})
+    assert reply.code == 200, (reply.code, reply.body[:200])
+    assert len(kube_api.requests_for("/apis/authentication.k8s.io/v1/tokenreviews")) == reviews + 2
 
 
 @pytest_twisted.ensureDeferred

@@ -100,11 +100,13 @@ async def start_server(
     monotonic: Callable[[], float] = time.monotonic,
     quiet_clock: IReactorTime | None = None,
     landing_clock: IReactorTime | None = None,
+    review_delays: IReactorTime | None = None,
     **overrides: Any,
 ) -> ServerUnderTest:
     """``monotonic``: the clock of the server's intervals (a task.Clock's, to drive them);
     ``quiet_clock``: its quiet loop's; ``landing_clock``: its registry client's watch for an
-    unanswered write to land (both the reactor's unless given)."""
+    unanswered write to land; ``review_delays``: its waits between TokenReview attempts (each the
+    reactor's unless given)."""
     settings = settings_for(pki, registry_url, **overrides)
     running = await start(
         reactor,
@@ -113,5 +115,6 @@ async def start_server(
         monotonic=monotonic,
         quiet_clock=quiet_clock,
         landing_clock=landing_clock,
+        review_delays=review_delays,
     )
     return ServerUnderTest(running, pki, settings)

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
+import random
+from collections.abc import Callable
 
 import attrs
 import pytest
 import pytest_twisted
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
+from twisted.web._newclient import ResponseNeverReceived
 
 from payloadtags.access.authn import Credentials, UserInfo
 from payloadtags.access.tokens import TokenReviewAuthenticator
+from payloadtags.deferreds import DeadlineExpired
+from payloadtags.kube.errors import KubeApiError, KubeProtocolError, KubeUnreachable, make_status
 
 GOOD = "eyJhbGciOiJSUzI1NiJ9.good-token.sig"
 BAD = "eyJhbGciOiJSUzI1NiJ9.bad-token.sig"
@@ -283,3 +290,180 @@ def bearer_bytes(value: bytes) -> Credentials:
     return Credentials(
         peer_certificate=None, headers={"authorization": [value.decode("utf-8", "surrogateescape")]}
     )
+
+
+# --- a review that fails for a passing cause is asked again (review r1authn L2) ----------------------
+
+
+class Fixed(random.Random):
+    """Jitter at a chosen point of its range: 0.0 none, 1.0 the most."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+def api_error(code: int, reason: str, retry_after: int | None = None) -> KubeApiError:
+    status = make_status(code, "injected", reason)
+    if retry_after is not None:
+        status["details"] = {"retryAfterSeconds": retry_after}
+    return KubeApiError(status, code)
+
+
+def reset() -> KubeUnreachable:
+    try:
+        raise ResponseNeverReceived([Failure(ConnectionLost("Connection reset by peer"))])
+    except ResponseNeverReceived as error:
+        try:
+            raise KubeUnreachable("POST tokenreviews: connection reset") from error
+        except KubeUnreachable as unreachable:
+            return unreachable
+
+
+@attrs.define
+class Scripted:
+    """A TokenReview that answers each attempt from ``answers`` in turn (an error as a failure), the
+    last answer again once they are used up; the clock's time of each attempt in ``times``."""
+
+    answers: list[UserInfo | Exception | None]
+    clock: Clock
+    times: list[float] = attrs.field(factory=list)
+
+    def __call__(self, token: str) -> Deferred[UserInfo | None]:
+        self.times.append(self.clock.seconds())
+        answer = self.answers[min(len(self.times), len(self.answers)) - 1]
+        if isinstance(answer, Exception):
+            return fail(answer)
+        return succeed(answer)
+
+
+def retrying(
+    review: Callable[[str], Deferred[UserInfo | None]], clock: Clock, jitter: float = 0.0
+) -> TokenReviewAuthenticator:
+    return TokenReviewAuthenticator(review=review, clock=clock, rng=Fixed(jitter))
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        api_error(429, "TooManyRequests"),
+        api_error(500, "InternalError"),
+        api_error(504, "Timeout"),
+        api_error(503, "ServiceUnavailable", retry_after=1),
+        api_error(409, "Conflict", retry_after=2),
+        reset(),
+    ],
+    ids=["429", "500", "504", "503-retry-after", "retry-after", "reset"],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_passing_failure_is_asked_again_after_half_a_second(clock: Clock, error: Exception) -> None:
+    review = Scripted([error, ALICE], clock)
+    waiting = Deferred.fromCoroutine(retrying(review, clock).authenticate(bearer(GOOD)))
+    assert review.times == [0.0] and not waiting.called
+    clock.advance(0.499)
+    assert len(review.times) == 1
+    clock.advance(0.001)
+    assert review.times == [0.0, 0.5]
+    assert await waiting == ALICE
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        api_error(401, "Unauthorized"),
+        api_error(403, "Forbidden"),
+        api_error(503, "ServiceUnavailable"),
+        KubeUnreachable("POST tokenreviews: Connection was refused by other side"),
+        KubeProtocolError("malformed TokenReview user"),
+    ],
+    ids=["401", "403", "503", "refused", "malformed"],
+)
+@pytest_twisted.ensureDeferred
+async def test_other_failures_are_not_asked_again(clock: Clock, error: Exception) -> None:
+    """As k8s.io/apiserver's webhook.DefaultShouldRetry: not a refused connection either."""
+    review = Scripted([error, ALICE], clock)
+    with pytest.raises(type(error)):
+        await retrying(review, clock).authenticate(bearer(GOOD))
+    clock.advance(60)
+    assert review.times == [0.0]
+
+
+@pytest.mark.parametrize(
+    ("jitter", "waits"), [(0.0, [0.5, 0.75, 1.125, 1.6875]), (1.0, [0.6, 0.9, 1.35, 2.025])]
+)
+@pytest_twisted.ensureDeferred
+async def test_five_attempts_with_growing_jittered_waits_then_the_last_error(
+    clock: Clock, jitter: float, waits: list[float]
+) -> None:
+    """k8s.io/apiserver's webhook retry backoff: 0.5 s, x1.5, each wait lengthened by up to 20 %,
+    5 attempts; then the last attempt's error, not cached."""
+    errors = [api_error(500, "InternalError") for _ in range(5)]
+    review = Scripted(list(errors), clock)
+    auth = retrying(review, clock, jitter)
+    waiting = Deferred.fromCoroutine(auth.authenticate(bearer(GOOD)))
+    failures: list[Failure] = []
+    waiting.addErrback(failures.append)
+    clock.pump([0.001] * 6000)
+    assert [b - a for a, b in itertools.pairwise(review.times)] == pytest.approx(waits, abs=0.001)
+    assert len(failures) == 1 and failures[0].value is errors[-1]
+    again = Deferred.fromCoroutine(auth.authenticate(bearer(GOOD)))
+    assert len(review.times) == 6
+    again.addErrback(lambda failure: failure.trap(KubeApiError))
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_attempts_and_waits_end_ten_seconds_after_the_first(clock: Clock) -> None:
+    """k8s.io/apiserver's token request timeout bounds the whole review: a hung attempt is cut at
+    10 s and not followed by another; a deadline during a wait ends with the error waited on."""
+    attempts: list[Deferred[UserInfo | None]] = []
+
+    def review(token: str) -> Deferred[UserInfo | None]:
+        attempts.append(Deferred())
+        return attempts[-1]
+
+    auth = retrying(review, clock)
+    hung = Deferred.fromCoroutine(auth.authenticate(bearer(GOOD)))
+    clock.advance(9.999)
+    assert not hung.called
+    clock.advance(0.001)
+    assert hung.called
+    with pytest.raises(DeadlineExpired):
+        await hung
+    assert len(attempts) == 1 and attempts[0].called  # cancelled
+    attempts[0].addErrback(lambda failure: failure.trap(CancelledError))
+
+    slow = Deferred.fromCoroutine(auth.authenticate(bearer(BAD)))
+    clock.advance(9.8)
+    error = api_error(500, "InternalError")
+    attempts[1].errback(error)
+    clock.advance(0.2)  # within the 0.5 s wait
+    assert slow.called and len(attempts) == 2
+    with pytest.raises(KubeApiError) as raised:
+        await slow
+    assert raised.value is error
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_requests_share_one_retried_review_which_ends_with_its_last_waiter(
+    clock: Clock,
+) -> None:
+    review = Scripted([api_error(429, "TooManyRequests"), ALICE], clock)
+    auth = retrying(review, clock)
+    waiting = [Deferred.fromCoroutine(auth.authenticate(bearer(GOOD))) for _ in range(3)]
+    clock.advance(0.5)
+    assert all(d.called for d in waiting)
+    assert [await d for d in waiting] == [ALICE] * 3
+    assert review.times == [0.0, 0.5]
+
+    # Every request that waited gone (its client, its deadline) during a wait: no attempt after it.
+    refused = Scripted([api_error(429, "TooManyRequests")], clock)
+    auth = retrying(refused, clock)
+    gone = [Deferred.fromCoroutine(auth.authenticate(bearer(GOOD))) for _ in range(2)]
+    for d in gone:
+        d.addErrback(lambda failure: failure.trap(CancelledError))
+        d.cancel()
+    clock.advance(60)
+    assert len(refused.times) == 1

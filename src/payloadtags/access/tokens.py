@@ -3,16 +3,55 @@
 from __future__ import annotations
 
 import hashlib
+import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 import attrs
+from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 
 from payloadtags.access.authn import Credentials, UserInfo, is_utf8
-from payloadtags.deferreds import InFlight
+from payloadtags.deferreds import DeadlineExpired, InFlight, within
+from payloadtags.kube.errors import KubeApiError, KubeReplyCutShort, KubeUnreachable
 
 Review = Callable[[str], Awaitable[UserInfo | None]]
+
+
+@attrs.frozen
+class ReviewRetry:
+    """How a TokenReview that failed for a passing cause is asked again, as k8s.io/apiserver's
+    delegating authenticator does (its webhook retry backoff and token request timeout): up to
+    ``attempts`` in all, the n-th wait ``initial * factor**n`` lengthened by up to ``jitter`` of
+    itself, everything within ``timeout`` of the first attempt."""
+
+    initial: float = 0.5
+    factor: float = 1.5
+    jitter: float = 0.2
+    attempts: int = 5
+    timeout: float = 10.0
+
+
+# The answers k8s.io/apiserver's webhook.DefaultShouldRetry takes for passing: an internal error,
+# a timeout, too many requests (API Priority and Fairness), whatever the status's reason or code says.
+_PASSING_REASONS = frozenset(("InternalError", "Timeout", "TooManyRequests"))
+_PASSING_CODES = frozenset((500, 504, 429))
+
+
+def passing(error: BaseException) -> bool:
+    """Whether a failed TokenReview is worth asking again: a passing answer, one with a Retry-After,
+    or a connection that broke under it (Go's connection reset; a refused connection is not)."""
+    if isinstance(error, KubeApiError):
+        return (
+            error.reason in _PASSING_REASONS or error.code in _PASSING_CODES or error.retry_after is not None
+        )
+    if isinstance(error, KubeReplyCutShort | KubeUnreachable):
+        cause = error.__cause__
+        reasons = getattr(cause, "reasons", None) or [cause]
+        return any(isinstance(r.value if isinstance(r, Failure) else r, ConnectionLost) for r in reasons)
+    return False
 
 
 @attrs.define
@@ -24,6 +63,11 @@ class TokenReviewAuthenticator:
     success_ttl: float = 10.0
     failure_ttl: float = 10.0
     max_entries: int = 4096
+    retry: ReviewRetry = ReviewRetry()
+    # The clock of the waits between attempts (the deadline and the cache keep ``clock``), and the
+    # source of their jitter.
+    delays: IReactorTime | None = None
+    rng: random.Random = attrs.field(factory=random.Random)
     _cache: OrderedDict[str, tuple[float, UserInfo | None]] = attrs.field(factory=OrderedDict, init=False)
     _reviews: InFlight[str, UserInfo | None] = attrs.field(
         factory=lambda: InFlight(cancel_when_abandoned=True), init=False
@@ -45,13 +89,42 @@ class TokenReviewAuthenticator:
     async def _review(self, key: str, token: str) -> UserInfo | None:
         """The review of ``token``, cached once it answers. A failed review is not cached: the next
         request reviews again."""
-        result = await self.review(token)
+        result = await self._retried(token)
         ttl = self.success_ttl if result is not None else self.failure_ttl
         self._cache[key] = (self.clock.seconds() + ttl, result)
         self._cache.move_to_end(key)
         while len(self._cache) > self.max_entries:
             self._cache.popitem(last=False)
         return result
+
+    async def _retried(self, token: str) -> UserInfo | None:
+        """The review, asked again after a passing failure, within the retry's timeout and, as the
+        caller's cancel reaches it, the deadline of every request waiting for it. Ends, as
+        k8s.io/apiserver's does, with the last attempt's error once the attempts are used up, and
+        once the time is: with the error waited on, or the timeout when it cut an attempt."""
+        retry = self.retry
+        waited_on: list[Exception] = []
+
+        async def attempts() -> UserInfo | None:
+            wait = retry.initial
+            for attempt in range(1, retry.attempts + 1):
+                waited_on.clear()
+                try:
+                    return await self.review(token)
+                except Exception as error:
+                    if attempt == retry.attempts or not passing(error):
+                        raise
+                    waited_on.append(error)
+                await deferLater(self.delays or self.clock, wait * (1 + retry.jitter * self.rng.random()))
+                wait *= retry.factor
+            raise AssertionError("unreachable: the last attempt returns or raises")
+
+        try:
+            return await within(self.clock, retry.timeout, attempts())
+        except DeadlineExpired:
+            if waited_on:
+                raise waited_on[0] from waited_on[0].__cause__
+            raise
 
 
 def _bearer(credentials: Credentials) -> str | None:
