@@ -491,12 +491,14 @@ async def start(
     quiet_clock: IReactorTime | None = None,
     landing_clock: IReactorTime | None = None,
     review_delays: IReactorTime | None = None,
+    auth_log_monotonic: Callable[[], float] | None = None,
 ) -> RunningServer:
     """``quiet_clock``: the clock of the quiet loop (`quiet.WhenQuiet`; a task.Clock's, to drive it),
     the reactor's unless given. ``landing_clock``: the registry client's for its watch of an
     unanswered write (`RegistryClient`), the reactor's unless given. ``review_delays``: the clock of
     the waits between the attempts of a TokenReview (`TokenReviewAuthenticator`), the reactor's
-    unless given."""
+    unless given. ``auth_log_monotonic``: the clock of the log of authentication failures
+    (`ApiServer`), ``monotonic`` unless given."""
     if completed is None:
         # Blocking (reads files, may run a credential plugin): off the reactor thread, once.
         completed = await deferToThread(complete, settings)
@@ -687,6 +689,7 @@ async def start(
         watch_hub=watch_hub,
         request_log=settings.verbosity >= DEBUG_VERBOSITY,
         standalone=cluster is None,
+        monotonic=auth_log_monotonic or monotonic,
     )
     site = GuardedSite(api.resource(), settings.http, api, reactor=reactor, monotonic=monotonic)
     connections = LimitedConnections(

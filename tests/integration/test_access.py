@@ -15,9 +15,11 @@ import attrs
 import pytest
 import pytest_twisted
 from twisted.internet import threads, utils
+from twisted.internet.task import Clock
 from twisted.logger import formatEvent
 
 from payloadtags.access.authz import Authorizer
+from payloadtags.api.app import AUTH_FAILURE_LOG_PERIOD
 from payloadtags.cluster import RBAC_COLLECTIONS
 from payloadtags.identity import UserInfo
 from payloadtags.names import encode_name
@@ -1068,6 +1070,44 @@ async def test_a_token_review_that_fails_once_for_a_passing_cause_is_asked_again
     reply = await client.get(collection(namespace), headers={"Authorization": "Bearer fresh-token"})
     assert reply.code == 200, (reply.code, reply.body[:200])
     assert len(kube_api.requests_for("/apis/authentication.k8s.io/v1/tokenreviews")) == reviews + 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_failing_token_reviews_are_logged_once_per_period_per_cause(
+    make_server, registry, kube_api, kube_kubeconfig, namespace
+):
+    """While TokenReviews fail, anyone who reaches the port with any token used to write a warning a
+    request (review r1authn L3): said once per period per cause now, then with the count left out."""
+    clock = Clock()
+    server = await make_server(
+        registry,
+        kubeconfig=str(kube_kubeconfig),
+        authorization_mode="RBAC",
+        auth_log_monotonic=clock.seconds,
+        review_delays=SkipAhead(),
+    )
+    client = server.client(None)
+    tokenreviews = "/apis/authentication.k8s.io/v1/tokenreviews"
+
+    async def failing(count: int, first: int = 0) -> list[str]:
+        with collected_logs() as events:
+            for i in range(first, first + count):
+                bearer = {"Authorization": f"Bearer random-{i}"}
+                reply = await client.get(collection(namespace), headers=bearer)
+                assert reply.code == 401, reply.body
+        return [formatEvent(e) for e in events if "authentication failed" in formatEvent(e)]
+
+    kube_api.inject_error(500, path=tokenreviews, times=10_000)
+    assert len(await failing(20)) == 1
+    # Another cause (the ServiceAccount may not create TokenReviews) is said at once, once.
+    kube_api.clear_injected_errors()
+    kube_api.inject_error(403, "Forbidden", path=tokenreviews, times=10_000)
+    assert len(await failing(20, 20)) == 1
+    kube_api.clear_injected_errors()
+    kube_api.inject_error(500, path=tokenreviews, times=10_000)
+    clock.advance(AUTH_FAILURE_LOG_PERIOD)
+    (line,) = await failing(5, 40)
+    assert line.endswith(f"(19 more like it in the {AUTH_FAILURE_LOG_PERIOD:.0f}s since the last line)"), line
 
 
 @pytest_twisted.ensureDeferred

@@ -101,12 +101,14 @@ async def start_server(
     quiet_clock: IReactorTime | None = None,
     landing_clock: IReactorTime | None = None,
     review_delays: IReactorTime | None = None,
+    auth_log_monotonic: Callable[[], float] | None = None,
     **overrides: Any,
 ) -> ServerUnderTest:
     """``monotonic``: the clock of the server's intervals (a task.Clock's, to drive them);
     ``quiet_clock``: its quiet loop's; ``landing_clock``: its registry client's watch for an
     unanswered write to land; ``review_delays``: its waits between TokenReview attempts (each the
-    reactor's unless given)."""
+    reactor's unless given); ``auth_log_monotonic``: its log of authentication failures'
+    (``monotonic`` unless given)."""
     settings = settings_for(pki, registry_url, **overrides)
     running = await start(
         reactor,
@@ -116,5 +118,6 @@ async def start_server(
         quiet_clock=quiet_clock,
         landing_clock=landing_clock,
         review_delays=review_delays,
+        auth_log_monotonic=auth_log_monotonic,
     )
     return ServerUnderTest(running, pki, settings)

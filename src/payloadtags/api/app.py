@@ -79,6 +79,7 @@ from payloadtags.limits import WAITING_SHARE
 from payloadtags.metrics import CONTENT_TYPE, Metrics
 from payloadtags.model import GROUP, GROUP_VERSION, RESOURCE, ListMeta, PayloadRepositoryTag, to_json
 from payloadtags.names import is_namespace
+from payloadtags.onceper import OncePerPeriod
 from payloadtags.registry import is_valid_repository
 from payloadtags.registry.errors import RegistryError
 from payloadtags.repoindex import RepositoryIndex
@@ -87,6 +88,10 @@ from payloadtags.watch import Listed, TooManyWatches, Watcher, WatchHub, WatchSl
 from payloadtags.watch.watcher import error_line
 
 log = Logger()
+
+# How long an authenticator failing for one cause (a TokenReview the cluster API refuses, an API out
+# of reach) stays quiet in the log after a line about it.
+AUTH_FAILURE_LOG_PERIOD = 30.0
 
 BASE = f"/apis/{GROUP_VERSION}"
 HEALTH_ENDPOINTS = ("healthz", "livez", "readyz")
@@ -461,8 +466,12 @@ class ApiServer:
     )
     # The GET routes asked for most (lists, pages, single tags, discovery), by number of segments.
     _direct: dict[int, list[_DirectRoute]] = attrs.field(factory=dict, init=False)
+    # The clock of the authentication failures' log (a task.Clock's in tests).
+    monotonic: Callable[[], float] = time.monotonic
+    _auth_failures: OncePerPeriod[tuple[type, int | None]] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
+        self._auth_failures = OncePerPeriod(AUTH_FAILURE_LOG_PERIOD, self.monotonic)
         # werkzeug answers a path it would serve once its slashes are merged (``a//b``), or once a
         # slash is added or a rule's defaults dropped, with a redirect; Klein sends it as a 3xx with
         # no Location, which no client follows and the aggregator turns into a 502. kube-apiserver
@@ -681,8 +690,14 @@ class ApiServer:
             raise unauthorized(str(error)) from None
         except Exception as error:
             # As kube-apiserver: an authenticator that fails (a TokenReview that cannot be made)
-            # authenticates nobody.
-            log.warn("authentication failed: {error}", error=str(error) or repr(error))
+            # authenticates nobody. Said once per period per cause, as other lasting failures are:
+            # while it lasts, anyone who reaches the port with any token would write a line a request.
+            code = getattr(error, "code", None)
+            said = self._auth_failures((type(error), code if isinstance(code, int) else None))
+            if said is not None:
+                log.warn(
+                    "authentication failed: {error}{more}", error=str(error) or repr(error), more=said.more()
+                )
             user = None
         self._strip_identity(request, credentials)
         if user is not None and _impersonates(credentials):
