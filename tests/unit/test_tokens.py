@@ -120,6 +120,32 @@ async def test_scheme_is_case_insensitive_and_whitespace_is_trimmed(
     assert review.calls == [GOOD]
 
 
+@pytest.mark.parametrize(
+    ("values", "reviewed"),
+    [
+        (["Bearer tok"], "tok"),
+        (["bearer tok"], "tok"),
+        (["  Bearer tok  "], "tok"),
+        (["Bearer  tok"], None),  # the second part is "": no token
+        (["Bearer tok extra"], "tok"),  # the second part only
+        (["Bearer\ttok"], None),  # one part: only a space separates
+        (["Basic eDp5", "Bearer tok"], None),  # the first field only
+        (["Bearer tok", "Bearer other"], "tok"),
+        (["Bearer tok\x1c"], "tok\x1c"),  # not white space to Go's TrimSpace
+        (["Bearer tok\u00a0"], "tok"),  # white space to it
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_the_token_is_read_as_k8s_apiserver_reads_it(
+    auth: TokenReviewAuthenticator, review: FakeReview, values: list[str], reviewed: str | None
+) -> None:
+    """As k8s.io/apiserver's bearertoken authenticator (review r1authn N1): the first Authorization
+    field, trimmed, split on single spaces; the scheme "bearer" in any case; the token its second
+    part, none when that is empty."""
+    await auth.authenticate(Credentials(peer_certificate=None, headers={"authorization": values}))
+    assert review.calls == ([] if reviewed is None else [reviewed])
+
+
 @pytest_twisted.ensureDeferred
 async def test_no_token_no_review(auth: TokenReviewAuthenticator, review: FakeReview) -> None:
     cases: list[dict[str, list[str]]] = [

@@ -127,11 +127,24 @@ class TokenReviewAuthenticator:
             raise
 
 
+# What Go's strings.TrimSpace trims (unicode.IsSpace), where Python's strip() would also trim
+# U+001C to U+001F.
+_GO_SPACE = (
+    "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000"
+)
+
+
 def _bearer(credentials: Credentials) -> str | None:
-    for value in credentials.header("authorization"):
-        scheme, _, token = value.strip().partition(" ")
-        # A token that is not UTF-8 cannot be sent in a TokenReview as it came (Go's JSON would
-        # change it too): nobody, not an error.
-        if scheme.lower() == "bearer" and token.strip() and is_utf8(token):
-            return token.strip()
-    return None
+    """The token as k8s.io/apiserver's bearertoken authenticator reads it: the first Authorization
+    field (Go's Header.Get), trimmed, split on single spaces; the scheme "bearer" in any case, the
+    token the part after it (`Bearer tok extra` is `tok`), none when that part is empty (`Bearer  tok`)."""
+    fields = credentials.header("authorization")
+    if not fields:
+        return None
+    parts = fields[0].strip(_GO_SPACE).split(" ", 2)
+    if len(parts) < 2 or parts[0].lower() != "bearer" or not parts[1]:
+        return None
+    # A token that is not UTF-8 cannot be sent in a TokenReview as it came (Go's JSON would change
+    # it too): nobody, not an error.
+    return parts[1] if is_utf8(parts[1]) else None
