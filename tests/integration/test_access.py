@@ -14,14 +14,16 @@ from typing import Any
 import attrs
 import pytest
 import pytest_twisted
-from twisted.internet import threads, utils
+from twisted.internet import defer, threads, utils
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent
 
 from payloadtags.access.authz import Authorizer
+from payloadtags.access.tokens import ReviewRetry
 from payloadtags.api.app import AUTH_FAILURE_LOG_PERIOD
 from payloadtags.cluster import RBAC_COLLECTIONS
 from payloadtags.identity import UserInfo
+from payloadtags.limits import HttpLimits
 from payloadtags.names import encode_name
 from tests.support import images
 from tests.support.client import ApiClient
@@ -1108,6 +1110,43 @@ async def test_failing_token_reviews_are_logged_once_per_period_per_cause(
     clock.advance(AUTH_FAILURE_LOG_PERIOD)
     (line,) = await failing(5, 40)
     assert line.endswith(f"(19 more like it in the {AUTH_FAILURE_LOG_PERIOD:.0f}s since the last line)"), line
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_waiting_for_their_token_review_hold_no_inflight_seat(
+    make_server, registry, kube_api, kube_kubeconfig, namespace, pki
+):
+    """Made-up tokens while TokenReviews are throttled (429) wait for their reviews' next attempts, for
+    seconds: they used to hold their --max-requests-inflight seats meanwhile, and a certificate caller
+    got 429 (review r2auth L1). Taken after authentication now, as kube-apiserver's chain takes it."""
+    delays = Clock()
+    server = await make_server(
+        registry,
+        kubeconfig=str(kube_kubeconfig),
+        authorization_mode="AlwaysAllow",
+        http=HttpLimits(max_requests_inflight=4),
+        review_delays=delays,
+    )
+    tokenreviews = "/apis/authentication.k8s.io/v1/tokenreviews"
+    kube_api.inject_error(429, "TooManyRequests", path=tokenreviews, times=10_000)
+    anyone = server.client(None)
+    made_up = [
+        defer.ensureDeferred(
+            anyone.get(collection(namespace), headers={"Authorization": f"Bearer made-up-{i}"})
+        )
+        for i in range(4)
+    ]
+
+    async def all_waiting() -> bool:  # each review answered once, its next attempt due on ``delays``
+        return len(delays.getDelayedCalls()) == 4
+
+    assert await eventually(all_waiting, within=HANG_GUARD) is True
+    alice = await server.client(pki.client_ca.client("alice")).get(collection(namespace))
+    assert alice.code == 200, alice.body
+    # The reviews answer at last: the made-up tokens are nobody's.
+    kube_api.clear_injected_errors()
+    delays.advance(ReviewRetry().initial * 2)
+    assert [r.code for r in await defer.gatherResults(made_up)] == [401] * 4
 
 
 @pytest_twisted.ensureDeferred

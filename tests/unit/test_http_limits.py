@@ -165,13 +165,28 @@ def test_a_flag_given_equal_to_its_default_and_lowered_is_warned_about() -> None
 @attrs.define
 class _Server:
     waiting_limit: int
+    max_inflight: int = 10
     _limited: int = 0
     _waiting: int = 0
 
 
 def _seat(server: _Server) -> _Seat:
-    server._limited += 1  # as the endpoint does when it seats a request
-    return _Seat(cast(Any, server), counted=True)
+    seat = _Seat(cast(Any, server))
+    assert seat.take()  # as the endpoint does once the request is authenticated
+    return seat
+
+
+def test_a_seat_is_taken_while_one_is_free_and_never_after_its_request_finished() -> None:
+    server = _Server(waiting_limit=1, max_inflight=1)
+    first = _seat(server)
+    assert first.take()  # taken once only
+    late = _Seat(cast(Any, server))
+    assert not late.take()  # every seat taken: its 429
+    first.finished()
+    gone = _Seat(cast(Any, server))
+    gone.finished()  # its client left while it was being authenticated
+    assert gone.take()
+    assert (server._limited, server._waiting) == (0, 0)
 
 
 def test_a_seat_given_up_is_taken_again_when_the_client_reads_and_freed_once() -> None:

@@ -381,15 +381,27 @@ class _Seat:
     as its client reads it) gives its seat up while it waits for a client that does not read, and
     takes it again when the client reads: what it then holds is the connection's buffers, bounded per
     connection, not the server's work. Without this, a few hundred connections asking for a large
-    list and never reading it held every seat until the request deadline, and everyone else got 429."""
+    list and never reading it held every seat until the request deadline, and everyone else got 429.
+
+    Taken (`take`) once the request is authenticated, as kube-apiserver's chain authenticates before
+    its in-flight limit: a request waiting for its TokenReview (retried for seconds while the cluster
+    API throttles them) holds no seat, and is bounded by connections meanwhile."""
 
     server: ApiServer
-    counted: bool  # whether the request is one the limit bounds, and got its seat
-    held: bool = attrs.field(init=False)
+    counted: bool = False  # whether the request is one the limit bounds, and got its seat
+    held: bool = False
     done: bool = False
 
-    def __attrs_post_init__(self) -> None:
-        self.held = self.counted
+    def take(self) -> bool:
+        """Seats the request; False when every seat is taken (its 429)."""
+        server = self.server
+        if self.done or self.counted:
+            return True  # finished already (its client gone): nothing to hold, nothing to answer
+        if server._limited >= server.max_inflight:
+            return False
+        self.counted = self.held = True
+        server._limited += 1
+        return True
 
     def waiting(self, waiting: bool) -> None:
         """The response waits for its client to read (True), or goes on (False)."""
@@ -549,13 +561,11 @@ class ApiServer:
             # own limits do: WatchLimits).
             watching = self.watch_hub is not None and watch
             bounded = limited and not watching
-            counted = bounded and self._limited < self.max_inflight
-            if counted:
-                self._limited += 1
-            seat = _Seat(self, counted)
+            seat = _Seat(self)
             setattr(request, _SEAT, seat)
             # In flight until the response is written (or the client is gone), not merely computed;
-            # it holds its seat meanwhile, but while it waits for a client that does not read (_Seat).
+            # it holds its seat from its authentication on, but while it waits for a client that does
+            # not read (_Seat).
             if ended is None:
                 request.notifyFinish().addBoth(lambda _: self._finished(seat))
             else:
@@ -576,13 +586,13 @@ class ApiServer:
                     if watch
                     else request_timeout(_query(request).get("timeout"), self.request_timeout)
                 )
-                if bounded and not counted:
-                    raise too_many_requests()
                 if not watching:
                     # Armed below once the work first waits, a little after this: the deadline the
                     # work is told is never later than the one that cuts it.
                     setattr(request, _DEADLINE, received + given)
-                work = Deferred.fromCoroutine(self._serve(fn, request, anonymous, head, kwargs))
+                work = Deferred.fromCoroutine(
+                    self._serve(fn, request, anonymous, head, kwargs, seat if bounded else None)
+                )
                 working = True
                 # Past the deadline the work is cancelled where it waits (registry calls included).
                 # Work done already (a page from the walk cache, discovery) has no deadline to keep:
@@ -658,13 +668,18 @@ class ApiServer:
         anonymous: Anonymous,
         head: bool,
         kwargs: dict[str, Any],
+        seat: _Seat | None,
     ) -> bytes:
+        """``seat``: the request's among --max-requests-inflight, taken once it is authenticated;
+        None for a request the limit does not bound (a watch, a health probe)."""
         if not (anonymous(kwargs) if callable(anonymous) else anonymous):
             user = self._admitted.pop(request, None) or await self._authenticate(request)
             if user is None:
                 raise unauthorized()
             setattr(request, _USER, user)
             kwargs["user"] = user
+        if seat is not None and not seat.take():
+            raise too_many_requests()
         if not head and request.method == b"HEAD":
             raise method_not_allowed("head")
         try:
