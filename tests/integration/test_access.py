@@ -1149,6 +1149,60 @@ async def test_requests_waiting_for_their_token_review_hold_no_inflight_seat(
     assert [r.code for r in await defer.gatherResults(made_up)] == [401] * 4
 
 
+def _send_bodies_heads(target: Target, path: str, count: int) -> list[Any]:
+    """Connections each sending the head of a DELETE with a body and a token of its own: the server
+    authenticates (admits) such a request before it reads the body."""
+    socks = []
+    for i in range(count):
+        sock = target.connect()
+        head = request_bytes("DELETE", path, {"Authorization": f"Bearer gone-{i}"})
+        sock.sendall(head.replace(b"\r\n\r\n", b"\r\nContent-Length: 10\r\n\r\n", 1))
+        socks.append(sock)
+    return socks
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_token_review_is_not_asked_again_for_a_client_gone_during_admission(
+    make_server, registry, kube_api, kube_kubeconfig, namespace
+):
+    """A request with a body is authenticated before its body is read: its client gone meanwhile, its
+    TokenReview was still asked again, up to 5 times for nobody (review r2auth L2). The admission is
+    cancelled with its connection now, and the review with its last waiter."""
+    delays = Clock()
+    server = await make_server(
+        registry, kubeconfig=str(kube_kubeconfig), authorization_mode="AlwaysAllow", review_delays=delays
+    )
+    tokenreviews = "/apis/authentication.k8s.io/v1/tokenreviews"
+    kube_api.inject_error(500, path=tokenreviews, times=10_000)
+    before = len(kube_api.requests_for(tokenreviews))
+    connections = server.running.connections.protocols
+    idle = len(connections)
+    target = Target(server.running.port, str(server.pki.server_ca.cert_file))
+    with collected_logs() as events:
+        socks = await threads.deferToThread(_send_bodies_heads, target, f"{collection(namespace)}/x", 4)
+        try:
+
+            async def retries_due() -> bool:  # each review answered once, its next attempt due on ``delays``
+                return len(delays.getDelayedCalls()) == 4
+
+            assert await eventually(retries_due, within=HANG_GUARD) is True
+        finally:
+            for sock in socks:
+                sock.close()
+
+        async def gone() -> bool:
+            return len(connections) == idle
+
+        assert await eventually(gone, within=HANG_GUARD) is True
+        # Cancelled as the connections were lost: no attempt is due any more, and no review ended
+        # with its error (as the reviews' own 10 s would end them, their requests then refused).
+        assert delays.getDelayedCalls() == []
+        delays.advance(ReviewRetry().timeout)
+        assert len(kube_api.requests_for(tokenreviews)) - before == 4
+    lines = [formatEvent(e) for e in events]
+    assert [line for line in lines if "authentication failed" in line or "admission" in line] == []
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_failing_token_review_is_a_401_not_a_500(rbac_server, kube_api, namespace):
     kube_api.inject_error(500, method="POST", path="/apis/authentication.k8s.io/v1/tokenreviews", times=20)

@@ -41,6 +41,7 @@ from payloadtags.http.eviction import EvictionOrder
 from payloadtags.limits import HEAD_BYTES, HEADER_LINE_COST, LINGER, HttpLimits
 from tests.support.held_site import Admitting as _Admitting
 from tests.support.held_site import Held as _Held
+from tests.support.logcapture import collected_logs
 
 
 def _tcp_pair() -> tuple[socket.socket, socket.socket]:
@@ -137,6 +138,62 @@ def test_a_refused_connection_holds_one_delayed_call_moved_from_state_to_state()
     channel.connectionLost(Failure(ConnectionDone()))
     assert _calls_of(clock, channel) == []  # nothing left in the reactor's heap once closed
     assert not grace.active()
+
+
+class _Pending(_Admitting):
+    """Admission that decides only when the test says (a TokenReview under way)."""
+
+    def __init__(self) -> None:
+        self.admissions: list[Deferred[ApiError | None]] = []
+        self.cancelled = 0
+
+    def admit(self, request: Request) -> Deferred[ApiError | None]:
+        self.admissions.append(Deferred(self._cancelled))
+        return self.admissions[-1]
+
+    def _cancelled(self, admission: Deferred[ApiError | None]) -> None:
+        self.cancelled += 1
+
+
+@pytest.mark.parametrize("first_body_byte", [False, True])
+def test_an_admission_is_cancelled_when_its_connection_is_lost(first_body_byte: bool) -> None:
+    """Reading goes on while the request is admitted until a byte past the head comes (so that a client
+    that leaves is seen), and stops then; the connection lost, the admission is cancelled, quietly
+    (review r2auth L2: its TokenReview was asked again for nobody)."""
+    clock = Clock()
+    admission = _Pending()
+    site = GuardedSite(Resource(), HttpLimits(), admission, reactor=clock)
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.9", 5555))
+    assert isinstance(channel, GuardedChannel)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(b"DELETE /x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n")
+    (pending,) = admission.admissions
+    assert transport.producerState == "producing"
+    if first_body_byte:
+        channel.dataReceived(b"{")
+        assert transport.producerState == "paused"
+    with collected_logs() as events:
+        channel.connectionLost(Failure(ConnectionDone()))
+    assert admission.cancelled == 1 and pending.called
+    assert events == []  # the channel took the cancel's failure quietly
+
+
+def test_an_admission_is_cancelled_when_its_request_is_refused_meanwhile() -> None:
+    clock = Clock()
+    admission = _Pending()
+    site = GuardedSite(Resource(), HttpLimits(), admission, reactor=clock)
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.9", 5555))
+    assert isinstance(channel, GuardedChannel)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(b"DELETE /x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n")
+    (pending,) = admission.admissions
+    with collected_logs() as events:
+        clock.advance(HttpLimits().request_timeout)  # the body's deadline: 408, nobody waits on
+    assert transport.value().startswith(b"HTTP/1.1 408 ")
+    assert admission.cancelled == 1 and pending.called
+    assert [e for e in events if e.get("log_failure") is not None] == []
 
 
 def test_the_close_is_forced_after_its_grace_and_an_idle_connection_closes() -> None:

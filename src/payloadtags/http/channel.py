@@ -4,7 +4,8 @@ What Twisted does on its own and what is changed here:
 
 * a request body of 100 kB or more goes to a temporary file: here every body is kept in memory and
   refused (413) as soon as it passes ``max_request_body_bytes``, whether declared or chunked;
-* the body is read whatever the headers say: here reading stops after the headers, the site's
+* the body is read whatever the headers say: here reading stops at the first bytes past the headers
+  (until then it goes on, so that a client gone is seen and its admission cancelled), the site's
   ``Admission`` (authentication) decides, and only an admitted request's body is read;
 * the response to a pipelined request is written whether or not the client reads: here the next
   pipelined request waits until the previous response is whole and the transport holds no more than
@@ -47,7 +48,7 @@ from cryptography import x509
 from OpenSSL.SSL import Error as SSLError
 from OpenSSL.SSL import WantReadError
 from twisted.internet.abstract import FileDescriptor
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
@@ -503,6 +504,12 @@ class GuardedChannel(http.HTTPChannel):
     _parsed = 0  # what the parsed head costs past HEAD_BYTES, taken from the site's parsed_heads
     _refusing = False
     _admitting = False
+    # The admission under way (site.admit), cancelled when nobody is left to answer (connectionLost,
+    # refuse): its TokenReview is then cancelled once no other request waits for it.
+    _admission: Deferred[ApiError | None] | None = None
+    # Reading goes on during admission until the first byte past the head (rawDataReceived), so that
+    # a client that leaves is seen.
+    _admission_paused = False
     _lost = False
     _replaying = False  # behind the property _replay_pending
     _handling = False  # behind the property _handlingRequest
@@ -719,6 +726,7 @@ class GuardedChannel(http.HTTPChannel):
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self._lost = True
+        self._cancel_admission()
         self._deadline_kind = ""
         self.rerank()  # out of the eviction order
         if self._deadline is not None and self._deadline.active():
@@ -739,9 +747,13 @@ class GuardedChannel(http.HTTPChannel):
         if self._refusing:
             return
         if self._admitting:
-            # What arrived with the head: reading is paused, but the rest of the TCP read that
-            # brought it still comes, a piece per TLS record, until admission.
+            # Past the head: reading stops until admission, but the rest of the TCP read that
+            # brought these bytes still comes, a piece per TLS record. Until these, reading went on
+            # so that a client gone during admission is seen (connectionLost) with no body read.
             self._held = _kept(self._held, data)
+            if not self._admission_paused:
+                self._admission_paused = True
+                self._networkProducer.pauseProducing()
             return
         if self._handlingRequest:
             # A request is being answered: what comes is the requests pipelined behind it, kept for
@@ -875,13 +887,21 @@ class GuardedChannel(http.HTTPChannel):
             return
         self._arm(self.limits.request_timeout, "body")
         self._admitting = True
-        self._networkProducer.pauseProducing()
+        self._admission_paused = False
         # Twisted sets these once the body is in; admission needs them before.
         request.method, request.uri = self._command, self._path
-        admitted = self.site.admit(request)
-        admitted.addCallbacks(self._admitted, self._admission_failed)
+        admission = self.site.admit(request)
+        if not admission.called:
+            self._admission = admission
+        admission.addCallbacks(self._admitted, self._admission_failed)
+
+    def _cancel_admission(self) -> None:
+        admission, self._admission = self._admission, None
+        if admission is not None:
+            admission.cancel()
 
     def _admitted(self, error: ApiError | None) -> None:
+        self._admission = None
         if self._lost or self._refusing:
             return
         self._admitting = False
@@ -893,11 +913,16 @@ class GuardedChannel(http.HTTPChannel):
         if expect and expect[0].lower() == b"100-continue" and self._version == b"HTTP/1.1":
             self._send100Continue()
         held, self._held = b"".join(self._held), []
-        self._networkProducer.resumeProducing()
+        if self._admission_paused:
+            self._admission_paused = False
+            self._networkProducer.resumeProducing()
         if held:
             self.rawDataReceived(held)
 
     def _admission_failed(self, failure: Failure) -> None:
+        self._admission = None
+        if (self._lost or self._refusing) and failure.check(CancelledError):
+            return  # cancelled by _cancel_admission: nobody is left to answer
         log.failure("admission of a request failed", failure=failure)
         self._admitting = False
         if not self._lost:
@@ -1008,6 +1033,7 @@ class GuardedChannel(http.HTTPChannel):
             self.site.clients.unauthenticated(self.host)  # as a 401 answered the ordinary way
         self._refusing = True
         self._admitting = False
+        self._cancel_admission()
         self._held = []
         self._give_back_head()
         self.paused = True  # stops the line parser on the rest of what is buffered
