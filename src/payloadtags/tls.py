@@ -20,9 +20,11 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from payloadtags.access.authn import load_pem_bundle
+from payloadtags.onceper import OncePerPeriod
 
 # The TLS 1.2 suites Go (and so --tls-cipher-suites in Kubernetes) names, by their OpenSSL names. TLS 1.3
 # suites are accepted and, as in Go, not configurable.
@@ -183,9 +185,19 @@ _peer_chains: weakref.WeakKeyDictionary[SSL.Connection, tuple[x509.Certificate, 
 )
 
 
+# Verified client certificates that cryptography cannot read, by connection, with the reason: OpenSSL
+# (and Go) take some that it refuses, such as a multi-valued RDN whose SET is not in DER order, which a
+# lax CA signs as the CSR holds it.
+_unreadable: weakref.WeakKeyDictionary[SSL.Connection, str] = weakref.WeakKeyDictionary()
+# Said once per period per reason: each connection of such a certificate's holder would say it again.
+UNREADABLE_LOG_PERIOD = 30.0
+_unreadable_said: OncePerPeriod[str] = OncePerPeriod(UNREADABLE_LOG_PERIOD)
+log = Logger()
+
+
 def verified_peer_chain(connection: object) -> tuple[x509.Certificate, ...]:
     """The client certificate chain a connection's handshake verified (leaf first, trusted CA last),
-    or () when the peer sent none or it did not verify.
+    or () when the peer sent none, it did not verify, or it cannot be read (`unreadable_certificate`).
 
     Kept per connection: every request on a kept-alive connection presents the same certificate.
     """
@@ -193,9 +205,30 @@ def verified_peer_chain(connection: object) -> tuple[x509.Certificate, ...]:
         return ()
     chain = _peer_chains.get(connection)
     if chain is None:
-        verified = connection.get_verified_chain(as_cryptography=True) or []
+        try:
+            verified = connection.get_verified_chain(as_cryptography=True) or []
+        except ValueError as error:
+            verified = []
+            reason = _unreadable[connection] = str(error) or type(error).__name__
+            said = _unreadable_said(reason)
+            if said is not None:
+                log.warn(
+                    "a client certificate a trusted CA signed cannot be read ({reason}): its requests "
+                    "that need an identity are answered 401{more}",
+                    reason=reason,
+                    more=said.more(),
+                )
         chain = _peer_chains[connection] = tuple(verified)
     return chain
+
+
+def unreadable_certificate(connection: object) -> str | None:
+    """Why the client certificate a connection's handshake verified cannot be read, or None when it
+    can (or there is none)."""
+    if not isinstance(connection, SSL.Connection):
+        return None
+    verified_peer_chain(connection)
+    return _unreadable.get(connection)
 
 
 def server_context(

@@ -18,6 +18,7 @@ from twisted.internet import defer, threads, utils
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent
 
+from payloadtags import tls
 from payloadtags.access.authz import Authorizer
 from payloadtags.access.tokens import ReviewRetry
 from payloadtags.api.app import AUTH_FAILURE_LOG_PERIOD
@@ -25,6 +26,7 @@ from payloadtags.cluster import RBAC_COLLECTIONS
 from payloadtags.identity import UserInfo
 from payloadtags.limits import HttpLimits
 from payloadtags.names import encode_name
+from payloadtags.onceper import OncePerPeriod
 from tests.support import images
 from tests.support.client import ApiClient
 from tests.support.clocks import SkipAhead
@@ -547,6 +549,29 @@ async def test_forged_headers_are_never_trusted(proxied_server, front_proxy, pki
     )
     assert reply.code == 403
     assert 'User "mallory"' in reply.json()["message"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_trusted_client_certificate_that_cannot_be_read_is_a_401_saying_why(
+    make_server, registry, pki, monkeypatch
+):
+    """A certificate the client CA signed whose multi-valued RDN is not in DER order: OpenSSL (and Go)
+    take it, cryptography cannot parse it. Each connection used to log an unhandled traceback and was
+    dropped without an answer (review r2auth N2): a 401 saying why now, and one line a period."""
+    monkeypatch.setattr(tls, "_unreadable_said", OncePerPeriod(tls.UNREADABLE_LOG_PERIOD))
+    server = await make_server(registry)
+    unsorted = pki.client_ca.client_with_unsorted_rdn("unsorted-rdn")
+    target = Target(server.running.port, str(server.pki.server_ca.cert_file))
+    with collected_logs() as events:
+        for _ in range(2):
+            reply = await threads.deferToThread(exchange, target, request_bytes("GET", "/version"), unsorted)
+            assert reply.is_status(401), reply
+            assert reply.json()["message"].startswith("the client certificate cannot be read: "), reply
+    said = [formatEvent(e) for e in events if "cannot be read" in formatEvent(e)]
+    assert len(said) == 1 and said[0].endswith("its requests that need an identity are answered 401"), said
+    assert [e for e in events if e.get("log_failure") is not None] == []
+    # The same server still serves a readable certificate.
+    assert (await server.client(pki.client_ca.client("alice")).get("/version")).code == 200
 
 
 @pytest_twisted.ensureDeferred

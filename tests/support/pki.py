@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 import ipaddress
 from pathlib import Path
@@ -93,6 +94,32 @@ class Authority:
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn) for cn in common_names])
         return self._issue(stem, subject, ExtendedKeyUsageOID.CLIENT_AUTH, None)
 
+    def client_with_unsorted_rdn(self, stem: str) -> Issued:
+        """A client certificate whose subject is one RDN of two CNs, "zzz" then "aaa": not in the
+        order DER sorts a SET in. A lax CA signs it as the CSR holds it; OpenSSL and Go take it,
+        cryptography cannot parse it. ``cert`` is the sorted one it was made from (the file is not)."""
+        sorted_cns = [x509.NameAttribute(NameOID.COMMON_NAME, cn) for cn in ("aaa", "zzz")]
+        issued = self._issue(
+            stem,
+            x509.Name([x509.RelativeDistinguishedName(sorted_cns)]),
+            ExtendedKeyUsageOID.CLIENT_AUTH,
+            None,
+        )
+        aaa, zzz = (b"\x30\x0a\x06\x03\x55\x04\x03\x0c\x03" + cn for cn in (b"aaa", b"zzz"))
+        tbs = issued.cert.tbs_certificate_bytes
+        assert tbs.count(aaa + zzz) == 1
+        tbs = tbs.replace(aaa + zzz, zzz + aaa)
+        algorithm = issued.cert.public_bytes(serialization.Encoding.DER)
+        start = _der_value(algorithm, 0)[0]  # into the Certificate SEQUENCE
+        tbs_end = _der_value(algorithm, start)[1]
+        algorithm = algorithm[tbs_end : _der_value(algorithm, tbs_end)[1]]
+        signature = b"\x00" + self.key.sign(tbs, ec.ECDSA(hashes.SHA256()))
+        body = tbs + algorithm + b"\x03" + _der_length(len(signature)) + signature
+        der = b"\x30" + _der_length(len(body)) + body
+        pem = b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(der) + b"-----END CERTIFICATE-----\n"
+        issued.cert_file.write_bytes(pem)
+        return issued
+
     def server(self, hosts: tuple[str, ...] = ("localhost", "127.0.0.1"), stem: str = "serving") -> Issued:
         sans: list[x509.GeneralName] = []
         for host in hosts:
@@ -102,6 +129,23 @@ class Authority:
                 sans.append(x509.DNSName(host))
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
         return self._issue(stem, subject, ExtendedKeyUsageOID.SERVER_AUTH, sans)
+
+
+def _der_value(der: bytes, at: int) -> tuple[int, int]:
+    """Where the value of the DER element at ``at`` starts and ends."""
+    length = der[at + 1]
+    if length < 0x80:
+        return at + 2, at + 2 + length
+    size = length & 0x7F
+    start = at + 2 + size
+    return start, start + int.from_bytes(der[at + 2 : start], "big")
+
+
+def _der_length(length: int) -> bytes:
+    if length < 0x80:
+        return bytes([length])
+    encoded = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(encoded)]) + encoded
 
 
 def _ca(directory: Path, name: str, issuer: Authority | None) -> Authority:

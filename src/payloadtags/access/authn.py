@@ -27,6 +27,8 @@ class Credentials:
     headers: dict[str, list[str]]
     # The chain the TLS handshake verified, leaf first, ending at the trusted CA it chained to.
     peer_chain: tuple[x509.Certificate, ...] = ()
+    # Why the certificate the handshake verified cannot be read (then peer_certificate is None).
+    unreadable_certificate: str | None = None
 
     def chains_to(self, authorities: Sequence[x509.Certificate]) -> bool:
         """Whether the peer certificate was verified up to one of ``authorities`` (through

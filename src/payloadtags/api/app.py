@@ -83,7 +83,7 @@ from payloadtags.onceper import OncePerPeriod
 from payloadtags.registry import is_valid_repository
 from payloadtags.registry.errors import RegistryError
 from payloadtags.repoindex import RepositoryIndex
-from payloadtags.tls import verified_peer_chain
+from payloadtags.tls import unreadable_certificate, verified_peer_chain
 from payloadtags.watch import Listed, TooManyWatches, Watcher, WatchHub, WatchSlot
 from payloadtags.watch.watcher import error_line
 
@@ -156,13 +156,19 @@ def _header(request: IRequest, name: str) -> str | None:
 def _credentials(request: Request) -> Credentials:
     transport = request.channel.transport if request.channel is not None else None
     handle = getattr(transport, "getHandle", None)
-    chain = verified_peer_chain(handle()) if handle is not None else ()
+    connection = handle() if handle is not None else None
+    chain = verified_peer_chain(connection)
     headers: dict[str, list[str]] = {}
     for name, values in request.requestHeaders.getAllRawHeaders():
         # Values as UTF-8, what the aggregator sends user and group names in; bytes that are not
         # stay distinguishable (see Credentials.headers) so that authentication can refuse them.
         headers[name.decode("latin-1").lower()] = [v.decode("utf-8", "surrogateescape") for v in values]
-    return Credentials(peer_certificate=chain[0] if chain else None, headers=headers, peer_chain=chain)
+    return Credentials(
+        peer_certificate=chain[0] if chain else None,
+        headers=headers,
+        peer_chain=chain,
+        unreadable_certificate=unreadable_certificate(connection),
+    )
 
 
 # What client-go sends for kubectl --as, --as-group, --as-uid and an impersonated user's extra.
@@ -697,6 +703,12 @@ class ApiServer:
         """Who is calling, or None; an `ApiError` (401 saying why) for credentials refused outright."""
         credentials = _credentials(request)
         try:
+            if credentials.unreadable_certificate is not None:
+                # A CA this server trusts signed it: refused with the reason, whatever else the request
+                # brings, as other trusted credentials that cannot be read are.
+                raise CredentialsRefused(
+                    f"the client certificate cannot be read: {credentials.unreadable_certificate}"
+                )
             user = await self.authenticator.authenticate(credentials)
         except CancelledError:
             raise
