@@ -199,6 +199,18 @@ def _list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def _allowed_names(text: str) -> tuple[str, ...]:
+    names = _list(text)
+    if text and not names:
+        # Go keeps `,` as the empty name, which no real CN is: read as no names it would trust every CN
+        # the front-proxy CA signs, so it is refused (stricter than Go: closed, not open).
+        raise argparse.ArgumentTypeError(
+            "names nothing but empty names: list the CNs to accept (kube-apiserver's is usually "
+            "front-proxy-client), or leave the flag out to accept any CN the CA signs"
+        )
+    return names
+
+
 def _one_of(choices: Sequence[str]) -> Callable[[str], str]:
     def one_of(text: str) -> str:
         if text not in choices:
@@ -607,7 +619,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     auth.add_argument(
         "--requestheader-allowed-names",
-        type=_list,
+        type=_lenient(_allowed_names),
         default=(),
         help="front-proxy certificate CNs to accept, comma-separated (empty: any CN the CA signed)",
     )

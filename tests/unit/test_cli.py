@@ -61,6 +61,19 @@ def test_an_empty_allowed_names_flag_allows_any_common_name_as_in_kube_apiserver
     assert parse("--requestheader-allowed-names=").requestheader_allowed_names == ()
 
 
+@pytest.mark.parametrize("value", [",", " ", " , ,"])
+def test_allowed_names_of_only_empty_names_are_refused_in_one_line_saying_what_to_write(value):
+    """`--requestheader-allowed-names=,` named no CN here, which meant any CN the front-proxy CA signs
+    (Go reads it as the empty name, which no real CN is): refused now (review r2auth), not fail-open."""
+    with pytest.raises(UsageError) as refused:
+        parse(f"--requestheader-allowed-names={value}")
+    assert refused.value.args == (
+        f"--requestheader-allowed-names={value}: names nothing but empty names: list the CNs to accept "
+        "(kube-apiserver's is usually front-proxy-client), or leave the flag out to accept any CN the CA "
+        "signs",
+    )
+
+
 def test_every_flag_reaches_the_settings(tmp_path):
     settings = parse(
         "--registry-url=https://127.0.0.1:5000",
