@@ -22,6 +22,7 @@ from payloadtags import tls
 from payloadtags.access.authz import Authorizer
 from payloadtags.access.tokens import ReviewRetry
 from payloadtags.api.app import AUTH_FAILURE_LOG_PERIOD
+from payloadtags.api.durations import INVALID_TIMEOUT
 from payloadtags.cluster import RBAC_COLLECTIONS
 from payloadtags.identity import UserInfo
 from payloadtags.limits import HttpLimits
@@ -1172,6 +1173,27 @@ async def test_requests_waiting_for_their_token_review_hold_no_inflight_seat(
     kube_api.clear_injected_errors()
     delays.advance(ReviewRetry().initial * 2)
     assert [r.code for r in await defer.gatherResults(made_up)] == [401] * 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_malformed_timeout_is_400_before_authentication_with_a_body_too(
+    make_server, registry, kube_kubeconfig, namespace
+):
+    """kube-apiserver reads a request's ``timeout`` before it authenticates it: a malformed one is a
+    400 to anyone. A request with a body, authenticated in the channel before its body is read, was
+    answered 401 instead (review r3auth L1)."""
+    server = await make_server(registry, kubeconfig=str(kube_kubeconfig), authorization_mode="AlwaysAllow")
+    target = Target(server.running.port, str(server.pki.server_ca.cert_file))
+    path = f"{collection(namespace)}/{encode_name('app', 'v1')}?timeout=soon"
+    answers = []
+    for method, body in (("GET", b""), ("DELETE", b""), ("DELETE", b"{}")):
+        reply = await threads.deferToThread(exchange, target, request_bytes(method, path, {}, body))
+        answers.append((method, bool(body), reply.code, INVALID_TIMEOUT in reply.json().get("message", "")))
+    assert answers == [
+        ("GET", False, 400, True),
+        ("DELETE", False, 400, True),
+        ("DELETE", True, 400, True),
+    ]
 
 
 def _send_bodies_heads(target: Target, path: str, count: int) -> list[Any]:

@@ -755,6 +755,9 @@ class ApiServer:
         if (path == "/metrics" and self.metrics_anonymous) or self._always_allowed(path):
             return None
         try:
+            # A malformed ``timeout`` is its 400 before authentication, as kube-apiserver's
+            # WithRequestDeadline runs before it, and as `respond` reads it for a request without a body.
+            request_timeout(_query(request).get("timeout"), self.request_timeout)
             user = await self._authenticate(request)
         except ApiError as error:
             return error
