@@ -155,11 +155,8 @@ class _Pending(_Admitting):
         self.cancelled += 1
 
 
-@pytest.mark.parametrize("first_body_byte", [False, True])
-def test_an_admission_is_cancelled_when_its_connection_is_lost(first_body_byte: bool) -> None:
-    """Reading goes on while the request is admitted until a byte past the head comes (so that a client
-    that leaves is seen), and stops then; the connection lost, the admission is cancelled, quietly
-    (review r2auth L2: its TokenReview was asked again for nobody)."""
+def _admitting() -> tuple[Clock, _Pending, GuardedChannel, StringTransport]:
+    """A channel that has read the head of a request with a body, whose admission is pending."""
     clock = Clock()
     admission = _Pending()
     site = GuardedSite(Resource(), HttpLimits(), admission, reactor=clock)
@@ -168,6 +165,15 @@ def test_an_admission_is_cancelled_when_its_connection_is_lost(first_body_byte: 
     transport = StringTransport()
     channel.makeConnection(transport)
     channel.dataReceived(b"DELETE /x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n")
+    return clock, admission, channel, transport
+
+
+@pytest.mark.parametrize("first_body_byte", [False, True])
+def test_an_admission_is_cancelled_when_its_connection_is_lost(first_body_byte: bool) -> None:
+    """Reading goes on while the request is admitted until a byte past the head comes (so that a client
+    that leaves is seen), and stops then; the connection lost, the admission is cancelled, quietly
+    (review r2auth L2: its TokenReview was asked again for nobody)."""
+    _, admission, channel, transport = _admitting()
     (pending,) = admission.admissions
     assert transport.producerState == "producing"
     if first_body_byte:
@@ -180,14 +186,7 @@ def test_an_admission_is_cancelled_when_its_connection_is_lost(first_body_byte: 
 
 
 def test_an_admission_is_cancelled_when_its_request_is_refused_meanwhile() -> None:
-    clock = Clock()
-    admission = _Pending()
-    site = GuardedSite(Resource(), HttpLimits(), admission, reactor=clock)
-    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.9", 5555))
-    assert isinstance(channel, GuardedChannel)
-    transport = StringTransport()
-    channel.makeConnection(transport)
-    channel.dataReceived(b"DELETE /x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n")
+    clock, admission, _, transport = _admitting()
     (pending,) = admission.admissions
     with collected_logs() as events:
         clock.advance(HttpLimits().request_timeout)  # the body's deadline: 408, nobody waits on
