@@ -100,8 +100,9 @@ def forbidden(message: str, name: str | None = None) -> ApiError:
 
 
 def impersonation_refused() -> ApiError:
-    """403 for a request that asks to act as someone else: payloadtags makes no SubjectAccessReview to
-    allow it, and answering with the caller's own rights would do other than asked."""
+    """403 for a request that asks to act as someone else: payloadtags does not check the `impersonate`
+    verb (it asks the cluster API no access question), and answering with the caller's own rights
+    would do other than asked."""
     return forbidden(
         "payloadtags does not impersonate: this request carries Impersonate-* headers (kubectl --as, "
         "--as-group, --as-uid); send it as the user itself, or use kubectl --as through the Kubernetes "
