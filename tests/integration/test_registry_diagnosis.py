@@ -18,6 +18,7 @@ from twisted.web.pages import notFound
 from twisted.web.server import Site
 from zope.interface import implementer
 
+from payloadtags.api.errors import ApiError
 from payloadtags.api.registry_errors import api_error_for
 from payloadtags.registry import RegistryAuthFailed, RegistryClient, RegistryNotFound, RegistryUnavailable
 from payloadtags.registry.client import RootAnswer
@@ -191,14 +192,22 @@ async def test_the_503_of_a_port_that_closes_unanswered_says_to_try_https(make_c
     port = closing_port(reactor, reset=False)
     number = port.getHost().port
     url = f"http://127.0.0.1:{number}"
-    try:
-        with pytest.raises(RegistryUnavailable) as caught:
-            await make_client(url).tags("team-a/app")
-    finally:
-        await port.stopListening()
-    error = api_error_for(caught.value)
+    error = await _unavailable_tags(make_client(url), port)
     assert (error.code, error.retry_after) == (503, 1)
     assert str(error) == f"registry {url} is unavailable: {closed_advice(number)}"
+
+
+async def _unavailable_tags(client: RegistryClient, port: Any, ping: bool = False) -> ApiError:
+    """What a user is answered for a tag list of ``client`` the registry at ``port`` drops (its 503),
+    the port closed after; with ``ping``, after the registry answered its ping."""
+    try:
+        if ping:
+            await client.ping()
+        with pytest.raises(RegistryUnavailable) as caught:
+            await client.tags("team-a/app")
+    finally:
+        await port.stopListening()
+    return api_error_for(caught.value)
 
 
 OK = (
@@ -233,14 +242,7 @@ async def test_a_registry_that_answered_plain_http_then_drops_a_read_is_not_told
     answers = [1]
     port = reactor.listenTCP(0, Factory.forProtocol(lambda: AnswersOnce(answers)), interface="127.0.0.1")
     url = f"http://127.0.0.1:{port.getHost().port}"
-    client = make_client(url)
-    try:
-        await client.ping()
-        with pytest.raises(RegistryUnavailable) as caught:
-            await client.tags("team-a/app")
-    finally:
-        await port.stopListening()
-    assert str(api_error_for(caught.value)) == (
+    assert str(await _unavailable_tags(make_client(url), port, ping=True)) == (
         f"registry {url} is unavailable: the connection was closed without an answer; check the registry's "
         "log and what sits in front of it (a proxy or load balancer)"
     )
@@ -262,12 +264,7 @@ async def test_a_connection_closed_partway_through_the_answer_is_said_in_our_wor
     # reachable": Twisted's words, a stray ".;", and advice to check what had just begun to answer.
     port = reactor.listenTCP(0, Factory.forProtocol(HalfAnswers), interface="127.0.0.1")
     url = f"http://127.0.0.1:{port.getHost().port}"
-    try:
-        with pytest.raises(RegistryUnavailable) as caught:
-            await make_client(url).tags("team-a/app")
-    finally:
-        await port.stopListening()
-    error = api_error_for(caught.value)
+    error = await _unavailable_tags(make_client(url), port)
     assert (error.code, error.retry_after) == (503, 1)
     assert str(error) == (
         f"registry {url} is unavailable: the connection was closed partway through the answer; check the "
