@@ -359,7 +359,7 @@ class RegistryClient:
         self._finish_begun_deletes = finish_begun_deletes
         # The deletes running, each with what it deletes and whether it has begun writing: those that
         # have go on after their callers stop waiting (`delete_tag`), and a stop waits for them.
-        self._carried: dict[Deferred[Any], CarriedDelete] = {}
+        self._carried: set[CarriedDelete] = set()
         # Repository -> whether a manifest PUT of the delete holding its turn went unanswered.
         self._late_puts: dict[str, bool] = {}
         self._turn_waiters: list[Deferred[None]] | None = None
@@ -885,10 +885,11 @@ class RegistryClient:
         work = Deferred.fromCoroutine(self._delete_tag_in_turn(repository, tag, writing, gate, expected))
         if not self._finish_begun_deletes:
             return await work
-        carried = self._carried[work] = CarriedDelete(repository, tag, writing)
+        carried = CarriedDelete(repository, tag, writing)
+        self._carried.add(carried)
 
         def done(result: object) -> object:
-            self._carried.pop(work, None)
+            self._carried.discard(carried)
             carried.ended.callback(None)
             return result
 
@@ -1006,7 +1007,7 @@ class RegistryClient:
 
     def begun_deletes(self) -> list[CarriedDelete]:
         """The deletes running that have begun writing: those a stop does not cut (`delete_tag`)."""
-        return [carried for carried in self._carried.values() if carried.begun]
+        return [carried for carried in self._carried if carried.begun]
 
     @property
     def carried_bound(self) -> float:
@@ -1017,15 +1018,15 @@ class RegistryClient:
     async def carried_ended(self) -> None:
         """Once every delete that has begun writing has ended (`delete_tag`): one that had not is
         cancelled with its caller, and a stop does not wait for it."""
-        begun = [work for work, carried in self._carried.items() if carried.begun]
+        begun = self.begun_deletes()
         if begun:
-            await DeferredList(begun)
+            await DeferredList([carried.ended for carried in begun])
 
     async def close(self) -> None:
         """Wait for the deletes carried on after their callers stopped waiting (`delete_tag`), then
         close idle connections. Requests still running finish on their own."""
         if self._carried:
-            await DeferredList(list(self._carried))
+            await DeferredList([carried.ended for carried in self._carried])
         if self._pool is not None:
             await self._pool.closeCachedConnections()
 
