@@ -642,11 +642,6 @@ class Cascade:
                         # it: they went with that delete, and count as the tags of any other.
                         self._count_tags(state, count)
                         continue
-                    if digest in handled.failed or digest in handled.gone:
-                        # Failed: left for the next pass. Gone otherwise (by someone else, or before
-                        # this chunk's tags resolved to it: pushed again since): the next pass finds
-                        # it if it is back (this pass found tags, so there is one).
-                        continue
                     await self._wipe(
                         limit, repository, digest, types[digest], count, state, guard, checks, handled
                     )
@@ -743,6 +738,9 @@ class Cascade:
         would leave no way to find them. Read `MAX_NESTING` levels deep; an index nested deeper is
         deleted unread. Once per pass however many indexes name it (`_Handled`): True when it is
         gone, False when it failed and stays for the next pass."""
+        # Failed: left for the next pass. Gone otherwise (deleted, by someone else too; for a chunk's
+        # tag, before its chunk resolved it: pushed again since): the next pass finds it if it is
+        # back (this pass found tags, so there is one).
         if digest in handled.failed:
             return False
         if digest in handled.gone:
