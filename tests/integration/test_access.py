@@ -1196,6 +1196,44 @@ async def test_a_malformed_timeout_is_400_before_authentication_with_a_body_too(
     ]
 
 
+@pytest.mark.parametrize(
+    ("request_timeout", "query"),
+    [(4.0, "?timeout=1s"), (1.0, "")],
+    ids=["its-own-timeout", "the-servers-request-timeout"],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_requests_deadline_bounds_its_authentication_with_a_body_too(
+    make_server, registry, kube_api, kube_kubeconfig, namespace, request_timeout, query
+):
+    """kube-apiserver's deadline (the request's own ``timeout``, capped by --request-timeout) bounds
+    everything after it, authentication included. A request with a body, authenticated before its body
+    is read, had its TokenReviews retried (up to 10 s) past a shorter ``timeout`` of its own, until
+    --request-timeout, and was then answered 408 "the request body did not arrive in time", as if its
+    client were late (review r3auth L1). Both are the 504 of a GET now, at the request's deadline: the
+    message names 1 s, where the other bound is 4 s (or the review's 10 s), and the retries' waits,
+    on a clock never advanced, end only when the deadline cancels them."""
+    delays = Clock()
+    server = await make_server(
+        registry,
+        kubeconfig=str(kube_kubeconfig),
+        authorization_mode="AlwaysAllow",
+        http=HttpLimits(request_timeout=request_timeout),
+        review_delays=delays,
+    )
+    kube_api.inject_error(500, path="/apis/authentication.k8s.io/v1/tokenreviews", times=10_000)
+    target = Target(server.running.port, str(server.pki.server_ca.cert_file))
+    path = f"{collection(namespace)}/{encode_name('app', 'v1')}{query}"
+    answers = []
+    for method, body in (("GET", b""), ("DELETE", b"{}")):
+        bearer = {"Authorization": f"Bearer made-up-{method}"}
+        raw = request_bytes(method, path, bearer, body)
+        reply = await threads.deferToThread(exchange, target, raw, timeout=HANG_GUARD)
+        answers.append((method, bool(body), reply.code, reply.json().get("message")))
+    late = "Timeout: the request did not complete within 1s"
+    assert answers == [("GET", False, 504, late), ("DELETE", True, 504, late)]
+    assert delays.getDelayedCalls() == []  # each review's next attempt, cancelled with its request
+
+
 def _send_bodies_heads(target: Target, path: str, count: int) -> list[Any]:
     """Connections each sending the head of a DELETE with a body and a token of its own: the server
     authenticates (admits) such a request before it reads the body."""

@@ -4,6 +4,7 @@ layer and the per-client wrapper declare what their transport provides, and a co
 from __future__ import annotations
 
 import functools
+import json
 import socket
 
 import pytest
@@ -189,10 +190,32 @@ def test_an_admission_is_cancelled_when_its_request_is_refused_meanwhile() -> No
     clock, admission, _, transport = _admitting()
     (pending,) = admission.admissions
     with collected_logs() as events:
-        clock.advance(HttpLimits().request_timeout)  # the body's deadline: 408, nobody waits on
-    assert transport.value().startswith(b"HTTP/1.1 408 ")
+        clock.advance(HttpLimits().request_timeout)  # the request's deadline: 504, nobody waits on
+    assert transport.value().startswith(b"HTTP/1.1 504 ")
     assert admission.cancelled == 1 and pending.called
     assert [e for e in events if e.get("log_failure") is not None] == []
+
+
+def _refusal(transport: StringTransport) -> tuple[int, str]:
+    head, _, body = transport.value().partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), json.loads(body)["message"]
+
+
+@pytest.mark.parametrize("admitted", [False, True])
+def test_a_request_still_being_admitted_at_its_deadline_is_a_504_not_the_bodys_408(admitted: bool) -> None:
+    """A request with a body whose authentication (TokenReviews retried) outlasted --request-timeout was
+    answered 408 "the request body did not arrive in time": the client did nothing wrong, the server
+    had not read its body yet (review r3auth L1). It is a request past its deadline, kube-apiserver's
+    504, now; a body that does not come once the request is admitted is still the client's 408."""
+    clock, admission, _, transport = _admitting()
+    if admitted:
+        admission.admissions[0].callback(None)  # its body is read from now on, and none comes
+    clock.advance(HttpLimits().request_timeout)
+    assert _refusal(transport) == (
+        (408, "Timeout: the request body did not arrive in time")
+        if admitted
+        else (504, "Timeout: the request did not complete within 60s")
+    )
 
 
 def test_the_close_is_forced_after_its_grace_and_an_idle_connection_closes() -> None:

@@ -36,6 +36,7 @@ from payloadtags.api.errors import (
     ApiError,
     bad_request,
     cluster_wide_delete_collection_not_allowed,
+    did_not_complete,
     impersonation_refused,
     internal,
     method_not_allowed,
@@ -44,7 +45,6 @@ from payloadtags.api.errors import (
     path_not_found,
     resource_version_too_large,
     service_unavailable,
-    timeout,
     too_many_requests,
     unauthorized,
 )
@@ -611,18 +611,18 @@ class ApiServer:
             def failed(failure: Failure) -> bytes | Failure:
                 error = failure.value
                 if working and isinstance(error, TimeoutError):
-                    message = f"the request did not complete within {given:g}s"
+                    more = ""
                     if getattr(request, _DRY_RUN, False):
                         # Its checks cut short: it deleted nothing, and a retry finds them believed.
-                        message += "; nothing was deleted (a dry run): try again"
+                        more = "; nothing was deleted (a dry run): try again"
                     elif request.method == b"DELETE":
                         # Cut short between its writes a delete would leave the tag on a copy: one
                         # under way goes on (RegistryClient.delete_tag), and the client must look.
-                        message += (
+                        more = (
                             "; a delete already under way is finished by the server: get the tags "
                             "again to see which are gone"
                         )
-                    error = timeout(message)
+                    error = did_not_complete(given, more)
                 if isinstance(error, ApiError):
                     return _write_error(request, error)
                 if not isinstance(error, Exception):
@@ -757,10 +757,20 @@ class ApiServer:
         try:
             # A malformed ``timeout`` is its 400 before authentication, as kube-apiserver's
             # WithRequestDeadline runs before it, and as `respond` reads it for a request without a body.
-            request_timeout(_query(request).get("timeout"), self.request_timeout)
-            user = await self._authenticate(request)
+            given = request_timeout(_query(request).get("timeout"), self.request_timeout)
         except ApiError as error:
             return error
+        authenticating = Deferred.fromCoroutine(self._authenticate(request))
+        if not authenticating.called:
+            # The deadline bounds authentication too (TokenReviews retried for up to 10 s), as
+            # `respond`'s does for a request without a body: a shorter ``timeout`` of its own ends it.
+            authenticating.addTimeout(given, self._clock())
+        try:
+            user = await authenticating
+        except ApiError as error:
+            return error
+        except TimeoutError:
+            return did_not_complete(given)
         if user is None:
             return unauthorized()
         self._admitted[request] = user

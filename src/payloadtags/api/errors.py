@@ -180,6 +180,12 @@ def timeout(message: str) -> ApiError:
     return ApiError(504, "Timeout", f"Timeout: {message}")
 
 
+def did_not_complete(seconds: float, more: str = "") -> ApiError:
+    """A request past its deadline (``seconds`` after it came), in kube-apiserver's words; ``more``:
+    what else its client should know."""
+    return timeout(f"the request did not complete within {seconds:g}s{more}")
+
+
 def list_resource_version_expired() -> ApiError:
     """A list at exactly a resourceVersion this server can no longer serve (kube-apiserver's words)."""
     return ApiError(410, "Expired", "The resourceVersion for the provided list is too old.")

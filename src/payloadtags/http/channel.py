@@ -63,7 +63,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site, version
 from zope.interface import directlyProvides, implementer, providedBy
 
-from payloadtags.api.errors import ApiError, bad_request, internal, too_many_requests
+from payloadtags.api.errors import ApiError, bad_request, did_not_complete, internal, too_many_requests
 from payloadtags.deferreds import Waiters
 from payloadtags.http.clients import (
     ClientKey,
@@ -708,6 +708,10 @@ class GuardedChannel(http.HTTPChannel):
             self._close()  # nothing of a request arrived: nobody to answer
         elif kind == "head":
             self.refuse(read_timeout("request head"))
+        elif kind == "body" and self._admitting:
+            # Still authenticating (TokenReviews retried), the server has not read the body: not the
+            # client's lateness, but a request past its deadline, kube-apiserver's 504.
+            self.refuse(did_not_complete(self.limits.request_timeout))
         elif kind == "body":
             self.refuse(read_timeout("request body"))
         elif kind == "stalled":
