@@ -9,6 +9,7 @@ deterministic; the Lease protocol between them goes over real HTTPS to the doubl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 from collections.abc import Awaitable, Callable, Sequence
@@ -1331,6 +1332,52 @@ async def test_a_walk_resumed_after_a_digit_named_nested_repository_still_lists_
     assert isinstance(result, CascadeResult) and result.tags_deleted == 1
     assert {name: images.list_tags(registry, name) for name in names} == {name: [] for name in names}
     assert listed[:2] == [f"{ns}/app", f"{ns}/b"]  # app first: the seek after app/0 skips it
+
+
+@pytest_twisted.ensureDeferred
+async def test_deletecollection_calls_whose_budget_ends_in_a_chunks_resolves_still_empty_the_namespace(
+    registry: RegistryServer, registry_client: RegistryClient
+) -> None:
+    """A repository's first delete waits for its first chunk of resolves. A deletecollection's call
+    whose budget ended before it kept nothing of the repository, and the next call resolved the same
+    tags again and ended at the same place. With calls of eight guard checks (one per request, a few
+    per delete: short of a call's way to `app/1`'s sixth resolve, as 40 s is short of 100 resolves at
+    1.6 s each), `app/1` was never emptied, the walk at `app/0` call after call (r1cleanup N1). What a
+    call resolved goes with the walk, and the next call deletes it first, confirmed as any delete."""
+    ns = unique_namespace("budget")
+    for name in ("a", "app/0", "app", "z"):
+        images.push_oci_image(registry, f"{ns}/{name}", "v1", seed=f"{ns}-{name}")
+    for t in range(5):
+        images.push_oci_image(registry, f"{ns}/app/1", f"v{t}", seed=f"{ns}-app/1-{t}")
+    images.tag_manifest(registry, f"{ns}/app/1", "v0", "v5")  # six tags, five manifests
+    kept = {other: ["keep"] for other in (ns, f"{ns}-a/app/0", f"{ns}a/x", f"{ns}0/app")}
+    for other in kept:
+        images.push_oci_image(registry, other, "keep", seed=other)
+    confirmed = 0
+
+    async def confirm() -> None:
+        nonlocal confirmed
+        confirmed += 1
+
+    walk = Walk()
+    cascade = Cascade(registry_client, reactor, concurrency=1, page_size=1)
+    result: CascadeResult | None = None
+    calls = 0
+    while result is None and calls < 40:
+        calls += 1
+        checks = 0
+
+        def budget() -> str | None:
+            nonlocal checks
+            checks += 1
+            return "not finished within 40s" if checks > 8 else None
+
+        with contextlib.suppress(Aborted):
+            result = await cascade.run(ns, guard=budget, confirm=confirm, walk=walk)
+    assert result is not None, f"{calls} calls, stopped at {walk.after}: {content(registry, ns)} left"
+    assert content(registry, ns) == {}
+    assert {other: images.list_tags(registry, other) for other in kept} == kept
+    assert confirmed >= 9  # every manifest's delete confirmed: four repositories' and app/1's five
 
 
 @pytest_twisted.ensureDeferred

@@ -1127,6 +1127,73 @@ def test_a_cascade_stopped_mid_pass_leaves_the_walk_where_every_repository_befor
     assert registry.listed == [f"team/app{r}" for r in (2, 3, 4, 5, 0, 1, 2, 3, 4, 5)]
 
 
+class Operations(FakeRegistry):
+    """Notes each tag list, resolve and delete, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[str] = []
+
+    async def tags(self, repository: str) -> tuple[str, ...]:
+        self.log.append(f"tags {repository}")
+        return await super().tags(repository)
+
+    async def resolve(self, repository: str, tag: str) -> str:
+        self.log.append(f"resolve {tag}")
+        return await super().resolve(repository, tag)
+
+    async def delete_manifest(
+        self, repository: str, manifest: str, *, hooks: WriteHooks | None = None
+    ) -> None:
+        await super().delete_manifest(repository, manifest, hooks=hooks)
+        self.log.append(f"delete {manifest}")
+
+
+def test_a_cascade_stopped_during_a_chunks_resolves_leaves_what_it_resolved_to_the_next_one() -> None:
+    """A repository's first delete waits for its first chunk of resolves: a deletecollection's call
+    whose budget ended before that kept nothing of it, and the next call resolved the same tags again
+    and was stopped at the same place, so calls alone never emptied the repository (r1cleanup N1).
+    The digests resolved go with the walk; the next cascade deletes them first, each confirmed as any
+    delete (a namespace back meanwhile keeps them), and resolves only the rest."""
+    registry, clock = Operations(), Clock()
+    for t in range(6):
+        registry.push("team/app", f"v{t}", "shared" if t in (0, 1) else None)  # v0, v1: one digest
+    registry.push("team-a/app", "keep")
+    walk = Walk()
+
+    def after_three_resolves() -> str | None:
+        return "not finished within 40s" if registry.log.count("resolve v2") else None
+
+    cascade = make_cascade(registry, clock, concurrency=1)
+    [stopped] = run(cascade, "team", guard=after_three_resolves, walk=walk)
+    assert stopped.check(Aborted) and registry.deletes == []
+    assert registry.log == ["tags team/app", "resolve v0", "resolve v1", "resolve v2"]
+    kept = {digest("shared"): (2, OCI_MANIFEST), digest("team/app:v2"): (1, OCI_MANIFEST)}
+    assert walk.state is not None and walk.state.resolved == {"team/app": kept}
+
+    def back() -> Deferred[None]:
+        raise Aborted("the namespace exists again")
+
+    registry.log.clear()
+    [stopped] = run(cascade, "team", confirm=back, walk=walk)
+    assert stopped.check(Aborted) and registry.deletes == [] and registry.log == []
+    assert walk.state.resolved == {"team/app": kept}  # nothing deleted, nothing forgotten
+
+    confirmed = [0]
+    [result] = run(cascade, "team", confirm=lambda: succeed(confirmed), walk=walk)
+    assert isinstance(result, CascadeResult) and registry.remaining("team/") == {}
+    assert registry.remaining("team-a/") == {"team-a/app": ["keep"]}
+    first = sorted(kept)
+    assert registry.log[:3] == [f"delete {first[0]}", f"delete {first[1]}", "tags team/app"]
+    assert registry.log.count("resolve v0") == registry.log.count("resolve v2") == 0  # not read again
+    assert sorted(tag for line in registry.log if (tag := line.removeprefix("resolve ")) != line) == [
+        "v3",
+        "v4",
+        "v5",
+    ]
+    assert (result.tags_deleted, result.manifests_deleted) == (6, 5) and confirmed == [5]
+
+
 class Distribution28Order(ListingRegistry):
     """The catalog in distribution 2.8's order, a walk of its storage: `team/app/0` before
     `team/app` (the directory `0` sorts before `_manifests`), while `last=` answers the names after

@@ -187,6 +187,37 @@ def test_every_call_on_a_large_namespace_deletes_and_ends_at_its_budget(
     assert len(left) - 1 == calls
 
 
+def test_every_call_on_a_repository_whose_first_chunk_outlasts_the_budget_makes_progress() -> None:
+    """A repository's first delete waits for its first chunk of 100 resolves. With 2 s per request,
+    four at a time, those take 50 s: a call of 40 s was stopped before deleting anything, kept nothing
+    of what it resolved, and the next resolved the same tags again, so calls alone never emptied the
+    repository (r1cleanup N1). What a call resolved goes with the walk, and the next one deletes it."""
+    latency, budget = 2.0, 40.0
+    clock = Clock()
+    registry = SlowRegistry(clock, latency)
+    fill_large(registry, repositories=1, tags=100)
+
+    async def check(namespace: str) -> tuple[str, str | None]:
+        return ABSENT, None
+
+    cascade = make_cascade(registry, clock, backoff=lambda: Backoff(initial=0.2, factor=2.0, cap=2.0))
+    remover = NamespaceRemover(cascade, clock, check)
+    left = [100]
+    for _call in range(12):
+        done = outcome(remover.remove("team", budget))
+        while not done:
+            clock.advance(0.5)
+        left.append(sum(map(len, registry.remaining("team/").values())))
+        if done == [None]:
+            break
+        assert done[0].check(RegistryUnavailable) and "not finished within 40s" in str(done[0].value)
+        # The first call only resolves; every later one deletes (one after the other: 2 s each).
+        assert left[-1] < left[-2] or (len(left) == 2 and left[-1] == 100)
+    # About 19 deletes a call once the first has resolved 72 tags: seven calls.
+    assert done == [None] and left[-1] == 0 and len(left) - 1 == 7, left
+    assert registry.remaining("team-a/") == {"team-a/keep": ["x"]}
+
+
 def test_every_call_on_a_namespace_of_many_repositories_goes_on_where_the_last_one_stopped() -> None:
     """distribution keeps an emptied repository in its catalog. Each call used to begin at the
     namespace's first repository and list again every one the earlier calls had emptied: with 6,000

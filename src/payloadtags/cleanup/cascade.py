@@ -23,7 +23,10 @@ A pass works through the namespace's repositories `concurrency` at a time, and e
 tags `resolve_chunk` at a time, deleting the digests of a chunk before resolving the next: what a
 cascade holds and has pending is bounded by its concurrency, not by the size of the namespace, and
 its deletes start with its first chunk. A cascade stopped half-way (a deletecollection's budget, a
-leader gone) has deleted what it resolved, so the next one goes on from there.
+leader gone) keeps every delete it made. The digests it had resolved and not deleted yet are kept
+with the pass (`_Pass.resolved`), and a cascade that carries the pass on (a deletecollection's next
+call, `Walk`) deletes them first when it takes their repository up: a chunk of resolves that takes
+longer than a call's budget is then not read again by every call, none of them ever deleting.
 
 A cascade repeats passes (enumerate, then delete) until a pass finds nothing left, so its success
 is a verified-empty listing, not the absence of errors. That makes it idempotent, safe to run twice
@@ -175,6 +178,11 @@ class _Examples:
         return ", ".join(self.first) + more or "-"
 
 
+# A digest resolved and not deleted yet: how many tags of the repository were resolved to it, and
+# its manifest's media type (None: the registry did not say).
+_Digest = tuple[int, str | None]
+
+
 @attrs.define
 class _Pass:
     found: int = 0  # tags listed at the start of each repository's work
@@ -195,6 +203,13 @@ class _Pass:
     # When the pass began (on the clock of `LateWrites`; None: not yet): whether a write that went
     # unanswered could still land after it began.
     began: float | None = None
+    # Per repository, the digests a cascade stopped in it had resolved and not deleted: the next one
+    # carrying the pass on deletes them first (`Cascade._repository`). Without them, a call whose
+    # budget ended before a repository's first chunk was deleted kept nothing of it, and every call
+    # after resolved the same tags again and was stopped at the same place. At most a chunk's
+    # digests for each repository under way when the cascade stopped; they go with the pass when it
+    # ends (the next lists everything again).
+    resolved: dict[str, dict[str, _Digest]] = attrs.Factory(dict)
 
     def failed(self, where: str, error: Exception) -> None:
         self.errors += 1
@@ -231,7 +246,8 @@ class Walk:
     with it, so a pass ended by a later cascade decides as one run by a single cascade: the namespace
     is done only when a whole round listed no tag and met no error, which a round begun anywhere
     gives as well as one begun at the first repository. A few names and counts, whatever the size
-    of the namespace.
+    of the namespace, and the digests a stopped cascade resolved in the repositories it had under
+    way and did not delete (`_Pass.resolved`), which the next deletes first.
 
     The walk goes on with a catalog seek after `position()`, which on distribution 2.8 leaves out the
     repositories the name is nested under a digit-named component of (`team/app` for `team/app/0`,
@@ -607,49 +623,76 @@ class Cascade:
         checks: _Checks,
         guessed: bool = False,
     ) -> None:
+        handled = _Handled()
+        # Resolved and not deleted yet: first what a cascade stopped in this repository left, then
+        # each chunk's, as its answers come. What is left when this cascade stops is kept for the
+        # next one carrying the pass on (`_Pass.resolved`), so that a call that resolved anything
+        # made progress however short its budget.
+        resolved = state.resolved.pop(repository, {})
         try:
-            if guessed:
-                tags = await self._read(limit, guard, checks, self._guessed_tags, repository)
-            else:
-                tags = await self._read(limit, guard, checks, self.registry.tags, repository)
-            if not tags:
-                return
-            state.found += len(tags)
-            unresolved: list[str] = []
-            handled = _Handled()
-            for start in range(0, len(tags), self.resolve_chunk):
-                chunk = tags[start : start + self.resolve_chunk]
-                handled.deleted_in_chunk.clear()  # before the chunk's resolves: deletes after them
-                digests = await gather(
-                    [self._resolve(limit, guard, checks, repository, tag, state) for tag in chunk]
-                )
-                per_digest: dict[str, int] = {}
-                types: dict[str, str | None] = {}
-                for tag, resolved in zip(chunk, digests, strict=True):
-                    if resolved is _UNANSWERED:
-                        continue  # the pass is retried; the tag is read again then
-                    if resolved is not None:
-                        per_digest[resolved.digest] = per_digest.get(resolved.digest, 0) + 1
-                        types[resolved.digest] = resolved.media_type
-                    else:
-                        unresolved.append(tag)
-                # One after the other: the registry client queues one repository's mutations anyway
-                # (concurrent deletes in one repository are what leave 2.8 with dangling tags), and a
-                # delete waiting in that queue must not hold a slot another repository could use.
-                for digest, count in sorted(per_digest.items()):
-                    if digest in handled.deleted_in_chunk:
-                        # Deleted as a child of an index of this chunk, after these tags resolved to
-                        # it: they went with that delete, and count as the tags of any other.
-                        self._count_tags(state, count)
-                        continue
-                    await self._wipe(
-                        limit, repository, digest, types[digest], count, state, guard, checks, handled
+            try:
+                # Before the listing: what they delete untags what would otherwise be resolved again.
+                await self._wipe_resolved(limit, repository, resolved, state, guard, checks, handled)
+                if guessed:
+                    tags = await self._read(limit, guard, checks, self._guessed_tags, repository)
+                else:
+                    tags = await self._read(limit, guard, checks, self.registry.tags, repository)
+                if not tags:
+                    return
+                state.found += len(tags)
+                unresolved: list[str] = []
+                for start in range(0, len(tags), self.resolve_chunk):
+                    chunk = tags[start : start + self.resolve_chunk]
+                    handled.deleted_in_chunk.clear()  # before the chunk's resolves: deletes after them
+                    digests = await gather(
+                        [
+                            self._resolve_into(resolved, limit, guard, checks, repository, tag, state)
+                            for tag in chunk
+                        ]
                     )
-            if unresolved:
-                await self._unresolved(repository, unresolved, state, limit, guard, checks)
+                    # An error (_UNANSWERED) fails the pass, which reads the tag again then.
+                    unresolved.extend(tag for tag, found in zip(chunk, digests, strict=True) if found is None)
+                    await self._wipe_resolved(limit, repository, resolved, state, guard, checks, handled)
+                if unresolved:
+                    await self._unresolved(repository, unresolved, state, limit, guard, checks)
+            finally:
+                # Not reached by a delete: stopped meanwhile (or a confirmation that could not be had).
+                # A digest this pass already deleted or failed to delete is not sent again in it.
+                left = {
+                    digest: named
+                    for digest, named in resolved.items()
+                    if digest not in handled.gone and digest not in handled.failed
+                }
+                if left:
+                    state.resolved[repository] = left
         except (RegistryError, Unconfirmed) as e:
             # One repository's failure does not stop the others; the pass is retried as a whole.
             state.failed(repository, e)
+
+    async def _wipe_resolved(
+        self,
+        limit: DeferredSemaphore,
+        repository: str,
+        resolved: dict[str, _Digest],
+        state: _Pass,
+        guard: Guard | None,
+        checks: _Checks,
+        handled: _Handled,
+    ) -> None:
+        """Deletes the digests ``resolved`` (by a chunk's tags, or a stopped cascade's), each taken out
+        of it once handled, so that what is left when the cascade stops is what it did not reach."""
+        # One after the other: the registry client queues one repository's mutations anyway
+        # (concurrent deletes in one repository are what leave 2.8 with dangling tags), and a
+        # delete waiting in that queue must not hold a slot another repository could use.
+        for digest in sorted(resolved):
+            tags, media_type = resolved[digest]
+            if digest in handled.deleted_in_chunk:
+                # Deleted as a child of an index of this chunk, after these tags resolved to
+                # it: they went with that delete, and count as the tags of any other.
+                self._count_tags(state, tags)
+            else:
+                await self._wipe(limit, repository, digest, media_type, tags, state, guard, checks, handled)
+            del resolved[digest]
 
     async def _guessed_tags(self, repository: str) -> Sequence[str]:
         return await guessed_tags(self.registry.tags, repository)
@@ -697,6 +740,24 @@ class Cascade:
             return await checks.bounded(ensureDeferred(_awaited(fn(*args))))
         finally:
             limit.release()
+
+    async def _resolve_into(
+        self,
+        resolved: dict[str, _Digest],
+        limit: DeferredSemaphore,
+        guard: Guard | None,
+        checks: _Checks,
+        repository: str,
+        tag: str,
+        state: _Pass,
+    ) -> Resolved | None:
+        """`_resolve`, its digest noted in ``resolved`` as soon as it is known: a cascade stopped before
+        the rest of the chunk resolves keeps it."""
+        found = await self._resolve(limit, guard, checks, repository, tag, state)
+        if found is not None and found is not _UNANSWERED:
+            tags, _ = resolved.get(found.digest, (0, None))
+            resolved[found.digest] = (tags + 1, found.media_type)
+        return found
 
     async def _resolve(
         self,
