@@ -1194,6 +1194,28 @@ def test_a_cascade_stopped_during_a_chunks_resolves_leaves_what_it_resolved_to_t
     assert (result.tags_deleted, result.manifests_deleted) == (6, 5) and confirmed == [5]
 
 
+def test_an_index_kept_by_a_cascade_stopped_between_its_children_is_read_again_by_the_next() -> None:
+    """Children first holds for what a stopped cascade keeps: the index it was deleting is kept, and
+    the next cascade reads it again, its child gone answering 404 (progress), before deleting it."""
+    registry, clock = Indexes(), Clock()
+    amd64, arm64 = registry.put("team/app", "amd64"), registry.put("team/app", "arm64")
+    index = registry.put("team/app", "multi", [(amd64, OCI_MANIFEST), (arm64, OCI_MANIFEST)])
+    registry.repos["team/app"] = {"multi": index}
+    registry.said[index] = OCI_INDEX
+    walk = Walk()
+
+    def after_one_delete() -> str | None:
+        return "not finished within 40s" if registry.deletes else None
+
+    [stopped] = run(make_cascade(registry, clock), "team", guard=after_one_delete, walk=walk)
+    assert stopped.check(Aborted) and [d for _, d in registry.deletes] == [amd64]
+    assert walk.state is not None and walk.state.resolved == {"team/app": {index: (1, OCI_INDEX)}}
+    [result] = run(make_cascade(registry, clock), "team", walk=walk)
+    assert isinstance(result, CascadeResult) and registry.remaining("team/") == {}
+    assert [d for _, d in registry.deletes] == [amd64, arm64, index] and registry.reads == [index, index]
+    assert (result.tags_deleted, result.manifests_deleted) == (1, 2)
+
+
 class Distribution28Order(ListingRegistry):
     """The catalog in distribution 2.8's order, a walk of its storage: `team/app/0` before
     `team/app` (the directory `0` sorts before `_manifests`), while `last=` answers the names after
