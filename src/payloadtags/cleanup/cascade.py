@@ -657,7 +657,8 @@ class Cascade:
                     await self._unresolved(repository, unresolved, state, limit, guard, checks)
             finally:
                 # Not reached by a delete: stopped meanwhile (or a confirmation that could not be had).
-                # A digest this pass already deleted or failed to delete is not sent again in it.
+                # Not what this cascade deleted or failed to delete before (resolved again since, and
+                # `_wipe` would not send it again): the next one's listing finds it if it is back.
                 left = {
                     digest: named
                     for digest, named in resolved.items()
