@@ -296,7 +296,7 @@ async def test_bookmarks_and_timeout_seconds(kube_api: KubeApiDouble, kube_clien
     kube_api.bookmark_interval = 0.05
     listed = await kube_client.list(CM)
     # Before the watch is asked for, so that the server's timeoutSeconds clock starts after it even
-    # when the create below is slow.
+    # when the creates below are slow.
     started = reactor.seconds()
     stream = await kube_client.watch(
         CM,
@@ -306,19 +306,58 @@ async def test_bookmarks_and_timeout_seconds(kube_api: KubeApiDouble, kube_clien
             "timeoutSeconds": "1",
         },
     )
+    # A configmap outside the watched namespace moves the configmaps' watch cache (not an event of
+    # this watch); a namespace after it moves only the global resourceVersion.
+    other = await kube_client.create(
+        "/api/v1/namespaces/kube-system/configmaps", {"metadata": {"name": "elsewhere"}}
+    )
     await kube_client.create(NS, {"metadata": {"name": "elsewhere"}})
     events = [event async for event in stream]
     # The stream ended by itself, cleanly, and not before timeoutSeconds (no upper bound: a loaded
     # machine may deliver the end late, and the iteration above would hang if it never came).
     assert reactor.seconds() - started >= 1
     assert len(events) >= 5 and {e.type for e in events} == {"BOOKMARK"}
-    # Bookmarks carry the global resourceVersion, so they move past changes to other resources.
-    assert events[-1].resource_version == str(kube_api.store.resource_version)
+    # As kube-apiserver's watch cache: bookmarks carry the watched resource's last resourceVersion,
+    # not the namespace's after it (that takes an etcd progress notification, `progress_notify`).
+    cached = other["metadata"]["resourceVersion"]
+    assert int(cached) < kube_api.store.resource_version
+    assert {e.resource_version for e in events} == {cached}
     assert events[-1].object == {
         "kind": "ConfigMap",
         "apiVersion": "v1",
-        "metadata": {"resourceVersion": str(kube_api.store.resource_version)},
+        "metadata": {"resourceVersion": cached},
     }
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_quiet_resource_s_watch_gets_no_bookmark(
+    kube_api: KubeApiDouble, kube_client: KubeClient
+) -> None:
+    # kube-apiserver's watch cache sends a bookmark only once its resource's last resourceVersion is
+    # past the watch's start. A list's resourceVersion is the whole cluster's, so a watch from it on a
+    # resource that does not change gets none until an etcd progress notification moves the cache
+    # (etcd's default: every 10 minutes), however much else changes.
+    kube_api.bookmark_interval = 0.05
+    await kube_client.create(CM, {"metadata": {"name": "a"}})
+    await kube_client.create(NS, {"metadata": {"name": "elsewhere"}})
+    listed = await kube_client.list(CM)
+    stream = await kube_client.watch(
+        CM,
+        {
+            "resourceVersion": listed["metadata"]["resourceVersion"],
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": "1",
+        },
+    )
+    await kube_client.create(NS, {"metadata": {"name": "elsewhere-too"}})
+    assert [event async for event in stream] == []
+    # From the resource's own last resourceVersion: one bookmark at that version, as newer releases
+    # send, and none after it while nothing changes.
+    own = (await kube_client.get(CM + "/a"))["metadata"]["resourceVersion"]
+    stream = await kube_client.watch(
+        CM, {"resourceVersion": own, "allowWatchBookmarks": "true", "timeoutSeconds": "1"}
+    )
+    assert [(e.type, e.resource_version) for e in [event async for event in stream]] == [("BOOKMARK", own)]
 
 
 @pytest_twisted.ensureDeferred

@@ -165,6 +165,15 @@ class KubeApiDouble:
 
     `store` holds the state and can be used directly to arrange it. `requests` records every
     request. `authorizer`, when set, decides (user, RequestInfo) -> allowed; default allows all.
+
+    Bookmarks (every `bookmark_interval` on a watch that allows them, and one at its timeout) follow
+    kube-apiserver's watch cache: a bookmark carries where the cache of the watched resource stands,
+    and is sent only once that is past the watch's start (one at an equal version). The cache moves
+    with its own resource's changes only, or with etcd's progress notifications, which come every 10
+    minutes by default: so by default a watch of a resource that does not change gets no bookmark at
+    all, however much else changes. `progress_notify` (True) stands for a progress notification
+    before every bookmark (etcd with a short ``--experimental-watch-progress-notify-interval``):
+    bookmarks then carry the store's resourceVersion, which moves with every resource's changes.
     """
 
     def __init__(
@@ -174,12 +183,14 @@ class KubeApiDouble:
         *,
         tls: bool = True,
         bookmark_interval: float = 60.0,
+        progress_notify: bool = False,
         default_watch_timeout: float = 1800.0,
         history_limit: int = 1000,
     ) -> None:
         self.reactor = reactor
         self.tls = tls
         self.bookmark_interval = bookmark_interval
+        self.progress_notify = progress_notify
         self.default_watch_timeout = default_watch_timeout
         # The CA, the serving certificate and issued client certificates are written to `directory`.
         self.ca = Authority.create(Path(directory), "kubeapi-double")
@@ -251,6 +262,12 @@ class KubeApiDouble:
     @property
     def open_watches(self) -> int:
         return len(self._watches)
+
+    def cache_rv(self, resource: ResourceType) -> int:
+        """Where kube-apiserver's watch cache of `resource` stands: what its bookmarks carry."""
+        if self.progress_notify:
+            return self.store.resource_version
+        return self.store.last_rv_of(resource)
 
     def compact(self) -> None:
         """Forget the event history: older resourceVersions now get 410 Expired."""
@@ -678,7 +695,14 @@ class KubeApiDouble:
         if rv is not None and rv > self.store.resource_version:
             raise statuses.too_large(rv, self.store.resource_version)
         watch = _Watch(
-            self, request, info, labels, fields, bookmarks=query.get("allowWatchBookmarks") in ("true", "1")
+            self,
+            request,
+            info,
+            labels,
+            fields,
+            bookmarks=query.get("allowWatchBookmarks") in ("true", "1"),
+            # A watch without a resourceVersion starts where the watch cache stands.
+            start=rv if rv is not None else self.cache_rv(info.resource),
         )
         record.code = 200
         if rv is None:
@@ -733,6 +757,7 @@ class _Watch:
         fields: FieldSelector,
         *,
         bookmarks: bool,
+        start: int,
     ) -> None:
         self._double = double
         self._request = request
@@ -741,6 +766,8 @@ class _Watch:
         self._labels = labels
         self._fields = fields
         self._bookmarks = bookmarks
+        self._start = start
+        self._bookmarked_at_start = False
         self._timers: list[IDelayedCall] = []
         self._unsubscribe: Callable[[], None] | None = None
         self._done = False
@@ -809,12 +836,17 @@ class _Watch:
             self._send(*translated)
 
     def _bookmark(self, *, reschedule: bool = True) -> None:
-        obj = {
-            "kind": self._resource.kind,
-            "apiVersion": self._resource.api_version,
-            "metadata": {"resourceVersion": str(self._double.store.resource_version)},
-        }
-        self._send("BOOKMARK", obj)
+        # kube-apiserver's cacheWatcher: only what is past the watch's start, and (newer releases)
+        # one bookmark at the start itself.
+        rv = self._double.cache_rv(self._resource)
+        if rv > self._start or (rv == self._start and not self._bookmarked_at_start):
+            self._bookmarked_at_start = True
+            obj = {
+                "kind": self._resource.kind,
+                "apiVersion": self._resource.api_version,
+                "metadata": {"resourceVersion": str(rv)},
+            }
+            self._send("BOOKMARK", obj)
         if reschedule and not self._done:
             self._timers.append(
                 self._double.reactor.callLater(self._double.bookmark_interval, self._bookmark)

@@ -85,6 +85,9 @@ class ObjectStore:
         self._clock = clock
         self._objects: dict[ResourceType, dict[Key, Obj]] = {r: {} for r in STORED}
         self._rv = 0
+        # Each resource's last change: where kube-apiserver's watch cache of that resource stands
+        # (its bookmarks carry it), kept through compaction as the cache keeps it.
+        self._last_rv: dict[ResourceType, int] = {}
         self._history: deque[Event] = deque()
         self._history_limit = history_limit
         # Events with a resourceVersion up to this one may have been dropped from the history.
@@ -104,6 +107,10 @@ class ObjectStore:
     @property
     def compacted_rv(self) -> int:
         return self._compacted_rv
+
+    def last_rv_of(self, resource: ResourceType) -> int:
+        """The resourceVersion of `resource`'s last change (0 when it never changed)."""
+        return self._last_rv.get(resource, 0)
 
     def get(self, resource: ResourceType, name: str, namespace: str | None = None) -> Obj:
         obj = self._objects[resource].get((namespace or "", name))
@@ -377,6 +384,7 @@ class ObjectStore:
         return copy.deepcopy(last)
 
     def _emit(self, event: Event) -> None:
+        self._last_rv[event.resource] = event.rv
         self._history.append(event)
         while len(self._history) > self._history_limit:
             self._compacted_rv = self._history.popleft().rv
