@@ -26,6 +26,7 @@ from payloadtags.kube.errors import (
     KubeTokenUnreadable,
     KubeUnavailable,
     KubeUnreachable,
+    KubeWatchSilent,
     make_status,
 )
 from tests.support.logcapture import collected_logs
@@ -633,3 +634,63 @@ def test_a_rejected_certificate_in_a_pod_names_the_service_account_ca_or_the_add
         assert "the pod's service account CA (/var/run/secrets/kubernetes.io/serviceaccount/ca.crt)" in said
     assert "proxy intercepting TLS" in said
     assert "kubeconfig" not in said and "unreachable" not in said
+
+
+def _silent() -> KubeWatchSilent:
+    return KubeWatchSilent("watch stream silent for 90s, not even a bookmark")
+
+
+@pytest.mark.parametrize(
+    ("rewatch", "said"),
+    [
+        (KubeUnreachable("GET /api/v1/namespaces: Connection was refused by other side"), "refused"),
+        (KubeApiError(make_status(503, "no healthy upstream"), 503), "answers 503"),
+    ],
+)
+def test_a_silent_watch_is_watched_again_at_once_and_a_failing_rewatch_still_backs_off(
+    clock: Clock, rewatch: Exception, said: str
+) -> None:
+    # review r1double L1: a watch cut only for its silence (kube-apiserver sends a quiet resource's
+    # watch no bookmark until an etcd progress notification, every 10 minutes by default) is watched
+    # again at once from the same resourceVersion: no backoff, nothing said, no last_error. The cut
+    # stays for a connection that died unnoticed, and then the new watch fails: that is a failure as
+    # any other, said and backed off.
+    access = ClusterAccessLog(SERVER, monotonic=clock.seconds)
+    source = FakeSource()
+    reflector = Reflector(
+        source,
+        PATH,
+        clock,
+        backoff=Backoff(initial=1.0, factor=2.0, cap=8.0, jitter=0.0),
+        rng=random.Random(3),
+        on_failure=access,
+    )
+    with collected_logs() as events:
+        stream = synced(reflector, source, [ns("a", 3)], 10)
+        for _ in range(3):
+            stream.end(_silent())
+            stream = source.stream()
+        assert [w["resourceVersion"] for w in source.of("watch")] == ["10"] * 4
+        assert _warnings(events) == []
+        assert reflector.last_error is None and reflector.backoff.attempts == 0
+
+        stream.end(_silent())
+        assert len(source.of("watch")) == 5
+        source.reply("watch", rewatch)
+        assert reflector.last_error is rewatch and reflector.backoff.attempts == 1
+        [line] = _warnings(events)
+        assert said in line and SERVER in line
+        clock.advance(0.99)
+        assert len(source.of("watch")) == 5
+        clock.advance(0.01)
+        assert [w["resourceVersion"] for w in source.of("watch")] == ["10"] * 6
+        assert len(source.of("list")) == 1
+        # Silence after it is no failure either, and the backoff goes on from where it was.
+        source.stream().end(_silent())
+        source.reply("watch", rewatch)
+        assert reflector.backoff.attempts == 2
+        clock.advance(1.99)
+        assert len(source.of("watch")) == 7
+        clock.advance(0.01)
+        assert len(source.of("watch")) == 8
+    Deferred.fromCoroutine(reflector.stop())

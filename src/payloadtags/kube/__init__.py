@@ -26,6 +26,7 @@ from payloadtags.kube.errors import (
     KubeStreamLost,
     KubeTimeout,
     KubeUnavailable,
+    KubeWatchSilent,
     Status,
 )
 from payloadtags.kube.interface import ClusterClient
@@ -49,6 +50,7 @@ __all__ = [
     "KubeStreamLost",
     "KubeTimeout",
     "KubeUnavailable",
+    "KubeWatchSilent",
     "Reflector",
     "Status",
     "StoreListener",

@@ -53,6 +53,7 @@ from payloadtags.kube.errors import (
     KubeTimeout,
     KubeTokenUnreadable,
     KubeUnreachable,
+    KubeWatchSilent,
     status_from_body,
 )
 from payloadtags.kube.execcred import PLUGIN_TIMEOUT, ExecCredential, ExecPlugin, run_plugin
@@ -72,9 +73,13 @@ DEFAULT_REQUEST_TIMEOUT: Final = 30.0
 TOKEN_REREAD_PERIOD: Final = 60.0
 _UNREADABLE_LOG_PERIOD: Final = 60.0
 MERGE_PATCH: Final = "application/merge-patch+json"
-# kube-apiserver sends a watch that asked for bookmarks one about every minute even when nothing
-# changes (the watch cache's bookmark frequency); a stream silent for longer than this has died without
-# either side noticing (a half-open connection) and is given up, to be watched again.
+# A watch stream silent (no event, no bookmark) for this long is given up and watched again at once
+# from where it stopped (`KubeWatchSilent`). Over HTTP/1.1 there is no ping (client-go's HTTP/2
+# connections have one), so silence may be a connection that died without either side noticing (a
+# node or a NAT gone): the new watch finds out. It is not taken as a failure: kube-apiserver's
+# watch cache sends a bookmark about every minute only once its resource's last resourceVersion is
+# past the watch's start, which for a resource that does not change waits for an etcd progress
+# notification (every 10 minutes by etcd's default; many distributions set a few seconds).
 WATCH_IDLE_TIMEOUT: Final = 90.0
 
 ADDED: Final = "ADDED"
@@ -208,9 +213,10 @@ class KubeClient:
         of the server plus the request timeout, which guards against a connection that died
         without either side noticing. A stream that asked for bookmarks (``allowWatchBookmarks``)
         is also cut once no byte has arrived for `idle_timeout` (by default the client's
-        ``watch_idle_timeout``): the server sends a bookmark about every minute, so such silence means
-        the connection is gone, and waiting for the stream deadline would leave the caller's copy stale
-        for minutes.
+        ``watch_idle_timeout``), with `KubeWatchSilent`: the connection may be gone, and waiting for
+        the stream deadline would leave the caller's copy stale for minutes. But a healthy server
+        may be silent that long too (see `WATCH_IDLE_TIMEOUT`), so the caller watches again at once
+        rather than counting it a failure.
         """
         query = {**(params or {}), "watch": "true"}
         if stream_timeout is None and "timeoutSeconds" in query:
@@ -532,7 +538,8 @@ class WatchStream:
 
     Iteration ends cleanly when the server ends the stream (``timeoutSeconds`` reached). It raises
     `KubeApiError` for an ERROR event (410 Expired: relist), `KubeStreamLost` when the connection
-    breaks or nothing arrived for `idle_timeout`, `KubeTimeout` past the stream deadline,
+    breaks, `KubeWatchSilent` (a `KubeStreamLost`) when nothing arrived for `idle_timeout`,
+    `KubeTimeout` past the stream deadline,
     `KubeProtocolError` for undecodable lines.
     Events are buffered; past `high_water` undelivered events the connection is paused, so a slow
     consumer slows the server down instead of growing memory.
@@ -669,9 +676,7 @@ class WatchStream:
 
     def _silent(self, idle_timeout: float) -> None:
         self._idle = None
-        self._fail(
-            KubeStreamLost(f"watch stream silent for {idle_timeout:g}s, not even a bookmark: taken as lost")
-        )
+        self._fail(KubeWatchSilent(f"watch stream silent for {idle_timeout:g}s, not even a bookmark"))
 
     def _expire(self, stream_timeout: float) -> None:
         self._deadline = None

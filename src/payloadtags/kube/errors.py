@@ -100,6 +100,14 @@ class KubeStreamLost(KubeUnavailable):
     """A watch stream ended abruptly (not a clean end of the chunked response)."""
 
 
+class KubeWatchSilent(KubeStreamLost):
+    """A watch stream that brought nothing, not even a bookmark, for its idle timeout, and was given
+    up. Not a failure of the server by itself: kube-apiserver sends a watch of a resource that does not
+    change no bookmark until an etcd progress notification moves its watch cache (etcd's default:
+    every 10 minutes), so a healthy cluster's quiet watches go silent. Watched again at once; a new
+    watch that then fails is the failure."""
+
+
 class KubeReplyCutShort(KubeUnavailable):
     """A reply's body ended before its end: the connection broke mid-reply."""
 

@@ -7,8 +7,10 @@ list, after which the store is reconciled with it; every other failure (and a se
 retried with capped, jittered exponential backoff, forgotten only after a stretch without failures as
 client-go's backoff manager does, so a server that fails right after every list is not relisted in a
 loop. A watch that goes silent is given up by the client (`KubeClient.watch`, idle timeout) and
-resumed like a broken one. Time and randomness are injected so all of this is testable with
-`twisted.internet.task.Clock`.
+watched again at once from the same resourceVersion, not counted as a failure: a healthy
+kube-apiserver leaves the watch of a resource that does not change without bookmarks for minutes; a
+new watch that then fails is the failure. Time and randomness are injected so all of this is
+testable with `twisted.internet.task.Clock`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from payloadtags.deferreds import cancel_and_wait
 from payloadtags.jsontypes import JsonObject
 from payloadtags.kube.backoff import Backoff
 from payloadtags.kube.client import ADDED, BOOKMARK, DELETED, MODIFIED, WatchEvent
-from payloadtags.kube.errors import KubeApiError, KubeError
+from payloadtags.kube.errors import KubeApiError, KubeError, KubeWatchSilent
 
 log = Logger()
 
@@ -220,6 +222,17 @@ class Reflector:
                 elif not self._said(e):
                     log.warn("Reflector {name}: API error {error}", name=self.name, error=e)
                 await self._sleep(e.retry_after)
+            except KubeWatchSilent as e:
+                # Silence is what a quiet resource's watch looks like on a healthy cluster whose etcd
+                # sends progress notifications only every 10 minutes, its default
+                # (`WATCH_IDLE_TIMEOUT`): no backoff, no failure said, last_error left alone. If the
+                # connection was dead, the new watch fails and is a failure like any other.
+                log.debug(
+                    "Reflector {name}: {error}; watching again from {rv}",
+                    name=self.name,
+                    error=e,
+                    rv=self._resource_version,
+                )
             except (KubeError, _ShortWatch) as e:
                 if self._stopping:
                     return
