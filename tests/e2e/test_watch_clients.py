@@ -193,6 +193,44 @@ async def test_two_kubectl_get_w_started_together_print_each_tag_once(kubectl, r
 
 
 @pytest_twisted.ensureDeferred
+async def test_kubectl_get_w_after_a_delete_is_not_told_of_that_delete(
+    make_server, registry, repo, kubectl_for
+):
+    """The newcomer's flow (review newcomer F2): `kubectl get prt`, `kubectl delete prt X`, then
+    `kubectl get prt -w`, nobody watching the namespace. The second list took the first one's
+    resourceVersion and shared its record, which says a read saw X: its watch was sent `DELETED X`,
+    a tag its list never showed (kube-apiserver never sends a watch from a list's resourceVersion
+    an event from before that list). The delete moves the sequence on: the second list has a
+    record of its own. The next line is the delete made while it watches (the resync period, an
+    hour, finds nothing: only a delete's own reread does)."""
+    namespace, path = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "v1")
+    images.push_oci_image(registry, repo, "v2", seed="other")
+    server = await make_server(registry, watch=WatchLimits(resync_period=3600))
+    kubectl = kubectl_for(server)
+    hub = server.running.api.watch_hub
+    gone, kept = encode_name(path, "v1"), encode_name(path, "v2")
+    first = await kubectl("get", "prt", "-n", namespace, "-o", "name")
+    assert first.out.split() == [f"payloadrepositorytag.{GROUP}/{name}" for name in (gone, kept)], first.err
+    deleted = await kubectl("delete", "prt", "-n", namespace, gone)
+    assert deleted.code == 0, deleted.err
+    running = start_kubectl(kubectl, "get", "prt", "-n", namespace, "-w", "--output-watch-events")
+    try:
+        assert (await running.line()).split() == ["EVENT", "NAME", "REPOSITORY", "TAG"]
+        assert (await running.line()).split() == ["ADDED", kept, path, "v2"]
+        await eventually(lambda: len(hub.watchers) == 1 or running.exited.called, within=15)
+        assert not running.exited.called, running.stderr
+        assert (await kubectl("delete", "prt", "-n", namespace, kept)).code == 0
+        # Before the fix: DELETED v1 here, right after the list.
+        assert (await running.line()).split() == ["DELETED", kept, path, "v2"]
+        assert not running.exited.called, running.stderr
+    finally:
+        running.stop()
+    await running.exited
+    assert running.lines.pending == [] and "error" not in running.stderr.lower(), running.stderr
+
+
+@pytest_twisted.ensureDeferred
 async def test_kubectl_get_all_namespaces_w(kubectl, registry, repo):
     namespace, path = repo.split("/", 1)
     images.push_oci_image(registry, repo, "one")

@@ -987,6 +987,62 @@ def test_a_repository_one_list_of_a_shared_record_never_read_is_added_for_its_wa
     assert sink.lines == [f"ADDED team/new:n {hub.versions.current}".encode()]
 
 
+@pytest.mark.parametrize("scope", ["team", None])
+@pytest.mark.parametrize("change", ["delete", "push"])
+def test_a_change_told_between_two_lists_gives_the_later_one_a_record_of_its_own(
+    scope: str | None, change: str
+) -> None:
+    """Review newcomer F2: a list, a delete (through payloadtags, or a registry notification), a later
+    list of the scope still nobody watches. Both took one resourceVersion and shared one record, which
+    says a read saw the tag: the later list's watch was sent its DELETED, though that list never
+    showed it (with a push, an ADDED of a tag its list showed). The change moves the sequence on: the
+    earlier list's watch still gets the change, the later one's nothing. A namespace's list and one
+    of all namespaces alike."""
+    reader = FakeReader({"team/app": {"v1", "v2"}})
+    hub = make_hub(reader, Clock(), resync_period=10)
+    first, observe = listing(hub, scope)
+    observe("team/app", ["v1", "v2"])
+    if change == "delete":
+        reader.repositories["team/app"] = {"v2"}
+    else:
+        reader.repositories["team/app"].add("v3")
+    hub.repository_changed("team/app")
+    later, observe_later = listing(hub, scope)
+    assert later == first + 1  # before: first, one record for both
+    observe_later("team/app", sorted(reader.repositories["team/app"]))
+    source = ready(hub, scope)
+    w, sink = watcher()
+    assert from_list(hub, w, source, later)
+    assert sink.lines == []
+    w, sink = watcher()
+    assert from_list(hub, w, source, first)
+    kind, tag = ("DELETED", "v1") if change == "delete" else ("ADDED", "v3")
+    assert sink.lines == [f"{kind} team/app:{tag} {hub.versions.current}".encode()]
+
+
+def test_a_change_moves_the_sequence_once_for_each_list_made_meanwhile_not_per_change() -> None:
+    """A deletecollection of 10,000 tags tells the hub of each: with nobody listing, nothing moves;
+    after a list, the first change moves the sequence past its record and the others find none at
+    the new one. A change outside the scope a list recorded moves nothing: lists of a namespace made
+    before and after it still share one record (docs/watch.md, "Lists that arrive together")."""
+    hub = make_hub(FakeReader({}), Clock(), resync_period=10)
+    start = hub.versions.current
+    for i in range(10_000):
+        hub.repository_changed(f"team/app-{i}")
+    assert hub.versions.current == start
+    first, _ = listing(hub, "team")
+    hub.repository_changed("other/app")
+    assert listing(hub, "team")[0] == first  # shared
+    for i in range(10_000):
+        hub.repository_changed(f"team/app-{i}")
+    assert hub.versions.current == first + 1
+    for _ in range(5):
+        listing(hub, None)
+        for i in range(100):
+            hub.repository_changed(f"other/app-{i}")
+    assert hub.versions.current == first + 6
+
+
 def test_reads_that_disagree_send_whatever_any_of_them_may_have_shown_wrongly() -> None:
     reader = FakeReader({"team/app": {"b", "c"}})
     clock = Clock()

@@ -436,11 +436,21 @@ class WatchHub:
 
     def repository_changed(self, repository: str) -> None:
         """A registry notification (push or delete) for one repository, or a delete this replica
-        made there: the sources that cover it reread its tag list."""
+        made there: the sources that cover it reread its tag list. When a list of a scope that covers
+        it opened a record at the current sequence, the sequence moves on first: a later list of that
+        scope must not join it (review newcomer F2)."""
         parts = split_repository(repository)
         if parts is None:
             return
-        for scope in (parts[0], None):
+        scopes = (parts[0], None)
+        current = self.versions.current
+        if any(self.listed.holds(scope, current) for scope in scopes):
+            # A list made after the change, sharing the record of one made before it, would have its
+            # watch sent the change (a DELETED of a tag its list never showed): the record cannot tell
+            # whose watch it is. Once moved, no record is at the new sequence until a list opens one,
+            # so a deletecollection of many tags moves it once, or once for each list made meanwhile.
+            self._moved_on()
+        for scope in scopes:
             source = self.sources.get(scope)
             if source is not None:
                 source.repository_changed(repository)

@@ -30,7 +30,10 @@ for a while expire. A watch whose record is gone is answered 410 Gone and its cl
 The key of a record that is gone is never given to another one: the sequence moves on (``WatchHub``),
 so that a later list of the scope takes another resourceVersion and a watch from the old one is not
 sent the differences from the later list's reads (changes made between the two lists would never be
-sent).
+sent). Nor does a list made after a change the hub is told of (a delete through payloadtags, a
+registry notification) join the record of one made before it: the sequence moves on when a record of
+a scope covering the repository is at it (`WatchHub.repository_changed`), or the later list's watch
+would be sent the change.
 """
 
 from __future__ import annotations
@@ -462,6 +465,10 @@ class ListedScopes:
             self._touch((scope, sequence), record)
             record.touched = now
         return record
+
+    def holds(self, scope: str | None, sequence: int) -> bool:
+        """Whether a record of lists of ``scope`` at ``sequence`` is kept; unlike `get`, it is not used."""
+        return (scope, sequence) in self.records
 
     def weight(self, user: str) -> int:
         """What the records ``user``'s lists opened hold, and her entry, counted as the bound counts."""
