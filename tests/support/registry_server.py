@@ -337,9 +337,10 @@ def _scratch_parent() -> str | None:
     return None
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """On Linux, have the registry get SIGTERM when its parent dies: a test run killed by a timeout
-    must not leave registries behind. libc is loaded here, before the fork, not in the child."""
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that, on Linux, has the child get SIGTERM when its parent dies: a test run (or a
+    demo) killed by a timeout or SIGKILL must not leave registries or servers behind. libc is loaded
+    here, before the fork, not in the child."""
     if sys.platform != "linux":
         return None
     try:
@@ -472,7 +473,7 @@ class RegistryServer:
                 stderr=log,
                 start_new_session=True,
                 env=self._env,
-                preexec_fn=_die_with_parent(),
+                preexec_fn=die_with_parent(),
             )
         finally:
             log.close()
@@ -575,6 +576,7 @@ __all__ = [
     "TokenRequest",
     "TokenServer",
     "bcrypt_hash",
+    "die_with_parent",
     "free_port",
     "grant_all",
     "make_tls_files",
