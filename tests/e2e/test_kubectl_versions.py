@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -166,3 +167,39 @@ async def test_get_name_w_watches_from_0_as_docs_consistency_says(
     assert 'kubectl 1.27 to 1.33 watch a single object from `"0"`' in docs
     assert "watch from the object's resourceVersion" not in docs
     assert "starts its watch from the object's" not in docs
+
+
+def _docs_jq_line(listed: str) -> str:
+    """The jq of docs/troubleshooting.md's `kubectl get prt -n NS -o json | jq ...` line, run on `listed`."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "troubleshooting.md").read_text()
+    [expression] = re.findall(r"kubectl get prt -n NS -o json \| jq -r '([^']+)'", doc)
+    jq = subprocess.run(["jq", "-r", expression], input=listed, capture_output=True, text=True, check=True)
+    return jq.stdout
+
+
+@pytest.mark.kubectl
+@pytest_twisted.ensureDeferred
+async def test_sort_by_as_docs_troubleshooting_says(versioned: Kubectl, registry: Any, repo: str) -> None:
+    """review-newcomer L3: the usual `--sort-by=.metadata.creationTimestamp` prints "No resources found"
+    (tags have none, and kubectl drops every row when no row has the field); the fields
+    docs/troubleshooting.md gives instead sort, and so does its jq line."""
+    namespace, path = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "v2")
+    images.push_oci_image(registry, repo, "v1", seed="other")
+    images.push_oci_image(registry, f"{repo}/a", "v0", seed="third")
+    nothing = ok(await versioned("get", "prt", "-n", namespace, "--sort-by=.metadata.creationTimestamp"))
+    assert (nothing.out, nothing.err.strip()) == ("", f"No resources found in {namespace} namespace.")
+    rows = {
+        field: ok(await versioned("get", "prt", "-n", namespace, f"--sort-by={field}")).lines()[1:]
+        for field in (".metadata.name", ".spec.repositoryPath", ".spec.tag")
+    }
+    # Every row (in kubectl's natural order, which differs between versions: digits by their value).
+    assert sorted(rows[".metadata.name"]) == sorted(rows[".spec.tag"])
+    assert [repository for _, repository, _ in rows[".spec.repositoryPath"]] == [path, path, f"{path}/a"]
+    assert [tag for _, _, tag in rows[".spec.tag"]] == ["v0", "v1", "v2"]
+    listed = ok(await versioned("get", "prt", "-n", namespace, "-o", "json")).out
+    assert [address.split("/", 1)[1] for address in _docs_jq_line(listed).split()] == [
+        f"{repo}:v1",
+        f"{repo}:v2",
+        f"{repo}/a:v0",
+    ]
