@@ -1159,7 +1159,7 @@ def _render_overlay(tmp_path: Path, kustomization: str) -> list[Obj]:
     assert result.returncode == 0, result.stderr
     objects = [obj for obj in yaml.safe_load_all(result.stdout) if obj]
     for obj in objects:
-        if obj["apiVersion"] != CERT_MANAGER:
+        if obj["apiVersion"] not in (CERT_MANAGER, PROMETHEUS_OPERATOR):
             kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
     return objects
 
@@ -1191,3 +1191,18 @@ def test_install_doc_own_ca_overlay_sets_the_ca_bundle(tmp_path: Path) -> None:
     objects = _render_overlay(tmp_path, overlay)
     assert one(objects, "APIService")["spec"]["caBundle"] == "Y2EgYnVuZGxl"
     assert not [o for o in objects if o["apiVersion"] == CERT_MANAGER]
+
+
+def test_install_doc_section_4_appended_to_section_2_keeps_both_patches(tmp_path: Path) -> None:
+    # review-newcomer L5: section 4's block had a `patches:` key of its own; appended to section 2's file
+    # as the page said, kustomize kept only the last and dropped --registry-ca-file without a word.
+    blocks = _doc_yaml_blocks()
+    [addition] = [block for block in blocks if "- ../manifests/components/network-policy" in block]
+    overlay = blocks[0] + addition
+    assert len(re.findall(r"^patches:", overlay, re.M)) == 1, overlay
+    objects = _render_overlay(tmp_path, overlay)
+    (container,) = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert _args(container)["--registry-ca-file"] == "/etc/payloadtags/registry/ca.crt"
+    policy = one(objects, "NetworkPolicy")
+    assert policy["spec"]["ingress"][0]["from"][0]["ipBlock"]["cidr"] == "10.0.0.0/24"
+    assert one(objects, "ServiceMonitor")
