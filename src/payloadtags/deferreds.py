@@ -11,16 +11,25 @@
 - `InFlight` shares one piece of work among the callers who ask for it while it runs;
 - `Fresh` shares one run at a time of some work among callers, each told the outcome of a run that
   started after it asked;
-- `Waiters` holds the callers waiting for something to happen, each on a Deferred of its own.
+- `Waiters` holds the callers waiting for something to happen, each on a Deferred of its own;
+- `FairSlots` lets a few holders at a time through, the others served in turns by key.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable, Iterator
 from typing import Any, Final, Generic, TypeVar
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, FirstError, gatherResults
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredSemaphore,
+    FirstError,
+    gatherResults,
+    succeed,
+)
 from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
@@ -426,6 +435,75 @@ class Fresh(Generic[T]):
     def _left(self) -> None:
         if self._running is not None and not self._current:
             self._running.cancel()
+
+
+class FairSlots:
+    """At most ``size`` holders at once, each holding its slot for a key. Who asks while every slot is
+    held waits, and the next free slot goes to a waiter of the key that holds the fewest slots (of
+    those equal, the one whose turn came least recently; a key's own waiters in the order they came).
+    So however many wait under some keys, another key's first waiter is let through at the next free
+    slot. A waiter's cancel takes it off the queue at once: it never gets a slot."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.held = 0
+        self._holding: dict[Hashable, int] = {}  # slots held, by key
+        # Waiters by key; the dict's order is the turn order (a key served goes to its end).
+        self._queues: dict[Hashable, deque[Deferred[None]]] = {}
+        self._handing = False
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(queue) for queue in self._queues.values())
+
+    def acquire(self, key: Hashable) -> Deferred[None]:
+        """Fires once the caller holds a slot for ``key``, to be given back with `release`; cancelled
+        before, the caller holds none."""
+        if self.held < self.size and not self._queues:
+            self._take(key)
+            return succeed(None)
+
+        def leave(waiter: Deferred[None]) -> None:
+            queue = self._queues.get(key)
+            if queue is not None and waiter in queue:
+                queue.remove(waiter)
+                if not queue:
+                    del self._queues[key]
+
+        waiter: Deferred[None] = Deferred(leave)
+        self._queues.setdefault(key, deque()).append(waiter)
+        return waiter
+
+    def release(self, key: Hashable) -> None:
+        self.held -= 1
+        left = self._holding[key] - 1
+        if left:
+            self._holding[key] = left
+        else:
+            del self._holding[key]
+        self._hand_on()
+
+    def _take(self, key: Hashable) -> None:
+        self.held += 1
+        self._holding[key] = self._holding.get(key, 0) + 1
+
+    def _hand_on(self) -> None:
+        # A loop, not a call per waiter: a holder that ends at once (a test's answers) releases from
+        # within the callback that gave it its slot, and would nest a stack frame per waiter.
+        if self._handing:
+            return
+        self._handing = True
+        try:
+            while self.held < self.size and self._queues:
+                key = min(self._queues, key=lambda k: self._holding.get(k, 0))  # the first of equals
+                queue = self._queues.pop(key)
+                waiter = queue.popleft()
+                if queue:
+                    self._queues[key] = queue  # to the end of the turns
+                self._take(key)
+                waiter.callback(None)
+        finally:
+            self._handing = False
 
 
 class _Flight(Generic[T]):

@@ -21,7 +21,7 @@ from payloadtags.access.authconfig import AuthenticationConfig, DynamicAuthentic
 from payloadtags.access.authz import AlwaysAllow
 from payloadtags.access.rbac import PathMatcher, RbacAuthorizer, RbacIndex
 from payloadtags.access.requestheader import RequestHeaderConfig
-from payloadtags.access.tokens import TokenReviewAuthenticator
+from payloadtags.access.tokens import REVIEWS_AT_ONCE, TokenReviewAuthenticator
 from payloadtags.api.app import ApiServer
 from payloadtags.api.continuation import forget_tokens
 from payloadtags.api.health import HealthChecks, SharedCheck
@@ -42,6 +42,7 @@ from payloadtags.http.channel import GuardedSite, GuardedTLSFactory, LimitedConn
 from payloadtags.identity import UserInfo
 from payloadtags.inventory import Inventory
 from payloadtags.kube import ClusterClient, KubeClient, Reflector
+from payloadtags.kube.client import MAX_IDLE_CONNECTIONS
 from payloadtags.kube.diagnosis import access_log, cause
 from payloadtags.kube.errors import KubeError
 from payloadtags.lifecycle import OrderedServices, Part, StopSignals
@@ -511,7 +512,13 @@ async def start(
     metrics = Metrics()
     tls_options = TlsOptions(settings.tls_min_version, settings.tls_cipher_suites)
 
-    kube = KubeClient(reactor, cluster) if cluster is not None else None
+    # As many idle connections again as TokenReviews may be under way at once: a review then reuses
+    # one rather than making a TLS handshake with the cluster API.
+    kube = (
+        KubeClient(reactor, cluster, max_idle_connections=MAX_IDLE_CONNECTIONS + REVIEWS_AT_ONCE)
+        if cluster is not None
+        else None
+    )
     reflectors: list[Reflector] = []
     options = dict(reflector_options or {})
     cleanup_failures = None

@@ -20,7 +20,7 @@ from twisted.logger import formatEvent
 
 from payloadtags import tls
 from payloadtags.access.authz import Authorizer
-from payloadtags.access.tokens import ReviewRetry
+from payloadtags.access.tokens import REVIEWS_AT_ONCE, ReviewRetry
 from payloadtags.api.app import AUTH_FAILURE_LOG_PERIOD
 from payloadtags.api.durations import INVALID_TIMEOUT
 from payloadtags.cluster import RBAC_COLLECTIONS
@@ -43,7 +43,7 @@ from tests.support.kubeapi.resources import (
 from tests.support.kubeapi.server import KubeApiDouble
 from tests.support.logcapture import collected_logs
 from tests.support.pki import Authority, Issued
-from tests.support.raw import Reply, Target, exchange, request_bytes
+from tests.support.raw import Reply, Target, exchange, read_reply, request_bytes
 from tests.support.rbac import GROUP, ensure_namespace, eventually, grant
 from tests.support.registry_server import RegistryServer
 
@@ -1232,6 +1232,59 @@ async def test_a_requests_deadline_bounds_its_authentication_with_a_body_too(
     late = "Timeout: the request did not complete within 1s"
     assert answers == [("GET", False, 504, late), ("DELETE", True, 504, late)]
     assert delays.getDelayedCalls() == []  # each review's next attempt, cancelled with its request
+
+
+def _send_token_heads(target: Target, path: str, source: str, tokens: list[str]) -> list[Any]:
+    """A connection from ``source`` per token, each sending one GET with it, its answer left unread."""
+    socks = []
+    for token in tokens:
+        sock = target.connect(source=source)
+        sock.sendall(request_bytes("GET", path, {"Authorization": f"Bearer {token}"}))
+        socks.append(sock)
+    return socks
+
+
+@pytest_twisted.ensureDeferred
+async def test_token_reviews_under_way_are_bounded_and_shared_out_by_address(
+    make_server, registry, kube_api, kube_kubeconfig, namespace
+):
+    """Made-up tokens from some addresses while the cluster API holds TokenReviews had a review under
+    way per connection, each on a connection of its own to the cluster API (review r1flood L2). The
+    cluster API now holds at most REVIEWS_AT_ONCE, and another address's review is asked at the first
+    free slot, ahead of the flood's queued ones."""
+    server = await make_server(registry, kubeconfig=str(kube_kubeconfig), authorization_mode="AlwaysAllow")
+    slots = server.running.api.authenticator.token.slots
+    kube_api.add_token("valid-token", "alice")
+    kube_api.hold_token_reviews = True
+    held = kube_api.held_token_reviews
+    target = Target(server.running.port, str(server.pki.server_ca.cert_file))
+    flood = [f"made-up-{i}" for i in range(REVIEWS_AT_ONCE + 3)]
+    socks = await threads.deferToThread(_send_token_heads, target, collection(namespace), "127.0.0.2", flood)
+    try:
+
+        async def queued(count: int) -> bool:
+            return len(held) == REVIEWS_AT_ONCE and slots.waiting == count
+
+        assert await eventually(lambda: queued(3), within=HANG_GUARD) is True
+        socks += await threads.deferToThread(
+            _send_token_heads, target, collection(namespace), "127.0.0.3", ["valid-token"]
+        )
+        assert await eventually(lambda: queued(4), within=HANG_GUARD) is True
+        kube_api.answer_token_review(next(iter(held)))
+        assert await eventually(lambda: queued(3), within=HANG_GUARD) is True
+        assert "valid-token" in held
+        kube_api.answer_token_review("valid-token")
+        alice = await threads.deferToThread(read_reply, socks[-1])
+        assert alice.code == 200, alice.body
+        kube_api.hold_token_reviews = False
+        for token in list(held):
+            kube_api.answer_token_review(token)
+        answers = await threads.deferToThread(lambda: [read_reply(sock).code for sock in socks[:-1]])
+        assert answers == [401] * len(flood)
+        assert kube_api.most_token_reviews_held == REVIEWS_AT_ONCE
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def _send_bodies_heads(target: Target, path: str, count: int) -> list[Any]:

@@ -13,6 +13,7 @@ from twisted.web.client import ResponseNeverReceived
 
 from payloadtags.deferreds import (
     DeadlineExpired,
+    FairSlots,
     Fresh,
     GoesOn,
     InFlight,
@@ -571,3 +572,45 @@ def test_fresh_runs_that_end_at_once_do_not_nest() -> None:
     assert all(d.called for d in ended)
     # The second caller asked while the first run was under way; they shared every run after it.
     assert first == list(range(1, 5001)) and second == list(range(2, 5002))
+
+
+def test_fair_slots_go_to_the_key_holding_fewest_then_in_turns() -> None:
+    slots = FairSlots(2)
+    given: list[str] = []
+
+    def ask(key: str, name: str) -> Deferred[None]:
+        waiter = slots.acquire(key)
+        waiter.addCallback(lambda _: given.append(name))
+        return waiter
+
+    ask("a", "a1"), ask("a", "a2")
+    waiting = [ask("a", "a3"), ask("a", "a4"), ask("b", "b1"), ask("b", "b2"), ask("c", "c1")]
+    assert given == ["a1", "a2"] and slots.waiting == 5
+    slots.release("a")  # a holds 1, b and c none: b first (it waited before c)
+    slots.release("a")  # a none, b 1, c none: a waited first
+    assert given == ["a1", "a2", "b1", "a3"]
+    waiting[-1].cancel()  # c1 leaves: never given a slot
+    waiting[-1].addErrback(lambda failure: failure.trap(CancelledError))
+    slots.release("b")  # a 1, b none: b
+    slots.release("a")
+    assert given == ["a1", "a2", "b1", "a3", "b2", "a4"]
+    assert slots.waiting == 0 and slots.held == 2
+
+
+def test_fair_slots_given_to_holders_that_end_at_once_do_not_nest() -> None:
+    slots = FairSlots(1)
+    first = slots.acquire("a")
+    ended: list[int] = []
+    failures: list[Failure] = []
+
+    def hold(_: None, i: int) -> None:  # and end at once
+        ended.append(i)
+        slots.release(f"k{i % 7}")
+
+    for i in range(5000):  # past the interpreter's recursion limit, were each hand-on a frame deeper
+        waiter = slots.acquire(f"k{i % 7}")
+        waiter.addCallback(hold, i)
+        waiter.addErrback(failures.append)
+    assert first.called
+    slots.release("a")
+    assert failures == [] and len(ended) == 5000 and slots.held == 0

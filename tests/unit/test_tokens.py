@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseNeverReceived
 
 from payloadtags.access.authn import Credentials, UserInfo
-from payloadtags.access.tokens import TokenReviewAuthenticator
+from payloadtags.access.tokens import REVIEWS_AT_ONCE, ReviewRetry, TokenReviewAuthenticator
 from payloadtags.deferreds import DeadlineExpired
 from payloadtags.kube.errors import KubeApiError, KubeProtocolError, KubeUnreachable, make_status
 
@@ -493,3 +493,138 @@ async def test_concurrent_requests_share_one_retried_review_which_ends_with_its_
         d.cancel()
     clock.advance(60)
     assert len(refused.times) == 1
+
+
+# --- TokenReview attempts under way at once are bounded, shared out by client (review r1flood L2) -----
+
+
+@attrs.define
+class Held:
+    """A cluster API that holds each TokenReview until the test answers it: the tokens it was asked, in
+    order, those it holds now, and the most it held at once."""
+
+    asked: list[str] = attrs.field(factory=list)
+    holding: dict[str, Deferred[UserInfo | None]] = attrs.field(factory=dict)
+    most: int = 0
+
+    def __call__(self, token: str) -> Deferred[UserInfo | None]:
+        self.asked.append(token)
+
+        def gone(_: object) -> None:  # cancelled: the client left
+            self.holding.pop(token, None)
+
+        held: Deferred[UserInfo | None] = Deferred(gone)
+        self.holding[token] = held
+        self.most = max(self.most, len(self.holding))
+        return held
+
+    def answer(self, token: str, answer: UserInfo | Exception | None = None) -> None:
+        held = self.holding.pop(token)
+        if isinstance(answer, Exception):
+            held.errback(answer)
+        else:
+            held.callback(answer)
+
+
+def from_address(token: str, host: str) -> Credentials:
+    return attrs.evolve(bearer(token), client=("address", host))
+
+
+def asking(auth: TokenReviewAuthenticator, host: str, tokens: list[str]) -> list[Deferred[UserInfo | None]]:
+    return [Deferred.fromCoroutine(auth.authenticate(from_address(token, host))) for token in tokens]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_cluster_api_never_holds_more_than_the_bound_of_reviews(clock: Clock) -> None:
+    held = Held()
+    auth = TokenReviewAuthenticator(review=held, clock=clock)
+    tokens = [f"made-up-{i}" for i in range(10 * REVIEWS_AT_ONCE)]
+    waiting = [d for i in range(10) for d in asking(auth, f"10.0.0.{i}", tokens[i::10])]
+    assert len(held.holding) == REVIEWS_AT_ONCE
+    while held.holding:
+        held.answer(next(iter(held.holding)))
+    assert held.most == REVIEWS_AT_ONCE
+    assert sorted(held.asked) == sorted(tokens)
+    assert [await d for d in waiting] == [None] * len(tokens)
+
+
+@pytest_twisted.ensureDeferred
+async def test_another_address_s_review_starts_before_the_flooding_one_s_queued_reviews(clock: Clock) -> None:
+    held = Held()
+    auth = TokenReviewAuthenticator(review=held, clock=clock)
+    flood = [f"flood-{i}" for i in range(REVIEWS_AT_ONCE + 5)]
+    flooding = asking(auth, "10.0.0.1", flood)
+    (mine,) = asking(auth, "10.0.0.2", [GOOD])
+    assert held.asked == flood[:REVIEWS_AT_ONCE]
+    held.answer(flood[0])
+    assert held.asked[-1] == GOOD  # at the first free slot, ahead of the 5 queued before it
+    held.answer(GOOD, ALICE)
+    assert await mine == ALICE
+    while held.holding:
+        held.answer(next(iter(held.holding)))
+    assert held.asked == [*flood[:REVIEWS_AT_ONCE], GOOD, *flood[REVIEWS_AT_ONCE:]]
+    assert [await d for d in flooding] == [None] * len(flood)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cancelled_waiter_never_reaches_the_cluster_api_and_gives_up_its_place(clock: Clock) -> None:
+    held = Held()
+    auth = TokenReviewAuthenticator(review=held, clock=clock)
+    flood = [f"flood-{i}" for i in range(REVIEWS_AT_ONCE + 1)]
+    flooding = asking(auth, "10.0.0.1", flood)
+    (gone,) = asking(auth, "10.0.0.2", [GOOD])
+    gone.addErrback(lambda failure: failure.trap(CancelledError))
+    gone.cancel()  # its client lost, its deadline passed
+    held.answer(flood[0])
+    # The slot its waiter would have had (it holds none: its turn came first) went to the flood's.
+    assert held.asked == flood and len(held.holding) == REVIEWS_AT_ONCE
+    while held.holding:
+        held.answer(next(iter(held.holding)))
+    assert GOOD not in held.asked
+    assert [await d for d in flooding] == [None] * len(flood)
+    assert gone.called
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_waits_between_attempts_hold_no_slot(clock: Clock) -> None:
+    held = Held()
+    auth = TokenReviewAuthenticator(review=held, clock=clock, rng=Fixed(0.0))
+    first = [f"first-{i}" for i in range(REVIEWS_AT_ONCE)]
+    then = [f"then-{i}" for i in range(REVIEWS_AT_ONCE)]
+    failing = asking(auth, "10.0.0.1", first)
+    later = asking(auth, "10.0.0.2", then)
+    for token in first:
+        held.answer(token, api_error(500, "InternalError"))  # asked again in 0.5 s
+    # While the first wait for their next attempt, the others have every slot.
+    assert sorted(held.holding) == sorted(then)
+    clock.advance(ReviewRetry().initial)
+    assert sorted(held.holding) == sorted(then)  # the retries wait for a slot, as anyone
+    for token in then:
+        held.answer(token)
+    assert sorted(held.holding) == sorted(first)
+    for token in first:
+        held.answer(token)
+    assert [await d for d in failing + later] == [None] * (2 * REVIEWS_AT_ONCE)
+    assert held.most == REVIEWS_AT_ONCE
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_wait_for_a_slot_counts_within_the_review_s_ten_seconds(clock: Clock) -> None:
+    held = Held()
+    auth = TokenReviewAuthenticator(review=held, clock=clock)
+    flooding = asking(auth, "10.0.0.1", [f"flood-{i}" for i in range(REVIEWS_AT_ONCE)])
+    for d in flooding:
+        d.addErrback(lambda failure: failure.trap(DeadlineExpired))
+    clock.advance(5.0)
+    (late,) = asking(auth, "10.0.0.2", [GOOD])
+    clock.advance(4.75)
+    assert GOOD not in held.asked
+    clock.advance(0.25)  # the flood's reviews cut at their 10 s: its turn
+    assert held.asked[-1] == GOOD
+    clock.advance(4.75)
+    assert not late.called
+    clock.advance(0.25)  # 10 s after its request came, 5 s after its attempt began
+    assert late.called
+    with pytest.raises(DeadlineExpired):
+        await late
+    assert held.holding == {} and auth.slots.held == 0

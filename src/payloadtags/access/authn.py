@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Generic, Protocol, TypeVar
 
 import attrs
@@ -29,6 +29,9 @@ class Credentials:
     peer_chain: tuple[x509.Certificate, ...] = ()
     # Why the certificate the handshake verified cannot be read (then peer_certificate is None).
     unreadable_certificate: str | None = None
+    # Who the request's work is shared out by: the HTTP layer's client (a source address, or one
+    # connection of the front proxy). The TokenReviews waiting for a slot are let through in turns by it.
+    client: Hashable = None
 
     def chains_to(self, authorities: Sequence[x509.Certificate]) -> bool:
         """Whether the peer certificate was verified up to one of ``authorities`` (through

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 
 import attrs
 from twisted.internet.error import ConnectionLost
@@ -14,10 +14,21 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
 from payloadtags.access.authn import Credentials, UserInfo, is_utf8
-from payloadtags.deferreds import DeadlineExpired, InFlight, within
+from payloadtags.deferreds import DeadlineExpired, FairSlots, InFlight, within
 from payloadtags.kube.errors import KubeApiError, KubeReplyCutShort, KubeUnreachable
 
 Review = Callable[[str], Awaitable[UserInfo | None]]
+
+# TokenReview attempts under way at once, in the process. Without a bound, made-up tokens from many
+# addresses while the cluster API failed or held TokenReviews had one attempt under way per connection
+# (up to --max-connections), each over a TLS connection of its own to the cluster API (treq speaks
+# HTTP/1.1, where client-go's HTTP/2 shares a few): 1,700 file descriptors, 8,600 attempts in 23 s and
+# everyone's answers slowed, /livez's to 0.78 s (review r1flood L2). The cluster client keeps this many
+# idle connections on top of its own (server.py), so an attempt normally reuses one. Measured with
+# 800 such connections from 8 addresses (docs/hardening.md, Work), 32 and 64 slowed everyone else
+# alike within the noise of shared CPUs (a certificate caller's median 31-86 ms and 26-54 ms, against
+# 87-801 ms unbounded), and 16 no less (127 ms, one run): 32 asks half of what 64 does of it at once.
+REVIEWS_AT_ONCE = 32
 
 
 @attrs.frozen
@@ -68,10 +79,19 @@ class TokenReviewAuthenticator:
     # source of their jitter.
     delays: IReactorTime | None = None
     rng: random.Random = attrs.field(factory=random.Random)
+    at_once: int = REVIEWS_AT_ONCE
     _cache: OrderedDict[str, tuple[float, UserInfo | None]] = attrs.field(factory=OrderedDict, init=False)
     _reviews: InFlight[str, UserInfo | None] = attrs.field(
         factory=lambda: InFlight(cancel_when_abandoned=True), init=False
     )
+    # Each attempt holds a slot while it is under way, not while it waits for the next. A free slot
+    # goes to the client holding the fewest, so that a flood from some addresses cannot make
+    # another's first review wait behind all of theirs.
+    slots: FairSlots = attrs.field(init=False)
+
+    @slots.default
+    def _make_slots(self) -> FairSlots:
+        return FairSlots(self.at_once)
 
     async def authenticate(self, credentials: Credentials) -> UserInfo | None:
         token = _bearer(credentials)
@@ -84,12 +104,13 @@ class TokenReviewAuthenticator:
             return cached[1]
         # Concurrent requests with one token share one review, which is cancelled only once none
         # of them waits for it (each may be cancelled: its client gone, its deadline passed).
-        return await self._reviews.join(key, lambda: self._review(key, token))
+        # The review's turns are taken as the client of the request that started it.
+        return await self._reviews.join(key, lambda: self._review(key, token, credentials.client))
 
-    async def _review(self, key: str, token: str) -> UserInfo | None:
+    async def _review(self, key: str, token: str, client: Hashable) -> UserInfo | None:
         """The review of ``token``, cached once it answers. A failed review is not cached: the next
         request reviews again."""
-        result = await self._retried(token)
+        result = await self._retried(token, client)
         ttl = self.success_ttl if result is not None else self.failure_ttl
         self._cache[key] = (self.clock.seconds() + ttl, result)
         self._cache.move_to_end(key)
@@ -97,9 +118,10 @@ class TokenReviewAuthenticator:
             self._cache.popitem(last=False)
         return result
 
-    async def _retried(self, token: str) -> UserInfo | None:
+    async def _retried(self, token: str, client: Hashable) -> UserInfo | None:
         """The review, asked again after a passing failure, within the retry's timeout and, as the
-        caller's cancel reaches it, the deadline of every request waiting for it. Ends, as
+        caller's cancel reaches it, the deadline of every request waiting for it; the waits for a
+        slot count within both, and a cancelled one leaves its place at once. Ends, as
         k8s.io/apiserver's does, with the last attempt's error once the attempts are used up, and
         once the time is: with the error waited on, or the timeout when it cut an attempt."""
         retry = self.retry
@@ -108,6 +130,8 @@ class TokenReviewAuthenticator:
         async def attempts() -> UserInfo | None:
             wait = retry.initial
             for attempt in range(1, retry.attempts + 1):
+                await self.slots.acquire(client)
+                # A deadline while it waited for the slot ends with the error waited on before.
                 waited_on.clear()
                 try:
                     return await self.review(token)
@@ -115,6 +139,8 @@ class TokenReviewAuthenticator:
                     if attempt == retry.attempts or not passing(error):
                         raise
                     waited_on.append(error)
+                finally:
+                    self.slots.release(client)
                 await deferLater(self.delays or self.clock, wait * (1 + retry.jitter * self.rng.random()))
                 wait *= retry.factor
             raise AssertionError("unreachable: the last attempt returns or raises")

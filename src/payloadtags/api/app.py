@@ -168,6 +168,9 @@ def _credentials(request: Request) -> Credentials:
         headers=headers,
         peer_chain=chain,
         unreadable_certificate=unreadable_certificate(connection),
+        # The HTTP layer's (ClientKey), not read from the transport: one front-proxy connection is a
+        # client of its own.
+        client=getattr(request.channel, "client_key", None),
     )
 
 

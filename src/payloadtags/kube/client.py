@@ -141,6 +141,11 @@ class WatchEvent:
         return str(rv) if rv else None
 
 
+# Idle connections kept for reuse by default. Open watches hold connections of their own on top; with
+# several reflectors, treq's default of 2 would make most requests open a new connection.
+MAX_IDLE_CONNECTIONS = 16
+
+
 class KubeClient:
     """Talks to one cluster API server. Create it once (building the TLS context reads files),
     share it, and `close` it at shutdown."""
@@ -152,7 +157,7 @@ class KubeClient:
         *,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         connect_timeout: float = 10.0,
-        max_idle_connections: int = 16,
+        max_idle_connections: int = MAX_IDLE_CONNECTIONS,
         token_reread_period: float = TOKEN_REREAD_PERIOD,
         exec_plugin_timeout: float = PLUGIN_TIMEOUT,
         watch_idle_timeout: float | None = WATCH_IDLE_TIMEOUT,
@@ -163,8 +168,6 @@ class KubeClient:
         self._watch_idle_timeout = watch_idle_timeout
         self._tokens = _TokenSource(config, reactor, token_reread_period, plugin_timeout=exec_plugin_timeout)
         self._pool = HTTPConnectionPool(reactor, persistent=True)
-        # Idle connections kept for reuse. Open watches hold connections of their own on top; with
-        # several reflectors, the default of 2 would make most requests open a new connection.
         self._pool.maxPersistentPerHost = max_idle_connections
         policy = ClusterTLSPolicy.from_config(config) if config.uses_tls else BrowserLikePolicyForHTTPS()
         agent = Agent.usingEndpointFactory(

@@ -204,6 +204,11 @@ class KubeApiDouble:
         self.requests: list[RequestRecord] = []
         self.internal_errors: list[Failure] = []
         self._injections: list[_Injection] = []
+        # With ``hold_token_reviews``, each TokenReview is held unanswered, by its token in the order
+        # they came, until `answer_token_review` (or its client leaves).
+        self.hold_token_reviews = False
+        self.held_token_reviews: dict[str, Callable[[], None]] = {}
+        self.most_token_reviews_held = 0  # the most held at once
         self._watches: set[_Watch] = set()
         self._connections = WrappingFactory(self._transport_factory())
         self._port: IListeningPort | None = None
@@ -542,6 +547,8 @@ class KubeApiDouble:
         if info.verb == "create":
             body = self._body(request)
             if r is TOKENREVIEWS:
+                if self.hold_token_reviews:
+                    return self._hold_token_review(request, record, self._token_review(body))
                 return self._reply(request, record, 201, self._token_review(body))
             dry_run = dry_run or body.get("dryRun") == ["All"]
             return self._reply(request, record, 201, self.store.create(r, body, ns, dry_run=dry_run))
@@ -720,6 +727,22 @@ class KubeApiDouble:
             return NOT_DONE_YET
         initial = [t for t in (watch.translate(e) for e in events) if t is not None]
         watch.open(initial, timeout)
+        return NOT_DONE_YET
+
+    def answer_token_review(self, token: str) -> None:
+        """Answer the held TokenReview of ``token``."""
+        self.held_token_reviews.pop(token)()
+
+    def _hold_token_review(self, request: Request, record: RequestRecord, review: Obj) -> int:
+        token = review["spec"]["token"]
+
+        def answer() -> None:
+            request.write(self._reply(request, record, 201, review))
+            request.finish()
+
+        self.held_token_reviews[token] = answer
+        self.most_token_reviews_held = max(self.most_token_reviews_held, len(self.held_token_reviews))
+        request.notifyFinish().addErrback(lambda _: self.held_token_reviews.pop(token, None))
         return NOT_DONE_YET
 
     def _token_review(self, body: Obj) -> Obj:
