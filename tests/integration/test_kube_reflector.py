@@ -10,10 +10,14 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.logger import LogLevel, formatEvent
 
-from payloadtags.kube import Backoff, KubeClient, Reflector, StoreListener, load_cluster_config
+from payloadtags.kube import Backoff, KubeClient, KubeError, Reflector, StoreListener, load_cluster_config
+from payloadtags.kube.diagnosis import ClusterAccessLog
+from payloadtags.kube.errors import KubeWatchQuiet
 from tests.support.kubeapi import KubeApiDouble, eventually
 from tests.support.kubeapi.resources import CONFIGMAPS, NAMESPACES
+from tests.support.logcapture import collected_logs
 
 CM = "/api/v1/namespaces/default/configmaps"
 
@@ -400,5 +404,68 @@ async def test_a_quiet_watch_without_bookmarks_is_watched_again_not_failed(
         kube_api.store.create(CONFIGMAPS, configmap("b"))
         await eventually(lambda: "b" in journal.of("add"))
         assert reflector.lists == 1 and failures == []
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_path_that_holds_every_watch_is_said_once_the_quiet_outlasts_a_healthy_one(
+    kube_api: KubeApiDouble, kube_kubeconfig: Path, stopper: list[Reflector]
+) -> None:
+    # review r2quiet L1: a path that answers every watch and then holds it (a proxy that buffers or
+    # hangs, a stuck server) was watched again every idle timeout, forever, at debug level only:
+    # changes (a Role revoked, a namespace deleted) unseen, readiness green, nothing said. Watches
+    # that bring nothing for longer than a healthy cluster's quiet (15 min) are now said at info,
+    # through the cluster-access log, still with no failure counted. Scaled down: idle timeout 0.1 s
+    # (90 s), said after 0.5 s (15 min).
+    config = load_cluster_config(str(kube_kubeconfig))
+    assert config is not None
+    client = KubeClient(reactor, config, request_timeout=5.0, watch_idle_timeout=0.1)
+    access = ClusterAccessLog("https://double")
+    told: list[KubeError] = []
+
+    def on_failure(path: str, error: KubeError, synced: bool) -> bool:
+        told.append(error)
+        return access(path, error, synced)
+
+    backoff = Backoff(initial=0.02, cap=0.2, rng=random.Random(1))
+    try:
+        reflector = Reflector(
+            client,
+            CM,
+            reactor,
+            backoff=backoff,
+            watch_timeout=30.0,
+            rng=random.Random(2),
+            on_failure=on_failure,
+            quiet_said_after=0.5,
+        )
+        journal = Journal()
+        reflector.add_listener(journal)
+        with collected_logs() as events:
+            await running(stopper, reflector, kube_api)
+            kube_api.mute_watches(from_now_on=True)
+            kube_api.store.create(CONFIGMAPS, configmap("revoked"))
+
+            def said() -> list[str]:
+                return [
+                    formatEvent(e)
+                    for e in events
+                    if str(e.get("log_namespace", "")).startswith("payloadtags")
+                    and e["log_level"] >= LogLevel.info
+                ]
+
+            await eventually(lambda: said(), within=30)
+        line = said()[0]
+        assert line.startswith(
+            f"the cluster API https://double answers the watches of {CM}, then sends them nothing "
+            "(no event, not even a bookmark, for "
+        )
+        assert "a proxy or load balancer holding watch responses" in line
+        assert "stays ready meanwhile with what it last read" in line
+        assert told and all(isinstance(error, KubeWatchQuiet) for error in told)
+        assert len(kube_api.requests_for(CM, verb="watch")) > 1
+        assert "revoked" not in journal.of("add")
+        assert reflector.last_error is None and backoff.attempts == 0 and reflector.has_synced
     finally:
         await client.close()

@@ -26,6 +26,7 @@ from payloadtags.kube.errors import (
     KubeTokenUnreadable,
     KubeUnavailable,
     KubeUnreachable,
+    KubeWatchQuiet,
     KubeWatchSilent,
     make_status,
 )
@@ -694,3 +695,102 @@ def test_a_silent_watch_is_watched_again_at_once_and_a_failing_rewatch_still_bac
         clock.advance(0.01)
         assert len(source.of("watch")) == 8
     Deferred.fromCoroutine(reflector.stop())
+
+
+def _info(events: list[dict[str, Any]]) -> list[str]:
+    return [
+        formatEvent(e)
+        for e in events
+        if str(e.get("log_namespace", "")).startswith("payloadtags") and e["log_level"] == LogLevel.info
+    ]
+
+
+@pytest.mark.parametrize("ended", [_silent, lambda: None], ids=["cut-as-silent", "ended-empty"])
+def test_watches_that_bring_nothing_for_15_minutes_are_said_once_then_every_15_until_heard(
+    clock: Clock, ended: Any
+) -> None:
+    # review r2quiet L1: silent watches were watched again every 90 s forever at debug level only,
+    # so a path that answers each watch and then holds it (a proxy buffering or hung) left RBAC
+    # edits unseen and readiness green without a word. A healthy kube-apiserver leaves a quiet
+    # resource's watch without a bookmark for at most about 11 minutes: 15 minutes of nothing, across
+    # watches, is said at info through the cluster-access log, then every 15 minutes while it lasts;
+    # a bookmark (or an event) ends it. Not a failure: no warning, no backoff, no last_error.
+    access = ClusterAccessLog(SERVER, monotonic=clock.seconds)
+    source = FakeSource()
+    reflector = Reflector(
+        source,
+        PATH,
+        clock,
+        backoff=Backoff(initial=1.0, factor=2.0, cap=8.0, jitter=0.0),
+        rng=random.Random(3),
+        on_failure=access,
+    )
+    clock.advance(1796670000)  # 2026-12-07 19:00:00 UTC
+
+    def quiet_for(seconds: int, stream: FakeStream) -> FakeStream:
+        # A watch ends each 90 s (the client's idle timeout), and is watched again at once.
+        for _ in range(seconds // 90):
+            clock.advance(90)
+            stream.end(ended())
+            stream = source.stream()
+        return stream
+
+    with collected_logs() as events:
+        stream = quiet_for(810, synced(reflector, source, [ns("a", 3)], 10))
+        assert _info(events) == []
+        stream = quiet_for(90, stream)
+        [line] = _info(events)
+        assert line.startswith(
+            f"the cluster API {SERVER} answers the watches of {PATH}, then sends them nothing (no "
+            "event, not even a bookmark, for 900s, since 2026-12-07 19:00:00 UTC); that is normal only "
+            "where the API server's watch cache is off for this resource"
+        ), line
+        assert "a proxy or load balancer holding watch responses" in line
+        assert line.endswith("changes made since are not seen until it can read again"), line
+        stream = quiet_for(810, stream)
+        assert len(_info(events)) == 1
+        stream = quiet_for(90, stream)
+        assert "for 1800s, since 2026-12-07 19:00:00 UTC" in _info(events)[1]
+        # A bookmark ends it: the next line only after 15 minutes more of nothing.
+        clock.advance(30)
+        stream.push("BOOKMARK", {"metadata": {"resourceVersion": "12"}})
+        stream = quiet_for(810, stream)
+        assert len(_info(events)) == 2
+        stream = quiet_for(90, stream)
+        assert "for 900s, since 2026-12-07 19:30:30 UTC" in _info(events)[2]
+        assert _warnings(events) == []
+    assert reflector.last_error is None and reflector.backoff.attempts == 0
+    assert len(source.of("list")) == 1
+    assert {w["resourceVersion"] for w in source.of("watch")} == {"10", "12"}
+    Deferred.fromCoroutine(reflector.stop())
+
+
+def test_a_long_quiet_is_said_by_the_reflector_itself_without_an_access_log(
+    reflector: Reflector, source: FakeSource, clock: Clock
+) -> None:
+    reflector.quiet_said_after = 180.0
+    with collected_logs() as events:
+        stream = synced(reflector, source, [], 10)
+        for _ in range(2):
+            clock.advance(90)
+            stream.end(_silent())
+            stream = source.stream()
+        [line] = _info(events)
+    assert line == (
+        f"Reflector {PATH}: watches answered, then nothing: no event, not even a bookmark, for 180s, "
+        "since 1970-01-01 00:00:00 UTC"
+    )
+    assert _warnings(events) == [] and reflector.backoff.attempts == 0
+    Deferred.fromCoroutine(reflector.stop())
+
+
+def test_a_long_quiet_of_the_namespace_watch_says_what_the_cleanup_misses(clock: Clock) -> None:
+    access = ClusterAccessLog(SERVER, monotonic=clock.seconds)
+    with collected_logs() as events:
+        assert access.for_namespace_cleanup()(PATH, KubeWatchQuiet(0.0, 900.0), True) is True
+        [line] = _info(events)
+    assert line.endswith(
+        "if that is it, payloadtags retries, and stays ready; namespace cleanup goes on with the "
+        "namespaces it last read, and cleans up none deleted since until it can read namespaces again"
+    ), line
+    assert _warnings(events) == []

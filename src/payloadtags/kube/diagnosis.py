@@ -1,8 +1,9 @@
 """Saying what is wrong with the cluster API access, once for every reflector: refused credentials
 (401), refused access (403), an unreachable server, a server certificate that does not verify,
-requests broken off (a watch stream lost, a
-reply cut short), requests unanswered in time, an API server (or its load balancer) answering 502,
-503, 504 or 429, an exec plugin that cannot renew the credential, a token file that cannot be read.
+requests broken off (a watch stream lost, a reply cut short), requests unanswered in time, an API
+server (or its load balancer) answering 502, 503, 504 or 429, an exec plugin that cannot renew the
+credential, a token file that cannot be read; and, at info (not a failure), watches answered and
+then sent nothing for far longer than a healthy API server leaves them so.
 
 Each reflector retries on its own (`Reflector`), and a kubeconfig whose user lacks its grants fails
 every one of them on every retry: a raw warning each gave some thirty lines in ten seconds, none
@@ -36,6 +37,7 @@ from payloadtags.kube.errors import (
     KubeTimeout,
     KubeTokenUnreadable,
     KubeUnreachable,
+    KubeWatchQuiet,
 )
 from payloadtags.onceper import OncePerPeriod
 from payloadtags.validators import without_userinfo
@@ -137,6 +139,11 @@ class ClusterAccessLog:
         return lambda path, error, synced: self._say(path, error, NAMESPACE_CLEANUP.said(synced))
 
     def _say(self, path: str, error: KubeError, stake: tuple[str, str]) -> bool:
+        if isinstance(error, KubeWatchQuiet):
+            # Not a failure, and normal where the resource's watch cache is off: info, as often as the
+            # reflector tells it (`Reflector.quiet_said_after`), one line per resource.
+            log.info("{line}", line=self._quiet(path, error, stake[1]))
+            return True
         said = self._line(path, error, stake[1])
         if said is None:
             return False
@@ -225,6 +232,16 @@ class ClusterAccessLog:
                 f"server's load and the network path to it (a firewall dropping packets); {retries}",
             )
         return None
+
+    def _quiet(self, path: str, quiet: KubeWatchQuiet, retries: str) -> str:
+        return (
+            f"the cluster API {self.server} answers the watches of {path}, then sends them nothing "
+            f"({quiet}); that is normal only where the API server's watch cache is off for this "
+            f"resource (--watch-cache=false, or 0 for it in --watch-cache-sizes) and nothing changed "
+            f"it; "
+            f"otherwise check what sits on the network path to the API server (a proxy or load "
+            f"balancer holding watch responses); if that is it, {retries}"
+        )
 
     def _certificate(self, error: KubeCertificateRejected, retries: str) -> tuple[str, str]:
         # Something answered at the URL, over the network: what to fix is the CA or the name, as the

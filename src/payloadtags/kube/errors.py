@@ -12,6 +12,7 @@ Three families, because callers react to them differently:
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
@@ -106,6 +107,21 @@ class KubeWatchSilent(KubeStreamLost):
     change no bookmark until an etcd progress notification moves its watch cache (etcd's default:
     every 10 minutes), so a healthy cluster's quiet watches go silent. Watched again at once; a new
     watch that then fails is the failure."""
+
+
+class KubeWatchQuiet(KubeError):
+    """Not raised, and not a failure: what a `Reflector` tells its ``on_failure`` when its watches,
+    each answered and then silent or ended, have brought nothing, not even a bookmark, for longer
+    than a healthy kube-apiserver leaves them so. Either the resource's watch cache is off on the API
+    server and nothing changed, or something on the way holds the streams and changes go unseen:
+    only the operator can tell which. ``since``: when the last list, event or bookmark came (the
+    reflector's clock, epoch seconds on the reactor's); ``quiet_for``: seconds since."""
+
+    def __init__(self, since: float, quiet_for: float) -> None:
+        self.since = since
+        self.quiet_for = quiet_for
+        at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(since))
+        super().__init__(f"no event, not even a bookmark, for {quiet_for:.0f}s, since {at}")
 
 
 class KubeReplyCutShort(KubeUnavailable):

@@ -9,8 +9,9 @@ client-go's backoff manager does, so a server that fails right after every list 
 loop. A watch that goes silent is given up by the client (`KubeClient.watch`, idle timeout) and
 watched again at once from the same resourceVersion, not counted as a failure: a healthy
 kube-apiserver leaves the watch of a resource that does not change without bookmarks for minutes; a
-new watch that then fails is the failure. Time and randomness are injected so all of this is
-testable with `twisted.internet.task.Clock`.
+new watch that then fails is the failure. Watches that bring nothing for far longer than that are
+said, once and then every 15 minutes, not as a failure either. Time and randomness are injected so
+all of this is testable with `twisted.internet.task.Clock`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from payloadtags.deferreds import cancel_and_wait
 from payloadtags.jsontypes import JsonObject
 from payloadtags.kube.backoff import Backoff
 from payloadtags.kube.client import ADDED, BOOKMARK, DELETED, MODIFIED, WatchEvent
-from payloadtags.kube.errors import KubeApiError, KubeError, KubeWatchSilent
+from payloadtags.kube.errors import KubeApiError, KubeError, KubeWatchQuiet, KubeWatchSilent
 
 log = Logger()
 
@@ -112,8 +113,15 @@ class Reflector:
     name: str = ""
     # Told each failure (the path, the error, whether the store has synced: what the failure holds
     # back depends on it): True when it said it (a cause every reflector meets alike, said once for
-    # all with its fix: `ClusterAccessLog`), so that this one does not.
+    # all with its fix: `ClusterAccessLog`), so that this one does not. Told a long quiet too (below).
     on_failure: Callable[[str, KubeError, bool], bool] | None = None
+    # Watches that bring nothing at all this long (no event, no bookmark; each answered, then silent
+    # or ended) are told to `on_failure` as a `KubeWatchQuiet`, not a failure (nothing counted, no
+    # backoff), and again at most this often while it lasts. A healthy kube-apiserver leaves a quiet
+    # resource's watch without a bookmark for at most about 11 minutes (etcd's progress notifications
+    # every 10, by default, then the watch cache's next minute). Longer is the resource's watch cache
+    # turned off, or something on the way holding the streams: changes unseen, readiness green.
+    quiet_said_after: float = 900.0
 
     _items: dict[str, JsonObject] = attrs.field(factory=dict, init=False)
     _listeners: list[StoreListener] = attrs.field(factory=list, init=False)
@@ -128,6 +136,9 @@ class Reflector:
     watches: int = attrs.field(default=0, init=False)
     # The last failure (not a 410) since the last complete list: why the store is not synced yet.
     last_error: KubeError | None = attrs.field(default=None, init=False)
+    # When the last list, event or bookmark came, and when a quiet was last said.
+    _heard_at: float = attrs.field(default=0.0, init=False)
+    _quiet_said_at: float = attrs.field(default=float("-inf"), init=False)
 
     def __attrs_post_init__(self) -> None:
         if not self.name:
@@ -208,6 +219,7 @@ class Reflector:
                     await self._list()
                     need_list = False
                 await self._watch()
+                self._say_if_quiet()
             except KubeApiError as e:
                 if self._stopping:
                     return
@@ -233,6 +245,7 @@ class Reflector:
                     error=e,
                     rv=self._resource_version,
                 )
+                self._say_if_quiet()
             except (KubeError, _ShortWatch) as e:
                 if self._stopping:
                     return
@@ -247,6 +260,17 @@ class Reflector:
             log.debug("Reflector {name}: {error}; retrying", name=self.name, error=error)
             return True
         return False
+
+    def _say_if_quiet(self) -> None:
+        """After a watch that ended without a failure: says a quiet of `quiet_said_after` or longer,
+        once, and then at most that often."""
+        now = self.clock.seconds()
+        if now - max(self._heard_at, self._quiet_said_at) < self.quiet_said_after:
+            return
+        self._quiet_said_at = now
+        quiet = KubeWatchQuiet(self._heard_at, now - self._heard_at)
+        if self.on_failure is None or not self.on_failure(self.path, quiet, self._synced):
+            log.info("Reflector {name}: watches answered, then nothing: {quiet}", name=self.name, quiet=quiet)
 
     async def _sleep(self, at_least: float | None = None) -> None:
         if (
@@ -273,6 +297,7 @@ class Reflector:
                 break
             params["continue"] = token
         self.lists += 1
+        self._heard_at = self.clock.seconds()
         self._replace(items, str(meta.get("resourceVersion") or ""))
 
     async def _watch(self) -> None:
@@ -328,6 +353,7 @@ class Reflector:
                 d.callback(None)
 
     def _apply(self, event: WatchEvent) -> None:
+        self._heard_at = self.clock.seconds()
         obj = event.object
         if event.resource_version:
             self._resource_version = event.resource_version

@@ -210,6 +210,7 @@ class KubeApiDouble:
         self.held_token_reviews: dict[str, Callable[[], None]] = {}
         self.most_token_reviews_held = 0  # the most held at once
         self._watches: set[_Watch] = set()
+        self._watches_held = False
         self._connections = WrappingFactory(self._transport_factory())
         self._port: IListeningPort | None = None
         self.port = 0
@@ -256,9 +257,12 @@ class KubeApiDouble:
             watch.cut()
         return len(watches)
 
-    def mute_watches(self) -> int:
+    def mute_watches(self, *, from_now_on: bool = False) -> int:
         """Make every open watch go silent without closing it (no event, no bookmark), as a
-        half-open connection looks to the client; returns how many. New watches are not muted."""
+        half-open connection looks to the client; returns how many. New watches are not muted, unless
+        ``from_now_on``: a path that answers every watch, then holds it (a proxy that buffers or
+        hangs, a stuck server)."""
+        self._watches_held = self._watches_held or from_now_on
         watches = list(self._watches)
         for watch in watches:
             watch.muted = True
@@ -794,7 +798,7 @@ class _Watch:
         self._timers: list[IDelayedCall] = []
         self._unsubscribe: Callable[[], None] | None = None
         self._done = False
-        self.muted = False
+        self.muted = double._watches_held
 
     def open(self, initial: list[tuple[str, Obj]], timeout: float) -> None:
         request = self._request
