@@ -168,7 +168,8 @@ class KubeApiDouble:
 
     Bookmarks (every `bookmark_interval` on a watch that allows them, and one at its timeout) follow
     kube-apiserver's watch cache: a bookmark carries where the cache of the watched resource stands,
-    and is sent only once that is past the watch's start (one at an equal version). The cache moves
+    and is sent only once that is past the watch's start (a plain watch gets none at its start's own
+    version: only a watch-list stream, sendInitialEvents, which the double refuses). The cache moves
     with its own resource's changes only, or with etcd's progress notifications, which come every 10
     minutes by default: so by default a watch of a resource that does not change gets no bookmark at
     all, however much else changes. `progress_notify` (True) stands for a progress notification
@@ -794,7 +795,6 @@ class _Watch:
         self._fields = fields
         self._bookmarks = bookmarks
         self._start = start
-        self._bookmarked_at_start = False
         self._timers: list[IDelayedCall] = []
         self._unsubscribe: Callable[[], None] | None = None
         self._done = False
@@ -863,11 +863,10 @@ class _Watch:
             self._send(*translated)
 
     def _bookmark(self, *, reschedule: bool = True) -> None:
-        # kube-apiserver's cacheWatcher: only what is past the watch's start, and (newer releases)
-        # one bookmark at the start itself.
+        # kube-apiserver's cacheWatcher.process: a plain watch (no sendInitialEvents) gets only what
+        # is past its start (setBookmarkAfterResourceVersion(0) marks the start's bookmark as sent).
         rv = self._double.cache_rv(self._resource)
-        if rv > self._start or (rv == self._start and not self._bookmarked_at_start):
-            self._bookmarked_at_start = True
+        if rv > self._start:
             obj = {
                 "kind": self._resource.kind,
                 "apiVersion": self._resource.api_version,
