@@ -74,12 +74,16 @@ TOKEN_REREAD_PERIOD: Final = 60.0
 _UNREADABLE_LOG_PERIOD: Final = 60.0
 MERGE_PATCH: Final = "application/merge-patch+json"
 # A watch stream silent (no event, no bookmark) for this long is given up and watched again at once
-# from where it stopped (`KubeWatchSilent`). Over HTTP/1.1 there is no ping (client-go's HTTP/2
-# connections have one), so silence may be a connection that died without either side noticing (a
-# node or a NAT gone): the new watch finds out. It is not taken as a failure: kube-apiserver's
+# from where it stopped (`KubeWatchSilent`). A peer gone without a word (a node, a NAT's flow) is
+# found sooner by TCP keepalive (`keepalive`: within about 60 s), and the stream breaks: a failure.
+# This cut is for a connection kept open with nothing on it: a proxy or load balancer that lost
+# what is behind it, or holds the stream. Over HTTP/1.1 there is no ping (client-go's HTTP/2
+# connections have one); the new watch finds out. It is not taken as a failure: kube-apiserver's
 # watch cache sends a bookmark about every minute only once its resource's last resourceVersion is
 # past the watch's start, which for a resource that does not change waits for an etcd progress
-# notification (every 10 minutes by etcd's default; many distributions set a few seconds).
+# notification (every 10 minutes by etcd's default, so silences of about 11; many distributions set
+# a few seconds), and where the resource's watch cache is off, no bookmark comes at all. Watches
+# silent far longer than a healthy cluster's are said (`Reflector.quiet_said_after`).
 WATCH_IDLE_TIMEOUT: Final = 90.0
 
 ADDED: Final = "ADDED"
@@ -216,8 +220,9 @@ class KubeClient:
         of the server plus the request timeout, which guards against a connection that died
         without either side noticing. A stream that asked for bookmarks (``allowWatchBookmarks``)
         is also cut once no byte has arrived for `idle_timeout` (by default the client's
-        ``watch_idle_timeout``), with `KubeWatchSilent`: the connection may be gone, and waiting for
-        the stream deadline would leave the caller's copy stale for minutes. But a healthy server
+        ``watch_idle_timeout``), with `KubeWatchSilent`: what is behind the connection may be gone (a
+        dead peer itself is found sooner by keepalive), and waiting for the stream deadline would
+        leave the caller's copy stale for minutes. But a healthy server
         may be silent that long too (see `WATCH_IDLE_TIMEOUT`), so the caller watches again at once
         rather than counting it a failure.
         """

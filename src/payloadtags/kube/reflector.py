@@ -237,8 +237,9 @@ class Reflector:
             except KubeWatchSilent as e:
                 # Silence is what a quiet resource's watch looks like on a healthy cluster whose etcd
                 # sends progress notifications only every 10 minutes, its default
-                # (`WATCH_IDLE_TIMEOUT`): no backoff, no failure said, last_error left alone. If the
-                # connection was dead, the new watch fails and is a failure like any other.
+                # (`WATCH_IDLE_TIMEOUT`): no backoff, no failure said, last_error left alone. If what is
+                # behind the connection was gone (a proxy's upstream), the new watch fails and is a
+                # failure like any other; held streams are said once they outlast any healthy quiet.
                 log.debug(
                     "Reflector {name}: {error}; watching again from {rv}",
                     name=self.name,
