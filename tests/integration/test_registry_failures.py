@@ -3,10 +3,12 @@ catalog without end: payloadtags servers over HTTPS, in front of a real registry
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -24,9 +26,10 @@ from tests.conftest import TOKEN_USER
 from tests.integration.test_api import B, assert_status, collection
 from tests.support import images
 from tests.support.cleanup_fixtures import unique_namespace
-from tests.support.rbac import eventually
+from tests.support.clocks import SkipAhead
+from tests.support.rbac import ensure_namespace, eventually
 from tests.support.registry_server import RegistryServer, TokenServer
-from tests.support.scripted_http import serving
+from tests.support.scripted_http import Answer, serving
 from tests.support.unanswered import first_of
 
 
@@ -179,3 +182,137 @@ async def test_a_removal_passes_again_after_an_access_refusal_the_next_pass_may_
         await client.close()
     assert passes_failed >= 1  # the first pass was refused
     assert images.list_tags(token_registry, repository) == []
+
+
+# --- credentials echoed in the registry's errors (review r1obs L1) ----------------------------------
+
+ECHO_USER = "reguser"
+ECHO_PASSWORD = "S3cretRegPass"
+# What the fake token service issues: a bearer token of catalog and delete scope, as good as the login.
+ECHO_TOKEN = "tok.eyJzY29wZSI6ImNhdGFsb2cifQ.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg"
+ECHO_BASIC = base64.b64encode(f"{ECHO_USER}:{ECHO_PASSWORD}".encode()).decode()
+
+
+def _echoing(status: int, *, bearer: bool = False, token_status: int | None = None) -> Answer:
+    """A registry (and its token service, at /token) that answers every authenticated request with
+    ``status`` and an error document echoing the request's Authorization header, as sent and decoded,
+    as a proxy or registry that reflects it might. ``bearer``: it asks for a token, from a token service
+    that answers ``token_status`` with the same echo, or issues ECHO_TOKEN."""
+
+    def echoed(request: Request, what: str, code: int) -> bytes:
+        sent = request.getHeader("authorization") or ""
+        scheme, _, credential = sent.partition(" ")
+        decoded = base64.b64decode(credential).decode() if scheme == "Basic" else credential
+        request.setResponseCode(code)
+        message = f"{what} for Authorization: {sent} (that is {decoded})"
+        return json.dumps({"errors": [{"code": "DENIED", "message": message}]}).encode()
+
+    def answer(request: Request, path: str) -> bytes:
+        request.setHeader("Content-Type", "application/json")
+        if path.startswith("/token"):
+            if token_status is not None:
+                return echoed(request, "no token", token_status)
+            return json.dumps({"token": ECHO_TOKEN, "expires_in": 300}).encode()
+        if request.getHeader("authorization") is None:
+            port = request.getHost().port
+            request.setResponseCode(401)
+            request.setHeader(
+                "WWW-Authenticate",
+                f'Bearer realm="http://127.0.0.1:{port}/token",service="echo"'
+                if bearer
+                else 'Basic realm="echo"',
+            )
+            return b'{"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}'
+        return echoed(request, "denied", status)
+
+    return answer
+
+
+SECRETS = (ECHO_PASSWORD, ECHO_BASIC, ECHO_TOKEN)
+
+
+def _leaked(text: str) -> list[str]:
+    return [secret for secret in SECRETS if secret in text]
+
+
+@pytest.mark.parametrize(
+    ("status", "bearer", "token_status"),
+    [
+        (400, False, None),
+        (403, False, None),
+        (418, False, None),
+        (500, False, None),
+        (501, False, None),
+        (403, True, None),
+        (500, True, None),
+        (400, True, 400),
+        (400, True, 500),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_credentials_a_registry_echoes_reach_neither_the_caller_nor_the_log(
+    make_server: Any, reactor: Any, pki: Any, status: int, bearer: bool, token_status: int | None
+) -> None:
+    """A registry, or its token service, whose error text echoes the Authorization header it was sent
+    (the Basic header, the password a proxy decodes from it, a token issued with catalog scope): its
+    text is passed on, with each of those redacted, in the Status message of every request that fails
+    there and in the log."""
+    async with serving(reactor, _echoing(status, bearer=bearer, token_status=token_status)) as (url, seen):
+        with capturedLogs() as events:
+            server = await make_server(
+                url,
+                registry=RegistrySettings(url=url, username=ECHO_USER, password=ECHO_PASSWORD, timeout=5.0),
+            )
+            client = server.client(pki.admin)
+            messages = []
+            for path in (
+                collection("ns"),
+                f"{B}/payloadrepositorytags",
+                f"{collection('ns')}/{encode_name('app', 'v1')}",
+            ):
+                reply = await client.get(path)
+                assert reply.code in (503, 504), reply.body
+                messages.append(reply.json()["message"])
+        # The echoing server was asked with each credential (the test asks what it means to).
+        sent = {authorization for _, _, authorization in seen.seen if authorization}
+        assert f"Basic {ECHO_BASIC}" in sent
+        assert (f"Bearer {ECHO_TOKEN}" in sent) == (bearer and token_status is None)
+        for message in messages:
+            assert not _leaked(message), message
+            # The registry's own words still reach the caller, the credential in them replaced.
+            assert "for Authorization: Basic <redacted> (that is reguser:<redacted>)" in message or (
+                "for Authorization: Bearer <redacted> (that is <redacted>)" in message
+            ), message
+        logged = [formatEvent(event) for event in events] + [repr(event) for event in events]
+        assert not [line for line in logged if _leaked(line)]
+        assert any("<redacted>" in line for line in logged)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_caller_without_access_rules_meets_the_registry_error_redacted(
+    make_server: Any, reactor: Any, pki: Any, kube_api: Any, kube_kubeconfig: Path
+) -> None:
+    """Every authenticated user may list (docs/access.md): the list reads the catalog before it decides
+    which repositories the caller sees, so one with no access rules at all meets a registry's error
+    too, and is shown its text: without the credentials it echoes."""
+    async with serving(reactor, _echoing(403)) as (url, _):
+        server = await make_server(
+            url,
+            registry=RegistrySettings(url=url, username=ECHO_USER, password=ECHO_PASSWORD, timeout=5.0),
+            kubeconfig=str(kube_kubeconfig),
+            authorization_mode="RBAC",
+            review_delays=SkipAhead(),
+        )
+
+        async def synced() -> bool:
+            return bool((await server.client(None).get("/readyz/rbac")).code == 200)
+
+        assert await eventually(synced, within=30) is True
+        ensure_namespace(kube_api, "ns")
+        nobody = server.client(pki.client_ca.client("nobody"))
+        for path in (collection("ns"), f"{B}/payloadrepositorytags"):
+            status = assert_status(await nobody.get(path), 503, "ServiceUnavailable")
+            assert (
+                "denied for Authorization: Basic <redacted> (that is reguser:<redacted>)" in status["message"]
+            )
+            assert not _leaked(status["message"]), status["message"]

@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 from payloadtags.deferreds import InFlight
 
 from .errors import RegistryAuthFailed
+from .redaction import Redaction
 
 DEFAULT_TOKEN_LIFETIME = 60  # what the token specification says to assume without expires_in
 
@@ -128,6 +129,10 @@ class Authenticator:
         self._fetching: InFlight[str, str] = InFlight()
         # The registry's last token challenge: where a token is fetched ahead of a request (`ahead`).
         self._challenge: Challenge | None = None
+        # What is sent: the password in the Basic header's base64 (to the registry, to its token
+        # service), the tokens issued (`_fetch`); a proxy may decode the base64 it echoes.
+        basic = basic_authorization(username, password).partition(" ")[2] if username is not None else None
+        self.redaction = Redaction((basic, password))
 
     def authorization(self, scope: str) -> str | None:
         """The header to send up front, when one is known to be needed."""
@@ -192,7 +197,7 @@ class Authenticator:
                 self._tokens[scope] = entry
             return f"Bearer {token}"
         raise RegistryAuthFailed(
-            f"registry {self._registry} asks for {challenge.scheme!r} authentication, "
+            f"registry {self._registry} asks for {self.redaction.shown(challenge.scheme)!r} authentication, "
             "which this client does not support (only Basic and Bearer tokens)"
         )
 
@@ -202,7 +207,8 @@ class Authenticator:
         if challenge is not None and challenge.error == "insufficient_scope":
             return RegistryAuthFailed(
                 f"registry {self._registry} denied access: the token does not grant "
-                f"{challenge.scope or 'the requested scope'}; check the account's permissions",
+                f"{self.redaction.shown(challenge.scope or 'the requested scope')}; check the account's "
+                "permissions",
                 denied=True,
             )
         if self._username is None:
@@ -232,6 +238,7 @@ class Authenticator:
             authorization = basic_authorization(self._username, self._password)
         assert challenge.realm is not None
         answer = await self._fetch_token(TokenRequest(challenge.realm, params, authorization))
+        self.redaction.issued(answer.token)
         self._tokens[scope] = (answer.token, self._clock.seconds() + token_lifetime(answer.expires_in))
         return answer.token
 

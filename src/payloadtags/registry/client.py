@@ -1999,16 +1999,18 @@ class RegistryClient:
             # A configuration error of the registry (or its storage), met by every read it redirects:
             # one line a period, not a traceback per read.
             where = self._server_of((followed.last or b"").decode("ascii", "replace") or url)
+            # Where the Location points: the registry's text.
+            reason = self._shown(error.reason)
             said = self._unfollowable_said(error.reason)
             if said is not None:
                 log.warn(
                     "{where} redirected a read {reason}, which this client cannot follow{more}",
                     where=where,
-                    reason=error.reason,
+                    reason=reason,
                     more=said.more(),
                 )
             raise RegistryProtocolError(
-                f"{where} redirected {method} {_path(url)} {error.reason}, which this client cannot "
+                f"{where} redirected {method} {_path(url)} {reason}, which this client cannot "
                 "follow; check where the registry's storage redirects reads"
             ) from None
         except Exception as error:
@@ -2121,7 +2123,7 @@ class RegistryClient:
         """The RegistryError for an unexpected answer about ``what``."""
         errors = reply.errors()
         codes = [code for code, _ in errors]
-        detail = "; ".join(f"{code}: {message}" if message else code for code, message in errors)
+        detail = self._detail(errors)
         status = reply.status
         if status in (401, 403, 404) and self._elsewhere(reply):
             # Where a redirect led (a storage backend) speaks neither for the registry's access rules
@@ -2133,7 +2135,9 @@ class RegistryClient:
             )
         if status == 404:
             code = codes[0] if codes else "NOT_FOUND"
-            return RegistryNotFound(f"{what} not found in registry {self._name} ({code})", code=code)
+            return RegistryNotFound(
+                f"{what} not found in registry {self._name} ({self._shown(code)})", code=code
+            )
         if status == 401:
             return self._auth.rejected(reply.header("WWW-Authenticate"))
         if status == 403:
@@ -2198,13 +2202,23 @@ class RegistryClient:
         """The error for a token service's answer that is neither a token nor a refusal of our
         credentials. Never RegistryNotFound: its 404 (a realm with a wrong path) says nothing about
         the repository or tag the token was for."""
-        detail = "; ".join(f"{code}: {message}" if message else code for code, message in reply.errors())
+        detail = self._detail(reply.errors())
         said = f"{service} answered HTTP {reply.status}" + (f" ({detail})" if detail else "")
         if reply.status == 429 or reply.status >= 500:
             return RegistryUnavailable(
                 f"{said}; retry later", retry_after=_retry_after(reply.header("Retry-After"))
             )
         return RegistryProtocolError(f"{said}, not a token; check the realm the registry's challenge names")
+
+    def _detail(self, errors: list[tuple[str, str]]) -> str:
+        """The (code, message) pairs of an error document as a message shows them (`_shown`)."""
+        return self._shown("; ".join(f"{code}: {message}" if message else code for code, message in errors))
+
+    def _shown(self, text: str) -> str:
+        """A text the registry or its token service sent, as a message or a log line may hold it:
+        without a credential this client sends, which a proxy may echo, and of bounded length
+        (`Redaction.shown`)."""
+        return self._auth.redaction.shown(text)
 
     def _elsewhere(self, reply: _Reply) -> bool:
         """Whether a redirect led the request away from the registry's origin."""
@@ -2243,7 +2257,7 @@ class RegistryClient:
             if not claimed:
                 continue
             if not is_valid_digest(claimed):
-                raise self._protocol(reply, f"{what}: invalid digest {claimed!r}")
+                raise self._protocol(reply, f"{what}: invalid digest {self._shown(claimed)!r}")
             actual = compute_digest(content, claimed.partition(":")[0])
             if actual is not None and actual != claimed:
                 raise self._protocol(reply, f"{what}: content has digest {actual}, not {claimed}")
@@ -2262,7 +2276,7 @@ class RegistryClient:
             target = urllib.parse.urljoin(reply.url, link)
             elsewhere = _origin(target) != _origin(self._base)
         except ValueError:  # urllib's refusal of a malformed host, e.g. an unclosed "[" of IPv6
-            raise self._protocol(reply, f"the next page link is not a URL: {link!r}") from None
+            raise self._protocol(reply, f"the next page link is not a URL: {self._shown(link)!r}") from None
         if elsewhere:
             raise self._protocol(reply, f"the next page link points elsewhere: {target}")
         return target

@@ -1,0 +1,115 @@
+"""The credentials a registry client sends, kept out of the registry's texts that it passes on.
+
+The client passes what the registry and its token service say in an error (the messages of a JSON
+error document, a header it cannot use) on to API callers, as Status messages, and to the log. A
+registry, a token service or a proxy in front of them that echoes the request's ``Authorization``
+header in such a text (a debugging proxy, a web application firewall's block page) would hand the
+registry login or a token to every caller whose request fails there, and write it into the log
+(review r1obs L1). So every credential this client sends is replaced in such a text first, in the
+form it is sent in, and the text is cut to a length fit for a message.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from collections.abc import Iterable
+
+REDACTED = "<redacted>"
+# The registry's own text in one message at most, in characters: a Status message is read by a person,
+# and the body it comes from may be 64 KiB (client.ERROR_BODY_LIMIT).
+SHOWN_LIMIT = 500
+# The most recent tokens of the token service kept to be redacted. Tokens are kept per scope while they
+# live (auth.Authenticator), which may be one per repository; a token issued before these may still be
+# echoed, in the header it was sent in, which `_SENT_CREDENTIAL` finds.
+TOKENS_KEPT = 1024
+# A credential this long is replaced wherever it is: it is no part of a word by chance. A shorter one
+# only where it stands apart (`_standing_alone`): a password of three letters, a test's token "t", may
+# be a part of every other word.
+ANYWHERE_LENGTH = 8
+# A credential as an Authorization header carries it ("Basic <base64>", "Bearer <token>"; URL-encoded
+# too), whoever's it is: an echo of a token this client no longer keeps, of a password changed
+# meanwhile, or cut short. Sixteen characters at least, so that prose ("Basic authentication required")
+# is left as it is.
+_SENT_CREDENTIAL = re.compile(r"\b(basic|bearer)(\s+|%20|\+)[A-Za-z0-9._~+/%-]{16,}=*", re.IGNORECASE)
+
+
+def _standing_alone(secret: str) -> str:
+    """A pattern of ``secret`` where it stands apart from letters and digits, as an echo sets it apart
+    (a space or quote around the header's, a ':' after the user name)."""
+    return rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])"
+
+
+def _forms(secret: str) -> tuple[str, ...]:
+    """The forms of ``secret`` an echo may hold: as sent, and URL-encoded (a proxy that echoes the
+    request in a query, a base64 with ``+``, ``/``, ``=`` in it)."""
+    encoded = urllib.parse.quote(secret, safe="")
+    return (secret,) if encoded == secret else (encoded, secret)
+
+
+def _replaced(text: str, form: str) -> str:
+    if form not in text:
+        return text
+    if len(form) >= ANYWHERE_LENGTH:
+        return text.replace(form, REDACTED)
+    return re.sub(_standing_alone(form), REDACTED, text)
+
+
+class Redaction:
+    """The credentials one registry client sends (its password, the Basic header's base64 of it, the
+    tokens it was issued), and the redaction of a text that may echo them."""
+
+    def __init__(self, credentials: Iterable[str | None] = ()) -> None:
+        """``credentials``: those sent whatever the token service issues (the password, the Basic
+        header's base64 of the user name and it)."""
+        # Longest first: the password may be a part of a longer one (the base64 of a user name and
+        # password can hold it), never the other way.
+        secrets = {form for secret in credentials if secret for form in _forms(secret)}
+        self._fixed = tuple(sorted(secrets, key=len, reverse=True))
+        # Each token's forms, insertion-ordered: the oldest goes first.
+        self._tokens: dict[str, tuple[str, ...]] = {}
+
+    def issued(self, token: str) -> None:
+        """Note a token the token service issued: the client sends it from now on."""
+        if not token:
+            return
+        self._tokens.pop(token, None)
+        self._tokens[token] = _forms(token)
+        while len(self._tokens) > TOKENS_KEPT:
+            del self._tokens[next(iter(self._tokens))]
+
+    def redacted(self, text: str) -> str:
+        """``text`` with every credential this client sends replaced by REDACTED."""
+        # The newest tokens first: they are the ones sent now. Tokens before the password, which one
+        # may contain by chance.
+        for forms in reversed(self._tokens.values()):
+            for form in forms:
+                text = _replaced(text, form)
+        for form in self._fixed:
+            text = _replaced(text, form)
+        return _SENT_CREDENTIAL.sub(lambda match: match.group(1) + match.group(2) + REDACTED, text)
+
+    def shown(self, text: str, limit: int = SHOWN_LIMIT) -> str:
+        """``text``, a registry's, as a message may show it: redacted, then at most ``limit``
+        characters. Redacted before it is cut: a credential cut in two would no longer be found."""
+        # Only the start is looked through, so that a 64 KiB body costs what a short one does: as far
+        # as a credential that begins within ``limit`` may reach, and as far again for what is dropped
+        # below.
+        longest = max(
+            (len(form) for form in (*self._fixed, *(f for forms in self._tokens.values() for f in forms))),
+            default=0,
+        )
+        scanned = limit + 2 * longest
+        if len(text) <= scanned:
+            shown = self.redacted(text)
+            if len(shown) <= limit:
+                return shown
+        else:
+            shown = self.redacted(text[:scanned])
+            # Its last characters may be the start of a credential cut off there: never shown, even
+            # when redactions before them made the text shorter than ``limit``.
+            shown = shown[: len(shown) - longest] if longest else shown
+        return f"{shown[:limit]}... (cut short: {len(text)} characters in all)"
+
+
+__all__ = ["ANYWHERE_LENGTH", "REDACTED", "SHOWN_LIMIT", "TOKENS_KEPT", "Redaction"]

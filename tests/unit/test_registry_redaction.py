@@ -1,0 +1,88 @@
+"""The redaction of the credentials a registry client sends from the registry's texts it passes on
+(review r1obs L1): in every form they are sent in, before the text is cut short."""
+
+from __future__ import annotations
+
+import base64
+
+from payloadtags.registry.redaction import REDACTED, SHOWN_LIMIT, TOKENS_KEPT, Redaction
+
+PASSWORD = "S3cretRegPass"
+BASIC = base64.b64encode(f"reguser:{PASSWORD}".encode()).decode()
+TOKEN = "eyJhbGciOiJFUzI1NiJ9.eyJhY2Nlc3MiOltdfQ.c2lnbmF0dXJl"
+
+
+def redaction() -> Redaction:
+    redaction = Redaction((BASIC, PASSWORD))
+    redaction.issued(TOKEN)
+    return redaction
+
+
+def test_each_credential_sent_is_replaced_in_each_form() -> None:
+    text = f"Authorization: Basic {BASIC} (reguser:{PASSWORD}); then Bearer {TOKEN}; token={TOKEN}"
+    assert redaction().shown(text) == (
+        f"Authorization: Basic {REDACTED} (reguser:{REDACTED}); then Bearer {REDACTED}; token={REDACTED}"
+    )
+
+
+def test_a_text_without_credentials_is_shown_as_it_is() -> None:
+    text = "Basic authentication required; use a Bearer token: denied (insufficient_scope)"
+    assert redaction().shown(text) == text
+
+
+def test_a_credential_this_client_does_not_know_is_replaced_where_a_header_carries_it() -> None:
+    # A token issued before the last TOKENS_KEPT, a password changed since: in the header's form.
+    redaction = Redaction((BASIC, PASSWORD))
+    for number in range(TOKENS_KEPT + 1):
+        redaction.issued(f"token-number-{number:06d}-of-many")
+    assert redaction.shown("Bearer token-number-000000-of-many") == f"Bearer {REDACTED}"
+    assert redaction.shown("was token-number-000001-of-many") == f"was {REDACTED}"
+    assert (
+        redaction.shown("authorization: basic dXNlcjpvbGQtcGFzc3dvcmQ=") == f"authorization: basic {REDACTED}"
+    )
+
+
+def test_a_long_text_is_cut_after_its_credentials_are_replaced() -> None:
+    # A credential across the limit is replaced whole, not cut into a piece no longer found.
+    text = "x" * (SHOWN_LIMIT - 5) + " " + PASSWORD + " " + "y" * 70_000
+    shown = redaction().shown(text)
+    assert (
+        shown
+        == "x" * (SHOWN_LIMIT - 5) + " " + REDACTED[:4] + f"... (cut short: {len(text)} characters in all)"
+    )
+
+
+def test_the_start_of_a_credential_where_the_look_ends_is_never_shown() -> None:
+    # Only the start of a long text is looked through (past the limit as far as the longest credential
+    # reaches, twice); redactions before where the look ends make the text shorter, bringing what was
+    # past the limit into view: never the first characters of a credential cut off there.
+    ahead = f"Bearer {TOKEN} " * 5
+    for start in range(SHOWN_LIMIT, SHOWN_LIMIT + 3 * len(TOKEN)):
+        text = ahead + "z" * (start - len(ahead) - 1) + f" {TOKEN} " + "w" * 1000
+        assert text.rindex(f" {TOKEN} ") == start - 1
+        shown = redaction().shown(text)
+        assert TOKEN[:3] not in shown, (start, shown)
+        assert shown.endswith(f"... (cut short: {len(text)} characters in all)")
+
+
+def test_a_short_credential_is_replaced_where_it_stands_alone_not_inside_words() -> None:
+    short = Redaction(("dTp0", "t"))
+    short.issued("ab")
+    assert short.shown("the token does not grant repository:a/b:delete") == (
+        "the token does not grant repository:a/b:delete"
+    )
+    assert short.shown("Basic dTp0 (that is u:t), Bearer ab") == (
+        f"Basic {REDACTED} (that is u:{REDACTED}), Bearer {REDACTED}"
+    )
+
+
+def test_a_credential_echoed_url_encoded_or_glued_to_a_word_is_replaced() -> None:
+    # A proxy that echoes the request as a query; a header echoed without a space after its name.
+    plus = Redaction(("dXNlcjpw+YXNz/d29yZA==", "pass+word/long"))
+    assert plus.shown("auth=Basic%20dXNlcjpw%2BYXNz%2Fd29yZA%3D%3D&x=1") == f"auth=Basic%20{REDACTED}&x=1"
+    assert plus.shown("pw=pass%2Bword%2Flong") == f"pw={REDACTED}"
+    assert redaction().shown(f"Authorization:Basic{BASIC}x") == f"Authorization:Basic{REDACTED}x"
+    assert redaction().shown(f"Bearer%20{TOKEN}") == f"Bearer%20{REDACTED}"
+    assert Redaction().shown("Authorization=Bearer%20an-old-token-1234567890") == (
+        f"Authorization=Bearer%20{REDACTED}"
+    )
