@@ -35,6 +35,8 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # How many label sets of the request metrics keep their looked-up children (methods and codes are few;
 # a client inventing methods only makes its requests take the slower look-up).
 MAX_CACHED_LABELS = 256
+# payloadtags_connections_refused_total's reasons: http.refusals.REASONS (http is above this layer).
+CONNECTION_REFUSALS = ("client_limit", "server_full", "evicted")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -51,10 +53,12 @@ class Metrics:
     watches_ended: Counter = attrs.field(init=False)
     walk_cache_lookups: Counter = attrs.field(init=False)
     walk_cache_tags: Gauge = attrs.field(init=False)
+    connections_refused: Counter = attrs.field(init=False)
     _request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = attrs.field(
         factory=dict, init=False
     )
     _walk_children: dict[bool, Counter] = attrs.field(factory=dict, init=False)
+    _refusal_children: dict[str, Counter] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.requests = Counter(
@@ -117,6 +121,24 @@ class Metrics:
             "Tags and catalog names kept for the next pages of paginated walks, all walks together.",
             registry=self.registry,
         )
+
+        self.connections_refused = Counter(
+            "payloadtags_connections_refused",
+            "Connections the connection limits closed, by reason: client_limit (the address has "
+            "--max-connections-per-client open), server_full (--max-connections open, none to evict), "
+            "evicted (closed to make room for a new one).",
+            ["reason"],
+            registry=self.registry,
+        )
+        # Each at 0 from the start (a rate over a series that appears only with the first refusal misses
+        # that one), looked up once: a flood is refused at every connect.
+        self._refusal_children = {
+            reason: self.connections_refused.labels(reason) for reason in CONNECTION_REFUSALS
+        }
+
+    def connection_refused(self, reason: str) -> None:
+        """A connection a limit closed (http.refusals: ``reason`` is one of CONNECTION_REFUSALS)."""
+        self._refusal_children[reason].inc()
 
     def track_walks(self, tags: Callable[[], int]) -> None:
         self.walk_cache_tags.set_function(tags)

@@ -39,6 +39,7 @@ from payloadtags.cluster import authentication_reflector, rbac_reflectors, token
 from payloadtags.deferreds import DeadlineExpired, within
 from payloadtags.heap import give_back_free_heap, keep_freed_heap
 from payloadtags.http.channel import GuardedSite, GuardedTLSFactory, LimitedConnections
+from payloadtags.http.refusals import ConnectionRefusals
 from payloadtags.identity import UserInfo
 from payloadtags.inventory import Inventory
 from payloadtags.kube import ClusterClient, KubeClient, Reflector
@@ -702,6 +703,7 @@ async def start(
     connections = LimitedConnections(
         site,
         settings.http.max_connections,
+        on_refused=ConnectionRefusals(settings.http, metrics.connection_refused, monotonic),
         front_proxy=authentication.is_front_proxy,
         # Without a front proxy to verify, no connection could keep a place kept for it.
         front_proxy_connections=FRONT_PROXY_CONNECTIONS if settings.requestheader_client_ca_file else 0,

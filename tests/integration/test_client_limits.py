@@ -16,12 +16,15 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet.interfaces import ITCPTransport
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
+from twisted.logger import formatEvent
 from zope.interface import providedBy
 
 from payloadtags.http.clients import address_key
+from payloadtags.http.refusals import REFUSAL_LOG_PERIOD
 from payloadtags.limits import SEND_BUFFER, HttpLimits
+from tests.support.logcapture import collected_logs
 from tests.support.pki import Authority, Issued
 from tests.support.raw import Reply, Target, read_reply, request_bytes
 
@@ -319,3 +322,113 @@ async def test_a_401_on_a_head_costs_a_token_and_the_send_buffer_is_capped(
         sock.close()
     tokens = clients.addresses[FLOOD].bucket.tokens
     assert 7.9 < tokens < 8.1, tokens  # 10, less the handshake's token and the 401's
+
+
+# --- what the limits close, counted and said (review r1obs L2) ----------------------------------------
+
+
+async def refused_counts(t: Target, admin: Issued) -> dict[str, float]:
+    """payloadtags_connections_refused_total by reason, from /metrics (asked from a third address)."""
+    body = (await deferToThread(ask, t, "/metrics", admin, source="127.0.0.4")).body.decode()
+    counts = {}
+    for line in body.splitlines():
+        if line.startswith("payloadtags_connections_refused_total{"):
+            labels, _, value = line.rpartition(" ")
+            counts[labels.partition('reason="')[2].partition('"')[0]] = float(value)
+    return counts
+
+
+def refusal_lines(events: list[dict[str, Any]], reason: str) -> list[str]:
+    return [formatEvent(event) for event in events if event.get("reason") == reason and "log_format" in event]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_closed_at_the_per_client_cap_is_counted_and_said_once_a_period(
+    make_server: Any, registry: Any, reactor: Any
+) -> None:
+    clock = Clock()
+    api = await make_server(registry, http=HttpLimits(max_connections_per_client=2), monotonic=clock.seconds)
+    t = target(api)
+    assert (await refused_counts(t, api.pki.admin)) == {
+        "client_limit": 0.0,
+        "server_full": 0.0,
+        "evicted": 0.0,
+    }
+    with collected_logs() as events:
+        held = [await deferToThread(t.connect, source=FLOOD) for _ in range(2)]
+        try:
+            await until(lambda: api.running.connections.clients.addresses[FLOOD].counted == 2, reactor)
+            for _ in range(3):
+                assert await deferToThread(handshake_refused, t, FLOOD)
+            assert (await refused_counts(t, api.pki.admin))["client_limit"] == 3
+            assert refusal_lines(events, "client_limit") == [
+                "closed a connection from 127.0.0.2: it has --max-connections-per-client=2 connections open "
+                "already (clients behind one address share it)"
+            ]
+            clock.advance(REFUSAL_LOG_PERIOD)
+            assert await deferToThread(handshake_refused, t, FLOOD)
+            assert refusal_lines(events, "client_limit")[1:] == [
+                "closed a connection from 127.0.0.2: it has --max-connections-per-client=2 connections open "
+                "already (clients behind one address share it) (2 more like it in the 60s since the last "
+                "line)"
+            ]
+        finally:
+            for sock in held:
+                sock.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_evicted_at_the_server_limit_is_counted_and_said(
+    make_server: Any, registry: Any, reactor: Any
+) -> None:
+    api = await make_server(registry, http=HttpLimits(max_connections=2))
+    t = target(api)
+    with collected_logs() as events:
+        # Two connections that never ask anything: the first to go for a new one.
+        held = [await deferToThread(t.connect, source=FLOOD) for _ in range(2)]
+        try:
+            await until(lambda: api.running.connections.clients.addresses[FLOOD].counted == 2, reactor)
+            counts = await refused_counts(t, api.pki.admin)  # its connection evicts one of them
+            assert counts["evicted"] >= 1 and counts["client_limit"] == counts["server_full"] == 0, counts
+            assert refusal_lines(events, "evicted") == [
+                "evicted a connection from 127.0.0.2 to make room for a new one: --max-connections=2 are open"
+            ]
+        finally:
+            for sock in held:
+                sock.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_closed_on_a_full_server_is_counted_and_said(
+    make_server: Any, registry: Any, reactor: Any
+) -> None:
+    api = await make_server(registry, http=HttpLimits(max_connections=1))
+    t = target(api)
+    held: list[ssl.SSLSocket] = []
+    with collected_logs() as events:
+        try:
+            # The one place holds a watch being answered: nothing to evict.
+            watch = await deferToThread(t.connect, api.pki.admin, source=OTHER)
+            held.append(watch)
+            await deferToThread(watch.sendall, request_bytes("GET", f"{LIST}?watch=1"))
+            connections = api.running.connections
+            await until(
+                lambda: any(getattr(w.wrappedProtocol, "serving", False) for w in connections.protocols),
+                reactor,
+            )
+            # An address's two probe places, then closed.
+            for _ in range(2):
+                held.append(await deferToThread(t.connect, source=FLOOD))
+            await until(lambda: len(connections._probes) == 2, reactor)
+            assert await deferToThread(handshake_refused, t, FLOOD)
+            assert refusal_lines(events, "server_full") == [
+                "closed a new connection from 127.0.0.2: --max-connections=1 are open, each being answered, "
+                "none to evict"
+            ]
+            assert connections.on_refused is not None
+            # /metrics itself would take a probe place of its address: read from the table's counter.
+            exposed = api.running.api.metrics.exposition().decode()
+            assert 'payloadtags_connections_refused_total{reason="server_full"} 1.0' in exposed
+        finally:
+            for sock in held:
+                sock.close()

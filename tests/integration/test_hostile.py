@@ -1140,7 +1140,7 @@ async def test_one_address_flooding_bare_connects_does_not_evict_another_clients
         await _answering(t, api, slow, 3, held)
         await until(lambda: sum(w.wrappedProtocol.serving for w in connections.protocols) == 3, reactor)
         events: list[str] = []
-        connections.on_refused = events.append
+        connections.on_refused = lambda why, host: events.append(why)
         # The flood takes the free place, then churns it among its own: past its burst of 10
         # handshakes, it is flooding.
         for _ in range(20):
@@ -1444,7 +1444,7 @@ async def test_a_server_full_of_another_clients_answers_still_serves_the_front_p
             held.append(await in_thread(t.connect, timeout=HANG_GUARD))
         await until(lambda: len(connections._probes) == 2, reactor)
         refusals: list[str] = []
-        connections.on_refused = refusals.append
+        connections.on_refused = lambda why, host: refusals.append(why)
         extra = await in_thread(t.connect, api.pki.admin, timeout=HANG_GUARD)
         held.append(extra)
         assert await in_thread(closed_within, extra, HANG_GUARD)
@@ -1611,7 +1611,7 @@ async def test_probes_answer_and_memory_stays_flat_while_clients_flood(make_serv
         for i, kind in enumerate(kinds)
     ]
     refusals: collections.Counter[str] = collections.Counter()
-    api.running.connections.on_refused = lambda why: refusals.update((why,))
+    api.running.connections.on_refused = lambda why, host: refusals.update((why,))
     before = _rss()
     waits = await in_thread(_probe_while, api, floods, 15.0)
     grown = _rss() - before

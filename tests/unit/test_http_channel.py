@@ -391,7 +391,7 @@ def _table(
     table = LimitedConnections(
         site,
         limit,
-        on_refused=events.append,
+        on_refused=lambda why, host: events.append(why),
         probe_connections=probes,
         # A chain is the front proxy's here when there is one (see _handshake).
         front_proxy=(lambda chain: True) if front_proxy_places else _no_front_proxy,

@@ -12,8 +12,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 
 from payloadtags.access.authz import AlwaysAllow
+from payloadtags.http.refusals import REASONS
 from payloadtags.identity import UserInfo
-from payloadtags.metrics import CountingAuthorizer, InstrumentedRegistry, Metrics
+from payloadtags.metrics import CONNECTION_REFUSALS, CountingAuthorizer, InstrumentedRegistry, Metrics
 from payloadtags.registry import (
     Before,
     Check,
@@ -274,3 +275,14 @@ def test_the_instrumented_registry_says_the_catalog_order_its_client_learnt() ->
     assert not sorts_by_components(registry)  # a client that does not say
     inner.catalog_order = "component"  # type: ignore[attr-defined]
     assert sorts_by_components(registry)
+
+
+def test_the_connection_refusals_are_exposed_by_the_reasons_the_http_layer_counts() -> None:
+    # metrics is below http (docs/architecture.md): each keeps the closed set, this keeps them one.
+    metrics = Metrics()
+    assert CONNECTION_REFUSALS == REASONS
+    for reason in REASONS:
+        metrics.connection_refused(reason)
+    exposed = metrics.exposition().decode()
+    for reason in REASONS:
+        assert f'payloadtags_connections_refused_total{{reason="{reason}"}} 1.0' in exposed

@@ -1362,7 +1362,7 @@ class LimitedConnections(WrappingFactory):
         self,
         site: GuardedSite,
         limit: int,
-        on_refused: Callable[[str], None] | None = None,
+        on_refused: Callable[[str, str], None] | None = None,
         front_proxy: Callable[[tuple[x509.Certificate, ...]], bool] = _no_front_proxy,
         probe_connections: int = PROBE_CONNECTIONS,
         front_proxy_connections: int = FRONT_PROXY_CONNECTIONS,
@@ -1373,6 +1373,8 @@ class LimitedConnections(WrappingFactory):
         # Without a front proxy to verify (no --requestheader-client-ca-file), no connection could keep
         # such a place: each would only cost a handshake.
         self.front_proxy_connections = 0 if front_proxy is _no_front_proxy else front_proxy_connections
+        # Told (why, the address) of each connection closed for a limit: "client-limit", "refused" (the
+        # server full, none to evict), "evicted" (http.refusals counts and logs them).
         self.on_refused = on_refused
         self.front_proxy = front_proxy
         self.site = site
@@ -1444,7 +1446,7 @@ class LimitedConnections(WrappingFactory):
         ticket = self.clients.opened(host)
         if ticket is None:
             if self.on_refused is not None:
-                self.on_refused("client-limit")
+                self.on_refused("client-limit", host)
             return None
         over = len(self._evicted) + len(self._probes) + len(self._provisional) + len(self._front_proxy_places)
         place: dict[ClientConnection, None] | None = None
@@ -1456,7 +1458,7 @@ class LimitedConnections(WrappingFactory):
             else:
                 self.clients.closed(host, counted=False, bare=True, ticket=ticket)
                 if self.on_refused is not None:
-                    self.on_refused("refused")
+                    self.on_refused("refused", host)
                 return None
         wrapper = super().buildProtocol(addr)
         assert isinstance(wrapper, ClientConnection)
@@ -1488,7 +1490,7 @@ class LimitedConnections(WrappingFactory):
         else:
             self._evicted.add(wrapper)
             if self.on_refused is not None:
-                self.on_refused("refused")
+                self.on_refused("refused", wrapper.host)
             wrapper.transport.abortConnection()
 
     def _provisional_place(self, host: str) -> bool:
@@ -1559,7 +1561,7 @@ class LimitedConnections(WrappingFactory):
         self._front_proxy_places.pop(wrapper, None)
         self._evicted.add(wrapper)
         if self.on_refused is not None:
-            self.on_refused(why)
+            self.on_refused(why, wrapper.host)
         wrapper.transport.abortConnection()
 
     def _evict(self, host: str) -> bool:
