@@ -442,10 +442,14 @@ class FairSlots:
     held waits, and the next free slot goes to a waiter of the key that holds the fewest slots (of
     those equal, the one whose turn came least recently; a key's own waiters in the order they came).
     So however many wait under some keys, another key's first waiter is let through at the next free
-    slot. A waiter's cancel takes it off the queue at once: it never gets a slot."""
+    slot. No key holds more than ``per_key`` (all of them by default): one at it waits even while a
+    slot is free, so that a key whose holders are slow cannot take every slot while nobody else
+    waits and make the next key wait for one of them to end. A waiter's cancel takes it off the queue
+    at once: it never gets a slot."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, per_key: int | None = None) -> None:
         self.size = size
+        self.per_key = size if per_key is None else per_key
         self.held = 0
         self._holding: dict[Hashable, int] = {}  # slots held, by key
         # Waiters by key; the dict's order is the turn order (a key served goes to its end).
@@ -459,7 +463,10 @@ class FairSlots:
     def acquire(self, key: Hashable) -> Deferred[None]:
         """Fires once the caller holds a slot for ``key``, to be given back with `release`; cancelled
         before, the caller holds none."""
-        if self.held < self.size and not self._queues:
+        # Between hand-ons nobody below their cap waits while a slot is free (a key that waits is at
+        # its cap); during one, the waiters come first.
+        free = self.held < self.size and not self._handing
+        if free and self._holding.get(key, 0) < self.per_key and key not in self._queues:
             self._take(key)
             return succeed(None)
 
@@ -494,8 +501,11 @@ class FairSlots:
             return
         self._handing = True
         try:
-            while self.held < self.size and self._queues:
-                key = min(self._queues, key=lambda k: self._holding.get(k, 0))  # the first of equals
+            while self.held < self.size:
+                below = [k for k in self._queues if self._holding.get(k, 0) < self.per_key]
+                if not below:
+                    return
+                key = min(below, key=lambda k: self._holding.get(k, 0))  # the first of equals
                 queue = self._queues.pop(key)
                 waiter = queue.popleft()
                 if queue:

@@ -20,11 +20,12 @@ from twisted.logger import formatEvent
 
 from payloadtags import tls
 from payloadtags.access.authz import Authorizer
-from payloadtags.access.tokens import REVIEWS_AT_ONCE, ReviewRetry
+from payloadtags.access.tokens import REVIEWS_AT_ONCE, REVIEWS_PER_CLIENT, ReviewRetry
 from payloadtags.api.app import AUTH_FAILURE_LOG_PERIOD
 from payloadtags.api.durations import INVALID_TIMEOUT
 from payloadtags.cluster import RBAC_COLLECTIONS
 from payloadtags.identity import UserInfo
+from payloadtags.kube.client import MAX_IDLE_CONNECTIONS
 from payloadtags.limits import HttpLimits
 from payloadtags.names import encode_name
 from payloadtags.onceper import OncePerPeriod
@@ -1250,27 +1251,40 @@ async def test_token_reviews_under_way_are_bounded_and_shared_out_by_address(
 ):
     """Made-up tokens from some addresses while the cluster API holds TokenReviews had a review under
     way per connection, each on a connection of its own to the cluster API (review r1flood L2). The
-    cluster API now holds at most REVIEWS_AT_ONCE, and another address's review is asked at the first
-    free slot, ahead of the flood's queued ones."""
+    cluster API now holds at most REVIEWS_AT_ONCE, at most REVIEWS_PER_CLIENT of them one address's
+    (review r2tokcap F1), and another address's review is asked at the first free slot, ahead of the
+    flood's queued ones."""
     server = await make_server(registry, kubeconfig=str(kube_kubeconfig), authorization_mode="AlwaysAllow")
     slots = server.running.api.authenticator.token.slots
     kube_api.add_token("valid-token", "alice")
     kube_api.hold_token_reviews = True
     held = kube_api.held_token_reviews
     target = Target(server.running.port, str(server.pki.server_ca.cert_file))
-    flood = [f"made-up-{i}" for i in range(REVIEWS_AT_ONCE + 3)]
-    socks = await threads.deferToThread(_send_token_heads, target, collection(namespace), "127.0.0.2", flood)
+    # Enough addresses to hold every slot, the first of them 3 more tokens, queued.
+    filling = REVIEWS_AT_ONCE // REVIEWS_PER_CLIENT
+    flood = {
+        f"127.0.0.{2 + n}": [f"made-up-{n}-{i}" for i in range(REVIEWS_PER_CLIENT)] for n in range(filling)
+    }
+    flood["127.0.0.2"] += ["made-up-0-8", "made-up-0-9", "made-up-0-10"]
+    socks: list[Any] = []
     try:
 
-        async def queued(count: int) -> bool:
-            return len(held) == REVIEWS_AT_ONCE and slots.waiting == count
+        async def queued(count: int, holding: int = REVIEWS_AT_ONCE) -> bool:
+            return len(held) == holding and slots.waiting == count
 
+        for source, tokens in flood.items():
+            socks += await threads.deferToThread(
+                _send_token_heads, target, collection(namespace), source, tokens
+            )
+            if source == "127.0.0.2":  # alone, it holds no more than its share, the others' left free
+                assert await eventually(lambda: queued(3, REVIEWS_PER_CLIENT), within=HANG_GUARD) is True
         assert await eventually(lambda: queued(3), within=HANG_GUARD) is True
         socks += await threads.deferToThread(
-            _send_token_heads, target, collection(namespace), "127.0.0.3", ["valid-token"]
+            _send_token_heads, target, collection(namespace), f"127.0.0.{2 + filling}", ["valid-token"]
         )
         assert await eventually(lambda: queued(4), within=HANG_GUARD) is True
-        kube_api.answer_token_review(next(iter(held)))
+        # A review of the address with 3 queued: its slot goes to the address holding none.
+        kube_api.answer_token_review(next(token for token in held if token in flood["127.0.0.2"]))
         assert await eventually(lambda: queued(3), within=HANG_GUARD) is True
         assert "valid-token" in held
         kube_api.answer_token_review("valid-token")
@@ -1280,11 +1294,22 @@ async def test_token_reviews_under_way_are_bounded_and_shared_out_by_address(
         for token in list(held):
             kube_api.answer_token_review(token)
         answers = await threads.deferToThread(lambda: [read_reply(sock).code for sock in socks[:-1]])
-        assert answers == [401] * len(flood)
+        assert answers == [401] * (REVIEWS_AT_ONCE + 3)
         assert kube_api.most_token_reviews_held == REVIEWS_AT_ONCE
     finally:
         for sock in socks:
             sock.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_cluster_client_keeps_an_idle_connection_for_each_review_slot(
+    make_server, registry, kube_kubeconfig
+):
+    """Its own 16 and one more per TokenReview that may be under way, so that a review reuses one
+    rather than making a TLS handshake (review r2tokcap L1: nothing saw the 16 + 32)."""
+    server = await make_server(registry, kubeconfig=str(kube_kubeconfig), authorization_mode="AlwaysAllow")
+    pool = server.running.kube._pool
+    assert pool.maxPersistentPerHost == MAX_IDLE_CONNECTIONS + REVIEWS_AT_ONCE == 48
 
 
 def _send_bodies_heads(target: Target, path: str, count: int) -> list[Any]:

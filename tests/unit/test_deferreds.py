@@ -614,3 +614,62 @@ def test_fair_slots_given_to_holders_that_end_at_once_do_not_nest() -> None:
     assert first.called
     slots.release("a")
     assert failures == [] and len(ended) == 5000 and slots.held == 0
+
+
+def test_fair_slots_of_equals_go_first_to_the_key_served_least_recently() -> None:
+    """A key served goes to the end of the turns, though it still waits (review r2tokcap L1): without
+    it, of keys holding alike the first to wait would drain its whole queue before the others."""
+    slots = FairSlots(1)
+    given: list[str] = []
+    for key in ("b", "a", "a", "c"):
+        slots.acquire(key).addCallback(lambda _, key: given.append(key), key)
+    slots.release("b")  # a and c hold none: a waited first
+    slots.release("a")  # a and c hold none: c, as a was just served
+    assert given == ["b", "a", "c"]
+    slots.release("c")
+    assert given == ["b", "a", "c", "a"]
+
+
+def test_fair_slots_hold_no_more_than_per_key_for_one_key() -> None:
+    slots = FairSlots(4, per_key=2)
+    given: list[str] = []
+
+    def ask(key: str, name: str) -> None:
+        slots.acquire(key).addCallback(lambda _: given.append(name))
+
+    for i in range(1, 5):
+        ask("a", f"a{i}")
+    assert given == ["a1", "a2"] and slots.held == 2 and slots.waiting == 2  # two slots left free
+    ask("b", "b1")
+    ask("c", "c1")
+    ask("b", "b2")
+    assert given == ["a1", "a2", "b1", "c1"] and slots.waiting == 3
+    slots.release("c")  # free, but a is at its cap: b's
+    assert given == ["a1", "a2", "b1", "c1", "b2"]
+    slots.release("b")
+    slots.release("b")  # two slots free, a still at its cap
+    assert given == ["a1", "a2", "b1", "c1", "b2"] and slots.held == 2 and slots.waiting == 2
+    slots.release("a")  # a's next, one at a time as its holders end
+    assert given[-1] == "a3" and slots.held == 2
+    slots.release("a")
+    assert given[-1] == "a4" and slots.held == 2 and slots.waiting == 0
+
+
+def test_fair_slots_asked_during_a_hand_on_wait_behind_who_waited() -> None:
+    """A holder given its slot ends at once and asks for another key: the slot it freed goes to the
+    key that waited before, not to the new one."""
+    slots = FairSlots(1)
+    given: list[str] = []
+    slots.acquire("x")
+
+    def c_holds(_: None) -> None:
+        given.append("c")
+        slots.release("c")
+        slots.acquire("e").addCallback(lambda _: given.append("e"))
+
+    slots.acquire("c").addCallback(c_holds)
+    slots.acquire("d").addCallback(lambda _: given.append("d"))
+    slots.release("x")
+    assert given == ["c", "d"] and slots.held == 1 and slots.waiting == 1
+    slots.release("d")
+    assert given == ["c", "d", "e"]

@@ -6,6 +6,7 @@ import hashlib
 import itertools
 import random
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 import pytest
@@ -17,7 +18,13 @@ from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseNeverReceived
 
 from payloadtags.access.authn import Credentials, UserInfo
-from payloadtags.access.tokens import REVIEWS_AT_ONCE, ReviewRetry, TokenReviewAuthenticator
+from payloadtags.access.tokens import (
+    REVIEWS_AT_ONCE,
+    REVIEWS_PER_CLIENT,
+    Review,
+    ReviewRetry,
+    TokenReviewAuthenticator,
+)
 from payloadtags.deferreds import DeadlineExpired
 from payloadtags.kube.errors import KubeApiError, KubeProtocolError, KubeUnreachable, make_status
 
@@ -548,16 +555,31 @@ async def test_the_cluster_api_never_holds_more_than_the_bound_of_reviews(clock:
     assert [await d for d in waiting] == [None] * len(tokens)
 
 
+# The addresses it takes to hold every slot: a flood from fewer leaves slots free for the others.
+FILLING = REVIEWS_AT_ONCE // REVIEWS_PER_CLIENT
+
+
+def from_many(auth: TokenReviewAuthenticator, tokens: list[str], net: str = "10.0.0") -> list[Deferred[Any]]:
+    """``tokens`` asked in order from FILLING addresses of ``net``, REVIEWS_PER_CLIENT from each in
+    turn: the first REVIEWS_AT_ONCE of them take every slot."""
+    return [
+        Deferred.fromCoroutine(
+            auth.authenticate(from_address(token, f"{net}.{i // REVIEWS_PER_CLIENT % FILLING}"))
+        )
+        for i, token in enumerate(tokens)
+    ]
+
+
 @pytest_twisted.ensureDeferred
 async def test_another_address_s_review_starts_before_the_flooding_one_s_queued_reviews(clock: Clock) -> None:
     held = Held()
     auth = TokenReviewAuthenticator(review=held, clock=clock)
-    flood = [f"flood-{i}" for i in range(REVIEWS_AT_ONCE + 5)]
-    flooding = asking(auth, "10.0.0.1", flood)
-    (mine,) = asking(auth, "10.0.0.2", [GOOD])
+    flood = [f"flood-{i}" for i in range(REVIEWS_AT_ONCE + REVIEWS_PER_CLIENT)]
+    flooding = from_many(auth, flood)  # every slot held, 10.0.0.0's next 8 queued
+    (mine,) = asking(auth, "10.0.9.9", [GOOD])
     assert held.asked == flood[:REVIEWS_AT_ONCE]
-    held.answer(flood[0])
-    assert held.asked[-1] == GOOD  # at the first free slot, ahead of the 5 queued before it
+    held.answer(flood[0])  # 10.0.0.0's: it holds 7, the others 8, 10.0.9.9 none
+    assert held.asked[-1] == GOOD  # at the first free slot, ahead of the 8 queued before it
     held.answer(GOOD, ALICE)
     assert await mine == ALICE
     while held.holding:
@@ -571,8 +593,8 @@ async def test_a_cancelled_waiter_never_reaches_the_cluster_api_and_gives_up_its
     held = Held()
     auth = TokenReviewAuthenticator(review=held, clock=clock)
     flood = [f"flood-{i}" for i in range(REVIEWS_AT_ONCE + 1)]
-    flooding = asking(auth, "10.0.0.1", flood)
-    (gone,) = asking(auth, "10.0.0.2", [GOOD])
+    flooding = from_many(auth, flood)
+    (gone,) = asking(auth, "10.0.9.9", [GOOD])
     gone.addErrback(lambda failure: failure.trap(CancelledError))
     gone.cancel()  # its client lost, its deadline passed
     held.answer(flood[0])
@@ -591,8 +613,8 @@ async def test_the_waits_between_attempts_hold_no_slot(clock: Clock) -> None:
     auth = TokenReviewAuthenticator(review=held, clock=clock, rng=Fixed(0.0))
     first = [f"first-{i}" for i in range(REVIEWS_AT_ONCE)]
     then = [f"then-{i}" for i in range(REVIEWS_AT_ONCE)]
-    failing = asking(auth, "10.0.0.1", first)
-    later = asking(auth, "10.0.0.2", then)
+    failing = from_many(auth, first, "10.0.0")
+    later = from_many(auth, then, "10.0.1")
     for token in first:
         held.answer(token, api_error(500, "InternalError"))  # asked again in 0.5 s
     # While the first wait for their next attempt, the others have every slot.
@@ -612,11 +634,11 @@ async def test_the_waits_between_attempts_hold_no_slot(clock: Clock) -> None:
 async def test_the_wait_for_a_slot_counts_within_the_review_s_ten_seconds(clock: Clock) -> None:
     held = Held()
     auth = TokenReviewAuthenticator(review=held, clock=clock)
-    flooding = asking(auth, "10.0.0.1", [f"flood-{i}" for i in range(REVIEWS_AT_ONCE)])
+    flooding = from_many(auth, [f"flood-{i}" for i in range(REVIEWS_AT_ONCE)])
     for d in flooding:
         d.addErrback(lambda failure: failure.trap(DeadlineExpired))
     clock.advance(5.0)
-    (late,) = asking(auth, "10.0.0.2", [GOOD])
+    (late,) = asking(auth, "10.0.9.9", [GOOD])
     clock.advance(4.75)
     assert GOOD not in held.asked
     clock.advance(0.25)  # the flood's reviews cut at their 10 s: its turn
@@ -628,3 +650,116 @@ async def test_the_wait_for_a_slot_counts_within_the_review_s_ten_seconds(clock:
     with pytest.raises(DeadlineExpired):
         await late
     assert held.holding == {} and auth.slots.held == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_deadline_while_a_retry_waits_for_a_slot_ends_with_the_error_waited_on(clock: Clock) -> None:
+    """The 401's logged cause is the cluster API's answer, not "no answer within 10s" (review r2tokcap
+    L1)."""
+    held = Held()
+    auth = TokenReviewAuthenticator(review=held, clock=clock, rng=Fixed(0.0))
+    (mine,) = asking(auth, "10.0.9.9", [GOOD])
+    held.answer(GOOD, api_error(500, "InternalError"))  # asked again in 0.5 s
+    clock.advance(0.1)
+    flooding = from_many(auth, [f"flood-{i}" for i in range(REVIEWS_AT_ONCE)])  # every slot held
+    for d in flooding:
+        d.addErrback(lambda failure: failure.trap(DeadlineExpired))
+    clock.advance(ReviewRetry().initial)
+    assert held.asked == [GOOD] + [f"flood-{i}" for i in range(REVIEWS_AT_ONCE)]  # its retry waits
+    clock.advance(ReviewRetry().timeout - ReviewRetry().initial - 0.1)  # its 10 s, waiting for a slot
+    assert mine.called
+    with pytest.raises(KubeApiError) as raised:
+        await mine
+    assert raised.value.code == 500
+    clock.advance(0.1)
+    assert held.holding == {} and auth.slots.held == 0
+
+
+# --- One address's made-up tokens while the cluster API holds or slows their reviews (a token webhook
+# down or slow: kube-apiserver answers service-account tokens before it), against another's good token
+# (review r2tokcap F1). Each connection of the flooding pod sends a new made-up token as soon as the
+# last was answered, up to --max-connections-per-client's default of 100.
+PER_CLIENT_CONNECTIONS = 100
+
+
+def flood_from(auth: TokenReviewAuthenticator, host: str, connections: int) -> None:
+    made = itertools.count()
+
+    def connection(_: object = None) -> None:
+        d = Deferred.fromCoroutine(auth.authenticate(from_address(f"made-up-{next(made)}", host)))
+        d.addBoth(connection)
+
+    for _ in range(connections):
+        connection()
+
+
+def made_up_held(clock: Clock, made_up_takes: float | None, good_takes: float) -> Review:
+    """Reviews of made-up tokens held (``made_up_takes`` None) or answered "nobody" after it; others
+    answered ALICE after ``good_takes``."""
+
+    def review(token: str) -> Deferred[UserInfo | None]:
+        made_up = token.startswith("made-up")
+        takes = made_up_takes if made_up else good_takes
+        if takes is None:
+            return Deferred(lambda _: None)  # held until cut
+        if not takes:
+            return succeed(None if made_up else ALICE)
+        d: Deferred[UserInfo | None] = Deferred()
+        clock.callLater(takes, d.callback, None if made_up else ALICE)
+        return d
+
+    return review
+
+
+def wait_for(clock: Clock, auth: TokenReviewAuthenticator, token: str, host: str, step: float) -> float:
+    """How long ``token`` from ``host`` waits for ALICE, the clock advanced by ``step``."""
+    came = clock.seconds()
+    mine = Deferred.fromCoroutine(auth.authenticate(from_address(token, host)))
+    while not mine.called:
+        clock.advance(step)
+    assert mine.result == ALICE
+    return round(clock.seconds() - came, 2)
+
+
+def test_one_address_flood_of_held_reviews_leaves_slots_for_another_address(clock: Clock) -> None:
+    auth = TokenReviewAuthenticator(review=made_up_held(clock, None, 0.0), clock=clock)
+    flood_from(auth, "10.0.0.1", PER_CLIENT_CONNECTIONS)
+    assert auth.slots.held == REVIEWS_PER_CLIENT
+    waits = []
+    for i in range(20):  # each a new good token (a pod started, a token rotated): not in the cache
+        clock.advance(1.5)
+        waits.append(wait_for(clock, auth, f"good-{i}", "10.0.0.2", 0.1))
+    # It waited up to the flood's held reviews' 10 s when they could hold every slot.
+    assert waits == [0.0] * 20
+
+
+def test_one_address_flood_of_slow_reviews_leaves_slots_for_another_address(clock: Clock) -> None:
+    auth = TokenReviewAuthenticator(review=made_up_held(clock, 2.0, 0.005), clock=clock)
+    flood_from(auth, "10.0.0.1", PER_CLIENT_CONNECTIONS)
+    waits = []
+    for i in range(20):
+        clock.advance(0.37)
+        waits.append(wait_for(clock, auth, f"good-{i}", "10.0.0.2", 0.005))
+    assert max(waits) <= 0.01, waits  # its own review's time; 1.64 s when the flood could hold every slot
+
+
+def test_a_good_token_coming_just_after_one_address_s_flood_is_asked_at_once(clock: Clock) -> None:
+    """It came 1 ms after the flood's reviews: it was asked only as theirs were cut at their 10 s, with
+    1 ms of its own left, and refused (DeadlineExpired: a 401)."""
+    auth = TokenReviewAuthenticator(review=made_up_held(clock, None, 0.005), clock=clock)
+    for i in range(REVIEWS_AT_ONCE + REVIEWS_PER_CLIENT):
+        flooding = Deferred.fromCoroutine(auth.authenticate(from_address(f"made-up-{i}", "10.0.0.1")))
+        flooding.addErrback(lambda failure: failure.trap(DeadlineExpired))
+    clock.advance(0.001)
+    assert wait_for(clock, auth, "good", "10.0.0.2", 0.005) <= 0.01
+
+
+def test_a_good_token_behind_the_flood_s_own_address_waits_for_that_address_s_turn(clock: Clock) -> None:
+    """A pod behind the flooding pod's address (a NAT): the address is the unit of fairness, so its
+    review waits behind the address's own, here until the held ones are cut at their 10 s. Sharing an
+    address with a flooding pod was already costly: its connections take the address's 100."""
+    auth = TokenReviewAuthenticator(review=made_up_held(clock, None, 0.005), clock=clock)
+    flood_from(auth, "10.0.0.1", PER_CLIENT_CONNECTIONS - 1)
+    clock.advance(1.5)
+    assert wait_for(clock, auth, "good", "10.0.0.1", 0.05) == 8.55
+    assert auth.slots.held <= REVIEWS_PER_CLIENT

@@ -29,6 +29,17 @@ Review = Callable[[str], Awaitable[UserInfo | None]]
 # alike within the noise of shared CPUs (a certificate caller's median 31-86 ms and 26-54 ms, against
 # 87-801 ms unbounded), and 16 no less (127 ms, one run): 32 asks half of what 64 does of it at once.
 REVIEWS_AT_ONCE = 32
+# Of those, the most one client (an address) may have under way. Without it, one pod's connections
+# (--max-connections-per-client, 100 by default) sending made-up tokens whose reviews the cluster API
+# held (a token webhook down: service-account tokens are still answered) took every slot whenever
+# nobody else waited, so that everyone else's review waited for one of theirs to end, up to its 10 s,
+# and could run out of time: 401 (review r2tokcap F1). With 8, one address holds a quarter and
+# another's review is asked at once; it takes 4 flooding addresses to fill the slots, and then
+# another address's review waits for the next attempt to end, ahead of their queued ones (up to 10 s
+# while reviews hang: it may then run out of its own, 401). One address's 8 at a time are still
+# hundreds of fresh tokens a second at the cluster API's usual milliseconds a review, and concurrent
+# requests with one token share one review.
+REVIEWS_PER_CLIENT = 8
 
 
 @attrs.frozen
@@ -80,18 +91,19 @@ class TokenReviewAuthenticator:
     delays: IReactorTime | None = None
     rng: random.Random = attrs.field(factory=random.Random)
     at_once: int = REVIEWS_AT_ONCE
+    per_client: int = REVIEWS_PER_CLIENT
     _cache: OrderedDict[str, tuple[float, UserInfo | None]] = attrs.field(factory=OrderedDict, init=False)
     _reviews: InFlight[str, UserInfo | None] = attrs.field(
         factory=lambda: InFlight(cancel_when_abandoned=True), init=False
     )
     # Each attempt holds a slot while it is under way, not while it waits for the next. A free slot
     # goes to the client holding the fewest, so that a flood from some addresses cannot make
-    # another's first review wait behind all of theirs.
+    # another's first review wait behind all of theirs, and none holds more than ``per_client``.
     slots: FairSlots = attrs.field(init=False)
 
     @slots.default
     def _make_slots(self) -> FairSlots:
-        return FairSlots(self.at_once)
+        return FairSlots(self.at_once, self.per_client)
 
     async def authenticate(self, credentials: Credentials) -> UserInfo | None:
         token = _bearer(credentials)
