@@ -25,7 +25,7 @@ from payloadtags.api.app import AUTH_FAILURE_LOG_PERIOD
 from payloadtags.api.durations import INVALID_TIMEOUT
 from payloadtags.cluster import RBAC_COLLECTIONS
 from payloadtags.identity import UserInfo
-from payloadtags.kube.client import MAX_IDLE_CONNECTIONS
+from payloadtags.kube.client import IDLE_CONNECTION_TIMEOUT, MAX_IDLE_CONNECTIONS
 from payloadtags.limits import HttpLimits
 from payloadtags.names import encode_name
 from payloadtags.onceper import OncePerPeriod
@@ -1310,6 +1310,7 @@ async def test_the_cluster_client_keeps_an_idle_connection_for_each_review_slot(
     server = await make_server(registry, kubeconfig=str(kube_kubeconfig), authorization_mode="AlwaysAllow")
     pool = server.running.kube._pool
     assert pool.maxPersistentPerHost == MAX_IDLE_CONNECTIONS + REVIEWS_AT_ONCE == 48
+    assert pool.cachedConnectionTimeout == IDLE_CONNECTION_TIMEOUT
 
 
 def _send_bodies_heads(target: Target, path: str, count: int) -> list[Any]:

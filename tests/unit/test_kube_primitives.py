@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet.testing import MemoryReactorClock
 
+from payloadtags.kube import ClusterConfig, KubeClient
 from payloadtags.kube.backoff import Backoff
-from payloadtags.kube.client import DEFAULT_REQUEST_TIMEOUT
+from payloadtags.kube.client import DEFAULT_REQUEST_TIMEOUT, IDLE_CONNECTION_TIMEOUT, MAX_IDLE_CONNECTIONS
 from payloadtags.kube.errors import KubeApiError, KubeProtocolError, status_from_body
 from payloadtags.kube.framing import LineFramer
 
@@ -124,4 +126,14 @@ def test_the_cluster_api_request_timeout_is_the_fixed_one_docs_hardening_states(
         "The same goes for each cluster API request (a watch's head included, not its stream), "
         f"within {DEFAULT_REQUEST_TIMEOUT:g} s" in said
     )
-    assert "KubeClient(reactor, cluster)" in inspect.getsource(server.start)
+    # Its idle connections are set there (a6b669f), its request timeout not.
+    built = inspect.getsource(server.start).split("KubeClient(", 1)[1].split("\n", 1)[0]
+    assert built.startswith("reactor, cluster") and "timeout" not in built
+
+
+def test_idle_cluster_api_connections_are_closed_before_kube_apiserver_closes_them() -> None:
+    """review r2tokcap N1: kube-apiserver closes a connection idle for 90 s, and a TokenReview (a
+    POST) sent on one as it closes is not asked again; Twisted's pool kept them 240 s."""
+    client = KubeClient(MemoryReactorClock(), ClusterConfig("http://kube.test:6443"))
+    assert client._pool.cachedConnectionTimeout == IDLE_CONNECTION_TIMEOUT < 90
+    assert client._pool.maxPersistentPerHost == MAX_IDLE_CONNECTIONS

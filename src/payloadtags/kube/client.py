@@ -148,6 +148,12 @@ class WatchEvent:
 # Idle connections kept for reuse by default. Open watches hold connections of their own on top; with
 # several reflectors, treq's default of 2 would make most requests open a new connection.
 MAX_IDLE_CONNECTIONS = 16
+# How long an idle connection is kept: less than kube-apiserver's 90 s, after which it closes one
+# (k8s.io/apiserver's IdleTimeout). A request sent on a connection the server is closing fails, and
+# Twisted asks again on a fresh one only for a GET, HEAD, DELETE (...) without a body: a TokenReview, a
+# POST, would fail (a valid token refused 401; review r2tokcap N1). The pool reuses its oldest idle
+# connection first, and Twisted's default of 240 s would keep them past the server's close.
+IDLE_CONNECTION_TIMEOUT = 60
 
 
 class KubeClient:
@@ -173,6 +179,7 @@ class KubeClient:
         self._tokens = _TokenSource(config, reactor, token_reread_period, plugin_timeout=exec_plugin_timeout)
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = max_idle_connections
+        self._pool.cachedConnectionTimeout = IDLE_CONNECTION_TIMEOUT
         policy = ClusterTLSPolicy.from_config(config) if config.uses_tls else BrowserLikePolicyForHTTPS()
         agent = Agent.usingEndpointFactory(
             reactor, KeepAliveEndpoints(reactor, policy, connect_timeout), pool=self._pool
