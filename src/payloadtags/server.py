@@ -69,6 +69,7 @@ from payloadtags.settings import Settings
 from payloadtags.startup import Completed, ConfigurationError, always_allow_warnings, complete
 from payloadtags.tls import ContextFactory, ServingCertificate, TlsOptions, load_certificates, server_context
 from payloadtags.watch import WatchHub
+from payloadtags.watch.failures import ReadFailures
 from payloadtags.watch.hub import InventoryReader
 
 log = Logger()
@@ -600,6 +601,7 @@ async def start(
         access_generation=_access_generation(authorizer),
         access_rules=_access_rules(authorizer),
         on_end=lambda reason: metrics.watches_ended.labels(reason).inc(),
+        failure_log=ReadFailures(monotonic),
     )
     metrics.track_watches(lambda: len(watch_hub.watchers), lambda: len(watch_hub.sources))
     walks = WalkCache(reactor, on_lookup=metrics.walk_lookup)

@@ -31,6 +31,7 @@ from payloadtags.inventory import Inventory
 from payloadtags.limits import WatchLimits
 from payloadtags.names import TagRef, split_repository
 from payloadtags.registry import namespace_of
+from payloadtags.watch.failures import ReadFailures
 from payloadtags.watch.listed import Listed, ListedScopes
 from payloadtags.watch.openings import Opening, Openings
 from payloadtags.watch.rules import PageDecisions, RulesLedger, UserKey, user_key
@@ -136,6 +137,11 @@ class WatchHub:
     access_rules: Callable[[UserInfo, str], PathMatcher] | None = None
     # Told the reason each watch ended (metrics).
     on_end: Callable[[str], None] = lambda reason: None
+    # Where the sources' failed reads are said, once per cause and period for them all (on the
+    # monotonic clock in the server: the reactor's is the wall clock).
+    failure_log: ReadFailures = attrs.field(
+        default=attrs.Factory(lambda self: ReadFailures(self.clock.seconds), takes_self=True)
+    )
     sources: dict[str | None, ScopeSource] = attrs.field(factory=dict)
     watchers: set[Watcher] = attrs.field(factory=set)
     per_user: collections.Counter[str] = attrs.field(factory=collections.Counter)
@@ -399,6 +405,7 @@ class WatchHub:
                 clock=self.clock,
                 timeout=self.limits.resync_period * 4 + 60,
                 on_reset=self._reset_watches,
+                failure_log=self.failure_log,
             )
             self.sources[namespace] = source
             self._made_by[namespace] = "" if slot is None else slot.user
@@ -515,6 +522,7 @@ class WatchHub:
         if loop.running:
             loop.stop()
         del self.sources[scope]
+        self.failure_log.dropped(scope)
         self._made_by.pop(scope, None)
         self._touched.pop(scope, None)
         if scope is not None:

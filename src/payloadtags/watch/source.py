@@ -12,6 +12,7 @@ import bisect
 import collections
 import contextvars
 import enum
+import time
 import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
@@ -24,6 +25,7 @@ from twisted.logger import Logger
 from payloadtags.deferreds import Waiters
 from payloadtags.names import TagRef, split_repository
 from payloadtags.registry.errors import RegistryNotFound
+from payloadtags.watch.failures import ReadFailures
 from payloadtags.watch.fanout import Fanout, Subscriber
 from payloadtags.watch.versions import ReplicaVersions
 
@@ -109,6 +111,9 @@ class ScopeSource:
     )
     resyncs: int = 0
     failures: int = 0
+    # Where failed reads are said: the hub's, shared by its sources (one line per cause and period,
+    # not per scope).
+    failure_log: ReadFailures = attrs.field(factory=lambda: ReadFailures(time.monotonic))
     # Where lists of this scope report the tag lists they read, by the sequence of their resourceVersion
     # (`reporter`): one callable per sequence, so that a walk tells by it that its kept lists were
     # reported here already; the most recent ones are kept.
@@ -255,15 +260,12 @@ class ScopeSource:
         except Exception as error:
             # The snapshot stays as it was: an unreadable registry must not look like deleted tags.
             self.failures += 1
-            log.warn(
-                "watch resync of {scope} failed: {error}",
-                scope=self.namespace or "all namespaces",
-                error=str(error) or repr(error),
-            )
+            self.failure_log.resync_failed(self.namespace, error)
             if not self.ready:
                 self.fail_waiters(error)
             return
         self.resyncs += 1
+        self.failure_log.resync_passed(self.namespace)
         for repository in set(self.tags) | set(seen):
             if repository not in seen and repository in self._read_alone:
                 # The scope's reads go through the repository index, which may have learnt of it only
@@ -469,11 +471,7 @@ class ScopeSource:
             except RegistryNotFound:
                 tags = frozenset()
             except Exception as error:
-                log.warn(
-                    "watch read of {repository} failed: {error}; the next resync covers it",
-                    repository=repository,
-                    error=str(error) or repr(error),
-                )
+                self.failure_log.read_failed(repository, error)
                 return False
             apply(tags, mark)
             self._confirm(repository, tags, mark)
