@@ -11,7 +11,14 @@ from payloadtags.api.errors import ApiError
 
 
 class Admitting:
-    """Admits every request; none is a probe, none proves its client."""
+    """Admits every request; none is a probe, none proves its client. Keeps what the channel refused
+    itself (method, target, code, seconds since its head), which the site would count."""
+
+    def __init__(self) -> None:
+        self.refusals: list[tuple[bytes, bytes, int, float]] = []
+
+    def refused(self, request: Request, code: int, seconds: float) -> None:
+        self.refusals.append((request.method, request.uri, code, seconds))
 
     def admit(self, request: Request) -> Deferred[ApiError | None]:
         return succeed(None)

@@ -108,6 +108,9 @@ class _Refusing:
     def proves(self, request: Request) -> bool:
         return False
 
+    def refused(self, request: Request, code: int, seconds: float) -> None:
+        pass
+
 
 def _channel(clock: Clock) -> tuple[GuardedChannel, StringTransport]:
     site = GuardedSite(Resource(), HttpLimits(), _Refusing(), reactor=clock)
@@ -145,6 +148,7 @@ class _Pending(_Admitting):
     """Admission that decides only when the test says (a TokenReview under way)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.admissions: list[Deferred[ApiError | None]] = []
         self.cancelled = 0
 

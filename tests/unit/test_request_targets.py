@@ -30,6 +30,7 @@ class _Counting(Admitting):
     """Admission (where a request with a body is authenticated) that admits all and counts its calls."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.admitted: list[bytes] = []
 
     def admit(self, request: Request) -> Deferred[ApiError | None]:

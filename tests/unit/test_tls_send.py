@@ -875,6 +875,7 @@ class _LaterAdmission(_Admitting):
     """Admits each request when the test says so (an authentication that asks the cluster API)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.waiting: list[Deferred[ApiError | None]] = []
 
     def admit(self, request: Request) -> Deferred[ApiError | None]:

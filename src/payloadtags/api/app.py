@@ -26,6 +26,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from werkzeug.exceptions import BadHost, HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import MapAdapter
 
 from payloadtags import __version__
 from payloadtags.access.authn import Credentials, CredentialsRefused, RequestAuthenticator, UserInfo
@@ -92,6 +93,8 @@ log = Logger()
 # How long an authenticator failing for one cause (a TokenReview the cluster API refuses, an API out
 # of reach) stays quiet in the log after a line about it.
 AUTH_FAILURE_LOG_PERIOD = 30.0
+# How long notifications refused for their token stay quiet in the log after a line about them.
+EVENTS_REFUSED_LOG_PERIOD = 30.0
 
 BASE = f"/apis/{GROUP_VERSION}"
 HEALTH_ENDPOINTS = ("healthz", "livez", "readyz")
@@ -490,9 +493,13 @@ class ApiServer:
     # The clock of the authentication failures' log (a task.Clock's in tests).
     monotonic: Callable[[], float] = time.monotonic
     _auth_failures: OncePerPeriod[tuple[type, int | None]] = attrs.field(init=False)
+    _events_refused: OncePerPeriod[None] = attrs.field(init=False)
+    # Matches a request's path and method against the routes (`refused`), bound once they are made.
+    _matcher: MapAdapter = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._auth_failures = OncePerPeriod(AUTH_FAILURE_LOG_PERIOD, self.monotonic)
+        self._events_refused = OncePerPeriod(EVENTS_REFUSED_LOG_PERIOD, self.monotonic)
         # werkzeug answers a path it would serve once its slashes are merged (``a//b``), or once a
         # slash is added or a rule's defaults dropped, with a redirect; Klein sends it as a 3xx with
         # no Location, which no client follows and the aggregator turns into a 502. kube-apiserver
@@ -503,6 +510,7 @@ class ApiServer:
         url_map.strict_slashes = False
         url_map.redirect_defaults = False
         self._routes()
+        self._matcher = url_map.bind("localhost")
 
     def resource(self) -> Resource:
         return _Utf8Paths(self.app.resource(), self._serve_direct)
@@ -745,6 +753,23 @@ class ApiServer:
         user: UserInfo | None = getattr(request, _USER, None)
         return user is not None and user.name != ANONYMOUS
 
+    def refused(self, request: Request, code: int, seconds: float) -> None:
+        """A request the channel answered itself, before its body was read (admission's refusal, a
+        body too large or late): counted as the same refusal of a request without a body is (review
+        r1obs F2). Only on a path and method a route serves: any other is a 404 or 405 without a
+        body, which is not counted, and its method (any token) is no label."""
+        try:
+            path = unquote_to_bytes(_target(request)[0]).decode("utf-8")
+        except UnicodeDecodeError:
+            return  # a 400 without a body (_Utf8Paths), not counted
+        if path.startswith("//"):
+            return  # no route serves it (_Utf8Paths)
+        try:
+            self._matcher.match(path, method=request.method.decode("latin-1"))
+        except HTTPException:
+            return
+        self.metrics.observe_request(*_request_labels(request), code, seconds)
+
     def admit(self, request: Request) -> Deferred[ApiError | None]:
         """Before any byte of a body is read: authenticate (or check the events token) the request."""
         return Deferred.fromCoroutine(self._admit(request))
@@ -754,7 +779,7 @@ class ApiServer:
         if path.split("/")[1:2] and path.split("/")[1] in HEALTH_ENDPOINTS:
             return bad_request("health endpoints take no request body")
         if path == "/registry/events" and self.repository_index is not None and self.events_token:
-            return None if self._events_token_valid(request) else unauthorized()
+            return None if self._events_token_valid(request) else self._events_token_refused(request)
         if (path == "/metrics" and self.metrics_anonymous) or self._always_allowed(path):
             return None
         try:
@@ -1107,7 +1132,7 @@ class ApiServer:
         """Registry notifications: push events add their repository to the repository index."""
         assert self.repository_index is not None
         if not self._events_token_valid(request):
-            raise unauthorized()
+            raise self._events_token_refused(request)
         try:
             events = json.loads(self._body(request))["events"]
             changes = [
@@ -1138,6 +1163,23 @@ class ApiServer:
         if added:
             log.info("repository index: {added} added by registry events", added=", ".join(added))
         return _write_json(request, 200, {"accepted": len(events)})
+
+    def _events_token_refused(self, request: IRequest) -> ApiError:
+        """The 401 of a notification whose token is not --registry-events-token-file's. Said once
+        per period: it is the operator's only sign that the registry's notifications are lost (a
+        token rotated on one side only), which the index otherwise shows only as repositories
+        missing from namespace lists until its next refresh."""
+        said = self._events_refused(None)
+        if said is not None:
+            peer = request.getClientAddress()
+            log.warn(
+                "registry notification from {peer} refused: its Authorization header does not bear the "
+                "token of --registry-events-token-file; the registry's notifications are lost until its "
+                "endpoint's header and the file agree{more}",
+                peer=getattr(peer, "host", "?"),
+                more=said.more(),
+            )
+        return unauthorized()
 
     def _events_token_valid(self, request: IRequest) -> bool:
         if not self.events_token:

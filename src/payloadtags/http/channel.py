@@ -121,6 +121,12 @@ class Admission(Protocol):
         a probe's answer, a 401, a 404 of an unknown path). Eviction spares such connections."""
         ...
 
+    def refused(self, request: Request, code: int, seconds: float) -> None:
+        """The channel answered ``request`` itself with ``code``, ``seconds`` after its head was read
+        (refused by admission, a body too large or late, ...): the site never saw it, and the
+        request is counted here as one it answered is."""
+        ...
+
 
 def status_body(error: ApiError) -> bytes:
     return json.dumps(to_json(error.status()), separators=(",", ":")).encode() + b"\n"
@@ -535,6 +541,11 @@ class GuardedChannel(http.HTTPChannel):
     _found_sender: object = _NOT_LOOKED  # _sender's
     _peer: IAddress | None = None  # getPeer's
     _local: IAddress | None = None  # getHost's
+    # The request whose head is read and which the site has not been handed yet (its body is being
+    # admitted or read), and when its head was read: a refusal of it is told to the admission
+    # (`refuse`), which counts it as the site counts what it answers.
+    _unhanded: Request | None = None
+    _head_read_at = 0.0
 
     def __init__(self) -> None:
         super().__init__()
@@ -873,12 +884,15 @@ class GuardedChannel(http.HTTPChannel):
         # by the head's own limit, with one request read or answered at a time per connection, and
         # past HEAD_BYTES by parsed_heads (_keep_head).
         self._give_back_head()
+        request = self.requests[-1]
+        # Twisted sets these once the body is in; admission, and a refusal's count, need them before.
+        request.method, request.uri = self._command, self._path
+        self._unhanded, self._head_read_at = request, self.site.monotonic()
         if self.probe_only and not self.site.admission.is_probe(self._path):
             self.refuse(connections_full())
             return
         if not self._keep_head():
             return
-        request = self.requests[-1]
         request.parseCookies()
         self.persistent = self.checkPersistence(request, self._version)
         limit = self.limits.max_request_body_bytes
@@ -892,8 +906,6 @@ class GuardedChannel(http.HTTPChannel):
         self._arm(self.limits.request_timeout, "body")
         self._admitting = True
         self._admission_paused = False
-        # Twisted sets these once the body is in; admission needs them before.
-        request.method, request.uri = self._command, self._path
         admission = self.site.admit(request)
         if not admission.called:
             self._admission = admission
@@ -937,6 +949,7 @@ class GuardedChannel(http.HTTPChannel):
             return  # refused on its head (a connection for probes only), and the request had no body
         self._disarm()
         self._head_cost = 0  # the next head counts afresh (its pooled part went back with the head)
+        self._unhanded = None  # the site answers it, and counts it
         super().allContentReceived()
 
     # -- responses ----------------------------------------------------------------------------------
@@ -1047,6 +1060,10 @@ class GuardedChannel(http.HTTPChannel):
         if not self._handlingRequest:
             assert self.transport is not None
             self.transport.write(refusal_bytes(error))
+            unhanded, self._unhanded = self._unhanded, None
+            if unhanded is not None:
+                elapsed = self.site.monotonic() - self._head_read_at
+                self.site.admission.refused(unhanded, error.code, elapsed)
         _drop_before_decrypting(self.transport)
         self._networkProducer.resumeProducing()
         self._arm(LINGER, "linger")
@@ -1173,6 +1190,7 @@ class GuardedSite(Site):
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
+        self.monotonic = monotonic
         self.clients = Clients(limits, reactor, monotonic)
         self.scheduler = FairScheduler(reactor, self.clients.ready_in)
         self.head_pool = HeadPool()
