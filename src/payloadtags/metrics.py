@@ -20,6 +20,7 @@ from payloadtags.access.authz import Authorizer
 from payloadtags.registry import Before, CatalogPage, Check, Manifest, Registry, Resolved, WriteHooks
 from payloadtags.registry.client import MAX_CATALOG_PAGE
 from payloadtags.registry.errors import (
+    RegistryConflict,
     RegistryDeleteDisabled,
     RegistryError,
     RegistryNotFound,
@@ -191,6 +192,15 @@ def outcome_of(error: BaseException | None) -> str:
             return "unavailable"
         case RegistryDeleteDisabled():
             return "delete_disabled"
+        case CancelledError():
+            # Its caller gave it up (the client went away, the request's deadline): neither the
+            # registry's failure nor a bug. As "error", every list cut short fired the alert on
+            # "error" (rejected credentials, a 403, answers not understood: docs/metrics.md).
+            return "cancelled"
+        case RegistryConflict():
+            # A tag changed under a conditional write (a push racing a delete): an answer, the
+            # registry works.
+            return "conflict"
         case RegistryError():
             return "error"
         case _:

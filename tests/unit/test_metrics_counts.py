@@ -18,6 +18,8 @@ from payloadtags.metrics import CONNECTION_REFUSALS, CountingAuthorizer, Instrum
 from payloadtags.registry import (
     Before,
     Check,
+    RegistryAuthFailed,
+    RegistryConflict,
     RegistryNotFound,
     RegistryUnavailable,
     WriteHooks,
@@ -118,6 +120,41 @@ async def test_registry_operations_are_counted_by_outcome() -> None:
     }
     durations = samples(metrics, "payloadtags_registry_operation_duration_seconds_count")
     assert durations == {(("operation", "tags"),): 8.0}
+
+
+class Waiting:
+    """A registry whose tag lists are answered when the test fires them."""
+
+    def __init__(self) -> None:
+        self.asked: list[Deferred[list[str]]] = []
+
+    async def tags(self, repository: str) -> list[str]:
+        self.asked.append(Deferred())
+        return await self.asked[-1]
+
+
+def test_only_the_registrys_failures_are_errors() -> None:
+    """review r1obs N1: the "registry is failing" alert takes in `error` (rejected credentials, a 403,
+    answers not understood); a list cut short by its client, or a delete that met a push, counted as
+    `error` too, would fire it with the registry working."""
+    metrics = Metrics()
+    script: list[list[str] | Exception] = [
+        RegistryAuthFailed("rejected"),
+        RegistryAuthFailed("denied", denied=True),
+        RegistryConflict("moved"),
+    ]
+    scripted = InstrumentedRegistry(Registry(script), metrics)  # type: ignore[arg-type]
+    for _ in range(3):
+        Deferred.fromCoroutine(scripted.tags("team/app")).addErrback(lambda _: None)
+    waiting = Waiting()
+    given_up = InstrumentedRegistry(waiting, metrics)  # type: ignore[arg-type]
+    Deferred.fromCoroutine(given_up.tags("team/app")).addErrback(lambda _: None).cancel()
+    assert waiting.asked[0].called  # the registry's call was cancelled with it
+    assert samples(metrics, "payloadtags_registry_operations_total") == {
+        (("operation", "tags"), ("outcome", "error")): 2.0,  # before: 4.0
+        (("operation", "tags"), ("outcome", "conflict")): 1.0,
+        (("operation", "tags"), ("outcome", "cancelled")): 1.0,
+    }
 
 
 class Alternate:
