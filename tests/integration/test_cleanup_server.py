@@ -7,12 +7,14 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import attrs
 import pytest
 import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
+from payloadtags.api.tags import NamespaceRemoval
 from payloadtags.limits import HttpLimits
 from payloadtags.names import encode_name
 from payloadtags.registry.client import RegistrySettings
@@ -719,6 +721,26 @@ async def test_a_tag_by_tag_deletecollection_with_held_deletes_and_no_late_write
     assert "a delete already under way is finished by the server" in body, body
 
 
+@attrs.define
+class _Ended:
+    """A namespace removal that notes each of its calls' ends in ``ended``: from then on the test's
+    faults apply (the look after it)."""
+
+    removal: NamespaceRemoval
+    ended: list[str]
+
+    async def deleting(self, namespace: str) -> bool:
+        return await self.removal.deleting(namespace)
+
+    async def remove(
+        self, namespace: str, within: float, changed: Callable[[str], None] | None = None
+    ) -> None:
+        try:
+            await self.removal.remove(namespace, within, changed)
+        finally:
+            self.ended.append(namespace)
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_namespaces_removal_whose_last_look_fails_answers_its_own_504(
     reactor,
@@ -747,13 +769,8 @@ async def test_a_namespaces_removal_whose_last_look_fails_answers_its_own_504(
         make_server, fresh_registry, kube_kubeconfig, pki, kube_api, ns, proxy=proxy
     )
     service = server.running.api.service
-    changed = service.changed
-
-    def ended(repository: str) -> None:  # the removal has ended: from now on the tag list fails
-        removed.append(repository)
-        changed(repository)
-
-    service.changed = ended
+    # The removal's end, not its `changed` hook: that is told as each of its deletes ends too.
+    service.removal = _Ended(service.removal, removed)
     try:
         late_writes = service.late_writes
         late_writes.note(ns, f"deleting tag {repo}:v0", late_writes.now() + 30.0)

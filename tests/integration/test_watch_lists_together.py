@@ -11,12 +11,18 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import ensureDeferred, gatherResults
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 
 from payloadtags.limits import WatchLimits
 from payloadtags.names import encode_name
+from payloadtags.registry.client import RegistrySettings
+from tests.integration.test_cleanup_server import _another_replica_leads, _cleanup_server, _controller
 from tests.support import images
+from tests.support.cleanup_fixtures import unique_namespace
 from tests.support.client import ApiClient, stream
+from tests.support.faultproxy import LATE, FaultProxy
+from tests.support.kubeapi.resources import NAMESPACES
+from tests.support.rbac import ensure_namespace, eventually
 
 B = "/apis/payload-registry.deckhouse.io/v1alpha1"
 
@@ -243,3 +249,91 @@ async def test_an_all_namespaces_list_beside_one_pinned_to_a_namespace_repeats_t
         if event["object"]["metadata"]["namespace"] in mine
     ]
     assert opening == [("ADDED", f"{namespace}x", "o1")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_lists_made_while_a_namespace_is_removed_are_not_sent_the_deletes_made_before_them(
+    reactor, make_server, fresh_registry, kube_api, kube_kubeconfig, pki
+):
+    """Review r2moved F1: the namespace controller's deletecollection of a Terminating namespace
+    (`NamespaceRemover`: up to 40 s a call) told the watch hub of its deletes only once it ended. A
+    list made while it ran joined the record of a list made before it, and its watch was sent DELETED
+    of tags the registry had lost before that list, which it never showed (newcomer F2 again, for as
+    long as the removal). Each delete is told as it ends: each list made meanwhile has a record of its
+    own, the second one made during the removal too (a move at the removal's start only would leave
+    that one joining the first's). The removal's deletes in a/ and then c/ are held until the test
+    lets them go: a/ goes, a list, b/ goes, a list, c/ goes."""
+    ns = unique_namespace("rmlists")
+    _another_replica_leads(kube_api)
+    ensure_namespace(kube_api, ns)
+    for path in ("a", "b", "c"):
+        images.push_oci_image(fresh_registry, f"{ns}/{path}", "v1", seed=path)
+    held: dict[str, Deferred[None]] = {path: Deferred() for path in ("b", "c")}
+
+    def decide(method: str, path: str) -> str | None:
+        for name, hold in held.items():
+            if method == "DELETE" and f"/{ns}/{name}/" in path:
+                proxy.hold = hold  # read by this request's wait, which begins before any other's
+                return LATE
+        return None
+
+    proxy = FaultProxy(reactor, fresh_registry.url, decide)
+    server = await _cleanup_server(
+        make_server,
+        proxy.url,
+        kube_kubeconfig,
+        registry=RegistrySettings(url=proxy.url, timeout=60.0),
+        # No access rounds: each moves the sequence (`WatchHub.check_access`), and RBAC's informers
+        # relisting would bring one between the lists at random.
+        watch=WatchLimits(resync_period=3600, access_check_interval=3600),
+    )
+    told: list[str] = []
+    service = server.running.api.service
+    tell = service.changed
+
+    def changed(repository: str) -> None:
+        told.append(repository)
+        tell(repository)
+
+    service.changed = changed
+    admin = _controller(server, pki)  # system:masters (RBAC mode)
+    url = f"{B}/namespaces/{ns}/payloadrepositorytags"
+
+    async def gone(path: str) -> bool:
+        # Gone from the registry, and the hub told (bounded: without the fix it is told only at the
+        # end, which waits for the held deletes; the lists below then show what that does).
+        return images.list_tags(fresh_registry, f"{ns}/{path}") == [] and f"{ns}/{path}" in told
+
+    def paths(response: Any) -> list[str]:
+        return sorted(item["spec"]["repositoryPath"] for item in response.json()["items"])
+
+    async def opening(listed: str) -> list[tuple[str, str]]:
+        events = await _sent(admin, url, listed)
+        return sorted((event["type"], event["object"]["spec"]["repositoryPath"]) for event in events)
+
+    try:
+        first = await admin.get(url)
+        assert paths(first) == ["a", "b", "c"]
+        kube_api.store.delete(NAMESPACES, ns)  # Terminating: its content goes wholesale
+        removal = ensureDeferred(admin.delete(url))
+        await eventually(lambda: gone("a"), within=10)
+        second = await admin.get(url)
+        held["b"].callback(None)
+        await eventually(lambda: gone("b"), within=10)
+        third = await admin.get(url)
+        held["c"].callback(None)
+        answer = await removal
+        assert answer.code == 200, answer.body
+        assert (paths(first), paths(second), paths(third)) == (["a", "b", "c"], ["b", "c"], ["c"])
+        listed = [reply.json()["metadata"]["resourceVersion"] for reply in (first, second, third)]
+        assert len(set(listed)) == 3, listed  # before the fix: one resourceVersion for all three
+        assert await opening(listed[2]) == [("DELETED", "c")]
+        assert await opening(listed[1]) == [("DELETED", "b"), ("DELETED", "c")]
+        assert await opening(listed[0]) == [("DELETED", "a"), ("DELETED", "b"), ("DELETED", "c")]
+    finally:
+        for hold in held.values():
+            if not hold.called:
+                hold.callback(None)
+        await server.stop()
+        await proxy.settled()
+        await proxy.stop()

@@ -68,6 +68,39 @@ def test_waits_for_the_leaders_cascade_instead_of_duplicating_it() -> None:
     assert seen_by_leader == [None]  # the leader's task sees its own result, untouched
 
 
+def test_tells_each_repository_as_each_of_its_deletes_ends_not_at_the_removal_s_end() -> None:
+    """Review r2moved F1: the watch hub heard of a removal's deletes only once the whole call ended
+    (up to its budget later), and a list made meanwhile shared the record of one made before."""
+    remover, registry, _clock = make({})
+    told: list[tuple[str, list[str]]] = []  # each repository told, with its tags left then
+    done = outcome(
+        remover.remove(
+            "team",
+            10.0,
+            changed=lambda repository: told.append(
+                (repository, registry.remaining(repository).get(repository, []))
+            ),
+        )
+    )
+    assert done == [None] and registry.remaining("team/") == {}
+    # team/app: two digests (v1 and latest share one), each told as its delete ended, the first
+    # while the other's tags were still there.
+    app = [left for repository, left in told if repository == "team/app"]
+    assert len(app) == 2 and app[0] in (["latest", "v1"], ["v2"]) and app[1] == []
+    assert [repository for repository, _ in told if repository != "team/app"] == ["team/deep/nested/repo"]
+
+
+def test_tells_nothing_of_a_delete_that_sent_nothing() -> None:
+    # Stopped before its write left (the namespace exists again): nothing changed, no watch is told.
+    remover, registry, clock = make({"team": EXISTS})
+    told: list[str] = []
+    done = outcome(remover.remove("team", 5.0, changed=told.append))
+    for _ in range(10):
+        clock.advance(1.0)
+    assert len(done) == 1 and done[0].check(RegistryError)
+    assert told == [] and registry.deletes == []
+
+
 def test_a_stuck_leader_cascade_is_not_waited_for_beyond_the_budget_nor_cancelled() -> None:
     leader: Deferred[None] = Deferred()
     remover, registry, clock = make({}, running=leader)

@@ -281,9 +281,12 @@ class NamespaceRemoval(Protocol):
         """The cluster API says the namespace is Terminating or gone."""
         ...
 
-    async def remove(self, namespace: str, within: float) -> None:
+    async def remove(
+        self, namespace: str, within: float, changed: Callable[[str], None] | None = None
+    ) -> None:
         """Delete everything under ``<namespace>/``; returns once a listing finds nothing, raises a
-        RegistryError when that does not happen within ``within`` seconds."""
+        RegistryError when that does not happen within ``within`` seconds. ``changed`` is told each
+        repository as a delete of its own there ends (not those of work under way it waits for)."""
         ...
 
 
@@ -1166,7 +1169,10 @@ class TagsService:
             # To a tenth of a second: its errors name it ("not finished within 1.9s").
             within = max(0.0, round(cut - self.late_writes.now(), 1))
         try:
-            await self.removal.remove(namespace, within)
+            # Told as each delete ends: a list made while the removal goes on (up to its budget) must
+            # not join the record of one made before, whose watch is sent the removal's deletes
+            # (review r2moved F1).
+            await self.removal.remove(namespace, within, changed=self.changed)
         except RegistryError as error:
             why = str(error)
             # A write of the removal the registry may still carry out (a repair's placeholder PUT):
@@ -1175,6 +1181,8 @@ class TagsService:
             pending = error.unanswered
             lasting = error.lasting and not error.unanswered
         finally:
+            # Again for every repository it selected: the deletes of work it waited for (the leader's
+            # cascade tells no watch) are told only here. At most one move more per list made since.
             for repository in dict.fromkeys(ref.repository for ref in refs):
                 self.changed(repository)
         look = self._select(user, namespace, selection, authorize=False, shown=False)

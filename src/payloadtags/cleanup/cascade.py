@@ -375,6 +375,7 @@ class Cascade:
         walk: Walk | None = None,
         until: float | None = None,
         aside: Aside | None = None,
+        changed: Callable[[str], None] | None = None,
     ) -> CascadeResult:
         """Empty ``<namespace>/``; returns once a full listing of it finds no tag.
 
@@ -389,6 +390,9 @@ class Cascade:
         place in line and is not sent; the cascade raises `Aborted` with the guard's reason. A write
         once sent is not cut short (its outcome could not be told). `aside` sits out the wait for a
         write of this process that may still land in the namespace (default: just that wait).
+        `changed` is told a repository each time one of its deletes (a digest's, a repair's) ends
+        that sent a write, whatever its outcome: the caller's watches learn of it then, not when the
+        cascade ends (a deletecollection's, up to its whole budget later).
         """
         pause = wait or self._sleep
         if not is_namespace(namespace):
@@ -402,6 +406,7 @@ class Cascade:
             self.check_backoff,
             self.clock,
             until,
+            changed,
         )
         walk = walk or Walk()
         started = self.clock.seconds()
@@ -831,7 +836,7 @@ class Cascade:
         try:
             try:
                 await checks.mutate(
-                    lambda hooks: self.registry.delete_manifest(repository, digest, hooks=hooks)
+                    repository, lambda hooks: self.registry.delete_manifest(repository, digest, hooks=hooks)
                 )
             except RegistryNotFound:
                 state.progress += 1  # someone else deleted it first: the goal is reached all the same
@@ -920,7 +925,7 @@ class Cascade:
         try:
             try:
                 digest = await checks.mutate(
-                    lambda hooks: self.registry.delete_tag(repository, tag, hooks=hooks)
+                    repository, lambda hooks: self.registry.delete_tag(repository, tag, hooks=hooks)
                 )
             except (RegistryNotFound, RegistryConflict) as e:
                 if e.unanswered:
@@ -985,6 +990,8 @@ class _Checks:
     clock: IReactorTime | None = None
     # A deletecollection's deadline (on `clock`): no wait of its requests lasts past it (`bounded`).
     until: float | None = None
+    # Told the repository of each mutation that sent a write, once it ends (`Cascade.run`).
+    changed: Callable[[str], None] | None = None
 
     async def once(self) -> None:
         # The guard first, as before every request: a deletecollection's budget spent, or the replica
@@ -1036,22 +1043,29 @@ class _Checks:
             if timer.active():
                 timer.cancel()
 
-    async def _attempt(self, call: Callable[[WriteHooks], Awaitable[T]]) -> T:
-        out = _Out()
+    async def _attempt(self, call: Callable[[WriteHooks], Awaitable[T]], out: _Out) -> T:
         before = self.once if self.confirm is not None else None
         work = ensureDeferred(_awaited(call(WriteHooks(before=before, check=self.check, sent=out))))
         return await self.bounded(work, out)
 
-    async def mutate(self, call: Callable[[WriteHooks], Awaitable[T]]) -> T:
+    async def mutate(self, repository: str, call: Callable[[WriteHooks], Awaitable[T]]) -> T:
+        """``call`` (a mutation of ``repository``) with the checks, retried while unconfirmed."""
         backoff = self.backoff()
         retries = self.retries
         while True:
             _check(self.guard)  # not queued at all once told to stop
+            out = _Out()
             try:
-                return await self._attempt(call)
+                return await self._attempt(call, out)
             except Unconfirmed:
                 if retries == 0:
                     raise
+            finally:
+                # Only once a write left: one stopped before (a budget spent, a confirmation refused)
+                # changed nothing, and a watch need not hear of it. Told whatever the outcome, as a
+                # single delete's: one that failed half-way may have changed the registry.
+                if out.left and self.changed is not None:
+                    self.changed(repository)
             retries -= 1
             _check(self.guard)  # not sat out after leading
             await self.pause(backoff.next_delay())  # a deletecollection's: not past its budget
@@ -1067,10 +1081,12 @@ class _Out:
     (a confirmation's turn, a slot, a token) is cancelled at the budget (`_Checks.bounded`)."""
 
     count: int = 0
+    left: bool = False  # whether any write left at all (`_Checks.mutate`)
     # Told when the count comes back to 0 (`bounded`: a budget that ended meanwhile cuts the rest).
     answered: Callable[[], None] | None = None
 
     def __call__(self, leaving: bool) -> None:
+        self.left = self.left or leaving
         self.count += 1 if leaving else -1
         if not leaving and self.count == 0 and self.answered is not None:
             self.answered()

@@ -60,7 +60,9 @@ class NamespaceRemover:
     walks_kept: int = 1000
     _walks: OrderedDict[str, Walk] = attrs.Factory(OrderedDict)
 
-    async def remove(self, namespace: str, within: float) -> None:
+    async def remove(
+        self, namespace: str, within: float, changed: Callable[[str], None] | None = None
+    ) -> None:
         deadline = self.clock.seconds() + within
 
         def guard() -> str | None:
@@ -138,6 +140,7 @@ class NamespaceRemover:
                     # The cascade's clock (`until` is on it): the same reactor in the server, but
                     # the budget left is what counts wherever the two clocks stand.
                     until=self.cascade.clock.seconds() + (deadline - self.clock.seconds()),
+                    changed=changed,
                 )
                 done = True
             finally:
