@@ -167,6 +167,31 @@ async def test_a_delete_between_two_lists_is_sent_to_the_watch_of_the_first_only
 
 
 @pytest_twisted.ensureDeferred
+async def test_an_exact_list_at_a_list_s_resource_version_after_a_delete_through_the_api_is_410(
+    make_server, registry, repo
+):
+    """Review r2moved N2 (docs/api.md, `resourceVersionMatch=Exact`): the delete moves the sequence
+    past the list's record, so the list at that resourceVersion exactly is no longer served; before
+    (newcomer F2), it was served as the registry is now, without the deleted tag the list at that
+    resourceVersion showed. NotOlderThan is served at the new resourceVersion."""
+    namespace, path = repo.split("/", 1)
+    images.push_oci_image(registry, repo, "v1")
+    images.push_oci_image(registry, repo, "v2", seed="other")
+    api = await make_server(registry, watch=WatchLimits(resync_period=3600))
+    client = api.client(api.pki.admin)
+    url = f"{B}/namespaces/{namespace}/payloadrepositorytags"
+    listed = (await client.get(url)).json()["metadata"]["resourceVersion"]
+    again = await client.get(url + f"?resourceVersion={listed}&resourceVersionMatch=Exact")
+    assert again.code == 200 and _tags(again) == ["v1", "v2"]  # nothing moved: served
+    assert (await client.delete(f"{url}/{encode_name(path, 'v1')}")).code == 200
+    exact = await client.get(url + f"?resourceVersion={listed}&resourceVersionMatch=Exact")
+    assert exact.code == 410, exact.body
+    newer = await client.get(url + f"?resourceVersion={listed}&resourceVersionMatch=NotOlderThan")
+    assert newer.code == 200 and _tags(newer) == ["v2"]
+    assert newer.json()["metadata"]["resourceVersion"] != listed
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_list_and_a_list_by_name_at_once_then_the_list_s_watch_is_sent_nothing_of_the_rest(
     make_server, registry, repo
 ):
