@@ -675,6 +675,7 @@ async def start(
     if cleanup is not None:
         if remover is not None:
             remover.running = cleanup.cleaning  # deletecollection waits for the leader's cascade
+        cleanup.changed = watch_hub.repository_changed
         liveness.append(("leaderElection", cleanup.check_health))
     health = HealthChecks({"healthz": liveness, "livez": liveness, "readyz": readiness}, monotonic)
     # Said here, not with the start's other warnings: the advice names only checks registered above.

@@ -362,3 +362,77 @@ async def test_lists_made_while_a_namespace_is_removed_are_not_sent_the_deletes_
         await server.stop()
         await proxy.settled()
         await proxy.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_list_made_while_the_leader_s_cascade_empties_a_namespace_is_not_sent_its_earlier_deletes(
+    reactor, make_server, fresh_registry, kube_api, kube_kubeconfig, pki
+):
+    """As above for the cleanup leader's own cascade of a deleted namespace, which told the watch hub
+    nothing at all: a list made after its first delete joined the record of one made before, and its
+    watch was sent that delete (and, with no notifications, a list made after it ended as well). The
+    cascade's delete in b/ is held until the test lets it go."""
+    ns = unique_namespace("rmleader")
+    ensure_namespace(kube_api, ns)
+    for path in ("a", "b"):
+        images.push_oci_image(fresh_registry, f"{ns}/{path}", "v1", seed=path)
+    held: Deferred[None] = Deferred()
+
+    def decide(method: str, path: str) -> str | None:
+        return LATE if method == "DELETE" and f"/{ns}/b/" in path else None
+
+    proxy = FaultProxy(reactor, fresh_registry.url, decide, hold=held)
+    server = await _cleanup_server(
+        make_server,
+        proxy.url,
+        kube_kubeconfig,
+        registry=RegistrySettings(url=proxy.url, timeout=60.0),
+        watch=WatchLimits(resync_period=3600, access_check_interval=3600),  # as above
+    )
+    cleanup = server.running.cleanup
+    told: list[str] = []
+    tell = cleanup.changed
+
+    def changed(repository: str) -> None:
+        told.append(repository)
+        if tell is not None:
+            tell(repository)
+
+    cleanup.changed = changed
+    admin = _controller(server, pki)
+    url = f"{B}/namespaces/{ns}/payloadrepositorytags"
+
+    async def gone(path: str) -> bool:
+        return images.list_tags(fresh_registry, f"{ns}/{path}") == [] and f"{ns}/{path}" in told
+
+    try:
+        assert await eventually(lambda: _now(cleanup.is_leader), within=10)
+        first = await admin.get(url)
+        kube_api.store.delete(NAMESPACES, ns)  # Terminating: the leader's cascade empties it
+        await eventually(lambda: gone("a"), within=10)
+        second = await admin.get(url)
+        held.callback(None)
+        await eventually(lambda: gone("b"), within=10)
+        third = await admin.get(url)
+        paths = [
+            sorted(item["spec"]["repositoryPath"] for item in reply.json()["items"])
+            for reply in (first, second, third)
+        ]
+        assert paths == [["a", "b"], ["b"], []]
+        listed = [reply.json()["metadata"]["resourceVersion"] for reply in (first, second, third)]
+        assert len(set(listed)) == 3, listed  # before: one resourceVersion for all three
+        opened = [
+            sorted((e["type"], e["object"]["spec"]["repositoryPath"]) for e in await _sent(admin, url, rv))
+            for rv in listed
+        ]
+        assert opened == [[("DELETED", "a"), ("DELETED", "b")], [("DELETED", "b")], []]
+    finally:
+        if not held.called:
+            held.callback(None)
+        await server.stop()
+        await proxy.settled()
+        await proxy.stop()
+
+
+async def _now(value: bool) -> bool:
+    return value

@@ -1181,8 +1181,8 @@ class TagsService:
             pending = error.unanswered
             lasting = error.lasting and not error.unanswered
         finally:
-            # Again for every repository it selected: the deletes of work it waited for (the leader's
-            # cascade tells no watch) are told only here. At most one move more per list made since.
+            # Again for every repository it selected, whoever deleted there: work it waited for may
+            # tell no hub (a leader's cascade without `changed`). At most one move more per list since.
             for repository in dict.fromkeys(ref.repository for ref in refs):
                 self.changed(repository)
         look = self._select(user, namespace, selection, authorize=False, shown=False)

@@ -109,6 +109,10 @@ class CleanupController:
             # (`LateWrites`): the writes of each are waited out by all.
             late_writes=late_writes if late_writes is not None else LateWrites(reactor),
         )
+        # Told each repository as a delete of its cascades there ends (`Cascade.run`): the server's
+        # watch hub, so that a list made while a cascade runs does not join the record of one made
+        # before its deletes (review r2moved F1, as for a deletecollection's removal).
+        self.changed: Callable[[str], None] | None = None
         self.elector: LeaderElector | None = None
         if self.options.leader_elect:
             self.elector = LeaderElector(
@@ -385,6 +389,7 @@ class CleanupController:
                 confirm=lambda: self._confirm_gone(namespace, uid),
                 wait=back_off,
                 aside=aside,
+                changed=self.changed,
             )
         finally:
             worker.release()
