@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 import pytest
 import pytest_twisted
-from twisted.internet import defer, threads, utils
+from twisted.internet import defer, task, threads, utils
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent
 
@@ -1190,10 +1190,18 @@ async def test_a_malformed_timeout_is_400_before_authentication_with_a_body_too(
     for method, body in (("GET", b""), ("DELETE", b""), ("DELETE", b"{}")):
         reply = await threads.deferToThread(exchange, target, request_bytes(method, path, {}, body))
         answers.append((method, bool(body), reply.code, INVALID_TIMEOUT in reply.json().get("message", "")))
+    # A watch reads no ``timeout``, with a body or without (review r2fix L2): the 401 of a request
+    # without credentials.
+    watch = f"{collection(namespace)}?watch=1&timeout=soon"
+    for body in (b"", b"{}"):
+        reply = await threads.deferToThread(exchange, target, request_bytes("GET", watch, {}, body))
+        answers.append(("watch", bool(body), reply.code, INVALID_TIMEOUT in reply.json().get("message", "")))
     assert answers == [
         ("GET", False, 400, True),
         ("DELETE", False, 400, True),
         ("DELETE", True, 400, True),
+        ("watch", False, 401, False),
+        ("watch", True, 401, False),
     ]
 
 
@@ -1233,6 +1241,44 @@ async def test_a_requests_deadline_bounds_its_authentication_with_a_body_too(
     late = "Timeout: the request did not complete within 1s"
     assert answers == [("GET", False, 504, late), ("DELETE", True, 504, late)]
     assert delays.getDelayedCalls() == []  # each review's next attempt, cancelled with its request
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_watch_with_a_body_is_not_cut_at_its_timeout_while_it_is_authenticated(
+    make_server, registry, kube_api, kube_kubeconfig, namespace, reactor
+):
+    """A watch does not read ``timeout`` (docs/api.md; kube-apiserver's WithRequestDeadline passes
+    long-running requests through): a watch GET with a body (read and ignored), authenticated before
+    its body is read, was answered 504 at its ``timeout=1s`` while its TokenReview was under way, where
+    the same watch without one waits for its review (review r2fix L2). Each review is held past that
+    second (a timer set after the request's own deadline, on the same reactor) and then answered: the
+    made-up token is nobody, a 401 for both."""
+    server = await make_server(
+        registry,
+        kubeconfig=str(kube_kubeconfig),
+        authorization_mode="AlwaysAllow",
+        http=HttpLimits(request_timeout=20.0),
+    )
+    kube_api.hold_token_reviews = True
+    held = kube_api.held_token_reviews
+    target = Target(server.running.port, str(server.pki.server_ca.cert_file))
+    path = f"{collection(namespace)}?watch=1&timeout=1s"
+    answers = []
+    for body in (b"", b"{}"):
+        token = f"made-up-{len(body)}"
+        raw = request_bytes("GET", path, {"Authorization": f"Bearer {token}"}, body)
+        reply = threads.deferToThread(exchange, target, raw, timeout=HANG_GUARD)
+
+        async def asked(token: str = token) -> bool:
+            return token in held
+
+        assert await eventually(asked, within=HANG_GUARD) is True
+        await task.deferLater(reactor, 1.5)
+        if token in held:  # not when the deadline cancelled the review
+            kube_api.answer_token_review(token)
+        answered = await reply
+        answers.append((bool(body), answered.code, answered.json().get("message")))
+    assert answers == [(False, 401, "Unauthorized"), (True, 401, "Unauthorized")]
 
 
 def _send_token_heads(target: Target, path: str, source: str, tokens: list[str]) -> list[Any]:

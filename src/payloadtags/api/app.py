@@ -785,7 +785,13 @@ class ApiServer:
         try:
             # A malformed ``timeout`` is its 400 before authentication, as kube-apiserver's
             # WithRequestDeadline runs before it, and as `respond` reads it for a request without a body.
-            given = request_timeout(_query(request).get("timeout"), self.request_timeout)
+            # Not a watch's (the collection's GET only, as `respond`'s route tells it): it is
+            # long-running, its bound is ``timeoutSeconds`` (review r2fix L2).
+            given = (
+                self.request_timeout
+                if _request_labels(request)[0] == "watch"
+                else request_timeout(_query(request).get("timeout"), self.request_timeout)
+            )
         except ApiError as error:
             return error
         authenticating = Deferred.fromCoroutine(self._authenticate(request))
