@@ -675,6 +675,7 @@ async def start(
     if cleanup is not None:
         if remover is not None:
             remover.running = cleanup.cleaning  # deletecollection waits for the leader's cascade
+            cleanup.emptied = remover.forget  # and forgets its walk of a namespace that one emptied
         cleanup.changed = watch_hub.repository_changed
         liveness.append(("leaderElection", cleanup.check_health))
     health = HealthChecks({"healthz": liveness, "livez": liveness, "readyz": readiness}, monotonic)

@@ -102,3 +102,40 @@ def test_the_leaders_cascade_waits_for_a_late_write_off_its_worker() -> None:
     assert "team" not in controller._running
     [result] = controller.results
     assert result.namespace == "team" and result.passes == 2
+
+
+def test_a_namespace_the_leaders_cascade_empties_is_forgotten_by_the_deletecollection_walks() -> None:
+    """A deletecollection call stopped in chunks of resolves leaves its walk with the digests it
+    resolved. Emptied by the leader's cascade then, the namespace calls no more, and that walk stayed
+    until 1000 newer ones pushed it out (review r2fix L1): the cascade that finds it empty has the
+    remover forget it (`emptied`, wired by the server), kept digests and all."""
+    clock = Clock()
+    registry = SlowRegistry(clock, 0.39)
+    for r in range(2):
+        for t in range(120):
+            registry.push(f"team/app{r}", f"v{t:03d}")
+    controller = _leader(registry, clock)
+    controller._reflector = _Synced()  # type: ignore[assignment]
+    controller._guard = lambda namespace: None  # type: ignore[method-assign]
+
+    async def gone(namespace: str, uid: str | None) -> None:
+        return None
+
+    controller._confirm_gone = gone  # type: ignore[method-assign]
+
+    async def check(namespace: str) -> tuple[str, None]:
+        return TERMINATING, None
+
+    remover = NamespaceRemover(make_cascade(registry, clock), clock, check)
+    controller.emptied = remover.forget
+    done = outcome(remover.remove("team", 20.0))
+    while not done:
+        clock.advance(0.13)
+    assert done[0].check(RegistryUnavailable)
+    walk = remover._walks["team"]
+    assert walk.state is not None and sum(map(len, walk.state.resolved.values())) > 50
+    controller._trigger("team", "deleted", None)
+    while "team" in controller._running:
+        clock.advance(0.39)
+    assert registry.remaining("team/") == {} and [r.namespace for r in controller.results] == ["team"]
+    assert "team" not in remover._walks

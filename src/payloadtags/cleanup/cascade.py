@@ -207,8 +207,9 @@ class _Pass:
     # carrying the pass on deletes them first (`Cascade._repository`). Without them, a call whose
     # budget ended before a repository's first chunk was deleted kept nothing of it, and every call
     # after resolved the same tags again and was stopped at the same place. At most a chunk's
-    # digests for each repository under way when the cascade stopped; they go with the pass when it
-    # ends (the next lists everything again).
+    # digests for each repository under way when the cascade stopped (and a deletecollection's walks
+    # keep `NamespaceRemover.digests_kept` in all); they go with the pass when it ends (the next lists
+    # everything again).
     resolved: dict[str, dict[str, _Digest]] = attrs.Factory(dict)
 
     def failed(self, where: str, error: Exception) -> None:

@@ -140,6 +140,9 @@ class CleanupController:
         # without one, cleans nothing (`cleaning`).
         self._workers: dict[str, _Worker] = {}
         self._again: dict[str, Trigger] = {}
+        #: Told each namespace a cascade of this controller found empty: the server's
+        #: `NamespaceRemover.forget`, whose deletecollection walk of it is then of no more use.
+        self.emptied: Callable[[str], None] = lambda namespace: None
         #: The most recent cascade results, newest last (for tests, benchmarks, debugging).
         self.results: collections.deque[CascadeResult] = collections.deque(maxlen=200)
         #: The most recent sweep result.
@@ -324,6 +327,7 @@ class CleanupController:
                     why, uid = self._again.pop(namespace)
                     continue
                 self._report(result, why)
+                self.emptied(namespace)
                 again = self._again.pop(namespace, None)
                 if again is None:
                     break

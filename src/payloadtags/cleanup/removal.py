@@ -54,11 +54,24 @@ class NamespaceRemover:
     # repository. None: namespaces are told apart by name only.
     identify: Callable[[str], Awaitable[str | None]] | None = None
     # Where each namespace's removal has got to, for its next call: forgotten once the namespace is
-    # found empty, replaced for a namespace created anew, and the least recently used beyond
-    # `walks_kept` namespaces (a namespace emptied by another replica, finalized meanwhile, calls no
-    # more). A walk forgotten only makes the next call begin at the namespace's first repository.
+    # found empty (by a call, or by the leader's cascade in this process: `forget`), replaced for a
+    # namespace created anew, and the least recently used beyond `walks_kept` namespaces (a namespace
+    # emptied by another replica, finalized meanwhile, calls no more). A walk forgotten only makes
+    # the next call begin at the namespace's first repository.
     walks_kept: int = 1000
+    # The digests all walks keep together (`_Pass.resolved`), the most recently stopped walks' first;
+    # a walk past the total keeps none, and its next call resolves those tags again. A walk keeps up
+    # to --namespace-cleanup-concurrency x 100 (400 at the default), about 300 bytes each (the digest,
+    # its tuple, the media type): 1,000 walks could hold over 100 MiB, where this is about 3 MiB.
+    # Only a walk still being called needs them (the namespace controller calls again within
+    # seconds), not one of a namespace another replica emptied, which no call here ends.
+    digests_kept: int = 10_000
     _walks: OrderedDict[str, Walk] = attrs.Factory(OrderedDict)
+
+    def forget(self, namespace: str) -> None:
+        """The namespace is known to be empty (the leader's cascade in this process found it so): its
+        walk is forgotten, as when a call ends done."""
+        self._walks.pop(namespace, None)
 
     async def remove(
         self, namespace: str, within: float, changed: Callable[[str], None] | None = None
@@ -148,6 +161,7 @@ class NamespaceRemover:
                     self._walks[namespace] = walk
                     while len(self._walks) > self.walks_kept:
                         self._walks.popitem(last=False)
+                    self._keep_digests_within()
 
         # Known to be under way from here on, before anything is awaited (the cluster API's uid
         # included): a call arriving meanwhile waits for this one.
@@ -174,6 +188,17 @@ class NamespaceRemover:
         finally:
             if self._inflight.get(namespace) is mine:
                 del self._inflight[namespace]
+
+    def _keep_digests_within(self) -> None:
+        """Drops the digests kept by the least recently stopped walks beyond `digests_kept` in all."""
+        total = 0
+        for walk in reversed(self._walks.values()):
+            state = walk.state
+            if state is None or not state.resolved:
+                continue
+            total += sum(map(len, state.resolved.values()))
+            if total > self.digests_kept:
+                state.resolved.clear()
 
     def _unfinished(self, namespace: str, why: str) -> RegistryError:
         """The error of a call that ends unfinished: a 503, which the namespace controller (and
