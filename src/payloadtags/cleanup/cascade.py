@@ -663,15 +663,12 @@ class Cascade:
                     await self._unresolved(repository, unresolved, state, limit, guard, checks)
             finally:
                 # Not reached by a delete: stopped meanwhile (or a confirmation that could not be had).
-                # Not what this cascade deleted or failed to delete before (resolved again since, and
-                # `_wipe` would not send it again): the next one's listing finds it if it is back.
-                left = {
-                    digest: named
-                    for digest, named in resolved.items()
-                    if digest not in handled.gone and digest not in handled.failed
-                }
-                if left:
-                    state.resolved[repository] = left
+                # All of it, also a digest this cascade deleted or failed to delete before (an index's
+                # child, or pushed again since): the next cascade's delete of it is confirmed as any,
+                # a 404 is progress, and a failure fails its pass, as its listing would have found it.
+                # A copy: a resolve still answered after the stop writes into `resolved`, not into it.
+                if resolved:
+                    state.resolved[repository] = dict(resolved)
         except (RegistryError, Unconfirmed) as e:
             # One repository's failure does not stop the others; the pass is retried as a whole.
             state.failed(repository, e)
