@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import LogLevel, formatEvent
 
@@ -1214,6 +1214,102 @@ def test_an_index_kept_by_a_cascade_stopped_between_its_children_is_read_again_b
     assert isinstance(result, CascadeResult) and registry.remaining("team/") == {}
     assert [d for _, d in registry.deletes] == [amd64, arm64, index] and registry.reads == [index, index]
     assert (result.tags_deleted, result.manifests_deleted) == (1, 2)
+
+
+class Late(Operations):
+    """The operation logged as ``late`` is answered in a second on ``clock``; cancelled meanwhile, it
+    is answered all the same a second later, as the registry client hands its caller an answer that
+    was already coming when it was cancelled (`within`: a success after a cancel is not turned into
+    a CancelledError)."""
+
+    def __init__(self, clock: Clock, late: str) -> None:
+        super().__init__()
+        self.clock, self.late = clock, late
+
+    async def _answer(self, line: str) -> None:
+        if line == self.late:
+            try:
+                await deferLater(self.clock, 1.0)
+            except CancelledError:
+                await deferLater(self.clock, 1.0)
+
+    async def tags(self, repository: str) -> tuple[str, ...]:
+        self.log.append(f"tags {repository}")
+        await self._answer(f"tags {repository}")
+        return await FakeRegistry.tags(self, repository)
+
+    async def delete_manifest(
+        self, repository: str, manifest: str, *, hooks: WriteHooks | None = None
+    ) -> None:
+        await run_hooks(hooks)
+        await self._answer(f"delete {manifest}")
+        await FakeRegistry.delete_manifest(self, repository, manifest)
+        self.log.append(f"delete {manifest}")
+
+
+def test_a_stopped_cascades_worker_answered_after_its_cancel_ends_with_the_cascade() -> None:
+    """A cascade stopped by one worker (here the namespace back: a deletecollection call answered
+    before its budget ends) cancels the others; one whose registry answer was already coming was
+    handed it as a success and went on beside the next call on the same walk: it marked its
+    repository done in `Walk.after`, took the next repository (and the digests an earlier call kept
+    of it), asked to delete them, and so on (review r2fix N2). Its answer still comes; nothing
+    follows."""
+    clock = Clock()
+    registry = Late(clock, "tags team/app1")
+    registry.repos["team/app0"] = {}  # empty: done at once
+    registry.repos["team/app1"] = {}  # listed late, its list cancelled by the stop
+    registry.push("team/app2", "v1")  # its delete is refused: the namespace is back
+    registry.push("team/app3", "v1")
+    walk = Walk()
+    earlier = {digest("team/app3:v1"): (1, OCI_MANIFEST)}  # kept by an earlier call
+    walk.next_pass(round_done=True).resolved["team/app3"] = dict(earlier)
+    asked = [0]
+
+    def back() -> Deferred[None]:
+        asked[0] += 1
+        raise Aborted("the namespace exists again")
+
+    [stopped] = run(make_cascade(registry, clock, concurrency=2), "team", confirm=back, walk=walk)
+    assert stopped.check(Aborted) and registry.deletes == []
+    assert registry.log == ["tags team/app0", "tags team/app1", "tags team/app2", "resolve v1"]
+    assert walk.after == "team/app0" and asked == [1]
+    kept = {"team/app3": earlier, "team/app2": {digest("team/app2:v1"): (1, OCI_MANIFEST)}}
+    assert walk.state is not None and walk.state.resolved == kept
+    clock.advance(1.0)
+    clock.advance(1.0)  # app1's list answered, after its cancel
+    assert not clock.getDelayedCalls()
+    assert registry.log == ["tags team/app0", "tags team/app1", "tags team/app2", "resolve v1"]
+    assert walk.after == "team/app0" and asked == [1] and walk.state.resolved == kept
+
+
+def test_a_stopped_cascades_delete_answered_after_its_cancel_keeps_nothing_in_the_walk() -> None:
+    """As above, the worker answered late a delete of its repository's kept digests: it went on to
+    the next one, stopped at its check, and wrote what was left in the walk, over what the next call
+    may have kept there meanwhile (review r2fix N2). What it leaves is the next call's to list."""
+    clock = Clock()
+    first = min(digest("team/app0:v1"), digest("team/app0:v2"))  # deleted first
+    registry = Late(clock, f"delete {first}")
+    registry.push("team/app0", "v1")
+    registry.push("team/app0", "v2")
+    registry.push("team/app1", "v1")  # its delete is refused: the namespace is back
+    walk = Walk()
+    asked = [0]
+
+    def once() -> Deferred[None]:
+        if asked[0] > 0:
+            asked[0] += 1
+            raise Aborted("the namespace exists again")
+        return succeed(asked)
+
+    [stopped] = run(make_cascade(registry, clock, concurrency=2), "team", confirm=once, walk=walk)
+    assert stopped.check(Aborted) and registry.deletes == [] and asked == [2]
+    kept = {"team/app1": {digest("team/app1:v1"): (1, OCI_MANIFEST)}}
+    assert walk.state is not None and walk.state.resolved == kept
+    clock.advance(1.0)
+    clock.advance(1.0)  # the delete of app0's first digest answered, after its cancel
+    assert not clock.getDelayedCalls()
+    assert registry.deletes == [("team/app0", first)] and asked == [2]
+    assert walk.state.resolved == kept  # not app0's second digest as well
 
 
 class Distribution28Order(ListingRegistry):

@@ -409,7 +409,15 @@ class Cascade:
             until,
             changed,
         )
-        walk = walk or Walk()
+        try:
+            return await self._run(namespace, checks, pause, walk or Walk(), aside)
+        finally:
+            checks.ended = True
+
+    async def _run(
+        self, namespace: str, checks: _Checks, pause: Wait, walk: Walk, aside: Aside | None
+    ) -> CascadeResult:
+        guard = checks.stop
         started = self.clock.seconds()
         backoff = self.backoff()
         passes = errors = tags = manifests = 0
@@ -553,8 +561,10 @@ class Cascade:
         async def repository(name: str) -> None:
             frontier.take(name)
             await self._repository(name, state, limit, guard, checks)
-            # Not reached when the cascade is stopped meanwhile: the next one does it again.
-            frontier.done(name)
+            # Not reached when the cascade is stopped meanwhile: the next one does it again. Nor when
+            # it ended before this repository's last answer came (`_Checks.ended`).
+            if not checks.ended:
+                frontier.done(name)
 
         async def skipped(after: str, until: tuple[str, ...] | None) -> None:
             # What 2.8's catalog lists after `after` and leaves out of its answer to `last=after`
@@ -629,6 +639,9 @@ class Cascade:
         checks: _Checks,
         guessed: bool = False,
     ) -> None:
+        # A worker of a cascade that has ended takes no further repository (`_Checks.ended`). Not the
+        # whole guard: a request's checks are the guard's calls, one more here would change none.
+        checks.not_ended()
         handled = _Handled()
         # Resolved and not deleted yet: first what a cascade stopped in this repository left, then
         # each chunk's, as its answers come. What is left when this cascade stops is kept for the
@@ -667,7 +680,7 @@ class Cascade:
                 # child, or pushed again since): the next cascade's delete of it is confirmed as any,
                 # a 404 is progress, and a failure fails its pass, as its listing would have found it.
                 # A copy: a resolve still answered after the stop writes into `resolved`, not into it.
-                if resolved:
+                if resolved and not checks.ended:
                     state.resolved[repository] = dict(resolved)
         except (RegistryError, Unconfirmed) as e:
             # One repository's failure does not stop the others; the pass is retried as a whole.
@@ -963,7 +976,10 @@ class Cascade:
         )
 
 
-@attrs.frozen
+_ENDED = "the cascade has ended"
+
+
+@attrs.define
 class _Checks:
     """A cascade's checks before each of its deletes: the cluster API's answer (`Confirm`) and the
     guard, which the registry client makes right before each write request leaves (`WriteHooks`):
@@ -990,16 +1006,32 @@ class _Checks:
     until: float | None = None
     # Told the repository of each mutation that sent a write, once it ends (`Cascade.run`).
     changed: Callable[[str], None] | None = None
+    # Set once the cascade's run has returned or raised. A stopped cascade cancels its workers, but
+    # one whose registry answer was already coming is handed it as a success (`within`) and goes on,
+    # while the next cascade carries the same `Walk` on: it stops at its next request, takes no
+    # further repository, and writes neither `Walk.after` nor the digests it kept (r2fix N2). Each
+    # of its deletes was confirmed all the same; what it leaves only costs the next one a listing.
+    ended: bool = False
+
+    def stop(self) -> str | None:
+        """The guard of the cascade's run: the given one, and its end."""
+        if self.ended:
+            return _ENDED
+        return self.guard() if self.guard is not None else None
+
+    def not_ended(self) -> None:
+        if self.ended:
+            raise Aborted(_ENDED)
 
     async def once(self) -> None:
         # The guard first, as before every request: a deletecollection's budget spent, or the replica
         # no longer leading, no cluster API request is begun.
-        _check(self.guard)
+        _check(self.stop)
         if self.confirm is not None:
             await self.confirm()
 
     def check(self) -> None:
-        _check(self.guard)
+        _check(self.stop)
 
     async def bounded(self, work: Deferred[T], out: _Out | None = None) -> T:
         """``work``, cancelled at `until` unless a write of it is out (``out``: sent, not answered): a
@@ -1035,7 +1067,7 @@ class _Checks:
         except CancelledError:
             if not expired:
                 raise
-            _check(self.guard)
+            _check(self.stop)
             raise Aborted("not finished by its deadline") from None
         finally:
             if timer.active():
@@ -1051,7 +1083,7 @@ class _Checks:
         backoff = self.backoff()
         retries = self.retries
         while True:
-            _check(self.guard)  # not queued at all once told to stop
+            _check(self.stop)  # not queued at all once told to stop
             out = _Out()
             try:
                 return await self._attempt(call, out)
@@ -1065,7 +1097,7 @@ class _Checks:
                 if out.left and self.changed is not None:
                     self.changed(repository)
             retries -= 1
-            _check(self.guard)  # not sat out after leading
+            _check(self.stop)  # not sat out after leading
             await self.pause(backoff.next_delay())  # a deletecollection's: not past its budget
 
 
