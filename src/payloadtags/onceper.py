@@ -40,6 +40,14 @@ class Said:
             return ""
         return f" ({self.suppressed} more like it in the {self.since:.0f}s since the last line)"
 
+    def ended(self, like: str = "the last line") -> str:
+        """The suffix of the line that ends an episode (the failures stopped): the count left out
+        since ``like`` (the last line said of the key, as the reader finds it in the log) and the
+        time they were counted in; empty when none was left out."""
+        if not self.suppressed or self.since is None:
+            return ""
+        return f" ({self.suppressed} more like {like} in the {self.since:.0f}s after it)"
+
 
 @attrs.define
 class OncePerPeriod(Generic[K]):
@@ -79,6 +87,13 @@ class OncePerPeriod(Generic[K]):
         if last is None:
             return None
         return Said(suppressed, self.monotonic() - last)
+
+    def over(self, key: K, like: str = "the last line") -> str:
+        """Ends ``key``'s episode (`forget`): the suffix of a line saying the ones left out since its
+        last line (`Said.ended`), to be logged once, or empty when none was (nothing to say). They
+        belong to this episode, not the next, whose first line is said at once."""
+        ended = self.forget(key)
+        return "" if ended is None else ended.ended(like)
 
     def __len__(self) -> int:
         return len(self._last)

@@ -61,6 +61,24 @@ def test_forget_ends_a_keys_period_and_gives_what_was_held_back() -> None:
     assert once("failing") == Said(0, None)
 
 
+def test_over_ends_an_episode_with_the_suffix_of_its_one_line() -> None:
+    # The ending of the api/health.py and watch/failures.py lines, written once (review r2obs L2).
+    clock = Clock()
+    once: OncePerPeriod[str] = OncePerPeriod(30.0, clock.seconds)
+    assert once.over("never said") == ""
+    once("failing")
+    assert once.over("failing") == ""  # none left out: no line
+    once("failing")
+    once("failing")
+    once("failing")
+    clock.advance(7)
+    assert once.over("failing", like="the last line, about a,") == (
+        " (2 more like the last line, about a, in the 7s after it)"
+    )
+    assert once.over("failing") == ""  # once
+    assert once("failing") == Said(0, None)  # the next failure is said at once
+
+
 def test_keys_are_bounded_forgetting_first_those_with_nothing_to_say() -> None:
     clock = Clock()
     once: OncePerPeriod[int] = OncePerPeriod(10.0, clock.seconds, max_keys=3)

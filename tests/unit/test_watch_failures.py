@@ -66,7 +66,8 @@ def test_resyncs_that_pass_again_count_what_was_left_out_and_the_next_failure_is
         assert said(events, "pass again") == []
         hub.sources["b"].resync()
         assert said(events, "pass again") == [
-            "watch resyncs pass again (1 more like the last line in the 0s after it)"
+            "watch resyncs pass again after ConnectionError (1 more like the last line, about a, in the 0s "
+            "after it)"
         ]
         reader.broken = True
         hub.sources["a"].resync()  # a new episode, within the period of the last line
@@ -100,9 +101,78 @@ def test_a_dropped_source_that_failed_does_not_hold_the_episode_open() -> None:
         assert said(events, "pass again") == []  # its going is no pass
         clock.advance(19)  # kept's resync passes, and no other scope's last one failed
     assert said(events, "pass again") == [
-        "watch resyncs pass again (2 more like the last line in the 30s after it)"
+        "watch resyncs pass again after ConnectionError (2 more like the last line, about kept, in the "
+        "30s after it)"
     ]
     assert len(said(events, "watch resync of")) == 1
+
+
+def test_a_source_dropped_during_its_failing_resync_does_not_hold_the_episode_open() -> None:
+    # Review r2obs F1 (its reproducer): the resync of the dropped source failed after the drop, which
+    # put the scope back among the failing for good.
+    reader = FakeReader({"kept/app": {"v1"}})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=30)
+    source = ready(hub, "kept")
+    w, _ = watcher()
+    hub.start(w, source, since=hub.versions.current, timeout=None)
+    gone = ready(hub, "gone")  # nobody watches it: dropped after UNUSED_SCOPE_TTL
+    with capturedLogs() as events:
+        reader.scope_held = []
+        clock.advance(30)  # both periodic resyncs start, and wait on the registry
+        assert len(reader.scope_held) == 2
+        hub.reap_unused()  # gone is idle: dropped while its resync is under way
+        assert list(hub.sources) == ["kept"]
+        held, reader.scope_held = reader.scope_held, None
+        reader.broken = True
+        for d in held:
+            if not d.called:  # gone's was cancelled
+                d.callback(None)  # the registry is down: kept's fails
+        assert len(said(events, "watch resync of")) == 1
+        reader.broken = False
+        hub.sources["kept"].resync()  # kept's resync passes, and the only other scope is gone
+        assert hub.sources["kept"].resyncs == 2
+        reader.broken = True
+        hub.sources["kept"].resync()  # a new failure, after the episode: said at once
+    # The episode ended when kept passed: gone is no more, its failure no scope's last one.
+    assert len(said(events, "watch resync of")) == 2, "the episode never ends: the new failure is left out"
+    # Its cancel is neither a failure nor a line.
+    assert gone.failures == 0
+    assert said(events, "watch resync of gone") == []
+
+
+@attrs.define
+class TwoCauses(FakeReader):
+    async def scope_tags(self, namespace: str | None) -> dict[str, list[str]]:
+        if self.broken:
+            raise (ConnectionError if namespace in ("a", "b") else TimeoutError)("registry down")
+        return await super().scope_tags(namespace)
+
+
+def test_two_causes_that_pass_again_are_named_in_their_lines() -> None:
+    # Review r2obs N1: two identical lines, neither saying which cause (nor which last line) it counts.
+    reader = TwoCauses({f"{n}/app": {"v1"} for n in "abcd"})
+    clock = Clock()
+    hub = make_hub(reader, clock, resync_period=30)
+    for n in "abcd":
+        source = ready(hub, n)
+        w, _ = watcher()
+        hub.start(w, source, since=hub.versions.current, timeout=None)
+    with capturedLogs() as events:
+        reader.broken = True
+        clock.advance(30)
+        reader.broken = False
+        clock.advance(30)
+    assert said(events, "watch resync of") == [
+        "watch resync of a failed: registry down",
+        "watch resync of c failed: registry down",
+    ]
+    assert said(events, "pass again") == [
+        "watch resyncs pass again after ConnectionError (1 more like the last line, about a, in the 30s "
+        "after it)",
+        "watch resyncs pass again after TimeoutError (1 more like the last line, about c, in the 30s "
+        "after it)",
+    ]
 
 
 @attrs.define

@@ -52,10 +52,7 @@ class _RateLimitedLog:
         """Ends the episode of ``key``. When failures were left out of the log since its last line,
         the suffix of a line that says so, once: they belong to this episode, not the next one,
         whose first line may give another reason."""
-        ended = self._once.forget(key)
-        if ended is None or not ended.suppressed or ended.since is None:
-            return None
-        return f" ({ended.suppressed} more like the last line in the {ended.since:.0f}s after it)"
+        return self._once.over(key) or None
 
 
 @attrs.define

@@ -46,18 +46,21 @@ class ReadFailures:
     # The scopes whose last resync failed: the episode lasts while one does. Bounded by the hub's
     # sources: a dropped one leaves it (`dropped`).
     _failing: set[str | None] = attrs.field(factory=set, init=False)
-    # The causes of the resync failures of the episode (error types: a handful).
-    _causes: set[str] = attrs.field(factory=set, init=False)
+    # The causes of the resync failures of the episode (error types: a handful), each with the scope
+    # its last line named (when one was said), which the line that ends the episode points to.
+    _causes: dict[str, str | None] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._once = OncePerPeriod(self.period, self.monotonic)
 
     def resync_failed(self, namespace: str | None, error: BaseException) -> None:
         self._failing.add(namespace)
-        self._causes.add(type(error).__name__)
-        said = self._once((_RESYNC, type(error).__name__))
+        cause = type(error).__name__
+        said = self._once((_RESYNC, cause))
         if said is None:
+            self._causes.setdefault(cause, None)
             return
+        self._causes[cause] = _scope(namespace)
         log.warn(
             "watch resync of {scope} failed: {error}{more}",
             scope=_scope(namespace),
@@ -73,9 +76,10 @@ class ReadFailures:
             self._episode_over()
 
     def dropped(self, namespace: str | None) -> None:
-        """The hub dropped the scope's source: its resyncs no longer tell whether the cause lasts, and
-        the next resync of another scope that passes ends the episode. Its going is no pass: the
-        registry may be down still."""
+        """The hub dropped the scope's source (and cancelled its resync under way, whose failure
+        would put it back): its resyncs no longer tell whether the cause lasts, and the next resync
+        of another scope that passes ends the episode. Its going is no pass: the registry may be
+        down still."""
         self._failing.discard(namespace)
 
     def read_failed(self, repository: str, error: BaseException) -> None:
@@ -93,13 +97,12 @@ class ReadFailures:
         )
 
     def _episode_over(self) -> None:
-        causes, self._causes = self._causes, set()
-        for cause in sorted(causes):
-            ended = self._once.forget((_RESYNC, cause))
-            if ended is None or not ended.suppressed or ended.since is None:
+        causes, self._causes = self._causes, {}
+        for cause, scope in sorted(causes.items()):
+            # Named, with the scope of the line it counts after: with two causes, two lines that did
+            # not say which would each seem to count after the same last line (review r2obs N1).
+            like = "the last line" if scope is None else f"the last line, about {scope},"
+            more = self._once.over((_RESYNC, cause), like=like)
+            if not more:
                 continue
-            log.info(
-                "watch resyncs pass again{more}",
-                more=f" ({ended.suppressed} more like the last line in the {ended.since:.0f}s after it)",
-                kind=cause,
-            )
+            log.info("watch resyncs pass again after {cause}{more}", cause=cause, more=more, kind=cause)

@@ -516,12 +516,14 @@ class WatchHub:
         return dropped
 
     def _drop(self, scope: str | None) -> None:
-        """Drops an idle scope's source and stops its resyncs. The rules noted there and the openings
-        of it go at the next reap, or once a number of sources went (`_sweep_when_due`)."""
+        """Drops an idle scope's source and stops its resyncs, the one under way too. The rules noted
+        there and the openings of it go at the next reap, or once a number of sources went
+        (`_sweep_when_due`)."""
         loop = self._loops.pop(scope)
         if loop.running:
             loop.stop()
-        del self.sources[scope]
+        source = self.sources.pop(scope)
+        source.stop()
         self.failure_log.dropped(scope)
         self._made_by.pop(scope, None)
         self._touched.pop(scope, None)

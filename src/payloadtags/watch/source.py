@@ -210,6 +210,14 @@ class ScopeSource:
             self.resync()
         return waiter
 
+    def stop(self) -> None:
+        """The hub dropped the source: a resync under way is cancelled (nobody waits for it: the
+        source was idle), so that its failure, coming after the drop, is not taken for the scope's
+        last one in the hub's failure log, holding the episode open for good (review r2obs F1).
+        A cancel is neither a failure nor logged (`_resync_read`)."""
+        if self._running is not None:
+            self._running.cancel()
+
     def fail_waiters(self, error: Exception) -> None:
         self._ready_waiters.fail(error)
 
