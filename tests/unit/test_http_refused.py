@@ -96,3 +96,22 @@ def test_neither_a_refused_head_nor_a_request_the_site_answers_is_told() -> None
     too_big.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\nX: " + b"a" * HEAD_BYTES + b"\r\n\r\n")
     assert too_big_out.value().startswith(b"HTTP/1.1 431 ")
     assert admission.refusals == []
+
+
+def test_a_head_refused_after_an_answered_request_on_the_same_connection_tells_nothing_of_it() -> None:
+    # Review r2obs L1: the request handed to the site is no longer the channel's to tell (the site
+    # counted it); the refused head of the next one on the keep-alive connection must not tell it again.
+    clock = Clock()
+    admission = _Deciding(None)
+    held, site = _site(admission, clock)
+    channel, transport = _connected(site)
+    channel.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    clock.advance(0)
+    (request,) = held.held
+    request.setResponseCode(200)
+    request.finish()
+    clock.advance(0)
+    channel.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\nX: " + b"a" * HEAD_BYTES + b"\r\n\r\n")
+    assert b"HTTP/1.1 200 " in transport.value()
+    assert b"HTTP/1.1 431 " in transport.value()
+    assert admission.refusals == []
