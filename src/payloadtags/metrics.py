@@ -197,6 +197,11 @@ def outcome_of(error: BaseException | None) -> str:
             # registry's failure nor a bug. As "error", every list cut short fired the alert on
             # "error" (rejected credentials, a 403, answers not understood: docs/metrics.md).
             return "cancelled"
+        case RegistryConflict() if isinstance(error.__cause__, RegistryError):
+            # A delete the registry failed (a 5xx, no answer), then found moved by a push: the
+            # registry's failure is what happened to the operation; as "conflict" the "registry is
+            # failing" alert left it out (review r2obs N2).
+            return outcome_of(error.__cause__)
         case RegistryConflict():
             # A tag changed under a conditional write (a push racing a delete): an answer, the
             # registry works.

@@ -31,6 +31,7 @@ from tests.support.unanswered import (
 
 B = "/apis/payload-registry.deckhouse.io/v1alpha1"
 UNANSWERED = [GATEWAY_LATE, DROPPED_LATE, LATE]
+OPERATIONS = "payloadtags_registry_operations_total{"
 
 
 @pytest.mark.parametrize("fault", UNANSWERED)
@@ -70,8 +71,16 @@ async def test_kubectl_delete_of_an_unanswered_retag_is_a_timeout_not_repeated(
 async def _collection_timeout(
     reactor: Any, registry: Any, repo: str, make_server: Any, decide: Any, hold: Deferred[None]
 ) -> tuple[FaultProxy, dict[str, Any]]:
+    proxy, status, _ = await _collection_timeout_on(reactor, registry, repo, make_server, decide, hold)
+    return proxy, status
+
+
+async def _collection_timeout_on(
+    reactor: Any, registry: Any, repo: str, make_server: Any, decide: Any, hold: Deferred[None]
+) -> tuple[FaultProxy, dict[str, Any], Any]:
     """A deletecollection of ``repo``'s namespace through a proxy that faults as ``decide`` says:
-    answered 504 Timeout, with nothing that invites a repeat (no Retry-After, no retryAfterSeconds)."""
+    answered 504 Timeout, with nothing that invites a repeat (no Retry-After, no retryAfterSeconds).
+    Also the server."""
     proxy = FaultProxy(reactor, registry.url, decide, hold=hold)
     server = await make_server(
         proxy.url, registry=RegistrySettings(url=proxy.url, timeout=TIMEOUT), landing_clock=SkipAhead()
@@ -84,7 +93,7 @@ async def _collection_timeout(
     status: dict[str, Any] = reply.json()
     assert status["reason"] == "Timeout"
     assert (status.get("details") or {}).get("retryAfterSeconds") is None
-    return proxy, status
+    return proxy, status, server
 
 
 @pytest.mark.parametrize("fault", UNANSWERED)
@@ -131,10 +140,17 @@ async def test_deletecollection_with_a_push_during_an_unanswered_retag_is_a_time
                 return fault
         return None
 
-    proxy, status = await _collection_timeout(reactor, registry, repo, make_server, decide, hold)
+    proxy, status, server = await _collection_timeout_on(reactor, registry, repo, make_server, decide, hold)
     assert "pushed while it was being deleted" in status["message"], status["message"]
     assert "may still carry it out" in status["message"], status["message"]
     hold.callback(None)
     await proxy.settled()
     await proxy.stop()
     assert len(puts) == 1
+    # The registry failed the write (no answer): counted as that, which the "registry is failing"
+    # alert takes in, not as the `conflict` the push made of it (review r2obs N2).
+    exposition = (await server.client(server.pki.admin).get("/metrics")).body.decode()
+    counted = [line for line in exposition.splitlines() if line.startswith(OPERATIONS)]
+    assert not [line for line in counted if 'outcome="conflict"' in line], counted
+    failed = 'operation="delete_tag",outcome="' + ("timeout" if fault == LATE else "unavailable") + '"} 1.0'
+    assert [line for line in counted if failed in line], counted

@@ -21,6 +21,7 @@ from payloadtags.registry import (
     RegistryAuthFailed,
     RegistryConflict,
     RegistryNotFound,
+    RegistryTimeout,
     RegistryUnavailable,
     WriteHooks,
     sorts_by_components,
@@ -154,6 +155,26 @@ def test_only_the_registrys_failures_are_errors() -> None:
         (("operation", "tags"), ("outcome", "error")): 2.0,  # before: 4.0
         (("operation", "tags"), ("outcome", "conflict")): 1.0,
         (("operation", "tags"), ("outcome", "cancelled")): 1.0,
+    }
+
+
+def test_a_delete_the_registry_failed_before_a_push_moved_the_tag_counts_the_registrys_failure() -> None:
+    """review r2obs N2: the delete failed (no answer, a 5xx), then a push was found: the conflict is
+    raised from the registry's failure, which is what the operation met and what the alert must see
+    (tests/integration/test_unanswered_api.py drives it through a fault proxy)."""
+    metrics = Metrics()
+    unanswered = RegistryConflict("pushed while it was being deleted")
+    unanswered.__cause__ = RegistryTimeout("no answer")
+    refused = RegistryConflict("pushed while it was being deleted")
+    refused.__cause__ = RegistryUnavailable("503")
+    script: list[list[str] | Exception] = [unanswered, refused, RegistryConflict("moved")]
+    scripted = InstrumentedRegistry(Registry(script), metrics)  # type: ignore[arg-type]
+    for _ in range(3):
+        Deferred.fromCoroutine(scripted.tags("team/app")).addErrback(lambda _: None)
+    assert samples(metrics, "payloadtags_registry_operations_total") == {
+        (("operation", "tags"), ("outcome", "timeout")): 1.0,
+        (("operation", "tags"), ("outcome", "unavailable")): 1.0,
+        (("operation", "tags"), ("outcome", "conflict")): 1.0,  # refused for the race alone
     }
 
 

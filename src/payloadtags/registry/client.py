@@ -1395,8 +1395,8 @@ class RegistryClient:
                 ) from error
             try:
                 await self._repair_dangling(repository, tag)
-            except RegistryConflict:
-                raise
+            except RegistryConflict as moved:
+                raise moved from error  # the registry failed the delete first (metrics.outcome_of)
             except RegistryError as repair_error:
                 raise _amend(
                     error,
