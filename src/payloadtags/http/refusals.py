@@ -28,6 +28,23 @@ SERVER_FULL: Final = "server_full"  # the server is at --max-connections, every 
 EVICTED: Final = "evicted"  # closed to make room for a new one at --max-connections
 REASONS: Final = (CLIENT_LIMIT, SERVER_FULL, EVICTED)
 _REASON_OF: Final = {"client-limit": CLIENT_LIMIT, "refused": SERVER_FULL, "evicted": EVICTED}
+# What each reason's line says, and the limit (an HttpLimits field) it names.
+_SAID: Final = {
+    CLIENT_LIMIT: (
+        "closed a connection from {address}: it has --max-connections-per-client={limit} connections "
+        "open already (clients behind one address share it)",
+        "max_connections_per_client",
+    ),
+    SERVER_FULL: (
+        "closed a new connection from {address}: --max-connections={limit} are open, each being "
+        "answered, none to evict",
+        "max_connections",
+    ),
+    EVICTED: (
+        "evicted a connection from {address} to make room for a new one: --max-connections={limit} are open",
+        "max_connections",
+    ),
+}
 # How often each reason is said again while it goes on (a flood meets it at every connect).
 REFUSAL_LOG_PERIOD: Final = 60.0
 
@@ -52,33 +69,14 @@ class ConnectionRefusals:
         said = self._said(reason)
         if said is None:
             return
-        if reason == CLIENT_LIMIT:
-            log.warn(
-                "closed a connection from {address}: it has --max-connections-per-client={limit} "
-                "connections open already (clients behind one address share it){more}",
-                address=host,
-                limit=self._limits.max_connections_per_client,
-                more=said.more(),
-                reason=reason,
-            )
-        elif reason == SERVER_FULL:
-            log.warn(
-                "closed a new connection from {address}: --max-connections={limit} are open, each being "
-                "answered, none to evict{more}",
-                address=host,
-                limit=self._limits.max_connections,
-                more=said.more(),
-                reason=reason,
-            )
-        else:
-            log.warn(
-                "evicted a connection from {address} to make room for a new one: --max-connections={limit} "
-                "are open{more}",
-                address=host,
-                limit=self._limits.max_connections,
-                more=said.more(),
-                reason=reason,
-            )
+        text, limit = _SAID[reason]
+        log.warn(
+            text + "{more}",
+            address=host,
+            limit=getattr(self._limits, limit),
+            more=said.more(),
+            reason=reason,
+        )
 
 
 __all__ = ["CLIENT_LIMIT", "EVICTED", "REASONS", "REFUSAL_LOG_PERIOD", "SERVER_FULL", "ConnectionRefusals"]
