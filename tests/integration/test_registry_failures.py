@@ -12,6 +12,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.web.server import Request
@@ -288,14 +289,178 @@ async def test_credentials_a_registry_echoes_reach_neither_the_caller_nor_the_lo
         assert any("<redacted>" in line for line in logged)
 
 
+def _echoing_in(route: str) -> Answer:
+    """A registry with Basic auth that echoes the request's Authorization in a text other than its
+    error document's message (review r2redact F1, F2, F3, F5, L1), by ``route``: a Link header (to
+    another origin, back to a page read, with a space in it, not a URL), a 401's challenge (its
+    scheme, its insufficient_scope), a redirect's Location, a manifest's Docker-Content-Digest."""
+
+    def answer(request: Request, path: str) -> bytes:
+        request.setHeader("Content-Type", "application/json")
+        sent = request.getHeader("authorization")
+        if sent is None:
+            request.setResponseCode(401)
+            # A proxy's challenge whose first word echoes the password it was last sent.
+            scheme = ECHO_PASSWORD if route == "scheme" else "Basic"
+            request.setHeader("WWW-Authenticate", f'{scheme} realm="echo"')
+            return b'{"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}'
+        quoted = sent.replace(" ", "%20")
+        if route == "scope":
+            if path.startswith("/token"):
+                return json.dumps({"token": ECHO_TOKEN, "expires_in": 300}).encode()
+            # A token service's grant echoed back in the scope a token lacks.
+            request.setResponseCode(401)
+            realm = f"http://127.0.0.1:{request.getHost().port}/token"
+            request.setHeader(
+                "WWW-Authenticate",
+                f'Bearer realm="{realm}",error="insufficient_scope",scope="Basic {ECHO_BASIC}"',
+            )
+            return b'{"errors": [{"code": "DENIED", "message": "denied"}]}'
+        if path.startswith("/v2/_catalog"):
+            if route == "catalog-elsewhere":
+                request.setHeader(
+                    "Link", f'<http://other.example/v2/_catalog?last=ns/app&auth={quoted}>; rel="next"'
+                )
+            return json.dumps({"repositories": ["ns/app"]}).encode()
+        if "/tags/list" in path:
+            if route == "tags-loop":
+                request.setHeader("Link", f'</v2/ns/app/tags/list?n=1&auth={quoted}>; rel="next"')
+            if route == "tags-space" and "auth=" not in path:
+                request.setHeader("Link", f'</v2/ns/app/tags/list?n=1&auth={sent}>; rel="next"')
+            if route == "link-not-url":
+                request.setHeader("Link", f'<http://[{quoted}/v2/ns/app/tags/list?n=1>; rel="next"')
+            return json.dumps({"name": "ns/app", "tags": ["v1"]}).encode()
+        if "/manifests/" in path:
+            request.setHeader("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+            request.setHeader("Docker-Content-Digest", f"sha256:{sent}")
+            return json.dumps(
+                {
+                    "schemaVersion": 2,
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "config": {
+                        "mediaType": "application/vnd.oci.image.config.v1+json",
+                        "digest": "sha256:" + "0" * 64,
+                        "size": 2,
+                    },
+                    "layers": [],
+                }
+            ).encode()
+        return b"{}"
+
+    return answer
+
+
+# What each route's error says, so that the test knows the route was taken.
+_ECHO_ROUTES = {
+    "catalog-elsewhere": "the next page link points elsewhere: http://other.example",
+    "tags-loop": "the next page link (to /v2/ns/app/tags/list) does not move past",
+    "tags-space": "the next page link has a space or control character",
+    "link-not-url": "the next page link is not a URL",
+    "scheme": "authentication, which this client does not support",
+    "scope": "the token does not grant Basic <redacted>",
+    "digest": "invalid digest",
+}
+
+
+def _echo_leaked(text: str) -> list[str]:
+    # The password lower-cased too: a challenge's scheme is compared lower-cased (review r2redact L1).
+    return [secret for secret in (*SECRETS, ECHO_PASSWORD.lower()) if secret in text]
+
+
+@pytest.mark.parametrize("route", sorted(_ECHO_ROUTES))
+@pytest_twisted.ensureDeferred
+async def test_credentials_a_registry_echoes_outside_its_error_document_reach_neither_the_caller_nor_the_log(
+    make_server: Any, reactor: Any, pki: Any, route: str
+) -> None:
+    """Every registry text a message quotes is redacted, whichever text it is (review r2redact F3):
+    a Link, a challenge, a Location, a digest header. A malformed Link is a protocol error, said
+    without a traceback (F5)."""
+    async with serving(reactor, _echoing_in(route)) as (url, seen):
+        with capturedLogs() as events:
+            server = await make_server(
+                url,
+                registry=RegistrySettings(url=url, username=ECHO_USER, password=ECHO_PASSWORD, timeout=5.0),
+            )
+            client = server.client(pki.admin)
+            messages = []
+            for path in (
+                collection("ns"),
+                f"{B}/payloadrepositorytags",
+                f"{collection('ns')}/{encode_name('app', 'v1')}",
+            ):
+                reply = await client.get(path)
+                messages.append(reply.json().get("message", ""))
+    if route != "scheme":  # that proxy never asks for the login
+        assert f"Basic {ECHO_BASIC}" in {authorization for _, _, authorization in seen.seen}
+    assert any(_ECHO_ROUTES[route] in message for message in messages), messages
+    for message in messages:
+        assert not _echo_leaked(message), message
+    # The scripted registry's own access log names the pages it was asked for, echo and all: not ours.
+    ours = [event for event in events if not formatEvent(event).startswith('"127.0.0.1" - - [')]
+    logged = [formatEvent(event) for event in ours] + [repr(event) for event in ours]
+    assert not [line for line in logged if _echo_leaked(line)]
+    assert not [event for event in ours if "log_failure" in event]
+
+
+class _StatusLineEcho(Protocol):
+    """A server that answers an authenticated request with a status line echoing its Authorization
+    (Twisted's ParseError quotes the line it cannot parse: review r2redact F2)."""
+
+    def connectionMade(self) -> None:
+        self.buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        if b"\r\n\r\n" not in self.buffer:
+            return
+        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        sent = [line for line in head.split(b"\r\n") if line.lower().startswith(b"authorization:")]
+        assert self.transport is not None
+        if not sent:
+            self.transport.write(
+                b'HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm="x"\r\nContent-Length: 0\r\n\r\n'
+            )
+            return
+        self.transport.write(b"HTTP/1.1 4O3 denied " + sent[0].split(b":", 1)[1].strip() + b"\r\n\r\n")
+        self.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_status_line_that_echoes_the_credentials_reaches_neither_the_caller_nor_the_log(
+    make_server: Any, reactor: Any, pki: Any
+) -> None:
+    port = reactor.listenTCP(0, Factory.forProtocol(_StatusLineEcho), interface="127.0.0.1")
+    url = f"http://127.0.0.1:{port.getHost().port}"
+    try:
+        with capturedLogs() as events:
+            server = await make_server(
+                url,
+                registry=RegistrySettings(url=url, username=ECHO_USER, password=ECHO_PASSWORD, timeout=5.0),
+            )
+            client = server.client(pki.admin)
+            messages = [
+                (await client.get(path)).json()["message"]
+                for path in (collection("ns"), f"{B}/payloadrepositorytags")
+            ]
+    finally:
+        await port.stopListening()
+    for message in messages:
+        assert "is unavailable: not an HTTP answer (non-integer status code)" in message, message
+        assert not _echo_leaked(message), message
+    logged = [formatEvent(event) for event in events] + [repr(event) for event in events]
+    assert not [line for line in logged if _echo_leaked(line)]
+
+
+@pytest.mark.parametrize("registry", ["error-document", "catalog-link"])
 @pytest_twisted.ensureDeferred
 async def test_a_caller_without_access_rules_meets_the_registry_error_redacted(
-    make_server: Any, reactor: Any, pki: Any, kube_api: Any, kube_kubeconfig: Path
+    make_server: Any, reactor: Any, pki: Any, kube_api: Any, kube_kubeconfig: Path, registry: str
 ) -> None:
     """Every authenticated user may list (docs/access.md): the list reads the catalog before it decides
     which repositories the caller sees, so one with no access rules at all meets a registry's error
     too, and is shown its text: without the credentials it echoes."""
-    async with serving(reactor, _echoing(403)) as (url, _):
+    answer = _echoing(403) if registry == "error-document" else _echoing_in("catalog-elsewhere")
+    async with serving(reactor, answer) as (url, _):
         server = await make_server(
             url,
             registry=RegistrySettings(url=url, username=ECHO_USER, password=ECHO_PASSWORD, timeout=5.0),
@@ -314,5 +479,7 @@ async def test_a_caller_without_access_rules_meets_the_registry_error_redacted(
             status = assert_status(await nobody.get(path), 503, "ServiceUnavailable")
             assert (
                 "denied for Authorization: Basic <redacted> (that is reguser:<redacted>)" in status["message"]
+                if registry == "error-document"
+                else _ECHO_ROUTES["catalog-elsewhere"] in status["message"]
             )
             assert not _leaked(status["message"]), status["message"]

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import base64
+import gc
 
-from payloadtags.registry.redaction import REDACTED, SHOWN_LIMIT, TOKENS_KEPT, Redaction
+from payloadtags.registry import RegistryProtocolError
+from payloadtags.registry.redaction import MESSAGE_LIMIT, REDACTED, SHOWN_LIMIT, TOKENS_KEPT, Redaction
 
 PASSWORD = "S3cretRegPass"
 BASIC = base64.b64encode(f"reguser:{PASSWORD}".encode()).decode()
@@ -86,3 +88,35 @@ def test_a_credential_echoed_url_encoded_or_glued_to_a_word_is_replaced() -> Non
     assert Redaction().shown("Authorization=Bearer%20an-old-token-1234567890") == (
         f"Authorization=Bearer%20{REDACTED}"
     )
+
+
+def test_every_token_kept_is_replaced_not_only_the_newest() -> None:
+    # Tokens live per scope (one per repository): an older one is still sent, and may be echoed bare.
+    redaction = Redaction((BASIC, PASSWORD))
+    for number in range(100):
+        redaction.issued(f"token-number-{number:06d}-of-many")
+    assert TOKENS_KEPT >= 100
+    assert redaction.shown("was token-number-000000-of-many") == f"was {REDACTED}"
+
+
+def test_every_registry_error_message_is_redacted_and_cut_when_made() -> None:
+    """The net under the sites (review r2redact F1): a message quoting a live client's credential
+    (one long enough to be replaced anywhere) or a header's, whichever site made it, never holds it."""
+    redaction = Redaction((BASIC, PASSWORD, "pw"))
+    redaction.issued(TOKEN)
+    error = RegistryProtocolError(
+        f"a link to /x?a={BASIC}&b={PASSWORD}&c={TOKEN}; Bearer some-other-token-0123"
+    )
+    assert error.message == f"a link to /x?a={REDACTED}&b={REDACTED}&c={REDACTED}; Bearer {REDACTED}"
+    assert str(error) == error.message and error.args == (error.message,)
+    # A short one is replaced only where its own client quotes the registry (`Redaction.shown`).
+    assert RegistryProtocolError("the pw tag").message == "the pw tag"
+    long = RegistryProtocolError("x" * (MESSAGE_LIMIT - 5) + f" {PASSWORD} " + "y" * 70_000)
+    assert long.message.startswith("x" * (MESSAGE_LIMIT - 5) + " " + REDACTED[:4] + "... (cut short: ")
+    # Forgotten with its client (a password of this test alone: no other client alive has it).
+    forgotten = "a-password-of-this-test-alone"
+    gone = Redaction((forgotten,))
+    assert forgotten not in RegistryProtocolError(f"b={forgotten}").message
+    del gone
+    gc.collect()
+    assert forgotten in RegistryProtocolError(f"b={forgotten}").message

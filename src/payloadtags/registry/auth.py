@@ -196,8 +196,11 @@ class Authenticator:
             if entry is not None:
                 self._tokens[scope] = entry
             return f"Bearer {token}"
+        # The scheme as sent, redacted before anything changes its case: lower-cased, an echoed
+        # credential would no longer be found (review r2redact L1).
+        sent_scheme = (challenge_header or "").strip().partition(" ")[0]
         raise RegistryAuthFailed(
-            f"registry {self._registry} asks for {self.redaction.shown(challenge.scheme)!r} authentication, "
+            f"registry {self._registry} asks for {self.redaction.shown(sent_scheme)!r} authentication, "
             "which this client does not support (only Basic and Bearer tokens)"
         )
 

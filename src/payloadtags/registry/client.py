@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web._newclient import ParseError
 from twisted.web.client import (
     Agent,
     HTTPConnectionPool,
@@ -82,6 +83,7 @@ from .errors import (
 from .interface import Sent, Waiting, WriteHooks
 from .late import COPY, PLACEHOLDER, RESTORE, Kind, LateWrites, namespace_of
 from .queue import RepositoryQueue
+from .redaction import in_message
 from .schemes import port_said, with_scheme
 from .transport import (
     BytesProducer,
@@ -94,6 +96,8 @@ from .transport import (
 )
 
 ACCEPT_MANIFESTS = ", ".join(MANIFEST_MEDIA_TYPES)
+# A URL Agent.request takes (printable ASCII, no space), as transport checks a redirect's Location.
+_REQUESTABLE_URL = re.compile(r"[\x21-\x7e]+")
 DELETE_NONCE_ANNOTATION = "io.deckhouse.payloadtags.delete-nonce"
 # Marks the placeholder manifest written under a dangling tag to delete it; deleted right after.
 REPAIR_ANNOTATION = "io.deckhouse.payloadtags.dangling-repair"
@@ -290,6 +294,10 @@ def _cause(error: BaseException) -> str:
             # OpenSSL's [(library, function, reason)]: the reason says what went wrong
             return "TLS failure: " + ", ".join(str(item[-1]) for item in details if item)
         return f"TLS failure: {details}"
+    if isinstance(error, ParseError):
+        # Its data is the peer's line as received (a status line up to 16 KiB, which may echo the
+        # request's Authorization): the reason alone says what is wrong (review r2redact F2).
+        return f"not an HTTP answer ({error.args[0] if error.args else 'unparsable'})"
     return str(error) or error.__class__.__name__
 
 
@@ -680,8 +688,11 @@ class RegistryClient:
             if url in asked or (after is not None and last is not None and not _tag_after(after, last)):
                 raise self._protocol(
                     reply,
-                    f"the tags of {repository}: the next page link {_path_and_query(url)} does not move "
-                    "past the pages read before it",
+                    f"the tags of {repository}: the next page link (to {self._shown(_path(url))}, "
+                    f"after {self._shown(after)!r}) does not move past the pages read before it"
+                    if after is not None
+                    else f"the tags of {repository}: the next page link (to {self._shown(_path(url))}) "
+                    "does not move past the pages read before it",
                 )
             last = after if after is not None else last
         raise self._protocol(None, f"the tags of {repository} span more than {MAX_TAG_PAGES} pages")
@@ -1581,7 +1592,10 @@ class RegistryClient:
             raise self._error(started, what)
         target = urllib.parse.urljoin(started.url, location)
         if _origin(target) != _origin(self._base):
-            raise self._protocol(started, f"{what}: the upload location points elsewhere: {target}")
+            # Its origin only: the rest is the registry's text, which may echo the request (r2redact F4).
+            raise self._protocol(
+                started, f"{what}: the upload location points elsewhere: {_origin_text(target)}"
+            )
         separator = "&" if "?" in target else "?"
         done = await self._call(
             "PUT",
@@ -1662,7 +1676,7 @@ class RegistryClient:
         assert computed is not None
         stored = reply.header("Docker-Content-Digest")
         if stored and stored != computed:
-            raise self._protocol(reply, f"{what}: the registry stored {stored}, not {computed}")
+            raise self._protocol(reply, f"{what}: the registry stored {self._shown(stored)}, not {computed}")
         return computed
 
     # --- requests ---------------------------------------------------------------------------------
@@ -2278,7 +2292,13 @@ class RegistryClient:
         except ValueError:  # urllib's refusal of a malformed host, e.g. an unclosed "[" of IPv6
             raise self._protocol(reply, f"the next page link is not a URL: {self._shown(link)!r}") from None
         if elsewhere:
-            raise self._protocol(reply, f"the next page link points elsewhere: {target}")
+            # Its origin only: the path and query are the registry's text, which may echo the
+            # request's Authorization (review r2redact F1).
+            raise self._protocol(reply, f"the next page link points elsewhere: {_origin_text(target)}")
+        if not _REQUESTABLE_URL.fullmatch(target):
+            # Not a URL a request can be sent to (the Agent's "Invalid URI"); said as a malformed
+            # answer, without the link (review r2redact F5).
+            raise self._protocol(reply, "the next page link has a space or control character")
         return target
 
     def _check_repository(self, repository: str) -> None:
@@ -2305,7 +2325,7 @@ def _amend(error: RegistryError, more: str, pending: bool | None = None) -> Regi
     ``pending``, when given, says whether a write of ours may still land (``unanswered``), once the
     tag has shown that the one that failed has."""
     amended = copy.copy(error)
-    amended.message = error.message + more
+    amended.message = in_message(error.message + more)
     amended.args = (amended.message,)
     if pending is not None:
         amended.unanswered = pending

@@ -1,10 +1,13 @@
 """Errors of the registry client.
 
 Every message names the registry (its URL without credentials) and says what the user can do, because
-the API layer passes it on to kubectl users as the Status message.
+the API layer passes it on to kubectl users as the Status message. It is redacted and cut when the
+error is made (`redaction.in_message`), as it may quote what the registry said.
 """
 
 from __future__ import annotations
+
+from .redaction import in_message
 
 
 class RegistryError(Exception):
@@ -29,6 +32,9 @@ class RegistryError(Exception):
     certain: bool = False
 
     def __init__(self, message: str) -> None:
+        # The one place every message passes: a registry's echo of a credential in it is replaced,
+        # and a text quoted whole is cut, whichever site forgot it (review r2redact F1).
+        message = in_message(message)
         super().__init__(message)
         self.message = message
 

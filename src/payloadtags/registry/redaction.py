@@ -7,18 +7,28 @@ header in such a text (a debugging proxy, a web application firewall's block pag
 registry login or a token to every caller whose request fails there, and write it into the log
 (review r1obs L1). So every credential this client sends is replaced in such a text first, in the
 form it is sent in, and the text is cut to a length fit for a message.
+
+Besides the sites that quote the registry's text through their client's `Redaction.shown`, every
+RegistryError's message goes through `in_message` when it is made (errors.py): one place that a new
+message cannot miss (review r2redact F1). It knows the credentials of every client alive in the
+process, and replaces those that are replaced anywhere (`ANYWHERE_LENGTH`): a short one only where its
+own client's `shown` is applied, as only there it is known to be that client's text.
 """
 
 from __future__ import annotations
 
 import re
 import urllib.parse
-from collections.abc import Iterable
+import weakref
+from collections.abc import Callable, Iterable
 
 REDACTED = "<redacted>"
 # The registry's own text in one message at most, in characters: a Status message is read by a person,
 # and the body it comes from may be 64 KiB (client.ERROR_BODY_LIMIT).
 SHOWN_LIMIT = 500
+# A whole RegistryError message at most, in characters (`in_message`): the registry's text in it is
+# cut to SHOWN_LIMIT where it is quoted; this bounds any quoted whole, with room for the advice.
+MESSAGE_LIMIT = 2000
 # The most recent tokens of the token service kept to be redacted. Tokens are kept per scope while they
 # live (auth.Authenticator), which may be one per repository; a token issued before these may still be
 # echoed, in the header it was sent in, which `_SENT_CREDENTIAL` finds.
@@ -55,6 +65,28 @@ def _replaced(text: str, form: str) -> str:
     return re.sub(_standing_alone(form), REDACTED, text)
 
 
+def _header_credentials(text: str) -> str:
+    return _SENT_CREDENTIAL.sub(lambda match: match.group(1) + match.group(2) + REDACTED, text)
+
+
+def _cut(text: str, limit: int, longest: int, redact: Callable[[str], str]) -> str:
+    """``text`` redacted, then at most ``limit`` characters. Redacted before it is cut: a credential
+    cut in two would no longer be found. ``longest``: the longest credential ``redact`` replaces."""
+    # Only the start is looked through, so that a 64 KiB body costs what a short one does: as far as
+    # a credential that begins within ``limit`` may reach, and as far again for what is dropped below.
+    scanned = limit + 2 * longest
+    if len(text) <= scanned:
+        shown = redact(text)
+        if len(shown) <= limit:
+            return shown
+    else:
+        shown = redact(text[:scanned])
+        # Its last characters may be the start of a credential cut off there: never shown, even when
+        # redactions before them made the text shorter than ``limit``.
+        shown = shown[: len(shown) - longest] if longest else shown
+    return f"{shown[:limit]}... (cut short: {len(text)} characters in all)"
+
+
 class Redaction:
     """The credentials one registry client sends (its password, the Basic header's base64 of it, the
     tokens it was issued), and the redaction of a text that may echo them."""
@@ -68,48 +100,82 @@ class Redaction:
         self._fixed = tuple(sorted(secrets, key=len, reverse=True))
         # Each token's forms, insertion-ordered: the oldest goes first.
         self._tokens: dict[str, tuple[str, ...]] = {}
+        # Kept as tokens are noted rather than computed per text (review r2redact N1). Never lowered
+        # when a token is dropped: a longer look, or a scan of tokens a text cannot hold, is safe.
+        self._longest = max(map(len, self._fixed), default=0)
+        self._shortest_token = 0
+        _ALIVE.add(self)
+
+    @property
+    def longest(self) -> int:
+        """The length of the longest credential form replaced (an upper bound)."""
+        return self._longest
 
     def issued(self, token: str) -> None:
         """Note a token the token service issued: the client sends it from now on."""
         if not token:
             return
         self._tokens.pop(token, None)
-        self._tokens[token] = _forms(token)
+        forms = _forms(token)
+        self._tokens[token] = forms
+        self._longest = max(self._longest, *map(len, forms))
+        shortest = min(map(len, forms))
+        self._shortest_token = min(self._shortest_token, shortest) if self._shortest_token else shortest
         while len(self._tokens) > TOKENS_KEPT:
             del self._tokens[next(iter(self._tokens))]
 
-    def redacted(self, text: str) -> str:
-        """``text`` with every credential this client sends replaced by REDACTED."""
-        # The newest tokens first: they are the ones sent now. Tokens before the password, which one
-        # may contain by chance.
-        for forms in reversed(self._tokens.values()):
-            for form in forms:
-                text = _replaced(text, form)
+    def redacted(self, text: str, *, short: bool = True) -> str:
+        """``text`` with every credential this client sends replaced by REDACTED; ``short``: also
+        those shorter than ANYWHERE_LENGTH, where they stand apart."""
+        if not text:
+            return text
+        # A text shorter than every token holds none: an error code or a short message is not
+        # looked through a thousand tokens (review r2redact N1).
+        if self._tokens and len(text) >= self._shortest_token:
+            # The newest tokens first: they are the ones sent now. Tokens before the password, which
+            # one may contain by chance.
+            for forms in reversed(self._tokens.values()):
+                for form in forms:
+                    if short or len(form) >= ANYWHERE_LENGTH:
+                        text = _replaced(text, form)
         for form in self._fixed:
-            text = _replaced(text, form)
-        return _SENT_CREDENTIAL.sub(lambda match: match.group(1) + match.group(2) + REDACTED, text)
+            if short or len(form) >= ANYWHERE_LENGTH:
+                text = _replaced(text, form)
+        return _header_credentials(text)
 
     def shown(self, text: str, limit: int = SHOWN_LIMIT) -> str:
         """``text``, a registry's, as a message may show it: redacted, then at most ``limit``
-        characters. Redacted before it is cut: a credential cut in two would no longer be found."""
-        # Only the start is looked through, so that a 64 KiB body costs what a short one does: as far
-        # as a credential that begins within ``limit`` may reach, and as far again for what is dropped
-        # below.
-        longest = max(
-            (len(form) for form in (*self._fixed, *(f for forms in self._tokens.values() for f in forms))),
-            default=0,
-        )
-        scanned = limit + 2 * longest
-        if len(text) <= scanned:
-            shown = self.redacted(text)
-            if len(shown) <= limit:
-                return shown
-        else:
-            shown = self.redacted(text[:scanned])
-            # Its last characters may be the start of a credential cut off there: never shown, even
-            # when redactions before them made the text shorter than ``limit``.
-            shown = shown[: len(shown) - longest] if longest else shown
-        return f"{shown[:limit]}... (cut short: {len(text)} characters in all)"
+        characters."""
+        if not text:
+            return text
+        return _cut(text, limit, self._longest, self.redacted)
 
 
-__all__ = ["ANYWHERE_LENGTH", "REDACTED", "SHOWN_LIMIT", "TOKENS_KEPT", "Redaction"]
+# Every Redaction alive, for `in_message`: weakly, so that a client's credentials are forgotten with it.
+_ALIVE: weakref.WeakSet[Redaction] = weakref.WeakSet()
+
+
+def in_message(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """A RegistryError's message as it is kept: the credentials of every client alive replaced (those
+    of ANYWHERE_LENGTH or more), any credential after Basic or Bearer, then cut to ``limit``."""
+    if not text:
+        return text
+    alive = list(_ALIVE)
+
+    def redact(part: str) -> str:
+        for redaction in alive:
+            part = redaction.redacted(part, short=False)
+        return _header_credentials(part)
+
+    return _cut(text, limit, max((redaction.longest for redaction in alive), default=0), redact)
+
+
+__all__ = [
+    "ANYWHERE_LENGTH",
+    "MESSAGE_LIMIT",
+    "REDACTED",
+    "SHOWN_LIMIT",
+    "TOKENS_KEPT",
+    "Redaction",
+    "in_message",
+]

@@ -1,0 +1,148 @@
+"""Each registry text an error message quotes is redacted where it is quoted (review r2redact F3, F4,
+L1): a password too short to be replaced anywhere (`redaction.ANYWHERE_LENGTH`) is replaced only
+there, so a site that forgot it shows it; the longer Basic base64 is replaced by the net every
+RegistryError's message passes too (`redaction.in_message`)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+from twisted.logger import capturedLogs, formatEvent
+
+from payloadtags.registry import RegistryClient, RegistryError
+from payloadtags.registry.late import COPY
+from payloadtags.registry.redaction import ANYWHERE_LENGTH, REDACTED
+from tests.unit.test_registry_client_unit import Answer, Sent, digest_of, json_answer, make, result
+
+USER = "u"
+# Shorter than ANYWHERE_LENGTH: replaced where it stands apart, and only by its own client.
+PASSWORD = "Pw9-x"
+BASIC = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+assert len(PASSWORD) < ANYWHERE_LENGTH
+
+
+def _manifest() -> Answer:
+    return json_answer(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": digest_of(b"{}"),
+                "size": 2,
+            },
+            "layers": [],
+        }
+    )
+
+
+# route: (the answer to an authenticated request, the call, what its message says)
+ROUTES: dict[
+    str, tuple[Callable[[Sent], Answer], Callable[[RegistryClient], Coroutine[Any, Any, Any]], str]
+] = {
+    "404-code": (
+        lambda sent: json_answer({"errors": [{"code": f"auth={PASSWORD}"}]}, 404),
+        lambda client: client.manifest("ns/app", "v1"),
+        f"not found in registry {'http://registry.test:5000'} (auth={REDACTED})",
+    ),
+    "unfollowable-redirect": (
+        lambda sent: Answer(307, {"Location": f"ftp://{PASSWORD}/"}),
+        lambda client: client.blob("ns/app", digest_of(b"{}")),
+        f"ftp://{REDACTED}",
+    ),
+    "invalid-digest": (
+        lambda sent: Answer(
+            200,
+            {**_manifest().headers, "Docker-Content-Digest": f"sha256:{PASSWORD}"},
+            _manifest().body,
+        ),
+        lambda client: client.manifest("ns/app", "v1"),
+        f"invalid digest 'sha256:{REDACTED}'",
+    ),
+    "link-not-a-url": (
+        lambda sent: json_answer(
+            {"tags": ["v1"]}, Link=f'<http://[{PASSWORD}/v2/ns/app/tags/list>; rel="next"'
+        ),
+        lambda client: client.tags("ns/app"),
+        f"the next page link is not a URL: 'http://[{REDACTED}/v2/ns/app/tags/list'",
+    ),
+    "tags-loop": (
+        lambda sent: json_answer(
+            {"tags": ["v1"]}, Link=f'</v2/ns/app/tags/list?last={PASSWORD}&auth={PASSWORD}>; rel="next"'
+        ),
+        lambda client: client.tags("ns/app"),
+        f"the next page link (to /v2/ns/app/tags/list, after '{REDACTED}') does not move past",
+    ),
+    "link-elsewhere": (
+        lambda sent: json_answer(
+            {"repositories": ["ns/app"]},
+            Link=f'<http://other.example/v2/_catalog?auth={PASSWORD}>; rel="next"',
+        ),
+        lambda client: client.catalog(),
+        "the next page link points elsewhere: http://other.example",
+    ),
+    "insufficient-scope": (
+        lambda sent: Answer(
+            401, {"WWW-Authenticate": f'Basic realm="r",error="insufficient_scope",scope="auth={PASSWORD}"'}
+        ),
+        lambda client: client.manifest("ns/app", "v1"),
+        f"the token does not grant auth={REDACTED}",
+    ),
+    "upload-location": (
+        lambda sent: (
+            Answer(404)
+            if sent.method == "HEAD"
+            else Answer(202, {"Location": f"http://other.example/upload?auth={PASSWORD}"})
+        ),
+        lambda client: client._ensure_blob("ns/app", b"{}", "deleting tag ns/app:v1"),
+        "the upload location points elsewhere: http://other.example",
+    ),
+    "stored-digest": (
+        lambda sent: Answer(201, {"Docker-Content-Digest": f"sha256:{PASSWORD}"}),
+        lambda client: client._put_manifest(
+            "ns/app",
+            "v1",
+            b"{}",
+            "application/vnd.oci.image.manifest.v1+json",
+            "deleting tag ns/app:v1",
+            COPY,
+        ),
+        f"the registry stored sha256:{REDACTED}, not sha256:",
+    ),
+}
+
+
+@pytest.mark.parametrize("route", sorted(ROUTES))
+def test_a_registry_text_each_message_quotes_is_redacted_there(route: str) -> None:
+    echo, call, said = ROUTES[route]
+
+    def handler(sent: Sent) -> Answer:
+        if sent.header("Authorization") is None and sent.url.startswith("http://registry.test:5000"):
+            return Answer(401, {"WWW-Authenticate": 'Basic realm="r"'})
+        return echo(sent)
+
+    client, agent = make(handler, username=USER, password=PASSWORD)
+    with capturedLogs() as events, pytest.raises(RegistryError) as raised:
+        result(call(client))
+    assert f"Basic {BASIC}" in {sent.header("Authorization") for sent in agent.sent}
+    message = str(raised.value)
+    assert said in message, message
+    assert PASSWORD not in message and BASIC not in message
+    logged = [formatEvent(event) for event in events] + [repr(event) for event in events]
+    assert not [line for line in logged if PASSWORD in line or BASIC in line]
+
+
+@pytest.mark.parametrize("password", [PASSWORD, "S3cretRegPass"])
+def test_a_challenge_scheme_is_redacted_as_sent_not_lower_cased(password: str) -> None:
+    def handler(sent: Sent) -> Answer:
+        # A proxy's challenge whose scheme echoes the password (review r2redact L1).
+        return Answer(401, {"WWW-Authenticate": f'{password} realm="r"'})
+
+    client, _ = make(handler, username=USER, password=password)
+    with pytest.raises(RegistryError) as raised:
+        result(client.manifest("ns/app", "v1"))
+    assert f"asks for '{REDACTED}' authentication" in str(raised.value)
+    assert password.lower() not in str(raised.value).lower()
