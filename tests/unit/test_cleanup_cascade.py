@@ -1469,3 +1469,32 @@ def test_options_and_metric_names() -> None:
     samples = CleanupMetrics(tags_deleted_total=3).samples()
     assert samples["payloadtags_cleanup_tags_deleted_total"] == 3.0
     assert all(name.startswith("payloadtags_cleanup_") for name in samples)
+
+
+def test_a_delete_whose_confirmation_was_answered_after_the_cascade_ended_is_not_sent() -> None:
+    # Review r3clean F1: a stopped cascade's worker whose confirmation was under way when the cascade
+    # ended (answered all the same after its cancel, as `Late`'s registry answers are) sends no
+    # write: the write hook's check asks whether the run ended after the confirmation too, not only
+    # before it.
+    clock = Clock()
+    registry = Late(clock, "none")
+    registry.push("team/app0", "v1")
+    registry.push("team/app1", "v1")
+    asked: list[str] = []
+
+    async def confirm() -> Any:
+        asked.append("asked")
+        if len(asked) == 1:  # app0's delete: the cluster API answers in a second, cancelled or not
+            try:
+                await deferLater(clock, 1.0)
+            except CancelledError:
+                await deferLater(clock, 1.0)
+            return None
+        raise Aborted("the namespace exists again")  # app1's: the cascade stops
+
+    [stopped] = run(make_cascade(registry, clock, concurrency=2), "team", confirm=confirm, walk=Walk())
+    assert stopped.check(Aborted) and registry.deletes == []
+    clock.advance(1.0)
+    clock.advance(1.0)
+    assert not clock.getDelayedCalls()
+    assert registry.deletes == []  # the worker's confirmation came after the cascade had ended

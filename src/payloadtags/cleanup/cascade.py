@@ -65,7 +65,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from payloadtags.cleanup.metrics import CleanupMetrics
-from payloadtags.deferreds import bounded_each, gather
+from payloadtags.deferreds import GoesOn, bounded_each, gather
 from payloadtags.inventory import CatalogCursor, guessed_tags
 from payloadtags.kube import Backoff
 from payloadtags.names import is_namespace
@@ -1023,16 +1023,6 @@ class _Checks:
         if self.ended:
             raise Aborted(_ENDED)
 
-    async def once(self) -> None:
-        # The guard first, as before every request: a deletecollection's budget spent, or the replica
-        # no longer leading, no cluster API request is begun.
-        _check(self.stop)
-        if self.confirm is not None:
-            await self.confirm()
-
-    def check(self) -> None:
-        _check(self.stop)
-
     async def bounded(self, work: Deferred[T], out: _Out | None = None) -> T:
         """``work``, cancelled at `until` unless a write of it is out (``out``: sent, not answered): a
         request waiting for the repository's turn behind another mutation's slow confirmation, for a
@@ -1074,8 +1064,21 @@ class _Checks:
                 timer.cancel()
 
     async def _attempt(self, call: Callable[[WriteHooks], Awaitable[T]], out: _Out) -> T:
-        before = self.once if self.confirm is not None else None
-        work = ensureDeferred(_awaited(call(WriteHooks(before=before, check=self.check, sent=out))))
+        # A mutation that has begun writing (a 2.8 tag delete's copy or placeholder) goes on to its
+        # end after the run ends, as the registry client carries it: only the guard stops it then
+        # (review r3clean L1).
+        def check() -> None:
+            _check(self.guard if out.left else self.stop)
+
+        async def once() -> None:
+            # The guard first, as before every request: a deletecollection's budget spent, or the
+            # replica no longer leading, no cluster API request is begun.
+            check()
+            if self.confirm is not None:
+                await self.confirm()
+
+        before = once if self.confirm is not None else None
+        work = ensureDeferred(_awaited(call(WriteHooks(before=before, check=check, sent=out))))
         return await self.bounded(work, out)
 
     async def mutate(self, repository: str, call: Callable[[WriteHooks], Awaitable[T]]) -> T:
@@ -1090,6 +1093,11 @@ class _Checks:
             except Unconfirmed:
                 if retries == 0:
                     raise
+            except GoesOn as going:
+                # Carried on by the registry client: told again once its writes have ended.
+                if self.changed is not None:
+                    going.ended.addCallback(lambda _, told: told(repository), self.changed)
+                raise
             finally:
                 # Only once a write left: one stopped before (a budget spent, a confirmation refused)
                 # changed nothing, and a watch need not hear of it. Told whatever the outcome, as a
