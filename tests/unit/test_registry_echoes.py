@@ -13,8 +13,9 @@ import pytest
 from twisted.logger import capturedLogs, formatEvent
 
 from payloadtags.registry import RegistryClient, RegistryError
+from payloadtags.registry.client import _amend
 from payloadtags.registry.late import COPY
-from payloadtags.registry.redaction import ANYWHERE_LENGTH, REDACTED
+from payloadtags.registry.redaction import ANYWHERE_LENGTH, MESSAGE_LIMIT, REDACTED
 from tests.unit.test_registry_client_unit import Answer, Sent, digest_of, json_answer, make, result
 
 USER = "u"
@@ -146,3 +147,33 @@ def test_a_challenge_scheme_is_redacted_as_sent_not_lower_cased(password: str) -
         result(client.manifest("ns/app", "v1"))
     assert f"asks for '{REDACTED}' authentication" in str(raised.value)
     assert password.lower() not in str(raised.value).lower()
+
+
+def test_a_delete_message_nesting_long_registry_errors_keeps_its_advice() -> None:
+    """A failed delete's message nests the errors of its re-tag, restore and check, each quoting up to
+    SHOWN_LIMIT characters of the registry's text, and ends with what the tag may point at now and what
+    to do (client.py, the restore that failed). Cut from its end at MESSAGE_LIMIT it lost the advice and
+    our copy's digest (review r3redact F1)."""
+    long = "upstream storage backend error: " + "the object store answered 503 SlowDown; " * 40
+
+    def handler(sent: Sent) -> Answer:
+        return json_answer({"errors": [{"code": "UNKNOWN", "message": long}]}, 500)
+
+    client, _ = make(handler)
+    errors = []
+    for call in (lambda: client.manifest("ns/app", "v1"), lambda: client.tags("ns/app"), client.catalog):
+        with pytest.raises(RegistryError) as raised:
+            result(call())
+        errors.append(raised.value)
+    error, restore_error, check_error = errors
+    ours = "sha256:" + "a" * 64
+    advice = f"it may point at {ours}, a copy payloadtags wrote to delete it; retry the delete"
+    amended = _amend(
+        error,
+        f"; the tag could not be restored ({restore_error.message}), and where tag ns/app:v1 points now "
+        f"could not be checked ({check_error.message}): {advice}",
+        pending=False,
+    )
+    assert len(amended.message) > MESSAGE_LIMIT
+    assert amended.message.endswith(advice)
+    assert str(amended) == amended.message and not amended.unanswered

@@ -2325,7 +2325,9 @@ def _amend(error: RegistryError, more: str, pending: bool | None = None) -> Regi
     ``pending``, when given, says whether a write of ours may still land (``unanswered``), once the
     tag has shown that the one that failed has."""
     amended = copy.copy(error)
-    amended.message = in_message(error.message + more)
+    # Redacted, not cut: the advice comes last, and a cut keeps the start (review r3redact F1). Each
+    # registry text in it was cut where it was quoted, and an error nests at most a few others.
+    amended.message = in_message(error.message + more, limit=None)
     amended.args = (amended.message,)
     if pending is not None:
         amended.unanswered = pending

@@ -155,9 +155,10 @@ class Redaction:
 _ALIVE: weakref.WeakSet[Redaction] = weakref.WeakSet()
 
 
-def in_message(text: str, limit: int = MESSAGE_LIMIT) -> str:
+def in_message(text: str, limit: int | None = MESSAGE_LIMIT) -> str:
     """A RegistryError's message as it is kept: the credentials of every client alive replaced (those
-    of ANYWHERE_LENGTH or more), any credential after Basic or Bearer, then cut to ``limit``."""
+    of ANYWHERE_LENGTH or more), any credential after Basic or Bearer, then cut to ``limit`` (None:
+    not cut)."""
     if not text:
         return text
     alive = list(_ALIVE)
@@ -167,6 +168,8 @@ def in_message(text: str, limit: int = MESSAGE_LIMIT) -> str:
             part = redaction.redacted(part, short=False)
         return _header_credentials(part)
 
+    if limit is None:
+        return redact(text)
     return _cut(text, limit, max((redaction.longest for redaction in alive), default=0), redact)
 
 
