@@ -177,3 +177,16 @@ def test_a_delete_message_nesting_long_registry_errors_keeps_its_advice() -> Non
     assert len(amended.message) > MESSAGE_LIMIT
     assert amended.message.endswith(advice)
     assert str(amended) == amended.message and not amended.unanswered
+
+
+def test_an_amended_message_is_redacted_too() -> None:
+    """What `_amend` adds passes the net as a new message does (review r3redact L2)."""
+
+    def handler(sent: Sent) -> Answer:
+        return json_answer({"errors": [{"code": "UNKNOWN", "message": "down"}]}, 500)
+
+    client, _ = make(handler)
+    with pytest.raises(RegistryError) as raised:
+        result(client.manifest("ns/app", "v1"))
+    amended = _amend(raised.value, "; the check said Bearer an-echoed-token-0123456789")
+    assert amended.message.endswith(f"; the check said Bearer {REDACTED}")

@@ -120,3 +120,16 @@ def test_every_registry_error_message_is_redacted_and_cut_when_made() -> None:
     del gone
     gc.collect()
     assert forgotten in RegistryProtocolError(f"b={forgotten}").message
+
+
+def test_a_short_token_is_looked_for_after_a_longer_one_is_issued() -> None:
+    """A text is looked through the tokens only when it is as long as the shortest kept (review
+    r2redact N1): tokens vary in length (a JWT's claims grow with its scope), so a text shorter than
+    the longest may hold a shorter one (review r3redact L2)."""
+    redaction = Redaction((BASIC, PASSWORD))
+    short = "a-short-token-0123"
+    redaction.issued(short)
+    redaction.issued("j" * 700)
+    text = f"was {short}"
+    assert redaction.shown(text) == f"was {REDACTED}"
+    assert RegistryProtocolError(text).message == f"was {REDACTED}"
