@@ -402,6 +402,74 @@ async def test_credentials_a_registry_echoes_outside_its_error_document_reach_ne
     assert not [event for event in ours if "log_failure" in event]
 
 
+def _realm_echo(request: Request, path: str) -> bytes:
+    """A registry whose Bearer challenge names a token realm echoing the Authorization it was sent, as
+    received: "Basic <base64>", a space in it."""
+    request.setHeader("Content-Type", "application/json")
+    sent = request.getHeader("authorization")
+    request.setResponseCode(401)
+    if sent is None:
+        request.setHeader("WWW-Authenticate", 'Basic realm="r"')
+    else:
+        port = request.getHost().port
+        request.setHeader(
+            "WWW-Authenticate", f'Bearer realm="http://127.0.0.1:{port}/token?echo={sent}",service="r"'
+        )
+    return b'{"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}'
+
+
+def _ftp_realm(request: Request, path: str) -> bytes:
+    request.setHeader("Content-Type", "application/json")
+    request.setResponseCode(401)
+    request.setHeader("WWW-Authenticate", 'Bearer realm="ftp://127.0.0.1/token",service="r"')
+    return b'{"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}'
+
+
+@pytest.mark.parametrize(
+    ("route", "refused"),
+    [("space-echo", "a space or control character in it"), ("ftp", "not http or https")],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_token_realm_the_client_cannot_request_is_a_protocol_error_said_once_without_the_realm(
+    make_server: Any, reactor: Any, pki: Any, route: str, refused: str
+) -> None:
+    """A token realm with a space in it (an echo of the Basic header) or of another scheme reached the
+    Agent: a traceback per token fetch, the realm's URL in it unredacted (review r3redact F2). Now it
+    is refused before it is requested, a protocol error naming the token service, said once a period."""
+    answer = _realm_echo if route == "space-echo" else _ftp_realm
+    user, password = (ECHO_USER, ECHO_PASSWORD) if route == "space-echo" else (None, None)
+    async with serving(reactor, answer) as (url, _):
+        with capturedLogs() as events:
+            server = await make_server(
+                url, registry=RegistrySettings(url=url, username=user, password=password, timeout=5.0)
+            )
+            client = server.client(pki.admin)
+            messages = []
+            # Basic sent first gets a Bearer challenge after it: "rejected" on the first and third
+            # list (r3redact N2), the token realm on the second; the ftp realm on all three.
+            for path in (collection("ns"), f"{B}/payloadrepositorytags", collection("ns")):
+                reply = await client.get(path)
+                messages.append(reply.json().get("message", ""))
+    assert any(
+        f"the token service {'ftp://127.0.0.1' if route == 'ftp' else url}/token of registry {url}: "
+        f"a URL the registry named cannot be requested ({refused})" in message
+        for message in messages
+    ), messages
+    for message in messages:
+        assert not _echo_leaked(message), message
+    ours = [event for event in events if not formatEvent(event).startswith('"127.0.0.1" - - [')]
+    logged = [formatEvent(event) for event in ours] + [repr(event) for event in ours]
+    assert not [line for line in logged if _echo_leaked(line)]
+    assert not [event for event in ours if "log_failure" in event]
+    # FailureLog's line, once for the lists (the startup check says it too, once, in its own words).
+    said = [
+        event
+        for event in ours
+        if "cannot be requested" in formatEvent(event) and event.get("operation") is not None
+    ]
+    assert len(said) == 1 and said[0]["log_level"] == LogLevel.warn, [formatEvent(e) for e in said]
+
+
 class _StatusLineEcho(Protocol):
     """A server that answers an authenticated request with a status line echoing its Authorization
     (Twisted's ParseError quotes the line it cannot parse: review r2redact F2)."""

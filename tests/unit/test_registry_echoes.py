@@ -136,6 +136,35 @@ def test_a_registry_text_each_message_quotes_is_redacted_there(route: str) -> No
     assert not [line for line in logged if PASSWORD in line or BASIC in line]
 
 
+@pytest.mark.parametrize(
+    ("location", "refused"),
+    [
+        (f"/v2/ns/app/blobs/uploads/1?echo=Basic {BASIC}", "a space or control character in it"),
+        ("/v2/ns/app/blobs/uploads/\u00e9", "a space or control character in it"),
+    ],
+)
+def test_an_upload_location_the_client_cannot_request_is_refused_before_it_is_requested(
+    location: str, refused: str
+) -> None:
+    """An upload Location on the registry's own origin that the Agent would refuse ("Invalid URI" and
+    the whole URL in a logged traceback: review r3redact F2) is a protocol error naming the registry
+    only, and no PUT goes out."""
+
+    def handler(sent: Sent) -> Answer:
+        if sent.header("Authorization") is None:
+            return Answer(401, {"WWW-Authenticate": 'Basic realm="r"'})
+        return Answer(404) if sent.method == "HEAD" else Answer(202, {"Location": location})
+
+    client, agent = make(handler, username=USER, password=PASSWORD)
+    with capturedLogs() as events, pytest.raises(RegistryError) as raised:
+        result(client._ensure_blob("ns/app", b"{}", "deleting tag ns/app:v1"))
+    assert str(raised.value) == (
+        f"registry http://registry.test:5000: a URL the registry named cannot be requested ({refused})"
+    )
+    assert [sent.method for sent in agent.sent if sent.method == "PUT"] == []
+    assert not [event for event in events if "log_failure" in event]
+
+
 @pytest.mark.parametrize("password", [PASSWORD, "S3cretRegPass"])
 def test_a_challenge_scheme_is_redacted_as_sent_not_lower_cased(password: str) -> None:
     def handler(sent: Sent) -> Answer:

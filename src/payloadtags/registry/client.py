@@ -93,11 +93,11 @@ from .transport import (
     OriginRequests,
     TLSPolicy,
     UnfollowableRedirect,
+    requestable,
+    unrequestable,
 )
 
 ACCEPT_MANIFESTS = ", ".join(MANIFEST_MEDIA_TYPES)
-# A URL Agent.request takes (printable ASCII, no space), as transport checks a redirect's Location.
-_REQUESTABLE_URL = re.compile(r"[\x21-\x7e]+")
 DELETE_NONCE_ANNOTATION = "io.deckhouse.payloadtags.delete-nonce"
 # Marks the placeholder manifest written under a dangling tag to delete it; deleted right after.
 REPAIR_ANNOTATION = "io.deckhouse.payloadtags.dangling-repair"
@@ -1807,6 +1807,15 @@ class RegistryClient:
         request leaves; raising sends nothing and releases the slot. A request with a confirmation
         first waits for a confirmation's turn (`_confirming`), then for its slot.
         """
+        refused = unrequestable(url)
+        if refused is not None:
+            # A URL the registry named (a token realm, an upload location) that the Agent would refuse
+            # from deep inside, an unexpected failure logged with a traceback and the whole URL, an
+            # echo of the request's Authorization included; said as a malformed answer, once a period,
+            # naming the server only (review r3redact F2). Nothing was sent.
+            raise RegistryProtocolError(
+                f"{self._server_of(url, peer)}: a URL the registry named cannot be requested ({refused})"
+            )
         # The wait for a connection slot is not the registry's doing: the timeout starts once the
         # request can go out. The semaphore serves waiters in arrival order, so every request gets
         # its turn however many tag lists a big list has queued.
@@ -2295,7 +2304,7 @@ class RegistryClient:
             # Its origin only: the path and query are the registry's text, which may echo the
             # request's Authorization (review r2redact F1).
             raise self._protocol(reply, f"the next page link points elsewhere: {_origin_text(target)}")
-        if not _REQUESTABLE_URL.fullmatch(target):
+        if not requestable(target):
             # Not a URL a request can be sent to (the Agent's "Invalid URI"); said as a malformed
             # answer, without the link (review r2redact F5).
             raise self._protocol(reply, "the next page link has a space or control character")
