@@ -219,3 +219,27 @@ def test_an_amended_message_is_redacted_too() -> None:
         result(client.manifest("ns/app", "v1"))
     amended = _amend(raised.value, "; the check said Bearer an-echoed-token-0123456789")
     assert amended.message.endswith(f"; the check said Bearer {REDACTED}")
+
+
+def test_a_token_realm_path_that_echoes_a_short_password_is_redacted() -> None:
+    """The token service is named by its realm's origin and path in every message about it: the path
+    is the registry's text, quoted through its client's `shown` (review r3redact L1)."""
+
+    def handler(sent: Sent) -> Answer:
+        if sent.url.startswith("http://registry.test:5000/token"):
+            return json_answer({"errors": [{"code": "UNAVAILABLE", "message": "down"}]}, 500)
+        if sent.header("Authorization") is None:
+            return Answer(401, {"WWW-Authenticate": 'Basic realm="r"'})
+        return Answer(
+            401,
+            {"WWW-Authenticate": f'Bearer realm="http://registry.test:5000/token/{PASSWORD}",service="r"'},
+        )
+
+    client, _ = make(handler, username=USER, password=PASSWORD)
+    with pytest.raises(RegistryError):
+        result(client.manifest("ns/app", "v1"))  # rejected: the Basic retry met a Bearer challenge
+    with capturedLogs() as events, pytest.raises(RegistryError) as raised:
+        result(client.manifest("ns/app", "v1"))  # Basic sent at once, a Bearer challenge: the realm
+    assert f"the token service http://registry.test:5000/token/{REDACTED} of registry" in str(raised.value)
+    assert PASSWORD not in str(raised.value)
+    assert not [event for event in events if PASSWORD in formatEvent(event) or PASSWORD in repr(event)]
