@@ -598,11 +598,7 @@ class ApiServer:
                 # The request's own ``timeout`` when shorter (client-go's; behind the aggregator the
                 # caller's deadline whatever this server does), read before anything else, as
                 # kube-apiserver's WithRequestDeadline does: a malformed one is its 400. Not a watch's.
-                given = (
-                    self.request_timeout
-                    if watch
-                    else request_timeout(_query(request).get("timeout"), self.request_timeout)
-                )
+                given = self._given_timeout(request, watch)
                 if not watching:
                     # Armed below once the work first waits, a little after this: the deadline the
                     # work is told is never later than the one that cuts it.
@@ -753,6 +749,14 @@ class ApiServer:
         user: UserInfo | None = getattr(request, _USER, None)
         return user is not None and user.name != ANONYMOUS
 
+    def _given_timeout(self, request: Request, watch: bool) -> float:
+        """The request's deadline: its own ``timeout`` when shorter than --request-timeout (a
+        malformed one raises its 400); not a watch's, which is long-running and bounded by its
+        ``timeoutSeconds``."""
+        if watch:
+            return self.request_timeout
+        return request_timeout(_query(request).get("timeout"), self.request_timeout)
+
     def refused(self, request: Request, code: int, seconds: float) -> None:
         """A request the channel answered itself, before its body was read (admission's refusal, a
         body too large or late): counted as the same refusal of a request without a body is (review
@@ -785,13 +789,8 @@ class ApiServer:
         try:
             # A malformed ``timeout`` is its 400 before authentication, as kube-apiserver's
             # WithRequestDeadline runs before it, and as `respond` reads it for a request without a body.
-            # Not a watch's (the collection's GET only, as `respond`'s route tells it): it is
-            # long-running, its bound is ``timeoutSeconds`` (review r2fix L2).
-            given = (
-                self.request_timeout
-                if _request_labels(request)[0] == "watch"
-                else request_timeout(_query(request).get("timeout"), self.request_timeout)
-            )
+            # Not a watch's (the collection's GET only, as `respond`'s route tells it): review r2fix L2.
+            given = self._given_timeout(request, _request_labels(request)[0] == "watch")
         except ApiError as error:
             return error
         authenticating = Deferred.fromCoroutine(self._authenticate(request))
