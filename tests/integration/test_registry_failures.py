@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +237,26 @@ def _leaked(text: str) -> list[str]:
     return [secret for secret in SECRETS if secret in text]
 
 
+async def _echoed_reads(make_server: Any, pki: Any, url: str) -> tuple[list[Any], Sequence[dict[str, Any]]]:
+    """A server in front of the echoing registry at ``url`` with its login, and its answers to a
+    namespace's list, an all-namespaces list and a get, with what was logged meanwhile."""
+    with capturedLogs() as events:
+        server = await make_server(
+            url,
+            registry=RegistrySettings(url=url, username=ECHO_USER, password=ECHO_PASSWORD, timeout=5.0),
+        )
+        client = server.client(pki.admin)
+        replies = [
+            await client.get(path)
+            for path in (
+                collection("ns"),
+                f"{B}/payloadrepositorytags",
+                f"{collection('ns')}/{encode_name('app', 'v1')}",
+            )
+        ]
+    return replies, events
+
+
 @pytest.mark.parametrize(
     ("status", "bearer", "token_status"),
     [
@@ -259,21 +280,11 @@ async def test_credentials_a_registry_echoes_reach_neither_the_caller_nor_the_lo
     text is passed on, with each of those redacted, in the Status message of every request that fails
     there and in the log."""
     async with serving(reactor, _echoing(status, bearer=bearer, token_status=token_status)) as (url, seen):
-        with capturedLogs() as events:
-            server = await make_server(
-                url,
-                registry=RegistrySettings(url=url, username=ECHO_USER, password=ECHO_PASSWORD, timeout=5.0),
-            )
-            client = server.client(pki.admin)
-            messages = []
-            for path in (
-                collection("ns"),
-                f"{B}/payloadrepositorytags",
-                f"{collection('ns')}/{encode_name('app', 'v1')}",
-            ):
-                reply = await client.get(path)
-                assert reply.code in (503, 504), reply.body
-                messages.append(reply.json()["message"])
+        replies, events = await _echoed_reads(make_server, pki, url)
+    messages = []
+    for reply in replies:
+        assert reply.code in (503, 504), reply.body
+        messages.append(reply.json()["message"])
         # The echoing server was asked with each credential (the test asks what it means to).
         sent = {authorization for _, _, authorization in seen.seen if authorization}
         assert f"Basic {ECHO_BASIC}" in sent
@@ -376,20 +387,8 @@ async def test_credentials_a_registry_echoes_outside_its_error_document_reach_ne
     a Link, a challenge, a Location, a digest header. A malformed Link is a protocol error, said
     without a traceback (F5)."""
     async with serving(reactor, _echoing_in(route)) as (url, seen):
-        with capturedLogs() as events:
-            server = await make_server(
-                url,
-                registry=RegistrySettings(url=url, username=ECHO_USER, password=ECHO_PASSWORD, timeout=5.0),
-            )
-            client = server.client(pki.admin)
-            messages = []
-            for path in (
-                collection("ns"),
-                f"{B}/payloadrepositorytags",
-                f"{collection('ns')}/{encode_name('app', 'v1')}",
-            ):
-                reply = await client.get(path)
-                messages.append(reply.json().get("message", ""))
+        replies, events = await _echoed_reads(make_server, pki, url)
+    messages = [reply.json().get("message", "") for reply in replies]
     if route != "scheme":  # that proxy never asks for the login
         assert f"Basic {ECHO_BASIC}" in {authorization for _, _, authorization in seen.seen}
     assert any(_ECHO_ROUTES[route] in message for message in messages), messages
