@@ -10,7 +10,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import attrs
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from twisted.internet.defer import CancelledError
@@ -30,6 +37,11 @@ from payloadtags.registry.errors import (
 )
 
 T = TypeVar("T")
+
+# prometheus_client adds a `*_created` sample to every counter and histogram child: it doubles the label
+# sets a scrape stores, for a timestamp kube-apiserver's exposition does not carry. The switch is the
+# library's, one per process.
+disable_created_metrics()
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 

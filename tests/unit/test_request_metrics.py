@@ -46,3 +46,13 @@ def test_label_sets_past_the_cached_ones_are_still_counted() -> None:
         labels = {"verb": verb, "resource": ""}
         assert _sample(metrics, "payloadtags_apiserver_requests_total", {**labels, "code": "405"}) == 2
         assert _sample(metrics, "payloadtags_apiserver_request_duration_seconds_count", labels) == 2
+
+
+def test_the_exposition_has_no_created_series() -> None:
+    # Every counter and histogram child would add a `*_created` sample: twice the label sets a scrape
+    # stores, for a timestamp kube-apiserver and metrics-server do not expose either.
+    metrics = Metrics()
+    metrics.observe_request("list", "payloadrepositorytags", 200, 0.002)
+    text = metrics.exposition().decode()
+    assert "payloadtags_apiserver_requests_total{" in text
+    assert "_created" not in text
