@@ -1,15 +1,24 @@
 """The demo: a local registry with sample images, payloadtags in front of it, and real kubectl output.
 
 Run by ``scripts/demo`` after setup. Everything it starts binds to 127.0.0.1 and is stopped at the end,
-or when the demo is stopped (Ctrl-C, SIGTERM, SIGHUP): then too its files (private keys) are removed.
+or when the demo is stopped (Ctrl-C, SIGTERM, SIGHUP, or a reader of its output that left, as
+``scripts/demo | head`` does): then too its files (private keys) are removed.
 """
 
 from __future__ import annotations
 
+# ruff: noqa: E402 (the imports come after the line that makes a Ctrl-C during them end the demo quietly)
+import signal
+
+if __name__ == "__main__":
+    # Until the demo handles the stop signals, after its imports (a second: tests.support imports
+    # Twisted), it has started nothing: a Ctrl-C then ends it at once, as it ends any program that
+    # handles no signal, rather than with a KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,19 +32,25 @@ from typing import Any, NoReturn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support import images  # noqa: E402
-from tests.support.harness import Pki  # noqa: E402
-from tests.support.registry_server import RegistryServer, die_with_parent, free_port  # noqa: E402
+from tests.support import images
+from tests.support.harness import Pki
+from tests.support.registry_server import RegistryServer, die_with_parent, free_port
 
 REGISTRY_HOST = "payload-registry.PUBLIC.DOMAIN"
+
+# A failed start shows this many lines of payloadtags' log; a longer log is kept in KEPT_LOG, in the
+# temporary directory (TMPDIR, else /tmp).
+SHOWN_LINES = 20
+KEPT_LOG = "payloadtags-demo.log"
 
 # Ctrl-C, `kill`/a service manager/`timeout`, a closed terminal.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Stopped(BaseException):
-    """A stop signal arrived. Raised where the demo is, so that everything it started is stopped and
-    removed on the way out; a BaseException, as KeyboardInterrupt, so that no `except Exception` keeps it."""
+    """A stop signal arrived, or the reader of the demo's output left (`show`: as SIGPIPE). Raised where
+    the demo is, so that everything it started is stopped and removed on the way out; a BaseException,
+    as KeyboardInterrupt, so that no `except Exception` keeps it."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
@@ -98,9 +113,19 @@ def push_samples(registry: RegistryServer) -> None:
     images.push_artifact(registry, "team-b/charts/web", "0.3.0")
 
 
+def show(line: str = "") -> None:
+    """Print a line of the demo's output now. A reader of it that left (`scripts/demo | head`) stops the
+    demo as SIGPIPE stops a program that does not ignore it (Python does): everything started is stopped
+    and removed, and the demo dies of SIGPIPE, which a shell shows as 141."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        raise Stopped(signal.SIGPIPE) from None
+
+
 def say(text: str) -> None:
     """What the demo is doing, told apart from the commands and their output."""
-    print(f"demo: {text}", flush=True)
+    show(f"demo: {text}")
 
 
 def wait_ready(
@@ -131,17 +156,37 @@ def wait_ready(
 
 def not_started(server: subprocess.Popen[bytes], log: Path, timeout: float) -> str:
     """Why payloadtags did not start, from its log: every start-up problem is a line there naming the
-    flag to fix. The log is kept outside the demo's directory, which is removed (it holds private keys)."""
-    text = log.read_text(errors="replace")
-    handle, kept = tempfile.mkstemp(prefix="payloadtags-demo-", suffix=".log")
-    with os.fdopen(handle, "w") as copy:
-        copy.write(text)
+    flag to fix. The message shows the whole log when it is short, as it is for every start-up error;
+    only a longer one is kept too, outside the demo's directory, which is removed (it holds private keys)."""
+    lines = log.read_text(errors="replace").splitlines()
     if server.returncode is None:
         what = f"payloadtags did not become ready within {timeout:g} s"
     else:
         what = f"payloadtags exited with code {server.returncode} at start"
-    tail = "".join(f"  {line}\n" for line in text.splitlines()[-20:]) or "  (its log is empty)\n"
-    return f"{what}; the last lines of its log ({kept}):\n{tail.rstrip()}"
+    if not lines:
+        return f"{what}; its log is empty"
+    if len(lines) <= SHOWN_LINES:
+        said = f"{what}; its log:"
+    else:
+        said = f"{what}; the last {SHOWN_LINES} lines of its log ({keep(log)}):"
+    return "\n".join([said, *(f"  {line}" for line in lines[-SHOWN_LINES:])])
+
+
+def keep(log: Path) -> str:
+    """Copy `log` to the one kept log, replacing an earlier run's, so that runs failing again and again
+    keep one file, not one each; says where it is, or why it could not be kept."""
+    kept = Path(tempfile.gettempdir()) / KEPT_LOG
+    # Written aside and renamed over it: a rename replaces whatever is there, even a symlink planted
+    # by another user of /tmp, without following it, and the copy is only ever readable by its owner.
+    handle, aside = tempfile.mkstemp(prefix="payloadtags-demo-", suffix=".log")
+    try:
+        with os.fdopen(handle, "wb") as copy:
+            copy.write(log.read_bytes())
+        os.replace(aside, kept)
+    except OSError as error:  # e.g. another user's file by that name in /tmp
+        os.unlink(aside)
+        return f"not kept: {kept}: {error.strerror}"
+    return f"all of it in {kept} until a later failed start replaces it"
 
 
 def stop(server: subprocess.Popen[bytes]) -> None:
@@ -257,7 +302,7 @@ def main() -> int:
             "kubectl runs with a kubeconfig of its own whose context namespace is d8-system: "
             "the commands without -n show d8-system"
         )
-        print(flush=True)
+        show()
         commands = [
             ["api-resources", "--api-group=payload-registry.deckhouse.io"],
             ["get", "payloadrepositorytags.payload-registry.deckhouse.io"],
@@ -281,9 +326,9 @@ def main() -> int:
         for args in commands:
             if args[0] == "delete":
                 say("the delete is real: the tag leaves the sample registry, its siblings stay")
-            print(f"$ kubectl {' '.join(args)}", flush=True)
+            show(f"$ kubectl {' '.join(args)}")
             run([kubectl, *args], env=env)
-            print(flush=True)
+            show()
     say(
         f"done. It ran a sample registry ({registry.url}), payloadtags standalone ({url}) where any "
         "client of its CA could see and delete everything (AlwaysAllow), and kubectl with d8-system as "
@@ -296,10 +341,13 @@ def main() -> int:
 def stopped(signum: int) -> NoReturn:
     """End as a program stopped by `signum` does: killed by it. A shell then shows 128+N (130 for
     Ctrl-C, 143 for SIGTERM), and a script running the demo stops on Ctrl-C rather than going on with
-    its next command, which an ordinary exit status would tell it to do."""
-    with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
-        name = signal.Signals(signum).name
-        say(f"stopped by {name}: the registry and payloadtags are stopped, their files removed")
+    its next command, which an ordinary exit status would tell it to do. After SIGPIPE (its reader
+    left) it says nothing, as any program whose reader left."""
+    # OSError: after SIGHUP the terminal may be gone; Stopped: the reader may have left since.
+    with contextlib.suppress(OSError, Stopped):
+        if signum != signal.SIGPIPE:
+            name = signal.Signals(signum).name
+            say(f"stopped by {name}: the registry and payloadtags are stopped, their files removed")
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
     sys.exit(128 + signum)  # not reached: the signal's default action ends the process
