@@ -458,6 +458,35 @@ def test_a_malformed_pattern_matches_nothing_and_is_logged_once(warnings: list[d
     assert len(warnings) == 2
 
 
+def test_what_was_said_of_malformed_patterns_is_kept_only_while_a_role_holds_them(
+    warnings: list[dict[str, Any]],
+) -> None:
+    """r1access L3: whoever may write Roles in a namespace wrote one key per malformed pattern into a
+    set kept for the life of the process, the Role deleted or not. Only patterns still in a Role are
+    remembered now: one still there is not said again on later rebuilds; one removed and written
+    again is said again."""
+    index = index_of(
+        role("team-a", "kept", rule(names=["[kept"])),
+        role_binding("team-a", "b", role_ref("Role", "kept"), user_subject("alice")),
+    )
+    index.allowed(ALICE, "get", "team-a", "app")
+    for i in range(1000):
+        churn = role("team-a", f"churn-{i}", rule(names=[f"[x{i}"]))
+        index.upsert("Role", churn)
+        index.allowed(ALICE, "get", "team-a", "app")  # a decision rebuilds the index
+        index.remove("Role", churn)
+        index.allowed(ALICE, "get", "team-a", "app")
+    assert index.roles.keys() == {"team-a/kept"}
+    assert len(index._warned) == 1  # was 1,001: one per Role ever written
+    said = [e["pattern"] for e in warnings]
+    assert said == ["[kept", *(f"[x{i}" for i in range(1000))]  # "[kept" once, not per rebuild
+
+    index.upsert("Role", role("team-a", "churn-0", rule(names=["[x0"])))
+    index.allowed(ALICE, "get", "team-a", "app")
+    assert [e["pattern"] for e in warnings[1001:]] == ["[x0"]
+    assert len(index._warned) == 2
+
+
 # --- edits ----------------------------------------------------------------------------------------
 
 

@@ -199,7 +199,11 @@ class RbacIndex:
     memos: MemoBudget = attrs.field(factory=MemoBudget, init=False)
     # Compiled patterns by source, kept across rebuilds: one RBAC edit should not recompile them all.
     _compiled: dict[str, PathPattern | PatternError] = attrs.field(factory=dict, init=False)
+    # The malformed patterns logged, by Role and pattern: those the last rebuild met (_warning: this
+    # one), as _compiled keeps only the sources in use. Kept for good instead, whoever may write Roles
+    # in a namespace would grow it by a key per malformed pattern written and deleted (r1access L3).
     _warned: set[str] = attrs.field(factory=set, init=False)
+    _warning: set[str] = attrs.field(factory=set, init=False)
     _used: set[str] = attrs.field(factory=set, init=False)
 
     # -- feeding -----------------------------------------------------------------------------------
@@ -303,6 +307,8 @@ class RbacIndex:
             return
         used: set[str] = set()
         self._used = used
+        warning: set[str] = set()
+        self._warning = warning
         self._cluster_role_rules = {
             _meta(obj).get("name", ""): self._compile_rules(obj) for obj in self.cluster_roles.values()
         }
@@ -322,6 +328,7 @@ class RbacIndex:
                 by_namespace.setdefault(namespace, []).append(binding)
         self._namespace_bindings = {ns: tuple(bs) for ns, bs in by_namespace.items()}
         self._compiled = {source: self._compiled[source] for source in used}
+        self._warned = warning
         self._built = self.generation
 
     def _compile_rules(self, role: JsonObject) -> tuple[Rule, ...]:
@@ -362,8 +369,10 @@ class RbacIndex:
         name = "/".join(part for part in (meta.get("namespace"), meta.get("name")) if part)
         where = f"{role.get('kind', 'Role')} {name}"
         key = f"{where}\x00{pattern}"
+        if key in self._warning:
+            return
+        self._warning.add(key)
         if key not in self._warned:
-            self._warned.add(key)
             log.warn(
                 "{where}: resourceNames pattern {pattern!r} is malformed and matches nothing: {error}",
                 where=where,
