@@ -175,7 +175,6 @@ class RbacIndex:
     _role_rules: dict[tuple[str, str], tuple[Rule, ...]] = attrs.field(factory=dict, init=False)
     _cluster_role_rules: dict[str, tuple[Rule, ...]] = attrs.field(factory=dict, init=False)
     _cluster_bindings: tuple[Binding, ...] = attrs.field(default=(), init=False)
-    _cluster_roles_by_name: dict[str, JsonObject] = attrs.field(factory=dict, init=False)
     _namespace_bindings: dict[str, tuple[Binding, ...]] = attrs.field(factory=dict, init=False)
     # Per (user, groups, namespace, verb): the generation it was computed at and the matcher. A change
     # elsewhere in RBAC keeps a matcher (and the decisions it memoized) whose patterns did not change.
@@ -247,7 +246,8 @@ class RbacIndex:
         for binding in self._cluster_bindings:
             if binding.role_kind != "ClusterRole" or not binding.applies_to(user):
                 continue
-            role = self._cluster_roles_by_name.get(binding.role_name)
+            # A ClusterRole has no namespace: `cluster_roles` is keyed by its name (`_key`).
+            role = self.cluster_roles.get(binding.role_name)
             for raw in (role or {}).get("rules") or ():
                 if not isinstance(raw, Mapping):
                     continue
@@ -316,7 +316,6 @@ class RbacIndex:
             (_meta(obj).get("namespace", ""), _meta(obj).get("name", "")): self._compile_rules(obj)
             for obj in self.roles.values()
         }
-        self._cluster_roles_by_name = {_meta(obj).get("name", ""): obj for obj in self.cluster_roles.values()}
         self._cluster_bindings = tuple(
             b for b in (_binding(obj, "") for obj in self.cluster_role_bindings.values()) if b is not None
         )
