@@ -32,12 +32,6 @@ class RequestHeaderConfig:
     extra_prefixes: tuple[str, ...] = ("X-Remote-Extra-",)
     uid_headers: tuple[str, ...] = ()
 
-    def identity_headers(self, names: list[str]) -> list[str]:
-        """Which of ``names`` (lower-case) carry identity and must be removed from an untrusted request."""
-        exact = {h.lower() for h in (*self.username_headers, *self.group_headers, *self.uid_headers)}
-        prefixes = tuple(p.lower() for p in self.extra_prefixes)
-        return [n for n in names if n in exact or (prefixes and n.startswith(prefixes))]
-
 
 def _utf8(header: str, values: list[str]) -> list[str]:
     """The values of an identity header, which the aggregator sends as UTF-8 (client-go writes Go
@@ -105,7 +99,8 @@ class RequestHeaderAuthenticator:
         object.__setattr__(self, "_exact", frozenset(h.lower() for h in exact))
 
     def identity_headers(self, names: Iterable[str]) -> list[str]:
-        """As `RequestHeaderConfig.identity_headers`, with the names made once."""
+        """Which of ``names`` (lower-case) carry identity and must be removed from an untrusted request:
+        the configured user, group and uid headers and every header under an extra prefix."""
         exact, prefixes = self._exact, self._prefixes
         return [n for n in names if n in exact or (prefixes and n.startswith(prefixes))]
 
