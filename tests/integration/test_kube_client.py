@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.client
 import json
 import os
 import signal
 import socket
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
+from twisted.internet import reactor, threads
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone
 from twisted.internet.interfaces import IListeningPort
@@ -24,6 +26,7 @@ from twisted.internet.task import Clock
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
+from payloadtags.access.tokens import passing
 from payloadtags.kube import (
     ClusterConfig,
     ConfigError,
@@ -41,6 +44,7 @@ from payloadtags.kube import (
 from payloadtags.kube.errors import KubeCertificateRejected, KubeTokenUnreadable
 from payloadtags.kube.execcred import PLUGIN_TIMEOUT, ExecPlugin, PluginError, run_plugin
 from tests.support.kubeapi import KubeApiDouble, RequestInfo, User, eventually, resources
+from tests.support.kubeapi.server import APF_REJECTION
 from tests.support.kubectl import KUBECTL, Kubectl
 from tests.support.listening import stop_listening, tcp_port
 from tests.support.logcapture import collected_logs
@@ -214,6 +218,30 @@ async def test_list_pagination_selectors_and_cross_namespace(
     kube_api.compact()
     error = await error_of(kube_client.list(CM, {"limit": "2", "continue": first["metadata"]["continue"]}))
     assert (error.code, error.reason) == (410, "Expired")
+    # As etcd3's store answers it (r1double N8): with a token for the rest, at the latest version.
+    fresh = error.status["metadata"]["continue"]
+    rest = await kube_client.list(CM, {"limit": "5", "continue": fresh})
+    assert [i["metadata"]["name"] for i in rest["items"]] == ["d", "e"]
+    assert rest["metadata"]["resourceVersion"] == str(kube_api.store.resource_version)
+
+
+@pytest_twisted.ensureDeferred
+async def test_pages_may_be_short_or_empty(kube_api: KubeApiDouble, kube_client: KubeClient) -> None:
+    """r1double N8: with `page_sizes`, pages hold fewer items than the limit, even none, each with a
+    continue token while items are left, as kube-apiserver may serve them."""
+    for name in "abc":
+        await kube_client.create(CM, cm(name))
+    sizes = iter([0, 1, 0, 2])
+    kube_api.page_sizes = lambda limit: next(sizes)
+    pages: list[list[str]] = []
+    params = {"limit": "2"}
+    while True:
+        page = await kube_client.list(CM, params)
+        pages.append([i["metadata"]["name"] for i in page["items"]])
+        if not page["metadata"].get("continue"):
+            break
+        params["continue"] = page["metadata"]["continue"]
+    assert pages == [[], ["a"], [], ["b", "c"]]
 
 
 @pytest_twisted.ensureDeferred
@@ -235,7 +263,10 @@ async def test_namespace_deletion_is_two_phase(kube_api: KubeApiDouble, kube_cli
         assert (await error_of(kube_client.delete(NS + "/team-a"))).code == 409
 
         kube_api.finalize_namespace("team-a")
-        [deleted] = await collect(stream, 1)
+        # The namespace controller's conditions, then the finalizer removed, then the namespace gone.
+        conditions, finalized, deleted = await collect(stream, 3)
+        assert (conditions.type, finalized.type) == ("MODIFIED", "MODIFIED")
+        assert conditions.object["status"]["conditions"] and finalized.object["spec"] == {}
         assert (deleted.type, deleted.object["metadata"]["name"]) == ("DELETED", "team-a")
         assert (await error_of(kube_client.get(NS + "/team-a"))).code == 404
         assert (await kube_client.list("/api/v1/namespaces/team-a/configmaps"))["items"] == []
@@ -1067,6 +1098,51 @@ async def test_injected_errors_and_retry_after(kube_api: KubeApiDouble, kube_cli
         error = await error_of(kube_client.get(NS + "/default"))
         assert (error.code, error.message) == (503, "etcd is sad")
     assert (await kube_client.get(NS + "/default"))["metadata"]["name"] == "default"
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_injected_429_is_priority_and_fairness_plain_text(
+    kube_api: KubeApiDouble, kube_client: KubeClient
+) -> None:
+    """r1double N1: kube-apiserver's API Priority and Fairness and max-in-flight reject with Go's
+    http.Error, plain text, and a Retry-After header, not a Status: what `inject_error(429)` answers;
+    the client reads it as TooManyRequests with the header's delay, which `passing` retries."""
+    kube_api.inject_error(429, method="GET", path=NS)
+    kube_api.inject_error(429, method="GET", path=NS, retry_after=3)
+    kube_api.inject_error(
+        429, "TooManyRequests", "storage is (re)initializing", path=NS, text=False, retry_after=2
+    )
+    throttled = [await error_of(kube_client.get(NS + "/default")) for _ in range(3)]
+    assert [(e.code, e.reason, e.retry_after) for e in throttled] == [
+        (429, "TooManyRequests", 1.0),
+        (429, "TooManyRequests", 3.0),
+        (429, "TooManyRequests", 2.0),
+    ]
+    assert [e.message for e in throttled] == [APF_REJECTION, APF_REJECTION, "storage is (re)initializing"]
+    assert all(passing(e) for e in throttled)
+    assert (await kube_client.get(NS + "/default"))["metadata"]["name"] == "default"
+
+    # On the wire: Go's http.Error, not JSON.
+    kube_api.inject_error(429, path=NS)
+    admin = kube_api.issue_client_cert("admin", ("system:masters",))
+
+    def fetch() -> tuple[int, str | None, str | None, bytes]:
+        context = ssl.create_default_context(cafile=str(kube_api.ca.cert_file))
+        context.load_cert_chain(admin.cert_file, admin.key_file)
+        connection = http.client.HTTPSConnection("127.0.0.1", kube_api.port, context=context, timeout=10)
+        try:
+            connection.request("GET", NS)
+            reply = connection.getresponse()
+            return reply.status, reply.getheader("Content-Type"), reply.getheader("Retry-After"), reply.read()
+        finally:
+            connection.close()
+
+    assert await threads.deferToThread(fetch) == (
+        429,
+        "text/plain; charset=utf-8",
+        "1",
+        b"Too many requests, please try again later.\n",
+    )
 
 
 def _serving(protocol: type[Protocol]) -> tuple[IListeningPort, KubeClient]:

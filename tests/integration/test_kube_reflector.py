@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent
 
 from payloadtags.kube import Backoff, KubeClient, KubeError, Reflector, StoreListener, load_cluster_config
@@ -264,6 +265,96 @@ async def test_api_errors_are_retried(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_throttled_list_is_tried_again_after_retry_after(
+    kube_api: KubeApiDouble, kube_client: KubeClient, stopper: list[Reflector]
+) -> None:
+    """r1double N1: API Priority and Fairness rejects in plain text with a Retry-After header; the
+    reflector waits that long (not its shorter backoff) before it lists again, as client-go does."""
+    kube_api.inject_error(429, method="GET", path=CM, retry_after=5)
+    clock = Clock()
+    backoff = Backoff(initial=0.02, factor=2.0, cap=0.2, jitter=0.5, rng=random.Random(1))
+    reflector = Reflector(kube_client, CM, clock, backoff=backoff, rng=random.Random(2))
+    reflector.start()
+    stopper.append(reflector)
+    await eventually(lambda: len(clock.getDelayedCalls()) == 1)
+    [retry] = clock.getDelayedCalls()
+    assert retry.getTime() - clock.seconds() == 5.0
+    assert [r.code for r in kube_api.requests_for(CM)] == [429]
+    clock.advance(5)
+    await reflector.wait_for_sync()
+    await eventually(lambda: kube_api.open_watches == 1)
+    assert [r.code for r in kube_api.requests_for(CM)][:2] == [429, 200]
+
+
+@pytest_twisted.ensureDeferred
+async def test_short_and_empty_pages_are_followed_to_the_end(
+    kube_api: KubeApiDouble, kube_client: KubeClient, make_reflector: Any, stopper: list[Reflector]
+) -> None:
+    """r1double N8: kube-apiserver may serve fewer items than the limit, even none, with a continue
+    token; the reflector follows the tokens, not the page sizes, at its first list and at a relist."""
+    for i in range(10):
+        kube_api.store.create(CONFIGMAPS, configmap(f"cm-{i}"))
+    rng = random.Random(7)
+    served: list[int] = []
+
+    def page_sizes(limit: int) -> int:
+        served.append(0 if len(served) % 4 == 0 else rng.randint(0, limit))
+        return served[-1]
+
+    kube_api.page_sizes = page_sizes
+    reflector, journal = make_reflector(page_size=3)
+    await running(stopper, reflector, kube_api)
+    assert local_view(reflector) == server_view(kube_api)
+    assert journal.of("add") == [f"cm-{i}" for i in range(10)]
+    assert served[0] == 0 and len(served) > 4, served
+    assert reflector.lists == 1
+
+    # A relist (its resourceVersion forgotten) goes through short pages too.
+    await kube_api.go_down()
+    kube_api.store.create(CONFIGMAPS, configmap("cm-late"))
+    kube_api.store.delete(CONFIGMAPS, "cm-3", "default")
+    kube_api.compact()
+    kube_api.come_up()
+    await eventually(lambda: local_view(reflector) == server_view(kube_api))
+    assert reflector.lists == 2 and journal.changes[10:] == [("add", "cm-late"), ("delete", "cm-3")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_list_whose_continue_expires_is_started_again(
+    kube_api: KubeApiDouble, make_reflector: Any, stopper: list[Reflector]
+) -> None:
+    """r1double N8: a continue token the server no longer honours is 410 (with a token for an
+    inconsistent rest, which client-go does not use): the reflector lists again from the start."""
+    for i in range(5):
+        kube_api.store.create(CONFIGMAPS, configmap(f"cm-{i}"))
+    pages = 0
+
+    def compacting_at_the_second_page(limit: int) -> int:
+        nonlocal pages
+        pages += 1
+        if pages == 2:  # asked for with the first page's token, checked after this
+            kube_api.store.create(CONFIGMAPS, configmap("cm-new"))
+            kube_api.compact()
+        return limit
+
+    kube_api.page_sizes = compacting_at_the_second_page
+    reflector, journal = make_reflector(page_size=2)
+    await running(stopper, reflector, kube_api)
+    assert local_view(reflector) == server_view(kube_api)
+    assert journal.of("add") == [*(f"cm-{i}" for i in range(5)), "cm-new"]
+    codes = [r.code for r in kube_api.requests_for(CM, verb="list")]
+    assert codes == [200, 410, 200, 200, 200], codes
+    assert [bool(r.query.get("continue")) for r in kube_api.requests_for(CM, verb="list")] == [
+        False,
+        True,
+        False,
+        True,
+        True,
+    ]
+    assert reflector.lists == 1
+
+
+@pytest_twisted.ensureDeferred
 async def test_watch_streams_roll_over_at_their_timeout(
     kube_api: KubeApiDouble, make_reflector: Any, stopper: list[Reflector]
 ) -> None:
@@ -288,7 +379,8 @@ async def test_namespace_reflector_sees_termination_then_removal(
     assert reflector.get("team-a")["metadata"]["deletionTimestamp"]
     kube_api.finalize_namespace("team-a")
     await eventually(lambda: reflector.get("team-a") is None)
-    assert journal.changes[-3:] == [("add", "team-a"), ("update", "team-a"), ("delete", "team-a")]
+    # Terminating, the namespace controller's conditions, its finalizer removed, then gone.
+    assert journal.changes[-5:] == [("add", "team-a"), *[("update", "team-a")] * 3, ("delete", "team-a")]
 
 
 @pytest_twisted.ensureDeferred

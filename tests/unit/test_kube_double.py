@@ -105,6 +105,103 @@ def test_pagination_is_a_consistent_snapshot(store: ObjectStore) -> None:
     assert error(store.list, CONFIGMAPS, continue_token="garbage").code == 400
 
 
+def test_short_and_empty_pages_carry_a_continue_token_to_the_rest(store: ObjectStore) -> None:
+    """r1double N8: kube-apiserver may serve fewer items than the limit, even none, with a token."""
+    for name in "abcd":
+        store.create(CONFIGMAPS, cm(name))
+    names: list[list[str]] = []
+    token = None
+    for serve in (1, 0, 0, 2, 3):
+        page = store.list(CONFIGMAPS, limit=3, continue_token=token, serve=serve)
+        names.append([o["metadata"]["name"] for o in page.items])
+        token = page.continue_token
+        if token is None:
+            break
+        assert page.remaining == 4 - sum(map(len, names))
+    assert names == [["a"], [], [], ["b", "c"], ["d"]]
+    # The last page holds what is left: no token, even when fewer than the limit were asked for.
+    last = store.list(CONFIGMAPS, limit=2, serve=0)
+    assert (last.items, last.continue_token is not None) == ([], True)
+    empty = store.list(CONFIGMAPS, "nowhere", limit=2, serve=0)
+    assert (empty.items, empty.continue_token) == ([], None)
+
+
+def test_an_expired_continue_carries_a_token_for_the_rest_at_the_latest_version(store: ObjectStore) -> None:
+    """r1double N8: etcd3's store answers a compacted continue with 410 and a fresh token that goes on
+    from the same key, inconsistently, at the latest resourceVersion."""
+    for name in "abc":
+        store.create(CONFIGMAPS, cm(name))
+    first = store.list(CONFIGMAPS, limit=1)
+    store.create(CONFIGMAPS, cm("d"))
+    store.delete(CONFIGMAPS, "b", "default")
+    store.compact()
+    expired = error(store.list, CONFIGMAPS, limit=1, continue_token=first.continue_token)
+    assert (expired.code, expired.reason) == (410, "Expired")
+    assert "use the continue token in this response" in expired.status["message"]
+    rest = store.list(CONFIGMAPS, limit=5, continue_token=expired.status["metadata"]["continue"])
+    assert [o["metadata"]["name"] for o in rest.items] == ["c", "d"]
+    assert rest.resource_version == store.resource_version and rest.continue_token is None
+
+
+def lease(**spec: Any) -> dict[str, Any]:
+    return {"metadata": {"name": "l", "namespace": "default"}, "spec": spec}
+
+
+STAMP = "2026-12-07T21:00:00.123456Z"
+
+
+def test_lease_times_must_be_micro_time(store: ObjectStore) -> None:
+    """r1double N5: a Lease's renewTime and acquireTime are MicroTime, which the API server decodes
+    with exactly six fractional digits: anything else is 400 before validation."""
+    for bad in ("2026-12-07T21:00:00Z", "2026-12-07T21:00:00.123Z", "2026-12-07T21:00:00.1234567Z", 5):
+        for field in ("renewTime", "acquireTime"):
+            rejected = error(store.create, LEASES, lease(**{field: bad}))
+            assert (rejected.code, rejected.reason) == (400, "BadRequest"), bad
+            assert rejected.status["message"].startswith(
+                'Lease in version "v1" cannot be handled as a Lease: '
+            )
+    assert error(store.create, LEASES, lease(renewTime="2026-13-07T21:00:00.123456Z")).code == 400
+    created = store.create(LEASES, lease(renewTime=STAMP, acquireTime="2026-12-07T22:00:00.000000+01:00"))
+    stale = dict(created, spec={"renewTime": "2026-12-07T21:00:01Z"})
+    assert error(store.update, LEASES, stale, "l", "default").code == 400
+    assert store.get(LEASES, "l", "default")["spec"]["renewTime"] == STAMP
+
+
+def test_lease_validation_and_null_fields(store: ObjectStore) -> None:
+    """r1double N5: a negative leaseTransitions or a duration that is not positive is 422 Invalid;
+    null spec fields are dropped, as Go's typed LeaseSpec drops them, an empty holder kept."""
+    for field, value, wording in (
+        ("leaseTransitions", -1, "must be greater than or equal to 0"),
+        ("leaseDurationSeconds", 0, "must be greater than 0"),
+    ):
+        rejected = error(store.create, LEASES, lease(**{field: value}))
+        assert (rejected.code, rejected.reason) == (422, "Invalid")
+        assert rejected.status["message"] == (
+            f'Lease.coordination.k8s.io "l" is invalid: spec.{field}: Invalid value: {value}: {wording}'
+        )
+        assert rejected.status["details"]["causes"][0]["field"] == f"spec.{field}"
+    created = store.create(
+        LEASES,
+        lease(
+            holderIdentity="", leaseDurationSeconds=1, acquireTime=None, renewTime=STAMP, leaseTransitions=0
+        ),
+    )
+    assert created["spec"] == {
+        "holderIdentity": "",
+        "leaseDurationSeconds": 1,
+        "renewTime": STAMP,
+        "leaseTransitions": 0,
+    }
+    updated = store.update(
+        LEASES, dict(created, spec={"holderIdentity": None, "leaseTransitions": 2}), "l", "default"
+    )
+    assert updated["spec"] == {"leaseTransitions": 2}
+    assert (
+        error(store.update, LEASES, dict(updated, spec={"leaseTransitions": -2}), "l", "default").code == 422
+    )
+    assert store.create(LEASES, {"metadata": {"name": "bare"}})["spec"] == {}
+
+
 def test_subscribers_see_each_change_once(store: ObjectStore) -> None:
     seen: list[Event] = []
     unsubscribe = store.subscribe(seen.append)
@@ -115,6 +212,8 @@ def test_subscribers_see_each_change_once(store: ObjectStore) -> None:
     store.create(CONFIGMAPS, cm("b"))
     assert [(e.type, e.resource.plural, e.obj["metadata"]["name"]) for e in seen] == [
         ("ADDED", "configmaps", "a"),
+        ("MODIFIED", "namespaces", "kube-public"),
+        ("MODIFIED", "namespaces", "kube-public"),
         ("MODIFIED", "namespaces", "kube-public"),
         ("DELETED", "namespaces", "kube-public"),
     ]
@@ -131,6 +230,37 @@ def test_finalizing_a_namespace_deletes_its_content(store: ObjectStore) -> None:
     assert store.list(CONFIGMAPS, "t").items == [] and store.list(ROLES).items == []
     assert [o["metadata"]["namespace"] for o in store.list(CONFIGMAPS).items] == ["default"]
     assert not store.exists(NAMESPACES, "t")
+
+
+def test_finalizing_a_namespace_writes_its_conditions_and_finalizers_before_it_goes() -> None:
+    """r1double N7: between Terminating and DELETED, the namespace controller writes the deletion
+    conditions into the status, then removes the ``kubernetes`` finalizer: two MODIFIED events."""
+    store = ObjectStore(Clock())
+    store.create(NAMESPACES, {"metadata": {"name": "t"}})
+    store.create(CONFIGMAPS, cm("a", "t"))
+    store.delete(NAMESPACES, "t")
+    seen: list[Event] = []
+    store.subscribe(seen.append)
+    store.finalize_namespace("t")
+    assert [(e.type, e.resource.plural) for e in seen] == [
+        ("DELETED", "configmaps"),
+        ("MODIFIED", "namespaces"),
+        ("MODIFIED", "namespaces"),
+        ("DELETED", "namespaces"),
+    ]
+    conditions, finalized, deleted = (e.obj for e in seen[1:])
+    assert conditions["spec"] == {"finalizers": ["kubernetes"]}
+    assert conditions["status"]["phase"] == "Terminating"
+    assert [(c["type"], c["status"]) for c in conditions["status"]["conditions"]] == [
+        ("NamespaceDeletionDiscoveryFailure", "False"),
+        ("NamespaceDeletionGroupVersionParsingFailure", "False"),
+        ("NamespaceDeletionContentFailure", "False"),
+        ("NamespaceContentRemaining", "False"),
+        ("NamespaceFinalizersRemaining", "False"),
+    ]
+    assert finalized["spec"] == {} and finalized["status"] == conditions["status"]
+    assert deleted["spec"] == {} and deleted["metadata"]["deletionTimestamp"]
+    assert [int(e.obj["metadata"]["resourceVersion"]) for e in seen] == [e.rv for e in seen]
 
 
 @pytest.mark.parametrize(

@@ -85,6 +85,9 @@ class RequestRecord:
     code: int | None = None
 
 
+APF_REJECTION = "Too many requests, please try again later."
+
+
 @attrs.define
 class _Injection:
     code: int
@@ -94,6 +97,8 @@ class _Injection:
     path: str | None
     times: int
     exact: bool = False
+    retry_after: int | None = None
+    text: bool = False
 
     def matches(self, method: str, path: str) -> bool:
         if self.method is not None and self.method != method:
@@ -175,6 +180,10 @@ class KubeApiDouble:
     all, however much else changes. `progress_notify` (True) stands for a progress notification
     before every bookmark (etcd with a short ``--experimental-watch-progress-notify-interval``):
     bookmarks then carry the store's resourceVersion, which moves with every resource's changes.
+
+    `page_sizes`, when set, says how many items each list page with a limit serves (given the
+    limit): kube-apiserver may serve fewer than the limit, even none, with a continue token for the
+    rest. Unset, every page but the last is full.
     """
 
     def __init__(
@@ -205,6 +214,7 @@ class KubeApiDouble:
         self.requests: list[RequestRecord] = []
         self.internal_errors: list[Failure] = []
         self._injections: list[_Injection] = []
+        self.page_sizes: Callable[[int], int] | None = None
         # With ``hold_token_reviews``, each TokenReview is held unanswered, by its token in the order
         # they came, until `answer_token_review` (or its client leaves).
         self.hold_token_reviews = False
@@ -318,11 +328,25 @@ class KubeApiDouble:
         path: str | None = None,
         times: int = 1,
         exact: bool = False,
+        retry_after: int | None = None,
+        text: bool | None = None,
     ) -> None:
         """Answer the next `times` authenticated requests matching `method` and `path` (a prefix,
         or with `exact` the whole path: a collection without its items) with this error instead of
-        serving them."""
-        self._injections.append(_Injection(code, reason, message, method, path, times, exact))
+        serving them.
+
+        As kube-apiserver answers it: a 429 is API Priority and Fairness's (or max-in-flight's)
+        rejection, plain text (`APF_REJECTION`, `reason` and `message` unused) with ``Retry-After``
+        (`retry_after`, 1 s unless given); any other code a JSON Status, with ``Retry-After`` and
+        its details' retryAfterSeconds when `retry_after` is given. `text` False: a 429 as a
+        Status (kube-apiserver's own ``TooManyRequests`` errors, such as a storage that is
+        initializing)."""
+        text = code == 429 if text is None else text
+        if text and retry_after is None:
+            retry_after = 1
+        self._injections.append(
+            _Injection(code, reason, message, method, path, times, exact, retry_after, text)
+        )
 
     def clear_injected_errors(self) -> None:
         """Serve every request again: the errors `inject_error` has not used up are dropped."""
@@ -388,7 +412,9 @@ class KubeApiDouble:
             if user is None:
                 raise statuses.unauthorized()
             record.user = user.name
-            self._maybe_inject(method, path)
+            injection = self._injected(method, path)
+            if injection is not None:
+                return self._reply_injected(request, record, injection)
             discovery = self._discovery(path)
             if discovery is not None:
                 if method != "GET":
@@ -442,13 +468,29 @@ class KubeApiDouble:
                 return self.tokens.get(token.strip())
         return None
 
-    def _maybe_inject(self, method: str, path: str) -> None:
+    def _injected(self, method: str, path: str) -> _Injection | None:
+        """The injected error this request gets, if any (one of its `times` used up)."""
         for injection in self._injections:
             if injection.matches(method, path):
                 injection.times -= 1
                 if injection.times <= 0:
                     self._injections.remove(injection)
-                raise ApiError(statuses.status(injection.code, injection.reason, injection.message))
+                return injection
+        return None
+
+    def _reply_injected(self, request: Request, record: RequestRecord, injection: _Injection) -> bytes:
+        if injection.retry_after is not None:
+            request.setHeader(b"Retry-After", str(injection.retry_after).encode())
+        if injection.text:
+            # Go's http.Error, as APF's tooManyRequests and max-in-flight call it.
+            record.code = injection.code
+            request.setResponseCode(injection.code)
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            request.setHeader(b"X-Content-Type-Options", b"nosniff")
+            return (APF_REJECTION if injection.code == 429 else injection.message).encode() + b"\n"
+        details = None if injection.retry_after is None else {"retryAfterSeconds": injection.retry_after}
+        body = statuses.status(injection.code, injection.reason, injection.message, details)
+        return self._reply(request, record, injection.code, body)
 
     def _authorize(self, user: User, info: RequestInfo) -> None:
         if self.authorizer is None or "system:masters" in user.groups or self.authorizer(user, info):
@@ -660,6 +702,7 @@ class KubeApiDouble:
             limit=limit or None,
             continue_token=token,
             exact_rv=rv if match == "Exact" else None,
+            serve=self.page_sizes(limit) if limit and self.page_sizes is not None else None,
         )
         meta: Obj = {"resourceVersion": str(result.resource_version)}
         if result.continue_token:

@@ -73,7 +73,9 @@ STALE_UPDATE = "the object has been modified; please apply your changes to the l
 
 
 def invalid(resource: ResourceType, name: str, field: str, cause_reason: str, detail: str) -> ApiError:
-    message = f'{resource.kind} "{name}" is invalid: {field}: {detail}'
+    # errors.NewInvalid names the kind with its group: ``Lease.coordination.k8s.io "x" is invalid``.
+    kind = f"{resource.kind}.{resource.group}" if resource.group else resource.kind
+    message = f'{kind} "{name}" is invalid: {field}: {detail}'
     details = _details(resource, name, kind=resource.kind)
     details["causes"] = [{"reason": cause_reason, "message": detail, "field": field}]
     return ApiError(status(422, "Invalid", message, details))
@@ -134,10 +136,21 @@ def too_old(requested: int, oldest: int) -> ApiError:
     return expired(f"too old resource version: {requested} ({oldest})")
 
 
-CONTINUE_EXPIRED = (
+INCONSISTENT_CONTINUE = (
     "The provided continue parameter is too old to display a consistent list result. "
-    "You can start a new list without the continue parameter."
+    "You can start a new list without the continue parameter, or use the continue token in this "
+    "response to retrieve the remainder of the results. Continuing with the provided token results in "
+    "an inconsistent list - objects that were created, modified, or deleted between the time the first "
+    "chunk was returned and now may show up in the list."
 )
+
+
+def expired_continue(fresh_token: str) -> ApiError:
+    """410 for a continue token whose snapshot is compacted, with a token (in the Status's list
+    metadata) that goes on with the rest of the list at the latest resourceVersion."""
+    error = expired(INCONSISTENT_CONTINUE)
+    error.status["metadata"] = {"continue": fresh_token}
+    return error
 
 
 def too_large(requested: int, current: int) -> ApiError:

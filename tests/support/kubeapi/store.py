@@ -21,8 +21,8 @@ from typing import Any
 import attrs
 from twisted.internet.interfaces import IReactorTime
 
-from tests.support.kubeapi import statuses
-from tests.support.kubeapi.resources import NAMESPACES, STORED, ResourceType
+from tests.support.kubeapi import leases, statuses
+from tests.support.kubeapi.resources import LEASES, NAMESPACES, STORED, ResourceType
 from tests.support.kubeapi.selectors import FieldSelector, LabelSelector
 
 Obj = dict[str, Any]
@@ -33,6 +33,8 @@ TERMINATING_CONFLICT = (
     "Upon completion, this namespace will automatically be purged by the system."
 )
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+# The resourceVersion of a continue token that goes on from the latest state (etcd3's -1).
+LATEST = -1
 
 
 @attrs.frozen
@@ -131,13 +133,20 @@ class ObjectStore:
         limit: int | None = None,
         continue_token: str | None = None,
         exact_rv: int | None = None,
+        serve: int | None = None,
     ) -> ListResult:
+        """A list, or one page of it. `serve`, with a `limit`, is how many of the `limit` items this
+        page holds: kube-apiserver may answer fewer, even none, with a continue token for the rest."""
         start: Key | None = None
         if continue_token:
             snapshot, start = _decode_continue(continue_token)
-            if snapshot < self._compacted_rv:
-                raise statuses.expired(statuses.CONTINUE_EXPIRED)
-            objects = self._state_at(resource, snapshot)
+            if snapshot == LATEST:
+                snapshot, objects = self._rv, self._objects[resource]
+            elif snapshot < self._compacted_rv:
+                # etcd3's store: the rest can still be had, inconsistently, from the latest revision.
+                raise statuses.expired_continue(_encode_continue(LATEST, start))
+            else:
+                objects = self._state_at(resource, snapshot)
         elif exact_rv is not None:
             if exact_rv < self._compacted_rv:
                 raise statuses.too_old(exact_rv, self._compacted_rv)
@@ -152,10 +161,13 @@ class ObjectStore:
             and self.matches(obj, label_selector, field_selector)
         ]
         token = remaining = None
-        if limit and len(matched) > limit:
-            token = _encode_continue(snapshot, matched[limit - 1][0])
-            remaining = len(matched) - limit
-            matched = matched[:limit]
+        served = min(limit, serve if serve is not None else limit) if limit else len(matched)
+        if len(matched) > served:
+            # The token names the last key served, or the one the page started after: none served.
+            last = matched[served - 1][0] if served else (start or ("", ""))
+            token = _encode_continue(snapshot, last)
+            remaining = len(matched) - served
+            matched = matched[:served]
         return ListResult([copy.deepcopy(obj) for _, obj in matched], snapshot, token, remaining)
 
     @staticmethod
@@ -185,15 +197,55 @@ class ObjectStore:
         self._compacted_rv = self._rv
 
     def finalize_namespace(self, name: str) -> None:
-        """What the namespace controller does at the end: delete everything in the namespace, then
-        the namespace itself (DELETED events for all of them)."""
+        """What the namespace controller does with a Terminating namespace, each step an event:
+        deletes everything in it (DELETED), writes its deletion conditions into the status
+        (MODIFIED), removes its ``kubernetes`` finalizer (MODIFIED, through /finalize: an empty
+        spec.finalizers is left out), then deletes it (DELETED)."""
+        key = ("", name)
         if not self.exists(NAMESPACES, name):
             raise statuses.not_found(NAMESPACES, name)
         for resource in STORED:
             if resource.namespaced:
-                for key in sorted(k for k in self._objects[resource] if k[0] == name):
-                    self._remove(resource, key)
-        self._remove(NAMESPACES, ("", name))
+                for content in sorted(k for k in self._objects[resource] if k[0] == name):
+                    self._remove(resource, content)
+        current = self._objects[NAMESPACES][key]
+        with_conditions = copy.deepcopy(current)
+        with_conditions["status"]["conditions"] = self._deletion_conditions()
+        finalized = self._store(NAMESPACES, key, with_conditions, "MODIFIED", current)
+        current = self._objects[NAMESPACES][key]
+        finalized["spec"] = {}
+        self._store(NAMESPACES, key, finalized, "MODIFIED", current)
+        self._remove(NAMESPACES, key)
+
+    def _deletion_conditions(self) -> builtins.list[Obj]:
+        """The namespace controller's conditions once all content is gone and nothing holds it."""
+        now = self._now()
+        return [
+            {"type": kind, "status": "False", "lastTransitionTime": now, "reason": reason, "message": message}
+            for kind, reason, message in (
+                (
+                    "NamespaceDeletionDiscoveryFailure",
+                    "ResourcesDiscovered",
+                    "All resources successfully discovered",
+                ),
+                (
+                    "NamespaceDeletionGroupVersionParsingFailure",
+                    "ParsedGroupVersions",
+                    "All legacy kube types successfully parsed",
+                ),
+                (
+                    "NamespaceDeletionContentFailure",
+                    "ContentDeleted",
+                    "All content successfully deleted, may be waiting on finalization",
+                ),
+                ("NamespaceContentRemaining", "ContentRemoved", "All content successfully removed"),
+                (
+                    "NamespaceFinalizersRemaining",
+                    "ContentHasNoFinalizers",
+                    "All content-preserving finalizers finished",
+                ),
+            )
+        ]
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -319,6 +371,13 @@ class ObjectStore:
     # -- internals -------------------------------------------------------------------------
 
     def _typed(self, resource: ResourceType, obj: Obj) -> Obj:
+        """`obj` with its kind and apiVersion, decoded as the server decodes (and checks) its type."""
+        obj = self._with_type(resource, obj)
+        if resource is LEASES:
+            leases.validate(leases.decoded(obj))
+        return obj
+
+    def _with_type(self, resource: ResourceType, obj: Obj) -> Obj:
         if not isinstance(obj, dict):
             raise statuses.bad_request("the body of the request is not a JSON object")
         obj = {"apiVersion": resource.api_version, "kind": resource.kind, **copy.deepcopy(obj)}
