@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent
 
@@ -352,6 +353,36 @@ async def test_a_list_whose_continue_expires_is_started_again(
         True,
     ]
     assert reflector.lists == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stop_from_the_reflector_s_own_callbacks_ends_it_at_once(
+    kube_api: KubeApiDouble, make_reflector: Any
+) -> None:
+    """A sync waiter or a listener that stops the reflector does so while the reflector's loop runs
+    (applying the list, or an event): its cancel had nothing to cancel, so the loop went on to watch
+    and `stop` waited for that watch to end, 90 s on a quiet resource (the idle timeout), minutes
+    where bookmarks come. It ends now before the next request."""
+    stops: list[Deferred[None]] = []
+    synced, _ = make_reflector()
+    synced.wait_for_sync().addCallback(lambda _: stops.append(Deferred.fromCoroutine(synced.stop())))
+    synced.start()
+    await eventually(lambda: stops and stops[0].called)
+    assert kube_api.requests_for(CM, verb="watch") == [] and synced.watches == 0
+
+    class StopAtLast(StoreListener):
+        def on_add(self, obj: dict[str, Any]) -> None:
+            if obj["metadata"]["name"] == "last":
+                stops.append(Deferred.fromCoroutine(watching.stop()))
+
+    watching, _ = make_reflector()
+    watching.add_listener(StopAtLast())
+    watching.start()
+    await watching.wait_for_sync()
+    await eventually(lambda: kube_api.open_watches == 1)
+    kube_api.store.create(CONFIGMAPS, configmap("last"))
+    await eventually(lambda: len(stops) == 2 and stops[1].called)
+    assert kube_api.open_watches == 0 and watching.watches == 1
 
 
 @pytest_twisted.ensureDeferred

@@ -196,7 +196,11 @@ class Reflector:
         return d
 
     async def stop(self) -> None:
-        """Stop listing and watching; waits until the loop has exited. The store stays readable."""
+        """Stop listing and watching; waits until the loop has exited. The store stays readable.
+
+        A sync waiter or a listener may call it: the loop is then running (applying the list or an
+        event), not waiting, so the cancel finds nothing to cancel; the loop itself ends before its
+        next request instead, not after a watch that may last minutes."""
         self._stopping = True
         task, self._task = self._task, None
         if task is not None:
@@ -218,6 +222,8 @@ class Reflector:
                 if need_list:
                     await self._list()
                     need_list = False
+                    if self._stopping:
+                        return  # stopped by a sync waiter or a listener (see `stop`)
                 await self._watch()
                 self._say_if_quiet()
             except KubeApiError as e:
@@ -317,6 +323,8 @@ class Reflector:
                 received += 1
                 self._apply(event)
                 self._expired_streak = 0
+                if self._stopping:
+                    break  # stopped by a listener (see `stop`)
         finally:
             stream.close()
         if received == 0 and self.clock.seconds() - started < self.min_watch_duration:
