@@ -2530,3 +2530,38 @@ async def test_a_deletecollection_the_registry_refuses_for_good_is_503_without_r
     assert "does not allow deletes (storage.delete.enabled is false)" in error.message, error.message
     assert error.message.endswith("; a retry gets the same answer until that is fixed"), error.message
     assert images.list_tags(registry, repo) == ["v1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_resource_version_with_a_limit_and_no_match_is_read_exactly(make_server, registry, repo):
+    # kube-apiserver's legacy rule (a resourceVersion other than "0" with a limit and no
+    # resourceVersionMatch is Exact): the list at that resourceVersion or 410, never a list at another
+    # one. It was the current list, at a later resourceVersion than asked (review r1pages F1).
+    namespace, _ = split(repo)
+    for path in ("a", "b"):
+        images.push_oci_image(registry, f"{namespace}/{path}", "v1", seed=path)
+    api = await make_server(registry, watch=WatchLimits(resync_period=0.2))
+    client = api.client(api.pki.admin)
+    url = collection(namespace)
+    listed = (await client.get(f"{url}?limit=1")).json()
+    old = listed["metadata"]["resourceVersion"]
+    # Nothing changed: the list at it, paged.
+    same = (await client.get(f"{url}?resourceVersion={old}&limit=1")).json()
+    assert same["metadata"]["resourceVersion"] == old
+    assert [item["metadata"]["name"] for item in same["items"]] == [
+        item["metadata"]["name"] for item in listed["items"]
+    ]
+    # A watch sees a push, so the replica's resourceVersion moves on: `old` is no longer served.
+    watch = await stream(client, f"{url}?watch=true&resourceVersion={old}")
+    images.push_oci_image(registry, f"{namespace}/c", "v1", seed="c")
+    assert (await watch.next())["type"] == "ADDED"
+    watch.close()
+    assert_status(await client.get(f"{url}?resourceVersion={old}&limit=1"), 410, "Expired")
+    # Not older than it, as asked, or without a limit: the current list.
+    for query in (
+        f"resourceVersion={old}&limit=1&resourceVersionMatch=NotOlderThan",
+        f"resourceVersion={old}",
+    ):
+        reply = await client.get(f"{url}?{query}")
+        assert reply.code == 200, query
+        assert int(reply.json()["metadata"]["resourceVersion"]) > int(old), query

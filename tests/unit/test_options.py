@@ -209,6 +209,12 @@ def test_resource_version_match_exact_is_kept_for_the_list() -> None:
     assert list_options(_q(resourceVersion="5", resourceVersionMatch="Exact")).exact
     assert not list_options(_q(resourceVersion="5", resourceVersionMatch="NotOlderThan")).exact
     assert not list_options(_q(resourceVersion="5")).exact
+    # kube-apiserver's legacy rule: with a limit and no match, a resourceVersion is read exactly (not "0").
+    assert list_options(_q(resourceVersion="5", limit="2")).exact
+    assert list_options(_q(resourceVersion="5", limit="2"), True).exact
+    assert not list_options(_q(resourceVersion="5", limit="2", resourceVersionMatch="NotOlderThan")).exact
+    assert not list_options(_q(resourceVersion="0", limit="2")).exact
+    assert not list_options(_q(resourceVersion="5", limit="0")).exact
 
 
 @pytest.mark.parametrize("value", ["", "true", "yes"])

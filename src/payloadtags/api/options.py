@@ -239,7 +239,9 @@ def list_options(query: Query, deleting: bool = False) -> ListOptions:
         limit=limit,
         continue_=continue_,
         resource_version=resource_version,
-        exact=match == "Exact",
+        # kube-apiserver's legacy rule: a resourceVersion with a limit and no match is read exactly.
+        exact=match == "Exact"
+        or (match is None and limit is not None and resource_version not in (None, "0")),
     )
     if not deleting:
         storage_refusals(options)
