@@ -4,6 +4,13 @@ A JSON line holds ``ts`` (seconds since the epoch), ``msg``, ``v`` (the verbosit
 error lines have ``err`` instead), ``logger`` and the event's key/values, all named in lowerCamelCase
 as Kubernetes' structured logging does. Twisted's factory and port start/stop chatter is dropped, and
 no value is ever written as an object's repr (with its memory address).
+
+Every text written, in either format, passes through the registry client's redaction first
+(`registry.redaction.in_message`, never cut): an exception logged with its traceback
+(``log.failure``, an unhandled error in a Deferred) carries its text as raised, which may quote what
+the registry answered or the Authorization header a request was sent with, where a RegistryError's
+message is redacted when made. One place for every call site that logs a failure, present and to come;
+the traceback's lines are kept as they are, only a credential in them is replaced.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import sys
 from typing import IO, Any
 
 from twisted.logger import (
+    FileLogObserver,
     FilteringLogObserver,
     ILogFilterPredicate,
     ILogObserver,
@@ -21,10 +29,14 @@ from twisted.logger import (
     LogLevelFilterPredicate,
     PredicateResult,
     formatEvent,
+    formatEventAsClassicLogText,
+    formatTime,
     globalLogBeginner,
-    textFileLogObserver,
+    timeFormatRFC3339,
 )
 from zope.interface import implementer
+
+from payloadtags.registry.redaction import ANYWHERE_LENGTH, in_message
 
 FORMATS = ("text", "json")
 # Verbosity from which debug events (one line per request) are written, as kube-apiserver's --v=3.
@@ -50,6 +62,27 @@ def _plain(value: Any) -> Any:
     return _ADDRESS.sub("", str(value))
 
 
+def _redacted(value: Any) -> Any:
+    """``value`` as it is written: the credentials of every registry client alive replaced in each text
+    in it (those `in_message` replaces: ANYWHERE_LENGTH characters or more, and any credential after
+    Basic or Bearer), never cut (a traceback is read whole)."""
+    if isinstance(value, str):
+        # Shorter, it holds nothing `in_message` replaces: a line's many short values cost nothing.
+        return in_message(value, limit=None) if len(value) >= ANYWHERE_LENGTH else value
+    if isinstance(value, list):
+        return [_redacted(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _redacted(item) for key, item in value.items()}
+    return value
+
+
+def text_line(event: dict[str, Any]) -> str | None:
+    """The event as the text format writes it: Twisted's classic line (a failure's traceback after it),
+    redacted."""
+    line = formatEventAsClassicLogText(event, formatTime=lambda when: formatTime(when, timeFormatRFC3339))
+    return None if line is None else _redacted(line)
+
+
 @implementer(ILogFilterPredicate)
 class _Quiet:
     """Drops Twisted's factory start/stop chatter."""
@@ -62,6 +95,8 @@ class _Quiet:
 
 
 def klog_record(event: dict[str, Any]) -> dict[str, Any]:
+    """The event as the JSON format writes it, its texts redacted (the message, ``err``, the
+    ``stacktrace`` of a failure, every value)."""
     level = event.get("log_level", LogLevel.info)
     record: dict[str, Any] = {"ts": round(float(event.get("log_time", 0.0)), 6)}
     record["msg"] = _ADDRESS.sub("", formatEvent(event))
@@ -82,7 +117,8 @@ def klog_record(event: dict[str, Any]) -> dict[str, Any]:
         if key.startswith("log_") or key in _SKIPPED or (key == "error" and "err" in record):
             continue
         record.setdefault(_camel(key), _plain(value))
-    return record
+    redacted: dict[str, Any] = _redacted(record)
+    return redacted
 
 
 @implementer(ILogObserver)
@@ -101,7 +137,7 @@ def json_observer(out: IO[str]) -> ILogObserver:
 
 def observer(log_format: str = "text", verbosity: int = 0, out: IO[str] = sys.stderr) -> ILogObserver:
     """What begin_logging installs: the format's observer behind the verbosity and noise filters."""
-    inner = json_observer(out) if log_format == "json" else textFileLogObserver(out)
+    inner = json_observer(out) if log_format == "json" else FileLogObserver(out, text_line)
     level = LogLevel.debug if verbosity >= DEBUG_VERBOSITY else LogLevel.info
     return FilteringLogObserver(inner, [LogLevelFilterPredicate(defaultLogLevel=level), _Quiet()])
 

@@ -4,6 +4,7 @@ catalog without end: payloadtags servers over HTTPS, in front of a real registry
 from __future__ import annotations
 
 import base64
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,13 +19,16 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.web.server import Request
 
+from payloadtags import logs
 from payloadtags.cleanup.cascade import Cascade
 from payloadtags.cleanup.removal import NamespaceRemover
 from payloadtags.cleanup.sweep import ABSENT
 from payloadtags.kube import Backoff
 from payloadtags.names import encode_name
 from payloadtags.registry import RegistryClient, RegistrySettings
-from tests.conftest import TOKEN_USER
+from payloadtags.registry.client import _Reply
+from payloadtags.registry.transport import OriginRequests
+from tests.conftest import BASIC_USER, TOKEN_USER
 from tests.integration.test_api import B, assert_status, collection
 from tests.support import images
 from tests.support.cleanup_fixtures import unique_namespace
@@ -550,3 +554,109 @@ async def test_a_caller_without_access_rules_meets_the_registry_error_redacted(
                 else _ECHO_ROUTES["catalog-elsewhere"] in status["message"]
             )
             assert not _leaked(status["message"]), status["message"]
+
+
+def _written(events: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """What the observer the server installs (`logs.observer`) writes of ``events``, in each format."""
+    written = {}
+    for log_format in logs.FORMATS:
+        out = io.StringIO()
+        observer = logs.observer(log_format, out=out)
+        for event in events:
+            observer(event)
+        written[log_format] = out.getvalue()
+    return written
+
+
+class _TransportBug(Exception):
+    """What a bug below the client might raise: the request's Authorization header in its text."""
+
+
+@pytest.mark.parametrize("login", ["basic", "token"])
+@pytest_twisted.ensureDeferred
+async def test_an_unexpected_failure_quoting_the_credentials_is_logged_with_its_traceback_redacted(
+    make_server: Any, pki: Any, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, login: str
+) -> None:
+    """An exception the client does not expect is logged with its traceback (`_transport_error`'s
+    log.failure), its text as raised: the Status message was redacted, the log's traceback was not. A
+    transport that raises with the Authorization header in its text now has the password, the Basic
+    base64 and the token replaced in what the log writes, in either format, the traceback kept."""
+    registry = request.getfixturevalue("htpasswd_registry" if login == "basic" else "token_registry")
+    user, password = BASIC_USER if login == "basic" else TOKEN_USER
+    sent: list[str] = []
+    requested = OriginRequests.request
+
+    def leaky_request(self: OriginRequests, method: bytes, path: bytes, headers: Any) -> Any:
+        authorization = headers.getRawHeaders(b"authorization")
+        if not authorization:
+            return requested(self, method, path, headers)
+        value = authorization[0].decode()
+        scheme, _, credential = value.partition(" ")
+        sent.append(credential)
+        bare = base64.b64decode(credential).decode() if scheme == "Basic" else credential
+        raise _TransportBug(f"cannot send Authorization: {value} (that is {bare}) to {path.decode()}")
+
+    monkeypatch.setattr(OriginRequests, "request", leaky_request)
+    with capturedLogs() as events:
+        server = await make_server(
+            registry,
+            registry=RegistrySettings(
+                url=registry.url, username=user, password=password, ca_file=registry.ca_file, timeout=5.0
+            ),
+        )
+        reply = await server.client(pki.admin).get(collection("ns"))
+    secrets = [password, *sent]
+    assert sent and sent[0].startswith("eyJ" if login == "token" else "")
+    message = reply.json()["message"]
+    shown = (
+        "<redacted> (that is <redacted>)" if login == "token" else f"<redacted> (that is {user}:<redacted>)"
+    )
+    assert (
+        f"unexpected failure: cannot send Authorization: {'Bearer' if login == 'token' else 'Basic'} {shown}"
+        in (message)
+    ), message
+    failures = [event["log_failure"].getTraceback() for event in events if "log_failure" in event]
+    # The test means something: the traceback logged holds the credentials as raised.
+    assert [text for text in failures if sent[0] in text and (login == "token" or password in text)]
+    for log_format, text in _written(events).items():
+        assert not [secret for secret in secrets if secret in text], (log_format, text)
+        assert "Traceback (most recent call last):" in text, log_format
+        assert "in leaky_request" in text, log_format
+        assert (
+            f"_TransportBug: cannot send Authorization: {'Bearer' if login == 'token' else 'Basic'} {shown}"
+            in (text)
+        ), (log_format, text)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_parser_bug_that_quotes_the_registry_answer_is_logged_with_its_traceback_redacted(
+    make_server: Any, reactor: Any, pki: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in reading a registry's answer (here the error document's parser, raising with the body it
+    read) is logged with its traceback by whoever meets it first; the body, an echo of the request's
+    Authorization, is written with the credentials replaced, the traceback kept."""
+
+    def errors(self: _Reply) -> list[tuple[str, str]]:
+        raise ValueError(f"cannot read the error document {self.body.decode()}")
+
+    monkeypatch.setattr(_Reply, "errors", errors)
+    async with serving(reactor, _echoing(403)) as (url, _):
+        with capturedLogs() as events:
+            server = await make_server(
+                url,
+                registry=RegistrySettings(url=url, username=ECHO_USER, password=ECHO_PASSWORD, timeout=5.0),
+            )
+            reply = await server.client(pki.admin).get(collection("ns"))
+    assert reply.code == 500, reply.body
+    assert not _leaked(reply.body.decode()), reply.body
+    failures = [event["log_failure"].getTraceback() for event in events if "log_failure" in event]
+    assert [text for text in failures if ECHO_PASSWORD in text and ECHO_BASIC in text]
+    for log_format, text in _written(events).items():
+        assert not _leaked(text), (log_format, text)
+        assert "Traceback (most recent call last):" in text, log_format
+        assert ", in errors" in text, log_format
+        assert (
+            "ValueError: cannot read the error document "
+            '{"errors": [{"code": "DENIED", "message": "denied for Authorization: Basic <redacted> '
+            '(that is reguser:<redacted>)"}]}'
+        ) in text.replace('\\"', '"'), (log_format, text)

@@ -2107,6 +2107,7 @@ class RegistryClient:
             unavailable.unanswered = unanswered
             unavailable.elsewhere = peer is not None or _origin(url) != _origin(self._base)
             return unavailable
+        # Its text as raised, which may quote the header sent: the log redacts what it writes (logs.py).
         log.failure("Unexpected failure talking to {where}", Failure(error), where=where)
         return RegistryProtocolError(f"{where}: unexpected failure: {reason}")
 

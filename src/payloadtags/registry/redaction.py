@@ -12,7 +12,9 @@ Besides the sites that quote the registry's text through their client's `Redacti
 RegistryError's message goes through `in_message` when it is made (errors.py): one place that a new
 message cannot miss (review r2redact F1). It knows the credentials of every client alive in the
 process, and replaces those that are replaced anywhere (`ANYWHERE_LENGTH`): a short one only where its
-own client's `shown` is applied, as only there it is known to be that client's text.
+own client's `shown` is applied, as only there it is known to be that client's text. The log passes
+every text it writes through `in_message` too, uncut (logs.py): an exception logged with its traceback
+carries its text as raised, which no RegistryError made redacted.
 """
 
 from __future__ import annotations
