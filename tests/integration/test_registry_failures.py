@@ -27,6 +27,7 @@ from payloadtags.kube import Backoff
 from payloadtags.names import encode_name
 from payloadtags.registry import RegistryClient, RegistrySettings
 from payloadtags.registry.client import _Reply
+from payloadtags.registry.redaction import REDACTED
 from payloadtags.registry.transport import OriginRequests
 from tests.conftest import BASIC_USER, TOKEN_USER
 from tests.integration.test_api import B, assert_status, collection
@@ -197,13 +198,18 @@ ECHO_PASSWORD = "S3cretRegPass"
 # What the fake token service issues: a bearer token of catalog and delete scope, as good as the login.
 ECHO_TOKEN = "tok.eyJzY29wZSI6ImNhdGFsb2cifQ.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg"
 ECHO_BASIC = base64.b64encode(f"{ECHO_USER}:{ECHO_PASSWORD}".encode()).decode()
+# A refresh token the token service may add to its answer: the client never sends it, nor notes it.
+REFRESH_TOKEN = "refresh.c2Vzc2lvbi1vZi10aGUtcmVmcmVzaA"
 
 
-def _echoing(status: int, *, bearer: bool = False, token_status: int | None = None) -> Answer:
+def _echoing(
+    status: int, *, bearer: bool = False, token_status: int | None = None, refresh: str | None = None
+) -> Answer:
     """A registry (and its token service, at /token) that answers every authenticated request with
     ``status`` and an error document echoing the request's Authorization header, as sent and decoded,
     as a proxy or registry that reflects it might. ``bearer``: it asks for a token, from a token service
-    that answers ``token_status`` with the same echo, or issues ECHO_TOKEN."""
+    that answers ``token_status`` with the same echo, or issues ECHO_TOKEN (and ``refresh``, a
+    refresh token)."""
 
     def echoed(request: Request, what: str, code: int) -> bytes:
         sent = request.getHeader("authorization") or ""
@@ -218,7 +224,8 @@ def _echoing(status: int, *, bearer: bool = False, token_status: int | None = No
         if path.startswith("/token"):
             if token_status is not None:
                 return echoed(request, "no token", token_status)
-            return json.dumps({"token": ECHO_TOKEN, "expires_in": 300}).encode()
+            issued = {"token": ECHO_TOKEN, "expires_in": 300}
+            return json.dumps(issued if refresh is None else {**issued, "refresh_token": refresh}).encode()
         if request.getHeader("authorization") is None:
             port = request.getHost().port
             request.setResponseCode(401)
@@ -660,3 +667,76 @@ async def test_a_parser_bug_that_quotes_the_registry_answer_is_logged_with_its_t
             '{"errors": [{"code": "DENIED", "message": "denied for Authorization: Basic <redacted> '
             '(that is reguser:<redacted>)"}]}'
         ) in text.replace('\\"', '"'), (log_format, text)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bug_reading_the_token_answer_is_logged_without_its_tokens(
+    make_server: Any, reactor: Any, pki: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The token service's answer is read before its token is noted for redaction, and its refresh
+    token never is (review r2tbredact F1): a bug raising with the answer's body (here the client's JSON
+    reader) is logged with its traceback, and the caller answered, without the tokens."""
+    json_of = RegistryClient._json
+
+    def buggy(self: RegistryClient, reply: _Reply, what: str, *args: Any, **kwargs: Any) -> Any:
+        if what.startswith("the token"):
+            raise ValueError(f"cannot read {what}: {reply.body.decode()}")
+        return json_of(self, reply, what, *args, **kwargs)
+
+    monkeypatch.setattr(RegistryClient, "_json", buggy)
+    async with serving(reactor, _echoing(403, bearer=True, refresh=REFRESH_TOKEN)) as (url, _):
+        with capturedLogs() as events:
+            server = await make_server(
+                url,
+                registry=RegistrySettings(url=url, username=ECHO_USER, password=ECHO_PASSWORD, timeout=5.0),
+            )
+            reply = await server.client(pki.admin).get(collection("ns"))
+    tokens = (ECHO_TOKEN, REFRESH_TOKEN)
+    assert reply.code == 500, reply.body
+    assert not [token for token in tokens if token in reply.body.decode()], reply.body
+    failures = [event["log_failure"].getTraceback() for event in events if "log_failure" in event]
+    # The test means something: the traceback logged holds both tokens as raised.
+    assert [text for text in failures if all(token in text for token in tokens)]
+    for log_format, text in _written(events).items():
+        assert not [token for token in tokens if token in text], (log_format, text)
+        assert "Traceback (most recent call last):" in text, log_format
+        assert ", in buggy" in text, log_format
+        assert f'"token": "{REDACTED}"' in text.replace('\\"', '"'), (log_format, text)
+        assert f'"refresh_token": "{REDACTED}"' in text.replace('\\"', '"'), (log_format, text)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_short_password_in_an_unexpected_failure_reaches_neither_the_caller_nor_a_log_line(
+    make_server: Any, reactor: Any, pki: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A password under 8 characters is not replaced by the net every message and log line passes
+    (`in_message`); an unexpected failure's text, as raised, went into the caller's Status message and
+    the log lines quoting that error with it (review r2tbredact L1). The client's own redaction, short
+    ones included, now replaces it there; the traceback logged with it is the documented limit."""
+    short = "hunt3r2"
+    requested = OriginRequests.request
+
+    def leaky_request(self: OriginRequests, method: bytes, path: bytes, headers: Any) -> Any:
+        authorization = headers.getRawHeaders(b"authorization")
+        if not authorization:
+            return requested(self, method, path, headers)
+        value = authorization[0].decode()
+        bare = base64.b64decode(value.partition(" ")[2]).decode()
+        raise _TransportBug(f"cannot send Authorization: {value} (that is {bare})")
+
+    monkeypatch.setattr(OriginRequests, "request", leaky_request)
+    async with serving(reactor, _echoing(403)) as (url, _):
+        with capturedLogs() as events:
+            server = await make_server(
+                url, registry=RegistrySettings(url=url, username=ECHO_USER, password=short, timeout=5.0)
+            )
+            reply = await server.client(pki.admin).get(collection("ns"))
+    message = reply.json()["message"]
+    assert (
+        f"unexpected failure: cannot send Authorization: Basic {REDACTED} (that is {ECHO_USER}:{REDACTED})"
+        in message
+    ), message
+    lines = [formatEvent(event) for event in events]
+    # The test means something: the start-up probe's and the list's log lines quote the error.
+    assert len([line for line in lines if f"(that is {ECHO_USER}:{REDACTED})" in line]) >= 2, lines
+    assert not [line for line in lines if short in line], lines

@@ -133,3 +133,26 @@ def test_a_short_token_is_looked_for_after_a_longer_one_is_issued() -> None:
     text = f"was {short}"
     assert redaction.shown(text) == f"was {REDACTED}"
     assert RegistryProtocolError(text).message == f"was {REDACTED}"
+
+
+def test_a_token_service_answers_tokens_are_replaced_before_any_client_knows_them() -> None:
+    """The token service's answer holds its token before `Redaction.issued` notes it, and a refresh
+    token the client never notes (review r2tbredact F1): replaced next to their keys in every text, as
+    the answer's JSON, a repr of the document read from it, or that JSON quoted in a JSON string."""
+    texts = {
+        '{"token": "opaque-1", "expires_in": 300}': f'{{"token": "{REDACTED}", "expires_in": 300}}',
+        '{"access_token":"a\\/b+c==","refresh_token":"r"}': (
+            f'{{"access_token":"{REDACTED}","refresh_token":"{REDACTED}"}}'
+        ),
+        "{'token': 'tok.eyJ-a_b', 'issued_at': '2026-12-07T21:00:00Z'}": (
+            f"{{'token': '{REDACTED}', 'issued_at': '2026-12-07T21:00:00Z'}}"
+        ),
+        '"{\\"refresh_token\\": \\"r-12345\\"}"': f'"{{\\"refresh_token\\": \\"{REDACTED}\\"}}"',
+    }
+    redaction = Redaction(())
+    for text, shown in texts.items():
+        assert redaction.shown(text) == shown, text
+        assert str(RegistryProtocolError(f"cannot read {text}")) == f"cannot read {shown}", text
+    # Prose, another key, an empty value: as they are.
+    for text in ('a token: abc; "my_token": "abcdefgh"', '{"token": ""}', "{'tokens': 'abcdefgh'}"):
+        assert redaction.shown(text) == text

@@ -2070,6 +2070,10 @@ class RegistryClient:
             reason = f"cannot resolve the host name ({_cause(error)})"
         else:
             reason = _cause(error)
+        # Its text as raised, which may quote the header sent, and a password too short for the net
+        # every message passes (`in_message`): this client's own redaction, short ones included,
+        # before the caller's Status message and the log lines that quote it (review r2tbredact L1).
+        reason = self._auth.redaction.redacted(reason)
         if isinstance(
             error,
             net_errors.ConnectError
