@@ -10,7 +10,7 @@ import json
 from twisted.logger import Logger, capturedLogs, formatEventAsClassicLogText, formatTime, timeFormatRFC3339
 
 from payloadtags import logs
-from payloadtags.registry.redaction import REDACTED, Redaction
+from payloadtags.registry.redaction import ANYWHERE_LENGTH, REDACTED, Redaction
 
 PASSWORD = "S3cretRegPass"
 BASIC = base64.b64encode(f"reguser:{PASSWORD}".encode()).decode()
@@ -84,3 +84,54 @@ def test_the_log_forgets_the_credentials_of_a_client_gone() -> None:
     record = logs.klog_record(_logged(forgotten))
     assert f"reguser:{forgotten}" in record["stacktrace"]
     assert UNKNOWN not in record["stacktrace"] and f"Bearer {REDACTED}" in record["stacktrace"]
+
+
+def _deep(frames: int) -> None:
+    if not frames:
+        raise ValueError(f"the registry answered with {PASSWORD} in it")
+    _deep(frames - 1)
+
+
+def test_a_long_traceback_is_written_whole_and_redacted() -> None:
+    """Never cut (review r2tbredact L3): a traceback longer than a message's 2000 characters once
+    redacted keeps its last line, the exception's, in either format."""
+    redaction = Redaction((PASSWORD,))
+    with capturedLogs() as events:
+        try:
+            _deep(30)
+        except ValueError:
+            Logger(namespace="payloadtags.test").failure("reading failed")
+    [event] = events
+    assert len(event["log_failure"].getTraceback()) > 3000
+    for log_format in logs.FORMATS:
+        out = io.StringIO()
+        logs.observer(log_format, out=out)(event)
+        written = out.getvalue()
+        assert PASSWORD not in written, log_format
+        assert "cut short" not in written, log_format
+        assert f"ValueError: the registry answered with {REDACTED} in it" in written, log_format
+    del redaction
+
+
+def test_a_mapping_inside_a_value_is_redacted() -> None:
+    """Review r2tbredact L3: the values of a mapping a value holds, however deep."""
+    redaction = Redaction((PASSWORD,))
+    with capturedLogs() as events:
+        Logger(namespace="payloadtags.test").info("answer", answer={"errors": {"message": f"x {PASSWORD}"}})
+    [event] = events
+    assert logs.klog_record(event)["answer"] == {"errors": {"message": f"x {REDACTED}"}}
+    del redaction
+
+
+def test_a_value_that_is_a_credential_of_exactly_the_shortest_length_replaced_anywhere_is_redacted() -> None:
+    """The log skips a text shorter than ANYWHERE_LENGTH, which holds nothing it replaces; a value that
+    is exactly that long may be a credential (review r2tbredact L3)."""
+    exact = "Pa55w0rd"
+    assert len(exact) == ANYWHERE_LENGTH
+    redaction = Redaction((exact,))
+    with capturedLogs() as events:
+        Logger(namespace="payloadtags.test").info("sent {sent}", sent=exact, alone=exact)
+    [event] = events
+    record = logs.klog_record(event)
+    assert (record["msg"], record["alone"]) == (f"sent {REDACTED}", REDACTED)
+    del redaction
