@@ -11,11 +11,16 @@ Every text written, in either format, passes through the registry client's redac
 the registry answered or the Authorization header a request was sent with, where a RegistryError's
 message is redacted when made. One place for every call site that logs a failure, present and to come;
 the traceback's lines are kept as they are, only a credential in them is replaced.
+
+The standard library's `logging` (a dependency's: the kubernetes library's) is handed to the same log
+once it has begun (`begin_logging`), so that its lines are written in the chosen format and redacted
+too, not as plain text of their own to stderr.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 from typing import IO, Any
@@ -25,6 +30,7 @@ from twisted.logger import (
     FilteringLogObserver,
     ILogFilterPredicate,
     ILogObserver,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
     PredicateResult,
@@ -34,6 +40,7 @@ from twisted.logger import (
     globalLogBeginner,
     timeFormatRFC3339,
 )
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from payloadtags.registry.redaction import ANYWHERE_LENGTH, in_message
@@ -142,5 +149,45 @@ def observer(log_format: str = "text", verbosity: int = 0, out: IO[str] = sys.st
     return FilteringLogObserver(inner, [LogLevelFilterPredicate(defaultLogLevel=level), _Quiet()])
 
 
+# The standard library's levels from which each of Twisted's is meant, highest first.
+_STDLIB_LEVELS = (
+    (logging.CRITICAL, LogLevel.critical),
+    (logging.ERROR, LogLevel.error),
+    (logging.WARNING, LogLevel.warn),
+    (logging.INFO, LogLevel.info),
+)
+
+
+class _ToTwisted(logging.Handler):
+    """Hands the standard library's log records to Twisted's log, where the observer writes them: the
+    record's logger names the line, its exception is written as a failure, with its traceback."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = next((ours for floor, ours in _STDLIB_LEVELS if record.levelno >= floor), LogLevel.debug)
+            fields: dict[str, Any] = {"log_text": record.getMessage()}
+            if record.exc_info and record.exc_info[1] is not None:
+                kind, error, trace = record.exc_info
+                fields["log_failure"] = Failure(error, kind, trace)
+            # The text as a field, never as the format: a '{' in it is no placeholder.
+            Logger(namespace=record.name).emit(level, "{log_text}", **fields)
+        except Exception:
+            self.handleError(record)
+
+
+_STDLIB = _ToTwisted()
+
+
+def route_stdlib_logging() -> None:
+    """Hand the standard library's log records to Twisted's log from now on (once). Its loggers' levels
+    stay as they are (warnings and above, unless a library sets its own): what it wrote before, now
+    in the log's format and redacted. Without it, Python prints them itself (``logging.lastResort``),
+    plain text whatever --logging-format says."""
+    root = logging.getLogger()
+    if _STDLIB not in root.handlers:
+        root.addHandler(_STDLIB)
+
+
 def begin_logging(log_format: str = "text", verbosity: int = 0, out: IO[str] = sys.stderr) -> None:
     globalLogBeginner.beginLoggingTo([observer(log_format, verbosity, out)], redirectStandardIO=False)
+    route_stdlib_logging()
