@@ -221,3 +221,17 @@ def test_a_text_is_not_looked_through_once_per_kept_token() -> None:
     for number in range(TOKENS_KEPT + 1, 3 * TOKENS_KEPT):
         redaction.issued(_jwt(number))
     assert len(redaction._by_piece) <= TOKENS_KEPT * STEP
+
+
+def test_a_kept_token_that_ends_the_text_is_replaced() -> None:
+    # The index is looked up at every STEP-th place and the text's last one: a token ending the text
+    # (a log line's last word) is found whatever its length and wherever it starts (review r3tbredact L1).
+    for length in range(ANYWHERE_LENGTH, 41):
+        token = "".join(chr(ord("A") + (i * 7) % 26) for i in range(length))
+        redaction = Redaction(())
+        redaction.issued(token)
+        for before in range(20):
+            assert redaction.redacted("-" * before + token, short=False) == "-" * before + REDACTED, (
+                length,
+                before,
+            )

@@ -54,7 +54,10 @@ STEP = 8
 # too), whoever's it is: an echo of a token this client no longer keeps, of a password changed
 # meanwhile, or cut short. Sixteen characters at least, so that prose ("Basic authentication required")
 # is left as it is.
-_SENT_CREDENTIAL = re.compile(r"\b(basic|bearer)(\s+|%20|\+)[A-Za-z0-9._~+/%-]{16,}=*", re.IGNORECASE)
+# ASCII case folding only, as `_header_credentials`' look for the word (str.lower) finds it (r3tbredact N1).
+_SENT_CREDENTIAL = re.compile(
+    r"\b(basic|bearer)(\s+|%20|\+)[A-Za-z0-9._~+/%-]{16,}=*", re.IGNORECASE | re.ASCII
+)
 # A token in the token service's answer, as its JSON has it ("token": "...", "access_token",
 # "refresh_token"), or a dict's repr of it, or that JSON quoted in a JSON string (\"token\"): the
 # answer is read, and may be quoted by a bug or a library's error, before its token is noted
@@ -62,7 +65,7 @@ _SENT_CREDENTIAL = re.compile(r"\b(basic|bearer)(\s+|%20|\+)[A-Za-z0-9._~+/%-]{1
 # r2tbredact F1). Any length: next to that key, a value is a credential, never a word by chance.
 _ANSWERED_TOKEN = re.compile(
     r"""((\\?["'])(?:access_|refresh_)?token\2\s*:\s*(\\?["']))(?:\\.|[^"'\\\s])+?(?=\3)""",
-    re.IGNORECASE,
+    re.IGNORECASE | re.ASCII,
 )
 
 
