@@ -782,6 +782,71 @@ async def test_the_timer_that_ends_a_request_keeps_its_own_timeout_parameter(
     assert reply.json()["message"] == "Timeout: the request did not complete within 1s", reply.body
 
 
+@pytest.mark.parametrize("body_at", [8.0, 10.0], ids=["late-in-its-deadline", "past-its-deadline"])
+@pytest_twisted.ensureDeferred
+async def test_a_body_requests_deadline_counts_once_from_its_head(
+    make_server, endless_registry, reactor, body_at
+):
+    """A deletecollection with a body and ``?timeout=10s``, its body sent ``body_at`` seconds after its
+    head on the server's clock (the test's): its deadline counted from the head through its
+    authentication and body, then afresh from the body for the handler, so that it could take about
+    twice its timeout. It counts once from the head now, as kube-apiserver's from receipt: the handler's
+    wait on the registry is cut 10 s after the head; a body that came at the deadline is the same 504,
+    its work not begun (no catalog page read). Either way counted once among the requests."""
+    url, catalog = endless_registry
+    api = await make_server(url, http=HttpLimits(request_timeout=HANG_GUARD))
+    clock = task.Clock()
+    api.running.api.clock = clock
+    await api.running.registry_probe  # its catalog pages are not the request's
+    before = catalog.pages
+    path = f"{B}/namespaces/ns/payloadrepositorytags?timeout=10s"
+    body = b'{"kind":"DeleteOptions","apiVersion":"v1"}'
+    headers = {"Content-Type": "application/json", "Content-Length": str(len(body)), "Expect": "100-continue"}
+    sock = await in_thread(target(api).connect, api.pki.admin, timeout=HANG_GUARD)
+    try:
+        await in_thread(sock.sendall, request_bytes("DELETE", path, headers))
+
+        def admitted() -> bytes:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += sock.recv(1)
+            return data
+
+        # Admitted (the admin's certificate) at 0 on the server's clock: its body is asked for.
+        assert (await in_thread(admitted)).startswith(b"HTTP/1.1 100 Continue")
+        clock.advance(body_at)
+        await in_thread(sock.sendall, body)
+        if body_at < 10.0:
+            # The handler waits on the endless catalog, its timer armed on the server's clock. The wait
+            # is bounded: a timer never armed fails the test rather than hang it.
+            give_up = reactor.seconds() + HANG_GUARD
+            while catalog.pages == before or not clock.getDelayedCalls():
+                assert reactor.seconds() < give_up, (
+                    "the request's timer was never armed on the server's clock"
+                )
+                await task.deferLater(reactor, 0.01, lambda: None)
+            # Before: 18.0, 10 s from the body's receipt.
+            assert [call.getTime() for call in clock.getDelayedCalls()] == [10.0]
+            clock.advance(10.0 - body_at)
+        reply = await in_thread(read_reply, sock)
+    finally:
+        sock.close()
+    assert reply.is_status(504), reply.body
+    more = (
+        "; a delete already under way is finished by the server: get the tags again to see which are gone"
+        if body_at < 10.0
+        else "; it was not begun by then, and nothing was done"
+    )
+    assert reply.json()["message"] == f"Timeout: the request did not complete within 10s{more}"
+    if body_at == 10.0:
+        assert catalog.pages == before  # its work was not begun
+    assert clock.getDelayedCalls() == []
+    labels = {"verb": "deletecollection", "resource": "payloadrepositorytags", "code": "504"}
+    assert (
+        api.running.api.metrics.registry.get_sample_value("payloadtags_apiserver_requests_total", labels) == 1
+    )
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_client_gone_during_a_slow_read_is_counted_499_and_logs_no_error(
     make_server, endless_registry, reactor

@@ -115,8 +115,15 @@ _QUERY = "_payloadtags_query"
 # Who made a request, once authenticated: the request log names them whatever the answer.
 _USER = "_payloadtags_user"
 # When the request's deadline falls, on the server's clock (`ApiServer.request_timeout`, counted from
-# when its handler began, before authentication): absent for one without a deadline (a watch).
+# its receipt: _RECEIVED, or when its handler began): absent for one without a deadline (a watch).
 _DEADLINE = "_payloadtags_deadline"
+# When a request with a body arrived (its head was read and its admission began), on the server's
+# clock: its deadline counts from then, through its authentication and body to its handler's end,
+# once, as kube-apiserver's does from receipt.
+_RECEIVED = "_payloadtags_received"
+# What the 504 of a request whose deadline passed before its handler began (its body came too late)
+# adds: a DELETE's client need not look for tags gone.
+_NOT_BEGUN = "; it was not begun by then, and nothing was done"
 # Set on a DELETE once its DeleteOptions ask for a dry run: its timeout says that nothing was deleted.
 _DRY_RUN = "_payloadtags_dry_run"
 # The request's seat among --max-requests-inflight (_Seat), for the writer of a long response.
@@ -571,7 +578,8 @@ class ApiServer:
             request (_run_direct) then makes one Deferred of a coroutine and asks notifyFinish once,
             where a handler coroutine run in a Deferred of its own made two of each (issue #11)."""
             started = time.monotonic()
-            received = self._clock().seconds()
+            now = self._clock().seconds()
+            received: float = getattr(request, _RECEIVED, now)
             self._inflight += 1
             watch = watches and _is_watch_request(request)
             # Watches are long-running: neither the deadline nor the in-flight limit applies (their
@@ -599,19 +607,25 @@ class ApiServer:
                 # caller's deadline whatever this server does), read before anything else, as
                 # kube-apiserver's WithRequestDeadline does: a malformed one is its 400. Not a watch's.
                 given = self._given_timeout(request, watch)
+                left = given - (now - received)
                 if not watching:
                     # Armed below once the work first waits, a little after this: the deadline the
                     # work is told is never later than the one that cuts it.
                     setattr(request, _DEADLINE, received + given)
-                work = Deferred.fromCoroutine(
-                    self._serve(fn, request, anonymous, head, kwargs, seat if bounded else None)
-                )
-                working = True
+                if not watching and left <= 0:
+                    # Spent before the handler (its authentication and body took it all): the same
+                    # 504 as one cut in the handler, and nothing of the work is begun.
+                    work = fail(did_not_complete(given, _NOT_BEGUN))
+                else:
+                    work = Deferred.fromCoroutine(
+                        self._serve(fn, request, anonymous, head, kwargs, seat if bounded else None)
+                    )
+                    working = True
                 # Past the deadline the work is cancelled where it waits (registry calls included).
                 # Work done already (a page from the walk cache, discovery) has no deadline to keep:
                 # its timer would be made and cancelled in the same turn.
-                if not watching and not work.called:
-                    work.addTimeout(given, self._clock())
+                if working and not watching and not work.called:
+                    work.addTimeout(left, self._clock())
             except Exception:
                 work = fail()
 
@@ -779,6 +793,8 @@ class ApiServer:
         return Deferred.fromCoroutine(self._admit(request))
 
     async def _admit(self, request: Request) -> ApiError | None:
+        # The head is in (this runs in the turn that read it): the request's deadline counts from now.
+        setattr(request, _RECEIVED, self._clock().seconds())
         path = _target(request)[0].rstrip("/")
         if path.split("/")[1:2] and path.split("/")[1] in HEALTH_ENDPOINTS:
             return bad_request("health endpoints take no request body")
