@@ -56,6 +56,8 @@ async def in_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 # Guards against a hang only, never a measure of speed: generous for a loaded machine.
 HANG_GUARD = 60.0
+# How long, on the real clock, a late body of test_a_body_requests_deadline_counts_once_from_its_head waits.
+BODY_LATE = 0.2
 
 
 def head_only(t: Target, raw_head: bytes, user: Any = None) -> Reply:
@@ -792,45 +794,50 @@ async def test_a_body_requests_deadline_counts_once_from_its_head(
     authentication and body, then afresh from the body for the handler, so that it could take about
     twice its timeout. It counts once from the head now, as kube-apiserver's from receipt: the handler's
     wait on the registry is cut 10 s after the head; a body that came at the deadline is the same 504,
-    its work not begun (no catalog page read). Either way counted once among the requests."""
+    its work not begun (no catalog page read). Either way counted once among the requests, and logged
+    with its caller and its whole time."""
     url, catalog = endless_registry
     api = await make_server(url, http=HttpLimits(request_timeout=HANG_GUARD))
     clock = task.Clock()
     api.running.api.clock = clock
+    api.running.api.request_log = True  # as at --v=3
     await api.running.registry_probe  # its catalog pages are not the request's
     before = catalog.pages
     path = f"{B}/namespaces/ns/payloadrepositorytags?timeout=10s"
     body = b'{"kind":"DeleteOptions","apiVersion":"v1"}'
     headers = {"Content-Type": "application/json", "Content-Length": str(len(body)), "Expect": "100-continue"}
     sock = await in_thread(target(api).connect, api.pki.admin, timeout=HANG_GUARD)
-    try:
-        await in_thread(sock.sendall, request_bytes("DELETE", path, headers))
+    with collected_logs() as logs:
+        try:
+            await in_thread(sock.sendall, request_bytes("DELETE", path, headers))
 
-        def admitted() -> bytes:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += sock.recv(1)
-            return data
+            def admitted() -> bytes:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += sock.recv(1)
+                return data
 
-        # Admitted (the admin's certificate) at 0 on the server's clock: its body is asked for.
-        assert (await in_thread(admitted)).startswith(b"HTTP/1.1 100 Continue")
-        clock.advance(body_at)
-        await in_thread(sock.sendall, body)
-        if body_at < 10.0:
-            # The handler waits on the endless catalog, its timer armed on the server's clock. The wait
-            # is bounded: a timer never armed fails the test rather than hang it.
-            give_up = reactor.seconds() + HANG_GUARD
-            while catalog.pages == before or not clock.getDelayedCalls():
-                assert reactor.seconds() < give_up, (
-                    "the request's timer was never armed on the server's clock"
-                )
-                await task.deferLater(reactor, 0.01, lambda: None)
-            # Before: 18.0, 10 s from the body's receipt.
-            assert [call.getTime() for call in clock.getDelayedCalls()] == [10.0]
-            clock.advance(10.0 - body_at)
-        reply = await in_thread(read_reply, sock)
-    finally:
-        sock.close()
+            # Admitted (the admin's certificate) at 0 on the server's clock: its body is asked for.
+            assert (await in_thread(admitted)).startswith(b"HTTP/1.1 100 Continue")
+            clock.advance(body_at)
+            # Its duration, measured on the real clock, counts from its head too: at least this wait.
+            await task.deferLater(reactor, BODY_LATE, lambda: None)
+            await in_thread(sock.sendall, body)
+            if body_at < 10.0:
+                # The handler waits on the endless catalog, its timer armed on the server's clock. The wait
+                # is bounded: a timer never armed fails the test rather than hang it.
+                give_up = reactor.seconds() + HANG_GUARD
+                while catalog.pages == before or not clock.getDelayedCalls():
+                    assert reactor.seconds() < give_up, (
+                        "the request's timer was never armed on the server's clock"
+                    )
+                    await task.deferLater(reactor, 0.01, lambda: None)
+                # Before: 18.0, 10 s from the body's receipt.
+                assert [call.getTime() for call in clock.getDelayedCalls()] == [10.0]
+                clock.advance(10.0 - body_at)
+            reply = await in_thread(read_reply, sock)
+        finally:
+            sock.close()
     assert reply.is_status(504), reply.body
     more = (
         "; a delete already under way is finished by the server: get the tags again to see which are gone"
@@ -845,6 +852,10 @@ async def test_a_body_requests_deadline_counts_once_from_its_head(
     assert (
         api.running.api.metrics.registry.get_sample_value("payloadtags_apiserver_requests_total", labels) == 1
     )
+    # The request log names its caller (authenticated at admission) and its whole time.
+    [line] = [event for event in logs if event.get("code") == 504 and event.get("method") == "DELETE"]
+    assert line["user"] == "admin"
+    assert line["ms"] >= BODY_LATE * 1000
 
 
 @pytest_twisted.ensureDeferred

@@ -121,6 +121,8 @@ _DEADLINE = "_payloadtags_deadline"
 # clock: its deadline counts from then, through its authentication and body to its handler's end,
 # once, as kube-apiserver's does from receipt.
 _RECEIVED = "_payloadtags_received"
+# The same moment on time.monotonic, which the request's duration is measured on.
+_RECEIVED_MONOTONIC = "_payloadtags_received_monotonic"
 # What the 504 of a request whose deadline passed before its handler began (its body came too late)
 # adds: a DELETE's client need not look for tags gone.
 _NOT_BEGUN = "; it was not begun by then, and nothing was done"
@@ -577,7 +579,7 @@ class ApiServer:
             Callbacks on the work's own Deferred, not a coroutine awaiting it: a direct route's
             request (_run_direct) then makes one Deferred of a coroutine and asks notifyFinish once,
             where a handler coroutine run in a Deferred of its own made two of each (issue #11)."""
-            started = time.monotonic()
+            started: float = getattr(request, _RECEIVED_MONOTONIC, None) or time.monotonic()
             now = self._clock().seconds()
             received: float = getattr(request, _RECEIVED, now)
             self._inflight += 1
@@ -614,7 +616,9 @@ class ApiServer:
                     setattr(request, _DEADLINE, received + given)
                 if not watching and left <= 0:
                     # Spent before the handler (its authentication and body took it all): the same
-                    # 504 as one cut in the handler, and nothing of the work is begun.
+                    # 504 as one cut in the handler, and nothing of the work is begun. Its caller
+                    # is known (admission authenticated it): the log names them, the answer proves it.
+                    setattr(request, _USER, self._admitted.pop(request, None))
                     work = fail(did_not_complete(given, _NOT_BEGUN))
                 else:
                     work = Deferred.fromCoroutine(
@@ -795,6 +799,7 @@ class ApiServer:
     async def _admit(self, request: Request) -> ApiError | None:
         # The head is in (this runs in the turn that read it): the request's deadline counts from now.
         setattr(request, _RECEIVED, self._clock().seconds())
+        setattr(request, _RECEIVED_MONOTONIC, time.monotonic())
         path = _target(request)[0].rstrip("/")
         if path.split("/")[1:2] and path.split("/")[1] in HEALTH_ENDPOINTS:
             return bad_request("health endpoints take no request body")
