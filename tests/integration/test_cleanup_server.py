@@ -849,6 +849,11 @@ class _SlowAuthentication:
         return self.inner.identity_headers(credentials)
 
 
+# The DeleteOptions body client-go's DeleteCollection (the namespace controller's) sends.
+DELETE_OPTIONS = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+
+
+@pytest.mark.parametrize("options", [None, DELETE_OPTIONS], ids=["no-body", "DeleteOptions"])
 @pytest_twisted.ensureDeferred
 async def test_a_tag_by_tag_deletecollection_counts_its_requests_deadline_from_the_request(
     reactor,
@@ -857,13 +862,16 @@ async def test_a_tag_by_tag_deletecollection_counts_its_requests_deadline_from_t
     kube_api,
     kube_kubeconfig,
     pki,
+    options,
 ):
     """The deadline the wait for a late write keeps is the request's, from when it was received: it was
     counted from the call, after authentication, and an authentication of 2.5 s (of the request's 3)
     put the wait's end past the deadline, which cut it with "get the tags again" (review-ds2 F4). A
     write that may land for 1.5 s more is not waited for with 0.5 s left: its own 504, at once (its
     deletes, which end half the margin past the cut while a write may land, have no time: review-ds8
-    F1).
+    F1). With a body (``options``) the authentication runs in the channel's admission, before the body
+    is read: the wait's deadline must still count from the head (review r2dead F1: counted from the
+    handler, the body's case went unseen).
 
     No real time is raced: the late writes (and the waits and cuts the call makes on their clock) run
     on a Clock of their own, which moves only once the call has deleted a tag (it has reached the
@@ -898,7 +906,10 @@ async def test_a_tag_by_tag_deletecollection_counts_its_requests_deadline_from_t
     try:
         late_writes.note(ns, f"deleting tag {repo}:v0", writes_clock.seconds() + 1.5)
         removal = await Deferred.fromCoroutine(
-            masters.delete(f"{B}/namespaces/{ns}/payloadrepositorytags")  # tag by tag
+            # Tag by tag.
+            masters.delete(
+                f"{B}/namespaces/{ns}/payloadrepositorytags", **({} if options is None else {"body": options})
+            )
         ).addTimeout(HANG_GUARD, reactor)
     finally:
         await server.stop()
