@@ -858,6 +858,103 @@ async def test_a_body_requests_deadline_counts_once_from_its_head(
     assert line["ms"] >= BODY_LATE * 1000
 
 
+# How long, on the real clock, a request of the tests below waits for its turn (its address's debt).
+TURN_LATE = 1.0
+# A deletecollection's DeleteOptions (client-go's DeleteCollection sends one).
+DELETE_OPTIONS = b'{"kind":"DeleteOptions","apiVersion":"v1"}'
+
+
+async def _server_with_late_turns(make_server: Any, url: str) -> Any:
+    """A server whose address 127.0.0.1 waits ``TURN_LATE`` for its next turn: its 401s (another
+    client's behind the same NAT) put it in debt (docs/hardening.md, "Turns")."""
+    limits = HttpLimits(
+        request_timeout=HANG_GUARD, handshake_rate_per_client=2.0, handshake_burst_per_client=2
+    )
+    api = await make_server(url, http=limits)
+    await api.running.registry_probe  # its catalog pages are not the request's
+    return api
+
+
+def _in_debt(api: Any) -> None:
+    clients = api.running.connections.wrappedFactory.clients
+    while clients.ready_in(("address", "127.0.0.1")) < TURN_LATE:
+        clients.unauthenticated("127.0.0.1")
+
+
+def _deletecollection_or_list(with_body: bool, path: str) -> bytes:
+    if not with_body:
+        return request_bytes("GET", path)
+    headers = {"Content-Type": "application/json", "Content-Length": str(len(DELETE_OPTIONS))}
+    return request_bytes("DELETE", path, headers) + DELETE_OPTIONS
+
+
+@pytest.mark.parametrize("with_body", [True, False], ids=["body", "no-body"])
+@pytest.mark.parametrize("turn_at", [8.0, 10.0], ids=["late-in-its-deadline", "past-its-deadline"])
+@pytest_twisted.ensureDeferred
+async def test_a_request_waiting_for_its_turn_counts_its_deadline_and_time_from_its_head(
+    make_server, endless_registry, reactor, with_body, turn_at
+):
+    """A request with ``?timeout=10s`` read whole and waiting for its client's turn while ``turn_at``
+    seconds pass on the server's clock (the test's). Without a body its deadline and its time counted
+    from its turn, not its head (with one: from its head), so the two kinds disagreed. Both count
+    from the head now: its handler's wait is cut 10 s after the head; a turn that came at the
+    deadline is the same 504 as a body that did, its work not begun; its logged time covers its wait."""
+    url, catalog = endless_registry
+    api = await _server_with_late_turns(make_server, url)
+    clock = task.Clock()
+    api.running.api.clock = clock
+    api.running.api.request_log = True  # as at --v=3
+    before = catalog.pages
+    scheduler = api.running.connections.wrappedFactory.scheduler
+    sock = await in_thread(target(api).connect, api.pki.admin, timeout=HANG_GUARD)
+    _in_debt(api)
+    raw = _deletecollection_or_list(with_body, f"{B}/namespaces/ns/payloadrepositorytags?timeout=10s")
+    with collected_logs() as logs:
+        try:
+            await in_thread(sock.sendall, raw)
+            give_up = reactor.seconds() + HANG_GUARD
+            while not scheduler.waiting:  # read whole, its head at 0 on the server's clock
+                assert reactor.seconds() < give_up, "the request never waited for its turn"
+                await task.deferLater(reactor, 0.01, lambda: None)
+            parked_at = still_waiting = reactor.seconds()
+            clock.advance(turn_at)
+            while scheduler.waiting:
+                still_waiting = reactor.seconds()
+                assert still_waiting < give_up, "the request's turn never came"
+                await task.deferLater(reactor, 0.01, lambda: None)
+            if turn_at < 10.0:
+                while catalog.pages == before or not clock.getDelayedCalls():
+                    assert reactor.seconds() < give_up, "the request's timer was never armed"
+                    await task.deferLater(reactor, 0.01, lambda: None)
+                # Before, without a body: 18.0, 10 s from its turn.
+                assert [call.getTime() for call in clock.getDelayedCalls()] == [10.0]
+                clock.advance(10.0 - turn_at)
+            reply = await in_thread(read_reply, sock)
+        finally:
+            sock.close()
+    assert reply.is_status(504), reply.body
+    if turn_at == 10.0:
+        more = "; it was not begun by then, and nothing was done"
+        assert catalog.pages == before  # its work was not begun
+    elif with_body:
+        more = (
+            "; a delete already under way is finished by the server: get the tags again to see which are gone"
+        )
+    else:
+        more = ""
+    assert reply.json()["message"] == f"Timeout: the request did not complete within 10s{more}"
+    assert clock.getDelayedCalls() == []
+    verb = "deletecollection" if with_body else "list"
+    labels = {"verb": verb, "resource": "payloadrepositorytags", "code": "504"}
+    assert (
+        api.running.api.metrics.registry.get_sample_value("payloadtags_apiserver_requests_total", labels) == 1
+    )
+    # It was still waiting for its turn at still_waiting (the real clock): its time covers that wait.
+    # Before, without a body: a few ms, from its turn.
+    [line] = [event for event in logs if event.get("code") == 504]
+    assert line["ms"] >= (still_waiting - parked_at) * 1000
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_client_gone_during_a_slow_read_is_counted_499_and_logs_no_error(
     make_server, endless_registry, reactor

@@ -108,7 +108,10 @@ class _Refusing:
     def proves(self, request: Request) -> bool:
         return False
 
-    def refused(self, request: Request, code: int, seconds: float) -> None:
+    def received(self, request: Request) -> None:
+        pass
+
+    def refused(self, request: Request, code: int) -> None:
         pass
 
 

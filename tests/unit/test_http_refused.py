@@ -35,6 +35,7 @@ class _Deciding(Admitting):
 
 def _site(admission: Admitting, clock: Clock, limits: HttpLimits | None = None) -> tuple[Held, GuardedSite]:
     held = Held()
+    admission.clock = clock.seconds  # the seconds it is told a refusal took are the test's
     return held, GuardedSite(held, limits or HttpLimits(), admission, reactor=clock, monotonic=clock.seconds)
 
 
@@ -115,3 +116,20 @@ def test_a_head_refused_after_an_answered_request_on_the_same_connection_tells_n
     assert b"HTTP/1.1 200 " in transport.value()
     assert b"HTTP/1.1 431 " in transport.value()
     assert admission.refusals == []
+
+
+def test_every_request_is_told_once_as_its_head_is_read_with_a_body_or_without() -> None:
+    # Review r2dead F2: only a request with a body was timed from its head (by its admission); one
+    # without was timed from its handler, after any wait for its client's turn.
+    clock = Clock()
+    admission = _Deciding(None)
+    held, site = _site(admission, clock)
+    bare, _ = _connected(site)
+    with_body, _ = _connected(site)
+    clock.advance(2)
+    bare.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    clock.advance(1)
+    with_body.dataReceived(b"GET /y HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}")
+    clock.advance(0)
+    assert [request.uri for request in held.held] == [b"/x", b"/y"]
+    assert [(request.uri, at) for request, at in admission.heads.items()] == [(b"/x", 2.0), (b"/y", 3.0)]

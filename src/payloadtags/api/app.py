@@ -13,7 +13,7 @@ import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapping
 from email.utils import formatdate
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, unquote_to_bytes
 
 import attrs
@@ -115,16 +115,14 @@ _QUERY = "_payloadtags_query"
 # Who made a request, once authenticated: the request log names them whatever the answer.
 _USER = "_payloadtags_user"
 # When the request's deadline falls, on the server's clock (`ApiServer.request_timeout`, counted from
-# its receipt: _RECEIVED, or when its handler began): absent for one without a deadline (a watch).
+# its receipt, _RECEIVED): absent for one without a deadline (a watch).
 _DEADLINE = "_payloadtags_deadline"
-# When a request with a body arrived (its head was read and its admission began), on the server's
-# clock: its deadline counts from then, through its authentication and body to its handler's end,
-# once, as kube-apiserver's does from receipt.
+# When the request arrived (_Arrival, noted as the channel read its head: `ApiServer.received`): its
+# deadline and its duration count from then, through its authentication, its body and its wait for its
+# client's turn to its handler's end, once, as kube-apiserver's do from receipt.
 _RECEIVED = "_payloadtags_received"
-# The same moment on time.monotonic, which the request's duration is measured on.
-_RECEIVED_MONOTONIC = "_payloadtags_received_monotonic"
-# What the 504 of a request whose deadline passed before its handler began (its body came too late)
-# adds: a DELETE's client need not look for tags gone.
+# What the 504 of a request whose deadline passed before its handler began (its body, or its turn, came
+# too late) adds: a DELETE's client need not look for tags gone.
 _NOT_BEGUN = "; it was not begun by then, and nothing was done"
 # Set on a DELETE once its DeleteOptions ask for a dry run: its timeout says that nothing was deleted.
 _DRY_RUN = "_payloadtags_dry_run"
@@ -360,6 +358,14 @@ class _Utf8Paths(Resource):
 Respond = Callable[[Request, dict[str, Any], Callable[[object], None] | None], Deferred[bytes]]
 
 
+class _Arrival(NamedTuple):
+    """When a request's head was read (_RECEIVED): on the server's clock, which its deadline is kept
+    on, and on time.monotonic, which its duration is measured on. A tuple: one is made per request."""
+
+    at: float
+    monotonic: float
+
+
 @attrs.frozen
 class _Responder:
     """What ApiServer._endpoint makes of a route's function: Klein's handler, and the answer a direct
@@ -579,9 +585,10 @@ class ApiServer:
             Callbacks on the work's own Deferred, not a coroutine awaiting it: a direct route's
             request (_run_direct) then makes one Deferred of a coroutine and asks notifyFinish once,
             where a handler coroutine run in a Deferred of its own made two of each (issue #11)."""
-            started: float = getattr(request, _RECEIVED_MONOTONIC, None) or time.monotonic()
             now = self._clock().seconds()
-            received: float = getattr(request, _RECEIVED, now)
+            # Noted as its head was read; a request no guarded channel read (a test's) arrives now.
+            arrival: _Arrival = getattr(request, _RECEIVED, None) or _Arrival(now, time.monotonic())
+            received, started = arrival
             self._inflight += 1
             watch = watches and _is_watch_request(request)
             # Watches are long-running: neither the deadline nor the in-flight limit applies (their
@@ -615,9 +622,10 @@ class ApiServer:
                     # work is told is never later than the one that cuts it.
                     setattr(request, _DEADLINE, received + given)
                 if not watching and left <= 0:
-                    # Spent before the handler (its authentication and body took it all): the same
-                    # 504 as one cut in the handler, and nothing of the work is begun. Its caller
-                    # is known (admission authenticated it): the log names them, the answer proves it.
+                    # Spent before the handler (its authentication and body, or its wait for its
+                    # client's turn, took it all): the same 504 as one cut in the handler, and nothing
+                    # of the work is begun. A body's caller is known (admission authenticated it): the
+                    # log names them, the answer proves it.
                     setattr(request, _USER, self._admitted.pop(request, None))
                     work = fail(did_not_complete(given, _NOT_BEGUN))
                 else:
@@ -775,11 +783,16 @@ class ApiServer:
             return self.request_timeout
         return request_timeout(_query(request).get("timeout"), self.request_timeout)
 
-    def refused(self, request: Request, code: int, seconds: float) -> None:
+    def received(self, request: Request) -> None:
+        """The channel read the head of ``request``: its deadline and its duration count from now,
+        with a body or without, whatever its authentication, body and turn take."""
+        setattr(request, _RECEIVED, _Arrival(self._clock().seconds(), time.monotonic()))
+
+    def refused(self, request: Request, code: int) -> None:
         """A request the channel answered itself, before its body was read (admission's refusal, a
         body too large or late): counted as the same refusal of a request without a body is (review
-        r1obs F2). Only on a path and method a route serves: any other is a 404 or 405 without a
-        body, which is not counted, and its method (any token) is no label."""
+        r1obs F2), timed from its head. Only on a path and method a route serves: any other is a 404
+        or 405 without a body, which is not counted, and its method (any token) is no label."""
         try:
             path = unquote_to_bytes(_target(request)[0]).decode("utf-8")
         except UnicodeDecodeError:
@@ -790,6 +803,8 @@ class ApiServer:
             self._matcher.match(path, method=request.method.decode("latin-1"))
         except HTTPException:
             return
+        arrival: _Arrival | None = getattr(request, _RECEIVED, None)
+        seconds = 0.0 if arrival is None else time.monotonic() - arrival.monotonic
         self.metrics.observe_request(*_request_labels(request), code, seconds)
 
     def admit(self, request: Request) -> Deferred[ApiError | None]:
@@ -797,9 +812,6 @@ class ApiServer:
         return Deferred.fromCoroutine(self._admit(request))
 
     async def _admit(self, request: Request) -> ApiError | None:
-        # The head is in (this runs in the turn that read it): the request's deadline counts from now.
-        setattr(request, _RECEIVED, self._clock().seconds())
-        setattr(request, _RECEIVED_MONOTONIC, time.monotonic())
         path = _target(request)[0].rstrip("/")
         if path.split("/")[1:2] and path.split("/")[1] in HEALTH_ENDPOINTS:
             return bad_request("health endpoints take no request body")

@@ -121,10 +121,14 @@ class Admission(Protocol):
         a probe's answer, a 401, a 404 of an unknown path). Eviction spares such connections."""
         ...
 
-    def refused(self, request: Request, code: int, seconds: float) -> None:
-        """The channel answered ``request`` itself with ``code``, ``seconds`` after its head was read
-        (refused by admission, a body too large or late, ...): the site never saw it, and the
-        request is counted here as one it answered is."""
+    def received(self, request: Request) -> None:
+        """The head of ``request`` is read (told once, before anything else of it): its deadline and
+        its time count from now, whatever its authentication, body and wait for its turn take."""
+        ...
+
+    def refused(self, request: Request, code: int) -> None:
+        """The channel answered ``request`` itself with ``code`` (refused by admission, a body too large
+        or late, ...): the site never saw it, and the request is counted here as one it answered is."""
         ...
 
 
@@ -542,10 +546,9 @@ class GuardedChannel(http.HTTPChannel):
     _peer: IAddress | None = None  # getPeer's
     _local: IAddress | None = None  # getHost's
     # The request whose head is read and which the site has not been handed yet (its body is being
-    # admitted or read), and when its head was read: a refusal of it is told to the admission
-    # (`refuse`), which counts it as the site counts what it answers.
+    # admitted or read): a refusal of it is told to the admission (`refuse`), which counts it as the
+    # site counts what it answers.
     _unhanded: Request | None = None
-    _head_read_at = 0.0
 
     def __init__(self) -> None:
         super().__init__()
@@ -887,7 +890,9 @@ class GuardedChannel(http.HTTPChannel):
         request = self.requests[-1]
         # Twisted sets these once the body is in; admission, and a refusal's count, need them before.
         request.method, request.uri = self._command, self._path
-        self._unhanded, self._head_read_at = request, self.site.monotonic()
+        # Every request's deadline and time count from here, with a body or without, refused or not.
+        self.site.admission.received(request)
+        self._unhanded = request
         if self.probe_only and not self.site.admission.is_probe(self._path):
             self.refuse(connections_full())
             return
@@ -1062,8 +1067,7 @@ class GuardedChannel(http.HTTPChannel):
             self.transport.write(refusal_bytes(error))
             unhanded, self._unhanded = self._unhanded, None
             if unhanded is not None:
-                elapsed = self.site.monotonic() - self._head_read_at
-                self.site.admission.refused(unhanded, error.code, elapsed)
+                self.site.admission.refused(unhanded, error.code)
         _drop_before_decrypting(self.transport)
         self._networkProducer.resumeProducing()
         self._arm(LINGER, "linger")
