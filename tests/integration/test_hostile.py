@@ -955,6 +955,45 @@ async def test_a_request_waiting_for_its_turn_counts_its_deadline_and_time_from_
     assert line["ms"] >= (still_waiting - parked_at) * 1000
 
 
+@pytest.mark.parametrize("with_body", [True, False], ids=["body", "no-body"])
+@pytest_twisted.ensureDeferred
+async def test_a_request_whose_client_left_while_it_waited_for_its_turn_is_counted_499(
+    make_server, endless_registry, reactor, with_body
+):
+    """docs/metrics.md: 499 counts the requests whose client went away before their answer began.
+    One whose client left while it waited for its turn was never handed to the site, and was not
+    counted at all (review r2dead L1)."""
+    url, catalog = endless_registry
+    api = await _server_with_late_turns(make_server, url)
+    scheduler = api.running.connections.wrappedFactory.scheduler
+    sock = await in_thread(target(api).connect, api.pki.admin, timeout=HANG_GUARD)
+    _in_debt(api)
+    before = catalog.pages
+    await in_thread(
+        sock.sendall, _deletecollection_or_list(with_body, f"{B}/namespaces/ns/payloadrepositorytags")
+    )
+    give_up = reactor.seconds() + HANG_GUARD
+    while not scheduler.waiting:
+        assert reactor.seconds() < give_up, "the request never waited for its turn"
+        await task.deferLater(reactor, 0.01, lambda: None)
+    sock.close()  # the client leaves while its request waits
+    while scheduler.waiting:
+        assert reactor.seconds() < give_up, "the request's turn never came"
+        await task.deferLater(reactor, 0.01, lambda: None)
+    verb = "deletecollection" if with_body else "list"
+    registry = api.running.api.metrics.registry
+    counted = {
+        code: registry.get_sample_value(
+            "payloadtags_apiserver_requests_total",
+            {"verb": verb, "resource": "payloadrepositorytags", "code": code},
+        )
+        for code in ("499", "200", "504", "500")
+    }
+    # Before: {'499': None, ...}: not counted.
+    assert counted == {"499": 1, "200": None, "504": None, "500": None}
+    assert catalog.pages == before  # nothing of it was begun
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_client_gone_during_a_slow_read_is_counted_499_and_logs_no_error(
     make_server, endless_registry, reactor

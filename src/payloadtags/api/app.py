@@ -34,6 +34,7 @@ from payloadtags.access.authz import AlwaysAllow, AuthorizationNotReady, PathAut
 from payloadtags.api import discovery, formats, openapi
 from payloadtags.api.durations import request_timeout
 from payloadtags.api.errors import (
+    CLIENT_CLOSED_REQUEST,
     ApiError,
     bad_request,
     cluster_wide_delete_collection_not_allowed,
@@ -102,9 +103,6 @@ HEALTH_ENDPOINTS = ("healthz", "livez", "readyz")
 # variables (a route's kwargs) decide.
 Anonymous = bool | Callable[[Mapping[str, Any]], bool]
 MAX_BODY = 3 << 20
-# The code requests are counted with whose client went away before their answer: nginx's "client
-# closed request" (kube-apiserver counts them as 500s, kubernetes/kubernetes#139256).
-CLIENT_CLOSED_REQUEST = 499
 _YEAR = 365 * 24 * 3600  # kube-openapi: an immutable document "expires" a year after it is served
 
 
@@ -789,10 +787,11 @@ class ApiServer:
         setattr(request, _RECEIVED, _Arrival(self._clock().seconds(), time.monotonic()))
 
     def refused(self, request: Request, code: int) -> None:
-        """A request the channel answered itself, before its body was read (admission's refusal, a
-        body too large or late): counted as the same refusal of a request without a body is (review
-        r1obs F2), timed from its head. Only on a path and method a route serves: any other is a 404
-        or 405 without a body, which is not counted, and its method (any token) is no label."""
+        """A request the channel ended itself, never handed to the site: answered before its body was
+        read (admission's refusal, a body too large or late), or its client gone while it waited for
+        its turn (499). Counted as the same request without a body is (review r1obs F2), timed from
+        its head. Only on a path and method a route serves: any other is a 404 or 405 without a
+        body, which is not counted, and its method (any token) is no label."""
         try:
             path = unquote_to_bytes(_target(request)[0]).decode("utf-8")
         except UnicodeDecodeError:

@@ -180,6 +180,11 @@ def timeout(message: str) -> ApiError:
     return ApiError(504, "Timeout", f"Timeout: {message}")
 
 
+# The code requests are counted with whose client went away before their answer: nginx's "client
+# closed request" (kube-apiserver counts them as 500s, kubernetes/kubernetes#139256).
+CLIENT_CLOSED_REQUEST = 499
+
+
 def did_not_complete(seconds: float, more: str = "") -> ApiError:
     """A request past its deadline (``seconds`` after it came), in kube-apiserver's words; ``more``:
     what else its client should know."""

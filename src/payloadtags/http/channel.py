@@ -63,7 +63,14 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site, version
 from zope.interface import directlyProvides, implementer, providedBy
 
-from payloadtags.api.errors import ApiError, bad_request, did_not_complete, internal, too_many_requests
+from payloadtags.api.errors import (
+    CLIENT_CLOSED_REQUEST,
+    ApiError,
+    bad_request,
+    did_not_complete,
+    internal,
+    too_many_requests,
+)
 from payloadtags.deferreds import Waiters
 from payloadtags.http.clients import (
     ClientKey,
@@ -127,8 +134,9 @@ class Admission(Protocol):
         ...
 
     def refused(self, request: Request, code: int) -> None:
-        """The channel answered ``request`` itself with ``code`` (refused by admission, a body too large
-        or late, ...): the site never saw it, and the request is counted here as one it answered is."""
+        """The channel ended ``request`` itself with ``code`` (refused by admission, a body too large
+        or late, ...; 499 for a client gone while its request waited for its turn): the site never
+        saw it, and the request is counted here as one it answered is."""
         ...
 
 
@@ -336,8 +344,12 @@ class GuardedRequest(Request):
             return
 
         def start() -> None:
-            if not channel._lost:
-                run(command, path, version)
+            if channel._lost:
+                # Its client left while it waited: counted as the site counts a request whose client
+                # went away before its answer, which it never sees.
+                channel.site.admission.refused(self, CLIENT_CLOSED_REQUEST)
+                return
+            run(command, path, version)
 
         channel.site.scheduler.submit(channel.client_key, start)
 
