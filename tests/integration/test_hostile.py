@@ -976,9 +976,11 @@ async def test_a_request_whose_client_left_while_it_waited_for_its_turn_is_count
     while not scheduler.waiting:
         assert reactor.seconds() < give_up, "the request never waited for its turn"
         await task.deferLater(reactor, 0.01, lambda: None)
+    parked_at = still_waiting = reactor.seconds()
     sock.close()  # the client leaves while its request waits
     while scheduler.waiting:
-        assert reactor.seconds() < give_up, "the request's turn never came"
+        still_waiting = reactor.seconds()
+        assert still_waiting < give_up, "the request's turn never came"
         await task.deferLater(reactor, 0.01, lambda: None)
     verb = "deletecollection" if with_body else "list"
     registry = api.running.api.metrics.registry
@@ -992,6 +994,12 @@ async def test_a_request_whose_client_left_while_it_waited_for_its_turn_is_count
     # Before: {'499': None, ...}: not counted.
     assert counted == {"499": 1, "200": None, "504": None, "500": None}
     assert catalog.pages == before  # nothing of it was begun
+    # Timed from its head, as the channel's refusals are: at least the wait it was seen in.
+    timed = registry.get_sample_value(
+        "payloadtags_apiserver_request_duration_seconds_sum",
+        {"verb": verb, "resource": "payloadrepositorytags"},
+    )
+    assert timed >= still_waiting - parked_at
 
 
 @pytest_twisted.ensureDeferred
