@@ -1286,6 +1286,10 @@ class ApiServer:
             shown = True
             _head(request, 200, media.content_type)
 
+        # While each page is read and written, what the watch from its list needs (the scope's
+        # source, the list's record) is kept; its idle time runs from the page's end (docs/watch.md).
+        page = hub.list_began(namespace) if hub is not None and possible else None
+        ended_at: str | None = None
         try:
             runs, meta = await self.service.list_runs(user, namespace, options, decided, joined)
             if hub is not None and decisions is not None:
@@ -1307,6 +1311,7 @@ class ApiServer:
                 body = formats.reencode(body, media)
                 begin()
                 request.responseHeaders._rawHeaders[b"Content-Length"] = [b"%d" % len(body)]  # as in _head
+                ended_at = meta.resource_version
                 return body
             # A whole list is formatted and written as its repositories are read (docs/api.md,
             # "Large lists"): its first chunk goes out once read, so a registry failure before it is
@@ -1317,6 +1322,7 @@ class ApiServer:
             if not formats.plain(media):
                 chunks = formats.reencoded_list(chunks, *list_envelope(meta, shape), media)
             await write_streamed(request, chunks, self._clock(), begin, _waiting(request))
+            ended_at = meta.resource_version
             return b""
         except BaseException:
             # Refused or failed before its client was shown anything (the access rules still
@@ -1324,6 +1330,10 @@ class ApiServer:
             if hub is not None and joined is not None and not shown:
                 hub.list_failed(joined)
             raise
+        finally:
+            if page is not None:
+                assert hub is not None
+                hub.list_ended(page, ended_at)
 
     async def _get(self, request: IRequest, user: UserInfo, namespace: str, name: str) -> bytes:
         # Whatever its query says of watch: kube-apiserver's GET of a name decodes only GetOptions, and
@@ -1394,12 +1404,18 @@ class ApiServer:
         hub = self.watch_hub
         assert hub is not None
         assert isinstance(request, Request)
+        rv = options.resource_version
+        if not options.send_initial_events and rv not in ("", "0"):
+            # A watch from a list's resourceVersion (below): its list's record, if any, is kept until
+            # the watch starts or gives up, however long the scope's read below takes.
+            sequence = hub.sequence_of(rv)
+            if sequence is not None:
+                hub.hold_listed(namespace, sequence, slot)
         warm = namespace in hub.sources
         source = await hub.source(namespace, slot)  # TooManyWatches: every scope kept is in use
         since: int | None = None
         listed: Listed | None = None
         confirmed: frozenset[str] = frozenset()
-        rv = options.resource_version
         initial_end = bool(options.send_initial_events)
         readable = self.service.readable(user)
         pinned = options.pinned_repository(namespace) if rv == "0" else None

@@ -72,6 +72,9 @@ class WatchSlot:
     # The scope whose source the watch waits on (`WatchHub.source`), kept from being reaped until the
     # watch starts or gives up.
     _waits_on: list[str | None] = attrs.field(factory=list, repr=False)
+    # The record of the list the watch is from (`WatchHub.hold_listed`), kept from expiring while the
+    # watch waits for its scope's read, until it starts or gives up.
+    _records: list[Listed] = attrs.field(factory=list, repr=False)
 
     def release(self) -> None:
         if self.held:
@@ -80,6 +83,17 @@ class WatchSlot:
             for scope in self._waits_on:
                 self._hub._unhold(scope)
             self._waits_on.clear()
+            for record in self._records:
+                self._hub.listed.release(record)
+            self._records.clear()
+
+
+@attrs.frozen
+class ListPage:
+    """A page of a list being read and written (`WatchHub.list_began`)."""
+
+    scope: str | None
+    began: float
 
 
 @attrs.define(eq=False)
@@ -208,6 +222,15 @@ class WatchHub:
             if user is not None and self.sources.get(namespace) is source:
                 # Before the resourceVersion is taken: a change noted here is dated at or below it.
                 self._note_list(source, user, namespaces)
+            current = self.sources.get(namespace) is source
+            if namespace is not None and current and self._may_read(user, namespace):
+                # A list is a client about to watch from it: its source is kept idle as long as one a
+                # watch used (`_idle_ttl`), not a reconnect's worth, between its pages and until its
+                # watch. A source a watch that got 410 made (never `_wanted`) went 10 s after its
+                # relist's first page, and the watch from a list longer than that got 410 again, every
+                # time (wc84319). Only by a caller who may read there, as for a watch: another's lists
+                # keep it no longer than before.
+                self._wanted.add(namespace)
         else:
             # Counted against her (``user.name``, as the watches per user are): at the bound, the
             # records of whoever holds the most go first (`ListedScopes`).
@@ -365,6 +388,37 @@ class WatchHub:
             # record's key never collects the reads of other lists (its watches get 410).
             self.versions.next()
 
+    def list_began(self, scope: str | None) -> ListPage:
+        """A page of a list of ``scope`` (its first, a later one, or a whole list) begins: until
+        `list_ended`, the scope's source is not reaped (as while a list waits for its read), and its
+        list's record does not expire (`ListedScopes.begin_list`). Only the first page kept them, as
+        it began: a list longer than their idle time had its watch find them gone, 410, and a relist
+        as long, again and again (wc84319)."""
+        page = ListPage(scope, self.clock.seconds())
+        self._holds[scope] += 1
+        self.listed.begin_list(scope, page.began)
+        return page
+
+    def list_ended(self, page: ListPage, resource_version: str | None) -> None:
+        """The ``page`` `list_began` told of ended: the scope's source is idle from now, and the
+        record of the list at ``resource_version`` (None: it failed) is used now. What the watch from
+        the list needs is kept its idle time from the list's end, not from its start."""
+        self.listed.end_list(page.scope, page.began)
+        self._unhold(page.scope)
+        sequence = None if resource_version is None else self.versions.parse(resource_version)
+        if sequence is not None:
+            self.listed.get(page.scope, sequence, self.clock.seconds())
+
+    def hold_listed(self, scope: str | None, sequence: int, slot: WatchSlot) -> None:
+        """A watch from ``sequence`` that has yet to wait for its scope's read: the record of the list
+        it is from, if kept, is kept from expiring until the watch starts or gives up (``slot``'s
+        release). Taken after that read, it expired while a slow one went on, and the watch got 410
+        (wc84319). The records' bound may still drop it."""
+        record = self.listed.get(scope, sequence, self.clock.seconds())
+        if record is not None and slot.held:
+            self.listed.hold(record)
+            slot._records.append(record)
+
     def listed_at(self, scope: str | None, sequence: int) -> Listed | None:
         """The record of the lists of ``scope`` at ``sequence``, if it is still kept."""
         return self.listed.get(scope, sequence, self.clock.seconds())
@@ -431,8 +485,9 @@ class WatchHub:
         self._holds[scope] -= 1
         if self._holds[scope] <= 0:
             del self._holds[scope]
-        # Idle from now: a watch that waited longer than the idle timeout and then went away.
-        self._touched[scope] = self.clock.seconds()
+        if scope in self.sources:  # a list holds a scope that may have none (`list_began`)
+            # Idle from now: a watch that waited longer than the idle timeout and then went away.
+            self._touched[scope] = self.clock.seconds()
 
     def _reset_watches(self, source: ScopeSource) -> None:
         """The source gave up confirming what lists showed (`ScopeSource._reset`): its watches end
@@ -491,7 +546,8 @@ class WatchHub:
         self.versions.next()
 
     def _idle(self, scope: str | None, source: ScopeSource) -> bool:
-        """Nobody watches the scope, and no list or watch waits on its source."""
+        """Nobody watches the scope, no list or watch waits on its source, and no page of a list of
+        it is being read and written (`list_began`)."""
         return not source.subscribers and not self._holds[scope]
 
     def _idle_ttl(self, scope: str | None, source: ScopeSource) -> float:
@@ -505,6 +561,20 @@ class WatchHub:
 
     def _worth_keeping(self, scope: str | None, source: ScopeSource) -> bool:
         return scope is None or bool(source.tags and scope in self._wanted)
+
+    def _may_read(self, user: UserInfo | None, namespace: str) -> bool:
+        """Whether ``user`` may read any path in ``namespace`` by her rules now (`_may_read_some` for a
+        list; no user known: only without access rules)."""
+        rules_of = self.access_rules
+        if rules_of is None:
+            return True
+        if user is None:
+            return False
+        try:
+            rules = rules_of(user, namespace)
+        except AuthorizationNotReady:
+            return False
+        return rules.allow_all or bool(rules.patterns)
 
     def _drop_idle(self, now: float) -> bool:
         dropped = False
@@ -543,7 +613,8 @@ class WatchHub:
         ones, and their resumes were 410 (review r7watch N1). Within each of the two, the sources
         of the user whose watches made the most of the idle ones go first: one who watches many
         namespaces she may read, with tags, drops her own idle ones before another user's. A source
-        is shared by every watch of its scope, and counts for the user who made it."""
+        is shared by every watch of its scope, and counts for the user who made it. A page of a list
+        being read and written holds its scope's source as a waiting list does (`list_began`)."""
         if len(self.sources) < self.limits.max_watches:
             return
         idle_sources = [
@@ -1030,4 +1101,12 @@ def _namespaces(source: ScopeSource) -> Iterable[str]:
     return set(map(namespace_of, source.tags)) | source.unconfirmed_namespaces()
 
 
-__all__ = ["InventoryReader", "ListReporter", "TooManyWatches", "WatchHub", "WatchLimits", "WatchSlot"]
+__all__ = [
+    "InventoryReader",
+    "ListPage",
+    "ListReporter",
+    "TooManyWatches",
+    "WatchHub",
+    "WatchLimits",
+    "WatchSlot",
+]

@@ -41,7 +41,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import sys
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import attrs
@@ -388,6 +388,11 @@ class ListedScopes:
     # user (one each, 62,500 users, for each drop).
     _heap: list[tuple[int, int, _Holder]] = attrs.field(factory=list)
     _uses: Iterator[int] = attrs.field(factory=itertools.count)
+    # Per scope, when each page of its lists being read and written began (`begin_list`).
+    _listing: dict[str | None, Counter[float]] = attrs.field(factory=dict)
+    # The records watches from them wait for their scope's read with (`hold`): they do not expire
+    # meanwhile. Here, not in each record: a record's measured size (`RECORD_COST`) stays what it was.
+    _held: Counter[Key] = attrs.field(factory=Counter)
 
     def open(self, scope: str | None, sequence: int, now: float, user: str = "") -> Listed | None:
         """The record lists of ``scope`` at ``sequence`` add to (created by the first one, whose
@@ -465,6 +470,38 @@ class ListedScopes:
             self._touch((scope, sequence), record)
             record.touched = now
         return record
+
+    def begin_list(self, scope: str | None, now: float) -> None:
+        """A page of a list of ``scope`` begins ``now``: until it ends (`end_list`), however long it
+        reads, the records of the scope used since it began (its own: the page uses it as it starts,
+        `get`) do not expire; the page is not told which one is its own until it reads. Those used
+        before every page of the scope now running began expire as before: lists that follow each
+        other do not keep the older records."""
+        self._listing.setdefault(scope, Counter())[now] += 1
+
+    def end_list(self, scope: str | None, began: float) -> None:
+        pages = self._listing[scope]
+        pages[began] -= 1
+        if pages[began] <= 0:
+            del pages[began]
+            if not pages:
+                del self._listing[scope]
+
+    def hold(self, record: Listed) -> None:
+        """A watch from ``record`` waits for its scope's read: ``record`` does not expire until
+        `release` (the bound may still drop it)."""
+        self._held[(record.scope, record.sequence)] += 1
+
+    def release(self, record: Listed) -> None:
+        """The watch `hold` was for started or gave up."""
+        key = (record.scope, record.sequence)
+        self._held[key] -= 1
+        if self._held[key] <= 0:
+            del self._held[key]
+
+    def held(self, record: Listed) -> int:
+        """How many watches hold ``record`` (`hold`)."""
+        return self._held[(record.scope, record.sequence)]
 
     def holds(self, scope: str | None, sequence: int) -> bool:
         """Whether a record of lists of ``scope`` at ``sequence`` is kept; unlike `get`, it is not used."""
@@ -572,17 +609,22 @@ class ListedScopes:
     def expire(self, before: float) -> bool:
         """Drops the records not used since ``before``; True when any went (their keys must not be
         reused either). The records are in the order of their last use: the first one used since
-        ends it, and a reap looks at the expired ones and one more, not at every record. (Should the
-        wall clock step back, the records used after the step wait behind those used before it: they
-        expire late by at most the step.)"""
-        expired = False
-        while self.records:
-            key, record = next(iter(self.records.items()))
+        ends it, and a reap looks at the expired ones, those kept (`hold`, `begin_list`) and one
+        more, not at every record. (Should the wall clock step back, the records used after the step
+        wait behind those used before it: they expire late by at most the step.)"""
+        gone = []
+        # Per scope with pages running, when the oldest of them began: looked up once a reap.
+        listing = {scope: min(pages) for scope, pages in self._listing.items()}
+        for key, record in self.records.items():
             if record.touched >= before:
                 break
+            # A watch from it waits for its scope's read (`hold`), or a list that used it still runs.
+            since = listing.get(record.scope)
+            if key not in self._held and (since is None or record.touched < since):
+                gone.append((key, record))
+        for key, record in gone:
             self._drop(key, record)
-            expired = True
-        return expired
+        return bool(gone)
 
 
 __all__ = ["LIST_COST", "PENDING_COST", "TRACKED_LISTS", "Listed", "ListedScopes"]
