@@ -73,6 +73,8 @@ EVENTS_TOKEN = "watch-convergence-events-token"
 # Three 410s in a row without a watch that lasted: the client relists in a loop.
 EXPIRED_IN_A_ROW = 3
 RERUN = "tests/integration/test_watch_convergence.py::test_one_seed"
+# What a client's journal notes of the events it got (`Client.recent` leaves them out).
+_EVENT_KINDS = ("ADDED", "DELETED", "MODIFIED")
 
 
 def collection(namespace: str | None) -> str:
@@ -171,11 +173,19 @@ class Client:
         """Its lists (whether each showed ``key``), watches, and events about ``key``."""
         told = []
         for at, what, keys in self.journal:
+            if what.startswith("asks"):
+                continue  # when its requests went out: for its 410s (`recent`), not a tag's story
             if what.startswith("list"):
                 told.append((at, f"client {self.name} {what}: {'shows' if key in keys else 'lacks'} it"))
             elif not keys or key in keys:
                 told.append((at, f"client {self.name} {what}"))
         return told
+
+    def recent(self, count: int = 12) -> str:
+        """Its last lists and watches (asked, answered) and 410s, one a line, from the run's start: how
+        long each took against the idle time of what its watch needed."""
+        steps = [(at, what) for at, what, _ in self.journal if not what.startswith(_EVENT_KINDS)]
+        return "\n".join(f"  {at:8.3f} s  {what}" for at, what in steps[-count:])
 
     def violation(self, text: str) -> None:
         self.failed = True
@@ -233,7 +243,10 @@ class Client:
                 self.expired_in_a_row += 1
                 self.run.report.counts["watch 410"] += 1
                 if self.expired_in_a_row >= EXPIRED_IN_A_ROW:
-                    self.violation(f"{self.expired_in_a_row} watches in a row got 410 after a relist")
+                    self.violation(
+                        f"{self.expired_in_a_row} watches in a row got 410 after a relist; its last "
+                        f"steps (seconds from the run's start):\n{self.recent()}"
+                    )
                     return
 
     async def _list(self) -> bool:
@@ -242,6 +255,7 @@ class Client:
             items: dict[tuple[str, str], Key] = {}
             token = None
             rv = None
+            self.note("asks for a list")
             while True:
                 query = self.selected({} if self.limit is None else {"limit": str(self.limit)})
                 if token:
@@ -296,6 +310,7 @@ class Client:
             }
         )
         path = collection(self.scope) + "?" + urllib.parse.urlencode(query)
+        self.note(f"asks for a watch from {self.rv}")
         opened = await stream(self.api, path)
         self.note(f"watch from {self.rv}: {opened.code}")
         self.run.report.counts["watches"] += 1
@@ -765,7 +780,7 @@ class Run:
         self.change(f"quiet: sources read again, the server's last resourceVersion {target}", None)
         waited = 0.0
         while True:
-            behind = {c.name: c.rv for c in self.clients if not self._caught_up(c, target)}
+            behind = self.behind(target)
             if not behind or waited >= 30.0:
                 break
             await deferLater(self.reactor, 0.05, lambda: None)
@@ -775,8 +790,6 @@ class Run:
         for client in self.clients:
             await client.stop()
             if client.name in behind:
-                if client.failed:
-                    continue  # it ended on a violation of its own
                 client.violation(
                     f"never caught up with the server (its last resourceVersion {current}, {target} "
                     f"at the quiet point; the client at {behind[client.name]!r})"
@@ -810,6 +823,13 @@ class Run:
                         f"after the system was quiet (at {target}), {event.type.value} {ref} at "
                         f"{event.sequence}: the registry {'has' if there else 'does not have'} it"
                     )
+
+    def behind(self, target: int) -> dict[str, str]:
+        """The clients not caught up with ``target`` (`_caught_up`), by name, with their last
+        resourceVersions. Not one that failed: it ended on a violation of its own and never catches
+        up, and waiting for it ran out the quiet point's wait and reported whichever other client was
+        between two watches at that instant (wc84319)."""
+        return {c.name: c.rv for c in self.clients if not c.failed and not self._caught_up(c, target)}
 
     def _caught_up(self, client: Client, target: int) -> bool:
         """Watching, at or after ``target`` and every number the server has issued since: a watch
