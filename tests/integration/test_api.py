@@ -36,6 +36,7 @@ from payloadtags.registry.schema1 import SIGNED_SCHEMA1
 from tests.integration.test_output_bounds import many_tags
 from tests.support import images
 from tests.support.client import Response, stream
+from tests.support.dangling import make_dangling
 from tests.support.faultproxy import ERROR_BEFORE, FaultProxy
 from tests.support.interleaving import USER, Replica
 from tests.support.kubectl import read_yaml_locally
@@ -954,6 +955,72 @@ async def test_dry_run_in_body_or_query_changes_nothing(api, registry, repo):
     assert (await client.delete(url + "?dryRun=All")).code == 200
     assert images.list_tags(registry, repo) == ["v1"]
     assert_status(await client.delete(url, body={"dryRun": ["Some"]}), 422, "Invalid")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dry_run_delete_answers_the_object_the_delete_would(api, registry, repo):
+    # r1kubectl L1: kube-apiserver's dry run answers the object its delete answers; the dry run here
+    # answered the tag without the digest the delete names, which a client previews it for.
+    client, url = _v1_as_admin(api, registry, repo)
+    digest = images.resolve(registry, repo, "v1")
+    dry = [await client.delete(url, body={"dryRun": ["All"]}), await client.delete(url + "?dryRun=All")]
+    assert images.list_tags(registry, repo) == ["v1"]
+    real = await client.delete(url, body={})
+    assert real.code == 200, real.body
+    assert real.json()["status"] == {"digest": digest}
+    assert [reply.json() for reply in dry] == [real.json(), real.json()]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dry_run_deletecollection_answers_the_items_the_delete_would(api, registry, repo):
+    # r1kubectl L1, for a deletecollection: each item with the digest its delete names, and none for a
+    # dangling tag (listed, its manifest gone), which the delete answers without one.
+    namespace, _ = split(repo)
+    digests = {
+        tag: images.push_oci_image(registry, repo, tag, seed=f"{repo}-{tag}") for tag in ("a", "b", "c")
+    }
+    make_dangling(registry, repo, digests["c"])
+    client = api.client(api.pki.admin)
+    dry = await client.delete(collection(namespace) + "?dryRun=All")
+    assert dry.code == 200, dry.body
+    assert images.list_tags(registry, repo) == ["a", "b", "c"]
+    real = await client.delete(collection(namespace))
+    assert real.code == 200, real.body
+    assert [item.get("status") for item in real.json()["items"]] == [
+        {"digest": digests["a"]},
+        {"digest": digests["b"]},
+        None,
+    ]
+    assert dry.json()["items"] == real.json()["items"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dry_run_deletecollection_that_cannot_read_a_digest_fails_as_the_request_would(
+    make_server, reactor, registry, repo
+):
+    # The digest of each item a dry run answers is read (r1kubectl L1): a read that fails makes the
+    # dry run the answer the real request gets, which cannot read that tag to delete it.
+    namespace, _ = split(repo)
+    images.push_oci_image(registry, repo, "a", seed=f"{repo}-a")
+    images.push_oci_image(registry, repo, "b", seed=f"{repo}-b")
+    failing = f"/v2/{repo}/manifests/b"
+    proxy = FaultProxy(reactor, registry.url, lambda method, path: ERROR_BEFORE if path == failing else None)
+    try:
+        server = await make_server(proxy.url)
+        client = server.client(server.pki.admin)
+        dry = await client.delete(collection(namespace) + "?dryRun=All")
+        dry_status = assert_status(dry, 503, "ServiceUnavailable")
+        assert images.list_tags(registry, repo) == ["a", "b"]
+        real = await client.delete(collection(namespace))
+        real_status = assert_status(real, 503, "ServiceUnavailable")
+        # The same answer, but for the registry's error body, which the dry run's HEAD has none of.
+        said = json.dumps(real_status).replace(" (UNKNOWN: injected fault)", "")
+        assert json.dumps(dry_status) == said
+        assert f'"{encode_name(split(repo)[1], "b")}"' in dry_status["message"]
+        assert dry.header("retry-after") == real.header("retry-after")
+        assert images.list_tags(registry, repo) == ["b"]
+    finally:
+        await proxy.stop()
 
 
 @pytest_twisted.ensureDeferred

@@ -274,6 +274,11 @@ def _audit(
     )
 
 
+def _deleted(digest: str | None) -> TagStatus | None:
+    """A deleted tag's status: the digest it pointed at (none for a dangling tag)."""
+    return TagStatus(digest=digest) if digest is not None else None
+
+
 class NamespaceRemoval(Protocol):
     """How deletecollection empties a namespace that is being deleted (`payloadtags.cleanup.removal`)."""
 
@@ -698,15 +703,27 @@ class TagsService:
             # permission), with its answer: a dry run that succeeds is followed by the same request
             # deleting what it showed (docs/api.md).
             await self.inventory.check_delete(ref)
-            _audit(user, ref, None, dry_run=True)
-            return self._object(ref)
+            # Answered as the delete would answer: kube-apiserver's dry run answers the object its
+            # delete answers, and a client previews with it which image a delete would take (r1kubectl
+            # L1). A read the delete would fail on fails the dry run the same way.
+            digest = await self._digest_to_delete(ref)
+            _audit(user, ref, digest, dry_run=True)
+            return self._object(ref, _deleted(digest))
         try:
             digest = await self._delete_audited(user, ref)
         except RegistryNotFound:
             raise not_found(name) from None
         except RegistryConflict as error:
             raise conflict(ref.name, str(error)) from None
-        return self._object(ref, TagStatus(digest=digest) if digest is not None else None)
+        return self._object(ref, _deleted(digest))
+
+    async def _digest_to_delete(self, ref: TagRef) -> str | None:
+        """For a dry run: the digest a delete of the tag would answer (one manifest HEAD); None for a
+        dangling tag (listed, its manifest gone), which the delete answers without one."""
+        try:
+            return await self.inventory.digest(ref)
+        except RegistryNotFound:
+            return None  # dangling, or gone since the check: nothing the delete would name either
 
     async def _delete_audited(
         self, user: UserInfo, ref: TagRef, expected: str | None = None, brought_back: Kind | None = None
@@ -823,9 +840,10 @@ class TagsService:
         meta = ListMeta(resource_version=self.versions.current(), continue_=selected_meta.continue_)
         if options.dry_run:
             await self._check_deletes(namespace, refs)
-            for ref in refs:
-                _audit(user, ref, None, dry_run=True)
-            return [self._object(ref) for ref in refs], meta
+            digests = await self._digests_to_delete(namespace, refs)
+            for ref, digest in zip(refs, digests, strict=True):
+                _audit(user, ref, digest, dry_run=True)
+            return [self._object(ref, _deleted(d)) for ref, d in zip(refs, digests, strict=True)], meta
 
         if (
             self.removal is not None
@@ -980,6 +998,30 @@ class TagsService:
         lasting = {ref for ref, error in zip(named, errors, strict=True) if error.lasting}
         lasting.update(ref for ref in left[NAMED_LEFT:] if refused[ref.repository].lasting)
         raise _collection_incomplete(namespace, len(refs), left, failed, (), lasting)
+
+    async def _digests_to_delete(
+        self, namespace: str, refs: builtins.list[TagRef]
+    ) -> builtins.list[str | None]:
+        """A dry-run deletecollection's answer: the digest each delete would answer
+        (`_digest_to_delete`), `check_concurrency` at a time. A tag whose read fails makes it the
+        answer the real request gets for a tag whose delete could not read it (`_collection_incomplete`),
+        without what a write left unanswered would add: a dry run writes nothing."""
+        failed: dict[TagRef, RegistryError] = {}
+
+        async def read(ref: TagRef) -> str | None:
+            try:
+                return await self._digest_to_delete(ref)
+            except RegistryError as error:
+                failed[ref] = error
+                return None
+
+        digests = await bounded_map(read, refs, self.check_concurrency)
+        if failed:
+            left = [ref for ref in refs if ref in failed]
+            why = {ref: str(error) for ref, error in failed.items()}
+            lasting = {ref for ref, error in failed.items() if error.lasting}
+            raise _collection_incomplete(namespace, len(refs), left, why, (), lasting)
+        return digests
 
     async def _left_by_late_writes(
         self, refs: builtins.list[TagRef], leaves: dict[Leave, Kind], failed: dict[TagRef, str]
@@ -1257,7 +1299,7 @@ class _TagByTag:
             elif error.lasting:
                 self.lasting.add(ref)
             return None
-        return service._object(ref, TagStatus(digest=digest) if digest is not None else None)
+        return service._object(ref, _deleted(digest))
 
     async def one_pass(self, todo: builtins.list[TagRef] | None, leaves: dict[Leave, Kind]) -> Page:
         """Deletes ``todo`` (None: once the late writes of the call's time can no longer land, those of
