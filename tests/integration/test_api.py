@@ -1887,13 +1887,18 @@ async def test_a_delete_body_that_is_not_delete_options_is_400_and_deletes_nothi
         for url in (item, collection(namespace)):
             reply = await client.delete(url, body=options)
             assert reply.code == 200, (version, reply.body)
-    # With a body, the query's orphanDependents is not read (as upstream), so it cannot make the
-    # body's propagationPolicy 422.
+    # With a body, no option of the query is read (as upstream), so none can make a valid body 422:
+    # the query's orphanDependents beside the body's policy, nor its policy beside the body's
+    # orphanDependents or alone, nor a dryRun other than All (r1kubectl N3).
     for url in (item, collection(namespace)):
-        reply = await client.delete(
-            url + "?orphanDependents=false&dryRun=All", body={"propagationPolicy": "Background"}
-        )
-        assert reply.code == 200, reply.body
+        for query, body in (
+            ("?orphanDependents=false&dryRun=All", {"propagationPolicy": "Background"}),
+            ("?propagationPolicy=Background", {"orphanDependents": True, "dryRun": ["All"]}),
+            ("?propagationPolicy=Bogus", {"dryRun": ["All"]}),
+            ("?dryRun=Bogus&dryRun=All", {}),
+        ):
+            reply = await client.delete(url + query, body=body)
+            assert reply.code == 200, (query, reply.body)
     assert images.list_tags(registry, repo) == ["v1"]
     reply = await client.delete(
         item, body={"kind": "DeleteOptions", "apiVersion": f"{GROUP}/v1alpha1", "orphanDependents": True}

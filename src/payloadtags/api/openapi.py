@@ -723,7 +723,8 @@ _UNAUTHORIZED = "Unauthorized: the request carried no identity this server accep
 _ERROR = "Any other failure, as a Kubernetes Status."
 _BODY = (
     "Options of the delete. dryRun, gracePeriodSeconds and propagationPolicy may be given as query "
-    "parameters instead; preconditions only here."
+    "parameters instead, read only without a body (but for dryRun=All, a dry run either way); "
+    "preconditions only here."
 )
 
 

@@ -341,21 +341,22 @@ def _body_options(body: bytes, content_type: str | None) -> dict[str, Any]:
 
 
 def delete_options(query: Query, body: bytes, content_type: str | None) -> DeleteOptions:
-    """Body wins over the query, as upstream; a dry run requested in either place is honoured."""
-    given = bool(body.strip())
-    data = _body_options(body, content_type) if given else {}
-    if not given:
+    """As kube-apiserver decodes them: from the body when there is one, from the query only when
+    there is none; a query's ``dryRun=All`` is honoured beside a body too (docs/api.md, "Delete")."""
+    if body.strip():
+        # kube-apiserver decodes the body alone: nothing in the query (a policy, orphanDependents,
+        # another dryRun) can turn a valid body into an error (r1kubectl N3).
+        data = _body_options(body, content_type)
+        orphan = data.get("orphanDependents")
+    else:
         # Decoded as kube-apiserver decodes the query (strconv.ParseInt), before it validates: what is
         # no int64 is 400. Any int64 is valid there (a negative one is 1 second on the delete path), and
         # tags are deleted at once whatever it says; a body's was type-checked by _body_options.
         integer(query, "gracePeriodSeconds")
-    dry_run = data.get("dryRun", query.get("dryRun", []))
-    if dry_run is None:  # JSON null: unset, as upstream
-        dry_run = []
-    propagation = data.get("propagationPolicy", first(query, "propagationPolicy"))
-    # With a body, kube-apiserver reads no option from the query: the query's orphanDependents, which
-    # nothing here honours, must not make a valid body invalid (docs/api.md, "Delete").
-    orphan = data.get("orphanDependents") if given else flag(query, "orphanDependents")
+        data = {"dryRun": query.get("dryRun", []), "propagationPolicy": first(query, "propagationPolicy")}
+        orphan = flag(query, "orphanDependents")
+    dry_run = data.get("dryRun") or []  # JSON null: unset, as upstream
+    propagation = data.get("propagationPolicy")
     # As ValidateDeleteOptions: every error, in its order, on the fields it names.
     errors = []
     if orphan is not None and propagation is not None:
@@ -375,6 +376,8 @@ def delete_options(query: Query, body: bytes, content_type: str | None) -> Delet
     preconditions = data.get("preconditions") or {}
     uid, rv = preconditions.get("uid"), preconditions.get("resourceVersion")
     return DeleteOptions(
+        # The query's dryRun=All with a body too, where kube-apiserver would delete: a client that put
+        # it there (the Python client does, beside its body) asked for nothing to be deleted.
         dry_run="All" in dry_run or "All" in query.get("dryRun", []),
         # As kube-apiserver, a uid that is there ("" too) is compared with the tag's. A resourceVersion
         # is compared with the object's, and tags carry none: "" holds, as no precondition does.
