@@ -329,6 +329,24 @@ async def test_get_json_list_has_spec_and_no_status(kubectl, registry, repo):
     ]
 
 
+@pytest_twisted.ensureDeferred
+async def test_status_shows_in_a_get_of_one_tag_not_in_a_list_as_docs_troubleshooting_says(
+    kubectl, registry, repo
+):
+    # r1kubectl L2: lists carry no status, so a custom column of it prints <none> for a list; the
+    # alternative docs/troubleshooting.md gives, the same output for one tag by name, shows it.
+    ns = namespace_of(repo)
+    digest = push(registry, ns, "app", "v1")
+    tag = name("app", "v1")
+    columns = "custom-columns=NAME:.metadata.name,DIGEST:.status.digest"
+    listed = ok(await kubectl("get", "prt", "-n", ns, "-o", columns))
+    assert listed.out.split() == ["NAME", "DIGEST", tag, "<none>"]
+    one = ok(await kubectl("get", "prt", "-n", ns, tag, "-o", columns))
+    assert one.out.split() == ["NAME", "DIGEST", tag, digest]
+    got = ok(await kubectl("get", "prt", "-n", ns, tag, "-o", "jsonpath={.status.digest}"))
+    assert got.out == digest
+
+
 # --- get: one object ------------------------------------------------------------------------------------
 
 
