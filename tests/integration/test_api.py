@@ -972,9 +972,10 @@ async def test_a_dry_run_delete_answers_the_object_the_delete_would(api, registr
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_dry_run_deletecollection_answers_the_items_the_delete_would(api, registry, repo):
-    # r1kubectl L1, for a deletecollection: each item with the digest its delete names, and none for a
-    # dangling tag (listed, its manifest gone), which the delete answers without one.
+async def test_a_dry_run_deletecollection_answers_its_items_without_status(api, registry, repo):
+    # The deletecollection's items carry the digest each delete took; its dry run's carry no status,
+    # as docs/api.md says (reading every tag's digest made a dry run of 10,000 tags take 17-30 s where
+    # its check takes 0.5 s, r2kubectl F1, N2), and are otherwise the same items.
     namespace, _ = split(repo)
     digests = {
         tag: images.push_oci_image(registry, repo, tag, seed=f"{repo}-{tag}") for tag in ("a", "b", "c")
@@ -991,33 +992,37 @@ async def test_a_dry_run_deletecollection_answers_the_items_the_delete_would(api
         {"digest": digests["b"]},
         None,
     ]
-    assert dry.json()["items"] == real.json()["items"]
+    assert dry.json()["items"] == [
+        {key: value for key, value in item.items() if key != "status"} for item in real.json()["items"]
+    ]
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_dry_run_deletecollection_that_cannot_read_a_digest_fails_as_the_request_would(
-    make_server, reactor, registry, repo
-):
-    # The digest of each item a dry run answers is read (r1kubectl L1): a read that fails makes the
-    # dry run the answer the real request gets, which cannot read that tag to delete it.
+async def test_a_dry_run_deletecollection_reads_no_manifest(make_server, reactor, registry, repo):
+    # No manifest of the selection is read (r2kubectl F1, N2): one whose reads fail does not fail the
+    # dry run, where the real request, which reads it to delete it, answers 503.
     namespace, _ = split(repo)
     images.push_oci_image(registry, repo, "a", seed=f"{repo}-a")
     images.push_oci_image(registry, repo, "b", seed=f"{repo}-b")
-    failing = f"/v2/{repo}/manifests/b"
-    proxy = FaultProxy(reactor, registry.url, lambda method, path: ERROR_BEFORE if path == failing else None)
+    manifests = f"/v2/{repo}/manifests/"
+    reads: list[str] = []
+
+    def decide(method: str, at: str) -> str | None:
+        if at.startswith(manifests) and method in ("GET", "HEAD"):
+            reads.append(at)
+        return ERROR_BEFORE if at == manifests + "b" else None
+
+    proxy = FaultProxy(reactor, registry.url, decide)
     try:
         server = await make_server(proxy.url)
         client = server.client(server.pki.admin)
         dry = await client.delete(collection(namespace) + "?dryRun=All")
-        dry_status = assert_status(dry, 503, "ServiceUnavailable")
+        assert dry.code == 200, dry.body
+        assert [item.get("status") for item in dry.json()["items"]] == [None, None]
+        assert reads == []
         assert images.list_tags(registry, repo) == ["a", "b"]
         real = await client.delete(collection(namespace))
-        real_status = assert_status(real, 503, "ServiceUnavailable")
-        # The same answer, but for the registry's error body, which the dry run's HEAD has none of.
-        said = json.dumps(real_status).replace(" (UNKNOWN: injected fault)", "")
-        assert json.dumps(dry_status) == said
-        assert f'"{encode_name(split(repo)[1], "b")}"' in dry_status["message"]
-        assert dry.header("retry-after") == real.header("retry-after")
+        assert_status(real, 503, "ServiceUnavailable")
         assert images.list_tags(registry, repo) == ["b"]
     finally:
         await proxy.stop()

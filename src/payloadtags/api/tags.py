@@ -840,10 +840,12 @@ class TagsService:
         meta = ListMeta(resource_version=self.versions.current(), continue_=selected_meta.continue_)
         if options.dry_run:
             await self._check_deletes(namespace, refs)
-            digests = await self._digests_to_delete(namespace, refs)
-            for ref, digest in zip(refs, digests, strict=True):
-                _audit(user, ref, digest, dry_run=True)
-            return [self._object(ref, _deleted(d)) for ref, d in zip(refs, digests, strict=True)], meta
+            # Its items carry no status, as a deletecollection's in a namespace being deleted: reading
+            # each tag's digest took a manifest read per tag, 17-30 s for 10,000 tags where the check
+            # takes 0.5 s, and past the request's deadline for some 20,000 (r2kubectl F1, N2, L1).
+            for ref in refs:
+                _audit(user, ref, None, dry_run=True)
+            return [self._object(ref) for ref in refs], meta
 
         if (
             self.removal is not None
@@ -998,30 +1000,6 @@ class TagsService:
         lasting = {ref for ref, error in zip(named, errors, strict=True) if error.lasting}
         lasting.update(ref for ref in left[NAMED_LEFT:] if refused[ref.repository].lasting)
         raise _collection_incomplete(namespace, len(refs), left, failed, (), lasting)
-
-    async def _digests_to_delete(
-        self, namespace: str, refs: builtins.list[TagRef]
-    ) -> builtins.list[str | None]:
-        """A dry-run deletecollection's answer: the digest each delete would answer
-        (`_digest_to_delete`), `check_concurrency` at a time. A tag whose read fails makes it the
-        answer the real request gets for a tag whose delete could not read it (`_collection_incomplete`),
-        without what a write left unanswered would add: a dry run writes nothing."""
-        failed: dict[TagRef, RegistryError] = {}
-
-        async def read(ref: TagRef) -> str | None:
-            try:
-                return await self._digest_to_delete(ref)
-            except RegistryError as error:
-                failed[ref] = error
-                return None
-
-        digests = await bounded_map(read, refs, self.check_concurrency)
-        if failed:
-            left = [ref for ref in refs if ref in failed]
-            why = {ref: str(error) for ref, error in failed.items()}
-            lasting = {ref for ref, error in failed.items() if error.lasting}
-            raise _collection_incomplete(namespace, len(refs), left, why, (), lasting)
-        return digests
 
     async def _left_by_late_writes(
         self, refs: builtins.list[TagRef], leaves: dict[Leave, Kind], failed: dict[TagRef, str]
