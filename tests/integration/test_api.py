@@ -972,6 +972,62 @@ async def test_a_dry_run_delete_answers_the_object_the_delete_would(api, registr
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_single_dry_run_of_a_tag_gone_since_its_check_is_404_as_the_delete(
+    make_server, reactor, registry, repo
+):
+    # r2kubectl L2: the tag is deleted by someone else between the dry run's check (the tag list) and
+    # its digest read. The delete at that moment answers 404 (its read asks the tag list after a
+    # 404); the dry run answered 200 "deleted", taking the missing manifest for a dangling tag.
+    namespace, path = split(repo)
+    digest = images.push_oci_image(registry, repo, "v1", seed=f"{repo}-v1")
+    read = f"/v2/{repo}/manifests/v1"
+    armed = [True]
+
+    def decide(method: str, at: str) -> str | None:
+        if armed[0] and at == read:
+            armed[0] = False
+            images.delete_manifest(registry, repo, digest)  # before the read reaches the registry
+        return None
+
+    proxy = FaultProxy(reactor, registry.url, decide)
+    try:
+        server = await make_server(proxy.url)
+        client = server.client(server.pki.admin)
+        url = f"{collection(namespace)}/{encode_name(path, 'v1')}"
+        dry = await client.delete(url, body={"dryRun": ["All"]})
+        assert not armed[0]
+        real = await client.delete(url)
+        assert assert_status(dry, 404, "NotFound") == assert_status(real, 404, "NotFound")
+    finally:
+        await proxy.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_single_dry_run_whose_manifest_read_fails_fails_as_the_delete(
+    make_server, reactor, registry, repo
+):
+    # r2kubectl L3: a dry run answers the digest its delete would; a read of it that fails must fail
+    # the dry run as it fails the delete, not answer the tag "deleted" without it.
+    namespace, path = split(repo)
+    images.push_oci_image(registry, repo, "v1", seed=f"{repo}-v1")
+    failing = f"/v2/{repo}/manifests/v1"
+    proxy = FaultProxy(reactor, registry.url, lambda method, at: ERROR_BEFORE if at == failing else None)
+    try:
+        server = await make_server(proxy.url)
+        client = server.client(server.pki.admin)
+        url = f"{collection(namespace)}/{encode_name(path, 'v1')}"
+        dry = await client.delete(url, body={"dryRun": ["All"]})
+        assert_status(dry, 503, "ServiceUnavailable")
+        assert images.list_tags(registry, repo) == ["v1"]
+        real = await client.delete(url)
+        assert_status(real, 503, "ServiceUnavailable")
+        assert dry.header("retry-after") == real.header("retry-after")
+        assert images.list_tags(registry, repo) == ["v1"]
+    finally:
+        await proxy.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_dry_run_deletecollection_answers_its_items_without_status(api, registry, repo):
     # The deletecollection's items carry the digest each delete took; its dry run's carry no status,
     # as docs/api.md says (reading every tag's digest made a dry run of 10,000 tags take 17-30 s where

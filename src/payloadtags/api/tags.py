@@ -706,7 +706,10 @@ class TagsService:
             # Answered as the delete would answer: kube-apiserver's dry run answers the object its
             # delete answers, and a client previews with it which image a delete would take (r1kubectl
             # L1). A read the delete would fail on fails the dry run the same way.
-            digest = await self._digest_to_delete(ref)
+            try:
+                digest = await self._digest_to_delete(ref)
+            except RegistryNotFound:
+                raise not_found(name) from None
             _audit(user, ref, digest, dry_run=True)
             return self._object(ref, _deleted(digest))
         try:
@@ -719,11 +722,15 @@ class TagsService:
 
     async def _digest_to_delete(self, ref: TagRef) -> str | None:
         """For a dry run: the digest a delete of the tag would answer (one manifest HEAD); None for a
-        dangling tag (listed, its manifest gone), which the delete answers without one."""
+        dangling tag (listed, its manifest gone), which the delete answers without one; RegistryNotFound
+        for a tag gone since the check, which the delete answers 404. The tag list tells the two apart
+        after a 404, as the delete's own read does (r2kubectl L2)."""
         try:
             return await self.inventory.digest(ref)
         except RegistryNotFound:
-            return None  # dangling, or gone since the check: nothing the delete would name either
+            if await self.inventory.exists(ref):
+                return None
+            raise
 
     async def _delete_audited(
         self, user: UserInfo, ref: TagRef, expected: str | None = None, brought_back: Kind | None = None
