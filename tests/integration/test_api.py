@@ -16,6 +16,7 @@ import attrs
 import pytest
 import pytest_twisted
 import yaml
+from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.web import http
@@ -37,7 +38,7 @@ from tests.integration.test_output_bounds import many_tags
 from tests.support import images
 from tests.support.client import Response, stream
 from tests.support.dangling import make_dangling
-from tests.support.faultproxy import ERROR_BEFORE, FaultProxy
+from tests.support.faultproxy import ERROR_BEFORE, LATE, FaultProxy
 from tests.support.interleaving import USER, Replica
 from tests.support.kubectl import read_yaml_locally
 from tests.support.raw import Target, exchange, request_bytes
@@ -1081,6 +1082,43 @@ async def test_a_dry_run_deletecollection_reads_no_manifest(make_server, reactor
         assert_status(real, 503, "ServiceUnavailable")
         assert images.list_tags(registry, repo) == ["b"]
     finally:
+        await proxy.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_deletecollection_cut_at_its_deadline_cancels_only_the_deletes_under_way(
+    make_server, reactor, registry, repo, monkeypatch
+):
+    # r2kubectl N3: a deletecollection of thousands of tags cut by its deadline cancelled a coroutine
+    # per tag (each waiting for a delete slot) in one synchronous burst: 10,000 tags froze the reactor
+    # for 7-12 s. Counted, not timed: each tag's read of its manifest is held until the deadline, and
+    # the Deferreds cancelled then are a few per delete under way, not a few per tag.
+    namespace, _ = split(repo)
+    count = 2000
+    many_tags(registry, repo, count)
+    manifests = f"/v2/{repo}/manifests/v"
+    hold: Deferred[None] = Deferred()
+    proxy = FaultProxy(
+        reactor, registry.url, lambda method, at: LATE if at.startswith(manifests) else None, hold=hold
+    )
+    cancelled = [0]
+    cancel = Deferred.cancel
+
+    def counted(self: Deferred[Any]) -> None:
+        cancelled[0] += 1
+        cancel(self)
+
+    try:
+        server = await make_server(proxy.url)
+        client = server.client(server.pki.admin)
+        monkeypatch.setattr(Deferred, "cancel", counted)
+        reply = await client.delete(collection(namespace) + "?timeout=2s")
+        monkeypatch.undo()
+        assert reply.code == 504, reply.body
+        assert len(images.list_tags(registry, repo)) == count
+        assert cancelled[0] < count // 4, cancelled[0]
+    finally:
+        monkeypatch.undo()
         await proxy.stop()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectingCancelledError, DNSLookupError
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -24,7 +24,6 @@ from payloadtags.deferreds import (
     carried_through,
     gather,
     is_cancellation,
-    limited,
     within,
 )
 
@@ -254,6 +253,61 @@ def test_bounded_map_limits_concurrency_and_lets_started_calls_finish() -> None:
     assert not pending[2].called  # not cancelled: a delete cut short could leave a half-done change
 
 
+def test_bounded_map_takes_an_item_only_when_a_call_ends_and_answers_in_input_order() -> None:
+    # r2kubectl N3: one coroutine per item, made up front, each waiting for a slot, held thousands.
+    pending: dict[int, Deferred[int]] = {}
+    taken: list[int] = []
+
+    def items() -> Any:
+        for item in range(1, 6):
+            taken.append(item)
+            yield item
+
+    async def call(item: int) -> int:
+        pending[item] = Deferred()
+        return await pending[item] * 10
+
+    d = run(bounded_map(call, items(), limit=2))
+    assert taken == [1, 2]  # the generator's other items are not even made
+    pending[2].callback(2)
+    assert taken == [1, 2, 3] and not d.called
+    pending[3].callback(3)
+    pending[1].callback(1)
+    assert taken == [1, 2, 3, 4, 5] and not d.called
+    pending[5].callback(5)
+    pending[4].callback(4)
+    assert d.result == [10, 20, 30, 40, 50]
+
+
+def test_cancelling_a_bounded_map_of_thousands_cancels_only_the_calls_under_way(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # r2kubectl N3: cancelling a map of 10,000 items at a request's deadline cancelled a coroutine per
+    # item, one synchronous burst that froze the reactor for seconds. Counted, not timed: the
+    # Deferreds cancelled are a few per call under way, whatever the number of items.
+    limit = 16
+    pending: list[Deferred[None]] = []
+
+    async def call(item: int) -> None:
+        pending.append(Deferred())
+        await pending[-1]
+
+    d = run(bounded_map(call, range(10_000), limit=limit))
+    assert len(pending) == limit
+    cancelled: list[Deferred[Any]] = []
+    cancel = Deferred.cancel
+
+    def counted(self: Deferred[Any]) -> None:
+        cancelled.append(self)
+        cancel(self)
+
+    monkeypatch.setattr(Deferred, "cancel", counted)
+    d.cancel()
+    assert isinstance(failure_of(d), CancelledError)
+    assert len(cancelled) <= 4 * limit, len(cancelled)
+    assert all(call.called for call in pending) and len(pending) == limit  # no item taken after
+
+
 def test_bounded_each_takes_an_item_only_when_a_call_ends_and_a_failure_stops_the_rest() -> None:
     pending: dict[int, Deferred[None]] = {}
     taken: list[int] = []
@@ -282,16 +336,6 @@ def test_bounded_each_takes_an_item_only_when_a_call_ends_and_a_failure_stops_th
 
     done = run(bounded_each(record, range(5), limit=3))
     assert done.called and ended == [0, 1, 2, 3, 4]
-
-
-def test_limited_releases_its_slot_on_failure() -> None:
-    semaphore = DeferredSemaphore(1)
-
-    async def fail() -> None:
-        raise ValueError("boom")
-
-    failure_of(run(limited(semaphore, fail)))
-    assert semaphore.tokens == 1
 
 
 def test_cancel_and_wait_cancels_every_task_before_waiting_and_swallows_only_cancellation() -> None:
