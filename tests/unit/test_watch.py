@@ -600,16 +600,7 @@ def test_a_scope_nobody_could_read_in_or_without_tags_is_dropped_soon_after_its_
     nobody resumes there with anything to lose. One her rules let her read in is kept as before."""
     reader = FakeReader({"team/app": {"v1"}, "mine/app": {"v1"}})
     clock = Clock()
-    index = RbacIndex()
-    authorizer = RbacAuthorizer(index, ready=lambda: True)
-    hub = WatchHub(
-        reader,
-        clock,
-        WatchLimits(resync_period=10, idle_scope_ttl=120),
-        access_generation=lambda: index.generation,
-        access_rules=lambda user, namespace: authorizer.rules(user, "get", namespace),
-    )
-    hub.run()
+    hub, index, authorizer = rbac_hub(reader, clock, WatchLimits(resync_period=10, idle_scope_ttl=120))
     grant(index, "mallory", "mine", ["app"], "mallory")
     grant(index, "mallory", "empty", ["app"], "mallory-empty")
     for namespace in ("team", "mine", "empty"):
@@ -2203,13 +2194,16 @@ def grant(index: RbacIndex, user: str, namespace: str, paths: list[str], name: s
     )
 
 
-def rbac_hub(reader: FakeReader, clock: Clock) -> tuple[WatchHub, RbacIndex, RbacAuthorizer]:
+def rbac_hub(
+    reader: FakeReader, clock: Clock, limits: WatchLimits | None = None
+) -> tuple[WatchHub, RbacIndex, RbacAuthorizer]:
+    """A running hub with access rules (none yet: `grant` adds them)."""
     index = RbacIndex()
     authorizer = RbacAuthorizer(index, ready=lambda: True)
     hub = WatchHub(
         reader,
         clock,
-        WatchLimits(),
+        limits or WatchLimits(),
         access_generation=lambda: index.generation,
         access_rules=lambda user, namespace: authorizer.rules(user, "get", namespace),
     )

@@ -12,21 +12,12 @@ from payloadtags.identity import UserInfo
 from payloadtags.watch import ScopeSource, WatchHub, WatchLimits, WatchSlot
 from payloadtags.watch.hub import UNUSED_SCOPE_TTL
 from tests.unit.test_watch import FakeReader, from_list, grant, make_hub, rbac_watcher, ready, watcher
+from tests.unit.test_watch import rbac_hub as watch_rbac_hub
 
 
 def rbac_hub(reader: FakeReader, clock: Clock) -> tuple[WatchHub, RbacIndex, RbacAuthorizer]:
     """A running hub with access rules, idle scopes kept 2 minutes."""
-    index = RbacIndex()
-    authorizer = RbacAuthorizer(index, ready=lambda: True)
-    hub = WatchHub(
-        reader,
-        clock,
-        WatchLimits(resync_period=10, idle_scope_ttl=120),
-        access_generation=lambda: index.generation,
-        access_rules=lambda user, namespace: authorizer.rules(user, "get", namespace),
-    )
-    hub.run()
-    return hub, index, authorizer
+    return watch_rbac_hub(reader, clock, WatchLimits(resync_period=10, idle_scope_ttl=120))
 
 
 def first_page(hub: WatchHub, namespace: str, user: UserInfo | None = None) -> str:
