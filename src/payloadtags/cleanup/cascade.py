@@ -45,6 +45,11 @@ until then (`LateWrites.wait_out`: woken when a write out is answered or times o
 unanswered one may land until; a deletecollection's no longer than its budget) and passes again, which
 deletes whatever the write left.
 
+The cascade's own DELETEs by digest are noted the same way (`RegistryClient.delete_manifest`): one
+unanswered and carried out late removes every tag on that digest, also one pushed after the namespace
+was reported empty, in the namespace created anew with the same image. So the cascade does not end
+while one may still land either (nothing is left to delete then: the wait is the whole point).
+
 A pass goes round the namespace's repositories once from where it began (`Walk`), and may be
 carried on by the next cascade given the same `Walk` (a deletecollection's next call): the
 repositories an earlier call emptied stay in the catalog, and listing them all again at every call

@@ -446,7 +446,8 @@ class RegistryClient:
 
     @property
     def late_writes(self) -> LateWrites:
-        """Every manifest write of this client that may still land, by namespace: noted when sent,
+        """Every manifest write of this client that may still land, by namespace (and every DELETE by
+        digest a cascade sends: `delete_manifest`): noted when sent,
         forgotten when answered, kept for `LATE_WRITE_GRACE` timeouts when it goes unanswered, and again
         from the end of a delete that reports a write pending (its user is told to wait that long). A
         namespace's removal waits them out (`payloadtags.cleanup.cascade`), whichever call sent them."""
@@ -801,12 +802,42 @@ class RegistryClient:
         Queued behind the other mutations of the repository in this process (`RepositoryQueue`);
         the ``hooks``' ``before`` and ``check`` run in the repository's turn, right before the DELETE
         is sent, on every attempt; ``sent`` is told True then (False once answered), ``waiting`` of
-        the waits for the repository's turn, a confirmation's turn and a slot (`WriteHooks`)."""
+        the waits for the repository's turn, a confirmation's turn and a slot (`WriteHooks`).
+
+        Noted in `late_writes` as a manifest PUT is (`_noted_delete`): the cascades' deletes by the
+        image's own digest, which a namespace's removal must not report done before."""
         self._check_repository(repository)
         self._check_digest(digest)
         gate = hooks if hooks is not None else _NO_HOOKS
         async with self._turn(repository, gate.waiting), self._gated(repository, gate):
+            await self._noted_delete(repository, digest)
+
+    async def _noted_delete(self, repository: str, digest: str) -> None:
+        """`_delete_manifest`, out in `late_writes` until answered, and for `LATE_WRITE_GRACE`
+        timeouts after it ends unanswered or cancelled. Landing late, a DELETE of a client's digest
+        removes every tag on it, also one pushed after the namespace's removal reported it empty, in
+        the namespace created anew with the same image (review r1replica F1): so the removal and the
+        leader's cascade wait it out, as they do a repair's PUT. A single delete's DELETEs of its own
+        copy or placeholder are not noted: their digests are on no tag but the one being deleted, and
+        landing late they remove nothing of a client's."""
+        namespace = namespace_of(repository)
+        late = LATE_WRITE_GRACE * self._settings.timeout
+        # No tag given: a DELETE leaves none, and may remove any of the repository's on its digest.
+        number = self._late_writes.sent(
+            namespace, f"deleting manifest {repository}@{digest}", after=late, timeout=self._settings.timeout
+        )
+        grace: float | None = None  # answered, or never sent (a caller's check said stop)
+        try:
             await self._delete_manifest(repository, digest)
+        except RegistryError as error:
+            grace = late if error.unanswered else None
+            raise
+        except BaseException as error:
+            # A cancelled request may have reached the registry all the same.
+            grace = late if is_cancellation(error) else None
+            raise
+        finally:
+            self._late_writes.ended(namespace, number, grace)
 
     @contextlib.asynccontextmanager
     async def _turn(self, repository: str, waiting: Waiting | None) -> AsyncIterator[None]:
