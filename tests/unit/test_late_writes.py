@@ -237,6 +237,42 @@ def test_a_look_scoped_to_some_repositories_sees_only_their_writes() -> None:
     assert late.pending("team", scope) is None and late.pending("team") is None
 
 
+def test_a_write_that_leaves_no_tag_counts_in_its_repository_only() -> None:
+    """A cascade's DELETE by digest (review r1replica F1) gives its repository and no tag: a look scoped
+    to other repositories neither waits for it nor names it, out or unanswered; one scoped to its
+    repository counts it whatever tag it selects (the DELETE may remove any on its digest), and so
+    does the namespace's own look. Its unanswered time extends no other repository's writes."""
+    clock = Clock()
+    late = LateWrites(clock)
+    theirs = Scope({"team/theirs"}.__contains__)
+    its_own = Scope(None, lambda repository, tag: tag == "v9")
+    what = "deleting manifest team/app@sha256:1"
+    with pytest.raises(TypeError):
+        late.sent(  # type: ignore[call-overload]
+            "team", what, ("team/app", "v1", "sha256:1"), kind=COPY, repository="team/app"
+        )
+    copy = late.sent("team", "deleting tag team/theirs:v1", ("team/theirs", "v1", "sha256:2"), kind=COPY)
+    late.ended("team", copy, 5.0)  # may land until 5.0
+    out = late.sent("team", what, after=4.0, timeout=2.0, repository="team/app")
+    assert late.repositories("team") == {"team/app", "team/theirs"}
+    assert late.pending("team", theirs) == ("deleting tag team/theirs:v1", 5.0)
+    assert late.out_within("team", theirs) == "later"  # none of its writes is out
+    assert late.pending("team", its_own) == (what, math.inf)
+    assert late.pending("team") == (what, math.inf)
+    assert late.leaves("team") == {("team/theirs", "v1", "sha256:2"): COPY}  # the DELETE leaves none
+    late.ended("team", out, 8.0)  # unanswered: may land until 8.0
+    assert late.pending("team", its_own) == (what, 8.0)
+    assert late.pending("team", theirs) == ("deleting tag team/theirs:v1", 5.0)
+    assert late.pending("team") == (what, 8.0)
+    clock.advance(6.0)
+    # The copy's time passed: the DELETE's, in another repository, does not keep it.
+    assert late.leaves("team") == {}
+    assert late.pending("team", theirs) is None
+    assert late.pending("team", its_own) == (what, 8.0)
+    clock.advance(2.0)
+    assert late.pending("team") is None
+
+
 def test_the_repositories_of_a_namespaces_writes_are_those_out_noted_or_leaving_a_tag() -> None:
     """What a deletecollection decides the caller's view of as it begins (review-ds6 F1)."""
     late = LateWrites(Clock())

@@ -824,7 +824,11 @@ class RegistryClient:
         late = LATE_WRITE_GRACE * self._settings.timeout
         # No tag given: a DELETE leaves none, and may remove any of the repository's on its digest.
         number = self._late_writes.sent(
-            namespace, f"deleting manifest {repository}@{digest}", after=late, timeout=self._settings.timeout
+            namespace,
+            f"deleting manifest {repository}@{digest}",
+            after=late,
+            timeout=self._settings.timeout,
+            repository=repository,
         )
         grace: float | None = None  # answered, or never sent (a caller's check said stop)
         try:

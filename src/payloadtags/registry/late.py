@@ -146,8 +146,12 @@ class LateWrites:
     _out: dict[str, dict[int, str]] = attrs.Factory(dict)
     _sent: int = 0
     # Where each write out would leave a tag if it landed, and its kind, given by `sent`: by number. A
-    # write out not here gave none: its repository and tag are unknown (`pending` counts it).
+    # write out not here gave none: its tag is unknown, and its repository too unless `_repository`
+    # has it (`pending` counts it).
     _leave: dict[int, tuple[Leave, Kind]] = attrs.Factory(dict)
+    # The repository of each write out that leaves no tag and gave where it goes (`sent`'s
+    # ``repository``: a cascade's DELETE by digest), by number: a scoped look counts it only there.
+    _repository: dict[int, str] = attrs.Factory(dict)
     # Where the namespace's writes that ended unanswered would leave a tag, and their kinds: kept while
     # the namespace has a write out or noted (`_forget`). One answered leaves nothing here.
     _leaves: dict[str, dict[Leave, Kind]] = attrs.Factory(dict)
@@ -218,6 +222,7 @@ class LateWrites:
         after: float | None = None,
         timeout: float | None = None,
         kind: None = None,
+        repository: str | None = None,
     ) -> int: ...
 
     @overload
@@ -240,6 +245,7 @@ class LateWrites:
         after: float | None = None,
         timeout: float | None = None,
         kind: Kind | None = None,
+        repository: str | None = None,
     ) -> int:
         """A write is out from now on; its number, for `ended`. ``leaves``: where it would leave a tag
         if it landed (repository, tag, digest), for `leaves`; ``after``: how many seconds after its
@@ -248,9 +254,13 @@ class LateWrites:
         a time from now: a write is out from before its request leaves (a wait for a connection slot,
         for a token, a 401's second try), which no one bounds. ``kind``: what it puts under the tag
         (`COPY`, `PLACEHOLDER`, `RESTORE`), required with ``leaves``: a default made every write whose
-        sender forgot it a copy, which a deletecollection deletes where it finds it."""
+        sender forgot it a copy, which a deletecollection deletes where it finds it. ``repository``:
+        where a write that leaves no tag goes (a DELETE by digest, which may remove any tag of it on
+        its digest), for a scoped look; None with ``leaves`` or where unknown (any repository)."""
         if (leaves is None) != (kind is None):
             raise TypeError("a write's kind is given with its leaves, and only then")
+        if leaves is not None and repository is not None:
+            raise TypeError("a write's repository is given with its leaves")
         self._sent += 1
         self._out.setdefault(namespace, {})[self._sent] = what
         if leaves is not None and kind is not None:
@@ -258,6 +268,8 @@ class LateWrites:
             for watch in self._watches.get(namespace, ()):
                 watch.add(leaves, kind)
                 watch.sent(leaves)
+        if repository is not None:
+            self._repository[self._sent] = repository
         if after is not None:
             self._after[self._sent] = after
         if timeout is not None:
@@ -274,6 +286,7 @@ class LateWrites:
         self._after.pop(number, None)
         self._timeout.pop(number, None)
         leave = self._leave.pop(number, None)
+        goes = self._repository.pop(number, None)
         if grace is None:
             self._answers += 1
         if leave is not None:
@@ -287,7 +300,7 @@ class LateWrites:
         if not out:
             del self._out[namespace]
         if what is not None and grace is not None:
-            repository, tag = (leave[0][0], leave[0][1]) if leave else (None, None)
+            repository, tag = (leave[0][0], leave[0][1]) if leave else (goes, None)
             self._note(namespace, what, self.now() + grace, repository, tag)
         self._forget(namespace)
         self._wake(namespace)
@@ -304,9 +317,10 @@ class LateWrites:
             for number, what in out.items():
                 if scope is None:
                     return what, math.inf
-                if number not in self._leave:
+                where = self._where(number)
+                if where is None:
                     return ANONYMOUS if hidden else what, math.inf
-                if self._admitted(scope, number):
+                if scope.admits(*where):
                     return what, math.inf
         known = self._writes.get(namespace)
         if known is not None and known[1] <= self.now():
@@ -335,10 +349,20 @@ class LateWrites:
             return "this pass ran (its record dropped once its time passed)", self._dropped
         return None
 
+    def _where(self, number: int) -> tuple[str, str | None] | None:
+        """(repository, tag) of the write out numbered so, as its sender gave them (tag None: any of
+        the repository's); None when it gave neither."""
+        if number in self._leave:
+            repository, tag, _ = self._leave[number][0]
+            return repository, tag
+        if number in self._repository:
+            return self._repository[number], None
+        return None
+
     def _admitted(self, scope: Scope, number: int) -> bool:
-        """Whether ``scope`` admits the write out numbered so, which gave where it would leave a tag."""
-        repository, tag, _ = self._leave[number][0]
-        return scope.admits(repository, tag)
+        """Whether ``scope`` admits the write out numbered so (one that gave no repository: always)."""
+        where = self._where(number)
+        return where is None or scope.admits(*where)
 
     def out_within(self, namespace: str, scope: Scope | None = None) -> str:
         """When the namespace's writes still out may land, for a message: "when the registry answers it,
@@ -352,7 +376,7 @@ class LateWrites:
         out = {
             number: what
             for number, what in self._out.get(namespace, {}).items()
-            if scope is None or number not in self._leave or self._admitted(scope, number)
+            if scope is None or self._admitted(scope, number)
         }
         if not out or any(number not in self._after for number in out):
             return "later"
@@ -426,7 +450,7 @@ class LateWrites:
     def repositories(self, namespace: str) -> frozenset[str]:
         """The repositories of the namespace's writes that are out or noted, where known: those a
         scoped look (`pending`'s ``scope``) may be asked about."""
-        out = (self._leave[number][0][0] for number in self._out.get(namespace, {}) if number in self._leave)
+        out = (where[0] for number in self._out.get(namespace, {}) if (where := self._where(number)))
         noted = (repository for repository, _ in self._noted.get(namespace, {}))
         left = (left[0] for left in self._leaves.get(namespace, ()))
         return frozenset(r for r in (*out, *noted, *left) if r is not None)
