@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.defer import Deferred
 from twisted.logger import formatEvent
 from twisted.protocols import portforward
 from twisted.web import server
@@ -41,6 +42,7 @@ from payloadtags.registry.auth import basic_authorization
 from payloadtags.registry.content import MAX_JSON_DEPTH
 from payloadtags.registry.schema1 import SIGNED_SCHEMA1
 from tests.support import images
+from tests.support.faultproxy import DROPPED_LATE, FaultProxy
 from tests.support.logcapture import collected_logs
 from tests.support.registry_server import RegistryServer, TokenServer, free_port, make_tls_files
 from tests.support.scripted_http import serving
@@ -405,6 +407,79 @@ async def test_delete_manifest_by_digest(
     await registry_client.delete_manifest(repo, digest)
     assert images.list_tags(registry, repo) == []  # every tag on that digest goes with it
     assert images.resolve(registry, repo, digest) is None
+
+
+@pytest.mark.parametrize("auth", ["none", "token"])
+@pytest_twisted.ensureDeferred
+async def test_a_delete_whose_kept_connection_closes_unanswered_is_sent_once_and_said_unanswered(
+    auth: str, reactor: Any, request: pytest.FixtureRequest, make_client: MakeClient, repo: str
+) -> None:
+    """The DELETE by digest goes out on a kept connection, which closes without an answer; the
+    request reaches the registry later and is carried out then. Twisted's connection pool sent such a
+    DELETE once more by itself (a bodiless "idempotent" request on a kept connection), and its answer
+    hid that the first was out: nothing noted it as a write that may land late (review latedelete).
+    Now it goes once, with an empty body, and the client says it unanswered and notes it. Behind token
+    auth too: the DELETE first meets a 401, then goes with its token."""
+    server: RegistryServer = request.getfixturevalue("registry" if auth == "none" else "token_registry")
+    digest = images.push_oci_image(server, repo, "v1")
+    path = f"/v2/{repo}/manifests/{digest}"
+    deletes: list[str] = []
+    # The DELETE with credentials: the token path's first is refused 401, without them.
+    dropped = 1 if auth == "none" else 2
+
+    def decide(method: str, sent: str) -> str | None:
+        if method == "DELETE":
+            deletes.append(sent)
+            return DROPPED_LATE if len(deletes) == dropped else None
+        return None
+
+    hold: Deferred[None] = Deferred()
+    proxy = FaultProxy(reactor, server.url, decide, hold=hold)
+    client = make_client(proxy.url, username=server.username, password=server.password)
+    try:
+        assert await client.resolve(repo, "v1") == digest  # the connection the DELETE is sent on
+        with pytest.raises(RegistryUnavailable) as raised:
+            await client.delete_manifest(repo, digest)
+        assert raised.value.unanswered
+        assert deletes == [path] * dropped
+        assert client.late_writes.pending(repo.partition("/")[0]) is not None
+        hold.callback(None)
+        await proxy.settled()
+    finally:
+        if not hold.called:
+            hold.callback(None)
+        await proxy.stop()
+    # The one DELETE landed late; none other was sent.
+    assert deletes == [path] * dropped
+    assert [exchange.status for exchange in proxy.exchanges if exchange.method == "DELETE"][-1] == 202
+    assert images.resolve(server, repo, digest) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_read_whose_kept_connection_closes_unanswered_is_sent_again_by_the_pool(
+    reactor: Any, registry: RegistryServer, make_client: MakeClient, repo: str
+) -> None:
+    """A read keeps the pool's resend: the registry closing a kept connection as a read goes out (an
+    idle connection's end) costs the read nothing. Only DELETEs go with a body to be sent once."""
+    images.push_oci_image(registry, repo, "v1")
+    reads: list[str] = []
+
+    def decide(method: str, sent: str) -> str | None:
+        if method == "GET" and sent.endswith("/tags/list"):
+            reads.append(sent)
+            return DROPPED_LATE if len(reads) == 2 else None
+        return None
+
+    hold: Deferred[None] = Deferred()
+    proxy = FaultProxy(reactor, registry.url, decide, hold=hold)
+    client = make_client(proxy.url)
+    try:
+        assert list(await client.tags(repo)) == ["v1"]
+        assert list(await client.tags(repo)) == ["v1"]  # on the kept connection, dropped, sent again
+        assert len(reads) == 3
+    finally:
+        hold.callback(None)
+        await proxy.stop()
 
 
 @pytest_twisted.ensureDeferred

@@ -593,10 +593,12 @@ async def test_an_unexpected_failure_quoting_the_credentials_is_logged_with_its_
     sent: list[str] = []
     requested = OriginRequests.request
 
-    def leaky_request(self: OriginRequests, method: bytes, path: bytes, headers: Any) -> Any:
+    def leaky_request(
+        self: OriginRequests, method: bytes, path: bytes, headers: Any, body: Any = None
+    ) -> Any:
         authorization = headers.getRawHeaders(b"authorization")
         if not authorization:
-            return requested(self, method, path, headers)
+            return requested(self, method, path, headers, body)
         value = authorization[0].decode()
         scheme, _, credential = value.partition(" ")
         sent.append(credential)
@@ -716,10 +718,12 @@ async def test_a_short_password_in_an_unexpected_failure_reaches_neither_the_cal
     short = "hunt3r2"
     requested = OriginRequests.request
 
-    def leaky_request(self: OriginRequests, method: bytes, path: bytes, headers: Any) -> Any:
+    def leaky_request(
+        self: OriginRequests, method: bytes, path: bytes, headers: Any, body: Any = None
+    ) -> Any:
         authorization = headers.getRawHeaders(b"authorization")
         if not authorization:
-            return requested(self, method, path, headers)
+            return requested(self, method, path, headers, body)
         value = authorization[0].decode()
         bare = base64.b64decode(value.partition(" ")[2]).decode()
         raise _TransportBug(f"cannot send Authorization: {value} (that is {bare})")

@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone, ResponseNeverReceived
+from twisted.web.client import RequestNotSent, ResponseDone, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IClientRequest, IResponse
 from zope.interface import implementer
@@ -1415,6 +1415,36 @@ def test_a_guess_whose_token_service_times_out_fails_not_empty() -> None:
     clock.advance(5)
     with pytest.raises(RegistryTimeout):
         result(outcome)
+
+
+def test_a_delete_goes_with_an_empty_body_and_once_more_only_if_it_was_never_sent() -> None:
+    """A DELETE has an empty body (Content-Length: 0), so that Twisted's pool does not send it again
+    by itself once its kept connection closed unanswered (review latedelete): that it was out must
+    come to the client. A DELETE the pool never sent (RequestNotSent: the kept connection it was
+    given had closed first), which the pool would have sent again itself, the client sends again."""
+    digest = "sha256:" + "ab" * 32
+    outcomes: list[Answer | Deferred[Answer]] = [fail(RequestNotSent()), Answer(202)]
+    client, agent = make(lambda sent: outcomes.pop(0))
+    result(client.delete_manifest("ns/app", digest))
+    assert agent.paths() == [f"DELETE /v2/ns/app/manifests/{digest}"] * 2
+    assert [sent.body for sent in agent.sent] == [b"", b""]
+    # Sent and closed unanswered: not again. The pool's resend was the defect; the client does none.
+    unanswered = [fail(ResponseNeverReceived([Failure(ConnectionLost())]))]
+    client, agent = make(lambda sent: unanswered.pop(0))
+    with pytest.raises(RegistryUnavailable) as raised:
+        result(client.delete_manifest("ns/app", digest))
+    assert raised.value.unanswered
+    assert agent.paths() == [f"DELETE /v2/ns/app/manifests/{digest}"]
+
+
+def test_a_read_the_pool_did_not_send_is_not_sent_again_by_the_client() -> None:
+    """A read without a body: the pool sends it again itself after a RequestNotSent (and after a
+    kept connection closed unanswered); what still fails reaches the client, which does not repeat
+    the pool's try."""
+    client, agent = make(lambda sent: fail(RequestNotSent()))
+    with pytest.raises(RegistryProtocolError):
+        result(client.tags("ns/app"))
+    assert len(agent.sent) == 1
 
 
 # --- deleting a tag ----------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from twisted.web._newclient import ParseError
 from twisted.web.client import (
     Agent,
     HTTPConnectionPool,
+    RequestNotSent,
     RequestTransmissionFailed,
     ResponseFailed,
     ResponseNeverReceived,
@@ -255,6 +256,21 @@ def _underlying(error: BaseException) -> BaseException:
             if value is not None and not isinstance(value, CancelledError):
                 return _underlying(value)
     return error
+
+
+async def _sent_again_if_never_sent(
+    send: Callable[[], Deferred[IResponse]], body: BytesProducer | None
+) -> IResponse:
+    """``send()``'s response; sent once more if it failed with RequestNotSent and has a ``body``
+    (a DELETE's empty one). RequestNotSent: the kept connection it was given had closed before the
+    request went out, so nothing of it reached the server and sending it again is safe. The pool does
+    so itself for a request without a body, not for one with."""
+    try:
+        return await send()
+    except RequestNotSent:
+        if body is None:
+            raise
+        return await send()
 
 
 def _closed_unanswered(error: BaseException) -> bool:
@@ -1994,6 +2010,12 @@ class RegistryClient:
             request_headers["Authorization"] = [authorization]
         response: IResponse
         origin = self._origin
+        # A DELETE goes with an empty body (Content-Length: 0). Twisted's connection pool sends a
+        # request without a body once more by itself when its kept connection closes without an
+        # answer; the first copy may still land, after this client was answered by the second, and
+        # nothing would know it was out. With a body, the failure comes here: an unanswered DELETE,
+        # noted as a write that may land late (`LateWrites`). Reads keep the pool's resend.
+        empty = BytesProducer(b"") if method == "DELETE" else None
         if (
             origin is not None
             and body is None
@@ -2002,11 +2024,14 @@ class RegistryClient:
             and url[len(origin.origin) : len(origin.origin) + 1] == "/"
             and url.isascii()
         ):
-            response = await origin.request(
-                method.encode("ascii"),
-                url[len(origin.origin) :].encode("ascii"),
-                Headers(cast("dict[str, list[str]]", request_headers)),
-            )
+            path = url[len(origin.origin) :].encode("ascii")
+
+            def send() -> Deferred[IResponse]:
+                # A fresh one each time: the origin adds its Host header to it.
+                fresh = Headers(cast("dict[str, list[str]]", request_headers))
+                return origin.request(method.encode("ascii"), path, fresh, empty)
+
+            response = await _sent_again_if_never_sent(send, empty)
         elif body is None and url.isascii():
             # Reads go straight to the Agent: treq's URL and cookie handling cost more CPU than the
             # rest of a small tags/list exchange (its IDNA checks alone a tenth of a single-tag GET's
@@ -2015,7 +2040,10 @@ class RegistryClient:
             if followed is not None:
                 response = await self._redirected(method, url, sent, followed)
             else:
-                response = await self._agent.request(method.encode("ascii"), url.encode("ascii"), sent, None)
+                agent = self._agent
+                response = await _sent_again_if_never_sent(
+                    lambda: agent.request(method.encode("ascii"), url.encode("ascii"), sent, empty), empty
+                )
         else:
             response = await self._http.request(
                 method,

@@ -134,7 +134,8 @@ class OriginRequests:
     What ``Agent.request`` does for such a request, less what it does again for each: parse the URL
     (``URI.fromBytes``), check it, copy the headers to add ``Host``. Together about a tenth of a small
     ``tags/list`` exchange's CPU. Connections are the pool's, shared with the Agent's requests to the
-    same origin (same key), and a kept one that the server closed is retried as the Agent would.
+    same origin (same key), and a kept one that the server closed is retried as the Agent would (for a
+    request without a body only: the pool's rule).
     """
 
     def __init__(self, pool: HTTPConnectionPool, endpoints: IAgentEndpointFactory, origin: str) -> None:
@@ -147,10 +148,13 @@ class OriginRequests:
         default = (uri.scheme, uri.port) in ((b"http", 80), (b"https", 443))
         self._host = host if default else b"%b:%d" % (host, uri.port)
 
-    def request(self, method: bytes, path: bytes, headers: Headers) -> Deferred[IResponse]:
-        """``path`` (with its query) on the origin; ``headers`` are the caller's and gain ``Host``."""
+    def request(
+        self, method: bytes, path: bytes, headers: Headers, body: IBodyProducer | None = None
+    ) -> Deferred[IResponse]:
+        """``path`` (with its query) on the origin; ``headers`` are the caller's and gain ``Host``.
+        ``body``: a request with one (a DELETE's empty one) is not sent again by the pool."""
         headers.addRawHeader(b"Host", self._host)
-        request = Request(method, path, headers, None, persistent=True)
+        request = Request(method, path, headers, body, persistent=True)
         connecting = self._pool.getConnection(self._key, self._endpoint)
         return connecting.addCallback(lambda protocol: protocol.request(request))
 
