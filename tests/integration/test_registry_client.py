@@ -456,6 +456,36 @@ async def test_a_delete_whose_kept_connection_closes_unanswered_is_sent_once_and
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_delete_probe_whose_kept_connection_closes_unanswered_is_sent_again_by_the_pool(
+    reactor: Any, registry: RegistryServer, make_client: MakeClient, repo: str
+) -> None:
+    """The delete probe (a DELETE of a digest that is no manifest's) keeps the pool's resend: a
+    second copy of it changes nothing, and the registry closing a kept connection just as it goes
+    out does not fail the delete."""
+    digest = images.push_oci_image(registry, repo, "v1")
+    images.tag_manifest(registry, repo, "v1", "keep")
+    probes: list[str] = []
+
+    def decide(method: str, sent: str) -> str | None:
+        if method == "DELETE" and sent.endswith("/manifests/sha256:" + "0" * 64):
+            probes.append(sent)
+            return DROPPED_LATE if len(probes) == 1 else None
+        return None
+
+    hold: Deferred[None] = Deferred()
+    proxy = FaultProxy(reactor, registry.url, decide, hold=hold)
+    client = make_client(proxy.url)
+    try:
+        assert await client.resolve(repo, "v1") == digest  # the connection the probe is sent on
+        assert await client.delete_tag(repo, "v1") == digest
+        assert len(probes) == 2
+    finally:
+        hold.callback(None)
+        await proxy.stop()
+    assert images.list_tags(registry, repo) == ["keep"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_read_whose_kept_connection_closes_unanswered_is_sent_again_by_the_pool(
     reactor: Any, registry: RegistryServer, make_client: MakeClient, repo: str
 ) -> None:

@@ -2014,8 +2014,10 @@ class RegistryClient:
         # request without a body once more by itself when its kept connection closes without an
         # answer; the first copy may still land, after this client was answered by the second, and
         # nothing would know it was out. With a body, the failure comes here: an unanswered DELETE,
-        # noted as a write that may land late (`LateWrites`). Reads keep the pool's resend.
-        empty = BytesProducer(b"") if method == "DELETE" else None
+        # noted as a write that may land late (`LateWrites`). Reads keep the pool's resend, and so
+        # does the delete probe: its digest is no manifest's, so a second copy changes nothing.
+        resent = method != "DELETE" or url.endswith(_PROBE_DIGEST)
+        empty = None if resent else BytesProducer(b"")
         if (
             origin is not None
             and body is None
