@@ -14,6 +14,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import Clock, deferLater
 from twisted.logger import ILogObserver, globalLogPublisher
 
 from payloadtags.api.errors import ApiError
@@ -23,6 +24,8 @@ from payloadtags.cleanup.cascade import Cascade, CascadeResult
 from payloadtags.kube import Backoff
 from payloadtags.registry import LateWrites
 from payloadtags.registry.client import RegistryClient, RegistrySettings
+from payloadtags.registry.errors import RegistryError
+from payloadtags.registry.late import Scope
 from tests.support import images
 from tests.support.clocks import SkipAhead
 from tests.support.dangling import make_dangling
@@ -162,6 +165,8 @@ async def test_a_namespace_removal_whose_wait_for_a_late_write_outlasts_its_budg
         message = " ".join(error.message.split())
         assert f"repairing dangling tag {repo}:v1" in message, message
         assert f"may still carry it out within about {LANDS:g}s" in message, message
+        assert "(it would leave the tag in the namespace)" in message, message
+        assert "a deletecollection after that deletes whatever the write left" in message, message
         hold.callback(None)  # the first placeholder PUT lands now
         await proxy.settled()
         assert images.list_tags(registry, repo) == ["v1"]
@@ -391,3 +396,94 @@ async def test_the_leaders_cascade_is_not_done_while_its_own_digest_delete_may_s
         assert images.push_oci_image(registry, repo, "v1") == digest
     assert isinstance(result, CascadeResult) and result.errors >= 1
     assert images.list_tags(registry, repo) == ["v1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_removal_whose_wait_for_its_own_digest_delete_outlasts_its_budget_says_what_it_removes(
+    registry, repo
+) -> None:
+    """The removal's first DELETE by digest goes unanswered (a gateway's 504) and is held; the budget
+    (3 s) ends before the DELETE's grace: a 504 naming the DELETE and what it would do landing then,
+    remove that manifest and its tags. It said the DELETE "would leave the tag in the namespace" and that
+    a deletecollection after it "deletes whatever the write left": a PUT's landing (review r2latedelete
+    L1)."""
+    namespace = repo.partition("/")[0]
+    digest = images.push_oci_image(registry, repo, "v1")
+    deletes: list[str] = []
+    hold: Deferred[None] = Deferred()
+    proxy = FaultProxy(global_reactor, registry.url, first_digest_delete(GATEWAY_LATE, deletes), hold=hold)
+    clock = WaitClock(shorter_than=2.1)
+    client, service = removal_service(proxy.url, clock, budget=3.0, timeout=TIMEOUT)
+    async with released(proxy, client, hold):
+        removing = Deferred.fromCoroutine(
+            service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
+        )
+        while not removing.called:  # sits out the backoffs up to the budget
+            waiting = clock.waits()
+            delays: list[float] = []
+            waiting.addCallback(delays.append)
+            await first_of(removing, waiting)
+            if not removing.called:
+                clock.advance(delays[0])
+        with pytest.raises(ApiError) as caught:
+            await removing
+    error = caught.value
+    assert (error.code, error.retry_after) == (504, None), error.message
+    message = " ".join(error.message.split())
+    assert f"a write made while deleting manifest {repo}@{digest}" in message, message
+    assert "(it would remove that manifest and every tag on it, one pushed again meanwhile too)" in message
+    assert "leave the tag" not in message and "whatever the write left" not in message, message
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_digest_delete_is_noted_in_its_repository(registry, repo) -> None:
+    """A DELETE by digest that goes unanswered is noted in its own repository: a look scoped to
+    another repository of the namespace neither waits for it nor names it (review r2latedelete L2:
+    noted under the namespace alone, every test passed)."""
+    namespace = repo.partition("/")[0]
+    digest = images.push_oci_image(registry, repo, "v1")
+    deletes: list[str] = []
+    hold: Deferred[None] = Deferred()
+    proxy = FaultProxy(global_reactor, registry.url, first_digest_delete(GATEWAY_LATE, deletes), hold=hold)
+    late = LateWrites(Clock())
+    client = RegistryClient(
+        global_reactor,
+        RegistrySettings(url=proxy.url, timeout=TIMEOUT),
+        late_writes=late,
+        landing_clock=SkipAhead(),
+    )
+    async with released(proxy, client, hold):
+        with pytest.raises(RegistryError) as caught:
+            await client.delete_manifest(repo, digest)
+        assert caught.value.unanswered
+        assert late.pending(namespace) == (f"deleting manifest {repo}@{digest}", LANDS)
+        assert late.pending(namespace, Scope(f"{namespace}/other".__eq__)) is None
+        assert late.pending(namespace, Scope(repo.__eq__)) is not None
+        assert late.repositories(namespace) == {repo}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cancelled_digest_delete_is_noted(registry, repo) -> None:
+    """A DELETE by digest cancelled once sent (a leader's cascade cancelled as it loses its Lease, a
+    cut call) may reach the registry all the same: it is noted as unanswered, not forgotten as if
+    answered (review r2latedelete L2)."""
+    namespace = repo.partition("/")[0]
+    digest = images.push_oci_image(registry, repo, "v1")
+    deletes: list[str] = []
+    hold: Deferred[None] = Deferred()
+    proxy = FaultProxy(global_reactor, registry.url, first_digest_delete(STALL, deletes), hold=hold)
+    late = LateWrites(Clock())
+    client = RegistryClient(
+        global_reactor,
+        RegistrySettings(url=proxy.url, timeout=30.0),
+        late_writes=late,
+        landing_clock=SkipAhead(),
+    )
+    async with released(proxy, client, hold):
+        deleting = Deferred.fromCoroutine(client.delete_manifest(repo, digest))
+        while not deletes:  # until the DELETE has reached the proxy
+            await deferLater(global_reactor, 0.05)
+        deleting.cancel()
+        with pytest.raises(CancelledError):
+            await deleting
+        assert late.pending(namespace) == (f"deleting manifest {repo}@{digest}", 60.0)

@@ -27,7 +27,7 @@ from payloadtags.metrics import CountingAuthorizer, Metrics
 from payloadtags.names import encode_name
 from payloadtags.registry.client import RegistryClient
 from payloadtags.registry.errors import RegistryError
-from payloadtags.registry.late import Scope
+from payloadtags.registry.late import Landing, Scope
 from tests.support import images
 from tests.support.faultproxy import ERROR_BEFORE, GATEWAY_LATE, STALL, FaultProxy
 from tests.support.interleaving import USER
@@ -775,3 +775,36 @@ async def test_a_get_revoked_while_the_selection_is_read_changes_not_what_it_del
     assert deleted == sorted([(path, "v1"), ("visible", "keep-me")]), deleted
     assert images.list_tags(registry, f"{namespace}/visible") == []
     assert images.list_tags(registry, repo) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tag_by_tag_deletecollection_cut_by_a_cascades_digest_delete_says_what_it_removes(
+    registry, repo
+) -> None:
+    """A cascade's DELETE by digest in the namespace went unanswered (noted as `RegistryClient` notes
+    it) when a deletecollection tag by tag has deleted its selection; its budget ends before the
+    DELETE's grace: the 504 names it and says that landing then it would remove that manifest and its
+    tags. It said it "would leave the tag in the namespace", a PUT's landing (review r2latedelete L1)."""
+    namespace, _, _ = repo.partition("/")
+    digest = images.push_oci_image(registry, repo, "v1")
+    clock = WaitClock(shorter_than=41.0)
+    client, service = removal_service(registry.url, clock, budget=40.0, timeout=TIMEOUT)
+    _state(service, EXISTS)
+    late = client.late_writes
+    number = late.sent(
+        namespace, f"deleting manifest {repo}@{digest}", repository=repo, landing=Landing.REMOVES_MANIFEST
+    )
+    late.ended(namespace, number, grace=600.0)
+    try:
+        removing, delays = await others_removal_until_it_waits(service, repo, clock)
+        assert removing.called and delays == []  # no wait: the DELETE may land after the budget
+        with pytest.raises(ApiError) as answered:
+            await removing
+    finally:
+        await client.close()
+    message = _message(answered.value, 504, None)
+    assert (
+        f"the registry did not answer a write made while deleting manifest {repo}@{digest}, and may still "
+        "carry it out within about 600s (it would remove that manifest and every tag on it): wait that "
+        "long, then list the tags" in message
+    ), message

@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from payloadtags.registry import LateWrites
-from payloadtags.registry.late import COPY, PLACEHOLDER, RESTORE, Kind, Scope
+from payloadtags.registry.late import COPY, PLACEHOLDER, RESTORE, Kind, Landing, Scope, landing_of
 
 
 def outcome(waiting: Deferred[Any]) -> list[object]:
@@ -438,3 +438,28 @@ def test_a_look_scoped_to_some_tags_sees_only_writes_that_could_leave_one() -> N
     clock.advance(12.0)
     assert late.pending("team", scope) is None
     assert late.pending("team") == ("deleting tag team/app:v2", 30.0)
+
+
+def _landing(late: LateWrites, namespace: str) -> tuple[str, float, Landing]:
+    """The namespace's write that may land latest (`LateWrites.pending`), with its `Landing`."""
+    pending = late.pending(namespace)
+    assert pending is not None
+    return pending[0], pending[1], landing_of(pending[0])
+
+
+def test_a_write_carries_what_it_would_do_landing_late() -> None:
+    """A DELETE's description says, out and once ended unanswered, that landing late it removes a
+    manifest; a PUT's (`sent` without ``landing``, and every `note`) that it leaves a tag: what the
+    504s that name the write say of it (review r2latedelete L1)."""
+    late = LateWrites(Clock())
+    delete = "deleting manifest a/app@sha256:0"
+    number = late.sent("a", delete, repository="a/app", landing=Landing.REMOVES_MANIFEST)
+    assert _landing(late, "a") == (delete, math.inf, Landing.REMOVES_MANIFEST)
+    late.ended("a", number, grace=4.0)
+    assert _landing(late, "a") == (delete, 4.0, Landing.REMOVES_MANIFEST)
+    put = late.sent("b", "deleting tag b/app:v1", ("b/app", "v1", "sha256:1"), kind=COPY)
+    assert _landing(late, "b") == ("deleting tag b/app:v1", math.inf, Landing.LEAVES_TAG)
+    late.ended("b", put, grace=4.0)
+    assert _landing(late, "b") == ("deleting tag b/app:v1", 4.0, Landing.LEAVES_TAG)
+    late.note("c", "repairing dangling tag c/app:v1", 4.0, "c/app", "v1")
+    assert _landing(late, "c") == ("repairing dangling tag c/app:v1", 4.0, Landing.LEAVES_TAG)

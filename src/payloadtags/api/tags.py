@@ -43,7 +43,18 @@ from payloadtags.model import (
 from payloadtags.names import InvalidName, TagRef, is_namespace, ref_from_name
 from payloadtags.registry import LateWrites, asking
 from payloadtags.registry.errors import RegistryConflict, RegistryError, RegistryNotFound
-from payloadtags.registry.late import COPY, PLACEHOLDER, RESTORE, Kind, Leave, Scope, Watch, Within
+from payloadtags.registry.late import (
+    COPY,
+    PLACEHOLDER,
+    RESTORE,
+    Kind,
+    Landing,
+    Leave,
+    Scope,
+    Watch,
+    Within,
+    landing_of,
+)
 from payloadtags.watch import parse_version
 
 audit_log = Logger(namespace="payloadtags.audit")
@@ -1150,12 +1161,16 @@ class TagsService:
         """The 504 without Retry-After of a deletecollection cut while ``late`` (what, until when) may
         land, naming it."""
         when, then = self._late_write_said(namespace, late, scope)
+        landed = (
+            "it would remove that manifest and every tag on it"
+            if landing_of(late[0]) is Landing.REMOVES_MANIFEST
+            else "it would leave the tag in the namespace"
+        )
         raise _removal_unanswered(
             namespace,
             total,
             [],
-            f"{when} (it would leave the tag in the namespace): {then} (kubectl get) and delete again only "
-            "those still there",
+            f"{when} ({landed}): {then} (kubectl get) and delete again only those still there",
         )
 
     def _asks_whole_namespace(

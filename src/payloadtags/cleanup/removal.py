@@ -31,6 +31,7 @@ from payloadtags.cleanup.sweep import ABSENT, TERMINATING, namespace_state, name
 from payloadtags.kube import Backoff, KubeClient
 from payloadtags.registry import LateWrites
 from payloadtags.registry.errors import RegistryError, RegistryTimeout, RegistryUnavailable
+from payloadtags.registry.late import Landing, landing_of
 
 
 @attrs.define
@@ -222,11 +223,18 @@ class NamespaceRemover:
                 f"the registry did not answer a write made while {late[0]}, and may still carry it out "
                 f"within about {math.ceil(left)}s"
             )
-        return RegistryTimeout(
-            f"removing the content of namespace {namespace}: {why}; {when} (it would leave the tag "
-            "in the namespace): the namespace is not reported empty before then; a deletecollection "
-            "after that deletes whatever the write left"
-        )
+        if landing_of(late[0]) is Landing.REMOVES_MANIFEST:
+            # Landing then, it removes the tags pushed again on that digest, and leaves nothing to delete.
+            landed = (
+                "(it would remove that manifest and every tag on it, one pushed again meanwhile too): the "
+                "namespace is not reported empty before then"
+            )
+        else:
+            landed = (
+                "(it would leave the tag in the namespace): the namespace is not reported empty before "
+                "then; a deletecollection after that deletes whatever the write left"
+            )
+        return RegistryTimeout(f"removing the content of namespace {namespace}: {why}; {when} {landed}")
 
     def _under_way(self, namespace: str) -> Deferred[Any] | None:
         """Work on the namespace this process has not finished: another call's, else the leader's

@@ -82,7 +82,7 @@ from .errors import (
     RegistryUnavailable,
 )
 from .interface import Sent, Waiting, WriteHooks
-from .late import COPY, PLACEHOLDER, RESTORE, Kind, LateWrites, namespace_of
+from .late import COPY, PLACEHOLDER, RESTORE, Kind, Landing, LateWrites, namespace_of
 from .queue import RepositoryQueue
 from .redaction import in_message
 from .schemes import port_said, with_scheme
@@ -845,6 +845,7 @@ class RegistryClient:
             after=late,
             timeout=self._settings.timeout,
             repository=repository,
+            landing=Landing.REMOVES_MANIFEST,
         )
         grace: float | None = None  # answered, or never sent (a caller's check said stop)
         try:

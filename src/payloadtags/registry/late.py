@@ -43,6 +43,34 @@ PLACEHOLDER = Kind.PLACEHOLDER
 RESTORE = Kind.RESTORE
 
 
+class Landing(enum.Enum):
+    """What a write that went unanswered would do if the registry carried it out late (`LateWrites.sent`'s
+    ``landing``), for the messages that name it: a manifest PUT leaves a tag; a DELETE by digest
+    removes that manifest and every tag on it, one pushed again meanwhile too."""
+
+    LEAVES_TAG = "leaves a tag"
+    REMOVES_MANIFEST = "removes a manifest"
+
+
+class Write(str):
+    """A write's description ("deleting manifest team/app@sha256:..."), carrying its `Landing`. A str:
+    the description goes through every record of `LateWrites` and out of `pending` and `since` as
+    before; its landing goes with it, with no second record to keep in step (`landing_of`)."""
+
+    landing: Landing
+
+    def __new__(cls, doing: str, landing: Landing) -> Write:
+        write = super().__new__(cls, doing)
+        write.landing = landing
+        return write
+
+
+def landing_of(what: str) -> Landing:
+    """What the write described by ``what`` (from `LateWrites.pending`) would do landing late: a tag
+    left unless its sender said otherwise (a note, `LateWrites.note`, is always a manifest PUT's)."""
+    return what.landing if isinstance(what, Write) else Landing.LEAVES_TAG
+
+
 def _keep(leaves: dict[Leave, Kind], leave: Leave, kind: Kind) -> None:
     """Records ``kind`` at ``leave`` in ``leaves``; a restore's kind wins where writes share a leave:
     it is the one that cannot be told from a client's push."""
@@ -223,6 +251,7 @@ class LateWrites:
         timeout: float | None = None,
         kind: None = None,
         repository: str | None = None,
+        landing: Landing = Landing.LEAVES_TAG,
     ) -> int: ...
 
     @overload
@@ -246,6 +275,7 @@ class LateWrites:
         timeout: float | None = None,
         kind: Kind | None = None,
         repository: str | None = None,
+        landing: Landing = Landing.LEAVES_TAG,
     ) -> int:
         """A write is out from now on; its number, for `ended`. ``leaves``: where it would leave a tag
         if it landed (repository, tag, digest), for `leaves`; ``after``: how many seconds after its
@@ -256,13 +286,14 @@ class LateWrites:
         (`COPY`, `PLACEHOLDER`, `RESTORE`), required with ``leaves``: a default made every write whose
         sender forgot it a copy, which a deletecollection deletes where it finds it. ``repository``:
         where a write that leaves no tag goes (a DELETE by digest, which may remove any tag of it on
-        its digest), for a scoped look; None with ``leaves`` or where unknown (any repository)."""
+        its digest), for a scoped look; None with ``leaves`` or where unknown (any repository).
+        ``landing``: what it would do landing late (`Landing`), carried by its description."""
         if (leaves is None) != (kind is None):
             raise TypeError("a write's kind is given with its leaves, and only then")
         if leaves is not None and repository is not None:
             raise TypeError("a write's repository is given with its leaves")
         self._sent += 1
-        self._out.setdefault(namespace, {})[self._sent] = what
+        self._out.setdefault(namespace, {})[self._sent] = Write(what, landing)
         if leaves is not None and kind is not None:
             self._leave[self._sent] = (leaves, kind)
             for watch in self._watches.get(namespace, ()):
