@@ -157,8 +157,8 @@ def test_a_namespace_noted_again_as_its_time_passes_keeps_where_its_writes_would
 def test_a_pass_begun_before_a_dropped_entrys_time_is_told_of_it() -> None:
     """A cascade's pass that began before a write's time and found the namespace empty after it may
     have missed what the write left (it may have landed in a part already listed): it passes again.
-    The entry dropped once its time passed no longer says so by namespace; its time does, for any
-    pass begun before it."""
+    The entry dropped once its time passed no longer says so; its time, kept by namespace, does for
+    a pass of that namespace begun before it (of it alone: review r2latedelete N1)."""
     clock = Clock()
     late = LateWrites(clock)
     late.note("team", "repairing dangling tag team/app:v1", 10.0)
@@ -167,7 +167,7 @@ def test_a_pass_begun_before_a_dropped_entrys_time_is_told_of_it() -> None:
     clock.advance(12.0)
     assert late.pending("team") is None  # dropped
     assert late.since("team", began) is not None
-    assert late.since("elsewhere", began) is not None  # which namespace it was in is not kept
+    assert late.since("elsewhere", began) is None  # another namespace's pass missed nothing
     assert late.since("team", clock.seconds()) is None  # a pass begun after it is told of nothing
 
 
@@ -463,3 +463,26 @@ def test_a_write_carries_what_it_would_do_landing_late() -> None:
     assert _landing(late, "b") == ("deleting tag b/app:v1", 4.0, Landing.LEAVES_TAG)
     late.note("c", "repairing dangling tag c/app:v1", 4.0, "c/app", "v1")
     assert _landing(late, "c") == ("repairing dangling tag c/app:v1", 4.0, Landing.LEAVES_TAG)
+
+
+def test_a_dropped_entry_makes_only_its_own_namespaces_pass_run_again() -> None:
+    """A namespace's unanswered DELETE whose time has passed and whose entry was dropped tells a pass
+    of that namespace begun before that time to pass again, not one of another namespace: one
+    process-wide time made every found-empty pass run again (review r2latedelete N1). Past
+    `dropped_kept` namespaces, the oldest one's time counts for all: a pass more, none missed."""
+    clock = Clock()
+    late = LateWrites(clock, dropped_kept=1)
+    began = clock.seconds()
+    number = late.sent("a", "deleting manifest a/app@sha256:1", after=4.0, timeout=2.0, repository="a/app")
+    clock.advance(2.0)
+    late.ended("a", number, 4.0)  # unanswered: may land in a until 6.0
+    clock.advance(5.0)
+    assert late.pending("a") is None  # its time passed: dropped
+    assert late.since("a", began) == ("this pass ran (its record dropped once its time passed)", 6.0)
+    assert late.since("b", began) is None
+    late.note("c", "repairing dangling tag c/app:v1", 8.0, "c/app", "v1")
+    clock.advance(2.0)
+    assert late.pending("c") is None  # a second namespace dropped: a's time now counts for every one
+    assert late.since("b", began) == ("this pass ran (its record dropped once its time passed)", 6.0)
+    assert late.since("c", 7.0) == ("this pass ran (its record dropped once its time passed)", 8.0)
+    assert late.since("b", 7.0) is None

@@ -147,6 +147,10 @@ class Watch:
 ANONYMOUS = "writing to the registry"
 
 
+# How many namespaces' dropped entries `LateWrites` keeps the time of, each its own (`since`).
+DROPPED_KEPT = 1024
+
+
 @attrs.define
 class LateWrites:
     """Writes that may still land, by namespace: each one's description ("repairing dangling tag
@@ -196,9 +200,14 @@ class LateWrites:
     _after: dict[int, float] = attrs.Factory(dict)
     # Each write out's request timeout, as its sender gives it (`sent`): by number.
     _timeout: dict[int, float] = attrs.Factory(dict)
-    # The latest time of the entries dropped once it had passed: a pass begun before it may have
-    # missed what that write left, whichever namespace it was in (`since`).
+    # The time of each namespace's latest entry dropped once it had passed: a pass of that namespace
+    # begun before it may have missed what that write left (`since`). At most `DROPPED_KEPT`
+    # namespaces; the oldest of more goes into `_dropped`, which every namespace's pass reads: its
+    # passes run once more, none misses a write (review r2latedelete N1: one process-wide time made
+    # every found-empty pass of any namespace run again after another namespace's unanswered DELETE).
+    _dropped_in: dict[str, float] = attrs.Factory(dict)
     _dropped: float = -math.inf
+    dropped_kept: int = DROPPED_KEPT
     # The namespace's noted writes by (repository, tag) (None: not given), each the latest noted: what
     # a scoped look reads (`pending`'s ``scope``). Kept with the namespace's entry, whose time is the
     # latest of them (dropped or settled with it).
@@ -371,13 +380,14 @@ class LateWrites:
     def since(self, namespace: str, began: float) -> tuple[str, float] | None:
         """As `pending`, for a pass begun at ``began`` (on `clock`) that found the namespace empty: the
         write that may have landed in it after ``began``, whose time may have passed since. An entry
-        dropped once its time passed (`pending`, `note`) is not kept by namespace: a pass begun before
-        the latest such time is told of that time whatever namespace it was in, and passes again."""
+        dropped once its time passed (`pending`, `note`) leaves its time (`_dropped_in`): a pass begun
+        before it is told of that time, and passes again."""
         late = self.pending(namespace)
         if late is not None and began < late[1]:
             return late
-        if began < self._dropped:
-            return "this pass ran (its record dropped once its time passed)", self._dropped
+        dropped = max(self._dropped, self._dropped_in.get(namespace, -math.inf))
+        if began < dropped:
+            return "this pass ran (its record dropped once its time passed)", dropped
         return None
 
     def _where(self, number: int) -> tuple[str, str | None] | None:
@@ -545,7 +555,12 @@ class LateWrites:
         """Drops the namespace's entry, its time passed."""
         _, until = self._writes.pop(namespace)
         self._noted.pop(namespace, None)
-        self._dropped = max(self._dropped, until)
+        # Moved to the end: the oldest dropped first is the one folded into `_dropped`.
+        until = max(until, self._dropped_in.pop(namespace, -math.inf))
+        self._dropped_in[namespace] = until
+        while len(self._dropped_in) > self.dropped_kept:
+            oldest = next(iter(self._dropped_in))
+            self._dropped = max(self._dropped, self._dropped_in.pop(oldest))
         self._forget(namespace)
 
     def _forget(self, namespace: str) -> None:
@@ -558,13 +573,17 @@ class LateWrites:
 __all__ = [
     "ANONYMOUS",
     "COPY",
+    "DROPPED_KEPT",
     "PLACEHOLDER",
     "RESTORE",
     "Kind",
+    "Landing",
     "LateWrites",
     "Leave",
     "Scope",
     "Watch",
     "Within",
+    "Write",
+    "landing_of",
     "namespace_of",
 ]
