@@ -808,3 +808,37 @@ async def test_a_tag_by_tag_deletecollection_cut_by_a_cascades_digest_delete_say
         "carry it out within about 600s (it would remove that manifest and every tag on it): wait that "
         "long, then list the tags" in message
     ), message
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_selected_deletecollection_cut_by_a_cascades_digest_delete_says_what_it_removes(
+    registry, repo
+) -> None:
+    """As the test above, with a field selector: the late write is read through a scoped look
+    (`LateWrites.pending` with a `Scope`, the noted records), which must keep what it would do too
+    (review r3latedelete L1)."""
+    namespace, _, _ = repo.partition("/")
+    digest = images.push_oci_image(registry, repo, "v1")
+    clock = WaitClock(shorter_than=41.0)
+    client, service = removal_service(registry.url, clock, budget=40.0, timeout=TIMEOUT)
+    _state(service, EXISTS)
+    late = client.late_writes
+    number = late.sent(
+        namespace, f"deleting manifest {repo}@{digest}", repository=repo, landing=Landing.REMOVES_MANIFEST
+    )
+    late.ended(namespace, number, grace=600.0)
+    options = list_options({"fieldSelector": ["metadata.name!=nothing-named-so"]})
+    try:
+        waiting = clock.waits()
+        removing = Deferred.fromCoroutine(
+            service.delete_collection(USER, namespace, options, DeleteOptions())
+        )
+        await first_of(removing, waiting)
+        assert removing.called
+        with pytest.raises(ApiError) as answered:
+            await removing
+    finally:
+        await client.close()
+    message = _message(answered.value, 504, None)
+    assert f"deleting manifest {repo}@{digest}" in message, message
+    assert "(it would remove that manifest and every tag on it)" in message, message

@@ -64,6 +64,10 @@ class Write(str):
         write.landing = landing
         return write
 
+    def __getnewargs__(self) -> tuple[str, Landing]:  # type: ignore[override]
+        # copy and pickle make one anew from these (str's own gives the text alone: a TypeError).
+        return (str(self), self.landing)
+
 
 def landing_of(what: str) -> Landing:
     """What the write described by ``what`` (from `LateWrites.pending`) would do landing late: a tag
