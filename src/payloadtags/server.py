@@ -361,7 +361,8 @@ def _rotation_watchers(
     """Watchers that swap in rotated certificate files, and CA files given as flags."""
 
     def trust_changed(config: AuthenticationConfig) -> None:
-        # New connections verify client certificates against the new CAs; open ones keep theirs.
+        # New handshakes verify client certificates against the new CAs; requests on open connections
+        # are checked against them by the authenticators (a removed CA stops trusting them).
         context_factory.context = server_context(serving, config.trusted_cas, tls_options)
 
     authentication.listeners.append(trust_changed)

@@ -457,7 +457,7 @@ async def test_decisions_kept_for_a_connection_end_with_a_ca_change_and_are_neve
 def test_chain_decisions_are_kept_by_the_objects_and_bounded(cas: Cas) -> None:
     decided: list[x509.Certificate | None] = []
 
-    def decide(credentials: Credentials) -> str:
+    def decide(credentials: Credentials, now: object) -> str:
         decided.append(credentials.peer_certificate)
         return f"decision {len(decided)}"
 

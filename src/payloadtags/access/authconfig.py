@@ -2,7 +2,8 @@
 
 As in k8s.io/apiserver, each section (client certificates; request headers) comes from the flags when
 its CA flag is given and from the ConfigMap otherwise, and the ConfigMap is watched so that a rotated
-CA or allowed-name list applies to the next connection.
+CA or allowed-name list applies to new handshakes and to the next request of open connections (the
+authenticators verify a connection's chain again against the current CAs).
 """
 
 from __future__ import annotations

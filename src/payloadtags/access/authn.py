@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Hashable, Sequence
+import datetime
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Generic, Protocol, TypeVar
 
 import attrs
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
+from OpenSSL import crypto
 
 from payloadtags.identity import AUTHENTICATED, MASTERS, UserInfo
 from payloadtags.validators import utf8_encodable
@@ -33,15 +33,15 @@ class Credentials:
     # connection of the front proxy). The TokenReviews waiting for a slot are let through in turns by it.
     client: Hashable = None
 
-    def chains_to(self, authorities: Sequence[x509.Certificate]) -> bool:
-        """Whether the peer certificate was verified up to one of ``authorities`` (through
-        intermediates too), or, without a recorded chain, was issued by one of them directly."""
+    def chains_to(self, anchors: TrustAnchors, now: datetime.datetime) -> bool:
+        """Whether the peer certificate verifies, at ``now``, up to one of ``anchors`` (through the
+        intermediates its handshake verified), as k8s.io/apiserver verifies it on every request."""
         cert = self.peer_certificate
-        if cert is None or not authorities:
+        if cert is None:
             return False
-        if len(self.peer_chain) > 1 and self.peer_chain[0] == cert:
-            return any(link in authorities for link in self.peer_chain[1:])
-        return issued_by(cert, authorities)
+        chain = self.peer_chain
+        intermediates = chain[1:] if len(chain) > 1 and chain[0] == cert else ()
+        return anchors.verify(cert, intermediates, now)
 
     def header(self, name: str) -> list[str]:
         return self.headers.get(name.lower(), [])
@@ -84,23 +84,66 @@ class RequestAuthenticator(Authenticator, Protocol):
         ...
 
 
-def issued_by(certificate: x509.Certificate, authorities: Sequence[x509.Certificate]) -> bool:
-    """Whether one of ``authorities`` signed ``certificate`` (the TLS handshake already checked the chain
-    and validity; this tells which trust root it chained to)."""
-    return any(_signed_by(certificate, authority) for authority in authorities)
+def utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
 
 
-@functools.lru_cache(maxsize=1024)
-def _signed_by(certificate: x509.Certificate, authority: x509.Certificate) -> bool:
-    # Cached: a kept-alive connection presents the same certificate on every request, and checking
-    # a signature costs more than the rest of authentication.
-    if authority.subject != certificate.issuer:
-        return False
-    try:
-        certificate.verify_directly_issued_by(authority)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
+@attrs.frozen(eq=False)
+class TrustAnchors:
+    """The CAs a client certificate may chain to, converted for OpenSSL once per configuration.
+
+    Every configured CA is a trust anchor, an intermediate as much as a self-signed root, as in Go's
+    x509 roots pool (hence PARTIAL_CHAIN, as for the handshake in tls.server_context)."""
+
+    certificates: tuple[x509.Certificate, ...]
+    _converted: tuple[crypto.X509, ...] = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        converted = tuple(crypto.X509.from_cryptography(c) for c in self.certificates)
+        object.__setattr__(self, "_converted", converted)
+
+    def verify(
+        self, cert: x509.Certificate, intermediates: Sequence[x509.Certificate], now: datetime.datetime
+    ) -> bool:
+        """Whether ``cert`` chains to one of these CAs, every link valid at ``now``. The intermediates
+        are the ones the handshake verified (its own anchor among them, which need not be one of these
+        any more: a CA renewed with the same key and subject verifies the same certificate)."""
+        if not self.certificates:
+            return False
+        # A store of its own per verification: OpenSSL keeps the first time set on a store and
+        # ignores a later one. Verifications are rare (see ChainDecisions), so this costs little.
+        store = crypto.X509Store()
+        store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
+        store.set_time(now)
+        for authority in self._converted:
+            store.add_cert(authority)
+        context = crypto.X509StoreContext(
+            store,
+            crypto.X509.from_cryptography(cert),
+            [crypto.X509.from_cryptography(c) for c in intermediates],
+        )
+        try:
+            context.verify_certificate()
+        except crypto.X509StoreContextError:
+            return False
+        return True
+
+
+def next_validity_change(
+    certificates: Iterable[x509.Certificate], now: datetime.datetime
+) -> datetime.datetime | None:
+    """The first moment after ``now`` at which one of ``certificates`` becomes valid or expires (so a
+    verification's verdict may change), or None when none ever will."""
+    # OpenSSL and Go take a certificate as expired once the time is past notAfter, which has a
+    # precision of one second.
+    second = datetime.timedelta(seconds=1)
+    moments = (
+        moment
+        for c in certificates
+        for moment in (c.not_valid_before_utc, c.not_valid_after_utc + second)
+        if moment > now
+    )
+    return min(moments, default=None)
 
 
 class ChainDecisions(Generic[T]):
@@ -111,23 +154,41 @@ class ChainDecisions(Generic[T]):
 
     Each entry holds its certificate and chain, so their ids cannot be reused by other objects while
     it is kept; a different certificate is a different key, so no decision is shared between callers.
-    An authenticator keeps its own, made anew with it on every configuration (CA) change."""
+    An authenticator keeps its own, made anew with it on every configuration (CA) change.
 
-    def __init__(self, size: int = 256) -> None:
+    A decision depends on the time too (a certificate of the chain, or a CA, expires or becomes
+    valid), so it is kept only until the first such moment of the chain or of ``anchors``: then the
+    chain is verified again, as k8s.io/apiserver verifies it on every request. Until then a request
+    of a kept-alive connection costs a lookup."""
+
+    def __init__(
+        self,
+        size: int = 256,
+        now: Callable[[], datetime.datetime] = utc_now,
+        anchors: Sequence[x509.Certificate] = (),
+    ) -> None:
         self._size = size
-        self._kept: dict[tuple[int, int], tuple[x509.Certificate, tuple[x509.Certificate, ...], T]] = {}
+        self._now = now
+        self._anchors = tuple(anchors)
+        self._kept: dict[
+            tuple[int, int],
+            tuple[x509.Certificate, tuple[x509.Certificate, ...], T, datetime.datetime | None],
+        ] = {}
 
-    def get(self, credentials: Credentials, decide: Callable[[Credentials], T]) -> T:
+    def get(self, credentials: Credentials, decide: Callable[[Credentials, datetime.datetime], T]) -> T:
         cert, chain = credentials.peer_certificate, credentials.peer_chain
         key = (id(cert), id(chain))
+        now = self._now()
         kept = self._kept.get(key)
-        if kept is not None and kept[0] is cert and kept[1] is chain:
+        if kept is not None and kept[0] is cert and kept[1] is chain and (kept[3] is None or now < kept[3]):
             return kept[2]
-        decided = decide(credentials)
+        decided = decide(credentials, now)
         if cert is not None:
+            self._kept.pop(key, None)
             if len(self._kept) >= self._size:
                 del self._kept[next(iter(self._kept))]  # the oldest
-            self._kept[key] = (cert, chain, decided)
+            until = next_validity_change((cert, *chain, *self._anchors), now)
+            self._kept[key] = (cert, chain, decided, until)
         return decided
 
 
@@ -149,16 +210,21 @@ class ClientCertificateAuthenticator:
     """A certificate signed by ``--client-ca-file``: user = CN, groups = O."""
 
     authorities: list[x509.Certificate]
-    _users: ChainDecisions[UserInfo | None] = attrs.field(
-        factory=ChainDecisions, init=False, eq=False, repr=False
-    )
+    # The time a certificate is checked at (its validity): injected by tests.
+    now: Callable[[], datetime.datetime] = attrs.field(default=utc_now, eq=False, repr=False)
+    _anchors: TrustAnchors = attrs.field(init=False, eq=False, repr=False)
+    _users: ChainDecisions[UserInfo | None] = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_anchors", TrustAnchors(tuple(self.authorities)))
+        object.__setattr__(self, "_users", ChainDecisions(now=self.now, anchors=self.authorities))
 
     async def authenticate(self, credentials: Credentials) -> UserInfo | None:
         return self._users.get(credentials, self._user)
 
-    def _user(self, credentials: Credentials) -> UserInfo | None:
+    def _user(self, credentials: Credentials, now: datetime.datetime) -> UserInfo | None:
         cert = credentials.peer_certificate
-        if cert is None or not credentials.chains_to(self.authorities):
+        if cert is None or not credentials.chains_to(self._anchors, now):
             return None
         name = subject_common_name(cert)
         if not name:
@@ -189,9 +255,11 @@ __all__ = [
     "Credentials",
     "CredentialsRefused",
     "RequestAuthenticator",
+    "TrustAnchors",
     "UserInfo",
     "is_utf8",
-    "issued_by",
     "load_pem_bundle",
+    "next_validity_change",
     "subject_common_name",
+    "utc_now",
 ]

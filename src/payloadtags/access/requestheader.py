@@ -6,8 +6,9 @@ CA and, when allowed names are configured, whose CN is one of them. Anywhere els
 
 from __future__ import annotations
 
+import datetime
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from urllib.parse import unquote
 
 import attrs
@@ -17,9 +18,11 @@ from payloadtags.access.authn import (
     ChainDecisions,
     Credentials,
     CredentialsRefused,
+    TrustAnchors,
     UserInfo,
     is_utf8,
     subject_common_name,
+    utc_now,
 )
 
 
@@ -76,8 +79,11 @@ def _extra_key(header: str, prefix: str) -> str:
 @attrs.frozen
 class RequestHeaderAuthenticator:
     config: RequestHeaderConfig
+    # The time the front proxy's certificate is checked at (its validity): injected by tests.
+    now: Callable[[], datetime.datetime] = attrs.field(default=utc_now, eq=False, repr=False)
+    _anchors: TrustAnchors = attrs.field(init=False, eq=False, repr=False)
     # Asked twice per request (who is calling; which headers to strip) and once per connection.
-    _trust: ChainDecisions[bool] = attrs.field(factory=ChainDecisions, init=False, eq=False, repr=False)
+    _trust: ChainDecisions[bool] = attrs.field(init=False, eq=False, repr=False)
     # The configuration's header names as every request looks them up, made once with it rather than
     # on each request (issue #11): (name as configured, lower-cased) per header; the identity names.
     _users: tuple[tuple[str, str], ...] = attrs.field(init=False, eq=False, repr=False)
@@ -88,6 +94,8 @@ class RequestHeaderAuthenticator:
 
     def __attrs_post_init__(self) -> None:
         config = self.config
+        object.__setattr__(self, "_anchors", TrustAnchors(config.authorities))
+        object.__setattr__(self, "_trust", ChainDecisions(now=self.now, anchors=config.authorities))
         for field, names in (
             ("_users", config.username_headers),
             ("_groups", config.group_headers),
@@ -107,9 +115,9 @@ class RequestHeaderAuthenticator:
     def trusted(self, credentials: Credentials) -> bool:
         return self._trust.get(credentials, self._trusted)
 
-    def _trusted(self, credentials: Credentials) -> bool:
+    def _trusted(self, credentials: Credentials, now: datetime.datetime) -> bool:
         cert = credentials.peer_certificate
-        if cert is None or not credentials.chains_to(self.config.authorities):
+        if cert is None or not credentials.chains_to(self._anchors, now):
             return False
         return not self.config.allowed_names or subject_common_name(cert) in self.config.allowed_names
 

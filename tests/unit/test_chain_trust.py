@@ -1,0 +1,180 @@
+"""A connection's client certificate chain is trusted per request, at the time and against the CAs of
+that request, as k8s.io/apiserver's x509 and request-header authenticators verify it (r1tls F1, F3)."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from payloadtags.access.authn import ChainDecisions, ClientCertificateAuthenticator, Credentials
+from payloadtags.access.requestheader import RequestHeaderAuthenticator, RequestHeaderConfig
+from tests.support.pki import Authority
+
+DAY = datetime.timedelta(days=1)
+
+
+class Now:
+    """The time the authenticators check certificates at, moved by the test."""
+
+    def __init__(self) -> None:
+        self.at = datetime.datetime.now(datetime.UTC)
+
+    def __call__(self) -> datetime.datetime:
+        return self.at
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> Authority:
+    return Authority.create(tmp_path, "front-proxy-ca")
+
+
+def _leaf(ca: Authority, not_before: datetime.datetime, not_after: datetime.datetime) -> x509.Certificate:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "front-proxy-client")]))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
+
+
+def _renewed(ca: Authority, key: ec.EllipticCurvePrivateKey | None = None) -> x509.Certificate:
+    """``ca``'s certificate issued again: same subject, a new serial and validity, and the same key
+    (as cert-manager renews a CA with rotationPolicy Never) unless ``key`` is given."""
+    key = key or ca.key
+    now = datetime.datetime.now(datetime.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(ca.cert.subject)
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - DAY)
+        .not_valid_after(now + 365 * DAY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+
+
+def _proxy(authorities: tuple[x509.Certificate, ...], now: Now) -> RequestHeaderAuthenticator:
+    return RequestHeaderAuthenticator(RequestHeaderConfig(authorities=authorities), now=now)
+
+
+async def _verdicts(
+    authorities: tuple[x509.Certificate, ...], credentials: Credentials, now: Now
+) -> tuple[bool, bool]:
+    """(trusted as the front proxy, identified as a client-CA user)."""
+    proxy = _proxy(authorities, now)
+    users = ClientCertificateAuthenticator(list(authorities), now=now)
+    return proxy.trusted(credentials), await users.authenticate(credentials) is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_chain_expired_since_the_handshake_identifies_nobody(ca: Authority) -> None:
+    # The chain a kept-alive connection's handshake verified yesterday, asked about today.
+    now = Now()
+    cert = _leaf(ca, now.at - 2 * DAY, now.at - DAY)
+    credentials = Credentials(cert, {"x-remote-user": ["mallory"]}, peer_chain=(cert, ca.cert))
+    assert await _verdicts((ca.cert,), credentials, now) == (False, False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_open_connection_loses_its_identity_when_its_certificate_expires(ca: Authority) -> None:
+    now = Now()
+    cert = _leaf(ca, now.at - DAY, now.at + DAY)
+    # The same objects on every request, as the TLS layer keeps one chain per connection: a decision
+    # kept from the first request must not outlive the certificate.
+    credentials = Credentials(cert, {"x-remote-user": ["mallory"]}, peer_chain=(cert, ca.cert))
+    proxy = _proxy((ca.cert,), now)
+    users = ClientCertificateAuthenticator([ca.cert], now=now)
+    assert proxy.trusted(credentials)
+    assert await users.authenticate(credentials) is not None
+    now.at += DAY - datetime.timedelta(seconds=1)
+    assert proxy.trusted(credentials)
+    now.at += 2 * datetime.timedelta(seconds=1)
+    assert not proxy.trusted(credentials)
+    assert await users.authenticate(credentials) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_open_connection_loses_its_identity_when_its_ca_expires(ca: Authority) -> None:
+    now = Now()
+    # The leaf outlives its CA (valid 30 days from its creation, see tests/support/pki.py).
+    cert = _leaf(ca, now.at - DAY, now.at + 90 * DAY)
+    credentials = Credentials(cert, {}, peer_chain=(cert, ca.cert))
+    proxy = _proxy((ca.cert,), now)
+    assert proxy.trusted(credentials)
+    now.at = ca.cert.not_valid_after_utc + datetime.timedelta(seconds=2)
+    assert not proxy.trusted(credentials)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_certificate_not_yet_valid_is_trusted_from_its_not_before(ca: Authority) -> None:
+    now = Now()
+    cert = _leaf(ca, now.at + DAY, now.at + 2 * DAY)
+    credentials = Credentials(cert, {}, peer_chain=(cert, ca.cert))
+    proxy = _proxy((ca.cert,), now)
+    assert not proxy.trusted(credentials)
+    now.at += DAY + datetime.timedelta(seconds=1)
+    assert proxy.trusted(credentials)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_ca_renewed_with_the_same_key_keeps_open_connections_trusted(ca: Authority) -> None:
+    # F3: the connection's handshake verified (leaf, old CA certificate); the bundle now holds only
+    # the renewal. kube-apiserver verifies the leaf against the current pool, and so it still verifies.
+    now = Now()
+    cert = ca.client("front-proxy-client").cert
+    credentials = Credentials(cert, {}, peer_chain=(cert, ca.cert))
+    assert await _verdicts((_renewed(ca),), credentials, now) == (True, True)
+    # The same subject with another key is another CA: the certificate does not chain to it.
+    other = _renewed(ca, ec.generate_private_key(ec.SECP256R1()))
+    assert await _verdicts((other,), credentials, now) == (False, False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_chain_through_an_intermediate_is_verified_again(ca: Authority) -> None:
+    now = Now()
+    intermediate = ca.intermediate("front-proxy-intermediate")
+    cert = intermediate.client("front-proxy-client").cert
+    credentials = Credentials(cert, {}, peer_chain=(cert, intermediate.cert, ca.cert))
+    assert await _verdicts((ca.cert,), credentials, now) == (True, True)
+    # The intermediate itself configured as the anchor (Go's roots pool takes any CA).
+    assert await _verdicts((intermediate.cert,), credentials, now) == (True, True)
+    now.at = intermediate.cert.not_valid_after_utc + datetime.timedelta(seconds=2)
+    assert await _verdicts((ca.cert,), credentials, now) == (False, False)
+
+
+def test_a_decision_is_kept_until_the_chain_s_next_validity_change(ca: Authority) -> None:
+    # The common case stays a lookup: one verification per chain until a certificate of the chain or
+    # a CA expires (or becomes valid), then one more.
+    now = Now()
+    cert = _leaf(ca, now.at - DAY, now.at + DAY)
+    asked: list[datetime.datetime] = []
+
+    def decide(credentials: Credentials, at: datetime.datetime) -> bool:
+        asked.append(at)
+        return True
+
+    kept: ChainDecisions[bool] = ChainDecisions(now=now, anchors=(ca.cert,))
+    credentials = Credentials(cert, {}, peer_chain=(cert, ca.cert))
+    for _ in range(3):
+        kept.get(credentials, decide)
+        now.at += datetime.timedelta(hours=1)
+    assert len(asked) == 1
+    now.at = cert.not_valid_after_utc + datetime.timedelta(seconds=1)
+    kept.get(credentials, decide)
+    kept.get(credentials, decide)
+    assert asked[1:] == [now.at]
