@@ -6,6 +6,7 @@ it reaches a real cluster.
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,9 @@ from typing import Any
 import attrs
 import pytest
 import pytest_twisted
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet import defer, task, threads, utils
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent
@@ -1422,3 +1426,92 @@ async def test_a_failing_token_review_is_a_401_not_a_500(rbac_server, kube_api, 
     assert reply.code == 401, reply.body
     assert reply.json()["reason"] == "Unauthorized"
     assert [r for r in kube_api.requests if "tokenreviews" in r.path]  # the review was tried
+
+
+# --- certificates that do not verify identify nobody (r1tls L3) ------------------------------------
+
+DAY = datetime.timedelta(days=1)
+
+
+def _resigned_ca(ca: Authority, before: datetime.datetime, after: datetime.datetime) -> Path:
+    """``ca``'s certificate signed again (same key, subject and extensions) with this validity."""
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(ca.cert.subject)
+        .issuer_name(ca.cert.subject)
+        .public_key(ca.key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(before)
+        .not_valid_after(after)
+    )
+    for extension in ca.cert.extensions:
+        builder = builder.add_extension(extension.value, extension.critical)
+    path = ca.directory / "resigned-ca.crt"
+    path.write_bytes(builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def _leaf_of(
+    ca: Authority,
+    stem: str,
+    before: datetime.datetime,
+    after: datetime.datetime,
+    usage: x509.ObjectIdentifier,
+) -> Issued:
+    """A front-proxy-client certificate of ``ca`` with this validity and extended key usage."""
+    issued = ca.client("front-proxy-client", stem=stem)  # for its key and files
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "front-proxy-client")]))
+        .issuer_name(ca.cert.subject)
+        .public_key(issued.key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(before)
+        .not_valid_after(after)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
+    issued.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return issued
+
+
+@pytest.mark.parametrize("role", ["front-proxy", "client-ca"])
+@pytest.mark.parametrize("case", ["expired-ca", "expired-leaf", "future-leaf", "server-auth-leaf"])
+@pytest_twisted.ensureDeferred
+async def test_a_certificate_that_does_not_verify_identifies_nobody(
+    make_server, registry, tmp_path, pki, case: str, role: str
+):
+    """An expired CA, an expired or not yet valid certificate, or one without clientAuth: 401, whether
+    it would be the front proxy's (its X-Remote-User is not believed) or a client-CA user's. Before,
+    nothing tested this: `tls._verify` keeping only the last callback's verdict passed every test."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca = Authority.create(tmp_path / "ca", "ca")
+    ca_file = str(ca.cert_file)
+    client_auth = ExtendedKeyUsageOID.CLIENT_AUTH
+    if case == "expired-ca":
+        ca_file = str(_resigned_ca(ca, now - 3 * DAY, now - DAY))
+        leaf = _leaf_of(ca, case, now - DAY, now + DAY, client_auth)
+    elif case == "expired-leaf":
+        leaf = _leaf_of(ca, case, now - 3 * DAY, now - DAY, client_auth)
+    elif case == "future-leaf":
+        leaf = _leaf_of(ca, case, now + DAY, now + 3 * DAY, client_auth)
+    else:
+        leaf = _leaf_of(ca, case, now - DAY, now + DAY, ExtendedKeyUsageOID.SERVER_AUTH)
+    if role == "front-proxy":
+        flags: dict[str, Any] = {
+            "requestheader_client_ca_file": ca_file,
+            "requestheader_allowed_names": ("front-proxy-client",),
+        }
+    else:
+        flags = {"client_ca_file": ca_file}
+    server = await make_server(registry, **flags)
+    url = server.url + collection("ns1")
+    status = await threads.deferToThread(
+        _get_with_chain,
+        url,
+        str(pki.server_ca.cert_file),
+        str(leaf.cert_file),
+        str(leaf.key_file),
+        {"X-Remote-User": "root"},
+    )
+    assert status == 401
