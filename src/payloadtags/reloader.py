@@ -20,12 +20,12 @@ from payloadtags.validators import paths_redacted, without_userinfo
 log = Logger()
 
 
-def _fingerprint(path: str) -> bytes | None:
+def _fingerprint(path: str) -> bytes | OSError:
     try:
         with open(path, "rb") as f:
             return hashlib.sha256(f.read()).digest()
-    except OSError:
-        return None
+    except OSError as error:
+        return error
 
 
 @attrs.define
@@ -38,10 +38,12 @@ class FileWatcher:
     what: str
     period: float = 10.0
     _seen: list[bytes | None] = attrs.field(factory=list, init=False)
+    # Whether the files that cannot be read now were said to be: once per episode, not every period.
+    _unreadable_said: bool = attrs.field(default=False, init=False)
     _loop: LoopingCall | None = attrs.field(default=None, init=False)
 
     def start(self) -> None:
-        self._seen = [_fingerprint(p) for p in self.paths]
+        self._seen = [f if isinstance(f, bytes) else None for f in map(_fingerprint, self.paths)]
         self._loop = LoopingCall(self.check)
         self._loop.clock = self.clock
         self._loop.start(self.period, now=False)
@@ -52,11 +54,31 @@ class FileWatcher:
 
     def check(self) -> bool:
         """Reload if something changed; True when a new state was installed."""
-        current = [_fingerprint(p) for p in self.paths]
-        if current == self._seen:
+        read = [_fingerprint(p) for p in self.paths]
+        unreadable = [(p, f) for p, f in zip(self.paths, read, strict=True) if isinstance(f, OSError)]
+        if unreadable:
+            # Mid-rotation (a file briefly missing) or for good (deleted, its mode or owner changed):
+            # try again next period, and say so once, or an operator learns only when it expires.
+            if not self._unreadable_said:
+                self._unreadable_said = True
+                log.warn(
+                    "{what}: cannot read {files}; keeping the previous ones, trying again every period",
+                    what=self.what,
+                    files=", ".join(
+                        f"{without_userinfo(p)} ({error.strerror or type(error).__name__})"
+                        for p, error in unreadable
+                    ),
+                )
             return False
-        if any(c is None for c in current):
-            # Mid-rotation (a file briefly missing): try again next period.
+        current: list[bytes | None] = [f for f in read if isinstance(f, bytes)]
+        if self._unreadable_said:
+            self._unreadable_said = False
+            log.info(
+                "{what}: can read {paths} again",
+                what=self.what,
+                paths=", ".join(map(without_userinfo, self.paths)),
+            )
+        if current == self._seen:
             return False
         try:
             self.reload()

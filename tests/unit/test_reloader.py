@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
@@ -116,3 +117,48 @@ def test_a_path_inside_another_does_not_leave_the_longer_ones_user_shown(
         "--tls-private-key-file <redacted>@r.crt.key does not match the certificate in --tls-cert-file "
         "<redacted>@r.crt; keeping the previous ones"
     ]
+
+
+def _said(events: list[dict[str, Any]], level: str) -> list[str]:
+    return [formatEvent(e) for e in events if e["log_level"].name == level]
+
+
+def test_a_broken_update_is_logged_once_not_every_period(tmp_path: Path) -> None:
+    # r1tls L2: the same broken content is not tried (and logged) again every period.
+    cert_file, key_file = tmp_path / "tls.crt", tmp_path / "tls.key"
+    write_pair(cert_file, key_file, ServingCertificate.self_signed())
+    clock = Clock()
+    with collected_logs() as events:
+        serving_watcher(clock, str(cert_file), str(key_file))
+        cert_file.write_text("not a certificate")
+        for _ in range(3):
+            clock.advance(PERIOD)
+    assert len(_said(events, "error")) == 1
+
+
+@pytest.mark.parametrize("how", ["deleted", "unreadable"])
+def test_a_file_that_cannot_be_read_is_logged_once_per_episode(tmp_path: Path, how: str) -> None:
+    # r1tls L1: docs/configuration.md says a broken update keeps the old pair and is logged; a key file
+    # deleted, or made unreadable (a mounted Secret's mode or owner changed), was kept silently for ever.
+    cert_file, key_file = tmp_path / "tls.crt", tmp_path / "tls.key"
+    write_pair(cert_file, key_file, ServingCertificate.self_signed())
+    key = key_file.read_bytes()
+    clock = Clock()
+    with collected_logs() as events:
+        serving_watcher(clock, str(cert_file), str(key_file))
+        for episode in range(2):
+            key_file.unlink()
+            if how == "unreadable":
+                key_file.mkdir()  # open() fails (EISDIR) as with EACCES, whoever runs the test
+            for _ in range(3):
+                clock.advance(PERIOD)
+            warnings = _said(events, "warn")
+            assert len(warnings) == episode + 1
+            assert str(key_file) in warnings[-1]
+            assert "keeping the previous ones" in warnings[-1]
+            if how == "unreadable":
+                key_file.rmdir()
+            key_file.write_bytes(key)
+            clock.advance(PERIOD)
+            assert len(_said(events, "info")) == episode + 1  # can read it again; nothing else changed
+    assert not _said(events, "error")
