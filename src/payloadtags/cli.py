@@ -599,8 +599,9 @@ def _parser() -> argparse.ArgumentParser:
         "--tls-cipher-suites",
         type=_lenient(_cipher_suites),
         default=(),
-        help="TLS 1.2 cipher suites allowed, comma-separated IANA names (empty: OpenSSL's secure defaults; "
-        "TLS 1.3 suites are not configurable)",
+        help="TLS 1.2 cipher suites allowed, comma-separated IANA names (empty: the ECDHE suites with "
+        "AES-GCM or CHACHA20; TLS 1.3 suites are not configurable, and naming only those leaves TLS 1.2 "
+        "with no suite, so it is refused)",
     )
     serving.add_argument(
         "--cert-reload-period",

@@ -26,7 +26,7 @@ class Settings:
     tls_private_key_file: str | None = None
     cert_dir: str | None = None  # where the self-signed pair is kept; None: in memory
     tls_min_version: str = "VersionTLS12"
-    tls_cipher_suites: tuple[str, ...] = ()  # IANA names; () = OpenSSL's defaults
+    tls_cipher_suites: tuple[str, ...] = ()  # IANA names; () = tls.DEFAULT_TLS12_SUITES
     client_ca_file: str | None = None
     requestheader_client_ca_file: str | None = None
     requestheader_allowed_names: tuple[str, ...] = ()

@@ -49,6 +49,17 @@ CIPHER_SUITES: dict[str, str | None] = {
     "TLS_AES_256_GCM_SHA384": None,
     "TLS_CHACHA20_POLY1305_SHA256": None,
 }
+# Without --tls-cipher-suites, TLS 1.2 offers Kubernetes' secure list: ECDHE key exchange with AES-GCM or
+# CHACHA20 only. OpenSSL's own default would add CBC with HMAC-SHA256/384 (Lucky13, among Go's insecure
+# suites) and RSA key exchange (no forward secrecy; not a Go default since 1.22), which the flag refuses.
+DEFAULT_TLS12_SUITES: tuple[str, ...] = (
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+)
 _MIN_VERSIONS = {"VersionTLS12": SSL.TLS1_2_VERSION, "VersionTLS13": SSL.TLS1_3_VERSION}
 
 
@@ -62,10 +73,15 @@ class TlsOptions:
     cipher_suites: tuple[str, ...] = ()
 
     def apply(self, context: SSL.Context) -> None:
-        context.set_min_proto_version(_MIN_VERSIONS[self.min_version])
-        ciphers = [name for suite in self.cipher_suites if (name := CIPHER_SUITES[suite])]
+        suites = self.cipher_suites or DEFAULT_TLS12_SUITES
+        ciphers = list(dict.fromkeys(name for suite in suites if (name := CIPHER_SUITES[suite])))
         if ciphers:
+            context.set_min_proto_version(_MIN_VERSIONS[self.min_version])
             context.set_cipher_list(":".join(ciphers).encode())
+        else:
+            # Only TLS 1.3 suites named: as in Go, TLS 1.2 is left with no suite, so it is refused
+            # (OpenSSL takes no empty TLS 1.2 list; refusing the version has the same effect).
+            context.set_min_proto_version(SSL.TLS1_3_VERSION)
 
 
 def _read(path: str, flag: str) -> bytes:

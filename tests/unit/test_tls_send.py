@@ -42,11 +42,21 @@ from payloadtags.http.channel import (
     _no_front_proxy,
 )
 from payloadtags.limits import HttpLimits
-from payloadtags.tls import ContextFactory, ServingCertificate, server_context
+from payloadtags.tls import (
+    DEFAULT_TLS12_SUITES,
+    ContextFactory,
+    ServingCertificate,
+    TlsOptions,
+    server_context,
+)
 from tests.support.held_site import Admitting as _Admitting
 from tests.support.held_site import Held as _Held
 
-_SERVER_CONTEXT = ContextFactory(server_context(ServingCertificate.self_signed(), ()))
+# Also a CBC suite, as --tls-cipher-suites may name (the default has none), for the TLS 1.2 CBC client.
+_SUITES = (*DEFAULT_TLS12_SUITES, "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA")
+_SERVER_CONTEXT = ContextFactory(
+    server_context(ServingCertificate.self_signed(), (), TlsOptions(cipher_suites=_SUITES))
+)
 
 
 class _Loop:
