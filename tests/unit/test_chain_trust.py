@@ -35,7 +35,12 @@ def ca(tmp_path: Path) -> Authority:
     return Authority.create(tmp_path, "front-proxy-ca")
 
 
-def _leaf(ca: Authority, not_before: datetime.datetime, not_after: datetime.datetime) -> x509.Certificate:
+def _leaf(
+    ca: Authority,
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+    usage: x509.ObjectIdentifier = ExtendedKeyUsageOID.CLIENT_AUTH,
+) -> x509.Certificate:
     key = ec.generate_private_key(ec.SECP256R1())
     return (
         x509.CertificateBuilder()
@@ -45,7 +50,7 @@ def _leaf(ca: Authority, not_before: datetime.datetime, not_after: datetime.date
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .sign(ca.key, hashes.SHA256())
     )
 
@@ -129,6 +134,19 @@ async def test_a_certificate_not_yet_valid_is_trusted_from_its_not_before(ca: Au
     assert not proxy.trusted(credentials)
     now.at += DAY + datetime.timedelta(seconds=1)
     assert proxy.trusted(credentials)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_certificate_for_servers_only_identifies_nobody(ca: Authority) -> None:
+    # As Go verifies with ExtKeyUsageClientAuth on every request, whatever the handshake said.
+    now = Now()
+    cert = _leaf(ca, now.at - DAY, now.at + DAY, ExtendedKeyUsageOID.SERVER_AUTH)
+    credentials = Credentials(cert, {}, peer_chain=(cert, ca.cert))
+    assert await _verdicts((ca.cert,), credentials, now) == (False, False)
+    for usage in (ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE):
+        cert = _leaf(ca, now.at - DAY, now.at + DAY, usage)
+        credentials = Credentials(cert, {}, peer_chain=(cert, ca.cert))
+        assert await _verdicts((ca.cert,), credentials, now) == (True, True)
 
 
 @pytest_twisted.ensureDeferred

@@ -8,7 +8,7 @@ from typing import Generic, Protocol, TypeVar
 
 import attrs
 from cryptography import x509
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import crypto
 
 from payloadtags.identity import AUTHENTICATED, MASTERS, UserInfo
@@ -108,7 +108,7 @@ class TrustAnchors:
         """Whether ``cert`` chains to one of these CAs, every link valid at ``now``. The intermediates
         are the ones the handshake verified (its own anchor among them, which need not be one of these
         any more: a CA renewed with the same key and subject verifies the same certificate)."""
-        if not self.certificates:
+        if not self.certificates or not _for_clients(cert):
             return False
         # A store of its own per verification: OpenSSL keeps the first time set on a store and
         # ignores a later one. Verifications are rare (see ChainDecisions), so this costs little.
@@ -127,6 +127,16 @@ class TrustAnchors:
         except crypto.X509StoreContextError:
             return False
         return True
+
+
+def _for_clients(cert: x509.Certificate) -> bool:
+    """Whether a certificate may authenticate a client, as Go's Verify with ExtKeyUsageClientAuth
+    reads its extended key usage (none at all: any use)."""
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return True
+    return ExtendedKeyUsageOID.CLIENT_AUTH in usages or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in usages
 
 
 def next_validity_change(
