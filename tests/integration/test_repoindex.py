@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet import threads
 
 from tests.support import images
 from tests.support.harness import Pki, ServerUnderTest
+from tests.support.raw import Target, exchange, request_bytes
 from tests.support.rbac import eventually
 from tests.support.registry_server import RegistryServer, free_port, need_registry
 
@@ -161,6 +163,14 @@ async def test_registry_events_need_the_token_and_a_well_formed_body(
     basic = {**headers, "Authorization": f"Basic {TOKEN}"}
     assert (await anonymous.request("POST", events, headers=basic, body=envelope)).code == 401
     assert "direct/pushed" not in index
+    # Refused before its body is read (r1events F1): a head announcing 1000 bytes, then one, gets its
+    # 401 at once; read first, the server would wait for the rest (and buffer up to the body limit of
+    # every such request) before refusing.
+    target = Target(server.running.port, str(server.pki.server_ca.cert_file))
+    for auth in ({}, {"Authorization": "Bearer not-the-token"}):
+        head = request_bytes("POST", events, {**headers, **auth, "Content-Length": "1000"}, b"{")
+        reply = await threads.deferToThread(exchange, target, head)
+        assert reply.code == 401, auth
 
     good = {**headers, "Authorization": f"Bearer {TOKEN}"}
     for garbage in (
@@ -187,6 +197,34 @@ async def test_registry_events_need_the_token_and_a_well_formed_body(
     assert "direct/pushed" in index
     # A delete event removes nothing: the registry keeps the repository in its catalog too.
     assert index.namespace_repositories("direct") == ["direct/pushed"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_token_with_a_non_ascii_character_matches_its_own_bytes(
+    tmp_path: Path, make_server: Any, registry: RegistryServer
+):
+    # The file is UTF-8; the registry sends its configured header's bytes as they are (r1events L4).
+    token = "t\u00f6k\u00e9n-0123456789"
+    token_file = tmp_path / "events.token"
+    token_file.write_text(token + "\n", encoding="utf-8")
+    server = await make_server(registry, registry_events_token_file=str(token_file))
+    body = json.dumps({"events": [{"action": "push", "target": {"repository": "na/x"}}]}).encode()
+    head = (
+        b"POST /registry/events HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer "
+        + token.encode()
+        + b"\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+    )
+    target = Target(server.running.port, str(server.pki.server_ca.cert_file))
+    reply = await threads.deferToThread(exchange, target, head + body)
+    assert reply.code == 200, reply.body
+    assert "na/x" in server.running.index
+    # Its Latin-1 reading (each byte one character, re-encoded as UTF-8) is another token.
+    latin = token.encode().decode("latin-1").encode()
+    head = head.replace(token.encode(), latin)
+    assert (await threads.deferToThread(exchange, target, head + body)).code == 401
 
 
 @pytest_twisted.ensureDeferred

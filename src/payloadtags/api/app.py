@@ -1223,7 +1223,9 @@ class ApiServer:
             return False
         scheme, _, token = (_header(request, "authorization") or "").partition(" ")
         expected = self.events_token.encode()
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected)
+        # `_header` read the header's bytes as Latin-1: encoded back the same way, they are the bytes
+        # the registry sent, which for a UTF-8 token are the file's (r1events L4).
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode("latin-1"), expected)
 
     # -- the resource -----------------------------------------------------------------------------
 
