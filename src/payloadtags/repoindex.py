@@ -20,6 +20,10 @@ from payloadtags.registry.content import catalog_key, digit_nested, skipped_by_s
 log = Logger()
 
 CATALOG_PAGE = 1000
+# Names events may add between two refreshes: this many, or as many as the last refresh read if
+# more. Past it the index takes no more, and namespace lists seek the catalog again until the next
+# refresh (review r1events L2): a token holder's flood of made-up names costs that, not memory.
+MIN_ADDED_BETWEEN_REFRESHES = 10_000
 
 Key = tuple[str, ...]
 
@@ -37,6 +41,13 @@ class RepositoryIndex:
         # Names the catalog never listed, taken because 2.8's seek leaves them out (`refresh`): maybe
         # only a path's directory, whose tag list's 404 reads as empty (`inventory.guessed_tags`).
         self.guessed: frozenset[str] = frozenset()
+        self._added = 0  # names events added since the last refresh
+        self._refreshed = 0  # how many names the last refresh read
+
+    @property
+    def max_added(self) -> int:
+        """How many names events may add between two refreshes."""
+        return max(MIN_ADDED_BETWEEN_REFRESHES, self._refreshed)
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -45,13 +56,24 @@ class RepositoryIndex:
         return repository in self._members
 
     def add(self, repository: str) -> bool:
-        """Adds a name; True when it was new."""
+        """Adds a name; True when it was new. Past `max_added` new names since the last refresh, none
+        is added and the index is no longer ready: lists seek the catalog until the next refresh."""
+        if repository not in self._members and self._added >= self.max_added:
+            if self.ready:
+                self.ready = False
+                log.warn(
+                    "repository index: registry events added {count} repositories since the last "
+                    "refresh; it takes no more, and namespace lists read the catalog until the next one",
+                    count=self._added,
+                )
+            return False
         if self._added_during_refresh is not None:
             self._added_during_refresh.add(repository)
         if repository in self.guessed:
             self.guessed = self.guessed - {repository}  # a push named it: a repository
         if repository in self._members:
             return False
+        self._added += 1
         bisect.insort(self._keys, catalog_key(repository))
         self._members.add(repository)
         return True
@@ -96,11 +118,15 @@ class RepositoryIndex:
                 if not page.more and not (page.full(CATALOG_PAGE) and digit_nested(last)):
                     break
                 guesses.extend(skipped_by_seek(last))
+            read = len(names)
             names.extend(self._added_during_refresh)
         finally:
             added, self._added_during_refresh = self._added_during_refresh, None
         self.replace(names + guesses)
         self.guessed = frozenset(guesses).difference(names)
+        # The bound follows the catalog, not a flood of names added meanwhile: those are kept, and
+        # count towards it.
+        self._refreshed, self._added = read, len(self._keys) - len(set(names[:read]).union(guesses))
         self.ready = True
         log.info(
             "repository index refreshed: {count} repositories in {ms:.0f}ms "

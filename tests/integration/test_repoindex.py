@@ -8,11 +8,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import pytest_twisted
 from twisted.internet import threads
 
+from payloadtags.api.app import MAX_EVENTS_PER_ENVELOPE
+from payloadtags.limits import WatchLimits
+from payloadtags.watch.rereads import CONCURRENCY
 from tests.support import images
+from tests.support.client import stream
 from tests.support.harness import Pki, ServerUnderTest
 from tests.support.raw import Target, exchange, request_bytes
 from tests.support.rbac import eventually
@@ -235,3 +240,109 @@ async def test_without_a_token_file_there_is_no_index_and_no_events_route(api: A
     # Without the route, a body from an unauthenticated client is refused before it is read.
     reply = await api.client().request("POST", "/registry/events", body=b'{"events": []}')
     assert reply.code == 401
+
+
+@attrs.define
+class CountingReader:
+    """The hub's reader, counting the tag-list reads its sources make and how many run at once."""
+
+    inner: Any
+    reads: list[str] = attrs.field(factory=list)
+    flying: int = 0
+    most: int = 0
+
+    async def scope_tags(self, namespace: str | None) -> Any:
+        return await self.inner.scope_tags(namespace)
+
+    async def repository_tags(self, repository: str) -> Any:
+        self.reads.append(repository)
+        self.flying += 1
+        self.most = max(self.most, self.flying)
+        try:
+            return await self.inner.repository_tags(repository)
+        finally:
+            self.flying -= 1
+
+
+def manifest_push(repository: str) -> dict[str, Any]:
+    media = "application/vnd.oci.image.manifest.v1+json"
+    target = {"mediaType": media, "digest": "sha256:" + "0" * 64, "repository": repository}
+    return {"action": "push", "target": target}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_burst_of_notifications_rereads_a_few_repositories_at_a_time(
+    tmp_path: Path, make_server: Any, registry: RegistryServer, pki: Pki
+):
+    # r1events L1: each notification's rereads started at once, all queued on the registry client's
+    # slots ahead of every user's reads (and many in one envelope ran in one reactor turn).
+    images.push_oci_image(registry, "other/app", "v1")
+    token_file = tmp_path / "events.token"
+    token_file.write_text(TOKEN)
+    server = await make_server(
+        registry, registry_events_token_file=str(token_file), watch=WatchLimits(resync_period=3600)
+    )
+    hub = server.running.api.watch_hub
+    reader = hub.reader = CountingReader(hub.reader)
+    watch = await stream(server.client(pki.admin), f"{B}/payloadrepositorytags?watch=true&resourceVersion=0")
+    assert (await watch.next())["object"]["spec"]["repositoryPath"] == "app"
+    good = {"Content-Type": EVENTS_TYPE, "Authorization": f"Bearer {TOKEN}"}
+    anonymous = server.client()
+
+    burst = [manifest_push(f"burst/r{n}") for n in range(MAX_EVENTS_PER_ENVELOPE + 1)]
+    body = json.dumps({"events": burst}).encode()
+    reply = await anonymous.request("POST", "/registry/events", headers=good, body=body)
+    assert reply.code == 413, reply.body  # refused whole: distribution sends one event an envelope
+    assert "burst/r0" not in server.running.index and not reader.reads
+
+    body = json.dumps({"events": burst[:MAX_EVENTS_PER_ENVELOPE]}).encode()
+    assert (await anonymous.request("POST", "/registry/events", headers=good, body=body)).code == 200
+    rereads = server.running.api.notification_rereads
+
+    async def drained() -> bool:
+        return len(rereads) == 0 and rereads.running == 0
+
+    assert await eventually(drained, within=30)
+    assert sorted(reader.reads) == sorted(f"burst/r{n}" for n in range(MAX_EVENTS_PER_ENVELOPE))
+    assert reader.most <= CONCURRENCY  # one source (all namespaces): one read a repository
+    watch.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_blob_push_notification_rereads_no_tag_list(notifying: Any, make_server: Any, pki: Pki):
+    # r1events N1: distribution notifies one push per blob before the manifest's; a blob changes no tag.
+    registry, port, token_file = notifying
+    images.push_oci_image(registry, "bl/app", "v1")
+    server = await make_server(
+        registry,
+        secure_port=port,
+        registry_events_token_file=str(token_file),
+        registry_index_refresh_period=3600.0,
+        watch=WatchLimits(resync_period=3600),
+    )
+    hub = server.running.api.watch_hub
+    reader = hub.reader = CountingReader(hub.reader)
+    index = server.running.index
+    pushes = []  # every push event reaches the index, a blob's too
+    add = index.add
+
+    def adding(name: str) -> bool:
+        pushes.append(name)
+        return bool(add(name))
+
+    index.add = adding
+    watch = await stream(server.client(pki.admin), f"{collection('bl')}?watch=true&resourceVersion=0")
+    assert (await watch.next())["object"]["spec"]["tag"] == "v1"
+    images.push_oci_image(registry, "bl/app", "v2", seed="two")  # a config and a layer, then the manifest
+    added = await watch.next()
+    assert (added["type"], added["object"]["spec"]["tag"]) == ("ADDED", "v2")
+    rereads = server.running.api.notification_rereads
+
+    async def all_handled() -> bool:
+        # Each notification's rereads start while its POST is handled, before its push reaches the index.
+        idle = len(rereads) == 0 and rereads.running == 0 and not reader.flying
+        return pushes.count("bl/app") >= 3 and idle
+
+    assert await eventually(all_handled, within=30)
+    assert reader.reads == ["bl/app"]  # the manifest's; a read per blob as well before
+    watch.close()

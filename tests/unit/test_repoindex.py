@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
+from payloadtags import repoindex
 from payloadtags.inventory import Inventory
 from payloadtags.names import TagRef
 from payloadtags.registry import CatalogPage, RegistryNotFound
@@ -236,3 +237,25 @@ def test_a_refresh_that_does_not_finish_within_its_period_is_stopped_and_logged(
         "repository index refresh did not finish within 300s (--registry-index-refresh-period) "
         "and was stopped"
     ]
+
+
+def test_events_add_a_bounded_number_of_names_between_refreshes_then_lists_read_the_catalog():
+    # r1events L2: made-up names from a token holder's events would otherwise pile up until the refresh.
+    client = FakeClient(CATALOG)
+    index = RepositoryIndex()
+    run(index.refresh(client))
+    bound = repoindex.MIN_ADDED_BETWEEN_REFRESHES
+    assert index.max_added == bound
+    for n in range(bound):
+        assert index.add(f"flood/r{n}")
+    with capturedLogs() as events:
+        assert not index.add("flood/one-more")
+        assert not index.add("flood/another")
+    assert "flood/one-more" not in index and len(index) == len(CATALOG) + bound
+    assert not index.ready  # namespace lists seek the catalog, which has every repository
+    [warning] = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+    assert warning.startswith(f"repository index: registry events added {bound} repositories since the last")
+    assert not index.add(CATALOG[0])  # a known name is no new one, and costs nothing
+    run(index.refresh(client))
+    assert index.ready and len(index) == len(CATALOG)
+    assert index.add("flood/after-the-refresh")

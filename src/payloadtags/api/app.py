@@ -87,6 +87,7 @@ from payloadtags.registry.errors import RegistryError
 from payloadtags.repoindex import RepositoryIndex
 from payloadtags.tls import unreadable_certificate, verified_peer_chain
 from payloadtags.watch import Listed, TooManyWatches, Watcher, WatchHub, WatchSlot
+from payloadtags.watch.rereads import NotificationRereads
 from payloadtags.watch.watcher import error_line
 
 log = Logger()
@@ -96,6 +97,11 @@ log = Logger()
 AUTH_FAILURE_LOG_PERIOD = 30.0
 # How long notifications refused for their token stay quiet in the log after a line about them.
 EVENTS_REFUSED_LOG_PERIOD = 30.0
+# Events one notification envelope may hold: distribution sends one an envelope. One holding more is
+# refused whole (413), so that what one request costs stays bounded (review r1events L1).
+MAX_EVENTS_PER_ENVELOPE = 100
+# distribution's push of a blob (a layer, a config): no tag changes with it (review r1events N1).
+BLOB_MEDIA_TYPE = "application/octet-stream"
 
 BASE = f"/apis/{GROUP_VERSION}"
 HEALTH_ENDPOINTS = ("healthz", "livez", "readyz")
@@ -507,12 +513,16 @@ class ApiServer:
     monotonic: Callable[[], float] = time.monotonic
     _auth_failures: OncePerPeriod[tuple[type, int | None]] = attrs.field(init=False)
     _events_refused: OncePerPeriod[None] = attrs.field(init=False)
+    # The tag-list rereads notifications ask of watched scopes, a few at a time.
+    notification_rereads: NotificationRereads | None = attrs.field(default=None, init=False)
     # Matches a request's path and method against the routes (`refused`), bound once they are made.
     _matcher: MapAdapter = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._auth_failures = OncePerPeriod(AUTH_FAILURE_LOG_PERIOD, self.monotonic)
         self._events_refused = OncePerPeriod(EVENTS_REFUSED_LOG_PERIOD, self.monotonic)
+        if self.watch_hub is not None:
+            self.notification_rereads = NotificationRereads(self.watch_hub.reread, monotonic=self.monotonic)
         # werkzeug answers a path it would serve once its slashes are merged (``a//b``), or once a
         # slash is added or a rule's defaults dropped, with a redirect; Klein sends it as a 3xx with
         # no Location, which no client follows and the aggregator turns into a 502. kube-apiserver
@@ -1172,30 +1182,40 @@ class ApiServer:
             raise self._events_token_refused(request)
         try:
             events = json.loads(self._body(request))["events"]
+            if isinstance(events, list) and len(events) > MAX_EVENTS_PER_ENVELOPE:
+                raise ApiError(
+                    413,
+                    "RequestEntityTooLarge",
+                    f"a registry notification envelope holds at most {MAX_EVENTS_PER_ENVELOPE} events",
+                )
             changes = [
-                (event["action"], event["target"]["repository"])
+                (event["action"], event["target"]["repository"], event["target"].get("mediaType"))
                 for event in events
                 if event.get("action") in ("push", "delete") and isinstance(event.get("target"), dict)
             ]
-            if not all(isinstance(name, str) for _, name in changes):
+            if not all(isinstance(name, str) for _, name, _ in changes):
                 raise TypeError("a repository that is not a string")
         except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError, RecursionError):
             raise ApiError(400, "BadRequest", "the body is not a registry notification envelope") from None
         # The registry re-sends an event it gets no 2xx for, and every later one waits behind it: a
         # name payloadtags cannot show (distribution accepts a few, such as an upper-case domain) is
         # accepted and left out, or one such push would hold back every notification after it.
-        shown = [(action, name) for action, name in changes if is_valid_repository(name)]
+        shown = [change for change in changes if is_valid_repository(change[1])]
         if len(shown) < len(changes):
             log.info(
                 "registry events: {count} event(s) ignored: their repository is not a name payloadtags shows",
                 count=len(changes) - len(shown),
             )
         changes = shown
-        repositories = [name for action, name in changes if action == "push"]
-        if self.watch_hub is not None:
-            # Watched scopes re-read just these repositories' tag lists.
-            for name in dict.fromkeys(name for _, name in changes):
-                self.watch_hub.repository_changed(name)
+        # Every push counts for the index (a blob's alone puts a repository in 2.8's catalog).
+        repositories = [name for action, name, _ in changes if action == "push"]
+        if self.notification_rereads is not None:
+            # Watched scopes re-read just these repositories' tag lists, when a tag may have changed:
+            # a blob's push changes none, and comes once per layer (a delete may be a tag's).
+            for name in dict.fromkeys(
+                name for action, name, media in changes if action == "delete" or media != BLOB_MEDIA_TYPE
+            ):
+                self.notification_rereads.add(name)
         added = [name for name in repositories if self.repository_index.add(name)]
         if added:
             log.info("repository index: {added} added by registry events", added=", ".join(added))

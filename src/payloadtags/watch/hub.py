@@ -19,6 +19,7 @@ import itertools
 from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Sequence
 
 import attrs
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -498,12 +499,17 @@ class WatchHub:
 
     def repository_changed(self, repository: str) -> None:
         """A registry notification (push or delete) for one repository, or a delete this replica
-        made there: the sources that cover it reread its tag list. When a list of a scope that covers
-        it opened a record at the current sequence, the sequence moves on first: a later list of that
+        made there: the sources that cover it reread its tag list."""
+        self.reread(repository)
+
+    def reread(self, repository: str) -> list[Deferred[None]]:
+        """`repository_changed`, returning the reads it started (a source reading the repository
+        already reads it once more instead, and starts none). When a list of a scope that covers it
+        opened a record at the current sequence, the sequence moves on first: a later list of that
         scope must not join it (review newcomer F2)."""
         parts = split_repository(repository)
         if parts is None:
-            return
+            return []
         scopes = (parts[0], None)
         current = self.versions.current
         if any(self.listed.holds(scope, current) for scope in scopes):
@@ -512,10 +518,14 @@ class WatchHub:
             # whose watch it is. Once moved, no record is at the new sequence until a list opens one,
             # so a deletecollection of many tags moves it once, or once for each list made meanwhile.
             self._moved_on()
+        started = []
         for scope in scopes:
             source = self.sources.get(scope)
             if source is not None:
-                source.repository_changed(repository)
+                reading = source.repository_changed(repository)
+                if reading is not None:
+                    started.append(reading)
+        return started
 
     def reap(self) -> None:
         """Drops sources nobody watches and nobody listed for their idle time (`_idle_ttl`), and

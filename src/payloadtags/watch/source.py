@@ -305,15 +305,16 @@ class ScopeSource:
         self._flying.add(self._reads)
         return self._reads
 
-    def repository_changed(self, repository: str) -> None:
+    def repository_changed(self, repository: str) -> Deferred[None] | None:
         """A notification, or a delete this replica made: re-read one repository (coalesced while a
-        read of it runs)."""
+        read of it runs). The read it started, if it started one: it fires once that read (and those
+        asked for while it ran) ended."""
         if not self.covers(repository):
-            return
+            return None
         if not self.ready:
             self._dirty_before_ready.add(repository)
-            return
-        self._reread(
+            return None
+        return self._reread(
             repository,
             self._reading,
             self._again,
@@ -446,12 +447,13 @@ class ScopeSource:
         busy: set[str],
         again: set[str],
         apply: Callable[[frozenset[str], int], None],
-    ) -> None:
+    ) -> Deferred[None] | None:
         """Reads one repository's tag list, then has ``apply`` take it and `_confirm` what lists noted
-        of it; while a read of the same kind (``busy``) is out, one more follows it (``again``)."""
+        of it; while a read of the same kind (``busy``) is out, one more follows it (``again``).
+        The reading started, or None when one was out already."""
         if repository in busy:
             again.add(repository)
-            return
+            return None
 
         async def reading() -> None:
             busy.add(repository)
@@ -468,7 +470,8 @@ class ScopeSource:
         # In a context of its own: the caller may be a request that marked itself asking before the
         # change it tells of (a deletecollection, registry.coalesce), and a read sent since then but
         # before the change must not serve this one.
-        contextvars.Context().run(Deferred.fromCoroutine, reading())
+        reading_done: Deferred[None] = contextvars.Context().run(Deferred.fromCoroutine, reading())
+        return reading_done
 
     async def _read_once(self, repository: str, apply: Callable[[frozenset[str], int], None]) -> bool:
         """One read of a repository's tag list, taken by ``apply`` and `_confirm`; False if it failed."""
