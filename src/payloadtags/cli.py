@@ -1040,7 +1040,11 @@ def _check_registry_url(text: str, errors: list[str]) -> str:
     problem = address_problem(parts)
     if problem:
         errors.append(f"--registry-url {text!r}: {problem}")
-    return url
+    # A scheme is case-insensitive (RFC 3986 3.1) and the check above took HTTP:// (urlsplit lower-cases
+    # what it returns), but the registry client requests lower-case schemes only: as typed, every request
+    # failed, blamed on "a URL the registry named" (r1cli F1).
+    scheme, colon, rest = url.partition(":")
+    return scheme.lower() + colon + rest
 
 
 def _check_registry_host(text: str | None, errors: list[str]) -> None:

@@ -18,6 +18,7 @@ from payloadtags.cli import (
     main,
     settings_from,
 )
+from payloadtags.registry.transport import unrequestable
 from payloadtags.validators import AT_SIGNS
 
 
@@ -233,6 +234,15 @@ def test_a_registry_ca_with_plain_http_is_accepted():
     # Its token service or blob storage may be https:// with a private CA (review-startup2 F1).
     assert parse("--registry-ca-file=/registry-ca.crt").registry.ca_file == "/registry-ca.crt"
     assert parse("--registry-url=https://r:5000", "--registry-ca-file=/ca.crt").registry.ca_file == "/ca.crt"
+
+
+@pytest.mark.parametrize("scheme", ["HTTP", "Https", "hTtP"])
+def test_an_upper_case_scheme_in_the_registry_url_is_requested_lower_case(scheme):
+    # Schemes are case-insensitive: the start-up check took HTTP://, then the registry client refused
+    # every request for "a URL the registry named" (r1cli F1).
+    url = parse(f"--registry-url={scheme}://127.0.0.1:5000").registry.url
+    assert url == f"{scheme.lower()}://127.0.0.1:5000"
+    assert unrequestable(url + "/v2/") is None
 
 
 @pytest.mark.parametrize(
