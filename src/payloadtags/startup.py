@@ -64,7 +64,7 @@ def complete(
     service_account_dir: str = SERVICE_ACCOUNT_DIR,
 ) -> Completed:
     errors: list[str] = []
-    serving, origin = _serving(settings, errors)
+    serving, origin, unwritten = _serving(settings, errors)
     for flag, path in (
         ("--client-ca-file", settings.client_ca_file),
         ("--requestheader-client-ca-file", settings.requestheader_client_ca_file),
@@ -109,6 +109,8 @@ def complete(
     if cluster is not None and settings.namespace_cleanup and settings.leader_elect:
         _check_lease(settings, namespace, errors)
         _check_lease_timing(settings, errors)
+    if not errors and serving is not None and unwritten is not None:
+        _write_pair(unwritten, serving, errors)
     if errors or serving is None:
         raise ConfigurationError(*errors)
     return Completed(
@@ -302,12 +304,13 @@ def _check_lease_timing(settings: Settings, errors: list[str]) -> None:
         )
 
 
-def _serving(settings: Settings, errors: list[str]) -> tuple[ServingCertificate | None, str]:
+def _serving(settings: Settings, errors: list[str]) -> tuple[ServingCertificate | None, str, Path | None]:
+    """The serving pair, where it comes from, and the --cert-dir to write it to (a new pair)."""
     if settings.tls_cert_file and settings.tls_private_key_file:
         serving = _pair(settings.tls_cert_file, settings.tls_private_key_file, errors)
-        return serving, f"--tls-cert-file {_logged(settings.tls_cert_file)}"
+        return serving, f"--tls-cert-file {_logged(settings.tls_cert_file)}", None
     if not settings.cert_dir:
-        return ServingCertificate.self_signed(), "a self-signed certificate for localhost, in memory"
+        return ServingCertificate.self_signed(), "a self-signed certificate for localhost, in memory", None
     directory = Path(settings.cert_dir)
     cert_file, key_file = directory / CERT_DIR_CERT, directory / CERT_DIR_KEY
     if cert_file.exists() or key_file.exists():
@@ -319,20 +322,24 @@ def _serving(settings: Settings, errors: list[str]) -> tuple[ServingCertificate 
             "--cert-dir",
             " (delete both files to have a new pair generated)",
         )
-        return serving, f"the self-signed pair in --cert-dir {_logged(directory)}"
-    serving = ServingCertificate.self_signed()
+        return serving, f"the self-signed pair in --cert-dir {_logged(directory)}", None
+    # Made in memory, written by `complete` only once every other check passed: a start refused for
+    # another file wrote a pair, and install.md's wait for apiserver.crt then ended (r1cli L1).
+    origin = f"a new self-signed pair written to --cert-dir {_logged(directory)}"
+    return ServingCertificate.self_signed(), origin, directory
+
+
+def _write_pair(directory: Path, serving: ServingCertificate, errors: list[str]) -> None:
     certificate, key = serving.pem()
     try:
         directory.mkdir(parents=True, exist_ok=True)
         # The key is written owner-only before it holds anything.
-        descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        descriptor = os.open(directory / CERT_DIR_KEY, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "wb") as f:
             f.write(key)
-        cert_file.write_bytes(certificate)
+        (directory / CERT_DIR_CERT).write_bytes(certificate)
     except OSError as error:
         errors.append(f"--cert-dir {directory}: cannot write the self-signed pair: {error.strerror}")
-        return None, ""
-    return serving, f"a new self-signed pair written to --cert-dir {_logged(directory)}"
 
 
 def _logged(path: str | Path) -> str:

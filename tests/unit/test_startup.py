@@ -289,6 +289,19 @@ def test_cert_dir_pair_is_written_once_and_reused(tmp_path: Path) -> None:
     assert error.endswith("(delete both files to have a new pair generated)")
 
 
+@pytest.mark.parametrize("flag", ["client_ca_file", "kubeconfig"])
+def test_a_start_refused_for_another_file_writes_no_cert_dir_pair(tmp_path: Path, flag: str) -> None:
+    # install.md's standalone recipe waits for apiserver.crt: a refused start must not write it (r1cli L1).
+    bad = tmp_path / "bad.pem"
+    bad.write_text("garbage\n")
+    directory = tmp_path / "certs"
+    errors_of(cert_dir=str(directory), **{flag: str(bad)})
+    assert not directory.exists()
+    # The same start with that file fixed writes the pair.
+    complete(settings(cert_dir=str(directory)), environ=NO_POD)
+    assert sorted(p.name for p in directory.iterdir()) == sorted([CERT_DIR_CERT, CERT_DIR_KEY])
+
+
 def test_lease_namespace_flag_pod_environment_kubeconfig_default() -> None:
     out_of_pod = ClusterConfig(server="https://k", namespace="from-context")
     in_pod = ClusterConfig(server="https://k", namespace="pods-own", in_cluster=True)
