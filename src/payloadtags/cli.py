@@ -39,6 +39,7 @@ from payloadtags.validators import (
     file_flag_forms,
     has_userinfo,
     paths_redacted,
+    read_file,
     userinfo_span,
     utf8_encodable,
     without_userinfo,
@@ -983,9 +984,8 @@ def _flag_of(parser: argparse.ArgumentParser) -> dict[str, str]:
 def _secret(file_path: str | None, env: str, flag: str, errors: list[str]) -> str | None:
     if file_path:
         try:
-            with open(file_path, encoding="utf-8") as f:
-                # Empty is unset: the Secret of a registry without authentication has empty entries.
-                return f.read().strip() or None
+            # Empty is unset: the Secret of a registry without authentication has empty entries.
+            return read_file(file_path).decode("utf-8").strip() or None
         except OSError as error:
             errors.append(f"{flag} {file_path}: cannot read: {error.strerror}")
             return None

@@ -15,15 +15,14 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from payloadtags.validators import paths_redacted, without_userinfo
+from payloadtags.validators import paths_redacted, read_file, without_userinfo
 
 log = Logger()
 
 
 def _fingerprint(path: str) -> bytes | OSError:
     try:
-        with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).digest()
+        return hashlib.sha256(read_file(path)).digest()
     except OSError as error:
         return error
 

@@ -23,7 +23,13 @@ from payloadtags.kube.config import SERVICE_ACCOUNT_DIR, SERVICE_HOST_ENV, pod_w
 from payloadtags.kube.tls import client_tls_problems
 from payloadtags.settings import Settings
 from payloadtags.tls import CertificateError, ServingCertificate, load_certificates, load_private_key
-from payloadtags.validators import file_flag_forms, paths_redacted, utf8_encodable, without_userinfo
+from payloadtags.validators import (
+    file_flag_forms,
+    paths_redacted,
+    read_file,
+    utf8_encodable,
+    without_userinfo,
+)
 
 # Names Kubernetes components use for the pair they generate into --cert-dir.
 CERT_DIR_CERT = "apiserver.crt"
@@ -383,8 +389,7 @@ def _events_token(settings: Settings, errors: list[str]) -> str | None:
     if not path:
         return None
     try:
-        with open(path, encoding="utf-8") as f:
-            token = f.read().strip()
+        token = read_file(path).decode("utf-8").strip()
     except OSError as error:
         errors.append(f"--registry-events-token-file {path}: cannot read: {error.strerror}")
         return None

@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from payloadtags.access.authn import load_pem_bundle
 from payloadtags.onceper import OncePerPeriod
+from payloadtags.validators import read_file
 
 # The TLS 1.2 suites Go (and so --tls-cipher-suites in Kubernetes) names, by their OpenSSL names. TLS 1.3
 # suites are accepted and, as in Go, not configurable.
@@ -86,8 +87,7 @@ class TlsOptions:
 
 def _read(path: str, flag: str) -> bytes:
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return read_file(path)
     except OSError as error:
         raise CertificateError(f"{flag} {path}: cannot read: {error.strerror}") from None
 

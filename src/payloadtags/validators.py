@@ -3,15 +3,39 @@
 from __future__ import annotations
 
 import base64
+import errno
 import ipaddress
 import os
 import re
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult
 
 import attrs
+
+# What a file named by a flag may hold, far over any PEM bundle, kubeconfig, token or password: a flag
+# naming /dev/zero was read without end (MemoryError at start, or an OOM kill) (r1cli L3).
+FILE_LIMIT = 16 * 1024 * 1024
+
+
+def read_file(path: str | Path, limit: int = FILE_LIMIT) -> bytes:
+    """A regular file's bytes, at most ``limit`` of them. Anything else raises OSError, whose strerror
+    says why in the words a refusal line uses: a named pipe is opened without waiting for a writer
+    (opened as it was, the start hung on it), a device or a larger file is not read."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(descriptor, "rb") as f:
+        mode = os.fstat(descriptor).st_mode
+        if stat.S_ISDIR(mode):
+            raise OSError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        bound = f"{limit // (1024 * 1024)} MiB" if limit % (1024 * 1024) == 0 else f"{limit} bytes"
+        raise OSError(errno.EFBIG, f"larger than {bound}", str(path))
+    return data
 
 
 def positive(_instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import pytest
@@ -206,6 +207,37 @@ def test_a_credential_file_that_is_not_utf8_is_refused_in_one_line_naming_it(tmp
     assert main(["serve", "--registry-url=http://127.0.0.1:5000", *argv]) == 1
     err = capsys.readouterr().err
     assert err == f"payloadtags: {flag} {secret}: cannot read: it is not UTF-8 text\n"
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "fifo"])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--client-ca-file"],
+        ["--requestheader-client-ca-file"],
+        ["--registry-ca-file"],
+        ["--registry-username-file"],
+        ["--registry-password-file"],
+        ["--registry-events-token-file"],
+        ["--kubeconfig"],
+        ["--tls-cert-file", "--tls-private-key-file"],
+    ],
+)
+def test_a_file_flag_naming_what_is_not_a_regular_file_is_refused_in_one_line(
+    tmp_path, capsys, flags, special
+):
+    # r1cli L3: /dev/zero was read without end (a MemoryError traceback, or an OOM kill), a named pipe
+    # hung the start.
+    if special == "fifo":
+        special = str(tmp_path / "fifo")
+        os.mkfifo(special)
+    argv = ["--authorization-mode=AlwaysAllow", *(f"{flag}={special}" for flag in flags)]
+    assert main(["serve", "--registry-url=http://127.0.0.1:5000", *argv]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == len(flags), lines
+    for flag, line in zip(flags, sorted(lines, key=len), strict=True):
+        assert line.startswith(f"payloadtags: {flag}"), line
+        assert "not a regular file" in line, line
 
 
 @pytest.mark.parametrize("env", [PASSWORD_ENV, USERNAME_ENV])

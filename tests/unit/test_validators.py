@@ -13,6 +13,7 @@ from payloadtags.validators import (
     cut_end_redacted,
     go_trim_space,
     paths_redacted,
+    read_file,
     unpadded_urlsafe_b64decode,
     without_line_ends,
     without_userinfo,
@@ -111,3 +112,12 @@ def test_cut_end_redacted_redacts_only_a_start_of_a_path_with_an_at_sign_at_the_
     )
     assert cut_end_redacted("failed: /x/y", [folder]) == "failed: /x/y"
     assert cut_end_redacted("", [folder]) == ""
+
+
+def test_a_file_larger_than_the_bound_is_refused_unread(tmp_path):
+    # r1cli L3: a file flag's file is read at most to a bound.
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 11)
+    assert read_file(big, limit=11) == b"x" * 11
+    with pytest.raises(OSError, match="larger than 10 bytes"):
+        read_file(big, limit=10)

@@ -29,6 +29,7 @@ from payloadtags.validators import (
     go_trim_space,
     has_userinfo,
     header_safe,
+    read_file,
     without_line_ends,
     without_userinfo,
 )
@@ -183,7 +184,7 @@ def _from_kubeconfig(path: str, context: str | None) -> ClusterConfig:
     try:
         # Bytes: PyYAML then reads UTF-16 by its byte order mark, as go-yaml does (PowerShell 5 writes it).
         # Only the first document is read, as go-yaml's Unmarshal reads it: a file may end in a "---".
-        loader = _go_yaml_loader()(Path(path).read_bytes())
+        loader = _go_yaml_loader()(read_file(path))
         try:
             node = loader.get_node() if loader.check_node() else None
             # Counted on the nodes, before any is built: merging a chain of merge keys builds each
@@ -1367,7 +1368,7 @@ def _check_token_file(token_file: str, where: str, *, token_beside: bool) -> boo
             return True
         raise ConfigError(f"{where}: tokenFile holds a NUL byte")
     try:
-        text = Path(token_file).read_bytes().decode("utf-8")
+        text = read_file(token_file).decode("utf-8")
     except OSError:
         return False
     except UnicodeDecodeError:
