@@ -551,6 +551,39 @@ class _GoBool(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+class _StandsFor(argparse.Action):
+    """A deprecated spelling that sets the flag it stands for, where it stands among the flags: given
+    with the new spelling, the last one given wins, as with pflag's deprecated flags, which are bound to
+    the same variable (the old spelling won whatever the order: r1cli L2). Its own dest records that it
+    was given, for the warning, or its value when it did not convert, so the refusal names it."""
+
+    def __init__(self, option_strings: list[str], dest: str, target: str, **kwargs: Any) -> None:
+        self.target = target
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: Any = None
+    ) -> None:
+        value = self.const if self.nargs == 0 else values
+        setattr(namespace, self.dest, value)
+        if not isinstance(value, Invalid):
+            setattr(namespace, self.target, value)
+
+
+class _ShortVerbosity(_StandsFor):
+    """`-v`: klog's shorthand of --v (`-v=4`, `-v4`, `-v 4`), as pflag takes it in every Kubernetes
+    component (refused as an argparse switch: r1cli L5); alone, the deprecated switch meaning
+    --v=REQUEST_LOG_VERBOSITY, which alone is warned of."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: Any = None
+    ) -> None:
+        if values is None:
+            super().__call__(parser, namespace, REQUEST_LOG_VERBOSITY, option)
+        else:
+            setattr(namespace, self.target, values)
+
+
 _DEPRECATED: dict[str, str] = {}
 
 
@@ -559,6 +592,13 @@ def _deprecated(group: Any, *names: str, instead: str, **kwargs: Any) -> None:
     dest = "deprecated_" + names[-1].lstrip("-").replace("-", "_")
     _DEPRECATED[dest] = f"Flag {names[0]} has been deprecated, use {instead} instead"
     group.add_argument(*names, dest=dest, help=argparse.SUPPRESS, default=None, **kwargs)
+
+
+def _old_spelling(group: Any, name: str, *, target: str, instead: str, **kwargs: Any) -> None:
+    """A deprecated spelling of the flag whose dest is ``target``: see _StandsFor."""
+    _deprecated(
+        group, name, instead=instead, action=kwargs.pop("action", _StandsFor), target=target, **kwargs
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -725,11 +765,12 @@ def _parser() -> argparse.ArgumentParser:
         default=True,
         help="delete a namespace's tags and manifests from the registry when it is deleted (default true)",
     )
-    _deprecated(
+    _old_spelling(
         cleanup,
         "--no-namespace-cleanup",
+        target="namespace_cleanup",
         instead="--namespace-cleanup=false",
-        action="store_const",
+        nargs=0,
         const=False,
     )
     cleanup.add_argument(
@@ -760,8 +801,13 @@ def _parser() -> argparse.ArgumentParser:
         default=True,
         help="elect one replica (a coordination.k8s.io Lease) to run the cleanup (default true)",
     )
-    _deprecated(
-        election, "--no-leader-elect", instead="--leader-elect=false", action="store_const", const=False
+    _old_spelling(
+        election,
+        "--no-leader-elect",
+        target="leader_elect",
+        instead="--leader-elect=false",
+        nargs=0,
+        const=False,
     )
     election.add_argument(
         "--leader-elect-lease-duration",
@@ -830,8 +876,31 @@ def _parser() -> argparse.ArgumentParser:
         metavar="|".join(LOGGING_FORMATS),
         help="log output: text, or json (one object per line, as klog's JSON)",
     )
-    _deprecated(ops, "-v", "--verbose", instead=f"--v={REQUEST_LOG_VERBOSITY}", action="store_true")
-    _deprecated(ops, "--log-format", instead="--logging-format", type=_lenient(_one_of(LOGGING_FORMATS)))
+    _old_spelling(
+        ops,
+        "-v",
+        target="verbosity",
+        instead=f"--v={REQUEST_LOG_VERBOSITY}",
+        action=_ShortVerbosity,
+        nargs="?",
+        type=_lenient(_level),
+        metavar="N",
+    )
+    _old_spelling(
+        ops,
+        "--verbose",
+        target="verbosity",
+        instead=f"--v={REQUEST_LOG_VERBOSITY}",
+        nargs=0,
+        const=REQUEST_LOG_VERBOSITY,
+    )
+    _old_spelling(
+        ops,
+        "--log-format",
+        target="logging_format",
+        instead="--logging-format",
+        type=_lenient(_one_of(LOGGING_FORMATS)),
+    )
     # Bounds against hostile or broken clients (docs/hardening.md).
     limits = serve.add_argument_group("request limits")
     limits.add_argument(
@@ -1107,18 +1176,11 @@ def _settings(args: argparse.Namespace, errors: list[str]) -> Settings:
         username = ""
     if errors:
         raise UsageError(*errors, *unreadable)
+    # A deprecated spelling has set the flag it stands for (_StandsFor).
     namespace_cleanup = args.namespace_cleanup
-    if args.deprecated_no_namespace_cleanup is False:
-        namespace_cleanup = False
     leader_elect = args.leader_elect
-    if args.deprecated_no_leader_elect is False:
-        leader_elect = False
     verbosity = args.verbosity
-    if args.deprecated_verbose:
-        verbosity = max(verbosity, REQUEST_LOG_VERBOSITY)
     logging_format = args.logging_format
-    if args.deprecated_log_format is not None and logging_format == "text":
-        logging_format = args.deprecated_log_format
     registry = RegistrySettings(
         url=url,
         username=username,

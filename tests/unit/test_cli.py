@@ -747,6 +747,43 @@ def test_deprecated_spellings_still_work_and_warn(capsys):
         "Flag --log-format has been deprecated, use --logging-format instead",
     ]
     assert deprecation_warnings(_parser().parse_args(["serve", "--registry-url=http://x"])) == []
+    verbose = _parser().parse_args(["serve", "--registry-url=http://x", "--verbose"])
+    assert settings_from(verbose).verbosity == 3
+    assert deprecation_warnings(verbose) == ["Flag --verbose has been deprecated, use --v=3 instead"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "attribute", "last_given"),
+    [
+        (["--no-leader-elect", "--leader-elect=true"], "leader_elect", True),
+        (["--leader-elect=true", "--no-leader-elect"], "leader_elect", False),
+        (["--no-namespace-cleanup", "--namespace-cleanup=true"], "namespace_cleanup", True),
+        (["--namespace-cleanup", "--no-namespace-cleanup"], "namespace_cleanup", False),
+        (["-v", "--v=1"], "verbosity", 1),
+        (["--v=5", "-v"], "verbosity", 3),
+        (["--verbose", "--v=1"], "verbosity", 1),
+        (["--log-format=json", "--logging-format=text"], "log_format", "text"),
+        (["--logging-format=json", "--log-format=text"], "log_format", "text"),
+    ],
+)
+def test_an_old_and_a_new_spelling_given_together_the_last_one_wins(argv, attribute, last_given):
+    # r1cli L2: the deprecated spelling won whatever the order; pflag binds both to one variable.
+    assert getattr(parse(*argv), attribute) == last_given
+
+
+@pytest.mark.parametrize("argv", [["-v=4"], ["-v4"], ["-v", "4"]])
+def test_klogs_short_verbosity_sets_the_verbosity_without_a_warning(argv):
+    # r1cli L5: klog's `-v=4` stopped the start with argparse's "ignored explicit argument '4'".
+    args = _parser().parse_args(["serve", "--registry-url=http://x", *argv])
+    assert settings_from(args).verbosity == 4
+    assert deprecation_warnings(args) == []
+
+
+def test_a_bad_short_verbosity_is_refused_naming_the_flag():
+    with pytest.raises(UsageError) as raised:
+        parse("-v=loud")
+    (line,) = raised.value.errors
+    assert line.startswith("--v=loud: "), line
 
 
 @pytest.mark.parametrize("value", ["", "=true", "=True", "=1", "=t"])
