@@ -7,6 +7,7 @@ naming the flag or the file.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import os
 import urllib.parse
@@ -68,9 +69,11 @@ def complete(
     settings: Settings,
     environ: Mapping[str, str] = os.environ,
     service_account_dir: str = SERVICE_ACCOUNT_DIR,
+    now: datetime.datetime | None = None,
 ) -> Completed:
     errors: list[str] = []
-    serving, origin, unwritten = _serving(settings, errors)
+    at = now or datetime.datetime.now(datetime.UTC)
+    serving, origin, unwritten, serving_warnings = _serving(settings, errors, at)
     for flag, path in (
         ("--client-ca-file", settings.client_ca_file),
         ("--requestheader-client-ca-file", settings.requestheader_client_ca_file),
@@ -116,7 +119,8 @@ def complete(
         _check_lease(settings, namespace, errors)
         _check_lease_timing(settings, errors)
     if not errors and serving is not None and unwritten is not None:
-        _write_pair(unwritten, serving, errors)
+        # Warned of when it takes the place of an expired pair (_serving): written over it then.
+        _write_pair(unwritten, serving, errors, replace=bool(serving_warnings))
     if errors or serving is None:
         raise ConfigurationError(*errors)
     return Completed(
@@ -127,7 +131,7 @@ def complete(
         lease_namespace=namespace,
         events_token=events_token,
         notices=_proxy_notice(environ) + _credential_notice(settings),
-        warnings=_cluster_warnings(settings, cluster),
+        warnings=serving_warnings + _cluster_warnings(settings, cluster),
     )
 
 
@@ -310,40 +314,100 @@ def _check_lease_timing(settings: Settings, errors: list[str]) -> None:
         )
 
 
-def _serving(settings: Settings, errors: list[str]) -> tuple[ServingCertificate | None, str, Path | None]:
-    """The serving pair, where it comes from, and the --cert-dir to write it to (a new pair)."""
+def _serving(
+    settings: Settings, errors: list[str], now: datetime.datetime
+) -> tuple[ServingCertificate | None, str, Path | None, tuple[str, ...]]:
+    """The serving pair, where it comes from, the --cert-dir to write it to (a new pair), and what to
+    warn of it."""
     if settings.tls_cert_file and settings.tls_private_key_file:
         serving = _pair(settings.tls_cert_file, settings.tls_private_key_file, errors)
-        return serving, f"--tls-cert-file {_logged(settings.tls_cert_file)}", None
+        where = f"--tls-cert-file {_logged(settings.tls_cert_file)}"
+        return serving, where, None, _validity(serving, where, now, "renew it")
     if not settings.cert_dir:
-        return ServingCertificate.self_signed(), "a self-signed certificate for localhost, in memory", None
+        return (
+            ServingCertificate.self_signed(now=now),
+            "a self-signed certificate for localhost, in memory",
+            None,
+            (),
+        )
     directory = Path(settings.cert_dir)
     cert_file, key_file = directory / CERT_DIR_CERT, directory / CERT_DIR_KEY
-    if cert_file.exists() or key_file.exists():
-        serving = _pair(
-            str(cert_file),
-            str(key_file),
-            errors,
-            "--cert-dir",
-            "--cert-dir",
-            " (delete both files to have a new pair generated)",
-        )
-        return serving, f"the self-signed pair in --cert-dir {_logged(directory)}", None
     # Made in memory, written by `complete` only once every other check passed: a start refused for
     # another file wrote a pair, and install.md's wait for apiserver.crt then ended (r1cli L1).
-    origin = f"a new self-signed pair written to --cert-dir {_logged(directory)}"
-    return ServingCertificate.self_signed(), origin, directory
+    written = f"a new self-signed pair written to --cert-dir {_logged(directory)}"
+    if not (cert_file.exists() or key_file.exists()):
+        return ServingCertificate.self_signed(now=now), written, directory, ()
+    serving = _pair(
+        str(cert_file),
+        str(key_file),
+        errors,
+        "--cert-dir",
+        "--cert-dir",
+        " (delete both files to have a new pair generated)",
+    )
+    kept = f"the self-signed pair in --cert-dir {_logged(directory)}"
+    if serving is not None and serving.chain[0].not_valid_after_utc < now:
+        # The pair is reused only while it is valid: once expired (after its 365 days) every client
+        # refused it, while the start said nothing (r1cli L4).
+        expired = _day(serving.chain[0].not_valid_after_utc)
+        return (
+            ServingCertificate.self_signed(now=now),
+            written,
+            directory,
+            (
+                f"{kept}: {CERT_DIR_CERT} expired on {expired}, so a new pair is written in its place: "
+                f"clients that trust the old {CERT_DIR_CERT} need the new one",
+            ),
+        )
+    return (
+        serving,
+        kept,
+        None,
+        _validity(serving, kept, now, "delete both files to have a new pair generated"),
+    )
 
 
-def _write_pair(directory: Path, serving: ServingCertificate, errors: list[str]) -> None:
+def _validity(
+    serving: ServingCertificate | None, where: str, now: datetime.datetime, remedy: str
+) -> tuple[str, ...]:
+    """A warning when the serving certificate is out of its validity: not a refusal, since a clock far
+    off must not stop the start, but every client refuses it meanwhile (r1cli L4)."""
+    if serving is None:
+        return ()
+    leaf = serving.chain[0]
+    if leaf.not_valid_after_utc < now:
+        return (
+            f"{where}: the certificate expired on {_day(leaf.not_valid_after_utc)} (clients will "
+            f"refuse it): {remedy}",
+        )
+    if leaf.not_valid_before_utc > now:
+        return (
+            f"{where}: the certificate is not valid before {_day(leaf.not_valid_before_utc)} (clients "
+            "will refuse it until then): check this machine's clock",
+        )
+    return ()
+
+
+def _day(moment: datetime.datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _write_pair(directory: Path, serving: ServingCertificate, errors: list[str], replace: bool) -> None:
+    """The pair into --cert-dir: new files, or in place of an expired pair (``replace``)."""
     certificate, key = serving.pem()
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        # The key is written owner-only before it holds anything.
-        descriptor = os.open(directory / CERT_DIR_KEY, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "wb") as f:
-            f.write(key)
-        (directory / CERT_DIR_CERT).write_bytes(certificate)
+        # The key first, owner-only before it holds anything.
+        for name, data, mode in ((CERT_DIR_KEY, key, 0o600), (CERT_DIR_CERT, certificate, 0o644)):
+            path = directory / name
+            target = path.with_name(name + ".new") if replace else path
+            if replace:
+                target.unlink(missing_ok=True)
+            descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            with os.fdopen(descriptor, "wb") as f:
+                f.write(data)
+            if replace:
+                os.replace(target, path)
     except OSError as error:
         errors.append(f"--cert-dir {directory}: cannot write the self-signed pair: {error.strerror}")
 

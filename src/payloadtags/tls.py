@@ -121,6 +121,10 @@ def _public(key: object) -> bytes:
     )
 
 
+# How long a self-signed pair is valid (kube-apiserver's --cert-dir pair: one year too).
+SELF_SIGNED_DAYS = 365
+
+
 @attrs.frozen
 class ServingCertificate:
     chain: tuple[x509.Certificate, ...]
@@ -159,9 +163,12 @@ class ServingCertificate:
         return certificates, key
 
     @classmethod
-    def self_signed(cls, hosts: Sequence[str] = ("localhost", "127.0.0.1")) -> ServingCertificate:
+    def self_signed(
+        cls, hosts: Sequence[str] = ("localhost", "127.0.0.1"), now: datetime.datetime | None = None
+    ) -> ServingCertificate:
+        """A pair for ``hosts``, valid for SELF_SIGNED_DAYS from ``now``."""
         key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
+        now = now or datetime.datetime.now(datetime.UTC)
         names: list[x509.GeneralName] = []
         for host in hosts:
             try:
@@ -176,7 +183,7 @@ class ServingCertificate:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=365))
+            .not_valid_after(now + datetime.timedelta(days=SELF_SIGNED_DAYS))
             .add_extension(x509.SubjectAlternativeName(names), critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import errno
 import json
 import os
@@ -14,7 +15,10 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from twisted.internet import reactor as global_reactor
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory
@@ -31,6 +35,7 @@ from payloadtags.startup import (
     complete,
     lease_namespace,
 )
+from payloadtags.tls import SELF_SIGNED_DAYS
 from tests.support.kubeapi import write_kubeconfig
 from tests.support.pki import Authority
 from tests.support.process import ROOT
@@ -300,6 +305,84 @@ def test_a_start_refused_for_another_file_writes_no_cert_dir_pair(tmp_path: Path
     # The same start with that file fixed writes the pair.
     complete(settings(cert_dir=str(directory)), environ=NO_POD)
     assert sorted(p.name for p in directory.iterdir()) == sorted([CERT_DIR_CERT, CERT_DIR_KEY])
+
+
+def _write_pair_valid(
+    tmp_path: Path, since: datetime.datetime, until: datetime.datetime
+) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(since)
+        .not_valid_after(until)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_file, key_file
+
+
+NOW = datetime.datetime(2030, 6, 1, tzinfo=datetime.UTC)
+
+
+@pytest.mark.parametrize(
+    ("since", "until", "said"),
+    [
+        (datetime.datetime(2020, 1, 1), datetime.datetime(2020, 1, 2), "expired on 2020-01-02 00:00:00 UTC"),
+        (
+            datetime.datetime(2031, 1, 1),
+            datetime.datetime(2032, 1, 1),
+            "is not valid before 2031-01-01 00:00:00 UTC",
+        ),
+    ],
+)
+def test_a_serving_certificate_out_of_its_validity_is_warned_of_at_start(
+    tmp_path: Path, since: datetime.datetime, until: datetime.datetime, said: str
+) -> None:
+    # r1cli L4: it started without a word, and every client then refused it. A warning, not a refusal:
+    # a clock far off must not stop the start.
+    cert_file, key_file = _write_pair_valid(tmp_path, since, until)
+    completed = complete(
+        settings(tls_cert_file=str(cert_file), tls_private_key_file=str(key_file)), environ=NO_POD, now=NOW
+    )
+    (warning,) = completed.warnings
+    assert warning.startswith(f"--tls-cert-file {cert_file}: the certificate {said} (clients will refuse it")
+    in_time = complete(
+        settings(tls_cert_file=str(cert_file), tls_private_key_file=str(key_file)),
+        environ=NO_POD,
+        now=since.replace(tzinfo=datetime.UTC) + datetime.timedelta(hours=1),
+    )
+    assert in_time.warnings == ()
+
+
+def test_an_expired_cert_dir_pair_is_made_anew(tmp_path: Path) -> None:
+    # r1cli L4: docs/configuration.md says the pair is reused: after its 365 days every client refused it.
+    directory = tmp_path / "certs"
+    first = complete(settings(cert_dir=str(directory)), environ=NO_POD, now=NOW)
+    later = NOW + datetime.timedelta(days=SELF_SIGNED_DAYS, minutes=1)
+    renewed = complete(settings(cert_dir=str(directory)), environ=NO_POD, now=later)
+    assert renewed.serving.chain != first.serving.chain
+    assert renewed.serving_origin == f"a new self-signed pair written to --cert-dir {directory}"
+    (warning,) = renewed.warnings
+    assert warning == (
+        f"the self-signed pair in --cert-dir {directory}: {CERT_DIR_CERT} expired on "
+        f"{(NOW + datetime.timedelta(days=SELF_SIGNED_DAYS)).strftime('%Y-%m-%d %H:%M:%S')} UTC, so a new "
+        f"pair is written in its place: clients that trust the old {CERT_DIR_CERT} need the new one"
+    )
+    assert os.stat(directory / CERT_DIR_KEY).st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in directory.iterdir()) == sorted([CERT_DIR_CERT, CERT_DIR_KEY])
+    reused = complete(settings(cert_dir=str(directory)), environ=NO_POD, now=later)
+    assert (reused.serving.chain, reused.warnings) == (renewed.serving.chain, ())
 
 
 def test_lease_namespace_flag_pod_environment_kubeconfig_default() -> None:
