@@ -352,3 +352,44 @@ async def test_an_outage_after_a_good_start_says_the_replica_stays_ready(
         f"the cluster API {kube_api.url} is unreachable",
     ], lines
     assert all(line.endswith(STAYS_READY) for line in lines), lines
+
+
+def _leases_refused(user: Any, info: Any) -> bool:
+    return bool(info.resource.plural != "leases")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_lease_is_said_with_the_grant_to_fix(make_server, fresh_registry, kube_api, tmp_path):
+    # r1cli N1: every other 403 is said with the Role or ClusterRole to bind; a refused Lease was said as
+    # the raw 403 only, while no replica ever cleans up and /readyz and /livez stay ok.
+    kube_api.authorizer = _leases_refused
+    kubeconfig = kube_api.write_kubeconfig(tmp_path / "nolease", username="nolease", groups=())
+    with collected_logs() as events:
+        await make_server(
+            fresh_registry,
+            kubeconfig=str(kubeconfig),
+            authorization_mode="RBAC",
+            namespace_cleanup=True,
+            leader_elect_lease_duration=2.0,
+            leader_elect_renew_deadline=1.2,
+            leader_elect_retry_period=0.25,
+            leader_elect_resource_namespace="kube-system",
+            namespace_sweep_period=0.0,
+            monotonic=Clock().seconds,
+        )
+
+        def said() -> list[str]:
+            return [
+                formatEvent(e)
+                for e in events
+                if e["log_level"] >= LogLevel.warn and "the lease" in formatEvent(e)
+            ]
+
+        await eventually(lambda: bool(said()), within=30.0)
+    (line, *_) = said()
+    assert "403 Forbidden" in line, line
+    assert line.endswith(
+        "; bind it the Role payloadtags:leader-election in kube-system (RoleBinding "
+        "payloadtags:leader-election), whose resourceNames must hold payloadtags-cleanup "
+        "(manifests/base/rbac-server.yaml, docs/troubleshooting.md)"
+    ), line

@@ -42,6 +42,7 @@ from payloadtags import deferreds
 from payloadtags.cleanup.metrics import CleanupMetrics
 from payloadtags.deferreds import DeadlineExpired
 from payloadtags.kube import KubeApiError, KubeError, resource_path
+from payloadtags.kube.diagnosis import RBAC_FILE
 from payloadtags.onceper import OncePerPeriod
 from payloadtags.validators import positive
 
@@ -388,13 +389,23 @@ class LeaderElector:
         self._failures_said = True
         log.warn(
             "Leader election: {still}could not get, create or update the lease {namespace}/{name} "
-            "({attempts} in a row): {error}",
+            "({attempts} in a row): {error}{grant}",
             still="still " if again else "",
             namespace=self.options.lease_namespace,
             name=self.options.lease_name,
             failures=self._failures,
             attempts=_failed_attempts(self._failures),
             error=error,
+            grant=self._grant() if isinstance(error, KubeApiError) and error.code == 403 else "",
+        )
+
+    def _grant(self) -> str:
+        """What lets a refused Lease be used, as every other 403 is said with its grant (r1cli N1)."""
+        namespace, name = self.options.lease_namespace, self.options.lease_name
+        return (
+            f"; bind it the Role payloadtags:leader-election in {namespace} (RoleBinding "
+            f"payloadtags:leader-election), whose resourceNames must hold {name} ({RBAC_FILE}, "
+            "docs/troubleshooting.md)"
         )
 
     async def _try_acquire_or_renew(self) -> float | None:
