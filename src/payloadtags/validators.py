@@ -21,17 +21,24 @@ FILE_LIMIT = 16 * 1024 * 1024
 
 
 def read_file(path: str | Path, limit: int = FILE_LIMIT) -> bytes:
-    """A regular file's bytes, at most ``limit`` of them. Anything else raises OSError, whose strerror
-    says why in the words a refusal line uses: a named pipe is opened without waiting for a writer
-    (opened as it was, the start hung on it), a device or a larger file is not read."""
+    """A file's bytes, at most ``limit`` of them, else OSError, whose strerror says why in the words a
+    refusal line uses. A pipe is read as kube-apiserver (os.ReadFile) reads it:
+    `--registry-password-file=<(pass show x)` and /dev/stdin keep a secret off disk (r2cli L1). The
+    bound, not the file's type, stops a device such as /dev/zero, or a larger file, from being read
+    without end."""
+    # Opened without waiting for a writer: a named pipe that has none then reads as empty (refused below)
+    # instead of hanging the start; the reads themselves wait for a writer that is there.
     descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     with os.fdopen(descriptor, "rb") as f:
         mode = os.fstat(descriptor).st_mode
         if stat.S_ISDIR(mode):
             raise OSError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
-        if not stat.S_ISREG(mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(descriptor, True)
         data = f.read(limit + 1)
+    if not data and stat.S_ISFIFO(mode):
+        # No writer (or one that wrote nothing): refused, where an empty credential file would be taken
+        # as no credential.
+        raise OSError(errno.ENODATA, "a pipe with nothing written to it", str(path))
     if len(data) > limit:
         bound = f"{limit // (1024 * 1024)} MiB" if limit % (1024 * 1024) == 0 else f"{limit} bytes"
         raise OSError(errno.EFBIG, f"larger than {bound}", str(path))

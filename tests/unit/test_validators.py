@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import sys
 
 import pytest
@@ -112,6 +113,39 @@ def test_cut_end_redacted_redacts_only_a_start_of_a_path_with_an_at_sign_at_the_
     )
     assert cut_end_redacted("failed: /x/y", [folder]) == "failed: /x/y"
     assert cut_end_redacted("", [folder]) == ""
+
+
+def test_the_bound_stops_the_read_short_of_the_end(tmp_path):
+    # r2cli T1: reading a file whole, then comparing its length with the bound, passed every test.
+    # A pipe shows how much was read: what read_file left is still in it (a pipe holds 64 KiB on
+    # Linux; read_file's own buffer takes at most 8 KiB past the bound).
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"x" * (48 * 1024))
+    os.close(write_end)
+    try:
+        with pytest.raises(OSError, match="larger than 10 bytes"):
+            read_file(f"/dev/fd/{read_end}", limit=10)
+        assert len(os.read(read_end, 64 * 1024)) > 32 * 1024
+    finally:
+        os.close(read_end)
+
+
+def test_a_pipe_is_read_and_an_unwritten_one_refused(tmp_path):
+    # r2cli L1: `--registry-password-file=<(pass show x)` is a pipe, which kube-apiserver reads; a named
+    # pipe without a writer is refused at once rather than waited on (r1cli L3) or taken as empty.
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"s3cr3t\n")
+    os.close(write_end)
+    try:
+        assert read_file(f"/dev/fd/{read_end}") == b"s3cr3t\n"
+    finally:
+        os.close(read_end)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="a pipe with nothing written to it"):
+        read_file(fifo)
+    with pytest.raises(IsADirectoryError):
+        read_file(tmp_path)
 
 
 def test_a_file_larger_than_the_bound_is_refused_unread(tmp_path):
