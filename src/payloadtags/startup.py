@@ -119,8 +119,7 @@ def complete(
         _check_lease(settings, namespace, errors)
         _check_lease_timing(settings, errors)
     if not errors and serving is not None and unwritten is not None:
-        # Warned of when it takes the place of an expired pair (_serving): written over it then.
-        _write_pair(unwritten, serving, errors, replace=bool(serving_warnings))
+        _write_pair(unwritten, serving, errors)
     if errors or serving is None:
         raise ConfigurationError(*errors)
     return Completed(
@@ -335,21 +334,21 @@ def _serving(
     # Made in memory, written by `complete` only once every other check passed: a start refused for
     # another file wrote a pair, and install.md's wait for apiserver.crt then ended (r1cli L1).
     written = f"a new self-signed pair written to --cert-dir {_logged(directory)}"
-    if not (cert_file.exists() or key_file.exists()):
+    if not cert_file.exists():
+        # No pair, or a key alone: the pair is written key first, so a start that died before the
+        # certificate was in place left its key, which a new pair replaces.
         return ServingCertificate.self_signed(now=now), written, directory, ()
-    serving = _pair(
-        str(cert_file),
-        str(key_file),
-        errors,
-        "--cert-dir",
-        "--cert-dir",
-        " (delete both files to have a new pair generated)",
-    )
     kept = f"the self-signed pair in --cert-dir {_logged(directory)}"
-    if serving is not None and serving.chain[0].not_valid_after_utc < now:
+    try:
+        leaf = load_certificates(str(cert_file), "--cert-dir")[0]
+    except CertificateError:
+        leaf = None  # said by _pair below
+    if leaf is not None and leaf.not_valid_after_utc < now:
         # The pair is reused only while it is valid: once expired (after its 365 days) every client
-        # refused it, while the start said nothing (r1cli L4).
-        expired = _day(serving.chain[0].not_valid_after_utc)
+        # refused it, while the start said nothing (r1cli L4). Checked before the key is matched: a
+        # start that died between the replacement's two renames left the new key by the old
+        # certificate, and the next starts were refused until both were deleted (r2cli F1).
+        expired = _day(leaf.not_valid_after_utc)
         return (
             ServingCertificate.self_signed(now=now),
             written,
@@ -359,6 +358,14 @@ def _serving(
                 f"clients that trust the old {CERT_DIR_CERT} need the new one",
             ),
         )
+    serving = _pair(
+        str(cert_file),
+        str(key_file),
+        errors,
+        "--cert-dir",
+        "--cert-dir",
+        " (delete both files to have a new pair generated)",
+    )
     return (
         serving,
         kept,
@@ -392,24 +399,38 @@ def _day(moment: datetime.datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _write_pair(directory: Path, serving: ServingCertificate, errors: list[str], replace: bool) -> None:
-    """The pair into --cert-dir: new files, or in place of an expired pair (``replace``)."""
+def _write_pair(directory: Path, serving: ServingCertificate, errors: list[str]) -> None:
+    """The pair into --cert-dir, new or in place of one that `_serving` found missing a certificate or
+    expired. Each file is written whole to `<name>.new`, synced, then renamed over its name, the key
+    first: a start that dies midway leaves a whole old or new certificate (or none), which `_serving`
+    replaces when it is expired or missing, so no later start is refused for it (r2cli F1)."""
     certificate, key = serving.pem()
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        # The key first, owner-only before it holds anything.
+        # The key owner-only before it holds anything.
         for name, data, mode in ((CERT_DIR_KEY, key, 0o600), (CERT_DIR_CERT, certificate, 0o644)):
             path = directory / name
-            target = path.with_name(name + ".new") if replace else path
-            if replace:
-                target.unlink(missing_ok=True)
+            target = path.with_name(name + ".new")
+            target.unlink(missing_ok=True)
             descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
             with os.fdopen(descriptor, "wb") as f:
                 f.write(data)
-            if replace:
-                os.replace(target, path)
+                f.flush()
+                # Else after a power loss the renamed file may come back empty.
+                os.fsync(descriptor)
+            os.replace(target, path)
+        _sync_directory(directory)
     except OSError as error:
         errors.append(f"--cert-dir {directory}: cannot write the self-signed pair: {error.strerror}")
+
+
+def _sync_directory(directory: Path) -> None:
+    """The renames made durable (POSIX: a rename is on disk once its directory is synced)."""
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _logged(path: str | Path) -> str:

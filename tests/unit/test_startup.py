@@ -12,7 +12,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 from cryptography import x509
@@ -383,6 +383,79 @@ def test_an_expired_cert_dir_pair_is_made_anew(tmp_path: Path) -> None:
     assert sorted(p.name for p in directory.iterdir()) == sorted([CERT_DIR_CERT, CERT_DIR_KEY])
     reused = complete(settings(cert_dir=str(directory)), environ=NO_POD, now=later)
     assert (reused.serving.chain, reused.warnings) == (renewed.serving.chain, ())
+
+
+@pytest.mark.parametrize("dies_at", [1, 2])
+def test_a_start_that_dies_while_replacing_an_expired_pair_leaves_one_the_next_start_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dies_at: int
+) -> None:
+    # r2cli F1: dead between the two renames, the start left the new key by the old certificate, and
+    # every later start was refused ("does not match ... delete both files") until someone did.
+    directory = tmp_path / "certs"
+    complete(settings(cert_dir=str(directory)), environ=NO_POD, now=NOW)
+    old = {name: (directory / name).read_bytes() for name in (CERT_DIR_CERT, CERT_DIR_KEY)}
+    later = NOW + datetime.timedelta(days=SELF_SIGNED_DAYS, minutes=1)
+    real_replace = os.replace
+    renames: list[object] = []
+
+    def dies(source: Any, target: Any) -> None:
+        renames.append(target)
+        if len(renames) == dies_at:
+            raise SystemExit("killed")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", dies)
+    with pytest.raises(SystemExit):
+        complete(settings(cert_dir=str(directory)), environ=NO_POD, now=later)
+    monkeypatch.setattr(os, "replace", real_replace)
+    # No file was written in place: dead before any rename, the old pair is there byte for byte.
+    if dies_at == 1:
+        assert {name: (directory / name).read_bytes() for name in old} == old
+    restarted = complete(settings(cert_dir=str(directory)), environ=NO_POD, now=later)
+    assert restarted.serving_origin == f"a new self-signed pair written to --cert-dir {directory}"
+    reused = complete(settings(cert_dir=str(directory)), environ=NO_POD, now=later)
+    assert (reused.serving.chain, reused.warnings) == (restarted.serving.chain, ())
+    assert sorted(p.name for p in directory.iterdir()) == sorted([CERT_DIR_CERT, CERT_DIR_KEY])
+
+
+def test_a_first_start_that_died_before_its_certificate_was_written_is_made_anew(tmp_path: Path) -> None:
+    # r2cli F1: the pair is written key first; a key without a certificate was refused at every start.
+    directory = tmp_path / "certs"
+    directory.mkdir()
+    (directory / CERT_DIR_KEY).write_bytes(b"a key whose certificate was never written")
+    completed = complete(settings(cert_dir=str(directory)), environ=NO_POD, now=NOW)
+    assert completed.serving_origin == f"a new self-signed pair written to --cert-dir {directory}"
+    reused = complete(settings(cert_dir=str(directory)), environ=NO_POD, now=NOW)
+    assert reused.serving.chain == completed.serving.chain
+
+
+def test_each_cert_dir_file_is_synced_before_it_is_renamed_into_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # r2cli F1: without it, after a power loss a renamed file may come back empty on some filesystems.
+    directory = tmp_path / "certs"
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(descriptor: int) -> None:
+        events.append(f"fsync {os.readlink(f'/proc/self/fd/{descriptor}')}")
+        real_fsync(descriptor)
+
+    def replace(source: Any, target: Any) -> None:
+        events.append(f"rename {source}")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    complete(settings(cert_dir=str(directory)), environ=NO_POD, now=NOW)
+    new_key, new_cert = (str(directory / f"{name}.new") for name in (CERT_DIR_KEY, CERT_DIR_CERT))
+    assert events == [
+        f"fsync {new_key}",
+        f"rename {new_key}",
+        f"fsync {new_cert}",
+        f"rename {new_cert}",
+        f"fsync {directory}",
+    ]
 
 
 def test_lease_namespace_flag_pod_environment_kubeconfig_default() -> None:
