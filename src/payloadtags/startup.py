@@ -73,7 +73,7 @@ def complete(
 ) -> Completed:
     errors: list[str] = []
     at = now or datetime.datetime.now(datetime.UTC)
-    serving, origin, unwritten, serving_warnings = _serving(settings, errors, at)
+    serving, origin, unwritten, serving_warnings, expired_pair = _serving(settings, errors, at)
     for flag, path in (
         ("--client-ca-file", settings.client_ca_file),
         ("--requestheader-client-ca-file", settings.requestheader_client_ca_file),
@@ -119,7 +119,15 @@ def complete(
         _check_lease(settings, namespace, errors)
         _check_lease_timing(settings, errors)
     if not errors and serving is not None and unwritten is not None:
-        _write_pair(unwritten, serving, errors)
+        failure = _write_pair(unwritten, serving)
+        if failure is not None and expired_pair is not None:
+            # Replacing an expired pair is best effort, as the expiry's warning is no refusal: a
+            # read-only --cert-dir (or a clock far ahead) must not stop a start that main served
+            # with the same pair (r2cli L2).
+            serving, origin = expired_pair.serving, expired_pair.origin
+            serving_warnings = (f"{expired_pair.warning}; cannot write a new pair: {failure}",)
+        elif failure is not None:
+            errors.append(f"--cert-dir {unwritten}: cannot write the self-signed pair: {failure}")
     if errors or serving is None:
         raise ConfigurationError(*errors)
     return Completed(
@@ -313,21 +321,31 @@ def _check_lease_timing(settings: Settings, errors: list[str]) -> None:
         )
 
 
+@attrs.frozen
+class _ExpiredPair:
+    """A whole --cert-dir pair found expired: served as it is if the new one cannot be written."""
+
+    serving: ServingCertificate = attrs.field(repr=False)
+    origin: str
+    warning: str
+
+
 def _serving(
     settings: Settings, errors: list[str], now: datetime.datetime
-) -> tuple[ServingCertificate | None, str, Path | None, tuple[str, ...]]:
-    """The serving pair, where it comes from, the --cert-dir to write it to (a new pair), and what to
-    warn of it."""
+) -> tuple[ServingCertificate | None, str, Path | None, tuple[str, ...], _ExpiredPair | None]:
+    """The serving pair, where it comes from, the --cert-dir to write it to (a new pair), what to
+    warn of it, and the expired pair it replaces."""
     if settings.tls_cert_file and settings.tls_private_key_file:
         serving = _pair(settings.tls_cert_file, settings.tls_private_key_file, errors)
         where = f"--tls-cert-file {_logged(settings.tls_cert_file)}"
-        return serving, where, None, _validity(serving, where, now, "renew it")
+        return serving, where, None, _validity(serving, where, now, "renew it"), None
     if not settings.cert_dir:
         return (
             ServingCertificate.self_signed(now=now),
             "a self-signed certificate for localhost, in memory",
             None,
             (),
+            None,
         )
     directory = Path(settings.cert_dir)
     cert_file, key_file = directory / CERT_DIR_CERT, directory / CERT_DIR_KEY
@@ -337,7 +355,7 @@ def _serving(
     if not cert_file.exists():
         # No pair, or a key alone: the pair is written key first, so a start that died before the
         # certificate was in place left its key, which a new pair replaces.
-        return ServingCertificate.self_signed(now=now), written, directory, ()
+        return ServingCertificate.self_signed(now=now), written, directory, (), None
     kept = f"the self-signed pair in --cert-dir {_logged(directory)}"
     try:
         leaf = load_certificates(str(cert_file), "--cert-dir")[0]
@@ -349,6 +367,8 @@ def _serving(
         # start that died between the replacement's two renames left the new key by the old
         # certificate, and the next starts were refused until both were deleted (r2cli F1).
         expired = _day(leaf.not_valid_after_utc)
+        # Its own errors dropped: a half pair is made anew, and refused only if that cannot be written.
+        old = _pair(str(cert_file), str(key_file), [], "--cert-dir", "--cert-dir")
         return (
             ServingCertificate.self_signed(now=now),
             written,
@@ -356,6 +376,13 @@ def _serving(
             (
                 f"{kept}: {CERT_DIR_CERT} expired on {expired}, so a new pair is written in its place: "
                 f"clients that trust the old {CERT_DIR_CERT} need the new one",
+            ),
+            None
+            if old is None
+            else _ExpiredPair(
+                old,
+                kept,
+                f"{kept}: {CERT_DIR_CERT} expired on {expired} (clients will refuse it), served as it is",
             ),
         )
     serving = _pair(
@@ -371,6 +398,7 @@ def _serving(
         kept,
         None,
         _validity(serving, kept, now, "delete both files to have a new pair generated"),
+        None,
     )
 
 
@@ -399,11 +427,12 @@ def _day(moment: datetime.datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _write_pair(directory: Path, serving: ServingCertificate, errors: list[str]) -> None:
+def _write_pair(directory: Path, serving: ServingCertificate) -> str | None:
     """The pair into --cert-dir, new or in place of one that `_serving` found missing a certificate or
     expired. Each file is written whole to `<name>.new`, synced, then renamed over its name, the key
     first: a start that dies midway leaves a whole old or new certificate (or none), which `_serving`
-    replaces when it is expired or missing, so no later start is refused for it (r2cli F1)."""
+    replaces when it is expired or missing, so no later start is refused for it (r2cli F1). The
+    reason it could not, if so."""
     certificate, key = serving.pem()
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -421,7 +450,8 @@ def _write_pair(directory: Path, serving: ServingCertificate, errors: list[str])
             os.replace(target, path)
         _sync_directory(directory)
     except OSError as error:
-        errors.append(f"--cert-dir {directory}: cannot write the self-signed pair: {error.strerror}")
+        return error.strerror or str(error)
+    return None
 
 
 def _sync_directory(directory: Path) -> None:

@@ -458,6 +458,45 @@ def test_each_cert_dir_file_is_synced_before_it_is_renamed_into_place(
     ]
 
 
+def test_an_expired_pair_in_a_read_only_cert_dir_is_served_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # r2cli L2: the start was refused ("cannot write the self-signed pair: Read-only file system"),
+    # which main served; a clock over a year ahead does the same. The expiry is a warning, never a refusal.
+    directory = tmp_path / "certs"
+    first = complete(settings(cert_dir=str(directory)), environ=NO_POD, now=NOW)
+    later = NOW + datetime.timedelta(days=SELF_SIGNED_DAYS, minutes=1)
+    real_open = os.open
+
+    def read_only(path: Any, flags: int, *args: Any) -> int:
+        if flags & (os.O_WRONLY | os.O_RDWR):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only)
+    started = complete(settings(cert_dir=str(directory)), environ=NO_POD, now=later)
+    assert started.serving.chain == first.serving.chain
+    kept = f"the self-signed pair in --cert-dir {directory}"
+    assert started.serving_origin == kept
+    expired = (NOW + datetime.timedelta(days=SELF_SIGNED_DAYS)).strftime("%Y-%m-%d %H:%M:%S")
+    assert started.warnings == (
+        f"{kept}: {CERT_DIR_CERT} expired on {expired} UTC (clients will refuse it), served as it is; "
+        "cannot write a new pair: Read-only file system",
+    )
+    # A half pair cannot be served: then the write's failure is the refusal.
+    other_key = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    (directory / CERT_DIR_KEY).write_bytes(other_key)
+    with pytest.raises(ConfigurationError) as refused:
+        complete(settings(cert_dir=str(directory)), environ=NO_POD, now=later)
+    assert refused.value.errors == [
+        f"--cert-dir {directory}: cannot write the self-signed pair: Read-only file system"
+    ]
+
+
 def test_lease_namespace_flag_pod_environment_kubeconfig_default() -> None:
     out_of_pod = ClusterConfig(server="https://k", namespace="from-context")
     in_pod = ClusterConfig(server="https://k", namespace="pods-own", in_cluster=True)
