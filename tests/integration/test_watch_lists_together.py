@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from payloadtags.limits import WatchLimits
 from payloadtags.names import encode_name
 from payloadtags.registry.client import RegistrySettings
+from payloadtags.watch.rereads import NotificationRereads
 from tests.integration.test_cleanup_server import _another_replica_leads, _cleanup_server, _controller
 from tests.support import images
 from tests.support.cleanup_fixtures import unique_namespace
@@ -126,7 +127,7 @@ async def test_a_tag_pushed_between_two_lists_is_still_sent_to_the_watch_of_the_
     assert await _opening(client, url, listed) == [("ADDED", "n1")]
 
 
-@pytest.mark.parametrize("how", ["api", "notified", "registry"])
+@pytest.mark.parametrize("how", ["api", "notified", "queued", "dropped", "registry"])
 @pytest_twisted.ensureDeferred
 async def test_a_delete_between_two_lists_is_sent_to_the_watch_of_the_first_only(
     make_server, registry, repo, tmp_path, how
@@ -135,7 +136,9 @@ async def test_a_delete_between_two_lists_is_sent_to_the_watch_of_the_first_only
     resourceVersion and record, and a watch from the later one was sent DELETED v1, which its list
     never showed. A delete this replica is told of (made through it, or a registry notification)
     moves the sequence on; one made in the registry unannounced cannot, and the later list's watch
-    is still sent it (docs/watch.md, "Limits of this design")."""
+    is still sent it (docs/watch.md, "Limits of this design"). ``queued``/``dropped``: the notification's
+    reread waits behind another repository's, or is dropped from the full queue; the sequence moves
+    all the same, when the notification is answered (review r2events F1)."""
     namespace, path = repo.split("/", 1)
     digest = images.push_oci_image(registry, repo, "v1")
     images.push_oci_image(registry, repo, "v2", seed="other")
@@ -151,13 +154,26 @@ async def test_a_delete_between_two_lists_is_sent_to_the_watch_of_the_first_only
         assert (await client.delete(f"{url}/{encode_name(path, 'v1')}")).code == 200
     else:
         assert images.delete_manifest(registry, repo, digest) == 202
-    if how == "notified":
+    busy: Deferred[None] = Deferred()
+    if how in ("queued", "dropped"):
+        hub = api.running.api.watch_hub
+        # The queue busy with another repository's reread (a burst of pushes elsewhere).
+        api.running.api.notification_rereads = NotificationRereads(
+            lambda name: [busy] if name.startswith("busy/") else hub.reads(name),
+            concurrency=1,
+            max_pending=1,
+        )
+        api.running.api.notification_rereads.add("busy/first")
+        if how == "dropped":
+            api.running.api.notification_rereads.add("busy/second")  # the one place taken
+    if how != "api" and how != "registry":
         body = {"events": [{"action": "delete", "target": {"repository": repo, "digest": digest}}]}
         posted = await client.request(
             "POST", "/registry/events", headers={"Authorization": "Bearer secret"}, body=body
         )
         assert posted.code == 200, posted.body
     second = await client.get(url + "?limit=500")
+    busy.callback(None)
     assert _tags(first) == ["v1", "v2"] and _tags(second) == ["v2"]
     listed, later = (reply.json()["metadata"]["resourceVersion"] for reply in (first, second))
     assert (later == listed) is (how == "registry")

@@ -522,7 +522,7 @@ class ApiServer:
         self._auth_failures = OncePerPeriod(AUTH_FAILURE_LOG_PERIOD, self.monotonic)
         self._events_refused = OncePerPeriod(EVENTS_REFUSED_LOG_PERIOD, self.monotonic)
         if self.watch_hub is not None:
-            self.notification_rereads = NotificationRereads(self.watch_hub.reread, monotonic=self.monotonic)
+            self.notification_rereads = NotificationRereads(self.watch_hub.reads, monotonic=self.monotonic)
         # werkzeug answers a path it would serve once its slashes are merged (``a//b``), or once a
         # slash is added or a rule's defaults dropped, with a redirect; Klein sends it as a 3xx with
         # no Location, which no client follows and the aggregator turns into a 502. kube-apiserver
@@ -1212,9 +1212,13 @@ class ApiServer:
         if self.notification_rereads is not None:
             # Watched scopes re-read just these repositories' tag lists, when a tag may have changed:
             # a blob's push changes none, and comes once per layer (a delete may be a tag's).
+            # The sequence moves now, before the answer, whether the reread waits in the queue or is
+            # dropped from it: a list made after this must not join an earlier list's record (r2events F1).
+            assert self.watch_hub is not None
             for name in dict.fromkeys(
                 name for action, name, media in changes if action == "delete" or media != BLOB_MEDIA_TYPE
             ):
+                self.watch_hub.changed(name)
                 self.notification_rereads.add(name)
         added = [name for name in repositories if self.repository_index.add(name)]
         if added:

@@ -503,23 +503,34 @@ class WatchHub:
         self.reread(repository)
 
     def reread(self, repository: str) -> list[Deferred[None]]:
-        """`repository_changed`, returning the reads it started (a source reading the repository
-        already reads it once more instead, and starts none). When a list of a scope that covers it
-        opened a record at the current sequence, the sequence moves on first: a later list of that
-        scope must not join it (review newcomer F2)."""
+        """`repository_changed`, returning the reads it started: `changed`, then `reads`."""
+        self.changed(repository)
+        return self.reads(repository)
+
+    def changed(self, repository: str) -> None:
+        """The sequence step of a change to one repository, taken when the change is told, before
+        its tag list is reread (a notification's reread may wait in a queue, or be dropped from it):
+        when a list of a scope that covers it opened a record at the current sequence, the sequence
+        moves on, so a later list of that scope does not join it (review newcomer F2)."""
         parts = split_repository(repository)
         if parts is None:
-            return []
-        scopes = (parts[0], None)
+            return
         current = self.versions.current
-        if any(self.listed.holds(scope, current) for scope in scopes):
+        if any(self.listed.holds(scope, current) for scope in (parts[0], None)):
             # A list made after the change, sharing the record of one made before it, would have its
             # watch sent the change (a DELETED of a tag its list never showed): the record cannot tell
             # whose watch it is. Once moved, no record is at the new sequence until a list opens one,
             # so a deletecollection of many tags moves it once, or once for each list made meanwhile.
             self._moved_on()
+
+    def reads(self, repository: str) -> list[Deferred[None]]:
+        """The sources that cover one repository reread its tag list; returns the reads started (a
+        source reading the repository already reads it once more instead, and starts none)."""
+        parts = split_repository(repository)
+        if parts is None:
+            return []
         started = []
-        for scope in scopes:
+        for scope in (parts[0], None):
             source = self.sources.get(scope)
             if source is not None:
                 reading = source.repository_changed(repository)
