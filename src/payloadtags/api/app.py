@@ -97,9 +97,13 @@ log = Logger()
 AUTH_FAILURE_LOG_PERIOD = 30.0
 # How long notifications refused for their token stay quiet in the log after a line about them.
 EVENTS_REFUSED_LOG_PERIOD = 30.0
-# Events one notification envelope may hold: distribution sends one an envelope. One holding more is
-# refused whole (413), so that what one request costs stays bounded (review r1events L1).
+# Events of one notification envelope taken: distribution sends one an envelope. The rest of a longer
+# one is left out, so that what one request costs stays bounded (review r1events L1); it is not
+# refused, which a sender would retry forever with every later notification queued behind it
+# (review r2events L2).
 MAX_EVENTS_PER_ENVELOPE = 100
+# How long envelopes cut to MAX_EVENTS_PER_ENVELOPE stay quiet in the log after a line about them.
+EVENTS_CUT_LOG_PERIOD = 60.0
 # distribution's push of a blob (a layer, a config): no tag changes with it (review r1events N1).
 BLOB_MEDIA_TYPE = "application/octet-stream"
 
@@ -513,6 +517,7 @@ class ApiServer:
     monotonic: Callable[[], float] = time.monotonic
     _auth_failures: OncePerPeriod[tuple[type, int | None]] = attrs.field(init=False)
     _events_refused: OncePerPeriod[None] = attrs.field(init=False)
+    _events_cut: OncePerPeriod[None] = attrs.field(init=False)
     # The tag-list rereads notifications ask of watched scopes, a few at a time.
     notification_rereads: NotificationRereads | None = attrs.field(default=None, init=False)
     # Matches a request's path and method against the routes (`refused`), bound once they are made.
@@ -521,6 +526,7 @@ class ApiServer:
     def __attrs_post_init__(self) -> None:
         self._auth_failures = OncePerPeriod(AUTH_FAILURE_LOG_PERIOD, self.monotonic)
         self._events_refused = OncePerPeriod(EVENTS_REFUSED_LOG_PERIOD, self.monotonic)
+        self._events_cut = OncePerPeriod(EVENTS_CUT_LOG_PERIOD, self.monotonic)
         if self.watch_hub is not None:
             self.notification_rereads = NotificationRereads(self.watch_hub.reads, monotonic=self.monotonic)
         # werkzeug answers a path it would serve once its slashes are merged (``a//b``), or once a
@@ -1183,11 +1189,8 @@ class ApiServer:
         try:
             events = json.loads(self._body(request))["events"]
             if isinstance(events, list) and len(events) > MAX_EVENTS_PER_ENVELOPE:
-                raise ApiError(
-                    413,
-                    "RequestEntityTooLarge",
-                    f"a registry notification envelope holds at most {MAX_EVENTS_PER_ENVELOPE} events",
-                )
+                self._events_beyond_the_bound(len(events) - MAX_EVENTS_PER_ENVELOPE)
+                events = events[:MAX_EVENTS_PER_ENVELOPE]
             changes = [
                 (event["action"], event["target"]["repository"], event["target"].get("mediaType"))
                 for event in events
@@ -1224,6 +1227,17 @@ class ApiServer:
         if added:
             log.info("repository index: {added} added by registry events", added=", ".join(added))
         return _write_json(request, 200, {"accepted": len(events)})
+
+    def _events_beyond_the_bound(self, count: int) -> None:
+        said = self._events_cut(None)
+        if said is not None:
+            log.warn(
+                "registry events: {count} event(s) beyond the first {max} of an envelope ignored; watches "
+                "see their changes at the next resync, namespace lists at the index's next refresh{more}",
+                count=count,
+                max=MAX_EVENTS_PER_ENVELOPE,
+                more=said.more(),
+            )
 
     def _events_token_refused(self, request: IRequest) -> ApiError:
         """The 401 of a notification whose token is not --registry-events-token-file's. Said once
