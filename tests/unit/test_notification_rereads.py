@@ -1,11 +1,14 @@
-"""Notification rereads run a few at a time, from a queue of their own (review r1events L1)."""
+"""Notification rereads run a few at a time, from a queue of their own (review r1events L1), and a
+repository notified again while its reread is out is read once more (review r2events F2)."""
 
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from payloadtags.watch.rereads import NotificationRereads
+from tests.unit.test_watch import FakeReader, make_hub, ready, watcher
 
 
 class Rereads:
@@ -76,3 +79,25 @@ def test_past_max_pending_a_repository_is_dropped_and_said_once_per_period():
     assert rereads.started == ["ns/r0"] and len(queue) == 3
     warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
     assert len(warnings) == 1 and "watches see their changes at the next resync" in warnings[0]
+
+
+def test_a_notification_while_the_same_repository_s_reread_is_out_reads_it_once_more():
+    """Review r2events F2: a push notified while the previous push's reread is out is read by one
+    more read after it (the source's ``_again``), not left to the watch resync."""
+    reader = FakeReader({"team/app": {"v1"}})
+    hub = make_hub(reader, Clock(), resync_period=3600)
+    source = ready(hub, "team")
+    w, sink = watcher()
+    assert hub.start(w, source, since=hub.versions.current, timeout=None)
+    reader.held = []
+    queue = NotificationRereads(hub.reads)
+    queue.add("team/app")  # a first push's notification
+    assert len(reader.held) == 1 and queue.running == 1
+    reader.repositories["team/app"].add("v2")
+    queue.add("team/app")  # the second push's, while the first read is out
+    assert queue.running <= 1 and len(queue) == 0
+    reader.held[0].callback(["v1"])  # the first read was answered before the second push
+    assert len(reader.held) == 2, "no second read: the second change waits for the resync"
+    reader.held[1].callback(["v1", "v2"])
+    assert [line.split()[:2] for line in sink.lines] == [[b"ADDED", b"team/app:v2"]]
+    assert queue.running == 0
