@@ -38,6 +38,9 @@ class RepositoryIndex:
         # Names added while a refresh reads the catalog: the catalog may have been read past them
         # before they were pushed, and the refresh must not drop them.
         self._added_during_refresh: set[str] | None = None
+        # A name dropped past `max_added` while a refresh reads the catalog: the walk may have passed
+        # its place before it was pushed, so that refresh cannot make the index whole (r2events L1).
+        self._dropped_during_refresh = False
         # Names the catalog never listed, taken because 2.8's seek leaves them out (`refresh`): maybe
         # only a path's directory, whose tag list's 404 reads as empty (`inventory.guessed_tags`).
         self.guessed: frozenset[str] = frozenset()
@@ -57,7 +60,8 @@ class RepositoryIndex:
 
     def add(self, repository: str) -> bool:
         """Adds a name; True when it was new. Past `max_added` new names since the last refresh, none
-        is added and the index is no longer ready: lists seek the catalog until the next refresh."""
+        is added and the index is no longer ready: lists seek the catalog until the next refresh (the
+        one after it, when the name was dropped while a refresh ran)."""
         if repository not in self._members and self._added >= self.max_added:
             if self.ready:
                 self.ready = False
@@ -66,6 +70,8 @@ class RepositoryIndex:
                     "refresh; it takes no more, and namespace lists read the catalog until the next one",
                     count=self._added,
                 )
+            if self._added_during_refresh is not None:
+                self._dropped_during_refresh = True
             return False
         if self._added_during_refresh is not None:
             self._added_during_refresh.add(repository)
@@ -100,6 +106,7 @@ class RepositoryIndex:
         """Reads the whole catalog and replaces the contents; returns the number of names."""
         started = time.monotonic()
         self._added_during_refresh = set()
+        self._dropped_during_refresh = False
         try:
             names: list[str] = []
             guesses: list[str] = []
@@ -127,7 +134,14 @@ class RepositoryIndex:
         # The bound follows the catalog, not a flood of names added meanwhile: those are kept, and
         # count towards it.
         self._refreshed, self._added = read, len(self._keys) - len(set(names[:read]).union(guesses))
-        self.ready = True
+        # A name dropped meanwhile may be missing: lists go on seeking the catalog until a refresh
+        # that dropped none.
+        self.ready = not self._dropped_during_refresh
+        if not self.ready:
+            log.warn(
+                "repository index: registry events past its bound were dropped while it was refreshed; "
+                "namespace lists read the catalog until the next refresh"
+            )
         log.info(
             "repository index refreshed: {count} repositories in {ms:.0f}ms "
             "({added} added by events meanwhile)",

@@ -177,6 +177,36 @@ def test_a_push_during_a_refresh_survives_it():
     assert "team/pushed-meanwhile" in index.namespace_repositories("team")
 
 
+def test_a_push_dropped_past_the_bound_during_a_refresh_leaves_the_index_not_ready_until_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    # r2events L1: the refresh running when the bound was crossed set the index ready without the name
+    # dropped meanwhile, whose place its catalog walk had passed: missing from lists for a period.
+    monkeypatch.setattr(repoindex, "MIN_ADDED_BETWEEN_REFRESHES", 2)
+    index = RepositoryIndex()
+    client = FakeClient(CATALOG)
+    run(index.refresh(client))
+    for n in range(index.max_added):  # the bound reached by events
+        assert index.add(f"flood/r{n}")
+    inner = client.catalog
+    dropped: list[bool] = []
+
+    async def catalog(last: str | None = None, n: int = 1000) -> CatalogPage:
+        page = await inner(last, n)
+        dropped.append(not index.add("team/pushed-meanwhile"))  # pushed after the page was read
+        return page
+
+    client.catalog = catalog  # type: ignore[method-assign]
+    with capturedLogs() as events:
+        run(index.refresh(client))
+    assert dropped == [True]
+    assert "team/pushed-meanwhile" not in index.namespace_repositories("team")
+    assert not index.ready  # namespace lists seek the catalog, which has it
+    assert any("dropped while it was refreshed" in formatEvent(e) for e in events)
+    run(index.refresh(FakeClient([*CATALOG, "team/pushed-meanwhile"])))  # none dropped during this one
+    assert index.ready and "team/pushed-meanwhile" in index.namespace_repositories("team")
+
+
 def test_inventory_lists_a_namespace_from_a_ready_index_without_the_catalog():
     client = FakeClient(CATALOG)
     index = RepositoryIndex()
