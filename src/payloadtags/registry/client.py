@@ -273,6 +273,15 @@ async def _sent_again_if_never_sent(
         return await send()
 
 
+def _may_land(error: BaseException, late: float) -> float | None:
+    """How long a write that ended in ``error`` may still land (`LateWrites.ended`'s grace): ``late``
+    for one unanswered, or cancelled (its request may have reached the registry all the same); None
+    for one answered."""
+    if isinstance(error, RegistryError):
+        return late if error.unanswered else None
+    return late if is_cancellation(error) else None
+
+
 def _closed_unanswered(error: BaseException) -> bool:
     """Whether the server took the connection and the request, then closed it without a byte of answer
     (Twisted words it "Connection was closed cleanly."): it runs and was reached. An HTTPS-only port
@@ -850,12 +859,8 @@ class RegistryClient:
         grace: float | None = None  # answered, or never sent (a caller's check said stop)
         try:
             await self._delete_manifest(repository, digest)
-        except RegistryError as error:
-            grace = late if error.unanswered else None
-            raise
         except BaseException as error:
-            # A cancelled request may have reached the registry all the same.
-            grace = late if is_cancellation(error) else None
+            grace = _may_land(error, late)
             raise
         finally:
             self._late_writes.ended(namespace, number, grace)
@@ -1685,12 +1690,8 @@ class RegistryClient:
         grace: float | None = None  # answered, or never sent (a caller's check said stop)
         try:
             return await self._put_manifest_once(repository, reference, body, media_type, what)
-        except RegistryError as error:
-            grace = late if error.unanswered else None
-            raise
         except BaseException as error:
-            # A cancelled request may have reached the registry all the same.
-            grace = late if is_cancellation(error) else None
+            grace = _may_land(error, late)
             raise
         finally:
             self._late_writes.ended(namespace, number, grace)
