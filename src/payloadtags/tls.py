@@ -50,9 +50,10 @@ CIPHER_SUITES: dict[str, str | None] = {
     "TLS_AES_256_GCM_SHA384": None,
     "TLS_CHACHA20_POLY1305_SHA256": None,
 }
-# Without --tls-cipher-suites, TLS 1.2 offers Kubernetes' secure list: ECDHE key exchange with AES-GCM or
-# CHACHA20 only. OpenSSL's own default would add CBC with HMAC-SHA256/384 (Lucky13, among Go's insecure
-# suites) and RSA key exchange (no forward secrecy; not a Go default since 1.22), which the flag refuses.
+# Without --tls-cipher-suites, TLS 1.2 offers the CIS-recommended list: ECDHE key exchange with AES-GCM or
+# CHACHA20 only. Go's default (kube-apiserver's) also has ECDHE with AES-CBC-SHA, not offered here. OpenSSL's
+# own default would add CBC with HMAC-SHA256/384 (Lucky13, among Go's insecure suites) and RSA key exchange
+# (no forward secrecy; not a Go default since 1.22), which the flag refuses.
 DEFAULT_TLS12_SUITES: tuple[str, ...] = (
     "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
     "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
