@@ -15,7 +15,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from payloadtags.access.authn import ChainDecisions, ClientCertificateAuthenticator, Credentials
 from payloadtags.access.requestheader import RequestHeaderAuthenticator, RequestHeaderConfig
+from payloadtags.tls import verified_peer_chain
 from tests.support.pki import Authority
+from tests.unit.test_tls_verify import _server_side
 
 DAY = datetime.timedelta(days=1)
 
@@ -196,3 +198,68 @@ def test_a_decision_is_kept_until_the_chain_s_next_validity_change(ca: Authority
     kept.get(credentials, decide)
     kept.get(credentials, decide)
     assert asked[1:] == [now.at]
+
+
+def _ca_for(usage: x509.ObjectIdentifier) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "server-only-ca")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - DAY)
+        .not_valid_after(now + DAY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def test_a_ca_for_servers_only_trusts_no_client_per_request_as_at_the_handshake() -> None:
+    # r2tls L1: Go's Verify(KeyUsages: ClientAuth) checks every certificate's EKU, the CA's included,
+    # and so does the handshake (OpenSSL's ssl_client purpose); the per-request check read the leaf's.
+    ca_cert, ca_key = _ca_for(ExtendedKeyUsageOID.SERVER_AUTH)
+    now = datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "front-proxy-client")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - DAY)
+        .not_valid_after(now + DAY)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    handshake = bool(verified_peer_chain(_server_side(ca_cert, cert, key)))
+    credentials = Credentials(cert, {}, peer_chain=(cert, ca_cert))
+    per_request = RequestHeaderAuthenticator(RequestHeaderConfig(authorities=(ca_cert,))).trusted(credentials)
+    assert (handshake, per_request) == (False, False)
+
+
+def test_a_kept_verdict_ends_when_the_configured_ca_expires(ca: Authority) -> None:
+    # r2tls L3: the connection's handshake verified (leaf, old CA); the bundle now holds a same-key
+    # renewal of the CA that expires before either: its expiry ends the kept verdict (the anchors' bound).
+    now = Now()
+    renewal = (
+        x509.CertificateBuilder()
+        .subject_name(ca.cert.subject)
+        .issuer_name(ca.cert.subject)
+        .public_key(ca.key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now.at - DAY)
+        .not_valid_after(now.at + DAY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca.key, hashes.SHA256())
+    )
+    cert = _leaf(ca, now.at - DAY, now.at + 10 * DAY)
+    credentials = Credentials(cert, {}, peer_chain=(cert, ca.cert))
+    kept = _proxy((renewal,), now)
+    assert kept.trusted(credentials)
+    now.at = renewal.not_valid_after_utc + 2 * datetime.timedelta(seconds=1)
+    assert (kept.trusted(credentials), _proxy((renewal,), now).trusted(credentials)) == (False, False)

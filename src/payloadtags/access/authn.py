@@ -123,10 +123,13 @@ class TrustAnchors:
             [crypto.X509.from_cryptography(c) for c in intermediates],
         )
         try:
-            context.verify_certificate()
+            chain = context.get_verified_chain()
         except crypto.X509StoreContextError:
             return False
-        return True
+        # Every certificate of the chain, its CAs included, as Go's Verify(KeyUsages: ClientAuth) and the
+        # handshake (OpenSSL's ssl_client purpose) check it: a CA renewed with its EKU narrowed to
+        # serverAuth ends the client use of its open connections too.
+        return all(_for_clients(c.to_cryptography()) for c in chain)
 
 
 def _for_clients(cert: x509.Certificate) -> bool:
