@@ -23,7 +23,7 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from payloadtags.access.authn import load_pem_bundle
+from payloadtags.access.authn import Verdicts, load_pem_bundle
 from payloadtags.onceper import OncePerPeriod
 from payloadtags.validators import read_file
 
@@ -244,6 +244,22 @@ def verified_peer_chain(connection: object) -> tuple[x509.Certificate, ...]:
                 )
         chain = _peer_chains[connection] = tuple(verified)
     return chain
+
+
+# The authenticators' verdicts about a connection's chain (access.authn.ChainDecisions), gone with the
+# connection; within, gone with an authenticator replaced by a CA change.
+_verdicts: weakref.WeakKeyDictionary[SSL.Connection, Verdicts] = weakref.WeakKeyDictionary()
+
+
+def connection_verdicts(connection: object) -> Verdicts | None:
+    """Where the authenticators keep what they decided about a connection's client certificate chain
+    (`Credentials.verdicts`), or None for what is not a TLS connection."""
+    if not isinstance(connection, SSL.Connection):
+        return None
+    verdicts = _verdicts.get(connection)
+    if verdicts is None:
+        verdicts = _verdicts[connection] = weakref.WeakKeyDictionary()
+    return verdicts
 
 
 def unreadable_certificate(connection: object) -> str | None:

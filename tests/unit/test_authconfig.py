@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from payloadtags.access.authconfig import (
     FlagConfig,
     from_configmap,
 )
-from payloadtags.access.authn import ChainDecisions, Credentials, UserInfo
+from payloadtags.access.authn import ChainDecisions, Credentials, UserInfo, Verdicts
 from payloadtags.access.requestheader import RequestHeaderConfig
 from payloadtags.cluster import _ConfigMapFeed
 from tests.support.logcapture import Collect
@@ -454,33 +456,39 @@ async def test_decisions_kept_for_a_connection_end_with_a_ca_change_and_are_neve
     assert await dynamic.authenticate(Credentials(alice, {}, alice_chain)) is not None
 
 
-def test_chain_decisions_are_kept_by_the_objects_and_bounded(cas: Cas) -> None:
+def test_chain_decisions_are_kept_with_the_connection(cas: Cas) -> None:
     decided: list[x509.Certificate | None] = []
 
     def decide(credentials: Credentials, now: object) -> str:
         decided.append(credentials.peer_certificate)
         return f"decision {len(decided)}"
 
-    kept: ChainDecisions[str] = ChainDecisions(size=2)
+    kept: ChainDecisions[str] = ChainDecisions()
     cert = cas.client.client("alice").cert
     chain = (cert, cas.client.cert)
-    first = kept.get(Credentials(cert, {}, chain), decide)
-    assert kept.get(Credentials(cert, {"accept": ["*/*"]}, chain), decide) == first
+    connection: Verdicts = weakref.WeakKeyDictionary()
+    first = kept.get(Credentials(cert, {}, chain, verdicts=connection), decide)
+    assert kept.get(Credentials(cert, {"accept": ["*/*"]}, chain, verdicts=connection), decide) == first
     assert len(decided) == 1
-    # An equal chain in other objects (another connection) is decided on its own.
-    same_again = x509.load_pem_x509_certificate(cert.public_bytes(Encoding.PEM))
-    assert same_again == cert
-    assert kept.get(Credentials(same_again, {}, (same_again, cas.client.cert)), decide) != first
+    # Another connection's chain is decided on its own, even an equal one.
+    assert kept.get(Credentials(cert, {}, chain, verdicts=weakref.WeakKeyDictionary()), decide) != first
     assert len(decided) == 2
-    # Nothing is kept without a certificate.
-    kept.get(Credentials(None, {}), decide)
-    kept.get(Credentials(None, {}), decide)
-    assert len(decided) == 4
-    # At most ``size`` chains: the oldest goes first.
-    other = cas.client.client("bob").cert
-    kept.get(Credentials(other, {}, (other, cas.client.cert)), decide)
-    assert kept.get(Credentials(cert, {}, chain), decide) != first
+    # Nothing is kept without a certificate, or without a connection to keep it with.
+    kept.get(Credentials(None, {}, verdicts=connection), decide)
+    kept.get(Credentials(None, {}, verdicts=connection), decide)
+    kept.get(Credentials(cert, {}, chain), decide)
+    kept.get(Credentials(cert, {}, chain), decide)
     assert len(decided) == 6
+    # Another authenticator (a CA change makes one) decides on its own; the one replaced takes its
+    # verdicts with it.
+    replaced: ChainDecisions[str] = ChainDecisions()
+    assert replaced.get(Credentials(cert, {}, chain, verdicts=connection), decide) == "decision 7"
+    assert len(connection) == 2
+    del replaced
+    gc.collect()
+    assert len(connection) == 1
+    assert kept.get(Credentials(cert, {}, chain, verdicts=connection), decide) == first
+    assert len(decided) == 7
 
 
 # --- no request-header CA after the ConfigMap is read (review-operations F12) ---------------------

@@ -4,6 +4,8 @@ that request, as k8s.io/apiserver's x509 and request-header authenticators verif
 from __future__ import annotations
 
 import datetime
+import gc
+import weakref
 from pathlib import Path
 
 import pytest
@@ -12,10 +14,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from OpenSSL import SSL
 
 from payloadtags.access.authn import ChainDecisions, ClientCertificateAuthenticator, Credentials
 from payloadtags.access.requestheader import RequestHeaderAuthenticator, RequestHeaderConfig
-from payloadtags.tls import verified_peer_chain
+from payloadtags.tls import connection_verdicts, verified_peer_chain
 from tests.support.pki import Authority
 from tests.unit.test_tls_verify import _server_side
 
@@ -103,7 +106,9 @@ async def test_an_open_connection_loses_its_identity_when_its_certificate_expire
     cert = _leaf(ca, now.at - DAY, now.at + DAY)
     # The same objects on every request, as the TLS layer keeps one chain per connection: a decision
     # kept from the first request must not outlive the certificate.
-    credentials = Credentials(cert, {"x-remote-user": ["mallory"]}, peer_chain=(cert, ca.cert))
+    credentials = Credentials(
+        cert, {"x-remote-user": ["mallory"]}, peer_chain=(cert, ca.cert), verdicts=weakref.WeakKeyDictionary()
+    )
     proxy = _proxy((ca.cert,), now)
     users = ClientCertificateAuthenticator([ca.cert], now=now)
     assert proxy.trusted(credentials)
@@ -189,7 +194,7 @@ def test_a_decision_is_kept_until_the_chain_s_next_validity_change(ca: Authority
         return True
 
     kept: ChainDecisions[bool] = ChainDecisions(now=now, anchors=(ca.cert,))
-    credentials = Credentials(cert, {}, peer_chain=(cert, ca.cert))
+    credentials = Credentials(cert, {}, peer_chain=(cert, ca.cert), verdicts=weakref.WeakKeyDictionary())
     for _ in range(3):
         kept.get(credentials, decide)
         now.at += datetime.timedelta(hours=1)
@@ -258,8 +263,36 @@ def test_a_kept_verdict_ends_when_the_configured_ca_expires(ca: Authority) -> No
         .sign(ca.key, hashes.SHA256())
     )
     cert = _leaf(ca, now.at - DAY, now.at + 10 * DAY)
-    credentials = Credentials(cert, {}, peer_chain=(cert, ca.cert))
+    credentials = Credentials(cert, {}, peer_chain=(cert, ca.cert), verdicts=weakref.WeakKeyDictionary())
     kept = _proxy((renewal,), now)
     assert kept.trusted(credentials)
     now.at = renewal.not_valid_after_utc + 2 * datetime.timedelta(seconds=1)
     assert (kept.trusted(credentials), _proxy((renewal,), now).trusted(credentials)) == (False, False)
+
+
+def test_each_open_connection_s_chain_is_verified_once_however_many_are_open(ca: Authority) -> None:
+    # r2tls L2: the verdicts were a cache of 256 chains, oldest dropped: past 256 open connections
+    # asked in turn, every request paid a full verification. Now each connection keeps its own.
+    now = Now()
+    cert = ca.client("front-proxy-client").cert
+    connections = [SSL.Connection(SSL.Context(SSL.TLS_METHOD)) for _ in range(300)]
+    credentials = [
+        Credentials(cert, {}, peer_chain=(cert, ca.cert), verdicts=connection_verdicts(c))
+        for c in connections
+    ]
+    asked: list[datetime.datetime] = []
+
+    def decide(credentials: Credentials, at: datetime.datetime) -> bool:
+        asked.append(at)
+        return True
+
+    kept: ChainDecisions[bool] = ChainDecisions(now=now, anchors=(ca.cert,))
+    for _ in range(3):
+        for c in credentials:
+            assert kept.get(c, decide)
+    assert len(asked) == 300
+    # The verdicts go with their connection.
+    verdicts = weakref.ref(connection_verdicts(connections[0]))
+    del connections[0], credentials[0]
+    gc.collect()
+    assert verdicts() is None

@@ -401,7 +401,7 @@ def _table(
         on_refused=lambda why, host: events.append(why),
         probe_connections=probes,
         # A chain is the front proxy's here when there is one (see _handshake).
-        front_proxy=(lambda chain: True) if front_proxy_places else _no_front_proxy,
+        front_proxy=(lambda chain, verdicts: True) if front_proxy_places else _no_front_proxy,
         front_proxy_connections=front_proxy_places,
     )
     return table, events, clock
@@ -1252,7 +1252,7 @@ def test_the_order_kept_chooses_whom_eviction_chose_by_looking_at_every_connecti
     # Handshake tokens on the test's clock, which moves a little each step: the addresses are now and
     # then past their rate (flooding), and evict only their own then.
     site = GuardedSite(_Held(), limits, _Proving(), reactor=clock, monotonic=clock.seconds)
-    table = LimitedConnections(site, size, probe_connections=0, front_proxy=lambda chain: True)
+    table = LimitedConnections(site, size, probe_connections=0, front_proxy=lambda chain, verdicts: True)
     table.front_proxy_connections = 0
     site.resource.held.clear()
     evictions = own = 0

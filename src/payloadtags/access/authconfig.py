@@ -22,6 +22,7 @@ from payloadtags.access.authn import (
     ClientCertificateAuthenticator,
     Credentials,
     UserInfo,
+    Verdicts,
     load_pem_bundle,
 )
 from payloadtags.access.requestheader import RequestHeaderAuthenticator, RequestHeaderConfig
@@ -199,11 +200,12 @@ class DynamicAuthentication:
             listener(config)
         self._check_requestheader()
 
-    def is_front_proxy(self, chain: tuple[x509.Certificate, ...]) -> bool:
-        """Whether a verified client certificate chain (leaf first) is the front proxy's."""
+    def is_front_proxy(self, chain: tuple[x509.Certificate, ...], verdicts: Verdicts | None = None) -> bool:
+        """Whether a verified client certificate chain (leaf first) is the front proxy's. ``verdicts``:
+        its connection's (`Credentials.verdicts`), so that its first request need not verify it again."""
         if not chain:
             return False
-        credentials = Credentials(peer_certificate=chain[0], headers={}, peer_chain=chain)
+        credentials = Credentials(peer_certificate=chain[0], headers={}, peer_chain=chain, verdicts=verdicts)
         return self._requestheader.trusted(credentials)
 
     def identity_headers(self, credentials: Credentials) -> list[str]:

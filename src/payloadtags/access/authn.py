@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, MutableMapping, Sequence
 from typing import Generic, Protocol, TypeVar
 
 import attrs
@@ -15,6 +15,10 @@ from payloadtags.identity import AUTHENTICATED, MASTERS, UserInfo
 from payloadtags.validators import utf8_encodable
 
 T = TypeVar("T")
+
+# What the authenticators decided about one connection's certificate chain, by authenticator (see
+# ChainDecisions). Its owner keeps one per connection, gone with it (tls.connection_verdicts).
+Verdicts = MutableMapping[object, object]
 
 
 @attrs.frozen
@@ -32,6 +36,8 @@ class Credentials:
     # Who the request's work is shared out by: the HTTP layer's client (a source address, or one
     # connection of the front proxy). The TokenReviews waiting for a slot are let through in turns by it.
     client: Hashable = None
+    # Where this connection's verdicts about peer_chain are kept; None: not kept (decided every time).
+    verdicts: Verdicts | None = None
 
     def chains_to(self, anchors: TrustAnchors, now: datetime.datetime) -> bool:
         """Whether the peer certificate verifies, at ``now``, up to one of ``anchors`` (through the
@@ -160,48 +166,39 @@ def next_validity_change(
 
 
 class ChainDecisions(Generic[T]):
-    """What an authenticator decided about a connection's certificate chain, kept by the identity of
-    the chain's objects (the TLS layer keeps one chain per connection, so every request of a
-    kept-alive connection brings the same objects). Not by value: a certificate's hash costs about
-    as much as the decision itself.
+    """What an authenticator decided about a connection's certificate chain, kept with the connection
+    (`Credentials.verdicts`): every request of a kept-alive connection brings the same chain, and a
+    decision is an OpenSSL verification (~250 us) where a kept one is a lookup.
 
-    Each entry holds its certificate and chain, so their ids cannot be reused by other objects while
-    it is kept; a different certificate is a different key, so no decision is shared between callers.
-    An authenticator keeps its own, made anew with it on every configuration (CA) change.
+    Kept with the connection rather than in a cache of the authenticator's: a bounded cache verifies
+    every request again once more connections are open than it holds (r2tls L2), and a connection's
+    verdicts go with it. One verdict per connection per authenticator: the verdicts are keyed by this
+    object, made anew with its authenticator on every configuration (CA) change.
 
     A decision depends on the time too (a certificate of the chain, or a CA, expires or becomes
     valid), so it is kept only until the first such moment of the chain or of ``anchors``: then the
-    chain is verified again, as k8s.io/apiserver verifies it on every request. Until then a request
-    of a kept-alive connection costs a lookup."""
+    chain is verified again, as k8s.io/apiserver verifies it on every request."""
 
     def __init__(
         self,
-        size: int = 256,
         now: Callable[[], datetime.datetime] = utc_now,
         anchors: Sequence[x509.Certificate] = (),
     ) -> None:
-        self._size = size
         self._now = now
         self._anchors = tuple(anchors)
-        self._kept: dict[
-            tuple[int, int],
-            tuple[x509.Certificate, tuple[x509.Certificate, ...], T, datetime.datetime | None],
-        ] = {}
 
     def get(self, credentials: Credentials, decide: Callable[[Credentials, datetime.datetime], T]) -> T:
-        cert, chain = credentials.peer_certificate, credentials.peer_chain
-        key = (id(cert), id(chain))
+        cert, chain, verdicts = credentials.peer_certificate, credentials.peer_chain, credentials.verdicts
         now = self._now()
-        kept = self._kept.get(key)
-        if kept is not None and kept[0] is cert and kept[1] is chain and (kept[3] is None or now < kept[3]):
-            return kept[2]
+        # What this object put there (below): the connection's chain, the decision, and until when.
+        kept: tuple[tuple[x509.Certificate, ...], T, datetime.datetime | None] | None = (
+            verdicts.get(self) if verdicts is not None else None  # type: ignore[assignment]
+        )
+        if kept is not None and kept[0] is chain and (kept[2] is None or now < kept[2]):
+            return kept[1]
         decided = decide(credentials, now)
-        if cert is not None:
-            self._kept.pop(key, None)
-            if len(self._kept) >= self._size:
-                del self._kept[next(iter(self._kept))]  # the oldest
-            until = next_validity_change((cert, *chain, *self._anchors), now)
-            self._kept[key] = (cert, chain, decided, until)
+        if verdicts is not None and cert is not None:
+            verdicts[self] = (chain, decided, next_validity_change((cert, *chain, *self._anchors), now))
         return decided
 
 
@@ -270,6 +267,7 @@ __all__ = [
     "RequestAuthenticator",
     "TrustAnchors",
     "UserInfo",
+    "Verdicts",
     "is_utf8",
     "load_pem_bundle",
     "next_validity_change",

@@ -85,7 +85,7 @@ from payloadtags.onceper import OncePerPeriod
 from payloadtags.registry import is_valid_repository
 from payloadtags.registry.errors import RegistryError
 from payloadtags.repoindex import RepositoryIndex
-from payloadtags.tls import unreadable_certificate, verified_peer_chain
+from payloadtags.tls import connection_verdicts, unreadable_certificate, verified_peer_chain
 from payloadtags.watch import Listed, TooManyWatches, Watcher, WatchHub, WatchSlot
 from payloadtags.watch.rereads import NotificationRereads
 from payloadtags.watch.watcher import error_line
@@ -186,6 +186,7 @@ def _credentials(request: Request) -> Credentials:
         headers=headers,
         peer_chain=chain,
         unreadable_certificate=unreadable_certificate(connection),
+        verdicts=connection_verdicts(connection),
         # The HTTP layer's (ClientKey), not read from the transport: one front-proxy connection is a
         # client of its own.
         client=getattr(request.channel, "client_key", None),

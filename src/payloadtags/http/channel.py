@@ -95,7 +95,7 @@ from payloadtags.limits import (
     HttpLimits,
 )
 from payloadtags.model import to_json
-from payloadtags.tls import verified_peer_chain
+from payloadtags.tls import Verdicts, connection_verdicts, verified_peer_chain
 
 log = Logger()
 
@@ -1327,8 +1327,9 @@ class ClientConnection(ProtocolWrapper):
         if self._lost:
             return
         handle = getattr(self.transport, "getHandle", None)
-        chain = verified_peer_chain(handle()) if handle is not None else ()
-        front_proxy = bool(chain) and self.factory.front_proxy(chain)
+        connection = handle() if handle is not None else None
+        chain = verified_peer_chain(connection)
+        front_proxy = bool(chain) and self.factory.front_proxy(chain, connection_verdicts(connection))
         if not self.factory.clients.handshaken(self.host, front_proxy, self.ticket):
             self.factory.over_cap(self)  # its address reached its cap during the handshake
             return
@@ -1360,7 +1361,7 @@ def _limit_send_buffer(transport: object) -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
 
 
-def _no_front_proxy(chain: tuple[x509.Certificate, ...]) -> bool:
+def _no_front_proxy(chain: tuple[x509.Certificate, ...], verdicts: Verdicts | None = None) -> bool:
     return False
 
 
@@ -1397,7 +1398,9 @@ class LimitedConnections(WrappingFactory):
         site: GuardedSite,
         limit: int,
         on_refused: Callable[[str, str], None] | None = None,
-        front_proxy: Callable[[tuple[x509.Certificate, ...]], bool] = _no_front_proxy,
+        # Whether a verified chain is the front proxy's; its connection's verdicts keep the answer for
+        # the connection's requests (access.authn.ChainDecisions).
+        front_proxy: Callable[[tuple[x509.Certificate, ...], Verdicts | None], bool] = _no_front_proxy,
         probe_connections: int = PROBE_CONNECTIONS,
         front_proxy_connections: int = FRONT_PROXY_CONNECTIONS,
     ):
