@@ -23,7 +23,7 @@ from payloadtags.access.authconfig import (
     FlagConfig,
     from_configmap,
 )
-from payloadtags.access.authn import ChainDecisions, Credentials, UserInfo, Verdicts
+from payloadtags.access.authn import ChainDecisions, Credentials, TrustAnchors, UserInfo, Verdicts
 from payloadtags.access.requestheader import RequestHeaderConfig
 from payloadtags.cluster import _ConfigMapFeed
 from tests.support.logcapture import Collect
@@ -416,8 +416,16 @@ def test_identity_headers(cas: Cas, logged: list[dict[str, Any]]) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_decisions_kept_for_a_connection_end_with_a_ca_change_and_are_never_shared(
-    cas: Cas, logged: list[dict[str, Any]]
+    cas: Cas, logged: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    verified: list[x509.Certificate] = []
+    verify = TrustAnchors.verify
+
+    def counted(anchors: TrustAnchors, cert: x509.Certificate, *args: Any) -> bool:
+        verified.append(cert)
+        return verify(anchors, cert, *args)
+
+    monkeypatch.setattr(TrustAnchors, "verify", counted)
     dynamic = DynamicAuthentication(FlagConfig())
     dynamic.update_from_configmap(configmap(client=(cas.client,), front=(cas.front,)))
     # As the TLS layer hands them over: the same chain objects on every request of a connection.
@@ -430,30 +438,45 @@ async def test_decisions_kept_for_a_connection_end_with_a_ca_change_and_are_neve
     bob = cas.client.client("bob").cert
     bob_chain = (bob, cas.client.cert)
     identity = {"x-remote-user": ["carol"], "x-remote-group": ["ops"]}
+    # Each connection's verdicts (tls.connection_verdicts), the handshake's check and its requests alike.
+    kept: dict[x509.Certificate, Verdicts] = {
+        c: weakref.WeakKeyDictionary() for c in (proxy, impostor, alice, bob)
+    }
     for _ in range(3):
-        assert dynamic.is_front_proxy(proxy_chain)
-        assert await dynamic.authenticate(Credentials(proxy, identity, proxy_chain)) == UserInfo(
-            name="carol", groups=("ops", "system:authenticated")
-        )
+        assert dynamic.is_front_proxy(proxy_chain, kept[proxy])
+        assert await dynamic.authenticate(
+            Credentials(proxy, identity, proxy_chain, verdicts=kept[proxy])
+        ) == UserInfo(name="carol", groups=("ops", "system:authenticated"))
         # Same CA, another name: its own decision, never the proxy's.
-        assert not dynamic.is_front_proxy(impostor_chain)
-        assert await dynamic.authenticate(Credentials(impostor, identity, impostor_chain)) is None
-        assert await dynamic.authenticate(Credentials(alice, {}, alice_chain)) == UserInfo(
-            name="alice", groups=("devs", "system:authenticated")
+        assert not dynamic.is_front_proxy(impostor_chain, kept[impostor])
+        assert (
+            await dynamic.authenticate(
+                Credentials(impostor, identity, impostor_chain, verdicts=kept[impostor])
+            )
+            is None
         )
-        assert await dynamic.authenticate(Credentials(bob, {}, bob_chain)) == UserInfo(
+        assert await dynamic.authenticate(
+            Credentials(alice, {}, alice_chain, verdicts=kept[alice])
+        ) == UserInfo(name="alice", groups=("devs", "system:authenticated"))
+        assert await dynamic.authenticate(Credentials(bob, {}, bob_chain, verdicts=kept[bob])) == UserInfo(
             name="bob", groups=("system:authenticated",)
         )
+    # Three rounds, one verification per connection and authenticator, the handshake's check serving
+    # the requests: the front proxy's by the request-header authenticator only (trusted, the headers
+    # name the user); the others' by both (the impostor's refused by each).
+    assert sorted(c.subject.rfc4514_string() for c in verified) == sorted(
+        c.subject.rfc4514_string() for c in (proxy, impostor, impostor, alice, alice, bob, bob)
+    )
 
     # The CAs change: what was decided for these very objects is not believed any more.
     dynamic.update_from_configmap(configmap(client=(cas.front2,), front=(cas.front2,)))
-    assert not dynamic.is_front_proxy(proxy_chain)
-    assert await dynamic.authenticate(Credentials(proxy, identity, proxy_chain)) is None
-    assert await dynamic.authenticate(Credentials(alice, {}, alice_chain)) is None
+    assert not dynamic.is_front_proxy(proxy_chain, kept[proxy])
+    assert await dynamic.authenticate(Credentials(proxy, identity, proxy_chain, verdicts=kept[proxy])) is None
+    assert await dynamic.authenticate(Credentials(alice, {}, alice_chain, verdicts=kept[alice])) is None
     # And back: believed again.
     dynamic.update_from_configmap(configmap(client=(cas.client,), front=(cas.front,)))
-    assert dynamic.is_front_proxy(proxy_chain)
-    assert await dynamic.authenticate(Credentials(alice, {}, alice_chain)) is not None
+    assert dynamic.is_front_proxy(proxy_chain, kept[proxy])
+    assert await dynamic.authenticate(Credentials(alice, {}, alice_chain, verdicts=kept[alice])) is not None
 
 
 def test_chain_decisions_are_kept_with_the_connection(cas: Cas) -> None:
