@@ -186,7 +186,8 @@ def _credentials(request: Request) -> Credentials:
         headers=headers,
         peer_chain=chain,
         unreadable_certificate=unreadable_certificate(connection),
-        verdicts=connection_verdicts(connection),
+        # Only a connection with a chain has verdicts to keep (none made for the others).
+        verdicts=connection_verdicts(connection) if chain else None,
         # The HTTP layer's (ClientKey), not read from the transport: one front-proxy connection is a
         # client of its own.
         client=getattr(request.channel, "client_key", None),
