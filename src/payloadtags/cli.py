@@ -1113,7 +1113,14 @@ def _check_registry_url(text: str, errors: list[str]) -> str:
     # what it returns), but the registry client requests lower-case schemes only: as typed, every request
     # failed, blamed on "a URL the registry named" (r1cli F1).
     scheme, colon, rest = url.partition(":")
-    return scheme.lower() + colon + rest
+    url = scheme.lower() + colon + rest
+    if not url.isascii() and not problem:
+        # A host name outside ASCII (an IDN) passed the check above as its IDNA form, which is what DNS
+        # and TLS know it by; as typed, every request failed as one for "a URL the registry named"
+        # (review r3latedelete N2).
+        host = (parts.hostname or "").encode("idna").decode("ascii")
+        url = f"{scheme.lower()}://{host}" + (f":{parts.port}" if parts.port is not None else "")
+    return url
 
 
 def _check_registry_host(text: str | None, errors: list[str]) -> None:

@@ -296,6 +296,21 @@ def test_an_upper_case_scheme_in_the_registry_url_is_requested_lower_case(scheme
 
 
 @pytest.mark.parametrize(
+    ("given", "requested"),
+    [
+        ("http://bücher.test:5000", "http://xn--bcher-kva.test:5000"),
+        ("https://REGISTRY.Bücher.test", "https://registry.xn--bcher-kva.test"),
+    ],
+)
+def test_a_registry_host_outside_ascii_is_requested_as_its_idna_name(given, requested):
+    # The start-up check took it (its IDNA form is a host name), then the registry client refused every
+    # request for "a URL the registry named" with a space or control character (review r3latedelete N2).
+    url = parse(f"--registry-url={given}").registry.url
+    assert url == requested
+    assert unrequestable(url + "/v2/") is None
+
+
+@pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--registry-url=ftp://x"], "--registry-url must be an http:// or https:// URL"),
@@ -561,7 +576,8 @@ def test_lease_durations_are_not_refused_with_the_flags_when_no_lease_may_be_req
         ("http://127.0.0.1:5000", "", "127.0.0.1:5000"),  # empty, as the base manifests pass it
         ("https://[::1]:5000", "", "[::1]:5000"),
         ("https://xn--bcher-kva.example", "", "xn--bcher-kva.example"),
-        ("https://bücher.example", "", "bücher.example"),
+        # As requested, and as an image reference's host must be (ASCII: distribution's reference grammar).
+        ("https://bücher.example", "", "xn--bcher-kva.example"),
         ("https://registry.example.com.", "", "registry.example.com."),
         ("http://10.0.0.1:5000", "[fd00::1]:443", "[fd00::1]:443"),
         ("http://10.0.0.1:5000", "Registry.Example.com", "Registry.Example.com"),
