@@ -618,3 +618,85 @@ def test_the_leader_deletes_nothing_past_its_renew_deadline_while_its_timers_are
     done: list[object] = []
     Deferred.fromCoroutine(controller.stop()).addBoth(done.append)
     assert done == [None]
+
+
+class ConflictingLeases(FakeLeases):
+    """Every update answered 409 while `conflicts` (another writer keeps touching the Lease)."""
+
+    conflicts = False
+
+    async def update(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        if self.conflicts:
+            raise KubeApiError(make_status(409, "the object has been modified", "Conflict"), 409)
+        return await super().update(path, body)
+
+
+class LostAnswerLeases(FakeLeases):
+    """An update that the server applies, but whose answer is lost on the way back."""
+
+    lose_next = False
+
+    async def update(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        stored = await super().update(path, body)
+        if self.lose_next:
+            self.lose_next = False
+            raise KubeUnavailable("connection reset by peer")
+        return stored
+
+
+def test_a_conflict_storm_on_the_lease_is_warned_about() -> None:
+    clock, api = Clock(), ConflictingLeases()
+    a = Candidate(api, clock, "a")
+    a.elector.start()
+    advance(clock, 4.0)
+    assert a.leads
+    with collected_logs() as events:
+        api.conflicts = True
+        advance(clock, 60.0)
+    assert a.events[:2] == ["started", "stopped"] and not a.leads
+    said = [formatEvent(e) for e in events if e["log_level"] >= LogLevel.info]
+    # Every renew for a minute was refused (409); the log should name the cause at least once.
+    assert any("409" in s or "onflict" in s or "modified" in s for s in said), said
+    a.stop()
+
+
+def test_a_release_after_a_renew_whose_answer_was_lost_still_hands_over_at_once() -> None:
+    clock, api = Clock(), LostAnswerLeases()
+    a, b = Candidate(api, clock, "a"), Candidate(api, clock, "b")
+    a.elector.start()
+    b.elector.start()
+    advance(clock, 4.0)
+    assert a.leads and not b.leads
+    api.lose_next = True
+    advance(clock, 2.0)  # a's next renew lands, its answer does not
+    assert api.lose_next is False
+    with collected_logs() as events:
+        a.stop()  # a clean stop: releases the lease
+    said = [formatEvent(e) for e in events if e["log_level"] >= LogLevel.info]
+    released = api.spec["holderIdentity"] == ""
+    advance(clock, 2 * 2.2 + 0.1)
+    took = b.leads
+    assert released, said
+    assert took
+    b.stop()
+
+
+def test_the_release_keeps_the_lease_metadata_and_other_spec_fields() -> None:
+    clock, api = Clock(), FakeLeases()
+    a = Candidate(api, clock, "a")
+    a.elector.start()
+    advance(clock, 4.0)
+    assert api.lease is not None
+    # Someone (an operator, GitOps, kubectl label) put labels/annotations and a newer spec field on it.
+    lease = copy.deepcopy(api.lease)
+    lease["metadata"]["labels"] = {"app": "payloadtags"}
+    lease["metadata"]["annotations"] = {"owner": "team-x"}
+    lease["spec"]["strategy"] = "OldestEmulationVersion"
+    api.lease = lease
+    advance(clock, 2.2)  # a renew: keeps them
+    assert api.lease["metadata"].get("labels") == {"app": "payloadtags"}
+    assert api.lease["spec"].get("strategy") == "OldestEmulationVersion"
+    a.stop()
+    assert api.spec["holderIdentity"] == ""
+    assert api.lease["metadata"].get("labels") == {"app": "payloadtags"}
+    assert api.lease["metadata"].get("annotations") == {"owner": "team-x"}

@@ -183,7 +183,13 @@ class LeaderElector:
         self._monotonic = monotonic
         self._observed: LeaderRecord | None = None
         self._observed_raw: dict[str, Any] | None = None
-        self._observed_rv: str | None = None
+        # The last Lease object read or written: a renew or a release replaces only its spec fields
+        # (an update replaces the whole object, and labels, annotations, ownerReferences or newer
+        # spec fields set by others must survive it), and its resourceVersion guards the write.
+        self._lease: dict[str, Any] | None = None
+        # Whether the last update was refused with 409: a single lost race is quiet, a second in a
+        # row (another writer keeps changing the Lease) is a failure, warned about as others are.
+        self._conflicted = False
         # Monotonic times: when the observed record was first seen, and when the write of the last
         # successful acquire or renew was sent (it reached the API after that, never before).
         self._observed_time = float("-inf")
@@ -441,11 +447,12 @@ class LeaderElector:
             self._observe(lease, self._monotonic())
         old = self._observed
         assert old is not None
-        self._observed_rv = (lease.get("metadata") or {}).get("resourceVersion")
+        self._lease = lease
         held_by_me = old.holder == options.identity
         # Against the time before the GET, which read the Lease after it: expiry errs on the late side.
         valid = self._observed_time + old.lease_duration_seconds > before
         if old.holder and valid and not held_by_me:
+            self._conflicted = False
             return None
         if held_by_me:
             wanted = attrs.evolve(wanted, acquire_time=old.acquire_time, transitions=old.transitions)
@@ -457,15 +464,18 @@ class LeaderElector:
             updated = await self._client.update(options.lease_path, update)
         except KubeApiError as e:
             if e.code == 409:
-                return None  # someone else wrote first: look again next time
+                conflicted, self._conflicted = self._conflicted, True
+                if not conflicted:
+                    return None  # someone else wrote first: look again next time
             raise
+        self._conflicted = False
         self._observe(updated, self._monotonic())
         return sent
 
     def _observe(self, lease: dict[str, Any], now: float) -> None:
         self._observed_raw = lease.get("spec") or {}
         self._observed = LeaderRecord.from_lease(lease)
-        self._observed_rv = (lease.get("metadata") or {}).get("resourceVersion")
+        self._lease = lease
         self._observed_time = now
         holder = self._observed.holder
         if holder != self._reported_leader:
@@ -480,26 +490,36 @@ class LeaderElector:
         options = self.options
         if self._observed is None or self._observed.holder != options.identity:
             return
-        stamp = _micro_time(self._clock.seconds())
-        released = LeaderRecord("", 1, stamp, stamp, self._observed.transitions)
-        body = {
-            "apiVersion": "coordination.k8s.io/v1",
-            "kind": "Lease",
-            "metadata": {
-                "name": options.lease_name,
-                "namespace": options.lease_namespace,
-                "resourceVersion": self._observed_rv,
-            },
-            "spec": released.spec(),
-        }
         try:
-            update = self._client.update(options.lease_path, body)
-            updated = await self._bounded(update, options.renew_deadline)
+            updated = await self._bounded(self._release_once_more_on_conflict(), options.renew_deadline)
         except (KubeError, DeadlineExpired) as e:
             log.warn("Leader election: could not release the lease: {error}", error=e)
             return
+        if updated is None:
+            return
         self._observe(updated, self._monotonic())
         log.info("Leader election: {identity} released the lease", identity=options.identity)
+
+    async def _release_once_more_on_conflict(self) -> dict[str, Any] | None:
+        """The release write; on 409, once more on the Lease read again if this replica still holds
+        it: a renew the API applied but whose answer was lost leaves a stale resourceVersion, and
+        the next leader would otherwise wait for the Lease to expire. None: another holder now."""
+        try:
+            return await self._client.update(self.options.lease_path, self._released(self._lease))
+        except KubeApiError as e:
+            if e.code != 409:
+                raise
+        lease = await self._client.get(self.options.lease_path)
+        if LeaderRecord.from_lease(lease).holder != self.options.identity:
+            return None
+        return await self._client.update(self.options.lease_path, self._released(lease))
+
+    def _released(self, lease: dict[str, Any] | None) -> dict[str, Any]:
+        """The Lease given up (empty holder, duration 1 s), built on `lease` as a renew is."""
+        assert lease is not None and self._observed is not None
+        stamp = _micro_time(self._clock.seconds())
+        released = LeaderRecord("", 1, stamp, stamp, self._observed.transitions)
+        return {**lease, "spec": {**(lease.get("spec") or {}), **released.spec()}}
 
     async def _bounded(self, work: Awaitable[T], seconds: float) -> T:
         return await deferreds.within(self._clock, seconds, work)
