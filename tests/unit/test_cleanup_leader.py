@@ -700,3 +700,29 @@ def test_the_release_keeps_the_lease_metadata_and_other_spec_fields() -> None:
     assert api.spec["holderIdentity"] == ""
     assert api.lease["metadata"].get("labels") == {"app": "payloadtags"}
     assert api.lease["metadata"].get("annotations") == {"owner": "team-x"}
+
+
+class OneConflict(FakeLeases):
+    """The next update is answered 409 once (a race lost to another replica), then all work."""
+
+    conflict_next = False
+
+    async def update(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        if self.conflict_next:
+            self.conflict_next = False
+            raise KubeApiError(make_status(409, "the object has been modified", "Conflict"), 409)
+        return await super().update(path, body)
+
+
+def test_a_single_lost_race_on_the_lease_is_not_warned_about() -> None:
+    clock, api = Clock(), OneConflict()
+    a = Candidate(api, clock, "a")
+    a.elector.start()
+    advance(clock, 4.0)
+    with collected_logs() as events:
+        api.conflict_next = True
+        advance(clock, 10.0)
+    assert not api.conflict_next  # the 409 was answered
+    assert a.leads and a.events == ["started"]
+    assert _election_lines(events, LogLevel.warn) == []
+    a.stop()
