@@ -16,8 +16,8 @@ import attrs
 import pytest
 import pytest_twisted
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from twisted.internet import defer, task, threads, utils
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent
@@ -1435,19 +1435,8 @@ DAY = datetime.timedelta(days=1)
 
 def _resigned_ca(ca: Authority, before: datetime.datetime, after: datetime.datetime) -> Path:
     """``ca``'s certificate signed again (same key, subject and extensions) with this validity."""
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(ca.cert.subject)
-        .issuer_name(ca.cert.subject)
-        .public_key(ca.key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(before)
-        .not_valid_after(after)
-    )
-    for extension in ca.cert.extensions:
-        builder = builder.add_extension(extension.value, extension.critical)
     path = ca.directory / "resigned-ca.crt"
-    path.write_bytes(builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    path.write_bytes(ca.resigned(before, after).public_bytes(serialization.Encoding.PEM))
     return path
 
 
@@ -1460,17 +1449,7 @@ def _leaf_of(
 ) -> Issued:
     """A front-proxy-client certificate of ``ca`` with this validity and extended key usage."""
     issued = ca.client("front-proxy-client", stem=stem)  # for its key and files
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "front-proxy-client")]))
-        .issuer_name(ca.cert.subject)
-        .public_key(issued.key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(before)
-        .not_valid_after(after)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .sign(ca.key, hashes.SHA256())
-    )
+    cert = ca.client_leaf(issued.key, before, after, usage)
     issued.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return issued
 

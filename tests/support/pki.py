@@ -12,6 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from OpenSSL import SSL
 
 
 def _now() -> datetime.datetime:
@@ -47,6 +48,41 @@ class Authority:
     def intermediate(self, name: str) -> Authority:
         """A CA signed by this one (its certificate file holds only itself)."""
         return _ca(self.directory, name, issuer=self)
+
+    def resigned(self, before: datetime.datetime, after: datetime.datetime) -> x509.Certificate:
+        """This CA's certificate signed again (same key, subject and extensions) with this validity."""
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(self.cert.subject)
+            .issuer_name(self.cert.subject)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(before)
+            .not_valid_after(after)
+        )
+        for extension in self.cert.extensions:
+            builder = builder.add_extension(extension.value, extension.critical)
+        return builder.sign(self.key, hashes.SHA256())
+
+    def client_leaf(
+        self,
+        key: ec.EllipticCurvePrivateKey,
+        before: datetime.datetime,
+        after: datetime.datetime,
+        usage: x509.ObjectIdentifier = ExtendedKeyUsageOID.CLIENT_AUTH,
+    ) -> x509.Certificate:
+        """A certificate for ``key`` named front-proxy-client, with this validity and extended key usage."""
+        return (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "front-proxy-client")]))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(before)
+            .not_valid_after(after)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
 
     def _issue(
         self,
@@ -185,3 +221,28 @@ def _ca(directory: Path, name: str, issuer: Authority | None) -> Authority:
     cert_file = directory / f"{name}-ca.crt"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return Authority(cert, key, cert_file, directory)
+
+
+def in_memory_handshake(client: SSL.Connection, server: SSL.Connection) -> SSL.Error | None:
+    """Runs a TLS handshake between two memory-BIO connections: None once both ends are done, or the
+    error one end raised."""
+    client.set_connect_state()
+    server.set_accept_state()
+    done = {client: False, server: False}
+    for _ in range(20):
+        for side, other in ((client, server), (server, client)):
+            if not done[side]:
+                try:
+                    side.do_handshake()
+                    done[side] = True
+                except SSL.WantReadError:
+                    pass
+                except SSL.Error as error:
+                    return error
+            try:
+                other.bio_write(side.bio_read(1 << 16))
+            except SSL.WantReadError:
+                pass
+        if all(done.values()):
+            return None
+    raise AssertionError("the handshake neither ended nor failed")

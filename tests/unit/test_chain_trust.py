@@ -46,18 +46,7 @@ def _leaf(
     not_after: datetime.datetime,
     usage: x509.ObjectIdentifier = ExtendedKeyUsageOID.CLIENT_AUTH,
 ) -> x509.Certificate:
-    key = ec.generate_private_key(ec.SECP256R1())
-    return (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "front-proxy-client")]))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .sign(ca.key, hashes.SHA256())
-    )
+    return ca.client_leaf(ec.generate_private_key(ec.SECP256R1()), not_before, not_after, usage)
 
 
 def _renewed(ca: Authority, key: ec.EllipticCurvePrivateKey | None = None) -> x509.Certificate:

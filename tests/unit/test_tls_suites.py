@@ -12,6 +12,7 @@ from payloadtags.tls import (
     TlsOptions,
     server_context,
 )
+from tests.support.pki import in_memory_handshake
 
 # OpenSSL's names of the TLS 1.3 suites, which get_cipher_list lists too and no option here changes.
 TLS13 = {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"}
@@ -31,26 +32,9 @@ def _handshake(server_context: SSL.Context, version: int, ciphers: str) -> str |
     if version == SSL.TLS1_2_VERSION:
         client_context.set_cipher_list(ciphers.encode())
     client, server = SSL.Connection(client_context, None), SSL.Connection(server_context, None)
-    client.set_connect_state()
-    server.set_accept_state()
-    done = {client: False, server: False}
-    for _ in range(20):
-        for side, other in ((client, server), (server, client)):
-            if not done[side]:
-                try:
-                    side.do_handshake()
-                    done[side] = True
-                except SSL.WantReadError:
-                    pass
-                except SSL.Error:
-                    return None
-            try:
-                other.bio_write(side.bio_read(1 << 16))
-            except SSL.WantReadError:
-                pass
-        if all(done.values()):
-            return client.get_cipher_name()
-    raise AssertionError("the handshake neither ended nor failed")
+    if in_memory_handshake(client, server) is not None:
+        return None
+    return client.get_cipher_name()
 
 
 def test_without_the_flag_tls12_offers_the_secure_ecdhe_suites_only(serving: ServingCertificate) -> None:

@@ -10,48 +10,15 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from OpenSSL import SSL
 
 from payloadtags.tls import ServingCertificate, server_context, verified_peer_chain
-from tests.support.pki import Authority
+from tests.support.pki import Authority, in_memory_handshake
 
 DAY = datetime.timedelta(days=1)
 NOW = datetime.datetime.now(datetime.UTC)
-
-
-def _resigned(ca: Authority, before: datetime.datetime, after: datetime.datetime) -> x509.Certificate:
-    """``ca``'s certificate signed again (same key, subject and extensions) with this validity."""
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(ca.cert.subject)
-        .issuer_name(ca.cert.subject)
-        .public_key(ca.key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(before)
-        .not_valid_after(after)
-    )
-    for extension in ca.cert.extensions:
-        builder = builder.add_extension(extension.value, extension.critical)
-    return builder.sign(ca.key, hashes.SHA256())
-
-
-def _leaf(
-    ca: Authority, key: ec.EllipticCurvePrivateKey, before: datetime.datetime, after: datetime.datetime, usage
-) -> x509.Certificate:
-    return (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "front-proxy-client")]))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(before)
-        .not_valid_after(after)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .sign(ca.key, hashes.SHA256())
-    )
 
 
 def _server_side(
@@ -63,24 +30,10 @@ def _server_side(
     client_context.use_privatekey(key)
     client = SSL.Connection(client_context, None)
     server = SSL.Connection(server_context(ServingCertificate.self_signed(), (trusted,)), None)
-    client.set_connect_state()
-    server.set_accept_state()
-    done = {client: False, server: False}
-    for _ in range(20):
-        for side, other in ((client, server), (server, client)):
-            if not done[side]:
-                try:
-                    side.do_handshake()
-                    done[side] = True
-                except SSL.WantReadError:
-                    pass
-            try:
-                other.bio_write(side.bio_read(1 << 16))
-            except SSL.WantReadError:
-                pass
-        if all(done.values()):
-            return server
-    raise AssertionError("the handshake did not end")
+    error = in_memory_handshake(client, server)
+    if error is not None:
+        raise error
+    return server
 
 
 @pytest.mark.parametrize("case", ["valid", "expired-ca", "expired-leaf", "future-leaf", "server-auth-leaf"])
@@ -89,14 +42,14 @@ def test_a_chain_is_kept_only_when_every_check_passed(tmp_path: Path, case: str)
     key = ec.generate_private_key(ec.SECP256R1())
     trusted, before, after, usage = ca.cert, NOW - DAY, NOW + DAY, ExtendedKeyUsageOID.CLIENT_AUTH
     if case == "expired-ca":
-        trusted = _resigned(ca, NOW - 3 * DAY, NOW - DAY)
+        trusted = ca.resigned(NOW - 3 * DAY, NOW - DAY)
     elif case == "expired-leaf":
         before, after = NOW - 3 * DAY, NOW - DAY
     elif case == "future-leaf":
         before, after = NOW + DAY, NOW + 3 * DAY
     elif case == "server-auth-leaf":
         usage = ExtendedKeyUsageOID.SERVER_AUTH
-    cert = _leaf(ca, key, before, after, usage)
+    cert = ca.client_leaf(key, before, after, usage)
     # The handshake itself never fails (the authenticators decide); only the kept chain tells.
     chain = verified_peer_chain(_server_side(trusted, cert, key))
     assert (chain[0] if chain else None) == (cert if case == "valid" else None)
