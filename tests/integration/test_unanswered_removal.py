@@ -31,6 +31,7 @@ from tests.support.clocks import SkipAhead
 from tests.support.dangling import make_dangling
 from tests.support.faultproxy import DROPPED_LATE, GATEWAY_LATE, LATE, STALL, FaultProxy
 from tests.support.interleaving import USER
+from tests.support.registry_server import RegistryServer
 from tests.support.unanswered import (
     LANDS,
     TIMEOUT,
@@ -270,6 +271,18 @@ async def test_a_removal_waits_for_a_single_deletes_unanswered_retag(registry, r
     assert images.list_tags(registry, repo) == []
 
 
+def digest_delete_held(
+    registry: RegistryServer, repo: str, fault: str
+) -> tuple[str, list[str], Deferred[None], FaultProxy]:
+    """``repo``'s v1 pushed (its digest), and a proxy before the registry giving ``fault`` to the first
+    DELETE by digest, held until ``hold`` fires; ``deletes``: the DELETE paths the proxy saw."""
+    digest = images.push_oci_image(registry, repo, "v1")
+    deletes: list[str] = []
+    hold: Deferred[None] = Deferred()
+    proxy = FaultProxy(global_reactor, registry.url, first_digest_delete(fault, deletes), hold=hold)
+    return digest, deletes, hold, proxy
+
+
 def first_digest_delete(fault: str, deletes: list[str]) -> Any:
     """The fault for the first DELETE by digest only (a cascade's); everything else passes. The
     DELETEs by digest seen are noted in ``deletes``."""
@@ -329,10 +342,7 @@ async def test_a_namespace_removal_is_not_done_while_its_own_digest_delete_may_s
     DELETE can no longer land (two registry timeouts, on the test's clock) before its 200, and a push
     after that 200 stays."""
     namespace = repo.partition("/")[0]
-    digest = images.push_oci_image(registry, repo, "v1")
-    deletes: list[str] = []
-    hold: Deferred[None] = Deferred()
-    proxy = FaultProxy(global_reactor, registry.url, first_digest_delete(fault, deletes), hold=hold)
+    digest, deletes, hold, proxy = digest_delete_held(registry, repo, fault)
     clock = WaitClock(shorter_than=50.0)
     client, service = removal_service(proxy.url, clock, budget=100.0, timeout=TIMEOUT)
     async with logged() as events, released(proxy, client, hold):
@@ -365,10 +375,7 @@ async def test_the_leaders_cascade_is_not_done_while_its_own_digest_delete_may_s
     then answered 200 at once (review r1replica F1, its "cascade" form). It now waits until the
     DELETE can no longer land before it ends."""
     namespace = repo.partition("/")[0]
-    digest = images.push_oci_image(registry, repo, "v1")
-    deletes: list[str] = []
-    hold: Deferred[None] = Deferred()
-    proxy = FaultProxy(global_reactor, registry.url, first_digest_delete(fault, deletes), hold=hold)
+    digest, deletes, hold, proxy = digest_delete_held(registry, repo, fault)
     clock = WaitClock(shorter_than=50.0)
     client = RegistryClient(
         global_reactor,
@@ -408,10 +415,7 @@ async def test_a_removal_whose_wait_for_its_own_digest_delete_outlasts_its_budge
     a deletecollection after it "deletes whatever the write left": a PUT's landing (review r2latedelete
     L1)."""
     namespace = repo.partition("/")[0]
-    digest = images.push_oci_image(registry, repo, "v1")
-    deletes: list[str] = []
-    hold: Deferred[None] = Deferred()
-    proxy = FaultProxy(global_reactor, registry.url, first_digest_delete(GATEWAY_LATE, deletes), hold=hold)
+    digest, _, hold, proxy = digest_delete_held(registry, repo, GATEWAY_LATE)
     clock = WaitClock(shorter_than=2.1)
     client, service = removal_service(proxy.url, clock, budget=3.0, timeout=TIMEOUT)
     async with released(proxy, client, hold):
@@ -441,10 +445,7 @@ async def test_a_digest_delete_is_noted_in_its_repository(registry, repo) -> Non
     another repository of the namespace neither waits for it nor names it (review r2latedelete L2:
     noted under the namespace alone, every test passed)."""
     namespace = repo.partition("/")[0]
-    digest = images.push_oci_image(registry, repo, "v1")
-    deletes: list[str] = []
-    hold: Deferred[None] = Deferred()
-    proxy = FaultProxy(global_reactor, registry.url, first_digest_delete(GATEWAY_LATE, deletes), hold=hold)
+    digest, _, hold, proxy = digest_delete_held(registry, repo, GATEWAY_LATE)
     late = LateWrites(Clock())
     client = RegistryClient(
         global_reactor,
@@ -468,10 +469,7 @@ async def test_a_cancelled_digest_delete_is_noted(registry, repo) -> None:
     cut call) may reach the registry all the same: it is noted as unanswered, not forgotten as if
     answered (review r2latedelete L2)."""
     namespace = repo.partition("/")[0]
-    digest = images.push_oci_image(registry, repo, "v1")
-    deletes: list[str] = []
-    hold: Deferred[None] = Deferred()
-    proxy = FaultProxy(global_reactor, registry.url, first_digest_delete(STALL, deletes), hold=hold)
+    digest, deletes, hold, proxy = digest_delete_held(registry, repo, STALL)
     late = LateWrites(Clock())
     client = RegistryClient(
         global_reactor,
