@@ -136,7 +136,7 @@ def test_an_entry_whose_time_passed_is_dropped_and_the_record_stays_bounded() ->
     assert late.leaves("other") == {("other/app", "v2", "sha256:1"): COPY}
     clock.advance(20.0)
     assert late.pending("other") is None
-    assert (late._writes, late._out, late._leaves, late._after) == ({}, {}, {}, {})
+    assert (late._writes, late._out, late._leaves) == ({}, {}, {})
 
 
 def test_a_namespace_noted_again_as_its_time_passes_keeps_where_its_writes_would_leave_tags() -> None:

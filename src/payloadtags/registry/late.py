@@ -146,6 +146,40 @@ class Watch:
         self.answered.pop(leave, None)
 
 
+@attrs.frozen
+class _Out:
+    """A write out (sent, not answered yet), all its sender gave of it (`LateWrites.sent`): one record,
+    so that its end forgets all of it at once."""
+
+    # Its description, carrying its `Landing`.
+    what: Write
+    # Where it would leave a tag if it landed, and its kind. None: it gave none, its tag unknown, and
+    # its repository too unless ``repository`` has it (`pending` counts it).
+    leave: tuple[Leave, Kind] | None
+    # Where a write that leaves no tag goes (a cascade's DELETE by digest): a scoped look counts it
+    # only there. None with ``leave`` or where unknown.
+    repository: str | None
+    # How long after its request ends it may land at the latest, as its sender puts it (`out_within`).
+    after: float | None
+    # Its request timeout, as its sender gives it (`out_within`).
+    timeout: float | None
+
+    def where(self) -> tuple[str, str | None] | None:
+        """(repository, tag) of the write, as its sender gave them (tag None: any of the repository's);
+        None when it gave neither."""
+        if self.leave is not None:
+            repository, tag, _ = self.leave[0]
+            return repository, tag
+        if self.repository is not None:
+            return self.repository, None
+        return None
+
+    def admitted(self, scope: Scope) -> bool:
+        """Whether ``scope`` admits the write (one that gave no repository: always)."""
+        where = self.where()
+        return where is None or scope.admits(*where)
+
+
 # A write of unknown repository as an answer scoped to some repositories describes it: it may be in
 # any repository, so it is waited for, and its own description (naming its repository) is not shown.
 ANONYMOUS = "writing to the registry"
@@ -178,16 +212,9 @@ class LateWrites:
 
     clock: IReactorTime
     _writes: dict[str, tuple[str, float]] = attrs.Factory(dict)
-    # Writes sent and not answered yet: namespace -> {its number: description}.
-    _out: dict[str, dict[int, str]] = attrs.Factory(dict)
+    # Writes sent and not answered yet: namespace -> {its number: all its sender gave of it (`_Out`)}.
+    _out: dict[str, dict[int, _Out]] = attrs.Factory(dict)
     _sent: int = 0
-    # Where each write out would leave a tag if it landed, and its kind, given by `sent`: by number. A
-    # write out not here gave none: its tag is unknown, and its repository too unless `_repository`
-    # has it (`pending` counts it).
-    _leave: dict[int, tuple[Leave, Kind]] = attrs.Factory(dict)
-    # The repository of each write out that leaves no tag and gave where it goes (`sent`'s
-    # ``repository``: a cascade's DELETE by digest), by number: a scoped look counts it only there.
-    _repository: dict[int, str] = attrs.Factory(dict)
     # Where the namespace's writes that ended unanswered would leave a tag, and their kinds: kept while
     # the namespace has a write out or noted (`_forget`). One answered leaves nothing here.
     _leaves: dict[str, dict[Leave, Kind]] = attrs.Factory(dict)
@@ -199,11 +226,6 @@ class LateWrites:
     _watches: dict[str, list[Watch]] = attrs.Factory(dict)
     # What `wait_out` calls wait for, by namespace: fired when one of its writes ends or is noted.
     _woken: dict[str, list[Deferred[None]]] = attrs.Factory(dict)
-    # How long after its request ends each write out may land at the latest, as its sender puts it
-    # (`sent`): by number.
-    _after: dict[int, float] = attrs.Factory(dict)
-    # Each write out's request timeout, as its sender gives it (`sent`): by number.
-    _timeout: dict[int, float] = attrs.Factory(dict)
     # The time of each namespace's latest entry dropped once it had passed: a pass of that namespace
     # begun before it may have missed what that write left (`since`). At most `DROPPED_KEPT`
     # namespaces; the oldest of more goes into `_dropped`, which every namespace's pass reads: its
@@ -306,18 +328,14 @@ class LateWrites:
         if leaves is not None and repository is not None:
             raise TypeError("a write's repository is given with its leaves")
         self._sent += 1
-        self._out.setdefault(namespace, {})[self._sent] = Write(what, landing)
-        if leaves is not None and kind is not None:
-            self._leave[self._sent] = (leaves, kind)
+        leave = (leaves, kind) if leaves is not None and kind is not None else None
+        self._out.setdefault(namespace, {})[self._sent] = _Out(
+            Write(what, landing), leave, repository, after, timeout
+        )
+        if leave is not None:
             for watch in self._watches.get(namespace, ()):
-                watch.add(leaves, kind)
-                watch.sent(leaves)
-        if repository is not None:
-            self._repository[self._sent] = repository
-        if after is not None:
-            self._after[self._sent] = after
-        if timeout is not None:
-            self._timeout[self._sent] = timeout
+                watch.add(*leave)
+                watch.sent(leave[0])
         return self._sent
 
     def ended(self, namespace: str, number: int, grace: float | None) -> None:
@@ -326,26 +344,23 @@ class LateWrites:
         out = self._out.get(namespace)
         if out is None:
             return
-        what = out.pop(number, None)
-        self._after.pop(number, None)
-        self._timeout.pop(number, None)
-        leave = self._leave.pop(number, None)
-        goes = self._repository.pop(number, None)
+        write = out.pop(number, None)
+        leave = write.leave if write is not None else None
         if grace is None:
             self._answers += 1
         if leave is not None:
             for watch in self._watches.get(namespace, ()):
                 if leave[0] in watch.leaves:
                     watch.ended(leave[0], self._answers if grace is None else None)
-        if what is not None and grace is not None and leave is not None:
+        if grace is not None and leave is not None:
             _keep(self._leaves.setdefault(namespace, {}), leave[0], leave[1])
             until = self._until.setdefault(namespace, {})
             until[leave[0]] = max(until.get(leave[0], -math.inf), self.now() + grace)
         if not out:
             del self._out[namespace]
-        if what is not None and grace is not None:
-            repository, tag = (leave[0][0], leave[0][1]) if leave else (goes, None)
-            self._note(namespace, what, self.now() + grace, repository, tag)
+        if write is not None and grace is not None:
+            repository, tag = (leave[0][0], leave[0][1]) if leave else (write.repository, None)
+            self._note(namespace, write.what, self.now() + grace, repository, tag)
         self._forget(namespace)
         self._wake(namespace)
 
@@ -358,14 +373,14 @@ class LateWrites:
         hidden = scope is not None and scope.repositories is not None
         out = self._out.get(namespace)
         if out:
-            for number, what in out.items():
+            for write in out.values():
                 if scope is None:
-                    return what, math.inf
-                where = self._where(number)
+                    return write.what, math.inf
+                where = write.where()
                 if where is None:
-                    return ANONYMOUS if hidden else what, math.inf
+                    return ANONYMOUS if hidden else write.what, math.inf
                 if scope.admits(*where):
-                    return what, math.inf
+                    return write.what, math.inf
         known = self._writes.get(namespace)
         if known is not None and known[1] <= self.now():
             self._drop(namespace)
@@ -394,21 +409,6 @@ class LateWrites:
             return "this pass ran (its record dropped once its time passed)", dropped
         return None
 
-    def _where(self, number: int) -> tuple[str, str | None] | None:
-        """(repository, tag) of the write out numbered so, as its sender gave them (tag None: any of
-        the repository's); None when it gave neither."""
-        if number in self._leave:
-            repository, tag, _ = self._leave[number][0]
-            return repository, tag
-        if number in self._repository:
-            return self._repository[number], None
-        return None
-
-    def _admitted(self, scope: Scope, number: int) -> bool:
-        """Whether ``scope`` admits the write out numbered so (one that gave no repository: always)."""
-        where = self._where(number)
-        return where is None or scope.admits(*where)
-
     def out_within(self, namespace: str, scope: Scope | None = None) -> str:
         """When the namespace's writes still out may land, for a message: "when the registry answers it,
         or up to about 20s after its request times out: within about 30s of when its request leaves"
@@ -418,19 +418,22 @@ class LateWrites:
         one here can tell: a write out may still wait to leave (review-ds2 F1: a time from when it was
         sent passed, and the write, still waiting for a connection slot, landed after it). ``scope``:
         of the writes `pending` with it counts."""
-        out = {
-            number: what
-            for number, what in self._out.get(namespace, {}).items()
-            if scope is None or self._admitted(scope, number)
-        }
-        if not out or any(number not in self._after for number in out):
+        out = [
+            write for write in self._out.get(namespace, {}).values() if scope is None or write.admitted(scope)
+        ]
+        afters = [write.after for write in out if write.after is not None]
+        if not out or len(afters) < len(out):
             return "later"
-        after = max(self._after[number] for number in out)
+        after = max(afters)
         said = f"when the registry answers it, or up to about {math.ceil(after)}s after its request times out"
-        if any(number not in self._timeout for number in out):
+        bounds = [
+            write.timeout + write.after
+            for write in out
+            if write.timeout is not None and write.after is not None
+        ]
+        if len(bounds) < len(out):
             return said
-        bound = max(self._timeout[number] + self._after[number] for number in out)
-        return f"{said}: within about {math.ceil(bound)}s of when its request leaves"
+        return f"{said}: within about {math.ceil(max(bounds))}s of when its request leaves"
 
     def wait_out(
         self, namespace: str, deadline: float = math.inf, scope: Scope | None = None
@@ -495,7 +498,7 @@ class LateWrites:
     def repositories(self, namespace: str) -> frozenset[str]:
         """The repositories of the namespace's writes that are out or noted, where known: those a
         scoped look (`pending`'s ``scope``) may be asked about."""
-        out = (where[0] for number in self._out.get(namespace, {}) if (where := self._where(number)))
+        out = (where[0] for write in self._out.get(namespace, {}).values() if (where := write.where()))
         noted = (repository for repository, _ in self._noted.get(namespace, {}))
         left = (left[0] for left in self._leaves.get(namespace, ()))
         return frozenset(r for r in (*out, *noted, *left) if r is not None)
@@ -506,9 +509,9 @@ class LateWrites:
         longer land was not left by them (a push of its name by someone else meanwhile). ``within``:
         those of the repositories it admits."""
         found: dict[Leave, Kind] = {}
-        for number in self._out.get(namespace, {}):
-            if number in self._leave:
-                _keep(found, *self._leave[number])
+        for write in self._out.get(namespace, {}).values():
+            if write.leave is not None:
+                _keep(found, *write.leave)
         for leave, kind in self._unanswered(namespace).items():
             _keep(found, leave, kind)
         return {leave: kind for leave, kind in found.items() if within is None or within(leave[0])}
@@ -523,9 +526,9 @@ class LateWrites:
         """Starts watching where the namespace's writes would leave tags: those that may still land now
         (`leaves`), and each one `sent` from now on, answered or not, until `unwatch`."""
         watch = Watch(namespace, self.leaves(namespace))
-        for number in self._out.get(namespace, {}):
-            if number in self._leave:
-                watch.sent(self._leave[number][0])
+        for write in self._out.get(namespace, {}).values():
+            if write.leave is not None:
+                watch.sent(write.leave[0])
         watch.unanswered.update(self._unanswered(namespace))
         self._watches.setdefault(namespace, []).append(watch)
         return watch
