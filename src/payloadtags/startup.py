@@ -73,7 +73,7 @@ def complete(
 ) -> Completed:
     errors: list[str] = []
     at = now or datetime.datetime.now(datetime.UTC)
-    serving, origin, unwritten, serving_warnings, expired_pair = _serving(settings, errors, at)
+    found = _serving(settings, errors, at)
     for flag, path in (
         ("--client-ca-file", settings.client_ca_file),
         ("--requestheader-client-ca-file", settings.requestheader_client_ca_file),
@@ -118,27 +118,31 @@ def complete(
     if cluster is not None and settings.namespace_cleanup and settings.leader_elect:
         _check_lease(settings, namespace, errors)
         _check_lease_timing(settings, errors)
-    if not errors and serving is not None and unwritten is not None:
-        failure = _write_pair(unwritten, serving)
-        if failure is not None and expired_pair is not None:
+    if not errors and found.serving is not None and found.unwritten is not None:
+        failure = _write_pair(found.unwritten, found.serving)
+        if failure is not None and found.expired is not None:
             # Replacing an expired pair is best effort, as the expiry's warning is no refusal: a
             # read-only --cert-dir (or a clock far ahead) must not stop a start that main served
             # with the same pair (r2cli L2).
-            serving, origin = expired_pair.serving, expired_pair.origin
-            serving_warnings = (f"{expired_pair.warning}; cannot write a new pair: {failure}",)
+            expired = found.expired
+            found = _ServingPair(
+                expired.serving,
+                expired.origin,
+                warnings=(f"{expired.warning}; cannot write a new pair: {failure}",),
+            )
         elif failure is not None:
-            errors.append(f"--cert-dir {unwritten}: cannot write the self-signed pair: {failure}")
-    if errors or serving is None:
+            errors.append(f"--cert-dir {found.unwritten}: cannot write the self-signed pair: {failure}")
+    if errors or found.serving is None:
         raise ConfigurationError(*errors)
     return Completed(
-        serving=serving,
-        serving_origin=origin,
+        serving=found.serving,
+        serving_origin=found.origin,
         cluster=cluster,
         authorization_mode=mode,
         lease_namespace=namespace,
         events_token=events_token,
         notices=_proxy_notice(environ) + _credential_notice(settings),
-        warnings=serving_warnings + _cluster_warnings(settings, cluster),
+        warnings=found.warnings + _cluster_warnings(settings, cluster),
     )
 
 
@@ -330,22 +334,27 @@ class _ExpiredPair:
     warning: str
 
 
-def _serving(
-    settings: Settings, errors: list[str], now: datetime.datetime
-) -> tuple[ServingCertificate | None, str, Path | None, tuple[str, ...], _ExpiredPair | None]:
-    """The serving pair, where it comes from, the --cert-dir to write it to (a new pair), what to
-    warn of it, and the expired pair it replaces."""
+@attrs.frozen
+class _ServingPair:
+    """The serving pair the settings give (`_serving`) and what comes with it."""
+
+    serving: ServingCertificate | None = attrs.field(repr=False)  # None: refused, the errors say why
+    origin: str  # where it comes from (`Completed.serving_origin`)
+    # The --cert-dir it is to be written to, once every other check passed: a new pair.
+    unwritten: Path | None = None
+    warnings: tuple[str, ...] = ()  # what to warn of it
+    expired: _ExpiredPair | None = None  # the expired --cert-dir pair it replaces
+
+
+def _serving(settings: Settings, errors: list[str], now: datetime.datetime) -> _ServingPair:
+    """The serving pair: the files given, or --cert-dir's, or a new self-signed one."""
     if settings.tls_cert_file and settings.tls_private_key_file:
         serving = _pair(settings.tls_cert_file, settings.tls_private_key_file, errors)
         where = f"--tls-cert-file {_logged(settings.tls_cert_file)}"
-        return serving, where, None, _validity(serving, where, now, "renew it"), None
+        return _ServingPair(serving, where, warnings=_validity(serving, where, now, "renew it"))
     if not settings.cert_dir:
-        return (
-            ServingCertificate.self_signed(now=now),
-            "a self-signed certificate for localhost, in memory",
-            None,
-            (),
-            None,
+        return _ServingPair(
+            ServingCertificate.self_signed(now=now), "a self-signed certificate for localhost, in memory"
         )
     directory = Path(settings.cert_dir)
     cert_file, key_file = directory / CERT_DIR_CERT, directory / CERT_DIR_KEY
@@ -355,7 +364,7 @@ def _serving(
     if not cert_file.exists():
         # No pair, or a key alone: the pair is written key first, so a start that died before the
         # certificate was in place left its key, which a new pair replaces.
-        return ServingCertificate.self_signed(now=now), written, directory, (), None
+        return _ServingPair(ServingCertificate.self_signed(now=now), written, directory)
     kept = f"the self-signed pair in --cert-dir {_logged(directory)}"
     try:
         leaf = load_certificates(str(cert_file), "--cert-dir")[0]
@@ -369,15 +378,15 @@ def _serving(
         expired = _day(leaf.not_valid_after_utc)
         # Its own errors dropped: a half pair is made anew, and refused only if that cannot be written.
         old = _pair(str(cert_file), str(key_file), [], "--cert-dir", "--cert-dir")
-        return (
+        return _ServingPair(
             ServingCertificate.self_signed(now=now),
             written,
             directory,
-            (
+            warnings=(
                 f"{kept}: {CERT_DIR_CERT} expired on {expired}, so a new pair is written in its place: "
                 f"clients that trust the old {CERT_DIR_CERT} need the new one",
             ),
-            None
+            expired=None
             if old is None
             else _ExpiredPair(
                 old,
@@ -393,12 +402,10 @@ def _serving(
         "--cert-dir",
         " (delete both files to have a new pair generated)",
     )
-    return (
+    return _ServingPair(
         serving,
         kept,
-        None,
-        _validity(serving, kept, now, "delete both files to have a new pair generated"),
-        None,
+        warnings=_validity(serving, kept, now, "delete both files to have a new pair generated"),
     )
 
 
