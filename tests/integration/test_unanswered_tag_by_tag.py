@@ -777,14 +777,11 @@ async def test_a_get_revoked_while_the_selection_is_read_changes_not_what_it_del
     assert images.list_tags(registry, repo) == []
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_tag_by_tag_deletecollection_cut_by_a_cascades_digest_delete_says_what_it_removes(
-    registry, repo
-) -> None:
-    """A cascade's DELETE by digest in the namespace went unanswered (noted as `RegistryClient` notes
-    it) when a deletecollection tag by tag has deleted its selection; its budget ends before the
-    DELETE's grace: the 504 names it and says that landing then it would remove that manifest and its
-    tags. It said it "would leave the tag in the namespace", a PUT's landing (review r2latedelete L1)."""
+def cut_by_a_cascades_digest_delete(
+    registry: Any, repo: str
+) -> tuple[str, WaitClock, RegistryClient, TagsService]:
+    """``repo``:v1 pushed (its digest), and a deletecollection's service (its budget 40 s) whose client
+    noted a cascade's DELETE of that digest unanswered, which may still land within 600 s."""
     namespace, _, _ = repo.partition("/")
     digest = images.push_oci_image(registry, repo, "v1")
     clock = WaitClock(shorter_than=41.0)
@@ -795,6 +792,18 @@ async def test_a_tag_by_tag_deletecollection_cut_by_a_cascades_digest_delete_say
         namespace, f"deleting manifest {repo}@{digest}", repository=repo, landing=Landing.REMOVES_MANIFEST
     )
     late.ended(namespace, number, grace=600.0)
+    return digest, clock, client, service
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tag_by_tag_deletecollection_cut_by_a_cascades_digest_delete_says_what_it_removes(
+    registry, repo
+) -> None:
+    """A cascade's DELETE by digest in the namespace went unanswered (noted as `RegistryClient` notes
+    it) when a deletecollection tag by tag has deleted its selection; its budget ends before the
+    DELETE's grace: the 504 names it and says that landing then it would remove that manifest and its
+    tags. It said it "would leave the tag in the namespace", a PUT's landing (review r2latedelete L1)."""
+    digest, clock, client, service = cut_by_a_cascades_digest_delete(registry, repo)
     try:
         removing, delays = await others_removal_until_it_waits(service, repo, clock)
         assert removing.called and delays == []  # no wait: the DELETE may land after the budget
@@ -818,15 +827,7 @@ async def test_a_selected_deletecollection_cut_by_a_cascades_digest_delete_says_
     (`LateWrites.pending` with a `Scope`, the noted records), which must keep what it would do too
     (review r3latedelete L1)."""
     namespace, _, _ = repo.partition("/")
-    digest = images.push_oci_image(registry, repo, "v1")
-    clock = WaitClock(shorter_than=41.0)
-    client, service = removal_service(registry.url, clock, budget=40.0, timeout=TIMEOUT)
-    _state(service, EXISTS)
-    late = client.late_writes
-    number = late.sent(
-        namespace, f"deleting manifest {repo}@{digest}", repository=repo, landing=Landing.REMOVES_MANIFEST
-    )
-    late.ended(namespace, number, grace=600.0)
+    digest, clock, client, service = cut_by_a_cascades_digest_delete(registry, repo)
     options = list_options({"fieldSelector": ["metadata.name!=nothing-named-so"]})
     try:
         waiting = clock.waits()
