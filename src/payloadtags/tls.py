@@ -9,7 +9,8 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import weakref
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
+from typing import Final
 
 import attrs
 from cryptography import x509
@@ -197,11 +198,82 @@ class ServingCertificate:
 _verified: weakref.WeakKeyDictionary[SSL.Connection, bool] = weakref.WeakKeyDictionary()
 
 
+# OpenSSL's verification errors (X509_V_ERR_*) a client certificate chain most often meets, in the
+# words the log says them in (docs/troubleshooting.md, "401 Unauthorized").
+_NOT_YET_VALID: Final = 9
+_EXPIRED: Final = 10
+_NOT_FOR_CLIENTS: Final = 26  # X509_V_ERR_INVALID_PURPOSE: the extended key usage
+# Signed by no CA this server trusts: anyone can send one, with any names in it.
+_UNKNOWN_CA: Final = frozenset((2, 18, 19, 20, 21))  # no issuer; self-signed leaf or root; cannot verify
+_REFUSAL_WORDS: Final = {
+    _NOT_YET_VALID: "is not valid yet (its notBefore is later than this server's clock)",
+    _EXPIRED: "has expired",
+    _NOT_FOR_CLIENTS: (
+        "is not for client authentication: its extended key usage allows neither clientAuth nor "
+        "anyExtendedKeyUsage"
+    ),
+    7: "has a signature that does not verify",
+    24: "is not a CA but signed a certificate of the chain",
+    25: "exceeds the path length a CA of the chain allows",
+}
+# How much of a certificate's subject or issuer a line shows: the certificate's sender chose them.
+_NAME_SHOWN: Final = 200
+
+
+def _name(name: x509.Name) -> str:
+    """A certificate's subject or issuer as the log shows it (RFC 4514), its control characters
+    escaped and cut at _NAME_SHOWN characters."""
+    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in name.rfc4514_string())
+    text = f'"{text}"' if text else "(empty)"
+    return text if len(text) <= _NAME_SHOWN else text[:_NAME_SHOWN] + '..."'
+
+
+@attrs.frozen
+class Refusal:
+    """Why the handshake did not verify a connection's client certificate: its first failed check."""
+
+    # The words of the line, naming the certificate the check failed on (the leaf, or a CA of its chain).
+    why: str
+    # What the log is rate-limited by: the reason and the certificate's names; only the reason when
+    # no trusted CA signed it (anyone can make one, with names varied to write a line a connection).
+    key: Hashable
+
+
+def _refusal(cert: crypto.X509, errno: int, depth: int) -> Refusal:
+    try:
+        readable = cert.to_cryptography()
+        subject, issuer = _name(readable.subject), _name(readable.issuer)
+    except ValueError:  # see _unreadable
+        subject, issuer = "(unreadable)", "(unreadable)"
+    name = f"the client certificate {subject}" if depth == 0 else f"the CA certificate {subject} of its chain"
+    key: Hashable
+    if errno in _UNKNOWN_CA:
+        words, key = "is signed by no CA of --client-ca-file or --requestheader-client-ca-file", "unknown CA"
+    else:
+        words = _REFUSAL_WORDS.get(errno, f"fails OpenSSL's verification (error {errno})")
+        key = (errno, depth, subject, issuer)
+    return Refusal(f"{name} (issuer {issuer}) {words}", key)
+
+
+# The first check each connection's client certificate failed at the handshake.
+_refusals: weakref.WeakKeyDictionary[SSL.Connection, Refusal] = weakref.WeakKeyDictionary()
+
+
 def _verify(connection: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
     # Never fail the handshake: like kube-apiserver, an untrusted certificate only means the request
     # is not authenticated by it (401, or a bearer token may still identify the caller).
     _verified[connection] = _verified.get(connection, True) and bool(ok)
+    if not ok and connection not in _refusals:
+        _refusals[connection] = _refusal(cert, errno, depth)
     return True
+
+
+def refused_certificate(connection: object) -> Refusal | None:
+    """Why the handshake did not verify the client certificate of a connection, or None when it did
+    (or the peer sent none)."""
+    if not isinstance(connection, SSL.Connection):
+        return None
+    return _refusals.get(connection)
 
 
 _peer_chains: weakref.WeakKeyDictionary[SSL.Connection, tuple[x509.Certificate, ...]] = (

@@ -1494,3 +1494,24 @@ async def test_a_certificate_that_does_not_verify_identifies_nobody(
         {"X-Remote-User": "root"},
     )
     assert status == 401
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_401_for_a_certificate_that_did_not_verify_says_why_once_a_period(make_server, registry, pki):
+    """A certificate the client CA signed for servers only (a CA template's, cert-manager ``usages``
+    without ``client auth``): the 401 was all its holder saw, and the log said nothing (review r1docs
+    L1). One line a period says which certificate and why; a certificate that verifies says none."""
+    server = await make_server(registry)
+    now = datetime.datetime.now(datetime.UTC)
+    leaf = _leaf_of(pki.client_ca, "server-auth", now - DAY, now + DAY, ExtendedKeyUsageOID.SERVER_AUTH)
+    target = Target(server.running.port, str(server.pki.server_ca.cert_file))
+    with collected_logs() as events:
+        for user in (leaf, leaf, pki.client_ca.client("alice")):
+            reply = await threads.deferToThread(exchange, target, request_bytes("GET", "/version"), user)
+            assert reply.is_status(401) if user is leaf else reply.code == 200, reply
+    said = [formatEvent(e) for e in events if "401" in formatEvent(e)]
+    assert said == [
+        'a request is answered 401: the client certificate "CN=front-proxy-client" (issuer '
+        f'"{pki.client_ca.cert.subject.rfc4514_string()}") is not for client authentication: its extended '
+        "key usage allows neither clientAuth nor anyExtendedKeyUsage, so it identifies no one"
+    ], said

@@ -10,7 +10,7 @@ import hmac
 import json
 import time
 import weakref
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Hashable, Mapping
 from email.utils import formatdate
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -85,7 +85,12 @@ from payloadtags.onceper import OncePerPeriod
 from payloadtags.registry import is_valid_repository
 from payloadtags.registry.errors import RegistryError
 from payloadtags.repoindex import RepositoryIndex
-from payloadtags.tls import connection_verdicts, unreadable_certificate, verified_peer_chain
+from payloadtags.tls import (
+    connection_verdicts,
+    refused_certificate,
+    unreadable_certificate,
+    verified_peer_chain,
+)
 from payloadtags.watch import Listed, TooManyWatches, Watcher, WatchHub, WatchSlot
 from payloadtags.watch.rereads import NotificationRereads
 from payloadtags.watch.watcher import error_line
@@ -95,6 +100,9 @@ log = Logger()
 # How long an authenticator failing for one cause (a TokenReview the cluster API refuses, an API out
 # of reach) stays quiet in the log after a line about it.
 AUTH_FAILURE_LOG_PERIOD = 30.0
+# How long 401s for one client certificate the handshake did not verify stay quiet in the log after a
+# line about it.
+REFUSED_CERTIFICATE_LOG_PERIOD = 60.0
 # How long notifications refused for their token stay quiet in the log after a line about them.
 EVENTS_REFUSED_LOG_PERIOD = 30.0
 # Events of one notification envelope taken: distribution sends one an envelope. The rest of a longer
@@ -171,10 +179,15 @@ def _header(request: IRequest, name: str) -> str | None:
     return values[0].decode("latin-1") if values else None
 
 
-def _credentials(request: Request) -> Credentials:
+def _connection(request: Request) -> object:
+    """The TLS connection (an ``SSL.Connection``) a request came on, or None."""
     transport = request.channel.transport if request.channel is not None else None
     handle = getattr(transport, "getHandle", None)
-    connection = handle() if handle is not None else None
+    return handle() if handle is not None else None
+
+
+def _credentials(request: Request) -> Credentials:
+    connection = _connection(request)
     chain = verified_peer_chain(connection)
     headers: dict[str, list[str]] = {}
     for name, values in request.requestHeaders.getAllRawHeaders():
@@ -518,6 +531,7 @@ class ApiServer:
     # The clock of the authentication failures' log (a task.Clock's in tests).
     monotonic: Callable[[], float] = time.monotonic
     _auth_failures: OncePerPeriod[tuple[type, int | None]] = attrs.field(init=False)
+    _refused_certificates: OncePerPeriod[Hashable] = attrs.field(init=False)
     _events_refused: OncePerPeriod[None] = attrs.field(init=False)
     _events_cut: OncePerPeriod[None] = attrs.field(init=False)
     # The tag-list rereads notifications ask of watched scopes, a few at a time.
@@ -527,6 +541,7 @@ class ApiServer:
 
     def __attrs_post_init__(self) -> None:
         self._auth_failures = OncePerPeriod(AUTH_FAILURE_LOG_PERIOD, self.monotonic)
+        self._refused_certificates = OncePerPeriod(REFUSED_CERTIFICATE_LOG_PERIOD, self.monotonic)
         self._events_refused = OncePerPeriod(EVENTS_REFUSED_LOG_PERIOD, self.monotonic)
         self._events_cut = OncePerPeriod(EVENTS_CUT_LOG_PERIOD, self.monotonic)
         if self.watch_hub is not None:
@@ -776,9 +791,26 @@ class ApiServer:
                 )
             user = None
         self._strip_identity(request, credentials)
+        if user is None:
+            self._say_refused_certificate(request)
         if user is not None and _impersonates(credentials):
             raise impersonation_refused()
         return user
+
+    def _say_refused_certificate(self, request: Request) -> None:
+        """A request answered 401 that came with a client certificate the handshake did not verify:
+        why, once per period per certificate (per reason for one no trusted CA signed). Else the 401
+        is all its holder sees, and the log says nothing (review r1docs L1)."""
+        refusal = refused_certificate(_connection(request))
+        if refusal is None:
+            return
+        said = self._refused_certificates(refusal.key)
+        if said is not None:
+            log.warn(
+                "a request is answered 401: {why}, so it identifies no one{more}",
+                why=refusal.why,
+                more=said.more(),
+            )
 
     def is_probe(self, path: bytes) -> bool:
         """Whether a request target is a health endpoint's (``/livez``, ``/readyz?verbose``, ...)."""
