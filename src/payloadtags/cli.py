@@ -286,12 +286,15 @@ class _Parser(argparse.ArgumentParser):
                 # leftovers and take the argument after it, its value (``--registry-password hunter2
                 # serve``), for the command, quoting it whole as an invalid one (review r12cfg F1). So it
                 # would a flag with a space in it (``--password=a b``), which it takes for the command.
-                if not _names_a_flag(arg, flags) or self._parse_optional(arg) is None:
+                if not _names_a_flag(arg, flags):
+                    # With the near miss a command's parser gives, among its flags too (review r1docs N3).
+                    self.error(f"unrecognized arguments: {self._unknown_flag_said(arg, flags)}")
+                if self._parse_optional(arg) is None:
                     self.error(f"unrecognized arguments: {_unknown_flag_named(arg, flags)}")
         return super().parse_known_args(args, namespace)
 
-    def _unknown_flags(self, args: Sequence[str]) -> list[str]:
-        """The first argument argparse would take for a flag this parser has not, with a near miss."""
+    def _shown_flags(self) -> list[str]:
+        """The long flags the help of this parser shows, then those of its commands'."""
         shown = [
             option
             for action in self._actions
@@ -299,6 +302,23 @@ class _Parser(argparse.ArgumentParser):
             for option in action.option_strings
             if option.startswith("--")
         ]
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for command in action.choices.values():
+                    shown += command._shown_flags() if isinstance(command, _Parser) else []
+        return shown
+
+    def _unknown_flag_said(self, arg: str, flags: Set[str]) -> str:
+        """An unknown flag named without its value (`_unknown_flag_named`), with the flag it is a near
+        miss of when there is one."""
+        shown = self._shown_flags()
+        spelt = arg.split("=", 1)[0].replace("_", "-").lower()
+        near = [spelt] if spelt in shown else difflib.get_close_matches(spelt, shown, n=1)
+        said = _unknown_flag_named(arg, flags)
+        return f"{said} (did you mean {near[0]}?)" if near else said
+
+    def _unknown_flags(self, args: Sequence[str]) -> list[str]:
+        """The first argument argparse would take for a flag this parser has not, with a near miss."""
         for arg in args:
             if arg == "--":
                 break  # what follows is positional
@@ -307,13 +327,10 @@ class _Parser(argparse.ArgumentParser):
             name = arg.split("=", 1)[0]
             if name in self._option_string_actions or arg[:2] in self._option_string_actions:
                 continue
-            spelt = name.replace("_", "-").lower()
-            near = [spelt] if spelt in shown else difflib.get_close_matches(spelt, shown, n=1)
-            said = _unknown_flag_named(arg, self._flags())
             # Only the first, as pflag: what follows an unknown flag without an '=' may be its value, one
             # starting with '-' too (a base64url token, a generated password), and which argument is
             # whose value is not known past it (reviews r12cfg L1, r15cfg F1).
-            return [f"{said} (did you mean {near[0]}?)" if near else said]
+            return [self._unknown_flag_said(arg, self._flags())]
         return []
 
     def parse_args(  # type: ignore[override]
