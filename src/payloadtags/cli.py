@@ -930,7 +930,7 @@ def _parser() -> argparse.ArgumentParser:
         "--max-requests-inflight",
         type=_lenient(_count),
         default=400,
-        help="requests served at once (health probes aside); more get 429 with Retry-After",
+        help="requests served at once (health probes and watches aside); more get 429 with Retry-After",
     )
     limits.add_argument(
         "--max-connections",
@@ -948,7 +948,7 @@ def _parser() -> argparse.ArgumentParser:
     limits.add_argument(
         "--handshake-rate-per-client",
         type=_lenient(_positive_number),
-        default=20.0,
+        default="20",  # read as the flag is (20.0); so written, the help says 20, as the docs do
         help="TLS handshakes (the front proxy's aside) and 401 answers one source address may cause a "
         "second; beyond it its handshakes and requests wait",
     )
@@ -991,7 +991,7 @@ def _parser() -> argparse.ArgumentParser:
         type=_lenient(_positive_duration),
         default="2m",
         help="how long a scope keeps being reread after its last list or watch; a watch from a "
-        "resourceVersion older than the scope's reread gets 410 and relists",
+        "resourceVersion older than the scope's first reread gets 410 and relists",
     )
     watch.add_argument(
         "--watch-history",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -917,6 +918,36 @@ def test_help_of_watch_resume_rules_gives_the_documented_cost():
     assert cost in _doc_row("--watch-resume-rules")
     watch_md = " ".join((DOCS / "watch.md").read_text().split())
     assert "about 530 bytes a user and scope and under 100 bytes a further namespace" in watch_md
+
+
+def test_help_gives_each_number_and_duration_default_as_the_flag_table_does():
+    # review r1docs N4: --help said `20.0` where docs/configuration.md says `20`.
+    (commands,) = (a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    compared = 0
+    for action in commands.choices["serve"]._actions:
+        default = action.default
+        if isinstance(default, bool) or not isinstance(default, str | int | float) or default == "":
+            continue
+        for flag in action.option_strings:
+            if not flag.startswith("--") or flag == "--help":
+                continue
+            written = re.search(r"`([^`]*)`", _doc_row(flag).split("|")[2])
+            assert written is not None and written.group(1) == str(default), (flag, default)
+            compared += 1
+    assert compared > 30
+
+
+@pytest.mark.parametrize(
+    ("flag", "words"),
+    [
+        # review r1docs N4: what --help left out of what the docs say.
+        ("--max-requests-inflight", "health probes and watches aside"),
+        ("--watch-scope-idle-timeout", "older than the scope's first reread gets 410"),
+    ],
+)
+def test_help_says_what_the_flag_table_says(flag, words):
+    assert words in _help_of(flag)
+    assert words in _doc_row(flag)
 
 
 A_URL = "https://al1ce:s3cret@r"
