@@ -20,6 +20,7 @@ import pytest_twisted
 from twisted.internet import utils
 
 from payloadtags.names import encode_name
+from tests.e2e import test_kubectl_versions as versions
 from tests.support import images
 from tests.support.harness import ServerUnderTest
 from tests.support.kubectl import KUBECTL, Kubectl, Result
@@ -546,6 +547,37 @@ async def test_chunk_size_0_lists_everything_in_one_request(kubectl, registry, r
     assert len(lists(paged)) == len(expected)  # a page per tag, each asked with limit=1
     assert all("limit=1" in line for line in lists(paged))
     assert whole.out == paged.out == kubectl_table([HEADER, *[(name(p, t), p, t) for p, t in expected]])
+
+
+@pytest.mark.parametrize("version", [None, "1.27"])
+@pytest_twisted.ensureDeferred
+async def test_a_negative_chunk_size_lists_everything_in_one_request_as_kube_apiserver_does(
+    api, pki, tmp_path, registry, repo, version
+):
+    # kubectl (1.32 on PATH, 1.27 beside gcloud) sends --chunk-size=-1 as limit=-1, which
+    # kube-apiserver answers with the whole list (it pages only by a positive limit): so does
+    # payloadtags (it was a 422). `-w` lists so before it watches (its watch carries no limit).
+    ns = namespace_of(repo)
+    expected = push_sorting_sample(registry, ns)
+    binary = KUBECTL if version is None else versions.binary(version)
+    kubectl = Kubectl.write(tmp_path / "kube", api.url, pki.server_ca.cert_file, pki.admin, binary=binary)
+    table = kubectl_table([HEADER, *[(name(p, t), p, t) for p, t in expected]])
+
+    def requests(result: Result) -> list[str]:
+        path = f"/namespaces/{ns}/payloadrepositorytags?"
+        return [line for line in result.err.splitlines() if path in line]
+
+    listed = ok(await kubectl("get", "prt", "-n", ns, "--chunk-size=-1", "-v=6"))
+    assert listed.out == table
+    [request] = requests(listed)
+    assert "limit=-1&" in request and " 200 OK " in request, request
+    # The watch ends at kubectl's --request-timeout, which kubectl takes as the end of -w (exit 0).
+    watch = ("-w", "--request-timeout=2s")
+    watched = ok(await kubectl("get", "prt", "-n", ns, "--chunk-size=-1", *watch, "-v=6"))
+    assert watched.out == table
+    first, then = requests(watched)
+    assert "limit=-1&" in first and " 200 OK " in first, first
+    assert "watch=true" in then and "limit=" not in then and " 200 OK " in then, then
 
 
 @pytest_twisted.ensureDeferred

@@ -1478,26 +1478,38 @@ async def test_a_streaming_list_from_a_future_resource_version_is_504_after_the_
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_negative_limit_is_reported_with_the_other_validation_errors(api, registry, repo):
-    # payloadtags' own check of a list's limit is one more validation error, in the one 422; a
-    # deletecollection takes a negative limit as kube-apiserver does (no limit), so its DeleteOptions
-    # answer.
+async def test_a_negative_limit_is_no_limit_for_a_list_a_deletecollection_and_a_watch(api, registry, repo):
+    # kube-apiserver validates no limit and its storage pages only by a positive one: a negative limit
+    # (`kubectl get --chunk-size=-1`) is the whole list, as 0 is; a list's other errors answer alone.
     namespace, _ = split(repo)
     client, _ = _v1_as_admin(api, registry, repo)
+    images.push_oci_image(registry, repo, "v2", seed="2")
     base = collection(namespace)
+    whole = (await client.get(base)).json()
+    for query in ("limit=-1", "limit=-9223372036854775808", "limit=-1&pretty=1"):
+        reply = await client.get(f"{base}?{query}")
+        assert reply.code == 200, (query, reply.body)
+        listed = reply.json()
+        assert [item["spec"]["tag"] for item in listed["items"]] == ["v1", "v2"], query
+        assert listed["items"] == whole["items"] and "continue" not in listed["metadata"], query
     status = assert_status(await client.get(f"{base}?limit=-1&resourceVersionMatch=Bogus"), 422, "Invalid")
     assert [cause["field"] for cause in status["details"]["causes"]] == [
         "resourceVersionMatch",
         "resourceVersionMatch",
-        "limit",
     ]
-    assert_status(await client.get(f"{base}?limit=-1"), 422, "Invalid")
     deleted = assert_status(await client.delete(f"{base}?limit=-1&propagationPolicy=x"), 422, "Invalid")
     assert deleted["details"]["kind"] == "DeleteOptions", deleted
     dry = await client.delete(f"{base}?limit=-1&dryRun=All")
     assert dry.code == 200, dry.body
-    assert len(dry.json()["items"]) == 1, dry.body
-    assert images.list_tags(registry, repo) == ["v1"]
+    assert len(dry.json()["items"]) == 2, dry.body
+    watch = await client.get(f"{base}?watch=true&timeoutSeconds=1&limit=-1")
+    assert watch.code == 200, watch.body
+    events = [json.loads(line) for line in watch.body.splitlines()]
+    assert [(event["type"], event["object"]["spec"]["tag"]) for event in events] == [
+        ("ADDED", "v1"),
+        ("ADDED", "v2"),
+    ]
+    assert images.list_tags(registry, repo) == ["v1", "v2"]
 
 
 @pytest_twisted.ensureDeferred

@@ -212,10 +212,9 @@ def list_options(query: Query, deleting: bool = False) -> ListOptions:
         raise method_not_allowed("watch")
     # timeoutSeconds: an int64 in every ListOptions, as kube-apiserver decodes it; only a watch uses it.
     _, limit, labels, fields = decode_list_query(query)
-    # A negative limit: payloadtags' own check of a list, one more validation error after upstream's
-    # (docs/api.md); a deletecollection takes it as kube-apiserver does, as no limit.
-    refused_limit = [] if deleting or limit is None or limit >= 0 else [limit]
-    limit = limit if limit is not None and limit > 0 else None  # 0 is no limit too, as upstream
+    # kube-apiserver validates no limit, and its storage pages only by a positive one (Limit > 0):
+    # 0 and a negative limit are no limit, the whole list (docs/api.md).
+    limit = limit if limit is not None and limit > 0 else None
     resource_version = first(query, "resourceVersion") or None
     match = first(query, "resourceVersionMatch") or None
     continue_ = first(query, "continue") or None
@@ -230,7 +229,6 @@ def list_options(query: Query, deleting: bool = False) -> ListOptions:
         errors = watch_errors(match, send_initial, continue_)
     else:
         errors = _list_errors(match, resource_version, continue_, first(query, "sendInitialEvents"))
-    errors += [invalid_value("limit", str(value), "must be non-negative") for value in refused_limit]
     if errors:
         raise invalid_options("ListOptions", errors)
     options = ListOptions(
@@ -251,15 +249,13 @@ def list_options(query: Query, deleting: bool = False) -> ListOptions:
 def _page_options(query: Query) -> ListOptions:
     """`list_options` of a list's query that holds nothing but ``limit`` and ``continue``, as it decides
     them: with no selector, watch, resourceVersion or match, only the limit can be wrong (400 as no
-    integer, 422 when negative), and storage refuses nothing. Every page of a walk asks this: the
-    steps that find nothing to decode or check are not taken (issue #11)."""
+    integer), and storage refuses nothing. Every page of a walk asks this: the steps that find
+    nothing to decode or check are not taken (issue #11)."""
     limit = integer(query, "limit")
-    if limit is not None and limit < 0:
-        raise invalid_options("ListOptions", [invalid_value("limit", str(limit), "must be non-negative")])
     return ListOptions(
         labels=_NO_LABELS,
         fields=_NO_FIELDS,
-        limit=limit or None,  # 0 is no limit too, as upstream
+        limit=limit if limit is not None and limit > 0 else None,  # 0 or negative: no limit, as upstream
         continue_=first(query, "continue") or None,
         resource_version=None,
     )
