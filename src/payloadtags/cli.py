@@ -1298,6 +1298,21 @@ _FILE_FLAGS = (
 )
 
 
+def _stopped_during_checks(settings: Settings, signal_name: str) -> int:
+    """The log line of a stop signal that ended the start-up checks, in the log's format; 0, as a
+    graceful stop exits."""
+    from twisted.logger import Logger
+
+    from payloadtags.logs import begin_logging
+
+    begin_logging(settings.log_format, settings.verbosity)
+    Logger(namespace="payloadtags.lifecycle").info(
+        "received {signal} during the start-up checks: stopped them; exiting without serving",
+        signal=signal_name,
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -1311,14 +1326,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         return _report(error.errors, args)
     # Imported late: `--help` and flag mistakes should not pay for Twisted.
-    from payloadtags.lifecycle import StopSignals
+    from payloadtags.lifecycle import StoppedDuringChecks, StopSignals
     from payloadtags.startup import ConfigurationError, complete
 
-    # Before start-up's checks, which may wait a minute on a kubeconfig's credential plugin.
+    # Before start-up's checks, which may wait a minute on a kubeconfig's credential plugin: a signal
+    # ends them there, and the process exits as a stop while serving does (0).
     signals = StopSignals()
     signals.install()
     try:
-        completed = complete(settings)
+        with signals.interrupting():
+            completed = complete(settings)
+    except StoppedDuringChecks as stopped:
+        return _stopped_during_checks(settings, stopped.signal_name)
     except ConfigurationError as error:
         return _report([*unreadable, *error.errors], args)
     if unreadable:

@@ -5,7 +5,7 @@ start order, one part at a time (stop taking requests and drain them before the 
 the cluster client and the Lease go away), so `OrderedServices` awaits each child's stop in turn.
 
 `StopSignals` is what asks for that stop: SIGTERM and SIGINT as k8s.io/apiserver's SetupSignalContext
-takes them.
+takes them; during the start-up checks, it stops those (`StopSignals.interrupting`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
@@ -81,19 +82,44 @@ class OrderedServices(MultiService):
                 await result
 
 
+class StoppedDuringChecks(BaseException):
+    """A stop signal came during the start-up checks (`StopSignals.interrupting`), which it ended.
+    A BaseException, as KeyboardInterrupt: no ``except Exception`` of the checks takes it."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
 class StopSignals:
     """SIGTERM and SIGINT: the first asks for the graceful stop, a second one exits at once with code
     1, as k8s.io/apiserver's SetupSignalContext does.
 
     Installed before anything starts, so that no signal finds Python's defaults (death without a
-    drain, a KeyboardInterrupt traceback). Until `attach` names the reactor, a signal is only noted
-    and the caller starts nothing once it sees `received`; from then on it stops the reactor, whose
-    shutdown runs the drain. Twisted's own handlers stop the reactor too, but log a traceback on a
-    second signal and drain on."""
+    drain, a KeyboardInterrupt traceback). During the start-up checks (`interrupting`) a signal ends
+    them at once: a kubeconfig's credential plugin may take a minute. Else, until `attach` names the
+    reactor, a signal is only noted and the caller starts nothing once it sees `received`; from then
+    on it stops the reactor, whose shutdown runs the drain. Twisted's own handlers stop the reactor
+    too, but log a traceback on a second signal and drain on."""
 
     def __init__(self) -> None:
         self.received: str | None = None
         self._reactor: Any = None
+        self._interrupting = False
+
+    @contextmanager
+    def interrupting(self) -> Iterator[None]:
+        """Blocking start-up checks in the main thread, which a signal ends: it raises
+        `StoppedDuringChecks` where they are (a credential plugin's run kills the plugin as it
+        unwinds), and one already received raises it before they begin. Only for work that is as
+        safe to end anywhere as the death of the process (the serving pair is written so)."""
+        if self.received is not None:
+            raise StoppedDuringChecks(self.received)
+        self._interrupting = True
+        try:
+            yield
+        finally:
+            self._interrupting = False
 
     def install(self) -> None:
         for number in STOP_SIGNALS:
@@ -109,6 +135,9 @@ class StopSignals:
         if self.received is not None:
             self._exit_now(name)
         self.received = name
+        if self._interrupting:
+            self._interrupting = False  # once: the unwinding it starts is not cut again
+            raise StoppedDuringChecks(name)
         if self._reactor is not None:
             # Logged from the reactor, not here: the signal may have come in the middle of a write to
             # the log, which a second one at once would break.

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import signal
 import ssl
+from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -107,16 +111,10 @@ async def test_a_signal_the_moment_serving_is_logged_gets_the_graceful_stop(reac
         await process.kill()
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_signal_before_serving_exits_cleanly_without_serving(reactor, pki, tmp_path):
-    # The kubeconfig's credential plugin runs during the start-up checks, before anything listens; it
-    # interrupts payloadtags there (which used to end in a KeyboardInterrupt traceback).
+def _plugin_kubeconfig(tmp_path: Path, script: str) -> Path:
+    """A kubeconfig whose user's credential comes from an exec plugin running ``script`` (sh)."""
     plugin = tmp_path / "plugin"
-    plugin.write_text(
-        "#!/bin/sh\nkill -INT $PPID\n"
-        'echo \'{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential",'
-        '"status":{"token":"tok"}}\'\n'
-    )
+    plugin.write_text("#!/bin/sh\n" + script)
     plugin.chmod(0o755)
     kubeconfig = tmp_path / "kubeconfig"
     api = "client.authentication.k8s.io/v1"
@@ -130,16 +128,69 @@ async def test_a_signal_before_serving_exits_cleanly_without_serving(reactor, pk
             }
         )
     )
+    return kubeconfig
+
+
+STOPPED_CHECKS = "during the start-up checks: stopped them; exiting without serving"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_signal_before_serving_exits_cleanly_without_serving(reactor, pki, tmp_path):
+    # The kubeconfig's credential plugin runs during the start-up checks, before anything listens; it
+    # interrupts payloadtags there (which used to end in a KeyboardInterrupt traceback).
+    kubeconfig = _plugin_kubeconfig(
+        tmp_path,
+        "kill -INT $PPID\n"
+        'echo \'{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential",'
+        '"status":{"token":"tok"}}\'\n',
+    )
     args = serve_args(pki, "http://127.0.0.1:1", free_port(), f"--kubeconfig={kubeconfig}")
     process = ServerProcess(reactor, args)
     process.start()
     try:
         assert await process.wait() == 0
-        assert "received SIGINT before serving: exiting" in process.log
+        assert f"received SIGINT {STOPPED_CHECKS}" in process.log, process.log
         assert SERVING not in process.log
         assert "Traceback" not in process.log
     finally:
         await process.kill()
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
+@pytest_twisted.ensureDeferred
+async def test_a_signal_during_a_hanging_start_up_check_stops_it_at_once(reactor, pki, tmp_path, number):
+    # A credential plugin that does not answer (it may take 60 s) held the start-up checks, and a signal
+    # took effect only once they ended: it ends them now, the plugin killed, and the process exits as a
+    # stop while serving does. The registry accepts connections and never answers (it is first asked
+    # once serving, so it holds nothing here).
+    started = tmp_path / "plugin-started"
+    kubeconfig = _plugin_kubeconfig(
+        tmp_path, f"echo $$ > {started}.new && mv {started}.new {started}\nexec sleep 600\n"
+    )
+    silent = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+    registry = f"http://127.0.0.1:{silent.getHost().port}"
+    process = ServerProcess(reactor, serve_args(pki, registry, free_port(), f"--kubeconfig={kubeconfig}"))
+    process.start()
+    try:
+        for _ in range(600):
+            if started.exists() or not process.running:
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        assert started.exists(), process.log
+        plugin = int(started.read_text())
+        process.signal(number)
+        # Well within the plugin's 60 s, which the checks used to wait out.
+        assert await process.wait(within=30) == 0
+        name = signal.Signals(number).name
+        assert process.log.splitlines()[-1].endswith(
+            f"[payloadtags.lifecycle#info] received {name} {STOPPED_CHECKS}"
+        )
+        assert SERVING not in process.log and "Traceback" not in process.log, process.log
+        with pytest.raises(ProcessLookupError):  # killed and reaped
+            os.kill(plugin, 0)
+    finally:
+        await process.kill()
+        await defer.maybeDeferred(silent.stopListening)
 
 
 @pytest_twisted.ensureDeferred

@@ -1,11 +1,14 @@
-"""The server's parts start in order and stop in reverse, one after the other."""
+"""The server's parts start in order and stop in reverse, one after the other; a stop signal during the
+start-up checks ends them."""
 
 from __future__ import annotations
+
+import signal
 
 import pytest
 from twisted.internet import defer
 
-from payloadtags.lifecycle import OrderedServices, Part
+from payloadtags.lifecycle import OrderedServices, Part, StoppedDuringChecks, StopSignals
 
 
 def parts(events: list[str], gates: dict[str, defer.Deferred[None]]) -> OrderedServices:
@@ -63,3 +66,22 @@ def test_a_part_that_fails_to_start_leaves_only_the_parts_before_it_to_stop() ->
         services.startService()
     services.stopService()
     assert events == ["start registry", "stop registry"]
+
+
+def test_a_stop_signal_ends_the_start_up_checks_where_they_are_and_only_them() -> None:
+    # Called as Python calls a handler: in the main thread, between two steps of the checks.
+    signals = StopSignals()
+    done: list[str] = []
+    with pytest.raises(StoppedDuringChecks) as stopped, signals.interrupting():
+        done.append("began")
+        signals._handle(signal.SIGTERM, None)
+        done.append("went on")  # never
+    assert (stopped.value.signal_name, signals.received, done) == ("SIGTERM", "SIGTERM", ["began"])
+    # Received before the checks: they do not begin.
+    with pytest.raises(StoppedDuringChecks), signals.interrupting():
+        done.append("began again")
+    assert done == ["began"]
+    # Outside the checks a signal is only noted, as before the reactor runs.
+    later = StopSignals()
+    later._handle(signal.SIGINT, None)
+    assert later.received == "SIGINT"
