@@ -151,6 +151,71 @@ def test_past_the_total_bound_the_least_recently_continued_walks_go() -> None:
     assert cache.names == 8 and len(cache) == 2
 
 
+MALLORY = UserInfo("mallory", groups=("devs",))
+CAROL = UserInfo("carol")
+
+
+def test_one_callers_many_walks_evict_that_callers_own_not_other_callers() -> None:
+    # Each list is a walk, kept a minute: one caller listing in a loop (or handing out many walk ids)
+    # filled the bound and evicted everyone else's walks, least recently continued first, and their
+    # next pages read the registry again. A caller over the fair share now loses its own first.
+    clock = Clock()
+    one = cost(a=4)
+    identities = IDENTITY + identity_size(BOB) + identity_size(MALLORY)
+    cache = WalkCache(clock, max_bytes=12 * one + identities)
+    assert 2 * one < cache.max_bytes // walks.FAIR_SHARE  # Alice's two walks: within her share
+    keep(cache, ALICE, "a1", a=4)
+    keep(cache, ALICE, "a2", b=4)
+    keep(cache, BOB, "b1", c=4)
+    clock.advance(1)
+    for i in range(50):
+        keep(cache, MALLORY, f"m{i}", d=4)
+        clock.advance(0.1)
+    assert cache.size <= cache.max_bytes
+    assert [held(cache, ALICE, "a1"), held(cache, ALICE, "a2"), held(cache, BOB, "b1")] == [
+        lists(a=4),
+        lists(b=4),
+        lists(c=4),
+    ]
+    # Mallory's newest walks, as many as the rest of the bound takes; her oldest went.
+    kept = [i for i in range(50) if walked(cache, MALLORY, f"m{i}") is not None]
+    assert kept == list(range(41, 50))
+    # Among her walks too, the least recently continued goes first.
+    assert held(cache, MALLORY, "m41") == lists(d=4)
+    keep(cache, MALLORY, "m50", d=4)
+    assert walked(cache, MALLORY, "m41") is not None and walked(cache, MALLORY, "m42") is None
+
+
+def test_the_fair_share_decides_only_past_the_bound_and_a_callers_one_walk_goes_as_anyones() -> None:
+    clock = Clock()
+    one = cost(a=4)
+    big = cost(a=40)
+    identities = IDENTITY + identity_size(BOB) + identity_size(CAROL)
+    cache = WalkCache(clock, max_bytes=big + 5 * one + identities)
+    assert big > cache.max_bytes // walks.FAIR_SHARE
+    keep(cache, BOB, "big", a=40)  # more than the share, in one walk
+    clock.advance(1)
+    for i in range(5):  # over the share too, in five walks: within the bound, all kept
+        keep(cache, ALICE, f"a{i}", b=4)
+        clock.advance(1)
+    assert len(cache) == 6
+    keep(cache, CAROL, "c", c=4)  # past the bound: Alice's least recently continued, not Bob's older one
+    assert walked(cache, BOB, "big") is not None and walked(cache, ALICE, "a0") is None
+    assert [walked(cache, ALICE, f"a{i}") is not None for i in range(1, 5)] == [True] * 4
+    # No caller over the share with two walks: the least recently continued goes, whoever's.
+    cache = WalkCache(clock, max_bytes=big + 2 * one + identities)
+    keep(cache, BOB, "big", a=40)
+    clock.advance(1)
+    keep(cache, ALICE, "a", b=4)
+    keep(cache, CAROL, "c", c=4)
+    assert len(cache) == 3
+    keep(cache, MALLORY, "m", d=4)
+    assert walked(cache, BOB, "big") is None
+    assert [
+        walked(cache, who, walk) is not None for who, walk in ((ALICE, "a"), (CAROL, "c"), (MALLORY, "m"))
+    ] == [True] * 3
+
+
 def test_walks_are_kept_per_caller() -> None:
     cache = WalkCache(Clock())
     keep(cache, ALICE, "w", a=2)

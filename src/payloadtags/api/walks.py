@@ -16,9 +16,12 @@ Only registry data is kept (whole tag lists); access and selectors are applied o
 are keyed by the caller's identity (the whole `UserInfo`, compared by value) as well as the walk id, so
 nothing is shared between users, and bound to the list the walk lists (`Listed`): another list's token
 naming the walk does not get them. A walk is dropped when it was not continued for ``ttl`` seconds,
-and, least recently continued first, when all walks together hold more than ``max_bytes`` (the memory
-the names take, `kept_size`, and the identities their keys hold, `_Identity`); once its last page is
-served it keeps only what that page used. A page that finds nothing kept (dropped,
+and when all walks together hold more than ``max_bytes`` (the memory the names take, `kept_size`, and
+the identities their keys hold, `_Identity`): first the walks of callers who hold more than a
+``1/FAIR_SHARE`` of it in two walks or more, each such caller's least recently continued first, the
+one least recently continued of them first; then, least recently continued first, any. So many walks of
+one caller make that caller's walks go, not other callers'. Once its last page is served a walk keeps
+only what that page used. A page that finds nothing kept (dropped,
 another replica, a restart, an older token) reads the registry, as a first page does.
 """
 
@@ -75,6 +78,10 @@ _REMEMBERED_FROM = 64
 # What remembering a measure costs, counted with the walk: the entry (a tuple of the object, its bytes,
 # its names and a tuple of catalog entries' index), its key (the object's id) and its dict slot.
 _REMEMBERED = sys.getsizeof((0, 0, 0, None)) + 3 * sys.getsizeof(1 << 40) + 6 * 8
+# Past ``max_bytes``, the walks of a caller who holds more than this fraction of it in two walks or more
+# go first (`WalkCache._victim`): one caller's many walks (each list a walk, kept a minute) evict that
+# caller's own, not other callers'. A caller's one walk, however large, is evicted as anyone's.
+FAIR_SHARE = 4
 # How many walks may be counted by their bound (`_bound`) rather than measured (`WalkCache._pending`):
 # the last page's, whose walk's next page (kubectl's, at once) replaces it unmeasured. Each other
 # page's keep measures at most this many walks besides its own, however many the cache holds: when
@@ -143,6 +150,8 @@ class _Walk:
     # The key its last page was asked with, for its exact measure; None when ``kept`` keeps nothing
     # for it (nothing of that page's, or too much for both tokens).
     asked: TagRef | None = None
+    # Its key in the cache (the tuple the cache holds), which its identity's keys hold too.
+    key: tuple[UserInfo, str] = attrs.field(kw_only=True)
 
 
 @attrs.define(eq=False)
@@ -154,11 +163,24 @@ class _Identity:
     who: UserInfo
     walks: int
     size: int
+    # Its walks' keys (the cache's own tuples), least recently continued first, and the bytes they count
+    # (their sizes: exact, or bounds while pending), for the fair share (`WalkCache._victim`).
+    keys: dict[tuple[UserInfo, str], None] = attrs.field(factory=dict)
+    held: int = 0
 
 
-# What an identity costs the cache besides its record and strings: its `_Identity`, its size (an int)
-# and its slot in the dict of identities.
-_IDENTITY = sys.getsizeof(_Identity(UserInfo(""), 0, 0)) + sys.getsizeof(1 << 20) + 3 * 8
+# What an identity costs the cache besides its record and strings: its `_Identity`, its size and the
+# bytes its walks hold (ints), its slot in the dict of identities, and its dict of keys as it is with one
+# key (the further keys are counted with their walks, `_KEY`).
+_IDENTITY = (
+    sys.getsizeof(_Identity(UserInfo(""), 0, 0))
+    + 2 * sys.getsizeof(1 << 20)
+    + 3 * 8
+    + sys.getsizeof(dict.fromkeys(range(1)))
+)
+# A walk's key in its identity's dict of keys, a table slot and an entry, the table grown as a dict
+# grows (2/3 full at most): from 27 to 54 bytes a key, measured with sys.getsizeof.
+_KEY = 40
 
 
 def identity_size(who: UserInfo) -> int:
@@ -178,9 +200,9 @@ def identity_size(who: UserInfo) -> int:
 Key = tuple[UserInfo, str]
 # What a walk costs besides what it keeps and the keys of its tokens (counted with it, `_measure`): its
 # record, the time it was last continued and its size, its dict by token and its dict of measures, its
-# `Listed`, its key in the cache (a tuple and the walk id). About 600 bytes.
+# `Listed`, its key in the cache (a tuple and the walk id) and in its identity's keys. About 650 bytes.
 _WALK = (
-    sys.getsizeof(_Walk(Listed("", None), {}, 0, 0, 0.0))
+    sys.getsizeof(_Walk(Listed("", None), {}, 0, 0, 0.0, key=(UserInfo(""), "")))
     + sys.getsizeof(0.0)
     + sys.getsizeof(1 << 20)
     + sys.getsizeof({})
@@ -189,6 +211,7 @@ _WALK = (
     + sys.getsizeof((None, None))
     + _STR
     + WALK_ID_LENGTH
+    + _KEY
 )
 # A page's `Reported`, which both its tokens' `Kept` hold.
 _REPORTED = sys.getsizeof(Reported(new_walk_id))
@@ -482,6 +505,8 @@ class WalkCache:
     # pages (`_fit`), so that no page measures more than a few walks.
     _pending: dict[Key, None] = attrs.field(factory=dict)
     names: int = 0  # tags and catalog names kept, all walks (metrics)
+    # The identities with two walks or more that hold more than their share (`_place`): a few at most.
+    _over: dict[_Identity, None] = attrs.field(factory=dict)
     # At most the oldest walk's ``touched`` (inf: none was kept since the cache emptied): an
     # `_expire` before it is due looks at no walk (each page made two, issue #11).
     _oldest: float = math.inf
@@ -528,6 +553,10 @@ class WalkCache:
             if kept is not None:
                 entry.touched = self._touch()
                 self._walks.move_to_end(key)
+                # Its identity's least recently continued first too, under the cache's own key.
+                own = self._identities[key[0]].keys
+                del own[entry.key]
+                own[entry.key] = None
         if self.on_lookup is not None:
             self.on_lookup(kept is not None)
         return (entry.listed if entry is not None else None), kept
@@ -592,24 +621,45 @@ class WalkCache:
             return False
         # The asked key only while its token's data is kept: else nothing measures it, nor needs it.
         asked_kept = at if at in kept else None
-        self._walks[key] = _Walk(listed, kept, size, names, self._touch(), measured, asked_kept)
+        self._walks[key] = _Walk(listed, kept, size, names, self._touch(), measured, asked_kept, key=key)
         self._size += size
         self.names += names
+        identity = self._identities[key[0]]
+        identity.keys[key] = None
+        identity.held += size
+        self._place(identity)
         if not exact:
             self._pending[key] = None
         return True
 
     def _fit(self) -> None:
-        """The walks within ``max_bytes``, least recently continued dropped first, each only once
-        every walk is measured exactly: the same walks go as with an exact measure on every page,
-        and a page measures at most `_PENDING_MAX` + 1 walks (its own among them)."""
+        """The walks within ``max_bytes``, each dropped only once every walk is measured exactly (the
+        same walks go as with an exact measure on every page; a page measures at most `_PENDING_MAX`
+        + 1 walks, its own among them), in the order of `_victim`."""
         while len(self._pending) > _PENDING_MAX:
             self._settle()
         while self._size > self.max_bytes and self._walks:
             if self._pending:
                 self._settle()
             else:
-                self._drop(next(iter(self._walks)))
+                self._drop(self._victim())
+
+    def _victim(self) -> Key:
+        """The walk to drop: the least recently continued walk of each caller over the fair share (two
+        walks or more holding more than ``max_bytes / FAIR_SHARE``), the least recently continued of
+        those; with no such caller, the least recently continued walk. A caller's walk kept last (the
+        page being served, when it is that caller's) is never its caller's least recently continued."""
+        if not self._over:
+            return next(iter(self._walks))
+        oldest = [next(iter(identity.keys)) for identity in self._over]
+        return min(oldest, key=lambda key: self._walks[key].touched)
+
+    def _place(self, identity: _Identity) -> None:
+        """``identity`` among those over the fair share, or not, as its walks now are."""
+        if len(identity.keys) > 1 and identity.held > self.max_bytes // FAIR_SHARE:
+            self._over[identity] = None
+        else:
+            self._over.pop(identity, None)
 
     def _settle(self) -> None:
         """The walk pending longest measured exactly (`_measure`). Taken out of ``_pending`` first:
@@ -619,7 +669,10 @@ class WalkCache:
         walk = self._walks[key]
         size, _, walk.measured = _measure(walk.kept, walk.asked, walk.measured, walk.listed)
         self._size += size - walk.size
+        identity = self._identities[key[0]]
+        identity.held += size - walk.size
         walk.size = size
+        self._place(identity)
 
     def _hold(self, who: UserInfo) -> _Identity:
         """``who``'s identity, held once more (the one object of equal identities)."""
@@ -661,12 +714,16 @@ class WalkCache:
         self._size -= walk.size
         self.names -= walk.names
         self._pending.pop(key, None)
+        del identity.keys[key]
+        identity.held -= walk.size
+        self._place(identity)
         self._release(identity)
 
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_TTL",
+    "FAIR_SHARE",
     "Kept",
     "Listed",
     "Reported",
