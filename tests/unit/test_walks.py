@@ -186,6 +186,46 @@ def test_one_callers_many_walks_evict_that_callers_own_not_other_callers() -> No
     assert walked(cache, MALLORY, "m41") is not None and walked(cache, MALLORY, "m42") is None
 
 
+def test_the_fair_share_is_per_user_name_and_uid_however_the_users_extra_varies() -> None:
+    # r2notesfix L1: the share was counted per whole identity. A service account's bound tokens carry
+    # an extra of their own per token (credential-id) or per pod (pod-name, pod-uid), as
+    # Impersonate-Extra-* may: each of one user's lists was a caller of one walk, never over the
+    # share, and evicted everyone else's walks, least recently continued first.
+    clock = Clock()
+    one = cost(a=4)
+    mallories = [
+        UserInfo(
+            "system:serviceaccount:ns:mallory",
+            extra=(("authentication.kubernetes.io/credential-id", (f"JTI=token-{i:04d}",)),),
+        )
+        for i in range(50)
+    ]
+    identities = IDENTITY + identity_size(BOB) + identity_size(mallories[0])
+    cache = WalkCache(clock, max_bytes=12 * one + identities + 8 * identity_size(mallories[0]))
+    keep(cache, ALICE, "a1", a=4)
+    keep(cache, ALICE, "a2", b=4)
+    keep(cache, BOB, "b1", c=4)
+    clock.advance(1)
+    for i, who in enumerate(mallories):
+        keep(cache, who, f"m{i}", d=4)
+        clock.advance(0.1)
+    assert cache.size <= cache.max_bytes
+    assert [held(cache, ALICE, "a1"), held(cache, ALICE, "a2"), held(cache, BOB, "b1")] == [
+        lists(a=4),
+        lists(b=4),
+        lists(c=4),
+    ]
+    # Her newest walks are kept, each under its own identity; her oldest went, with their identities.
+    kept = [i for i in range(50) if walked(cache, mallories[i], f"m{i}") is not None]
+    assert kept and kept == list(range(50 - len(kept), 50))
+    assert walked(cache, mallories[-2], "m49") is None  # the data stays the identity's own
+    assert len(cache._identities) == 2 + len(kept)
+    # Another uid is another user: a user of the same name's walks are not over its share.
+    other = UserInfo("system:serviceaccount:ns:mallory", uid="2")
+    keep(cache, other, "o", a=4)
+    assert walked(cache, other, "o") is not None and held(cache, BOB, "b1") == lists(c=4)
+
+
 def test_the_fair_share_decides_only_past_the_bound_and_a_callers_one_walk_goes_as_anyones() -> None:
     clock = Clock()
     one = cost(a=4)
@@ -305,11 +345,12 @@ def test_a_continued_pages_one_look_is_listed_then_held() -> None:
 
 
 def test_past_the_bound_a_walk_keeps_what_its_next_page_starts_from() -> None:
-    cache = WalkCache(Clock(), max_bytes=cost(a=6) * 3 // 2)
+    # Lists long enough that one of them and its caller's identity fit where both lists do not.
+    cache = WalkCache(Clock(), max_bytes=cost(a=12) * 3 // 2)
     later = TagRef("team", "b", "v1")
-    cache.keep(ALICE, "w", TEAM, (AT, Kept(lists(a=6))), (later, Kept(lists(b=6))))
-    assert held(cache, ALICE, "w") is None and held(cache, ALICE, "w", later) == lists(b=6)
-    assert cache.size == kept_size({later: Kept(lists(b=6))})[0] + IDENTITY and cache.names == 6
+    cache.keep(ALICE, "w", TEAM, (AT, Kept(lists(a=12))), (later, Kept(lists(b=12))))
+    assert held(cache, ALICE, "w") is None and held(cache, ALICE, "w", later) == lists(b=12)
+    assert cache.size == kept_size({later: Kept(lists(b=12))})[0] + IDENTITY and cache.names == 12
 
 
 def rest(*repositories: str) -> CatalogRest:

@@ -27,14 +27,19 @@ from twisted.internet.task import Clock
 from payloadtags.api import continuation
 from payloadtags.api.options import list_options
 from payloadtags.api.tags import ResourceVersions, TagsService
-from payloadtags.api.walks import DEFAULT_MAX_BYTES, WalkCache, _measure
+from payloadtags.api.walks import DEFAULT_MAX_BYTES, FAIR_SHARE, WalkCache, _measure
 from payloadtags.identity import UserInfo
 from payloadtags.inventory import Inventory
 from payloadtags.names import split_repository
 from tests.unit.test_inventory_paging import Distribution28, Lexical, Registry
 from tests.unit.test_repoindex import run
 
-USERS = [UserInfo("alice", groups=("devs",)), UserInfo("bob", groups=("devs",))]
+USERS = [
+    UserInfo("alice", groups=("devs",)),
+    UserInfo("bob", groups=("devs",)),
+    # alice again with an extra (another identity of the same user: its walks count in her share).
+    UserInfo("alice", groups=("devs",), extra=(("authentication.kubernetes.io/credential-id", ("JTI=1",)),)),
+]
 SEEDS = range(20)
 MANY_SEEDS = range(20, 320)
 # The list a walk walks: (URL namespace, metadata.namespace pinned or None).
@@ -75,10 +80,25 @@ def items(content: dict[str, set[str]], view: View, who: UserInfo) -> set[str]:
 
 
 def check_cache(cache: WalkCache) -> None:
-    """The cache's derived counters agree with what its walks and identities hold."""
+    """The cache's derived counters agree with what its walks, identities and users hold."""
     walks = cache._walks
     identities = cache._identities
-    assert cache._size == sum(w.size for w in walks.values()) + sum(i.size for i in identities.values())
+    users = cache._users
+    assert cache._size == (
+        sum(w.size for w in walks.values())
+        + sum(i.size for i in identities.values())
+        + sum(u.size for u in users.values())
+    )
+    # Each user keeps its identities' walks, least recently continued first, and the bytes they count.
+    assert {(i.who.name, i.who.uid) for i in identities.values()} == set(users)
+    for named, user in users.items():
+        assert user.key == named and all(i.user is user for i in identities.values() if i.user.key == named)
+        assert user.identities == sum(1 for i in identities.values() if i.user is user)
+        assert list(user.keys) == [key for key in walks if (key[0].name, key[0].uid) == named]
+        assert user.held == sum(walks[key].size for key in user.keys)
+        over = len(user.keys) > 1 and user.held > cache.max_bytes // FAIR_SHARE
+        assert (user in cache._over) == over
+    assert all(user is users[user.key] for user in cache._over)
     assert cache.names == sum(w.names for w in walks.values())
     assert set(cache._pending) <= set(walks)
     assert len(cache._pending) <= 1

@@ -20,17 +20,24 @@ from tests.unit.test_watch import FakeReader, make_hub, ready
 pytestmark = pytest.mark.usefixtures("frozen_heap")
 
 
-def authenticated(users: int, groups: int) -> Callable[[int], UserInfo]:
+def authenticated(users: int, groups: int, extras: int = 1) -> Callable[[int], UserInfo]:
     """Callers as an authenticator makes them: a new `UserInfo` for every request, its strings too (the
     front proxy's headers, a TokenReview's answer, a certificate's subject are decoded per request),
-    the walks shared among ``users`` identities."""
+    the walks shared among ``users`` users, each with ``extras`` identities (an extra of its own each,
+    as a bound service-account token's per token)."""
 
     def user(walk: int) -> UserInfo:
         return UserInfo(
             "".join(["oidc:user-", str(walk % users), "@example.com"]),
             uid="".join(["uid-", str(walk % users)]),
             groups=tuple("".join(["cn=group-", f"{g:04d}", ",ou=groups,dc"]) for g in range(groups)),
-            extra=(("".join(["scopes"]), ("".join(["openid"]), "".join(["email"]))),),
+            extra=(
+                (
+                    "".join(["authentication.kubernetes.io/credential-id"]),
+                    ("".join(["JTI=", str(walk % extras)]),),
+                ),
+                ("".join(["scopes"]), ("".join(["openid"]), "".join(["email"]))),
+            ),
         )
 
     return user
@@ -48,6 +55,18 @@ def test_the_identity_of_callers_whose_every_request_is_a_new_object_is_counted_
     # Every walk a caller of its own: each identity counted, once.
     near(counted_and_held(small, limit=1, pages=2, walks=100, user=authenticated(100, 200)))
     near(counted_and_held(small, limit=1, pages=2, walks=200, user=authenticated(200, 3)))
+
+
+def test_the_users_of_callers_whose_extra_varies_are_counted_once_each() -> None:
+    # The fair share is per user (name and uid), whose record and key the cache holds besides its
+    # identities': counted with the first identity of the user, freed with the last.
+    small = one_tag_each(3)
+    for groups in (0, 3, 50):
+        near(counted_and_held(small, limit=1, pages=2, walks=300, user=authenticated(5, groups, extras=300)))
+        near(counted_and_held(small, limit=1, pages=2, walks=300, user=authenticated(5, groups, extras=7)))
+        near(
+            counted_and_held(small, limit=1, pages=2, walks=300, user=authenticated(300, groups, extras=300))
+        )
 
 
 def watched(content: dict[str, set[str]]) -> WatchHub:

@@ -14,14 +14,16 @@ Earlier tokens' are dropped.
 
 Only registry data is kept (whole tag lists); access and selectors are applied on every page. Entries
 are keyed by the caller's identity (the whole `UserInfo`, compared by value) as well as the walk id, so
-nothing is shared between users, and bound to the list the walk lists (`Listed`): another list's token
-naming the walk does not get them. A walk is dropped when it was not continued for ``ttl`` seconds,
-and when all walks together hold more than ``max_bytes`` (the memory the names take, `kept_size`, and
-the identities their keys hold, `_Identity`): first the walks of callers who hold more than a
-``1/FAIR_SHARE`` of it in two walks or more, each such caller's least recently continued first, the
-one least recently continued of them first; then, least recently continued first, any. So many walks of
-one caller make that caller's walks go, not other callers'. Once its last page is served a walk keeps
-only what that page used. A page that finds nothing kept (dropped,
+nothing is shared between identities, and bound to the list the walk lists (`Listed`): another list's
+token naming the walk does not get them. A walk is dropped when it was not continued for ``ttl``
+seconds, and when all walks together hold more than ``max_bytes`` (the memory the names take,
+`kept_size`, and the identities and users their keys hold, `_Identity`, `_User`): first the walks of
+users who hold more than a ``1/FAIR_SHARE`` of it in two walks or more, each such user's least
+recently continued first, the one least recently continued of them first; then, least recently
+continued first, any. A user is a user name and uid, as kube-apiserver names them, whatever the
+groups and extra of each of its identities (a bound service-account token's extra differs per token
+and per pod). So many walks of one user make that user's walks go, not other users'. Once its last
+page is served a walk keeps only what that page used. A page that finds nothing kept (dropped,
 another replica, a restart, an older token) reads the registry, as a first page does.
 """
 
@@ -78,9 +80,10 @@ _REMEMBERED_FROM = 64
 # What remembering a measure costs, counted with the walk: the entry (a tuple of the object, its bytes,
 # its names and a tuple of catalog entries' index), its key (the object's id) and its dict slot.
 _REMEMBERED = sys.getsizeof((0, 0, 0, None)) + 3 * sys.getsizeof(1 << 40) + 6 * 8
-# Past ``max_bytes``, the walks of a caller who holds more than this fraction of it in two walks or more
-# go first (`WalkCache._victim`): one caller's many walks (each list a walk, kept a minute) evict that
-# caller's own, not other callers'. A caller's one walk, however large, is evicted as anyone's.
+# Past ``max_bytes``, the walks of a user (a name and uid, `_User`) who holds more than this fraction of
+# it in two walks or more go first (`WalkCache._victim`): one user's many walks (each list a walk, kept
+# a minute) evict that user's own, not other users'. A user's one walk, however large, is evicted as
+# anyone's.
 FAIR_SHARE = 4
 # How many walks may be counted by their bound (`_bound`) rather than measured (`WalkCache._pending`):
 # the last page's, whose walk's next page (kubectl's, at once) replaces it unmeasured. Each other
@@ -155,6 +158,22 @@ class _Walk:
 
 
 @attrs.define(eq=False)
+class _User:
+    """A user as kube-apiserver names them, by name and uid, whatever the groups and extra of each
+    request (a bound service-account token's extra differs per token and per pod): the walks of all its
+    identities, for the fair share (`WalkCache._victim`). Counted with its first identity, whose name
+    and uid strings its key holds (counted here, not with that identity), and freed with its last."""
+
+    key: tuple[str, str]
+    identities: int
+    size: int
+    # Its walks' keys (the cache's own tuples), least recently continued first, and the bytes they count
+    # (their sizes: exact, or bounds while pending).
+    keys: dict[tuple[UserInfo, str], None] = attrs.field(factory=dict)
+    held: int = 0
+
+
+@attrs.define(eq=False)
 class _Identity:
     """A caller's identity as the walks' keys hold it: one `UserInfo` per identity, however many walks it
     has and whichever request's object each page came with (every authenticator makes one per
@@ -163,31 +182,46 @@ class _Identity:
     who: UserInfo
     walks: int
     size: int
-    # Its walks' keys (the cache's own tuples), least recently continued first, and the bytes they count
-    # (their sizes: exact, or bounds while pending), for the fair share (`WalkCache._victim`).
-    keys: dict[tuple[UserInfo, str], None] = attrs.field(factory=dict)
-    held: int = 0
+    user: _User
 
 
-# What an identity costs the cache besides its record and strings: its `_Identity`, its size and the
-# bytes its walks hold (ints), its slot in the dict of identities, and its dict of keys as it is with one
-# key (the further keys are counted with their walks, `_KEY`).
-_IDENTITY = (
-    sys.getsizeof(_Identity(UserInfo(""), 0, 0))
+# What a user costs the cache besides its name and uid strings: its `_User`, its size and the bytes its
+# walks hold (ints), its key (a tuple of two) and its slot in the dict of users, and its dict of keys as
+# it is with one key (the further keys are counted with their walks, `_KEY`).
+_USER = (
+    sys.getsizeof(_User(("", ""), 0, 0))
     + 2 * sys.getsizeof(1 << 20)
+    + sys.getsizeof(("", ""))
     + 3 * 8
     + sys.getsizeof(dict.fromkeys(range(1)))
 )
-# A walk's key in its identity's dict of keys, a table slot and an entry, the table grown as a dict
-# grows (2/3 full at most): from 27 to 54 bytes a key, measured with sys.getsizeof.
+# What an identity costs the cache besides its record and strings: its `_Identity`, its size (an int)
+# and its slot in the dict of identities.
+_IDENTITY = (
+    sys.getsizeof(_Identity(UserInfo(""), 0, 0, _User(("", ""), 0, 0))) + sys.getsizeof(1 << 20) + 3 * 8
+)
+# A walk's key in its user's dict of keys, a table slot and an entry, the table grown as a dict grows
+# (2/3 full at most): from 27 to 54 bytes a key, measured with sys.getsizeof.
 _KEY = 40
 
 
 def identity_size(who: UserInfo) -> int:
     """The memory ``who`` takes (its record, its strings and the tuples that hold them) and its entry
-    in the cache. A string shared with others (a group constant, a string of one character) is counted
-    all the same: more than is freed, never less."""
-    strings = [who.name, who.uid, *who.groups]
+    in the cache, with its user's (`_User`) when it is its user's first identity. A string shared with
+    others (a group constant, a string of one character) is counted all the same: more than is freed,
+    never less."""
+    return _identity_size(who, (who.name, who.uid)) + _user_size(who)
+
+
+def _user_size(who: UserInfo) -> int:
+    return _USER + sum(sys.getsizeof(string) for string in (who.name, who.uid) if len(string) > 1)
+
+
+def _identity_size(who: UserInfo, user: tuple[str, str]) -> int:
+    """``identity_size`` without its user's: its name and uid strings only where they are not those of
+    its user's key ``user`` (counted with the user: the first identity's, which outlive it)."""
+    strings = [string for string, users in zip((who.name, who.uid), user, strict=True) if string is not users]
+    strings += who.groups
     size = sys.getsizeof(who) + (sys.getsizeof(who.groups) if who.groups else 0)
     if who.extra:
         size += sys.getsizeof(who.extra)
@@ -498,15 +532,18 @@ class WalkCache:
     _walks: OrderedDict[Key, _Walk] = attrs.field(factory=OrderedDict)  # least recently used first
     # The identities the walks' keys hold, each the one object all its walks' keys hold (`_Identity`).
     _identities: dict[UserInfo, _Identity] = attrs.field(factory=dict)
-    # Bytes kept, all walks and the identities they hold: the walks' exact measures (`kept_size`) and,
-    # for those in ``_pending``, their upper bounds (`_bound`). `size` is the exact count.
+    # Bytes kept, all walks and the identities and users they hold: the walks' exact measures
+    # (`kept_size`) and, for those in ``_pending``, their upper bounds (`_bound`). `size` is the exact
+    # count.
     _size: int = 0
     # The walks whose size is their bound, the one kept first first: at most `_PENDING_MAX` between
     # pages (`_fit`), so that no page measures more than a few walks.
     _pending: dict[Key, None] = attrs.field(factory=dict)
     names: int = 0  # tags and catalog names kept, all walks (metrics)
-    # The identities with two walks or more that hold more than their share (`_place`): a few at most.
-    _over: dict[_Identity, None] = attrs.field(factory=dict)
+    # The users (`_User`) of the identities, by name and uid.
+    _users: dict[tuple[str, str], _User] = attrs.field(factory=dict)
+    # The users with two walks or more that hold more than their share (`_place`): a few at most.
+    _over: dict[_User, None] = attrs.field(factory=dict)
     # At most the oldest walk's ``touched`` (inf: none was kept since the cache emptied): an
     # `_expire` before it is due looks at no walk (each page made two, issue #11).
     _oldest: float = math.inf
@@ -553,8 +590,8 @@ class WalkCache:
             if kept is not None:
                 entry.touched = self._touch()
                 self._walks.move_to_end(key)
-                # Its identity's least recently continued first too, under the cache's own key.
-                own = self._identities[key[0]].keys
+                # Its user's least recently continued first too, under the cache's own key.
+                own = self._identities[key[0]].user.keys
                 del own[entry.key]
                 own[entry.key] = None
         if self.on_lookup is not None:
@@ -624,10 +661,10 @@ class WalkCache:
         self._walks[key] = _Walk(listed, kept, size, names, self._touch(), measured, asked_kept, key=key)
         self._size += size
         self.names += names
-        identity = self._identities[key[0]]
-        identity.keys[key] = None
-        identity.held += size
-        self._place(identity)
+        user = self._identities[key[0]].user
+        user.keys[key] = None
+        user.held += size
+        self._place(user)
         if not exact:
             self._pending[key] = None
         return True
@@ -645,21 +682,22 @@ class WalkCache:
                 self._drop(self._victim())
 
     def _victim(self) -> Key:
-        """The walk to drop: the least recently continued walk of each caller over the fair share (two
-        walks or more holding more than ``max_bytes / FAIR_SHARE``), the least recently continued of
-        those; with no such caller, the least recently continued walk. A caller's walk kept last (the
-        page being served, when it is that caller's) is never its caller's least recently continued."""
+        """The walk to drop: the least recently continued walk of each user over the fair share (two
+        walks or more, of any of its identities, holding more than ``max_bytes / FAIR_SHARE``), the
+        least recently continued of those; with no such user, the least recently continued walk. A
+        user's walk kept last (the page being served, when it is that user's) is never its user's least
+        recently continued."""
         if not self._over:
             return next(iter(self._walks))
-        oldest = [next(iter(identity.keys)) for identity in self._over]
+        oldest = [next(iter(user.keys)) for user in self._over]
         return min(oldest, key=lambda key: self._walks[key].touched)
 
-    def _place(self, identity: _Identity) -> None:
-        """``identity`` among those over the fair share, or not, as its walks now are."""
-        if len(identity.keys) > 1 and identity.held > self.max_bytes // FAIR_SHARE:
-            self._over[identity] = None
+    def _place(self, user: _User) -> None:
+        """``user`` among those over the fair share, or not, as its walks now are."""
+        if len(user.keys) > 1 and user.held > self.max_bytes // FAIR_SHARE:
+            self._over[user] = None
         else:
-            self._over.pop(identity, None)
+            self._over.pop(user, None)
 
     def _settle(self) -> None:
         """The walk pending longest measured exactly (`_measure`). Taken out of ``_pending`` first:
@@ -669,17 +707,24 @@ class WalkCache:
         walk = self._walks[key]
         size, _, walk.measured = _measure(walk.kept, walk.asked, walk.measured, walk.listed)
         self._size += size - walk.size
-        identity = self._identities[key[0]]
-        identity.held += size - walk.size
+        user = self._identities[key[0]].user
+        user.held += size - walk.size
         walk.size = size
-        self._place(identity)
+        self._place(user)
 
     def _hold(self, who: UserInfo) -> _Identity:
         """``who``'s identity, held once more (the one object of equal identities)."""
         identity = self._identities.get(who)
         if identity is None:
-            identity = self._identities[who] = _Identity(who, 0, identity_size(who))
-            self._size += identity.size
+            named = (who.name, who.uid)
+            user = self._users.get(named)
+            if user is None:
+                user = self._users[named] = _User(named, 0, _user_size(who))
+                self._size += user.size
+            size = _identity_size(who, user.key)
+            identity = self._identities[who] = _Identity(who, 0, size, user)
+            user.identities += 1
+            self._size += size
         identity.walks += 1
         return identity
 
@@ -688,6 +733,11 @@ class WalkCache:
         if not identity.walks:
             del self._identities[identity.who]
             self._size -= identity.size
+            user = identity.user
+            user.identities -= 1
+            if not user.identities:
+                del self._users[user.key]
+                self._size -= user.size
 
     def _touch(self) -> float:
         now = self.clock.seconds()
@@ -714,9 +764,10 @@ class WalkCache:
         self._size -= walk.size
         self.names -= walk.names
         self._pending.pop(key, None)
-        del identity.keys[key]
-        identity.held -= walk.size
-        self._place(identity)
+        user = identity.user
+        del user.keys[key]
+        user.held -= walk.size
+        self._place(user)
         self._release(identity)
 
 
