@@ -1,17 +1,26 @@
 """scripts/install and scripts/uninstall as a user runs them: from their own directory, with the overlay
-of docs/install.md section 2 beside a copy of manifests/. A stand-in kubectl records each call and the
-directory it was made from, and hands `kustomize` to the real kubectl; the order of the calls and their
-failure paths are scripts/check-deploy's."""
+of docs/install.md section 2 beside a copy of manifests/. A stand-in kubectl records each call, the
+directory it was made from and what it read on stdin; it hands `kustomize` to the real kubectl and
+answers the rest as kubectl 1.32 answers for a cluster the test describes: the kinds it serves (a
+delete of an object of another kind fails as kubectl's does), and answers of its own for calls that
+match a pattern, in turn, poll after poll. `date` and `sleep` are stand-ins on a clock the test reads,
+so the scripts' waits take no time. scripts/check-deploy drives the same scripts with a plainer one."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import attrs
 import pytest
+import yaml
 
 # Renders the trees with the real kubectl: packaging, not the unit tier.
 pytestmark = [pytest.mark.kubectl, pytest.mark.packaging]
@@ -19,12 +28,137 @@ pytestmark = [pytest.mark.kubectl, pytest.mark.packaging]
 ROOT = Path(__file__).resolve().parents[2]
 APISERVICE = "apiservice/v1alpha1.payload-registry.deckhouse.io"
 Call = tuple[Path, list[str]]  # the directory kubectl ran in, its arguments
+Answer = tuple[str, str, int]  # what kubectl prints on stdout, on stderr, and its exit status
+# A call whose arguments (joined by spaces) match the pattern gets the answers in turn, the last one
+# again and again.
+Rule = tuple[str, list[Answer]]
 
-STUB = """#!/bin/sh
-printf '%s\\t%s\\n' "$PWD" "$*" >>"$STUB_LOG"
-if [ "$1" = kustomize ]; then exec "$REAL_KUBECTL" "$@"; fi
-exit 0
+STUB = """#!{python} -S
+import json, os, re, sys
+args = sys.argv[1:]
+line = " ".join(args)
+stdin = sys.stdin.read() if "-f" in args and args[args.index("-f") + 1:][:1] == ["-"] else ""
+clock = int(open(os.environ["STUB_CLOCK"]).read())
+with open(os.environ["STUB_LOG"], "a") as log:
+    log.write(json.dumps([os.getcwd(), args, stdin, clock]) + "\\n")
+kubectl = os.environ["REAL_KUBECTL"]
+if args[0] == "kustomize":
+    os.execv(kubectl, [kubectl, *args])
+cluster = json.load(open(os.environ["STUB_CLUSTER"]))
+counts = json.load(open(os.environ["STUB_COUNTS"]))
+for index, (pattern, answers) in enumerate(cluster["rules"]):
+    if re.search(pattern, line):
+        turn = counts.get(str(index), 0)
+        counts[str(index)] = turn + 1
+        json.dump(counts, open(os.environ["STUB_COUNTS"], "w"))
+        out, err, status = answers[min(turn, len(answers) - 1)]
+        sys.stdout.write(out)
+        sys.stderr.write(err)
+        sys.exit(status)
+if args[0] == "delete" and args[1] in ("-k", "-f"):
+    import site, subprocess
+    site.main()
+    import yaml
+    # kubectl deletes what it can map and fails on the objects of kinds the cluster does not serve.
+    source = "STDIN" if args[2] == "-" else os.path.abspath(args[2])
+    text = stdin if args[2] == "-" else subprocess.run(
+        [kubectl, "kustomize", args[2]], capture_output=True, text=True, check=True
+    ).stdout
+    objects = [o for o in yaml.safe_load_all(text) if o]
+    unserved = [o for o in objects if f"{{o['apiVersion']}} {{o['kind']}}" not in cluster["served"]]
+    for o in unserved:
+        meta = o["metadata"]
+        where = f' namespace: "{{meta["namespace"]}}"' if "namespace" in meta else ""
+        version = o["apiVersion"]
+        print(f'error: resource mapping not found for name: "{{meta["name"]}}"{{where}} from "{{source}}": '
+              f'no matches for kind "{{o["kind"]}}" in version "{{version}}"', file=sys.stderr)
+        print("ensure CRDs are installed first", file=sys.stderr)
+    sys.exit(1 if unserved else 0)
+sys.exit(0)
 """
+CLOCK_STUBS = {
+    "date": '#!/bin/sh\n[ "$1" = +%s ] || exit 2\ncat "$STUB_CLOCK"\n',
+    "sleep": '#!/bin/sh\necho $(( $(cat "$STUB_CLOCK") + $1 )) >"$STUB_CLOCK"\n',
+}
+START = 1_000_000  # the stand-in clock's time when a script starts
+
+# (resource, short names, apiVersion, namespaced, kind) as `kubectl api-resources` lists them.
+KUBERNETES = [
+    ("configmaps", "cm", "v1", "true", "ConfigMap"),
+    ("namespaces", "ns", "v1", "false", "Namespace"),
+    ("pods", "po", "v1", "true", "Pod"),
+    ("resourcequotas", "quota", "v1", "true", "ResourceQuota"),
+    ("serviceaccounts", "sa", "v1", "true", "ServiceAccount"),
+    ("services", "svc", "v1", "true", "Service"),
+    ("apiservices", "", "apiregistration.k8s.io/v1", "false", "APIService"),
+    ("deployments", "deploy", "apps/v1", "true", "Deployment"),
+    ("networkpolicies", "netpol", "networking.k8s.io/v1", "true", "NetworkPolicy"),
+    ("poddisruptionbudgets", "pdb", "policy/v1", "true", "PodDisruptionBudget"),
+    ("clusterrolebindings", "", "rbac.authorization.k8s.io/v1", "false", "ClusterRoleBinding"),
+    ("clusterroles", "", "rbac.authorization.k8s.io/v1", "false", "ClusterRole"),
+    ("rolebindings", "", "rbac.authorization.k8s.io/v1", "true", "RoleBinding"),
+    ("roles", "", "rbac.authorization.k8s.io/v1", "true", "Role"),
+]
+CERT_MANAGER = [
+    ("certificates", "cert,certs", "cert-manager.io/v1", "true", "Certificate"),
+    ("clusterissuers", "", "cert-manager.io/v1", "false", "ClusterIssuer"),
+    ("issuers", "", "cert-manager.io/v1", "true", "Issuer"),
+]
+PROMETHEUS_OPERATOR = [("servicemonitors", "smon", "monitoring.coreos.com/v1", "true", "ServiceMonitor")]
+ResourceRow = tuple[str, str, str, str, str]
+
+CONDITION = r"^get apiservice/\S+ --request-timeout=10s -o jsonpath=.*\.status}"
+RAW = r"^get --raw /apis/payload-registry\.deckhouse\.io/v1alpha1 --request-timeout=10s$"
+RESOURCE_LIST = json.dumps(
+    {
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": "payload-registry.deckhouse.io/v1alpha1",
+        "resources": [{"name": "payloadrepositorytags", "namespaced": True, "kind": "PayloadRepositoryTag"}],
+    }
+)
+# kube-apiserver's answer for a group whose APIService is not Available or whose server it cannot reach.
+UNAVAILABLE: Answer = (
+    "",
+    "Error from server (ServiceUnavailable): the server is currently unable to handle the request\n",
+    1,
+)
+
+
+def available(ca: str = "Q0EgMQ==") -> Answer:
+    """The APIService's Available status and caBundle, as the scripts' jsonpath prints them."""
+    return (f"True {ca}", "", 0)
+
+
+def api_resources(rows: Sequence[ResourceRow]) -> Answer:
+    """`kubectl api-resources --no-headers`: columns padded, SHORTNAMES blank where there are none."""
+    widths = [max(len(row[i]) for row in rows) + 3 for i in range(4)]
+    lines = [
+        "".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)) + row[4]
+        for row in rows
+    ]
+    return ("\n".join(sorted(lines)) + "\n", "", 0)
+
+
+@attrs.frozen
+class Run:
+    result: subprocess.CompletedProcess[str]
+    calls: list[Call]
+    stdin: list[str]  # what each call read on stdin
+    times: list[int]  # the stand-in clock at each call, from the script's start
+    elapsed: int  # the stand-in clock at the end
+
+    def words(self) -> list[str]:
+        """The calls, each as one string."""
+        return [" ".join(words) for _, words in self.calls]
+
+    def stdin_of(self, pattern: str) -> list[dict[str, Any]]:
+        """The objects the first call that matches read on stdin."""
+        return [o for o in yaml.safe_load_all(self.stdin[self.called(pattern)[0]]) if o]
+
+    def called(self, pattern: str) -> list[int]:
+        """The indexes in words() of the calls that match."""
+        return [i for i, line in enumerate(self.words()) if re.search(pattern, line)]
 
 
 def _yaml_block(title: str) -> str:
@@ -46,28 +180,79 @@ def own_repository(tmp_path: Path) -> Path:
     return repository
 
 
-def _run(
-    script: str, cwd: Path, tmp_path: Path, *args: str
-) -> tuple[subprocess.CompletedProcess[str], list[Call]]:
+def _kubectl() -> str:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.fail("kubectl (1.32) must be on PATH: the scripts render the trees with it")
-    stub, log = tmp_path / "kubectl-stub", tmp_path / "calls.log"
-    stub.write_text(STUB)
-    stub.chmod(0o755)
-    log.write_text("")
-    env = {**os.environ, "KUBECTL": str(stub), "STUB_LOG": str(log), "REAL_KUBECTL": kubectl, "TIMEOUT": "1s"}
+    return kubectl
+
+
+def _render(tree: Path) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        [_kubectl(), "kustomize", str(tree)], capture_output=True, text=True, check=True
+    ).stdout
+    return [o for o in yaml.safe_load_all(out) if o]
+
+
+def _run(
+    script: str,
+    cwd: Path,
+    tmp_path: Path,
+    *args: str,
+    rules: Sequence[Rule] = (),
+    served: Sequence[ResourceRow] = (*KUBERNETES, *CERT_MANAGER, *PROMETHEUS_OPERATOR),
+    env: dict[str, str] | None = None,
+    settle: str | None = "4s",
+) -> Run:
+    """Runs the script against a cluster that serves `served` and answers as `rules` say, then as a
+    healthy cluster: the APIService Available, the group answering through kube-apiserver. SETTLE is
+    `settle` (None: the script's default), TIMEOUT the script's default unless `env` says."""
+    stubs = tmp_path / "stubs"
+    stubs.mkdir(exist_ok=True)
+    (stubs / "kubectl").write_text(STUB.format(python=sys.executable))
+    for name, text in CLOCK_STUBS.items():
+        (stubs / name).write_text(text)
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    state = {name: tmp_path / f"stub-{name}" for name in ("log", "cluster", "counts", "clock")}
+    state["log"].write_text("")
+    state["counts"].write_text("{}")
+    state["clock"].write_text(str(START))
+    healthy: list[Rule] = [
+        (CONDITION, [available()]),
+        (RAW, [(RESOURCE_LIST, "", 0)]),
+        (r"^api-resources", [api_resources(served)]),
+    ]
+    state["cluster"].write_text(
+        json.dumps({"rules": [*rules, *healthy], "served": [f"{row[2]} {row[4]}" for row in served]})
+    )
+    environment = {name: value for name, value in os.environ.items() if name not in ("TIMEOUT", "SETTLE")}
+    environment.update(
+        PATH=f"{stubs}:{os.environ['PATH']}",
+        KUBECTL=str(stubs / "kubectl"),
+        REAL_KUBECTL=_kubectl(),
+        **{f"STUB_{name.upper()}": str(path) for name, path in state.items()},
+    )
+    if settle is not None:
+        environment["SETTLE"] = settle
+    environment.update(env or {})
     result = subprocess.run(
         [str(ROOT / "scripts" / script), *args],
         cwd=cwd,
-        env=env,
+        env=environment,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         check=False,
     )
-    calls = [line.split("\t", 1) for line in log.read_text().splitlines()]
-    return result, [(Path(where), call.split()) for where, call in calls]
+    entries = [json.loads(line) for line in state["log"].read_text().splitlines()]
+    return Run(
+        result=result,
+        calls=[(Path(where), words) for where, words, _, _ in entries],
+        stdin=[stdin for _, _, stdin, _ in entries],
+        times=[clock - START for _, _, _, clock in entries],
+        elapsed=int(state["clock"].read_text()) - START,
+    )
 
 
 def _trees(calls: list[Call], verb: str) -> list[Path]:
@@ -75,43 +260,174 @@ def _trees(calls: list[Call], verb: str) -> list[Path]:
     return [(where / words[2]).resolve() for where, words in calls if words[:2] == [verb, "-k"]]
 
 
+def _rendered(calls: list[Call]) -> list[Path]:
+    """The trees of the `kustomize TREE` calls, resolved from the directory kubectl was run in."""
+    return [(where / words[1]).resolve() for where, words in calls if words[0] == "kustomize"]
+
+
+# --- scripts/install ---------------------------------------------------------------------------------
+
+
 def test_install_takes_a_relative_overlay_from_the_callers_directory(
     own_repository: Path, tmp_path: Path
 ) -> None:
-    result, calls = _run("install", own_repository, tmp_path, "my-payloadtags")
-    assert result.returncode == 0, result.stderr
+    run = _run("install", own_repository, tmp_path, "my-payloadtags")
+    assert run.result.returncode == 0, run.result.stderr
     overlay = own_repository / "my-payloadtags"
-    assert _trees(calls, "apply") == [overlay, overlay / "apiservice"]
+    assert _trees(run.calls, "apply") == [overlay, overlay / "apiservice"]
 
 
 def test_install_takes_an_absolute_overlay_from_anywhere(own_repository: Path, tmp_path: Path) -> None:
     overlay = own_repository / "my-payloadtags"
-    result, calls = _run("install", tmp_path, tmp_path, str(overlay), str(overlay / "apiservice"))
-    assert result.returncode == 0, result.stderr
-    assert _trees(calls, "apply") == [overlay, overlay / "apiservice"]
+    run = _run("install", tmp_path, tmp_path, str(overlay), str(overlay / "apiservice"))
+    assert run.result.returncode == 0, run.result.stderr
+    assert _trees(run.calls, "apply") == [overlay, overlay / "apiservice"]
 
 
 def test_install_default_is_the_checkouts_tree_and_its_placeholders_are_refused(tmp_path: Path) -> None:
-    result, calls = _run("install", tmp_path, tmp_path)
-    assert result.returncode == 1
-    assert "the registry URL is still the placeholder" in result.stderr
-    assert [(where / words[1]).resolve() for where, words in calls] == [ROOT / "manifests" / "cert-manager"]
-    assert calls[0][1][0] == "kustomize"
+    run = _run("install", tmp_path, tmp_path)
+    assert run.result.returncode == 1
+    assert "the registry URL is still the placeholder" in run.result.stderr
+    assert [(where / words[1]).resolve() for where, words in run.calls] == [
+        ROOT / "manifests" / "cert-manager"
+    ]
+    assert run.calls[0][1][0] == "kustomize"
+
+
+def test_install_checks_the_group_answers_for_settle_seconds(own_repository: Path, tmp_path: Path) -> None:
+    run = _run("install", own_repository, tmp_path, "my-payloadtags", settle=None)
+    assert run.result.returncode == 0, run.result.stderr
+    words = run.words()
+    (applied,) = run.called(r"^apply -k my-payloadtags/apiservice$")
+    polls = run.called(RAW)
+    # Every 2 s from the apply on, the condition and then the group, for the default SETTLE of 40 s.
+    assert polls and min(polls) > applied
+    assert [run.times[i] for i in run.called(CONDITION)] == list(range(0, 41, 2))
+    assert len(polls) == 21 and run.elapsed == 40
+    assert not [w for w in words if w.startswith("wait ")]
+    assert "payloadtags is installed and v1alpha1.payload-registry.deckhouse.io answers" in run.result.stderr
+
+
+def test_upgrade_with_a_stale_available_condition_is_not_called_installed(
+    own_repository: Path, tmp_path: Path
+) -> None:
+    # review fixmanifests F1: the APIService was Available from the previous install, so `kubectl wait`
+    # returned at once; kube-apiserver's proxy, on the new caBundle, fails the group a moment later.
+    run = _run(
+        "install",
+        own_repository,
+        tmp_path,
+        "my-payloadtags",
+        rules=[(RAW, [(RESOURCE_LIST, "", 0), UNAVAILABLE])],
+        env={"TIMEOUT": "20s"},
+    )
+    assert run.result.returncode == 1, run.result.stderr
+    words = run.words()
+    assert words[-1] == f"delete {APISERVICE} --ignore-not-found"
+    assert "is installed" not in run.result.stderr
+    assert "the server is currently unable to handle the request" in run.result.stderr
+    assert "did not keep answering through kube-apiserver for 4s within 20s" in run.result.stderr
+    assert run.elapsed == 20  # polled to the end of TIMEOUT: it may come back, say once cert-manager injects
+
+
+def test_upgrade_is_refused_when_kube_apiserver_rechecks_and_finds_the_group_gone(
+    own_repository: Path, tmp_path: Path
+) -> None:
+    # A NetworkPolicy that keeps kube-apiserver out: connections it had stay up until the aggregator's
+    # periodic check (every 30 s) opens a new one and marks the APIService unavailable.
+    stale = [available()] * 15 + [("False ", "", 0)]
+    run = _run(
+        "install",
+        own_repository,
+        tmp_path,
+        "my-payloadtags",
+        rules=[(CONDITION, stale)],
+        env={"TIMEOUT": "50s"},
+        settle=None,
+    )
+    assert run.result.returncode == 1, run.result.stderr
+    assert run.words()[-1] == f"delete {APISERVICE} --ignore-not-found"
+    assert "last: the APIService is not Available (False)" in run.result.stderr
+    assert run.elapsed == 50
+
+
+def test_install_counts_settle_from_the_caBundle_that_answers(own_repository: Path, tmp_path: Path) -> None:
+    # cert-manager's injector sets the caBundle a while after the apply, and may set it again.
+    answers = [
+        ("False ", "", 0),
+        (" ", "", 0),
+        available("Q0EgMQ=="),
+        ("True Q0EgMQ==", "Warning: kubectl's warnings go to stderr, apart from what the script reads\n", 0),
+        available("Q0EgMg=="),
+    ]
+    run = _run(
+        "install",
+        own_repository,
+        tmp_path,
+        "my-payloadtags",
+        rules=[(CONDITION, answers)],
+        env={"SETTLE": "10s"},
+    )
+    assert run.result.returncode == 0, run.result.stderr
+    # polls at 0, 2 (not Available), 4, 6 (one caBundle), 8 (the other): 10 s from 8 on.
+    assert run.elapsed == 18
+    late = _run(
+        "install",
+        own_repository,
+        tmp_path,
+        "my-payloadtags",
+        rules=[(CONDITION, answers)],
+        env={"SETTLE": "10s", "TIMEOUT": "12s"},
+    )
+    assert late.result.returncode == 1
+    assert "last: it answered at every check for 4s, not yet 10s." in late.result.stderr
+    assert late.words()[-1] == f"delete {APISERVICE} --ignore-not-found"
+
+
+def test_install_polls_the_group_only_when_the_apiservice_is_available(
+    own_repository: Path, tmp_path: Path
+) -> None:
+    run = _run(
+        "install",
+        own_repository,
+        tmp_path,
+        "my-payloadtags",
+        rules=[(CONDITION, [("", "", 0)])],
+        env={"TIMEOUT": "5s", "SETTLE": "0"},
+    )
+    assert run.result.returncode == 1
+    assert not run.called(RAW)
+    assert "last: the APIService is not Available (no condition yet)" in run.result.stderr
+    assert run.elapsed == 5
+
+
+def test_install_refuses_a_settle_not_shorter_than_timeout(own_repository: Path, tmp_path: Path) -> None:
+    for env in ({"TIMEOUT": "40s"}, {"TIMEOUT": "1m", "SETTLE": "1m"}, {"TIMEOUT": "5 minutes"}):
+        run = _run("install", own_repository, tmp_path, "my-payloadtags", env=env, settle=None)
+        assert run.result.returncode == 1, env
+        assert run.calls == [], env
+        assert "nothing was applied" in run.result.stderr
+    run = _run("install", own_repository, tmp_path, "my-payloadtags", env={"TIMEOUT": "1m30s", "SETTLE": "4"})
+    assert run.result.returncode == 0, run.result.stderr
+    assert run.elapsed == 4
+
+
+# --- scripts/uninstall -------------------------------------------------------------------------------
 
 
 def test_uninstall_takes_a_relative_overlay_from_the_callers_directory(
     own_repository: Path, tmp_path: Path
 ) -> None:
-    result, calls = _run("uninstall", own_repository, tmp_path, "my-payloadtags")
-    assert result.returncode == 0, result.stderr
-    assert [words[:2] for _, words in calls] == [["delete", APISERVICE], ["delete", "-k"]]
-    assert _trees(calls, "delete") == [own_repository / "my-payloadtags"]
+    run = _run("uninstall", own_repository, tmp_path, "my-payloadtags")
+    assert run.result.returncode == 0, run.result.stderr
+    assert [words[:2] for _, words in run.calls] == [["delete", APISERVICE], ["delete", "-k"]]
+    assert _trees(run.calls, "delete") == [own_repository / "my-payloadtags"]
 
 
 def test_uninstall_default_is_the_checkouts_tree(tmp_path: Path) -> None:
-    result, calls = _run("uninstall", tmp_path, tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert _trees(calls, "delete") == [ROOT / "manifests" / "cert-manager"]
+    run = _run("uninstall", tmp_path, tmp_path)
+    assert run.result.returncode == 0, run.result.stderr
+    assert _trees(run.calls, "delete") == [ROOT / "manifests" / "cert-manager"]
 
 
 def test_demo_says_what_it_installs_before_setup_runs(tmp_path: Path) -> None:
