@@ -27,6 +27,7 @@ pytestmark = [pytest.mark.kubectl, pytest.mark.packaging]
 
 ROOT = Path(__file__).resolve().parents[2]
 APISERVICE = "apiservice/v1alpha1.payload-registry.deckhouse.io"
+GENERATED_BY = "payload-registry.deckhouse.io/generated-by=payloadtags-registry"
 Call = tuple[Path, list[str]]  # the directory kubectl ran in, its arguments
 Answer = tuple[str, str, int]  # what kubectl prints on stdout, on stderr, and its exit status
 # A call whose arguments (joined by spaces) match the pattern gets the answers in turn, the last one
@@ -410,6 +411,99 @@ def test_install_refuses_a_settle_not_shorter_than_timeout(own_repository: Path,
     run = _run("install", own_repository, tmp_path, "my-payloadtags", env={"TIMEOUT": "1m30s", "SETTLE": "4"})
     assert run.result.returncode == 0, run.result.stderr
     assert run.elapsed == 4
+
+
+def test_install_removes_the_auth_delegator_binding_once_the_new_server_runs(
+    own_repository: Path, tmp_path: Path
+) -> None:
+    # review fixmanifests L1: earlier manifests bound the built-in system:auth-delegator.
+    run = _run("install", own_repository, tmp_path, "my-payloadtags")
+    assert run.result.returncode == 0, run.result.stderr
+    (rollout,) = run.called(r"rollout status")
+    (removed,) = run.called(r"^delete clusterrolebinding payloadtags:auth-delegator --ignore-not-found$")
+    (apiservice,) = run.called(r"^apply -k my-payloadtags/apiservice$")
+    assert rollout < removed < apiservice
+    failed = _run(
+        "install", own_repository, tmp_path, "my-payloadtags", rules=[(r"rollout status", [("", "", 1)])]
+    )
+    assert failed.result.returncode == 1
+    assert not failed.called(r"^delete ")
+
+
+def test_install_deletes_the_registry_configmaps_of_earlier_installs_only(
+    own_repository: Path, tmp_path: Path
+) -> None:
+    # review fixmanifests L2: each registry change left its payloadtags-registry-<hash> behind.
+    (current,) = [
+        o["metadata"]["name"] for o in _render(own_repository / "my-payloadtags") if o["kind"] == "ConfigMap"
+    ]
+    listed = f"payloadtags-registry-old1 {current} payloadtags-registry-old2 payloadtags-registry-pinned"
+    run = _run(
+        "install",
+        own_repository,
+        tmp_path,
+        "my-payloadtags",
+        rules=[
+            (rf"^-n payloadtags-system get configmap -l {GENERATED_BY} ", [(listed, "", 0)]),
+            # The Deployment refers to one more (a user's hand edit, say): it stays.
+            (
+                r"^-n payloadtags-system get deployment/payloadtags ",
+                [(f"{current} {current} payloadtags-registry-pinned", "", 0)],
+            ),
+        ],
+    )
+    assert run.result.returncode == 0, run.result.stderr
+    deleted = [w.split()[4] for w in run.words() if w.startswith("-n payloadtags-system delete configmap ")]
+    assert deleted == ["payloadtags-registry-old1", "payloadtags-registry-old2"]
+    (rollout,) = run.called(r"rollout status")
+    assert min(run.called(r"delete configmap")) > rollout
+    assert "deleted the ConfigMap payloadtags-registry-old1" in run.result.stderr
+
+
+def test_install_leaves_configmaps_alone_when_the_tree_has_none_with_the_label(
+    own_repository: Path, tmp_path: Path
+) -> None:
+    overlay = own_repository / "my-payloadtags" / "kustomization.yaml"
+    overlay.write_text(
+        overlay.read_text()
+        + "- target: {kind: ConfigMap, name: payloadtags-registry}\n  patch: |-\n    - op: remove\n"
+        + "      path: /metadata/labels/payload-registry.deckhouse.io~1generated-by\n"
+    )
+    assert not [
+        o
+        for o in _render(own_repository / "my-payloadtags")
+        if o["kind"] == "ConfigMap" and len(o["metadata"]["labels"]) > 2
+    ]
+    run = _run(
+        "install",
+        own_repository,
+        tmp_path,
+        "my-payloadtags",
+        rules=[(r"get configmap -l ", [("payloadtags-registry-old1", "", 0)])],
+    )
+    assert run.result.returncode == 0, run.result.stderr
+    assert not run.called(r"configmap")
+    assert "were left alone" in run.result.stderr
+
+
+def test_install_says_so_when_a_leftover_cannot_be_deleted(own_repository: Path, tmp_path: Path) -> None:
+    forbidden = (
+        "",
+        "Error from server (Forbidden): clusterrolebindings.rbac.authorization.k8s.io"
+        ' "payloadtags:auth-delegator" is forbidden: User "ci" cannot delete resource\n',
+        1,
+    )
+    run = _run(
+        "install",
+        own_repository,
+        tmp_path,
+        "my-payloadtags",
+        rules=[(r"delete clusterrolebinding", [forbidden])],
+    )
+    # The APIService is still applied and checked; the exit status says something is left to do.
+    assert run.result.returncode == 1
+    assert run.called(RAW)
+    assert "answers, but what earlier installs left could not all be" in run.result.stderr
 
 
 # --- scripts/uninstall -------------------------------------------------------------------------------
