@@ -514,14 +514,108 @@ def test_uninstall_takes_a_relative_overlay_from_the_callers_directory(
 ) -> None:
     run = _run("uninstall", own_repository, tmp_path, "my-payloadtags")
     assert run.result.returncode == 0, run.result.stderr
-    assert [words[:2] for _, words in run.calls] == [["delete", APISERVICE], ["delete", "-k"]]
-    assert _trees(run.calls, "delete") == [own_repository / "my-payloadtags"]
+    assert _rendered(run.calls) == [own_repository / "my-payloadtags"]
+    kinds = [o["kind"] for o in run.stdin_of(r"^delete -f -")]
+    assert kinds == [o["kind"] for o in _render(own_repository / "my-payloadtags")]
 
 
 def test_uninstall_default_is_the_checkouts_tree(tmp_path: Path) -> None:
     run = _run("uninstall", tmp_path, tmp_path)
     assert run.result.returncode == 0, run.result.stderr
-    assert _trees(run.calls, "delete") == [ROOT / "manifests" / "cert-manager"]
+    assert _rendered(run.calls) == [ROOT / "manifests" / "cert-manager"]
+
+
+def test_uninstall_ends_the_pods_before_anything_else_goes(own_repository: Path, tmp_path: Path) -> None:
+    # review fixmanifests N1: the server ran on while its RBAC went, and saw its own namespace deleted.
+    run = _run("uninstall", own_repository, tmp_path, "my-payloadtags")
+    assert run.result.returncode == 0, run.result.stderr
+    assert run.words()[1:] == [
+        f"delete {APISERVICE} --ignore-not-found --wait",
+        "-n payloadtags-system delete deployment/payloadtags --ignore-not-found --cascade=foreground --wait"
+        " --timeout=300s",
+        "api-resources --no-headers",
+        "delete -f - --ignore-not-found --wait",
+        "delete clusterrolebinding payloadtags:auth-delegator --ignore-not-found",
+    ]
+    stuck = _run(
+        "uninstall",
+        own_repository,
+        tmp_path,
+        "my-payloadtags",
+        rules=[(r"delete deployment", [("", "error: timed out waiting for the condition\n", 1)])],
+    )
+    assert stuck.result.returncode == 1
+    assert stuck.words()[-1].startswith("-n payloadtags-system delete deployment/payloadtags")
+    assert "the Deployment's pods did not end within 300s" in stuck.result.stderr
+
+
+def test_uninstall_skips_the_kinds_whose_crds_are_gone(own_repository: Path, tmp_path: Path) -> None:
+    # review fixmanifests L3: with cert-manager or the Prometheus Operator removed first, kubectl failed on
+    # their kinds ("no matches for kind") and uninstall exited 1, though nothing of them was left.
+    # The example overlay: cert-manager's certificates and the monitoring component's ServiceMonitor.
+    example = "manifests/examples/overlay"
+    run = _run("uninstall", own_repository, tmp_path, example, served=KUBERNETES)
+    assert run.result.returncode == 0, run.result.stderr
+    deleted = run.stdin_of(r"^delete -f -")
+    rendered = _render(own_repository / example)
+    gone = {"Certificate", "Issuer", "ServiceMonitor"}
+    assert [o for o in rendered if o["kind"] not in gone] == deleted
+    assert "the cluster no longer serves these kinds" in run.result.stderr
+    assert "  Certificate payloadtags-serving (cert-manager.io/v1)\n" in run.result.stderr
+    assert "  ServiceMonitor payloadtags (monitoring.coreos.com/v1)\n" in run.result.stderr
+    assert run.words()[-1] == "delete clusterrolebinding payloadtags:auth-delegator --ignore-not-found"
+
+
+def test_uninstall_takes_a_group_whose_discovery_failed_as_served(
+    own_repository: Path, tmp_path: Path
+) -> None:
+    # kubectl api-resources lists what it could and exits 1 naming the groups it could not list.
+    listing, _, _ = api_resources(KUBERNETES + CERT_MANAGER)
+    partial = (
+        listing,
+        "error: unable to retrieve the complete list of server APIs: monitoring.coreos.com/v1: the server is"
+        " currently unable to handle the request, metrics.k8s.io/v1beta1: stale GroupVersion discovery\n",
+        1,
+    )
+    example = "manifests/examples/overlay"
+    run = _run(
+        "uninstall",
+        own_repository,
+        tmp_path,
+        example,
+        served=KUBERNETES + CERT_MANAGER,
+        rules=[(r"^api-resources", [partial])],
+    )
+    assert run.result.returncode == 1  # kubectl's delete of the ServiceMonitor failed: not hidden
+    assert 'no matches for kind "ServiceMonitor" in version "monitoring.coreos.com/v1"' in run.result.stderr
+    deleted = [o["kind"] for o in run.stdin_of(r"^delete -f -")]
+    assert "ServiceMonitor" in deleted and "Certificate" in deleted
+
+
+def test_uninstall_still_fails_on_a_real_failure(own_repository: Path, tmp_path: Path) -> None:
+    forbidden = (
+        "",
+        "Error from server (Forbidden): roles.rbac.authorization.k8s.io"
+        ' "payloadtags:leader-election" is forbidden\n',
+        1,
+    )
+    run = _run(
+        "uninstall",
+        own_repository,
+        tmp_path,
+        "my-payloadtags",
+        served=KUBERNETES,
+        rules=[(r"^delete -f -", [forbidden])],
+    )
+    assert run.result.returncode == 1
+    assert "payloadtags is removed" not in run.result.stderr
+    unreachable = ("", "couldn't get current server API group list: connection refused\n", 1)
+    run = _run(
+        "uninstall", own_repository, tmp_path, "my-payloadtags", rules=[(r"^api-resources", [unreachable])]
+    )
+    assert run.result.returncode == 1
+    assert "connection refused" in run.result.stderr
+    assert not run.called(r"^delete -f -")
 
 
 def test_demo_says_what_it_installs_before_setup_runs(tmp_path: Path) -> None:
