@@ -108,8 +108,8 @@ CERT_MANAGER = [
 PROMETHEUS_OPERATOR = [("servicemonitors", "smon", "monitoring.coreos.com/v1", "true", "ServiceMonitor")]
 ResourceRow = tuple[str, str, str, str, str]
 
-CONDITION = r"^get apiservice/\S+ --request-timeout=10s -o jsonpath=.*\.status}"
-RAW = r"^get --raw /apis/payload-registry\.deckhouse\.io/v1alpha1 --request-timeout=10s$"
+CONDITION = r"^get apiservice/\S+ --request-timeout=\d+s -o jsonpath=.*\.status}"
+RAW = r"^get --raw /apis/payload-registry\.deckhouse\.io/v1alpha1 --request-timeout=\d+s$"
 RESOURCE_LIST = json.dumps(
     {
         "kind": "APIResourceList",
@@ -414,14 +414,57 @@ def test_install_polls_the_group_only_when_the_apiservice_is_available(
 
 
 def test_install_refuses_a_settle_not_shorter_than_timeout(own_repository: Path, tmp_path: Path) -> None:
-    for env in ({"TIMEOUT": "40s"}, {"TIMEOUT": "1m", "SETTLE": "1m"}, {"TIMEOUT": "5 minutes"}):
+    # kubectl refuses "90" (a Go duration needs its unit), so the script does too, before applying anything.
+    for env in (
+        {"TIMEOUT": "40s"},
+        {"TIMEOUT": "1m", "SETTLE": "1m"},
+        {"TIMEOUT": "5 minutes"},
+        {"TIMEOUT": "90"},
+    ):
         run = _run("install", own_repository, tmp_path, "my-payloadtags", env=env, settle=None)
         assert run.result.returncode == 1, env
         assert run.calls == [], env
         assert "nothing was applied" in run.result.stderr
-    run = _run("install", own_repository, tmp_path, "my-payloadtags", env={"TIMEOUT": "1m30s", "SETTLE": "4"})
+    run = _run(
+        "install", own_repository, tmp_path, "my-payloadtags", env={"TIMEOUT": "1m30s", "SETTLE": "4s"}
+    )
     assert run.result.returncode == 0, run.result.stderr
     assert run.elapsed == 4
+
+
+def test_install_takes_timeout_and_settle_as_kubectl_takes_durations(
+    own_repository: Path, tmp_path: Path
+) -> None:
+    # review r2fixmanifests N5: 1.5m, 500ms or 2m0.5s, which kubectl takes, were refused.
+    for timeout, settle, elapsed in (("1.5m", "500ms", 2), ("2m0.5s", "1.5s", 2), ("300s", ".1m", 6)):
+        run = _run(
+            "install", own_repository, tmp_path, "my-payloadtags", env={"TIMEOUT": timeout}, settle=settle
+        )
+        assert run.result.returncode == 0, run.result.stderr
+        assert run.elapsed == elapsed, (timeout, settle)
+        assert (
+            f"-n payloadtags-system rollout status deployment/payloadtags --timeout={timeout}" in run.words()
+        )
+
+
+def test_install_check_ends_about_timeout_after_it_began(own_repository: Path, tmp_path: Path) -> None:
+    # review r2fixmanifests N6: each call waited up to 10 s however little of TIMEOUT was left.
+    run = _run(
+        "install",
+        own_repository,
+        tmp_path,
+        "my-payloadtags",
+        rules=[(RAW, [UNAVAILABLE])],
+        env={"TIMEOUT": "13s"},
+    )
+    assert run.result.returncode == 1
+    waits = [
+        (run.times[i], int(re.findall(r"--request-timeout=(\d+)s", run.words()[i])[0]))
+        for i in run.called(r"--request-timeout=")
+    ]
+    assert waits[0] == (0, 10)
+    assert all(wait == max(1, min(10, 13 - time)) for time, wait in waits), waits
+    assert waits[-1] == (13, 1)
 
 
 def test_install_removes_the_auth_delegator_binding_once_the_new_server_runs(
@@ -430,15 +473,39 @@ def test_install_removes_the_auth_delegator_binding_once_the_new_server_runs(
     # review fixmanifests L1: earlier manifests bound the built-in system:auth-delegator.
     run = _run("install", own_repository, tmp_path, "my-payloadtags")
     assert run.result.returncode == 0, run.result.stderr
-    (rollout,) = run.called(r"rollout status")
     (removed,) = run.called(r"^delete clusterrolebinding payloadtags:auth-delegator --ignore-not-found$")
     (apiservice,) = run.called(r"^apply -k my-payloadtags/apiservice$")
-    assert rollout < removed < apiservice
+    assert apiservice < max(run.called(RAW)) < removed
     failed = _run(
         "install", own_repository, tmp_path, "my-payloadtags", rules=[(r"rollout status", [("", "", 1)])]
     )
     assert failed.result.returncode == 1
     assert not failed.called(r"^delete ")
+
+
+def test_install_deletes_nothing_of_earlier_installs_when_the_group_check_fails(
+    own_repository: Path, tmp_path: Path
+) -> None:
+    # review r2fixmanifests N1: the previous revision's registry ConfigMap was pruned before the check, so
+    # `kubectl rollout undo` after a failed install started pods that could not find it.
+    run = _run(
+        "install",
+        own_repository,
+        tmp_path,
+        "my-payloadtags",
+        rules=[
+            (
+                rf"^-n payloadtags-system get configmap -l {GENERATED_BY} ",
+                [("payloadtags-registry-prev", "", 0)],
+            ),
+            (RAW, [UNAVAILABLE]),
+        ],
+        env={"TIMEOUT": "10s"},
+    )
+    assert run.result.returncode == 1
+    assert [w for w in run.words() if w.startswith(("delete", "-n payloadtags-system delete"))] == [
+        f"delete {APISERVICE} --ignore-not-found"
+    ]
 
 
 def test_install_deletes_the_registry_configmaps_of_earlier_installs_only(
@@ -466,8 +533,7 @@ def test_install_deletes_the_registry_configmaps_of_earlier_installs_only(
     assert run.result.returncode == 0, run.result.stderr
     deleted = [w.split()[4] for w in run.words() if w.startswith("-n payloadtags-system delete configmap ")]
     assert deleted == ["payloadtags-registry-old1", "payloadtags-registry-old2"]
-    (rollout,) = run.called(r"rollout status")
-    assert min(run.called(r"delete configmap")) > rollout
+    assert min(run.called(r"delete configmap")) > max(run.called(RAW))
     assert "deleted the ConfigMap payloadtags-registry-old1" in run.result.stderr
 
 
@@ -597,14 +663,23 @@ def test_uninstall_deletes_an_object_of_a_served_version_that_is_not_the_preferr
         for version in ("v2", "v1")
     ]
     run = _run(
-        "uninstall", own_repository, tmp_path, "my-payloadtags", served=[*KUBERNETES, *CERT_MANAGER, *PROMETHEUS_OPERATOR, *autoscaling]
+        "uninstall",
+        own_repository,
+        tmp_path,
+        "my-payloadtags",
+        served=[*KUBERNETES, *CERT_MANAGER, *PROMETHEUS_OPERATOR, *autoscaling],
     )
     assert run.result.returncode == 0, run.result.stderr
     assert "no longer serves" not in run.result.stderr
     assert "HorizontalPodAutoscaler" in [o["kind"] for o in run.stdin_of(r"^delete -f -")]
     # A kind gone from a group whose preferred version is still served (one CRD of several removed).
-    run = _run("uninstall", own_repository, tmp_path, "manifests/examples/overlay",
-               served=[*KUBERNETES, *CERT_MANAGER[1:], *PROMETHEUS_OPERATOR])
+    run = _run(
+        "uninstall",
+        own_repository,
+        tmp_path,
+        "manifests/examples/overlay",
+        served=[*KUBERNETES, *CERT_MANAGER[1:], *PROMETHEUS_OPERATOR],
+    )
     assert run.result.returncode == 0, run.result.stderr
     assert "  Certificate payloadtags-serving (cert-manager.io/v1)\n" in run.result.stderr
     assert "Issuer" in [o["kind"] for o in run.stdin_of(r"^delete -f -")]
@@ -636,11 +711,21 @@ def test_uninstall_takes_a_group_whose_discovery_failed_as_served(
     assert "ServiceMonitor" in deleted and "Certificate" in deleted
     # review r2fixmanifests N4: a failed group is named exactly, not found inside another's name
     # (cert-manager.io/v1 in acme.cert-manager.io/v1, v1 in any .../v1).
-    acme = (api_resources(KUBERNETES + PROMETHEUS_OPERATOR)[0], "error: unable to retrieve the complete list of server APIs: acme.cert-manager.io/v1: the"
-            " server is currently unable to handle the request, custom.example.com/v1: stale GroupVersion"
-            " discovery\n", 1)
-    run = _run("uninstall", own_repository, tmp_path, example, served=KUBERNETES + PROMETHEUS_OPERATOR,
-               rules=[(r"^api-resources", [acme])])
+    acme = (
+        api_resources(KUBERNETES + PROMETHEUS_OPERATOR)[0],
+        "error: unable to retrieve the complete list of server APIs: acme.cert-manager.io/v1: the"
+        " server is currently unable to handle the request, custom.example.com/v1: stale GroupVersion"
+        " discovery\n",
+        1,
+    )
+    run = _run(
+        "uninstall",
+        own_repository,
+        tmp_path,
+        example,
+        served=KUBERNETES + PROMETHEUS_OPERATOR,
+        rules=[(r"^api-resources", [acme])],
+    )
     assert run.result.returncode == 0, run.result.stderr
     assert "  Certificate payloadtags-serving (cert-manager.io/v1)\n" in run.result.stderr
     assert "Certificate" not in [o["kind"] for o in run.stdin_of(r"^delete -f -")]
@@ -676,7 +761,9 @@ def test_uninstall_still_fails_on_a_real_failure(own_repository: Path, tmp_path:
         " dial tcp 127.0.0.1:6443: connect: connection refused\n",
         1,
     )
-    run = _run("uninstall", own_repository, tmp_path, "my-payloadtags", rules=[(r"^api-versions$", [unreachable])])
+    run = _run(
+        "uninstall", own_repository, tmp_path, "my-payloadtags", rules=[(r"^api-versions$", [unreachable])]
+    )
     assert run.result.returncode == 1
     assert "connect: connection refused" in run.result.stderr
     assert "did not list the cluster's API versions" in run.result.stderr
