@@ -42,6 +42,7 @@ from twisted.internet.threads import deferToThread
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))  # this tree's code, also where .venv is another tree's
 
 from tests.support import images  # noqa: E402
 from tests.support.cleanup_fixtures import RegistryProxy, fast_options  # noqa: E402

@@ -46,6 +46,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))  # this tree's code, also where .venv is another tree's
 
 from hostile import LIST, cpu_seconds, wait_ready  # noqa: E402 (bench/ is on sys.path: run as a script)
 from single_get import PROFILER  # noqa: E402
@@ -112,7 +113,8 @@ class Server:
     ):
         self.name = name
         port = free_port()
-        env = {**os.environ, "PYTHONPATH": str(Path(source).resolve())} if source else None
+        # This tree's src first on PYTHONPATH (also where .venv is another tree's), or ``source``'s.
+        env = {**os.environ, "PYTHONPATH": str(Path(source or ROOT / "src").resolve())}
         # CPU time, not wall time (see single_get.py).
         command = (
             [sys.executable, "-c", PROFILER, str(Path(profile).resolve())]

@@ -40,6 +40,7 @@ from twisted.web.http_headers import Headers
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))  # this tree's code, also where .venv is another tree's
 
 from tests.support import images  # noqa: E402
 from tests.support.interleaving import USER, Config, Replica, run_seed  # noqa: E402

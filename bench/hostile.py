@@ -67,6 +67,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))  # this tree's code, also where .venv is another tree's
 
 from tests.support import images  # noqa: E402
 from tests.support.harness import Pki  # noqa: E402
@@ -841,11 +842,10 @@ def print_summary(report: dict[str, Any]) -> None:
         print(f"leaks: {json.dumps(report['leaks'])}", flush=True)
 
 
-def _server_env(source: str | None) -> dict[str, str] | None:
-    """With --server-src, the server runs another tree's code (e.g. an older commit, for a before/after)."""
-    if not source:
-        return None
-    return {**os.environ, "PYTHONPATH": str(Path(source).resolve())}
+def _server_env(source: str | None) -> dict[str, str]:
+    """This tree's src first on PYTHONPATH (also where .venv is another tree's); with --server-src,
+    another tree's code (e.g. an older commit, for a before/after)."""
+    return {**os.environ, "PYTHONPATH": str(Path(source or ROOT / "src").resolve())}
 
 
 def _cpus(spec: str) -> set[int]:

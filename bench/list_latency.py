@@ -13,15 +13,17 @@ What it does (all on 127.0.0.1; everything it starts is stopped at the end, also
      - payloadtags Table:  the same with the Accept header ``kubectl get`` sends
      - direct (the baseline): catalog seek with ``last=bench`` + tags/list of each repository
      - direct threads: the same requests with http.client and 16 threads
-     - direct n=100: the baseline with a first catalog page of 100 names (a what-if)
+     - direct n=1000: the baseline with a first catalog page of 1,000 names (a what-if)
    checks that all of them see exactly the same 30 (repository, tag) pairs every time, and reads the
    server's peak RSS (VmHWM) and the CPU time of the server and the registry from /proc.
 
-The baseline uses treq on Twisted with a persistent connection pool, 16 requests in flight and
-1,000-name catalog pages: the same HTTP library, pool policy, concurrency and page size as payloadtags'
-own registry client. The ratio payloadtags/direct therefore measures what payloadtags adds (the HTTPS
-hop with a client certificate, authentication, building and rendering Kubernetes objects), not the
-difference between two HTTP stacks; the threads variant shows what that stack itself costs.
+The baseline uses treq on Twisted with a persistent connection pool, 16 requests in flight and the
+catalog pages payloadtags asks for a namespace (100 names first, then 4 times the last page, up to
+1,000: ``CatalogCursor`` in src/payloadtags/inventory.py): the same HTTP library, pool policy,
+concurrency and page sizes as payloadtags' own registry client. The ratio payloadtags/direct therefore
+measures what payloadtags adds (the HTTPS hop with a client certificate, authentication, building and
+rendering Kubernetes objects), not the difference between two HTTP stacks; the threads variant shows
+what that stack itself costs.
 
 With ``--index`` the server runs with ``--registry-events-token-file`` (the repository index): it fills
 the index from the catalog once at start, and after each scale's push the script POSTs the pushed names
@@ -70,6 +72,9 @@ from zope.interface import implementer
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# This tree's code, also where .venv is another tree's (a worktree's symlink): its editable install
+# would import that tree's src.
+sys.path.insert(0, str(ROOT / "src"))
 
 from tests.support.harness import Pki  # noqa: E402
 from tests.support.registry_server import RegistryServer, free_port  # noqa: E402
@@ -80,6 +85,18 @@ NAMESPACE_TAGS = ("1.0.0", "1.1.0", "latest")
 OTHER_TAG = "v1"
 CONCURRENCY = 16  # payloadtags' default --registry-concurrency
 CATALOG_PAGE = 1000  # payloadtags' Inventory.page_size
+# payloadtags' CatalogCursor.first_page_size: a namespace's catalog read starts with 100 names, and each
+# next page is 4 times the last, up to CATALOG_PAGE (src/payloadtags/inventory.py, `_next_size`).
+FIRST_CATALOG_PAGE = 100
+
+
+def catalog_page_size(first: int, pages: int) -> int:
+    """The size of the catalog page a namespace's read asks for after ``pages`` pages, as payloadtags'
+    CatalogCursor does."""
+    growth: int = 4**pages  # typeshed types int ** int as Any (a negative power is a float)
+    return min(CATALOG_PAGE, first * growth)
+
+
 REQUEST_TIMEOUT = 30.0
 GROUP_PATH = "/apis/payload-registry.deckhouse.io/v1alpha1"
 LIST_PATH = f"{GROUP_PATH}/namespaces/{NAMESPACE}/payloadrepositorytags"
@@ -352,18 +369,18 @@ class DirectClient:
         document, more = await self._json(f"/v2/_catalog?{query}")
         return document.get("repositories") or [], more
 
-    async def repositories(self, namespace: str, first_page: int = CATALOG_PAGE) -> list[str]:
-        prefix, last, found, page = namespace + "/", namespace, [], first_page
+    async def repositories(self, namespace: str, first_page: int = FIRST_CATALOG_PAGE) -> list[str]:
+        prefix, last, found, pages = namespace + "/", namespace, [], 0
         while True:
-            names, more = await self.catalog_page(last, page)
-            page = CATALOG_PAGE
+            names, more = await self.catalog_page(last, catalog_page_size(first_page, pages))
+            pages += 1
             inside, after = namespace_part(names, more, prefix)
             found.extend(inside)
             if after is None:
                 return found
             last = after
 
-    async def list(self, namespace: str = NAMESPACE, first_page: int = CATALOG_PAGE) -> Pairs:
+    async def list(self, namespace: str = NAMESPACE, first_page: int = FIRST_CATALOG_PAGE) -> Pairs:
         repositories = await self.repositories(namespace, first_page)
         semaphore = DeferredSemaphore(self._concurrency)
 
@@ -399,9 +416,12 @@ class DirectThreads:
         return sorted(self._json(f"/v2/{repository}/tags/list")[0].get("tags") or [])
 
     def list(self, namespace: str = NAMESPACE) -> Pairs:
-        prefix, last, repositories = namespace + "/", namespace, []
+        prefix, last, repositories, pages = namespace + "/", namespace, [], 0
         while True:
-            query = urllib.parse.urlencode({"n": str(CATALOG_PAGE), "last": last})
+            query = urllib.parse.urlencode(
+                {"n": str(catalog_page_size(FIRST_CATALOG_PAGE, pages)), "last": last}
+            )
+            pages += 1
             document, more = self._json(f"/v2/_catalog?{query}")
             inside, after = namespace_part(document.get("repositories") or [], more, prefix)
             repositories.extend(inside)
@@ -615,6 +635,14 @@ finally:
 """
 
 
+def server_environ(src: str | Path | None = None, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a bench's server runs in: ``src`` (another tree's ``src``, for a before/after),
+    by default this tree's, as PYTHONPATH, so that the server runs this tree's code even where .venv is
+    another tree's (a worktree's symlink, whose editable install points at that tree's src); and
+    ``environ`` on top."""
+    return {**os.environ, "PYTHONPATH": str(Path(src or ROOT / "src").resolve()), **(environ or {})}
+
+
 def start_server(
     work: Path,
     pki: Pki,
@@ -627,7 +655,8 @@ def start_server(
     launcher: str = PROFILER,
     environ: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """``server_src``: run another tree's server code (its src/ directory first on PYTHONPATH);
+    """This tree's server (its src first on PYTHONPATH: `server_environ`). ``server_src``: run another
+    tree's server code (its src/ directory first on PYTHONPATH);
     ``profile``: run the server (``launch="cli"``) under cProfile, its stats written there at its end
     (or under another ``launcher``: Python code given that path, then the server's arguments);
     ``environ``: more environment variables for the server (``PYTHONMALLOC``, say)."""
@@ -664,9 +693,7 @@ def start_server(
         command = [str(ROOT / ".venv" / "bin" / "python"), "-c", _SETTINGS_LAUNCHER, json.dumps(values)]
     log = (work / "payloadtags.log").open("wb")
     try:
-        env = {**os.environ, "PYTHONPATH": str(Path(server_src).resolve())} if server_src else None
-        if environ:
-            env = {**(env or os.environ), **environ}
+        env = server_environ(server_src, environ)
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, env=env
         )
@@ -724,8 +751,9 @@ async def run(
             "payloadtags table": lambda: payloadtags.list(table=True),
             "direct": direct.list,
             "direct threads": lambda: deferToThread(threads.list),
-            # What-if: the treq baseline with a first catalog page of 100 names instead of 1,000.
-            "direct n=100": lambda: direct.list(first_page=100),
+            # What-if: the treq baseline with a first catalog page of 1,000 names instead of the
+            # server's 100 (the baseline before 8 Dec 2026).
+            "direct n=1000": lambda: direct.list(first_page=CATALOG_PAGE),
         }
         pushed = 0
         for scale in args.scales:
@@ -787,7 +815,7 @@ def run_reactor(main: Callable[[Any], Coroutine[Any, Any, dict[str, Any]]]) -> d
 # --- the report ------------------------------------------------------------------------------------
 
 
-VARIANTS = ("payloadtags json", "payloadtags table", "direct", "direct threads", "direct n=100")
+VARIANTS = ("payloadtags json", "payloadtags table", "direct", "direct threads", "direct n=1000")
 
 
 def summarize(results: dict[str, Any]) -> str:
@@ -796,7 +824,7 @@ def summarize(results: dict[str, Any]) -> str:
         "Latency of one list of the 10-repository namespace (median / p90, ms):",
         "",
         "| other repos | reps | payloadtags JSON | payloadtags Table | direct (treq) | direct (threads) "
-        "| what-if: direct, first page n=100 | server VmHWM |",
+        "| what-if: direct, first page n=1000 | server VmHWM |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     med: dict[int, dict[str, float]] = {}

@@ -48,6 +48,7 @@ from twisted.internet.threads import deferToThread
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "src"))  # this tree's code, also where .venv is another tree's
 
 import arena_map  # noqa: E402
 from list_latency import GROUP_PATH, _get, report, run_with_registry, start_server, stop_process, wait_ready  # noqa: E402

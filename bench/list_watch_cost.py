@@ -33,6 +33,7 @@ from twisted.internet.threads import deferToThread
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "src"))  # this tree's code, also where .venv is another tree's
 
 from list_latency import GROUP_PATH, _get, run_reactor, start_server, stop_process, wait_ready  # noqa: E402
 from list_scale import (  # noqa: E402

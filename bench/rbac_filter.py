@@ -61,6 +61,7 @@ from twisted.web.client import Agent
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "src"))  # this tree's code, also where .venv is another tree's
 
 from list_latency import (  # noqa: E402
     CONCURRENCY,
@@ -74,6 +75,7 @@ from list_latency import (  # noqa: E402
     percentile,
     proc_status,
     run_with_registry,
+    server_environ,
     stop_process,
     wait_ready,
 )
@@ -445,7 +447,12 @@ def start_server(
     ]
     with log_file.open("wb") as log:
         process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            env=server_environ(),  # this tree's src first, also where .venv is another tree's
         )
     return Server(name, process, f"https://127.0.0.1:{port}", snapshot_file, log_file)
 

@@ -54,6 +54,7 @@ from twisted.web.client import Agent
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "src"))  # this tree's code, also where .venv is another tree's
 
 from list_latency import (  # noqa: E402
     GROUP_PATH,

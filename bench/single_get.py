@@ -54,6 +54,7 @@ from twisted.web.client import Agent
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "src"))  # this tree's code, also where .venv is another tree's
 
 from list_latency import (  # noqa: E402
     GROUP_PATH,
@@ -66,6 +67,7 @@ from list_latency import (  # noqa: E402
     percentile,
     report,
     run_with_registry,
+    server_environ,
     stop_process,
     wait_ready,
 )
@@ -269,9 +271,7 @@ def start_server(
     # CPU time, not wall time: on a busy machine wall time charges other processes' turns to
     # whichever call the server was in (a socket send, say).
     runner = [sys.executable, "-c", PROFILER, str(Path(profile).resolve())] if profile else []
-    env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())} if src else None
-    if environ:
-        env = {**(env or os.environ), **environ}
+    env = server_environ(src, environ)  # this tree's src first on PYTHONPATH, or ``src``
     log = (work / f"{name}.log").open("wb")
     try:
         process = subprocess.Popen(

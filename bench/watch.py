@@ -45,6 +45,7 @@ from twisted.web.http_headers import Headers
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
+sys.path.insert(0, str(BENCH.parent / "src"))  # this tree's code, also where .venv is another tree's
 
 import list_latency as ll  # noqa: E402
 from tests.support import images  # noqa: E402
@@ -81,7 +82,12 @@ def start_server(work: Path, pki: Pki, registry_url: str, port: int, *flags: str
     log = (work / f"payloadtags-{port}.log").open("ab")
     try:
         process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            env=ll.server_environ(),  # this tree's src first, also where .venv is another tree's
         )
     finally:
         log.close()
