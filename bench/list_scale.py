@@ -32,10 +32,16 @@ What it does (all on 127.0.0.1; everything it starts is stopped at the end, also
      resourceVersion parsed on its own; the floor's catalog pages and tags/list answers), so that
      neither side's figure is the bench's own JSON parsing on the same cores. Rounds alternate the
      four; the compared column gives the median ratio and the per-round range;
-   - ``/livez`` latency, polled every 10 ms by a separate process while one list is served;
-   - the server's peak RSS (VmHWM) and its RSS after the lists;
-   and reports growth exponents k (cost ~ tags^k) between sizes for wall, server CPU and peak RSS.
-   Every answer is checked against the tags written.
+   - ``/livez`` latency, polled every 10 ms by a separate process while one list is served (its
+     connection opened before, so that its own handshake is not counted);
+   - the server's peak RSS (VmHWM) during the namespace's single lists: reset (``clear_refs``) before
+     them, and the 50 identical and 10 concurrent lists of every size run after all sizes' single
+     lists, so a size's peak holds nothing of another's; and its RSS after the lists;
+   then ``/livez`` polled the same way while a watch of the largest namespace from no resourceVersion
+   sends its first events (one ADDED per tag; ``--no-watch`` skips it), and reports growth exponents k
+   (cost ~ tags^k) for wall, server CPU and peak RSS: the least-squares fit of log cost on log tags over
+   all sizes (with the range of the fits through each repetition's values), and between consecutive
+   sizes. Every answer is checked against the tags written.
 
 With ``--server-src DIR`` it measures only the unpaged JSON list and the 10 concurrent lists (answers
 compared), of two servers on the same registry: this tree's (after) and one run from DIR (before, e.g.
@@ -44,7 +50,7 @@ and round taking the floor, after and before in a rotating order. ``--profile FI
 server runs under cProfile, its stats written to FILE when it stops.
 
 Usage: .venv/bin/python bench/list_scale.py [--sizes 1000,10000[,100000]] [--one 10000] [--reps 5]
-       [--server-src DIR] [--profile FILE] [--settle SECONDS] [--json FILE]
+       [--no-watch] [--server-src DIR] [--profile FILE] [--settle SECONDS] [--json FILE]
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ import argparse
 import functools
 import gc
 import hashlib
+import http.client
 import itertools
 import json
 import math
@@ -60,6 +67,7 @@ import os
 import re
 import resource
 import shutil
+import ssl as ssl_module
 import statistics
 import subprocess
 import sys
@@ -82,9 +90,10 @@ from twisted.web.server import Request, Site
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "src"))  # this tree's code, also where .venv is another tree's
 
 from list_latency import (  # noqa: E402
-    CATALOG_PAGE,
+    FIRST_CATALOG_PAGE,
     GROUP_PATH,
     DirectClient,
     Filler,
@@ -92,6 +101,7 @@ from list_latency import (  # noqa: E402
     _get,
     _Policy,
     _pool,
+    catalog_page_size,
     cpu_seconds,
     measured,
     namespace_part,
@@ -368,10 +378,14 @@ class ComparingClient(DirectClient):
         self._pairs[namespace] = pairs
 
     async def list_compared(self, namespace: str, expected: Pairs, learning: bool = False) -> Pairs:
-        prefix, last, repositories, page = namespace + "/", namespace, [], CATALOG_PAGE
+        prefix, last, repositories, pages = namespace + "/", namespace, [], 0
         matched = True
         while True:
-            query = urllib.parse.urlencode({"n": str(page), "last": last})
+            # The catalog pages the server asks for (and the floor's own list: DirectClient).
+            query = urllib.parse.urlencode(
+                {"n": str(catalog_page_size(FIRST_CATALOG_PAGE, pages)), "last": last}
+            )
+            pages += 1
             document, more, same = await self._answer(f"/v2/_catalog?{query}", learning)
             matched = matched and same
             inside, after = namespace_part(document.get("repositories") or [], more, prefix)
@@ -466,6 +480,10 @@ stop = threading.Event()
 threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
 connection = http.client.HTTPSConnection(url_host, url_port, context=context, timeout=60)
 worst, times = 0.0, []
+# One /livez first, not counted: it opens the connection (TCP and TLS), which is the poller's own cost,
+# not the server's stall.
+connection.request("GET", "/livez")
+connection.getresponse().read()
 print("ready", flush=True)
 while not stop.is_set():
     started = time.perf_counter()
@@ -612,6 +630,17 @@ def spread(values: list[float]) -> str:
     return f"±{max(abs(v - m) for v in values) / m * 100:.0f}%"
 
 
+def reset_peak(pid: int) -> bool:
+    """Sets the process's VmHWM back to its VmRSS (``clear_refs`` 5, Linux 4.0 on), so that the peak read
+    next is of what it did since; False when the kernel does not allow it."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
 async def measure_layout(
     reactor: Any,
     layout: Layout,
@@ -622,13 +651,16 @@ async def measure_layout(
     pids: dict[str, int],
     ca_file: str,
     reps: int,
-    concurrent: bool = True,
     replay: Replay | None = None,
     replayed: Kubectl | None = None,
-    crowd: Server | None = None,
 ) -> dict[str, Any]:
+    """The single lists of one namespace: wall and CPU against the floor, kubectl, a walk, /livez, and
+    the server's peak RSS while they ran (its VmHWM reset before them)."""
     ns, expected = layout.namespace, layout.pairs()
-    crowd = crowd or server
+    # The peak from here on is this namespace's own single lists: the earlier sizes' concurrent lists
+    # run after every size's single lists (`measure_concurrent`), and the peak is reset here too.
+    rss_before = proc_status(pids["server"])
+    peak_reset = reset_peak(pids["server"])
     variants: dict[str, Callable[[], Awaitable[Pairs]]] = {
         "floor": lambda: floor.list(ns),
         "json": lambda: server.list(ns),
@@ -668,25 +700,38 @@ async def measure_layout(
         "json": await with_livez(reactor, server.url, ca_file, lambda: server.list(ns)),
         "table": await with_livez(reactor, server.url, ca_file, lambda: server.list(ns, table=True)),
     }
-    status = proc_status(pids["server"])  # peak so far: single lists only, in ascending sizes
+    status = proc_status(pids["server"])  # this namespace's single lists' peak (reset above)
 
-    # Registry requests: one list, one walk, 50 identical lists at once.
+    # Registry requests: one list, one walk.
     access.mark()
     await server.list(ns)
     one = access.counts()
     access.mark()
     await server.walk(ns)
     walk = access.counts()
-    if not concurrent:
-        return {
-            **described(layout, samples),
-            "kubectl_cpu": kubectl_cpu,
-            "kubectl_waits": waits,
-            "kubectl_pages": pages,
-            "registry_requests": {"one": one, "walk": walk},
-            "livez_stall": stalls,
-            "rss_kib": status,
-        }
+    return {
+        **described(layout, samples),
+        "kubectl_cpu": kubectl_cpu,
+        "kubectl_waits": waits,
+        "kubectl_pages": pages,
+        "registry_requests": {"one": one, "walk": walk},
+        "livez_stall": stalls,
+        "rss_kib": status,
+        "rss_kib_before": rss_before,
+        "peak_reset": peak_reset,
+    }
+
+
+async def measure_concurrent(
+    layout: Layout, server: Server, floor: Floor, access: AccessLog, crowd: Server
+) -> dict[str, Any]:
+    """50 identical lists at once (registry requests) and 10 concurrent lists against the floor's. Run
+    after every size's single lists, so that what they hold is in no size's peak RSS."""
+    ns, expected = layout.namespace, layout.pairs()
+    variants: dict[str, Callable[[], Awaitable[Pairs]]] = {
+        "floor": lambda: floor.list(ns),
+        "json": lambda: server.list(ns),
+    }
     # The 50 connections open and handshaken first, then the 50 lists sent in one reactor turn: they
     # reach the server together, as 50 clients' lists of the same moment would, and not spread over
     # the handshakes (which would measure those, not the sharing of reads).
@@ -727,17 +772,38 @@ async def measure_layout(
     floor_reparsed = floor.compared.parsed - parsed_before
 
     return {
-        **described(layout, samples),
-        "kubectl_cpu": kubectl_cpu,
-        "kubectl_waits": waits,
-        "kubectl_pages": pages,
-        "registry_requests": {"one": one, "walk": walk, "50 at once": same, "floor": floor_requests},
+        "registry_requests": {"50 at once": same, "floor": floor_requests},
         "50 at once errors": same_errors,
         "lists_per_second": rates,
         "floor_answers_reparsed": floor_reparsed,
-        "livez_stall": stalls,
-        "rss_kib": status,
     }
+
+
+def watch_initial(url: str, ca_file: str, cert: Path, key: Path, namespace: str, events: int) -> float:
+    """Watches ``namespace`` from no resourceVersion until its ``events`` ADDED events (one for each tag
+    there) have arrived; the seconds they took. Bounded: 600 s for the whole watch."""
+    parts = urllib.parse.urlsplit(url)
+    context = ssl_module.create_default_context(cafile=ca_file)
+    context.load_cert_chain(str(cert), str(key))
+    connection = http.client.HTTPSConnection(parts.hostname or "", parts.port, context=context, timeout=60)
+    started = time.perf_counter()
+    deadline = started + 600
+    try:
+        connection.request("GET", f"{GROUP_PATH}/namespaces/{namespace}/payloadrepositorytags?watch=true")
+        response = connection.getresponse()
+        if response.status != 200:
+            raise RuntimeError(f"the watch answered {response.status}: {response.read(300)!r}")
+        added = 0
+        while added < events:
+            line = response.readline()
+            if not line:
+                raise RuntimeError(f"the watch ended after {added} of {events} ADDED events")
+            added += line.startswith(b'{"type":"ADDED"')
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"the watch sent {added} of {events} ADDED events in 600 s")
+        return time.perf_counter() - started
+    finally:
+        connection.close()
 
 
 async def measure_coalescing(layout: Layout, server: Server, access: AccessLog, reps: int) -> dict[str, Any]:
@@ -907,6 +973,28 @@ def exponent(lo: tuple[int, float], hi: tuple[int, float]) -> float:
     return math.log(hi[1] / lo[1]) / math.log(hi[0] / lo[0])
 
 
+def fitted_k(points: list[tuple[int, float]]) -> float:
+    """The slope of the least-squares line through (log size, log cost): k in cost ~ size^k, fitted
+    over every size measured (nan with fewer than two sizes or a cost that is not positive)."""
+    if len({size for size, _ in points}) < 2 or any(cost <= 0 for _, cost in points):
+        return float("nan")
+    xs = [math.log(size) for size, _ in points]
+    ys = [math.log(cost) for _, cost in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+
+
+def fit_with_range(per_size: list[tuple[int, list[float]]]) -> tuple[float, float, float]:
+    """k fitted through every size's median, and the least and greatest k of the fits through each
+    repetition's values (repetition i of every size; the sizes' i-th samples were taken in the same
+    rotation), as the range the repetitions give."""
+    k = fitted_k([(size, med(values)) for size, values in per_size])
+    count = min(len(values) for _, values in per_size)
+    per_rep = [fitted_k([(size, values[i]) for size, values in per_size]) for i in range(count)]
+    per_rep = [x for x in per_rep if not math.isnan(x)]
+    return k, min(per_rep, default=float("nan")), max(per_rep, default=float("nan"))
+
+
 def summarize(results: dict[str, Any]) -> str:
     lines = [f"Machine: {results['machine']}", ""]
     lines += [
@@ -998,10 +1086,45 @@ def summarize(results: dict[str, Any]) -> str:
             else ""
         )
     )
+    if "watch" in results:
+        w = results["watch"]
+        lines.append(
+            f"A watch of {w['namespace']} from no resourceVersion: its {w['events']:,} ADDED events in "
+            f"{w['seconds']:.2f} s; longest /livez answer meanwhile {w['livez_stall']:.3f} s"
+        )
+    resets = [r.get("peak_reset") for r in results["layouts"]]
+    lines.append(
+        "Peak RSS per namespace: its single lists only (VmHWM reset before them: "
+        + ("yes" if all(resets) else "NO, the kernel refused clear_refs: peaks since start")
+        + "; the concurrent lists of every size run after all of them)"
+    )
     spread_layouts = [r for r in results["layouts"] if r["repositories"] == REPOSITORIES]
     if len(spread_layouts) > 1:
         lines.append("")
-        lines.append("Growth exponents k (cost ~ tags^k), 100-repository namespaces:")
+        sizes = ", ".join(f"{r['tags']:,}" for r in spread_layouts)
+        lines.append(
+            f"Growth exponents k (cost ~ tags^k), 100-repository namespaces. Reported: the least-squares "
+            f"fit of log cost on log tags over all sizes ({sizes}), through the medians; in brackets the "
+            "least and greatest k of the fits through each repetition's values. Peak RSS has one value "
+            "per size, so no range. Two sizes make the fit the pairwise figure."
+        )
+        idle = results["rss_kib_at_start"]["VmRSS"]
+        fits = []
+        for name in ("floor", "json", "table", "kubectl", "kubectl floor", "kubectl whole"):
+            if all(r["samples"].get(name) for r in spread_layouts):
+                k, low, high = fit_with_range(
+                    [(r["tags"], [c["wall"] for c in r["samples"][name]]) for r in spread_layouts]
+                )
+                fits.append(f"{name} wall {k:.2f} ({low:.2f} to {high:.2f})")
+        for name in ("json", "table", "walk"):
+            k, low, high = fit_with_range(
+                [(r["tags"], [c["server_cpu"] for c in r["samples"][name]]) for r in spread_layouts]
+            )
+            fits.append(f"{name} server CPU {k:.2f} ({low:.2f} to {high:.2f})")
+        rss_k = fitted_k([(r["tags"], r["rss_kib"]["VmHWM"] - idle) for r in spread_layouts])
+        fits.append(f"peak RSS above idle {rss_k:.2f}")
+        lines.append("- fit over all sizes: " + "; ".join(fits))
+        lines.append("Pairwise, between consecutive sizes (medians):")
 
         def k_of(lo: dict[str, Any], hi: dict[str, Any], name: str, attr: str) -> float:
             def m(r: dict[str, Any]) -> float:
@@ -1100,12 +1223,45 @@ async def run(
                     pids,
                     ca_file,
                     args.reps,
-                    concurrent=layout.tags <= args.concurrent_up_to,
                     replay=replay,
                     replayed=replayed,
-                    crowd=crowd,
                 )
             )
+        if not args.coalescing and not servers:
+            if args.watch and chosen:
+                # /livez while a watch of the largest namespace sends its first events (one ADDED a tag).
+                largest = max(chosen, key=lambda layout: layout.tags)
+                print(f"# a watch of {largest.namespace} from no resourceVersion, /livez polled", flush=True)
+                took: list[float] = []
+
+                async def watch() -> None:
+                    took.append(
+                        await deferToThread(
+                            watch_initial,
+                            url,
+                            ca_file,
+                            pki.admin.cert_file,
+                            pki.admin.key_file,
+                            largest.namespace,
+                            largest.tags,
+                        )
+                    )
+
+                stall = await with_livez(reactor, server.url, ca_file, watch)
+                results["watch"] = {
+                    "namespace": largest.namespace,
+                    "events": largest.tags,
+                    "seconds": took[0],
+                    "livez_stall": stall,
+                }
+            # After every size's single lists: what these lists hold is in no size's peak RSS.
+            for layout, measured_ in zip(chosen, results["layouts"], strict=True):
+                if layout.tags > args.concurrent_up_to:
+                    continue
+                print(f"# concurrent lists of {layout.namespace}", flush=True)
+                more = await measure_concurrent(layout, server, floor, access, crowd)
+                measured_["registry_requests"] |= more.pop("registry_requests")
+                measured_ |= more
         results["rss_kib_after"] = proc_status(process.pid)
         if args.settle:
             # Idle until the lists' caches have expired: what the server gives back afterwards.
@@ -1151,6 +1307,12 @@ def main(argv: list[str] | None = None) -> int:
         "of that tree's server (before) and this one's (after) alternated with the floor",
     )
     parser.add_argument("--profile", type=Path, help="run this tree's server under cProfile, stats there")
+    parser.add_argument(
+        "--no-watch",
+        dest="watch",
+        action="store_false",
+        help="skip the /livez poll during a watch's first events of the largest namespace",
+    )
     parser.add_argument(
         "--settle",
         type=float,
