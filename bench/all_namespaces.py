@@ -106,11 +106,15 @@ class Floor:
         self._http = HTTPClient(Agent(reactor, pool=self.pool))
 
     async def _json(self, path: str) -> dict[str, Any]:
-        code, _, body = await _get(self._http, self._reactor, self._base + path)
+        return (await self._json_link(path))[0]
+
+    async def _json_link(self, path: str) -> tuple[dict[str, Any], bool]:
+        """The JSON object at ``path``, and whether a Link header points at a next page."""
+        code, headers, body = await _get(self._http, self._reactor, self._base + path)
         if code != 200:
             raise RuntimeError(f"registry answered {code} to {path}: {body[:300]!r}")
         document: dict[str, Any] = json.loads(body)
-        return document
+        return document, bool(headers.getRawHeaders("link"))
 
     async def tags(self, repository: str) -> list[str]:
         tags: list[str] = (await self._json(f"/v2/{repository}/tags/list")).get("tags") or []
@@ -120,11 +124,12 @@ class Floor:
         repositories: list[str] = []
         query = {"n": str(CATALOG_PAGE)}
         while True:
-            names = (await self._json("/v2/_catalog?" + urllib.parse.urlencode(query))).get(
-                "repositories"
-            ) or []
+            # Ends where the registry's Link header does, as the server's catalog read does: a short page
+            # would read one more (empty) page when the names fill the last one exactly.
+            document, more = await self._json_link("/v2/_catalog?" + urllib.parse.urlencode(query))
+            names = document.get("repositories") or []
             repositories.extend(names)
-            if len(names) < CATALOG_PAGE:
+            if not more or not names:
                 break
             query["last"] = names[-1]
         semaphore = DeferredSemaphore(CONCURRENCY)

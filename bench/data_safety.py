@@ -14,7 +14,8 @@ Two parts, one run, one real ``docker-registry`` (distribution 2.8) on 127.0.0.1
    divided by the **direct delete floor** measured in the same run on a twin namespace of the same
    shape: a minimal client (treq, the same pool size and 4 requests in flight) that lists the tags,
    resolves them and DELETEs each distinct digest once, with no queue, no checks and nothing else
-   running. Repetitions interleave the two (floor first, then contended, alternating).
+   running. Repetitions interleave the two, alternating which goes first (the floor in the first,
+   the contended removal in the second, and so on).
 
 Usage: .venv/bin/python bench/data_safety.py [--seeds 20] [--tags 1000] [--reps 3] [--json out.json]
 """
@@ -52,6 +53,9 @@ from payloadtags.names import TagRef  # noqa: E402
 from payloadtags.registry import RegistryError  # noqa: E402
 
 REPOSITORIES = 10
+# A contended deletecollection is retried until it answers 200, for at most this long and this often.
+COLLECTION_SECONDS = 300.0
+COLLECTION_ATTEMPTS = 2000
 CONCURRENCY = 4
 
 
@@ -146,7 +150,10 @@ async def contended_delete(reactor: Any, url: str, namespace: str, live: str) ->
     counts: collections.Counter[str] = collections.Counter()
 
     async def collection(replica: Replica) -> None:
-        while True:
+        # Bounded in time and count: a removal that keeps failing is a finding, not something to wait for.
+        deadline, attempts = time.monotonic() + COLLECTION_SECONDS, 0
+        while time.monotonic() < deadline and attempts < COLLECTION_ATTEMPTS:
+            attempts += 1
             counts["deletecollection"] += 1
             try:
                 await replica.service.delete_collection(USER, namespace, list_options({}), DeleteOptions())
@@ -154,6 +161,10 @@ async def contended_delete(reactor: Any, url: str, namespace: str, live: str) ->
             except (ApiError, RegistryError):
                 counts["deletecollection-retried"] += 1
                 await task.deferLater(reactor, 0.05, lambda: None)
+        raise RuntimeError(
+            f"deletecollection of {namespace} did not answer 200 in {attempts} attempts "
+            f"({COLLECTION_SECONDS:.0f} s at most)"
+        )
 
     async def background() -> None:
         # Other clients push to a live namespace; a replica deletes single tags there.
@@ -250,10 +261,18 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
             twin, doomed, live = f"floor{rep}", f"doomed{rep}", f"live{rep}"
             made = await deferToThread(fill, url, twin, args.tags)
             await deferToThread(fill, url, doomed, args.tags)
-            floor.append(await direct_delete(reactor, url, twin))
-            assert await deferToThread(remaining, url, twin) == 0, "the floor left tags"
-            run = await contended_delete(reactor, url, doomed, live)
-            contended.append(run)
+
+            async def the_floor(twin: str = twin) -> None:
+                floor.append(await direct_delete(reactor, url, twin))
+                assert await deferToThread(remaining, url, twin) == 0, "the floor left tags"
+
+            async def the_contended(doomed: str = doomed, live: str = live) -> None:
+                contended.append(await contended_delete(reactor, url, doomed, live))
+
+            # Alternating which goes first, so that neither always has the registry's state after the other.
+            for measure in (the_floor, the_contended) if rep % 2 == 0 else (the_contended, the_floor):
+                await measure()
+            run = contended[-1]
             print(
                 f"rep {rep}: {made} tags: floor {floor[-1]:.2f}s, contended {run['seconds']:.2f}s "
                 f"(left {run['left']}, {run['counts']})",

@@ -57,6 +57,10 @@ from tests.support.harness import Pki  # noqa: E402
 
 from payloadtags.names import encode_name  # noqa: E402
 
+# How long a dump may take the server before the bench gives up (it also stops waiting when the server
+# exits).
+DUMP_SECONDS = 300.0
+
 # The server's launcher: payloadtags' own main, with a SIGUSR1 handler that writes the dump named
 # by a counter into the directory given first.
 LAUNCHER = r"""
@@ -140,7 +144,17 @@ def start(
 async def dump(reactor: Any, process: Any, dumps: Path, count: int) -> dict[str, Any]:
     process.send_signal(signal.SIGUSR1)
     target = dumps / f"{count}.json"
+    deadline = time.monotonic() + DUMP_SECONDS
     while not target.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(
+                f"no dump {target.name} from the server: "
+                + (
+                    f"it exited ({process.returncode})"
+                    if process.returncode is not None
+                    else f"{DUMP_SECONDS:.0f} s"
+                )
+            )
         await deferLater(reactor, 0.2, lambda: None)
     data: dict[str, Any] = json.loads(target.read_text())
     data["malloc"] = (dumps / f"{count}.malloc").read_text()
