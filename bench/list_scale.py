@@ -24,7 +24,8 @@ What it does (all on 127.0.0.1; everything it starts is stopped at the end, also
      (the whole list in one request, which that limit never delays), against the same two floors;
    - a paginated JSON walk with ``limit=500``: server CPU against one unpaged list, and the registry
      requests of the walk (``tags/list`` requests per repository, catalog requests);
-   - 50 identical lists at once: registry requests against one list's;
+   - 50 identical lists at once: registry requests against one list's (the namespace's own, counted
+     from the access log; other namespaces' requests in the same window are reported apart);
    - 10 concurrent lists: lists per second against the floor's 10 concurrent lists, twice: with
      every answer parsed in the bench process (``every answer parsed``), and with each answer compared
      byte for byte with a reference answer that was parsed and checked against the tags written, and
@@ -37,11 +38,13 @@ What it does (all on 127.0.0.1; everything it starts is stopped at the end, also
    - the server's peak RSS (VmHWM) during the namespace's single lists: reset (``clear_refs``) before
      them, and the 50 identical and 10 concurrent lists of every size run after all sizes' single
      lists, so a size's peak holds nothing of another's; and its RSS after the lists;
-   then ``/livez`` polled the same way while a watch of the largest namespace from no resourceVersion
-   sends its first events (one ADDED per tag; ``--no-watch`` skips it), and reports growth exponents k
-   (cost ~ tags^k) for wall, server CPU and peak RSS: the least-squares fit of log cost on log tags over
-   all sizes (with the range of the fits through each repetition's values), and between consecutive
-   sizes. Every answer is checked against the tags written.
+   then, after every size's concurrent lists (the watched namespace's source, kept 120 s after the
+   watch, reads that namespace again every 30 s), ``/livez`` polled the same way while a watch of the
+   largest namespace from no resourceVersion sends its first events (one ADDED per tag; ``--no-watch``
+   skips it), and reports growth exponents k (cost ~ tags^k) for wall, server CPU and peak RSS: the
+   least-squares fit of log cost on log tags over all sizes (with the range of the fits through each
+   repetition's values), and between consecutive sizes. Every answer is checked against the tags
+   written.
 
 With ``--server-src DIR`` it measures only the unpaged JSON list and the 10 concurrent lists (answers
 compared), of two servers on the same registry: this tree's (after) and one run from DIR (before, e.g.
@@ -445,6 +448,19 @@ def share_discovery(kubectl: Kubectl, server_url: str, replayed: Kubectl, replay
         shutil.copytree(source, target)
 
 
+_REQUEST_PATH = re.compile(r'"GET (/v2/\S*) HTTP/')
+
+
+def _namespace_of(path: str) -> str:
+    """The namespace a registry request reads: a catalog page's ``last`` (``<ns>`` for its first page,
+    ``<ns>/<path>`` for the next ones), else the repository's first component."""
+    parts = urllib.parse.urlsplit(path)
+    if parts.path == "/v2/_catalog":
+        last = urllib.parse.parse_qs(parts.query).get("last", [""])[0]
+        return last.split("/", 1)[0]
+    return parts.path.removeprefix("/v2/").split("/", 1)[0]
+
+
 class AccessLog:
     """Counts the registry's requests from its access log, between two marks."""
 
@@ -455,21 +471,31 @@ class AccessLog:
     def mark(self) -> None:
         self._offset = self._path.stat().st_size
 
-    def counts(self) -> dict[str, int]:
+    def counts(self, namespace: str | None = None) -> dict[str, int]:
+        """The GETs since the mark. With ``namespace``: only that namespace's (its catalog pages and
+        repositories), the others' counted apart as "other namespaces": the server's own reads of
+        other scopes that fall in the window (a watched scope's resync every 30 s) are not the
+        requests of the lists measured."""
         with self._path.open("rb") as f:
             f.seek(self._offset)
             text = f.read().decode(errors="replace")
-        tags = catalog = other = 0
+        tags = catalog = other = foreign = 0
         for line in text.splitlines():
             if '"GET /v2/' not in line:
                 continue
-            if "/tags/list" in line:
+            found = _REQUEST_PATH.search(line)
+            if namespace is not None and found and _namespace_of(found.group(1)) != namespace:
+                foreign += 1
+            elif "/tags/list" in line:
                 tags += 1
             elif "/_catalog" in line:
                 catalog += 1
             else:
                 other += 1
-        return {"tags/list": tags, "catalog": catalog, "other": other}
+        counted = {"tags/list": tags, "catalog": catalog, "other": other}
+        if namespace is not None:
+            counted["other namespaces"] = foreign
+        return counted
 
 
 LIVEZ_POLLER = r"""
@@ -705,10 +731,10 @@ async def measure_layout(
     # Registry requests: one list, one walk.
     access.mark()
     await server.list(ns)
-    one = access.counts()
+    one = access.counts(ns)
     access.mark()
     await server.walk(ns)
-    walk = access.counts()
+    walk = access.counts(ns)
     return {
         **described(layout, samples),
         "kubectl_cpu": kubectl_cpu,
@@ -743,13 +769,13 @@ async def measure_concurrent(
     )
     if any(r != expected for r in outcomes if not isinstance(r, str)):
         raise RuntimeError("a concurrent list saw different tags")
-    same = access.counts()
+    same = access.counts(ns)
     same["new connections"] = crowd.tls.connections - handshakes
     same_errors = sorted({r for r in outcomes if isinstance(r, str)})
     same["failed lists"] = sum(isinstance(r, str) for r in outcomes)
     access.mark()
     await floor.list(ns)
-    floor_requests = access.counts()
+    floor_requests = access.counts(ns)
 
     # Throughput: 10 lists at once, payloadtags and the floor, alternating; once with every answer
     # parsed in this process, once with answers compared with a checked reference (parsed only when
@@ -814,7 +840,7 @@ async def measure_coalescing(layout: Layout, server: Server, access: AccessLog, 
         raise RuntimeError(f"a list of {ns} saw different tags")
     access.mark()
     await server.list(ns)
-    one = access.counts()
+    one = access.counts(ns)
     runs = []
     for _ in range(reps):
         await server.open_connections(CONCURRENT_SAME)
@@ -825,7 +851,7 @@ async def measure_coalescing(layout: Layout, server: Server, access: AccessLog, 
         )
         if any(r != expected for r in outcomes):
             raise RuntimeError(f"a concurrent list failed or saw different tags: {outcomes[:3]!r}")
-        same = access.counts()
+        same = access.counts(ns)
         same["new connections"] = server.tls.connections - handshakes
         runs.append(same)
     return {
@@ -948,8 +974,8 @@ def summarize_coalescing(results: dict[str, Any]) -> str:
         "50 identical lists at once over 50 open connections: registry requests (tags/list + catalog)",
         "",
         "| namespace | tags | repos | one list | 50 lists, each run | / one list, each run "
-        "| new connections |",
-        "|---|---:|---:|---:|---|---|---:|",
+        "| new connections | other namespaces' requests meanwhile (not counted), each run |",
+        "|---|---:|---:|---:|---|---|---:|---|",
     ]
     for r in results["layouts"]:
         one = r["registry_requests"]["one"]
@@ -960,7 +986,8 @@ def summarize_coalescing(results: dict[str, Any]) -> str:
         lines.append(
             f"| {r['namespace']} | {r['tags']:,} | {r['repositories']} "
             f"| {one['tags/list']} + {one['catalog']} | {', '.join(totals)} | {', '.join(ratios)} "
-            f"| {sum(x['new connections'] for x in runs)} |"
+            f"| {sum(x['new connections'] for x in runs)} "
+            f"| {', '.join(str(x.get('other namespaces', '-')) for x in runs)} |"
         )
     lines.append("")
     lines.append(f"Fill: {results['fill_seconds']:.1f}s; total {results['total_seconds']:.0f}s")
@@ -1027,6 +1054,8 @@ def summarize(results: dict[str, Any]) -> str:
             failed = req["50 at once"]["failed lists"]
             same = f"{same_total / one_total:.2f}" + (f" ({failed} failed)" if failed else "")
             same += f" ({req['50 at once'].get('new connections', 0)} new connections)"
+            if req["50 at once"].get("other namespaces"):
+                same += f" (+{req['50 at once']['other namespaces']} of other namespaces, not counted)"
             rates = r["lists_per_second"]
             parsed = f"{med(rates['json']) / med(rates['floor']):.2f}"
             if "json compared" in rates:
@@ -1228,6 +1257,17 @@ async def run(
                 )
             )
         if not args.coalescing and not servers:
+            # After every size's single lists: what these lists hold is in no size's peak RSS. Before
+            # the watch: its scope's source, kept 120 s after it, resyncs that namespace every 30 s,
+            # which would add its reads to a window of 50 lists (53x one list's for one1000, 8 Dec)
+            # and its CPU to the throughput rounds.
+            for layout, measured_ in zip(chosen, results["layouts"], strict=True):
+                if layout.tags > args.concurrent_up_to:
+                    continue
+                print(f"# concurrent lists of {layout.namespace}", flush=True)
+                more = await measure_concurrent(layout, server, floor, access, crowd)
+                measured_["registry_requests"] |= more.pop("registry_requests")
+                measured_ |= more
             if args.watch and chosen:
                 # /livez while a watch of the largest namespace sends its first events (one ADDED a tag).
                 largest = max(chosen, key=lambda layout: layout.tags)
@@ -1254,14 +1294,6 @@ async def run(
                     "seconds": took[0],
                     "livez_stall": stall,
                 }
-            # After every size's single lists: what these lists hold is in no size's peak RSS.
-            for layout, measured_ in zip(chosen, results["layouts"], strict=True):
-                if layout.tags > args.concurrent_up_to:
-                    continue
-                print(f"# concurrent lists of {layout.namespace}", flush=True)
-                more = await measure_concurrent(layout, server, floor, access, crowd)
-                measured_["registry_requests"] |= more.pop("registry_requests")
-                measured_ |= more
         results["rss_kib_after"] = proc_status(process.pid)
         if args.settle:
             # Idle until the lists' caches have expired: what the server gives back afterwards.
