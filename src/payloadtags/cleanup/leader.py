@@ -12,7 +12,11 @@ leading (its work is stopped before anything else), and becomes a candidate agai
 other replica may take over. On a clean shutdown the leader stops its work, waits for what must end
 before another replica leads (`before_release`: the deletes the process carries on), renewing the
 Lease meanwhile, then releases it (empty holder, 1 s duration) so that another replica takes over at
-its next try, not after expiry.
+its next try, not after expiry. A replica whose write of the Lease (an acquire or a renew) went
+unanswered, cut by the stop or by its deadline, may hold the Lease without knowing it (the API
+server may carry a write out after its client stopped waiting): its stop reads the Lease again and
+releases it if it is this replica's, leading or not; a write carried out after that read is not
+seen, and the Lease then lapses as after a crash.
 
 These intervals are measured on a monotonic clock, as client-go does: the reactor's clock is the wall
 clock, which NTP may step. A step back delays every reactor timer, the renew loop's included, so
@@ -187,6 +191,10 @@ class LeaderElector:
         # (an update replaces the whole object, and labels, annotations, ownerReferences or newer
         # spec fields set by others must survive it), and its resourceVersion guards the write.
         self._lease: dict[str, Any] | None = None
+        # Whether a create or update of the Lease went out and got no answer that says it was not
+        # carried out (cut by a stop or a deadline, a transport failure, a 5xx): the API may have
+        # carried it out, so this replica may hold the Lease whatever it last saw (`_release`).
+        self._unanswered = False
         # Whether the last update was refused with 409: a single lost race is quiet, a second in a
         # row (another writer keeps changing the Lease) is a failure, warned about as others are.
         self._conflicted = False
@@ -257,25 +265,25 @@ class LeaderElector:
         task, self._task = self._task, None
         if task is not None:
             await self._cancel(task)
-        if not self._leading:
-            return
-        if not release or self._before_release is None:
+        if self._leading and release and self._before_release is not None:
+            # Until `before_release` has ended this replica may still write to a namespace the next
+            # leader would clean, and a Lease not renewed lapses after the lease duration: renewed
+            # as while leading, and lost as then if no renew succeeds within the renew deadline.
+            holding = Deferred.fromCoroutine(self._hold())
+            holding.addErrback(self._crashed)
+            try:
+                await self._stop_leading("shutting down")
+                await self._before_release()
+            finally:
+                held = not holding.called
+                await self._cancel(holding)
+            if not held and not self._unanswered:
+                return  # lost (said): no renew reached the API within the renew deadline
+        else:
             await self._stop_leading("shutting down")
-            if release:
-                await self._release()
-            return
-        # Until `before_release` has ended this replica may still write to a namespace the next
-        # leader would clean, and a Lease not renewed lapses after the lease duration: renewed as
-        # while leading, and lost as then if no renew succeeds within the renew deadline.
-        holding = Deferred.fromCoroutine(self._hold())
-        holding.addErrback(self._crashed)
-        try:
-            await self._stop_leading("shutting down")
-            await self._before_release()
-        finally:
-            held = not holding.called
-            await self._cancel(holding)
-        if held:
+        if release:
+            # Also when not leading: a candidate's acquire cut by this stop, or a renew that came
+            # back past the renew deadline, may have left the Lease this replica's.
             await self._release()
 
     async def _cancel(self, task: Deferred[Any]) -> None:
@@ -437,7 +445,7 @@ class LeaderElector:
                 "spec": wanted.spec(),
             }
             sent = self._monotonic()
-            created = await self._client.create(options.collection_path, body)
+            created = await self._written(self._client.create(options.collection_path, body))
             self._observe(created, self._monotonic())
             return sent
         raw_spec = lease.get("spec") or {}
@@ -461,7 +469,7 @@ class LeaderElector:
         update = {**lease, "spec": {**raw_spec, **wanted.spec()}}
         sent = self._monotonic()
         try:
-            updated = await self._client.update(options.lease_path, update)
+            updated = await self._written(self._client.update(options.lease_path, update))
         except KubeApiError as e:
             if e.code == 409:
                 conflicted, self._conflicted = self._conflicted, True
@@ -471,6 +479,21 @@ class LeaderElector:
         self._conflicted = False
         self._observe(updated, self._monotonic())
         return sent
+
+    async def _written(self, write: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+        """A create or update of the Lease, noted as `_unanswered` until the API answers it: with the
+        Lease written, or with an error that says it was not written (a 4xx: a conflict, a refusal).
+        Cut by a stop or a deadline, failed on the way, or answered 5xx (the API server's own
+        timeout included), it may still be carried out."""
+        self._unanswered = True
+        try:
+            written = await write
+        except KubeApiError as e:
+            if e.code < 500:
+                self._unanswered = False
+            raise
+        self._unanswered = False
+        return written
 
     def _observe(self, lease: dict[str, Any], now: float) -> None:
         self._observed_raw = lease.get("spec") or {}
@@ -486,39 +509,57 @@ class LeaderElector:
                 self._on_new_leader(holder)
 
     async def _release(self) -> None:
-        """Give the Lease up at once (client-go's ReleaseOnCancel)."""
+        """Give the Lease up at once (client-go's ReleaseOnCancel), if this replica may hold it: it
+        last saw itself the holder, or a write of it went unanswered (`_unanswered`: the Lease is
+        then read again first, as what was last seen may be stale or another replica's). Bounded
+        by the renew deadline; never the Lease of another holder (the write is conditional on the
+        resourceVersion of the Lease that showed this replica the holder)."""
         options = self.options
-        if self._observed is None or self._observed.holder != options.identity:
+        seen_mine = self._observed is not None and self._observed.holder == options.identity
+        if not seen_mine and not self._unanswered:
             return
+        release = self._release_once_more_on_conflict(read_first=self._unanswered)
         try:
-            updated = await self._bounded(self._release_once_more_on_conflict(), options.renew_deadline)
+            updated = await self._bounded(release, options.renew_deadline)
         except (KubeError, DeadlineExpired) as e:
             log.warn("Leader election: could not release the lease: {error}", error=e)
             return
         if updated is None:
             return
+        self._unanswered = False
         self._observe(updated, self._monotonic())
         log.info("Leader election: {identity} released the lease", identity=options.identity)
 
-    async def _release_once_more_on_conflict(self) -> dict[str, Any] | None:
-        """The release write; on 409, once more on the Lease read again if this replica still holds
-        it: a renew the API applied but whose answer was lost leaves a stale resourceVersion, and
-        the next leader would otherwise wait for the Lease to expire. None: another holder now."""
+    async def _release_once_more_on_conflict(self, *, read_first: bool) -> dict[str, Any] | None:
+        """The release write, on the last Lease seen or (`read_first`) on the Lease read again; on
+        409, once more on the Lease read again: a renew the API applied but whose answer was lost or
+        came after a stop cut it leaves a stale resourceVersion, and the next leader would otherwise
+        wait for the Lease to expire. None: the Lease is another holder's, or there is none."""
         try:
+            if read_first:
+                return await self._release_read_again()
             return await self._client.update(self.options.lease_path, self._released(self._lease))
         except KubeApiError as e:
             if e.code != 409:
                 raise
-        lease = await self._client.get(self.options.lease_path)
+        return await self._release_read_again()
+
+    async def _release_read_again(self) -> dict[str, Any] | None:
+        try:
+            lease = await self._client.get(self.options.lease_path)
+        except KubeApiError as e:
+            if e.code == 404:
+                return None  # a create cut by the stop that the API did not carry out (yet)
+            raise
         if LeaderRecord.from_lease(lease).holder != self.options.identity:
             return None
         return await self._client.update(self.options.lease_path, self._released(lease))
 
     def _released(self, lease: dict[str, Any] | None) -> dict[str, Any]:
         """The Lease given up (empty holder, duration 1 s), built on `lease` as a renew is."""
-        assert lease is not None and self._observed is not None
+        assert lease is not None
         stamp = _micro_time(self._clock.seconds())
-        released = LeaderRecord("", 1, stamp, stamp, self._observed.transitions)
+        released = LeaderRecord("", 1, stamp, stamp, LeaderRecord.from_lease(lease).transitions)
         return {**lease, "spec": {**(lease.get("spec") or {}), **released.spec()}}
 
     async def _bounded(self, work: Awaitable[T], seconds: float) -> T:
