@@ -726,3 +726,91 @@ def test_a_single_lost_race_on_the_lease_is_not_warned_about() -> None:
     assert a.leads and a.events == ["started"]
     assert _election_lines(events, LogLevel.warn) == []
     a.stop()
+
+
+def _taken_over(api: FakeLeases, holder: str) -> None:
+    """Another writer puts `holder` on the Lease (another replica that took it over, an operator)."""
+    assert api.lease is not None
+    lease = copy.deepcopy(api.lease)
+    lease["spec"]["holderIdentity"] = holder
+    api.rv += 1
+    lease["metadata"]["resourceVersion"] = str(api.rv)
+    api.lease = lease
+
+
+@pytest.mark.parametrize(
+    ("holder", "why"), [("b", "the lease is now held by b"), ("", "the lease was released")]
+)
+def test_a_leader_whose_renew_reads_the_lease_not_its_own_stops_leading_at_once(
+    holder: str, why: str
+) -> None:
+    """client-go's leader goes on until its renew deadline when its renew reads another holder; the
+    cleanup's writes are fenced by the leadership check only, so it stops at that read (leasestop2)."""
+    clock, api = Clock(), FakeLeases()
+    a = Candidate(api, clock, "a")
+    a.elector.start()
+    advance(clock, 4.1)
+    assert a.leads
+    writes = len(api.writes)
+    _taken_over(api, holder)
+    stopped: list[bool] = []
+    a.elector._on_stopped = lambda: stopped.append(a.leads)
+    with collected_logs() as events:
+        advance(clock, 2.0)  # a's next renew reads the Lease
+    assert stopped == [False]  # its work is stopped, `is_leader` said no already
+    assert f"Leader election: a stops leading: {why}" in _election_lines(events, LogLevel.info)
+    if holder:
+        assert not a.leads and len(api.writes) == writes  # another's Lease is not written over
+        a.stop()
+        assert api.spec["holderIdentity"] == "b"  # nor released
+    else:
+        # A Lease without a holder is anyone's: a candidate again, a takes it at once, a new term
+        # (its work starts over) won by a conditional write as any.
+        assert a.leads and a.events == ["started", "started"]
+        assert api.spec["holderIdentity"] == "a" and api.spec["leaseTransitions"] == 1
+        a.stop()
+
+
+def test_a_leader_whose_renew_finds_the_lease_deleted_stops_leading_at_once() -> None:
+    clock, api = Clock(), FakeLeases()
+    a = Candidate(api, clock, "a")
+    a.elector.start()
+    advance(clock, 4.1)
+    api.lease = None  # deleted: another replica may create it at its next try
+    with collected_logs() as events:
+        advance(clock, 2.0)
+    # Stopped, then, a candidate again, it creates the Lease anew at once: a new term.
+    assert a.events == ["started", "stopped", "started"] and a.leads
+    assert "Leader election: a stops leading: the lease was deleted" in _election_lines(events, LogLevel.info)
+    a.stop()
+
+
+def test_a_leader_that_renews_while_stopping_gives_up_when_the_lease_is_taken() -> None:
+    """While a stop holds the Lease for what must end first (`before_release`), a renew that reads
+    another holder ends the hold: lost, said, and not released."""
+    clock, api = Clock(), FakeLeases()
+    ending: Deferred[None] = Deferred()
+    elector = LeaderElector(
+        api,
+        clock,
+        LeaderElectionOptions(identity="a"),
+        on_started_leading=lambda: None,
+        on_stopped_leading=lambda: None,
+        rng=random.Random(0),
+        monotonic=clock.seconds,
+        before_release=lambda: ending,
+    )
+    elector.start()
+    advance(clock, 1.0)
+    done: list[object] = []
+    with collected_logs() as events:
+        Deferred.fromCoroutine(elector.stop()).addBoth(done.append)
+        advance(clock, 2.1)  # one renew while stopping
+        assert api.spec["holderIdentity"] == "a"
+        _taken_over(api, "b")
+        advance(clock, 2.1)
+        ending.callback(None)
+    assert done == [None]
+    lost = _election_lines(events, LogLevel.warn)
+    assert len(lost) == 1 and "a lost the lease while stopping: the lease is now held by b" in lost[0], lost
+    assert api.spec["holderIdentity"] == "b"

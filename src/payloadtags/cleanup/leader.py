@@ -7,7 +7,10 @@ holder's ``renewTime``, so clock skew between nodes does not matter). Writes are
 resourceVersion, so of two candidates racing only one wins (the other gets 409 Conflict).
 
 The leader renews every ``retry_period``; when it could not renew for ``renew_deadline`` it stops
-leading (its work is stopped before anything else), and becomes a candidate again. As
+leading (its work is stopped before anything else), and becomes a candidate again. Unlike client-go's
+leader, which goes on until its renew deadline, it stops at once when a renew's read shows the Lease
+not its own (another holder, no holder, or no Lease): the writes of its work are fenced only by the
+leadership check, and another replica may lead already. As
 ``renew_deadline < lease_duration``, a leader that cannot reach the API stops its work before any
 other replica may take over. On a clean shutdown the leader stops its work, waits for what must end
 before another replica leads (`before_release`: the deletes the process carries on), renewing the
@@ -207,6 +210,9 @@ class LeaderElector:
         self._stopping = False
         self._cancelling = False  # `stop` is cancelling the loop or the hold
         self._reported_leader: str | None = None
+        # Why a renew's read showed the Lease not this replica's (another holder, none, no Lease):
+        # the term is over at once, not at its renew deadline (`is_leader`, `_renew`).
+        self._taken: str | None = None
         # Failed attempts since the last that reached the API, what failed last, and whether this run
         # of failures was warned about.
         self._failures = 0
@@ -225,7 +231,7 @@ class LeaderElector:
         """True between `on_started_leading` and `on_stopped_leading`, and only while the last
         successful renew is younger than the renew deadline: a renew loop whose timer is late (the
         wall clock stepped back) must not leave a leader that another replica may already replace."""
-        return self._leading and self._current(self._last_renew)
+        return self._leading and self._taken is None and self._current(self._last_renew)
 
     def _current(self, renewed: float) -> bool:
         """Whether a renew whose write was sent at `renewed` (monotonic) still holds."""
@@ -294,16 +300,18 @@ class LeaderElector:
             self._cancelling = False
 
     async def _hold(self) -> None:
-        """Renews the Lease without leading, until cancelled or no renew succeeded within the renew
-        deadline (the Lease is then lost: said, and `stop` does not release it)."""
-        while await self._renew():
+        """Renews the Lease without leading, until cancelled, or until no renew succeeded within the
+        renew deadline or a renew's read shows the Lease not this replica's (the Lease is then lost:
+        said, and `stop` does not release it)."""
+        self._taken = None
+        while (lost := await self._renew()) is None:
             pass
+        deadline = self.options.renew_deadline
         log.warn(
-            "Leader election: {identity} lost the lease while stopping: could not renew it for "
-            "{deadline:g}s; another replica may lead (and clean namespaces) before the deletes this one "
-            "carries on have ended",
+            "Leader election: {identity} lost the lease while stopping: {why}; another replica may "
+            "lead (and clean namespaces) before the deletes this one carries on have ended",
             identity=self.options.identity,
-            deadline=self.options.renew_deadline,
+            why=lost if self._taken is not None else f"could not renew it for {deadline:g}s",
         )
 
     def _crashed(self, failure: Any) -> None:
@@ -322,6 +330,7 @@ class LeaderElector:
                     break
                 await deferLater(self._clock, options.retry_period * (1 + JITTER_FACTOR * self._rng.random()))
             self._leading = True
+            self._taken = None
             self._last_renew = sent
             self.metrics.is_leader = 1
             self.metrics.leader_acquisitions_total += 1
@@ -332,26 +341,31 @@ class LeaderElector:
                 name=options.lease_name,
             )
             await _maybe_await(self._on_started())
-            # Leader: renew every retry period; give up after renew_deadline without success.
+            # Leader: renew every retry period; give up after renew_deadline without success, or
+            # at once when a renew's read shows the Lease not this replica's.
             while not self._stopping:
-                if not await self._renew():
-                    await self._stop_leading(f"could not renew the lease for {options.renew_deadline:g}s")
+                lost = await self._renew()
+                if lost is not None:
+                    await self._stop_leading(lost)
                     break
 
-    async def _renew(self) -> bool:
-        """After a retry period, one try to renew: whether the Lease is still held (the last renew
-        that succeeded is younger than the renew deadline)."""
+    async def _renew(self) -> str | None:
+        """After a retry period, one try to renew: None while the Lease is still held (the last renew
+        that succeeded is younger than the renew deadline, and the Lease read names this replica),
+        else why it is lost."""
         options = self.options
         await deferLater(self._clock, options.retry_period)
         remaining = self._last_renew + options.renew_deadline - self._monotonic()
-        renewed = await self._attempt(remaining) if remaining > 0 else None
+        renewed = await self._attempt(remaining, renewing=True) if remaining > 0 else None
+        if self._taken is not None:
+            return self._taken
         if not self._current(self._last_renew):
             # Too late, renewed or not: `is_leader` has said no already, and what that stopped
             # starts over with a new term instead of this one going on.
-            return False
+            return f"could not renew the lease for {options.renew_deadline:g}s"
         if renewed is not None:
             self._last_renew = renewed
-        return True
+        return None
 
     async def _stop_leading(self, why: str) -> None:
         if not self._leading:
@@ -362,11 +376,12 @@ class LeaderElector:
         log.info("Leader election: {identity} stops leading: {why}", identity=self.options.identity, why=why)
         await _maybe_await(self._on_stopped())
 
-    async def _attempt(self, within: float) -> float | None:
+    async def _attempt(self, within: float, *, renewing: bool = False) -> float | None:
         """One try to acquire or renew, bounded by `within` seconds (never past the renew deadline):
-        the monotonic time its successful write was sent, or None."""
+        the monotonic time its successful write was sent, or None. ``renewing``: the Lease is this
+        replica's (leading, or held while stopping); a read that shows it not is noted (`_taken`)."""
         try:
-            sent = await self._bounded(self._try_acquire_or_renew(), within)
+            sent = await self._bounded(self._try_acquire_or_renew(renewing), within)
         except (KubeError, DeadlineExpired) as e:
             if self._cancelling:
                 # KubeClient reports a cancelled request as CancelledError, but a LeaseClient may
@@ -422,7 +437,7 @@ class LeaderElector:
             "docs/troubleshooting.md)"
         )
 
-    async def _try_acquire_or_renew(self) -> float | None:
+    async def _try_acquire_or_renew(self, renewing: bool) -> float | None:
         options = self.options
         before = self._monotonic()
         stamp = _micro_time(self._clock.seconds())
@@ -438,6 +453,10 @@ class LeaderElector:
         except KubeApiError as e:
             if e.code != 404:
                 raise
+            if renewing:
+                # Deleted: another replica may have created it anew already (`_taken`, below).
+                self._taken = "the lease was deleted"
+                return None
             body = {
                 "apiVersion": "coordination.k8s.io/v1",
                 "kind": "Lease",
@@ -457,6 +476,14 @@ class LeaderElector:
         assert old is not None
         self._lease = lease
         held_by_me = old.holder == options.identity
+        if renewing and not held_by_me:
+            # Another replica took it over, or its holder was emptied (by another writer: another
+            # replica may take it at its next try). client-go's leader goes on until its renew
+            # deadline (or takes an emptied Lease again); here the term ends now (`is_leader` says no
+            # from here on), as the writes of its work are fenced only by the leadership check.
+            self._taken = f"the lease is now held by {old.holder}" if old.holder else "the lease was released"
+            self._conflicted = False
+            return None
         # Against the time before the GET, which read the Lease after it: expiry errs on the late side.
         valid = self._observed_time + old.lease_duration_seconds > before
         if old.holder and valid and not held_by_me:
