@@ -81,7 +81,7 @@ from .errors import (
     RegistryTimeout,
     RegistryUnavailable,
 )
-from .interface import Sent, Waiting, WriteHooks
+from .interface import Check, Sent, Waiting, WriteHooks
 from .late import COPY, PLACEHOLDER, RESTORE, Kind, Landing, LateWrites, namespace_of
 from .queue import RepositoryQueue
 from .redaction import in_message
@@ -89,7 +89,9 @@ from .schemes import port_said, with_scheme
 from .transport import (
     BytesProducer,
     CheckedRedirects,
+    CheckRefused,
     FollowedAgent,
+    HandshakeFailed,
     KeptEndpoints,
     OriginRequests,
     TLSPolicy,
@@ -249,7 +251,9 @@ def _retry_after(value: str | None, default: int = DEFAULT_RETRY_AFTER) -> int:
 
 def _underlying(error: BaseException) -> BaseException:
     """The failure inside Twisted's wrapped reasons (the first that is not a cancellation)."""
-    if isinstance(error, ResponseNeverReceived | ResponseFailed | RequestTransmissionFailed):
+    if isinstance(
+        error, ResponseNeverReceived | ResponseFailed | RequestTransmissionFailed | HandshakeFailed
+    ):
         reasons = getattr(error, "reasons", None) or []
         for reason in reasons:
             value = getattr(reason, "value", None)
@@ -1859,7 +1863,8 @@ class RegistryClient:
         comes in. ``on_send`` runs once a connection slot is held, just before the request goes out.
         ``peer``: how errors name who was asked, when it is not the registry (its token service).
         ``ready``: the caller's checks (`_gated`), made once the slot is held: the last thing before the
-        request leaves; raising sends nothing and releases the slot. A request with a confirmation
+        request leaves, its ``check`` made again on a new connection once it is ready (`_roundtrip`);
+        raising sends nothing and releases the slot. A request with a confirmation
         first waits for a confirmation's turn (`_confirming`), then for its slot.
         """
         refused = unrequestable(url)
@@ -1911,9 +1916,26 @@ class RegistryClient:
                 if self._reads_at_turn_end:
                     await self._turn_end()
                 on_send()
+            # From the check above to the request's leaving, no reactor turn on a kept connection; a
+            # new one is checked again once it is ready (`OriginRequests.request`): its name resolved,
+            # its TCP connection made and its TLS handshake done may take up to the timeout.
             reply = await self._timed_exchange(
-                method, url, headers, body, authorization, max_body, redirects, peer
+                method,
+                url,
+                headers,
+                body,
+                authorization,
+                max_body,
+                redirects,
+                peer,
+                ready.check if ready is not None else None,
             )
+        except CheckRefused as refusal:
+            # Nothing went out: its outcome is known (`WriteHooks.sent`), and the caller gets what its
+            # check raised, as from the check above.
+            if out is not None:
+                out(False)
+            raise refusal.reason from None
         finally:
             self._slots.release()
         if out is not None and not _may_carry_out_later(reply):
@@ -1949,12 +1971,13 @@ class RegistryClient:
         max_body: int,
         redirects: bool,
         peer: str | None,
+        check: Check | None = None,
     ) -> _Reply:
         # Only a read that follows redirects notes where they led (most requests follow none).
         followed = FollowedAgent(self._agent) if redirects else None
         counted = BodyBytes()
         attempt = self._roundtrip(
-            method, url, headers, body, authorization, max_body, redirects, followed, counted
+            method, url, headers, body, authorization, max_body, redirects, followed, counted, check
         )
         try:
             # An answer waiting in the socket when the deadline is due, unread because the reactor did
@@ -1967,7 +1990,7 @@ class RegistryClient:
                 look_first=True,
                 progress=lambda: counted.count,
             )
-        except CancelledError:
+        except (CancelledError, CheckRefused):
             raise
         except DeadlineExpired as error:
             # After a redirect elsewhere (a storage backend), either server may have taken the time:
@@ -2004,7 +2027,12 @@ class RegistryClient:
         redirects: bool,
         followed: FollowedAgent | None,
         counted: BodyBytes,
+        check: Check | None = None,
     ) -> _Reply:
+        """One request and its answer. ``check``: a write's last check, made again on a new connection
+        once it is ready, right before the request is written to it (`OriginRequests.request`); on the
+        registry's own origin only, where every manifest write goes (a blob upload to a location
+        elsewhere, which changes no tag, is checked once, before it connects)."""
         request_headers: dict[bytes | str, list[bytes | str]] = {"User-Agent": ["payloadtags"]}
         for name, value in (headers or {}).items():
             request_headers[name] = [value]
@@ -2022,20 +2050,23 @@ class RegistryClient:
         empty = None if resent else BytesProducer(b"")
         if (
             origin is not None
-            and body is None
+            and (body is None or check is not None)
             and not redirects
             and url.startswith(origin.origin)
             and url[len(origin.origin) : len(origin.origin) + 1] == "/"
             and url.isascii()
         ):
             path = url[len(origin.origin) :].encode("ascii")
+            producer = empty if body is None else BytesProducer(body)
 
             def send() -> Deferred[IResponse]:
                 # A fresh one each time: the origin adds its Host header to it.
                 fresh = Headers(cast("dict[str, list[str]]", request_headers))
-                return origin.request(method.encode("ascii"), path, fresh, empty)
+                if check is None:
+                    return origin.request(method.encode("ascii"), path, fresh, producer)
+                return origin.request(method.encode("ascii"), path, fresh, producer, check=check)
 
-            response = await _sent_again_if_never_sent(send, empty)
+            response = await _sent_again_if_never_sent(send, producer)
         elif body is None and url.isascii():
             # Reads go straight to the Agent: treq's URL and cookie handling cost more CPU than the
             # rest of a small tags/list exchange (its IDNA checks alone a tenth of a single-tag GET's

@@ -49,9 +49,12 @@ class WriteHooks:
 
     check: Check | None = None
     """A caller's synchronous last check, made at the very last moment before each write request of a
-    mutation leaves (after `before`, after any token round trip, on every attempt), and once before the
+    mutation leaves (after `before`, after any token round trip, on every attempt; a request that
+    finds no idle kept connection to the registry's own URL, again once its new connection is ready:
+    connected, its TLS handshake done, right before the request is written to it), and once before the
     mutation's first read, when it takes the repository's turn (nothing read for a mutation already told
-    to stop): raising stops the mutation there, with that request not sent."""
+    to stop): raising stops the mutation there, with that request not sent (a `sent` told True before
+    the new connection's check is told False)."""
 
     sent: Sent | None = None
     """Told True right before each request of a mutation that changes a manifest or a tag leaves (a

@@ -1,10 +1,12 @@
-"""HTTP plumbing under the registry client: TLS policy, request bodies, bounded response bodies."""
+"""HTTP plumbing under the registry client: TLS policy, request bodies, bounded response bodies, and
+connections that a write's last check is made on once they are ready (`OriginRequests.request`)."""
 
 from __future__ import annotations
 
 import ipaddress
 import re
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 import idna
@@ -12,10 +14,22 @@ from OpenSSL import SSL
 from service_identity import CertificateError, VerificationError
 from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
 from twisted.internet.abstract import isIPv6Address
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IStreamClientEndpoint
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.error import ConnectError
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import connectionDone
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
-from twisted.web._newclient import Request
+from twisted.web._newclient import HTTP11ClientProtocol, Request
 from twisted.web.client import URI, HTTPConnectionPool, RedirectAgent, _StandardEndpointFactory
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import (
@@ -115,6 +129,9 @@ class KeptEndpoints:
     MAX_KEPT = 16
 
     def __init__(self, reactor: Any, policy: IPolicyForHTTPS, connect_timeout: float | None) -> None:
+        self._reactor = reactor
+        self._policy = policy
+        self._connect_timeout = connect_timeout
         self._make = _StandardEndpointFactory(reactor, policy, connect_timeout, None)
         self._endpoints: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
 
@@ -127,6 +144,121 @@ class KeptEndpoints:
                 self._endpoints[key] = endpoint
         return endpoint
 
+    def handshaken_for(self, uri: URI) -> IStreamClientEndpoint:
+        """The endpoint for ``uri`` whose connect fires once a request may go out at once: as
+        `endpointForURI`'s for http (once the TCP connection is made), and for https once the TLS
+        handshake is done (`HandshakenTLS`), not when the TCP connection is made, as Twisted's own
+        TLS endpoint does (a request written then waits in the TLS layer for the handshake)."""
+        if uri.scheme != b"https":
+            return self.endpointForURI(uri)
+        host = uri.host.decode("ascii")
+        tcp = HostnameEndpoint(self._reactor, host, uri.port, timeout=self._connect_timeout or 30)
+        return HandshakenTLS(self._policy.creatorForNetloc(uri.host, uri.port), tcp, self._reactor)
+
+
+class HandshakeFailed(ConnectError):
+    """The connection of `HandshakenTLS` lost before its TLS handshake was done: no request went out
+    on it. ``reasons``: why (an `SSL.Error`, a connection closed), as Twisted's request failures hold."""
+
+    def __init__(self, reason: Failure) -> None:
+        super().__init__(string=reason.getErrorMessage())
+        self.reasons = [reason]
+
+
+@implementer(IHandshakeListener)
+class _Handshaking(ProtocolWrapper):
+    """Between the TLS layer and the HTTP protocol: tells when the TLS handshake is done
+    (`handshaken`). Otherwise it passes everything through, as any `ProtocolWrapper`."""
+
+    def __init__(self, factory: WrappingFactory[Any], wrappedProtocol: IProtocol) -> None:
+        super().__init__(factory, wrappedProtocol)
+        self._done = False
+        self._lost: Failure | None = None
+        self._waiting: Deferred[IProtocol] | None = None
+
+    def handshakeCompleted(self) -> None:
+        self._done = True
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.callback(self.wrappedProtocol)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        self._lost = reason
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.errback(HandshakeFailed(reason))
+
+    def handshaken(self) -> Deferred[IProtocol]:
+        """Fires with the HTTP protocol once the handshake is done; cancelled, aborts the connection."""
+        if self._done:
+            return succeed(self.wrappedProtocol)
+        if self._lost is not None:
+            return fail(HandshakeFailed(self._lost))
+
+        def cancel(_: Deferred[IProtocol]) -> None:
+            self._waiting = None
+            tls: Any = self.transport  # TLSMemoryBIOProtocol
+            tls.abortConnection()
+
+        self._waiting = Deferred(cancel)
+        return self._waiting
+
+
+@implementer(IStreamClientEndpoint)
+class HandshakenTLS:
+    """Twisted's TLS client endpoint (``wrapClientTLS``) whose connect fires once the TLS handshake is
+    done, with the protocol of ``factory``; a handshake that fails fails it (`HandshakeFailed`)."""
+
+    def __init__(
+        self, creator: IOpenSSLClientConnectionCreator, tcp: IStreamClientEndpoint, clock: IReactorTime
+    ) -> None:
+        self._creator = creator
+        self._tcp = tcp
+        self._clock = clock  # the TLS layer's, which gathers small writes for a reactor turn
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        wrapping = WrappingFactory(protocolFactory)
+        wrapping.protocol = _Handshaking
+        connecting = self._tcp.connect(TLSMemoryBIOFactory(self._creator, True, wrapping, self._clock))
+
+        def handshaken(tls: Any) -> Deferred[IProtocol]:
+            waiting: Deferred[IProtocol] = tls.wrappedProtocol.handshaken()
+            return waiting
+
+        return connecting.addCallback(handshaken)
+
+
+class CheckRefused(Exception):
+    """A request's ``check`` (`OriginRequests.request`) raised ``reason`` once its new connection was
+    ready: the request was not sent, and the connection was closed."""
+
+    def __init__(self, reason: Exception) -> None:
+        super().__init__(str(reason))
+        self.reason = reason
+
+
+@implementer(IStreamClientEndpoint)
+class _Checked:
+    """An endpoint whose connection, once ready for the request, passes ``check`` before it is handed
+    over: raising, it is closed and the connect fails (`CheckRefused`)."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, check: Callable[[], None]) -> None:
+        self._endpoint = endpoint
+        self._check = check
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        def ready(protocol: IProtocol) -> IProtocol:
+            try:
+                self._check()
+            except Exception as error:
+                assert isinstance(protocol, HTTP11ClientProtocol)
+                protocol.abort()
+                raise CheckRefused(error) from error
+            return protocol
+
+        return self._endpoint.connect(protocolFactory).addCallback(ready)
+
 
 class OriginRequests:
     """Requests without a body to one origin (the registry's), by path, on Agent's connection pool.
@@ -138,24 +270,37 @@ class OriginRequests:
     request without a body only: the pool's rule).
     """
 
-    def __init__(self, pool: HTTPConnectionPool, endpoints: IAgentEndpointFactory, origin: str) -> None:
+    def __init__(self, pool: HTTPConnectionPool, endpoints: KeptEndpoints, origin: str) -> None:
         uri = URI.fromBytes(origin.encode("ascii"))
         self.origin = origin
         self._pool = pool
         self._key = (uri.scheme, uri.host, uri.port)
         self._endpoint = endpoints.endpointForURI(uri)
+        self._handshaken = endpoints.handshaken_for(uri)
         host = b"[" + uri.host + b"]" if isIPv6Address(uri.host.decode("ascii")) else uri.host
         default = (uri.scheme, uri.port) in ((b"http", 80), (b"https", 443))
         self._host = host if default else b"%b:%d" % (host, uri.port)
 
     def request(
-        self, method: bytes, path: bytes, headers: Headers, body: IBodyProducer | None = None
+        self,
+        method: bytes,
+        path: bytes,
+        headers: Headers,
+        body: IBodyProducer | None = None,
+        *,
+        check: Callable[[], None] | None = None,
     ) -> Deferred[IResponse]:
         """``path`` (with its query) on the origin; ``headers`` are the caller's and gain ``Host``.
-        ``body``: a request with one (a DELETE's empty one) is not sent again by the pool."""
+        ``body``: a request with one (a DELETE's empty one) is not sent again by the pool.
+
+        ``check``: made on a new connection once it is ready (connected, its TLS handshake done), right
+        before the request is written to it; raising, nothing is sent and the request fails with
+        `CheckRefused`. A kept connection is handed over in the same reactor turn as the request, so
+        a check its caller made right before it still holds: it is not made again."""
         headers.addRawHeader(b"Host", self._host)
         request = Request(method, path, headers, body, persistent=True)
-        connecting = self._pool.getConnection(self._key, self._endpoint)
+        endpoint = self._endpoint if check is None else _Checked(self._handshaken, check)
+        connecting = self._pool.getConnection(self._key, endpoint)
         return connecting.addCallback(lambda protocol: protocol.request(request))
 
 
@@ -184,6 +329,9 @@ class BytesProducer:
 
 __all__ = [
     "BytesProducer",
+    "CheckRefused",
+    "HandshakeFailed",
+    "HandshakenTLS",
     "KeptEndpoints",
     "OriginRequests",
     "TLSPolicy",
