@@ -198,6 +198,10 @@ class LeaderElector:
         # carried out (cut by a stop or a deadline, a transport failure, a 5xx): the API may have
         # carried it out, so this replica may hold the Lease whatever it last saw (`_release`).
         self._unanswered = False
+        # The resourceVersion that unanswered write was conditional on ("" for a create): a later read
+        # of a Lease past it, not this replica's, shows the write can no longer be carried out (it
+        # would be refused, 409 or AlreadyExists) and did not leave the Lease this replica's.
+        self._unanswered_on = ""
         # Whether the last update was refused with 409: a single lost race is quiet, a second in a
         # row (another writer keeps changing the Lease) is a failure, warned about as others are.
         self._conflicted = False
@@ -464,9 +468,15 @@ class LeaderElector:
                 "spec": wanted.spec(),
             }
             sent = self._monotonic()
-            created = await self._written(self._client.create(options.collection_path, body))
+            created = await self._written(self._client.create(options.collection_path, body), on="")
             self._observe(created, self._monotonic())
             return sent
+        if (
+            self._unanswered
+            and LeaderRecord.from_lease(lease).holder != options.identity
+            and _resource_version(lease) != self._unanswered_on
+        ):
+            self._unanswered = False  # past the write, which did not leave it ours: it cannot land now
         raw_spec = lease.get("spec") or {}
         if raw_spec != self._observed_raw:
             # Dated after the GET (client-go's setObservedRecord): the record may have been written
@@ -496,7 +506,9 @@ class LeaderElector:
         update = {**lease, "spec": {**raw_spec, **wanted.spec()}}
         sent = self._monotonic()
         try:
-            updated = await self._written(self._client.update(options.lease_path, update))
+            updated = await self._written(
+                self._client.update(options.lease_path, update), on=_resource_version(lease)
+            )
         except KubeApiError as e:
             if e.code == 409:
                 conflicted, self._conflicted = self._conflicted, True
@@ -507,12 +519,15 @@ class LeaderElector:
         self._observe(updated, self._monotonic())
         return sent
 
-    async def _written(self, write: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    async def _written(self, write: Awaitable[dict[str, Any]], *, on: str) -> dict[str, Any]:
         """A create or update of the Lease, noted as `_unanswered` until the API answers it: with the
         Lease written, or with an error that says it was not written (a 4xx: a conflict, a refusal).
         Cut by a stop or a deadline, failed on the way, or answered 5xx (the API server's own
-        timeout included), it may still be carried out."""
+        timeout included), it may still be carried out, until a later read shows the Lease past
+        ``on`` (the resourceVersion it was conditional on, "" for a create) and not this replica's
+        (`_try_acquire_or_renew`)."""
         self._unanswered = True
+        self._unanswered_on = on
         try:
             written = await write
         except KubeApiError as e:
@@ -549,7 +564,14 @@ class LeaderElector:
         try:
             updated = await self._bounded(release, options.renew_deadline)
         except (KubeError, DeadlineExpired) as e:
-            log.warn("Leader election: could not release the lease: {error}", error=e)
+            if seen_mine:
+                log.warn("Leader election: could not release the lease: {error}", error=e)
+            else:
+                log.warn(
+                    "Leader election: could not release the lease, which this replica may hold (a "
+                    "write of it went unanswered): {error}",
+                    error=e,
+                )
             return
         if updated is None:
             return
@@ -591,6 +613,10 @@ class LeaderElector:
 
     async def _bounded(self, work: Awaitable[T], seconds: float) -> T:
         return await deferreds.within(self._clock, seconds, work)
+
+
+def _resource_version(lease: dict[str, Any]) -> str:
+    return str((lease.get("metadata") or {}).get("resourceVersion") or "")
 
 
 async def _maybe_await(result: Awaitable[None] | None) -> None:
