@@ -289,8 +289,10 @@ def _may_land(error: BaseException, late: float) -> float | None:
 def _closed_unanswered(error: BaseException) -> bool:
     """Whether the server took the connection and the request, then closed it without a byte of answer
     (Twisted words it "Connection was closed cleanly."): it runs and was reached. An HTTPS-only port
-    does so with a plain-HTTP request (openssl s_server, a TCP-passthrough proxy, payloadtags' own)."""
-    return isinstance(error, ResponseNeverReceived) and isinstance(
+    does so with a plain-HTTP request (openssl s_server, a TCP-passthrough proxy, payloadtags' own).
+    Also when it closed the connection during the TLS handshake of a write (`HandshakeFailed`), which
+    then never went out."""
+    return isinstance(error, ResponseNeverReceived | HandshakeFailed) and isinstance(
         _underlying(error), net_errors.ConnectionDone | net_errors.ConnectionLost
     )
 
@@ -2031,8 +2033,10 @@ class RegistryClient:
     ) -> _Reply:
         """One request and its answer. ``check``: a write's last check, made again on a new connection
         once it is ready, right before the request is written to it (`OriginRequests.request`); on the
-        registry's own origin only, where every manifest write goes (a blob upload to a location
-        elsewhere, which changes no tag, is checked once, before it connects)."""
+        registry's own origin only, where every write goes (`_ensure_blob` refuses an upload location
+        elsewhere; one that writes the origin differently, ``HTTPS://…``, is checked once, before it
+        connects). A write to the origin goes on a new https connection only once its TLS handshake
+        is done, checked or not: one whose handshake fails is known not to have gone out."""
         request_headers: dict[bytes | str, list[bytes | str]] = {"User-Agent": ["payloadtags"]}
         for name, value in (headers or {}).items():
             request_headers[name] = [value]
@@ -2050,7 +2054,6 @@ class RegistryClient:
         empty = None if resent else BytesProducer(b"")
         if (
             origin is not None
-            and (body is None or check is not None)
             and not redirects
             and url.startswith(origin.origin)
             and url[len(origin.origin) : len(origin.origin) + 1] == "/"

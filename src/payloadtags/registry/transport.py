@@ -177,6 +177,12 @@ class _Handshaking(ProtocolWrapper):
         self._waiting: Deferred[IProtocol] | None = None
 
     def handshakeCompleted(self) -> None:
+        tls: Any = self.transport  # TLSMemoryBIOProtocol
+        if tls.disconnecting:
+            # Twisted calls this after a handshake that its connection creator failed (our host name
+            # check, `_VerifyingCreator._info`: failVerification aborts the connection inside it): not
+            # done. `connectionLost` follows, with why.
+            return
         self._done = True
         waiting, self._waiting = self._waiting, None
         if waiting is not None:
@@ -299,7 +305,15 @@ class OriginRequests:
         a check its caller made right before it still holds: it is not made again."""
         headers.addRawHeader(b"Host", self._host)
         request = Request(method, path, headers, body, persistent=True)
-        endpoint = self._endpoint if check is None else _Checked(self._handshaken, check)
+        if check is not None:
+            endpoint: IStreamClientEndpoint = _Checked(self._handshaken, check)
+        elif method in (b"GET", b"HEAD"):
+            endpoint = self._endpoint
+        else:
+            # A write on a new https connection: one whose handshake fails fails the connect
+            # (`HandshakeFailed`), so it is known that nothing of it went out, not held as one that may
+            # still land (a request written to Twisted's TLS endpoint waits in the TLS layer).
+            endpoint = self._handshaken
         connecting = self._pool.getConnection(self._key, endpoint)
         return connecting.addCallback(lambda protocol: protocol.request(request))
 
