@@ -954,3 +954,75 @@ def test_a_client_that_reads_no_streamed_answer_and_sends_on_is_not_read_past_16
         connection.received()
     assert answered == 1 + sent // len(_get(b"/00000"))
     assert connection.received().count(b"HTTP/1.1 200 OK") == answered
+
+
+def _flight(client: SSL.Connection) -> bytes:
+    """What the client sends next in its handshake."""
+    try:
+        client.do_handshake()
+    except SSL.WantReadError:
+        pass
+    out = b""
+    while True:
+        try:
+            out += client.bio_read(1 << 16)
+        except SSL.WantReadError:
+            return out
+
+
+def _one_turn(clock: Clock) -> None:
+    """The calls due now, as one turn of the reactor runs them: not those they make for now (Clock's
+    advance would run those too, and so every round of the turns at once)."""
+    due = [call for call in clock.calls if call.getTime() <= clock.seconds()]
+    for call in sorted(due, key=lambda call: call.getTime()):
+        if call.active():
+            clock.calls.remove(call)
+            call.called = 1
+            call.func(*call.args, **call.kw)
+
+
+def test_the_handshake_flights_of_one_address_are_handled_one_a_turn_whenever_they_come() -> None:
+    """Connections of one address that had their turns to read, their ClientHellos sent at once, then
+    their second flights (in TLS 1.3, the client's Finished; with a client certificate, also its chain
+    to verify) at once: each flight is handled in a turn of its address, one a turn, not all as they
+    are read (review r1hostile2 F1: only the first read waited for a turn, so a burst's 40 chains were
+    verified back to back and stalled the reactor for 2 s)."""
+    loop = _Loop()
+    site = GuardedSite(_Held(), HttpLimits(), _Admitting(), reactor=loop.clock, monotonic=loop.clock.seconds)
+    table = LimitedConnections(site, 10, front_proxy=_no_front_proxy)
+    factory = GuardedTLSFactory(_SERVER_CONTEXT, False, table, clock=loop.clock)
+    pairs: list[tuple[GuardedTLS, _Socket, SSL.Connection]] = []
+    for _ in range(4):
+        tls = factory.buildProtocol(IPv4Address("TCP", "127.0.0.9", 5555))
+        assert isinstance(tls, GuardedTLS)
+        socket = _Socket(loop)
+        socket.protocol = tls
+        tls.makeConnection(socket)
+        client = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
+        client.set_connect_state()
+        pairs.append((tls, socket, client))
+    for _ in range(8):
+        loop.turn()  # every connection had its turn to read, long before it sends anything
+
+    def answered() -> int:
+        return sum(1 for _, socket, _ in pairs if socket.sent or socket.unsent())
+
+    def done() -> int:
+        return sum(1 for tls, _, _ in pairs if tls._handshakeDone)
+
+    for tls, _, client in pairs:
+        tls.dataReceived(_flight(client))  # the four ClientHellos, read in one poll
+    assert answered() == 1
+    for turn in range(2, 5):
+        _one_turn(loop.clock)  # a turn of the address
+        assert answered() == turn
+    loop.turn()
+    for _, socket, client in pairs:
+        client.bio_write(bytes(socket.sent))
+        socket.sent = bytearray()
+    for tls, _, client in pairs:
+        tls.dataReceived(_flight(client))  # the four second flights, read in one poll
+    assert done() == 1
+    for turn in range(2, 5):
+        _one_turn(loop.clock)
+        assert done() == turn

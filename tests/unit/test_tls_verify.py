@@ -1,4 +1,5 @@
-"""The handshake's verdict on a client certificate (tls._verify): every check must pass, not the last.
+"""The handshake's verdict on a client certificate (tls._verify): every check must pass, not the last,
+and the chain is bounded (its depth, its keys) before a signature is checked.
 
 The authenticators verify the chain again on every request (tests/unit/test_chain_trust.py); this
 pins the handshake's own verdict, which decides whether a connection has a chain at all (r1tls L3)."""
@@ -10,10 +11,12 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID
-from OpenSSL import SSL
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from OpenSSL import SSL, crypto
 
+from payloadtags.access.authn import MAX_RSA_BITS, MAX_RSA_EXPONENT, VERIFY_DEPTH, TrustAnchors
 from payloadtags.tls import ServingCertificate, refused_certificate, server_context, verified_peer_chain
 from tests.support.pki import Authority, in_memory_handshake
 
@@ -22,12 +25,17 @@ NOW = datetime.datetime.now(datetime.UTC)
 
 
 def _server_side(
-    trusted: x509.Certificate, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey
+    trusted: x509.Certificate,
+    cert: x509.Certificate,
+    key: ec.EllipticCurvePrivateKey,
+    intermediates: tuple[x509.Certificate, ...] = (),
 ) -> SSL.Connection:
-    """The server's end of an in-memory handshake whose client presents ``cert``."""
+    """The server's end of an in-memory handshake whose client presents ``cert`` (and ``intermediates``)."""
     client_context = SSL.Context(SSL.TLS_CLIENT_METHOD)
     client_context.use_certificate(cert)
     client_context.use_privatekey(key)
+    for intermediate in intermediates:
+        client_context.add_extra_chain_cert(crypto.X509.from_cryptography(intermediate))
     client = SSL.Connection(client_context, None)
     server = SSL.Connection(server_context(ServingCertificate.self_signed(), (trusted,)), None)
     error = in_memory_handshake(client, server)
@@ -111,3 +119,105 @@ def test_a_certificate_no_trusted_ca_signed_is_said_once_whatever_names_it_holds
         assert refusal is not None and f'(issuer "CN={name}")' in refusal.why
         keys.add(refusal.key)
     assert len(keys) == 1
+
+
+def _name(text: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+
+def _ca_cert(
+    subject: str, public_key: object, issuer: str, signer: ec.EllipticCurvePrivateKey
+) -> x509.Certificate:
+    return (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(_name(issuer))
+        .public_key(public_key)  # type: ignore[arg-type]
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - DAY)
+        .not_valid_after(NOW + DAY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(signer, hashes.SHA256())
+    )
+
+
+def _chain(
+    intermediates: int,
+) -> tuple[x509.Certificate, x509.Certificate, ec.EllipticCurvePrivateKey, tuple[x509.Certificate, ...]]:
+    """(trusted root, client certificate, its key, the intermediates between them, nearest first)."""
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    root = _ca_cert("root", root_key.public_key(), "root", root_key)
+    issuer, issuer_key = "root", root_key
+    chain: list[x509.Certificate] = []
+    for i in range(intermediates):
+        key = ec.generate_private_key(ec.SECP256R1())
+        chain.insert(0, _ca_cert(f"ca-{i}", key.public_key(), issuer, issuer_key))
+        issuer, issuer_key = f"ca-{i}", key
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(_name("user"))
+        .issuer_name(_name(issuer))
+        .public_key(leaf_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - DAY)
+        .not_valid_after(NOW + DAY)
+        .sign(issuer_key, hashes.SHA256())
+    )
+    return root, leaf, leaf_key, tuple(chain)
+
+
+@pytest.mark.parametrize("intermediates", [VERIFY_DEPTH, VERIFY_DEPTH + 1])
+def test_a_chain_deeper_than_the_verify_depth_is_not_trusted(intermediates: int) -> None:
+    """OpenSSL's default depth (100) let a chain nobody trusts cost a signature check per link, on
+    the reactor (r1hostile2 F1). The handshake goes on (the request is answered 401), the chain is
+    not kept, and the per-request verification has the same bound."""
+    root, leaf, key, chain = _chain(intermediates)
+    kept = verified_peer_chain(_server_side(root, leaf, key, chain))
+    within = intermediates <= VERIFY_DEPTH
+    assert kept == ((leaf, *chain, root) if within else ())
+    now = datetime.datetime.now(datetime.UTC)
+    assert TrustAnchors((root,)).verify(leaf, (*chain, root), now) is within
+
+
+def _odd(bits: int) -> int:
+    return (1 << (bits - 1)) | 1 | (0x5DEECE66D << 8)
+
+
+@pytest.mark.parametrize(
+    ("bits", "exponent", "refused"),
+    [
+        (MAX_RSA_BITS + 8, 65537, True),
+        (2048, MAX_RSA_EXPONENT + 2, True),
+        (2048, MAX_RSA_EXPONENT, False),
+    ],
+)
+def test_a_chain_with_a_key_go_refuses_fails_the_handshake_before_its_signatures_are_checked(
+    bits: int, exponent: int, refused: bool
+) -> None:
+    """An RSA key over 8192 bits or with an exponent over 2^31-1 in the chain fails the handshake, as in
+    Go (crypto/tls, crypto/rsa), before any signature is checked with it: here the intermediate's key
+    is no real key (no one could sign with it), and the client's certificate's signature is made by
+    another key, so a check would only fail, and a handshake that reached it would go on (unverified)."""
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    root = _ca_cert("root", root_key.public_key(), "root", root_key)
+    public = rsa.RSAPublicNumbers(exponent, _odd(bits)).public_key()
+    intermediate = _ca_cert("big", public, "root", root_key)
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(_name("user"))
+        .issuer_name(_name("big"))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - DAY)
+        .not_valid_after(NOW + DAY)
+        # Signed by an RSA key, as OpenSSL takes for the issuer only a certificate of the same key type.
+        .sign(rsa.generate_private_key(65537, 2048), hashes.SHA256())
+    )
+    if refused:
+        with pytest.raises(SSL.Error):
+            _server_side(root, leaf, key, (intermediate,))
+        assert not TrustAnchors((root,)).verify(leaf, (intermediate, root), NOW)
+    else:
+        assert verified_peer_chain(_server_side(root, leaf, key, (intermediate,))) == ()

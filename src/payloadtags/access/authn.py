@@ -8,6 +8,8 @@ from typing import Generic, Protocol, TypeVar
 
 import attrs
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import crypto
 
@@ -94,6 +96,48 @@ def utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
+# How many CA certificates a client certificate chain may have between the client's certificate and
+# the trusted CA (OpenSSL's verify depth; its default is 100). Client CAs sign client certificates
+# directly (kubeadm's, the cluster's signer) or through one or two intermediates (a corporate PKI);
+# four leave room for that, twice over. A chain with more is not trusted (its requests are
+# unauthenticated, as for any untrusted chain). The bound is what makes an untrusted chain cheap: Go
+# (kube-apiserver) caps a verification at 100 signature checks, but checks them on one goroutine of
+# many; here they run on the reactor, so a chain of 45 links of 8192-bit keys cost 56-64 ms a
+# handshake (docs/hardening.md, "Handshakes per address").
+VERIFY_DEPTH = 4
+# The most certificates a client may present that are kept for the per-request verification: its own,
+# VERIFY_DEPTH intermediates and the CA itself.
+MAX_PRESENTED_CHAIN = VERIFY_DEPTH + 2
+# The largest RSA key a client certificate chain may hold, as Go's crypto/tls refuses a client
+# certificate with a larger one (its defaultMaxRSAKeySize, CVE-2023-29409), and the largest public
+# exponent, as Go's crypto/rsa verifies with none larger (its checkPub): the cost of a signature
+# check grows with both (an 8192-bit key with a 64-bit exponent: about 1.3 ms each).
+MAX_RSA_BITS = 8192
+MAX_RSA_EXPONENT = (1 << 31) - 1
+
+
+def outsized_key(key: object) -> str | None:
+    """Why a certificate's public key is one Go would not verify with (an RSA key over MAX_RSA_BITS or
+    with an exponent over MAX_RSA_EXPONENT), or None when it is not."""
+    if not isinstance(key, rsa.RSAPublicKey):
+        return None
+    if key.key_size > MAX_RSA_BITS:
+        return f"an RSA key of {key.key_size} bits (more than {MAX_RSA_BITS})"
+    if key.public_numbers().e > MAX_RSA_EXPONENT:
+        return f"an RSA public exponent over {MAX_RSA_EXPONENT}"
+    return None
+
+
+def outsized_certificate_key(certificate: x509.Certificate) -> str | None:
+    """`outsized_key` of a certificate's key (None for a key cryptography cannot load: no signature
+    check can use it, so it costs nothing)."""
+    try:
+        key = certificate.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        return None
+    return outsized_key(key)
+
+
 @attrs.frozen(eq=False)
 class TrustAnchors:
     """The CAs a client certificate may chain to, converted for OpenSSL once per configuration.
@@ -113,8 +157,13 @@ class TrustAnchors:
     ) -> bool:
         """Whether ``cert`` chains to one of these CAs, every link valid at ``now``. The intermediates
         are the ones the handshake verified (its own anchor among them, which need not be one of these
-        any more: a CA renewed with the same key and subject verifies the same certificate)."""
-        if not self.certificates or not _for_clients(cert):
+        any more: a CA renewed with the same key and subject verifies the same certificate).
+
+        Bounded as the handshake's verification is (tls.server_context): no more than VERIFY_DEPTH + 1
+        intermediates, and no outsized key among them, checked before OpenSSL checks any signature."""
+        if not self.certificates or not _for_clients(cert) or len(intermediates) > VERIFY_DEPTH + 1:
+            return False
+        if any(outsized_certificate_key(c) is not None for c in (cert, *intermediates)):
             return False
         # A store of its own per verification: OpenSSL keeps the first time set on a store and
         # ignores a later one. Verifications are rare (see ChainDecisions), so this costs little.
@@ -258,6 +307,10 @@ class AuthenticatorChain:
 __all__ = [
     "AUTHENTICATED",
     "MASTERS",
+    "MAX_PRESENTED_CHAIN",
+    "MAX_RSA_BITS",
+    "MAX_RSA_EXPONENT",
+    "VERIFY_DEPTH",
     "Authenticator",
     "AuthenticatorChain",
     "ChainDecisions",
@@ -271,6 +324,8 @@ __all__ = [
     "is_utf8",
     "load_pem_bundle",
     "next_validity_change",
+    "outsized_certificate_key",
+    "outsized_key",
     "subject_common_name",
     "utc_now",
 ]

@@ -1259,6 +1259,9 @@ class ClientConnection(ProtocolWrapper):
     # turn, if they come, are not taken: resuming an aborted transport fails.
     dropped = False
     _lost = False
+    # The scheduler's round in which its address's turn was given to it (its reading resumed): the
+    # handshake's bytes read in that round are handled in that turn (handshake_turn).
+    _turn_round = -1
 
     def makeConnection(self, transport: Any) -> None:
         # ProtocolWrapper.makeConnection, with the interface declaration made once (_provide_as).
@@ -1288,8 +1291,10 @@ class ClientConnection(ProtocolWrapper):
 
     def connectionMade(self) -> None:
         _limit_send_buffer(self.transport)
-        # Nothing is read, so no handshake is made, until the address has a token and then its turn:
-        # a burst of connections from one address costs at most one handshake a turn of the reactor.
+        # Nothing is read, so no handshake is made, until the address has a token and then its turn;
+        # after that, each read of the handshake is handled in a turn of the address too
+        # (handshake_turn): a burst of connections from one address costs at most one handshake
+        # flight (a ClientHello, or a certificate chain to verify) a turn of the reactor.
         # The transport is reading already: when the handshake may start now, it just goes on.
         if not self.factory.clients.handshake(self.host, self._start, self.ticket):
             self.held = True
@@ -1299,6 +1304,8 @@ class ClientConnection(ProtocolWrapper):
             self.held = True
             self.pauseProducing()
             self._take_turn()
+        else:
+            self._turn_round = self.factory.scheduler.round
 
     def _start(self) -> bool:
         if self._lost or self.dropped:
@@ -1313,7 +1320,34 @@ class ClientConnection(ProtocolWrapper):
     def _read(self) -> None:
         if not self._lost and not self.dropped:
             self.held = False
+            self._turn_round = self.factory.scheduler.round
             self.resumeProducing()
+
+    def handshake_turn(self, handle: Callable[[], None]) -> bool:
+        """Whether the TLS layer may handle, now, the bytes of the handshake it just read: yes in the
+        round its address's turn was given to this connection (the first read after it), or when its
+        address may take its turn now. Otherwise its reading is paused, and ``handle`` (which handles
+        those bytes) is called at its address's next turn. So the flights of a burst's handshakes are
+        handled one per address a turn, whenever they come: not only the first (review r1hostile2 F1:
+        40 certificate chains handled back to back stalled the reactor for 2 s)."""
+        scheduler = self.factory.scheduler
+        if self._turn_round == scheduler.round:
+            self._turn_round = -1
+            return True
+        key = address_key(self.host)
+        if scheduler.claim(key):
+            return True
+        self.held = True
+        self.pauseProducing()
+
+        def turn() -> None:
+            if not self._lost and not self.dropped:
+                self.held = False
+                self.resumeProducing()
+                handle()
+
+        scheduler.submit(key, turn)
+        return False
 
     def heard(self) -> None:
         """The first byte came on this connection (to its TLS layer): no longer a bare connect."""
@@ -1657,6 +1691,9 @@ class GuardedTLS(TLSMemoryBIOProtocol):
     # Twisted's _AggregateSmallWrites.MAX_BUFFER_SIZE: more than this is encrypted at once.
     HOLD = 64_000
     _heard = False
+    # Bytes of the handshake read while the connection waits for its address's turn (at most one
+    # read: its reading is paused meanwhile; see ClientConnection.handshake_turn).
+    _waiting: bytes = b""
     _flush: IDelayedCall | None = None  # the next turn's sending of what is held
     _closed = False  # connectionLost: writes are dropped
 
@@ -1837,7 +1874,20 @@ class GuardedTLS(TLSMemoryBIOProtocol):
             heard = getattr(self.wrappedProtocol, "heard", None)
             if heard is not None:
                 heard()
+        if not self._handshakeDone:
+            if self._waiting:  # a read before the turn came (the pause takes effect at the next one)
+                self._waiting += data
+                return
+            turn = getattr(self.wrappedProtocol, "handshake_turn", None)
+            if turn is not None and not turn(self._handle_waiting):
+                self._waiting = data
+                return
         super().dataReceived(data)
+
+    def _handle_waiting(self) -> None:
+        data, self._waiting = self._waiting, b""
+        if data and not self._closed:
+            TLSMemoryBIOProtocol.dataReceived(self, data)
 
     def makeConnection(self, transport: Any) -> None:
         """TLSMemoryBIOProtocol.makeConnection, less what it does in vain for every connection: it

@@ -487,6 +487,9 @@ class FairScheduler:
         self._served: set[ClientKey] = set()  # clients that had their turn in this round
         self._round: IDelayedCall | None = None
         self.deferred = 0  # requests that waited for a later turn
+        # Counts the rounds run: a turn given (claimed, or work run) while it has a value is that
+        # round's, and the client's next is in a later one.
+        self.round = 0
 
     @property
     def waiting(self) -> int:
@@ -518,6 +521,7 @@ class FairScheduler:
 
     def _run_round(self) -> None:
         self._round = None
+        self.round += 1
         self._served.clear()
         for _ in range(len(self._turns)):
             key = self._turns.popleft()
