@@ -24,7 +24,14 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from payloadtags.access.authn import VERIFY_DEPTH, Verdicts, load_pem_bundle, outsized_key
+from payloadtags.access.authn import (
+    MAX_PRESENTED_CHAIN,
+    VERIFY_DEPTH,
+    Verdicts,
+    load_pem_bundle,
+    outsized_certificate_key,
+    outsized_key,
+)
 from payloadtags.onceper import OncePerPeriod
 from payloadtags.validators import read_file
 
@@ -194,8 +201,26 @@ class ServingCertificate:
         return cls((cert,), key)
 
 
-# Whether OpenSSL verified each connection's client certificate chain against the trusted CAs.
-_verified: weakref.WeakKeyDictionary[SSL.Connection, bool] = weakref.WeakKeyDictionary()
+# What the handshake's verification said of each connection's client certificate chain, the worst of
+# its checks: VERIFIED, RETRIED (it failed only for the time or for an issuer none of the CAs is, which a
+# later request may see otherwise: the authenticators decide per request) or REFUSED.
+VERIFIED, RETRIED, REFUSED = 0, 1, 2
+_verdict: weakref.WeakKeyDictionary[SSL.Connection, int] = weakref.WeakKeyDictionary()
+# OpenSSL's X509_V_ERR_ codes of a chain that may verify at a later request: not yet valid or expired
+# (a certificate or CA renewed in the CA files with the same key verifies it again, as in Go, which
+# verifies each request at its time against the current CAs), or its issuer among none of the CAs (a
+# CA added to the files later), a self-signed one included.
+_RETRIED_ERRORS = frozenset(
+    (
+        2,  # UNABLE_TO_GET_ISSUER_CERT
+        9,  # CERT_NOT_YET_VALID
+        10,  # CERT_HAS_EXPIRED
+        18,  # DEPTH_ZERO_SELF_SIGNED_CERT
+        19,  # SELF_SIGNED_CERT_IN_CHAIN
+        20,  # UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+        21,  # UNABLE_TO_VERIFY_LEAF_SIGNATURE
+    )
+)
 
 
 # OpenSSL's verification errors (X509_V_ERR_*) a client certificate chain most often meets, in the
@@ -272,11 +297,12 @@ def _verify(connection: SSL.Connection, cert: crypto.X509, errno: int, depth: in
     # signature with that certificate's key (and for each error it meets, when it meets it): a key Go
     # would refuse fails the handshake, as in Go, before it costs a signature check.
     if _outsized(cert) is not None:
-        _verified[connection] = False
+        _verdict[connection] = REFUSED
         return False
     # Otherwise never fail the handshake: like kube-apiserver, an untrusted certificate only means the
     # request is not authenticated by it (401, or a bearer token may still identify the caller).
-    _verified[connection] = _verified.get(connection, True) and bool(ok)
+    check = VERIFIED if ok else RETRIED if errno in _RETRIED_ERRORS else REFUSED
+    _verdict[connection] = max(_verdict.get(connection, VERIFIED), check)
     if not ok and connection not in _refusals:
         _refusals[connection] = _refusal(cert, errno, depth)
     return True
@@ -305,16 +331,43 @@ _unreadable_said: OncePerPeriod[str] = OncePerPeriod(UNREADABLE_LOG_PERIOD)
 log = Logger()
 
 
-def verified_peer_chain(connection: object) -> tuple[x509.Certificate, ...]:
-    """The client certificate chain a connection's handshake verified (leaf first, trusted CA last),
-    or () when the peer sent none, it did not verify, or it cannot be read (`unreadable_certificate`).
+def _presented(connection: SSL.Connection) -> tuple[x509.Certificate, ...]:
+    """The chain the client sent, its certificate first, when it is no longer than MAX_PRESENTED_CHAIN
+    and holds no outsized key (the bounds of the handshake's verification, tls.server_context), else ()."""
+    try:
+        leaf = connection.get_peer_certificate(as_cryptography=True)
+        sent = connection.get_peer_cert_chain(as_cryptography=True) or []
+    except ValueError:
+        return ()  # one cryptography cannot read: no authenticator could read it either
+    if leaf is None:
+        return ()
+    # OpenSSL's server side lists the client's certificate apart from the rest; keep it once.
+    chain = (leaf, *(c for c in sent if c != leaf))
+    if len(chain) > MAX_PRESENTED_CHAIN or any(outsized_certificate_key(c) is not None for c in chain):
+        return ()
+    return chain
+
+
+def client_chain(connection: object) -> tuple[x509.Certificate, ...]:
+    """The client certificate chain a connection's requests are authenticated by, leaf first: the one
+    its handshake verified (ending at the trusted CA); the one the client sent when the verification
+    failed only for the time or an unknown issuer (the authenticators verify every request's chain at
+    its time against the current CAs, as kube-apiserver does, so a certificate valid from a moment after
+    the handshake, or signed by a CA added since, identifies the connection's later requests); or ()
+    when the peer sent none, it failed otherwise, or it cannot be read (`unreadable_certificate`).
 
     Kept per connection: every request on a kept-alive connection presents the same certificate.
     """
-    if not isinstance(connection, SSL.Connection) or not _verified.get(connection, False):
+    if not isinstance(connection, SSL.Connection):
+        return ()
+    verdict = _verdict.get(connection, REFUSED)
+    if verdict == REFUSED:
         return ()
     chain = _peer_chains.get(connection)
     if chain is None:
+        if verdict == RETRIED:
+            chain = _peer_chains[connection] = _presented(connection)
+            return chain
         try:
             verified = connection.get_verified_chain(as_cryptography=True) or []
         except ValueError as error:
@@ -353,7 +406,7 @@ def unreadable_certificate(connection: object) -> str | None:
     can (or there is none)."""
     if not isinstance(connection, SSL.Connection):
         return None
-    verified_peer_chain(connection)
+    client_chain(connection)
     return _unreadable.get(connection)
 
 

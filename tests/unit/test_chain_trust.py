@@ -18,7 +18,7 @@ from OpenSSL import SSL
 
 from payloadtags.access.authn import ChainDecisions, ClientCertificateAuthenticator, Credentials
 from payloadtags.access.requestheader import RequestHeaderAuthenticator, RequestHeaderConfig
-from payloadtags.tls import connection_verdicts, verified_peer_chain
+from payloadtags.tls import client_chain, connection_verdicts
 from tests.support.pki import Authority
 from tests.unit.test_tls_verify import _server_side
 
@@ -132,6 +132,55 @@ async def test_a_certificate_not_yet_valid_is_trusted_from_its_not_before(ca: Au
     assert proxy.trusted(credentials)
 
 
+def _connection_credentials(connection: SSL.Connection) -> Credentials:
+    """What the HTTP layer makes of a connection's chain for each request (api.app._credentials)."""
+    chain = client_chain(connection)
+    return Credentials(
+        chain[0] if chain else None,
+        {},
+        peer_chain=chain,
+        verdicts=connection_verdicts(connection) if chain else None,
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_made_before_its_certificate_is_valid_is_identified_from_its_not_before(
+    ca: Authority, tmp_path: Path
+) -> None:
+    """The handshake failed to verify the certificate only because of the time: the connection's
+    later requests are verified at their own time, as kube-apiserver verifies each request, so they
+    are the user's once the certificate is valid (review r1hostile2 L1: 401 for the connection's life)."""
+    now = Now()
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = ca.client_leaf(key, now.at + datetime.timedelta(seconds=4), now.at + DAY)
+    connection = _server_side(ca.cert, cert, key)
+    users = ClientCertificateAuthenticator([ca.cert], now=now)
+    assert await users.authenticate(_connection_credentials(connection)) is None
+    now.at += datetime.timedelta(seconds=5)
+    user = await users.authenticate(_connection_credentials(connection))
+    assert user is not None
+    assert user.name == "front-proxy-client"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_whose_ca_is_added_later_is_identified_at_its_next_request(
+    ca: Authority, tmp_path: Path
+) -> None:
+    """The handshake did not know the client's CA; the CA files changed since (the authenticator made
+    anew with them, as on every change): the connection's next request is the user's. A chain the
+    handshake refused otherwise (for a server-only certificate) is not kept at all."""
+    now = Now()
+    other = Authority.create(tmp_path / "other", "other-ca")
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = ca.client_leaf(key, now.at - DAY, now.at + DAY)
+    connection = _server_side(other.cert, cert, key)
+    credentials = _connection_credentials(connection)
+    assert await ClientCertificateAuthenticator([other.cert], now=now).authenticate(credentials) is None
+    assert await ClientCertificateAuthenticator([other.cert, ca.cert], now=now).authenticate(credentials)
+    server_only = ca.client_leaf(key, now.at - DAY, now.at + DAY, ExtendedKeyUsageOID.SERVER_AUTH)
+    assert client_chain(_server_side(other.cert, server_only, key)) == ()
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_certificate_for_servers_only_identifies_nobody(ca: Authority) -> None:
     # As Go verifies with ExtKeyUsageClientAuth on every request, whatever the handshake said.
@@ -230,7 +279,7 @@ def test_a_ca_for_servers_only_trusts_no_client_per_request_as_at_the_handshake(
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    handshake = bool(verified_peer_chain(_server_side(ca_cert, cert, key)))
+    handshake = bool(client_chain(_server_side(ca_cert, cert, key)))
     credentials = Credentials(cert, {}, peer_chain=(cert, ca_cert))
     per_request = RequestHeaderAuthenticator(RequestHeaderConfig(authorities=(ca_cert,))).trusted(credentials)
     assert (handshake, per_request) == (False, False)

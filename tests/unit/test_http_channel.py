@@ -414,7 +414,7 @@ def _handshake(opened: tuple[ClientConnection, StringTransport] | None, front_pr
     certificate = object()
     transport.getHandle = lambda: certificate  # type: ignore[attr-defined]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(channel_module, "verified_peer_chain", lambda handle: (handle,) if front_proxy else ())
+        patch.setattr(channel_module, "client_chain", lambda handle: (handle,) if front_proxy else ())
         wrapper.handshakeCompleted()
 
 

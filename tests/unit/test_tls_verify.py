@@ -1,5 +1,6 @@
-"""The handshake's verdict on a client certificate (tls._verify): every check must pass, not the last,
-and the chain is bounded (its depth, its keys) before a signature is checked.
+"""The handshake's verdict on a client certificate (tls._verify): every check must pass, not the last;
+one that failed only for the time or an unknown issuer is left to the authenticators; and the chain is
+bounded (its depth, its keys) before a signature is checked.
 
 The authenticators verify the chain again on every request (tests/unit/test_chain_trust.py); this
 pins the handshake's own verdict, which decides whether a connection has a chain at all (r1tls L3)."""
@@ -17,7 +18,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL, crypto
 
 from payloadtags.access.authn import MAX_RSA_BITS, MAX_RSA_EXPONENT, VERIFY_DEPTH, TrustAnchors
-from payloadtags.tls import ServingCertificate, refused_certificate, server_context, verified_peer_chain
+from payloadtags.tls import ServingCertificate, client_chain, refused_certificate, server_context
 from tests.support.pki import Authority, in_memory_handshake
 
 DAY = datetime.timedelta(days=1)
@@ -45,7 +46,10 @@ def _server_side(
 
 
 @pytest.mark.parametrize("case", ["valid", "expired-ca", "expired-leaf", "future-leaf", "server-auth-leaf"])
-def test_a_chain_is_kept_only_when_every_check_passed(tmp_path: Path, case: str) -> None:
+def test_a_chain_is_kept_when_every_check_passed_or_only_the_time_failed(tmp_path: Path, case: str) -> None:
+    """A chain that failed only for the time is kept too (as the client sent it), for the
+    authenticators to verify per request: a certificate valid from a moment after the handshake
+    identifies the connection's later requests (r1hostile2 L1). One that failed otherwise is not."""
     ca = Authority.create(tmp_path, "ca")
     key = ec.generate_private_key(ec.SECP256R1())
     trusted, before, after, usage = ca.cert, NOW - DAY, NOW + DAY, ExtendedKeyUsageOID.CLIENT_AUTH
@@ -59,8 +63,21 @@ def test_a_chain_is_kept_only_when_every_check_passed(tmp_path: Path, case: str)
         usage = ExtendedKeyUsageOID.SERVER_AUTH
     cert = ca.client_leaf(key, before, after, usage)
     # The handshake itself never fails (the authenticators decide); only the kept chain tells.
-    chain = verified_peer_chain(_server_side(trusted, cert, key))
-    assert (chain[0] if chain else None) == (cert if case == "valid" else None)
+    chain = client_chain(_server_side(trusted, cert, key))
+    if case == "valid":
+        assert chain == (cert, ca.cert)  # the verified chain, to the trusted CA
+    elif case == "server-auth-leaf":
+        assert chain == ()
+    else:
+        assert chain == (cert,)  # the client's certificate, as sent
+
+
+def test_a_chain_of_an_unknown_ca_is_kept_as_sent_for_the_authenticators(tmp_path: Path) -> None:
+    """A CA added to the CA files after the handshake may trust it at a later request (r1hostile2 L1)."""
+    trusted, other = Authority.create(tmp_path, "trusted"), Authority.create(tmp_path, "other")
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = other.client_leaf(key, NOW - DAY, NOW + DAY)
+    assert client_chain(_server_side(trusted.cert, cert, key)) == (cert,)
 
 
 @pytest.mark.parametrize(
@@ -173,7 +190,7 @@ def test_a_chain_deeper_than_the_verify_depth_is_not_trusted(intermediates: int)
     the reactor (r1hostile2 F1). The handshake goes on (the request is answered 401), the chain is
     not kept, and the per-request verification has the same bound."""
     root, leaf, key, chain = _chain(intermediates)
-    kept = verified_peer_chain(_server_side(root, leaf, key, chain))
+    kept = client_chain(_server_side(root, leaf, key, chain))
     within = intermediates <= VERIFY_DEPTH
     assert kept == ((leaf, *chain, root) if within else ())
     now = datetime.datetime.now(datetime.UTC)
@@ -220,4 +237,4 @@ def test_a_chain_with_a_key_go_refuses_fails_the_handshake_before_its_signatures
             _server_side(root, leaf, key, (intermediate,))
         assert not TrustAnchors((root,)).verify(leaf, (intermediate, root), NOW)
     else:
-        assert verified_peer_chain(_server_side(root, leaf, key, (intermediate,))) == ()
+        assert client_chain(_server_side(root, leaf, key, (intermediate,))) == ()

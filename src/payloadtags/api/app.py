@@ -86,10 +86,10 @@ from payloadtags.registry import is_valid_repository
 from payloadtags.registry.errors import RegistryError
 from payloadtags.repoindex import RepositoryIndex
 from payloadtags.tls import (
+    client_chain,
     connection_verdicts,
     refused_certificate,
     unreadable_certificate,
-    verified_peer_chain,
 )
 from payloadtags.watch import Listed, TooManyWatches, Watcher, WatchHub, WatchSlot
 from payloadtags.watch.rereads import NotificationRereads
@@ -188,7 +188,7 @@ def _connection(request: Request) -> object:
 
 def _credentials(request: Request) -> Credentials:
     connection = _connection(request)
-    chain = verified_peer_chain(connection)
+    chain = client_chain(connection)
     headers: dict[str, list[str]] = {}
     for name, values in request.requestHeaders.getAllRawHeaders():
         # Values as UTF-8, what the aggregator sends user and group names in; bytes that are not

@@ -95,7 +95,7 @@ from payloadtags.limits import (
     HttpLimits,
 )
 from payloadtags.model import to_json
-from payloadtags.tls import Verdicts, connection_verdicts, verified_peer_chain
+from payloadtags.tls import Verdicts, client_chain, connection_verdicts
 
 log = Logger()
 
@@ -1362,7 +1362,7 @@ class ClientConnection(ProtocolWrapper):
             return
         handle = getattr(self.transport, "getHandle", None)
         connection = handle() if handle is not None else None
-        chain = verified_peer_chain(connection)
+        chain = client_chain(connection)
         front_proxy = bool(chain) and self.factory.front_proxy(chain, connection_verdicts(connection))
         if not self.factory.clients.handshaken(self.host, front_proxy, self.ticket):
             self.factory.over_cap(self)  # its address reached its cap during the handshake
