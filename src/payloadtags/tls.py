@@ -427,6 +427,10 @@ def server_context(
     # identity; and trust may have changed (rotated CA files) since the session was made.
     context.set_options(SSL.OP_NO_TICKET)
     context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    # No renegotiation either, asked for rather than left to OpenSSL's default (off since 3.0): each
+    # would be a full handshake, its client certificate chain verified again, that the address's
+    # handshake tokens never see.
+    context.set_options(SSL.OP_NO_RENEGOTIATION)
     if client_cas:
         store = context.get_cert_store()
         assert store is not None

@@ -238,3 +238,12 @@ def test_a_chain_with_a_key_go_refuses_fails_the_handshake_before_its_signatures
         assert not TrustAnchors((root,)).verify(leaf, (intermediate, root), NOW)
     else:
         assert client_chain(_server_side(root, leaf, key, (intermediate,))) == ()
+
+
+@pytest.mark.parametrize("client_cas", [False, True])
+def test_the_server_context_refuses_renegotiation_itself(tmp_path: Path, client_cas: bool) -> None:
+    """Asked for, not left to OpenSSL's default (off since 3.0): each renegotiation would be a full
+    handshake, its client chain verified again, that no handshake token counts (review r1hostile2 N2)."""
+    cas = (Authority.create(tmp_path, "ca").cert,) if client_cas else ()
+    context = server_context(ServingCertificate.self_signed(), cas)
+    assert context.set_options(0) & SSL.OP_NO_RENEGOTIATION
