@@ -2073,6 +2073,33 @@ async def test_an_unknown_method_elsewhere_is_a_generic_405(api):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_method_not_in_upper_case_is_served_by_no_route(api, registry, repo):
+    """Go's methods are case-sensitive and kube-apiserver's router matches them exactly: `get` or
+    `Delete` is a method no route serves (405, as OPTIONS is), where werkzeug served it as its upper
+    case (review r1hostile2 N1); on a path no route serves, a 404."""
+    namespace, path = split(repo)
+    images.push_oci_image(registry, repo, "v1")
+    item = f"{collection(namespace)}/{encode_name(path, 'v1')}"
+    target = Target(api.running.port, str(api.pki.server_ca.cert_file))
+    kind = "payloadrepositorytags.payload-registry.deckhouse.io"
+    for method, url, message in (
+        ("get", collection(namespace), f'get is not supported on resources of kind "{kind}"'),
+        ("get", item, f'get is not supported on resources of kind "{kind}"'),
+        ("Delete", item, f'delete is not supported on resources of kind "{kind}"'),
+        ("get", "/apis", "the server does not allow this method on the requested resource"),
+        ("get", "/version", "the server does not allow this method on the requested resource"),
+    ):
+        reply = await deferToThread(exchange, target, request_bytes(method, url), api.pki.admin)
+        assert reply.code == 405, (method, url, reply.code)
+        status = json.loads(reply.body)
+        assert (status["reason"], status["message"]) == ("MethodNotAllowed", message)
+    unknown = await deferToThread(exchange, target, request_bytes("get", "/nothing/here"), api.pki.admin)
+    assert unknown.code == 404
+    assert images.list_tags(registry, repo) == ["v1"]
+    assert (await api.client(api.pki.admin).get(item)).code == 200
+
+
+@pytest_twisted.ensureDeferred
 async def test_deletecollection_across_all_namespaces_is_405_and_says_so(api, registry, repo):
     images.push_oci_image(registry, repo, "v1")
     client = api.client(api.pki.admin)

@@ -342,6 +342,14 @@ def _write_error(request: IRequest, error: ApiError) -> bytes:
 Handler = Callable[..., Awaitable[bytes]]
 
 
+def _method_refused(request: IRequest) -> bytes:
+    """The 405 of a method no route of the request's path serves."""
+    if _request_labels(request)[1] != RESOURCE:
+        # Discovery, OpenAPI, health, version: go-restful's 405, which names no resource.
+        return _write_error(request, path_method_not_allowed())
+    return _write_error(request, method_not_allowed(request.method.decode("latin-1").lower()))
+
+
 class _Utf8Paths(Resource):
     """Klein answers a path or Host that is not UTF-8 with a bare text 400, and one that is no host name
     with a 500: refuse them as a Status. A path that begins with an empty segment (``//apis``, or
@@ -350,10 +358,16 @@ class _Utf8Paths(Resource):
 
     isLeaf = True
 
-    def __init__(self, routes: Resource, direct: Callable[[Request], int | None]) -> None:
+    def __init__(
+        self,
+        routes: Resource,
+        direct: Callable[[Request], int | None],
+        served: Callable[[str], bool] = lambda path: True,
+    ) -> None:
         super().__init__()
         self.routes = routes
         self.direct = direct
+        self.served = served
 
     def render(self, request: Request) -> bytes | int:
         try:
@@ -365,6 +379,13 @@ class _Utf8Paths(Resource):
         # The path Klein routes: segments unquoted, so "/%2Fapis" is "//apis" here as in kube-apiserver.
         if b"/".join(request.postpath or []).startswith(b"/"):
             return _write_error(request, path_not_found())
+        if not request.method.isupper():
+            # A method not in upper case (`get`, `Delete`): werkzeug matches methods whatever their
+            # case and would serve it; kube-apiserver's router (go-restful) matches them exactly, as
+            # Go's methods are case-sensitive, so no route takes it: a 405 on a path a route serves
+            # as for any other method no route of the path serves (_method_refused), else a 404.
+            path = unquote_to_bytes(_target(request)[0]).decode("utf-8")
+            return _method_refused(request) if self.served(path) else _write_error(request, path_not_found())
         served = self.direct(request)
         if served is not None:
             return served
@@ -559,7 +580,17 @@ class ApiServer:
         self._matcher = url_map.bind("localhost")
 
     def resource(self) -> Resource:
-        return _Utf8Paths(self.app.resource(), self._serve_direct)
+        return _Utf8Paths(self.app.resource(), self._serve_direct, self._served)
+
+    def _served(self, path: str) -> bool:
+        """Whether a route serves ``path`` (with whatever method)."""
+        try:
+            self._matcher.match(path, method="GET")
+        except MethodNotAllowed:
+            return True
+        except HTTPException:
+            return False
+        return True
 
     @property
     def inflight(self) -> int:
@@ -1055,10 +1086,7 @@ class ApiServer:
 
         @self.app.handle_errors(MethodNotAllowed)
         def _bad_method(request: IRequest, failure: Any) -> bytes:
-            if _request_labels(request)[1] != RESOURCE:
-                # Discovery, OpenAPI, health, version: go-restful's 405, which names no resource.
-                return _write_error(request, path_method_not_allowed())
-            return _write_error(request, method_not_allowed(request.method.decode("latin-1").lower()))
+            return _method_refused(request)
 
         @self.app.handle_errors(HTTPException)
         def _http_error(request: IRequest, failure: Any) -> bytes:
