@@ -312,6 +312,38 @@ async def test_least_recently_used_entries_go_first(review: FakeReview, clock: C
 
 
 @pytest_twisted.ensureDeferred
+async def test_refused_tokens_never_push_a_valid_one_out(review: FakeReview, clock: Clock) -> None:
+    """Made-up tokens are kept apart from valid ones, each bounded on its own: however many, a valid
+    token stays cached for its success TTL (one review), and so do the latest refusals."""
+    auth = TokenReviewAuthenticator(review=review, clock=clock, max_entries=2)
+    assert await auth.authenticate(bearer(GOOD)) == ALICE
+    for i in range(10):
+        assert await auth.authenticate(bearer(f"made-up-{i}")) is None
+    assert await auth.authenticate(bearer(GOOD)) == ALICE
+    assert review.calls.count(GOOD) == 1
+    auth.max_failures = 3
+    for i in range(10, 14):
+        assert await auth.authenticate(bearer(f"made-up-{i}")) is None
+    assert len(auth._failures) == 3  # bounded too
+    await auth.authenticate(bearer("made-up-13"))
+    assert review.calls.count("made-up-13") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_token_whose_answer_changed_is_kept_once(review: FakeReview, clock: Clock) -> None:
+    auth = TokenReviewAuthenticator(review=review, clock=clock, success_ttl=10.0, failure_ttl=10.0)
+    assert await auth.authenticate(bearer(GOOD)) == ALICE
+    del review.users[GOOD]  # revoked
+    clock.advance(11)
+    assert await auth.authenticate(bearer(GOOD)) is None
+    assert (len(auth._cache), len(auth._failures)) == (0, 1)
+    review.users[GOOD] = ALICE
+    clock.advance(11)
+    assert await auth.authenticate(bearer(GOOD)) == ALICE
+    assert (len(auth._cache), len(auth._failures)) == (1, 0)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_utf8_token_is_reviewed_as_sent(auth: TokenReviewAuthenticator, review: FakeReview) -> None:
     sent = "Bearer tokén".encode()
     assert await auth.authenticate(bearer_bytes(sent)) is None

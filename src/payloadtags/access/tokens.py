@@ -84,7 +84,12 @@ class TokenReviewAuthenticator:
     clock: IReactorTime
     success_ttl: float = 10.0
     failure_ttl: float = 10.0
+    # The most tokens each cache keeps, least recently used first out: the tokens a review accepted,
+    # and apart from them those it refused, so that made-up tokens (a 401 takes a handshake token of
+    # its address, 20 a second) never push a valid token out, which would then cost a review a
+    # request rather than one in its success_ttl (review r1hostile2: 21 addresses could).
     max_entries: int = 4096
+    max_failures: int = 4096
     retry: ReviewRetry = ReviewRetry()
     # The clock of the waits between attempts (the deadline and the cache keep ``clock``), and the
     # source of their jitter.
@@ -93,6 +98,7 @@ class TokenReviewAuthenticator:
     at_once: int = REVIEWS_AT_ONCE
     per_client: int = REVIEWS_PER_CLIENT
     _cache: OrderedDict[str, tuple[float, UserInfo | None]] = attrs.field(factory=OrderedDict, init=False)
+    _failures: OrderedDict[str, tuple[float, UserInfo | None]] = attrs.field(factory=OrderedDict, init=False)
     _reviews: InFlight[str, UserInfo | None] = attrs.field(
         factory=lambda: InFlight(cancel_when_abandoned=True), init=False
     )
@@ -110,10 +116,11 @@ class TokenReviewAuthenticator:
         if token is None:
             return None
         key = hashlib.sha256(token.encode()).hexdigest()
-        cached = self._cache.get(key)
-        if cached is not None and cached[0] > self.clock.seconds():
-            self._cache.move_to_end(key)
-            return cached[1]
+        for cache in (self._cache, self._failures):
+            cached = cache.get(key)
+            if cached is not None and cached[0] > self.clock.seconds():
+                cache.move_to_end(key)
+                return cached[1]
         # Concurrent requests with one token share one review, which is cancelled only once none
         # of them waits for it (each may be cancelled: its client gone, its deadline passed).
         # The review's turns are taken as the client of the request that started it.
@@ -123,11 +130,15 @@ class TokenReviewAuthenticator:
         """The review of ``token``, cached once it answers. A failed review is not cached: the next
         request reviews again."""
         result = await self._retried(token, client)
-        ttl = self.success_ttl if result is not None else self.failure_ttl
-        self._cache[key] = (self.clock.seconds() + ttl, result)
-        self._cache.move_to_end(key)
-        while len(self._cache) > self.max_entries:
-            self._cache.popitem(last=False)
+        if result is not None:
+            cache, ttl, most, other = self._cache, self.success_ttl, self.max_entries, self._failures
+        else:
+            cache, ttl, most, other = self._failures, self.failure_ttl, self.max_failures, self._cache
+        other.pop(key, None)  # its answer changed (a token revoked, or made valid)
+        cache[key] = (self.clock.seconds() + ttl, result)
+        cache.move_to_end(key)
+        while len(cache) > most:
+            cache.popitem(last=False)
         return result
 
     async def _retried(self, token: str, client: Hashable) -> UserInfo | None:
