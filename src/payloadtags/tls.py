@@ -241,6 +241,18 @@ _REFUSAL_WORDS: Final = {
     24: "is not a CA but signed a certificate of the chain",
     25: "exceeds the path length a CA of the chain allows",
 }
+# X509_V_ERR_CERT_CHAIN_TOO_LONG: more CAs between the client's certificate and a trusted one than
+# set_verify_depth allows. Anyone can make such a chain, with any names in it.
+_TOO_LONG: Final = 22
+_TOO_LONG_WORDS: Final = (
+    f"ends a chain longer than this server verifies (more than {VERIFY_DEPTH} CAs between a client's "
+    "certificate and a trusted CA)"
+)
+# Checks of the time: a connection's certificate (or a CA) outside its validity at the handshake may be
+# inside it at a later request, when the authenticators verify the chain again (client_chain).
+_TIME_ERRORS: Final = frozenset((_NOT_YET_VALID, _EXPIRED))
+# How long a handshake refused for a key Go refuses too stays quiet in the log after a line about it.
+OUTSIZED_LOG_PERIOD = 60.0
 # How much of a certificate's subject or issuer a line shows: the certificate's sender chose them.
 _NAME_SHOWN: Final = 200
 
@@ -262,26 +274,49 @@ class Refusal:
     # What the log is rate-limited by: the reason and the certificate's names; only the reason when
     # no trusted CA signed it (anyone can make one, with names varied to write a line a connection).
     key: Hashable
+    # For a check of the time, the validity of the certificate it failed on: the refusal holds only
+    # while a request's time is outside it (a certificate not yet valid at the handshake may be valid at
+    # a later request of the connection, which the authenticators then verify: client_chain).
+    validity: tuple[datetime.datetime, datetime.datetime] | None = None
+
+    def holds(self, now: datetime.datetime) -> bool:
+        """Whether this is still why the certificate does not verify at ``now``."""
+        if self.validity is None:
+            return True
+        not_before, not_after = self.validity
+        # As OpenSSL and Go: valid from notBefore, expired once past notAfter.
+        return now < not_before or now > not_after
 
 
-def _refusal(cert: crypto.X509, errno: int, depth: int) -> Refusal:
+def _refusal(cert: crypto.X509, errno: int, depth: int, words: str | None = None) -> Refusal:
+    validity = None
     try:
         readable = cert.to_cryptography()
         subject, issuer = _name(readable.subject), _name(readable.issuer)
+        if errno in _TIME_ERRORS:
+            validity = (readable.not_valid_before_utc, readable.not_valid_after_utc)
     except ValueError:  # see _unreadable
         subject, issuer = "(unreadable)", "(unreadable)"
     name = f"the client certificate {subject}" if depth == 0 else f"the CA certificate {subject} of its chain"
     key: Hashable
-    if errno in _UNKNOWN_CA:
+    if words is not None:  # a bound of the verification (tls.server_context): anyone can exceed it
+        key = words
+    elif errno in _UNKNOWN_CA:
         words, key = "is signed by no CA of --client-ca-file or --requestheader-client-ca-file", "unknown CA"
+    elif errno == _TOO_LONG:
+        words, key = _TOO_LONG_WORDS, "chain too long"
     else:
         words = _REFUSAL_WORDS.get(errno, f"fails OpenSSL's verification (error {errno})")
         key = (errno, depth, subject, issuer)
-    return Refusal(f"{name} (issuer {issuer}) {words}", key)
+    return Refusal(f"{name} (issuer {issuer}) {words}", key, validity)
 
 
-# The first check each connection's client certificate failed at the handshake.
-_refusals: weakref.WeakKeyDictionary[SSL.Connection, Refusal] = weakref.WeakKeyDictionary()
+# The checks each connection's client certificate failed at the handshake, in OpenSSL's order (the
+# chain's build, then its certificates from the trusted CA down), one per certificate and error: at most
+# _REFUSALS_KEPT.
+_refusals: weakref.WeakKeyDictionary[SSL.Connection, tuple[Refusal, ...]] = weakref.WeakKeyDictionary()
+_REFUSALS_KEPT: Final = 2 * (VERIFY_DEPTH + 2)
+_outsized_said: OncePerPeriod[str] = OncePerPeriod(OUTSIZED_LOG_PERIOD)
 
 
 def _outsized(cert: crypto.X509) -> str | None:
@@ -296,24 +331,38 @@ def _verify(connection: SSL.Connection, cert: crypto.X509, errno: int, depth: in
     # OpenSSL calls this for each certificate of the chain from the trusted CA down, before it checks a
     # signature with that certificate's key (and for each error it meets, when it meets it): a key Go
     # would refuse fails the handshake, as in Go, before it costs a signature check.
-    if _outsized(cert) is not None:
+    # The bounds come first, before the names of a refusal are read.
+    outsized = _outsized(cert)
+    if outsized is not None:
         _verdict[connection] = REFUSED
+        refusal = _refusal(cert, errno, depth, f"has {outsized}, which Go refuses too")
+        _refusals[connection] = (refusal,)
+        # No request follows (the handshake fails): said here, once per period, whatever the names.
+        said = _outsized_said("outsized")
+        if said is not None:
+            log.warn("a TLS handshake is refused: {why}{more}", why=refusal.why, more=said.more())
         return False
     # Otherwise never fail the handshake: like kube-apiserver, an untrusted certificate only means the
     # request is not authenticated by it (401, or a bearer token may still identify the caller).
     check = VERIFIED if ok else RETRIED if errno in _RETRIED_ERRORS else REFUSED
     _verdict[connection] = max(_verdict.get(connection, VERIFIED), check)
-    if not ok and connection not in _refusals:
-        _refusals[connection] = _refusal(cert, errno, depth)
+    if not ok:
+        kept = _refusals.get(connection, ())
+        if len(kept) < _REFUSALS_KEPT:
+            _refusals[connection] = (*kept, _refusal(cert, errno, depth))
     return True
 
 
-def refused_certificate(connection: object) -> Refusal | None:
-    """Why the handshake did not verify the client certificate of a connection, or None when it did
-    (or the peer sent none)."""
+def refused_certificate(connection: object, now: datetime.datetime | None = None) -> Refusal | None:
+    """Why the client certificate of a connection does not verify at ``now`` (the present by default),
+    from the checks the handshake's verification failed: the first that still holds. None when the
+    handshake verified it, the peer sent none, or every failed check was one of the time that no longer
+    holds (a certificate not valid yet at the handshake is at a later request: whatever refuses it
+    then, it is not that)."""
     if not isinstance(connection, SSL.Connection):
         return None
-    return _refusals.get(connection)
+    at = now if now is not None else datetime.datetime.now(datetime.UTC)
+    return next((r for r in _refusals.get(connection, ()) if r.holds(at)), None)
 
 
 _peer_chains: weakref.WeakKeyDictionary[SSL.Connection, tuple[x509.Certificate, ...]] = (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import attrs
 import pytest
 import pytest_twisted
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from twisted.internet import defer, task, threads, utils
 from twisted.internet.task import Clock
@@ -1515,3 +1516,75 @@ async def test_a_401_for_a_certificate_that_did_not_verify_says_why_once_a_perio
         f'"{pki.client_ca.cert.subject.rfc4514_string()}") is not for client authentication: its extended '
         "key usage allows neither clientAuth nor anyExtendedKeyUsage, so it identifies no one"
     ], said
+
+
+def _requests_at(target: Target, user: Issued, moments: tuple[datetime.datetime | None, ...]) -> list[Reply]:
+    """Requests on one connection, each sent once its moment has passed (None: at once)."""
+    raw = request_bytes("GET", "/version")
+    replies = []
+    with target.connect(user) as sock:
+        for moment in moments:
+            wait = (moment - datetime.datetime.now(datetime.UTC)).total_seconds() if moment else 0
+            if wait > 0:
+                time.sleep(wait)
+            sock.sendall(raw)
+            replies.append(read_reply(sock))
+    return replies
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_certificate_not_yet_valid_at_the_handshake_is_said_only_while_it_is_not(
+    make_server, registry, pki
+):
+    """The handshake did not verify it only for the time: the chain is kept and the authenticators
+    verify it per request (review r1hostile2 L1). Before its notBefore the 401's line says "not valid
+    yet"; after, the same connection's request is the user's, and no line is said."""
+    server = await make_server(registry)
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    later = now + datetime.timedelta(seconds=3)
+    leaf = _leaf_of(pki.client_ca, "later", later, now + DAY, ExtendedKeyUsageOID.CLIENT_AUTH)
+    target = Target(server.running.port, str(server.pki.server_ca.cert_file))
+    with collected_logs() as events:
+        first, second = await threads.deferToThread(
+            _requests_at, target, leaf, (None, later + datetime.timedelta(seconds=1.5))
+        )
+    assert first.is_status(401), first
+    assert second.code == 200, second
+    said = [formatEvent(e) for e in events if "401" in formatEvent(e)]
+    assert said == [
+        'a request is answered 401: the client certificate "CN=front-proxy-client" (issuer '
+        f'"{pki.client_ca.cert.subject.rfc4514_string()}") is not valid yet (its notBefore is later than '
+        "this server's clock), so it identifies no one"
+    ], said
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_certificate_valid_since_the_handshake_refused_for_another_reason_is_not_said_not_valid_yet(
+    make_server, registry, pki, tmp_path
+):
+    """Not valid yet at the handshake, valid at the connection's first request, and without a CN (so it
+    identifies no one, and writes no line, as a verified certificate without a CN): the handshake's
+    "not valid yet" no longer holds, and is not said."""
+    server = await make_server(registry)
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    later = now + datetime.timedelta(seconds=3)
+    issued = pki.client_ca.client("nameless", stem="nameless")  # for its key and files
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([]))
+        .issuer_name(pki.client_ca.cert.subject)
+        .public_key(issued.key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(later)
+        .not_valid_after(now + DAY)
+        .sign(pki.client_ca.key, hashes.SHA256())
+    )
+    issued.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    target = Target(server.running.port, str(server.pki.server_ca.cert_file))
+    with collected_logs() as events:
+        (reply,) = await threads.deferToThread(
+            _requests_at, target, issued, (later + datetime.timedelta(seconds=1.5),)
+        )
+    assert reply.is_status(401), reply
+    said = [formatEvent(e) for e in events if "401" in formatEvent(e)]
+    assert said == [], said

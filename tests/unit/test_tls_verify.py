@@ -16,9 +16,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL, crypto
+from twisted.logger import formatEvent
 
+from payloadtags import tls
 from payloadtags.access.authn import MAX_RSA_BITS, MAX_RSA_EXPONENT, VERIFY_DEPTH, TrustAnchors
+from payloadtags.onceper import OncePerPeriod
 from payloadtags.tls import ServingCertificate, client_chain, refused_certificate, server_context
+from tests.support.logcapture import collected_logs
 from tests.support.pki import Authority, in_memory_handshake
 
 DAY = datetime.timedelta(days=1)
@@ -195,6 +199,12 @@ def test_a_chain_deeper_than_the_verify_depth_is_not_trusted(intermediates: int)
     assert kept == ((leaf, *chain, root) if within else ())
     now = datetime.datetime.now(datetime.UTC)
     assert TrustAnchors((root,)).verify(leaf, (*chain, root), now) is within
+    # The 401's line (api.app) says which bound the chain exceeds, not an OpenSSL error number.
+    refusal = refused_certificate(_server_side(root, leaf, key, chain))
+    if within:
+        assert refusal is None
+    else:
+        assert refusal is not None and "ends a chain longer than this server verifies" in refusal.why, refusal
 
 
 def _odd(bits: int) -> int:
@@ -210,7 +220,7 @@ def _odd(bits: int) -> int:
     ],
 )
 def test_a_chain_with_a_key_go_refuses_fails_the_handshake_before_its_signatures_are_checked(
-    bits: int, exponent: int, refused: bool
+    bits: int, exponent: int, refused: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An RSA key over 8192 bits or with an exponent over 2^31-1 in the chain fails the handshake, as in
     Go (crypto/tls, crypto/rsa), before any signature is checked with it: here the intermediate's key
@@ -233,8 +243,22 @@ def test_a_chain_with_a_key_go_refuses_fails_the_handshake_before_its_signatures
         .sign(rsa.generate_private_key(65537, 2048), hashes.SHA256())
     )
     if refused:
-        with pytest.raises(SSL.Error):
-            _server_side(root, leaf, key, (intermediate,))
+        # No request follows a failed handshake: its line says why, with its own reason, once a period.
+        monkeypatch.setattr(tls, "_outsized_said", OncePerPeriod(tls.OUTSIZED_LOG_PERIOD))
+        with collected_logs() as events:
+            for _ in range(2):
+                with pytest.raises(SSL.Error):
+                    _server_side(root, leaf, key, (intermediate,))
+        said = [formatEvent(e) for e in events]
+        assert said == [
+            'a TLS handshake is refused: the CA certificate "CN=big" of its chain (issuer "CN=root") has '
+            + (
+                f"an RSA key of {bits} bits (more than {MAX_RSA_BITS})"
+                if bits > MAX_RSA_BITS
+                else f"an RSA public exponent over {MAX_RSA_EXPONENT}"
+            )
+            + ", which Go refuses too"
+        ], said
         assert not TrustAnchors((root,)).verify(leaf, (intermediate, root), NOW)
     else:
         assert client_chain(_server_side(root, leaf, key, (intermediate,))) == ()
@@ -247,3 +271,26 @@ def test_the_server_context_refuses_renegotiation_itself(tmp_path: Path, client_
     cas = (Authority.create(tmp_path, "ca").cert,) if client_cas else ()
     context = server_context(ServingCertificate.self_signed(), cas)
     assert context.set_options(0) & SSL.OP_NO_RENEGOTIATION
+
+
+def test_a_refusal_for_the_time_holds_only_while_the_certificate_is_outside_its_validity(
+    tmp_path: Path,
+) -> None:
+    """A certificate not yet valid at the handshake is kept for the authenticators (client_chain): once
+    valid, a 401 it gets at a later request is for another reason, which "not valid yet" would misname
+    (so the line is not said). Its expiry, and a CA nobody trusts, hold at any time."""
+    ca = Authority.create(tmp_path / "ca", "ca")
+    key = ec.generate_private_key(ec.SECP256R1())
+    later = NOW + datetime.timedelta(seconds=4)
+    connection = _server_side(ca.cert, ca.client_leaf(key, later, NOW + DAY), key)
+    assert client_chain(connection) != ()
+    before = refused_certificate(connection, NOW)
+    assert before is not None and "is not valid yet" in before.why
+    assert refused_certificate(connection, later) is None
+    expired = _server_side(ca.cert, ca.client_leaf(key, NOW - 3 * DAY, NOW - DAY), key)
+    stranger = Authority.create(tmp_path / "other", "other")
+    unknown = _server_side(ca.cert, stranger.client_leaf(key, later, NOW + DAY), key)
+    for at in (NOW, NOW + 2 * DAY):
+        assert (refusal := refused_certificate(expired, at)) is not None and "has expired" in refusal.why
+        # Its first failed check is the build (no trusted issuer), whatever the time.
+        assert (refusal := refused_certificate(unknown, at)) is not None and "no CA" in refusal.why

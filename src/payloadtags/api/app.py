@@ -831,7 +831,9 @@ class ApiServer:
     def _say_refused_certificate(self, request: Request) -> None:
         """A request answered 401 that came with a client certificate the handshake did not verify:
         why, once per period per certificate (per reason for one no trusted CA signed). Else the 401
-        is all its holder sees, and the log says nothing (review r1docs L1)."""
+        is all its holder sees, and the log says nothing (review r1docs L1). Only a reason that still
+        holds: a certificate not valid yet at the handshake is verified again at each request
+        (tls.client_chain), and once valid, is not refused for that (tls.refused_certificate)."""
         refusal = refused_certificate(_connection(request))
         if refusal is None:
             return
