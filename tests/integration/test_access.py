@@ -1540,8 +1540,9 @@ async def test_a_certificate_not_yet_valid_at_the_handshake_is_said_only_while_i
     verify it per request (review r1hostile2 L1). Before its notBefore the 401's line says "not valid
     yet"; after, the same connection's request is the user's, and no line is said."""
     server = await make_server(registry)
-    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
-    later = now + datetime.timedelta(seconds=3)
+    now = datetime.datetime.now(datetime.UTC)
+    # Whole seconds, as a certificate holds them: at least 3 s from now, for the handshake to come before.
+    later = (now + datetime.timedelta(seconds=4)).replace(microsecond=0)
     leaf = _leaf_of(pki.client_ca, "later", later, now + DAY, ExtendedKeyUsageOID.CLIENT_AUTH)
     target = Target(server.running.port, str(server.pki.server_ca.cert_file))
     with collected_logs() as events:
@@ -1566,8 +1567,9 @@ async def test_a_certificate_valid_since_the_handshake_refused_for_another_reaso
     identifies no one, and writes no line, as a verified certificate without a CN): the handshake's
     "not valid yet" no longer holds, and is not said."""
     server = await make_server(registry)
-    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
-    later = now + datetime.timedelta(seconds=3)
+    now = datetime.datetime.now(datetime.UTC)
+    # Whole seconds, as a certificate holds them: at least 3 s from now, for the handshake to come before.
+    later = (now + datetime.timedelta(seconds=4)).replace(microsecond=0)
     issued = pki.client_ca.client("nameless", stem="nameless")  # for its key and files
     cert = (
         x509.CertificateBuilder()

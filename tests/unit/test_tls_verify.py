@@ -19,14 +19,18 @@ from OpenSSL import SSL, crypto
 from twisted.logger import formatEvent
 
 from payloadtags import tls
-from payloadtags.access.authn import MAX_RSA_BITS, MAX_RSA_EXPONENT, VERIFY_DEPTH, TrustAnchors
+from payloadtags.access.authn import (
+    MAX_RSA_BITS,
+    MAX_RSA_EXPONENT,
+    VERIFY_DEPTH,
+    TrustAnchors,
+)
 from payloadtags.onceper import OncePerPeriod
 from payloadtags.tls import ServingCertificate, client_chain, refused_certificate, server_context
 from tests.support.logcapture import collected_logs
 from tests.support.pki import Authority, in_memory_handshake
 
 DAY = datetime.timedelta(days=1)
-NOW = datetime.datetime.now(datetime.UTC)
 
 
 def _server_side(
@@ -56,13 +60,14 @@ def test_a_chain_is_kept_when_every_check_passed_or_only_the_time_failed(tmp_pat
     identifies the connection's later requests (r1hostile2 L1). One that failed otherwise is not."""
     ca = Authority.create(tmp_path, "ca")
     key = ec.generate_private_key(ec.SECP256R1())
-    trusted, before, after, usage = ca.cert, NOW - DAY, NOW + DAY, ExtendedKeyUsageOID.CLIENT_AUTH
+    now = datetime.datetime.now(datetime.UTC)
+    trusted, before, after, usage = ca.cert, now - DAY, now + DAY, ExtendedKeyUsageOID.CLIENT_AUTH
     if case == "expired-ca":
-        trusted = ca.resigned(NOW - 3 * DAY, NOW - DAY)
+        trusted = ca.resigned(now - 3 * DAY, now - DAY)
     elif case == "expired-leaf":
-        before, after = NOW - 3 * DAY, NOW - DAY
+        before, after = now - 3 * DAY, now - DAY
     elif case == "future-leaf":
-        before, after = NOW + DAY, NOW + 3 * DAY
+        before, after = now + DAY, now + 3 * DAY
     elif case == "server-auth-leaf":
         usage = ExtendedKeyUsageOID.SERVER_AUTH
     cert = ca.client_leaf(key, before, after, usage)
@@ -80,7 +85,8 @@ def test_a_chain_of_an_unknown_ca_is_kept_as_sent_for_the_authenticators(tmp_pat
     """A CA added to the CA files after the handshake may trust it at a later request (r1hostile2 L1)."""
     trusted, other = Authority.create(tmp_path, "trusted"), Authority.create(tmp_path, "other")
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = other.client_leaf(key, NOW - DAY, NOW + DAY)
+    now = datetime.datetime.now(datetime.UTC)
+    cert = other.client_leaf(key, now - DAY, now + DAY)
     assert client_chain(_server_side(trusted.cert, cert, key)) == (cert,)
 
 
@@ -109,13 +115,14 @@ def test_the_first_check_a_certificate_failed_is_kept_to_say_why_it_identifies_n
     """What the 401's log line says (api.app, review r1docs L1): the certificate's names and the reason."""
     ca = Authority.create(tmp_path / "ca", "ca")
     key = ec.generate_private_key(ec.SECP256R1())
-    trusted, before, after, usage = ca.cert, NOW - DAY, NOW + DAY, ExtendedKeyUsageOID.CLIENT_AUTH
+    now = datetime.datetime.now(datetime.UTC)
+    trusted, before, after, usage = ca.cert, now - DAY, now + DAY, ExtendedKeyUsageOID.CLIENT_AUTH
     if case == "expired-ca":
-        trusted = ca.resigned(NOW - 3 * DAY, NOW - DAY)
+        trusted = ca.resigned(now - 3 * DAY, now - DAY)
     elif case == "expired-leaf":
-        before, after = NOW - 3 * DAY, NOW - DAY
+        before, after = now - 3 * DAY, now - DAY
     elif case == "future-leaf":
-        before, after = NOW + DAY, NOW + 3 * DAY
+        before, after = now + DAY, now + 3 * DAY
     elif case == "server-auth-leaf":
         usage = ExtendedKeyUsageOID.SERVER_AUTH
     elif case == "unknown-ca":
@@ -134,8 +141,9 @@ def test_a_certificate_no_trusted_ca_signed_is_said_once_whatever_names_it_holds
     keys = set()
     for name in ("one", "two"):
         stranger = Authority.create(tmp_path / name, name)
+        now = datetime.datetime.now(datetime.UTC)
         refusal = refused_certificate(
-            _server_side(trusted, stranger.client_leaf(key, NOW - DAY, NOW + DAY), key)
+            _server_side(trusted, stranger.client_leaf(key, now - DAY, now + DAY), key)
         )
         assert refusal is not None and f'(issuer "CN={name}")' in refusal.why
         keys.add(refusal.key)
@@ -149,14 +157,15 @@ def _name(text: str) -> x509.Name:
 def _ca_cert(
     subject: str, public_key: object, issuer: str, signer: ec.EllipticCurvePrivateKey
 ) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
     return (
         x509.CertificateBuilder()
         .subject_name(_name(subject))
         .issuer_name(_name(issuer))
         .public_key(public_key)  # type: ignore[arg-type]
         .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - DAY)
-        .not_valid_after(NOW + DAY)
+        .not_valid_before(now - DAY)
+        .not_valid_after(now + DAY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(signer, hashes.SHA256())
     )
@@ -175,14 +184,15 @@ def _chain(
         chain.insert(0, _ca_cert(f"ca-{i}", key.public_key(), issuer, issuer_key))
         issuer, issuer_key = f"ca-{i}", key
     leaf_key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
     leaf = (
         x509.CertificateBuilder()
         .subject_name(_name("user"))
         .issuer_name(_name(issuer))
         .public_key(leaf_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - DAY)
-        .not_valid_after(NOW + DAY)
+        .not_valid_before(now - DAY)
+        .not_valid_after(now + DAY)
         .sign(issuer_key, hashes.SHA256())
     )
     return root, leaf, leaf_key, tuple(chain)
@@ -231,14 +241,15 @@ def test_a_chain_with_a_key_go_refuses_fails_the_handshake_before_its_signatures
     public = rsa.RSAPublicNumbers(exponent, _odd(bits)).public_key()
     intermediate = _ca_cert("big", public, "root", root_key)
     key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
     leaf = (
         x509.CertificateBuilder()
         .subject_name(_name("user"))
         .issuer_name(_name("big"))
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - DAY)
-        .not_valid_after(NOW + DAY)
+        .not_valid_before(now - DAY)
+        .not_valid_after(now + DAY)
         # Signed by an RSA key, as OpenSSL takes for the issuer only a certificate of the same key type.
         .sign(rsa.generate_private_key(65537, 2048), hashes.SHA256())
     )
@@ -259,7 +270,7 @@ def test_a_chain_with_a_key_go_refuses_fails_the_handshake_before_its_signatures
             )
             + ", which Go refuses too"
         ], said
-        assert not TrustAnchors((root,)).verify(leaf, (intermediate, root), NOW)
+        assert not TrustAnchors((root,)).verify(leaf, (intermediate, root), now)
     else:
         assert client_chain(_server_side(root, leaf, key, (intermediate,))) == ()
 
@@ -281,16 +292,18 @@ def test_a_refusal_for_the_time_holds_only_while_the_certificate_is_outside_its_
     (so the line is not said). Its expiry, and a CA nobody trusts, hold at any time."""
     ca = Authority.create(tmp_path / "ca", "ca")
     key = ec.generate_private_key(ec.SECP256R1())
-    later = NOW + datetime.timedelta(seconds=4)
-    connection = _server_side(ca.cert, ca.client_leaf(key, later, NOW + DAY), key)
+    # Taken here, not at the module's import: the handshake just below must come before `later`.
+    now = datetime.datetime.now(datetime.UTC)
+    later = now + datetime.timedelta(seconds=4)
+    connection = _server_side(ca.cert, ca.client_leaf(key, later, now + DAY), key)
     assert client_chain(connection) != ()
-    before = refused_certificate(connection, NOW)
+    before = refused_certificate(connection, now)
     assert before is not None and "is not valid yet" in before.why
     assert refused_certificate(connection, later) is None
-    expired = _server_side(ca.cert, ca.client_leaf(key, NOW - 3 * DAY, NOW - DAY), key)
+    expired = _server_side(ca.cert, ca.client_leaf(key, now - 3 * DAY, now - DAY), key)
     stranger = Authority.create(tmp_path / "other", "other")
-    unknown = _server_side(ca.cert, stranger.client_leaf(key, later, NOW + DAY), key)
-    for at in (NOW, NOW + 2 * DAY):
+    unknown = _server_side(ca.cert, stranger.client_leaf(key, later, now + DAY), key)
+    for at in (now, now + 2 * DAY):
         assert (refusal := refused_certificate(expired, at)) is not None and "has expired" in refusal.why
         # Its first failed check is the build (no trusted issuer), whatever the time.
         assert (refusal := refused_certificate(unknown, at)) is not None and "no CA" in refusal.why
