@@ -26,11 +26,13 @@ from zope.interface import implementer
 
 from payloadtags.access.authn import (
     MAX_PRESENTED_CHAIN,
+    RSA_PSS_KEY,
+    UNREADABLE_KEY,
     VERIFY_DEPTH,
     Verdicts,
     load_pem_bundle,
-    outsized_certificate_key,
-    outsized_key,
+    refused_certificate_key,
+    refused_key,
 )
 from payloadtags.onceper import OncePerPeriod
 from payloadtags.validators import read_file
@@ -251,7 +253,8 @@ _TOO_LONG_WORDS: Final = (
 # Checks of the time: a connection's certificate (or a CA) outside its validity at the handshake may be
 # inside it at a later request, when the authenticators verify the chain again (client_chain).
 _TIME_ERRORS: Final = frozenset((_NOT_YET_VALID, _EXPIRED))
-# How long a handshake refused for a key Go refuses too stays quiet in the log after a line about it.
+# How long a handshake refused for a key Go would not verify with (authn.refused_key) stays quiet in the
+# log after a line about it.
 OUTSIZED_LOG_PERIOD = 60.0
 # How much of a certificate's subject or issuer a line shows: the certificate's sender chose them.
 _NAME_SHOWN: Final = 200
@@ -319,12 +322,22 @@ _REFUSALS_KEPT: Final = 2 * (VERIFY_DEPTH + 2)
 _outsized_said: OncePerPeriod[str] = OncePerPeriod(OUTSIZED_LOG_PERIOD)
 
 
-def _outsized(cert: crypto.X509) -> str | None:
+# OpenSSL's EVP_PKEY_RSA_PSS: a key of id-RSASSA-PSS, which cryptography loads as an RSA key.
+_RSA_PSS_TYPE: Final = 912
+
+
+def _refused_key(cert: crypto.X509) -> str | None:
+    """authn.refused_certificate_key, read from OpenSSL's certificate: one cryptography cannot read
+    whole (tls._unreadable) still has a key that can be judged."""
     try:
-        key = cert.get_pubkey().to_cryptography_key()
+        pkey = cert.get_pubkey()
+        if pkey.type() == _RSA_PSS_TYPE:
+            return RSA_PSS_KEY
+        key = pkey.to_cryptography_key()
     except (crypto.Error, ValueError, UnsupportedAlgorithm):
-        return None  # no key anyone verifies with: its checks fail, at no cost
-    return outsized_key(key)
+        # OpenSSL may verify with it (a binary curve) while cryptography, like Go, cannot read it.
+        return UNREADABLE_KEY
+    return refused_key(key)
 
 
 def _verify(connection: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
@@ -332,10 +345,10 @@ def _verify(connection: SSL.Connection, cert: crypto.X509, errno: int, depth: in
     # signature with that certificate's key (and for each error it meets, when it meets it): a key Go
     # would refuse fails the handshake, as in Go, before it costs a signature check.
     # The bounds come first, before the names of a refusal are read.
-    outsized = _outsized(cert)
-    if outsized is not None:
+    refused = _refused_key(cert)
+    if refused is not None:
         _verdict[connection] = REFUSED
-        refusal = _refusal(cert, errno, depth, f"has {outsized}, which Go refuses too")
+        refusal = _refusal(cert, errno, depth, f"has {refused}")
         _refusals[connection] = (refusal,)
         # No request follows (the handshake fails): said here, once per period, whatever the names.
         said = _outsized_said("outsized")
@@ -382,7 +395,8 @@ log = Logger()
 
 def _presented(connection: SSL.Connection) -> tuple[x509.Certificate, ...]:
     """The chain the client sent, its certificate first, when it is no longer than MAX_PRESENTED_CHAIN
-    and holds no outsized key (the bounds of the handshake's verification, tls.server_context), else ()."""
+    and holds no key Go would not verify with (the bounds of the handshake's verification,
+    tls.server_context), else ()."""
     try:
         leaf = connection.get_peer_certificate(as_cryptography=True)
         sent = connection.get_peer_cert_chain(as_cryptography=True) or []
@@ -392,7 +406,7 @@ def _presented(connection: SSL.Connection) -> tuple[x509.Certificate, ...]:
         return ()
     # OpenSSL's server side lists the client's certificate apart from the rest; keep it once.
     chain = (leaf, *(c for c in sent if c != leaf))
-    if len(chain) > MAX_PRESENTED_CHAIN or any(outsized_certificate_key(c) is not None for c in chain):
+    if len(chain) > MAX_PRESENTED_CHAIN or any(refused_certificate_key(c) is not None for c in chain):
         return ()
     return chain
 

@@ -7,13 +7,15 @@ pins the handshake's own verdict, which decides whether a connection has a chain
 
 from __future__ import annotations
 
+import base64
 import datetime
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL, crypto
 from twisted.logger import formatEvent
@@ -24,6 +26,7 @@ from payloadtags.access.authn import (
     MAX_RSA_EXPONENT,
     VERIFY_DEPTH,
     TrustAnchors,
+    refused_certificate_key,
 )
 from payloadtags.onceper import OncePerPeriod
 from payloadtags.tls import ServingCertificate, client_chain, refused_certificate, server_context
@@ -307,3 +310,126 @@ def test_a_refusal_for_the_time_holds_only_while_the_certificate_is_outside_its_
         assert (refusal := refused_certificate(expired, at)) is not None and "has expired" in refusal.why
         # Its first failed check is the build (no trusted issuer), whatever the time.
         assert (refusal := refused_certificate(unknown, at)) is not None and "no CA" in refusal.why
+
+
+# A public key on sect571r1 (a binary curve, made with `openssl genpkey`), as SubjectPublicKeyInfo: OpenSSL
+# verifies with such keys (4.6 ms a signature), Go parses no certificate holding one, and cryptography
+# cannot load it, nor make one.
+_SECT571R1_SPKI = base64.b64decode(
+    "MIGnMBAGByqGSM49AgEGBSuBBAAnA4GSAAQEpbXWSdckKVzg7DfCoDKiMEFNwow6IKPkW34wfXluziI9F7dhU3+LfvEiIxVJkrNmnzpG"
+    "kHmzQKHiEDUSYzcNbB4/rzxaFI8EAYTzkQP5mjjwNklggQAdj+mIWB+ENbRXO2MXnkAALMWwJY70ETH2VRk8od2n36Q0jJGtZFclRlg"
+    "STbOfwU1jF81P7N8FK0U="
+)
+# AlgorithmIdentifiers: rsaEncryption (NULL parameters), id-RSASSA-PSS (none), ecdsa-with-SHA256.
+_RSA_ALGORITHM = bytes.fromhex("300d06092a864886f70d0101010500")
+_RSA_PSS_ALGORITHM = bytes.fromhex("300b06092a864886f70d01010a")
+_ECDSA_SHA256 = bytes.fromhex("300a06082a8648ce3d040302")
+
+
+def _der(tag: int, body: bytes) -> bytes:
+    size = len(body)
+    length = bytes([size]) if size < 0x80 else bytes([0x80 | ((size.bit_length() + 7) // 8)])
+    if size >= 0x80:
+        length += size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes([tag]) + length + body
+
+
+def _with_spki(spki: bytes, subject: str, root_key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+    """A CA certificate signed by ``root_key`` whose key is ``spki``, one cryptography cannot make: made
+    with a placeholder key, whose SubjectPublicKeyInfo is then swapped in the signed part, signed again."""
+    placeholder = ec.generate_private_key(ec.SECP256R1()).public_key()
+    made = _ca_cert(subject, placeholder, "root", root_key)
+    old = placeholder.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    tbs = made.tbs_certificate_bytes
+    body = tbs[2 if tbs[1] < 0x80 else 2 + (tbs[1] & 0x7F) :]  # the SEQUENCE's contents
+    assert body.count(old) == 1
+    signed = _der(0x30, body.replace(old, spki))
+    signature = root_key.sign(signed, ec.ECDSA(hashes.SHA256()))
+    return x509.load_der_x509_certificate(_der(0x30, signed + _ECDSA_SHA256 + _der(0x03, b"\0" + signature)))
+
+
+def _rsa_pss_spki(key: rsa.RSAPublicKey) -> bytes:
+    """``key`` as an id-RSASSA-PSS key (no parameters: any PSS signature), as `openssl genpkey -algorithm
+    RSA-PSS` makes it; cryptography loads it as an RSA key."""
+    spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    body = spki[2 if spki[1] < 0x80 else 2 + (spki[1] & 0x7F) :]
+    assert body.startswith(_RSA_ALGORITHM)
+    return _der(0x30, _RSA_PSS_ALGORITHM + body[len(_RSA_ALGORITHM) :])
+
+
+_NOT_GO = "only RSA, ECDSA on P-224, P-256, P-384 or P-521, and Ed25519 keys are verified, as by Go"
+
+
+@pytest.mark.parametrize(
+    ("kind", "words"),
+    [
+        ("sect571r1", f"a key of an algorithm or on a curve this server does not read: {_NOT_GO}"),
+        ("dsa", f"a DSA key: {_NOT_GO}"),
+        ("ed448", f"an Ed448 key: {_NOT_GO}"),
+        ("rsa-pss", f"an RSA-PSS key (id-RSASSA-PSS): {_NOT_GO}"),
+        ("p224", None),
+        ("p384", None),
+        ("p521", None),
+        ("ed25519", None),
+    ],
+)
+def test_a_chain_with_a_key_of_a_kind_go_does_not_verify_with_fails_the_handshake(
+    kind: str, words: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only RSA keys cost: OpenSSL verifies on binary curves (a chain of sect571r1 CAs, 28 ms a
+    handshake) and with made-up DSA keys of 10,000 bits (20 ms), which Go never does (review r2chaincost
+    F2). A key of any kind but those Go verifies with fails the handshake before it checks a signature, with
+    a line of its own, and the per-request verification refuses it too. Each chain is otherwise valid (the
+    client's certificate signed by the CA's key), but where cryptography cannot sign (sect571r1)."""
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    root = _ca_cert("root", root_key.public_key(), "root", root_key)
+    signer: object
+    padding: object = None
+    algorithm: hashes.HashAlgorithm | None = hashes.SHA256()
+    if kind == "sect571r1":
+        signer = ec.generate_private_key(ec.SECP256R1())  # no one's: the check would fail, were it made
+        intermediate = _with_spki(_SECT571R1_SPKI, "odd", root_key)
+    elif kind == "rsa-pss":
+        signer = rsa.generate_private_key(65537, 2048)
+        intermediate = _with_spki(_rsa_pss_spki(signer.public_key()), "odd", root_key)
+        padding = asym_padding.PSS(asym_padding.MGF1(hashes.SHA256()), asym_padding.PSS.DIGEST_LENGTH)
+    else:
+        if kind == "dsa":
+            signer = dsa.generate_private_key(2048)  # a smaller one, the client side refuses to send
+        elif kind in ("ed448", "ed25519"):
+            signer = (
+                ed448.Ed448PrivateKey.generate() if kind == "ed448" else ed25519.Ed25519PrivateKey.generate()
+            )
+            algorithm = None
+        else:
+            curve = {"p224": ec.SECP224R1(), "p384": ec.SECP384R1(), "p521": ec.SECP521R1()}[kind]
+            signer = ec.generate_private_key(curve)
+        intermediate = _ca_cert("odd", signer.public_key(), "root", root_key)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(_name("user"))
+        .issuer_name(_name("odd"))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - DAY)
+        .not_valid_after(now + DAY)
+        .sign(signer, algorithm, rsa_padding=padding)  # type: ignore[arg-type]
+    )
+    assert refused_certificate_key(intermediate) == words
+    assert TrustAnchors((root,)).verify(leaf, (intermediate, root), now) is (words is None)
+    if words is None:
+        assert client_chain(_server_side(root, leaf, key, (intermediate,))) == (leaf, intermediate, root)
+        return
+    monkeypatch.setattr(tls, "_outsized_said", OncePerPeriod(tls.OUTSIZED_LOG_PERIOD))
+    with collected_logs() as events:
+        for _ in range(2):
+            with pytest.raises(SSL.Error):
+                _server_side(root, leaf, key, (intermediate,))
+    said = [formatEvent(e) for e in events]
+    assert said == [
+        f'a TLS handshake is refused: the CA certificate "CN=odd" of its chain (issuer "CN=root") has {words}'
+    ], said

@@ -9,8 +9,8 @@ from typing import Generic, Protocol, TypeVar
 import attrs
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa, x448, x25519
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, PublicKeyAlgorithmOID
 from OpenSSL import crypto
 
 from payloadtags.identity import AUTHENTICATED, MASTERS, UserInfo
@@ -114,28 +114,55 @@ MAX_PRESENTED_CHAIN = VERIFY_DEPTH + 2
 # check grows with both (an 8192-bit key with a 64-bit exponent: about 1.3 ms each).
 MAX_RSA_BITS = 8192
 MAX_RSA_EXPONENT = (1 << 31) - 1
+# The curves of the ECDSA keys Go's crypto/x509 parses (its namedCurveFromOID): a certificate with a key
+# on any other (a binary curve such as sect571r1, explicit parameters) fails its parse, and so Go's
+# handshake. OpenSSL verifies on binary curves, slowly: sect571r1, 4.6 ms a signature (P-521: 0.7 ms).
+GO_CURVES: tuple[type[ec.EllipticCurve], ...] = (ec.SECP224R1, ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
+# What a refusal of any other key says: the keys Go verifies a certificate's signature with. Go parses
+# DSA keys but verifies with none (since Go 1.16), and parses no RSA-PSS (id-RSASSA-PSS), Ed448 or
+# unknown key: a client certificate with one fails Go's handshake, a CA with one verifies nothing.
+_GO_KEYS = "only RSA, ECDSA on P-224, P-256, P-384 or P-521, and Ed25519 keys are verified, as by Go"
+_KEY_NAMES: tuple[tuple[type, str], ...] = (
+    (dsa.DSAPublicKey, "a DSA"),
+    (ed448.Ed448PublicKey, "an Ed448"),
+    (x25519.X25519PublicKey, "an X25519"),
+    (x448.X448PublicKey, "an X448"),
+)
+RSA_PSS_KEY = f"an RSA-PSS key (id-RSASSA-PSS): {_GO_KEYS}"
+UNREADABLE_KEY = f"a key of an algorithm or on a curve this server does not read: {_GO_KEYS}"
 
 
-def outsized_key(key: object) -> str | None:
-    """Why a certificate's public key is one Go would not verify with (an RSA key over MAX_RSA_BITS or
-    with an exponent over MAX_RSA_EXPONENT), or None when it is not."""
-    if not isinstance(key, rsa.RSAPublicKey):
+def refused_key(key: object) -> str | None:
+    """Why a certificate's public key is one Go would not verify with, or None when it would: an RSA key
+    within MAX_RSA_BITS and MAX_RSA_EXPONENT, an ECDSA key on one of GO_CURVES, an Ed25519 key. The
+    bound that keeps an untrusted chain's verification cheap: each key it holds costs a signature check
+    (docs/hardening.md, "Handshakes per address")."""
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size > MAX_RSA_BITS:
+            return f"an RSA key of {key.key_size} bits (more than {MAX_RSA_BITS}), which Go refuses too"
+        if key.public_numbers().e > MAX_RSA_EXPONENT:
+            return f"an RSA public exponent over {MAX_RSA_EXPONENT}, which Go refuses too"
         return None
-    if key.key_size > MAX_RSA_BITS:
-        return f"an RSA key of {key.key_size} bits (more than {MAX_RSA_BITS})"
-    if key.public_numbers().e > MAX_RSA_EXPONENT:
-        return f"an RSA public exponent over {MAX_RSA_EXPONENT}"
-    return None
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if isinstance(key.curve, GO_CURVES):
+            return None
+        return f"an ECDSA key on {key.curve.name}: {_GO_KEYS}"
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return None
+    name = next((n for kind, n in _KEY_NAMES if isinstance(key, kind)), f"a {type(key).__name__}")
+    return f"{name} key: {_GO_KEYS}"
 
 
-def outsized_certificate_key(certificate: x509.Certificate) -> str | None:
-    """`outsized_key` of a certificate's key (None for a key cryptography cannot load: no signature
-    check can use it, so it costs nothing)."""
+def refused_certificate_key(certificate: x509.Certificate) -> str | None:
+    """`refused_key` of a certificate's key; a key cryptography cannot load (a binary or explicit curve:
+    OpenSSL verifies with it) and an RSA-PSS key (which loads as an RSA key) are refused too."""
+    if certificate.public_key_algorithm_oid == PublicKeyAlgorithmOID.RSASSA_PSS:
+        return RSA_PSS_KEY
     try:
         key = certificate.public_key()
     except (ValueError, UnsupportedAlgorithm):
-        return None
-    return outsized_key(key)
+        return UNREADABLE_KEY
+    return refused_key(key)
 
 
 @attrs.frozen(eq=False)
@@ -160,10 +187,11 @@ class TrustAnchors:
         any more: a CA renewed with the same key and subject verifies the same certificate).
 
         Bounded as the handshake's verification is (tls.server_context): no more than VERIFY_DEPTH + 1
-        intermediates, and no outsized key among them, checked before OpenSSL checks any signature."""
+        intermediates, and no key Go would not verify with among them (refused_certificate_key), checked
+        before OpenSSL checks any signature."""
         if not self.certificates or not _for_clients(cert) or len(intermediates) > VERIFY_DEPTH + 1:
             return False
-        if any(outsized_certificate_key(c) is not None for c in (cert, *intermediates)):
+        if any(refused_certificate_key(c) is not None for c in (cert, *intermediates)):
             return False
         # A store of its own per verification: OpenSSL keeps the first time set on a store and
         # ignores a later one. Verifications are rare (see ChainDecisions), so this costs little.
@@ -306,10 +334,13 @@ class AuthenticatorChain:
 
 __all__ = [
     "AUTHENTICATED",
+    "GO_CURVES",
     "MASTERS",
     "MAX_PRESENTED_CHAIN",
     "MAX_RSA_BITS",
     "MAX_RSA_EXPONENT",
+    "RSA_PSS_KEY",
+    "UNREADABLE_KEY",
     "VERIFY_DEPTH",
     "Authenticator",
     "AuthenticatorChain",
@@ -324,8 +355,8 @@ __all__ = [
     "is_utf8",
     "load_pem_bundle",
     "next_validity_change",
-    "outsized_certificate_key",
-    "outsized_key",
+    "refused_certificate_key",
+    "refused_key",
     "subject_common_name",
     "utc_now",
 ]
