@@ -2095,6 +2095,10 @@ async def test_a_method_not_in_upper_case_is_served_by_no_route(api, registry, r
         assert (status["reason"], status["message"]) == ("MethodNotAllowed", message)
     unknown = await deferToThread(exchange, target, request_bytes("get", "/nothing/here"), api.pki.admin)
     assert unknown.code == 404
+    # Before authentication, as OPTIONS and a path no route serves (docs/api.md, "Status errors").
+    for method, url, code in (("get", item, 405), ("OPTIONS", item, 405), ("get", "/nothing/here", 404)):
+        anonymous = await deferToThread(exchange, target, request_bytes(method, url), None)
+        assert anonymous.code == code, (method, url, anonymous.code)
     assert images.list_tags(registry, repo) == ["v1"]
     assert (await api.client(api.pki.admin).get(item)).code == 200
 
