@@ -149,14 +149,30 @@ def json_name(name: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
+# A field holding decoded JSON (a manifest, an image config: dicts, lists, strings, numbers, booleans and
+# None) is put in the document as it is: the converter would copy it node by node (a dispatch on each
+# value's class), the same JSON in the end, at some 40 calls for a small image's manifest and config.
+# The documents are encoded and dropped, never changed, and no decoded value is in one twice, so the
+# YAML the copy gave (no anchors) is the same too.
+_DECODED = (JsonObject, JsonObject | None)
+
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
 def _make_converter() -> cattrs.Converter:
     converter = cattrs.Converter()
 
     def factory(cls: type) -> Any:
         # Typed loosely: cattrs declares these overrides as **kwargs beside its own keyword options.
         overrides: dict[str, Any] = {
-            field.name: override(rename=json_name(field.name), omit_if_default=field.default is None)
-            for field in attrs.fields(cls)
+            field.name: override(
+                rename=json_name(field.name),
+                omit_if_default=field.default is None,
+                unstruct_hook=_as_is if field.type in _DECODED else None,
+            )
+            for field in attrs.fields(attrs.resolve_types(cls))
         }
         return make_dict_unstructure_fn(cls, converter, **overrides)
 
