@@ -865,7 +865,11 @@ class Inventory:
                 self.configs.put(ref.repository, digest, content)
         config = _json_or_none(content)
         # Too deeply nested to show: left out, as a config that is not JSON is.
-        return config if isinstance(config, dict) and not nested_deeper_than(config, MAX_JSON_DEPTH) else None
+        return (
+            config
+            if isinstance(config, dict) and not nested_deeper_than(config, MAX_JSON_DEPTH, content)
+            else None
+        )
 
     async def digest(self, ref: TagRef) -> str:
         """The digest the tag names now."""

@@ -10,7 +10,7 @@ from payloadtags.inventory import OCI_MANIFEST, Inventory
 from payloadtags.names import TagRef
 from payloadtags.registry import Manifest
 from payloadtags.registry.blobcache import BlobCache
-from payloadtags.registry.content import MAX_JSON_DEPTH
+from payloadtags.registry.content import MAX_JSON_DEPTH, nested_deeper_than
 from payloadtags.registry.errors import RegistryNotFound
 from tests.unit.test_repoindex import run
 
@@ -99,6 +99,24 @@ def test_a_config_nested_too_deeply_to_show_is_left_out() -> None:
     assert run(inventory.detail(ref("app", "deepest-shown"))).config == json.loads(nested(MAX_JSON_DEPTH))
     assert run(inventory.detail(ref("app", "too-deep"))).config is None
     assert run(inventory.detail(ref("app", "beyond-recursion"))).config is None
+
+
+def test_the_depth_told_from_the_text_is_the_walks() -> None:
+    # Few brackets in the text: no walk; brackets in strings, or UTF-16 and -32 text, only count more.
+    documents = [
+        nested(3),
+        nested(MAX_JSON_DEPTH),
+        nested(MAX_JSON_DEPTH + 1),
+        b'{"a":"' + b"[{" * MAX_JSON_DEPTH + b'","b":[[{}]]}',
+        b'{"a":[' + b"{}," * MAX_JSON_DEPTH + b"{}]}",
+    ]
+    for text in documents:
+        document = json.loads(text)
+        for depth in (1, 2, 3, 4, MAX_JSON_DEPTH):
+            walked = nested_deeper_than(document, depth)
+            for encoding in ("utf-8", "utf-16", "utf-32-be"):
+                told = nested_deeper_than(document, depth, text.decode().encode(encoding))
+                assert told == walked, (text[:20], depth, encoding)
 
 
 def test_content_that_does_not_match_its_digest_is_never_kept() -> None:

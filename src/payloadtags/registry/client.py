@@ -2364,15 +2364,16 @@ class RegistryClient:
         """The answer's JSON object (of ``body``, a part of the answer, when given). ``deep``: a
         document shown to users (a manifest), whose nesting is held to MAX_JSON_DEPTH; any document
         deeper than Python's recursion limit is refused."""
+        text = reply.body if body is None else body
         try:
-            document = json.loads(reply.body if body is None else body)
+            document = json.loads(text)
         except ValueError:
             document = None
         except RecursionError:
             raise self._too_deep(reply, what) from None
         if not isinstance(document, dict):
             raise self._protocol(reply, f"{what} is not a JSON object")
-        if deep and nested_deeper_than(document, MAX_JSON_DEPTH):
+        if deep and nested_deeper_than(document, MAX_JSON_DEPTH, text):
             raise self._too_deep(reply, what)
         return document
 

@@ -69,8 +69,13 @@ def compute_digest(data: bytes, algorithm: str = "sha256") -> str | None:
     return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
 
 
-def nested_deeper_than(document: Any, depth: int) -> bool:
-    """Whether a decoded JSON document has objects or arrays nested more than ``depth`` levels."""
+def nested_deeper_than(document: Any, depth: int, text: bytes | None = None) -> bool:
+    """Whether a decoded JSON document has objects or arrays nested more than ``depth`` levels.
+    ``text``: the bytes it was decoded from; with no more than ``depth`` ``{`` and ``[`` bytes in
+    them (each object or array opens with one, in UTF-8, -16 or -32 alike; strings can only add
+    more) it cannot, and is not walked."""
+    if text is not None and text.count(b"{") + text.count(b"[") <= depth:
+        return False
     pending: list[tuple[Any, int]] = [(document, 1)]
     while pending:
         value, level = pending.pop()
