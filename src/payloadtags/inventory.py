@@ -826,7 +826,7 @@ class Inventory:
         """One tag with its manifest and, for images and JSON-configured artifacts, its config."""
         manifest = await self.client.manifest(ref.repository, ref.tag)
         # The payload, not the bytes as served: what its digest vouches for (`Manifest.payload`).
-        body = _json_or_none(manifest.payload)
+        body = manifest.document if manifest.document is not None else _json_or_none(manifest.payload)
         document = body if isinstance(body, dict) else {}
         return TagDetail(
             ref=ref,

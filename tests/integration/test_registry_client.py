@@ -644,6 +644,7 @@ async def test_a_signed_schema1_manifest_shows_only_what_its_signatures_cover(
         for reference in ("v1", digest):
             manifest = await client.manifest("team/app", reference)
             assert (manifest.digest, manifest.payload, manifest.json()) == (digest, payload, document)
+            assert manifest.document == document  # the payload's, as decoded when read
             assert manifest.content == served
 
 

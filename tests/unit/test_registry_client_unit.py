@@ -789,7 +789,9 @@ def nested_manifest(levels: int) -> bytes:
 def test_a_manifest_nested_as_deeply_as_shown_is_read() -> None:
     deepest = nested_manifest(MAX_JSON_DEPTH)
     client, _ = make(lambda r: Answer(200, {"Content-Type": OCI_MANIFEST}, deepest))
-    assert result(client.manifest("a/b", "v1")).content == deepest
+    read = result(client.manifest("a/b", "v1"))
+    assert read.content == deepest
+    assert read.document == json.loads(deepest)  # decoded once, kept for its reader
 
 
 @pytest.mark.parametrize("levels", [MAX_JSON_DEPTH + 1, 200_000])  # the last beyond Python's recursion limit

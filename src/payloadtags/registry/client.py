@@ -773,9 +773,11 @@ class RegistryClient:
         if payload != reply.body:
             # What is shown is the payload (a schema 1 manifest's signatures cover only that part of
             # it), which may nest as it likes: held to the same rules as a whole manifest.
-            self._json(reply, what, deep=True, body=payload)
+            document = self._json(reply, what, deep=True, body=payload)
         digest = self._verified_digest(reply, reference, what, payload)
-        return Manifest(digest=digest, media_type=media_type, content=reply.body, payload=payload)
+        return Manifest(
+            digest=digest, media_type=media_type, content=reply.body, payload=payload, document=document
+        )
 
     async def resolve(self, repository: str, reference: str) -> str:
         """The digest a tag names, by HEAD (no body); falls back to GET without a digest header."""

@@ -146,6 +146,10 @@ class Manifest:
         default=attrs.Factory(lambda self: digested(self.content, self.media_type), takes_self=True),
         repr=False,
     )
+    # The payload as its reader decoded it (RegistryClient.manifest, which checks it), so that the
+    # detail of a tag does not decode it again; None where nobody has. To be read, never changed
+    # (`json` gives a copy of one's own); not compared.
+    document: dict[str, Any] | None = attrs.field(default=None, eq=False, repr=False)
 
     def json(self) -> dict[str, Any]:
         value = json.loads(self.payload)
