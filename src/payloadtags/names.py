@@ -6,7 +6,6 @@ The namespace is not part of the encoded string; it is the repository's first pa
 from __future__ import annotations
 
 import base64
-import binascii
 import functools
 import re
 from collections.abc import Sequence
@@ -196,15 +195,23 @@ class NameEncoder:
         return [_base32(rest + tag.encode()) for tag in tags]
 
 
+# Base32's digits (a-z, 2-7) as the digits of int(..., 32) (0-9, a-v): the same 5 bits each.
+_AS_INT_DIGITS = str.maketrans("abcdefghijklmnopqrstuvwxyz234567", "0123456789abcdefghijklmnopqrstuv")
+
+
 def decode_name(name: str) -> tuple[str, str]:
     """Return ``(repositoryPath, tag)`` or raise InvalidName."""
     if not name or not _NAME_ALPHABET.match(name):
         raise InvalidName(name)
-    padded = name.upper() + "=" * (-len(name) % 8)
+    # The bytes base64.b32decode gives (its bits, the last group's spare ones dropped), read as one
+    # number in C rather than 8 digits at a time in Python. A length b32decode refuses (1, 3 or 6
+    # digits past a multiple of 8) is refused below: no bytes spell back to it.
+    bits = 5 * len(name)
+    size = bits // 8
+    raw = (int(name.translate(_AS_INT_DIGITS), 32) >> (bits - 8 * size)).to_bytes(size, "big")
     try:
-        raw = base64.b32decode(padded)
         text = raw.decode("utf-8")
-    except (binascii.Error, ValueError) as exc:
+    except ValueError as exc:
         raise InvalidName(name) from exc
     path, sep, tag = text.rpartition(":")
     if not sep or not is_repository_path(path) or not _TAG.match(tag):

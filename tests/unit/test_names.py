@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from payloadtags.names import (
+    _TAG,
     InvalidName,
     NameEncoder,
     TagRef,
@@ -117,6 +118,36 @@ def test_decode_rejects_or_round_trips_any_text(text: str) -> None:
     except InvalidName:
         return
     assert encode_name(path, tag) == text
+
+
+def _decoded_by_b32decode(name: str) -> tuple[str, str] | None:
+    """decode_name as it was with base64.b32decode: the answer, or None for InvalidName."""
+    try:
+        text = base64.b32decode(name.upper() + "=" * (-len(name) % 8)).decode("utf-8")
+    except ValueError:  # binascii.Error too
+        return None
+    path, sep, tag = text.rpartition(":")
+    if not sep or not is_repository_path(path) or not _TAG.match(tag) or encode_name(path, tag) != name:
+        return None
+    return path, tag
+
+
+def _decoded(name: str) -> tuple[str, str] | None:
+    try:
+        return decode_name(name)
+    except InvalidName:
+        return None
+
+
+@pytest.mark.property
+@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz234567", min_size=1, max_size=40), repository_paths, tags)
+def test_decode_reads_the_bytes_b32decode_reads(text: str, path: str, tag: str) -> None:
+    # Any spelling, of every length (those b32decode refuses too), and the names of tags, alone and
+    # with a digit more or less.
+    name = encode_name(path, tag)
+    for spelling in (text, name, name[:-1], name + text[0]):
+        assert _decoded(spelling) == _decoded_by_b32decode(spelling)
+    assert _decoded(name) == (path, tag)
 
 
 @pytest.mark.property
