@@ -110,6 +110,7 @@ class FaultProxy:
         decide: Decide | None = None,
         stall: float = 3.0,
         hold: Deferred[None] | None = None,
+        location: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self.reactor = reactor
         self.target = target.rstrip("/")
@@ -118,6 +119,9 @@ class FaultProxy:
         # Given, a stalled or late request waits for it to fire instead of ``stall`` seconds: the test
         # says when a late write lands (after the client's answer, however slow the machine is).
         self.hold = hold
+        # Given, each Location header of the registry's answers is passed on as it returns: what a
+        # proxy that writes the URLs it passes on otherwise (a default port written in) does.
+        self.location = location
         #: Faults injected so far, by kind.
         self.injected: collections.Counter[str] = collections.Counter()
         self.forwarded = 0
@@ -174,6 +178,9 @@ class FaultProxy:
                 transport.abortConnection()
                 await self._wait(self.stall)
             code, headers, body = await self._send(method, path, sent_headers, sent_body, fault, received)
+            locations = headers.getRawHeaders(b"location")
+            if self.location is not None and locations:
+                headers.setRawHeaders(b"location", [self.location(value) for value in locations])
             if fault == ERROR_AFTER:
                 self.injected[fault] += 1
                 self._error(request)

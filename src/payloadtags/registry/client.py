@@ -85,7 +85,7 @@ from .interface import Check, Sent, Waiting, WriteHooks
 from .late import COPY, PLACEHOLDER, RESTORE, Kind, Landing, LateWrites, namespace_of
 from .queue import RepositoryQueue
 from .redaction import in_message
-from .schemes import port_said, with_scheme
+from .schemes import DEFAULT_PORTS, port_said, with_scheme
 from .transport import (
     BytesProducer,
     CheckedRedirects,
@@ -406,6 +406,10 @@ class RegistryClient:
         self._late_writes = late_writes if late_writes is not None else LateWrites(reactor)
         self._base = settings.url.rstrip("/")
         self._name = self._base  # how messages name the registry: its URL, which holds no credentials
+        # The registry's origin, as URLs are compared with it (`_ours`), and as its URL writes it.
+        self._base_origin = _origin(self._base)
+        parts = urllib.parse.urlsplit(self._base)
+        self._base_written = f"{parts.scheme}://{parts.netloc}"
         # The http:// origins (the registry's, its token service's, where it redirects reads) that have
         # answered this client: such a port serves plain HTTP, so a connection it later closes without
         # an answer is the server or its proxy dropping the request, not a port that serves HTTPS only
@@ -420,9 +424,8 @@ class RegistryClient:
             self._pool.maxPersistentPerHost = settings.max_connections
             endpoints = KeptEndpoints(reactor, TLSPolicy(settings.ca_file), settings.timeout)
             agent = Agent.usingEndpointFactory(reactor, endpoints, pool=self._pool)
-            parts = urllib.parse.urlsplit(self._base)
             if self._base.isascii():
-                self._origin = OriginRequests(self._pool, endpoints, f"{parts.scheme}://{parts.netloc}")
+                self._origin = OriginRequests(self._pool, endpoints, self._base_written)
         self._agent = agent
         self._http = HTTPClient(agent, data_to_body_producer=BytesProducer)
         # The pool keeps idle connections; this bounds the busy ones, so a burst of API requests
@@ -1656,11 +1659,12 @@ class RegistryClient:
         if started.status != 202 or not location:
             raise self._error(started, what)
         target = urllib.parse.urljoin(started.url, location)
-        if _origin(target) != _origin(self._base):
+        if not self._ours(target):
             # Its origin only: the rest is the registry's text, which may echo the request (r2redact F4).
             raise self._protocol(
                 started, f"{what}: the upload location points elsewhere: {_origin_text(target)}"
             )
+        target = self._as_written(target)
         separator = "&" if "?" in target else "?"
         done = await self._call(
             "PUT",
@@ -2000,7 +2004,7 @@ class RegistryClient:
             # After a redirect elsewhere (a storage backend), either server may have taken the time:
             # the registry for its redirect (or the reactor, stalled, to read it), then its storage.
             last = (followed.last or b"").decode("ascii", "replace") if followed is not None else ""
-            if peer is None and last and _origin(last) != _origin(self._base):
+            if peer is None and last and not self._ours(last):
                 who, them = f"registry {self._name} and its redirect to {_origin_text(last)}", "either"
             else:
                 who, them = self._server_of(last or url, peer), "it"
@@ -2036,9 +2040,10 @@ class RegistryClient:
         """One request and its answer. ``check``: a write's last check, made again on a new connection
         once it is ready, right before the request is written to it (`OriginRequests.request`); on the
         registry's own origin only, where every write goes (`_ensure_blob` refuses an upload location
-        elsewhere; one that writes the origin differently, ``HTTPS://…``, is checked once, before it
-        connects). A write to the origin goes on a new https connection only once its TLS handshake
-        is done, checked or not: one whose handshake fails is known not to have gone out."""
+        elsewhere, and one that writes the origin differently, ``HTTPS://…`` or with its default port,
+        is written as the registry's URL writes it: `_as_written`). A write to the origin goes on a new
+        https connection only once its TLS handshake is done, checked or not: one whose handshake fails
+        is known not to have gone out."""
         request_headers: dict[bytes | str, list[bytes | str]] = {"User-Agent": ["payloadtags"]}
         for name, value in (headers or {}).items():
             request_headers[name] = [value]
@@ -2161,7 +2166,7 @@ class RegistryClient:
         """The server a failure of a request to ``url`` is said of: the registry, or where it sent us."""
         if peer is not None:
             return peer
-        if _origin(url) == _origin(self._base):
+        if self._ours(url):
             return f"registry {self._name}"
         return f"registry {self._name} (via {_origin_text(url)})"
 
@@ -2212,7 +2217,7 @@ class RegistryClient:
                 retry_after=DEFAULT_RETRY_AFTER,
             )
             unavailable.unanswered = unanswered
-            unavailable.elsewhere = peer is not None or _origin(url) != _origin(self._base)
+            unavailable.elsewhere = peer is not None or not self._ours(url)
             return unavailable
         # Its text as raised, which may quote the header sent: the log redacts what it writes (logs.py).
         log.failure("Unexpected failure talking to {where}", Failure(error), where=where)
@@ -2221,7 +2226,23 @@ class RegistryClient:
     def _is_registry(self, url: str, peer: str | None) -> bool:
         """Whether ``url`` is the registry's own, not a server it names (its token realm, where it
         redirects reads)."""
-        return peer is None and _origin(url) == _origin(self._base)
+        return peer is None and self._ours(url)
+
+    def _ours(self, url: str) -> bool:
+        """Whether ``url`` is on the registry's origin (`_origin`): written as its URL writes it, or
+        otherwise (its scheme's default port written or left out, the host in another case)."""
+        return _origin(url) == self._base_origin
+
+    def _as_written(self, url: str) -> str:
+        """``url``, on the registry's origin (`_ours`), with that origin written as the registry's URL
+        writes it: a request to it goes as every request to the registry goes (`_roundtrip`: a write on
+        a new connection once its TLS handshake is done, and checked again then), with the same Host
+        header. Unchanged where the registry's text is no URL a request can go to (`unrequestable`),
+        which is refused as such."""
+        written = _origin_written(url)
+        if written == self._base_written or unrequestable(url) is not None:
+            return url
+        return self._base_written + url[len(written) :]
 
     def _logs_advice(self, ours: bool) -> str:
         """Where to look when a server took a request and dropped it: it runs and was reached.
@@ -2355,7 +2376,7 @@ class RegistryClient:
 
     def _elsewhere(self, reply: _Reply) -> bool:
         """Whether a redirect led the request away from the registry's origin."""
-        return reply.answered_by != reply.url and _origin(reply.answered_by) != _origin(self._base)
+        return reply.answered_by != reply.url and not self._ours(reply.answered_by)
 
     def _protocol(self, reply: _Reply | None, message: str) -> RegistryProtocolError:
         return RegistryProtocolError(f"registry {self._name}: {message}")
@@ -2408,7 +2429,7 @@ class RegistryClient:
         link: str = match.group(1)
         try:
             target = urllib.parse.urljoin(reply.url, link)
-            elsewhere = _origin(target) != _origin(self._base)
+            elsewhere = not self._ours(target)
         except ValueError:  # urllib's refusal of a malformed host, e.g. an unclosed "[" of IPv6
             raise self._protocol(reply, f"the next page link is not a URL: {self._shown(link)!r}") from None
         if elsewhere:
@@ -2419,7 +2440,7 @@ class RegistryClient:
             # Not a URL a request can be sent to (the Agent's "Invalid URI"); said as a malformed
             # answer, without the link (review r2redact F5).
             raise self._protocol(reply, "the next page link has a space or control character")
-        return target
+        return self._as_written(target)
 
     def _check_repository(self, repository: str) -> None:
         if not is_valid_repository(repository):
@@ -2485,24 +2506,54 @@ def _gateway_answer(status: int) -> str:
     )
 
 
-def _origin(url: str) -> tuple[str, str]:
+def _origin(url: str) -> tuple[str, str, str, int | str | None]:
+    """What a URL's origin is compared by (RFC 3986 6.2.2.1 and 6.2.3): its scheme and host in lower
+    case, a host outside ASCII in its IDNA form (as --registry-url's is taken), and its port, the
+    scheme's default where none is written. So ``https://Reg.example:443`` and ``https://reg.example``
+    are one origin: a registry builds the URLs it names (an upload location) from the request's Host
+    header, which leaves a default port out, or a proxy in front of it writes one in. Another port,
+    host or scheme is another origin, and so is a URL with user information (compared as written); a
+    port that is no number is compared as written, never taken for a default one. ValueError for what
+    `urlsplit` refuses (an unclosed "[")."""
     parts = urllib.parse.urlsplit(url)
-    return parts.scheme, parts.netloc
+    host = parts.hostname or ""
+    if not host.isascii():
+        with contextlib.suppress(UnicodeError):  # no IDNA form: compared as written, as no ASCII name
+            host = host.encode("idna").decode("ascii")
+    try:
+        port: int | str | None = parts.port
+    except ValueError:
+        port = parts.netloc.rpartition(":")[2]
+    if port is None:
+        port = DEFAULT_PORTS.get(parts.scheme)
+    return parts.scheme, parts.netloc.rpartition("@")[0], host, port
+
+
+# A URL's scheme and authority as written (RFC 3986 3): what `RegistryClient._as_written` replaces.
+_WRITTEN_ORIGIN_RE = re.compile(r"[^:/?#]*://[^/?#]*")
+
+
+def _origin_written(url: str) -> str:
+    """``scheme://authority`` as ``url`` writes it: a prefix of it ("" for a URL without "//")."""
+    match = _WRITTEN_ORIGIN_RE.match(url)
+    return match.group() if match is not None else ""
 
 
 def _plain_origin(url: str) -> str | None:
-    """``http://host[:port]`` of an http:// URL (None for another scheme): one find, as every answer
-    asks it (`urlsplit` of a URL not in its cache took about 10 µs, issue #11's figures)."""
+    """``http://host[:port]`` of an http:// URL (None for another scheme), the host in lower case and
+    port 80 left out, as `_origin` compares them: one find, as every answer asks it (`urlsplit` of a
+    URL not in its cache took about 10 µs, issue #11's figures)."""
     if not url.startswith("http://"):
         return None
     end = url.find("/", 7)
-    return url if end < 0 else url[:end]
+    origin = (url if end < 0 else url[:end]).lower()
+    return origin.removesuffix(":80")
 
 
 def _origin_text(url: str) -> str:
     """scheme://host[:port] of a URL, without any user information it holds."""
-    scheme, netloc = _origin(url)
-    return f"{scheme}://{netloc.rpartition('@')[2]}"
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
 
 def _path(url: str) -> str:
