@@ -16,6 +16,7 @@ from payloadtags.registry.errors import (
     RegistryDeleteDisabled,
     RegistryError,
     RegistryProtocolError,
+    RegistryReadOnly,
     RegistryTimeout,
     RegistryUnavailable,
 )
@@ -387,11 +388,13 @@ def test_a_removal_that_cannot_delete_ends_within_its_budget(
     if fault == "cluster API":
         states["team"] = UNKNOWN
     else:
-        registry.fail("delete", RegistryUnavailable("down"), times=1000)
+        # Denied, not failed: a pass failed only with 5xx stops at once (`Stalled`), where a
+        # refusal of access passes again until the budget ends.
+        registry.fail("delete", RegistryAuthFailed("denied", denied=True), times=1000)
     done = outcome(remover.remove("team", budget))
     while not done:
         clock.advance(0.5)
-    assert done[0].check(RegistryUnavailable) and f"not finished within {budget:g}s" in str(done[0].value)
+    assert done[0].check(RegistryError) and f"not finished within {budget:g}s" in str(done[0].value)
     assert clock.seconds() <= ends_by
 
 
@@ -774,3 +777,99 @@ def test_a_removal_whose_refusal_was_granted_meanwhile_finishes() -> None:
     assert not done
     clock.pump([1.0] * 3)
     assert done == [None] and registry.remaining("team/") == {}
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        RegistryReadOnly("registry r is in read-only mode (garbage collection?); retry later"),
+        RegistryUnavailable("registry r failed deleting manifest with HTTP 500 (UNKNOWN); retry later"),
+    ],
+    ids=["read-only", "500"],
+)
+def test_a_removal_whose_pass_fails_every_delete_without_progress_stops_at_once_untold_to_retry_now(
+    failure: RegistryError,
+) -> None:
+    """Read-only mode (garbage collection), or every delete a 500 (a storage refusing deletes): the
+    removal passed again until its 40 s budget ended and then told its caller to retry in 1 s, which
+    client-go does by itself ten times, holding a namespace controller's worker for some 7.5 min per
+    namespace (review r1cleanup F1). It ends after its first pass instead, marked `stalled` (no
+    Retry-After): a retry at once meets the same. Not `lasting`: one later may get through."""
+    remover, registry, clock = make({"team": ABSENT})
+    registry.fail("delete", failure, times=1000)
+    done = outcome(remover.remove("team", 40.0))
+    assert done, "it sat out a backoff to pass again"
+    error = done[0].value
+    assert isinstance(error, RegistryUnavailable) and error.stalled and not error.lasting, error
+    assert not error.unanswered
+    assert "stopped: its last pass made no progress" in str(error) and str(failure) in str(error)
+    assert 1000 - len(registry.failures["delete"]) == 3  # each of the namespace's digests, once
+    assert clock.seconds() == 0
+    assert registry.remaining("team/")  # nothing lost: all of it is still there, for a later call
+    registry.failures["delete"].clear()  # garbage collection ends
+    done = outcome(remover.remove("team", 40.0))
+    assert done == [None] and registry.remaining("team/") == {}
+
+
+class _OneFails(FakeRegistry):
+    """Every delete of one digest fails with a 500 (a corrupt tag link on it, say)."""
+
+    def __init__(self, failing: str) -> None:
+        super().__init__()
+        self.failing = failing
+
+    async def delete_manifest(self, repository: str, manifest: str, *, hooks: Any = None) -> None:
+        if manifest == self.failing:
+            raise RegistryUnavailable(
+                f"registry r failed deleting manifest {repository}@{manifest} (HTTP 500)"
+            )
+        await super().delete_manifest(repository, manifest, hooks=hooks)
+
+
+def test_a_removal_that_made_progress_keeps_retry_after_and_the_next_call_without_any_does_not() -> None:
+    """One digest's delete always fails, the others go: the call that deleted them made progress, its
+    next pass none, and it stops then (`Stalled`) with Retry-After kept (not `stalled`): a retry at
+    once may get further. The next call makes no progress at all: no Retry-After."""
+    registry = _OneFails("")
+    fill(registry)
+    registry.failing = registry.repos["team/app"]["v2"]
+    clock = Clock()
+
+    async def check(namespace: str) -> tuple[str, str | None]:
+        return ABSENT, None
+
+    remover = NamespaceRemover(make_cascade(registry, clock), clock, check)
+    done = outcome(remover.remove("team", 40.0))
+    assert not done  # its first pass made progress: it passes again after a backoff
+    clock.advance(1.0)
+    assert done, "it passed again until its budget ended"
+    first = done[0].value
+    assert isinstance(first, RegistryUnavailable) and not first.stalled, first
+    assert registry.remaining("team/") == {"team/app": ["v2"]}
+    done = outcome(remover.remove("team", 40.0))
+    assert done and clock.seconds() == 1.0
+    second = done[0].value
+    assert isinstance(second, RegistryUnavailable) and second.stalled, second
+
+
+def test_a_removal_whose_single_delete_failed_once_passes_again_and_finishes() -> None:
+    """A transient failure among deletes that went (progress): the removal passes again within the
+    call, as before, and finishes."""
+    remover, registry, clock = make({"team": ABSENT})
+    registry.fail("delete", RegistryUnavailable("registry r failed with HTTP 503; retry later"), times=1)
+    done = outcome(remover.remove("team", 40.0))
+    clock.pump([1.0] * 3)
+    assert done == [None] and registry.remaining("team/") == {}
+
+
+def test_the_leaders_cascade_keeps_passing_in_read_only_mode() -> None:
+    """No budget (the leader's cascade): it does not stop on a pass without progress, and finishes
+    once the registry deletes again. Nothing is left to the namespace controller alone."""
+    registry = FakeRegistry()
+    fill(registry)
+    clock = Clock()
+    registry.fail("delete", RegistryReadOnly("registry r is in read-only mode"), times=9)
+    done = outcome(make_cascade(registry, clock).run("team"))
+    clock.pump([4.0] * 10)
+    assert len(done) == 1 and not isinstance(done[0], Exception), done
+    assert registry.remaining("team/") == {}

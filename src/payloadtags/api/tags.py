@@ -79,6 +79,7 @@ def _collection_incomplete(
     latest: str = "",
     *,
     seen: bool = True,
+    stalled: bool = False,
 ) -> ApiError:
     """503 with Retry-After: the namespace controller (and kubectl) retry, and the next try resumes.
     With ``pending`` (tags whose delete wrote something the registry did not answer, and may still
@@ -87,7 +88,10 @@ def _collection_incomplete(
     ``lasting`` (refused in a way a retry meets again: `RegistryError.lasting`), 503 with none, as for
     a single delete: client-go would repeat the request up to ten times for the same answer.
     ``latest``: with ``pending``, the write of this process that may land latest there, said
-    (`TagsService._latest`); ``seen``: False when no look after the deletes ended (cut, or failed)."""
+    (`TagsService._latest`); ``seen``: False when no look after the deletes ended (cut, or failed).
+    ``stalled``: a namespace's removal that made no progress, the registry not deleting now
+    (`RegistryError.stalled`): 503 with none, and "retry later": a repeat at once meets the same, and
+    client-go's ten held the namespace controller's worker for minutes (review r1cleanup F1)."""
     if pending:
         return _collection_unanswered(namespace, total, left, why, pending, latest, seen=seen)
     refused = bool(left) and all(ref in lasting for ref in left)
@@ -99,7 +103,13 @@ def _collection_incomplete(
     message = (
         f"deletecollection of {QUALIFIED_RESOURCE} in namespace {namespace} is not finished: "
         f"{len(left)} of {total} selected tag(s) are still there: {'; '.join(named)}{more}"
-        + ("; a retry gets the same answer until that is fixed" if refused else "; retry")
+        + (
+            "; a retry gets the same answer until that is fixed"
+            if refused
+            else "; retry later, once the registry deletes again"
+            if stalled
+            else "; retry"
+        )
     )
     causes = [
         {
@@ -109,7 +119,7 @@ def _collection_incomplete(
         }
         for ref in left[:NAMED_LEFT]
     ]
-    retry_after = None if refused else 1
+    retry_after = None if refused or stalled else 1
     details = StatusDetails(group=GROUP, kind=RESOURCE, causes=causes, retry_after_seconds=retry_after)
     return ApiError(503, "ServiceUnavailable", message, details, retry_after=retry_after)
 
@@ -1204,6 +1214,7 @@ class TagsService:
         why = ""
         pending = False
         lasting = False
+        stalled = False
         within = self.removal_budget
         if self.late_writes is not None and cut - self.late_writes.now() < within:
             # Its waits (for a late write, for work under way) end before the request's deadline too:
@@ -1222,6 +1233,7 @@ class TagsService:
             # says until when; a call after that deletes what it left).
             pending = error.unanswered
             lasting = error.lasting and not error.unanswered
+            stalled = error.stalled and not error.unanswered
         finally:
             # Again for every repository it selected, whoever deleted there: work it waited for may
             # tell no hub (a leader's cascade without `changed`). At most one move more per list since.
@@ -1244,6 +1256,7 @@ class TagsService:
                 left,
                 dict.fromkeys(left, why or "still listed"),
                 lasting=left if lasting else (),
+                stalled=stalled,
             )
         for ref in refs:
             _audit(user, ref, None, dry_run=False)

@@ -82,6 +82,7 @@ from payloadtags.registry.errors import (
     RegistryNotFound,
     RegistryProtocolError,
     RegistryReadOnly,
+    RegistryUnavailable,
 )
 
 log = Logger()
@@ -124,6 +125,14 @@ class Refused(Aborted):
     """A deletecollection's pass failed only with errors a retry certainly meets again
     (`RegistryError.certain`: deletes turned off, a 501): passing again until its budget ends would
     send the same requests for the same answers."""
+
+
+class Stalled(Aborted):
+    """A deletecollection's pass failed only with errors of a registry that answers and does not delete
+    now (`_stalls`: read-only mode during garbage collection, a 5xx such as a storage refusing
+    deletes), and made no progress: passing again until its budget ends (40 s) would send the same
+    requests for the same answers, while its caller (the namespace controller's worker) waits. The
+    caller retries later; the leader's cascade (no budget) keeps trying meanwhile."""
 
 
 class Unconfirmed(Exception):
@@ -201,6 +210,7 @@ class _Pass:
     readonly_errors: int = 0
     lasting_errors: int = 0  # of `errors`: ones a retry meets again (`RegistryError.lasting`)
     certain_errors: int = 0  # of those: ones a retry certainly meets again (`RegistryError.certain`)
+    stalling_errors: int = 0  # of `errors`: ones of a registry that does not delete now (`_stalls`)
     # Where errors happened ("repository:tag", "repository", "catalog"), for the warning.
     failing: _Examples = attrs.Factory(_Examples)
     # "repository:tag" of tags listed that resolved to nothing, for the log when nothing moves.
@@ -225,7 +235,29 @@ class _Pass:
             self.readonly_errors += isinstance(error, RegistryReadOnly)
             self.lasting_errors += error.lasting and not error.unanswered
             self.certain_errors += error.lasting and error.certain and not error.unanswered
+            self.stalling_errors += _stalls(error)
         self.failing.note(where)
+
+    def tally(self) -> tuple[int, int, int]:
+        """(progress, errors, stalling errors) so far: what part of the pass a cascade did is the
+        difference of two."""
+        return self.progress, self.errors, self.stalling_errors
+
+
+def _stalls(error: RegistryError) -> bool:
+    """An answer of a registry that reads and does not delete now, which a retry at once meets again
+    and one later may not: read-only mode (garbage collection), or a 5xx or refused connection
+    (distribution answers 500 when its storage refuses deletes). Not a write that went unanswered
+    (it may still land), nor one a retry meets again whatever the time (`lasting`)."""
+    return isinstance(error, (RegistryReadOnly, RegistryUnavailable)) and not (
+        error.unanswered or error.lasting
+    )
+
+
+def _added(call: tuple[int, int, int], state: _Pass, since: tuple[int, int, int]) -> tuple[int, int, int]:
+    """``call`` (`Walk.call`) with what ``state`` counted since its tally ``since``."""
+    (progress, errors, stalling), now = call, state.tally()
+    return progress + now[0] - since[0], errors + now[1] - since[1], stalling + now[2] - since[2]
 
 
 @attrs.define
@@ -274,6 +306,16 @@ class Walk:
     # Every failure of that pass was one a retry meets again (`RegistryError.lasting`): a call that
     # ends at its budget so answers without "retry" (Retry-After), as a single delete's does.
     lasting: bool = False
+    # What the last cascade run on the walk did (`Cascade.run`, a deletecollection's call): the
+    # digests gone (progress), the failures and, of those, the ones of a registry that does not
+    # delete now (`_stalls`). A call with failures, all of them so, and no progress answers without
+    # Retry-After: an immediate repeat meets the same.
+    call: tuple[int, int, int] = (0, 0, 0)
+
+    def stalled(self) -> bool:
+        """Whether the last cascade run made no progress, and failed only as `_stalls` says."""
+        progress, errors, stalling = self.call
+        return progress == 0 and errors > 0 and stalling == errors
 
     def position(self) -> str | None:
         """The repository after which the walk goes on (None: the namespace's first)."""
@@ -414,14 +456,29 @@ class Cascade:
             until,
             changed,
         )
+        walk = walk or Walk()
+        # What this run does of each pass it takes part in (`Walk.call`), however it ends: the part
+        # of a pass it ended, and of the one under way when it stopped.
+        walk.call = (0, 0, 0)
+        counting: list[tuple[_Pass, tuple[int, int, int]]] = []
         try:
-            return await self._run(namespace, checks, pause, walk or Walk(), aside)
+            return await self._run(namespace, checks, pause, walk, aside, counting)
         finally:
             checks.ended = True
+            if counting:
+                walk.call = _added(walk.call, *counting[-1])
 
     async def _run(
-        self, namespace: str, checks: _Checks, pause: Wait, walk: Walk, aside: Aside | None
+        self,
+        namespace: str,
+        checks: _Checks,
+        pause: Wait,
+        walk: Walk,
+        aside: Aside | None,
+        counting: list[tuple[_Pass, tuple[int, int, int]]],
     ) -> CascadeResult:
+        """``counting``: the pass under way and its `_Pass.tally` as this run took it up (or last added
+        its part to `Walk.call`)."""
         guard = checks.stop
         started = self.clock.seconds()
         backoff = self.backoff()
@@ -430,6 +487,8 @@ class Cascade:
         while True:
             _check(guard)
             state = walk.state or walk.next_pass(round_done=True)
+            if not counting or counting[-1][0] is not state:
+                counting[:] = [(state, state.tally())]
             if state.began is None:
                 state.began = self.late_writes.now()
             began = state.began
@@ -441,6 +500,8 @@ class Cascade:
                 state.failed("catalog", e)
                 round_done = False
             walk.next_pass(round_done=round_done)
+            walk.call = _added(walk.call, *counting[-1])
+            counting[:] = [(state, state.tally())]
             passes += 1
             tags += state.tags_deleted - tags_before
             manifests += state.manifests_deleted - manifests_before
@@ -459,6 +520,15 @@ class Cascade:
                     # Not on a refusal of access (lasting, not certain): a grant still being rolled
                     # out lets the next pass through, so it passes again until its budget ends.
                     raise Refused("stopped: every failure of its last pass is one a retry meets again")
+                if checks.until is not None and state.progress == 0 and state.stalling_errors == state.errors:
+                    # A deletecollection's, in read-only mode (garbage collection) or while every
+                    # delete fails with a 5xx: the next pass sends the same deletes for the same
+                    # answers, its budget spent while its caller's worker waits (review r1cleanup F1).
+                    # Its caller retries later; the leader's cascade (no budget) keeps trying.
+                    raise Stalled(
+                        "stopped: its last pass made no progress, each of its failures one of a "
+                        "registry that does not delete now (read-only mode, a 5xx)"
+                    )
                 delay = backoff.next_delay()
                 # Once per failed pass, so at most once per backoff step: names what keeps failing.
                 log.warn(

@@ -185,6 +185,13 @@ class NamespaceRemover:
                 # (a grant still missing then: the message says which).
                 unfinished = RegistryError(unfinished.message)
                 unfinished.lasting = True
+            elif walked is not None and walked.stalled() and not unfinished.unanswered:
+                # No progress in the whole call, every failure one of a registry that does not delete
+                # now (read-only mode, a 5xx: `Stalled`, or its budget spent so): no Retry-After, which
+                # client-go repeats up to ten times by itself, holding a namespace controller's worker
+                # for minutes per namespace (review r1cleanup F1). It retries later, with its own
+                # backoff. A call that made progress keeps Retry-After: the next may get further.
+                unfinished.stalled = True
             raise unfinished from None
         finally:
             if self._inflight.get(namespace) is mine:

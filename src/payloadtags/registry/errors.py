@@ -25,11 +25,18 @@ class RegistryError(Exception):
     ``certain``: of the lasting, one a retry meets again whatever anyone does meanwhile short of
     changing the registry (deletes turned off in it, a 501 or 505): a removal stops passing on it at
     once. Not a refusal of access or credentials (a grant may still be rolling out: the next pass
-    may not meet it), nor an answer this client does not understand (a proxy's 408 or 425)."""
+    may not meet it), nor an answer this client does not understand (a proxy's 408 or 425).
+
+    ``stalled``: a namespace's removal ended without progress, every failure of its passes one of a
+    registry that answers and does not delete now (read-only mode during garbage collection, a 5xx
+    such as a storage refusing deletes): a retry at once meets the same, one later may not, so its
+    caller is not told to retry at once (no Retry-After: client-go would repeat it up to ten times by
+    itself) and is told to retry later. Never with ``unanswered`` (a write that may still land)."""
 
     unanswered: bool = False
     lasting: bool = False
     certain: bool = False
+    stalled: bool = False
 
     def __init__(self, message: str) -> None:
         # The one place every message passes: a registry's echo of a credential in it is replaced,
