@@ -89,9 +89,10 @@ def _collection_incomplete(
     a single delete: client-go would repeat the request up to ten times for the same answer.
     ``latest``: with ``pending``, the write of this process that may land latest there, said
     (`TagsService._latest`); ``seen``: False when no look after the deletes ended (cut, or failed).
-    ``stalled``: a namespace's removal that made no progress, the registry not deleting now
-    (`RegistryError.stalled`): 503 with none, and "retry later": a repeat at once meets the same, and
-    client-go's ten held the namespace controller's worker for minutes (review r1cleanup F1)."""
+    ``stalled``: a namespace's removal that made no progress (`RegistryError.stalled`; its message
+    says what failed, if anything): 503 with none, and "retry later": a repeat at once likely meets
+    the same, and client-go's ten held the namespace controller's worker for minutes (review
+    r1cleanup F1)."""
     if pending:
         return _collection_unanswered(namespace, total, left, why, pending, latest, seen=seen)
     refused = bool(left) and all(ref in lasting for ref in left)
@@ -106,7 +107,7 @@ def _collection_incomplete(
         + (
             "; a retry gets the same answer until that is fixed"
             if refused
-            else "; retry later, once the registry deletes again"
+            else "; retry later"
             if stalled
             else "; retry"
         )

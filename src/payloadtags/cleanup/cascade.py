@@ -82,6 +82,7 @@ from payloadtags.registry.errors import (
     RegistryNotFound,
     RegistryProtocolError,
     RegistryReadOnly,
+    RegistryTimeout,
     RegistryUnavailable,
 )
 
@@ -128,11 +129,12 @@ class Refused(Aborted):
 
 
 class Stalled(Aborted):
-    """A deletecollection's pass failed only with errors of a registry that answers and does not delete
-    now (`_stalls`: read-only mode during garbage collection, a 5xx such as a storage refusing
-    deletes), and made no progress: passing again until its budget ends (40 s) would send the same
-    requests for the same answers, while its caller (the namespace controller's worker) waits. The
-    caller retries later; the leader's cascade (no budget) keeps trying meanwhile."""
+    """A deletecollection's passes failed only with errors of a registry that does not serve now
+    (`_stalls`: read-only mode during garbage collection, a 5xx such as a storage refusing deletes, a
+    read's timeout), and made no progress, the first such pass in read-only mode, else two in a row:
+    passing again until its budget ends (40 s) would send the same requests for the same answers,
+    while its caller (the namespace controller's worker) waits. The caller retries later; the
+    leader's cascade (no budget) keeps trying meanwhile."""
 
 
 class Unconfirmed(Exception):
@@ -210,7 +212,8 @@ class _Pass:
     readonly_errors: int = 0
     lasting_errors: int = 0  # of `errors`: ones a retry meets again (`RegistryError.lasting`)
     certain_errors: int = 0  # of those: ones a retry certainly meets again (`RegistryError.certain`)
-    stalling_errors: int = 0  # of `errors`: ones of a registry that does not delete now (`_stalls`)
+    stalling_errors: int = 0  # of `errors`: ones of a registry that does not serve now (`_stalls`)
+    stalling_writes: int = 0  # of those: failed deletes (or repairs); the others are reads
     # Where errors happened ("repository:tag", "repository", "catalog"), for the warning.
     failing: _Examples = attrs.Factory(_Examples)
     # "repository:tag" of tags listed that resolved to nothing, for the log when nothing moves.
@@ -227,7 +230,9 @@ class _Pass:
     # everything again).
     resolved: dict[str, dict[str, _Digest]] = attrs.Factory(dict)
 
-    def failed(self, where: str, error: Exception) -> None:
+    def failed(self, where: str, error: Exception, *, write: bool = False) -> None:
+        """``write``: the failed request was a write (a digest's delete, a repair), which may land when
+        unanswered; any other is a read, of which nothing can land."""
         self.errors += 1
         self.last_error = str(error)
         if isinstance(error, RegistryError):
@@ -235,8 +240,24 @@ class _Pass:
             self.readonly_errors += isinstance(error, RegistryReadOnly)
             self.lasting_errors += error.lasting and not error.unanswered
             self.certain_errors += error.lasting and error.certain and not error.unanswered
-            self.stalling_errors += _stalls(error)
+            stalls = _stalls(error, write=write)
+            self.stalling_errors += stalls
+            self.stalling_writes += stalls and write
         self.failing.note(where)
+
+    def stalled(self) -> bool:
+        """No progress, and every failure one of a registry that does not serve now (`_stalls`)."""
+        return self.errors > 0 and self.progress == 0 and self.stalling_errors == self.errors
+
+    def stall(self) -> str:
+        """What failed in a `stalled` pass, said for its caller."""
+        if self.readonly_errors == self.errors:
+            return "the registry refusing its deletes in read-only mode (garbage collection)"
+        if self.stalling_writes == self.errors:
+            return "the registry failing its deletes (a 5xx)"
+        if self.stalling_writes:
+            return "the registry failing its deletes and reads (a 5xx, a timeout, a refused connection)"
+        return "the registry failing its reads (a 5xx, a timeout, a refused connection)"
 
     def tally(self) -> tuple[int, int, int]:
         """(progress, errors, stalling errors) so far: what part of the pass a cascade did is the
@@ -244,14 +265,17 @@ class _Pass:
         return self.progress, self.errors, self.stalling_errors
 
 
-def _stalls(error: RegistryError) -> bool:
-    """An answer of a registry that reads and does not delete now, which a retry at once meets again
-    and one later may not: read-only mode (garbage collection), or a 5xx or refused connection
-    (distribution answers 500 when its storage refuses deletes). Not a write that went unanswered
-    (it may still land), nor one a retry meets again whatever the time (`lasting`)."""
-    return isinstance(error, (RegistryReadOnly, RegistryUnavailable)) and not (
-        error.unanswered or error.lasting
-    )
+def _stalls(error: RegistryError, *, write: bool) -> bool:
+    """An answer of a registry that does not serve now, which a retry at once likely meets again and
+    one later may not: read-only mode (garbage collection), a 5xx or refused connection
+    (distribution answers 500 when its storage refuses deletes), and for a read, a timeout or a
+    connection lost (nothing of a read can land). Not a write that went unanswered (it may still
+    land), nor one a retry meets again whatever the time (`lasting`)."""
+    if error.lasting:
+        return False
+    if not write:
+        return isinstance(error, (RegistryReadOnly, RegistryUnavailable, RegistryTimeout))
+    return isinstance(error, (RegistryReadOnly, RegistryUnavailable)) and not error.unanswered
 
 
 def _added(call: tuple[int, int, int], state: _Pass, since: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -308,14 +332,13 @@ class Walk:
     lasting: bool = False
     # What the last cascade run on the walk did (`Cascade.run`, a deletecollection's call): the
     # digests gone (progress), the failures and, of those, the ones of a registry that does not
-    # delete now (`_stalls`). A call with failures, all of them so, and no progress answers without
-    # Retry-After: an immediate repeat meets the same.
+    # serve now (`_stalls`). A call without progress answers without Retry-After, whatever ended it
+    # (`NamespaceRemover.remove`): an immediate repeat, ten of them by client-go, likely meets the same.
     call: tuple[int, int, int] = (0, 0, 0)
 
-    def stalled(self) -> bool:
-        """Whether the last cascade run made no progress, and failed only as `_stalls` says."""
-        progress, errors, stalling = self.call
-        return progress == 0 and errors > 0 and stalling == errors
+    def idle(self) -> bool:
+        """Whether the last cascade run made no progress (no digest gone)."""
+        return self.call[0] == 0
 
     def position(self) -> str | None:
         """The repository after which the walk goes on (None: the namespace's first)."""
@@ -483,6 +506,8 @@ class Cascade:
         started = self.clock.seconds()
         backoff = self.backoff()
         passes = errors = tags = manifests = 0
+        # Passes in a row without progress that failed only as `_stalls` says (`_Pass.stalled`).
+        stalled = 0
         last_error: str | None = None
         while True:
             _check(guard)
@@ -520,15 +545,19 @@ class Cascade:
                     # Not on a refusal of access (lasting, not certain): a grant still being rolled
                     # out lets the next pass through, so it passes again until its budget ends.
                     raise Refused("stopped: every failure of its last pass is one a retry meets again")
-                if checks.until is not None and state.progress == 0 and state.stalling_errors == state.errors:
+                stalled = stalled + 1 if state.stalled() else 0
+                if checks.until is not None and (
+                    stalled >= 2 or (stalled and state.readonly_errors == state.errors)
+                ):
                     # A deletecollection's, in read-only mode (garbage collection) or while every
-                    # delete fails with a 5xx: the next pass sends the same deletes for the same
-                    # answers, its budget spent while its caller's worker waits (review r1cleanup F1).
-                    # Its caller retries later; the leader's cascade (no budget) keeps trying.
-                    raise Stalled(
-                        "stopped: its last pass made no progress, each of its failures one of a "
-                        "registry that does not delete now (read-only mode, a 5xx)"
-                    )
+                    # delete (or read) fails with a 5xx: the next pass sends the same requests for the
+                    # same answers, its budget spent while its caller's worker waits (review r1cleanup
+                    # F1). Read-only mode is certain at the first such pass; any other only at the
+                    # second in a row, so that one blip (a 500, a load balancer's 503) is retried after
+                    # the backoff within the call, as before (review r2fixstall L1). Its caller retries
+                    # later; the leader's cascade (no budget) keeps trying.
+                    passes_said = "pass" if stalled == 1 else "two passes"
+                    raise Stalled(f"stopped: its last {passes_said} made no progress, {state.stall()}")
                 delay = backoff.next_delay()
                 # Once per failed pass, so at most once per backoff step: names what keeps failing.
                 log.warn(
@@ -545,6 +574,7 @@ class Cascade:
                 _check(guard)
                 await pause(delay)
                 continue
+            stalled = 0
             if state.found == 0:
                 late = self.late_writes.since(namespace, began)
                 if late is not None:
@@ -929,7 +959,7 @@ class Cascade:
                 handled.gone.add(digest)
                 return True
             except RegistryError as e:
-                state.failed(f"{repository}@{digest}", e)  # as in _resolve: the sibling deletes go on
+                state.failed(f"{repository}@{digest}", e, write=True)  # as in _resolve: the siblings go on
                 handled.failed.add(digest)
                 return False
         finally:
@@ -1017,7 +1047,7 @@ class Cascade:
                 if e.unanswered:
                     # Pushed again, but a write of this repair may still land over the push: a
                     # failure of this pass, so that the removal does not report the namespace empty.
-                    state.failed(f"{repository}:{tag}", e)
+                    state.failed(f"{repository}:{tag}", e, write=True)
                     self._unanswered(repository, tag)
                     return
                 # Gone meanwhile, or pushed again (the next pass deletes that by digest): either way
@@ -1025,7 +1055,7 @@ class Cascade:
                 state.progress += 1
                 return
             except RegistryError as e:
-                state.failed(f"{repository}:{tag}", e)
+                state.failed(f"{repository}:{tag}", e, write=True)
                 if e.unanswered:
                     # Its placeholder PUT (or restore) may still land, after the pass that would find
                     # the namespace empty: the cascade does not end before it can no longer (`run`).

@@ -107,7 +107,8 @@ class NamespaceRemover:
                 # Its whole budget spent waiting: it ends with no work of its own, and the work
                 # under way stays known to be (a call registered past its budget would have taken
                 # its place in `_inflight`, and a call arriving next would have waited for nothing).
-                raise self._unfinished(namespace, f"not finished within {within:g}s")
+                # No progress of its own: without Retry-After (`_idle`).
+                raise _idle(self._unfinished(namespace, f"not finished within {within:g}s"))
             await self._follow(other, left)
 
         async def confirm() -> None:
@@ -185,13 +186,9 @@ class NamespaceRemover:
                 # (a grant still missing then: the message says which).
                 unfinished = RegistryError(unfinished.message)
                 unfinished.lasting = True
-            elif walked is not None and walked.stalled() and not unfinished.unanswered:
-                # No progress in the whole call, every failure one of a registry that does not delete
-                # now (read-only mode, a 5xx: `Stalled`, or its budget spent so): no Retry-After, which
-                # client-go repeats up to ten times by itself, holding a namespace controller's worker
-                # for minutes per namespace (review r1cleanup F1). It retries later, with its own
-                # backoff. A call that made progress keeps Retry-After: the next may get further.
-                unfinished.stalled = True
+            elif walked is None or walked.idle():
+                # No progress in the whole call, whatever ended it (`Stalled`, its budget, a wait).
+                unfinished = _idle(unfinished)
             raise unfinished from None
         finally:
             if self._inflight.get(namespace) is mine:
@@ -290,6 +287,19 @@ class NamespaceRemover:
             await waiter
         except TimeoutError:
             pass
+
+
+def _idle(unfinished: RegistryError) -> RegistryError:
+    """``unfinished``, of a call that made no progress of its own, marked `stalled` unless a write may
+    still land (then it is the 504 without Retry-After, `NamespaceRemover._unfinished`): answered
+    without Retry-After, which client-go repeats up to ten times by itself, holding a namespace
+    controller's worker for minutes per namespace for the same answer (review r1cleanup F1; r2fixstall
+    L2: also a call ended by its budget, one spent waiting for the leader's pass included). The
+    namespace controller retries later, with its own backoff; the leader's cascade keeps going. A call
+    that made progress keeps Retry-After: the next may get further."""
+    if not unfinished.unanswered:
+        unfinished.stalled = True
+    return unfinished
 
 
 def namespace_remover(

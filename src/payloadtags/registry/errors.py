@@ -27,11 +27,12 @@ class RegistryError(Exception):
     once. Not a refusal of access or credentials (a grant may still be rolling out: the next pass
     may not meet it), nor an answer this client does not understand (a proxy's 408 or 425).
 
-    ``stalled``: a namespace's removal ended without progress, every failure of its passes one of a
-    registry that answers and does not delete now (read-only mode during garbage collection, a 5xx
-    such as a storage refusing deletes): a retry at once meets the same, one later may not, so its
-    caller is not told to retry at once (no Retry-After: client-go would repeat it up to ten times by
-    itself) and is told to retry later. Never with ``unanswered`` (a write that may still land)."""
+    ``stalled``: a namespace's removal ended without progress of its own, whatever ended it (stopped
+    on a registry that does not serve now: read-only mode during garbage collection, a 5xx such as a
+    storage refusing deletes; its budget, spent passing or waiting for the leader's pass): a retry at
+    once likely meets the same, so its caller is not told to retry at once (no Retry-After: client-go
+    would repeat it up to ten times by itself) and is told to retry later. Never with ``unanswered``
+    (a write that may still land)."""
 
     unanswered: bool = False
     lasting: bool = False
