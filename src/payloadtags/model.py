@@ -149,9 +149,11 @@ def json_name(name: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
-# A field holding decoded JSON (a manifest, an image config: dicts, lists, strings, numbers, booleans and
-# None) is put in the document as it is: the converter would copy it node by node (a dispatch on each
-# value's class), the same JSON in the end, at some 40 calls for a small image's manifest and config.
+# A field typed as decoded JSON (every `JsonObject` field: a tag's manifest and image config, a Status's
+# metadata, a Table row's object; dicts, lists, strings, numbers, booleans and None
+# only, never an attrs object) is put in the document as it is: the converter would copy it node by node
+# (a dispatch on each value's class), the same JSON in the end, at some 40 calls for a small image's
+# manifest and config.
 # The documents are encoded and dropped, never changed, and no decoded value is in one twice, so the
 # YAML the copy gave (no anchors) is the same too.
 _DECODED = (JsonObject, JsonObject | None)
